@@ -1,0 +1,1 @@
+"""Device inventory, bundles, service units and ``make deploy DEVICE=...``."""

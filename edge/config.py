@@ -1,0 +1,192 @@
+"""Configuration: frozen dataclasses loaded from YAML, validated once.
+
+A config class is a frozen dataclass whose ``__post_init__`` checks its own values with
+:func:`check`. :func:`from_mapping` builds one from a parsed YAML mapping, converting and
+checking types field by field, and turns every problem into one :class:`ConfigError` line
+that names the file, the dotted key, the value and what is allowed::
+
+    demo.yaml: features.n_bands must be an integer >= 1, got 0
+
+CLI flags only override: :func:`apply_overrides` takes ``key.sub=value`` strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from edge.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class InvalidValue(ValueError):
+    """Raised inside a dataclass's validation: which field, which value, what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        super().__init__(f"{key} must be {allowed}, got {value!r}")
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+
+
+def check(ok: bool, key: str, value: object, allowed: str) -> None:
+    """Raise :class:`InvalidValue` unless ``ok``."""
+    if not ok:
+        raise InvalidValue(key, value, allowed)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping at the top level."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    """Load ``cls`` from a YAML file, apply ``key=value`` overrides, validate once."""
+    data = load_yaml(path)
+    if overrides:
+        data = apply_overrides(data, overrides, source=str(path))
+    return from_mapping(cls, data, source=str(Path(path).name))
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "<config>") -> T:
+    """Build the dataclass ``cls`` from ``data``; errors name ``source`` and the key."""
+    try:
+        return _build(cls, data, prefix="")
+    except InvalidValue as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def to_mapping(obj: Any) -> dict[str, Any]:
+    """The plain-data (YAML/JSON-safe) form of a config dataclass."""
+    result = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_mapping(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        result[f.name] = value
+    return result
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (value parsed as YAML) to a nested mapping copy."""
+    out: dict[str, Any] = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: override {item!r} must look like key.sub=value")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: override {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
+    if not isinstance(data, Mapping):
+        raise InvalidValue(prefix.rstrip(".") or "<top>", data, "a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InvalidValue(prefix + str(unknown[0]), data[unknown[0]], f"one of {sorted(fields)}")
+    kwargs = {name: _convert(hints[name], data[name], prefix + name) for name in data}
+    try:
+        return cls(**kwargs)
+    except InvalidValue as exc:
+        raise InvalidValue(prefix + exc.key, exc.value, exc.allowed) from None
+    except TypeError:  # a required key is missing
+        missing = [n for n, f in fields.items() if n not in data and _is_required(f)]
+        if missing:
+            raise InvalidValue(prefix + missing[0], None, "given (required key)") from None
+        raise
+
+
+def _is_required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")  # type: ignore[arg-type]
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        check(value in allowed, key, value, "one of " + ", ".join(map(repr, allowed)))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            check(len(args) < len(typing.get_args(tp)), key, value, "given (not null)")
+            return None
+        return _convert(args[0], value, key)
+    if origin is tuple:
+        item_type = typing.get_args(tp)[0]
+        check(isinstance(value, list | tuple), key, value, "a list")
+        return tuple(_convert(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
+    return _SCALARS.get(tp, _any)(value, key)
+
+
+def _to_int(value: Any, key: str) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    check(ok, key, value, "an integer")
+    return int(value)
+
+
+def _to_float(value: Any, key: str) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    check(ok, key, value, "a number")
+    return float(value)
+
+
+def _to_str(value: Any, key: str) -> str:
+    check(isinstance(value, str), key, value, "a string")
+    return str(value)
+
+
+def _to_bool(value: Any, key: str) -> bool:
+    check(isinstance(value, bool), key, value, "true or false")
+    return bool(value)
+
+
+def _any(value: Any, key: str) -> Any:
+    return value
+
+
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {
+    int: _to_int,
+    float: _to_float,
+    str: _to_str,
+    bool: _to_bool,
+}

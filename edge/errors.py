@@ -1,0 +1,39 @@
+"""Typed errors raised by the device package.
+
+Every error carries a message that names what was wrong (the file, the key, the value)
+so that one line in a log is enough to fix it.
+"""
+
+from __future__ import annotations
+
+
+class LungwatchError(Exception):
+    """Base class of every error lungwatch raises on purpose."""
+
+
+class ConfigError(LungwatchError, ValueError):
+    """A configuration file or value is invalid."""
+
+
+class AudioError(LungwatchError):
+    """Audio could not be read or is not usable."""
+
+
+class AudioReadError(AudioError, OSError):
+    """A file is missing, unreadable or not a supported audio format."""
+
+
+class EmptyAudioError(AudioError, ValueError):
+    """Audio holds no samples."""
+
+
+class InvalidAudioError(AudioError, ValueError):
+    """Audio has the wrong shape or dtype, or holds NaN/Inf."""
+
+
+class AnnotationError(LungwatchError, ValueError):
+    """An annotation file is malformed; the message names the file and the line."""
+
+
+class FeatureSpecMismatch(LungwatchError, ValueError):
+    """A model was made for a different feature spec than the one configured."""

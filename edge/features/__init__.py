@@ -1,0 +1,60 @@
+"""The one front end, shared by training (batch) and the device (streaming).
+
+    spec = FeatureSpec(kind="gammatone")
+    frames = extract(signal, spec)             # (n_frames, n_bands) float32, whole signal
+    stream = make_stream(spec)                 # device: push(chunk) -> new frames
+
+For any chunking of the same signal, the frames a stream returns equal ``extract``'s
+(within 1e-5); ``tests/edge/test_frontend_*.py`` hold each kind to that.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from edge.features.base import StreamingFrontEnd
+from edge.features.spec import FEATURE_KINDS, FeatureSpec, n_frames, require_same_spec
+
+__all__ = [
+    "FEATURE_KINDS",
+    "FeatureSpec",
+    "StreamingFrontEnd",
+    "extract",
+    "lookahead_samples",
+    "make_stream",
+    "n_frames",
+    "require_same_spec",
+]
+
+# kind -> (module, batch function, streaming class)
+_KINDS: dict[str, tuple[str, str, str]] = {
+    "logmel": ("edge.features.logmel", "logmel", "LogMelStream"),
+    "gammatone": ("edge.features.gammatone", "gammatone", "GammatoneStream"),
+    "cwt": ("edge.features.cwt", "cwt", "CwtStream"),
+}
+
+
+def _resolve(kind: str, which: int) -> Any:
+    module_name, *names = _KINDS[kind]
+    return getattr(importlib.import_module(module_name), names[which])
+
+
+def extract(signal: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Batch front end: (n_samples,) float -> (n_frames, n_bands) float32."""
+    batch: Callable[[np.ndarray, FeatureSpec], np.ndarray] = _resolve(spec.kind, 0)
+    return batch(signal, spec)
+
+
+def make_stream(spec: FeatureSpec, **kwargs: Any) -> StreamingFrontEnd:
+    """A fresh streaming front end for ``spec``."""
+    stream: StreamingFrontEnd = _resolve(spec.kind, 1)(spec, **kwargs)
+    return stream
+
+
+def lookahead_samples(spec: FeatureSpec) -> int:
+    """Samples beyond a frame's end the kind needs (0 except for ``cwt``)."""
+    return int(make_stream(spec).lookahead_samples)

@@ -1,0 +1,150 @@
+"""Real FFT power spectra inside Numba kernels, allocating nothing per call.
+
+:func:`frame_power` is what kernels call. It uses DUCC0 through rocket-fft's low-level
+``r2c`` (writes into a caller-provided array) where that is installed (x86-64 wheels), and
+otherwise the built-in radix-2 :func:`rfft_power` below (e.g. on a Jetson with Python 3.10).
+:data:`FFT_BACKEND` says which one this process uses.
+
+``rfft_power(frame, plan, work_re, work_im, power)`` computes ``|rfft(frame)|**2`` for a
+power-of-two ``n_fft`` through a complex FFT of half the size (even samples in the real part,
+odd samples in the imaginary part) followed by the usual split step. The plan (bit-reversal
+permutation and twiddles) is computed once per size by :func:`make_plan`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+try:
+    from rocket_fft.lowlevel import r2c as _r2c
+except ImportError:  # no rocket-fft wheel with the low-level API on this platform
+    _r2c = None
+
+FFT_BACKEND = "rocket-fft r2c (DUCC0)" if _r2c is not None else "built-in radix-2"
+_AXES = np.zeros(1, dtype=np.int64)
+
+
+class FftPlan(NamedTuple):
+    """Tables for an ``n_fft``-point real FFT (``m = n_fft // 2`` point complex FFT).
+
+    bitrev:   (m,) int64 bit-reversal permutation of ``range(m)``.
+    tw_re/im: (m // 2,) complex twiddles ``exp(-2j*pi*k/m)`` for the butterflies.
+    sp_re/im: (m + 1,) split twiddles ``exp(-2j*pi*k/n_fft)``.
+    """
+
+    bitrev: np.ndarray
+    tw_re: np.ndarray
+    tw_im: np.ndarray
+    sp_re: np.ndarray
+    sp_im: np.ndarray
+
+
+@functools.lru_cache(maxsize=16)
+def make_plan(n_fft: int) -> FftPlan:
+    """Build (once per size) the tables for a real FFT of ``n_fft`` (a power of two >= 4)."""
+    if n_fft < 4 or n_fft & (n_fft - 1):
+        raise ValueError(f"n_fft must be a power of two >= 4, got {n_fft}")
+    m = n_fft // 2
+    bits = m.bit_length() - 1
+    idx = np.arange(m)
+    bitrev = np.zeros(m, dtype=np.int64)
+    for b in range(bits):
+        bitrev |= ((idx >> b) & 1) << (bits - 1 - b)
+    k = np.arange(m // 2)
+    s = np.arange(m + 1)
+    plan = FftPlan(
+        bitrev=bitrev,
+        tw_re=np.cos(-2 * np.pi * k / m),
+        tw_im=np.sin(-2 * np.pi * k / m),
+        sp_re=np.cos(-2 * np.pi * s / n_fft),
+        sp_im=np.sin(-2 * np.pi * s / n_fft),
+    )
+    for table in plan:
+        table.setflags(write=False)
+    return plan
+
+
+@njit(cache=True)
+def rfft_power(frame, bitrev, tw_re, tw_im, sp_re, sp_im, work_re, work_im, power):
+    """``power[k] = |rfft(frame)[k]|**2`` for ``k in 0..n_fft/2``.
+
+    frame: (n_fft,) float64. work_re/work_im: (n_fft/2,) scratch. power: (n_fft/2 + 1,).
+    """
+    m = bitrev.shape[0]
+    for i in range(m):
+        j = bitrev[i]
+        work_re[j] = frame[2 * i]
+        work_im[j] = frame[2 * i + 1]
+    half = 1
+    while half < m:
+        step = m // (2 * half)
+        for start in range(0, m, 2 * half):
+            for k in range(half):
+                wr = tw_re[k * step]
+                wi = tw_im[k * step]
+                a = start + k
+                b = a + half
+                tr = work_re[b] * wr - work_im[b] * wi
+                ti = work_re[b] * wi + work_im[b] * wr
+                work_re[b] = work_re[a] - tr
+                work_im[b] = work_im[a] - ti
+                work_re[a] += tr
+                work_im[a] += ti
+        half *= 2
+    # Split the half-size complex spectrum Z into the real spectrum X.
+    z0 = work_re[0]
+    z1 = work_im[0]
+    power[0] = (z0 + z1) * (z0 + z1)
+    power[m] = (z0 - z1) * (z0 - z1)
+    for k in range(1, m):
+        ar = work_re[k]
+        ai = work_im[k]
+        br = work_re[m - k]
+        bi = -work_im[m - k]
+        er = 0.5 * (ar + br)  # even part
+        ei = 0.5 * (ai + bi)
+        orr = 0.5 * (ai - bi)  # odd part: (a - b) / 2j
+        oi = -0.5 * (ar - br)
+        xr = er + sp_re[k] * orr - sp_im[k] * oi
+        xi = ei + sp_re[k] * oi + sp_im[k] * orr
+        power[k] = xr * xr + xi * xi
+
+
+class FrameFft:
+    """Scratch arrays and tables for :func:`frame_power`, allocated once per stream.
+
+    Pass ``as_args()`` to a kernel and unpack it there in this order.
+    """
+
+    def __init__(self, n_fft: int):
+        self.plan = make_plan(n_fft)
+        self.spectrum = np.zeros(n_fft // 2 + 1, dtype=np.complex128)
+        self.work_re = np.zeros(n_fft // 2, dtype=np.float64)
+        self.work_im = np.zeros(n_fft // 2, dtype=np.float64)
+
+    def as_args(self) -> tuple[np.ndarray, ...]:
+        return (*self.plan, self.spectrum, self.work_re, self.work_im)
+
+
+if _r2c is not None:
+    _r2c_impl = _r2c
+
+    @njit(cache=True)
+    def frame_power(frame, fft_args, power):
+        """``power[:] = |rfft(frame)|**2``; ``fft_args`` from :meth:`FrameFft.as_args`."""
+        spectrum = fft_args[5]
+        _r2c_impl(frame, spectrum, _AXES, True, 1.0, 1)
+        for k in range(power.shape[0]):
+            power[k] = spectrum[k].real * spectrum[k].real + spectrum[k].imag * spectrum[k].imag
+
+else:
+
+    @njit(cache=True)
+    def frame_power(frame, fft_args, power):
+        """``power[:] = |rfft(frame)|**2``; ``fft_args`` from :meth:`FrameFft.as_args`."""
+        bitrev, tw_re, tw_im, sp_re, sp_im, _spectrum, work_re, work_im = fft_args
+        rfft_power(frame, bitrev, tw_re, tw_im, sp_re, sp_im, work_re, work_im, power)

@@ -1,0 +1,179 @@
+"""Log-mel front end: Hann-windowed STFT power weighted by triangular mel filters.
+
+Power is "spectrum" scaled: the window is normalised to unit sum, so a sine of amplitude
+``A`` at a bin centre gives a peak bin power of ``A**2 / 4``. Mel scale: HTK
+(``2595 * log10(1 + f / 700)``); triangles peak at 1 and are evaluated at the bin
+frequencies, with ``n_bands + 2`` edges equally spaced in mel between ``fmin_hz`` and
+``fmax_hz``. Output band ``b`` of frame ``t``: ``sum_k mel[b, k] * |X_t[k]|**2``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from edge.config import InvalidValue
+from edge.features.base import COUNTDOWN, WRITE_POS, StreamingFrontEnd, finish, normalise
+from edge.features.fft import FrameFft, frame_power
+from edge.features.spec import FeatureSpec, n_frames
+
+
+def hz_to_mel(f_hz: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale."""
+    return 2595.0 * np.log10(1.0 + np.asarray(f_hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(spec: FeatureSpec) -> np.ndarray:
+    """(n_bands, n_fft // 2 + 1) triangular mel weights; every band has a nonzero weight."""
+    edges_hz = mel_to_hz(
+        np.linspace(hz_to_mel(spec.fmin_hz), hz_to_mel(spec.fmax_hz), spec.n_bands + 2)
+    )
+    bins_hz = np.arange(spec.n_freqs) * spec.sample_rate_hz / spec.n_fft
+    lower, centre, upper = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
+    rising = (bins_hz[None, :] - lower) / (centre - lower)
+    falling = (upper - bins_hz[None, :]) / (upper - centre)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    empty = np.flatnonzero(weights.max(axis=1) <= 0.0)
+    if empty.size:
+        raise InvalidValue(
+            "n_fft",
+            spec.n_fft,
+            f"large enough that every mel band holds an FFT bin (band {empty[0]} "
+            f"at {edges_hz[empty[0] + 1]:.1f} Hz is empty; raise n_fft or fmin_hz,"
+            " or lower n_bands)",
+        )
+    weights.setflags(write=False)
+    return weights
+
+
+@functools.lru_cache(maxsize=8)
+def analysis_window(frame_samples: int) -> np.ndarray:
+    """Periodic Hann window of ``frame_samples``, normalised to unit sum."""
+    n = np.arange(frame_samples)
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / frame_samples)
+    window /= window.sum()
+    window.setflags(write=False)
+    return window
+
+
+class SparseMel(NamedTuple):
+    """Mel weights stored per band as a contiguous bin range: ``weights[b, lo[b]:hi[b]]``."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    weights: np.ndarray
+
+
+@functools.lru_cache(maxsize=8)
+def sparse_mel(spec: FeatureSpec) -> SparseMel:
+    dense = mel_filterbank(spec)
+    nonzero = dense > 0.0
+    lo = nonzero.argmax(axis=1).astype(np.int64)
+    hi = (dense.shape[1] - nonzero[:, ::-1].argmax(axis=1)).astype(np.int64)
+    return SparseMel(lo, hi, np.ascontiguousarray(dense))
+
+
+def logmel(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Batch log-mel of a whole signal: (n_samples,) -> (n_frames, n_bands) float32."""
+    x = np.asarray(x, dtype=np.float64)
+    count = n_frames(spec, x.shape[0])
+    if count == 0:
+        return np.zeros((0, spec.n_bands), dtype=np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(x, spec.frame_samples)[:: spec.hop_samples]
+    spectrum = np.fft.rfft(frames[:count] * analysis_window(spec.frame_samples), n=spec.n_fft)
+    power = spectrum.real**2 + spectrum.imag**2
+    return normalise(power @ mel_filterbank(spec).T, spec)
+
+
+@njit(cache=True)
+def _logmel_push(
+    x,
+    ring,
+    counters,
+    hop,
+    window,
+    frame,
+    fft_args,
+    power,
+    mel_lo,
+    mel_hi,
+    mel_w,
+    use_log,
+    log_offset,
+    out,
+):
+    """Stream ``x`` through the ring; write each completed frame's bands to ``out``."""
+    ring_len = ring.shape[0]
+    pos = counters[WRITE_POS]
+    countdown = counters[COUNTDOWN]
+    n_out = 0
+    for i in range(x.shape[0]):
+        ring[pos] = x[i]
+        pos += 1
+        if pos == ring_len:
+            pos = 0
+        countdown -= 1
+        if countdown > 0:
+            continue
+        countdown = hop
+        # The oldest sample sits at ``pos``: unroll the ring into the windowed frame.
+        first = ring_len - pos
+        for k in range(first):
+            frame[k] = ring[pos + k] * window[k]
+        for k in range(pos):
+            frame[first + k] = ring[k] * window[first + k]
+        frame_power(frame, fft_args, power)
+        for b in range(mel_lo.shape[0]):
+            acc = 0.0
+            for k in range(mel_lo[b], mel_hi[b]):
+                acc += mel_w[b, k] * power[k]
+            out[n_out, b] = finish(acc, use_log, log_offset)
+        n_out += 1
+    counters[WRITE_POS] = pos
+    counters[COUNTDOWN] = countdown
+    return n_out
+
+
+class LogMelStream(StreamingFrontEnd):
+    """Streaming log-mel over a ring of the last ``frame_samples`` samples."""
+
+    def __init__(self, spec: FeatureSpec, **kwargs: int):
+        self._ring = np.zeros(spec.frame_samples, dtype=np.float64)
+        self._frame = np.zeros(spec.n_fft, dtype=np.float64)  # zero tail = padding
+        self._fft = FrameFft(spec.n_fft)
+        self._power = np.zeros(spec.n_freqs, dtype=np.float64)
+        self._window = analysis_window(spec.frame_samples)
+        self._mel = sparse_mel(spec)
+        self._use_log = spec.normalisation == "log"
+        self._fft_args = self._fft.as_args()
+        super().__init__(spec, **kwargs)
+
+    def _reset_state(self) -> None:
+        self._ring[:] = 0.0
+
+    def _process(self, x: np.ndarray, out: np.ndarray) -> int:
+        return _logmel_push(
+            x,
+            self._ring,
+            self._counters,
+            self.spec.hop_samples,
+            self._window,
+            self._frame,
+            self._fft_args,
+            self._power,
+            self._mel.lo,
+            self._mel.hi,
+            self._mel.weights,
+            self._use_log,
+            self.spec.log_offset,
+            out,
+        )

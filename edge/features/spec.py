@@ -1,0 +1,146 @@
+"""The feature spec: the contract between training and the device.
+
+A :class:`FeatureSpec` is saved inside every checkpoint and every model manifest; the device
+refuses a model whose spec differs from its configuration (:func:`require_same_spec`).
+
+Framing convention, the same for every kind: frame ``t`` describes the input samples
+``[t * hop_samples, t * hop_samples + frame_samples)`` and is centred on sample
+``t * hop_samples + frame_samples // 2``. Samples before the start of a stream are zeros.
+A kind that needs samples beyond the frame's end (the wavelet scalogram) declares it as
+``lookahead_samples``; a signal of ``n`` samples then yields
+``(n - frame_samples - lookahead_samples) // hop_samples + 1`` frames (never fewer than 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from edge.config import InvalidValue, check, from_mapping, to_mapping
+from edge.errors import FeatureSpecMismatch
+
+FeatureKind = Literal["logmel", "gammatone", "cwt"]
+Normalisation = Literal["log", "power"]
+
+FEATURE_KINDS: tuple[str, ...] = ("logmel", "gammatone", "cwt")
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the front end computes. All sizes are in samples at ``sample_rate_hz``.
+
+    kind:            ``logmel`` (mel-weighted STFT power), ``gammatone`` (ERB-spaced
+                     4th-order gammatone filterbank energies) or ``cwt`` (complex Morlet
+                     wavelet scalogram power).
+    frame_samples:   analysis window length (Hann window for ``logmel``).
+    hop_samples:     distance between consecutive frames.
+    n_fft:           FFT size for ``logmel`` (>= frame_samples; the frame is zero-padded).
+    n_bands:         number of output bands (mel bands, gammatone channels, wavelet scales).
+    fmin_hz/fmax_hz: the band layout spans this range; band centres lie strictly inside.
+    normalisation:   ``log`` gives ``ln(power + log_offset)``, ``power`` gives raw power.
+    log_offset:      added before the logarithm (power of a full-scale sine is 0.25..0.5).
+    morlet_w0:       Morlet centre frequency in radians per unit scale (``cwt`` only).
+    """
+
+    kind: FeatureKind = "logmel"
+    sample_rate_hz: int = 8000
+    frame_samples: int = 256
+    hop_samples: int = 80
+    n_fft: int = 512
+    n_bands: int = 64
+    fmin_hz: float = 50.0
+    fmax_hz: float = 4000.0
+    normalisation: Normalisation = "log"
+    log_offset: float = 1e-10
+    morlet_w0: float = 6.0
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        check(self.kind in FEATURE_KINDS, "kind", self.kind, f"one of {FEATURE_KINDS}")
+        check(
+            self.normalisation in ("log", "power"),
+            "normalisation",
+            self.normalisation,
+            "one of ('log', 'power')",
+        )
+        check(
+            self.sample_rate_hz >= 1000, "sample_rate_hz", self.sample_rate_hz, "an integer >= 1000"
+        )
+        check(self.frame_samples >= 16, "frame_samples", self.frame_samples, "an integer >= 16")
+        check(
+            1 <= self.hop_samples <= self.frame_samples,
+            "hop_samples",
+            self.hop_samples,
+            f"an integer in [1, frame_samples={self.frame_samples}]",
+        )
+        check(
+            self.n_fft >= self.frame_samples and _is_power_of_two(self.n_fft),
+            "n_fft",
+            self.n_fft,
+            f"a power of two >= frame_samples={self.frame_samples}",
+        )
+        check(self.n_bands >= 1, "n_bands", self.n_bands, "an integer >= 1")
+        check(self.fmin_hz >= 0.0, "fmin_hz", self.fmin_hz, "a number >= 0")
+        nyquist = self.sample_rate_hz / 2
+        check(
+            self.fmin_hz < self.fmax_hz <= nyquist,
+            "fmax_hz",
+            self.fmax_hz,
+            f"a number in (fmin_hz={self.fmin_hz}, nyquist={nyquist}]",
+        )
+        check(self.log_offset > 0.0, "log_offset", self.log_offset, "a number > 0")
+        check(3.0 <= self.morlet_w0 <= 20.0, "morlet_w0", self.morlet_w0, "a number in [3, 20]")
+        check(self.version == SPEC_VERSION, "version", self.version, f"{SPEC_VERSION}")
+
+    @property
+    def hop_ms(self) -> float:
+        return 1000.0 * self.hop_samples / self.sample_rate_hz
+
+    @property
+    def frame_ms(self) -> float:
+        return 1000.0 * self.frame_samples / self.sample_rate_hz
+
+    @property
+    def n_freqs(self) -> int:
+        """Number of one-sided FFT bins (``n_fft // 2 + 1``)."""
+        return self.n_fft // 2 + 1
+
+    def replace(self, **changes: Any) -> FeatureSpec:
+        """A copy with some fields changed (validated)."""
+        try:
+            return dataclasses.replace(self, **changes)
+        except InvalidValue as exc:
+            raise InvalidValue(exc.key, exc.value, exc.allowed) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, as stored in checkpoints and manifests."""
+        return to_mapping(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "feature spec") -> FeatureSpec:
+        """Inverse of :meth:`to_dict`; errors name ``source`` and the key."""
+        return from_mapping(cls, data, source=source)
+
+
+def n_frames(spec: FeatureSpec, n_samples: int, lookahead_samples: int = 0) -> int:
+    """Frames a signal of ``n_samples`` yields under the framing convention."""
+    usable = n_samples - spec.frame_samples - lookahead_samples
+    return 0 if usable < 0 else usable // spec.hop_samples + 1
+
+
+def require_same_spec(model_spec: FeatureSpec, configured: FeatureSpec, model_name: str) -> None:
+    """Refuse a model made for another front end; the message lists every differing key."""
+    if model_spec == configured:
+        return
+    diffs = [
+        f"{f.name}: model {getattr(model_spec, f.name)!r} vs config {getattr(configured, f.name)!r}"
+        for f in dataclasses.fields(FeatureSpec)
+        if getattr(model_spec, f.name) != getattr(configured, f.name)
+    ]
+    raise FeatureSpecMismatch(f"{model_name}: feature spec differs ({'; '.join(diffs)})")
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0

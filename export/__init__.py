@@ -1,0 +1,4 @@
+"""Checkpoint to ONNX, explicit INT8 (Q/DQ), TensorRT engine and parity verification.
+
+One module per step, each with ``main(argv)``.
+"""

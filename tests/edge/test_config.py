@@ -1,0 +1,138 @@
+"""Configuration loading: one clear line per problem, naming file, key, value, allowed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from edge.config import check, load_config, to_mapping
+from edge.errors import ConfigError
+from edge.features import FeatureSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Inner:
+    on_threshold: float = 0.5
+    mode: Literal["fast", "exact"] = "fast"
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.on_threshold < 1.0, "on_threshold", self.on_threshold, "in (0, 1)")
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    detector: Inner = field(default_factory=Inner)
+    streams: tuple[int, ...] = ()
+    enabled: bool = True
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_file_loads_with_nested_defaults(tmp_path: Path) -> None:
+    cfg = load_config(Outer, _write(tmp_path, "name: ward\nstreams: [1, 2]\n"))
+    assert cfg == Outer(name="ward", streams=(1, 2))
+    assert to_mapping(cfg)["detector"] == {"on_threshold": 0.5, "mode": "fast"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "name: a\ndetector:\n  on_threshold: 1.5\n",
+            "config.yaml: detector.on_threshold must be in (0, 1), got 1.5",
+        ),
+        (
+            "name: a\ndetector:\n  mode: slow\n",
+            "config.yaml: detector.mode must be one of 'fast', 'exact', got 'slow'",
+        ),
+        ("name: a\ndetectr: {}\n", "config.yaml: detectr must be one of"),
+        ("name: 3\n", "config.yaml: name must be a string, got 3"),
+        ("name: a\nstreams: [1, x]\n", "config.yaml: streams[1] must be an integer, got 'x'"),
+        ("name: a\nenabled: 1\n", "config.yaml: enabled must be true or false, got 1"),
+        ("detector: {}\n", "config.yaml: name must be given (required key), got None"),
+        ("name: a\ndetector: 3\n", "config.yaml: detector must be a mapping of keys, got 3"),
+    ],
+)
+def test_invalid_value_gives_one_line_naming_file_key_value(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(Outer, _write(tmp_path, text))
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config.yaml: line 2 invalid YAML"):
+        load_config(Outer, _write(tmp_path, "name: a\n\tstreams: [1]\n"))
+
+
+def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(Outer, tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="top level must be a mapping, got list"):
+        load_config(Outer, _write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_overrides_apply_and_are_validated(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: a\n")
+    cfg = load_config(Outer, path, ["detector.on_threshold=0.7", "streams=[3]"])
+    assert cfg.detector.on_threshold == 0.7
+    assert cfg.streams == (3,)
+    with pytest.raises(ConfigError, match=r"detector\.on_threshold must be in"):
+        load_config(Outer, path, ["detector.on_threshold=2"])
+    with pytest.raises(ConfigError, match=r"must look like key\.sub=value"):
+        load_config(Outer, path, ["detector.on_threshold"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("kind", "mfcc", "one of 'logmel', 'gammatone', 'cwt'"),
+        ("hop_samples", 300, "an integer in [1, frame_samples=256]"),
+        ("n_fft", 300, "a power of two >= frame_samples=256"),
+        ("fmax_hz", 5000.0, "a number in (fmin_hz=50.0, nyquist=4000.0]"),
+        ("n_bands", 0, "an integer >= 1"),
+        ("log_offset", 0.0, "a number > 0"),
+    ],
+)
+def test_feature_spec_validation(key: str, value: object, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        FeatureSpec.from_dict({key: value}, source="model.ckpt")
+    assert str(info.value) == f"model.ckpt: {key} must be {allowed}, got {value!r}"
+
+
+def test_feature_spec_round_trips_through_dict() -> None:
+    spec = FeatureSpec(kind="cwt", n_bands=32, hop_samples=64)
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    assert spec.hop_ms == 8.0
+
+
+def _shipped_yaml_files() -> list[Path]:
+    return sorted(
+        p for p in REPO.glob("**/*.yaml") if ".venv" not in p.parts and "tests" not in p.parts
+    )
+
+
+def test_shipped_yaml_files_comment_every_key() -> None:
+    files = _shipped_yaml_files()
+    assert files, "no shipped YAML found"
+    for path in files:
+        yaml.safe_load(path.read_text())
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+                continue
+            if ":" in stripped:
+                assert "#" in stripped, f"{path.name}:{number} key without a comment: {line}"

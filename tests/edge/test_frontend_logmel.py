@@ -1,0 +1,99 @@
+"""Log-mel against independent references: scipy.signal.stft with an HTK mel matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from edge.config import InvalidValue
+from edge.features import FeatureSpec, extract
+from edge.features.logmel import analysis_window, mel_filterbank
+
+
+def _reference_mel(sr: int, n_fft: int, n_bands: int, fmin: float, fmax: float) -> np.ndarray:
+    """Textbook HTK triangles, written independently of the package (loops, no broadcasting)."""
+
+    def mel(f: float) -> float:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def hz(m: float) -> float:
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
+    step = (mel(fmax) - mel(fmin)) / (n_bands + 1)
+    edges = [hz(mel(fmin) + i * step) for i in range(n_bands + 2)]
+    weights = np.zeros((n_bands, n_fft // 2 + 1))
+    for b in range(n_bands):
+        lo, mid, hi = edges[b], edges[b + 1], edges[b + 2]
+        for k in range(n_fft // 2 + 1):
+            f = k * sr / n_fft
+            if lo < f <= mid:
+                weights[b, k] = (f - lo) / (mid - lo)
+            elif mid < f < hi:
+                weights[b, k] = (hi - f) / (hi - mid)
+    return weights
+
+
+@pytest.mark.parametrize(("n_fft", "n_bands"), [(512, 64), (256, 26), (1024, 80)])
+def test_mel_filterbank_matches_textbook(n_fft: int, n_bands: int) -> None:
+    spec = FeatureSpec(n_fft=n_fft, n_bands=n_bands, frame_samples=min(256, n_fft), fmin_hz=100.0)
+    expected = _reference_mel(8000, n_fft, n_bands, 100.0, 4000.0)
+    np.testing.assert_allclose(mel_filterbank(spec), expected, atol=1e-12)
+
+
+def test_mel_filterbank_matches_librosa() -> None:
+    librosa = pytest.importorskip("librosa", reason="librosa (dev extra) not installed")
+    spec = FeatureSpec()
+    expected = librosa.filters.mel(
+        sr=8000, n_fft=512, n_mels=64, fmin=50.0, fmax=4000.0, htk=True, norm=None
+    )
+    np.testing.assert_allclose(mel_filterbank(spec), expected, atol=1e-6)
+
+
+def test_logmel_matches_scipy_stft_reference() -> None:
+    spec = FeatureSpec()
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 8000
+    x = 0.05 * rng.standard_normal(t.size) + 0.3 * np.sin(2 * np.pi * 440 * t)
+    _, _, Z = scipy.signal.stft(
+        x,
+        fs=8000,
+        window=scipy.signal.get_window("hann", spec.frame_samples),
+        nperseg=spec.frame_samples,
+        noverlap=spec.frame_samples - spec.hop_samples,
+        nfft=spec.n_fft,
+        boundary=None,
+        padded=False,
+        detrend=False,
+        scaling="spectrum",
+    )
+    reference = np.log(_reference_mel(8000, 512, 64, 50.0, 4000.0) @ np.abs(Z) ** 2 + 1e-10).T
+    ours = extract(x, spec)
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_sine_power_is_spectrum_scaled() -> None:
+    """A sine of amplitude A at a bin centre gives bin power A**2 / 4 (window sums to one)."""
+    spec = FeatureSpec(normalisation="power")
+    assert analysis_window(spec.frame_samples).sum() == pytest.approx(1.0)
+    bin_index = 32  # 500 Hz at n_fft 512
+    t = np.arange(4000)
+    x = 0.5 * np.sin(2 * np.pi * bin_index * t / spec.n_fft)
+    bands = extract(x, spec)
+    weights = mel_filterbank(spec)
+    band = int(np.argmax(weights[:, bin_index]))
+    assert np.argmax(bands.mean(axis=0)) == band
+    # Hann leakage puts power in the neighbouring bins too; the band sums them.
+    assert bands[:, band].mean() >= weights[band, bin_index] * 0.25**2 * 0.99
+
+
+def test_empty_mel_band_is_refused() -> None:
+    with pytest.raises(InvalidValue, match="n_fft"):
+        mel_filterbank(FeatureSpec(n_fft=256, n_bands=128, fmin_hz=0.0))
+
+
+def test_short_signal_gives_no_frames() -> None:
+    spec = FeatureSpec()
+    assert extract(np.zeros(spec.frame_samples - 1), spec).shape == (0, spec.n_bands)
+    assert extract(np.zeros(spec.frame_samples), spec).shape == (1, spec.n_bands)

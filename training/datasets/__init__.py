@@ -1,0 +1,1 @@
+"""Lung-sound data sets: SPRSound, ICBHI 2017 and a synthetic generator."""
