@@ -1,0 +1,318 @@
+"""Audio input: read WAV/FLAC files into float32 mono arrays, convert, resample, validate.
+
+Everything here works on plain NumPy arrays (numpy, scipy, soundfile; never torch), so the
+device and the training code read audio the same way.
+
+Conventions
+-----------
+- Samples are float32, 1-D, shape ``(n_samples,)``, full scale is [-1, 1].
+- Integer PCM is scaled by its full-scale value (int16 / 2**15, int32 / 2**31, uint8 centred
+  on 128 and scaled by 2**7), the same scaling libsndfile uses, so a WAV file and its FLAC twin
+  give bit-identical samples.
+- Multichannel audio becomes mono by the mean of its channels.
+- Every error message starts with the source (a file path, or a caller-given name).
+
+Malformed WAV headers
+---------------------
+Some stethoscopes write 16-bit mono WAV files whose fmt chunk says ``nBlockAlign=4`` (it
+should be 2). ``scipy.io.wavfile`` refuses them; libsndfile 1.2 reads them correctly. If
+libsndfile ever refuses a RIFF/WAVE file, :func:`read_audio` falls back to Python's ``wave``
+module, which derives the frame size from channels x sample width and ignores nBlockAlign.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from edge.errors import AudioReadError, EmptyAudioError, InvalidAudioError
+
+INT16_FULL_SCALE = float(2**15)
+INT32_FULL_SCALE = float(2**31)
+UINT8_MIDPOINT = 128.0
+UINT8_FULL_SCALE = float(2**7)
+FULL_SCALE_MIN = -1.0
+FULL_SCALE_MAX = 1.0
+RIFF_MAGIC = b"RIFF"
+WAVE_MAGIC = b"WAVE"
+RIFF_HEADER_BYTES = 12
+BITS_PER_BYTE = 8
+DEFAULT_SOURCE = "<array>"
+
+# libsndfile subtype -> dtype to read it as (integer PCM is scaled by to_float32).
+_READ_DTYPE_BY_SUBTYPE = {"PCM_16": "int16", "PCM_24": "int32", "PCM_32": "int32"}
+_FLOAT_READ_DTYPE = "float32"
+
+
+@dataclass(frozen=True, eq=False)
+class Audio:
+    """Decoded mono audio and where it came from.
+
+    Attributes:
+        samples: float32, shape ``(n_samples,)``, values in [-1, 1].
+        sample_rate_hz: rate of ``samples`` (the target rate if one was asked for).
+        source: the file path (or name) the samples came from.
+        original_rate_hz: rate stored in the file.
+        original_channels: channel count stored in the file (mixed down to mono here).
+        original_subtype: libsndfile subtype of the file, e.g. ``"PCM_16"``, ``"FLOAT"``.
+    """
+
+    samples: np.ndarray
+    sample_rate_hz: int
+    source: str
+    original_rate_hz: int
+    original_channels: int
+    original_subtype: str
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples."""
+        return int(self.samples.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        """Duration in seconds."""
+        return self.n_samples / self.sample_rate_hz
+
+
+def read_audio(path: str | Path, *, target_rate_hz: int | None = None) -> Audio:
+    """Read a WAV or FLAC file as float32 mono, optionally resampled.
+
+    Args:
+        path: the file.
+        target_rate_hz: resample to this rate (``None`` keeps the file's rate).
+
+    Returns:
+        :class:`Audio` with samples of shape ``(n_samples,)`` in [-1, 1].
+
+    Raises:
+        AudioReadError: the file is missing, unreadable or not audio.
+        EmptyAudioError: the file holds no samples.
+        InvalidAudioError: the samples hold NaN/Inf, or ``target_rate_hz`` is not positive.
+    """
+    file_path = Path(path)
+    source = str(file_path)
+    if not file_path.exists():
+        raise AudioReadError(f"{source}: cannot read audio: no such file")
+    if not file_path.is_file():
+        raise AudioReadError(f"{source}: cannot read audio: not a regular file")
+    frames, rate_hz, channels, subtype = _decode(file_path)
+    samples = to_mono(to_float32(frames, source=source), source=source)
+    validate_samples(samples, source)
+    out_rate_hz = rate_hz
+    if target_rate_hz is not None:
+        _check_rates(rate_hz, target_rate_hz, source)
+        samples = resample(samples, rate_hz, target_rate_hz, source=source)
+        samples = np.clip(samples, FULL_SCALE_MIN, FULL_SCALE_MAX)
+        out_rate_hz = int(target_rate_hz)
+    return Audio(
+        samples=np.ascontiguousarray(samples, dtype=np.float32),
+        sample_rate_hz=out_rate_hz,
+        source=source,
+        original_rate_hz=rate_hz,
+        original_channels=channels,
+        original_subtype=subtype,
+    )
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int, int, str]:
+    """Decode with libsndfile; fall back to ``wave`` for RIFF/WAVE files it refuses.
+
+    Returns:
+        ``(frames, rate_hz, channels, subtype)``; frames have shape ``(n, channels)``.
+    """
+    try:
+        return _read_with_soundfile(path)
+    except (sf.SoundFileError, OSError) as exc:
+        if not _is_riff_wave(path):
+            raise AudioReadError(f"{path}: cannot read audio: {exc}") from exc
+        return _read_wav_with_wave(path)
+
+
+def _read_with_soundfile(path: Path) -> tuple[np.ndarray, int, int, str]:
+    """Decode any libsndfile format, keeping integer PCM as integers for exact scaling."""
+    with sf.SoundFile(str(path)) as reader:
+        dtype = _READ_DTYPE_BY_SUBTYPE.get(reader.subtype, _FLOAT_READ_DTYPE)
+        frames = reader.read(dtype=dtype, always_2d=True)
+        return frames, int(reader.samplerate), int(reader.channels), str(reader.subtype)
+
+
+def _is_riff_wave(path: Path) -> bool:
+    """Whether the file starts with a RIFF/WAVE header (False if it cannot be read)."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(RIFF_HEADER_BYTES)
+    except OSError:
+        return False
+    return header[:4] == RIFF_MAGIC and header[8:12] == WAVE_MAGIC
+
+
+def _read_wav_with_wave(path: Path) -> tuple[np.ndarray, int, int, str]:
+    """Decode integer PCM WAV with the ``wave`` module (ignores a wrong nBlockAlign).
+
+    Returns:
+        ``(frames, rate_hz, channels, subtype)``; frames have shape ``(n, channels)`` and
+        the integer dtype libsndfile would give (uint8, int16, or int32 left-justified).
+    """
+    try:
+        with wave.open(str(path), "rb") as reader:
+            channels = reader.getnchannels()
+            width_bytes = reader.getsampwidth()
+            rate_hz = reader.getframerate()
+            raw = reader.readframes(reader.getnframes())
+    except (wave.Error, EOFError, OSError) as exc:
+        raise AudioReadError(f"{path}: cannot read audio: {exc}") from exc
+    values = _pcm_bytes_to_array(raw, width_bytes, str(path))
+    n_frames = values.shape[0] // channels
+    frames = values[: n_frames * channels].reshape(n_frames, channels)
+    subtype = "PCM_U8" if width_bytes == 1 else f"PCM_{BITS_PER_BYTE * width_bytes}"
+    return frames, int(rate_hz), int(channels), subtype
+
+
+def _pcm_bytes_to_array(raw: bytes, width_bytes: int, source: str) -> np.ndarray:
+    """Little-endian PCM bytes -> 1-D integer array (24-bit is left-justified into int32)."""
+    if width_bytes == 1:
+        return np.frombuffer(raw, dtype=np.uint8)
+    if width_bytes == 2:
+        return np.frombuffer(raw, dtype="<i2").astype(np.int16)
+    if width_bytes == 4:
+        return np.frombuffer(raw, dtype="<i4").astype(np.int32)
+    if width_bytes == 3:
+        triplets = np.frombuffer(raw[: len(raw) - len(raw) % 3], dtype=np.uint8).reshape(-1, 3)
+        padded = np.zeros((triplets.shape[0], 4), dtype=np.uint8)
+        padded[:, 1:] = triplets
+        return padded.view("<i4").reshape(-1).astype(np.int32)
+    raise AudioReadError(f"{source}: cannot read audio: unsupported sample width {width_bytes}")
+
+
+def to_mono(x: np.ndarray, *, source: str = DEFAULT_SOURCE) -> np.ndarray:
+    """Mix down to mono.
+
+    Args:
+        x: shape ``(n,)`` (returned as is) or ``(n, channels)`` (mean over channels).
+        source: named in error messages.
+
+    Returns:
+        Shape ``(n,)``; float32 input stays float32, other input becomes float64.
+
+    Raises:
+        InvalidAudioError: ``x`` has any other number of dimensions or no channels.
+    """
+    x = np.asarray(x)
+    if x.ndim == 1:
+        return x
+    if x.ndim != 2:
+        raise InvalidAudioError(
+            f"{source}: expected shape (n,) or (n, channels), got {x.shape} ({x.ndim}-D)"
+        )
+    if x.shape[1] == 0:
+        raise InvalidAudioError(f"{source}: audio of shape {x.shape} has no channels")
+    out_dtype = np.float32 if x.dtype == np.float32 else np.float64
+    return np.asarray(np.mean(x, axis=1, dtype=np.float64), dtype=out_dtype)
+
+
+def to_float32(x: np.ndarray, *, source: str = DEFAULT_SOURCE) -> np.ndarray:
+    """Convert PCM samples to float32 in [-1, 1].
+
+    Args:
+        x: any shape; dtype int16 (/2**15), int32 (/2**31), uint8 ((x - 128) / 2**7), or
+            floating (cast, then finite values clipped to [-1, 1]; NaN and Inf pass through
+            unchanged for :func:`validate_samples` to report).
+        source: named in error messages.
+
+    Returns:
+        float32 array of the same shape.
+
+    Raises:
+        InvalidAudioError: unsupported dtype (bool, other integer widths, complex, objects).
+    """
+    x = np.asarray(x)
+    if x.dtype == np.int16:
+        return (x.astype(np.float32) / np.float32(INT16_FULL_SCALE)).astype(np.float32)
+    if x.dtype == np.int32:
+        return (x.astype(np.float64) / INT32_FULL_SCALE).astype(np.float32)
+    if x.dtype == np.uint8:
+        return ((x.astype(np.float32) - UINT8_MIDPOINT) / UINT8_FULL_SCALE).astype(np.float32)
+    if np.issubdtype(x.dtype, np.floating):
+        out = x.astype(np.float32)  # always a copy
+        np.clip(out, FULL_SCALE_MIN, FULL_SCALE_MAX, out=out, where=np.isfinite(out))
+        return out
+    raise InvalidAudioError(
+        f"{source}: unsupported sample dtype {x.dtype} "
+        "(expected int16, int32, uint8 or floating point)"
+    )
+
+
+def resample(
+    x: np.ndarray, from_hz: int, to_hz: int, *, source: str = DEFAULT_SOURCE
+) -> np.ndarray:
+    """Resample with a polyphase filter (``scipy.signal.resample_poly``).
+
+    The rate ratio is reduced by the greatest common divisor (44100 -> 8000 is up 80,
+    down 441). Equal rates return ``x`` unchanged.
+
+    Args:
+        x: float samples, shape ``(n,)``.
+        from_hz: rate of ``x``. to_hz: wanted rate. Both positive integers.
+        source: named in error messages.
+
+    Returns:
+        float32, shape ``(ceil(n * to_hz / from_hz),)``. Not clipped: the filter may overshoot
+        full scale slightly.
+
+    Raises:
+        InvalidAudioError: a rate is not a positive integer.
+    """
+    _check_rates(from_hz, to_hz, source)
+    if from_hz == to_hz:
+        return x
+    divisor = math.gcd(int(from_hz), int(to_hz))
+    up, down = int(to_hz) // divisor, int(from_hz) // divisor
+    return np.asarray(resample_poly(x, up, down), dtype=np.float32)
+
+
+def _check_rates(from_hz: object, to_hz: object, source: str) -> None:
+    """Raise InvalidAudioError unless both rates are positive integers."""
+    for name, rate in (("from_hz", from_hz), ("to_hz", to_hz)):
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate <= 0:
+            raise InvalidAudioError(
+                f"{source}: sample rates must be positive integers, got {name}={rate!r}"
+            )
+
+
+def validate_samples(x: np.ndarray, source: str) -> np.ndarray:
+    """Check that samples are usable: 1-D, not empty, finite.
+
+    Args:
+        x: samples, expected shape ``(n_samples,)``.
+        source: named in error messages.
+
+    Returns:
+        ``x`` unchanged.
+
+    Raises:
+        InvalidAudioError: not 1-D, or holds NaN/Inf (the message gives how many and the first
+            index).
+        EmptyAudioError: no samples.
+    """
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise InvalidAudioError(f"{source}: expected 1-D samples, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise EmptyAudioError(f"{source}: audio holds no samples")
+    bad = ~np.isfinite(x)
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad:
+        first = int(np.argmax(bad))
+        raise InvalidAudioError(
+            f"{source}: {n_bad} of {x.shape[0]} samples are NaN or Inf "
+            f"(first at index {first}: {x[first]})"
+        )
+    return x

@@ -1,0 +1,295 @@
+"""ICBHI 2017 Respiratory Sound Database loader.
+
+A recording is ``<rec>.flac`` (or ``.wav``) with ``<rec>.txt`` beside it: one line per
+respiratory cycle, ``start_s end_s crackles(0/1) wheezes(0/1)`` separated by whitespace. The
+name is ``<patient>_<recording index>_<chest location>_<acquisition mode sc/mc>_<device>``.
+
+Patient ids are kept as strings (``"101"``..``"226"``), as in the SPRSound loader, so the same
+patient-level code serves both datasets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import AnnotationError
+
+ICBHI_LABELS: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
+CHEST_LOCATIONS: dict[str, str] = {
+    "Tc": "trachea",
+    "Al": "anterior left",
+    "Ar": "anterior right",
+    "Pl": "posterior left",
+    "Pr": "posterior right",
+    "Ll": "lateral left",
+    "Lr": "lateral right",
+}
+ACQUISITION_MODES: dict[str, str] = {
+    "sc": "sequential/single channel",
+    "mc": "simultaneous/multichannel",
+}
+DEVICES: dict[str, str] = {
+    "AKGC417L": "AKG C417L microphone",
+    "LittC2SE": "3M Littmann Classic II SE stethoscope",
+    "Litt3200": "3M Littmann 3200 electronic stethoscope",
+    "Meditron": "WelchAllyn Meditron Master Elite electronic stethoscope",
+}
+SPLIT_HALVES: tuple[str, ...] = ("train", "test")
+# The official split file names one recording with a device that differs from the recording's
+# own audio and annotation files; map the split file's name to the real one.
+SPLIT_NAME_CORRECTIONS: dict[str, str] = {"226_1b1_Pl_sc_Meditron": "226_1b1_Pl_sc_LittC2SE"}
+
+ANNOTATION_SUFFIX = ".txt"
+AUDIO_SUFFIXES: tuple[str, ...] = (".flac", ".wav")
+N_NAME_FIELDS = 5
+N_CYCLE_FIELDS = 4
+N_SPLIT_FIELDS = 2
+FLAG_VALUES: dict[str, bool] = {"0": False, "1": True}
+
+
+@dataclass(frozen=True)
+class IcbhiCycle:
+    """One annotated respiratory cycle; times in seconds from the recording start."""
+
+    start_s: float
+    end_s: float
+    crackles: bool
+    wheezes: bool
+
+    @property
+    def label(self) -> str:
+        """The 4-class label: one of :data:`ICBHI_LABELS`."""
+        if self.crackles and self.wheezes:
+            return "both"
+        if self.crackles:
+            return "crackle"
+        if self.wheezes:
+            return "wheeze"
+        return "normal"
+
+
+@dataclass(frozen=True)
+class IcbhiRecording:
+    """One ICBHI recording, its metadata (from the file name) and its cycles (time order).
+
+    ``chest_location`` is a key of :data:`CHEST_LOCATIONS`, ``acquisition_mode`` of
+    :data:`ACQUISITION_MODES`, ``device`` of :data:`DEVICES`.
+    """
+
+    recording_id: str
+    audio_path: Path
+    patient_id: str
+    recording_index: str
+    chest_location: str
+    acquisition_mode: str
+    device: str
+    cycles: tuple[IcbhiCycle, ...]
+
+
+def load_icbhi(train_dir: str | Path) -> list[IcbhiRecording]:
+    """Load every recording (audio + ``.txt`` cycles) in a folder.
+
+    Args:
+        train_dir: e.g. ``icbhi_root() / "train"``.
+
+    Returns:
+        Recordings sorted by ``recording_id``.
+
+    Raises:
+        FileNotFoundError: the folder is missing or holds no ``.txt`` annotations.
+        AnnotationError: a name or cycle file is malformed, or a ``.txt`` has no audio twin.
+    """
+    folder = Path(train_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: ICBHI folder not found")
+    annotation_paths = sorted(folder.glob(f"*{ANNOTATION_SUFFIX}"))
+    if not annotation_paths:
+        raise FileNotFoundError(f"{folder}: no {ANNOTATION_SUFFIX} cycle annotations")
+    return [_load_recording(path) for path in annotation_paths]
+
+
+def _load_recording(txt_path: Path) -> IcbhiRecording:
+    """One recording from its cycle file, its file name and its audio twin."""
+    patient_id, index, location, mode, device = parse_recording_name(txt_path.stem, str(txt_path))
+    return IcbhiRecording(
+        recording_id=txt_path.stem,
+        audio_path=_find_audio(txt_path),
+        patient_id=patient_id,
+        recording_index=index,
+        chest_location=location,
+        acquisition_mode=mode,
+        device=device,
+        cycles=read_cycles(txt_path),
+    )
+
+
+def _find_audio(txt_path: Path) -> Path:
+    """The audio twin of a cycle file (``.flac`` preferred over ``.wav``)."""
+    for suffix in AUDIO_SUFFIXES:
+        candidate = txt_path.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    raise AnnotationError(
+        f"{txt_path}: no audio file beside it (looked for {', '.join(AUDIO_SUFFIXES)})"
+    )
+
+
+def parse_recording_name(recording_id: str, where: str) -> tuple[str, str, str, str, str]:
+    """Parse ``<patient>_<index>_<location>_<mode>_<device>``.
+
+    Returns:
+        ``(patient_id, recording_index, chest_location, acquisition_mode, device)``.
+
+    Raises:
+        AnnotationError: the name does not follow the pattern (message starts with ``where``).
+    """
+    fields = recording_id.split("_")
+    if len(fields) != N_NAME_FIELDS:
+        raise AnnotationError(
+            f"{where}: recording name {recording_id!r} should have {N_NAME_FIELDS} '_'-separated "
+            "fields <patient>_<index>_<location>_<mode>_<device>"
+        )
+    patient_id, index, location, mode, device = fields
+    if not patient_id.isdigit():
+        raise AnnotationError(f"{where}: patient {patient_id!r} must be digits")
+    if location not in CHEST_LOCATIONS:
+        raise AnnotationError(
+            f"{where}: chest location {location!r} not in {list(CHEST_LOCATIONS)}"
+        )
+    if mode not in ACQUISITION_MODES:
+        raise AnnotationError(
+            f"{where}: acquisition mode {mode!r} not in {list(ACQUISITION_MODES)}"
+        )
+    if device not in DEVICES:
+        raise AnnotationError(f"{where}: device {device!r} not in {list(DEVICES)}")
+    return patient_id, index, location, mode, device
+
+
+def read_cycles(txt_path: str | Path) -> tuple[IcbhiCycle, ...]:
+    """Read a cycle file: one ``start_s end_s crackles wheezes`` line per cycle.
+
+    Blank lines are skipped; fields may be separated by tabs or spaces; CRLF is accepted.
+
+    Returns:
+        Cycles in file order (the official files are in time order).
+
+    Raises:
+        AnnotationError: unreadable file, no cycles, or a malformed line. The message names the
+            file and the line number (``path:line: ...``): wrong field count, a time that is not
+            a finite number or is negative, a flag other than 0/1, end <= start.
+    """
+    path = Path(txt_path)
+    lines = _read_lines(path)
+    cycles = [
+        _parse_cycle(line, f"{path}:{number}")
+        for number, line in enumerate(lines, start=1)
+        if line.strip()
+    ]
+    if not cycles:
+        raise AnnotationError(f"{path}: no respiratory cycles")
+    return tuple(cycles)
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Text lines of a file (universal newlines, BOM dropped)."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: cannot read annotation: {exc}") from exc
+
+
+def _parse_cycle(line: str, where: str) -> IcbhiCycle:
+    """One cycle line; ``where`` is ``path:line`` for messages."""
+    fields = line.split()
+    if len(fields) != N_CYCLE_FIELDS:
+        raise AnnotationError(
+            f"{where}: expected {N_CYCLE_FIELDS} fields 'start_s end_s crackles wheezes', "
+            f"got {len(fields)}: {line.strip()!r}"
+        )
+    start_s = _parse_seconds(fields[0], "start", where)
+    end_s = _parse_seconds(fields[1], "end", where)
+    if end_s <= start_s:
+        raise AnnotationError(f"{where}: end ({end_s} s) must be after start ({start_s} s)")
+    crackles = _parse_flag(fields[2], "crackles", where)
+    wheezes = _parse_flag(fields[3], "wheezes", where)
+    return IcbhiCycle(start_s=start_s, end_s=end_s, crackles=crackles, wheezes=wheezes)
+
+
+def _parse_seconds(text: str, name: str, where: str) -> float:
+    """A finite, non-negative number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise AnnotationError(f"{where}: {name} {text!r} is not a number") from None
+    if not math.isfinite(seconds) or seconds < 0.0:
+        raise AnnotationError(f"{where}: {name} must be a finite non-negative time, got {text!r}")
+    return seconds
+
+
+def _parse_flag(text: str, name: str, where: str) -> bool:
+    """A 0/1 flag."""
+    if text not in FLAG_VALUES:
+        raise AnnotationError(f"{where}: {name} flag must be 0 or 1, got {text!r}")
+    return FLAG_VALUES[text]
+
+
+def read_official_split(path: str | Path) -> dict[str, str]:
+    """Read ``ICBHI_challenge_train_test.txt``: recording id -> ``"train"`` or ``"test"``.
+
+    The file has 920 lines ``<recording id>\t<train|test>`` (539 train, 381 test). Its quirks,
+    all handled here:
+
+    1. **Not patient-disjoint** (stated in the data README): patients 156 and 218 have
+       recordings in both halves. :func:`patients_in_both_halves` lists them; drop those
+       patients (or pick one half for them) where a disjoint split matters.
+    2. **A recording named with the wrong device** (found by comparing names): the file lists
+       ``226_1b1_Pl_sc_Meditron``, but that recording's audio and annotation files (in the
+       database and in ``train/``) are ``226_1b1_Pl_sc_LittC2SE``, and no ``..._Meditron``
+       file exists, so a join on names silently loses it. The name is corrected through
+       :data:`SPLIT_NAME_CORRECTIONS`.
+    3. **CRLF line endings** (every line ends in ``\r\n``): a reader without universal
+       newlines (binary mode, ``newline=""``, splitting on ``"\n"``) gets the half as
+       ``"train\r"``, which matches nothing. Lines are read with universal newlines and split
+       on any whitespace here.
+
+    Raises:
+        AnnotationError: unreadable file, wrong field count, a half other than train/test, or a
+            recording listed twice (message names the file and line).
+    """
+    file_path = Path(path)
+    split: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(_read_lines(file_path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{file_path}:{number}"
+        if len(fields) != N_SPLIT_FIELDS:
+            raise AnnotationError(f"{where}: expected '<recording id> <train|test>', got {line!r}")
+        recording_id = SPLIT_NAME_CORRECTIONS.get(fields[0], fields[0])
+        half = fields[1]
+        if half not in SPLIT_HALVES:
+            raise AnnotationError(f"{where}: half must be one of {SPLIT_HALVES}, got {half!r}")
+        if recording_id in split:
+            raise AnnotationError(
+                f"{where}: {recording_id} already listed at line {first_line[recording_id]}"
+            )
+        split[recording_id] = half
+        first_line[recording_id] = number
+    return split
+
+
+def patient_of(recording_id: str) -> str:
+    """The patient id (first ``_`` field) of an ICBHI recording id."""
+    return recording_id.split("_", 1)[0]
+
+
+def patients_in_both_halves(split: Mapping[str, str]) -> set[str]:
+    """Patients with recordings in both halves of a split (``{"156", "218"}`` officially)."""
+    halves_by_patient: dict[str, set[str]] = {}
+    for recording_id, half in split.items():
+        halves_by_patient.setdefault(patient_of(recording_id), set()).add(half)
+    return {patient for patient, halves in halves_by_patient.items() if len(halves) > 1}
