@@ -26,8 +26,11 @@ from edge.errors import ConfigError
 T = TypeVar("T")
 
 
-class InvalidValue(ValueError):
-    """Raised inside a dataclass's validation: which field, which value, what is allowed."""
+class InvalidValueError(ConfigError):
+    """Raised inside a dataclass's validation: which field, which value, what is allowed.
+
+    :func:`from_mapping` re-raises it as a :class:`ConfigError` prefixed with the source.
+    """
 
     def __init__(self, key: str, value: object, allowed: str) -> None:
         super().__init__(f"{key} must be {allowed}, got {value!r}")
@@ -37,9 +40,9 @@ class InvalidValue(ValueError):
 
 
 def check(ok: bool, key: str, value: object, allowed: str) -> None:
-    """Raise :class:`InvalidValue` unless ``ok``."""
+    """Raise :class:`InvalidValueError` unless ``ok``."""
     if not ok:
-        raise InvalidValue(key, value, allowed)
+        raise InvalidValueError(key, value, allowed)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -74,7 +77,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "<config>"
     """Build the dataclass ``cls`` from ``data``; errors name ``source`` and the key."""
     try:
         return _build(cls, data, prefix="")
-    except InvalidValue as exc:
+    except InvalidValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
 
@@ -115,21 +118,23 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
     if not isinstance(data, Mapping):
-        raise InvalidValue(prefix.rstrip(".") or "<top>", data, "a mapping of keys")
+        raise InvalidValueError(prefix.rstrip(".") or "<top>", data, "a mapping of keys")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise InvalidValue(prefix + str(unknown[0]), data[unknown[0]], f"one of {sorted(fields)}")
+        raise InvalidValueError(
+            prefix + str(unknown[0]), data[unknown[0]], f"one of {sorted(fields)}"
+        )
     kwargs = {name: _convert(hints[name], data[name], prefix + name) for name in data}
     try:
         return cls(**kwargs)
-    except InvalidValue as exc:
-        raise InvalidValue(prefix + exc.key, exc.value, exc.allowed) from None
+    except InvalidValueError as exc:
+        raise InvalidValueError(prefix + exc.key, exc.value, exc.allowed) from None
     except TypeError:  # a required key is missing
         missing = [n for n, f in fields.items() if n not in data and _is_required(f)]
         if missing:
-            raise InvalidValue(prefix + missing[0], None, "given (required key)") from None
+            raise InvalidValueError(prefix + missing[0], None, "given (required key)") from None
         raise
 
 

@@ -35,5 +35,5 @@ class AnnotationError(LungwatchError, ValueError):
     """An annotation file is malformed; the message names the file and the line."""
 
 
-class FeatureSpecMismatch(LungwatchError, ValueError):
+class FeatureSpecMismatchError(LungwatchError, ValueError):
     """A model was made for a different feature spec than the one configured."""

@@ -57,4 +57,8 @@ def make_stream(spec: FeatureSpec, **kwargs: Any) -> StreamingFrontEnd:
 
 def lookahead_samples(spec: FeatureSpec) -> int:
     """Samples beyond a frame's end the kind needs (0 except for ``cwt``)."""
-    return int(make_stream(spec).lookahead_samples)
+    if spec.kind == "cwt":
+        from edge.features.cwt import morlet_bank
+
+        return int(morlet_bank(spec).lookahead_samples)
+    return 0

@@ -1,6 +1,6 @@
 """Real FFT power spectra inside Numba kernels, allocating nothing per call.
 
-:func:`frame_power` is what kernels call. It uses DUCC0 through rocket-fft's low-level
+:func:`frames_power` is what kernels call. It uses DUCC0 through rocket-fft's low-level
 ``r2c`` (writes into a caller-provided array) where that is installed (x86-64 wheels), and
 otherwise the built-in radix-2 :func:`rfft_power` below (e.g. on a Jetson with Python 3.10).
 :data:`FFT_BACKEND` says which one this process uses.
@@ -25,7 +25,6 @@ except ImportError:  # no rocket-fft wheel with the low-level API on this platfo
     _r2c = None
 
 FFT_BACKEND = "rocket-fft r2c (DUCC0)" if _r2c is not None else "built-in radix-2"
-_AXES = np.zeros(1, dtype=np.int64)
 
 
 class FftPlan(NamedTuple):
@@ -114,37 +113,51 @@ def rfft_power(frame, bitrev, tw_re, tw_im, sp_re, sp_im, work_re, work_im, powe
         power[k] = xr * xr + xi * xi
 
 
-class FrameFft:
-    """Scratch arrays and tables for :func:`frame_power`, allocated once per stream.
+class FramesFft:
+    """Scratch arrays and tables for :func:`frames_power`, allocated once per stream.
 
-    Pass ``as_args()`` to a kernel and unpack it there in this order.
+    ``capacity`` is the most frames one call transforms; :meth:`allocate` regrows it (only
+    when a chunk longer than any before arrives). Pass :meth:`as_args` to a kernel.
     """
 
-    def __init__(self, n_fft: int):
+    def __init__(self, n_fft: int, capacity: int):
+        self.n_fft = n_fft
         self.plan = make_plan(n_fft)
-        self.spectrum = np.zeros(n_fft // 2 + 1, dtype=np.complex128)
         self.work_re = np.zeros(n_fft // 2, dtype=np.float64)
         self.work_im = np.zeros(n_fft // 2, dtype=np.float64)
+        self.allocate(capacity)
+
+    def allocate(self, capacity: int) -> None:
+        self.spectra = np.zeros((capacity, self.n_fft // 2 + 1), dtype=np.complex128)
 
     def as_args(self) -> tuple[np.ndarray, ...]:
-        return (*self.plan, self.spectrum, self.work_re, self.work_im)
+        if _r2c is not None:
+            return (self.spectra,)
+        return (*self.plan, self.work_re, self.work_im)
 
 
 if _r2c is not None:
     _r2c_impl = _r2c
+    _ROW_AXIS = np.ones(1, dtype=np.int64)
 
     @njit(cache=True)
-    def frame_power(frame, fft_args, power):
-        """``power[:] = |rfft(frame)|**2``; ``fft_args`` from :meth:`FrameFft.as_args`."""
-        spectrum = fft_args[5]
-        _r2c_impl(frame, spectrum, _AXES, True, 1.0, 1)
-        for k in range(power.shape[0]):
-            power[k] = spectrum[k].real * spectrum[k].real + spectrum[k].imag * spectrum[k].imag
+    def frames_power(frames, n, fft_args, power):
+        """``power[f] = |rfft(frames[f])|**2`` for ``f < n`` (one batched DUCC0 call).
+
+        frames: (capacity, n_fft) float64; power: (capacity, n_fft // 2 + 1) float64.
+        """
+        spectra = fft_args[0]
+        _r2c_impl(frames[:n], spectra[:n], _ROW_AXIS, True, 1.0, 1)
+        for f in range(n):
+            for k in range(power.shape[1]):
+                z = spectra[f, k]
+                power[f, k] = z.real * z.real + z.imag * z.imag
 
 else:
 
     @njit(cache=True)
-    def frame_power(frame, fft_args, power):
-        """``power[:] = |rfft(frame)|**2``; ``fft_args`` from :meth:`FrameFft.as_args`."""
-        bitrev, tw_re, tw_im, sp_re, sp_im, _spectrum, work_re, work_im = fft_args
-        rfft_power(frame, bitrev, tw_re, tw_im, sp_re, sp_im, work_re, work_im, power)
+    def frames_power(frames, n, fft_args, power):
+        """``power[f] = |rfft(frames[f])|**2`` for ``f < n`` (built-in FFT, frame by frame)."""
+        bitrev, tw_re, tw_im, sp_re, sp_im, work_re, work_im = fft_args
+        for f in range(n):
+            rfft_power(frames[f], bitrev, tw_re, tw_im, sp_re, sp_im, work_re, work_im, power[f])

@@ -15,9 +15,16 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from edge.config import InvalidValue
-from edge.features.base import COUNTDOWN, WRITE_POS, StreamingFrontEnd, finish, normalise
-from edge.features.fft import FrameFft, frame_power
+from edge.config import InvalidValueError
+from edge.features.base import (
+    COUNTDOWN,
+    WRITE_POS,
+    BoundKernel,
+    StreamingFrontEnd,
+    finish,
+    normalise,
+)
+from edge.features.fft import FramesFft, frames_power
 from edge.features.spec import FeatureSpec, n_frames
 
 
@@ -44,7 +51,7 @@ def mel_filterbank(spec: FeatureSpec) -> np.ndarray:
     weights = np.maximum(0.0, np.minimum(rising, falling))
     empty = np.flatnonzero(weights.max(axis=1) <= 0.0)
     if empty.size:
-        raise InvalidValue(
+        raise InvalidValueError(
             "n_fft",
             spec.n_fft,
             f"large enough that every mel band holds an FFT bin (band {empty[0]} "
@@ -97,11 +104,12 @@ def logmel(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 @njit(cache=True)
 def _logmel_push(
     x,
+    out,
     ring,
     counters,
     hop,
     window,
-    frame,
+    frames,
     fft_args,
     power,
     mel_lo,
@@ -109,37 +117,41 @@ def _logmel_push(
     mel_w,
     use_log,
     log_offset,
-    out,
 ):
-    """Stream ``x`` through the ring; write each completed frame's bands to ``out``."""
-    ring_len = ring.shape[0]
+    """Stream ``x`` through the ring; write each completed frame's bands to ``out``.
+
+    ring: (2 * frame_samples,): every sample is written twice, at ``pos`` and
+    ``pos + frame_samples``, so the last frame is always the contiguous slice
+    ``ring[pos:pos + frame_samples]``. frames: (capacity, n_fft) windowed frames (the tail
+    past ``frame_samples`` stays zero: the FFT padding); power: (capacity, n_fft//2 + 1).
+    """
+    frame_len = window.shape[0]
     pos = counters[WRITE_POS]
     countdown = counters[COUNTDOWN]
     n_out = 0
     for i in range(x.shape[0]):
         ring[pos] = x[i]
+        ring[pos + frame_len] = x[i]
         pos += 1
-        if pos == ring_len:
+        if pos == frame_len:
             pos = 0
         countdown -= 1
-        if countdown > 0:
-            continue
-        countdown = hop
-        # The oldest sample sits at ``pos``: unroll the ring into the windowed frame.
-        first = ring_len - pos
-        for k in range(first):
-            frame[k] = ring[pos + k] * window[k]
-        for k in range(pos):
-            frame[first + k] = ring[k] * window[first + k]
-        frame_power(frame, fft_args, power)
+        if countdown == 0:
+            countdown = hop
+            for k in range(frame_len):
+                frames[n_out, k] = ring[pos + k] * window[k]
+            n_out += 1
+    counters[WRITE_POS] = pos
+    counters[COUNTDOWN] = countdown
+    if n_out == 0:
+        return 0
+    frames_power(frames, n_out, fft_args, power)
+    for f in range(n_out):
         for b in range(mel_lo.shape[0]):
             acc = 0.0
             for k in range(mel_lo[b], mel_hi[b]):
-                acc += mel_w[b, k] * power[k]
-            out[n_out, b] = finish(acc, use_log, log_offset)
-        n_out += 1
-    counters[WRITE_POS] = pos
-    counters[COUNTDOWN] = countdown
+                acc += mel_w[b, k] * power[f, k]
+            out[f, b] = finish(acc, use_log, log_offset)
     return n_out
 
 
@@ -147,33 +159,35 @@ class LogMelStream(StreamingFrontEnd):
     """Streaming log-mel over a ring of the last ``frame_samples`` samples."""
 
     def __init__(self, spec: FeatureSpec, **kwargs: int):
-        self._ring = np.zeros(spec.frame_samples, dtype=np.float64)
-        self._frame = np.zeros(spec.n_fft, dtype=np.float64)  # zero tail = padding
-        self._fft = FrameFft(spec.n_fft)
-        self._power = np.zeros(spec.n_freqs, dtype=np.float64)
+        self._ring = np.zeros(2 * spec.frame_samples, dtype=np.float64)
         self._window = analysis_window(spec.frame_samples)
         self._mel = sparse_mel(spec)
-        self._use_log = spec.normalisation == "log"
-        self._fft_args = self._fft.as_args()
         super().__init__(spec, **kwargs)
 
-    def _reset_state(self) -> None:
-        self._ring[:] = 0.0
+    def _allocate(self, capacity: int) -> None:
+        spec = self.spec
+        self._frames = np.zeros((capacity, spec.n_fft), dtype=np.float64)
+        self._power = np.zeros((capacity, spec.n_freqs), dtype=np.float64)
+        self._fft = FramesFft(spec.n_fft, capacity)
+        super()._allocate(capacity)
 
-    def _process(self, x: np.ndarray, out: np.ndarray) -> int:
-        return _logmel_push(
-            x,
+    def _bind_kernel(self) -> BoundKernel:
+        spec = self.spec
+        return BoundKernel(
+            _logmel_push,
             self._ring,
             self._counters,
-            self.spec.hop_samples,
+            spec.hop_samples,
             self._window,
-            self._frame,
-            self._fft_args,
+            self._frames,
+            self._fft.as_args(),
             self._power,
             self._mel.lo,
             self._mel.hi,
             self._mel.weights,
-            self._use_log,
-            self.spec.log_offset,
-            out,
+            spec.normalisation == "log",
+            spec.log_offset,
         )
+
+    def _reset_state(self) -> None:
+        self._ring[:] = 0.0

@@ -17,8 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edge.config import InvalidValue, check, from_mapping, to_mapping
-from edge.errors import FeatureSpecMismatch
+from edge.config import check, from_mapping, to_mapping
+from edge.errors import FeatureSpecMismatchError
 
 FeatureKind = Literal["logmel", "gammatone", "cwt"]
 Normalisation = Literal["log", "power"]
@@ -109,10 +109,7 @@ class FeatureSpec:
 
     def replace(self, **changes: Any) -> FeatureSpec:
         """A copy with some fields changed (validated)."""
-        try:
-            return dataclasses.replace(self, **changes)
-        except InvalidValue as exc:
-            raise InvalidValue(exc.key, exc.value, exc.allowed) from None
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as stored in checkpoints and manifests."""
@@ -139,7 +136,7 @@ def require_same_spec(model_spec: FeatureSpec, configured: FeatureSpec, model_na
         for f in dataclasses.fields(FeatureSpec)
         if getattr(model_spec, f.name) != getattr(configured, f.name)
     ]
-    raise FeatureSpecMismatch(f"{model_name}: feature spec differs ({'; '.join(diffs)})")
+    raise FeatureSpecMismatchError(f"{model_name}: feature spec differs ({'; '.join(diffs)})")
 
 
 def _is_power_of_two(n: int) -> bool:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from edge.config import InvalidValue
+from edge.config import InvalidValueError
 from edge.features import FeatureSpec, extract
 from edge.features.logmel import analysis_window, mel_filterbank
 
@@ -89,7 +89,7 @@ def test_sine_power_is_spectrum_scaled() -> None:
 
 
 def test_empty_mel_band_is_refused() -> None:
-    with pytest.raises(InvalidValue, match="n_fft"):
+    with pytest.raises(InvalidValueError, match="n_fft"):
         mel_filterbank(FeatureSpec(n_fft=256, n_bands=128, fmin_hz=0.0))
 
 

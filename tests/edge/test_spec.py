@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.errors import FeatureSpecMismatch
+from edge.errors import FeatureSpecMismatchError
 from edge.features import FeatureSpec, n_frames, require_same_spec
 
 
@@ -28,7 +28,7 @@ def test_n_frames(n_samples: int, lookahead: int, expected: int) -> None:
 def test_require_same_spec_lists_every_difference() -> None:
     ours = FeatureSpec()
     require_same_spec(FeatureSpec(), ours, "model.onnx")
-    with pytest.raises(FeatureSpecMismatch) as info:
+    with pytest.raises(FeatureSpecMismatchError) as info:
         require_same_spec(ours.replace(n_bands=32, hop_samples=160), ours, "model.onnx")
     message = str(info.value)
     assert message.startswith("model.onnx: feature spec differs")
