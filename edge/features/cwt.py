@@ -1,0 +1,289 @@
+"""Wavelet scalogram front end: complex Morlet CWT power, sampled several times per hop.
+
+Scales: ``n_bands`` centre frequencies ``f_b``, the interior points of ``n_bands + 2``
+geometrically spaced points from ``fmin_hz`` to ``fmax_hz``. Band ``b`` uses the Morlet wavelet
+
+    psi_b[k] = g_b[k] * exp(+2j*pi*f_b*k/fs),  g_b[k] = exp(-(k/fs)**2 / (2*sigma_b**2)),
+
+with ``sigma_b = morlet_w0 / (2*pi*f_b)`` seconds, ``k`` in ``[-K_b, K_b]``,
+``K_b = ceil(TRUNCATION_SIGMAS * sigma_b * fs)``, divided by ``sum(g_b) / 2`` so that a sine of
+amplitude ``A`` at ``f_b`` gives ``|c_b| ~= A``. The coefficient at sample ``n`` is the
+correlation with the wavelet,
+
+    c_b[n] = sum_k x[n + k] * conj(psi_b[k]),
+
+so for ``x[n] = A*cos(2*pi*f_b*n/fs + phi)`` it is ``~ A*exp(+1j*(2*pi*f_b*n/fs + phi))``
+(the phase advances with ``n``, like the analytic signal). Samples before 0 are zeros.
+
+Band power of frame ``t`` (centre ``m_t = t*hop + frame_samples//2``): the mean of
+``|c_b[m_t + o]|**2`` over ``P_b`` offsets ``o`` spread evenly across one hop, with
+``stride_b = clip(rint(sigma_b*fs), 1, hop)``, ``P_b = max(1, hop // stride_b)`` and
+``o = rint((arange(P_b) - (P_b - 1)/2) * hop / P_b)`` (``rint`` rounds half to even). Short,
+high-frequency wavelets are thus sampled densely enough that a crackle between two frame
+centres is not missed; long ones once per frame.
+
+Reach and lookahead: frame ``t`` needs samples ``m_t - D .. m_t + D`` with
+``D = max_b(K_b + max|o_b|)`` (the offsets are symmetric). The framing convention
+(:mod:`edge.features.spec`) says the last sample frame ``t`` needs is
+``t*hop + frame_samples + lookahead - 1``, hence
+
+    lookahead_samples = max(0, D - (frame_samples - frame_samples//2) + 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+from scipy.signal import oaconvolve
+
+from edge.config import InvalidValueError
+from edge.features.base import (
+    COUNTDOWN,
+    WRITE_POS,
+    BoundKernel,
+    StreamingFrontEnd,
+    finish,
+    normalise,
+)
+from edge.features.spec import FeatureSpec, n_frames
+
+#: The Gaussian envelope is cut at this many standard deviations (``exp(-8) ~ 3.4e-4``).
+TRUNCATION_SIGMAS = 4.0
+
+
+class MorletBank(NamedTuple):
+    """The designed wavelets and evaluation points, packed flat for the Numba kernel.
+
+    centres_hz:   (n_bands,) float64 centre frequencies ``f_b``, increasing.
+    sigma_samples:(n_bands,) float64 Gaussian width ``sigma_b * fs`` in samples.
+    half_width:   (n_bands,) int64 ``K_b``; band ``b``'s kernel has ``2*K_b + 1`` taps.
+    kernel_start: (n_bands + 1,) int64; band ``b``'s taps are ``[start[b], start[b+1])``.
+    kernel_re/im: (total_taps,) float64 ``conj(psi_b[k]) / (sum(g_b)/2)`` for ``k = -K_b..K_b``.
+    point_start:  (n_bands + 1,) int64; band ``b``'s points are ``[start[b], start[b+1])``.
+    point_offset: (total_points,) int64 offsets ``o`` from the frame centre, in samples.
+    point_base:   (total_points,) int64 ``reach + o - K_b``: where the point's kernel starts in
+                  a buffer whose sample ``reach`` is the frame centre.
+    reach:        ``D``, samples needed on each side of the frame centre.
+    lookahead_samples: samples needed beyond the frame's end (see the module docstring).
+    span_samples: samples from the first needed one to the frame's last needed one inclusive.
+    """
+
+    centres_hz: np.ndarray
+    sigma_samples: np.ndarray
+    half_width: np.ndarray
+    kernel_start: np.ndarray
+    kernel_re: np.ndarray
+    kernel_im: np.ndarray
+    point_start: np.ndarray
+    point_offset: np.ndarray
+    point_base: np.ndarray
+    reach: int
+    lookahead_samples: int
+    span_samples: int
+
+
+def morlet_centres_hz(spec: FeatureSpec) -> np.ndarray:
+    """(n_bands,) geometric centre frequencies strictly inside ``(fmin_hz, fmax_hz)``."""
+    if spec.fmin_hz <= 0.0:
+        raise InvalidValueError("fmin_hz", spec.fmin_hz, "a number > 0 for kind 'cwt' (log-spaced)")
+    return np.geomspace(spec.fmin_hz, spec.fmax_hz, spec.n_bands + 2)[1:-1]
+
+
+def morlet_kernel(f_hz: float, spec: FeatureSpec) -> np.ndarray:
+    """(2*K + 1,) complex128 normalised ``psi[k]`` for ``k = -K..K`` at centre ``f_hz``.
+
+    Built for ``k >= 0`` and mirrored (``psi[-k] = conj(psi[k])``), so the symmetry the
+    streaming kernel folds on holds bit for bit.
+    """
+    fs = spec.sample_rate_hz
+    sigma_samples = spec.morlet_w0 * fs / (2.0 * np.pi * f_hz)
+    half = math.ceil(TRUNCATION_SIGMAS * sigma_samples)
+    k = np.arange(half + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (k / sigma_samples) ** 2)
+    norm = 0.5 * (g[0] + 2.0 * g[1:].sum())  # sum(g) over -K..K, halved
+    right = g * np.exp(2j * np.pi * f_hz * k / fs) / norm
+    return np.concatenate([np.conj(right[:0:-1]), right])
+
+
+def evaluation_offsets(sigma_samples: float, hop_samples: int) -> np.ndarray:
+    """(P,) int64 offsets from the frame centre where one band's power is sampled."""
+    stride = int(np.clip(np.rint(sigma_samples), 1, hop_samples))
+    count = max(1, hop_samples // stride)
+    spread = (np.arange(count) - (count - 1) / 2.0) * hop_samples / count
+    return np.rint(spread).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def morlet_bank(spec: FeatureSpec) -> MorletBank:
+    """Design (once per spec) the kernels and evaluation points; arrays are read-only."""
+    centres = morlet_centres_hz(spec)
+    kernels = [np.conj(morlet_kernel(float(f), spec)) for f in centres]
+    sigma = spec.morlet_w0 * spec.sample_rate_hz / (2.0 * np.pi * centres)
+    half = np.array([(len(kc) - 1) // 2 for kc in kernels], dtype=np.int64)
+    offsets = [evaluation_offsets(float(s), spec.hop_samples) for s in sigma]
+    reach = int(max(h + np.abs(o).max() for h, o in zip(half, offsets, strict=True)))
+    after_centre = spec.frame_samples - spec.frame_samples // 2
+    lookahead = max(0, reach - after_centre + 1)
+    packed = np.concatenate(kernels)
+    bank = MorletBank(
+        centres_hz=centres,
+        sigma_samples=sigma,
+        half_width=half,
+        kernel_start=_starts([len(kc) for kc in kernels]),
+        kernel_re=np.ascontiguousarray(packed.real),
+        kernel_im=np.ascontiguousarray(packed.imag),
+        point_start=_starts([len(o) for o in offsets]),
+        point_offset=np.concatenate(offsets),
+        point_base=np.concatenate([reach + o - h for h, o in zip(half, offsets, strict=True)]),
+        reach=reach,
+        lookahead_samples=lookahead,
+        span_samples=after_centre + lookahead + reach,
+    )
+    for array in bank:
+        if isinstance(array, np.ndarray):
+            array.setflags(write=False)
+    return bank
+
+
+def _starts(lengths: list[int]) -> np.ndarray:
+    """(len(lengths) + 1,) int64 cumulative starts of packed segments."""
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def cwt(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Batch scalogram of a whole signal: (n_samples,) -> (n_frames, n_bands) float32.
+
+    ``n_frames`` follows :func:`edge.features.spec.n_frames` with the bank's lookahead.
+    Each band is a real overlap-add convolution of the zero-left-padded signal with the
+    kernel's real and imaginary parts, gathered at the evaluation points.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    bank = morlet_bank(spec)
+    count = n_frames(spec, x.shape[0], bank.lookahead_samples)
+    if count == 0:
+        return np.zeros((0, spec.n_bands), dtype=np.float32)
+    used = (count - 1) * spec.hop_samples + spec.frame_samples + bank.lookahead_samples
+    padded = np.concatenate([np.zeros(bank.reach), x[:used]])[None, :]
+    centres = np.arange(count) * spec.hop_samples + spec.frame_samples // 2
+    power = np.empty((count, spec.n_bands), dtype=np.float64)
+    for b in range(spec.n_bands):
+        power[:, b] = _band_power(padded, centres, bank, b)
+    return normalise(power, spec)
+
+
+def _band_power(padded: np.ndarray, centres: np.ndarray, bank: MorletBank, b: int) -> np.ndarray:
+    """(n_frames,) mean ``|c_b|**2`` over band ``b``'s points; ``padded`` is (1, n) float64."""
+    taps = slice(bank.kernel_start[b], bank.kernel_start[b + 1])
+    kernel = np.stack([bank.kernel_re[taps], bank.kernel_im[taps]])[:, ::-1]
+    # valid[:, i] = sum_j padded[i + j] * conj(psi)[j]  ->  c_b at sample i + K_b - reach
+    valid = oaconvolve(padded, kernel, mode="valid", axes=1)
+    points = bank.point_base[bank.point_start[b] : bank.point_start[b + 1]]
+    gathered = valid[:, centres[:, None] + points[None, :]]
+    return np.mean(gathered[0] ** 2 + gathered[1] ** 2, axis=1)
+
+
+def kernel_args(bank: MorletBank) -> tuple[np.ndarray, ...]:
+    """The bank's arrays in the order the Numba kernels unpack them."""
+    return (
+        bank.kernel_start,
+        bank.half_width,
+        bank.kernel_re,
+        bank.kernel_im,
+        bank.point_start,
+        bank.point_base,
+    )
+
+
+@njit(cache=True)
+def _frame_powers(lin, bank_args, use_log, log_offset, out_row):
+    """Band powers of one frame from ``lin`` (its span, centre at ``reach``) into ``out_row``.
+
+    Folds the kernel's symmetry (``re`` even, ``im`` odd about tap ``K``): half the multiplies
+    of the plain dot product, in strict IEEE order (no fast-math).
+    """
+    kernel_start, half_width, kernel_re, kernel_im, point_start, point_base = bank_args
+    for b in range(half_width.shape[0]):
+        half = half_width[b]
+        mid = kernel_start[b] + half
+        acc = 0.0
+        for p in range(point_start[b], point_start[b + 1]):
+            c = point_base[p] + half
+            re = lin[c] * kernel_re[mid]
+            im = 0.0
+            for j in range(1, half + 1):
+                ahead = lin[c + j]
+                behind = lin[c - j]
+                re += (ahead + behind) * kernel_re[mid + j]
+                im += (ahead - behind) * kernel_im[mid + j]
+            acc += re * re + im * im
+        out_row[b] = finish(acc / (point_start[b + 1] - point_start[b]), use_log, log_offset)
+
+
+@njit(cache=True)
+def _cwt_push(x, out, ring, lin, counters, hop, bank_args, use_log, log_offset):
+    """Stream ``x`` through the ring; write each completed frame's band powers to ``out``."""
+    ring_len = ring.shape[0]
+    pos = counters[WRITE_POS]
+    countdown = counters[COUNTDOWN]
+    n_out = 0
+    for i in range(x.shape[0]):
+        ring[pos] = x[i]
+        pos += 1
+        if pos == ring_len:
+            pos = 0
+        countdown -= 1
+        if countdown > 0:
+            continue
+        countdown = hop
+        # The oldest sample (the frame's first needed one) sits at ``pos``: unroll once.
+        first = ring_len - pos
+        for k in range(first):
+            lin[k] = ring[pos + k]
+        for k in range(pos):
+            lin[first + k] = ring[k]
+        _frame_powers(lin, bank_args, use_log, log_offset, out[n_out])
+        n_out += 1
+    counters[WRITE_POS] = pos
+    counters[COUNTDOWN] = countdown
+    return n_out
+
+
+class CwtStream(StreamingFrontEnd):
+    """Streaming Morlet scalogram over a ring of the last ``span_samples`` samples.
+
+    The ring may be longer than ``first_frame_samples``; its zero initial content stands for
+    the samples before the stream start.
+    """
+
+    def __init__(self, spec: FeatureSpec, **kwargs: int):
+        self._bank = morlet_bank(spec)
+        self._ring = np.zeros(self._bank.span_samples, dtype=np.float64)
+        self._lin = np.zeros(self._bank.span_samples, dtype=np.float64)
+        self._bank_args = kernel_args(self._bank)
+        self._use_log = spec.normalisation == "log"
+        super().__init__(spec, **kwargs)
+
+    @property
+    def lookahead_samples(self) -> int:
+        """Samples beyond a frame's end needed by the widest wavelet at its last point."""
+        return self._bank.lookahead_samples
+
+    def _reset_state(self) -> None:
+        self._ring[:] = 0.0
+        self._lin[:] = 0.0
+
+    def _bind_kernel(self) -> BoundKernel:
+        return BoundKernel(
+            _cwt_push,
+            self._ring,
+            self._lin,
+            self._counters,
+            self.spec.hop_samples,
+            self._bank_args,
+            self._use_log,
+            self.spec.log_offset,
+        )

@@ -1,0 +1,135 @@
+"""The front-end contract for every kind: streaming equals batch for any chunking, reset()
+restores the initial state, nothing is reallocated per chunk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.errors import InvalidAudioError
+from edge.features import FEATURE_KINDS, FeatureSpec, extract, lookahead_samples, make_stream
+
+TOLERANCE = 1e-5
+SMALL = {"n_bands": 24}  # keeps the kernels' work small; the layout is the same
+
+
+def _signal(n: int, seed: int = 0) -> np.ndarray:
+    """Breath-like noise with a tone burst and clicks, so every band sees energy changes."""
+    rng = np.random.default_rng(seed)
+    x = 0.02 * rng.standard_normal(n)
+    t = np.arange(n) / 8000
+    x[n // 4 : n // 2] += 0.2 * np.sin(2 * np.pi * 350 * t[n // 4 : n // 2])
+    x[rng.integers(0, n, 12)] += 0.8
+    return x
+
+
+def _stream_all(kind: str, x: np.ndarray, chunks: list[int]) -> np.ndarray:
+    stream = make_stream(FeatureSpec(kind=kind, **SMALL))  # type: ignore[arg-type]
+    out, start = [], 0
+    for size in chunks:
+        out.append(stream.push(x[start : start + size]).copy())
+        start += size
+    assert start == x.size
+    return np.concatenate(out)
+
+
+def _fixed(size: int, n: int) -> list[int]:
+    return [size] * (n // size) + ([n % size] if n % size else [])
+
+
+@pytest.mark.parametrize("kind", FEATURE_KINDS)
+@pytest.mark.parametrize("chunk", [1, 7, 160, 4096])
+def test_stream_equals_batch_for_fixed_chunks(kind: str, chunk: int) -> None:
+    x = _signal(9000)
+    batch = extract(x, FeatureSpec(kind=kind, **SMALL))  # type: ignore[arg-type]
+    streamed = _stream_all(kind, x, _fixed(chunk, x.size))
+    assert streamed.shape == batch.shape
+    assert batch.shape[0] > 50
+    np.testing.assert_allclose(streamed, batch, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", FEATURE_KINDS)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_stream_equals_batch_for_random_chunks(kind: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = _signal(7000, seed)
+    cuts = np.sort(rng.choice(np.arange(1, x.size), size=40, replace=False))
+    chunks = np.diff(np.concatenate([[0], cuts, [x.size]])).tolist()
+    chunks.insert(5, 0)  # an empty chunk is allowed and yields nothing
+    batch = extract(x, FeatureSpec(kind=kind, **SMALL))  # type: ignore[arg-type]
+    np.testing.assert_allclose(_stream_all(kind, x, chunks), batch, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", FEATURE_KINDS)
+def test_reset_restores_initial_output_exactly(kind: str) -> None:
+    x = _signal(5000, 4)
+    stream = make_stream(FeatureSpec(kind=kind, **SMALL))  # type: ignore[arg-type]
+    first = stream.push(x).copy()
+    stream.push(_signal(3333, 5))
+    stream.reset()
+    assert stream.frames_emitted == 0
+    assert stream.samples_seen == 0
+    np.testing.assert_array_equal(stream.push(x), first)
+
+
+@pytest.mark.parametrize("kind", FEATURE_KINDS)
+def test_frames_are_emitted_as_soon_as_complete(kind: str) -> None:
+    spec = FeatureSpec(kind=kind, **SMALL)  # type: ignore[arg-type]
+    stream = make_stream(spec)
+    first = spec.frame_samples + lookahead_samples(spec)
+    assert stream.push(np.zeros(first - 1)).shape[0] == 0
+    assert stream.push(np.zeros(1)).shape[0] == 1
+    assert stream.push(np.zeros(spec.hop_samples - 1)).shape[0] == 0
+    assert stream.push(np.zeros(1)).shape[0] == 1
+
+
+@pytest.mark.parametrize("kind", FEATURE_KINDS)
+def test_steady_state_push_reuses_its_buffers(kind: str) -> None:
+    stream = make_stream(FeatureSpec(kind=kind, **SMALL))  # type: ignore[arg-type]
+    x = _signal(4096)
+    stream.push(x[:256])
+    buffer = stream.push(x[256:512]).base
+    for start in range(512, 4096, 256):
+        assert stream.push(x[start : start + 256]).base is buffer
+
+
+@pytest.mark.parametrize("kind", FEATURE_KINDS)
+def test_float32_and_float64_input_agree(kind: str) -> None:
+    x = _signal(4000).astype(np.float32)
+    a = make_stream(FeatureSpec(kind=kind, **SMALL)).push(x).copy()  # type: ignore[arg-type]
+    b = make_stream(FeatureSpec(kind=kind, **SMALL)).push(x.astype(np.float64))  # type: ignore[arg-type]
+    np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((10, 2)), np.zeros(10, dtype=np.int16), np.array(["a"])])
+def test_push_rejects_wrong_shape_or_dtype(bad: np.ndarray) -> None:
+    stream = make_stream(FeatureSpec())
+    with pytest.raises(InvalidAudioError, match=r"shape|dtype"):
+        stream.push(bad)
+
+
+@pytest.mark.parametrize("kind", FEATURE_KINDS)
+def test_one_stream_takes_mixed_chunk_types(kind: str) -> None:
+    """float64, float32, read-only and unaligned chunks into the same stream (each chunk type
+    has its own compiled entry point) still give the batch frames."""
+    x = _signal(6000, 6)
+    spec = FeatureSpec(kind=kind, **SMALL)  # type: ignore[arg-type]
+    stream = make_stream(spec)
+    read_only = x[1000:2000].copy()
+    read_only.setflags(write=False)
+    raw = np.zeros(1000 * 8 + 1, np.uint8)
+    unaligned = raw[1:].view(np.float64)
+    unaligned[:] = x[3000:4000]
+    assert not unaligned.flags.aligned
+    chunks = [
+        x[:1000],
+        read_only,
+        x[2000:3000].astype(np.float32),
+        unaligned,
+        x[4000:].astype(np.float32),
+    ]
+    streamed = np.concatenate([stream.push(c).copy() for c in chunks])
+    reference = x.copy()
+    for lo, hi in ((2000, 3000), (4000, x.size)):  # the float32 chunks, as the stream saw them
+        reference[lo:hi] = reference[lo:hi].astype(np.float32)
+    np.testing.assert_allclose(streamed, extract(reference, spec), rtol=0, atol=TOLERANCE)
