@@ -1,0 +1,57 @@
+"""The ``lungwatch`` console script: one subcommand per package ``main(argv)``.
+
+Each subcommand is a thin wrapper: the module is imported only when its subcommand runs,
+so ``lungwatch demo`` on a device never imports training code or torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+from edge.errors import LungwatchError
+
+# subcommand -> (module with main(argv), one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("edge.demo", "front end on a recording: streaming vs batch, speed, spectrogram PNGs"),
+    "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
+    "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: lungwatch <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run 'lungwatch <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"lungwatch: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name = SUBCOMMANDS[name][0]
+    try:
+        entry: Callable[[list[str]], int] = importlib.import_module(module_name).main
+    except ModuleNotFoundError as exc:
+        print(
+            f"lungwatch {name}: cannot import {exc.name} ({module_name}); "
+            "install the matching extra or run from a source checkout",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return int(entry(rest) or 0)
+    except LungwatchError as exc:
+        print(f"lungwatch {name}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
