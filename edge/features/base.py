@@ -72,31 +72,36 @@ def as_signal(samples: np.ndarray, source: str = "chunk") -> np.ndarray:
 
 
 class BoundKernel:
-    """A streaming kernel ``kernel(x, out, *bound)`` with its state arguments bound.
+    """A streaming kernel ``kernel(x, out, *state) -> n_frames`` bound to one stream.
 
-    The stream owns the bound arrays, so their types never change; only the chunk ``x`` may
-    differ (float32/float64, read-only, unaligned). The first call per chunk type goes through
-    Numba's dispatcher (compiling, or loading from the cache) and keeps that signature's
-    compiled entry point; later calls use it directly, skipping the per-call type resolution
-    of a dozen arguments (about half of a small push's overhead).
+    The stream owns ``out`` and the state arrays, so their types never change; only the
+    chunk ``x`` may differ (float32/float64, read-only, unaligned). The first chunk of each
+    type is checked by :func:`as_signal` and goes through Numba's dispatcher (compiling, or
+    loading from the cache); the compiled entry point for that signature is then kept under
+    the chunk's (dtype, ndim, flags) key, and later chunks of that type call it directly,
+    skipping both the checks and the per-call type resolution of a dozen arguments.
     """
 
-    def __init__(self, kernel: Any, *bound: Any) -> None:
+    def __init__(self, kernel: Any, out: np.ndarray, *state: Any) -> None:
         self._kernel = kernel
-        self._bound = bound
-        self._entries: dict[tuple[str, bool, bool], Callable[..., int]] = {}
+        self._args = (out, *state)
+        self._entries: dict[tuple[np.dtype[Any], int, int], Callable[..., int]] = {}
 
-    def __call__(self, x: np.ndarray, out: np.ndarray) -> int:
-        key = (x.dtype.char, x.flags.writeable, x.flags.aligned)
-        entry = self._entries.get(key)
-        if entry is not None:
-            return entry(x, out, *self._bound)
-        n: int = self._kernel(x, out, *self._bound)
-        self._entries[key] = self._entry_point(x, out)
+    def __call__(self, samples: np.ndarray) -> int:
+        """Run over one chunk; returns the number of frames written to ``out``."""
+        if type(samples) is np.ndarray:
+            entry = self._entries.get((samples.dtype, samples.ndim, samples.flags.num))
+            if entry is not None:
+                return entry(samples, *self._args)
+        x = as_signal(samples)
+        n: int = self._kernel(x, *self._args)
+        if x is samples:  # already a valid chunk: remember its type
+            key = (x.dtype, x.ndim, x.flags.num)
+            self._entries[key] = self._entry_point(x)
         return n
 
-    def _entry_point(self, x: np.ndarray, out: np.ndarray) -> Callable[..., int]:
-        signature = tuple(numba.typeof(value) for value in (x, out, *self._bound))
+    def _entry_point(self, x: np.ndarray) -> Callable[..., int]:
+        signature = tuple(numba.typeof(value) for value in (x, *self._args))
         compiled = self._kernel.overloads.get(signature)
         return compiled.entry_point if compiled is not None else self._kernel
 
@@ -139,13 +144,15 @@ class StreamingFrontEnd(abc.ABC):
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Feed a chunk of any length; return the frames it completed (maybe none)."""
-        x = as_signal(samples)
-        n_samples = x.shape[0]
-        if n_samples > self._max_chunk_samples:  # only for a chunk longer than any before
-            self._allocate(max_frames_in(n_samples, self.spec.hop_samples))
-        n = self._kernel(x, self._out)
+        size = getattr(samples, "size", None)
+        if size is None or size > self._max_chunk_samples:
+            samples = as_signal(samples)
+            size = samples.shape[0]
+            if size > self._max_chunk_samples:  # only for a chunk longer than any before
+                self._allocate(max_frames_in(size, self.spec.hop_samples))
+        n = self._kernel(samples)
         self.frames_emitted += n
-        self.samples_seen += n_samples
+        self.samples_seen += size
         return self._out[:n]
 
     def reset(self) -> None:
@@ -177,4 +184,5 @@ class StreamingFrontEnd(abc.ABC):
 
     @abc.abstractmethod
     def _bind_kernel(self) -> BoundKernel:
-        """The kind's kernel ``(x, out, *state) -> n_frames`` bound to this stream's state."""
+        """The kind's kernel ``(x, out, *state) -> n_frames`` bound to ``self._out`` and the
+        stream's state: ``BoundKernel(kernel, self._out, *state)``."""

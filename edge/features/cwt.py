@@ -110,11 +110,17 @@ def morlet_kernel(f_hz: float, spec: FeatureSpec) -> np.ndarray:
 
 
 def evaluation_offsets(sigma_samples: float, hop_samples: int) -> np.ndarray:
-    """(P,) int64 offsets from the frame centre where one band's power is sampled."""
+    """(P,) int64 offsets from the frame centre where one band's power is sampled.
+
+    The spacing is the largest divisor of the hop not above the wavelet's sigma in samples
+    (rounded, clipped to [1, hop]), and ``P = hop // spacing``: the points of consecutive
+    frames form one lattice no coarser than sigma, with no wider gap at frame boundaries.
+    The points are centred on the frame centre to within half a sample.
+    """
     stride = int(np.clip(np.rint(sigma_samples), 1, hop_samples))
-    count = max(1, hop_samples // stride)
-    spread = (np.arange(count) - (count - 1) / 2.0) * hop_samples / count
-    return np.rint(spread).astype(np.int64)
+    spacing = max(d for d in range(1, stride + 1) if hop_samples % d == 0)
+    count = hop_samples // spacing
+    return np.arange(count, dtype=np.int64) * spacing - (count - 1) * spacing // 2
 
 
 @functools.lru_cache(maxsize=8)
@@ -279,6 +285,7 @@ class CwtStream(StreamingFrontEnd):
     def _bind_kernel(self) -> BoundKernel:
         return BoundKernel(
             _cwt_push,
+            self._out,
             self._ring,
             self._lin,
             self._counters,

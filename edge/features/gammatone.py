@@ -307,6 +307,7 @@ class GammatoneStream(StreamingFrontEnd):
     def _bind_kernel(self) -> BoundKernel:
         return BoundKernel(
             _gammatone_push,
+            self._out,
             self._coefs,
             self._state,
             self._y,

@@ -175,6 +175,7 @@ class LogMelStream(StreamingFrontEnd):
         spec = self.spec
         return BoundKernel(
             _logmel_push,
+            self._out,
             self._ring,
             self._counters,
             spec.hop_samples,

@@ -110,8 +110,8 @@ def test_push_rejects_wrong_shape_or_dtype(bad: np.ndarray) -> None:
 
 @pytest.mark.parametrize("kind", FEATURE_KINDS)
 def test_one_stream_takes_mixed_chunk_types(kind: str) -> None:
-    """float64, float32, read-only and unaligned chunks into the same stream (each chunk type
-    has its own compiled entry point) still give the batch frames."""
+    """float64, float32, read-only, unaligned and big-endian chunks into the same stream (each
+    chunk type has its own compiled entry point) still give the batch frames."""
     x = _signal(6000, 6)
     spec = FeatureSpec(kind=kind, **SMALL)  # type: ignore[arg-type]
     stream = make_stream(spec)
@@ -122,14 +122,16 @@ def test_one_stream_takes_mixed_chunk_types(kind: str) -> None:
     unaligned[:] = x[3000:4000]
     assert not unaligned.flags.aligned
     chunks = [
-        x[:1000],
+        x[:500],
+        x[500:1000].astype(">f8"),
         read_only,
         x[2000:3000].astype(np.float32),
         unaligned,
-        x[4000:].astype(np.float32),
+        x[4000:5000].astype(np.float32),
+        x[5000:].astype(">f8"),
     ]
     streamed = np.concatenate([stream.push(c).copy() for c in chunks])
     reference = x.copy()
-    for lo, hi in ((2000, 3000), (4000, x.size)):  # the float32 chunks, as the stream saw them
+    for lo, hi in ((2000, 3000), (4000, 5000)):  # the float32 chunks, as the stream saw them
         reference[lo:hi] = reference[lo:hi].astype(np.float32)
     np.testing.assert_allclose(streamed, extract(reference, spec), rtol=0, atol=TOLERANCE)
