@@ -15,6 +15,7 @@ from edge.config import InvalidValueError
 from edge.features import extract, lookahead_samples, make_stream
 from edge.features.cwt import CwtStream, cwt, morlet_bank, morlet_centres_hz
 from edge.features.spec import FeatureSpec, n_frames
+from tests.edge.chunking import push_in_chunks
 
 FS_HZ = 8000
 #: Few bands keep the tests fast; fmin 50 Hz still gives the long (1145-tap) wavelets.
@@ -65,16 +66,6 @@ def _reference_power(x: np.ndarray, spec: FeatureSpec, bands: list[int]) -> np.n
         coeff = np.convolve(padded, np.conj(psi)[::-1], mode="valid")
         power[:, col] = np.mean(np.abs(coeff[centres[:, None] + offsets[b][None, :]]) ** 2, axis=1)
     return power
-
-
-def _stream_all(stream: CwtStream, x: np.ndarray, sizes: list[int]) -> np.ndarray:
-    """Push ``x`` in chunks of ``sizes`` (cycled); return every frame produced."""
-    frames, start, i = [], 0, 0
-    while start < x.shape[0]:
-        size = sizes[i % len(sizes)]
-        frames.append(stream.push(x[start : start + size]).copy())
-        start, i = start + size, i + 1
-    return np.concatenate(frames) if frames else np.zeros((0, stream.n_bands), np.float32)
 
 
 # --- design -----------------------------------------------------------------------------------
@@ -187,7 +178,7 @@ def test_stream_equals_batch_for_any_chunking(spec: FeatureSpec, sizes: list[int
     x = _noise(5000, seed=1)
     x[2500:2503] += [0.5, -1.0, 0.5]  # a crackle-like transient
     chunks = list(np.random.default_rng(2).integers(0, 600, 40)) if sizes == "random" else sizes
-    got = _stream_all(CwtStream(spec), x.astype(np.float32), [int(c) for c in chunks])
+    got = push_in_chunks(CwtStream(spec), x.astype(np.float32), [int(c) for c in chunks])
     want = cwt(x.astype(np.float32), spec)
     assert got.shape[0] == want.shape[0] == n_frames(spec, x.shape[0], _reference_lookahead(spec))
     if spec.normalisation == "power":  # compare as log values, the contract's terms
@@ -208,23 +199,23 @@ def test_frame_depends_on_exactly_its_span() -> None:
     last = t * spec.hop_samples + spec.frame_samples + look - 1
     first = t * spec.hop_samples + spec.frame_samples // 2 - reach
     x = _noise(last + 200, seed=4)
-    base = _stream_all(CwtStream(spec), x, [333])[t]
+    base = push_in_chunks(CwtStream(spec), x, [333])[t]
     for index, needed in [(last, True), (last + 1, False), (first, True), (first - 1, False)]:
         bumped = x.copy()
         bumped[index] += 100.0
-        frame = _stream_all(CwtStream(spec), bumped, [333])[t]
+        frame = push_in_chunks(CwtStream(spec), bumped, [333])[t]
         assert (not np.array_equal(frame, base)) == needed, index
 
 
 def test_reset_restores_initial_output_exactly() -> None:
     stream = CwtStream(SMALL)
     x = _noise(3000, seed=5)
-    first = _stream_all(stream, x, [250])
-    _stream_all(stream, _noise(777, seed=6), [100])  # leave state mid-frame
+    first = push_in_chunks(stream, x, [250])
+    push_in_chunks(stream, _noise(777, seed=6), [100])  # leave state mid-frame
     stream.reset()
     assert stream.frames_emitted == 0
     assert stream.samples_seen == 0
-    np.testing.assert_array_equal(_stream_all(stream, x, [250]), first)
+    np.testing.assert_array_equal(push_in_chunks(stream, x, [250]), first)
 
 
 def test_short_input_gives_no_frames() -> None:

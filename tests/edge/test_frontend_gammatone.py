@@ -29,6 +29,7 @@ from edge.features.gammatone import (
     gammatone,
     gammatone_sos,
 )
+from tests.edge.chunking import push_in_chunks
 
 TOLERANCE = 1e-5  # the front-end contract on log values
 FS = 8000
@@ -215,20 +216,6 @@ def test_batch_matches_scipy_lfilter_reference() -> None:
 # --- streaming ----------------------------------------------------------------------------
 
 
-def _stream_all(spec: FeatureSpec, x: np.ndarray, chunks: list[int]) -> np.ndarray:
-    stream = GammatoneStream(spec)
-    out, start = [], 0
-    for size in chunks:
-        out.append(stream.push(x[start : start + size]).copy())
-        start += size
-    assert start == x.size
-    return np.concatenate(out)
-
-
-def _fixed(size: int, n: int) -> list[int]:
-    return [size] * (n // size) + ([n % size] if n % size else [])
-
-
 STREAM_SPEC = FeatureSpec(kind="gammatone", n_bands=24)  # not a multiple of the lane block
 
 
@@ -236,7 +223,7 @@ STREAM_SPEC = FeatureSpec(kind="gammatone", n_bands=24)  # not a multiple of the
 def test_stream_equals_batch_for_fixed_chunks(chunk: int) -> None:
     x = _signal(12000, 1)
     batch = gammatone(x, STREAM_SPEC)
-    streamed = _stream_all(STREAM_SPEC, x, _fixed(chunk, x.size))
+    streamed = push_in_chunks(GammatoneStream(STREAM_SPEC), x, [chunk])
     assert streamed.shape == batch.shape == (n_frames(STREAM_SPEC, x.size), 24)
     np.testing.assert_allclose(streamed, batch, rtol=0, atol=TOLERANCE)
 
@@ -247,9 +234,8 @@ def test_stream_equals_batch_for_random_chunks() -> None:
     cuts = np.sort(rng.choice(np.arange(1, x.size), size=60, replace=False))
     chunks = np.diff(np.concatenate([[0], cuts, [x.size]])).tolist()
     chunks.insert(3, 0)
-    np.testing.assert_allclose(
-        _stream_all(STREAM_SPEC, x, chunks), gammatone(x, STREAM_SPEC), rtol=0, atol=TOLERANCE
-    )
+    streamed = push_in_chunks(GammatoneStream(STREAM_SPEC), x, chunks)
+    np.testing.assert_allclose(streamed, gammatone(x, STREAM_SPEC), rtol=0, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize(
@@ -266,7 +252,7 @@ def test_stream_equals_batch_for_other_framings(changes: dict[str, float]) -> No
     batch = gammatone(x, spec)
     assert batch.shape[0] > 30
     np.testing.assert_allclose(
-        _stream_all(spec, x, _fixed(256, x.size)), batch, rtol=0, atol=TOLERANCE
+        push_in_chunks(GammatoneStream(spec), x, [256]), batch, rtol=0, atol=TOLERANCE
     )
 
 
@@ -274,7 +260,7 @@ def test_stream_equals_batch_in_power_mode() -> None:
     spec = STREAM_SPEC.replace(normalisation="power")
     x = _signal(6000, 4)
     batch = gammatone(x, spec)
-    np.testing.assert_allclose(_stream_all(spec, x, _fixed(100, x.size)), batch, rtol=1e-5)
+    np.testing.assert_allclose(push_in_chunks(GammatoneStream(spec), x, [100]), batch, rtol=1e-5)
 
 
 def test_reset_restores_initial_output_exactly() -> None:

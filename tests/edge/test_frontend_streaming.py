@@ -8,6 +8,7 @@ import pytest
 
 from edge.errors import InvalidAudioError
 from edge.features import FEATURE_KINDS, FeatureSpec, extract, lookahead_samples, make_stream
+from tests.edge.chunking import push_in_chunks
 
 TOLERANCE = 1e-5
 SMALL = {"n_bands": 24}  # keeps the kernels' work small; the layout is the same
@@ -23,26 +24,12 @@ def _signal(n: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def _stream_all(kind: str, x: np.ndarray, chunks: list[int]) -> np.ndarray:
-    stream = make_stream(FeatureSpec(kind=kind, **SMALL))  # type: ignore[arg-type]
-    out, start = [], 0
-    for size in chunks:
-        out.append(stream.push(x[start : start + size]).copy())
-        start += size
-    assert start == x.size
-    return np.concatenate(out)
-
-
-def _fixed(size: int, n: int) -> list[int]:
-    return [size] * (n // size) + ([n % size] if n % size else [])
-
-
 @pytest.mark.parametrize("kind", FEATURE_KINDS)
 @pytest.mark.parametrize("chunk", [1, 7, 160, 4096])
 def test_stream_equals_batch_for_fixed_chunks(kind: str, chunk: int) -> None:
     x = _signal(9000)
     batch = extract(x, FeatureSpec(kind=kind, **SMALL))  # type: ignore[arg-type]
-    streamed = _stream_all(kind, x, _fixed(chunk, x.size))
+    streamed = push_in_chunks(make_stream(FeatureSpec(kind=kind, **SMALL)), x, [chunk])
     assert streamed.shape == batch.shape
     assert batch.shape[0] > 50
     np.testing.assert_allclose(streamed, batch, rtol=0, atol=TOLERANCE)
@@ -57,7 +44,12 @@ def test_stream_equals_batch_for_random_chunks(kind: str, seed: int) -> None:
     chunks = np.diff(np.concatenate([[0], cuts, [x.size]])).tolist()
     chunks.insert(5, 0)  # an empty chunk is allowed and yields nothing
     batch = extract(x, FeatureSpec(kind=kind, **SMALL))  # type: ignore[arg-type]
-    np.testing.assert_allclose(_stream_all(kind, x, chunks), batch, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(
+        push_in_chunks(make_stream(FeatureSpec(kind=kind, **SMALL)), x, chunks),
+        batch,
+        rtol=0,
+        atol=TOLERANCE,
+    )
 
 
 @pytest.mark.parametrize("kind", FEATURE_KINDS)
