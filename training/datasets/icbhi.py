@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import AnnotationError
+from edge.labels import ICBHI_LABELS as ICBHI_LABELS  # re-exported; the table is edge.labels
+from edge.labels import icbhi_label
 
-ICBHI_LABELS: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
 CHEST_LOCATIONS: dict[str, str] = {
     "Tc": "trachea",
     "Al": "anterior left",
@@ -62,13 +63,7 @@ class IcbhiCycle:
     @property
     def label(self) -> str:
         """The 4-class label: one of :data:`ICBHI_LABELS`."""
-        if self.crackles and self.wheezes:
-            return "both"
-        if self.crackles:
-            return "crackle"
-        if self.wheezes:
-            return "wheeze"
-        return "normal"
+        return icbhi_label(self.crackles, self.wheezes)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ score one prediction per annotated event in file order; the files list them out 
 order in about 40% of the training records, so use :attr:`SprRecord.events_by_time` for
 anything that walks the timeline.
 
-The label sets below are the dataset's vocabulary; this module is the one place that lists
-them for training code.
+The label vocabularies live in :mod:`edge.labels` (the one label table) and are re-exported
+here.
 """
 
 from __future__ import annotations
@@ -31,17 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import AnnotationError
+from edge.labels import EVENT_LABELS, RECORD_LABELS
 
-RECORD_LABELS: tuple[str, ...] = ("Normal", "CAS", "DAS", "CAS & DAS", "Poor Quality")
-EVENT_LABELS: tuple[str, ...] = (
-    "Normal",
-    "Rhonchi",
-    "Wheeze",
-    "Stridor",
-    "Coarse Crackle",
-    "Fine Crackle",
-    "Wheeze+Crackle",
-)
 LOCATIONS: tuple[str, ...] = ("p1", "p2", "p3", "p4")
 LOCATION_NAMES: dict[str, str] = {
     "p1": "left posterior",
