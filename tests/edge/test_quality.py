@@ -1,0 +1,231 @@
+"""Tests of edge.quality: level, clipping, spectral entropy and the combined score."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from edge import quality
+from edge.errors import EmptyAudioError, InvalidAudioError
+from edge.quality import (
+    FACTOR_NAMES,
+    RMS_FLOOR_DBFS,
+    clipping_fraction,
+    measure,
+    quality_score,
+    rms_dbfs,
+    spectral_entropy,
+)
+from training.datasets.synthetic import synthesize
+
+RATE_HZ = 8000
+DURATION_S = 2.0
+N_SAMPLES = round(RATE_HZ * DURATION_S)
+SEED = 20240611
+GOOD_SCORE = 0.9  # every clean breath recording scores above this
+BAD_SCORE = 0.5  # every defective segment scores below this
+BREATH_SEEDS = (1, 2, 3, 4)
+
+
+def _time_s() -> np.ndarray:
+    return np.arange(N_SAMPLES) / RATE_HZ
+
+
+def _white(rms: float = 0.1, seed: int = SEED) -> np.ndarray:
+    return rms * np.random.default_rng(seed).standard_normal(N_SAMPLES)
+
+
+def _tone(frequency_hz: float = 437.3, amplitude: float = 0.1) -> np.ndarray:
+    return amplitude * np.sin(2 * np.pi * frequency_hz * _time_s())
+
+
+def _breath(seed: int) -> np.ndarray:
+    recording = synthesize(DURATION_S, RATE_HZ, seed=seed, crackles=3, wheezes=1)
+    return recording.samples.astype(np.float64)
+
+
+def _clipped(seed: int = 1, gain: float = 40.0) -> np.ndarray:
+    return np.clip(gain * _breath(seed), -1.0, 1.0)
+
+
+def _overdriven(seed: int = 1, drive: float = 10.0) -> np.ndarray:
+    """Breath driven into a soft limiter that stays below the clipping threshold (~-1.5 dBFS)."""
+    x = _breath(seed)
+    return 0.99 * np.tanh(drive * x / np.sqrt(np.mean(x**2)))
+
+
+# --- levels and clipping ----------------------------------------------------------------
+
+
+def test_rms_dbfs_of_hand_computed_signals() -> None:
+    assert rms_dbfs(np.full(100, 0.1)) == pytest.approx(-20.0)
+    assert rms_dbfs(np.sign(np.sin(np.arange(1000)) + 0.5)) == pytest.approx(0.0)
+    assert rms_dbfs(np.sin(2 * np.pi * 100 * _time_s())) == pytest.approx(-10 * math.log10(2))
+
+
+@pytest.mark.parametrize("level", [0.0, 1e-9])
+def test_rms_dbfs_floors_silence(level: float) -> None:
+    assert rms_dbfs(np.full(N_SAMPLES, level)) == RMS_FLOOR_DBFS
+
+
+def test_clipping_fraction_counts_samples_at_threshold() -> None:
+    x = np.array([0.0, 0.5, 1.0, -1.0, 0.9995, 0.998, -0.999, 0.2])
+    assert clipping_fraction(x) == pytest.approx(4 / 8)
+    assert clipping_fraction(x, threshold=0.5) == pytest.approx(6 / 8)
+
+
+# --- spectral entropy -------------------------------------------------------------------
+
+
+def test_white_noise_entropy_is_near_one() -> None:
+    assert spectral_entropy(_white(), RATE_HZ) > 0.98
+
+
+@pytest.mark.parametrize("frequency_hz", [123.4, 437.3, 1000.0, 2500.7])
+def test_tone_entropy_is_near_zero(frequency_hz: float) -> None:
+    assert spectral_entropy(_tone(frequency_hz), RATE_HZ) < 0.15
+
+
+def test_bin_centred_tone_entropy_matches_hann_main_lobe() -> None:
+    # A tone on bin k of a periodic Hann frame has power 1/6, 2/3, 1/6 in bins k-1, k, k+1.
+    frame = round(quality.WELCH_FRAME_S * RATE_HZ)
+    bin_hz = RATE_HZ / frame
+    freqs_hz = np.arange(frame // 2 + 1) * bin_hz
+    n_bins = int(np.count_nonzero(freqs_hz >= quality.DEFAULT_ENTROPY_FMIN_HZ))
+    p = np.array([1 / 6, 2 / 3, 1 / 6])
+    expected = -float(np.sum(p * np.log(p))) / math.log(n_bins)
+    assert spectral_entropy(_tone(128 * bin_hz), RATE_HZ) == pytest.approx(expected, abs=1e-6)
+
+
+def test_entropy_is_band_limited() -> None:
+    # White noise band-limited to 1 kHz: flat inside 50..1000 Hz, concentrated in 50..4000 Hz.
+    spectrum = np.fft.rfft(_white())
+    spectrum[np.fft.rfftfreq(N_SAMPLES, 1 / RATE_HZ) > 1000.0] = 0.0
+    lowpassed = np.fft.irfft(spectrum, N_SAMPLES)
+    assert spectral_entropy(lowpassed, RATE_HZ, fmax_hz=1000.0) > 0.97
+    assert spectral_entropy(lowpassed, RATE_HZ) < 0.85
+
+
+def test_empty_bins_count_in_the_normalisation() -> None:
+    # Power spread evenly over 2 of 4 bins: ln 2 / ln 4 = 0.5 (not ln 2 / ln 2).
+    band_power = np.array([1.0, 1.0, 0.0, 0.0])
+    assert quality._spectral_entropy(band_power) == pytest.approx(0.5)
+
+
+def test_entropy_of_silence_is_zero() -> None:
+    assert spectral_entropy(np.zeros(N_SAMPLES), RATE_HZ) == 0.0
+
+
+def test_breath_entropy_lies_between_tone_and_noise() -> None:
+    for seed in BREATH_SEEDS:
+        entropy = spectral_entropy(_breath(seed), RATE_HZ)
+        assert spectral_entropy(_tone(), RATE_HZ) < entropy < spectral_entropy(_white(), RATE_HZ)
+
+
+# --- the score --------------------------------------------------------------------------
+
+
+def test_clean_breath_scores_high() -> None:
+    for seed in BREATH_SEEDS:
+        assert quality_score(_breath(seed), RATE_HZ) > GOOD_SCORE
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "factor"),
+    [
+        ("silence", lambda: np.zeros(N_SAMPLES), "quiet"),
+        ("off body", lambda: 1e-5 * _breath(1), "quiet"),
+        ("white noise", _white, "broadband"),
+        ("pure tone", _tone, "tonal"),
+        ("clipped", _clipped, "clipping"),
+        ("overdriven", _overdriven, "loud"),
+    ],
+)
+def test_defects_score_low_and_name_their_cause(
+    name: str, make: Callable[[], np.ndarray], factor: str
+) -> None:
+    measures = measure(make(), RATE_HZ)
+    assert measures.score < BAD_SCORE, name
+    assert measures.limiting_factor == factor, name
+    worst_breath = min(quality_score(_breath(seed), RATE_HZ) for seed in BREATH_SEEDS)
+    assert measures.score < worst_breath, name
+
+
+def test_score_falls_smoothly_as_the_level_drops() -> None:
+    gains = 10.0 ** (-np.arange(0, 5.5, 0.25))  # 0 to -110 dB
+    scores = [quality_score(gain * _breath(1), RATE_HZ) for gain in gains]
+    assert scores[0] > GOOD_SCORE
+    assert scores[-1] < 1e-3
+    steps = np.diff(scores)
+    assert np.all(steps <= 1e-12)  # never rises as the level falls
+    assert np.max(np.abs(steps)) < 0.6  # and never jumps
+
+
+def test_measure_is_consistent_with_the_single_measures() -> None:
+    x = _breath(2)
+    measures = measure(x, RATE_HZ)
+    assert measures.rms_dbfs == pytest.approx(rms_dbfs(x))
+    assert measures.clipping_fraction == pytest.approx(clipping_fraction(x))
+    assert measures.spectral_entropy == pytest.approx(spectral_entropy(x, RATE_HZ))
+    assert measures.score == pytest.approx(math.prod(getattr(measures, f) for f in FACTOR_NAMES))
+    assert measures.score == pytest.approx(quality_score(x, RATE_HZ))
+    assert set(measures.to_dict()) >= {"rms_dbfs", "spectral_entropy", "score", *FACTOR_NAMES}
+    assert 0.0 <= measures.score <= 1.0
+
+
+def test_float32_and_float64_agree() -> None:
+    x = _breath(3)
+    assert quality_score(x.astype(np.float32), RATE_HZ) == pytest.approx(
+        quality_score(x, RATE_HZ), abs=1e-4
+    )
+
+
+# --- bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        (np.zeros((2, 100)), "1-D"),
+        (np.array([0.0, np.nan, 0.1] * 100), "NaN or Inf"),
+        (np.array([0.0, np.inf, 0.1] * 100), "NaN or Inf"),
+        (np.zeros(100, dtype=np.int16), "floating-point"),
+        (np.array([0.5]), "frequency bin"),
+    ],
+)
+def test_bad_samples_raise_invalid_audio(samples: np.ndarray, message: str) -> None:
+    with pytest.raises(InvalidAudioError, match=message):
+        measure(samples, RATE_HZ)
+
+
+def test_empty_samples_raise() -> None:
+    with pytest.raises(EmptyAudioError, match="no samples"):
+        quality_score(np.zeros(0), RATE_HZ)
+
+
+@pytest.mark.parametrize("rate", [0, -8000, math.nan, True])
+def test_bad_rate_raises(rate: float) -> None:
+    with pytest.raises(InvalidAudioError, match="sample_rate_hz"):
+        spectral_entropy(_white(), rate)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fmax_hz": 5000.0}, "fmax_hz"),
+        ({"fmin_hz": 4000.0}, "fmin_hz"),
+        ({"fmin_hz": -1.0}, "fmin"),
+    ],
+)
+def test_bad_band_raises(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        spectral_entropy(_white(), RATE_HZ, **kwargs)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.5])
+def test_bad_clipping_threshold_raises(threshold: float) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        clipping_fraction(_white(), threshold)
