@@ -22,7 +22,7 @@ help:
 
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[dev]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[dev,train,export,edge]'
 	touch $@
 
 $(EDGE_VENV)/.installed-edge: pyproject.toml

@@ -17,6 +17,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("edge.demo", "front end on a recording: streaming vs batch, speed, spectrogram PNGs"),
     "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
     "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),
+    "train": ("training.train", "train a model from a run YAML (workstation, needs torch)"),
+    "predict": ("training.predict", "challenge-format predictions from a trained checkpoint"),
+    "evaluate": ("training.evaluate", "score challenge predictions against annotations"),
 }
 
 

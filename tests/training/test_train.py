@@ -1,0 +1,187 @@
+"""The training pipeline end to end on synthetic recordings: train, checkpoint, resume,
+determinism, DistributedDataParallel on gloo, predict and evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edge.errors import ConfigError
+from training.checkpoint import CheckpointError, load_model, read_checkpoint
+from training.config import RunConfig, load_run_config
+from training.evaluate import main as evaluate_main
+from training.predict import main as predict_main
+from training.train import fit
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "training" / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _tiny(tmp_path: Path, cache_dir: Path, *overrides: str) -> RunConfig:
+    return load_run_config(TINY, [f"out_dir={tmp_path}", f"data.cache_dir={cache_dir}", *overrides])
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+def test_run_writes_config_metrics_and_loadable_checkpoints(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    run = _tiny(tmp_path, cache_dir)
+    result = fit(run, verbose=False)
+    run_dir = tmp_path / "tiny"
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "best.pt",
+        "last.pt",
+    }
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(0.0 <= e["val_score"] <= 1.0 for e in epochs)
+    assert result["epoch"] in (1, 2)
+    loaded = load_model(run_dir / "best.pt")
+    assert loaded.classes == ("Normal", "Wheeze", "Fine Crackle")
+    assert loaded.spec == run.features
+    assert loaded.kinds == ("logmel",)
+    assert load_run_config(run_dir / "config.yaml") == run  # the saved config reproduces it
+
+
+def test_same_seed_same_weights(tmp_path: Path, cache_dir: Path) -> None:
+    fit(_tiny(tmp_path / "a", cache_dir), verbose=False)
+    fit(_tiny(tmp_path / "b", cache_dir), verbose=False)
+    a, b = _weights(tmp_path / "a/tiny/last.pt"), _weights(tmp_path / "b/tiny/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fit(_tiny(tmp_path / "c", cache_dir, "seed=1"), verbose=False)
+    c = _weights(tmp_path / "c/tiny/last.pt")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_continues_exactly(tmp_path: Path, cache_dir: Path) -> None:
+    fit(_tiny(tmp_path / "whole", cache_dir), verbose=False)
+    interrupted = _tiny(tmp_path / "parts", cache_dir)
+    fit(interrupted, verbose=False, stop_after_epoch=1)
+    last = tmp_path / "parts/tiny/last.pt"
+    assert read_checkpoint(last)["epoch"] == 1
+    fit(interrupted, resume=last, verbose=False)
+    whole, resumed = _weights(tmp_path / "whole/tiny/last.pt"), _weights(last)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_bad_config_value_names_file_and_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^tiny\.yaml: optim\.epochs must be an integer >= 1"):
+        load_run_config(TINY, ["optim.epochs=0"])
+    with pytest.raises(ConfigError, match=r"model\.head must be 'cosine' exactly when"):
+        load_run_config(TINY, ["loss.kind=qlung"])
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    fit(_tiny(tmp_path, cache_dir), verbose=False)
+    payload = read_checkpoint(tmp_path / "tiny/best.pt")
+    payload["model_config"]["embed_dim"] = 64
+    torch.save(payload, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit the model"):
+        load_model(tmp_path / "broken.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_model(tmp_path / "junk.pt")
+
+
+def test_predict_and_evaluate_in_challenge_formats(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _tiny(tmp_path, cache_dir, "optim.epochs=3")
+    fit(run, verbose=False)
+    data = cache_dir / "synthetic-16"
+    model = str(tmp_path / "tiny/best.pt")
+    for task in ("1-2", "1-1", "2-2", "2-1"):
+        out = tmp_path / f"{task}.json"
+        assert (
+            predict_main(
+                [
+                    "--task",
+                    task,
+                    "--audio",
+                    str(data),
+                    "--annotations",
+                    str(data),
+                    "--model",
+                    model,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+        preds = json.loads(out.read_text())
+        assert len(preds) == 16
+        assert evaluate_main(["--task", task, "--preds", str(out), "--annotations", str(data)]) == 0
+    events = json.loads((tmp_path / "1-2.json").read_text())
+    annotations = {p.stem: json.loads(p.read_text()) for p in data.glob("*.json")}
+    for record, labels in events.items():  # one label per annotated event, file order
+        assert len(labels) == len(annotations[record]["event_annotation"])
+        assert set(labels) <= {"Normal", "Wheeze", "Fine Crackle"}
+    records = json.loads((tmp_path / "2-1.json").read_text())
+    assert set(records.values()) <= {"Normal", "Adventitious", "Poor Quality"}
+    assert "Score" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_gloo(tmp_path: Path, cache_dir: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not found beside the interpreter")
+    # Generate the synthetic data once, outside the two ranks.
+    fit(_tiny(tmp_path / "warm", cache_dir, "optim.epochs=1"), verbose=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "training.train",
+            "--config",
+            str(TINY),
+            "--quiet",
+            "--set",
+            f"out_dir={tmp_path}",
+            "--set",
+            f"data.cache_dir={cache_dir}",
+            "--set",
+            "name=ddp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = load_model(tmp_path / "ddp" / "best.pt")
+    assert loaded.classes == ("Normal", "Wheeze", "Fine Crackle")
+    epochs = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(epochs) == 2  # written by rank 0 only

@@ -1,0 +1,196 @@
+"""The data of a training run: windows, datasets, class counts and input statistics.
+
+Training data only: the validation split is patient-disjoint and carved from the training
+folder (``train/`` for SPRSound and ICBHI); test folders are never read here. The dataset
+``synthetic`` writes generated recordings in SPRSound's layout (FLAC + JSON) under the cache
+folder, so the same code path runs without any real data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import soundfile as sf
+
+from edge.datapaths import data_root
+from edge.labels import POOR_QUALITY, record_label_from_families
+from training.config import RunConfig
+from training.datasets.icbhi import IcbhiRecording, load_icbhi
+from training.datasets.sprsound import SprRecord, load_sprsound, patient_disjoint_split
+from training.datasets.synthetic import synthesize
+from training.features_cache import FeatureStore
+from training.windows import (
+    Window,
+    WindowDataset,
+    class_counts,
+    event_windows,
+    feature_stats,
+    icbhi_cycle_windows,
+    sliding_windows,
+)
+
+T = TypeVar("T")
+SYNTHETIC_SECONDS = 8.0
+
+
+@dataclass
+class TrainingData:
+    train: WindowDataset
+    val: WindowDataset
+    unlabelled: WindowDataset  # sliding windows over the training recordings (SSL)
+    class_counts: list[int]
+    mean: np.ndarray  # (n_kinds, n_bands)
+    std: np.ndarray
+
+
+def build_training_data(run: RunConfig) -> TrainingData:
+    """Windows and datasets for ``run`` (features come from the edge front end, cached)."""
+    store = FeatureStore(run.features, run.kinds, Path(run.data.cache_dir) / "features")
+    train_w, val_w, all_w = _windows(run, store)
+    frames = run.data.window_frames
+    train = WindowDataset(store, train_w, frames)
+    mean, std = feature_stats(train)
+    counts = [int(c) for c in class_counts(train_w, run.data.classes)]
+    return TrainingData(
+        train,
+        WindowDataset(store, val_w, frames),
+        WindowDataset(store, all_w, frames, compute_quality=False),
+        counts,
+        mean,
+        std,
+    )
+
+
+def _windows(run: RunConfig, store: FeatureStore) -> tuple[list[Window], ...]:
+    if run.data.dataset == "icbhi":
+        recordings = _first(load_icbhi(_root(run) / "icbhi" / "train"), run.data.max_records)
+        train, val = group_split(
+            recordings, lambda r: r.patient_id, run.data.val_fraction, run.data.split_seed
+        )
+        return _icbhi_windows(run, train), _icbhi_windows(run, val), []
+    folder = (
+        _synthetic_folder(run)
+        if run.data.dataset == "synthetic"
+        else _root(run) / "sprsound" / "train"
+    )
+    records = _first(load_sprsound(folder), run.data.max_records)
+    train_r, val_r = patient_disjoint_split(records, run.data.val_fraction, run.data.split_seed)
+    unlabelled = _sliding(run, store, train_r, keep_all=True)
+    return _spr_windows(run, store, train_r), _spr_windows(run, store, val_r), unlabelled
+
+
+def _spr_windows(run: RunConfig, store: FeatureStore, records: list[SprRecord]) -> list[Window]:
+    """Event-centred windows (Task 1), plus sliding windows of Poor Quality records when
+    that is one of the classes (Task 2 needs the model to recognise them)."""
+    spec = run.features
+    windows = event_windows(
+        records,
+        run.data.classes,
+        run.data.window_frames,
+        spec.hop_samples,
+        spec.sample_rate_hz,
+        frame_samples=spec.frame_samples,
+    )
+    if POOR_QUALITY in run.data.classes:
+        poor = [r for r in records if r.record_label == POOR_QUALITY]
+        windows += _sliding(run, store, poor, keep_all=False)
+    return windows
+
+
+def _sliding(
+    run: RunConfig, store: FeatureStore, records: list[SprRecord], keep_all: bool
+) -> list[Window]:
+    spec = run.features
+    classes = (
+        run.data.classes
+        if not keep_all or POOR_QUALITY in run.data.classes
+        else (*run.data.classes, POOR_QUALITY)
+    )
+    return sliding_windows(
+        records,
+        classes,
+        run.data.window_frames,
+        run.data.sliding_hop_frames,
+        n_frames_of=store.n_frames,
+        frame_samples=spec.frame_samples,
+        hop_samples=spec.hop_samples,
+        sample_rate_hz=spec.sample_rate_hz,
+    )
+
+
+def _icbhi_windows(run: RunConfig, recordings: list[IcbhiRecording]) -> list[Window]:
+    spec = run.features
+    return icbhi_cycle_windows(
+        recordings,
+        run.data.classes,
+        run.data.window_frames,
+        frame_samples=spec.frame_samples,
+        hop_samples=spec.hop_samples,
+        sample_rate_hz=spec.sample_rate_hz,
+    )
+
+
+def group_split(
+    items: Sequence[T], group_of: Callable[[T], str], val_fraction: float, seed: int
+) -> tuple[list[T], list[T]]:
+    """Split by group (patient) so no group is on both sides; deterministic per seed."""
+    groups = sorted({group_of(item) for item in items})
+    rng = np.random.default_rng(seed)
+    order = [groups[i] for i in rng.permutation(len(groups))]
+    n_val = min(len(groups) - 1, max(1, round(val_fraction * len(groups))))
+    val_groups = set(order[:n_val])
+    return (
+        [i for i in items if group_of(i) not in val_groups],
+        [i for i in items if group_of(i) in val_groups],
+    )
+
+
+def _root(run: RunConfig) -> Path:
+    root = Path(run.data.data_dir) if run.data.data_dir else data_root()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data folder {root} not found (set data.data_dir or "
+            "LUNGWATCH_DATA_DIR, or use data.dataset=synthetic)"
+        )
+    return root
+
+
+def _first(items: list[T], count: int) -> list[T]:
+    return items[:count] if count else items
+
+
+def _synthetic_folder(run: RunConfig) -> Path:
+    """Write (once) ``synthetic_records`` SPRSound-style recordings: 4 patients' worth each
+    of normal, wheeze, crackle and mixed records, with exact event annotations."""
+    folder = Path(run.data.cache_dir) / f"synthetic-{run.data.synthetic_records}"
+    if (folder / "complete").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rate = run.features.sample_rate_hz
+    for i in range(run.data.synthetic_records):
+        crackles, wheezes = [(0, 0), (0, 2), (3, 0), (2, 2)][i % 4]
+        rec = synthesize(SYNTHETIC_SECONDS, rate, seed=i, crackles=crackles, wheezes=wheezes)
+        name = f"{9000 + i // 2}_5.0_{i % 2}_p{1 + i % 4}_{i}"
+        sf.write(folder / f"{name}.flac", rec.samples, rate)
+        (folder / f"{name}.json").write_text(json.dumps(_annotation(rec.events)))
+    (folder / "complete").touch()
+    return folder
+
+
+def _annotation(events: Sequence[Any]) -> dict[str, Any]:
+    kinds = {e.type for e in events}
+    label = record_label_from_families("Wheeze" in kinds, any("Crackle" in k for k in kinds))
+    spans = [
+        {"start": str(round(e.start_s * 1000)), "end": str(round(e.end_s * 1000)), "type": e.type}
+        for e in events
+    ]
+    # Breath between events is annotated Normal, as SPRSound annotates normal cycles.
+    return {
+        "record_annotation": label,
+        "event_annotation": spans or [{"start": "500", "end": "2500", "type": "Normal"}],
+    }

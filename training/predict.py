@@ -1,0 +1,229 @@
+"""``lungwatch predict``: challenge-format predictions from a trained model.
+
+    lungwatch predict --task 1-2 --audio DIR --annotations DIR --model best.pt --out preds.json
+
+- Task 1-1 / 1-2: one label per annotated event of each SPRSound annotation file, in file
+  order (the event boundaries come from the annotation): ``{"<record>": ["Normal", ...]}``.
+- Task 2-1 / 2-2: one label per record from sliding windows over the whole recording:
+  ``{"<record>": "CAS & DAS"}`` (rule: :func:`record_decision`).
+- ``icbhi``: one label per cycle of each ICBHI ``.txt`` file, in order. A model trained on
+  SPRSound classes is mapped to ICBHI labels through ``edge.labels`` (cross-dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import LungwatchError
+from edge.labels import (
+    EVENT_LABELS,
+    ICBHI_LABELS,
+    POOR_QUALITY,
+    record_label_2_1,
+    record_label_from_families,
+    sound_class,
+    to_binary,
+    to_icbhi,
+)
+from training.datasets.icbhi import IcbhiRecording, parse_recording_name, read_cycles
+from training.datasets.sprsound import SprRecord, parse_record_name, read_annotation
+from training.inference import WindowClassifier, load_classifier, window_probabilities
+from training.windows import event_windows, icbhi_cycle_windows, sliding_windows
+
+TASKS = ("1-1", "1-2", "2-1", "2-2", "icbhi")
+AUDIO_SUFFIXES = (".flac", ".wav")
+ANY_LABEL = (*EVENT_LABELS, POOR_QUALITY)  # window labels are not used for prediction
+POOR_QUALITY_THRESHOLD = 0.5  # mean window probability of Poor Quality
+FAMILY_THRESHOLD = 0.5  # max window probability of a family (CAS or DAS) to call it present
+
+
+class PredictionError(LungwatchError):
+    """Inputs that cannot be predicted on (missing audio, a model without the classes)."""
+
+
+def find_audio(audio_dir: Path, name: str) -> Path:
+    for suffix in AUDIO_SUFFIXES:
+        if (audio_dir / f"{name}{suffix}").is_file():
+            return audio_dir / f"{name}{suffix}"
+    raise PredictionError(f"{audio_dir}: no audio for {name} ({' or '.join(AUDIO_SUFFIXES)})")
+
+
+def sprsound_records(audio_dir: Path, annotations: Path) -> list[SprRecord]:
+    """Records from annotation JSONs, with audio from another folder."""
+    records = []
+    for path in sorted(annotations.glob("*.json")):
+        label, events = read_annotation(path)
+        patient, age, gender, location = parse_record_name(path.stem, str(path))
+        records.append(
+            SprRecord(
+                path.stem,
+                find_audio(audio_dir, path.stem),
+                path,
+                patient,
+                age,
+                gender,
+                location,
+                label,
+                events,
+            )
+        )
+    if not records:
+        raise PredictionError(f"{annotations}: no SPRSound .json annotation files")
+    return records
+
+
+def event_indices(classifier: WindowClassifier, vocabulary: tuple[str, ...]) -> np.ndarray:
+    """Indices of the model classes that belong to ``vocabulary`` (argmax is taken there)."""
+    idx = np.array([i for i, c in enumerate(classifier.classes) if c in vocabulary])
+    if idx.size == 0:
+        raise PredictionError(
+            f"{classifier.source}: model classes {classifier.classes} hold none of {vocabulary}"
+        )
+    return idx
+
+
+def predict_events(
+    classifier: WindowClassifier, records: list[SprRecord], task: str
+) -> dict[str, list[str]]:
+    spec, store = classifier.spec, classifier.store()
+    windows = (
+        event_windows(
+            records,
+            ANY_LABEL,
+            classifier.window_frames,
+            spec.hop_samples,
+            spec.sample_rate_hz,
+            frame_samples=spec.frame_samples,
+        )
+        if _has_events(records)
+        else []
+    )
+    probs = window_probabilities(classifier, store, windows) if windows else np.zeros((0, 1))
+    idx = event_indices(classifier, EVENT_LABELS)
+    out: dict[str, list[str]] = {r.record_id: [] for r in records}
+    for window, p in zip(windows, probs, strict=True):
+        label = classifier.classes[idx[np.argmax(p[idx])]]
+        out[window.recording_id].append(to_binary(label) if task == "1-1" else label)
+    return out
+
+
+def _has_events(records: list[SprRecord]) -> bool:
+    return any(r.events for r in records)
+
+
+def record_decision(classes: tuple[str, ...], probs: np.ndarray) -> str:
+    """Task 2-2 label from window probabilities (n_windows, classes) of one record.
+
+    Poor Quality when its mean probability exceeds ``POOR_QUALITY_THRESHOLD``; otherwise a
+    family (CAS, DAS) is present when some window gives it (its classes' summed probability,
+    Wheeze+Crackle counting for both) more than ``FAMILY_THRESHOLD``.
+    """
+    if (
+        POOR_QUALITY in classes
+        and probs[:, classes.index(POOR_QUALITY)].mean() > POOR_QUALITY_THRESHOLD
+    ):
+        return POOR_QUALITY
+    families = [sound_class(c).family if c in EVENT_LABELS else "" for c in classes]
+    cas = probs[:, [i for i, f in enumerate(families) if "CAS" in f]].sum(axis=1)
+    das = probs[:, [i for i, f in enumerate(families) if "DAS" in f]].sum(axis=1)
+    return record_label_from_families(
+        bool((cas > FAMILY_THRESHOLD).any()), bool((das > FAMILY_THRESHOLD).any())
+    )
+
+
+def predict_records(
+    classifier: WindowClassifier, records: list[SprRecord], task: str
+) -> dict[str, str]:
+    spec, store = classifier.spec, classifier.store()
+    out = {}
+    for record in records:
+        unlabelled = dataclasses.replace(record, record_label="Normal", events=())
+        windows = sliding_windows(
+            [unlabelled],
+            ANY_LABEL,
+            classifier.window_frames,
+            max(1, classifier.window_frames // 4),
+            n_frames_of=store.n_frames,
+            frame_samples=spec.frame_samples,
+            hop_samples=spec.hop_samples,
+            sample_rate_hz=spec.sample_rate_hz,
+        )
+        label = record_decision(
+            classifier.classes, window_probabilities(classifier, store, windows)
+        )
+        out[record.record_id] = record_label_2_1(label) if task == "2-1" else label
+    return out
+
+
+def predict_icbhi(
+    classifier: WindowClassifier, audio_dir: Path, annotations: Path
+) -> dict[str, list[str]]:
+    recordings = []
+    for path in sorted(annotations.glob("*.txt")):
+        try:
+            fields = parse_recording_name(path.stem, str(path))
+        except LungwatchError:
+            continue  # the split file, demographics and other non-recording .txt files
+        recordings.append(
+            IcbhiRecording(
+                path.stem, find_audio(audio_dir, path.stem), *fields, cycles=read_cycles(path)
+            )
+        )
+    spec, store = classifier.spec, classifier.store()
+    native = set(classifier.classes) <= set(ICBHI_LABELS)
+    windows = icbhi_cycle_windows(
+        recordings,
+        ICBHI_LABELS,
+        classifier.window_frames,
+        frame_samples=spec.frame_samples,
+        hop_samples=spec.hop_samples,
+        sample_rate_hz=spec.sample_rate_hz,
+    )
+    probs = window_probabilities(classifier, store, windows)
+    idx = event_indices(classifier, ICBHI_LABELS if native else EVENT_LABELS)
+    out: dict[str, list[str]] = {r.recording_id: [] for r in recordings}
+    for window, p in zip(windows, probs, strict=True):
+        label = classifier.classes[idx[np.argmax(p[idx])]]
+        out[window.recording_id].append(label if native else to_icbhi(label))
+    return out
+
+
+def predict(task: str, model: Path, audio_dir: Path, annotations: Path) -> dict[str, object]:
+    classifier = load_classifier(model)
+    if task == "icbhi":
+        return dict(predict_icbhi(classifier, audio_dir, annotations))
+    records = sprsound_records(audio_dir, annotations)
+    if task in ("1-1", "1-2"):
+        return dict(predict_events(classifier, records, task))
+    return dict(predict_records(classifier, records, task))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lungwatch predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--audio", required=True, type=Path, help="folder of .wav/.flac files")
+    parser.add_argument(
+        "--annotations",
+        required=True,
+        type=Path,
+        help="folder of SPRSound .json or ICBHI .txt annotation files",
+    )
+    parser.add_argument(
+        "--model", type=Path, default=Path("models/edge/model.pt"), help="trained checkpoint (.pt)"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="predictions JSON to write")
+    args = parser.parse_args(argv)
+    preds = predict(args.task, args.model, args.audio, args.annotations)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(preds, indent=1, ensure_ascii=False) + "\n")
+    print(f"{len(preds)} {'recordings' if args.task == 'icbhi' else 'records'} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
