@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train a model from a run YAML (workstation, needs torch)"),
     "predict": ("training.predict", "challenge-format predictions from a trained checkpoint"),
     "evaluate": ("training.evaluate", "score challenge predictions against annotations"),
+    "detect": ("training.detect", "events in whole recordings as JSON lines (--plot PNG)"),
 }
 
 
