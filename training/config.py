@@ -30,6 +30,8 @@ class DataConfig:
     window_frames: int = 200
     sliding_hop_frames: int = 50
     max_records: int = 0  # 0: all; > 0 keeps the first N records (tiny runs and tests)
+    folds: int = 0  # > 1: patient-grouped cross-validation, fold ``fold`` held out as test
+    fold: int = 0
     synthetic_records: int = 24  # dataset "synthetic" only
     cache_dir: str = "out/cache"
 
@@ -43,6 +45,8 @@ class DataConfig:
             "an integer >= 1",
         )
         check(self.max_records >= 0, "max_records", self.max_records, "an integer >= 0")
+        check(self.folds == 0 or self.folds >= 2, "folds", self.folds, "0 (off) or >= 2")
+        check(0 <= self.fold < max(self.folds, 1), "fold", self.fold, f"in [0, folds={self.folds})")
         check(
             len(set(self.classes)) == len(self.classes) >= 2,
             "classes",

@@ -42,7 +42,8 @@ SYNTHETIC_SECONDS = 8.0
 class TrainingData:
     train: WindowDataset
     val: WindowDataset
-    unlabelled: WindowDataset  # sliding windows over the training recordings (SSL)
+    unlabelled: WindowDataset | None  # sliding windows over training recordings (SSL)
+    test: WindowDataset | None  # the held-out fold under cross-validation, else None
     class_counts: list[int]
     mean: np.ndarray  # (n_kinds, n_bands)
     std: np.ndarray
@@ -51,37 +52,71 @@ class TrainingData:
 def build_training_data(run: RunConfig) -> TrainingData:
     """Windows and datasets for ``run`` (features come from the edge front end, cached)."""
     store = FeatureStore(run.features, run.kinds, Path(run.data.cache_dir) / "features")
-    train_w, val_w, all_w = _windows(run, store)
+    split = _windows(run, store)
     frames = run.data.window_frames
-    train = WindowDataset(store, train_w, frames)
+    train = WindowDataset(store, split.train, frames)
     mean, std = feature_stats(train)
-    counts = [int(c) for c in class_counts(train_w, run.data.classes)]
+    counts = [int(c) for c in class_counts(split.train, run.data.classes)]
+    unlabelled = (
+        WindowDataset(store, split.unlabelled, frames, compute_quality=False)
+        if split.unlabelled
+        else None
+    )
+    test = WindowDataset(store, split.test, frames) if split.test else None
     return TrainingData(
-        train,
-        WindowDataset(store, val_w, frames),
-        WindowDataset(store, all_w, frames, compute_quality=False),
-        counts,
-        mean,
-        std,
+        train, WindowDataset(store, split.val, frames), unlabelled, test, counts, mean, std
     )
 
 
-def _windows(run: RunConfig, store: FeatureStore) -> tuple[list[Window], ...]:
-    if run.data.dataset == "icbhi":
-        recordings = _first(load_icbhi(_root(run) / "icbhi" / "train"), run.data.max_records)
-        train, val = group_split(
-            recordings, lambda r: r.patient_id, run.data.val_fraction, run.data.split_seed
+@dataclass
+class _Split:
+    train: list[Window]
+    val: list[Window]
+    test: list[Window]  # held-out fold (cross-validation only)
+    unlabelled: list[Window]
+
+
+def _windows(run: RunConfig, store: FeatureStore) -> _Split:
+    data = run.data
+    if data.dataset == "icbhi":
+        items: list[Any] = _first(load_icbhi(_root(run) / "icbhi" / "train"), data.max_records)
+        pool, test = held_out_fold(
+            items, lambda r: r.patient_id, data.folds, data.fold, data.split_seed
         )
-        return _icbhi_windows(run, train), _icbhi_windows(run, val), []
+        train, val = group_split(pool, lambda r: r.patient_id, data.val_fraction, data.split_seed)
+        return _Split(
+            _icbhi_windows(run, train), _icbhi_windows(run, val), _icbhi_windows(run, test), []
+        )
     folder = (
-        _synthetic_folder(run)
-        if run.data.dataset == "synthetic"
-        else _root(run) / "sprsound" / "train"
+        _synthetic_folder(run) if data.dataset == "synthetic" else _root(run) / "sprsound" / "train"
     )
-    records = _first(load_sprsound(folder), run.data.max_records)
-    train_r, val_r = patient_disjoint_split(records, run.data.val_fraction, run.data.split_seed)
-    unlabelled = _sliding(run, store, train_r, keep_all=True)
-    return _spr_windows(run, store, train_r), _spr_windows(run, store, val_r), unlabelled
+    records = _first(load_sprsound(folder), data.max_records)
+    pool, test = held_out_fold(
+        records, lambda r: r.patient_id, data.folds, data.fold, data.split_seed
+    )
+    train_r, val_r = patient_disjoint_split(pool, data.val_fraction, data.split_seed)
+    return _Split(
+        _spr_windows(run, store, train_r),
+        _spr_windows(run, store, val_r),
+        _spr_windows(run, store, test),
+        _sliding(run, store, train_r, keep_all=True),
+    )
+
+
+def held_out_fold(
+    items: list[T], group_of: Callable[[T], str], folds: int, fold: int, seed: int
+) -> tuple[list[T], list[T]]:
+    """(pool, test): with ``folds`` > 1, the patients of fold ``fold`` (patients dealt to
+    folds in a seeded random order) are held out as test; otherwise nothing is."""
+    if folds < 2:
+        return items, []
+    groups = sorted({group_of(item) for item in items})
+    order = [groups[i] for i in np.random.default_rng(seed + 1).permutation(len(groups))]
+    test_groups = set(order[fold::folds])
+    return (
+        [i for i in items if group_of(i) not in test_groups],
+        [i for i in items if group_of(i) in test_groups],
+    )
 
 
 def _spr_windows(run: RunConfig, store: FeatureStore, records: list[SprRecord]) -> list[Window]:

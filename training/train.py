@@ -295,6 +295,11 @@ def _pretrain(
 ) -> None:
     from training.ssl import pretrain
 
+    if data.unlabelled is None:
+        raise ValueError(
+            f"{run.name}: ssl.enabled needs unlabelled recordings "
+            f"(dataset {run.data.dataset!r} provides none)"
+        )
     losses = pretrain(model, data.unlabelled, run, rank=ctx.rank, world=ctx.world)
     if verbose and ctx.is_main:
         print(f"self-supervised pretraining: loss {losses[0]:.4f} -> {losses[-1]:.4f}")

@@ -229,3 +229,27 @@ def test_detect_prints_json_lines_and_plots(
         assert event["type"] in ("Wheeze", "Fine Crackle")
         assert 0.0 <= event["start_s"] < event["end_s"] <= 8.5
     assert (tmp_path / "det.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_held_out_folds_partition_patients() -> None:
+    from training.data import held_out_fold
+
+    items = [(f"p{i % 7}", i) for i in range(40)]
+    tests = []
+    for fold in range(3):
+        pool, test = held_out_fold(items, lambda it: it[0], 3, fold, seed=0)
+        assert {p for p, _ in pool}.isdisjoint({p for p, _ in test})
+        assert len(pool) + len(test) == len(items)
+        tests += test
+    assert sorted(tests) == sorted(items)  # every item is tested exactly once
+    assert held_out_fold(items, lambda it: it[0], 0, 0, seed=0) == (items, [])
+
+
+def test_crossval_pools_held_out_predictions(tmp_path: Path, cache_dir: Path) -> None:
+    from training.crossval import crossvalidate
+
+    run = _tiny(tmp_path, cache_dir, "optim.epochs=1", "data.val_fraction=0.2")
+    report = crossvalidate(run, folds=2, verbose=False)
+    assert sum(f["windows"] for f in report["per_fold"]) == 40  # every synthetic event once
+    assert 0.0 <= report["pooled"]["score"] <= 1.0
+    assert (tmp_path / "tiny-fold1" / "best.pt").exists()
