@@ -5,6 +5,7 @@
 #   make test     the test suite (uses ../shared/data when present)
 #   make lint     ruff + mypy
 #   make bench    benchmarks, results in bench/results/
+#   make train    retrain the shipped edge model (SEEDS="0 1 2" for the model card's runs)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,10 +16,10 @@ PIP_FLAGS ?= --disable-pip-version-check -q
 ONE_CORE = OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
            $(shell command -v taskset >/dev/null 2>&1 && echo taskset -c 0)
 
-.PHONY: demo test lint bench format clean help
+.PHONY: demo test lint bench format clean help train
 
 help:
-	@sed -n '2,9p' Makefile
+	@sed -n '2,10p' Makefile
 
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,16 @@ format: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.frontend $(ARGS)
+
+SEEDS ?= 0
+train: $(VENV)/.installed-dev
+	for seed in $(SEEDS); do \
+	  $(VENV)/bin/lungwatch train --config training/configs/edge.yaml --set seed=$$seed \
+	    --set name=edge-seed$$seed $(ARGS) || exit 1; \
+	done
+	mkdir -p models/edge
+	cp out/runs/edge-seed$(firstword $(SEEDS))/best.pt models/edge/model.pt
+	cp training/configs/edge.yaml models/edge/config.yaml
 
 clean:
 	rm -rf $(VENV) $(EDGE_VENV) out build *.egg-info

@@ -103,14 +103,53 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lungwatch report", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/edge/model.pt"))
-    parser.add_argument("--out", type=Path, required=True, help="JSON report to write")
+    parser.add_argument("--out", type=Path, help="JSON report to write")
     parser.add_argument("--no-detection", action="store_true", help="skip event detection")
+    parser.add_argument(
+        "--summarise",
+        nargs="+",
+        type=Path,
+        metavar="REPORT",
+        help="print mean ± std over existing report JSONs instead",
+    )
     args = parser.parse_args(argv)
+    if args.summarise:
+        print(summarise(args.summarise))
+        return 0
+    if args.out is None:
+        parser.error("--out is required (or use --summarise)")
     report = build_report(args.model, detection=not args.no_detection)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
     return 0
+
+
+def summarise(paths: list[Path]) -> str:
+    """Mean ± std over several reports (e.g. seeds) of every challenge score."""
+    import numpy as np
+
+    reports = [json.loads(p.read_text()) for p in paths]
+    rows = ["| evaluation | SE | SP | Score |", "|---|---:|---:|---:|"]
+    sections = [
+        (f"SPRSound intra_test Task {t}", ("sprsound_intra_test", t)) for t in CHALLENGE_TASKS
+    ] + [("ICBHI train, cross-dataset", ("icbhi_cross_dataset",))]
+    for title, keys in sections:
+        cells = []
+        for metric in ("se", "sp", "score"):
+            values = np.array([_dig(r, keys)["scores"][metric] for r in reports])
+            cells.append(
+                f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
+            )
+        rows.append(f"| {title} | " + " | ".join(cells) + " |")
+    return f"{len(reports)} runs: " + ", ".join(str(p) for p in paths) + "\n\n" + "\n".join(rows)
+
+
+def _dig(report: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    node: Any = report
+    for key in keys:
+        node = node[key]
+    return dict(node)
 
 
 if __name__ == "__main__":
