@@ -40,7 +40,7 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy edge
+	$(VENV)/bin/mypy edge training
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .

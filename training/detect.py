@@ -16,6 +16,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -141,17 +142,17 @@ def plot(
 
 
 def _event_rows(
-    ax: object, detected: list[Detection], annotated: list[tuple[float, float, str]]
+    ax: Any, detected: list[Detection], annotated: list[tuple[float, float, str]]
 ) -> None:
     colours = {name: f"C{i}" for i, name in enumerate(EVENT_LABELS)}
     for row, spans in ((1, [(d.start_s, d.end_s, d.type) for d in detected]), (0, annotated)):
         for start, end, kind in spans:
             ax.broken_barh(
                 [(start, end - start)],
-                (row + 0.1, 0.8),  # type: ignore[attr-defined]
+                (row + 0.1, 0.8),
                 color=colours.get(kind, "grey"),
             )
-    ax.set_yticks([0.5, 1.5], ["annotated", "detected"])  # type: ignore[attr-defined]
+    ax.set_yticks([0.5, 1.5], ["annotated", "detected"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,7 +147,7 @@ def pretrain(
     autoencoder = MaskedSpectrogramAutoencoder(model, run.ssl.mask_ratio, run.ssl.patch_frames)
     trained: nn.Module = DistributedDataParallel(autoencoder) if world > 1 else autoencoder
     optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=run.ssl.lr)
-    sampler = (
+    sampler: DistributedSampler[Any] | None = (
         DistributedSampler(dataset, num_replicas=world, rank=rank, seed=run.seed)
         if world > 1
         else None

@@ -67,7 +67,7 @@ def setup(run: RunConfig) -> Context:
 
 def make_loader(data: TrainingData, run: RunConfig, ctx: Context) -> DataLoader[Any]:
     generator = torch.Generator().manual_seed(run.seed)
-    sampler = (
+    sampler: DistributedSampler[Any] | None = (
         DistributedSampler(
             data.train,
             num_replicas=ctx.world,
