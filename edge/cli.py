@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
     "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),
     "train": ("training.train", "train a model from a run YAML (workstation, needs torch)"),
+    "calibrate": ("training.calibrate", "fit Task 2 record thresholds on the validation split"),
     "report": ("training.report", "every model-card score of a checkpoint (needs the data)"),
     "crossval": ("training.crossval", "patient-grouped cross-validation of a run config"),
     "predict": ("training.predict", "challenge-format predictions from a trained checkpoint"),

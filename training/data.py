@@ -79,7 +79,9 @@ class _Split:
 def _windows(run: RunConfig, store: FeatureStore) -> _Split:
     data = run.data
     if data.dataset == "icbhi":
-        items: list[Any] = _first(load_icbhi(_root(run) / "icbhi" / "train"), data.max_records)
+        items: list[Any] = _first(
+            load_icbhi(data_folder(run) / "icbhi" / "train"), data.max_records
+        )
         pool, test = held_out_fold(
             items, lambda r: r.patient_id, data.folds, data.fold, data.split_seed
         )
@@ -88,7 +90,9 @@ def _windows(run: RunConfig, store: FeatureStore) -> _Split:
             _icbhi_windows(run, train), _icbhi_windows(run, val), _icbhi_windows(run, test), []
         )
     folder = (
-        _synthetic_folder(run) if data.dataset == "synthetic" else _root(run) / "sprsound" / "train"
+        _synthetic_folder(run)
+        if data.dataset == "synthetic"
+        else data_folder(run) / "sprsound" / "train"
     )
     records = _first(load_sprsound(folder), data.max_records)
     pool, test = held_out_fold(
@@ -185,7 +189,9 @@ def group_split(
     )
 
 
-def _root(run: RunConfig) -> Path:
+def data_folder(run: RunConfig) -> Path:
+    """The data root of a run: ``data.data_dir``, else ``$LUNGWATCH_DATA_DIR`` or
+    ``../shared/data``; a clear error when it is missing."""
     root = Path(run.data.data_dir) if run.data.data_dir else data_root()
     if not root.is_dir():
         raise FileNotFoundError(

@@ -8,8 +8,9 @@ checkpoint (``.pt``); exported ONNX models come with the export step.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ class WindowClassifier:
     classes: tuple[str, ...]
     window_frames: int
     source: str
+    meta: dict[str, Any] = field(default_factory=dict)  # the checkpoint's other entries
 
     @torch.no_grad()
     def probabilities(self, x: np.ndarray) -> np.ndarray:
@@ -62,6 +64,7 @@ def load_classifier(path: str | Path) -> WindowClassifier:
         loaded.classes,
         loaded.run.data.window_frames,
         str(path),
+        loaded.meta,
     )
 
 

@@ -5,7 +5,8 @@
 - Task 1-1 / 1-2: one label per annotated event of each SPRSound annotation file, in file
   order (the event boundaries come from the annotation): ``{"<record>": ["Normal", ...]}``.
 - Task 2-1 / 2-2: one label per record from sliding windows over the whole recording:
-  ``{"<record>": "CAS & DAS"}`` (rule: :func:`record_decision`).
+  ``{"<record>": "CAS & DAS"}`` (rule: :func:`record_decision`, thresholds fitted on the
+  validation split by ``lungwatch calibrate`` when the checkpoint has them).
 - ``icbhi``: one label per cycle of each ICBHI ``.txt`` file, in order. A model trained on
   SPRSound classes is mapped to ICBHI labels through ``edge.labels`` (cross-dataset).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,8 @@ TASKS = ("1-1", "1-2", "2-1", "2-2", "icbhi")
 AUDIO_SUFFIXES = (".flac", ".wav")
 ANY_LABEL = (*EVENT_LABELS, POOR_QUALITY)  # window labels are not used for prediction
 POOR_QUALITY_THRESHOLD = 0.5  # mean window probability of Poor Quality
-FAMILY_THRESHOLD = 0.5  # max window probability of a family (CAS or DAS) to call it present
+FAMILY_THRESHOLD = 0.5  # top-window probability of a family (CAS or DAS) to call it present
+TOP_WINDOWS = 3  # a family's record score: mean of its highest window probabilities
 
 
 class PredictionError(LungwatchError):
@@ -116,31 +119,51 @@ def _has_events(records: list[SprRecord]) -> bool:
     return any(r.events for r in records)
 
 
-def record_decision(classes: tuple[str, ...], probs: np.ndarray) -> str:
-    """Task 2-2 label from window probabilities (n_windows, classes) of one record.
+@dataclass(frozen=True)
+class RecordThresholds:
+    """Task 2 decision thresholds on a record's statistics (see :func:`record_statistics`).
 
-    Poor Quality when its mean probability exceeds ``POOR_QUALITY_THRESHOLD``; otherwise a
-    family (CAS, DAS) is present when some window gives it (its classes' summed probability,
-    Wheeze+Crackle counting for both) more than ``FAMILY_THRESHOLD``.
+    Defaults are the uncalibrated ones; ``lungwatch calibrate`` fits them on the run's
+    patient-disjoint validation split and stores them in the checkpoint.
     """
-    if (
-        POOR_QUALITY in classes
-        and probs[:, classes.index(POOR_QUALITY)].mean() > POOR_QUALITY_THRESHOLD
-    ):
-        return POOR_QUALITY
+
+    poor_quality: float = POOR_QUALITY_THRESHOLD
+    cas: float = FAMILY_THRESHOLD
+    das: float = FAMILY_THRESHOLD
+
+    @classmethod
+    def of(cls, classifier: WindowClassifier) -> RecordThresholds:
+        stored = classifier.meta.get("record_thresholds")
+        return cls(**stored) if stored else cls()
+
+
+def record_statistics(classes: tuple[str, ...], probs: np.ndarray) -> np.ndarray:
+    """(3,) statistics of one record's window probabilities (n_windows, classes):
+    mean Poor Quality probability, and for CAS and DAS the mean of the ``TOP_WINDOWS``
+    highest window probabilities of that family (its classes summed; Wheeze+Crackle counts
+    for both)."""
+    pq = probs[:, classes.index(POOR_QUALITY)].mean() if POOR_QUALITY in classes else 0.0
     families = [sound_class(c).family if c in EVENT_LABELS else "" for c in classes]
-    cas = probs[:, [i for i, f in enumerate(families) if "CAS" in f]].sum(axis=1)
-    das = probs[:, [i for i, f in enumerate(families) if "DAS" in f]].sum(axis=1)
+    stats = [float(pq)]
+    for family in ("CAS", "DAS"):
+        score = probs[:, [i for i, f in enumerate(families) if family in f]].sum(axis=1)
+        stats.append(float(np.sort(score)[-TOP_WINDOWS:].mean()))
+    return np.array(stats)
+
+
+def record_decision(stats: np.ndarray, thresholds: RecordThresholds) -> str:
+    """Task 2-2 label from :func:`record_statistics`."""
+    if stats[0] > thresholds.poor_quality:
+        return POOR_QUALITY
     return record_label_from_families(
-        bool((cas > FAMILY_THRESHOLD).any()), bool((das > FAMILY_THRESHOLD).any())
+        bool(stats[1] > thresholds.cas), bool(stats[2] > thresholds.das)
     )
 
 
-def predict_records(
-    classifier: WindowClassifier, records: list[SprRecord], task: str
-) -> dict[str, str]:
+def record_window_stats(classifier: WindowClassifier, records: list[SprRecord]) -> np.ndarray:
+    """(n_records, 3) :func:`record_statistics` from windows every quarter window."""
     spec, store = classifier.spec, classifier.store()
-    out = {}
+    rows = []
     for record in records:
         unlabelled = dataclasses.replace(record, record_label="Normal", events=())
         windows = sliding_windows(
@@ -153,9 +176,19 @@ def predict_records(
             hop_samples=spec.hop_samples,
             sample_rate_hz=spec.sample_rate_hz,
         )
-        label = record_decision(
-            classifier.classes, window_probabilities(classifier, store, windows)
-        )
+        probs = window_probabilities(classifier, store, windows)
+        rows.append(record_statistics(classifier.classes, probs))
+    return np.array(rows).reshape(len(rows), 3)
+
+
+def predict_records(
+    classifier: WindowClassifier, records: list[SprRecord], task: str
+) -> dict[str, str]:
+    thresholds = RecordThresholds.of(classifier)
+    stats = record_window_stats(classifier, records)
+    out = {}
+    for record, row in zip(records, stats, strict=True):
+        label = record_decision(row, thresholds)
         out[record.record_id] = record_label_2_1(label) if task == "2-1" else label
     return out
 
