@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,15 +31,6 @@ DECREASE_FACTOR = 0.7  # a loss "decreases" when it ends below 70 % of where it 
 # ... except the contrastive loss, whose floor is about ln(23 positives) = 3.1 from ln(95) = 4.6
 CONTRASTIVE_MIN_DROP = 0.5
 SCALE = 16.0
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is ~20x faster than many on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _gen(seed: int = SEED) -> torch.Generator:

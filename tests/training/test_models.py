@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +43,9 @@ LEGACY_EXPORT_WARNINGS = (
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread() -> Iterator[None]:
-    """Seed torch; one intra-op thread (tiny models; immune to a busy machine), then restore."""
+def _seed() -> None:
+    """Seed torch (the one-thread fixture is in conftest.py)."""
     torch.manual_seed(SEED)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**overrides: object) -> ModelConfig:

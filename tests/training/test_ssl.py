@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -27,13 +25,9 @@ STEM_WEIGHT = "branches.0.backbone.layers.0.0.weight"
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread() -> Iterator[None]:
-    """Seed torch; one intra-op thread (tiny models; immune to a busy machine), then restore."""
+def _seed() -> None:
+    """Seed torch (the one-thread fixture is in conftest.py)."""
     torch.manual_seed(SEED)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def autoencoder(**overrides: object) -> MaskedSpectrogramAutoencoder:
