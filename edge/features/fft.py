@@ -5,6 +5,10 @@
 otherwise the built-in radix-2 :func:`rfft_power` below (e.g. on a Jetson with Python 3.10).
 :data:`FFT_BACKEND` says which one this process uses.
 
+Numba's on-disk cache keys a kernel by its own source file, not by the FFT backend it was
+compiled against: after installing or removing rocket-fft, clear ``__pycache__`` (or set
+``NUMBA_CACHE_DIR``) so cached kernels are rebuilt.
+
 ``rfft_power(frame, plan, work_re, work_im, power)`` computes ``|rfft(frame)|**2`` for a
 power-of-two ``n_fft`` through a complex FFT of half the size (even samples in the real part,
 odd samples in the imaginary part) followed by the usual split step. The plan (bit-reversal
