@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from edge.datapaths import data_root
-from edge.labels import POOR_QUALITY, record_label_from_families
+from edge.labels import EVENT_LABELS, POOR_QUALITY, record_label_from_families
 from training.config import RunConfig
 from training.datasets.icbhi import IcbhiRecording, load_icbhi
 from training.datasets.sprsound import SprRecord, load_sprsound, patient_disjoint_split
@@ -144,12 +144,10 @@ def _spr_windows(run: RunConfig, store: FeatureStore, records: list[SprRecord]) 
 def _sliding(
     run: RunConfig, store: FeatureStore, records: list[SprRecord], keep_all: bool
 ) -> list[Window]:
+    """Sliding windows of ``records``. ``keep_all``: unlabelled use (SSL), so every record
+    and event type is kept whatever the run's classes (the labels are never read)."""
     spec = run.features
-    classes = (
-        run.data.classes
-        if not keep_all or POOR_QUALITY in run.data.classes
-        else (*run.data.classes, POOR_QUALITY)
-    )
+    classes = (*EVENT_LABELS, POOR_QUALITY) if keep_all else run.data.classes
     return sliding_windows(
         records,
         classes,

@@ -245,3 +245,14 @@ def test_crossval_pools_held_out_predictions(tmp_path: Path, cache_dir: Path) ->
     assert sum(f["windows"] for f in report["per_fold"]) == 40  # every synthetic event once
     assert 0.0 <= report["pooled"]["score"] <= 1.0
     assert (tmp_path / "tiny-fold1" / "best.pt").exists()
+
+
+def test_ssl_pretraining_runs_before_fine_tuning(tmp_path: Path, cache_dir: Path) -> None:
+    fit(_tiny(tmp_path / "plain", cache_dir, "optim.epochs=1"), verbose=False)
+    fit(
+        _tiny(tmp_path / "ssl", cache_dir, "optim.epochs=1", "ssl.enabled=true", "ssl.epochs=1"),
+        verbose=False,
+    )
+    plain, ssl = _weights(tmp_path / "plain/tiny/last.pt"), _weights(tmp_path / "ssl/tiny/last.pt")
+    assert not all(torch.equal(plain[k], ssl[k]) for k in plain)  # pretraining moved the encoder
+    assert set(plain) == set(ssl)  # and left no autoencoder parts in the classifier
