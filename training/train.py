@@ -33,7 +33,7 @@ from edge.config import to_mapping
 from training.checkpoint import read_checkpoint, save_checkpoint
 from training.config import RunConfig, load_run_config
 from training.data import TrainingData, build_training_data
-from training.metrics import sprsound_scores
+from training.metrics import icbhi_scores, sprsound_scores
 from training.models import LungNet, build_model
 from training.objective import Objective
 
@@ -138,7 +138,8 @@ def train_epoch(
 
 @torch.no_grad()
 def validate(model: LungNet, data: TrainingData, run: RunConfig) -> dict[str, float]:
-    """Window-level scores on the validation split (SPRSound-style SE/SP/Score)."""
+    """Window-level scores on the validation split: ICBHI Se/Sp/Score for ICBHI classes,
+    SPRSound SE/SP/Score otherwise (the selection metric)."""
     model.eval()
     loader = DataLoader(data.val, batch_size=256, shuffle=False, num_workers=0)
     predictions: list[int] = []
@@ -148,7 +149,10 @@ def validate(model: LungNet, data: TrainingData, run: RunConfig) -> dict[str, fl
         predictions += logits.argmax(dim=1).tolist()
         targets += y.tolist()
     names = run.data.classes
-    scores = sprsound_scores([names[t] for t in targets], [names[p] for p in predictions])
+    truth, guess = [names[t] for t in targets], [names[p] for p in predictions]
+    scores = (
+        icbhi_scores(truth, guess) if run.data.dataset == "icbhi" else sprsound_scores(truth, guess)
+    )
     accuracy = float(np.mean(np.array(predictions) == np.array(targets))) if targets else 0.0
     return {"se": scores.se, "sp": scores.sp, "score": scores.score, "accuracy": accuracy}
 

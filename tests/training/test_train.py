@@ -256,3 +256,26 @@ def test_ssl_pretraining_runs_before_fine_tuning(tmp_path: Path, cache_dir: Path
     plain, ssl = _weights(tmp_path / "plain/tiny/last.pt"), _weights(tmp_path / "ssl/tiny/last.pt")
     assert not all(torch.equal(plain[k], ssl[k]) for k in plain)  # pretraining moved the encoder
     assert set(plain) == set(ssl)  # and left no autoencoder parts in the classifier
+
+
+def test_icbhi_runs_are_selected_on_icbhi_scores(tmp_path: Path) -> None:
+    """ICBHI classes are lowercase: validation must score them with ICBHI's Se/Sp (a
+    SPRSound scorer would find no 'Normal' and report SP 0 for a perfect model)."""
+    from torch.utils.data import TensorDataset
+
+    from training.data import TrainingData
+    from training.train import validate
+
+    class Constant(torch.nn.Module):  # predicts the true class of every window below
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            logits = torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 4).float()
+            return logits, logits[:, :2], logits
+
+    targets = torch.tensor([0, 0, 0, 1, 2, 3])
+    x = torch.zeros(6, 1, 2, 2)
+    x[:, 0, 0, 0] = targets.float()
+    val = TensorDataset(x, targets, torch.ones(6))
+    data = TrainingData(val, val, None, None, [3, 1, 1, 1], None, None)  # type: ignore[arg-type]
+    run = load_run_config(REPO / "training/configs/icbhi.yaml")
+    scores = validate(Constant(), data, run)  # type: ignore[arg-type]
+    assert scores == {"se": 1.0, "sp": 1.0, "score": 1.0, "accuracy": 1.0}
