@@ -114,12 +114,23 @@ def held_out_fold(
     folds in a seeded random order) are held out as test; otherwise nothing is."""
     if folds < 2:
         return items, []
+    order = _shuffled_groups(items, group_of, seed + 1)
+    return _partition(items, group_of, set(order[fold::folds]))
+
+
+def _shuffled_groups(items: Sequence[T], group_of: Callable[[T], str], seed: int) -> list[str]:
+    """The distinct groups of ``items`` in a random order fixed by ``seed``."""
     groups = sorted({group_of(item) for item in items})
-    order = [groups[i] for i in np.random.default_rng(seed + 1).permutation(len(groups))]
-    test_groups = set(order[fold::folds])
+    return [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+
+
+def _partition(
+    items: Sequence[T], group_of: Callable[[T], str], chosen: set[str]
+) -> tuple[list[T], list[T]]:
+    """(items outside ``chosen`` groups, items inside), each in the original order."""
     return (
-        [i for i in items if group_of(i) not in test_groups],
-        [i for i in items if group_of(i) in test_groups],
+        [i for i in items if group_of(i) not in chosen],
+        [i for i in items if group_of(i) in chosen],
     )
 
 
@@ -176,15 +187,9 @@ def group_split(
     items: Sequence[T], group_of: Callable[[T], str], val_fraction: float, seed: int
 ) -> tuple[list[T], list[T]]:
     """Split by group (patient) so no group is on both sides; deterministic per seed."""
-    groups = sorted({group_of(item) for item in items})
-    rng = np.random.default_rng(seed)
-    order = [groups[i] for i in rng.permutation(len(groups))]
-    n_val = min(len(groups) - 1, max(1, round(val_fraction * len(groups))))
-    val_groups = set(order[:n_val])
-    return (
-        [i for i in items if group_of(i) not in val_groups],
-        [i for i in items if group_of(i) in val_groups],
-    )
+    order = _shuffled_groups(items, group_of, seed)
+    n_val = min(len(order) - 1, max(1, round(val_fraction * len(order))))
+    return _partition(items, group_of, set(order[:n_val]))
 
 
 def data_folder(run: RunConfig) -> Path:
