@@ -29,6 +29,9 @@ class DataConfig:
     split_seed: int = 0
     window_frames: int = 200
     sliding_hop_frames: int = 50
+    # Also train on sliding windows (every ``sliding_hop_frames``) of every training record,
+    # labelled by overlap with the annotated events, as Task 2 and detection see the audio.
+    train_sliding: bool = False
     max_records: int = 0  # 0: all; > 0 keeps the first N records (tiny runs and tests)
     folds: int = 0  # > 1: patient-grouped cross-validation, fold ``fold`` held out as test
     fold: int = 0

@@ -99,8 +99,11 @@ def _windows(run: RunConfig, store: FeatureStore) -> _Split:
         records, lambda r: r.patient_id, data.folds, data.fold, data.split_seed
     )
     train_r, val_r = patient_disjoint_split(pool, data.val_fraction, data.split_seed)
+    train = _spr_windows(run, store, train_r)
+    if data.train_sliding:
+        train += _sliding(run, store, [r for r in train_r if r.record_label != POOR_QUALITY], False)
     return _Split(
-        _spr_windows(run, store, train_r),
+        train,
         _spr_windows(run, store, val_r),
         _spr_windows(run, store, test),
         _sliding(run, store, train_r, keep_all=True),

@@ -237,6 +237,21 @@ def test_held_out_folds_partition_patients() -> None:
     assert held_out_fold(items, lambda it: it[0], 0, 0, seed=0) == (items, [])
 
 
+def test_train_sliding_adds_overlap_labelled_windows_to_train_only(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    from training.data import build_training_data
+
+    plain = build_training_data(_tiny(tmp_path, cache_dir))
+    sliding = build_training_data(_tiny(tmp_path, cache_dir, "data.train_sliding=true"))
+    added = sliding.train.windows[len(plain.train.windows) :]
+    assert sliding.train.windows[: len(plain.train.windows)] == plain.train.windows
+    assert added
+    assert {w.start_frame for w in added} >= {0}
+    assert {w.label for w in added} >= {"Normal", "Wheeze"}  # labelled by overlap
+    assert sliding.val.windows == plain.val.windows  # selection stays on event windows
+
+
 def test_crossval_pools_held_out_predictions(tmp_path: Path, cache_dir: Path) -> None:
     from training.crossval import crossvalidate
 
