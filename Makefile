@@ -23,12 +23,12 @@ help:
 
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[dev,train,export,edge]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[dev,train,export,edge,serial,demo]'
 	touch $@
 
 $(EDGE_VENV)/.installed-edge: pyproject.toml
 	test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
-	$(EDGE_VENV)/bin/pip install $(PIP_FLAGS) -e .
+	$(EDGE_VENV)/bin/pip install $(PIP_FLAGS) -e '.[edge,demo]'
 	touch $@
 
 demo: $(EDGE_VENV)/.installed-edge
