@@ -1,0 +1,395 @@
+"""The event schema (contract 4, ``docs/events.md``) and the MQTT topics it travels on.
+
+An :class:`Event` is one *message* about one episode of a condition: a physiological finding
+(an event label from :mod:`edge.labels`: ``Wheeze``, ``Fine Crackle``, ...) or a technical
+condition (``poor_signal``, ``off_body``, ``spool_full``, ...). An episode is published as
+``onset`` (end unknown), optionally ``ongoing`` updates, then ``ended``; its messages share
+``episode_id`` and each has its own ``id`` (a UUID4 that stays the same when the message is
+retried, so a consumer deduplicates on ``id``). A condition that is known only once it is
+over (a signal gap) is published once, as ``ended``.
+
+Times are UTC ISO-8601 with a ``Z`` suffix and millisecond precision, and sample indices on
+the stream's timeline (``None`` for device-wide conditions that have no timeline).
+
+Topics (each segment checked by :func:`check_segment`):
+
+- ``lungwatch/v1/<site>/<device>/<stream>/event``: events, QoS 1, not retained.
+- ``lungwatch/v1/<site>/<device>/status``: ``online`` / ``offline`` JSON, QoS 1, retained;
+  the last will is ``offline``.
+- ``lungwatch/v1/<site>/<device>/metrics``: per-stream counters, QoS 0, not retained.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+
+from edge.errors import LungwatchError
+from edge.labels import EVENT_LABELS, NORMAL, sound_class
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "lungwatch/v1"
+#: Stream id of device-wide technical events (``spool_full``); no bed may be called this.
+DEVICE_STREAM = "device"
+MAX_SEGMENT_CHARS = 64
+
+PHYSIOLOGICAL_TYPES: tuple[str, ...] = tuple(n for n in EVENT_LABELS if n != NORMAL)
+TECHNICAL_TYPES: tuple[str, ...] = (
+    "poor_signal",  # quality score below the gate: physiological events suppressed
+    "off_body",  # stethoscope off the chest (quiet input or the device says so)
+    "clipping",  # input overdriven
+    "silence",  # digital silence
+    "invalid_samples",  # NaN / Inf in the audio
+    "source_stalled",  # no audio for longer than the configured limit
+    "signal_gap",  # samples lost on the way (detail.missing_samples)
+    "overflow",  # the capture buffer overran
+    "source_disconnected",  # the source went away (reconnects are tried)
+    "device_status",  # a wearable reports a problem (battery, gain; detail says which)
+    "spool_full",  # the store-and-forward spool hit its bound (see edge.spool)
+)
+KINDS = ("physiological", "technical")
+PRIORITIES = ("high", "medium", "low")
+STATES = ("onset", "ongoing", "ended")
+
+#: Default priority per type (the runtime's config may override any of them).
+DEFAULT_PRIORITIES: dict[str, str] = {
+    **{name: "medium" for name in PHYSIOLOGICAL_TYPES},
+    "Stridor": "high",  # upper-airway obstruction
+    **{name: "low" for name in TECHNICAL_TYPES},
+    "off_body": "medium",
+    "source_stalled": "medium",
+    "source_disconnected": "medium",
+    "spool_full": "medium",
+}
+
+_UTC_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class EventError(LungwatchError, ValueError):
+    """An event (or a topic segment) is invalid; the message names the field."""
+
+
+def kind_of(event_type: str) -> str:
+    """``physiological`` or ``technical``; EventError for an unknown type."""
+    if event_type in PHYSIOLOGICAL_TYPES:
+        return "physiological"
+    if event_type in TECHNICAL_TYPES:
+        return "technical"
+    allowed = f"one of {', '.join(PHYSIOLOGICAL_TYPES + TECHNICAL_TYPES)}"
+    raise EventError(f"event.type must be {allowed}, got {event_type!r}")
+
+
+def snomed_ct(event_type: str) -> str | None:
+    """SNOMED CT concept id of a physiological type (from :mod:`edge.labels`), else None."""
+    if event_type in PHYSIOLOGICAL_TYPES:
+        return sound_class(event_type).snomed_ct
+    return None
+
+
+def format_utc(when: datetime | float) -> str:
+    """``2026-05-09T07:35:25.123Z`` from an aware datetime or POSIX seconds."""
+    moment = when if isinstance(when, datetime) else datetime.fromtimestamp(when, timezone.utc)
+    if moment.tzinfo is None:
+        raise EventError(f"time must be timezone-aware, got naive {moment.isoformat()}")
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def utc_now() -> str:
+    """The current time as :func:`format_utc` writes it."""
+    return format_utc(datetime.now(timezone.utc))
+
+
+def parse_utc(text: str) -> datetime:
+    """The aware datetime of a ``...Z`` timestamp; EventError if it is not one."""
+    if not (isinstance(text, str) and _UTC_RE.match(text)):
+        raise EventError(f"time must be UTC ISO-8601 ending in Z, got {text!r}")
+    try:
+        return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise EventError(f"time must be a valid UTC ISO-8601 time, got {text!r}") from None
+
+
+def check_segment(value: object, name: str) -> str:
+    """A topic segment: 1..64 printable characters, no ``/ + #``, not starting with ``$``."""
+    ok = (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_SEGMENT_CHARS
+        and value.isprintable()
+        and not any(c in value for c in "/+#")
+        and not value.startswith("$")
+    )
+    if not ok:
+        raise EventError(
+            f"{name} must be 1..{MAX_SEGMENT_CHARS} printable characters without "
+            f"'/', '+', '#' or a leading '$', got {value!r}"
+        )
+    return str(value)
+
+
+def is_segment(value: object) -> bool:
+    """Whether :func:`check_segment` accepts ``value``."""
+    try:
+        check_segment(value, "segment")
+    except EventError:
+        return False
+    return True
+
+
+def event_topic(site: str, device_id: str, stream_id: str) -> str:
+    """``lungwatch/v1/<site>/<device>/<stream>/event``."""
+    parts = (check_segment(site, "site"), check_segment(device_id, "device_id"))
+    return f"{TOPIC_ROOT}/{parts[0]}/{parts[1]}/{check_segment(stream_id, 'stream_id')}/event"
+
+
+def status_topic(site: str, device_id: str) -> str:
+    """``lungwatch/v1/<site>/<device>/status`` (retained)."""
+    return (
+        f"{TOPIC_ROOT}/{check_segment(site, 'site')}/{check_segment(device_id, 'device_id')}/status"
+    )
+
+
+def metrics_topic(site: str, device_id: str) -> str:
+    """``lungwatch/v1/<site>/<device>/metrics``."""
+    site, device_id = check_segment(site, "site"), check_segment(device_id, "device_id")
+    return f"{TOPIC_ROOT}/{site}/{device_id}/metrics"
+
+
+def status_payload(state: str, site: str, device_id: str, reason: str) -> str:
+    """The JSON published on the status topic (``state`` is ``online`` or ``offline``)."""
+    if state not in ("online", "offline"):
+        raise EventError(f"status.state must be 'online' or 'offline', got {state!r}")
+    body = {"schema_version": SCHEMA_VERSION, "state": state, "site": site}
+    body.update({"device_id": device_id, "utc": utc_now(), "reason": reason})
+    return json.dumps(body, separators=(",", ":"))
+
+
+def metrics_payload(site: str, device_id: str, stream_id: str, metrics: dict[str, Any]) -> str:
+    """The JSON published on the metrics topic: one stream's counters at one time."""
+    body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
+    body.update({"stream_id": check_segment(stream_id, "stream_id"), "utc": utc_now()})
+    body["metrics"] = metrics
+    try:
+        return json.dumps(body, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EventError(f"metrics must be JSON numbers/strings, got {metrics!r} ({exc})") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """One event message (see the module docstring and ``docs/events.md``).
+
+    Build the first message of an episode with :meth:`onset`, the next ones with
+    :meth:`ongoing` and :meth:`ended`; every constructor call is validated.
+    """
+
+    id: str  # UUID4 of this message, unchanged when it is retried
+    episode_id: str  # UUID4 shared by the onset/ongoing/ended messages of one episode
+    schema_version: int = SCHEMA_VERSION
+    device_id: str
+    site: str
+    stream_id: str
+    type: str  # a PHYSIOLOGICAL_TYPES label or a TECHNICAL_TYPES name
+    kind: str  # "physiological" | "technical" (follows from type)
+    priority: str  # "high" | "medium" | "low"
+    state: str  # "onset" | "ongoing" | "ended"
+    start_utc: str  # UTC ISO-8601 with Z
+    end_utc: str | None = None  # None while the episode is open
+    start_sample: int | None = None  # index on the stream's timeline
+    end_sample: int | None = None  # exclusive; None while open
+    confidence: float | None = None  # model probability in [0, 1]; required if physiological
+    model_id: str | None = None  # required if physiological
+    model_sha256: str | None = None  # 64 lowercase hex digits; required if physiological
+    quality: dict[str, float] = field(default_factory=dict)  # QualityMeasures.to_dict()
+    detail: dict[str, Any] = field(default_factory=dict)  # JSON-safe extras (technical)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def snomed_ct(self) -> str | None:
+        """SNOMED CT concept id of the finding (physiological types that have one)."""
+        return snomed_ct(self.type)
+
+    @property
+    def topic(self) -> str:
+        """The topic this event is published on."""
+        return event_topic(self.site, self.device_id, self.stream_id)
+
+    @classmethod
+    def onset(cls, **values: Any) -> Event:
+        """First message of a new episode: fresh ids, ``state="onset"``, kind from the type.
+
+        ``priority`` defaults to :data:`DEFAULT_PRIORITIES`; every other field is a keyword.
+        """
+        event_type = values.get("type")
+        kind = kind_of(event_type) if isinstance(event_type, str) else "technical"
+        defaults = {"id": new_id(), "episode_id": new_id(), "kind": kind, "state": "onset"}
+        defaults["priority"] = DEFAULT_PRIORITIES.get(str(event_type), "low")
+        return cls(**{**defaults, **values})
+
+    def ongoing(self, **changes: Any) -> Event:
+        """An update of the same open episode (new id; confidence/quality may change)."""
+        return replace(self, id=new_id(), state="ongoing", **changes)
+
+    def ended(self, end_utc: str, end_sample: int | None = None, **changes: Any) -> Event:
+        """The closing message of this episode (new id, same episode_id)."""
+        return replace(
+            self, id=new_id(), state="ended", end_utc=end_utc, end_sample=end_sample, **changes
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, in schema order (``snomed_ct`` follows ``type``)."""
+        body = asdict(self)
+        ordered: dict[str, Any] = {}
+        for key, value in body.items():
+            ordered[key] = value
+            if key == "type":
+                ordered["snomed_ct"] = self.snomed_ct
+        return ordered
+
+    def to_json(self) -> str:
+        """Compact UTF-8 JSON (no NaN)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Event:
+        """Parse and validate; EventError names the first bad field."""
+        try:
+            body = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise EventError(f"event is not valid JSON ({exc})") from None
+        return cls.from_dict(body)
+
+    @classmethod
+    def from_dict(cls, body: object) -> Event:
+        """Validate a parsed JSON object (strict: no missing or unknown keys)."""
+        if not isinstance(body, dict):
+            raise EventError(f"event must be a JSON object, got {type(body).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(body) - set(names) - {"snomed_ct"})
+        if unknown:
+            raise EventError(f"event has unknown field {unknown[0]!r}")
+        for name in [*names, "snomed_ct"]:
+            if name not in body:
+                raise EventError(f"event.{name} is missing")
+        values = {name: body[name] for name in names}
+        event = cls(**values)
+        if body["snomed_ct"] != event.snomed_ct:
+            _fail("snomed_ct", body["snomed_ct"], f"{event.snomed_ct!r} for type {event.type!r}")
+        return event
+
+
+def new_id() -> str:
+    """A fresh UUID4 string."""
+    return str(uuid.uuid4())
+
+
+def _fail(name: str, value: object, allowed: str) -> NoReturn:
+    raise EventError(f"event.{name} must be {allowed}, got {value!r}")
+
+
+def _check(ok: bool, name: str, value: object, allowed: str) -> None:
+    if not ok:
+        _fail(name, value, allowed)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_uuid4(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return False
+    return str(parsed) == value and parsed.version == 4
+
+
+def _validate(e: Event) -> None:
+    """Field-by-field checks, in field order; the first failure names its field."""
+    _check(_is_uuid4(e.id), "id", e.id, "a UUID4 string (lowercase, hyphenated)")
+    _check(_is_uuid4(e.episode_id), "episode_id", e.episode_id, "a UUID4 string")
+    version = e.schema_version
+    _check(_is_int(version) and version == SCHEMA_VERSION, "schema_version", version, "1")
+    for name in ("device_id", "site", "stream_id"):
+        try:
+            check_segment(getattr(e, name), f"event.{name}")
+        except EventError as exc:
+            raise EventError(str(exc)) from None
+    types = PHYSIOLOGICAL_TYPES + TECHNICAL_TYPES
+    _check(e.type in types, "type", e.type, f"one of {', '.join(types)}")
+    _check(e.kind == kind_of(e.type), "kind", e.kind, f"{kind_of(e.type)!r} for type {e.type!r}")
+    _check(e.priority in PRIORITIES, "priority", e.priority, "one of high, medium, low")
+    _check(e.state in STATES, "state", e.state, "one of onset, ongoing, ended")
+    _validate_span(e)
+    _validate_model(e)
+    _validate_mappings(e)
+
+
+def _validate_span(e: Event) -> None:
+    start = _parsed_time("start_utc", e.start_utc)
+    if e.state == "ended":
+        end = _parsed_time("end_utc", e.end_utc)
+        _check(end >= start, "end_utc", e.end_utc, f"at or after start_utc {e.start_utc}")
+    else:
+        _check(e.end_utc is None, "end_utc", e.end_utc, f"null while the state is {e.state!r}")
+        _check(e.end_sample is None, "end_sample", e.end_sample, "null while the episode is open")
+    start_ok = e.start_sample is None or (_is_int(e.start_sample) and e.start_sample >= 0)
+    _check(start_ok, "start_sample", e.start_sample, "null or an integer >= 0")
+    if e.start_sample is None:
+        _check(e.end_sample is None, "end_sample", e.end_sample, "null when start_sample is")
+    elif e.state == "ended":
+        end_ok = _is_int(e.end_sample) and e.end_sample >= e.start_sample  # type: ignore[operator]
+        allowed = f"an integer >= start_sample {e.start_sample}"
+        _check(end_ok, "end_sample", e.end_sample, allowed)
+
+
+def _parsed_time(name: str, value: object) -> datetime:
+    try:
+        return parse_utc(value)  # type: ignore[arg-type]
+    except EventError:
+        _fail(name, value, "UTC ISO-8601 ending in Z (2026-05-09T07:35:25.123Z)")
+
+
+def _validate_model(e: Event) -> None:
+    needed = e.kind == "physiological"
+    conf_ok = (e.confidence is None and not needed) or (
+        _is_number(e.confidence) and 0.0 <= e.confidence <= 1.0  # type: ignore[operator]
+    )
+    what = "a number in [0, 1]" + ("" if needed else " or null")
+    _check(conf_ok, "confidence", e.confidence, what)
+    id_ok = (e.model_id is None and not needed) or (isinstance(e.model_id, str) and e.model_id)
+    _check(
+        bool(id_ok), "model_id", e.model_id, "a non-empty string" + ("" if needed else " or null")
+    )
+    sha = e.model_sha256
+    sha_ok = (sha is None and not needed) or (isinstance(sha, str) and _SHA256_RE.match(sha))
+    _check(
+        bool(sha_ok),
+        "model_sha256",
+        sha,
+        "64 lowercase hex digits" + ("" if needed else " or null"),
+    )
+
+
+def _validate_mappings(e: Event) -> None:
+    _check(isinstance(e.quality, dict), "quality", e.quality, "an object of numbers")
+    for key, value in e.quality.items():
+        _check(isinstance(key, str) and _is_number(value), f"quality.{key}", value, "a number")
+    _check(isinstance(e.detail, dict), "detail", e.detail, "an object")
+    try:
+        json.dumps(e.detail, allow_nan=False)
+    except (TypeError, ValueError):
+        _fail("detail", e.detail, "JSON-safe (strings, finite numbers, lists, objects)")

@@ -1,0 +1,62 @@
+"""Where events go: the :class:`Sink` protocol and a fan-out over several sinks.
+
+Implementations: :class:`edge.sinks.stdout.StdoutSink` (readable lines),
+:class:`edge.sinks.jsonl.JsonlSink` (one JSON object per line) and
+:class:`edge.sinks.mqtt.MqttSink` (QoS 1 over an SQLite spool; needs paho-mqtt). Import the
+one you use from its module; this package imports none of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from edge.errors import LungwatchError
+from edge.events import Event
+
+
+class SinkError(LungwatchError):
+    """A sink cannot take events (closed, misconfigured, unwritable)."""
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What the runtime needs from a sink. Every method is called from one publisher thread."""
+
+    def publish(self, event: Event) -> None:
+        """Take one event; returns quickly (a sink that needs the network spools it)."""
+
+    def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
+        """Take one stream's counters (frames, windows, events, latency_ms, drops, ...)."""
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything taken so far is delivered; False if ``timeout_s`` ran out."""
+
+    def close(self) -> None:
+        """Flush (within the sink's own timeout), release resources; idempotent."""
+
+
+class MultiSink:
+    """Fans every call out to ``sinks`` in order (e.g. stdout and MQTT)."""
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks = tuple(sinks)
+
+    def publish(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink.publish(event)
+
+    def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.publish_metrics(stream_id, metrics)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Flush each sink with the time left; True only if all of them flushed."""
+        deadline_s = time.monotonic() + timeout_s
+        results = [sink.flush(max(0.0, deadline_s - time.monotonic())) for sink in self.sinks]
+        return all(results)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

@@ -1,0 +1,445 @@
+"""MQTT sink: events at QoS 1 through an SQLite spool, a retained status, metrics.
+
+Flow of one event: :meth:`MqttSink.publish` commits it to the :class:`~edge.spool.Spool`
+and wakes the sender thread; the sender hands spooled events to paho in ``seq`` order (at
+most ``max_queued`` handed and unacknowledged, at most ``max_inflight`` of those on the
+wire); the broker's PUBACK reaches ``on_publish(mid)`` and the row is deleted. The row is
+the only copy that matters: a crash at any point leaves the event in the spool, and the
+next sink on the same file hands the whole backlog to paho again, oldest first.
+
+Reconnects: paho's network thread retries with exponential backoff (``backoff_min_s``
+doubling up to ``backoff_max_s``). Messages handed to paho and not yet acknowledged are sent
+again on the new connection, in order, byte for byte (same event ``id``), then the sender
+goes on with the rest of the spool. QoS 1 is at-least-once: a message whose PUBACK was lost
+arrives twice, with the same ``id``, and consumers deduplicate on it.
+
+Status: ``online`` (retained, QoS 1) on every connect; the last will is a retained
+``offline``; :meth:`MqttSink.close` flushes (up to ``flush_timeout_s``), publishes a retained
+``offline`` itself and disconnects. Metrics: QoS 0 while connected, dropped (and counted)
+while not, since the next report supersedes them.
+
+Threads: the Sink methods run on one publisher thread; paho's callbacks (network thread) only
+queue acks and wake the sender, so no lock here is held while paho takes its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edge.config import check
+from edge.events import (
+    Event,
+    event_topic,
+    is_segment,
+    metrics_payload,
+    metrics_topic,
+    status_payload,
+    status_topic,
+)
+from edge.sinks import SinkError
+from edge.spool import DEFAULT_MAX_EVENTS, Spool, SpoolFullError, SpoolFullMonitor
+
+log = logging.getLogger(__name__)
+
+SENDER_POLL_S = 0.2  # the sender also wakes this often on its own
+PUMP_BATCH = 500  # rows read from the spool per pass
+
+
+class BrokerError(SinkError):
+    """The broker cannot be used; the message names host:port and the reason."""
+
+
+class BrokerRefusedError(BrokerError):
+    """The broker answered CONNACK with a refusal (credentials, client id, ...)."""
+
+
+class BrokerTlsError(BrokerError):
+    """TLS could not be set up (files, handshake, certificate verification)."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """The broker could not be reached (only raised with ``require_broker_at_start``)."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """How the device reaches its broker, and the spool that stands in while it cannot."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    site: str = "site"  # topic segment: the ward / site
+    device_id: str = "device-1"  # topic segment: this device
+    client_id: str | None = None  # None: lungwatch-<site>-<device_id> (stable across restarts)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # needs username
+    tls: bool = False  # TLS with the system CAs; implied by ca_file / cert_file
+    ca_file: str | None = None  # PEM CA bundle that signed the broker's certificate
+    cert_file: str | None = None  # client certificate (PEM), with key_file
+    key_file: str | None = None
+    keepalive_s: int = 30
+    backoff_min_s: int = 1  # first reconnect delay; doubles per failed attempt
+    backoff_max_s: int = 30
+    max_inflight: int = 20  # QoS 1 messages on the wire without PUBACK
+    max_queued: int = 1000  # events handed to paho and not yet acknowledged
+    connect_timeout_s: float = 10.0  # how long connect() waits for the first CONNACK
+    fail_fast: bool = True  # connect(): a refused CONNACK or a TLS failure raises
+    require_broker_at_start: bool = False  # connect(): an unreachable broker raises too
+    flush_timeout_s: float = 10.0  # close() waits this long for outstanding PUBACKs
+    spool_path: str = "out/spool/events.sqlite"
+    spool_max_events: int = DEFAULT_MAX_EVENTS
+    spool_full_priority: Literal["high", "medium", "low"] = "medium"
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.host, str) and bool(self.host), "host", self.host, "a host name")
+        check(0 < self.port < 65536, "port", self.port, "an integer in 1..65535")
+        for name, value in (("site", self.site), ("device_id", self.device_id)):
+            check(is_segment(value), name, value, "a topic segment (1..64 chars, no / + # $)")
+        check(self.client_id is None or self.client_id != "", "client_id", "", "non-empty")
+        with_user = self.password is None or self.username is not None
+        check(with_user, "password", "***", "set together with username")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            check(path is None or Path(path).is_file(), name, path, "an existing file")
+        paired = (self.cert_file is None) == (self.key_file is None)
+        check(paired, "key_file", self.key_file, "set together with cert_file")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        check(self.keepalive_s >= 5, "keepalive_s", self.keepalive_s, "an integer >= 5")
+        check(self.backoff_min_s >= 1, "backoff_min_s", self.backoff_min_s, "an integer >= 1")
+        ok = self.backoff_max_s >= self.backoff_min_s
+        check(ok, "backoff_max_s", self.backoff_max_s, f">= backoff_min_s ({self.backoff_min_s})")
+        check(self.max_inflight >= 1, "max_inflight", self.max_inflight, "an integer >= 1")
+        check(self.max_queued >= 1, "max_queued", self.max_queued, "an integer >= 1")
+        for name in ("connect_timeout_s", "flush_timeout_s"):
+            check(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
+        ok = self.spool_max_events >= 1
+        check(ok, "spool_max_events", self.spool_max_events, "an integer >= 1")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
+
+    @property
+    def effective_client_id(self) -> str:
+        return self.client_id or f"lungwatch-{self.site}-{self.device_id}"
+
+
+class MqttSink:
+    """The MQTT sink (see the module docstring). Use as a context manager, or call
+    :meth:`connect` then :meth:`close`. Events published before ``connect`` are spooled.
+
+    Args:
+        config: broker, identity, TLS, backoff and spool settings.
+        spool: an open spool to use instead of opening ``config.spool_path`` (it is closed
+            with the sink either way).
+    """
+
+    def __init__(self, config: MqttConfig, spool: Spool | None = None) -> None:
+        self.config = config
+        self._mqtt = _import_paho()
+        self._status_topic = status_topic(config.site, config.device_id)
+        self._client = self._make_client()
+        self._spool = (
+            spool if spool is not None else Spool(config.spool_path, config.spool_max_events)
+        )
+        self._cond = threading.Condition()
+        self._woken = False  # set by _wake(), cleared by the sender
+        self._acks: deque[int] = deque()  # mids from on_publish, matched by the sender
+        self._mids: dict[int, int] = {}  # mid -> seq, touched by the sender thread only
+        self._cursor = 0  # highest seq handed to paho
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._connack = threading.Event()
+        self._refusal: str | None = None
+        self._counts = {"connects": 0, "acked": 0, "metrics_dropped": 0}
+        self._full = SpoolFullMonitor(
+            self._spool, config.site, config.device_id, config.spool_full_priority
+        )
+        self._sender = threading.Thread(target=self._run, name="lungwatch-mqtt-sender", daemon=True)
+        self._closed = False
+
+    # -- the Sink protocol -------------------------------------------------------------
+    def publish(self, event: Event) -> None:
+        """Spool ``event`` (committed on return) and let the sender publish it.
+
+        A full spool does not raise: the refusal is logged and reported as ``spool_full``.
+        """
+        self._check_open()
+        if (event.site, event.device_id) != (self.config.site, self.config.device_id):
+            raise SinkError(
+                f"event {event.id} is for {event.site}/{event.device_id}, this sink publishes "
+                f"for {self.config.site}/{self.config.device_id}"
+            )
+        try:
+            self._spool.put(event)
+        except SpoolFullError as exc:
+            log.error("%s", exc)
+        self._full.after_put()
+        self._wake()
+
+    def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
+        """Send one stream's counters (QoS 0) if connected; count a drop otherwise."""
+        self._check_open()
+        payload = metrics_payload(self.config.site, self.config.device_id, stream_id, metrics)
+        if not self._connected.is_set():
+            self._counts["metrics_dropped"] += 1
+            return
+        self._client.publish(metrics_topic(self.config.site, self.config.device_id), payload, 0)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the spool is empty (every event acknowledged); False on timeout."""
+        deadline_s = time.monotonic() + timeout_s
+        self._wake()
+        with self._cond:
+            while len(self._spool) > 0:
+                left_s = deadline_s - time.monotonic()
+                if left_s <= 0:
+                    return False
+                self._cond.wait(min(left_s, SENDER_POLL_S))
+        return True
+
+    def close(self) -> None:
+        """Flush, publish a retained ``offline``, disconnect, close the spool (idempotent)."""
+        if self._closed:
+            return
+        if self._sender.is_alive():
+            if not self.flush(self.config.flush_timeout_s):
+                log.warning("%d event(s) stay in the spool for the next start", len(self._spool))
+            self._stopping.set()
+            self._wake()
+            self._sender.join()
+            self._say_offline()
+            self._client.disconnect()
+            self._client.loop_stop()
+        self._closed = True
+        self._spool.close()
+
+    # -- connection --------------------------------------------------------------------
+    def connect(self) -> MqttSink:
+        """Open the connection and start the sender; see MqttConfig for what raises."""
+        self._check_open()
+        if self._sender.ident is not None:
+            raise SinkError(f"MQTT sink for broker {self.config.address} is already connected")
+        reached = self._first_connect()
+        self._client.loop_start()
+        if reached:
+            self._await_connack()
+        self._sender.start()
+        return self
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the metrics topic: spooled, handed, acked, evicted, refused, ..."""
+        return {
+            "spooled": len(self._spool),
+            "handed": len(self._mids),
+            "evicted": self._spool.evicted_total,
+            "refused": self._spool.refused_total,
+            "connected": int(self.connected),
+            **self._counts,
+        }
+
+    def __enter__(self) -> MqttSink:
+        return self.connect()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _first_connect(self) -> bool:
+        """Connect in this thread (TCP, TLS, CONNECT sent); False: retry in the background."""
+        cfg = self.config
+        try:
+            self._client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+            return True
+        except ssl.SSLError as exc:
+            self._fail_or_warn(BrokerTlsError, f"TLS failed: {_ssl_reason(exc)}", cfg.fail_fast)
+        except OSError as exc:
+            hint = " (TLS to a plain listener?)" if isinstance(exc, ConnectionResetError) else ""
+            reason = f"is unreachable: {exc.strerror or exc}{hint if cfg.uses_tls else ''}"
+            self._fail_or_warn(BrokerUnavailableError, reason, cfg.require_broker_at_start)
+        self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+        return False
+
+    def _await_connack(self) -> None:
+        cfg = self.config
+        if not self._connack.wait(cfg.connect_timeout_s):
+            reason = f"sent no CONNACK within {cfg.connect_timeout_s:g} s"
+            self._fail_or_warn(BrokerUnavailableError, reason, cfg.require_broker_at_start)
+        elif self._refusal is not None:
+            self._fail_or_warn(BrokerRefusedError, self._refusal, cfg.fail_fast)
+
+    def _fail_or_warn(self, error: type[BrokerError], reason: str, must_raise: bool) -> None:
+        """Raise ``error`` (closing the sink), or log it and let paho keep retrying."""
+        message = f"broker {self.config.address} {reason}"
+        if must_raise:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self.close()
+            raise error(message)
+        log.warning("%s; events are spooled while retrying", message)
+
+    def _make_client(self) -> Any:
+        mqtt = self._mqtt
+        cfg = self.config
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cfg.effective_client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(0)  # bounded here instead: max_queued + status/metrics
+        client.reconnect_delay_set(cfg.backoff_min_s, cfg.backoff_max_s)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.uses_tls:
+            client.tls_set_context(_tls_context(cfg))
+        client.on_pre_connect = self._on_pre_connect
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # -- paho callbacks (network thread) -----------------------------------------------
+    def _on_pre_connect(self, client: Any, userdata: Any) -> None:
+        offline = status_payload(
+            "offline", self.config.site, self.config.device_id, "connection lost"
+        )
+        client.will_set(self._status_topic, offline, qos=1, retain=True)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self._refusal = f"refused the connection: {reason}"
+            log.error("broker %s %s", self.config.address, self._refusal)
+        else:
+            self._refusal = None
+            self._counts["connects"] += 1
+            self._connected.set()
+            online = status_payload("online", self.config.site, self.config.device_id, "connected")
+            client.publish(self._status_topic, online, qos=1, retain=True)
+            log.info("connected to broker %s", self.config.address)
+        self._connack.set()
+        self._wake()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if not self._connack.is_set():
+            tls = "" if self.config.uses_tls else "; a TLS listener needs ca_file or tls: true"
+            self._refusal = f"closed the connection before CONNACK{tls}"
+            self._connack.set()
+        if self._connected.is_set() and not self._stopping.is_set():
+            log.warning("lost broker %s (%s); reconnecting", self.config.address, reason)
+        self._connected.clear()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self._acks.append(mid)
+        self._wake()
+
+    # -- sender thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._take_acks()
+            self._pump()
+            self._full.maybe_end()
+            with self._cond:
+                self._cond.notify_all()  # flush() waits on acks
+                if not self._woken:
+                    self._cond.wait(SENDER_POLL_S)
+                self._woken = False
+
+    def _take_acks(self) -> None:
+        """Delete the rows whose PUBACK came (mids of status/metrics are not in the map)."""
+        while self._acks:
+            seq = self._mids.pop(self._acks.popleft(), None)
+            if seq is not None:
+                self._spool.ack(seq)
+                self._counts["acked"] += 1
+
+    def _pump(self) -> None:
+        """Hand spooled events after the cursor to paho, oldest first, within max_queued.
+
+        Only while connected: offline, the spool alone holds new events (so its bound is the
+        bound), and paho holds only what it had sent when the connection dropped.
+        """
+        room = min(self.config.max_queued - len(self._mids), PUMP_BATCH)
+        if room <= 0 or not self._connected.is_set():
+            return
+        for seq, payload in self._spool.pending(room, after_seq=self._cursor):
+            topic = _topic_of(payload)
+            if topic is None:
+                log.error("dropping unreadable spooled event seq %d", seq)
+                self._spool.ack(seq)
+            else:
+                info = self._client.publish(topic, payload, qos=1)
+                if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
+                    log.warning("paho refused seq %d (%s); retrying later", seq, info.rc)
+                    return
+                self._mids[info.mid] = seq
+            self._cursor = seq
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def _say_offline(self) -> None:
+        if not self._connected.is_set():
+            return  # the broker has already published the will
+        offline = status_payload("offline", self.config.site, self.config.device_id, "shutdown")
+        info = self._client.publish(self._status_topic, offline, qos=1, retain=True)
+        try:
+            info.wait_for_publish(timeout=self.config.flush_timeout_s)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("could not publish offline status: %s", exc)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SinkError(f"MQTT sink for broker {self.config.address} is closed")
+
+
+def _topic_of(payload: str) -> str | None:
+    try:
+        body = json.loads(payload)
+        return event_topic(body["site"], body["device_id"], body["stream_id"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    """Verifying client context: the broker's certificate and host name are checked."""
+    try:
+        context = ssl.create_default_context(cafile=cfg.ca_file)
+        if cfg.cert_file is not None:
+            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+    except (OSError, ValueError) as exc:
+        raise BrokerTlsError(f"broker {cfg.address}: cannot load TLS files ({exc})") from None
+    return context
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    return str(getattr(exc, "verify_message", None) or exc.reason or exc)
+
+
+def _import_paho() -> Any:
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        raise SinkError("the MQTT sink needs paho-mqtt 2: pip install 'lungwatch[edge]'") from None
+    return mqtt

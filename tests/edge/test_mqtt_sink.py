@@ -1,0 +1,324 @@
+"""Tests of edge.sinks against real brokers: Mosquitto processes started from temporary
+configs on free loopback ports (skipped, with the reason, where mosquitto is missing) and the
+embedded amqtt broker.
+
+Delivery contract checked here: QoS 1 is at-least-once, so a message whose PUBACK was lost in
+a broker crash may arrive twice; it arrives with the same event ``id`` (retries are byte for
+byte), so the set of delivered ids must equal the set produced, and duplicates are counted
+(and printed), not forbidden.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.broker import EmbeddedBroker
+from edge.config import from_mapping
+from edge.errors import ConfigError
+from edge.events import DEVICE_STREAM, Event
+from edge.sinks import MultiSink, Sink
+from edge.sinks.jsonl import JsonlSink
+from edge.sinks.mqtt import (
+    BrokerRefusedError,
+    BrokerTlsError,
+    BrokerUnavailableError,
+    MqttConfig,
+    MqttSink,
+)
+from edge.sinks.stdout import StdoutSink
+from tests.edge.brokers import (
+    Mosquitto,
+    Recorder,
+    expect_line,
+    free_port,
+    make_events,
+    make_password_file,
+    make_tls_files,
+    open_gate,
+    start_publisher,
+)
+
+SITE, DEVICE = "ward-3", "dev-1"
+STATUS = f"lungwatch/v1/{SITE}/{DEVICE}/status"
+DELIVERY_TIMEOUT_S = 20.0
+
+
+def mqtt_config(tmp_path: Path, port: int, **changes: Any) -> MqttConfig:
+    values: dict[str, Any] = {
+        "port": port,
+        "site": SITE,
+        "device_id": DEVICE,
+        "spool_path": str(tmp_path / "spool.sqlite"),
+        "connect_timeout_s": 5.0,
+        "flush_timeout_s": 10.0,
+    }
+    return MqttConfig(**{**values, **changes})
+
+
+def statuses(recorder: Recorder) -> list[tuple[str, bool]]:
+    return [(m.json()["state"], m.retain) for m in recorder.messages if m.topic == STATUS]
+
+
+def wait_ids(recorder: Recorder, wanted: set[str], timeout_s: float = DELIVERY_TIMEOUT_S) -> bool:
+    return recorder.wait_for(lambda _: wanted <= set(recorder.event_ids()), timeout_s)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Any:
+    with Mosquitto(tmp_path) as broker:
+        yield broker
+
+
+def test_events_status_and_metrics_reach_a_subscriber(tmp_path: Path, mosquitto: Any) -> None:
+    events = make_events(5, site=SITE, device_id=DEVICE)
+    with Recorder(mosquitto.port) as recorder:
+        with MqttSink(mqtt_config(tmp_path, mosquitto.port)) as sink:
+            assert sink.connected
+            for event in events:
+                sink.publish(event)
+            sink.publish_metrics("bed-1", {"frames": 100, "latency_ms": 12.5})
+            assert sink.flush(10.0)
+            assert (sink.stats()["spooled"], sink.stats()["acked"]) == (0, 5)
+        assert wait_ids(recorder, {e.id for e in events})
+        received = recorder.events()
+        assert [Event.from_json(m.payload) for m in received] == events
+        assert {(m.topic, m.qos, m.retain) for m in received} == {
+            (f"lungwatch/v1/{SITE}/{DEVICE}/bed-1/event", 1, False)
+        }
+        metrics = [m.json() for m in recorder.messages if m.topic.endswith("/metrics")]
+        assert metrics[0]["stream_id"] == "bed-1"
+        assert metrics[0]["metrics"]["frames"] == 100
+        assert recorder.wait_for(lambda _: ("offline", False) in statuses(recorder), 5.0)
+        assert statuses(recorder) == [("online", False), ("offline", False)]
+    with Recorder(mosquitto.port, topic=STATUS) as late:  # a retained message is replayed
+        assert late.wait_for(lambda ms: bool(ms), 5.0)
+        assert statuses(late) == [("offline", True)]
+        assert late.messages[0].json()["reason"] == "shutdown"
+
+
+def test_last_will_is_offline_when_the_publisher_is_killed(tmp_path: Path, mosquitto: Any) -> None:
+    config = asdict(mqtt_config(tmp_path, mosquitto.port))
+    with Recorder(mosquitto.port, topic=STATUS) as recorder:
+        publisher = start_publisher(config, make_events(1), tmp_path, hold=True)
+        try:
+            expect_line(publisher, "published")
+            assert recorder.wait_for(lambda _: ("online", False) in statuses(recorder), 10.0)
+        finally:
+            publisher.send_signal(signal.SIGKILL)
+            publisher.wait(timeout=10)
+        assert recorder.wait_for(lambda _: ("offline", False) in statuses(recorder), 10.0)
+        assert recorder.messages[-1].json()["reason"] == "connection lost"
+    with Recorder(mosquitto.port, topic=STATUS) as late:
+        assert late.wait_for(lambda ms: bool(ms), 5.0)
+        assert statuses(late) == [("offline", True)]
+
+
+def test_broker_killed_and_restarted_while_publishing(tmp_path: Path, mosquitto: Any) -> None:
+    events = make_events(200, site=SITE, device_id=DEVICE)
+    config = asdict(mqtt_config(tmp_path, mosquitto.port, flush_timeout_s=30.0))
+    # QoS 0 here: a QoS 1 subscriber's PUBACKs sit unread in the killed broker's socket, so
+    # the kernel resets that connection and the subscriber's kernel drops data it had already
+    # received; messages the broker had acknowledged to the sink would vanish between broker
+    # and subscriber, a loss no publisher can prevent. The sink -> broker leg stays QoS 1.
+    recorder = Recorder(mosquitto.port, qos=0).connect()
+    publisher = start_publisher(config, events, tmp_path, interval_s=0.02)  # 4 s of events
+    try:
+        expect_line(publisher, "started")
+        for kills in range(3):
+            seen = 10 + 30 * kills
+            assert recorder.wait_for(lambda ms, seen=seen: len(recorder.events()) >= seen, 20.0)
+            assert publisher.poll() is None, "the publisher is still producing"
+            mosquitto.kill()  # kill -9: no clean shutdown, nothing persisted
+            mosquitto.start()  # same port
+            recorder.connect()  # subscribed again well before paho's 1-s reconnect delay
+        assert expect_line(publisher, "closed", timeout_s=60.0) == "closed flushed=True"
+        assert wait_ids(recorder, {e.id for e in events})
+    finally:
+        publisher.kill()
+        publisher.wait(timeout=10)
+        recorder.disconnect()
+    delivered = recorder.event_ids()
+    duplicates = sum(n - 1 for n in Counter(delivered).values())
+    print(f"{len(delivered)} deliveries of {len(events)} events, {duplicates} duplicate(s)")
+    assert set(delivered) == {e.id for e in events}, "every event, and only produced ones"
+    first_seen = list(dict.fromkeys(delivered))
+    assert first_seen == [e.id for e in events], "the backlog is replayed in order"
+
+
+@pytest.mark.parametrize("broker_state", ["absent", "paused"])
+def test_spooled_events_survive_a_publisher_crash(tmp_path: Path, broker_state: str) -> None:
+    """absent: events wait in the spool; paused (SIGSTOP): they were sent, never acknowledged."""
+    broker = Mosquitto(tmp_path)
+    events = make_events(30, site=SITE, device_id=DEVICE)
+    config = asdict(mqtt_config(tmp_path, broker.port))
+    if broker_state == "paused":
+        broker.start()
+    publisher = start_publisher(config, events, tmp_path, hold=True, gate=True)
+    try:
+        expect_line(publisher, "started")
+        broker.pause()  # before the first event: the broker must acknowledge none of them
+        open_gate(publisher)
+        expect_line(publisher, "published")
+    finally:
+        publisher.send_signal(signal.SIGKILL)
+        publisher.wait(timeout=10)
+        broker.kill()  # a paused broker never saw the events; a fresh one starts below
+    with broker, Recorder(broker.port) as recorder:
+        restarted = start_publisher(config, [], tmp_path)
+        assert expect_line(restarted, "closed", timeout_s=30.0) == "closed flushed=True"
+        assert restarted.wait(timeout=10) == 0
+        assert wait_ids(recorder, {e.id for e in events})
+        assert recorder.event_ids() == [e.id for e in events]
+
+
+def test_events_published_while_the_broker_is_down_are_delivered(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)
+    events = make_events(10, site=SITE, device_id=DEVICE)
+    sink = MqttSink(mqtt_config(tmp_path, broker.port)).connect()  # unreachable: retries
+    try:
+        assert not sink.connected
+        for event in events:
+            sink.publish(event)
+        assert not sink.flush(0.5)
+        assert sink.stats()["spooled"] == 10
+        with broker, Recorder(broker.port) as recorder:
+            assert sink.flush(15.0), "paho reconnects with backoff and the backlog drains"
+            assert wait_ids(recorder, {e.id for e in events})
+            assert recorder.event_ids() == [e.id for e in events]
+            sink.close()
+    finally:
+        sink.close()
+
+
+def test_spool_bound_is_reported_as_a_spool_full_event(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)
+    events = make_events(6, site=SITE, device_id=DEVICE, priority="low")
+    sink = MqttSink(mqtt_config(tmp_path, broker.port, spool_max_events=4)).connect()
+    try:
+        for event in events:
+            sink.publish(event)
+        assert sink.stats()["evicted"] == 2
+        with broker, Recorder(broker.port) as recorder:
+            assert sink.flush(15.0)
+            sink.close()
+            full = [
+                Event.from_json(m.payload) for m in recorder.events() if b"spool_full" in m.payload
+            ]
+            assert [(e.state, e.stream_id, e.priority) for e in full] == [
+                ("onset", DEVICE_STREAM, "medium"), ("ended", DEVICE_STREAM, "medium")
+            ]  # fmt: skip
+            assert full[1].detail == {"max_events": 4, "evicted": 2, "refused": 0}
+            delivered = [i for i in recorder.event_ids() if i not in {e.id for e in full}]
+            assert delivered == [e.id for e in events[2:]], "the two oldest lows were evicted"
+    finally:
+        sink.close()
+
+
+def test_tls_with_password_auth(tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    password_file = make_password_file(tmp_path, "device", "s3cret")
+    events = make_events(3, site=SITE, device_id=DEVICE)
+    with Mosquitto(tmp_path, tls=tls, password_file=password_file) as broker:
+        creds = ("device", "s3cret")
+        with Recorder(broker.port, tls=tls, credentials=creds) as recorder:
+            config = mqtt_config(tmp_path, broker.port, ca_file=str(tls.ca_cert))
+            config = from_mapping(
+                MqttConfig, {**asdict(config), "username": "device", "password": "s3cret"}
+            )
+            with MqttSink(config) as sink:
+                for event in events:
+                    sink.publish(event)
+                assert sink.flush(10.0)
+            assert wait_ids(recorder, {e.id for e in events})
+        wrong = mqtt_config(
+            tmp_path, broker.port, ca_file=str(tls.ca_cert), username="device", password="nope"
+        )
+        with pytest.raises(BrokerRefusedError) as refused:
+            MqttSink(wrong).connect()
+        assert (
+            str(refused.value)
+            == f"broker 127.0.0.1:{broker.port} refused the connection: Not authorized"
+        )
+        other_ca = make_tls_files(tmp_path / "other", name="other")
+        untrusted = mqtt_config(tmp_path, broker.port, ca_file=str(other_ca.ca_cert))
+        with pytest.raises(
+            BrokerTlsError, match=r"^broker 127.0.0.1:\d+ TLS failed: .*certificate"
+        ):
+            MqttSink(untrusted).connect()
+        no_tls = mqtt_config(tmp_path, broker.port, username="device", password="s3cret")
+        with pytest.raises(
+            BrokerRefusedError, match="before CONNACK; a TLS listener needs ca_file"
+        ):
+            MqttSink(no_tls).connect()
+
+
+def test_unreachable_broker_fails_fast_when_required(tmp_path: Path) -> None:
+    port = free_port()
+    config = mqtt_config(tmp_path, port, require_broker_at_start=True)
+    with pytest.raises(BrokerUnavailableError, match=f"^broker 127.0.0.1:{port} is unreachable: "):
+        MqttSink(config).connect()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"port": 0}, "mqtt.yaml: port must be an integer in 1..65535, got 0"),
+        ({"site": "ward/3"}, "mqtt.yaml: site must be a topic segment"),
+        ({"password": "x"}, "mqtt.yaml: password must be set together with username"),
+        ({"ca_file": "/nonexistent/ca.pem"}, "mqtt.yaml: ca_file must be an existing file"),
+        (
+            {"backoff_min_s": 5, "backoff_max_s": 2},
+            "mqtt.yaml: backoff_max_s must be >= backoff_min_s",
+        ),
+        ({"spool_full_priority": "urgent"}, "mqtt.yaml: spool_full_priority must be one of"),
+        ({"hots": "x"}, "mqtt.yaml: hots must be one of"),
+    ],
+)
+def test_config_errors_name_the_file_and_key(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.")):
+        from_mapping(MqttConfig, changes, source="mqtt.yaml")
+
+
+def test_embedded_amqtt_broker_round_trip(tmp_path: Path) -> None:
+    events = make_events(5, site=SITE, device_id=DEVICE)
+    with EmbeddedBroker() as broker, Recorder(broker.port) as recorder:
+        with MqttSink(mqtt_config(tmp_path, broker.port)) as sink:
+            for event in events:
+                sink.publish(event)
+            assert sink.flush(10.0)
+        assert wait_ids(recorder, {e.id for e in events})
+        assert recorder.event_ids() == [e.id for e in events]
+        assert recorder.wait_for(lambda _: ("offline", False) in statuses(recorder), 5.0)
+
+
+def test_stdout_jsonl_and_fan_out(tmp_path: Path) -> None:
+    onset = make_events(1, site=SITE, device_id=DEVICE)[0]
+    ended = onset.ended("2026-05-09T07:00:02.500Z", end_sample=20000)
+    out = io.StringIO()
+    jsonl = JsonlSink(tmp_path / "events.jsonl", metrics_path=tmp_path / "metrics.jsonl")
+    sinks = MultiSink([StdoutSink(out, show_metrics=True), jsonl])
+    assert all(isinstance(s, Sink) for s in (*sinks.sinks, sinks))
+    for event in (onset, ended):
+        sinks.publish(event)
+    sinks.publish_metrics("bed-1", {"frames": 3})
+    assert sinks.flush(1.0)
+    sinks.close()
+    assert out.getvalue().splitlines() == [
+        "2026-05-09T07:00:00.000Z ward-3/bed-1 Wheeze onset [medium] conf=0.90 samples 0.. "
+        "quality=0.99",
+        "2026-05-09T07:00:02.500Z ward-3/bed-1 Wheeze ended [medium] conf=0.90 samples 0..20000 "
+        "quality=0.99",
+        "metrics bed-1 frames=3",
+    ]
+    lines = (tmp_path / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [Event.from_json(line) for line in lines] == [onset, ended]
+    metrics = json.loads((tmp_path / "metrics.jsonl").read_text(encoding="utf-8"))
+    assert metrics["metrics"] == {"frames": 3}

@@ -1,0 +1,172 @@
+"""Tests of edge.spool on real SQLite files: order, ack, crash survival, the size bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge.events import DEVICE_STREAM, Event
+from edge.spool import Spool, SpoolError, SpoolFullError, SpoolFullMonitor, SpoolLockedError
+from tests.edge.brokers import REPO_ROOT, make_events
+
+
+def ids(rows: list[tuple[int, str]]) -> list[str]:
+    return [json.loads(payload)["id"] for _, payload in rows]
+
+
+def test_pending_is_in_insertion_order_and_ack_deletes(tmp_path: Path) -> None:
+    events = make_events(5)
+    with Spool(tmp_path / "spool.sqlite", max_events=100) as spool:
+        seqs = [spool.put(e) for e in events]
+        assert seqs == sorted(set(seqs))
+        assert len(seqs) == 5
+        assert len(spool) == 5
+        assert ids(spool.pending(10)) == [e.id for e in events]
+        assert ids(spool.pending(2)) == [e.id for e in events[:2]]
+        assert ids(spool.pending(10, after_seq=seqs[2])) == [e.id for e in events[3:]]
+        assert spool.ack(seqs[1]) is True
+        assert spool.ack(seqs[1]) is False, "a second ack of the same seq deletes nothing"
+        assert len(spool) == 4
+        assert ids(spool.pending(10)) == [e.id for i, e in enumerate(events) if i != 1]
+        assert Event.from_json(spool.pending(1)[0][1]) == events[0]
+
+
+def test_putting_the_same_event_twice_stores_it_once(tmp_path: Path) -> None:
+    event = make_events(1)[0]
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        assert spool.put(event) == spool.put(event)
+        assert len(spool) == 1
+
+
+def test_reopened_spool_keeps_unacked_events_and_never_reuses_seqs(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    events = make_events(3)
+    with Spool(path) as spool:
+        seqs = [spool.put(e) for e in events]
+        spool.ack(seqs[2])  # the newest is acked: its seq must not come back
+    with Spool(path) as spool:
+        assert [seq for seq, _ in spool.pending(10)] == seqs[:2]
+        assert spool.put(make_events(1)[0]) > seqs[2]
+
+
+def test_spool_file_is_wal(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    with Spool(path) as spool:
+        spool.put(make_events(1)[0])
+        with sqlite3.connect(path) as other:
+            assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_unacked_events_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    events = make_events(20)
+    source = tmp_path / "events.jsonl"
+    source.write_text("".join(e.to_json() + "\n" for e in events), encoding="utf-8")
+    script = (
+        "import sys, time\n"
+        "from edge.events import Event\nfrom edge.spool import Spool\n"
+        "spool = Spool(sys.argv[1])\n"
+        "for line in open(sys.argv[2]):\n    spool.put(Event.from_json(line))\n"
+        "print('spooled', flush=True)\ntime.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-c", script, str(path), str(source)]
+    child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "spooled"
+        with pytest.raises(SpoolLockedError, match="in use by another process"):
+            Spool(path)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    with Spool(path) as spool:
+        assert ids(spool.pending(100)) == [e.id for e in events]
+
+
+def test_bound_evicts_oldest_low_then_refuses(tmp_path: Path) -> None:
+    low1, low2, low3 = make_events(3, priority="low")
+    high, medium, medium2 = make_events(3, priority="high")[0], *make_events(2)
+    with Spool(tmp_path / "spool.sqlite", max_events=3) as spool:
+        for event in (low1, high, low2):
+            spool.put(event)
+        spool.put(medium)  # full: the oldest low goes
+        assert ids(spool.pending(10)) == [high.id, low2.id, medium.id]
+        spool.put(low3)  # full: a low replaces the oldest low
+        assert ids(spool.pending(10)) == [high.id, medium.id, low3.id]
+        spool.put(medium2)  # full: the last low goes
+        with pytest.raises(SpoolFullError, match="none of low priority to evict"):
+            spool.put(make_events(1, priority="high")[0])
+        with pytest.raises(SpoolFullError, match="refused low Wheeze"):
+            spool.put(make_events(1, priority="low")[0])
+        assert ids(spool.pending(10)) == [high.id, medium.id, medium2.id]
+        assert (spool.evicted_total, spool.refused_total, len(spool)) == (3, 2, 3)
+
+
+def test_spool_full_monitor_reports_an_episode(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool.sqlite", max_events=2) as spool:
+        monitor = SpoolFullMonitor(spool, "ward-3", "dev-1", "medium")
+        for event in make_events(2, priority="low"):
+            spool.put(event)
+            monitor.after_put()
+        assert len(spool) == 2, "below the bound: no condition"
+        for event in make_events(2, priority="low"):
+            spool.put(event)
+            monitor.after_put()
+        onsets = [Event.from_json(p) for _, p in spool.pending(10) if "spool_full" in p]
+        assert [(e.state, e.stream_id, e.kind) for e in onsets] == [
+            ("onset", DEVICE_STREAM, "technical")
+        ]
+        assert onsets[0].detail == {"max_events": 2, "evicted": 1, "refused": 0}
+        assert len(spool) == 3, "the condition itself is exempt from the bound"
+        monitor.maybe_end()
+        assert len(spool) == 3, "not drained yet: no ended message"
+        for seq, _ in spool.pending(10):
+            spool.ack(seq)
+        monitor.maybe_end()
+        (ended,) = [Event.from_json(p) for _, p in spool.pending(10)]
+        assert (ended.state, ended.episode_id) == ("ended", onsets[0].episode_id)
+        assert ended.detail == {"max_events": 2, "evicted": 2, "refused": 0}
+
+
+def test_concurrent_put_and_ack(tmp_path: Path) -> None:
+    events = make_events(300)
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        acked: list[int] = []
+
+        def acker() -> None:
+            while len(acked) < len(events):
+                for seq, _ in spool.pending(50, after_seq=acked[-1] if acked else 0):
+                    assert spool.ack(seq)
+                    acked.append(seq)
+
+        thread = threading.Thread(target=acker)
+        thread.start()
+        for event in events:
+            spool.put(event)
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert len(spool) == 0
+        assert acked == sorted(acked)
+        assert len(acked) == 300
+
+
+def test_unusable_files_give_one_line_errors(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SpoolError, match=r"junk.sqlite: cannot open \(file is not a database\)"):
+        Spool(junk)
+    with pytest.raises(SpoolError, match="max_events must be an integer >= 1, got 0"):
+        Spool(tmp_path / "ok.sqlite", max_events=0)
+    spool = Spool(tmp_path / "ok.sqlite")
+    spool.close()
+    with pytest.raises(SpoolError, match="is closed"):
+        spool.put(make_events(1)[0])
