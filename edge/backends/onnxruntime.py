@@ -1,0 +1,269 @@
+"""The onnxruntime backend: one session, providers tried in the configured order.
+
+Provider selection (every step is logged on ``lungwatch.backend``):
+
+1. the configured names (``tensorrt``, ``cuda``, ``cpu``) become onnxruntime providers with
+   their options (:func:`provider_chain`, a pure function);
+2. providers this onnxruntime build does not have are skipped (:func:`drop_unavailable`);
+3. a session is created with the remaining list; if that fails, the first provider is dropped
+   and the rest is tried, down to the last one;
+4. ``session.get_providers()`` says what actually runs: one INFO line names it, and a WARNING
+   says so when it is not the preferred one (onnxruntime may drop a provider silently).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.backends import BackendConfig
+from edge.backends.base import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    BackendError,
+    batch_slices,
+    check_batch,
+)
+
+LOGGER = logging.getLogger("lungwatch.backend")
+
+ORT_PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+DISPLAY_NAMES = {"tensorrt": "TensorRT", "cuda": "CUDA", "cpu": "CPU"}
+
+ProviderSpec = tuple[str, dict[str, str]]  # (onnxruntime provider name, its options)
+
+
+def _flag(on: bool) -> str:
+    return "True" if on else "False"
+
+
+def provider_options(
+    provider: str,
+    config: BackendConfig,
+    cache_dir: Path,
+    input_shape: tuple[int, ...] | None = None,
+) -> dict[str, str]:
+    """The onnxruntime options of one configured provider (``tensorrt``, ``cuda``, ``cpu``).
+
+    For the TensorRT EP, ``input_shape`` (without batch) adds an optimisation profile for
+    batches 1..max_batch so that no engine is rebuilt when the batch size changes.
+    """
+    if provider == "tensorrt":
+        options = {
+            "trt_fp16_enable": _flag(config.precision in ("fp16", "int8")),
+            "trt_int8_enable": _flag(config.precision == "int8"),
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(cache_dir),
+        }
+        if input_shape is not None:
+            dims = "x".join(str(d) for d in input_shape)
+            options["trt_profile_min_shapes"] = f"{INPUT_NAME}:1x{dims}"
+            options["trt_profile_opt_shapes"] = f"{INPUT_NAME}:{config.max_batch}x{dims}"
+            options["trt_profile_max_shapes"] = f"{INPUT_NAME}:{config.max_batch}x{dims}"
+        return options
+    if provider == "cuda":
+        return {"device_id": "0"}
+    if provider == "cpu":
+        return {}
+    raise BackendError(f"unknown execution provider {provider!r}; use one of {list(ORT_PROVIDERS)}")
+
+
+def provider_chain(
+    config: BackendConfig, model_path: Path, input_shape: tuple[int, ...] | None = None
+) -> list[ProviderSpec]:
+    """``(provider, options)`` for every configured provider, in the configured order."""
+    cache_dir = config.cache_dir_for(model_path)
+    return [
+        (ORT_PROVIDERS[p], provider_options(p, config, cache_dir, input_shape))
+        for p in config.providers
+    ]
+
+
+def _display(ort_name: str) -> str:
+    for key, name in ORT_PROVIDERS.items():
+        if name == ort_name:
+            return DISPLAY_NAMES[key]
+    return ort_name
+
+
+def _next_name(chain: list[ProviderSpec], index: int) -> str:
+    if index + 1 < len(chain):
+        return _display(chain[index + 1][0])
+    return "nothing (no configured provider left)"
+
+
+def drop_unavailable(
+    chain: list[ProviderSpec], available: list[str]
+) -> tuple[list[ProviderSpec], list[str]]:
+    """The providers of ``chain`` found in ``available``, and one log line per skipped one."""
+    kept: list[ProviderSpec] = []
+    messages: list[str] = []
+    for index, (name, options) in enumerate(chain):
+        if name in available:
+            kept.append((name, options))
+        else:
+            messages.append(
+                f"{_display(name)} execution provider not available in this onnxruntime "
+                f"build; falling back to {_next_name(chain, index)}"
+            )
+    return kept, messages
+
+
+def session_options(config: BackendConfig) -> Any:
+    """Threads, sequential execution and full graph optimisation for a small edge model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def describe_io(session: Any, source: str) -> tuple[tuple[int, int, int], int]:
+    """Check the session's I/O against the contract; return ``(input_shape, n_classes)``."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    names = [i.name for i in inputs]
+    if names != [INPUT_NAME]:
+        raise BackendError(f"{source}: model inputs must be [{INPUT_NAME!r}], got {names}")
+    out_names = [o.name for o in outputs]
+    if out_names != [OUTPUT_NAME]:
+        raise BackendError(f"{source}: model outputs must be [{OUTPUT_NAME!r}], got {out_names}")
+    x, y = inputs[0], outputs[0]
+    for tensor, rank in ((x, 4), (y, 2)):
+        _check_tensor(tensor.name, tensor.type, list(tensor.shape), rank, source)
+    return (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])), int(y.shape[1])
+
+
+def _is_static(dim: object) -> bool:
+    return isinstance(dim, int) and not isinstance(dim, bool) and dim > 0
+
+
+def _check_tensor(name: str, type_: str, shape: list[Any], rank: int, source: str) -> None:
+    if type_ != "tensor(float)":
+        raise BackendError(f"{source}: {name!r} must be float32, got {type_}")
+    if len(shape) != rank:
+        raise BackendError(f"{source}: {name!r} must have {rank} dimensions, got {shape}")
+    if _is_static(shape[0]):
+        raise BackendError(f"{source}: {name!r} batch dimension must be dynamic, got {shape}")
+    if not all(_is_static(d) for d in shape[1:]):
+        raise BackendError(
+            f"{source}: {name!r} may have only the batch dimension dynamic, got {shape}"
+        )
+
+
+def create_session(model_path: Path, config: BackendConfig, chain: list[ProviderSpec]) -> Any:
+    """A session on the first provider set that works: ``chain``, then ``chain[1:]``, ..."""
+    import onnxruntime as ort
+
+    last_error = "no configured execution provider is available"
+    for index in range(len(chain)):
+        providers = [name for name, _ in chain[index:]]
+        options = [opts for _, opts in chain[index:]]
+        try:
+            return ort.InferenceSession(
+                str(model_path),
+                sess_options=session_options(config),
+                providers=providers,
+                provider_options=options,
+            )
+        except Exception as exc:  # onnxruntime raises its own pybind error types
+            last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            LOGGER.warning(
+                "%s execution provider failed to create a session for %s (%s); falling back to %s",
+                _display(chain[index][0]),
+                model_path.name,
+                last_error,
+                _next_name(chain, index),
+            )
+    raise BackendError(f"{model_path}: cannot create an onnxruntime session ({last_error})")
+
+
+class OrtBackend:
+    """An ONNX model in one onnxruntime session (see the module docstring for providers)."""
+
+    def __init__(self, model_path: Path, config: BackendConfig | None = None) -> None:
+        self.config = config or BackendConfig()
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise BackendError(f"{self.model_path}: model file not found")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError(
+                "the onnxruntime backend needs onnxruntime (pip install 'lungwatch[edge]', "
+                "or onnxruntime-gpu / Jetson's onnxruntime wheel for GPU providers)"
+            ) from None
+        chain = self._available_chain(ort.get_available_providers())
+        self._session: Any = create_session(self.model_path, self.config, chain)
+        self.input_shape, self.n_classes = describe_io(self._session, self.model_path.name)
+        self.name = f"onnxruntime/{self._report_providers(chain)}"
+
+    def _available_chain(self, available: list[str]) -> list[ProviderSpec]:
+        input_shape = None
+        if "tensorrt" in self.config.providers and ORT_PROVIDERS["tensorrt"] in available:
+            input_shape = self._probe_input_shape()
+        chain = provider_chain(self.config, self.model_path, input_shape)
+        kept, messages = drop_unavailable(chain, available)
+        for message in messages:
+            LOGGER.warning("%s", message)
+        if not kept:
+            raise BackendError(
+                f"none of the configured providers {list(self.config.providers)} is available "
+                f"in this onnxruntime build (it has {available}); add 'cpu' to backend.providers"
+            )
+        return kept
+
+    def _probe_input_shape(self) -> tuple[int, int, int]:
+        """Read the input shape with a CPU session (for the TensorRT EP's profile shapes)."""
+        cpu_only = BackendConfig(providers=("cpu",), intra_op_threads=1)
+        probe = create_session(self.model_path, cpu_only, provider_chain(cpu_only, self.model_path))
+        shape, _ = describe_io(probe, self.model_path.name)
+        del probe
+        return shape
+
+    def _report_providers(self, chain: list[ProviderSpec]) -> str:
+        actual = list(self._session.get_providers())
+        running = actual[0] if actual else "unknown"
+        if running != chain[0][0]:
+            LOGGER.warning(
+                "%s execution provider did not load for %s; running on %s instead",
+                _display(chain[0][0]),
+                self.model_path.name,
+                running,
+            )
+        LOGGER.info(
+            "onnxruntime runs %s on %s (session providers: %s)",
+            self.model_path.name,
+            running,
+            ", ".join(actual),
+        )
+        return running
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, K, B, T)`` float32 -> ``(N, n_classes)`` float32 logits, in max_batch pieces."""
+        if self._session is None:
+            raise BackendError(f"{self.name}: backend is closed")
+        x = check_batch(batch, self.input_shape)
+        if x.shape[0] == 0:
+            return np.zeros((0, self.n_classes), dtype=np.float32)
+        parts = [
+            self._session.run([OUTPUT_NAME], {INPUT_NAME: x[rows]})[0]
+            for rows in batch_slices(x.shape[0], self.config.max_batch)
+        ]
+        logits = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return np.asarray(logits, dtype=np.float32)
+
+    def close(self) -> None:
+        """Drop the session (idempotent)."""
+        self._session = None
