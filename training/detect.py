@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.detector import hysteresis
 from edge.labels import EVENT_LABELS, NORMAL
 from training.inference import WindowClassifier, load_classifier
 
@@ -60,28 +61,16 @@ def score_track(classifier: WindowClassifier, path: Path) -> ScoreTrack:
     )
 
 
-def hysteresis(scores: np.ndarray, on: float, off: float) -> list[tuple[int, int]]:
-    """Index ranges [first, last] where ``scores`` rose above ``on`` until it fell below
-    ``off``."""
-    spans, start = [], None
-    for i, value in enumerate(scores):
-        if start is None and value >= on:
-            start = i
-        elif start is not None and value < off:
-            spans.append((start, i - 1))
-            start = None
-    if start is not None:
-        spans.append((start, len(scores) - 1))
-    return spans
-
-
 def detect_events(
     track: ScoreTrack,
     on: float = ON_THRESHOLD,
     off: float = OFF_THRESHOLD,
     min_event_s: float = MIN_EVENT_S,
 ) -> list[Detection]:
-    """Events of every adventitious class (not Normal, not Poor Quality), by start time."""
+    """Events of every adventitious class (not Normal, not Poor Quality), by start time.
+
+    The on/off switching is the device's (:func:`edge.detector.hysteresis`); times here are
+    the window centres widened by a quarter window, the workstation's convention."""
     events = []
     for c, name in enumerate(track.classes):
         if name == NORMAL or name not in EVENT_LABELS:

@@ -1,0 +1,419 @@
+"""From per-window class probabilities to events: hysteresis, minimum duration, merge gap, and
+the alarm lifecycle (onset -> ongoing -> ended, latching by priority, IEC 60601-1-8 style).
+
+    detector = Detector(classes, DetectorConfig(), 8000, window_samples=w, hop_samples=h)
+    for window, probs in ...:
+        for transition in detector.update(window.end_sample, probs): publish(transition)
+
+Time convention. Each window speaks for the *hop span centred on its centre*:
+``[centre - hop/2, centre + hop/2)`` with ``centre = end_sample - window_samples // 2``. These
+spans tile the stream's timeline, so an event is the union of the spans of its windows:
+``start_sample`` is the first active window's centre minus half a hop and ``end_sample``
+(exclusive) the last active window's centre plus half a hop. The time resolution is one hop;
+the accuracy of an edge is about half a window (a window sees the event before its centre
+does), and the midpoint of an isolated event is unbiased. Durations (``min_event_ms``,
+``merge_gap_ms``) are measured on these spans.
+
+Lifecycle of one event (``key`` = ``"<type>@<start_sample>"``, stable and deterministic):
+
+- a class turns on at ``p >= on_threshold`` and off at ``p < off_threshold`` (hysteresis);
+- an off followed by an on within ``merge_gap_ms`` continues the same event; merging comes
+  before the minimum-duration test, so an event is announced (``onset``) only once it spans
+  ``min_event_ms``: a shorter one never produces any transition;
+- ``ongoing`` is repeated every ``ongoing_every_ms`` while the condition lasts (0: never);
+- the condition ends when the class stays off for longer than ``merge_gap_ms``; the event then
+  ``ended`` with the end of its last active span, unless its priority latches and it was not
+  acknowledged: then it reports ``ongoing`` with ``latched=True`` and that end, and ends only at
+  :meth:`Detector.acknowledge`. Acknowledging a live event makes it end on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from edge.config import check
+from edge.errors import ConfigError, LungwatchError
+from edge.labels import NORMAL, POOR_QUALITY
+
+Priority = Literal["high", "medium", "low"]
+EventKind = Literal["physiological", "technical"]
+State = Literal["onset", "ongoing", "ended"]
+PRIORITIES: tuple[str, ...] = ("high", "medium", "low")
+NOT_EVENTS: tuple[str, ...] = (NORMAL, POOR_QUALITY)  # model classes that are no finding
+MS_PER_S = 1000.0
+
+
+class DetectorError(LungwatchError, ValueError):
+    """The detector was fed something of the wrong shape."""
+
+
+def hysteresis_step(active: bool, value: float, on: float, off: float) -> bool:
+    """One step of the two-threshold switch: it turns on at ``value >= on`` and, once on, stays
+    on while ``value >= off``."""
+    return value >= off if active else value >= on
+
+
+def hysteresis(
+    scores: Sequence[float] | np.ndarray, on: float, off: float
+) -> list[tuple[int, int]]:
+    """Index ranges ``[first, last]`` (inclusive) where :func:`hysteresis_step` is on."""
+    spans: list[tuple[int, int]] = []
+    start: int | None = None
+    active = False
+    for i, value in enumerate(scores):
+        active = hysteresis_step(active, float(value), on, off)
+        if active and start is None:
+            start = i
+        elif not active and start is not None:
+            spans.append((start, i - 1))
+            start = None
+    if start is not None:
+        spans.append((start, len(scores) - 1))
+    return spans
+
+
+@dataclass(frozen=True)
+class ClassThreshold:
+    """On/off thresholds of one class, overriding the detector's default pair."""
+
+    type: str
+    on_threshold: float
+    off_threshold: float
+
+    def __post_init__(self) -> None:
+        check_thresholds(self.on_threshold, self.off_threshold)
+
+
+@dataclass(frozen=True)
+class TypePriority:
+    """Priority of one event type."""
+
+    type: str
+    priority: Priority
+
+    def __post_init__(self) -> None:
+        check(self.priority in PRIORITIES, "priority", self.priority, f"one of {PRIORITIES}")
+
+
+def check_thresholds(on: float, off: float, prefix: str = "") -> None:
+    check(0.0 < on < 1.0, prefix + "on_threshold", on, "in (0, 1)")
+    check(0.0 < off <= on, prefix + "off_threshold", off, f"in (0, on_threshold={on}]")
+
+
+def check_priorities(rules: tuple[TypePriority, ...], latching: tuple[str, ...]) -> None:
+    types = [rule.type for rule in rules]
+    dupes = sorted({t for t in types if types.count(t) > 1})
+    check(not dupes, "priorities", dupes, "a list naming each type once")
+    bad = [p for p in latching if p not in PRIORITIES]
+    check(not bad, "latching", latching, f"a list of {PRIORITIES}")
+
+
+#: Stridor (upper-airway obstruction) is urgent; wheezes matter more than crackles or rhonchi.
+DEFAULT_PRIORITIES: tuple[TypePriority, ...] = (
+    TypePriority("Stridor", "high"),
+    TypePriority("Wheeze", "medium"),
+    TypePriority("Wheeze+Crackle", "medium"),
+    TypePriority("Rhonchi", "low"),
+    TypePriority("Coarse Crackle", "low"),
+    TypePriority("Fine Crackle", "low"),
+)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Thresholds, durations and priorities of physiological events (see the module doc)."""
+
+    on_threshold: float = 0.6  # a class turns on at p >= this
+    off_threshold: float = 0.4  # and off at p < this
+    thresholds: tuple[ClassThreshold, ...] = ()  # per-class overrides of the pair above
+    min_event_ms: float = 250.0  # shorter events are never announced
+    merge_gap_ms: float = 250.0  # an off..on gap up to this long continues the event
+    ongoing_every_ms: float = 0.0  # repeat `ongoing` this often while active; 0: never
+    default_priority: Priority = "medium"  # types not listed in `priorities`
+    priorities: tuple[TypePriority, ...] = DEFAULT_PRIORITIES
+    latching: tuple[Priority, ...] = ("high",)  # priorities that stay active until acknowledged
+
+    def __post_init__(self) -> None:
+        check_thresholds(self.on_threshold, self.off_threshold)
+        types = [t.type for t in self.thresholds]
+        dupes = sorted({t for t in types if types.count(t) > 1})
+        check(not dupes, "thresholds", dupes, "a list naming each type once")
+        check(self.min_event_ms >= 0.0, "min_event_ms", self.min_event_ms, "a number >= 0")
+        check(self.merge_gap_ms >= 0.0, "merge_gap_ms", self.merge_gap_ms, "a number >= 0")
+        check(
+            self.ongoing_every_ms >= 0, "ongoing_every_ms", self.ongoing_every_ms, "a number >= 0"
+        )
+        check(
+            self.default_priority in PRIORITIES,
+            "default_priority",
+            self.default_priority,
+            f"one of {PRIORITIES}",
+        )
+        check_priorities(self.priorities, self.latching)
+
+    def thresholds_of(self, type_: str) -> tuple[float, float]:
+        """(on, off) of one class."""
+        for rule in self.thresholds:
+            if rule.type == type_:
+                return rule.on_threshold, rule.off_threshold
+        return self.on_threshold, self.off_threshold
+
+
+def priority_table(rules: tuple[TypePriority, ...], default: str) -> Callable[[str], str]:
+    table = {rule.type: rule.priority for rule in rules}
+    return lambda type_: table.get(type_, default)
+
+
+def ms_to_samples(ms: float, sample_rate_hz: int) -> int:
+    return round(ms * sample_rate_hz / MS_PER_S)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of one event, on the stream's sample timeline (see the module doc).
+
+    ``end_sample`` is None while the condition lasts; ``latched`` is True on the ``ongoing``
+    sent when a latching event's condition ended before it was acknowledged.
+    """
+
+    type: str
+    kind: EventKind
+    priority: Priority
+    state: State
+    start_sample: int
+    end_sample: int | None
+    confidence: float  # peak probability (or condition severity) so far
+    key: str  # stable identity of the event: "<type>@<start_sample>"
+    latched: bool = False
+    reason: str = ""  # technical events: what was measured or reported
+
+
+@dataclass
+class _Event:
+    type: str
+    key: str
+    priority: str
+    start: int
+    end: int
+    peak: float
+    reason: str
+    latches: bool
+    acknowledged: bool = False
+    reported_end: int = 0  # where the last onset/ongoing was sent
+
+
+class Lifecycle:
+    """The events of one detector or gate: onset/ongoing/ended, latching and acknowledgement."""
+
+    def __init__(
+        self,
+        kind: EventKind,
+        priority_of: Callable[[str], str],
+        latching: tuple[str, ...],
+        ongoing_every_samples: int = 0,
+    ) -> None:
+        self.kind: EventKind = kind
+        self._priority_of = priority_of
+        self._latching = frozenset(latching)
+        self._every = ongoing_every_samples
+        self._live: dict[str, _Event] = {}
+        self._latched: dict[str, _Event] = {}
+        self.pending: list[Transition] = []
+
+    def onset(self, type_: str, start: int, end: int, peak: float, reason: str = "") -> str:
+        """Announce an event; returns its key (the transition is in :attr:`pending`)."""
+        priority = self._priority_of(type_)
+        key = f"{type_}@{start}"
+        while key in self._live or key in self._latched:  # the same start twice (a stall)
+            key += "+"
+        event = _Event(type_, key, priority, start, end, peak, reason, priority in self._latching)
+        event.reported_end = end
+        self._live[key] = event
+        self.pending.append(self._transition(event, "onset", None))
+        return key
+
+    def take(self) -> list[Transition]:
+        """The transitions produced since the last call."""
+        out, self.pending = self.pending, []
+        return out
+
+    def extend(self, key: str, end: int, peak: float) -> None:
+        event = self._live[key]
+        event.end, event.peak = end, max(event.peak, peak)
+        if self._every > 0 and end - event.reported_end >= self._every:
+            event.reported_end = end
+            self.pending.append(self._transition(event, "ongoing", None))
+
+    def close(self, key: str, end: int) -> None:
+        """The condition of ``key`` ended at ``end``: end it, or latch it."""
+        event = self._live.pop(key)
+        event.end = end
+        if event.latches and not event.acknowledged:
+            self._latched[key] = event
+            self.pending.append(self._transition(event, "ongoing", end, latched=True))
+        else:
+            self.pending.append(self._transition(event, "ended", end))
+
+    def acknowledge(self, what: str) -> None:
+        """Acknowledge every event whose key or type is ``what``: latched ones end now, live
+        ones will end on their own."""
+        for event in self._live.values():
+            if what in (event.key, event.type):
+                event.acknowledged = True
+        for key in [k for k, e in self._latched.items() if what in (e.key, e.type)]:
+            event = self._latched.pop(key)
+            self.pending.append(self._transition(event, "ended", event.end))
+
+    def release_latched(self) -> None:
+        for key in list(self._latched):
+            event = self._latched.pop(key)
+            self.pending.append(self._transition(event, "ended", event.end))
+
+    @property
+    def active_keys(self) -> tuple[str, ...]:
+        """Keys of the events that are live or latched."""
+        return (*self._live, *self._latched)
+
+    def _transition(
+        self, event: _Event, state: State, end: int | None, latched: bool = False
+    ) -> Transition:
+        return Transition(
+            type=event.type,
+            kind=self.kind,
+            priority=event.priority,  # type: ignore[arg-type]
+            state=state,
+            start_sample=event.start,
+            end_sample=end,
+            confidence=round(float(event.peak), 6),
+            key=event.key,
+            latched=latched,
+            reason=event.reason,
+        )
+
+
+@dataclass
+class _Candidate:
+    start: int
+    end: int
+    peak: float
+    reason: str
+    key: str | None = None  # set once announced
+
+
+class EventTracker:
+    """Minimum duration and merge gap for one event type, fed one span at a time."""
+
+    def __init__(
+        self, type_: str, lifecycle: Lifecycle, min_samples: int, merge_gap_samples: int
+    ) -> None:
+        self.type = type_
+        self._lifecycle = lifecycle
+        self._min = min_samples
+        self._gap = merge_gap_samples
+        self._candidate: _Candidate | None = None
+
+    def step(self, start: int, end: int, active: bool, confidence: float, reason: str = "") -> None:
+        """Feed the span ``[start, end)``: whether the condition holds there, and how strongly."""
+        c = self._candidate
+        if c is not None and start - c.end > self._gap:  # only with irregular spans
+            self.stop()
+            c = None
+        if not active:
+            if c is not None and end - c.end > self._gap:  # no later span can merge
+                self.stop()
+            return
+        if c is None:
+            c = self._candidate = _Candidate(start, end, confidence, reason)
+        else:
+            c.end, c.peak = end, max(c.peak, confidence)
+        if c.key is not None:
+            self._lifecycle.extend(c.key, c.end, c.peak)
+        elif c.end - c.start >= self._min:
+            c.key = self._lifecycle.onset(self.type, c.start, c.end, c.peak, c.reason or reason)
+
+    def stop(self) -> None:
+        """End the current condition now (at the end of its last active span)."""
+        c, self._candidate = self._candidate, None
+        if c is not None and c.key is not None:
+            self._lifecycle.close(c.key, c.end)
+
+
+class Detector:
+    """Physiological events of one stream from its windows' class probabilities."""
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        config: DetectorConfig,
+        sample_rate_hz: int,
+        *,
+        window_samples: int,
+        hop_samples: int,
+    ) -> None:
+        self.classes = tuple(classes)
+        self.config = config
+        unknown = [t.type for t in config.thresholds if t.type not in self.classes]
+        if unknown:
+            raise ConfigError(f"detector.thresholds: {unknown[0]!r} is not a model class {classes}")
+        self._half_window = window_samples // 2
+        self._hop = hop_samples
+        self._lifecycle = Lifecycle(
+            "physiological",
+            priority_table(config.priorities, config.default_priority),
+            config.latching,
+            ms_to_samples(config.ongoing_every_ms, sample_rate_hz),
+        )
+        self._index = [i for i, c in enumerate(self.classes) if c not in NOT_EVENTS]
+        pairs = [config.thresholds_of(self.classes[i]) for i in self._index]
+        self._on = np.array([p[0] for p in pairs])
+        self._off = np.array([p[1] for p in pairs])
+        self._on_now = [False] * len(self._index)
+        min_samples = ms_to_samples(config.min_event_ms, sample_rate_hz)
+        gap = ms_to_samples(config.merge_gap_ms, sample_rate_hz)
+        self._trackers = [
+            EventTracker(self.classes[i], self._lifecycle, min_samples, gap) for i in self._index
+        ]
+        self.suppressed = False
+
+    def update(self, end_sample: int, probs: np.ndarray) -> list[Transition]:
+        """Feed one window (its exclusive end on the timeline and its (C,) probabilities)."""
+        p = np.asarray(probs, dtype=np.float64)
+        if p.shape != (len(self.classes),):
+            raise DetectorError(f"expected ({len(self.classes)},) probabilities, got {p.shape}")
+        start = max(0, end_sample - self._half_window - self._hop // 2)
+        if not self.suppressed:
+            for j, (i, tracker) in enumerate(zip(self._index, self._trackers, strict=True)):
+                value = float(p[i])
+                self._on_now[j] = hysteresis_step(self._on_now[j], value, self._on[j], self._off[j])
+                tracker.step(start, start + self._hop, self._on_now[j], value)
+        return self._lifecycle.take()
+
+    def suppress(self, active: bool) -> list[Transition]:
+        """While suppressed no event starts; entering suppression ends the open ones there."""
+        if active and not self.suppressed:
+            for tracker in self._trackers:
+                tracker.stop()
+            self._on_now = [False] * len(self._on_now)
+        self.suppressed = active
+        return self._lifecycle.take()
+
+    def acknowledge(self, what: str) -> list[Transition]:
+        """Acknowledge by event type or key (see :meth:`Lifecycle.acknowledge`)."""
+        self._lifecycle.acknowledge(what)
+        return self._lifecycle.take()
+
+    def finish(self) -> list[Transition]:
+        """The stream is over: end every event, latched ones included."""
+        for tracker in self._trackers:
+            tracker.stop()
+        self._on_now = [False] * len(self._on_now)
+        self._lifecycle.release_latched()
+        return self._lifecycle.take()
+
+    @property
+    def active_keys(self) -> tuple[str, ...]:
+        return self._lifecycle.active_keys

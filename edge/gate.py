@@ -1,0 +1,302 @@
+"""The quality gate: technical events of one stream, and whether detection is suppressed.
+
+    events = gate.observe(chunk, now_s)                 # every chunk, before pipeline.push
+    events += gate.update(window, probs[poor_quality])  # every window, after inference
+    events += detector.suppress(gate.suppressed)        # then the detector, same window
+    events += detector.update(window.end_sample, probs)
+    events += gate.tick(now_s)                          # on the runtime's clock, chunk or not
+
+Inputs, per window (:meth:`QualityGate.update`): the measures of the audio in the window's last
+hop (``WindowReady.audio_quality`` over ``[quality_start_sample, end_sample)``), how much of the
+window and of that hop was missing, how many NaN/Inf samples were replaced there, and the
+model's ``Poor Quality`` probability where the model has that class. Per chunk
+(:meth:`QualityGate.observe`): the source's notices and the arrival of audio. Per clock tick
+(:meth:`QualityGate.tick`): whether the source has stalled.
+
+Technical event types (``kind="technical"``, same :class:`~edge.detector.Transition`s and
+lifecycle as physiological events; spans are the hops in which the condition held):
+
+================  ===========================================================================
+poor_signal       quality score < ``poor_score_limit`` (not explained by silence or clipping),
+                  or the model's Poor Quality probability (hysteresis, on/off thresholds)
+off_body          a ``device_status`` notice with ``off_body: true`` (until one with false)
+clipping          clipped fraction of the hop >= ``clipping_fraction_limit``
+silence           hop level <= ``silence_dbfs`` (hops mostly missing are not judged)
+invalid_samples   NaN/Inf samples in the hop (the pipeline replaced them by zeros)
+signal_gap        missing samples in the hop, or an ``overflow`` / ``signal_gap`` notice
+source_stalled    no audio for more than ``stall_timeout_s``, or a ``disconnected`` notice;
+                  from the next expected sample to the first sample of the resumed audio
+================  ===========================================================================
+
+``poor_signal``, ``clipping`` and ``silence`` are announced once they span
+``min_condition_ms``; the others at once. A condition that clears for up to
+``clear_after_ms`` and returns continues its event. Physiological detection is suppressed
+(:attr:`QualityGate.suppressed`) while any condition holds in the current hop (before the
+minimum duration: suppression acts at once), while more than ``max_missing_fraction`` of the
+window is missing, and while the source is stalled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge.config import check
+from edge.detector import (
+    EventTracker,
+    Lifecycle,
+    Priority,
+    Transition,
+    TypePriority,
+    check_priorities,
+    check_thresholds,
+    hysteresis_step,
+    ms_to_samples,
+    priority_table,
+)
+from edge.pipeline import WindowReady
+from edge.quality import CLIPPING_FRACTION_LIMIT, QUIET_DBFS
+from edge.sources.base import Notice, SourceChunk
+
+POOR_SIGNAL = "poor_signal"
+OFF_BODY = "off_body"
+CLIPPING = "clipping"
+SILENCE = "silence"
+INVALID_SAMPLES = "invalid_samples"
+SIGNAL_GAP = "signal_gap"
+SOURCE_STALLED = "source_stalled"
+TECHNICAL_TYPES: tuple[str, ...] = (
+    POOR_SIGNAL,
+    OFF_BODY,
+    CLIPPING,
+    SILENCE,
+    INVALID_SAMPLES,
+    SIGNAL_GAP,
+    SOURCE_STALLED,
+)
+_SLOW_TYPES = (POOR_SIGNAL, CLIPPING, SILENCE)  # these must last min_condition_ms
+MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
+
+DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = (
+    TypePriority(OFF_BODY, "medium"),
+    TypePriority(SOURCE_STALLED, "medium"),
+    TypePriority(INVALID_SAMPLES, "medium"),
+    TypePriority(POOR_SIGNAL, "low"),
+    TypePriority(CLIPPING, "low"),
+    TypePriority(SILENCE, "low"),
+    TypePriority(SIGNAL_GAP, "low"),
+)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of the technical conditions (see the module doc)."""
+
+    poor_score_limit: float = 0.5  # edge.quality score below this: poor_signal
+    poor_quality_on_threshold: float = 0.6  # model's Poor Quality probability: on at >=
+    poor_quality_off_threshold: float = 0.4  # and off below
+    silence_dbfs: float = QUIET_DBFS  # hop RMS at or below this (dBFS): silence
+    clipping_fraction_limit: float = CLIPPING_FRACTION_LIMIT  # clipped share of the hop
+    max_missing_fraction: float = 0.25  # suppress detection while a window misses more
+    stall_timeout_s: float = 2.0  # no audio for longer: source_stalled
+    min_condition_ms: float = 500.0  # poor_signal, clipping, silence must last this long
+    clear_after_ms: float = 1000.0  # a condition back within this continues its event
+    ongoing_every_ms: float = 0.0  # repeat `ongoing` this often while active; 0: never
+    default_priority: Priority = "low"  # types not listed in `priorities`
+    priorities: tuple[TypePriority, ...] = DEFAULT_TECHNICAL_PRIORITIES
+    latching: tuple[Priority, ...] = ("high",)  # priorities that stay active until acknowledged
+
+    def __post_init__(self) -> None:
+        check(
+            0.0 < self.poor_score_limit < 1.0,
+            "poor_score_limit",
+            self.poor_score_limit,
+            "in (0, 1)",
+        )
+        check_thresholds(
+            self.poor_quality_on_threshold, self.poor_quality_off_threshold, "poor_quality_"
+        )
+        check(-120.0 <= self.silence_dbfs < 0.0, "silence_dbfs", self.silence_dbfs, "in [-120, 0)")
+        limit = self.clipping_fraction_limit
+        check(0.0 < limit <= 1.0, "clipping_fraction_limit", limit, "in (0, 1]")
+        missing = self.max_missing_fraction
+        check(0.0 <= missing <= 1.0, "max_missing_fraction", missing, "in [0, 1]")
+        check(self.stall_timeout_s > 0.0, "stall_timeout_s", self.stall_timeout_s, "a number > 0")
+        for key in ("min_condition_ms", "clear_after_ms", "ongoing_every_ms"):
+            check(getattr(self, key) >= 0.0, key, getattr(self, key), "a number >= 0")
+        unknown = [rule.type for rule in self.priorities if rule.type not in TECHNICAL_TYPES]
+        check(not unknown, "priorities", unknown, f"types among {TECHNICAL_TYPES}")
+        check_priorities(self.priorities, self.latching)
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """One technical condition in one hop."""
+
+    type: str
+    active: bool
+    confidence: float = 1.0
+    reason: str = ""
+
+
+class QualityGate:
+    """Technical events of one stream; :attr:`suppressed` gates the physiological detector."""
+
+    def __init__(self, config: GateConfig, sample_rate_hz: int) -> None:
+        self.config = config
+        self.sample_rate_hz = sample_rate_hz
+        self._lifecycle = Lifecycle(
+            "technical",
+            priority_table(config.priorities, config.default_priority),
+            config.latching,
+            ms_to_samples(config.ongoing_every_ms, sample_rate_hz),
+        )
+        slow = ms_to_samples(config.min_condition_ms, sample_rate_hz)
+        gap = ms_to_samples(config.clear_after_ms, sample_rate_hz)
+        self._trackers = {
+            t: EventTracker(t, self._lifecycle, slow if t in _SLOW_TYPES else 0, gap)
+            for t in TECHNICAL_TYPES
+            if t != SOURCE_STALLED
+        }
+        self._poor_model = False
+        self._off_body = False  # as of the start of the next hop
+        self._hop_notices: list[Notice] = []  # off-body and gap notices not yet judged
+        self._next_sample = 0
+        self._last_audio_s: float | None = None
+        self._disconnected = False
+        self._stall_key: str | None = None
+        self.suppressed = False
+
+    def update(
+        self, window: WindowReady, poor_quality_prob: float | None = None
+    ) -> list[Transition]:
+        """Judge one window's last hop; returns the technical transitions it caused."""
+        readings = self._readings(window, poor_quality_prob)
+        for r in readings:
+            tracker = self._trackers[r.type]
+            tracker.step(
+                window.quality_start_sample, window.end_sample, r.active, r.confidence, r.reason
+            )
+        self.suppressed = (
+            any(r.active for r in readings if r.type != SIGNAL_GAP)
+            or window.missing_fraction > self.config.max_missing_fraction
+            or self._stall_key is not None
+        )
+        return self._lifecycle.take()
+
+    def observe(self, chunk: SourceChunk, now_s: float) -> list[Transition]:
+        """Take a chunk's notices and note that the source delivered (maybe empty) audio."""
+        for notice in chunk.notices:
+            self._notice(notice, now_s)
+        n = int(chunk.samples.shape[0])
+        if n > 0:
+            self._last_audio_s = now_s
+            if self._stall_key is not None and not self._disconnected:
+                self._end_stall(chunk.first_sample)
+        self._next_sample = max(self._next_sample, chunk.first_sample + n)
+        return self._lifecycle.take()
+
+    def tick(self, now_s: float) -> list[Transition]:
+        """Call periodically (also when no chunk comes): raises ``source_stalled``."""
+        if self._last_audio_s is None:
+            self._last_audio_s = now_s  # the clock starts with the first tick or chunk
+        silent_s = now_s - self._last_audio_s
+        if silent_s > self.config.stall_timeout_s and self._stall_key is None:
+            self._start_stall(f"no audio for {silent_s:.1f} s")
+        return self._lifecycle.take()
+
+    def acknowledge(self, what: str) -> list[Transition]:
+        """Acknowledge technical events by type or key (see :class:`~edge.detector.Lifecycle`)."""
+        self._lifecycle.acknowledge(what)
+        return self._lifecycle.take()
+
+    def finish(self) -> list[Transition]:
+        """The stream is over: end every technical event, latched ones included."""
+        for tracker in self._trackers.values():
+            tracker.stop()
+        if self._stall_key is not None:
+            self._end_stall(self._next_sample)
+        self._lifecycle.release_latched()
+        return self._lifecycle.take()
+
+    @property
+    def active_keys(self) -> tuple[str, ...]:
+        return self._lifecycle.active_keys
+
+    def _readings(self, window: WindowReady, poor_prob: float | None) -> list[_Reading]:
+        cfg, q = self.config, window.audio_quality
+        judged = window.hop_missing_fraction <= MOSTLY_MISSING
+        silence = judged and q.rms_dbfs <= cfg.silence_dbfs
+        clipping = q.clipping_fraction >= cfg.clipping_fraction_limit
+        if poor_prob is not None:
+            on, off = cfg.poor_quality_on_threshold, cfg.poor_quality_off_threshold
+            self._poor_model = hysteresis_step(self._poor_model, poor_prob, on, off)
+        by_score = judged and not (silence or clipping) and q.score < cfg.poor_score_limit
+        poor_reason = (
+            f"model Poor Quality p={poor_prob:.2f}"
+            if self._poor_model
+            else (f"quality score {q.score:.2f}, limited by {q.limiting_factor}")
+        )
+        off_body, gap_notice = self._notices_before(window.end_sample)
+        gap_reason = gap_notice or f"{window.hop_missing_fraction:.0%} of the hop missing"
+        return [
+            _Reading(
+                POOR_SIGNAL,
+                by_score or self._poor_model,
+                max(1.0 - q.score, poor_prob or 0.0),
+                poor_reason,
+            ),
+            _Reading(OFF_BODY, off_body, reason="device reports off body"),
+            _Reading(CLIPPING, clipping, reason=f"{q.clipping_fraction:.1%} of samples clipped"),
+            _Reading(SILENCE, silence, reason=f"level {q.rms_dbfs:.0f} dBFS"),
+            _Reading(
+                INVALID_SAMPLES,
+                window.invalid_samples > 0,
+                reason=f"{window.invalid_samples} NaN/Inf samples replaced by zeros",
+            ),
+            _Reading(
+                SIGNAL_GAP,
+                window.hop_missing_fraction > 0.0 or bool(gap_notice),
+                reason=gap_reason,
+            ),
+        ]
+
+    def _notice(self, notice: Notice, now_s: float) -> None:
+        if notice.kind in ("overflow", "signal_gap") or (
+            notice.kind == "device_status" and "off_body" in notice.detail
+        ):
+            self._hop_notices.append(notice)  # judged with the hop it falls in
+        elif notice.kind in ("disconnected", "stalled"):
+            self._disconnected = notice.kind == "disconnected"
+            if self._stall_key is None:
+                self._next_sample = max(self._next_sample, notice.sample_index)
+                self._start_stall(f"source reports {notice.kind}")
+        elif notice.kind == "reconnected":
+            self._disconnected = False
+            self._last_audio_s = now_s
+            if self._stall_key is not None:
+                self._end_stall(notice.sample_index)
+
+    def _notices_before(self, end_sample: int) -> tuple[bool, str]:
+        """Apply the notices of the hop ending at ``end_sample``: (off body at any time in
+        it, the kind of gap notice in it or "")."""
+        off_body, gap, later = self._off_body, "", []
+        for notice in self._hop_notices:
+            if notice.sample_index >= end_sample:
+                later.append(notice)
+            elif notice.kind == "device_status":
+                self._off_body = bool(notice.detail["off_body"])
+                off_body = off_body or self._off_body
+            else:
+                gap = f"{notice.kind} reported by the source"
+        self._hop_notices = later
+        return off_body, gap
+
+    def _start_stall(self, reason: str) -> None:
+        at = self._next_sample
+        self._stall_key = self._lifecycle.onset(SOURCE_STALLED, at, at, 1.0, reason)
+        self.suppressed = True
+
+    def _end_stall(self, at_sample: int) -> None:
+        if self._stall_key is not None:
+            self._lifecycle.close(self._stall_key, max(at_sample, self._next_sample))
+            self._stall_key = None

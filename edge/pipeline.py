@@ -1,0 +1,249 @@
+"""Per-stream pipeline: chunks -> streaming front ends -> feature windows; batched inference.
+
+    pipeline = StreamPipeline(spec, ("logmel", "gammatone"), window_frames=200, hop_frames=50)
+    ready = pipeline.push(chunk)                       # list[WindowReady], maybe empty
+    probs = infer_ready(backend, [(stream_id, w) for w in ready])   # one call for all streams
+
+Windows are training's view of the same audio: with ``F = extract(audio, spec.replace(kind=k))``
+for each kind, cropped to the smallest frame count and stacked to ``(K, B, n_frames)``, the
+window starting at frame ``s`` is ``F[:, :, s:s + window_frames]``, for ``s = 0, hop_frames,
+2 * hop_frames, ...`` -- for any chunking (tested to 1e-4). Frame ``t`` describes samples
+``[t * hop, t * hop + frame)`` in every kind (edge.features.spec); a kind with lookahead (cwt)
+emits frame ``t`` later, so a window is released only once every kind has produced its last
+frame.
+
+Timeline: a chunk's ``first_sample`` places it; a jump forward (samples lost without a missing
+chunk) is filled with zeros marked missing, a chunk marked ``missing`` is taken as zeros, and
+samples before the expected position (an overlap) are dropped and counted. NaN/Inf samples are
+replaced by zeros and counted (``WindowReady.invalid_samples``), never passed on.
+
+Memory: the audio, its per-sample flags and the features live in arrays allocated once; a
+chunk is processed in pieces of at most ``max_piece_samples``, so nothing grows with chunk
+size, and nothing is allocated per chunk beyond the returned windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from edge.backends.base import InferenceBackend, softmax
+from edge.errors import LungwatchError
+from edge.features import FEATURE_KINDS, FeatureSpec, lookahead_samples, make_stream
+from edge.quality import QualityMeasures, measure
+from edge.sources.base import SourceChunk
+
+DEFAULT_PIECE_SAMPLES = 4096  # the front ends' default largest chunk: no reallocation
+OK, MISSING, INVALID = 0, 1, 2  # per-sample flags
+
+
+class PipelineError(LungwatchError, ValueError):
+    """The pipeline was configured or fed wrongly (the message says how)."""
+
+
+@dataclass(frozen=True)
+class WindowReady:
+    """One feature window of one stream, ready for the model.
+
+    ``features``: float32 ``(n_kinds, n_bands, window_frames)``, a new array. The window covers
+    samples ``[start_sample, end_sample)``; ``audio_quality``, ``hop_missing_fraction`` and
+    ``invalid_samples`` describe its last hop, ``[quality_start_sample, end_sample)`` (at least
+    one frame long), the audio that is new since the previous window.
+    """
+
+    features: np.ndarray
+    start_frame: int
+    start_sample: int
+    end_sample: int
+    quality_start_sample: int
+    audio_quality: QualityMeasures
+    missing_fraction: float  # of the whole window
+    hop_missing_fraction: float
+    invalid_samples: int  # NaN/Inf samples replaced by zeros in the last hop
+
+
+@njit(cache=True)
+def _ingest(x, audio, flags, pos):
+    """Copy ``x`` into ``audio[pos:]``, NaN/Inf replaced by 0 and flagged; returns their count."""
+    bad = 0
+    for i in range(x.shape[0]):
+        value = x[i]
+        if np.isfinite(value):
+            audio[pos + i] = value
+            flags[pos + i] = OK
+        else:
+            audio[pos + i] = 0.0
+            flags[pos + i] = INVALID
+            bad += 1
+    return bad
+
+
+def _check_geometry(kinds: Sequence[str], window_frames: int, hop_frames: int) -> None:
+    if not kinds or any(k not in FEATURE_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise PipelineError(f"kinds must be distinct names from {FEATURE_KINDS}, got {kinds!r}")
+    if window_frames < 1 or hop_frames < 1:
+        raise PipelineError(
+            f"window_frames and hop_frames must be >= 1, got {window_frames} and {hop_frames}"
+        )
+
+
+class StreamPipeline:
+    """Front ends, feature ring and window cutting for one stream (see the module doc)."""
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        kinds: tuple[str, ...],
+        window_frames: int,
+        hop_frames: int,
+        *,
+        max_piece_samples: int = DEFAULT_PIECE_SAMPLES,
+    ) -> None:
+        _check_geometry(kinds, window_frames, hop_frames)
+        self.spec, self.kinds = spec, tuple(kinds)
+        self.window_frames, self.hop_frames = window_frames, hop_frames
+        specs = [spec.replace(kind=k) for k in kinds]
+        self._streams = [make_stream(s, max_chunk_samples=max_piece_samples) for s in specs]
+        lookahead = max(lookahead_samples(s) for s in specs)
+        frame, hop = spec.frame_samples, spec.hop_samples
+        self.window_samples = (window_frames - 1) * hop + frame
+        self.hop_samples = hop_frames * hop
+        self._quality_samples = max(self.hop_samples, frame)
+        self._piece = max_piece_samples
+        self._keep = max(self.window_samples, self._quality_samples) + lookahead
+        self._audio = np.zeros(self._keep + self._piece, dtype=np.float32)
+        self._flags = np.zeros(self._keep + self._piece, dtype=np.uint8)
+        ring_frames = window_frames + -(-(max_piece_samples + lookahead) // hop) + 2
+        self._ring = np.zeros((len(kinds), spec.n_bands, ring_frames), dtype=np.float32)
+        self._counts = [0] * len(kinds)
+        self.reset()
+
+    def reset(self) -> None:
+        """Restore the initial state exactly."""
+        for stream in self._streams:
+            stream.reset()
+        self._audio[:] = 0.0
+        self._flags[:] = OK
+        self._ring[:] = 0.0
+        self._counts = [0] * len(self._counts)
+        self._pos = 0  # next write index in _audio
+        self._base = 0  # stream sample index of _audio[0]
+        self._next_start = 0  # start frame of the next window
+        self.samples_seen = 0  # = the next expected sample index
+        self.missing_samples = 0
+        self.invalid_samples = 0
+        self.overlap_samples_dropped = 0
+        self.windows_emitted = 0
+
+    @property
+    def frames_complete(self) -> int:
+        """Frames every kind has produced."""
+        return min(self._counts)
+
+    def push(self, chunk: SourceChunk) -> list[WindowReady]:
+        """Feed one chunk; returns the windows it completed (maybe none)."""
+        ready: list[WindowReady] = []
+        x = chunk.samples
+        gap = chunk.first_sample - self.samples_seen
+        if gap > 0:
+            self._fill_missing(gap, ready)
+        elif gap < 0:
+            skip = min(-gap, x.shape[0])
+            self.overlap_samples_dropped += skip
+            x = x[skip:]
+        if chunk.missing:
+            self._fill_missing(x.shape[0], ready)
+            return ready
+        for start in range(0, x.shape[0], self._piece):
+            piece = x[start : start + self._piece]
+            at = self._make_room(piece.shape[0])
+            self.invalid_samples += _ingest(piece, self._audio, self._flags, at)
+            self._advance(at, piece.shape[0], ready)
+        return ready
+
+    def _fill_missing(self, n: int, ready: list[WindowReady]) -> None:
+        self.missing_samples += n
+        while n > 0:
+            size = min(n, self._piece)
+            at = self._make_room(size)
+            self._audio[at : at + size] = 0.0
+            self._flags[at : at + size] = MISSING
+            self._advance(at, size, ready)
+            n -= size
+
+    def _make_room(self, n: int) -> int:
+        """Index where ``n`` new samples go, shifting out the oldest ones if needed."""
+        if self._pos + n > self._audio.shape[0]:
+            drop = self._pos - self._keep
+            self._audio[: self._keep] = self._audio[drop : self._pos]
+            self._flags[: self._keep] = self._flags[drop : self._pos]
+            self._base += drop
+            self._pos = self._keep
+        return self._pos
+
+    def _advance(self, at: int, n: int, ready: list[WindowReady]) -> None:
+        samples = self._audio[at : at + n]
+        ring_frames = self._ring.shape[2]
+        for k, stream in enumerate(self._streams):
+            frames = stream.push(samples)
+            m, j = frames.shape[0], self._counts[k] % ring_frames
+            first = min(m, ring_frames - j)
+            self._ring[k, :, j : j + first] = frames[:first].T
+            self._ring[k, :, : m - first] = frames[first:].T
+            self._counts[k] += m
+        self._pos = at + n
+        self.samples_seen += n
+        complete = min(self._counts)
+        while self._next_start + self.window_frames <= complete:
+            ready.append(self._window(self._next_start))
+            self._next_start += self.hop_frames
+
+    def _window(self, start_frame: int) -> WindowReady:
+        ring_frames, length = self._ring.shape[2], self.window_frames
+        features = np.empty((self._ring.shape[0], self._ring.shape[1], length), np.float32)
+        j = start_frame % ring_frames
+        first = min(length, ring_frames - j)
+        features[:, :, :first] = self._ring[:, :, j : j + first]
+        features[:, :, first:] = self._ring[:, :, : length - first]
+        start = start_frame * self.spec.hop_samples
+        end = start + self.window_samples
+        q_start = max(0, end - self._quality_samples)
+        hop_flags = self._flags[q_start - self._base : end - self._base]
+        hop_missing = int(np.count_nonzero(hop_flags == MISSING))
+        window_missing = int(
+            np.count_nonzero(self._flags[start - self._base : end - self._base] == MISSING)
+        )
+        self.windows_emitted += 1
+        return WindowReady(
+            features=features,
+            start_frame=start_frame,
+            start_sample=start,
+            end_sample=end,
+            quality_start_sample=q_start,
+            audio_quality=measure(
+                self._audio[q_start - self._base : end - self._base], self.spec.sample_rate_hz
+            ),
+            missing_fraction=window_missing / self.window_samples,
+            hop_missing_fraction=hop_missing / (end - q_start),
+            invalid_samples=int(np.count_nonzero(hop_flags == INVALID)),
+        )
+
+
+def infer_ready(
+    backend: InferenceBackend, ready: Sequence[tuple[str, WindowReady]]
+) -> list[np.ndarray]:
+    """Class probabilities ``(n_classes,)`` of every ready window, in order: the windows of
+    all streams go to the backend in one call (which splits it at its own ``max_batch``)."""
+    if not ready:
+        return []
+    batch = np.stack([window.features for _, window in ready])
+    logits = backend.infer(batch)
+    if logits.shape[:1] != (batch.shape[0],) or logits.ndim != 2:
+        raise PipelineError(
+            f"{backend.name}: expected ({batch.shape[0]}, n_classes) logits, got {logits.shape}"
+        )
+    probs = softmax(logits)
+    return [probs[i] for i in range(probs.shape[0])]

@@ -1,0 +1,71 @@
+"""Audio sources: files, microphones, the wearable stethoscope bridge.
+
+    source = open_source("mic:USB", "bed-3", 8000, chunk_samples=800)
+    chunk = source.read(timeout_s=0.5)    # SourceChunk | None; SourceEnded at a file's end
+
+``url_or_path``: ``file:PATH`` or a plain path (:class:`~edge.sources.file.FileSource`),
+``mic:NAME_OR_INDEX`` (``mic:`` or ``mic:default`` for the default input device;
+:class:`~edge.sources.mic.MicSource`), ``bridge://...``
+(:class:`edge.sources.bridge.BridgeSource`, imported only when used). ``options`` go to the
+source's constructor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from edge.sources.base import AudioSource, Notice, SourceChunk, SourceEnded, SourceError
+from edge.sources.file import FileSource
+
+__all__ = [
+    "AudioSource",
+    "FileSource",
+    "Notice",
+    "SourceChunk",
+    "SourceEnded",
+    "SourceError",
+    "open_source",
+]
+
+FILE_PREFIX = "file:"
+MIC_PREFIX = "mic:"
+BRIDGE_PREFIX = "bridge://"
+DEFAULT_DEVICE_NAMES = ("", "default")
+
+
+def open_source(
+    url_or_path: str, stream_id: str, sample_rate_hz: int, **options: Any
+) -> AudioSource:
+    """The source ``url_or_path`` names (see the module doc)."""
+    if url_or_path.startswith(MIC_PREFIX):
+        from edge.sources.mic import MicSource
+
+        return MicSource(
+            parse_device(url_or_path[len(MIC_PREFIX) :]), stream_id, sample_rate_hz, **options
+        )
+    if url_or_path.startswith(BRIDGE_PREFIX):
+        return _bridge(url_or_path, stream_id, sample_rate_hz, options)
+    path = url_or_path[len(FILE_PREFIX) :] if url_or_path.startswith(FILE_PREFIX) else url_or_path
+    if not path:
+        raise SourceError(
+            f"{url_or_path!r}: no file path given (file:PATH, mic:NAME, bridge://...)"
+        )
+    return FileSource(path, stream_id, sample_rate_hz, **options)
+
+
+def parse_device(text: str) -> str | int | None:
+    """``mic:`` device part: None (the default device), an index, or a (sub)name."""
+    text = text.strip()
+    if text.lower() in DEFAULT_DEVICE_NAMES:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def _bridge(url: str, stream_id: str, sample_rate_hz: int, options: dict[str, Any]) -> AudioSource:
+    try:
+        module = importlib.import_module("edge.sources.bridge")
+    except ImportError as exc:
+        raise SourceError(f"{url}: the firmware bridge source is not available ({exc})") from exc
+    source: AudioSource = module.BridgeSource(url, stream_id, sample_rate_hz, **options)
+    return source

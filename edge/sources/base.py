@@ -1,0 +1,62 @@
+"""The audio source interface: files, microphones and wearable stethoscopes look the same.
+
+A source delivers mono float32 audio at its ``sample_rate_hz`` as :class:`SourceChunk` s on a
+sample-accurate timeline: ``first_sample`` is the index of the chunk's first sample since the
+stream began, so a gap (samples lost on the way) is visible as a jump, or as a chunk of
+silence marked ``missing``. Technical conditions (a gap, an overflow, a device reporting
+off-body or low battery, a disconnect) travel with the chunk as :class:`Notice` s so the
+runtime can raise technical events; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from edge.errors import LungwatchError
+
+
+class SourceError(LungwatchError):
+    """A source cannot be opened or failed for good (the message names the source)."""
+
+
+class SourceEnded(LungwatchError):  # noqa: N818 (an end-of-stream signal, like StopIteration)
+    """Raised by :meth:`AudioSource.read` once a finite source (a file) has been consumed."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A technical condition reported by a source.
+
+    ``kind``: ``signal_gap`` (samples lost; ``detail`` has ``missing_samples``),
+    ``overflow`` (the capture buffer overran), ``disconnected`` / ``reconnected``,
+    ``device_status`` (battery, gain, clipping count, ``off_body``), ``stalled`` (no audio
+    for longer than the configured limit).
+    """
+
+    kind: str
+    sample_index: int  # where on the stream's timeline it applies
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceChunk:
+    samples: np.ndarray  # float32, shape (n,), mono, at the source's sample_rate_hz
+    first_sample: int  # index of samples[0] on the stream's timeline
+    missing: bool = False  # True: the samples are silence standing in for lost audio
+    notices: tuple[Notice, ...] = ()
+
+
+@runtime_checkable
+class AudioSource(Protocol):
+    stream_id: str
+    sample_rate_hz: int
+
+    def read(self, timeout_s: float) -> SourceChunk | None:
+        """The next chunk, or None if none arrived within ``timeout_s``.
+        Raises :class:`SourceEnded` when a finite source is exhausted."""
+        ...
+
+    def close(self) -> None: ...

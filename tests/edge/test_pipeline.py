@@ -1,0 +1,229 @@
+"""StreamPipeline windows equal training's batch windows for any chunking; batched inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.backends import BackendConfig, open_backend
+from edge.backends.base import InferenceBackend
+from edge.features import FeatureSpec, extract
+from edge.pipeline import PipelineError, StreamPipeline, WindowReady, infer_ready
+from edge.sources.base import SourceChunk
+
+SPEC = FeatureSpec(n_bands=24)
+WINDOW_FRAMES, HOP_FRAMES = 60, 25
+TOLERANCE = 1e-4
+
+
+def signal(seconds: float = 2.5, seed: int = 0) -> np.ndarray:
+    """Noise with a tone and bursts, at roughly stethoscope level."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SPEC.sample_rate_hz)
+    t = np.arange(n) / SPEC.sample_rate_hz
+    x = 0.02 * rng.standard_normal(n) + 0.05 * np.sin(2 * np.pi * 400 * t) * (t % 0.7 < 0.3)
+    return x.astype(np.float32)
+
+
+def batch_windows(x: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
+    """Training's view: (n_windows, K, B, T), windows at s = 0, hop, 2 hop, ..."""
+    per_kind = [extract(x, SPEC.replace(kind=k)) for k in kinds]
+    common = min(f.shape[0] for f in per_kind)
+    stacked = np.stack([f[:common].T for f in per_kind])
+    starts = range(0, common - WINDOW_FRAMES + 1, HOP_FRAMES)
+    return np.stack([stacked[:, :, s : s + WINDOW_FRAMES] for s in starts])
+
+
+def run(pipeline: StreamPipeline, chunks: list[SourceChunk]) -> list[WindowReady]:
+    return [w for chunk in chunks for w in pipeline.push(chunk)]
+
+
+def chunked(x: np.ndarray, sizes: list[int] | np.ndarray) -> list[SourceChunk]:
+    chunks, start, i = [], 0, 0
+    while start < x.shape[0]:
+        size = int(sizes[i % len(sizes)])
+        chunks.append(SourceChunk(x[start : start + size], start))
+        start, i = start + size, i + 1
+    return chunks
+
+
+def assert_windows_equal(windows: list[WindowReady], expected: np.ndarray) -> None:
+    assert len(windows) == expected.shape[0]
+    for i, w in enumerate(windows):
+        assert w.start_frame == i * HOP_FRAMES
+        assert w.features.dtype == np.float32
+        np.testing.assert_allclose(w.features, expected[i], atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("kinds", [("logmel",), ("logmel", "gammatone")])
+@pytest.mark.parametrize("size", [1, 80, 257, 4096, "random"])
+def test_windows_equal_batch_windows_for_any_chunking(kinds: tuple[str, ...], size: object) -> None:
+    x = signal()
+    sizes = np.random.default_rng(1).integers(0, 700, 200) if size == "random" else [size]
+    windows = run(StreamPipeline(SPEC, kinds, WINDOW_FRAMES, HOP_FRAMES), chunked(x, sizes))
+    assert_windows_equal(windows, batch_windows(x, kinds))
+
+
+def test_kinds_with_lookahead_are_aligned_frame_by_frame() -> None:
+    x = signal(2.0)
+    sizes = np.random.default_rng(2).integers(1, 1500, 50)
+    kinds = ("logmel", "cwt")
+    windows = run(StreamPipeline(SPEC, kinds, WINDOW_FRAMES, HOP_FRAMES), chunked(x, sizes))
+    assert_windows_equal(windows, batch_windows(x, kinds))
+
+
+def test_window_timeline_and_quality_span() -> None:
+    pipeline = StreamPipeline(SPEC, ("logmel",), WINDOW_FRAMES, HOP_FRAMES)
+    windows = run(pipeline, chunked(signal(), [1000]))
+    hop, frame = SPEC.hop_samples, SPEC.frame_samples
+    for w in windows:
+        assert w.start_sample == w.start_frame * hop
+        assert w.end_sample == (w.start_frame + WINDOW_FRAMES - 1) * hop + frame
+        assert w.end_sample - w.quality_start_sample == HOP_FRAMES * hop
+        assert w.missing_fraction == 0.0
+        assert w.invalid_samples == 0
+        assert -60 < w.audio_quality.rms_dbfs < -20
+    assert pipeline.window_samples == windows[0].end_sample
+    assert pipeline.hop_samples == HOP_FRAMES * hop
+
+
+def test_gaps_and_missing_chunks_are_zeros_marked_missing() -> None:
+    x = signal()
+    expected_audio = x.copy()
+    expected_audio[4000:5000] = 0.0  # a jump in first_sample: nothing delivered
+    expected_audio[9000:9800] = 0.0  # a chunk marked missing (its content is ignored)
+    chunks = [
+        SourceChunk(x[:4000], 0),
+        SourceChunk(x[5000:9000], 5000),
+        SourceChunk(np.ones(800, np.float32), 9000, missing=True),
+        SourceChunk(x[9800:], 9800),
+    ]
+    pipeline = StreamPipeline(SPEC, ("logmel", "gammatone"), WINDOW_FRAMES, HOP_FRAMES)
+    windows = run(pipeline, chunks)
+    assert_windows_equal(windows, batch_windows(expected_audio, ("logmel", "gammatone")))
+    assert pipeline.missing_samples == 1800
+    for w in windows:
+        assert w.missing_fraction == pytest.approx(
+            lost(w.start_sample, w.end_sample) / pipeline.window_samples
+        )
+        hop_lost = lost(w.quality_start_sample, w.end_sample)
+        assert w.hop_missing_fraction == pytest.approx(
+            hop_lost / (w.end_sample - w.quality_start_sample)
+        )
+    assert sum(w.hop_missing_fraction > 0 for w in windows) == 3
+
+
+def lost(start: int, end: int) -> int:
+    """Samples of [start, end) in the two gaps of the test above."""
+    return sum(max(0, min(end, hi) - max(start, lo)) for lo, hi in ((4000, 5000), (9000, 9800)))
+
+
+def test_overlapping_samples_are_dropped_and_counted() -> None:
+    x = signal(1.5)
+    chunks = [SourceChunk(x[:3000], 0), SourceChunk(x[2500:], 2500)]
+    pipeline = StreamPipeline(SPEC, ("logmel",), WINDOW_FRAMES, HOP_FRAMES)
+    assert_windows_equal(run(pipeline, chunks), batch_windows(x, ("logmel",)))
+    assert pipeline.overlap_samples_dropped == 500
+
+
+def test_nan_and_inf_are_counted_and_replaced_by_zeros() -> None:
+    x = signal()
+    dirty = x.copy()
+    dirty[[3000, 3001, 7777]] = [np.nan, np.inf, -np.inf]
+    clean = dirty.copy()
+    clean[~np.isfinite(clean)] = 0.0
+    pipeline = StreamPipeline(SPEC, ("logmel", "gammatone"), WINDOW_FRAMES, HOP_FRAMES)
+    windows = run(pipeline, chunked(dirty, [333]))
+    assert_windows_equal(windows, batch_windows(clean, ("logmel", "gammatone")))
+    assert pipeline.invalid_samples == 3
+    assert all(np.isfinite(w.features).all() for w in windows)
+    assert sum(w.invalid_samples for w in windows) == 3  # each hop counted once
+
+
+def test_reset_restores_the_initial_state() -> None:
+    x = signal(1.5)
+    pipeline = StreamPipeline(SPEC, ("logmel", "gammatone"), WINDOW_FRAMES, HOP_FRAMES)
+    first = run(pipeline, chunked(x, [700]))
+    pipeline.reset()
+    second = run(pipeline, chunked(x, [123]))
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_allclose(a.features, b.features, atol=TOLERANCE, rtol=0)
+
+
+def test_bad_geometry_is_one_clear_error() -> None:
+    with pytest.raises(PipelineError, match="kinds must be distinct"):
+        StreamPipeline(SPEC, ("logmel", "logmel"), 10, 5)
+    with pytest.raises(PipelineError, match="window_frames and hop_frames must be >= 1"):
+        StreamPipeline(SPEC, ("logmel",), 0, 5)
+
+
+def tiny_model(
+    path: Path,
+    n_kinds: int,
+    n_bands: int,
+    n_frames: int,
+    n_classes: int,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+) -> Path:
+    """features (N,K,B,T) -> mean over bands and frames (N,K) -> Gemm (K,C) -> logits (N,C)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    if weight is None:
+        weight = rng.standard_normal((n_kinds, n_classes)).astype(np.float32)
+    if bias is None:
+        bias = rng.standard_normal(n_classes).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["features"], ["pooled"], axes=[2, 3], keepdims=0),
+            helper.make_node("Gemm", ["pooled", "weight", "bias"], ["logits"]),
+        ],
+        "tiny",
+        [
+            helper.make_tensor_value_info(
+                "features", TensorProto.FLOAT, ["N", n_kinds, n_bands, n_frames]
+            )
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_classes])],
+        [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def ort_backend(tmp_path: Path, n_kinds: int, n_classes: int = 4) -> InferenceBackend:
+    model = tiny_model(tmp_path / "tiny.onnx", n_kinds, SPEC.n_bands, WINDOW_FRAMES, n_classes)
+    return open_backend(BackendConfig(max_batch=4), model)
+
+
+def test_inference_batched_across_streams_equals_per_stream(tmp_path: Path) -> None:
+    backend = ort_backend(tmp_path, n_kinds=2)
+    kinds = ("logmel", "gammatone")
+    streams = {f"bed-{i}": StreamPipeline(SPEC, kinds, WINDOW_FRAMES, HOP_FRAMES) for i in range(3)}
+    audio = {sid: signal(2.0, seed=i) for i, sid in enumerate(streams)}
+    batched: dict[str, list[np.ndarray]] = {sid: [] for sid in streams}
+    for start in range(0, 16000, 800):  # every stream advances by one chunk, then one call
+        ready = [
+            (sid, w)
+            for sid, p in streams.items()
+            for w in p.push(SourceChunk(audio[sid][start : start + 800], start))
+        ]
+        for (sid, _), probs in zip(ready, infer_ready(backend, ready), strict=True):
+            batched[sid].append(probs)
+    for sid in streams:
+        windows = run(
+            StreamPipeline(SPEC, kinds, WINDOW_FRAMES, HOP_FRAMES), chunked(audio[sid], [4096])
+        )
+        alone = [infer_ready(backend, [(sid, w)])[0] for w in windows]
+        assert len(alone) == len(batched[sid]) > 2
+        np.testing.assert_allclose(np.stack(batched[sid]), np.stack(alone), atol=1e-5)
+        np.testing.assert_allclose(np.stack(alone).sum(axis=1), 1.0, atol=1e-5)
+    assert infer_ready(backend, []) == []
