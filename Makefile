@@ -40,7 +40,7 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy edge training
+	$(VENV)/bin/mypy edge training export
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .
@@ -48,6 +48,7 @@ format: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.frontend $(ARGS)
+	$(ONE_CORE) $(VENV)/bin/python -m bench.export
 
 SEEDS ?= 0
 train: $(VENV)/.installed-dev

@@ -2,7 +2,8 @@
 
 A :class:`WindowClassifier` knows its feature spec, kinds, classes and window size and turns
 a batch of feature windows into class probabilities. :func:`load_classifier` opens a
-checkpoint (``.pt``); exported ONNX models come with the export step.
+checkpoint (``.pt``) or an exported ONNX model (``.onnx``, FP32 or INT8, with the
+``manifest.json`` beside it), so every score can be measured for each precision.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge.errors import LungwatchError
+from edge.backends import BackendConfig, open_backend
+from edge.backends.base import InferenceBackend, softmax
 from edge.features import FeatureSpec
+from edge.manifest import load_manifest, verify_file
 from training.checkpoint import load_model
 from training.features_cache import FeatureStore
 from training.models import LungNet
@@ -29,19 +32,28 @@ BATCH_WINDOWS = 64
 class WindowClassifier:
     """A trained model with the contract it was trained under."""
 
-    model: LungNet
+    model: LungNet | None  # None: an ONNX model run by ``backend``
     spec: FeatureSpec
     kinds: tuple[str, ...]
     classes: tuple[str, ...]
     window_frames: int
     source: str
     meta: dict[str, Any] = field(default_factory=dict)  # the checkpoint's other entries
+    backend: InferenceBackend | None = None  # runs ONNX models (ONNX Runtime CPU)
 
-    @torch.no_grad()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """(B, kinds, bands, frames) float32 features -> (B, classes) logits."""
+        if self.backend is not None:
+            return self.backend.infer(np.ascontiguousarray(x, dtype=np.float32))
+        if self.model is None:
+            raise ValueError(f"{self.source}: neither a torch model nor a backend")
+        with torch.no_grad():
+            logits, _, _ = self.model(torch.as_tensor(x, dtype=torch.float32))
+        return logits.numpy()
+
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """(B, kinds, bands, frames) float32 features -> (B, classes) probabilities."""
-        logits, _, _ = self.model(torch.as_tensor(x, dtype=torch.float32))
-        return torch.softmax(logits, dim=1).numpy()
+        return softmax(self.logits(x))
 
     def store(self, cache_dir: Path | None = None) -> FeatureStore:
         """A feature store computing exactly this model's input features."""
@@ -49,13 +61,10 @@ class WindowClassifier:
 
 
 def load_classifier(path: str | Path) -> WindowClassifier:
-    """Open a checkpoint; an unknown file type is a clear error."""
+    """Open a checkpoint (``.pt``) or an exported model (``.onnx`` with its manifest)."""
     path = Path(path)
     if path.suffix == ".onnx":
-        raise LungwatchError(
-            f"{path}: ONNX models are read by the export tools "
-            "(lungwatch export); give the training checkpoint (.pt) here"
-        )
+        return load_onnx_classifier(path)
     loaded = load_model(path)
     return WindowClassifier(
         loaded.model,
@@ -65,6 +74,27 @@ def load_classifier(path: str | Path) -> WindowClassifier:
         loaded.run.data.window_frames,
         str(path),
         loaded.meta,
+    )
+
+
+def load_onnx_classifier(path: Path, threads: int = 1) -> WindowClassifier:
+    """An exported model run by ONNX Runtime on the CPU; contract from ``manifest.json``
+    beside it (the file's sha256 must match the manifest)."""
+    manifest = load_manifest(path.parent / "manifest.json")
+    verify_file(manifest, path)
+    backend = open_backend(BackendConfig(intra_op_threads=threads), path)
+    meta: dict[str, Any] = {"model_id": manifest.model_id}
+    if manifest.record_thresholds is not None:
+        meta["record_thresholds"] = dict(manifest.record_thresholds)
+    return WindowClassifier(
+        None,
+        manifest.feature_spec,
+        manifest.kinds,
+        manifest.classes,
+        manifest.window_frames,
+        str(path),
+        meta,
+        backend,
     )
 
 

@@ -247,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         help="folder of SPRSound .json or ICBHI .txt annotation files",
     )
     parser.add_argument(
-        "--model", type=Path, default=Path("models/edge/model.pt"), help="trained checkpoint (.pt)"
+        "--model",
+        type=Path,
+        default=Path("models/edge/model.pt"),
+        help="checkpoint (.pt) or exported model (.onnx, manifest beside it)",
     )
     parser.add_argument("--out", required=True, type=Path, help="predictions JSON to write")
     args = parser.parse_args(argv)

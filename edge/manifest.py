@@ -1,0 +1,295 @@
+"""The model manifest, read on the device: what a model folder holds and what it was made for.
+
+    manifest = load_manifest(Path("models/edge/manifest.json"))
+    require_spec(manifest, configured_spec)    # FeatureSpecMismatchError if the front end differs
+    verify_file(manifest, Path("models/edge/model.int8.onnx"))   # ManifestError if it changed
+
+One ``manifest.json`` per model folder covers every artifact in it (``model.onnx``,
+``model.int8.onnx``, TensorRT engines). It is written on the workstation by
+:mod:`export.manifest` (and extended on the device when an engine is built); this module only
+reads and checks it, with numpy-free standard-library code, so the device needs neither torch
+nor onnx. Schema version 1 (see ``docs/export.md``)::
+
+    schema_version   1
+    model_id         "<run name>-<first 12 hex of the checkpoint sha256>"
+    files            {name: {"sha256", "bytes", "precision", ...}}
+    onnx             {"opset", "input": "features", "output": "logits",
+                      "input_shape": [null, K, B, T]}
+    feature_spec     FeatureSpec.to_dict() (the base spec; kind k uses spec.replace(kind=k))
+    kinds, classes   the model's input kinds (K) and output classes
+    window_frames    T; hop_frames: frames between consecutive windows on the device
+    record_thresholds (optional) Task 2 record thresholds from the checkpoint
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
+from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+INPUT_NAME = "features"
+OUTPUT_NAME = "logits"
+HASH_PREVIEW_CHARS = 12  # hex characters of a sha256 shown in messages
+READ_CHUNK_BYTES = 1 << 20
+INPUT_RANK = 4  # (batch, kinds, bands, frames)
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class ManifestError(LungwatchError):
+    """A manifest is missing, malformed, of another schema, or disagrees with a file."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One artifact of the model folder as the manifest records it."""
+
+    name: str
+    sha256: str
+    bytes: int
+    precision: str  # fp32 | int8 | fp16 | ...
+    extra: Mapping[str, Any]  # every other key of the entry (source, tensorrt_version, ...)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded, validated manifest.
+
+    ``input_shape`` is ``(n_kinds, n_bands, window_frames)``, the model input without the batch
+    (as ``InferenceBackend.input_shape``); ``raw`` is the whole parsed JSON.
+    """
+
+    path: Path
+    model_id: str
+    feature_spec: FeatureSpec
+    kinds: tuple[str, ...]
+    classes: tuple[str, ...]
+    window_frames: int
+    hop_frames: int
+    input_shape: tuple[int, int, int]
+    files: Mapping[str, FileEntry]
+    record_thresholds: Mapping[str, float] | None
+    raw: Mapping[str, Any]
+
+    def file_path(self, name: str) -> Path:
+        """Where the artifact ``name`` lies (beside the manifest)."""
+        return self.path.parent / name
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(READ_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def short_hash(hex_digest: str) -> str:
+    """``abcdef012345…``: the first hex characters of a digest, for messages."""
+    return f"{hex_digest[:HASH_PREVIEW_CHARS]}…"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The manifest's top-level mapping; errors name the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: manifest not found") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest; every error names the file and the key."""
+    path = Path(path)
+    data = read_json(path)
+    _check_schema(path, data)
+    spec = _feature_spec(path, data)
+    kinds = _kinds(path, data)
+    window_frames = _int(path, data, "window_frames", 1)
+    hop_frames = _int(path, data, "hop_frames", 1)
+    if hop_frames > window_frames:
+        _fail(path, "hop_frames", hop_frames, f"an integer in [1, window_frames={window_frames}]")
+    input_shape = _input_shape(path, data, (len(kinds), spec.n_bands, window_frames))
+    return Manifest(
+        path=path,
+        model_id=_str(path, data, "model_id"),
+        feature_spec=spec,
+        kinds=kinds,
+        classes=_classes(path, data),
+        window_frames=window_frames,
+        hop_frames=hop_frames,
+        input_shape=input_shape,
+        files=_files(path, data),
+        record_thresholds=_thresholds(path, data),
+        raw=data,
+    )
+
+
+def verify_file(manifest: Manifest, path: str | Path) -> FileEntry:
+    """Check that ``path`` is listed in the manifest and its sha256 matches; return its entry."""
+    path = Path(path)
+    entry = manifest.files.get(path.name)
+    if entry is None:
+        listed = ", ".join(sorted(manifest.files)) or "none"
+        raise ManifestError(f"{path.name}: not listed in {manifest.path} (listed: {listed})")
+    if not path.is_file():
+        raise ManifestError(f"{path}: file not found (listed in {manifest.path})")
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise ManifestError(
+            f"{path.name}: sha256 {short_hash(actual)} does not match the manifest "
+            f"({short_hash(entry.sha256)})"
+        )
+    return entry
+
+
+def require_spec(manifest: Manifest, configured: FeatureSpec) -> None:
+    """Refuse a model made for another front end than the configured one.
+
+    The configured kind must be one of the model's kinds; every other field must be equal
+    (the manifest's base spec is compared with its kind set to the configured kind).
+
+    Raises:
+        FeatureSpecMismatchError: naming the model and every differing key.
+    """
+    if configured.kind not in manifest.kinds:
+        raise FeatureSpecMismatchError(
+            f"{manifest.model_id}: feature spec differs (kind: model {list(manifest.kinds)} "
+            f"vs config {configured.kind!r})"
+        )
+    model_spec = manifest.feature_spec.replace(kind=configured.kind)
+    require_same_spec(model_spec, configured, manifest.model_id)
+
+
+def _fail(path: Path, key: str, value: object, allowed: str) -> NoReturn:
+    raise ManifestError(f"{path}: {key} must be {allowed}, got {value!r}")
+
+
+def _get(path: Path, data: Mapping[str, Any], key: str, where: str = "") -> Any:
+    if key not in data:
+        raise ManifestError(f"{path}: {where}{key} is missing")
+    return data[key]
+
+
+def _check_schema(path: Path, data: Mapping[str, Any]) -> None:
+    version = _get(path, data, "schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise ManifestError(
+            f"{path}: schema_version {version!r} is not supported "
+            f"(this lungwatch reads version {SCHEMA_VERSION})"
+        )
+
+
+def _str(path: Path, data: Mapping[str, Any], key: str, where: str = "") -> str:
+    value = _get(path, data, key, where)
+    if not isinstance(value, str) or not value:
+        _fail(path, where + key, value, "a non-empty string")
+    return str(value)
+
+
+def _int(path: Path, data: Mapping[str, Any], key: str, minimum: int, where: str = "") -> int:
+    value = _get(path, data, key, where)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _fail(path, where + key, value, f"an integer >= {minimum}")
+    return int(value)
+
+
+def _str_list(path: Path, data: Mapping[str, Any], key: str, min_items: int) -> tuple[str, ...]:
+    value = _get(path, data, key)
+    ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+    if not ok or len(value) < min_items or len(set(value)) != len(value):
+        _fail(path, key, value, f"a list of at least {min_items} distinct non-empty strings")
+    return tuple(value)
+
+
+def _kinds(path: Path, data: Mapping[str, Any]) -> tuple[str, ...]:
+    kinds = _str_list(path, data, "kinds", 1)
+    unknown = [kind for kind in kinds if kind not in FEATURE_KINDS]
+    if unknown:
+        _fail(path, "kinds", list(kinds), f"feature kinds from {list(FEATURE_KINDS)}")
+    return kinds
+
+
+def _classes(path: Path, data: Mapping[str, Any]) -> tuple[str, ...]:
+    return _str_list(path, data, "classes", 2)
+
+
+def _feature_spec(path: Path, data: Mapping[str, Any]) -> FeatureSpec:
+    value = _get(path, data, "feature_spec")
+    if not isinstance(value, dict):
+        _fail(path, "feature_spec", value, "a mapping (FeatureSpec.to_dict())")
+    try:
+        return FeatureSpec.from_dict(value, source=f"{path} feature_spec")
+    except ConfigError as exc:
+        raise ManifestError(str(exc)) from None
+
+
+def _input_shape(
+    path: Path, data: Mapping[str, Any], expected: tuple[int, int, int]
+) -> tuple[int, int, int]:
+    onnx = _get(path, data, "onnx")
+    if not isinstance(onnx, dict):
+        _fail(path, "onnx", onnx, "a mapping")
+    for key, wanted in (("input", INPUT_NAME), ("output", OUTPUT_NAME)):
+        if _str(path, onnx, key, "onnx.") != wanted:
+            _fail(path, f"onnx.{key}", onnx[key], repr(wanted))
+    shape = _get(path, onnx, "input_shape", "onnx.")
+    allowed = f"[null, {', '.join(map(str, expected))}] (batch, kinds, bands, window_frames)"
+    if not isinstance(shape, list) or len(shape) != INPUT_RANK or shape[0] is not None:
+        _fail(path, "onnx.input_shape", shape, allowed)
+    if tuple(shape[1:]) != expected:
+        _fail(path, "onnx.input_shape", shape, allowed)
+    return expected
+
+
+def _file_entry(path: Path, name: str, value: Any) -> FileEntry:
+    where = f"files[{name!r}]."
+    if not isinstance(value, dict):
+        _fail(path, f"files[{name!r}]", value, "a mapping with sha256, bytes, precision")
+    sha256 = _str(path, value, "sha256", where)
+    if not _SHA256_RE.fullmatch(sha256):
+        _fail(path, where + "sha256", sha256, "64 lowercase hex characters")
+    extra = {k: v for k, v in value.items() if k not in ("sha256", "bytes", "precision")}
+    return FileEntry(
+        name=name,
+        sha256=sha256,
+        bytes=_int(path, value, "bytes", 1, where),
+        precision=_str(path, value, "precision", where),
+        extra=extra,
+    )
+
+
+def _files(path: Path, data: Mapping[str, Any]) -> dict[str, FileEntry]:
+    files = _get(path, data, "files")
+    if not isinstance(files, dict) or not files:
+        _fail(path, "files", files, "a non-empty mapping of file name -> entry")
+    return {name: _file_entry(path, name, value) for name, value in files.items()}
+
+
+def _thresholds(path: Path, data: Mapping[str, Any]) -> dict[str, float] | None:
+    value = data.get("record_thresholds")
+    if value is None:
+        return None
+    ok = isinstance(value, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
+    )
+    if not ok:
+        _fail(path, "record_thresholds", value, "a mapping of name -> number")
+    return {str(k): float(v) for k, v in value.items()}

@@ -1,0 +1,378 @@
+"""Q/DQ ONNX -> TensorRT 10 engine, built on the device that will run it.
+
+    lungwatch engine models/model.int8.onnx --precision best --out models/model.plan
+
+Engines are specific to one GPU and one TensorRT version, so this step runs on the Jetson
+itself. It uses the ``tensorrt`` Python module when present (JetPack's python3-libnvinfer),
+else ``trtexec`` (PATH or /usr/src/tensorrt/bin); ``--use-trtexec`` forces trtexec.
+
+Precision: ``fp16`` enables FP16 kernels; ``int8`` enables INT8 (explicit quantization from
+the graph's Q/DQ nodes, other layers in FP32); ``best`` enables both. The input ``features``
+gets one optimisation profile: batch 1 .. ``--max-batch``, tuned for ``--opt-batch``. The
+timing cache (default ``timing.cache`` beside the engine) makes rebuilds fast. After the build
+the engine is recorded in the model folder's ``manifest.json`` beside it (which must exist)
+with the TensorRT version (the runtime refuses an engine from another version), the GPU, the
+precision and the batch range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.backends.base import INPUT_NAME
+from edge.errors import LungwatchError
+from edge.manifest import MANIFEST_NAME
+
+PRECISIONS = ("fp16", "int8", "best")
+BUILDER_FLAGS = {"fp16": ("FP16",), "int8": ("INT8",), "best": ("FP16", "INT8")}
+TRTEXEC_FLAGS = {"fp16": "--fp16", "int8": "--int8", "best": "--best"}
+TIMING_CACHE_NAME = "timing.cache"
+# Where JetPack installs trtexec (not on PATH by default).
+TRTEXEC_LOCATIONS: tuple[str, ...] = ("/usr/src/tensorrt/bin/trtexec",)
+NO_TENSORRT = (
+    "no TensorRT here: install JetPack's TensorRT Python bindings (python3-libnvinfer) or "
+    "put trtexec on PATH; engines must be built on the target device itself"
+)
+
+
+class EngineBuildError(LungwatchError):
+    """The engine cannot be built (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything one engine build needs (``input_shape`` is (K, B, T), without batch)."""
+
+    onnx_path: Path
+    out: Path
+    precision: str
+    input_shape: tuple[int, int, int]
+    timing_cache: Path
+    max_batch: int = 64
+    opt_batch: int = 16
+    workspace_mib: int = 1024
+
+
+def read_input_shape(onnx_path: Path) -> tuple[int, int, int]:
+    """(K, B, T) of the ONNX input ``features``, checking that only the batch is dynamic."""
+    try:
+        import onnx
+        from google.protobuf.message import DecodeError
+    except ImportError:
+        raise EngineBuildError(
+            "reading the ONNX input shape needs onnx: pip install onnx"
+        ) from None
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except (OSError, DecodeError) as exc:
+        raise EngineBuildError(f"{onnx_path}: cannot read the ONNX model ({exc})") from None
+    inputs = {i.name: i for i in model.graph.input}
+    if INPUT_NAME not in inputs:
+        raise EngineBuildError(f"{onnx_path}: no input {INPUT_NAME!r} (inputs: {list(inputs)})")
+    dims = inputs[INPUT_NAME].type.tensor_type.shape.dim
+    values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(values) != 4 or values[0] not in (None, 0) or not all(v and v > 0 for v in values[1:]):
+        shown = [v if v else (d.dim_param or "?") for v, d in zip(values, dims, strict=True)]
+        raise EngineBuildError(
+            f"{onnx_path}: input {INPUT_NAME!r} must be (batch, K, B, T) with only the batch "
+            f"dynamic, got {shown}"
+        )
+    return int(values[1] or 0), int(values[2] or 0), int(values[3] or 0)
+
+
+def timing_cache_path(out: Path, given: Path | None = None) -> Path:
+    """``given``, or ``timing.cache`` beside the engine (shared by builds on this device)."""
+    return Path(given) if given is not None else Path(out).parent / TIMING_CACHE_NAME
+
+
+def profile_shapes(
+    input_shape: tuple[int, ...], max_batch: int, opt_batch: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) full input shapes of the one optimisation profile."""
+    return (1, *input_shape), (opt_batch, *input_shape), (max_batch, *input_shape)
+
+
+def shape_spec(shape: tuple[int, ...]) -> str:
+    """trtexec's shape syntax for the input: ``features:1x1x8x16``."""
+    return f"{INPUT_NAME}:" + "x".join(str(d) for d in shape)
+
+
+def trtexec_argv(plan: BuildPlan, engine_path: Path, trtexec: str = "trtexec") -> list[str]:
+    """The trtexec command that builds ``plan`` into ``engine_path`` (no inference run)."""
+    low, opt, high = profile_shapes(plan.input_shape, plan.max_batch, plan.opt_batch)
+    return [
+        trtexec,
+        f"--onnx={plan.onnx_path}",
+        f"--saveEngine={engine_path}",
+        TRTEXEC_FLAGS[plan.precision],
+        f"--minShapes={shape_spec(low)}",
+        f"--optShapes={shape_spec(opt)}",
+        f"--maxShapes={shape_spec(high)}",
+        f"--timingCacheFile={plan.timing_cache}",
+        f"--memPoolSize=workspace:{plan.workspace_mib}M",
+        "--skipInference",
+    ]
+
+
+def parse_trtexec_version(text: str) -> str | None:
+    """TensorRT version from trtexec output (``TensorRT version: 10.3.0`` or ``v100300``)."""
+    match = re.search(r"TensorRT version:\s*(\d+)\.(\d+)\.(\d+)", text)
+    if match:
+        return ".".join(match.groups())
+    match = re.search(r"\[TensorRT v(\d+)\]", text)
+    if not match:
+        return None
+    code = int(match.group(1))
+    if code >= 100000:  # TensorRT 10+: major * 10000 + minor * 100 + patch
+        return f"{code // 10000}.{code // 100 % 100}.{code % 100}"
+    return f"{code // 1000}.{code // 100 % 10}.{code % 100}"  # TensorRT 8.x
+
+
+def find_trtexec() -> str | None:
+    """trtexec on PATH, else in JetPack's install location."""
+    found = shutil.which("trtexec")
+    if found:
+        return found
+    return next((p for p in TRTEXEC_LOCATIONS if os.access(p, os.X_OK)), None)
+
+
+def choose_builder(has_tensorrt: bool, trtexec: str | None, use_trtexec: bool) -> str:
+    """``python-api`` or ``trtexec``; :class:`EngineBuildError` when neither can build."""
+    if use_trtexec:
+        if trtexec is None:
+            raise EngineBuildError(
+                "--use-trtexec: trtexec not found on PATH or in " + ", ".join(TRTEXEC_LOCATIONS)
+            )
+        return "trtexec"
+    if has_tensorrt:
+        return "python-api"
+    if trtexec is not None:
+        return "trtexec"
+    raise EngineBuildError(NO_TENSORRT)
+
+
+def _tensorrt_module() -> Any | None:
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return tensorrt
+
+
+def _atomic_write(path: Path, data: Any) -> None:
+    """Write bytes (or a buffer such as IHostMemory) to ``path`` via a same-folder rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(memoryview(data))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _parse_network(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """(network, parser); the parser owns the weights, so it must outlive the build."""
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
+        detail = "; ".join(errors) or "no parser error reported"
+        raise EngineBuildError(f"{onnx_path}: TensorRT cannot parse the ONNX model: {detail}")
+    return network, parser
+
+
+def _builder_config(trt: Any, builder: Any, plan: BuildPlan) -> Any:
+    """Precision flags, workspace, the optimisation profile and the timing cache."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mib << 20)
+    for flag in BUILDER_FLAGS[plan.precision]:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, *profile_shapes(plan.input_shape, plan.max_batch, plan.opt_batch))
+    config.add_optimization_profile(profile)
+    cached = plan.timing_cache.read_bytes() if plan.timing_cache.is_file() else b""
+    if not config.set_timing_cache(config.create_timing_cache(cached), False):
+        print(f"lungwatch engine: ignoring timing cache {plan.timing_cache}", file=sys.stderr)
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+    return config
+
+
+def build_with_python_api(trt: Any, plan: BuildPlan) -> str:
+    """Build and write the engine with the TensorRT Python API; return its version."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser = _parse_network(trt, builder, logger, plan.onnx_path)
+    config = _builder_config(trt, builder, plan)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"{plan.onnx_path}: TensorRT could not build an engine (log above)")
+    _atomic_write(plan.out, serialized)
+    _atomic_write(plan.timing_cache, config.get_timing_cache().serialize())
+    from edge.backends.tensorrt import normalize_trt_version
+
+    return normalize_trt_version(trt.__version__)
+
+
+def build_with_trtexec(trtexec: str, plan: BuildPlan) -> str | None:
+    """Build the engine by running trtexec; return the TensorRT version it reports."""
+    tmp = plan.out.with_name(f".{plan.out.name}.{os.getpid()}.tmp")
+    argv = trtexec_argv(plan, tmp, trtexec)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        output = (result.stdout or "") + (result.stderr or "")
+        if result.returncode != 0 or not tmp.is_file():
+            tail = [line.strip() for line in output.splitlines() if line.strip()][-3:]
+            raise EngineBuildError(
+                f"trtexec exited with {result.returncode}: " + " | ".join(tail or ["no output"])
+            )
+        os.replace(tmp, plan.out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return parse_trtexec_version(output)
+
+
+def device_info() -> dict[str, str] | None:
+    """GPU name and compute capability (cuda-python, else nvidia-smi), or None."""
+    try:
+        from edge.backends.tensorrt import import_cudart
+
+        cudart = import_cudart()
+        err, prop = cudart.cudaGetDeviceProperties(0)
+        if err == cudart.cudaError_t.cudaSuccess:
+            raw = prop.name
+            name = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            return {"name": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
+    except LungwatchError:
+        pass
+    return _nvidia_smi_device()
+
+
+def _nvidia_smi_device() -> dict[str, str] | None:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    query = [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"]
+    try:
+        result = subprocess.run(query, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
+    name, _, capability = first.rpartition(",")
+    if result.returncode != 0 or not name:
+        return None
+    return {"name": name.strip(), "compute_capability": capability.strip()}
+
+
+def engine_extra(
+    plan: BuildPlan, tensorrt_version: str | None, built_with: str, device: dict[str, str] | None
+) -> dict[str, Any]:
+    """The manifest fields recorded for an engine (besides sha256, bytes, precision)."""
+    from edge.manifest import sha256_file
+
+    return {
+        "tensorrt_version": tensorrt_version,
+        "device": device,
+        "precision": plan.precision,
+        "max_batch": plan.max_batch,
+        "opt_batch": plan.opt_batch,
+        "source": plan.onnx_path.name,
+        "source_sha256": sha256_file(plan.onnx_path),
+        "built_with": built_with,
+    }
+
+
+def manifest_beside(out: Path) -> Path:
+    """The model folder's manifest that will record the engine; it must exist already."""
+    manifest = Path(out).parent / MANIFEST_NAME
+    if not manifest.is_file():
+        raise EngineBuildError(
+            f"no {MANIFEST_NAME} beside {out}: write the engine into the model folder "
+            "(where `lungwatch export` wrote the manifest)"
+        )
+    return manifest
+
+
+def record_engine(plan: BuildPlan, extra: dict[str, Any]) -> Path:
+    """Record the engine in ``manifest.json`` beside it; return the manifest path."""
+    from export.manifest import record_artifact
+
+    manifest = manifest_beside(plan.out)
+    record_artifact(manifest, plan.out, precision=plan.precision, extra=extra)
+    return manifest
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="lungwatch engine", description="Q/DQ ONNX -> TensorRT engine, built on this device"
+    )
+    parser.add_argument("onnx", type=Path, help="the (Q/DQ INT8) ONNX model")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        required=True,
+        help="fp16: FP16; int8: INT8 from the Q/DQ nodes (rest FP32); best: FP16 + INT8",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="engine file to write (.plan)")
+    parser.add_argument("--timing-cache", type=Path, default=None, help="default: beside --out")
+    parser.add_argument("--max-batch", type=int, default=64, help="largest batch (default 64)")
+    parser.add_argument("--opt-batch", type=int, default=16, help="batch to tune for (16)")
+    parser.add_argument("--workspace-mib", type=int, default=1024, help="builder workspace")
+    parser.add_argument("--use-trtexec", action="store_true", help="build with trtexec")
+    return parser.parse_args(argv)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.onnx.is_file():
+        raise EngineBuildError(f"{args.onnx}: ONNX model not found")
+    if not 1 <= args.opt_batch <= args.max_batch:
+        raise EngineBuildError(
+            f"--opt-batch must be in [1, --max-batch={args.max_batch}], got {args.opt_batch}"
+        )
+    if args.workspace_mib < 1:
+        raise EngineBuildError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        _check_args(args)
+        trt = _tensorrt_module()
+        trtexec = find_trtexec()
+        built_with = choose_builder(trt is not None, trtexec, args.use_trtexec)
+        manifest_beside(args.out)
+        plan = BuildPlan(
+            args.onnx,
+            args.out,
+            args.precision,
+            read_input_shape(args.onnx),
+            timing_cache_path(args.out, args.timing_cache),
+            args.max_batch,
+            args.opt_batch,
+            args.workspace_mib,
+        )
+        start = time.perf_counter()
+        version: str | None
+        if built_with == "python-api":
+            version = build_with_python_api(trt, plan)
+        else:
+            version = build_with_trtexec(str(trtexec), plan)
+        seconds = time.perf_counter() - start
+    except EngineBuildError as exc:
+        print(f"lungwatch engine: error: {exc}", file=sys.stderr)
+        return 1
+    manifest = record_engine(plan, engine_extra(plan, version, built_with, device_info()))
+    size_mib = plan.out.stat().st_size / 2**20
+    print(
+        f"wrote {plan.out} ({size_mib:.1f} MiB, {plan.precision}, TensorRT {version or '?'}, "
+        f"{built_with}) in {seconds:.1f} s; recorded in {manifest}"
+    )
+    return 0
