@@ -66,7 +66,10 @@ def build_report(model: Path, detection: bool = True) -> dict[str, Any]:
     report: dict[str, Any] = {"model": str(model)}
     from training.checkpoint import read_checkpoint
 
-    report["validation"] = read_checkpoint(model).get("val_scores")
+    # validation scores are stored in checkpoints (an exported model has its own manifest)
+    report["validation"] = (
+        None if model.suffix == ".onnx" else read_checkpoint(model).get("val_scores")
+    )
     report["sprsound_intra_test"] = {
         t: challenge_scores(model, intra, intra, t) for t in CHALLENGE_TASKS
     }
