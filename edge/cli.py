@@ -24,6 +24,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("training.predict", "challenge-format predictions from a trained checkpoint"),
     "evaluate": ("training.evaluate", "score challenge predictions against annotations"),
     "detect": ("training.detect", "events in whole recordings as JSON lines (--plot PNG)"),
+    "export": ("export.to_onnx", "checkpoint -> model.onnx (opset 17, dynamic batch) + manifest"),
+    "quantize": ("export.quantize", "model.onnx -> explicit Q/DQ INT8 ONNX, calibrated on audio"),
+    "engine": ("export.engine", "Q/DQ ONNX -> TensorRT engine on this machine (TensorRT 10)"),
+    "verify": ("export.verify", "parity gate: torch vs ONNX vs INT8 (vs TensorRT), event lists"),
+    "run": ("edge.runtime", "the bedside runtime: streams -> model -> events over MQTT"),
+    "bridge": ("firmware_bridge.cli", "receive a wearable stethoscope stream and report it"),
+    "emulate": ("firmware_bridge.emulator", "play a recording as a wearable stethoscope would"),
 }
 
 

@@ -18,6 +18,13 @@ Status: ``online`` (retained, QoS 1) on every connect; the last will is a retain
 ``offline`` itself and disconnects. Metrics: QoS 0 while connected, dropped (and counted)
 while not, since the next report supersedes them.
 
+Commands: with a handler set (:meth:`MqttSink.set_command_handler`), the sink subscribes at
+QoS 1 to ``lungwatch/v1/<site>/<device>/command`` on every (re)connect and hands each
+payload to the handler on paho's network thread; the handler parses and acts (the runtime's
+acknowledge, which may publish events from that thread: the runtime serialises every Sink
+call under its own lock). An exception from the handler is logged and never stops the
+network thread.
+
 Threads: the Sink methods run on one publisher thread; paho's callbacks (network thread) only
 queue acks and wake the sender, so no lock here is held while paho takes its own.
 """
@@ -30,13 +37,16 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from edge.config import check
 from edge.events import (
+    TOPIC_ROOT,
     Event,
+    check_segment,
     event_topic,
     is_segment,
     metrics_payload,
@@ -51,6 +61,12 @@ log = logging.getLogger(__name__)
 
 SENDER_POLL_S = 0.2  # the sender also wakes this often on its own
 PUMP_BATCH = 500  # rows read from the spool per pass
+
+
+def command_topic(site: str, device_id: str) -> str:
+    """``lungwatch/v1/<site>/<device>/command``: commands to the device (QoS 1)."""
+    site, device_id = check_segment(site, "site"), check_segment(device_id, "device_id")
+    return f"{TOPIC_ROOT}/{site}/{device_id}/command"
 
 
 class BrokerError(SinkError):
@@ -151,6 +167,8 @@ class MqttSink:
         self.config = config
         self._mqtt = _import_paho()
         self._status_topic = status_topic(config.site, config.device_id)
+        self._command_topic = command_topic(config.site, config.device_id)
+        self._on_command: Callable[[bytes], None] | None = None
         self._client = self._make_client()
         self._spool = (
             spool if spool is not None else Spool(config.spool_path, config.spool_max_events)
@@ -164,7 +182,7 @@ class MqttSink:
         self._connected = threading.Event()
         self._connack = threading.Event()
         self._refusal: str | None = None
-        self._counts = {"connects": 0, "acked": 0, "metrics_dropped": 0}
+        self._counts = {"connects": 0, "acked": 0, "metrics_dropped": 0, "commands": 0}
         self._full = SpoolFullMonitor(
             self._spool, config.site, config.device_id, config.spool_full_priority
         )
@@ -244,6 +262,13 @@ class MqttSink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def set_command_handler(self, handler: Callable[[bytes], None]) -> None:
+        """Subscribe to the command topic (now if connected, and on every reconnect) and hand
+        each payload to ``handler`` (called on paho's network thread)."""
+        self._on_command = handler
+        if self._connected.is_set():
+            self._client.subscribe(self._command_topic, qos=1)
+
     def stats(self) -> dict[str, int]:
         """Counters for the metrics topic: spooled, handed, acked, evicted, refused, ..."""
         return {
@@ -314,6 +339,7 @@ class MqttSink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     # -- paho callbacks (network thread) -----------------------------------------------
@@ -333,6 +359,8 @@ class MqttSink:
             self._connected.set()
             online = status_payload("online", self.config.site, self.config.device_id, "connected")
             client.publish(self._status_topic, online, qos=1, retain=True)
+            if self._on_command is not None:  # clean session: subscribe on every connect
+                client.subscribe(self._command_topic, qos=1)
             log.info("connected to broker %s", self.config.address)
         self._connack.set()
         self._wake()
@@ -351,6 +379,16 @@ class MqttSink:
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._acks.append(mid)
         self._wake()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        handler = self._on_command
+        if handler is None or message.topic != self._command_topic:
+            return
+        self._counts["commands"] += 1
+        try:
+            handler(bytes(message.payload))
+        except Exception:  # the handler's bug must not stop paho's network thread
+            log.exception("command handler failed on %s", self._command_topic)
 
     # -- sender thread -----------------------------------------------------------------
     def _run(self) -> None:

@@ -1,0 +1,421 @@
+"""``lungwatch run --config FILE``: the bedside runtime (``docs/runtime.md``).
+
+One process serves every stream (bed) of the config. Per stream: source -> quality gate ->
+:class:`~edge.pipeline.StreamPipeline` (ring buffer + streaming front end -> windows every hop).
+Each round reads one chunk from every stream and sends the windows ready on *all* streams to
+the inference backend in one batch; then, per window, the gate judges quality (suppressing
+physiological detection while it is poor) and the detector turns probabilities into
+transitions, which become :class:`~edge.events.Event` messages for the sinks (MQTT with its
+spool, JSONL, stdout). Times: ``utc = t0 + sample / rate``, ``t0`` the wall time of sample 0.
+
+    lungwatch run --config edge/configs/ward.yaml [--set key=value ...] [-v]
+
+Acknowledge (JSON on ``lungwatch/v1/<site>/<device>/command``) ends latched alarms. SIGTERM /
+SIGINT stop the loop cleanly: open events are ended, the spool is flushed and the retained
+status ``offline`` is published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.backends import open_backend
+from edge.backends.base import InferenceBackend
+from edge.detector import Detector, Transition
+from edge.errors import ConfigError, LungwatchError
+from edge.events import Event, format_utc, utc_now
+from edge.gate import QualityGate
+from edge.labels import POOR_QUALITY
+from edge.manifest import Manifest, load_manifest, verify_file
+from edge.pipeline import StreamPipeline, WindowReady, infer_ready
+from edge.runtime_config import (
+    CommandError,
+    RuntimeConfig,
+    StreamConfig,
+    check_against_manifest,
+    load_runtime_config,
+    open_sinks,
+    open_stream_source,
+    parse_command,
+    start_embedded_broker,
+)
+from edge.sinks import Sink
+from edge.sources import AudioSource, SourceEnded, SourceError
+
+log = logging.getLogger("lungwatch.runtime")
+MAX_LATENCIES = 100_000  # per stream and metrics interval
+MS_PER_S = 1000.0
+
+
+class RuntimeStartError(LungwatchError):
+    """The runtime cannot start (model, streams, sinks); the message says which."""
+
+
+class Model:
+    """The manifest, the backend and the detection settings shared by all streams."""
+
+    def __init__(self, config: RuntimeConfig, backend: InferenceBackend, manifest: Manifest):
+        self.manifest, self.backend = manifest, backend
+        self.detector_config, self.gate_config = config.detector, config.gate
+        self.model_id = manifest.model_id
+        self.sha256 = manifest.files[config.model.file].sha256
+        classes = manifest.classes
+        self.poor_index = classes.index(POOR_QUALITY) if POOR_QUALITY in classes else None
+
+
+def open_model(config: RuntimeConfig, source: str = "<config>") -> Model:
+    """Load the manifest, check the config against it (model.file, features, detector class
+    names) and the artifact's hash, open the backend. Config errors name ``source``."""
+    manifest = load_manifest(Path(config.model.dir) / "manifest.json")
+    check_against_manifest(config, manifest, source)
+    path = manifest.file_path(config.model.file)
+    if config.model.check_sha256:
+        verify_file(manifest, path)
+    backend = open_backend(config.backend, path)
+    if tuple(backend.input_shape) != tuple(manifest.input_shape):
+        backend.close()
+        raise RuntimeStartError(
+            f"{path}: model input {backend.input_shape} differs from the manifest's "
+            f"{manifest.input_shape}"
+        )
+    log.info("model %s (%s) on %s", manifest.model_id, config.model.file, backend.name)
+    return Model(config, backend, manifest)
+
+
+class Stream:
+    """One bed: its source, pipeline, gate, detector, open episodes and counters."""
+
+    def __init__(self, config: StreamConfig, source: AudioSource, model: Model) -> None:
+        self.config, self.source, self.id = config, source, config.id
+        self.rate_hz = source.sample_rate_hz
+        manifest = model.manifest
+        self.pipeline = StreamPipeline(
+            manifest.feature_spec, manifest.kinds, manifest.window_frames, manifest.hop_frames
+        )
+        self.gate = QualityGate(model.gate_config, self.rate_hz)
+        self.detector = Detector(
+            manifest.classes,
+            model.detector_config,
+            self.rate_hz,
+            window_samples=self.pipeline.window_samples,
+            hop_samples=self.pipeline.hop_samples,
+        )
+        self.episodes: dict[str, Event] = {}  # transition key -> last message of the episode
+        self.t0_posix: float | None = None  # wall time of sample 0
+        self.ended = False
+        self.counters = {"chunks": 0, "samples": 0, "windows": 0, "events": 0, "notices": 0}
+        self.latencies_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
+
+    def utc(self, sample: int) -> str:
+        """UTC of a sample on this stream's timeline: wall time of sample 0 + sample / rate."""
+        t0 = self.t0_posix if self.t0_posix is not None else time.time()
+        return format_utc(t0 + sample / self.rate_hz)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters since the start, drops, and window latency since the last report."""
+        p = self.pipeline
+        drops = {"missing_samples": p.missing_samples, "overlap_samples": p.overlap_samples_dropped}
+        values: dict[str, Any] = {**self.counters, "frames": p.frames_complete, **drops}
+        values["drops"] = sum(drops.values())
+        values["invalid_samples"] = p.invalid_samples
+        values["open_events"] = len(self.episodes)
+        latencies = np.array(self.latencies_ms, dtype=np.float64)
+        self.latencies_ms.clear()
+        values["latency_windows"] = int(latencies.size)
+        percentiles = np.percentile(latencies, (50, 99, 100)) if latencies.size else [None] * 3
+        for name, value in zip(("p50", "p99", "max"), percentiles, strict=True):
+            values[f"latency_ms_{name}"] = None if value is None else round(float(value), 3)
+        return values
+
+
+Ready = tuple[Stream, WindowReady, float]  # stream, window, perf_counter when its chunk came
+
+
+class Runtime:
+    """The loop over all streams (see the module doc). :meth:`step` does one round."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        model: Model,
+        streams: Sequence[Stream],
+        sink: Sink,
+        *,
+        sink_stats: Callable[[], dict[str, int]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config, self.model, self.sink = config, model, sink
+        self.streams = list(streams)
+        self._sink_stats = sink_stats
+        self._clock = clock
+        self._next_metrics = clock() + config.metrics_interval_s
+        self._lock = threading.Lock()  # acknowledge() comes from the MQTT network thread
+        self.batches = {"calls": 0, "windows": 0, "max_windows": 0}
+
+    @property
+    def running(self) -> bool:
+        return any(not s.ended for s in self.streams)
+
+    def step(self) -> bool:
+        """Read every stream once, run one batch, publish; True if any audio arrived."""
+        now = self._clock()
+        ready: list[Ready] = []
+        got_audio = False
+        for stream in self.streams:
+            if not stream.ended:
+                got_audio |= self._read(stream, now, ready)
+        with self._lock:
+            self._infer_and_detect(ready)
+            for stream in self.streams:
+                if not stream.ended:
+                    self._emit(stream, stream.gate.tick(now))
+        if now >= self._next_metrics:
+            self.publish_metrics()
+            self._next_metrics = now + self.config.metrics_interval_s
+        return got_audio
+
+    def _read(self, stream: Stream, now: float, ready: list[Ready]) -> bool:
+        try:
+            chunk = stream.source.read(0.0)
+        except SourceEnded:
+            self._end_stream(stream, "stream end")
+            return False
+        except SourceError as exc:
+            log.error("stream %s: %s", stream.id, exc)
+            self._end_stream(stream, "source failed")
+            return False
+        if chunk is None:
+            return False
+        arrived, n = time.perf_counter(), int(chunk.samples.shape[0])
+        if stream.t0_posix is None:  # the chunk's last sample was captured just now
+            stream.t0_posix = time.time() - (chunk.first_sample + n) / stream.rate_hz
+        counters = stream.counters
+        counters["chunks"] += 1
+        counters["samples"] += n
+        counters["notices"] += len(chunk.notices)
+        with self._lock:
+            self._emit(stream, stream.gate.observe(chunk, now))
+        ready.extend((stream, window, arrived) for window in stream.pipeline.push(chunk))
+        return True
+
+    def _infer_and_detect(self, ready: list[Ready]) -> None:
+        if not ready:
+            return
+        probs = infer_ready(self.model.backend, [(s.id, w) for s, w, _ in ready])
+        batches = self.batches
+        batches["calls"] += 1
+        batches["windows"] += len(ready)
+        batches["max_windows"] = max(batches["max_windows"], len(ready))
+        poor = self.model.poor_index
+        for (stream, window, arrived), p in zip(ready, probs, strict=True):
+            stream.counters["windows"] += 1
+            quality = window.audio_quality.to_dict()
+            poor_prob = float(p[poor]) if poor is not None else None
+            self._emit(stream, stream.gate.update(window, poor_prob), quality)
+            suppressed = stream.detector.suppress(stream.gate.suppressed)
+            self._emit(stream, suppressed, quality, {"ended_by": "quality gate"})
+            self._emit(stream, stream.detector.update(window.end_sample, p), quality)
+            stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
+
+    def _end_stream(self, stream: Stream, why: str) -> None:
+        stream.ended = True
+        with self._lock:
+            extra = {"ended_by": why}
+            self._emit(stream, stream.detector.finish(), extra=extra)
+            self._emit(stream, stream.gate.finish(), extra=extra)
+        log.info("stream %s: %s after %d samples", stream.id, why, stream.counters["samples"])
+
+    def _emit(
+        self,
+        stream: Stream,
+        transitions: list[Transition],
+        quality: dict[str, float] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        for transition in transitions:
+            event = self._event(stream, transition, quality, extra or {})
+            if event.state == "ended":
+                stream.episodes.pop(transition.key, None)
+            else:
+                stream.episodes[transition.key] = event
+            stream.counters["events"] += 1
+            self.sink.publish(event)
+
+    def _event(
+        self, stream: Stream, t: Transition, quality: dict[str, float] | None, extra: dict[str, Any]
+    ) -> Event:
+        """The message for ``t``: an onset opens an episode; ``ongoing`` and ``ended`` continue
+        the open one (an ``ended`` with no onset opens and closes one at once). ``quality``
+        None keeps the episode's last measures; ``extra`` goes to ``detail`` of endings."""
+        detail = _detail(t)
+        previous = stream.episodes.get(t.key)
+        if previous is None:
+            previous = Event.onset(**self._identity(stream, t), quality=quality or {})
+            if t.state == "onset":
+                return previous
+        changes: dict[str, Any] = {"confidence": _confidence(t), "priority": t.priority}
+        if quality is not None:
+            changes["quality"] = quality
+        if t.state == "ended":
+            end = t.end_sample if t.end_sample is not None else t.start_sample
+            return previous.ended(stream.utc(end), end, detail={**detail, **extra}, **changes)
+        if t.latched and t.end_sample is not None:  # condition over, alarm latched until ack
+            detail.update(latched=True, condition_end_sample=t.end_sample)
+            detail["condition_end_utc"] = stream.utc(t.end_sample)
+        return previous.ongoing(detail=detail, **changes)
+
+    def _identity(self, stream: Stream, t: Transition) -> dict[str, Any]:
+        physiological = t.kind == "physiological"
+        return {
+            "device_id": self.config.device_id,
+            "site": self.config.site,
+            "stream_id": stream.id,
+            "type": t.type,
+            "priority": t.priority,
+            "start_utc": stream.utc(t.start_sample),
+            "start_sample": t.start_sample,
+            "model_id": self.model.model_id if physiological else None,
+            "model_sha256": self.model.sha256 if physiological else None,
+            "confidence": _confidence(t),
+            "detail": _detail(t),
+        }
+
+    def acknowledge(self, stream_id: str, target: str) -> int:
+        """Acknowledge the events of ``stream_id`` whose type or key is ``target``: latched
+        ones end now (published), live ones end on their own. Thread-safe; returns the number
+        of events ended."""
+        stream = next((s for s in self.streams if s.id == stream_id), None)
+        if stream is None:
+            known = ", ".join(s.id for s in self.streams)
+            raise CommandError(f"command.stream_id {stream_id!r} is not served here ({known})")
+        with self._lock:
+            if stream.ended:  # the stream's events are over; the sinks may be closing
+                raise CommandError(f"command.stream_id {stream_id!r} has ended")
+            transitions = stream.detector.acknowledge(target) + stream.gate.acknowledge(target)
+            extra = {"ended_by": "acknowledge", "acknowledged_utc": utc_now()}
+            self._emit(stream, transitions, extra=extra)
+        return len(transitions)
+
+    def handle_command(self, payload: bytes) -> None:
+        """A command from the command topic; a bad one is logged and ignored."""
+        try:
+            command = parse_command(payload)
+            ended = self.acknowledge(command.stream_id, command.target)
+        except LungwatchError as exc:
+            log.warning("command ignored: %s", exc)
+            return
+        log.info("acknowledge %s %r: %d event(s) ended", command.stream_id, command.target, ended)
+
+    def publish_metrics(self) -> None:
+        """One metrics message per stream (with the MQTT sink's counters as ``mqtt_*``)."""
+        stats = self._sink_stats() if self._sink_stats is not None else {}
+        shared = {f"mqtt_{key}": value for key, value in stats.items()}
+        with self._lock:
+            for stream in self.streams:
+                self.sink.publish_metrics(stream.id, {**stream.metrics(), **shared})
+
+    def run(self, stop: threading.Event) -> None:
+        """Step until every source ended, ``stop`` is set or ``max_run_s`` passed; then end
+        every open event and publish the last metrics."""
+        deadline = self._clock() + self.config.max_run_s if self.config.max_run_s else None
+        while self.running and not stop.is_set():
+            if deadline is not None and self._clock() >= deadline:
+                log.info("max_run_s reached")
+                break
+            if not self.step():
+                stop.wait(self.config.idle_sleep_s)
+        for stream in self.streams:
+            if not stream.ended:
+                self._end_stream(stream, "shutdown")
+        self.publish_metrics()
+
+
+def _confidence(t: Transition) -> float | None:
+    """The peak probability of a physiological event; None for technical ones."""
+    return float(min(max(t.confidence, 0.0), 1.0)) if t.kind == "physiological" else None
+
+
+def _detail(t: Transition) -> dict[str, Any]:
+    return {"key": t.key, "reason": t.reason} if t.reason else {"key": t.key}
+
+
+def open_streams(config: RuntimeConfig, model: Model, source: str = "<config>") -> list[Stream]:
+    """One :class:`Stream` per configured stream; errors name ``source`` and the stream."""
+    rate_hz = model.manifest.feature_spec.sample_rate_hz
+    streams: list[Stream] = []
+    for index, stream_config in enumerate(config.streams):
+        try:
+            audio = open_stream_source(stream_config, rate_hz)
+        except LungwatchError as exc:
+            for stream in streams:
+                stream.source.close()
+            raise ConfigError(f"{source}: streams[{index}].source: {exc}") from None
+        streams.append(Stream(stream_config, audio, model))
+    return streams
+
+
+def serve(
+    config: RuntimeConfig, stop: threading.Event | None = None, source: str = "<config>"
+) -> Runtime:
+    """Open everything, run until done or stopped, close it all (sinks first: flush, status
+    offline); the finished runtime."""
+    stop = stop or threading.Event()
+    with contextlib.ExitStack() as resources:
+        model = open_model(config, source)
+        resources.callback(model.backend.close)
+        streams = open_streams(config, model, source)
+        for stream in streams:
+            resources.callback(stream.source.close)
+        address = start_embedded_broker(config, resources)
+        sink, mqtt = open_sinks(config, address)
+        resources.callback(sink.close)
+        stats = mqtt.stats if mqtt is not None else None
+        runtime = Runtime(config, model, streams, sink, sink_stats=stats)
+        if mqtt is not None:
+            mqtt.set_command_handler(runtime.handle_command)
+            mqtt.connect()
+        runtime.run(stop)
+    return runtime
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (the loop ends its round and shuts down cleanly)."""
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lungwatch run", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="runtime YAML file")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    config = load_runtime_config(args.config, args.set)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    runtime = serve(config, stop, source=args.config.name)
+    total = sum(s.counters["events"] for s in runtime.streams)
+    print(f"lungwatch run: {len(runtime.streams)} streams, {total} event messages", flush=True)
+    return 0

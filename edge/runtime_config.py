@@ -1,0 +1,253 @@
+"""The runtime's inputs and outlets: one YAML file (``lungwatch run --config FILE``), validated
+once, then checked against the model's manifest; the sources, sinks and embedded broker it
+names (:func:`open_stream_source`, :func:`open_sinks`, :func:`start_embedded_broker`); and the
+commands that arrive on the command topic (:func:`parse_command`). The loop is
+:mod:`edge.runtime`.
+
+Sections (every key is optional except ``streams``; see ``edge/configs/ward.yaml`` and
+``docs/runtime.md``):
+
+- ``site``, ``device_id``: this device's identity in the MQTT topics and in every event;
+- ``model``: the model directory (``manifest.json`` + artifacts) and which artifact runs;
+- ``features``: optional; when given it must equal the manifest's FeatureSpec (the device
+  refuses a model made for another front end, DESIGN.md contract 1);
+- ``backend``: :class:`edge.backends.BackendConfig` (ONNX Runtime CPU by default);
+- ``streams``: one entry per bed: ``id`` and ``source`` (a path, ``file:PATH``,
+  ``data:REL`` under :func:`edge.datapaths.data_root`, ``mic:NAME`` or ``bridge://...``),
+  real-time pacing and looping for file sources, and the read size;
+- ``detector`` / ``gate``: :class:`edge.detector.DetectorConfig`, :class:`edge.gate.GateConfig`
+  (``detector.thresholds`` / ``priorities`` must name model classes);
+- ``sinks``: stdout, JSONL file, MQTT (``mqtt`` holds :class:`edge.sinks.mqtt.MqttConfig`;
+  its ``site`` / ``device_id`` come from the top level), and an embedded broker for demos;
+- ``metrics_interval_s``, ``idle_sleep_s``, ``max_run_s``: the loop's timing.
+
+Every error is one :class:`~edge.errors.ConfigError` line naming the file and the key::
+
+    ward.yaml: model.file must be a file listed in models/edge/manifest.json (...), got 'x.onnx'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.backends import BackendConfig
+from edge.config import check, load_config
+from edge.datapaths import data_root
+from edge.detector import NOT_EVENTS, DetectorConfig
+from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
+from edge.events import DEVICE_STREAM, is_segment
+from edge.features import FeatureSpec
+from edge.gate import GateConfig
+from edge.manifest import Manifest, require_spec
+from edge.sinks import MultiSink, Sink
+from edge.sinks.jsonl import JsonlSink
+from edge.sinks.mqtt import MqttConfig, MqttSink
+from edge.sinks.stdout import StdoutSink
+from edge.sources import AudioSource, SourceError, open_source
+
+log = logging.getLogger("lungwatch.runtime")
+
+SEGMENT = "a topic segment (1..64 printable characters, no / + # or leading $)"
+DATA_PREFIX = "data:"  # a stream source relative to edge.datapaths.data_root()
+MIC_PREFIX, BRIDGE_PREFIX = "mic:", "bridge://"  # live sources: neither paced nor looped
+COMMAND_KEYS = ("action", "stream_id", "target")
+ACKNOWLEDGE = "acknowledge"
+EXCERPT_BYTES = 200  # of a bad command, in its log line
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dir: str = "models/edge"  # holds manifest.json and the artifacts it lists
+    file: str = "model.int8.onnx"  # the artifact that runs (must be listed in the manifest)
+    check_sha256: bool = True  # refuse a file whose sha256 differs from the manifest's
+
+    def __post_init__(self) -> None:
+        check(bool(self.dir), "dir", self.dir, "a folder")
+        check(bool(self.file) and "/" not in self.file, "file", self.file, "a file name")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    id: str  # the bed / stream id (an MQTT topic segment)
+    source: str  # path | file:PATH | data:REL | mic:NAME_OR_INDEX | bridge://...
+    realtime: bool = False  # file sources: pace chunks at the recording's rate
+    loop: bool = False  # file sources: start again at the end
+    chunk_samples: int = 800  # samples per read (0.1 s at 8 kHz)
+
+    def __post_init__(self) -> None:
+        check(is_segment(self.id) and self.id != DEVICE_STREAM, "id", self.id, SEGMENT)
+        check(bool(self.source), "source", self.source, "a path, mic:NAME or bridge://...")
+        check(self.chunk_samples >= 1, "chunk_samples", self.chunk_samples, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    stdout: bool = True  # one readable line per event
+    jsonl: str | None = None  # append every event to this JSON-lines file
+    mqtt: bool = True  # publish to the broker in ``mqtt`` (store-and-forward spool)
+    embedded_broker: bool = False  # start an amqtt broker on loopback (demos only)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    streams: tuple[StreamConfig, ...]
+    site: str = "ward-1"
+    device_id: str = "edge-1"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeatureSpec | None = None
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    metrics_interval_s: float = 10.0  # per-stream counters on the metrics topic
+    idle_sleep_s: float = 0.01  # how long the loop waits when no source had audio
+    max_run_s: float = 0.0  # stop after this long (0: until every source ends or a signal)
+
+    def __post_init__(self) -> None:
+        check(len(self.streams) >= 1, "streams", self.streams, "a list of at least one stream")
+        ids = [s.id for s in self.streams]
+        check(len(set(ids)) == len(ids), "streams", ids, "streams with distinct ids")
+        check(is_segment(self.site), "site", self.site, SEGMENT)
+        check(is_segment(self.device_id), "device_id", self.device_id, SEGMENT)
+        check(self.metrics_interval_s > 0, "metrics_interval_s", self.metrics_interval_s, "> 0")
+        check(self.idle_sleep_s >= 0, "idle_sleep_s", self.idle_sleep_s, "a number >= 0")
+        check(self.max_run_s >= 0, "max_run_s", self.max_run_s, "a number >= 0 (0: no limit)")
+        default = MqttConfig()
+        for key in ("site", "device_id"):
+            given = getattr(self.mqtt, key)
+            same = given in (getattr(default, key), getattr(self, key))
+            check(same, f"mqtt.{key}", given, f"left out (the top-level {key} is used)")
+
+    @property
+    def mqtt_config(self) -> MqttConfig:
+        """The MQTT settings with this device's identity."""
+        return dataclasses.replace(self.mqtt, site=self.site, device_id=self.device_id)
+
+
+def load_runtime_config(path: str | Path, overrides: list[str] | None = None) -> RuntimeConfig:
+    """Read and validate ``path`` (errors name the file and the key)."""
+    return load_config(RuntimeConfig, path, overrides)
+
+
+def check_against_manifest(config: RuntimeConfig, manifest: Manifest, source: str) -> None:
+    """ConfigError naming ``source`` and the key where the config disagrees with the model:
+    ``model.file`` not listed, ``features`` not the model's, detector rules naming no class."""
+    if config.model.file not in manifest.files:
+        listed = ", ".join(sorted(manifest.files))
+        raise ConfigError(
+            f"{source}: model.file must be a file listed in {manifest.path} ({listed}), "
+            f"got {config.model.file!r}"
+        )
+    if config.features is not None:
+        try:
+            require_spec(manifest, config.features)
+        except FeatureSpecMismatchError as exc:
+            raise ConfigError(f"{source}: features must equal the model's ({exc})") from None
+    events = [c for c in manifest.classes if c not in NOT_EVENTS]
+    named = [("thresholds", r.type) for r in config.detector.thresholds]
+    named += [("priorities", r.type) for r in config.detector.priorities]
+    for key, type_ in named:
+        if type_ not in events:
+            raise ConfigError(
+                f"{source}: detector.{key} must name model classes ({', '.join(events)}), "
+                f"got {type_!r}"
+            )
+
+
+def resolve_source(url: str) -> str:
+    """``data:REL`` -> the path under :func:`edge.datapaths.data_root`; others unchanged."""
+    return str(data_root() / url[len(DATA_PREFIX) :]) if url.startswith(DATA_PREFIX) else url
+
+
+def open_stream_source(config: StreamConfig, rate_hz: int) -> AudioSource:
+    """The stream's source at the model's rate (files: chunk size, pacing, looping; mic:
+    chunk size; bridge: what its URL says)."""
+    url = resolve_source(config.source)
+    options: dict[str, Any] = {}
+    if not url.startswith(BRIDGE_PREFIX):
+        options["chunk_samples"] = config.chunk_samples
+    if not url.startswith((MIC_PREFIX, BRIDGE_PREFIX)):
+        options.update(realtime=config.realtime, loop=config.loop)
+    audio = open_source(url, config.id, rate_hz, **options)
+    if audio.sample_rate_hz != rate_hz:
+        audio.close()
+        raise SourceError(f"{url}: delivers {audio.sample_rate_hz} Hz, the model needs {rate_hz}")
+    return audio
+
+
+def open_sinks(
+    config: RuntimeConfig, broker_address: str | None = None
+) -> tuple[Sink, MqttSink | None]:
+    """The configured sinks (the durable MQTT spool first) and the MQTT sink or None, not yet
+    connected; ``broker_address`` (host:port) overrides the configured broker."""
+    sinks: list[Sink] = []
+    mqtt = None
+    try:
+        if config.sinks.mqtt:
+            mqtt_config = config.mqtt_config
+            if broker_address is not None:
+                host, port = broker_address.rsplit(":", 1)
+                mqtt_config = dataclasses.replace(mqtt_config, host=host, port=int(port))
+            mqtt = MqttSink(mqtt_config)
+            sinks.append(mqtt)
+        if config.sinks.jsonl:
+            site, device_id = config.site, config.device_id
+            sinks.append(JsonlSink(config.sinks.jsonl, site=site, device_id=device_id))
+    except LungwatchError:
+        for sink in sinks:
+            sink.close()
+        raise
+    if config.sinks.stdout:
+        sinks.append(StdoutSink())
+    return MultiSink(sinks), mqtt
+
+
+def start_embedded_broker(config: RuntimeConfig, resources: contextlib.ExitStack) -> str | None:
+    """With ``sinks.embedded_broker``: an amqtt broker on ``mqtt.host:port`` (stopped by
+    ``resources``); its address, else None."""
+    if not (config.sinks.mqtt and config.sinks.embedded_broker):
+        return None
+    from edge.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(config.mqtt.host, config.mqtt.port).start()
+    resources.callback(broker.stop)
+    log.info("embedded MQTT broker on %s", broker.address)
+    return broker.address
+
+
+class CommandError(LungwatchError, ValueError):
+    """A command on the command topic is malformed or names no stream."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """``{"action": "acknowledge", "stream_id": "bed-1", "target": "Wheeze"}``."""
+
+    action: str
+    stream_id: str
+    target: str  # an event type ("Wheeze", "clipping") or an episode key ("Wheeze@18088")
+
+
+def parse_command(payload: bytes) -> Command:
+    """The command in ``payload``; CommandError says what is wrong with it."""
+    excerpt = payload[:EXCERPT_BYTES]
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CommandError(f"command is not JSON ({exc}): {excerpt!r}") from None
+    if not isinstance(body, dict) or sorted(body) != sorted(COMMAND_KEYS):
+        keys = ", ".join(COMMAND_KEYS)
+        raise CommandError(f"command must be a JSON object with keys {keys}: {excerpt!r}")
+    if body["action"] != ACKNOWLEDGE:
+        raise CommandError(f"command.action must be {ACKNOWLEDGE!r}, got {body['action']!r}")
+    for key in ("stream_id", "target"):
+        if not (isinstance(body[key], str) and body[key]):
+            raise CommandError(f"command.{key} must be a non-empty string, got {body[key]!r}")
+    return Command(body["action"], body["stream_id"], body["target"])
