@@ -5,6 +5,7 @@
 #   make test     the test suite (uses ../shared/data when present)
 #   make lint     ruff + mypy
 #   make bench    benchmarks, results in bench/results/
+#   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
 #   make train    retrain the shipped edge model (SEEDS="0 1 2" for the model card's runs)
 
 PYTHON ?= python3
@@ -16,7 +17,7 @@ PIP_FLAGS ?= --disable-pip-version-check -q
 ONE_CORE = OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
            $(shell command -v taskset >/dev/null 2>&1 && echo taskset -c 0)
 
-.PHONY: demo test lint bench format clean help train
+.PHONY: demo test lint bench fuzz format clean help train
 
 help:
 	@sed -n '2,10p' Makefile
@@ -40,7 +41,7 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy edge training export
+	$(VENV)/bin/mypy edge training export firmware_bridge
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .
@@ -49,6 +50,11 @@ format: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.frontend $(ARGS)
 	$(ONE_CORE) $(VENV)/bin/python -m bench.export
+	$(ONE_CORE) $(VENV)/bin/python -m bench.bridge
+	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz
+
+fuzz: $(VENV)/.installed-dev
+	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)
 
 SEEDS ?= 0
 train: $(VENV)/.installed-dev

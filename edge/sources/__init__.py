@@ -63,9 +63,21 @@ def parse_device(text: str) -> str | int | None:
 
 
 def _bridge(url: str, stream_id: str, sample_rate_hz: int, options: dict[str, Any]) -> AudioSource:
+    """A wearable stethoscope stream; its options (device, stream, rate, key_file, ...) are
+    in the URL. Without ``rate=`` the device is expected at the model's rate."""
+    if options:
+        raise SourceError(f"{url}: bridge sources take their options in the URL, not {options}")
     try:
         module = importlib.import_module("edge.sources.bridge")
     except ImportError as exc:
         raise SourceError(f"{url}: the firmware bridge source is not available ({exc})") from exc
-    source: AudioSource = module.BridgeSource(url, stream_id, sample_rate_hz, **options)
+    if "rate=" not in url:
+        url += ("&" if "?" in url else "?") + f"rate={sample_rate_hz}"
+    source: AudioSource = module.BridgeSource(url)
+    if source.sample_rate_hz != sample_rate_hz:
+        raise SourceError(
+            f"{url}: the device stream is {source.sample_rate_hz} Hz, "
+            f"the model needs {sample_rate_hz} Hz"
+        )
+    source.stream_id = stream_id
     return source

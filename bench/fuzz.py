@@ -1,0 +1,298 @@
+"""Fuzz the firmware-bridge decoder: a million mutated inputs, no crash, bounded memory.
+
+    make fuzz             # or: python -m bench.fuzz [--inputs 1000000] [--seed 0]
+
+Each input is built from a corpus of valid frames (every type and format, tagged and not)
+by one mutator: bit flips, inserted / deleted / truncated bytes, splices of two frames,
+pure garbage (with sprinkled magics), header fields changed *with the CRC recomputed* (so
+invalid headers and wild device ids, sample indices, rates and stream starts reach the
+header checks, the jitter buffer and the restart logic), and runs of a valid stream with
+duplicates and reordering. Every input goes, cut in random pieces, into one long-lived
+receiver (as one datagram), and:
+
+- nothing may raise;
+- every decoded frame must be one the input legitimately holds (never a made-up frame);
+- the link's byte counters must add up; memory must stay bounded: the peak RSS (resource)
+  and the traced Python heap (tracemalloc, on the second half only) are recorded at
+  checkpoints, and the heap may not grow over the second half beyond a small margin.
+
+Writes bench/results/fuzz.{md,json}; exits 1 on any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import resource
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from firmware_bridge.crc32c import crc32c
+from firmware_bridge.protocol import (
+    CRC,
+    FLAG_AUTH,
+    FLAG_STREAM_START,
+    HEADER,
+    DeviceInfo,
+    DeviceStatus,
+    Frame,
+    SampleFormat,
+    audio_frame,
+    device_info_frame,
+    encode_frame,
+    heartbeat_frame,
+    status_frame,
+)
+from firmware_bridge.receiver import Receiver, ReceiverConfig
+
+RESULTS_DIR = Path(__file__).parent / "results"
+KEYED_DEVICE, KEY = 9, b"fuzz-key-0123456"
+HEAP_GROWTH_LIMIT_BYTES = 2 << 20  # second-half traced heap growth allowed
+Allowed = set[Frame]
+Input = tuple[bytes, Allowed]
+
+
+def make_corpus(rng: np.random.Generator) -> list[tuple[Frame, bytes | None]]:
+    """(frame, key) pairs: every frame type and sample format, a few devices, some tagged."""
+    corpus: list[tuple[Frame, bytes | None]] = []
+    for k in range(48):
+        device = int(rng.choice([1, 2, KEYED_DEVICE]))
+        ids = (device, k % 2, k, 256 * k, 8000)
+        fmt = [SampleFormat.INT16, SampleFormat.INT24, SampleFormat.FLOAT32][k % 3]
+        count = int(rng.integers(1, 300))
+        x = rng.uniform(-1, 1, count) if fmt == SampleFormat.FLOAT32 else None
+        if x is None:
+            limit = 2**15 if fmt == SampleFormat.INT16 else 2**23
+            x = rng.integers(-limit, limit, count)
+        corpus.append((audio_frame(*ids, x, fmt), KEY if device == KEYED_DEVICE else None))
+    status = DeviceStatus(55, -120, 7, off_body=True)
+    info = DeviceInfo((1, 2, 3), 4, "fuzz-steth")
+    corpus += [
+        (status_frame(1, 0, 900, 4096, 8000, status), None),
+        (device_info_frame(2, 1, 901, 0, 8000, info)._replace(flags=FLAG_STREAM_START), None),
+        (heartbeat_frame(KEYED_DEVICE, 0, 902, 8192, 8000), KEY),
+        (heartbeat_frame(KEYED_DEVICE, 0, 903, 8192, 8000), None),  # no tag: must be rejected
+    ]
+    return corpus
+
+
+class Mutator:
+    """Makes fuzz inputs from the corpus (see the module docstring)."""
+
+    def __init__(self, corpus: list[tuple[Frame, bytes | None]], seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.corpus = [(frame, key, encode_frame(frame, key)) for frame, key in corpus]
+        self.mutators: list[Callable[[], Input]] = [
+            self.flips, self.insert, self.delete, self.truncate, self.splice,
+            self.garbage, self.header, self.header, self.stream,
+        ]  # fmt: skip
+
+    def make(self) -> Input:
+        return self.rng.choice(self.mutators)()
+
+    def _pick(self, n: int) -> tuple[bytearray, Allowed]:
+        picked = [self.rng.choice(self.corpus) for _ in range(n)]
+        allowed = {frame for frame, key, _ in picked if not _untagged_keyed(frame, key)}
+        return bytearray(b"".join(data for _, _, data in picked)), allowed
+
+    def flips(self) -> Input:
+        data, allowed = self._pick(self.rng.randint(1, 4))
+        for _ in range(self.rng.randint(1, 8)):
+            data[self.rng.randrange(len(data))] ^= 1 << self.rng.randrange(8)
+        return bytes(data), allowed
+
+    def insert(self) -> Input:
+        data, allowed = self._pick(self.rng.randint(1, 3))
+        for _ in range(self.rng.randint(1, 4)):
+            at = self.rng.randrange(len(data) + 1)
+            data[at:at] = self.rng.randbytes(self.rng.randint(1, 64))
+        return bytes(data), allowed
+
+    def delete(self) -> Input:
+        data, allowed = self._pick(self.rng.randint(1, 3))
+        for _ in range(self.rng.randint(1, 4)):
+            at = self.rng.randrange(len(data) + 1)
+            del data[at : at + self.rng.randint(1, 64)]
+        return bytes(data), allowed
+
+    def truncate(self) -> Input:
+        data, allowed = self._pick(self.rng.randint(1, 3))
+        return bytes(data[: self.rng.randrange(len(data) + 1)]), allowed
+
+    def splice(self) -> Input:
+        (a, a_ok), (b, b_ok) = self._pick(1), self._pick(1)
+        return bytes(a[: self.rng.randrange(len(a))] + b[self.rng.randrange(len(b)) :]), a_ok | b_ok
+
+    def garbage(self) -> Input:
+        data = bytearray(self.rng.randbytes(self.rng.randint(0, 600)))
+        for _ in range(self.rng.randint(0, 6)):
+            at = self.rng.randrange(len(data) + 1)
+            data[at:at] = b"LW\x01" + bytes([self.rng.randint(1, 5)])
+        return bytes(data), set()
+
+    def header(self) -> Input:
+        """A frame with header fields changed and the CRC recomputed."""
+        frame, key, data = self.rng.choice(self.corpus)
+        fields = list(HEADER.unpack_from(data))
+        for _ in range(self.rng.randint(1, 3)):
+            index, value = self._field_change()
+            fields[index] = value
+        out = bytearray(data)
+        HEADER.pack_into(out, 0, *fields)
+        CRC.pack_into(out, len(out) - 4, crc32c(bytes(out[:-4])))
+        if out == data:  # the changes were no-ops
+            return bytes(out), set() if _untagged_keyed(frame, key) else {frame}
+        # a changed header breaks any tag: only devices without a key may still take it
+        changed = _as_frame(fields, frame.payload)
+        return bytes(out), set() if changed.device_id == KEYED_DEVICE else {changed}
+
+    def _field_change(self) -> tuple[int, int]:
+        r = self.rng
+        return r.choice([
+            (1, r.choice([1, 1, 2, 255])),  # version
+            (2, r.randint(0, 6)),  # frame type
+            (3, r.choice([0, FLAG_STREAM_START, 4, 0x80])),  # flags (no AUTH: tag bytes differ)
+            (4, r.randint(0, 4)),  # sample format
+            (6, r.choice([1, 2, 3, r.getrandbits(32)])),  # device id
+            (7, r.choice([0, 1, r.getrandbits(16)])),  # stream id
+            (9, r.getrandbits(32)),  # sequence
+            (10, r.choice([0, r.randint(0, 10**6), r.getrandbits(64)])),  # first sample
+            (11, r.choice([8000, 16000, 0, r.getrandbits(32)])),  # rate
+        ])  # fmt: skip
+
+    def stream(self) -> Input:
+        """A valid run of one stream's audio with duplicates and swaps."""
+        device, start = self.rng.choice([1, 2, 3]), self.rng.randint(0, 2000) * 64
+        frames = [
+            audio_frame(device, 0, start // 64 + k, start + 64 * k, 8000, np.full(64, k, np.int16))
+            for k in range(self.rng.randint(1, 8))
+        ]
+        sent = list(frames)
+        if self.rng.random() < 0.3:
+            sent.append(self.rng.choice(frames))
+        if len(sent) > 1 and self.rng.random() < 0.3:
+            i = self.rng.randrange(len(sent) - 1)
+            sent[i], sent[i + 1] = sent[i + 1], sent[i]
+        return b"".join(encode_frame(f) for f in sent), set(frames)
+
+
+def _untagged_keyed(frame: Frame, key: bytes | None) -> bool:
+    return frame.device_id == KEYED_DEVICE and key is None
+
+
+def _as_frame(fields: list[int], payload: bytes) -> Frame:
+    _, _, ftype, flags, fmt, _, device, stream, count, seq, first, rate = fields
+    return Frame(ftype, device, stream, seq, first, rate, fmt, count, payload, flags & ~FLAG_AUTH)
+
+
+def _pieces(rng: random.Random, data: bytes) -> list[bytes]:
+    if len(data) < 2 or rng.random() < 0.5:
+        return [data]
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 4))))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def fuzz(n_inputs: int, seed: int, checkpoints: int = 10) -> dict[str, object]:
+    """Run the fuzz loop; returns the record written to bench/results/fuzz.json."""
+    mutator = Mutator(make_corpus(np.random.default_rng(seed)), seed)
+    receiver = Receiver(ReceiverConfig(max_streams=64), keys={KEYED_DEVICE: KEY})
+    parser, rng = receiver.parser, random.Random(seed + 1)
+    violations, decoded, points = [], 0, []
+    rss_before_mib = round(peak_rss_mib(), 1)  # imports (numpy, numba) and the corpus
+    start_s = time.perf_counter()
+    for i in range(n_inputs):
+        data, allowed = mutator.make()
+        frames = []
+        for piece in _pieces(rng, data):
+            frames += parser.push(piece)
+        frames += parser.flush()
+        decoded += len(frames)
+        for frame in frames:
+            if frame._replace(flags=frame.flags & ~FLAG_AUTH, verified=False) not in allowed:
+                violations.append(f"input {i}: decoded a frame it does not hold: {frame[:6]}")
+        receiver.place(frames, i * 0.004)
+        receiver.drain()
+        if i % 1000 == 999:
+            receiver.poll(i * 0.004)
+        if (i + 1) % max(n_inputs // checkpoints, 1) == 0:
+            points.append(_checkpoint(i + 1, n_inputs, start_s))
+    stats = receiver.stats().link
+    if stats.bytes_received != stats.frame_bytes + stats.skipped_bytes + stats.pending_bytes:
+        violations.append(f"link byte counters do not add up: {stats}")
+    violations += _memory_verdict(points)
+    tracemalloc.stop()
+    return {
+        "inputs": n_inputs, "seed": seed, "decoded_frames": decoded,
+        "seconds": round(time.perf_counter() - start_s, 1), "link": vars(stats),
+        "streams_tracked": len(receiver.streams), "peak_rss_before_mib": rss_before_mib,
+        "checkpoints": points,
+        "violations": violations[:20], "n_violations": len(violations),
+    }  # fmt: skip
+
+
+def _checkpoint(done: int, total: int, start_s: float) -> dict[str, float]:
+    if done >= total // 2 and not tracemalloc.is_tracing():
+        tracemalloc.start()  # trace the second half: the heap must not keep growing
+    heap = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+    return {"inputs": done, "seconds": round(time.perf_counter() - start_s, 1),
+            "peak_rss_mib": round(peak_rss_mib(), 1), "traced_heap_bytes": heap}  # fmt: skip
+
+
+def _memory_verdict(points: list[dict[str, float]]) -> list[str]:
+    traced = [p["traced_heap_bytes"] for p in points if p["traced_heap_bytes"]]
+    if len(traced) >= 2 and traced[-1] - traced[0] > HEAP_GROWTH_LIMIT_BYTES:
+        return [f"traced heap grew {traced[-1] - traced[0]} bytes over the second half"]
+    return []
+
+
+def render(record: dict[str, object]) -> str:
+    points = record["checkpoints"]
+    assert isinstance(points, list)
+    lines = [
+        f"Fuzz of the firmware-bridge decoder: {record['inputs']:,} inputs, seed {record['seed']}, "
+        f"{record['seconds']} s; {platform.machine()}, Python {platform.python_version()}",
+        "",
+        f"- violations: {record['n_violations']} (crash, made-up frame, counters, memory)",
+        f"- frames decoded: {record['decoded_frames']:,}; streams tracked at the end: "
+        f"{record['streams_tracked']}",
+        f"- peak RSS before the first input: {record['peak_rss_before_mib']} MiB",
+        "",
+        "| inputs | seconds | peak RSS MiB | traced heap (2nd half) |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {p['inputs']:,} | {p['seconds']} | {p['peak_rss_mib']} | "
+              f"{p['traced_heap_bytes']:,} |" for p in points]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.fuzz", description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
+    args = parser.parse_args(argv)
+    record = fuzz(args.inputs, args.seed)
+    text = render(record)
+    print(text)
+    for violation in record["violations"]:  # type: ignore[attr-defined]
+        print(f"VIOLATION {violation}")
+    if not args.no_write:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / "fuzz.md").write_text(text + "\n")
+        (RESULTS_DIR / "fuzz.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return 1 if record["n_violations"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

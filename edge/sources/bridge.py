@@ -1,0 +1,171 @@
+"""The ``bridge://`` audio source: a wearable stethoscope's stream through ``firmware_bridge``.
+
+URL forms (spec: ``docs/firmware-protocol.md``, section "Runtime source URL")::
+
+    bridge://udp/HOST:PORT?device=ID&stream=ID      bind HOST:PORT, take datagrams
+    bridge://tcp/HOST:PORT?device=ID                connect to a device that listens;
+                                                    reconnect with backoff
+    bridge://serial//dev/ttyUSB0?baud=921600        USB serial (pyserial)
+
+Options: ``device`` and ``stream`` (decimal or 0x-hex; absent: the first stream heard),
+``rate`` (Hz the runtime expects, default 8000; frames at another rate are dropped with a
+``device_status`` notice), ``name`` (the source's ``stream_id``, e.g. the bed; default
+``bridge-DEVICE-STREAM``), ``key_file`` (a file holding the device's HMAC key as hex: frames
+must then carry a valid tag), ``jitter_frames`` and ``max_hold_ms`` (the jitter buffer),
+``baud`` (serial).
+
+Chunks follow the device's sample index: a gap is a chunk of silence marked ``missing``
+carrying a ``signal_gap`` notice (``missing_samples``; a gap longer than 10 s is a jump of
+``first_sample`` instead, with ``filled: False``). Device status frames become
+``device_status`` notices (battery_percent, gain_cdb, clipped_samples, off_body), device
+info too (firmware_version, model); link drops and device restarts become ``disconnected``
+/ ``reconnected`` notices. Notices ride on the next chunk; when no audio follows within a
+read's timeout, they come on an empty chunk. A network source never ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.sources.base import Notice, SourceChunk, SourceError
+from firmware_bridge.assembler import JitterConfig
+from firmware_bridge.errors import BridgeError
+from firmware_bridge.link import DISCONNECTED, RECONNECTED, Bridge
+from firmware_bridge.receiver import Receiver, ReceiverConfig
+from firmware_bridge.timeline import (
+    DEVICE_INFO,
+    DEVICE_STATUS,
+    RATE_MISMATCH,
+    RESTART,
+    SIGNAL_GAP,
+    Report,
+    Segment,
+    StreamKey,
+)
+from firmware_bridge.transport import UdpTransport, open_transport
+from firmware_bridge.urls import LinkUrl, check_options, float_option, int_option, parse_link_url
+
+OPTIONS = ("device", "stream", "rate", "name", "key_file", "jitter_frames", "max_hold_ms", "baud")
+DEFAULT_RATE_HZ = 8000
+# report kind -> notice kind (edge.sources.base.Notice)
+NOTICE_KINDS = {
+    SIGNAL_GAP: "signal_gap",
+    DEVICE_STATUS: "device_status",
+    DEVICE_INFO: "device_status",
+    RATE_MISMATCH: "device_status",
+    RESTART: "reconnected",
+    DISCONNECTED: "disconnected",
+    RECONNECTED: "reconnected",
+}
+
+
+class BridgeSource:
+    """An :class:`~edge.sources.base.AudioSource` over a firmware-bridge link."""
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        try:
+            link = parse_link_url(url)
+            check_options(link, OPTIONS)
+            self._device = _optional_int(link, "device")
+            self._stream = _optional_int(link, "stream")
+            self.sample_rate_hz = int_option(link, "rate", DEFAULT_RATE_HZ)
+            receiver = Receiver(ReceiverConfig(jitter=_jitter(link)), *_keys(link, self._device))
+            self._bridge = Bridge(open_transport(link), receiver, clock=clock)
+        except BridgeError as exc:
+            raise SourceError(f"{url}: {exc}") from exc
+        default_name = "bridge" if self._device is None else f"bridge-{self._device}"
+        default_name += "" if self._stream is None else f"-{self._stream}"
+        self.stream_id = link.options.get("name", default_name)
+        self.url, self._clock = url, clock
+        self._key: StreamKey | None = None
+        self._ready: deque[SourceChunk] = deque()
+        self._notices: list[Notice] = []
+        self._next_sample = 0
+        self._rate_warned = False
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The bound (host, port) of a UDP link (useful with port 0), else None."""
+        transport = self._bridge.transport
+        return transport.address if isinstance(transport, UdpTransport) else None
+
+    def read(self, timeout_s: float) -> SourceChunk | None:
+        """The next chunk, or None if nothing arrived within ``timeout_s``."""
+        deadline_s = self._clock() + timeout_s
+        while not self._ready:
+            remaining_s = deadline_s - self._clock()
+            for item in self._bridge.poll(max(remaining_s, 0.0)):
+                self._take(item)
+            if remaining_s <= 0:
+                break
+        if self._ready:
+            return self._ready.popleft()
+        if self._notices:
+            empty = np.zeros(0, dtype=np.float32)
+            notices, self._notices = tuple(self._notices), []
+            return SourceChunk(empty, self._next_sample, notices=notices)
+        return None
+
+    def close(self) -> None:
+        self._bridge.close()
+
+    def _take(self, item: Segment | Report) -> None:
+        if self._key is None and self._wanted(item.stream):
+            self._key = item.stream
+        if item.stream != self._key:
+            return
+        if isinstance(item, Report):
+            self._notices.append(_notice(item))
+        elif item.sample_rate_hz != self.sample_rate_hz:
+            self._rate_mismatch(item)
+        else:
+            notices, self._notices = tuple(self._notices), []
+            chunk = SourceChunk(item.samples, item.first_sample, item.missing, notices)
+            self._ready.append(chunk)
+            self._next_sample = item.first_sample + item.samples.size
+
+    def _wanted(self, key: StreamKey) -> bool:
+        device_ok = self._device is None or key.device_id == self._device
+        return device_ok and (self._stream is None or key.stream_id == self._stream)
+
+    def _rate_mismatch(self, segment: Segment) -> None:
+        if not self._rate_warned:
+            self._rate_warned = True
+            detail = {"sample_rate_hz": segment.sample_rate_hz, "expected_hz": self.sample_rate_hz}
+            self._notices.append(Notice("device_status", segment.first_sample, detail))
+
+
+def _notice(report: Report) -> Notice:
+    detail: dict[str, Any] = dict(report.detail)
+    if report.kind != NOTICE_KINDS.get(report.kind):
+        detail["event"] = report.kind
+    return Notice(NOTICE_KINDS.get(report.kind, "device_status"), report.sample_index, detail)
+
+
+def _optional_int(link: LinkUrl, name: str) -> int | None:
+    return int_option(link, name, 0) if name in link.options else None
+
+
+def _jitter(link: LinkUrl) -> JitterConfig:
+    return JitterConfig(
+        depth_frames=int_option(link, "jitter_frames", JitterConfig.depth_frames),
+        max_hold_s=float_option(link, "max_hold_ms", JitterConfig.max_hold_s * 1000) / 1000,
+    )
+
+
+def _keys(link: LinkUrl, device: int | None) -> tuple[dict[int, bytes], bytes | None]:
+    """(per-device keys, default key) from the ``key_file`` option."""
+    path = link.options.get("key_file")
+    if path is None:
+        return {}, None
+    try:
+        key = bytes.fromhex(Path(path).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{link.text}: key_file {path}: cannot read a hex key ({exc})") from exc
+    return ({device: key}, None) if device is not None else ({}, key)

@@ -1,0 +1,133 @@
+"""What a stethoscope sends, frame by frame, and when (the emulator's device half).
+
+:func:`device_frames` turns PCM samples into the device's frame sequence with each frame's
+send time on a clock that runs ``drift_ppm`` fast. :func:`read_pcm` reads a recording as
+the device's ADC would deliver it (soundfile, imported on first use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from firmware_bridge.errors import BridgeError
+from firmware_bridge.protocol import (
+    BYTES_PER_SAMPLE,
+    FLAG_STREAM_START,
+    FULL_SCALE,
+    MAX_PAYLOAD_BYTES,
+    DeviceInfo,
+    DeviceStatus,
+    Frame,
+    SampleFormat,
+    audio_frame,
+    device_info_frame,
+    heartbeat_frame,
+    status_frame,
+)
+
+EMULATOR_INFO = DeviceInfo(firmware_version=(1, 0, 0), hardware_revision=1, model="lungwatch-emu")
+BATTERY_DRAIN_PERCENT_PER_S = 1.0 / 600.0  # 1 % per 10 minutes
+CLOSING_HEARTBEATS = 3  # the end-of-audio marker, sent three times against loss
+PPM = 1e-6
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    device_id: int = 1
+    stream_id: int = 0
+    frame_samples: int = 256
+    sample_format: int = SampleFormat.INT16
+    drift_ppm: float = 0.0
+    status_every_s: float = 1.0
+    off_body_s: tuple[float, float] | None = None  # audio time reported off body
+    key: bytes | None = None  # HMAC key: frames carry a tag
+
+    def __post_init__(self) -> None:
+        width = BYTES_PER_SAMPLE.get(self.sample_format)  # type: ignore[call-overload]
+        if width is None:
+            raise BridgeError(f"sample_format must be 1, 2 or 3, got {self.sample_format}")
+        if not 1 <= self.frame_samples <= MAX_PAYLOAD_BYTES // width:
+            raise BridgeError(
+                f"frame_samples must be in [1, {MAX_PAYLOAD_BYTES // width}] for this format, "
+                f"got {self.frame_samples}"
+            )
+        if self.status_every_s <= 0 or abs(self.drift_ppm) >= 1e5:
+            raise BridgeError("status_every_s must be > 0 and |drift_ppm| < 1e5")
+
+
+def device_frames(
+    samples: np.ndarray, sample_rate_hz: int, config: DeviceConfig
+) -> Iterator[tuple[float, Frame]]:
+    """(send time in seconds since the start, frame) in the order the device sends them."""
+    ids = (config.device_id, config.stream_id)
+    device_rate_hz = sample_rate_hz * (1.0 + config.drift_ppm * PPM)
+    n, seq = int(samples.shape[0]), 0
+    info = device_info_frame(*ids, 0, 0, sample_rate_hz, EMULATOR_INFO)
+    yield 0.0, info._replace(flags=FLAG_STREAM_START)
+    status_every = max(int(config.status_every_s * sample_rate_hz), 1)
+    clipped = 0
+    for start in range(0, n, config.frame_samples):
+        chunk = samples[start : start + config.frame_samples]
+        end, seq = start + chunk.shape[0], seq + 1
+        t_s = end / device_rate_hz
+        yield t_s, audio_frame(*ids, seq, start, sample_rate_hz, chunk, config.sample_format)
+        clipped += _clipped(chunk, config.sample_format)
+        if end // status_every > start // status_every or end == n:
+            seq += 1
+            status = _status(config, end / sample_rate_hz, clipped)
+            yield t_s, status_frame(*ids, seq, end, sample_rate_hz, status)
+    for _ in range(CLOSING_HEARTBEATS):
+        seq += 1
+        yield n / device_rate_hz, heartbeat_frame(*ids, seq, n, sample_rate_hz)
+
+
+def _clipped(chunk: np.ndarray, sample_format: int) -> int:
+    limit = FULL_SCALE[sample_format] - (0 if sample_format == SampleFormat.FLOAT32 else 1)  # type: ignore[index]
+    return int(np.count_nonzero(np.abs(chunk.astype(np.float64)) >= limit))
+
+
+def _status(config: DeviceConfig, audio_s: float, clipped: int) -> DeviceStatus:
+    battery = max(0, round(100 - audio_s * BATTERY_DRAIN_PERCENT_PER_S))
+    window = config.off_body_s
+    off_body = window is not None and window[0] <= audio_s < window[1]
+    return DeviceStatus(
+        battery, gain_cdb=0, clipped_samples=clipped & 0xFFFFFFFF, off_body=off_body
+    )
+
+
+def read_pcm(path: Path, sample_format: int) -> tuple[np.ndarray, int]:
+    """(mono samples as the device sends them, rate): int16 / int32 (24-bit) / float32.
+
+    A 16-bit file sent as int16 (or a 24-bit one as int24) keeps its exact values; other
+    combinations are scaled, and multichannel audio is averaged, then rounded."""
+    try:
+        import soundfile as sf
+    except ImportError:
+        raise BridgeError(
+            "the emulator reads audio with soundfile: pip install soundfile"
+        ) from None
+    if not Path(path).is_file():
+        raise BridgeError(f"{path}: cannot read audio: no such file")
+    try:
+        with sf.SoundFile(str(path)) as reader:
+            rate_hz, subtype = int(reader.samplerate), reader.subtype
+            exact = {SampleFormat.INT16: "PCM_16", SampleFormat.INT24: "PCM_24"}
+            if reader.channels == 1 and exact.get(sample_format) == subtype:  # type: ignore[call-overload]
+                raw = reader.read(dtype="int16" if subtype == "PCM_16" else "int32")
+                x = raw if subtype == "PCM_16" else raw >> 8
+            else:
+                x = reader.read(dtype="float32", always_2d=True).mean(axis=1)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise BridgeError(f"{path}: cannot read audio ({exc})") from exc
+    if x.size == 0:
+        raise BridgeError(f"{path}: no samples")
+    if x.dtype.kind == "i":
+        return x, rate_hz
+    if sample_format == SampleFormat.FLOAT32:
+        return x.astype(np.float32), rate_hz
+    scale = FULL_SCALE[sample_format]  # type: ignore[index]
+    return np.clip(np.round(x * scale), -scale, scale - 1).astype(np.int32), rate_hz

@@ -1,0 +1,204 @@
+"""Device emulator: play a recording as a wearable stethoscope would, over a lossy link.
+
+    lungwatch emulate --audio rec.wav --to udp://127.0.0.1:5005 \\
+        [--loss 0.05 --reorder 0.01 --corrupt 0.01 --duplicate 0.01 --drift-ppm 200 \\
+         --realtime | --speed 20] [--seed 0] [--key HEX] [--format int16|int24|float32]
+
+The device sends a DEVICE_INFO frame (flagged stream start), then audio frames of
+``--frame-samples`` samples, a STATUS frame every ``--status-every-s`` seconds of audio and
+three closing HEARTBEATs that mark the end of the audio. Its sample clock runs
+``--drift-ppm`` fast: frame k leaves when its last sample has been captured, at
+``end_sample / (rate * (1 + ppm * 1e-6))`` seconds. The channel then drops, corrupts (bit
+flips), duplicates and delays (by 1 to 3 frames) frames with the given probabilities.
+Prints one JSON line of what was sent and what the channel did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from firmware_bridge import senders
+from firmware_bridge.crc32c import crc32c
+from firmware_bridge.devicemodel import DeviceConfig, device_frames, read_pcm
+from firmware_bridge.errors import BridgeError
+from firmware_bridge.protocol import SampleFormat, encode_frame
+from firmware_bridge.urls import parse_link_url
+
+FORMATS = {
+    "int16": SampleFormat.INT16,
+    "int24": SampleFormat.INT24,
+    "float32": SampleFormat.FLOAT32,
+}
+MAX_DELAY_FRAMES = 3
+
+
+@dataclass(frozen=True)
+class Impairments:
+    loss: float = 0.0  # probability a frame is dropped
+    reorder: float = 0.0  # ... delayed behind the next 1 to 3 frames
+    corrupt: float = 0.0  # ... has 1 to 3 bits flipped
+    duplicate: float = 0.0  # ... is sent twice
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("loss", "reorder", "corrupt", "duplicate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise BridgeError(f"--{name} must be a probability in [0, 1], got {value}")
+
+
+class Channel:
+    """The lossy link. ``counts`` says what it did; ``fates[i]`` what became of frame i
+    (``"lost"``, ``"corrupted"`` or ``"ok"``; duplicates and delays keep ``"ok"``)."""
+
+    def __init__(self, impairments: Impairments) -> None:
+        self._imp = impairments
+        self._rng = random.Random(impairments.seed)
+        self.counts = dict.fromkeys(("frames", "lost", "corrupted", "duplicated", "reordered"), 0)
+        self.fates: list[str] = []
+
+    def run(self, items: Iterable[tuple[float, bytes]]) -> Iterator[tuple[float, bytes]]:
+        held: list[list[Any]] = []  # [frames still to wait, bytes]
+        for t_s, data in items:
+            self.counts["frames"] += 1
+            for out in self._fate(data):
+                if self._rng.random() < self._imp.reorder:
+                    self.counts["reordered"] += 1
+                    held.append([self._rng.randint(1, MAX_DELAY_FRAMES), out])
+                else:
+                    yield t_s, out
+            for entry in held:
+                entry[0] -= 1
+            yield from ((t_s, entry[1]) for entry in held if entry[0] <= 0)
+            held = [entry for entry in held if entry[0] > 0]
+        yield from ((0.0, entry[1]) for entry in held)
+
+    def _fate(self, data: bytes) -> list[bytes]:
+        rng = self._rng
+        if rng.random() < self._imp.loss:
+            self.counts["lost"] += 1
+            self.fates.append("lost")
+            return []
+        fate = "ok"
+        if rng.random() < self._imp.corrupt:
+            self.counts["corrupted"] += 1
+            fate, data = "corrupted", _flip_bits(data, rng)
+        self.fates.append(fate)
+        if rng.random() < self._imp.duplicate:
+            self.counts["duplicated"] += 1
+            return [data, data]
+        return [data]
+
+
+def _flip_bits(data: bytes, rng: random.Random) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+    return bytes(out) if out != data else _flip_bits(data, rng)
+
+
+def play(
+    items: Iterable[tuple[float, bytes]],
+    send: Callable[[bytes], bool],
+    speed: float | None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Send each item at ``t_s / speed`` after the start (``speed`` None: at once); returns
+    how many sends succeeded. Late items (the previous send took long) leave at once."""
+    start_s, sent = clock(), 0
+    for t_s, data in items:
+        if speed is not None:
+            wait_s = start_s + t_s / speed - clock()
+            if wait_s > 0:
+                sleep(wait_s)
+        sent += bool(send(data))
+    return sent
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lungwatch emulate", description=__doc__.splitlines()[0])
+    parser.add_argument("--audio", required=True, type=Path, help="WAV/FLAC recording to play")
+    parser.add_argument("--to", required=True, help="udp://HOST:PORT, tcp://HOST:PORT (listen) "
+                        "or serial:///dev/ttyX?baud=N")  # fmt: skip
+    for name in ("loss", "reorder", "corrupt", "duplicate"):
+        parser.add_argument(f"--{name}", type=float, default=0.0, help=f"{name} probability")
+    parser.add_argument("--drift-ppm", type=float, default=0.0, help="device clock error, ppm")
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="send at the audio's pace")
+    pace.add_argument("--speed", type=float, help="send at SPEED x real time")
+    parser.add_argument("--seed", type=int, default=0, help="channel random seed")
+    parser.add_argument("--key", help="HMAC key as hex: frames carry an authentication tag")
+    parser.add_argument("--device-id", type=lambda v: int(v, 0), default=1)
+    parser.add_argument("--stream-id", type=lambda v: int(v, 0), default=0)
+    parser.add_argument("--frame-samples", type=int, default=256, help="samples per frame")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="int16")
+    parser.add_argument("--status-every-s", type=float, default=1.0)
+    parser.add_argument("--off-body", help="FROM_S:TO_S of audio time reported off body")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> DeviceConfig:
+    try:
+        key = bytes.fromhex(args.key) if args.key else None
+        off_body = tuple(float(v) for v in args.off_body.split(":")) if args.off_body else None
+    except ValueError:
+        raise BridgeError("--key must be hex and --off-body FROM_S:TO_S") from None
+    if off_body is not None and len(off_body) != 2:
+        raise BridgeError(f"--off-body must be FROM_S:TO_S, got {args.off_body!r}")
+    return DeviceConfig(
+        device_id=args.device_id,
+        stream_id=args.stream_id,
+        frame_samples=args.frame_samples,
+        sample_format=FORMATS[args.format],
+        drift_ppm=args.drift_ppm,
+        status_every_s=args.status_every_s,
+        off_body_s=(off_body[0], off_body[1]) if off_body is not None else None,
+        key=key,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BridgeError as exc:
+        print(f"lungwatch emulate: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    channel = Channel(Impairments(args.loss, args.reorder, args.corrupt, args.duplicate, args.seed))
+    url = parse_link_url(args.to)
+    samples, rate_hz = read_pcm(args.audio, config.sample_format)
+    sender = senders.open_sender(url, wait_for_client=not (args.realtime or args.speed))
+    try:
+        if isinstance(sender, senders.TcpServerSender):
+            sender.accept(timeout_s=None)
+        timed = (
+            (t, encode_frame(f, config.key)) for t, f in device_frames(samples, rate_hz, config)
+        )
+        crc32c(b"")  # load the CRC kernel before the clock starts, or the first frames lag
+        speed = 1.0 if args.realtime else args.speed
+        sent = play(channel.run(timed), sender.send, speed)
+    finally:
+        sender.close()
+    summary: dict[str, Any] = {"to": args.to, "samples": int(np.asarray(samples).shape[0])}
+    summary |= {"sample_rate_hz": rate_hz, "sent": sent, **channel.counts}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

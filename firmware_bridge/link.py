@@ -1,0 +1,93 @@
+"""The receive loop: a transport feeding a receiver, with link changes as reports.
+
+    bridge = Bridge(open_transport(parse_link_url("udp://0.0.0.0:5005")), Receiver())
+    while running:
+        for item in bridge.poll(timeout_s=0.1):
+            ...  # Segment / Report, as from Receiver.push
+
+``poll`` waits up to ``timeout_s`` for the first data, then takes whatever else is already
+waiting (up to ``max_batch`` reads: datagrams are parsed together) before draining the
+receiver once, so many small frames become few segments. A dropped link gives every known
+stream a ``disconnected`` report, and its return a ``reconnected`` one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from firmware_bridge.receiver import Output, Receiver
+from firmware_bridge.timeline import Report
+from firmware_bridge.transport import LINK_DOWN, LINK_UP, Received, Transport
+
+DISCONNECTED, RECONNECTED = "disconnected", "reconnected"
+MAX_BATCH = 256  # reads taken per poll after the first, before draining
+
+
+class Bridge:
+    """A transport and a receiver (see the module docstring)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        receiver: Receiver,
+        clock: Callable[[], float] = time.monotonic,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self.transport, self.receiver = transport, receiver
+        self._clock, self._max_batch = clock, max_batch
+        self._link_down = False
+        self._reports: list[Output] = []
+        self._datagrams: list[bytes] = []
+
+    def poll(self, timeout_s: float) -> list[Output]:
+        """What arrived within ``timeout_s`` (possibly nothing)."""
+        received = self.transport.receive(timeout_s)
+        reads = 0
+        while received is not None:
+            if received.datagram and not received.link:
+                self._datagrams.append(received.data)
+            else:
+                self._take(received)
+            reads += 1
+            if reads > self._max_batch:
+                break
+            received = self.transport.receive(0.0)
+        self._feed_datagrams()
+        out = self._reports + self.receiver.poll(self._clock())
+        self._reports = []
+        return out
+
+    def _feed_datagrams(self) -> None:
+        """Datagrams read in one poll are parsed in one go (one scanner call instead of one
+        per datagram); a frame cut short in one still cannot swallow the next: the parser
+        skips past it when its CRC fails."""
+        if self._datagrams:
+            data, self._datagrams = b"".join(self._datagrams), []
+            self.receiver.feed(data, self._clock(), datagram=True)
+
+    def finish(self) -> list[Output]:
+        """Play out every jitter buffer (the bridge is stopping)."""
+        return self.receiver.finish()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def _take(self, received: Received) -> None:
+        self._feed_datagrams()
+        now_s = self._clock()
+        if received.data:
+            self.receiver.feed(received.data, now_s, datagram=received.datagram)
+        if received.link == LINK_DOWN:
+            self._link_down = True
+            self._reports += self.receiver.link_down(now_s)
+            self._reports += self._link_reports(DISCONNECTED)
+        elif received.link == LINK_UP and self._link_down:
+            self._link_down = False
+            self._reports += self._link_reports(RECONNECTED)
+
+    def _link_reports(self, kind: str) -> list[Output]:
+        return [
+            Report(a.key, kind, a.next_sample, {"link": self.transport.name})
+            for a in self.receiver.streams.values()
+        ]

@@ -1,0 +1,294 @@
+"""Incremental frame parser: bytes in arbitrary chunks -> validated frames, never an exception.
+
+The parser looks for the magic, checks the header, waits for the whole frame, checks the
+CRC-32C and, when the device has a key, the tag. Anything that fails is counted and skipped
+one byte at a time (so a real frame hidden behind a false start is still found), except a
+frame with a good CRC and a bad tag, which is dropped whole. Every byte received ends up in
+exactly one of ``frame_bytes``, ``skipped_bytes`` or ``pending_bytes``.
+
+Two scanners find the frames, with the same results (tested): a numba kernel, one call per
+push (used when numba can be imported), and :func:`scan_python` (NumPy CRC) otherwise.
+Both hand rows ``(start, size, type, flags, format, payload_bytes, device, stream, count,
+sequence, first_sample, rate)`` to one Python step that applies the tag policy.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from firmware_bridge.crc32c import backend as crc_backend
+from firmware_bridge.crc32c import range_function
+from firmware_bridge.errors import SettingError
+from firmware_bridge.protocol import (
+    CRC,
+    CRC_BYTES,
+    FLAG_AUTH,
+    HEADER,
+    HEADER_BYTES,
+    MAGIC,
+    TAG_BYTES,
+    Frame,
+    compute_tag,
+    header_problem,
+)
+
+MAX_ATTRIBUTED_DEVICES = 256  # bad-CRC counts kept per claimed device id (bounded)
+MIN_FRAME_BYTES = HEADER_BYTES + CRC_BYTES
+SCAN_COUNTERS = ("skipped_bytes", "bad_crc", "bad_header", "bad_length", "truncated")
+# kept by the parser itself (the scanner keeps SCAN_COUNTERS)
+COUNTERS = ("bytes_received", "frames_ok", "frame_bytes", "bad_tag", "unverified", "tag_bytes")
+Row = tuple[int, ...]
+ScanResult = tuple[list[Row], list[int], int]  # rows, bad-CRC device ids, bytes consumed
+
+
+@dataclass(frozen=True)
+class ParserStats:
+    """Counters since the parser was made (or reset)."""
+
+    bytes_received: int
+    frames_ok: int
+    frame_bytes: int  # bytes of accepted frames
+    skipped_bytes: int  # garbage, rejected and truncated frames
+    bad_crc: int
+    bad_header: int  # magic found but version/type/flags/format/rate invalid
+    bad_length: int  # payload size too large or inconsistent with the type and format
+    truncated: int  # incomplete frames dropped at a datagram end or a disconnect
+    bad_tag: int  # tag wrong, or missing for a device that has a key
+    unverified: int  # tagged frames accepted without a key to check the tag
+    pending_bytes: int  # waiting for the rest of a frame
+
+
+def scan_python(
+    buf: bytearray, final: bool, counts: dict[str, int], crc: Callable[..., int]
+) -> ScanResult:
+    """Find the frames in ``buf`` (see the module docstring); counts are added to ``counts``."""
+    view = np.frombuffer(buf, dtype=np.uint8)
+    rows: list[Row] = []
+    bad_ids: list[int] = []
+    pos, end = 0, len(buf)
+    while True:
+        start = buf.find(MAGIC, pos)
+        if start < 0:  # keep a trailing first magic byte unless final
+            keep = 1 if not final and pos < end and buf[end - 1] == MAGIC[0] else 0
+            counts["skipped_bytes"] += end - keep - pos
+            return rows, bad_ids, end - keep
+        counts["skipped_bytes"] += start - pos
+        size, fields = _candidate(buf, view, start, final, counts, crc)
+        if size == 0:
+            return rows, bad_ids, start
+        if size < 0:
+            bad_ids.append(fields[6])
+            size = 1
+        if size == 1:
+            counts["skipped_bytes"] += 1
+        else:
+            rows.append((start, size, *fields[2:]))
+        pos = start + size
+
+
+def _candidate(
+    buf: bytearray,
+    view: np.ndarray,
+    start: int,
+    final: bool,
+    counts: dict[str, int],
+    crc: Callable[..., int],
+) -> tuple[int, tuple[int, ...]]:
+    """(size, header fields) at a magic: size 0 wait, 1 not a frame, -1 bad CRC."""
+    end = len(buf)
+    if end - start < HEADER_BYTES:
+        return _incomplete(final, counts), ()
+    fields = HEADER.unpack_from(buf, start)
+    problem = header_problem(fields)
+    if problem is not None:
+        counts[problem] += 1
+        return 1, ()
+    crc_at = start + HEADER_BYTES + fields[5] + (TAG_BYTES if fields[3] & FLAG_AUTH else 0)
+    if end - crc_at < CRC_BYTES:
+        return _incomplete(final, counts), ()
+    if crc(view, start, crc_at) != CRC.unpack_from(buf, crc_at)[0]:
+        counts["bad_crc"] += 1
+        return -1, fields
+    return crc_at + CRC_BYTES - start, fields
+
+
+def _incomplete(final: bool, counts: dict[str, int]) -> int:
+    if not final:
+        return 0
+    counts["truncated"] += 1
+    return 1
+
+
+def _frame(buf: bytes, r: Row, verified: bool) -> Frame:
+    payload = buf[r[0] + HEADER_BYTES : r[0] + HEADER_BYTES + r[5]]
+    return Frame(r[2], r[6], r[7], r[9], r[10], r[11], r[4], r[8], payload, r[3], verified)
+
+
+class PythonScanner:
+    """:func:`scan_python` with the NumPy CRC, keeping its counters in a dict."""
+
+    name = "numpy"
+
+    def __init__(self) -> None:
+        self._crc = range_function("numpy")
+        self.counts = dict.fromkeys(SCAN_COUNTERS, 0)
+
+    def scan(self, buf: bytearray, final: bool) -> ScanResult:
+        return scan_python(buf, final, self.counts, self._crc)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def reset(self) -> None:
+        self.counts = dict.fromkeys(SCAN_COUNTERS, 0)
+
+
+class NumbaScanner:
+    """The compiled kernel (one call per push); counters accumulate in an int64 array.
+    Raises ImportError when numba is not installed."""
+
+    name = "numba"
+
+    def __init__(self) -> None:
+        if crc_backend() != "numba":
+            raise ImportError("the numba scanner needs numba: pip install numba")
+        from firmware_bridge._scan_numba import N_COUNTS, ROW_FIELDS, scan_numba
+
+        self._kernel = scan_numba
+        self._totals = np.zeros(N_COUNTS, dtype=np.int64)
+        self._rows = np.zeros((64, ROW_FIELDS), dtype=np.uint64)
+        self._bad_ids = np.zeros(1024, dtype=np.uint64)
+        self.scan(bytearray(), False)  # load the compiled kernel now, not on the first packet
+
+    def scan(self, buf: bytearray, final: bool) -> ScanResult:
+        if self._rows.shape[0] < len(buf) // MIN_FRAME_BYTES + 1:
+            self._rows = np.zeros(
+                (2 * len(buf) // MIN_FRAME_BYTES + 1, self._rows.shape[1]), np.uint64
+            )
+        view = np.frombuffer(buf, dtype=np.uint8)
+        n_rows, n_bad, pos = self._kernel(view, final, self._rows, self._bad_ids, self._totals)
+        del view  # release the buffer export before the caller resizes it
+        return self._rows[:n_rows].tolist(), self._bad_ids[:n_bad].tolist(), pos
+
+    def counters(self) -> dict[str, int]:
+        return dict(zip(SCAN_COUNTERS, self._totals.tolist(), strict=True))
+
+    def reset(self) -> None:
+        self._totals[:] = 0
+
+
+def _make_scanner(name: str) -> PythonScanner | NumbaScanner:
+    if name not in ("auto", "numba", "numpy"):
+        raise SettingError(f"scanner must be auto, numba or numpy, got {name!r}")
+    if name == "numpy" or (name == "auto" and crc_backend() != "numba"):
+        return PythonScanner()
+    return NumbaScanner()
+
+
+class FrameParser:
+    """Push bytes, get frames.
+
+    Args:
+        keys: per-device HMAC keys. A device with a key must send tagged frames.
+        default_key: the key of devices not in ``keys`` (None: such devices need no tag).
+        scanner: ``"auto"`` (numba when importable, else numpy), ``"numba"`` (the compiled
+            kernel) or ``"numpy"`` (:func:`scan_python` with the NumPy CRC: no numba at all).
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[int, bytes] | None = None,
+        default_key: bytes | None = None,
+        scanner: str = "auto",
+    ) -> None:
+        self._keys = dict(keys or {})
+        self._default_key = default_key
+        self._scanner = _make_scanner(scanner)
+        self.scanner = self._scanner.name
+        self._buf = bytearray()
+        self.bad_crc_by_device: dict[int, int] = {}
+        self._counts = dict.fromkeys(COUNTERS, 0)
+
+    def reset(self) -> None:
+        """Forget pending bytes and every counter."""
+        self._buf.clear()
+        self.bad_crc_by_device.clear()
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._scanner.reset()
+
+    def push(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Frames completed by ``data`` (possibly none), in stream order."""
+        self._counts["bytes_received"] += len(data)
+        self._buf += data
+        return self._run(final=False)
+
+    def flush(self) -> list[Frame]:
+        """Nothing more will follow the bytes pushed so far (a datagram ended, a connection
+        dropped): resolve them, dropping incomplete frames as ``truncated``."""
+        return self._run(final=True) if self._buf else []
+
+    def stats(self) -> ParserStats:
+        counts = self._counts | self._scanner.counters()
+        counts["skipped_bytes"] += counts.pop("tag_bytes")  # whole frames dropped for the tag
+        return ParserStats(**counts, pending_bytes=len(self._buf))
+
+    def _run(self, final: bool) -> list[Frame]:
+        buf = self._buf
+        rows, bad_ids, pos = self._scanner.scan(buf, final)
+        for device_id in bad_ids:
+            table = self.bad_crc_by_device
+            if device_id in table or len(table) < MAX_ATTRIBUTED_DEVICES:
+                table[device_id] = table.get(device_id, 0) + 1
+        if rows:
+            with memoryview(buf) as view:
+                frames = self._frames(bytes(view[:pos]), rows)
+        else:
+            frames = []
+        del buf[:pos]
+        return frames
+
+    def _frames(self, buf: bytes, rows: list[Row]) -> list[Frame]:
+        counts = self._counts
+        if not self._keys and self._default_key is None:  # the hot path: _frame() inlined
+            h = HEADER_BYTES
+            frames = [
+                Frame(r[2], r[6], r[7], r[9], r[10], r[11], r[4], r[8],
+                      buf[r[0] + h : r[0] + h + r[5]], r[3], False)
+                for r in rows
+            ]  # fmt: skip
+            counts["unverified"] += sum(1 for r in rows if r[3] & FLAG_AUTH)
+            counts["frames_ok"] += len(frames)
+            counts["frame_bytes"] += sum(r[1] for r in rows)
+            return frames
+        frames = []
+        for r in rows:
+            verified = self._tag_ok(buf, r)
+            if verified is None:
+                counts["tag_bytes"] += r[1]
+                continue
+            frames.append(_frame(buf, r, verified))
+            counts["frames_ok"] += 1
+            counts["frame_bytes"] += r[1]
+        return frames
+
+    def _tag_ok(self, buf: bytes, row: Row) -> bool | None:
+        """True: tag verified; False: no tag needed (or no key to check it); None: rejected."""
+        start, flags, device, payload_end = row[0], row[3], row[6], row[0] + HEADER_BYTES + row[5]
+        key = self._keys.get(device, self._default_key)
+        if not flags & FLAG_AUTH:
+            if key is None:
+                return False
+            self._counts["bad_tag"] += 1
+            return None
+        if key is None:
+            self._counts["unverified"] += 1
+            return False
+        tag = compute_tag(key, buf[start:payload_end])
+        if hmac.compare_digest(tag, bytes(buf[payload_end : payload_end + TAG_BYTES])):
+            return True
+        self._counts["bad_tag"] += 1
+        return None
