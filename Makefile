@@ -6,6 +6,7 @@
 #   make lint     ruff + mypy
 #   make bench    benchmarks, results in bench/results/
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
+#   make deploy   DEVICE=jetson [DRY_RUN=1]: bundle, install, check, roll back (docs/deploy.md)
 #   make train    retrain the shipped edge model (SEEDS="0 1 2" for the model card's runs)
 
 PYTHON ?= python3
@@ -17,10 +18,10 @@ PIP_FLAGS ?= --disable-pip-version-check -q
 ONE_CORE = OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
            $(shell command -v taskset >/dev/null 2>&1 && echo taskset -c 0)
 
-.PHONY: demo test lint bench fuzz format clean help train
+.PHONY: demo test lint bench fuzz format clean help train deploy
 
 help:
-	@sed -n '2,10p' Makefile
+	@sed -n '2,12p' Makefile
 
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +42,7 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy edge training export firmware_bridge
+	$(VENV)/bin/mypy edge training export firmware_bridge deploy
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .
@@ -69,3 +70,6 @@ train: $(VENV)/.installed-dev
 clean:
 	rm -rf $(VENV) $(EDGE_VENV) out build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+deploy: $(VENV)/.installed-dev
+	$(VENV)/bin/python -m deploy.cli $(if $(DEVICE),--device $(DEVICE)) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(ARGS)

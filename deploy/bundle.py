@@ -1,0 +1,288 @@
+"""The deploy bundle: everything a device needs, as one tar.gz with its own sha256.
+
+Layout (also the layout of ``PREFIX/releases/RELEASE`` on the device)::
+
+    bundle.json            format, release, version, created_utc, device, content_sha256,
+                           files {path: sha256} of every other file
+    remote.py              the target-side helper (deploy/remote.py)
+    lungwatch.service      the rendered systemd unit
+    config/runtime.yaml    the inventory's runtime config, byte for byte
+    models/                manifest.json and every artifact it lists, each sha256-checked
+    wheels/                lungwatch-VERSION-py3-none-any.whl (+ its dependencies: deps: bundle)
+
+The release name is ``<package version>-<first 12 hex of content_sha256>``; the content hash
+covers every file but bundle.json, and a wheel counts by its members (not its zip
+timestamps), so building the same sources twice gives the same release: a no-op deploy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import BundleError
+from deploy.inventory import Device
+from deploy.service import UNIT_FILE, render_unit
+from edge.config import load_yaml
+from edge.errors import ConfigError, LungwatchError
+from edge.manifest import MANIFEST_NAME, load_manifest, sha256_file, verify_file
+
+BUNDLE_FORMAT = 1
+BUNDLE_MANIFEST = "bundle.json"
+REMOTE = Path(__file__).resolve().parent / "remote.py"
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+# What `pip wheel` needs from a checkout (pyproject's packages + its readme).
+SOURCE_ITEMS = (
+    "pyproject.toml",
+    "README.md",
+    "edge",
+    "firmware_bridge",
+    "export",
+    "training",
+    "deploy",
+)
+SOURCE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc", "*.egg-info")
+ENGINE_SUFFIX = ".plan"  # engines are built on the device, never shipped
+WHEEL_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Bundle:
+    release: str
+    version: str  # git describe, else the package version
+    wheel: str  # the lungwatch wheel's file name under wheels/
+    staging: Path  # the bundle's files, unpacked
+    archive: Path  # lungwatch-RELEASE.tar.gz
+    sha256: str  # of the archive (also in ARCHIVE.sha256)
+    manifest: dict[str, Any]
+
+
+def copy_models(models: Path, dest: Path) -> list[str]:
+    """Copy the manifest and every artifact it lists, refusing any sha256 mismatch."""
+    try:
+        manifest = load_manifest(models / MANIFEST_NAME)
+        names = [n for n in sorted(manifest.files) if not n.endswith(ENGINE_SUFFIX)]
+        for name in names:
+            verify_file(manifest, models / name)
+    except LungwatchError as exc:
+        raise BundleError(f"{models}: {exc}; bundle refused") from None
+    dest.mkdir(parents=True)
+    for name in names:
+        shutil.copy2(models / name, dest / name)
+    raw = json.loads((models / MANIFEST_NAME).read_text(encoding="utf-8"))
+    if len(names) == len(manifest.files):
+        shutil.copy2(models / MANIFEST_NAME, dest / MANIFEST_NAME)
+    else:  # drop engine entries: an engine belongs to one GPU and is rebuilt on the device
+        raw["files"] = {k: v for k, v in raw["files"].items() if k in names}
+        (dest / MANIFEST_NAME).write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    return names
+
+
+def copy_runtime_config(path: Path, dest: Path) -> None:
+    """Copy the runtime YAML after a first check (the device validates it fully)."""
+    try:
+        data = load_yaml(path)
+    except ConfigError as exc:
+        raise BundleError(str(exc)) from None
+    if not data.get("streams"):
+        raise BundleError(f"{path}: streams must be a list of at least one stream, got none")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, dest)
+
+
+def build_wheel(out_dir: Path, source_root: Path = SOURCE_ROOT) -> Path:
+    """``pip wheel --no-deps`` of a clean copy of the checkout (the tree is never written)."""
+    if not (source_root / "pyproject.toml").is_file():
+        raise BundleError(
+            f"{source_root}: no pyproject.toml; give --wheel or deploy from a checkout"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lungwatch-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for item in SOURCE_ITEMS:
+            path = source_root / item
+            if path.is_dir():
+                shutil.copytree(path, src / item, ignore=SOURCE_IGNORE)
+            elif path.is_file():
+                shutil.copy2(path, src / item)
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-w",
+            str(out_dir),
+            str(src),
+        ]
+        if can_build_offline():
+            cmd.insert(5, "--no-build-isolation")  # offline and fast with the local setuptools
+        _run(cmd, "pip wheel")
+    wheels = sorted(out_dir.glob("lungwatch-*.whl"))
+    if len(wheels) != 1:
+        raise BundleError(f"pip wheel left {len(wheels)} lungwatch wheels in {out_dir}")
+    return wheels[0]
+
+
+def can_build_offline() -> bool:
+    """This environment's setuptools builds the wheel itself: >= 68 (pyproject's floor) with
+    its own bdist_wheel (>= 70.1) or the ``wheel`` package; else pip fetches them (isolation)."""
+    try:
+        parts = metadata.version("setuptools").split(".")[:2]
+        version = (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    return version >= (68, 0) and (version >= (70, 1) or find_spec("wheel") is not None)
+
+
+def download_deps(device: Device, wheel: Path, out_dir: Path) -> None:
+    """``deps: bundle``: wheels of lungwatch's dependencies for the target, via pip download."""
+    install = device.inventory.install
+    extras = f"[{','.join(install.extras)}]" if install.extras else ""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "-q",
+        "--only-binary=:all:",
+        "--dest",
+        str(out_dir),
+    ]
+    for platform in install.platforms:
+        cmd += ["--platform", platform]
+    if install.python_version:
+        cmd += ["--python-version", install.python_version, "--implementation", "cp"]
+    for url in install.index_urls:
+        cmd += ["--extra-index-url", url]
+    _run([*cmd, f"lungwatch{extras} @ {wheel.as_uri()}", *install.requirements], "pip download")
+
+
+def _run(cmd: list[str], what: str) -> None:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=WHEEL_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BundleError(f"{what} failed: {exc}") from None
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        raise BundleError(f"{what} exited {done.returncode}: {lines[-1] if lines else ''}")
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a file; a wheel's is over its members' names and bytes (zip dates ignored)."""
+    if path.suffix != ".whl":
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(path) as wheel:
+        for name in sorted(wheel.namelist()):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(wheel.read(name)).digest())
+    return digest.hexdigest()
+
+
+def bundle_files(staging: Path) -> Iterator[Path]:
+    return (p for p in sorted(staging.rglob("*")) if p.is_file() and p.name != BUNDLE_MANIFEST)
+
+
+def git_version(source_root: Path = SOURCE_ROOT) -> str | None:
+    """``git describe --tags --always --dirty`` of the checkout, or None."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(source_root), "describe", "--tags", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+def write_manifest(device: Device, staging: Path, wheel: Path) -> dict[str, Any]:
+    files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in bundle_files(staging)}
+    content = hashlib.sha256()
+    for path in bundle_files(staging):
+        content.update(f"{path.relative_to(staging).as_posix()}\0{content_digest(path)}\n".encode())
+    package_version = wheel.name.split("-")[1]
+    git = git_version()
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "release": f"{package_version}-{content.hexdigest()[:12]}",
+        "version": f"{package_version}+git.{git}" if git else package_version,
+        "package_version": package_version,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": device.name,
+        "jetpack": device.inventory.jetpack,
+        "tensorrt": device.inventory.tensorrt,
+        "content_sha256": content.hexdigest(),
+        "wheel": wheel.name,
+        "files": files,
+    }
+    (staging / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def write_archive(staging: Path, archive: Path) -> str:
+    """tar.gz of the staging folder (sorted, owner-neutral) and ARCHIVE.sha256; its sha256."""
+
+    def neutral(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(staging.rglob("*")):
+            tar.add(
+                path, arcname=path.relative_to(staging).as_posix(), recursive=False, filter=neutral
+            )
+    digest = sha256_file(archive)
+    Path(f"{archive}.sha256").write_text(f"{digest}  {archive.name}\n")
+    return digest
+
+
+def build_bundle(device: Device, work_dir: Path, wheel: Path | None = None) -> Bundle:
+    """Build the bundle for ``device`` under ``work_dir`` (replacing an earlier one)."""
+    inv = device.inventory
+    staging = work_dir / "bundle"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    copy_models(device.path_of(inv.models), staging / "models")
+    if inv.onnx_model not in {p.name for p in (staging / "models").iterdir()}:
+        raise BundleError(f"{device.path}: onnx_model {inv.onnx_model} is not in {inv.models}")
+    copy_runtime_config(device.path_of(inv.runtime_config), staging / "config" / "runtime.yaml")
+    (staging / UNIT_FILE).write_text(render_unit(device), encoding="utf-8")
+    shutil.copy2(REMOTE, staging / "remote.py")
+    wheels = staging / "wheels"
+    if wheel is None:
+        built = build_wheel(wheels)
+    else:
+        wheels.mkdir()
+        built = Path(shutil.copy2(wheel, wheels / Path(wheel).name))
+    if inv.install.deps == "bundle":
+        download_deps(device, built, wheels)
+    manifest = write_manifest(device, staging, built)
+    archive = work_dir / f"lungwatch-{manifest['release']}.tar.gz"
+    for old in work_dir.glob("lungwatch-*.tar.gz*"):
+        old.unlink()
+    digest = write_archive(staging, archive)
+    return Bundle(
+        manifest["release"], manifest["version"], built.name, staging, archive, digest, manifest
+    )
