@@ -53,6 +53,7 @@ bench: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.export
 	$(ONE_CORE) $(VENV)/bin/python -m bench.bridge
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz
+	$(ONE_CORE) $(VENV)/bin/python -m bench.runtime $(RUNTIME_ARGS)
 
 fuzz: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)

@@ -14,7 +14,10 @@ from edge.errors import LungwatchError
 
 # subcommand -> (module with main(argv), one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("edge.demo", "front end on a recording: streaming vs batch, speed, spectrogram PNGs"),
+    "demo": (
+        "edge.demo",
+        "the whole pipeline on three recordings: broker, runtime, subscriber, PNGs",
+    ),
     "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
     "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),
     "train": ("training.train", "train a model from a run YAML (workstation, needs torch)"),

@@ -1,174 +1,383 @@
-"""``lungwatch demo``: the front end on a real recording, streaming against batch.
+"""``lungwatch demo``: the whole bedside pipeline on three real recordings (``make demo``).
 
-Runs every configured front-end kind over one recording the way the device will (chunks
-through the streaming class) and the way training does (the batch function), prints how
-far apart they are and how fast each runs, and writes a picture of the three spectrograms
-above the annotated events. Uses SPRSound from ``../shared/data`` when present, else a
-synthetic recording with known events (the embedded default).
+    lungwatch demo [--config edge/configs/demo.yaml] [--broker HOST:PORT] [--seconds N]
+                   [--realtime] [--set key=value ...]
+
+In one process:
+
+1. an MQTT broker: amqtt on a free loopback port (:mod:`edge.broker`), unless ``--broker`` or
+   the config's ``broker`` names one (Mosquitto, a ward broker);
+2. a subscriber (paho, QoS 1) on ``lungwatch/v1/<site>/<device>/#`` that prints every message
+   the broker delivers (``mqtt>`` lines);
+3. the runtime (:func:`edge.runtime.serve`): the shipped INT8 model, one stream (bed) per
+   recording, read as fast as possible (``--realtime``: paced at 8 kHz), events printed as they
+   happen by the stdout sink and published at QoS 1 through a fresh SQLite spool;
+4. a PNG per recording, ``<out_dir>/<record>.png`` (:mod:`edge.demo_plot`): log-mel
+   spectrogram, the model's class probabilities per window, the delivered events and the
+   annotated ones;
+5. a summary: per recording the events detected and annotated, and published == delivered.
+
+Recordings: the SPRSound ``records`` from ``../shared/data`` (:mod:`edge.datapaths`) when
+present, else the same records shipped in ``examples/`` (attribution and license in
+``examples/README.md``). SIGTERM / Ctrl-C stop the run cleanly: open events are ended, the
+spool is flushed and the retained status ``offline`` is published and printed. Exit status:
+0 when every published event and the ``offline`` status were delivered, 1 otherwise or on a
+clear error (one line).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import logging
+import tempfile
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from edge.audio import read_audio
+from edge.backends import BackendConfig
 from edge.config import check, load_config
-from edge.datapaths import sprsound_root
-from edge.features import FEATURE_KINDS, FeatureSpec, extract, make_stream
-from edge.imaging import colourise, write_png
+from edge.datapaths import PROJECT_ROOT, sprsound_root
+from edge.demo_plot import Span, render, window_probabilities
+from edge.demo_subscriber import Subscriber
+from edge.detector import DetectorConfig
+from edge.errors import AnnotationError, LungwatchError
+from edge.events import PHYSIOLOGICAL_TYPES
+from edge.features import extract
+from edge.gate import GateConfig
+from edge.imaging import write_png
+from edge.labels import NORMAL, sound_class
+from edge.runtime import Runtime, install_signal_handlers, open_model, serve
+from edge.runtime_config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
+from edge.sinks.mqtt import MqttConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
-EVENT_COLOURS = {
-    "Normal": (90, 90, 90),
-    "Wheeze": (60, 140, 255),
-    "Stridor": (170, 80, 255),
-    "Rhonchi": (60, 200, 120),
-    "Fine Crackle": (255, 160, 40),
-    "Coarse Crackle": (240, 50, 50),
-    "Wheeze+Crackle": (255, 60, 200),
-}
-BAND_SCALE = 2  # picture rows per band
-STRIP_ROWS = 14  # picture rows of the event strip
+DEFAULT_RECORDS: tuple[str, ...] = (
+    "intra_test/64913238_0.6_1_p3_2175",  # CAS: wheezes
+    "intra_test/41161556_1.7_0_p2_3062",  # CAS & DAS: wheezes and fine crackles
+    "intra_test/65099422_0.5_0_p3_2599",  # DAS: fine crackles
+)
+MS_PER_S = 1000.0
+log = logging.getLogger("lungwatch.demo")
+
+
+class DemoError(LungwatchError):
+    """The demo cannot run (a recording or the broker is missing); the message says which."""
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    features: FeatureSpec = field(default_factory=FeatureSpec)
-    kinds: tuple[str, ...] = FEATURE_KINDS
-    chunk_samples: int = 256
-    record: str = "intra_test/41161556_1.7_0_p2_3062"
+    """``edge/configs/demo.yaml`` (every key is commented there)."""
+
+    records: tuple[str, ...] = DEFAULT_RECORDS
+    examples_dir: str = "examples"
+    realtime: bool = False
+    chunk_samples: int = 800
+    max_run_s: float = 0.0
     out_dir: str = "out/demo"
+    broker: str | None = None
+    delivery_timeout_s: float = 10.0
+    site: str = "demo-ward"
+    device_id: str = "demo-edge"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
-        for kind in self.kinds:
-            check(kind in FEATURE_KINDS, "kinds", kind, f"one of {FEATURE_KINDS}")
+        check(len(self.records) >= 1, "records", self.records, "a list of at least one record")
         check(self.chunk_samples >= 1, "chunk_samples", self.chunk_samples, "an integer >= 1")
+        check(self.max_run_s >= 0, "max_run_s", self.max_run_s, "a number >= 0 (0: no limit)")
+        ok = self.delivery_timeout_s > 0
+        check(ok, "delivery_timeout_s", self.delivery_timeout_s, "a number > 0")
+        check(self.broker is None or _is_address(self.broker), "broker", self.broker, "HOST:PORT")
+
+
+def _is_address(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 @dataclass(frozen=True)
 class Recording:
-    name: str  # for people
-    slug: str  # for file names
-    samples: np.ndarray  # (n,) float32 at the spec's rate
-    events: list[tuple[float, float, str]]  # (start_s, end_s, type)
-    label: str
+    """One recording the demo streams, with its annotation (times in seconds)."""
+
+    record: str  # SPRSound record id, the file's stem
+    path: Path
+    origin: str  # where it was found, for people
+    label: str  # SPRSound record label ("" without an annotation file)
+    annotated: tuple[Span, ...]
 
 
-def load_recording(cfg: DemoConfig, audio: str | None) -> Recording:
-    """The recording to show: --audio FILE, else the SPRSound record, else synthetic."""
-    rate = cfg.features.sample_rate_hz
-    if audio:
-        return Recording(
-            audio, Path(audio).stem, read_audio(audio, target_rate_hz=rate).samples, [], ""
+# -- recordings ------------------------------------------------------------------------------
+def find_recordings(cfg: DemoConfig) -> list[Recording]:
+    """Each record from ``../shared/data`` when present, else from ``examples_dir``."""
+    data, examples = sprsound_root(), _project_path(cfg.examples_dir)
+    found = []
+    for record in cfg.records:
+        in_data, in_examples = data / f"{record}.flac", examples / f"{Path(record).name}.flac"
+        if in_data.is_file():
+            path, origin = in_data, f"SPRSound {data}"
+        elif in_examples.is_file():
+            path, origin = in_examples, f"shipped copy in {cfg.examples_dir}/"
+        else:
+            raise DemoError(f"record {record}: neither {in_data} nor {in_examples} exists")
+        label, spans = read_annotation(path.with_suffix(".json"))
+        found.append(Recording(path.stem, path, origin, label, spans))
+    return found
+
+
+def read_annotation(path: Path) -> tuple[str, tuple[Span, ...]]:
+    """SPRSound ``record_annotation`` and ``event_annotation`` (ms -> s); none if absent."""
+    if not path.is_file():
+        return "", ()
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        label = str(body.get("record_annotation", body.get("recording_annotation", "")))
+        spans = []
+        for i, item in enumerate(body.get("event_annotation", [])):
+            start_s, end_s = float(item["start"]) / MS_PER_S, float(item["end"]) / MS_PER_S
+            if not (0.0 <= start_s <= end_s) or item["type"] in ("", None):
+                raise AnnotationError(f"{path}: event_annotation[{i}] is not a valid span")
+            spans.append(Span(start_s, end_s, str(item["type"])))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AnnotationError(f"{path}: not an SPRSound annotation ({exc})") from None
+    return label, tuple(sorted(spans))
+
+
+def _project_path(path: str) -> Path:
+    """``path`` as given if it exists from here, else relative to the project root."""
+    given = Path(path)
+    return given if given.is_absolute() or given.exists() else PROJECT_ROOT / given
+
+
+# -- the runtime's configuration --------------------------------------------------------------
+def runtime_config(
+    cfg: DemoConfig, recordings: list[Recording], address: str, spool_dir: Path
+) -> RuntimeConfig:
+    """One stream per recording; stdout + MQTT (broker at ``address``) sinks."""
+    host, port = address.rsplit(":", 1)
+    streams = tuple(
+        StreamConfig(
+            id=f"bed-{i + 1}",
+            source=str(rec.path),
+            realtime=cfg.realtime,
+            chunk_samples=cfg.chunk_samples,
         )
-    wav = sprsound_root() / f"{cfg.record}.flac"
-    if wav.exists():
-        from training.datasets.sprsound import load_sprsound
-
-        records = {r.record_id: r for r in load_sprsound(wav.parent)}
-        rec = records[wav.stem]
-        events = [(e.start_ms / 1000, e.end_ms / 1000, e.type) for e in rec.events]
-        samples = read_audio(wav, target_rate_hz=rate).samples
-        return Recording(f"SPRSound {cfg.record}", wav.stem, samples, events, rec.record_label)
-    from training.datasets.synthetic import synthesize
-
-    syn = synthesize(10.0, rate, seed=7, crackles=4, wheezes=3)
-    return Recording(
-        "synthetic (no ../shared/data found)", "synthetic", syn.samples, list(syn.events), ""
+        for i, rec in enumerate(recordings)
+    )
+    model = dataclasses.replace(cfg.model, dir=str(_project_path(cfg.model.dir)))
+    mqtt = MqttConfig(host=host, port=int(port), spool_path=str(spool_dir / "events.sqlite"))
+    return RuntimeConfig(
+        streams=streams,
+        site=cfg.site,
+        device_id=cfg.device_id,
+        model=model,
+        backend=cfg.backend,
+        detector=cfg.detector,
+        gate=cfg.gate,
+        sinks=SinksConfig(stdout=True, jsonl=None, mqtt=True, embedded_broker=False),
+        mqtt=mqtt,
+        max_run_s=cfg.max_run_s,
     )
 
 
-def run_kind(spec: FeatureSpec, x: np.ndarray, chunk: int) -> tuple[np.ndarray, dict[str, float]]:
-    """Batch and streaming features of ``x``; returns the batch frames and the numbers."""
-    stream = make_stream(spec)
-    stream.push(np.zeros(spec.frame_samples * 2))  # compile / load the kernel before timing
-    stream.reset()
-    extract(x[: spec.frame_samples * 4], spec)
-    t0 = time.perf_counter()
-    batch = extract(x, spec)
-    t_batch = time.perf_counter() - t0
-    parts = []
-    t0 = time.perf_counter()
-    for start in range(0, x.size, chunk):
-        parts.append(stream.push(x[start : start + chunk]).copy())
-    t_stream = time.perf_counter() - t0
-    streamed = np.concatenate(parts)
-    duration_s = x.size / spec.sample_rate_hz
-    diff = float(np.abs(streamed - batch).max()) if batch.size else 0.0
-    return batch, {
-        "frames": batch.shape[0],
-        "bands": batch.shape[1],
-        "max_diff": diff,
-        "stream_xrt": duration_s / t_stream,
-        "batch_xrt": duration_s / t_batch,
-    }
+# -- results ----------------------------------------------------------------------------------
+def delivered_spans(events: list[dict[str, Any]], rate_hz: int, end_sample: int) -> list[Span]:
+    """Episodes of one stream as spans in seconds (an episode never ended runs to the end)."""
+    episodes: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event.get("start_sample") is None:
+            continue
+        episode = episodes.setdefault(event["episode_id"], {"type": event["type"], "end": None})
+        episode["start"] = event["start_sample"]
+        if event["state"] == "ended":
+            episode["end"] = event["end_sample"]
+    return sorted(
+        Span(e["start"] / rate_hz, (e["end"] if e["end"] is not None else end_sample) / rate_hz,
+             e["type"])
+        for e in episodes.values()
+    )  # fmt: skip
 
 
-def picture(
-    features: dict[str, np.ndarray], events: list[tuple[float, float, str]], hop_s: float
-) -> np.ndarray:
-    """Spectrograms stacked (low bands at the bottom) above an annotated-event strip."""
-    width = max(f.shape[0] for f in features.values())
-    blocks = []
-    for frames in features.values():
-        rgb = colourise(frames.T[::-1])
-        rgb = np.repeat(rgb, BAND_SCALE, axis=0)
-        pad = np.zeros((rgb.shape[0], width - rgb.shape[1], 3), np.uint8)
-        blocks += [np.concatenate([rgb, pad], axis=1), np.full((3, width, 3), 255, np.uint8)]
-    strip = np.full((STRIP_ROWS, width, 3), 20, np.uint8)
-    for start_s, end_s, kind in events:
-        lo, hi = int(start_s / hop_s), max(int(end_s / hop_s), int(start_s / hop_s) + 1)
-        strip[:, lo:hi] = EVENT_COLOURS.get(kind, (255, 255, 255))
-    return np.concatenate([*blocks, strip], axis=0)
+def write_pictures(
+    cfg: DemoConfig, config: RuntimeConfig, recordings: list[Recording], spans: list[list[Span]]
+) -> list[Path]:
+    """``<out_dir>/<record>.png`` for every recording."""
+    model = open_model(config)
+    try:
+        m = model.manifest
+        rate_hz, hop_samples = m.feature_spec.sample_rate_hz, m.feature_spec.hop_samples
+        paths = []
+        for rec, detected in zip(recordings, spans, strict=True):
+            samples = read_audio(rec.path, target_rate_hz=rate_hz).samples
+            centres, probs = window_probabilities(model, samples)
+            picture = render(
+                title=f"{rec.record}  {rec.label}".strip(),
+                spectrogram=extract(samples, m.feature_spec.replace(kind="logmel")),
+                frames_per_s=rate_hz / hop_samples,
+                freq_range_hz=(m.feature_spec.fmin_hz, m.feature_spec.fmax_hz),
+                classes=m.classes,
+                window_centres_s=centres / rate_hz,
+                window_hop_s=m.hop_frames * hop_samples / rate_hz,
+                probabilities=probs,
+                detected=detected,
+                annotated=list(rec.annotated),
+            )
+            paths.append(write_png(Path(cfg.out_dir) / f"{rec.record}.png", picture))
+        return paths
+    finally:
+        model.backend.close()
+
+
+def summarise(
+    runtime: Runtime, recordings: list[Recording], spans: list[list[Span]], pictures: list[Path]
+) -> list[str]:
+    """The closing lines: per recording detected vs annotated, and the picture."""
+    lines = []
+    for stream, rec, detected, png in zip(
+        runtime.streams, recordings, spans, pictures, strict=True
+    ):
+        audio_s = stream.counters["samples"] / stream.rate_hz
+        physio = [s for s in detected if s.type in PHYSIOLOGICAL_TYPES]
+        technical = [s for s in detected if s.type not in PHYSIOLOGICAL_TYPES]
+        findings = [s for s in rec.annotated if s.type != NORMAL]
+        matched = sum(any(_same_family(a, d) for d in physio) for a in findings)
+        lines += [
+            f"  {stream.id}  {rec.record}  ({rec.label or 'no annotation'}, {audio_s:.1f} s)",
+            f"      detected:  {_counts(physio)}"
+            + (f"; technical: {_counts(technical)}" if technical else ""),
+            f"      annotated: {_counts(findings)}; {matched}/{len(findings)} overlapped by a "
+            "detection of the same family",
+            f"      picture:   {png}",
+        ]
+    return lines
+
+
+def _same_family(a: Span, d: Span) -> bool:
+    overlap = min(a.end_s, d.end_s) > max(a.start_s, d.start_s)
+    families = {sound_class(a.type).family, sound_class(d.type).family}
+    return overlap and (len(families) == 1 or "CAS & DAS" in families)
+
+
+def _counts(spans: list[Span]) -> str:
+    counted = Counter(s.type for s in spans)
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counted.items())) or "none"
+
+
+# -- main -------------------------------------------------------------------------------------
+def run(cfg: DemoConfig, stop: threading.Event) -> int:
+    """The demo (see the module doc); the exit status."""
+    recordings = find_recordings(cfg)
+    for i, rec in enumerate(recordings):
+        n = Counter(s.type for s in rec.annotated)
+        what = ", ".join(f"{c} {t}" for t, c in sorted(n.items())) or "no annotated events"
+        print(f"bed-{i + 1}: {rec.record} ({rec.label or '?'}; {what}) from {rec.origin}")
+    broker = None
+    if cfg.broker is None:
+        from edge.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker().start()
+    address = cfg.broker or broker.address  # type: ignore[union-attr]
+    print(f"broker: {address} ({'embedded amqtt' if broker else 'configured'})")
+    try:
+        with tempfile.TemporaryDirectory(prefix="lungwatch-demo-") as spool_dir:
+            config = runtime_config(cfg, recordings, address, Path(spool_dir))
+            runtime, subscriber, wall_s = _serve(cfg, config, address, stop)
+    finally:
+        if broker is not None:
+            broker.stop()
+    return _report(cfg, config, runtime, subscriber, recordings, wall_s)
+
+
+def _serve(
+    cfg: DemoConfig, config: RuntimeConfig, address: str, stop: threading.Event
+) -> tuple[Runtime, Subscriber, float]:
+    subscriber = Subscriber(address, cfg.site, cfg.device_id).start()
+    try:
+        pace = "paced in real time" if cfg.realtime else "as fast as possible"
+        print(f"streaming {len(config.streams)} recordings {pace}; runtime lines (stdout sink) "
+              "and mqtt> lines (what the broker delivered)\n", flush=True)  # fmt: skip
+        start_s = time.monotonic()
+        runtime = serve(config, stop)
+        wall_s = time.monotonic() - start_s
+        published = sum(s.counters["events"] for s in runtime.streams)
+        if not subscriber.wait_for(published, cfg.delivery_timeout_s):
+            log.warning("not everything was delivered within %g s", cfg.delivery_timeout_s)
+    finally:
+        subscriber.stop()
+    return runtime, subscriber, wall_s
+
+
+def _report(
+    cfg: DemoConfig,
+    config: RuntimeConfig,
+    runtime: Runtime,
+    subscriber: Subscriber,
+    recordings: list[Recording],
+    wall_s: float,
+) -> int:
+    events = list(subscriber.events.values())
+    spans = [
+        delivered_spans(
+            [e for e in events if e["stream_id"] == s.id], s.rate_hz, s.counters["samples"]
+        )
+        for s in runtime.streams
+    ]
+    pictures = write_pictures(cfg, config, recordings, spans)
+    published = sum(s.counters["events"] for s in runtime.streams)
+    acked = _acked(runtime)
+    audio_s = sum(s.counters["samples"] / s.rate_hz for s in runtime.streams)
+    print(f"\nsummary: {len(runtime.streams)} streams, {audio_s:.1f} s of audio in {wall_s:.1f} s")
+    print("\n".join(summarise(runtime, recordings, spans, pictures)))
+    same, offline = len(events) == published, subscriber.offline.is_set()
+    print(
+        f"events: published {published}, acknowledged by the broker {acked}, delivered "
+        f"{len(events)} ({subscriber.duplicates} duplicates dropped): "
+        + ("delivered == published" if same else "DELIVERED != PUBLISHED")
+    )
+    print(f"status offline delivered: {'yes' if offline else 'NO'}")
+    return 0 if same and offline else 1
+
+
+def _acked(runtime: Runtime) -> int | str:
+    for sink in getattr(runtime.sink, "sinks", ()):
+        if hasattr(sink, "stats"):
+            return int(sink.stats()["acked"])
+    return "?"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lungwatch demo", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo YAML file")
-    parser.add_argument("--audio", help="a WAV/FLAC file to use instead of the default record")
+    parser.add_argument("--broker", metavar="HOST:PORT", help="use this broker (no embedded one)")
+    parser.add_argument("--seconds", type=float, metavar="N", help="stop after N s (max_run_s)")
+    parser.add_argument("--realtime", action="store_true", help="pace the recordings at 8 kHz")
     parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. features.n_bands=32",
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     args = parser.parse_args(argv)
-    cfg = load_config(DemoConfig, args.config, args.set)
-    rec = load_recording(cfg, args.audio)
-    rate = cfg.features.sample_rate_hz
-    print(
-        f"lungwatch demo: {rec.name}, {rec.samples.size / rate:.1f} s at {rate} Hz"
-        + (f", record label {rec.label!r}" if rec.label else "")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    for start_s, end_s, kind in sorted(rec.events):
-        print(f"  annotated {start_s:6.2f}-{end_s:6.2f} s  {kind}")
-    print(
-        f"\n{'kind':<10} {'frames':>6} {'bands':>5} {'max|stream-batch|':>18} "
-        f"{'stream xRT':>11} {'batch xRT':>10}   (chunks of {cfg.chunk_samples} samples)"
-    )
-    features = {}
-    for kind in cfg.kinds:
-        spec = cfg.features.replace(kind=kind)
-        features[kind], n = run_kind(spec, rec.samples, cfg.chunk_samples)
-        print(
-            f"{kind:<10} {n['frames']:>6} {n['bands']:>5} {n['max_diff']:>18.2e} "
-            f"{n['stream_xrt']:>11.0f} {n['batch_xrt']:>10.0f}"
-        )
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for kind, frames in features.items():
-        np.save(out / f"{rec.slug}_{kind}.npy", frames)
-    png = write_png(
-        out / f"{rec.slug}.png", picture(features, rec.events, cfg.features.hop_ms / 1000)
-    )
-    print(f"\npicture ({' / '.join(cfg.kinds)} above annotated events): {png}")
-    return 0
+    overrides = list(args.set)
+    if args.broker is not None:
+        overrides.append(f"broker={json.dumps(args.broker)}")
+    if args.seconds is not None:
+        overrides.append(f"max_run_s={args.seconds}")
+    if args.realtime:
+        overrides.append("realtime=true")
+    cfg = load_config(DemoConfig, args.config, overrides)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return run(cfg, stop)
 
 
 if __name__ == "__main__":

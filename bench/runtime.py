@@ -1,0 +1,389 @@
+"""The runtime on one core: streams served in real time, event latency, memory per stream.
+
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.runtime
+        [--streams 1,16,64,200] [--seconds 20] [--paced-streams 100,200] [--paced-seconds 30]
+        [--profile-streams 64] [--no-mqtt]
+
+Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
+settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
+``open_sinks``, ``Runtime``) for K file streams that loop over the three demo recordings
+(``edge.demo``: SPRSound from ``../shared/data`` or ``examples/``), with the shipped INT8 model
+on ONNX Runtime CPU (one thread) and the MQTT sink (QoS 1 through the SQLite spool) to a local
+Mosquitto. Streams start one chunk apart (in five phases), so their windows close in
+different rounds, as beds that were connected at different times.
+
+- **Throughput** (as fast as possible): ``Runtime.step`` rounds for ``--seconds`` after a
+  warm-up (every stream has produced a window); streams served in real time = audio seconds
+  processed / wall seconds, summed over the streams.
+- **Latency** (paced in real time, ``--paced-streams``): from the close of the window that
+  produced an event (when the chunk completing it was read and pushed) to ``sink.publish``
+  and to the broker's PUBACK, and from the capture of the window's last sample to PUBACK
+  (which adds any wait before the runtime read the chunk; see :mod:`bench.runtime_probes`).
+- **Memory**: VmRSS after the run; per stream = (RSS with K streams - RSS with 1) / (K - 1).
+- **Profile**: cProfile of the main thread for ``--profile-streams`` (the MQTT sender and paho
+  network threads are not in it; their CPU time is reported separately).
+
+Results: ``bench/results/runtime.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.runtime_probes import AckProbe, TimedBackend, TimedSource, TimingSink, latencies
+from bench.runtime_report import render_markdown
+from edge.backends import BackendConfig
+from edge.demo import DemoConfig, find_recordings
+from edge.features import FeatureSpec
+from edge.pipeline import StreamPipeline, infer_ready
+from edge.runtime import Model, Runtime, open_model, open_sinks, open_streams
+from edge.runtime_config import RuntimeConfig, SinksConfig, StreamConfig
+from edge.sinks.mqtt import MqttConfig
+from edge.sources.base import SourceChunk
+
+RESULTS_DIR = Path(__file__).parent / "results"
+CHUNK_SAMPLES = 800  # 0.1 s at 8 kHz
+PHASES = 5  # a window every 5 chunks (hop 0.5 s): streams start in 5 staggered phases
+PACED_WARMUP_S = 3.0
+MAX_WARMUP_ROUNDS = 400
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+TARGETS = {"streams_per_core": 200.0, "p99_ms": 150.0, "rss_per_stream_mb": 2.0}
+
+
+# -- the child: one measurement ---------------------------------------------------------------
+def runtime_config(n_streams: int, paced: bool, broker: str | None, spool: Path) -> RuntimeConfig:
+    paths = [str(r.path) for r in find_recordings(DemoConfig())]
+    streams = tuple(
+        StreamConfig(id=f"bed-{i + 1}", source=paths[i % len(paths)], realtime=paced,
+                     loop=True, chunk_samples=CHUNK_SAMPLES)
+        for i in range(n_streams)
+    )  # fmt: skip
+    host, _, port = (broker or "127.0.0.1:1883").rpartition(":")
+    return RuntimeConfig(
+        streams=streams,
+        site="bench",
+        device_id="edge-1",
+        backend=BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=64),
+        sinks=SinksConfig(stdout=False, jsonl=None, mqtt=broker is not None),
+        mqtt=MqttConfig(host=host, port=int(port), spool_path=str(spool)),
+    )
+
+
+def build(config: RuntimeConfig, paced: bool) -> tuple[Runtime, TimingSink, AckProbe | None]:
+    """The runtime with timing probes on its sources and its sink."""
+    model = open_model(config)
+    model.backend = TimedBackend(model.backend)
+    streams = open_streams(config, model)
+    _prime(streams[0].pipeline.spec, model)
+    sources = {}
+    for i, stream in enumerate(streams):
+        phase = i % PHASES
+        timed = (
+            TimedSource(stream.source, delay_s=phase * CHUNK_SAMPLES / stream.rate_hz)
+            if paced
+            else TimedSource(stream.source, skip_reads=phase)
+        )
+        stream.source = timed
+        sources[stream.id] = timed
+    sink, mqtt = open_sinks(config)
+    probe = AckProbe(mqtt) if mqtt is not None else None
+    timing = TimingSink(sink, sources)
+    stats = mqtt.stats if mqtt is not None else None
+    runtime = Runtime(config, model, streams, timing, sink_stats=stats)
+    if mqtt is not None:
+        mqtt.connect()
+    return runtime, timing, probe
+
+
+def _prime(spec: FeatureSpec, model: Model) -> None:
+    """Load the numba kernels and the ORT session's first run before the streams start (the
+    first push otherwise takes a few hundred ms and would undo the streams' stagger)."""
+    m = model.manifest
+    pipeline = StreamPipeline(spec, m.kinds, m.window_frames, m.hop_frames)
+    ready = pipeline.push(SourceChunk(samples=np.zeros(2 * pipeline.window_samples, np.float32),
+                                      first_sample=0))  # fmt: skip
+    infer_ready(model.backend, [("prime", w) for w in ready])
+
+
+def warm_up(runtime: Runtime, paced: bool) -> None:
+    """As fast as possible: until every stream has produced a window; paced: a few seconds."""
+    if paced:
+        _rounds(runtime, time.perf_counter() + PACED_WARMUP_S)
+        return
+    for _ in range(MAX_WARMUP_ROUNDS):
+        runtime.step()
+        if min(s.counters["windows"] for s in runtime.streams) >= 1:
+            return
+
+
+def _rounds(runtime: Runtime, until_s: float) -> int:
+    """The runtime's loop (``Runtime.run`` without its end): step, or wait when idle."""
+    idle = threading.Event()
+    rounds = 0
+    while time.perf_counter() < until_s:
+        rounds += 1
+        if not runtime.step():
+            idle.wait(runtime.config.idle_sleep_s)
+    return rounds
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One child measurement (see the module doc); the numbers as a JSON-ready dict."""
+    with tempfile.TemporaryDirectory(prefix="lungwatch-bench-") as tmp:
+        config = runtime_config(spec["streams"], spec["paced"], spec["broker"],
+                                Path(tmp) / "spool.sqlite")  # fmt: skip
+        runtime, timing, probe = build(config, spec["paced"])
+        warm_up(runtime, spec["paced"])
+        result = _measured_rounds(runtime, timing, spec)
+        stop = threading.Event()
+        stop.set()
+        runtime.run(stop)  # end every stream's open events, publish the last metrics
+        timing.close()  # flush: waits for the outstanding PUBACKs
+    result["latency"] = latencies(timing, probe)
+    result["events_published"] = len(timing.published)
+    if probe is not None:
+        result["mqtt"] = probe.sink.stats()
+    return result
+
+
+def _measured_rounds(runtime: Runtime, timing: TimingSink, spec: dict[str, Any]) -> dict[str, Any]:
+    samples0 = sum(s.counters["samples"] for s in runtime.streams)
+    windows0 = sum(s.counters["windows"] for s in runtime.streams)
+    backend: TimedBackend = runtime.model.backend  # type: ignore[assignment]
+    calls0, infer0_s = backend.calls, backend.seconds
+    profiler = cProfile.Profile() if spec.get("profile") else None
+    timing.measuring = True
+    cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    rounds = _rounds(runtime, wall0 + spec["seconds"])
+    if profiler is not None:
+        profiler.disable()
+    wall_s = time.perf_counter() - wall0
+    cpu_s, thread_s = time.process_time() - cpu0, time.thread_time() - thread0
+    timing.measuring = False
+    rate_hz = runtime.streams[0].rate_hz
+    audio_s = (sum(s.counters["samples"] for s in runtime.streams) - samples0) / rate_hz
+    infer_s = backend.seconds - infer0_s
+    windows = sum(s.counters["windows"] for s in runtime.streams) - windows0
+    result = {
+        "streams": spec["streams"],
+        "paced": spec["paced"],
+        "wall_s": wall_s,
+        "rounds": rounds,
+        "audio_s": audio_s,
+        "streams_real_time": audio_s / wall_s,
+        "xrt_per_stream": audio_s / wall_s / spec["streams"],
+        "windows": windows,
+        "inference": {"calls": backend.calls - calls0, "s_total": infer_s,
+                      "ms_per_window": infer_s * 1e3 / max(windows, 1)},
+        "cpu_s": {"process": cpu_s, "main_thread": thread_s, "other_threads": cpu_s - thread_s},
+        "rss_kb": _status_kb("VmRSS"),
+        "hwm_kb": _status_kb("VmHWM"),
+        "file_audio_bytes_per_stream": _file_audio_bytes(runtime),
+    }  # fmt: skip
+    if profiler is not None:
+        result["profile"] = profile_summary(profiler, wall_s)
+    return result
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def _file_audio_bytes(runtime: Runtime) -> float:
+    sizes = [getattr(getattr(s.source, "inner", None), "samples", None) for s in runtime.streams]
+    return sum(a.nbytes for a in sizes if a is not None) / len(runtime.streams)
+
+
+# -- the profile ------------------------------------------------------------------------------
+# (label, file suffix, function name): cumulative main-thread time of these functions.
+PROFILE_PARTS = (
+    ("source read (file, loop)", "edge/sources/file.py", "read"),
+    ("pipeline push (front end + windows)", "edge/pipeline.py", "push"),
+    ("  front end: log-mel streaming", "edge/features/base.py", "push"),
+    ("  window cut + quality measures", "edge/pipeline.py", "_window"),
+    ("    quality measures (edge.quality)", "edge/quality.py", "measure"),
+    ("inference (stack + ORT + softmax)", "edge/pipeline.py", "infer_ready"),
+    ("  ONNX Runtime session.run", "~", "<built-in method onnxruntime.capi"),
+    ("quality gate: update (per window)", "edge/gate.py", "update"),
+    ("quality gate: observe (per chunk)", "edge/gate.py", "observe"),
+    ("quality gate: tick (per round)", "edge/gate.py", "tick"),
+    ("detector", "edge/detector.py", "update"),
+    ("events: build + sink.publish", "edge/runtime.py", "_emit"),
+    ("  spool put (SQLite commit)", "edge/spool.py", "put"),
+    ("metrics publish", "edge/runtime.py", "publish_metrics"),
+)
+
+
+def profile_summary(profiler: cProfile.Profile, wall_s: float) -> dict[str, Any]:
+    """Cumulative seconds of :data:`PROFILE_PARTS` and the top functions by own time."""
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    parts = {}
+    for label, suffix, name in PROFILE_PARTS:
+        parts[label] = sum(
+            value[3]
+            for (path, _, func), value in stats.items()
+            if (path.endswith(suffix) or path == suffix) and func.startswith(name)
+        )
+    own = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:15]
+    top = [
+        {"function": f"{Path(path).name}:{line}({func})", "calls": value[1], "own_s": value[2],
+         "cumulative_s": value[3]}
+        for (path, line, func), value in own
+    ]  # fmt: skip
+    return {"wall_s": wall_s, "parts_s": parts, "top_own_time": top}
+
+
+# -- the parent: every measurement, the report ------------------------------------------------
+def start_mosquitto(directory: Path) -> tuple[subprocess.Popen[bytes], str, str] | None:
+    """Mosquitto on a free loopback port, off the measured CPU when there is another one."""
+    binary = next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
+    if binary is None:
+        return None
+    from edge.broker import _free_port
+
+    port = _free_port("127.0.0.1")
+    conf = directory / "mosquitto.conf"
+    lines = [f"listener {port} 127.0.0.1", "persistence false", "allow_anonymous true",
+             "max_queued_messages 100000", "log_dest none"]  # fmt: skip
+    conf.write_text("\n".join(lines + (["user root"] if os.geteuid() == 0 else [])) + "\n")
+    others = sorted(set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0))
+    pin = (lambda: os.sched_setaffinity(0, set(others))) if others else None
+    process = subprocess.Popen(
+        [binary, "-c", str(conf)],
+        preexec_fn=pin,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.3)
+    where = f"CPU {','.join(map(str, others))}" if others else "the measured CPU (no other)"
+    if process.poll() is not None:
+        return None
+    return process, f"127.0.0.1:{port}", where
+
+
+def run_child(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.runtime",
+            "--child",
+            json.dumps(spec),
+            "--out",
+            out.name,
+        ]
+        subprocess.run(cmd, check=True, timeout=timeout_s)
+        return dict(json.loads(Path(out.name).read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.child:
+        result = measure(json.loads(args.child))
+        Path(args.out).write_text(json.dumps(result))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="lungwatch-bench-broker-") as tmp:
+        broker = None if args.no_mqtt else start_mosquitto(Path(tmp))
+        address = broker[1] if broker else None
+        header = _header(args, sys.argv[1:] if argv is None else argv, broker)
+        try:
+            runs = _all_runs(args, address)
+        finally:
+            if broker is not None:
+                broker[0].terminate()
+                broker[0].wait(timeout=10)
+    record = {"header": header, "targets": TARGETS, **runs}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "runtime.json").write_text(json.dumps(record, indent=2) + "\n")
+    table = render_markdown(record)
+    (RESULTS_DIR / "runtime.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
+    limit_s = args.seconds + 300
+    runs = []
+    for k in sorted(set(args.streams) | {1}):
+        print(f"as fast as possible: {k} streams, {args.seconds:g} s ...", flush=True)
+        runs.append(run_child({"streams": k, "paced": False, "seconds": args.seconds,
+                               "broker": broker}, limit_s))  # fmt: skip
+    paced = []
+    for k in args.paced_streams:
+        print(f"paced in real time: {k} streams, {args.paced_seconds:g} s ...", flush=True)
+        paced.append(run_child({"streams": k, "paced": True, "seconds": args.paced_seconds,
+                                "broker": broker}, args.paced_seconds + 300))  # fmt: skip
+    profile = None
+    if args.profile_streams:
+        print(f"profile: {args.profile_streams} streams, {args.seconds:g} s ...", flush=True)
+        profile = run_child({"streams": args.profile_streams, "paced": False, "profile": True,
+                             "seconds": args.seconds, "broker": broker}, limit_s)  # fmt: skip
+    return {"as_fast_as_possible": runs, "paced": paced, "profile": profile}
+
+
+def _header(
+    args: argparse.Namespace, argv: list[str] | None, broker: tuple[Any, str, str] | None
+) -> dict[str, Any]:
+    return {
+        "command": " ".join(["python -m bench.runtime", *(argv or [])]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, pinned to CPUs {sorted(os.sched_getaffinity(0))}",
+        "broker": f"Mosquitto on {broker[2]}"
+        if broker
+        else "none (MQTT skipped: "
+        + ("--no-mqtt)" if args.no_mqtt else "mosquitto not installed)"),
+        "threads": {
+            k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+        },
+        "model": "models/edge/model.int8.onnx, ONNX Runtime CPU, 1 intra-op thread, max_batch 64",
+        "chunk_samples": CHUNK_SAMPLES,
+        "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.runtime", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--streams", type=_ints, default=[1, 16, 64, 200], help="K values, e.g. 1,16,64"
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured wall seconds per run")
+    parser.add_argument(
+        "--paced-streams", type=_ints, default=[100, 200], help="K of the paced runs ('': none)"
+    )
+    parser.add_argument("--paced-seconds", type=float, default=30.0, help="length of the paced run")
+    parser.add_argument(
+        "--profile-streams", type=int, default=64, help="K of the profiled run (0: skip)"
+    )
+    parser.add_argument("--no-mqtt", action="store_true", help="no MQTT sink (no broker needed)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""``bench/results/runtime.md`` from the numbers ``bench.runtime`` measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+KB_PER_MB = 1024.0
+
+
+def render_markdown(record: dict[str, Any]) -> str:
+    header, runs = record["header"], record["as_fast_as_possible"]
+    lines = [
+        "# Runtime benchmark: streams on one core, event latency, memory per stream",
+        "",
+        f"Command: `OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 {header['command']}`  ",
+        f"Machine: {header['machine']}; threads: {header['threads']}  ",
+        f"Model: {header['model']}; chunks of {header['chunk_samples']} samples (0.1 s)  ",
+        f"Sink: MQTT QoS 1 through the SQLite spool; broker: {header['broker']}  ",
+        f"Load average when the runs started (1, 5, 15 min): {header['load_average']}",
+        "",
+        *_targets(record),
+        "",
+        *_throughput(runs),
+        "",
+        *_paced(record.get("paced")),
+        "",
+        *_profile(record.get("profile")),
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(stats: dict[str, Any] | None, keys: tuple[str, ...] = ("p50", "p99")) -> str:
+    if not stats or not stats.get("n"):
+        return "n/a"
+    return " / ".join(f"{stats[k]:,.1f}" for k in keys)
+
+
+def rss_per_stream_mb(runs: list[dict[str, Any]]) -> dict[int, float]:
+    """(RSS with K streams - RSS with 1) / (K - 1), MB, for every K > 1."""
+    base = next((r["rss_kb"] for r in runs if r["streams"] == 1), None)
+    if base is None:
+        return {}
+    return {
+        r["streams"]: (r["rss_kb"] - base) / (r["streams"] - 1) / KB_PER_MB
+        for r in runs
+        if r["streams"] > 1
+    }
+
+
+def _targets(record: dict[str, Any]) -> list[str]:
+    targets, runs = record["targets"], record["as_fast_as_possible"]
+    best = max(runs, key=lambda r: r["streams_real_time"])
+    per_stream = rss_per_stream_mb(runs)
+    largest = max(per_stream) if per_stream else None
+    paced = max(record.get("paced") or [], key=lambda r: r["streams"], default=None)
+    latency, paced_k = (paced or {}).get("latency", {}), (paced or {}).get("streams")
+    rows = [
+        ("streams served in real time on one core", f"{best['streams_real_time']:,.0f} "
+         f"(K = {best['streams']})", f">= {targets['streams_per_core']:g}",
+         best["streams_real_time"] >= targets["streams_per_core"]),
+    ]  # fmt: skip
+    for key, what in (("close_to_puback_ms", "window close"), ("capture_to_puback_ms", "capture")):
+        p99 = latency.get(key, {}).get("p99")
+        shown = "n/a" if p99 is None else f"{p99:,.0f} ms (paced, K = {paced_k})"
+        ok = p99 is not None and p99 <= targets["p99_ms"]
+        rows.append((f"p99 {what} -> PUBACK", shown, f"<= {targets['p99_ms']:g} ms", ok))
+    rss = "n/a" if largest is None else f"{per_stream[largest]:.2f} MB (K = {largest})"
+    ok = largest is not None and per_stream[largest] <= targets["rss_per_stream_mb"]
+    rows.append(("RSS per stream", rss, f"<= {targets['rss_per_stream_mb']:g} MB", ok))
+    lines = ["## Targets", "", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
+    lines += [f"| {n} | {m} | {w} | {'yes' if ok else 'NO'} |" for n, m, w, ok in rows]
+    return lines
+
+
+def _throughput(runs: list[dict[str, Any]]) -> list[str]:
+    per_stream = rss_per_stream_mb(runs)
+    lines = [
+        "## As fast as possible (K looping file streams, one core)",
+        "",
+        "| K | audio s | wall s | streams in real time | CPU share % | streams per CPU s "
+        "| x RT per stream | windows/s | inference ms/window | RSS MB | RSS/stream MB "
+        "| file audio/stream MB | close->PUBACK p50 / p99 ms | other threads CPU % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lat = r.get("latency", {}).get("close_to_puback_ms")
+        other = 100.0 * r["cpu_s"]["other_threads"] / r["wall_s"]
+        rss = per_stream.get(r["streams"])
+        cpu_s = r["cpu_s"]["process"]
+        lines.append(
+            f"| {r['streams']} | {r['audio_s']:,.0f} | {r['wall_s']:.1f} "
+            f"| {r['streams_real_time']:,.0f} | {100 * cpu_s / r['wall_s']:.0f} "
+            f"| {r['audio_s'] / cpu_s:,.0f} | {r['xrt_per_stream']:,.1f} "
+            f"| {r['windows'] / r['wall_s']:,.0f} | {r['inference']['ms_per_window']:.2f} "
+            f"| {r['rss_kb'] / KB_PER_MB:,.0f} | {'-' if rss is None else f'{rss:.2f}'} "
+            f"| {r['file_audio_bytes_per_stream'] / 2**20:.2f} | {_fmt(lat)} | {other:.0f} |"
+        )
+    lines += [
+        "",
+        "Streams in real time = audio seconds processed per wall second, summed over the K "
+        "streams. CPU share = the process's CPU time / wall time (below 100 %: other work on "
+        "the core, or waits such as the spool's fsync); streams per CPU s = audio seconds per "
+        "CPU second of the process, the capacity of a core given to it alone. Latency here is "
+        "under full load (the run is as fast as possible); the paced run below is the "
+        "operating point. RSS/stream includes the file sources' decoded audio "
+        "(float32, the *file audio* column), which a microphone or wearable stream does not hold.",
+    ]
+    return lines
+
+
+def _paced(paced: list[dict[str, Any]] | None) -> list[str]:
+    if not paced:
+        return ["## Paced in real time: not measured"]
+    lines = [
+        "## Paced in real time (the operating point)",
+        "",
+        "| K | wall s | audio per stream / wall (1.00 = kept up) | events | close->publish "
+        "p50 / p99 ms | close->PUBACK p50 / p99 / max ms | capture->PUBACK p50 / p99 / max ms "
+        "| unacked |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in paced:
+        lat, three = run["latency"], ("p50", "p99", "max")
+        lines.append(
+            f"| {run['streams']} | {run['wall_s']:.0f} | {run['xrt_per_stream']:.2f} "
+            f"| {lat['close_to_publish_ms'].get('n', 0)} | {_fmt(lat['close_to_publish_ms'])} "
+            f"| {_fmt(lat.get('close_to_puback_ms'), three)} "
+            f"| {_fmt(lat.get('capture_to_puback_ms'), three)} "
+            f"| {lat.get('close_to_puback_ms', {}).get('unacked', 'n/a')} |"
+        )
+    lines += [
+        "",
+        "Window close = when the chunk completing the window was read and pushed; the event is "
+        "published in the same round after the batch inference, and PUBACK comes back through "
+        "the spool, the MQTT sender thread and paho's network thread. Capture = when the "
+        "window's last sample was due from the (paced) source: it adds the wait before the "
+        "runtime got to read the chunk, which grows without bound when the core cannot keep up.",
+    ]
+    return lines
+
+
+def _profile(profile: dict[str, Any] | None) -> list[str]:
+    if not profile:
+        return ["## Profile: not measured"]
+    p = profile["profile"]
+    wall = p["wall_s"]
+    cpu = profile["cpu_s"]
+    lines = [
+        f"## Where the time goes: cProfile of the main thread, {profile['streams']} streams, "
+        f"{wall:.0f} s",
+        "",
+        f"Process CPU {cpu['process']:.1f} s = main thread {cpu['main_thread']:.1f} s + other "
+        f"threads (MQTT sender, paho, ORT) {cpu['other_threads']:.1f} s, over {wall:.1f} s wall. "
+        "cProfile slows Python-heavy code more than native kernels, so the shares lean "
+        "towards Python.",
+        "",
+        "| part (cumulative, nested parts indented) | s | % of wall |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| {label.replace('  ', '&nbsp;&nbsp;')} | {s:.2f} | {100 * s / wall:.1f} |"
+        for label, s in p["parts_s"].items()
+    ]
+    lines += [
+        "",
+        "| top functions by own time | calls | own s | cumulative s |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| `{t['function']}` | {t['calls']:,} | {t['own_s']:.2f} | {t['cumulative_s']:.2f} |"
+        for t in p["top_own_time"]
+    ]
+    return lines
