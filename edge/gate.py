@@ -7,9 +7,10 @@
     events += gate.tick(now_s)                          # on the runtime's clock, chunk or not
 
 Inputs, per window (:meth:`QualityGate.update`): the measures of the audio in the window's last
-hop (``WindowReady.audio_quality`` over ``[quality_start_sample, end_sample)``), how much of the
-window and of that hop was missing, how many NaN/Inf samples were replaced there, and the
-model's ``Poor Quality`` probability where the model has that class. Per chunk
+hop, or in the whole window for the stream's first window (``WindowReady.audio_quality`` over
+``[quality_start_sample, end_sample)``), how much of the window and of that span was missing,
+how many NaN/Inf samples were replaced there, and the model's ``Poor Quality`` probability
+where the model has that class. Per chunk
 (:meth:`QualityGate.observe`): the source's notices and the arrival of audio. Per clock tick
 (:meth:`QualityGate.tick`): whether the source has stalled.
 
@@ -23,7 +24,9 @@ off_body          a ``device_status`` notice with ``off_body: true`` (until one 
 clipping          clipped fraction of the hop >= ``clipping_fraction_limit``
 silence           hop level <= ``silence_dbfs`` (hops mostly missing are not judged)
 invalid_samples   NaN/Inf samples in the hop (the pipeline replaced them by zeros)
-signal_gap        missing samples in the hop, or an ``overflow`` / ``signal_gap`` notice
+signal_gap        missing samples in the hop, or an ``overflow`` / ``signal_gap`` notice; at
+                  :meth:`~QualityGate.finish`, the notices' gaps no window reached (their
+                  missing samples: ``missing_samples``, or the missing chunk they came with)
 source_stalled    no audio for more than ``stall_timeout_s``, or a ``disconnected`` notice;
                   from the next expected sample to the first sample of the resumed audio
 ================  ===========================================================================
@@ -74,6 +77,7 @@ TECHNICAL_TYPES: tuple[str, ...] = (
     SOURCE_STALLED,
 )
 _SLOW_TYPES = (POOR_SIGNAL, CLIPPING, SILENCE)  # these must last min_condition_ms
+_GAP_NOTICES = ("overflow", "signal_gap")
 MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
 
 DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = (
@@ -160,6 +164,8 @@ class QualityGate:
         self._poor_model = False
         self._off_body = False  # as of the start of the next hop
         self._hop_notices: list[Notice] = []  # off-body and gap notices not yet judged
+        self._gap_spans: list[tuple[int, int, str]] = []  # (start, end, kind) not all judged
+        self._judged_end = 0  # end of the last window judged
         self._next_sample = 0
         self._last_audio_s: float | None = None
         self._disconnected = False
@@ -176,6 +182,9 @@ class QualityGate:
             tracker.step(
                 window.quality_start_sample, window.end_sample, r.active, r.confidence, r.reason
             )
+        self._judged_end = end = window.end_sample
+        if self._gap_spans:  # keep the gaps that reach past this window (or lie after it)
+            self._gap_spans = [g for g in self._gap_spans if max(g[0] + 1, g[1]) > end]
         self.suppressed = (
             any(r.active for r in readings if r.type != SIGNAL_GAP)
             or window.missing_fraction > self.config.max_missing_fraction
@@ -187,6 +196,8 @@ class QualityGate:
         """Take a chunk's notices and note that the source delivered (maybe empty) audio."""
         for notice in chunk.notices:
             self._notice(notice, now_s)
+            if notice.kind in _GAP_NOTICES:
+                self._gap_spans.append((*_gap_span(notice, chunk), notice.kind))
         n = int(chunk.samples.shape[0])
         if n > 0:
             self._last_audio_s = now_s
@@ -210,7 +221,9 @@ class QualityGate:
         return self._lifecycle.take()
 
     def finish(self) -> list[Transition]:
-        """The stream is over: end every technical event, latched ones included."""
+        """The stream is over: report the gaps no window reached, end every technical event,
+        latched ones included."""
+        self._report_unjudged_gaps()
         for tracker in self._trackers.values():
             tracker.stop()
         if self._stall_key is not None:
@@ -260,8 +273,17 @@ class QualityGate:
             ),
         ]
 
+    def _report_unjudged_gaps(self) -> None:
+        """The missing samples of gap notices after the last window's end, as signal_gap spans
+        (continuing the last window's signal_gap event when within ``clear_after_ms``)."""
+        tracker = self._trackers[SIGNAL_GAP]
+        for start, end, kind in self._gap_spans:
+            start = max(start, self._judged_end)
+            tracker.step(start, max(start, end), True, 1.0, f"{kind} reported by the source")
+        self._gap_spans = []
+
     def _notice(self, notice: Notice, now_s: float) -> None:
-        if notice.kind in ("overflow", "signal_gap") or (
+        if notice.kind in _GAP_NOTICES or (
             notice.kind == "device_status" and "off_body" in notice.detail
         ):
             self._hop_notices.append(notice)  # judged with the hop it falls in
@@ -300,3 +322,13 @@ class QualityGate:
         if self._stall_key is not None:
             self._lifecycle.close(self._stall_key, max(at_sample, self._next_sample))
             self._stall_key = None
+
+
+def _gap_span(notice: Notice, chunk: SourceChunk) -> tuple[int, int]:
+    """The samples a gap notice stands for: ``missing_samples`` from its index, or at least the
+    missing chunk it came with."""
+    start = notice.sample_index
+    end = start + int(notice.detail.get("missing_samples", 0))
+    if chunk.missing:
+        end = max(end, chunk.first_sample + int(chunk.samples.shape[0]))
+    return start, end

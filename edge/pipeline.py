@@ -50,8 +50,9 @@ class WindowReady:
 
     ``features``: float32 ``(n_kinds, n_bands, window_frames)``, a new array. The window covers
     samples ``[start_sample, end_sample)``; ``audio_quality``, ``hop_missing_fraction`` and
-    ``invalid_samples`` describe its last hop, ``[quality_start_sample, end_sample)`` (at least
-    one frame long), the audio that is new since the previous window.
+    ``invalid_samples`` describe the audio that is new since the previous window,
+    ``[quality_start_sample, end_sample)``: the last hop (at least one frame long), or the whole
+    window for the first window of the stream (so nothing before it goes unjudged).
     """
 
     features: np.ndarray
@@ -62,7 +63,7 @@ class WindowReady:
     audio_quality: QualityMeasures
     missing_fraction: float  # of the whole window
     hop_missing_fraction: float
-    invalid_samples: int  # NaN/Inf samples replaced by zeros in the last hop
+    invalid_samples: int  # NaN/Inf samples replaced by zeros in the last hop (or first window)
 
 
 @njit(cache=True)
@@ -210,7 +211,7 @@ class StreamPipeline:
         features[:, :, first:] = self._ring[:, :, : length - first]
         start = start_frame * self.spec.hop_samples
         end = start + self.window_samples
-        q_start = max(0, end - self._quality_samples)
+        q_start = start if self.windows_emitted == 0 else max(0, end - self._quality_samples)
         hop_flags = self._flags[q_start - self._base : end - self._base]
         hop_missing = int(np.count_nonzero(hop_flags == MISSING))
         window_missing = int(

@@ -3,11 +3,14 @@
 Frames are placed by their sample index, not by arrival. The assembler keeps ``next``, the
 device sample index it expects next. A frame that starts there is played out at once; one
 that starts later waits in a small jitter buffer (a heap by sample index) for the frames
-before it. A hole is declared a gap when more than ``depth_frames`` frames wait behind it or
-the oldest has waited ``max_hold_s``: the gap becomes silence marked missing (a ``signal_gap``
-report comes first), or, beyond ``max_fill_s``, a jump of the timeline. Frames behind
-``next`` are dropped: late if they fall in a recently declared gap, else duplicates (a
-duplicate still waiting in the buffer is caught there; duplicate markers by sequence number).
+before it. A hole is declared a gap when more than ``depth_frames`` frames wait behind it
+(checked as each frame is placed) or the oldest has waited ``max_hold_s`` (checked by
+:meth:`StreamAssembler.poll`, once every frame of a read is placed: a frame that arrives in the
+same read as its successors fills its hole however late the read): the gap becomes silence
+marked missing (a ``signal_gap`` report comes first), or, beyond ``max_fill_s``, a jump of the
+timeline. Frames behind ``next`` are dropped: late if they fall in a recently declared gap,
+else duplicates (a duplicate still waiting in the buffer is caught there; duplicate markers by
+sequence number).
 
 The hot path (a frame at ``next``, nothing waiting) appends one tuple; conversion to float32
 happens when the receiver drains (:func:`firmware_bridge.timeline.build_outputs`).
@@ -128,8 +131,10 @@ class StreamAssembler:
         self.drift = DriftEstimator(config.drift_window_points, config.drift_min_span_s)
         self._drift_add = self.drift.add
 
-    def push(self, frame: Frame, arrival_s: float) -> None:
-        """Place one frame (any type, this stream's) that arrived at ``arrival_s``."""
+    def push(self, frame: Frame, arrival_s: float) -> bool:
+        """Place one frame (any type, this stream's) that arrived at ``arrival_s``; returns
+        whether frames now wait in the jitter buffer. Only the depth rule is applied here:
+        call :meth:`poll` once the read's frames are placed to apply the hold time."""
         first = frame.first_sample
         if (
             first == self._next  # never before the first frame: _next is -1 then
@@ -145,8 +150,9 @@ class StreamAssembler:
             self.counts["samples"] += count
             self._max_seen, self._behind_run = first, 0
             self._drift_add(first + count, arrival_s)  # sent once complete
-            return
+            return False
         self._push_slow(frame, arrival_s)
+        return bool(self._heap)
 
     def _push_slow(self, frame: Frame, arrival_s: float) -> None:
         if frame.sample_rate_hz != self.sample_rate_hz:
@@ -163,15 +169,16 @@ class StreamAssembler:
             self._push_audio(frame, arrival_s)
         else:
             self._push_marker(frame, arrival_s)
-        self._release(arrival_s, force=False)
+        self._release()
 
     def poll(self, now_s: float) -> None:
-        """Declare gaps whose frames have waited ``max_hold_s`` by ``now_s``."""
-        self._release(now_s, force=False)
+        """Declare gaps whose frames have waited ``max_hold_s`` by ``now_s`` (call it after
+        placing every frame that arrived by then)."""
+        self._release(now_s)
 
     def finish(self) -> None:
         """No more frames will come: play out everything held, declaring the gaps."""
-        self._release(0.0, force=True)
+        self._release(force=True)
 
     @property
     def next_sample(self) -> int:
@@ -222,7 +229,7 @@ class StreamAssembler:
 
     def _restart(self, first_sample: int) -> None:
         """The device restarted its sample clock: continue the output where it is."""
-        self._release(0.0, force=True)
+        self._release(force=True)
         next_out = self._next + self._offset
         self._next, self._offset = first_sample, next_out - first_sample
         self._recent_markers.clear()
@@ -293,14 +300,15 @@ class StreamAssembler:
             info = unpack_device_info(frame.payload)
             self._report(DEVICE_INFO, index, **vars(info))
 
-    def _release(self, now_s: float, force: bool) -> None:
+    def _release(self, now_s: float | None = None, force: bool = False) -> None:
+        """Play out the frames at ``next``, declaring the hole before the first held frame a
+        gap when ``force``, when more than ``depth_frames`` wait, or, given ``now_s``, when the
+        oldest has waited ``max_hold_s``."""
         heap = self._heap
         while heap:
             index = heap[0][0]
             if index > self._next:
-                waited_s = now_s - min(e[4] for e in heap)
-                hold = len(heap) <= self._cfg.depth_frames and waited_s < self._cfg.max_hold_s
-                if hold and not force:
+                if not (force or self._hole_due(now_s)):
                     return
                 self._gap(index)
             frame = heapq.heappop(heap)[3]
@@ -310,6 +318,13 @@ class StreamAssembler:
                 self.counts["late"] += 1  # covered by an overlapping frame played before it
             else:
                 self._play(frame)
+
+    def _hole_due(self, now_s: float | None) -> bool:
+        if len(self._heap) > self._cfg.depth_frames:
+            return True
+        if now_s is None:
+            return False
+        return now_s - min(e[4] for e in self._heap) >= self._cfg.max_hold_s
 
     def _gap(self, index: int) -> None:
         missing = index - self._next

@@ -121,15 +121,21 @@ class Receiver:
         )
 
     def place(self, frames: Iterable[Frame], arrival_s: float) -> None:
-        """Put already-parsed frames on their streams (feed() does this after parsing)."""
+        """Put already-parsed frames on their streams (feed() does this after parsing), then
+        apply the hold time to the streams left holding frames: frames that arrived together
+        are all placed before any hole is declared for having waited too long."""
         get = self._streams.get
+        holding: dict[StreamAssembler, None] = {}
         for frame in frames:
             assembler = get((frame[1], frame[2]))  # (device_id, stream_id)
             if assembler is None:
                 assembler = self._new_stream(frame)
                 if assembler is None:
                     continue
-            assembler.push(frame, arrival_s)
+            if assembler.push(frame, arrival_s):
+                holding[assembler] = None
+        for assembler in holding:
+            assembler.poll(arrival_s)
 
     def _new_stream(self, frame: Frame) -> StreamAssembler | None:
         if len(self._streams) >= self.config.max_streams:

@@ -229,3 +229,52 @@ def test_gate_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"gate\.priorities must be types among"):
         from_mapping(Runtime, {"gate": {"priorities": [{"type": "Wheeze", "priority": "high"}]}})
     assert from_mapping(Runtime, {"gate": {"stall_timeout_s": 5}}).gate.stall_timeout_s == 5.0
+
+
+def lost_chunk(start: int, n: int) -> SourceChunk:
+    """Silence standing in for ``n`` lost samples, with its notice, as the bridge source sends."""
+    notice = Notice("signal_gap", start, {"missing_samples": n, "filled": True})
+    return SourceChunk(np.zeros(n, np.float32), start, missing=True, notices=(notice,))
+
+
+def test_a_gap_before_the_first_windows_last_hop_is_a_signal_gap_containing_it() -> None:
+    run = Run(QualityGate(GateConfig(), RATE_HZ))
+    x = breath(4.0)
+    run.audio(x[:1000])
+    run.push(lost_chunk(1000, 500))
+    run.push(SourceChunk(x[1500:], 1500))
+    run.transitions += run.gate.finish()
+    assert [(t.type, t.state) for t in run.transitions] == [
+        ("signal_gap", "onset"),
+        ("signal_gap", "ended"),
+    ]
+    assert run.transitions[0].start_sample <= 1000 < 1500 <= run.transitions[1].end_sample
+    assert run.transitions[1].end_sample <= FIRST_END  # only the first window's span
+
+
+def test_conditions_in_the_first_window_are_judged_from_the_stream_start() -> None:
+    x = breath(4.0)
+    x[100:110] = np.nan
+    run = run_audio(np.zeros(2 * RATE_HZ, np.float32), breath(3.0, seed=1))
+    nan_run = run_audio(x)
+    assert run.summary() == [("silence", "onset", 0, None), ("silence", "ended", 0, 14176)]
+    assert [(t.type, t.state, t.start_sample) for t in nan_run.transitions] == [
+        ("invalid_samples", "onset", 0),
+        ("invalid_samples", "ended", 0),
+    ]
+    assert nan_run.transitions[1].end_sample == FIRST_END
+
+
+def test_a_gap_after_the_last_window_is_reported_at_finish() -> None:
+    run = Run(QualityGate(GateConfig(), RATE_HZ))
+    x = breath(6.0)
+    run.audio(x[:40200])  # the last window ends at 40176
+    run.push(lost_chunk(40200, 700))
+    run.push(SourceChunk(x[40900:41500], 40900))
+    assert run.transitions == []
+    run.transitions += run.gate.finish()
+    assert run.summary() == [
+        ("signal_gap", "onset", 40200, None),
+        ("signal_gap", "ended", 40200, 40900),
+    ]
+    assert "signal_gap" in run.transitions[0].reason

@@ -10,11 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_bridge.assembler import JitterConfig, StreamAssembler
+from firmware_bridge.link import Bridge
 from firmware_bridge.protocol import (
     FLAG_STREAM_START,
     DeviceStatus,
     Frame,
     audio_frame,
+    encode_frame,
     heartbeat_frame,
     status_frame,
 )
@@ -28,6 +30,7 @@ from firmware_bridge.timeline import (
     Segment,
     StreamKey,
 )
+from firmware_bridge.transport import Received
 from tests.firmware_bridge.helpers import RATE_HZ, Timeline, as_float, audio_frames
 
 KEY = StreamKey(1, 0)
@@ -248,10 +251,62 @@ def test_any_loss_and_bounded_reordering_is_sample_accurate(
 
 def test_receiver_bounds_the_number_of_streams() -> None:
     receiver = Receiver(ReceiverConfig(max_streams=2))
-    from firmware_bridge.protocol import encode_frame
-
     data = b"".join(encode_frame(heartbeat_frame(d, 0, 0, 0, RATE_HZ)) for d in range(5))
     receiver.push(data, 0.0)
     stats = receiver.stats()
     assert len(stats.streams) == 2
     assert stats.dropped_stream_frames == 3
+
+
+def test_a_frame_read_with_its_successors_after_a_long_pause_is_not_a_gap() -> None:
+    """Frames 3 and 1 arrive in one read 0.3 s after frame 2 (the consumer read late): frame 1
+    came before the hold time was judged, so it fills its hole; no gap, nothing late."""
+    frames = audio_frames(SOURCE[:256], 64)
+    a = assembler(max_hold_s=0.25)
+    a.push(frames[0], 0.0)
+    a.push(frames[2], 0.0)
+    a.poll(0.0)
+    for frame in (frames[3], frames[1]):  # one read
+        a.push(frame, 0.3)
+    a.poll(0.3)
+    timeline = Timeline()
+    timeline.take(a.drain())
+    samples, missing = timeline.arrays()
+    np.testing.assert_array_equal(samples, as_float(SOURCE[:256]))
+    assert not missing.any()
+    assert SIGNAL_GAP not in timeline.kinds()
+    assert (a.stats().gaps, a.stats().late, a.stats().reordered) == (0, 0, 1)
+
+
+class ScriptedTransport:
+    """A transport that returns prepared reads, one poll's worth at a time."""
+
+    name = "scripted"
+
+    def __init__(self, polls: list[list[bytes]]) -> None:
+        self._polls = polls
+        self._pending: list[bytes] = []
+
+    def receive(self, timeout_s: float) -> Received | None:
+        if timeout_s > 0.0 and not self._pending and self._polls:
+            self._pending = self._polls.pop(0)  # a blocking wait: the next poll's data
+        return Received(self._pending.pop(0), datagram=True) if self._pending else None
+
+    def close(self) -> None:
+        pass
+
+
+def test_bridge_places_a_whole_read_before_judging_the_hold_time() -> None:
+    frames = [encode_frame(f) for f in audio_frames(SOURCE[:256], 64)]
+    transport = ScriptedTransport([[frames[0], frames[2]], [frames[3], frames[1]]])
+    now_s = [0.0]
+    bridge = Bridge(transport, Receiver(), clock=lambda: now_s[0])
+    timeline = Timeline()
+    timeline.take(bridge.poll(0.1))
+    now_s[0] = 0.3  # the consumer polls again only 0.3 s later
+    timeline.take(bridge.poll(0.1))
+    samples, missing = timeline.arrays()
+    np.testing.assert_array_equal(samples, as_float(SOURCE[:256]))
+    assert not missing.any()
+    assert SIGNAL_GAP not in timeline.kinds()
+    assert bridge.receiver.stats().streams[0].late == 0
