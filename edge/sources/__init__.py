@@ -75,6 +75,7 @@ def _bridge(url: str, stream_id: str, sample_rate_hz: int, options: dict[str, An
         url += ("&" if "?" in url else "?") + f"rate={sample_rate_hz}"
     source: AudioSource = module.BridgeSource(url)
     if source.sample_rate_hz != sample_rate_hz:
+        source.close()
         raise SourceError(
             f"{url}: the device stream is {source.sample_rate_hz} Hz, "
             f"the model needs {sample_rate_hz} Hz"

@@ -87,14 +87,17 @@ def test_open_source_forms(tmp_path: Path) -> None:
         open_source(str(tmp_path / "missing.wav"), "s", RATE_HZ)
 
 
-def test_open_source_bridge_is_imported_lazily(tmp_path: Path) -> None:
+def test_open_source_bridge_takes_the_bed_id_and_the_model_rate() -> None:
+    source = open_source("bridge://udp/127.0.0.1:0?device=3", "bed-7", RATE_HZ)
     try:
-        import edge.sources.bridge  # noqa: F401
-    except ImportError:
-        with pytest.raises(SourceError, match="firmware bridge source is not available"):
-            open_source("bridge://serial/dev/ttyUSB0", "s", RATE_HZ)
-    else:
-        pytest.skip("edge.sources.bridge exists: its own tests cover BridgeSource")
+        assert source.stream_id == "bed-7"
+        assert source.sample_rate_hz == RATE_HZ  # rate= added from the model when not given
+    finally:
+        source.close()
+    with pytest.raises(SourceError, match="the device stream is 16000 Hz"):
+        open_source("bridge://udp/127.0.0.1:0?rate=16000", "bed-7", RATE_HZ)
+    with pytest.raises(SourceError, match="options in the URL"):
+        open_source("bridge://udp/127.0.0.1:0", "bed-7", RATE_HZ, chunk_samples=800)
 
 
 def test_mic_without_pyaudio_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
