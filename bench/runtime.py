@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.runtime
         [--streams 1,16,64,200] [--seconds 20] [--paced-streams 100,200] [--paced-seconds 30]
-        [--profile-streams 64] [--no-mqtt]
+        [--profile-streams 64] [--no-batch-sweep] [--no-mqtt]
 
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
 settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
@@ -22,6 +22,10 @@ different rounds, as beds that were connected at different times.
 - **Memory**: VmRSS after the run; per stream = (RSS with K streams - RSS with 1) / (K - 1).
 - **Profile**: cProfile of the main thread for ``--profile-streams`` (the MQTT sender and paho
   network threads are not in it; their CPU time is reported separately).
+- **Batch sweep**: inference ms per window against batch size, INT8 and FP32
+  (:mod:`bench.runtime_batch`), which chose ``BackendConfig.max_batch``'s default.
+
+The runtime uses ``BackendConfig``'s default ``max_batch`` (``--max-batch`` overrides it).
 
 Results: ``bench/results/runtime.{md,json}``.
 """
@@ -33,7 +37,6 @@ import cProfile
 import json
 import os
 import platform
-import pstats
 import subprocess
 import sys
 import tempfile
@@ -44,9 +47,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.runtime_batch import sweep
 from bench.runtime_probes import AckProbe, TimedBackend, TimedSource, TimingSink, latencies
-from bench.runtime_report import render_markdown
-from edge.backends import BackendConfig
+from bench.runtime_report import profile_summary, render_markdown
+from edge.backends import DEFAULT_MAX_BATCH, BackendConfig
 from edge.demo import DemoConfig, find_recordings
 from edge.features import FeatureSpec
 from edge.pipeline import StreamPipeline, infer_ready
@@ -65,7 +69,9 @@ TARGETS = {"streams_per_core": 200.0, "p99_ms": 150.0, "rss_per_stream_mb": 2.0}
 
 
 # -- the child: one measurement ---------------------------------------------------------------
-def runtime_config(n_streams: int, paced: bool, broker: str | None, spool: Path) -> RuntimeConfig:
+def runtime_config(
+    n_streams: int, paced: bool, broker: str | None, spool: Path, max_batch: int = DEFAULT_MAX_BATCH
+) -> RuntimeConfig:
     paths = [str(r.path) for r in find_recordings(DemoConfig())]
     streams = tuple(
         StreamConfig(id=f"bed-{i + 1}", source=paths[i % len(paths)], realtime=paced,
@@ -77,7 +83,7 @@ def runtime_config(n_streams: int, paced: bool, broker: str | None, spool: Path)
         streams=streams,
         site="bench",
         device_id="edge-1",
-        backend=BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=64),
+        backend=BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=max_batch),
         sinks=SinksConfig(stdout=False, jsonl=None, mqtt=broker is not None),
         mqtt=MqttConfig(host=host, port=int(port), spool_path=str(spool)),
     )
@@ -143,9 +149,11 @@ def _rounds(runtime: Runtime, until_s: float) -> int:
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """One child measurement (see the module doc); the numbers as a JSON-ready dict."""
+    if spec.get("batch_sweep"):
+        return sweep()
     with tempfile.TemporaryDirectory(prefix="lungwatch-bench-") as tmp:
         config = runtime_config(spec["streams"], spec["paced"], spec["broker"],
-                                Path(tmp) / "spool.sqlite")  # fmt: skip
+                                Path(tmp) / "spool.sqlite", spec["max_batch"])  # fmt: skip
         runtime, timing, probe = build(config, spec["paced"])
         warm_up(runtime, spec["paced"])
         result = _measured_rounds(runtime, timing, spec)
@@ -211,45 +219,6 @@ def _status_kb(key: str) -> int:
 def _file_audio_bytes(runtime: Runtime) -> float:
     sizes = [getattr(getattr(s.source, "inner", None), "samples", None) for s in runtime.streams]
     return sum(a.nbytes for a in sizes if a is not None) / len(runtime.streams)
-
-
-# -- the profile ------------------------------------------------------------------------------
-# (label, file suffix, function name): cumulative main-thread time of these functions.
-PROFILE_PARTS = (
-    ("source read (file, loop)", "edge/sources/file.py", "read"),
-    ("pipeline push (front end + windows)", "edge/pipeline.py", "push"),
-    ("  front end: log-mel streaming", "edge/features/base.py", "push"),
-    ("  window cut + quality measures", "edge/pipeline.py", "_window"),
-    ("    quality measures (edge.quality)", "edge/quality.py", "measure"),
-    ("inference (stack + ORT + softmax)", "edge/pipeline.py", "infer_ready"),
-    ("  ONNX Runtime session.run", "~", "<built-in method onnxruntime.capi"),
-    ("quality gate: update (per window)", "edge/gate.py", "update"),
-    ("quality gate: observe (per chunk)", "edge/gate.py", "observe"),
-    ("quality gate: tick (per round)", "edge/gate.py", "tick"),
-    ("detector", "edge/detector.py", "update"),
-    ("events: build + sink.publish", "edge/runtime.py", "_emit"),
-    ("  spool put (SQLite commit)", "edge/spool.py", "put"),
-    ("metrics publish", "edge/runtime.py", "publish_metrics"),
-)
-
-
-def profile_summary(profiler: cProfile.Profile, wall_s: float) -> dict[str, Any]:
-    """Cumulative seconds of :data:`PROFILE_PARTS` and the top functions by own time."""
-    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
-    parts = {}
-    for label, suffix, name in PROFILE_PARTS:
-        parts[label] = sum(
-            value[3]
-            for (path, _, func), value in stats.items()
-            if (path.endswith(suffix) or path == suffix) and func.startswith(name)
-        )
-    own = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:15]
-    top = [
-        {"function": f"{Path(path).name}:{line}({func})", "calls": value[1], "own_s": value[2],
-         "cumulative_s": value[3]}
-        for (path, line, func), value in own
-    ]  # fmt: skip
-    return {"wall_s": wall_s, "parts_s": parts, "top_own_time": top}
 
 
 # -- the parent: every measurement, the report ------------------------------------------------
@@ -321,23 +290,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
-    limit_s = args.seconds + 300
+    limit_s, common = args.seconds + 300, {"broker": broker, "max_batch": args.max_batch}
     runs = []
     for k in sorted(set(args.streams) | {1}):
         print(f"as fast as possible: {k} streams, {args.seconds:g} s ...", flush=True)
-        runs.append(run_child({"streams": k, "paced": False, "seconds": args.seconds,
-                               "broker": broker}, limit_s))  # fmt: skip
+        runs.append(run_child({**common, "streams": k, "paced": False, "seconds": args.seconds},
+                              limit_s))  # fmt: skip
     paced = []
     for k in args.paced_streams:
         print(f"paced in real time: {k} streams, {args.paced_seconds:g} s ...", flush=True)
-        paced.append(run_child({"streams": k, "paced": True, "seconds": args.paced_seconds,
-                                "broker": broker}, args.paced_seconds + 300))  # fmt: skip
+        spec = {**common, "streams": k, "paced": True, "seconds": args.paced_seconds}
+        paced.append(run_child(spec, args.paced_seconds + 300))
     profile = None
     if args.profile_streams:
         print(f"profile: {args.profile_streams} streams, {args.seconds:g} s ...", flush=True)
-        profile = run_child({"streams": args.profile_streams, "paced": False, "profile": True,
-                             "seconds": args.seconds, "broker": broker}, limit_s)  # fmt: skip
-    return {"as_fast_as_possible": runs, "paced": paced, "profile": profile}
+        spec = {**common, "streams": args.profile_streams, "paced": False, "profile": True}
+        profile = run_child({**spec, "seconds": args.seconds}, limit_s)
+    batch = None
+    if args.batch_sweep:
+        print("inference cost per window against batch size ...", flush=True)
+        batch = run_child({"batch_sweep": True}, 600)
+    return {"as_fast_as_possible": runs, "paced": paced, "profile": profile, "batch_sweep": batch}
 
 
 def _header(
@@ -354,7 +327,8 @@ def _header(
         "threads": {
             k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
         },
-        "model": "models/edge/model.int8.onnx, ONNX Runtime CPU, 1 intra-op thread, max_batch 64",
+        "model": "models/edge/model.int8.onnx, ONNX Runtime CPU, 1 intra-op thread, "
+        f"max_batch {args.max_batch}",
         "chunk_samples": CHUNK_SAMPLES,
         "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
@@ -374,6 +348,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--paced-seconds", type=float, default=30.0, help="length of the paced run")
     parser.add_argument(
         "--profile-streams", type=int, default=64, help="K of the profiled run (0: skip)"
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="windows per inference call"
+    )
+    parser.add_argument(
+        "--no-batch-sweep", dest="batch_sweep", action="store_false", help="skip the batch sweep"
     )
     parser.add_argument("--no-mqtt", action="store_true", help="no MQTT sink (no broker needed)")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -9,7 +9,8 @@ the ``time.perf_counter`` clock (one clock for every thread):
   stagger the streams' windows;
 - :class:`TimedBackend` wraps the inference backend: calls and seconds spent in ``infer``;
 - :class:`TimingSink` wraps the runtime's sink: for every event, the close time of the window
-  that produced it (its stream's last read) and when ``publish`` was called;
+  that produced it (its stream's last read) and when ``publish`` (or the round's
+  ``publish_many``) was called;
 - :class:`AckProbe` wraps the MQTT sink's paho client (``publish`` and ``on_publish``): which
   event each QoS 1 message id carried and when its PUBACK arrived. This reads MqttSink
   internals (``_client``); see ``bench/results/runtime.md`` for the hook that would replace it.
@@ -20,13 +21,14 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edge.events import Event
-from edge.sinks import Sink
+from edge.sinks import Sink, publish_all
 from edge.sources.base import AudioSource, SourceChunk
 
 
@@ -104,14 +106,23 @@ class TimingSink:
         self.measuring = False
 
     def publish(self, event: Event) -> None:
+        self._note(event, time.perf_counter())
+        self.inner.publish(event)
+
+    def publish_many(self, events: Sequence[Event]) -> None:
+        """The runtime's per-round group: noted one by one, handed over together."""
         now_s = time.perf_counter()
+        for event in events:
+            self._note(event, now_s)
+        publish_all(self.inner, events)
+
+    def _note(self, event: Event, now_s: float) -> None:
         source = self.sources.get(event.stream_id)
         closed_s = source.last_read_s if source is not None else now_s
         captured_s = source.last_captured_s if source is not None else now_s
         self.published.append(
             Published(event.id, event.kind, closed_s, captured_s, now_s, self.measuring)
         )
-        self.inner.publish(event)
 
     def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
         self.inner.publish_metrics(stream_id, metrics)

@@ -5,8 +5,10 @@ One process serves every stream (bed) of the config. Per stream: source -> quali
 Each round reads one chunk from every stream and sends the windows ready on *all* streams to
 the inference backend in one batch; then, per window, the gate judges quality (suppressing
 physiological detection while it is poor) and the detector turns probabilities into
-transitions, which become :class:`~edge.events.Event` messages for the sinks (MQTT with its
-spool, JSONL, stdout). Times: ``utc = t0 + sample / rate``, ``t0`` the wall time of sample 0.
+transitions, which become :class:`~edge.events.Event` messages
+(:class:`~edge.runtime_events.EventOutbox`), handed to the sinks together at the end of the
+round (MQTT with its spool: one transaction; JSONL, stdout). Times: ``utc = t0 + sample /
+rate``, ``t0`` the wall time of sample 0.
 
     lungwatch run --config edge/configs/ward.yaml [--set key=value ...] [-v]
 
@@ -32,7 +34,7 @@ import numpy as np
 
 from edge.backends import open_backend
 from edge.backends.base import InferenceBackend
-from edge.detector import Detector, Transition
+from edge.detector import Detector
 from edge.errors import ConfigError, LungwatchError
 from edge.events import Event, format_utc, utc_now
 from edge.gate import QualityGate
@@ -50,6 +52,7 @@ from edge.runtime_config import (
     parse_command,
     start_embedded_broker,
 )
+from edge.runtime_events import EventOutbox
 from edge.sinks import Sink
 from edge.sources import AudioSource, SourceEnded, SourceError
 
@@ -157,6 +160,7 @@ class Runtime:
     ) -> None:
         self.config, self.model, self.sink = config, model, sink
         self.streams = list(streams)
+        self.events = EventOutbox(sink, config.site, config.device_id, model.model_id, model.sha256)
         self._sink_stats = sink_stats
         self._clock = clock
         self._next_metrics = clock() + config.metrics_interval_s
@@ -179,7 +183,8 @@ class Runtime:
             self._infer_and_detect(ready)
             for stream in self.streams:
                 if not stream.ended:
-                    self._emit(stream, stream.gate.tick(now))
+                    self.events.emit(stream, stream.gate.tick(now))
+            self.events.flush()  # the round's events together (one spool transaction)
         if now >= self._next_metrics:
             self.publish_metrics()
             self._next_metrics = now + self.config.metrics_interval_s
@@ -205,7 +210,7 @@ class Runtime:
         counters["samples"] += n
         counters["notices"] += len(chunk.notices)
         with self._lock:
-            self._emit(stream, stream.gate.observe(chunk, now))
+            self.events.emit(stream, stream.gate.observe(chunk, now))
         ready.extend((stream, window, arrived) for window in stream.pipeline.push(chunk))
         return True
 
@@ -222,74 +227,19 @@ class Runtime:
             stream.counters["windows"] += 1
             quality = window.audio_quality.to_dict()
             poor_prob = float(p[poor]) if poor is not None else None
-            self._emit(stream, stream.gate.update(window, poor_prob), quality)
+            self.events.emit(stream, stream.gate.update(window, poor_prob), quality)
             suppressed = stream.detector.suppress(stream.gate.suppressed)
-            self._emit(stream, suppressed, quality, {"ended_by": "quality gate"})
-            self._emit(stream, stream.detector.update(window.end_sample, p), quality)
+            self.events.emit(stream, suppressed, quality, {"ended_by": "quality gate"})
+            self.events.emit(stream, stream.detector.update(window.end_sample, p), quality)
             stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
 
     def _end_stream(self, stream: Stream, why: str) -> None:
         stream.ended = True
         with self._lock:
             extra = {"ended_by": why}
-            self._emit(stream, stream.detector.finish(), extra=extra)
-            self._emit(stream, stream.gate.finish(), extra=extra)
+            self.events.emit(stream, stream.detector.finish(), extra=extra)
+            self.events.emit(stream, stream.gate.finish(), extra=extra)
         log.info("stream %s: %s after %d samples", stream.id, why, stream.counters["samples"])
-
-    def _emit(
-        self,
-        stream: Stream,
-        transitions: list[Transition],
-        quality: dict[str, float] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        for transition in transitions:
-            event = self._event(stream, transition, quality, extra or {})
-            if event.state == "ended":
-                stream.episodes.pop(transition.key, None)
-            else:
-                stream.episodes[transition.key] = event
-            stream.counters["events"] += 1
-            self.sink.publish(event)
-
-    def _event(
-        self, stream: Stream, t: Transition, quality: dict[str, float] | None, extra: dict[str, Any]
-    ) -> Event:
-        """The message for ``t``: an onset opens an episode; ``ongoing`` and ``ended`` continue
-        the open one (an ``ended`` with no onset opens and closes one at once). ``quality``
-        None keeps the episode's last measures; ``extra`` goes to ``detail`` of endings."""
-        detail = _detail(t)
-        previous = stream.episodes.get(t.key)
-        if previous is None:
-            previous = Event.onset(**self._identity(stream, t), quality=quality or {})
-            if t.state == "onset":
-                return previous
-        changes: dict[str, Any] = {"confidence": _confidence(t), "priority": t.priority}
-        if quality is not None:
-            changes["quality"] = quality
-        if t.state == "ended":
-            end = t.end_sample if t.end_sample is not None else t.start_sample
-            return previous.ended(stream.utc(end), end, detail={**detail, **extra}, **changes)
-        if t.latched and t.end_sample is not None:  # condition over, alarm latched until ack
-            detail.update(latched=True, condition_end_sample=t.end_sample)
-            detail["condition_end_utc"] = stream.utc(t.end_sample)
-        return previous.ongoing(detail=detail, **changes)
-
-    def _identity(self, stream: Stream, t: Transition) -> dict[str, Any]:
-        physiological = t.kind == "physiological"
-        return {
-            "device_id": self.config.device_id,
-            "site": self.config.site,
-            "stream_id": stream.id,
-            "type": t.type,
-            "priority": t.priority,
-            "start_utc": stream.utc(t.start_sample),
-            "start_sample": t.start_sample,
-            "model_id": self.model.model_id if physiological else None,
-            "model_sha256": self.model.sha256 if physiological else None,
-            "confidence": _confidence(t),
-            "detail": _detail(t),
-        }
 
     def acknowledge(self, stream_id: str, target: str) -> int:
         """Acknowledge the events of ``stream_id`` whose type or key is ``target``: latched
@@ -304,7 +254,8 @@ class Runtime:
                 raise CommandError(f"command.stream_id {stream_id!r} has ended")
             transitions = stream.detector.acknowledge(target) + stream.gate.acknowledge(target)
             extra = {"ended_by": "acknowledge", "acknowledged_utc": utc_now()}
-            self._emit(stream, transitions, extra=extra)
+            self.events.emit(stream, transitions, extra=extra)
+            self.events.flush()
         return len(transitions)
 
     def handle_command(self, payload: bytes) -> None:
@@ -338,16 +289,9 @@ class Runtime:
         for stream in self.streams:
             if not stream.ended:
                 self._end_stream(stream, "shutdown")
+        with self._lock:
+            self.events.flush()
         self.publish_metrics()
-
-
-def _confidence(t: Transition) -> float | None:
-    """The peak probability of a physiological event; None for technical ones."""
-    return float(min(max(t.confidence, 0.0), 1.0)) if t.kind == "physiological" else None
-
-
-def _detail(t: Transition) -> dict[str, Any]:
-    return {"key": t.key, "reason": t.reason} if t.reason else {"key": t.key}
 
 
 def open_streams(config: RuntimeConfig, model: Model, source: str = "<config>") -> list[Stream]:

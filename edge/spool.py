@@ -1,14 +1,18 @@
 """SQLite store-and-forward spool: events are committed here before they are published.
 
-The MQTT sink writes every event with :meth:`Spool.put` (the row is committed, and on disk,
-when ``put`` returns), publishes from :meth:`Spool.pending` in insertion order and deletes a
-row with :meth:`Spool.ack` only when the broker's PUBACK for it arrives. A new ``Spool`` on
-the same file after a crash sees every event that was not acknowledged.
+The MQTT sink writes events with :meth:`Spool.put_many` (one runtime round's events in one
+transaction; the rows are committed, and on disk, when it returns), publishes from
+:meth:`Spool.pending` in insertion order and deletes rows with :meth:`Spool.ack_many` only
+when the broker's PUBACKs for them arrive (every ack taken together in one transaction).
+:meth:`Spool.put` and :meth:`Spool.ack` are the one-row forms. A new ``Spool`` on the same
+file after a crash sees every event that was not acknowledged.
 
 Durability: WAL journal with ``synchronous=FULL``. In WAL mode ``NORMAL`` already survives a
 *process* crash, but a commit may be lost on power loss or a kernel crash; a bedside device
-can lose power, events are rare (a few per minute per bed), and one fsync per put and per
-ack costs about a millisecond on flash, so FULL is the stated choice.
+can lose power, so FULL is the stated choice. Its cost is one fsync per commit (about a
+millisecond on flash), which is why puts and acks are grouped: one commit per runtime round
+and one per batch of PUBACKs, not one per event (a few per minute per bed, but one process
+serves hundreds of beds).
 
 Size bound (``max_events``), the stated policy:
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 import fcntl
 import sqlite3
 import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -104,14 +109,18 @@ class Spool:
         Raises:
             SpoolFullError: at the bound with nothing evictable; nothing was stored.
         """
-        payload = event.to_json()
-        with self._lock:
-            self._check_open()
-            row = self._db.execute("SELECT seq FROM events WHERE event_id = ?", (event.id,))
-            found = row.fetchone()
-            if found is not None:
-                return int(found[0])
-            return self._insert(event, payload)
+        (result,) = self._store([event])
+        if isinstance(result, SpoolFullError):
+            raise result
+        return result
+
+    def put_many(self, events: Sequence[Event]) -> list[int | None]:
+        """Store ``events`` in order, in one transaction (committed on return, one fsync).
+
+        Each gets its sequence number (the stored one for an id already stored), or None
+        where the bound refused it (counted in ``refused_total``; the others are stored).
+        """
+        return [None if isinstance(r, SpoolFullError) else r for r in self._store(events)]
 
     def pending(self, limit: int = 1000, after_seq: int = 0) -> list[tuple[int, str]]:
         """Up to ``limit`` unacked ``(seq, event_json)`` with ``seq > after_seq``, oldest first."""
@@ -125,11 +134,25 @@ class Spool:
 
     def ack(self, seq: int) -> bool:
         """Delete the event ``seq`` (its PUBACK came); False if it was not stored."""
+        return self.ack_many([seq]) == 1
+
+    def ack_many(self, seqs: Iterable[int]) -> int:
+        """Delete the events ``seqs`` (their PUBACKs came) in one transaction; returns how
+        many of them were stored."""
+        rows = [(seq,) for seq in seqs]
+        if not rows:
+            return 0
         with self._lock:
             self._check_open()
-            deleted = self._db.execute("DELETE FROM events WHERE seq = ?", (seq,)).rowcount
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self._db.executemany("DELETE FROM events WHERE seq = ?", rows).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._count -= deleted
-        return deleted == 1
+        return int(deleted)
 
     def __len__(self) -> int:
         return self._count
@@ -154,26 +177,51 @@ class Spool:
     ) -> None:
         self.close()
 
-    def _insert(self, event: Event, payload: str) -> int:
-        """One transaction: evict if the bound demands it, then insert (lock held)."""
-        evicted = 0
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            if self._count >= self.max_events and event.type not in EXEMPT_TYPES:
-                evicted = self._evict_oldest_low(event)
+    def _store(self, events: Sequence[Event]) -> list[int | SpoolFullError]:
+        """One transaction for all ``events``: per event its seq, or the refusal."""
+        payloads = [event.to_json() for event in events]
+        with self._lock:
+            self._check_open()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                results, added, evicted = self._insert_all(events, payloads)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count += added - evicted
+            self.evicted_total += evicted
+        return results
+
+    def _insert_all(
+        self, events: Sequence[Event], payloads: list[str]
+    ) -> tuple[list[int | SpoolFullError], int, int]:
+        """Inside the transaction: dedupe, evict if the bound demands it, insert; returns the
+        results, rows added and rows evicted."""
+        results: list[int | SpoolFullError] = []
+        added = evicted = 0
+        for event, payload in zip(events, payloads, strict=True):
+            row = self._db.execute("SELECT seq FROM events WHERE event_id = ?", (event.id,))
+            found = row.fetchone()
+            if found is not None:
+                results.append(int(found[0]))
+                continue
+            stored = self._count + added - evicted
+            if stored >= self.max_events and event.type not in EXEMPT_TYPES:
+                try:
+                    evicted += self._evict_oldest_low(event, stored)
+                except SpoolFullError as exc:
+                    results.append(exc)
+                    continue
             cursor = self._db.execute(
                 "INSERT INTO events (event_id, priority, payload) VALUES (?, ?, ?)",
                 (event.id, event.priority, payload),
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._count += 1 - evicted
-        self.evicted_total += evicted
-        return int(cursor.lastrowid or 0)
+            results.append(int(cursor.lastrowid or 0))
+            added += 1
+        return results, added, evicted
 
-    def _evict_oldest_low(self, event: Event) -> int:
+    def _evict_oldest_low(self, event: Event, stored: int) -> int:
         """Delete the oldest low-priority row (1), or count a refusal and raise."""
         victim = self._db.execute(
             "SELECT seq FROM events WHERE priority = 'low' ORDER BY seq LIMIT 1"
@@ -181,7 +229,7 @@ class Spool:
         if victim is None:
             self.refused_total += 1
             raise SpoolFullError(
-                f"spool {self.path} is full ({self._count} events, none of low priority to "
+                f"spool {self.path} is full ({stored} events, none of low priority to "
                 f"evict): refused {event.priority} {event.type} event {event.id}"
             )
         self._db.execute("DELETE FROM events WHERE seq = ?", (victim[0],))

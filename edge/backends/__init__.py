@@ -33,9 +33,11 @@ BACKEND_KINDS: tuple[str, ...] = ("onnxruntime", "tensorrt")
 PROVIDERS: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 MAX_BATCH_LIMIT = 4096
+DEFAULT_MAX_BATCH = 8  # windows per call: the cheapest per window on ORT CPU (see max_batch)
 
 __all__ = [
     "BACKEND_KINDS",
+    "DEFAULT_MAX_BATCH",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "PRECISIONS",
@@ -60,7 +62,12 @@ class BackendConfig:
     engine_cache_dir:  onnxruntime TensorRT EP only: where it caches engines and timing data;
                        empty means ``trt_cache/`` beside the model file.
     intra_op_threads:  onnxruntime CPU threads for one operator (1 on a shared edge CPU).
-    max_batch:         largest batch sent in one call; bigger batches are split.
+    max_batch:         largest batch sent in one call; bigger batches are split. The default,
+                       8, is the cheapest per window for the shipped INT8 model on ONNX Runtime
+                       CPU (``bench/results/runtime.md``: 4..16 are within 5 %, 64 costs 20-30 %
+                       more per window, as activations outgrow the cache, and serves ~10 % fewer
+                       streams at 200); GPU backends want larger batches
+                       (``deploy/configs/jetson-ward.yaml``: 64).
     """
 
     kind: BackendKind = "onnxruntime"
@@ -68,7 +75,7 @@ class BackendConfig:
     precision: Precision = "fp32"
     engine_cache_dir: str = ""
     intra_op_threads: int = 1
-    max_batch: int = 64
+    max_batch: int = DEFAULT_MAX_BATCH
 
     def __post_init__(self) -> None:
         check(self.kind in BACKEND_KINDS, "kind", self.kind, f"one of {BACKEND_KINDS}")

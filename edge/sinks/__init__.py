@@ -4,6 +4,10 @@ Implementations: :class:`edge.sinks.stdout.StdoutSink` (readable lines),
 :class:`edge.sinks.jsonl.JsonlSink` (one JSON object per line) and
 :class:`edge.sinks.mqtt.MqttSink` (QoS 1 over an SQLite spool; needs paho-mqtt). Import the
 one you use from its module; this package imports none of them.
+
+The runtime hands each round's events over together with :func:`publish_all`: a sink that
+has ``publish_many(events)`` takes them in one call (the MQTT sink: one spool transaction),
+any other sink gets them one ``publish`` at a time.
 """
 
 from __future__ import annotations
@@ -37,6 +41,18 @@ class Sink(Protocol):
         """Flush (within the sink's own timeout), release resources; idempotent."""
 
 
+def publish_all(sink: Sink, events: Sequence[Event]) -> None:
+    """Give ``events`` to ``sink`` in order: in one ``publish_many`` call where it has one."""
+    if not events:
+        return
+    publish_many = getattr(sink, "publish_many", None)
+    if publish_many is not None:
+        publish_many(events)
+        return
+    for event in events:
+        sink.publish(event)
+
+
 class MultiSink:
     """Fans every call out to ``sinks`` in order (e.g. stdout and MQTT)."""
 
@@ -46,6 +62,11 @@ class MultiSink:
     def publish(self, event: Event) -> None:
         for sink in self.sinks:
             sink.publish(event)
+
+    def publish_many(self, events: Sequence[Event]) -> None:
+        """All ``events`` to each sink in turn (see :func:`publish_all`)."""
+        for sink in self.sinks:
+            publish_all(sink, events)
 
     def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
         for sink in self.sinks:

@@ -1,13 +1,15 @@
 """A sink that appends each event as one JSON line (``Event.to_json``) to a file.
 
-The file is opened for appending, so a restarted runtime continues it; each line is
-flushed when written, so a reader (``tail -f``) sees events as they happen. Metrics go to a
-second file when ``metrics_path`` is given (one ``metrics_payload`` JSON per line), and are
-dropped otherwise, so the event file holds events only.
+The file is opened for appending, so a restarted runtime continues it; each line (each
+group of lines, from ``publish_many``) is flushed when written, so a reader (``tail -f``)
+sees events as they happen. Metrics go to a second file when ``metrics_path`` is given (one
+``metrics_payload`` JSON per line), and are dropped otherwise, so the event file holds events
+only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +37,11 @@ class JsonlSink:
 
     def publish(self, event: Event) -> None:
         self._write(self._file, event.to_json())
+
+    def publish_many(self, events: Sequence[Event]) -> None:
+        """One line per event, written and flushed together."""
+        if events:
+            self._write(self._file, "\n".join(event.to_json() for event in events))
 
     def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
         if self._metrics_file is not None:

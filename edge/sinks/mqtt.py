@@ -1,9 +1,11 @@
 """MQTT sink: events at QoS 1 through an SQLite spool, a retained status, metrics.
 
 Flow of one event: :meth:`MqttSink.publish` commits it to the :class:`~edge.spool.Spool`
-and wakes the sender thread; the sender hands spooled events to paho in ``seq`` order (at
+(:meth:`MqttSink.publish_many`: a runtime round's events in one transaction) and wakes the
+sender thread; the sender hands spooled events to paho in ``seq`` order (at
 most ``max_queued`` handed and unacknowledged, at most ``max_inflight`` of those on the
-wire); the broker's PUBACK reaches ``on_publish(mid)`` and the row is deleted. The row is
+wire); the broker's PUBACK reaches ``on_publish(mid)`` and the row is deleted (the sender
+deletes every PUBACK that came since its last pass in one transaction). The row is
 the only copy that matters: a crash at any point leaves the event in the spool, and the
 next sink on the same file hands the whole backlog to paho again, oldest first.
 
@@ -37,25 +39,22 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from edge.config import check
 from edge.events import (
     TOPIC_ROOT,
     Event,
     check_segment,
     event_topic,
-    is_segment,
     metrics_payload,
     metrics_topic,
     status_payload,
     status_topic,
 )
 from edge.sinks import SinkError
-from edge.spool import DEFAULT_MAX_EVENTS, Spool, SpoolFullError, SpoolFullMonitor
+from edge.sinks.mqtt_config import MqttConfig
+from edge.spool import Spool, SpoolFullMonitor
 
 log = logging.getLogger(__name__)
 
@@ -83,74 +82,6 @@ class BrokerTlsError(BrokerError):
 
 class BrokerUnavailableError(BrokerError):
     """The broker could not be reached (only raised with ``require_broker_at_start``)."""
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    """How the device reaches its broker, and the spool that stands in while it cannot."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    site: str = "site"  # topic segment: the ward / site
-    device_id: str = "device-1"  # topic segment: this device
-    client_id: str | None = None  # None: lungwatch-<site>-<device_id> (stable across restarts)
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)  # needs username
-    tls: bool = False  # TLS with the system CAs; implied by ca_file / cert_file
-    ca_file: str | None = None  # PEM CA bundle that signed the broker's certificate
-    cert_file: str | None = None  # client certificate (PEM), with key_file
-    key_file: str | None = None
-    keepalive_s: int = 30
-    backoff_min_s: int = 1  # first reconnect delay; doubles per failed attempt
-    backoff_max_s: int = 30
-    max_inflight: int = 20  # QoS 1 messages on the wire without PUBACK
-    max_queued: int = 1000  # events handed to paho and not yet acknowledged
-    connect_timeout_s: float = 10.0  # how long connect() waits for the first CONNACK
-    fail_fast: bool = True  # connect(): a refused CONNACK or a TLS failure raises
-    require_broker_at_start: bool = False  # connect(): an unreachable broker raises too
-    flush_timeout_s: float = 10.0  # close() waits this long for outstanding PUBACKs
-    spool_path: str = "out/spool/events.sqlite"
-    spool_max_events: int = DEFAULT_MAX_EVENTS
-    spool_full_priority: Literal["high", "medium", "low"] = "medium"
-
-    def __post_init__(self) -> None:
-        check(isinstance(self.host, str) and bool(self.host), "host", self.host, "a host name")
-        check(0 < self.port < 65536, "port", self.port, "an integer in 1..65535")
-        for name, value in (("site", self.site), ("device_id", self.device_id)):
-            check(is_segment(value), name, value, "a topic segment (1..64 chars, no / + # $)")
-        check(self.client_id is None or self.client_id != "", "client_id", "", "non-empty")
-        with_user = self.password is None or self.username is not None
-        check(with_user, "password", "***", "set together with username")
-        for name in ("ca_file", "cert_file", "key_file"):
-            path = getattr(self, name)
-            check(path is None or Path(path).is_file(), name, path, "an existing file")
-        paired = (self.cert_file is None) == (self.key_file is None)
-        check(paired, "key_file", self.key_file, "set together with cert_file")
-        self._check_numbers()
-
-    def _check_numbers(self) -> None:
-        check(self.keepalive_s >= 5, "keepalive_s", self.keepalive_s, "an integer >= 5")
-        check(self.backoff_min_s >= 1, "backoff_min_s", self.backoff_min_s, "an integer >= 1")
-        ok = self.backoff_max_s >= self.backoff_min_s
-        check(ok, "backoff_max_s", self.backoff_max_s, f">= backoff_min_s ({self.backoff_min_s})")
-        check(self.max_inflight >= 1, "max_inflight", self.max_inflight, "an integer >= 1")
-        check(self.max_queued >= 1, "max_queued", self.max_queued, "an integer >= 1")
-        for name in ("connect_timeout_s", "flush_timeout_s"):
-            check(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
-        ok = self.spool_max_events >= 1
-        check(ok, "spool_max_events", self.spool_max_events, "an integer >= 1")
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def uses_tls(self) -> bool:
-        return self.tls or self.ca_file is not None or self.cert_file is not None
-
-    @property
-    def effective_client_id(self) -> str:
-        return self.client_id or f"lungwatch-{self.site}-{self.device_id}"
 
 
 class MqttSink:
@@ -195,16 +126,30 @@ class MqttSink:
 
         A full spool does not raise: the refusal is logged and reported as ``spool_full``.
         """
+        self.publish_many([event])
+
+    def publish_many(self, events: Sequence[Event]) -> None:
+        """Spool ``events`` in one transaction (committed on return: one fsync for all of
+        them) and let the sender publish them, in order. Refusals as :meth:`publish`.
+
+        Raises:
+            SinkError: an event is for another site or device (nothing was spooled).
+        """
         self._check_open()
-        if (event.site, event.device_id) != (self.config.site, self.config.device_id):
-            raise SinkError(
-                f"event {event.id} is for {event.site}/{event.device_id}, this sink publishes "
-                f"for {self.config.site}/{self.config.device_id}"
-            )
-        try:
-            self._spool.put(event)
-        except SpoolFullError as exc:
-            log.error("%s", exc)
+        for event in events:
+            if (event.site, event.device_id) != (self.config.site, self.config.device_id):
+                raise SinkError(
+                    f"event {event.id} is for {event.site}/{event.device_id}, this sink "
+                    f"publishes for {self.config.site}/{self.config.device_id}"
+                )
+        if not events:
+            return
+        for event, seq in zip(events, self._spool.put_many(events), strict=True):
+            if seq is None:
+                log.error(
+                    "spool %s is full (no low-priority event to evict): refused %s %s event %s",
+                    self._spool.path, event.priority, event.type, event.id,
+                )  # fmt: skip
         self._full.after_put()
         self._wake()
 
@@ -403,12 +348,16 @@ class MqttSink:
                 self._woken = False
 
     def _take_acks(self) -> None:
-        """Delete the rows whose PUBACK came (mids of status/metrics are not in the map)."""
+        """Delete the rows whose PUBACK came, all in one transaction (mids of status and
+        metrics messages are not in the map)."""
+        seqs = []
         while self._acks:
             seq = self._mids.pop(self._acks.popleft(), None)
             if seq is not None:
-                self._spool.ack(seq)
-                self._counts["acked"] += 1
+                seqs.append(seq)
+        if seqs:
+            self._spool.ack_many(seqs)
+            self._counts["acked"] += len(seqs)
 
     def _pump(self) -> None:
         """Hand spooled events after the cursor to paho, oldest first, within max_queued.

@@ -10,6 +10,7 @@ Example lines::
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from edge.events import Event
@@ -33,7 +34,8 @@ def format_event(event: Event) -> str:
 
 
 class StdoutSink:
-    """Writes :func:`format_event` lines to ``stream`` (stdout by default), flushed per line.
+    """Writes :func:`format_event` lines to ``stream`` (stdout by default), flushed per line
+    (per group of lines, from ``publish_many``).
 
     ``show_metrics``: also print one line per metrics report.
     """
@@ -45,6 +47,11 @@ class StdoutSink:
 
     def publish(self, event: Event) -> None:
         self._write(format_event(event))
+
+    def publish_many(self, events: Sequence[Event]) -> None:
+        """One line per event, written and flushed together."""
+        if events:
+            self._write("\n".join(format_event(event) for event in events))
 
     def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
         if self._show_metrics:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.backends import BackendConfig, InferenceBackend, open_backend
+from edge.backends import DEFAULT_MAX_BATCH, BackendConfig, InferenceBackend, open_backend
 from edge.backends.base import BackendError
 from edge.backends.onnxruntime import (
     OrtBackend,
@@ -25,7 +25,7 @@ from edge.backends.onnxruntime import (
     provider_options,
 )
 from edge.backends.tensorrt import _pinned_array, check_engine_version, normalize_trt_version
-from edge.config import load_config
+from edge.config import load_config, load_yaml
 from edge.errors import ConfigError
 
 onnx = pytest.importorskip("onnx", reason="onnx is needed to build the test models")
@@ -365,3 +365,30 @@ def test_engine_from_other_tensorrt_version_is_refused(tmp_path: Path) -> None:
         BackendError, match=r"TensorRT 10\.3\.0 .* rebuild it here with `lungwatch engine`"
     ):
         check_engine_version(engine, "10.7.0")
+
+
+# --- the shipped model and the default batch ------------------------------------------------
+SHIPPED_INT8 = Path(__file__).resolve().parents[2] / "models" / "edge" / "model.int8.onnx"
+SHIPPED_WARD = SHIPPED_INT8.parents[2] / "edge" / "configs" / "ward.yaml"
+
+
+def test_ward_config_uses_the_default_max_batch() -> None:
+    assert (
+        load_yaml(SHIPPED_WARD)["backend"]["max_batch"]
+        == BackendConfig().max_batch
+        == DEFAULT_MAX_BATCH
+    )
+
+
+@pytest.mark.skipif(not SHIPPED_INT8.is_file(), reason="the shipped INT8 model is missing")
+def test_shipped_int8_logits_do_not_depend_on_the_batch_split() -> None:
+    """The default max_batch is a speed choice only: a round of 40 windows split into pieces
+    of 8 gives the same logits, bit for bit, as one call or 40 single calls."""
+    rng = np.random.default_rng(3)
+    whole = OrtBackend(SHIPPED_INT8, BackendConfig(max_batch=64))
+    x = rng.standard_normal((40, *whole.input_shape)).astype(np.float32)
+    expected = whole.infer(x)
+    pieces = OrtBackend(SHIPPED_INT8, BackendConfig()).infer(x)
+    singles = np.concatenate([whole.infer(x[i : i + 1]) for i in range(x.shape[0])])
+    np.testing.assert_array_equal(pieces, expected)
+    np.testing.assert_array_equal(singles, expected)

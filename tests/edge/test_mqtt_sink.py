@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import signal
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from edge.broker import EmbeddedBroker
 from edge.config import from_mapping
 from edge.errors import ConfigError
 from edge.events import DEVICE_STREAM, Event
-from edge.sinks import MultiSink, Sink
+from edge.sinks import MultiSink, Sink, SinkError, publish_all
 from edge.sinks.jsonl import JsonlSink
 from edge.sinks.mqtt import (
     BrokerRefusedError,
@@ -34,6 +36,7 @@ from edge.sinks.mqtt import (
     MqttSink,
 )
 from edge.sinks.stdout import StdoutSink
+from edge.spool import Spool
 from tests.edge.brokers import (
     Mosquitto,
     Recorder,
@@ -322,3 +325,115 @@ def test_stdout_jsonl_and_fan_out(tmp_path: Path) -> None:
     assert [Event.from_json(line) for line in lines] == [onset, ended]
     metrics = json.loads((tmp_path / "metrics.jsonl").read_text(encoding="utf-8"))
     assert metrics["metrics"] == {"frames": 3}
+
+
+class CountingSpool(Spool):
+    """A spool that notes the size of every put_many and ack_many."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.puts: list[int] = []
+        self.acks: list[int] = []
+
+    def put_many(self, events: Sequence[Event]) -> list[int | None]:
+        self.puts.append(len(events))
+        return super().put_many(events)
+
+    def ack_many(self, seqs: Iterable[int]) -> int:
+        seqs = list(seqs)
+        self.acks.append(len(seqs))
+        return super().ack_many(seqs)
+
+
+def test_publish_many_spools_a_round_in_one_call_and_delivers_in_order(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    events = make_events(40, site=SITE, device_id=DEVICE)
+    with Recorder(mosquitto.port) as recorder:
+        spool = CountingSpool(tmp_path / "spool.sqlite")
+        with MqttSink(mqtt_config(tmp_path, mosquitto.port), spool=spool) as sink:
+            for start in range(0, len(events), 8):
+                sink.publish_many(events[start : start + 8])
+            sink.publish_many([])
+            assert spool.puts == [8] * 5, "one spool transaction per group"
+            assert sink.flush(10.0)
+            assert sum(spool.acks) == 40
+            assert (sink.stats()["spooled"], sink.stats()["acked"]) == (0, 40)
+        assert wait_ids(recorder, {e.id for e in events})
+        assert recorder.event_ids() == [e.id for e in events]
+
+
+def test_pubacks_that_came_together_are_deleted_in_one_transaction(tmp_path: Path) -> None:
+    spool = CountingSpool(tmp_path / "spool.sqlite")
+    sink = MqttSink(mqtt_config(tmp_path, free_port()), spool=spool)  # not connected
+    try:
+        sink.publish_many(make_events(5, site=SITE, device_id=DEVICE))
+        for mid, (seq, _) in enumerate(spool.pending(10), start=1):  # what the sender does
+            sink._mids[mid] = seq
+        for mid in (1, 2, 99, 3, 4, 5):  # 99: a status message's PUBACK, not in the spool
+            sink._on_publish(None, None, mid, None, None)
+        sink._take_acks()
+        assert spool.acks == [5]
+        assert (len(spool), sink.stats()["acked"]) == (0, 5)
+    finally:
+        sink.close()
+
+
+def test_publish_many_refuses_a_foreign_event_and_reports_a_full_spool(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Mosquitto(tmp_path)  # never started: everything stays in the spool
+    sink = MqttSink(mqtt_config(tmp_path, broker.port, spool_max_events=3)).connect()
+    try:
+        ours = make_events(4, site=SITE, device_id=DEVICE, priority="high")
+        foreign = make_events(1, site="ward-9", device_id=DEVICE)
+        with pytest.raises(SinkError, match="is for ward-9/dev-1"):
+            sink.publish_many([ours[0], *foreign])
+        assert sink.stats()["spooled"] == 0, "nothing of the group was spooled"
+        with caplog.at_level(logging.ERROR, logger="edge.sinks.mqtt"):
+            sink.publish_many(ours)
+        assert sink.stats()["refused"] == 1
+        assert f"refused high Wheeze event {ours[3].id}" in caplog.text
+        assert sink.stats()["spooled"] == 4, "3 events and the spool_full onset (exempt)"
+    finally:
+        sink.close()
+
+
+def test_fan_out_of_a_group_matches_one_by_one(tmp_path: Path) -> None:
+    onset = make_events(1, site=SITE, device_id=DEVICE)[0]
+    group = [onset, onset.ended("2026-05-09T07:00:02.500Z", end_sample=20000)]
+    outputs = []
+    for name, publish in (("single", None), ("group", MultiSink.publish_many)):
+        out = io.StringIO()
+        sinks = MultiSink([StdoutSink(out), JsonlSink(tmp_path / f"{name}.jsonl")])
+        if publish is None:
+            for event in group:
+                sinks.publish(event)
+        else:
+            publish(sinks, group)
+        sinks.close()
+        outputs.append((out.getvalue(), (tmp_path / f"{name}.jsonl").read_text("utf-8")))
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0][0].splitlines()) == 2
+
+
+def test_publish_all_falls_back_to_publish() -> None:
+    class OneByOne:
+        def __init__(self) -> None:
+            self.events: list[Event] = []
+
+        def publish(self, event: Event) -> None:
+            self.events.append(event)
+
+        def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None: ...
+
+        def flush(self, timeout_s: float) -> bool:
+            return True
+
+        def close(self) -> None: ...
+
+    events = make_events(3, site=SITE, device_id=DEVICE)
+    sink = OneByOne()
+    publish_all(MultiSink([sink]), events)
+    publish_all(sink, [])
+    assert sink.events == events

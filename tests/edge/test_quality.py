@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from scipy.signal import welch
 
-from edge import quality
+from edge import quality, quality_kernels
 from edge.errors import EmptyAudioError, InvalidAudioError
 from edge.quality import (
     FACTOR_NAMES,
@@ -229,3 +232,116 @@ def test_bad_band_raises(kwargs: dict[str, float], message: str) -> None:
 def test_bad_clipping_threshold_raises(threshold: float) -> None:
     with pytest.raises(ValueError, match="threshold"):
         clipping_fraction(_white(), threshold)
+
+
+# --- the kernels behind measure() against the NumPy/SciPy reference ---------------------
+
+KERNEL_RTOL = 1e-12
+MEASURE_NAMES = tuple(quality.QualityMeasures.__dataclass_fields__)
+
+
+def _signals(n: int, rate_hz: int) -> dict[str, np.ndarray]:
+    t = np.arange(n) / rate_hz
+    rng = np.random.default_rng(n + rate_hz)
+    breath = synthesize(max(DURATION_S, n / rate_hz), rate_hz, seed=5, crackles=3, wheezes=1)
+    return {
+        "noise": 0.05 * rng.standard_normal(n),
+        "tone": 0.1 * np.sin(2 * np.pi * 437.3 * t) + 0.02,
+        "clipped": np.clip(2.0 * rng.standard_normal(n), -1.0, 1.0),
+        "silence": np.zeros(n),
+        "breath": breath.samples[:n].astype(np.float64),
+    }
+
+
+def _assert_measures_equal(got: quality.QualityMeasures, want: quality.QualityMeasures) -> None:
+    for name in MEASURE_NAMES:
+        assert getattr(got, name) == pytest.approx(
+            getattr(want, name), rel=KERNEL_RTOL, abs=KERNEL_RTOL
+        ), name
+
+
+@pytest.mark.parametrize("rate_hz", [4000, 8000, 16000])
+@pytest.mark.parametrize("seconds", [0.128, 0.2, 0.5, 0.5001, 2.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_measure_kernels_match_the_reference(rate_hz: int, seconds: float, dtype: type) -> None:
+    n = round(seconds * rate_hz)
+    for name, x in _signals(n, rate_hz).items():
+        samples = x.astype(dtype)
+        got, want = measure(samples, rate_hz), quality.measure_reference(samples, rate_hz)
+        try:
+            _assert_measures_equal(got, want)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}, {n} samples at {rate_hz} Hz: {exc}") from None
+
+
+@pytest.mark.parametrize(
+    ("n", "rate_hz"),
+    [(1000, 8000), (4000, 11025), (4000, 8100.0)],  # shorter than a frame; frame not 2**k
+)
+def test_measure_falls_back_to_the_reference(n: int, rate_hz: float) -> None:
+    x = _white()[:n]
+    assert quality._measure_fast(x, rate_hz) is None
+    assert measure(x, rate_hz) == quality.measure_reference(x, rate_hz)
+
+
+def test_kernel_path_reports_nan_like_the_reference() -> None:
+    x = _white()[:4000].copy()
+    x[1234] = np.nan
+    with pytest.raises(InvalidAudioError, match="1 of 4000 samples are NaN or Inf"):
+        measure(x, RATE_HZ)
+
+
+@pytest.mark.parametrize("n", [1, 7, 4000, 16001])
+def test_level_sums_kernel(n: int) -> None:
+    x = np.random.default_rng(n).uniform(-1.0, 1.0, n)
+    x[:: max(1, n // 3)] = 1.0
+    sum_squares, clipped, finite = quality_kernels.level_sums(x, 0.999)
+    assert finite
+    assert sum_squares == pytest.approx(float(np.sum(x * x)), rel=KERNEL_RTOL)
+    assert clipped == int(np.count_nonzero(np.abs(x) >= 0.999))
+    x[n // 2] = np.inf
+    assert not quality_kernels.level_sums(x, 0.999)[2]
+
+
+@pytest.mark.parametrize(("n_per_frame", "n"), [(8, 8), (64, 100), (1024, 4000), (2048, 16000)])
+def test_welch_frames_kernel(n_per_frame: int, n: int) -> None:
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    work = quality_kernels.WelchWork(n_per_frame, 8000.0, 50.0, 0.5)
+    n_frames = 1 + (n - n_per_frame) // work.step
+    work.ensure(n_frames)
+    quality_kernels.welch_frames(x, work.window, work.step, n_frames, work.frames)
+    starts = np.arange(n_frames) * work.step
+    segments = x.astype(np.float64)[starts[:, None] + np.arange(n_per_frame)]
+    expected = (segments - segments.mean(axis=1, keepdims=True)) * work.window
+    np.testing.assert_allclose(work.frames[:n_frames], expected, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize(("n_per_frame", "n"), [(64, 64), (256, 1000), (1024, 4000)])
+def test_band_entropy_kernel(n_per_frame: int, n: int) -> None:
+    x = _breath(1)[:n]
+    work = quality_kernels.WelchWork(n_per_frame, RATE_HZ, 50.0, 0.5)
+    n_frames = 1 + (n - n_per_frame) // work.step
+    work.ensure(n_frames)
+    quality_kernels.welch_frames(x, work.window, work.step, n_frames, work.frames)
+    work.power[:n_frames] = np.abs(np.fft.rfft(work.frames[:n_frames], axis=1)) ** 2
+    got = quality_kernels.band_entropy(work.power, n_frames, work.lo, work.hi)
+    freqs_hz, power = welch(x, RATE_HZ, "hann", n_per_frame, n_per_frame // 2, scaling="spectrum")
+    band = power[freqs_hz >= 50.0]
+    assert band.shape[0] == work.hi - work.lo
+    assert got == pytest.approx(quality._spectral_entropy(band), rel=KERNEL_RTOL)
+    work.power[:] = 0.0
+    assert quality_kernels.band_entropy(work.power, n_frames, work.lo, work.hi) == 0.0
+
+
+def test_kernel_scratch_is_per_thread() -> None:
+    segments = [_breath(seed)[:4000] for seed in BREATH_SEEDS] * 8
+    want = [quality.measure_reference(x, RATE_HZ).score for x in segments]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda x: quality_score(x, RATE_HZ), segments))
+    np.testing.assert_allclose(got, want, rtol=KERNEL_RTOL)
+
+
+def test_to_dict_is_asdict() -> None:
+    measures = measure(_breath(1), RATE_HZ)
+    assert measures.to_dict() == dataclasses.asdict(measures)
+    assert list(measures.to_dict()) == [f.name for f in dataclasses.fields(measures)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 from edge.audio import read_audio
 from edge.errors import ConfigError
 from edge.events import Event, parse_utc
-from edge.runtime import serve
+from edge.runtime import Runtime, open_model, open_streams, serve
 from edge.runtime_config import CommandError, parse_command, resolve_source
 from edge.spool import Spool
 from tests.edge.brokers import Mosquitto, Recorder
@@ -34,6 +35,7 @@ from tests.edge.runtime_helpers import (
     RATE_HZ,
     SITE,
     WHEEZES,
+    ListSink,
     ServeThread,
     annotated_events,
     build,
@@ -438,3 +440,47 @@ def test_config_errors_are_config_errors(tmp_path: Path) -> None:
     mapping = config_mapping(tmp_path, [stream("bed-1", "x.wav")], metrics_interval_s=0)
     with pytest.raises(ConfigError, match=r"^test\.yaml: metrics_interval_s must be > 0, got 0"):
         build(mapping)
+
+
+class GroupSink(ListSink):
+    """A ListSink with ``publish_many``: notes the size of each group it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups: list[int] = []
+
+    def publish_many(self, events: list[Event]) -> None:
+        self.groups.append(len(events))
+        self.events.extend(events)
+
+
+def _run_into(config: Any, sink: ListSink) -> Runtime:
+    model = open_model(config, "test.yaml")
+    try:
+        runtime = Runtime(config, model, open_streams(config, model, "test.yaml"), sink)
+        runtime.run(threading.Event())
+    finally:
+        model.backend.close()
+    return runtime
+
+
+def test_a_rounds_events_reach_the_sink_as_one_group(tmp_path: Path) -> None:
+    """Silence on one bed, clipping on another: a sink with ``publish_many`` gets each round's
+    events in one call, and the same events, in the same order, as a one-by-one sink."""
+    rng = np.random.default_rng(7)
+    silent = write_audio(tmp_path / "silent.wav", np.zeros(6 * RATE_HZ))
+    clipped = write_audio(tmp_path / "clipped.wav", np.clip(rng.normal(0, 2, 6 * RATE_HZ), -1, 1))
+    config = build(config_mapping(tmp_path, [stream("a", silent), stream("b", clipped)]))
+    grouped, one_by_one = GroupSink(), ListSink()
+    runtime = _run_into(config, grouped)
+    _run_into(config, one_by_one)
+
+    def key(e: Event) -> tuple[Any, ...]:
+        return (e.stream_id, e.type, e.state, e.start_sample, e.end_sample)
+
+    assert [key(e) for e in grouped.events] == [key(e) for e in one_by_one.events]
+    assert {e.type for e in grouped.events} >= {"silence", "clipping"}
+    assert sum(grouped.groups) == len(grouped.events)
+    assert len(grouped.events) == sum(s.counters["events"] for s in runtime.streams)
+    assert max(grouped.groups) >= 2, "events of one round (both beds' onsets) come together"
+    assert len(grouped.groups) < len(grouped.events)

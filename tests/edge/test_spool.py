@@ -65,7 +65,14 @@ def test_spool_file_is_wal(tmp_path: Path) -> None:
             assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_unacked_events_survive_sigkill(tmp_path: Path) -> None:
+PUT_SCRIPTS = {
+    "put": "for line in open(sys.argv[2]):\n    spool.put(Event.from_json(line))\n",
+    "put_many": "spool.put_many([Event.from_json(line) for line in open(sys.argv[2])])\n",
+}
+
+
+@pytest.mark.parametrize("how", list(PUT_SCRIPTS))
+def test_unacked_events_survive_sigkill(tmp_path: Path, how: str) -> None:
     path = tmp_path / "spool.sqlite"
     events = make_events(20)
     source = tmp_path / "events.jsonl"
@@ -74,8 +81,8 @@ def test_unacked_events_survive_sigkill(tmp_path: Path) -> None:
         "import sys, time\n"
         "from edge.events import Event\nfrom edge.spool import Spool\n"
         "spool = Spool(sys.argv[1])\n"
-        "for line in open(sys.argv[2]):\n    spool.put(Event.from_json(line))\n"
-        "print('spooled', flush=True)\ntime.sleep(60)\n"
+        + PUT_SCRIPTS[how]
+        + "print('spooled', flush=True)\ntime.sleep(60)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-c", script, str(path), str(source)]
@@ -170,3 +177,69 @@ def test_unusable_files_give_one_line_errors(tmp_path: Path) -> None:
     spool.close()
     with pytest.raises(SpoolError, match="is closed"):
         spool.put(make_events(1)[0])
+
+
+def test_put_many_is_put_in_one_transaction(tmp_path: Path) -> None:
+    events = make_events(6)
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        first = spool.put(events[0])
+        seqs = spool.put_many([events[1], events[0], events[2], events[1], *events[3:]])
+        assert seqs[1] == first, "an id already stored keeps its seq"
+        assert seqs[3] == seqs[0], "an id twice in one batch is stored once"
+        new = [seqs[0], seqs[2], *seqs[4:]]
+        assert new == sorted(new)
+        assert new[0] > first
+        assert len(set(new)) == 5
+        assert len(spool) == 6
+        assert ids(spool.pending(10)) == [e.id for e in events]
+        assert spool.put_many([]) == []
+        with sqlite3.connect(tmp_path / "spool.sqlite") as other:  # committed: seen by others
+            assert other.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 6
+
+
+def test_put_many_applies_the_bound_per_event(tmp_path: Path) -> None:
+    low1, low2 = make_events(2, priority="low")
+    high1, high2, high3, high4 = make_events(4, priority="high")
+    with Spool(tmp_path / "spool.sqlite", max_events=3) as spool:
+        spool.put_many([low1, high1])
+        # low2 fills the spool, high2 and high3 evict low1 and low2, high4 finds no low left
+        seqs = spool.put_many([low2, high2, high3, high4])
+        assert [seq is None for seq in seqs] == [False, False, False, True]
+        assert ids(spool.pending(10)) == [high1.id, high2.id, high3.id]
+        assert (spool.evicted_total, spool.refused_total, len(spool)) == (2, 1, 3)
+        with pytest.raises(SpoolFullError, match="full \\(3 events, none of low priority"):
+            spool.put(make_events(1, priority="medium")[0])
+
+
+def test_ack_many_deletes_in_one_transaction(tmp_path: Path) -> None:
+    events = make_events(5)
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        seqs = spool.put_many(events)
+        assert spool.ack_many([seqs[0], seqs[3], seqs[3], 10_000]) == 2
+        assert spool.ack_many([]) == 0
+        assert len(spool) == 3
+        assert ids(spool.pending(10)) == [events[i].id for i in (1, 2, 4)]
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        assert len(spool) == 3
+
+
+def test_concurrent_put_many_and_ack_many(tmp_path: Path) -> None:
+    events = make_events(300)
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        acked: list[int] = []
+
+        def acker() -> None:
+            while len(acked) < len(events):
+                seqs = [seq for seq, _ in spool.pending(50, after_seq=acked[-1] if acked else 0)]
+                assert spool.ack_many(seqs) == len(seqs)
+                acked.extend(seqs)
+
+        thread = threading.Thread(target=acker)
+        thread.start()
+        for start in range(0, len(events), 7):
+            spool.put_many(events[start : start + 7])
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert len(spool) == 0
+        assert acked == sorted(acked)
+        assert len(acked) == 300

@@ -1,0 +1,83 @@
+"""The MQTT sink's configuration (how the device reaches its broker, and its spool).
+
+Kept apart from :mod:`edge.sinks.mqtt` so the runtime's config loader can read it without
+paho; :mod:`edge.sinks.mqtt` re-exports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edge.config import check
+from edge.events import is_segment
+from edge.spool import DEFAULT_MAX_EVENTS
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """How the device reaches its broker, and the spool that stands in while it cannot."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    site: str = "site"  # topic segment: the ward / site
+    device_id: str = "device-1"  # topic segment: this device
+    client_id: str | None = None  # None: lungwatch-<site>-<device_id> (stable across restarts)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # needs username
+    tls: bool = False  # TLS with the system CAs; implied by ca_file / cert_file
+    ca_file: str | None = None  # PEM CA bundle that signed the broker's certificate
+    cert_file: str | None = None  # client certificate (PEM), with key_file
+    key_file: str | None = None
+    keepalive_s: int = 30
+    backoff_min_s: int = 1  # first reconnect delay; doubles per failed attempt
+    backoff_max_s: int = 30
+    max_inflight: int = 20  # QoS 1 messages on the wire without PUBACK
+    max_queued: int = 1000  # events handed to paho and not yet acknowledged
+    connect_timeout_s: float = 10.0  # how long connect() waits for the first CONNACK
+    fail_fast: bool = True  # connect(): a refused CONNACK or a TLS failure raises
+    require_broker_at_start: bool = False  # connect(): an unreachable broker raises too
+    flush_timeout_s: float = 10.0  # close() waits this long for outstanding PUBACKs
+    spool_path: str = "out/spool/events.sqlite"
+    spool_max_events: int = DEFAULT_MAX_EVENTS
+    spool_full_priority: Literal["high", "medium", "low"] = "medium"
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.host, str) and bool(self.host), "host", self.host, "a host name")
+        check(0 < self.port < 65536, "port", self.port, "an integer in 1..65535")
+        for name, value in (("site", self.site), ("device_id", self.device_id)):
+            check(is_segment(value), name, value, "a topic segment (1..64 chars, no / + # $)")
+        check(self.client_id is None or self.client_id != "", "client_id", "", "non-empty")
+        with_user = self.password is None or self.username is not None
+        check(with_user, "password", "***", "set together with username")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            check(path is None or Path(path).is_file(), name, path, "an existing file")
+        paired = (self.cert_file is None) == (self.key_file is None)
+        check(paired, "key_file", self.key_file, "set together with cert_file")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        check(self.keepalive_s >= 5, "keepalive_s", self.keepalive_s, "an integer >= 5")
+        check(self.backoff_min_s >= 1, "backoff_min_s", self.backoff_min_s, "an integer >= 1")
+        ok = self.backoff_max_s >= self.backoff_min_s
+        check(ok, "backoff_max_s", self.backoff_max_s, f">= backoff_min_s ({self.backoff_min_s})")
+        check(self.max_inflight >= 1, "max_inflight", self.max_inflight, "an integer >= 1")
+        check(self.max_queued >= 1, "max_queued", self.max_queued, "an integer >= 1")
+        for name in ("connect_timeout_s", "flush_timeout_s"):
+            check(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
+        ok = self.spool_max_events >= 1
+        check(ok, "spool_max_events", self.spool_max_events, "an integer >= 1")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
+
+    @property
+    def effective_client_id(self) -> str:
+        return self.client_id or f"lungwatch-{self.site}-{self.device_id}"
