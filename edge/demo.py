@@ -52,7 +52,14 @@ from edge.features import extract
 from edge.gate import GateConfig
 from edge.imaging import write_png
 from edge.labels import NORMAL, sound_class
-from edge.runtime import Runtime, install_signal_handlers, open_model, serve
+from edge.runtime import (
+    Runtime,
+    add_run_options,
+    install_signal_handlers,
+    open_model,
+    serve,
+    setup_logging,
+)
 from edge.runtime_config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
 from edge.sinks.mqtt import MqttConfig
 
@@ -358,15 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", metavar="HOST:PORT", help="use this broker (no embedded one)")
     parser.add_argument("--seconds", type=float, metavar="N", help="stop after N s (max_run_s)")
     parser.add_argument("--realtime", action="store_true", help="pace the recordings at 8 kHz")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    add_run_options(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    setup_logging(args.verbose)
     overrides = list(args.set)
     if args.broker is not None:
         overrides.append(f"broker={json.dumps(args.broker)}")

@@ -344,18 +344,27 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch run", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path, help="runtime YAML file")
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable) and ``-v``, shared by ``run`` and ``demo``."""
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    args = parser.parse_args(argv)
+
+
+def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lungwatch run", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="runtime YAML file")
+    add_run_options(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
     config = load_runtime_config(args.config, args.set)
     stop = threading.Event()
     install_signal_handlers(stop)
