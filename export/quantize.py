@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import hashlib
 import io
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -270,6 +271,40 @@ def quantize_model(
     return record
 
 
+# Tensor names the quantizer derives from the FP32 names (e.g. "/inner/.../Conv_output_0_scale");
+# they are replaced by short ids. The FP32 layer and tensor names are kept.
+GENERATED_NAME = re.compile(
+    r"(_zero_point|_scale|_quantized|_QuantizeLinear_Output|_DequantizeLinear_Output)$"
+)
+
+
+def compact(path: Path) -> None:
+    """Rewrite ``path`` smaller without changing what it computes: shorten the quantizer's
+    generated tensor names, drop Q/DQ node names and the shape-inference ``value_info`` that
+    ``quant_pre_process`` added (the FP32 export has none; runtimes infer shapes)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    ids: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not GENERATED_NAME.search(name):
+            return name
+        return ids.setdefault(name, f"q{len(ids):x}")
+
+    for node in graph.node:
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node.name = ""
+    for initializer in graph.initializer:
+        initializer.name = short(initializer.name)
+    del graph.value_info[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def quantize_checked(model: Path, out: Path, windows: np.ndarray, method: str) -> dict[str, Any]:
     """Quantize in a temporary folder beside ``out``; publish only if opcheck finds nothing.
 
@@ -283,6 +318,7 @@ def quantize_checked(model: Path, out: Path, windows: np.ndarray, method: str) -
         work = Path(work_dir)
         quantized = work / out.name
         quantize_qdq(model, quantized, windows, method, work)
+        compact(quantized)
         problems = check_tensorrt_compat(quantized)
         if problems:
             raise OpCheckFailedError(

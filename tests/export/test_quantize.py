@@ -183,3 +183,26 @@ def test_quantize_model_writes_only_in_the_model_folder(
         quantize_model(model_copy / "model.onnx", calib_dir, tmp_path / "elsewhere.onnx")
     with pytest.raises(QuantizeError, match="would overwrite the fp32 model"):
         quantize_model(model_copy / "model.onnx", calib_dir, model_copy / "model.onnx")
+
+
+def test_compact_shrinks_the_file_without_changing_its_outputs(
+    exported_dir: Path, calib_dir: Path, tmp_path: Path
+) -> None:
+    from export.quantize import compact, quantize_qdq
+
+    manifest = load_manifest(exported_dir / "manifest.json")
+    windows = calibration_set(calib_dir, manifest, CALIB_MAX_WINDOWS, seed=0).windows
+    raw = tmp_path / "raw.int8.onnx"
+    quantize_qdq(exported_dir / "model.onnx", raw, windows, "minmax", tmp_path)
+    small = tmp_path / "small.int8.onnx"
+    shutil.copy(raw, small)
+    compact(small)
+    assert small.stat().st_size < raw.stat().st_size
+    graph = onnx.load(str(small)).graph
+    assert not graph.value_info
+    assert not [n for n in graph.initializer if n.name.endswith(("_scale", "_zero_point"))]
+    feed = {"features": windows[:3]}
+    before = ort_session(raw).run(None, feed)[0]
+    after = ort_session(small).run(None, feed)[0]
+    np.testing.assert_array_equal(before, after)  # the same computation, bit for bit
+    assert export.opcheck.check_tensorrt_compat(small) == []
