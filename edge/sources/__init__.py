@@ -71,9 +71,7 @@ def _bridge(url: str, stream_id: str, sample_rate_hz: int, options: dict[str, An
         module = importlib.import_module("edge.sources.bridge")
     except ImportError as exc:
         raise SourceError(f"{url}: the firmware bridge source is not available ({exc})") from exc
-    if "rate=" not in url:
-        url += ("&" if "?" in url else "?") + f"rate={sample_rate_hz}"
-    source: AudioSource = module.BridgeSource(url)
+    source: AudioSource = module.BridgeSource(url, default_rate_hz=sample_rate_hz)
     if source.sample_rate_hz != sample_rate_hz:
         source.close()
         raise SourceError(

@@ -8,11 +8,11 @@ URL forms (spec: ``docs/firmware-protocol.md``, section "Runtime source URL")::
     bridge://serial//dev/ttyUSB0?baud=921600        USB serial (pyserial)
 
 Options: ``device`` and ``stream`` (decimal or 0x-hex; absent: the first stream heard),
-``rate`` (Hz the runtime expects, default 8000; frames at another rate are dropped with a
-``device_status`` notice), ``name`` (the source's ``stream_id``, e.g. the bed; default
-``bridge-DEVICE-STREAM``), ``key_file`` (a file holding the device's HMAC key as hex: frames
-must then carry a valid tag), ``jitter_frames`` and ``max_hold_ms`` (the jitter buffer),
-``baud`` (serial).
+``rate`` (Hz the runtime expects; default ``default_rate_hz``, which ``open_source`` sets to
+the model's rate; frames at another rate are dropped with a ``device_status`` notice),
+``name`` (the source's ``stream_id``, e.g. the bed; default ``bridge-DEVICE-STREAM``),
+``key_file`` (a file holding the device's HMAC key as hex: frames must then carry a valid
+tag), ``jitter_frames`` and ``max_hold_ms`` (the jitter buffer), ``baud`` (serial).
 
 Chunks follow the device's sample index: a gap is a chunk of silence marked ``missing``
 carrying a ``signal_gap`` notice (``missing_samples``; a gap longer than 10 s is a jump of
@@ -68,13 +68,19 @@ NOTICE_KINDS = {
 class BridgeSource:
     """An :class:`~edge.sources.base.AudioSource` over a firmware-bridge link."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        default_rate_hz: int = DEFAULT_RATE_HZ,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         try:
             link = parse_link_url(url)
             check_options(link, OPTIONS)
             self._device = _optional_int(link, "device")
             self._stream = _optional_int(link, "stream")
-            self.sample_rate_hz = int_option(link, "rate", DEFAULT_RATE_HZ)
+            self.sample_rate_hz = int_option(link, "rate", default_rate_hz)
             receiver = Receiver(ReceiverConfig(jitter=_jitter(link)), *_keys(link, self._device))
             self._bridge = Bridge(open_transport(link), receiver, clock=clock)
         except BridgeError as exc:
