@@ -45,6 +45,7 @@ WAVE_MAGIC = b"WAVE"
 RIFF_HEADER_BYTES = 12
 BITS_PER_BYTE = 8
 DEFAULT_SOURCE = "<array>"
+AUDIO_SUFFIXES: tuple[str, ...] = (".flac", ".wav")  # recordings; FLAC preferred over WAV
 
 # libsndfile subtype -> dtype to read it as (integer PCM is scaled by to_float32).
 _READ_DTYPE_BY_SUBTYPE = {"PCM_16": "int16", "PCM_24": "int32", "PCM_32": "int32"}
@@ -80,6 +81,26 @@ class Audio:
     def duration_s(self) -> float:
         """Duration in seconds."""
         return self.n_samples / self.sample_rate_hz
+
+
+def audio_file(folder: Path, stem: str) -> Path | None:
+    """``folder/stem`` with the first of :data:`AUDIO_SUFFIXES` that exists, else None.
+
+    ``stem`` is used as given (SPRSound names hold dots, e.g. ``40638274_9.7_1_p1_1696``).
+    """
+    for suffix in AUDIO_SUFFIXES:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def audio_files_under(folder: Path) -> list[Path]:
+    """Every audio file (:data:`AUDIO_SUFFIXES`, any case) below ``folder``, recursively,
+    sorted."""
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+    )
 
 
 def read_audio(path: str | Path, *, target_rate_hz: int | None = None) -> Audio:

@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from edge.audio import audio_files_under
 from edge.errors import LungwatchError
 from edge.manifest import INPUT_NAME, MANIFEST_NAME, OUTPUT_NAME, Manifest
 
-AUDIO_SUFFIXES = (".wav", ".flac")
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_METHOD = "percentile"  # 99.999th percentile of |x|: best held-out fidelity measured
 ENTROPY_NOTE = (
@@ -98,9 +98,7 @@ def find_audio(calib_dir: Path) -> list[Path]:
     """Every .wav/.flac file under ``calib_dir``, recursively, sorted."""
     if not calib_dir.is_dir():
         raise QuantizeError(f"--calib {calib_dir}: not a directory")
-    files = sorted(
-        p for p in calib_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
-    )
+    files = audio_files_under(calib_dir)
     if not files:
         raise QuantizeError(f"--calib {calib_dir}: no .wav or .flac files found (recursively)")
     return files

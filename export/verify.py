@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.audio import audio_files_under
 from edge.backends import BackendConfig, open_backend
 from edge.backends.base import softmax
 from edge.detector import Detector, DetectorConfig
@@ -267,7 +268,7 @@ def audio_files(paths: list[Path], max_files: int) -> list[Path]:
     files = []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
+            files += audio_files_under(path)
         elif path.is_file():
             files.append(path)
         else:

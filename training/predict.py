@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.audio import AUDIO_SUFFIXES, audio_file
 from edge.errors import LungwatchError
 from edge.labels import (
     EVENT_LABELS,
@@ -38,7 +39,6 @@ from training.inference import WindowClassifier, load_classifier, window_probabi
 from training.windows import event_windows, icbhi_cycle_windows, sliding_windows
 
 TASKS = ("1-1", "1-2", "2-1", "2-2", "icbhi")
-AUDIO_SUFFIXES = (".flac", ".wav")
 ANY_LABEL = (*EVENT_LABELS, POOR_QUALITY)  # window labels are not used for prediction
 POOR_QUALITY_THRESHOLD = 0.5  # mean window probability of Poor Quality
 FAMILY_THRESHOLD = 0.5  # top-window probability of a family (CAS or DAS) to call it present
@@ -50,9 +50,9 @@ class PredictionError(LungwatchError):
 
 
 def find_audio(audio_dir: Path, name: str) -> Path:
-    for suffix in AUDIO_SUFFIXES:
-        if (audio_dir / f"{name}{suffix}").is_file():
-            return audio_dir / f"{name}{suffix}"
+    found = audio_file(audio_dir, name)
+    if found is not None:
+        return found
     raise PredictionError(f"{audio_dir}: no audio for {name} ({' or '.join(AUDIO_SUFFIXES)})")
 
 

@@ -9,7 +9,16 @@ import pytest
 import soundfile as sf
 
 from edge import audio
-from edge.audio import Audio, read_audio, resample, to_float32, to_mono, validate_samples
+from edge.audio import (
+    Audio,
+    audio_file,
+    audio_files_under,
+    read_audio,
+    resample,
+    to_float32,
+    to_mono,
+    validate_samples,
+)
 from edge.datapaths import sprsound_root
 from edge.errors import AudioReadError, EmptyAudioError, InvalidAudioError
 
@@ -288,3 +297,20 @@ def test_real_wav_quirks_equal_their_flac_twins(wav_quirk_paths: list[Path]) -> 
         frames, rate_hz, _, _ = audio._read_wav_with_wave(wav_path)
         assert rate_hz == RATE_HZ
         np.testing.assert_array_equal(to_float32(frames[:, 0]), expected)
+
+
+def test_audio_file_prefers_flac_and_keeps_dotted_stems(tmp_path: Path) -> None:
+    stem = "40638274_9.7_1_p1_1696"  # SPRSound names hold dots
+    assert audio_file(tmp_path, stem) is None
+    (tmp_path / f"{stem}.wav").write_bytes(b"")
+    assert audio_file(tmp_path, stem) == tmp_path / f"{stem}.wav"
+    (tmp_path / f"{stem}.flac").write_bytes(b"")
+    assert audio_file(tmp_path, stem) == tmp_path / f"{stem}.flac"
+
+
+def test_audio_files_under_lists_audio_recursively_sorted(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "folder.wav").mkdir()  # a folder with an audio-looking name is not a file
+    for name in ("b/z.FLAC", "a.wav", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert audio_files_under(tmp_path) == [tmp_path / "a.wav", tmp_path / "b/z.FLAC"]

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.audio import AUDIO_SUFFIXES, audio_file
 from edge.errors import AnnotationError
 from edge.labels import ICBHI_LABELS as ICBHI_LABELS  # re-exported; the table is edge.labels
 from edge.labels import icbhi_label
@@ -44,7 +45,6 @@ SPLIT_HALVES: tuple[str, ...] = ("train", "test")
 SPLIT_NAME_CORRECTIONS: dict[str, str] = {"226_1b1_Pl_sc_Meditron": "226_1b1_Pl_sc_LittC2SE"}
 
 ANNOTATION_SUFFIX = ".txt"
-AUDIO_SUFFIXES: tuple[str, ...] = (".flac", ".wav")
 N_NAME_FIELDS = 5
 N_CYCLE_FIELDS = 4
 N_SPLIT_FIELDS = 2
@@ -123,10 +123,9 @@ def _load_recording(txt_path: Path) -> IcbhiRecording:
 
 def _find_audio(txt_path: Path) -> Path:
     """The audio twin of a cycle file (``.flac`` preferred over ``.wav``)."""
-    for suffix in AUDIO_SUFFIXES:
-        candidate = txt_path.with_suffix(suffix)
-        if candidate.is_file():
-            return candidate
+    found = audio_file(txt_path.parent, txt_path.stem)
+    if found is not None:
+        return found
     raise AnnotationError(
         f"{txt_path}: no audio file beside it (looked for {', '.join(AUDIO_SUFFIXES)})"
     )

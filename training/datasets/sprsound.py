@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.audio import AUDIO_SUFFIXES, audio_file
 from edge.errors import AnnotationError
 from edge.labels import EVENT_LABELS, RECORD_LABELS
 
@@ -43,7 +44,6 @@ LOCATION_NAMES: dict[str, str] = {
 GENDER_BY_CODE: dict[str, str] = {"0": "M", "1": "F"}
 
 ANNOTATION_SUFFIX = ".json"
-AUDIO_SUFFIXES: tuple[str, ...] = (".flac", ".wav")
 RECORD_KEY = "record_annotation"
 RECORD_KEY_ALIAS = "recording_annotation"
 EVENTS_KEY = "event_annotation"
@@ -137,10 +137,9 @@ def _load_record(annotation_path: Path) -> SprRecord:
 
 def _find_audio(annotation_path: Path) -> Path:
     """The audio twin of an annotation (``.flac`` preferred over ``.wav``)."""
-    for suffix in AUDIO_SUFFIXES:
-        candidate = annotation_path.with_suffix(suffix)
-        if candidate.is_file():
-            return candidate
+    found = audio_file(annotation_path.parent, annotation_path.stem)
+    if found is not None:
+        return found
     raise AnnotationError(
         f"{annotation_path}: no audio file beside it (looked for {', '.join(AUDIO_SUFFIXES)})"
     )
