@@ -67,6 +67,9 @@ class Recording:
     sample_rate_hz: int
 
 
+Stage = tuple[str, str, Any]  # (name, precision, windows -> logits)
+
+
 def stream_windows(path: Path, manifest: Manifest, chunk_samples: int) -> Recording:
     """The runtime's windows of one recording, streamed in ``chunk_samples`` chunks."""
     spec = manifest.feature_spec
@@ -166,7 +169,7 @@ def _overlaps(event: tuple, others: list[tuple]) -> bool:
     return any(o[0] == kind and o[1] < end and start < o[2] for o in others)
 
 
-def stages(manifest: Manifest, folder: Path, use_torch: bool) -> list[tuple[str, str, Any]]:
+def stages(manifest: Manifest, folder: Path, use_torch: bool) -> list[Stage]:
     """``(name, precision, logits_fn)`` of every stage present here; the first is the
     reference."""
     out = []
@@ -192,9 +195,9 @@ def _has_tensorrt() -> bool:
 
 
 def verify_recordings(
-    manifest: Manifest, folder: Path, recordings: list[Recording], use_torch: bool
+    manifest: Manifest, recordings: list[Recording], found: list[Stage]
 ) -> list[dict[str, Any]]:
-    found = stages(manifest, folder, use_torch)
+    """Every stage of ``found`` against the first (the reference) on ``recordings``."""
     n_classes = len(manifest.classes)
     outputs = [[_run(fn, r.windows, n_classes) for r in recordings] for _, _, fn in found]
     event_lists = [
@@ -296,11 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         files = audio_files(args.audio, args.max_files)
         recordings = [stream_windows(f, manifest, args.chunk_samples) for f in files]
-        results = verify_recordings(manifest, folder, recordings, not args.no_torch)
+        found = stages(manifest, folder, not args.no_torch)  # each model opened once
+        results = verify_recordings(manifest, recordings, found)
         print(f"{len(files)} recordings, chunks of {args.chunk_samples} samples")
         if args.write_reference:
-            reference = stages(manifest, folder, not args.no_torch)[0]
-            path = write_reference(folder, recordings, reference[2], reference[0])
+            name, _, logits_fn = found[0]
+            path = write_reference(folder, recordings, logits_fn, name)
             _record(folder, results, path)
     print_results(results)
     if args.json:
