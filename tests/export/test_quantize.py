@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +22,9 @@ from export.quantize import (
     quantize_model,
 )
 from export.to_onnx import ort_session
+from tests.edge.runtime_helpers import lungwatch
 
 from .conftest import CALIB_MAX_WINDOWS, RECORDINGS
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -162,14 +159,7 @@ def test_opcheck_findings_refuse_the_result(
 
 
 def test_cli_prints_one_line_and_exits_1(model_copy: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "quantize", *_argv(model_copy, tmp_path / "nowhere")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = lungwatch("quantize", *_argv(model_copy, tmp_path / "nowhere"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"lungwatch quantize: error: --calib {tmp_path / 'nowhere'}: not a directory"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +18,8 @@ from export.to_onnx import (
     ort_session,
     parity_max_abs_diff,
 )
+from tests.edge.runtime_helpers import lungwatch
 from training.checkpoint import CheckpointError, load_model
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -104,14 +101,7 @@ def test_missing_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
 
 
 def test_cli_prints_one_line_and_exits_1(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "export", str(tmp_path / "nope.pt"), "--out", "x.onnx"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = lungwatch("export", str(tmp_path / "nope.pt"), "--out", "x.onnx")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"lungwatch export: error: {tmp_path / 'nope.pt'}: checkpoint not found"
