@@ -1,5 +1,7 @@
-# lungwatch — the commands a user needs. Each target creates or reuses its virtual
-# environment and installs what it needs, so a fresh clone only needs Python >= 3.10.
+# lungwatch — the commands a user needs. Each target installs what it needs first: the Debian
+# packages it uses (requirements/debian-packages.txt, via apt-get as root or sudo) and a virtual
+# environment built exactly from a lock file (requirements/*.lock), so a fresh clone on a fresh
+# Debian machine only needs Python 3.11 and make.
 #
 #   make demo     the main job on the embedded default (edge dependencies only, no torch)
 #   make test     the test suite (uses ../shared/data when present)
@@ -8,30 +10,52 @@
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
 #   make deploy   DEVICE=jetson [DRY_RUN=1]: bundle, install, check, roll back (docs/deploy.md)
 #   make train    retrain the shipped edge model (SEEDS="0 1 2" for the model card's runs)
+#   make lock     refresh the lock files from pyproject.toml (UPGRADE=1: newest allowed versions)
+#   make sysdeps  only install the Debian packages (GROUP=edge|dev)
 
 PYTHON ?= python3
 VENV ?= .venv
 EDGE_VENV ?= .venv-edge
-PIP_FLAGS ?= --disable-pip-version-check -q
+EDGE_LOCK = requirements/edge.lock
+DEV_LOCK = requirements/dev.lock
+SYSDEPS = requirements/install-debian-packages.sh
 
 # One core for benchmarks: pin thread pools and the CPU.
 ONE_CORE = OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
            $(shell command -v taskset >/dev/null 2>&1 && echo taskset -c 0)
 
-.PHONY: demo test lint bench fuzz format clean help train deploy
+.PHONY: demo test lint bench fuzz format clean help train deploy lock sysdeps sysdeps-dev sysdeps-edge
 
 help:
-	@sed -n '2,12p' Makefile
+	@sed -n '6,17p' Makefile
 
-$(VENV)/.installed-dev: pyproject.toml
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[dev,train,export,edge,serial,demo]'
+# The Debian packages are checked on every run (a dpkg query; apt-get only for missing ones).
+GROUP ?= dev
+sysdeps:
+	@sh $(SYSDEPS) $(GROUP)
+sysdeps-dev sysdeps-edge:
+	@sh $(SYSDEPS) $(@:sysdeps-%=%)
+
+$(VENV)/.installed-dev: $(DEV_LOCK) pyproject.toml | sysdeps-dev
+	PYTHON=$(PYTHON) sh requirements/make-venv.sh $(VENV) $(DEV_LOCK)
 	touch $@
 
-$(EDGE_VENV)/.installed-edge: pyproject.toml
-	test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
-	$(EDGE_VENV)/bin/pip install $(PIP_FLAGS) -e '.[edge,demo]'
+$(EDGE_VENV)/.installed-edge: $(EDGE_LOCK) pyproject.toml | sysdeps-edge
+	PYTHON=$(PYTHON) sh requirements/make-venv.sh $(EDGE_VENV) $(EDGE_LOCK)
 	touch $@
+
+# Lock files: uv resolves pyproject.toml's extras for CPython $(LOCK_PYTHON); existing pins are
+# kept unless UPGRADE=1. torch is the local CPU build (torch==2.13.0+cpu in $(LOCK_FIND_LINKS)).
+LOCK_PYTHON ?= 3.11
+LOCK_FIND_LINKS ?= /opt/wheels
+LOCK_FLAGS = --quiet --python-version $(LOCK_PYTHON) \
+	$(if $(wildcard $(LOCK_FIND_LINKS)),--find-links $(LOCK_FIND_LINKS)) \
+	$(if $(filter 1 yes true,$(UPGRADE)),--upgrade)
+lock: $(VENV)/.installed-dev
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) \
+	  --extra edge --extra demo -o $(EDGE_LOCK)
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) \
+	  --extra dev --extra train --extra export --extra edge --extra serial --extra demo -o $(DEV_LOCK)
 
 demo: $(EDGE_VENV)/.installed-edge
 	$(EDGE_VENV)/bin/lungwatch demo $(ARGS)
