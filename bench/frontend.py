@@ -13,7 +13,6 @@ ratios against the references measured in the same run, never as absolute times.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -27,6 +26,7 @@ import scipy.signal
 from edge.features import FEATURE_KINDS, FeatureSpec, extract, make_stream
 from edge.features.fft import FFT_BACKEND
 from edge.features.logmel import mel_filterbank
+from firmware_bridge.cliparse import ArgumentParser
 
 RESULTS_DIR = Path(__file__).parent / "results"
 CHUNK_SAMPLES = 256
@@ -171,7 +171,7 @@ def render(xrt: dict[str, float], checks: list[tuple[str, float, float, bool]], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="signal length")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median is kept)")
     args = parser.parse_args(argv)

@@ -7,10 +7,13 @@ so ``lungwatch demo`` on a device never imports training code or torch.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
 from edge.errors import LungwatchError
+
+DEBUG_ENV = "LUNGWATCH_DEBUG"  # set to show the traceback of an unexpected error
 
 # subcommand -> (module with main(argv), one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -65,9 +68,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(entry(rest) or 0)
-    except LungwatchError as exc:
-        print(f"lungwatch {name}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"lungwatch {name}: interrupted", file=sys.stderr)
+        return 130
+    except (LungwatchError, OSError) as exc:  # what the user can fix: one line, no traceback
+        print(f"lungwatch {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"lungwatch {name}: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+            f"(set {DEBUG_ENV}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message with its line breaks folded; an OSError as ``path: reason``."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ clear error (one line).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -62,6 +61,7 @@ from edge.runtime import (
 )
 from edge.runtime_config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
 from edge.sinks.mqtt import MqttConfig
+from firmware_bridge.cliparse import ArgumentParser
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 DEFAULT_RECORDS: tuple[str, ...] = (
@@ -360,7 +360,7 @@ def _acked(runtime: Runtime) -> int | str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch demo", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch demo", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo YAML file")
     parser.add_argument("--broker", metavar="HOST:PORT", help="use this broker (no embedded one)")
     parser.add_argument("--seconds", type=float, metavar="N", help="stop after N s (max_run_s)")

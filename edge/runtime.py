@@ -55,6 +55,7 @@ from edge.runtime_config import (
 from edge.runtime_events import EventOutbox
 from edge.sinks import Sink
 from edge.sources import AudioSource, SourceEnded, SourceError
+from firmware_bridge.cliparse import ArgumentParser
 
 log = logging.getLogger("lungwatch.runtime")
 MAX_LATENCIES = 100_000  # per stream and metrics interval
@@ -360,7 +361,7 @@ def setup_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch run", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch run", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="runtime YAML file")
     add_run_options(parser)
     args = parser.parse_args(argv)

@@ -31,6 +31,7 @@ from typing import Any
 from edge.backends.base import INPUT_NAME
 from edge.errors import LungwatchError
 from edge.manifest import MANIFEST_NAME
+from firmware_bridge.cliparse import ArgumentParser
 
 PRECISIONS = ("fp16", "int8", "best")
 BUILDER_FLAGS = {"fp16": ("FP16",), "int8": ("INT8",), "best": ("FP16", "INT8")}
@@ -311,7 +312,7 @@ def record_engine(plan: BuildPlan, extra: dict[str, Any]) -> Path:
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lungwatch engine", description="Q/DQ ONNX -> TensorRT engine, built on this device"
     )
     parser.add_argument("onnx", type=Path, help="the (Q/DQ INT8) ONNX model")
@@ -345,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     try:
         _check_args(args)
+        input_shape = read_input_shape(args.onnx)  # a bad file is named before TensorRT is
         trt = _tensorrt_module()
         trtexec = find_trtexec()
         built_with = choose_builder(trt is not None, trtexec, args.use_trtexec)
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             args.onnx,
             args.out,
             args.precision,
-            read_input_shape(args.onnx),
+            input_shape,
             timing_cache_path(args.out, args.timing_cache),
             args.max_batch,
             args.opt_batch,

@@ -24,7 +24,6 @@ the device (``lungwatch engine``).
 
 from __future__ import annotations
 
-import argparse
 import functools
 from collections import defaultdict
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import LungwatchError
+from firmware_bridge.cliparse import ArgumentParser
 
 OPS_FILE = Path(__file__).with_name("tensorrt10_ops.txt")
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -212,9 +212,7 @@ def check_intermediate_dims(model: Any) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m export.opcheck", description=__doc__.splitlines()[0]
-    )
+    parser = ArgumentParser(prog="python -m export.opcheck", description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=Path, help="ONNX files to check")
     args = parser.parse_args(argv)
     failed = False

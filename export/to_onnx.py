@@ -17,7 +17,6 @@ only the batch dynamic, input normalisation inside the graph. Steps:
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import warnings
@@ -28,6 +27,7 @@ import numpy as np
 
 from edge.errors import LungwatchError
 from edge.manifest import INPUT_NAME, MANIFEST_NAME, OUTPUT_NAME
+from firmware_bridge.cliparse import ArgumentParser
 
 if TYPE_CHECKING:
     import torch
@@ -232,7 +232,7 @@ def export_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch export", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="training checkpoint (.pt)")
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17..20)")

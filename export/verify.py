@@ -17,7 +17,6 @@ is beyond them. ``--write-reference`` stores the windows and reference logits
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from edge.errors import LungwatchError
 from edge.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_file
 from edge.pipeline import StreamPipeline
 from edge.sources import FileSource, SourceEnded
+from firmware_bridge.cliparse import ArgumentParser
 
 REFERENCE_NAME = "verify_reference.npz"
 REFERENCE_WINDOWS = 16  # windows stored for the device check (float16: ~400 kB)
@@ -282,7 +282,7 @@ def audio_files(paths: list[Path], max_files: int) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch verify", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch verify", description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=Path("models/edge"))
     parser.add_argument("--audio", type=Path, nargs="*", default=[], help="recordings or folders")
     parser.add_argument("--max-files", type=int, default=16, help="at most this many recordings")

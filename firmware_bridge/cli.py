@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from firmware_bridge.assembler import JitterConfig
+from firmware_bridge.cliparse import ArgumentParser
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import Bridge
 from firmware_bridge.receiver import Output, Receiver, ReceiverConfig
@@ -113,7 +115,7 @@ def stats_lines(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lungwatch bridge",
         description="Receive wearable stethoscope streams, print per-stream statistics as "
         "JSON lines, optionally write the received timeline to a WAV.",
@@ -141,7 +143,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def check_wav_path(path: Path | None) -> None:
+    """``--wav`` is written at the end of the run: refuse a path that cannot be, up front."""
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise BridgeError(f"--wav {path}: {folder} is not a directory")
+    if path.is_dir():
+        raise BridgeError(f"--wav {path}: is a directory")
+    if not os.access(folder, os.W_OK):
+        raise BridgeError(f"--wav {path}: {folder} is not writable")
+
+
 def _run(args: argparse.Namespace, out: TextIO) -> int:
+    check_wav_path(args.wav)
     url = parse_link_url(args.url)
     check_options(url, ("baud",))
     keys, default_key = parse_keys(args.key)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from firmware_bridge import senders
+from firmware_bridge.cliparse import ArgumentParser
 from firmware_bridge.crc32c import crc32c
 from firmware_bridge.devicemodel import DeviceConfig, device_frames, read_pcm
 from firmware_bridge.errors import BridgeError
@@ -127,7 +128,7 @@ def play(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lungwatch emulate", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch emulate", description=__doc__.splitlines()[0])
     parser.add_argument("--audio", required=True, type=Path, help="WAV/FLAC recording to play")
     parser.add_argument("--to", required=True, help="udp://HOST:PORT, tcp://HOST:PORT (listen) "
                         "or serial:///dev/ttyX?baud=N")  # fmt: skip

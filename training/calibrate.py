@@ -10,7 +10,6 @@ validation scores before and after, in the checkpoint (``record_thresholds``,
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from dataclasses import asdict
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from edge.labels import RECORD_LABELS
+from firmware_bridge.cliparse import ArgumentParser
 from training.checkpoint import load_model, read_checkpoint
 from training.data import data_folder
 from training.datasets.sprsound import SprRecord, load_sprsound, patient_disjoint_split
@@ -84,9 +84,7 @@ def calibrate(model: Path) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lungwatch calibrate", description=__doc__.splitlines()[0]
-    )
+    parser = ArgumentParser(prog="lungwatch calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="checkpoint to update")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -9,7 +9,6 @@ Se/Sp/Score for ``dataset: icbhi``, SPRSound SE/SP/Score otherwise). Writes
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge.labels import ICBHI_LABELS
+from firmware_bridge.cliparse import ArgumentParser
 from training.config import RunConfig, load_run_config
 from training.data import build_training_data
 from training.inference import WindowClassifier, load_classifier, window_probabilities
@@ -80,7 +80,7 @@ def crossvalidate(run: RunConfig, folds: int, verbose: bool = True) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch crossval", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch crossval", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="run YAML")
     parser.add_argument("--folds", type=int, default=5, help="number of patient-grouped folds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -12,7 +12,6 @@ against the annotated ones (a SPRSound ``.json`` beside the audio), one panel pe
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from edge.detector import hysteresis
 from edge.labels import EVENT_LABELS, NORMAL
+from firmware_bridge.cliparse import ArgumentParser
 from training.inference import WindowClassifier, load_classifier
 
 ON_THRESHOLD = 0.6
@@ -145,7 +145,7 @@ def _event_rows(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch detect", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch detect", description=__doc__.splitlines()[0])
     parser.add_argument("audio", nargs="+", type=Path, help="WAV or FLAC recordings")
     parser.add_argument("--model", type=Path, default=Path("models/edge/model.pt"))
     parser.add_argument("--on", type=float, default=ON_THRESHOLD, help="onset threshold")

@@ -18,7 +18,6 @@ itself is skipped if it lies in that folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import AnnotationError, LungwatchError
+from firmware_bridge.cliparse import ArgumentParser
 from training.datasets.icbhi import parse_recording_name, read_cycles
 from training.datasets.sprsound import read_annotation
 from training.metrics import (
@@ -305,7 +305,7 @@ def format_report(result: Evaluation) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lungwatch evaluate``; returns 0 on success, 1 on an input error."""
-    parser = argparse.ArgumentParser(prog="lungwatch evaluate", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--preds", required=True, help="predictions JSON (lungwatch predict)")
     parser.add_argument("--annotations", required=True, help="folder of annotation files")

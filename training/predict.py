@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from edge.labels import (
     to_binary,
     to_icbhi,
 )
+from firmware_bridge.cliparse import ArgumentParser
 from training.datasets.icbhi import IcbhiRecording, parse_recording_name, read_cycles
 from training.datasets.sprsound import SprRecord, parse_record_name, read_annotation
 from training.inference import WindowClassifier, load_classifier, window_probabilities
@@ -237,7 +237,7 @@ def predict(task: str, model: Path, audio_dir: Path, annotations: Path) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch predict", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch predict", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--audio", required=True, type=Path, help="folder of .wav/.flac files")
     parser.add_argument(

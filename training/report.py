@@ -11,7 +11,6 @@ selected on are read from the checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from edge.datapaths import icbhi_root, sprsound_root
 from edge.labels import EVENT_LABELS, NORMAL
+from firmware_bridge.cliparse import ArgumentParser
 from training.detect import detect_events, score_track
 from training.evaluate import evaluate
 from training.inference import load_classifier
@@ -104,7 +104,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch report", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch report", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/edge/model.pt"))
     parser.add_argument("--out", type=Path, help="JSON report to write")
     parser.add_argument("--no-detection", action="store_true", help="skip event detection")

@@ -11,7 +11,6 @@ DistributedDataParallel on the gloo backend (CPU); rank 0 validates and writes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from edge.config import to_mapping
+from firmware_bridge.cliparse import ArgumentParser
 from training.checkpoint import read_checkpoint, save_checkpoint
 from training.config import RunConfig, load_run_config
 from training.data import TrainingData, build_training_data
@@ -315,7 +315,7 @@ def _write_config(run: RunConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="run YAML (training/configs/*.yaml)")
     parser.add_argument(
         "--set",

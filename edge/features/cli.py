@@ -8,7 +8,6 @@ is written beside it as ``<stem>.<kind>.spec.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -17,10 +16,11 @@ import numpy as np
 from edge.audio import read_audio
 from edge.config import apply_overrides, from_mapping
 from edge.features import FEATURE_KINDS, FeatureSpec, extract
+from firmware_bridge.cliparse import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lungwatch features", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch features", description=__doc__.splitlines()[0])
     parser.add_argument("audio", nargs="+", help="WAV or FLAC files")
     parser.add_argument("--kind", choices=FEATURE_KINDS, default="logmel")
     parser.add_argument(

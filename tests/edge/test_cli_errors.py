@@ -1,0 +1,159 @@
+"""Every ``lungwatch`` subcommand answers a missing file, a garbage file and a bad argument with
+one line on stderr that names what was wrong, and an exit status >= 1: never a traceback.
+
+Each case runs the real console entry point in a subprocess (``python -m edge.cli``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.cli import SUBCOMMANDS
+from tests.edge.runtime_helpers import lungwatch
+
+MISSING = "missing"  # placeholder for a path that does not exist
+GARBAGE = "garbage"  # placeholder for a file of random bytes
+CASES_DIR = "cases"
+
+# subcommand -> (argv with a missing file, argv with a garbage file); None: takes no file.
+# In each argv, "{missing}" and "{garbage}" become paths; the suffix says what the file plays.
+FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
+    "demo": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
+    "features": (["{missing}.wav"], ["{garbage}.wav"]),
+    "bench": None,
+    "train": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
+    "calibrate": (["--model", "{missing}.pt"], ["--model", "{garbage}.pt"]),
+    "report": (
+        ["--model", "{missing}.pt", "--out", "{dir}/r.json"],
+        ["--model", "{garbage}.pt", "--out", "{dir}/r.json"],
+    ),
+    "crossval": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
+    "predict": (
+        ["--task", "1-2", "--audio", "{missing}", "--annotations", "{missing}", "--out", "p.json"],
+        [
+            "--task",
+            "1-2",
+            "--audio",
+            "{dir}",
+            "--annotations",
+            "{dir}",
+            "--model",
+            "{garbage}.pt",
+            "--out",
+            "{dir}/p.json",
+        ],
+    ),
+    "evaluate": (
+        ["--task", "1-2", "--preds", "{missing}.json", "--annotations", "{dir}"],
+        ["--task", "1-2", "--preds", "{garbage}.json", "--annotations", "{dir}"],
+    ),
+    "detect": (["{missing}.wav"], ["{garbage}.wav"]),
+    "export": (
+        ["{missing}.pt", "--out", "{dir}/m.onnx"],
+        ["{garbage}.pt", "--out", "{dir}/m.onnx"],
+    ),
+    "quantize": (
+        ["{missing}.onnx", "--calib", "{dir}", "--out", "{dir}/m.int8.onnx"],
+        ["{garbage}.onnx", "--calib", "{dir}", "--out", "{dir}/m.int8.onnx"],
+    ),
+    "engine": (
+        ["{missing}.onnx", "--precision", "int8", "--out", "{dir}/m.plan"],
+        ["{garbage}.onnx", "--precision", "int8", "--out", "{dir}/m.plan"],
+    ),
+    "verify": (["--model-dir", "{missing}"], ["--no-torch", "--audio", "{garbage}.wav"]),
+    "run": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
+    "bridge": (["serial://{missing}"], ["--wav", "{garbage}.wav/out.wav", "udp://127.0.0.1:0"]),
+    "emulate": (
+        ["--audio", "{missing}.wav", "--to", "udp://127.0.0.1:9"],
+        ["--audio", "{garbage}.wav", "--to", "udp://127.0.0.1:9"],
+    ),
+}
+
+# subcommand -> an argv argparse refuses; its last word is what the error line must name
+BAD_ARGUMENT: dict[str, list[str]] = {
+    "demo": ["--no-such-option"],
+    "features": ["x.wav", "--kind", "nope"],
+    "bench": ["--seconds", "soon"],
+    "train": ["--config", "x.yaml", "--no-such-option"],
+    "calibrate": ["--model", "x.pt", "--no-such-option"],
+    "report": ["--no-such-option"],
+    "crossval": ["--config", "x.yaml", "--folds", "many"],
+    "predict": ["--task", "9-9"],
+    "evaluate": ["--task", "9-9"],
+    "detect": ["x.wav", "--on", "high"],
+    "export": ["x.pt", "--out", "y.onnx", "--opset", "new"],
+    "quantize": ["m.onnx", "--calib", "d", "--out", "o.onnx", "--method", "magic"],
+    "engine": ["--precision", "int3"],
+    "verify": ["--max-files", "many"],
+    "run": ["--config", "x.yaml", "--no-such-option"],
+    "bridge": ["udp://127.0.0.1:0", "--seconds", "soon"],
+    "emulate": ["--loss", "lots"],
+}
+
+
+def test_every_subcommand_is_covered() -> None:
+    assert set(FILE_CASES) == set(SUBCOMMANDS)
+    assert set(BAD_ARGUMENT) == set(SUBCOMMANDS)
+
+
+def _fill(argv: list[str], folder: Path) -> list[str]:
+    names = {
+        "missing": str(folder / MISSING),
+        "garbage": str(folder / GARBAGE),
+        "dir": str(folder / CASES_DIR),
+    }
+    return [arg.format(**names) for arg in argv]
+
+
+def _garbage_files(folder: Path, argv: list[str]) -> None:
+    """Random bytes at every ``{garbage}.<suffix>`` path of ``argv``; an empty ``{dir}``."""
+    (folder / CASES_DIR).mkdir(exist_ok=True)
+    noise = bytes(range(256)) * 8 + b"\x00\xff garbage \x1a" * 64
+    for arg in argv:
+        if arg.startswith("{garbage}"):
+            path = Path(_fill([arg.split("/")[0]], folder)[0])
+            path.write_bytes(noise)
+
+
+def _assert_one_line(result_stderr: str, returncode: int, name: str, mentions: str) -> None:
+    lines = [line for line in result_stderr.splitlines() if line.strip()]
+    assert returncode >= 1, result_stderr
+    assert "Traceback" not in result_stderr, result_stderr
+    assert len(lines) == 1, result_stderr
+    assert lines[0].startswith(f"lungwatch {name}: "), lines[0]
+    assert mentions in lines[0], lines[0]
+    assert "unexpected error" not in lines[0], lines[0]  # handled where it arises
+
+
+@pytest.mark.parametrize("name", [n for n, c in FILE_CASES.items() if c is not None])
+def test_missing_file_is_one_line(name: str, tmp_path: Path) -> None:
+    case = FILE_CASES[name]
+    assert case is not None
+    (tmp_path / CASES_DIR).mkdir()
+    result = lungwatch(name, *_fill(case[0], tmp_path))
+    _assert_one_line(result.stderr, result.returncode, name, MISSING)
+
+
+@pytest.mark.parametrize("name", [n for n, c in FILE_CASES.items() if c is not None])
+def test_garbage_file_is_one_line(name: str, tmp_path: Path) -> None:
+    case = FILE_CASES[name]
+    assert case is not None
+    _garbage_files(tmp_path, case[1])
+    result = lungwatch(name, *_fill(case[1], tmp_path))
+    _assert_one_line(result.stderr, result.returncode, name, GARBAGE)
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_bad_argument_is_one_line(name: str) -> None:
+    argv = BAD_ARGUMENT[name]
+    result = lungwatch(name, *argv)
+    assert result.returncode == 2, result.stderr
+    _assert_one_line(result.stderr, result.returncode, name, argv[-1])
+    assert "--help" in result.stderr  # says where the usage is
+
+
+def test_unknown_command_is_one_line() -> None:
+    result = lungwatch("no-such-command")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == "lungwatch: unknown command 'no-such-command'"
