@@ -29,15 +29,17 @@ Lifecycle of one event (``key`` = ``"<type>@<start_sample>"``, stable and determ
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from numba import njit
 
 from edge.config import check
 from edge.errors import ConfigError, LungwatchError
-from edge.labels import NORMAL, POOR_QUALITY
+from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
 
 Priority = Literal["high", "medium", "low"]
 EventKind = Literal["physiological", "technical"]
@@ -78,14 +80,29 @@ def hysteresis(
 
 @dataclass(frozen=True)
 class ClassThreshold:
-    """On/off thresholds of one class, overriding the detector's default pair."""
+    """One class's rule, overriding the detector's defaults (None: the default)."""
 
     type: str
     on_threshold: float
     off_threshold: float
+    min_event_ms: float | None = None
+    merge_gap_ms: float | None = None
 
     def __post_init__(self) -> None:
         check_thresholds(self.on_threshold, self.off_threshold)
+        for key in ("min_event_ms", "merge_gap_ms"):
+            value = getattr(self, key)
+            check(value is None or value >= 0.0, key, value, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    """The resolved rule of one class (every field set)."""
+
+    on_threshold: float
+    off_threshold: float
+    min_event_ms: float
+    merge_gap_ms: float
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,21 @@ class DetectorConfig:
             f"one of {PRIORITIES}",
         )
         check_priorities(self.priorities, self.latching)
+
+    def rule_of(self, type_: str) -> ClassRule:
+        """The thresholds and durations that apply to ``type_``."""
+        default = ClassRule(
+            self.on_threshold, self.off_threshold, self.min_event_ms, self.merge_gap_ms
+        )
+        for rule in self.thresholds:
+            if rule.type == type_:
+                return ClassRule(
+                    rule.on_threshold,
+                    rule.off_threshold,
+                    default.min_event_ms if rule.min_event_ms is None else rule.min_event_ms,
+                    default.merge_gap_ms if rule.merge_gap_ms is None else rule.merge_gap_ms,
+                )
+        return default
 
     def thresholds_of(self, type_: str) -> tuple[float, float]:
         """(on, off) of one class."""
@@ -248,10 +280,12 @@ class Lifecycle:
             event.reported_end = end
             self.pending.append(self._transition(event, "ongoing", None))
 
-    def close(self, key: str, end: int) -> None:
+    def close(self, key: str, end: int, peak: float | None = None) -> None:
         """The condition of ``key`` ended at ``end``: end it, or latch it."""
         event = self._live.pop(key)
         event.end = end
+        if peak is not None:
+            event.peak = max(event.peak, peak)
         if event.latches and not event.acknowledged:
             self._latched[key] = event
             self.pending.append(self._transition(event, "ongoing", end, latched=True))
@@ -417,3 +451,226 @@ class Detector:
     @property
     def active_keys(self) -> tuple[str, ...]:
         return self._lifecycle.active_keys
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame-level detection: per-frame class probabilities of a streaming model -> events.
+
+
+@dataclass(frozen=True)
+class FrameGrid:
+    """Where the model's output frames lie on a stream's sample timeline.
+
+    Output frame ``j`` speaks for samples ``[j * frame_samples + offset_samples, (j + 1) *
+    frame_samples + offset_samples)``: the span centred on the middle of the front-end frames
+    it summarises (``stride`` front-end frames of ``hop_samples``, each ``frame_samples_fe``
+    long, see :mod:`edge.features.spec`). These spans tile the timeline.
+    """
+
+    sample_rate_hz: int
+    frame_samples: int  # output hop, samples
+    offset_samples: int = 0
+
+    @classmethod
+    def of(
+        cls, sample_rate_hz: int, hop_samples: int, frame_samples_fe: int, stride: int
+    ) -> FrameGrid:
+        """The grid of a model with ``stride`` front-end frames per output frame."""
+        return cls(sample_rate_hz, stride * hop_samples, frame_samples_fe // 2 - hop_samples // 2)
+
+    @property
+    def hop_ms(self) -> float:
+        return MS_PER_S * self.frame_samples / self.sample_rate_hz
+
+    def start_sample(self, frame: int) -> int:
+        return frame * self.frame_samples + self.offset_samples
+
+    def end_sample(self, frame: int) -> int:
+        """Exclusive end of frame ``frame``'s span."""
+        return (frame + 1) * self.frame_samples + self.offset_samples
+
+
+ONSET, CLOSE = 0, 1  # transition kinds of the frame kernel
+
+
+@njit(cache=True)
+def _track_frames(
+    probs, index, on, off, min_frames, gap_frames, first_frame,
+    active, cand_start, cand_end, announced, peak, out_i, out_p,
+):  # fmt: skip
+    """Hysteresis, merge gap and minimum duration over ``probs`` (n, O) for the outputs
+    ``index`` (C,), updating the per-class state arrays (C,) in place. Writes one row per
+    transition to ``out_i`` (kind, class, first frame, last frame) and ``out_p`` (peak);
+    returns the number of rows (at most 2 * n * C)."""
+    count = 0
+    for t in range(probs.shape[0]):
+        j = first_frame + t
+        for c in range(index.shape[0]):
+            value = probs[t, index[c]]
+            active[c] = value >= off[c] if active[c] else value >= on[c]
+            if active[c]:
+                if cand_start[c] >= 0 and j - cand_end[c] - 1 > gap_frames[c]:  # frames skipped
+                    if announced[c]:
+                        out_i[count, 0], out_i[count, 1] = CLOSE, c
+                        out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
+                        out_p[count] = peak[c]
+                        count += 1
+                    cand_start[c] = -1
+                if cand_start[c] < 0:
+                    cand_start[c], peak[c], announced[c] = j, value, False
+                cand_end[c] = j
+                peak[c] = max(peak[c], value)
+                if not announced[c] and cand_end[c] - cand_start[c] + 1 >= min_frames[c]:
+                    announced[c] = True
+                    out_i[count, 0], out_i[count, 1] = ONSET, c
+                    out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
+                    out_p[count] = peak[c]
+                    count += 1
+            elif cand_start[c] >= 0 and j - cand_end[c] > gap_frames[c]:
+                if announced[c]:
+                    out_i[count, 0], out_i[count, 1] = CLOSE, c
+                    out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
+                    out_p[count] = peak[c]
+                    count += 1
+                cand_start[c], announced[c] = -1, False
+    return count
+
+
+@dataclass(frozen=True)
+class DetectedEvent:
+    """One finished event on the stream's sample timeline (``end_sample`` exclusive)."""
+
+    type: str
+    start_sample: int
+    end_sample: int
+    confidence: float
+
+
+class FrameDetector:
+    """Physiological events of one stream from its model's per-frame probabilities.
+
+    ``outputs`` names the model's output columns; those in :data:`DETECTED_CLASSES` become
+    events (the others, e.g. Breath and Poor Quality, are not events). Per class: hysteresis
+    (``on_threshold`` / ``off_threshold``), then off-gaps up to ``merge_gap_ms`` continue the
+    event, and an event is announced once it spans ``min_event_ms`` (shorter ones never
+    produce a transition); it ends once the class has been off for longer than the merge gap,
+    at the end of its last active frame. Durations are whole frames of ``grid.hop_ms``
+    (rounded to the nearest frame, at least one). Lifecycle, latching and acknowledgement as
+    :class:`Lifecycle`.
+
+        detector = FrameDetector(outputs, config, grid)
+        transitions = detector.update(first_frame, probs)   # probs (n, n_outputs), any n
+    """
+
+    def __init__(self, outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid) -> None:
+        self.outputs, self.config, self.grid = tuple(outputs), config, grid
+        unknown = [t.type for t in config.thresholds if t.type not in self.outputs]
+        if unknown:
+            raise ConfigError(
+                f"detector.thresholds: {unknown[0]!r} is not a model output {outputs}"
+            )
+        self._index = np.array(
+            [i for i, name in enumerate(self.outputs) if name in DETECTED_CLASSES], np.int64
+        )
+        self.types = tuple(self.outputs[i] for i in self._index)
+        rules = [config.rule_of(t) for t in self.types]
+        self._on = np.array([r.on_threshold for r in rules], np.float64)
+        self._off = np.array([r.off_threshold for r in rules], np.float64)
+        hop = grid.hop_ms
+        self._min = np.array([max(1, round(r.min_event_ms / hop)) for r in rules], np.int64)
+        self._gap = np.array([round(r.merge_gap_ms / hop) for r in rules], np.int64)
+        self._lifecycle = Lifecycle(
+            "physiological",
+            priority_table(config.priorities, config.default_priority),
+            config.latching,
+            ms_to_samples(config.ongoing_every_ms, grid.sample_rate_hz),
+        )
+        n = len(self.types)
+        self._active = np.zeros(n, np.bool_)
+        self._start = np.full(n, -1, np.int64)
+        self._end = np.zeros(n, np.int64)
+        self._announced = np.zeros(n, np.bool_)
+        self._peak = np.zeros(n, np.float64)
+        self._keys: list[str | None] = [None] * n
+        self._out_i = np.zeros((0, 4), np.int64)
+        self._out_p = np.zeros(0, np.float64)
+        self.suppressed = False
+
+    def update(self, first_frame: int, probs: np.ndarray) -> list[Transition]:
+        """Feed output frames ``first_frame, first_frame + 1, ...``: ``probs`` (n, n_outputs)."""
+        p = np.asarray(probs, dtype=np.float32)
+        if p.ndim != 2 or p.shape[1] != len(self.outputs):
+            raise DetectorError(f"expected (n, {len(self.outputs)}) probabilities, got {p.shape}")
+        if self.suppressed or p.shape[0] == 0:
+            return self._lifecycle.take()
+        rows = 2 * p.shape[0] * len(self.types)
+        if self._out_i.shape[0] < rows:
+            self._out_i = np.zeros((rows, 4), np.int64)
+            self._out_p = np.zeros(rows, np.float64)
+        count = _track_frames(
+            p, self._index, self._on, self._off, self._min, self._gap, first_frame,
+            self._active, self._start, self._end, self._announced, self._peak,
+            self._out_i, self._out_p,
+        )  # fmt: skip
+        for row in range(count):
+            kind, c, first, last = (int(v) for v in self._out_i[row])
+            self._apply(kind, c, first, last, float(self._out_p[row]))
+        for c, key in enumerate(self._keys):
+            if key is not None:
+                self._lifecycle.extend(key, self.grid.end_sample(int(self._end[c])), self._peak[c])
+        return self._lifecycle.take()
+
+    def _apply(self, kind: int, c: int, first: int, last: int, peak: float) -> None:
+        end = self.grid.end_sample(last)
+        if kind == ONSET:
+            start = self.grid.start_sample(first)
+            self._keys[c] = self._lifecycle.onset(self.types[c], start, end, peak)
+        else:
+            key, self._keys[c] = self._keys[c], None
+            if key is not None:
+                self._lifecycle.close(key, end, peak)
+
+    def _close_all(self) -> None:
+        for c in range(len(self.types)):
+            if self._announced[c]:
+                self._apply(CLOSE, c, int(self._start[c]), int(self._end[c]), self._peak[c])
+        self._active[:] = False
+        self._start[:] = -1
+        self._announced[:] = False
+
+    def suppress(self, active: bool) -> list[Transition]:
+        """While suppressed no event starts; entering suppression ends the open ones."""
+        if active and not self.suppressed:
+            self._close_all()
+        self.suppressed = active
+        return self._lifecycle.take()
+
+    def acknowledge(self, what: str) -> list[Transition]:
+        """Acknowledge by event type or key (see :meth:`Lifecycle.acknowledge`)."""
+        self._lifecycle.acknowledge(what)
+        return self._lifecycle.take()
+
+    def finish(self) -> list[Transition]:
+        """The stream is over: end every event, latched ones included."""
+        self._close_all()
+        self._lifecycle.release_latched()
+        return self._lifecycle.take()
+
+    @property
+    def active_keys(self) -> tuple[str, ...]:
+        return self._lifecycle.active_keys
+
+
+def detect_events(
+    probs: np.ndarray, outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid
+) -> list[DetectedEvent]:
+    """The finished events of a whole recording's probabilities (n, n_outputs), as the device
+    makes them (one :class:`FrameDetector`, fed once, then finished), sorted by start."""
+    detector = FrameDetector(outputs, dataclasses.replace(config, latching=()), grid)
+    transitions = detector.update(0, probs) + detector.finish()
+    events = [
+        DetectedEvent(t.type, t.start_sample, int(t.end_sample), t.confidence)
+        for t in transitions
+        if t.state == "ended" and t.end_sample is not None
+    ]
+    return sorted(events, key=lambda e: (e.start_sample, e.type))

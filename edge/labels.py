@@ -51,6 +51,15 @@ ICBHI_LABELS: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
 
 NORMAL = "Normal"
 POOR_QUALITY = "Poor Quality"
+#: The event types the frame-level detector raises, in its output order (SPRSound's
+#: Wheeze+Crackle is raised as a Wheeze and a Fine Crackle over the same span).
+DETECTED_CLASSES: tuple[str, ...] = (
+    "Fine Crackle",
+    "Coarse Crackle",
+    "Wheeze",
+    "Rhonchi",
+    "Stridor",
+)
 
 _BY_NAME = {c.name: c for c in SOUND_CLASSES}
 

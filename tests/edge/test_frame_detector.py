@@ -1,0 +1,158 @@
+"""FrameDetector at the real output hop (40 ms: stride 4 x 10-ms front-end frames at 8 kHz):
+frame grid, hysteresis, minimum duration and merge gap in milliseconds, chunking
+invariance, suppression, finishing, and the outputs that are never events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.config import ConfigError
+from edge.detector import (
+    ClassThreshold,
+    DetectedEvent,
+    DetectorConfig,
+    DetectorError,
+    FrameDetector,
+    FrameGrid,
+    detect_events,
+)
+from edge.labels import DETECTED_CLASSES
+
+OUTPUTS = (*DETECTED_CLASSES, "Breath", "Poor Quality")
+GRID = FrameGrid.of(8000, 80, 256, 4)  # the shipped front end and stride
+
+
+def config(**kw: object) -> DetectorConfig:
+    base = {"on_threshold": 0.6, "off_threshold": 0.4, "min_event_ms": 0.0, "merge_gap_ms": 0.0}
+    return DetectorConfig(**{**base, "latching": (), **kw})  # type: ignore[arg-type]
+
+
+def probs(n: int, **on: list[tuple[int, int, float]]) -> np.ndarray:
+    """(n, O) zeros with ``value`` on frames [first, last] of each named output."""
+    p = np.zeros((n, len(OUTPUTS)), np.float32)
+    for name, spans in on.items():
+        for first, last, value in spans:
+            p[first : last + 1, OUTPUTS.index(name.replace("_", " "))] = value
+    return p
+
+
+def test_grid_is_the_40_ms_hop_centred_on_its_front_end_frames() -> None:
+    assert GRID.frame_samples == 320
+    assert GRID.hop_ms == pytest.approx(40.0)
+    # frame j summarises front-end frames 4j..4j+3, whose centres lie at 80 i + 128
+    centres = [80 * i + 128 for i in range(4 * 7, 4 * 7 + 4)]
+    middle = (GRID.start_sample(7) + GRID.end_sample(7)) / 2
+    assert middle == pytest.approx(np.mean(centres))
+    assert GRID.end_sample(7) == GRID.start_sample(8)  # spans tile the timeline
+
+
+def test_one_event_lies_on_its_frames() -> None:
+    events = detect_events(probs(50, Wheeze=[(10, 19, 0.9)]), OUTPUTS, config(), GRID)
+    assert events == [
+        DetectedEvent("Wheeze", GRID.start_sample(10), GRID.end_sample(19), pytest.approx(0.9))
+    ]
+
+
+def test_hysteresis_keeps_an_event_between_the_thresholds() -> None:
+    p = probs(40, Wheeze=[(5, 9, 0.7), (10, 20, 0.5), (21, 21, 0.3), (22, 25, 0.5)])
+    events = detect_events(p, OUTPUTS, config(), GRID)
+    # on at 0.7, held at 0.5 (>= off 0.4), off at 0.3; 0.5 alone never turns it on again
+    assert [(e.start_sample, e.end_sample) for e in events] == [
+        (GRID.start_sample(5), GRID.end_sample(20))
+    ]
+
+
+@pytest.mark.parametrize(("min_ms", "kept"), [(200.0, True), (240.0, False)])
+def test_minimum_duration_in_milliseconds(min_ms: float, kept: bool) -> None:
+    p = probs(30, Stridor=[(3, 7, 0.9)])  # 5 frames = 200 ms
+    events = detect_events(p, OUTPUTS, config(min_event_ms=min_ms), GRID)
+    assert bool(events) is kept
+
+
+@pytest.mark.parametrize(("gap_ms", "n_events"), [(120.0, 1), (80.0, 2)])
+def test_merge_gap_in_milliseconds(gap_ms: float, n_events: int) -> None:
+    p = probs(40, Wheeze=[(5, 9, 0.9), (13, 17, 0.9)])  # 3 off frames = 120 ms between
+    events = detect_events(p, OUTPUTS, config(merge_gap_ms=gap_ms), GRID)
+    assert len(events) == n_events
+    assert events[0].start_sample == GRID.start_sample(5)
+    assert events[-1].end_sample == GRID.end_sample(17)
+
+
+def test_per_class_rules_override_the_defaults() -> None:
+    rules = (ClassThreshold("Wheeze", 0.8, 0.5, min_event_ms=400.0),)
+    p = probs(60, Wheeze=[(2, 8, 0.9), (20, 40, 0.7)], Stridor=[(30, 32, 0.7)])
+    events = detect_events(p, OUTPUTS, config(thresholds=rules), GRID)
+    # Wheeze: 7 frames (280 ms) < 400 ms, the 0.7 run never reaches 0.8; Stridor uses 0.6
+    assert [e.type for e in events] == ["Stridor"]
+
+
+def test_breath_and_quality_outputs_are_never_events() -> None:
+    p = probs(30, Breath=[(0, 29, 0.99)], Poor_Quality=[(0, 29, 0.99)])
+    assert detect_events(p, OUTPUTS, config(), GRID) == []
+
+
+def test_an_event_open_at_the_end_is_closed_at_its_last_frame() -> None:
+    events = detect_events(probs(20, Wheeze=[(12, 19, 0.9)]), OUTPUTS, config(), GRID)
+    assert [(e.start_sample, e.end_sample) for e in events] == [
+        (GRID.start_sample(12), GRID.end_sample(19))
+    ]
+
+
+def transitions_in_chunks(p: np.ndarray, sizes: list[int], cfg: DetectorConfig) -> list[tuple]:
+    det = FrameDetector(OUTPUTS, cfg, GRID)
+    out, first = [], 0
+    for size in sizes:
+        out += det.update(first, p[first : first + size])
+        first += size
+    out += det.update(first, p[first:]) + det.finish()
+    return [(t.type, t.state, t.start_sample, t.end_sample) for t in out]
+
+
+def test_any_chunking_gives_the_same_transitions() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.random((400, len(OUTPUTS))).astype(np.float32) ** 3  # sparse, ragged activity
+    cfg = config(min_event_ms=120.0, merge_gap_ms=80.0)
+    whole = transitions_in_chunks(p, [], cfg)
+    assert any(state == "onset" for _, state, _, _ in whole)
+    for _ in range(5):
+        sizes = list(rng.integers(0, 9, size=80))
+        assert transitions_in_chunks(p, sizes, cfg) == whole
+
+
+def test_onset_waits_for_the_minimum_duration_then_reports_the_start() -> None:
+    det = FrameDetector(OUTPUTS, config(min_event_ms=200.0), GRID)
+    p = probs(10, Wheeze=[(2, 9, 0.9)])
+    assert det.update(0, p[:6]) == []  # frames 2..5: 160 ms, not yet
+    (onset,) = det.update(6, p[6:7])  # frame 6: 200 ms
+    assert (onset.state, onset.start_sample) == ("onset", GRID.start_sample(2))
+
+
+def test_suppression_ends_open_events_and_blocks_new_ones() -> None:
+    det = FrameDetector(OUTPUTS, config(), GRID)
+    p = probs(30, Wheeze=[(0, 29, 0.9)])
+    assert [t.state for t in det.update(0, p[:10])] == ["onset"]
+    (ended,) = det.suppress(True)
+    assert (ended.state, ended.end_sample) == ("ended", GRID.end_sample(9))
+    assert det.update(10, p[10:20]) == []
+    det.suppress(False)
+    (again,) = det.update(20, p[20:])
+    assert (again.state, again.start_sample) == ("onset", GRID.start_sample(20))
+
+
+def test_high_priority_events_latch_until_acknowledged() -> None:
+    det = FrameDetector(OUTPUTS, config(latching=("high",)), GRID)
+    states = [(t.state, t.latched) for t in det.update(0, probs(10, Stridor=[(2, 4, 0.9)]))]
+    assert states == [("onset", False), ("ongoing", True)]  # gone from the signal, latched
+    assert det.active_keys == ("Stridor@728",)
+    (ended,) = det.acknowledge("Stridor")
+    assert (ended.state, ended.end_sample) == ("ended", GRID.end_sample(4))
+    assert det.active_keys == ()
+
+
+def test_bad_shapes_and_unknown_classes_are_named() -> None:
+    det = FrameDetector(OUTPUTS, config(), GRID)
+    with pytest.raises(DetectorError, match=r"\(n, 7\)"):
+        det.update(0, np.zeros((4, 3), np.float32))
+    with pytest.raises(ConfigError, match="Crackle"):
+        FrameDetector(OUTPUTS, config(thresholds=(ClassThreshold("Crackle", 0.6, 0.4),)), GRID)
