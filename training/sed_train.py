@@ -1,0 +1,331 @@
+"""Research trainer of the frame-level model (SedNet), the one behind the numbers in
+docs/sed-experiments.md; the YAML-configured `lungwatch train` will take it over.
+
+    python -m training.sed_train '{"name": "base", "epochs": 20, "ema": 0.995}'
+
+Needs the feature cache of every SPRSound train record (out/cache/features, built by
+`lungwatch train` or FeatureStore) and writes out/proto/<name>/{log.jsonl,best.pt,val_probs.npy}.
+Validation: patient-disjoint 20 % of SPRSound train (seed 0); each epoch sweeps the on-threshold
+and scores the events with sed_eval through edge.detector.detect_events (the device's converter).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge.datapaths import sprsound_root
+from edge.detector import DetectorConfig, FrameGrid, detect_events
+from edge.features import FeatureSpec
+from training.datasets.sprsound import load_sprsound, patient_disjoint_split
+from training.features_cache import FeatureStore
+from training.models.sed import SedConfig, SedNet, count_parameters
+from training.recordings import (
+    RECORD_OUTPUTS,
+    Recording,
+    collate,
+    flush_value,
+    random_example,
+    whole_example,
+)
+from training.scoring import score_detection
+from training.targets import OUTPUTS
+
+ALL_KINDS = ("logmel", "gammatone", "cwt")
+
+
+@dataclass
+class Proto:
+    name: str = "proto"
+    seed: int = 0
+    kinds: tuple[str, ...] = ("logmel",)
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    unannotated_weight: float = 0.5
+    max_start_frames: int = 50
+    max_frames: int = 400
+    record_weight: float = 0.0
+    spec_augment: bool = True
+    freq_masks: int = 2
+    freq_width: int = 8
+    time_masks: int = 2
+    time_width: int = 20
+    cutmix_prob: float = 0.0
+    class_weight: float = 1.0
+    pos_weight_rare: float = 1.0
+    model: SedConfig = field(default_factory=SedConfig)
+    threads: int = 2
+    ema: float = 0.0
+    cutmix_frames: int = 50
+
+
+def load_all(kinds, grid, stride, unannotated_weight, split="train"):
+    spec = FeatureSpec()
+    store = FeatureStore(spec, ALL_KINDS, Path("out/cache/features"))
+    records = load_sprsound(sprsound_root() / split)
+    from training.recordings import load_recordings
+
+    return records, load_recordings(records, store, kinds, grid, stride, unannotated_weight)
+
+
+def input_stats(recs: list[Recording]) -> tuple[np.ndarray, np.ndarray]:
+    total = sum(r.features.shape[2] for r in recs)
+    k, f = recs[0].features.shape[:2]
+    s1 = np.zeros((k, f))
+    s2 = np.zeros((k, f))
+    for r in recs:
+        x = r.features.astype(np.float64)
+        s1 += x.sum(axis=2)
+        s2 += (x**2).sum(axis=2)
+    mean = s1 / total
+    std = np.sqrt(np.maximum(s2 / total - mean**2, 1e-8))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def augment(x: np.ndarray, flush: np.ndarray, cfg: Proto, rng: np.random.Generator) -> None:
+    b, _k, f, t = x.shape
+    for i in range(b):
+        for _ in range(cfg.freq_masks):
+            w = int(rng.integers(0, cfg.freq_width + 1))
+            s = int(rng.integers(0, f - w + 1))
+            x[i, :, s : s + w, :] = flush[:, s : s + w, None]
+        for _ in range(cfg.time_masks):
+            w = int(rng.integers(0, cfg.time_width + 1))
+            s = int(rng.integers(0, max(1, t - w)))
+            x[i, :, :, s : s + w] = flush[:, :, None]
+
+
+def cutmix(bt, stride: int, max_frames: int, rng) -> None:
+    """Time-CutMix: a random stretch of each example is replaced by one of another's."""
+    b = bt.features.shape[0]
+    perm = rng.permutation(b)
+    n = bt.n_frames
+    x0, y0, w0 = bt.features.copy(), bt.targets.copy(), bt.weights.copy()
+    for i in range(b):
+        j = perm[i]
+        if j == i:
+            continue
+        length = int(rng.integers(max_frames // 4, max_frames + 1))
+        length = min(length, n)
+        a = int(rng.integers(0, n - length + 1))
+        bt.features[i, :, :, a * stride : (a + length) * stride] = x0[
+            j, :, :, a * stride : (a + length) * stride
+        ]
+        bt.targets[i, :, a : a + length] = y0[j, :, a : a + length]
+        bt.weights[i, :, a : a + length] = w0[j, :, a : a + length]
+        bt.record_targets[i] = np.maximum(bt.record_targets[i], bt.record_targets[j])
+
+
+def predict(
+    model: SedNet, recs: list[Recording], flush: np.ndarray, batch: int = 32
+) -> list[np.ndarray]:
+    model.eval()
+    out = []
+    cfg = model.config
+    with torch.no_grad():
+        order = sorted(range(len(recs)), key=lambda i: recs[i].n_frames)
+        res: dict[int, np.ndarray] = {}
+        for s in range(0, len(order), batch):
+            idx = order[s : s + batch]
+            bt = collate(
+                [whole_example(recs[i]) for i in idx], cfg.stride, cfg.lookahead_frames, flush
+            )
+            logits, _ = model.forward_train(torch.from_numpy(bt.features), bt.n_frames)
+            p = torch.sigmoid(logits).numpy()
+            for j, i in enumerate(idx):
+                res[i] = p[j, :, : recs[i].n_frames].T.copy()  # (n, O)
+        out = [res[i] for i in range(len(recs))]
+    return out
+
+
+def evaluate(probs, recs, grid, det: DetectorConfig):
+    pred, ann, labels, durs = {}, {}, {}, {}
+    for p, r in zip(probs, recs, strict=False):
+        evs = detect_events(p, OUTPUTS, det, grid)
+        pred[r.record_id] = [(e.start_sample / 8000, e.end_sample / 8000, e.type) for e in evs]
+        ann[r.record_id] = list(r.events)
+        labels[r.record_id] = r.label
+        durs[r.record_id] = r.features.shape[2] * 0.01 + 0.022
+    return score_detection(pred, ann, labels, durs)
+
+
+def sweep(probs, recs, grid, ons=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), min_ms=120.0, gap_ms=120.0):
+    rows = []
+    for on in ons:
+        det = DetectorConfig(
+            on_threshold=on,
+            off_threshold=max(0.05, on - 0.15),
+            min_event_ms=min_ms,
+            merge_gap_ms=gap_ms,
+        )
+        rep = evaluate(probs, recs, grid, det).summary()
+        rows.append((on, rep))
+    return rows
+
+
+def frame_auc(probs, recs):
+    from sklearn.metrics import average_precision_score
+
+    out = {}
+    for c, name in enumerate(OUTPUTS):
+        y = np.concatenate([r.targets[c] >= 0.5 for r in recs])
+        w = np.concatenate([r.weights[c] for r in recs])
+        p = np.concatenate([pp[:, c] for pp in probs])
+        keep = w > 0
+        if y[keep].sum() > 0:
+            out[name] = float(average_precision_score(y[keep], p[keep]))
+    return out
+
+
+def main(cfg: Proto) -> None:
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    mcfg = replace(
+        cfg.model,
+        n_kinds=len(cfg.kinds),
+        n_outputs=len(OUTPUTS),
+        record_outputs=len(RECORD_OUTPUTS) if cfg.record_weight > 0 else 0,
+    )
+    spec = FeatureSpec()
+    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, mcfg.stride)
+    t0 = time.time()
+    records, recs = load_all(cfg.kinds, grid, mcfg.stride, cfg.unannotated_weight)
+    _train_r, val_r = patient_disjoint_split(records, 0.2, 0)
+    val_ids = {r.record_id for r in val_r}
+    train = [r for r in recs if r.record_id not in val_ids]
+    val = [r for r in recs if r.record_id in val_ids]
+    print(f"loaded {len(train)} train {len(val)} val in {time.time() - t0:.0f}s", flush=True)
+    mean, std = input_stats(train)
+    flush = flush_value(mean)
+    model = SedNet(mcfg)
+    model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
+    print("params", count_parameters(model), "state", model.state_size, flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1
+    )
+    out_w = torch.ones(len(OUTPUTS))
+    out_w[:5] = cfg.class_weight
+    pos_w = torch.ones(len(OUTPUTS))
+    for name in ("Coarse Crackle", "Rhonchi", "Stridor"):
+        pos_w[OUTPUTS.index(name)] = cfg.pos_weight_rare
+    import copy
+
+    ema = copy.deepcopy(model) if cfg.ema > 0 else None
+    run_dir = Path("out/proto") / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = (run_dir / "log.jsonl").open("w")
+    best = -1.0
+    for epoch in range(cfg.epochs):
+        model.train()
+        t1 = time.time()
+        perm = rng.permutation(len(train))
+        losses = []
+        for s in range(0, len(perm), cfg.batch_size):
+            exs = [
+                random_example(train[i], rng, cfg.max_start_frames, cfg.max_frames)
+                for i in perm[s : s + cfg.batch_size]
+            ]
+            bt = collate(exs, mcfg.stride, mcfg.lookahead_frames, flush)
+            if cfg.cutmix_prob > 0 and rng.random() < cfg.cutmix_prob:
+                cutmix(bt, mcfg.stride, cfg.cutmix_frames, rng)
+            if cfg.spec_augment:
+                augment(bt.features, flush, cfg, rng)
+            x = torch.from_numpy(bt.features)
+            y = torch.from_numpy(bt.targets)
+            w = torch.from_numpy(bt.weights)
+            logits, rec_logits = model.forward_train(x, bt.n_frames, torch.from_numpy(bt.mask))
+            per_frame = F.binary_cross_entropy_with_logits(
+                logits, y, reduction="none", pos_weight=pos_w[None, :, None]
+            )
+            loss = (per_frame * w * out_w[None, :, None]).sum() / w.sum().clamp_min(1.0)
+            if rec_logits is not None:
+                loss = loss + cfg.record_weight * F.binary_cross_entropy_with_logits(
+                    rec_logits, torch.from_numpy(bt.record_targets)
+                )
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, pm in zip(ema.parameters(), model.parameters(), strict=False):
+                        pe.mul_(cfg.ema).add_(pm.detach(), alpha=1 - cfg.ema)
+                    for be, bm in zip(ema.buffers(), model.buffers(), strict=False):
+                        be.copy_(bm)
+            losses.append(float(loss.detach()))
+        tt = time.time() - t1
+        evaluated = ema if ema is not None else model
+        probs = predict(evaluated, val, flush)
+        aps = frame_auc(probs, val)
+        rows = sweep(probs, val, grid)
+        ok = [r for r in rows if r[1]["false_events_per_hour"] <= 20]
+        sel = (
+            max(ok, key=lambda r: r[1]["event_f1_family"])
+            if ok
+            else min(rows, key=lambda r: r[1]["false_events_per_hour"])
+        )
+        bestrow = max(rows, key=lambda r: r[1]["event_f1_family"])
+        rec = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "train_s": tt,
+            "eval_s": time.time() - t1 - tt,
+            "ap": aps,
+            "sel_on": sel[0],
+            "sel": sel[1],
+            "best_on": bestrow[0],
+            "best": bestrow[1],
+        }
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        print(
+            f"ep {epoch} loss {rec['loss']:.4f} {tt:.0f}s | AP "
+            + " ".join(f"{k[:6]}={v:.2f}" for k, v in aps.items())
+            + f" | @FA<=20 on={sel[0]} F1={sel[1]['event_f1_family']:.3f}"
+            + f" seg={sel[1]['segment_f1_family']:.3f} FA={sel[1]['false_events_per_hour']:.0f}"
+            + f" | best on={bestrow[0]} F1={bestrow[1]['event_f1_family']:.3f}"
+            + f" FA={bestrow[1]['false_events_per_hour']:.0f}",
+            flush=True,
+        )
+        score = sel[1]["event_f1_family"] if ok else 0.0
+        if score > best:
+            best = score
+            torch.save(
+                {
+                    "model": evaluated.state_dict(),
+                    "config": asdict(mcfg),
+                    "mean": mean,
+                    "std": std,
+                    "epoch": epoch,
+                },
+                run_dir / "best.pt",
+            )
+            np.save(run_dir / "val_probs.npy", np.array(probs, dtype=object), allow_pickle=True)
+    print("best", best)
+
+
+if __name__ == "__main__":
+    overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    m = overrides.pop("model", {})
+    for key in ("dilations", "kernel_widths"):
+        if key in m:
+            m[key] = tuple(m[key])
+    if "kinds" in overrides:
+        overrides["kinds"] = tuple(overrides["kinds"])
+    main(Proto(**overrides, model=SedConfig(**m)))

@@ -1,0 +1,91 @@
+"""Frame targets from strong labels: annotated start/end times -> per-frame outputs.
+
+The frame-level model has these outputs, in this order (:data:`OUTPUTS`):
+
+- the five adventitious classes of :data:`edge.labels.DETECTED_CLASSES` (SPRSound's
+  ``Wheeze+Crackle`` is both ``Wheeze`` and ``Fine Crackle``, the crackle it most often is);
+- ``Breath``: inside any annotated event, Normal ones included (every annotated event is a
+  breath phase, so this output learns where phases begin and end from every record);
+- ``Poor Quality``: the record is labelled Poor Quality (a record-level label on every frame).
+
+Time grid: network frame ``j`` speaks for the samples ``[j * H + o, (j + 1) * H + o)`` with
+``H = stride * hop_samples`` and ``o = frame_samples // 2 - hop_samples // 2`` (the span
+centred on the middle of its front-end frames, see :class:`edge.detector.FrameGrid`). A
+frame's target is the fraction of its span that the class's events cover (soft at the
+edges, 0 or 1 inside).
+
+Weights say which targets are known. SPRSound annotates some breath phases of a record, not
+all: frames outside every annotated event are weighted ``unannotated_weight`` for the class
+and Breath outputs. Poor Quality records have no event annotations: their Breath targets
+are unknown (weight 0) and their class targets are 0 (no event should be raised there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edge.detector import FrameGrid
+from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
+
+BREATH = "Breath"
+OUTPUTS: tuple[str, ...] = (*DETECTED_CLASSES, BREATH, POOR_QUALITY)
+BREATH_INDEX = OUTPUTS.index(BREATH)
+QUALITY_INDEX = OUTPUTS.index(POOR_QUALITY)
+#: annotated event type -> the outputs it switches on (Normal: only Breath)
+TYPE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    **{name: (name,) for name in DETECTED_CLASSES},
+    "Wheeze+Crackle": ("Wheeze", "Fine Crackle"),
+    NORMAL: (),
+}
+
+Event = tuple[float, float, str]  # (start_s, end_s, SPRSound type)
+
+
+def coverage(spans_s: Sequence[tuple[float, float]], grid: FrameGrid, n_frames: int) -> np.ndarray:
+    """Fraction of each frame's span covered by the union of ``spans_s``: (n_frames,) in [0, 1]."""
+    covered = np.zeros(n_frames, dtype=np.float64)
+    if n_frames == 0 or not spans_s:
+        return covered.astype(np.float32)
+    frame_s = grid.frame_samples / grid.sample_rate_hz
+    starts = (np.arange(n_frames) * grid.frame_samples + grid.offset_samples) / grid.sample_rate_hz
+    merged: list[list[float]] = []
+    for start, end in sorted(spans_s):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    for start, end in merged:
+        overlap = np.minimum(starts + frame_s, end) - np.maximum(starts, start)
+        covered += np.clip(overlap, 0.0, None)
+    return np.clip(covered / frame_s, 0.0, 1.0).astype(np.float32)
+
+
+def frame_targets(
+    events: Sequence[Event],
+    record_label: str,
+    grid: FrameGrid,
+    n_frames: int,
+    unannotated_weight: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and weights of one recording, each (len(OUTPUTS), n_frames) float32."""
+    unknown = sorted({t for _, _, t in events if t not in TYPE_OUTPUTS})
+    if unknown:
+        raise ValueError(f"unknown event types {unknown}; known: {sorted(TYPE_OUTPUTS)}")
+    targets = np.zeros((len(OUTPUTS), n_frames), dtype=np.float32)
+    weights = np.ones((len(OUTPUTS), n_frames), dtype=np.float32)
+    annotated = coverage([(s, e) for s, e, _ in events], grid, n_frames)
+    for c, name in enumerate(DETECTED_CLASSES):
+        spans = [(s, e) for s, e, t in events if name in TYPE_OUTPUTS[t]]
+        targets[c] = coverage(spans, grid, n_frames)
+    targets[BREATH_INDEX] = annotated
+    poor = record_label == POOR_QUALITY
+    targets[QUALITY_INDEX] = 1.0 if poor else 0.0
+    outside = unannotated_weight + (1.0 - unannotated_weight) * annotated
+    if poor:
+        weights[BREATH_INDEX] = 0.0
+    else:
+        weights[: len(DETECTED_CLASSES)] = outside
+        weights[BREATH_INDEX] = outside
+    return targets, weights
