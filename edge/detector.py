@@ -376,7 +376,40 @@ class EventTracker:
             self._lifecycle.close(c.key, c.end)
 
 
-class Detector:
+class _EventSource:
+    """What both detectors share once their open events are closed by ``_close_all``:
+    suppression, acknowledgement, finishing, and the live keys of their :class:`Lifecycle`."""
+
+    _lifecycle: Lifecycle
+    suppressed: bool
+
+    def _close_all(self) -> None:
+        raise NotImplementedError
+
+    def suppress(self, active: bool) -> list[Transition]:
+        """While suppressed no event starts; entering suppression ends the open ones."""
+        if active and not self.suppressed:
+            self._close_all()
+        self.suppressed = active
+        return self._lifecycle.take()
+
+    def acknowledge(self, what: str) -> list[Transition]:
+        """Acknowledge by event type or key (see :meth:`Lifecycle.acknowledge`)."""
+        self._lifecycle.acknowledge(what)
+        return self._lifecycle.take()
+
+    def finish(self) -> list[Transition]:
+        """The stream is over: end every event, latched ones included."""
+        self._close_all()
+        self._lifecycle.release_latched()
+        return self._lifecycle.take()
+
+    @property
+    def active_keys(self) -> tuple[str, ...]:
+        return self._lifecycle.active_keys
+
+
+class Detector(_EventSource):
     """Physiological events of one stream from its windows' class probabilities."""
 
     def __init__(
@@ -426,31 +459,10 @@ class Detector:
                 tracker.step(start, start + self._hop, self._on_now[j], value)
         return self._lifecycle.take()
 
-    def suppress(self, active: bool) -> list[Transition]:
-        """While suppressed no event starts; entering suppression ends the open ones there."""
-        if active and not self.suppressed:
-            for tracker in self._trackers:
-                tracker.stop()
-            self._on_now = [False] * len(self._on_now)
-        self.suppressed = active
-        return self._lifecycle.take()
-
-    def acknowledge(self, what: str) -> list[Transition]:
-        """Acknowledge by event type or key (see :meth:`Lifecycle.acknowledge`)."""
-        self._lifecycle.acknowledge(what)
-        return self._lifecycle.take()
-
-    def finish(self) -> list[Transition]:
-        """The stream is over: end every event, latched ones included."""
+    def _close_all(self) -> None:
         for tracker in self._trackers:
             tracker.stop()
         self._on_now = [False] * len(self._on_now)
-        self._lifecycle.release_latched()
-        return self._lifecycle.take()
-
-    @property
-    def active_keys(self) -> tuple[str, ...]:
-        return self._lifecycle.active_keys
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,7 +558,7 @@ class DetectedEvent:
     confidence: float
 
 
-class FrameDetector:
+class FrameDetector(_EventSource):
     """Physiological events of one stream from its model's per-frame probabilities.
 
     ``outputs`` names the model's output columns; those in :data:`DETECTED_CLASSES` become
@@ -637,28 +649,6 @@ class FrameDetector:
         self._active[:] = False
         self._start[:] = -1
         self._announced[:] = False
-
-    def suppress(self, active: bool) -> list[Transition]:
-        """While suppressed no event starts; entering suppression ends the open ones."""
-        if active and not self.suppressed:
-            self._close_all()
-        self.suppressed = active
-        return self._lifecycle.take()
-
-    def acknowledge(self, what: str) -> list[Transition]:
-        """Acknowledge by event type or key (see :meth:`Lifecycle.acknowledge`)."""
-        self._lifecycle.acknowledge(what)
-        return self._lifecycle.take()
-
-    def finish(self) -> list[Transition]:
-        """The stream is over: end every event, latched ones included."""
-        self._close_all()
-        self._lifecycle.release_latched()
-        return self._lifecycle.take()
-
-    @property
-    def active_keys(self) -> tuple[str, ...]:
-        return self._lifecycle.active_keys
 
 
 def detect_events(

@@ -126,6 +126,12 @@ def cutmix(bt, stride: int, max_frames: int, rng) -> None:
         bt.record_targets[i] = np.maximum(bt.record_targets[i], bt.record_targets[j])
 
 
+def recording_seconds(n_frames: int, spec: FeatureSpec) -> float:
+    """Audio length behind ``n_frames`` front-end frames."""
+    samples = (n_frames - 1) * spec.hop_samples + spec.frame_samples
+    return samples / spec.sample_rate_hz
+
+
 def predict(
     model: SedNet, recs: list[Recording], flush: np.ndarray, batch: int = 32
 ) -> list[np.ndarray]:
@@ -152,10 +158,11 @@ def evaluate(probs, recs, grid, det: DetectorConfig):
     pred, ann, labels, durs = {}, {}, {}, {}
     for p, r in zip(probs, recs, strict=False):
         evs = detect_events(p, OUTPUTS, det, grid)
-        pred[r.record_id] = [(e.start_sample / 8000, e.end_sample / 8000, e.type) for e in evs]
+        rate = grid.sample_rate_hz
+        pred[r.record_id] = [(e.start_sample / rate, e.end_sample / rate, e.type) for e in evs]
         ann[r.record_id] = list(r.events)
         labels[r.record_id] = r.label
-        durs[r.record_id] = r.features.shape[2] * 0.01 + 0.022
+        durs[r.record_id] = recording_seconds(r.features.shape[2], FeatureSpec())
     return score_detection(pred, ann, labels, durs)
 
 
