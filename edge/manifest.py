@@ -19,6 +19,24 @@ nor onnx. Schema version 1 (see ``docs/export.md``)::
     kinds, classes   the model's input kinds (K) and output classes
     window_frames    T; hop_frames: frames between consecutive windows on the device
     record_thresholds (optional) Task 2 record thresholds from the checkpoint
+
+Schema version 2 is a *streaming* model (DESIGN.md contract 5: the context is carried as an
+explicit input and output): one call takes a chunk of every bed's new front-end frames and
+their states and returns the chunk's per-frame sigmoid outputs and the new states::
+
+    schema_version   2
+    onnx             {"opset", "inputs": {"features": [K, B, T], "state": [S]},
+                      "outputs": {"probs": [O, N], "state_out": [S]}}   (batch not listed)
+    streaming        {"chunk_frames": N, "stride": s, "lookahead_frames": L, "state_size": S}
+                     T = N * s front-end frames per call; output j of a stream describes
+                     network frame j - L (a fixed look-ahead of L * s front-end frames)
+    outputs          the O output names (``classes`` of the loaded manifest)
+    detector         (optional) {"thresholds": [{"type", "on_threshold", "off_threshold",
+                      "min_event_ms", "merge_gap_ms"}, ...], "fitted_on": ...}: the per-class
+                     rules fitted on validation, which the device applies unless its config
+                     names the class in ``detector.thresholds``
+    quality          (optional) {"poor_on", "poor_off"}: hysteresis of the quality output
+    window_frames and hop_frames are not stored: both are T (the chunk is the window).
 """
 
 from __future__ import annotations
@@ -35,6 +53,11 @@ from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
 
 SCHEMA_VERSION = 1
+STREAMING_SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (SCHEMA_VERSION, STREAMING_SCHEMA_VERSION)
+STATE_NAME = "state"
+PROBS_NAME = "probs"
+STATE_OUT_NAME = "state_out"
 MANIFEST_NAME = "manifest.json"
 INPUT_NAME = "features"
 OUTPUT_NAME = "logits"
@@ -60,6 +83,22 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class StreamingInfo:
+    """How a streaming model (schema 2) is fed: ``chunk_frames`` outputs per call from
+    ``chunk_frames * stride`` front-end frames, outputs delayed by ``lookahead_frames``, a
+    state of ``state_size`` floats per stream."""
+
+    chunk_frames: int
+    stride: int
+    lookahead_frames: int
+    state_size: int
+
+    @property
+    def input_frames(self) -> int:
+        return self.chunk_frames * self.stride
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A loaded, validated manifest.
 
@@ -78,6 +117,9 @@ class Manifest:
     files: Mapping[str, FileEntry]
     record_thresholds: Mapping[str, float] | None
     raw: Mapping[str, Any]
+    streaming: StreamingInfo | None = None  # set for a streaming model (schema 2)
+    detector_rules: tuple[Mapping[str, Any], ...] = ()  # fitted per-class rules (schema 2)
+    quality_thresholds: tuple[float, float] | None = None  # (poor_on, poor_off) (schema 2)
 
     def file_path(self, name: str) -> Path:
         """Where the artifact ``name`` lies (beside the manifest)."""
@@ -120,6 +162,8 @@ def load_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     data = read_json(path)
     _check_schema(path, data)
+    if data["schema_version"] == STREAMING_SCHEMA_VERSION:
+        return _load_streaming(path, data)
     spec = _feature_spec(path, data)
     kinds = _kinds(path, data)
     window_frames = _int(path, data, "window_frames", 1)
@@ -190,10 +234,10 @@ def _get(path: Path, data: Mapping[str, Any], key: str, where: str = "") -> Any:
 
 def _check_schema(path: Path, data: Mapping[str, Any]) -> None:
     version = _get(path, data, "schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version not in SCHEMA_VERSIONS or isinstance(version, bool):
         raise ManifestError(
             f"{path}: schema_version {version!r} is not supported "
-            f"(this lungwatch reads version {SCHEMA_VERSION})"
+            f"(this lungwatch reads versions {', '.join(map(str, SCHEMA_VERSIONS))})"
         )
 
 
@@ -293,3 +337,96 @@ def _thresholds(path: Path, data: Mapping[str, Any]) -> dict[str, float] | None:
     if not ok:
         _fail(path, "record_thresholds", value, "a mapping of name -> number")
     return {str(k): float(v) for k, v in value.items()}
+
+
+def _load_streaming(path: Path, data: Mapping[str, Any]) -> Manifest:
+    spec = _feature_spec(path, data)
+    kinds = _kinds(path, data)
+    block = _get(path, data, "streaming")
+    if not isinstance(block, dict):
+        _fail(path, "streaming", block, "a mapping")
+    info = StreamingInfo(
+        chunk_frames=_int(path, block, "chunk_frames", 1, "streaming."),
+        stride=_int(path, block, "stride", 1, "streaming."),
+        lookahead_frames=_int(path, block, "lookahead_frames", 0, "streaming."),
+        state_size=_int(path, block, "state_size", 1, "streaming."),
+    )
+    outputs = _str_list(path, data, "outputs", 1)
+    frames = info.input_frames
+    onnx = _get(path, data, "onnx")
+    if not isinstance(onnx, dict):
+        _fail(path, "onnx", onnx, "a mapping")
+    wanted = {
+        "inputs": {INPUT_NAME: [len(kinds), spec.n_bands, frames], STATE_NAME: [info.state_size]},
+        "outputs": {
+            PROBS_NAME: [len(outputs), info.chunk_frames],
+            STATE_OUT_NAME: [info.state_size],
+        },
+    }
+    for key, shapes in wanted.items():
+        if _get(path, onnx, key, "onnx.") != shapes:
+            _fail(path, f"onnx.{key}", onnx[key], f"{shapes} (the sizes without the batch)")
+    return Manifest(
+        path=path,
+        model_id=_str(path, data, "model_id"),
+        feature_spec=spec,
+        kinds=kinds,
+        classes=outputs,
+        window_frames=frames,
+        hop_frames=frames,
+        input_shape=(len(kinds), spec.n_bands, frames),
+        files=_files(path, data),
+        record_thresholds=_thresholds(path, data),
+        raw=data,
+        streaming=info,
+        detector_rules=_detector_rules(path, data, outputs),
+        quality_thresholds=_quality(path, data),
+    )
+
+
+RULE_KEYS = ("type", "on_threshold", "off_threshold", "min_event_ms", "merge_gap_ms")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _detector_rules(
+    path: Path, data: Mapping[str, Any], outputs: tuple[str, ...]
+) -> tuple[Mapping[str, Any], ...]:
+    block = data.get("detector")
+    if block is None:
+        return ()
+    rules = block.get("thresholds") if isinstance(block, dict) else None
+    if not isinstance(rules, list):
+        _fail(path, "detector.thresholds", rules, "a list of per-class rules")
+    for i, rule in enumerate(rules):
+        ok = (
+            isinstance(rule, dict)
+            and set(rule) == set(RULE_KEYS)
+            and rule["type"] in outputs
+            and all(_number(rule[k]) for k in RULE_KEYS[1:])
+        )
+        if not ok:
+            _fail(
+                path,
+                f"detector.thresholds[{i}]",
+                rule,
+                f"a mapping of {', '.join(RULE_KEYS)} naming one of the outputs {list(outputs)}",
+            )
+    return tuple(rules)
+
+
+def _quality(path: Path, data: Mapping[str, Any]) -> tuple[float, float] | None:
+    block = data.get("quality")
+    if block is None:
+        return None
+    ok = (
+        isinstance(block, dict)
+        and _number(block.get("poor_on"))
+        and _number(block.get("poor_off"))
+        and 0.0 <= block["poor_off"] <= block["poor_on"] <= 1.0
+    )
+    if not ok:
+        _fail(path, "quality", block, "a mapping with 0 <= poor_off <= poor_on <= 1")
+    return float(block["poor_on"]), float(block["poor_off"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -34,10 +35,10 @@ import numpy as np
 
 from edge.backends import open_backend
 from edge.backends.base import InferenceBackend
-from edge.detector import Detector
+from edge.detector import ClassThreshold, Detector, DetectorConfig, FrameDetector, FrameGrid
 from edge.errors import ConfigError, LungwatchError
 from edge.events import Event, format_utc, utc_now
-from edge.gate import QualityGate
+from edge.gate import GateConfig, QualityGate
 from edge.labels import POOR_QUALITY
 from edge.manifest import Manifest, load_manifest, verify_file
 from edge.pipeline import StreamPipeline, WindowReady, infer_ready
@@ -55,6 +56,7 @@ from edge.runtime_config import (
 from edge.runtime_events import EventOutbox
 from edge.sinks import Sink
 from edge.sources import AudioSource, SourceEnded, SourceError
+from edge.streaming import BedState, OutputFrames, infer_beds
 from firmware_bridge.cliparse import ArgumentParser
 
 log = logging.getLogger("lungwatch.runtime")
@@ -66,16 +68,57 @@ class RuntimeStartError(LungwatchError):
     """The runtime cannot start (model, streams, sinks); the message says which."""
 
 
+def detector_config_of(config: DetectorConfig, manifest: Manifest) -> DetectorConfig:
+    """The config's detector with the manifest's fitted per-class rules for every class the
+    config's ``thresholds`` do not name (config rules win; the config's global thresholds
+    and durations apply to classes neither names)."""
+    named = {rule.type for rule in config.thresholds}
+    fitted = tuple(
+        ClassThreshold(
+            rule["type"],
+            float(rule["on_threshold"]),
+            float(rule["off_threshold"]),
+            float(rule["min_event_ms"]),
+            float(rule["merge_gap_ms"]),
+        )
+        for rule in manifest.detector_rules
+        if rule["type"] not in named
+    )
+    return dataclasses.replace(config, thresholds=config.thresholds + fitted)
+
+
+def gate_config_of(config: GateConfig, manifest: Manifest) -> GateConfig:
+    """The config's gate with the manifest's fitted quality-output hysteresis, unless the
+    config sets its own (values other than the defaults)."""
+    default = GateConfig()
+    own = (config.poor_quality_on_threshold, config.poor_quality_off_threshold) != (
+        default.poor_quality_on_threshold,
+        default.poor_quality_off_threshold,
+    )
+    if manifest.quality_thresholds is None or own:
+        return config
+    on, off = manifest.quality_thresholds
+    return dataclasses.replace(config, poor_quality_on_threshold=on, poor_quality_off_threshold=off)
+
+
 class Model:
     """The manifest, the backend and the detection settings shared by all streams."""
 
     def __init__(self, config: RuntimeConfig, backend: InferenceBackend, manifest: Manifest):
         self.manifest, self.backend = manifest, backend
-        self.detector_config, self.gate_config = config.detector, config.gate
+        self.streaming = manifest.streaming
+        self.detector_config = detector_config_of(config.detector, manifest)
+        self.gate_config = gate_config_of(config.gate, manifest)
         self.model_id = manifest.model_id
         self.sha256 = manifest.files[config.model.file].sha256
         classes = manifest.classes
         self.poor_index = classes.index(POOR_QUALITY) if POOR_QUALITY in classes else None
+        self.grid: FrameGrid | None = None
+        if self.streaming is not None:
+            spec = manifest.feature_spec
+            self.grid = FrameGrid.of(
+                spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, self.streaming.stride
+            )
 
 
 def open_model(config: RuntimeConfig, source: str = "<config>") -> Model:
@@ -93,6 +136,10 @@ def open_model(config: RuntimeConfig, source: str = "<config>") -> Model:
             f"{path}: model input {backend.input_shape} differs from the manifest's "
             f"{manifest.input_shape}"
         )
+    if (manifest.streaming is None) != (getattr(backend, "streaming", None) is None):
+        backend.close()
+        what = "a streaming" if manifest.streaming is not None else "a window"
+        raise RuntimeStartError(f"{path}: the manifest describes {what} model, the file does not")
     log.info("model %s (%s) on %s", manifest.model_id, config.model.file, backend.name)
     return Model(config, backend, manifest)
 
@@ -108,17 +155,30 @@ class Stream:
             manifest.feature_spec, manifest.kinds, manifest.window_frames, manifest.hop_frames
         )
         self.gate = QualityGate(model.gate_config, self.rate_hz)
-        self.detector = Detector(
-            manifest.classes,
-            model.detector_config,
-            self.rate_hz,
-            window_samples=self.pipeline.window_samples,
-            hop_samples=self.pipeline.hop_samples,
-        )
+        self.bed: BedState | None = None
+        self.detector: Detector | FrameDetector
+        if model.streaming is not None and model.grid is not None:
+            self.bed = BedState(model.streaming)
+            self.detector = FrameDetector(manifest.classes, model.detector_config, model.grid)
+        else:
+            self.detector = Detector(
+                manifest.classes,
+                model.detector_config,
+                self.rate_hz,
+                window_samples=self.pipeline.window_samples,
+                hop_samples=self.pipeline.hop_samples,
+            )
         self.episodes: dict[str, Event] = {}  # transition key -> last message of the episode
         self.t0_posix: float | None = None  # wall time of sample 0
         self.ended = False
-        self.counters = {"chunks": 0, "samples": 0, "windows": 0, "events": 0, "notices": 0}
+        self.counters = {
+            "chunks": 0,
+            "samples": 0,
+            "windows": 0,
+            "events": 0,
+            "notices": 0,
+            "state_resets": 0,
+        }
         self.latencies_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
 
     def utc(self, sample: int) -> str:
@@ -218,20 +278,43 @@ class Runtime:
     def _infer_and_detect(self, ready: list[Ready]) -> None:
         if not ready:
             return
-        probs = infer_ready(self.model.backend, [(s.id, w) for s, w, _ in ready])
+        outputs: list[OutputFrames | np.ndarray]
+        if self.model.streaming is not None:
+            items = [(s.bed, w.features) for s, w, _ in ready if s.bed is not None]
+            outputs = list(infer_beds(self.model.backend, items))  # type: ignore[arg-type]
+        else:
+            outputs = list(infer_ready(self.model.backend, [(s.id, w) for s, w, _ in ready]))
         batches = self.batches
         batches["calls"] += 1
         batches["windows"] += len(ready)
         batches["max_windows"] = max(batches["max_windows"], len(ready))
         poor = self.model.poor_index
-        for (stream, window, arrived), p in zip(ready, probs, strict=True):
+        for (stream, window, arrived), out in zip(ready, outputs, strict=True):
             stream.counters["windows"] += 1
             quality = window.audio_quality.to_dict()
-            poor_prob = float(p[poor]) if poor is not None else None
+            if isinstance(out, OutputFrames):
+                # the quality output of the frames this chunk made known
+                poor_prob = (
+                    float(out.probs[:, poor].mean())
+                    if poor is not None and out.probs.shape[0]
+                    else None
+                )
+            else:
+                poor_prob = float(out[poor]) if poor is not None else None
             self.events.emit(stream, stream.gate.update(window, poor_prob), quality)
             suppressed = stream.detector.suppress(stream.gate.suppressed)
             self.events.emit(stream, suppressed, quality, {"ended_by": "quality gate"})
-            self.events.emit(stream, stream.detector.update(window.end_sample, p), quality)
+            if isinstance(out, OutputFrames):
+                transitions = stream.detector.update(out.first_frame, out.probs)
+            else:
+                transitions = stream.detector.update(window.end_sample, out)
+            self.events.emit(stream, transitions, quality)
+            if stream.bed is not None and window.hop_missing_fraction > 0.0:
+                # audio was lost: the model's context must not bridge the gap (the gate
+                # reports it); the state starts again at the next chunk
+                stride = stream.bed.info.stride
+                stream.bed.reset((window.start_frame + self.model.manifest.window_frames) // stride)
+                stream.counters["state_resets"] += 1
             stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
 
     def _end_stream(self, stream: Stream, why: str) -> None:

@@ -44,6 +44,7 @@ from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from edge.events import DEVICE_STREAM, is_segment
 from edge.features import FeatureSpec
 from edge.gate import GateConfig
+from edge.labels import DETECTED_CLASSES
 from edge.manifest import Manifest, require_spec
 from edge.sinks import MultiSink, Sink
 from edge.sinks.jsonl import JsonlSink
@@ -150,9 +151,13 @@ def check_against_manifest(config: RuntimeConfig, manifest: Manifest, source: st
             require_spec(manifest, config.features)
         except FeatureSpecMismatchError as exc:
             raise ConfigError(f"{source}: features must equal the model's ({exc})") from None
-    events = [c for c in manifest.classes if c not in NOT_EVENTS]
+    if manifest.streaming is not None:  # outputs such as Breath are not events
+        events = [c for c in manifest.classes if c in DETECTED_CLASSES]
+    else:
+        events = [c for c in manifest.classes if c not in NOT_EVENTS]
     named = [("thresholds", r.type) for r in config.detector.thresholds]
-    named += [("priorities", r.type) for r in config.detector.priorities]
+    if manifest.streaming is None:  # a streaming model's defaults may name more types
+        named += [("priorities", r.type) for r in config.detector.priorities]
     for key, type_ in named:
         if type_ not in events:
             raise ConfigError(

@@ -6,6 +6,13 @@ windows to class logits, and nothing is carried between calls. The ONNX graph co
 - input ``features``: float32 ``(batch, n_kinds, n_bands, window_frames)``, batch dynamic,
   every other dimension static (input normalisation is inside the graph);
 - output ``logits``: float32 ``(batch, n_classes)`` (softmax is applied by the caller).
+
+A *streaming* model (manifest schema 2) carries its context explicitly instead: inputs
+``features`` ``(batch, n_kinds, n_bands, chunk_frames * stride)`` and ``state``
+``(batch, state_size)``, outputs ``probs`` ``(batch, n_outputs, chunk_frames)`` (sigmoid
+applied in the graph) and ``state_out`` ``(batch, state_size)``. A backend that runs one
+implements :class:`StreamingBackend` (``infer_streaming``); the beds' states are rows of one
+batch, so one call serves every bed.
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from edge.errors import LungwatchError
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "logits"
+STATE_NAME = "state"
+PROBS_NAME = "probs"
+STATE_OUT_NAME = "state_out"
+STREAMING_INPUTS = (INPUT_NAME, STATE_NAME)
+STREAMING_OUTPUTS = (PROBS_NAME, STATE_OUT_NAME)
 
 
 class BackendError(LungwatchError):
@@ -40,6 +52,36 @@ class InferenceBackend(Protocol):
     def close(self) -> None:
         """Release the session / engine and its buffers."""
         ...
+
+
+@runtime_checkable
+class StreamingBackend(Protocol):
+    """Runs one streaming model (see the module doc): ``input_shape`` ``(K, F, T)``,
+    ``state_size`` S, ``output_shape`` ``(O, N)``."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    state_size: int
+    output_shape: tuple[int, int]
+
+    def infer_streaming(
+        self, features: np.ndarray, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(M, K, F, T)`` and ``(M, S)`` float32 -> ``(M, O, N)`` probabilities and the
+        ``(M, S)`` new states (new arrays)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def check_state(state: object, rows: int, state_size: int) -> np.ndarray:
+    """``state`` as a C-contiguous float32 ``(rows, state_size)`` array, or BackendError."""
+    expected = f"({rows}, {state_size})"
+    if not isinstance(state, np.ndarray) or state.dtype != np.float32:
+        raise BackendError(f"state must be a float32 numpy array of shape {expected}")
+    if state.shape != (rows, state_size):
+        raise BackendError(f"state must have shape {expected}, got {state.shape}")
+    return np.ascontiguousarray(state)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ Provider selection (every step is logged on ``lungwatch.backend``):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,13 @@ from edge.backends import BackendConfig
 from edge.backends.base import (
     INPUT_NAME,
     OUTPUT_NAME,
+    STATE_NAME,
+    STREAMING_INPUTS,
+    STREAMING_OUTPUTS,
     BackendError,
     batch_slices,
     check_batch,
+    check_state,
 )
 
 LOGGER = logging.getLogger("lungwatch.backend")
@@ -49,11 +54,13 @@ def provider_options(
     config: BackendConfig,
     cache_dir: Path,
     input_shape: tuple[int, ...] | None = None,
+    state_size: int | None = None,
 ) -> dict[str, str]:
     """The onnxruntime options of one configured provider (``tensorrt``, ``cuda``, ``cpu``).
 
     For the TensorRT EP, ``input_shape`` (without batch) adds an optimisation profile for
-    batches 1..max_batch so that no engine is rebuilt when the batch size changes.
+    batches 1..max_batch so that no engine is rebuilt when the batch size changes; a streaming
+    model's ``state`` input (``state_size`` floats) gets the same batch range.
     """
     if provider == "tensorrt":
         options = {
@@ -65,10 +72,13 @@ def provider_options(
             "trt_timing_cache_path": str(cache_dir),
         }
         if input_shape is not None:
-            dims = "x".join(str(d) for d in input_shape)
-            options["trt_profile_min_shapes"] = f"{INPUT_NAME}:1x{dims}"
-            options["trt_profile_opt_shapes"] = f"{INPUT_NAME}:{config.max_batch}x{dims}"
-            options["trt_profile_max_shapes"] = f"{INPUT_NAME}:{config.max_batch}x{dims}"
+            shapes = {INPUT_NAME: "x".join(str(d) for d in input_shape)}
+            if state_size is not None:
+                shapes[STATE_NAME] = str(state_size)
+            for key, batch in (("min", 1), ("opt", config.max_batch), ("max", config.max_batch)):
+                options[f"trt_profile_{key}_shapes"] = ",".join(
+                    f"{name}:{batch}x{dims}" for name, dims in shapes.items()
+                )
         return options
     if provider == "cuda":
         return {"device_id": "0"}
@@ -78,12 +88,15 @@ def provider_options(
 
 
 def provider_chain(
-    config: BackendConfig, model_path: Path, input_shape: tuple[int, ...] | None = None
+    config: BackendConfig,
+    model_path: Path,
+    input_shape: tuple[int, ...] | None = None,
+    state_size: int | None = None,
 ) -> list[ProviderSpec]:
     """``(provider, options)`` for every configured provider, in the configured order."""
     cache_dir = config.cache_dir_for(model_path)
     return [
-        (ORT_PROVIDERS[p], provider_options(p, config, cache_dir, input_shape))
+        (ORT_PROVIDERS[p], provider_options(p, config, cache_dir, input_shape, state_size))
         for p in config.providers
     ]
 
@@ -128,6 +141,43 @@ def session_options(config: BackendConfig) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return options
+
+
+@dataclass(frozen=True)
+class StreamingIO:
+    """A streaming model's sizes without the batch (see :mod:`edge.backends.base`)."""
+
+    input_shape: tuple[int, int, int]
+    state_size: int
+    output_shape: tuple[int, int]
+
+
+def is_streaming(session: Any) -> bool:
+    """Whether the session's inputs are a streaming model's (``features``, ``state``)."""
+    return [i.name for i in session.get_inputs()] == list(STREAMING_INPUTS)
+
+
+def describe_streaming_io(session: Any, source: str) -> StreamingIO:
+    """Check a streaming model's I/O against the contract; return its sizes."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    out_names = [o.name for o in outputs]
+    if out_names != list(STREAMING_OUTPUTS):
+        raise BackendError(
+            f"{source}: streaming model outputs must be {list(STREAMING_OUTPUTS)}, got {out_names}"
+        )
+    x, state = inputs
+    probs, state_out = outputs
+    for tensor, rank in ((x, 4), (state, 2), (probs, 3), (state_out, 2)):
+        _check_tensor(tensor.name, tensor.type, list(tensor.shape), rank, source)
+    if state.shape[1] != state_out.shape[1]:
+        raise BackendError(
+            f"{source}: state {state.shape} and state_out {state_out.shape} differ in size"
+        )
+    return StreamingIO(
+        (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])),
+        int(state.shape[1]),
+        (int(probs.shape[1]), int(probs.shape[2])),
+    )
 
 
 def describe_io(session: Any, source: str) -> tuple[tuple[int, int, int], int]:
@@ -204,16 +254,27 @@ class OrtBackend:
                 "the onnxruntime backend needs onnxruntime (pip install 'lungwatch[edge]', "
                 "or onnxruntime-gpu / Jetson's onnxruntime wheel for GPU providers)"
             ) from None
+        self.streaming: StreamingIO | None = None
+        self.state_size = 0
+        self.output_shape: tuple[int, int] = (0, 0)
         chain = self._available_chain(ort.get_available_providers())
         self._session: Any = create_session(self.model_path, self.config, chain)
-        self.input_shape, self.n_classes = describe_io(self._session, self.model_path.name)
+        source = self.model_path.name
+        if is_streaming(self._session):
+            self.streaming = describe_streaming_io(self._session, source)
+            self.input_shape = self.streaming.input_shape
+            self.state_size = self.streaming.state_size
+            self.output_shape = self.streaming.output_shape
+            self.n_classes = self.output_shape[0]
+        else:
+            self.input_shape, self.n_classes = describe_io(self._session, source)
         self.name = f"onnxruntime/{self._report_providers(chain)}"
 
     def _available_chain(self, available: list[str]) -> list[ProviderSpec]:
-        input_shape = None
+        input_shape, state_size = None, None
         if "tensorrt" in self.config.providers and ORT_PROVIDERS["tensorrt"] in available:
-            input_shape = self._probe_input_shape()
-        chain = provider_chain(self.config, self.model_path, input_shape)
+            input_shape, state_size = self._probe_input_shape()
+        chain = provider_chain(self.config, self.model_path, input_shape, state_size)
         kept, messages = drop_unavailable(chain, available)
         for message in messages:
             LOGGER.warning("%s", message)
@@ -224,13 +285,16 @@ class OrtBackend:
             )
         return kept
 
-    def _probe_input_shape(self) -> tuple[int, int, int]:
-        """Read the input shape with a CPU session (for the TensorRT EP's profile shapes)."""
+    def _probe_input_shape(self) -> tuple[tuple[int, int, int], int | None]:
+        """Read the input shape (and a streaming model's state size) with a CPU session, for
+        the TensorRT EP's profile shapes."""
         cpu_only = BackendConfig(providers=("cpu",), intra_op_threads=1)
         probe = create_session(self.model_path, cpu_only, provider_chain(cpu_only, self.model_path))
+        if is_streaming(probe):
+            io = describe_streaming_io(probe, self.model_path.name)
+            return io.input_shape, io.state_size
         shape, _ = describe_io(probe, self.model_path.name)
-        del probe
-        return shape
+        return shape, None
 
     def _report_providers(self, chain: list[ProviderSpec]) -> str:
         actual = list(self._session.get_providers())
@@ -254,6 +318,10 @@ class OrtBackend:
         """``(N, K, B, T)`` float32 -> ``(N, n_classes)`` float32 logits, in max_batch pieces."""
         if self._session is None:
             raise BackendError(f"{self.name}: backend is closed")
+        if self.streaming is not None:
+            raise BackendError(
+                f"{self.model_path.name}: a streaming model (features + state); use infer_streaming"
+            )
         x = check_batch(batch, self.input_shape)
         if x.shape[0] == 0:
             return np.zeros((0, self.n_classes), dtype=np.float32)
@@ -263,6 +331,33 @@ class OrtBackend:
         ]
         logits = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         return np.asarray(logits, dtype=np.float32)
+
+    def infer_streaming(
+        self, features: np.ndarray, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A streaming model's chunk for ``M`` streams: ``(M, K, F, T)`` features and ``(M, S)``
+        states -> ``(M, O, N)`` probabilities and ``(M, S)`` new states, in max_batch pieces."""
+        if self._session is None:
+            raise BackendError(f"{self.name}: backend is closed")
+        if self.streaming is None:
+            raise BackendError(f"{self.model_path.name}: not a streaming model; use infer")
+        x = check_batch(features, self.input_shape)
+        s = check_state(state, x.shape[0], self.state_size)
+        if x.shape[0] == 0:
+            return (
+                np.zeros((0, *self.output_shape), np.float32),
+                np.zeros((0, self.state_size), np.float32),
+            )
+        probs, states = [], []
+        for rows in batch_slices(x.shape[0], self.config.max_batch):
+            p, new = self._session.run(
+                list(STREAMING_OUTPUTS), {INPUT_NAME: x[rows], STATE_NAME: s[rows]}
+            )
+            probs.append(p)
+            states.append(new)
+        p = probs[0] if len(probs) == 1 else np.concatenate(probs, axis=0)
+        new = states[0] if len(states) == 1 else np.concatenate(states, axis=0)
+        return np.asarray(p, dtype=np.float32), np.asarray(new, dtype=np.float32)
 
     def close(self) -> None:
         """Drop the session (idempotent)."""

@@ -129,7 +129,8 @@ def _set(key: str, value: Any) -> Any:
     ("change", "message"),
     [
         (_drop("window_frames"), "window_frames is missing"),
-        (_set("schema_version", 2), "schema_version 2 is not supported"),
+        (_set("schema_version", 3), "schema_version 3 is not supported"),
+        (_set("schema_version", 2), "streaming is missing"),
         (_set("hop_frames", 200), "hop_frames must be an integer in [1, window_frames=96]"),
         (_set("kinds", ["mfcc"]), "kinds must be feature kinds"),
         (_set("classes", ["Normal"]), "classes must be a list of at least 2"),

@@ -1,0 +1,107 @@
+"""One bed's context of a streaming model, and one inference call for every bed's chunk.
+
+    bed = BedState(manifest.streaming, backend)        # state zeros: the stream starts
+    frames = bed.push(window.features)                 # one bed alone: OutputFrames
+    frames = infer_beds(backend, [(bed, window.features), ...])   # all beds, one call
+
+A streaming model (manifest schema 2, :mod:`edge.backends.base`) maps a chunk of ``T = N *
+stride`` front-end frames and the bed's state to ``N`` output frames and the next state. The
+pipeline (:class:`edge.pipeline.StreamPipeline` with ``window_frames = hop_frames = T``) cuts
+exactly those chunks, so every front-end frame goes through the network once. A bed's state
+is a row of one ``(M, S)`` batch: the round's chunks of all beds go to the backend together.
+
+Time: output ``j`` of a stream describes network frame ``j - lookahead_frames`` (the model's
+bounded look-ahead). :class:`OutputFrames` gives the frames of the detection timeline
+(:class:`edge.detector.FrameGrid`), so the first ``lookahead_frames`` outputs of a stream,
+which describe nothing before its start, are dropped here and never reach the detector.
+:meth:`BedState.reset` (a new stream, or a gap the model must not bridge) restores the zero
+state and starts that count again from the given frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.backends.base import StreamingBackend
+from edge.errors import LungwatchError
+from edge.manifest import StreamingInfo
+
+
+class StreamingError(LungwatchError, ValueError):
+    """A streaming model was fed something of the wrong shape."""
+
+
+@dataclass(frozen=True)
+class OutputFrames:
+    """Output frames ``first_frame, first_frame + 1, ...`` of one bed: ``probs`` (n, O),
+    n maybe 0 (all of the chunk was look-ahead)."""
+
+    first_frame: int
+    probs: np.ndarray
+
+
+class BedState:
+    """The carried state of one bed and where its outputs lie (see the module doc)."""
+
+    def __init__(self, info: StreamingInfo, backend: StreamingBackend | None = None) -> None:
+        self.info, self.backend = info, backend
+        self.state = np.zeros(info.state_size, np.float32)
+        self.reset()
+
+    def reset(self, at_frame: int = 0) -> None:
+        """Zero state; the next chunk's first output describes network frame ``at_frame -
+        lookahead_frames`` (frames before ``at_frame`` are dropped)."""
+        self.state[:] = 0.0
+        self._origin = at_frame  # network frame at which the current state started
+        self._next = at_frame - self.info.lookahead_frames  # frame of the next output
+        self.chunks = 0
+
+    def accept(self, probs: np.ndarray, new_state: np.ndarray) -> OutputFrames:
+        """Take one chunk's outputs ``(O, N)`` and the new state; the frames they describe."""
+        first = self._next
+        self._next += self.info.chunk_frames
+        self.chunks += 1
+        self.state[:] = new_state
+        skip = max(0, self._origin - first)
+        return OutputFrames(first + skip, np.ascontiguousarray(probs[:, skip:].T))
+
+    def push(self, features: np.ndarray) -> OutputFrames:
+        """Run one chunk of this bed alone (``features`` (K, F, T)) on its backend."""
+        if self.backend is None:
+            raise StreamingError("BedState.push needs a backend (or use infer_beds)")
+        return infer_beds(self.backend, [(self, features)])[0]
+
+
+def infer_beds(
+    backend: StreamingBackend, items: Sequence[tuple[BedState, np.ndarray]]
+) -> list[OutputFrames]:
+    """One backend call for the chunks ``(bed, features (K, F, T))`` of many beds; each bed's
+    state advances. A bed may appear more than once only if its chunks are consecutive in
+    ``items`` order: they are then run in successive calls, state carried."""
+    if not items:
+        return []
+    results: list[OutputFrames | None] = [None] * len(items)
+    pending = list(range(len(items)))
+    while pending:  # one call per "layer": each bed's first still-pending chunk
+        seen: set[int] = set()
+        layer = []
+        for i in pending:
+            if id(items[i][0]) not in seen:
+                seen.add(id(items[i][0]))
+                layer.append(i)
+        features = np.stack([items[i][1] for i in layer])
+        if features.dtype != np.float32:
+            raise StreamingError(f"features must be float32, got {features.dtype}")
+        states = np.stack([items[i][0].state for i in layer])
+        probs, new_states = backend.infer_streaming(features, states)
+        expected = (len(layer), *backend.output_shape)
+        if probs.shape != expected:
+            raise StreamingError(f"{backend.name}: expected probs {expected}, got {probs.shape}")
+        for row, i in enumerate(layer):
+            results[i] = items[i][0].accept(probs[row], new_states[row])
+        taken = set(layer)
+        pending = [i for i in pending if i not in taken]
+    return [r for r in results if r is not None]

@@ -1,0 +1,153 @@
+"""The runtime on a streaming model (manifest schema 2): real SPRSound audio through the front
+end, the per-bed state, one ONNX Runtime call per round and the FrameDetector; the manifest's
+fitted detector rules reach the device; a gap resets only its own bed's model state."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from edge.runtime import Runtime, open_model
+from edge.sources.base import SourceChunk, SourceEnded
+from tests.edge.runtime_helpers import (
+    MIXED,
+    WHEEZES,
+    ListSink,
+    build,
+    config_mapping,
+    record_path,
+    run_collecting,
+    stream,
+)
+from tests.streaming_fixture import tiny_streaming_folder
+
+ALWAYS = {"on_threshold": 0.02, "off_threshold": 0.01, "min_event_ms": 40, "merge_gap_ms": 0}
+NEVER = {"on_threshold": 0.999, "off_threshold": 0.99, "min_event_ms": 40, "merge_gap_ms": 0}
+TYPES = ("Fine Crackle", "Coarse Crackle", "Wheeze", "Rhonchi", "Stridor")
+
+
+def rules(always: str) -> dict:
+    return {
+        "thresholds": [{"type": t, **(ALWAYS if t == always else NEVER)} for t in TYPES],
+        "fitted_on": "test",
+    }
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # the random model's quality output is near 0.5: the manifest sets its alarm out of reach
+    quality = {"poor_on": 0.999, "poor_off": 0.99}
+    return tiny_streaming_folder(tmp_path_factory.mktemp("tiny"), rules("Wheeze"), quality)
+
+
+def mapping(tmp_path: Path, folder: Path, streams: list, **sections) -> dict:
+    return config_mapping(
+        tmp_path, streams, model={"dir": str(folder), "file": "model.onnx"}, **sections
+    )
+
+
+def test_manifest_rules_drive_the_device_and_the_config_overrides_them(tmp_path, folder):
+    source = record_path(WHEEZES)
+    config = build(mapping(tmp_path, folder, [stream("b1", source, realtime=False)]))
+    runtime, sink = run_collecting(config)
+    ended = [e for e in sink.events if e.kind == "physiological" and e.state == "ended"]
+    # the manifest makes Wheeze always on and every other class never: one Wheeze over the record
+    assert [e.type for e in ended] == ["Wheeze"]
+    frames = runtime.streams[0].pipeline.frames_complete
+    assert ended[0].start_sample < 400  # from the first frame (40-ms grid, 16-ms centre offset)
+    assert ended[0].end_sample > (frames - 48 - 8) * 80  # up to the last chunk's known frames
+    assert runtime.batches["calls"] == runtime.streams[0].counters["windows"]
+
+    override = {"thresholds": [{"type": "Wheeze", **NEVER}]}
+    config = build(
+        mapping(tmp_path, folder, [stream("b1", source, realtime=False)], detector=override)
+    )
+    _, sink = run_collecting(config)
+    assert not [e for e in sink.events if e.kind == "physiological"]
+
+
+def test_beds_share_one_call_per_round(tmp_path, folder):
+    streams = [stream(f"b{i}", record_path(MIXED), realtime=False) for i in range(3)]
+    config = build(mapping(tmp_path, folder, streams))
+    runtime, sink = run_collecting(config)
+    windows = sum(s.counters["windows"] for s in runtime.streams)
+    assert runtime.batches["max_windows"] == 3
+    assert runtime.batches["calls"] * 3 >= windows > runtime.batches["calls"]
+    by_bed = {
+        s.id: [(e.type, e.start_sample, e.end_sample) for e in sink.events if e.stream_id == s.id]
+        for s in runtime.streams
+    }
+    assert by_bed["b0"] == by_bed["b1"] == by_bed["b2"] != []
+
+
+class ScriptedSource:
+    """An AudioSource over an array, read in fixed chunks; ``gap`` = (at chunk, samples lost)
+    moves the next chunk's ``first_sample`` forward, as a reconnecting source does."""
+
+    def __init__(self, samples: np.ndarray, chunk: int, gap: tuple[int, int] | None) -> None:
+        self.samples, self.chunk, self.gap = samples, chunk, gap
+        self.sample_rate_hz, self._i, self._pos, self._first = 8000, 0, 0, 0
+
+    def read(self, timeout_s: float) -> SourceChunk | None:
+        if self._pos >= self.samples.shape[0]:
+            raise SourceEnded("end")
+        if self.gap is not None and self._i == self.gap[0]:
+            self._first += self.gap[1]
+            self._pos += self.gap[1]
+        piece = self.samples[self._pos : self._pos + self.chunk]
+        chunk = SourceChunk(samples=piece, first_sample=self._first)
+        self._pos += piece.shape[0]
+        self._first += piece.shape[0]
+        self._i += 1
+        return chunk
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def run_scripted(tmp_path: Path, folder: Path, audio: np.ndarray, gap_on_b0: bool):
+    streams = [stream("b0", "unused.flac"), stream("b1", "unused.flac")]
+    config = build(mapping(tmp_path, folder, streams))
+    model = open_model(config, "test.yaml")
+    try:
+        opened = []
+        for s_config in config.streams:
+            from edge.runtime import Stream
+
+            gap = (40, 4000) if gap_on_b0 and s_config.id == "b0" else None
+            opened.append(Stream(s_config, ScriptedSource(audio, 800, gap), model))  # type: ignore[arg-type]
+        sink = ListSink()
+        runtime = Runtime(config, model, opened, sink)
+        runtime.run(threading.Event())
+    finally:
+        model.backend.close()
+    return runtime, sink
+
+
+def test_a_gap_resets_its_bed_only(tmp_path, folder):
+    audio, rate = soundfile.read(record_path(MIXED), dtype="float32")
+    assert rate == 8000
+    _plain, plain_sink = run_scripted(tmp_path, folder, audio, gap_on_b0=False)
+    gapped, gap_sink = run_scripted(tmp_path, folder, audio, gap_on_b0=True)
+    b0 = next(s for s in gapped.streams if s.id == "b0")
+    b1 = next(s for s in gapped.streams if s.id == "b1")
+    assert b0.counters["state_resets"] >= 1
+    assert b1.counters["state_resets"] == 0
+    assert any(e.type == "signal_gap" for e in gap_sink.events if e.stream_id == "b0")
+
+    def of(sink: ListSink, bed: str) -> list:
+        return [
+            (e.type, e.state, e.start_sample, e.end_sample, e.confidence)
+            for e in sink.events
+            if e.stream_id == bed
+        ]
+
+    assert of(gap_sink, "b1") == of(plain_sink, "b1") != []  # the other bed did not notice
+    assert of(gap_sink, "b0") != of(plain_sink, "b0")

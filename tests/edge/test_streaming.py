@@ -1,0 +1,134 @@
+"""A streaming model through the device's path: the per-bed state wrapper and one backend call
+for many beds (real ONNX Runtime session on a tiny exported model), against the PyTorch
+whole-recording pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from edge.backends import BackendConfig  # noqa: E402
+from edge.backends.base import BackendError  # noqa: E402
+from edge.backends.onnxruntime import OrtBackend  # noqa: E402
+from edge.manifest import load_manifest  # noqa: E402
+from edge.streaming import BedState, infer_beds  # noqa: E402
+from export.streaming_model import load_sednet  # noqa: E402
+from tests.streaming_fixture import LOG_MEL_MEAN, LOG_MEL_STD, tiny_streaming_folder  # noqa: E402
+
+N_CHUNKS = 9
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_streaming_folder(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def backend(folder: Path):
+    backend = OrtBackend(folder / "model.onnx", BackendConfig(providers=("cpu",), max_batch=2))
+    yield backend
+    backend.close()
+
+
+def stream_features(seed: int, frames: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = LOG_MEL_MEAN + LOG_MEL_STD * rng.standard_normal((1, 64, frames))
+    return x.astype(np.float32)
+
+
+def whole_pass(folder: Path, x: np.ndarray) -> np.ndarray:
+    """(n, O) probabilities of the PyTorch whole pass, output j describing frame j - L."""
+    model = load_sednet(folder / "model.pt")
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(x[None]))
+    return torch.sigmoid(logits)[0].numpy().T
+
+
+def test_chunked_outputs_equal_the_whole_pass_shifted_by_the_lookahead(folder, backend):
+    info = load_manifest(folder / "manifest.json").streaming
+    assert info is not None
+    x = stream_features(0, info.input_frames * N_CHUNKS)
+    bed = BedState(info, backend)
+    outs = [
+        bed.push(x[:, :, c * info.input_frames : (c + 1) * info.input_frames])
+        for c in range(N_CHUNKS)
+    ]
+    assert outs[0].first_frame == 0
+    assert [o.first_frame for o in outs[1:]] == [
+        c * info.chunk_frames - info.lookahead_frames for c in range(1, N_CHUNKS)
+    ]
+    chunked = np.concatenate([o.probs for o in outs])
+    whole = whole_pass(folder, x)
+    assert chunked.shape == (N_CHUNKS * info.chunk_frames - info.lookahead_frames, 7)
+    np.testing.assert_allclose(chunked, whole[info.lookahead_frames :], atol=1e-4)
+
+
+def test_beds_in_one_call_keep_their_own_state(folder, backend):
+    info = load_manifest(folder / "manifest.json").streaming
+    assert info is not None
+    t = info.input_frames
+    streams = [stream_features(seed, t * 4) for seed in (1, 2, 3)]  # 3 beds, max_batch 2
+    alone = []
+    for x in streams:
+        bed = BedState(info, backend)
+        alone.append(
+            np.concatenate([bed.push(x[:, :, c * t : (c + 1) * t]).probs for c in range(4)])
+        )
+    beds = [BedState(info) for _ in streams]
+    together: list[list[np.ndarray]] = [[] for _ in streams]
+    for c in range(4):
+        chunks = [(b, x[:, :, c * t : (c + 1) * t]) for b, x in zip(beds, streams, strict=True)]
+        outs = infer_beds(backend, chunks)
+        for i, out in enumerate(outs):
+            together[i].append(out.probs)
+    for i in range(3):
+        np.testing.assert_allclose(np.concatenate(together[i]), alone[i], atol=1e-5)
+
+
+def test_consecutive_chunks_of_one_bed_in_one_round_run_in_order(folder, backend):
+    info = load_manifest(folder / "manifest.json").streaming
+    assert info is not None
+    t = info.input_frames
+    x = stream_features(4, t * 3)
+    one_by_one = BedState(info, backend)
+    expected = [one_by_one.push(x[:, :, c * t : (c + 1) * t]) for c in range(3)]
+    bed = BedState(info)
+    outs = infer_beds(backend, [(bed, x[:, :, c * t : (c + 1) * t]) for c in range(3)])
+    for got, want in zip(outs, expected, strict=True):
+        assert got.first_frame == want.first_frame
+        np.testing.assert_allclose(got.probs, want.probs, atol=1e-6)
+
+
+def test_reset_starts_a_clean_context_at_the_given_frame(folder, backend):
+    info = load_manifest(folder / "manifest.json").streaming
+    assert info is not None
+    t = info.input_frames
+    x = stream_features(5, t * 3)
+    fresh = BedState(info, backend)
+    expected = [fresh.push(x[:, :, c * t : (c + 1) * t]) for c in range(3)]
+    bed = BedState(info, backend)
+    bed.push(stream_features(6, t))  # some other audio first
+    at = 10 * info.chunk_frames
+    bed.reset(at)
+    assert not bed.state.any()
+    got = [bed.push(x[:, :, c * t : (c + 1) * t]) for c in range(3)]
+    assert got[0].first_frame == at  # the look-ahead outputs after a reset are dropped
+    for g, e in zip(got, expected, strict=True):
+        assert g.first_frame == e.first_frame + at
+        np.testing.assert_allclose(g.probs, e.probs, atol=1e-6)
+
+
+def test_backend_refuses_the_wrong_call_and_shapes(folder, backend):
+    info = load_manifest(folder / "manifest.json").streaming
+    assert info is not None
+    x = stream_features(7, info.input_frames)[None]
+    with pytest.raises(BackendError, match="streaming model"):
+        backend.infer(x)
+    with pytest.raises(BackendError, match=r"state must have shape \(1, "):
+        backend.infer_streaming(x, np.zeros((1, info.state_size + 1), np.float32))
+    assert backend.output_shape == (7, info.chunk_frames)

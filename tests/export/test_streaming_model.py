@@ -1,0 +1,92 @@
+"""Exporting a frame-level checkpoint as a streaming model folder, and the device's reading of
+its manifest (schema 2): sizes, fitted detector rules and quality thresholds checked, every
+error naming the file and the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from edge.manifest import ManifestError, load_manifest, verify_file
+from export.streaming_model import StreamingModelError, export_folder, main
+from tests.streaming_fixture import CHUNK_FRAMES, tiny_checkpoint, tiny_streaming_folder
+
+RULE = {"type": "Wheeze", "on_threshold": 0.7, "off_threshold": 0.55, "min_event_ms": 120,
+        "merge_gap_ms": 120}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    detector = {"thresholds": [RULE], "fitted_on": "test"}
+    return tiny_streaming_folder(
+        tmp_path_factory.mktemp("tiny"), detector, {"poor_on": 0.7, "poor_off": 0.5}
+    )
+
+
+def test_export_writes_what_the_device_reads(folder: Path) -> None:
+    manifest = load_manifest(folder / "manifest.json")
+    info = manifest.streaming
+    assert info is not None
+    assert (info.chunk_frames, info.stride, info.lookahead_frames) == (CHUNK_FRAMES, 4, 2)
+    assert manifest.input_shape == (1, 64, CHUNK_FRAMES * 4)
+    assert manifest.window_frames == manifest.hop_frames == CHUNK_FRAMES * 4
+    assert manifest.classes[-2:] == ("Breath", "Poor Quality")
+    assert manifest.detector_rules == (RULE,)
+    assert manifest.quality_thresholds == (0.7, 0.5)
+    entry = verify_file(manifest, folder / "model.onnx")
+    assert entry.extra["parity"]["ok"]
+    assert entry.extra["parity"]["max_abs_prob_diff"] < 1e-4
+
+
+def _edited(folder: Path, tmp_path: Path, edit) -> Path:
+    data = json.loads((folder / "manifest.json").read_text())
+    edit(data)
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["streaming"].pop("state_size"), "streaming.state_size is missing"),
+        (lambda d: d["onnx"]["inputs"]["state"].__setitem__(0, 5), "onnx.inputs must be"),
+        (lambda d: d.pop("outputs"), "outputs is missing"),
+        (lambda d: d["detector"]["thresholds"][0].__setitem__("type", "Normal"),
+         "detector.thresholds[0] must be"),
+        (lambda d: d["detector"]["thresholds"][0].pop("min_event_ms"),
+         "detector.thresholds[0] must be"),
+        (lambda d: d.__setitem__("quality", {"poor_on": 0.2, "poor_off": 0.5}),
+         "quality must be"),
+    ],
+)  # fmt: skip
+def test_manifest_errors_name_the_file_and_key(folder, tmp_path, edit, message) -> None:
+    path = _edited(folder, tmp_path, edit)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert str(info.value).startswith(str(path))
+    assert message in str(info.value)
+
+
+def test_export_refuses_what_is_not_a_sednet_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(StreamingModelError, match="checkpoint not found"):
+        export_folder(tmp_path / "missing.pt", tmp_path / "out", "x", 4)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(StreamingModelError, match="not a SedNet checkpoint"):
+        export_folder(junk, tmp_path / "out", "x", 4)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "c.pt")
+    code = main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "--name", "t",
+                 "--poor-on", "0.5"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "--poor-on and --poor-off go together" in err

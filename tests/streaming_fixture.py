@@ -1,0 +1,66 @@
+"""A tiny, randomly initialised streaming model folder (manifest schema 2) for tests.
+
+The real export path writes it (:func:`export.streaming_model.export_folder`: a research-
+trainer checkpoint -> ``model.onnx`` + ``manifest.json``), so tests run the same files the
+device runs, only smaller: 16 channels, two blocks, 2 frames of look-ahead, 4 outputs per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHUNK_FRAMES = 4
+LOG_MEL_MEAN = -9.0  # about where log-mel bands of real chest audio sit (natural log)
+LOG_MEL_STD = 2.5
+
+
+def tiny_config() -> Any:
+    from training.models.sed import SedConfig
+    from training.targets import OUTPUTS
+
+    return SedConfig(
+        n_kinds=1, n_bands=64, n_outputs=len(OUTPUTS), stride=4, channels=16,
+        dilations=(1, 2), kernel_widths=(3, 5), lookahead_frames=2,
+    )  # fmt: skip
+
+
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A research-trainer checkpoint of a random tiny SedNet (BatchNorm statistics varied)."""
+    import torch
+
+    from training.models.sed import SedNet
+
+    torch.manual_seed(seed)
+    config = tiny_config()
+    model = SedNet(config)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    mean = np.full((1, 64), LOG_MEL_MEAN, np.float32)
+    std = np.full((1, 64), LOG_MEL_STD, np.float32)
+    model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
+    torch.save(
+        {"model": model.state_dict(), "config": asdict(config), "mean": mean, "std": std},
+        path,
+    )
+    return path
+
+
+def tiny_streaming_folder(
+    folder: Path,
+    detector: dict[str, Any] | None = None,
+    quality: dict[str, float] | None = None,
+) -> Path:
+    """``folder`` with model.pt, model.onnx and manifest.json of the tiny model."""
+    from export.streaming_model import export_folder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = tiny_checkpoint(folder / "source.pt")
+    export_folder(checkpoint, folder, "tiny", CHUNK_FRAMES, detector, quality)
+    return folder

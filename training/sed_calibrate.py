@@ -1,0 +1,203 @@
+"""Fit the frame detector's per-class thresholds and durations on validation.
+
+    config = fit_detector(probs, annotated, labels, durations_s, outputs, grid, base)
+
+The device turns a streaming model's frame probabilities into events with
+:class:`edge.detector.FrameDetector`; this module chooses, per detected class, the on-threshold
+(the off-threshold follows ``OFF_GAP`` below it), the minimum duration and the merge gap that
+give the best family event F1 (sed_eval, :mod:`training.scoring`) on validation records while
+keeping false adventitious events on Normal records at or below ``max_false_per_hour`` and the
+share of Normal records with any at or below ``max_normal_share``. Coordinate ascent: one class
+and one knob at a time, every candidate scored through :func:`edge.detector.detect_events` (the
+device's converter), repeated for ``rounds`` passes. Never fitted on a test set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
+from edge.labels import DETECTED_CLASSES
+from training.scoring import DetectionReport, Event, score_detection
+
+OFF_GAP = 0.15  # off-threshold = on-threshold - OFF_GAP (at least MIN_OFF)
+MIN_OFF = 0.05
+ON_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MIN_EVENT_GRID_MS = (40.0, 120.0, 200.0, 320.0)
+MERGE_GAP_GRID_MS = (0.0, 120.0, 240.0, 400.0)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The false-alarm budget a fitted setting must respect on validation Normal records."""
+
+    max_false_per_hour: float = 15.0
+    max_normal_share: float = 0.08
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted detector config with its validation report (``None``: no setting qualified)."""
+
+    config: DetectorConfig
+    report: DetectionReport
+    evaluations: int
+
+
+def events_of(
+    probs: Sequence[np.ndarray],
+    records: Sequence[str],
+    outputs: Sequence[str],
+    config: DetectorConfig,
+    grid: FrameGrid,
+) -> dict[str, list[Event]]:
+    """``{record: [(start_s, end_s, type), ...]}`` of every record's (n, O) probabilities."""
+    rate = grid.sample_rate_hz
+    return {
+        record: [
+            (e.start_sample / rate, e.end_sample / rate, e.type)
+            for e in detect_events(p, outputs, config, grid)
+        ]
+        for record, p in zip(records, probs, strict=True)
+    }
+
+
+def with_rule(config: DetectorConfig, rule: ClassThreshold) -> DetectorConfig:
+    """``config`` with ``rule`` replacing the rule of its type."""
+    rules = (*tuple(r for r in config.thresholds if r.type != rule.type), rule)
+    return dataclasses.replace(config, thresholds=rules)
+
+
+def rule(type_: str, on: float, min_ms: float, gap_ms: float) -> ClassThreshold:
+    return ClassThreshold(type_, on, max(MIN_OFF, round(on - OFF_GAP, 3)), min_ms, gap_ms)
+
+
+def fit_detector(
+    probs: Sequence[np.ndarray],
+    annotated: Mapping[str, Sequence[Event]],
+    labels: Mapping[str, str],
+    durations_s: Mapping[str, float],
+    outputs: Sequence[str],
+    grid: FrameGrid,
+    base: DetectorConfig,
+    limits: Limits = Limits(),
+    rounds: int = 2,
+    log: bool = False,
+) -> Fit:
+    """Per-class rules maximising family event F1 within ``limits`` (see the module doc).
+
+    ``probs[i]`` belongs to the i-th record of ``annotated`` (in its order)."""
+    records = list(annotated)
+    types = [t for t in outputs if t in DETECTED_CLASSES]
+    current = base
+    for t in types:
+        r = base.rule_of(t)
+        current = with_rule(current, rule(t, r.on_threshold, r.min_event_ms, r.merge_gap_ms))
+    evaluations = 0
+
+    def score(config: DetectorConfig) -> tuple[float, DetectionReport]:
+        nonlocal evaluations
+        evaluations += 1
+        predicted = events_of(probs, records, outputs, config, grid)
+        report = score_detection(predicted, annotated, labels, durations_s)
+        ok = (
+            report.false_events_per_hour <= limits.max_false_per_hour
+            and report.normal_records_with_false_events <= limits.max_normal_share
+        )
+        f1 = report.views["family"].event_f1
+        # a setting over budget ranks below every one within it, fewer false events first
+        return (f1 if ok else -report.false_events_per_hour), report
+
+    best, best_report = score(current)
+    for _ in range(rounds):
+        improved = False
+        for t in types:
+            for knob in ("on", "min", "gap"):
+                r = current.rule_of(t)
+                candidates = {
+                    "on": [rule(t, v, r.min_event_ms, r.merge_gap_ms) for v in ON_GRID],
+                    "min": [rule(t, r.on_threshold, v, r.merge_gap_ms) for v in MIN_EVENT_GRID_MS],
+                    "gap": [rule(t, r.on_threshold, r.min_event_ms, v) for v in MERGE_GAP_GRID_MS],
+                }[knob]
+                for candidate in candidates:
+                    config = with_rule(current, candidate)
+                    if config == current:
+                        continue
+                    value, report = score(config)
+                    if value > best + 1e-9:
+                        best, best_report, current, improved = value, report, config, True
+                        if log:
+                            print(f"{t} {knob} -> {candidate} F1/score {value:.4f}", flush=True)
+        if not improved:
+            break
+    return Fit(current, best_report, evaluations)
+
+
+def fit_checkpoint(checkpoint: Path, limits: Limits = Limits(), log: bool = False) -> dict:
+    """Predict the checkpoint's patient-disjoint validation records (SPRSound train, seed 0,
+    20 %: the research trainer's split) and fit the detector there; the manifest's
+    ``detector`` section (thresholds, what it was fitted on, the validation summary)."""
+    from edge.features import FeatureSpec
+    from export.streaming_model import load_sednet
+    from training.datasets.sprsound import patient_disjoint_split
+    from training.recordings import flush_value
+    from training.sed_train import load_all, predict, recording_seconds
+    from training.targets import OUTPUTS
+
+    model = load_sednet(checkpoint)
+    spec = FeatureSpec()
+    stride = model.config.stride
+    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, stride)
+    kinds = ("logmel", "gammatone", "cwt")[: model.config.n_kinds]
+    records, recs = load_all(kinds, grid, stride, 0.5)
+    _, val_records = patient_disjoint_split(records, 0.2, 0)
+    ids = {r.record_id for r in val_records}
+    val = [r for r in recs if r.record_id in ids]
+    mean = model.input_mean.numpy()
+    probs = predict(model, val, flush_value(mean))
+    annotated = {r.record_id: list(r.events) for r in val}
+    labels = {r.record_id: r.label for r in val}
+    durations = {r.record_id: recording_seconds(r.features.shape[2], spec) for r in val}
+    base = DetectorConfig(on_threshold=0.7, off_threshold=0.55, min_event_ms=120, merge_gap_ms=120)
+    fit = fit_detector(probs, annotated, labels, durations, OUTPUTS, grid, base, limits, log=log)
+    return {
+        "thresholds": [dataclasses.asdict(t) for t in fit.config.thresholds],
+        "fitted_on": f"SPRSound train, patient-disjoint validation (20 %, seed 0), "
+        f"{len(val)} records",
+        "limits": dataclasses.asdict(limits),
+        "validation": fit.report.summary(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+    import sys
+
+    from edge.errors import LungwatchError
+    from firmware_bridge.cliparse import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m training.sed_calibrate", description=__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="fitted rules (JSON)")
+    parser.add_argument("--max-false-per-hour", type=float, default=Limits.max_false_per_hour)
+    parser.add_argument("--max-normal-share", type=float, default=Limits.max_normal_share)
+    args = parser.parse_args(argv)
+    try:
+        fitted = fit_checkpoint(
+            args.checkpoint, Limits(args.max_false_per_hour, args.max_normal_share), log=True
+        )
+    except LungwatchError as exc:
+        print(f"sed_calibrate: {exc}", file=sys.stderr)
+        return 1
+    args.out.write_text(json.dumps(fitted, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(fitted["validation"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
