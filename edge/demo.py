@@ -231,7 +231,11 @@ def write_pictures(
                 freq_range_hz=(m.feature_spec.fmin_hz, m.feature_spec.fmax_hz),
                 classes=m.classes,
                 window_centres_s=centres / rate_hz,
-                window_hop_s=m.hop_frames * hop_samples / rate_hz,
+                window_hop_s=(
+                    model.grid.hop_ms / 1000.0
+                    if model.grid is not None
+                    else m.hop_frames * hop_samples / rate_hz
+                ),
                 probabilities=probs,
                 detected=detected,
                 annotated=list(rec.annotated),

@@ -27,6 +27,7 @@ import numpy as np
 from edge.imaging import colourise
 from edge.pipeline import StreamPipeline, infer_ready
 from edge.sources.base import SourceChunk
+from edge.streaming import BedState, infer_beds
 
 if TYPE_CHECKING:
     from edge.runtime import Model
@@ -147,6 +148,13 @@ def window_probabilities(model: Model, samples: np.ndarray) -> tuple[np.ndarray,
     ready = pipeline.push(SourceChunk(samples=samples, first_sample=0))
     if not ready:
         return np.zeros(0, np.int64), np.zeros((0, len(m.classes)), np.float32)
+    if m.streaming is not None and model.grid is not None:  # per output frame, as the bed
+        bed = BedState(m.streaming)
+        outs = infer_beds(model.backend, [(bed, w.features) for w in ready])  # type: ignore[arg-type]
+        frames = np.concatenate([o.first_frame + np.arange(o.probs.shape[0]) for o in outs])
+        centres = frames * model.grid.frame_samples + model.grid.offset_samples
+        centres += model.grid.frame_samples // 2
+        return centres, np.concatenate([o.probs for o in outs])
     probs = np.stack(infer_ready(model.backend, [("picture", w) for w in ready]))
     centres = np.array([w.end_sample - pipeline.window_samples // 2 for w in ready])
     return centres, probs

@@ -26,6 +26,7 @@ from edge.datapaths import PROJECT_ROOT, sprsound_root
 from edge.demo import DEFAULT_RECORDS, read_annotation
 from edge.demo_plot import CLASS_COLOURS, MARGIN_PX, Span, draw_text, render
 from edge.errors import AnnotationError
+from edge.gate import TECHNICAL_TYPES
 from edge.imaging import PNG_SIGNATURE
 from tests.edge.brokers import Mosquitto, Recorder
 
@@ -128,9 +129,11 @@ def test_demo_runs_end_to_end_on_the_shipped_examples(tmp_path: Path) -> None:
     assert "broker: 127.0.0.1:" in result.stdout
     assert "(embedded amqtt)" in result.stdout
     # events as they happen, from the runtime's stdout sink
-    assert re.search(r"Z demo-ward/bed-1 Wheeze onset \[medium\] conf=", result.stdout)
-    assert "Wheeze" in _detected_line(result.stdout, "bed-1")
+    assert re.search(r"Z demo-ward/bed-2 Fine Crackle onset \[low\] conf=", result.stdout)
+    assert "Fine Crackle" in _detected_line(result.stdout, "bed-2")
     assert "Fine Crackle" in _detected_line(result.stdout, "bed-3")
+    # the three recordings are good ones: no technical alarm
+    assert not [t for t in TECHNICAL_TYPES if f" {t} onset" in result.stdout]
     assert "annotated: 13 Wheeze;" in result.stdout
     assert "annotated: 5 Fine Crackle, 3 Wheeze;" in result.stdout
     assert "Traceback" not in result.stderr
