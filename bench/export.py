@@ -1,6 +1,8 @@
 """FP32 vs INT8 (Q/DQ) ONNX on onnxruntime CPU: per-window latency and model file size.
 
-    python -m bench.export [--model-dir models/edge] [--repeats 30] [--calib DIR]
+    python -m bench.export [--model-dir models/edge] [--repeats 30] [--calib DIR] \
+        [--sed-fp32 models/sed/model.onnx] [--sed-int8 models/sed/model.int8.onnx] \
+        [--sed-variant NAME=PATH ...] [--streaming-only] [--out-dir bench/results]
 
 One thread (intra_op 1, inter_op 1, sequential execution), graph optimisation ORT_ENABLE_ALL,
 warm-up runs, then the median of ``--repeats`` timed runs (FP32 and INT8 alternate in 5
@@ -15,7 +17,17 @@ Convs stayed float), where the INT8 time goes (ORT's profiler), and two re-quant
 calibrated on a few windows of ``--calib`` (default: the folder in the manifest): per-tensor
 weights (the per-channel effect) and uint8 asymmetric activations (ORT CPU's preferred format,
 which TensorRT's explicit quantization does not accept; measured only to show the format's
-cost on this CPU). Writes bench/results/export.{md,json}.
+cost on this CPU).
+
+Streaming model (a SedNet graph of :mod:`export.sed_onnx`, INT8 from
+:mod:`export.quantize_streaming`): FP32 vs INT8 in milliseconds of one core per second of audio
+per bed, one call for :data:`STREAMING_BEDS` beds (their states batched), each call one chunk;
+same session options, warm-up, alternating rounds and medians as above, the speed-up as the
+ratio of the two in the same run. ``--sed-variant`` adds other quantized files of the same
+model to the same rounds (e.g. uint8 activations). Skipped, with the reason printed, when the
+files are absent (the defaults exist only once a streaming model is exported there);
+``--streaming-only`` measures only this. Writes ``--out-dir``/export.{md,json} (default
+bench/results).
 """
 
 from __future__ import annotations
@@ -44,6 +56,9 @@ VARIANT_CALIB_WINDOWS = 32
 PROFILE_RUNS = 5
 ROUNDS = 5  # FP32 and INT8 are timed in alternating rounds
 TOP_OPS = 6
+STREAMING_BEDS = 64
+DEFAULT_SED_FP32 = Path("models/sed/model.onnx")
+DEFAULT_SED_INT8 = Path("models/sed/model.int8.onnx")
 
 
 def session(path: Path, level: str = "all", **options: Any) -> Any:
@@ -210,6 +225,86 @@ def measure(model_dir: Path, calib: Path | None, repeats: int) -> dict[str, Any]
     return result
 
 
+def streaming_feed(path: Path, beds: int) -> tuple[dict[str, np.ndarray], float]:
+    """One chunk's inputs for ``beds`` beds (log-feature-like features, non-negative states as
+    the caches of ReLU outputs are) and the seconds of audio a chunk holds."""
+    from export.quantize_streaming import folder_info, read_shapes
+    from export.sed_onnx import FEATURES, STATE
+
+    shapes = read_shapes(path)
+    spec = folder_info(path, shapes).spec
+    features = windows_like((shapes.n_kinds, shapes.n_bands, shapes.input_frames), beds)
+    rng = np.random.default_rng(1)
+    state = np.abs(rng.normal(0.0, 1.0, size=(beds, shapes.state_size))).astype(np.float32)
+    audio_s = shapes.input_frames * spec.hop_samples / spec.sample_rate_hz
+    return {FEATURES: features, STATE: state}, audio_s
+
+
+def ms_per_call(sess: Any, feed: dict[str, np.ndarray], repeats: int) -> float:
+    for _ in range(WARMUP_RUNS):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def streaming(
+    fp32: Path, int8: Path, repeats: int, variants: dict[str, Path] | None = None
+) -> dict[str, Any]:
+    """FP32 vs INT8 (and ``variants``) of a streaming model, ms per audio second per bed at
+    :data:`STREAMING_BEDS` beds, alternating rounds; or ``{"skipped": reason}``."""
+    paths = {"fp32": fp32, "int8": int8, **(variants or {})}
+    absent = [f"{name} {path}" for name, path in paths.items() if not path.is_file()]
+    if absent:
+        return {"skipped": f"streaming model not found: {', '.join(absent)}"}
+    feed, audio_s = streaming_feed(fp32, STREAMING_BEDS)
+    sessions = {name: session(path) for name, path in paths.items()}
+    rounds: dict[str, list[float]] = defaultdict(list)
+    per_round = max(1, repeats // ROUNDS)
+    for _ in range(ROUNDS):
+        for name, sess in sessions.items():
+            rounds[name].append(ms_per_call(sess, feed, per_round))
+    per_s = {
+        name: statistics.median(times) / STREAMING_BEDS / audio_s for name, times in rounds.items()
+    }
+    return {
+        "models": {name: str(path) for name, path in paths.items()},
+        "beds": STREAMING_BEDS,
+        "audio_s_per_chunk": audio_s,
+        "ms_per_audio_s_per_bed": per_s,
+        "int8_speedup": per_s["fp32"] / per_s["int8"],
+        "bytes": {name: path.stat().st_size for name, path in paths.items()},
+        "int8_optimised_graph_nodes": optimised_census(int8),
+    }
+
+
+def render_streaming(result: dict[str, Any]) -> list[str]:
+    """The streaming model's lines of the report."""
+    if "skipped" in result:
+        return [f"Streaming model: skipped ({result['skipped']})."]
+    per_s, size = result["ms_per_audio_s_per_bed"], result["bytes"]
+    lines = [
+        f"Streaming model, {result['beds']} beds per call, one chunk "
+        f"({result['audio_s_per_chunk']:.2f} s of audio) per call:",
+        "",
+        "| model | file | bytes | ms per audio second per bed |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {result['models'][name]} | {size[name]:,} | {per_s[name]:.4f} |"
+        for name in per_s
+    ]
+    lines += [
+        "",
+        f"- INT8 speed-up per audio second (FP32 / INT8, same run): {result['int8_speedup']:.2f}x",
+        "- optimised INT8 graph nodes: " + _pairs(result["int8_optimised_graph_nodes"]),
+    ]
+    return lines
+
+
 def verdicts(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     """(target, measured, wanted, met) rows."""
     ms, size = result["ms_per_window"], result["bytes"]
@@ -245,11 +340,24 @@ def render(result: dict[str, Any], header: str) -> str:
     for name, row in result["variants_ms_per_window"].items():
         text = row if isinstance(row, str) else _pairs(row, ".3f")
         lines.append(f"- variant {name}: ms/window {text}")
+    if "streaming" in result:
+        lines += ["", *render_streaming(result["streaming"])]
     return "\n".join(lines)
 
 
 def _pairs(mapping: dict[str, Any], fmt: str = "") -> str:
     return ", ".join(f"{key} {value:{fmt}}" for key, value in mapping.items())
+
+
+def variant_paths(items: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` arguments -> {name: path}."""
+    variants = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or name in ("fp32", "int8"):
+            raise ValueError(f"--sed-variant wants NAME=PATH, NAME not fp32 or int8: {item!r}")
+        variants[name] = Path(path)
+    return variants
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,30 +367,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=Path("models/edge"))
     parser.add_argument("--repeats", type=int, default=50, help="timed runs (median is kept)")
     parser.add_argument("--calib", type=Path, default=None, help="audio for the variants")
+    parser.add_argument("--sed-fp32", type=Path, default=DEFAULT_SED_FP32, help="streaming FP32")
+    parser.add_argument("--sed-int8", type=Path, default=DEFAULT_SED_INT8, help="streaming INT8")
+    parser.add_argument(
+        "--sed-variant", action="append", default=[], help="NAME=PATH, another streaming INT8"
+    )
+    parser.add_argument("--streaming-only", action="store_true", help="skip the window model")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go")
     args = parser.parse_args(argv)
-    manifest = load_manifest(args.model_dir / "manifest.json")
-    calib = args.calib or Path(manifest.raw.get("calibration", {}).get("dir", ""))
-    result = measure(args.model_dir, calib if str(calib) else None, args.repeats)
+    try:
+        variants = variant_paths(args.sed_variant)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result: dict[str, Any] = {}
+    if not args.streaming_only:
+        manifest = load_manifest(args.model_dir / "manifest.json")
+        calib = args.calib or Path(manifest.raw.get("calibration", {}).get("dir", ""))
+        result = measure(args.model_dir, calib if str(calib) else None, args.repeats)
+    result["streaming"] = streaming(args.sed_fp32, args.sed_int8, args.repeats, variants)
     import onnxruntime
 
-    header = (
-        f"ONNX FP32 vs INT8 (Q/DQ) on onnxruntime {onnxruntime.__version__} CPU, 1 thread, "
-        f"{manifest.model_id}, median of {args.repeats}; {platform.machine()} "
-        f"{platform.processor() or ''}, load average {os.getloadavg()[0]:.1f}"
-    )
-    table = render(result, header)
+    machine = f"{platform.machine()} {platform.processor() or ''}"
+    load = f"load average {os.getloadavg()[0]:.1f}"
+    if args.streaming_only:
+        header = (
+            f"Streaming ONNX FP32 vs INT8 (Q/DQ) on onnxruntime {onnxruntime.__version__} CPU, "
+            f"1 thread, median of {args.repeats}; {machine}, {load}"
+        )
+        table = "\n".join([header, "", *render_streaming(result["streaming"])])
+    else:
+        header = (
+            f"ONNX FP32 vs INT8 (Q/DQ) on onnxruntime {onnxruntime.__version__} CPU, 1 thread, "
+            f"{manifest.model_id}, median of {args.repeats}; {machine}, {load}"
+        )
+        table = render(result, header)
     print(table)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "export.md").write_text(table + "\n")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "export.md").write_text(table + "\n")
+    targets = [] if args.streaming_only else verdicts(result)
     record = {
         "header": header,
         **result,
         "targets": [
-            dict(zip(("target", "measured", "wanted", "met"), row, strict=True))
-            for row in verdicts(result)
+            dict(zip(("target", "measured", "wanted", "met"), row, strict=True)) for row in targets
         ],
     }
-    (RESULTS_DIR / "export.json").write_text(json.dumps(record, indent=2) + "\n")
+    (args.out_dir / "export.json").write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 

@@ -1,0 +1,800 @@
+"""Streaming model (features + state -> probs + state) -> explicit Q/DQ INT8 ONNX, calibrated
+on real audio with the state each chunk really carries.
+
+    python -m export.quantize_streaming --model models/sed/model.onnx \\
+        --out models/sed/model.int8.onnx --calib-dir ../shared/data/sprsound/train \\
+        [--max-files 200] [--max-chunks 512] [--seed 0] \\
+        [--method percentile|minmax|entropy] [--percentile 99.99] [--activations qint8|quint8]
+
+Format, as the window model's quantizer (:mod:`export.quantize`): QuantizeLinear /
+DequantizeLinear pairs in the standard ONNX domain around Conv (and MatMul / Gemm where the
+graph has them) only, weights per output channel in 7 bits (:data:`export.quantize.WEIGHT_BITS`,
+the non-VNNI x86 saturation bound), biases in float. Activations are signed int8, symmetric
+(zero point 0) by default: what TensorRT's explicit quantization reads, and the result must pass
+:mod:`export.opcheck` or nothing is written. ``--activations quint8`` writes uint8 asymmetric
+activations instead (ONNX Runtime CPU's other format), for a CPU-only deployment: TensorRT
+refuses its zero points, so the opcheck's zero-point finding is the one allowed and the record
+says ``tensorrt_compatible: false``. With the Q/DQ placement below both run at the same speed on
+ONNX Runtime CPU (bench/export.py); without it int8 ran at half uint8's speed.
+
+Q/DQ placement (:func:`tidy_qdq`, after onnxruntime's quantizer): onnxruntime quantizes a tensor
+once for all its readers, so the cache slices that become ``state_out`` would carry rounded
+values and the DequantizeLinear before a convolution would have several readers, which keeps
+ONNX Runtime from fusing DQ -> Conv -> Q into QLinearConv (8 of 26 convolutions of the SedNet
+graph stayed float, DQ first). Here only the quantized ops read the dequantized tensor; every
+other reader reads the float tensor again, so the carried state holds the layer inputs exactly
+as the INT8 model computes them, unrounded. A pair whose values reach no quantized op (the
+head's logits before the sigmoid) is removed: it only rounds the result. No layer's output
+feeds its own cache, so quantization error does not build up over a stream
+(:func:`streaming_agreement` reports the error in the first and the last quarter of streams).
+
+Calibration (:func:`calibration_chunks`): the FP32 model runs over each calibration recording
+chunk by chunk with the state fed back, as on the device, and a seeded sample of at most
+``--max-chunks`` whole chunks is kept, each with the state that was carried into it. Ranges:
+the 99.99th percentile of ``|x|`` per tensor (``--method percentile``; uint8: of each tail),
+which tracked FP32 best on held-out recordings (min/max ranges follow rare peaks and lose
+resolution everywhere else; 99.999 doubled the mean error). Activations beyond the calibrated
+ranges clip: a loud transient the calibration never saw can move a frame's probability a lot.
+The audio is every .wav/.flac under ``--calib-dir`` (recursively; a seeded sample of
+``--max-files``), turned into features by :class:`training.features_cache.FeatureStore` with
+the feature spec, kinds and look-ahead of the ``manifest.json`` beside the model, or without
+one the default spec, the first K of logmel, gammatone, cwt and no look-ahead. The record
+holds the counts, the seed and the sha256 of the calibration tensor; the CLI measures the FP32
+vs INT8 agreement over the first calibration recordings streamed whole
+(:func:`streaming_agreement`). Nothing is recorded in the manifest yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import LungwatchError
+from edge.features import FeatureSpec
+from edge.manifest import MANIFEST_NAME, sha256_file
+from export.manifest import record_artifact
+from export.quantize import METHODS, QUANTIZED_OPS, WEIGHT_BITS, QuantizeError
+from export.sed_onnx import FEATURES, PROBS, STATE, STATE_OUT
+from firmware_bridge.cliparse import ArgumentParser
+
+ACTIVATIONS = ("qint8", "quint8")
+DEFAULT_ACTIVATIONS = "qint8"  # TensorRT-compatible, and as fast as quint8 on ORT CPU once tidied
+DEFAULT_METHOD = "percentile"
+DEFAULT_PERCENTILE = 99.99  # of |activation|, the percentile method's range
+DEFAULT_MAX_FILES = 200
+DEFAULT_MAX_CHUNKS = 512
+CALIB_BATCH_CHUNKS = 32  # chunks per calibration batch, at most (batches are all one size)
+AGREEMENT_RECORDINGS = 32  # calibration recordings streamed for the CLI's agreement check
+KIND_ORDER = ("logmel", "gammatone", "cwt")  # the exporter's kind order without a manifest
+STATE_RANK = 2  # (batch, state_size)
+FEATURES_RANK = 4  # (batch, kinds, bands, frames)
+PROBS_RANK = 3  # (batch, outputs, chunk_frames)
+QDQ_ZERO_POINT_PREFIX = "Q/DQ node(s) with a zero point"  # the opcheck's zero-point finding
+
+Event = tuple[str, int, int]  # (type, start sample, end sample exclusive)
+
+
+class StreamingQuantizeError(QuantizeError):
+    """The streaming model cannot be quantized (options, inputs) or the result is unusable."""
+
+
+@dataclass(frozen=True)
+class StreamingShapes:
+    """The fixed sizes of a streaming graph (every dimension but the batch)."""
+
+    n_kinds: int
+    n_bands: int
+    input_frames: int  # front-end frames per chunk (chunk_frames * stride)
+    n_outputs: int
+    chunk_frames: int
+    state_size: int
+
+    @property
+    def stride(self) -> int:
+        return self.input_frames // self.chunk_frames
+
+
+def _static_dims(value: Any, rank: int, model: Path) -> list[int]:
+    """The non-batch dims of a graph input/output, which must all be fixed."""
+    dims = list(value.type.tensor_type.shape.dim)
+    sizes = [d.dim_value if d.HasField("dim_value") else 0 for d in dims[1:]]
+    if len(dims) != rank or min(sizes, default=0) < 1:
+        raise StreamingQuantizeError(
+            f"{model}: {value.name!r} must have {rank} dims, only the first dynamic"
+        )
+    return sizes
+
+
+def read_shapes(model: Path) -> StreamingShapes:
+    """The sizes of the streaming graph ``model`` (:mod:`export.sed_onnx`'s I/O names)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not model.is_file():
+        raise StreamingQuantizeError(f"{model}: model not found")
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except (OSError, DecodeError, ValueError) as exc:
+        raise StreamingQuantizeError(f"{model}: not an ONNX model ({exc})") from None
+    values = {v.name: v for v in (*graph.input, *graph.output)}
+    missing = [n for n in (FEATURES, STATE, PROBS, STATE_OUT) if n not in values]
+    if missing:
+        raise StreamingQuantizeError(
+            f"{model}: not a streaming model (no {', '.join(map(repr, missing))}; "
+            f"expected inputs {FEATURES!r}, {STATE!r} and outputs {PROBS!r}, {STATE_OUT!r})"
+        )
+    k, f, t = _static_dims(values[FEATURES], FEATURES_RANK, model)
+    (s,) = _static_dims(values[STATE], STATE_RANK, model)
+    o, n = _static_dims(values[PROBS], PROBS_RANK, model)
+    if t % n:
+        raise StreamingQuantizeError(f"{model}: {t} input frames is not a multiple of {n} outputs")
+    return StreamingShapes(k, f, t, o, n, s)
+
+
+def flush_frame(model: Path, shapes: StreamingShapes) -> np.ndarray | None:
+    """The (K, F) training mean the graph subtracts from its features, i.e. the frame a device
+    feeds after a stream's end (:func:`training.recordings.flush_value`); None if not found."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model)).graph
+    initializers = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Sub" and node.input[0] == FEATURES and node.input[1] in initializers:
+            mean = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+            if mean.size == shapes.n_kinds * shapes.n_bands:
+                return mean.reshape(shapes.n_kinds, shapes.n_bands)
+    return None
+
+
+def ort_session(model: Path) -> Any:
+    """A one-thread ONNX Runtime CPU session; errors name the file."""
+    from export.to_onnx import ort_session as session
+
+    try:
+        return session(model)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise StreamingQuantizeError(f"{model}: ONNX Runtime cannot load it ({exc})") from None
+
+
+def _check_recordings(recordings: Sequence[np.ndarray], shapes: StreamingShapes) -> None:
+    if not recordings:
+        raise StreamingQuantizeError("no recordings given")
+    for i, features in enumerate(recordings):
+        if features.ndim != FEATURES_RANK - 1 or features.shape[:2] != (
+            shapes.n_kinds,
+            shapes.n_bands,
+        ):
+            raise StreamingQuantizeError(
+                f"recording {i}: features {features.shape}, the model takes "
+                f"({shapes.n_kinds}, {shapes.n_bands}, T)"
+            )
+
+
+def _padded(recordings: Sequence[np.ndarray], pad: np.ndarray | None, frames: int) -> np.ndarray:
+    """The recordings stacked to ``frames`` front-end frames (B, K, F, frames) float32, each
+    padded with ``pad`` (K, F), or its own per-band mean when ``pad`` is None."""
+    k, f = recordings[0].shape[:2]
+    x = np.empty((len(recordings), k, f, frames), np.float32)
+    for row, features in enumerate(recordings):
+        n = min(features.shape[2], frames)
+        x[row, :, :, :n] = features[:, :, :n]
+        fill = pad if pad is not None else features.astype(np.float32).mean(axis=2)
+        x[row, :, :, n:] = fill[:, :, None]
+    return x
+
+
+def run_streams(
+    session: Any,
+    shapes: StreamingShapes,
+    recordings: Sequence[np.ndarray],
+    n_chunks: int,
+    *,
+    pad: np.ndarray | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Stream every recording (as one batch of beds, state zero at the start) for ``n_chunks``
+    chunks, padded with ``pad`` after its end. Yields ``(chunk index, features (B, K, F, T),
+    state carried into the chunk (B, S), probs (B, O, chunk_frames))``."""
+    width = shapes.input_frames
+    x = _padded(recordings, pad, n_chunks * width)
+    state = np.zeros((len(recordings), shapes.state_size), np.float32)
+    for c in range(n_chunks):
+        features = np.ascontiguousarray(x[..., c * width : (c + 1) * width])
+        probs, new_state = session.run([PROBS, STATE_OUT], {FEATURES: features, STATE: state})
+        yield c, features, state, probs
+        state = new_state
+
+
+def calibration_chunks(
+    fp32_model: Path, recordings: list[np.ndarray], max_chunks: int, seed: int
+) -> list[dict[str, np.ndarray]]:
+    """A seeded sample of at most ``max_chunks`` of the recordings' whole chunks as the device
+    feeds them: ``{"features": (1, K, F, T), "state": (1, S)}``, the state being the one the
+    FP32 model carried into that chunk over the recording (zeros for a first chunk). Chunks in
+    (recording, chunk) order; the recordings are (K, F, frames) features."""
+    if max_chunks < 1:
+        raise StreamingQuantizeError(f"max_chunks must be an integer >= 1, got {max_chunks}")
+    fp32_model = Path(fp32_model)
+    shapes = read_shapes(fp32_model)
+    _check_recordings(recordings, shapes)
+    width = shapes.input_frames
+    candidates = [
+        (r, c) for r, features in enumerate(recordings) for c in range(features.shape[2] // width)
+    ]
+    if not candidates:
+        raise StreamingQuantizeError(f"no recording is long enough for one chunk of {width} frames")
+    if len(candidates) > max_chunks:
+        picked = np.random.default_rng(seed).choice(len(candidates), max_chunks, replace=False)
+        candidates = [candidates[i] for i in np.sort(picked)]
+    wanted: dict[int, list[tuple[int, int]]] = {}  # chunk -> [(recording, output index)]
+    for index, (r, c) in enumerate(candidates):
+        wanted.setdefault(c, []).append((r, index))
+    chunks: list[dict[str, np.ndarray]] = [{} for _ in candidates]
+    session = ort_session(fp32_model)
+    n_chunks = max(wanted) + 1
+    for c, features, state, _ in run_streams(session, shapes, recordings, n_chunks):
+        for r, index in wanted.get(c, []):
+            chunks[index] = {FEATURES: features[r : r + 1].copy(), STATE: state[r : r + 1].copy()}
+    return chunks
+
+
+def chunks_sha256(chunks: Sequence[dict[str, np.ndarray]]) -> str:
+    """sha256 of the float32 bytes of every chunk's features, then its state, in order."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        for name in (FEATURES, STATE):
+            digest.update(np.ascontiguousarray(chunk[name], dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def make_reader(chunks: Sequence[dict[str, np.ndarray]]) -> Any:
+    """An onnxruntime CalibrationDataReader over ``chunks`` in batches of one size (the largest
+    divisor of the count up to :data:`CALIB_BATCH_CHUNKS`: the histogram calibrators of
+    onnxruntime 1.32 fail on a shorter last batch)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    size = max(d for d in range(1, CALIB_BATCH_CHUNKS + 1) if len(chunks) % d == 0)
+
+    class ChunkReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = (
+                {
+                    name: np.concatenate([c[name] for c in chunks[i : i + size]])
+                    for name in (FEATURES, STATE)
+                }
+                for i in range(0, len(chunks), size)
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    return ChunkReader()
+
+
+def quantize_qdq(
+    source: Path,
+    out: Path,
+    chunks: Sequence[dict[str, np.ndarray]],
+    *,
+    method: str,
+    activations: str,
+    work: Path,
+    percentile: float = DEFAULT_PERCENTILE,
+    nodes_to_exclude: Sequence[str] = (),
+) -> None:
+    """quant_pre_process into ``work``, then static Q/DQ quantization into ``out``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = work / "prepared.onnx"
+    quant_pre_process(str(source), str(prepared))
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    signed = activations == "qint8"
+    with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress
+        quantize_static(
+            str(prepared),
+            str(out),
+            make_reader(chunks),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            reduce_range=True,  # WEIGHT_BITS = 7 (weights only)
+            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            nodes_to_exclude=list(nodes_to_exclude),
+            extra_options={
+                "ActivationSymmetric": signed,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,  # TensorRT takes float biases
+                "CalibPercentile": percentile,  # read by the percentile method only
+                "CalibTensorRangeSymmetric": signed,  # percentile of |x| (int8) or both tails
+            },
+        )
+
+
+def tidy_qdq(path: Path) -> dict[str, int]:
+    """Rewrite the quantizer's Q/DQ placement of ``path`` in place (see the module doc).
+
+    1. A Q/DQ pair on a tensor that a quantized op reads serves that op only: the tensor's
+       other readers (the cache slices that become ``state_out``, a slice that feeds another
+       path) read the float tensor again: the carried state holds the layer inputs as the
+       INT8 model computes them, unrounded, and each DequantizeLinear has the one reader ONNX
+       Runtime needs to fuse DQ -> Conv -> Q into QLinearConv.
+    2. A Q/DQ pair whose values reach no quantized op before the graph's outputs (the head's
+       logits, before the sigmoid) only rounds the result: it is removed.
+
+    Returns:
+        ``{"float_readers": inputs rewired to the float tensor, "pairs_removed": n}``.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    rewired = sum(
+        _read_float(node, q, dq)
+        for q, dq, consumers in _activation_pairs(graph)
+        if any(node.op_type in QUANTIZED_OPS for node in consumers)
+        for node in consumers
+        if node.op_type not in QUANTIZED_OPS
+    )
+    removed = 0
+    outputs = {value.name for value in graph.output}
+    for q, dq, consumers in _activation_pairs(graph):
+        if dq.output[0] in outputs or _reaches_quantized(graph, dq.output[0]):
+            continue
+        for node in consumers:
+            _read_float(node, q, dq)
+        graph.node.remove(dq)
+        if not any(q.output[0] in node.input for node in graph.node):
+            graph.node.remove(q)
+        removed += 1
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return {"float_readers": rewired, "pairs_removed": removed}
+
+
+def _readers(graph: Any) -> dict[str, list[Any]]:
+    """Tensor name -> the nodes that read it."""
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _activation_pairs(graph: Any) -> list[tuple[Any, Any, list[Any]]]:
+    """(QuantizeLinear, DequantizeLinear, the DQ's readers) of every activation Q/DQ pair."""
+    initializers = {i.name for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    readers = _readers(graph)
+    pairs = []
+    for dq in graph.node:
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in initializers:
+            pairs.append((q, dq, readers.get(dq.output[0], [])))
+    return pairs
+
+
+def _reaches_quantized(graph: Any, tensor: str) -> bool:
+    """Whether ``tensor`` flows (through any ops) into a quantized op or a QuantizeLinear."""
+    readers = _readers(graph)
+    seen, todo = {tensor}, [tensor]
+    while todo:
+        for node in readers.get(todo.pop(), []):
+            if node.op_type in (*QUANTIZED_OPS, "QuantizeLinear"):
+                return True
+            fresh = [out for out in node.output if out not in seen]
+            seen.update(fresh)
+            todo += fresh
+    return False
+
+
+def _read_float(node: Any, q: Any, dq: Any) -> int:
+    """Make ``node`` read the float input of ``q`` instead of ``dq``'s output; returns how many
+    of its inputs changed."""
+    slots = [k for k, name in enumerate(node.input) if name == dq.output[0]]
+    for k in slots:
+        node.input[k] = q.input[0]
+    return len(slots)
+
+
+def opcheck_problems(model: Path, activations: str) -> list[str]:
+    """The TensorRT 10 screen's findings that stop shipping: all of them for qint8; for
+    quint8 all but the (expected) zero-point finding."""
+    from export.opcheck import check_tensorrt_compat
+
+    problems = check_tensorrt_compat(model)
+    if activations == "quint8":
+        problems = [p for p in problems if QDQ_ZERO_POINT_PREFIX not in p]
+    return problems
+
+
+def _matched(ours: Sequence[Event], theirs: Sequence[Event]) -> int:
+    """How many of ``ours`` overlap an event of the same type in ``theirs``."""
+    return sum(any(t == u and s < e2 and s2 < e for u, s2, e2 in theirs) for t, s, e in ours)
+
+
+def streaming_agreement(
+    fp32: Path,
+    int8: Path,
+    recordings: Sequence[np.ndarray],
+    *,
+    lookahead_frames: int = 0,
+    spec: FeatureSpec | None = None,
+) -> dict[str, Any]:
+    """How the INT8 model tracks the FP32 one over whole recordings, each streamed chunk by
+    chunk with its state carried (beds batched), as on the device.
+
+    A recording is fed whole, then padded with the graph's flush frame (the training mean, or
+    the recording's own mean if the graph has none) for its last partial chunk and
+    ``lookahead_frames`` more frames; the first ``lookahead_frames`` outputs are dropped, so
+    output ``j`` describes network frame ``j``. Events: :func:`edge.detector.detect_events`
+    with the default :class:`edge.detector.DetectorConfig` on the grid of ``spec`` (default
+    :class:`edge.features.FeatureSpec`) at the model's stride; an event of one model "agrees"
+    if it overlaps an event of the same type of the other.
+
+    Returns:
+        ``recordings``, ``frames``; ``max_abs_prob_diff``, ``mean_abs_prob_diff`` and
+        ``prob_correlation`` (None if constant) over all outputs and frames,
+        ``max_abs_prob_diff_first_quarter`` / ``_last_quarter`` of the streams (error does not
+        build up if the last is no larger), ``per_output`` max and correlation; ``events_fp32``,
+        ``events_int8`` and ``fp32_events_matched`` / ``int8_events_matched`` (the shares
+        of each model's events matched by the other's; None when it has none).
+    """
+    from edge.detector import DetectorConfig, FrameGrid, detect_events
+    from training.targets import OUTPUTS
+
+    fp32, int8 = Path(fp32), Path(int8)
+    shapes = read_shapes(fp32)
+    if read_shapes(int8) != shapes:
+        raise StreamingQuantizeError(f"{int8}: its I/O sizes differ from {fp32}'s")
+    _check_recordings(recordings, shapes)
+    if shapes.n_outputs != len(OUTPUTS):
+        raise StreamingQuantizeError(
+            f"{fp32}: {shapes.n_outputs} outputs, the detector expects {len(OUTPUTS)} {OUTPUTS}"
+        )
+    spec = spec or FeatureSpec()
+    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, shapes.stride)
+    pad = flush_frame(fp32, shapes)
+    n_out = [-(-r.shape[2] // shapes.stride) for r in recordings]  # output frames per recording
+    n_chunks = -(-(max(n_out) + lookahead_frames) // shapes.chunk_frames)
+    probs = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        session = ort_session(path)
+        parts = [p for _, _, _, p in run_streams(session, shapes, recordings, n_chunks, pad=pad)]
+        probs[name] = np.concatenate(parts, axis=2)[:, :, lookahead_frames:]  # (B, O, N)
+    ref, got = [], []
+    first_q, last_q = 0.0, 0.0
+    events: dict[str, list[list[Event]]] = {"fp32": [], "int8": []}
+    config = DetectorConfig()
+    for row, n in enumerate(n_out):
+        a, b = probs["fp32"][row, :, :n], probs["int8"][row, :, :n]
+        ref.append(a)
+        got.append(b)
+        quarter = max(1, n // 4)
+        diff = np.abs(a - b)
+        first_q = max(first_q, float(diff[:, :quarter].max()))
+        last_q = max(last_q, float(diff[:, -quarter:].max()))
+        for name, p in (("fp32", a), ("int8", b)):
+            found = detect_events(p.T, OUTPUTS, config, grid)
+            events[name].append([(e.type, e.start_sample, e.end_sample) for e in found])
+    a_all, b_all = np.concatenate(ref, axis=1), np.concatenate(got, axis=1)  # (O, frames)
+    matched = {
+        f"{x}_events_matched": _share_matched(events[x], events[y])
+        for x, y in (("fp32", "int8"), ("int8", "fp32"))
+    }
+    return {
+        "recordings": len(recordings),
+        "frames": int(a_all.shape[1]),
+        "max_abs_prob_diff": float(np.abs(a_all - b_all).max()),
+        "mean_abs_prob_diff": float(np.abs(a_all - b_all).mean()),
+        "prob_correlation": _correlation(a_all, b_all),
+        "max_abs_prob_diff_first_quarter": first_q,
+        "max_abs_prob_diff_last_quarter": last_q,
+        "per_output": {
+            name: {
+                "max_abs_prob_diff": float(np.abs(a_all[i] - b_all[i]).max()),
+                "prob_correlation": _correlation(a_all[i], b_all[i]),
+            }
+            for i, name in enumerate(OUTPUTS)
+        },
+        "events_fp32": sum(map(len, events["fp32"])),
+        "events_int8": sum(map(len, events["int8"])),
+        **matched,
+    }
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation of two arrays (None when either is constant)."""
+    if a.std() == 0.0 or b.std() == 0.0:
+        return None
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def _share_matched(
+    ours: Sequence[Sequence[Event]], theirs: Sequence[Sequence[Event]]
+) -> float | None:
+    """Share of ``ours`` events (per recording) that overlap one of ``theirs`` in the same
+    recording; None when there are none."""
+    total = sum(map(len, ours))
+    if total == 0:
+        return None
+    return sum(_matched(o, t) for o, t in zip(ours, theirs, strict=True)) / total
+
+
+def quantize_streaming(
+    fp32_model: Path,
+    out: Path,
+    chunks: Sequence[dict[str, np.ndarray]],
+    *,
+    method: str = DEFAULT_METHOD,
+    percentile: float = DEFAULT_PERCENTILE,
+    activations: str = DEFAULT_ACTIVATIONS,
+    seed: int | None = None,
+    agreement_recordings: Sequence[np.ndarray] = (),
+    lookahead_frames: int = 0,
+    nodes_to_exclude: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Quantize ``fp32_model`` on the calibration ``chunks`` (:func:`calibration_chunks`),
+    compact it, screen it for TensorRT 10 and write ``out`` (nothing is written if the screen
+    finds a problem). ``seed`` is only recorded (the one the chunks were sampled with).
+
+    Returns:
+        The record: method, activation and weight types and bits, chunks used, seed, sha256
+        of the calibration tensor (:func:`chunks_sha256`), whether TensorRT can take it, and
+        the FP32 agreement: :func:`streaming_agreement` over ``agreement_recordings`` or, when
+        none are given, the probabilities of the calibration chunks themselves.
+
+    Raises:
+        StreamingQuantizeError: bad options or inputs; OpCheckFailedError if the result has
+            TensorRT problems (beyond the zero points of ``activations="quint8"``).
+    """
+    from export.manifest import publish
+    from export.quantize import OpCheckFailedError, compact
+
+    fp32_model, out = Path(fp32_model), Path(out)
+    if method not in METHODS:
+        raise StreamingQuantizeError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not 50.0 < percentile <= 100.0:
+        raise StreamingQuantizeError(f"percentile must be in (50, 100], got {percentile}")
+    if activations not in ACTIVATIONS:
+        raise StreamingQuantizeError(
+            f"activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}"
+        )
+    shapes = read_shapes(fp32_model)
+    if not chunks:
+        raise StreamingQuantizeError("no calibration chunks")
+    wanted: dict[str, tuple[int, ...]] = {
+        FEATURES: (shapes.n_kinds, shapes.n_bands, shapes.input_frames),
+        STATE: (shapes.state_size,),
+    }
+    for i, chunk in enumerate(chunks):
+        for name, shape in wanted.items():
+            if name not in chunk or chunk[name].shape[1:] != shape:
+                got = chunk[name].shape if name in chunk else "nothing"
+                raise StreamingQuantizeError(f"chunk {i}: {name} {got}, expected (n, *{shape})")
+    check_out(fp32_model, out)
+    with tempfile.TemporaryDirectory(prefix=".quantize.", dir=out.parent) as work_dir:
+        work = Path(work_dir)
+        quantized = work / out.name
+        quantize_qdq(
+            fp32_model, quantized, chunks, method=method, activations=activations, work=work,
+            percentile=percentile, nodes_to_exclude=nodes_to_exclude,
+        )  # fmt: skip
+        compact(quantized)
+        tidied = tidy_qdq(quantized)
+        problems = opcheck_problems(quantized, activations)
+        if problems:
+            raise OpCheckFailedError(
+                f"{out.name}: {len(problems)} TensorRT 10 compatibility problem(s), "
+                f"first: {problems[0]}; nothing written",
+                problems,
+            )
+        if agreement_recordings:
+            agreement = streaming_agreement(
+                fp32_model, quantized, agreement_recordings, lookahead_frames=lookahead_frames
+            )
+            agreement["on"] = "whole recordings, streamed"
+        else:
+            agreement = chunk_agreement(fp32_model, quantized, chunks)
+        publish(quantized, out)
+    return {
+        "method": method,
+        **({"percentile": percentile} if method == "percentile" else {}),
+        "format": "QDQ",
+        "quantized_ops": list(QUANTIZED_OPS),
+        "activation_type": "int8 symmetric" if activations == "qint8" else "uint8 asymmetric",
+        "weight_type": "int8 symmetric, per output channel",
+        "weight_bits": WEIGHT_BITS,
+        "chunks": len(chunks),
+        "chunk_frames": shapes.chunk_frames,
+        "seed": seed,
+        "tensor_sha256": chunks_sha256(chunks),
+        "nodes_excluded": list(nodes_to_exclude),
+        "qdq_tidied": tidied,
+        "tensorrt_compatible": activations == "qint8",
+        "fp32_agreement": agreement,
+    }
+
+
+def check_out(fp32_model: Path, out: Path) -> None:
+    """``out`` must not be the FP32 model and its folder must exist."""
+    if out.resolve() == fp32_model.resolve():
+        raise StreamingQuantizeError(f"{out}: would overwrite the fp32 model")
+    if not out.parent.is_dir():
+        raise StreamingQuantizeError(f"{out}: folder {out.parent} not found")
+
+
+def chunk_agreement(
+    fp32: Path, int8: Path, chunks: Sequence[dict[str, np.ndarray]]
+) -> dict[str, Any]:
+    """FP32 vs INT8 probabilities of the calibration chunks (each with its carried state)."""
+    feed = {name: np.concatenate([c[name] for c in chunks]) for name in (FEATURES, STATE)}
+    (a,) = ort_session(fp32).run([PROBS], feed)
+    (b,) = ort_session(int8).run([PROBS], feed)
+    return {
+        "on": "calibration chunks",
+        "chunks": len(chunks),
+        "max_abs_prob_diff": float(np.abs(a - b).max()),
+        "prob_correlation": _correlation(a, b),
+    }
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """What the ``manifest.json`` beside a model says about feeding it (or the defaults)."""
+
+    spec: FeatureSpec
+    kinds: tuple[str, ...]
+    lookahead_frames: int
+    source: str  # where this came from
+
+
+def folder_info(model: Path, shapes: StreamingShapes) -> FolderInfo:
+    """Feature spec, kinds and look-ahead from the manifest beside ``model``; without one the
+    default FeatureSpec, the first K of :data:`KIND_ORDER` and no look-ahead."""
+    manifest = model.parent / "manifest.json"
+    if not manifest.is_file():
+        kinds = KIND_ORDER[: shapes.n_kinds]
+        return FolderInfo(FeatureSpec(), kinds, 0, "defaults (no manifest.json beside the model)")
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        spec = FeatureSpec.from_dict(data["feature_spec"], source=f"{manifest} feature_spec")
+        kinds = tuple(data["kinds"])
+        lookahead = int(data.get("streaming", {}).get("lookahead_frames", 0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StreamingQuantizeError(f"{manifest}: cannot read it ({exc})") from None
+    return FolderInfo(spec, kinds, lookahead, str(manifest))
+
+
+def load_calibration_audio(
+    calib_dir: Path, info: FolderInfo, shapes: StreamingShapes, max_files: int, seed: int
+) -> tuple[list[np.ndarray], int]:
+    """Features (K, F, T) of a seeded sample of at most ``max_files`` audio files under
+    ``calib_dir`` (in path order), and how many files there are."""
+    from edge.audio import audio_files_under
+    from training.features_cache import FeatureStore
+
+    if max_files < 1:
+        raise StreamingQuantizeError(f"--max-files must be an integer >= 1, got {max_files}")
+    if info.spec.n_bands != shapes.n_bands or len(info.kinds) != shapes.n_kinds:
+        raise StreamingQuantizeError(
+            f"{info.source}: {len(info.kinds)} kinds of {info.spec.n_bands} bands, the model "
+            f"takes {shapes.n_kinds} of {shapes.n_bands}"
+        )
+    if not calib_dir.is_dir():
+        raise StreamingQuantizeError(f"--calib-dir {calib_dir}: not a directory")
+    found = audio_files_under(calib_dir)
+    if not found:
+        raise StreamingQuantizeError(
+            f"--calib-dir {calib_dir}: no .wav or .flac files found (recursively)"
+        )
+    files = found
+    if len(found) > max_files:
+        picked = np.random.default_rng(seed).choice(len(found), max_files, replace=False)
+        files = [found[i] for i in np.sort(picked)]
+    store = FeatureStore(info.spec, info.kinds, cache_dir=None, memory_items=0)
+    try:
+        return [store.features(path) for path in files], len(found)
+    except LungwatchError as exc:
+        raise StreamingQuantizeError(f"--calib-dir {calib_dir}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = "python -m export.quantize_streaming"
+    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="FP32 streaming ONNX")
+    parser.add_argument("--out", type=Path, required=True, help="INT8 ONNX to write")
+    parser.add_argument("--calib-dir", type=Path, required=True, help="folder of .wav/.flac")
+    parser.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="audio files")
+    parser.add_argument("--max-chunks", type=int, default=DEFAULT_MAX_CHUNKS, help="chunks")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the file and chunk samples")
+    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
+    parser.add_argument(
+        "--percentile", type=float, default=DEFAULT_PERCENTILE, help="of |x|, --method percentile"
+    )
+    parser.add_argument("--activations", choices=ACTIVATIONS, default=DEFAULT_ACTIVATIONS)
+    args = parser.parse_args(argv)
+    try:
+        if args.max_chunks < 1:
+            raise StreamingQuantizeError(
+                f"--max-chunks must be an integer >= 1, got {args.max_chunks}"
+            )
+        shapes = read_shapes(args.model)
+        check_out(args.model, args.out)
+        info = folder_info(args.model, shapes)
+        recordings, n_files = load_calibration_audio(
+            args.calib_dir, info, shapes, args.max_files, args.seed
+        )
+        chunks = calibration_chunks(args.model, recordings, args.max_chunks, args.seed)
+        record = quantize_streaming(
+            args.model, args.out, chunks, method=args.method, percentile=args.percentile,
+            activations=args.activations,
+            seed=args.seed, agreement_recordings=recordings[:AGREEMENT_RECORDINGS],
+            lookahead_frames=info.lookahead_frames,
+        )  # fmt: skip
+    except LungwatchError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    agree = record["fp32_agreement"]
+    print(
+        f"calibration: {record['chunks']} chunks from {len(recordings)}/{n_files} files in "
+        f"{args.calib_dir} ({info.source}; seed {args.seed}, {record['method']}, "
+        f"sha256 {record['tensor_sha256'][:12]}…)"
+    )
+    trt = "no problems found" if record["tensorrt_compatible"] else "not for TensorRT (uint8)"
+    print(f"activations {record['activation_type']}, weights {record['weight_bits']} bits; {trt}")
+    print(
+        f"quantized vs fp32 over {agree['recordings']} streamed calibration recordings: prob "
+        f"correlation {_number(agree['prob_correlation'], '.4f')}, |diff| mean "
+        f"{agree['mean_abs_prob_diff']:.4f} max {agree['max_abs_prob_diff']:.3f}; events fp32 "
+        f"{agree['events_fp32']}, quantized "
+        f"{agree['events_int8']}, matched by the other "
+        f"{_number(agree['fp32_events_matched'], '.3f')} / "
+        f"{_number(agree['int8_events_matched'], '.3f')}"
+    )
+    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
+    manifest = args.out.parent / MANIFEST_NAME
+    if manifest.is_file() and args.model.resolve().parent == args.out.resolve().parent:
+        try:
+            record_artifact(
+                manifest,
+                args.out,
+                precision="int8",
+                extra={
+                    "source": args.model.name,
+                    "source_sha256": sha256_file(args.model),
+                    "calibration": {**record, "dir": str(args.calib_dir), "files": n_files},
+                },
+            )
+        except LungwatchError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"recorded {args.out.name} in {manifest}")
+    return 0
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
