@@ -41,7 +41,8 @@ the feature spec, kinds and look-ahead of the ``manifest.json`` beside the model
 one the default spec, the first K of logmel, gammatone, cwt and no look-ahead. The record
 holds the counts, the seed and the sha256 of the calibration tensor; the CLI measures the FP32
 vs INT8 agreement over the first calibration recordings streamed whole
-(:func:`streaming_agreement`). Nothing is recorded in the manifest yet.
+(:func:`streaming_agreement`). When the FP32 model's ``manifest.json`` lies in the output's
+folder, the INT8 file is recorded there (sha256, source, this calibration record).
 """
 
 from __future__ import annotations
