@@ -27,7 +27,7 @@ import hashlib
 import io
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,8 +175,21 @@ def make_reader(windows: np.ndarray) -> Any:
     return WindowReader()
 
 
-def quantize_qdq(source: Path, out: Path, windows: np.ndarray, method: str, work: Path) -> None:
-    """quant_pre_process into ``work``, then static Q/DQ INT8 quantization into ``out``."""
+def static_qdq(
+    source: Path,
+    out: Path,
+    reader: Any,
+    method: str,
+    work: Path,
+    *,
+    signed: bool = True,
+    nodes_to_exclude: Sequence[str] = (),
+    extra_options: dict[str, Any] | None = None,
+) -> None:
+    """quant_pre_process into ``work``, then static Q/DQ quantization of :data:`QUANTIZED_OPS`
+    into ``out`` with the calibration data of ``reader``: per-channel 7-bit symmetric weights,
+    float biases, int8 symmetric activations (``signed``; else uint8 asymmetric), plus
+    ``extra_options`` for onnxruntime's quantizer. Shared by both quantizers."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -191,20 +204,27 @@ def quantize_qdq(source: Path, out: Path, windows: np.ndarray, method: str, work
         quantize_static(
             str(prepared),
             str(out),
-            make_reader(windows),
+            reader,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=QUANTIZED_OPS,
             per_channel=True,
-            reduce_range=True,  # WEIGHT_BITS = 7
-            activation_type=QuantType.QInt8,
+            reduce_range=True,  # WEIGHT_BITS = 7 (weights only)
+            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
+            nodes_to_exclude=list(nodes_to_exclude),
             extra_options={
-                "ActivationSymmetric": True,
+                "ActivationSymmetric": signed,
                 "WeightSymmetric": True,
                 "QuantizeBias": False,  # TensorRT takes float biases
+                **(extra_options or {}),
             },
         )
+
+
+def quantize_qdq(source: Path, out: Path, windows: np.ndarray, method: str, work: Path) -> None:
+    """quant_pre_process into ``work``, then static Q/DQ INT8 quantization into ``out``."""
+    static_qdq(source, out, make_reader(windows), method, work)
 
 
 def agreement(fp32: Path, int8: Path, windows: np.ndarray) -> dict[str, float | int]:

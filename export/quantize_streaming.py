@@ -47,9 +47,7 @@ folder, the INT8 file is recorded there (sha256, source, this calibration record
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import sys
 import tempfile
@@ -64,7 +62,7 @@ from edge.errors import LungwatchError
 from edge.features import FeatureSpec
 from edge.manifest import MANIFEST_NAME, sha256_file
 from export.manifest import record_artifact
-from export.quantize import METHODS, QUANTIZED_OPS, WEIGHT_BITS, QuantizeError
+from export.quantize import METHODS, QUANTIZED_OPS, WEIGHT_BITS, QuantizeError, static_qdq
 from export.sed_onnx import FEATURES, PROBS, STATE, STATE_OUT
 from firmware_bridge.cliparse import ArgumentParser
 
@@ -293,39 +291,22 @@ def quantize_qdq(
     percentile: float = DEFAULT_PERCENTILE,
     nodes_to_exclude: Sequence[str] = (),
 ) -> None:
-    """quant_pre_process into ``work``, then static Q/DQ quantization into ``out``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = work / "prepared.onnx"
-    quant_pre_process(str(source), str(prepared))
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }
+    """quant_pre_process into ``work``, then static Q/DQ quantization into ``out``
+    (:func:`export.quantize.static_qdq`; ``activations`` qint8 or quint8)."""
     signed = activations == "qint8"
-    with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress
-        quantize_static(
-            str(prepared),
-            str(out),
-            make_reader(chunks),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=QUANTIZED_OPS,
-            per_channel=True,
-            reduce_range=True,  # WEIGHT_BITS = 7 (weights only)
-            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
-            nodes_to_exclude=list(nodes_to_exclude),
-            extra_options={
-                "ActivationSymmetric": signed,
-                "WeightSymmetric": True,
-                "QuantizeBias": False,  # TensorRT takes float biases
-                "CalibPercentile": percentile,  # read by the percentile method only
-                "CalibTensorRangeSymmetric": signed,  # percentile of |x| (int8) or both tails
-            },
-        )
+    static_qdq(
+        source,
+        out,
+        make_reader(chunks),
+        method,
+        work,
+        signed=signed,
+        nodes_to_exclude=nodes_to_exclude,
+        extra_options={
+            "CalibPercentile": percentile,  # read by the percentile method only
+            "CalibTensorRangeSymmetric": signed,  # percentile of |x| (int8) or both tails
+        },
+    )
 
 
 def tidy_qdq(path: Path) -> dict[str, int]:
