@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import LungwatchError
-from edge.features import FeatureSpec
+from edge.features import FEATURE_KINDS, FeatureSpec
 from edge.manifest import MANIFEST_NAME, sha256_file
 from export.manifest import record_artifact
 from export.quantize import METHODS, QUANTIZED_OPS, WEIGHT_BITS, QuantizeError, static_qdq
@@ -74,7 +74,6 @@ DEFAULT_MAX_FILES = 200
 DEFAULT_MAX_CHUNKS = 512
 CALIB_BATCH_CHUNKS = 32  # chunks per calibration batch, at most (batches are all one size)
 AGREEMENT_RECORDINGS = 32  # calibration recordings streamed for the CLI's agreement check
-KIND_ORDER = ("logmel", "gammatone", "cwt")  # the exporter's kind order without a manifest
 STATE_RANK = 2  # (batch, state_size)
 FEATURES_RANK = 4  # (batch, kinds, bands, frames)
 PROBS_RANK = 3  # (batch, outputs, chunk_frames)
@@ -652,10 +651,10 @@ class FolderInfo:
 
 def folder_info(model: Path, shapes: StreamingShapes) -> FolderInfo:
     """Feature spec, kinds and look-ahead from the manifest beside ``model``; without one the
-    default FeatureSpec, the first K of :data:`KIND_ORDER` and no look-ahead."""
+    default FeatureSpec, the first K of :data:`edge.features.FEATURE_KINDS` and no look-ahead."""
     manifest = model.parent / "manifest.json"
     if not manifest.is_file():
-        kinds = KIND_ORDER[: shapes.n_kinds]
+        kinds = FEATURE_KINDS[: shapes.n_kinds]
         return FolderInfo(FeatureSpec(), kinds, 0, "defaults (no manifest.json beside the model)")
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))

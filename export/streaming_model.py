@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import LungwatchError
-from edge.features import FeatureSpec
+from edge.features import FEATURE_KINDS, FeatureSpec
 from edge.manifest import STREAMING_SCHEMA_VERSION, load_manifest, sha256_file
 from export.manifest import file_entry, model_id, tool_versions, utc_now, write_manifest
 from firmware_bridge.cliparse import ArgumentParser
@@ -40,8 +40,10 @@ class StreamingModelError(LungwatchError):
     """The checkpoint cannot be exported as a streaming model (the message says why)."""
 
 
-def load_sednet(checkpoint: Path) -> Any:
-    """The SedNet of a research-trainer checkpoint (``model``, ``config``, ``mean``, ``std``)."""
+def load_checkpoint(checkpoint: Path) -> tuple[Any, tuple[str, ...]]:
+    """The SedNet of a research-trainer checkpoint (``model``, ``config``, ``mean``, ``std``,
+    ``kinds``) in eval mode, and its input kinds. A checkpoint written before ``kinds`` was
+    saved used the first ``n_kinds`` of :data:`edge.features.FEATURE_KINDS`."""
     import torch
 
     from training.models.sed import SedConfig, SedNet
@@ -55,17 +57,22 @@ def load_sednet(checkpoint: Path) -> Any:
             config[key] = tuple(config[key])
         model = SedNet(SedConfig(**config))
         model.load_state_dict(data["model"])
+        kinds = tuple(data.get("kinds") or FEATURE_KINDS[: model.config.n_kinds])
     except (
-        KeyError,
-        TypeError,
-        RuntimeError,
-        ValueError,
-        OSError,
-        EOFError,
-        pickle.UnpicklingError,
-    ) as exc:
+        KeyError, TypeError, RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError,
+    ) as exc:  # fmt: skip
         raise StreamingModelError(f"{checkpoint}: not a SedNet checkpoint ({exc})") from None
-    return model.eval()
+    if len(kinds) != model.config.n_kinds or any(k not in FEATURE_KINDS for k in kinds):
+        raise StreamingModelError(
+            f"{checkpoint}: kinds {list(kinds)} do not fit a model of "
+            f"{model.config.n_kinds} kinds from {FEATURE_KINDS}"
+        )
+    return model.eval(), kinds
+
+
+def load_sednet(checkpoint: Path) -> Any:
+    """The SedNet of a research-trainer checkpoint, in eval mode (:func:`load_checkpoint`)."""
+    return load_checkpoint(checkpoint)[0]
 
 
 def parity(model: Any, onnx_path: Path, chunk_frames: int, seed: int = 0) -> dict[str, Any]:
@@ -115,7 +122,7 @@ def export_folder(
     from training.models.sed import count_parameters
     from training.targets import OUTPUTS
 
-    model = load_sednet(checkpoint)
+    model, kinds = load_checkpoint(checkpoint)
     if model.config.n_outputs != len(OUTPUTS):
         raise StreamingModelError(
             f"{checkpoint}: {model.config.n_outputs} outputs, expected {len(OUTPUTS)} {OUTPUTS}"
@@ -137,7 +144,6 @@ def export_folder(
         )
     sha = sha256_file(pt)
     spec = FeatureSpec()
-    kinds = ["logmel", "gammatone", "cwt"][: model.config.n_kinds]
     data: dict[str, Any] = {
         "schema_version": STREAMING_SCHEMA_VERSION,
         "model_id": model_id(name, sha),
@@ -158,7 +164,7 @@ def export_folder(
             "state_size": model.state_size,
         },
         "feature_spec": spec.to_dict(),
-        "kinds": kinds,
+        "kinds": list(kinds),
         "outputs": list(OUTPUTS),
         "parameters": count_parameters(model),
         "tools": tool_versions(),

@@ -46,7 +46,13 @@ def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     std = np.full((1, 64), LOG_MEL_STD, np.float32)
     model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
     torch.save(
-        {"model": model.state_dict(), "config": asdict(config), "mean": mean, "std": std},
+        {
+            "model": model.state_dict(),
+            "config": asdict(config),
+            "mean": mean,
+            "std": std,
+            "kinds": ["logmel"],
+        },
         path,
     )
     return path

@@ -143,17 +143,16 @@ def fit_checkpoint(checkpoint: Path, limits: Limits = Limits(), log: bool = Fals
     20 %: the research trainer's split) and fit the detector there; the manifest's
     ``detector`` section (thresholds, what it was fitted on, the validation summary)."""
     from edge.features import FeatureSpec
-    from export.streaming_model import load_sednet
+    from export.streaming_model import load_checkpoint
     from training.datasets.sprsound import patient_disjoint_split
     from training.recordings import flush_value
     from training.sed_train import load_all, predict, recording_seconds
     from training.targets import OUTPUTS
 
-    model = load_sednet(checkpoint)
+    model, kinds = load_checkpoint(checkpoint)
     spec = FeatureSpec()
     stride = model.config.stride
     grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, stride)
-    kinds = ("logmel", "gammatone", "cwt")[: model.config.n_kinds]
     records, recs = load_all(kinds, grid, stride, 0.5)
     _, val_records = patient_disjoint_split(records, 0.2, 0)
     ids = {r.record_id for r in val_records}

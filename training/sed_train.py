@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from edge.datapaths import sprsound_root
 from edge.detector import DetectorConfig, FrameGrid, detect_events
-from edge.features import FeatureSpec
+from edge.features import FEATURE_KINDS, FeatureSpec
 from training.datasets.sprsound import load_sprsound, patient_disjoint_split
 from training.features_cache import FeatureStore
 from training.models.sed import SedConfig, SedNet, count_parameters
@@ -39,7 +39,7 @@ from training.recordings import (
 from training.scoring import score_detection
 from training.targets import OUTPUTS
 
-ALL_KINDS = ("logmel", "gammatone", "cwt")
+ALL_KINDS = FEATURE_KINDS
 
 
 @dataclass
@@ -317,6 +317,7 @@ def main(cfg: Proto) -> None:
                 {
                     "model": evaluated.state_dict(),
                     "config": asdict(mcfg),
+                    "kinds": list(cfg.kinds),
                     "mean": mean,
                     "std": std,
                     "epoch": epoch,

@@ -82,6 +82,17 @@ def test_export_refuses_what_is_not_a_sednet_checkpoint(tmp_path: Path) -> None:
         export_folder(junk, tmp_path / "out", "x", 4)
 
 
+def test_export_refuses_kinds_that_do_not_fit_the_model(tmp_path: Path) -> None:
+    import torch
+
+    checkpoint = tiny_checkpoint(tmp_path / "c.pt")
+    data = torch.load(checkpoint, weights_only=False)
+    data["kinds"] = ["logmel", "cwt"]  # a one-kind model
+    torch.save(data, checkpoint)
+    with pytest.raises(StreamingModelError, match=r"kinds \['logmel', 'cwt'\] do not fit"):
+        export_folder(checkpoint, tmp_path / "out", "x", 4)
+
+
 def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     checkpoint = tiny_checkpoint(tmp_path / "c.pt")
     code = main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "--name", "t",
