@@ -331,9 +331,7 @@ def _thresholds(path: Path, data: Mapping[str, Any]) -> dict[str, float] | None:
     value = data.get("record_thresholds")
     if value is None:
         return None
-    ok = isinstance(value, dict) and all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
-    )
+    ok = isinstance(value, dict) and all(_number(v) for v in value.values())
     if not ok:
         _fail(path, "record_thresholds", value, "a mapping of name -> number")
     return {str(k): float(v) for k, v in value.items()}

@@ -28,6 +28,18 @@ def tiny_config() -> Any:
     )  # fmt: skip
 
 
+def vary_batchnorm(model: Any, mean_range: float = 0.5) -> None:
+    """Non-trivial batch-norm statistics, as after training: running means uniform in
+    ±``mean_range``, variances in [0.5, 2) (in place, from torch's generator)."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-mean_range, mean_range)
+                module.running_var.uniform_(0.5, 2.0)
+
+
 def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     """A research-trainer checkpoint of a random tiny SedNet (BatchNorm statistics varied)."""
     import torch
@@ -37,11 +49,7 @@ def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = tiny_config()
     model = SedNet(config)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
+    vary_batchnorm(model)
     mean = np.full((1, 64), LOG_MEL_MEAN, np.float32)
     std = np.full((1, 64), LOG_MEL_STD, np.float32)
     model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))

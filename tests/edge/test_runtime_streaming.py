@@ -14,7 +14,7 @@ import soundfile
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edge.runtime import Runtime, open_model
+from edge.runtime import Runtime, Stream, open_model
 from edge.sources.base import SourceChunk, SourceEnded
 from tests.edge.runtime_helpers import (
     MIXED,
@@ -119,8 +119,6 @@ def run_scripted(tmp_path: Path, folder: Path, audio: np.ndarray, gap_on_b0: boo
     try:
         opened = []
         for s_config in config.streams:
-            from edge.runtime import Stream
-
             gap = (40, 4000) if gap_on_b0 and s_config.id == "b0" else None
             opened.append(Stream(s_config, ScriptedSource(audio, 800, gap), model))  # type: ignore[arg-type]
         sink = ListSink()

@@ -41,6 +41,11 @@ def stream_features(seed: int, frames: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def chunk(x: np.ndarray, c: int, t: int) -> np.ndarray:
+    """The ``c``-th chunk of ``t`` front-end frames of a (K, F, T) stream."""
+    return x[:, :, c * t : (c + 1) * t]
+
+
 def whole_pass(folder: Path, x: np.ndarray) -> np.ndarray:
     """(n, O) probabilities of the PyTorch whole pass, output j describing frame j - L."""
     model = load_sednet(folder / "model.pt")
@@ -54,10 +59,7 @@ def test_chunked_outputs_equal_the_whole_pass_shifted_by_the_lookahead(folder, b
     assert info is not None
     x = stream_features(0, info.input_frames * N_CHUNKS)
     bed = BedState(info, backend)
-    outs = [
-        bed.push(x[:, :, c * info.input_frames : (c + 1) * info.input_frames])
-        for c in range(N_CHUNKS)
-    ]
+    outs = [bed.push(chunk(x, c, info.input_frames)) for c in range(N_CHUNKS)]
     assert outs[0].first_frame == 0
     assert [o.first_frame for o in outs[1:]] == [
         c * info.chunk_frames - info.lookahead_frames for c in range(1, N_CHUNKS)
@@ -76,13 +78,11 @@ def test_beds_in_one_call_keep_their_own_state(folder, backend):
     alone = []
     for x in streams:
         bed = BedState(info, backend)
-        alone.append(
-            np.concatenate([bed.push(x[:, :, c * t : (c + 1) * t]).probs for c in range(4)])
-        )
+        alone.append(np.concatenate([bed.push(chunk(x, c, t)).probs for c in range(4)]))
     beds = [BedState(info) for _ in streams]
     together: list[list[np.ndarray]] = [[] for _ in streams]
     for c in range(4):
-        chunks = [(b, x[:, :, c * t : (c + 1) * t]) for b, x in zip(beds, streams, strict=True)]
+        chunks = [(b, chunk(x, c, t)) for b, x in zip(beds, streams, strict=True)]
         outs = infer_beds(backend, chunks)
         for i, out in enumerate(outs):
             together[i].append(out.probs)
@@ -96,9 +96,9 @@ def test_consecutive_chunks_of_one_bed_in_one_round_run_in_order(folder, backend
     t = info.input_frames
     x = stream_features(4, t * 3)
     one_by_one = BedState(info, backend)
-    expected = [one_by_one.push(x[:, :, c * t : (c + 1) * t]) for c in range(3)]
+    expected = [one_by_one.push(chunk(x, c, t)) for c in range(3)]
     bed = BedState(info)
-    outs = infer_beds(backend, [(bed, x[:, :, c * t : (c + 1) * t]) for c in range(3)])
+    outs = infer_beds(backend, [(bed, chunk(x, c, t)) for c in range(3)])
     for got, want in zip(outs, expected, strict=True):
         assert got.first_frame == want.first_frame
         np.testing.assert_allclose(got.probs, want.probs, atol=1e-6)
@@ -110,13 +110,13 @@ def test_reset_starts_a_clean_context_at_the_given_frame(folder, backend):
     t = info.input_frames
     x = stream_features(5, t * 3)
     fresh = BedState(info, backend)
-    expected = [fresh.push(x[:, :, c * t : (c + 1) * t]) for c in range(3)]
+    expected = [fresh.push(chunk(x, c, t)) for c in range(3)]
     bed = BedState(info, backend)
     bed.push(stream_features(6, t))  # some other audio first
     at = 10 * info.chunk_frames
     bed.reset(at)
     assert not bed.state.any()
-    got = [bed.push(x[:, :, c * t : (c + 1) * t]) for c in range(3)]
+    got = [bed.push(chunk(x, c, t)) for c in range(3)]
     assert got[0].first_frame == at  # the look-ahead outputs after a reset are dropped
     for g, e in zip(got, expected, strict=True):
         assert g.first_frame == e.first_frame + at

@@ -25,6 +25,7 @@ from export.quantize_streaming import (  # noqa: E402
     streaming_agreement,
 )
 from export.sed_onnx import export_streaming  # noqa: E402
+from tests.streaming_fixture import vary_batchnorm  # noqa: E402
 from training.models.sed import SedConfig, SedNet  # noqa: E402
 from training.targets import OUTPUTS  # noqa: E402
 
@@ -74,11 +75,8 @@ def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = SedNet(CONFIG)
     x = np.concatenate(recordings(seed=100), axis=2)[0]
+    vary_batchnorm(model, 0.3)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                module.running_mean.uniform_(-0.3, 0.3)
-                module.running_var.uniform_(0.5, 2.0)
         model.set_input_stats(torch.from_numpy(x.mean(1)[None]), torch.from_numpy(x.std(1)[None]))
     path = tmp_path_factory.mktemp("sedq") / "model.onnx"
     export_streaming(model.eval(), path, CHUNK)

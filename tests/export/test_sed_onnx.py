@@ -15,6 +15,7 @@ pytest.importorskip("onnx")
 
 from export.opcheck import check_tensorrt_compat  # noqa: E402
 from export.sed_onnx import StreamingExportError, export_streaming  # noqa: E402
+from tests.streaming_fixture import vary_batchnorm  # noqa: E402
 from training.models.sed import SedConfig, SedNet  # noqa: E402
 
 CONFIG = SedConfig(
@@ -28,11 +29,8 @@ CHUNK = 5
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[SedNet, Path, dict]:
     torch.manual_seed(0)
     model = SedNet(CONFIG)
+    vary_batchnorm(model)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
         model.set_input_stats(torch.randn(2, 8), torch.rand(2, 8) + 0.5)
     model.eval()
     path = tmp_path_factory.mktemp("sed") / "model.onnx"

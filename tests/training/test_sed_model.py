@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.streaming_fixture import vary_batchnorm
 from training.models.sed import SedConfig, SedNet, StreamingSed, count_parameters
 
 TINY = SedConfig(
@@ -18,11 +19,8 @@ TINY = SedConfig(
 def model_of(config: SedConfig, seed: int = 0) -> SedNet:
     torch.manual_seed(seed)
     model = SedNet(config)
-    with torch.no_grad():  # non-trivial batch-norm statistics, as after training
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
+    vary_batchnorm(model)
+    with torch.no_grad():
         model.set_input_stats(
             torch.randn(config.n_kinds, config.n_bands),
             torch.rand(config.n_kinds, config.n_bands) + 0.5,
