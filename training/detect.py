@@ -1,174 +1,214 @@
-"""``lungwatch detect FILE...``: events detected in whole recordings, as JSON lines.
+"""``lungwatch detect``: events in recordings, computed by the device's own path.
 
-Slides the model's window over each recording (a quarter window hop), takes each
-adventitious class's probability at every window, and turns those score curves into events
-with hysteresis (``--on`` / ``--off`` thresholds) and a minimum duration. Each event is one
-line: ``{"file", "start_s", "end_s", "type", "confidence"}`` (confidence: the peak score).
+    lungwatch detect --audio DIR [--audio FILE ...] [--model models/sed/model.int8.onnx]
+                     [--config edge/configs/ward.yaml] [--out events.json] [--technical FILE]
 
-``--plot out.png`` draws the log-mel spectrogram, the class scores and the detected events
-against the annotated ones (a SPRSound ``.json`` beside the audio), one panel per file
-(``out.png`` for one file, ``out-<stem>.png`` for several).
+Every recording (a file, or every ``.flac`` / ``.wav`` below a folder) runs as one bed through
+:func:`edge.offline.detect_recordings`: the file source, the streaming front end, the
+streaming model on ONNX Runtime with its state carried, the quality gate and
+:class:`edge.detector.FrameDetector` with the manifest's fitted per-class rules, exactly as
+``lungwatch run`` runs them. The result is one JSON object::
+
+    {"<record>": [{"start_s": 1.23, "end_s": 2.01, "type": "Fine Crackle",
+                   "confidence": 0.91}, ...], ...}
+
+keyed by file stem, with every recording present (an empty list when nothing was detected)
+and types spelled as SPRSound spells them. ``--technical FILE`` writes the technical events
+(``poor_signal``, ``silence``, ``clipping``, ...) in the same shape, without confidence.
+``--score`` (folders of SPRSound recordings with their ``.json`` annotations) also prints the
+detection scores of :mod:`training.scoring` (sed_eval: event and segment F1, CAS/DAS families
+and 4 classes, false adventitious events per hour on Normal records) and the share of good
+and of Poor Quality records with a ``poor_signal`` event.
+
+``--model`` is one of:
+
+- an artifact a manifest lists (``model.onnx``, ``model.int8.onnx``): runs as is;
+- a model folder: its ``model.int8.onnx`` if the manifest lists one, else ``model.onnx``;
+- a SedNet checkpoint (``.pt``): exported first to a temporary folder
+  (:func:`export.streaming_model.export_folder`: FP32 ONNX, checked against PyTorch to
+  1e-4), with the fitted rules and quality thresholds of the ``manifest.json`` beside the
+  checkpoint when there is one (else the runtime's default rules, said on stderr).
+
+``--config`` takes the ``detector``, ``gate`` and ``backend`` sections of a runtime config
+(a rule there for a class overrides the manifest's, as on the device).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edge.detector import hysteresis
-from edge.labels import EVENT_LABELS, NORMAL
+from edge.errors import ConfigError
+from edge.gate import POOR_SIGNAL
+from edge.labels import POOR_QUALITY
+from edge.offline import RecordingEvents, detect_recordings, recordings_in
 from firmware_bridge.cliparse import ArgumentParser
-from training.inference import WindowClassifier, load_classifier
 
-ON_THRESHOLD = 0.6
-OFF_THRESHOLD = 0.4
-MIN_EVENT_S = 0.25
-
-
-@dataclass(frozen=True)
-class Detection:
-    start_s: float
-    end_s: float
-    type: str
-    confidence: float
+DEFAULT_MODEL = Path("models/sed/model.int8.onnx")
+PREFERRED_FILES = ("model.int8.onnx", "model.onnx")
+MANIFEST = "manifest.json"
 
 
-@dataclass(frozen=True)
-class ScoreTrack:
-    """Per-window class probabilities of one recording."""
-
-    times_s: np.ndarray  # (n_windows,) window centres
-    half_window_s: float
-    classes: tuple[str, ...]
-    probs: np.ndarray  # (n_windows, n_classes)
-
-
-def score_track(classifier: WindowClassifier, path: Path) -> ScoreTrack:
-    store = classifier.store()
-    spec, frames = classifier.spec, classifier.window_frames
-    hop = max(1, frames // 4)
-    starts = list(range(0, max(store.n_frames(path) - frames, 0) + hop, hop))
-    x = np.stack([store.window(path, s, frames) for s in starts])
-    probs = np.concatenate([classifier.probabilities(x[i : i + 64]) for i in range(0, len(x), 64)])
-    centre_frames = np.array(starts) + frames / 2
-    times = (centre_frames * spec.hop_samples + spec.frame_samples / 2) / spec.sample_rate_hz
-    return ScoreTrack(
-        times, frames * spec.hop_samples / spec.sample_rate_hz / 2, classifier.classes, probs
-    )
+def _manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no manifest (export the model first)") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise ConfigError(f"{path}: no 'files' table")
+    return data
 
 
-def detect_events(
-    track: ScoreTrack,
-    on: float = ON_THRESHOLD,
-    off: float = OFF_THRESHOLD,
-    min_event_s: float = MIN_EVENT_S,
-) -> list[Detection]:
-    """Events of every adventitious class (not Normal, not Poor Quality), by start time.
-
-    The on/off switching is the device's (:func:`edge.detector.hysteresis`); times here are
-    the window centres widened by a quarter window, the workstation's convention."""
-    events = []
-    for c, name in enumerate(track.classes):
-        if name == NORMAL or name not in EVENT_LABELS:
-            continue
-        for first, last in hysteresis(track.probs[:, c], on, off):
-            start = max(0.0, float(track.times_s[first]) - track.half_window_s / 2)
-            end = float(track.times_s[last]) + track.half_window_s / 2
-            if end - start >= min_event_s:
-                peak = float(track.probs[first : last + 1, c].max())
-                events.append(Detection(round(start, 3), round(end, 3), name, round(peak, 4)))
-    return sorted(events, key=lambda e: (e.start_s, e.type))
+def resolve_model(model: Path) -> tuple[Path, str]:
+    """``--model`` (not a checkpoint) -> (folder with the manifest, artifact file name)."""
+    if model.is_dir():
+        files = _manifest(model)["files"]
+        for name in PREFERRED_FILES:
+            if name in files:
+                return model, name
+        raise ConfigError(f"{model / MANIFEST}: lists none of {', '.join(PREFERRED_FILES)}")
+    if not model.is_file():
+        raise ConfigError(f"{model}: no such model file or folder")
+    files = _manifest(model.parent)["files"]
+    if model.name not in files:
+        raise ConfigError(
+            f"{model}: not listed in {model.parent / MANIFEST} (lists {', '.join(sorted(files))})"
+        )
+    return model.parent, model.name
 
 
-def annotated_events(path: Path) -> list[tuple[float, float, str]]:
-    """The SPRSound events beside ``path`` (``<stem>.json``), or none."""
-    annotation = path.with_suffix(".json")
-    if not annotation.is_file():
-        return []
-    from training.datasets.sprsound import read_annotation
+def export_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
+    """A SedNet checkpoint -> a model folder in ``out`` (module doc) and its ONNX file."""
+    from export.streaming_model import export_folder
 
-    _, events = read_annotation(annotation)
-    return [(e.start_ms / 1000, e.end_ms / 1000, e.type) for e in events if e.type != NORMAL]
+    beside = checkpoint.parent / MANIFEST
+    detector = quality = None
+    chunk_frames = 12
+    if beside.is_file():
+        data = _manifest(checkpoint.parent)
+        detector, quality = data.get("detector"), data.get("quality")
+        chunk_frames = int(data.get("streaming", {}).get("chunk_frames", chunk_frames))
+    else:
+        print(
+            f"lungwatch detect: no {MANIFEST} beside {checkpoint}: the runtime's default "
+            "detector rules apply (fit them with training.sed_calibrate)",
+            file=sys.stderr,
+        )
+    export_folder(checkpoint, out, checkpoint.stem, chunk_frames, detector, quality)
+    return out, "model.onnx"
 
 
-def plot(
-    path: Path, out: Path, classifier: WindowClassifier, track: ScoreTrack, events: list[Detection]
-) -> Path:
-    """Spectrogram, scores and detected vs annotated events, as a PNG."""
-    import matplotlib
+def score_folders(folders: list[Path], found: dict[str, RecordingEvents]) -> dict[str, Any]:
+    """sed_eval scores of the device's events against the SPRSound annotations in
+    ``folders`` (every annotated record must have been run), and technical-alarm shares."""
+    from edge.audio import read_audio
+    from training.datasets.sprsound import load_sprsound
+    from training.scoring import score_detection
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    features = classifier.store().features(path)[0]
-    spec = classifier.spec
-    duration = features.shape[1] * spec.hop_samples / spec.sample_rate_hz
-    fig, axes = plt.subplots(
-        3, 1, figsize=(12, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1]}
-    )
-    axes[0].imshow(
-        features, origin="lower", aspect="auto", extent=(0, duration, 0, features.shape[0])
-    )
-    axes[0].set_ylabel(f"{spec.kind if len(classifier.kinds) == 1 else classifier.kinds[0]} band")
-    for c, name in enumerate(track.classes):
-        if name != NORMAL:
-            axes[1].plot(track.times_s, track.probs[:, c], label=name)
-    axes[1].axhline(ON_THRESHOLD, color="k", lw=0.5, ls="--")
-    axes[1].set_ylabel("probability")
-    axes[1].legend(fontsize=7, ncol=4, loc="upper right")
-    _event_rows(axes[2], events, annotated_events(path))
-    axes[2].set_xlabel("time (s)")
-    fig.suptitle(path.name)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    annotated, labels, durations = {}, {}, {}
+    for folder in folders:
+        for record in load_sprsound(folder):
+            if record.record_id not in found:
+                raise ConfigError(f"{record.audio_path}: annotated but not run")
+            annotated[record.record_id] = [
+                (e.start_ms / 1000, e.end_ms / 1000, e.type) for e in record.events
+            ]
+            labels[record.record_id] = record.record_label
+            durations[record.record_id] = read_audio(record.audio_path).duration_s
+    if not annotated:
+        raise ConfigError(f"no SPRSound annotations in {', '.join(map(str, folders))}")
+    predicted = {
+        r: [(e["start_s"], e["end_s"], e["type"]) for e in found[r].physiological]
+        for r in annotated
+    }
+    report = score_detection(predicted, annotated, labels, durations)
+    poor = {r for r in annotated if any(e["type"] == POOR_SIGNAL for e in found[r].technical)}
+    good = [r for r in annotated if labels[r] != POOR_QUALITY]
+    bad = [r for r in annotated if labels[r] == POOR_QUALITY]
+    out = report.to_dict()
+    out["poor_signal_on_good"] = sum(r in poor for r in good) / len(good) if good else None
+    out["poor_signal_on_poor_quality"] = sum(r in poor for r in bad) / len(bad) if bad else None
+    out["n_good"], out["n_poor_quality"] = len(good), len(bad)
     return out
 
 
-def _event_rows(
-    ax: Any, detected: list[Detection], annotated: list[tuple[float, float, str]]
-) -> None:
-    colours = {name: f"C{i}" for i, name in enumerate(EVENT_LABELS)}
-    for row, spans in ((1, [(d.start_s, d.end_s, d.type) for d in detected]), (0, annotated)):
-        for start, end, kind in spans:
-            ax.broken_barh(
-                [(start, end - start)],
-                (row + 0.1, 0.8),
-                color=colours.get(kind, "grey"),
-            )
-    ax.set_yticks([0.5, 1.5], ["annotated", "detected"])
+def summary_line(scores: dict[str, Any]) -> str:
+    """The headline numbers of :func:`score_folders` on one line."""
+    s = scores["summary"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return (
+        f"event_f1_family={s['event_f1_family']:.3f} "
+        f"(P {s['event_precision_family']:.3f} R {s['event_recall_family']:.3f}) "
+        f"segment_f1_family={s['segment_f1_family']:.3f} "
+        f"event_f1_4class={s['event_f1_4class']:.3f} "
+        f"fa_per_hour={s['false_events_per_hour']:.1f} "
+        f"normal_with_fa={s['normal_records_with_false_events']:.3f} "
+        f"poor_good={fmt(scores['poor_signal_on_good'])} "
+        f"poor_pq={fmt(scores['poor_signal_on_poor_quality'])}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="lungwatch detect", description=__doc__.splitlines()[0])
-    parser.add_argument("audio", nargs="+", type=Path, help="WAV or FLAC recordings")
-    parser.add_argument("--model", type=Path, default=Path("models/edge/model.pt"))
-    parser.add_argument("--on", type=float, default=ON_THRESHOLD, help="onset threshold")
-    parser.add_argument("--off", type=float, default=OFF_THRESHOLD, help="offset threshold")
-    parser.add_argument("--min-event-s", type=float, default=MIN_EVENT_S)
-    parser.add_argument("--plot", type=Path, help="PNG of spectrogram, scores and events")
+    parser.add_argument(
+        "--audio",
+        type=Path,
+        action="append",
+        required=True,
+        help="a recording or a folder of them (repeatable)",
+    )
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="ONNX artifact, model folder or .pt"
+    )
+    parser.add_argument("--config", type=Path, help="runtime YAML: detector/gate/backend")
+    parser.add_argument("--out", type=Path, help="events JSON (default: standard output)")
+    parser.add_argument("--technical", type=Path, help="also write technical events here")
+    parser.add_argument(
+        "--score", action="store_true", help="score against SPRSound annotations (sed_eval)"
+    )
     args = parser.parse_args(argv)
-    if not 0.0 < args.off <= args.on < 1.0:
-        parser.error(f"need 0 < --off <= --on < 1, got --on {args.on} --off {args.off}")
-    classifier = load_classifier(args.model)
-    for path in args.audio:
-        track = score_track(classifier, path)
-        events = detect_events(track, args.on, args.off, args.min_event_s)
-        for event in events:
-            print(json.dumps({"file": str(path), **event.__dict__}))
-        if args.plot:
-            out = (
-                args.plot
-                if len(args.audio) == 1
-                else args.plot.with_name(f"{args.plot.stem}-{path.stem}{args.plot.suffix}")
-            )
-            plot(path, out, classifier, track, events)
+
+    recordings = recordings_in(args.audio)
+    sections: dict[str, Any] = {}
+    if args.config is not None:
+        from edge.runtime_config import load_runtime_config
+
+        config = load_runtime_config(args.config)
+        sections = {"detector": config.detector, "gate": config.gate, "backend": config.backend}
+    with tempfile.TemporaryDirectory(prefix="lungwatch-detect-") as tmp:
+        if args.model.suffix == ".pt":
+            folder, file = export_checkpoint(args.model, Path(tmp))
+        else:
+            folder, file = resolve_model(args.model)
+        found = detect_recordings(recordings, folder, file, **sections)
+    events = {name: found[name].physiological for name in sorted(found)}
+    _write(args.out, events)
+    if args.technical is not None:
+        _write(args.technical, {name: found[name].technical for name in sorted(found)})
+    if args.score:
+        line = summary_line(score_folders([p for p in args.audio if p.is_dir()], found))
+        print(f"lungwatch detect: {line}", file=sys.stderr)
+    n = sum(len(v) for v in events.values())
+    where = args.out if args.out is not None else "standard output"
+    print(f"lungwatch detect: {n} events in {len(events)} recordings -> {where}", file=sys.stderr)
     return 0
+
+
+def _write(path: Path | None, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=1)
+    if path is None:
+        print(text)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

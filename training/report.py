@@ -4,7 +4,9 @@ Scores a trained checkpoint on:
 - SPRSound ``intra_test``: Tasks 1-1, 1-2, 2-1, 2-2 (challenge formats, through
   ``predict`` and ``evaluate``: exactly what a challenge submission would get);
 - ICBHI ``train`` recordings, cross-dataset (SPRSound classes mapped to ICBHI labels);
-- event detection over whole ``intra_test`` recordings (event-based F1 per class).
+- event detection over whole ``intra_test`` recordings through the device's path
+  (``lungwatch detect --score``: the model's ONNX artifact, the manifest's fitted rules,
+  sed_eval scores).
 Writes ``<out>.json`` and prints a Markdown table. The validation scores the epoch was
 selected on are read from the checkpoint.
 """
@@ -17,12 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.datapaths import icbhi_root, sprsound_root
-from edge.labels import EVENT_LABELS, NORMAL
 from firmware_bridge.cliparse import ArgumentParser
-from training.detect import detect_events, score_track
 from training.evaluate import evaluate
-from training.inference import load_classifier
-from training.metrics import Event, event_f1_recordings
 from training.predict import predict
 
 CHALLENGE_TASKS = ("1-1", "1-2", "2-1", "2-2")
@@ -37,28 +35,20 @@ def challenge_scores(model: Path, audio: Path, annotations: Path, task: str) -> 
 
 
 def detection_scores(model: Path, folder: Path) -> dict[str, Any]:
-    """Event-based F1 of ``detect`` against the annotated adventitious events."""
-    from training.datasets.sprsound import load_sprsound
+    """Detection scores of the artifact the model was exported to (the manifest beside
+    ``model``; a SedNet checkpoint without one is exported first), through the device path."""
+    from edge.offline import detect_recordings, recordings_in
+    from training.detect import export_checkpoint, resolve_model, score_folders
 
-    classifier = load_classifier(model)
-    reference, estimated = {}, {}
-    for record in load_sprsound(folder):
-        reference[record.record_id] = [
-            Event(e.start_ms / 1000, e.end_ms / 1000, e.type)
-            for e in record.events
-            if e.type != NORMAL
-        ]
-        estimated[record.record_id] = [
-            Event(d.start_s, d.end_s, d.type)
-            for d in detect_events(score_track(classifier, record.audio_path))
-        ]
-    classes = [c for c in EVENT_LABELS if c != NORMAL]
-    scores = event_f1_recordings(reference, estimated, classes)
-    return {
-        "micro": scores.micro.__dict__,
-        "macro": scores.macro.__dict__,
-        "per_class": {k: v.__dict__ for k, v in scores.per_class.items()},
-    }
+    with tempfile.TemporaryDirectory(prefix="lungwatch-report-") as tmp:
+        if model.suffix == ".onnx" or (model.parent / "manifest.json").is_file():
+            where, file = resolve_model(model if model.suffix == ".onnx" else model.parent)
+        else:
+            where, file = export_checkpoint(model, Path(tmp))
+        found = detect_recordings(recordings_in([folder]), where, file)
+    scores = score_folders([folder], found)
+    scores["artifact"] = str(where / file)
+    return scores
 
 
 def build_report(model: Path, detection: bool = True) -> dict[str, Any]:
@@ -94,11 +84,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"{s['score']:.3f} |"
     )
     if "detection_intra_test" in report:
-        micro = report["detection_intra_test"]["micro"]
+        s = report["detection_intra_test"]["summary"]
         lines.append(
-            f"\nEvent detection on intra_test (micro): precision "
-            f"{micro['precision']:.3f}, recall {micro['recall']:.3f}, "
-            f"F1 {micro['f1']:.3f}"
+            f"\nEvent detection on intra_test (device path, CAS/DAS families): precision "
+            f"{s['event_precision_family']:.3f}, recall {s['event_recall_family']:.3f}, "
+            f"F1 {s['event_f1_family']:.3f}; segment F1 {s['segment_f1_family']:.3f}; "
+            f"{s['false_events_per_hour']:.1f} false events per hour on Normal records"
         )
     return "\n".join(lines)
 

@@ -48,7 +48,7 @@ FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
         ["--task", "1-2", "--preds", "{missing}.json", "--annotations", "{dir}"],
         ["--task", "1-2", "--preds", "{garbage}.json", "--annotations", "{dir}"],
     ),
-    "detect": (["{missing}.wav"], ["{garbage}.wav"]),
+    "detect": (["--audio", "{missing}.wav"], ["--audio", "{garbage}.wav"]),
     "export": (
         ["{missing}.pt", "--out", "{dir}/m.onnx"],
         ["{garbage}.pt", "--out", "{dir}/m.onnx"],
@@ -81,7 +81,7 @@ BAD_ARGUMENT: dict[str, list[str]] = {
     "crossval": ["--config", "x.yaml", "--folds", "many"],
     "predict": ["--task", "9-9"],
     "evaluate": ["--task", "9-9"],
-    "detect": ["x.wav", "--on", "high"],
+    "detect": ["--audio", "x.wav", "--on", "high"],
     "export": ["x.pt", "--out", "y.onnx", "--opset", "new"],
     "quantize": ["m.onnx", "--calib", "d", "--out", "o.onnx", "--method", "magic"],
     "engine": ["--precision", "int3"],

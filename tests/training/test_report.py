@@ -15,7 +15,15 @@ def _report(score: float) -> dict[str, object]:
     return {
         "sprsound_intra_test": {t: {"scores": scores} for t in ("1-1", "1-2", "2-1", "2-2")},
         "icbhi_cross_dataset": {"scores": {"se": 0.1, "sp": 0.9, "score": 0.5}},
-        "detection_intra_test": {"micro": {"precision": 0.25, "recall": 0.5, "f1": 1 / 3}},
+        "detection_intra_test": {
+            "summary": {
+                "event_precision_family": 0.25,
+                "event_recall_family": 0.5,
+                "event_f1_family": 1 / 3,
+                "segment_f1_family": 0.5,
+                "false_events_per_hour": 12.0,
+            }
+        },
     }
 
 
@@ -24,6 +32,7 @@ def test_markdown_lists_every_task() -> None:
     assert "| SPRSound intra_test Task 2-2 | 0.700 | 0.300 | 0.500 | 0.700 | 0.700 |" in table
     assert "| ICBHI train, cross-dataset (Se/Sp) | 0.100 | 0.900 | | | 0.500 |" in table
     assert "F1 0.333" in table
+    assert "12.0 false events per hour" in table
 
 
 def test_summarise_gives_mean_and_sample_std(tmp_path: Path) -> None:

@@ -179,50 +179,6 @@ def test_torchrun_two_processes_on_gloo(tmp_path: Path, cache_dir: Path) -> None
     assert len(epochs) == 2  # written by rank 0 only
 
 
-def test_hysteresis_and_min_duration() -> None:
-    import numpy as np
-
-    from training.detect import ScoreTrack, detect_events, hysteresis
-
-    scores = np.array([0.1, 0.7, 0.5, 0.45, 0.3, 0.65, 0.2, 0.9])
-    assert hysteresis(scores, on=0.6, off=0.4) == [(1, 3), (5, 5), (7, 7)]
-    track = ScoreTrack(
-        np.arange(8) * 0.5 + 1.0, 1.0, ("Normal", "Wheeze"), np.stack([1 - scores, scores], axis=1)
-    )
-    events = detect_events(track, on=0.6, off=0.4, min_event_s=1.5)  # singles last 1.0 s
-    assert [(e.start_s, e.end_s, e.type) for e in events] == [(1.0, 3.0, "Wheeze")]
-    assert events[0].confidence == 0.7
-
-
-def test_detect_prints_json_lines_and_plots(
-    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from training.detect import main as detect_main
-
-    fit(_tiny(tmp_path, cache_dir), verbose=False)
-    audio = sorted((cache_dir / "synthetic-16").glob("*.flac"))[1]
-    code = detect_main(
-        [
-            str(audio),
-            "--model",
-            str(tmp_path / "tiny/best.pt"),
-            "--on",
-            "0.34",
-            "--off",
-            "0.3",
-            "--plot",
-            str(tmp_path / "det.png"),
-        ]
-    )
-    assert code == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines, "a tiny model at a low threshold should report something"
-    for event in lines:
-        assert event["type"] in ("Wheeze", "Fine Crackle")
-        assert 0.0 <= event["start_s"] < event["end_s"] <= 8.5
-    assert (tmp_path / "det.png").read_bytes().startswith(b"\x89PNG")
-
-
 def test_held_out_folds_partition_patients() -> None:
     from training.data import held_out_fold
 

@@ -1,0 +1,142 @@
+"""``lungwatch detect --audio``: the device's events for whole recordings, as JSON.
+
+The events must be exactly those ``lungwatch run`` publishes for the same audio (the tiny
+streaming model folder, real SPRSound recordings), whatever the model is given as: its ONNX
+file, its folder, or the checkpoint it came from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from edge.offline import OfflineError, recordings_in
+from tests.edge.runtime_helpers import (
+    CRACKLES,
+    MIXED,
+    WHEEZES,
+    build,
+    config_mapping,
+    record_path,
+    run_collecting,
+    stream,
+)
+from tests.edge.test_runtime_streaming import rules
+from tests.streaming_fixture import tiny_streaming_folder
+from training.detect import main as detect_main
+
+RECORDS = (WHEEZES, MIXED, CRACKLES)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    quality = {"poor_on": 0.999, "poor_off": 0.99}  # out of reach of the random model
+    return tiny_streaming_folder(tmp_path_factory.mktemp("tiny"), rules("Wheeze"), quality)
+
+
+@pytest.fixture
+def audio_dir(tmp_path: Path) -> Path:
+    """Three annotated SPRSound records (links to the audio and its annotation)."""
+    out = tmp_path / "audio"
+    out.mkdir()
+    for record in RECORDS:
+        for suffix in (".flac", ".json"):
+            source = record_path(record, suffix)
+            (out / source.name).symlink_to(source)
+    return out
+
+
+def runtime_events(tmp_path: Path, folder: Path, audio: Path) -> list[tuple[float, float, str]]:
+    mapping = config_mapping(
+        tmp_path,
+        [stream("b1", audio, realtime=False, chunk_samples=800)],
+        model={"dir": str(folder), "file": "model.onnx"},
+    )
+    _, sink = run_collecting(build(mapping))
+    return [
+        (e.start_sample / 8000, e.end_sample / 8000, e.type)
+        for e in sink.events
+        if e.kind == "physiological" and e.state == "ended"
+    ]
+
+
+def detected(path: Path) -> dict[str, list[tuple[float, float, str]]]:
+    data = json.loads(path.read_text())
+    return {r: [(e["start_s"], e["end_s"], e["type"]) for e in evs] for r, evs in data.items()}
+
+
+def test_detect_writes_what_the_runtime_publishes(tmp_path, folder, audio_dir):
+    out = tmp_path / "events.json"
+    assert detect_main(["--audio", str(audio_dir), "--model", str(folder / "model.onnx"),
+                        "--out", str(out)]) == 0  # fmt: skip
+    data = json.loads(out.read_text())
+    assert sorted(data) == sorted(Path(r).name for r in RECORDS)
+    for record in RECORDS:
+        name = Path(record).name
+        events = data[name]
+        assert events, f"{name}: the manifest's rules make Wheeze always on"
+        for event in events:
+            assert set(event) == {"start_s", "end_s", "type", "confidence"}
+            assert event["type"] == "Wheeze"
+            assert 0.0 <= event["confidence"] <= 1.0
+        expected = runtime_events(tmp_path, folder, audio_dir / f"{name}.flac")
+        assert detected(out)[name] == [(round(s, 4), round(e, 4), t) for s, e, t in expected]
+
+
+def test_a_checkpoint_and_a_folder_give_the_onnx_files_events(tmp_path, folder, audio_dir):
+    outs = {}
+    for how, model in (
+        ("onnx", folder / "model.onnx"),
+        ("folder", folder),  # lists model.onnx only: that file runs
+        ("checkpoint", folder / "model.pt"),  # exported again, with the manifest's rules
+    ):
+        outs[how] = tmp_path / f"{how}.json"
+        assert detect_main(["--audio", str(audio_dir), "--model", str(model),
+                            "--out", str(outs[how])]) == 0  # fmt: skip
+    assert detected(outs["onnx"]) == detected(outs["folder"]) == detected(outs["checkpoint"])
+
+
+def test_score_and_technical_events(tmp_path, folder, audio_dir, capsys):
+    tech = tmp_path / "technical.json"
+    assert detect_main(["--audio", str(audio_dir), "--model", str(folder), "--score",
+                        "--technical", str(tech)]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    events = json.loads(captured.out)  # no --out: the events on standard output
+    assert sorted(events) == sorted(Path(r).name for r in RECORDS)
+    assert sorted(json.loads(tech.read_text())) == sorted(events)
+    line = next(x for x in captured.err.splitlines() if "event_f1_family=" in x)
+    # none of the three records is labelled Normal, none Poor Quality: no false-alarm rate
+    for part in ("fa_per_hour=0.0 ", "poor_pq=n/a", "poor_good=0.000"):
+        assert part in line
+
+
+def test_bad_inputs_are_named(tmp_path, folder, audio_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OfflineError, match="no audio files"):
+        recordings_in([empty])
+    with pytest.raises(OfflineError, match="no such file"):
+        recordings_in([tmp_path / "nope.flac"])
+    other = tmp_path / "other"
+    other.mkdir()
+    twin = other / f"{Path(WHEEZES).name}.flac"
+    twin.symlink_to(record_path(WHEEZES))
+    with pytest.raises(OfflineError, match="two recordings named"):
+        recordings_in([audio_dir, other])
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no such model"):
+        detect_main(["--audio", str(audio_dir), "--model", str(folder / "missing.onnx")])
+    stray = folder / "stray.onnx"
+    stray.write_bytes(b"")
+    try:
+        with pytest.raises(ConfigError, match=r"stray\.onnx: not listed"):
+            detect_main(["--audio", str(audio_dir), "--model", str(stray)])
+    finally:
+        stray.unlink()
+    with pytest.raises(ConfigError, match="no manifest"):
+        detect_main(["--audio", str(audio_dir), "--model", str(empty)])
