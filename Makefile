@@ -78,6 +78,7 @@ bench: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.bridge
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz
 	$(ONE_CORE) $(VENV)/bin/python -m bench.runtime $(RUNTIME_ARGS)
+	$(ONE_CORE) $(VENV)/bin/python -m bench.detection
 
 fuzz: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)

@@ -67,6 +67,8 @@ class Proto:
     threads: int = 2
     ema: float = 0.0
     cutmix_frames: int = 50
+    std_floor: float = 0.0  # per-band input std is at least this (log units)
+    gain_db: float = 0.0  # random gain of each example, uniform in +-gain_db (power)
 
 
 def load_all(kinds, grid, stride, unannotated_weight, split="train"):
@@ -103,6 +105,15 @@ def augment(x: np.ndarray, flush: np.ndarray, cfg: Proto, rng: np.random.Generat
             w = int(rng.integers(0, cfg.time_width + 1))
             s = int(rng.integers(0, max(1, t - w)))
             x[i, :, :, s : s + w] = flush[:, :, None]
+
+
+def random_gain(x: np.ndarray, max_db: float, rng: np.random.Generator) -> None:
+    """Scale each example's power by a random gain (log features: log(P + offset), in place)."""
+    offset = FeatureSpec().log_offset
+    for i in range(x.shape[0]):
+        g = 10.0 ** (rng.uniform(-max_db, max_db) / 10.0)
+        power = np.maximum(np.exp(x[i].astype(np.float64)) - offset, 0.0)
+        x[i] = np.log(power * g + offset)
 
 
 def cutmix(bt, stride: int, max_frames: int, rng) -> None:
@@ -215,6 +226,7 @@ def main(cfg: Proto) -> None:
     val = [r for r in recs if r.record_id in val_ids]
     print(f"loaded {len(train)} train {len(val)} val in {time.time() - t0:.0f}s", flush=True)
     mean, std = input_stats(train)
+    std = np.maximum(std, np.float32(cfg.std_floor))
     flush = flush_value(mean)
     model = SedNet(mcfg)
     model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
@@ -250,6 +262,8 @@ def main(cfg: Proto) -> None:
             bt = collate(exs, mcfg.stride, mcfg.lookahead_frames, flush)
             if cfg.cutmix_prob > 0 and rng.random() < cfg.cutmix_prob:
                 cutmix(bt, mcfg.stride, cfg.cutmix_frames, rng)
+            if cfg.gain_db > 0:
+                random_gain(bt.features, cfg.gain_db, rng)
             if cfg.spec_augment:
                 augment(bt.features, flush, cfg, rng)
             x = torch.from_numpy(bt.features)

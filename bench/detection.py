@@ -1,0 +1,301 @@
+"""Whole-file throughput and detection latency of the runtime, on real recordings, one core.
+
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.detection
+        [--folder ../shared/data/sprsound/intra_test] [--paced-records 60] [--no-mqtt]
+
+- **Whole file** (issue 13 target >= 400x): every record of the folder as one bed,
+  ``realtime: false``, through :func:`edge.offline.detect_recordings` (the runtime with a
+  collecting sink): seconds of audio per second of wall time, for the shipped streaming INT8
+  model (``edge/configs/ward.yaml``) and, as the reference run in the same process, the
+  window model it replaced (``models/edge/model.int8.onnx``). The ratio is the speed-up.
+- **Detection latency** (target p99 <= 1.0 s): the records of the folder with annotated
+  adventitious events, each one bed, paced in real time through the runtime with the MQTT
+  sink (QoS 1 through the spool) to a local Mosquitto. For every annotated adventitious event
+  that the device detects (the earliest episode of the same family, CAS or DAS, whose span
+  overlaps the annotated one widened by 0.2 s on each side), the latency is the time from
+  the annotated onset (the stream's sample-0 wall time + onset) to the PUBACK of that
+  episode's ``onset`` message. An episode that began before the annotated event (an earlier
+  phase still going on) gives a negative latency; their number is reported. Without
+  Mosquitto (``--no-mqtt``) it measures to ``publish`` instead, and says so.
+
+Results: ``bench/results/detection.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.runtime import start_mosquitto
+from bench.runtime_probes import AckProbe, percentiles_ms
+from edge.backends import BackendConfig
+from edge.datapaths import sprsound_root
+from edge.events import Event
+from edge.offline import detect_recordings, recordings_in
+from edge.runtime import Runtime, open_model, open_streams
+from edge.runtime_config import (
+    ModelConfig,
+    MqttConfig,
+    RuntimeConfig,
+    SinksConfig,
+    StreamConfig,
+    load_runtime_config,
+    open_sinks,
+)
+from edge.sinks import publish_all
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WARD = Path("edge/configs/ward.yaml")
+REFERENCE = ModelConfig(dir="models/edge", file="model.int8.onnx")
+FAMILY = {"Wheeze": "CAS", "Rhonchi": "CAS", "Stridor": "CAS",
+          "Fine Crackle": "DAS", "Coarse Crackle": "DAS"}  # fmt: skip
+COLLAR_S = 0.2
+TARGETS = {"whole_file_x_realtime": 400.0, "detection_latency_p99_s": 1.0}
+
+
+def whole_file(folder: Path, model: ModelConfig) -> dict[str, Any]:
+    """Every record as one bed, unpaced: audio seconds per wall second."""
+    import soundfile
+
+    recordings = recordings_in([folder])
+    audio_s = sum(soundfile.info(str(p)).duration for p in recordings.values())
+    backend = BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=64)
+    start = time.perf_counter()
+    found = detect_recordings(recordings, Path(model.dir), model.file, backend=backend)
+    wall = time.perf_counter() - start
+    events = sum(len(r.physiological) for r in found.values())
+    return {
+        "model": f"{model.dir}/{model.file}",
+        "records": len(recordings),
+        "audio_s": audio_s,
+        "wall_s": wall,
+        "x_realtime": audio_s / wall,
+        "events": events,
+    }
+
+
+def annotated(folder: Path) -> dict[str, list[tuple[float, float, str]]]:
+    """Record -> its annotated adventitious events (families), records without any left out."""
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text())
+        events = []
+        for e in data.get("event_annotation", []):
+            types = ["Wheeze", "Fine Crackle"] if e["type"] == "Wheeze+Crackle" else [e["type"]]
+            for t in types:
+                if t in FAMILY:
+                    events.append((int(e["start"]) / 1000, int(e["end"]) / 1000, FAMILY[t]))
+        if events:
+            out[path.stem] = events
+    return out
+
+
+class _Recorder:
+    """Forwards events to ``inner`` and keeps each with the time it was handed over."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.events: list[tuple[Event, float]] = []
+
+    def publish(self, event: Event) -> None:
+        self.publish_many([event])
+
+    def publish_many(self, events: Sequence[Event]) -> None:
+        now = time.perf_counter()
+        self.events += [(e, now) for e in events]
+        publish_all(self.inner, events)
+
+    def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
+        self.inner.publish_metrics(stream_id, metrics)
+
+    def flush(self, timeout_s: float) -> bool:
+        return bool(self.inner.flush(timeout_s))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig) -> dict:
+    """Paced run of the annotated records; annotated onset -> PUBACK of the detection."""
+    truth = annotated(folder)
+    names = sorted(truth)[:n_records]
+    files = recordings_in([folder])
+    streams = tuple(
+        StreamConfig(id=f"bed-{i}", source=str(files[n]), realtime=True, loop=False)
+        for i, n in enumerate(names)
+    )
+    host, _, port = (broker or "127.0.0.1:1883").rpartition(":")
+    with tempfile.TemporaryDirectory(prefix="lungwatch-bench-latency-") as tmp:
+        config = RuntimeConfig(
+            streams=streams,
+            site="bench",
+            device_id="edge-1",
+            model=model,
+            backend=BackendConfig(providers=("cpu",), intra_op_threads=1),
+            sinks=SinksConfig(stdout=False, jsonl=None, mqtt=broker is not None),
+            mqtt=MqttConfig(host=host, port=int(port), spool_path=f"{tmp}/spool.sqlite"),
+        )
+        loaded = open_model(config)
+        opened = open_streams(config, loaded)
+        sink, mqtt = open_sinks(config)
+        probe = AckProbe(mqtt) if mqtt is not None else None
+        recorder = _Recorder(sink)
+        runtime = Runtime(config, loaded, opened, recorder)
+        if mqtt is not None:
+            mqtt.connect()
+        offset = time.time() - time.perf_counter()  # wall clock -> perf_counter clock
+        start = time.perf_counter()
+        runtime.run(threading.Event())
+        wall = time.perf_counter() - start
+        sink.close()
+        loaded.backend.close()
+    acks = probe.ack_times() if probe is not None else {}
+    onsets = {e.episode_id: (e, t) for e, t in recorder.events if e.state == "onset"}
+    episodes: dict[str, list[tuple[float, float, str, str]]] = {}  # stream -> spans
+    rate = loaded.manifest.feature_spec.sample_rate_hz
+    for e, _ in recorder.events:
+        if e.kind == "physiological" and e.state == "ended" and e.type in FAMILY:
+            assert e.start_sample is not None
+            assert e.end_sample is not None
+            span = (e.start_sample / rate, e.end_sample / rate, FAMILY[e.type], e.episode_id)
+            episodes.setdefault(e.stream_id, []).append(span)
+    delays, own = [], []
+    for stream, name in zip(opened, names, strict=True):
+        t0 = (stream.t0_posix or 0.0) - offset  # sample 0 on the perf_counter clock
+        for onset, handed_s in onsets.values():
+            if onset.stream_id == stream.id and onset.kind == "physiological":
+                assert onset.start_sample is not None
+                when = acks.get(onset.id, handed_s)
+                own.append(when - (t0 + onset.start_sample / stream.rate_hz))
+        for start_s, end_s, family in truth[name]:
+            hits = sorted(
+                (s, episode)
+                for s, e, f, episode in episodes.get(stream.id, [])
+                if f == family and s < end_s + COLLAR_S and e > start_s - COLLAR_S
+            )
+            if not hits:
+                continue
+            onset, handed_s = onsets[hits[0][1]]
+            delays.append(acks.get(onset.id, handed_s) - (t0 + start_s))
+    n_events = sum(len(truth[n]) for n in names)
+    return {
+        "model": f"{model.dir}/{model.file}",
+        "records": len(names),
+        "wall_s": wall,
+        "annotated_events": n_events,
+        "detected": len(delays),
+        "to": "PUBACK" if probe is not None else "publish (no broker)",
+        "latency_ms": percentiles_ms(delays),
+        "negative": sum(d < 0 for d in delays),
+        "announce_ms": percentiles_ms(own),
+    }
+
+
+def render(record: dict[str, Any]) -> str:
+    h = record["header"]
+    lines = [
+        "# Whole-file throughput and detection latency (`python -m bench.detection`)",
+        "",
+        f"{h['when']}, {h['machine']}, Python {h['python']}, onnxruntime {h['onnxruntime']}, "
+        f"one core (`taskset` / thread pools 1). Folder: `{h['folder']}`.",
+        "",
+        "| whole file, every record one bed, unpaced | records | audio s | wall s | x real time "
+        "| events |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key in ("shipped", "reference"):
+        r = record["whole_file"].get(key)
+        if r:
+            lines.append(
+                f"| {key}: `{r['model']}` | {r['records']} | {r['audio_s']:.0f} | "
+                f"{r['wall_s']:.1f} | {r['x_realtime']:.0f} | {r['events']} |"
+            )
+    ratio = record["whole_file"].get("speedup")
+    if ratio:
+        lines.append(f"\nShipped vs reference, same process: **{ratio:.2f}x**. "
+                     f"Target >= {TARGETS['whole_file_x_realtime']:.0f}x real time.")  # fmt: skip
+    lat = record.get("latency")
+    if lat:
+        ms, own = lat["latency_ms"], lat["announce_ms"]
+        lines += [
+            "",
+            "| detection latency, paced | records | annotated | detected | to | p50 ms | p99 ms "
+            "| max ms |",
+            "|---|---:|---:|---:|---|---:|---:|---:|",
+            f"| `{lat['model']}` | {lat['records']} | {lat['annotated_events']} | "
+            f"{lat['detected']} | {lat['to']} | {ms.get('p50', float('nan')):.0f} | "
+            f"{ms.get('p99', float('nan')):.0f} | {ms.get('max', float('nan')):.0f} |",
+            "",
+            f"Target p99 <= {TARGETS['detection_latency_p99_s'] * 1000:.0f} ms. Latency is "
+            "measured only for annotated events the device detects ({} of {}); {} of them were "
+            "announced before the annotated onset (negative).".format(
+                lat["detected"], lat["annotated_events"], lat["negative"]
+            ),
+            "",
+            "The device's own share: from the start it gives an episode (its first frame) to "
+            "the PUBACK of its `onset`, over all {} onsets: p50 {:.0f} ms, p99 {:.0f} ms "
+            "(the model's look-ahead, the wait for the chunk, the rule's minimum "
+            "duration, inference and delivery).".format(
+                own["n"], own.get("p50", float("nan")), own.get("p99", float("nan"))
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.detection", description=__doc__)
+    parser.add_argument("--folder", type=Path, default=None, help="SPRSound-style folder")
+    parser.add_argument("--paced-records", type=int, default=60, help="0: no latency run")
+    parser.add_argument("--no-mqtt", action="store_true", help="latency to publish, no broker")
+    parser.add_argument("--no-reference", action="store_true", help="skip the window model")
+    parser.add_argument("--model-dir", help="measure this model folder instead of ward.yaml's")
+    parser.add_argument("--model-file", default="model.int8.onnx", help="with --model-dir")
+    args = parser.parse_args(argv)
+    folder = args.folder or sprsound_root() / "intra_test"
+    if not folder.is_dir():
+        parser.error(f"{folder}: no such folder (set LUNGWATCH_DATA_DIR or --folder)")
+    shipped = load_runtime_config(WARD).model
+    if args.model_dir:
+        shipped = ModelConfig(dir=args.model_dir, file=args.model_file)
+    import onnxruntime
+
+    header = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "folder": str(folder),
+    }
+    whole: dict[str, Any] = {"shipped": whole_file(folder, shipped)}
+    print(f"whole file, shipped: {whole['shipped']['x_realtime']:.0f}x real time", flush=True)
+    if not args.no_reference and (Path(REFERENCE.dir) / REFERENCE.file).is_file():
+        whole["reference"] = whole_file(folder, REFERENCE)
+        whole["speedup"] = whole["shipped"]["x_realtime"] / whole["reference"]["x_realtime"]
+    record: dict[str, Any] = {"header": header, "targets": TARGETS, "whole_file": whole}
+    if args.paced_records > 0:
+        with tempfile.TemporaryDirectory(prefix="lungwatch-bench-broker-") as tmp:
+            broker = None if args.no_mqtt else start_mosquitto(Path(tmp))
+            try:
+                address = broker[1] if broker else None
+                record["latency"] = latency(folder, args.paced_records, address, shipped)
+            finally:
+                if broker is not None:
+                    broker[0].terminate()
+                    broker[0].wait(timeout=10)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "detection.json").write_text(json.dumps(record, indent=2) + "\n")
+    table = render(record)
+    (RESULTS_DIR / "detection.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
