@@ -39,6 +39,8 @@ from numba import njit
 
 from edge.config import check
 from edge.errors import ConfigError, LungwatchError
+from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
+from edge.events import PHYSIOLOGICAL_TYPES
 from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
 
 Priority = Literal["high", "medium", "low"]
@@ -129,14 +131,10 @@ def check_priorities(rules: tuple[TypePriority, ...], latching: tuple[str, ...])
     check(not bad, "latching", latching, f"a list of {PRIORITIES}")
 
 
-#: Stridor (upper-airway obstruction) is urgent; wheezes matter more than crackles or rhonchi.
-DEFAULT_PRIORITIES: tuple[TypePriority, ...] = (
-    TypePriority("Stridor", "high"),
-    TypePriority("Wheeze", "medium"),
-    TypePriority("Wheeze+Crackle", "medium"),
-    TypePriority("Rhonchi", "low"),
-    TypePriority("Coarse Crackle", "low"),
-    TypePriority("Fine Crackle", "low"),
+#: Default priorities of the physiological types: the rows of :data:`edge.events.
+#: DEFAULT_PRIORITIES` (the one priority table) for these types.
+DEFAULT_PRIORITIES: tuple[TypePriority, ...] = tuple(
+    TypePriority(t, EVENT_PRIORITIES[t]) for t in PHYSIOLOGICAL_TYPES
 )
 
 

@@ -56,14 +56,29 @@ KINDS = ("physiological", "technical")
 PRIORITIES = ("high", "medium", "low")
 STATES = ("onset", "ongoing", "ended")
 
-#: Default priority per type (the runtime's config may override any of them).
+#: THE priority table: the default priority of every event type. The detector's and the
+#: gate's defaults (``edge.detector.DEFAULT_PRIORITIES``, ``edge.gate.
+#: DEFAULT_TECHNICAL_PRIORITIES``) are read from it; a runtime config may override any type.
+#: Stridor (upper-airway obstruction) is urgent; wheezes matter more than crackles or rhonchi;
+#: a technical condition that stops monitoring (off body, stalled or disconnected source, NaN
+#: input, a full spool) matters more than one that degrades it.
 DEFAULT_PRIORITIES: dict[str, str] = {
-    **{name: "medium" for name in PHYSIOLOGICAL_TYPES},
-    "Stridor": "high",  # upper-airway obstruction
-    **{name: "low" for name in TECHNICAL_TYPES},
+    "Stridor": "high",
+    "Wheeze": "medium",
+    "Wheeze+Crackle": "medium",
+    "Rhonchi": "low",
+    "Coarse Crackle": "low",
+    "Fine Crackle": "low",
+    "poor_signal": "low",
     "off_body": "medium",
+    "clipping": "low",
+    "silence": "low",
+    "signal_gap": "low",
+    "overflow": "low",
+    "invalid_samples": "medium",
     "source_stalled": "medium",
     "source_disconnected": "medium",
+    "device_status": "low",
     "spool_full": "medium",
 }
 

@@ -56,6 +56,7 @@ from edge.detector import (
     ms_to_samples,
     priority_table,
 )
+from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
 from edge.pipeline import WindowReady
 from edge.quality import CLIPPING_FRACTION_LIMIT, QUIET_DBFS
 from edge.sources.base import Notice, SourceChunk
@@ -80,14 +81,10 @@ _SLOW_TYPES = (POOR_SIGNAL, CLIPPING, SILENCE)  # these must last min_condition_
 _GAP_NOTICES = ("overflow", "signal_gap")
 MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
 
-DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = (
-    TypePriority(OFF_BODY, "medium"),
-    TypePriority(SOURCE_STALLED, "medium"),
-    TypePriority(INVALID_SAMPLES, "medium"),
-    TypePriority(POOR_SIGNAL, "low"),
-    TypePriority(CLIPPING, "low"),
-    TypePriority(SILENCE, "low"),
-    TypePriority(SIGNAL_GAP, "low"),
+#: Default priorities of the gate's types: the rows of :data:`edge.events.DEFAULT_PRIORITIES`
+#: (the one priority table) for these types.
+DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = tuple(
+    TypePriority(t, EVENT_PRIORITIES[t]) for t in TECHNICAL_TYPES
 )
 
 

@@ -206,3 +206,14 @@ def test_utc_formatting() -> None:
     assert parse_utc(T0) == moment
     with pytest.raises(EventError, match="timezone-aware"):
         format_utc(datetime(2026, 5, 9))
+
+
+def test_one_priority_table_for_detector_gate_and_events() -> None:
+    from edge.detector import DEFAULT_PRIORITIES as DETECTOR
+    from edge.gate import DEFAULT_TECHNICAL_PRIORITIES as GATE
+
+    for rule in (*DETECTOR, *GATE):
+        assert DEFAULT_PRIORITIES[rule.type] == rule.priority, rule.type
+    assert {r.type for r in DETECTOR} == set(PHYSIOLOGICAL_TYPES)
+    assert DEFAULT_PRIORITIES["Fine Crackle"] == "low"  # the detector's choice, now everyone's
+    assert DEFAULT_PRIORITIES["Wheeze"] == "medium"
