@@ -40,10 +40,9 @@ from numba import njit
 from edge.config import check
 from edge.errors import ConfigError, LungwatchError
 from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
-from edge.events import PHYSIOLOGICAL_TYPES
+from edge.events import PHYSIOLOGICAL_TYPES, Priority
 from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
 
-Priority = Literal["high", "medium", "low"]
 EventKind = Literal["physiological", "technical"]
 State = Literal["onset", "ongoing", "ended"]
 PRIORITIES: tuple[str, ...] = ("high", "medium", "low")

@@ -27,7 +27,7 @@ import re
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from edge.errors import LungwatchError
 from edge.labels import EVENT_LABELS, NORMAL, sound_class
@@ -62,7 +62,8 @@ STATES = ("onset", "ongoing", "ended")
 #: Stridor (upper-airway obstruction) is urgent; wheezes matter more than crackles or rhonchi;
 #: a technical condition that stops monitoring (off body, stalled or disconnected source, NaN
 #: input, a full spool) matters more than one that degrades it.
-DEFAULT_PRIORITIES: dict[str, str] = {
+Priority = Literal["high", "medium", "low"]
+DEFAULT_PRIORITIES: dict[str, Priority] = {
     "Stridor": "high",
     "Wheeze": "medium",
     "Wheeze+Crackle": "medium",
