@@ -10,14 +10,22 @@ Events keep their order. The runtime calls both methods under its own lock.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from edge.detector import Transition
 from edge.events import Event
 from edge.sinks import Sink, publish_all
 
-if TYPE_CHECKING:
-    from edge.runtime import Stream
+
+class Stream(Protocol):
+    """What the outbox needs of a stream (:class:`edge.runtime.Stream` has it): its id, its
+    open episodes (transition key -> last message), its counters and its sample clock."""
+
+    id: str
+    episodes: dict[str, Event]
+    counters: dict[str, int]
+
+    def utc(self, sample: int) -> str: ...
 
 
 class EventOutbox:

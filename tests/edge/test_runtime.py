@@ -485,3 +485,29 @@ def test_a_rounds_events_reach_the_sink_as_one_group(tmp_path: Path) -> None:
     assert len(grouped.events) == sum(s.counters["events"] for s in runtime.streams)
     assert max(grouped.groups) >= 2, "events of one round (both beds' onsets) come together"
     assert len(grouped.groups) < len(grouped.events)
+
+
+def test_nothing_the_runtime_imports_imports_the_runtime_back() -> None:
+    """One-way dependencies: no module of the package that ``edge/runtime.py`` imports names
+    ``edge.runtime`` anywhere (not even under TYPE_CHECKING)."""
+    import ast
+
+    edge_dir = Path(__file__).resolve().parents[2] / "edge"
+
+    def edge_imports(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        return {n for n in names if n.startswith("edge.")}
+
+    used = edge_imports(edge_dir / "runtime.py")
+    assert "edge.runtime_events" in used
+    for module in sorted(used):
+        parts = module.split(".")[1:]
+        path = edge_dir.joinpath(*parts).with_suffix(".py")
+        if not path.is_file():
+            path = edge_dir.joinpath(*parts, "__init__.py")
+        assert "edge.runtime" not in edge_imports(path), f"{module} imports edge.runtime"
