@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from firmware_bridge.assembler import JitterConfig, StreamAssembler
@@ -222,6 +222,7 @@ def test_overlapping_frame_is_trimmed() -> None:
     assert a.stats().overlaps == 2  # the long frame, then frame 2 which it overlaps
 
 
+@example(sizes=[1] * 9, lost=set(), seed=44)  # once moved a frame 5 places (test bug)
 @settings(max_examples=80, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 300), min_size=1, max_size=60),
@@ -237,9 +238,13 @@ def test_any_loss_and_bounded_reordering_is_sample_accurate(
               for k in range(len(sizes))]  # fmt: skip
     kept = [f for k, f in enumerate(frames) if k not in lost]
     rng = random.Random(seed)
-    for k in range(len(kept) - 1):  # swap neighbours: displacement stays below the depth
-        if rng.random() < 0.3:
-            kept[k], kept[k + 1] = kept[k + 1], kept[k]
+    k = 0
+    while k < len(kept) - 1:  # swap disjoint neighbour pairs: no frame moves more than one
+        if rng.random() < 0.3:  # place, below the depth (chained swaps could carry a frame
+            kept[k], kept[k + 1] = kept[k + 1], kept[k]  # any distance: not this property)
+            k += 2
+        else:
+            k += 1
     kept.append(heartbeat_frame(1, 0, 10_000, int(starts[-1]), RATE_HZ))
     samples, missing = run(assembler(depth_frames=4), kept).arrays()
     expected = np.zeros(source.size, dtype=bool)
