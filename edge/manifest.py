@@ -27,9 +27,13 @@ their states and returns the chunk's per-frame sigmoid outputs and the new state
     schema_version   2
     onnx             {"opset", "inputs": {"features": [K, B, T], "state": [S]},
                       "outputs": {"probs": [O, N], "state_out": [S]}}   (batch not listed)
-    streaming        {"chunk_frames": N, "stride": s, "lookahead_frames": L, "state_size": S}
+    streaming        {"chunk_frames": N, "stride": s, "lookahead_frames": L, "state_size": S,
+                      "flush": [[...F floats] x K] (optional)}
                      T = N * s front-end frames per call; output j of a stream describes
-                     network frame j - L (a fixed look-ahead of L * s front-end frames)
+                     network frame j - L (a fixed look-ahead of L * s front-end frames);
+                     ``flush`` is the front-end frame fed after a stream ends (the model's
+                     training mean, which its normalisation maps to zero) until its last
+                     frame is described
     outputs          the O output names (``classes`` of the loaded manifest)
     detector         (optional) {"thresholds": [{"type", "on_threshold", "off_threshold",
                       "min_event_ms", "merge_gap_ms"}, ...], "fitted_on": ...}: the per-class
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -92,6 +97,9 @@ class StreamingInfo:
     stride: int
     lookahead_frames: int
     state_size: int
+    # (K, F) front-end frame fed after a stream's end so that its last frames are described
+    # (the look-ahead and the last partial chunk); None: the stream ends unflushed
+    flush: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def input_frames(self) -> int:
@@ -348,6 +356,7 @@ def _load_streaming(path: Path, data: Mapping[str, Any]) -> Manifest:
         stride=_int(path, block, "stride", 1, "streaming."),
         lookahead_frames=_int(path, block, "lookahead_frames", 0, "streaming."),
         state_size=_int(path, block, "state_size", 1, "streaming."),
+        flush=_flush(path, block, len(kinds), spec.n_bands),
     )
     outputs = _str_list(path, data, "outputs", 1)
     frames = info.input_frames
@@ -380,6 +389,27 @@ def _load_streaming(path: Path, data: Mapping[str, Any]) -> Manifest:
         detector_rules=_detector_rules(path, data, outputs),
         quality_thresholds=_quality(path, data),
     )
+
+
+def _flush(
+    path: Path, block: Mapping[str, Any], kinds: int, bands: int
+) -> tuple[tuple[float, ...], ...] | None:
+    value = block.get("flush")
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, list)
+        and len(value) == kinds
+        and all(
+            isinstance(row, list)
+            and len(row) == bands
+            and all(_number(v) and math.isfinite(v) for v in row)
+            for row in value
+        )
+    )
+    if not ok:
+        _fail(path, "streaming.flush", value, f"{kinds} lists of {bands} finite numbers (K, F)")
+    return tuple(tuple(float(v) for v in row) for row in value)
 
 
 RULE_KEYS = ("type", "on_threshold", "off_threshold", "min_event_ms", "merge_gap_ms")

@@ -9,6 +9,10 @@ unpaced, no sinks but a collector. Each recording's physiological events come ba
 ``start_s``/``end_s`` on the recording's own timeline, confidence the episode's peak
 probability), and its technical events (``poor_signal``, ``silence``, ...) as
 ``{"start_s", "end_s", "type", "reason"}`` (reason: what the gate measured at onset).
+With ``keep_probs=True`` each recording also keeps the model's output frames as the detector
+saw them (``probs`` (n, O), row ``j`` = frame ``j`` of :class:`edge.detector.FrameGrid`,
+columns the manifest's ``outputs``): the challenge tasks are computed from them
+(:mod:`training.sed_tasks`).
 ``lungwatch detect --audio DIR`` (``training/detect.py``) writes them; the yardstick in
 ``../shared/tools`` scores the same events from a real ``lungwatch run``.
 """
@@ -21,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge.audio import AUDIO_SUFFIXES
 from edge.backends import BackendConfig
 from edge.detector import DetectorConfig
@@ -28,6 +34,7 @@ from edge.errors import LungwatchError
 from edge.events import Event
 from edge.gate import GateConfig
 from edge.runtime_config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
+from edge.streaming import OutputFrames
 
 READ_SAMPLES = 8000  # samples per read from each recording (1 s at 8 kHz): unpaced, so any size
 
@@ -42,6 +49,27 @@ class RecordingEvents:
 
     physiological: list[dict[str, Any]] = field(default_factory=list)
     technical: list[dict[str, Any]] = field(default_factory=list)
+    probs: np.ndarray | None = None  # (n, O) output frames, when kept
+
+
+class _FrameKeeper:
+    """Every bed's output frames, in order (the runtime's ``on_frames`` hook)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[OutputFrames]] = {}
+
+    def __call__(self, stream: Any, frames: OutputFrames) -> None:
+        if frames.probs.shape[0]:
+            self.parts.setdefault(stream.id, []).append(frames)
+
+    def probs(self, stream_id: str, n_outputs: int) -> np.ndarray:
+        """(n, O) of one bed; frames the model never described (a state reset) stay NaN."""
+        parts = self.parts.get(stream_id, [])
+        n = max((p.first_frame + p.probs.shape[0] for p in parts), default=0)
+        out = np.full((n, n_outputs), np.nan, np.float32)
+        for p in parts:
+            out[p.first_frame : p.first_frame + p.probs.shape[0]] = p.probs
+        return out
 
 
 class _Collector:
@@ -97,11 +125,12 @@ def detect_recordings(
     detector: DetectorConfig | None = None,
     gate: GateConfig | None = None,
     backend: BackendConfig | None = None,
+    keep_probs: bool = False,
 ) -> dict[str, RecordingEvents]:
     """Run every recording as one bed through the device path (module doc); record name ->
     its events. ``detector`` / ``gate`` / ``backend`` are the runtime config's sections
     (defaults: the runtime's defaults, so the manifest's fitted rules and quality thresholds
-    apply)."""
+    apply); ``keep_probs`` keeps every recording's output frames (a streaming model only)."""
     from edge.runtime import Runtime, open_model, open_streams
 
     names = sorted(recordings)
@@ -126,11 +155,15 @@ def detect_recordings(
     )
     source = f"{model_dir / model_file}"
     model = open_model(config, source)
+    if keep_probs and model.streaming is None:
+        model.backend.close()
+        raise OfflineError(f"{source}: not a streaming model: it has no output frames to keep")
+    keeper = _FrameKeeper() if keep_probs else None
     try:
         opened = open_streams(config, model, source)
         try:
             collector = _Collector()
-            runtime = Runtime(config, model, opened, collector)
+            runtime = Runtime(config, model, opened, collector, on_frames=keeper)
             runtime.run(threading.Event())
         finally:
             for stream in opened:
@@ -139,7 +172,11 @@ def detect_recordings(
         model.backend.close()
     rate = model.manifest.feature_spec.sample_rate_hz
     by_stream = {s.id: name for s, name in zip(streams, names, strict=True)}
-    out = {name: RecordingEvents() for name in names}
+    n_outputs = len(model.manifest.classes)
+    out = {
+        name: RecordingEvents(probs=None if keeper is None else keeper.probs(stream.id, n_outputs))
+        for stream, name in zip(streams, names, strict=True)
+    }
     for event in collector.events:
         if event.state != "ended" or event.start_sample is None or event.end_sample is None:
             continue

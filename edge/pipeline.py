@@ -24,6 +24,7 @@ size, and nothing is allocated per chunk beyond the returned windows.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,6 +65,7 @@ class WindowReady:
     missing_fraction: float  # of the whole window
     hop_missing_fraction: float
     invalid_samples: int  # NaN/Inf samples replaced by zeros in the last hop (or first window)
+    padded_frames: int = 0  # trailing frames that are end-of-stream padding (StreamPipeline.flush)
 
 
 @njit(cache=True)
@@ -165,6 +167,30 @@ class StreamPipeline:
             self._advance(at, piece.shape[0], ready)
         return ready
 
+    def flush(self, fill: np.ndarray, through_frame: int) -> list[WindowReady]:
+        """After the stream's last chunk: the windows that cover every frame before
+        ``through_frame``, frames past the real ones (:attr:`frames_complete`) set to ``fill``
+        (K, F). Their ``padded_frames`` say how many are padding; their quality measures
+        describe the real audio they hold. The pipeline takes no more audio afterwards
+        without :meth:`reset`."""
+        fill = np.asarray(fill, np.float32)
+        if fill.shape != self._ring.shape[:2]:
+            raise PipelineError(f"flush frame must be {self._ring.shape[:2]}, got {fill.shape}")
+        real = self.frames_complete
+        if real == 0:
+            return []  # nothing to describe
+        ring_frames = self._ring.shape[2]
+        ready: list[WindowReady] = []
+        while self._next_start < through_frame:
+            end = self._next_start + self.window_frames
+            for t in range(max(real, end - ring_frames), end):
+                self._ring[:, :, t % ring_frames] = fill
+            window = self._window(self._next_start, real_end_sample=self.samples_seen)
+            padded = min(self.window_frames, end - real)
+            ready.append(dataclasses.replace(window, padded_frames=padded))
+            self._next_start += self.hop_frames
+        return ready
+
     def _fill_missing(self, n: int, ready: list[WindowReady]) -> None:
         self.missing_samples += n
         while n > 0:
@@ -202,7 +228,7 @@ class StreamPipeline:
             ready.append(self._window(self._next_start))
             self._next_start += self.hop_frames
 
-    def _window(self, start_frame: int) -> WindowReady:
+    def _window(self, start_frame: int, real_end_sample: int | None = None) -> WindowReady:
         ring_frames, length = self._ring.shape[2], self.window_frames
         features = np.empty((self._ring.shape[0], self._ring.shape[1], length), np.float32)
         j = start_frame % ring_frames
@@ -212,6 +238,9 @@ class StreamPipeline:
         start = start_frame * self.spec.hop_samples
         end = start + self.window_samples
         q_start = start if self.windows_emitted == 0 else max(0, end - self._quality_samples)
+        if real_end_sample is not None:  # a flushed window: judge only the audio there was
+            end = min(end, real_end_sample)
+            q_start = max(0, min(q_start, end - self.spec.frame_samples))
         hop_flags = self._flags[q_start - self._base : end - self._base]
         hop_missing = int(np.count_nonzero(hop_flags == MISSING))
         window_missing = int(

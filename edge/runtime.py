@@ -169,6 +169,8 @@ class Stream:
                 hop_samples=self.pipeline.hop_samples,
             )
         self.episodes: dict[str, Event] = {}  # transition key -> last message of the episode
+        self.ending: str | None = None  # why the stream ends once its flushed frames are in
+        self.real_frames = 0  # network frames with real audio (set when the stream is flushed)
         self.t0_posix: float | None = None  # wall time of sample 0
         self.ended = False
         self.counters = {
@@ -218,8 +220,10 @@ class Runtime:
         *,
         sink_stats: Callable[[], dict[str, int]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_frames: Callable[[Stream, OutputFrames], None] | None = None,
     ) -> None:
         self.config, self.model, self.sink = config, model, sink
+        self._on_frames = on_frames  # sees every bed's output frames (offline runs keep them)
         self.streams = list(streams)
         self.events = EventOutbox(sink, config.site, config.device_id, model.model_id, model.sha256)
         self._sink_stats = sink_stats
@@ -243,9 +247,12 @@ class Runtime:
         with self._lock:
             self._infer_and_detect(ready)
             for stream in self.streams:
-                if not stream.ended:
+                if not stream.ended and stream.ending is None:
                     self.events.emit(stream, stream.gate.tick(now))
             self.events.flush()  # the round's events together (one spool transaction)
+        for stream in self.streams:
+            if stream.ending is not None and not stream.ended:
+                self._end_stream(stream, stream.ending)
         if now >= self._next_metrics:
             self.publish_metrics()
             self._next_metrics = now + self.config.metrics_interval_s
@@ -255,7 +262,12 @@ class Runtime:
         try:
             chunk = stream.source.read(0.0)
         except SourceEnded:
-            self._end_stream(stream, "stream end")
+            flushed = self._flush(stream)
+            if flushed:  # the last frames go through the model first; the stream ends after
+                stream.ending = "stream end"
+                ready.extend((stream, window, time.perf_counter()) for window in flushed)
+            else:
+                self._end_stream(stream, "stream end")
             return False
         except SourceError as exc:
             log.error("stream %s: %s", stream.id, exc)
@@ -275,6 +287,17 @@ class Runtime:
         ready.extend((stream, window, arrived) for window in stream.pipeline.push(chunk))
         return True
 
+    def _flush(self, stream: Stream) -> list[WindowReady]:
+        """The windows that describe a finished stream's last frames (a streaming model whose
+        manifest gives the flush frame): the look-ahead and the last partial chunk."""
+        info = self.model.streaming
+        if info is None or info.flush is None or stream.bed is None:
+            return []
+        real = stream.pipeline.frames_complete
+        stream.real_frames = -(-real // info.stride)  # network frames with real audio in them
+        through = (stream.real_frames + info.lookahead_frames) * info.stride
+        return stream.pipeline.flush(np.asarray(info.flush, np.float32), through)
+
     def _infer_and_detect(self, ready: list[Ready]) -> None:
         if not ready:
             return
@@ -292,6 +315,16 @@ class Runtime:
         for (stream, window, arrived), out in zip(ready, outputs, strict=True):
             stream.counters["windows"] += 1
             quality = window.audio_quality.to_dict()
+            if window.padded_frames:  # end-of-stream flush: frames to the detector, no more
+                if isinstance(out, OutputFrames):
+                    keep = max(0, min(out.probs.shape[0], stream.real_frames - out.first_frame))
+                    out = OutputFrames(out.first_frame, out.probs[:keep])
+                    if self._on_frames is not None:
+                        self._on_frames(stream, out)
+                    self.events.emit(
+                        stream, stream.detector.update(out.first_frame, out.probs), quality
+                    )
+                continue
             if isinstance(out, OutputFrames):
                 # the quality output of the frames this chunk made known
                 poor_prob = (
@@ -305,6 +338,8 @@ class Runtime:
             suppressed = stream.detector.suppress(stream.gate.suppressed)
             self.events.emit(stream, suppressed, quality, {"ended_by": "quality gate"})
             if isinstance(out, OutputFrames):
+                if self._on_frames is not None:
+                    self._on_frames(stream, out)
                 transitions = stream.detector.update(out.first_frame, out.probs)
             else:
                 transitions = stream.detector.update(window.end_sample, out)

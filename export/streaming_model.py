@@ -162,6 +162,7 @@ def export_folder(
             "stride": model.config.stride,
             "lookahead_frames": model.config.lookahead_frames,
             "state_size": model.state_size,
+            "flush": [[float(v) for v in row] for row in model.input_mean.tolist()],
         },
         "feature_spec": spec.to_dict(),
         "kinds": list(kinds),

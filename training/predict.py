@@ -9,6 +9,14 @@
   validation split by ``lungwatch calibrate`` when the checkpoint has them).
 - ``icbhi``: one label per cycle of each ICBHI ``.txt`` file, in order. A model trained on
   SPRSound classes is mapped to ICBHI labels through ``edge.labels`` (cross-dataset).
+
+``--model`` is a frame-level streaming model (the default, ``models/sed/model.int8.onnx``; a
+model folder, an artifact its manifest lists, or a SedNet checkpoint) or a window classifier
+(``models/edge/model.pt`` and its exports). A frame-level model answers every task from the
+output frames the device computes (:mod:`training.sed_tasks`: each recording as one bed
+through the device path; Task 1 pools the frames of each annotated span, Task 2 reads the
+whole record's frames and the quality output) with the rules fitted on validation and stored
+in its manifest (``tasks``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 from edge.audio import AUDIO_SUFFIXES, audio_file
 from edge.errors import LungwatchError
 from edge.labels import (
+    DETECTED_CLASSES,
     EVENT_LABELS,
     ICBHI_LABELS,
     POOR_QUALITY,
@@ -193,9 +202,8 @@ def predict_records(
     return out
 
 
-def predict_icbhi(
-    classifier: WindowClassifier, audio_dir: Path, annotations: Path
-) -> dict[str, list[str]]:
+def icbhi_recordings(audio_dir: Path, annotations: Path) -> list[IcbhiRecording]:
+    """The ICBHI recordings of ``annotations`` (cycle files), with audio from ``audio_dir``."""
     recordings = []
     for path in sorted(annotations.glob("*.txt")):
         try:
@@ -207,6 +215,13 @@ def predict_icbhi(
                 path.stem, find_audio(audio_dir, path.stem), *fields, cycles=read_cycles(path)
             )
         )
+    return recordings
+
+
+def predict_icbhi(
+    classifier: WindowClassifier, audio_dir: Path, annotations: Path
+) -> dict[str, list[str]]:
+    recordings = icbhi_recordings(audio_dir, annotations)
     spec, store = classifier.spec, classifier.store()
     native = set(classifier.classes) <= set(ICBHI_LABELS)
     windows = icbhi_cycle_windows(
@@ -226,7 +241,89 @@ def predict_icbhi(
     return out
 
 
+def _is_streaming(model: Path) -> bool:
+    """True for a frame-level streaming model: a SedNet checkpoint, or a folder / artifact
+    whose manifest says schema version 2."""
+    if model.suffix == ".pt":
+        from export.streaming_model import StreamingModelError, load_checkpoint
+
+        try:
+            load_checkpoint(model)
+        except StreamingModelError:
+            return False
+        return True
+    folder = model if model.is_dir() else model.parent
+    try:
+        data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("schema_version") == 2
+
+
+def predict_streaming(
+    task: str, model: Path, audio_dir: Path, annotations: Path
+) -> dict[str, object]:
+    """Every task from a frame-level model's device outputs (module doc)."""
+    import sys
+    import tempfile
+
+    from training.detect import export_checkpoint, resolve_model
+    from training.sed_tasks import (
+        TaskRules,
+        device_outputs,
+        event_labels,
+        record_label,
+        rules_of_manifest,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="lungwatch-predict-") as tmp:
+        if model.suffix == ".pt":
+            model_dir, model_file = export_checkpoint(model, Path(tmp))
+            beside = model.parent / "manifest.json"
+            rules = rules_of_manifest(model.parent) if beside.is_file() else None
+        else:
+            model_dir, model_file = resolve_model(model)
+            rules = rules_of_manifest(model_dir)
+        if rules is None:
+            print(
+                f"lungwatch predict: {model} has no fitted task rules (python -m "
+                "training.sed_tasks --model ...): thresholds 0.5 apply",
+                file=sys.stderr,
+            )
+            rules = TaskRules(dict.fromkeys(DETECTED_CLASSES, 0.5))
+        if task == "icbhi":
+            cycles = icbhi_recordings(audio_dir, annotations)
+            audio = {r.recording_id: r.audio_path for r in cycles}
+        else:
+            records = sprsound_records(audio_dir, annotations)
+            audio = {r.record_id: r.audio_path for r in records}
+        device = device_outputs(audio, model_dir, model_file)
+    out: dict[str, object] = {}
+    if task == "icbhi":
+        for rec in cycles:
+            spans = [(c.start_s, c.end_s) for c in rec.cycles]
+            labels = event_labels(
+                device.probs[rec.recording_id], spans, device.outputs, device.grid, rules
+            )
+            out[rec.recording_id] = [to_icbhi(label) for label in labels]
+        return out
+    for record in records:
+        probs = device.probs[record.record_id]
+        if task in ("1-1", "1-2"):
+            spans = [(e.start_ms / 1000.0, e.end_ms / 1000.0) for e in record.events]
+            labels = event_labels(probs, spans, device.outputs, device.grid, rules)
+            out[record.record_id] = [to_binary(x) if task == "1-1" else x for x in labels]
+        else:
+            label = record_label(probs, device.outputs, rules)
+            out[record.record_id] = record_label_2_1(label) if task == "2-1" else label
+    return out
+
+
 def predict(task: str, model: Path, audio_dir: Path, annotations: Path) -> dict[str, object]:
+    if not model.exists():
+        raise PredictionError(f"{model}: no such model file or folder")
+    if _is_streaming(model):
+        return predict_streaming(task, model, audio_dir, annotations)
     classifier = load_classifier(model)
     if task == "icbhi":
         return dict(predict_icbhi(classifier, audio_dir, annotations))
@@ -249,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         type=Path,
-        default=Path("models/edge/model.pt"),
-        help="checkpoint (.pt) or exported model (.onnx, manifest beside it)",
+        default=Path("models/sed/model.int8.onnx"),
+        help="frame-level model (folder, .onnx its manifest lists, SedNet .pt) or a window "
+        "classifier's checkpoint / export",
     )
     parser.add_argument("--out", required=True, type=Path, help="predictions JSON to write")
     args = parser.parse_args(argv)

@@ -1,0 +1,401 @@
+"""The SPRSound challenge tasks from a frame-level streaming model's outputs.
+
+    rules = fit_task_rules(probs, records, outputs, grid)   # on validation, never a test set
+    labels = event_labels(probs_of_record, record.events, outputs, grid, rules)   # Task 1
+    label = record_label(probs_of_record, outputs, rules)                          # Task 2
+
+The probabilities are the device's: every recording runs as one bed through
+:func:`edge.offline.detect_recordings` (front end, streaming model with its state carried) and
+the output frames the detector saw are kept. Nothing here runs a network of its own.
+
+- **Task 1** (an annotated span -> Normal or one of the six adventitious labels): each
+  class's output frames whose centre lies in the span are pooled (``mean`` or ``max``, fitted),
+  divided by that class's fitted threshold; no ratio ≥ 1 gives Normal, a Wheeze and a crackle
+  both ≥ 1 give Wheeze+Crackle, otherwise the class of the largest ratio.
+- **Task 2** (a record -> Normal / CAS / DAS / CAS & DAS / Poor Quality): the mean Poor
+  Quality output over the record, and per family (CAS: Wheeze, Rhonchi, Stridor; DAS: Fine and
+  Coarse Crackle) the mean of the ``top_frames`` highest frames of the family's largest output;
+  :func:`training.predict.record_decision` with the fitted thresholds.
+
+:func:`fit_task_rules` fits the thresholds by coordinate ascent on the challenge Score of
+Task 1-2 and Task 2-2 (:func:`training.metrics.sprsound_scores`) over the patient-disjoint
+validation records; the rules go into the model's manifest (``tasks``) and
+``lungwatch predict`` reads them from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.detector import FrameGrid
+from edge.errors import ConfigError
+from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY, record_label_2_1, to_binary
+from training.metrics import sprsound_scores
+
+CAS_CLASSES = ("Wheeze", "Rhonchi", "Stridor")
+DAS_CLASSES = ("Fine Crackle", "Coarse Crackle")
+WHEEZE_CRACKLE = "Wheeze+Crackle"
+POOLS = ("mean", "max")
+THRESHOLD_GRID = tuple(round(float(t), 3) for t in np.arange(0.05, 0.96, 0.05))
+TOP_FRAMES_GRID = (3, 6, 12, 25, 50, 100, 200)
+ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class TaskRules:
+    """How the challenge labels are read from output frames (module doc)."""
+
+    event_thresholds: Mapping[str, float]  # per detected class: pooled probability of "present"
+    pool: str = "mean"
+    poor_quality: float = 0.5  # mean Poor Quality output above it: a Poor Quality record
+    cas: float = 0.5
+    das: float = 0.5
+    top_frames: int = 12
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["event_thresholds"] = dict(self.event_thresholds)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TaskRules:
+        """Rules from a manifest's ``tasks`` section; a wrong field is named."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: tasks must be a mapping, got {type(data).__name__}")
+        thresholds = data.get("event_thresholds")
+        if not isinstance(thresholds, Mapping) or set(thresholds) != set(DETECTED_CLASSES):
+            raise ConfigError(
+                f"{where}: tasks.event_thresholds must give a number for each of "
+                f"{', '.join(DETECTED_CLASSES)}, got {thresholds!r}"
+            )
+        numbers = {"poor_quality", "cas", "das"}
+        for key in numbers:
+            if not _is_number(data.get(key)):
+                raise ConfigError(f"{where}: tasks.{key} must be a number, got {data.get(key)!r}")
+        if not all(_is_number(v) for v in thresholds.values()):
+            raise ConfigError(f"{where}: tasks.event_thresholds holds a non-number: {thresholds}")
+        if data.get("pool") not in POOLS:
+            pool = data.get("pool")
+            raise ConfigError(f"{where}: tasks.pool must be one of {POOLS}, got {pool!r}")
+        top = data.get("top_frames")
+        if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+            raise ConfigError(f"{where}: tasks.top_frames must be a positive integer, got {top!r}")
+        return cls(
+            {str(k): float(v) for k, v in thresholds.items()},
+            pool=str(data["pool"]),
+            poor_quality=float(data["poor_quality"]),
+            cas=float(data["cas"]),
+            das=float(data["das"]),
+            top_frames=top,
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _columns(outputs: Sequence[str], names: Sequence[str]) -> list[int]:
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise ConfigError(f"model outputs {list(outputs)} lack {', '.join(missing)}")
+    return [list(outputs).index(n) for n in names]
+
+
+def span_frames(grid: FrameGrid, n_frames: int, start_s: float, end_s: float) -> np.ndarray:
+    """Indices of the output frames whose centre lies in ``[start_s, end_s]`` (the frame
+    nearest the span's middle when none does, e.g. a span shorter than one hop)."""
+    rate = grid.sample_rate_hz
+    starts = np.arange(n_frames) * grid.frame_samples + grid.offset_samples  # FrameGrid
+    centres = (starts + grid.frame_samples / 2) / rate
+    inside = np.flatnonzero((centres >= start_s) & (centres <= end_s))
+    if inside.size or n_frames == 0:
+        return inside
+    return np.array([int(np.argmin(np.abs(centres - (start_s + end_s) / 2)))])
+
+
+def pooled_spans(
+    probs: np.ndarray,
+    spans: Sequence[tuple[float, float]],
+    outputs: Sequence[str],
+    grid: FrameGrid,
+    pool: str,
+) -> np.ndarray:
+    """(n_spans, len(DETECTED_CLASSES)) pooled outputs of one record's (n, O) frames; a span
+    the model never described (past the end, or frames lost to a reset) pools to 0."""
+    cols = _columns(outputs, DETECTED_CLASSES)
+    reduce: Callable[..., np.ndarray] = np.nanmean if pool == "mean" else np.nanmax
+    out = np.zeros((len(spans), len(cols)), np.float32)
+    for i, (start, end) in enumerate(spans):
+        frames = span_frames(grid, probs.shape[0], start, end)
+        block = probs[frames][:, cols]
+        if block.size and not np.isnan(block).all():
+            out[i] = reduce(block, axis=0)
+    return out
+
+
+def label_of_pooled(pooled: np.ndarray, thresholds: np.ndarray) -> str:
+    """Task 1-2 label of one span's pooled outputs (module doc)."""
+    ratio = pooled / thresholds
+    present = ratio >= 1.0
+    if not present.any():
+        return NORMAL
+    wheeze = present[DETECTED_CLASSES.index("Wheeze")]
+    crackle = any(present[DETECTED_CLASSES.index(c)] for c in DAS_CLASSES)
+    if wheeze and crackle:
+        return WHEEZE_CRACKLE
+    return DETECTED_CLASSES[int(np.argmax(np.where(present, ratio, -np.inf)))]
+
+
+def _threshold_vector(rules: TaskRules) -> np.ndarray:
+    return np.array([rules.event_thresholds[c] for c in DETECTED_CLASSES], np.float64)
+
+
+def event_labels(
+    probs: np.ndarray,
+    spans: Sequence[tuple[float, float]],
+    outputs: Sequence[str],
+    grid: FrameGrid,
+    rules: TaskRules,
+) -> list[str]:
+    """Task 1-2 labels of a record's annotated spans, in order."""
+    pooled = pooled_spans(probs, spans, outputs, grid, rules.pool)
+    t = _threshold_vector(rules)
+    return [label_of_pooled(p, t) for p in pooled]
+
+
+def record_statistics(probs: np.ndarray, outputs: Sequence[str], top_frames: int) -> np.ndarray:
+    """(3,): mean Poor Quality output, and the CAS and DAS scores (module doc)."""
+    (pq,) = _columns(outputs, (POOR_QUALITY,))
+    stats = [float(np.nanmean(probs[:, pq])) if probs.shape[0] else 0.0]
+    for family in (CAS_CLASSES, DAS_CLASSES):
+        score = np.nanmax(probs[:, _columns(outputs, family)], axis=1) if probs.shape[0] else []
+        score = np.sort(np.nan_to_num(np.asarray(score, np.float64), nan=0.0))
+        stats.append(float(score[-top_frames:].mean()) if score.size else 0.0)
+    return np.array(stats)
+
+
+def record_label(probs: np.ndarray, outputs: Sequence[str], rules: TaskRules) -> str:
+    """Task 2-2 label of one record's (n, O) output frames."""
+    return _record_decision(record_statistics(probs, outputs, rules.top_frames), rules)
+
+
+def _record_decision(stats: np.ndarray, rules: TaskRules) -> str:
+    from training.predict import RecordThresholds, record_decision
+
+    return record_decision(stats, RecordThresholds(rules.poor_quality, rules.cas, rules.das))
+
+
+# --- fitting on validation ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What fitting needs of one validation record."""
+
+    record_id: str
+    label: str  # SPRSound record label (Task 2-2)
+    spans: tuple[tuple[float, float], ...]  # annotated events, seconds
+    span_labels: tuple[str, ...]  # their SPRSound types (Task 1-2)
+
+
+def _score(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
+    return sprsound_scores(y_true, y_pred).score if y_true else 0.0
+
+
+def _ascend(
+    start: list[float], grid: Sequence[float], score: Callable[[list[float]], float]
+) -> tuple[list[float], float]:
+    """Coordinate ascent of ``score`` over each entry of ``start`` on ``grid``."""
+    best, best_score = list(start), score(start)
+    for _ in range(ROUNDS):
+        moved = False
+        for i in range(len(best)):
+            for value in grid:
+                trial = [*best[:i], value, *best[i + 1 :]]
+                s = score(trial)
+                if s > best_score + 1e-12:
+                    best, best_score, moved = trial, s, True
+        if not moved:
+            break
+    return best, best_score
+
+
+def fit_task_rules(
+    probs: Mapping[str, np.ndarray],
+    records: Sequence[TaskRecord],
+    outputs: Sequence[str],
+    grid: FrameGrid,
+) -> tuple[TaskRules, dict[str, float]]:
+    """Thresholds that maximise the Task 1-2 and Task 2-2 Scores on ``records`` (validation);
+    the rules and the four validation Scores they give."""
+    truth = [label for r in records for label in r.span_labels]
+    best_event: tuple[float, str, list[float]] = (-1.0, "mean", [])
+    for pool in POOLS:
+        pooled = np.concatenate(
+            [pooled_spans(probs[r.record_id], r.spans, outputs, grid, pool) for r in records]
+            or [np.zeros((0, len(DETECTED_CLASSES)), np.float32)]
+        )
+
+        def score_1_2(t: list[float], pooled: np.ndarray = pooled) -> float:
+            tv = np.array(t)
+            return _score(truth, [label_of_pooled(p, tv) for p in pooled])
+
+        t, s = _ascend([0.5] * len(DETECTED_CLASSES), THRESHOLD_GRID, score_1_2)
+        if s > best_event[0]:
+            best_event = (s, pool, t)
+    _, pool, thresholds = best_event
+    record_truth = [r.label for r in records]
+    best_record: tuple[float, int, list[float]] = (-1.0, TOP_FRAMES_GRID[0], [0.5, 0.5, 0.5])
+    for top in TOP_FRAMES_GRID:
+        stats = [record_statistics(probs[r.record_id], outputs, top) for r in records]
+
+        def score_2_2(t: list[float], stats: list[np.ndarray] = stats) -> float:
+            rules = TaskRules({}, poor_quality=t[0], cas=t[1], das=t[2])
+            return _score(record_truth, [_record_decision(s, rules) for s in stats])
+
+        t, s = _ascend([0.5, 0.5, 0.5], THRESHOLD_GRID, score_2_2)
+        if s > best_record[0]:
+            best_record = (s, top, t)
+    _, top, (pq, cas, das) = best_record
+    rules = TaskRules(dict(zip(DETECTED_CLASSES, thresholds, strict=True)), pool, pq, cas, das, top)
+    return rules, task_scores(probs, records, outputs, grid, rules)
+
+
+def task_scores(
+    probs: Mapping[str, np.ndarray],
+    records: Sequence[TaskRecord],
+    outputs: Sequence[str],
+    grid: FrameGrid,
+    rules: TaskRules,
+) -> dict[str, float]:
+    """The four SPRSound Scores of ``rules`` on annotated records."""
+    truth: list[str] = []
+    pred: list[str] = []
+    for r in records:
+        truth += r.span_labels
+        pred += event_labels(probs[r.record_id], r.spans, outputs, grid, rules)
+    rec_truth = [r.label for r in records]
+    rec_pred = [record_label(probs[r.record_id], outputs, rules) for r in records]
+    return {
+        "1-1": _score([to_binary(x) for x in truth], [to_binary(x) for x in pred]),
+        "1-2": _score(truth, pred),
+        "2-1": _score(
+            [record_label_2_1(x) for x in rec_truth], [record_label_2_1(x) for x in rec_pred]
+        ),
+        "2-2": _score(rec_truth, rec_pred),
+    }
+
+
+# --- the device's probabilities, the manifest, the command ----------------------------------
+
+
+def task_record(record: Any) -> TaskRecord:
+    """A :class:`training.datasets.sprsound.SprRecord` as fitting needs it."""
+    return TaskRecord(
+        record.record_id,
+        record.record_label,
+        tuple((e.start_ms / 1000.0, e.end_ms / 1000.0) for e in record.events),
+        tuple(e.type for e in record.events),
+    )
+
+
+@dataclass(frozen=True)
+class DeviceOutputs:
+    """Every record's output frames as the device computes them, and how to read them."""
+
+    probs: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+    grid: FrameGrid
+
+
+def device_outputs(audio: Mapping[str, Any], model_dir: Any, model_file: str) -> DeviceOutputs:
+    """Run ``{record: audio path}`` through :func:`edge.offline.detect_recordings` and keep the
+    output frames (a streaming model, manifest schema 2)."""
+    from pathlib import Path
+
+    from edge.manifest import load_manifest
+    from edge.offline import detect_recordings
+
+    model_dir = Path(model_dir)
+    manifest = load_manifest(model_dir / "manifest.json")
+    if manifest.streaming is None:
+        raise ConfigError(f"{model_dir / 'manifest.json'}: not a streaming (frame-level) model")
+    found = detect_recordings(dict(audio), model_dir, model_file, keep_probs=True)
+    spec = manifest.feature_spec
+    grid = FrameGrid.of(
+        spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, manifest.streaming.stride
+    )
+    probs = {name: r.probs for name, r in found.items() if r.probs is not None}
+    return DeviceOutputs(probs, tuple(manifest.classes), grid)
+
+
+def rules_of_manifest(model_dir: Any) -> TaskRules | None:
+    """The fitted ``tasks`` section of a model folder's manifest (None: not fitted)."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / "manifest.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    block = data.get("tasks")
+    return None if block is None else TaskRules.from_dict(block.get("rules"), str(path))
+
+
+def fit_model(model_dir: Any, model_file: str, val_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Fit the rules on the patient-disjoint validation records of SPRSound train (the
+    trainer's split), with the model's own device outputs; the manifest's ``tasks`` section."""
+    from edge.datapaths import sprsound_root
+    from training.datasets.sprsound import load_sprsound, patient_disjoint_split
+
+    _, val = patient_disjoint_split(load_sprsound(sprsound_root() / "train"), val_fraction, seed)
+    device = device_outputs({r.record_id: r.audio_path for r in val}, model_dir, model_file)
+    rules, scores = fit_task_rules(
+        device.probs, [task_record(r) for r in val], device.outputs, device.grid
+    )
+    return {
+        "rules": rules.to_dict(),
+        "fitted_on": f"SPRSound train, patient-disjoint validation ({val_fraction:.0%}, seed "
+        f"{seed}), {len(val)} records, outputs of {model_file}",
+        "validation": {task: round(s, 4) for task, s in scores.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from edge.errors import LungwatchError
+    from firmware_bridge.cliparse import ArgumentParser
+    from training.detect import resolve_model
+
+    parser = ArgumentParser(
+        prog="python -m training.sed_tasks",
+        description="Fit the Task 1/2 rules of a frame-level model on validation and write "
+        "them into its manifest (section 'tasks').",
+    )
+    parser.add_argument("--model", type=Path, default=Path("models/sed/model.int8.onnx"))
+    parser.add_argument("--dry-run", action="store_true", help="print, do not write")
+    args = parser.parse_args(argv)
+    try:
+        model_dir, model_file = resolve_model(args.model)
+        block = fit_model(model_dir, model_file)
+    except LungwatchError as exc:
+        print(f"sed_tasks: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(block, indent=1))
+    if not args.dry_run:
+        path = model_dir / "manifest.json"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["tasks"] = block
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        print(f"tasks -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
