@@ -2,6 +2,7 @@
 docs/sed-experiments.md; the YAML-configured `lungwatch train` will take it over.
 
     python -m training.sed_train '{"name": "base", "epochs": 20, "ema": 0.995}'
+    lungwatch train --config training/configs/sed.yaml --set seed=1 --set name=base_s1
 
 Needs the feature cache of every SPRSound train record (out/cache/features, built by
 `lungwatch train` or FeatureStore) and writes out/proto/<name>/{log.jsonl,best.pt,val_probs.npy}.
@@ -44,6 +45,7 @@ ALL_KINDS = FEATURE_KINDS
 
 @dataclass
 class Proto:
+    trainer: str = "sed"  # the run YAML's switch: `lungwatch train` runs this trainer for it
     name: str = "proto"
     seed: int = 0
     kinds: tuple[str, ...] = ("logmel",)
@@ -205,7 +207,8 @@ def frame_auc(probs, recs):
     return out
 
 
-def main(cfg: Proto) -> None:
+def main(cfg: Proto) -> dict:
+    """Train, select the epoch on validation; the best epoch's summary."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -249,6 +252,7 @@ def main(cfg: Proto) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     log = (run_dir / "log.jsonl").open("w")
     best = -1.0
+    summary: dict = {}
     for epoch in range(cfg.epochs):
         model.train()
         t1 = time.time()
@@ -339,7 +343,18 @@ def main(cfg: Proto) -> None:
                 run_dir / "best.pt",
             )
             np.save(run_dir / "val_probs.npy", np.array(probs, dtype=object), allow_pickle=True)
+            summary = {"checkpoint": str(run_dir / "best.pt"), "epoch": epoch, "on": sel[0]}
+            summary |= {k: sel[1][k] for k in SUMMARY_KEYS if k in sel[1]}
     print("best", best)
+    return summary
+
+
+SUMMARY_KEYS = (
+    "event_f1_family",
+    "segment_f1_family",
+    "false_events_per_hour",
+    "normal_records_with_false_events",
+)
 
 
 if __name__ == "__main__":

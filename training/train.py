@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from edge.config import to_mapping
+from edge.errors import ConfigError
 from firmware_bridge.cliparse import ArgumentParser
 from training.checkpoint import read_checkpoint, save_checkpoint
 from training.config import RunConfig, load_run_config
@@ -314,6 +315,17 @@ def _write_config(run: RunConfig) -> None:
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(to_mapping(run), sort_keys=False))
 
 
+def _trainer(path: str, overrides: list[str] | None = None) -> str:
+    """The run YAML's ``trainer`` ("sed": the frame-level model; absent: window classifier)."""
+    from edge.config import apply_overrides, load_yaml
+
+    data = apply_overrides(load_yaml(path), overrides or [], source=path)
+    value = data.get("trainer", "window") if isinstance(data, dict) else "window"
+    if value not in ("window", "sed"):
+        raise ConfigError(f"{path}: trainer must be 'sed' or absent, got {value!r}")
+    return str(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="lungwatch train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="run YAML (training/configs/*.yaml)")
@@ -327,6 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", type=Path, help="continue from a last.pt checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
+    if _trainer(args.config, args.set) == "sed":  # the frame-level model (training/sed_train.py)
+        from edge.config import load_config
+        from training.sed_train import Proto
+        from training.sed_train import main as train_sed
+
+        summary = train_sed(load_config(Proto, args.config, args.set))
+        print(json.dumps(summary))
+        return 0
     run = load_run_config(args.config, args.set)
     result = fit(run, args.resume, verbose=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:

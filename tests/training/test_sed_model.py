@@ -41,8 +41,12 @@ def chunked(model: SedNet, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "config",
-    [TINY, SedConfig(**{**vars(TINY), "attention_heads": 2, "attention_frames": 5})],
-    ids=["convolutions", "with-attention"],
+    [
+        TINY,
+        SedConfig(**{**vars(TINY), "attention_heads": 2, "attention_frames": 5}),
+        SedConfig(**{**vars(TINY), "freq_channels": 4, "freq_pool": 2}),
+    ],
+    ids=["convolutions", "with-attention", "spectral-stem"],
 )
 def test_any_chunking_equals_the_whole_pass(config: SedConfig) -> None:
     model = model_of(config)

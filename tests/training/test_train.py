@@ -250,3 +250,27 @@ def test_icbhi_runs_are_selected_on_icbhi_scores(tmp_path: Path) -> None:
     run = load_run_config(REPO / "training/configs/icbhi.yaml")
     scores = validate(Constant(), data, run)  # type: ignore[arg-type]
     assert scores == {"se": 1.0, "sp": 1.0, "score": 1.0, "accuracy": 1.0}
+
+
+def test_the_sed_run_yaml_is_the_frame_trainer_s_config_and_bad_keys_are_named():
+    """`lungwatch train --config training/configs/sed.yaml` runs training/sed_train.py with
+    that YAML: it loads into the trainer's config (the defaults the shipped model used), a
+    switch of a seed method is a --set away, and a wrong key or trainer is named."""
+    from edge.config import load_config
+    from edge.errors import ConfigError
+    from training.models.sed import SedConfig
+    from training.sed_train import Proto
+    from training.train import _trainer
+    from training.train import main as train_main
+
+    path = Path(__file__).resolve().parents[2] / "training/configs/sed.yaml"
+    assert _trainer(str(path)) == "sed"
+    loaded = load_config(Proto, path, ["name=proto"])
+    assert loaded == Proto()
+    varied = load_config(Proto, path, ["model.freq_channels=8", "cutmix_prob=0.5", "seed=2"])
+    assert varied.model == SedConfig(freq_channels=8)
+    assert (varied.cutmix_prob, varied.seed) == (0.5, 2)
+    with pytest.raises(ConfigError, match=r"sed\.yaml.*channelz"):
+        load_config(Proto, path, ["model.channelz=8"])
+    with pytest.raises(ConfigError, match="trainer must be"):
+        train_main(["--config", str(path), "--set", "trainer=bogus"])

@@ -58,6 +58,11 @@ class SedConfig:
     attention_heads: int = 0  # 0: no attention layer
     attention_frames: int = 64  # the bounded past each frame attends to (network frames)
     record_outputs: int = 0  # > 0: a record-level head for the multi-objective loss
+    # > 0: a spectral stem first (2-D convolutions along frequency only, shared across bands,
+    # then max-pooled by `freq_pool`): local spectral shapes wherever they lie; no time
+    # context, so it carries no state
+    freq_channels: int = 0
+    freq_pool: int = 4
 
     def __post_init__(self) -> None:
         check(self.n_kinds >= 1, "n_kinds", self.n_kinds, "an integer >= 1")
@@ -165,6 +170,31 @@ class BoundedAttention(nn.Module):
         return y, new_cache[:, :, -self.window :]
 
 
+class SpectralStem(nn.Module):
+    """Two frequency-only 2-D convolutions (kernel 5 x 1, shared across bands) with batch norm
+    and ReLU, max-pooled by ``freq_pool`` along frequency, then one convolution over all pooled
+    bands and ``stride`` frames (stride ``stride``) to the channels. (B, F, T) -> (B, C, T/s)."""
+
+    def __init__(self, config: SedConfig) -> None:
+        super().__init__()
+        f, k = config.freq_channels, 5
+        bands = config.n_bands // config.freq_pool
+        self.spectral = nn.Sequential(
+            nn.Conv2d(1, f, (k, 1), padding=(k // 2, 0), bias=False),
+            nn.BatchNorm2d(f, eps=NORM_EPS),
+            nn.ReLU(),
+            nn.Conv2d(f, f, (k, 1), padding=(k // 2, 0), bias=False),
+            nn.BatchNorm2d(f, eps=NORM_EPS),
+            nn.ReLU(),
+            nn.MaxPool2d((config.freq_pool, 1)),
+            nn.Conv2d(f, config.channels, (bands, config.stride), stride=(1, config.stride)),
+            nn.BatchNorm2d(config.channels, eps=NORM_EPS),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spectral(x.unsqueeze(1)).squeeze(2)
+
+
 class SedNet(nn.Module):
     """Frame-level multi-label detector (see the module doc)."""
 
@@ -179,7 +209,9 @@ class SedNet(nn.Module):
         self.register_buffer("input_mean", torch.zeros(config.n_kinds, config.n_bands))
         self.register_buffer("input_std", torch.ones(config.n_kinds, config.n_bands))
         self.stems = nn.ModuleList(
-            nn.Sequential(
+            SpectralStem(config)
+            if config.freq_channels
+            else nn.Sequential(
                 nn.Conv1d(config.n_bands, c, config.stride, stride=config.stride, bias=False),
                 nn.BatchNorm1d(c, eps=NORM_EPS),
             )
