@@ -62,12 +62,24 @@ def test_chunked_onnx_equals_the_whole_torch_pass(exported: tuple[SedNet, Path, 
     np.testing.assert_allclose(alone[0], got[1], atol=1e-5)
 
 
-def test_only_the_batch_is_dynamic_and_ops_pass_the_tensorrt_screen(tmp_path: Path) -> None:
+@pytest.mark.parametrize("freq_channels", [0, 4], ids=["convolutions", "spectral-stem"])
+def test_only_the_batch_is_dynamic_and_ops_pass_the_tensorrt_screen(
+    tmp_path: Path, freq_channels: int
+) -> None:
     # the convolutional model (what ships; the attention layer's shapes are not yet static)
-    config = SedConfig(**{**vars(CONFIG), "attention_heads": 0})
+    config = SedConfig(
+        **{**vars(CONFIG), "attention_heads": 0, "freq_channels": freq_channels, "freq_pool": 2}
+    )
     path = tmp_path / "model.onnx"
-    export_streaming(SedNet(config).eval(), path, CHUNK)
+    model = SedNet(config).eval()
+    export_streaming(model, path, CHUNK)
     assert check_tensorrt_compat(path) == []
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 3 * CHUNK * 2)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = run_chunks(session, x, np.zeros((2, model.state_size), np.float32))
+    with torch.no_grad():
+        whole = torch.sigmoid(model(torch.from_numpy(x))[0]).numpy()
+    np.testing.assert_allclose(got, whole, atol=1e-4)
 
 
 def test_a_chunk_of_no_frames_is_refused(tmp_path: Path) -> None:
