@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.runtime import start_mosquitto
+from bench.runtime import mosquitto_broker
 from bench.runtime_probes import AckProbe, percentiles_ms
 from edge.backends import BackendConfig
 from edge.datapaths import sprsound_root
@@ -280,15 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         whole["speedup"] = whole["shipped"]["x_realtime"] / whole["reference"]["x_realtime"]
     record: dict[str, Any] = {"header": header, "targets": TARGETS, "whole_file": whole}
     if args.paced_records > 0:
-        with tempfile.TemporaryDirectory(prefix="lungwatch-bench-broker-") as tmp:
-            broker = None if args.no_mqtt else start_mosquitto(Path(tmp))
-            try:
-                address = broker[1] if broker else None
-                record["latency"] = latency(folder, args.paced_records, address, shipped)
-            finally:
-                if broker is not None:
-                    broker[0].terminate()
-                    broker[0].wait(timeout=10)
+        with mosquitto_broker(not args.no_mqtt) as broker:
+            address = broker[1] if broker else None
+            record["latency"] = latency(folder, args.paced_records, address, shipped)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "detection.json").write_text(json.dumps(record, indent=2) + "\n")
     table = render(record)

@@ -33,6 +33,7 @@ Results: ``bench/results/runtime.{md,json}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +224,10 @@ def _file_audio_bytes(runtime: Runtime) -> float:
 
 
 # -- the parent: every measurement, the report ------------------------------------------------
-def start_mosquitto(directory: Path) -> tuple[subprocess.Popen[bytes], str, str] | None:
+Broker = tuple[subprocess.Popen[bytes], str, str]  # process, host:port, where it runs
+
+
+def start_mosquitto(directory: Path) -> Broker | None:
     """Mosquitto on a free loopback port, off the measured CPU when there is another one."""
     binary = next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
     if binary is None:
@@ -249,6 +254,20 @@ def start_mosquitto(directory: Path) -> tuple[subprocess.Popen[bytes], str, str]
     return process, f"127.0.0.1:{port}", where
 
 
+@contextlib.contextmanager
+def mosquitto_broker(enabled: bool = True) -> Iterator[Broker | None]:
+    """:func:`start_mosquitto` in a temporary folder for the ``with`` block, stopped after it;
+    None when disabled or when no Mosquitto runs here."""
+    with tempfile.TemporaryDirectory(prefix="lungwatch-bench-broker-") as tmp:
+        broker = start_mosquitto(Path(tmp)) if enabled else None
+        try:
+            yield broker
+        finally:
+            if broker is not None:
+                broker[0].terminate()
+                broker[0].wait(timeout=10)
+
+
 def run_child(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [
@@ -270,16 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(json.loads(args.child))
         Path(args.out).write_text(json.dumps(result))
         return 0
-    with tempfile.TemporaryDirectory(prefix="lungwatch-bench-broker-") as tmp:
-        broker = None if args.no_mqtt else start_mosquitto(Path(tmp))
+    with mosquitto_broker(not args.no_mqtt) as broker:
         address = broker[1] if broker else None
         header = _header(args, sys.argv[1:] if argv is None else argv, broker)
-        try:
-            runs = _all_runs(args, address)
-        finally:
-            if broker is not None:
-                broker[0].terminate()
-                broker[0].wait(timeout=10)
+        runs = _all_runs(args, address)
     record = {"header": header, "targets": TARGETS, **runs}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "runtime.json").write_text(json.dumps(record, indent=2) + "\n")
