@@ -170,7 +170,6 @@ class Stream:
             )
         self.episodes: dict[str, Event] = {}  # transition key -> last message of the episode
         self.ending: str | None = None  # why the stream ends once its flushed frames are in
-        self.real_frames = 0  # network frames with real audio (set when the stream is flushed)
         self.t0_posix: float | None = None  # wall time of sample 0
         self.ended = False
         self.counters = {
@@ -293,9 +292,7 @@ class Runtime:
         info = self.model.streaming
         if info is None or info.flush is None or stream.bed is None:
             return []
-        real = stream.pipeline.frames_complete
-        stream.real_frames = -(-real // info.stride)  # network frames with real audio in them
-        through = (stream.real_frames + info.lookahead_frames) * info.stride
+        through = (_network_frames(stream, info.stride) + info.lookahead_frames) * info.stride
         return stream.pipeline.flush(np.asarray(info.flush, np.float32), through)
 
     def _infer_and_detect(self, ready: list[Ready]) -> None:
@@ -311,32 +308,14 @@ class Runtime:
         batches["calls"] += 1
         batches["windows"] += len(ready)
         batches["max_windows"] = max(batches["max_windows"], len(ready))
-        poor = self.model.poor_index
         for (stream, window, arrived), out in zip(ready, outputs, strict=True):
             stream.counters["windows"] += 1
             quality = window.audio_quality.to_dict()
-            if window.padded_frames:  # end-of-stream flush: frames to the detector, no more
-                if isinstance(out, OutputFrames):
-                    keep = max(0, min(out.probs.shape[0], stream.real_frames - out.first_frame))
-                    out = OutputFrames(out.first_frame, out.probs[:keep])
-                    if self._on_frames is not None:
-                        self._on_frames(stream, out)
-                    self.events.emit(
-                        stream, stream.detector.update(out.first_frame, out.probs), quality
-                    )
-                continue
-            if isinstance(out, OutputFrames):
-                # the quality output of the frames this chunk made known
-                poor_prob = (
-                    float(out.probs[:, poor].mean())
-                    if poor is not None and out.probs.shape[0]
-                    else None
-                )
+            flushed = window.padded_frames > 0  # end-of-stream flush: no new audio to judge
+            if flushed:
+                out = _real_frames_only(stream, out)
             else:
-                poor_prob = float(out[poor]) if poor is not None else None
-            self.events.emit(stream, stream.gate.update(window, poor_prob), quality)
-            suppressed = stream.detector.suppress(stream.gate.suppressed)
-            self.events.emit(stream, suppressed, quality, {"ended_by": "quality gate"})
+                self._judge(stream, window, out, quality)
             if isinstance(out, OutputFrames):
                 if self._on_frames is not None:
                     self._on_frames(stream, out)
@@ -344,6 +323,8 @@ class Runtime:
             else:
                 transitions = stream.detector.update(window.end_sample, out)
             self.events.emit(stream, transitions, quality)
+            if flushed:
+                continue
             if stream.bed is not None and window.hop_missing_fraction > 0.0:
                 # audio was lost: the model's context must not bridge the gap (the gate
                 # reports it); the state starts again at the next chunk
@@ -351,6 +332,29 @@ class Runtime:
                 stream.bed.reset((window.start_frame + self.model.manifest.window_frames) // stride)
                 stream.counters["state_resets"] += 1
             stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
+
+    def _judge(
+        self,
+        stream: Stream,
+        window: WindowReady,
+        out: OutputFrames | np.ndarray,
+        quality: dict[str, Any],
+    ) -> None:
+        """The quality gate on a window's audio and the model's quality output; detection is
+        suppressed while a technical condition holds."""
+        poor = self.model.poor_index
+        if isinstance(out, OutputFrames):
+            # the quality output of the frames this chunk made known
+            poor_prob = (
+                float(out.probs[:, poor].mean())
+                if poor is not None and out.probs.shape[0]
+                else None
+            )
+        else:
+            poor_prob = float(out[poor]) if poor is not None else None
+        self.events.emit(stream, stream.gate.update(window, poor_prob), quality)
+        suppressed = stream.detector.suppress(stream.gate.suppressed)
+        self.events.emit(stream, suppressed, quality, {"ended_by": "quality gate"})
 
     def _end_stream(self, stream: Stream, why: str) -> None:
         stream.ended = True
@@ -411,6 +415,20 @@ class Runtime:
         with self._lock:
             self.events.flush()
         self.publish_metrics()
+
+
+def _network_frames(stream: Stream, stride: int) -> int:
+    """Output frames with real audio in them: the last may be partly end-of-stream padding."""
+    return -(-stream.pipeline.frames_complete // stride)
+
+
+def _real_frames_only(stream: Stream, out: OutputFrames | np.ndarray) -> OutputFrames | np.ndarray:
+    """A flushed chunk's output frames up to the stream's last real one (none past its end)."""
+    if not isinstance(out, OutputFrames) or stream.bed is None:
+        return out
+    last = _network_frames(stream, stream.bed.info.stride)
+    keep = max(0, min(out.probs.shape[0], last - out.first_frame))
+    return OutputFrames(out.first_frame, out.probs[:keep])
 
 
 def open_streams(config: RuntimeConfig, model: Model, source: str = "<config>") -> list[Stream]:

@@ -162,7 +162,7 @@ def export_folder(
             "stride": model.config.stride,
             "lookahead_frames": model.config.lookahead_frames,
             "state_size": model.state_size,
-            "flush": [[float(v) for v in row] for row in model.input_mean.tolist()],
+            "flush": model.input_mean.tolist(),  # (K, F) floats
         },
         "feature_spec": spec.to_dict(),
         "kinds": list(kinds),

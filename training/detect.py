@@ -52,7 +52,8 @@ PREFERRED_FILES = ("model.int8.onnx", "model.onnx")
 MANIFEST = "manifest.json"
 
 
-def _manifest(folder: Path) -> dict[str, Any]:
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A model folder's ``manifest.json`` as JSON; a missing or broken one is named."""
     path = folder / MANIFEST
     try:
         data = json.loads(path.read_text())
@@ -68,14 +69,14 @@ def _manifest(folder: Path) -> dict[str, Any]:
 def resolve_model(model: Path) -> tuple[Path, str]:
     """``--model`` (not a checkpoint) -> (folder with the manifest, artifact file name)."""
     if model.is_dir():
-        files = _manifest(model)["files"]
+        files = read_manifest(model)["files"]
         for name in PREFERRED_FILES:
             if name in files:
                 return model, name
         raise ConfigError(f"{model / MANIFEST}: lists none of {', '.join(PREFERRED_FILES)}")
     if not model.is_file():
         raise ConfigError(f"{model}: no such model file or folder")
-    files = _manifest(model.parent)["files"]
+    files = read_manifest(model.parent)["files"]
     if model.name not in files:
         raise ConfigError(
             f"{model}: not listed in {model.parent / MANIFEST} (lists {', '.join(sorted(files))})"
@@ -91,7 +92,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
     detector = quality = None
     chunk_frames = 12
     if beside.is_file():
-        data = _manifest(checkpoint.parent)
+        data = read_manifest(checkpoint.parent)
         detector, quality = data.get("detector"), data.get("quality")
         chunk_frames = int(data.get("streaming", {}).get("chunk_frames", chunk_frames))
     else:

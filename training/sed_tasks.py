@@ -336,13 +336,15 @@ def device_outputs(audio: Mapping[str, Any], model_dir: Any, model_file: str) ->
 
 def rules_of_manifest(model_dir: Any) -> TaskRules | None:
     """The fitted ``tasks`` section of a model folder's manifest (None: not fitted)."""
-    import json
     from pathlib import Path
 
-    path = Path(model_dir) / "manifest.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    block = data.get("tasks")
-    return None if block is None else TaskRules.from_dict(block.get("rules"), str(path))
+    from training.detect import read_manifest
+
+    block = read_manifest(Path(model_dir)).get("tasks")
+    if block is None:
+        return None
+    where = str(Path(model_dir) / "manifest.json")
+    return TaskRules.from_dict(block.get("rules") if isinstance(block, dict) else block, where)
 
 
 def fit_model(model_dir: Any, model_file: str, val_fraction: float = 0.2, seed: int = 0) -> dict:
@@ -389,11 +391,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(block, indent=1))
     if not args.dry_run:
-        path = model_dir / "manifest.json"
-        data = json.loads(path.read_text(encoding="utf-8"))
+        from export.manifest import write_manifest
+        from training.detect import read_manifest
+
+        data = read_manifest(model_dir)
         data["tasks"] = block
-        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        print(f"tasks -> {path}")
+        write_manifest(model_dir / "manifest.json", data)
+        print(f"tasks -> {model_dir / 'manifest.json'}")
     return 0
 
 
