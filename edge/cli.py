@@ -35,6 +35,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "engine": ("export.engine", "Q/DQ ONNX -> TensorRT engine on this machine (TensorRT 10)"),
     "verify": ("export.verify", "parity gate: torch vs ONNX vs INT8 (vs TensorRT), event lists"),
     "run": ("edge.runtime", "the bedside runtime: streams -> model -> events over MQTT"),
+    "dashboard": ("edge.dashboard.cli", "the ward view: a web page of every bed on the broker"),
     "bridge": ("firmware_bridge.cli", "receive a wearable stethoscope stream and report it"),
     "emulate": ("firmware_bridge.emulator", "play a recording as a wearable stethoscope would"),
 }

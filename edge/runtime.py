@@ -51,10 +51,12 @@ from edge.runtime_config import (
     open_sinks,
     open_stream_source,
     parse_command,
+    start_dashboard,
     start_embedded_broker,
 )
 from edge.runtime_events import EventOutbox
-from edge.sinks import Sink
+from edge.sinks import Sink, publish_live
+from edge.sinks.live import LiveStrip
 from edge.sources import AudioSource, SourceEnded, SourceError
 from edge.streaming import BedState, OutputFrames, infer_beds
 from firmware_bridge.cliparse import ArgumentParser
@@ -228,6 +230,7 @@ class Runtime:
         self._sink_stats = sink_stats
         self._clock = clock
         self._next_metrics = clock() + config.metrics_interval_s
+        self.live = LiveStrip(model.manifest.classes, config.live_interval_s)
         self._lock = threading.Lock()  # acknowledge() comes from the MQTT network thread
         self.batches = {"calls": 0, "windows": 0, "max_windows": 0}
 
@@ -252,6 +255,8 @@ class Runtime:
         for stream in self.streams:
             if stream.ending is not None and not stream.ended:
                 self._end_stream(stream, stream.ending)
+        if self.config.live_interval_s > 0:
+            self._publish_live(now)
         if now >= self._next_metrics:
             self.publish_metrics()
             self._next_metrics = now + self.config.metrics_interval_s
@@ -316,6 +321,9 @@ class Runtime:
                 out = _real_frames_only(stream, out)
             else:
                 self._judge(stream, window, out, quality)
+            if not flushed:
+                probs = out.probs if isinstance(out, OutputFrames) else out
+                self.live.add(stream.id, probs, quality.get("score"))
             if isinstance(out, OutputFrames):
                 if self._on_frames is not None:
                     self._on_frames(stream, out)
@@ -391,6 +399,12 @@ class Runtime:
             return
         log.info("acknowledge %s %r: %d event(s) ended", command.stream_id, command.target, ended)
 
+    def _publish_live(self, now: float) -> None:
+        """The live-strip points that are due (``edge.sinks.live``; MQTT only, QoS 0)."""
+        with self._lock:
+            for stream_id, point in self.live.due(now, utc_now()):
+                publish_live(self.sink, stream_id, point)
+
     def publish_metrics(self) -> None:
         """One metrics message per stream (with the MQTT sink's counters as ``mqtt_*``)."""
         stats = self._sink_stats() if self._sink_stats is not None else {}
@@ -459,6 +473,7 @@ def serve(
         for stream in streams:
             resources.callback(stream.source.close)
         address = start_embedded_broker(config, resources)
+        start_dashboard(config, address, resources)
         sink, mqtt = open_sinks(config, address)
         resources.callback(sink.close)
         stats = mqtt.stats if mqtt is not None else None

@@ -19,7 +19,10 @@ Sections (every key is optional except ``streams``; see ``edge/configs/ward.yaml
   (``detector.thresholds`` / ``priorities`` must name model classes);
 - ``sinks``: stdout, JSONL file, MQTT (``mqtt`` holds :class:`edge.sinks.mqtt.MqttConfig`;
   its ``site`` / ``device_id`` come from the top level), and an embedded broker for demos;
-- ``metrics_interval_s``, ``idle_sleep_s``, ``max_run_s``: the loop's timing.
+- ``dashboard``: :class:`edge.dashboard.config.DashboardConfig`, the ward view served by
+  ``lungwatch run`` too when ``enabled`` (:func:`start_dashboard`);
+- ``metrics_interval_s``, ``live_interval_s``, ``idle_sleep_s``, ``max_run_s``: the loop's
+  timing (``live_interval_s``: the live strip's period per bed, 0: off; ``edge.sinks.live``).
 
 Every error is one :class:`~edge.errors.ConfigError` line naming the file and the key::
 
@@ -38,6 +41,7 @@ from typing import Any
 
 from edge.backends import BackendConfig
 from edge.config import check, load_config
+from edge.dashboard.config import DashboardConfig
 from edge.datapaths import data_root
 from edge.detector import NOT_EVENTS, DetectorConfig
 from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
@@ -60,6 +64,8 @@ MIC_PREFIX, BRIDGE_PREFIX = "mic:", "bridge://"  # live sources: neither paced n
 COMMAND_KEYS = ("action", "stream_id", "target")
 ACKNOWLEDGE = "acknowledge"
 EXCERPT_BYTES = 200  # of a bad command, in its log line
+MIN_LIVE_INTERVAL_S = 0.25
+LIVE_INTERVAL = f"0 (no live strip) or a number >= {MIN_LIVE_INTERVAL_S} (seconds)"
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,9 @@ class RuntimeConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     metrics_interval_s: float = 10.0  # per-stream counters on the metrics topic
+    live_interval_s: float = 1.0  # one live-strip point per bed this often (0: none)
     idle_sleep_s: float = 0.01  # how long the loop waits when no source had audio
     max_run_s: float = 0.0  # stop after this long (0: until every source ends or a signal)
 
@@ -118,6 +126,10 @@ class RuntimeConfig:
         check(is_segment(self.site), "site", self.site, SEGMENT)
         check(is_segment(self.device_id), "device_id", self.device_id, SEGMENT)
         check(self.metrics_interval_s > 0, "metrics_interval_s", self.metrics_interval_s, "> 0")
+        live_ok = self.live_interval_s == 0 or self.live_interval_s >= MIN_LIVE_INTERVAL_S
+        check(live_ok, "live_interval_s", self.live_interval_s, LIVE_INTERVAL)
+        needs_mqtt = not self.dashboard.enabled or self.sinks.mqtt
+        check(needs_mqtt, "dashboard.enabled", True, "false while sinks.mqtt is false")
         check(self.idle_sleep_s >= 0, "idle_sleep_s", self.idle_sleep_s, "a number >= 0")
         check(self.max_run_s >= 0, "max_run_s", self.max_run_s, "a number >= 0 (0: no limit)")
         default = MqttConfig()
@@ -225,6 +237,25 @@ def start_embedded_broker(config: RuntimeConfig, resources: contextlib.ExitStack
     resources.callback(broker.stop)
     log.info("embedded MQTT broker on %s", broker.address)
     return broker.address
+
+
+def start_dashboard(
+    config: RuntimeConfig, broker_address: str | None, resources: contextlib.ExitStack
+) -> str | None:
+    """With ``dashboard.enabled``: the ward view on ``dashboard.host:port``, reading the broker
+    the MQTT sink uses (``broker_address`` overrides it), stopped by ``resources``; its URL."""
+    if not config.dashboard.enabled:
+        return None
+    from edge.dashboard.server import DashboardServer
+
+    mqtt = config.mqtt_config
+    if broker_address is not None:
+        host, port = broker_address.rsplit(":", 1)
+        mqtt = dataclasses.replace(mqtt, host=host, port=int(port))
+    server = DashboardServer(config.dashboard, mqtt, config.site).start()
+    resources.callback(server.stop)
+    print(server.describe(), flush=True)
+    return server.url
 
 
 class CommandError(LungwatchError, ValueError):

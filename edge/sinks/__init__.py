@@ -7,7 +7,8 @@ one you use from its module; this package imports none of them.
 
 The runtime hands each round's events over together with :func:`publish_all`: a sink that
 has ``publish_many(events)`` takes them in one call (the MQTT sink: one spool transaction),
-any other sink gets them one ``publish`` at a time.
+any other sink gets them one ``publish`` at a time. Live-strip points (``edge.sinks.live``)
+go only to a sink that has ``publish_live`` (:func:`publish_live`; the MQTT sink).
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def publish_all(sink: Sink, events: Sequence[Event]) -> None:
         sink.publish(event)
 
 
+def publish_live(sink: Sink, stream_id: str, point: dict[str, Any]) -> None:
+    """Give one live-strip point to ``sink`` if it takes them (others have no use for it)."""
+    take = getattr(sink, "publish_live", None)
+    if take is not None:
+        take(stream_id, point)
+
+
 class MultiSink:
     """Fans every call out to ``sinks`` in order (e.g. stdout and MQTT)."""
 
@@ -71,6 +79,10 @@ class MultiSink:
     def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
         for sink in self.sinks:
             sink.publish_metrics(stream_id, metrics)
+
+    def publish_live(self, stream_id: str, point: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            publish_live(sink, stream_id, point)
 
     def flush(self, timeout_s: float) -> bool:
         """Flush each sink with the time left; True only if all of them flushed."""

@@ -17,8 +17,9 @@ arrives twice, with the same ``id``, and consumers deduplicate on it.
 
 Status: ``online`` (retained, QoS 1) on every connect; the last will is a retained
 ``offline``; :meth:`MqttSink.close` flushes (up to ``flush_timeout_s``), publishes a retained
-``offline`` itself and disconnects. Metrics: QoS 0 while connected, dropped (and counted)
-while not, since the next report supersedes them.
+``offline`` itself and disconnects. Metrics and live-strip points
+(:mod:`edge.sinks.live`): QoS 0 while connected, dropped (and counted) while not, since the
+next report supersedes them.
 
 Commands: with a handler set (:meth:`MqttSink.set_command_handler`), the sink subscribes at
 QoS 1 to ``lungwatch/v1/<site>/<device>/command`` on every (re)connect and hands each
@@ -53,6 +54,7 @@ from edge.events import (
     status_topic,
 )
 from edge.sinks import SinkError
+from edge.sinks.live import live_payload, live_topic
 from edge.sinks.mqtt_config import MqttConfig
 from edge.spool import Spool, SpoolFullMonitor
 
@@ -113,7 +115,13 @@ class MqttSink:
         self._connected = threading.Event()
         self._connack = threading.Event()
         self._refusal: str | None = None
-        self._counts = {"connects": 0, "acked": 0, "metrics_dropped": 0, "commands": 0}
+        self._counts = {
+            "connects": 0,
+            "acked": 0,
+            "metrics_dropped": 0,
+            "live_dropped": 0,
+            "commands": 0,
+        }
         self._full = SpoolFullMonitor(
             self._spool, config.site, config.device_id, config.spool_full_priority
         )
@@ -161,6 +169,16 @@ class MqttSink:
             self._counts["metrics_dropped"] += 1
             return
         self._client.publish(metrics_topic(self.config.site, self.config.device_id), payload, 0)
+
+    def publish_live(self, stream_id: str, point: dict[str, Any]) -> None:
+        """Send one live-strip point (QoS 0, not retained) if connected; count a drop else."""
+        self._check_open()
+        site, device_id = self.config.site, self.config.device_id
+        payload = live_payload(site, device_id, stream_id, point)
+        if not self._connected.is_set():
+            self._counts["live_dropped"] += 1
+            return
+        self._client.publish(live_topic(site, device_id, stream_id), payload, 0)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the spool is empty (every event acknowledged); False on timeout."""
@@ -279,7 +297,7 @@ class MqttSink:
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
         if cfg.uses_tls:
-            client.tls_set_context(_tls_context(cfg))
+            client.tls_set_context(tls_context(cfg))
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -409,7 +427,7 @@ def _topic_of(payload: str) -> str | None:
         return None
 
 
-def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     """Verifying client context: the broker's certificate and host name are checked."""
     try:
         context = ssl.create_default_context(cafile=cfg.ca_file)

@@ -63,6 +63,7 @@ FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
     ),
     "verify": (["--model-dir", "{missing}"], ["--no-torch", "--audio", "{garbage}.wav"]),
     "run": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
+    "dashboard": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
     "bridge": (["serial://{missing}"], ["--wav", "{garbage}.wav/out.wav", "udp://127.0.0.1:0"]),
     "emulate": (
         ["--audio", "{missing}.wav", "--to", "udp://127.0.0.1:9"],
@@ -87,6 +88,7 @@ BAD_ARGUMENT: dict[str, list[str]] = {
     "engine": ["--precision", "int3"],
     "verify": ["--max-files", "many"],
     "run": ["--config", "x.yaml", "--no-such-option"],
+    "dashboard": ["--port", "eighty"],
     "bridge": ["udp://127.0.0.1:0", "--seconds", "soon"],
     "emulate": ["--loss", "lots"],
 }

@@ -1,0 +1,11 @@
+"""The ward view: a web page over the broker (``lungwatch dashboard``, ``docs/dashboard.md``).
+
+- :mod:`edge.dashboard.config`: the ``dashboard`` block of a runtime config, password hashes
+  (no paho, no web server: the runtime's config loader imports it);
+- :mod:`edge.dashboard.ward`: the ward's state, built only from the published topics;
+- :mod:`edge.dashboard.feed`: the paho client that reads the site's topics and publishes
+  acknowledge commands;
+- :mod:`edge.dashboard.server`: the web server (page, Server-Sent Events, acknowledge);
+- :mod:`edge.dashboard.cli`: ``lungwatch dashboard``;
+- ``static/``: the page (plain HTML, CSS and JavaScript; nothing fetched from elsewhere).
+"""

@@ -1,0 +1,124 @@
+"""``lungwatch dashboard``: the ward view, a web page over the broker (``docs/dashboard.md``).
+
+    lungwatch dashboard [--config ward.yaml] [--broker HOST:PORT] [--host H] [--port P]
+                        [--site SITE] [--set key=value ...] [-v]
+    lungwatch dashboard --hash-password     # reads a password, prints its password_hash
+
+The config is a runtime YAML (``edge/configs/ward.yaml``): its ``site``, its ``mqtt`` block
+(broker, username / password, TLS) and its ``dashboard`` block (address, users and their
+rights). A file with ``streams`` is validated whole, as ``lungwatch run`` would; a file for a
+dashboard machine alone may hold only ``site``, ``device_id``, ``mqtt`` and ``dashboard``.
+Flags only override. Prints one line with the address, then serves until SIGTERM / Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.config import apply_overrides, from_mapping, load_yaml
+from edge.dashboard.config import DashboardConfig, hash_password
+from edge.errors import ConfigError
+from edge.sinks.mqtt_config import MqttConfig
+from firmware_bridge.cliparse import ArgumentParser
+
+log = logging.getLogger("lungwatch.dashboard")
+
+
+@dataclass(frozen=True)
+class DashboardFile:
+    """A config for a machine that only shows the ward (no streams)."""
+
+    site: str = "ward-1"  # the ward whose devices are shown
+    device_id: str = "edge-1"  # accepted so a device's file can be trimmed; not used here
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+
+
+def load_settings(
+    path: Path | None, overrides: list[str]
+) -> tuple[str, MqttConfig, DashboardConfig]:
+    """(site, broker settings, dashboard settings) of ``path`` with ``overrides`` applied;
+    ConfigError names the file and the key."""
+    source = path.name if path is not None else "<defaults>"
+    data = load_yaml(path) if path is not None else {}
+    if overrides:
+        data = apply_overrides(data, overrides, source=source)
+    if "streams" in data:
+        from edge.runtime_config import RuntimeConfig
+
+        runtime = from_mapping(RuntimeConfig, data, source=source)
+        return runtime.site, runtime.mqtt, runtime.dashboard
+    settings = from_mapping(DashboardFile, data, source=source)
+    return settings.site, settings.mqtt, settings.dashboard
+
+
+def read_new_password() -> str:
+    """Twice from the terminal, or one line from stdin when it is not a terminal."""
+    if not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("the two passwords differ")
+    if not password:
+        raise ConfigError("the password must not be empty")
+    return password
+
+
+def _overrides(args: object) -> list[str]:
+    """The flags as ``key=value`` overrides (so a bad value is named like a config key)."""
+    flags = [
+        ("dashboard.host", getattr(args, "host", None)),
+        ("dashboard.port", getattr(args, "port", None)),
+        ("site", getattr(args, "site", None)),
+    ]
+    overrides = [f"{key}={json.dumps(value)}" for key, value in flags if value is not None]
+    broker = getattr(args, "broker", None)
+    if broker is not None:
+        host, sep, port = broker.rpartition(":")
+        if not (sep and host and port.isdigit()):
+            raise ConfigError(f"--broker must be HOST:PORT, got {broker!r}")
+        overrides += [f"mqtt.host={json.dumps(host)}", f"mqtt.port={port}"]
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="lungwatch dashboard", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="runtime YAML (site, mqtt, dashboard)")
+    parser.add_argument("--broker", metavar="HOST:PORT", help="override mqtt.host and mqtt.port")
+    parser.add_argument("--host", help="address to serve the page on (dashboard.host)")
+    parser.add_argument("--port", type=int, help="port to serve on (dashboard.port; 0: free)")
+    parser.add_argument("--site", help="the ward to show (site)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    parser.add_argument(
+        "--hash-password", action="store_true", help="print a password_hash for the config"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    args = parser.parse_args(argv)
+    if args.hash_password:
+        print(hash_password(read_new_password()))
+        return 0
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    site, mqtt, dashboard = load_settings(args.config, [*args.set, *_overrides(args)])
+    from edge.dashboard.server import DashboardServer
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with DashboardServer(dashboard, mqtt, site) as server:
+        print(server.describe(), flush=True)
+        stop.wait()
+    print("lungwatch dashboard: stopped", flush=True)
+    return 0

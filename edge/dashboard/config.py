@@ -1,0 +1,132 @@
+"""The ``dashboard`` block of a runtime config, and the users' salted password hashes.
+
+Kept apart from the server (no paho, no http.server) so :mod:`edge.runtime_config` can load
+and validate it with the other blocks::
+
+    dashboard:
+      enabled: true            # lungwatch run serves the ward view too
+      host: 0.0.0.0            # needs users (without users only a loopback address)
+      port: 8080               # 0: a free port (printed)
+      users:
+        - {name: nurse, role: ack, password_hash: "pbkdf2_sha256$600000$<salt>$<hash>"}
+        - {name: porter, role: view, password_hash: "pbkdf2_sha256$600000$<salt>$<hash>"}
+
+A hash is made by ``lungwatch dashboard --hash-password`` (:func:`hash_password`): PBKDF2-HMAC-
+SHA256 with a random 16-byte salt; the config never holds a password in plain text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from edge.config import check
+
+HASH_SCHEME = "pbkdf2_sha256"
+HASH_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
+MIN_ITERATIONS = 100_000
+SALT_BYTES = 16
+HASH_FORMAT = f"{HASH_SCHEME}$ITERATIONS$SALT_HEX$HASH_HEX (lungwatch dashboard --hash-password)"
+LOOPBACK_NAMES = ("localhost",)
+Role = Literal["view", "ack"]
+
+
+def hash_password(password: str, iterations: int = HASH_ITERATIONS) -> str:
+    """``pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>`` of ``password`` (fresh salt)."""
+    if not password:
+        raise ValueError("the password must not be empty")
+    salt = secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    return f"{HASH_SCHEME}${iterations}${salt.hex()}${digest.hex()}"
+
+
+def _parse_hash(text: str) -> tuple[int, bytes, bytes] | None:
+    """(iterations, salt, digest) of a well-formed hash, else None."""
+    parts = text.split("$") if isinstance(text, str) else []
+    if len(parts) != 4 or parts[0] != HASH_SCHEME or not parts[1].isdigit():
+        return None
+    try:
+        salt, digest = bytes.fromhex(parts[2]), bytes.fromhex(parts[3])
+    except ValueError:
+        return None
+    iterations = int(parts[1])
+    if iterations < MIN_ITERATIONS or len(salt) < 8 or len(digest) != 32:
+        return None
+    return iterations, salt, digest
+
+
+def verify_password(password: str, password_hash: str) -> bool:
+    """Whether ``password`` matches ``password_hash`` (constant-time compare)."""
+    parsed = _parse_hash(password_hash)
+    if parsed is None:
+        return False
+    iterations, salt, digest = parsed
+    given = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    return hmac.compare_digest(given, digest)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class DashboardUser:
+    """One person (or role account) of the ward view: ``view`` sees, ``ack`` also acknowledges."""
+
+    name: str
+    role: Role
+    password_hash: str
+
+    def __post_init__(self) -> None:
+        ok = isinstance(self.name, str) and 0 < len(self.name) <= 64 and self.name.isprintable()
+        check(ok and ":" not in self.name, "name", self.name, "1..64 printable characters, no ':'")
+        parsed = _parse_hash(self.password_hash)
+        shown = self.password_hash if parsed is None and "$" in str(self.password_hash) else "***"
+        check(parsed is not None, "password_hash", shown, HASH_FORMAT)
+
+    @property
+    def can_acknowledge(self) -> bool:
+        return self.role == "ack"
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """The ward view (``docs/dashboard.md``); see the module docstring."""
+
+    enabled: bool = False  # lungwatch run serves it too (lungwatch dashboard always does)
+    host: str = "127.0.0.1"  # address the web server binds
+    port: int = 8080  # 0: a free port, printed at start
+    users: tuple[DashboardUser, ...] = ()  # none: loopback only, anyone there may acknowledge
+    events_per_bed: int = 8  # last events kept and shown per bed
+    live_points: int = 60  # live-strip points kept per bed (one per live message)
+    push_interval_s: float = 0.1  # changes are pushed to the browsers at most this often
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.host, str) and bool(self.host), "host", self.host, "an address")
+        check(0 <= self.port < 65536, "port", self.port, "an integer in 0..65535 (0: free)")
+        if not self.users:
+            check(
+                is_loopback(self.host),
+                "host",
+                self.host,
+                "a loopback address (127.0.0.1, ::1, localhost) while no users are configured",
+            )
+        names = [u.name for u in self.users]
+        check(len(set(names)) == len(names), "users", names, "users with distinct names")
+        check(1 <= self.events_per_bed <= 100, "events_per_bed", self.events_per_bed, "1..100")
+        check(1 <= self.live_points <= 3600, "live_points", self.live_points, "1..3600")
+        ok = 0.01 <= self.push_interval_s <= 1.0
+        check(ok, "push_interval_s", self.push_interval_s, "a number in [0.01, 1] (seconds)")
+
+    def user(self, name: str) -> DashboardUser | None:
+        return next((u for u in self.users if u.name == name), None)

@@ -1,0 +1,138 @@
+"""The dashboard's MQTT side: one paho client that reads the site's topics into a
+:class:`~edge.dashboard.ward.Ward` and publishes acknowledge commands.
+
+It uses the runtime config's :class:`~edge.sinks.mqtt.MqttConfig` for the broker: host, port,
+username / password, TLS (CA, client certificate), keepalive and reconnect backoff; its own
+client id (``lungwatch-dashboard-<site>-<random>``) so it never takes the device's session.
+Subscriptions (QoS 1, renewed on every reconnect; clean session):
+
+- ``lungwatch/v1/<site>/+/status`` (retained: a late dashboard gets each device's last state)
+- ``lungwatch/v1/<site>/+/metrics``, ``lungwatch/v1/<site>/+/+/event``,
+  ``lungwatch/v1/<site>/+/+/live``
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import ssl
+import threading
+from typing import Any
+
+from edge.dashboard.ward import Ward
+from edge.events import TOPIC_ROOT
+from edge.sinks.mqtt import (
+    BrokerError,
+    BrokerRefusedError,
+    BrokerTlsError,
+    MqttConfig,
+    command_topic,
+    tls_context,
+)
+
+log = logging.getLogger("lungwatch.dashboard")
+
+COMMAND_WAIT_S = 5.0  # how long an acknowledge waits for the broker's PUBACK
+
+
+class FeedError(BrokerError):
+    """A command could not be handed to the broker (the message says why)."""
+
+
+class WardFeed:
+    """Subscribes ``ward`` to ``site`` on the broker of ``config``; see the module doc."""
+
+    def __init__(self, config: MqttConfig, site: str, ward: Ward) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.config, self.site, self.ward = config, site, ward
+        self._mqtt = mqtt
+        self.topics = [
+            f"{TOPIC_ROOT}/{site}/+/status",
+            f"{TOPIC_ROOT}/{site}/+/metrics",
+            f"{TOPIC_ROOT}/{site}/+/+/event",
+            f"{TOPIC_ROOT}/{site}/+/+/live",
+        ]
+        self.connected = threading.Event()
+        self._connack = threading.Event()
+        self._refusal: str | None = None
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}",
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        client.reconnect_delay_set(config.backoff_min_s, config.backoff_max_s)
+        if config.username is not None:
+            client.username_pw_set(config.username, config.password)
+        if config.uses_tls:
+            client.tls_set_context(tls_context(config))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    def start(self) -> WardFeed:
+        """Connect; a refused CONNACK (credentials) or a TLS failure raises, an unreachable
+        broker is retried in the background (the page says ``broker: disconnected``)."""
+        cfg = self.config
+        try:
+            self._client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+        except ssl.SSLError as exc:
+            raise BrokerTlsError(f"broker {cfg.address} TLS failed: {exc}") from None
+        except OSError as exc:
+            log.warning("broker %s is unreachable (%s); retrying", cfg.address, exc)
+            self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+        self._client.loop_start()
+        if self._connack.wait(cfg.connect_timeout_s) and self._refusal is not None:
+            self.stop()
+            raise BrokerRefusedError(f"broker {cfg.address} {self._refusal}")
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def acknowledge(self, device_id: str, stream_id: str, target: str) -> str:
+        """Publish the acknowledge command (QoS 1) and wait for its PUBACK; the topic."""
+        if not self.connected.is_set():
+            raise FeedError(f"broker {self.config.address} is not connected")
+        topic = command_topic(self.site, device_id)
+        body = {"action": "acknowledge", "stream_id": stream_id, "target": target}
+        info = self._client.publish(topic, json.dumps(body), qos=1)
+        try:
+            info.wait_for_publish(timeout=COMMAND_WAIT_S)
+        except (RuntimeError, ValueError) as exc:
+            raise FeedError(f"broker {self.config.address} did not take it: {exc}") from None
+        if not info.is_published():
+            raise FeedError(f"broker {self.config.address}: no PUBACK in {COMMAND_WAIT_S:g} s")
+        return topic
+
+    # -- paho callbacks (network thread) -----------------------------------------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self._refusal = f"refused the connection: {reason}"
+            if self._connack.is_set():  # a later reconnect; the first refusal raises in start()
+                log.error("broker %s %s", self.config.address, self._refusal)
+        else:
+            self._refusal = None
+            client.subscribe([(topic, 1) for topic in self.topics])
+            self.connected.set()
+            log.info("dashboard connected to broker %s", self.config.address)
+            self.ward.set_broker(self.config.address, connected=True)
+        self._connack.set()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if not self._connack.is_set():
+            self._refusal = "closed the connection before CONNACK"
+            self._connack.set()
+        if self.connected.is_set():
+            log.warning("dashboard lost broker %s (%s); reconnecting", self.config.address, reason)
+        self.connected.clear()
+        self.ward.set_broker(self.config.address, connected=False)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self.ward.handle(message.topic, bytes(message.payload), bool(message.retain))

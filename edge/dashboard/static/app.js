@@ -1,0 +1,340 @@
+// lungwatch ward view. Plain JavaScript, no libraries, nothing fetched from elsewhere.
+// The server (edge/dashboard/server.py) sends the ward over Server-Sent Events: one
+// "snapshot" (everything) when the stream opens, then "update" messages with what changed.
+// Every text from the broker goes into the page with textContent (never as HTML).
+"use strict";
+
+(function () {
+  const PRIORITY = { high: 0, medium: 1, low: 2 };
+  const STRIP = {  // live-strip lines: the event classes (colour, as in style.css)
+    "Stridor": "#6a1b9a", "Wheeze": "#1565c0", "Wheeze+Crackle": "#ad1457",
+    "Rhonchi": "#00796b", "Fine Crackle": "#e65100", "Coarse Crackle": "#bf360c",
+  };
+  const QUALITY_COLOUR = "#616161";
+  const STATE_CLASSES = ["s-normal", "s-crackles", "s-wheezes", "s-rhonchi", "s-stridor",
+    "s-technical", "s-offline"];
+
+  const ward = { user: null, site: "", devices: new Map(), beds: new Map(), alarms: [] };
+  // For people and for the tests: when each event's row and each alarm first reached the
+  // screen (Date.now(), after the frame that shows it), and whether the snapshot is shown.
+  window.lwRendered = {};
+  window.lwAlarmShown = {};
+  window.lwReady = false;
+  window.lwMessages = 0;
+
+  const $ = (selector) => document.querySelector(selector);
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function clock(iso) {
+    if (!iso) return "";
+    const when = new Date(iso);
+    return isNaN(when) ? String(iso) : when.toLocaleTimeString([], { hour12: false });
+  }
+
+  function age(iso) {
+    const seconds = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+    if (!isFinite(seconds)) return "";
+    if (seconds < 60) return `${seconds} s`;
+    if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
+    return `${Math.floor(seconds / 3600)} h ${Math.floor(seconds / 60) % 60} min`;
+  }
+
+  // Stamp the ids once the frame that shows them has been drawn.
+  function stampAfterPaint(table, ids) {
+    if (!ids.length) return;
+    requestAnimationFrame(() => setTimeout(() => {
+      const now = Date.now();
+      for (const id of ids) if (!(id in table)) table[id] = now;
+    }, 0));
+  }
+
+  // -- header ---------------------------------------------------------------------------
+  function setConnection(open) {
+    const badge = $("#connection");
+    badge.textContent = open ? "live" : "reconnecting…";
+    badge.className = "badge " + (open ? "on" : "off");
+  }
+
+  function renderHeader(message) {
+    if (message.broker) {
+      const badge = $("#broker");
+      const up = message.broker.connected;
+      badge.textContent = `broker ${up ? "connected" : "disconnected"}`;
+      badge.className = "badge " + (up ? "on" : "off");
+    }
+    if (message.counts && message.counts.rejected) {
+      $("#rejected").textContent = `${message.counts.rejected} unreadable message(s)` +
+        (message.last_rejected ? ` (last: ${message.last_rejected})` : "");
+    }
+  }
+
+  // -- devices and beds -----------------------------------------------------------------
+  function deviceNode(id) {
+    let device = ward.devices.get(id);
+    if (device) return device;
+    const section = el("section", "device");
+    section.dataset.device = id;
+    const head = el("div", "device-head");
+    const title = el("h3", null, `device ${id}`);
+    const online = el("span", "badge off online", "status unknown");
+    const since = el("span", "since");
+    const served = el("span", "served");
+    const spool = el("span", "spool");
+    head.append(title, online, since, served, spool);
+    const beds = el("div", "beds");
+    section.append(head, beds);
+    const container = $("#devices");
+    const after = [...container.children].find((s) => s.dataset.device > id);
+    container.insertBefore(section, after || null);
+    device = { section, online, since, served, spool, beds, view: null };
+    ward.devices.set(id, device);
+    $("#empty").hidden = true;
+    return device;
+  }
+
+  function renderDevice(view) {
+    const device = deviceNode(view.device_id);
+    device.view = view;
+    const known = view.online !== null && view.online !== undefined;
+    device.online.textContent = !known ? "status unknown" :
+      view.online ? "online" : `offline (${view.reason || "?"})`;
+    device.online.className = "badge online " + (view.online ? "on" : "off");
+    device.section.classList.toggle("is-offline", view.online === false);
+    device.since.textContent = view.status_utc ? `since ${clock(view.status_utc)}` : "";
+    const beds = view.beds.filter((b) => b !== "device").length;
+    device.served.textContent = `beds served: ${beds}`;
+    device.spool.textContent = `spool depth: ${view.spooled === null ? "?" : view.spooled}`;
+    view.beds.forEach((stream) => bedNode(view.device_id, stream));
+  }
+
+  function bedNode(deviceId, streamId) {
+    const key = `${deviceId}/${streamId}`;
+    let bed = ward.beds.get(key);
+    if (bed) return bed;
+    const card = el("article", "bed s-normal");
+    card.dataset.device = deviceId;
+    card.dataset.stream = streamId;
+    const head = el("div", "bed-head");
+    const state = el("span", "state s-normal", "breathing normal");
+    head.append(el("span", "bed-name", streamId), state);
+    const canvas = el("canvas", "strip");
+    canvas.width = 240;
+    canvas.height = 44;
+    canvas.setAttribute("aria-hidden", "true");
+    const live = el("div", "live", "live: waiting for the first point");
+    const events = el("ol", "events");
+    card.append(head, canvas, live, events);
+    const device = deviceNode(deviceId);
+    const after = [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
+    device.beds.insertBefore(card, after || null);
+    bed = { card, state, canvas, live, events, points: [] };
+    ward.beds.set(key, bed);
+    return bed;
+  }
+
+  function naturalLess(a, b) {
+    return a.localeCompare(b, undefined, { numeric: true }) < 0;
+  }
+
+  function renderBed(view) {
+    const bed = bedNode(view.device_id, view.stream_id);
+    bed.card.classList.remove(...STATE_CLASSES);
+    bed.state.classList.remove(...STATE_CLASSES);
+    bed.card.classList.add(`s-${view.state.key}`);
+    bed.state.classList.add(`s-${view.state.key}`);
+    bed.state.textContent = view.state.text;
+    bed.card.dataset.state = view.state.key;
+    const rows = view.events.map(eventRow);
+    bed.events.replaceChildren(...rows);
+    stampAfterPaint(window.lwRendered, view.events.map((e) => e.id));
+    if (view.live) {
+      bed.points = view.live.slice();
+      drawStrip(bed);
+    }
+  }
+
+  function eventRow(e) {
+    const li = el("li");
+    li.dataset.eventId = e.id;
+    li.dataset.episode = e.episode_id;
+    li.dataset.state = e.state;
+    const when = e.state === "ended" ? e.end_utc : e.start_utc;
+    li.append(el("span", "t", clock(when)));
+    const conf = e.confidence === null ? "" : ` ${e.confidence.toFixed(2)}`;
+    li.append(document.createTextNode(`${e.type} ${e.state} [${e.priority}]${conf}`));
+    if (e.latched && e.state !== "ended") li.append(el("span", "latched", " latched"));
+    if (e.ended_by === "acknowledge") {
+      li.append(el("span", "acked", ` acknowledged ${clock(e.acknowledged_utc)}`));
+    } else if (e.ended_by) {
+      li.append(document.createTextNode(` (${e.ended_by})`));
+    }
+    return li;
+  }
+
+  // -- live strip -----------------------------------------------------------------------
+  function addLive(item, limit) {
+    const bed = bedNode(item.device_id, item.stream_id);
+    bed.points.push(item.point);
+    if (bed.points.length > limit) bed.points.splice(0, bed.points.length - limit);
+    drawStrip(bed);
+  }
+
+  function drawStrip(bed) {
+    const points = bed.points;
+    const ctx = bed.canvas.getContext("2d");
+    const w = bed.canvas.width, h = bed.canvas.height;
+    ctx.clearRect(0, 0, w, h);
+    if (!points.length) return;
+    const step = points.length > 1 ? w / (points.length - 1) : w;
+    const y = (v) => h - 2 - v * (h - 4);
+    const line = (colour, value, dashed) => {
+      ctx.beginPath();
+      ctx.strokeStyle = colour;
+      ctx.setLineDash(dashed ? [3, 3] : []);
+      points.forEach((p, i) => {
+        const v = value(p);
+        if (v === null || v === undefined) return;
+        if (i === 0) ctx.moveTo(0, y(v)); else ctx.lineTo(i * step, y(v));
+      });
+      ctx.stroke();
+    };
+    for (const [name, colour] of Object.entries(STRIP)) {
+      if (name in points[points.length - 1].classes) line(colour, (p) => p.classes[name], false);
+    }
+    line(QUALITY_COLOUR, (p) => p.quality_score, true);
+    const last = points[points.length - 1];
+    const top = Object.keys(STRIP).filter((n) => n in last.classes)
+      .sort((a, b) => last.classes[b] - last.classes[a]).slice(0, 3);
+    const quality = last.quality_score === null ? "?" : last.quality_score.toFixed(2);
+    bed.live.textContent = top.map((n) => `${n} ${last.classes[n].toFixed(2)}`).join(" · ") +
+      ` · quality ${quality} (${clock(last.utc)})`;
+    bed.live.title = Object.entries(last.classes).map(([n, v]) => `${n} ${v}`).join(", ");
+  }
+
+  // -- alarms ---------------------------------------------------------------------------
+  // Rows are kept per episode while what they show is unchanged, so a button being clicked
+  // is never swapped for a new one by an update about another alarm.
+  const alarmRows = new Map();  // episode id -> { signature, tr }
+
+  function renderAlarms(alarms) {
+    ward.alarms = alarms;
+    const canAck = Boolean(ward.user && ward.user.can_acknowledge);
+    const kept = new Map();
+    const rows = alarms.map((a) => {
+      const signature = JSON.stringify([a, canAck]);
+      const old = alarmRows.get(a.episode_id);
+      const tr = old && old.signature === signature ? old.tr : alarmRow(a, canAck);
+      kept.set(a.episode_id, { signature, tr });
+      return tr;
+    });
+    alarmRows.clear();
+    kept.forEach((value, key) => alarmRows.set(key, value));
+    $("#alarms tbody").replaceChildren(...rows);
+    $("#alarm-count").textContent = `(${alarms.length})`;
+    stampAfterPaint(window.lwAlarmShown, alarms.map((a) => a.episode_id));
+  }
+
+  function alarmRow(a, canAck) {
+    const tr = el("tr", `prio-${a.priority}`);
+    tr.dataset.episode = a.episode_id;
+    tr.dataset.device = a.device_id;
+    tr.dataset.stream = a.stream_id;
+    tr.append(el("td", `prio ${a.priority}`, a.priority));
+    tr.append(el("td", "bed-name", a.stream_id));
+    tr.append(el("td", null, a.device_id + (a.device_online ? "" : " (offline)")));
+    tr.append(el("td", null, a.kind === "technical" ? `${a.type} (technical)` : a.type));
+    const since = el("td", "since", `${clock(a.start_utc)} `);
+    const ageNode = el("span", "age", `(${age(a.start_utc)})`);
+    ageNode.dataset.start = a.start_utc;
+    since.append(ageNode);
+    tr.append(since);
+    let state = a.latched ? `latched (condition ended ${clock(a.condition_end_utc)})` : "active";
+    if (a.ack_sent) state = "acknowledge sent, waiting for the device";
+    tr.append(el("td", "alarm-state", state));
+    const action = el("td", "action");
+    if (canAck && a.latched && !a.ack_sent) {
+      const button = el("button", "ack", "Acknowledge");
+      button.type = "button";
+      button.addEventListener("click", () => acknowledge(button, a));
+      action.append(button);
+    }
+    tr.append(action);
+    return tr;
+  }
+
+  async function acknowledge(button, alarm) {
+    button.disabled = true;
+    button.textContent = "sending…";
+    $("#ack-error").textContent = "";
+    try {
+      const reply = await fetch("/api/acknowledge", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({
+          device_id: alarm.device_id, stream_id: alarm.stream_id, target: alarm.key,
+        }),
+      });
+      const body = await reply.json().catch(() => ({}));
+      if (reply.status !== 202) throw new Error(body.error || `HTTP ${reply.status}`);
+      button.textContent = "acknowledge sent";
+    } catch (error) {
+      $("#ack-error").textContent = `Acknowledge of ${alarm.type} on ${alarm.stream_id} failed: ${error.message}`;
+      button.disabled = false;
+      button.textContent = "Acknowledge";
+    }
+  }
+
+  setInterval(() => {
+    document.querySelectorAll("#alarms .age").forEach((node) => {
+      node.textContent = `(${age(node.dataset.start)})`;
+    });
+  }, 1000);
+
+  // -- the stream -----------------------------------------------------------------------
+  let liveLimit = 60;
+
+  function applySnapshot(snapshot) {
+    ward.user = snapshot.user;
+    ward.site = snapshot.site;
+    ward.devices.clear();
+    ward.beds.clear();
+    alarmRows.clear();
+    $("#devices").replaceChildren();
+    $("#empty").hidden = false;
+    $("#site").textContent = `· ${snapshot.site}`;
+    $("#user").textContent = `${snapshot.user.name}: ` +
+      (snapshot.user.can_acknowledge ? "may view and acknowledge" : "view only");
+    snapshot.devices.forEach(renderDevice);
+    snapshot.beds.forEach(renderBed);
+    const longest = Math.max(0, ...snapshot.beds.map((b) => (b.live || []).length));
+    liveLimit = Math.max(liveLimit, longest);
+    renderAlarms(snapshot.alarms);
+    renderHeader(snapshot);
+    window.lwReady = true;
+  }
+
+  function applyUpdate(update) {
+    window.lwMessages += 1;
+    update.devices.forEach(renderDevice);
+    update.beds.forEach(renderBed);
+    update.live.forEach((item) => addLive(item, liveLimit));
+    if (update.alarms) renderAlarms(update.alarms);
+    renderHeader(update);
+  }
+
+  function connect() {
+    const source = new EventSource("/events");
+    source.addEventListener("snapshot", (e) => applySnapshot(JSON.parse(e.data)));
+    source.addEventListener("update", (e) => applyUpdate(JSON.parse(e.data)));
+    source.onopen = () => setConnection(true);
+    source.onerror = () => setConnection(false);  // EventSource reconnects by itself
+  }
+
+  connect();
+})();

@@ -1,0 +1,424 @@
+"""The ward's state as the dashboard sees it, built only from the published topics.
+
+    ward = Ward("ward-1")
+    ward.handle(topic, payload, retained)     # every MQTT message of the site (paho thread)
+    ward.snapshot()                           # everything, for a browser that connects
+    ward.take_changes()                       # what changed since the last call (the pusher)
+
+Kept per device: online / offline from the retained ``status`` (the broker's last will says
+``offline`` when the runtime dies), the beds it serves (from ``event``, ``live`` and
+``metrics`` topics), its spool depth (``metrics.mqtt_spooled``). Per bed: the open episodes
+(``onset`` / ``ongoing`` seen, no ``ended`` yet), the last events, the live strip and its
+state at a glance (:func:`bed_state`). Alarms: every open episode of the site, ordered by
+priority (high first), then age (the oldest onset first), then device and bed
+(:func:`alarm_order`); latched ones (``detail.latched``) can be acknowledged.
+
+Nothing is dropped silently: a message that is not valid JSON, not schema version 1, not a
+valid :class:`~edge.events.Event` or on a topic that does not match its body is counted in
+``counts["rejected"]`` and logged with the reason; a repeated event ``id`` (QoS 1 may deliver
+twice) is counted in ``counts["duplicates"]``. Thread-safe: every method takes :attr:`lock`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.events import DEVICE_STREAM, SCHEMA_VERSION, TOPIC_ROOT, Event, EventError, is_segment
+
+log = logging.getLogger("lungwatch.dashboard")
+
+PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
+# bed states, most important first; a bed shows the first that holds
+STATE_TEXT = {
+    "offline": "offline",
+    "technical": "technical condition",
+    "stridor": "stridor",
+    "wheezes": "wheezes",
+    "rhonchi": "rhonchi",
+    "crackles": "crackles",
+    "normal": "breathing normal",
+}
+CONDITION_OF_TYPE = {
+    "Stridor": ("stridor",),
+    "Wheeze": ("wheezes",),
+    "Wheeze+Crackle": ("wheezes", "crackles"),
+    "Rhonchi": ("rhonchi",),
+    "Fine Crackle": ("crackles",),
+    "Coarse Crackle": ("crackles",),
+}
+KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live")}  # (topic levels, last)
+SEEN_IDS = 100_000  # event ids remembered for deduplication
+EXCERPT_CHARS = 160
+
+
+class MessageError(ValueError):
+    """A message the ward cannot use; the text says why."""
+
+
+@dataclass
+class Bed:
+    """One stream of one device."""
+
+    device_id: str
+    stream_id: str
+    events: deque[dict[str, Any]]  # newest first
+    live: deque[dict[str, Any]]  # oldest first
+    open: dict[str, Event] = field(default_factory=dict)  # episode_id -> last message
+
+
+@dataclass
+class Device:
+    device_id: str
+    online: bool | None = None  # None: no status seen yet
+    reason: str | None = None
+    status_utc: str | None = None
+    spooled: int | None = None  # the MQTT spool's depth (metrics.mqtt_spooled)
+    metrics_utc: str | None = None
+    beds: dict[str, Bed] = field(default_factory=dict)
+
+
+def alarm_order(event: Event) -> tuple[int, str, str, str]:
+    """Sort key of an open episode: priority (high first), age (oldest onset first), place."""
+    return (PRIORITY_RANK[event.priority], event.start_utc, event.device_id, event.stream_id)
+
+
+def bed_state(online: bool | None, open_events: list[Event]) -> dict[str, str]:
+    """The bed's state at a glance: ``{"key": ..., "text": ...}`` (key in :data:`STATE_TEXT`).
+
+    Offline beats everything; then a technical condition (monitoring is impaired, findings
+    are suppressed); then the findings, most important first; else breathing normal.
+    """
+    if online is False:
+        return {"key": "offline", "text": STATE_TEXT["offline"]}
+    technical = sorted((e for e in open_events if e.kind == "technical"), key=alarm_order)
+    if technical:
+        names = ", ".join(dict.fromkeys(e.type.replace("_", " ") for e in technical))
+        return {"key": "technical", "text": f"{STATE_TEXT['technical']}: {names}"}
+    found = {c for e in open_events for c in CONDITION_OF_TYPE.get(e.type, ())}
+    keys = [k for k in STATE_TEXT if k in found]
+    if keys:
+        latched = all(e.detail.get("latched") for e in open_events)
+        text = " + ".join(STATE_TEXT[k] for k in keys) + (" (latched)" if latched else "")
+        return {"key": keys[0], "text": text}
+    return {"key": "normal", "text": STATE_TEXT["normal"]}
+
+
+def event_row(event: Event, received_s: float) -> dict[str, Any]:
+    """What the page shows of one event message."""
+    detail = event.detail
+    return {
+        "id": event.id,
+        "episode_id": event.episode_id,
+        "type": event.type,
+        "kind": event.kind,
+        "priority": event.priority,
+        "state": event.state,
+        "start_utc": event.start_utc,
+        "end_utc": event.end_utc,
+        "confidence": event.confidence,
+        "key": detail.get("key", event.type),
+        "latched": bool(detail.get("latched")),
+        "ended_by": detail.get("ended_by"),
+        "acknowledged_utc": detail.get("acknowledged_utc"),
+        "received_s": round(received_s, 3),
+    }
+
+
+class Ward:
+    """The state of one site (see the module doc)."""
+
+    def __init__(
+        self,
+        site: str,
+        events_per_bed: int = 8,
+        live_points: int = 60,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.site = site
+        self.events_per_bed, self.live_points = events_per_bed, live_points
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.devices: dict[str, Device] = {}
+        self.counts = {"messages": 0, "events": 0, "rejected": 0, "duplicates": 0}
+        self.last_rejected: str | None = None
+        self.broker: dict[str, Any] = {"address": None, "connected": False}
+        self.pending_acks: dict[tuple[str, str, str], float] = {}  # (device, bed, target) -> s
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._dirty_devices: set[str] = set()
+        self._dirty_beds: set[tuple[str, str]] = set()
+        self._dirty_alarms = False
+        self._live: list[dict[str, Any]] = []
+
+    # -- input -------------------------------------------------------------------------
+    def handle(self, topic: str, payload: bytes, retained: bool = False) -> bool:
+        """Take one MQTT message; False (counted and logged) if it could not be used."""
+        with self.lock:
+            self.counts["messages"] += 1
+            try:
+                self._dispatch(topic, payload)
+            except MessageError as exc:
+                self.counts["rejected"] += 1
+                excerpt = payload[:EXCERPT_CHARS].decode("utf-8", "replace")
+                self.last_rejected = f"{topic}: {exc}"
+                log.warning("rejected message on %s: %s: %r", topic, exc, excerpt)
+                self._dirty_alarms = True  # the counts travel with the alarms
+                return False
+            return True
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        root = TOPIC_ROOT.split("/")
+        if parts[:2] != root or len(parts) not in (5, 6) or parts[2] != self.site:
+            raise MessageError(f"not a topic of site {self.site!r}")
+        device_id, kind = parts[3], parts[-1]
+        if (len(parts), kind) not in KINDS:
+            raise MessageError(f"unknown topic kind {kind!r}")
+        body = _json(payload)
+        if len(parts) == 5 and kind == "status":
+            self._status(device_id, body)
+        elif len(parts) == 5 and kind == "metrics":
+            self._metrics(device_id, body)
+        elif len(parts) == 6 and kind == "event":
+            self._event(device_id, parts[4], body)
+        else:
+            self._live_point(device_id, parts[4], body)
+
+    def _status(self, device_id: str, body: dict[str, Any]) -> None:
+        _require_identity(body, self.site, device_id)
+        if body.get("state") not in ("online", "offline"):
+            raise MessageError(f"status.state must be online or offline, got {body.get('state')!r}")
+        device = self._device(device_id)
+        device.online = body["state"] == "online"
+        device.reason, device.status_utc = str(body.get("reason")), str(body.get("utc"))
+        self._dirty_devices.add(device_id)
+        self._dirty_beds.update((device_id, b) for b in device.beds)
+        self._dirty_alarms = True
+
+    def _metrics(self, device_id: str, body: dict[str, Any]) -> None:
+        _require_identity(body, self.site, device_id)
+        stream_id, metrics = body.get("stream_id"), body.get("metrics")
+        if not is_segment(stream_id) or not isinstance(metrics, dict):
+            raise MessageError("metrics needs a stream_id segment and a metrics object")
+        device = self._device(device_id)
+        self._bed(device, str(stream_id))
+        spooled = metrics.get("mqtt_spooled")
+        if isinstance(spooled, int) and not isinstance(spooled, bool):
+            device.spooled = spooled
+        device.metrics_utc = str(body.get("utc"))
+        self._dirty_devices.add(device_id)
+
+    def _event(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
+        try:
+            event = Event.from_dict(body)
+        except EventError as exc:
+            raise MessageError(str(exc)) from None
+        if (event.site, event.device_id, event.stream_id) != (self.site, device_id, stream_id):
+            raise MessageError(f"event {event.id} is for {event.device_id}/{event.stream_id}")
+        if event.id in self._seen:
+            self.counts["duplicates"] += 1
+            return
+        self._remember(event.id)
+        self.counts["events"] += 1
+        bed = self._bed(self._device(device_id), stream_id)
+        if event.state == "ended":
+            bed.open.pop(event.episode_id, None)
+            self._settle_acks(event)
+        else:
+            bed.open[event.episode_id] = event
+        bed.events.appendleft(event_row(event, self.clock()))
+        self._dirty_beds.add((device_id, stream_id))
+        self._dirty_alarms = True
+
+    def _live_point(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
+        _require_identity(body, self.site, device_id)
+        if body.get("stream_id") != stream_id:
+            raise MessageError(f"live.stream_id must be {stream_id!r}")
+        classes, score = body.get("classes"), body.get("quality_score")
+        if not isinstance(classes, dict) or not all(
+            isinstance(k, str) and _is_probability(v) for k, v in classes.items()
+        ):
+            raise MessageError("live.classes must map class names to numbers in [0, 1]")
+        if score is not None and not _is_probability(score):
+            raise MessageError(f"live.quality_score must be a number in [0, 1], got {score!r}")
+        point = {"utc": str(body.get("utc")), "classes": classes, "quality_score": score}
+        self._bed(self._device(device_id), stream_id).live.append(point)
+        self._live.append({"device_id": device_id, "stream_id": stream_id, "point": point})
+
+    def _device(self, device_id: str) -> Device:
+        device = self.devices.get(device_id)
+        if device is None:
+            device = self.devices[device_id] = Device(device_id)
+            self._dirty_devices.add(device_id)
+        return device
+
+    def _bed(self, device: Device, stream_id: str) -> Bed:
+        bed = device.beds.get(stream_id)
+        if bed is None:
+            bed = Bed(
+                device.device_id,
+                stream_id,
+                deque(maxlen=self.events_per_bed),
+                deque(maxlen=self.live_points),
+            )
+            device.beds[stream_id] = bed
+            self._dirty_devices.add(device.device_id)
+            self._dirty_beds.add((device.device_id, stream_id))
+        return bed
+
+    def _remember(self, event_id: str) -> None:
+        self._seen[event_id] = None
+        if len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+
+    def _settle_acks(self, event: Event) -> None:
+        for target in (event.type, event.detail.get("key")):
+            self.pending_acks.pop((event.device_id, event.stream_id, str(target)), None)
+
+    def set_broker(self, address: str, connected: bool) -> None:
+        """The dashboard's own connection to the broker (shown in the page's header)."""
+        with self.lock:
+            self.broker = {"address": address, "connected": connected}
+            self._dirty_alarms = True
+
+    # -- acknowledge -------------------------------------------------------------------
+    def latched_target(self, device_id: str, stream_id: str, target: str) -> Event | None:
+        """The open latched episode of that bed whose key or type is ``target``, else None."""
+        with self.lock:
+            bed = self.devices.get(device_id, Device(device_id)).beds.get(stream_id)
+            for event in bed.open.values() if bed is not None else ():
+                if event.detail.get("latched") and target in (event.type, event.detail.get("key")):
+                    return event
+            return None
+
+    def acknowledge_sent(self, device_id: str, stream_id: str, target: str) -> None:
+        """Mark the alarm as acknowledged-and-waiting until its ``ended`` comes back."""
+        with self.lock:
+            self.pending_acks[(device_id, stream_id, target)] = self.clock()
+            self._dirty_alarms = True
+
+    # -- output ------------------------------------------------------------------------
+    def alarms(self) -> list[dict[str, Any]]:
+        """Every open episode of the site, in :func:`alarm_order`."""
+        with self.lock:
+            rows = []
+            episodes = [
+                (device, event)
+                for device in self.devices.values()
+                for bed in device.beds.values()
+                for event in bed.open.values()
+            ]
+            for device, event in sorted(episodes, key=lambda pair: alarm_order(pair[1])):
+                row = event_row(event, 0.0)
+                key = row["key"]
+                pending = (event.device_id, event.stream_id, key) in self.pending_acks
+                row.update(device_id=event.device_id, stream_id=event.stream_id)
+                row.update(device_online=device.online is not False, ack_sent=pending)
+                row["condition_end_utc"] = event.detail.get("condition_end_utc")
+                del row["received_s"]
+                rows.append(row)
+            return rows
+
+    def device_view(self, device: Device) -> dict[str, Any]:
+        return {
+            "device_id": device.device_id,
+            "online": device.online,
+            "reason": device.reason,
+            "status_utc": device.status_utc,
+            "spooled": device.spooled,
+            "metrics_utc": device.metrics_utc,
+            "beds": sorted(device.beds, key=_natural),
+        }
+
+    def bed_view(self, device: Device, bed: Bed, with_live: bool) -> dict[str, Any]:
+        view = {
+            "device_id": device.device_id,
+            "stream_id": bed.stream_id,
+            "state": bed_state(device.online, list(bed.open.values())),
+            "events": list(bed.events),
+            "open": len(bed.open),
+        }
+        if with_live:
+            view["live"] = list(bed.live)
+        return view
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole ward (devices, beds with their live strips, alarms, counts)."""
+        with self.lock:
+            devices = [self.devices[d] for d in sorted(self.devices, key=_natural)]
+            return {
+                "site": self.site,
+                "devices": [self.device_view(d) for d in devices],
+                "beds": [
+                    self.bed_view(d, d.beds[b], with_live=True)
+                    for d in devices
+                    for b in sorted(d.beds, key=_natural)
+                ],
+                "alarms": self.alarms(),
+                "counts": dict(self.counts),
+                "last_rejected": self.last_rejected,
+                "broker": dict(self.broker),
+            }
+
+    def take_changes(self) -> dict[str, Any] | None:
+        """What changed since the last call (None: nothing); live points are handed once."""
+        with self.lock:
+            if not (self._dirty_devices or self._dirty_beds or self._dirty_alarms or self._live):
+                return None
+            changes: dict[str, Any] = {
+                "devices": [self.device_view(self.devices[d]) for d in sorted(self._dirty_devices)],
+                "beds": [
+                    self.bed_view(self.devices[d], self.devices[d].beds[b], with_live=False)
+                    for d, b in sorted(self._dirty_beds)
+                ],
+                "live": self._live,
+            }
+            if self._dirty_alarms:
+                changes["alarms"] = self.alarms()
+                changes["counts"] = dict(self.counts)
+                changes["last_rejected"] = self.last_rejected
+                changes["broker"] = dict(self.broker)
+            self._dirty_devices, self._dirty_beds = set(), set()
+            self._dirty_alarms, self._live = False, []
+            return changes
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise MessageError(f"not a JSON object but {type(body).__name__}")
+    version = body.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise MessageError(f"schema_version must be {SCHEMA_VERSION}, got {version!r}")
+    return body
+
+
+def _require_identity(body: dict[str, Any], site: str, device_id: str) -> None:
+    if (body.get("site"), body.get("device_id")) != (site, device_id):
+        found = f"{body.get('site')!r}/{body.get('device_id')!r}"
+        raise MessageError(f"body names {found}, the topic {site!r}/{device_id!r}")
+
+
+def _is_probability(value: object) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    """``bed-2`` before ``bed-10``; the device-wide stream last."""
+    if name == DEVICE_STREAM:
+        return (1,)
+    head = name.rstrip("0123456789")
+    tail = name[len(head) :]
+    return (0, head, int(tail) if tail else -1, name)

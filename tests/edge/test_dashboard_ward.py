@@ -1,0 +1,353 @@
+"""The ward dashboard's logic without a browser or a broker: the ward state built from real
+``edge.events.Event`` messages (alarm order, latching and acknowledge, offline, bed states,
+rejected and duplicate messages), the ``dashboard`` config block, password hashes, and the
+runtime's live strip (``edge.sinks.live``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge.config import from_mapping
+from edge.dashboard.cli import load_settings
+from edge.dashboard.config import DashboardConfig, hash_password, verify_password
+from edge.dashboard.ward import Ward, alarm_order
+from edge.errors import ConfigError
+from edge.events import Event, status_payload
+from edge.sinks.live import LiveStrip, live_payload, live_topic
+from tests.edge.brokers import SHA256
+from tests.edge.browser import user_entry
+
+SITE, DEVICE = "ward-3", "dev-1"
+ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"
+
+
+def finding(
+    type_: str = "Wheeze", bed: str = "bed-1", second: int = 0, priority: str | None = None
+) -> Event:
+    values: dict[str, Any] = {
+        "type": type_,
+        "site": SITE,
+        "device_id": DEVICE,
+        "stream_id": bed,
+        "start_utc": f"2026-05-09T07:00:{second:02d}.000Z",
+        "start_sample": 8000 * second,
+        "confidence": 0.9,
+        "model_id": "edge-test",
+        "model_sha256": SHA256,
+        "quality": {"score": 0.99},
+        "detail": {"key": f"{type_}@{8000 * second}"},
+    }
+    if priority is not None:
+        values["priority"] = priority
+    return Event.onset(**values)
+
+
+def technical(type_: str, bed: str = "bed-1", second: int = 0) -> Event:
+    return Event.onset(
+        type=type_, site=SITE, device_id=DEVICE, stream_id=bed,
+        start_utc=f"2026-05-09T07:00:{second:02d}.000Z", start_sample=8000 * second,
+        detail={"key": f"{type_}@{8000 * second}", "reason": "test"},
+    )  # fmt: skip
+
+
+def send(ward: Ward, event: Event) -> bool:
+    return ward.handle(event.topic, event.to_json().encode())
+
+
+def status(ward: Ward, state: str, reason: str) -> bool:
+    payload = status_payload(state, SITE, DEVICE, reason).encode()
+    return ward.handle(f"{ROOT}/status", payload, retained=True)
+
+
+def test_alarms_are_ordered_by_priority_then_age() -> None:
+    ward = Ward(SITE)
+    events = [
+        finding("Fine Crackle", "bed-1", second=1),  # low, oldest
+        finding("Wheeze", "bed-2", second=5),  # medium, newer
+        finding("Stridor", "bed-3", second=9),  # high, newest
+        finding("Wheeze", "bed-4", second=2),  # medium, older
+        technical("off_body", "bed-5", second=3),  # medium (technical), middle
+    ]
+    for event in events:
+        assert send(ward, event)
+    order = [(a["priority"], a["stream_id"]) for a in ward.alarms()]
+    assert order == [
+        ("high", "bed-3"),
+        ("medium", "bed-4"),
+        ("medium", "bed-5"),
+        ("medium", "bed-2"),
+        ("low", "bed-1"),
+    ]
+    assert [alarm_order(e) for e in sorted(events, key=alarm_order)] == sorted(
+        map(alarm_order, events)
+    )
+
+
+def test_an_episode_leaves_the_alarms_when_it_ends_and_its_rows_stay() -> None:
+    ward = Ward(SITE, events_per_bed=3)
+    onset = finding("Wheeze", second=1)
+    send(ward, onset)
+    assert [a["episode_id"] for a in ward.alarms()] == [onset.episode_id]
+    send(ward, onset.ended("2026-05-09T07:00:02.000Z", end_sample=16000))
+    assert ward.alarms() == []
+    bed = ward.snapshot()["beds"][0]
+    assert [row["state"] for row in bed["events"]] == ["ended", "onset"]  # newest first
+    assert bed["state"] == {"key": "normal", "text": "breathing normal"}
+    for second in range(2, 6):  # only the last events_per_bed rows are kept
+        send(ward, finding("Fine Crackle", second=second))
+    assert len(ward.snapshot()["beds"][0]["events"]) == 3
+
+
+def test_latched_alarm_is_acknowledgeable_until_its_acknowledged_end_comes_back() -> None:
+    ward = Ward(SITE)
+    onset = finding("Stridor", second=4)
+    send(ward, onset)
+    key = onset.detail["key"]
+    assert ward.latched_target(DEVICE, "bed-1", key) is None, "not latched while live"
+    latched = onset.ongoing(
+        detail={**onset.detail, "latched": True, "condition_end_utc": "2026-05-09T07:00:05.000Z"}
+    )
+    send(ward, latched)
+    [alarm] = ward.alarms()
+    assert alarm["latched"]
+    assert not alarm["ack_sent"]
+    assert alarm["condition_end_utc"] == "2026-05-09T07:00:05.000Z"
+    assert ward.latched_target(DEVICE, "bed-1", key) == latched
+    assert ward.latched_target(DEVICE, "bed-1", "Stridor") == latched  # by type too
+    assert ward.latched_target(DEVICE, "bed-2", key) is None
+    ward.acknowledge_sent(DEVICE, "bed-1", key)
+    assert ward.alarms()[0]["ack_sent"]
+    assert ward.snapshot()["beds"][0]["state"]["text"] == "stridor (latched)"
+    ended = latched.ended(
+        "2026-05-09T07:00:05.000Z",
+        end_sample=40000,
+        detail={
+            "key": key,
+            "ended_by": "acknowledge",
+            "acknowledged_utc": "2026-05-09T07:00:09.000Z",
+        },
+    )
+    send(ward, ended)
+    assert ward.alarms() == []
+    assert ward.pending_acks == {}
+    row = ward.snapshot()["beds"][0]["events"][0]
+    assert (row["state"], row["ended_by"], row["acknowledged_utc"]) == (
+        "ended", "acknowledge", "2026-05-09T07:00:09.000Z",
+    )  # fmt: skip
+
+
+def test_the_last_will_turns_the_device_and_its_beds_offline() -> None:
+    ward = Ward(SITE)
+    assert status(ward, "online", "connected")
+    send(ward, finding("Wheeze", "bed-1"))
+    send(ward, finding("Fine Crackle", "bed-2"))
+    snapshot = ward.snapshot()
+    assert snapshot["devices"][0]["online"] is True
+    assert [b["state"]["key"] for b in snapshot["beds"]] == ["wheezes", "crackles"]
+    ward.take_changes()
+    assert status(ward, "offline", "connection lost")
+    changes = ward.take_changes()
+    assert changes is not None
+    assert changes["devices"][0]["online"] is False
+    assert changes["devices"][0]["reason"] == "connection lost"
+    assert {b["stream_id"]: b["state"]["text"] for b in changes["beds"]} == {
+        "bed-1": "offline",
+        "bed-2": "offline",
+    }
+    assert all(not a["device_online"] for a in changes["alarms"])
+
+
+def test_bed_state_text_for_each_condition() -> None:
+    cases = [
+        ([finding("Wheeze")], "wheezes", "wheezes"),
+        ([finding("Fine Crackle")], "crackles", "crackles"),
+        ([finding("Coarse Crackle")], "crackles", "crackles"),
+        ([finding("Rhonchi")], "rhonchi", "rhonchi"),
+        ([finding("Stridor")], "stridor", "stridor"),
+        ([finding("Wheeze+Crackle")], "wheezes", "wheezes + crackles"),
+        ([finding("Wheeze"), finding("Stridor", second=1)], "stridor", "stridor + wheezes"),
+        (
+            [finding("Wheeze"), technical("poor_signal")],
+            "technical",
+            "technical condition: poor signal",
+        ),
+        ([], "normal", "breathing normal"),
+    ]
+    for events, key, text in cases:
+        ward = Ward(SITE)
+        ward.handle(f"{ROOT}/metrics", json.dumps(_metrics("bed-1", 0)).encode())
+        for event in events:
+            send(ward, event)
+        assert ward.snapshot()["beds"][0]["state"] == {"key": key, "text": text}, events
+
+
+def _metrics(bed: str, spooled: int) -> dict[str, Any]:
+    return {
+        "schema_version": 1, "site": SITE, "device_id": DEVICE, "stream_id": bed,
+        "utc": "2026-05-09T07:00:00.000Z", "metrics": {"frames": 10, "mqtt_spooled": spooled},
+    }  # fmt: skip
+
+
+def test_metrics_give_beds_served_and_spool_depth() -> None:
+    ward = Ward(SITE)
+    for bed in ("bed-2", "bed-10", "bed-1"):
+        assert ward.handle(f"{ROOT}/metrics", json.dumps(_metrics(bed, 7)).encode())
+    device = ward.snapshot()["devices"][0]
+    assert device["beds"] == ["bed-1", "bed-2", "bed-10"]
+    assert device["spooled"] == 7
+
+
+def test_bad_messages_are_counted_and_named_not_dropped_silently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ward = Ward(SITE)
+    good = finding()
+    body = good.to_dict()
+    bad = [
+        (f"{ROOT}/bed-1/event", b"not json"),
+        (f"{ROOT}/bed-1/event", json.dumps({**body, "confidence": 1.5}).encode()),
+        (f"{ROOT}/bed-1/event", json.dumps({**body, "schema_version": 2}).encode()),
+        (f"{ROOT}/bed-2/event", good.to_json().encode()),  # topic and body disagree
+        (f"{ROOT}/status", b'{"schema_version": 1, "site": "ward-3", "device_id": "dev-1"}'),
+        (f"{ROOT}/bed-1/live", json.dumps({"schema_version": 1, "site": SITE,
+            "device_id": DEVICE, "stream_id": "bed-1", "classes": {"Wheeze": 2}}).encode()),
+        (f"{ROOT}/bed-1/whatever", b"{}"),
+    ]  # fmt: skip
+    for topic, payload in bad:
+        assert not ward.handle(topic, payload)
+    assert ward.counts["rejected"] == len(bad)
+    assert (ward.last_rejected or "").endswith("whatever: unknown topic kind 'whatever'")
+    logged = [r.getMessage() for r in caplog.records if "rejected message" in r.getMessage()]
+    assert len(logged) == len(bad)
+    assert "event.confidence must be a number in [0, 1], got 1.5" in logged[1]
+    assert "schema_version must be 1, got 2" in logged[2]
+    assert "live.classes must map class names to numbers in [0, 1]" in logged[5]
+    assert send(ward, good)
+    assert send(ward, good)  # QoS 1 may deliver twice: one row
+    assert ward.counts["duplicates"] == 1
+    assert len(ward.snapshot()["beds"][0]["events"]) == 1
+
+
+def test_changes_are_handed_once_and_live_points_kept_per_bed() -> None:
+    ward = Ward(SITE, live_points=2)
+    point = {"Normal": 0.9, "Wheeze": 0.2}
+    for second in range(3):
+        body = {
+            "schema_version": 1, "site": SITE, "device_id": DEVICE, "stream_id": "bed-1",
+            "utc": f"2026-05-09T07:00:0{second}.000Z", "interval_s": 1.0, "frames": 25,
+            "classes": point, "quality_score": 0.99,
+        }  # fmt: skip
+        assert ward.handle(f"{ROOT}/bed-1/live", json.dumps(body).encode())
+    changes = ward.take_changes()
+    assert changes is not None
+    assert len(changes["live"]) == 3
+    assert ward.take_changes() is None
+    assert len(ward.snapshot()["beds"][0]["live"]) == 2
+
+
+# -- config ------------------------------------------------------------------------------
+def test_password_hashes_are_salted_and_verified() -> None:
+    first, second = hash_password("s3cret", 100_000), hash_password("s3cret", 100_000)
+    assert first != second
+    assert first.startswith("pbkdf2_sha256$100000$")
+    assert verify_password("s3cret", first)
+    assert verify_password("s3cret", second)
+    assert not verify_password("s3cret!", first)
+    assert not verify_password("s3cret", "s3cret")
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ({"hots": "0.0.0.0"}, "dashboard.hots must be one of ["),
+        ({"port": 70000}, "dashboard.port must be an integer in 0..65535 (0: free), got 70000"),
+        ({"host": "0.0.0.0"}, "dashboard.host must be a loopback address (127.0.0.1, ::1, "),
+        (
+            {"users": [{"name": "nurse", "role": "ack", "password_hash": "plain"}]},
+            "dashboard.users[0].password_hash must be pbkdf2_sha256$ITERATIONS$SALT_HEX$HASH_HEX",
+        ),
+        (
+            {"users": [{"name": "nurse", "role": "admin", "password_hash": "x"}]},
+            "dashboard.users[0].role must be one of 'view', 'ack', got 'admin'",
+        ),
+        ({"enabled": "yes"}, "dashboard.enabled must be true or false, got 'yes'"),
+    ],
+)
+def test_bad_dashboard_blocks_are_one_line_naming_the_key(
+    tmp_path: Path, block: dict[str, Any], expected: str
+) -> None:
+    path = tmp_path / "ward.yaml"
+    path.write_text(json.dumps({"site": SITE, "dashboard": block}), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, [])
+    message = str(caught.value)
+    assert message.startswith("ward.yaml: "), message
+    assert expected in message, message
+    assert "\n" not in message
+    assert "plain" not in message or "password_hash" in expected
+
+
+def test_a_plain_text_password_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(
+            DashboardConfig,
+            {"users": [{"name": "n", "role": "ack", "password_hash": "hunter2"}]},
+            source="x.yaml",
+        )
+    assert "hunter2" not in str(caught.value)
+    assert "'***'" in str(caught.value)
+
+
+def test_users_allow_any_address_and_runtime_files_are_validated_whole(tmp_path: Path) -> None:
+    users = [user_entry("nurse", "ack", "pw"), user_entry("porter", "view", "pw")]
+    path = tmp_path / "dash.yaml"
+    path.write_text(json.dumps({"site": SITE, "dashboard": {"host": "0.0.0.0", "users": users}}))
+    site, mqtt, dashboard = load_settings(path, ["mqtt.port=1884"])
+    assert (site, mqtt.port, dashboard.host) == (SITE, 1884, "0.0.0.0")
+    assert [u.can_acknowledge for u in dashboard.users] == [True, False]
+    runtime = tmp_path / "runtime.yaml"
+    runtime.write_text(json.dumps({"streams": [{"id": "bed-1", "source": "x.wav"}], "sitee": 1}))
+    with pytest.raises(ConfigError, match=r"runtime.yaml: sitee must be one of \["):
+        load_settings(runtime, [])
+
+
+def test_the_runtime_config_checks_live_interval_and_the_dashboards_broker(tmp_path: Path) -> None:
+    from edge.runtime_config import RuntimeConfig
+
+    base = {"streams": [{"id": "bed-1", "source": "x.wav"}]}
+    assert from_mapping(RuntimeConfig, base).live_interval_s == 1.0
+    with pytest.raises(ConfigError, match=r"live_interval_s must be 0 \(no live strip\) or a"):
+        from_mapping(RuntimeConfig, {**base, "live_interval_s": 0.1}, source="w.yaml")
+    bad = {**base, "sinks": {"mqtt": False}, "dashboard": {"enabled": True}}
+    with pytest.raises(ConfigError, match=r"dashboard\.enabled must be false while sinks\.mqtt"):
+        from_mapping(RuntimeConfig, bad, source="w.yaml")
+
+
+# -- live strip --------------------------------------------------------------------------
+def test_live_strip_keeps_the_maximum_and_the_lowest_quality_at_most_once_per_interval() -> None:
+    strip = LiveStrip(["Normal", "Wheeze", "Stridor"], interval_s=1.0)
+    strip.add("bed-1", np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.05]]), 0.99)
+    strip.add("bed-1", np.array([0.5, 0.3, 0.0]), 0.7)  # a window model: one row
+    strip.add("bed-2", np.zeros((0, 3)), 1.0)  # all look-ahead: nothing
+    [(bed, point)] = strip.due(10.0, "2026-05-09T07:00:00.000Z")
+    assert bed == "bed-1"
+    assert point["classes"] == {"Normal": 0.9, "Wheeze": 0.8, "Stridor": 0.05}
+    assert (point["frames"], point["quality_score"], point["interval_s"]) == (3, 0.7, 1.0)
+    strip.add("bed-1", np.array([0.1, 0.2, 0.3]), None)
+    assert strip.due(10.5, "x") == [], "not before the interval has passed"
+    [(_, later)] = strip.due(11.0, "2026-05-09T07:00:01.000Z")
+    assert later["classes"]["Stridor"] == 0.3
+    assert later["quality_score"] is None
+    body = json.loads(live_payload(SITE, DEVICE, "bed-1", later))
+    assert body["schema_version"] == 1
+    assert body["stream_id"] == "bed-1"
+    assert live_topic(SITE, DEVICE, "bed-1") == f"{ROOT}/bed-1/live"
+    ward = Ward(SITE)  # what the runtime publishes, the dashboard reads
+    assert ward.handle(
+        live_topic(SITE, DEVICE, "bed-1"), live_payload(SITE, DEVICE, "bed-1", later).encode()
+    )
