@@ -1,7 +1,7 @@
 """``lungwatch demo``: the whole bedside pipeline on three real recordings (``make demo``).
 
     lungwatch demo [--config edge/configs/demo.yaml] [--broker HOST:PORT] [--seconds N]
-                   [--realtime] [--set key=value ...]
+                   [--realtime] [--hold] [--set key=value ...]
 
 In one process:
 
@@ -9,13 +9,16 @@ In one process:
    the config's ``broker`` names one (Mosquitto, a ward broker);
 2. a subscriber (paho, QoS 1) on ``lungwatch/v1/<site>/<device>/#`` that prints every message
    the broker delivers (``mqtt>`` lines);
-3. the runtime (:func:`edge.runtime.serve`): the shipped INT8 model, one stream (bed) per
+3. the ward view (:mod:`edge.dashboard`) on a free loopback port, its address printed as
+   ``dashboard: http://127.0.0.1:PORT/ ...``; with ``--hold`` it stays up after the run until
+   Ctrl-C / SIGTERM (without, the demo finishes by itself);
+4. the runtime (:func:`edge.runtime.serve`): the shipped INT8 model, one stream (bed) per
    recording, read as fast as possible (``--realtime``: paced at 8 kHz), events printed as they
    happen by the stdout sink and published at QoS 1 through a fresh SQLite spool;
-4. a PNG per recording, ``<out_dir>/<record>.png`` (:mod:`edge.demo_plot`): log-mel
+5. a PNG per recording, ``<out_dir>/<record>.png`` (:mod:`edge.demo_plot`): log-mel
    spectrogram, the model's class probabilities per window, the delivered events and the
    annotated ones;
-5. a summary: per recording the events detected and annotated, and published == delivered.
+6. a summary: per recording the events detected and annotated, and published == delivered.
 
 Recordings: the SPRSound ``records`` from ``../shared/data`` (:mod:`edge.datapaths`) when
 present, else the same records shipped in ``examples/`` (attribution and license in
@@ -41,6 +44,7 @@ from typing import Any
 from edge.audio import read_audio
 from edge.backends import BackendConfig
 from edge.config import check, load_config
+from edge.dashboard.config import DashboardConfig
 from edge.datapaths import PROJECT_ROOT, sprsound_root
 from edge.demo_plot import Span, render, window_probabilities
 from edge.demo_subscriber import Subscriber
@@ -95,6 +99,8 @@ class DemoConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    dashboard: DashboardConfig = field(default_factory=lambda: DashboardConfig(True, port=0))
+    hold: bool = False  # keep the broker and the dashboard up after the run, until Ctrl-C
 
     def __post_init__(self) -> None:
         check(len(self.records) >= 1, "records", self.records, "a list of at least one record")
@@ -296,21 +302,44 @@ def run(cfg: DemoConfig, stop: threading.Event) -> int:
         broker = EmbeddedBroker().start()
     address = cfg.broker or broker.address  # type: ignore[union-attr]
     print(f"broker: {address} ({'embedded amqtt' if broker else 'configured'})")
+    dashboards: list[Any] = []  # started once the subscriber has reached the broker
     try:
         with tempfile.TemporaryDirectory(prefix="lungwatch-demo-") as spool_dir:
             config = runtime_config(cfg, recordings, address, Path(spool_dir))
-            runtime, subscriber, wall_s = _serve(cfg, config, address, stop)
+            runtime, subscriber, wall_s = _serve(cfg, config, address, stop, dashboards)
+        if cfg.hold and dashboards:
+            print(f"holding {dashboards[0].url} open; Ctrl-C to stop", flush=True)
+            stop.wait()
     finally:
+        for dashboard in dashboards:
+            dashboard.stop()
         if broker is not None:
             broker.stop()
     return _report(cfg, config, runtime, subscriber, recordings, wall_s)
 
 
+def _start_dashboard(cfg: DemoConfig, address: str) -> Any:
+    """The ward view on the demo's broker, its address printed."""
+    from edge.dashboard.server import DashboardServer
+
+    host, port = address.rsplit(":", 1)
+    mqtt = MqttConfig(host=host, port=int(port), site=cfg.site, device_id=cfg.device_id)
+    server = DashboardServer(cfg.dashboard, mqtt, cfg.site).start()
+    print(server.describe(), flush=True)
+    return server
+
+
 def _serve(
-    cfg: DemoConfig, config: RuntimeConfig, address: str, stop: threading.Event
+    cfg: DemoConfig,
+    config: RuntimeConfig,
+    address: str,
+    stop: threading.Event,
+    dashboards: list[Any],
 ) -> tuple[Runtime, Subscriber, float]:
     subscriber = Subscriber(address, cfg.site, cfg.device_id).start()
     try:
+        if cfg.dashboard.enabled:
+            dashboards.append(_start_dashboard(cfg, address))
         pace = "paced in real time" if cfg.realtime else "as fast as possible"
         print(f"streaming {len(config.streams)} recordings {pace}; runtime lines (stdout sink) "
               "and mqtt> lines (what the broker delivered)\n", flush=True)  # fmt: skip
@@ -369,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", metavar="HOST:PORT", help="use this broker (no embedded one)")
     parser.add_argument("--seconds", type=float, metavar="N", help="stop after N s (max_run_s)")
     parser.add_argument("--realtime", action="store_true", help="pace the recordings at 8 kHz")
+    parser.add_argument(
+        "--hold", action="store_true", help="keep the dashboard up after the run, until Ctrl-C"
+    )
     add_run_options(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -379,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"max_run_s={args.seconds}")
     if args.realtime:
         overrides.append("realtime=true")
+    if args.hold:
+        overrides.append("hold=true")
     cfg = load_config(DemoConfig, args.config, overrides)
     stop = threading.Event()
     install_signal_handlers(stop)

@@ -149,7 +149,7 @@ def test_demo_reads_the_records_from_shared_data(tmp_path: Path) -> None:
 
 
 def test_demo_publishes_to_a_configured_mosquitto(tmp_path: Path) -> None:
-    with Mosquitto(tmp_path).start() as broker, Recorder(broker.port) as recorder:
+    with Mosquitto(tmp_path) as broker, Recorder(broker.port) as recorder:
         result = _demo(tmp_path, "--broker", f"127.0.0.1:{broker.port}")
         published = _check_complete_run(result, tmp_path / "out")
         assert f"broker: 127.0.0.1:{broker.port} (configured)" in result.stdout
