@@ -220,3 +220,44 @@ def test_hash_password_and_config_errors_from_the_command_line(tmp_path: Path) -
         result.stderr.strip()
         == "lungwatch dashboard: error: --broker must be HOST:PORT, got 'nowhere'"
     )
+
+
+def test_lungwatch_run_serves_the_page_too(tmp_path: Path) -> None:
+    """``dashboard.enabled``: ``lungwatch run`` prints the page's address and serves the ward
+    it publishes (beds and live-strip points of its own streams)."""
+    record = REPO_ROOT / "examples" / "41161556_1.7_0_p2_3062.flac"
+    with Mosquitto(tmp_path) as broker:
+        config = tmp_path / "run.yaml"
+        config.write_text(json.dumps({
+            "site": SITE, "device_id": DEVICE,
+            "model": {"dir": str(REPO_ROOT / "models" / "sed"), "file": "model.int8.onnx"},
+            "streams": [{"id": "bed-7", "source": str(record), "realtime": True, "loop": True}],
+            "sinks": {"stdout": False, "mqtt": True},
+            "mqtt": {"port": broker.port, "spool_path": str(tmp_path / "spool.sqlite")},
+            "dashboard": {"enabled": True, "port": 0},
+            "max_run_s": 8,
+        }), encoding="utf-8")  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+            env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)},
+        )  # fmt: skip
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert line.startswith("dashboard: http://127.0.0.1:"), line
+            assert "no users configured: loopback only" in line
+            url = line.split()[1]
+
+            def live_points() -> list[Any]:
+                beds = request(url + "api/state")[1]["beds"]
+                return beds[0]["live"] if beds else []
+
+            points = wait_until(live_points, 20.0, "a live-strip point of bed-7")
+            assert set(points[0]["classes"]) >= {"Wheeze", "Fine Crackle", "Stridor"}
+            assert 0.0 <= points[0]["quality_score"] <= 1.0
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
