@@ -7,6 +7,8 @@ and validate it with the other blocks::
       enabled: true            # lungwatch run serves the ward view too
       host: 0.0.0.0            # needs users (without users only a loopback address)
       port: 8080               # 0: a free port (printed)
+      cert_file: /etc/lungwatch/ward.crt   # HTTPS, so passwords never cross the network in clear
+      key_file: /etc/lungwatch/ward.key
       users:
         - {name: nurse, role: ack, password_hash: "pbkdf2_sha256$600000$<salt>$<hash>"}
         - {name: porter, role: view, password_hash: "pbkdf2_sha256$600000$<salt>$<hash>"}
@@ -22,6 +24,7 @@ import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from edge.config import check
@@ -110,6 +113,8 @@ class DashboardConfig:
     events_per_bed: int = 8  # last events kept and shown per bed
     live_points: int = 60  # live-strip points kept per bed (one per live message)
     push_interval_s: float = 0.1  # changes are pushed to the browsers at most this often
+    cert_file: str | None = None  # PEM certificate: serve HTTPS (users' passwords encrypted)
+    key_file: str | None = None  # its private key (PEM), with cert_file
 
     def __post_init__(self) -> None:
         check(isinstance(self.host, str) and bool(self.host), "host", self.host, "an address")
@@ -127,6 +132,15 @@ class DashboardConfig:
         check(1 <= self.live_points <= 3600, "live_points", self.live_points, "1..3600")
         ok = 0.01 <= self.push_interval_s <= 1.0
         check(ok, "push_interval_s", self.push_interval_s, "a number in [0.01, 1] (seconds)")
+        for name in ("cert_file", "key_file"):
+            path = getattr(self, name)
+            check(path is None or Path(path).is_file(), name, path, "an existing file")
+        paired = (self.cert_file is None) == (self.key_file is None)
+        check(paired, "key_file", self.key_file, "set together with cert_file")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.cert_file is not None
 
     def user(self, name: str) -> DashboardUser | None:
         return next((u for u in self.users if u.name == name), None)

@@ -31,15 +31,17 @@ import json
 import logging
 import queue
 import secrets
+import ssl
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from edge.dashboard.config import DashboardConfig, verify_password
+from edge.dashboard.config import DashboardConfig, is_loopback, verify_password
 from edge.dashboard.feed import FeedError, WardFeed
 from edge.dashboard.ward import Ward
+from edge.errors import LungwatchError
 from edge.events import is_segment
 from edge.sinks.mqtt import MqttConfig
 
@@ -55,6 +57,10 @@ KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and the browser's 
 CLIENT_QUEUE = 1000  # updates waiting for a slow browser before it is dropped (it reconnects)
 MAX_BODY_BYTES = 4096
 REALM = "lungwatch ward view"
+
+
+class DashboardError(LungwatchError):
+    """The dashboard cannot start (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -82,19 +88,30 @@ class DashboardServer:
         self._auth_cache: dict[bytes, Viewer] = {}
         self._httpd = ThreadingHTTPServer((config.host, config.port), _handler_class(self))
         self._httpd.daemon_threads = True
+        if config.cert_file is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(config.cert_file, config.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                self._httpd.server_close()
+                raise DashboardError(f"dashboard.cert_file / key_file: {exc}") from None
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._threads: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
         host, port = str(self._httpd.server_address[0]), int(self._httpd.server_address[1])
         shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{port}/"
+        scheme = "https" if self.config.uses_tls else "http"
+        return f"{scheme}://{shown}:{port}/"
 
     def describe(self) -> str:
         """The startup line: address, site, broker and who may do what."""
         if self.config.users:
             roles = ", ".join(f"{u.name} ({u.role})" for u in self.config.users)
             who = f"HTTP Basic users: {roles}"
+            if not self.config.uses_tls and not is_loopback(self.config.host):
+                who += "; WARNING: no cert_file, passwords cross the network in clear"
         else:
             who = "no users configured: loopback only, anyone on this machine may acknowledge"
         return f"dashboard: {self.url} (site {self.site}, broker {self.feed.config.address}; {who})"
@@ -236,7 +253,8 @@ def _handler_class(server: DashboardServer) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": f"no such action: {self.path}"})
                 return
             origin, host = self.headers.get("Origin"), self.headers.get("Host")
-            if origin is not None and origin != f"http://{host}":  # another site's form
+            scheme = "https" if server.config.uses_tls else "http"
+            if origin is not None and origin != f"{scheme}://{host}":  # another site's form
                 self._json(403, {"error": f"cross-origin request from {origin} refused"})
                 return
             if self.headers.get_content_type() != "application/json":

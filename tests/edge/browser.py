@@ -120,7 +120,7 @@ class DashboardProcess:
             )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
-        if not line.startswith("dashboard: http://"):
+        if not line.startswith(("dashboard: http://", "dashboard: https://")):
             self.stop()
             raise RuntimeError(f"dashboard did not start: {line!r} {self.log.read_text()[-2000:]}")
         self.url = line.split()[1]

@@ -261,3 +261,32 @@ def test_lungwatch_run_serves_the_page_too(tmp_path: Path) -> None:
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def test_https_with_the_configured_certificate(
+    tmp_path: Path, secure_broker: tuple[Mosquitto, TlsFiles]
+) -> None:
+    """``cert_file`` / ``key_file``: the page is served over HTTPS only (a client that trusts
+    the CA gets it; plain HTTP gets no page), so passwords never cross the network in clear."""
+    import ssl
+
+    broker, tls = secure_broker
+    web = make_tls_files(tmp_path / "web", name="web")
+    config = DashboardConfig(
+        port=0, users=dashboard_config().users,
+        cert_file=str(web.server_cert), key_file=str(web.server_key),
+    )  # fmt: skip
+    with DashboardServer(config, broker_config(broker.port, tls), SITE) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        token = base64.b64encode(b"porter:porter-pw").decode()
+        req = urllib.request.Request(server.url, headers={"Authorization": f"Basic {token}"})
+        trusted = ssl.create_default_context(cafile=str(web.ca_cert))
+        with urllib.request.urlopen(req, timeout=10, context=trusted) as reply:
+            assert reply.status == 200
+            assert b"lungwatch ward view" in reply.read()
+        plain = req.full_url.replace("https://", "http://")
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(plain, timeout=5)
+    open_config = DashboardConfig(host="0.0.0.0", port=0, users=dashboard_config().users)
+    with DashboardServer(open_config, broker_config(broker.port, tls), SITE) as server:
+        assert "WARNING: no cert_file, passwords cross the network in clear" in server.describe()
