@@ -71,6 +71,7 @@ def load_recordings(
     grid: FrameGrid,
     stride: int,
     unannotated_weight: float = 0.5,
+    record_aware: bool = False,
 ) -> list[Recording]:
     """Features (the chosen ``kinds`` of the store's stack) and targets of every record."""
     pick = [store.kinds.index(kind) for kind in kinds]
@@ -79,7 +80,9 @@ def load_recordings(
         features = store.features(record.audio_path)[pick].astype(np.float16)
         n = output_frames(features.shape[2], stride)
         events = tuple((e.start_ms / 1000.0, e.end_ms / 1000.0, e.type) for e in record.events)
-        targets, weights = frame_targets(events, record.record_label, grid, n, unannotated_weight)
+        targets, weights = frame_targets(
+            events, record.record_label, grid, n, unannotated_weight, record_aware
+        )
         out.append(
             Recording(
                 record.record_id, record.patient_id, record.record_label, features, targets,

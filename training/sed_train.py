@@ -54,6 +54,7 @@ class Proto:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     unannotated_weight: float = 0.5
+    record_aware_weights: bool = False  # the record label decides unannotated class frames
     max_start_frames: int = 50
     max_frames: int = 400
     record_weight: float = 0.0
@@ -73,13 +74,15 @@ class Proto:
     gain_db: float = 0.0  # random gain of each example, uniform in +-gain_db (power)
 
 
-def load_all(kinds, grid, stride, unannotated_weight, split="train"):
+def load_all(kinds, grid, stride, unannotated_weight, split="train", record_aware=False):
     spec = FeatureSpec()
     store = FeatureStore(spec, ALL_KINDS, Path("out/cache/features"))
     records = load_sprsound(sprsound_root() / split)
     from training.recordings import load_recordings
 
-    return records, load_recordings(records, store, kinds, grid, stride, unannotated_weight)
+    return records, load_recordings(
+        records, store, kinds, grid, stride, unannotated_weight, record_aware
+    )
 
 
 def input_stats(recs: list[Recording]) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +225,9 @@ def main(cfg: Proto) -> dict:
     spec = FeatureSpec()
     grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, mcfg.stride)
     t0 = time.time()
-    records, recs = load_all(cfg.kinds, grid, mcfg.stride, cfg.unannotated_weight)
+    records, recs = load_all(
+        cfg.kinds, grid, mcfg.stride, cfg.unannotated_weight, record_aware=cfg.record_aware_weights
+    )
     _train_r, val_r = patient_disjoint_split(records, 0.2, 0)
     val_ids = {r.record_id for r in val_r}
     train = [r for r in recs if r.record_id not in val_ids]

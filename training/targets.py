@@ -18,6 +18,12 @@ Weights say which targets are known. SPRSound annotates some breath phases of a 
 all: frames outside every annotated event are weighted ``unannotated_weight`` for the class
 and Breath outputs. Poor Quality records have no event annotations: their Breath targets
 are unknown (weight 0) and their class targets are 0 (no event should be raised there).
+
+With ``record_aware`` the record label says more about the unannotated frames: a class whose
+family (CAS: Wheeze, Rhonchi, Stridor; DAS: the crackles) the record label names may sound in
+a phase nobody annotated, so there its target is unknown (weight 0); a class whose family the
+label rules out is a known 0 there (weight 1): a Normal record has no crackle anywhere, a CAS
+record none either. Breath keeps ``unannotated_weight``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge.detector import FrameGrid
-from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
+from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY, sound_class
 
 BREATH = "Breath"
 OUTPUTS: tuple[str, ...] = (*DETECTED_CLASSES, BREATH, POOR_QUALITY)
@@ -68,6 +74,7 @@ def frame_targets(
     grid: FrameGrid,
     n_frames: int,
     unannotated_weight: float = 0.5,
+    record_aware: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Targets and weights of one recording, each (len(OUTPUTS), n_frames) float32."""
     unknown = sorted({t for _, _, t in events if t not in TYPE_OUTPUTS})
@@ -88,4 +95,8 @@ def frame_targets(
     else:
         weights[: len(DETECTED_CLASSES)] = outside
         weights[BREATH_INDEX] = outside
+        if record_aware:
+            for c, name in enumerate(DETECTED_CLASSES):
+                present = sound_class(name).family in record_label.split(" & ")
+                weights[c] = annotated if present else 1.0
     return targets, weights

@@ -62,13 +62,23 @@ def test_chunked_onnx_equals_the_whole_torch_pass(exported: tuple[SedNet, Path, 
     np.testing.assert_allclose(alone[0], got[1], atol=1e-5)
 
 
-@pytest.mark.parametrize("freq_channels", [0, 4], ids=["convolutions", "spectral-stem"])
+@pytest.mark.parametrize(
+    ("freq_channels", "at_network_rate"),
+    [(0, False), (4, False), (4, True)],
+    ids=["convolutions", "spectral-stem", "spectral-branch"],
+)
 def test_only_the_batch_is_dynamic_and_ops_pass_the_tensorrt_screen(
-    tmp_path: Path, freq_channels: int
+    tmp_path: Path, freq_channels: int, at_network_rate: bool
 ) -> None:
     # the convolutional model (what ships; the attention layer's shapes are not yet static)
     config = SedConfig(
-        **{**vars(CONFIG), "attention_heads": 0, "freq_channels": freq_channels, "freq_pool": 2}
+        **{
+            **vars(CONFIG),
+            "attention_heads": 0,
+            "freq_channels": freq_channels,
+            "freq_pool": 2,
+            "freq_at_network_rate": at_network_rate,
+        }
     )
     path = tmp_path / "model.onnx"
     model = SedNet(config).eval()

@@ -45,8 +45,11 @@ def chunked(model: SedNet, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         TINY,
         SedConfig(**{**vars(TINY), "attention_heads": 2, "attention_frames": 5}),
         SedConfig(**{**vars(TINY), "freq_channels": 4, "freq_pool": 2}),
+        SedConfig(
+            **{**vars(TINY), "freq_channels": 4, "freq_pool": 2, "freq_at_network_rate": True}
+        ),
     ],
-    ids=["convolutions", "with-attention", "spectral-stem"],
+    ids=["convolutions", "with-attention", "spectral-stem", "spectral-branch"],
 )
 def test_any_chunking_equals_the_whole_pass(config: SedConfig) -> None:
     model = model_of(config)

@@ -49,6 +49,29 @@ def test_events_switch_on_their_outputs_and_breath() -> None:
     assert np.all(weights[QUALITY_INDEX] == 1.0)
 
 
+@pytest.mark.parametrize(
+    ("label", "unknown"),
+    [
+        ("Normal", set()),
+        ("CAS", {"Wheeze", "Rhonchi", "Stridor"}),
+        ("DAS", {"Fine Crackle", "Coarse Crackle"}),
+        ("CAS & DAS", {"Wheeze", "Rhonchi", "Stridor", "Fine Crackle", "Coarse Crackle"}),
+    ],
+)
+def test_record_aware_weights_follow_the_record_label(label: str, unknown: set[str]) -> None:
+    events = [(frame_start_s(2), frame_start_s(4), "Normal")]
+    targets, weights = frame_targets(events, label, GRID, 6, 0.5, record_aware=True)
+    for c, name in enumerate(OUTPUTS[:5]):
+        # inside the annotated phase every class is known; outside, the label decides
+        np.testing.assert_allclose(weights[c, 2:4], 1.0)
+        outside = 0.0 if name in unknown else 1.0
+        np.testing.assert_allclose(weights[c, [0, 1, 4, 5]], outside, err_msg=name)
+    np.testing.assert_allclose(weights[BREATH_INDEX, [0, 5]], 0.5)  # Breath as before
+    assert np.all(targets[:5] == 0.0)
+    plain = frame_targets(events, label, GRID, 6, 0.5)[1]
+    np.testing.assert_allclose(plain[:5, [0, 5]], 0.5)  # off by default
+
+
 def test_poor_quality_records_teach_quality_and_silence() -> None:
     targets, weights = frame_targets([], "Poor Quality", GRID, 5)
     assert np.all(targets[QUALITY_INDEX] == 1.0)

@@ -63,6 +63,11 @@ class SedConfig:
     # context, so it carries no state
     freq_channels: int = 0
     freq_pool: int = 4
+    # with freq_channels > 0: False, the spectral stem replaces the plain one at the front-end
+    # rate; True, it reads each network frame's `stride` front-end frames averaged (stride
+    # times cheaper: tonal sounds last longer than a network frame) and is added to the plain
+    # stem, which keeps the full time resolution for transients such as crackles
+    freq_at_network_rate: bool = False
 
     def __post_init__(self) -> None:
         check(self.n_kinds >= 1, "n_kinds", self.n_kinds, "an integer >= 1")
@@ -179,7 +184,13 @@ class SpectralStem(nn.Module):
         super().__init__()
         f, k = config.freq_channels, 5
         bands = config.n_bands // config.freq_pool
+        pooled = config.freq_at_network_rate
+        time_pool: list[nn.Module] = (
+            [nn.AvgPool2d((1, config.stride), stride=(1, config.stride))] if pooled else []
+        )
+        last = (1, 1) if pooled else (1, config.stride)
         self.spectral = nn.Sequential(
+            *time_pool,
             nn.Conv2d(1, f, (k, 1), padding=(k // 2, 0), bias=False),
             nn.BatchNorm2d(f, eps=NORM_EPS),
             nn.ReLU(),
@@ -187,12 +198,38 @@ class SpectralStem(nn.Module):
             nn.BatchNorm2d(f, eps=NORM_EPS),
             nn.ReLU(),
             nn.MaxPool2d((config.freq_pool, 1)),
-            nn.Conv2d(f, config.channels, (bands, config.stride), stride=(1, config.stride)),
+            nn.Conv2d(f, config.channels, (bands, last[1]), stride=last),
             nn.BatchNorm2d(config.channels, eps=NORM_EPS),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spectral(x.unsqueeze(1)).squeeze(2)
+
+
+class DualStem(nn.Module):
+    """The plain stem plus the spectral stem at the network rate, summed."""
+
+    def __init__(self, config: SedConfig) -> None:
+        super().__init__()
+        self.plain = _plain_stem(config)
+        self.spectral = SpectralStem(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.plain(x) + self.spectral(x)
+
+
+def _plain_stem(config: SedConfig) -> nn.Module:
+    """One convolution over all bands and ``stride`` frames (stride ``stride``)."""
+    return nn.Sequential(
+        nn.Conv1d(config.n_bands, config.channels, config.stride, stride=config.stride, bias=False),
+        nn.BatchNorm1d(config.channels, eps=NORM_EPS),
+    )
+
+
+def _stem(config: SedConfig) -> nn.Module:
+    if not config.freq_channels:
+        return _plain_stem(config)
+    return DualStem(config) if config.freq_at_network_rate else SpectralStem(config)
 
 
 class SedNet(nn.Module):
@@ -208,15 +245,7 @@ class SedNet(nn.Module):
         c = config.channels
         self.register_buffer("input_mean", torch.zeros(config.n_kinds, config.n_bands))
         self.register_buffer("input_std", torch.ones(config.n_kinds, config.n_bands))
-        self.stems = nn.ModuleList(
-            SpectralStem(config)
-            if config.freq_channels
-            else nn.Sequential(
-                nn.Conv1d(config.n_bands, c, config.stride, stride=config.stride, bias=False),
-                nn.BatchNorm1d(c, eps=NORM_EPS),
-            )
-            for _ in range(config.n_kinds)
-        )
+        self.stems = nn.ModuleList(_stem(config) for _ in range(config.n_kinds))
         self.kind_logits = nn.Parameter(torch.zeros(config.n_kinds))
         self.act = nn.ReLU()
         layers: list[nn.Module] = [
