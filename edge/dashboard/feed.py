@@ -57,6 +57,7 @@ class WardFeed:
         self.connected = threading.Event()
         self._connack = threading.Event()
         self._refusal: str | None = None
+        self._stopping = False
         client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}",
@@ -91,6 +92,7 @@ class WardFeed:
         return self
 
     def stop(self) -> None:
+        self._stopping = True  # our own disconnect: no "lost broker" warning
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -129,7 +131,7 @@ class WardFeed:
         if not self._connack.is_set():
             self._refusal = "closed the connection before CONNACK"
             self._connack.set()
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             log.warning("dashboard lost broker %s (%s); reconnecting", self.config.address, reason)
         self.connected.clear()
         self.ward.set_broker(self.config.address, connected=False)
