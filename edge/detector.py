@@ -107,6 +107,24 @@ class ClassRule:
 
 
 @dataclass(frozen=True)
+class PhaseRule:
+    """Phase mode of :class:`FrameDetector`: events are breath phases with an adventitious
+    sound. A phase opens at ``output >= on_threshold`` and closes at ``< off_threshold``; a
+    class is announced in a phase once the phase spans ``min_phase_ms`` and the mean of the
+    class's probability over the phase so far reaches the class's ``on_threshold``; the event
+    runs from the phase's start to its end."""
+
+    on_threshold: float
+    off_threshold: float
+    min_phase_ms: float = 240.0
+    output: str = "Breath"  # the model output that marks breath phases
+
+    def __post_init__(self) -> None:
+        check_thresholds(self.on_threshold, self.off_threshold)
+        check(self.min_phase_ms >= 0.0, "min_phase_ms", self.min_phase_ms, "a number >= 0")
+
+
+@dataclass(frozen=True)
 class TypePriority:
     """Priority of one event type."""
 
@@ -150,6 +168,10 @@ class DetectorConfig:
     default_priority: Priority = "medium"  # types not listed in `priorities`
     priorities: tuple[TypePriority, ...] = DEFAULT_PRIORITIES
     latching: tuple[Priority, ...] = ("high",)  # priorities that stay active until acknowledged
+    # frame models: events are breath phases whose mean class probability reaches the class's
+    # on_threshold (off_threshold, min_event_ms and merge_gap_ms then do not apply); None: the
+    # per-class hysteresis above
+    phases: PhaseRule | None = None
 
     def __post_init__(self) -> None:
         check_thresholds(self.on_threshold, self.off_threshold)
@@ -420,6 +442,8 @@ class Detector(_EventSource):
     ) -> None:
         self.classes = tuple(classes)
         self.config = config
+        if config.phases is not None:
+            raise ConfigError("detector.phases: phase mode needs a frame-level (streaming) model")
         unknown = [t.type for t in config.thresholds if t.type not in self.classes]
         if unknown:
             raise ConfigError(f"detector.thresholds: {unknown[0]!r} is not a model class {classes}")
@@ -545,6 +569,53 @@ def _track_frames(
     return count
 
 
+@njit(cache=True)
+def _track_phases(
+    probs, breath, index, thr, on, off, min_frames, first_frame, phase, sums,
+    cand_start, cand_end, announced, peak, out_i, out_p,
+):  # fmt: skip
+    """Phase mode over ``probs`` (n, O): breath hysteresis on output ``breath`` (``on`` /
+    ``off``), per-class running means over the open phase for the outputs ``index`` (C,)
+    against ``thr`` (C,). ``phase`` = [open (0/1), first frame, frames so far] and ``sums``
+    (C,) carry the open phase between calls; the per-class arrays as in :func:`_track_frames`
+    (``cand_start`` = the phase's first frame once announced, ``peak`` = the highest mean).
+    Writes transitions like :func:`_track_frames`; returns their number (at most 2 * n * C)."""
+    count = 0
+    for t in range(probs.shape[0]):
+        j = first_frame + t
+        b = probs[t, breath]
+        if phase[0] == 1 and b < off:  # the phase ended with the previous frame
+            for c in range(index.shape[0]):
+                if announced[c]:
+                    out_i[count, 0], out_i[count, 1] = CLOSE, c
+                    out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
+                    out_p[count] = peak[c]
+                    count += 1
+                    announced[c] = False
+                    cand_start[c] = -1
+            phase[0] = 0
+        if phase[0] == 0:
+            if b < on:
+                continue
+            phase[0], phase[1], phase[2] = 1, j, 0
+            sums[:] = 0.0
+        phase[2] += 1
+        for c in range(index.shape[0]):
+            sums[c] += probs[t, index[c]]
+            mean = sums[c] / phase[2]
+            cand_end[c] = j
+            if announced[c]:
+                peak[c] = max(peak[c], mean)
+            elif phase[2] >= min_frames and mean >= thr[c]:
+                announced[c] = True
+                cand_start[c], peak[c] = phase[1], mean
+                out_i[count, 0], out_i[count, 1] = ONSET, c
+                out_i[count, 2], out_i[count, 3] = phase[1], j
+                out_p[count] = mean
+                count += 1
+    return count
+
+
 @dataclass(frozen=True)
 class DetectedEvent:
     """One finished event on the stream's sample timeline (``end_sample`` exclusive)."""
@@ -564,8 +635,12 @@ class FrameDetector(_EventSource):
     event, and an event is announced once it spans ``min_event_ms`` (shorter ones never
     produce a transition); it ends once the class has been off for longer than the merge gap,
     at the end of its last active frame. Durations are whole frames of ``grid.hop_ms``
-    (rounded to the nearest frame, at least one). Lifecycle, latching and acknowledgement as
-    :class:`Lifecycle`.
+    (rounded to the nearest frame, at least one). With ``config.phases`` (:class:`PhaseRule`)
+    the events are breath phases instead: a phase of the breath output in which the mean of a
+    class's probability reaches the class's ``on_threshold`` (after ``min_phase_ms``) is an
+    event of that class from the phase's first frame to its last; SPRSound annotates
+    adventitious sounds by phase, so the edges follow the phase. Lifecycle, latching and
+    acknowledgement as :class:`Lifecycle`.
 
         detector = FrameDetector(outputs, config, grid)
         transitions = detector.update(first_frame, probs)   # probs (n, n_outputs), any n
@@ -604,6 +679,17 @@ class FrameDetector(_EventSource):
         self._out_i = np.zeros((0, 4), np.int64)
         self._out_p = np.zeros(0, np.float64)
         self.suppressed = False
+        self._phases = config.phases
+        if self._phases is not None:
+            if self._phases.output not in self.outputs:
+                raise ConfigError(
+                    f"detector.phases.output: {self._phases.output!r} is not a model output "
+                    f"{outputs}"
+                )
+            self._breath = self.outputs.index(self._phases.output)
+            self._phase_min = max(1, round(self._phases.min_phase_ms / hop))
+            self._phase = np.zeros(3, np.int64)  # open, first frame, frames so far
+            self._sums = np.zeros(n, np.float64)
 
     def update(self, first_frame: int, probs: np.ndarray) -> list[Transition]:
         """Feed output frames ``first_frame, first_frame + 1, ...``: ``probs`` (n, n_outputs)."""
@@ -616,11 +702,19 @@ class FrameDetector(_EventSource):
         if self._out_i.shape[0] < rows:
             self._out_i = np.zeros((rows, 4), np.int64)
             self._out_p = np.zeros(rows, np.float64)
-        count = _track_frames(
-            p, self._index, self._on, self._off, self._min, self._gap, first_frame,
-            self._active, self._start, self._end, self._announced, self._peak,
-            self._out_i, self._out_p,
-        )  # fmt: skip
+        if self._phases is None:
+            count = _track_frames(
+                p, self._index, self._on, self._off, self._min, self._gap, first_frame,
+                self._active, self._start, self._end, self._announced, self._peak,
+                self._out_i, self._out_p,
+            )  # fmt: skip
+        else:
+            count = _track_phases(
+                p, self._breath, self._index, self._on, self._phases.on_threshold,
+                self._phases.off_threshold, self._phase_min, first_frame, self._phase,
+                self._sums, self._start, self._end, self._announced, self._peak,
+                self._out_i, self._out_p,
+            )  # fmt: skip
         for row in range(count):
             kind, c, first, last = (int(v) for v in self._out_i[row])
             self._apply(kind, c, first, last, float(self._out_p[row]))
@@ -646,6 +740,8 @@ class FrameDetector(_EventSource):
         self._active[:] = False
         self._start[:] = -1
         self._announced[:] = False
+        if self._phases is not None:
+            self._phase[:] = 0
 
 
 def detect_events(

@@ -38,7 +38,10 @@ their states and returns the chunk's per-frame sigmoid outputs and the new state
     detector         (optional) {"thresholds": [{"type", "on_threshold", "off_threshold",
                       "min_event_ms", "merge_gap_ms"}, ...], "fitted_on": ...}: the per-class
                      rules fitted on validation, which the device applies unless its config
-                     names the class in ``detector.thresholds``
+                     names the class in ``detector.thresholds``; with
+                     ``"phases": {"on_threshold", "off_threshold", "min_phase_ms", "output"}``
+                     the detector runs in phase mode (:class:`edge.detector.PhaseRule`) unless
+                     the config sets its own ``detector.phases``
     quality          (optional) {"poor_on", "poor_off"}: hysteresis of the quality output
     window_frames and hop_frames are not stored: both are T (the chunk is the window).
 """
@@ -128,6 +131,7 @@ class Manifest:
     streaming: StreamingInfo | None = None  # set for a streaming model (schema 2)
     detector_rules: tuple[Mapping[str, Any], ...] = ()  # fitted per-class rules (schema 2)
     quality_thresholds: tuple[float, float] | None = None  # (poor_on, poor_off) (schema 2)
+    detector_phases: Mapping[str, Any] | None = None  # fitted phase rule (schema 2)
 
     def file_path(self, name: str) -> Path:
         """Where the artifact ``name`` lies (beside the manifest)."""
@@ -388,6 +392,7 @@ def _load_streaming(path: Path, data: Mapping[str, Any]) -> Manifest:
         streaming=info,
         detector_rules=_detector_rules(path, data, outputs),
         quality_thresholds=_quality(path, data),
+        detector_phases=_detector_phases(path, data, outputs),
     )
 
 
@@ -443,6 +448,35 @@ def _detector_rules(
                 f"a mapping of {', '.join(RULE_KEYS)} naming one of the outputs {list(outputs)}",
             )
     return tuple(rules)
+
+
+PHASE_KEYS = ("on_threshold", "off_threshold", "min_phase_ms", "output")
+
+
+def _detector_phases(
+    path: Path, data: Mapping[str, Any], outputs: tuple[str, ...]
+) -> Mapping[str, Any] | None:
+    block = data.get("detector")
+    phases = block.get("phases") if isinstance(block, dict) else None
+    if phases is None:
+        return None
+    ok = (
+        isinstance(phases, dict)
+        and set(phases) == set(PHASE_KEYS)
+        and phases["output"] in outputs
+        and all(_number(phases[k]) for k in PHASE_KEYS[:3])
+        and 0.0 < phases["off_threshold"] <= phases["on_threshold"] < 1.0
+        and phases["min_phase_ms"] >= 0
+    )
+    if not ok:
+        _fail(
+            path,
+            "detector.phases",
+            phases,
+            f"a mapping of {', '.join(PHASE_KEYS)} (0 < off <= on < 1, min_phase_ms >= 0) "
+            f"naming one of the outputs {list(outputs)}",
+        )
+    return dict(phases)
 
 
 def _quality(path: Path, data: Mapping[str, Any]) -> tuple[float, float] | None:

@@ -35,7 +35,14 @@ import numpy as np
 
 from edge.backends import open_backend
 from edge.backends.base import InferenceBackend
-from edge.detector import ClassThreshold, Detector, DetectorConfig, FrameDetector, FrameGrid
+from edge.detector import (
+    ClassThreshold,
+    Detector,
+    DetectorConfig,
+    FrameDetector,
+    FrameGrid,
+    PhaseRule,
+)
 from edge.errors import ConfigError, LungwatchError
 from edge.events import Event, format_utc, utc_now
 from edge.gate import GateConfig, QualityGate
@@ -73,8 +80,18 @@ class RuntimeStartError(LungwatchError):
 def detector_config_of(config: DetectorConfig, manifest: Manifest) -> DetectorConfig:
     """The config's detector with the manifest's fitted per-class rules for every class the
     config's ``thresholds`` do not name (config rules win; the config's global thresholds
-    and durations apply to classes neither names)."""
+    and durations apply to classes neither names), and the manifest's phase rule unless the
+    config sets ``phases``."""
     named = {rule.type for rule in config.thresholds}
+    phases = config.phases
+    if phases is None and manifest.detector_phases is not None:
+        p = manifest.detector_phases
+        phases = PhaseRule(
+            float(p["on_threshold"]),
+            float(p["off_threshold"]),
+            float(p["min_phase_ms"]),
+            str(p["output"]),
+        )
     fitted = tuple(
         ClassThreshold(
             rule["type"],
@@ -86,7 +103,7 @@ def detector_config_of(config: DetectorConfig, manifest: Manifest) -> DetectorCo
         for rule in manifest.detector_rules
         if rule["type"] not in named
     )
-    return dataclasses.replace(config, thresholds=config.thresholds + fitted)
+    return dataclasses.replace(config, thresholds=config.thresholds + fitted, phases=phases)
 
 
 def gate_config_of(config: GateConfig, manifest: Manifest) -> GateConfig:

@@ -10,6 +10,10 @@ keeping false adventitious events on Normal records at or below ``max_false_per_
 share of Normal records with any at or below ``max_normal_share``. Coordinate ascent: one class
 and one knob at a time, every candidate scored through :func:`edge.detector.detect_events` (the
 device's converter), repeated for ``rounds`` passes. Never fitted on a test set.
+
+With a ``base`` in phase mode (``DetectorConfig.phases``, ``--phases``) the knobs are each
+class's on-threshold (on the phase mean) and the phase rule's on-threshold, hysteresis gap and
+minimum phase length.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
+from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
 from edge.labels import DETECTED_CLASSES
 from training.scoring import DetectionReport, Event, score_detection
 
@@ -30,6 +34,9 @@ MIN_OFF = 0.05
 ON_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_EVENT_GRID_MS = (40.0, 120.0, 200.0, 320.0)
 MERGE_GAP_GRID_MS = (0.0, 120.0, 240.0, 400.0)
+PHASE_ON_GRID = (0.4, 0.5, 0.6, 0.7)
+PHASE_GAP_GRID = (0.1, 0.2, 0.3)  # phase off-threshold = on - gap
+MIN_PHASE_GRID_MS = (120.0, 240.0, 400.0)
 
 
 @dataclass(frozen=True)
@@ -113,11 +120,36 @@ def fit_detector(
         # a setting over budget ranks below every one within it, fewer false events first
         return (f1 if ok else -report.false_events_per_hour), report
 
+    def phase_candidates(config: DetectorConfig) -> list[DetectorConfig]:
+        p = config.phases
+        if p is None:
+            return []
+        gap = round(p.on_threshold - p.off_threshold, 3)
+        rules = [PhaseRule(v, round(v - gap, 3), p.min_phase_ms, p.output) for v in PHASE_ON_GRID]
+        rules += [
+            PhaseRule(p.on_threshold, round(p.on_threshold - g, 3), p.min_phase_ms, p.output)
+            for g in PHASE_GAP_GRID
+            if p.on_threshold - g > 0
+        ]
+        rules += [
+            PhaseRule(p.on_threshold, p.off_threshold, v, p.output) for v in MIN_PHASE_GRID_MS
+        ]
+        return [dataclasses.replace(config, phases=r) for r in rules]
+
+    knobs = ("on",) if base.phases is not None else ("on", "min", "gap")
     best, best_report = score(current)
     for _ in range(rounds):
         improved = False
+        for config in phase_candidates(current):
+            if config == current:
+                continue
+            value, report = score(config)
+            if value > best + 1e-9:
+                best, best_report, current, improved = value, report, config, True
+                if log:
+                    print(f"phases -> {config.phases} F1/score {value:.4f}", flush=True)
         for t in types:
-            for knob in ("on", "min", "gap"):
+            for knob in knobs:
                 r = current.rule_of(t)
                 candidates = {
                     "on": [rule(t, v, r.min_event_ms, r.merge_gap_ms) for v in ON_GRID],
@@ -138,7 +170,9 @@ def fit_detector(
     return Fit(current, best_report, evaluations)
 
 
-def fit_checkpoint(checkpoint: Path, limits: Limits = Limits(), log: bool = False) -> dict:
+def fit_checkpoint(
+    checkpoint: Path, limits: Limits = Limits(), log: bool = False, phases: bool = False
+) -> dict:
     """Predict the checkpoint's patient-disjoint validation records (SPRSound train, seed 0,
     20 %: the research trainer's split) and fit the detector there; the manifest's
     ``detector`` section (thresholds, what it was fitted on, the validation summary)."""
@@ -162,10 +196,20 @@ def fit_checkpoint(checkpoint: Path, limits: Limits = Limits(), log: bool = Fals
     annotated = {r.record_id: list(r.events) for r in val}
     labels = {r.record_id: r.label for r in val}
     durations = {r.record_id: recording_seconds(r.features.shape[2], spec) for r in val}
-    base = DetectorConfig(on_threshold=0.7, off_threshold=0.55, min_event_ms=120, merge_gap_ms=120)
+    base = DetectorConfig(
+        on_threshold=0.7,
+        off_threshold=0.55,
+        min_event_ms=120,
+        merge_gap_ms=120,
+        phases=PhaseRule(0.6, 0.5, 240.0) if phases else None,
+    )
     fit = fit_detector(probs, annotated, labels, durations, OUTPUTS, grid, base, limits, log=log)
+    out_phases = (
+        {} if fit.config.phases is None else {"phases": dataclasses.asdict(fit.config.phases)}
+    )
     return {
         "thresholds": [dataclasses.asdict(t) for t in fit.config.thresholds],
+        **out_phases,
         "fitted_on": f"SPRSound train, patient-disjoint validation (20 %, seed 0), "
         f"{len(val)} records",
         "limits": dataclasses.asdict(limits),
@@ -185,10 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="fitted rules (JSON)")
     parser.add_argument("--max-false-per-hour", type=float, default=Limits.max_false_per_hour)
     parser.add_argument("--max-normal-share", type=float, default=Limits.max_normal_share)
+    parser.add_argument(
+        "--phases", action="store_true", help="phase mode: events are breath phases (module doc)"
+    )
     args = parser.parse_args(argv)
     try:
         fitted = fit_checkpoint(
-            args.checkpoint, Limits(args.max_false_per_hour, args.max_normal_share), log=True
+            args.checkpoint,
+            Limits(args.max_false_per_hour, args.max_normal_share),
+            log=True,
+            phases=args.phases,
         )
     except LungwatchError as exc:
         print(f"sed_calibrate: {exc}", file=sys.stderr)

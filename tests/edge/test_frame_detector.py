@@ -11,10 +11,12 @@ from edge.config import ConfigError
 from edge.detector import (
     ClassThreshold,
     DetectedEvent,
+    Detector,
     DetectorConfig,
     DetectorError,
     FrameDetector,
     FrameGrid,
+    PhaseRule,
     detect_events,
 )
 from edge.labels import DETECTED_CLASSES
@@ -156,3 +158,62 @@ def test_bad_shapes_and_unknown_classes_are_named() -> None:
         det.update(0, np.zeros((4, 3), np.float32))
     with pytest.raises(ConfigError, match="Crackle"):
         FrameDetector(OUTPUTS, config(thresholds=(ClassThreshold("Crackle", 0.6, 0.4),)), GRID)
+
+
+# Phase mode: events are breath phases whose mean class probability reaches the class's
+# on_threshold (SPRSound annotates adventitious sounds by breath phase).
+
+PHASES = PhaseRule(on_threshold=0.6, off_threshold=0.4, min_phase_ms=200.0)  # 5 frames
+
+
+def test_a_phase_with_crackles_is_one_event_from_its_start_to_its_end() -> None:
+    # breath phase on frames 10..29; crackle probability 0.8 inside it, wheeze 0.3
+    p = probs(50, Breath=[(10, 29, 0.9)], Fine_Crackle=[(10, 29, 0.8)], Wheeze=[(10, 29, 0.3)])
+    events = detect_events(p, OUTPUTS, config(phases=PHASES, on_threshold=0.5), GRID)
+    assert events == [
+        DetectedEvent(
+            "Fine Crackle", GRID.start_sample(10), GRID.end_sample(29), pytest.approx(0.8)
+        )
+    ]
+
+
+def test_the_phase_mean_decides_not_a_single_peak() -> None:
+    # a 2-frame spike of 0.95 in a 20-frame phase: mean 0.095 + ... stays below 0.5
+    p = probs(40, Breath=[(5, 24, 0.9)], Fine_Crackle=[(12, 13, 0.95)])
+    assert detect_events(p, OUTPUTS, config(phases=PHASES, on_threshold=0.5), GRID) == []
+    # without phases the same spike is an event of its own
+    assert len(detect_events(p, OUTPUTS, config(on_threshold=0.5), GRID)) == 1
+
+
+def test_phase_onset_waits_for_the_minimum_phase_then_reports_the_phase_start() -> None:
+    det = FrameDetector(OUTPUTS, config(phases=PHASES, on_threshold=0.5), GRID)
+    p = probs(12, Breath=[(2, 11, 0.9)], Wheeze=[(2, 11, 0.9)])
+    assert det.update(0, p[:6]) == []  # 4 phase frames < 5
+    onset = det.update(6, p[6:7])
+    assert [(t.type, t.state, t.start_sample) for t in onset] == [
+        ("Wheeze", "onset", GRID.start_sample(2))
+    ]
+    ended = det.update(7, p[7:]) + det.update(12, probs(1))  # breath falls: the phase ends
+    assert [(t.state, t.end_sample) for t in ended] == [("ended", GRID.end_sample(11))]
+
+
+def test_phase_mode_any_chunking_gives_the_same_transitions() -> None:
+    rng = np.random.default_rng(5)
+    p = rng.random((400, len(OUTPUTS))).astype(np.float32)
+    breath = OUTPUTS.index("Breath")
+    p[:, breath] = np.repeat(rng.random(40) > 0.5, 10) * 0.9  # 0.4-s phases
+    cfg = config(phases=PHASES, on_threshold=0.55)
+    whole = transitions_in_chunks(p, [], cfg)
+    assert sum(state == "onset" for _, state, _, _ in whole) >= 3
+    for _ in range(5):
+        sizes = list(rng.integers(0, 9, size=80))
+        assert transitions_in_chunks(p, sizes, cfg) == whole
+
+
+def test_phase_output_must_be_a_model_output() -> None:
+    with pytest.raises(ConfigError, match=r"detector\.phases\.output: 'Phase'"):
+        FrameDetector(OUTPUTS, config(phases=PhaseRule(0.6, 0.4, 0.0, "Phase")), GRID)
+    with pytest.raises(ConfigError, match="off_threshold"):
+        PhaseRule(0.5, 0.7)
+    with pytest.raises(ConfigError, match="needs a frame-level"):  # the window detector
+        Detector(("Wheeze",), config(phases=PHASES), 8000, window_samples=16, hop_samples=4)

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import soundfile
 
+from edge.detector import PhaseRule
+
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
@@ -75,6 +77,29 @@ def test_manifest_rules_drive_the_device_and_the_config_overrides_them(tmp_path,
     config = build(
         mapping(tmp_path, folder, [stream("b1", source, realtime=False)], detector=override)
     )
+    _, sink = run_collecting(config)
+    assert not [e for e in sink.events if e.kind == "physiological"]
+
+
+def test_a_manifest_phase_rule_puts_the_device_in_phase_mode(tmp_path, tmp_path_factory):
+    # Breath always on: the whole record is one phase; Wheeze's phase mean always reaches 0.02
+    phases = {"on_threshold": 0.02, "off_threshold": 0.01, "min_phase_ms": 200, "output": "Breath"}
+    quality = {"poor_on": 0.999, "poor_off": 0.99}
+    detector = {**rules("Wheeze"), "phases": phases}
+    folder = tiny_streaming_folder(tmp_path_factory.mktemp("phases"), detector, quality)
+    source = record_path(WHEEZES)
+    runtime, sink = run_collecting(
+        build(mapping(tmp_path, folder, [stream("b1", source, realtime=False)]))
+    )
+    assert runtime.model.detector_config.phases == PhaseRule(0.02, 0.01, 200.0, "Breath")
+    ended = [e for e in sink.events if e.kind == "physiological" and e.state == "ended"]
+    assert [e.type for e in ended] == ["Wheeze"]
+    frames = runtime.streams[0].pipeline.frames_complete
+    assert ended[0].start_sample < 400
+    assert ended[0].end_sample == -(-frames // 4) * 320 + 88
+    # the config's own phase rule wins: phases of a quality output that never reaches 0.999
+    own = {"phases": {"on_threshold": 0.999, "off_threshold": 0.99, "output": "Poor Quality"}}
+    config = build(mapping(tmp_path, folder, [stream("b1", source, realtime=False)], detector=own))
     _, sink = run_collecting(config)
     assert not [e for e in sink.events if e.kind == "physiological"]
 

@@ -63,6 +63,12 @@ def _edited(folder: Path, tmp_path: Path, edit) -> Path:
          "detector.thresholds[0] must be"),
         (lambda d: d.__setitem__("quality", {"poor_on": 0.2, "poor_off": 0.5}),
          "quality must be"),
+        (lambda d: d["detector"].__setitem__("phases", {
+            "on_threshold": 0.3, "off_threshold": 0.5, "min_phase_ms": 0, "output": "Breath"}),
+         "detector.phases must be"),
+        (lambda d: d["detector"].__setitem__("phases", {
+            "on_threshold": 0.6, "off_threshold": 0.5, "min_phase_ms": 0, "output": "Phase"}),
+         "detector.phases must be"),
     ],
 )  # fmt: skip
 def test_manifest_errors_name_the_file_and_key(folder, tmp_path, edit, message) -> None:
