@@ -28,7 +28,7 @@ from edge.sinks.mqtt import (
     BrokerTlsError,
     MqttConfig,
     command_topic,
-    tls_context,
+    new_client,
 )
 
 log = logging.getLogger("lungwatch.dashboard")
@@ -44,10 +44,7 @@ class WardFeed:
     """Subscribes ``ward`` to ``site`` on the broker of ``config``; see the module doc."""
 
     def __init__(self, config: MqttConfig, site: str, ward: Ward) -> None:
-        import paho.mqtt.client as mqtt
-
         self.config, self.site, self.ward = config, site, ward
-        self._mqtt = mqtt
         self.topics = [
             f"{TOPIC_ROOT}/{site}/+/status",
             f"{TOPIC_ROOT}/{site}/+/metrics",
@@ -58,17 +55,7 @@ class WardFeed:
         self._connack = threading.Event()
         self._refusal: str | None = None
         self._stopping = False
-        client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}",
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
-        client.reconnect_delay_set(config.backoff_min_s, config.backoff_max_s)
-        if config.username is not None:
-            client.username_pw_set(config.username, config.password)
-        if config.uses_tls:
-            client.tls_set_context(tls_context(config))
+        client = new_client(config, f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}")
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

@@ -283,21 +283,10 @@ class MqttSink:
         log.warning("%s; events are spooled while retrying", message)
 
     def _make_client(self) -> Any:
-        mqtt = self._mqtt
         cfg = self.config
-        client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=cfg.effective_client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
+        client = new_client(cfg, cfg.effective_client_id)
         client.max_inflight_messages_set(cfg.max_inflight)
         client.max_queued_messages_set(0)  # bounded here instead: max_queued + status/metrics
-        client.reconnect_delay_set(cfg.backoff_min_s, cfg.backoff_max_s)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.uses_tls:
-            client.tls_set_context(tls_context(cfg))
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -425,6 +414,24 @@ def _topic_of(payload: str) -> str | None:
         return event_topic(body["site"], body["device_id"], body["stream_id"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def new_client(cfg: MqttConfig, client_id: str) -> Any:
+    """A paho 2 client (MQTT 3.1.1, clean session) with the config's reconnect back-off,
+    username / password and verifying TLS context; limits and callbacks are the caller's."""
+    mqtt = _import_paho()
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=True,
+    )
+    client.reconnect_delay_set(cfg.backoff_min_s, cfg.backoff_max_s)
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, cfg.password)
+    if cfg.uses_tls:
+        client.tls_set_context(tls_context(cfg))
+    return client
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
