@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from edge.detector import PhaseRule
 from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
 
@@ -131,7 +132,7 @@ class Manifest:
     streaming: StreamingInfo | None = None  # set for a streaming model (schema 2)
     detector_rules: tuple[Mapping[str, Any], ...] = ()  # fitted per-class rules (schema 2)
     quality_thresholds: tuple[float, float] | None = None  # (poor_on, poor_off) (schema 2)
-    detector_phases: Mapping[str, Any] | None = None  # fitted phase rule (schema 2)
+    detector_phases: PhaseRule | None = None  # fitted phase rule (schema 2)
 
     def file_path(self, name: str) -> Path:
         """Where the artifact ``name`` lies (beside the manifest)."""
@@ -455,20 +456,28 @@ PHASE_KEYS = ("on_threshold", "off_threshold", "min_phase_ms", "output")
 
 def _detector_phases(
     path: Path, data: Mapping[str, Any], outputs: tuple[str, ...]
-) -> Mapping[str, Any] | None:
+) -> PhaseRule | None:
     block = data.get("detector")
     phases = block.get("phases") if isinstance(block, dict) else None
     if phases is None:
         return None
-    ok = (
+    rule = None
+    if (
         isinstance(phases, dict)
         and set(phases) == set(PHASE_KEYS)
         and phases["output"] in outputs
         and all(_number(phases[k]) for k in PHASE_KEYS[:3])
-        and 0.0 < phases["off_threshold"] <= phases["on_threshold"] < 1.0
-        and phases["min_phase_ms"] >= 0
-    )
-    if not ok:
+    ):
+        try:  # the thresholds and the minimum phase are checked by the rule itself
+            rule = PhaseRule(
+                float(phases["on_threshold"]),
+                float(phases["off_threshold"]),
+                float(phases["min_phase_ms"]),
+                str(phases["output"]),
+            )
+        except ConfigError:
+            rule = None
+    if rule is None:
         _fail(
             path,
             "detector.phases",
@@ -476,7 +485,7 @@ def _detector_phases(
             f"a mapping of {', '.join(PHASE_KEYS)} (0 < off <= on < 1, min_phase_ms >= 0) "
             f"naming one of the outputs {list(outputs)}",
         )
-    return dict(phases)
+    return rule
 
 
 def _quality(path: Path, data: Mapping[str, Any]) -> tuple[float, float] | None:

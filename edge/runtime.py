@@ -41,7 +41,6 @@ from edge.detector import (
     DetectorConfig,
     FrameDetector,
     FrameGrid,
-    PhaseRule,
 )
 from edge.errors import ConfigError, LungwatchError
 from edge.events import Event, format_utc, utc_now
@@ -83,15 +82,6 @@ def detector_config_of(config: DetectorConfig, manifest: Manifest) -> DetectorCo
     and durations apply to classes neither names), and the manifest's phase rule unless the
     config sets ``phases``."""
     named = {rule.type for rule in config.thresholds}
-    phases = config.phases
-    if phases is None and manifest.detector_phases is not None:
-        p = manifest.detector_phases
-        phases = PhaseRule(
-            float(p["on_threshold"]),
-            float(p["off_threshold"]),
-            float(p["min_phase_ms"]),
-            str(p["output"]),
-        )
     fitted = tuple(
         ClassThreshold(
             rule["type"],
@@ -103,6 +93,7 @@ def detector_config_of(config: DetectorConfig, manifest: Manifest) -> DetectorCo
         for rule in manifest.detector_rules
         if rule["type"] not in named
     )
+    phases = config.phases if config.phases is not None else manifest.detector_phases
     return dataclasses.replace(config, thresholds=config.thresholds + fitted, phases=phases)
 
 

@@ -138,16 +138,23 @@ def fit_detector(
 
     knobs = ("on",) if base.phases is not None else ("on", "min", "gap")
     best, best_report = score(current)
+    improved = False
+
+    def consider(config: DetectorConfig, what: str) -> None:
+        """Move to ``config`` when it scores better than the current setting."""
+        nonlocal best, best_report, current, improved
+        if config == current:
+            return
+        value, report = score(config)
+        if value > best + 1e-9:
+            best, best_report, current, improved = value, report, config, True
+            if log:
+                print(f"{what} F1/score {value:.4f}", flush=True)
+
     for _ in range(rounds):
         improved = False
         for config in phase_candidates(current):
-            if config == current:
-                continue
-            value, report = score(config)
-            if value > best + 1e-9:
-                best, best_report, current, improved = value, report, config, True
-                if log:
-                    print(f"phases -> {config.phases} F1/score {value:.4f}", flush=True)
+            consider(config, f"phases -> {config.phases}")
         for t in types:
             for knob in knobs:
                 r = current.rule_of(t)
@@ -157,14 +164,7 @@ def fit_detector(
                     "gap": [rule(t, r.on_threshold, r.min_event_ms, v) for v in MERGE_GAP_GRID_MS],
                 }[knob]
                 for candidate in candidates:
-                    config = with_rule(current, candidate)
-                    if config == current:
-                        continue
-                    value, report = score(config)
-                    if value > best + 1e-9:
-                        best, best_report, current, improved = value, report, config, True
-                        if log:
-                            print(f"{t} {knob} -> {candidate} F1/score {value:.4f}", flush=True)
+                    consider(with_rule(current, candidate), f"{t} {knob} -> {candidate}")
         if not improved:
             break
     return Fit(current, best_report, evaluations)
