@@ -54,7 +54,7 @@ class Layout:
         """The runtime's command line (the unit's ExecStart, the process manager's argv)."""
         current = self.current
         return [
-            f"{current}/venv/bin/lungwatch",
+            f"{current}/venv/bin/lungwatch-edge",
             "run",
             "--config",
             f"{current}/runtime.yaml",

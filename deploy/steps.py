@@ -165,7 +165,7 @@ def run_install(ctx: Context) -> None:
 def engine_argv(ctx: Context) -> list[str]:
     inv, models = ctx.device.inventory, f"{ctx.rdir}/models"
     return [
-        f"{ctx.rdir}/venv/bin/lungwatch",
+        f"{ctx.rdir}/venv/bin/lungwatch-edge",
         "engine",
         f"{models}/{inv.onnx_model}",
         "--precision",
@@ -244,7 +244,8 @@ def has_reference(ctx: Context) -> bool:
 def verify_argv(ctx: Context) -> list[str]:
     models = f"{ctx.rdir}/models"
     if has_reference(ctx):
-        return [f"{ctx.rdir}/venv/bin/lungwatch", "verify", "--model-dir", models, "--reference"]
+        tool = f"{ctx.rdir}/venv/bin/lungwatch-edge"
+        return [tool, "verify", "--model-dir", models, "--reference"]
     return [*ctx.venv_tool, "check-models", "--models", models]
 
 

@@ -1,7 +1,8 @@
-"""The ``lungwatch`` console script: one subcommand per package ``main(argv)``.
+"""The device's console script ``lungwatch-edge``: one subcommand per package ``main(argv)``.
 
-Each subcommand is a thin wrapper: the module is imported only when its subcommand runs,
-so ``lungwatch demo`` on a device never imports training code or torch.
+Each subcommand is a thin wrapper: the module is imported only when its subcommand runs, so
+``lungwatch-edge run`` never imports training code or torch. The workstation's ``lungwatch``
+(:mod:`training.cli`) carries these commands and the training and export ones.
 """
 
 from __future__ import annotations
@@ -15,49 +16,57 @@ from edge.errors import LungwatchError
 
 DEBUG_ENV = "LUNGWATCH_DEBUG"  # set to show the traceback of an unexpected error
 
-# subcommand -> (module with main(argv), one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
+# subcommand -> (module with main(argv), one-line help). The device's commands only: the
+# workstation's (train, export, quantize, ...) are added by training.cli, the ``lungwatch``
+# console script; a device runs ``lungwatch-edge``, which never lists or imports them.
+Commands = dict[str, tuple[str, str]]
+DEVICE_SCRIPT = "lungwatch-edge"
+WORKSTATION_SCRIPT = "lungwatch"
+DEVICE_COMMANDS: Commands = {
     "demo": (
         "edge.demo",
         "the whole pipeline on three recordings: broker, runtime, subscriber, PNGs",
     ),
-    "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
-    "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),
-    "train": ("training.train", "train a model from a run YAML (workstation, needs torch)"),
-    "calibrate": ("training.calibrate", "fit Task 2 record thresholds on the validation split"),
-    "report": ("training.report", "every model-card score of a checkpoint (needs the data)"),
-    "crossval": ("training.crossval", "patient-grouped cross-validation of a run config"),
-    "predict": ("training.predict", "challenge-format predictions from a trained checkpoint"),
-    "evaluate": ("training.evaluate", "score challenge predictions against annotations"),
-    "detect": ("training.detect", "events in whole recordings as JSON lines (--plot PNG)"),
-    "export": ("export.to_onnx", "checkpoint -> model.onnx (opset 17, dynamic batch) + manifest"),
-    "quantize": ("export.quantize", "model.onnx -> explicit Q/DQ INT8 ONNX, calibrated on audio"),
-    "engine": ("export.engine", "Q/DQ ONNX -> TensorRT engine on this machine (TensorRT 10)"),
-    "verify": ("export.verify", "parity gate: torch vs ONNX vs INT8 (vs TensorRT), event lists"),
     "run": ("edge.runtime", "the bedside runtime: streams -> model -> events over MQTT"),
     "dashboard": ("edge.dashboard.cli", "the ward view: a web page of every bed on the broker"),
+    "detect": ("training.detect", "events in whole recordings through the device path (JSON)"),
+    "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
+    "engine": ("export.engine", "Q/DQ ONNX -> TensorRT engine on this machine (TensorRT 10)"),
+    "verify": ("export.verify", "parity gate: torch vs ONNX vs INT8 (vs TensorRT), event lists"),
     "bridge": ("firmware_bridge.cli", "receive a wearable stethoscope stream and report it"),
     "emulate": ("firmware_bridge.emulator", "play a recording as a wearable stethoscope would"),
+    "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),
 }
 
 
-def _usage() -> str:
-    lines = ["usage: lungwatch <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
-    lines += ["", "Run 'lungwatch <command> --help' for a command's options."]
+def _usage(script: str, commands: Commands) -> str:
+    lines = [f"usage: {script} <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in commands.items()]
+    lines += ["", f"Run '{script} <command> --help' for a command's options."]
+    if script == DEVICE_SCRIPT:
+        lines += [
+            f"Training and export commands (train, export, quantize, ...) are in "
+            f"'{WORKSTATION_SCRIPT}' on the workstation."
+        ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``lungwatch-edge``: the device's commands."""
+    return dispatch(DEVICE_COMMANDS, argv, DEVICE_SCRIPT)
+
+
+def dispatch(commands: Commands, argv: list[str] | None, script: str) -> int:
+    """Run ``argv[0]``'s module ``main(argv[1:])``; errors as one line, ``lungwatch NAME: ...``."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print(_usage())
+        print(_usage(script, commands))
         return 0 if args else 2
     name, rest = args[0], args[1:]
-    if name not in SUBCOMMANDS:
-        print(f"lungwatch: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+    if name not in commands:
+        print(f"{script}: unknown command {name!r}\n\n{_usage(script, commands)}", file=sys.stderr)
         return 2
-    module_name = SUBCOMMANDS[name][0]
+    module_name = commands[name][0]
     try:
         entry: Callable[[list[str]], int] = importlib.import_module(module_name).main
     except ModuleNotFoundError as exc:

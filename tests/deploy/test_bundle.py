@@ -47,7 +47,7 @@ def test_bundle_lists_every_file_with_its_sha256(env: Env) -> None:
     assert "bundle.json" in names
     assert all(not n.startswith(("/", "..")) for n in names)
     unit = (bundle.staging / "lungwatch.service").read_text()
-    assert f"ExecStart={env.prefix('dev-b')}/current/venv/bin/lungwatch run --config" in unit
+    assert f"ExecStart={env.prefix('dev-b')}/current/venv/bin/lungwatch-edge run --config" in unit
 
 
 def test_same_sources_give_the_same_release(env: Env, tmp_path: Path) -> None:

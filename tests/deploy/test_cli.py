@@ -121,7 +121,7 @@ def test_shipped_inventory_plans(name: str) -> None:
     assert code == 0, err
     if name == "jetson":
         assert "sudo -n systemctl restart lungwatch.service" in out
-        assert "/venv/bin/lungwatch' engine" in out
+        assert "/venv/bin/lungwatch-edge' engine" in out
         assert "--precision int8" in out
         assert "pip download --only-binary=:all:" in out
     else:

@@ -159,9 +159,10 @@ class ServeThread:
 
 
 def lungwatch(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """``python -m edge.cli ARGS`` to completion, stdout and stderr captured."""
+    """``lungwatch ARGS`` (``python -m training.cli``, the workstation script, every command) to
+    completion, stdout and stderr captured."""
     return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
+        [sys.executable, "-m", "training.cli", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from edge.cli import main
+from edge.cli import DEVICE_COMMANDS, main
+from tests.edge.runtime_helpers import REPO_ROOT
 
 
 def test_usage_and_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -17,6 +20,37 @@ def test_usage_and_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "commands:" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_the_device_script_carries_device_commands_only() -> None:
+    from training.cli import COMMANDS, WORKSTATION_COMMANDS
+
+    assert {"train", "export", "quantize", "calibrate"} <= set(WORKSTATION_COMMANDS)
+    assert not set(DEVICE_COMMANDS) & set(WORKSTATION_COMMANDS)
+    assert COMMANDS == {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}
+    for module, _ in DEVICE_COMMANDS.values():  # no device command lives in training's CLIs
+        assert module not in {m for m, _ in WORKSTATION_COMMANDS.values()}
+
+
+@pytest.mark.parametrize("name", ["train", "export", "quantize"])
+def test_the_device_script_refuses_workstation_commands_and_says_where_they_are(
+    name: str,
+) -> None:
+    # a fresh interpreter: the device script must not import training code to answer
+    code = (
+        f"import sys; from edge.cli import main; rc = main([{name!r}]); "
+        "print('imported:', sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('training', 'torch', 'export'))); sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == f"lungwatch-edge: unknown command {name!r}"
+    assert "are in 'lungwatch' on the workstation" in result.stderr
+    assert "imported: []" in result.stdout
+    listed = [line.split()[0] for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert listed == list(DEVICE_COMMANDS)
 
 
 def test_features_writes_frames_and_spec(tmp_path: Path) -> None:

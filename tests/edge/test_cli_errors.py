@@ -1,7 +1,8 @@
 """Every ``lungwatch`` subcommand answers a missing file, a garbage file and a bad argument with
 one line on stderr that names what was wrong, and an exit status >= 1: never a traceback.
 
-Each case runs the real console entry point in a subprocess (``python -m edge.cli``)."""
+Each case runs the real console entry point in a subprocess (``python -m training.cli``, the
+workstation script, which carries the device commands too)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import SUBCOMMANDS
 from tests.edge.runtime_helpers import lungwatch
+from training.cli import COMMANDS as SUBCOMMANDS
 
 MISSING = "missing"  # placeholder for a path that does not exist
 GARBAGE = "garbage"  # placeholder for a file of random bytes
