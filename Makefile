@@ -58,7 +58,7 @@ lock: $(VENV)/.installed-dev
 	  --extra dev --extra train --extra export --extra edge --extra serial --extra demo -o $(DEV_LOCK)
 
 demo: $(EDGE_VENV)/.installed-edge
-	$(EDGE_VENV)/bin/lungwatch demo $(ARGS)
+	$(EDGE_VENV)/bin/lungwatch-edge demo $(ARGS)
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
