@@ -39,32 +39,35 @@ DEVICE_COMMANDS: Commands = {
 }
 
 
-def _usage(script: str, commands: Commands) -> str:
+DEVICE_NOTE = (
+    f"Training and export commands (train, export, quantize, ...) are in "
+    f"'{WORKSTATION_SCRIPT}' on the workstation."
+)
+
+
+def _usage(script: str, commands: Commands, note: str) -> str:
     lines = [f"usage: {script} <command> [options]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in commands.items()]
     lines += ["", f"Run '{script} <command> --help' for a command's options."]
-    if script == DEVICE_SCRIPT:
-        lines += [
-            f"Training and export commands (train, export, quantize, ...) are in "
-            f"'{WORKSTATION_SCRIPT}' on the workstation."
-        ]
-    return "\n".join(lines)
+    return "\n".join([*lines, note] if note else lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``lungwatch-edge``: the device's commands."""
-    return dispatch(DEVICE_COMMANDS, argv, DEVICE_SCRIPT)
+    return dispatch(DEVICE_COMMANDS, argv, DEVICE_SCRIPT, DEVICE_NOTE)
 
 
-def dispatch(commands: Commands, argv: list[str] | None, script: str) -> int:
-    """Run ``argv[0]``'s module ``main(argv[1:])``; errors as one line, ``lungwatch NAME: ...``."""
+def dispatch(commands: Commands, argv: list[str] | None, script: str, note: str = "") -> int:
+    """Run ``argv[0]``'s module ``main(argv[1:])``; errors as one line, ``lungwatch NAME: ...``.
+    ``note`` ends the usage text."""
     args = sys.argv[1:] if argv is None else argv
+    usage = _usage(script, commands, note)
     if not args or args[0] in ("-h", "--help"):
-        print(_usage(script, commands))
+        print(usage)
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name not in commands:
-        print(f"{script}: unknown command {name!r}\n\n{_usage(script, commands)}", file=sys.stderr)
+        print(f"{script}: unknown command {name!r}\n\n{usage}", file=sys.stderr)
         return 2
     module_name = commands[name][0]
     try:
