@@ -1,16 +1,21 @@
 """The runtime on one core: streams served in real time, event latency, memory per stream.
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.runtime
-        [--streams 1,16,64,200] [--seconds 20] [--paced-streams 100,200] [--paced-seconds 30]
-        [--profile-streams 64] [--no-batch-sweep] [--no-mqtt]
+        [--model models/sed] [--streams 1,64,256,1000] [--seconds 20]
+        [--paced-streams 600,1000] [--paced-seconds 30] [--profile-streams 256]
+        [--reference models/edge] [--reference-streams 200] [--max-batch N]
+        [--no-batch-sweep] [--no-mqtt]
 
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
 settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
 ``open_sinks``, ``Runtime``) for K file streams that loop over the three demo recordings
-(``edge.demo``: SPRSound from ``../shared/data`` or ``examples/``), with the shipped INT8 model
-on ONNX Runtime CPU (one thread) and the MQTT sink (QoS 1 through the SQLite spool) to a local
-Mosquitto. Streams start one chunk apart (in five phases), so their windows close in
-different rounds, as beds that were connected at different times.
+(``edge.demo``: SPRSound from ``../shared/data`` or ``examples/``), with a model folder's INT8
+model (``--model``, default the shipped streaming model ``models/sed``) on ONNX Runtime CPU
+(one thread), the MQTT sink (QoS 1 through the SQLite spool) to a local Mosquitto and the live
+strip at the runtime's default period (one point per bed per second, over MQTT). Streams start
+one chunk apart (in five phases), so their model inputs close in different rounds, as beds
+that were connected at different times. A streaming model's "window" is one bed's chunk of
+network input (every frame once, state carried); a window model's is its 2-s window.
 
 - **Throughput** (as fast as possible): ``Runtime.step`` rounds for ``--seconds`` after a
   warm-up (every stream has produced a window); streams served in real time = audio seconds
@@ -22,8 +27,11 @@ different rounds, as beds that were connected at different times.
 - **Memory**: VmRSS after the run; per stream = (RSS with K streams - RSS with 1) / (K - 1).
 - **Profile**: cProfile of the main thread for ``--profile-streams`` (the MQTT sender and paho
   network threads are not in it; their CPU time is reported separately).
-- **Batch sweep**: inference ms per window against batch size, INT8 and FP32
-  (:mod:`bench.runtime_batch`), which chose ``BackendConfig.max_batch``'s default.
+- **Reference**: ``--reference`` (default today's window model, ``models/edge``) as fast as
+  possible with ``--reference-streams`` streams in the same run, for the ratio of streams
+  served in real time.
+- **Batch sweep**: inference ms per window against batch size, INT8 and FP32 of ``--model``
+  (:mod:`bench.runtime_batch`).
 
 The runtime uses ``BackendConfig``'s default ``max_batch`` (``--max-batch`` overrides it).
 
@@ -57,9 +65,10 @@ from edge.demo import DemoConfig, find_recordings
 from edge.features import FeatureSpec
 from edge.pipeline import StreamPipeline, infer_ready
 from edge.runtime import Model, Runtime, open_model, open_sinks, open_streams
-from edge.runtime_config import RuntimeConfig, SinksConfig, StreamConfig
+from edge.runtime_config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
 from edge.sinks.mqtt import MqttConfig
 from edge.sources.base import SourceChunk
+from edge.streaming import BedState, infer_beds
 
 RESULTS_DIR = Path(__file__).parent / "results"
 CHUNK_SAMPLES = 800  # 0.1 s at 8 kHz
@@ -67,12 +76,18 @@ PHASES = 5  # a window every 5 chunks (hop 0.5 s): streams start in 5 staggered 
 PACED_WARMUP_S = 3.0
 MAX_WARMUP_ROUNDS = 400
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-TARGETS = {"streams_per_core": 200.0, "p99_ms": 150.0, "rss_per_stream_mb": 2.0}
+MODEL_DIR, REFERENCE_DIR = "models/sed", "models/edge"
+TARGETS = {"streams_per_core": 1000.0, "p99_ms": 150.0, "rss_per_stream_mb": 1.0}
 
 
 # -- the child: one measurement ---------------------------------------------------------------
 def runtime_config(
-    n_streams: int, paced: bool, broker: str | None, spool: Path, max_batch: int = DEFAULT_MAX_BATCH
+    n_streams: int,
+    paced: bool,
+    broker: str | None,
+    spool: Path,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    model_dir: str = MODEL_DIR,
 ) -> RuntimeConfig:
     paths = [str(r.path) for r in find_recordings(DemoConfig())]
     streams = tuple(
@@ -85,6 +100,7 @@ def runtime_config(
         streams=streams,
         site="bench",
         device_id="edge-1",
+        model=ModelConfig(dir=model_dir),
         backend=BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=max_batch),
         sinks=SinksConfig(stdout=False, jsonl=None, mqtt=broker is not None),
         mqtt=MqttConfig(host=host, port=int(port), spool_path=str(spool)),
@@ -124,7 +140,12 @@ def _prime(spec: FeatureSpec, model: Model) -> None:
     pipeline = StreamPipeline(spec, m.kinds, m.window_frames, m.hop_frames)
     ready = pipeline.push(SourceChunk(samples=np.zeros(2 * pipeline.window_samples, np.float32),
                                       first_sample=0))  # fmt: skip
-    infer_ready(model.backend, [("prime", w) for w in ready])
+    if model.streaming is not None:
+        bed = BedState(model.streaming)
+        for window in ready:
+            infer_beds(model.backend, [(bed, window.features)])  # type: ignore[arg-type]
+    else:
+        infer_ready(model.backend, [("prime", w) for w in ready])
 
 
 def warm_up(runtime: Runtime, paced: bool) -> None:
@@ -152,10 +173,11 @@ def _rounds(runtime: Runtime, until_s: float) -> int:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """One child measurement (see the module doc); the numbers as a JSON-ready dict."""
     if spec.get("batch_sweep"):
-        return sweep()
+        return sweep(spec["model"])
     with tempfile.TemporaryDirectory(prefix="lungwatch-bench-") as tmp:
         config = runtime_config(spec["streams"], spec["paced"], spec["broker"],
-                                Path(tmp) / "spool.sqlite", spec["max_batch"])  # fmt: skip
+                                Path(tmp) / "spool.sqlite", spec["max_batch"],
+                                spec["model"])  # fmt: skip
         runtime, timing, probe = build(config, spec["paced"])
         warm_up(runtime, spec["paced"])
         result = _measured_rounds(runtime, timing, spec)
@@ -191,6 +213,7 @@ def _measured_rounds(runtime: Runtime, timing: TimingSink, spec: dict[str, Any])
     infer_s = backend.seconds - infer0_s
     windows = sum(s.counters["windows"] for s in runtime.streams) - windows0
     result = {
+        "model": spec["model"],
         "streams": spec["streams"],
         "paced": spec["paced"],
         "wall_s": wall_s,
@@ -200,7 +223,8 @@ def _measured_rounds(runtime: Runtime, timing: TimingSink, spec: dict[str, Any])
         "xrt_per_stream": audio_s / wall_s / spec["streams"],
         "windows": windows,
         "inference": {"calls": backend.calls - calls0, "s_total": infer_s,
-                      "ms_per_window": infer_s * 1e3 / max(windows, 1)},
+                      "ms_per_window": infer_s * 1e3 / max(windows, 1),
+                      "ms_per_audio_s": infer_s * 1e3 / max(audio_s, 1e-9)},
         "cpu_s": {"process": cpu_s, "main_thread": thread_s, "other_threads": cpu_s - thread_s},
         "rss_kb": _status_kb("VmRSS"),
         "hwm_kb": _status_kb("VmHWM"),
@@ -303,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
-    limit_s, common = args.seconds + 300, {"broker": broker, "max_batch": args.max_batch}
+    limit_s = args.seconds + 300
+    common = {"broker": broker, "max_batch": args.max_batch, "model": args.model}
     runs = []
     for k in sorted(set(args.streams) | {1}):
         print(f"as fast as possible: {k} streams, {args.seconds:g} s ...", flush=True)
@@ -322,8 +347,15 @@ def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
     batch = None
     if args.batch_sweep:
         print("inference cost per window against batch size ...", flush=True)
-        batch = run_child({"batch_sweep": True}, 600)
-    return {"as_fast_as_possible": runs, "paced": paced, "profile": profile, "batch_sweep": batch}
+        batch = run_child({"batch_sweep": True, "model": args.model}, 600)
+    reference = None
+    if args.reference and args.reference_streams:
+        k = args.reference_streams
+        print(f"reference {args.reference}: {k} streams, {args.seconds:g} s ...", flush=True)
+        spec = {**common, "model": args.reference, "streams": k, "paced": False}
+        reference = run_child({**spec, "seconds": args.seconds}, limit_s)
+    return {"as_fast_as_possible": runs, "paced": paced, "profile": profile,
+            "batch_sweep": batch, "reference": reference}  # fmt: skip
 
 
 def _header(
@@ -340,8 +372,9 @@ def _header(
         "threads": {
             k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
         },
-        "model": "models/edge/model.int8.onnx, ONNX Runtime CPU, 1 intra-op thread, "
+        "model": f"{args.model}/model.int8.onnx, ONNX Runtime CPU, 1 intra-op thread, "
         f"max_batch {args.max_batch}",
+        "reference": f"{args.reference}/model.int8.onnx" if args.reference else None,
         "chunk_samples": CHUNK_SAMPLES,
         "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
@@ -351,16 +384,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.runtime", description=__doc__.splitlines()[0]
     )
+    parser.add_argument("--model", default=MODEL_DIR, help="model folder (its model.int8.onnx)")
     parser.add_argument(
-        "--streams", type=_ints, default=[1, 16, 64, 200], help="K values, e.g. 1,16,64"
+        "--streams", type=_ints, default=[1, 64, 256, 1000], help="K values, e.g. 1,16,64"
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="measured wall seconds per run")
     parser.add_argument(
-        "--paced-streams", type=_ints, default=[100, 200], help="K of the paced runs ('': none)"
+        "--paced-streams", type=_ints, default=[600, 1000], help="K of the paced runs ('': none)"
     )
     parser.add_argument("--paced-seconds", type=float, default=30.0, help="length of the paced run")
     parser.add_argument(
-        "--profile-streams", type=int, default=64, help="K of the profiled run (0: skip)"
+        "--profile-streams", type=int, default=256, help="K of the profiled run (0: skip)"
+    )
+    parser.add_argument(
+        "--reference", default=REFERENCE_DIR, help="reference model folder ('': no reference run)"
+    )
+    parser.add_argument(
+        "--reference-streams", type=int, default=200, help="K of the reference run (0: skip)"
     )
     parser.add_argument(
         "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="windows per inference call"

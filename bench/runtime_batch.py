@@ -1,9 +1,10 @@
 """Inference cost per window against batch size, for ``bench.runtime`` (a child measurement).
 
-The shipped INT8 and FP32 models through :class:`~edge.backends.onnxruntime.OrtBackend` as the
+A model folder's INT8 and FP32 files through :class:`~edge.backends.onnxruntime.OrtBackend` as the
 runtime opens them (CPU, one intra-op thread, the project's session options), one call per
 batch: for each batch size, ``WINDOWS_PER_SIZE`` windows of random features (the cost does
-not depend on the values) in as many calls as that takes, ``REPEATS`` times, interleaved over
+not depend on the values; a streaming model's states start at zero and are carried from call
+to call, as a bed's would be) in as many calls as that takes, ``REPEATS`` times, interleaved over
 sizes and models so that other load on the machine falls on all of them alike; the median of
 the repeats is reported. It chose ``BackendConfig.max_batch``'s default.
 """
@@ -19,21 +20,23 @@ import numpy as np
 from edge.backends import MAX_BATCH_LIMIT, BackendConfig
 from edge.backends.onnxruntime import OrtBackend
 
-MODELS = {"int8": Path("models/edge/model.int8.onnx"), "fp32": Path("models/edge/model.onnx")}
+FILES = {"int8": "model.int8.onnx", "fp32": "model.onnx"}
 BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 WINDOWS_PER_SIZE = 96
 REPEATS = 7
 SEED = 0
 
 
-def sweep() -> dict[str, Any]:
-    """``{"sizes": [...], "ms_per_window": {model: [median per size]}}``."""
+def sweep(model_dir: str = "models/sed") -> dict[str, Any]:
+    """``{"model": dir, "streaming": bool, "sizes": [...], "ms_per_window": {file: [median per
+    size]}}``; a streaming model's window is one bed's chunk."""
     config = BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=MAX_BATCH_LIMIT)
-    backends = {name: OrtBackend(path, config) for name, path in MODELS.items()}
-    shape = next(iter(backends.values())).input_shape
+    backends = {name: OrtBackend(Path(model_dir) / f, config) for name, f in FILES.items()}
+    first = next(iter(backends.values()))
+    shape, streaming = first.input_shape, first.streaming is not None
     rng = np.random.default_rng(SEED)
     batches = {n: rng.standard_normal((n, *shape)).astype(np.float32) for n in BATCH_SIZES}
-    times: dict[str, dict[int, list[float]]] = {m: {n: [] for n in BATCH_SIZES} for m in MODELS}
+    times: dict[str, dict[int, list[float]]] = {m: {n: [] for n in BATCH_SIZES} for m in FILES}
     for _ in range(REPEATS):
         for name, backend in backends.items():
             for n, batch in batches.items():
@@ -41,15 +44,28 @@ def sweep() -> dict[str, Any]:
     for backend in backends.values():
         backend.close()
     return {
+        "model": model_dir,
+        "streaming": streaming,
         "sizes": list(BATCH_SIZES),
-        "ms_per_window": {m: [float(np.median(times[m][n])) for n in BATCH_SIZES] for m in MODELS},
+        "ms_per_window": {m: [float(np.median(times[m][n])) for n in BATCH_SIZES] for m in FILES},
     }
 
 
 def _ms_per_window(backend: OrtBackend, batch: np.ndarray) -> float:
     calls = max(2, WINDOWS_PER_SIZE // batch.shape[0])
-    backend.infer(batch)  # warm: the first call of a new shape allocates
+    if backend.streaming is not None:
+        state = np.zeros((batch.shape[0], backend.state_size), np.float32)
+
+        def run() -> None:
+            nonlocal state
+            _, state = backend.infer_streaming(batch, state)
+    else:
+
+        def run() -> None:
+            backend.infer(batch)
+
+    run()  # warm: the first call of a new shape allocates
     start_s = time.perf_counter()
     for _ in range(calls):
-        backend.infer(batch)
+        run()
     return (time.perf_counter() - start_s) * 1e3 / (calls * batch.shape[0])

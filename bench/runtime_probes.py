@@ -7,7 +7,8 @@ the ``time.perf_counter`` clock (one clock for every thread):
   a chunk into the pipeline right after reading it, so this is when a window closed), and it
   can hold a stream back for its first reads, or for some seconds after its first read, to
   stagger the streams' windows;
-- :class:`TimedBackend` wraps the inference backend: calls and seconds spent in ``infer``;
+- :class:`TimedBackend` wraps the inference backend: calls and seconds spent in ``infer``
+  (a window model) or ``infer_streaming`` (a streaming model);
 - :class:`TimingSink` wraps the runtime's sink: for every event, the close time of the window
   that produced it (its stream's last read) and when ``publish`` (or the round's
   ``publish_many``) was called;
@@ -80,7 +81,8 @@ class Published:
 
 
 class TimedBackend:
-    """An inference backend that adds up the time and calls of :meth:`infer`."""
+    """An inference backend that adds up the time and calls of :meth:`infer` and
+    :meth:`infer_streaming`."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -92,6 +94,15 @@ class TimedBackend:
         self.seconds += time.perf_counter() - start_s
         self.calls += 1
         return logits
+
+    def infer_streaming(
+        self, features: np.ndarray, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        start_s = time.perf_counter()
+        probs, new_state = self.inner.infer_streaming(features, state)
+        self.seconds += time.perf_counter() - start_s
+        self.calls += 1
+        return probs, new_state
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
