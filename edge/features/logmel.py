@@ -155,6 +155,36 @@ def _logmel_push(
     return n_out
 
 
+class _Scratch(NamedTuple):
+    """Per-frame work arrays of the log-mel kernel: written and read within one kernel call,
+    never carried from one call to the next (the ring and the counters are the state)."""
+
+    frames: np.ndarray  # (capacity, n_fft) windowed frames; the tail past frame_samples stays 0
+    power: np.ndarray  # (capacity, n_fft // 2 + 1)
+    fft: FramesFft
+
+
+_SCRATCH: dict[tuple[int, int, int], _Scratch] = {}
+
+
+def shared_scratch(n_fft: int, frame_samples: int, capacity: int) -> _Scratch:
+    """The work arrays for ``capacity`` frames, one set per size in the process, shared by
+    every stream of that size: a ward of a thousand beds then touches one set of FFT buffers
+    (cache-resident) instead of half a megabyte per bed. Sharing is safe because a kernel
+    call holds the GIL from start to end (no ``nogil``), so no two calls overlap, and no
+    call reads what an earlier one left there (the frames' zero tail is never written)."""
+    key = (n_fft, frame_samples, capacity)
+    scratch = _SCRATCH.get(key)
+    if scratch is None:
+        scratch = _Scratch(
+            np.zeros((capacity, n_fft), dtype=np.float64),
+            np.zeros((capacity, n_fft // 2 + 1), dtype=np.float64),
+            FramesFft(n_fft, capacity),
+        )
+        _SCRATCH[key] = scratch
+    return scratch
+
+
 class LogMelStream(StreamingFrontEnd):
     """Streaming log-mel over a ring of the last ``frame_samples`` samples."""
 
@@ -166,9 +196,9 @@ class LogMelStream(StreamingFrontEnd):
 
     def _allocate(self, capacity: int) -> None:
         spec = self.spec
-        self._frames = np.zeros((capacity, spec.n_fft), dtype=np.float64)
-        self._power = np.zeros((capacity, spec.n_freqs), dtype=np.float64)
-        self._fft = FramesFft(spec.n_fft, capacity)
+        self._frames, self._power, self._fft = shared_scratch(
+            spec.n_fft, spec.frame_samples, capacity
+        )
         super()._allocate(capacity)
 
     def _bind_kernel(self) -> BoundKernel:

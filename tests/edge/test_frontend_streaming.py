@@ -127,3 +127,31 @@ def test_one_stream_takes_mixed_chunk_types(kind: str) -> None:
     for lo, hi in ((2000, 3000), (4000, 5000)):  # the float32 chunks, as the stream saw them
         reference[lo:hi] = reference[lo:hi].astype(np.float32)
     np.testing.assert_allclose(streamed, extract(reference, spec), rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", FEATURE_KINDS)
+def test_interleaved_streams_do_not_disturb_each_other(kind: str) -> None:
+    """Beds of one ward push in turn (and log-mel streams share their FFT work arrays): each
+    stream still gives the batch frames of its own signal, for chunks of differing sizes."""
+    spec = FeatureSpec(kind=kind, **SMALL)  # type: ignore[arg-type]
+    signals = [_signal(6000, seed) for seed in (7, 8, 9)]
+    streams = [make_stream(spec) for _ in signals]
+    got: list[list[np.ndarray]] = [[] for _ in signals]
+    sizes = ([800, 37, 1600], [333, 800], [4096, 1])  # each stream its own chunking
+    positions = [0, 0, 0]
+    while any(p < 6000 for p in positions):
+        for i, stream in enumerate(streams):
+            if positions[i] < 6000:
+                size = sizes[i][len(got[i]) % len(sizes[i])]
+                got[i].append(stream.push(signals[i][positions[i] : positions[i] + size]).copy())
+                positions[i] += size
+    for i, x in enumerate(signals):
+        np.testing.assert_allclose(np.concatenate(got[i]), extract(x, spec), rtol=0, atol=TOLERANCE)
+
+
+def test_logmel_streams_share_their_work_arrays_not_their_state() -> None:
+    a, b = make_stream(FeatureSpec(**SMALL)), make_stream(FeatureSpec(**SMALL))
+    assert a._frames is b._frames  # type: ignore[attr-defined]
+    assert a._power is b._power  # type: ignore[attr-defined]
+    assert a._ring is not b._ring  # type: ignore[attr-defined]
+    assert a._out is not b._out  # type: ignore[attr-defined]
