@@ -21,11 +21,12 @@ Topics (each segment checked by :func:`check_segment`):
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
 import uuid
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, NoReturn
 
@@ -261,12 +262,14 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, in schema order (``snomed_ct`` follows ``type``)."""
-        body = asdict(self)
         ordered: dict[str, Any] = {}
-        for key, value in body.items():
-            ordered[key] = value
-            if key == "type":
+        for name in _FIELD_NAMES:  # field by field: dataclasses.asdict deep-copies every value
+            ordered[name] = getattr(self, name)
+            if name == "type":
                 ordered["snomed_ct"] = self.snomed_ct
+        # the mappings are copied, so the dict can be changed without changing the event
+        ordered["quality"] = dict(self.quality)
+        ordered["detail"] = copy.deepcopy(self.detail) if self.detail else {}
         return ordered
 
     def to_json(self) -> str:
@@ -331,6 +334,9 @@ def _is_uuid4(value: object) -> bool:
     except ValueError:
         return False
     return str(parsed) == value and parsed.version == 4
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Event))
 
 
 def _validate(e: Event) -> None:

@@ -216,10 +216,14 @@ class StreamPipeline:
         ring_frames = self._ring.shape[2]
         for k, stream in enumerate(self._streams):
             frames = stream.push(samples)
-            m, j = frames.shape[0], self._counts[k] % ring_frames
+            m = frames.shape[0]
+            if m == 0:
+                continue
+            j = self._counts[k] % ring_frames
             first = min(m, ring_frames - j)
             self._ring[k, :, j : j + first] = frames[:first].T
-            self._ring[k, :, : m - first] = frames[first:].T
+            if m > first:  # wrapped around the ring's end
+                self._ring[k, :, : m - first] = frames[first:].T
             self._counts[k] += m
         self._pos = at + n
         self.samples_seen += n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import datetime, timezone
@@ -74,6 +75,16 @@ def test_json_carries_every_schema_field_in_order() -> None:
     ]  # fmt: skip
     assert (body["schema_version"], body["snomed_ct"]) == (1, "56018004")
     assert (body["priority"], body["end_utc"]) == ("medium", None)
+
+
+def test_to_dict_is_a_copy_the_event_does_not_share() -> None:
+    event = off_body(detail={"reason": {"rms_dbfs": -80.0}}, quality={"score": 0.1})
+    body = event.to_dict()
+    assert body == {**dataclasses.asdict(event), "snomed_ct": None}
+    body["quality"]["score"] = 1.0
+    body["detail"]["reason"]["rms_dbfs"] = 0.0
+    assert event.quality == {"score": 0.1}
+    assert event.detail == {"reason": {"rms_dbfs": -80.0}}
 
 
 @pytest.mark.parametrize(
