@@ -4,7 +4,7 @@
         [--model models/sed] [--streams 1,64,256,1000] [--seconds 20]
         [--paced-streams 600,1000] [--paced-seconds 30] [--profile-streams 256]
         [--reference models/edge] [--reference-streams 200] [--max-batch N]
-        [--no-batch-sweep] [--no-mqtt]
+        [--ward-audio DIR] [--ward-streams 1000] [--no-batch-sweep] [--no-mqtt]
 
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
 settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
@@ -24,6 +24,10 @@ network input (every frame once, state carried); a window model's is its 2-s win
   produced an event (when the chunk completing it was read and pushed) to ``sink.publish``
   and to the broker's PUBACK, and from the capture of the window's last sample to PUBACK
   (which adds any wait before the runtime read the chunk; see :mod:`bench.runtime_probes`).
+- **Ward load** (``--ward-audio``, default SPRSound ``intra_test``; ``--ward-streams``,
+  default 1000): the same as-fast-as-possible and paced runs with every recording of a folder
+  as its own bed (looped), a load whose event rate is that of real recordings; the three demo
+  recordings above are chosen for their adventitious sounds and publish ~10x more events.
 - **Memory**: VmRSS after the run; per stream = (RSS with K streams - RSS with 1) / (K - 1).
 - **Profile**: cProfile of the main thread for ``--profile-streams`` (the MQTT sender and paho
   network threads are not in it; their CPU time is reported separately).
@@ -61,8 +65,10 @@ from bench.runtime_batch import sweep
 from bench.runtime_probes import AckProbe, TimedBackend, TimedSource, TimingSink, latencies
 from bench.runtime_report import profile_summary, render_markdown
 from edge.backends import DEFAULT_MAX_BATCH, BackendConfig
+from edge.datapaths import sprsound_root
 from edge.demo import DemoConfig, find_recordings
 from edge.features import FeatureSpec
+from edge.offline import recordings_in
 from edge.pipeline import StreamPipeline, infer_ready
 from edge.runtime import Model, Runtime, open_model, open_sinks, open_streams
 from edge.runtime_config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
@@ -88,8 +94,12 @@ def runtime_config(
     spool: Path,
     max_batch: int = DEFAULT_MAX_BATCH,
     model_dir: str = MODEL_DIR,
+    audio: str | None = None,
 ) -> RuntimeConfig:
-    paths = [str(r.path) for r in find_recordings(DemoConfig())]
+    if audio:  # a ward-like load: the folder's recordings, one per bed
+        paths = [str(path) for _, path in sorted(recordings_in([Path(audio)]).items())]
+    else:
+        paths = [str(r.path) for r in find_recordings(DemoConfig())]
     streams = tuple(
         StreamConfig(id=f"bed-{i + 1}", source=paths[i % len(paths)], realtime=paced,
                      loop=True, chunk_samples=CHUNK_SAMPLES)
@@ -177,7 +187,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lungwatch-bench-") as tmp:
         config = runtime_config(spec["streams"], spec["paced"], spec["broker"],
                                 Path(tmp) / "spool.sqlite", spec["max_batch"],
-                                spec["model"])  # fmt: skip
+                                spec["model"], spec.get("audio"))  # fmt: skip
         runtime, timing, probe = build(config, spec["paced"])
         warm_up(runtime, spec["paced"])
         result = _measured_rounds(runtime, timing, spec)
@@ -354,8 +364,19 @@ def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
         print(f"reference {args.reference}: {k} streams, {args.seconds:g} s ...", flush=True)
         spec = {**common, "model": args.reference, "streams": k, "paced": False}
         reference = run_child({**spec, "seconds": args.seconds}, limit_s)
+    ward = None
+    if args.ward_audio and args.ward_streams:
+        ward = {"folder": args.ward_audio, "as_fast_as_possible": [], "paced": []}
+        for k in args.ward_streams:
+            print(f"ward load {args.ward_audio}: {k} streams ...", flush=True)
+            spec = {**common, "streams": k, "audio": args.ward_audio}
+            ward["as_fast_as_possible"].append(
+                run_child({**spec, "paced": False, "seconds": args.seconds}, limit_s)
+            )
+            ward["paced"].append(run_child({**spec, "paced": True,
+                                            "seconds": args.paced_seconds}, limit_s))  # fmt: skip
     return {"as_fast_as_possible": runs, "paced": paced, "profile": profile,
-            "batch_sweep": batch, "reference": reference}  # fmt: skip
+            "batch_sweep": batch, "reference": reference, "ward": ward}  # fmt: skip
 
 
 def _header(
@@ -408,10 +429,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-batch-sweep", dest="batch_sweep", action="store_false", help="skip the batch sweep"
     )
+    parser.add_argument(
+        "--ward-audio",
+        default=_default_ward_audio(),
+        help="folder of recordings, one per bed (looped): a ward-like load ('': skip; default "
+        "SPRSound intra_test where ../shared/data has it)",
+    )
+    parser.add_argument(
+        "--ward-streams", type=_ints, default=[1000], help="K of the ward-load runs ('': none)"
+    )
     parser.add_argument("--no-mqtt", action="store_true", help="no MQTT sink (no broker needed)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def _default_ward_audio() -> str:
+    folder = sprsound_root() / "intra_test"
+    return str(folder) if folder.is_dir() else ""
 
 
 def _ints(text: str) -> list[int]:

@@ -73,6 +73,8 @@ def render_markdown(record: dict[str, Any]) -> str:
         "",
         *_paced(record.get("paced")),
         "",
+        *_ward(record.get("ward")),
+        "",
         *_profile(record.get("profile")),
         "",
         *_batch_sweep(record.get("batch_sweep")),
@@ -139,12 +141,55 @@ def _targets(record: dict[str, Any]) -> list[str]:
         rows.append(("RSS per stream less the file sources' decoded audio", f"{live:.2f} MB "
                      f"(K = {largest})", f"<= {targets['rss_per_stream_mb']:g} MB",
                      live <= targets["rss_per_stream_mb"]))  # fmt: skip
+    rows += _ward_targets(record)
     lines = ["## Targets", "", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
     lines += [f"| {n} | {m} | {w} | {'yes' if ok else 'NO'} |" for n, m, w, ok in rows]
     return lines
 
 
-def _throughput(runs: list[dict[str, Any]]) -> list[str]:
+def _ward_targets(record: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """The throughput and latency targets on the ward load (every recording of a folder)."""
+    ward, targets = record.get("ward"), record["targets"]
+    if not ward or not ward["as_fast_as_possible"]:
+        return []
+    best = max(ward["as_fast_as_possible"], key=lambda r: r["streams_real_time"])
+    rows = [(f"streams served in real time on one core, ward load ({_folder(ward)})",
+             f"{best['streams_real_time']:,.0f} (K = {best['streams']})",
+             f">= {targets['streams_per_core']:g}",
+             best["streams_real_time"] >= targets["streams_per_core"])]  # fmt: skip
+    paced = _operating_point(ward["paced"])
+    if paced is not None:
+        p99 = paced["latency"].get("close_to_puback_ms", {}).get("p99")
+        kept = paced["xrt_per_stream"] >= KEPT_UP
+        shown = "n/a" if p99 is None else f"{p99:,.0f} ms (paced, K = {paced['streams']}"
+        shown += ")" if kept or p99 is None else f", kept up {paced['xrt_per_stream']:.2f})"
+        ok = p99 is not None and kept and p99 <= targets["p99_ms"]
+        rows.append(("p99 window close -> PUBACK, ward load", shown,
+                     f"<= {targets['p99_ms']:g} ms", ok))  # fmt: skip
+    return rows
+
+
+def _folder(ward: dict[str, Any]) -> str:
+    return f"`{Path(ward['folder']).name}`"
+
+
+def _ward(ward: dict[str, Any] | None) -> list[str]:
+    if not ward:
+        return ["## Ward load: not measured"]
+    lines = [
+        f"## Ward load: every recording of {_folder(ward)} as its own bed (looped)",
+        "",
+        f"Folder: `{ward['folder']}`. The same runs as above with the folder's recordings "
+        "instead of the three demo recordings: the event rate of real recordings.",
+        "",
+        *_throughput(ward["as_fast_as_possible"], notes=False),
+        "",
+        *_paced(ward["paced"], load=f"every recording of {_folder(ward)}, one per bed"),
+    ]
+    return lines
+
+
+def _throughput(runs: list[dict[str, Any]], notes: bool = True) -> list[str]:
     per_stream = rss_per_stream_mb(runs)
     lines = [
         "## As fast as possible (K looping file streams, one core)",
@@ -169,6 +214,8 @@ def _throughput(runs: list[dict[str, Any]]) -> list[str]:
             f"| {r['rss_kb'] / KB_PER_MB:,.0f} | {'-' if rss is None else f'{rss:.2f}'} "
             f"| {r['file_audio_bytes_per_stream'] / 2**20:.2f} | {_fmt(lat)} | {other:.0f} |"
         )
+    if not notes:
+        return lines
     lines += [
         "",
         "Streams in real time = audio seconds processed per wall second, summed over the K "
@@ -208,7 +255,10 @@ def _reference(record: dict[str, Any]) -> list[str]:
     ]
 
 
-def _paced(paced: list[dict[str, Any]] | None) -> list[str]:
+DEMO_LOAD = "the three demo recordings looped (SPRSound `intra_test`, adventitious sounds)"
+
+
+def _paced(paced: list[dict[str, Any]] | None, load: str = DEMO_LOAD) -> list[str]:
     if not paced:
         return ["## Paced in real time: not measured"]
     lines = [
@@ -237,12 +287,12 @@ def _paced(paced: list[dict[str, Any]] | None) -> list[str]:
         "window's last sample was due from the (paced) source: it adds the wait before the "
         "runtime got to read the chunk, which grows without bound when the core cannot keep up.",
         "",
-        _event_load(paced),
+        _event_load(paced, load),
     ]
     return lines
 
 
-def _event_load(paced: list[dict[str, Any]]) -> str:
+def _event_load(paced: list[dict[str, Any]], load: str) -> str:
     """How event-heavy the load was: events per bed per hour of audio in the paced runs."""
     rates = [
         f"{run['latency']['close_to_publish_ms'].get('n', 0) * 3600.0 / run['audio_s']:,.0f} "
@@ -251,10 +301,9 @@ def _event_load(paced: list[dict[str, Any]]) -> str:
         if run["audio_s"] > 0
     ]
     return (
-        "Load: the three demo recordings looped (SPRSound `intra_test`, adventitious sounds), "
-        f"so each bed publishes {', '.join(rates)} events per hour of audio (onset and ended "
-        "of adventitious and technical events), far more than a quiet ward; every event goes "
-        "through the spool's SQLite transaction and QoS 1."
+        f"Load: {load}; each bed publishes {', '.join(rates)} events per hour of audio (onset "
+        "and ended of adventitious and technical events, including those a loop's splice "
+        "causes); every event goes through the spool's SQLite transaction and QoS 1."
     )
 
 
