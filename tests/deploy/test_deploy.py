@@ -23,7 +23,7 @@ from tests.deploy.helpers import (
     wait_retained_online,
 )
 from tests.deploy.sshd import SshServer
-from tests.edge.brokers import Recorder, free_port
+from tests.edge.brokers import Recorder, closed_port
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 STEP_COUNT = 13
@@ -148,10 +148,11 @@ def test_failed_target_step_discards_the_release(running: Env) -> None:
 def test_failing_health_check_rolls_back(running: Env) -> None:
     prefix, topic = running.prefix("dev-run"), running.status_topic("dev-run")
     before, pid = link(prefix), service_pid(prefix)
-    changes = {"broker.port": free_port(), "broker.timeout_s": 2}  # nobody listens there
-    running.write_device("bad-broker", device="dev-run", variant=2, settings=changes)
-    started_s = time.time()
-    error = deploy_fails(running, "bad-broker")
+    with closed_port() as port:  # nobody listens there
+        changes = {"broker.port": port, "broker.timeout_s": 2}
+        running.write_device("bad-broker", device="dev-run", variant=2, settings=changes)
+        started_s = time.time()
+        error = deploy_fails(running, "bad-broker")
     assert "step health failed" in error
     assert "unreachable" in error
     assert f"rolled back to {before}" in error

@@ -13,7 +13,7 @@ from deploy.errors import HealthError
 from deploy.health import wait_online
 from deploy.inventory import BrokerConfig
 from edge.events import status_payload
-from tests.edge.brokers import HOST, Mosquitto, free_port, make_password_file
+from tests.edge.brokers import HOST, Mosquitto, closed_port, make_password_file
 
 TOPIC = "lungwatch/v1/ward-h/dev-h/status"
 
@@ -51,8 +51,10 @@ def test_offline_is_reported(broker: Mosquitto) -> None:
 
 
 def test_unreachable_and_refused_brokers_are_named(tmp_path: Path) -> None:
-    port = free_port()
-    with pytest.raises(HealthError, match=rf"broker 127\.0\.0\.1:{port} unreachable"):
+    with (
+        closed_port() as port,
+        pytest.raises(HealthError, match=rf"broker 127\.0\.0\.1:{port} unreachable"),
+    ):
         wait_online(BrokerConfig(port=port), TOPIC, None, timeout_s=1)
     password_file = make_password_file(tmp_path, "device", "secret")
     with Mosquitto(tmp_path, password_file=password_file) as locked:

@@ -14,7 +14,7 @@ from deploy.errors import TargetError
 from deploy.inventory import load_device
 from deploy.target import SshTarget
 from tests.deploy.sshd import SshServer
-from tests.edge.brokers import free_port
+from tests.edge.brokers import closed_port
 
 
 def ssh_target(tmp_path: Path, sshd: SshServer, **changes: object) -> SshTarget:
@@ -63,9 +63,10 @@ def test_copy(tmp_path: Path, sshd: SshServer, mode: str) -> None:
 
 
 def test_unreachable_target_is_one_line(tmp_path: Path, sshd: SshServer) -> None:
-    target = ssh_target(tmp_path, sshd, port=free_port(), connect_timeout_s=2)
-    try:
-        with pytest.raises(TargetError, match=r"^ssh \S+@127\.0\.0\.1:\d+ over ssh: .*refused"):
-            target.run(["true"], timeout_s=30)
-    finally:
-        target.close()
+    with closed_port() as port:
+        target = ssh_target(tmp_path, sshd, port=port, connect_timeout_s=2)
+        try:
+            with pytest.raises(TargetError, match=r"^ssh \S+@127\.0\.0\.1:\d+ over ssh: .*refused"):
+                target.run(["true"], timeout_s=30)
+        finally:
+            target.close()

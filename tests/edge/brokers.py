@@ -26,7 +26,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
         return int(probe.getsockname()[1])
+
+
+@contextmanager
+def closed_port() -> Iterator[int]:
+    """A 127.0.0.1 port where a connection is refused for as long as the block runs.
+
+    The port stays bound (never listening) by this process, so nothing else can take it and a
+    client's connect() cannot pick it as its own source port: a bare :func:`free_port` for an
+    "unreachable" broker can, rarely, let TCP connect the client to itself (simultaneous open),
+    and the test then sees a peer that speaks MQTT back instead of a refusal.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind((HOST, 0))
+        yield int(holder.getsockname()[1])
 
 
 @dataclass(frozen=True)

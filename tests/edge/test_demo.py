@@ -217,9 +217,10 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: tuple[str, ...], mess
 
 
 def test_unreachable_broker_is_one_clear_line(tmp_path: Path) -> None:
-    from tests.edge.brokers import free_port
+    from tests.edge.brokers import closed_port
 
-    result = _demo(tmp_path, "--broker", f"127.0.0.1:{free_port()}")
+    with closed_port() as port:
+        result = _demo(tmp_path, "--broker", f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert re.fullmatch(
         r"lungwatch demo: error: broker 127\.0\.0\.1:\d+ is unreachable: .+", result.stderr.strip()

@@ -40,6 +40,7 @@ from edge.spool import Spool
 from tests.edge.brokers import (
     Mosquitto,
     Recorder,
+    closed_port,
     expect_line,
     free_port,
     make_events,
@@ -264,10 +265,12 @@ def test_tls_with_password_auth(tmp_path: Path) -> None:
 
 
 def test_unreachable_broker_fails_fast_when_required(tmp_path: Path) -> None:
-    port = free_port()
-    config = mqtt_config(tmp_path, port, require_broker_at_start=True)
-    with pytest.raises(BrokerUnavailableError, match=f"^broker 127.0.0.1:{port} is unreachable: "):
-        MqttSink(config).connect()
+    with closed_port() as port:
+        config = mqtt_config(tmp_path, port, require_broker_at_start=True)
+        with pytest.raises(
+            BrokerUnavailableError, match=f"^broker 127.0.0.1:{port} is unreachable: "
+        ):
+            MqttSink(config).connect()
 
 
 @pytest.mark.parametrize(
