@@ -122,7 +122,7 @@ class Inventory:
     precision: Literal["fp16", "int8", "best"] = "int8"  # engine precision
     engine: Literal["auto", "required", "off"] = "auto"  # auto: ONNX Runtime if no TensorRT
     onnx_model: str = "model.int8.onnx"  # engine source; what ONNX Runtime runs otherwise
-    models: str = "../../models/edge"  # model folder (manifest.json + artifacts)
+    models: str = "../../models/sed"  # model folder (manifest.json + artifacts)
     runtime_config: str = "../configs/jetson-ward.yaml"  # lungwatch run --config YAML
     install: InstallConfig = field(default_factory=InstallConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)

@@ -8,7 +8,8 @@ else ``trtexec`` (PATH or /usr/src/tensorrt/bin); ``--use-trtexec`` forces trtex
 
 Precision: ``fp16`` enables FP16 kernels; ``int8`` enables INT8 (explicit quantization from
 the graph's Q/DQ nodes, other layers in FP32); ``best`` enables both. The input ``features``
-gets one optimisation profile: batch 1 .. ``--max-batch``, tuned for ``--opt-batch``. The
+(and a streaming model's ``state``, the beds' carried context as engine I/O) gets one
+optimisation profile: batch 1 .. ``--max-batch``, tuned for ``--opt-batch``. The
 timing cache (default ``timing.cache`` beside the engine) makes rebuilds fast. After the build
 the engine is recorded in the model folder's ``manifest.json`` beside it (which must exist)
 with the TensorRT version (the runtime refuses an engine from another version), the GPU, the
@@ -24,11 +25,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.backends.base import INPUT_NAME
+from edge.backends.base import INPUT_NAME, STATE_NAME
 from edge.errors import LungwatchError
 from edge.manifest import MANIFEST_NAME
 from firmware_bridge.cliparse import ArgumentParser
@@ -61,6 +63,17 @@ class BuildPlan:
     max_batch: int = 64
     opt_batch: int = 16
     workspace_mib: int = 1024
+    state_size: int | None = None  # a streaming model's ``state`` width (None: window model)
+
+    def profiles(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """``{input: (min, opt, max)}`` full shapes of the one optimisation profile."""
+        shapes: dict[str, tuple[int, ...]] = {INPUT_NAME: self.input_shape}
+        if self.state_size is not None:
+            shapes[STATE_NAME] = (self.state_size,)
+        return {
+            name: profile_shapes(shape, self.max_batch, self.opt_batch)
+            for name, shape in shapes.items()
+        }
 
 
 def read_input_shape(onnx_path: Path) -> tuple[int, int, int]:
@@ -90,6 +103,24 @@ def read_input_shape(onnx_path: Path) -> tuple[int, int, int]:
     return int(values[1] or 0), int(values[2] or 0), int(values[3] or 0)
 
 
+def read_state_size(onnx_path: Path) -> int | None:
+    """The width S of a streaming model's ``state`` input ``(batch, S)``; None without one."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inputs = {i.name: i for i in model.graph.input}
+    if STATE_NAME not in inputs:
+        return None
+    dims = inputs[STATE_NAME].type.tensor_type.shape.dim
+    values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(values) != 2 or values[0] not in (None, 0) or not values[1] or values[1] < 1:
+        raise EngineBuildError(
+            f"{onnx_path}: input {STATE_NAME!r} must be (batch, S) with only the batch dynamic, "
+            f"got {[v or d.dim_param or '?' for v, d in zip(values, dims, strict=True)]}"
+        )
+    return int(values[1])
+
+
 def timing_cache_path(out: Path, given: Path | None = None) -> Path:
     """``given``, or ``timing.cache`` beside the engine (shared by builds on this device)."""
     return Path(given) if given is not None else Path(out).parent / TIMING_CACHE_NAME
@@ -102,22 +133,28 @@ def profile_shapes(
     return (1, *input_shape), (opt_batch, *input_shape), (max_batch, *input_shape)
 
 
-def shape_spec(shape: tuple[int, ...]) -> str:
-    """trtexec's shape syntax for the input: ``features:1x1x8x16``."""
-    return f"{INPUT_NAME}:" + "x".join(str(d) for d in shape)
+def shape_spec(shape: tuple[int, ...], name: str = INPUT_NAME) -> str:
+    """trtexec's shape syntax for one input: ``features:1x1x8x16``."""
+    return f"{name}:" + "x".join(str(d) for d in shape)
+
+
+def shapes_spec(profiles: Mapping[str, tuple[tuple[int, ...], ...]], which: int) -> str:
+    """trtexec's syntax for every input at one end of the profile: ``features:1x..,state:1x..``
+    (``which``: 0 min, 1 opt, 2 max)."""
+    return ",".join(shape_spec(shapes[which], name) for name, shapes in profiles.items())
 
 
 def trtexec_argv(plan: BuildPlan, engine_path: Path, trtexec: str = "trtexec") -> list[str]:
     """The trtexec command that builds ``plan`` into ``engine_path`` (no inference run)."""
-    low, opt, high = profile_shapes(plan.input_shape, plan.max_batch, plan.opt_batch)
+    profiles = plan.profiles()
     return [
         trtexec,
         f"--onnx={plan.onnx_path}",
         f"--saveEngine={engine_path}",
         TRTEXEC_FLAGS[plan.precision],
-        f"--minShapes={shape_spec(low)}",
-        f"--optShapes={shape_spec(opt)}",
-        f"--maxShapes={shape_spec(high)}",
+        f"--minShapes={shapes_spec(profiles, 0)}",
+        f"--optShapes={shapes_spec(profiles, 1)}",
+        f"--maxShapes={shapes_spec(profiles, 2)}",
         f"--timingCacheFile={plan.timing_cache}",
         f"--memPoolSize=workspace:{plan.workspace_mib}M",
         "--skipInference",
@@ -198,7 +235,8 @@ def _builder_config(trt: Any, builder: Any, plan: BuildPlan) -> Any:
     for flag in BUILDER_FLAGS[plan.precision]:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, *profile_shapes(plan.input_shape, plan.max_batch, plan.opt_batch))
+    for name, shapes in plan.profiles().items():
+        profile.set_shape(name, *shapes)
     config.add_optimization_profile(profile)
     cached = plan.timing_cache.read_bytes() if plan.timing_cache.is_file() else b""
     if not config.set_timing_cache(config.create_timing_cache(cached), False):
@@ -360,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_batch,
             args.opt_batch,
             args.workspace_mib,
+            read_state_size(args.onnx),
         )
         start = time.perf_counter()
         version: str | None

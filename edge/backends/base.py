@@ -17,6 +17,7 @@ batch, so one call serves every bed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -30,6 +31,16 @@ PROBS_NAME = "probs"
 STATE_OUT_NAME = "state_out"
 STREAMING_INPUTS = (INPUT_NAME, STATE_NAME)
 STREAMING_OUTPUTS = (PROBS_NAME, STATE_OUT_NAME)
+
+
+@dataclass(frozen=True)
+class StreamingIO:
+    """A streaming model's sizes without the batch: ``input_shape`` ``(K, F, T)``,
+    ``state_size`` S, ``output_shape`` ``(O, N)``."""
+
+    input_shape: tuple[int, int, int]
+    state_size: int
+    output_shape: tuple[int, int]
 
 
 class BackendError(LungwatchError):

@@ -14,7 +14,6 @@ Provider selection (every step is logged on ``lungwatch.backend``):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from edge.backends.base import (
     STREAMING_INPUTS,
     STREAMING_OUTPUTS,
     BackendError,
+    StreamingIO,
     batch_slices,
     check_batch,
     check_state,
@@ -141,15 +141,6 @@ def session_options(config: BackendConfig) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return options
-
-
-@dataclass(frozen=True)
-class StreamingIO:
-    """A streaming model's sizes without the batch (see :mod:`edge.backends.base`)."""
-
-    input_shape: tuple[int, int, int]
-    state_size: int
-    output_shape: tuple[int, int]
 
 
 def is_streaming(session: Any) -> bool:

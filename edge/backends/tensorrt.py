@@ -4,13 +4,19 @@ The engine (``model.plan``) is built on the device itself by ``lungwatch engine`
 records the TensorRT version in ``manifest.json`` beside it. Loading:
 
 1. refuse an engine whose recorded TensorRT version differs from the running one;
-2. deserialize it and check its I/O tensors against the contract (``features`` float32
-   ``(-1, K, B, T)`` in, ``logits`` float32 ``(-1, C)`` out) and its optimisation profile;
+2. deserialize it and check its I/O tensors against one of the two contracts of
+   :mod:`edge.backends.base` (:func:`engine_contract`): a window model (``features`` float32
+   ``(-1, K, B, T)`` in, ``logits`` ``(-1, C)`` out) or a streaming model (``features``
+   ``(-1, K, F, T)`` and ``state`` ``(-1, S)`` in, ``probs`` ``(-1, O, N)`` and ``state_out``
+   ``(-1, S)`` out: the beds' model states are engine I/O, rows of the same batch as their
+   features), and check its optimisation profile (batch 1 .. max on every input);
 3. allocate device buffers and pinned host buffers once, for the largest batch, and bind the
    device addresses to the execution context once.
 
-Per call (per ``max_batch`` piece): copy into the pinned input, ``set_input_shape``, then on
-one CUDA stream: host-to-device copy, ``execute_async_v3``, device-to-host copy, synchronize.
+Per call (per ``max_batch`` piece): copy into the pinned inputs, ``set_input_shape`` each, then
+on one CUDA stream: host-to-device copies, ``execute_async_v3``, device-to-host copies,
+synchronize. :meth:`TensorRTBackend.infer` serves window engines,
+:meth:`TensorRTBackend.infer_streaming` streaming ones (the runtime's ``infer_beds``).
 
 ``tensorrt`` (JetPack's python3-libnvinfer) and ``cuda-python`` are imported lazily.
 """
@@ -21,6 +27,8 @@ import ctypes
 import json
 import logging
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +37,16 @@ import numpy as np
 from edge.backends.base import (
     INPUT_NAME,
     OUTPUT_NAME,
+    PROBS_NAME,
+    STATE_NAME,
+    STATE_OUT_NAME,
+    STREAMING_INPUTS,
+    STREAMING_OUTPUTS,
     BackendError,
+    StreamingIO,
     batch_slices,
     check_batch,
+    check_state,
 )
 
 LOGGER = logging.getLogger("lungwatch.backend")
@@ -124,6 +139,79 @@ def _pinned_array(address: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.ctypeslib.as_array(pointer, shape=shape)
 
 
+@dataclass(frozen=True)
+class EngineTensor:
+    """One I/O tensor of an engine as TensorRT describes it (-1: a dynamic dimension)."""
+
+    name: str
+    is_input: bool
+    is_float32: bool
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineIO:
+    """What an engine computes: a window model (``streaming`` None) or a streaming one."""
+
+    input_shape: tuple[int, int, int]
+    n_classes: int
+    streaming: StreamingIO | None
+
+
+def _batch_dynamic(shape: tuple[int, ...], rank: int) -> bool:
+    return len(shape) == rank and shape[0] == -1 and all(d >= 1 for d in shape[1:])
+
+
+def engine_contract(tensors: Sequence[EngineTensor], where: str) -> EngineIO:
+    """Check an engine's I/O tensors against the window or the streaming contract."""
+    inputs = tuple(t.name for t in tensors if t.is_input)
+    outputs = tuple(t.name for t in tensors if not t.is_input)
+    by_name = {t.name: t for t in tensors}
+    if set(inputs) == {INPUT_NAME} and set(outputs) == {OUTPUT_NAME}:
+        expected: dict[str, int] = {INPUT_NAME: 4, OUTPUT_NAME: 2}
+    elif set(inputs) == set(STREAMING_INPUTS) and set(outputs) == set(STREAMING_OUTPUTS):
+        expected = {INPUT_NAME: 4, STATE_NAME: 2, PROBS_NAME: 3, STATE_OUT_NAME: 2}
+    else:
+        raise BackendError(
+            f"{where}: engine I/O must be input {INPUT_NAME!r} and output {OUTPUT_NAME!r} (a "
+            f"window model) or inputs {list(STREAMING_INPUTS)} and outputs "
+            f"{list(STREAMING_OUTPUTS)} (a streaming model), got inputs {list(inputs)} and "
+            f"outputs {list(outputs)}"
+        )
+    for name, rank in expected.items():
+        tensor = by_name[name]
+        if not tensor.is_float32:
+            raise BackendError(f"{where}: {name!r} must be float32 in the engine")
+        if not _batch_dynamic(tensor.shape, rank):
+            raise BackendError(
+                f"{where}: {name!r} must have rank {rank} with only the batch dynamic, got "
+                f"{tensor.shape}"
+            )
+    x = by_name[INPUT_NAME].shape
+    input_shape = (int(x[1]), int(x[2]), int(x[3]))
+    if OUTPUT_NAME in by_name:
+        return EngineIO(input_shape, int(by_name[OUTPUT_NAME].shape[1]), None)
+    state, state_out = by_name[STATE_NAME].shape[1], by_name[STATE_OUT_NAME].shape[1]
+    if state != state_out:
+        raise BackendError(f"{where}: state ({state}) and state_out ({state_out}) differ in size")
+    probs = by_name[PROBS_NAME].shape
+    streaming = StreamingIO(input_shape, int(state), (int(probs[1]), int(probs[2])))
+    return EngineIO(input_shape, streaming.output_shape[0], streaming)
+
+
+def profile_batch_range(
+    ranges: dict[str, tuple[tuple[int, ...], tuple[int, ...]]], where: str
+) -> int:
+    """The largest batch every input's optimisation profile accepts (``{name: (min, max)}``
+    full shapes of profile 0); every input must accept batch 1."""
+    for name, (low, _high) in ranges.items():
+        if low[0] > 1:
+            raise BackendError(
+                f"{where}: engine profile of {name!r} must accept batch 1, min is {low}"
+            )
+    return min(int(high[0]) for _low, high in ranges.values())
+
+
 class TensorRTBackend:
     """A TensorRT 10 engine on one CUDA stream, with buffers allocated once."""
 
@@ -141,7 +229,11 @@ class TensorRTBackend:
         self._stream: Any = None
         self._context: Any = None
         self._engine = self._deserialize()
-        self.input_shape, self.n_classes, profile_max = self._check_io()
+        io, profile_max = self._check_io()
+        self.input_shape, self.n_classes = io.input_shape, io.n_classes
+        self.streaming = io.streaming
+        self.state_size = io.streaming.state_size if io.streaming is not None else 0
+        self.output_shape = io.streaming.output_shape if io.streaming is not None else (0, 0)
         self.max_batch = min(max_batch, profile_max)
         self._context = self._engine.create_execution_context()
         if self._context is None:
@@ -152,11 +244,11 @@ class TensorRTBackend:
             self.close()
             raise
         LOGGER.info(
-            "TensorRT %s runs %s (input %s, %d classes, max batch %d)",
+            "TensorRT %s runs %s (%s model, input %s, max batch %d)",
             version,
             self.engine_path.name,
+            "streaming" if self.streaming is not None else "window",
             self.input_shape,
-            self.n_classes,
             self.max_batch,
         )
 
@@ -172,47 +264,49 @@ class TensorRTBackend:
             )
         return engine
 
-    def _io_tensors(self) -> dict[str, Any]:
-        """``{name: TensorIOMode}`` of the engine's I/O tensors."""
-        engine = self._engine
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        return {name: engine.get_tensor_mode(name) for name in names}
+    def _engine_tensors(self) -> list[EngineTensor]:
+        trt, engine = self._trt, self._engine
+        tensors = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            tensors.append(
+                EngineTensor(
+                    name,
+                    engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                    trt.nptype(engine.get_tensor_dtype(name)) == np.float32,
+                    tuple(int(d) for d in engine.get_tensor_shape(name)),
+                )
+            )
+        return tensors
 
-    def _check_io(self) -> tuple[tuple[int, int, int], int, int]:
-        """Check the engine against the contract; return input shape, classes, profile max."""
-        trt, engine, where = self._trt, self._engine, self.engine_path.name
-        modes = self._io_tensors()
-        expected = {INPUT_NAME: trt.TensorIOMode.INPUT, OUTPUT_NAME: trt.TensorIOMode.OUTPUT}
-        if modes != expected:
-            found = {name: str(mode) for name, mode in modes.items()}
-            raise BackendError(
-                f"{where}: engine I/O must be input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
-                f"got {found}"
-            )
-        for name in expected:
-            if trt.nptype(engine.get_tensor_dtype(name)) != np.float32:
-                raise BackendError(f"{where}: {name!r} must be float32 in the engine")
-        x = tuple(engine.get_tensor_shape(INPUT_NAME))
-        y = tuple(engine.get_tensor_shape(OUTPUT_NAME))
-        if len(x) != 4 or x[0] != -1 or min(x[1:]) < 1 or len(y) != 2 or y[0] != -1 or y[1] < 1:
-            raise BackendError(
-                f"{where}: engine shapes must be {INPUT_NAME} (-1, K, B, T) and "
-                f"{OUTPUT_NAME} (-1, C) with only the batch dynamic, got {x} and {y}"
-            )
-        profile_min, _, profile_max = engine.get_tensor_profile_shape(INPUT_NAME, 0)
-        if profile_min[0] > 1:
-            raise BackendError(f"{where}: engine profile must accept batch 1, min is {profile_min}")
-        return (int(x[1]), int(x[2]), int(x[3])), int(y[1]), int(profile_max[0])
+    def _check_io(self) -> tuple[EngineIO, int]:
+        """Check the engine against a contract; return what it computes and its largest batch."""
+        where = self.engine_path.name
+        tensors = self._engine_tensors()
+        io = engine_contract(tensors, where)
+        ranges = {}
+        for tensor in tensors:
+            if tensor.is_input:
+                low, _opt, high = self._engine.get_tensor_profile_shape(tensor.name, 0)
+                ranges[tensor.name] = (tuple(low), tuple(high))
+        return io, profile_batch_range(ranges, where)
+
+    def _shapes(self, rows: int) -> dict[str, tuple[int, ...]]:
+        """Full shapes of every I/O tensor for a batch of ``rows``."""
+        shapes: dict[str, tuple[int, ...]] = {INPUT_NAME: (rows, *self.input_shape)}
+        if self.streaming is None:
+            shapes[OUTPUT_NAME] = (rows, self.n_classes)
+        else:
+            shapes[STATE_NAME] = (rows, self.state_size)
+            shapes[PROBS_NAME] = (rows, *self.output_shape)
+            shapes[STATE_OUT_NAME] = (rows, self.state_size)
+        return shapes
 
     def _allocate(self) -> None:
         """Device + pinned host buffers for ``max_batch`` rows; bind addresses once."""
         cudart = self._cudart
         self._stream = _cuda_call(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
-        shapes = {
-            INPUT_NAME: (self.max_batch, *self.input_shape),
-            OUTPUT_NAME: (self.max_batch, self.n_classes),
-        }
-        for name, shape in shapes.items():
+        for name, shape in self._shapes(self.max_batch).items():
             nbytes = int(np.prod(shape)) * _FLOAT32_BYTES
             device = _cuda_call(cudart, cudart.cudaMalloc(nbytes), "cudaMalloc")
             self._buffers[f"device:{name}"] = int(device)
@@ -222,45 +316,82 @@ class TensorRTBackend:
             if not self._context.set_tensor_address(name, int(device)):
                 raise BackendError(f"{self.engine_path.name}: cannot bind tensor {name!r}")
 
-    def _run_piece(self, x: np.ndarray) -> np.ndarray:
-        """One piece of at most ``max_batch`` rows through the engine."""
-        cudart, n = self._cudart, x.shape[0]
+    def _run_piece(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """One piece of at most ``max_batch`` rows through the engine: copy ``inputs`` in,
+        execute, copy ``outputs`` back (new arrays)."""
+        cudart, b = self._cudart, self._buffers
+        n = next(iter(inputs.values())).shape[0]
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._host[INPUT_NAME][:n] = x
-        in_bytes = x.nbytes
-        out_bytes = n * self.n_classes * _FLOAT32_BYTES
-        if not self._context.set_input_shape(INPUT_NAME, (n, *self.input_shape)):
-            raise BackendError(f"{self.name}: batch {n} is outside the engine's profile")
-        b = self._buffers
-        _cuda_call(
-            cudart,
-            cudart.cudaMemcpyAsync(
-                b[f"device:{INPUT_NAME}"], b[f"host:{INPUT_NAME}"], in_bytes, h2d, self._stream
-            ),
-            "cudaMemcpyAsync(input)",
-        )
+        shapes = self._shapes(n)
+        for name, x in inputs.items():
+            self._host[name][:n] = x
+            if not self._context.set_input_shape(name, shapes[name]):
+                raise BackendError(f"{self.name}: batch {n} is outside the engine's profile")
+            _cuda_call(
+                cudart,
+                cudart.cudaMemcpyAsync(
+                    b[f"device:{name}"], b[f"host:{name}"], x.nbytes, h2d, self._stream
+                ),
+                f"cudaMemcpyAsync({name})",
+            )
         if not self._context.execute_async_v3(int(self._stream)):
             raise BackendError(f"{self.name}: execute_async_v3 failed (see TensorRT log)")
-        _cuda_call(
-            cudart,
-            cudart.cudaMemcpyAsync(
-                b[f"host:{OUTPUT_NAME}"], b[f"device:{OUTPUT_NAME}"], out_bytes, d2h, self._stream
-            ),
-            "cudaMemcpyAsync(output)",
-        )
+        for name in outputs:
+            nbytes = int(np.prod(shapes[name])) * _FLOAT32_BYTES
+            _cuda_call(
+                cudart,
+                cudart.cudaMemcpyAsync(
+                    b[f"host:{name}"], b[f"device:{name}"], nbytes, d2h, self._stream
+                ),
+                f"cudaMemcpyAsync({name})",
+            )
         _cuda_call(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        return self._host[OUTPUT_NAME][:n].copy()
+        return [self._host[name][:n].copy() for name in outputs]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """``(N, K, B, T)`` float32 -> ``(N, n_classes)`` float32 logits, in max_batch pieces."""
         if self._stream is None:
             raise BackendError(f"{self.name}: backend is closed")
+        if self.streaming is not None:
+            raise BackendError(
+                f"{self.engine_path.name}: a streaming engine (features + state); use "
+                "infer_streaming"
+            )
         x = check_batch(batch, self.input_shape)
         if x.shape[0] == 0:
             return np.zeros((0, self.n_classes), dtype=np.float32)
-        parts = [self._run_piece(x[rows]) for rows in batch_slices(x.shape[0], self.max_batch)]
+        parts = [
+            self._run_piece({INPUT_NAME: x[rows]}, (OUTPUT_NAME,))[0]
+            for rows in batch_slices(x.shape[0], self.max_batch)
+        ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def infer_streaming(
+        self, features: np.ndarray, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A streaming engine's chunk for ``M`` streams: ``(M, K, F, T)`` features and
+        ``(M, S)`` states -> ``(M, O, N)`` probabilities and ``(M, S)`` new states, in
+        max_batch pieces (each bed's state goes in and comes out as its row)."""
+        if self._stream is None:
+            raise BackendError(f"{self.name}: backend is closed")
+        if self.streaming is None:
+            raise BackendError(f"{self.engine_path.name}: not a streaming engine; use infer")
+        x = check_batch(features, self.input_shape)
+        s = check_state(state, x.shape[0], self.state_size)
+        if x.shape[0] == 0:
+            return (
+                np.zeros((0, *self.output_shape), np.float32),
+                np.zeros((0, self.state_size), np.float32),
+            )
+        probs, states = [], []
+        for rows in batch_slices(x.shape[0], self.max_batch):
+            p, new = self._run_piece({INPUT_NAME: x[rows], STATE_NAME: s[rows]}, STREAMING_OUTPUTS)
+            probs.append(p)
+            states.append(new)
+        if len(probs) == 1:
+            return probs[0], states[0]
+        return np.concatenate(probs, axis=0), np.concatenate(states, axis=0)
 
     def close(self) -> None:
         """Free the buffers and the stream, then drop the context and engine (idempotent)."""

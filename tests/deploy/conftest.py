@@ -25,7 +25,7 @@ from tests.deploy.sshd import SshServer, start_sshd, stop_sshd
 from tests.edge.brokers import Mosquitto, Recorder
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = REPO / "models" / "edge"
+MODELS = REPO / "models" / "sed"
 RATE_HZ = 8000
 LOOP_S = 2.0
 SITE = "test-ward"

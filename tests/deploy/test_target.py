@@ -22,7 +22,7 @@ def ssh_target(tmp_path: Path, sshd: SshServer, **changes: object) -> SshTarget:
               "key": str(sshd.key), "known_hosts": str(sshd.known_hosts),
               "host_key_checking": "yes", **changes}  # fmt: skip
     data = {"target": target, "prefix": "/opt/x", "models": str(Path(__file__).parents[2] /
-            "models" / "edge"), "runtime_config": str(tmp_path / "rt.yaml")}  # fmt: skip
+            "models" / "sed"), "runtime_config": str(tmp_path / "rt.yaml")}  # fmt: skip
     (tmp_path / "rt.yaml").write_text("streams: [{id: b, source: x.wav}]\n")
     (tmp_path / "dev.yaml").write_text(yaml.safe_dump(data))
     return SshTarget(load_device("dev", tmp_path))
