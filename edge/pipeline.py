@@ -13,7 +13,11 @@ emits frame ``t`` later, so a window is released only once every kind has produc
 frame.
 
 Timeline: a chunk's ``first_sample`` places it; a jump forward (samples lost without a missing
-chunk) is filled with zeros marked missing, a chunk marked ``missing`` is taken as zeros, and
+chunk) is filled with zeros marked missing, a chunk marked ``missing`` is taken as zeros (a
+loss shorter than ``conceal_max_samples``, e.g. one lost datagram, is still zeros marked
+missing, but the feature frames whose span holds it repeat the frame before them: a streaming
+model's context then carries on over a spectrum like its neighbours' rather than a hole of
+digital silence), and
 samples before the expected position (an overlap) are dropped and counted. NaN/Inf samples are
 replaced by zeros and counted (``WindowReady.invalid_samples``), never passed on.
 
@@ -66,6 +70,7 @@ class WindowReady:
     hop_missing_fraction: float
     invalid_samples: int  # NaN/Inf samples replaced by zeros in the last hop (or first window)
     padded_frames: int = 0  # trailing frames that are end-of-stream padding (StreamPipeline.flush)
+    hop_missing_samples: int = 0  # missing samples in the last hop (the span judged for gaps)
 
 
 @njit(cache=True)
@@ -104,9 +109,16 @@ class StreamPipeline:
         hop_frames: int,
         *,
         max_piece_samples: int = DEFAULT_PIECE_SAMPLES,
+        conceal_max_samples: int = 0,
     ) -> None:
         _check_geometry(kinds, window_frames, hop_frames)
+        if not 0 <= conceal_max_samples <= max_piece_samples:
+            raise PipelineError(
+                f"conceal_max_samples must be in [0, {max_piece_samples}], got "
+                f"{conceal_max_samples}"
+            )
         self.spec, self.kinds = spec, tuple(kinds)
+        self._conceal_max = conceal_max_samples
         self.window_frames, self.hop_frames = window_frames, hop_frames
         specs = [spec.replace(kind=k) for k in kinds]
         self._streams = [make_stream(s, max_chunk_samples=max_piece_samples) for s in specs]
@@ -137,6 +149,7 @@ class StreamPipeline:
         self._next_start = 0  # start frame of the next window
         self.samples_seen = 0  # = the next expected sample index
         self.missing_samples = 0
+        self._concealed: list[tuple[int, int]] = []  # short losses, stream samples [a, b)
         self.invalid_samples = 0
         self.overlap_samples_dropped = 0
         self.windows_emitted = 0
@@ -193,6 +206,8 @@ class StreamPipeline:
 
     def _fill_missing(self, n: int, ready: list[WindowReady]) -> None:
         self.missing_samples += n
+        if n < self._conceal_max:  # a short loss: the features over it are held (_advance)
+            self._concealed.append((self.samples_seen, self.samples_seen + n))
         while n > 0:
             size = min(n, self._piece)
             at = self._make_room(size)
@@ -219,6 +234,8 @@ class StreamPipeline:
             m = frames.shape[0]
             if m == 0:
                 continue
+            if self._concealed:
+                frames = self._hold_concealed(k, frames)
             j = self._counts[k] % ring_frames
             first = min(m, ring_frames - j)
             self._ring[k, :, j : j + first] = frames[:first].T
@@ -231,6 +248,27 @@ class StreamPipeline:
         while self._next_start + self.window_frames <= complete:
             ready.append(self._window(self._next_start))
             self._next_start += self.hop_frames
+
+    def _hold_concealed(self, k: int, frames: np.ndarray) -> np.ndarray:
+        """Frames of kind ``k`` whose span overlaps a short loss repeat the frame before them
+        (the oldest losses, behind every kind's frames, are forgotten)."""
+        hop, size = self.spec.hop_samples, self.spec.frame_samples
+        ring_frames = self._ring.shape[2]
+        first = self._counts[k]
+        out = frames
+        for i in range(frames.shape[0]):
+            lo = (first + i) * hop
+            if not any(a < lo + size and lo < b for a, b in self._concealed):
+                continue
+            if out is frames:
+                out = frames.copy()
+            if i > 0:
+                out[i] = out[i - 1]
+            elif first > 0:
+                out[i] = self._ring[k, :, (first - 1) % ring_frames]
+        done = min(self._counts) * hop
+        self._concealed = [(a, b) for a, b in self._concealed if b > done]
+        return out
 
     def _window(self, start_frame: int, real_end_sample: int | None = None) -> WindowReady:
         ring_frames, length = self._ring.shape[2], self.window_frames
@@ -262,6 +300,7 @@ class StreamPipeline:
             ),
             missing_fraction=window_missing / self.window_samples,
             hop_missing_fraction=hop_missing / (end - q_start),
+            hop_missing_samples=hop_missing,
             invalid_samples=int(np.count_nonzero(hop_flags == INVALID)),
         )
 

@@ -47,7 +47,7 @@ from edge.events import Event, format_utc, utc_now
 from edge.gate import GateConfig, QualityGate
 from edge.labels import POOR_QUALITY
 from edge.manifest import Manifest, load_manifest, verify_file
-from edge.pipeline import StreamPipeline, WindowReady, infer_ready
+from edge.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady, infer_ready
 from edge.runtime_config import (
     CommandError,
     RuntimeConfig,
@@ -124,7 +124,12 @@ class Model:
         classes = manifest.classes
         self.poor_index = classes.index(POOR_QUALITY) if POOR_QUALITY in classes else None
         self.grid: FrameGrid | None = None
+        self.conceal_samples = 0  # losses up to this long are concealed, not zeros
         if self.streaming is not None:
+            rate_hz = manifest.feature_spec.sample_rate_hz
+            self.conceal_samples = min(
+                round(config.state_reset_gap_ms * rate_hz / MS_PER_S), DEFAULT_PIECE_SAMPLES
+            )
             spec = manifest.feature_spec
             self.grid = FrameGrid.of(
                 spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, self.streaming.stride
@@ -162,7 +167,11 @@ class Stream:
         self.rate_hz = source.sample_rate_hz
         manifest = model.manifest
         self.pipeline = StreamPipeline(
-            manifest.feature_spec, manifest.kinds, manifest.window_frames, manifest.hop_frames
+            manifest.feature_spec,
+            manifest.kinds,
+            manifest.window_frames,
+            manifest.hop_frames,
+            conceal_max_samples=model.conceal_samples,
         )
         self.gate = QualityGate(model.gate_config, self.rate_hz)
         self.bed: BedState | None = None
@@ -341,13 +350,19 @@ class Runtime:
             self.events.emit(stream, transitions, quality)
             if flushed:
                 continue
-            if stream.bed is not None and window.hop_missing_fraction > 0.0:
+            if stream.bed is not None and self._gap_resets(stream, window):
                 # audio was lost: the model's context must not bridge the gap (the gate
                 # reports it); the state starts again at the next chunk
                 stride = stream.bed.info.stride
                 stream.bed.reset((window.start_frame + self.model.manifest.window_frames) // stride)
                 stream.counters["state_resets"] += 1
             stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
+
+    def _gap_resets(self, stream: Stream, window: WindowReady) -> bool:
+        """Whether ``window`` lost enough audio to restart its bed's model state."""
+        missing = window.hop_missing_samples
+        threshold = self.config.state_reset_gap_ms * stream.rate_hz / MS_PER_S
+        return missing > 0 and missing >= threshold
 
     def _judge(
         self,
@@ -431,6 +446,14 @@ class Runtime:
                 break
             if not self.step():
                 stop.wait(self.config.idle_sleep_s)
+        # the audio that arrived is described before its events end: a streaming bed's
+        # look-ahead and last partial chunk go through the model, as at a source's end
+        ready: list[Ready] = []
+        for stream in self.streams:
+            if not stream.ended and stream.ending is None:
+                ready.extend((stream, w, time.perf_counter()) for w in self._flush(stream))
+        with self._lock:
+            self._infer_and_detect(ready)
         for stream in self.streams:
             if not stream.ended:
                 self._end_stream(stream, "shutdown")

@@ -45,7 +45,7 @@ from edge.dashboard.config import DashboardConfig
 from edge.datapaths import data_root
 from edge.detector import NOT_EVENTS, DetectorConfig
 from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
-from edge.events import DEVICE_STREAM, is_segment
+from edge.events import DEVICE_STREAM, PHYSIOLOGICAL_TYPES, is_segment
 from edge.features import FeatureSpec
 from edge.gate import GateConfig
 from edge.labels import DETECTED_CLASSES
@@ -118,6 +118,10 @@ class RuntimeConfig:
     live_interval_s: float = 1.0  # one live-strip point per bed this often (0: none)
     idle_sleep_s: float = 0.01  # how long the loop waits when no source had audio
     max_run_s: float = 0.0  # stop after this long (0: until every source ends or a signal)
+    # a streaming model's bed restarts its state when a chunk misses at least this much audio
+    # (a dropout, a reconnect); shorter losses (a lost datagram) stay zeros in its features
+    # and the context carries on. 0: any missing sample restarts it
+    state_reset_gap_ms: float = 100.0
 
     def __post_init__(self) -> None:
         check(len(self.streams) >= 1, "streams", self.streams, "a list of at least one stream")
@@ -132,6 +136,12 @@ class RuntimeConfig:
         check(needs_mqtt, "dashboard.enabled", True, "false while sinks.mqtt is false")
         check(self.idle_sleep_s >= 0, "idle_sleep_s", self.idle_sleep_s, "a number >= 0")
         check(self.max_run_s >= 0, "max_run_s", self.max_run_s, "a number >= 0 (0: no limit)")
+        check(
+            self.state_reset_gap_ms >= 0,
+            "state_reset_gap_ms",
+            self.state_reset_gap_ms,
+            "a number >= 0 (0: any missing sample restarts the model state)",
+        )
         default = MqttConfig()
         for key in ("site", "device_id"):
             given = getattr(self.mqtt, key)
@@ -167,11 +177,13 @@ def check_against_manifest(config: RuntimeConfig, manifest: Manifest, source: st
         events = [c for c in manifest.classes if c in DETECTED_CLASSES]
     else:
         events = [c for c in manifest.classes if c not in NOT_EVENTS]
-    named = [("thresholds", r.type) for r in config.detector.thresholds]
-    if manifest.streaming is None:  # a streaming model's defaults may name more types
-        named += [("priorities", r.type) for r in config.detector.priorities]
-    for key, type_ in named:
-        if type_ not in events:
+    named = [("thresholds", r.type, events) for r in config.detector.thresholds]
+    # the default priorities name every physiological type; a streaming model detects fewer
+    # (Wheeze+Crackle is a Wheeze and a crackle), so those stay allowed, and a typo does not
+    allowed = events if manifest.streaming is None else [*events, *PHYSIOLOGICAL_TYPES]
+    named += [("priorities", r.type, allowed) for r in config.detector.priorities]
+    for key, type_, known in named:
+        if type_ not in known:
             raise ConfigError(
                 f"{source}: detector.{key} must name model classes ({', '.join(events)}), "
                 f"got {type_!r}"

@@ -116,6 +116,49 @@ def test_gaps_and_missing_chunks_are_zeros_marked_missing() -> None:
     assert sum(w.hop_missing_fraction > 0 for w in windows) == 3
 
 
+def test_short_losses_hold_the_features_before_them_long_ones_stay_zeros() -> None:
+    """With ``conceal_max_samples``: a loss shorter than it (one lost datagram) is still
+    zeros marked missing in the audio, but every feature frame whose span touches it repeats
+    the frame before it; a loss at least that long is left as computed from the zeros."""
+    x = signal()
+    short, long_ = (4000, 4256), (12000, 13000)  # 32 ms, 125 ms
+    chunks = [
+        SourceChunk(x[: short[0]], 0),
+        SourceChunk(x[short[1] : long_[0]], short[1]),
+        SourceChunk(x[long_[1] :], long_[1]),
+    ]
+    kinds = ("logmel", "gammatone")
+    held = StreamPipeline(SPEC, kinds, WINDOW_FRAMES, HOP_FRAMES, conceal_max_samples=800)
+    windows = run(held, chunks)
+    zeros = x.copy()
+    for lo, hi in (short, long_):
+        zeros[lo:hi] = 0.0
+    plain = run(StreamPipeline(SPEC, kinds, WINDOW_FRAMES, HOP_FRAMES), chunks)
+    assert_windows_equal(plain, batch_windows(zeros, kinds))  # without it: zeros, as before
+    hop, size = SPEC.hop_samples, SPEC.frame_samples
+    frames = np.concatenate(
+        [w.features[:, :, :HOP_FRAMES] for w in windows]
+        + [windows[-1].features[:, :, HOP_FRAMES:]],
+        axis=2,
+    )
+    expected = batch_windows(zeros, kinds)
+    reference = np.concatenate(
+        [e[:, :, :HOP_FRAMES] for e in expected] + [expected[-1][:, :, HOP_FRAMES:]], axis=2
+    )
+    touched = [
+        t for t in range(frames.shape[2]) if t * hop < short[1] and short[0] < t * hop + size
+    ]
+    assert len(touched) >= 3
+    for t in touched:  # held: the frame before the loss, repeated
+        np.testing.assert_array_equal(frames[:, :, t], frames[:, :, touched[0] - 1])
+    untouched = [t for t in range(frames.shape[2]) if t not in touched]
+    np.testing.assert_allclose(frames[:, :, untouched], reference[:, :, untouched], atol=TOLERANCE)
+    assert held.missing_samples == (short[1] - short[0]) + (long_[1] - long_[0])
+    assert [w.hop_missing_samples for w in windows if w.hop_missing_samples] != []
+    with pytest.raises(PipelineError, match="conceal_max_samples must be in"):
+        StreamPipeline(SPEC, kinds, WINDOW_FRAMES, HOP_FRAMES, conceal_max_samples=-1)
+
+
 def lost(start: int, end: int) -> int:
     """Samples of [start, end) in the two gaps of the test above."""
     return sum(max(0, min(end, hi) - max(start, lo)) for lo, hi in ((4000, 5000), (9000, 9800)))

@@ -143,14 +143,21 @@ class ScriptedSource:
         """Nothing to release."""
 
 
-def run_scripted(tmp_path: Path, folder: Path, audio: np.ndarray, gap_on_b0: bool):
+def run_scripted(
+    tmp_path: Path,
+    folder: Path,
+    audio: np.ndarray,
+    gap_on_b0: bool,
+    gap_samples: int = 4000,
+    **sections,
+):
     streams = [stream("b0", "unused.flac"), stream("b1", "unused.flac")]
-    config = build(mapping(tmp_path, folder, streams))
+    config = build(mapping(tmp_path, folder, streams, **sections))
     model = open_model(config, "test.yaml")
     try:
         opened = []
         for s_config in config.streams:
-            gap = (40, 4000) if gap_on_b0 and s_config.id == "b0" else None
+            gap = (40, gap_samples) if gap_on_b0 and s_config.id == "b0" else None
             opened.append(Stream(s_config, ScriptedSource(audio, 800, gap), model))  # type: ignore[arg-type]
         sink = ListSink()
         runtime = Runtime(config, model, opened, sink)
@@ -180,3 +187,19 @@ def test_a_gap_resets_its_bed_only(tmp_path, folder):
 
     assert of(gap_sink, "b1") == of(plain_sink, "b1") != []  # the other bed did not notice
     assert of(gap_sink, "b0") != of(plain_sink, "b0")
+
+
+def test_a_short_loss_keeps_the_state_and_a_threshold_of_zero_restarts_it(tmp_path, folder):
+    """A 32-ms loss (one lost datagram) is below ``state_reset_gap_ms`` (100 ms): the bed's
+    model state carries on (its features over the loss are held, edge.pipeline) and the gate
+    still reports the gap; with ``state_reset_gap_ms: 0`` the same loss restarts the state."""
+    audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
+    kept, kept_sink = run_scripted(tmp_path, folder, audio, gap_on_b0=True, gap_samples=256)
+    b0 = next(s for s in kept.streams if s.id == "b0")
+    assert b0.counters["state_resets"] == 0
+    assert b0.pipeline.missing_samples == 256
+    assert any(e.type == "signal_gap" for e in kept_sink.events if e.stream_id == "b0")
+    strict, _ = run_scripted(
+        tmp_path, folder, audio, gap_on_b0=True, gap_samples=256, state_reset_gap_ms=0
+    )
+    assert next(s for s in strict.streams if s.id == "b0").counters["state_resets"] >= 1
