@@ -17,6 +17,7 @@ batch, so one call serves every bed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -125,3 +126,30 @@ def check_batch(batch: object, input_shape: tuple[int, ...]) -> np.ndarray:
 def batch_slices(n_rows: int, max_batch: int) -> list[slice]:
     """Consecutive slices of at most ``max_batch`` rows covering ``range(n_rows)``."""
     return [slice(start, min(start + max_batch, n_rows)) for start in range(0, n_rows, max_batch)]
+
+
+def infer_streaming_in_pieces(
+    features: object,
+    state: object,
+    io: StreamingIO,
+    max_batch: int,
+    run: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The checks and batching every backend's ``infer_streaming`` shares: ``features``
+    ``(M, K, F, T)`` and ``state`` ``(M, S)`` checked against ``io``, then ``run(features,
+    state) -> (probs, new_state)`` on pieces of at most ``max_batch`` rows, joined in order."""
+    x = check_batch(features, io.input_shape)
+    s = check_state(state, x.shape[0], io.state_size)
+    if x.shape[0] == 0:
+        return (
+            np.zeros((0, *io.output_shape), np.float32),
+            np.zeros((0, io.state_size), np.float32),
+        )
+    probs, states = [], []
+    for rows in batch_slices(x.shape[0], max_batch):
+        p, new = run(x[rows], s[rows])
+        probs.append(p)
+        states.append(new)
+    if len(probs) == 1:
+        return probs[0], states[0]
+    return np.concatenate(probs, axis=0), np.concatenate(states, axis=0)

@@ -30,7 +30,7 @@ from edge.backends.base import (
     StreamingIO,
     batch_slices,
     check_batch,
-    check_state,
+    infer_streaming_in_pieces,
 )
 
 LOGGER = logging.getLogger("lungwatch.backend")
@@ -332,23 +332,15 @@ class OrtBackend:
             raise BackendError(f"{self.name}: backend is closed")
         if self.streaming is None:
             raise BackendError(f"{self.model_path.name}: not a streaming model; use infer")
-        x = check_batch(features, self.input_shape)
-        s = check_state(state, x.shape[0], self.state_size)
-        if x.shape[0] == 0:
-            return (
-                np.zeros((0, *self.output_shape), np.float32),
-                np.zeros((0, self.state_size), np.float32),
-            )
-        probs, states = [], []
-        for rows in batch_slices(x.shape[0], self.config.max_batch):
-            p, new = self._session.run(
-                list(STREAMING_OUTPUTS), {INPUT_NAME: x[rows], STATE_NAME: s[rows]}
-            )
-            probs.append(p)
-            states.append(new)
-        p = probs[0] if len(probs) == 1 else np.concatenate(probs, axis=0)
-        new = states[0] if len(states) == 1 else np.concatenate(states, axis=0)
-        return np.asarray(p, dtype=np.float32), np.asarray(new, dtype=np.float32)
+        session = self._session
+
+        def run(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            p, new = session.run(list(STREAMING_OUTPUTS), {INPUT_NAME: x, STATE_NAME: s})
+            return np.asarray(p, dtype=np.float32), np.asarray(new, dtype=np.float32)
+
+        return infer_streaming_in_pieces(
+            features, state, self.streaming, self.config.max_batch, run
+        )
 
     def close(self) -> None:
         """Drop the session (idempotent)."""

@@ -46,7 +46,7 @@ from edge.backends.base import (
     StreamingIO,
     batch_slices,
     check_batch,
-    check_state,
+    infer_streaming_in_pieces,
 )
 
 LOGGER = logging.getLogger("lungwatch.backend")
@@ -377,21 +377,12 @@ class TensorRTBackend:
             raise BackendError(f"{self.name}: backend is closed")
         if self.streaming is None:
             raise BackendError(f"{self.engine_path.name}: not a streaming engine; use infer")
-        x = check_batch(features, self.input_shape)
-        s = check_state(state, x.shape[0], self.state_size)
-        if x.shape[0] == 0:
-            return (
-                np.zeros((0, *self.output_shape), np.float32),
-                np.zeros((0, self.state_size), np.float32),
-            )
-        probs, states = [], []
-        for rows in batch_slices(x.shape[0], self.max_batch):
-            p, new = self._run_piece({INPUT_NAME: x[rows], STATE_NAME: s[rows]}, STREAMING_OUTPUTS)
-            probs.append(p)
-            states.append(new)
-        if len(probs) == 1:
-            return probs[0], states[0]
-        return np.concatenate(probs, axis=0), np.concatenate(states, axis=0)
+
+        def run(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            p, new = self._run_piece({INPUT_NAME: x, STATE_NAME: s}, STREAMING_OUTPUTS)
+            return p, new
+
+        return infer_streaming_in_pieces(features, state, self.streaming, self.max_batch, run)
 
     def close(self) -> None:
         """Free the buffers and the stream, then drop the context and engine (idempotent)."""
