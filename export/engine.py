@@ -76,8 +76,8 @@ class BuildPlan:
         }
 
 
-def read_input_shape(onnx_path: Path) -> tuple[int, int, int]:
-    """(K, B, T) of the ONNX input ``features``, checking that only the batch is dynamic."""
+def graph_inputs(onnx_path: Path) -> dict[str, Any]:
+    """``{name: ValueInfoProto}`` of the ONNX model's inputs (the file read once)."""
     try:
         import onnx
         from google.protobuf.message import DecodeError
@@ -89,36 +89,44 @@ def read_input_shape(onnx_path: Path) -> tuple[int, int, int]:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except (OSError, DecodeError) as exc:
         raise EngineBuildError(f"{onnx_path}: cannot read the ONNX model ({exc})") from None
-    inputs = {i.name: i for i in model.graph.input}
-    if INPUT_NAME not in inputs:
-        raise EngineBuildError(f"{onnx_path}: no input {INPUT_NAME!r} (inputs: {list(inputs)})")
-    dims = inputs[INPUT_NAME].type.tensor_type.shape.dim
+    return {i.name: i for i in model.graph.input}
+
+
+def _static_dims(onnx_path: Path, value: Any, rank: int, layout: str) -> list[int]:
+    """The dimensions after the batch of input ``value``, checking that only the batch is
+    dynamic (``layout`` names them in the error)."""
+    dims = value.type.tensor_type.shape.dim
     values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if len(values) != 4 or values[0] not in (None, 0) or not all(v and v > 0 for v in values[1:]):
+    if (
+        len(values) != rank
+        or values[0] not in (None, 0)
+        or not all(v and v > 0 for v in values[1:])
+    ):
         shown = [v if v else (d.dim_param or "?") for v, d in zip(values, dims, strict=True)]
         raise EngineBuildError(
-            f"{onnx_path}: input {INPUT_NAME!r} must be (batch, K, B, T) with only the batch "
+            f"{onnx_path}: input {value.name!r} must be {layout} with only the batch "
             f"dynamic, got {shown}"
         )
-    return int(values[1] or 0), int(values[2] or 0), int(values[3] or 0)
+    return [int(v or 0) for v in values[1:]]
 
 
-def read_state_size(onnx_path: Path) -> int | None:
+def read_input_shape(onnx_path: Path, inputs: dict[str, Any] | None = None) -> tuple[int, int, int]:
+    """(K, B, T) of the ONNX input ``features``, checking that only the batch is dynamic
+    (``inputs``: :func:`graph_inputs` already read)."""
+    inputs = graph_inputs(onnx_path) if inputs is None else inputs
+    if INPUT_NAME not in inputs:
+        raise EngineBuildError(f"{onnx_path}: no input {INPUT_NAME!r} (inputs: {list(inputs)})")
+    k, b, t = _static_dims(onnx_path, inputs[INPUT_NAME], 4, "(batch, K, B, T)")
+    return k, b, t
+
+
+def read_state_size(onnx_path: Path, inputs: dict[str, Any] | None = None) -> int | None:
     """The width S of a streaming model's ``state`` input ``(batch, S)``; None without one."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    inputs = {i.name: i for i in model.graph.input}
+    inputs = graph_inputs(onnx_path) if inputs is None else inputs
     if STATE_NAME not in inputs:
         return None
-    dims = inputs[STATE_NAME].type.tensor_type.shape.dim
-    values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if len(values) != 2 or values[0] not in (None, 0) or not values[1] or values[1] < 1:
-        raise EngineBuildError(
-            f"{onnx_path}: input {STATE_NAME!r} must be (batch, S) with only the batch dynamic, "
-            f"got {[v or d.dim_param or '?' for v, d in zip(values, dims, strict=True)]}"
-        )
-    return int(values[1])
+    (size,) = _static_dims(onnx_path, inputs[STATE_NAME], 2, "(batch, S)")
+    return size
 
 
 def timing_cache_path(out: Path, given: Path | None = None) -> Path:
@@ -384,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     try:
         _check_args(args)
-        input_shape = read_input_shape(args.onnx)  # a bad file is named before TensorRT is
+        inputs = graph_inputs(args.onnx)  # a bad file is named before TensorRT is
+        input_shape = read_input_shape(args.onnx, inputs)
         trt = _tensorrt_module()
         trtexec = find_trtexec()
         built_with = choose_builder(trt is not None, trtexec, args.use_trtexec)
@@ -398,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_batch,
             args.opt_batch,
             args.workspace_mib,
-            read_state_size(args.onnx),
+            read_state_size(args.onnx, inputs),
         )
         start = time.perf_counter()
         version: str | None
