@@ -124,13 +124,13 @@ class Model:
         classes = manifest.classes
         self.poor_index = classes.index(POOR_QUALITY) if POOR_QUALITY in classes else None
         self.grid: FrameGrid | None = None
-        self.conceal_samples = 0  # losses up to this long are concealed, not zeros
+        spec = manifest.feature_spec
+        # a chunk missing this many samples restarts a streaming bed's state; shorter losses
+        # are concealed in its features (StreamPipeline's conceal_max_samples), not zeros
+        self.reset_gap_samples = config.state_reset_gap_ms * spec.sample_rate_hz / MS_PER_S
+        self.conceal_samples = 0
         if self.streaming is not None:
-            rate_hz = manifest.feature_spec.sample_rate_hz
-            self.conceal_samples = min(
-                round(config.state_reset_gap_ms * rate_hz / MS_PER_S), DEFAULT_PIECE_SAMPLES
-            )
-            spec = manifest.feature_spec
+            self.conceal_samples = min(round(self.reset_gap_samples), DEFAULT_PIECE_SAMPLES)
             self.grid = FrameGrid.of(
                 spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, self.streaming.stride
             )
@@ -350,7 +350,7 @@ class Runtime:
             self.events.emit(stream, transitions, quality)
             if flushed:
                 continue
-            if stream.bed is not None and self._gap_resets(stream, window):
+            if stream.bed is not None and self._gap_resets(window):
                 # audio was lost: the model's context must not bridge the gap (the gate
                 # reports it); the state starts again at the next chunk
                 stride = stream.bed.info.stride
@@ -358,11 +358,10 @@ class Runtime:
                 stream.counters["state_resets"] += 1
             stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
 
-    def _gap_resets(self, stream: Stream, window: WindowReady) -> bool:
+    def _gap_resets(self, window: WindowReady) -> bool:
         """Whether ``window`` lost enough audio to restart its bed's model state."""
         missing = window.hop_missing_samples
-        threshold = self.config.state_reset_gap_ms * stream.rate_hz / MS_PER_S
-        return missing > 0 and missing >= threshold
+        return missing > 0 and missing >= self.model.reset_gap_samples
 
     def _judge(
         self,
