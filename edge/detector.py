@@ -112,16 +112,22 @@ class PhaseRule:
     sound. A phase opens at ``output >= on_threshold`` and closes at ``< off_threshold``; a
     class is announced in a phase once the phase spans ``min_phase_ms`` and the mean of the
     class's probability over the phase so far reaches the class's ``on_threshold``; the event
-    runs from the phase's start to its end."""
+    runs from the phase's start to its end. The phase output crosses its on-threshold a little
+    after a phase really starts (on SPRSound validation the detected start lies a median 53 ms
+    after the annotated one), so an event's start is reported ``lead_ms`` before the phase's
+    first frame (never before the stream's start or the end of the class's previous event);
+    only the reported start moves, not when the event is announced."""
 
     on_threshold: float
     off_threshold: float
     min_phase_ms: float = 240.0
     output: str = "Breath"  # the model output that marks breath phases
+    lead_ms: float = 0.0
 
     def __post_init__(self) -> None:
         check_thresholds(self.on_threshold, self.off_threshold)
         check(self.min_phase_ms >= 0.0, "min_phase_ms", self.min_phase_ms, "a number >= 0")
+        check(self.lead_ms >= 0.0, "lead_ms", self.lead_ms, "a number >= 0")
 
 
 @dataclass(frozen=True)
@@ -690,6 +696,9 @@ class FrameDetector(_EventSource):
             self._phase_min = max(1, round(self._phases.min_phase_ms / hop))
             self._phase = np.zeros(3, np.int64)  # open, first frame, frames so far
             self._sums = np.zeros(n, np.float64)
+        lead_ms = 0.0 if self._phases is None else self._phases.lead_ms
+        self._lead = ms_to_samples(lead_ms, grid.sample_rate_hz)
+        self._last_end = np.zeros(n, np.int64)  # end sample of each class's previous event
 
     def update(self, first_frame: int, probs: np.ndarray) -> list[Transition]:
         """Feed output frames ``first_frame, first_frame + 1, ...``: ``probs`` (n, n_outputs)."""
@@ -726,12 +735,13 @@ class FrameDetector(_EventSource):
     def _apply(self, kind: int, c: int, first: int, last: int, peak: float) -> None:
         end = self.grid.end_sample(last)
         if kind == ONSET:
-            start = self.grid.start_sample(first)
+            start = max(self.grid.start_sample(first) - self._lead, int(self._last_end[c]), 0)
             self._keys[c] = self._lifecycle.onset(self.types[c], start, end, peak)
         else:
             key, self._keys[c] = self._keys[c], None
             if key is not None:
                 self._lifecycle.close(key, end, peak)
+            self._last_end[c] = end
 
     def _close_all(self) -> None:
         for c in range(len(self.types)):

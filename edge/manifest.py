@@ -39,7 +39,8 @@ their states and returns the chunk's per-frame sigmoid outputs and the new state
                       "min_event_ms", "merge_gap_ms"}, ...], "fitted_on": ...}: the per-class
                      rules fitted on validation, which the device applies unless its config
                      names the class in ``detector.thresholds``; with
-                     ``"phases": {"on_threshold", "off_threshold", "min_phase_ms", "output"}``
+                     ``"phases": {"on_threshold", "off_threshold", "min_phase_ms", "output"[,
+                     "lead_ms"]}``
                      the detector runs in phase mode (:class:`edge.detector.PhaseRule`) unless
                      the config sets its own ``detector.phases``
     quality          (optional) {"poor_on", "poor_off"}: hysteresis of the quality output
@@ -452,6 +453,7 @@ def _detector_rules(
 
 
 PHASE_KEYS = ("on_threshold", "off_threshold", "min_phase_ms", "output")
+PHASE_OPTIONAL_KEYS = ("lead_ms",)  # absent in manifests written before it: 0
 
 
 def _detector_phases(
@@ -464,16 +466,17 @@ def _detector_phases(
     rule = None
     if (
         isinstance(phases, dict)
-        and set(phases) == set(PHASE_KEYS)
+        and set(PHASE_KEYS) <= set(phases) <= set(PHASE_KEYS) | set(PHASE_OPTIONAL_KEYS)
         and phases["output"] in outputs
-        and all(_number(phases[k]) for k in PHASE_KEYS[:3])
+        and all(_number(phases[k]) for k in (*PHASE_KEYS[:3], *PHASE_OPTIONAL_KEYS) if k in phases)
     ):
-        try:  # the thresholds and the minimum phase are checked by the rule itself
+        try:  # the thresholds, the minimum phase and the lead are checked by the rule itself
             rule = PhaseRule(
                 float(phases["on_threshold"]),
                 float(phases["off_threshold"]),
                 float(phases["min_phase_ms"]),
                 str(phases["output"]),
+                float(phases.get("lead_ms", 0.0)),
             )
         except ConfigError:
             rule = None
@@ -482,7 +485,8 @@ def _detector_phases(
             path,
             "detector.phases",
             phases,
-            f"a mapping of {', '.join(PHASE_KEYS)} (0 < off <= on < 1, min_phase_ms >= 0) "
+            f"a mapping of {', '.join(PHASE_KEYS)} and optionally lead_ms (0 < off <= on < 1, "
+            "min_phase_ms >= 0, lead_ms >= 0) "
             f"naming one of the outputs {list(outputs)}",
         )
     return rule

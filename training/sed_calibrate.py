@@ -12,8 +12,9 @@ and one knob at a time, every candidate scored through :func:`edge.detector.dete
 device's converter), repeated for ``rounds`` passes. Never fitted on a test set.
 
 With a ``base`` in phase mode (``DetectorConfig.phases``, ``--phases``) the knobs are each
-class's on-threshold (on the phase mean) and the phase rule's on-threshold, hysteresis gap and
-minimum phase length.
+class's on-threshold (on the phase mean) and the phase rule's on-threshold, hysteresis gap,
+minimum phase length and lead (how far before the phase's first frame an event's start is
+reported).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ MERGE_GAP_GRID_MS = (0.0, 120.0, 240.0, 400.0)
 PHASE_ON_GRID = (0.4, 0.5, 0.6, 0.7)
 PHASE_GAP_GRID = (0.1, 0.2, 0.3)  # phase off-threshold = on - gap
 MIN_PHASE_GRID_MS = (120.0, 240.0, 400.0)
+PHASE_LEAD_GRID_MS = (0.0, 40.0, 80.0, 120.0)  # reported start before the phase's first frame
 
 
 @dataclass(frozen=True)
@@ -125,15 +127,17 @@ def fit_detector(
         if p is None:
             return []
         gap = round(p.on_threshold - p.off_threshold, 3)
-        rules = [PhaseRule(v, round(v - gap, 3), p.min_phase_ms, p.output) for v in PHASE_ON_GRID]
+        rules = [
+            dataclasses.replace(p, on_threshold=v, off_threshold=round(v - gap, 3))
+            for v in PHASE_ON_GRID
+        ]
         rules += [
-            PhaseRule(p.on_threshold, round(p.on_threshold - g, 3), p.min_phase_ms, p.output)
+            dataclasses.replace(p, off_threshold=round(p.on_threshold - g, 3))
             for g in PHASE_GAP_GRID
             if p.on_threshold - g > 0
         ]
-        rules += [
-            PhaseRule(p.on_threshold, p.off_threshold, v, p.output) for v in MIN_PHASE_GRID_MS
-        ]
+        rules += [dataclasses.replace(p, min_phase_ms=v) for v in MIN_PHASE_GRID_MS]
+        rules += [dataclasses.replace(p, lead_ms=v) for v in PHASE_LEAD_GRID_MS]
         return [dataclasses.replace(config, phases=r) for r in rules]
 
     knobs = ("on",) if base.phases is not None else ("on", "min", "gap")

@@ -4,6 +4,8 @@ invariance, suppression, finishing, and the outputs that are never events."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -217,3 +219,32 @@ def test_phase_output_must_be_a_model_output() -> None:
         PhaseRule(0.5, 0.7)
     with pytest.raises(ConfigError, match="needs a frame-level"):  # the window detector
         Detector(("Wheeze",), config(phases=PHASES), 8000, window_samples=16, hop_samples=4)
+
+
+def test_lead_reports_the_start_earlier_but_announces_at_the_same_frame() -> None:
+    lead = dataclasses.replace(PHASES, lead_ms=2 * GRID.hop_ms)  # two frames
+    p = probs(30, Breath=[(8, 19, 0.9)], Wheeze=[(8, 19, 0.9)])
+    plain = FrameDetector(OUTPUTS, config(phases=PHASES, on_threshold=0.5), GRID)
+    early = FrameDetector(OUTPUTS, config(phases=lead, on_threshold=0.5), GRID)
+    for j in range(30):  # frame by frame: the onset comes with the same frame in both
+        a, b = plain.update(j, p[j : j + 1]), early.update(j, p[j : j + 1])
+        assert [t.state for t in a] == [t.state for t in b]
+        for x, y in zip(a, b, strict=True):
+            if x.state == "onset":
+                assert x.start_sample == GRID.start_sample(8)
+                assert y.start_sample == GRID.start_sample(6)
+            assert x.end_sample == y.end_sample
+
+
+def test_lead_never_reaches_before_the_stream_or_the_previous_event() -> None:
+    lead = dataclasses.replace(PHASES, lead_ms=10 * GRID.hop_ms)
+    # phases on frames 2..9 and 12..21: the lead would reach before frame 0 and into the
+    # first event
+    p = probs(30, Breath=[(2, 9, 0.9), (12, 21, 0.9)], Wheeze=[(2, 9, 0.9), (12, 21, 0.9)])
+    events = detect_events(p, OUTPUTS, config(phases=lead, on_threshold=0.5), GRID)
+    assert [(e.start_sample, e.end_sample) for e in events] == [
+        (0, GRID.end_sample(9)),
+        (GRID.end_sample(9), GRID.end_sample(21)),
+    ]
+    with pytest.raises(ConfigError, match="lead_ms"):
+        PhaseRule(0.6, 0.4, lead_ms=-40.0)

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from edge.detector import PhaseRule
 from edge.manifest import ManifestError, load_manifest, verify_file
 from export.streaming_model import StreamingModelError, export_folder, main
 from tests.streaming_fixture import CHUNK_FRAMES, tiny_checkpoint, tiny_streaming_folder
@@ -43,12 +44,23 @@ def test_export_writes_what_the_device_reads(folder: Path) -> None:
     assert entry.extra["parity"]["max_abs_prob_diff"] < 1e-4
 
 
+PHASES = {"on_threshold": 0.6, "off_threshold": 0.5, "min_phase_ms": 120, "output": "Breath"}
+
+
 def _edited(folder: Path, tmp_path: Path, edit) -> Path:
     data = json.loads((folder / "manifest.json").read_text())
     edit(data)
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(data))
     return path
+
+
+def test_a_phase_lead_is_read_and_absent_means_none(folder, tmp_path) -> None:
+    with_lead = _edited(folder, tmp_path, lambda d: d["detector"].__setitem__(
+        "phases", {**PHASES, "lead_ms": 40}))  # fmt: skip
+    assert load_manifest(with_lead).detector_phases == PhaseRule(0.6, 0.5, 120.0, "Breath", 40.0)
+    without = _edited(folder, tmp_path, lambda d: d["detector"].__setitem__("phases", PHASES))
+    assert load_manifest(without).detector_phases.lead_ms == 0.0
 
 
 @pytest.mark.parametrize(
@@ -68,6 +80,12 @@ def _edited(folder: Path, tmp_path: Path, edit) -> Path:
          "detector.phases must be"),
         (lambda d: d["detector"].__setitem__("phases", {
             "on_threshold": 0.6, "off_threshold": 0.5, "min_phase_ms": 0, "output": "Phase"}),
+         "detector.phases must be"),
+        (lambda d: d["detector"].__setitem__("phases", {**PHASES, "lead_ms": -40}),
+         "detector.phases must be"),
+        (lambda d: d["detector"].__setitem__("phases", {**PHASES, "lead_ms": "40"}),
+         "detector.phases must be"),
+        (lambda d: d["detector"].__setitem__("phases", {**PHASES, "lag_ms": 40}),
          "detector.phases must be"),
     ],
 )  # fmt: skip
