@@ -21,9 +21,10 @@ import numpy as np
 
 from edge.detector import FrameGrid
 from edge.labels import POOR_QUALITY
+from training.datasets.icbhi import IcbhiRecording
 from training.datasets.sprsound import SprRecord
-from training.features_cache import FeatureStore
-from training.targets import OUTPUTS, frame_targets
+from training.features_cache import FeatureStore, silence_value
+from training.targets import OUTPUTS, cycle_targets, frame_targets
 
 RECORD_OUTPUTS: tuple[str, ...] = ("CAS", "DAS", POOR_QUALITY)  # record head (multi-label)
 CAS_OUTPUTS = ("Wheeze", "Rhonchi", "Stridor")
@@ -87,6 +88,69 @@ def load_recordings(
             Recording(
                 record.record_id, record.patient_id, record.record_label, features, targets,
                 weights, events,
+            )
+        )  # fmt: skip
+    return out
+
+
+DEAD_BAND_STD = 0.5  # log units; SPRSound's bands above ~1 kHz: ~0.06 (16-bit dust)
+DOMAIN_CLIP_STD = 4.0
+
+
+def match_domain(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Features (K, F, T) of another recording set brought into a domain of per-band
+    ``mean`` / ``std`` (K, F): dead bands set to the mean, the others clipped (see
+    :func:`load_icbhi_recordings`)."""
+    m, s = mean[:, :, None], np.asarray(std, np.float32)[:, :, None]
+    clipped = np.clip(features, m - DOMAIN_CLIP_STD * s, m + DOMAIN_CLIP_STD * s)
+    return np.where(s < DEAD_BAND_STD, m, clipped).astype(np.float32)
+
+
+def icbhi_label(recording: IcbhiRecording) -> str:
+    """The SPRSound-style record label of an ICBHI recording's cycles (for the record head)."""
+    cas = any(c.wheezes for c in recording.cycles)
+    das = any(c.crackles for c in recording.cycles)
+    return {(False, False): "Normal", (True, False): "CAS", (False, True): "DAS"}.get(
+        (cas, das), "CAS & DAS"
+    )
+
+
+def load_icbhi_recordings(
+    recordings: Sequence[IcbhiRecording],
+    store: FeatureStore,
+    kinds: Sequence[str],
+    grid: FrameGrid,
+    stride: int,
+    fill: np.ndarray,
+    std: np.ndarray | None = None,
+) -> list[Recording]:
+    """ICBHI recordings as extra training material: cycle targets (:func:`cycle_targets`).
+
+    The stored ICBHI files are zero between annotated cycles; front-end frames of pure digital
+    silence are replaced by ``fill`` (K, F), the training mean, so the model never sees the
+    log floor of audio that was never recorded (its targets there are unknown anyway).
+    With ``std`` (K, F), the target domain's per-band spread (``fill`` its mean), the input is
+    matched to that domain: bands whose spread is below :data:`DEAD_BAND_STD` carry nothing
+    there (SPRSound's stethoscopes sit at the log floor above about 1 kHz, where ICBHI's
+    microphones record tens of standard deviations above it) and are set to ``fill``; the
+    other bands are clipped to ``fill`` ± :data:`DOMAIN_CLIP_STD` standard deviations.
+    """
+    pick = [store.kinds.index(kind) for kind in kinds]
+    floor = silence_value(store.spec) + 1.0
+    out = []
+    for rec in recordings:
+        features = np.array(store.features(rec.audio_path)[pick], dtype=np.float32)
+        silent = (features <= floor).all(axis=(0, 1))
+        features[:, :, silent] = np.asarray(fill, np.float32)[:, :, None]
+        if std is not None:
+            features = match_domain(features, np.asarray(fill, np.float32), std)
+        n = output_frames(features.shape[2], stride)
+        cycles = tuple((c.start_s, c.end_s, c.crackles, c.wheezes) for c in rec.cycles)
+        targets, weights = cycle_targets(cycles, grid, n)
+        out.append(
+            Recording(
+                f"icbhi/{rec.recording_id}", f"icbhi/{rec.patient_id}", icbhi_label(rec),
+                features.astype(np.float16), targets, weights, (),
             )
         )  # fmt: skip
     return out

@@ -76,6 +76,14 @@ class Proto:
     cutmix_frames: int = 50
     std_floor: float = 0.0  # per-band input std is at least this (log units)
     gain_db: float = 0.0  # random gain of each example, uniform in +-gain_db (power)
+    # > 0: the ICBHI train recordings (cycle labels, training.targets.cycle_targets) join the
+    # training set, their frame weights scaled by this; validation stays SPRSound only
+    icbhi_weight: float = 0.0
+    # > 0: masked-spectrogram pretraining (HeAR-style, causal form) for this many epochs on
+    # the training set's audio (labels unused; ICBHI's too with icbhi_weight) first
+    pretrain_epochs: int = 0
+    pretrain_mask_ratio: float = 0.4  # share of output frames masked per example
+    pretrain_span: tuple[int, int] = (10, 25)  # masked span lengths, output frames (0.4-1 s)
 
 
 def load_all(kinds, grid, stride, unannotated_weight, split="train", record_aware=False):
@@ -87,6 +95,97 @@ def load_all(kinds, grid, stride, unannotated_weight, split="train", record_awar
     return records, load_recordings(
         records, store, kinds, grid, stride, unannotated_weight, record_aware
     )
+
+
+def load_icbhi_extra(
+    kinds, grid, stride, fill, weight: float, std: np.ndarray | None = None
+) -> list[Recording]:
+    """The ICBHI train recordings with cycle targets, frame weights scaled by ``weight``."""
+    from edge.datapaths import icbhi_root
+    from training.datasets.icbhi import load_icbhi
+    from training.recordings import load_icbhi_recordings
+
+    store = FeatureStore(FeatureSpec(), ALL_KINDS, Path("out/cache/features"))
+    recs = load_icbhi_recordings(
+        load_icbhi(icbhi_root() / "train"), store, kinds, grid, stride, fill, std
+    )
+    for r in recs:
+        r.weights *= np.float32(weight)
+    return recs
+
+
+def mask_spans(n: int, ratio: float, span: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask of ``n`` output frames: random spans (lengths in ``span``, inclusive)
+    until about ``ratio`` of the frames are covered."""
+    masked = np.zeros(n, dtype=bool)
+    lo, hi = span
+    for _ in range(4 * n):
+        if masked.mean() >= ratio:
+            break
+        length = min(n, int(rng.integers(lo, hi + 1)))
+        start = int(rng.integers(0, n - length + 1))
+        masked[start : start + length] = True
+    return masked
+
+
+def pretrain(model: SedNet, recs: list[Recording], flush: np.ndarray, cfg: Proto, rng) -> list:
+    """Masked-spectrogram pretraining of ``model``'s stems and blocks (in place).
+
+    Spans of output frames (longer than the look-ahead, so most of a span is predicted from
+    the past, as the streaming model must) are replaced by the flush frame (the training mean:
+    zero after the input normalisation); a 1x1 convolution on the aligned frame embeddings
+    predicts the normalised, stride-averaged input of every frame, scored by the mean squared
+    error over the masked frames. The reconstruction head is dropped afterwards. Gives the
+    mean loss per epoch."""
+    mcfg = model.config
+    stride, look = mcfg.stride, mcfg.lookahead_frames
+    k, f = mcfg.n_kinds, mcfg.n_bands
+    head = torch.nn.Conv1d(mcfg.channels, k * f, 1)
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(recs) / cfg.batch_size) * cfg.pretrain_epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1
+    )
+    mean = model.input_mean[None, :, :, None]
+    std = model.input_std[None, :, :, None]
+    history = []
+    for epoch in range(cfg.pretrain_epochs):
+        model.train()
+        t1 = time.time()
+        losses = []
+        perm = rng.permutation(len(recs))
+        for s in range(0, len(perm), cfg.batch_size):
+            exs = [
+                random_example(recs[i], rng, cfg.max_start_frames, cfg.max_frames)
+                for i in perm[s : s + cfg.batch_size]
+            ]
+            bt = collate(exs, stride, look, flush)
+            n = bt.n_frames
+            clean = torch.from_numpy(bt.features.copy())
+            masks = np.zeros((len(exs), n), dtype=np.float32)
+            for b, e in enumerate(exs):
+                m = mask_spans(e.n, cfg.pretrain_mask_ratio, cfg.pretrain_span, rng)
+                masks[b, : e.n] = m
+                for j in np.flatnonzero(m):
+                    bt.features[b, :, :, j * stride : (j + 1) * stride] = flush[:, :, None]
+            target = ((clean - mean) / std)[..., : n * stride]
+            target = (
+                target.reshape(len(exs), k, f, n, stride).mean(dim=4).reshape(len(exs), k * f, n)
+            )
+            h, _ = model.embed(torch.from_numpy(bt.features), model.initial_state(len(exs)))
+            pred = head(h[:, :, look : look + n])
+            w = torch.from_numpy(masks)[:, None, :]
+            loss = (((pred - target) ** 2) * w).sum() / (w.sum() * k * f).clamp_min(1.0)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        history.append(float(np.mean(losses)))
+        print(f"pretrain ep {epoch} mse {history[-1]:.4f} {time.time() - t1:.0f}s", flush=True)
+    return history
 
 
 def input_stats(recs: list[Recording]) -> tuple[np.ndarray, np.ndarray]:
@@ -240,9 +339,16 @@ def main(cfg: Proto) -> dict:
     mean, std = input_stats(train)
     std = np.maximum(std, np.float32(cfg.std_floor))
     flush = flush_value(mean)
+    if cfg.icbhi_weight > 0:
+        # brought into SPRSound's per-band range (training.recordings.match_domain)
+        extra = load_icbhi_extra(cfg.kinds, grid, mcfg.stride, flush, cfg.icbhi_weight, std)
+        print(f"+ {len(extra)} ICBHI recordings (weight {cfg.icbhi_weight})", flush=True)
+        train = train + extra
     model = SedNet(mcfg)
     model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
     print("params", count_parameters(model), "state", model.state_size, flush=True)
+    if cfg.pretrain_epochs > 0:
+        pretrain(model, train, flush, cfg, rng)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
