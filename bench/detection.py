@@ -1,7 +1,7 @@
 """Whole-file throughput and detection latency of the runtime, on real recordings, one core.
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.detection
-        [--folder ../shared/data/sprsound/intra_test] [--paced-records 60] [--no-mqtt]
+        [--folder ../shared/data/sprsound/intra_test] [--paced-records 400] [--no-mqtt]
 
 - **Whole file** (issue 13 target >= 400x): every record of the folder as one bed,
   ``realtime: false``, through :func:`edge.offline.detect_recordings` (the runtime with a
@@ -252,7 +252,10 @@ def render(record: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.detection", description=__doc__)
     parser.add_argument("--folder", type=Path, default=None, help="SPRSound-style folder")
-    parser.add_argument("--paced-records", type=int, default=60, help="0: no latency run")
+    parser.add_argument(
+        "--paced-records", type=int, default=400,
+        help="at most this many records with annotated events (400: all of intra_test's); 0: none",
+    )  # fmt: skip
     parser.add_argument("--no-mqtt", action="store_true", help="latency to publish, no broker")
     parser.add_argument("--no-reference", action="store_true", help="skip the window model")
     parser.add_argument("--model-dir", help="measure this model folder instead of ward.yaml's")
