@@ -137,13 +137,14 @@ def load_icbhi_recordings(
     """
     pick = [store.kinds.index(kind) for kind in kinds]
     floor = silence_value(store.spec) + 1.0
+    fill = np.asarray(fill, np.float32)
     out = []
     for rec in recordings:
         features = np.array(store.features(rec.audio_path)[pick], dtype=np.float32)
         silent = (features <= floor).all(axis=(0, 1))
-        features[:, :, silent] = np.asarray(fill, np.float32)[:, :, None]
+        features[:, :, silent] = fill[:, :, None]
         if std is not None:
-            features = match_domain(features, np.asarray(fill, np.float32), std)
+            features = match_domain(features, fill, std)
         n = output_frames(features.shape[2], stride)
         cycles = tuple((c.start_s, c.end_s, c.crackles, c.wheezes) for c in rec.cycles)
         targets, weights = cycle_targets(cycles, grid, n)

@@ -86,9 +86,13 @@ class Proto:
     pretrain_span: tuple[int, int] = (10, 25)  # masked span lengths, output frames (0.4-1 s)
 
 
+def feature_store() -> FeatureStore:
+    """The on-disk feature cache every recording set of this trainer is read through."""
+    return FeatureStore(FeatureSpec(), ALL_KINDS, Path("out/cache/features"))
+
+
 def load_all(kinds, grid, stride, unannotated_weight, split="train", record_aware=False):
-    spec = FeatureSpec()
-    store = FeatureStore(spec, ALL_KINDS, Path("out/cache/features"))
+    store = feature_store()
     records = load_sprsound(sprsound_root() / split)
     from training.recordings import load_recordings
 
@@ -105,9 +109,8 @@ def load_icbhi_extra(
     from training.datasets.icbhi import load_icbhi
     from training.recordings import load_icbhi_recordings
 
-    store = FeatureStore(FeatureSpec(), ALL_KINDS, Path("out/cache/features"))
     recs = load_icbhi_recordings(
-        load_icbhi(icbhi_root() / "train"), store, kinds, grid, stride, fill, std
+        load_icbhi(icbhi_root() / "train"), feature_store(), kinds, grid, stride, fill, std
     )
     for r in recs:
         r.weights *= np.float32(weight)
@@ -147,8 +150,6 @@ def pretrain(model: SedNet, recs: list[Recording], flush: np.ndarray, cfg: Proto
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1
     )
-    mean = model.input_mean[None, :, :, None]
-    std = model.input_std[None, :, :, None]
     history = []
     for epoch in range(cfg.pretrain_epochs):
         model.train()
@@ -165,11 +166,11 @@ def pretrain(model: SedNet, recs: list[Recording], flush: np.ndarray, cfg: Proto
             clean = torch.from_numpy(bt.features.copy())
             masks = np.zeros((len(exs), n), dtype=np.float32)
             for b, e in enumerate(exs):
-                m = mask_spans(e.n, cfg.pretrain_mask_ratio, cfg.pretrain_span, rng)
-                masks[b, : e.n] = m
-                for j in np.flatnonzero(m):
-                    bt.features[b, :, :, j * stride : (j + 1) * stride] = flush[:, :, None]
-            target = ((clean - mean) / std)[..., : n * stride]
+                masks[b, : e.n] = mask_spans(e.n, cfg.pretrain_mask_ratio, cfg.pretrain_span, rng)
+            hidden = np.repeat(masks > 0, stride, axis=1)  # (B, n * stride) input frames
+            view = bt.features[:, :, :, : n * stride].transpose(0, 3, 1, 2)  # (B, T, K, F)
+            view[hidden] = flush
+            target = model.normalise(clean)[..., : n * stride]
             target = (
                 target.reshape(len(exs), k, f, n, stride).mean(dim=4).reshape(len(exs), k * f, n)
             )

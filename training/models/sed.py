@@ -281,9 +281,13 @@ class SedNet(nn.Module):
         self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(NORM_EPS))
 
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw features (B, K, F, T) -> standardised with the training statistics."""
+        return (x - self.input_mean[None, :, :, None]) / self.input_std[None, :, :, None]
+
     def embed(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, K, F, n*s), state (B, S) -> frame embeddings (B, C, n), new state (B, S)."""
-        x = (x - self.input_mean[None, :, :, None]) / self.input_std[None, :, :, None]
+        x = self.normalise(x)
         weights = self.kind_weights()
         h = sum(weights[k] * stem(x[:, k]) for k, stem in enumerate(self.stems))
         h = self.act(h)
