@@ -2,12 +2,12 @@
 
 One process serves every stream (bed) of the config. Per stream: source -> quality gate ->
 :class:`~edge.pipeline.StreamPipeline` (ring buffer + streaming front end -> windows every hop).
-Each round reads one chunk from every stream and sends the windows ready on *all* streams to
-the inference backend in one batch; then, per window, the gate judges quality (suppressing
-physiological detection while it is poor) and the detector turns probabilities into
-transitions, which become :class:`~edge.events.Event` messages
-(:class:`~edge.runtime_events.EventOutbox`), handed to the sinks together at the end of the
-round (MQTT with its spool: one transaction; JSONL, stdout). Times: ``utc = t0 + sample /
+Each round reads one chunk from every stream, in groups of ``round_group`` streams, and sends
+the windows ready on a group's streams to the inference backend in one batch; then, per
+window, the gate judges quality (suppressing physiological detection while it is poor) and the
+detector turns probabilities into transitions, which become :class:`~edge.events.Event`
+messages (:class:`~edge.runtime_events.EventOutbox`), handed to the sinks together at the end
+of the group (MQTT with its spool: one transaction; JSONL, stdout). Times: ``utc = t0 + sample /
 rate``, ``t0`` the wall time of sample 0.
 
     lungwatch run --config edge/configs/ward.yaml [--set key=value ...] [-v]
@@ -256,19 +256,26 @@ class Runtime:
         return any(not s.ended for s in self.streams)
 
     def step(self) -> bool:
-        """Read every stream once, run one batch, publish; True if any audio arrived."""
+        """Read every stream once, in groups of ``round_group`` streams: each group's windows go
+        through the model in one batch and its events to the sinks together before the next
+        group is read (a window waits for its group, not for every bed of the round); then the
+        stall check of every stream. True if any audio arrived."""
         now = self._clock()
-        ready: list[Ready] = []
         got_audio = False
-        for stream in self.streams:
-            if not stream.ended:
+        live = [stream for stream in self.streams if not stream.ended]
+        size = self.config.round_group or len(live) or 1
+        for first in range(0, len(live), size):
+            ready: list[Ready] = []
+            for stream in live[first : first + size]:
                 got_audio |= self._read(stream, now, ready)
+            with self._lock:
+                self._infer_and_detect(ready)
+                self.events.flush()  # the group's events together (one spool transaction)
         with self._lock:
-            self._infer_and_detect(ready)
             for stream in self.streams:
                 if not stream.ended and stream.ending is None:
                     self.events.emit(stream, stream.gate.tick(now))
-            self.events.flush()  # the round's events together (one spool transaction)
+            self.events.flush()
         for stream in self.streams:
             if stream.ending is not None and not stream.ended:
                 self._end_stream(stream, stream.ending)

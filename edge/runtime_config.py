@@ -21,8 +21,9 @@ Sections (every key is optional except ``streams``; see ``edge/configs/ward.yaml
   its ``site`` / ``device_id`` come from the top level), and an embedded broker for demos;
 - ``dashboard``: :class:`edge.dashboard.config.DashboardConfig`, the ward view served by
   ``lungwatch run`` too when ``enabled`` (:func:`start_dashboard`);
-- ``metrics_interval_s``, ``live_interval_s``, ``idle_sleep_s``, ``max_run_s``: the loop's
-  timing (``live_interval_s``: the live strip's period per bed, 0: off; ``edge.sinks.live``).
+- ``metrics_interval_s``, ``live_interval_s``, ``idle_sleep_s``, ``max_run_s``,
+  ``round_group``: the loop's timing (``live_interval_s``: the live strip's period per bed, 0:
+  off; ``edge.sinks.live``; ``round_group``: streams read, inferred and published together).
 
 Every error is one :class:`~edge.errors.ConfigError` line naming the file and the key::
 
@@ -122,6 +123,9 @@ class RuntimeConfig:
     # (a dropout, a reconnect); shorter losses (a lost datagram) stay zeros in its features
     # and the context carries on. 0: any missing sample restarts it
     state_reset_gap_ms: float = 100.0
+    # a round reads, infers and publishes this many streams at a time (0: all in one group): a
+    # window's events wait for its group, not for every bed of the round
+    round_group: int = 128
 
     def __post_init__(self) -> None:
         check(len(self.streams) >= 1, "streams", self.streams, "a list of at least one stream")
@@ -136,6 +140,12 @@ class RuntimeConfig:
         check(needs_mqtt, "dashboard.enabled", True, "false while sinks.mqtt is false")
         check(self.idle_sleep_s >= 0, "idle_sleep_s", self.idle_sleep_s, "a number >= 0")
         check(self.max_run_s >= 0, "max_run_s", self.max_run_s, "a number >= 0 (0: no limit)")
+        check(
+            type(self.round_group) is int and self.round_group >= 0,
+            "round_group",
+            self.round_group,
+            "an integer >= 0 (0: every stream in one group)",
+        )
         check(
             self.state_reset_gap_ms >= 0,
             "state_reset_gap_ms",

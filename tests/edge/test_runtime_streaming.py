@@ -203,3 +203,78 @@ def test_a_short_loss_keeps_the_state_and_a_threshold_of_zero_restarts_it(tmp_pa
         tmp_path, folder, audio, gap_on_b0=True, gap_samples=256, state_reset_gap_ms=0
     )
     assert next(s for s in strict.streams if s.id == "b0").counters["state_resets"] >= 1
+
+
+class LoggedSource(ScriptedSource):
+    """A ScriptedSource that notes each read in a shared timeline."""
+
+    def __init__(self, name: str, timeline: list, samples: np.ndarray) -> None:
+        super().__init__(samples, 800, None)
+        self.name, self.timeline = name, timeline
+
+    def read(self, timeout_s: float) -> SourceChunk | None:
+        self.timeline.append(("read", self.name))
+        return super().read(timeout_s)
+
+
+class LoggedSink(ListSink):
+    """A ListSink that notes each hand-over (``publish_many``) in the shared timeline."""
+
+    def __init__(self, timeline: list) -> None:
+        super().__init__()
+        self.timeline = timeline
+
+    def publish_many(self, events: list) -> None:
+        self.timeline.append(("publish", {e.stream_id for e in events}))
+        self.events.extend(events)
+
+
+def run_grouped(tmp_path: Path, folder: Path, audio: np.ndarray, group: int):
+    beds = ["b0", "b1", "b2", "b3"]
+    config = build(
+        mapping(tmp_path, folder, [stream(b, "unused.flac") for b in beds], round_group=group)
+    )
+    model = open_model(config, "test.yaml")
+    timeline: list = []
+    try:
+        opened = [Stream(s, LoggedSource(s.id, timeline, audio), model) for s in config.streams]  # type: ignore[arg-type]
+        sink = LoggedSink(timeline)
+        runtime = Runtime(config, model, opened, sink)
+        runtime.run(threading.Event())
+    finally:
+        model.backend.close()
+    return runtime, sink, timeline
+
+
+def test_a_round_group_publishes_its_events_before_the_next_group_is_read(tmp_path, folder):
+    audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
+    audio = audio[: 8000 * 4]
+    grouped, grouped_sink, timeline = run_grouped(tmp_path, folder, audio, 2)
+    whole, whole_sink, whole_timeline = run_grouped(tmp_path, folder, audio, 0)
+    # one model call per group and round (a bed's end-of-stream flush brings two chunks)
+    assert grouped.batches["calls"] >= 2 * whole.batches["calls"] - 2
+    assert grouped.batches["max_windows"] == whole.batches["max_windows"] // 2
+    first = next(i for i, (what, x) in enumerate(timeline) if what == "publish" and "b0" in x)
+    before = [x for what, x in timeline[:first] if what == "read"]
+    # b0's first events left before b2 was read in that round
+    assert before.count("b2") < before.count("b0")
+    assert timeline[first][1] <= {"b0", "b1"}
+    whole_first = next(
+        i for i, (what, x) in enumerate(whole_timeline) if what == "publish" and "b0" in x
+    )
+    reads = [x for what, x in whole_timeline[:whole_first] if what == "read"]
+    assert reads.count("b3") == reads.count("b0")  # one group: every bed read first
+
+    def of(sink: ListSink) -> list:
+        return sorted((e.stream_id, e.type, e.state, e.start_sample) for e in sink.events)
+
+    assert of(grouped_sink) == of(whole_sink) != []  # grouping changes when, not what
+
+
+@pytest.mark.parametrize("value", [-1, True, 1.5])
+def test_round_group_must_be_a_whole_number_of_streams(tmp_path, folder, value):
+    from edge.errors import ConfigError
+
+    streams = [stream("b0", "unused.flac")]
+    with pytest.raises(ConfigError, match=r"test\.yaml: round_group must be an integer"):
+        build(mapping(tmp_path, folder, streams, round_group=value))
