@@ -4,7 +4,7 @@
         [--model models/sed] [--streams 1,64,256,1000] [--seconds 20]
         [--paced-streams 600,1000] [--paced-seconds 30] [--profile-streams 256]
         [--reference models/edge] [--reference-streams 200] [--max-batch N]
-        [--ward-audio DIR] [--ward-streams 1000] [--no-batch-sweep] [--no-mqtt]
+        [--ward-audio DIR] [--ward-streams 1000] [--round-group 250] [--no-batch-sweep] [--no-mqtt]
 
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
 settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
@@ -37,7 +37,8 @@ network input (every frame once, state carried); a window model's is its 2-s win
 - **Batch sweep**: inference ms per window against batch size, INT8 and FP32 of ``--model``
   (:mod:`bench.runtime_batch`).
 
-The runtime uses ``BackendConfig``'s default ``max_batch`` (``--max-batch`` overrides it).
+The runtime uses ``BackendConfig``'s default ``max_batch`` and ``RuntimeConfig``'s default
+``round_group`` (``--max-batch`` and ``--round-group`` override them).
 
 Results: ``bench/results/runtime.{md,json}``.
 """
@@ -83,6 +84,7 @@ PACED_WARMUP_S = 3.0
 MAX_WARMUP_ROUNDS = 400
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 MODEL_DIR, REFERENCE_DIR = "models/sed", "models/edge"
+DEFAULT_ROUND_GROUP = RuntimeConfig.round_group  # the runtime's default
 TARGETS = {"streams_per_core": 1000.0, "p99_ms": 150.0, "rss_per_stream_mb": 1.0}
 
 
@@ -95,6 +97,7 @@ def runtime_config(
     max_batch: int = DEFAULT_MAX_BATCH,
     model_dir: str = MODEL_DIR,
     audio: str | None = None,
+    round_group: int = DEFAULT_ROUND_GROUP,
 ) -> RuntimeConfig:
     if audio:  # a ward-like load: the folder's recordings, one per bed
         paths = [str(path) for _, path in sorted(recordings_in([Path(audio)]).items())]
@@ -114,6 +117,7 @@ def runtime_config(
         backend=BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=max_batch),
         sinks=SinksConfig(stdout=False, jsonl=None, mqtt=broker is not None),
         mqtt=MqttConfig(host=host, port=int(port), spool_path=str(spool)),
+        round_group=round_group,
     )
 
 
@@ -187,7 +191,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lungwatch-bench-") as tmp:
         config = runtime_config(spec["streams"], spec["paced"], spec["broker"],
                                 Path(tmp) / "spool.sqlite", spec["max_batch"],
-                                spec["model"], spec.get("audio"))  # fmt: skip
+                                spec["model"], spec.get("audio"),
+                                spec.get("round_group", DEFAULT_ROUND_GROUP))  # fmt: skip
         runtime, timing, probe = build(config, spec["paced"])
         warm_up(runtime, spec["paced"])
         result = _measured_rounds(runtime, timing, spec)
@@ -338,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
     limit_s = args.seconds + 300
-    common = {"broker": broker, "max_batch": args.max_batch, "model": args.model}
+    common = {"broker": broker, "max_batch": args.max_batch, "model": args.model,
+              "round_group": args.round_group}  # fmt: skip
     runs = []
     for k in sorted(set(args.streams) | {1}):
         print(f"as fast as possible: {k} streams, {args.seconds:g} s ...", flush=True)
@@ -394,7 +400,7 @@ def _header(
             k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
         },
         "model": f"{args.model}/model.int8.onnx, ONNX Runtime CPU, 1 intra-op thread, "
-        f"max_batch {args.max_batch}",
+        f"max_batch {args.max_batch}, round_group {args.round_group}",
         "reference": f"{args.reference}/model.int8.onnx" if args.reference else None,
         "chunk_samples": CHUNK_SAMPLES,
         "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
@@ -425,6 +431,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="windows per inference call"
+    )
+    parser.add_argument(
+        "--round-group",
+        type=int,
+        default=DEFAULT_ROUND_GROUP,
+        help="streams a round reads, infers and publishes together (0: all)",
     )
     parser.add_argument(
         "--no-batch-sweep", dest="batch_sweep", action="store_false", help="skip the batch sweep"
