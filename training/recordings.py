@@ -42,6 +42,8 @@ class Recording:
     targets: np.ndarray  # (O, N) float32
     weights: np.ndarray  # (O, N) float32
     events: tuple[tuple[float, float, str], ...]  # (start_s, end_s, type) as annotated
+    # (O, N) float32: a teacher's frame probabilities (knowledge distillation), or None
+    soft: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -58,6 +60,8 @@ class Batch:
     mask: np.ndarray  # (B, N)
     record_targets: np.ndarray  # (B, len(RECORD_OUTPUTS))
     n_frames: int
+    soft: np.ndarray | None = None  # (B, O, N) teacher probabilities, when any example has them
+    soft_mask: np.ndarray | None = None  # (B, N): 1 where ``soft`` holds a teacher's output
 
 
 def output_frames(n_input_frames: int, stride: int) -> int:
@@ -206,6 +210,9 @@ def collate(examples: Sequence[Example], stride: int, lookahead: int, flush: np.
     weights = np.zeros_like(targets)
     mask = np.zeros((len(examples), longest), np.float32)
     records = np.zeros((len(examples), len(RECORD_OUTPUTS)), np.float32)
+    has_soft = any(e.recording.soft is not None for e in examples)
+    soft = np.zeros_like(targets) if has_soft else None
+    soft_mask = np.zeros_like(mask) if has_soft else None
     for b, e in enumerate(examples):
         rec = e.recording
         lo = e.first * stride
@@ -215,4 +222,7 @@ def collate(examples: Sequence[Example], stride: int, lookahead: int, flush: np.
         weights[b, :, : e.n] = rec.weights[:, e.first : e.first + e.n]
         mask[b, : e.n] = 1.0
         records[b] = record_targets(targets[b, :, : e.n], rec.label)
-    return Batch(x, targets, weights, mask, records, longest)
+        if soft is not None and soft_mask is not None and rec.soft is not None:
+            soft[b, :, : e.n] = rec.soft[:, e.first : e.first + e.n]
+            soft_mask[b, : e.n] = 1.0
+    return Batch(x, targets, weights, mask, records, longest, soft, soft_mask)

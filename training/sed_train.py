@@ -84,6 +84,19 @@ class Proto:
     pretrain_epochs: int = 0
     pretrain_mask_ratio: float = 0.4  # share of output frames masked per example
     pretrain_span: tuple[int, int] = (10, 25)  # masked span lengths, output frames (0.4-1 s)
+    # knowledge distillation: checkpoints whose mean frame probabilities over each training
+    # recording (whole-recording pass) become soft targets; the loss is (1 - distill_weight)
+    # x the labelled loss + distill_weight x the BCE against the teachers on every frame
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        from edge.config import check
+
+        w = self.distill_weight
+        check(0.0 <= w <= 1.0, "distill_weight", w, "a number in [0, 1]")
+        check(w == 0 or bool(self.teachers), "teachers", self.teachers,
+              "one or more checkpoint paths when distill_weight > 0")  # fmt: skip
 
 
 def feature_store() -> FeatureStore:
@@ -115,6 +128,36 @@ def load_icbhi_extra(
     for r in recs:
         r.weights *= np.float32(weight)
     return recs
+
+
+def attach_teachers(
+    recs: list[Recording], teachers: tuple[str, ...], student: SedConfig, kinds: tuple[str, ...]
+) -> None:
+    """Set every recording's ``soft`` to the teachers' mean frame probabilities (O, N), each
+    teacher run over the whole recording as :func:`predict` does (its own input statistics and
+    flush frame). A teacher must read the same kinds at the same stride and give the same
+    outputs as the student."""
+    from export.streaming_model import load_checkpoint
+
+    total: list[np.ndarray] | None = None
+    for path in teachers:
+        model, t_kinds = load_checkpoint(Path(path))
+        tc = model.config
+        if tuple(t_kinds) != tuple(kinds) or tc.stride != student.stride:
+            raise ValueError(
+                f"teacher {path}: kinds {t_kinds} at stride {tc.stride}, the student reads "
+                f"{list(kinds)} at stride {student.stride}"
+            )
+        if tc.n_outputs != student.n_outputs:
+            raise ValueError(
+                f"teacher {path}: {tc.n_outputs} outputs, the student has {student.n_outputs}"
+            )
+        probs = predict(model, recs, flush_value(model.input_mean.numpy()))
+        total = probs if total is None else [a + b for a, b in zip(total, probs, strict=True)]
+    if total is None:
+        raise ValueError("attach_teachers: no teacher checkpoints given")
+    for r, p in zip(recs, total, strict=True):
+        r.soft = np.ascontiguousarray((p / len(teachers)).T, dtype=np.float32)
 
 
 def mask_spans(n: int, ratio: float, span: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -187,6 +230,33 @@ def pretrain(model: SedNet, recs: list[Recording], flush: np.ndarray, cfg: Proto
         history.append(float(np.mean(losses)))
         print(f"pretrain ep {epoch} mse {history[-1]:.4f} {time.time() - t1:.0f}s", flush=True)
     return history
+
+
+def frame_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    batch,
+    distill_weight: float,
+    pos_weight: torch.Tensor,
+    output_weight: torch.Tensor,
+) -> torch.Tensor:
+    """The frame loss: BCE against the labelled targets, weighted per frame and output
+    (mean over the weights); with ``distill_weight`` > 0 and teacher probabilities in the
+    batch, mixed with the BCE against them over every real frame of the examples that have
+    them: ``(1 - distill_weight) * labelled + distill_weight * teachers``."""
+    per_frame = F.binary_cross_entropy_with_logits(
+        logits, targets, reduction="none", pos_weight=pos_weight[None, :, None]
+    )
+    loss = (per_frame * weights * output_weight[None, :, None]).sum() / weights.sum().clamp_min(1.0)
+    if distill_weight > 0 and batch.soft is not None and batch.soft_mask is not None:
+        m = torch.from_numpy(batch.soft_mask)[:, None, :]
+        soft = F.binary_cross_entropy_with_logits(
+            logits, torch.from_numpy(batch.soft), reduction="none"
+        )
+        soft_loss = (soft * m).sum() / (m.sum() * logits.shape[1]).clamp_min(1.0)
+        loss = (1 - distill_weight) * loss + distill_weight * soft_loss
+    return loss
 
 
 def input_stats(recs: list[Recording]) -> tuple[np.ndarray, np.ndarray]:
@@ -340,6 +410,10 @@ def main(cfg: Proto) -> dict:
     mean, std = input_stats(train)
     std = np.maximum(std, np.float32(cfg.std_floor))
     flush = flush_value(mean)
+    if cfg.distill_weight > 0:  # SPRSound's training records (ICBHI's get no soft targets)
+        t_teach = time.time()
+        attach_teachers(train, cfg.teachers, mcfg, cfg.kinds)
+        print(f"{len(cfg.teachers)} teachers in {time.time() - t_teach:.0f}s", flush=True)
     if cfg.icbhi_weight > 0:
         # brought into SPRSound's per-band range (training.recordings.match_domain)
         extra = load_icbhi_extra(cfg.kinds, grid, mcfg.stride, flush, cfg.icbhi_weight, std)
@@ -391,10 +465,7 @@ def main(cfg: Proto) -> dict:
             y = torch.from_numpy(bt.targets)
             w = torch.from_numpy(bt.weights)
             logits, rec_logits = model.forward_train(x, bt.n_frames, torch.from_numpy(bt.mask))
-            per_frame = F.binary_cross_entropy_with_logits(
-                logits, y, reduction="none", pos_weight=pos_w[None, :, None]
-            )
-            loss = (per_frame * w * out_w[None, :, None]).sum() / w.sum().clamp_min(1.0)
+            loss = frame_loss(logits, y, w, bt, cfg.distill_weight, pos_w, out_w)
             if rec_logits is not None:
                 loss = loss + cfg.record_weight * F.binary_cross_entropy_with_logits(
                     rec_logits, torch.from_numpy(bt.record_targets)
