@@ -31,6 +31,7 @@ from training.features_cache import FeatureStore
 from training.models.sed import SedConfig, SedNet, count_parameters
 from training.recordings import (
     RECORD_OUTPUTS,
+    Batch,
     Recording,
     collate,
     flush_value,
@@ -136,7 +137,8 @@ def attach_teachers(
     """Set every recording's ``soft`` to the teachers' mean frame probabilities (O, N), each
     teacher run over the whole recording as :func:`predict` does (its own input statistics and
     flush frame). A teacher must read the same kinds at the same stride and give the same
-    outputs as the student."""
+    outputs as the student; a mismatch is a :class:`~edge.errors.ConfigError` naming it."""
+    from edge.errors import ConfigError
     from export.streaming_model import load_checkpoint
 
     total: list[np.ndarray] | None = None
@@ -144,18 +146,18 @@ def attach_teachers(
         model, t_kinds = load_checkpoint(Path(path))
         tc = model.config
         if tuple(t_kinds) != tuple(kinds) or tc.stride != student.stride:
-            raise ValueError(
-                f"teacher {path}: kinds {t_kinds} at stride {tc.stride}, the student reads "
-                f"{list(kinds)} at stride {student.stride}"
+            raise ConfigError(
+                f"teachers: {path} reads kinds {list(t_kinds)} at stride {tc.stride}, the student "
+                f"reads {list(kinds)} at stride {student.stride}"
             )
         if tc.n_outputs != student.n_outputs:
-            raise ValueError(
-                f"teacher {path}: {tc.n_outputs} outputs, the student has {student.n_outputs}"
+            raise ConfigError(
+                f"teachers: {path} has {tc.n_outputs} outputs, the student {student.n_outputs}"
             )
         probs = predict(model, recs, flush_value(model.input_mean.numpy()))
         total = probs if total is None else [a + b for a, b in zip(total, probs, strict=True)]
     if total is None:
-        raise ValueError("attach_teachers: no teacher checkpoints given")
+        raise ConfigError("teachers: no checkpoint given")
     for r, p in zip(recs, total, strict=True):
         r.soft = np.ascontiguousarray((p / len(teachers)).T, dtype=np.float32)
 
@@ -236,7 +238,7 @@ def frame_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
     weights: torch.Tensor,
-    batch,
+    batch: Batch,
     distill_weight: float,
     pos_weight: torch.Tensor,
     output_weight: torch.Tensor,
