@@ -40,18 +40,19 @@ def vary_batchnorm(model: Any, mean_range: float = 0.5) -> None:
                 module.running_var.uniform_(0.5, 2.0)
 
 
-def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A research-trainer checkpoint of a random tiny SedNet (BatchNorm statistics varied)."""
+def tiny_checkpoint(path: Path, seed: int = 0, config: Any = None) -> Path:
+    """A research-trainer checkpoint of a random tiny SedNet (BatchNorm statistics varied) of
+    ``config`` (default :func:`tiny_config`)."""
     import torch
 
     from training.models.sed import SedNet
 
     torch.manual_seed(seed)
-    config = tiny_config()
+    config = config or tiny_config()
     model = SedNet(config)
     vary_batchnorm(model)
-    mean = np.full((1, 64), LOG_MEL_MEAN, np.float32)
-    std = np.full((1, 64), LOG_MEL_STD, np.float32)
+    mean = np.full((config.n_kinds, config.n_bands), LOG_MEL_MEAN, np.float32)
+    std = np.full((config.n_kinds, config.n_bands), LOG_MEL_STD, np.float32)
     model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
     torch.save(
         {

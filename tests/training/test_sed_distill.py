@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.models.sed import SedConfig, SedNet
-from training.recordings import Example, Recording, collate
+from export.streaming_model import load_checkpoint
+from tests.streaming_fixture import tiny_checkpoint
+from training.models.sed import SedConfig
+from training.recordings import Example, Recording, collate, flush_value
 from training.sed_train import Proto, attach_teachers, frame_loss, predict
 
 TINY = SedConfig(
@@ -23,19 +25,6 @@ def _recording(name: str, frames: int, rng: np.random.Generator) -> Recording:
     x = rng.normal(size=(1, 8, frames * TINY.stride)).astype(np.float16)
     targets = (rng.random((7, frames)) > 0.8).astype(np.float32)
     return Recording(name, "p", "Normal", x, targets, np.ones_like(targets), ())
-
-
-def _checkpoint(path: Path, config: SedConfig, seed: int) -> SedNet:
-    torch.manual_seed(seed)
-    model = SedNet(config)
-    mean, std = np.zeros((1, 8), np.float32), np.ones((1, 8), np.float32)
-    model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
-    torch.save(
-        {"model": model.state_dict(), "config": asdict(config), "kinds": ["logmel"],
-         "mean": mean, "std": std, "epoch": 0},
-        path,
-    )  # fmt: skip
-    return model.eval()
 
 
 def test_collate_carries_each_crops_soft_targets_and_masks_recordings_without() -> None:
@@ -57,9 +46,9 @@ def test_collate_carries_each_crops_soft_targets_and_masks_recordings_without() 
 def test_attach_teachers_gives_the_mean_of_the_teachers_whole_pass(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     recs = [_recording("a", 25, rng), _recording("b", 40, rng)]
-    t1 = _checkpoint(tmp_path / "t1.pt", TINY, 1)
-    t2 = _checkpoint(tmp_path / "t2.pt", TINY, 2)
-    flush = np.zeros((1, 8), np.float32)
+    t1, _ = load_checkpoint(tiny_checkpoint(tmp_path / "t1.pt", 1, TINY))
+    t2, _ = load_checkpoint(tiny_checkpoint(tmp_path / "t2.pt", 2, TINY))
+    flush = flush_value(t1.input_mean.numpy())  # the teachers' training mean
     p1, p2 = predict(t1, recs, flush), predict(t2, recs, flush)
     assert not np.allclose(p1[0], p2[0])  # two different teachers
     attach_teachers(recs, (str(tmp_path / "t1.pt"), str(tmp_path / "t2.pt")), TINY, ("logmel",))
@@ -72,13 +61,13 @@ def test_attach_teachers_gives_the_mean_of_the_teachers_whole_pass(tmp_path: Pat
 def test_attach_teachers_refuses_a_teacher_at_another_stride(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     other = SedConfig(**{**asdict(TINY), "stride": 4})
-    _checkpoint(tmp_path / "s4.pt", other, 0)
+    tiny_checkpoint(tmp_path / "s4.pt", 0, other)
     with pytest.raises(
         ValueError,
         match=r"teachers: .*s4\.pt reads .* at stride 4, the student reads .* at stride 2",
     ):
         attach_teachers([_recording("a", 20, rng)], (str(tmp_path / "s4.pt"),), TINY, ("logmel",))
-    _checkpoint(tmp_path / "k.pt", TINY, 0)
+    tiny_checkpoint(tmp_path / "k.pt", 0, TINY)
     with pytest.raises(ValueError, match="kinds"):
         attach_teachers([_recording("a", 20, rng)], (str(tmp_path / "k.pt"),), TINY, ("cwt",))
 
