@@ -236,19 +236,21 @@ def pretrain(model: SedNet, recs: list[Recording], flush: np.ndarray, cfg: Proto
 
 def frame_loss(
     logits: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor,
     batch: Batch,
     distill_weight: float,
     pos_weight: torch.Tensor,
     output_weight: torch.Tensor,
 ) -> torch.Tensor:
-    """The frame loss: BCE against the labelled targets, weighted per frame and output
+    """The frame loss: BCE against the batch's labelled targets, weighted per frame and output
     (mean over the weights); with ``distill_weight`` > 0 and teacher probabilities in the
     batch, mixed with the BCE against them over every real frame of the examples that have
     them: ``(1 - distill_weight) * labelled + distill_weight * teachers``."""
+    weights = torch.from_numpy(batch.weights)
     per_frame = F.binary_cross_entropy_with_logits(
-        logits, targets, reduction="none", pos_weight=pos_weight[None, :, None]
+        logits,
+        torch.from_numpy(batch.targets),
+        reduction="none",
+        pos_weight=pos_weight[None, :, None],
     )
     loss = (per_frame * weights * output_weight[None, :, None]).sum() / weights.sum().clamp_min(1.0)
     if distill_weight > 0 and batch.soft is not None and batch.soft_mask is not None:
@@ -464,10 +466,8 @@ def main(cfg: Proto) -> dict:
             if cfg.spec_augment:
                 augment(bt.features, flush, cfg, rng)
             x = torch.from_numpy(bt.features)
-            y = torch.from_numpy(bt.targets)
-            w = torch.from_numpy(bt.weights)
             logits, rec_logits = model.forward_train(x, bt.n_frames, torch.from_numpy(bt.mask))
-            loss = frame_loss(logits, y, w, bt, cfg.distill_weight, pos_w, out_w)
+            loss = frame_loss(logits, bt, cfg.distill_weight, pos_w, out_w)
             if rec_logits is not None:
                 loss = loss + cfg.record_weight * F.binary_cross_entropy_with_logits(
                     rec_logits, torch.from_numpy(bt.record_targets)

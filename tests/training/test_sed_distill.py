@@ -85,11 +85,10 @@ def test_frame_loss_mixes_labels_and_teachers_and_pulls_towards_the_teacher() ->
     rec = _recording("a", 16, rng)
     rec.soft = rng.uniform(0.05, 0.95, (7, 16)).astype(np.float32)
     bt = collate([Example(rec, 0, 16)], 2, 2, np.zeros((1, 8)))
-    y, w = torch.from_numpy(bt.targets), torch.from_numpy(bt.weights)
     ones = torch.ones(7)
     logits = torch.from_numpy(rng.normal(size=(1, 7, 16)).astype(np.float32)).requires_grad_()
     hard, soft, mixed = (
-        float(frame_loss(logits, y, w, bt, a, ones, ones).detach()) for a in (0.0, 1.0, 0.25)
+        float(frame_loss(logits, bt, a, ones, ones).detach()) for a in (0.0, 1.0, 0.25)
     )
     assert mixed == pytest.approx(0.75 * hard + 0.25 * soft, rel=1e-6)
     assert soft != pytest.approx(hard)
@@ -97,6 +96,6 @@ def test_frame_loss_mixes_labels_and_teachers_and_pulls_towards_the_teacher() ->
     opt = torch.optim.SGD([logits], lr=50.0)
     for _ in range(300):
         opt.zero_grad()
-        frame_loss(logits, y, w, bt, 1.0, ones, ones).backward()
+        frame_loss(logits, bt, 1.0, ones, ones).backward()
         opt.step()
     np.testing.assert_allclose(torch.sigmoid(logits).detach().numpy()[0], rec.soft, atol=0.02)
