@@ -143,6 +143,21 @@ class ScriptedSource:
         """Nothing to release."""
 
 
+def run_sources(tmp_path: Path, folder: Path, beds: list[str], source_of, sink, **sections):
+    """The runtime over ``beds``, each reading ``source_of(bed id)``, into ``sink`` until the
+    sources end; ``sections`` extend the config."""
+    streams = [stream(bed, "unused.flac") for bed in beds]
+    config = build(mapping(tmp_path, folder, streams, **sections))
+    model = open_model(config, "test.yaml")
+    try:
+        opened = [Stream(s, source_of(s.id), model) for s in config.streams]
+        runtime = Runtime(config, model, opened, sink)
+        runtime.run(threading.Event())
+    finally:
+        model.backend.close()
+    return runtime
+
+
 def run_scripted(
     tmp_path: Path,
     folder: Path,
@@ -151,19 +166,12 @@ def run_scripted(
     gap_samples: int = 4000,
     **sections,
 ):
-    streams = [stream("b0", "unused.flac"), stream("b1", "unused.flac")]
-    config = build(mapping(tmp_path, folder, streams, **sections))
-    model = open_model(config, "test.yaml")
-    try:
-        opened = []
-        for s_config in config.streams:
-            gap = (40, gap_samples) if gap_on_b0 and s_config.id == "b0" else None
-            opened.append(Stream(s_config, ScriptedSource(audio, 800, gap), model))  # type: ignore[arg-type]
-        sink = ListSink()
-        runtime = Runtime(config, model, opened, sink)
-        runtime.run(threading.Event())
-    finally:
-        model.backend.close()
+    def source_of(bed: str) -> ScriptedSource:
+        gap = (40, gap_samples) if gap_on_b0 and bed == "b0" else None
+        return ScriptedSource(audio, 800, gap)
+
+    sink = ListSink()
+    runtime = run_sources(tmp_path, folder, ["b0", "b1"], source_of, sink, **sections)
     return runtime, sink
 
 
@@ -230,19 +238,12 @@ class LoggedSink(ListSink):
 
 
 def run_grouped(tmp_path: Path, folder: Path, audio: np.ndarray, group: int):
-    beds = ["b0", "b1", "b2", "b3"]
-    config = build(
-        mapping(tmp_path, folder, [stream(b, "unused.flac") for b in beds], round_group=group)
-    )
-    model = open_model(config, "test.yaml")
     timeline: list = []
-    try:
-        opened = [Stream(s, LoggedSource(s.id, timeline, audio), model) for s in config.streams]  # type: ignore[arg-type]
-        sink = LoggedSink(timeline)
-        runtime = Runtime(config, model, opened, sink)
-        runtime.run(threading.Event())
-    finally:
-        model.backend.close()
+    sink = LoggedSink(timeline)
+    runtime = run_sources(
+        tmp_path, folder, ["b0", "b1", "b2", "b3"],
+        lambda bed: LoggedSource(bed, timeline, audio), sink, round_group=group,
+    )  # fmt: skip
     return runtime, sink, timeline
 
 
