@@ -90,6 +90,11 @@ class Proto:
     # x the labelled loss + distill_weight x the BCE against the teachers on every frame
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.0
+    # true: the validation records join training and the checkpoint is the one after epoch
+    # `fixed_epoch` (chosen beforehand on a held-out run); the validation scores the run still
+    # logs are then not held out, and nothing may be fitted on them
+    train_on_validation: bool = False
+    fixed_epoch: int = -1  # with train_on_validation: the epoch kept (-1: the last)
 
     def __post_init__(self) -> None:
         from edge.config import check
@@ -98,6 +103,10 @@ class Proto:
         check(0.0 <= w <= 1.0, "distill_weight", w, "a number in [0, 1]")
         check(w == 0 or bool(self.teachers), "teachers", self.teachers,
               "one or more checkpoint paths when distill_weight > 0")  # fmt: skip
+        check(-1 <= self.fixed_epoch < self.epochs, "fixed_epoch", self.fixed_epoch,
+              f"an epoch in [0, {self.epochs - 1}] (epochs - 1), or -1 (the last)")  # fmt: skip
+        check(self.fixed_epoch == -1 or self.train_on_validation, "fixed_epoch",
+              self.fixed_epoch, "-1 unless train_on_validation is true")  # fmt: skip
 
 
 def feature_store() -> FeatureStore:
@@ -320,6 +329,26 @@ def cutmix(bt, stride: int, max_frames: int, rng) -> None:
         bt.record_targets[i] = np.maximum(bt.record_targets[i], bt.record_targets[j])
 
 
+def split_records(
+    recs: list[Recording], val_ids: set[str], train_on_validation: bool
+) -> tuple[list[Recording], list[Recording]]:
+    """(training, validation) recordings: validation is ``val_ids``; with
+    ``train_on_validation`` it joins training too (its scores are then not held out)."""
+    val = [r for r in recs if r.record_id in val_ids]
+    train = [r for r in recs if r.record_id not in val_ids]
+    return (train + val if train_on_validation else train), val
+
+
+def selection_score(cfg: Proto, epoch: int, score: float) -> float:
+    """What the epoch selection maximises (the first epoch reaching the best is kept): the
+    validation score, or with ``train_on_validation`` 1 for ``fixed_epoch`` (-1: the last)
+    and -1 for every other epoch, which no epoch's score beats."""
+    if not cfg.train_on_validation:
+        return score
+    keep = cfg.fixed_epoch if cfg.fixed_epoch >= 0 else cfg.epochs - 1
+    return 1.0 if epoch == keep else -1.0
+
+
 def recording_seconds(n_frames: int, spec: FeatureSpec) -> float:
     """Audio length behind ``n_frames`` front-end frames."""
     samples = (n_frames - 1) * spec.hop_samples + spec.frame_samples
@@ -408,8 +437,7 @@ def main(cfg: Proto) -> dict:
     )
     _train_r, val_r = patient_disjoint_split(records, 0.2, 0)
     val_ids = {r.record_id for r in val_r}
-    train = [r for r in recs if r.record_id not in val_ids]
-    val = [r for r in recs if r.record_id in val_ids]
+    train, val = split_records(recs, val_ids, cfg.train_on_validation)
     print(f"loaded {len(train)} train {len(val)} val in {time.time() - t0:.0f}s", flush=True)
     mean, std = input_stats(train)
     std = np.maximum(std, np.float32(cfg.std_floor))
@@ -518,7 +546,7 @@ def main(cfg: Proto) -> dict:
             + f" FA={bestrow[1]['false_events_per_hour']:.0f}",
             flush=True,
         )
-        score = sel[1]["event_f1_family"] if ok else 0.0
+        score = selection_score(cfg, epoch, sel[1]["event_f1_family"] if ok else 0.0)
         if score > best:
             best = score
             torch.save(
