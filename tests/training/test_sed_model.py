@@ -48,8 +48,9 @@ def chunked(model: SedNet, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         SedConfig(
             **{**vars(TINY), "freq_channels": 4, "freq_pool": 2, "freq_at_network_rate": True}
         ),
+        SedConfig(**{**vars(TINY), "contrast_frames": 7}),  # its cache spans chunks
     ],
-    ids=["convolutions", "with-attention", "spectral-stem", "spectral-branch"],
+    ids=["convolutions", "with-attention", "spectral-stem", "spectral-branch", "band-contrast"],
 )
 def test_any_chunking_equals_the_whole_pass(config: SedConfig) -> None:
     model = model_of(config)
@@ -126,3 +127,20 @@ def test_bad_configurations_are_named() -> None:
         SedConfig(channels=10, kernel_widths=(3, 5, 7))
     with pytest.raises(ValueError, match="attention_heads"):
         SedConfig(channels=96, attention_heads=5)
+
+
+def test_band_contrast_feeds_the_input_less_its_causal_moving_mean() -> None:
+    config = SedConfig(**{**vars(TINY), "contrast_frames": 4})
+    model = model_of(config)
+    contrast = model.contrasts[0]
+    x = torch.randn(2, config.n_bands, 12)
+    with torch.no_grad():
+        y, cache = contrast(x, torch.zeros(2, config.n_bands, 3))
+    padded = torch.cat([torch.zeros(2, config.n_bands, 3), x], dim=2)
+    mean = torch.stack([padded[:, :, t : t + 4].mean(dim=2) for t in range(12)], dim=2)
+    assert torch.allclose(y[:, : config.n_bands], x)
+    assert torch.allclose(y[:, config.n_bands :], x - mean, atol=1e-6)
+    assert torch.equal(cache, x[:, :, -3:])
+    assert model.state_size == SedNet(TINY).state_size + config.n_kinds * config.n_bands * 3
+    with pytest.raises(ValueError, match="contrast_frames"):
+        SedConfig(**{**vars(TINY), "contrast_frames": 4, "freq_channels": 4})

@@ -68,6 +68,11 @@ class SedConfig:
     # times cheaper: tonal sounds last longer than a network frame) and is added to the plain
     # stem, which keeps the full time resolution for transients such as crackles
     freq_at_network_rate: bool = False
+    # > 0: each band's causal moving mean over this many front-end frames is subtracted from a
+    # copy of the input, which joins the plain stem beside the input itself (a band contrast:
+    # stationary background and the channel's colouring removed, transients kept); carried
+    # in the state as the last `contrast_frames - 1` input frames per kind
+    contrast_frames: int = 0
 
     def __post_init__(self) -> None:
         check(self.n_kinds >= 1, "n_kinds", self.n_kinds, "an integer >= 1")
@@ -82,6 +87,9 @@ class SedConfig:
         check(all(w >= 1 for w in self.kernel_widths), "kernel_widths", self.kernel_widths, ">= 1")
         check(all(d >= 1 for d in self.dilations), "dilations", self.dilations, "integers >= 1")
         check(self.lookahead_frames >= 0, "lookahead_frames", self.lookahead_frames, ">= 0")
+        check(self.contrast_frames >= 0, "contrast_frames", self.contrast_frames, ">= 0")
+        check(not (self.contrast_frames and self.freq_channels), "contrast_frames",
+              self.contrast_frames, "0 with a spectral stem (freq_channels > 0)")  # fmt: skip
         if self.attention_heads:
             check(
                 self.channels % self.attention_heads == 0,
@@ -206,6 +214,27 @@ class SpectralStem(nn.Module):
         return self.spectral(x.unsqueeze(1)).squeeze(2)
 
 
+class BandContrast(nn.Module):
+    """Input and input less its causal per-band moving mean, stacked along the bands.
+
+    (B, F, T), cache (B, F, L - 1) -> (B, 2F, T), new cache; the mean is a depthwise Conv1d
+    with fixed weights 1 / L (a buffer, not trained)."""
+
+    kernel: torch.Tensor
+
+    def __init__(self, n_bands: int, frames: int) -> None:
+        super().__init__()
+        self.n_bands, self.context = n_bands, frames - 1
+        self.register_buffer("kernel", torch.full((n_bands, 1, frames), 1.0 / frames))
+        self.cache_shape = (n_bands, self.context)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        full = torch.cat([cache, x], dim=2)
+        mean = nn.functional.conv1d(full, self.kernel, groups=self.n_bands)
+        cache = full[:, :, -self.context :] if self.context else full[:, :, :0]
+        return torch.cat([x, x - mean], dim=1), cache
+
+
 class DualStem(nn.Module):
     """The plain stem plus the spectral stem at the network rate, summed."""
 
@@ -220,8 +249,9 @@ class DualStem(nn.Module):
 
 def _plain_stem(config: SedConfig) -> nn.Module:
     """One convolution over all bands and ``stride`` frames (stride ``stride``)."""
+    bands = config.n_bands * (2 if config.contrast_frames else 1)
     return nn.Sequential(
-        nn.Conv1d(config.n_bands, config.channels, config.stride, stride=config.stride, bias=False),
+        nn.Conv1d(bands, config.channels, config.stride, stride=config.stride, bias=False),
         nn.BatchNorm1d(config.channels, eps=NORM_EPS),
     )
 
@@ -246,6 +276,10 @@ class SedNet(nn.Module):
         self.register_buffer("input_mean", torch.zeros(config.n_kinds, config.n_bands))
         self.register_buffer("input_std", torch.ones(config.n_kinds, config.n_bands))
         self.stems = nn.ModuleList(_stem(config) for _ in range(config.n_kinds))
+        self.contrasts = nn.ModuleList(
+            BandContrast(config.n_bands, config.contrast_frames)
+            for _ in range(config.n_kinds if config.contrast_frames else 0)
+        )
         self.kind_logits = nn.Parameter(torch.zeros(config.n_kinds))
         self.act = nn.ReLU()
         layers: list[nn.Module] = [
@@ -258,9 +292,9 @@ class SedNet(nn.Module):
         self.record_head = (
             nn.Linear(2 * c, config.record_outputs) if config.record_outputs > 0 else None
         )
+        # the state: the contrasts' caches (one per kind) first, then the layers'
         self._shapes: list[tuple[int, int]] = [
-            layer.cache_shape  # type: ignore[misc]
-            for layer in self.layers
+            layer.cache_shape for layer in [*self.contrasts, *self.layers]
         ]
 
     @property
@@ -289,10 +323,18 @@ class SedNet(nn.Module):
         """x (B, K, F, n*s), state (B, S) -> frame embeddings (B, C, n), new state (B, S)."""
         x = self.normalise(x)
         weights = self.kind_weights()
-        h = sum(weights[k] * stem(x[:, k]) for k, stem in enumerate(self.stems))
-        h = self.act(h)
         states, offset = [], 0
-        for layer, (ch, t) in zip(self.layers, self._shapes, strict=True):
+        inputs = [x[:, k] for k in range(len(self.stems))]
+        for k, contrast in enumerate(self.contrasts):
+            ch, t = self._shapes[k]
+            cache = state[:, offset : offset + ch * t].reshape(-1, ch, t)
+            offset += ch * t
+            inputs[k], new_cache = contrast(inputs[k], cache)
+            states.append(new_cache.reshape(-1, ch * t))
+        h = sum(weights[k] * stem(inputs[k]) for k, stem in enumerate(self.stems))
+        h = self.act(h)
+        shapes = self._shapes[len(self.contrasts) :]
+        for layer, (ch, t) in zip(self.layers, shapes, strict=True):
             cache = state[:, offset : offset + ch * t].reshape(-1, ch, t)
             offset += ch * t
             h, new_cache = layer(h, cache)
