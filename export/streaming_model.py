@@ -40,10 +40,12 @@ class StreamingModelError(LungwatchError):
     """The checkpoint cannot be exported as a streaming model (the message says why)."""
 
 
-def load_checkpoint(checkpoint: Path) -> tuple[Any, tuple[str, ...]]:
+def load_checkpoint(checkpoint: Path, *, held_out: bool = False) -> tuple[Any, tuple[str, ...]]:
     """The SedNet of a research-trainer checkpoint (``model``, ``config``, ``mean``, ``std``,
     ``kinds``) in eval mode, and its input kinds. A checkpoint written before ``kinds`` was
-    saved used the first ``n_kinds`` of :data:`edge.features.FEATURE_KINDS`."""
+    saved used the first ``n_kinds`` of :data:`edge.features.FEATURE_KINDS`. ``held_out``:
+    refuse a checkpoint trained on the validation records too (``train_on_validation``), for
+    whatever fits on, is scored on or teaches from those records."""
     import torch
 
     from training.models.sed import SedConfig, SedNet
@@ -58,6 +60,7 @@ def load_checkpoint(checkpoint: Path) -> tuple[Any, tuple[str, ...]]:
         model = SedNet(SedConfig(**config))
         model.load_state_dict(data["model"])
         kinds = tuple(data.get("kinds") or FEATURE_KINDS[: model.config.n_kinds])
+        trained_on_validation = bool(data.get("train_on_validation", False))
     except (
         KeyError, TypeError, RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError,
     ) as exc:  # fmt: skip
@@ -66,6 +69,12 @@ def load_checkpoint(checkpoint: Path) -> tuple[Any, tuple[str, ...]]:
         raise StreamingModelError(
             f"{checkpoint}: kinds {list(kinds)} do not fit a model of "
             f"{model.config.n_kinds} kinds from {FEATURE_KINDS}"
+        )
+    if held_out and trained_on_validation:
+        raise StreamingModelError(
+            f"{checkpoint}: trained on the validation records too (train_on_validation), so "
+            "rules fitted or scores measured on them would not be held out; use a run with a "
+            "held-out validation split"
         )
     return model.eval(), kinds
 
@@ -122,7 +131,7 @@ def export_folder(
     from training.models.sed import count_parameters
     from training.targets import OUTPUTS
 
-    model, kinds = load_checkpoint(checkpoint)
+    model, kinds = load_checkpoint(checkpoint, held_out=True)
     if model.config.n_outputs != len(OUTPUTS):
         raise StreamingModelError(
             f"{checkpoint}: {model.config.n_outputs} outputs, expected {len(OUTPUTS)} {OUTPUTS}"

@@ -184,18 +184,16 @@ def fit_checkpoint(
     ``detector`` section (thresholds, what it was fitted on, the validation summary)."""
     from edge.features import FeatureSpec
     from export.streaming_model import load_checkpoint
-    from training.datasets.sprsound import patient_disjoint_split
     from training.recordings import flush_value
-    from training.sed_train import load_all, predict, recording_seconds
+    from training.sed_train import load_all, predict, recording_seconds, validation_ids
     from training.targets import OUTPUTS
 
-    model, kinds = load_checkpoint(checkpoint)
+    model, kinds = load_checkpoint(checkpoint, held_out=True)
     spec = FeatureSpec()
     stride = model.config.stride
     grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, stride)
     records, recs = load_all(kinds, grid, stride, 0.5)
-    _, val_records = patient_disjoint_split(records, 0.2, 0)
-    ids = {r.record_id for r in val_records}
+    ids = validation_ids(records)
     val = [r for r in recs if r.record_id in ids]
     mean = model.input_mean.numpy()
     probs = predict(model, val, flush_value(mean))

@@ -7,7 +7,10 @@ docs/sed-experiments.md; the YAML-configured `lungwatch train` will take it over
 Needs the feature cache of every SPRSound train record (out/cache/features, built by
 `lungwatch train` or FeatureStore) and writes out/proto/<name>/{log.jsonl,best.pt,val_probs.npy}.
 Validation: patient-disjoint 20 % of SPRSound train (seed 0); each epoch sweeps the on-threshold
-and scores the events with sed_eval through edge.detector.detect_events (the device's converter).
+and scores the events with sed_eval through edge.detector.detect_events (the device's converter),
+and the best epoch is kept. With `train_on_validation` the validation records join training,
+the epoch `fixed_epoch` is kept instead, and the checkpoint says so: calibration, export and
+distillation (``export.streaming_model.load_checkpoint(held_out=True)``) refuse it.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class Proto:
         check(w == 0 or bool(self.teachers), "teachers", self.teachers,
               "one or more checkpoint paths when distill_weight > 0")  # fmt: skip
         check(-1 <= self.fixed_epoch < self.epochs, "fixed_epoch", self.fixed_epoch,
-              f"an epoch in [0, {self.epochs - 1}] (epochs - 1), or -1 (the last)")  # fmt: skip
+              f"-1 (the last) or an epoch in [0, epochs - 1 = {self.epochs - 1}]")  # fmt: skip
         check(self.fixed_epoch == -1 or self.train_on_validation, "fixed_epoch",
               self.fixed_epoch, "-1 unless train_on_validation is true")  # fmt: skip
 
@@ -152,7 +155,7 @@ def attach_teachers(
 
     total: list[np.ndarray] | None = None
     for path in teachers:
-        model, t_kinds = load_checkpoint(Path(path))
+        model, t_kinds = load_checkpoint(Path(path), held_out=True)
         tc = model.config
         if tuple(t_kinds) != tuple(kinds) or tc.stride != student.stride:
             raise ConfigError(
@@ -339,6 +342,21 @@ def split_records(
     return (train + val if train_on_validation else train), val
 
 
+NOTHING_KEPT = -1.0  # the selection's best before the first epoch
+
+
+def validation_ids(records: list) -> set[str]:
+    """Record ids of the validation split: 20 % of the patients, seed 0 (every run's)."""
+    return {r.record_id for r in patient_disjoint_split(records, 0.2, 0)[1]}
+
+
+def kept_best(cfg: Proto, epoch: int, score: float, best: float) -> float | None:
+    """The selection's new best when ``epoch`` (validation ``score``) is kept over the epochs
+    before it (best so far ``best``, :data:`NOTHING_KEPT` at first); None when it is not."""
+    value = selection_score(cfg, epoch, score)
+    return value if value > best else None
+
+
 def selection_score(cfg: Proto, epoch: int, score: float) -> float:
     """What the epoch selection maximises (the first epoch reaching the best is kept): the
     validation score, or with ``train_on_validation`` 1 for ``fixed_epoch`` (-1: the last)
@@ -418,7 +436,9 @@ def frame_auc(probs, recs):
 
 
 def main(cfg: Proto) -> dict:
-    """Train, select the epoch on validation; the best epoch's summary."""
+    """Train, keep the epoch the validation selects (or ``fixed_epoch`` with
+    ``train_on_validation``); the kept epoch's summary (``held_out``: whether its validation
+    scores are)."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -435,9 +455,7 @@ def main(cfg: Proto) -> dict:
     records, recs = load_all(
         cfg.kinds, grid, mcfg.stride, cfg.unannotated_weight, record_aware=cfg.record_aware_weights
     )
-    _train_r, val_r = patient_disjoint_split(records, 0.2, 0)
-    val_ids = {r.record_id for r in val_r}
-    train, val = split_records(recs, val_ids, cfg.train_on_validation)
+    train, val = split_records(recs, validation_ids(records), cfg.train_on_validation)
     print(f"loaded {len(train)} train {len(val)} val in {time.time() - t0:.0f}s", flush=True)
     mean, std = input_stats(train)
     std = np.maximum(std, np.float32(cfg.std_floor))
@@ -474,7 +492,7 @@ def main(cfg: Proto) -> dict:
     run_dir = Path("out/proto") / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     log = (run_dir / "log.jsonl").open("w")
-    best = -1.0
+    best = NOTHING_KEPT
     summary: dict = {}
     for epoch in range(cfg.epochs):
         model.train()
@@ -546,9 +564,9 @@ def main(cfg: Proto) -> dict:
             + f" FA={bestrow[1]['false_events_per_hour']:.0f}",
             flush=True,
         )
-        score = selection_score(cfg, epoch, sel[1]["event_f1_family"] if ok else 0.0)
-        if score > best:
-            best = score
+        new_best = kept_best(cfg, epoch, sel[1]["event_f1_family"] if ok else 0.0, best)
+        if new_best is not None:
+            best = new_best
             torch.save(
                 {
                     "model": evaluated.state_dict(),
@@ -557,13 +575,18 @@ def main(cfg: Proto) -> dict:
                     "mean": mean,
                     "std": std,
                     "epoch": epoch,
+                    "train_on_validation": cfg.train_on_validation,
                 },
                 run_dir / "best.pt",
             )
             np.save(run_dir / "val_probs.npy", np.array(probs, dtype=object), allow_pickle=True)
             summary = {"checkpoint": str(run_dir / "best.pt"), "epoch": epoch, "on": sel[0]}
+            summary["held_out"] = not cfg.train_on_validation
             summary |= {k: sel[1][k] for k in SUMMARY_KEYS if k in sel[1]}
-    print("best", best)
+    if cfg.train_on_validation:
+        print(f"kept epoch {summary.get('epoch')}: validation trained on, not held out")
+    else:
+        print("best", best)
     return summary
 
 

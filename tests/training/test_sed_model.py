@@ -144,3 +144,5 @@ def test_band_contrast_feeds_the_input_less_its_causal_moving_mean() -> None:
     assert model.state_size == SedNet(TINY).state_size + config.n_kinds * config.n_bands * 3
     with pytest.raises(ValueError, match="contrast_frames"):
         SedConfig(**{**vars(TINY), "contrast_frames": 4, "freq_channels": 4})
+    with pytest.raises(ValueError, match=r"contrast_frames must be 0 \(off\) or an integer >= 2"):
+        SedConfig(**{**vars(TINY), "contrast_frames": 1})  # x less its own mean: always 0

@@ -6,6 +6,8 @@ the default FeatureSpec), ``C`` channels, ``N = T / stride`` network frames, ``O
 Data flow, input ``x`` of shape (B, K, F, T) (log features straight from the front end)::
 
     normalise per kind and band (buffers input_mean / input_std (K, F))     (B, K, F, T)
+    [per kind: band contrast, the input and the input less each band's
+      causal moving mean over `contrast_frames`, stacked along the bands]    (B, K, 2F, T)
     per kind k: stem conv over `stride` frames (kernel = stride = s)        (B, C, N)  K times
     learned linear combination of the K stems (softmax weights), ReLU        (B, C, N)
     Inception-residual blocks: parallel causal dilated 1-D convolutions
@@ -19,8 +21,9 @@ frame ``j - lookahead_frames``: a fixed delay of ``lookahead_frames * s`` front-
 the model's bounded look-ahead. Each layer that looks back keeps its last inputs in a cache;
 before a stream starts every cache holds zeros (the whole-recording pass pads the same
 zeros). All caches of one stream form one flat ``state`` vector of :attr:`SedNet.state_size`
-floats, so a whole recording in one call, or the same recording in chunks with the state
-carried between calls, gives the same outputs (``tests/training/test_sed_model.py``).
+floats (the band contrasts' caches first, one per kind, then the blocks' in order), so a
+whole recording in one call, or the same recording in chunks with the state carried between
+calls, gives the same outputs (``tests/training/test_sed_model.py``).
 
 Streaming ONNX form (:class:`StreamingSed`): ``features (B, K, F, n*s)`` and ``state (B, S)``
 -> ``probs (B, O, n)`` and ``state_out (B, S)``. Only standard ops with static sizes except
@@ -87,7 +90,8 @@ class SedConfig:
         check(all(w >= 1 for w in self.kernel_widths), "kernel_widths", self.kernel_widths, ">= 1")
         check(all(d >= 1 for d in self.dilations), "dilations", self.dilations, "integers >= 1")
         check(self.lookahead_frames >= 0, "lookahead_frames", self.lookahead_frames, ">= 0")
-        check(self.contrast_frames >= 0, "contrast_frames", self.contrast_frames, ">= 0")
+        check(self.contrast_frames == 0 or self.contrast_frames >= 2, "contrast_frames",
+              self.contrast_frames, "0 (off) or an integer >= 2")  # fmt: skip
         check(not (self.contrast_frames and self.freq_channels), "contrast_frames",
               self.contrast_frames, "0 with a spectral stem (freq_channels > 0)")  # fmt: skip
         if self.attention_heads:
@@ -229,10 +233,10 @@ class BandContrast(nn.Module):
         self.cache_shape = (n_bands, self.context)
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, F, T), cache (B, F, L - 1) -> (B, 2F, T), new cache (B, F, L - 1)."""
         full = torch.cat([cache, x], dim=2)
         mean = nn.functional.conv1d(full, self.kernel, groups=self.n_bands)
-        cache = full[:, :, -self.context :] if self.context else full[:, :, :0]
-        return torch.cat([x, x - mean], dim=1), cache
+        return torch.cat([x, x - mean], dim=1), full[:, :, -self.context :]
 
 
 class DualStem(nn.Module):
@@ -323,23 +327,19 @@ class SedNet(nn.Module):
         """x (B, K, F, n*s), state (B, S) -> frame embeddings (B, C, n), new state (B, S)."""
         x = self.normalise(x)
         weights = self.kind_weights()
-        states, offset = [], 0
+        caches, offset = [], 0  # the state cut into its caches, in the order of _shapes
+        for ch, t in self._shapes:
+            caches.append(state[:, offset : offset + ch * t].reshape(-1, ch, t))
+            offset += ch * t
         inputs = [x[:, k] for k in range(len(self.stems))]
         for k, contrast in enumerate(self.contrasts):
-            ch, t = self._shapes[k]
-            cache = state[:, offset : offset + ch * t].reshape(-1, ch, t)
-            offset += ch * t
-            inputs[k], new_cache = contrast(inputs[k], cache)
-            states.append(new_cache.reshape(-1, ch * t))
+            inputs[k], caches[k] = contrast(inputs[k], caches[k])
         h = sum(weights[k] * stem(inputs[k]) for k, stem in enumerate(self.stems))
         h = self.act(h)
-        shapes = self._shapes[len(self.contrasts) :]
-        for layer, (ch, t) in zip(self.layers, shapes, strict=True):
-            cache = state[:, offset : offset + ch * t].reshape(-1, ch, t)
-            offset += ch * t
-            h, new_cache = layer(h, cache)
-            states.append(new_cache.reshape(-1, ch * t))
-        return h, torch.cat(states, dim=1)
+        for i, layer in enumerate(self.layers, start=len(self.contrasts)):
+            h, caches[i] = layer(h, caches[i])
+        flat = [c.reshape(-1, ch * t) for c, (ch, t) in zip(caches, self._shapes, strict=True)]
+        return h, torch.cat(flat, dim=1)
 
     def forward(
         self, x: torch.Tensor, state: torch.Tensor | None = None
