@@ -146,3 +146,25 @@ def test_band_contrast_feeds_the_input_less_its_causal_moving_mean() -> None:
         SedConfig(**{**vars(TINY), "contrast_frames": 4, "freq_channels": 4})
     with pytest.raises(ValueError, match=r"contrast_frames must be 0 \(off\) or an integer >= 2"):
         SedConfig(**{**vars(TINY), "contrast_frames": 1})  # x less its own mean: always 0
+
+
+def test_dropout_acts_in_training_only() -> None:
+    config = SedConfig(**{**vars(TINY), "dropout": 0.5})
+    model = model_of(config)  # eval mode
+    x = torch.randn(2, config.n_kinds, config.n_bands, 20 * config.stride)
+    with torch.no_grad():
+        a, _ = model(x)
+        b, _ = model(x)
+        plain = SedNet(TINY)
+        plain.load_state_dict(model.state_dict())  # the same weights without dropout
+        c, _ = plain.eval()(x)
+        model.train()
+        plain.train()
+        d1, d2 = model(x)[0], model(x)[0]
+        p1, p2 = plain(x)[0], plain(x)[0]
+    assert torch.equal(a, b)  # evaluation is deterministic
+    assert torch.allclose(a, c)  # and equals the model without dropout: the export is unchanged
+    assert torch.equal(p1, p2)  # without dropout a training pass is deterministic
+    assert not torch.allclose(d1, d2)  # with it, each training pass drops other channels
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\), got 1.0"):
+        SedConfig(**{**vars(TINY), "dropout": 1.0})

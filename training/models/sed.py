@@ -76,6 +76,9 @@ class SedConfig:
     # stationary background and the channel's colouring removed, transients kept); carried
     # in the state as the last `contrast_frames - 1` input frames per kind
     contrast_frames: int = 0
+    # > 0: in training, each block drops whole channels of its concatenated paths with this
+    # probability (spatial dropout; nothing at inference, so the export is unchanged)
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.n_kinds >= 1, "n_kinds", self.n_kinds, "an integer >= 1")
@@ -90,6 +93,7 @@ class SedConfig:
         check(all(w >= 1 for w in self.kernel_widths), "kernel_widths", self.kernel_widths, ">= 1")
         check(all(d >= 1 for d in self.dilations), "dilations", self.dilations, "integers >= 1")
         check(self.lookahead_frames >= 0, "lookahead_frames", self.lookahead_frames, ">= 0")
+        check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
         check(self.contrast_frames == 0 or self.contrast_frames >= 2, "contrast_frames",
               self.contrast_frames, "0 (off) or an integer >= 2")  # fmt: skip
         check(not (self.contrast_frames and self.freq_channels), "contrast_frames",
@@ -118,8 +122,11 @@ class CausalBlock(nn.Module):
     (B, C, N) -> (B, C, N).
     """
 
-    def __init__(self, channels: int, dilation: int, widths: Sequence[int]) -> None:
+    def __init__(
+        self, channels: int, dilation: int, widths: Sequence[int], dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self.drop = nn.Dropout1d(dropout)
         width = channels // len(widths)
         self.offsets = [(max(widths) - w) * dilation for w in widths]
         self.context = (max(widths) - 1) * dilation
@@ -142,7 +149,7 @@ class CausalBlock(nn.Module):
         """x (B, C, N), cache (B, C, context) -> y (B, C, N), new cache (B, C, context)."""
         full = torch.cat([cache, x], dim=2)
         paths = [path(full[:, :, o:]) for path, o in zip(self.paths, self.offsets, strict=True)]
-        y = self.act(x + self.project(torch.cat(paths, dim=1)))
+        y = self.act(x + self.project(self.drop(torch.cat(paths, dim=1))))
         # a constant negative start keeps every shape static in the exported graph
         cache = full[:, :, -self.context :] if self.context else full[:, :, :0]
         return y, cache
@@ -287,7 +294,7 @@ class SedNet(nn.Module):
         self.kind_logits = nn.Parameter(torch.zeros(config.n_kinds))
         self.act = nn.ReLU()
         layers: list[nn.Module] = [
-            CausalBlock(c, d, config.kernel_widths) for d in config.dilations
+            CausalBlock(c, d, config.kernel_widths, config.dropout) for d in config.dilations
         ]
         if config.attention_heads:
             layers.append(BoundedAttention(c, config.attention_heads, config.attention_frames))
