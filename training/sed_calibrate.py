@@ -185,7 +185,13 @@ def fit_checkpoint(
     from edge.features import FeatureSpec
     from export.streaming_model import load_checkpoint
     from training.recordings import flush_value
-    from training.sed_train import load_all, predict, recording_seconds, validation_ids
+    from training.sed_train import (
+        load_all,
+        predict,
+        recording_seconds,
+        split_records,
+        validation_ids,
+    )
     from training.targets import OUTPUTS
 
     model, kinds = load_checkpoint(checkpoint, held_out=True)
@@ -193,8 +199,7 @@ def fit_checkpoint(
     stride = model.config.stride
     grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, stride)
     records, recs = load_all(kinds, grid, stride, 0.5)
-    ids = validation_ids(records)
-    val = [r for r in recs if r.record_id in ids]
+    _, val = split_records(recs, validation_ids(records), train_on_validation=False)
     mean = model.input_mean.numpy()
     probs = predict(model, val, flush_value(mean))
     annotated = {r.record_id: list(r.events) for r in val}

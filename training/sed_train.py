@@ -352,19 +352,15 @@ def validation_ids(records: list) -> set[str]:
 
 def kept_best(cfg: Proto, epoch: int, score: float, best: float) -> float | None:
     """The selection's new best when ``epoch`` (validation ``score``) is kept over the epochs
-    before it (best so far ``best``, :data:`NOTHING_KEPT` at first); None when it is not."""
-    value = selection_score(cfg, epoch, score)
+    before it (best so far ``best``, :data:`NOTHING_KEPT` at first); None when it is not.
+    The selection maximises the validation score (the first epoch reaching the best is kept),
+    or with ``train_on_validation`` 1 for ``fixed_epoch`` (-1: the last) and -1 for every
+    other epoch, which no epoch's score beats."""
+    value = score
+    if cfg.train_on_validation:
+        keep = cfg.fixed_epoch if cfg.fixed_epoch >= 0 else cfg.epochs - 1
+        value = 1.0 if epoch == keep else -1.0
     return value if value > best else None
-
-
-def selection_score(cfg: Proto, epoch: int, score: float) -> float:
-    """What the epoch selection maximises (the first epoch reaching the best is kept): the
-    validation score, or with ``train_on_validation`` 1 for ``fixed_epoch`` (-1: the last)
-    and -1 for every other epoch, which no epoch's score beats."""
-    if not cfg.train_on_validation:
-        return score
-    keep = cfg.fixed_epoch if cfg.fixed_epoch >= 0 else cfg.epochs - 1
-    return 1.0 if epoch == keep else -1.0
 
 
 def recording_seconds(n_frames: int, spec: FeatureSpec) -> float:
