@@ -63,12 +63,22 @@ def test_chunked_onnx_equals_the_whole_torch_pass(exported: tuple[SedNet, Path, 
 
 
 @pytest.mark.parametrize(
-    ("freq_channels", "at_network_rate", "contrast_frames"),
-    [(0, False, 0), (4, False, 0), (4, True, 0), (0, False, 13)],
-    ids=["convolutions", "spectral-stem", "spectral-branch", "band-contrast"],
+    ("freq_channels", "at_network_rate", "contrast_frames", "time_frames"),
+    [(0, False, 0, 1), (4, False, 0, 1), (4, True, 0, 1), (0, False, 13, 1), (4, True, 0, 3)],
+    ids=[
+        "convolutions",
+        "spectral-stem",
+        "spectral-branch",
+        "band-contrast",
+        "spectral-branch-in-time",
+    ],
 )
 def test_only_the_batch_is_dynamic_and_ops_pass_the_tensorrt_screen(
-    tmp_path: Path, freq_channels: int, at_network_rate: bool, contrast_frames: int
+    tmp_path: Path,
+    freq_channels: int,
+    at_network_rate: bool,
+    contrast_frames: int,
+    time_frames: int,
 ) -> None:
     # the convolutional model (what ships; the attention layer's shapes are not yet static)
     config = SedConfig(
@@ -79,6 +89,7 @@ def test_only_the_batch_is_dynamic_and_ops_pass_the_tensorrt_screen(
             "freq_pool": 2,
             "freq_at_network_rate": at_network_rate,
             "contrast_frames": contrast_frames,  # 13: its cache spans more than a chunk
+            "freq_time_frames": time_frames,  # 3: the spectral branch's caches
         }
     )
     path = tmp_path / "model.onnx"

@@ -49,8 +49,24 @@ def chunked(model: SedNet, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
             **{**vars(TINY), "freq_channels": 4, "freq_pool": 2, "freq_at_network_rate": True}
         ),
         SedConfig(**{**vars(TINY), "contrast_frames": 7}),  # its cache spans chunks
+        SedConfig(
+            **{
+                **vars(TINY),
+                "freq_channels": 4,
+                "freq_pool": 2,
+                "freq_at_network_rate": True,
+                "freq_time_frames": 3,  # the spectral branch's caches span chunks
+            }
+        ),
     ],
-    ids=["convolutions", "with-attention", "spectral-stem", "spectral-branch", "band-contrast"],
+    ids=[
+        "convolutions",
+        "with-attention",
+        "spectral-stem",
+        "spectral-branch",
+        "band-contrast",
+        "spectral-branch-in-time",
+    ],
 )
 def test_any_chunking_equals_the_whole_pass(config: SedConfig) -> None:
     model = model_of(config)
@@ -127,6 +143,19 @@ def test_bad_configurations_are_named() -> None:
         SedConfig(channels=10, kernel_widths=(3, 5, 7))
     with pytest.raises(ValueError, match="attention_heads"):
         SedConfig(channels=96, attention_heads=5)
+    with pytest.raises(ValueError, match="freq_time_frames"):  # time context at 10 ms: no
+        SedConfig(freq_channels=4, freq_time_frames=3)
+    with pytest.raises(ValueError, match="freq_time_frames"):
+        SedConfig(freq_channels=4, freq_at_network_rate=True, freq_time_frames=0)
+
+
+def test_the_spectral_branch_in_time_carries_its_caches_in_the_state() -> None:
+    base = {**vars(TINY), "freq_channels": 4, "freq_pool": 2, "freq_at_network_rate": True}
+    flat, timed = SedNet(SedConfig(**base)), SedNet(SedConfig(**{**base, "freq_time_frames": 3}))
+    # per kind: the input frame and its 4 channels, two network frames each, per band
+    kinds = TINY.n_kinds
+    assert timed.state_size - flat.state_size == kinds * (1 + 4) * TINY.n_bands * 2
+    assert count_parameters(timed) - count_parameters(flat) == kinds * 2 * (4 + 4 * 4) * 5
 
 
 def test_band_contrast_feeds_the_input_less_its_causal_moving_mean() -> None:

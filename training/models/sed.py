@@ -71,6 +71,11 @@ class SedConfig:
     # times cheaper: tonal sounds last longer than a network frame) and is added to the plain
     # stem, which keeps the full time resolution for transients such as crackles
     freq_at_network_rate: bool = False
+    # with freq_at_network_rate: the spectral stem's two convolutions also span this many
+    # network frames (causal; 1: frequency only). A tone that holds its pitch over frames (a
+    # wheeze) then shows as a line in time; each convolution's last `freq_time_frames - 1`
+    # input frames per kind are carried in the state
+    freq_time_frames: int = 1
     # > 0: each band's causal moving mean over this many front-end frames is subtracted from a
     # copy of the input, which joins the plain stem beside the input itself (a band contrast:
     # stationary background and the channel's colouring removed, transients kept); carried
@@ -94,6 +99,10 @@ class SedConfig:
         check(all(d >= 1 for d in self.dilations), "dilations", self.dilations, "integers >= 1")
         check(self.lookahead_frames >= 0, "lookahead_frames", self.lookahead_frames, ">= 0")
         check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
+        check(self.freq_time_frames >= 1, "freq_time_frames", self.freq_time_frames, ">= 1")
+        check(self.freq_time_frames == 1 or (self.freq_channels > 0 and self.freq_at_network_rate),
+              "freq_time_frames", self.freq_time_frames,
+              "1 unless freq_channels > 0 and freq_at_network_rate is true")  # fmt: skip
         check(self.contrast_frames == 0 or self.contrast_frames >= 2, "contrast_frames",
               self.contrast_frames, "0 (off) or an integer >= 2")  # fmt: skip
         check(not (self.contrast_frames and self.freq_channels), "contrast_frames",
@@ -195,34 +204,58 @@ class BoundedAttention(nn.Module):
 
 
 class SpectralStem(nn.Module):
-    """Two frequency-only 2-D convolutions (kernel 5 x 1, shared across bands) with batch norm
-    and ReLU, max-pooled by ``freq_pool`` along frequency, then one convolution over all pooled
-    bands and ``stride`` frames (stride ``stride``) to the channels. (B, F, T) -> (B, C, T/s)."""
+    """Two 2-D convolutions along frequency (kernel 5 bands x ``freq_time_frames`` frames,
+    causal in time; shared across bands) with batch norm and ReLU, max-pooled by
+    ``freq_pool`` along frequency, then one convolution over all pooled bands and ``stride``
+    frames (stride ``stride``) to the channels. (B, F, T) -> (B, C, T/s). With
+    ``freq_time_frames`` > 1 (at the network rate only) each convolution keeps its last
+    ``freq_time_frames - 1`` input frames in a cache of :attr:`cache_shape`."""
 
     def __init__(self, config: SedConfig) -> None:
         super().__init__()
-        f, k = config.freq_channels, 5
+        f, k, span = config.freq_channels, 5, config.freq_time_frames
         bands = config.n_bands // config.freq_pool
         pooled = config.freq_at_network_rate
-        time_pool: list[nn.Module] = (
-            [nn.AvgPool2d((1, config.stride), stride=(1, config.stride))] if pooled else []
+        self.time_pool = (
+            nn.AvgPool2d((1, config.stride), stride=(1, config.stride)) if pooled else None
         )
         last = (1, 1) if pooled else (1, config.stride)
-        self.spectral = nn.Sequential(
-            *time_pool,
-            nn.Conv2d(1, f, (k, 1), padding=(k // 2, 0), bias=False),
-            nn.BatchNorm2d(f, eps=NORM_EPS),
-            nn.ReLU(),
-            nn.Conv2d(f, f, (k, 1), padding=(k // 2, 0), bias=False),
-            nn.BatchNorm2d(f, eps=NORM_EPS),
-            nn.ReLU(),
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, f, (k, span), padding=(k // 2, 0), bias=False) for c_in in (1, f)
+        )
+        self.norms = nn.ModuleList(nn.BatchNorm2d(f, eps=NORM_EPS) for _ in range(2))
+        self.act = nn.ReLU()
+        self.out = nn.Sequential(
             nn.MaxPool2d((config.freq_pool, 1)),
             nn.Conv2d(f, config.channels, (bands, last[1]), stride=last),
             nn.BatchNorm2d(config.channels, eps=NORM_EPS),
         )
+        self.n_bands, self.channels, self.context = config.n_bands, f, span - 1
+        self.cache_shape = ((1 + f) * config.n_bands, self.context)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spectral(x.unsqueeze(1)).squeeze(2)
+    def forward(
+        self, x: torch.Tensor, cache: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, F, T) [, cache (B, (1 + f) F, context)] -> (B, C, T/s), new cache."""
+        h = x.unsqueeze(1)
+        if self.time_pool is not None:
+            h = self.time_pool(h)
+        caches = []
+        if self.context:
+            assert cache is not None
+            b, n_bands = x.shape[0], self.n_bands
+            c = cache.reshape(b, 1 + self.channels, n_bands, self.context)
+            caches = [c[:, :1], c[:, 1:]]
+        new = []
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            if self.context:
+                h = torch.cat([caches[i], h], dim=3)
+                new.append(h[:, :, :, -self.context :])
+            h = self.act(norm(conv(h)))
+        y = self.out(h).squeeze(2)
+        if not self.context:
+            return y, None
+        return y, torch.cat(new, dim=1).reshape(x.shape[0], *self.cache_shape)
 
 
 class BandContrast(nn.Module):
@@ -254,8 +287,15 @@ class DualStem(nn.Module):
         self.plain = _plain_stem(config)
         self.spectral = SpectralStem(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.plain(x) + self.spectral(x)
+    def forward(
+        self, x: torch.Tensor, cache: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        spectral, cache = self.spectral(x, cache)
+        return self.plain(x) + spectral, cache
+
+    @property
+    def cache_shape(self) -> tuple[int, int]:
+        return self.spectral.cache_shape
 
 
 def _plain_stem(config: SedConfig) -> nn.Module:
@@ -303,10 +343,11 @@ class SedNet(nn.Module):
         self.record_head = (
             nn.Linear(2 * c, config.record_outputs) if config.record_outputs > 0 else None
         )
-        # the state: the contrasts' caches (one per kind) first, then the layers'
-        self._shapes: list[tuple[int, int]] = [
-            layer.cache_shape for layer in [*self.contrasts, *self.layers]
-        ]
+        # the state: the contrasts' caches (one per kind) first, then the spectral stems'
+        # (one per kind, when they span frames), then the layers'
+        self._stem_caches = config.freq_time_frames > 1
+        stateful = [*self.contrasts, *(self.stems if self._stem_caches else []), *self.layers]
+        self._shapes: list[tuple[int, int]] = [layer.cache_shape for layer in stateful]
 
     @property
     def state_size(self) -> int:
@@ -341,9 +382,19 @@ class SedNet(nn.Module):
         inputs = [x[:, k] for k in range(len(self.stems))]
         for k, contrast in enumerate(self.contrasts):
             inputs[k], caches[k] = contrast(inputs[k], caches[k])
-        h = sum(weights[k] * stem(inputs[k]) for k, stem in enumerate(self.stems))
-        h = self.act(h)
-        for i, layer in enumerate(self.layers, start=len(self.contrasts)):
+        first = len(self.contrasts)  # the stems' caches, if any, follow the contrasts'
+        stemmed = []
+        for k, stem in enumerate(self.stems):
+            if isinstance(stem, nn.Sequential):  # the plain stem
+                stemmed.append(stem(inputs[k]))
+                continue
+            y, cache = stem(inputs[k], caches[first + k] if self._stem_caches else None)
+            if self._stem_caches:
+                caches[first + k] = cache
+            stemmed.append(y)
+        h = self.act(sum(weights[k] * y for k, y in enumerate(stemmed)))
+        first += len(self.stems) if self._stem_caches else 0
+        for i, layer in enumerate(self.layers, start=first):
             h, caches[i] = layer(h, caches[i])
         flat = [c.reshape(-1, ch * t) for c, (ch, t) in zip(caches, self._shapes, strict=True)]
         return h, torch.cat(flat, dim=1)
