@@ -21,7 +21,8 @@ frame ``j - lookahead_frames``: a fixed delay of ``lookahead_frames * s`` front-
 the model's bounded look-ahead. Each layer that looks back keeps its last inputs in a cache;
 before a stream starts every cache holds zeros (the whole-recording pass pads the same
 zeros). All caches of one stream form one flat ``state`` vector of :attr:`SedNet.state_size`
-floats (the band contrasts' caches first, one per kind, then the blocks' in order), so a
+floats (the band contrasts' caches first, one per kind, then the spectral stems' when they
+span frames, one per kind, then the blocks' in order), so a
 whole recording in one call, or the same recording in chunks with the state carried between
 calls, gives the same outputs (``tests/training/test_sed_model.py``).
 
