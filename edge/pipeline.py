@@ -151,6 +151,7 @@ class StreamPipeline:
         self.missing_samples = 0
         self._concealed: list[tuple[int, int]] = []  # short losses, stream samples [a, b)
         self.invalid_samples = 0
+        self._flagged_until = 0  # stream index just past the last missing or invalid sample
         self.overlap_samples_dropped = 0
         self.windows_emitted = 0
 
@@ -176,7 +177,10 @@ class StreamPipeline:
         for start in range(0, x.shape[0], self._piece):
             piece = x[start : start + self._piece]
             at = self._make_room(piece.shape[0])
-            self.invalid_samples += _ingest(piece, self._audio, self._flags, at)
+            bad = _ingest(piece, self._audio, self._flags, at)
+            if bad:
+                self.invalid_samples += bad
+                self._flagged_until = self._base + at + piece.shape[0]
             self._advance(at, piece.shape[0], ready)
         return ready
 
@@ -213,6 +217,7 @@ class StreamPipeline:
             at = self._make_room(size)
             self._audio[at : at + size] = 0.0
             self._flags[at : at + size] = MISSING
+            self._flagged_until = self._base + at + size
             self._advance(at, size, ready)
             n -= size
 
@@ -283,11 +288,15 @@ class StreamPipeline:
         if real_end_sample is not None:  # a flushed window: judge only the audio there was
             end = min(end, real_end_sample)
             q_start = max(0, min(q_start, end - self.spec.frame_samples))
-        hop_flags = self._flags[q_start - self._base : end - self._base]
-        hop_missing = int(np.count_nonzero(hop_flags == MISSING))
-        window_missing = int(
-            np.count_nonzero(self._flags[start - self._base : end - self._base] == MISSING)
-        )
+        if self._flagged_until <= min(start, q_start):  # every sample here arrived and is finite
+            hop_missing = window_missing = invalid = 0
+        else:
+            hop_flags = self._flags[q_start - self._base : end - self._base]
+            hop_missing = int(np.count_nonzero(hop_flags == MISSING))
+            window_missing = int(
+                np.count_nonzero(self._flags[start - self._base : end - self._base] == MISSING)
+            )
+            invalid = int(np.count_nonzero(hop_flags == INVALID))
         self.windows_emitted += 1
         return WindowReady(
             features=features,
@@ -301,7 +310,7 @@ class StreamPipeline:
             missing_fraction=window_missing / self.window_samples,
             hop_missing_fraction=hop_missing / (end - q_start),
             hop_missing_samples=hop_missing,
-            invalid_samples=int(np.count_nonzero(hop_flags == INVALID)),
+            invalid_samples=invalid,
         )
 
 

@@ -33,7 +33,7 @@ BACKEND_KINDS: tuple[str, ...] = ("onnxruntime", "tensorrt")
 PROVIDERS: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 MAX_BATCH_LIMIT = 4096
-DEFAULT_MAX_BATCH = 8  # windows per call: the cheapest per window on ORT CPU (see max_batch)
+DEFAULT_MAX_BATCH = 64  # windows per call: the cheapest per window on ORT CPU (see max_batch)
 
 __all__ = [
     "BACKEND_KINDS",
@@ -63,11 +63,12 @@ class BackendConfig:
                        empty means ``trt_cache/`` beside the model file.
     intra_op_threads:  onnxruntime CPU threads for one operator (1 on a shared edge CPU).
     max_batch:         largest batch sent in one call; bigger batches are split. The default,
-                       8, is the cheapest per window for the shipped INT8 model on ONNX Runtime
-                       CPU (``bench/results/runtime.md``: 4..16 are within 5 %, 64 costs 20-30 %
-                       more per window, as activations outgrow the cache, and serves ~10 % fewer
-                       streams at 200); GPU backends want larger batches
-                       (``deploy/configs/jetson-ward.yaml``: 64).
+                       64, is the cheapest per window for the shipped streaming INT8 model on
+                       ONNX Runtime CPU, one thread: in the runtime at 1,000 beds, inference
+                       costs 0.17-0.18 ms per bed-second of audio at 64 against 0.23 at 8
+                       (0.21 at 16, 0.19 at 32, 0.20 at 256; ``python -m bench.runtime
+                       --max-batch N``), and the isolated sweep in ``bench/results/runtime.md``
+                       agrees. The numbers of a batch do not depend on how it is split.
     """
 
     kind: BackendKind = "onnxruntime"

@@ -186,6 +186,49 @@ def test_nan_and_inf_are_counted_and_replaced_by_zeros() -> None:
     assert sum(w.invalid_samples for w in windows) == 3  # each hop counted once
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_missing_and_invalid_counts_match_the_whole_stream_after_many_buffer_shifts(
+    seed: int,
+) -> None:
+    """Every window's missing and NaN/Inf counts equal a count over the whole stream's flags,
+    on a long stream (the audio buffer shifts many times) with gaps, missing chunks and
+    NaN/Inf samples scattered between long clean stretches: clean windows skip the counting,
+    so this also checks that no flagged sample is forgotten when they do."""
+    rng = np.random.default_rng(seed)
+    x = signal(30.0, seed)
+    n = x.shape[0]
+    state = np.zeros(n, np.uint8)  # 0 ok, 1 missing, 2 invalid (the pipeline's own codes)
+    chunks, start = [], 0
+    while start < n:
+        size = int(rng.integers(1, 1500))
+        end = min(n, start + size)
+        roll = rng.random()
+        if roll < 0.04:  # nothing delivered: a jump in first_sample
+            state[start:end] = 1
+        elif roll < 0.08:  # a chunk marked missing
+            chunks.append(SourceChunk(np.ones(end - start, np.float32), start, missing=True))
+            state[start:end] = 1
+        else:
+            piece = x[start:end].copy()
+            if roll < 0.12:
+                bad = rng.integers(0, end - start, size=3)
+                piece[bad] = rng.choice([np.nan, np.inf, -np.inf], size=3)
+                state[start + bad] = 2
+            chunks.append(SourceChunk(piece, start))
+        start = end
+    pipeline = StreamPipeline(SPEC, ("logmel",), WINDOW_FRAMES, HOP_FRAMES)
+    windows = run(pipeline, chunks)
+    assert len(windows) > 100
+    assert any(w.hop_missing_fraction == 0 and w.invalid_samples == 0 for w in windows)
+    assert any(w.invalid_samples > 0 for w in windows)
+    for w in windows:
+        whole = state[w.start_sample : w.end_sample]
+        hop = state[w.quality_start_sample : w.end_sample]
+        assert w.missing_fraction == np.count_nonzero(whole == 1) / pipeline.window_samples
+        assert w.hop_missing_samples == np.count_nonzero(hop == 1)
+        assert w.invalid_samples == np.count_nonzero(hop == 2)
+
+
 def test_reset_restores_the_initial_state() -> None:
     x = signal(1.5)
     pipeline = StreamPipeline(SPEC, ("logmel", "gammatone"), WINDOW_FRAMES, HOP_FRAMES)
