@@ -3,8 +3,7 @@
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.runtime
         [--model models/sed] [--streams 1,64,256,1000] [--seconds 20]
         [--paced-streams 600,1000] [--paced-seconds 30] [--profile-streams 256]
-        [--reference models/edge] [--reference-streams 200] [--reference-max-batch 8]
-        [--max-batch N]
+        [--reference models/edge] [--reference-streams 200] [--max-batch N]
         [--ward-audio DIR] [--ward-streams 1000] [--round-group 250] [--no-batch-sweep] [--no-mqtt]
 
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
@@ -39,8 +38,7 @@ network input (every frame once, state carried); a window model's is its 2-s win
   (:mod:`bench.runtime_batch`).
 
 The runtime uses ``BackendConfig``'s default ``max_batch`` and ``RuntimeConfig``'s default
-``round_group`` (``--max-batch`` and ``--round-group`` override them); the reference window
-model runs at its own cheapest batch (``--reference-max-batch``, 8).
+``round_group`` (``--max-batch`` and ``--round-group`` override them).
 
 Results: ``bench/results/runtime.{md,json}``.
 """
@@ -80,9 +78,6 @@ from edge.sources.base import SourceChunk
 from edge.streaming import BedState, infer_beds
 
 RESULTS_DIR = Path(__file__).parent / "results"
-# The window model's cheapest batch on ORT CPU (its activations outgrow the cache at 64), so
-# that the reference is run at its best, not at the streaming model's.
-REFERENCE_MAX_BATCH = 8
 CHUNK_SAMPLES = 800  # 0.1 s at 8 kHz
 PHASES = 5  # a window every 5 chunks (hop 0.5 s): streams start in 5 staggered phases
 PACED_WARMUP_S = 3.0
@@ -373,8 +368,7 @@ def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
     if args.reference and args.reference_streams:
         k = args.reference_streams
         print(f"reference {args.reference}: {k} streams, {args.seconds:g} s ...", flush=True)
-        spec = {**common, "model": args.reference, "streams": k, "paced": False,
-                "max_batch": args.reference_max_batch}  # fmt: skip
+        spec = {**common, "model": args.reference, "streams": k, "paced": False}
         reference = run_child({**spec, "seconds": args.seconds}, limit_s)
     ward = None
     if args.ward_audio and args.ward_streams:
@@ -407,9 +401,7 @@ def _header(
         },
         "model": f"{args.model}/model.int8.onnx, ONNX Runtime CPU, 1 intra-op thread, "
         f"max_batch {args.max_batch}, round_group {args.round_group}",
-        "reference": f"{args.reference}/model.int8.onnx, max_batch {args.reference_max_batch}"
-        if args.reference
-        else None,
+        "reference": f"{args.reference}/model.int8.onnx" if args.reference else None,
         "chunk_samples": CHUNK_SAMPLES,
         "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
@@ -439,12 +431,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="windows per inference call"
-    )
-    parser.add_argument(
-        "--reference-max-batch",
-        type=int,
-        default=REFERENCE_MAX_BATCH,
-        help="windows per inference call of the reference run (its own cheapest)",
     )
     parser.add_argument(
         "--round-group",

@@ -33,7 +33,7 @@ BACKEND_KINDS: tuple[str, ...] = ("onnxruntime", "tensorrt")
 PROVIDERS: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 MAX_BATCH_LIMIT = 4096
-DEFAULT_MAX_BATCH = 64  # windows per call: the cheapest per window on ORT CPU (see max_batch)
+DEFAULT_MAX_BATCH = 8  # windows per call: the cheapest per window on ORT CPU (see max_batch)
 
 __all__ = [
     "BACKEND_KINDS",
@@ -63,12 +63,14 @@ class BackendConfig:
                        empty means ``trt_cache/`` beside the model file.
     intra_op_threads:  onnxruntime CPU threads for one operator (1 on a shared edge CPU).
     max_batch:         largest batch sent in one call; bigger batches are split. The default,
-                       64, is the cheapest per window for the shipped streaming INT8 model on
-                       ONNX Runtime CPU, one thread: in the runtime at 1,000 beds, inference
-                       costs 0.17-0.18 ms per bed-second of audio at 64 against 0.23 at 8
-                       (0.21 at 16, 0.19 at 32, 0.20 at 256; ``python -m bench.runtime
-                       --max-batch N``), and the isolated sweep in ``bench/results/runtime.md``
-                       agrees. The numbers of a batch do not depend on how it is split.
+                       8, was the cheapest for the window model on ONNX Runtime CPU. For the
+                       streaming model, inference alone costs 15-20 % less at 64 in the
+                       runtime at 1,000 beds, but the whole runtime serves no more beds:
+                       paired runs, 8 against 64, 921 / 905, 981 / 943 and 935 / 907 streams
+                       in real time, with run-to-run swings of 15 % on this VM
+                       (``python -m bench.runtime --streams 1000 --max-batch N``), so 8
+                       stays. GPU backends want larger batches
+                       (``deploy/configs/jetson-ward.yaml``: 64).
     """
 
     kind: BackendKind = "onnxruntime"
