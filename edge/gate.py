@@ -56,6 +56,7 @@ from edge.detector import (
     ms_to_samples,
     priority_table,
 )
+from edge.domain import SilentBands
 from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
 from edge.pipeline import WindowReady
 from edge.quality import CLIPPING_FRACTION_LIMIT, QUIET_DBFS
@@ -142,9 +143,12 @@ class _Reading:
 class QualityGate:
     """Technical events of one stream; :attr:`suppressed` gates the physiological detector."""
 
-    def __init__(self, config: GateConfig, sample_rate_hz: int) -> None:
+    def __init__(
+        self, config: GateConfig, sample_rate_hz: int, silent_bands: SilentBands | None = None
+    ) -> None:
         self.config = config
         self.sample_rate_hz = sample_rate_hz
+        self._silent = silent_bands  # names sound the training recordings lack (edge.domain)
         self._lifecycle = Lifecycle(
             "technical",
             priority_table(config.priorities, config.default_priority),
@@ -241,11 +245,13 @@ class QualityGate:
             on, off = cfg.poor_quality_on_threshold, cfg.poor_quality_off_threshold
             self._poor_model = hysteresis_step(self._poor_model, poor_prob, on, off)
         by_score = judged and not (silence or clipping) and q.score < cfg.poor_score_limit
-        poor_reason = (
-            f"model Poor Quality p={poor_prob:.2f}"
-            if self._poor_model
-            else (f"quality score {q.score:.2f}, limited by {q.limiting_factor}")
-        )
+        if self._poor_model:
+            poor_reason = f"model Poor Quality p={poor_prob:.2f}"
+            note = None if self._silent is None else self._silent.describe(window.features)
+            if note is not None:
+                poor_reason += "; " + note
+        else:
+            poor_reason = f"quality score {q.score:.2f}, limited by {q.limiting_factor}"
         off_body, gap_notice = self._notices_before(window.end_sample)
         gap_reason = gap_notice or f"{window.hop_missing_fraction:.0%} of the hop missing"
         return [

@@ -42,6 +42,7 @@ from edge.detector import (
     FrameDetector,
     FrameGrid,
 )
+from edge.domain import SilentBands
 from edge.errors import ConfigError, LungwatchError
 from edge.events import Event, format_utc, utc_now
 from edge.gate import GateConfig, QualityGate
@@ -125,6 +126,12 @@ class Model:
         self.poor_index = classes.index(POOR_QUALITY) if POOR_QUALITY in classes else None
         self.grid: FrameGrid | None = None
         spec = manifest.feature_spec
+        # the bands the training recordings hold no sound in, from the manifest's flush frame
+        # (the training mean): a model-driven poor_signal names sound there (edge.domain)
+        flush = None if self.streaming is None else self.streaming.flush
+        self.silent_bands = (
+            None if flush is None else SilentBands.of(spec, manifest.kinds, np.asarray(flush))
+        )
         # a chunk missing this many samples restarts a streaming bed's state; shorter losses
         # are concealed in its features (StreamPipeline's conceal_max_samples), not zeros
         self.reset_gap_samples = config.state_reset_gap_ms * spec.sample_rate_hz / MS_PER_S
@@ -173,7 +180,7 @@ class Stream:
             manifest.hop_frames,
             conceal_max_samples=model.conceal_samples,
         )
-        self.gate = QualityGate(model.gate_config, self.rate_hz)
+        self.gate = QualityGate(model.gate_config, self.rate_hz, model.silent_bands)
         self.bed: BedState | None = None
         self.detector: Detector | FrameDetector
         if model.streaming is not None and model.grid is not None:

@@ -23,6 +23,7 @@ __all__ = [
     "FEATURE_KINDS",
     "FeatureSpec",
     "StreamingFrontEnd",
+    "band_centres_hz",
     "extract",
     "lookahead_samples",
     "make_stream",
@@ -53,6 +54,17 @@ def make_stream(spec: FeatureSpec, **kwargs: Any) -> StreamingFrontEnd:
     """A fresh streaming front end for ``spec``."""
     stream: StreamingFrontEnd = _resolve(spec.kind, 1)(spec, **kwargs)
     return stream
+
+
+def band_centres_hz(spec: FeatureSpec) -> np.ndarray:
+    """(n_bands,) centre frequency of each band of ``spec``'s kind, Hz, increasing."""
+    centres: Callable[[FeatureSpec], np.ndarray] = getattr(
+        importlib.import_module(_KINDS[spec.kind][0]), _CENTRES[spec.kind]
+    )
+    return centres(spec)
+
+
+_CENTRES = {"logmel": "mel_centres_hz", "gammatone": "erb_centres_hz", "cwt": "morlet_centres_hz"}
 
 
 def lookahead_samples(spec: FeatureSpec) -> int:

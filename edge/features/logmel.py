@@ -38,12 +38,17 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
+def _mel_edges_hz(spec: FeatureSpec) -> np.ndarray:
+    """The ``n_bands + 2`` triangle edges, equally spaced in mel from fmin to fmax."""
+    return mel_to_hz(
+        np.linspace(hz_to_mel(spec.fmin_hz), hz_to_mel(spec.fmax_hz), spec.n_bands + 2)
+    )
+
+
 @functools.lru_cache(maxsize=8)
 def mel_filterbank(spec: FeatureSpec) -> np.ndarray:
     """(n_bands, n_fft // 2 + 1) triangular mel weights; every band has a nonzero weight."""
-    edges_hz = mel_to_hz(
-        np.linspace(hz_to_mel(spec.fmin_hz), hz_to_mel(spec.fmax_hz), spec.n_bands + 2)
-    )
+    edges_hz = _mel_edges_hz(spec)
     bins_hz = np.arange(spec.n_freqs) * spec.sample_rate_hz / spec.n_fft
     lower, centre, upper = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
     rising = (bins_hz[None, :] - lower) / (centre - lower)
@@ -60,6 +65,14 @@ def mel_filterbank(spec: FeatureSpec) -> np.ndarray:
         )
     weights.setflags(write=False)
     return weights
+
+
+@functools.lru_cache(maxsize=8)
+def mel_centres_hz(spec: FeatureSpec) -> np.ndarray:
+    """(n_bands,) read-only centre frequencies in Hz of :func:`mel_filterbank`'s triangles."""
+    centres = _mel_edges_hz(spec)[1:-1]
+    centres.setflags(write=False)
+    return centres
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,0 +1,90 @@
+"""Sound where the training recordings hold none: a diagnostic for the ``poor_signal`` reason.
+
+    silent = SilentBands.of(spec, kinds, training_mean)  # None: no such bands
+    note = silent.describe(window.features)             # None, or a sentence for the reason
+
+SPRSound's stethoscope records nothing above about 1 kHz: in those bands every training frame
+sits at the front end's log floor (``ln(log_offset)``), so the model has learnt nothing there.
+Another stethoscope puts real sound in them, tens of standard deviations away from anything
+the model saw, and the model calls it Poor Quality (docs/models/sed.md, "One stethoscope").
+The alarm is right, but "model Poor Quality" alone sends a nurse to reposition a chest piece
+that is fine. The gate adds this module's sentence to the reason of a model-driven
+``poor_signal``, so an integrator trying a new device sees what is different.
+
+A band is silent in training when its training mean (the manifest's flush frame, (K, F)) lies
+within :data:`SILENT_MARGIN` of the floor. A window's excess is the mean over those bands and
+its frames of ``features - training_mean``, in dB (features are ``ln`` of band power). Only
+``log`` normalisation has a floor; other specs get no diagnostic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.features import FeatureSpec, band_centres_hz
+
+SILENT_MARGIN = 0.5  # ln units (2.2 dB) above the floor: a band silent in training
+# the window's mean excess over the silent bands that the reason names. SPRSound's own
+# 0.48-s windows: 99th percentile 1.2 dB (validation) and 1.5 dB (intra_test), at or above
+# 6 dB in 1 of 9,254 and 2 of 8,145; ICBHI's (other stethoscopes): median 11 dB, 79 % at or
+# above 6 dB
+EXCESS_DB = 6.0
+DB_PER_LN = 10.0 / math.log(10.0)  # ln(power) units -> dB
+
+
+@dataclass(frozen=True)
+class SilentBands:
+    """The bands silent in training, per kind, and where they begin."""
+
+    mask: np.ndarray  # (K, F) bool: silent in training
+    mean: np.ndarray  # (K, F) float32: the training mean
+    lowest_hz: float  # centre frequency of the lowest silent band
+
+    @classmethod
+    def of(
+        cls, spec: FeatureSpec, kinds: Sequence[str], training_mean: np.ndarray
+    ) -> SilentBands | None:
+        """The silent bands of a model trained with per-band means ``training_mean`` (K, F);
+        None if there are none or the spec has no log floor."""
+        mean = np.asarray(training_mean, np.float32)
+        if mean.shape != (len(kinds), spec.n_bands):
+            raise ValueError(
+                f"training mean must be ({len(kinds)}, {spec.n_bands}), got {mean.shape}"
+            )
+        if spec.normalisation != "log":
+            return None
+        mask = mean <= math.log(spec.log_offset) + SILENT_MARGIN
+        if not mask.any():
+            return None
+        lowest = min(
+            float(band_centres_hz(spec.replace(kind=kind))[mask[k]].min())
+            for k, kind in enumerate(kinds)
+            if mask[k].any()
+        )
+        mask.setflags(write=False)
+        mean.setflags(write=False)
+        return cls(mask, mean, lowest)
+
+    def excess_db(self, features: np.ndarray) -> float:
+        """Mean excess of ``features`` (K, F, T) over the training mean in the silent bands, dB."""
+        x = np.asarray(features, np.float32)
+        if x.ndim != 3 or x.shape[:2] != self.mask.shape or x.shape[2] == 0:
+            raise ValueError(f"features must be {(*self.mask.shape, 'T > 0')}, got {x.shape}")
+        excess = x[self.mask] - self.mean[self.mask][:, None]
+        return float(excess.mean()) * DB_PER_LN
+
+    def describe(self, features: np.ndarray) -> str | None:
+        """A sentence for a ``poor_signal`` reason when the window's sound above
+        :attr:`lowest_hz` exceeds the training recordings' by :data:`EXCESS_DB` or more."""
+        excess = self.excess_db(features)
+        if excess < EXCESS_DB:
+            return None
+        return (
+            f"sound above {self.lowest_hz:.0f} Hz is {excess:.0f} dB over the training "
+            "recordings', which hold none there (another stethoscope or microphone, or "
+            "broadband noise? docs/models/sed.md, One stethoscope)"
+        )
