@@ -3,17 +3,21 @@
     silent = SilentBands.of(spec, kinds, training_mean)  # None: no such bands
     note = silent.describe(window.features)             # None, or a sentence for the reason
 
-SPRSound's stethoscope records nothing above about 1 kHz: in those bands every training frame
-sits at the front end's log floor (``ln(log_offset)``), so the model has learnt nothing there.
-Another stethoscope puts real sound in them, tens of standard deviations away from anything
-the model saw, and the model calls it Poor Quality (docs/models/sed.md, "One stethoscope").
-The alarm is right, but "model Poor Quality" alone sends a nurse to reposition a chest piece
-that is fine. The gate adds this module's sentence to the reason of a model-driven
-``poor_signal``, so an integrator trying a new device sees what is different.
+SPRSound's stethoscope records nothing above about 0.8 kHz: in those bands every training
+frame sits at the front end's log floor (``ln(log_offset)``), so the model has learnt nothing
+there. Another stethoscope puts real sound in them, tens of standard deviations away from
+anything the model saw, and the model calls it Poor Quality (docs/models/sed.md, "One
+stethoscope"). The alarm is right, but "model Poor Quality" alone sends a nurse to reposition
+a chest piece that is fine. When the model's quality output turns on, the gate adds this
+module's sentence to the ``poor_signal`` reason, so an integrator trying a new device sees
+what is different.
 
-A band is silent in training when its training mean (the manifest's flush frame, (K, F)) lies
-within :data:`SILENT_MARGIN` of the floor. A window's excess is the mean over those bands and
-its frames of ``features - training_mean``, in dB (features are ``ln`` of band power). Only
+The silent bands of a kind are the top run of bands whose training mean (the manifest's flush
+frame, (K, F)) lies within :data:`SILENT_MARGIN` of the floor: the band edge of the training
+device. (A floor band below a band with sound, or a kind silent everywhere, says nothing about
+a device's band edge and is not used.) A window's excess is the mean over those bands and its
+frames of ``features - training_mean``, in dB (features are ``ln`` of band power): how far
+above the front end's floor, where the training audio lies, the window's sound is there. Only
 ``log`` normalisation has a floor; other specs get no diagnostic.
 """
 
@@ -40,9 +44,9 @@ DB_PER_LN = 10.0 / math.log(10.0)  # ln(power) units -> dB
 class SilentBands:
     """The bands silent in training, per kind, and where they begin."""
 
-    mask: np.ndarray  # (K, F) bool: silent in training
-    mean: np.ndarray  # (K, F) float32: the training mean
-    lowest_hz: float  # centre frequency of the lowest silent band
+    mask: np.ndarray  # (K, F) bool: silent in training (each kind's top run)
+    mean: np.ndarray  # (K, F) float32: the training mean (a read-only copy)
+    lowest_hz: float  # centre frequency of the lowest silent band over the kinds
 
     @classmethod
     def of(
@@ -50,14 +54,19 @@ class SilentBands:
     ) -> SilentBands | None:
         """The silent bands of a model trained with per-band means ``training_mean`` (K, F);
         None if there are none or the spec has no log floor."""
-        mean = np.asarray(training_mean, np.float32)
+        mean = np.array(training_mean, dtype=np.float32)  # a copy: made read-only below
         if mean.shape != (len(kinds), spec.n_bands):
             raise ValueError(
                 f"training mean must be ({len(kinds)}, {spec.n_bands}), got {mean.shape}"
             )
         if spec.normalisation != "log":
             return None
-        mask = mean <= math.log(spec.log_offset) + SILENT_MARGIN
+        floor = mean <= math.log(spec.log_offset) + SILENT_MARGIN
+        mask = np.zeros_like(floor)
+        for k in range(len(kinds)):
+            sound = np.flatnonzero(~floor[k])
+            if sound.size:  # the bands above the highest band with sound
+                mask[k, sound[-1] + 1 :] = True
         if not mask.any():
             return None
         lowest = min(
@@ -73,18 +82,19 @@ class SilentBands:
         """Mean excess of ``features`` (K, F, T) over the training mean in the silent bands, dB."""
         x = np.asarray(features, np.float32)
         if x.ndim != 3 or x.shape[:2] != self.mask.shape or x.shape[2] == 0:
-            raise ValueError(f"features must be {(*self.mask.shape, 'T > 0')}, got {x.shape}")
+            k, f = self.mask.shape
+            raise ValueError(f"features must be ({k}, {f}, T) with T > 0, got {x.shape}")
         excess = x[self.mask] - self.mean[self.mask][:, None]
         return float(excess.mean()) * DB_PER_LN
 
     def describe(self, features: np.ndarray) -> str | None:
         """A sentence for a ``poor_signal`` reason when the window's sound above
-        :attr:`lowest_hz` exceeds the training recordings' by :data:`EXCESS_DB` or more."""
+        :attr:`lowest_hz` lies :data:`EXCESS_DB` or more above the training audio's floor."""
         excess = self.excess_db(features)
         if excess < EXCESS_DB:
             return None
         return (
-            f"sound above {self.lowest_hz:.0f} Hz is {excess:.0f} dB over the training "
-            "recordings', which hold none there (another stethoscope or microphone, or "
-            "broadband noise? docs/models/sed.md, One stethoscope)"
+            f"sound above {self.lowest_hz:.0f} Hz, {excess:.0f} dB above the floor where the "
+            "training recordings hold none (another stethoscope or microphone, or broadband "
+            "noise? docs/models/sed.md, One stethoscope)"
         )

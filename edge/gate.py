@@ -19,7 +19,9 @@ lifecycle as physiological events; spans are the hops in which the condition hel
 
 ================  ===========================================================================
 poor_signal       quality score < ``poor_score_limit`` (not explained by silence or clipping),
-                  or the model's Poor Quality probability (hysteresis, on/off thresholds)
+                  or the model's Poor Quality probability (hysteresis, on/off thresholds);
+                  given the model's silent bands (:mod:`edge.domain`), the reason names
+                  sound there in the window where the probability turns the condition on
 off_body          a ``device_status`` notice with ``off_body: true`` (until one with false)
 clipping          clipped fraction of the hop >= ``clipping_fraction_limit``
 silence           hop level <= ``silence_dbfs`` (hops mostly missing are not judged)
@@ -148,7 +150,7 @@ class QualityGate:
     ) -> None:
         self.config = config
         self.sample_rate_hz = sample_rate_hz
-        self._silent = silent_bands  # names sound the training recordings lack (edge.domain)
+        self.silent_bands = silent_bands  # names sound the training recordings lack (edge.domain)
         self._lifecycle = Lifecycle(
             "technical",
             priority_table(config.priorities, config.default_priority),
@@ -241,15 +243,18 @@ class QualityGate:
         judged = window.hop_missing_fraction <= MOSTLY_MISSING
         silence = judged and q.rms_dbfs <= cfg.silence_dbfs
         clipping = q.clipping_fraction >= cfg.clipping_fraction_limit
+        was_poor = self._poor_model
         if poor_prob is not None:
             on, off = cfg.poor_quality_on_threshold, cfg.poor_quality_off_threshold
             self._poor_model = hysteresis_step(self._poor_model, poor_prob, on, off)
         by_score = judged and not (silence or clipping) and q.score < cfg.poor_score_limit
         if self._poor_model:
             poor_reason = f"model Poor Quality p={poor_prob:.2f}"
-            note = None if self._silent is None else self._silent.describe(window.features)
-            if note is not None:
-                poor_reason += "; " + note
+            # an event's reason is its first window's: the note is looked for only there
+            if self.silent_bands is not None and not was_poor:
+                note = self.silent_bands.describe(window.features)
+                if note is not None:
+                    poor_reason += "; " + note
         else:
             poor_reason = f"quality score {q.score:.2f}, limited by {q.limiting_factor}"
         off_body, gap_notice = self._notices_before(window.end_sample)

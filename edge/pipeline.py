@@ -151,7 +151,7 @@ class StreamPipeline:
         self.missing_samples = 0
         self._concealed: list[tuple[int, int]] = []  # short losses, stream samples [a, b)
         self.invalid_samples = 0
-        self._flagged_until = 0  # stream index just past the last missing or invalid sample
+        self._flagged_until = 0  # no missing or NaN/Inf sample at or after this stream index
         self.overlap_samples_dropped = 0
         self.windows_emitted = 0
 

@@ -33,7 +33,7 @@ BACKEND_KINDS: tuple[str, ...] = ("onnxruntime", "tensorrt")
 PROVIDERS: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 MAX_BATCH_LIMIT = 4096
-DEFAULT_MAX_BATCH = 8  # windows per call: the cheapest per window on ORT CPU (see max_batch)
+DEFAULT_MAX_BATCH = 8  # windows per call on ORT CPU (see max_batch)
 
 __all__ = [
     "BACKEND_KINDS",

@@ -31,11 +31,11 @@ __all__ = [
     "require_same_spec",
 ]
 
-# kind -> (module, batch function, streaming class)
-_KINDS: dict[str, tuple[str, str, str]] = {
-    "logmel": ("edge.features.logmel", "logmel", "LogMelStream"),
-    "gammatone": ("edge.features.gammatone", "gammatone", "GammatoneStream"),
-    "cwt": ("edge.features.cwt", "cwt", "CwtStream"),
+# kind -> (module, batch function, streaming class, band centres in Hz)
+_KINDS: dict[str, tuple[str, str, str, str]] = {
+    "logmel": ("edge.features.logmel", "logmel", "LogMelStream", "mel_centres_hz"),
+    "gammatone": ("edge.features.gammatone", "gammatone", "GammatoneStream", "erb_centres_hz"),
+    "cwt": ("edge.features.cwt", "cwt", "CwtStream", "morlet_centres_hz"),
 }
 
 
@@ -58,13 +58,8 @@ def make_stream(spec: FeatureSpec, **kwargs: Any) -> StreamingFrontEnd:
 
 def band_centres_hz(spec: FeatureSpec) -> np.ndarray:
     """(n_bands,) centre frequency of each band of ``spec``'s kind, Hz, increasing."""
-    centres: Callable[[FeatureSpec], np.ndarray] = getattr(
-        importlib.import_module(_KINDS[spec.kind][0]), _CENTRES[spec.kind]
-    )
-    return centres(spec)
-
-
-_CENTRES = {"logmel": "mel_centres_hz", "gammatone": "erb_centres_hz", "cwt": "morlet_centres_hz"}
+    centres: Callable[[FeatureSpec], np.ndarray] = _resolve(spec.kind, 2)
+    return np.asarray(centres(spec))
 
 
 def lookahead_samples(spec: FeatureSpec) -> int:

@@ -11,16 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from scipy.signal import butter, sosfilt
 
 from edge.datapaths import icbhi_root
 from edge.domain import DB_PER_LN, EXCESS_DB, SilentBands
 from edge.features import FeatureSpec, band_centres_hz, extract
 from edge.gate import GateConfig, QualityGate
-from edge.manifest import load_manifest
 from edge.pipeline import StreamPipeline
+from edge.runtime import Stream, open_model
+from edge.runtime_config import open_stream_source
 from edge.sources.base import SourceChunk
-from tests.edge.runtime_helpers import record_path
+from tests.edge.runtime_helpers import build, config_mapping, record_path, stream
 
 SPEC = FeatureSpec(n_bands=32)
 FLOOR = math.log(SPEC.log_offset)
@@ -63,6 +65,20 @@ def test_excess_is_the_mean_over_silent_bands_in_db() -> None:
     assert NOTE in note
     assert "9 dB" in note
     assert f"above {bands.lowest_hz:.0f} Hz" in note
+
+
+def test_only_the_top_run_of_floor_bands_is_silent_and_the_input_is_not_touched() -> None:
+    mean = training_mean(20)
+    mean[0, 0] = FLOOR  # a floor band below bands with sound: not the device's band edge
+    mean[0, 19] = FLOOR + 0.6  # just outside the margin: a band with sound
+    bands = SilentBands.of(SPEC, ("logmel",), mean)
+    assert bands is not None
+    assert np.flatnonzero(bands.mask[0]).tolist() == list(range(20, 32))
+    assert bands.lowest_hz == pytest.approx(band_centres_hz(SPEC)[20])
+    assert mean.flags.writeable  # the caller's array stays the caller's
+    mean[0, 25] = 0.0
+    assert bands.mean[0, 25] == pytest.approx(FLOOR)
+    assert SilentBands.of(SPEC, ("logmel",), np.full((1, 32), FLOOR, np.float32)) is None
 
 
 def test_no_bands_no_floor_or_a_wrong_shape() -> None:
@@ -121,14 +137,20 @@ def test_a_model_poor_signal_names_sound_the_training_audio_lacks() -> None:
     assert NOTE not in without[0]
 
 
-def test_the_shipped_models_silent_bands_begin_below_1_khz() -> None:
-    manifest = load_manifest(SHIPPED / "manifest.json")
-    assert manifest.streaming is not None
-    assert manifest.streaming.flush is not None
-    bands = SilentBands.of(
-        manifest.feature_spec, manifest.kinds, np.asarray(manifest.streaming.flush)
-    )
-    assert bands is not None
+def test_the_runtime_gives_the_shipped_models_silent_bands_to_each_gate(tmp_path: Path) -> None:
+    """open_model derives the bands from the manifest's flush frame (SPRSound: nothing above
+    about 0.8 kHz) and every stream's gate gets them."""
+    wav = tmp_path / "quiet.wav"
+    sf.write(wav, lowpassed(1.0, 0), SPEC.sample_rate_hz)
+    config = build(config_mapping(tmp_path, [stream("b1", wav, realtime=False)]))
+    model = open_model(config)
+    try:
+        bands = model.silent_bands
+        assert bands is not None
+        source = open_stream_source(config.streams[0], SPEC.sample_rate_hz)
+        assert Stream(config.streams[0], source, model).gate.silent_bands is bands
+    finally:
+        model.backend.close()
     assert 600 < bands.lowest_hz < 1000
     assert 30 <= int(bands.mask.sum()) <= 50  # SPRSound: nothing above about 0.8 kHz
 

@@ -186,14 +186,17 @@ def test_nan_and_inf_are_counted_and_replaced_by_zeros() -> None:
     assert sum(w.invalid_samples for w in windows) == 3  # each hop counted once
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    ("seed", "window_frames", "hop_frames"), [(0, 60, 25), (1, 60, 25), (2, 10, 40)]
+)
 def test_missing_and_invalid_counts_match_the_whole_stream_after_many_buffer_shifts(
-    seed: int,
+    seed: int, window_frames: int, hop_frames: int
 ) -> None:
     """Every window's missing and NaN/Inf counts equal a count over the whole stream's flags,
     on a long stream (the audio buffer shifts many times) with gaps, missing chunks and
     NaN/Inf samples scattered between long clean stretches: clean windows skip the counting,
-    so this also checks that no flagged sample is forgotten when they do."""
+    so this also checks that no flagged sample is forgotten when they do. Windows flushed at
+    the end and hops longer than the window (quality span before the window) included."""
     rng = np.random.default_rng(seed)
     x = signal(30.0, seed)
     n = x.shape[0]
@@ -216,9 +219,12 @@ def test_missing_and_invalid_counts_match_the_whole_stream_after_many_buffer_shi
                 state[start + bad] = 2
             chunks.append(SourceChunk(piece, start))
         start = end
-    pipeline = StreamPipeline(SPEC, ("logmel",), WINDOW_FRAMES, HOP_FRAMES)
+    pipeline = StreamPipeline(SPEC, ("logmel",), window_frames, hop_frames)
     windows = run(pipeline, chunks)
-    assert len(windows) > 100
+    flushed = pipeline.flush(np.zeros((1, SPEC.n_bands)), pipeline.frames_complete + 30)
+    assert flushed
+    windows += flushed
+    assert len(windows) > 50
     assert any(w.hop_missing_fraction == 0 and w.invalid_samples == 0 for w in windows)
     assert any(w.invalid_samples > 0 for w in windows)
     for w in windows:
