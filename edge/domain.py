@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.features import FeatureSpec, band_centres_hz
+from edge.features import FeatureSpec, band_centres_hz, silence_value
 
 SILENT_MARGIN = 0.5  # ln units (2.2 dB) above the floor: a band silent in training
 # the window's mean excess over the silent bands that the reason names. SPRSound's own
@@ -61,7 +61,7 @@ class SilentBands:
             )
         if spec.normalisation != "log":
             return None
-        floor = mean <= math.log(spec.log_offset) + SILENT_MARGIN
+        floor = mean <= silence_value(spec) + SILENT_MARGIN
         mask = np.zeros_like(floor)
         for k in range(len(kinds)):
             sound = np.flatnonzero(~floor[k])

@@ -37,7 +37,14 @@ import numpy as np
 import soundfile as sf
 
 from edge.audio import read_audio
-from edge.features import FEATURE_KINDS, FeatureSpec, extract, lookahead_samples, n_frames
+from edge.features import (
+    FEATURE_KINDS,
+    FeatureSpec,
+    extract,
+    lookahead_samples,
+    n_frames,
+    silence_value,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -94,11 +101,6 @@ def default_quality_fn() -> QualityFn:
             "edge.quality.quality_score is unavailable; pass quality_fn= or compute_quality=False"
         ) from exc
     return quality_score
-
-
-def silence_value(spec: FeatureSpec) -> float:
-    """The feature value of digital silence: ``ln(log_offset)`` (log) or ``0`` (power)."""
-    return math.log(spec.log_offset) if spec.normalisation == "log" else 0.0
 
 
 def crop(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.features.base import StreamingFrontEnd
+from edge.features.base import StreamingFrontEnd, silence_value
 from edge.features.spec import FEATURE_KINDS, FeatureSpec, n_frames, require_same_spec
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "make_stream",
     "n_frames",
     "require_same_spec",
+    "silence_value",
 ]
 
 # kind -> (module, batch function, streaming class, band centres in Hz)

@@ -12,6 +12,7 @@ state (the gammatone filters) until ``reset()``; the runtime's quality gate watc
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,11 @@ def normalise(power: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     if spec.normalisation == "log":
         return np.log(power + spec.log_offset).astype(np.float32)
     return power.astype(np.float32)
+
+
+def silence_value(spec: FeatureSpec) -> float:
+    """The feature value of digital silence: ``ln(log_offset)`` (log) or ``0`` (power)."""
+    return math.log(spec.log_offset) if spec.normalisation == "log" else 0.0
 
 
 def as_signal(samples: np.ndarray, source: str = "chunk") -> np.ndarray:
