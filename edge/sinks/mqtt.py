@@ -11,9 +11,11 @@ next sink on the same file hands the whole backlog to paho again, oldest first.
 
 Reconnects: paho's network thread retries with exponential backoff (``backoff_min_s``
 doubling up to ``backoff_max_s``). Messages handed to paho and not yet acknowledged are sent
-again on the new connection, in order, byte for byte (same event ``id``), then the sender
-goes on with the rest of the spool. QoS 1 is at-least-once: a message whose PUBACK was lost
-arrives twice, with the same ``id``, and consumers deduplicate on it.
+again on the new connection, in order, byte for byte (same event ``id``); the sender goes
+on with the rest of the spool once those are acknowledged (paho sends them only after
+``on_connect`` returns, so a newer event handed at once could overtake them). QoS 1 is
+at-least-once: a message whose PUBACK was lost arrives twice, with the same ``id``, and
+consumers deduplicate on it.
 
 Status: ``online`` (retained, QoS 1) on every connect; the last will is a retained
 ``offline``; :meth:`MqttSink.close` flushes (up to ``flush_timeout_s``), publishes a retained
@@ -111,6 +113,8 @@ class MqttSink:
         self._acks: deque[int] = deque()  # mids from on_publish, matched by the sender
         self._mids: dict[int, int] = {}  # mid -> seq, touched by the sender thread only
         self._cursor = 0  # highest seq handed to paho
+        self._connects_seen = 0  # the connects the sender has reacted to
+        self._held: set[int] = set()  # mids handed before the latest connect, unacknowledged
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._connack = threading.Event()
@@ -372,8 +376,10 @@ class MqttSink:
         Only while connected: offline, the spool alone holds new events (so its bound is the
         bound), and paho holds only what it had sent when the connection dropped.
         """
+        if not self._connected.is_set() or self._replaying():
+            return
         room = min(self.config.max_queued - len(self._mids), PUMP_BATCH)
-        if room <= 0 or not self._connected.is_set():
+        if room <= 0:
             return
         for seq, payload in self._spool.pending(room, after_seq=self._cursor):
             topic = _topic_of(payload)
@@ -387,6 +393,22 @@ class MqttSink:
                     return
                 self._mids[info.mid] = seq
             self._cursor = seq
+
+    def _replaying(self) -> bool:
+        """True while messages handed before the latest connect await their PUBACK.
+
+        paho sends those again only after ``on_connect`` returns, and ``on_connect`` wakes
+        this thread: a newer event handed now could reach the wire first. So after each
+        connect the sender hands nothing new until the older ones are acknowledged (one
+        round trip), which keeps the backlog in ``seq`` order across reconnects.
+        """
+        connects = self._counts["connects"]  # read after _connected: on_connect counts first
+        if connects != self._connects_seen:
+            self._connects_seen = connects
+            self._held = set(self._mids)
+        if self._held:
+            self._held.intersection_update(self._mids)  # acknowledged mids leave _mids
+        return bool(self._held)
 
     def _wake(self) -> None:
         with self._cond:

@@ -14,8 +14,9 @@ import io
 import json
 import logging
 import signal
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,51 @@ def test_broker_killed_and_restarted_while_publishing(tmp_path: Path, mosquitto:
     assert set(delivered) == {e.id for e in events}, "every event, and only produced ones"
     first_seen = list(dict.fromkeys(delivered))
     assert first_seen == [e.id for e in events], "the backlog is replayed in order"
+
+
+def test_a_reconnect_sends_the_held_backlog_before_newer_events(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """paho sends its unacknowledged messages again only after ``on_connect`` returns; a
+    sender woken by ``on_connect`` must not slip newer events ahead of them. The sleep holds
+    paho's network thread at the point where a busy machine may deschedule it (seen once in
+    CI as a backlog replayed out of order)."""
+    events = make_events(120, site=SITE, device_id=DEVICE)
+    recorder = Recorder(mosquitto.port, qos=0).connect()  # QoS 0: see the kill test above
+    sink = MqttSink(mqtt_config(tmp_path, mosquitto.port)).connect()
+    client = sink._client
+    on_connect = client.on_connect
+
+    def descheduled_on_connect(*args: Any) -> None:
+        on_connect(*args)
+        time.sleep(0.3)
+
+    client.on_connect = descheduled_on_connect
+    try:
+        mosquitto.pause()  # the first half goes to paho and is never acknowledged
+        sink.publish_many(events[:60])
+        assert wait_until(lambda: sink.stats()["handed"] == 60, 10.0)
+        mosquitto.kill()
+        assert wait_until(lambda: not sink.connected, 10.0)
+        sink.publish_many(events[60:])  # spooled only: the sender waits for a connection
+        mosquitto.start()
+        recorder.connect()  # before paho's 1-s reconnect delay
+        assert sink.flush(20.0)
+        assert wait_ids(recorder, {e.id for e in events})
+    finally:
+        sink.close()
+        recorder.disconnect()
+    first_seen = list(dict.fromkeys(recorder.event_ids()))
+    assert first_seen == [e.id for e in events], "what paho held goes out before the rest"
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline_s = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline_s:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @pytest.mark.parametrize("broker_state", ["absent", "paused"])
