@@ -4,7 +4,8 @@ on real audio with the state each chunk really carries.
     python -m export.quantize_streaming --model models/sed/model.onnx \\
         --out models/sed/model.int8.onnx --calib-dir ../shared/data/sprsound/train \\
         [--max-files 200] [--max-chunks 512] [--seed 0] \\
-        [--method percentile|minmax|entropy] [--percentile 99.99] [--activations qint8|quint8]
+        [--method percentile|minmax|entropy] [--percentile 99.99] [--activations qint8|quint8] \\
+        [--exclude NODE ...]
 
 Format, as the window model's quantizer (:mod:`export.quantize`): QuantizeLinear /
 DequantizeLinear pairs in the standard ONNX domain around Conv (and MatMul / Gemm where the
@@ -16,6 +17,11 @@ activations instead (ONNX Runtime CPU's other format), for a CPU-only deployment
 refuses its zero points, so the opcheck's zero-point finding is the one allowed and the record
 says ``tensorrt_compatible: false``. With the Q/DQ placement below both run at the same speed on
 ONNX Runtime CPU (bench/export.py); without it int8 ran at half uint8's speed.
+
+``--exclude NODE`` (repeatable) keeps a Conv / MatMul / Gemm of the FP32 graph in float, by
+its node name (``/model/head/Conv``: the output layer); a name the graph lacks is an error.
+On the shipped model neither the head nor the last block kept in float made the quality
+output track FP32 closer (docs/models/sed.md), so the shipped INT8 file quantizes every one.
 
 Q/DQ placement (:func:`tidy_qdq`, after onnxruntime's quantizer): onnxruntime quantizes a tensor
 once for all its readers, so the cache slices that become ``state_out`` would carry rounded
@@ -573,6 +579,7 @@ def quantize_streaming(
                 got = chunk[name].shape if name in chunk else "nothing"
                 raise StreamingQuantizeError(f"chunk {i}: {name} {got}, expected (n, *{shape})")
     check_out(fp32_model, out)
+    check_excluded(fp32_model, nodes_to_exclude)
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=out.parent) as work_dir:
         work = Path(work_dir)
         quantized = work / out.name
@@ -614,6 +621,24 @@ def quantize_streaming(
         "tensorrt_compatible": activations == "qint8",
         "fp32_agreement": agreement,
     }
+
+
+def check_excluded(fp32_model: Path, names: Sequence[str]) -> None:
+    """Every name in ``names`` must be a node the quantizer would quantize (onnxruntime
+    ignores an unknown name, so a typo would quantize the layer one meant to keep)."""
+    if not names:
+        return
+    import onnx
+
+    graph = onnx.load(str(fp32_model), load_external_data=False).graph
+    quantizable = [n.name for n in graph.node if n.op_type in QUANTIZED_OPS]
+    unknown = [name for name in names if name not in quantizable]
+    if unknown:
+        shown = ", ".join(quantizable[:3] + ["…"] * (len(quantizable) > 3))
+        raise StreamingQuantizeError(
+            f"--exclude {unknown[0]}: no {'/'.join(QUANTIZED_OPS)} node of that name in "
+            f"{fp32_model.name} ({len(quantizable)} there: {shown})"
+        )
 
 
 def check_out(fp32_model: Path, out: Path) -> None:
@@ -713,6 +738,10 @@ def main(argv: list[str] | None = None) -> int:
         "--percentile", type=float, default=DEFAULT_PERCENTILE, help="of |x|, --method percentile"
     )
     parser.add_argument("--activations", choices=ACTIVATIONS, default=DEFAULT_ACTIVATIONS)
+    parser.add_argument(
+        "--exclude", action="append", default=[], metavar="NODE",
+        help="an ONNX node name kept in float (repeatable), e.g. /model/head/Conv",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.max_chunks < 1:
@@ -730,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model, args.out, chunks, method=args.method, percentile=args.percentile,
             activations=args.activations,
             seed=args.seed, agreement_recordings=recordings[:AGREEMENT_RECORDINGS],
-            lookahead_frames=info.lookahead_frames,
+            lookahead_frames=info.lookahead_frames, nodes_to_exclude=args.exclude,
         )  # fmt: skip
     except LungwatchError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

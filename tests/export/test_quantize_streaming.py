@@ -172,6 +172,32 @@ def test_graph_is_qdq_for_tensorrt_and_the_state_path_reads_float(
     assert len(record["tensor_sha256"]) == 64
 
 
+def weight_is_quantized(path: Path, node_name: str) -> bool:
+    """Whether the named node reads its weight through a DequantizeLinear."""
+    graph = onnx.load(str(path)).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    (node,) = [n for n in graph.node if n.name == node_name]
+    return made_by.get(node.input[1]) == "DequantizeLinear"
+
+
+def test_an_excluded_node_stays_float(
+    fp32: Path, quantized: tuple[Path, dict], tmp_path: Path
+) -> None:
+    head = "/model/head/Conv"
+    assert weight_is_quantized(quantized[0], head)  # quantized by default
+    chunks = calibration_chunks(fp32, recordings(seed=1), max_chunks=16, seed=0)
+    out = tmp_path / "model.int8.onnx"
+    record = quantize_streaming(fp32, out, chunks, nodes_to_exclude=[head])
+    assert record["nodes_excluded"] == [head]
+    assert not weight_is_quantized(out, head)
+    assert weight_is_quantized(out, "/model/layers.1/project/project.0/Conv")
+    with pytest.raises(StreamingQuantizeError, match="--exclude /model/hed/Conv: no Conv"):
+        quantize_streaming(
+            fp32, tmp_path / "typo.onnx", chunks, nodes_to_exclude=["/model/hed/Conv"]
+        )
+    assert not (tmp_path / "typo.onnx").exists()
+
+
 def test_bad_calibration_fails_the_bounds(fp32: Path, tmp_path: Path) -> None:
     # a flat signal at the bands' mean level: every activation range comes out far too small
     level = np.concatenate(recordings(seed=1), axis=2).mean(axis=2, keepdims=True)
