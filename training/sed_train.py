@@ -42,7 +42,7 @@ from training.recordings import (
     whole_example,
 )
 from training.scoring import score_detection
-from training.targets import OUTPUTS
+from training.targets import BREATH_INDEX, OUTPUTS
 
 ALL_KINDS = FEATURE_KINDS
 
@@ -80,6 +80,10 @@ class Proto:
     cutmix_frames: int = 50
     std_floor: float = 0.0  # per-band input std is at least this (log units)
     gain_db: float = 0.0  # random gain of each example, uniform in +-gain_db (power)
+    # > 0: a phase loss beside the frame loss, this weight: each annotated phase's class
+    # probabilities averaged over its frames (what the detector's phase mode judges) against
+    # the phase's labels
+    phase_weight: float = 0.0
     # > 0: the ICBHI train recordings (cycle labels, training.targets.cycle_targets) join the
     # training set, their frame weights scaled by this; validation stays SPRSound only
     icbhi_weight: float = 0.0
@@ -273,6 +277,46 @@ def frame_loss(
         soft_loss = (soft * m).sum() / (m.sum() * logits.shape[1]).clamp_min(1.0)
         loss = (1 - distill_weight) * loss + distill_weight * soft_loss
     return loss
+
+
+def phase_segments(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    """Segment ids (B * N,), -1 outside, of the batch's annotated phases: maximal runs of real
+    frames with the Breath target on and one class-target vector; and each segment's class
+    targets (S, C)."""
+    n_classes = BREATH_INDEX
+    b, _, n = batch.targets.shape
+    ids = np.full((b, n), -1, dtype=np.int64)
+    labels: list[np.ndarray] = []
+    for i in range(b):
+        inside = (batch.targets[i, BREATH_INDEX] > 0.5) & (batch.mask[i] > 0)
+        classes = batch.targets[i, :n_classes]
+        t = 0
+        while t < n:
+            if not inside[t]:
+                t += 1
+                continue
+            start = t
+            while t < n and inside[t] and np.array_equal(classes[:, t], classes[:, start]):
+                t += 1
+            ids[i, start:t] = len(labels)
+            labels.append(classes[:, start])
+    return ids.reshape(-1), np.asarray(labels, np.float32).reshape(-1, n_classes)
+
+
+def phase_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """BCE of each annotated phase's mean class probability against its labels (mean over
+    phases; 0 when the batch has none)."""
+    ids, labels = phase_segments(batch)
+    if labels.shape[0] == 0:
+        return logits.sum() * 0.0
+    n_classes = labels.shape[1]
+    probs = torch.sigmoid(logits[:, :n_classes]).permute(0, 2, 1).reshape(-1, n_classes)
+    keep = torch.from_numpy(ids >= 0)
+    index = torch.from_numpy(ids[ids >= 0])
+    sums = torch.zeros(labels.shape[0], n_classes).index_add(0, index, probs[keep])
+    counts = torch.zeros(labels.shape[0]).index_add(0, index, torch.ones(index.shape[0]))
+    pooled = (sums / counts[:, None]).clamp(1e-6, 1 - 1e-6)
+    return F.binary_cross_entropy(pooled, torch.from_numpy(labels))
 
 
 def input_stats(recs: list[Recording]) -> tuple[np.ndarray, np.ndarray]:
@@ -510,6 +554,8 @@ def main(cfg: Proto) -> dict:
             x = torch.from_numpy(bt.features)
             logits, rec_logits = model.forward_train(x, bt.n_frames, torch.from_numpy(bt.mask))
             loss = frame_loss(logits, bt, cfg.distill_weight, pos_w, out_w)
+            if cfg.phase_weight > 0:
+                loss = loss + cfg.phase_weight * phase_loss(logits, bt)
             if rec_logits is not None:
                 loss = loss + cfg.record_weight * F.binary_cross_entropy_with_logits(
                     rec_logits, torch.from_numpy(bt.record_targets)
