@@ -16,7 +16,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from tests.edge.brokers import (
     open_gate,
     start_publisher,
 )
+from tests.edge.browser import wait_until
 
 SITE, DEVICE = "ward-3", "dev-1"
 STATUS = f"lungwatch/v1/{SITE}/{DEVICE}/status"
@@ -179,9 +180,9 @@ def test_a_reconnect_sends_the_held_backlog_before_newer_events(
     try:
         mosquitto.pause()  # the first half goes to paho and is never acknowledged
         sink.publish_many(events[:60])
-        assert wait_until(lambda: sink.stats()["handed"] == 60, 10.0)
+        wait_until(lambda: sink.stats()["handed"] == 60, 10.0, "60 events handed to paho")
         mosquitto.kill()
-        assert wait_until(lambda: not sink.connected, 10.0)
+        wait_until(lambda: not sink.connected, 10.0, "the sink to see the broker gone")
         sink.publish_many(events[60:])  # spooled only: the sender waits for a connection
         mosquitto.start()
         recorder.connect()  # before paho's 1-s reconnect delay
@@ -192,15 +193,6 @@ def test_a_reconnect_sends_the_held_backlog_before_newer_events(
         recorder.disconnect()
     first_seen = list(dict.fromkeys(recorder.event_ids()))
     assert first_seen == [e.id for e in events], "what paho held goes out before the rest"
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline_s = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline_s:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.mark.parametrize("broker_state", ["absent", "paused"])
