@@ -283,24 +283,13 @@ def phase_segments(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """Segment ids (B * N,), -1 outside, of the batch's annotated phases: maximal runs of real
     frames with the Breath target on and one class-target vector; and each segment's class
     targets (S, C)."""
-    n_classes = BREATH_INDEX
-    b, _, n = batch.targets.shape
-    ids = np.full((b, n), -1, dtype=np.int64)
-    labels: list[np.ndarray] = []
-    for i in range(b):
-        inside = (batch.targets[i, BREATH_INDEX] > 0.5) & (batch.mask[i] > 0)
-        classes = batch.targets[i, :n_classes]
-        t = 0
-        while t < n:
-            if not inside[t]:
-                t += 1
-                continue
-            start = t
-            while t < n and inside[t] and np.array_equal(classes[:, t], classes[:, start]):
-                t += 1
-            ids[i, start:t] = len(labels)
-            labels.append(classes[:, start])
-    return ids.reshape(-1), np.asarray(labels, np.float32).reshape(-1, n_classes)
+    classes = batch.targets[:, :BREATH_INDEX]  # (B, C, N)
+    inside = (batch.targets[:, BREATH_INDEX] > 0.5) & (batch.mask > 0)  # (B, N)
+    starts = inside.copy()  # a phase starts where inside begins or the class vector changes
+    starts[:, 1:] &= ~inside[:, :-1] | (classes[:, :, 1:] != classes[:, :, :-1]).any(axis=1)
+    ids = np.where(inside, np.cumsum(starts.reshape(-1)).reshape(inside.shape) - 1, -1)
+    rows, frames = np.nonzero(starts)  # row-major: the order of the ids
+    return ids.reshape(-1), classes[rows, :, frames].astype(np.float32)
 
 
 def phase_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
