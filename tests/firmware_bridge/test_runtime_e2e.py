@@ -65,7 +65,7 @@ from tests.edge.runtime_helpers import (
 from tests.firmware_bridge.helpers import Background, free_port
 
 ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"
-RECORD = FOUND  # 15.4 s, 8 annotated fine crackles, 9 findings with the shipped model
+RECORD = FOUND  # 15.4 s, 8 annotated fine crackles, 11 findings with the shipped model
 SPEED = 20.0  # x real time (see the module doc)
 METRICS_INTERVAL_S = 0.2
 TIMEOUT_S = 20.0
@@ -250,16 +250,19 @@ def test_lossy_reordered_bridge_keeps_the_timeline(
       last hop is inside its span; a gap after the last window is reported when the stream
       ends), each containing a gap (gaps less than ``clear_after_ms`` apart continue one
       event);
-    - findings that overlap no lost frame match file-source findings (same type, boundaries
-      within one hop); and so do most file-source findings, the ones near gaps included.
+    - every finding overlaps a file-source finding of its type (none invented), at least
+      80 % of them match one (boundaries within one hop), and so do most file-source findings.
+      A gap lies within 0.4 s (the model's look-ahead) of almost every finding at 5 % loss,
+      so no finding is untouched by lost audio: an end may move by a breath phase.
       Measured (seed 7): 29 of 500 frames lost, all audio (26 gaps, 7424 samples), 13
       reordered; 43 notices (17 device info / status + 26 signal_gap); one signal_gap event,
       0 to 122880 (the first gap, 256 to 512, is before the first window's last hop; the last,
-      122624 to 122880, after the last window); with the streaming model, 9 findings (4 clear
-      of gaps) against the file source's 9. Each lost datagram is shorter than
-      ``state_reset_gap_ms``, so the bed's model state carries on over feature frames held
-      across the loss (edge.pipeline); a reset at every loss left none of the 9, zeros
-      without a reset 2.
+      122624 to 122880, after the last window); with the streaming model (phase loss), 10
+      findings, 9 within a hop of the file source's 11 (one phase ended 0.52 s early, a lost
+      frame 0.34 s after it, inside its look-ahead), 10 of the 11 reproduced. Each lost
+      datagram is shorter than ``state_reset_gap_ms``, so the bed's model state carries on
+      over feature frames held across the loss (edge.pipeline); with the model before, a
+      reset at every loss left none of its 9 findings, zeros without a reset 2.
     """
     path, lossy = record_path(RECORD), Impairments(loss=LOSS, reorder=REORDER, seed=SEED)
     expected = replay_channel(path, lossy)
@@ -281,14 +284,16 @@ def test_lossy_reordered_bridge_keeps_the_timeline(
         assert covered, (gap, gap_events)
 
     reference, findings = _physiological(file_events), _physiological(run.events)
-    clear = [
-        f for f in findings if not any(g.start < f[2] and f[1] < g.stop for g in expected.gaps)
+    invented = [
+        f for f in findings if not any(k == f[0] and s < f[2] and f[1] < e for k, s, e in reference)
     ]
+    matched = [f for f in findings if near(f, reference, hop)]
     print(
         f"lost {run.device['lost']} frames in {len(expected.gaps)} gaps; {len(findings)} findings"
-        f" ({len(clear)} clear of gaps) vs {len(reference)} from the file source"
+        f" ({len(matched)} within a hop of one) vs {len(reference)} from the file source"
     )
-    assert len(clear) >= 2, (findings, expected.gaps)
-    assert all(near(f, reference, hop) for f in clear), (clear, reference)
+    assert findings, reference
+    assert not invented, (invented, reference)
+    assert len(matched) >= 0.8 * len(findings), (findings, reference)
     reproduced = [f for f in reference if near(f, findings, hop)]
     assert len(reproduced) >= 0.6 * len(reference), (findings, reference)
