@@ -1,7 +1,7 @@
 """Export a frame-level (SedNet) checkpoint as a streaming model folder (manifest schema 2).
 
     python -m export.streaming_model --checkpoint out/proto/base/best.pt --out models/sed \\
-        --name sed-base [--chunk-frames 12] [--detector fitted.json] [--opset 17]
+        --name sed-phase [--chunk-frames 12] [--detector fitted.json] [--opset 17]
 
 Writes, in ``--out``: ``model.pt`` (the checkpoint, copied), ``model.onnx`` (the streaming
 graph of :mod:`export.sed_onnx`, checked against the TensorRT 10 op list and against the

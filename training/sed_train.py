@@ -83,7 +83,7 @@ class Proto:
     # > 0: a phase loss beside the frame loss, this weight: each annotated phase's class
     # probabilities averaged over its frames (what the detector's phase mode judges) against
     # the phase's labels
-    phase_weight: float = 0.0
+    phase_weight: float = 0.5  # the shipped recipe (docs/models/sed.md); 0 turns it off
     # > 0: the ICBHI train recordings (cycle labels, training.targets.cycle_targets) join the
     # training set, their frame weights scaled by this; validation stays SPRSound only
     icbhi_weight: float = 0.0
