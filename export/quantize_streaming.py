@@ -792,7 +792,12 @@ def main(argv: list[str] | None = None) -> int:
                 extra={
                     "source": args.model.name,
                     "source_sha256": sha256_file(args.model),
-                    "calibration": {**record, "dir": str(args.calib_dir), "files": n_files},
+                    "calibration": {
+                        **record,
+                        "dir": str(args.calib_dir),
+                        "files": len(recordings),  # the sample calibrated on
+                        "files_found": n_files,
+                    },
                 },
             )
         except LungwatchError as exc:

@@ -5,11 +5,14 @@ convolutions (the state path reads float), and bad input is one error."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
@@ -231,3 +234,25 @@ def test_bad_input_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "model not found" in err
+
+
+def test_the_manifest_names_the_files_calibrated_on(tmp_path: Path) -> None:
+    """Through the command on a copy of the shipped folder: ``files`` is the seeded sample
+    that ``--max-files`` leaves (not every file found), ``files_found`` the folder's count."""
+    shipped = Path(__file__).resolve().parents[2] / "models" / "sed"
+    folder = tmp_path / "sed"
+    folder.mkdir()
+    for name in ("model.onnx", "manifest.json"):
+        shutil.copy(shipped / name, folder / name)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        sf.write(calib / f"r{i}.wav", 0.05 * rng.standard_normal(8000 * 3), 8000)
+    out = folder / "model.int8.onnx"
+    argv = ["--model", str(folder / "model.onnx"), "--out", str(out), "--calib-dir", str(calib)]
+    assert main([*argv, "--max-files", "2", "--max-chunks", "8"]) == 0
+    record = json.loads((folder / "manifest.json").read_text())["files"]["model.int8.onnx"]
+    assert record["calibration"]["files"] == 2
+    assert record["calibration"]["files_found"] == 5
+    assert record["calibration"]["chunks"] <= 8
