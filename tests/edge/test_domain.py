@@ -120,7 +120,7 @@ def test_a_model_poor_signal_names_sound_the_training_audio_lacks() -> None:
     bands = SilentBands.of(SPEC, ("logmel",), features.mean(axis=0)[None])
     assert bands is not None
     assert 700 < bands.lowest_hz < 1500
-    config = GateConfig(min_condition_ms=0.0)
+    config = GateConfig(min_condition_ms=0.0, poor_signal_min_ms=0.0)
     plain = poor_reasons(QualityGate(config, SPEC.sample_rate_hz, bands), lowpassed(4.0, 1))
     assert len(plain) == 1
     assert plain[0].startswith("model Poor Quality")
@@ -164,7 +164,7 @@ def test_detect_names_another_stethoscope_not_a_poor_sprsound_record(tmp_path: P
     icbhi = icbhi_root() / "train" / "105_1b1_Tc_sc_Meditron.flac"
     if not icbhi.is_file():
         pytest.skip(f"ICBHI recording not found at {icbhi} (set LUNGWATCH_DATA_DIR)")
-    poor = record_path("intra_test/41260684_3.8_1_p1_241")
+    poor = record_path("intra_test/65070606_5.0_1_p3_1407")
     audio = tmp_path / "audio"
     audio.mkdir()
     for source in (icbhi, poor):

@@ -173,7 +173,7 @@ def test_stall_by_clock_and_by_disconnect_notices() -> None:
 
 
 def test_model_poor_quality_probability_raises_poor_signal_with_hysteresis() -> None:
-    run = Run(QualityGate(GateConfig(min_condition_ms=0.0), RATE_HZ))
+    run = Run(QualityGate(GateConfig(poor_signal_min_ms=0.0), RATE_HZ))
     x = breath(6.0)
     probs = {}
     for i in range(0, x.shape[0], 2000):
@@ -186,6 +186,41 @@ def test_model_poor_quality_probability_raises_poor_signal_with_hysteresis() -> 
     # A window gets the probability of the chunk that completed it: the 0.5 chunks (24000 to
     # 28000, completing the windows that end at 24176..28176) hold the condition on.
     assert run.transitions[1].end_sample == 28176
+
+
+def test_poor_signal_must_last_its_own_minimum_and_clipping_the_shorter_one() -> None:
+    """The model's Poor Quality output on for 0.75 s raises nothing under the default 1-s
+    ``poor_signal_min_ms`` (it suppresses detection at once), on for 1.5 s raises poor_signal
+    from where it began; clipping keeps the 0.5-s ``min_condition_ms``."""
+    config = GateConfig()
+    assert (config.poor_signal_min_ms, config.min_condition_ms) == (1000.0, 500.0)
+
+    def model_poor(start: int, stop: int) -> Run:
+        run = Run(QualityGate(config, RATE_HZ))
+        x = breath(8.0)
+        for i in range(0, x.shape[0], 2000):
+            p = 0.9 if start <= i < stop else 0.1
+            run.push(SourceChunk(x[i : i + 2000], i), poor_prob=p)
+        run.transitions += run.gate.finish()
+        return run
+
+    short = model_poor(20000, 26000)  # windows ending 20176..24176: 0.75 s of hops
+    assert short.transitions == []
+    assert any(short.suppressed)
+    long = model_poor(20000, 32000)  # 1.5 s
+    assert [(t.type, t.state) for t in long.transitions] == [
+        ("poor_signal", "onset"),
+        ("poor_signal", "ended"),
+    ]
+    assert long.transitions[0].start_sample == 20176 - 2000
+
+    t = np.arange(int(0.75 * RATE_HZ)) / RATE_HZ
+    clipped = np.clip(1.5 * np.sin(2 * np.pi * 300 * t), -1.0, 1.0).astype(np.float32)
+    run = run_audio(breath(2.0), clipped, breath(3.0, seed=1))
+    assert [(t.type, t.state) for t in run.transitions] == [
+        ("clipping", "onset"),
+        ("clipping", "ended"),
+    ]
 
 
 def test_suppression_gates_the_detector() -> None:
