@@ -81,7 +81,6 @@ TECHNICAL_TYPES: tuple[str, ...] = (
     SIGNAL_GAP,
     SOURCE_STALLED,
 )
-_SLOW_TYPES = (CLIPPING, SILENCE)  # these must last min_condition_ms (poor_signal: its own)
 _GAP_NOTICES = ("overflow", "signal_gap")
 MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
 
@@ -162,12 +161,14 @@ class QualityGate:
             ms_to_samples(config.ongoing_every_ms, sample_rate_hz),
         )
         slow = ms_to_samples(config.min_condition_ms, sample_rate_hz)
-        poor = ms_to_samples(config.poor_signal_min_ms, sample_rate_hz)
         gap = ms_to_samples(config.clear_after_ms, sample_rate_hz)
-        minimum = {t: slow if t in _SLOW_TYPES else 0 for t in TECHNICAL_TYPES}
-        minimum[POOR_SIGNAL] = poor
+        minimum = {  # samples a condition must span before it is announced; others: at once
+            POOR_SIGNAL: ms_to_samples(config.poor_signal_min_ms, sample_rate_hz),
+            CLIPPING: slow,
+            SILENCE: slow,
+        }
         self._trackers = {
-            t: EventTracker(t, self._lifecycle, minimum[t], gap)
+            t: EventTracker(t, self._lifecycle, minimum.get(t, 0), gap)
             for t in TECHNICAL_TYPES
             if t != SOURCE_STALLED
         }
