@@ -50,6 +50,7 @@ class RecordingEvents:
     physiological: list[dict[str, Any]] = field(default_factory=list)
     technical: list[dict[str, Any]] = field(default_factory=list)
     probs: np.ndarray | None = None  # (n, O) output frames, when kept
+    error: str | None = None  # why the recording could not be read (skip_unreadable)
 
 
 class _FrameKeeper:
@@ -126,11 +127,15 @@ def detect_recordings(
     gate: GateConfig | None = None,
     backend: BackendConfig | None = None,
     keep_probs: bool = False,
+    skip_unreadable: bool = False,
 ) -> dict[str, RecordingEvents]:
     """Run every recording as one bed through the device path (module doc); record name ->
     its events. ``detector`` / ``gate`` / ``backend`` are the runtime config's sections
     (defaults: the runtime's defaults, so the manifest's fitted rules and quality thresholds
-    apply); ``keep_probs`` keeps every recording's output frames (a streaming model only)."""
+    apply); ``keep_probs`` keeps every recording's output frames (a streaming model only).
+    An unreadable recording fails the call (:class:`~edge.errors.ConfigError` naming it), or
+    with ``skip_unreadable`` the others run and it comes back with no events and ``error``
+    set."""
     from edge.runtime import Runtime, open_model, open_streams
 
     names = sorted(recordings)
@@ -159,12 +164,14 @@ def detect_recordings(
         model.backend.close()
         raise OfflineError(f"{source}: not a streaming model: it has no output frames to keep")
     keeper = _FrameKeeper() if keep_probs else None
+    unopened: dict[int, str] | None = {} if skip_unreadable else None
+    collector = _Collector()
     try:
-        opened = open_streams(config, model, source)
+        opened = open_streams(config, model, source, unopened)
         try:
-            collector = _Collector()
-            runtime = Runtime(config, model, opened, collector, on_frames=keeper)
-            runtime.run(threading.Event())
+            if opened:
+                runtime = Runtime(config, model, opened, collector, on_frames=keeper)
+                runtime.run(threading.Event())
         finally:
             for stream in opened:
                 stream.source.close()
@@ -173,8 +180,11 @@ def detect_recordings(
     rate = model.manifest.feature_spec.sample_rate_hz
     by_stream = {s.id: name for s, name in zip(streams, names, strict=True)}
     n_outputs = len(model.manifest.classes)
+    errors = {names[i]: message for i, message in (unopened or {}).items()}
     out = {
-        name: RecordingEvents(probs=None if keeper is None else keeper.probs(stream.id, n_outputs))
+        name: RecordingEvents(error=errors[name])
+        if name in errors
+        else RecordingEvents(probs=None if keeper is None else keeper.probs(stream.id, n_outputs))
         for stream, name in zip(streams, names, strict=True)
     }
     for event in collector.events:

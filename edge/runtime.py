@@ -489,14 +489,24 @@ def _real_frames_only(stream: Stream, out: OutputFrames | np.ndarray) -> OutputF
     return OutputFrames(out.first_frame, out.probs[:keep])
 
 
-def open_streams(config: RuntimeConfig, model: Model, source: str = "<config>") -> list[Stream]:
-    """One :class:`Stream` per configured stream; errors name ``source`` and the stream."""
+def open_streams(
+    config: RuntimeConfig,
+    model: Model,
+    source: str = "<config>",
+    unopened: dict[int, str] | None = None,
+) -> list[Stream]:
+    """One :class:`Stream` per configured stream; errors name ``source`` and the stream.
+    With ``unopened`` (a dict), a stream whose source cannot be opened is left out and its
+    index maps to the error there, instead of the whole call failing."""
     rate_hz = model.manifest.feature_spec.sample_rate_hz
     streams: list[Stream] = []
     for index, stream_config in enumerate(config.streams):
         try:
             audio = open_stream_source(stream_config, rate_hz)
         except LungwatchError as exc:
+            if unopened is not None:
+                unopened[index] = str(exc)
+                continue
             for stream in streams:
                 stream.source.close()
             raise ConfigError(f"{source}: streams[{index}].source: {exc}") from None

@@ -107,7 +107,8 @@ def export_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
 
 def score_folders(folders: list[Path], found: dict[str, RecordingEvents]) -> dict[str, Any]:
     """sed_eval scores of the device's events against the SPRSound annotations in
-    ``folders`` (every annotated record must have been run), and technical-alarm shares."""
+    ``folders`` (every annotated record must have been run), and technical-alarm shares.
+    Records that could not be read (``error`` set) have no duration and are left out."""
     from edge.audio import read_audio
     from training.datasets.sprsound import load_sprsound
     from training.scoring import score_detection
@@ -117,6 +118,8 @@ def score_folders(folders: list[Path], found: dict[str, RecordingEvents]) -> dic
         for record in load_sprsound(folder):
             if record.record_id not in found:
                 raise ConfigError(f"{record.audio_path}: annotated but not run")
+            if found[record.record_id].error is not None:
+                continue
             annotated[record.record_id] = [
                 (e.start_ms / 1000, e.end_ms / 1000, e.type) for e in record.events
             ]
@@ -187,17 +190,28 @@ def main(argv: list[str] | None = None) -> int:
             folder, file = export_checkpoint(args.model, Path(tmp))
         else:
             folder, file = resolve_model(args.model)
-        found = detect_recordings(recordings, folder, file, **sections)
-    events = {name: found[name].physiological for name in sorted(found)}
+        found = detect_recordings(recordings, folder, file, skip_unreadable=True, **sections)
+    unread = {name: r.error for name, r in sorted(found.items()) if r.error is not None}
+    read = sorted(name for name in found if name not in unread)
+    events = {name: found[name].physiological for name in read}
     _write(args.out, events)
     if args.technical is not None:
-        _write(args.technical, {name: found[name].technical for name in sorted(found)})
+        _write(args.technical, {name: found[name].technical for name in read})
     if args.score:
         line = summary_line(score_folders([p for p in args.audio if p.is_dir()], found))
         print(f"lungwatch detect: {line}", file=sys.stderr)
     n = sum(len(v) for v in events.values())
     where = args.out if args.out is not None else "standard output"
     print(f"lungwatch detect: {n} events in {len(events)} recordings -> {where}", file=sys.stderr)
+    if unread:  # the others' events are written; these have none, and the exit status says so
+        for error in unread.values():
+            print(f"lungwatch detect: skipped {error}", file=sys.stderr)
+        print(
+            f"lungwatch detect: {len(unread)} of {len(found)} recordings could not be read "
+            "(left out of the events and the scores)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -140,3 +140,35 @@ def test_bad_inputs_are_named(tmp_path, folder, audio_dir):
         stray.unlink()
     with pytest.raises(ConfigError, match="no manifest"):
         detect_main(["--audio", str(audio_dir), "--model", str(empty)])
+
+
+def test_an_unreadable_recording_is_named_and_the_others_still_run(
+    tmp_path, folder, audio_dir, capsys
+):
+    (audio_dir / "99000001_5.0_1_p1_1.flac").write_bytes(b"fLaC but not really")
+    (audio_dir / "99000002_5.0_1_p1_1.wav").write_bytes(b"")
+    for name in ("99000001_5.0_1_p1_1", "99000002_5.0_1_p1_1"):  # annotated, for --score
+        note = {"record_annotation": "Normal", "event_annotation": []}
+        (audio_dir / f"{name}.json").write_text(json.dumps(note))
+    out = tmp_path / "events.json"
+    assert detect_main(["--audio", str(audio_dir), "--model", str(folder),
+                        "--out", str(out), "--score"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    # the readable records' events are written as if the others were not there
+    alone = tmp_path / "alone.json"
+    for name in (
+        "99000001_5.0_1_p1_1.flac",
+        "99000002_5.0_1_p1_1.wav",
+        "99000001_5.0_1_p1_1.json",
+        "99000002_5.0_1_p1_1.json",
+    ):
+        (audio_dir / name).unlink()
+    assert (
+        detect_main(["--audio", str(audio_dir), "--model", str(folder), "--out", str(alone)]) == 0
+    )
+    assert detected(out) == detected(alone)
+    assert sorted(detected(out)) == sorted(Path(r).name for r in RECORDS)
+    assert f"skipped {audio_dir / '99000001_5.0_1_p1_1.flac'}: cannot read audio" in err
+    assert f"skipped {audio_dir / '99000002_5.0_1_p1_1.wav'}: cannot read audio" in err
+    assert "2 of 5 recordings could not be read" in err
+    assert "event_f1_family=" in err  # still scored
