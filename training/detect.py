@@ -44,7 +44,7 @@ from typing import Any
 from edge.errors import ConfigError
 from edge.gate import POOR_SIGNAL
 from edge.labels import POOR_QUALITY
-from edge.offline import RecordingEvents, detect_recordings, recordings_in
+from edge.offline import OfflineError, RecordingEvents, detect_recordings, recordings_in
 from firmware_bridge.cliparse import ArgumentParser
 
 DEFAULT_MODEL = Path("models/sed/model.int8.onnx")
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         found = detect_recordings(recordings, folder, file, skip_unreadable=True, **sections)
     unread = {name: r.error for name, r in sorted(found.items()) if r.error is not None}
     read = sorted(name for name in found if name not in unread)
+    if not read:  # nothing to write: the first reason is the error
+        raise OfflineError(next(iter(unread.values())))
     events = {name: found[name].physiological for name in read}
     _write(args.out, events)
     if args.technical is not None:
