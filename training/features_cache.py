@@ -11,11 +11,14 @@ kind uses ``spec.replace(kind=k)``). All kinds share the framing convention of
 every kind; kinds with lookahead (``cwt``) yield fewer frames, and every kind is cropped to the
 smallest count, so frame ``t`` means the same instant across the stack.
 
-Disk cache: one ``.npy`` per file, named by a sha256 of the per-kind spec dicts, the kinds, the
-file's absolute path, size and ``mtime_ns`` (and :data:`CACHE_FORMAT`), so a changed file or
-spec never hits a stale entry. Entries are written to a temporary file and moved into place
-with ``os.replace``, so concurrent writers (data-loader workers, DDP ranks) never leave a
-partial file. An unreadable or mis-shaped entry is recomputed and overwritten.
+Disk cache: one ``.npy`` per file, named by a sha256 of the per-kind spec dicts, the kinds and
+the sha256 of the file's bytes (and :data:`CACHE_FORMAT`), so a changed file or spec never hits
+a stale entry, and the same audio hits its entry wherever it lies and whatever its
+modification time (a data folder copied or synced again is not recomputed; each file's digest
+is taken once per process while its path, size and ``mtime_ns`` stay the same). Entries are
+written to a temporary file and moved into place with ``os.replace``, so concurrent writers
+(data-loader workers, DDP ranks) never leave a partial file. An unreadable or mis-shaped entry
+is recomputed and overwritten.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from edge.features import (
 LOGGER = logging.getLogger(__name__)
 
 #: Bump when the stored layout changes, so old entries are never read.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: keyed on the file's content (1: its path, size and mtime)
 CACHE_SUFFIX = ".npy"
 TEMP_SUFFIX = ".tmp"
 DEFAULT_MEMORY_ITEMS = 128  # ~1.2 MB per 15 s record with 3 kinds x 64 bands
@@ -90,6 +93,25 @@ class _Lru:
         self._items.move_to_end(key)
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> content digest
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 hex of the file's bytes, remembered while its path, size and mtime stay the same
+    (so a store's repeated lookups read the file once)."""
+    file_path = Path(path).resolve()
+    stat = file_path.stat()
+    seen = (str(file_path), stat.st_size, stat.st_mtime_ns)
+    digest = _DIGESTS.get(seen)
+    if digest is None:
+        h = hashlib.sha256()
+        with file_path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = _DIGESTS[seen] = h.hexdigest()
+    return digest
 
 
 def default_quality_fn() -> QualityFn:
@@ -188,16 +210,12 @@ class FeatureStore:
         return crop(self.features(path), start_frame, window_frames, pad_value=self.pad_value)
 
     def cache_key(self, path: str | Path) -> str:
-        """sha256 hex of specs, kinds, absolute path, size and mtime_ns of ``path``."""
-        file_path = Path(path).resolve()
-        stat = file_path.stat()
+        """sha256 hex of specs, kinds and the content digest of ``path`` (module doc)."""
         identity = {
             "format": CACHE_FORMAT,
             "specs": [s.to_dict() for s in self.specs],
             "kinds": list(self.kinds),
-            "path": str(file_path),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
+            "content": content_digest(path),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 

@@ -132,6 +132,23 @@ def test_cache_invalidates_when_the_file_changes(tmp_path: Path, count_extract: 
     np.testing.assert_array_equal(after[0], extract(store.samples(wav), SPEC).T)
 
 
+def test_the_same_audio_hits_its_entry_wherever_it_lies_and_whenever_touched(
+    tmp_path: Path, noise_path: Path, count_extract: list[str]
+) -> None:
+    cache = tmp_path / "cache"
+    first = FeatureStore(SPEC, ("logmel",), cache).features(noise_path)
+    copy = tmp_path / "elsewhere" / "copy.wav"
+    copy.parent.mkdir()
+    copy.write_bytes(noise_path.read_bytes())
+    stat = copy.stat()
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))  # a later copy
+    fresh = FeatureStore(SPEC, ("logmel",), cache)
+    np.testing.assert_array_equal(fresh.features(copy), first)
+    assert (fresh.stats.disk_hits, fresh.stats.computed) == (1, 0)
+    assert count_extract == ["logmel"]  # computed once, for the original
+    assert len(list(cache.iterdir())) == 1
+
+
 def test_cache_key_depends_on_spec_and_kinds(tmp_path: Path, noise_path: Path) -> None:
     keys = {
         FeatureStore(SPEC, ("logmel", "cwt")).cache_key(noise_path),
