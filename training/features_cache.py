@@ -48,6 +48,7 @@ from edge.features import (
     n_frames,
     silence_value,
 )
+from edge.manifest import sha256_file
 
 LOGGER = logging.getLogger(__name__)
 
@@ -106,11 +107,7 @@ def content_digest(path: str | Path) -> str:
     seen = (str(file_path), stat.st_size, stat.st_mtime_ns)
     digest = _DIGESTS.get(seen)
     if digest is None:
-        h = hashlib.sha256()
-        with file_path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = _DIGESTS[seen] = h.hexdigest()
+        digest = _DIGESTS[seen] = sha256_file(file_path)
     return digest
 
 
