@@ -128,6 +128,7 @@ class StreamPipeline:
         self.hop_samples = hop_frames * hop
         self._quality_samples = max(self.hop_samples, frame)
         self._piece = max_piece_samples
+        self._lookahead = lookahead
         self._keep = max(self.window_samples, self._quality_samples) + lookahead
         self._audio = np.zeros(self._keep + self._piece, dtype=np.float32)
         self._flags = np.zeros(self._keep + self._piece, dtype=np.uint8)
@@ -159,6 +160,15 @@ class StreamPipeline:
     def frames_complete(self) -> int:
         """Frames every kind has produced."""
         return min(self._counts)
+
+    @property
+    def samples_to_next_window(self) -> int:
+        """Samples still to push before the next window is complete (at least 1): a reader
+        may gather that much audio into one :meth:`push`, which completes the window no later
+        than pushing it piece by piece would."""
+        last_frame = self._next_start + self.window_frames - 1
+        needed = last_frame * self.spec.hop_samples + self.spec.frame_samples + self._lookahead
+        return max(1, needed - self.samples_seen)
 
     def push(self, chunk: SourceChunk) -> list[WindowReady]:
         """Feed one chunk; returns the windows it completed (maybe none)."""

@@ -2,12 +2,13 @@
 
 One process serves every stream (bed) of the config. Per stream: source -> quality gate ->
 :class:`~edge.pipeline.StreamPipeline` (ring buffer + streaming front end -> windows every hop).
-Each round reads one chunk from every stream, in groups of ``round_group`` streams, and sends
-the windows ready on a group's streams to the inference backend in one batch; then, per
-window, the gate judges quality (suppressing physiological detection while it is poor) and the
-detector turns probabilities into transitions, which become :class:`~edge.events.Event`
-messages (:class:`~edge.runtime_events.EventOutbox`), handed to the sinks together at the end
-of the group (MQTT with its spool: one transaction; JSONL, stdout). Times: ``utc = t0 + sample /
+Each round reads every stream once (what its source has ready, up to the audio that completes
+its next window), in groups of ``round_group`` streams, and sends the windows ready on a
+group's streams to the inference backend in one batch; then, per window, the gate judges
+quality (suppressing physiological detection while it is poor) and the detector turns
+probabilities into transitions, which become :class:`~edge.events.Event` messages
+(:class:`~edge.runtime_events.EventOutbox`), handed to the sinks together at the end of the
+group (MQTT with its spool: one transaction; JSONL, stdout). Times: ``utc = t0 + sample /
 rate``, ``t0`` the wall time of sample 0.
 
     lungwatch run --config edge/configs/ward.yaml [--set key=value ...] [-v]
@@ -64,12 +65,13 @@ from edge.runtime_config import (
 from edge.runtime_events import EventOutbox
 from edge.sinks import Sink, publish_live
 from edge.sinks.live import LiveStrip
-from edge.sources import AudioSource, SourceEnded, SourceError
+from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
 from edge.streaming import BedState, OutputFrames, infer_beds
 from firmware_bridge.cliparse import ArgumentParser
 
 log = logging.getLogger("lungwatch.runtime")
 MAX_LATENCIES = 100_000  # per stream and metrics interval
+MAX_READS_PER_ROUND = 64  # source chunks one stream's read may gather (fairness between beds)
 MS_PER_S = 1000.0
 
 
@@ -196,6 +198,7 @@ class Stream:
             )
         self.episodes: dict[str, Event] = {}  # transition key -> last message of the episode
         self.ending: str | None = None  # why the stream ends once its flushed frames are in
+        self.read_error: SourceEnded | SourceError | None = None  # taken on the next round
         self.t0_posix: float | None = None  # wall time of sample 0
         self.ended = False
         self.counters = {
@@ -294,33 +297,60 @@ class Runtime:
         return got_audio
 
     def _read(self, stream: Stream, now: float, ready: list[Ready]) -> bool:
-        try:
-            chunk = stream.source.read(0.0)
-        except SourceEnded:
+        """Read what ``stream``'s source has ready, up to the audio that completes its next
+        window (at most ``MAX_READS_PER_ROUND`` chunks), and push it as one chunk: a backlog
+        (a round slower than the source's chunks) goes through the front end in one call per
+        window instead of one per source chunk. A window closes when the chunk completing it
+        is read, as before; a chunk with notices, a missing chunk or a jump in the timeline
+        is pushed on its own. A source that ends or fails after some chunks were read hands
+        those over first; the end is taken on the next round."""
+        chunks: list[SourceChunk] = []
+        wanted = stream.pipeline.samples_to_next_window
+        gathered = 0
+        while len(chunks) < MAX_READS_PER_ROUND and gathered < wanted:
+            if stream.read_error is not None:
+                break
+            try:
+                chunk = stream.source.read(0.0)
+            except (SourceEnded, SourceError) as exc:
+                stream.read_error = exc
+                break
+            if chunk is None:
+                break
+            chunks.append(chunk)
+            gathered += int(chunk.samples.shape[0])
+            if chunk.missing or chunk.notices:
+                break
+        if not chunks:
+            return self._read_failed(stream, ready)
+        arrived = time.perf_counter()
+        for chunk in _coalesced(chunks):
+            n = int(chunk.samples.shape[0])
+            if stream.t0_posix is None:  # the chunk's last sample was captured just now
+                stream.t0_posix = time.time() - (chunk.first_sample + n) / stream.rate_hz
+            counters = stream.counters
+            counters["samples"] += n
+            counters["notices"] += len(chunk.notices)
+            with self._lock:
+                self.events.emit(stream, stream.gate.observe(chunk, now))
+            ready.extend((stream, window, arrived) for window in stream.pipeline.push(chunk))
+        stream.counters["chunks"] += len(chunks)
+        return True
+
+    def _read_failed(self, stream: Stream, ready: list[Ready]) -> bool:
+        """The source's end or failure (raised by the read that found no chunk)."""
+        exc, stream.read_error = stream.read_error, None
+        if isinstance(exc, SourceEnded):
             flushed = self._flush(stream)
             if flushed:  # the last frames go through the model first; the stream ends after
                 stream.ending = "stream end"
                 ready.extend((stream, window, time.perf_counter()) for window in flushed)
             else:
                 self._end_stream(stream, "stream end")
-            return False
-        except SourceError as exc:
+        elif exc is not None:
             log.error("stream %s: %s", stream.id, exc)
             self._end_stream(stream, "source failed")
-            return False
-        if chunk is None:
-            return False
-        arrived, n = time.perf_counter(), int(chunk.samples.shape[0])
-        if stream.t0_posix is None:  # the chunk's last sample was captured just now
-            stream.t0_posix = time.time() - (chunk.first_sample + n) / stream.rate_hz
-        counters = stream.counters
-        counters["chunks"] += 1
-        counters["samples"] += n
-        counters["notices"] += len(chunk.notices)
-        with self._lock:
-            self.events.emit(stream, stream.gate.observe(chunk, now))
-        ready.extend((stream, window, arrived) for window in stream.pipeline.push(chunk))
-        return True
+        return False
 
     def _flush(self, stream: Stream) -> list[WindowReady]:
         """The windows that describe a finished stream's last frames (a streaming model whose
@@ -473,6 +503,34 @@ class Runtime:
         with self._lock:
             self.events.flush()
         self.publish_metrics()
+
+
+def _coalesced(chunks: list[SourceChunk]) -> list[SourceChunk]:
+    """``chunks`` (in order) with each run of plain, contiguous ones joined into one chunk: a
+    chunk with notices or marked missing, or one after a jump in the timeline, stays apart."""
+    out: list[SourceChunk] = []
+    run: list[SourceChunk] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            samples = np.concatenate([c.samples for c in run])
+            out.append(SourceChunk(samples=samples, first_sample=run[0].first_sample))
+        run.clear()
+
+    for chunk in chunks:
+        plain = not chunk.missing and not chunk.notices
+        if run and (
+            not plain or chunk.first_sample != run[-1].first_sample + run[-1].samples.shape[0]
+        ):
+            close_run()
+        if plain:
+            run.append(chunk)
+        else:
+            out.append(chunk)
+    close_run()
+    return out
 
 
 def _network_frames(stream: Stream, stride: int) -> int:

@@ -279,3 +279,104 @@ def test_round_group_must_be_a_whole_number_of_streams(tmp_path, folder, value):
     streams = [stream("b0", "unused.flac")]
     with pytest.raises(ConfigError, match=r"test\.yaml: round_group must be an integer"):
         build(mapping(tmp_path, folder, streams, round_group=value))
+
+
+class CountingSource(ScriptedSource):
+    """A ScriptedSource that counts its reads per runtime round (``rounds`` is advanced by the
+    test between :meth:`Runtime.step` calls)."""
+
+    def __init__(self, samples: np.ndarray, chunk: int) -> None:
+        super().__init__(samples, chunk, None)
+        self.reads: list[int] = [0]
+
+    def read(self, timeout_s: float) -> SourceChunk | None:
+        self.reads[-1] += 1
+        return super().read(timeout_s)
+
+
+def run_counting(tmp_path: Path, folder: Path, audio: np.ndarray, chunk: int):
+    """Step the runtime by hand over one bed reading ``chunk``-sample chunks; returns the
+    runtime, its events and the source's reads per round."""
+    sources: dict[str, CountingSource] = {}
+
+    def source_of(bed: str) -> CountingSource:
+        sources[bed] = CountingSource(audio, chunk)
+        return sources[bed]
+
+    streams = [stream("b0", "unused.flac")]
+    config = build(mapping(tmp_path, folder, streams))
+    model = open_model(config, "test.yaml")
+    sink = ListSink()
+    try:
+        runtime = Runtime(config, model, [Stream(config.streams[0], source_of("b0"), model)], sink)
+        while runtime.running:
+            runtime.step()
+            sources["b0"].reads.append(0)
+    finally:
+        model.backend.close()
+    events = [(e.type, e.state, e.start_sample, e.end_sample, e.confidence) for e in sink.events]
+    return runtime, events, sources["b0"].reads
+
+
+def test_a_round_reads_the_backlog_up_to_the_next_window(tmp_path, folder):
+    """A source with a backlog (a file read as fast as possible) is read until the audio that
+    completes the bed's next window is in, then pushed as one chunk: one round per window
+    instead of one per source chunk, the same events, every chunk counted."""
+    audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
+    audio = audio[: 8000 * 6]
+    runtime, events, reads = run_counting(tmp_path, folder, audio, 800)
+    bed = runtime.streams[0]
+    assert bed.counters["chunks"] == 60
+    assert bed.counters["samples"] == audio.shape[0]
+    assert sum(reads) == 61  # every chunk once, then the read that found the end
+    # no round reads past the chunk that completes a window; ~12 rounds of 0.48 s, not 60
+    assert max(reads) == -(-bed.pipeline.window_samples // 800)
+    assert len([n for n in reads if n]) <= audio.shape[0] // bed.pipeline.hop_samples + 3
+    _, one_chunk_events, _ = run_counting(tmp_path, folder, audio, 8000 * 6)
+    _, small_chunk_events, _ = run_counting(tmp_path, folder, audio, 333)
+    assert events == one_chunk_events == small_chunk_events != []
+
+
+def test_a_round_reads_at_most_max_reads_per_round_chunks(tmp_path, folder):
+    """Tiny chunks (a firmware stream's packets) are gathered at most MAX_READS_PER_ROUND per
+    round, so one bed's backlog cannot hold up the others' windows for long."""
+    from edge.runtime import MAX_READS_PER_ROUND
+
+    audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
+    audio = audio[: 8000 * 2]
+    runtime, events, reads = run_counting(tmp_path, folder, audio, 16)
+    assert max(reads) == MAX_READS_PER_ROUND  # the cap is reached (a window needs 240 reads)
+    assert runtime.streams[0].counters["samples"] == audio.shape[0]
+    _, whole_events, _ = run_counting(tmp_path, folder, audio, 8000 * 2)
+    assert events == whole_events
+
+
+def test_coalesced_joins_plain_contiguous_chunks_only():
+    from edge.runtime import _coalesced
+    from edge.sources.base import Notice
+
+    def chunk(first: int, n: int, **kw) -> SourceChunk:
+        return SourceChunk(np.arange(first, first + n, dtype=np.float32), first, **kw)
+
+    notice = Notice("disconnected", 8)
+    parts = [
+        chunk(0, 4),
+        chunk(4, 4),
+        chunk(8, 2, notices=(notice,)),
+        chunk(10, 3),
+        chunk(20, 2),  # a jump in the timeline
+        chunk(22, 2),
+        chunk(24, 2, missing=True),
+        chunk(26, 1),
+    ]
+    out = _coalesced(parts)
+    assert [(c.first_sample, c.samples.shape[0], c.missing, len(c.notices)) for c in out] == [
+        (0, 8, False, 0),
+        (8, 2, False, 1),
+        (10, 3, False, 0),
+        (20, 4, False, 0),
+        (24, 2, True, 0),
+        (26, 1, False, 0),
+    ]
+    np.testing.assert_array_equal(out[0].samples, np.arange(8, dtype=np.float32))
+    np.testing.assert_array_equal(out[3].samples, np.arange(20, 24, dtype=np.float32))
