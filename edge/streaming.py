@@ -78,30 +78,40 @@ class BedState:
 def infer_beds(
     backend: StreamingBackend, items: Sequence[tuple[BedState, np.ndarray]]
 ) -> list[OutputFrames]:
-    """One backend call for the chunks ``(bed, features (K, F, T))`` of many beds; each bed's
+    """The chunks ``(bed, features (K, F, T))`` of many beds through the backend; each bed's
     state advances. A bed may appear more than once only if its chunks are consecutive in
-    ``items`` order: they are then run in successive calls, state carried."""
+    ``items`` order: they are then run in successive calls, state carried.
+
+    The beds go in pieces of the backend's ``max_batch``, each stacked, run and taken back
+    before the next is stacked: the states of a whole ward (46 KB a bed for ``models/sed``)
+    are never gathered into one array and split again, which cost a third of the time of
+    the inference itself."""
     if not items:
         return []
     results: list[OutputFrames | None] = [None] * len(items)
+    piece = max(1, int(backend.max_batch))
     pending = list(range(len(items)))
-    while pending:  # one call per "layer": each bed's first still-pending chunk
+    while pending:  # one "layer" at a time: each bed's first still-pending chunk
         seen: set[int] = set()
         layer = []
         for i in pending:
             if id(items[i][0]) not in seen:
                 seen.add(id(items[i][0]))
                 layer.append(i)
-        features = np.stack([items[i][1] for i in layer])
-        if features.dtype != np.float32:
-            raise StreamingError(f"features must be float32, got {features.dtype}")
-        states = np.stack([items[i][0].state for i in layer])
-        probs, new_states = backend.infer_streaming(features, states)
-        expected = (len(layer), *backend.output_shape)
-        if probs.shape != expected:
-            raise StreamingError(f"{backend.name}: expected probs {expected}, got {probs.shape}")
-        for row, i in enumerate(layer):
-            results[i] = items[i][0].accept(probs[row], new_states[row])
+        for start in range(0, len(layer), piece):
+            rows = layer[start : start + piece]
+            features = np.stack([items[i][1] for i in rows])
+            if features.dtype != np.float32:
+                raise StreamingError(f"features must be float32, got {features.dtype}")
+            states = np.stack([items[i][0].state for i in rows])
+            probs, new_states = backend.infer_streaming(features, states)
+            expected = (len(rows), *backend.output_shape)
+            if probs.shape != expected:
+                raise StreamingError(
+                    f"{backend.name}: expected probs {expected}, got {probs.shape}"
+                )
+            for row, i in enumerate(rows):
+                results[i] = items[i][0].accept(probs[row], new_states[row])
         taken = set(layer)
         pending = [i for i in pending if i not in taken]
     return [r for r in results if r is not None]

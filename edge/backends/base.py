@@ -75,6 +75,7 @@ class StreamingBackend(Protocol):
     input_shape: tuple[int, int, int]
     state_size: int
     output_shape: tuple[int, int]
+    max_batch: int  # the most rows one call runs at once (larger calls are split)
 
     def infer_streaming(
         self, features: np.ndarray, state: np.ndarray

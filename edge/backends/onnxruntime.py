@@ -235,6 +235,7 @@ class OrtBackend:
 
     def __init__(self, model_path: Path, config: BackendConfig | None = None) -> None:
         self.config = config or BackendConfig()
+        self.max_batch = self.config.max_batch
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise BackendError(f"{self.model_path}: model file not found")

@@ -90,6 +90,43 @@ def test_beds_in_one_call_keep_their_own_state(folder, backend):
         np.testing.assert_allclose(np.concatenate(together[i]), alone[i], atol=1e-5)
 
 
+class RowsSeen:
+    """The real backend, noting how many rows each call carries."""
+
+    def __init__(self, inner: OrtBackend) -> None:
+        self.inner, self.rows = inner, []
+        self.name, self.max_batch = inner.name, inner.max_batch
+        self.output_shape = inner.output_shape
+
+    def infer_streaming(self, features: np.ndarray, state: np.ndarray):
+        self.rows.append(features.shape[0])
+        return self.inner.infer_streaming(features, state)
+
+
+def test_beds_go_to_the_backend_in_pieces_of_its_max_batch(folder, backend):
+    """Five beds at max_batch 2: calls of 2, 2 and 1 rows (the states of a ward are never
+    stacked into one array), each bed's outputs those it gets alone; a bed with two chunks
+    in the round gets its second in a later call."""
+    info = load_manifest(folder / "manifest.json").streaming
+    assert info is not None
+    t = info.input_frames
+    streams = [stream_features(seed, t * 2) for seed in range(5)]
+    alone = []
+    for x in streams:
+        bed = BedState(info, backend)
+        alone.append([bed.push(chunk(x, c, t)).probs for c in range(2)])
+    seen = RowsSeen(backend)
+    beds = [BedState(info) for _ in streams]
+    items = [(b, chunk(x, 0, t)) for b, x in zip(beds, streams, strict=True)]
+    items.insert(1, (beds[0], chunk(streams[0], 1, t)))  # bed 0's next chunk, same round
+    outs = infer_beds(seen, items)  # type: ignore[arg-type]
+    assert seen.rows == [2, 2, 1, 1]
+    np.testing.assert_allclose(outs[0].probs, alone[0][0], atol=1e-5)
+    np.testing.assert_allclose(outs[1].probs, alone[0][1], atol=1e-5)
+    for i in range(1, 5):
+        np.testing.assert_allclose(outs[i + 1].probs, alone[i][0], atol=1e-5)
+
+
 def test_consecutive_chunks_of_one_bed_in_one_round_run_in_order(folder, backend):
     info = load_manifest(folder / "manifest.json").streaming
     assert info is not None
