@@ -125,7 +125,7 @@ class RuntimeConfig:
     state_reset_gap_ms: float = 100.0
     # a round reads, infers and publishes this many streams at a time (0: all in one group): a
     # window's events wait for its group, not for every bed of the round
-    round_group: int = 250
+    round_group: int = 125
 
     def __post_init__(self) -> None:
         check(len(self.streams) >= 1, "streams", self.streams, "a list of at least one stream")
