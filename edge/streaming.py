@@ -8,7 +8,8 @@ A streaming model (manifest schema 2, :mod:`edge.backends.base`) maps a chunk of
 stride`` front-end frames and the bed's state to ``N`` output frames and the next state. The
 pipeline (:class:`edge.pipeline.StreamPipeline` with ``window_frames = hop_frames = T``) cuts
 exactly those chunks, so every front-end frame goes through the network once. A bed's state
-is a row of one ``(M, S)`` batch: the round's chunks of all beds go to the backend together.
+is a row of an ``(M, S)`` batch: the round's chunks of all beds go to the backend together, in
+pieces of its ``max_batch``.
 
 Time: output ``j`` of a stream describes network frame ``j - lookahead_frames`` (the model's
 bounded look-ahead). :class:`OutputFrames` gives the frames of the detection timeline
