@@ -75,6 +75,32 @@ def test_real_time_read_returns_none_before_the_chunk_is_due(tmp_path: Path) -> 
     assert source.read(timeout_s=1.0) is not None
 
 
+def test_a_non_blocking_read_of_a_chunk_not_due_does_not_sleep(tmp_path: Path) -> None:
+    """The runtime polls every bed with ``read(0.0)``: a chunk not yet due returns None at
+    once (no ``sleep(0)``, which gives up the GIL on every poll); a longer timeout still
+    waits, for the chunk or for the timeout."""
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    source = FileSource(
+        wav(tmp_path / "a.wav", 0.5), "bed-1", RATE_HZ, chunk_samples=800, realtime=True,
+        clock=lambda: now[0], sleep=sleep,
+    )  # fmt: skip
+    assert source.read(0.0) is None
+    assert source.read(0.0) is None
+    assert slept == []
+    assert source.read(0.05) is None  # 0.1 s chunk: not due within 0.05 s
+    assert slept == [0.05]
+    chunk = source.read(0.06)  # due 0.05 s from now
+    assert chunk is not None
+    assert chunk.first_sample == 0
+    assert slept == [0.05, pytest.approx(0.05)]
+
+
 def test_open_source_forms(tmp_path: Path) -> None:
     path = wav(tmp_path / "a.wav", 0.2)
     assert isinstance(open_source(str(path), "s", RATE_HZ), FileSource)
