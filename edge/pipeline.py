@@ -166,9 +166,8 @@ class StreamPipeline:
         """Samples still to push before the next window is complete (at least 1): a reader
         may gather that much audio into one :meth:`push`, which completes the window no later
         than pushing it piece by piece would."""
-        last_frame = self._next_start + self.window_frames - 1
-        needed = last_frame * self.spec.hop_samples + self.spec.frame_samples + self._lookahead
-        return max(1, needed - self.samples_seen)
+        start = self._next_start * self.spec.hop_samples
+        return max(1, start + self.window_samples + self._lookahead - self.samples_seen)
 
     def push(self, chunk: SourceChunk) -> list[WindowReady]:
         """Feed one chunk; returns the windows it completed (maybe none)."""
