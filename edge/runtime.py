@@ -304,12 +304,12 @@ class Runtime:
         is read, as before; a chunk with notices, a missing chunk or a jump in the timeline
         is pushed on its own. A source that ends or fails after some chunks were read hands
         those over first; the end is taken on the next round."""
+        if stream.read_error is not None:  # raised after last round's chunks
+            return self._read_failed(stream, ready)
         chunks: list[SourceChunk] = []
         wanted = stream.pipeline.samples_to_next_window
         gathered = 0
         while len(chunks) < MAX_READS_PER_ROUND and gathered < wanted:
-            if stream.read_error is not None:
-                break
             try:
                 chunk = stream.source.read(0.0)
             except (SourceEnded, SourceError) as exc:
