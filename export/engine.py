@@ -1,13 +1,18 @@
-"""Q/DQ ONNX -> TensorRT 10 engine, built on the device that will run it.
+"""Q/DQ ONNX -> TensorRT engine (TensorRT 10 or 11), built on the device that will run it.
 
-    lungwatch engine models/model.int8.onnx --precision best --out models/model.plan
+    lungwatch engine models/model.int8.onnx --precision int8 --out models/model.plan
 
 Engines are specific to one GPU and one TensorRT version, so this step runs on the Jetson
 itself. It uses the ``tensorrt`` Python module when present (JetPack's python3-libnvinfer),
 else ``trtexec`` (PATH or /usr/src/tensorrt/bin); ``--use-trtexec`` forces trtexec.
 
 Precision: ``fp16`` enables FP16 kernels; ``int8`` enables INT8 (explicit quantization from
-the graph's Q/DQ nodes, other layers in FP32); ``best`` enables both. The input ``features``
+the graph's Q/DQ nodes, other layers in FP32); ``best`` enables both. TensorRT 11 removed
+those precision flags (every network is strongly typed: each layer runs in the type the graph
+gives it), so there ``int8`` builds the Q/DQ graph with no flag, which is the same engine
+precision as 10's ``int8`` flag on a Q/DQ graph, and ``fp16`` / ``best`` are refused with a
+one-line error (FP16 would have to be in the ONNX itself). JetPack 6 ships TensorRT 10; TensorRT
+11 reaches x86 GPU hosts first. The input ``features``
 (and a streaming model's ``state``, the beds' carried context as engine I/O) gets one
 optimisation profile: batch 1 .. ``--max-batch``, tuned for ``--opt-batch``. The
 timing cache (default ``timing.cache`` beside the engine) makes rebuilds fast. After the build
@@ -38,6 +43,8 @@ from firmware_bridge.cliparse import ArgumentParser
 PRECISIONS = ("fp16", "int8", "best")
 BUILDER_FLAGS = {"fp16": ("FP16",), "int8": ("INT8",), "best": ("FP16", "INT8")}
 TRTEXEC_FLAGS = {"fp16": "--fp16", "int8": "--int8", "best": "--best"}
+# TensorRT 11 removed weak typing (BuilderFlag.FP16/INT8, trtexec --fp16/--int8/--best).
+STRONGLY_TYPED_MAJOR = 11
 TIMING_CACHE_NAME = "timing.cache"
 # Where JetPack installs trtexec (not on PATH by default).
 TRTEXEC_LOCATIONS: tuple[str, ...] = ("/usr/src/tensorrt/bin/trtexec",)
@@ -152,14 +159,49 @@ def shapes_spec(profiles: Mapping[str, tuple[tuple[int, ...], ...]], which: int)
     return ",".join(shape_spec(shapes[which], name) for name, shapes in profiles.items())
 
 
-def trtexec_argv(plan: BuildPlan, engine_path: Path, trtexec: str = "trtexec") -> list[str]:
-    """The trtexec command that builds ``plan`` into ``engine_path`` (no inference run)."""
+def strongly_typed(tensorrt_version: str | None) -> bool:
+    """Whether this TensorRT builds strongly typed networks only (11 and later); an unknown
+    version is taken for TensorRT 10."""
+    if tensorrt_version is None:
+        return False
+    major = re.match(r"\s*(\d+)", str(tensorrt_version))
+    return major is not None and int(major.group(1)) >= STRONGLY_TYPED_MAJOR
+
+
+def check_precision(precision: str, tensorrt_version: str | None) -> None:
+    """Refuse a precision this TensorRT cannot build (fp16 / best under strong typing)."""
+    if precision != "int8" and strongly_typed(tensorrt_version):
+        raise EngineBuildError(
+            f"--precision {precision}: TensorRT {tensorrt_version} builds strongly typed "
+            "networks only (its FP16 and INT8 builder flags are gone), so FP16 would have to be "
+            "in the ONNX itself; build the Q/DQ model with --precision int8 (INT8 where the "
+            "graph quantizes, FP32 elsewhere), or use TensorRT 10"
+        )
+
+
+def builder_flags(precision: str, tensorrt_version: str | None) -> tuple[str, ...]:
+    """The ``trt.BuilderFlag`` names to set: none under strong typing (the Q/DQ nodes carry
+    the INT8 precision), else :data:`BUILDER_FLAGS`."""
+    check_precision(precision, tensorrt_version)
+    return () if strongly_typed(tensorrt_version) else BUILDER_FLAGS[precision]
+
+
+def trtexec_argv(
+    plan: BuildPlan,
+    engine_path: Path,
+    trtexec: str = "trtexec",
+    tensorrt_version: str | None = None,
+) -> list[str]:
+    """The trtexec command that builds ``plan`` into ``engine_path`` (no inference run); no
+    precision flag for a strongly typed TensorRT (``tensorrt_version`` 11 or later)."""
+    check_precision(plan.precision, tensorrt_version)
     profiles = plan.profiles()
+    precision = [] if strongly_typed(tensorrt_version) else [TRTEXEC_FLAGS[plan.precision]]
     return [
         trtexec,
         f"--onnx={plan.onnx_path}",
         f"--saveEngine={engine_path}",
-        TRTEXEC_FLAGS[plan.precision],
+        *precision,
         f"--minShapes={shapes_spec(profiles, 0)}",
         f"--optShapes={shapes_spec(profiles, 1)}",
         f"--maxShapes={shapes_spec(profiles, 2)}",
@@ -181,6 +223,18 @@ def parse_trtexec_version(text: str) -> str | None:
     if code >= 100000:  # TensorRT 10+: major * 10000 + minor * 100 + patch
         return f"{code // 10000}.{code // 100 % 100}.{code % 100}"
     return f"{code // 1000}.{code // 100 % 10}.{code % 100}"  # TensorRT 8.x
+
+
+def trtexec_version(trtexec: str, timeout_s: float = 60.0) -> str | None:
+    """The TensorRT version of ``trtexec`` (from its ``--help`` banner), or None when it does
+    not say; :class:`EngineBuildError` when it cannot be run."""
+    try:
+        result = subprocess.run(
+            [trtexec, "--help"], capture_output=True, text=True, check=False, timeout=timeout_s
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineBuildError(f"{trtexec}: cannot run trtexec --help ({exc})") from None
+    return parse_trtexec_version((result.stdout or "") + (result.stderr or ""))
 
 
 def find_trtexec() -> str | None:
@@ -227,7 +281,8 @@ def _atomic_write(path: Path, data: Any) -> None:
 
 def _parse_network(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
     """(network, parser); the parser owns the weights, so it must outlive the build."""
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    # TensorRT 10: explicit batch is the only mode; 11: strong typing is too (flag 0 either way)
+    network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
@@ -240,7 +295,7 @@ def _builder_config(trt: Any, builder: Any, plan: BuildPlan) -> Any:
     """Precision flags, workspace, the optimisation profile and the timing cache."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mib << 20)
-    for flag in BUILDER_FLAGS[plan.precision]:
+    for flag in builder_flags(plan.precision, trt.__version__):
         config.set_flag(getattr(trt.BuilderFlag, flag))
     profile = builder.create_optimization_profile()
     for name, shapes in plan.profiles().items():
@@ -255,6 +310,7 @@ def _builder_config(trt: Any, builder: Any, plan: BuildPlan) -> Any:
 
 def build_with_python_api(trt: Any, plan: BuildPlan) -> str:
     """Build and write the engine with the TensorRT Python API; return its version."""
+    check_precision(plan.precision, trt.__version__)  # before the parse, which takes a while
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, _parser = _parse_network(trt, builder, logger, plan.onnx_path)
@@ -272,7 +328,7 @@ def build_with_python_api(trt: Any, plan: BuildPlan) -> str:
 def build_with_trtexec(trtexec: str, plan: BuildPlan) -> str | None:
     """Build the engine by running trtexec; return the TensorRT version it reports."""
     tmp = plan.out.with_name(f".{plan.out.name}.{os.getpid()}.tmp")
-    argv = trtexec_argv(plan, tmp, trtexec)
+    argv = trtexec_argv(plan, tmp, trtexec, trtexec_version(trtexec))
     try:
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         output = (result.stdout or "") + (result.stderr or "")
@@ -329,6 +385,7 @@ def engine_extra(
         "tensorrt_version": tensorrt_version,
         "device": device,
         "precision": plan.precision,
+        "strongly_typed": strongly_typed(tensorrt_version),
         "max_batch": plan.max_batch,
         "opt_batch": plan.opt_batch,
         "source": plan.onnx_path.name,
@@ -366,7 +423,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         "--precision",
         choices=PRECISIONS,
         required=True,
-        help="fp16: FP16; int8: INT8 from the Q/DQ nodes (rest FP32); best: FP16 + INT8",
+        help="fp16: FP16; int8: INT8 from the Q/DQ nodes (rest FP32); best: FP16 + INT8 "
+        "(TensorRT 11+: int8 only, the network is strongly typed)",
     )
     parser.add_argument("--out", type=Path, required=True, help="engine file to write (.plan)")
     parser.add_argument("--timing-cache", type=Path, default=None, help="default: beside --out")

@@ -29,12 +29,15 @@ from export.engine import (
     NO_TENSORRT,
     BuildPlan,
     EngineBuildError,
+    builder_flags,
     choose_builder,
     parse_trtexec_version,
     profile_shapes,
     read_input_shape,
+    strongly_typed,
     timing_cache_path,
     trtexec_argv,
+    trtexec_version,
 )
 from tests.edge.test_backends import INPUT_SHAPE, N_CLASSES, write_gemm_model
 
@@ -91,6 +94,40 @@ def test_trtexec_argv_per_precision(tmp_path: Path, precision: str, flag: str) -
     ]
 
 
+@pytest.mark.parametrize(
+    ("version", "typed"),
+    [
+        ("10.3.0", False),
+        ("10.13.3.9", False),
+        ("11.0.0", True),
+        ("11.4.0.106", True),
+        (None, False),
+    ],
+)
+def test_strong_typing_from_the_version(version: str | None, typed: bool) -> None:
+    assert strongly_typed(version) is typed
+
+
+def test_builder_flags_per_version() -> None:
+    assert builder_flags("fp16", "10.3.0") == ("FP16",)
+    assert builder_flags("int8", "10.3.0") == ("INT8",)
+    assert builder_flags("best", "10.3.0") == ("FP16", "INT8")
+    assert builder_flags("int8", None) == ("INT8",)
+    assert builder_flags("int8", "11.4.0") == ()  # the Q/DQ nodes carry the INT8 precision
+    for precision in ("fp16", "best"):
+        with pytest.raises(EngineBuildError, match=rf"--precision {precision}: TensorRT 11\.4\.0"):
+            builder_flags(precision, "11.4.0")
+
+
+def test_trtexec_argv_strongly_typed(tmp_path: Path) -> None:
+    weak = trtexec_argv(_plan(tmp_path, "int8"), tmp_path / "e", "/opt/trtexec", "10.3.0")
+    typed = trtexec_argv(_plan(tmp_path, "int8"), tmp_path / "e", "/opt/trtexec", "11.4.0")
+    assert "--int8" in weak
+    assert typed == [a for a in weak if a != "--int8"]
+    with pytest.raises(EngineBuildError, match="use TensorRT 10"):
+        trtexec_argv(_plan(tmp_path, "best"), tmp_path / "e", "/opt/trtexec", "11.4.0")
+
+
 def test_profile_shapes() -> None:
     assert profile_shapes((1, 8, 16), max_batch=64, opt_batch=16) == (
         (1, 1, 8, 16),
@@ -142,6 +179,85 @@ def test_choose_builder() -> None:
         choose_builder(True, None, use_trtexec=True)
     with pytest.raises(EngineBuildError, match="engines must be built on the target device"):
         choose_builder(False, None, use_trtexec=False)
+
+
+# --- a stand-in trtexec (a script, not TensorRT): the argv and the bookkeeping around it -------
+
+
+def write_stand_in_trtexec(folder: Path, code: int) -> tuple[Path, Path]:
+    """An executable that prints trtexec's banner for TensorRT ``code`` (``v110400``), appends
+    its argv to ``argv.log`` and writes a placeholder (not an engine) to ``--saveEngine``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "argv.log"
+    script = folder / "trtexec"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        f"print('&&&& RUNNING TensorRT.trtexec [TensorRT v{code}] # trtexec', *sys.argv[1:])\n"
+        f"with open({str(log)!r}, 'a') as log:\n"
+        "    log.write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "for arg in sys.argv[1:]:\n"
+        "    if arg.startswith('--saveEngine='):\n"
+        "        open(arg.split('=', 1)[1], 'wb').write(b'placeholder, not an engine')\n"
+    )
+    script.chmod(0o755)
+    return script, log
+
+
+def test_trtexec_version_read_from_its_banner(tmp_path: Path) -> None:
+    script, log = write_stand_in_trtexec(tmp_path / "bin", 110400)
+    assert trtexec_version(str(script)) == "11.4.0"
+    assert log.read_text() == "--help\n"
+    mute = tmp_path / "mute"
+    mute.write_text("#!/bin/sh\nexit 1\n")
+    mute.chmod(0o755)
+    assert trtexec_version(str(mute)) is None  # unknown: built as TensorRT 10
+    with pytest.raises(EngineBuildError, match=r"absent: cannot run trtexec --help"):
+        trtexec_version(str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize(
+    ("code", "flag", "typed"), [(100300, "--int8", False), (110400, None, True)]
+)
+def test_main_with_trtexec_passes_the_precision_flag_its_version_has(
+    monkeypatch: pytest.MonkeyPatch,
+    gemm_path: Path,
+    tmp_path: Path,
+    code: int,
+    flag: str | None,
+    typed: bool,
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    script, log = write_stand_in_trtexec(tmp_path / "bin", code)
+    monkeypatch.setenv("PATH", str(script.parent))
+    out = tmp_path / "model.plan"
+    assert engine.main([str(gemm_path), "--precision", "int8", "--out", str(out)]) == 0
+    help_call, build_call = log.read_text().splitlines()
+    assert help_call == "--help"
+    assert ("--int8" in build_call.split()) is (flag is not None)
+    assert not {"--fp16", "--best"} & set(build_call.split())
+    entry = json.loads((tmp_path / "manifest.json").read_text())["files"]["model.plan"]
+    assert entry["strongly_typed"] is typed
+    assert entry["tensorrt_version"] == ("11.4.0" if typed else "10.3.0")
+
+
+def test_main_refuses_fp16_on_a_strongly_typed_trtexec_before_building(
+    monkeypatch: pytest.MonkeyPatch,
+    gemm_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    script, log = write_stand_in_trtexec(tmp_path / "bin", 110400)
+    monkeypatch.setenv("PATH", str(script.parent))
+    out = tmp_path / "model.plan"
+    assert engine.main([str(gemm_path), "--precision", "fp16", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--precision fp16: TensorRT 11.4.0 builds strongly typed networks only" in err
+    assert log.read_text() == "--help\n"  # asked its version, built nothing
+    assert not out.exists()
+    assert "model.plan" not in (tmp_path / "manifest.json").read_text()
 
 
 # --- main() without TensorRT ------------------------------------------------------------------
@@ -322,6 +438,11 @@ def _build_and_compare(onnx_path: Path, out: Path, argv_extra: list[str], atol: 
 def test_python_api_fp16_engine_matches_onnxruntime(gemm_path: Path, tmp_path: Path) -> None:
     trt = _require_tensorrt()
     out = tmp_path / "model.plan"
+    if strongly_typed(trt.__version__):  # TensorRT 11 removed the FP16 builder flag
+        argv = [str(gemm_path), "--out", str(out), "--precision", "fp16"]
+        assert engine.main(argv) == 1
+        assert not out.exists()
+        return
     entry = _build_and_compare(gemm_path, out, ["--precision", "fp16"], atol=2e-2)
     assert entry["built_with"] == "python-api"
     assert entry["tensorrt_version"] == normalize_trt_version(trt.__version__)
@@ -350,8 +471,9 @@ def test_trtexec_engine_matches_onnxruntime(gemm_path: Path, tmp_path: Path) -> 
     _require_tensorrt()
     if engine.find_trtexec() is None:
         pytest.skip("trtexec not on PATH nor in /usr/src/tensorrt/bin")
+    write_qdq_model(tmp_path / "model.int8.onnx")  # int8 on a Q/DQ graph: TensorRT 10 and 11
     out = tmp_path / "model.plan"
-    argv = ["--precision", "fp16", "--use-trtexec"]
-    entry = _build_and_compare(gemm_path, out, argv, atol=2e-2)
+    argv = ["--precision", "int8", "--use-trtexec"]
+    entry = _build_and_compare(tmp_path / "model.int8.onnx", out, argv, atol=5e-2)
     assert entry["built_with"] == "trtexec"
     assert entry["tensorrt_version"] is not None
