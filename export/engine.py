@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.backends.base import INPUT_NAME, STATE_NAME
+from edge.backends.tensorrt import normalize_trt_version
 from edge.errors import LungwatchError
 from edge.manifest import MANIFEST_NAME
 from firmware_bridge.cliparse import ArgumentParser
@@ -164,8 +165,7 @@ def strongly_typed(tensorrt_version: str | None) -> bool:
     version is taken for TensorRT 10."""
     if tensorrt_version is None:
         return False
-    major = re.match(r"\s*(\d+)", str(tensorrt_version))
-    return major is not None and int(major.group(1)) >= STRONGLY_TYPED_MAJOR
+    return int(normalize_trt_version(tensorrt_version).split(".")[0]) >= STRONGLY_TYPED_MAJOR
 
 
 def check_precision(precision: str, tensorrt_version: str | None) -> None:
@@ -320,8 +320,6 @@ def build_with_python_api(trt: Any, plan: BuildPlan) -> str:
         raise EngineBuildError(f"{plan.onnx_path}: TensorRT could not build an engine (log above)")
     _atomic_write(plan.out, serialized)
     _atomic_write(plan.timing_cache, config.get_timing_cache().serialize())
-    from edge.backends.tensorrt import normalize_trt_version
-
     return normalize_trt_version(trt.__version__)
 
 
