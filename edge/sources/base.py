@@ -47,6 +47,10 @@ class SourceChunk:
     first_sample: int  # index of samples[0] on the stream's timeline
     missing: bool = False  # True: the samples are silence standing in for lost audio
     notices: tuple[Notice, ...] = ()
+    # when the chunk's last sample was captured, on the source's clock (``time.monotonic``
+    # unless one was injected); None where the source cannot tell (a file read as fast as
+    # possible, the bridge). The runtime measures how long audio waited before it was read.
+    captured_s: float | None = None
 
 
 @runtime_checkable

@@ -4,7 +4,8 @@ The file is read once by :func:`edge.audio.read_audio` and resampled to the mode
 same samples training sees). Chunks are read-only views of it on a timeline that starts at 0;
 with ``loop`` the timeline keeps counting across repetitions. In real time, a chunk is handed
 out once its last sample would have been captured: at ``t0 + (first_sample + n) / rate`` on the
-monotonic clock, ``t0`` being the first :meth:`FileSource.read`.
+monotonic clock, ``t0`` being the first :meth:`FileSource.read`, and that moment is the
+chunk's ``captured_s``.
 """
 
 from __future__ import annotations
@@ -70,25 +71,31 @@ class FileSource:
                 raise SourceEnded(f"{self.path}: end of file after {self._next_sample} samples")
             self._pos = 0
         chunk = self._samples[self._pos : self._pos + self.chunk_samples]
-        if self.realtime and not self._wait_until_due(chunk.shape[0], timeout_s):
-            return None
-        out = SourceChunk(samples=chunk, first_sample=self._next_sample)
+        captured_s = None
+        if self.realtime:
+            captured_s = self._wait_until_due(chunk.shape[0], timeout_s)
+            if captured_s is None:
+                return None
+        out = SourceChunk(samples=chunk, first_sample=self._next_sample, captured_s=captured_s)
         self._pos += chunk.shape[0]
         self._next_sample += chunk.shape[0]
         return out
 
-    def _wait_until_due(self, n: int, timeout_s: float) -> bool:
+    def _wait_until_due(self, n: int, timeout_s: float) -> float | None:
+        """When the next ``n`` samples' last one is captured, once that moment has come
+        (waiting up to ``timeout_s`` for it); None if it does not come within the timeout."""
         now = self._clock()
         if self._t0 is None:
             self._t0 = now
-        wait_s = self._t0 + (self._next_sample + n) / self.sample_rate_hz - now
+        due_s = self._t0 + (self._next_sample + n) / self.sample_rate_hz
+        wait_s = due_s - now
         if wait_s > timeout_s:
             if timeout_s > 0.0:  # a non-blocking read (0) returns at once: no sleep(0), which
                 self._sleep(timeout_s)  # yields the GIL and cost the runtime's rounds 80 us
-            return False
+            return None
         if wait_s > 0.0:
             self._sleep(wait_s)
-        return True
+        return due_s
 
     def close(self) -> None:
         """Nothing to release (the file was read at construction)."""

@@ -9,14 +9,17 @@ default rate, and :class:`StreamingResampler` converts chunk by chunk (the polyp
 depend on the chunking and equals ``resample_poly`` on the whole signal but for the last
 ``half_len / up`` input samples, which are still in the filter).
 
-Capture is 16-bit mono in blocking mode. An input overflow (PortAudio dropped audio because we
-read late) is reported as an ``overflow`` notice; the block read with it is delivered as a
-``missing`` chunk of zeros, so the timeline stays sample-accurate. (pyaudio's
-``exception_on_overflow=False`` would keep the block but give no sign that audio was lost;
-with ``True`` it raises and discards the block, which is what we report.) A failing stream is a
-disconnect: one empty chunk carries a ``disconnected`` notice, reopening is tried every
-``reopen_interval_s``, and the first chunk after it carries ``reconnected`` (with
-``missing_samples``, the wall-clock length of the outage) and a timeline jump of that length.
+Capture is 16-bit mono in blocking mode. A block's ``captured_s`` is the read's time less the
+audio still buffered behind it (``get_read_available()`` less the block), so a runtime that
+reads late sees how late (PortAudio's own input latency is not in it). An input overflow
+(PortAudio dropped audio because we read late) is reported as an ``overflow`` notice; the block
+read with it is delivered as a ``missing`` chunk of zeros, so the timeline stays
+sample-accurate. (pyaudio's ``exception_on_overflow=False`` would keep the block but give no
+sign that audio was lost; with ``True`` it raises and discards the block, which is what we
+report.) A failing stream is a disconnect: one empty chunk carries a ``disconnected`` notice,
+reopening is tried every ``reopen_interval_s``, and the first chunk after it carries
+``reconnected`` (with ``missing_samples``, the wall-clock length of the outage) and a timeline
+jump of that length.
 """
 
 from __future__ import annotations
@@ -219,7 +222,10 @@ class MicSource:
             except OSError as exc:
                 return self._disconnect(str(exc))
             if available >= self._block:
-                return self._read_block()
+                # the block read now is the oldest buffered: its last sample was captured
+                # (available - block) samples ago
+                lag_s = (available - self._block) / self.device_rate_hz
+                return self._read_block(self._clock() - lag_s)
             if not self._stream.is_active():
                 return self._disconnect("stream stopped")
             remaining_s = deadline_s - self._clock()
@@ -227,7 +233,7 @@ class MicSource:
                 return None
             time.sleep(min(remaining_s, POLL_FRACTION * self._block / self.device_rate_hz))
 
-    def _read_block(self) -> SourceChunk:
+    def _read_block(self, captured_s: float) -> SourceChunk:
         try:
             data = self._stream.read(self._block, exception_on_overflow=True)
         except OSError as exc:
@@ -235,8 +241,9 @@ class MicSource:
                 return self._disconnect(str(exc))
             notice = Notice("overflow", self._next_sample, {"device_samples": self._block})
             zeros = np.zeros(self._block, dtype=np.float32)
-            return self._chunk(zeros, missing=True, notices=(notice,))
-        return self._chunk(to_float32(np.frombuffer(data, dtype="<i2"), source="mic"))
+            return self._chunk(zeros, missing=True, notices=(notice,), captured_s=captured_s)
+        samples = to_float32(np.frombuffer(data, dtype="<i2"), source="mic")
+        return self._chunk(samples, captured_s=captured_s)
 
     @property
     def resampler_half_len(self) -> int:
@@ -244,10 +251,14 @@ class MicSource:
         return 0 if self._resampler is None else self._resampler.half_len
 
     def _chunk(
-        self, x: np.ndarray, missing: bool = False, notices: tuple[Notice, ...] = ()
+        self,
+        x: np.ndarray,
+        missing: bool = False,
+        notices: tuple[Notice, ...] = (),
+        captured_s: float | None = None,
     ) -> SourceChunk:
         samples = x if self._resampler is None else self._resampler.push(x).copy()
-        chunk = SourceChunk(samples, self._next_sample, missing=missing, notices=notices)
+        chunk = SourceChunk(samples, self._next_sample, missing, notices, captured_s)
         self._next_sample += samples.shape[0]
         return chunk
 

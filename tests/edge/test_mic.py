@@ -239,6 +239,34 @@ def test_overflow_becomes_a_notice_and_a_missing_chunk(
     assert after.first_sample == 800
 
 
+def test_a_block_read_late_is_stamped_with_its_capture_time(
+    virtual_mic: Callable[[np.ndarray], None],
+) -> None:
+    """A block's ``captured_s`` is the read's time less the audio buffered behind it: with
+    0.25 s more than the block waiting in PortAudio's buffer, the block read was captured
+    0.25 s before the read."""
+    virtual_mic(recording(1.0, RATE_HZ))
+    source = MicSource(DEVICE, "bed", RATE_HZ, chunk_samples=400, clock=lambda: 50.0)
+    real = source._stream
+
+    class Buffered:  # PortAudio says the block and 2,000 more samples are waiting
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def get_read_available(self) -> int:
+            return 400 + 2000
+
+    try:
+        source._stream = Buffered()
+        late = source.read(1.0)
+        source._stream = real
+    finally:
+        source.close()
+    assert late is not None
+    assert late.samples.shape == (400,)
+    assert late.captured_s == pytest.approx(50.0 - 2000 / RATE_HZ)
+
+
 def test_disconnect_then_reconnect(virtual_mic: Callable[[np.ndarray], None]) -> None:
     virtual_mic(recording(1.0, RATE_HZ))
     source = MicSource(DEVICE, "bed", RATE_HZ, chunk_samples=400, reopen_interval_s=0.05)

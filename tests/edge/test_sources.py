@@ -101,6 +101,23 @@ def test_a_non_blocking_read_of_a_chunk_not_due_does_not_sleep(tmp_path: Path) -
     assert slept == [0.05, pytest.approx(0.05)]
 
 
+def test_a_paced_chunk_carries_its_capture_time_and_a_fast_one_none(tmp_path: Path) -> None:
+    """In real time a chunk's ``captured_s`` is when its last sample was due on the source's
+    clock (the first read at t0, then t0 + end / rate), however late it is read; read as
+    fast as possible, a file cannot tell, and says None."""
+    now = [100.0]
+    path = wav(tmp_path / "a.wav", 0.5)
+    source = FileSource(path, "bed-1", RATE_HZ, chunk_samples=800, realtime=True,
+                        clock=lambda: now[0], sleep=lambda s: None)  # fmt: skip
+    assert source.read(0.0) is None  # starts the clock: t0 = 100.0
+    now[0] = 100.35  # read late: three chunks are due
+    captured = [source.read(0.0) for _ in range(4)]
+    assert [c.captured_s for c in captured[:3]] == pytest.approx([100.1, 100.2, 100.3])
+    assert captured[3] is None  # the fourth is due at 100.4
+    fast = FileSource(path, "bed-1", RATE_HZ, chunk_samples=800)
+    assert [c.captured_s for c in drain(fast)] == [None] * 5
+
+
 def test_open_source_forms(tmp_path: Path) -> None:
     path = wav(tmp_path / "a.wav", 0.2)
     assert isinstance(open_source(str(path), "s", RATE_HZ), FileSource)
