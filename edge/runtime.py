@@ -210,6 +210,9 @@ class Stream:
             "state_resets": 0,
         }
         self.latencies_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
+        # since the last report: how long the oldest chunk a read found had waited after its
+        # capture (sources that give ``captured_s``)
+        self.read_waits_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
 
     def utc(self, sample: int) -> str:
         """UTC of a sample on this stream's timeline: wall time of sample 0 + sample / rate."""
@@ -224,13 +227,22 @@ class Stream:
         values["drops"] = sum(drops.values())
         values["invalid_samples"] = p.invalid_samples
         values["open_events"] = len(self.episodes)
-        latencies = np.array(self.latencies_ms, dtype=np.float64)
-        self.latencies_ms.clear()
-        values["latency_windows"] = int(latencies.size)
-        percentiles = np.percentile(latencies, (50, 99, 100)) if latencies.size else [None] * 3
-        for name, value in zip(("p50", "p99", "max"), percentiles, strict=True):
-            values[f"latency_ms_{name}"] = None if value is None else round(float(value), 3)
+        values["latency_windows"] = len(self.latencies_ms)
+        values.update(_percentiles_ms("latency_ms", self.latencies_ms))
+        values["read_wait_reads"] = len(self.read_waits_ms)
+        values.update(_percentiles_ms("read_wait_ms", self.read_waits_ms))
         return values
+
+
+def _percentiles_ms(prefix: str, values: deque[float]) -> dict[str, float | None]:
+    """``prefix_p50`` / ``_p99`` / ``_max`` of ``values`` (None when empty), which it clears."""
+    data = np.array(values, dtype=np.float64)
+    values.clear()
+    found = np.percentile(data, (50, 99, 100)) if data.size else [None] * 3
+    return {
+        f"{prefix}_{name}": None if value is None else round(float(value), 3)
+        for name, value in zip(("p50", "p99", "max"), found, strict=True)
+    }
 
 
 Ready = tuple[Stream, WindowReady, float]  # stream, window, perf_counter when its chunk came
@@ -260,6 +272,7 @@ class Runtime:
         self.live = LiveStrip(model.manifest.classes, config.live_interval_s)
         self._lock = threading.Lock()  # acknowledge() comes from the MQTT network thread
         self.batches = {"calls": 0, "windows": 0, "max_windows": 0}
+        self._behind = False  # the last load check found audio waiting too long for its read
 
     @property
     def running(self) -> bool:
@@ -324,6 +337,9 @@ class Runtime:
         if not chunks:
             return self._read_failed(stream, ready)
         arrived = time.perf_counter()
+        captured_s = chunks[0].captured_s  # the oldest chunk read: the longest wait
+        if captured_s is not None:
+            stream.read_waits_ms.append((self._clock() - captured_s) * 1e3)
         for chunk in _coalesced(chunks):
             n = int(chunk.samples.shape[0])
             if stream.t0_posix is None:  # the chunk's last sample was captured just now
@@ -472,12 +488,39 @@ class Runtime:
                 publish_live(self.sink, stream_id, point)
 
     def publish_metrics(self) -> None:
-        """One metrics message per stream (with the MQTT sink's counters as ``mqtt_*``)."""
+        """One metrics message per stream (with the MQTT sink's counters as ``mqtt_*``);
+        then the load check (:meth:`_check_read_wait`)."""
         stats = self._sink_stats() if self._sink_stats is not None else {}
         shared = {f"mqtt_{key}": value for key, value in stats.items()}
         with self._lock:
-            for stream in self.streams:
-                self.sink.publish_metrics(stream.id, {**stream.metrics(), **shared})
+            reports = [(stream.id, stream.metrics()) for stream in self.streams]
+            for stream_id, values in reports:
+                self.sink.publish_metrics(stream_id, {**values, **shared})
+        self._check_read_wait(reports)
+
+    def _check_read_wait(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
+        """A WARNING for every report in which some bed's audio waited, p99 over its reads,
+        longer than ``read_wait_warn_ms`` between capture and read: the loop is behind (the
+        core is near its limit), and every alarm is that much later. One INFO line when it
+        has caught up again."""
+        limit = self.config.read_wait_warn_ms
+        if limit <= 0:
+            return
+        waits = [
+            (v["read_wait_ms_p99"], i) for i, v in reports if v["read_wait_ms_p99"] is not None
+        ]
+        over = sorted((w for w in waits if w[0] > limit), reverse=True)
+        if over:
+            worst_ms, worst_id = over[0]
+            log.warning(
+                "the loop is behind: audio waited up to %.0f ms between capture and read "
+                "(p99 of bed %s; %d of %d beds over read_wait_warn_ms %.0f); every alarm is "
+                "that much later: serve fewer beds on this core (docs/runtime.md, 'Load')",
+                worst_ms, worst_id, len(over), len(waits), limit,
+            )  # fmt: skip
+        elif self._behind and waits:
+            log.info("the loop caught up: read wait p99 at most %.0f ms", max(waits)[0])
+        self._behind = bool(over) or (self._behind and not waits)
 
     def run(self, stop: threading.Event) -> None:
         """Step until every source ended, ``stop`` is set or ``max_run_s`` passed; then end
@@ -516,7 +559,8 @@ def _coalesced(chunks: list[SourceChunk]) -> list[SourceChunk]:
             out.append(run[0])
         elif run:
             samples = np.concatenate([c.samples for c in run])
-            out.append(SourceChunk(samples=samples, first_sample=run[0].first_sample))
+            first, captured_s = run[0].first_sample, run[-1].captured_s
+            out.append(SourceChunk(samples=samples, first_sample=first, captured_s=captured_s))
         run.clear()
 
     for chunk in chunks:

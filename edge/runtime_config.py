@@ -22,8 +22,10 @@ Sections (every key is optional except ``streams``; see ``edge/configs/ward.yaml
 - ``dashboard``: :class:`edge.dashboard.config.DashboardConfig`, the ward view served by
   ``lungwatch run`` too when ``enabled`` (:func:`start_dashboard`);
 - ``metrics_interval_s``, ``live_interval_s``, ``idle_sleep_s``, ``max_run_s``,
-  ``round_group``: the loop's timing (``live_interval_s``: the live strip's period per bed, 0:
-  off; ``edge.sinks.live``; ``round_group``: streams read, inferred and published together).
+  ``round_group``, ``read_wait_warn_ms``: the loop's timing (``live_interval_s``: the live
+  strip's period per bed, 0: off; ``edge.sinks.live``; ``round_group``: streams read,
+  inferred and published together; ``read_wait_warn_ms``: how long audio may wait for its
+  read before the loop is reported behind, 0: never).
 
 Every error is one :class:`~edge.errors.ConfigError` line naming the file and the key::
 
@@ -126,6 +128,9 @@ class RuntimeConfig:
     # a round reads, infers and publishes this many streams at a time (0: all in one group): a
     # window's events wait for its group, not for every bed of the round
     round_group: int = 125
+    # the loop is behind when audio waits longer than this (p99 of a bed's reads over a
+    # metrics interval) between its capture and its read: logged as a WARNING (0: never)
+    read_wait_warn_ms: float = 500.0
 
     def __post_init__(self) -> None:
         check(len(self.streams) >= 1, "streams", self.streams, "a list of at least one stream")
@@ -145,6 +150,12 @@ class RuntimeConfig:
             "round_group",
             self.round_group,
             "an integer >= 0 (0: every stream in one group)",
+        )
+        check(
+            self.read_wait_warn_ms >= 0,
+            "read_wait_warn_ms",
+            self.read_wait_warn_ms,
+            "a number >= 0 (0: no warning)",
         )
         check(
             self.state_reset_gap_ms >= 0,

@@ -4,6 +4,7 @@ fitted detector rules reach the device; a gap resets only its own bed's model st
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -17,6 +18,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from edge.runtime import Runtime, Stream, open_model
+from edge.sources import FileSource
 from edge.sources.base import SourceChunk, SourceEnded
 from tests.edge.runtime_helpers import (
     MIXED,
@@ -380,3 +382,68 @@ def test_coalesced_joins_plain_contiguous_chunks_only():
     ]
     np.testing.assert_array_equal(out[0].samples, np.arange(8, dtype=np.float32))
     np.testing.assert_array_equal(out[3].samples, np.arange(20, 24, dtype=np.float32))
+
+
+def test_audio_waiting_for_its_read_is_measured_and_a_loop_behind_is_reported(
+    tmp_path, folder, caplog
+):
+    """Paced file sources stamp each chunk with its capture time. The runtime measures how long
+    the oldest chunk each read found had waited (``read_wait_*`` in every bed's metrics) and
+    logs a WARNING naming the worst bed when a bed's p99 is over ``read_wait_warn_ms``; once
+    the loop has caught up, one INFO line. The runtime and the sources share one clock."""
+    now = [1000.0]
+    path = record_path(MIXED)
+    beds = [stream("b0", path), stream("b1", path)]
+    config = build(mapping(tmp_path, folder, beds, read_wait_warn_ms=500, metrics_interval_s=3600))
+    model = open_model(config, "test.yaml")
+    sink = ListSink()
+
+    def source(bed_id: str) -> FileSource:
+        return FileSource(path, bed_id, 8000, chunk_samples=800, realtime=True,
+                          clock=lambda: now[0], sleep=lambda s: None)  # fmt: skip
+
+    streams = [Stream(c, source(c.id), model) for c in config.streams]
+    runtime = Runtime(config, model, streams, sink, clock=lambda: now[0])
+
+    def rounds(n: int, every_s: float) -> None:
+        for _ in range(n):
+            now[0] += every_s
+            runtime.step()
+
+    def report() -> dict[str, dict]:
+        sink.metrics.clear()
+        runtime.publish_metrics()
+        return dict(sink.metrics)
+
+    caplog.set_level(logging.INFO, logger="lungwatch.runtime")
+    try:
+        runtime.step()  # the sources' clocks start: t0 = 1000.0
+        rounds(10, 0.1 + 1e-9)  # every chunk read as it falls due
+        on_time = report()
+        now[0] += 1.5  # a round that took 1.5 s
+        rounds(30, 1e-9)  # the backlog is read, a window's worth per round
+        behind = report()
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        rounds(10, 0.1)
+        caught_up = report()
+    finally:
+        model.backend.close()
+    for bed in ("b0", "b1"):
+        assert on_time[bed]["read_wait_reads"] == 10
+        assert on_time[bed]["read_wait_ms_max"] < 0.01
+        assert behind[bed]["read_wait_ms_max"] == pytest.approx(1400.0, abs=1.0)
+        assert behind[bed]["read_wait_ms_p99"] > 500
+        assert caught_up[bed]["read_wait_ms_max"] < 100.1
+    assert len(warnings) == 1
+    assert "the loop is behind" in warnings[0].getMessage()
+    assert "2 of 2 beds over read_wait_warn_ms 500" in warnings[0].getMessage()
+    infos = [r.getMessage() for r in caplog.records if "caught up" in r.getMessage()]
+    assert len(infos) == 1
+
+
+def test_read_wait_warn_ms_must_not_be_negative(tmp_path, folder):
+    from edge.errors import ConfigError
+
+    streams = [stream("b0", record_path(MIXED))]
+    with pytest.raises(ConfigError, match=r"test\.yaml: read_wait_warn_ms must be a number >= 0"):
+        build(mapping(tmp_path, folder, streams, read_wait_warn_ms=-1))
