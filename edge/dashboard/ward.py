@@ -7,7 +7,8 @@
 
 Kept per device: online / offline from the retained ``status`` (the broker's last will says
 ``offline`` when the runtime dies), the beds it serves (from ``event``, ``live`` and
-``metrics`` topics), its spool depth (``metrics.mqtt_spooled``). Per bed: the open episodes
+``metrics`` topics), its spool depth (``metrics.mqtt_spooled``), its worst bed's read wait
+(``metrics.read_wait_ms_p99``: behind when over 500 ms). Per bed: the open episodes
 (``onset`` / ``ongoing`` seen, no ``ended`` yet), the last events, the live strip and its
 state at a glance (:func:`bed_state`). Alarms: every open episode of the site, ordered by
 priority (high first), then age (the oldest onset first), then device and bed
@@ -56,6 +57,9 @@ CONDITION_OF_TYPE = {
 }
 KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live")}  # (topic levels, last)
 SEEN_IDS = 100_000  # event ids remembered for deduplication
+# a device is shown behind when a bed's audio waited longer than this for its read (p99 of
+# its last metrics report): the runtime's default read_wait_warn_ms (docs/runtime.md, "Load")
+READ_WAIT_BEHIND_MS = 500.0
 EXCERPT_CHARS = 160
 
 
@@ -72,6 +76,7 @@ class Bed:
     events: deque[dict[str, Any]]  # newest first
     live: deque[dict[str, Any]]  # oldest first
     open: dict[str, Event] = field(default_factory=dict)  # episode_id -> last message
+    read_wait_ms_p99: float | None = None  # its last metrics report's (None: not measured)
 
 
 @dataclass
@@ -83,6 +88,22 @@ class Device:
     spooled: int | None = None  # the MQTT spool's depth (metrics.mqtt_spooled)
     metrics_utc: str | None = None
     beds: dict[str, Bed] = field(default_factory=dict)
+
+
+def read_wait_view(device: Device) -> dict[str, Any]:
+    """The device's worst bed by read wait (p99 of each bed's last report): ``read_wait_ms``
+    and ``read_wait_bed`` (None when no bed measures it), ``behind`` when it is over
+    :data:`READ_WAIT_BEHIND_MS`: the device is near its limit and its alarms come late."""
+    known = [
+        (b.read_wait_ms_p99, b.stream_id)
+        for b in device.beds.values()
+        if b.read_wait_ms_p99 is not None
+    ]
+    if not known:
+        return {"read_wait_ms": None, "read_wait_bed": None, "behind": False}
+    worst_ms, worst_bed = max(known)
+    return {"read_wait_ms": worst_ms, "read_wait_bed": worst_bed,
+            "behind": worst_ms > READ_WAIT_BEHIND_MS}  # fmt: skip
 
 
 def alarm_order(event: Event) -> tuple[int, str, str, str]:
@@ -208,10 +229,14 @@ class Ward:
         if not is_segment(stream_id) or not isinstance(metrics, dict):
             raise MessageError("metrics needs a stream_id segment and a metrics object")
         device = self._device(device_id)
-        self._bed(device, str(stream_id))
+        bed = self._bed(device, str(stream_id))
         spooled = metrics.get("mqtt_spooled")
         if isinstance(spooled, int) and not isinstance(spooled, bool):
             device.spooled = spooled
+        wait = metrics.get("read_wait_ms_p99")
+        bed.read_wait_ms_p99 = None  # null: no read of this bed measured it
+        if isinstance(wait, int | float) and not isinstance(wait, bool) and math.isfinite(wait):
+            bed.read_wait_ms_p99 = float(wait)
         device.metrics_utc = str(body.get("utc"))
         self._dirty_devices.add(device_id)
 
@@ -335,6 +360,7 @@ class Ward:
             "spooled": device.spooled,
             "metrics_utc": device.metrics_utc,
             "beds": sorted(device.beds, key=_natural),
+            **read_wait_view(device),
         }
 
     def bed_view(self, device: Device, bed: Bed, with_live: bool) -> dict[str, Any]:

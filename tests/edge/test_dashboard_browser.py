@@ -230,6 +230,9 @@ def test_ward_view_of_a_running_device(
                    30.0, "the device online")  # fmt: skip
         wait_until(lambda: live_on_every_bed(driver), 30.0, "a live-strip point on every bed")
         assert "beds served: 3" in device.text
+        # three paced beds: the device's loop keeps up (its worst bed's read wait, not behind)
+        wait_until(lambda: "read wait: " in device.text, 30.0, "the device's read wait")
+        assert "behind" not in device.text
         lives = [m for m in recorder.messages if m.topic.endswith("/live")]
         assert {m.topic for m in lives} == {f"{ROOT}/{b}/live" for b in beds}
         assert not any(m.retain for m in lives)

@@ -202,6 +202,38 @@ def test_metrics_give_beds_served_and_spool_depth() -> None:
     assert device["spooled"] == 7
 
 
+def test_the_worst_beds_read_wait_says_whether_the_device_is_behind() -> None:
+    """Each bed's last ``read_wait_ms_p99``; the device shows its worst bed, ``behind`` over
+    500 ms; a bed whose report has no measure (null) no longer counts."""
+    ward = Ward(SITE)
+
+    def report(bed: str, wait: object) -> dict[str, Any]:
+        body = _metrics(bed, 0)
+        body["metrics"]["read_wait_ms_p99"] = wait
+        assert ward.handle(f"{ROOT}/metrics", json.dumps(body).encode())
+        device = ward.snapshot()["devices"][0]
+        return {k: device[k] for k in ("read_wait_ms", "read_wait_bed", "behind")}
+
+    assert report("bed-1", None) == {"read_wait_ms": None, "read_wait_bed": None, "behind": False}
+    assert report("bed-1", 40.5) == {
+        "read_wait_ms": 40.5,
+        "read_wait_bed": "bed-1",
+        "behind": False,
+    }
+    assert report("bed-2", 812) == {"read_wait_ms": 812.0, "read_wait_bed": "bed-2", "behind": True}
+    assert report("bed-3", 120) == {"read_wait_ms": 812.0, "read_wait_bed": "bed-2", "behind": True}
+    assert report("bed-2", None) == {
+        "read_wait_ms": 120.0,
+        "read_wait_bed": "bed-3",
+        "behind": False,
+    }
+    assert report("bed-3", "late") == {
+        "read_wait_ms": 40.5,
+        "read_wait_bed": "bed-1",
+        "behind": False,
+    }
+
+
 def test_bad_messages_are_counted_and_named_not_dropped_silently(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -86,13 +86,14 @@
     const since = el("span", "since");
     const served = el("span", "served");
     const spool = el("span", "spool");
-    head.append(title, online, since, served, spool);
+    const wait = el("span", "read-wait");
+    head.append(title, online, since, served, spool, wait);
     const beds = el("div", "beds");
     section.append(head, beds);
     const container = $("#devices");
     const after = [...container.children].find((s) => s.dataset.device > id);
     container.insertBefore(section, after || null);
-    device = { section, online, since, served, spool, beds, view: null };
+    device = { section, online, since, served, spool, wait, beds, view: null };
     ward.devices.set(id, device);
     $("#empty").hidden = true;
     return device;
@@ -110,6 +111,12 @@
     const beds = view.beds.filter((b) => b !== "device").length;
     device.served.textContent = `beds served: ${beds}`;
     device.spool.textContent = `spool depth: ${view.spooled === null ? "?" : view.spooled}`;
+    // how long audio waits for the device's loop (its worst bed, p99): behind = alarms late
+    const waitMs = view.read_wait_ms;
+    device.wait.textContent = waitMs === null || waitMs === undefined ? "" : view.behind
+      ? `behind: audio waits up to ${Math.round(waitMs)} ms (${view.read_wait_bed}), alarms late`
+      : `read wait: ${Math.round(waitMs)} ms`;
+    device.wait.classList.toggle("behind", Boolean(view.behind));
     view.beds.forEach((stream) => bedNode(view.device_id, stream));
   }
 
