@@ -28,7 +28,7 @@ import re
 import uuid
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeGuard
 
 from edge.errors import LungwatchError
 from edge.labels import EVENT_LABELS, NORMAL, sound_class
@@ -322,7 +322,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
+    """A finite int or float, not a bool: what a number field of a message may hold."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -388,7 +389,7 @@ def _parsed_time(name: str, value: object) -> datetime:
 def _validate_model(e: Event) -> None:
     needed = e.kind == "physiological"
     conf_ok = (e.confidence is None and not needed) or (
-        _is_number(e.confidence) and 0.0 <= e.confidence <= 1.0  # type: ignore[operator]
+        is_number(e.confidence) and 0.0 <= e.confidence <= 1.0
     )
     what = "a number in [0, 1]" + ("" if needed else " or null")
     _check(conf_ok, "confidence", e.confidence, what)
@@ -409,7 +410,7 @@ def _validate_model(e: Event) -> None:
 def _validate_mappings(e: Event) -> None:
     _check(isinstance(e.quality, dict), "quality", e.quality, "an object of numbers")
     for key, value in e.quality.items():
-        _check(isinstance(key, str) and _is_number(value), f"quality.{key}", value, "a number")
+        _check(isinstance(key, str) and is_number(value), f"quality.{key}", value, "a number")
     _check(isinstance(e.detail, dict), "detail", e.detail, "an object")
     try:
         json.dumps(e.detail, allow_nan=False)

@@ -509,9 +509,9 @@ class Runtime:
         waits = [
             (v["read_wait_ms_p99"], i) for i, v in reports if v["read_wait_ms_p99"] is not None
         ]
-        over = sorted((w for w in waits if w[0] > limit), reverse=True)
+        over = [w for w in waits if w[0] > limit]
         if over:
-            worst_ms, worst_id = over[0]
+            worst_ms, worst_id = max(over)
             log.warning(
                 "the loop is behind: audio waited up to %.0f ms between capture and read "
                 "(p99 of bed %s; %d of %d beds over read_wait_warn_ms %.0f); every alarm is "

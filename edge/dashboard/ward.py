@@ -32,7 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.events import DEVICE_STREAM, SCHEMA_VERSION, TOPIC_ROOT, Event, EventError, is_segment
+from edge.events import (
+    DEVICE_STREAM,
+    SCHEMA_VERSION,
+    TOPIC_ROOT,
+    Event,
+    EventError,
+    is_number,
+    is_segment,
+)
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -233,10 +241,8 @@ class Ward:
         spooled = metrics.get("mqtt_spooled")
         if isinstance(spooled, int) and not isinstance(spooled, bool):
             device.spooled = spooled
-        wait = metrics.get("read_wait_ms_p99")
-        bed.read_wait_ms_p99 = None  # null: no read of this bed measured it
-        if isinstance(wait, int | float) and not isinstance(wait, bool) and math.isfinite(wait):
-            bed.read_wait_ms_p99 = float(wait)
+        wait = metrics.get("read_wait_ms_p99")  # null: no read of this bed measured it
+        bed.read_wait_ms_p99 = float(wait) if is_number(wait) else None
         device.metrics_utc = str(body.get("utc"))
         self._dirty_devices.add(device_id)
 
