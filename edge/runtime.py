@@ -491,7 +491,11 @@ class Runtime:
         """One metrics message per stream (with the MQTT sink's counters as ``mqtt_*``);
         then the load check (:meth:`_check_read_wait`)."""
         stats = self._sink_stats() if self._sink_stats is not None else {}
-        shared = {f"mqtt_{key}": value for key, value in stats.items()}
+        shared: dict[str, Any] = {f"mqtt_{key}": value for key, value in stats.items()}
+        # the limit the load check judges read_wait_ms_p99 by (null: the check is off), so a
+        # dashboard shows "behind" by this device's setting, not by the default
+        limit = self.config.read_wait_warn_ms
+        shared["read_wait_warn_ms"] = limit if limit > 0 else None
         with self._lock:
             reports = [(stream.id, stream.metrics()) for stream in self.streams]
             for stream_id, values in reports:

@@ -234,6 +234,31 @@ def test_the_worst_beds_read_wait_says_whether_the_device_is_behind() -> None:
     }
 
 
+def test_behind_is_judged_by_the_devices_own_read_wait_limit() -> None:
+    """A device that reports its ``read_wait_warn_ms`` is behind by that limit: 300 ms is
+    behind at a limit of 200 and not at 1,000; without a usable limit (null: the device's check
+    is off, or absent, or not a number) the runtime's default 500 ms applies."""
+    ward = Ward(SITE)
+
+    def behind(wait: float, *limit: object) -> bool:
+        body = _metrics("bed-1", 0)
+        body["metrics"]["read_wait_ms_p99"] = wait
+        if limit:  # none given: the report has no read_wait_warn_ms
+            body["metrics"]["read_wait_warn_ms"] = limit[0]
+        assert ward.handle(f"{ROOT}/metrics", json.dumps(body).encode())
+        return bool(ward.snapshot()["devices"][0]["behind"])
+
+    assert behind(300, 200)
+    assert not behind(300, 1000)
+    assert behind(1200, 1000)
+    assert not behind(300, None)
+    assert behind(600, None)
+    assert not behind(300)  # a report without the key: an older runtime
+    assert behind(600)
+    assert not behind(300, "fast")
+    assert behind(600, 0)
+
+
 def test_bad_messages_are_counted_and_named_not_dropped_silently(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
