@@ -115,6 +115,9 @@ class TimingSink:
         self.inner, self.sources = inner, sources
         self.published: list[Published] = []
         self.measuring = False
+        # the runtime's own measure: each bed's read_wait_ms_p99 of every metrics report
+        # published while measuring (paced sources only; null reports are not kept)
+        self.read_wait_p99_ms: list[float] = []
 
     def publish(self, event: Event) -> None:
         self._note(event, time.perf_counter())
@@ -136,6 +139,9 @@ class TimingSink:
         )
 
     def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
+        wait = metrics.get("read_wait_ms_p99")
+        if self.measuring and wait is not None:
+            self.read_wait_p99_ms.append(float(wait))
         self.inner.publish_metrics(stream_id, metrics)
 
     def flush(self, timeout_s: float) -> bool:
@@ -216,4 +222,11 @@ def latencies(sink: TimingSink, probe: AckProbe | None) -> dict[str, dict[str, f
         result["capture_to_puback_ms"] = percentiles_ms(
             [acks[p.event_id] - p.captured_s for p in acked]
         )
+    waits = np.array(sink.read_wait_p99_ms, dtype=np.float64)
+    if waits.size:  # the runtime's own measure, as a dashboard sees it: per bed and report
+        result["read_wait_p99_ms"] = {
+            "n": int(waits.size),  # bed reports
+            "median": float(np.median(waits)),
+            "max": float(waits.max()),
+        }
     return result

@@ -274,8 +274,8 @@ def _paced(
         "",
         "| K | wall s | audio per stream / wall (1.00 = kept up) | events | close->publish "
         "p50 / p99 ms | close->PUBACK p50 / p99 / max ms | capture->PUBACK p50 / p99 / max ms "
-        "| unacked |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| unacked | runtime's read wait p99, median / worst bed report ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in paced:
         lat, three = run["latency"], ("p50", "p99", "max")
@@ -284,7 +284,8 @@ def _paced(
             f"| {lat['close_to_publish_ms'].get('n', 0)} | {_fmt(lat['close_to_publish_ms'])} "
             f"| {_fmt(lat.get('close_to_puback_ms'), three)} "
             f"| {_fmt(lat.get('capture_to_puback_ms'), three)} "
-            f"| {lat.get('close_to_puback_ms', {}).get('unacked', 'n/a')} |"
+            f"| {lat.get('close_to_puback_ms', {}).get('unacked', 'n/a')} "
+            f"| {_fmt(lat.get('read_wait_p99_ms'), ('median', 'max'))} |"
         )
     lines += [
         "",
@@ -293,7 +294,11 @@ def _paced(
         "other events in one spool transaction), and PUBACK comes back through the spool, the "
         "MQTT sender thread and paho's network thread. Capture = when the "
         "window's last sample was due from the (paced) source: it adds the wait before the "
-        "runtime got to read the chunk, which grows without bound when the core cannot keep up.",
+        "runtime got to read the chunk, which grows without bound when the core cannot keep up. "
+        "The runtime's read wait is its own measure of that wait (`read_wait_ms_p99` in each "
+        "bed's metrics report, every 10 s; docs/runtime.md, section 'Load'): the median and "
+        "the largest over the beds' reports published while measuring; over "
+        "`read_wait_warn_ms` (500 ms) the runtime logs that it is behind.",
         "",
         _event_load(paced, load),
     ]
