@@ -66,7 +66,7 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy edge training export firmware_bridge deploy
+	$(VENV)/bin/mypy edge training export firmware_bridge deploy bench
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .

@@ -18,6 +18,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,7 @@ def measure(seconds: float, repeats: int) -> dict[str, float]:
     for kind in FEATURE_KINDS:
         kind_spec = spec.replace(kind=kind)
         runners[f"{kind} streaming"] = streaming_runner(kind_spec, x)
-        runners[f"{kind} batch"] = lambda s=kind_spec: extract(x, s)
+        runners[f"{kind} batch"] = partial(extract, x, kind_spec)
     runners["scipy stft+mel reference"] = scipy_reference(spec, x)
     runners["librosa melspectrogram"] = librosa_reference(spec, x)
     return {

@@ -66,10 +66,12 @@ def make_corpus(rng: np.random.Generator) -> list[tuple[Frame, bytes | None]]:
         ids = (device, k % 2, k, 256 * k, 8000)
         fmt = [SampleFormat.INT16, SampleFormat.INT24, SampleFormat.FLOAT32][k % 3]
         count = int(rng.integers(1, 300))
-        x = rng.uniform(-1, 1, count) if fmt == SampleFormat.FLOAT32 else None
-        if x is None:
-            limit = 2**15 if fmt == SampleFormat.INT16 else 2**23
-            x = rng.integers(-limit, limit, count)
+        limit = 2**15 if fmt == SampleFormat.INT16 else 2**23
+        x: np.ndarray = (
+            rng.uniform(-1, 1, count)
+            if fmt == SampleFormat.FLOAT32
+            else rng.integers(-limit, limit, count)
+        )
         corpus.append((audio_frame(*ids, x, fmt), KEY if device == KEYED_DEVICE else None))
     status = DeviceStatus(55, -120, 7, off_body=True)
     info = DeviceInfo((1, 2, 3), 4, "fuzz-steth")
