@@ -29,7 +29,7 @@ Sections (every key is optional except ``streams``; see ``edge/configs/ward.yaml
 
 Every error is one :class:`~edge.errors.ConfigError` line naming the file and the key::
 
-    ward.yaml: model.file must be a file listed in models/edge/manifest.json (...), got 'x.onnx'
+    ward.yaml: model.file must be a file listed in models/sed/manifest.json (...), got 'x.onnx'
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ LIVE_INTERVAL = f"0 (no live strip) or a number >= {MIN_LIVE_INTERVAL_S} (second
 
 @dataclass(frozen=True)
 class ModelConfig:
-    dir: str = "models/edge"  # holds manifest.json and the artifacts it lists
+    dir: str = "models/sed"  # holds manifest.json and the artifacts it lists (the shipped detector)
     file: str = "model.int8.onnx"  # the artifact that runs (must be listed in the manifest)
     check_sha256: bool = True  # refuse a file whose sha256 differs from the manifest's
 

@@ -33,7 +33,9 @@ from tests.edge.runtime_helpers import (
     DEVICE,
     FOUND,
     MIXED,
+    MODEL_DIR,
     RATE_HZ,
+    REPO_ROOT,
     SITE,
     ListSink,
     ServeThread,
@@ -88,6 +90,23 @@ def produced(runtime: Any) -> int:
 
 
 # -- configuration ------------------------------------------------------------------------
+def test_a_config_without_a_model_section_runs_the_shipped_streaming_detector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``model`` may be left out: the default folder (relative to the working directory, the
+    project root here) is the shipped streaming detector's, not the window classifier's."""
+    monkeypatch.chdir(REPO_ROOT)
+    mapping = config_mapping(tmp_path, [stream("bed-1", tmp_path / "unused.wav")])
+    del mapping["model"]
+    model = open_model(build(mapping), "test.yaml")
+    try:
+        shipped = json.loads((MODEL_DIR / "manifest.json").read_text(encoding="utf-8"))
+        assert model.model_id == shipped["model_id"]
+        assert model.streaming is not None
+    finally:
+        model.backend.close()
+
+
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
