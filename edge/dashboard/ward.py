@@ -8,8 +8,8 @@
 Kept per device: online / offline from the retained ``status`` (the broker's last will says
 ``offline`` when the runtime dies), the beds it serves (from ``event``, ``live`` and
 ``metrics`` topics), its spool depth (``metrics.mqtt_spooled``), its worst bed's read wait
-(``metrics.read_wait_ms_p99``: behind when over the bed's ``metrics.read_wait_warn_ms``,
-the device's own limit, or 500 ms where the device does not say). Per bed: the open episodes
+(``metrics.read_wait_ms_p99``: behind when over the device's own limit,
+``metrics.read_wait_warn_ms``, or 500 ms where the device does not say). Per bed: the open episodes
 (``onset`` / ``ongoing`` seen, no ``ended`` yet), the last events, the live strip and its
 state at a glance (:func:`bed_state`). Alarms: every open episode of the site, ordered by
 priority (high first), then age (the oldest onset first), then device and bed
@@ -88,7 +88,6 @@ class Bed:
     live: deque[dict[str, Any]]  # oldest first
     open: dict[str, Event] = field(default_factory=dict)  # episode_id -> last message
     read_wait_ms_p99: float | None = None  # its last metrics report's (None: not measured)
-    read_wait_limit_ms: float = READ_WAIT_BEHIND_MS  # the device's read_wait_warn_ms, if given
 
 
 @dataclass
@@ -99,24 +98,25 @@ class Device:
     status_utc: str | None = None
     spooled: int | None = None  # the MQTT spool's depth (metrics.mqtt_spooled)
     metrics_utc: str | None = None
+    read_wait_limit_ms: float = READ_WAIT_BEHIND_MS  # its read_wait_warn_ms, where it says
     beds: dict[str, Bed] = field(default_factory=dict)
 
 
 def read_wait_view(device: Device) -> dict[str, Any]:
     """The device's worst bed by read wait (p99 of each bed's last report): ``read_wait_ms``
-    and ``read_wait_bed`` (None when no bed measures it), ``behind`` when some bed's wait is
-    over its limit (the device's ``read_wait_warn_ms``, else :data:`READ_WAIT_BEHIND_MS`): the
-    device is near its limit and its alarms come late."""
+    and ``read_wait_bed`` (None when no bed measures it), ``behind`` when it is over the
+    device's limit (its ``read_wait_warn_ms``, else :data:`READ_WAIT_BEHIND_MS`): the device is
+    near its limit and its alarms come late."""
     known = [
-        (b.read_wait_ms_p99, b.stream_id, b.read_wait_limit_ms)
+        (b.read_wait_ms_p99, b.stream_id)
         for b in device.beds.values()
         if b.read_wait_ms_p99 is not None
     ]
     if not known:
         return {"read_wait_ms": None, "read_wait_bed": None, "behind": False}
-    worst_ms, worst_bed, _ = max(known)
-    behind = any(wait_ms > limit_ms for wait_ms, _, limit_ms in known)
-    return {"read_wait_ms": worst_ms, "read_wait_bed": worst_bed, "behind": behind}
+    worst_ms, worst_bed = max(known)
+    return {"read_wait_ms": worst_ms, "read_wait_bed": worst_bed,
+            "behind": worst_ms > device.read_wait_limit_ms}  # fmt: skip
 
 
 def alarm_order(event: Event) -> tuple[int, str, str, str]:
@@ -249,9 +249,9 @@ class Ward:
         wait = metrics.get("read_wait_ms_p99")  # null: no read of this bed measured it
         bed.read_wait_ms_p99 = float(wait) if is_number(wait) else None
         limit = metrics.get("read_wait_warn_ms")  # null or absent: the device does not say
-        bed.read_wait_limit_ms = READ_WAIT_BEHIND_MS
+        device.read_wait_limit_ms = READ_WAIT_BEHIND_MS
         if is_number(limit) and limit > 0:
-            bed.read_wait_limit_ms = float(limit)
+            device.read_wait_limit_ms = float(limit)
         device.metrics_utc = str(body.get("utc"))
         self._dirty_devices.add(device_id)
 
