@@ -42,6 +42,7 @@ from training.recordings import (
     whole_example,
 )
 from training.scoring import score_detection
+from training.sed_margin import QualityReference, apply_margin, frame_margins
 from training.targets import BREATH_INDEX, OUTPUTS
 
 ALL_KINDS = FEATURE_KINDS
@@ -84,6 +85,10 @@ class Proto:
     # probabilities averaged over its frames (what the detector's phase mode judges) against
     # the phase's labels
     phase_weight: float = 0.5  # the shipped recipe (docs/models/sed.md); 0 turns it off
+    # > 0: the quality-adaptive margin (training.sed_margin), in logits at quality 1, on the
+    # class outputs' labelled BCE; it grows by quality_margin_gain x (1 - quality)
+    quality_margin: float = 0.0
+    quality_margin_gain: float = 1.0
     # > 0: the ICBHI train recordings (cycle labels, training.targets.cycle_targets) join the
     # training set, their frame weights scaled by this; validation stays SPRSound only
     icbhi_weight: float = 0.0
@@ -114,6 +119,9 @@ class Proto:
               f"-1 (the last) or an epoch in [0, epochs - 1 = {self.epochs - 1}]")  # fmt: skip
         check(self.fixed_epoch == -1 or self.train_on_validation, "fixed_epoch",
               self.fixed_epoch, "-1 unless train_on_validation is true")  # fmt: skip
+        check(self.quality_margin >= 0, "quality_margin", self.quality_margin, "a number >= 0")
+        check(self.quality_margin_gain >= 0, "quality_margin_gain", self.quality_margin_gain,
+              "a number >= 0")  # fmt: skip
 
 
 def feature_store() -> FeatureStore:
@@ -256,15 +264,22 @@ def frame_loss(
     distill_weight: float,
     pos_weight: torch.Tensor,
     output_weight: torch.Tensor,
+    margins: np.ndarray | None = None,
 ) -> torch.Tensor:
     """The frame loss: BCE against the batch's labelled targets, weighted per frame and output
     (mean over the weights); with ``distill_weight`` > 0 and teacher probabilities in the
     batch, mixed with the BCE against them over every real frame of the examples that have
-    them: ``(1 - distill_weight) * labelled + distill_weight * teachers``."""
+    them: ``(1 - distill_weight) * labelled + distill_weight * teachers``. ``margins``
+    (B, N): the quality-adaptive margin on the class outputs of the labelled BCE
+    (:mod:`training.sed_margin`)."""
     weights = torch.from_numpy(batch.weights)
+    targets = torch.from_numpy(batch.targets)
+    labelled = logits
+    if margins is not None:
+        labelled = apply_margin(logits, targets, torch.from_numpy(margins), BREATH_INDEX)
     per_frame = F.binary_cross_entropy_with_logits(
-        logits,
-        torch.from_numpy(batch.targets),
+        labelled,
+        targets,
         reduction="none",
         pos_weight=pos_weight[None, :, None],
     )
@@ -498,6 +513,9 @@ def main(cfg: Proto) -> dict:
         extra = load_icbhi_extra(cfg.kinds, grid, mcfg.stride, flush, cfg.icbhi_weight, std)
         print(f"+ {len(extra)} ICBHI recordings (weight {cfg.icbhi_weight})", flush=True)
         train = train + extra
+    reference = (
+        QualityReference.fit([r.features for r in train]) if cfg.quality_margin > 0 else None
+    )
     model = SedNet(mcfg)
     model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
     print("params", count_parameters(model), "state", model.state_size, flush=True)
@@ -536,13 +554,17 @@ def main(cfg: Proto) -> dict:
             bt = collate(exs, mcfg.stride, mcfg.lookahead_frames, flush)
             if cfg.cutmix_prob > 0 and rng.random() < cfg.cutmix_prob:
                 cutmix(bt, mcfg.stride, cfg.cutmix_frames, rng)
+            margins = None
+            if reference is not None:  # measured on the input before any augmentation
+                margins = frame_margins(bt.features, reference, mcfg.stride, bt.n_frames,
+                                        cfg.quality_margin, cfg.quality_margin_gain)  # fmt: skip
             if cfg.gain_db > 0:
                 random_gain(bt.features, cfg.gain_db, rng)
             if cfg.spec_augment:
                 augment(bt.features, flush, cfg, rng)
             x = torch.from_numpy(bt.features)
             logits, rec_logits = model.forward_train(x, bt.n_frames, torch.from_numpy(bt.mask))
-            loss = frame_loss(logits, bt, cfg.distill_weight, pos_w, out_w)
+            loss = frame_loss(logits, bt, cfg.distill_weight, pos_w, out_w, margins)
             if cfg.phase_weight > 0:
                 loss = loss + cfg.phase_weight * phase_loss(logits, bt)
             if rec_logits is not None:

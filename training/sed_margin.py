@@ -1,0 +1,104 @@
+"""The quality-adaptive margin of the frame-level model (option ``quality_margin``).
+
+QLung (Kim et al., arXiv:2606.11915) widens a classifier's margin where a recording's signal
+quality, judged from its spectral entropy and RMS, is poor; the window classifier has it as an
+angular margin on a cosine head (:mod:`training.losses`). SedNet's frame heads are sigmoid
+outputs on a plain 1x1 convolution, so here the margin is additive on the logits of the
+adventitious class outputs (LDAM's form, Cao et al., NeurIPS 2019), two-sided for a binary
+output, and training-only (the exported model does not change)::
+
+    z'[c, j] = z[c, j] - m_j * (2 * y[c, j] - 1)        (a positive must clear +m, a negative -m)
+    m_j = base * (1 + gain * (1 - q_j))
+
+Quality is measured per output frame ``j`` on the model's own input (the first feature kind,
+log power per band): each front-end frame's level ``E = log sum_f exp(x_f)`` and normalised
+spectral entropy over the bands ``H = -sum_f p_f log p_f / log F`` (``p = softmax(x)``) are
+standardised against the training set's frames and mapped through a logistic each, so that
+``q = sigmoid((E - mu_E) / sd_E) * sigmoid((mu_H - H) / sd_H)``: quiet, spectrally flat frames
+score low, loud peaked ones high; ``q_j`` is the mean over the frame's ``stride`` input frames.
+Measured on SPRSound rather than as an absolute score because the absolute one
+(``edge.quality.quality_score``) is >= 0.995 on 99 % of SPRSound's 2-s windows and would not
+adapt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edge.config import check
+
+
+def level_and_entropy(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame level ``E`` and normalised spectral entropy ``H`` of log-power features
+    ``(..., F, T)`` (natural log); both ``(..., T)``, ``H`` in [0, 1]."""
+    x = np.asarray(features, dtype=np.float64)
+    check(x.ndim >= 2 and x.shape[-2] >= 2, "features", x.shape, "(..., F >= 2 bands, T)")
+    top = x.max(axis=-2, keepdims=True)
+    power = np.exp(x - top)
+    total = power.sum(axis=-2, keepdims=True)
+    level = (np.log(total) + top)[..., 0, :]
+    p = power / total
+    entropy = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=-2) / np.log(x.shape[-2])
+    return level, np.clip(entropy, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class QualityReference:
+    """Mean and standard deviation of the training frames' level and entropy."""
+
+    level_mean: float
+    level_std: float
+    entropy_mean: float
+    entropy_std: float
+
+    @classmethod
+    def fit(cls, features: Sequence[np.ndarray], kind: int = 0) -> QualityReference:
+        """From recordings' features ``(K, F, T)`` (feature kind ``kind``)."""
+        check(len(features) > 0, "features", len(features), "at least one recording")
+        levels, entropies = zip(*(level_and_entropy(f[kind]) for f in features), strict=True)
+        e, h = np.concatenate(levels), np.concatenate(entropies)
+        return cls(float(e.mean()), float(max(e.std(), 1e-6)),
+                   float(h.mean()), float(max(h.std(), 1e-6)))  # fmt: skip
+
+    def quality(self, features: np.ndarray) -> np.ndarray:
+        """Quality in [0, 1] of each frame of log-power features ``(..., F, T)``."""
+        level, entropy = level_and_entropy(features)
+        q_level = 1.0 / (1.0 + np.exp(-(level - self.level_mean) / self.level_std))
+        q_entropy = 1.0 / (1.0 + np.exp(-(self.entropy_mean - entropy) / self.entropy_std))
+        return q_level * q_entropy
+
+
+def frame_margins(
+    features: np.ndarray,
+    reference: QualityReference,
+    stride: int,
+    n_frames: int,
+    base: float,
+    gain: float,
+    kind: int = 0,
+) -> np.ndarray:
+    """Margins ``(B, n_frames)`` of a batch's output frames from its input features
+    ``(B, K, F, T)``: output frame ``j`` reads input frames ``[j * stride, (j + 1) * stride)``
+    (the look-ahead frames past ``n_frames * stride`` are not scored)."""
+    check(base >= 0.0, "quality_margin", base, "a number >= 0")
+    check(gain >= 0.0, "quality_margin_gain", gain, "a number >= 0")
+    b, t = features.shape[0], features.shape[-1]
+    check(t >= n_frames * stride, "features", features.shape,
+          f"at least n_frames * stride = {n_frames * stride} frames")  # fmt: skip
+    q = reference.quality(features[:, kind, :, : n_frames * stride])
+    q = q.reshape(b, n_frames, stride).mean(axis=2)
+    return (base * (1.0 + gain * (1.0 - q))).astype(np.float32)
+
+
+def apply_margin(
+    logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, n_classes: int
+) -> torch.Tensor:
+    """Logits ``(B, O, N)`` with the first ``n_classes`` outputs moved against their targets
+    by ``margins`` ``(B, N)``: ``z - m * (2 y - 1)``; the other outputs unchanged."""
+    sign = 2.0 * targets[:, :n_classes] - 1.0
+    moved = logits[:, :n_classes] - margins[:, None, :].to(logits) * sign
+    return torch.cat([moved, logits[:, n_classes:]], dim=1)
