@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.special import expit, logsumexp, softmax
 
 from edge.config import check
 
@@ -37,13 +38,9 @@ def level_and_entropy(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``(..., F, T)`` (natural log); both ``(..., T)``, ``H`` in [0, 1]."""
     x = np.asarray(features, dtype=np.float64)
     check(x.ndim >= 2 and x.shape[-2] >= 2, "features", x.shape, "(..., F >= 2 bands, T)")
-    top = x.max(axis=-2, keepdims=True)
-    power = np.exp(x - top)
-    total = power.sum(axis=-2, keepdims=True)
-    level = (np.log(total) + top)[..., 0, :]
-    p = power / total
+    p = softmax(x, axis=-2)
     entropy = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=-2) / np.log(x.shape[-2])
-    return level, np.clip(entropy, 0.0, 1.0)
+    return logsumexp(x, axis=-2), np.clip(entropy, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -67,8 +64,8 @@ class QualityReference:
     def quality(self, features: np.ndarray) -> np.ndarray:
         """Quality in [0, 1] of each frame of log-power features ``(..., F, T)``."""
         level, entropy = level_and_entropy(features)
-        q_level = 1.0 / (1.0 + np.exp(-(level - self.level_mean) / self.level_std))
-        q_entropy = 1.0 / (1.0 + np.exp(-(self.entropy_mean - entropy) / self.entropy_std))
+        q_level = expit((level - self.level_mean) / self.level_std)
+        q_entropy = expit((self.entropy_mean - entropy) / self.entropy_std)
         return q_level * q_entropy
 
 
