@@ -1,0 +1,291 @@
+"""Threshold-free detection scores of a model's frame outputs, computed with sed_scores_eval.
+
+    scores = threshold_free(probs, annotated, durations_s, outputs, config, grid)
+
+:mod:`training.scoring` scores one operating point: the events the fitted detector raises.
+This module scores every operating point at once, so two models (or a model on two test sets)
+can be compared without the thresholds in between. Two score sets, each in both views of
+:mod:`training.scoring` (``family``: CAS / DAS; ``4class``):
+
+- ``phases``: what the device's phase rule raises at any threshold. Each breath phase the
+  detector cuts (the fitted Breath hysteresis, minimum length and lead) scores, per class, the
+  phase rule's decision statistic: the highest running mean of the class's output over the
+  phase once the phase spans ``min_phase_ms``. Thresholding that at ``t`` gives the events the
+  device raises with every class's on-threshold at ``t``. The events come from
+  :func:`edge.detector.detect_events` itself (every class's on-threshold at ``PHASE_FLOOR`` so
+  that every phase is an event, its confidence the statistic); nothing here cuts phases. A view
+  class scores the highest of its member classes. Two approximations, both where phases of a
+  class lie closer together than the lead: an event's reported start is clamped to the end of
+  the class's previous phase rather than of its previous raised event, and two such events
+  touch, so at thresholds both pass they count as one.
+- ``frames``: the model alone, without the phase rule: each output frame's probability (a view
+  class: the highest of its member outputs), an event wherever it stays above the threshold.
+
+Per score set and view:
+
+- ``psds1`` / ``psds2``: the Polyphonic Sound Detection Score (Bilen et al., ICASSP 2020;
+  computed exactly as in Ebbers et al., ICASSP 2022) in DCASE's two scenarios: detection and
+  ground-truth intersection 0.7, no cross-trigger term (scenario 1, which judges where events
+  start and end), and 0.1 / 0.1 with cross-triggers at 0.3 weighed 0.5 (scenario 2); both with
+  alpha_ST = 1 and false positives counted per hour up to 100.
+- ``best_event_f1``: sed_eval's event-based F1 (onset collar 0.2 s, offset collar
+  max(0.2 s, 20 %), micro over classes) at each class's best threshold, with those thresholds:
+  what the best rule per class could reach on these records (an oracle, never a fit). A
+  class that scores best when never raised has an infinite threshold.
+
+Classes without an annotated event in the records are left out (``left_out``); with a single
+class left, scenario 2 has no cross-trigger term.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
+from edge.errors import ConfigError
+from edge.labels import DETECTED_CLASSES
+from training.scoring import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS, Event
+
+PHASE_FLOOR = 1e-9  # every class's on-threshold when every phase must become an event
+# DCASE's PSDS scenarios: (DTC, GTC, CTTC, alpha_CT), both with alpha_ST = 1, eFPR per hour.
+SCENARIOS: dict[str, tuple[float, float, float | None, float]] = {
+    "psds1": (0.7, 0.7, None, 0.0),
+    "psds2": (0.1, 0.1, 0.3, 0.5),
+}
+ALPHA_ST = 1.0
+TOUCH_GAP_S = 0.001  # between touching annotated events of a class (see disjoint)
+MAX_EFPR_PER_HOUR = 100.0
+
+
+@dataclass
+class ThresholdFree:
+    """The threshold-free scores of one score set in one view."""
+
+    psds1: float
+    psds2: float
+    best_event_f1: float  # micro, each class at its best threshold
+    best_precision: float
+    best_recall: float
+    best_thresholds: dict[str, float] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()  # the view's classes scored
+    left_out: tuple[str, ...] = ()  # the view's classes without an annotated event
+
+
+def view_events(
+    events: Sequence[Event], mapping: Mapping[str, tuple[str, ...]]
+) -> list[tuple[float, float, str]]:
+    """SPRSound-typed events as the view's classes (Wheeze+Crackle in both of its)."""
+    return [(float(s), float(e), label) for s, e, t in events for label in mapping.get(t, ())]
+
+
+def disjoint(events: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Annotated events as sed_scores_eval takes them: a class's events may not touch or
+    overlap. Overlapping ones become their union; where one ends exactly as the next begins
+    (SPRSound annotates consecutive phases back to back, once in ``train`` and once in
+    ``intra_test``), the earlier ends ``TOUCH_GAP_S`` sooner, so both stay events, as in
+    sed_eval."""
+    out: list[tuple[float, float, str]] = []
+    for label in sorted({label for *_, label in events}):
+        spans = sorted((s, e) for s, e, lab in events if lab == label)
+        merged: list[list[float]] = []
+        for s, e in spans:
+            if merged and s < merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        for i in range(len(merged) - 1):
+            if merged[i][1] == merged[i + 1][0]:
+                merged[i][1] -= TOUCH_GAP_S
+        out += [(s, e, label) for s, e in merged]
+    return sorted(out)
+
+
+def frame_table(
+    probs: np.ndarray,
+    outputs: Sequence[str],
+    grid: FrameGrid,
+    duration_s: float,
+    mapping: Mapping[str, tuple[str, ...]],
+    classes: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(timestamps (S + 1,), scores (S, C)) of one record's frame outputs (n, O) in a view:
+    frame ``j`` spans the grid's samples; a view class scores the highest of the outputs that
+    map to it; frames the model never described (NaN) and time before the first frame score
+    0; frames starting at or after the recording's end are dropped."""
+    p = np.nan_to_num(np.asarray(probs, np.float64), nan=0.0)
+    if p.ndim != 2 or p.shape[1] != len(outputs):
+        raise ConfigError(f"expected (n, {len(outputs)}) probabilities, got {p.shape}")
+    rate = float(grid.sample_rate_hz)
+    starts = (np.arange(p.shape[0]) * grid.frame_samples + grid.offset_samples) / rate
+    keep = starts < duration_s
+    p, starts = p[keep], starts[keep]
+    ends = starts + grid.frame_samples / rate
+    if len(ends):
+        ends[-1] = min(ends[-1], max(duration_s, starts[-1] + 1e-6))
+    scores = np.zeros((p.shape[0], len(classes)))
+    for i, name in enumerate(outputs):
+        for label in mapping.get(name, ()):
+            c = classes.index(label)
+            scores[:, c] = np.maximum(scores[:, c], p[:, i])
+    if len(starts) and starts[0] > 0:
+        starts = np.r_[0.0, starts]
+        scores = np.vstack([np.zeros((1, len(classes))), scores])
+    elif not len(starts):
+        return np.array([0.0, max(duration_s, 1e-6)]), np.zeros((1, len(classes)))
+    return np.r_[starts, ends[-1]], scores
+
+
+def event_table(
+    events: Sequence[tuple[float, float, str, float]],
+    duration_s: float,
+    mapping: Mapping[str, tuple[str, ...]],
+    classes: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(timestamps, scores) of scored events ``(start_s, end_s, type, score)``: each stretch
+    between event edges scores, per view class, the highest score of the events covering it
+    (0 where none does)."""
+    end = max([duration_s, *(e for _, e, _, _ in events)])
+    edges = np.unique(np.r_[0.0, end, [s for s, _, _, _ in events], [e for _, e, _, _ in events]])
+    scores = np.zeros((len(edges) - 1, len(classes)))
+    for s, e, t, score in events:
+        first, last = np.searchsorted(edges, s), np.searchsorted(edges, e)
+        for label in mapping.get(t, ()):
+            c = classes.index(label)
+            scores[first:last, c] = np.maximum(scores[first:last, c], score)
+    return edges, scores
+
+
+def phase_events(
+    probs: np.ndarray, outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid
+) -> list[tuple[float, float, str, float]]:
+    """Every phase the device's phase rule cuts, once per detected class, with the rule's
+    decision statistic as its score (module doc), in seconds."""
+    if config.phases is None:
+        raise ConfigError("threshold-free phase scores need a detector in phase mode (phases)")
+    floor = tuple(
+        ClassThreshold(t, PHASE_FLOOR, PHASE_FLOOR) for t in outputs if t in DETECTED_CLASSES
+    )
+    every = dataclasses.replace(config, thresholds=floor)
+    p = np.nan_to_num(np.asarray(probs, np.float32), nan=0.0)
+    rate = float(grid.sample_rate_hz)
+    return [
+        (e.start_sample / rate, e.end_sample / rate, e.type, e.confidence)
+        for e in detect_events(p, outputs, every, grid)
+    ]
+
+
+def score_tables(
+    tables: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    annotated: Mapping[str, Sequence[Event]],
+    durations_s: Mapping[str, float],
+    view: str,
+) -> ThresholdFree:
+    """sed_scores_eval's PSDS (both scenarios) and best collar-based F1 of one view's score
+    tables ``{record: (timestamps, scores)}`` (columns: the view's classes, in order)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # dcase_util's pkg_resources notice
+        from sed_scores_eval import collar_based, intersection_based
+        from sed_scores_eval.base_modules.scores import create_score_dataframe
+    mapping, classes = VIEWS[view]
+    missing = sorted(set(annotated) - set(tables))
+    if missing:
+        raise ConfigError(f"no scores for annotated record(s) {missing[:3]}")
+    truth = {r: disjoint(view_events(annotated[r], mapping)) for r in sorted(annotated)}
+    present = tuple(c for c in classes if any(lab == c for ev in truth.values() for *_, lab in ev))
+    left_out = tuple(c for c in classes if c not in present)
+    if not present:
+        raise ConfigError(f"no annotated {view} event in the records: nothing to score")
+    cols = [classes.index(c) for c in present]
+    scores = {
+        r: create_score_dataframe(tables[r][1][:, cols], tables[r][0], list(present)) for r in truth
+    }
+    truth = {r: [ev for ev in events if ev[2] in present] for r, events in truth.items()}
+    durations = {r: max(float(durations_s[r]), float(tables[r][0][-1])) for r in truth}
+    psds = {}
+    for name, (dtc, gtc, cttc, alpha_ct) in SCENARIOS.items():
+        if len(present) < 2:  # no other class to cross-trigger (sed_scores_eval needs one)
+            cttc, alpha_ct = None, 0.0
+        psds[name] = intersection_based.psds(
+            scores,
+            truth,
+            durations,
+            dtc_threshold=dtc,
+            gtc_threshold=gtc,
+            cttc_threshold=cttc,
+            alpha_ct=alpha_ct,
+            alpha_st=ALPHA_ST,
+            unit_of_time="hour",
+            max_efpr=MAX_EFPR_PER_HOUR,
+        )[0]
+    f, p, r, thresholds, _ = collar_based.best_fscore(
+        scores,
+        truth,
+        onset_collar=ONSET_COLLAR_S,
+        offset_collar=ONSET_COLLAR_S,
+        offset_collar_rate=OFFSET_SHARE,
+    )
+    return ThresholdFree(
+        psds1=float(psds["psds1"]),
+        psds2=float(psds["psds2"]),
+        best_event_f1=float(f["micro_average"]),
+        best_precision=float(p["micro_average"]),
+        best_recall=float(r["micro_average"]),
+        best_thresholds={c: float(thresholds[c]) for c in present},
+        classes=present,
+        left_out=left_out,
+    )
+
+
+def threshold_free(
+    probs: Mapping[str, np.ndarray],
+    annotated: Mapping[str, Sequence[Event]],
+    durations_s: Mapping[str, float],
+    outputs: Sequence[str],
+    config: DetectorConfig,
+    grid: FrameGrid,
+) -> dict[str, dict[str, ThresholdFree]]:
+    """``{"phases" | "frames": {view: ThresholdFree}}`` over the records of ``annotated``
+    (``probs``: each record's (n, O) frame outputs); ``phases`` only with a phase rule."""
+    records = sorted(annotated)
+    missing = [r for r in records if r not in probs]
+    if missing:
+        raise ConfigError(f"no frame outputs for annotated record(s) {missing[:3]}")
+    out: dict[str, dict[str, ThresholdFree]] = {"frames": {}}
+    scored = (
+        {r: phase_events(probs[r], outputs, config, grid) for r in records}
+        if config.phases is not None
+        else None
+    )
+    if scored is not None:
+        out["phases"] = {}
+    for view, (mapping, classes) in VIEWS.items():
+        frames = {
+            r: frame_table(probs[r], outputs, grid, durations_s[r], mapping, classes)
+            for r in records
+        }
+        out["frames"][view] = score_tables(frames, annotated, durations_s, view)
+        if scored is not None:
+            tables = {r: event_table(scored[r], durations_s[r], mapping, classes) for r in records}
+            out["phases"][view] = score_tables(tables, annotated, durations_s, view)
+    return out
+
+
+def as_dict(scores: Mapping[str, Mapping[str, ThresholdFree]]) -> dict[str, Any]:
+    """JSON-ready form of :func:`threshold_free`'s result (strict JSON: a class whose best
+    is never to raise it has ``null`` for its threshold, not infinity)."""
+    out: dict[str, Any] = {}
+    for name, views in scores.items():
+        out[name] = {}
+        for view, x in views.items():
+            item = dataclasses.asdict(x)
+            item["best_thresholds"] = {
+                c: (t if np.isfinite(t) else None) for c, t in x.best_thresholds.items()
+            }
+            out[name][view] = item
+    return out
