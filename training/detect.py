@@ -2,6 +2,7 @@
 
     lungwatch detect --audio DIR [--audio FILE ...] [--model models/sed/model.int8.onnx]
                      [--config edge/configs/ward.yaml] [--out events.json] [--technical FILE]
+                     [--score [--score-out scores.json]]
 
 Every recording (a file, or every ``.flac`` / ``.wav`` below a folder) runs as one bed through
 :func:`edge.offline.detect_recordings`: the file source, the streaming front end, the
@@ -18,7 +19,11 @@ and types spelled as SPRSound spells them. ``--technical FILE`` writes the techn
 ``--score`` (folders of SPRSound recordings with their ``.json`` annotations) also prints the
 detection scores of :mod:`training.scoring` (sed_eval: event and segment F1, CAS/DAS families
 and 4 classes, false adventitious events per hour on Normal records) and the share of good
-and of Poor Quality records with a ``poor_signal`` event.
+and of Poor Quality records with a ``poor_signal`` event; with a streaming model, also the
+threshold-free scores of :mod:`training.threshold_free` (sed_scores_eval: PSDS in DCASE's two
+scenarios and the best event F1 over thresholds, for the detector's phases and for the bare
+frame outputs), computed on the output frames the device's detector saw. ``--score-out FILE``
+writes every score as JSON.
 
 ``--model`` is one of:
 
@@ -41,9 +46,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edge.detector import DetectorConfig, FrameGrid
 from edge.errors import ConfigError
 from edge.gate import POOR_SIGNAL
 from edge.labels import POOR_QUALITY
+from edge.manifest import Manifest, load_manifest
 from edge.offline import OfflineError, RecordingEvents, detect_recordings, recordings_in
 from firmware_bridge.cliparse import ArgumentParser
 
@@ -105,10 +112,18 @@ def export_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
     return out, "model.onnx"
 
 
-def score_folders(folders: list[Path], found: dict[str, RecordingEvents]) -> dict[str, Any]:
+def score_folders(
+    folders: list[Path],
+    found: dict[str, RecordingEvents],
+    model: tuple[Manifest, DetectorConfig | None] | None = None,
+) -> dict[str, Any]:
     """sed_eval scores of the device's events against the SPRSound annotations in
     ``folders`` (every annotated record must have been run), and technical-alarm shares.
-    Records that could not be read (``error`` set) have no duration and are left out."""
+    Records that could not be read (``error`` set) have no duration and are left out. With
+    ``model`` (the streaming model's manifest and the run's detector section, ``None``: the
+    runtime's defaults) and every record's output frames kept, also the threshold-free scores
+    (``threshold_free``) under the detector the device ran: the manifest's rules, overridden
+    by the section's."""
     from edge.audio import read_audio
     from training.datasets.sprsound import load_sprsound
     from training.scoring import score_detection
@@ -139,7 +154,35 @@ def score_folders(folders: list[Path], found: dict[str, RecordingEvents]) -> dic
     out["poor_signal_on_good"] = sum(r in poor for r in good) / len(good) if good else None
     out["poor_signal_on_poor_quality"] = sum(r in poor for r in bad) / len(bad) if bad else None
     out["n_good"], out["n_poor_quality"] = len(good), len(bad)
+    if model is not None:
+        out["threshold_free"] = threshold_free_scores(model, found, annotated, durations)
     return out
+
+
+def threshold_free_scores(
+    model: tuple[Manifest, DetectorConfig | None],
+    found: dict[str, RecordingEvents],
+    annotated: dict[str, list[tuple[float, float, str]]],
+    durations: dict[str, float],
+) -> dict[str, Any]:
+    """:func:`training.threshold_free.threshold_free` of the kept output frames."""
+    from edge.runtime import detector_config_of
+    from training.threshold_free import as_dict, threshold_free
+
+    manifest, detector = model
+    if manifest.streaming is None:
+        raise ConfigError("threshold-free scores need a streaming model's output frames")
+    probs = {r: found[r].probs for r in annotated}
+    missing = sorted(r for r, p in probs.items() if p is None)
+    if missing:
+        raise ConfigError(f"{missing[0]}: no output frames kept")
+    spec = manifest.feature_spec
+    grid = FrameGrid.of(
+        spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, manifest.streaming.stride
+    )
+    config = detector_config_of(detector or DetectorConfig(), manifest)
+    kept = {r: p for r, p in probs.items() if p is not None}
+    return as_dict(threshold_free(kept, annotated, durations, manifest.classes, config, grid))
 
 
 def summary_line(scores: dict[str, Any]) -> str:
@@ -156,6 +199,19 @@ def summary_line(scores: dict[str, Any]) -> str:
         f"poor_good={fmt(scores['poor_signal_on_good'])} "
         f"poor_pq={fmt(scores['poor_signal_on_poor_quality'])}"
     )
+
+
+def threshold_free_line(scores: dict[str, Any]) -> str:
+    """The family view's threshold-free numbers of :func:`score_folders` on one line."""
+    parts = []
+    for name in ("phases", "frames"):
+        if name in scores:
+            tf = scores[name]["family"]
+            parts.append(
+                f"{name}: psds1={tf['psds1']:.3f} psds2={tf['psds2']:.3f} "
+                f"best_event_f1_family={tf['best_event_f1']:.3f}"
+            )
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--score", action="store_true", help="score against SPRSound annotations (sed_eval)"
     )
+    parser.add_argument("--score-out", type=Path, help="with --score: every score as JSON here")
     args = parser.parse_args(argv)
+    if args.score_out is not None and not args.score:
+        parser.error("--score-out needs --score")
 
     recordings = recordings_in(args.audio)
     sections: dict[str, Any] = {}
@@ -190,7 +249,16 @@ def main(argv: list[str] | None = None) -> int:
             folder, file = export_checkpoint(args.model, Path(tmp))
         else:
             folder, file = resolve_model(args.model)
-        found = detect_recordings(recordings, folder, file, skip_unreadable=True, **sections)
+        manifest = load_manifest(folder / MANIFEST)
+        streaming = manifest.streaming is not None
+        found = detect_recordings(
+            recordings,
+            folder,
+            file,
+            skip_unreadable=True,
+            keep_probs=args.score and streaming,
+            **sections,
+        )
     unread = {name: r.error for name, r in sorted(found.items()) if r.error is not None}
     read = sorted(name for name in found if name not in unread)
     if not read:  # nothing to write: the first reason is the error
@@ -200,8 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.technical is not None:
         _write(args.technical, {name: found[name].technical for name in read})
     if args.score:
-        line = summary_line(score_folders([p for p in args.audio if p.is_dir()], found))
-        print(f"lungwatch detect: {line}", file=sys.stderr)
+        model = (manifest, sections.get("detector")) if streaming else None
+        scores = score_folders([p for p in args.audio if p.is_dir()], found, model)
+        print(f"lungwatch detect: {summary_line(scores)}", file=sys.stderr)
+        if "threshold_free" in scores:
+            line = threshold_free_line(scores["threshold_free"])
+            print(f"lungwatch detect: threshold-free {line}", file=sys.stderr)
+        if args.score_out is not None:
+            _write(args.score_out, scores)
     n = sum(len(v) for v in events.values())
     where = args.out if args.out is not None else "standard output"
     print(f"lungwatch detect: {n} events in {len(events)} recordings -> {where}", file=sys.stderr)

@@ -172,3 +172,48 @@ def test_an_unreadable_recording_is_named_and_the_others_still_run(
     assert f"skipped {audio_dir / '99000002_5.0_1_p1_1.wav'}: cannot read audio" in err
     assert "2 of 5 recordings could not be read" in err
     assert "event_f1_family=" in err  # still scored
+
+
+@pytest.fixture(scope="module")
+def phase_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with the detector in phase mode (Wheeze in every Breath phase)."""
+    quality = {"poor_on": 0.999, "poor_off": 0.99}
+    detector = {
+        **rules("Wheeze"),
+        "phases": {"on_threshold": 0.5, "off_threshold": 0.45, "min_phase_ms": 120.0,
+                   "output": "Breath", "lead_ms": 40.0},
+    }  # fmt: skip
+    return tiny_streaming_folder(tmp_path_factory.mktemp("tiny-phases"), detector, quality)
+
+
+def test_score_out_holds_every_score_and_the_threshold_free_ones(
+    tmp_path, phase_folder, audio_dir, capsys
+):
+    scores_path = tmp_path / "scores.json"
+    args = ["--audio", str(audio_dir), "--model", str(phase_folder), "--score"]
+    args += ["--score-out", str(scores_path), "--out", str(tmp_path / "ev.json")]
+    assert detect_main(args) == 0
+    err = capsys.readouterr().err
+    scores = json.loads(scores_path.read_text())
+    assert scores["n_good"] == len(RECORDS)
+    tf = scores["threshold_free"]
+    assert set(tf) == {"phases", "frames"}
+    for name, views in tf.items():
+        assert set(views) == {"family", "4class"}
+        family = views["family"]
+        assert family["classes"] == ["CAS", "DAS"]  # the three records hold both families
+        for key in ("psds1", "psds2", "best_event_f1"):
+            assert 0.0 <= family[key] <= 1.0, (name, key)
+    line = next(x for x in err.splitlines() if "threshold-free" in x)
+    phases = tf["phases"]["family"]
+    assert f"phases: psds1={phases['psds1']:.3f}" in line
+    assert f"best_event_f1_family={phases['best_event_f1']:.3f}" in line
+    # the device ran one of the thresholds the phase scores sweep: the best is no lower
+    assert phases["best_event_f1"] >= scores["summary"]["event_f1_family"] - 1e-9
+
+
+def test_score_out_needs_score(tmp_path, folder, audio_dir):
+    with pytest.raises(SystemExit):
+        detect_main(["--audio", str(audio_dir), "--model", str(folder),
+                     "--score-out", str(tmp_path / "s.json")])  # fmt: skip
+    assert not (tmp_path / "s.json").exists()
