@@ -35,6 +35,12 @@ Per score set and view:
 
 Classes without an annotated event in the records are left out (``left_out``); with a single
 class left, scenario 2 has no cross-trigger term.
+
+:func:`operating_points` is the ward's view of the same curve: the device's own detector
+(:func:`edge.detector.detect_events`) with every class's on-threshold moved to each of
+``SWEEP``, scored by :func:`training.scoring.score_detection` (sed_eval event and segment F1,
+false adventitious events per hour on Normal records), so a ward can see what a more or less
+sensitive setting would cost before it overrides the manifest's rules.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ import numpy as np
 from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES
-from training.scoring import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS, Event
+from training.scoring import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS, Event, score_detection
 
 PHASE_FLOOR = 1e-9  # every class's on-threshold when every phase must become an event
 # DCASE's PSDS scenarios: (DTC, GTC, CTTC, alpha_CT), both with alpha_ST = 1, eFPR per hour.
@@ -59,6 +65,7 @@ SCENARIOS: dict[str, tuple[float, float, float | None, float]] = {
     "psds2": (0.1, 0.1, 0.3, 0.5),
 }
 ALPHA_ST = 1.0
+SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # on-thresholds of operating_points
 TOUCH_GAP_S = 0.001  # between touching annotated events of a class (see disjoint)
 MAX_EFPR_PER_HOUR = 100.0
 
@@ -274,6 +281,41 @@ def threshold_free(
             tables = {r: event_table(scored[r], durations_s[r], mapping, classes) for r in records}
             out["phases"][view] = score_tables(tables, annotated, durations_s, view)
     return out
+
+
+def operating_points(
+    probs: Mapping[str, np.ndarray],
+    annotated: Mapping[str, Sequence[Event]],
+    labels: Mapping[str, str],
+    durations_s: Mapping[str, float],
+    outputs: Sequence[str],
+    config: DetectorConfig,
+    grid: FrameGrid,
+    thresholds: Sequence[float] = SWEEP,
+) -> list[dict[str, float]]:
+    """The device's detector with every detected class's on-threshold at each of
+    ``thresholds`` (the off-threshold ``OFF_GAP`` below, as the fit sets it; durations, merge
+    gaps and the phase rule as in ``config``): one row of :meth:`DetectionReport.summary`
+    per threshold, with ``threshold``."""
+    from training.sed_calibrate import events_of, rule
+
+    records = sorted(annotated)
+    missing = [r for r in records if r not in probs]
+    if missing:
+        raise ConfigError(f"no frame outputs for annotated record(s) {missing[:3]}")
+    types = [t for t in outputs if t in DETECTED_CLASSES]
+    frames = [np.nan_to_num(np.asarray(probs[r], np.float32), nan=0.0) for r in records]
+    rows = []
+    for t in thresholds:
+        rules = tuple(
+            rule(x, t, config.rule_of(x).min_event_ms, config.rule_of(x).merge_gap_ms)
+            for x in types
+        )
+        at_t = dataclasses.replace(config, thresholds=rules)
+        predicted = events_of(frames, records, outputs, at_t, grid)
+        report = score_detection(predicted, annotated, labels, durations_s)
+        rows.append({"threshold": float(t), **report.summary()})
+    return rows
 
 
 def as_dict(scores: Mapping[str, Mapping[str, ThresholdFree]]) -> dict[str, Any]:

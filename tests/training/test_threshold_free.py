@@ -13,12 +13,14 @@ pytest.importorskip("sed_scores_eval", reason="sed_scores_eval is in the train e
 from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES
-from training.scoring import VIEWS, score_view
+from training.scoring import VIEWS, score_detection, score_view
 from training.threshold_free import (
+    SWEEP,
     TOUCH_GAP_S,
     disjoint,
     event_table,
     frame_table,
+    operating_points,
     phase_events,
     threshold_free,
 )
@@ -192,3 +194,55 @@ def test_frame_mode_gives_frame_scores_and_missing_records_are_named() -> None:
     del probs["r1"]
     with pytest.raises(ConfigError, match="r1"):
         threshold_free(probs, annotated, durations, OUTPUTS, at(0.5), GRID)
+
+
+def with_a_normal_record() -> tuple[dict, dict, dict, dict]:
+    """annotated_crackles plus a Normal record whose crackle output rises in two phases."""
+    probs, annotated, durations = annotated_crackles()
+    labels = dict.fromkeys(annotated, "DAS")
+    fine = np.full(66, 0.05, np.float32)
+    fine[16:30], fine[46:60] = 0.65, 0.85
+    probs["n"] = outputs_with(66, PHASES, Fine_Crackle=fine)
+    annotated["n"], durations["n"], labels["n"] = [], 66 * 0.04, "Normal"
+    return probs, annotated, labels, durations
+
+
+def test_operating_points_are_the_devices_scores_at_each_threshold() -> None:
+    probs, annotated, labels, durations = with_a_normal_record()
+    rows = operating_points(probs, annotated, labels, durations, OUTPUTS, at(0.5), GRID)
+    assert [r["threshold"] for r in rows] == list(SWEEP)
+    hours = durations["n"] / 3600
+    by_t = {r["threshold"]: r for r in rows}
+    # the Normal record's two phases: both false below 0.65, one up to 0.85, none above
+    assert by_t[0.6]["false_events_per_hour"] == pytest.approx(2 / hours)
+    assert by_t[0.7]["false_events_per_hour"] == pytest.approx(1 / hours)
+    assert by_t[0.9]["false_events_per_hour"] == 0.0
+    # at the config's own threshold: what the device raises with the config itself
+    rate = GRID.sample_rate_hz
+    predicted = {
+        r: [
+            (e.start_sample / rate, e.end_sample / rate, e.type)
+            for e in detect_events(p, OUTPUTS, at(0.5), GRID)
+        ]
+        for r, p in probs.items()
+    }
+    direct = score_detection(predicted, annotated, labels, durations).summary()
+    assert by_t[0.5] == {"threshold": 0.5, **direct}
+
+
+def test_operating_points_keep_each_class_s_durations() -> None:
+    probs, annotated, labels, durations = with_a_normal_record()
+    blip = np.full(66, 0.05, np.float32)
+    blip[10:13] = 0.95  # 120 ms above every threshold, on the Normal record
+    probs["n"] = outputs_with(66, [], Fine_Crackle=blip)
+    short = DetectorConfig(thresholds=(ClassThreshold("Fine Crackle", 0.5, 0.4, 80.0, 0.0),))
+    long = DetectorConfig(thresholds=(ClassThreshold("Fine Crackle", 0.5, 0.4, 200.0, 0.0),))
+    fa = [
+        [
+            r["false_events_per_hour"]
+            for r in operating_points(probs, annotated, labels, durations, OUTPUTS, c, GRID)
+        ]
+        for c in (short, long)
+    ]
+    assert all(v > 0 for v in fa[0])  # the blip is an event at every threshold
+    assert fa[1] == [0.0] * len(SWEEP)  # too short for the class's 200 ms
