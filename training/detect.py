@@ -22,8 +22,10 @@ and 4 classes, false adventitious events per hour on Normal records) and the sha
 and of Poor Quality records with a ``poor_signal`` event; with a streaming model, also the
 threshold-free scores of :mod:`training.threshold_free` (sed_scores_eval: PSDS in DCASE's two
 scenarios and the best event F1 over thresholds, for the detector's phases and for the bare
-frame outputs), computed on the output frames the device's detector saw. ``--score-out FILE``
-writes every score as JSON.
+frame outputs) and the operating points (the device's detector with every class's
+on-threshold at 0.3 ... 0.9: event F1, segment F1 and false events per hour at each), computed
+on the output frames the device's detector saw. ``--score-out FILE`` writes every score as
+JSON.
 
 ``--model`` is one of:
 
@@ -122,8 +124,8 @@ def score_folders(
     Records that could not be read (``error`` set) have no duration and are left out. With
     ``model`` (the streaming model's manifest and the run's detector section, ``None``: the
     runtime's defaults) and every record's output frames kept, also the threshold-free scores
-    (``threshold_free``) under the detector the device ran: the manifest's rules, overridden
-    by the section's."""
+    and the operating points (:func:`frame_scores`) under the detector the device ran: the
+    manifest's rules, overridden by the section's."""
     from edge.audio import read_audio
     from training.datasets.sprsound import load_sprsound
     from training.scoring import score_detection
@@ -155,34 +157,46 @@ def score_folders(
     out["poor_signal_on_poor_quality"] = sum(r in poor for r in bad) / len(bad) if bad else None
     out["n_good"], out["n_poor_quality"] = len(good), len(bad)
     if model is not None:
-        out["threshold_free"] = threshold_free_scores(model, found, annotated, durations)
+        out.update(frame_scores(model, found, annotated, labels, durations))
     return out
 
 
-def threshold_free_scores(
+def frame_scores(
     model: tuple[Manifest, DetectorConfig | None],
     found: dict[str, RecordingEvents],
     annotated: dict[str, list[tuple[float, float, str]]],
+    labels: dict[str, str],
     durations: dict[str, float],
 ) -> dict[str, Any]:
-    """:func:`training.threshold_free.threshold_free` of the kept output frames."""
+    """The scores of the kept output frames: ``threshold_free``
+    (:func:`training.threshold_free.threshold_free`) and ``operating_points``
+    (:func:`training.threshold_free.operating_points`), under the detector the device ran."""
     from edge.runtime import detector_config_of
-    from training.threshold_free import as_dict, threshold_free
+    from training.threshold_free import as_dict, operating_points, threshold_free
 
     manifest, detector = model
     if manifest.streaming is None:
         raise ConfigError("threshold-free scores need a streaming model's output frames")
-    probs = {r: found[r].probs for r in annotated}
-    missing = sorted(r for r, p in probs.items() if p is None)
-    if missing:
-        raise ConfigError(f"{missing[0]}: no output frames kept")
+    probs = {}
+    for record in annotated:
+        kept = found[record].probs
+        if kept is None:
+            raise ConfigError(f"{record}: no output frames kept")
+        probs[record] = kept
     spec = manifest.feature_spec
     grid = FrameGrid.of(
         spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, manifest.streaming.stride
     )
     config = detector_config_of(detector or DetectorConfig(), manifest)
-    kept = {r: p for r, p in probs.items() if p is not None}
-    return as_dict(threshold_free(kept, annotated, durations, manifest.classes, config, grid))
+    outputs = manifest.classes
+    return {
+        "threshold_free": as_dict(
+            threshold_free(probs, annotated, durations, outputs, config, grid)
+        ),
+        "operating_points": operating_points(
+            probs, annotated, labels, durations, outputs, config, grid
+        ),
+    }
 
 
 def summary_line(scores: dict[str, Any]) -> str:

@@ -210,6 +210,11 @@ def test_score_out_holds_every_score_and_the_threshold_free_ones(
     assert f"best_event_f1_family={phases['best_event_f1']:.3f}" in line
     # the device ran one of the thresholds the phase scores sweep: the best is no lower
     assert phases["best_event_f1"] >= scores["summary"]["event_f1_family"] - 1e-9
+    rows = scores["operating_points"]
+    assert [r["threshold"] for r in rows] == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    for row in rows:
+        assert set(row) == {"threshold", *scores["summary"]}
+        assert 0.0 <= row["event_f1_family"] <= phases["best_event_f1"] + 1e-9
 
 
 def test_score_out_needs_score(tmp_path, folder, audio_dir):
