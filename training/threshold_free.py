@@ -57,6 +57,7 @@ from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_even
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES
 from training.scoring import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS, Event, score_detection
+from training.sed_calibrate import events_of, rule
 
 PHASE_FLOOR = 1e-9  # every class's on-threshold when every phase must become an event
 # DCASE's PSDS scenarios: (DTC, GTC, CTTC, alpha_CT), both with alpha_ST = 1, eFPR per hour.
@@ -297,8 +298,6 @@ def operating_points(
     ``thresholds`` (the off-threshold ``OFF_GAP`` below, as the fit sets it; durations, merge
     gaps and the phase rule as in ``config``): one row of :meth:`DetectionReport.summary`
     per threshold, with ``threshold``."""
-    from training.sed_calibrate import events_of, rule
-
     records = sorted(annotated)
     missing = [r for r in records if r not in probs]
     if missing:
