@@ -17,6 +17,14 @@
   episode's ``onset`` message. An episode that began before the annotated event (an earlier
   phase still going on) gives a negative latency; their number is reported. Without
   Mosquitto (``--no-mqtt``) it measures to ``publish`` instead, and says so.
+  Where the time goes, per detected event: the annotated onset to the start the device
+  reports (``start_ms``), and, per ``onset`` message, the device's own share split three ways
+  (``split_ms``): ``decision``, from the reported start to the end of the output frame whose
+  arrival made the detector announce (found by feeding the bed's output frames, as the run
+  produced them, one at a time to a :class:`~edge.detector.FrameDetector` with the run's
+  rules); ``ready``, from the end of that frame's audio to the moment the runtime had its
+  output (the model's look-ahead, the wait for the chunk, inference); ``delivery``, from then
+  to the PUBACK.
 
 Results: ``bench/results/detection.{md,json}``.
 """
@@ -33,10 +41,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.runtime import mosquitto_broker
 from bench.runtime_probes import AckProbe, percentiles_ms
 from edge.backends import BackendConfig
 from edge.datapaths import sprsound_root
+from edge.detector import DetectorConfig, FrameDetector, FrameGrid
 from edge.events import Event
 from edge.offline import detect_recordings, recordings_in
 from edge.runtime import Runtime, open_model, open_streams
@@ -122,6 +133,43 @@ class _Recorder:
         self.inner.close()
 
 
+class _FrameTimes:
+    """The runtime's ``on_frames`` hook: every bed's output frames and when each appeared."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[tuple[int, np.ndarray, float]]] = {}
+
+    def __call__(self, stream: Any, frames: Any) -> None:
+        if frames.probs.shape[0]:
+            item = (frames.first_frame, np.array(frames.probs), time.perf_counter())
+            self.parts.setdefault(stream.id, []).append(item)
+
+    def of(self, stream_id: str, n_outputs: int) -> tuple[np.ndarray, np.ndarray]:
+        """(probs (n, O), perf_counter time of each frame (n,)) of one bed."""
+        parts = self.parts.get(stream_id, [])
+        n = max((first + p.shape[0] for first, p, _ in parts), default=0)
+        probs = np.full((n, n_outputs), np.nan, np.float32)
+        times = np.full(n, np.nan)
+        for first, p, when in parts:
+            probs[first : first + p.shape[0]] = p
+            times[first : first + p.shape[0]] = when
+        return probs, times
+
+
+def decision_frames(
+    outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid, probs: np.ndarray
+) -> dict[tuple[str, int], int]:
+    """(type, start sample) of each physiological onset -> the output frame that decided
+    it: the frames fed one at a time to a detector with the run's rules."""
+    detector = FrameDetector(outputs, config, grid)
+    out: dict[tuple[str, int], int] = {}
+    for j in range(probs.shape[0]):
+        for t in detector.update(j, probs[j : j + 1]):
+            if t.state == "onset":
+                out.setdefault((t.type, t.start_sample), j)
+    return out
+
+
 def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig) -> dict:
     """Paced run of the annotated records; annotated onset -> PUBACK of the detection."""
     truth = annotated(folder)
@@ -143,11 +191,16 @@ def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig
             mqtt=MqttConfig(host=host, port=int(port), spool_path=f"{tmp}/spool.sqlite"),
         )
         loaded = open_model(config)
+        grid, classes, rules = loaded.grid, loaded.manifest.classes, loaded.detector_config
+        if grid is None:
+            loaded.backend.close()
+            raise SystemExit(f"{model.dir}/{model.file}: detection latency needs a streaming model")
         opened = open_streams(config, loaded)
         sink, mqtt = open_sinks(config)
         probe = AckProbe(mqtt) if mqtt is not None else None
         recorder = _Recorder(sink)
-        runtime = Runtime(config, loaded, opened, recorder)
+        frame_times = _FrameTimes()
+        runtime = Runtime(config, loaded, opened, recorder, on_frames=frame_times)
         if mqtt is not None:
             mqtt.connect()
         offset = time.time() - time.perf_counter()  # wall clock -> perf_counter clock
@@ -166,14 +219,26 @@ def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig
             assert e.end_sample is not None
             span = (e.start_sample / rate, e.end_sample / rate, FAMILY[e.type], e.episode_id)
             episodes.setdefault(e.stream_id, []).append(span)
-    delays, own = [], []
+    delays, own, starts = [], [], []
+    split: dict[str, list[float]] = {"decision": [], "ready": [], "delivery": []}
+    unsplit = 0
     for stream, name in zip(opened, names, strict=True):
         t0 = (stream.t0_posix or 0.0) - offset  # sample 0 on the perf_counter clock
+        probs, made = frame_times.of(stream.id, len(classes))
+        deciding = decision_frames(classes, rules, grid, np.nan_to_num(probs, nan=0.0))
         for onset, handed_s in onsets.values():
             if onset.stream_id == stream.id and onset.kind == "physiological":
                 assert onset.start_sample is not None
                 when = acks.get(onset.id, handed_s)
                 own.append(when - (t0 + onset.start_sample / stream.rate_hz))
+                j = deciding.get((onset.type, onset.start_sample))
+                if j is None or not np.isfinite(made[j]):
+                    unsplit += 1
+                    continue
+                decided_s = grid.end_sample(j) / stream.rate_hz
+                split["decision"].append(decided_s - onset.start_sample / stream.rate_hz)
+                split["ready"].append(made[j] - (t0 + decided_s))
+                split["delivery"].append(when - made[j])
         for start_s, end_s, family in truth[name]:
             hits = sorted(
                 (s, episode)
@@ -184,6 +249,8 @@ def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig
                 continue
             onset, handed_s = onsets[hits[0][1]]
             delays.append(acks.get(onset.id, handed_s) - (t0 + start_s))
+            assert onset.start_sample is not None
+            starts.append(onset.start_sample / stream.rate_hz - start_s)
     n_events = sum(len(truth[n]) for n in names)
     return {
         "model": f"{model.dir}/{model.file}",
@@ -195,6 +262,9 @@ def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig
         "latency_ms": percentiles_ms(delays),
         "negative": sum(d < 0 for d in delays),
         "announce_ms": percentiles_ms(own),
+        "start_ms": percentiles_ms(starts),
+        "split_ms": {key: percentiles_ms(values) for key, values in split.items()},
+        "unsplit": unsplit,
     }
 
 
@@ -246,6 +316,31 @@ def render(record: dict[str, Any]) -> str:
                 own["n"], own.get("p50", float("nan")), own.get("p99", float("nan"))
             ),
         ]
+        split, start = lat.get("split_ms"), lat.get("start_ms")
+        if split and start:
+            nan = float("nan")
+            lines += [
+                "",
+                "| where the time goes | n | p50 ms | p99 ms | max ms |",
+                "|---|---:|---:|---:|---:|",
+                f"| annotated onset -> the start the device reports | {start['n']} | "
+                f"{start.get('p50', nan):.0f} | {start.get('p99', nan):.0f} | "
+                f"{start.get('max', nan):.0f} |",
+            ]
+            what = {
+                "decision": "reported start -> end of the frame that decided (lead, minimum "
+                "phase, the class mean reaching its threshold)",
+                "ready": "-> its output ready (look-ahead, wait for the chunk, inference)",
+                "delivery": "-> PUBACK of the `onset` (events, spool, MQTT)",
+            }
+            for key, label in what.items():
+                ms = split[key]
+                lines.append(
+                    f"| {label} | {ms['n']} | {ms.get('p50', nan):.0f} | "
+                    f"{ms.get('p99', nan):.0f} | {ms.get('max', nan):.0f} |"
+                )
+            if lat.get("unsplit"):
+                lines.append(f"\n{lat['unsplit']} onsets could not be split (no deciding frame).")
     return "\n".join(lines)
 
 

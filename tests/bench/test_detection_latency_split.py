@@ -1,0 +1,55 @@
+"""The detection benchmark's split of the device's latency: which output frame decided an
+onset, found with the device's own detector fed one frame at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.detection import _FrameTimes, decision_frames
+from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule
+
+OUTPUTS = ("Fine Crackle", "Coarse Crackle", "Wheeze", "Rhonchi", "Stridor", "Breath")
+GRID = FrameGrid(sample_rate_hz=1000, frame_samples=40)
+
+
+def test_the_deciding_frame_is_where_the_phase_mean_reaches_the_threshold() -> None:
+    p = np.full((40, len(OUTPUTS)), 0.01, np.float32)
+    p[5:30, OUTPUTS.index("Breath")] = 0.9  # one phase, frames 5..29
+    fine = OUTPUTS.index("Fine Crackle")
+    p[5:15, fine] = 0.1
+    p[15:30, fine] = 0.95  # the phase mean: 8.6 / 18 = 0.478 at frame 22, 9.55 / 19 = 0.503 at 23
+    rules = tuple(ClassThreshold(t, 0.99, 0.9) for t in OUTPUTS[:5] if t != "Fine Crackle")
+    config = DetectorConfig(
+        thresholds=(ClassThreshold("Fine Crackle", 0.5, 0.4), *rules),
+        phases=PhaseRule(0.6, 0.5, min_phase_ms=120.0, lead_ms=40.0),
+    )
+    means = np.cumsum(p[5:30, fine]) / np.arange(1, 26)
+    expected = 5 + int(np.argmax((means >= 0.5) & (np.arange(1, 26) >= 3)))
+    start = GRID.start_sample(5) - 40  # the reported start: 40 ms of lead
+    assert decision_frames(OUTPUTS, config, GRID, p) == {("Fine Crackle", start): expected}
+    assert expected == 23
+    # announcing later would need a higher threshold: no onset at all at 0.95
+    strict = DetectorConfig(
+        thresholds=(ClassThreshold("Fine Crackle", 0.95, 0.9), *rules), phases=config.phases
+    )
+    assert decision_frames(OUTPUTS, strict, GRID, p) == {}
+
+
+def test_frame_times_place_each_part_and_leave_gaps_unknown() -> None:
+    class Bed:
+        id = "b1"
+
+    class Frames:
+        def __init__(self, first: int, n: int) -> None:
+            self.first_frame, self.probs = first, np.ones((n, 2), np.float32)
+
+    times = _FrameTimes()
+    times(Bed(), Frames(0, 3))
+    times(Bed(), Frames(5, 2))  # frames 3 and 4 never described (a state reset)
+    times(Bed(), Frames(7, 0))  # an all-look-ahead chunk: nothing
+    probs, made = times.of("b1", 2)
+    assert probs.shape == (7, 2)
+    assert np.isnan(probs[3:5]).all()
+    assert np.isfinite(made[[0, 1, 2, 5, 6]]).all()
+    assert np.isnan(made[3:5]).all()
+    assert made[0] == made[2] <= made[5] == made[6]
