@@ -219,13 +219,13 @@ def threshold_free_line(scores: dict[str, Any]) -> str:
     """The family view's threshold-free numbers of :func:`score_folders` on one line."""
     parts = []
     for name in ("phases", "frames"):
-        if name in scores:
+        if "family" in scores.get(name, {}):
             tf = scores[name]["family"]
             parts.append(
                 f"{name}: psds1={tf['psds1']:.3f} psds2={tf['psds2']:.3f} "
                 f"best_event_f1_family={tf['best_event_f1']:.3f}"
             )
-    return "; ".join(parts)
+    return "; ".join(parts) or "n/a (no annotated adventitious event in the records)"
 
 
 def main(argv: list[str] | None = None) -> int:

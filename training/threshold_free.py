@@ -259,7 +259,8 @@ def threshold_free(
     grid: FrameGrid,
 ) -> dict[str, dict[str, ThresholdFree]]:
     """``{"phases" | "frames": {view: ThresholdFree}}`` over the records of ``annotated``
-    (``probs``: each record's (n, O) frame outputs); ``phases`` only with a phase rule."""
+    (``probs``: each record's (n, O) frame outputs); ``phases`` only with a phase rule; a view
+    none of whose classes is annotated in the records (only Normal records, say) is absent."""
     records = sorted(annotated)
     missing = [r for r in records if r not in probs]
     if missing:
@@ -273,6 +274,8 @@ def threshold_free(
     if scored is not None:
         out["phases"] = {}
     for view, (mapping, classes) in VIEWS.items():
+        if not any(view_events(annotated[r], mapping) for r in records):
+            continue  # nothing of this view annotated (e.g. only Normal records): no scores
         frames = {
             r: frame_table(probs[r], outputs, grid, durations_s[r], mapping, classes)
             for r in records

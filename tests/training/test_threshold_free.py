@@ -246,3 +246,13 @@ def test_operating_points_keep_each_class_s_durations() -> None:
     ]
     assert all(v > 0 for v in fa[0])  # the blip is an event at every threshold
     assert fa[1] == [0.0] * len(SWEEP)  # too short for the class's 200 ms
+
+
+def test_records_without_adventitious_events_give_no_threshold_free_view() -> None:
+    probs, annotated, labels, durations = with_a_normal_record()
+    only_normal = {"n": annotated["n"]}
+    scores = threshold_free(probs, only_normal, durations, OUTPUTS, at(0.5), GRID)
+    assert scores == {"frames": {}, "phases": {}}
+    # the operating points still count the Normal record's false events
+    rows = operating_points(probs, only_normal, labels, durations, OUTPUTS, at(0.5), GRID)
+    assert rows[0]["false_events_per_hour"] > 0
