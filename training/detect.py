@@ -228,6 +228,17 @@ def threshold_free_line(scores: dict[str, Any]) -> str:
     return "; ".join(parts) or "n/a (no annotated adventitious event in the records)"
 
 
+def operating_lines(rows: list[dict[str, float]]) -> list[str]:
+    """The operating points of :func:`score_folders` as a small table, one line per row."""
+    out = ["operating points (every class's on-threshold):  on  event_f1  segment_f1  fa/h"]
+    out += [
+        f"  {r['threshold']:.1f}  {r['event_f1_family']:.3f}  {r['segment_f1_family']:.3f}  "
+        f"{r['false_events_per_hour']:.1f}"
+        for r in rows
+    ]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="lungwatch detect", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -288,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         if "threshold_free" in scores:
             line = threshold_free_line(scores["threshold_free"])
             print(f"lungwatch detect: threshold-free {line}", file=sys.stderr)
+            for row in operating_lines(scores["operating_points"]):
+                print(f"lungwatch detect: {row}", file=sys.stderr)
         if args.score_out is not None:
             _write(args.score_out, scores)
     n = sum(len(v) for v in events.values())

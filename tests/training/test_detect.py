@@ -215,6 +215,9 @@ def test_score_out_holds_every_score_and_the_threshold_free_ones(
     for row in rows:
         assert set(row) == {"threshold", *scores["summary"]}
         assert 0.0 <= row["event_f1_family"] <= phases["best_event_f1"] + 1e-9
+    printed = [x for x in err.splitlines() if x.startswith("lungwatch detect:   0.")]
+    assert len(printed) == len(rows)
+    assert printed[4].split()[2:4] == ["0.7", f"{rows[4]['event_f1_family']:.3f}"]
 
 
 def test_score_out_needs_score(tmp_path, folder, audio_dir):
