@@ -758,9 +758,20 @@ def detect_events(
     probs: np.ndarray, outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid
 ) -> list[DetectedEvent]:
     """The finished events of a whole recording's probabilities (n, n_outputs), as the device
-    makes them (one :class:`FrameDetector`, fed once, then finished), sorted by start."""
+    makes them (one :class:`FrameDetector`, fed once, then finished), sorted by start. Rows
+    with a NaN are frames the model never described (a state reset): as on the device, they
+    are not fed; each run of real frames is fed at its own first frame."""
     detector = FrameDetector(outputs, dataclasses.replace(config, latching=()), grid)
-    transitions = detector.update(0, probs) + detector.finish()
+    p = np.asarray(probs)
+    real = np.isfinite(p).all(axis=1) if p.ndim == 2 else np.ones(0, np.bool_)
+    if p.ndim != 2 or real.all():
+        transitions = detector.update(0, p)
+    else:
+        edges = np.flatnonzero(np.diff(np.r_[0, real.astype(np.int8), 0]))
+        transitions = []
+        for first, end in zip(edges[::2], edges[1::2], strict=True):
+            transitions += detector.update(int(first), p[first:end])
+    transitions += detector.finish()
     events = [
         DetectedEvent(t.type, t.start_sample, int(t.end_sample), t.confidence)
         for t in transitions

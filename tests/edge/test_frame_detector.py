@@ -248,3 +248,27 @@ def test_lead_never_reaches_before_the_stream_or_the_previous_event() -> None:
     ]
     with pytest.raises(ConfigError, match="lead_ms"):
         PhaseRule(0.6, 0.4, lead_ms=-40.0)
+
+
+def test_frames_never_described_are_not_fed() -> None:
+    # a phase on frames 10..29 whose frames 15..17 the model never described (NaN rows, a
+    # state reset): as on the device, the real frames are fed in two runs and the phase
+    # stays open across the gap
+    p = probs(40, Breath=[(10, 29, 0.9)], Fine_Crackle=[(10, 29, 0.8)])
+    p[15:18] = np.nan
+    cfg = config(phases=PHASES, on_threshold=0.5)
+    events = detect_events(p, OUTPUTS, cfg, GRID)
+    det = FrameDetector(OUTPUTS, cfg, GRID)
+    fed = det.update(0, p[:15]) + det.update(18, p[18:]) + det.finish()
+    ended = [t for t in fed if t.state == "ended"]
+    assert [(e.type, e.start_sample, e.end_sample) for e in events] == [
+        (t.type, t.start_sample, t.end_sample) for t in ended
+    ]
+    assert [(e.start_sample, e.end_sample) for e in events] == [
+        (GRID.start_sample(10), GRID.end_sample(29))
+    ]
+    # zeros instead would close the phase at frame 15
+    zeros = detect_events(np.nan_to_num(p), OUTPUTS, cfg, GRID)
+    assert [(e.start_sample, e.end_sample) for e in zeros] != [
+        (GRID.start_sample(10), GRID.end_sample(29))
+    ]
