@@ -10,16 +10,26 @@ can be compared without the thresholds in between. Two score sets, each in both 
 - ``phases``: what the device's phase rule raises at any threshold. Each breath phase the
   detector cuts (the fitted Breath hysteresis, minimum length and lead) scores, per class, the
   phase rule's decision statistic: the highest running mean of the class's output over the
-  phase once the phase spans ``min_phase_ms``. Thresholding that at ``t`` gives the events the
-  device raises with every class's on-threshold at ``t``. The events come from
-  :func:`edge.detector.detect_events` itself (every class's on-threshold at ``PHASE_FLOOR`` so
-  that every phase is an event, its confidence the statistic); nothing here cuts phases. A view
-  class scores the highest of its member classes. Two approximations, both where phases of a
-  class lie closer together than the lead: an event's reported start is clamped to the end of
-  the class's previous phase rather than of its previous raised event, and two such events
-  touch, so at thresholds both pass they count as one.
+  phase once the phase spans ``min_phase_ms``. Thresholding that at ``t`` gives, up to the
+  approximations below, the events the device raises with every class's on-threshold at
+  ``t``. The events come from :func:`edge.detector.detect_events` itself (every class's
+  on-threshold at ``PHASE_FLOOR`` so that every phase is an event, its confidence the
+  statistic; frames the model never described are not fed, as on the device); nothing here
+  cuts phases. A view class scores the highest of its member classes. Approximations:
+
+  - where phases of a class lie closer together than the lead, an event's reported start is
+    clamped to the end of the class's previous phase rather than of its previous raised
+    event, and two such events touch, so at thresholds both pass they count as one;
+  - a phase in which two member classes of a view class pass (Fine and Coarse Crackle, both
+    DAS) is one detection here; the device raises two events there, and sed_eval counts the
+    second as a false positive;
+  - the statistic is the event's confidence, rounded to 1e-6 by the detector;
+  - the quality gate's suppression of the detector while ``poor_signal`` lasts is not
+    replayed (nor in :func:`operating_points`).
+
 - ``frames``: the model alone, without the phase rule: each output frame's probability (a view
-  class: the highest of its member outputs), an event wherever it stays above the threshold.
+  class: the highest of its member outputs; a frame the model never described scores 0), an
+  event wherever it stays above the threshold.
 
 Per score set and view:
 
@@ -29,12 +39,17 @@ Per score set and view:
   start and end), and 0.1 / 0.1 with cross-triggers at 0.3 weighed 0.5 (scenario 2); both with
   alpha_ST = 1 and false positives counted per hour up to 100.
 - ``best_event_f1``: sed_eval's event-based F1 (onset collar 0.2 s, offset collar
-  max(0.2 s, 20 %), micro over classes) at each class's best threshold, with those thresholds:
-  what the best rule per class could reach on these records (an oracle, never a fit). A
-  class that scores best when never raised has an infinite threshold.
+  max(0.2 s, 20 %)), micro over classes, with each class at the threshold that maximises its
+  own F1 (sed_scores_eval's ``best_fscore``), and those thresholds. Chosen on the scored
+  records, so it is not a fit; nor is it an upper bound of the micro F1 (another mix of
+  per-class thresholds can score a little higher) or of the device's F1 (the approximations
+  above, and classes left out drop their false positives). An infinite threshold means the
+  class scores best never raised (``inf``) or raised wherever it has a score (``-inf``).
 
 Classes without an annotated event in the records are left out (``left_out``); with a single
-class left, scenario 2 has no cross-trigger term.
+class left, scenario 2 has no cross-trigger term. Annotated events of a class that overlap are
+merged into one (sed_eval keeps both) and touching ones kept 1 ms apart (:func:`disjoint`):
+sed_scores_eval accepts neither.
 
 :func:`operating_points` is the ward's view of the same curve: the device's own detector
 (:func:`edge.detector.detect_events`) with every class's on-threshold moved to each of
@@ -180,11 +195,10 @@ def phase_events(
         ClassThreshold(t, PHASE_FLOOR, PHASE_FLOOR) for t in outputs if t in DETECTED_CLASSES
     )
     every = dataclasses.replace(config, thresholds=floor)
-    p = np.nan_to_num(np.asarray(probs, np.float32), nan=0.0)
     rate = float(grid.sample_rate_hz)
     return [
         (e.start_sample / rate, e.end_sample / rate, e.type, e.confidence)
-        for e in detect_events(p, outputs, every, grid)
+        for e in detect_events(np.asarray(probs, np.float32), outputs, every, grid)
     ]
 
 
@@ -306,7 +320,7 @@ def operating_points(
     if missing:
         raise ConfigError(f"no frame outputs for annotated record(s) {missing[:3]}")
     types = [t for t in outputs if t in DETECTED_CLASSES]
-    frames = [np.nan_to_num(np.asarray(probs[r], np.float32), nan=0.0) for r in records]
+    frames = [np.asarray(probs[r], np.float32) for r in records]
     rows = []
     for t in thresholds:
         rules = tuple(
@@ -321,15 +335,17 @@ def operating_points(
 
 
 def as_dict(scores: Mapping[str, Mapping[str, ThresholdFree]]) -> dict[str, Any]:
-    """JSON-ready form of :func:`threshold_free`'s result (strict JSON: a class whose best
-    is never to raise it has ``null`` for its threshold, not infinity)."""
+    """JSON-ready form of :func:`threshold_free`'s result (strict JSON: an infinite best
+    threshold is written as the string ``"inf"``, never raise the class, or ``"-inf"``,
+    raise it wherever it has a score)."""
     out: dict[str, Any] = {}
     for name, views in scores.items():
         out[name] = {}
         for view, x in views.items():
             item = dataclasses.asdict(x)
             item["best_thresholds"] = {
-                c: (t if np.isfinite(t) else None) for c, t in x.best_thresholds.items()
+                c: (t if np.isfinite(t) else ("inf" if t > 0 else "-inf"))
+                for c, t in x.best_thresholds.items()
             }
             out[name][view] = item
     return out

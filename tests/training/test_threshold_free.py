@@ -127,8 +127,8 @@ def annotated_crackles() -> tuple[dict, dict, dict]:
         n = 66
         fine = rng.uniform(0.0, 1.0, n).astype(np.float32)
         probs[f"r{i}"] = outputs_with(n, PHASES, Fine_Crackle=fine)
-        # annotated: phases 1 and 3 (frame spans in seconds; the detector reports the start
-        # 80 ms early, inside the 0.2-s collar)
+        # annotated: every other phase, from the first or the second by record (frame spans
+        # in seconds; the detector reports the start 80 ms early, inside the 0.2-s collar)
         annotated[f"r{i}"] = [(a * 0.04, b * 0.04, "Fine Crackle") for a, b in PHASES[i % 2 :: 2]]
         durations[f"r{i}"] = n * 0.04
     return probs, annotated, durations
@@ -256,3 +256,38 @@ def test_records_without_adventitious_events_give_no_threshold_free_view() -> No
     # the operating points still count the Normal record's false events
     rows = operating_points(probs, only_normal, labels, durations, OUTPUTS, at(0.5), GRID)
     assert rows[0]["false_events_per_hour"] > 0
+
+
+def test_two_member_classes_in_one_phase_are_one_detection_of_their_view_class() -> None:
+    # the documented approximation: Fine and Coarse Crackle both pass on an annotated phase;
+    # the device raises two events (sed_eval: one hit, one false positive), the phase scores
+    # one DAS detection
+    _, annotated, durations = annotated_crackles()
+    probs = {}
+    for r, events in annotated.items():
+        crackle = np.zeros(66, np.float32)
+        for s, e, _ in events:
+            crackle[round(s / 0.04) : round(e / 0.04)] = 0.9
+        probs[r] = outputs_with(66, PHASES, Fine_Crackle=crackle, Coarse_Crackle=crackle)
+    no_lead = PhaseRule(0.6, 0.5, min_phase_ms=120.0)
+    scores = threshold_free(probs, annotated, durations, OUTPUTS, at(0.5, no_lead), GRID)
+    assert scores["phases"]["family"].best_event_f1 == pytest.approx(1.0)
+    rate = GRID.sample_rate_hz
+    predicted = {
+        r: [
+            (e.start_sample / rate, e.end_sample / rate, e.type)
+            for e in detect_events(p, OUTPUTS, at(0.5, no_lead), GRID)
+        ]
+        for r, p in probs.items()
+    }
+    assert score_view(predicted, annotated, "family").event_f1 == pytest.approx(2 / 3)
+
+
+def test_infinite_best_thresholds_are_strings_in_json() -> None:
+    from training.threshold_free import ThresholdFree, as_dict
+
+    tf = ThresholdFree(0.1, 0.2, 0.3, 0.4, 0.5, {"CAS": float("inf"), "DAS": -float("inf")})
+    assert as_dict({"phases": {"family": tf}})["phases"]["family"]["best_thresholds"] == {
+        "CAS": "inf",
+        "DAS": "-inf",
+    }
