@@ -22,9 +22,9 @@
   (``split_ms``): ``decision``, from the reported start to the end of the output frame whose
   arrival made the detector announce (found by feeding the bed's output frames, as the run
   produced them, one at a time to a :class:`~edge.detector.FrameDetector` with the run's
-  rules); ``ready``, from the end of that frame's audio to the moment the runtime had its
-  output (the model's look-ahead, the wait for the chunk, inference); ``delivery``, from then
-  to the PUBACK.
+  rules); ``ready``, from the end of that frame's span on the output grid to the moment the
+  runtime had its output (the model's look-ahead, the wait for the chunk, inference);
+  ``delivery``, from then to the PUBACK.
 
 Results: ``bench/results/detection.{md,json}``.
 """
@@ -160,13 +160,14 @@ def decision_frames(
     outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid, probs: np.ndarray
 ) -> dict[tuple[str, int], int]:
     """(type, start sample) of each physiological onset -> the output frame that decided
-    it: the frames fed one at a time to a detector with the run's rules."""
+    it: the frames fed one at a time to a detector with the run's rules (frames the model
+    never described, NaN rows, are not fed, as on the device)."""
     detector = FrameDetector(outputs, config, grid)
     out: dict[tuple[str, int], int] = {}
-    for j in range(probs.shape[0]):
-        for t in detector.update(j, probs[j : j + 1]):
+    for j in np.flatnonzero(np.isfinite(probs).all(axis=1)):
+        for t in detector.update(int(j), probs[j : j + 1]):
             if t.state == "onset":
-                out.setdefault((t.type, t.start_sample), j)
+                out.setdefault((t.type, t.start_sample), int(j))
     return out
 
 
@@ -225,7 +226,7 @@ def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig
     for stream, name in zip(opened, names, strict=True):
         t0 = (stream.t0_posix or 0.0) - offset  # sample 0 on the perf_counter clock
         probs, made = frame_times.of(stream.id, len(classes))
-        deciding = decision_frames(classes, rules, grid, np.nan_to_num(probs, nan=0.0))
+        deciding = decision_frames(classes, rules, grid, probs)
         for onset, handed_s in onsets.values():
             if onset.stream_id == stream.id and onset.kind == "physiological":
                 assert onset.start_sample is not None

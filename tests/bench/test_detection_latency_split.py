@@ -53,3 +53,16 @@ def test_frame_times_place_each_part_and_leave_gaps_unknown() -> None:
     assert np.isfinite(made[[0, 1, 2, 5, 6]]).all()
     assert np.isnan(made[3:5]).all()
     assert made[0] == made[2] <= made[5] == made[6]
+
+
+def test_frames_never_described_are_skipped_not_zeroed() -> None:
+    p = np.full((40, len(OUTPUTS)), 0.01, np.float32)
+    p[5:30, OUTPUTS.index("Breath")] = 0.9
+    p[5:30, OUTPUTS.index("Fine Crackle")] = 0.9
+    p[6:8] = np.nan  # a state reset inside the phase, before the minimum phase is reached
+    config = DetectorConfig(
+        thresholds=(ClassThreshold("Fine Crackle", 0.5, 0.4),),
+        phases=PhaseRule(0.6, 0.5, min_phase_ms=120.0),
+    )
+    # the phase stays open across the gap: frames 5, 8, 9 are its first three real frames
+    assert decision_frames(OUTPUTS, config, GRID, p) == {("Fine Crackle", GRID.start_sample(5)): 9}
