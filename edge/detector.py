@@ -763,14 +763,14 @@ def detect_events(
     are not fed; each run of real frames is fed at its own first frame."""
     detector = FrameDetector(outputs, dataclasses.replace(config, latching=()), grid)
     p = np.asarray(probs)
-    real = np.isfinite(p).all(axis=1) if p.ndim == 2 else np.ones(0, np.bool_)
-    if p.ndim != 2 or real.all():
-        transitions = detector.update(0, p)
-    else:
-        edges = np.flatnonzero(np.diff(np.r_[0, real.astype(np.int8), 0]))
+    if p.ndim == 2 and not np.isfinite(p).all():
+        real = np.isfinite(p).all(axis=1).astype(np.int8)
+        edges = np.flatnonzero(np.diff(np.r_[0, real, 0]))  # starts and ends of the runs
         transitions = []
         for first, end in zip(edges[::2], edges[1::2], strict=True):
             transitions += detector.update(int(first), p[first:end])
+    else:  # update names a wrong shape
+        transitions = detector.update(0, p)
     transitions += detector.finish()
     events = [
         DetectedEvent(t.type, t.start_sample, int(t.end_sample), t.confidence)
