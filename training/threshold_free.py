@@ -148,20 +148,18 @@ def frame_table(
     starts = (np.arange(p.shape[0]) * grid.frame_samples + grid.offset_samples) / rate
     keep = starts < duration_s
     p, starts = p[keep], starts[keep]
-    ends = starts + grid.frame_samples / rate
-    if len(ends):
-        ends[-1] = min(ends[-1], max(duration_s, starts[-1] + 1e-6))
+    if not len(starts):  # no frame within the recording: one silent stretch
+        return np.array([0.0, max(duration_s, 1e-6)]), np.zeros((1, len(classes)))
+    end = min(starts[-1] + grid.frame_samples / rate, max(duration_s, starts[-1] + 1e-6))
     scores = np.zeros((p.shape[0], len(classes)))
     for i, name in enumerate(outputs):
         for label in mapping.get(name, ()):
             c = classes.index(label)
             scores[:, c] = np.maximum(scores[:, c], p[:, i])
-    if len(starts) and starts[0] > 0:
+    if starts[0] > 0:  # before the first frame: score 0
         starts = np.r_[0.0, starts]
         scores = np.vstack([np.zeros((1, len(classes))), scores])
-    elif not len(starts):
-        return np.array([0.0, max(duration_s, 1e-6)]), np.zeros((1, len(classes)))
-    return np.r_[starts, ends[-1]], scores
+    return np.r_[starts, end], scores
 
 
 def event_table(
@@ -264,6 +262,17 @@ def score_tables(
     )
 
 
+def scored_records(
+    probs: Mapping[str, np.ndarray], annotated: Mapping[str, Sequence[Event]]
+) -> list[str]:
+    """The annotated records, sorted; one without frame outputs is named."""
+    records = sorted(annotated)
+    missing = [r for r in records if r not in probs]
+    if missing:
+        raise ConfigError(f"no frame outputs for annotated record(s) {missing[:3]}")
+    return records
+
+
 def threshold_free(
     probs: Mapping[str, np.ndarray],
     annotated: Mapping[str, Sequence[Event]],
@@ -275,10 +284,7 @@ def threshold_free(
     """``{"phases" | "frames": {view: ThresholdFree}}`` over the records of ``annotated``
     (``probs``: each record's (n, O) frame outputs); ``phases`` only with a phase rule; a view
     none of whose classes is annotated in the records (only Normal records, say) is absent."""
-    records = sorted(annotated)
-    missing = [r for r in records if r not in probs]
-    if missing:
-        raise ConfigError(f"no frame outputs for annotated record(s) {missing[:3]}")
+    records = scored_records(probs, annotated)
     out: dict[str, dict[str, ThresholdFree]] = {"frames": {}}
     scored = (
         {r: phase_events(probs[r], outputs, config, grid) for r in records}
@@ -315,10 +321,7 @@ def operating_points(
     ``thresholds`` (the off-threshold ``OFF_GAP`` below, as the fit sets it; durations, merge
     gaps and the phase rule as in ``config``): one row of :meth:`DetectionReport.summary`
     per threshold, with ``threshold``."""
-    records = sorted(annotated)
-    missing = [r for r in records if r not in probs]
-    if missing:
-        raise ConfigError(f"no frame outputs for annotated record(s) {missing[:3]}")
+    records = scored_records(probs, annotated)
     types = [t for t in outputs if t in DETECTED_CLASSES]
     frames = [np.asarray(probs[r], np.float32) for r in records]
     rows = []
