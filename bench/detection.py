@@ -49,7 +49,7 @@ from edge.backends import BackendConfig
 from edge.datapaths import sprsound_root
 from edge.detector import DetectorConfig, FrameDetector, FrameGrid
 from edge.events import Event
-from edge.offline import detect_recordings, recordings_in
+from edge.offline import FrameKeeper, detect_recordings, recordings_in
 from edge.runtime import Runtime, open_model, open_streams
 from edge.runtime_config import (
     ModelConfig,
@@ -133,29 +133,6 @@ class _Recorder:
         self.inner.close()
 
 
-class _FrameTimes:
-    """The runtime's ``on_frames`` hook: every bed's output frames and when each appeared."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, list[tuple[int, np.ndarray, float]]] = {}
-
-    def __call__(self, stream: Any, frames: Any) -> None:
-        if frames.probs.shape[0]:
-            item = (frames.first_frame, np.array(frames.probs), time.perf_counter())
-            self.parts.setdefault(stream.id, []).append(item)
-
-    def of(self, stream_id: str, n_outputs: int) -> tuple[np.ndarray, np.ndarray]:
-        """(probs (n, O), perf_counter time of each frame (n,)) of one bed."""
-        parts = self.parts.get(stream_id, [])
-        n = max((first + p.shape[0] for first, p, _ in parts), default=0)
-        probs = np.full((n, n_outputs), np.nan, np.float32)
-        times = np.full(n, np.nan)
-        for first, p, when in parts:
-            probs[first : first + p.shape[0]] = p
-            times[first : first + p.shape[0]] = when
-        return probs, times
-
-
 def decision_frames(
     outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid, probs: np.ndarray
 ) -> dict[tuple[str, int], int]:
@@ -200,8 +177,8 @@ def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig
         sink, mqtt = open_sinks(config)
         probe = AckProbe(mqtt) if mqtt is not None else None
         recorder = _Recorder(sink)
-        frame_times = _FrameTimes()
-        runtime = Runtime(config, loaded, opened, recorder, on_frames=frame_times)
+        frames = FrameKeeper()
+        runtime = Runtime(config, loaded, opened, recorder, on_frames=frames)
         if mqtt is not None:
             mqtt.connect()
         offset = time.time() - time.perf_counter()  # wall clock -> perf_counter clock
@@ -225,8 +202,8 @@ def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig
     unsplit = 0
     for stream, name in zip(opened, names, strict=True):
         t0 = (stream.t0_posix or 0.0) - offset  # sample 0 on the perf_counter clock
-        probs, made = frame_times.of(stream.id, len(classes))
-        deciding = decision_frames(classes, rules, grid, probs)
+        made = frames.times(stream.id)
+        deciding = decision_frames(classes, rules, grid, frames.probs(stream.id, len(classes)))
         for onset, handed_s in onsets.values():
             if onset.stream_id == stream.id and onset.kind == "physiological":
                 assert onset.start_sample is not None

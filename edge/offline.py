@@ -20,6 +20,7 @@ columns the manifest's ``outputs``): the challenge tasks are computed from them
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,23 +54,33 @@ class RecordingEvents:
     error: str | None = None  # why the recording could not be read (skip_unreadable)
 
 
-class _FrameKeeper:
-    """Every bed's output frames, in order (the runtime's ``on_frames`` hook)."""
+class FrameKeeper:
+    """Every bed's output frames, in order, and when each arrived (``time.perf_counter``):
+    the runtime's ``on_frames`` hook."""
 
     def __init__(self) -> None:
-        self.parts: dict[str, list[OutputFrames]] = {}
+        self.parts: dict[str, list[tuple[OutputFrames, float]]] = {}
 
     def __call__(self, stream: Any, frames: OutputFrames) -> None:
         if frames.probs.shape[0]:
-            self.parts.setdefault(stream.id, []).append(frames)
+            self.parts.setdefault(stream.id, []).append((frames, time.perf_counter()))
+
+    def _frames(self, stream_id: str) -> int:
+        parts = self.parts.get(stream_id, [])
+        return max((p.first_frame + p.probs.shape[0] for p, _ in parts), default=0)
 
     def probs(self, stream_id: str, n_outputs: int) -> np.ndarray:
         """(n, O) of one bed; frames the model never described (a state reset) stay NaN."""
-        parts = self.parts.get(stream_id, [])
-        n = max((p.first_frame + p.probs.shape[0] for p in parts), default=0)
-        out = np.full((n, n_outputs), np.nan, np.float32)
-        for p in parts:
+        out = np.full((self._frames(stream_id), n_outputs), np.nan, np.float32)
+        for p, _ in self.parts.get(stream_id, []):
             out[p.first_frame : p.first_frame + p.probs.shape[0]] = p.probs
+        return out
+
+    def times(self, stream_id: str) -> np.ndarray:
+        """(n,) when each of one bed's frames arrived; NaN for those never described."""
+        out = np.full(self._frames(stream_id), np.nan)
+        for p, when in self.parts.get(stream_id, []):
+            out[p.first_frame : p.first_frame + p.probs.shape[0]] = when
         return out
 
 
@@ -163,7 +174,7 @@ def detect_recordings(
     if keep_probs and model.streaming is None:
         model.backend.close()
         raise OfflineError(f"{source}: not a streaming model: it has no output frames to keep")
-    keeper = _FrameKeeper() if keep_probs else None
+    keeper = FrameKeeper() if keep_probs else None
     unopened: dict[int, str] | None = {} if skip_unreadable else None
     collector = _Collector()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.detection import _FrameTimes, decision_frames
+from bench.detection import decision_frames
 from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule
 
 OUTPUTS = ("Fine Crackle", "Coarse Crackle", "Wheeze", "Rhonchi", "Stridor", "Breath")
@@ -33,26 +33,6 @@ def test_the_deciding_frame_is_where_the_phase_mean_reaches_the_threshold() -> N
         thresholds=(ClassThreshold("Fine Crackle", 0.95, 0.9), *rules), phases=config.phases
     )
     assert decision_frames(OUTPUTS, strict, GRID, p) == {}
-
-
-def test_frame_times_place_each_part_and_leave_gaps_unknown() -> None:
-    class Bed:
-        id = "b1"
-
-    class Frames:
-        def __init__(self, first: int, n: int) -> None:
-            self.first_frame, self.probs = first, np.ones((n, 2), np.float32)
-
-    times = _FrameTimes()
-    times(Bed(), Frames(0, 3))
-    times(Bed(), Frames(5, 2))  # frames 3 and 4 never described (a state reset)
-    times(Bed(), Frames(7, 0))  # an all-look-ahead chunk: nothing
-    probs, made = times.of("b1", 2)
-    assert probs.shape == (7, 2)
-    assert np.isnan(probs[3:5]).all()
-    assert np.isfinite(made[[0, 1, 2, 5, 6]]).all()
-    assert np.isnan(made[3:5]).all()
-    assert made[0] == made[2] <= made[5] == made[6]
 
 
 def test_frames_never_described_are_skipped_not_zeroed() -> None:
