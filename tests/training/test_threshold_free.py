@@ -170,14 +170,20 @@ def test_the_best_f1_is_the_best_of_sed_evals_scores_of_the_devices_events() -> 
     assert 0.0 <= frames.best_event_f1 <= 1.0
 
 
-def test_a_perfect_detector_scores_one() -> None:
-    _, annotated, durations = annotated_crackles()
+def on_annotated(annotated: dict, *names: str) -> dict:
+    """Each record's outputs with the named classes at 0.9 exactly on its annotated spans."""
     probs = {}
     for r, events in annotated.items():
-        fine = np.zeros(66, np.float32)
+        values = np.zeros(66, np.float32)
         for s, e, _ in events:
-            fine[round(s / 0.04) : round(e / 0.04)] = 0.9
-        probs[r] = outputs_with(66, PHASES, Fine_Crackle=fine)
+            values[round(s / 0.04) : round(e / 0.04)] = 0.9
+        probs[r] = outputs_with(66, PHASES, **dict.fromkeys(names, values))
+    return probs
+
+
+def test_a_perfect_detector_scores_one() -> None:
+    _, annotated, durations = annotated_crackles()
+    probs = on_annotated(annotated, "Fine_Crackle")
     no_lead = PhaseRule(0.6, 0.5, min_phase_ms=120.0)
     scores = threshold_free(probs, annotated, durations, OUTPUTS, at(0.5, no_lead), GRID)
     for name in ("phases", "frames"):
@@ -263,12 +269,7 @@ def test_two_member_classes_in_one_phase_are_one_detection_of_their_view_class()
     # the device raises two events (sed_eval: one hit, one false positive), the phase scores
     # one DAS detection
     _, annotated, durations = annotated_crackles()
-    probs = {}
-    for r, events in annotated.items():
-        crackle = np.zeros(66, np.float32)
-        for s, e, _ in events:
-            crackle[round(s / 0.04) : round(e / 0.04)] = 0.9
-        probs[r] = outputs_with(66, PHASES, Fine_Crackle=crackle, Coarse_Crackle=crackle)
+    probs = on_annotated(annotated, "Fine_Crackle", "Coarse_Crackle")
     no_lead = PhaseRule(0.6, 0.5, min_phase_ms=120.0)
     scores = threshold_free(probs, annotated, durations, OUTPUTS, at(0.5, no_lead), GRID)
     assert scores["phases"]["family"].best_event_f1 == pytest.approx(1.0)
