@@ -9,7 +9,6 @@
 #   make bench    benchmarks, results in bench/results/
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
 #   make deploy   DEVICE=jetson [DRY_RUN=1]: bundle, install, check, roll back (docs/deploy.md)
-#   make train    retrain the window classifier, models/edge (SEEDS="0 1 2" for its card's runs)
 #   make train-sed the shipped detector's whole recipe into out/models/sed (train, fit, export,
 #                 INT8, Task rules; SEED=0); copy the folder to models/sed to ship it
 #   make lock     refresh the lock files from pyproject.toml (UPGRADE=1: newest allowed versions)
@@ -26,10 +25,10 @@ SYSDEPS = requirements/install-debian-packages.sh
 ONE_CORE = OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
            $(shell command -v taskset >/dev/null 2>&1 && echo taskset -c 0)
 
-.PHONY: demo test lint bench fuzz format clean help train train-sed deploy lock sysdeps sysdeps-dev sysdeps-edge
+.PHONY: demo test lint bench fuzz format clean help train-sed deploy lock sysdeps sysdeps-dev sysdeps-edge
 
 help:
-	@sed -n '6,19p' Makefile
+	@sed -n '6,18p' Makefile
 
 # The Debian packages are checked on every run (a dpkg query; apt-get only for missing ones).
 GROUP ?= dev
@@ -85,16 +84,6 @@ bench: $(VENV)/.installed-dev
 fuzz: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)
 
-SEEDS ?= 0
-train: $(VENV)/.installed-dev
-	for seed in $(SEEDS); do \
-	  $(VENV)/bin/lungwatch train --config training/configs/edge.yaml --set seed=$$seed \
-	    --set name=edge-seed$$seed $(ARGS) || exit 1; \
-	done
-	mkdir -p models/edge
-	cp out/runs/edge-seed$(firstword $(SEEDS))/best.pt models/edge/model.pt
-	cp training/configs/edge.yaml models/edge/config.yaml
-
 # The frame-level detector in models/sed, as docs/models/sed.md ("Data and training") builds it.
 SEED ?= 0
 SED_RUN = out/proto/sed-seed$(SEED)
@@ -105,9 +94,9 @@ train-sed: $(VENV)/.installed-dev
 	  --set name=sed-seed$(SEED) $(ARGS)
 	$(VENV)/bin/python -m training.sed_calibrate --checkpoint $(SED_RUN)/best.pt \
 	  --out $(SED_RUN)/fitted.json --phases
-	$(VENV)/bin/python -m export.streaming_model --checkpoint $(SED_RUN)/best.pt --out $(SED_OUT) \
+	$(VENV)/bin/lungwatch export --checkpoint $(SED_RUN)/best.pt --out $(SED_OUT) \
 	  --name sed-seed$(SEED) --detector $(SED_RUN)/fitted.json --poor-on 0.6 --poor-off 0.4
-	$(VENV)/bin/python -m export.quantize_streaming --model $(SED_OUT)/model.onnx \
+	$(VENV)/bin/lungwatch quantize --model $(SED_OUT)/model.onnx \
 	  --out $(SED_OUT)/model.int8.onnx --calib-dir $(SED_DATA)/sprsound/train \
 	  --max-files 600 --max-chunks 2048 --exclude /model/stems.0/stems.0.0/Conv
 	$(VENV)/bin/python -m training.sed_tasks --model $(SED_OUT)/model.int8.onnx

@@ -1,33 +1,17 @@
-"""FP32 vs INT8 (Q/DQ) ONNX on onnxruntime CPU: per-window latency and model file size.
+"""FP32 vs INT8 (Q/DQ) streaming ONNX on onnxruntime CPU: cost per audio second and file size.
 
-    python -m bench.export [--model-dir models/edge] [--repeats 30] [--calib DIR] \
-        [--sed-fp32 models/sed/model.onnx] [--sed-int8 models/sed/model.int8.onnx] \
-        [--sed-variant NAME=PATH ...] [--streaming-only] [--out-dir bench/results]
+    python -m bench.export [--fp32 models/sed/model.onnx] [--int8 models/sed/model.int8.onnx] \
+        [--variant NAME=PATH ...] [--repeats 50] [--out-dir bench/results]
 
 One thread (intra_op 1, inter_op 1, sequential execution), graph optimisation ORT_ENABLE_ALL,
-warm-up runs, then the median of ``--repeats`` timed runs (FP32 and INT8 alternate in 5
-rounds, so load drift on a shared machine hits both alike), at batch 1 and batch 16; latency
-per window is batch time / batch size. Targets (checked as ratios measured in the same run):
-INT8 >= 2.5x faster per window, model file >= 3.5x smaller. They are reported as measured,
-met or not.
-
-Investigation rows explain the CPU result: the INT8 model at each ORT optimisation level, the
-node types of ORT's optimised INT8 graph (how many Q/DQ pairs became QLinearConv, how many
-Convs stayed float), where the INT8 time goes (ORT's profiler), and two re-quantized variants
-calibrated on a few windows of ``--calib`` (default: the folder in the manifest): per-tensor
-weights (the per-channel effect) and uint8 asymmetric activations (ORT CPU's preferred format,
-which TensorRT's explicit quantization does not accept; measured only to show the format's
-cost on this CPU).
-
-Streaming model (a SedNet graph of :mod:`export.sed_onnx`, INT8 from
-:mod:`export.quantize_streaming`): FP32 vs INT8 in milliseconds of one core per second of audio
-per bed, one call for :data:`STREAMING_BEDS` beds (their states batched), each call one chunk;
-same session options, warm-up, alternating rounds and medians as above, the speed-up as the
-ratio of the two in the same run. ``--sed-variant`` adds other quantized files of the same
-model to the same rounds (e.g. uint8 activations). Skipped, with the reason printed, when the
-files are absent (the defaults exist only once a streaming model is exported there);
-``--streaming-only`` measures only this. Writes ``--out-dir``/export.{md,json} (default
-bench/results).
+warm-up runs, then the median of ``--repeats`` timed runs in 5 alternating rounds (load drift on
+a shared machine hits every model alike). Each call is one chunk of :data:`STREAMING_BEDS` beds
+(their states batched), as the runtime feeds it; the cost is milliseconds of one core per
+second of audio per bed. Targets (ratios measured in the same run): INT8 >= 2x faster than
+FP32, file >= 3.5x smaller; reported as measured, met or not. ``--variant`` adds other
+quantized files of the same model to the same rounds (e.g. uint8 activations). Also: the node
+types of ORT's optimised INT8 graph (how many Q/DQ pairs became QLinearConv, how many Convs
+stayed float). Writes ``--out-dir``/export.{md,json} (default bench/results).
 """
 
 from __future__ import annotations
@@ -45,20 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from edge.manifest import INPUT_NAME, load_manifest
-
 RESULTS_DIR = Path(__file__).parent / "results"
-BATCHES = (1, 16)
 WARMUP_RUNS = 3
-TARGET_SPEEDUP = 2.5  # INT8 per-window latency vs FP32
+TARGET_SPEEDUP = 2.0  # INT8 vs FP32, ms per audio second per bed
 TARGET_SIZE_RATIO = 3.5  # FP32 file bytes / INT8 file bytes
-VARIANT_CALIB_WINDOWS = 32
-PROFILE_RUNS = 5
-ROUNDS = 5  # FP32 and INT8 are timed in alternating rounds
-TOP_OPS = 6
+ROUNDS = 5  # the models are timed in alternating rounds
 STREAMING_BEDS = 64
-DEFAULT_SED_FP32 = Path("models/sed/model.onnx")
-DEFAULT_SED_INT8 = Path("models/sed/model.int8.onnx")
+DEFAULT_FP32 = Path("models/sed/model.onnx")
+DEFAULT_INT8 = Path("models/sed/model.int8.onnx")
 
 
 def session(path: Path, level: str = "all", **options: Any) -> Any:
@@ -88,50 +66,6 @@ def windows_like(shape: tuple[int, ...], batch: int) -> np.ndarray:
     return rng.normal(-12.0, 3.0, size=(batch, *shape)).astype(np.float32)
 
 
-def ms_per_window(sess: Any, shape: tuple[int, ...], batch: int, repeats: int) -> float:
-    x = {INPUT_NAME: windows_like(shape, batch)}
-    for _ in range(WARMUP_RUNS):
-        sess.run(None, x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, x)
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times) / batch
-
-
-def latencies(path: Path, shape: tuple[int, ...], repeats: int, level: str = "all") -> dict:
-    sess = session(path, level)
-    return {f"batch {b}": ms_per_window(sess, shape, b, repeats) for b in BATCHES}
-
-
-def interleaved(
-    paths: dict[str, Path],
-    shape: tuple[int, ...],
-    repeats: int,
-    levels: dict[str, str] | None = None,
-) -> dict:
-    """:func:`latencies` of each model (at ``levels[name]``, default ``all``), measured in
-    alternating rounds (load drift hits all alike); the median over the rounds is kept."""
-    levels = levels or {}
-    sessions = {name: session(path, levels.get(name, "all")) for name, path in paths.items()}
-    rounds: dict[str, dict[str, list[float]]] = {n: defaultdict(list) for n in paths}
-    per_round = max(1, repeats // ROUNDS)
-    for _ in range(ROUNDS):
-        for name, sess in sessions.items():
-            for b in BATCHES:
-                rounds[name][f"batch {b}"].append(ms_per_window(sess, shape, b, per_round))
-    return {n: {b: statistics.median(v) for b, v in rows.items()} for n, rows in rounds.items()}
-
-
-def initializer_bytes(path: Path) -> int:
-    """Bytes of the weights and constants (initializers) alone."""
-    import onnx
-    from onnx import numpy_helper
-
-    return sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(path)).graph.initializer)
-
-
 def optimised_census(path: Path) -> dict[str, int]:
     """Node types of ORT's optimised graph (ORT_ENABLE_ALL) of ``path``."""
     import onnx
@@ -142,87 +76,6 @@ def optimised_census(path: Path) -> dict[str, int]:
         counts = Counter(node.op_type for node in onnx.load(str(saved)).graph.node)
     keys = ("QLinearConv", "Conv", "FusedConv", "QLinearMatMul", "MatMul", "QuantizeLinear")
     return {key: counts.get(key, 0) for key in (*keys, "DequantizeLinear", "Transpose")}
-
-
-def op_time_shares(path: Path, shape: tuple[int, ...]) -> dict[str, float]:
-    """Share of kernel time per op type at batch 16 (ORT profiler), the largest first."""
-    with tempfile.TemporaryDirectory() as tmp:
-        sess = session(path, "all", enable_profiling=True, profile_file_prefix=f"{tmp}/p")
-        x = {INPUT_NAME: windows_like(shape, BATCHES[-1])}
-        for _ in range(PROFILE_RUNS):
-            sess.run(None, x)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    per_op: dict[str, float] = defaultdict(float)
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            per_op[event["args"]["op_name"]] += event["dur"]
-    total = sum(per_op.values()) or 1.0
-    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:TOP_OPS]
-    return {op: round(100.0 * t / total, 1) for op, t in ranked}
-
-
-def variant(fp32: Path, out: Path, windows: np.ndarray, *, per_channel: bool, uint8: bool) -> None:
-    """Re-quantize ``fp32`` with other options (investigation only; not for TensorRT)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from export.quantize import QUANTIZED_OPS, make_reader
-
-    prepared = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(prepared))
-    quantize_static(
-        str(prepared),
-        str(out),
-        make_reader(windows),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=None if uint8 else QUANTIZED_OPS,
-        per_channel=per_channel,
-        activation_type=QuantType.QUInt8 if uint8 else QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        extra_options={"ActivationSymmetric": not uint8, "WeightSymmetric": True},
-    )
-
-
-def variants(model_dir: Path, calib: Path | None, repeats: int) -> dict[str, Any]:
-    """Latency of the per-tensor and uint8-activation variants (or why they were skipped)."""
-    from export.quantize import calibration_set
-
-    manifest = load_manifest(model_dir / "manifest.json")
-    if calib is None or not calib.is_dir():
-        return {"skipped": f"calibration folder {calib} not found"}
-    windows = calibration_set(calib, manifest, VARIANT_CALIB_WINDOWS, seed=0).windows
-    rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, per_channel, uint8 in (
-            ("int8 per-tensor weights (TensorRT-compatible)", False, False),
-            ("uint8 asymmetric activations, all ops (ORT CPU format, not TensorRT)", True, True),
-        ):
-            out = Path(tmp) / "variant.onnx"
-            variant(model_dir / "model.onnx", out, windows, per_channel=per_channel, uint8=uint8)
-            rows[name] = latencies(out, manifest.input_shape, repeats)
-    return rows
-
-
-def measure(model_dir: Path, calib: Path | None, repeats: int) -> dict[str, Any]:
-    manifest = load_manifest(model_dir / "manifest.json")
-    fp32, int8 = model_dir / "model.onnx", model_dir / "model.int8.onnx"
-    shape = manifest.input_shape
-    result: dict[str, Any] = {
-        "model_id": manifest.model_id,
-        "input_shape": [None, *shape],
-        "ms_per_window": interleaved({"fp32": fp32, "int8": int8}, shape, repeats),
-        "bytes": {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size},
-        "initializer_bytes": {"fp32": initializer_bytes(fp32), "int8": initializer_bytes(int8)},
-    }
-    levels = ("disabled", "basic", "extended", "all")
-    by_level = interleaved({lv: int8 for lv in levels}, shape, repeats, {lv: lv for lv in levels})
-    result["int8_by_optimisation_level_batch16"] = {lv: by_level[lv]["batch 16"] for lv in levels}
-    result["int8_optimised_graph_nodes"] = optimised_census(int8)
-    result["fp32_optimised_graph_nodes"] = optimised_census(fp32)
-    result["int8_kernel_time_share_percent"] = op_time_shares(int8, shape)
-    result["fp32_kernel_time_share_percent"] = op_time_shares(fp32, shape)
-    result["variants_ms_per_window"] = variants(model_dir, calib, repeats)
-    return result
 
 
 def streaming_feed(path: Path, beds: int) -> tuple[dict[str, np.ndarray], float]:
@@ -254,12 +107,12 @@ def ms_per_call(sess: Any, feed: dict[str, np.ndarray], repeats: int) -> float:
 def streaming(
     fp32: Path, int8: Path, repeats: int, variants: dict[str, Path] | None = None
 ) -> dict[str, Any]:
-    """FP32 vs INT8 (and ``variants``) of a streaming model, ms per audio second per bed at
-    :data:`STREAMING_BEDS` beds, alternating rounds; or ``{"skipped": reason}``."""
+    """FP32 vs INT8 (and ``variants``), ms per audio second per bed at
+    :data:`STREAMING_BEDS` beds, alternating rounds."""
     paths = {"fp32": fp32, "int8": int8, **(variants or {})}
     absent = [f"{name} {path}" for name, path in paths.items() if not path.is_file()]
     if absent:
-        return {"skipped": f"streaming model not found: {', '.join(absent)}"}
+        raise SystemExit(f"bench.export: model not found: {', '.join(absent)}")
     feed, audio_s = streaming_feed(fp32, STREAMING_BEDS)
     sessions = {name: session(path) for name, path in paths.items()}
     rounds: dict[str, list[float]] = defaultdict(list)
@@ -282,12 +135,10 @@ def streaming(
 
 
 def render_streaming(result: dict[str, Any]) -> list[str]:
-    """The streaming model's lines of the report."""
-    if "skipped" in result:
-        return [f"Streaming model: skipped ({result['skipped']})."]
+    """The report's lines."""
     per_s, size = result["ms_per_audio_s_per_bed"], result["bytes"]
     lines = [
-        f"Streaming model, {result['beds']} beds per call, one chunk "
+        f"{result['beds']} beds per call, one chunk "
         f"({result['audio_s_per_chunk']:.2f} s of audio) per call:",
         "",
         "| model | file | bytes | ms per audio second per bed |",
@@ -299,7 +150,13 @@ def render_streaming(result: dict[str, Any]) -> list[str]:
     ]
     lines += [
         "",
-        f"- INT8 speed-up per audio second (FP32 / INT8, same run): {result['int8_speedup']:.2f}x",
+        "| target | measured | wanted | met |",
+        "|---|---:|---:|---|",
+        *[
+            f"| {name} | {value:.2f}x | >= {wanted:g}x | {'yes' if ok else 'NO'} |"
+            for name, value, wanted, ok in verdicts(result)
+        ],
+        "",
         "- optimised INT8 graph nodes: " + _pairs(result["int8_optimised_graph_nodes"]),
     ]
     return lines
@@ -307,42 +164,12 @@ def render_streaming(result: dict[str, Any]) -> list[str]:
 
 def verdicts(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     """(target, measured, wanted, met) rows."""
-    ms, size = result["ms_per_window"], result["bytes"]
+    size = result["bytes"]
     rows = [
-        (f"INT8 speed-up per window, {b}", ms["fp32"][b] / ms["int8"][b], TARGET_SPEEDUP)
-        for b in ms["fp32"]
+        ("INT8 speed-up per audio second (FP32 / INT8)", result["int8_speedup"], TARGET_SPEEDUP),
+        ("file size FP32 / INT8", size["fp32"] / size["int8"], TARGET_SIZE_RATIO),
     ]
-    rows.append(("file size FP32 / INT8", size["fp32"] / size["int8"], TARGET_SIZE_RATIO))
     return [(name, value, wanted, value >= wanted) for name, value, wanted in rows]
-
-
-def render(result: dict[str, Any], header: str) -> str:
-    ms, size, init = result["ms_per_window"], result["bytes"], result["initializer_bytes"]
-    lines = [header, "", "| model | bytes | weights bytes |"]
-    lines += ["|---|---:|---:|"]
-    lines += [f"| {p} | {size[p]:,} | {init[p]:,} |" for p in ("fp32", "int8")]
-    lines += ["", "| ms per window | " + " | ".join(ms["fp32"]) + " |", "|---|---:|---:|"]
-    lines += [f"| {p} | " + " | ".join(f"{v:.3f}" for v in ms[p].values()) + " |" for p in ms]
-    lines += ["", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
-    lines += [
-        f"| {name} | {value:.2f}x | >= {wanted:g}x | {'yes' if ok else 'NO'} |"
-        for name, value, wanted, ok in verdicts(result)
-    ]
-    lines += ["", "Investigation (INT8 on onnxruntime CPU):", ""]
-    levels = result["int8_by_optimisation_level_batch16"]
-    lines.append("- ms/window at batch 16 by ORT optimisation level: " + _pairs(levels, ".3f"))
-    lines.append("- optimised INT8 graph nodes: " + _pairs(result["int8_optimised_graph_nodes"]))
-    lines.append("- optimised FP32 graph nodes: " + _pairs(result["fp32_optimised_graph_nodes"]))
-    shares = result["int8_kernel_time_share_percent"]
-    lines.append("- INT8 kernel time share, %: " + _pairs(shares, ".1f"))
-    fp32_shares = result["fp32_kernel_time_share_percent"]
-    lines.append("- FP32 kernel time share, %: " + _pairs(fp32_shares, ".1f"))
-    for name, row in result["variants_ms_per_window"].items():
-        text = row if isinstance(row, str) else _pairs(row, ".3f")
-        lines.append(f"- variant {name}: ms/window {text}")
-    if "streaming" in result:
-        lines += ["", *render_streaming(result["streaming"])]
-    return "\n".join(lines)
 
 
 def _pairs(mapping: dict[str, Any], fmt: str = "") -> str:
@@ -355,7 +182,7 @@ def variant_paths(items: list[str]) -> dict[str, Path]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path or name in ("fp32", "int8"):
-            raise ValueError(f"--sed-variant wants NAME=PATH, NAME not fp32 or int8: {item!r}")
+            raise ValueError(f"--variant wants NAME=PATH, NAME not fp32 or int8: {item!r}")
         variants[name] = Path(path)
     return variants
 
@@ -364,54 +191,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.export", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--model-dir", type=Path, default=Path("models/edge"))
+    parser.add_argument("--fp32", type=Path, default=DEFAULT_FP32, help="FP32 ONNX")
+    parser.add_argument("--int8", type=Path, default=DEFAULT_INT8, help="INT8 ONNX")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=PATH, another INT8")
     parser.add_argument("--repeats", type=int, default=50, help="timed runs (median is kept)")
-    parser.add_argument("--calib", type=Path, default=None, help="audio for the variants")
-    parser.add_argument("--sed-fp32", type=Path, default=DEFAULT_SED_FP32, help="streaming FP32")
-    parser.add_argument("--sed-int8", type=Path, default=DEFAULT_SED_INT8, help="streaming INT8")
-    parser.add_argument(
-        "--sed-variant", action="append", default=[], help="NAME=PATH, another streaming INT8"
-    )
-    parser.add_argument("--streaming-only", action="store_true", help="skip the window model")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go")
     args = parser.parse_args(argv)
     try:
-        variants = variant_paths(args.sed_variant)
+        variants = variant_paths(args.variant)
     except ValueError as exc:
         parser.error(str(exc))
-    result: dict[str, Any] = {}
-    if not args.streaming_only:
-        manifest = load_manifest(args.model_dir / "manifest.json")
-        calib = args.calib or Path(manifest.raw.get("calibration", {}).get("dir", ""))
-        result = measure(args.model_dir, calib if str(calib) else None, args.repeats)
-    result["streaming"] = streaming(args.sed_fp32, args.sed_int8, args.repeats, variants)
+    result = streaming(args.fp32, args.int8, args.repeats, variants)
     import onnxruntime
 
     machine = f"{platform.machine()} {platform.processor() or ''}"
     load = f"load average {os.getloadavg()[0]:.1f}"
-    if args.streaming_only:
-        header = (
-            f"Streaming ONNX FP32 vs INT8 (Q/DQ) on onnxruntime {onnxruntime.__version__} CPU, "
-            f"1 thread, median of {args.repeats}; {machine}, {load}"
-        )
-        table = "\n".join([header, "", *render_streaming(result["streaming"])])
-    else:
-        header = (
-            f"ONNX FP32 vs INT8 (Q/DQ) on onnxruntime {onnxruntime.__version__} CPU, 1 thread, "
-            f"{manifest.model_id}, median of {args.repeats}; {machine}, {load}"
-        )
-        table = render(result, header)
+    header = (
+        f"Streaming ONNX FP32 vs INT8 (Q/DQ) on onnxruntime {onnxruntime.__version__} CPU, "
+        f"1 thread, median of {args.repeats}; {machine}, {load}"
+    )
+    table = "\n".join([header, "", *render_streaming(result)])
     print(table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "export.md").write_text(table + "\n")
-    targets = [] if args.streaming_only else verdicts(result)
-    record = {
-        "header": header,
-        **result,
-        "targets": [
-            dict(zip(("target", "measured", "wanted", "met"), row, strict=True)) for row in targets
-        ],
-    }
+    targets = [
+        dict(zip(("target", "measured", "wanted", "met"), row, strict=True))
+        for row in verdicts(result)
+    ]
+    record = {"header": header, **result, "targets": targets}
     (args.out_dir / "export.json").write_text(json.dumps(record, indent=2) + "\n")
     return 0
 

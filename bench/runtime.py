@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.runtime
         [--model models/sed] [--streams 1,64,256,1000] [--seconds 20]
         [--paced-streams 600,1000] [--paced-seconds 30] [--profile-streams 256]
-        [--reference models/edge] [--reference-streams 200] [--max-batch N]
+        [--reference MODEL_DIR] [--reference-streams 200] [--max-batch N]
         [--ward-audio DIR] [--ward-streams 1000] [--round-group 250] [--no-batch-sweep] [--no-mqtt]
 
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
@@ -14,8 +14,8 @@ model (``--model``, default the shipped streaming model ``models/sed``) on ONNX 
 (one thread), the MQTT sink (QoS 1 through the SQLite spool) to a local Mosquitto and the live
 strip at the runtime's default period (one point per bed per second, over MQTT). Streams start
 one chunk apart (in five phases), so their model inputs close in different rounds, as beds
-that were connected at different times. A streaming model's "window" is one bed's chunk of
-network input (every frame once, state carried); a window model's is its 2-s window.
+that were connected at different times. A "window" is one bed's chunk of network input (every
+frame once, state carried).
 
 - **Throughput** (as fast as possible): ``Runtime.step`` rounds for ``--seconds`` after a
   warm-up (every stream has produced a window); streams served in real time = audio seconds
@@ -31,9 +31,10 @@ network input (every frame once, state carried); a window model's is its 2-s win
 - **Memory**: VmRSS after the run; per stream = (RSS with K streams - RSS with 1) / (K - 1).
 - **Profile**: cProfile of the main thread for ``--profile-streams`` (the MQTT sender and paho
   network threads are not in it; their CPU time is reported separately).
-- **Reference**: ``--reference`` (default today's window model, ``models/edge``) as fast as
-  possible with ``--reference-streams`` streams in the same run, for the ratio of streams
-  served in real time.
+- **Reference**: ``--reference`` (another model folder; none by default) as fast as possible
+  with ``--reference-streams`` streams in the same run, for the ratio of streams served in
+  real time. The window classifier this runtime once served (retired; tag
+  ``window-stack-last``) is compared by its recorded number (:data:`WINDOW_MODEL_RECORDED`).
 - **Batch sweep**: inference ms per window against batch size, INT8 and FP32 of ``--model``
   (:mod:`bench.runtime_batch`).
 
@@ -70,7 +71,7 @@ from edge.datapaths import sprsound_root
 from edge.demo import DemoConfig, find_recordings
 from edge.features import FeatureSpec
 from edge.offline import recordings_in
-from edge.pipeline import StreamPipeline, infer_ready
+from edge.pipeline import StreamPipeline
 from edge.runtime import Model, Runtime, open_model, open_sinks, open_streams
 from edge.runtime_config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
 from edge.sinks.mqtt import MqttConfig
@@ -83,7 +84,10 @@ PHASES = 5  # a window every 5 chunks (hop 0.5 s): streams start in 5 staggered 
 PACED_WARMUP_S = 3.0
 MAX_WARMUP_ROUNDS = 400
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-MODEL_DIR, REFERENCE_DIR = "models/sed", "models/edge"
+MODEL_DIR = "models/sed"
+# the retired window classifier (models/edge) in the last run that had it (bench/results at
+# tag window-stack-last): streams served in real time on one core, K = 200, same machine
+WINDOW_MODEL_RECORDED = {"model": "models/edge (retired)", "streams_in_real_time": 429}
 DEFAULT_ROUND_GROUP = RuntimeConfig.round_group  # the runtime's default
 TARGETS = {"streams_per_core": 1000.0, "p99_ms": 150.0, "rss_per_stream_mb": 1.0}
 
@@ -151,15 +155,13 @@ def _prime(spec: FeatureSpec, model: Model) -> None:
     """Load the numba kernels and the ORT session's first run before the streams start (the
     first push otherwise takes a few hundred ms and would undo the streams' stagger)."""
     m = model.manifest
-    pipeline = StreamPipeline(spec, m.kinds, m.window_frames, m.hop_frames)
+    frames = m.streaming.input_frames
+    pipeline = StreamPipeline(spec, m.kinds, frames, frames)
     ready = pipeline.push(SourceChunk(samples=np.zeros(2 * pipeline.window_samples, np.float32),
                                       first_sample=0))  # fmt: skip
-    if model.streaming is not None:
-        bed = BedState(model.streaming)
-        for window in ready:
-            infer_beds(model.backend, [(bed, window.features)])  # type: ignore[arg-type]
-    else:
-        infer_ready(model.backend, [("prime", w) for w in ready])
+    bed = BedState(model.streaming)
+    for window in ready:
+        infer_beds(model.backend, [(bed, window.features)])
 
 
 def warm_up(runtime: Runtime, paced: bool) -> None:
@@ -382,7 +384,8 @@ def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
             ward["paced"].append(run_child({**spec, "paced": True,
                                             "seconds": args.paced_seconds}, limit_s))  # fmt: skip
     return {"as_fast_as_possible": runs, "paced": paced, "profile": profile,
-            "batch_sweep": batch, "reference": reference, "ward": ward}  # fmt: skip
+            "batch_sweep": batch, "reference": reference, "ward": ward,
+            "window_model_recorded": WINDOW_MODEL_RECORDED}  # fmt: skip
 
 
 def _header(
@@ -424,7 +427,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--profile-streams", type=int, default=256, help="K of the profiled run (0: skip)"
     )
     parser.add_argument(
-        "--reference", default=REFERENCE_DIR, help="reference model folder ('': no reference run)"
+        "--reference", default="", help="reference model folder ('': no reference run)"
     )
     parser.add_argument(
         "--reference-streams", type=int, default=200, help="K of the reference run (0: skip)"

@@ -2,9 +2,9 @@
 
 A model folder's INT8 and FP32 files through :class:`~edge.backends.onnxruntime.OrtBackend` as the
 runtime opens them (CPU, one intra-op thread, the project's session options), one call per
-batch: for each batch size, ``WINDOWS_PER_SIZE`` windows of random features (the cost does
-not depend on the values; a streaming model's states start at zero and are carried from call
-to call, as a bed's would be) in as many calls as that takes, ``REPEATS`` times, interleaved over
+batch: for each batch size, ``WINDOWS_PER_SIZE`` windows (beds' chunks) of random features (the
+cost does not depend on the values; the states start at zero and are carried from call to call,
+as a bed's would be) in as many calls as that takes, ``REPEATS`` times, interleaved over
 sizes and models so that other load on the machine falls on all of them alike; the median of
 the repeats is reported. It chose ``BackendConfig.max_batch``'s default.
 """
@@ -28,12 +28,12 @@ SEED = 0
 
 
 def sweep(model_dir: str = "models/sed") -> dict[str, Any]:
-    """``{"model": dir, "streaming": bool, "sizes": [...], "ms_per_window": {file: [median per
-    size]}}``; a streaming model's window is one bed's chunk."""
+    """``{"model": dir, "sizes": [...], "ms_per_window": {file: [median per size]}}``; a window
+    is one bed's chunk."""
     config = BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=MAX_BATCH_LIMIT)
     backends = {name: OrtBackend(Path(model_dir) / f, config) for name, f in FILES.items()}
     first = next(iter(backends.values()))
-    shape, streaming = first.input_shape, first.streaming is not None
+    shape = first.input_shape
     rng = np.random.default_rng(SEED)
     batches = {n: rng.standard_normal((n, *shape)).astype(np.float32) for n in BATCH_SIZES}
     times: dict[str, dict[int, list[float]]] = {m: {n: [] for n in BATCH_SIZES} for m in FILES}
@@ -45,7 +45,6 @@ def sweep(model_dir: str = "models/sed") -> dict[str, Any]:
         backend.close()
     return {
         "model": model_dir,
-        "streaming": streaming,
         "sizes": list(BATCH_SIZES),
         "ms_per_window": {m: [float(np.median(times[m][n])) for n in BATCH_SIZES] for m in FILES},
     }
@@ -53,16 +52,11 @@ def sweep(model_dir: str = "models/sed") -> dict[str, Any]:
 
 def _ms_per_window(backend: OrtBackend, batch: np.ndarray) -> float:
     calls = max(2, WINDOWS_PER_SIZE // batch.shape[0])
-    if backend.streaming is not None:
-        state = np.zeros((batch.shape[0], backend.state_size), np.float32)
+    state = np.zeros((batch.shape[0], backend.state_size), np.float32)
 
-        def run() -> None:
-            nonlocal state
-            _, state = backend.infer_streaming(batch, state)
-    else:
-
-        def run() -> None:
-            backend.infer(batch)
+    def run() -> None:
+        nonlocal state
+        _, state = backend.infer(batch, state)
 
     run()  # warm: the first call of a new shape allocates
     start_s = time.perf_counter()

@@ -7,8 +7,7 @@ the ``time.perf_counter`` clock (one clock for every thread):
   a chunk into the pipeline right after reading it, so this is when a window closed), and it
   can hold a stream back for its first reads, or for some seconds after its first read, to
   stagger the streams' windows;
-- :class:`TimedBackend` wraps the inference backend: calls and seconds spent in ``infer``
-  (a window model) or ``infer_streaming`` (a streaming model);
+- :class:`TimedBackend` wraps the inference backend: calls and seconds spent in ``infer``;
 - :class:`TimingSink` wraps the runtime's sink: for every event, the close time of the window
   that produced it (its stream's last read) and when ``publish`` (or the round's
   ``publish_many``) was called;
@@ -81,25 +80,15 @@ class Published:
 
 
 class TimedBackend:
-    """An inference backend that adds up the time and calls of :meth:`infer` and
-    :meth:`infer_streaming`."""
+    """An inference backend that adds up the time and calls of :meth:`infer`."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.calls, self.seconds = 0, 0.0
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, features: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start_s = time.perf_counter()
-        logits: np.ndarray = self.inner.infer(batch)
-        self.seconds += time.perf_counter() - start_s
-        self.calls += 1
-        return logits
-
-    def infer_streaming(
-        self, features: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        start_s = time.perf_counter()
-        probs, new_state = self.inner.infer_streaming(features, state)
+        probs, new_state = self.inner.infer(features, state)
         self.seconds += time.perf_counter() - start_s
         self.calls += 1
         return probs, new_state

@@ -32,7 +32,6 @@ DEVICE_COMMANDS: Commands = {
     "detect": ("training.detect", "events in whole recordings through the device path (JSON)"),
     "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
     "engine": ("export.engine", "Q/DQ ONNX -> TensorRT engine on this machine (TensorRT 10)"),
-    "verify": ("export.verify", "parity gate: torch vs ONNX vs INT8 (vs TensorRT), event lists"),
     "bridge": ("firmware_bridge.cli", "receive a wearable stethoscope stream and report it"),
     "emulate": ("firmware_bridge.emulator", "play a recording as a wearable stethoscope would"),
     "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),

@@ -235,13 +235,9 @@ def write_pictures(
                 spectrogram=extract(samples, m.feature_spec.replace(kind="logmel")),
                 frames_per_s=rate_hz / hop_samples,
                 freq_range_hz=(m.feature_spec.fmin_hz, m.feature_spec.fmax_hz),
-                classes=m.classes,
+                classes=m.outputs,
                 window_centres_s=centres / rate_hz,
-                window_hop_s=(
-                    model.grid.hop_ms / 1000.0
-                    if model.grid is not None
-                    else m.hop_frames * hop_samples / rate_hz
-                ),
+                window_hop_s=model.grid.hop_ms / 1000.0,
                 probabilities=probs,
                 detected=detected,
                 annotated=list(rec.annotated),

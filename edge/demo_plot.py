@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from edge.imaging import colourise
-from edge.pipeline import StreamPipeline, infer_ready
+from edge.pipeline import StreamPipeline
 from edge.sources.base import SourceChunk
 from edge.streaming import BedState, infer_beds
 
@@ -141,23 +141,20 @@ def draw_text(canvas: np.ndarray, x: int, y: int, text: str, colour: RGB = TEXT)
 
 
 def window_probabilities(model: Model, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The runtime's windows over a whole recording: centres (samples, ``(n,)``) and class
-    probabilities ``(n, n_classes)``, from the same pipeline and backend the streams use."""
+    """The model's output frames over a whole recording: centres (samples, ``(n,)``) and
+    probabilities ``(n, n_outputs)``, from the same pipeline and backend the beds use."""
     m = model.manifest
-    pipeline = StreamPipeline(m.feature_spec, m.kinds, m.window_frames, m.hop_frames)
+    frames = m.streaming.input_frames
+    pipeline = StreamPipeline(m.feature_spec, m.kinds, frames, frames)
     ready = pipeline.push(SourceChunk(samples=samples, first_sample=0))
     if not ready:
-        return np.zeros(0, np.int64), np.zeros((0, len(m.classes)), np.float32)
-    if m.streaming is not None and model.grid is not None:  # per output frame, as the bed
-        bed = BedState(m.streaming)
-        outs = infer_beds(model.backend, [(bed, w.features) for w in ready])  # type: ignore[arg-type]
-        frames = np.concatenate([o.first_frame + np.arange(o.probs.shape[0]) for o in outs])
-        centres = frames * model.grid.frame_samples + model.grid.offset_samples
-        centres += model.grid.frame_samples // 2
-        return centres, np.concatenate([o.probs for o in outs])
-    probs = np.stack(infer_ready(model.backend, [("picture", w) for w in ready]))
-    centres = np.array([w.end_sample - pipeline.window_samples // 2 for w in ready])
-    return centres, probs
+        return np.zeros(0, np.int64), np.zeros((0, len(m.outputs)), np.float32)
+    bed = BedState(m.streaming)
+    outs = infer_beds(model.backend, [(bed, w.features) for w in ready])
+    index = np.concatenate([o.first_frame + np.arange(o.probs.shape[0]) for o in outs])
+    centres = index * model.grid.frame_samples + model.grid.offset_samples
+    centres += model.grid.frame_samples // 2
+    return centres, np.concatenate([o.probs for o in outs])
 
 
 class _Timeline:

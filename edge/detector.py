@@ -1,18 +1,13 @@
-"""From per-window class probabilities to events: hysteresis, minimum duration, merge gap, and
-the alarm lifecycle (onset -> ongoing -> ended, latching by priority, IEC 60601-1-8 style).
+"""From a streaming model's per-frame probabilities to events: per-class hysteresis, minimum
+duration and merge gap, or breath phases (phase mode), and the alarm lifecycle (onset ->
+ongoing -> ended, latching by priority, IEC 60601-1-8 style).
 
-    detector = Detector(classes, DetectorConfig(), 8000, window_samples=w, hop_samples=h)
-    for window, probs in ...:
-        for transition in detector.update(window.end_sample, probs): publish(transition)
+    detector = FrameDetector(outputs, config, grid)
+    for first_frame, probs in ...:                      # probs (n, n_outputs), any n
+        for transition in detector.update(first_frame, probs): publish(transition)
 
-Time convention. Each window speaks for the *hop span centred on its centre*:
-``[centre - hop/2, centre + hop/2)`` with ``centre = end_sample - window_samples // 2``. These
-spans tile the stream's timeline, so an event is the union of the spans of its windows:
-``start_sample`` is the first active window's centre minus half a hop and ``end_sample``
-(exclusive) the last active window's centre plus half a hop. The time resolution is one hop;
-the accuracy of an edge is about half a window (a window sees the event before its centre
-does), and the midpoint of an isolated event is unbiased. Durations (``min_event_ms``,
-``merge_gap_ms``) are measured on these spans.
+Time: output frame ``j`` speaks for the span :class:`FrameGrid` gives it on the stream's sample
+timeline; these spans tile the timeline, so an event is the union of the spans of its frames.
 
 Lifecycle of one event (``key`` = ``"<type>@<start_sample>"``, stable and deterministic):
 
@@ -24,7 +19,10 @@ Lifecycle of one event (``key`` = ``"<type>@<start_sample>"``, stable and determ
 - the condition ends when the class stays off for longer than ``merge_gap_ms``; the event then
   ``ended`` with the end of its last active span, unless its priority latches and it was not
   acknowledged: then it reports ``ongoing`` with ``latched=True`` and that end, and ends only at
-  :meth:`Detector.acknowledge`. Acknowledging a live event makes it end on its own.
+  :meth:`FrameDetector.acknowledge`. Acknowledging a live event makes it end on its own.
+
+:class:`Lifecycle` and :class:`EventTracker` are shared with the quality gate
+(:mod:`edge.gate`), whose technical events follow the same lifecycle.
 """
 
 from __future__ import annotations
@@ -41,12 +39,11 @@ from edge.config import check
 from edge.errors import ConfigError, LungwatchError
 from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
 from edge.events import PHYSIOLOGICAL_TYPES, Priority
-from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
+from edge.labels import DETECTED_CLASSES
 
 EventKind = Literal["physiological", "technical"]
 State = Literal["onset", "ongoing", "ended"]
 PRIORITIES: tuple[str, ...] = ("high", "medium", "low")
-NOT_EVENTS: tuple[str, ...] = (NORMAL, POOR_QUALITY)  # model classes that are no finding
 MS_PER_S = 1000.0
 
 
@@ -58,25 +55,6 @@ def hysteresis_step(active: bool, value: float, on: float, off: float) -> bool:
     """One step of the two-threshold switch: it turns on at ``value >= on`` and, once on, stays
     on while ``value >= off``."""
     return value >= off if active else value >= on
-
-
-def hysteresis(
-    scores: Sequence[float] | np.ndarray, on: float, off: float
-) -> list[tuple[int, int]]:
-    """Index ranges ``[first, last]`` (inclusive) where :func:`hysteresis_step` is on."""
-    spans: list[tuple[int, int]] = []
-    start: int | None = None
-    active = False
-    for i, value in enumerate(scores):
-        active = hysteresis_step(active, float(value), on, off)
-        if active and start is None:
-            start = i
-        elif not active and start is not None:
-            spans.append((start, i - 1))
-            start = None
-    if start is not None:
-        spans.append((start, len(scores) - 1))
-    return spans
 
 
 @dataclass(frozen=True)
@@ -401,101 +379,6 @@ class EventTracker:
             self._lifecycle.close(c.key, c.end)
 
 
-class _EventSource:
-    """What both detectors share once their open events are closed by ``_close_all``:
-    suppression, acknowledgement, finishing, and the live keys of their :class:`Lifecycle`."""
-
-    _lifecycle: Lifecycle
-    suppressed: bool
-
-    def _close_all(self) -> None:
-        raise NotImplementedError
-
-    def suppress(self, active: bool) -> list[Transition]:
-        """While suppressed no event starts; entering suppression ends the open ones."""
-        if active and not self.suppressed:
-            self._close_all()
-        self.suppressed = active
-        return self._lifecycle.take()
-
-    def acknowledge(self, what: str) -> list[Transition]:
-        """Acknowledge by event type or key (see :meth:`Lifecycle.acknowledge`)."""
-        self._lifecycle.acknowledge(what)
-        return self._lifecycle.take()
-
-    def finish(self) -> list[Transition]:
-        """The stream is over: end every event, latched ones included."""
-        self._close_all()
-        self._lifecycle.release_latched()
-        return self._lifecycle.take()
-
-    @property
-    def active_keys(self) -> tuple[str, ...]:
-        return self._lifecycle.active_keys
-
-
-class Detector(_EventSource):
-    """Physiological events of one stream from its windows' class probabilities."""
-
-    def __init__(
-        self,
-        classes: Sequence[str],
-        config: DetectorConfig,
-        sample_rate_hz: int,
-        *,
-        window_samples: int,
-        hop_samples: int,
-    ) -> None:
-        self.classes = tuple(classes)
-        self.config = config
-        if config.phases is not None:
-            raise ConfigError("detector.phases: phase mode needs a frame-level (streaming) model")
-        unknown = [t.type for t in config.thresholds if t.type not in self.classes]
-        if unknown:
-            raise ConfigError(f"detector.thresholds: {unknown[0]!r} is not a model class {classes}")
-        self._half_window = window_samples // 2
-        self._hop = hop_samples
-        self._lifecycle = Lifecycle(
-            "physiological",
-            priority_table(config.priorities, config.default_priority),
-            config.latching,
-            ms_to_samples(config.ongoing_every_ms, sample_rate_hz),
-        )
-        self._index = [i for i, c in enumerate(self.classes) if c not in NOT_EVENTS]
-        pairs = [config.thresholds_of(self.classes[i]) for i in self._index]
-        self._on = np.array([p[0] for p in pairs])
-        self._off = np.array([p[1] for p in pairs])
-        self._on_now = [False] * len(self._index)
-        min_samples = ms_to_samples(config.min_event_ms, sample_rate_hz)
-        gap = ms_to_samples(config.merge_gap_ms, sample_rate_hz)
-        self._trackers = [
-            EventTracker(self.classes[i], self._lifecycle, min_samples, gap) for i in self._index
-        ]
-        self.suppressed = False
-
-    def update(self, end_sample: int, probs: np.ndarray) -> list[Transition]:
-        """Feed one window (its exclusive end on the timeline and its (C,) probabilities)."""
-        p = np.asarray(probs, dtype=np.float64)
-        if p.shape != (len(self.classes),):
-            raise DetectorError(f"expected ({len(self.classes)},) probabilities, got {p.shape}")
-        start = max(0, end_sample - self._half_window - self._hop // 2)
-        if not self.suppressed:
-            for j, (i, tracker) in enumerate(zip(self._index, self._trackers, strict=True)):
-                value = float(p[i])
-                self._on_now[j] = hysteresis_step(self._on_now[j], value, self._on[j], self._off[j])
-                tracker.step(start, start + self._hop, self._on_now[j], value)
-        return self._lifecycle.take()
-
-    def _close_all(self) -> None:
-        for tracker in self._trackers:
-            tracker.stop()
-        self._on_now = [False] * len(self._on_now)
-
-
-# ---------------------------------------------------------------------------------------------
-# Frame-level detection: per-frame class probabilities of a streaming model -> events.
-
-
 @dataclass(frozen=True)
 class FrameGrid:
     """Where the model's output frames lie on a stream's sample timeline.
@@ -632,7 +515,7 @@ class DetectedEvent:
     confidence: float
 
 
-class FrameDetector(_EventSource):
+class FrameDetector:
     """Physiological events of one stream from its model's per-frame probabilities.
 
     ``outputs`` names the model's output columns; those in :data:`DETECTED_CLASSES` become
@@ -742,6 +625,28 @@ class FrameDetector(_EventSource):
             if key is not None:
                 self._lifecycle.close(key, end, peak)
             self._last_end[c] = end
+
+    def suppress(self, active: bool) -> list[Transition]:
+        """While suppressed no event starts; entering suppression ends the open ones."""
+        if active and not self.suppressed:
+            self._close_all()
+        self.suppressed = active
+        return self._lifecycle.take()
+
+    def acknowledge(self, what: str) -> list[Transition]:
+        """Acknowledge by event type or key (see :meth:`Lifecycle.acknowledge`)."""
+        self._lifecycle.acknowledge(what)
+        return self._lifecycle.take()
+
+    def finish(self) -> list[Transition]:
+        """The stream is over: end every event, latched ones included."""
+        self._close_all()
+        self._lifecycle.release_latched()
+        return self._lifecycle.take()
+
+    @property
+    def active_keys(self) -> tuple[str, ...]:
+        return self._lifecycle.active_keys
 
     def _close_all(self) -> None:
         for c in range(len(self.types)):

@@ -1,32 +1,24 @@
-"""The model manifest, read on the device: what a model folder holds and what it was made for.
+"""The model manifest, read on the device: what a model folder holds and how to feed it.
 
-    manifest = load_manifest(Path("models/edge/manifest.json"))
+    manifest = load_manifest(Path("models/sed/manifest.json"))
     require_spec(manifest, configured_spec)    # FeatureSpecMismatchError if the front end differs
-    verify_file(manifest, Path("models/edge/model.int8.onnx"))   # ManifestError if it changed
+    verify_file(manifest, Path("models/sed/model.int8.onnx"))   # ManifestError if it changed
 
 One ``manifest.json`` per model folder covers every artifact in it (``model.onnx``,
 ``model.int8.onnx``, TensorRT engines). It is written on the workstation by
 :mod:`export.manifest` (and extended on the device when an engine is built); this module only
 reads and checks it, with numpy-free standard-library code, so the device needs neither torch
-nor onnx. Schema version 1 (see ``docs/export.md``)::
-
-    schema_version   1
-    model_id         "<run name>-<first 12 hex of the checkpoint sha256>"
-    files            {name: {"sha256", "bytes", "precision", ...}}
-    onnx             {"opset", "input": "features", "output": "logits",
-                      "input_shape": [null, K, B, T]}
-    feature_spec     FeatureSpec.to_dict() (the base spec; kind k uses spec.replace(kind=k))
-    kinds, classes   the model's input kinds (K) and output classes
-    window_frames    T; hop_frames: frames between consecutive windows on the device
-    record_thresholds (optional) Task 2 record thresholds from the checkpoint
-
-Schema version 2 is a *streaming* model (DESIGN.md contract 5: the context is carried as an
+nor onnx. The model is a *streaming* model (DESIGN.md contract 5: the context is carried as an
 explicit input and output): one call takes a chunk of every bed's new front-end frames and
 their states and returns the chunk's per-frame sigmoid outputs and the new states::
 
     schema_version   2
-    onnx             {"opset", "inputs": {"features": [K, B, T], "state": [S]},
+    model_id         "<run name>-<first 12 hex of the checkpoint sha256>"
+    files            {name: {"sha256", "bytes", "precision", ...}}
+    onnx             {"opset", "inputs": {"features": [K, F, T], "state": [S]},
                       "outputs": {"probs": [O, N], "state_out": [S]}}   (batch not listed)
+    feature_spec     FeatureSpec.to_dict() (the base spec; kind k uses spec.replace(kind=k))
+    kinds            the model's input kinds (K)
     streaming        {"chunk_frames": N, "stride": s, "lookahead_frames": L, "state_size": S,
                       "flush": [[...F floats] x K] (optional)}
                      T = N * s front-end frames per call; output j of a stream describes
@@ -34,7 +26,7 @@ their states and returns the chunk's per-frame sigmoid outputs and the new state
                      ``flush`` is the front-end frame fed after a stream ends (the model's
                      training mean, which its normalisation maps to zero) until its last
                      frame is described
-    outputs          the O output names (``classes`` of the loaded manifest)
+    outputs          the O output names
     detector         (optional) {"thresholds": [{"type", "on_threshold", "off_threshold",
                       "min_event_ms", "merge_gap_ms"}, ...], "fitted_on": ...}: the per-class
                      rules fitted on validation, which the device applies unless its config
@@ -44,7 +36,9 @@ their states and returns the chunk's per-frame sigmoid outputs and the new state
                      the detector runs in phase mode (:class:`edge.detector.PhaseRule`) unless
                      the config sets its own ``detector.phases``
     quality          (optional) {"poor_on", "poor_off"}: hysteresis of the quality output
-    window_frames and hop_frames are not stored: both are T (the chunk is the window).
+    tasks            (optional) the SPRSound challenge rules (``lungwatch predict``)
+    reference        (optional) {"file": "reference.npz", ...}: what ``lungwatch verify``
+                     checks every artifact against (:mod:`edge.verify`)
 """
 
 from __future__ import annotations
@@ -62,18 +56,14 @@ from edge.detector import PhaseRule
 from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
 
-SCHEMA_VERSION = 1
-STREAMING_SCHEMA_VERSION = 2
-SCHEMA_VERSIONS = (SCHEMA_VERSION, STREAMING_SCHEMA_VERSION)
+SCHEMA_VERSION = 2  # 1 was the window classifier's (retired)
 STATE_NAME = "state"
 PROBS_NAME = "probs"
 STATE_OUT_NAME = "state_out"
 MANIFEST_NAME = "manifest.json"
 INPUT_NAME = "features"
-OUTPUT_NAME = "logits"
 HASH_PREVIEW_CHARS = 12  # hex characters of a sha256 shown in messages
 READ_CHUNK_BYTES = 1 << 20
-INPUT_RANK = 4  # (batch, kinds, bands, frames)
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -113,27 +103,24 @@ class StreamingInfo:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A loaded, validated manifest.
-
-    ``input_shape`` is ``(n_kinds, n_bands, window_frames)``, the model input without the batch
-    (as ``InferenceBackend.input_shape``); ``raw`` is the whole parsed JSON.
-    """
+    """A loaded, validated manifest (``raw``: the whole parsed JSON)."""
 
     path: Path
     model_id: str
     feature_spec: FeatureSpec
     kinds: tuple[str, ...]
-    classes: tuple[str, ...]
-    window_frames: int
-    hop_frames: int
-    input_shape: tuple[int, int, int]
+    outputs: tuple[str, ...]
+    streaming: StreamingInfo
     files: Mapping[str, FileEntry]
-    record_thresholds: Mapping[str, float] | None
     raw: Mapping[str, Any]
-    streaming: StreamingInfo | None = None  # set for a streaming model (schema 2)
-    detector_rules: tuple[Mapping[str, Any], ...] = ()  # fitted per-class rules (schema 2)
-    quality_thresholds: tuple[float, float] | None = None  # (poor_on, poor_off) (schema 2)
-    detector_phases: PhaseRule | None = None  # fitted phase rule (schema 2)
+    detector_rules: tuple[Mapping[str, Any], ...] = ()  # fitted per-class rules
+    quality_thresholds: tuple[float, float] | None = None  # (poor_on, poor_off)
+    detector_phases: PhaseRule | None = None  # fitted phase rule
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(n_kinds, n_bands, chunk_frames * stride)``: one call's features per bed."""
+        return (len(self.kinds), self.feature_spec.n_bands, self.streaming.input_frames)
 
     def file_path(self, name: str) -> Path:
         """Where the artifact ``name`` lies (beside the manifest)."""
@@ -176,27 +163,32 @@ def load_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     data = read_json(path)
     _check_schema(path, data)
-    if data["schema_version"] == STREAMING_SCHEMA_VERSION:
-        return _load_streaming(path, data)
     spec = _feature_spec(path, data)
     kinds = _kinds(path, data)
-    window_frames = _int(path, data, "window_frames", 1)
-    hop_frames = _int(path, data, "hop_frames", 1)
-    if hop_frames > window_frames:
-        _fail(path, "hop_frames", hop_frames, f"an integer in [1, window_frames={window_frames}]")
-    input_shape = _input_shape(path, data, (len(kinds), spec.n_bands, window_frames))
+    block = _get(path, data, "streaming")
+    if not isinstance(block, dict):
+        _fail(path, "streaming", block, "a mapping")
+    info = StreamingInfo(
+        chunk_frames=_int(path, block, "chunk_frames", 1, "streaming."),
+        stride=_int(path, block, "stride", 1, "streaming."),
+        lookahead_frames=_int(path, block, "lookahead_frames", 0, "streaming."),
+        state_size=_int(path, block, "state_size", 1, "streaming."),
+        flush=_flush(path, block, len(kinds), spec.n_bands),
+    )
+    outputs = _str_list(path, data, "outputs", 1)
+    _check_onnx(path, data, (len(kinds), spec.n_bands), info, len(outputs))
     return Manifest(
         path=path,
         model_id=_str(path, data, "model_id"),
         feature_spec=spec,
         kinds=kinds,
-        classes=_classes(path, data),
-        window_frames=window_frames,
-        hop_frames=hop_frames,
-        input_shape=input_shape,
+        outputs=outputs,
+        streaming=info,
         files=_files(path, data),
-        record_thresholds=_thresholds(path, data),
         raw=data,
+        detector_rules=_detector_rules(path, data, outputs),
+        quality_thresholds=_quality(path, data),
+        detector_phases=_detector_phases(path, data, outputs),
     )
 
 
@@ -248,10 +240,10 @@ def _get(path: Path, data: Mapping[str, Any], key: str, where: str = "") -> Any:
 
 def _check_schema(path: Path, data: Mapping[str, Any]) -> None:
     version = _get(path, data, "schema_version")
-    if version not in SCHEMA_VERSIONS or isinstance(version, bool):
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         raise ManifestError(
-            f"{path}: schema_version {version!r} is not supported "
-            f"(this lungwatch reads versions {', '.join(map(str, SCHEMA_VERSIONS))})"
+            f"{path}: schema_version {version!r} is not supported (this lungwatch reads "
+            f"version {SCHEMA_VERSION}, a streaming model)"
         )
 
 
@@ -285,10 +277,6 @@ def _kinds(path: Path, data: Mapping[str, Any]) -> tuple[str, ...]:
     return kinds
 
 
-def _classes(path: Path, data: Mapping[str, Any]) -> tuple[str, ...]:
-    return _str_list(path, data, "classes", 2)
-
-
 def _feature_spec(path: Path, data: Mapping[str, Any]) -> FeatureSpec:
     value = _get(path, data, "feature_spec")
     if not isinstance(value, dict):
@@ -297,24 +285,6 @@ def _feature_spec(path: Path, data: Mapping[str, Any]) -> FeatureSpec:
         return FeatureSpec.from_dict(value, source=f"{path} feature_spec")
     except ConfigError as exc:
         raise ManifestError(str(exc)) from None
-
-
-def _input_shape(
-    path: Path, data: Mapping[str, Any], expected: tuple[int, int, int]
-) -> tuple[int, int, int]:
-    onnx = _get(path, data, "onnx")
-    if not isinstance(onnx, dict):
-        _fail(path, "onnx", onnx, "a mapping")
-    for key, wanted in (("input", INPUT_NAME), ("output", OUTPUT_NAME)):
-        if _str(path, onnx, key, "onnx.") != wanted:
-            _fail(path, f"onnx.{key}", onnx[key], repr(wanted))
-    shape = _get(path, onnx, "input_shape", "onnx.")
-    allowed = f"[null, {', '.join(map(str, expected))}] (batch, kinds, bands, window_frames)"
-    if not isinstance(shape, list) or len(shape) != INPUT_RANK or shape[0] is not None:
-        _fail(path, "onnx.input_shape", shape, allowed)
-    if tuple(shape[1:]) != expected:
-        _fail(path, "onnx.input_shape", shape, allowed)
-    return expected
 
 
 def _file_entry(path: Path, name: str, value: Any) -> FileEntry:
@@ -341,61 +311,19 @@ def _files(path: Path, data: Mapping[str, Any]) -> dict[str, FileEntry]:
     return {name: _file_entry(path, name, value) for name, value in files.items()}
 
 
-def _thresholds(path: Path, data: Mapping[str, Any]) -> dict[str, float] | None:
-    value = data.get("record_thresholds")
-    if value is None:
-        return None
-    ok = isinstance(value, dict) and all(_number(v) for v in value.values())
-    if not ok:
-        _fail(path, "record_thresholds", value, "a mapping of name -> number")
-    return {str(k): float(v) for k, v in value.items()}
-
-
-def _load_streaming(path: Path, data: Mapping[str, Any]) -> Manifest:
-    spec = _feature_spec(path, data)
-    kinds = _kinds(path, data)
-    block = _get(path, data, "streaming")
-    if not isinstance(block, dict):
-        _fail(path, "streaming", block, "a mapping")
-    info = StreamingInfo(
-        chunk_frames=_int(path, block, "chunk_frames", 1, "streaming."),
-        stride=_int(path, block, "stride", 1, "streaming."),
-        lookahead_frames=_int(path, block, "lookahead_frames", 0, "streaming."),
-        state_size=_int(path, block, "state_size", 1, "streaming."),
-        flush=_flush(path, block, len(kinds), spec.n_bands),
-    )
-    outputs = _str_list(path, data, "outputs", 1)
-    frames = info.input_frames
+def _check_onnx(
+    path: Path, data: Mapping[str, Any], kf: tuple[int, int], info: StreamingInfo, n_out: int
+) -> None:
     onnx = _get(path, data, "onnx")
     if not isinstance(onnx, dict):
         _fail(path, "onnx", onnx, "a mapping")
     wanted = {
-        "inputs": {INPUT_NAME: [len(kinds), spec.n_bands, frames], STATE_NAME: [info.state_size]},
-        "outputs": {
-            PROBS_NAME: [len(outputs), info.chunk_frames],
-            STATE_OUT_NAME: [info.state_size],
-        },
+        "inputs": {INPUT_NAME: [*kf, info.input_frames], STATE_NAME: [info.state_size]},
+        "outputs": {PROBS_NAME: [n_out, info.chunk_frames], STATE_OUT_NAME: [info.state_size]},
     }
     for key, shapes in wanted.items():
         if _get(path, onnx, key, "onnx.") != shapes:
             _fail(path, f"onnx.{key}", onnx[key], f"{shapes} (the sizes without the batch)")
-    return Manifest(
-        path=path,
-        model_id=_str(path, data, "model_id"),
-        feature_spec=spec,
-        kinds=kinds,
-        classes=outputs,
-        window_frames=frames,
-        hop_frames=frames,
-        input_shape=(len(kinds), spec.n_bands, frames),
-        files=_files(path, data),
-        record_thresholds=_thresholds(path, data),
-        raw=data,
-        streaming=info,
-        detector_rules=_detector_rules(path, data, outputs),
-        quality_thresholds=_quality(path, data),
-        detector_phases=_detector_phases(path, data, outputs),
-    )
 
 
 def _flush(

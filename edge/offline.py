@@ -143,7 +143,7 @@ def detect_recordings(
     """Run every recording as one bed through the device path (module doc); record name ->
     its events. ``detector`` / ``gate`` / ``backend`` are the runtime config's sections
     (defaults: the runtime's defaults, so the manifest's fitted rules and quality thresholds
-    apply); ``keep_probs`` keeps every recording's output frames (a streaming model only).
+    apply); ``keep_probs`` keeps every recording's output frames.
     An unreadable recording fails the call (:class:`~edge.errors.ConfigError` naming it), or
     with ``skip_unreadable`` the others run and it comes back with no events and ``error``
     set."""
@@ -171,9 +171,6 @@ def detect_recordings(
     )
     source = f"{model_dir / model_file}"
     model = open_model(config, source)
-    if keep_probs and model.streaming is None:
-        model.backend.close()
-        raise OfflineError(f"{source}: not a streaming model: it has no output frames to keep")
     keeper = FrameKeeper() if keep_probs else None
     unopened: dict[int, str] | None = {} if skip_unreadable else None
     collector = _Collector()
@@ -190,7 +187,7 @@ def detect_recordings(
         model.backend.close()
     rate = model.manifest.feature_spec.sample_rate_hz
     by_stream = {s.id: name for s, name in zip(streams, names, strict=True)}
-    n_outputs = len(model.manifest.classes)
+    n_outputs = len(model.manifest.outputs)
     errors = {names[i]: message for i, message in (unopened or {}).items()}
     out = {
         name: RecordingEvents(error=errors[name])

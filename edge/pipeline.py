@@ -1,8 +1,7 @@
-"""Per-stream pipeline: chunks -> streaming front ends -> feature windows; batched inference.
+"""Per-stream pipeline: chunks -> streaming front ends -> feature windows (the model's chunks).
 
-    pipeline = StreamPipeline(spec, ("logmel", "gammatone"), window_frames=200, hop_frames=50)
+    pipeline = StreamPipeline(spec, ("logmel", "gammatone"), window_frames=48, hop_frames=48)
     ready = pipeline.push(chunk)                       # list[WindowReady], maybe empty
-    probs = infer_ready(backend, [(stream_id, w) for w in ready])   # one call for all streams
 
 Windows are training's view of the same audio: with ``F = extract(audio, spec.replace(kind=k))``
 for each kind, cropped to the smallest frame count and stacked to ``(K, B, n_frames)``, the
@@ -35,7 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from edge.backends.base import InferenceBackend, softmax
 from edge.errors import LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec, lookahead_samples, make_stream
 from edge.quality import QualityMeasures, measure
@@ -321,20 +319,3 @@ class StreamPipeline:
             hop_missing_samples=hop_missing,
             invalid_samples=invalid,
         )
-
-
-def infer_ready(
-    backend: InferenceBackend, ready: Sequence[tuple[str, WindowReady]]
-) -> list[np.ndarray]:
-    """Class probabilities ``(n_classes,)`` of every ready window, in order: the windows of
-    all streams go to the backend in one call (which splits it at its own ``max_batch``)."""
-    if not ready:
-        return []
-    batch = np.stack([window.features for _, window in ready])
-    logits = backend.infer(batch)
-    if logits.shape[:1] != (batch.shape[0],) or logits.ndim != 2:
-        raise PipelineError(
-            f"{backend.name}: expected ({batch.shape[0]}, n_classes) logits, got {logits.shape}"
-        )
-    probs = softmax(logits)
-    return [probs[i] for i in range(probs.shape[0])]

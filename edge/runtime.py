@@ -35,21 +35,15 @@ from typing import Any
 import numpy as np
 
 from edge.backends import open_backend
-from edge.backends.base import InferenceBackend
-from edge.detector import (
-    ClassThreshold,
-    Detector,
-    DetectorConfig,
-    FrameDetector,
-    FrameGrid,
-)
+from edge.backends.base import Backend
+from edge.detector import ClassThreshold, DetectorConfig, FrameDetector, FrameGrid
 from edge.domain import SilentBands
 from edge.errors import ConfigError, LungwatchError
 from edge.events import Event, format_utc, utc_now
 from edge.gate import GateConfig, QualityGate
 from edge.labels import POOR_QUALITY
 from edge.manifest import Manifest, load_manifest, verify_file
-from edge.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady, infer_ready
+from edge.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady
 from edge.runtime_config import (
     CommandError,
     RuntimeConfig,
@@ -117,32 +111,29 @@ def gate_config_of(config: GateConfig, manifest: Manifest) -> GateConfig:
 class Model:
     """The manifest, the backend and the detection settings shared by all streams."""
 
-    def __init__(self, config: RuntimeConfig, backend: InferenceBackend, manifest: Manifest):
+    def __init__(self, config: RuntimeConfig, backend: Backend, manifest: Manifest):
         self.manifest, self.backend = manifest, backend
         self.streaming = manifest.streaming
         self.detector_config = detector_config_of(config.detector, manifest)
         self.gate_config = gate_config_of(config.gate, manifest)
         self.model_id = manifest.model_id
         self.sha256 = manifest.files[config.model.file].sha256
-        classes = manifest.classes
-        self.poor_index = classes.index(POOR_QUALITY) if POOR_QUALITY in classes else None
-        self.grid: FrameGrid | None = None
+        outputs = manifest.outputs
+        self.poor_index = outputs.index(POOR_QUALITY) if POOR_QUALITY in outputs else None
         spec = manifest.feature_spec
         # the bands the training recordings hold no sound in, from the manifest's flush frame
         # (the training mean): a model-driven poor_signal names sound there (edge.domain)
-        flush = None if self.streaming is None else self.streaming.flush
+        flush = self.streaming.flush
         self.silent_bands = (
             None if flush is None else SilentBands.of(spec, manifest.kinds, np.asarray(flush))
         )
-        # a chunk missing this many samples restarts a streaming bed's state; shorter losses
-        # are concealed in its features (StreamPipeline's conceal_max_samples), not zeros
+        # a chunk missing this many samples restarts a bed's state; shorter losses are
+        # concealed in its features (StreamPipeline's conceal_max_samples), not zeros
         self.reset_gap_samples = config.state_reset_gap_ms * spec.sample_rate_hz / MS_PER_S
-        self.conceal_samples = 0
-        if self.streaming is not None:
-            self.conceal_samples = min(round(self.reset_gap_samples), DEFAULT_PIECE_SAMPLES)
-            self.grid = FrameGrid.of(
-                spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, self.streaming.stride
-            )
+        self.conceal_samples = min(round(self.reset_gap_samples), DEFAULT_PIECE_SAMPLES)
+        self.grid = FrameGrid.of(
+            spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, self.streaming.stride
+        )
 
 
 def open_model(config: RuntimeConfig, source: str = "<config>") -> Model:
@@ -160,10 +151,15 @@ def open_model(config: RuntimeConfig, source: str = "<config>") -> Model:
             f"{path}: model input {backend.input_shape} differs from the manifest's "
             f"{manifest.input_shape}"
         )
-    if (manifest.streaming is None) != (getattr(backend, "streaming", None) is None):
+    if (backend.state_size, backend.output_shape) != (
+        manifest.streaming.state_size,
+        (len(manifest.outputs), manifest.streaming.chunk_frames),
+    ):
         backend.close()
-        what = "a streaming" if manifest.streaming is not None else "a window"
-        raise RuntimeStartError(f"{path}: the manifest describes {what} model, the file does not")
+        raise RuntimeStartError(
+            f"{path}: model state {backend.state_size} and outputs {backend.output_shape} "
+            f"differ from the manifest's"
+        )
     log.info("model %s (%s) on %s", manifest.model_id, config.model.file, backend.name)
     return Model(config, backend, manifest)
 
@@ -178,24 +174,13 @@ class Stream:
         self.pipeline = StreamPipeline(
             manifest.feature_spec,
             manifest.kinds,
-            manifest.window_frames,
-            manifest.hop_frames,
+            manifest.streaming.input_frames,
+            manifest.streaming.input_frames,
             conceal_max_samples=model.conceal_samples,
         )
         self.gate = QualityGate(model.gate_config, self.rate_hz, model.silent_bands)
-        self.bed: BedState | None = None
-        self.detector: Detector | FrameDetector
-        if model.streaming is not None and model.grid is not None:
-            self.bed = BedState(model.streaming)
-            self.detector = FrameDetector(manifest.classes, model.detector_config, model.grid)
-        else:
-            self.detector = Detector(
-                manifest.classes,
-                model.detector_config,
-                self.rate_hz,
-                window_samples=self.pipeline.window_samples,
-                hop_samples=self.pipeline.hop_samples,
-            )
+        self.bed = BedState(model.streaming)
+        self.detector = FrameDetector(manifest.outputs, model.detector_config, model.grid)
         self.episodes: dict[str, Event] = {}  # transition key -> last message of the episode
         self.ending: str | None = None  # why the stream ends once its flushed frames are in
         self.read_error: SourceEnded | SourceError | None = None  # taken on the next round
@@ -269,7 +254,7 @@ class Runtime:
         self._sink_stats = sink_stats
         self._clock = clock
         self._next_metrics = clock() + config.metrics_interval_s
-        self.live = LiveStrip(model.manifest.classes, config.live_interval_s)
+        self.live = LiveStrip(model.manifest.outputs, config.live_interval_s)
         self._lock = threading.Lock()  # acknowledge() comes from the MQTT network thread
         self.batches = {"calls": 0, "windows": 0, "max_windows": 0}
         self._behind = False  # the last load check found audio waiting too long for its read
@@ -369,10 +354,10 @@ class Runtime:
         return False
 
     def _flush(self, stream: Stream) -> list[WindowReady]:
-        """The windows that describe a finished stream's last frames (a streaming model whose
-        manifest gives the flush frame): the look-ahead and the last partial chunk."""
+        """The windows that describe a finished stream's last frames (when the manifest gives
+        the flush frame): the look-ahead and the last partial chunk."""
         info = self.model.streaming
-        if info is None or info.flush is None or stream.bed is None:
+        if info.flush is None:
             return []
         through = (_network_frames(stream, info.stride) + info.lookahead_frames) * info.stride
         return stream.pipeline.flush(np.asarray(info.flush, np.float32), through)
@@ -380,12 +365,7 @@ class Runtime:
     def _infer_and_detect(self, ready: list[Ready]) -> None:
         if not ready:
             return
-        outputs: list[OutputFrames | np.ndarray]
-        if self.model.streaming is not None:
-            items = [(s.bed, w.features) for s, w, _ in ready if s.bed is not None]
-            outputs = list(infer_beds(self.model.backend, items))  # type: ignore[arg-type]
-        else:
-            outputs = list(infer_ready(self.model.backend, [(s.id, w) for s, w, _ in ready]))
+        outputs = infer_beds(self.model.backend, [(s.bed, w.features) for s, w, _ in ready])
         batches = self.batches
         batches["calls"] += 1
         batches["windows"] += len(ready)
@@ -398,23 +378,18 @@ class Runtime:
                 out = _real_frames_only(stream, out)
             else:
                 self._judge(stream, window, out, quality)
-            if not flushed:
-                probs = out.probs if isinstance(out, OutputFrames) else out
-                self.live.add(stream.id, probs, quality.get("score"))
-            if isinstance(out, OutputFrames):
-                if self._on_frames is not None:
-                    self._on_frames(stream, out)
-                transitions = stream.detector.update(out.first_frame, out.probs)
-            else:
-                transitions = stream.detector.update(window.end_sample, out)
+                self.live.add(stream.id, out.probs, quality.get("score"))
+            if self._on_frames is not None:
+                self._on_frames(stream, out)
+            transitions = stream.detector.update(out.first_frame, out.probs)
             self.events.emit(stream, transitions, quality)
             if flushed:
                 continue
-            if stream.bed is not None and self._gap_resets(window):
+            if self._gap_resets(window):
                 # audio was lost: the model's context must not bridge the gap (the gate
                 # reports it); the state starts again at the next chunk
                 stride = stream.bed.info.stride
-                stream.bed.reset((window.start_frame + self.model.manifest.window_frames) // stride)
+                stream.bed.reset((window.start_frame + stream.bed.info.input_frames) // stride)
                 stream.counters["state_resets"] += 1
             stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
 
@@ -427,21 +402,16 @@ class Runtime:
         self,
         stream: Stream,
         window: WindowReady,
-        out: OutputFrames | np.ndarray,
+        out: OutputFrames,
         quality: dict[str, Any],
     ) -> None:
         """The quality gate on a window's audio and the model's quality output; detection is
         suppressed while a technical condition holds."""
         poor = self.model.poor_index
-        if isinstance(out, OutputFrames):
-            # the quality output of the frames this chunk made known
-            poor_prob = (
-                float(out.probs[:, poor].mean())
-                if poor is not None and out.probs.shape[0]
-                else None
-            )
-        else:
-            poor_prob = float(out[poor]) if poor is not None else None
+        # the quality output of the frames this chunk made known
+        poor_prob = (
+            float(out.probs[:, poor].mean()) if poor is not None and out.probs.shape[0] else None
+        )
         self.events.emit(stream, stream.gate.update(window, poor_prob), quality)
         suppressed = stream.detector.suppress(stream.gate.suppressed)
         self.events.emit(stream, suppressed, quality, {"ended_by": "quality gate"})
@@ -586,10 +556,8 @@ def _network_frames(stream: Stream, stride: int) -> int:
     return -(-stream.pipeline.frames_complete // stride)
 
 
-def _real_frames_only(stream: Stream, out: OutputFrames | np.ndarray) -> OutputFrames | np.ndarray:
+def _real_frames_only(stream: Stream, out: OutputFrames) -> OutputFrames:
     """A flushed chunk's output frames up to the stream's last real one (none past its end)."""
-    if not isinstance(out, OutputFrames) or stream.bed is None:
-        return out
     last = _network_frames(stream, stream.bed.info.stride)
     keep = max(0, min(out.probs.shape[0], last - out.first_frame))
     return OutputFrames(out.first_frame, out.probs[:keep])

@@ -46,7 +46,7 @@ from edge.backends import BackendConfig
 from edge.config import check, load_config
 from edge.dashboard.config import DashboardConfig
 from edge.datapaths import data_root
-from edge.detector import NOT_EVENTS, DetectorConfig
+from edge.detector import DetectorConfig
 from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from edge.events import DEVICE_STREAM, PHYSIOLOGICAL_TYPES, is_segment
 from edge.features import FeatureSpec
@@ -194,14 +194,11 @@ def check_against_manifest(config: RuntimeConfig, manifest: Manifest, source: st
             require_spec(manifest, config.features)
         except FeatureSpecMismatchError as exc:
             raise ConfigError(f"{source}: features must equal the model's ({exc})") from None
-    if manifest.streaming is not None:  # outputs such as Breath are not events
-        events = [c for c in manifest.classes if c in DETECTED_CLASSES]
-    else:
-        events = [c for c in manifest.classes if c not in NOT_EVENTS]
+    events = [c for c in manifest.outputs if c in DETECTED_CLASSES]  # Breath is no event
     named = [("thresholds", r.type, events) for r in config.detector.thresholds]
-    # the default priorities name every physiological type; a streaming model detects fewer
+    # the default priorities name every physiological type; the model detects fewer
     # (Wheeze+Crackle is a Wheeze and a crackle), so those stay allowed, and a typo does not
-    allowed = events if manifest.streaming is None else [*events, *PHYSIOLOGICAL_TYPES]
+    allowed = [*events, *PHYSIOLOGICAL_TYPES]
     named += [("priorities", r.type, allowed) for r in config.detector.priorities]
     for key, type_, known in named:
         if type_ not in known:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.backends.base import StreamingBackend
+from edge.backends.base import Backend
 from edge.errors import LungwatchError
 from edge.manifest import StreamingInfo
 
@@ -47,7 +47,7 @@ class OutputFrames:
 class BedState:
     """The carried state of one bed and where its outputs lie (see the module doc)."""
 
-    def __init__(self, info: StreamingInfo, backend: StreamingBackend | None = None) -> None:
+    def __init__(self, info: StreamingInfo, backend: Backend | None = None) -> None:
         self.info, self.backend = info, backend
         self.state = np.zeros(info.state_size, np.float32)
         self.reset()
@@ -77,7 +77,7 @@ class BedState:
 
 
 def infer_beds(
-    backend: StreamingBackend, items: Sequence[tuple[BedState, np.ndarray]]
+    backend: Backend, items: Sequence[tuple[BedState, np.ndarray]]
 ) -> list[OutputFrames]:
     """The chunks ``(bed, features (K, F, T))`` of many beds through the backend; each bed's
     state advances. A bed may appear more than once only if its chunks are consecutive in
@@ -105,7 +105,7 @@ def infer_beds(
             if features.dtype != np.float32:
                 raise StreamingError(f"features must be float32, got {features.dtype}")
             states = np.stack([items[i][0].state for i in rows])
-            probs, new_states = backend.infer_streaming(features, states)
+            probs, new_states = backend.infer(features, states)
             expected = (len(rows), *backend.output_shape)
             if probs.shape != expected:
                 raise StreamingError(

@@ -61,23 +61,22 @@ class EngineBuildError(LungwatchError):
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """Everything one engine build needs (``input_shape`` is (K, B, T), without batch)."""
+    """Everything one engine build needs (``input_shape`` is (K, F, T) and ``state_size`` S, the
+    ``features`` and ``state`` inputs without the batch)."""
 
     onnx_path: Path
     out: Path
     precision: str
     input_shape: tuple[int, int, int]
+    state_size: int
     timing_cache: Path
     max_batch: int = 64
     opt_batch: int = 16
     workspace_mib: int = 1024
-    state_size: int | None = None  # a streaming model's ``state`` width (None: window model)
 
     def profiles(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """``{input: (min, opt, max)}`` full shapes of the one optimisation profile."""
-        shapes: dict[str, tuple[int, ...]] = {INPUT_NAME: self.input_shape}
-        if self.state_size is not None:
-            shapes[STATE_NAME] = (self.state_size,)
+        shapes = {INPUT_NAME: self.input_shape, STATE_NAME: (self.state_size,)}
         return {
             name: profile_shapes(shape, self.max_batch, self.opt_batch)
             for name, shape in shapes.items()
@@ -128,11 +127,11 @@ def read_input_shape(onnx_path: Path, inputs: dict[str, Any] | None = None) -> t
     return k, b, t
 
 
-def read_state_size(onnx_path: Path, inputs: dict[str, Any] | None = None) -> int | None:
-    """The width S of a streaming model's ``state`` input ``(batch, S)``; None without one."""
+def read_state_size(onnx_path: Path, inputs: dict[str, Any] | None = None) -> int:
+    """The width S of the ``state`` input ``(batch, S)``."""
     inputs = graph_inputs(onnx_path) if inputs is None else inputs
     if STATE_NAME not in inputs:
-        return None
+        raise EngineBuildError(f"{onnx_path}: no input {STATE_NAME!r} (inputs: {list(inputs)})")
     (size,) = _static_dims(onnx_path, inputs[STATE_NAME], 2, "(batch, S)")
     return size
 
@@ -459,11 +458,11 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             args.precision,
             input_shape,
+            read_state_size(args.onnx, inputs),
             timing_cache_path(args.out, args.timing_cache),
             args.max_batch,
             args.opt_batch,
             args.workspace_mib,
-            read_state_size(args.onnx, inputs),
         )
         start = time.perf_counter()
         version: str | None

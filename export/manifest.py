@@ -1,9 +1,8 @@
 """Write ``manifest.json``, the record of a model folder (workstation side).
 
-    path = write_export_manifest(out_dir / MANIFEST_NAME, ckpt, loaded, onnx_path, opset=17)
+    write_manifest(out_dir / MANIFEST_NAME, {...})           # export.streaming_model builds it
     record_artifact(path, out_dir / "model.int8.onnx", precision="int8", extra={...})
-    set_section(path, "calibration", {...})
-    set_validation(path, "int8", {"score": 0.81, ...})
+    set_section(path, "tasks", {...})
 
 The device reads the same file with :mod:`edge.manifest` (schema, validation, hashes); this
 module only builds and updates it. Every write goes to a temporary file in the same folder and
@@ -20,39 +19,24 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edge.manifest import (
-    INPUT_NAME,
-    MANIFEST_NAME,
-    OUTPUT_NAME,
-    SCHEMA_VERSION,
-    ManifestError,
-    read_json,
-    sha256_file,
-)
-
-if TYPE_CHECKING:
-    from training.checkpoint import LoadedModel
+from edge.manifest import MANIFEST_NAME, ManifestError, read_json, sha256_file
 
 __all__ = [
     "MANIFEST_NAME",
     "ManifestError",
-    "build_manifest",
     "model_id",
     "publish",
     "record_artifact",
     "set_section",
-    "set_validation",
     "sha256_file",
     "tool_versions",
-    "write_export_manifest",
     "write_manifest",
 ]
 
 MODEL_ID_HASH_CHARS = 12
 PUBLISHED_MODE = 0o644  # temporary files are 0600; artifacts are readable by the service user
-DEFAULT_HOP_DIVISOR = 4  # hop_frames defaults to window_frames // 4
 # import name -> distribution name, for the versions recorded in "tools"
 TOOL_PACKAGES: dict[str, str] = {
     "numpy": "numpy",
@@ -152,88 +136,3 @@ def set_section(manifest_path: Path, key: str, value: Any) -> None:
     data = read_manifest(Path(manifest_path))
     data[key] = value
     write_manifest(Path(manifest_path), data)
-
-
-def set_validation(manifest_path: Path, precision: str, scores: dict[str, Any]) -> None:
-    """Set ``validation[precision]`` to ``scores`` (e.g. from the parity/verify step)."""
-    data = read_manifest(Path(manifest_path))
-    data.setdefault("validation", {})[precision] = scores
-    write_manifest(Path(manifest_path), data)
-
-
-def build_manifest(
-    checkpoint: Path, loaded: LoadedModel, *, opset: int, hop_frames: int | None = None
-) -> dict[str, Any]:
-    """The manifest of a freshly exported checkpoint, with an empty ``files`` section."""
-    checkpoint_sha = sha256_file(checkpoint)
-    window_frames = loaded.run.data.window_frames
-    data: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "model_id": model_id(loaded.run.name, checkpoint_sha),
-        "created_utc": utc_now(),
-        "checkpoint": {"file": checkpoint.name, "sha256": checkpoint_sha},
-        "files": {},
-        "onnx": {
-            "opset": opset,
-            "input": INPUT_NAME,
-            "output": OUTPUT_NAME,
-            "input_shape": [None, len(loaded.kinds), loaded.spec.n_bands, window_frames],
-        },
-        "feature_spec": loaded.spec.to_dict(),
-        "kinds": list(loaded.kinds),
-        "classes": list(loaded.classes),
-        "window_frames": window_frames,
-        "hop_frames": hop_frames if hop_frames is not None else default_hop_frames(window_frames),
-    }
-    thresholds = loaded.meta.get("record_thresholds")
-    if thresholds is not None:
-        data["record_thresholds"] = dict(thresholds)
-    data["tools"] = tool_versions()
-    return data
-
-
-def default_hop_frames(window_frames: int) -> int:
-    """``window_frames // 4`` (at least 1)."""
-    return max(1, window_frames // DEFAULT_HOP_DIVISOR)
-
-
-def write_export_manifest(
-    manifest_path: Path,
-    checkpoint: Path,
-    loaded: LoadedModel,
-    onnx_path: Path,
-    *,
-    opset: int,
-    hop_frames: int | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write the manifest for a new ``model.onnx`` (``extra``: more keys of its file entry).
-
-    The other files, ``calibration`` and ``validation`` of an existing manifest are kept only
-    when it describes the same checkpoint and the very same ``model.onnx`` bytes (a repeated,
-    deterministic export); otherwise they describe another model and are dropped.
-    """
-    data = build_manifest(checkpoint, loaded, opset=opset, hop_frames=hop_frames)
-    fp32 = file_entry(onnx_path, "fp32", {"source": checkpoint.name, **(extra or {})})
-    data.update(_carried_over(manifest_path, data["checkpoint"], onnx_path.name, fp32["sha256"]))
-    data["files"] = {**data.get("files", {}), onnx_path.name: fp32}
-    write_manifest(manifest_path, data)
-    return manifest_path
-
-
-def _carried_over(
-    manifest_path: Path, checkpoint: dict[str, str], onnx_name: str, onnx_sha: str
-) -> dict[str, Any]:
-    """``files``/``calibration``/``validation`` of the existing manifest, if still valid."""
-    if not manifest_path.is_file():
-        return {}
-    try:
-        old = read_manifest(manifest_path)
-    except ManifestError:
-        return {}  # unreadable: it is being replaced
-    files = old.get("files")
-    entry = files.get(onnx_name) if isinstance(files, dict) else None
-    same_onnx = isinstance(entry, dict) and entry.get("sha256") == onnx_sha
-    if old.get("checkpoint") != checkpoint or not same_onnx:
-        return {}
-    return {key: old[key] for key in ("files", "calibration", "validation") if key in old}

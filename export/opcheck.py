@@ -1,6 +1,6 @@
 """Will TensorRT 10's ONNX parser take this model? A static check, run before shipping.
 
-    python -m export.opcheck models/edge/model.int8.onnx     # prints findings, exit 1 if any
+    python -m export.opcheck models/sed/model.int8.onnx     # prints findings, exit 1 if any
 
 :func:`check_tensorrt_compat` returns one line per problem (an empty list means none found):
 

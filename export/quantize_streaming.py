@@ -7,16 +7,15 @@ on real audio with the state each chunk really carries.
         [--method percentile|minmax|entropy] [--percentile 99.99] [--activations qint8|quint8] \\
         [--exclude NODE ...]
 
-Format, as the window model's quantizer (:mod:`export.quantize`): QuantizeLinear /
-DequantizeLinear pairs in the standard ONNX domain around Conv (and MatMul / Gemm where the
-graph has them) only, weights per output channel in 7 bits (:data:`export.quantize.WEIGHT_BITS`,
-the non-VNNI x86 saturation bound), biases in float. Activations are signed int8, symmetric
-(zero point 0) by default: what TensorRT's explicit quantization reads, and the result must pass
+Format: QuantizeLinear / DequantizeLinear pairs in the standard ONNX domain around Conv (and MatMul
+/ Gemm where the graph has them) only, weights per output channel in 7 bits (:data:`WEIGHT_BITS`,
+the non-VNNI x86 saturation bound), biases in float. Activations are signed int8, symmetric (zero
+point 0) by default: what TensorRT's explicit quantization reads, and the result must pass
 :mod:`export.opcheck` or nothing is written. ``--activations quint8`` writes uint8 asymmetric
-activations instead (ONNX Runtime CPU's other format), for a CPU-only deployment: TensorRT
-refuses its zero points, so the opcheck's zero-point finding is the one allowed and the record
-says ``tensorrt_compatible: false``. With the Q/DQ placement below both run at the same speed on
-ONNX Runtime CPU (bench/export.py); without it int8 ran at half uint8's speed.
+activations instead (ONNX Runtime CPU's other format), for a CPU-only deployment: TensorRT refuses
+its zero points, so the opcheck's zero-point finding is the one allowed and the record says
+``tensorrt_compatible: false``. With the Q/DQ placement below both run at the same speed on ONNX
+Runtime CPU (bench/export.py); without it int8 ran at half uint8's speed.
 
 ``--exclude NODE`` (repeatable) keeps a Conv / MatMul / Gemm of the FP32 graph in float, by
 its node name (``/model/head/Conv``: the output layer); a name the graph lacks is an error.
@@ -53,8 +52,11 @@ folder, the INT8 file is recorded there (sha256, source, this calibration record
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import re
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -68,10 +70,19 @@ from edge.errors import LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec
 from edge.manifest import MANIFEST_NAME, sha256_file
 from export.manifest import record_artifact
-from export.quantize import METHODS, QUANTIZED_OPS, WEIGHT_BITS, QuantizeError, static_qdq
 from export.sed_onnx import FEATURES, PROBS, STATE, STATE_OUT
 from firmware_bridge.cliparse import ArgumentParser
 
+METHODS = ("minmax", "percentile", "entropy")
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+# Weights use 7 of the 8 bits (onnxruntime's reduce_range). On x86 CPUs without VNNI (AVX2,
+# AVX-512 without VNNI) onnxruntime's int8 kernels multiply with VPMADDUBSW, which adds two
+# uint8 x int8 products into an int16 and saturates when |w| > 64: with 8-bit weights the
+# INT8 logits of a test model correlated 0.92 with FP32 on an emulated Haswell and 0.9995 on a
+# VNNI CPU. 7-bit weights keep every pair under 2**15 on every CPU (255 * 64 * 2 < 32767) and
+# cost no measurable fidelity here; TensorRT reads the same Q/DQ graph (int8 type, smaller
+# values). tests/export/test_quantize.py checks the bound and the emulated-CPU agreement.
+WEIGHT_BITS = 7
 ACTIVATIONS = ("qint8", "quint8")
 DEFAULT_ACTIVATIONS = "qint8"  # TensorRT-compatible, and as fast as quint8 on ORT CPU once tidied
 DEFAULT_METHOD = "percentile"
@@ -86,6 +97,18 @@ PROBS_RANK = 3  # (batch, outputs, chunk_frames)
 QDQ_ZERO_POINT_PREFIX = "Q/DQ node(s) with a zero point"  # the opcheck's zero-point finding
 
 Event = tuple[str, int, int]  # (type, start sample, end sample exclusive)
+
+
+class QuantizeError(LungwatchError):
+    """Quantization cannot run (options, inputs) or its result is not usable."""
+
+
+class OpCheckFailedError(QuantizeError):
+    """The quantized model has TensorRT compatibility problems; ``problems`` lists them."""
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems
 
 
 class StreamingQuantizeError(QuantizeError):
@@ -163,10 +186,12 @@ def flush_frame(model: Path, shapes: StreamingShapes) -> np.ndarray | None:
 
 def ort_session(model: Path) -> Any:
     """A one-thread ONNX Runtime CPU session; errors name the file."""
-    from export.to_onnx import ort_session as session
+    import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
     try:
-        return session(model)
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise StreamingQuantizeError(f"{model}: ONNX Runtime cannot load it ({exc})") from None
 
@@ -285,6 +310,53 @@ def make_reader(chunks: Sequence[dict[str, np.ndarray]]) -> Any:
     return ChunkReader()
 
 
+def static_qdq(
+    source: Path,
+    out: Path,
+    reader: Any,
+    method: str,
+    work: Path,
+    *,
+    signed: bool = True,
+    nodes_to_exclude: Sequence[str] = (),
+    extra_options: dict[str, Any] | None = None,
+) -> None:
+    """quant_pre_process into ``work``, then static Q/DQ quantization of :data:`QUANTIZED_OPS`
+    into ``out`` with the calibration data of ``reader``: per-channel 7-bit symmetric weights,
+    float biases, int8 symmetric activations (``signed``; else uint8 asymmetric), plus
+    ``extra_options`` for onnxruntime's quantizer."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = work / "prepared.onnx"
+    quant_pre_process(str(source), str(prepared))
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress
+        quantize_static(
+            str(prepared),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            reduce_range=True,  # WEIGHT_BITS = 7 (weights only)
+            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            nodes_to_exclude=list(nodes_to_exclude),
+            extra_options={
+                "ActivationSymmetric": signed,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,  # TensorRT takes float biases
+                **(extra_options or {}),
+            },
+        )
+
+
 def quantize_qdq(
     source: Path,
     out: Path,
@@ -297,7 +369,7 @@ def quantize_qdq(
     nodes_to_exclude: Sequence[str] = (),
 ) -> None:
     """quant_pre_process into ``work``, then static Q/DQ quantization into ``out``
-    (:func:`export.quantize.static_qdq`; ``activations`` qint8 or quint8)."""
+    (:func:`static_qdq`; ``activations`` qint8 or quint8)."""
     signed = activations == "qint8"
     static_qdq(
         source,
@@ -312,6 +384,40 @@ def quantize_qdq(
             "CalibTensorRangeSymmetric": signed,  # percentile of |x| (int8) or both tails
         },
     )
+
+
+# Tensor names the quantizer derives from the FP32 names (e.g. "/inner/.../Conv_output_0_scale");
+# they are replaced by short ids. The FP32 layer and tensor names are kept.
+GENERATED_NAME = re.compile(
+    r"(_zero_point|_scale|_quantized|_QuantizeLinear_Output|_DequantizeLinear_Output)$"
+)
+
+
+def compact(path: Path) -> None:
+    """Rewrite ``path`` smaller without changing what it computes: shorten the quantizer's
+    generated tensor names, drop Q/DQ node names and the shape-inference ``value_info`` that
+    ``quant_pre_process`` added (the FP32 export has none; runtimes infer shapes)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    ids: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not GENERATED_NAME.search(name):
+            return name
+        return ids.setdefault(name, f"q{len(ids):x}")
+
+    for node in graph.node:
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node.name = ""
+    for initializer in graph.initializer:
+        initializer.name = short(initializer.name)
+    del graph.value_info[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def tidy_qdq(path: Path) -> dict[str, int]:
@@ -555,7 +661,6 @@ def quantize_streaming(
             TensorRT problems (beyond the zero points of ``activations="quint8"``).
     """
     from export.manifest import publish
-    from export.quantize import OpCheckFailedError, compact
 
     fp32_model, out = Path(fp32_model), Path(out)
     if method not in METHODS:
@@ -725,7 +830,7 @@ def load_calibration_audio(
 
 
 def main(argv: list[str] | None = None) -> int:
-    prog = "python -m export.quantize_streaming"
+    prog = "lungwatch quantize"
     parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="FP32 streaming ONNX")
     parser.add_argument("--out", type=Path, required=True, help="INT8 ONNX to write")

@@ -16,7 +16,7 @@ fixed at export. Output ``j`` of the stream describes network frame ``j - lookah
 (``SedConfig.lookahead_frames``): the device drops the first ``lookahead_frames`` outputs and
 flushes the same number of chunks' worth of frames at the end.
 
-The TorchScript exporter (``dynamo=False``) is used, as in ``export/to_onnx.py``: it gives a
+The TorchScript exporter (``dynamo=False``) is used: it gives a
 plain graph of standard ops (Conv, Relu, Concat, Slice, Mul, Add, MatMul, Softmax, Sigmoid)
 with no data-dependent shapes.
 """

@@ -28,7 +28,7 @@ import numpy as np
 
 from edge.errors import LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec
-from edge.manifest import STREAMING_SCHEMA_VERSION, load_manifest, sha256_file
+from edge.manifest import SCHEMA_VERSION, load_manifest, sha256_file
 from export.manifest import file_entry, model_id, tool_versions, utc_now, write_manifest
 from firmware_bridge.cliparse import ArgumentParser
 
@@ -154,7 +154,7 @@ def export_folder(
     sha = sha256_file(pt)
     spec = FeatureSpec()
     data: dict[str, Any] = {
-        "schema_version": STREAMING_SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "model_id": model_id(name, sha),
         "created_utc": utc_now(),
         "checkpoint": {"file": pt.name, "sha256": sha},
@@ -190,7 +190,7 @@ def export_folder(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m export.streaming_model", description=__doc__)
+    parser = ArgumentParser(prog="lungwatch export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--name", required=True, help="run name (the model id's prefix)")
@@ -200,30 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poor-off", type=float, help="quality output: off below")
     parser.add_argument("--opset", type=int, default=17)
     args = parser.parse_args(argv)
-    try:
-        detector = None
-        if args.detector is not None:
-            try:
-                detector = json.loads(args.detector.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise StreamingModelError(f"{args.detector}: cannot read ({exc})") from None
-        quality = None
-        if args.poor_on is not None or args.poor_off is not None:
-            if args.poor_on is None or args.poor_off is None:
-                raise StreamingModelError("--poor-on and --poor-off go together")
-            quality = {"poor_on": args.poor_on, "poor_off": args.poor_off}
-        manifest = export_folder(
-            args.checkpoint,
-            args.out,
-            args.name,
-            args.chunk_frames,
-            detector,
-            quality,
-            args.opset,
-        )
-    except LungwatchError as exc:
-        print(f"export.streaming_model: {exc}", file=sys.stderr)
-        return 1
+    detector = None
+    if args.detector is not None:
+        try:
+            detector = json.loads(args.detector.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StreamingModelError(f"{args.detector}: cannot read ({exc})") from None
+    quality = None
+    if args.poor_on is not None or args.poor_off is not None:
+        if args.poor_on is None or args.poor_off is None:
+            raise StreamingModelError("--poor-on and --poor-off go together")
+        quality = {"poor_on": args.poor_on, "poor_off": args.poor_off}
+    manifest = export_folder(
+        args.checkpoint, args.out, args.name, args.chunk_frames, detector, quality, args.opset
+    )
     print(f"wrote {manifest}")
     return 0
 

@@ -19,7 +19,7 @@ and types spelled as SPRSound spells them. ``--technical FILE`` writes the techn
 ``--score`` (folders of SPRSound recordings with their ``.json`` annotations) also prints the
 detection scores of :mod:`training.scoring` (sed_eval: event and segment F1, CAS/DAS families
 and 4 classes, false adventitious events per hour on Normal records) and the share of good
-and of Poor Quality records with a ``poor_signal`` event; with a streaming model, also the
+and of Poor Quality records with a ``poor_signal`` event; also the
 threshold-free scores of :mod:`training.threshold_free` (sed_scores_eval: PSDS in DCASE's two
 scenarios and the best event F1 over thresholds, for the detector's phases and for the bare
 frame outputs) and the operating points (the device's detector with every class's
@@ -104,13 +104,13 @@ def export_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
         data = read_manifest(checkpoint.parent)
         detector, quality = data.get("detector"), data.get("quality")
         chunk_frames = int(data.get("streaming", {}).get("chunk_frames", chunk_frames))
-    else:
+    export_folder(checkpoint, out, checkpoint.stem, chunk_frames, detector, quality)
+    if not beside.is_file():
         print(
             f"lungwatch detect: no {MANIFEST} beside {checkpoint}: the runtime's default "
             "detector rules apply (fit them with training.sed_calibrate)",
             file=sys.stderr,
         )
-    export_folder(checkpoint, out, checkpoint.stem, chunk_frames, detector, quality)
     return out, "model.onnx"
 
 
@@ -175,8 +175,6 @@ def frame_scores(
     from training.threshold_free import as_dict, operating_points, threshold_free
 
     manifest, detector = model
-    if manifest.streaming is None:
-        raise ConfigError("threshold-free scores need a streaming model's output frames")
     probs = {}
     for record in annotated:
         kept = found[record].probs
@@ -188,7 +186,7 @@ def frame_scores(
         spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, manifest.streaming.stride
     )
     config = detector_config_of(detector or DetectorConfig(), manifest)
-    outputs = manifest.classes
+    outputs = manifest.outputs
     return {
         "threshold_free": as_dict(
             threshold_free(probs, annotated, durations, outputs, config, grid)
@@ -275,14 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             folder, file = resolve_model(args.model)
         manifest = load_manifest(folder / MANIFEST)
-        streaming = manifest.streaming is not None
         found = detect_recordings(
-            recordings,
-            folder,
-            file,
-            skip_unreadable=True,
-            keep_probs=args.score and streaming,
-            **sections,
+            recordings, folder, file, skip_unreadable=True, keep_probs=args.score, **sections
         )
     unread = {name: r.error for name, r in sorted(found.items()) if r.error is not None}
     read = sorted(name for name in found if name not in unread)
@@ -293,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.technical is not None:
         _write(args.technical, {name: found[name].technical for name in read})
     if args.score:
-        model = (manifest, sections.get("detector")) if streaming else None
+        model = (manifest, sections.get("detector"))
         scores = score_folders([p for p in args.audio if p.is_dir()], found, model)
         print(f"lungwatch detect: {summary_line(scores)}", file=sys.stderr)
         if "threshold_free" in scores:

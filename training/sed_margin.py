@@ -1,9 +1,9 @@
 """The quality-adaptive margin of the frame-level model (option ``quality_margin``).
 
 QLung (Kim et al., arXiv:2606.11915) widens a classifier's margin where a recording's signal
-quality, judged from its spectral entropy and RMS, is poor; the window classifier has it as an
-angular margin on a cosine head (:mod:`training.losses`). SedNet's frame heads are sigmoid
-outputs on a plain 1x1 convolution, so here the margin is additive on the logits of the
+quality, judged from its spectral entropy and RMS, is poor, as an angular margin on a cosine
+head. SedNet's frame heads are sigmoid outputs on a plain 1x1 convolution, so here the margin
+is additive on the logits of the
 adventitious class outputs (LDAM's form, Cao et al., NeurIPS 2019), two-sided for a binary
 output, and training-only (the exported model does not change)::
 

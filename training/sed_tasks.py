@@ -315,7 +315,7 @@ class DeviceOutputs:
 
 def device_outputs(audio: Mapping[str, Any], model_dir: Any, model_file: str) -> DeviceOutputs:
     """Run ``{record: audio path}`` through :func:`edge.offline.detect_recordings` and keep the
-    output frames (a streaming model, manifest schema 2)."""
+    output frames."""
     from pathlib import Path
 
     from edge.manifest import load_manifest
@@ -323,15 +323,13 @@ def device_outputs(audio: Mapping[str, Any], model_dir: Any, model_file: str) ->
 
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir / "manifest.json")
-    if manifest.streaming is None:
-        raise ConfigError(f"{model_dir / 'manifest.json'}: not a streaming (frame-level) model")
     found = detect_recordings(dict(audio), model_dir, model_file, keep_probs=True)
     spec = manifest.feature_spec
     grid = FrameGrid.of(
         spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, manifest.streaming.stride
     )
     probs = {name: r.probs for name, r in found.items() if r.probs is not None}
-    return DeviceOutputs(probs, tuple(manifest.classes), grid)
+    return DeviceOutputs(probs, tuple(manifest.outputs), grid)
 
 
 def rules_of_manifest(model_dir: Any) -> TaskRules | None:

@@ -1,18 +1,15 @@
 """The one small interface every inference backend implements.
 
-An exported model is stateless (DESIGN.md contract 5): one call maps a batch of feature
-windows to class logits, and nothing is carried between calls. The ONNX graph contract:
+An exported model is stateless (DESIGN.md contract 5): its context is carried explicitly. One
+call takes a chunk of every bed's new front-end frames and their states::
 
-- input ``features``: float32 ``(batch, n_kinds, n_bands, window_frames)``, batch dynamic,
-  every other dimension static (input normalisation is inside the graph);
-- output ``logits``: float32 ``(batch, n_classes)`` (softmax is applied by the caller).
+    features   float32 (batch, n_kinds, n_bands, chunk_frames * stride)
+    state      float32 (batch, state_size)            zeros when a stream starts
+    ->  probs      float32 (batch, n_outputs, chunk_frames)   sigmoid applied in the graph
+        state_out  float32 (batch, state_size)        fed back with the bed's next chunk
 
-A *streaming* model (manifest schema 2) carries its context explicitly instead: inputs
-``features`` ``(batch, n_kinds, n_bands, chunk_frames * stride)`` and ``state``
-``(batch, state_size)``, outputs ``probs`` ``(batch, n_outputs, chunk_frames)`` (sigmoid
-applied in the graph) and ``state_out`` ``(batch, state_size)``. A backend that runs one
-implements :class:`StreamingBackend` (``infer_streaming``); the beds' states are rows of one
-batch, so one call serves every bed.
+Only the batch is dynamic. The beds' states are rows of one batch, so one call serves every
+bed; a backend splits a call into pieces of its ``max_batch`` rows.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ import numpy as np
 from edge.errors import LungwatchError
 
 INPUT_NAME = "features"
-OUTPUT_NAME = "logits"
 STATE_NAME = "state"
 PROBS_NAME = "probs"
 STATE_OUT_NAME = "state_out"
@@ -49,27 +45,10 @@ class BackendError(LungwatchError):
 
 
 @runtime_checkable
-class InferenceBackend(Protocol):
-    """Runs one model. ``name`` says what actually runs (after any fallback), e.g.
+class Backend(Protocol):
+    """Runs one model (see the module doc): ``input_shape`` ``(K, F, T)``, ``state_size`` S,
+    ``output_shape`` ``(O, N)``. ``name`` says what actually runs (after any fallback), e.g.
     ``onnxruntime/CPUExecutionProvider`` or ``tensorrt/10.3.0``."""
-
-    name: str
-    input_shape: tuple[int, int, int]  # (n_kinds, n_bands, window_frames), without batch
-    n_classes: int
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, *input_shape)`` float32 -> ``(N, n_classes)`` float32 logits (a new array)."""
-        ...
-
-    def close(self) -> None:
-        """Release the session / engine and its buffers."""
-        ...
-
-
-@runtime_checkable
-class StreamingBackend(Protocol):
-    """Runs one streaming model (see the module doc): ``input_shape`` ``(K, F, T)``,
-    ``state_size`` S, ``output_shape`` ``(O, N)``."""
 
     name: str
     input_shape: tuple[int, int, int]
@@ -77,9 +56,7 @@ class StreamingBackend(Protocol):
     output_shape: tuple[int, int]
     max_batch: int  # the most rows one call runs at once (larger calls are split)
 
-    def infer_streaming(
-        self, features: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, features: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(M, K, F, T)`` and ``(M, S)`` float32 -> ``(M, O, N)`` probabilities and the
         ``(M, S)`` new states (new arrays)."""
         ...
@@ -95,13 +72,6 @@ def check_state(state: object, rows: int, state_size: int) -> np.ndarray:
     if state.shape != (rows, state_size):
         raise BackendError(f"state must have shape {expected}, got {state.shape}")
     return np.ascontiguousarray(state)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``(N, C)`` logits, in float32."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted, dtype=np.float32)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def check_batch(batch: object, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -129,14 +99,14 @@ def batch_slices(n_rows: int, max_batch: int) -> list[slice]:
     return [slice(start, min(start + max_batch, n_rows)) for start in range(0, n_rows, max_batch)]
 
 
-def infer_streaming_in_pieces(
+def infer_in_pieces(
     features: object,
     state: object,
     io: StreamingIO,
     max_batch: int,
     run: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The checks and batching every backend's ``infer_streaming`` shares: ``features``
+    """The checks and batching every backend's ``infer`` shares: ``features``
     ``(M, K, F, T)`` and ``state`` ``(M, S)`` checked against ``io``, then ``run(features,
     state) -> (probs, new_state)`` on pieces of at most ``max_batch`` rows, joined in order."""
     x = check_batch(features, io.input_shape)

@@ -22,15 +22,12 @@ import numpy as np
 from edge.backends import BackendConfig
 from edge.backends.base import (
     INPUT_NAME,
-    OUTPUT_NAME,
     STATE_NAME,
     STREAMING_INPUTS,
     STREAMING_OUTPUTS,
     BackendError,
     StreamingIO,
-    batch_slices,
-    check_batch,
-    infer_streaming_in_pieces,
+    infer_in_pieces,
 )
 
 LOGGER = logging.getLogger("lungwatch.backend")
@@ -59,8 +56,8 @@ def provider_options(
     """The onnxruntime options of one configured provider (``tensorrt``, ``cuda``, ``cpu``).
 
     For the TensorRT EP, ``input_shape`` (without batch) adds an optimisation profile for
-    batches 1..max_batch so that no engine is rebuilt when the batch size changes; a streaming
-    model's ``state`` input (``state_size`` floats) gets the same batch range.
+    batches 1..max_batch so that no engine is rebuilt when the batch size changes; the
+    ``state`` input (``state_size`` floats) gets the same batch range.
     """
     if provider == "tensorrt":
         options = {
@@ -143,18 +140,19 @@ def session_options(config: BackendConfig) -> Any:
     return options
 
 
-def is_streaming(session: Any) -> bool:
-    """Whether the session's inputs are a streaming model's (``features``, ``state``)."""
-    return [i.name for i in session.get_inputs()] == list(STREAMING_INPUTS)
-
-
-def describe_streaming_io(session: Any, source: str) -> StreamingIO:
-    """Check a streaming model's I/O against the contract; return its sizes."""
+def describe_io(session: Any, source: str) -> StreamingIO:
+    """Check the model's I/O against the contract (:mod:`edge.backends.base`); its sizes."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
+    in_names = [i.name for i in inputs]
+    if in_names != list(STREAMING_INPUTS):
+        raise BackendError(
+            f"{source}: model inputs must be {list(STREAMING_INPUTS)} (a streaming model), "
+            f"got {in_names}"
+        )
     out_names = [o.name for o in outputs]
     if out_names != list(STREAMING_OUTPUTS):
         raise BackendError(
-            f"{source}: streaming model outputs must be {list(STREAMING_OUTPUTS)}, got {out_names}"
+            f"{source}: model outputs must be {list(STREAMING_OUTPUTS)}, got {out_names}"
         )
     x, state = inputs
     probs, state_out = outputs
@@ -169,21 +167,6 @@ def describe_streaming_io(session: Any, source: str) -> StreamingIO:
         int(state.shape[1]),
         (int(probs.shape[1]), int(probs.shape[2])),
     )
-
-
-def describe_io(session: Any, source: str) -> tuple[tuple[int, int, int], int]:
-    """Check the session's I/O against the contract; return ``(input_shape, n_classes)``."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    names = [i.name for i in inputs]
-    if names != [INPUT_NAME]:
-        raise BackendError(f"{source}: model inputs must be [{INPUT_NAME!r}], got {names}")
-    out_names = [o.name for o in outputs]
-    if out_names != [OUTPUT_NAME]:
-        raise BackendError(f"{source}: model outputs must be [{OUTPUT_NAME!r}], got {out_names}")
-    x, y = inputs[0], outputs[0]
-    for tensor, rank in ((x, 4), (y, 2)):
-        _check_tensor(tensor.name, tensor.type, list(tensor.shape), rank, source)
-    return (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])), int(y.shape[1])
 
 
 def _is_static(dim: object) -> bool:
@@ -246,24 +229,16 @@ class OrtBackend:
                 "the onnxruntime backend needs onnxruntime (pip install 'lungwatch[edge]', "
                 "or onnxruntime-gpu / Jetson's onnxruntime wheel for GPU providers)"
             ) from None
-        self.streaming: StreamingIO | None = None
-        self.state_size = 0
-        self.output_shape: tuple[int, int] = (0, 0)
         chain = self._available_chain(ort.get_available_providers())
         self._session: Any = create_session(self.model_path, self.config, chain)
-        source = self.model_path.name
-        if is_streaming(self._session):
-            self.streaming = describe_streaming_io(self._session, source)
-            self.input_shape = self.streaming.input_shape
-            self.state_size = self.streaming.state_size
-            self.output_shape = self.streaming.output_shape
-            self.n_classes = self.output_shape[0]
-        else:
-            self.input_shape, self.n_classes = describe_io(self._session, source)
+        self.io = describe_io(self._session, self.model_path.name)
+        self.input_shape, self.state_size = self.io.input_shape, self.io.state_size
+        self.output_shape = self.io.output_shape
         self.name = f"onnxruntime/{self._report_providers(chain)}"
 
     def _available_chain(self, available: list[str]) -> list[ProviderSpec]:
-        input_shape, state_size = None, None
+        input_shape: tuple[int, int, int] | None = None
+        state_size: int | None = None
         if "tensorrt" in self.config.providers and ORT_PROVIDERS["tensorrt"] in available:
             input_shape, state_size = self._probe_input_shape()
         chain = provider_chain(self.config, self.model_path, input_shape, state_size)
@@ -277,16 +252,13 @@ class OrtBackend:
             )
         return kept
 
-    def _probe_input_shape(self) -> tuple[tuple[int, int, int], int | None]:
-        """Read the input shape (and a streaming model's state size) with a CPU session, for
-        the TensorRT EP's profile shapes."""
+    def _probe_input_shape(self) -> tuple[tuple[int, int, int], int]:
+        """Read the input shape and state size with a CPU session, for the TensorRT EP's
+        profile shapes."""
         cpu_only = BackendConfig(providers=("cpu",), intra_op_threads=1)
         probe = create_session(self.model_path, cpu_only, provider_chain(cpu_only, self.model_path))
-        if is_streaming(probe):
-            io = describe_streaming_io(probe, self.model_path.name)
-            return io.input_shape, io.state_size
-        shape, _ = describe_io(probe, self.model_path.name)
-        return shape, None
+        io = describe_io(probe, self.model_path.name)
+        return io.input_shape, io.state_size
 
     def _report_providers(self, chain: list[ProviderSpec]) -> str:
         actual = list(self._session.get_providers())
@@ -306,42 +278,18 @@ class OrtBackend:
         )
         return running
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, K, B, T)`` float32 -> ``(N, n_classes)`` float32 logits, in max_batch pieces."""
+    def infer(self, features: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A chunk for ``M`` beds: ``(M, K, F, T)`` features and ``(M, S)`` states -> ``(M, O,
+        N)`` probabilities and ``(M, S)`` new states, in max_batch pieces."""
         if self._session is None:
             raise BackendError(f"{self.name}: backend is closed")
-        if self.streaming is not None:
-            raise BackendError(
-                f"{self.model_path.name}: a streaming model (features + state); use infer_streaming"
-            )
-        x = check_batch(batch, self.input_shape)
-        if x.shape[0] == 0:
-            return np.zeros((0, self.n_classes), dtype=np.float32)
-        parts = [
-            self._session.run([OUTPUT_NAME], {INPUT_NAME: x[rows]})[0]
-            for rows in batch_slices(x.shape[0], self.config.max_batch)
-        ]
-        logits = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        return np.asarray(logits, dtype=np.float32)
-
-    def infer_streaming(
-        self, features: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """A streaming model's chunk for ``M`` streams: ``(M, K, F, T)`` features and ``(M, S)``
-        states -> ``(M, O, N)`` probabilities and ``(M, S)`` new states, in max_batch pieces."""
-        if self._session is None:
-            raise BackendError(f"{self.name}: backend is closed")
-        if self.streaming is None:
-            raise BackendError(f"{self.model_path.name}: not a streaming model; use infer")
         session = self._session
 
         def run(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             p, new = session.run(list(STREAMING_OUTPUTS), {INPUT_NAME: x, STATE_NAME: s})
             return np.asarray(p, dtype=np.float32), np.asarray(new, dtype=np.float32)
 
-        return infer_streaming_in_pieces(
-            features, state, self.streaming, self.config.max_batch, run
-        )
+        return infer_in_pieces(features, state, self.io, self.config.max_batch, run)
 
     def close(self) -> None:
         """Drop the session (idempotent)."""

@@ -4,19 +4,17 @@ The engine (``model.plan``) is built on the device itself by ``lungwatch engine`
 records the TensorRT version in ``manifest.json`` beside it. Loading:
 
 1. refuse an engine whose recorded TensorRT version differs from the running one;
-2. deserialize it and check its I/O tensors against one of the two contracts of
-   :mod:`edge.backends.base` (:func:`engine_contract`): a window model (``features`` float32
-   ``(-1, K, B, T)`` in, ``logits`` ``(-1, C)`` out) or a streaming model (``features``
-   ``(-1, K, F, T)`` and ``state`` ``(-1, S)`` in, ``probs`` ``(-1, O, N)`` and ``state_out``
-   ``(-1, S)`` out: the beds' model states are engine I/O, rows of the same batch as their
-   features), and check its optimisation profile (batch 1 .. max on every input);
+2. deserialize it and check its I/O tensors against the contract of :mod:`edge.backends.base`
+   (:func:`engine_contract`: ``features`` float32 ``(-1, K, F, T)`` and ``state`` ``(-1, S)``
+   in, ``probs`` ``(-1, O, N)`` and ``state_out`` ``(-1, S)`` out: the beds' model states are
+   engine I/O, rows of the same batch as their features), and check its optimisation profile
+   (batch 1 .. max on every input);
 3. allocate device buffers and pinned host buffers once, for the largest batch, and bind the
    device addresses to the execution context once.
 
 Per call (per ``max_batch`` piece): copy into the pinned inputs, ``set_input_shape`` each, then
 on one CUDA stream: host-to-device copies, ``execute_async_v3``, device-to-host copies,
-synchronize. :meth:`TensorRTBackend.infer` serves window engines,
-:meth:`TensorRTBackend.infer_streaming` streaming ones (the runtime's ``infer_beds``).
+synchronize.
 
 ``tensorrt`` (JetPack's python3-libnvinfer) and ``cuda-python`` are imported lazily.
 """
@@ -36,7 +34,6 @@ import numpy as np
 
 from edge.backends.base import (
     INPUT_NAME,
-    OUTPUT_NAME,
     PROBS_NAME,
     STATE_NAME,
     STATE_OUT_NAME,
@@ -44,9 +41,7 @@ from edge.backends.base import (
     STREAMING_OUTPUTS,
     BackendError,
     StreamingIO,
-    batch_slices,
-    check_batch,
-    infer_streaming_in_pieces,
+    infer_in_pieces,
 )
 
 LOGGER = logging.getLogger("lungwatch.backend")
@@ -149,35 +144,22 @@ class EngineTensor:
     shape: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class EngineIO:
-    """What an engine computes: a window model (``streaming`` None) or a streaming one."""
-
-    input_shape: tuple[int, int, int]
-    n_classes: int
-    streaming: StreamingIO | None
-
-
 def _batch_dynamic(shape: tuple[int, ...], rank: int) -> bool:
     return len(shape) == rank and shape[0] == -1 and all(d >= 1 for d in shape[1:])
 
 
-def engine_contract(tensors: Sequence[EngineTensor], where: str) -> EngineIO:
-    """Check an engine's I/O tensors against the window or the streaming contract."""
+def engine_contract(tensors: Sequence[EngineTensor], where: str) -> StreamingIO:
+    """Check an engine's I/O tensors against the contract; the sizes it computes."""
     inputs = tuple(t.name for t in tensors if t.is_input)
     outputs = tuple(t.name for t in tensors if not t.is_input)
     by_name = {t.name: t for t in tensors}
-    if set(inputs) == {INPUT_NAME} and set(outputs) == {OUTPUT_NAME}:
-        expected: dict[str, int] = {INPUT_NAME: 4, OUTPUT_NAME: 2}
-    elif set(inputs) == set(STREAMING_INPUTS) and set(outputs) == set(STREAMING_OUTPUTS):
-        expected = {INPUT_NAME: 4, STATE_NAME: 2, PROBS_NAME: 3, STATE_OUT_NAME: 2}
-    else:
+    if set(inputs) != set(STREAMING_INPUTS) or set(outputs) != set(STREAMING_OUTPUTS):
         raise BackendError(
-            f"{where}: engine I/O must be input {INPUT_NAME!r} and output {OUTPUT_NAME!r} (a "
-            f"window model) or inputs {list(STREAMING_INPUTS)} and outputs "
+            f"{where}: engine I/O must be inputs {list(STREAMING_INPUTS)} and outputs "
             f"{list(STREAMING_OUTPUTS)} (a streaming model), got inputs {list(inputs)} and "
             f"outputs {list(outputs)}"
         )
+    expected = {INPUT_NAME: 4, STATE_NAME: 2, PROBS_NAME: 3, STATE_OUT_NAME: 2}
     for name, rank in expected.items():
         tensor = by_name[name]
         if not tensor.is_float32:
@@ -188,15 +170,13 @@ def engine_contract(tensors: Sequence[EngineTensor], where: str) -> EngineIO:
                 f"{tensor.shape}"
             )
     x = by_name[INPUT_NAME].shape
-    input_shape = (int(x[1]), int(x[2]), int(x[3]))
-    if OUTPUT_NAME in by_name:
-        return EngineIO(input_shape, int(by_name[OUTPUT_NAME].shape[1]), None)
     state, state_out = by_name[STATE_NAME].shape[1], by_name[STATE_OUT_NAME].shape[1]
     if state != state_out:
         raise BackendError(f"{where}: state ({state}) and state_out ({state_out}) differ in size")
     probs = by_name[PROBS_NAME].shape
-    streaming = StreamingIO(input_shape, int(state), (int(probs[1]), int(probs[2])))
-    return EngineIO(input_shape, streaming.output_shape[0], streaming)
+    return StreamingIO(
+        (int(x[1]), int(x[2]), int(x[3])), int(state), (int(probs[1]), int(probs[2]))
+    )
 
 
 def profile_batch_range(
@@ -229,11 +209,9 @@ class TensorRTBackend:
         self._stream: Any = None
         self._context: Any = None
         self._engine = self._deserialize()
-        io, profile_max = self._check_io()
-        self.input_shape, self.n_classes = io.input_shape, io.n_classes
-        self.streaming = io.streaming
-        self.state_size = io.streaming.state_size if io.streaming is not None else 0
-        self.output_shape = io.streaming.output_shape if io.streaming is not None else (0, 0)
+        self.io, profile_max = self._check_io()
+        self.input_shape, self.state_size = self.io.input_shape, self.io.state_size
+        self.output_shape = self.io.output_shape
         self.max_batch = min(max_batch, profile_max)
         self._context = self._engine.create_execution_context()
         if self._context is None:
@@ -244,10 +222,9 @@ class TensorRTBackend:
             self.close()
             raise
         LOGGER.info(
-            "TensorRT %s runs %s (%s model, input %s, max batch %d)",
+            "TensorRT %s runs %s (input %s, max batch %d)",
             version,
             self.engine_path.name,
-            "streaming" if self.streaming is not None else "window",
             self.input_shape,
             self.max_batch,
         )
@@ -279,7 +256,7 @@ class TensorRTBackend:
             )
         return tensors
 
-    def _check_io(self) -> tuple[EngineIO, int]:
+    def _check_io(self) -> tuple[StreamingIO, int]:
         """Check the engine against a contract; return what it computes and its largest batch."""
         where = self.engine_path.name
         tensors = self._engine_tensors()
@@ -293,14 +270,12 @@ class TensorRTBackend:
 
     def _shapes(self, rows: int) -> dict[str, tuple[int, ...]]:
         """Full shapes of every I/O tensor for a batch of ``rows``."""
-        shapes: dict[str, tuple[int, ...]] = {INPUT_NAME: (rows, *self.input_shape)}
-        if self.streaming is None:
-            shapes[OUTPUT_NAME] = (rows, self.n_classes)
-        else:
-            shapes[STATE_NAME] = (rows, self.state_size)
-            shapes[PROBS_NAME] = (rows, *self.output_shape)
-            shapes[STATE_OUT_NAME] = (rows, self.state_size)
-        return shapes
+        return {
+            INPUT_NAME: (rows, *self.input_shape),
+            STATE_NAME: (rows, self.state_size),
+            PROBS_NAME: (rows, *self.output_shape),
+            STATE_OUT_NAME: (rows, self.state_size),
+        }
 
     def _allocate(self) -> None:
         """Device + pinned host buffers for ``max_batch`` rows; bind addresses once."""
@@ -349,40 +324,18 @@ class TensorRTBackend:
         _cuda_call(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return [self._host[name][:n].copy() for name in outputs]
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, K, B, T)`` float32 -> ``(N, n_classes)`` float32 logits, in max_batch pieces."""
+    def infer(self, features: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A chunk for ``M`` beds: ``(M, K, F, T)`` features and ``(M, S)`` states -> ``(M, O,
+        N)`` probabilities and ``(M, S)`` new states, in max_batch pieces (each bed's state
+        goes in and comes out as its row)."""
         if self._stream is None:
             raise BackendError(f"{self.name}: backend is closed")
-        if self.streaming is not None:
-            raise BackendError(
-                f"{self.engine_path.name}: a streaming engine (features + state); use "
-                "infer_streaming"
-            )
-        x = check_batch(batch, self.input_shape)
-        if x.shape[0] == 0:
-            return np.zeros((0, self.n_classes), dtype=np.float32)
-        parts = [
-            self._run_piece({INPUT_NAME: x[rows]}, (OUTPUT_NAME,))[0]
-            for rows in batch_slices(x.shape[0], self.max_batch)
-        ]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-
-    def infer_streaming(
-        self, features: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """A streaming engine's chunk for ``M`` streams: ``(M, K, F, T)`` features and
-        ``(M, S)`` states -> ``(M, O, N)`` probabilities and ``(M, S)`` new states, in
-        max_batch pieces (each bed's state goes in and comes out as its row)."""
-        if self._stream is None:
-            raise BackendError(f"{self.name}: backend is closed")
-        if self.streaming is None:
-            raise BackendError(f"{self.engine_path.name}: not a streaming engine; use infer")
 
         def run(x: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             p, new = self._run_piece({INPUT_NAME: x, STATE_NAME: s}, STREAMING_OUTPUTS)
             return p, new
 
-        return infer_streaming_in_pieces(features, state, self.streaming, self.max_batch, run)
+        return infer_in_pieces(features, state, self.io, self.max_batch, run)
 
     def close(self) -> None:
         """Free the buffers and the stream, then drop the context and engine (idempotent)."""

@@ -1,7 +1,8 @@
-"""Inference backends: config validation, onnxruntime provider fallback, batch contract.
+"""Inference backends: config validation, onnxruntime provider fallback, the I/O contract.
 
-Models are built here with onnx.helper (Flatten + Gemm over a ``(N, 1, 8, 16)`` input), so
-the expected logits are a NumPy matrix product and no torch is needed.
+Models are built here with onnx.helper: a streaming graph (``features`` ``(N, 1, 8, 16)`` and
+``state`` ``(N, 3)`` in; ``probs`` ``(N, 2, 4)`` and ``state_out`` out) of two Gemms, so the
+expected outputs are NumPy matrix products and no torch is needed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.backends import DEFAULT_MAX_BATCH, BackendConfig, InferenceBackend, open_backend
+from edge.backends import DEFAULT_MAX_BATCH, Backend, BackendConfig, open_backend
 from edge.backends.base import BackendError
 from edge.backends.onnxruntime import (
     OrtBackend,
@@ -31,53 +32,76 @@ from edge.errors import ConfigError
 onnx = pytest.importorskip("onnx", reason="onnx is needed to build the test models")
 
 INPUT_SHAPE = (1, 8, 16)
-N_CLASSES = 3
+STATE_SIZE = 3
+OUTPUT_SHAPE = (2, 4)
 
 
 @dataclass(frozen=True)
 class GemmModel:
-    """An ONNX file and the weights of its one Gemm (logits = flat(x) @ W.T + b)."""
+    """An ONNX file and its weights: probs = sigmoid(flat(x) @ W.T + b) as (N, 2, 4), state_out
+    = state + flat(x) @ V.T."""
 
     path: Path
     weight: np.ndarray
     bias: np.ndarray
+    carry: np.ndarray
 
-    def reference(self, x: np.ndarray) -> np.ndarray:
+    def reference(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flat = x.reshape(x.shape[0], -1).astype(np.float64)
-        return (flat @ self.weight.T.astype(np.float64) + self.bias).astype(np.float32)
+        logits = flat @ self.weight.T.astype(np.float64) + self.bias
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        new = state + flat @ self.carry.T.astype(np.float64)
+        return probs.reshape(-1, *OUTPUT_SHAPE).astype(np.float32), new.astype(np.float32)
 
 
 def write_gemm_model(
     path: Path,
     *,
     input_name: str = "features",
-    output_name: str = "logits",
+    output_name: str = "probs",
     input_dims: tuple[Any, ...] = ("N", *INPUT_SHAPE),
-    n_classes: int = N_CLASSES,
     seed: int = 0,
 ) -> GemmModel:
-    """Write a Flatten + Gemm model (opset 17, dynamic batch by default) to ``path``."""
+    """Write the streaming Gemm model (opset 17, dynamic batch by default) to ``path``."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    n_in = int(np.prod(INPUT_SHAPE))
-    weight = (rng.standard_normal((n_classes, n_in)) / np.sqrt(n_in)).astype(np.float32)
-    bias = rng.standard_normal(n_classes).astype(np.float32)
+    n_in, n_out = int(np.prod(INPUT_SHAPE)), int(np.prod(OUTPUT_SHAPE))
+    weight = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32)
+    bias = rng.standard_normal(n_out).astype(np.float32)
+    carry = (rng.standard_normal((STATE_SIZE, n_in)) / np.sqrt(n_in)).astype(np.float32)
+    shape = np.array([-1, *OUTPUT_SHAPE], np.int64)
+    batch = input_dims[0]
     graph = helper.make_graph(
         [
             helper.make_node("Flatten", [input_name], ["flat"], axis=1),
-            helper.make_node("Gemm", ["flat", "W", "b"], [output_name], transB=1),
+            helper.make_node("Gemm", ["flat", "W", "b"], ["gemm"], transB=1),
+            helper.make_node("Sigmoid", ["gemm"], ["sig"]),
+            helper.make_node("Reshape", ["sig", "shape"], [output_name]),
+            helper.make_node("MatMul", ["flat", "Vt"], ["step"]),
+            helper.make_node("Add", ["state", "step"], ["state_out"]),
         ],
         "gemm",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(input_dims))],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [input_dims[0], n_classes])],
-        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")],
+        [
+            helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(input_dims)),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [batch, STATE_SIZE]),
+        ],
+        [
+            helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, *OUTPUT_SHAPE]),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [batch, STATE_SIZE]),
+        ],
+        [
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(bias, "b"),
+            numpy_helper.from_array(shape, "shape"),
+            numpy_helper.from_array(np.ascontiguousarray(carry.T), "Vt"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    return GemmModel(path, weight, bias)
+    return GemmModel(path, weight, bias, carry)
 
 
 @pytest.fixture
@@ -85,8 +109,15 @@ def gemm(tmp_path: Path) -> GemmModel:
     return write_gemm_model(tmp_path / "model.onnx")
 
 
-def _batch(n: int, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, *INPUT_SHAPE)).astype(np.float32)
+def _batch(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *INPUT_SHAPE)).astype(np.float32)
+    return x, rng.standard_normal((n, STATE_SIZE)).astype(np.float32)
+
+
+def _close(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> None:
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 # --- onnxruntime backend: numbers -------------------------------------------------------------
@@ -94,15 +125,15 @@ def _batch(n: int, seed: int = 1) -> np.ndarray:
 
 def test_ort_backend_reproduces_numpy_gemm(gemm: GemmModel) -> None:
     backend = OrtBackend(gemm.path, BackendConfig())
-    x = _batch(5)
-    logits = backend.infer(x)
+    x, state = _batch(5)
+    probs, new_state = backend.infer(x, state)
     assert backend.input_shape == INPUT_SHAPE
-    assert backend.n_classes == N_CLASSES
+    assert (backend.state_size, backend.output_shape) == (STATE_SIZE, OUTPUT_SHAPE)
     assert backend.name == "onnxruntime/CPUExecutionProvider"
-    assert logits.dtype == np.float32
-    assert logits.shape == (5, N_CLASSES)
-    np.testing.assert_allclose(logits, gemm.reference(x), rtol=1e-5, atol=1e-5)
-    assert isinstance(backend, InferenceBackend)
+    assert probs.dtype == new_state.dtype == np.float32
+    assert probs.shape == (5, *OUTPUT_SHAPE)
+    _close((probs, new_state), gemm.reference(x, state))
+    assert isinstance(backend, Backend)
     backend.close()
 
 
@@ -122,12 +153,13 @@ def test_batch_larger_than_max_batch_is_split(gemm: GemmModel) -> None:
     backend = OrtBackend(gemm.path, BackendConfig(max_batch=4))
     recorder = _RecordingSession(backend._session)
     backend._session = recorder
-    x = _batch(10)
-    logits = backend.infer(x)
+    x, state = _batch(10)
+    _close(backend.infer(x, state), gemm.reference(x, state))
     assert recorder.batch_sizes == [4, 4, 2]
-    np.testing.assert_allclose(logits, gemm.reference(x), rtol=1e-5, atol=1e-5)
-    empty = backend.infer(np.zeros((0, *INPUT_SHAPE), np.float32))
-    assert empty.shape == (0, N_CLASSES)
+    probs, new = backend.infer(
+        np.zeros((0, *INPUT_SHAPE), np.float32), np.zeros((0, STATE_SIZE), np.float32)
+    )
+    assert (probs.shape, new.shape) == ((0, *OUTPUT_SHAPE), (0, STATE_SIZE))
     assert recorder.batch_sizes == [4, 4, 2]
 
 
@@ -143,8 +175,11 @@ def test_batch_larger_than_max_batch_is_split(gemm: GemmModel) -> None:
 def test_bad_batch_names_expected_shape(gemm: GemmModel, batch: Any, what: str) -> None:
     backend = OrtBackend(gemm.path)
     with pytest.raises(BackendError, match=r"\(N, 1, 8, 16\)") as info:
-        backend.infer(batch)
+        backend.infer(batch, np.zeros((2, STATE_SIZE), np.float32))
     assert "\n" not in str(info.value), what
+    x, _ = _batch(2)
+    with pytest.raises(BackendError, match=r"state must have shape \(2, 3\)"):
+        backend.infer(x, np.zeros((2, 4), np.float32))
 
 
 def test_closed_backend_refuses_to_run(gemm: GemmModel) -> None:
@@ -152,7 +187,7 @@ def test_closed_backend_refuses_to_run(gemm: GemmModel) -> None:
     backend.close()
     backend.close()
     with pytest.raises(BackendError, match="closed"):
-        backend.infer(_batch(1))
+        backend.infer(*_batch(1))
 
 
 # --- onnxruntime backend: model contract ------------------------------------------------------
@@ -163,8 +198,8 @@ def test_closed_backend_refuses_to_run(gemm: GemmModel) -> None:
     [
         ({"input_dims": ("N", 1, 8, "T")}, "only the batch dimension dynamic"),
         ({"input_dims": (1, 1, 8, 16)}, "batch dimension must be dynamic"),
-        ({"input_name": "x"}, r"model inputs must be \['features'\], got \['x'\]"),
-        ({"output_name": "probs"}, r"model outputs must be \['logits'\], got \['probs'\]"),
+        ({"input_name": "x"}, r"model inputs must be \['features', 'state'\] .*got \['x', "),
+        ({"output_name": "logits"}, r"model outputs must be \['probs', 'state_out'\], got"),
     ],
 )
 def test_model_breaking_the_contract_is_refused(
@@ -210,7 +245,7 @@ def test_unavailable_providers_fall_back_to_cpu_with_log_lines(
     )
     assert lines[-1].startswith("onnxruntime runs model.onnx on CPUExecutionProvider")
     assert backend.name == "onnxruntime/CPUExecutionProvider"
-    np.testing.assert_allclose(backend.infer(_batch(3)), gemm.reference(_batch(3)), atol=1e-5)
+    _close(backend.infer(*_batch(3)), gemm.reference(*_batch(3)))
 
 
 def test_no_configured_provider_available_is_an_error(gemm: GemmModel) -> None:
@@ -241,7 +276,7 @@ def test_tensorrt_ep_options_carry_cache_path_and_precision(tmp_path: Path) -> N
         engine_cache_dir=str(tmp_path / "cache"),
         max_batch=32,
     )
-    chain = provider_chain(config, tmp_path / "model.onnx", input_shape=INPUT_SHAPE)
+    chain = provider_chain(config, tmp_path / "model.onnx", INPUT_SHAPE, STATE_SIZE)
     assert [name for name, _ in chain] == [
         "TensorrtExecutionProvider",
         "CUDAExecutionProvider",
@@ -254,9 +289,9 @@ def test_tensorrt_ep_options_carry_cache_path_and_precision(tmp_path: Path) -> N
         "trt_engine_cache_path": str(tmp_path / "cache"),
         "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": str(tmp_path / "cache"),
-        "trt_profile_min_shapes": "features:1x1x8x16",
-        "trt_profile_opt_shapes": "features:32x1x8x16",
-        "trt_profile_max_shapes": "features:32x1x8x16",
+        "trt_profile_min_shapes": "features:1x1x8x16,state:1x3",
+        "trt_profile_opt_shapes": "features:32x1x8x16,state:32x3",
+        "trt_profile_max_shapes": "features:32x1x8x16,state:32x3",
     }
     assert chain[1][1] == {"device_id": "0"}
     assert chain[2][1] == {}
@@ -290,7 +325,7 @@ def test_session_options_follow_config(gemm: GemmModel) -> None:
 def test_open_backend_onnxruntime(gemm: GemmModel) -> None:
     backend = open_backend(BackendConfig(kind="onnxruntime"), gemm.path)
     assert isinstance(backend, OrtBackend)
-    np.testing.assert_allclose(backend.infer(_batch(2)), gemm.reference(_batch(2)), atol=1e-5)
+    _close(backend.infer(*_batch(2)), gemm.reference(*_batch(2)))
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -368,7 +403,7 @@ def test_engine_from_other_tensorrt_version_is_refused(tmp_path: Path) -> None:
 
 
 # --- the shipped model and the default batch ------------------------------------------------
-SHIPPED_INT8 = Path(__file__).resolve().parents[2] / "models" / "edge" / "model.int8.onnx"
+SHIPPED_INT8 = Path(__file__).resolve().parents[2] / "models" / "sed" / "model.int8.onnx"
 SHIPPED_WARD = SHIPPED_INT8.parents[2] / "edge" / "configs" / "ward.yaml"
 
 
@@ -381,14 +416,16 @@ def test_ward_config_uses_the_default_max_batch() -> None:
 
 
 @pytest.mark.skipif(not SHIPPED_INT8.is_file(), reason="the shipped INT8 model is missing")
-def test_shipped_int8_logits_do_not_depend_on_the_batch_split() -> None:
-    """max_batch is a speed choice only: a round of 40 windows split into pieces of 8 gives
-    the same logits, bit for bit, as one call or 40 single calls."""
+def test_shipped_int8_outputs_do_not_depend_on_the_batch_split() -> None:
+    """max_batch is a speed choice only: 40 beds' chunks split into pieces of 8 give the same
+    outputs and states, bit for bit, as one call or 40 single calls."""
     rng = np.random.default_rng(3)
     whole = OrtBackend(SHIPPED_INT8, BackendConfig(max_batch=64))
-    x = rng.standard_normal((40, *whole.input_shape)).astype(np.float32)
-    expected = whole.infer(x)
-    pieces = OrtBackend(SHIPPED_INT8, BackendConfig(max_batch=8)).infer(x)
-    singles = np.concatenate([whole.infer(x[i : i + 1]) for i in range(x.shape[0])])
-    np.testing.assert_array_equal(pieces, expected)
-    np.testing.assert_array_equal(singles, expected)
+    x = rng.normal(-9.0, 2.5, (40, *whole.input_shape)).astype(np.float32)
+    state = np.abs(rng.standard_normal((40, whole.state_size))).astype(np.float32)
+    expected = whole.infer(x, state)
+    pieces = OrtBackend(SHIPPED_INT8, BackendConfig(max_batch=8)).infer(x, state)
+    singles = [whole.infer(x[i : i + 1], state[i : i + 1]) for i in range(x.shape[0])]
+    for k in range(2):
+        np.testing.assert_array_equal(pieces[k], expected[k])
+        np.testing.assert_array_equal(np.concatenate([s[k] for s in singles]), expected[k])

@@ -25,7 +25,7 @@ def test_usage_and_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_device_script_carries_device_commands_only() -> None:
     from training.cli import COMMANDS, WORKSTATION_COMMANDS
 
-    assert {"train", "export", "quantize", "calibrate"} <= set(WORKSTATION_COMMANDS)
+    assert {"train", "export", "quantize", "predict"} <= set(WORKSTATION_COMMANDS)
     assert not set(DEVICE_COMMANDS) & set(WORKSTATION_COMMANDS)
     assert COMMANDS == {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}
     for module, _ in DEVICE_COMMANDS.values():  # no device command lives in training's CLIs

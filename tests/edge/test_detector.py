@@ -1,5 +1,6 @@
-"""Detector on hand-built probability sequences: hysteresis, minimum duration, merge gap,
-latching and acknowledgement, suppression, configuration errors."""
+"""The detector's event lifecycle on hand-built probability sequences, one output frame at a
+time: hysteresis, minimum duration, merge gap, latching and acknowledgement, ongoing messages,
+suppression, configuration errors."""
 
 from __future__ import annotations
 
@@ -11,53 +12,51 @@ import pytest
 from edge.config import ConfigError, from_mapping
 from edge.detector import (
     ClassThreshold,
-    Detector,
     DetectorConfig,
     DetectorError,
+    FrameDetector,
+    FrameGrid,
     Transition,
-    hysteresis,
     hysteresis_step,
 )
 
-CLASSES = ("Normal", "Wheeze", "Stridor", "Poor Quality")
+OUTPUTS = ("Wheeze", "Stridor", "Breath", "Poor Quality")
 RATE_HZ = 1000  # one sample per millisecond keeps the arithmetic readable
-WINDOW, HOP = 800, 200  # window k ends at 800 + 200 k; its span is [300 + 200 k, 500 + 200 k)
+HOP = 200
+GRID = FrameGrid(RATE_HZ, HOP, 300)  # frame k speaks for [300 + 200 k, 500 + 200 k)
 
 
 def span_start(k: int) -> int:
     return 300 + HOP * k
 
 
-def detector(**config: object) -> Detector:
+def detector(**config: object) -> FrameDetector:
     cfg = DetectorConfig(**{"min_event_ms": 0.0, "merge_gap_ms": 0.0, **config})  # type: ignore[arg-type]
-    return Detector(CLASSES, cfg, RATE_HZ, window_samples=WINDOW, hop_samples=HOP)
+    return FrameDetector(OUTPUTS, cfg, GRID)
+
+
+def frame(wheeze: float, stridor: float = 0.0, poor: float = 0.0) -> np.ndarray:
+    return np.array([[wheeze, stridor, 0.5, poor]], np.float32)
 
 
 def feed(
-    det: Detector, wheeze: list[float], stridor: list[float] | None = None
+    det: FrameDetector, wheeze: list[float], stridor: list[float] | None = None, first: int = 0
 ) -> list[tuple[int, Transition]]:
-    """Feed windows 0..n-1; returns (window index, transition) pairs."""
+    """Feed frames first..first+n-1; returns (frame index, transition) pairs."""
     stridor = stridor or [0.0] * len(wheeze)
     out = []
-    for k, (w, s) in enumerate(zip(wheeze, stridor, strict=True)):
-        probs = np.array([max(0.0, 1 - w - s), w, s, 0.0])
-        out += [(k, t) for t in det.update(WINDOW + HOP * k, probs)]
+    for k, (w, s) in enumerate(zip(wheeze, stridor, strict=True), start=first):
+        out += [(k, t) for t in det.update(k, frame(w, s))]
     return out
 
 
 def test_hysteresis_primitive() -> None:
-    assert hysteresis([0.1, 0.7, 0.5, 0.45, 0.3, 0.65, 0.2, 0.9], 0.6, 0.4) == [
-        (1, 3),
-        (5, 5),
-        (7, 7),
-    ]
-    assert hysteresis([], 0.6, 0.4) == []
     assert hysteresis_step(False, 0.5, 0.6, 0.4) is False
     assert hysteresis_step(True, 0.5, 0.6, 0.4) is True
     assert hysteresis_step(True, 0.39, 0.6, 0.4) is False
 
 
-def test_event_spans_the_centred_hops_of_its_windows() -> None:
+def test_event_spans_the_spans_of_its_frames() -> None:
     got = feed(detector(), [0.1, 0.7, 0.5, 0.45, 0.3, 0.1])
     assert [(k, t.state, t.start_sample, t.end_sample) for k, t in got] == [
         (1, "onset", span_start(1), None),
@@ -66,24 +65,24 @@ def test_event_spans_the_centred_hops_of_its_windows() -> None:
     onset, ended = got[0][1], got[1][1]
     assert onset.key == ended.key == f"Wheeze@{span_start(1)}"
     assert (onset.kind, onset.priority, onset.type) == ("physiological", "medium", "Wheeze")
-    assert onset.confidence == 0.7
-    assert ended.confidence == 0.7
+    assert onset.confidence == pytest.approx(0.7)
+    assert ended.confidence == pytest.approx(0.7)
 
 
 def test_minimum_duration_hides_short_events_and_delays_onset() -> None:
-    det = detector(min_event_ms=600.0)  # three windows' spans
-    assert feed(det, [0.9, 0.9, 0.1, 0.1]) == []  # two windows: never announced
+    det = detector(min_event_ms=600.0)  # three frames' spans
+    assert feed(det, [0.9, 0.9, 0.1, 0.1]) == []  # two frames: never announced
     got = feed(detector(min_event_ms=600.0), [0.1, 0.9, 0.8, 0.7, 0.1])
     assert [(k, t.state, t.start_sample, t.end_sample) for k, t in got] == [
         (3, "onset", span_start(1), None),
         (4, "ended", span_start(1), span_start(4)),
     ]
-    assert got[0][1].confidence == 0.9  # the peak so far, not the current value
+    assert got[0][1].confidence == pytest.approx(0.9)  # the peak so far, not the current value
 
 
 def test_merge_gap_continues_the_event() -> None:
     seq = [0.9, 0.1, 0.9, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1]
-    got = feed(detector(merge_gap_ms=200.0), seq)  # one window off merges, two do not
+    got = feed(detector(merge_gap_ms=200.0), seq)  # one frame off merges, two do not
     assert [(k, t.state, t.start_sample, t.end_sample) for k, t in got] == [
         (0, "onset", span_start(0), None),
         (4, "ended", span_start(0), span_start(3)),
@@ -96,11 +95,10 @@ def test_merge_gap_continues_the_event() -> None:
     assert merged[1][1].end_sample - merged[1][1].start_sample == 600
 
 
-def test_normal_and_poor_quality_never_make_events() -> None:
+def test_breath_and_poor_quality_never_make_events() -> None:
     det = detector()
     for k in range(5):
-        assert det.update(WINDOW + HOP * k, np.array([0.5, 0.0, 0.0, 0.5])) == []
-        assert det.update(WINDOW + HOP * k, np.array([0.0, 0.0, 0.0, 1.0])) == []
+        assert det.update(k, np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)) == []
 
 
 def test_latching_priority_stays_active_until_acknowledged() -> None:
@@ -123,7 +121,7 @@ def test_acknowledged_live_event_ends_on_its_own() -> None:
     det = detector()
     (onset,) = [t for _, t in feed(det, [0.0, 0.0], stridor=[0.9, 0.9])]
     assert det.acknowledge(onset.key) == []
-    ended = det.update(WINDOW + HOP * 2, np.array([1.0, 0.0, 0.0, 0.0]))
+    ended = det.update(2, frame(0.0))
     assert [(t.state, t.latched) for t in ended] == [("ended", False)]
 
 
@@ -151,11 +149,11 @@ def test_suppression_ends_open_events_and_blocks_new_ones() -> None:
     (ended,) = det.suppress(True)
     assert (ended.state, ended.end_sample) == ("ended", span_start(2))
     for k in range(2, 5):
-        assert det.update(WINDOW + HOP * k, np.array([0.0, 0.9, 0.0, 0.1])) == []
+        assert det.update(k, frame(0.9)) == []
     assert det.suppress(False) == []
     # After suppression the class must cross the onset threshold again.
-    assert det.update(WINDOW + HOP * 5, np.array([0.5, 0.5, 0.0, 0.0])) == []
-    (onset,) = det.update(WINDOW + HOP * 6, np.array([0.1, 0.9, 0.0, 0.0]))
+    assert det.update(5, frame(0.5)) == []
+    (onset,) = det.update(6, frame(0.9))
     assert onset.start_sample == span_start(6)
 
 
@@ -201,7 +199,7 @@ def test_config_errors_name_the_key() -> None:
 
 def test_thresholds_for_unknown_classes_and_bad_shapes_are_refused() -> None:
     cfg = DetectorConfig(thresholds=(ClassThreshold("Crackle", 0.5, 0.4),))
-    with pytest.raises(ConfigError, match="'Crackle' is not a model class"):
-        Detector(CLASSES, cfg, RATE_HZ, window_samples=WINDOW, hop_samples=HOP)
-    with pytest.raises(DetectorError, match=r"expected \(4,\) probabilities, got \(3,\)"):
-        detector().update(WINDOW, np.zeros(3))
+    with pytest.raises(ConfigError, match="'Crackle' is not a model output"):
+        FrameDetector(OUTPUTS, cfg, GRID)
+    with pytest.raises(DetectorError, match=r"expected \(n, 4\) probabilities, got \(3,\)"):
+        detector().update(0, np.zeros(3))

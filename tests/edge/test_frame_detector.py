@@ -13,7 +13,6 @@ from edge.config import ConfigError
 from edge.detector import (
     ClassThreshold,
     DetectedEvent,
-    Detector,
     DetectorConfig,
     DetectorError,
     FrameDetector,
@@ -217,8 +216,6 @@ def test_phase_output_must_be_a_model_output() -> None:
         FrameDetector(OUTPUTS, config(phases=PhaseRule(0.6, 0.4, 0.0, "Phase")), GRID)
     with pytest.raises(ConfigError, match="off_threshold"):
         PhaseRule(0.5, 0.7)
-    with pytest.raises(ConfigError, match="needs a frame-level"):  # the window detector
-        Detector(("Wheeze",), config(phases=PHASES), 8000, window_samples=16, hop_samples=4)
 
 
 def test_lead_reports_the_start_earlier_but_announces_at_the_same_frame() -> None:

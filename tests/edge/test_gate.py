@@ -10,7 +10,7 @@ import pytest
 from scipy.signal import lfilter
 
 from edge.config import ConfigError, from_mapping
-from edge.detector import Detector, DetectorConfig, Transition
+from edge.detector import DetectorConfig, FrameDetector, FrameGrid, Transition
 from edge.features import FeatureSpec
 from edge.gate import GateConfig, QualityGate
 from edge.pipeline import StreamPipeline
@@ -227,20 +227,17 @@ def test_suppression_gates_the_detector() -> None:
     """While the gate says poor quality, a confident detection neither starts nor stays open."""
     pipeline = StreamPipeline(SPEC, ("logmel",), WINDOW_FRAMES, HOP_FRAMES)
     gate = QualityGate(GateConfig(), RATE_HZ)
-    det = Detector(
-        ("Normal", "Wheeze"),
-        DetectorConfig(min_event_ms=0, merge_gap_ms=0),
-        RATE_HZ,
-        window_samples=pipeline.window_samples,
-        hop_samples=pipeline.hop_samples,
-    )
+    hop = pipeline.hop_samples  # one output frame per window, centred on it
+    grid = FrameGrid(RATE_HZ, hop, pipeline.window_samples // 2 - hop // 2)
+    det = FrameDetector(("Wheeze",), DetectorConfig(min_event_ms=0, merge_gap_ms=0), grid)
     x = np.concatenate([breath(3.0), np.zeros(3 * RATE_HZ, np.float32), breath(3.0, seed=2)])
     physiological: list[Transition] = []
     for i in range(0, x.shape[0], 1000):
         for window in pipeline.push(SourceChunk(x[i : i + 1000], i)):
             gate.update(window)
             physiological += det.suppress(gate.suppressed)
-            physiological += det.update(window.end_sample, np.array([0.05, 0.95]))
+            k = window.start_frame // HOP_FRAMES
+            physiological += det.update(k, np.array([[0.95]], np.float32))
     assert [t.state for t in physiological] == ["onset", "ended", "onset"]
     silence_start = hop_end(3 * RATE_HZ) - 2000
     assert physiological[1].end_sample <= silence_start + 2000

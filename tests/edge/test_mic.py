@@ -6,7 +6,7 @@ The device is an ALSA ``file`` PCM whose capture side reads a raw S16_LE recordi
 slave is not paced, so capture runs as fast as it is read; after the recording the device goes
 on delivering samples (the file again), which the tests cut off. The capture starts exactly at
 the recording's first sample (the test searches for the lag instead of assuming it), so the
-pipeline's windows and the detector's events equal those of
+pipeline's windows, the model's outputs and the detector's events equal those of
 :class:`~edge.sources.FileSource` on the same audio.
 """
 
@@ -20,11 +20,14 @@ import pytest
 import soundfile as sf
 
 from edge.backends import BackendConfig, open_backend
-from edge.detector import Detector, DetectorConfig, Transition
+from edge.detector import ClassThreshold, DetectorConfig, FrameDetector, FrameGrid, Transition
 from edge.features import FeatureSpec
-from edge.pipeline import StreamPipeline, WindowReady, infer_ready
+from edge.labels import DETECTED_CLASSES
+from edge.manifest import load_manifest
+from edge.pipeline import StreamPipeline, WindowReady
 from edge.sources import FileSource, SourceChunk, SourceEnded, SourceError
-from tests.edge.test_pipeline import tiny_model
+from edge.streaming import BedState, infer_beds
+from tests.streaming_fixture import tiny_streaming_folder
 
 pyaudio = pytest.importorskip("pyaudio", reason="pyaudio is not installed (lungwatch[mic])")
 from edge.sources.mic import MicSource  # noqa: E402
@@ -113,27 +116,30 @@ def file_samples(source: FileSource) -> np.ndarray:
             parts.append(chunk.samples)
 
 
-def detections(windows: list[WindowReady], model: Path) -> list[Transition]:
-    backend = open_backend(BackendConfig(), model)
-    probs = infer_ready(backend, [("bed", w) for w in windows])
-    detector = Detector(
-        ("Normal", "Wheeze"),
-        DetectorConfig(),
-        RATE_HZ,
-        window_samples=(WINDOW_FRAMES - 1) * SPEC.hop_samples + SPEC.frame_samples,
-        hop_samples=HOP_FRAMES * SPEC.hop_samples,
-    )
-    out = [t for w, p in zip(windows, probs, strict=True) for t in detector.update(w.end_sample, p)]
-    return out + detector.finish()
+def outputs(samples: np.ndarray, folder: Path) -> np.ndarray:
+    """The tiny streaming model's output frames over ``samples`` (800-sample chunks), (n, O)."""
+    manifest = load_manifest(folder / "manifest.json")
+    frames = manifest.streaming.input_frames
+    pipeline = StreamPipeline(manifest.feature_spec, manifest.kinds, frames, frames)
+    backend = open_backend(BackendConfig(), folder / "model.onnx")
+    bed = BedState(manifest.streaming)
+    probs = [
+        infer_beds(backend, [(bed, w.features)])[0].probs
+        for i in range(0, samples.shape[0], 800)
+        for w in pipeline.push(SourceChunk(samples[i : i + 800], i))
+    ]
+    return np.concatenate(probs)
 
 
-def loudness_model(path: Path, windows: list[WindowReady]) -> Path:
-    """A model whose 'Wheeze' logit rises with the window's mean log power."""
-    means = np.array([w.features.mean() for w in windows])
-    middle, spread = (means.min() + means.max()) / 2, max(float(np.ptp(means)), 1e-3)
-    weight = np.array([[0.0, 20.0 / spread]], np.float32)
-    bias = np.array([0.0, -20.0 * middle / spread], np.float32)
-    return tiny_model(path, 1, SPEC.n_bands, WINDOW_FRAMES, 2, weight, bias)
+def detections(probs: np.ndarray, folder: Path, on: dict[str, float]) -> list[Transition]:
+    """The events of ``probs`` with every class's on-threshold at ``on[class]``."""
+    manifest = load_manifest(folder / "manifest.json")
+    spec = manifest.feature_spec
+    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples,
+                        manifest.streaming.stride)  # fmt: skip
+    rules = tuple(ClassThreshold(c, v, v * 0.9) for c, v in on.items())
+    detector = FrameDetector(manifest.outputs, DetectorConfig(thresholds=rules), grid)
+    return detector.update(0, probs) + detector.finish()
 
 
 def test_mic_capture_gives_the_file_sources_windows_and_events(
@@ -156,10 +162,14 @@ def test_mic_capture_gives_the_file_sources_windows_and_events(
     assert len(mic_windows) == len(file_windows) > 20
     for a, b in zip(mic_windows, file_windows, strict=True):
         np.testing.assert_allclose(a.features, b.features, atol=1e-6, rtol=0)
-    model = loudness_model(tmp_path / "loud.onnx", file_windows)
-    expected = detections(file_windows, model)
+    folder = tiny_streaming_folder(tmp_path / "model")
+    file_probs, mic_probs = outputs(from_file, folder), outputs(captured, folder)
+    np.testing.assert_allclose(mic_probs, file_probs, atol=1e-5, rtol=0)
+    names = load_manifest(folder / "manifest.json").outputs
+    on = {c: float(np.median(file_probs[:, names.index(c)])) for c in DETECTED_CLASSES}
+    expected = detections(file_probs, folder, on)
     assert len([t for t in expected if t.state == "onset"]) >= 3
-    assert detections(mic_windows, model) == expected
+    assert detections(mic_probs, folder, on) == expected
 
 
 def test_device_rate_other_than_the_models_is_resampled_in_stream(

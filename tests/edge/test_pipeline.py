@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from edge.backends import BackendConfig, open_backend
-from edge.backends.base import InferenceBackend
 from edge.features import FeatureSpec, extract
-from edge.pipeline import PipelineError, StreamPipeline, WindowReady, infer_ready
+from edge.pipeline import PipelineError, StreamPipeline, WindowReady
 from edge.sources.base import SourceChunk
 
 SPEC = FeatureSpec(n_bands=24)
@@ -251,72 +247,3 @@ def test_bad_geometry_is_one_clear_error() -> None:
         StreamPipeline(SPEC, ("logmel", "logmel"), 10, 5)
     with pytest.raises(PipelineError, match="window_frames and hop_frames must be >= 1"):
         StreamPipeline(SPEC, ("logmel",), 0, 5)
-
-
-def tiny_model(
-    path: Path,
-    n_kinds: int,
-    n_bands: int,
-    n_frames: int,
-    n_classes: int,
-    weight: np.ndarray | None = None,
-    bias: np.ndarray | None = None,
-) -> Path:
-    """features (N,K,B,T) -> mean over bands and frames (N,K) -> Gemm (K,C) -> logits (N,C)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(7)
-    if weight is None:
-        weight = rng.standard_normal((n_kinds, n_classes)).astype(np.float32)
-    if bias is None:
-        bias = rng.standard_normal(n_classes).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["features"], ["pooled"], axes=[2, 3], keepdims=0),
-            helper.make_node("Gemm", ["pooled", "weight", "bias"], ["logits"]),
-        ],
-        "tiny",
-        [
-            helper.make_tensor_value_info(
-                "features", TensorProto.FLOAT, ["N", n_kinds, n_bands, n_frames]
-            )
-        ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_classes])],
-        [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def ort_backend(tmp_path: Path, n_kinds: int, n_classes: int = 4) -> InferenceBackend:
-    model = tiny_model(tmp_path / "tiny.onnx", n_kinds, SPEC.n_bands, WINDOW_FRAMES, n_classes)
-    return open_backend(BackendConfig(max_batch=4), model)
-
-
-def test_inference_batched_across_streams_equals_per_stream(tmp_path: Path) -> None:
-    backend = ort_backend(tmp_path, n_kinds=2)
-    kinds = ("logmel", "gammatone")
-    streams = {f"bed-{i}": StreamPipeline(SPEC, kinds, WINDOW_FRAMES, HOP_FRAMES) for i in range(3)}
-    audio = {sid: signal(2.0, seed=i) for i, sid in enumerate(streams)}
-    batched: dict[str, list[np.ndarray]] = {sid: [] for sid in streams}
-    for start in range(0, 16000, 800):  # every stream advances by one chunk, then one call
-        ready = [
-            (sid, w)
-            for sid, p in streams.items()
-            for w in p.push(SourceChunk(audio[sid][start : start + 800], start))
-        ]
-        for (sid, _), probs in zip(ready, infer_ready(backend, ready), strict=True):
-            batched[sid].append(probs)
-    for sid in streams:
-        windows = run(
-            StreamPipeline(SPEC, kinds, WINDOW_FRAMES, HOP_FRAMES), chunked(audio[sid], [4096])
-        )
-        alone = [infer_ready(backend, [(sid, w)])[0] for w in windows]
-        assert len(alone) == len(batched[sid]) > 2
-        np.testing.assert_allclose(np.stack(batched[sid]), np.stack(alone), atol=1e-5)
-        np.testing.assert_allclose(np.stack(alone).sum(axis=1), 1.0, atol=1e-5)
-    assert infer_ready(backend, []) == []

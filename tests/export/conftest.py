@@ -1,5 +1,5 @@
-"""Shared by the export tests: a small untrained model, synthetic calibration audio, and the
-exported (fp32) and quantized (int8) model folder built from them once per session."""
+"""Shared by the export tests: synthetic calibration audio, and the tiny streaming model folder
+exported (fp32) and quantized (int8) from it once per session by the real export path."""
 
 from __future__ import annotations
 
@@ -7,23 +7,16 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from training.checkpoint import save_checkpoint
-from training.config import RunConfig, load_run_config
+from tests.streaming_fixture import tiny_streaming_folder
 from training.datasets.synthetic import synthesize
-from training.features_cache import FeatureStore
-from training.models import build_model
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "training" / "configs" / "tiny.yaml"
 RATE_HZ = 8000
-RECORDING_S = 3.5  # 3 windows of 96 frames (0.97 s) each
-BN_PASSES = 5  # train-mode passes that give the untrained model realistic batch-norm stats
-CALIB_MAX_WINDOWS = 8  # of the 12 windows in the recordings: a real sample
+RECORDING_S = 3.5
+CALIB_MAX_CHUNKS = 8
 # name (nested folders allowed), seed, crackles, wheezes, subtype
 RECORDINGS = (
     ("a_normal.wav", 1, 0, 0, "PCM_16"),
@@ -43,11 +36,6 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def tiny_run() -> RunConfig:
-    return load_run_config(TINY)
-
-
-@pytest.fixture(scope="session")
 def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four synthetic lung sounds (WAV and FLAC, one in a subfolder) and a non-audio file."""
     folder = tmp_path_factory.mktemp("calib")
@@ -60,59 +48,23 @@ def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _realistic_model(run: RunConfig, calib_dir: Path) -> torch.nn.Module:
-    """An untrained model with input statistics and batch-norm statistics of real features."""
-    torch.manual_seed(run.seed)
-    model = build_model(run.model_config())
-    store = FeatureStore(run.features, run.kinds)
-    features = [store.features(p) for p in sorted(calib_dir.rglob("*.wav"))]
-    stacked = np.concatenate(features, axis=-1)  # (K, F, frames)
-    model.set_input_stats(stacked.mean(axis=-1), stacked.std(axis=-1) + 1e-3)
-    window = run.data.window_frames
-    batch = np.stack([f[..., s : s + window] for f in features for s in (0, window)])
-    model.train()
-    with torch.no_grad():
-        for _ in range(BN_PASSES):
-            model(torch.from_numpy(batch))
-    return model.eval()
-
-
 @pytest.fixture(scope="session")
-def tiny_checkpoint(
-    tmp_path_factory: pytest.TempPathFactory, tiny_run: RunConfig, calib_dir: Path
-) -> Path:
-    """An untrained tiny model (training/configs/tiny.yaml) saved as a checkpoint."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    model = _realistic_model(tiny_run, calib_dir)
-    record_thresholds = {"poor_quality": 0.5, "cas": 0.8, "das": 0.7}
-    return save_checkpoint(path, model, tiny_run, epoch=0, record_thresholds=record_thresholds)
-
-
-@pytest.fixture(scope="session")
-def exported_dir(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    """A model folder with model.onnx + manifest.json, as ``lungwatch export`` leaves it."""
-    from export.to_onnx import export_checkpoint
-
-    folder = tmp_path_factory.mktemp("model")
-    export_checkpoint(tiny_checkpoint, folder / "model.onnx")
-    return folder
+def exported_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model folder (model.pt, model.onnx, manifest.json) as export leaves it."""
+    return tiny_streaming_folder(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="session")
 def quantized_dir(
     tmp_path_factory: pytest.TempPathFactory, exported_dir: Path, calib_dir: Path
 ) -> Path:
-    """A copy of ``exported_dir`` after ``quantize`` (8 windows): adds model.int8.onnx."""
-    from export.quantize import quantize_model
+    """A copy of ``exported_dir`` after quantization: adds model.int8.onnx."""
+    from export.quantize_streaming import main
 
     folder = Path(shutil.copytree(exported_dir, tmp_path_factory.mktemp("int8") / "model"))
-    quantize_model(
-        folder / "model.onnx",
-        calib_dir,
-        folder / "model.int8.onnx",
-        max_windows=CALIB_MAX_WINDOWS,
-        seed=0,
-    )
+    argv = ["--model", str(folder / "model.onnx"), "--out", str(folder / "model.int8.onnx"),
+            "--calib-dir", str(calib_dir), "--max-chunks", str(CALIB_MAX_CHUNKS)]  # fmt: skip
+    assert main(argv) == 0
     return folder
 
 

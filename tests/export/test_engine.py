@@ -39,7 +39,7 @@ from export.engine import (
     trtexec_argv,
     trtexec_version,
 )
-from tests.edge.test_backends import INPUT_SHAPE, N_CLASSES, write_gemm_model
+from tests.edge.test_backends import INPUT_SHAPE, OUTPUT_SHAPE, STATE_SIZE, write_gemm_model
 
 pytest.importorskip("onnx", reason="onnx is needed to build the test models")
 
@@ -47,13 +47,13 @@ pytest.importorskip("onnx", reason="onnx is needed to build the test models")
 def write_manifest_stub(folder: Path) -> Path:
     """The part of a model folder's manifest.json that recording an engine touches."""
     path = folder / "manifest.json"
-    path.write_text(json.dumps({"schema_version": 1, "files": {}}))
+    path.write_text(json.dumps({"schema_version": 2, "files": {}}))
     return path
 
 
 @pytest.fixture
 def gemm_path(tmp_path: Path) -> Path:
-    """A Flatten + Gemm ONNX model in a model folder that has a manifest."""
+    """A streaming Gemm ONNX model in a model folder that has a manifest."""
     write_manifest_stub(tmp_path)
     return write_gemm_model(tmp_path / "model.onnx").path
 
@@ -64,6 +64,7 @@ def _plan(tmp_path: Path, precision: str) -> BuildPlan:
         out=tmp_path / "model.plan",
         precision=precision,
         input_shape=(1, 64, 40),
+        state_size=100,
         timing_cache=tmp_path / "timing.cache",
         max_batch=32,
         opt_batch=8,
@@ -85,9 +86,9 @@ def test_trtexec_argv_per_precision(tmp_path: Path, precision: str, flag: str) -
         f"--onnx={tmp_path / 'model.int8.onnx'}",
         f"--saveEngine={tmp_path / '.model.plan.tmp'}",
         flag,
-        "--minShapes=features:1x1x64x40",
-        "--optShapes=features:8x1x64x40",
-        "--maxShapes=features:32x1x64x40",
+        "--minShapes=features:1x1x64x40,state:1x100",
+        "--optShapes=features:8x1x64x40,state:8x100",
+        "--maxShapes=features:32x1x64x40,state:32x100",
         f"--timingCacheFile={tmp_path / 'timing.cache'}",
         "--memPoolSize=workspace:512M",
         "--skipInference",
@@ -142,7 +143,7 @@ def test_input_shape_read_from_a_real_onnx_file(gemm_path: Path, tmp_path: Path)
     with pytest.raises(EngineBuildError, match=r"only the batch dynamic, got \['N', 1, 8, 'T'\]"):
         read_input_shape(dynamic_t)
     renamed = write_gemm_model(tmp_path / "renamed.onnx", input_name="x").path
-    with pytest.raises(EngineBuildError, match=r"no input 'features' \(inputs: \['x'\]\)"):
+    with pytest.raises(EngineBuildError, match=r"no input 'features' \(inputs: \['x', 'state'\]"):
         read_input_shape(renamed)
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\xff\xfe garbage" * 8)
@@ -380,32 +381,44 @@ def _require_tensorrt() -> Any:
 
 
 def write_qdq_model(path: Path, seed: int = 0) -> None:
-    """Flatten + Gemm with explicit INT8 Q/DQ on the input and the weights (opset 17)."""
+    """The streaming Gemm model of :func:`write_gemm_model` with explicit INT8 Q/DQ on the
+    features and the weights of its output Gemm (opset 17)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    n_in = int(np.prod(INPUT_SHAPE))
-    weight_q = rng.integers(-127, 128, size=(N_CLASSES, n_in)).astype(np.int8)
+    n_in, n_out = int(np.prod(INPUT_SHAPE)), int(np.prod(OUTPUT_SHAPE))
     arrays = {
         "x_scale": np.array(4.0 / 127, np.float32),
         "w_scale": np.array(0.5 / (127 * np.sqrt(n_in)), np.float32),
         "zero": np.array(0, np.int8),
-        "W_q": weight_q,
-        "b": rng.standard_normal(N_CLASSES).astype(np.float32),
+        "W_q": rng.integers(-127, 128, size=(n_out, n_in)).astype(np.int8),
+        "b": rng.standard_normal(n_out).astype(np.float32),
+        "shape": np.array([-1, *OUTPUT_SHAPE], np.int64),
+        "Vt": (rng.standard_normal((n_in, STATE_SIZE)) / n_in).astype(np.float32),
     }
     nodes = [
         helper.make_node("QuantizeLinear", ["features", "x_scale", "zero"], ["x_q"]),
         helper.make_node("DequantizeLinear", ["x_q", "x_scale", "zero"], ["x_dq"]),
         helper.make_node("DequantizeLinear", ["W_q", "w_scale", "zero"], ["W"]),
         helper.make_node("Flatten", ["x_dq"], ["flat"], axis=1),
-        helper.make_node("Gemm", ["flat", "W", "b"], ["logits"], transB=1),
+        helper.make_node("Gemm", ["flat", "W", "b"], ["gemm"], transB=1),
+        helper.make_node("Sigmoid", ["gemm"], ["sig"]),
+        helper.make_node("Reshape", ["sig", "shape"], ["probs"]),
+        helper.make_node("MatMul", ["flat", "Vt"], ["step"]),
+        helper.make_node("Add", ["state", "step"], ["state_out"]),
     ]
     graph = helper.make_graph(
         nodes,
         "qdq_gemm",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", *INPUT_SHAPE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", N_CLASSES])],
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", *INPUT_SHAPE]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, ["N", STATE_SIZE]),
+        ],
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", *OUTPUT_SHAPE]),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, ["N", STATE_SIZE]),
+        ],
         [numpy_helper.from_array(v, k) for k, v in arrays.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -418,19 +431,22 @@ def _build_and_compare(onnx_path: Path, out: Path, argv_extra: list[str], atol: 
     argv = [str(onnx_path), "--out", str(out), "--max-batch", "8", "--opt-batch", "4", *argv_extra]
     assert engine.main(argv) == 0
     entry = json.loads((out.parent / "manifest.json").read_text())["files"][out.name]
-    x = np.random.default_rng(3).uniform(-3, 3, (19, *INPUT_SHAPE)).astype(np.float32)
-    expected = OrtBackend(onnx_path).infer(x)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-3, 3, (19, *INPUT_SHAPE)).astype(np.float32)
+    state = rng.standard_normal((19, STATE_SIZE)).astype(np.float32)
+    expected = OrtBackend(onnx_path).infer(x, state)
     backend = TensorRTBackend(out, max_batch=64)
     try:
         assert backend.max_batch == 8  # the engine's profile caps the configured 64
         assert backend.input_shape == INPUT_SHAPE
-        assert backend.n_classes == N_CLASSES
-        logits = backend.infer(x)  # 19 rows: pieces of 8, 8, 3
+        assert (backend.state_size, backend.output_shape) == (STATE_SIZE, OUTPUT_SHAPE)
+        got = backend.infer(x, state)  # 19 rows: pieces of 8, 8, 3
     finally:
         backend.close()
-    assert logits.shape == (19, N_CLASSES)
-    assert logits.dtype == np.float32
-    np.testing.assert_allclose(logits, expected, rtol=2e-2, atol=atol)
+    assert got[0].shape == (19, *OUTPUT_SHAPE)
+    assert got[0].dtype == got[1].dtype == np.float32
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=atol)
     return entry
 
 

@@ -19,7 +19,6 @@ import pytest
 from edge.backends.base import BackendError, StreamingIO
 from edge.backends.onnxruntime import OrtBackend
 from edge.backends.tensorrt import (
-    EngineIO,
     EngineTensor,
     TensorRTBackend,
     engine_contract,
@@ -33,7 +32,6 @@ from export.engine import (
     read_state_size,
     trtexec_argv,
 )
-from tests.edge.test_backends import write_gemm_model
 from tests.export.test_engine import _require_tensorrt, write_manifest_stub
 
 pytest.importorskip("onnx", reason="onnx reads the model's input shapes")
@@ -49,8 +47,7 @@ def shipped() -> tuple[StreamingIO, dict]:
         pytest.skip(f"{SED_INT8} is not in this checkout")
     backend = OrtBackend(SED_INT8)
     try:
-        assert backend.streaming is not None
-        return backend.streaming, json.loads((SED / "manifest.json").read_text())
+        return backend.io, json.loads((SED / "manifest.json").read_text())
     finally:
         backend.close()
 
@@ -61,10 +58,10 @@ def _plan(onnx_path: Path, out: Path) -> BuildPlan:
         out,
         "int8",
         read_input_shape(onnx_path),
+        read_state_size(onnx_path),
         out.parent / "timing.cache",
         max_batch=64,
         opt_batch=16,
-        state_size=read_state_size(onnx_path),
     )
 
 
@@ -93,12 +90,20 @@ def test_streaming_model_profile_covers_features_and_state(
         assert expected in argv
 
 
-def test_window_model_profile_has_no_state(tmp_path: Path) -> None:
-    gemm = write_gemm_model(tmp_path / "model.onnx").path
-    plan = _plan(gemm, tmp_path / "model.plan")
-    assert plan.state_size is None
-    assert list(plan.profiles()) == ["features"]
-    assert not any("state:" in arg for arg in trtexec_argv(plan, plan.out))
+def test_a_model_without_state_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["features"], ["probs"])],
+        "no_state",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 1, 8, 16])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 1, 8, 16])],
+    )
+    path = tmp_path / "nostate.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(EngineBuildError, match=r"no input 'state' \(inputs: \['features'\]\)"):
+        read_state_size(path)
 
 
 def test_a_state_input_with_a_static_batch_is_refused(tmp_path: Path) -> None:
@@ -132,15 +137,16 @@ def _streaming_tensors(io: StreamingIO) -> list[EngineTensor]:
 def test_a_streaming_engine_is_recognised(shipped: tuple[StreamingIO, dict]) -> None:
     io, _ = shipped
     found = engine_contract(_streaming_tensors(io)[::-1], "model.plan")  # any tensor order
-    assert found == EngineIO(io.input_shape, io.output_shape[0], io)
+    assert found == io
 
 
-def test_a_window_engine_is_recognised() -> None:
+def test_a_window_engine_is_refused() -> None:
     tensors = [
         EngineTensor("features", True, True, (-1, 1, 64, 200)),
         EngineTensor("logits", False, True, (-1, 8)),
     ]
-    assert engine_contract(tensors, "model.plan") == EngineIO((1, 64, 200), 8, None)
+    with pytest.raises(BackendError, match=r"engine I/O must be inputs \['features', 'state'\]"):
+        engine_contract(tensors, "model.plan")
 
 
 @pytest.mark.parametrize(
@@ -197,14 +203,12 @@ def test_streaming_engine_carries_each_beds_state_like_onnxruntime(
     x = mean + rng.standard_normal((chunks, beds, *io.input_shape)).astype(np.float32)
     ort, trt = OrtBackend(onnx_path), TensorRTBackend(out, max_batch=64)
     try:
-        assert trt.streaming == io
+        assert trt.io == io
         assert trt.max_batch == 8  # the engine's profile caps the configured 64
-        with pytest.raises(BackendError, match="use infer_streaming"):
-            trt.infer(x[0])
         s_ort = s_trt = np.zeros((beds, io.state_size), np.float32)
         for c in range(chunks):
-            p_ort, s_ort = ort.infer_streaming(x[c], s_ort)
-            p_trt, s_trt = trt.infer_streaming(x[c], s_trt)
+            p_ort, s_ort = ort.infer(x[c], s_ort)
+            p_trt, s_trt = trt.infer(x[c], s_trt)
             assert p_trt.shape == (beds, *io.output_shape)
             np.testing.assert_allclose(p_trt, p_ort, atol=5e-2)
         assert np.abs(s_trt).max() > 0  # the context was carried

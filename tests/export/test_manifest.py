@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from edge.errors import FeatureSpecMismatchError
+from edge.features import FeatureSpec
 from edge.manifest import (
     Manifest,
     ManifestError,
@@ -21,10 +22,7 @@ from edge.manifest import (
     sha256_file,
     verify_file,
 )
-from export.manifest import record_artifact, set_validation, tool_versions
-from export.to_onnx import export_checkpoint
-from training.checkpoint import load_model, save_checkpoint
-from training.config import RunConfig
+from export.manifest import record_artifact, tool_versions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,42 +40,33 @@ def _edit(folder: Path, change: Any) -> Path:
     return path
 
 
-def test_export_writes_a_complete_manifest(
-    exported_dir: Path, tiny_checkpoint: Path, tiny_run: RunConfig
-) -> None:
+def test_export_writes_a_complete_manifest(exported_dir: Path) -> None:
     data = json.loads((exported_dir / "manifest.json").read_text())
-    checkpoint_sha = _sha(tiny_checkpoint)
-    assert data["schema_version"] == 1
+    checkpoint_sha = _sha(exported_dir / "model.pt")
+    assert data["schema_version"] == 2
     assert data["model_id"] == f"tiny-{checkpoint_sha[:12]}"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["created_utc"])
-    assert data["checkpoint"] == {"file": "tiny.pt", "sha256": checkpoint_sha}
+    assert data["checkpoint"] == {"file": "model.pt", "sha256": checkpoint_sha}
     entry = data["files"]["model.onnx"]
     assert entry["sha256"] == _sha(exported_dir / "model.onnx")
     assert entry["bytes"] == (exported_dir / "model.onnx").stat().st_size
     assert entry["precision"] == "fp32"
-    assert entry["parity"]["max_abs_diff"] <= 1e-4
-    assert data["onnx"] == {
-        "opset": 17,
-        "input": "features",
-        "output": "logits",
-        "input_shape": [None, 1, 32, 96],
-    }
-    assert data["feature_spec"] == tiny_run.features.to_dict()
+    assert entry["parity"]["max_abs_prob_diff"] <= 1e-4
+    assert data["onnx"]["inputs"] == {"features": [1, 64, 16], "state": [data["streaming"][
+        "state_size"]]}  # fmt: skip
+    assert data["feature_spec"] == FeatureSpec().to_dict()
     assert data["kinds"] == ["logmel"]
-    assert data["classes"] == ["Normal", "Wheeze", "Fine Crackle"]
-    assert (data["window_frames"], data["hop_frames"]) == (96, 24)
-    assert data["record_thresholds"] == {"poor_quality": 0.5, "cas": 0.8, "das": 0.7}
+    assert data["outputs"][-2:] == ["Breath", "Poor Quality"]
     assert {"python", "numpy", "torch", "onnx", "onnxruntime"} <= set(data["tools"])
 
 
-def test_load_manifest_gives_the_device_contract(exported_dir: Path, tiny_run: RunConfig) -> None:
+def test_load_manifest_gives_the_device_contract(exported_dir: Path) -> None:
     manifest = load_manifest(exported_dir / "manifest.json")
     assert isinstance(manifest, Manifest)
-    assert manifest.feature_spec == tiny_run.features
-    assert manifest.input_shape == (1, 32, 96)
-    assert (manifest.window_frames, manifest.hop_frames) == (96, 24)
-    assert manifest.classes == ("Normal", "Wheeze", "Fine Crackle")
-    assert manifest.record_thresholds == {"poor_quality": 0.5, "cas": 0.8, "das": 0.7}
+    assert manifest.feature_spec == FeatureSpec()
+    assert manifest.input_shape == (1, 64, 16)
+    assert manifest.streaming.input_frames == 16
+    assert manifest.outputs[-2:] == ("Breath", "Poor Quality")
     assert manifest.file_path("model.onnx") == exported_dir / "model.onnx"
     assert verify_file(manifest, exported_dir / "model.onnx").precision == "fp32"
 
@@ -108,13 +97,13 @@ def test_unlisted_and_missing_files_are_refused(model_copy: Path) -> None:
         verify_file(manifest, model_copy / "model.onnx")
 
 
-def test_feature_spec_mismatch_is_refused(exported_dir: Path, tiny_run: RunConfig) -> None:
+def test_feature_spec_mismatch_is_refused(exported_dir: Path) -> None:
     manifest = load_manifest(exported_dir / "manifest.json")
-    require_spec(manifest, tiny_run.features)  # the same spec passes
-    with pytest.raises(FeatureSpecMismatchError, match=r"n_bands: model 32 vs config 64"):
-        require_spec(manifest, tiny_run.features.replace(n_bands=64))
+    require_spec(manifest, FeatureSpec())  # the same spec passes
+    with pytest.raises(FeatureSpecMismatchError, match=r"n_bands: model 64 vs config 32"):
+        require_spec(manifest, FeatureSpec().replace(n_bands=32))
     with pytest.raises(FeatureSpecMismatchError, match="kind: model"):
-        require_spec(manifest, tiny_run.features.replace(kind="gammatone"))
+        require_spec(manifest, FeatureSpec().replace(kind="gammatone"))
 
 
 def _drop(key: str) -> Any:
@@ -128,18 +117,15 @@ def _set(key: str, value: Any) -> Any:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (_drop("window_frames"), "window_frames is missing"),
+        (_drop("streaming"), "streaming is missing"),
+        (_set("schema_version", 1), "schema_version 1 is not supported"),
         (_set("schema_version", 3), "schema_version 3 is not supported"),
-        (_set("schema_version", 2), "streaming is missing"),
-        (_set("hop_frames", 200), "hop_frames must be an integer in [1, window_frames=96]"),
         (_set("kinds", ["mfcc"]), "kinds must be feature kinds"),
-        (_set("classes", ["Normal"]), "classes must be a list of at least 2"),
-        (_set("record_thresholds", {"cas": "high"}), "record_thresholds must be a mapping"),
+        (_set("outputs", []), "outputs must be a list of at least 1"),
         (
-            lambda d: d["onnx"].__setitem__("input_shape", [None, 1, 64, 96]),
-            "onnx.input_shape must be [null, 1, 32, 96]",
+            lambda d: d["onnx"]["inputs"].__setitem__("features", [1, 32, 16]),
+            "onnx.inputs must be {'features': [1, 64, 16]",
         ),
-        (lambda d: d["onnx"].__setitem__("output", "probs"), "onnx.output must be 'logits'"),
         (
             lambda d: d["files"]["model.onnx"].__setitem__("sha256", "xyz"),
             "files['model.onnx'].sha256 must be 64 lowercase hex characters",
@@ -165,7 +151,7 @@ def test_load_manifest_errors_name_file_and_key(
 def test_unreadable_manifests(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="manifest not found"):
         load_manifest(tmp_path / "manifest.json")
-    (tmp_path / "manifest.json").write_text('{"schema_version": 1,')
+    (tmp_path / "manifest.json").write_text('{"schema_version": 2,')
     with pytest.raises(ManifestError, match=r"not valid JSON \(line 1"):
         load_manifest(tmp_path / "manifest.json")
 
@@ -175,13 +161,11 @@ def test_record_artifact_adds_an_entry_atomically(model_copy: Path) -> None:
     engine = model_copy / "model.int8.plan"
     engine.write_bytes(b"\x00serialized engine")
     record_artifact(manifest_path, engine, precision="int8", extra={"tensorrt_version": "10.3.0"})
-    set_validation(manifest_path, "int8", {"score": 0.8})
     entry = load_manifest(manifest_path).files["model.int8.plan"]
     assert (entry.sha256, entry.bytes, entry.precision) == (_sha(engine), 18, "int8")
     assert entry.extra["tensorrt_version"] == "10.3.0"
     data = json.loads(manifest_path.read_text())
     assert set(data["files"]) == {"model.onnx", "model.int8.onnx", "model.int8.plan"}
-    assert data["validation"]["int8"] == {"score": 0.8}
     assert sorted(p.name for p in model_copy.iterdir() if p.name.endswith(".tmp")) == []
     assert oct(manifest_path.stat().st_mode & 0o777) == "0o644"
 
@@ -195,22 +179,6 @@ def test_record_artifact_refuses_other_folders_and_missing_manifest(
         record_artifact(model_copy / "manifest.json", stray, precision="int8")
     with pytest.raises(ManifestError, match="manifest not found"):
         record_artifact(tmp_path / "manifest.json", stray, precision="int8")
-
-
-def test_reexport_keeps_derived_files_only_for_the_same_model(
-    model_copy: Path, tiny_checkpoint: Path, tmp_path: Path
-) -> None:
-    export_checkpoint(tiny_checkpoint, model_copy / "model.onnx")  # same bytes again
-    kept = json.loads((model_copy / "manifest.json").read_text())
-    assert set(kept["files"]) == {"model.onnx", "model.int8.onnx"}
-    assert "calibration" in kept
-    loaded = load_model(tiny_checkpoint)
-    other = save_checkpoint(tmp_path / "other.pt", loaded.model, loaded.run, epoch=1)
-    export_checkpoint(other, model_copy / "model.onnx")
-    fresh = json.loads((model_copy / "manifest.json").read_text())
-    assert set(fresh["files"]) == {"model.onnx"}
-    assert "calibration" not in fresh
-    assert fresh["checkpoint"]["sha256"] == _sha(other)
 
 
 def test_tool_versions_lists_only_importable_packages() -> None:

@@ -19,8 +19,8 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from export.opcheck import check_tensorrt_compat  # noqa: E402
-from export.quantize import QUANTIZED_OPS  # noqa: E402
 from export.quantize_streaming import (  # noqa: E402
+    QUANTIZED_OPS,
     StreamingQuantizeError,
     calibration_chunks,
     main,

@@ -35,8 +35,8 @@ def test_export_writes_what_the_device_reads(folder: Path) -> None:
     assert info is not None
     assert (info.chunk_frames, info.stride, info.lookahead_frames) == (CHUNK_FRAMES, 4, 2)
     assert manifest.input_shape == (1, 64, CHUNK_FRAMES * 4)
-    assert manifest.window_frames == manifest.hop_frames == CHUNK_FRAMES * 4
-    assert manifest.classes[-2:] == ("Breath", "Poor Quality")
+    assert manifest.streaming.input_frames == CHUNK_FRAMES * 4
+    assert manifest.outputs[-2:] == ("Breath", "Poor Quality")
     assert manifest.detector_rules == (RULE,)
     assert manifest.quality_thresholds == (0.7, 0.5)
     entry = verify_file(manifest, folder / "model.onnx")
@@ -117,11 +117,8 @@ def test_export_refuses_kinds_that_do_not_fit_the_model(tmp_path: Path) -> None:
         export_folder(checkpoint, tmp_path / "out", "x", 4)
 
 
-def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
+def test_cli_refuses_half_a_quality_gate(tmp_path: Path) -> None:
     checkpoint = tiny_checkpoint(tmp_path / "c.pt")
-    code = main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "--name", "t",
-                 "--poor-on", "0.5"])  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 1
-    assert err.count("\n") == 1
-    assert "--poor-on and --poor-off go together" in err
+    with pytest.raises(StreamingModelError, match="--poor-on and --poor-off go together"):
+        main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "--name", "t",
+              "--poor-on", "0.5"])  # fmt: skip

@@ -207,7 +207,10 @@ def window_geometry() -> tuple[int, int]:
     """(window_samples, hop_samples) of the shipped model's windows."""
     manifest = load_manifest(MODEL_DIR / "manifest.json")
     pipeline = StreamPipeline(
-        manifest.feature_spec, manifest.kinds, manifest.window_frames, manifest.hop_frames
+        manifest.feature_spec,
+        manifest.kinds,
+        manifest.streaming.input_frames,
+        manifest.streaming.input_frames,
     )
     return pipeline.window_samples, pipeline.hop_samples
 

@@ -165,17 +165,6 @@ def test_kept_frames_cover_the_recording_and_do_not_depend_on_the_read_size(fold
         assert np.allclose(probs, runs[1][name].probs, atol=1e-5)
 
 
-def test_keeping_frames_needs_a_streaming_model(audio_dir):
-    from edge.offline import OfflineError, detect_recordings, recordings_in
-    from tests.edge.runtime_helpers import REPO_ROOT
-
-    window_model = REPO_ROOT / "models/edge"
-    if not (window_model / "model.onnx").is_file():
-        pytest.skip("models/edge (the window classifier) is not in this checkout")
-    with pytest.raises(OfflineError, match="not a streaming model"):
-        detect_recordings(recordings_in([audio_dir]), window_model, "model.onnx", keep_probs=True)
-
-
 def test_predict_on_a_streaming_model_labels_every_annotated_event(tmp_path, folder, audio_dir):
     from training.datasets.sprsound import load_sprsound
     from training.evaluate import main as evaluate_main
