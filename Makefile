@@ -9,8 +9,8 @@
 #   make bench    benchmarks, results in bench/results/
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
 #   make deploy   DEVICE=jetson [DRY_RUN=1]: bundle, install, check, roll back (docs/deploy.md)
-#   make train-sed the shipped detector's whole recipe into out/models/sed (train, fit, export,
-#                 INT8, Task rules; SEED=0); copy the folder to models/sed to ship it
+#   make train-sed the shipped detector's whole recipe into out/models/sed (train and fit the
+#                 rules, export, INT8, Task rules; SEED=0); copy the folder to models/sed
 #   make lock     refresh the lock files from pyproject.toml (UPGRADE=1: newest allowed versions)
 #   make sysdeps  only install the Debian packages (GROUP=edge|dev)
 
@@ -84,22 +84,21 @@ bench: $(VENV)/.installed-dev
 fuzz: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)
 
-# The frame-level detector in models/sed, as docs/models/sed.md ("Data and training") builds it.
+# The shipped detector's whole recipe (docs/models/sed.md, "Data and training"): train (the
+# run YAML holds the recipe; the detector rules are fitted on validation into the checkpoint),
+# export, INT8, the Task rules. SEED picks the run; copy $(SED_OUT) to models/sed to ship it.
 SEED ?= 0
-SED_RUN = out/proto/sed-seed$(SEED)
+SED_RUN = out/runs/sed-seed$(SEED)
 SED_OUT ?= out/models/sed
 SED_DATA ?= $(or $(LUNGWATCH_DATA_DIR),../shared/data)
 train-sed: $(VENV)/.installed-dev
 	$(VENV)/bin/lungwatch train --config training/configs/sed.yaml --set seed=$(SEED) \
 	  --set name=sed-seed$(SEED) $(ARGS)
-	$(VENV)/bin/python -m training.sed_calibrate --checkpoint $(SED_RUN)/best.pt \
-	  --out $(SED_RUN)/fitted.json --phases
-	$(VENV)/bin/lungwatch export --checkpoint $(SED_RUN)/best.pt --out $(SED_OUT) \
-	  --name sed-seed$(SEED) --detector $(SED_RUN)/fitted.json --poor-on 0.6 --poor-off 0.4
+	$(VENV)/bin/lungwatch export --checkpoint $(SED_RUN)/best.pt --out $(SED_OUT)
 	$(VENV)/bin/lungwatch quantize --model $(SED_OUT)/model.onnx \
 	  --out $(SED_OUT)/model.int8.onnx --calib-dir $(SED_DATA)/sprsound/train \
 	  --max-files 600 --max-chunks 2048 --exclude /model/stems.0/stems.0.0/Conv
-	$(VENV)/bin/python -m training.sed_tasks --model $(SED_OUT)/model.int8.onnx
+	$(VENV)/bin/lungwatch tasks --model $(SED_OUT)/model.int8.onnx
 
 clean:
 	rm -rf $(VENV) $(EDGE_VENV) out build *.egg-info

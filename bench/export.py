@@ -81,8 +81,8 @@ def optimised_census(path: Path) -> dict[str, int]:
 def streaming_feed(path: Path, beds: int) -> tuple[dict[str, np.ndarray], float]:
     """One chunk's inputs for ``beds`` beds (log-feature-like features, non-negative states as
     the caches of ReLU outputs are) and the seconds of audio a chunk holds."""
-    from export.quantize_streaming import folder_info, read_shapes
-    from export.sed_onnx import FEATURES, STATE
+    from export.quantize import folder_info, read_shapes
+    from export.to_onnx import FEATURES, STATE
 
     shapes = read_shapes(path)
     spec = folder_info(path, shapes).spec

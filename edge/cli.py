@@ -29,7 +29,10 @@ DEVICE_COMMANDS: Commands = {
     ),
     "run": ("edge.runtime", "the bedside runtime: streams -> model -> events over MQTT"),
     "dashboard": ("edge.dashboard.cli", "the ward view: a web page of every bed on the broker"),
-    "detect": ("training.detect", "events in whole recordings through the device path (JSON)"),
+    "detect": (
+        "training.scoring.detect",
+        "events in whole recordings through the device path (JSON)",
+    ),
     "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
     "engine": ("export.engine", "Q/DQ ONNX -> TensorRT engine on this machine (TensorRT 10)"),
     "bridge": ("firmware_bridge.cli", "receive a wearable stethoscope stream and report it"),

@@ -5,12 +5,12 @@
     verify_file(manifest, Path("models/sed/model.int8.onnx"))   # ManifestError if it changed
 
 One ``manifest.json`` per model folder covers every artifact in it (``model.onnx``,
-``model.int8.onnx``, TensorRT engines). It is written on the workstation by
-:mod:`export.manifest` (and extended on the device when an engine is built); this module only
-reads and checks it, with numpy-free standard-library code, so the device needs neither torch
-nor onnx. The model is a *streaming* model (DESIGN.md contract 5: the context is carried as an
-explicit input and output): one call takes a chunk of every bed's new front-end frames and
-their states and returns the chunk's per-frame sigmoid outputs and the new states::
+``model.int8.onnx``, TensorRT engines). It is written on the workstation by the export steps
+and extended on the device when an engine is built (:mod:`edge.manifest_write`); this module
+only reads and checks it, with numpy-free standard-library code, so the device needs neither
+torch nor onnx. The model is a *streaming* model (DESIGN.md contract 5: the context is carried
+as an explicit input and output): one call takes a chunk of every bed's new front-end frames
+and their states and returns the chunk's per-frame sigmoid outputs and the new states::
 
     schema_version   2
     model_id         "<run name>-<first 12 hex of the checkpoint sha256>"

@@ -12,7 +12,7 @@ probability), and its technical events (``poor_signal``, ``silence``, ...) as
 With ``keep_probs=True`` each recording also keeps the model's output frames as the detector
 saw them (``probs`` (n, O), row ``j`` = frame ``j`` of :class:`edge.detector.FrameGrid`,
 columns the manifest's ``outputs``): the challenge tasks are computed from them
-(:mod:`training.sed_tasks`).
+(:mod:`training.scoring.tasks`).
 ``lungwatch detect --audio DIR`` (``training/detect.py``) writes them; the yardstick in
 ``../shared/tools`` scores the same events from a real ``lungwatch run``.
 """

@@ -1,13 +1,12 @@
 """A tiny, randomly initialised streaming model folder (manifest schema 2) for tests.
 
-The real export path writes it (:func:`export.streaming_model.export_folder`: a research-
-trainer checkpoint -> ``model.onnx`` + ``manifest.json``), so tests run the same files the
-device runs, only smaller: 16 channels, two blocks, 2 frames of look-ahead, 4 outputs per call.
+The real export path writes it (:func:`export.to_onnx.export_folder`: a checkpoint ->
+``model.onnx`` + ``manifest.json``), so tests run the same files the device runs, only smaller:
+16 channels, two blocks, 2 frames of look-ahead, 4 outputs per call.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ LOG_MEL_STD = 2.5
 
 
 def tiny_config() -> Any:
+    from training.data.targets import OUTPUTS
     from training.models.sed import SedConfig
-    from training.targets import OUTPUTS
 
     return SedConfig(
         n_kinds=1, n_bands=64, n_outputs=len(OUTPUTS), stride=4, channels=16,
@@ -40,11 +39,20 @@ def vary_batchnorm(model: Any, mean_range: float = 0.5) -> None:
                 module.running_var.uniform_(0.5, 2.0)
 
 
-def tiny_checkpoint(path: Path, seed: int = 0, config: Any = None) -> Path:
-    """A research-trainer checkpoint of a random tiny SedNet (BatchNorm statistics varied) of
-    ``config`` (default :func:`tiny_config`)."""
+def tiny_checkpoint(
+    path: Path,
+    seed: int = 0,
+    config: Any = None,
+    detector: dict[str, Any] | None = None,
+    quality: dict[str, float] | None = None,
+) -> Path:
+    """A checkpoint of a random tiny SedNet (BatchNorm statistics varied) of ``config``
+    (default :func:`tiny_config`), with ``detector`` rules and ``quality`` thresholds."""
     import torch
 
+    from edge.features import FeatureSpec
+    from training.data.targets import OUTPUTS
+    from training.models.checkpoint import Checkpoint, save_checkpoint
     from training.models.sed import SedNet
 
     torch.manual_seed(seed)
@@ -54,17 +62,11 @@ def tiny_checkpoint(path: Path, seed: int = 0, config: Any = None) -> Path:
     mean = np.full((config.n_kinds, config.n_bands), LOG_MEL_MEAN, np.float32)
     std = np.full((config.n_kinds, config.n_bands), LOG_MEL_STD, np.float32)
     model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "config": asdict(config),
-            "mean": mean,
-            "std": std,
-            "kinds": ["logmel"],
-        },
-        path,
-    )
-    return path
+    spec = FeatureSpec(n_bands=config.n_bands)
+    kinds = ("logmel", "gammatone", "cwt")[: config.n_kinds]
+    ckpt = Checkpoint(model.eval(), spec, kinds, OUTPUTS[: config.n_outputs], name="tiny",
+                      detector=detector, quality=quality)  # fmt: skip
+    return save_checkpoint(path, ckpt)
 
 
 def tiny_streaming_folder(
@@ -73,9 +75,9 @@ def tiny_streaming_folder(
     quality: dict[str, float] | None = None,
 ) -> Path:
     """``folder`` with model.pt, model.onnx and manifest.json of the tiny model."""
-    from export.streaming_model import export_folder
+    from export.to_onnx import export_folder
 
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = tiny_checkpoint(folder / "source.pt")
-    export_folder(checkpoint, folder, "tiny", CHUNK_FRAMES, detector, quality)
+    checkpoint = tiny_checkpoint(folder / "source.pt", detector=detector, quality=quality)
+    export_folder(checkpoint, folder, CHUNK_FRAMES)
     return folder

@@ -6,14 +6,12 @@ from __future__ import annotations
 from edge.cli import DEVICE_COMMANDS, WORKSTATION_SCRIPT, Commands, dispatch
 
 WORKSTATION_COMMANDS: Commands = {
-    "train": ("training.train", "train a model from a run YAML (workstation, needs torch)"),
-    "predict": ("training.predict", "challenge-format predictions from a trained model"),
-    "evaluate": ("training.evaluate", "score challenge predictions against annotations"),
-    "export": ("export.streaming_model", "checkpoint -> streaming model.onnx + manifest"),
-    "quantize": (
-        "export.quantize_streaming",
-        "model.onnx -> explicit Q/DQ INT8 ONNX, calibrated on audio",
-    ),
+    "train": ("training.recipe.train", "train the detector from a run YAML (needs torch)"),
+    "export": ("export.to_onnx", "checkpoint -> model folder: streaming model.onnx + manifest"),
+    "quantize": ("export.quantize", "model.onnx -> explicit Q/DQ INT8 ONNX, calibrated on audio"),
+    "tasks": ("training.scoring.tasks", "fit the challenge Task rules into a model's manifest"),
+    "predict": ("training.scoring.predict", "challenge-format predictions from a model"),
+    "evaluate": ("training.scoring.evaluate", "score challenge predictions against annotations"),
 }
 COMMANDS: Commands = {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}
 

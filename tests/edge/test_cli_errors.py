@@ -45,9 +45,10 @@ FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
     ),
     "detect": (["--audio", "{missing}.wav"], ["--audio", "{garbage}.wav"]),
     "export": (
-        ["--checkpoint", "{missing}.pt", "--out", "{dir}/m", "--name", "m"],
-        ["--checkpoint", "{garbage}.pt", "--out", "{dir}/m", "--name", "m"],
+        ["--checkpoint", "{missing}.pt", "--out", "{dir}/m"],
+        ["--checkpoint", "{garbage}.pt", "--out", "{dir}/m"],
     ),
+    "tasks": (["--model", "{missing}"], ["--model", "{garbage}.onnx"]),
     "quantize": (
         ["--model", "{missing}.onnx", "--calib-dir", "{dir}", "--out", "{dir}/m.int8.onnx"],
         ["--model", "{garbage}.onnx", "--calib-dir", "{dir}", "--out", "{dir}/m.int8.onnx"],
@@ -74,7 +75,8 @@ BAD_ARGUMENT: dict[str, list[str]] = {
     "predict": ["--task", "9-9"],
     "evaluate": ["--task", "9-9"],
     "detect": ["--audio", "x.wav", "--on", "high"],
-    "export": ["--checkpoint", "x.pt", "--out", "y", "--name", "n", "--opset", "new"],
+    "export": ["--checkpoint", "x.pt", "--out", "y", "--opset", "new"],
+    "tasks": ["--model", "m", "--dry-run", "--no-such-option"],
     "quantize": ["--model", "m.onnx", "--calib-dir", "d", "--out", "o.onnx", "--method", "magic"],
     "engine": ["--precision", "int3"],
     "run": ["--config", "x.yaml", "--no-such-option"],

@@ -159,7 +159,7 @@ def test_detect_names_another_stethoscope_not_a_poor_sprsound_record(tmp_path: P
     """Through the device path with the shipped model: an ICBHI recording (Meditron
     stethoscope) gets the sentence in its poor_signal reason; a SPRSound record labelled Poor
     Quality, which the model flags too, does not."""
-    from training.detect import main as detect_main
+    from training.scoring.detect import main as detect_main
 
     icbhi = icbhi_root() / "train" / "105_1b1_Tc_sc_Meditron.flac"
     if not icbhi.is_file():

@@ -22,7 +22,7 @@ from edge.quality import (
     rms_dbfs,
     spectral_entropy,
 )
-from training.datasets.synthetic import synthesize
+from training.data.synthetic import synthesize
 
 RATE_HZ = 8000
 DURATION_S = 2.0

@@ -17,8 +17,8 @@ from edge.backends.base import BackendError  # noqa: E402
 from edge.backends.onnxruntime import OrtBackend  # noqa: E402
 from edge.manifest import load_manifest  # noqa: E402
 from edge.streaming import BedState, infer_beds  # noqa: E402
-from export.streaming_model import load_sednet  # noqa: E402
 from tests.streaming_fixture import LOG_MEL_MEAN, LOG_MEL_STD, tiny_streaming_folder  # noqa: E402
+from training.models.checkpoint import load_checkpoint  # noqa: E402
 
 N_CHUNKS = 9
 
@@ -48,7 +48,7 @@ def chunk(x: np.ndarray, c: int, t: int) -> np.ndarray:
 
 def whole_pass(folder: Path, x: np.ndarray) -> np.ndarray:
     """(n, O) probabilities of the PyTorch whole pass, output j describing frame j - L."""
-    model = load_sednet(folder / "model.pt")
+    model = load_checkpoint(folder / "model.pt").model
     with torch.no_grad():
         logits, _ = model(torch.from_numpy(x[None]))
     return torch.sigmoid(logits)[0].numpy().T

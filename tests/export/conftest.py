@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from tests.streaming_fixture import tiny_streaming_folder
-from training.datasets.synthetic import synthesize
+from training.data.synthetic import synthesize
 
 RATE_HZ = 8000
 RECORDING_S = 3.5
@@ -59,7 +59,7 @@ def quantized_dir(
     tmp_path_factory: pytest.TempPathFactory, exported_dir: Path, calib_dir: Path
 ) -> Path:
     """A copy of ``exported_dir`` after quantization: adds model.int8.onnx."""
-    from export.quantize_streaming import main
+    from export.quantize import main
 
     folder = Path(shutil.copytree(exported_dir, tmp_path_factory.mktemp("int8") / "model"))
     argv = ["--model", str(folder / "model.onnx"), "--out", str(folder / "model.int8.onnx"),

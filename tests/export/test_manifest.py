@@ -1,4 +1,4 @@
-"""manifest.json: written by export/manifest.py, read and enforced by edge/manifest.py."""
+"""manifest.json: written by edge/manifest_write.py (export, engine), read by edge/manifest.py."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from edge.manifest import (
     sha256_file,
     verify_file,
 )
-from export.manifest import record_artifact, tool_versions
+from edge.manifest_write import record_artifact
+from export.to_onnx import tool_versions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def test_export_writes_a_complete_manifest(exported_dir: Path) -> None:
     assert data["schema_version"] == 2
     assert data["model_id"] == f"tiny-{checkpoint_sha[:12]}"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["created_utc"])
-    assert data["checkpoint"] == {"file": "model.pt", "sha256": checkpoint_sha}
+    assert data["checkpoint"] == {"file": "model.pt", "sha256": checkpoint_sha, "epoch": -1}
     entry = data["files"]["model.onnx"]
     assert entry["sha256"] == _sha(exported_dir / "model.onnx")
     assert entry["bytes"] == (exported_dir / "model.onnx").stat().st_size

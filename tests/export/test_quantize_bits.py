@@ -1,5 +1,5 @@
 """The INT8 file's weights and what they mean on CPUs without VNNI: 7-bit weight codes keep
-onnxruntime's int8 kernels from saturating there (export.quantize_streaming.WEIGHT_BITS)."""
+onnxruntime's int8 kernels from saturating there (export.quantize.WEIGHT_BITS)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from export.quantize_streaming import WEIGHT_BITS, calibration_chunks
+from export.quantize import WEIGHT_BITS, calibration_chunks
 
 
 def _weight_codes(path: Path) -> list[np.ndarray]:

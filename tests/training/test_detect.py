@@ -27,7 +27,7 @@ from tests.edge.runtime_helpers import (
 )
 from tests.edge.test_runtime_streaming import rules
 from tests.streaming_fixture import tiny_streaming_folder
-from training.detect import main as detect_main
+from training.scoring.detect import main as detect_main
 
 RECORDS = (WHEEZES, MIXED, CRACKLES)
 
@@ -87,17 +87,23 @@ def test_detect_writes_what_the_runtime_publishes(tmp_path, folder, audio_dir):
         assert detected(out)[name] == [(round(s, 4), round(e, 4), t) for s, e, t in expected]
 
 
-def test_a_checkpoint_and_a_folder_give_the_onnx_files_events(tmp_path, folder, audio_dir):
+def test_a_folder_runs_the_onnx_file_it_lists(tmp_path, folder, audio_dir):
     outs = {}
     for how, model in (
         ("onnx", folder / "model.onnx"),
         ("folder", folder),  # lists model.onnx only: that file runs
-        ("checkpoint", folder / "model.pt"),  # exported again, with the manifest's rules
     ):
         outs[how] = tmp_path / f"{how}.json"
         assert detect_main(["--audio", str(audio_dir), "--model", str(model),
                             "--out", str(outs[how])]) == 0  # fmt: skip
-    assert detected(outs["onnx"]) == detected(outs["folder"]) == detected(outs["checkpoint"])
+    assert detected(outs["onnx"]) == detected(outs["folder"])
+
+
+def test_a_checkpoint_is_refused_with_the_command_that_exports_it(folder, audio_dir):
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.pt: a training checkpoint; export it first"):
+        detect_main(["--audio", str(audio_dir), "--model", str(folder / "model.pt")])
 
 
 def test_score_and_technical_events(tmp_path, folder, audio_dir, capsys):

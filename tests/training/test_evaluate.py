@@ -1,4 +1,4 @@
-"""Tests of ``lungwatch evaluate`` (training.evaluate): formats, errors, hand-computed scores."""
+"""``lungwatch evaluate`` (training.scoring.evaluate): formats, errors, hand-computed scores."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from edge.datapaths import icbhi_root, sprsound_root
-from training.datasets.icbhi import read_cycles
-from training.datasets.sprsound import read_annotation
-from training.evaluate import EvaluationError, evaluate, main
+from training.data.icbhi import read_cycles
+from training.data.sprsound import read_annotation
+from training.scoring.evaluate import EvaluationError, evaluate, main
 
 # Four SPRSound-style records (names follow the data set's pattern); events in FILE order,
 # and record A lists its events out of time order on purpose.

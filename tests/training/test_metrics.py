@@ -1,4 +1,4 @@
-"""Tests of training.metrics against hand-computed cases."""
+"""Tests of training.scoring.challenge against hand-computed cases."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from edge.labels import EVENT_LABELS, ICBHI_LABELS, RECORD_LABELS
-from training.datasets.icbhi import IcbhiCycle
-from training.datasets.sprsound import SprEvent
-from training.metrics import (
+from training.data.icbhi import IcbhiCycle
+from training.data.sprsound import SprEvent
+from training.scoring.challenge import (
     DEFAULT_TOLERANCE,
     OFFSET_FRACTION,
     OFFSET_TOLERANCE_S,

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("sed_eval", reason="sed_eval is in the train extra")
 
-from training.scoring import false_events, score_detection, score_view
+from training.scoring.detection import false_events, score_detection, score_view
 
 ANNOTATED = {
     "a": [(1.0, 2.0, "Wheeze"), (3.0, 3.5, "Fine Crackle")],

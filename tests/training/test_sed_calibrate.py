@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from edge.detector import DetectorConfig, FrameGrid, PhaseRule, detect_events
-from training.sed_calibrate import Limits, events_of, fit_detector
-from training.targets import BREATH_INDEX, OUTPUTS
+from training.data.targets import BREATH_INDEX, OUTPUTS
+from training.recipe.fit import Limits, events_of, fit_detector
 
 GRID = FrameGrid(sample_rate_hz=8000, frame_samples=320)  # 40-ms frames
 SECONDS = 10.0

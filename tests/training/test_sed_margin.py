@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from edge.config import ConfigError
-from training.recordings import Batch
-from training.sed_margin import QualityReference, apply_margin, frame_margins, level_and_entropy
-from training.sed_train import Proto, frame_loss
-from training.targets import BREATH_INDEX, OUTPUTS
+from training.data.recordings import Batch
+from training.data.targets import BREATH_INDEX, OUTPUTS
+from training.recipe.config import LossConfig
+from training.recipe.losses import frame_loss
+from training.recipe.margin import QualityReference, apply_margin, frame_margins, level_and_entropy
 
 F_BANDS = 16
 FLAT_QUIET = np.full(F_BANDS, -8.0)  # log power: every band alike, little of it
@@ -75,7 +76,7 @@ def test_bad_settings_are_named() -> None:
     with pytest.raises(ConfigError, match="features"):
         frame_margins(features, _reference(), 4, 3, base=0.5, gain=1.0)
     with pytest.raises(ConfigError, match="quality_margin_gain"):
-        Proto(quality_margin=0.5, quality_margin_gain=-1.0)
+        LossConfig(quality_margin=0.5, quality_margin_gain=-1.0)
 
 
 def test_the_margin_moves_class_logits_against_their_targets_only() -> None:
@@ -98,7 +99,6 @@ def _batch(n: int = 6) -> Batch:
         targets=targets,
         weights=np.ones_like(targets),
         mask=np.ones((1, n), np.float32),
-        record_targets=np.zeros((1, 2), np.float32),
         n_frames=n,
     )
 
@@ -106,16 +106,15 @@ def _batch(n: int = 6) -> Batch:
 def test_the_margin_makes_the_labelled_loss_ask_for_more_confidence() -> None:
     bt = _batch()
     right = torch.from_numpy(np.where(bt.targets > 0, 1.0, -1.0).astype(np.float32))
-    ones = torch.ones(len(OUTPUTS))
-    plain = frame_loss(right, bt, 0.0, ones, ones)
-    margined = frame_loss(right, bt, 0.0, ones, ones, np.full((1, 6), 0.8, np.float32))
-    zero = frame_loss(right, bt, 0.0, ones, ones, np.zeros((1, 6), np.float32))
+    plain = frame_loss(right, bt)
+    margined = frame_loss(right, bt, np.full((1, 6), 0.8, np.float32))
+    zero = frame_loss(right, bt, np.zeros((1, 6), np.float32))
     assert margined > plain
     assert zero.item() == pytest.approx(plain.item())
     grads = []
     for margins in (None, np.full((1, 6), 0.8, np.float32)):
         logits = right.clone().requires_grad_(True)
-        frame_loss(logits, bt, 0.0, ones, ones, margins).backward()
+        frame_loss(logits, bt, margins).backward()
         assert logits.grad is not None
         grads.append(logits.grad)
     assert torch.equal(grads[0][:, BREATH_INDEX:], grads[1][:, BREATH_INDEX:])

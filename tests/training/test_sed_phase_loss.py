@@ -7,9 +7,9 @@ import numpy as np
 import torch
 
 from edge.detector import FrameGrid
-from training.recordings import Batch
-from training.sed_train import phase_loss, phase_segments
-from training.targets import BREATH_INDEX, OUTPUTS, frame_targets
+from training.data.recordings import Batch
+from training.data.targets import BREATH_INDEX, OUTPUTS, frame_targets
+from training.recipe.losses import phase_loss, phase_segments
 
 GRID = FrameGrid.of(8000, 80, 256, 4)  # the shipped 40-ms output frames
 N = 100  # 4 s
@@ -28,7 +28,6 @@ def batch(real_frames: tuple[int, ...] = (N, N)) -> Batch:
         targets=stacked,
         weights=np.stack([weights] * len(real_frames)) * mask[:, None, :],
         mask=mask,
-        record_targets=np.zeros((len(real_frames), 2), np.float32),
         n_frames=N,
     )
 

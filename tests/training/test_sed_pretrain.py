@@ -1,13 +1,14 @@
-"""Masked-spectrogram pretraining of the frame-level model, and ICBHI's domain match."""
+"""Masked-spectrogram pretraining of the frame-level model."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from training.data.recordings import Recording
 from training.models.sed import SedConfig, SedNet
-from training.recordings import DEAD_BAND_STD, DOMAIN_CLIP_STD, Recording, match_domain
-from training.sed_train import Proto, mask_spans, pretrain
+from training.recipe.config import DataConfig, OptimConfig, PretrainConfig, RunConfig
+from training.recipe.pretrain import mask_spans, pretrain
 
 TINY = SedConfig(
     n_kinds=1, n_bands=8, n_outputs=7, stride=2, channels=8, dilations=(1, 2), lookahead_frames=2
@@ -51,10 +52,11 @@ def test_pretraining_learns_to_fill_masked_spans_and_changes_the_encoder() -> No
     recs = _recordings(16, 60, rng)
     model = SedNet(TINY)
     before = [p.detach().clone() for p in model.stems.parameters()]
-    cfg = Proto(
-        batch_size=8, lr=1e-2, pretrain_epochs=30, pretrain_mask_ratio=0.3,
-        pretrain_span=(3, 6), max_frames=60, max_start_frames=0,
-    )  # fmt: skip
+    cfg = RunConfig(
+        optim=OptimConfig(batch_size=8, lr=1e-2),
+        pretrain=PretrainConfig(epochs=30, mask_ratio=0.3, span=(3, 6)),
+        data=DataConfig(max_frames=60, max_start_frames=0),
+    )
     flush = np.zeros((1, 8), np.float32)
     history = pretrain(model, recs, flush, cfg, rng)
     assert len(history) == 30
@@ -64,13 +66,3 @@ def test_pretraining_learns_to_fill_masked_spans_and_changes_the_encoder() -> No
     assert history[-1] < 0.5 * history[0]
     after = list(model.stems.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
-
-
-def test_domain_match_kills_dead_bands_and_clips_the_live_ones() -> None:
-    mean = np.array([[0.0, -20.0]], np.float32)
-    std = np.array([[2.0, DEAD_BAND_STD / 10]], np.float32)
-    x = np.array([[[1.0, 30.0, -30.0], [-5.0, -20.0, 3.0]]], np.float32)
-    got = match_domain(x, mean, std)
-    limit = DOMAIN_CLIP_STD * 2.0
-    np.testing.assert_allclose(got[0, 0], [1.0, limit, -limit])
-    np.testing.assert_allclose(got[0, 1], -20.0)

@@ -1,4 +1,4 @@
-"""The SPRSound tasks from a frame-level model's output frames (training/sed_tasks.py) and
+"""The SPRSound tasks from a frame-level model's output frames (training/scoring/tasks.py) and
 ``lungwatch predict`` on a streaming model folder (real ONNX Runtime, real recordings)."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 from edge.detector import FrameGrid
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES
-from training.sed_tasks import (
+from training.data.targets import OUTPUTS
+from training.scoring.tasks import (
     TaskRecord,
     TaskRules,
     event_labels,
@@ -22,7 +23,6 @@ from training.sed_tasks import (
     span_frames,
     task_scores,
 )
-from training.targets import OUTPUTS
 
 GRID = FrameGrid.of(8000, 80, 256, 4)  # 40-ms output frames, as the shipped model
 T = np.array([0.5] * len(DETECTED_CLASSES))
@@ -166,9 +166,9 @@ def test_kept_frames_cover_the_recording_and_do_not_depend_on_the_read_size(fold
 
 
 def test_predict_on_a_streaming_model_labels_every_annotated_event(tmp_path, folder, audio_dir):
-    from training.datasets.sprsound import load_sprsound
-    from training.evaluate import main as evaluate_main
-    from training.predict import main as predict_main
+    from training.data.sprsound import load_sprsound
+    from training.scoring.evaluate import main as evaluate_main
+    from training.scoring.predict import main as predict_main
 
     records = {r.record_id: r for r in load_sprsound(audio_dir)}
     for task in ("1-1", "1-2", "2-1", "2-2"):
@@ -188,7 +188,7 @@ def test_predict_on_a_streaming_model_labels_every_annotated_event(tmp_path, fol
 def test_predict_labels_follow_the_kept_frames_and_the_manifest_rules(tmp_path, folder, audio_dir):
     """The labels are those of the device's own frames read with the manifest's rules: a
     threshold lowered to 0 in the manifest makes every span that class (never Normal)."""
-    from training.predict import predict
+    from training.scoring.predict import predict
 
     manifest = json.loads((folder / "manifest.json").read_text())
     low = dict.fromkeys(DETECTED_CLASSES, 1.0) | {"Rhonchi": 1e-6}
@@ -213,9 +213,9 @@ def test_device_frames_equal_the_whole_recording_pass_to_the_last_frame(folder, 
     from edge import offline
     from edge.audio import read_audio
     from edge.features import FeatureSpec, extract
-    from export.streaming_model import load_checkpoint
+    from training.models.checkpoint import load_checkpoint
 
-    model, _ = load_checkpoint(folder / "model.pt")
+    model = load_checkpoint(folder / "model.pt").model
     lookahead, stride = model.config.lookahead_frames, model.config.stride
     audio = offline.recordings_in([audio_dir])
     offline.READ_SAMPLES, saved = 800, offline.READ_SAMPLES
@@ -230,7 +230,7 @@ def test_device_frames_equal_the_whole_recording_pass_to_the_last_frame(folder, 
         flush = model.input_mean.numpy()[0][:, None].repeat(pad, axis=1)
         x = torch.from_numpy(np.concatenate([feats, flush], axis=1)[None, None].astype(np.float32))
         with torch.no_grad():
-            logits, _ = model.forward_train(x, n)
+            logits = model.forward_train(x, n)
         expected = torch.sigmoid(logits)[0].numpy().T
         got = device[name].probs
         assert got is not None

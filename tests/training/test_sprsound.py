@@ -14,7 +14,7 @@ import soundfile as sf
 from edge.audio import read_audio
 from edge.datapaths import sprsound_root
 from edge.errors import AnnotationError
-from training.datasets.sprsound import (
+from training.data.sprsound import (
     EVENT_LABELS,
     RECORD_LABELS,
     SprEvent,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.signal import butter, sosfiltfilt
 
-from training.datasets.sprsound import EVENT_LABELS
-from training.datasets.synthetic import (
+from training.data.sprsound import EVENT_LABELS
+from training.data.synthetic import (
     BREATH_ENVELOPE_FLOOR,
     COARSE_CRACKLE,
     FINE_CRACKLE,

@@ -13,8 +13,8 @@ pytest.importorskip("sed_scores_eval", reason="sed_scores_eval is in the train e
 from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES
-from training.scoring import VIEWS, score_detection, score_view
-from training.threshold_free import (
+from training.scoring.detection import VIEWS, score_detection, score_view
+from training.scoring.threshold_free import (
     SWEEP,
     TOUCH_GAP_S,
     disjoint,
@@ -285,7 +285,7 @@ def test_two_member_classes_in_one_phase_are_one_detection_of_their_view_class()
 
 
 def test_infinite_best_thresholds_are_strings_in_json() -> None:
-    from training.threshold_free import ThresholdFree, as_dict
+    from training.scoring.threshold_free import ThresholdFree, as_dict
 
     tf = ThresholdFree(0.1, 0.2, 0.3, 0.4, 0.5, {"CAS": float("inf"), "DAS": -float("inf")})
     assert as_dict({"phases": {"family": tf}})["phases"]["family"]["best_thresholds"] == {

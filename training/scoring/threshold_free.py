@@ -2,10 +2,10 @@
 
     scores = threshold_free(probs, annotated, durations_s, outputs, config, grid)
 
-:mod:`training.scoring` scores one operating point: the events the fitted detector raises.
+:mod:`training.scoring.detection` scores one operating point: the events the fitted detector raises.
 This module scores every operating point at once, so two models (or a model on two test sets)
 can be compared without the thresholds in between. Two score sets, each in both views of
-:mod:`training.scoring` (``family``: CAS / DAS; ``4class``):
+:mod:`training.scoring.detection` (``family``: CAS / DAS; ``4class``):
 
 - ``phases``: what the device's phase rule raises at any threshold. Each breath phase the
   detector cuts (the fitted Breath hysteresis, minimum length and lead) scores, per class, the
@@ -53,9 +53,9 @@ sed_scores_eval accepts neither.
 
 :func:`operating_points` is the ward's view of the same curve: the device's own detector
 (:func:`edge.detector.detect_events`) with every class's on-threshold moved to each of
-``SWEEP``, scored by :func:`training.scoring.score_detection` (sed_eval event and segment F1,
-false adventitious events per hour on Normal records), so a ward can see what a more or less
-sensitive setting would cost before it overrides the manifest's rules.
+``SWEEP``, scored by :func:`training.scoring.detection.score_detection` (sed_eval event and
+segment F1, false adventitious events per hour on Normal records), so a ward can see what a more
+or less sensitive setting would cost before it overrides the manifest's rules.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ import numpy as np
 from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES
-from training.scoring import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS, Event, score_detection
-from training.sed_calibrate import events_of, rule
+from training.recipe.fit import events_of, rule
+from training.scoring.detection import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS, Event, score_detection
 
 PHASE_FLOOR = 1e-9  # every class's on-threshold when every phase must become an event
 # DCASE's PSDS scenarios: (DTC, GTC, CTTC, alpha_CT), both with alpha_ST = 1, eFPR per hour.

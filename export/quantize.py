@@ -1,7 +1,7 @@
-"""Streaming model (features + state -> probs + state) -> explicit Q/DQ INT8 ONNX, calibrated
-on real audio with the state each chunk really carries.
+"""``lungwatch quantize``: model.onnx -> explicit Q/DQ INT8 ONNX, calibrated on real audio with
+the state each chunk really carries.
 
-    python -m export.quantize_streaming --model models/sed/model.onnx \\
+    lungwatch quantize --model models/sed/model.onnx \\
         --out models/sed/model.int8.onnx --calib-dir ../shared/data/sprsound/train \\
         [--max-files 200] [--max-chunks 512] [--seed 0] \\
         [--method percentile|minmax|entropy] [--percentile 99.99] [--activations qint8|quint8] \\
@@ -41,7 +41,7 @@ which tracked FP32 best on held-out recordings (min/max ranges follow rare peaks
 resolution everywhere else; 99.999 doubled the mean error). Activations beyond the calibrated
 ranges clip: a loud transient the calibration never saw can move a frame's probability a lot.
 The audio is every .wav/.flac under ``--calib-dir`` (recursively; a seeded sample of
-``--max-files``), turned into features by :class:`training.features_cache.FeatureStore` with
+``--max-files``), turned into features by :class:`training.data.features.FeatureStore` with
 the feature spec, kinds and look-ahead of the ``manifest.json`` beside the model, or without
 one the default spec, the first K of logmel, gammatone, cwt and no look-ahead. The record
 holds the counts, the seed and the sha256 of the calibration tensor; the CLI measures the FP32
@@ -69,8 +69,8 @@ import numpy as np
 from edge.errors import LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec
 from edge.manifest import MANIFEST_NAME, sha256_file
-from export.manifest import record_artifact
-from export.sed_onnx import FEATURES, PROBS, STATE, STATE_OUT
+from edge.manifest_write import record_artifact
+from export.to_onnx import FEATURES, PROBS, STATE, STATE_OUT
 from firmware_bridge.cliparse import ArgumentParser
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -143,7 +143,7 @@ def _static_dims(value: Any, rank: int, model: Path) -> list[int]:
 
 
 def read_shapes(model: Path) -> StreamingShapes:
-    """The sizes of the streaming graph ``model`` (:mod:`export.sed_onnx`'s I/O names)."""
+    """The sizes of the streaming graph ``model`` (:mod:`export.to_onnx`'s I/O names)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -170,7 +170,7 @@ def read_shapes(model: Path) -> StreamingShapes:
 
 def flush_frame(model: Path, shapes: StreamingShapes) -> np.ndarray | None:
     """The (K, F) training mean the graph subtracts from its features, i.e. the frame a device
-    feeds after a stream's end (:func:`training.recordings.flush_value`); None if not found."""
+    feeds after a stream's end (:func:`training.data.recordings.flush_value`); None if not found."""
     import onnx
     from onnx import numpy_helper
 
@@ -553,7 +553,7 @@ def streaming_agreement(
         of each model's events matched by the other's; None when it has none).
     """
     from edge.detector import DetectorConfig, FrameGrid, detect_events
-    from training.targets import OUTPUTS
+    from training.data.targets import OUTPUTS
 
     fp32, int8 = Path(fp32), Path(int8)
     shapes = read_shapes(fp32)
@@ -633,7 +633,7 @@ def _share_matched(
     return sum(_matched(o, t) for o, t in zip(ours, theirs, strict=True)) / total
 
 
-def quantize_streaming(
+def quantize_model(
     fp32_model: Path,
     out: Path,
     chunks: Sequence[dict[str, np.ndarray]],
@@ -660,7 +660,7 @@ def quantize_streaming(
         StreamingQuantizeError: bad options or inputs; OpCheckFailedError if the result has
             TensorRT problems (beyond the zero points of ``activations="quint8"``).
     """
-    from export.manifest import publish
+    from edge.manifest_write import publish
 
     fp32_model, out = Path(fp32_model), Path(out)
     if method not in METHODS:
@@ -802,7 +802,7 @@ def load_calibration_audio(
     """Features (K, F, T) of a seeded sample of at most ``max_files`` audio files under
     ``calib_dir`` (in path order), and how many files there are."""
     from edge.audio import audio_files_under
-    from training.features_cache import FeatureStore
+    from training.data.features import FeatureStore
 
     if max_files < 1:
         raise StreamingQuantizeError(f"--max-files must be an integer >= 1, got {max_files}")
@@ -860,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
             args.calib_dir, info, shapes, args.max_files, args.seed
         )
         chunks = calibration_chunks(args.model, recordings, args.max_chunks, args.seed)
-        record = quantize_streaming(
+        record = quantize_model(
             args.model, args.out, chunks, method=args.method, percentile=args.percentile,
             activations=args.activations,
             seed=args.seed, agreement_recordings=recordings[:AGREEMENT_RECORDINGS],

@@ -1,4 +1,4 @@
-"""The quality-adaptive margin of the frame-level model (option ``quality_margin``).
+"""The quality-adaptive margin of the frame-level model (``loss.quality_margin`` of a run).
 
 QLung (Kim et al., arXiv:2606.11915) widens a classifier's margin where a recording's signal
 quality, judged from its spectral entropy and RMS, is poor, as an angular margin on a cosine

@@ -28,9 +28,9 @@ import numpy as np
 
 from edge.errors import AnnotationError, LungwatchError
 from firmware_bridge.cliparse import ArgumentParser
-from training.datasets.icbhi import parse_recording_name, read_cycles
-from training.datasets.sprsound import read_annotation
-from training.metrics import (
+from training.data.icbhi import parse_recording_name, read_cycles
+from training.data.sprsound import read_annotation
+from training.scoring.challenge import (
     EVENT_TASKS,
     ICBHI_TASK,
     PRF,

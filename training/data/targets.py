@@ -18,12 +18,6 @@ Weights say which targets are known. SPRSound annotates some breath phases of a 
 all: frames outside every annotated event are weighted ``unannotated_weight`` for the class
 and Breath outputs. Poor Quality records have no event annotations: their Breath targets
 are unknown (weight 0) and their class targets are 0 (no event should be raised there).
-
-With ``record_aware`` the record label says more about the unannotated frames: a class whose
-family (CAS: Wheeze, Rhonchi, Stridor; DAS: the crackles) the record label names may sound in
-a phase nobody annotated, so there its target is unknown (weight 0); a class whose family the
-label rules out is a known 0 there (weight 1): a Normal record has no crackle anywhere, a CAS
-record none either. Breath keeps ``unannotated_weight``.
 """
 
 from __future__ import annotations
@@ -33,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge.detector import FrameGrid
-from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY, sound_class
+from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
 
 BREATH = "Breath"
 OUTPUTS: tuple[str, ...] = (*DETECTED_CLASSES, BREATH, POOR_QUALITY)
@@ -47,7 +41,6 @@ TYPE_OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 
 Event = tuple[float, float, str]  # (start_s, end_s, SPRSound type)
-Cycle = tuple[float, float, bool, bool]  # (start_s, end_s, crackles, wheezes): an ICBHI cycle
 
 
 def coverage(spans_s: Sequence[tuple[float, float]], grid: FrameGrid, n_frames: int) -> np.ndarray:
@@ -75,7 +68,6 @@ def frame_targets(
     grid: FrameGrid,
     n_frames: int,
     unannotated_weight: float = 0.5,
-    record_aware: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Targets and weights of one recording, each (len(OUTPUTS), n_frames) float32."""
     unknown = sorted({t for _, _, t in events if t not in TYPE_OUTPUTS})
@@ -96,40 +88,4 @@ def frame_targets(
     else:
         weights[: len(DETECTED_CLASSES)] = outside
         weights[BREATH_INDEX] = outside
-        if record_aware:
-            for c, name in enumerate(DETECTED_CLASSES):
-                present = sound_class(name).family in record_label.split(" & ")
-                weights[c] = annotated if present else 1.0
-    return targets, weights
-
-
-def cycle_targets(
-    cycles: Sequence[Cycle], grid: FrameGrid, n_frames: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and weights of one ICBHI recording (cycle labels), each (len(OUTPUTS), n_frames).
-
-    An ICBHI cycle says whether it holds crackles and whether it holds wheezes, not which
-    kind: a crackle cycle is a Fine Crackle target (Coarse Crackle unknown there), a wheeze
-    cycle a Wheeze target (Rhonchi unknown there, as ICBHI's wheezes include low-pitched
-    ones). A cycle without crackles is a known 0 of both crackle classes, one without wheezes
-    of Wheeze and Rhonchi; Stridor is a known 0 in every cycle. Outside the cycles (lead-in,
-    gaps: zero audio in the stored files) nothing is known. Breath is unknown everywhere (ICBHI
-    cycles are whole in-and-out breaths, SPRSound's phases are not) and so is Poor Quality.
-    """
-    targets = np.zeros((len(OUTPUTS), n_frames), dtype=np.float32)
-    weights = np.zeros((len(OUTPUTS), n_frames), dtype=np.float32)
-    inside = coverage([(s, e) for s, e, _, _ in cycles], grid, n_frames)
-    crackles = coverage([(s, e) for s, e, c, _ in cycles if c], grid, n_frames)
-    wheezes = coverage([(s, e) for s, e, _, w in cycles if w], grid, n_frames)
-    for name, target, known in (
-        ("Fine Crackle", crackles, inside),
-        ("Coarse Crackle", None, np.clip(inside - crackles, 0.0, 1.0)),
-        ("Wheeze", wheezes, inside),
-        ("Rhonchi", None, np.clip(inside - wheezes, 0.0, 1.0)),
-        ("Stridor", None, inside),
-    ):
-        c = OUTPUTS.index(name)
-        if target is not None:
-            targets[c] = target
-        weights[c] = known
     return targets, weights

@@ -1,4 +1,4 @@
-"""INT8 quantization of the streaming SedNet graph (:mod:`export.quantize_streaming`) on a tiny
+"""INT8 quantization of the streaming SedNet graph (:mod:`export.quantize`) on a tiny
 random model: calibration chunks carry the real state, the INT8 graph runs chunk by chunk in
 ONNX Runtime with its state fed back and tracks the FP32 graph, its Q/DQ pairs serve only the
 convolutions (the state path reads float), and bad input is one error."""
@@ -19,18 +19,18 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from export.opcheck import check_tensorrt_compat  # noqa: E402
-from export.quantize_streaming import (  # noqa: E402
+from export.quantize import (  # noqa: E402
     QUANTIZED_OPS,
     StreamingQuantizeError,
     calibration_chunks,
     main,
-    quantize_streaming,
+    quantize_model,
     streaming_agreement,
 )
-from export.sed_onnx import export_streaming  # noqa: E402
+from export.to_onnx import export_graph  # noqa: E402
 from tests.streaming_fixture import vary_batchnorm  # noqa: E402
+from training.data.targets import OUTPUTS  # noqa: E402
 from training.models.sed import SedConfig, SedNet  # noqa: E402
-from training.targets import OUTPUTS  # noqa: E402
 
 CONFIG = SedConfig(
     n_kinds=1, n_bands=16, n_outputs=len(OUTPUTS), stride=4, channels=16, dilations=(1, 2),
@@ -82,7 +82,7 @@ def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with torch.no_grad():
         model.set_input_stats(torch.from_numpy(x.mean(1)[None]), torch.from_numpy(x.std(1)[None]))
     path = tmp_path_factory.mktemp("sedq") / "model.onnx"
-    export_streaming(model.eval(), path, CHUNK)
+    export_graph(model.eval(), path, CHUNK)
     return path
 
 
@@ -90,7 +90,7 @@ def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def quantized(fp32: Path) -> tuple[Path, dict]:
     chunks = calibration_chunks(fp32, recordings(seed=1), max_chunks=48, seed=0)
     out = fp32.with_name("model.int8.onnx")
-    record = quantize_streaming(
+    record = quantize_model(
         fp32, out, chunks, seed=0, agreement_recordings=recordings(seed=2), lookahead_frames=2
     )
     return out, record
@@ -190,14 +190,12 @@ def test_an_excluded_node_stays_float(
     assert weight_is_quantized(quantized[0], head)  # quantized by default
     chunks = calibration_chunks(fp32, recordings(seed=1), max_chunks=16, seed=0)
     out = tmp_path / "model.int8.onnx"
-    record = quantize_streaming(fp32, out, chunks, nodes_to_exclude=[head])
+    record = quantize_model(fp32, out, chunks, nodes_to_exclude=[head])
     assert record["nodes_excluded"] == [head]
     assert not weight_is_quantized(out, head)
     assert weight_is_quantized(out, "/model/layers.1/project/project.0/Conv")
     with pytest.raises(StreamingQuantizeError, match="--exclude /model/hed/Conv: no Conv"):
-        quantize_streaming(
-            fp32, tmp_path / "typo.onnx", chunks, nodes_to_exclude=["/model/hed/Conv"]
-        )
+        quantize_model(fp32, tmp_path / "typo.onnx", chunks, nodes_to_exclude=["/model/hed/Conv"])
     assert not (tmp_path / "typo.onnx").exists()
 
 
@@ -206,7 +204,7 @@ def test_bad_calibration_fails_the_bounds(fp32: Path, tmp_path: Path) -> None:
     level = np.concatenate(recordings(seed=1), axis=2).mean(axis=2, keepdims=True)
     flat = [np.broadcast_to(level, (1, CONFIG.n_bands, FRAMES)).astype(np.float32)]
     chunks = calibration_chunks(fp32, flat, max_chunks=8, seed=0)
-    record = quantize_streaming(
+    record = quantize_model(
         fp32, tmp_path / "bad.onnx", chunks, agreement_recordings=recordings(seed=2)
     )
     assert not tracks(record["fp32_agreement"])
@@ -215,7 +213,7 @@ def test_bad_calibration_fails_the_bounds(fp32: Path, tmp_path: Path) -> None:
 def test_uint8_activations_are_an_option_not_for_tensorrt(fp32: Path, tmp_path: Path) -> None:
     chunks = calibration_chunks(fp32, recordings(seed=1), max_chunks=16, seed=0)
     out = tmp_path / "model.uint8.onnx"
-    record = quantize_streaming(fp32, out, chunks, activations="quint8")
+    record = quantize_model(fp32, out, chunks, activations="quint8")
     assert not record["tensorrt_compatible"]
     assert record["fp32_agreement"]["on"] == "calibration chunks"
     assert any("zero point" in p for p in check_tensorrt_compat(out))
@@ -226,7 +224,7 @@ def test_bad_input_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[st
     with pytest.raises(StreamingQuantizeError, match="model not found"):
         calibration_chunks(missing, recordings(seed=1, n=1), 4, 0)
     with pytest.raises(StreamingQuantizeError, match="model not found"):
-        quantize_streaming(missing, tmp_path / "out.onnx", [])
+        quantize_model(missing, tmp_path / "out.onnx", [])
     with pytest.raises(StreamingQuantizeError, match="model not found"):
         streaming_agreement(missing, missing, recordings(seed=1, n=1))
     argv = ["--model", str(missing), "--out", str(tmp_path / "o.onnx"), "--calib-dir", "."]

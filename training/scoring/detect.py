@@ -17,10 +17,10 @@ keyed by file stem, with every recording present (an empty list when nothing was
 and types spelled as SPRSound spells them. ``--technical FILE`` writes the technical events
 (``poor_signal``, ``silence``, ``clipping``, ...) in the same shape, without confidence.
 ``--score`` (folders of SPRSound recordings with their ``.json`` annotations) also prints the
-detection scores of :mod:`training.scoring` (sed_eval: event and segment F1, CAS/DAS families
-and 4 classes, false adventitious events per hour on Normal records) and the share of good
-and of Poor Quality records with a ``poor_signal`` event; also the
-threshold-free scores of :mod:`training.threshold_free` (sed_scores_eval: PSDS in DCASE's two
+detection scores of :mod:`training.scoring.detection` (sed_eval: event and segment F1,
+CAS/DAS families and 4 classes, false adventitious events per hour on Normal records) and the
+share of good and of Poor Quality records with a ``poor_signal`` event; also the threshold-free
+scores of :mod:`training.scoring.threshold_free` (sed_scores_eval: PSDS in DCASE's two
 scenarios and the best event F1 over thresholds, for the detector's phases and for the bare
 frame outputs) and the operating points (the device's detector with every class's
 on-threshold at 0.3 ... 0.9: event F1, segment F1 and false events per hour at each), computed
@@ -30,11 +30,9 @@ JSON.
 ``--model`` is one of:
 
 - an artifact a manifest lists (``model.onnx``, ``model.int8.onnx``): runs as is;
-- a model folder: its ``model.int8.onnx`` if the manifest lists one, else ``model.onnx``;
-- a SedNet checkpoint (``.pt``): exported first to a temporary folder
-  (:func:`export.streaming_model.export_folder`: FP32 ONNX, checked against PyTorch to
-  1e-4), with the fitted rules and quality thresholds of the ``manifest.json`` beside the
-  checkpoint when there is one (else the runtime's default rules, said on stderr).
+- a model folder: its ``model.int8.onnx`` if the manifest lists one, else ``model.onnx``.
+
+A checkpoint (``.pt``) is refused with the command that exports it (``lungwatch export``).
 
 ``--config`` takes the ``detector``, ``gate`` and ``backend`` sections of a runtime config
 (a rule there for a class overrides the manifest's, as on the device).
@@ -44,7 +42,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +73,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def resolve_model(model: Path) -> tuple[Path, str]:
-    """``--model`` (not a checkpoint) -> (folder with the manifest, artifact file name)."""
+    """``--model`` -> (folder with the manifest, artifact file name)."""
+    if model.suffix == ".pt":
+        raise ConfigError(
+            f"{model}: a training checkpoint; export it first (lungwatch export --checkpoint "
+            f"{model} --out DIR) and give DIR"
+        )
     if model.is_dir():
         files = read_manifest(model)["files"]
         for name in PREFERRED_FILES:
@@ -93,27 +95,6 @@ def resolve_model(model: Path) -> tuple[Path, str]:
     return model.parent, model.name
 
 
-def export_checkpoint(checkpoint: Path, out: Path) -> tuple[Path, str]:
-    """A SedNet checkpoint -> a model folder in ``out`` (module doc) and its ONNX file."""
-    from export.streaming_model import export_folder
-
-    beside = checkpoint.parent / MANIFEST
-    detector = quality = None
-    chunk_frames = 12
-    if beside.is_file():
-        data = read_manifest(checkpoint.parent)
-        detector, quality = data.get("detector"), data.get("quality")
-        chunk_frames = int(data.get("streaming", {}).get("chunk_frames", chunk_frames))
-    export_folder(checkpoint, out, checkpoint.stem, chunk_frames, detector, quality)
-    if not beside.is_file():
-        print(
-            f"lungwatch detect: no {MANIFEST} beside {checkpoint}: the runtime's default "
-            "detector rules apply (fit them with training.sed_calibrate)",
-            file=sys.stderr,
-        )
-    return out, "model.onnx"
-
-
 def score_folders(
     folders: list[Path],
     found: dict[str, RecordingEvents],
@@ -127,8 +108,8 @@ def score_folders(
     and the operating points (:func:`frame_scores`) under the detector the device ran: the
     manifest's rules, overridden by the section's."""
     from edge.audio import read_audio
-    from training.datasets.sprsound import load_sprsound
-    from training.scoring import score_detection
+    from training.data.sprsound import load_sprsound
+    from training.scoring.detection import score_detection
 
     annotated, labels, durations = {}, {}, {}
     for folder in folders:
@@ -168,11 +149,10 @@ def frame_scores(
     labels: dict[str, str],
     durations: dict[str, float],
 ) -> dict[str, Any]:
-    """The scores of the kept output frames: ``threshold_free``
-    (:func:`training.threshold_free.threshold_free`) and ``operating_points``
-    (:func:`training.threshold_free.operating_points`), under the detector the device ran."""
+    """The scores of the kept output frames: ``threshold_free`` and ``operating_points``
+    (:mod:`training.scoring.threshold_free`), under the detector the device ran."""
     from edge.runtime import detector_config_of
-    from training.threshold_free import as_dict, operating_points, threshold_free
+    from training.scoring.threshold_free import as_dict, operating_points, threshold_free
 
     manifest, detector = model
     probs = {}
@@ -247,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a recording or a folder of them (repeatable)",
     )
     parser.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help="ONNX artifact, model folder or .pt"
+        "--model", type=Path, default=DEFAULT_MODEL, help="model folder or an ONNX file it lists"
     )
     parser.add_argument("--config", type=Path, help="runtime YAML: detector/gate/backend")
     parser.add_argument("--out", type=Path, help="events JSON (default: standard output)")
@@ -267,15 +247,11 @@ def main(argv: list[str] | None = None) -> int:
 
         config = load_runtime_config(args.config)
         sections = {"detector": config.detector, "gate": config.gate, "backend": config.backend}
-    with tempfile.TemporaryDirectory(prefix="lungwatch-detect-") as tmp:
-        if args.model.suffix == ".pt":
-            folder, file = export_checkpoint(args.model, Path(tmp))
-        else:
-            folder, file = resolve_model(args.model)
-        manifest = load_manifest(folder / MANIFEST)
-        found = detect_recordings(
-            recordings, folder, file, skip_unreadable=True, keep_probs=args.score, **sections
-        )
+    folder, file = resolve_model(args.model)
+    manifest = load_manifest(folder / MANIFEST)
+    found = detect_recordings(
+        recordings, folder, file, skip_unreadable=True, keep_probs=args.score, **sections
+    )
     unread = {name: r.error for name, r in sorted(found.items()) if r.error is not None}
     read = sorted(name for name in found if name not in unread)
     if not read:  # nothing to write: the first reason is the error

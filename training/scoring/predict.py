@@ -8,9 +8,9 @@
 - ``icbhi``: one label per cycle of each ICBHI ``.txt`` file, in order, mapped from SPRSound
   classes to ICBHI labels through ``edge.labels`` (cross-dataset).
 
-``--model`` is a model folder, an artifact its manifest lists (default
-``models/sed/model.int8.onnx``) or a SedNet checkpoint. Every task is answered from the output
-frames the device computes (:mod:`training.sed_tasks`: each recording as one bed through the
+``--model`` is a model folder or an artifact its manifest lists (default
+``models/sed/model.int8.onnx``). Every task is answered from the output
+frames the device computes (:mod:`training.scoring.tasks`: each recording as one bed through the
 device path; Task 1 pools the frames of each annotated span, Task 2 reads the whole record's
 frames and the quality output) with the rules fitted on validation and stored in the
 manifest (``tasks``).
@@ -35,8 +35,8 @@ from edge.labels import (
     to_icbhi,
 )
 from firmware_bridge.cliparse import ArgumentParser
-from training.datasets.icbhi import IcbhiRecording, parse_recording_name, read_cycles
-from training.datasets.sprsound import SprRecord, parse_record_name, read_annotation
+from training.data.icbhi import IcbhiRecording, parse_recording_name, read_cycles
+from training.data.sprsound import SprRecord, parse_record_name, read_annotation
 
 TASKS = ("1-1", "1-2", "2-1", "2-2", "icbhi")
 POOR_QUALITY_THRESHOLD = 0.5  # mean Poor Quality output of a record
@@ -81,8 +81,8 @@ def sprsound_records(audio_dir: Path, annotations: Path) -> list[SprRecord]:
 @dataclass(frozen=True)
 class RecordThresholds:
     """Task 2 decision thresholds on a record's statistics (mean Poor Quality output, CAS and
-    DAS scores: :func:`training.sed_tasks.record_statistics`); fitted on validation by
-    :func:`training.sed_tasks.fit_task_rules`."""
+    DAS scores: :func:`training.scoring.tasks.record_statistics`); fitted on validation by
+    :func:`training.scoring.tasks.fit_task_rules`."""
 
     poor_quality: float = POOR_QUALITY_THRESHOLD
     cas: float = FAMILY_THRESHOLD
@@ -119,10 +119,9 @@ def predict_streaming(
 ) -> dict[str, object]:
     """Every task from a frame-level model's device outputs (module doc)."""
     import sys
-    import tempfile
 
-    from training.detect import export_checkpoint, resolve_model
-    from training.sed_tasks import (
+    from training.scoring.detect import resolve_model
+    from training.scoring.tasks import (
         TaskRules,
         device_outputs,
         event_labels,
@@ -130,28 +129,22 @@ def predict_streaming(
         rules_of_manifest,
     )
 
-    with tempfile.TemporaryDirectory(prefix="lungwatch-predict-") as tmp:
-        if model.suffix == ".pt":
-            model_dir, model_file = export_checkpoint(model, Path(tmp))
-            beside = model.parent / "manifest.json"
-            rules = rules_of_manifest(model.parent) if beside.is_file() else None
-        else:
-            model_dir, model_file = resolve_model(model)
-            rules = rules_of_manifest(model_dir)
-        if rules is None:
-            print(
-                f"lungwatch predict: {model} has no fitted task rules (python -m "
-                "training.sed_tasks --model ...): thresholds 0.5 apply",
-                file=sys.stderr,
-            )
-            rules = TaskRules(dict.fromkeys(DETECTED_CLASSES, 0.5))
-        if task == "icbhi":
-            cycles = icbhi_recordings(audio_dir, annotations)
-            audio = {r.recording_id: r.audio_path for r in cycles}
-        else:
-            records = sprsound_records(audio_dir, annotations)
-            audio = {r.record_id: r.audio_path for r in records}
-        device = device_outputs(audio, model_dir, model_file)
+    model_dir, model_file = resolve_model(model)
+    rules = rules_of_manifest(model_dir)
+    if rules is None:
+        print(
+            f"lungwatch predict: {model} has no fitted task rules (lungwatch tasks --model "
+            f"{model}): thresholds 0.5 apply",
+            file=sys.stderr,
+        )
+        rules = TaskRules(dict.fromkeys(DETECTED_CLASSES, 0.5))
+    if task == "icbhi":
+        cycles = icbhi_recordings(audio_dir, annotations)
+        audio = {r.recording_id: r.audio_path for r in cycles}
+    else:
+        records = sprsound_records(audio_dir, annotations)
+        audio = {r.record_id: r.audio_path for r in records}
+    device = device_outputs(audio, model_dir, model_file)
     out: dict[str, object] = {}
     if task == "icbhi":
         for rec in cycles:
@@ -193,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         type=Path,
         default=Path("models/sed/model.int8.onnx"),
-        help="model folder, an .onnx its manifest lists, or a SedNet checkpoint (.pt)",
+        help="model folder or an .onnx its manifest lists",
     )
     parser.add_argument("--out", required=True, type=Path, help="predictions JSON to write")
     args = parser.parse_args(argv)

@@ -41,8 +41,8 @@ from edge.labels import (
 )
 
 if TYPE_CHECKING:
-    from training.datasets.icbhi import IcbhiCycle
-    from training.datasets.sprsound import SprEvent
+    from training.data.icbhi import IcbhiCycle
+    from training.data.sprsound import SprEvent
 
 #: Evaluation tasks: SPRSound 1-1/1-2 (per event), 2-1/2-2 (per record), ICBHI (per cycle).
 EVENT_TASKS: tuple[str, ...] = ("1-1", "1-2")

@@ -1,20 +1,21 @@
-"""Fit the frame detector's per-class thresholds and durations on validation.
+"""Fit the device's detector rules on validation: per-class thresholds and durations, and the
+phase rule.
 
-    config = fit_detector(probs, annotated, labels, durations_s, outputs, grid, base)
+    rules = fit_rules(probs, val_recordings, grid, run)     # the manifest's "detector" section
 
-The device turns a streaming model's frame probabilities into events with
-:class:`edge.detector.FrameDetector`; this module chooses, per detected class, the on-threshold
-(the off-threshold follows ``OFF_GAP`` below it), the minimum duration and the merge gap that
-give the best family event F1 (sed_eval, :mod:`training.scoring`) on validation records while
-keeping false adventitious events on Normal records at or below ``max_false_per_hour`` and the
-share of Normal records with any at or below ``max_normal_share``. Coordinate ascent: one class
-and one knob at a time, every candidate scored through :func:`edge.detector.detect_events` (the
-device's converter), repeated for ``rounds`` passes. Never fitted on a test set.
+The device turns the model's frame probabilities into events with
+:class:`edge.detector.FrameDetector`; this module chooses, per detected class, the
+on-threshold (the off-threshold follows ``OFF_GAP`` below it), the minimum duration and the
+merge gap that give the best family event F1 (sed_eval, :mod:`training.scoring.detection`) on
+validation records while keeping false adventitious events on Normal records at or below
+``max_false_per_hour`` and the share of Normal records with any at or below
+``max_normal_share``. Coordinate ascent: one class and one knob at a time, every candidate
+scored through :func:`edge.detector.detect_events` (the device's converter), repeated for
+``rounds`` passes. Never fitted on a test set.
 
-With a ``base`` in phase mode (``DetectorConfig.phases``, ``--phases``) the knobs are each
-class's on-threshold (on the phase mean) and the phase rule's on-threshold, hysteresis gap,
-minimum phase length and lead (how far before the phase's first frame an event's start is
-reported).
+In phase mode (``detector.phases`` of the run, the shipped recipe) the knobs are each class's
+on-threshold (on the phase mean) and the phase rule's on-threshold, hysteresis gap, minimum
+phase length and lead (how far before the phase's first frame an event's start is reported).
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
 from edge.labels import DETECTED_CLASSES
-from training.scoring import DetectionReport, Event, score_detection
+from training.scoring.detection import DetectionReport, Event, score_detection
+
+if TYPE_CHECKING:
+    from training.data.recordings import Recording
+    from training.recipe.config import RunConfig
 
 OFF_GAP = 0.15  # off-threshold = on-threshold - OFF_GAP (at least MIN_OFF)
 MIN_OFF = 0.05
@@ -176,86 +181,33 @@ def fit_detector(
     return Fit(current, best_report, evaluations)
 
 
-def fit_checkpoint(
-    checkpoint: Path, limits: Limits = Limits(), log: bool = False, phases: bool = False
-) -> dict:
-    """Predict the checkpoint's patient-disjoint validation records (SPRSound train, seed 0,
-    20 %: the research trainer's split) and fit the detector there; the manifest's
-    ``detector`` section (thresholds, what it was fitted on, the validation summary)."""
-    from edge.features import FeatureSpec
-    from export.streaming_model import load_checkpoint
-    from training.recordings import flush_value
-    from training.sed_train import (
-        load_all,
-        predict,
-        recording_seconds,
-        split_records,
-        validation_ids,
-    )
-    from training.targets import OUTPUTS
+def fit_rules(
+    probs: Sequence[np.ndarray], val: Sequence[Recording], grid: FrameGrid, run: RunConfig
+) -> dict[str, Any]:
+    """The rules fitted on the validation recordings ``val`` from their frame probabilities
+    ``probs`` (n, O): the manifest's ``detector`` section (thresholds, phases, what they were
+    fitted on, the limits and the validation summary)."""
+    from training.data.targets import OUTPUTS
+    from training.recipe.train import recording_seconds
 
-    model, kinds = load_checkpoint(checkpoint, held_out=True)
-    spec = FeatureSpec()
-    stride = model.config.stride
-    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, stride)
-    records, recs = load_all(kinds, grid, stride, 0.5)
-    _, val = split_records(recs, validation_ids(records), train_on_validation=False)
-    mean = model.input_mean.numpy()
-    probs = predict(model, val, flush_value(mean))
+    limits = Limits(run.detector.max_false_per_hour, run.detector.max_normal_share)
     annotated = {r.record_id: list(r.events) for r in val}
     labels = {r.record_id: r.label for r in val}
-    durations = {r.record_id: recording_seconds(r.features.shape[2], spec) for r in val}
+    durations = {r.record_id: recording_seconds(r.features.shape[2], run.features) for r in val}
     base = DetectorConfig(
         on_threshold=0.7,
         off_threshold=0.55,
         min_event_ms=120,
         merge_gap_ms=120,
-        phases=PhaseRule(0.6, 0.5, 240.0) if phases else None,
+        phases=PhaseRule(0.6, 0.5, 240.0) if run.detector.phases else None,
     )
-    fit = fit_detector(probs, annotated, labels, durations, OUTPUTS, grid, base, limits, log=log)
-    out_phases = (
-        {} if fit.config.phases is None else {"phases": dataclasses.asdict(fit.config.phases)}
-    )
+    fit = fit_detector(probs, annotated, labels, durations, OUTPUTS, grid, base, limits)
+    phases = {} if fit.config.phases is None else {"phases": dataclasses.asdict(fit.config.phases)}
     return {
         "thresholds": [dataclasses.asdict(t) for t in fit.config.thresholds],
-        **out_phases,
-        "fitted_on": f"SPRSound train, patient-disjoint validation (20 %, seed 0), "
-        f"{len(val)} records",
+        **phases,
+        "fitted_on": f"{len(val)} validation records (patient-disjoint, "
+        f"{run.data.val_fraction:.0%} of the patients, split seed {run.data.split_seed})",
         "limits": dataclasses.asdict(limits),
         "validation": fit.report.summary(),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    import json
-    import sys
-
-    from edge.errors import LungwatchError
-    from firmware_bridge.cliparse import ArgumentParser
-
-    parser = ArgumentParser(prog="python -m training.sed_calibrate", description=__doc__)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="fitted rules (JSON)")
-    parser.add_argument("--max-false-per-hour", type=float, default=Limits.max_false_per_hour)
-    parser.add_argument("--max-normal-share", type=float, default=Limits.max_normal_share)
-    parser.add_argument(
-        "--phases", action="store_true", help="phase mode: events are breath phases (module doc)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        fitted = fit_checkpoint(
-            args.checkpoint,
-            Limits(args.max_false_per_hour, args.max_normal_share),
-            log=True,
-            phases=args.phases,
-        )
-    except LungwatchError as exc:
-        print(f"sed_calibrate: {exc}", file=sys.stderr)
-        return 1
-    args.out.write_text(json.dumps(fitted, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(fitted["validation"]))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

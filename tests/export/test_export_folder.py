@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime")
 
 from edge.detector import PhaseRule
 from edge.manifest import ManifestError, load_manifest, verify_file
-from export.streaming_model import StreamingModelError, export_folder, main
+from export.to_onnx import ExportError, export_folder, main
 from tests.streaming_fixture import CHUNK_FRAMES, tiny_checkpoint, tiny_streaming_folder
 
 RULE = {"type": "Wheeze", "on_threshold": 0.7, "off_threshold": 0.55, "min_event_ms": 120,
@@ -97,28 +97,34 @@ def test_manifest_errors_name_the_file_and_key(folder, tmp_path, edit, message) 
     assert message in str(info.value)
 
 
-def test_export_refuses_what_is_not_a_sednet_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(StreamingModelError, match="checkpoint not found"):
-        export_folder(tmp_path / "missing.pt", tmp_path / "out", "x", 4)
+def test_export_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="checkpoint not found"):
+        export_folder(tmp_path / "missing.pt", tmp_path / "out", 4)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(StreamingModelError, match="not a SedNet checkpoint"):
-        export_folder(junk, tmp_path / "out", "x", 4)
+    with pytest.raises(ExportError, match="not a lungwatch checkpoint"):
+        export_folder(junk, tmp_path / "out", 4)
 
 
 def test_export_refuses_kinds_that_do_not_fit_the_model(tmp_path: Path) -> None:
     import torch
 
     checkpoint = tiny_checkpoint(tmp_path / "c.pt")
-    data = torch.load(checkpoint, weights_only=False)
+    data = torch.load(checkpoint, weights_only=True)
     data["kinds"] = ["logmel", "cwt"]  # a one-kind model
     torch.save(data, checkpoint)
-    with pytest.raises(StreamingModelError, match=r"kinds \['logmel', 'cwt'\] do not fit"):
-        export_folder(checkpoint, tmp_path / "out", "x", 4)
+    with pytest.raises(ExportError, match=r"kinds \['logmel', 'cwt'\] do not fit"):
+        export_folder(checkpoint, tmp_path / "out", 4)
 
 
-def test_cli_refuses_half_a_quality_gate(tmp_path: Path) -> None:
-    checkpoint = tiny_checkpoint(tmp_path / "c.pt")
-    with pytest.raises(StreamingModelError, match="--poor-on and --poor-off go together"):
-        main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "--name", "t",
-              "--poor-on", "0.5"])  # fmt: skip
+def test_export_reads_the_rules_and_the_gate_from_the_checkpoint_alone(tmp_path: Path) -> None:
+    detector = {"thresholds": [RULE], "fitted_on": "test"}
+    quality = {"poor_on": 0.7, "poor_off": 0.5}
+    checkpoint = tiny_checkpoint(tmp_path / "c.pt", detector=detector, quality=quality)
+    assert main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+                 "--chunk-frames", "3"]) == 0  # fmt: skip
+    manifest = load_manifest(tmp_path / "o" / "manifest.json")
+    assert manifest.detector_rules == (RULE,)
+    assert manifest.quality_thresholds == (0.7, 0.5)
+    assert manifest.streaming.chunk_frames == 3
+    assert manifest.model_id.startswith("tiny-")

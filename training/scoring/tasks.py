@@ -15,10 +15,10 @@ the output frames the detector saw are kept. Nothing here runs a network of its 
 - **Task 2** (a record -> Normal / CAS / DAS / CAS & DAS / Poor Quality): the mean Poor
   Quality output over the record, and per family (CAS: Wheeze, Rhonchi, Stridor; DAS: Fine and
   Coarse Crackle) the mean of the ``top_frames`` highest frames of the family's largest output;
-  :func:`training.predict.record_decision` with the fitted thresholds.
+  :func:`training.scoring.predict.record_decision` with the fitted thresholds.
 
 :func:`fit_task_rules` fits the thresholds by coordinate ascent on the challenge Score of
-Task 1-2 and Task 2-2 (:func:`training.metrics.sprsound_scores`) over the patient-disjoint
+Task 1-2 and Task 2-2 (:func:`training.scoring.challenge.sprsound_scores`) over the patient-disjoint
 validation records; the rules go into the model's manifest (``tasks``) and
 ``lungwatch predict`` reads them from there.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ import numpy as np
 from edge.detector import FrameGrid
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY, record_label_2_1, to_binary
-from training.metrics import sprsound_scores
+from training.scoring.challenge import sprsound_scores
 
 CAS_CLASSES = ("Wheeze", "Rhonchi", "Stridor")
 DAS_CLASSES = ("Fine Crackle", "Coarse Crackle")
@@ -185,7 +186,7 @@ def record_label(probs: np.ndarray, outputs: Sequence[str], rules: TaskRules) ->
 
 
 def _record_decision(stats: np.ndarray, rules: TaskRules) -> str:
-    from training.predict import RecordThresholds, record_decision
+    from training.scoring.predict import RecordThresholds, record_decision
 
     return record_decision(stats, RecordThresholds(rules.poor_quality, rules.cas, rules.das))
 
@@ -295,7 +296,7 @@ def task_scores(
 
 
 def task_record(record: Any) -> TaskRecord:
-    """A :class:`training.datasets.sprsound.SprRecord` as fitting needs it."""
+    """A :class:`training.data.sprsound.SprRecord` as fitting needs it."""
     return TaskRecord(
         record.record_id,
         record.record_label,
@@ -316,8 +317,6 @@ class DeviceOutputs:
 def device_outputs(audio: Mapping[str, Any], model_dir: Any, model_file: str) -> DeviceOutputs:
     """Run ``{record: audio path}`` through :func:`edge.offline.detect_recordings` and keep the
     output frames."""
-    from pathlib import Path
-
     from edge.manifest import load_manifest
     from edge.offline import detect_recordings
 
@@ -334,9 +333,7 @@ def device_outputs(audio: Mapping[str, Any], model_dir: Any, model_file: str) ->
 
 def rules_of_manifest(model_dir: Any) -> TaskRules | None:
     """The fitted ``tasks`` section of a model folder's manifest (None: not fitted)."""
-    from pathlib import Path
-
-    from training.detect import read_manifest
+    from training.scoring.detect import read_manifest
 
     block = read_manifest(Path(model_dir)).get("tasks")
     if block is None:
@@ -345,56 +342,67 @@ def rules_of_manifest(model_dir: Any) -> TaskRules | None:
     return TaskRules.from_dict(block.get("rules") if isinstance(block, dict) else block, where)
 
 
-def fit_model(model_dir: Any, model_file: str, val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Fit the rules on the patient-disjoint validation records of SPRSound train (the
-    trainer's split), with the model's own device outputs; the manifest's ``tasks`` section."""
-    from edge.datapaths import sprsound_root
-    from training.datasets.sprsound import load_sprsound, patient_disjoint_split
+def fit_model(model_dir: Path, model_file: str) -> dict[str, Any]:
+    """Fit the rules on the validation records of the run that trained the model (its
+    checkpoint's ``data`` section: folder, share and seed of the patient-disjoint split), with
+    the model's own device outputs; the manifest's ``tasks`` section."""
+    from training.data.sprsound import load_sprsound, patient_disjoint_split
 
-    _, val = patient_disjoint_split(load_sprsound(sprsound_root() / "train"), val_fraction, seed)
+    folder, fraction, seed = validation_split(model_dir)
+    _, val = patient_disjoint_split(load_sprsound(folder), fraction, seed)
     device = device_outputs({r.record_id: r.audio_path for r in val}, model_dir, model_file)
     rules, scores = fit_task_rules(
         device.probs, [task_record(r) for r in val], device.outputs, device.grid
     )
     return {
         "rules": rules.to_dict(),
-        "fitted_on": f"SPRSound train, patient-disjoint validation ({val_fraction:.0%}, seed "
+        "fitted_on": f"{_shown(folder)}, patient-disjoint validation ({fraction:.0%}, seed "
         f"{seed}), {len(val)} records, outputs of {model_file}",
         "validation": {task: round(s, 4) for task, s in scores.items()},
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    import json
-    import sys
-    from pathlib import Path
+def _shown(folder: Path) -> str:
+    """``folder`` as the manifest shows it: relative to the data root when inside it."""
+    from edge.datapaths import data_root
 
-    from edge.errors import LungwatchError
+    try:
+        return f"<data root>/{folder.resolve().relative_to(data_root().resolve())}"
+    except ValueError:
+        return str(folder)
+
+
+def validation_split(model_dir: Path) -> tuple[Path, float, int]:
+    """(folder, validation share, split seed) of the run behind ``model_dir``/model.pt."""
+    from edge.datapaths import sprsound_root
+    from training.models.checkpoint import load_checkpoint
+
+    data = dict(load_checkpoint(model_dir / "model.pt").run.get("data", {}))
+    folder = Path(data["train_dir"]) if data.get("train_dir") else sprsound_root() / "train"
+    return folder, float(data.get("val_fraction", 0.2)), int(data.get("split_seed", 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lungwatch tasks``: fit the Task rules and write them into the model's manifest."""
+    import json
+
+    from edge.manifest_write import set_section
     from firmware_bridge.cliparse import ArgumentParser
-    from training.detect import resolve_model
+    from training.scoring.detect import resolve_model
 
     parser = ArgumentParser(
-        prog="python -m training.sed_tasks",
-        description="Fit the Task 1/2 rules of a frame-level model on validation and write "
-        "them into its manifest (section 'tasks').",
+        prog="lungwatch tasks",
+        description="Fit the Task 1/2 rules of a model on its run's validation records and "
+        "write them into its manifest (section 'tasks').",
     )
     parser.add_argument("--model", type=Path, default=Path("models/sed/model.int8.onnx"))
     parser.add_argument("--dry-run", action="store_true", help="print, do not write")
     args = parser.parse_args(argv)
-    try:
-        model_dir, model_file = resolve_model(args.model)
-        block = fit_model(model_dir, model_file)
-    except LungwatchError as exc:
-        print(f"sed_tasks: {exc}", file=sys.stderr)
-        return 1
+    model_dir, model_file = resolve_model(args.model)
+    block = fit_model(model_dir, model_file)
     print(json.dumps(block, indent=1))
     if not args.dry_run:
-        from export.manifest import write_manifest
-        from training.detect import read_manifest
-
-        data = read_manifest(model_dir)
-        data["tasks"] = block
-        write_manifest(model_dir / "manifest.json", data)
+        set_section(model_dir / "manifest.json", "tasks", block)
         print(f"tasks -> {model_dir / 'manifest.json'}")
     return 0
 

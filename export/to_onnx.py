@@ -1,0 +1,256 @@
+"""``lungwatch export``: a checkpoint -> a model folder the device runs (manifest schema 2).
+
+    lungwatch export --checkpoint out/runs/sed-seed0/best.pt --out out/models/sed \\
+        [--chunk-frames 12] [--opset 17]
+
+Reads nothing but the checkpoint (:mod:`training.models.checkpoint`: the network's sizes and
+weights, its FeatureSpec, kinds and outputs, the detector rules fitted on validation and the
+quality hysteresis). Writes, in ``--out``: ``model.pt`` (the checkpoint, copied), ``model.onnx``
+and ``manifest.json`` (:mod:`edge.manifest`: I/O sizes, ``streaming``, ``outputs``,
+``detector``, ``quality``, tools, parity). ``model.int8.onnx`` is added by
+:mod:`export.quantize`, the Task rules by ``lungwatch tasks`` and the verify gate's reference
+by ``lungwatch verify --write-reference``.
+
+The graph: one call takes one chunk of every bed's new front-end frames and the beds' carried
+states, and returns the chunk's per-frame probabilities and the new states::
+
+    features  (B, K, F, chunk_frames * stride)  float32   log spectrogram frames, as streamed
+    state     (B, S)                            float32   zeros when a stream starts
+    ->  probs     (B, O, chunk_frames)          float32   sigmoid outputs
+        state_out (B, S)                        float32   feed back with the next chunk
+
+Only the batch is dynamic (what :mod:`export.opcheck` checks and what a TensorRT engine with
+one optimisation profile over the batch wants); the chunk length is fixed at export. Output
+``j`` describes network frame ``j - lookahead_frames``: the device drops the first
+``lookahead_frames`` outputs and flushes the same number of frames at the end. The
+TorchScript exporter (``dynamo=False``) gives a plain graph of standard ops (Conv, Relu,
+Concat, Slice, Mul, Add, MatMul, Softmax, Sigmoid) with no data-dependent shapes. Before the
+manifest is written the file must pass the TensorRT 10 op screen and equal the PyTorch
+whole-recording pass chunk by chunk in ONNX Runtime (to :data:`PARITY_TOLERANCE`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import platform
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import LungwatchError
+from edge.manifest import SCHEMA_VERSION, load_manifest, sha256_file
+from edge.manifest_write import file_entry, utc_now, write_manifest
+from firmware_bridge.cliparse import ArgumentParser
+
+FEATURES, STATE, PROBS, STATE_OUT = "features", "state", "probs", "state_out"
+DEFAULT_OPSET = 17
+DEFAULT_CHUNK_FRAMES = 12  # 0.48 s of output per call (docs/models/sed.md, latency)
+PARITY_TOLERANCE = 1e-4  # max |p_onnx_chunked - p_torch_whole|, probabilities
+PARITY_CHUNKS = 25  # chunks of random input streamed in the parity check
+MODEL_ID_HASH_CHARS = 12
+# import name -> distribution name, for the versions recorded in "tools"
+TOOL_PACKAGES: dict[str, str] = {
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "numba": "numba",
+    "soundfile": "soundfile",
+    "torch": "torch",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
+    "tensorrt": "tensorrt",
+}
+
+
+def model_id(run_name: str, checkpoint_sha256: str) -> str:
+    """``<run name>-<first 12 hex of the checkpoint sha256>``."""
+    return f"{run_name}-{checkpoint_sha256[:MODEL_ID_HASH_CHARS]}"
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of Python and of the packages in :data:`TOOL_PACKAGES` importable here."""
+    versions = {"python": platform.python_version()}
+    for module, dist in TOOL_PACKAGES.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        try:
+            versions[module] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class ExportError(LungwatchError):
+    """The checkpoint cannot be exported (the message says why)."""
+
+
+def export_graph(
+    model: Any, path: Path, chunk_frames: int, opset: int = DEFAULT_OPSET
+) -> dict[str, Any]:
+    """Write the streaming graph of the SedNet ``model`` (eval mode) to ``path``; returns the
+    I/O description for the manifest."""
+    import torch
+
+    from training.models.sed import StreamingSed
+
+    if chunk_frames < 1:
+        raise ExportError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    config = model.config
+    model = model.eval()
+    features = torch.zeros(1, config.n_kinds, config.n_bands, chunk_frames * config.stride)
+    state = model.initial_state(1)
+    batch = {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
+        try:
+            torch.onnx.export(
+                StreamingSed(model).eval(),
+                (features, state),
+                str(path),
+                input_names=[FEATURES, STATE],
+                output_names=[PROBS, STATE_OUT],
+                dynamic_axes={FEATURES: batch, STATE: batch, PROBS: batch, STATE_OUT: batch},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise ExportError(f"streaming export at opset {opset} failed: {exc}") from None
+    _declare_static_outputs(path, [[config.n_outputs, chunk_frames], [model.state_size]])
+    return {
+        "inputs": {FEATURES: list(features.shape[1:]), STATE: [model.state_size]},
+        "outputs": {PROBS: [config.n_outputs, chunk_frames], STATE_OUT: [model.state_size]},
+    }
+
+
+def _declare_static_outputs(path: Path, dims: list[list[int]]) -> None:
+    """Write the outputs' non-batch sizes into the graph (the exporter names them as symbols
+    although they follow from the fixed chunk)."""
+    import onnx
+
+    graph_model = onnx.load(str(path))
+    for output, sizes in zip(graph_model.graph.output, dims, strict=True):
+        shape = output.type.tensor_type.shape.dim
+        for dim, size in zip(list(shape)[1:], sizes, strict=True):
+            dim.ClearField("dim_param")
+            dim.dim_value = size
+    onnx.checker.check_model(graph_model)
+    onnx.save(graph_model, str(path))
+
+
+def parity(model: Any, onnx_path: Path, chunk_frames: int, seed: int = 0) -> dict[str, Any]:
+    """Max |p| difference between ONNX Runtime chunk by chunk (state carried) and the PyTorch
+    whole pass, on a random stream around the training statistics."""
+    import onnxruntime as ort
+    import torch
+
+    config = model.config
+    t = chunk_frames * config.stride
+    rng = np.random.default_rng(seed)
+    mean = model.input_mean.numpy()[None, :, :, None]
+    std = model.input_std.numpy()[None, :, :, None]
+    x = mean + std * rng.standard_normal((1, config.n_kinds, config.n_bands, t * PARITY_CHUNKS))
+    x = x.astype(np.float32)
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(x))
+    whole = torch.sigmoid(logits).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    state = np.zeros((1, model.state_size), np.float32)
+    parts = []
+    for c in range(PARITY_CHUNKS):
+        probs, state = session.run(None, {FEATURES: x[..., c * t : (c + 1) * t], STATE: state})
+        parts.append(probs)
+    diff = float(np.abs(np.concatenate(parts, axis=2) - whole).max())
+    return {
+        "reference": "torch whole pass",
+        "chunks": PARITY_CHUNKS,
+        "max_abs_prob_diff": diff,
+        "ok": diff <= PARITY_TOLERANCE,
+    }
+
+
+def export_folder(
+    checkpoint: Path,
+    out: Path,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Write ``out``/{model.pt, model.onnx, manifest.json} from ``checkpoint`` alone; returns
+    the manifest path."""
+    from export.opcheck import check_tensorrt_compat
+    from training.models.checkpoint import CheckpointError, load_checkpoint
+    from training.models.sed import count_parameters
+
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from None
+    model = ckpt.model
+    out.mkdir(parents=True, exist_ok=True)
+    pt = out / "model.pt"
+    if Path(checkpoint).resolve() != pt.resolve():
+        shutil.copyfile(checkpoint, pt)
+    onnx_path = out / "model.onnx"
+    io = export_graph(model, onnx_path, chunk_frames, opset)
+    problems = check_tensorrt_compat(onnx_path)
+    if problems:
+        raise ExportError(f"{onnx_path}: not TensorRT 10 ready: {problems[0]}")
+    check = parity(model, onnx_path, chunk_frames)
+    if not check["ok"]:
+        raise ExportError(
+            f"{onnx_path}: chunked ONNX differs from the PyTorch pass by "
+            f"{check['max_abs_prob_diff']:.2e} > {PARITY_TOLERANCE}"
+        )
+    sha = sha256_file(pt)
+    data: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "model_id": model_id(ckpt.name, sha),
+        "created_utc": utc_now(),
+        "checkpoint": {"file": pt.name, "sha256": sha, "epoch": ckpt.epoch},
+        "files": {
+            onnx_path.name: file_entry(onnx_path, "fp32", {"source": pt.name, "parity": check})
+        },
+        "onnx": {"opset": opset, **io},
+        "streaming": {
+            "chunk_frames": chunk_frames,
+            "stride": model.config.stride,
+            "lookahead_frames": model.config.lookahead_frames,
+            "state_size": model.state_size,
+            "flush": ckpt.mean.tolist(),  # (K, F): the training mean
+        },
+        "feature_spec": ckpt.spec.to_dict(),
+        "kinds": list(ckpt.kinds),
+        "outputs": list(ckpt.outputs),
+        "parameters": count_parameters(model),
+        "tools": tool_versions(),
+    }
+    if ckpt.detector is not None:
+        data["detector"] = dict(ckpt.detector)
+    if ckpt.quality is not None:
+        data["quality"] = dict(ckpt.quality)
+    manifest = out / "manifest.json"
+    write_manifest(manifest, data)
+    load_manifest(manifest)  # what the device will read must load
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="lungwatch export", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="from lungwatch train")
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write")
+    parser.add_argument(
+        "--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="outputs per call"
+    )
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    args = parser.parse_args(argv)
+    manifest = export_folder(args.checkpoint, args.out, args.chunk_frames, args.opset)
+    print(f"wrote {manifest.parent / 'model.onnx'} and {manifest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""The checkpoint: saved and loaded whole, read with weights_only (a file cannot run code),
+weights loaded strictly, and every problem named."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.streaming_fixture import tiny_checkpoint
+from training.models.checkpoint import CheckpointError, load_checkpoint
+
+
+def test_a_checkpoint_round_trips(tmp_path: Path) -> None:
+    rules = {"thresholds": [], "fitted_on": "test", "validation": {"f1": 0.5}}
+    quality = {"poor_on": 0.7, "poor_off": 0.5}
+    path = tiny_checkpoint(tmp_path / "c.pt", detector=rules, quality=quality)
+    ckpt = load_checkpoint(path)
+    assert ckpt.name == "tiny"
+    assert ckpt.kinds == ("logmel",)
+    assert ckpt.detector == rules
+    assert ckpt.quality == {"poor_on": 0.7, "poor_off": 0.5}
+    assert not ckpt.model.training  # eval mode
+    again = load_checkpoint(tiny_checkpoint(tmp_path / "d.pt"))
+    for (name, a), b in zip(ckpt.model.state_dict().items(), again.model.state_dict().values(),
+                            strict=True):  # fmt: skip
+        assert torch.equal(a, b), name
+
+
+class _Payload:
+    """Unpickling this runs a command: what a malicious "model" file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_a_file_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with evil.open("wb") as handle:
+        pickle.dump({"format": "lungwatch-sednet/1", "x": _Payload(marker)}, handle, protocol=2)
+    torch.save({"format": "lungwatch-sednet/1", "x": _Payload(marker)}, tmp_path / "evil2.pt")
+    for path in (evil, tmp_path / "evil2.pt"):
+        with pytest.raises(CheckpointError, match="not a lungwatch checkpoint"):
+            load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_weights_load_strictly_and_problems_are_named(tmp_path: Path) -> None:
+    path = tiny_checkpoint(tmp_path / "c.pt")
+    data = torch.load(path, weights_only=True)
+    data["weights"]["stray.weight"] = torch.zeros(1)
+    torch.save(data, tmp_path / "extra.pt")
+    with pytest.raises(CheckpointError, match=r"extra\.pt: .*Unexpected key.*stray\.weight"):
+        load_checkpoint(tmp_path / "extra.pt")
+    data = torch.load(path, weights_only=True)
+    data["outputs"] = data["outputs"][:3]
+    torch.save(data, tmp_path / "outputs.pt")
+    with pytest.raises(CheckpointError, match=r"outputs .* but the model has 7"):
+        load_checkpoint(tmp_path / "outputs.pt")
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="format None, expected 'lungwatch-sednet/1'"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "absent.pt")

@@ -1,0 +1,135 @@
+"""Whole recordings with strong frame targets, for the frame-level model.
+
+    data = load_recordings(records, store, kinds, grid, stride)       # features in memory
+    batch = collate([crop(item, rng, ...) for item in ...])              # training batches
+
+Each :class:`Recording` holds its stacked features ``(K, F, T)`` (float16 in memory), its
+frame targets and weights ``(O, N)`` at the model's output grid (``N = ceil(T / stride)``)
+and its record label. A training example is the recording *as a stream that starts at a
+random frame*: the model's state is zero at the example's first frame exactly as on a device
+whose stream starts there, so no example needs context it cannot have. The model's
+look-ahead is served by the recording's own later frames, and past its end by the flush
+padding (:func:`flush_value`), which is also what the device feeds when a stream ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.detector import FrameGrid
+from training.data.features import FeatureStore
+from training.data.sprsound import SprRecord
+from training.data.targets import frame_targets
+
+
+@dataclass
+class Recording:
+    """One recording, ready for training or evaluation."""
+
+    record_id: str
+    patient_id: str
+    label: str
+    features: np.ndarray  # (K, F, T) float16
+    targets: np.ndarray  # (O, N) float32
+    weights: np.ndarray  # (O, N) float32
+    events: tuple[tuple[float, float, str], ...]  # (start_s, end_s, type) as annotated
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.targets.shape[1])
+
+
+@dataclass
+class Batch:
+    """Stacked examples, padded to the longest; ``mask`` (B, N) marks real output frames."""
+
+    features: np.ndarray  # (B, K, F, (N + lookahead) * stride) float32
+    targets: np.ndarray  # (B, O, N)
+    weights: np.ndarray  # (B, O, N), zero on padding
+    mask: np.ndarray  # (B, N)
+    n_frames: int
+
+
+def output_frames(n_input_frames: int, stride: int) -> int:
+    """Output frames of a recording of ``n_input_frames`` front-end frames."""
+    return -(-n_input_frames // stride)
+
+
+def load_recordings(
+    records: Sequence[SprRecord],
+    store: FeatureStore,
+    kinds: Sequence[str],
+    grid: FrameGrid,
+    stride: int,
+    unannotated_weight: float = 0.5,
+) -> list[Recording]:
+    """Features (the chosen ``kinds`` of the store's stack) and targets of every record."""
+    pick = [store.kinds.index(kind) for kind in kinds]
+    out = []
+    for record in records:
+        features = store.features(record.audio_path)[pick].astype(np.float16)
+        n = output_frames(features.shape[2], stride)
+        events = tuple((e.start_ms / 1000.0, e.end_ms / 1000.0, e.type) for e in record.events)
+        targets, weights = frame_targets(events, record.record_label, grid, n, unannotated_weight)
+        out.append(
+            Recording(
+                record.record_id, record.patient_id, record.record_label, features, targets,
+                weights, events,
+            )
+        )  # fmt: skip
+    return out
+
+
+def flush_value(mean: np.ndarray) -> np.ndarray:
+    """The padding frame after a stream's end: the per-kind, per-band training mean (K, F),
+    which the model's input normalisation maps to zero."""
+    return np.asarray(mean, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A stream of one recording from output frame ``first`` for ``n`` frames."""
+
+    recording: Recording
+    first: int
+    n: int
+
+
+def random_example(
+    recording: Recording, rng: np.random.Generator, max_start_frames: int, max_frames: int
+) -> Example:
+    """The recording from a random output frame in ``[0, max_start_frames]`` (at most half
+    its length), for at most ``max_frames`` frames."""
+    n = recording.n_frames
+    first = int(rng.integers(0, min(max_start_frames, n // 2) + 1))
+    return Example(recording, first, min(n - first, max_frames))
+
+
+def whole_example(recording: Recording) -> Example:
+    return Example(recording, 0, recording.n_frames)
+
+
+def collate(examples: Sequence[Example], stride: int, lookahead: int, flush: np.ndarray) -> Batch:
+    """Stack examples; inputs run ``lookahead`` frames past each example (real audio where the
+    recording goes on, the flush frame after its end) and padding is masked out."""
+    longest = max(e.n for e in examples)
+    first = examples[0].recording
+    k, f = first.features.shape[:2]
+    width = (longest + lookahead) * stride
+    x = np.broadcast_to(flush[None, :, :, None], (len(examples), k, f, width)).copy()
+    o = first.targets.shape[0]
+    targets = np.zeros((len(examples), o, longest), np.float32)
+    weights = np.zeros_like(targets)
+    mask = np.zeros((len(examples), longest), np.float32)
+    for b, e in enumerate(examples):
+        rec = e.recording
+        lo = e.first * stride
+        hi = min(rec.features.shape[2], (e.first + e.n + lookahead) * stride)
+        x[b, :, :, : hi - lo] = rec.features[:, :, lo:hi]
+        targets[b, :, : e.n] = rec.targets[:, e.first : e.first + e.n]
+        weights[b, :, : e.n] = rec.weights[:, e.first : e.first + e.n]
+        mask[b, : e.n] = 1.0
+    return Batch(x, targets, weights, mask, longest)

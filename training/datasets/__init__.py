@@ -1,1 +1,0 @@
-"""Lung-sound data sets: SPRSound, ICBHI 2017 and a synthetic generator."""

@@ -1,0 +1,148 @@
+"""The checkpoint: everything needed to rebuild the network and its input, and nothing else.
+
+    save_checkpoint(path, Checkpoint(model, spec, kinds, outputs, run=..., detector=...))
+    ckpt = load_checkpoint(path)         # ckpt.model (eval mode), ckpt.spec, ckpt.kinds, ...
+
+As whisper keeps its dimensions beside its weights, a checkpoint holds the network's sizes
+(:class:`~training.models.sed.SedConfig`), the :class:`~edge.features.FeatureSpec` and input
+kinds it reads, the names of its outputs, its input statistics (inside the weights: the
+buffers ``input_mean`` / ``input_std``; the mean is the frame a device feeds after a stream's
+end), the detector rules fitted on validation and the quality output's hysteresis (what the
+device applies), the resolved run config and the epoch kept. ``lungwatch export`` reads
+nothing but this file. Only tensors, numbers, strings, lists and mappings are stored, so
+:func:`load_checkpoint` reads it with ``torch.load(..., weights_only=True)`` (a checkpoint
+cannot run code) and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edge.errors import ConfigError, LungwatchError
+from edge.features import FEATURE_KINDS, FeatureSpec
+from training.models.sed import SedConfig, SedNet
+
+FORMAT = "lungwatch-sednet/1"
+
+
+class CheckpointError(LungwatchError):
+    """A file is not a lungwatch checkpoint, or one that cannot be used (the message says)."""
+
+
+@dataclass
+class Checkpoint:
+    """A trained network and what it needs to run (see the module doc)."""
+
+    model: SedNet
+    spec: FeatureSpec
+    kinds: tuple[str, ...]
+    outputs: tuple[str, ...]
+    name: str = "sed"  # the run's name: the prefix of the exported model's id
+    epoch: int = -1
+    run: Mapping[str, Any] = field(default_factory=dict)  # the resolved run config
+    detector: Mapping[str, Any] | None = None  # fitted rules (edge.manifest's "detector")
+    quality: Mapping[str, float] | None = None  # {"poor_on", "poor_off"}
+    validation: Mapping[str, Any] = field(default_factory=dict)  # the kept epoch's scores
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The (K, F) training mean: the input normalisation's zero and the flush frame."""
+        return self.model.input_mean
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` to ``path`` (a temporary file moved into place)."""
+    data = {
+        "format": FORMAT,
+        "weights": ckpt.model.state_dict(),
+        "sizes": dataclasses.asdict(ckpt.model.config),
+        "feature_spec": ckpt.spec.to_dict(),
+        "kinds": list(ckpt.kinds),
+        "outputs": list(ckpt.outputs),
+        "name": ckpt.name,
+        "epoch": ckpt.epoch,
+        "run": _plain(ckpt.run),
+        "detector": _plain(ckpt.detector),
+        "quality": _plain(ckpt.quality),
+        "validation": _plain(ckpt.validation),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    torch.save(data, temp)
+    temp.replace(path)
+    return path
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint at ``path``, its network in eval mode; :class:`CheckpointError` names the
+    file and what is wrong (not found, not a checkpoint, sizes that do not fit)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a lungwatch checkpoint ({reason})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(
+            f"{path}: not a lungwatch checkpoint (format {found!r}, expected {FORMAT!r})"
+        )
+    try:
+        return _rebuild(data)
+    except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: {_one_line(exc)}") from None
+
+
+def _rebuild(data: Mapping[str, Any]) -> Checkpoint:
+    sizes = dict(data["sizes"])
+    for key in ("dilations", "kernel_widths"):
+        sizes[key] = tuple(sizes[key])
+    model = SedNet(SedConfig(**sizes))
+    model.load_state_dict(data["weights"], strict=True)
+    kinds = tuple(data["kinds"])
+    if len(kinds) != model.config.n_kinds or not set(kinds) <= set(FEATURE_KINDS):
+        raise ValueError(
+            f"kinds {list(kinds)} do not fit a model of {model.config.n_kinds} kinds from "
+            f"{FEATURE_KINDS}"
+        )
+    outputs = tuple(data["outputs"])
+    if len(outputs) != model.config.n_outputs:
+        raise ValueError(f"outputs {list(outputs)} but the model has {model.config.n_outputs}")
+    spec = FeatureSpec.from_dict(data["feature_spec"], source="feature_spec")
+    if spec.n_bands != model.config.n_bands:
+        raise ValueError(
+            f"feature_spec.n_bands {spec.n_bands} but the model reads {model.config.n_bands} bands"
+        )
+    return Checkpoint(
+        model=model.eval(),
+        spec=spec,
+        kinds=kinds,
+        outputs=outputs,
+        name=str(data["name"]),
+        epoch=int(data["epoch"]),
+        run=dict(data["run"]),
+        detector=data["detector"],
+        quality=data["quality"],
+        validation=dict(data["validation"]),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON types (numpy numbers become floats, tuples lists): what
+    ``torch.load(weights_only=True)`` reads back."""
+    return None if value is None else json.loads(json.dumps(value, default=float))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

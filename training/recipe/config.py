@@ -1,0 +1,209 @@
+"""The run configuration of ``lungwatch train``: one YAML file plus ``--set`` overrides.
+
+    run = load_run(Path("training/configs/sed.yaml"), ["seed=1", "name=sed-seed1"])
+
+Sections (every key is commented in ``training/configs/sed.yaml``, the shipped recipe):
+``data`` (where the recordings are, the patient-disjoint validation split, crops),
+``features`` (the :class:`~edge.features.FeatureSpec`) and ``kinds``, ``model``
+(:class:`~training.models.sed.SedConfig` less the sizes the run derives), ``optim``,
+``augment``, ``loss``, ``pretrain`` (masked-spectrogram pretraining), ``selection`` (how the
+best epoch is chosen on validation), ``detector`` (how the device's rules are fitted on
+validation after training) and ``quality`` (the quality output's hysteresis on the device).
+The resolved run is saved beside its checkpoint and inside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.config import check, load_config
+from edge.features import FEATURE_KINDS, FeatureSpec
+from training.models.sed import SedConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_dir: str = ""  # SPRSound-layout folder; "": <data root>/sprsound/train
+    cache_dir: str = "out/cache"  # feature cache (one file per recording and FeatureSpec)
+    val_fraction: float = 0.2  # patient-disjoint validation share of the patients
+    split_seed: int = 0  # which patients validate (every seed of a recipe shares one split)
+    unannotated_weight: float = 0.5  # weight of frames outside every annotated phase
+    max_start_frames: int = 50  # crops start in the first 2 s: the model sees stream starts
+    max_frames: int = 400  # crops of at most 16 s (output frames)
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "in (0, 1)")
+        w = self.unannotated_weight
+        check(0.0 <= w <= 1.0, "unannotated_weight", w, "a number in [0, 1]")
+        check(self.max_start_frames >= 0, "max_start_frames", self.max_start_frames, ">= 0")
+        check(self.max_frames >= 1, "max_frames", self.max_frames, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 20
+    batch_size: int = 16  # recordings per step
+    lr: float = 2e-3  # AdamW peak learning rate (one-cycle schedule)
+    warmup: float = 0.1  # share of the steps that warm the learning rate up
+    weight_decay: float = 1e-2
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        check(self.lr > 0, "lr", self.lr, "a number > 0")
+        check(0.0 < self.warmup < 1.0, "warmup", self.warmup, "in (0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    spec_augment: bool = True  # frequency and time masks, filled with the training mean
+    freq_masks: int = 2
+    freq_width: int = 8  # bands, at most
+    time_masks: int = 2
+    time_width: int = 20  # front-end frames, at most
+    patch_mix_prob: float = 0.0  # Patch-Mix: share of batches that swap time patches
+    patch_mix_frames: int = 50  # longest patch, output frames
+
+    def __post_init__(self) -> None:
+        p = self.patch_mix_prob
+        check(0.0 <= p <= 1.0, "patch_mix_prob", p, "a number in [0, 1]")
+        check(self.patch_mix_frames >= 1, "patch_mix_frames", self.patch_mix_frames, ">= 1")
+        for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
+            check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    phase_weight: float = 0.5  # + this x BCE of each annotated phase's mean class output
+    quality_margin: float = 0.0  # > 0: QLung-style quality-adaptive margin (logits)
+    quality_margin_gain: float = 1.0  # the margin grows by this x (1 - quality)
+
+    def __post_init__(self) -> None:
+        check(self.phase_weight >= 0, "phase_weight", self.phase_weight, "a number >= 0")
+        check(self.quality_margin >= 0, "quality_margin", self.quality_margin, "a number >= 0")
+        gain = self.quality_margin_gain
+        check(gain >= 0, "quality_margin_gain", gain, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = 0  # > 0: masked-spectrogram pretraining epochs before the supervised ones
+    mask_ratio: float = 0.4  # share of output frames masked per example
+    span: tuple[int, int] = (10, 25)  # masked span lengths, output frames
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 0, "epochs", self.epochs, "an integer >= 0")
+        check(0.0 < self.mask_ratio < 1.0, "mask_ratio", self.mask_ratio, "in (0, 1)")
+        lo, hi = self.span
+        check(1 <= lo <= hi, "span", self.span, "[low, high] with 1 <= low <= high")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    # each epoch's validation events at these on-thresholds (plain hysteresis); the epoch with
+    # the best family event F1 among those within max_false_per_hour is kept
+    on_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    max_false_per_hour: float = 20.0
+
+    def __post_init__(self) -> None:
+        ons = self.on_thresholds
+        check(bool(ons) and all(0 < v < 1 for v in ons), "on_thresholds", ons, "values in (0, 1)")
+        check(self.max_false_per_hour > 0, "max_false_per_hour", self.max_false_per_hour, "> 0")
+
+
+@dataclass(frozen=True)
+class DetectorFitConfig:
+    phases: bool = True  # events are breath phases (edge.detector.PhaseRule)
+    max_false_per_hour: float = 8.0  # on validation Normal records
+    max_normal_share: float = 0.08  # of validation Normal records with any false event
+
+    def __post_init__(self) -> None:
+        check(self.max_false_per_hour > 0, "max_false_per_hour", self.max_false_per_hour, "> 0")
+        share = self.max_normal_share
+        check(0.0 < share <= 1.0, "max_normal_share", share, "in (0, 1]")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    poor_on: float = 0.6  # the quality output turns poor_signal on at >= this
+    poor_off: float = 0.4  # and off below this
+
+    def __post_init__(self) -> None:
+        ok = 0.0 < self.poor_off <= self.poor_on < 1.0
+        check(ok, "poor_off", self.poor_off, f"in (0, poor_on={self.poor_on}]")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """:class:`SedConfig` without the sizes the run derives (kinds, bands, outputs)."""
+
+    stride: int = 4
+    channels: int = 96
+    dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8)
+    kernel_widths: tuple[int, ...] = (3, 5)
+    lookahead_frames: int = 8
+    attention_heads: int = 0
+    attention_frames: int = 64
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "sed"
+    seed: int = 0  # initialisation, crops and augmentation
+    out_dir: str = "out/runs"  # the run folder is <out_dir>/<name>/
+    threads: int = 2  # torch intra-op threads
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    kinds: tuple[str, ...] = ("logmel",)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    detector: DetectorFitConfig = field(default_factory=DetectorFitConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.name) and "/" not in self.name, "name", self.name, "a folder name")
+        check(self.threads >= 1, "threads", self.threads, "an integer >= 1")
+        ok = bool(self.kinds) and len(set(self.kinds)) == len(self.kinds)
+        check(
+            ok and set(self.kinds) <= set(FEATURE_KINDS),
+            "kinds",
+            self.kinds,
+            f"distinct names from {FEATURE_KINDS}",
+        )
+        check(
+            self.features.kind == "logmel",
+            "features.kind",
+            self.features.kind,
+            "left out (kinds names the front ends)",
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def sed_config(self, n_outputs: int) -> SedConfig:
+        """The network's sizes: the options plus what the run derives."""
+        m = self.model
+        return SedConfig(
+            n_kinds=len(self.kinds),
+            n_bands=self.features.n_bands,
+            n_outputs=n_outputs,
+            stride=m.stride,
+            channels=m.channels,
+            dilations=m.dilations,
+            kernel_widths=m.kernel_widths,
+            lookahead_frames=m.lookahead_frames,
+            attention_heads=m.attention_heads,
+            attention_frames=m.attention_frames,
+        )
+
+
+def load_run(path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """The run of ``path`` with ``key=value`` overrides; errors name the file and the key."""
+    return load_config(RunConfig, path, overrides)

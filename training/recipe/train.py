@@ -1,0 +1,369 @@
+"""``lungwatch train --config training/configs/sed.yaml [--set key=value ...]``: the recipe.
+
+From the recordings to a checkpoint the export reads, in one run:
+
+1. SPRSound-layout recordings (``data.train_dir``, default ``<data root>/sprsound/train``)
+   with strong frame targets (:mod:`training.data.targets`); a patient-disjoint validation
+   split (``data.val_fraction``, ``data.split_seed``) carved from them, never a test set;
+2. optional masked-spectrogram pretraining (:mod:`training.recipe.pretrain`);
+3. supervised epochs: random crops of whole recordings that start a stream (state zero at
+   their first frame), SpecAugment and Patch-Mix (:mod:`training.recipe.augment`), the frame
+   and phase losses (:mod:`training.recipe.losses`), AdamW with a one-cycle schedule;
+4. after every epoch the validation recordings' events at each of ``selection.on_thresholds``
+   (the device's converter, :func:`edge.detector.detect_events`, scored with sed_eval); the
+   epoch with the best family event F1 within ``selection.max_false_per_hour`` is kept;
+5. the device's detector rules fitted on validation with the kept weights
+   (:mod:`training.recipe.fit`), and the checkpoint written with everything the export needs
+   (:mod:`training.models.checkpoint`).
+
+Writes ``<out_dir>/<name>/``: ``config.yaml`` (the resolved run), ``log.jsonl`` (one line per
+epoch), ``best.pt`` (the checkpoint) and ``val_probs.npz`` (the kept epoch's validation
+outputs). Prints a summary line (JSON) at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from edge.config import to_mapping
+from edge.datapaths import sprsound_root
+from edge.detector import DetectorConfig, FrameGrid, detect_events
+from edge.features import FEATURE_KINDS, FeatureSpec
+from firmware_bridge.cliparse import ArgumentParser
+from training.data.features import FeatureStore
+from training.data.recordings import (
+    Recording,
+    collate,
+    flush_value,
+    load_recordings,
+    random_example,
+    whole_example,
+)
+from training.data.sprsound import load_sprsound, patient_disjoint_split
+from training.data.targets import OUTPUTS
+from training.models.checkpoint import Checkpoint, save_checkpoint
+from training.models.sed import SedNet, count_parameters
+from training.recipe.augment import patch_mix, spec_augment
+from training.recipe.config import RunConfig, load_run
+from training.recipe.fit import fit_rules
+from training.recipe.losses import frame_loss, phase_loss
+from training.recipe.margin import QualityReference, frame_margins
+from training.recipe.pretrain import pretrain
+from training.scoring.detection import DetectionReport, score_detection
+
+SUMMARY_KEYS = (
+    "event_f1_family",
+    "segment_f1_family",
+    "false_events_per_hour",
+    "normal_records_with_false_events",
+)
+
+
+@dataclass
+class TrainingData:
+    """The run's recordings, split, and what the model needs of them."""
+
+    train: list[Recording]
+    val: list[Recording]
+    mean: np.ndarray  # (K, F) per-band input statistics of the training recordings
+    std: np.ndarray
+    grid: FrameGrid
+
+    @property
+    def flush(self) -> np.ndarray:
+        return flush_value(self.mean)
+
+
+def load_data(run: RunConfig) -> TrainingData:
+    """The recordings of ``data.train_dir`` with their targets, split by patient."""
+    spec, stride = run.features, run.model.stride
+    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, stride)
+    folder = Path(run.data.train_dir) if run.data.train_dir else sprsound_root() / "train"
+    records = load_sprsound(folder)
+    # the cache holds every kind (runs that compare kinds share it); each run picks its own
+    store = FeatureStore(spec, FEATURE_KINDS, Path(run.data.cache_dir) / "features")
+    recs = load_recordings(records, store, run.kinds, grid, stride, run.data.unannotated_weight)
+    _, val_records = patient_disjoint_split(records, run.data.val_fraction, run.data.split_seed)
+    val_ids = {r.record_id for r in val_records}
+    train = [r for r in recs if r.record_id not in val_ids]
+    val = [r for r in recs if r.record_id in val_ids]
+    mean, std = input_stats(train)
+    return TrainingData(train, val, mean, std, grid)
+
+
+def input_stats(recs: list[Recording]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-kind, per-band mean and standard deviation (K, F) over every frame of ``recs``."""
+    total = sum(r.features.shape[2] for r in recs)
+    k, f = recs[0].features.shape[:2]
+    s1 = np.zeros((k, f))
+    s2 = np.zeros((k, f))
+    for r in recs:
+        x = r.features.astype(np.float64)
+        s1 += x.sum(axis=2)
+        s2 += (x**2).sum(axis=2)
+    mean = s1 / total
+    std = np.sqrt(np.maximum(s2 / total - mean**2, 1e-8))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def recording_seconds(n_frames: int, spec: FeatureSpec) -> float:
+    """Audio length behind ``n_frames`` front-end frames."""
+    samples = (n_frames - 1) * spec.hop_samples + spec.frame_samples
+    return samples / spec.sample_rate_hz
+
+
+def predict(
+    model: SedNet, recs: list[Recording], flush: np.ndarray, batch: int = 32
+) -> list[np.ndarray]:
+    """Every recording's frame probabilities (n, O), each as one stream from its start (the
+    whole-recording pass, which equals the device's chunked one)."""
+    model.eval()
+    cfg = model.config
+    order = sorted(range(len(recs)), key=lambda i: recs[i].n_frames)
+    res: dict[int, np.ndarray] = {}
+    with torch.no_grad():
+        for s in range(0, len(order), batch):
+            idx = order[s : s + batch]
+            bt = collate(
+                [whole_example(recs[i]) for i in idx], cfg.stride, cfg.lookahead_frames, flush
+            )
+            p = torch.sigmoid(model.forward_train(torch.from_numpy(bt.features), bt.n_frames))
+            for j, i in enumerate(idx):
+                res[i] = p[j, :, : recs[i].n_frames].numpy().T.copy()  # (n, O)
+    return [res[i] for i in range(len(recs))]
+
+
+def score(
+    probs: list[np.ndarray],
+    recs: list[Recording],
+    grid: FrameGrid,
+    det: DetectorConfig,
+    spec: FeatureSpec,
+) -> DetectionReport:
+    """sed_eval scores of the events ``det`` makes of every recording's probabilities."""
+    pred, ann, labels, durs = {}, {}, {}, {}
+    rate = grid.sample_rate_hz
+    for p, r in zip(probs, recs, strict=True):
+        evs = detect_events(p, OUTPUTS, det, grid)
+        pred[r.record_id] = [(e.start_sample / rate, e.end_sample / rate, e.type) for e in evs]
+        ann[r.record_id] = list(r.events)
+        labels[r.record_id] = r.label
+        durs[r.record_id] = recording_seconds(r.features.shape[2], spec)
+    return score_detection(pred, ann, labels, durs)
+
+
+def select(
+    probs: list[np.ndarray], recs: list[Recording], data: TrainingData, run: RunConfig
+) -> tuple[float, dict[str, Any], bool]:
+    """The epoch's selection: (on-threshold, its summary, within the false-event budget) of
+    the best family event F1 among the thresholds within it, else of the fewest false
+    events."""
+    rows = []
+    for on in run.selection.on_thresholds:
+        det = DetectorConfig(
+            on_threshold=on,
+            off_threshold=max(0.05, on - 0.15),
+            min_event_ms=120.0,
+            merge_gap_ms=120.0,
+        )
+        rows.append((on, score(probs, recs, data.grid, det, run.features).summary()))
+    ok = [r for r in rows if r[1]["false_events_per_hour"] <= run.selection.max_false_per_hour]
+    if ok:
+        on, summary = max(ok, key=lambda r: r[1]["event_f1_family"])
+        return on, summary, True
+    on, summary = min(rows, key=lambda r: r[1]["false_events_per_hour"])
+    return on, summary, False
+
+
+def frame_ap(probs: list[np.ndarray], recs: list[Recording]) -> dict[str, float]:
+    """Average precision of each output over the validation frames of known target."""
+    from sklearn.metrics import average_precision_score
+
+    out = {}
+    for c, name in enumerate(OUTPUTS):
+        y = np.concatenate([r.targets[c] >= 0.5 for r in recs])
+        w = np.concatenate([r.weights[c] for r in recs])
+        p = np.concatenate([pp[:, c] for pp in probs])
+        keep = w > 0
+        if y[keep].sum() > 0:
+            out[name] = float(average_precision_score(y[keep], p[keep]))
+    return out
+
+
+def train_epoch(
+    model: SedNet,
+    data: TrainingData,
+    run: RunConfig,
+    opt: Any,
+    sched: Any,
+    reference: QualityReference | None,
+    rng: np.random.Generator,
+) -> float:
+    """One pass over the training recordings in random crops; the mean loss."""
+    model.train()
+    mcfg, cfg = model.config, run.data
+    perm = rng.permutation(len(data.train))
+    losses = []
+    for s in range(0, len(perm), run.optim.batch_size):
+        exs = [
+            random_example(data.train[i], rng, cfg.max_start_frames, cfg.max_frames)
+            for i in perm[s : s + run.optim.batch_size]
+        ]
+        bt = collate(exs, mcfg.stride, mcfg.lookahead_frames, data.flush)
+        aug = run.augment
+        if aug.patch_mix_prob > 0 and rng.random() < aug.patch_mix_prob:
+            patch_mix(bt, mcfg.stride, aug.patch_mix_frames, rng)
+        margins = None
+        if reference is not None:  # measured on the input before the masks
+            margins = frame_margins(
+                bt.features,
+                reference,
+                mcfg.stride,
+                bt.n_frames,
+                run.loss.quality_margin,
+                run.loss.quality_margin_gain,
+            )
+        if aug.spec_augment:
+            spec_augment(bt.features, data.flush, aug, rng)
+        logits = model.forward_train(torch.from_numpy(bt.features), bt.n_frames)
+        loss = frame_loss(logits, bt, margins)
+        if run.loss.phase_weight > 0:
+            loss = loss + run.loss.phase_weight * phase_loss(logits, bt)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+@dataclass
+class Kept:
+    """The epoch the selection keeps, and its validation outputs."""
+
+    epoch: int = -1
+    score: float = -1.0
+    state: dict[str, torch.Tensor] | None = None
+    summary: dict[str, Any] | None = None
+    probs: list[np.ndarray] | None = None
+
+
+def train(run: RunConfig, model: SedNet, data: TrainingData, rng: np.random.Generator) -> Kept:
+    """The supervised epochs; the kept epoch (see the module doc). Logs to ``log.jsonl``."""
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=run.optim.lr, weight_decay=run.optim.weight_decay
+    )
+    steps = math.ceil(len(data.train) / run.optim.batch_size) * run.optim.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=run.optim.lr, total_steps=steps, pct_start=run.optim.warmup
+    )
+    reference = None
+    if run.loss.quality_margin > 0:
+        reference = QualityReference.fit([r.features for r in data.train])
+    kept = Kept()
+    with (run.run_dir / "log.jsonl").open("w") as log:
+        for epoch in range(run.optim.epochs):
+            t0 = time.time()
+            loss = train_epoch(model, data, run, opt, sched, reference, rng)
+            t1 = time.time()
+            probs = predict(model, data.val, data.flush)
+            on, summary, ok = select(probs, data.val, data, run)
+            record = {
+                "epoch": epoch,
+                "loss": loss,
+                "train_s": t1 - t0,
+                "eval_s": time.time() - t1,
+                "ap": frame_ap(probs, data.val),
+                "on": on,
+                "within_budget": ok,
+                "validation": summary,
+            }
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            value = summary["event_f1_family"] if ok else 0.0
+            print(
+                f"epoch {epoch} loss {loss:.4f} {t1 - t0:.0f} s | on {on} event F1 "
+                f"{summary['event_f1_family']:.3f} segment F1 {summary['segment_f1_family']:.3f}"
+                f" false/h {summary['false_events_per_hour']:.1f}",
+                flush=True,
+            )
+            if value > kept.score:  # the first epoch reaching the best is kept
+                kept = Kept(epoch, value, copy.deepcopy(model.state_dict()), summary, probs)
+    return kept
+
+
+def fit(run: RunConfig) -> dict[str, Any]:
+    """Run the recipe (module doc); the kept epoch's summary."""
+    torch.manual_seed(run.seed)
+    np.random.seed(run.seed)
+    torch.set_num_threads(run.threads)
+    rng = np.random.default_rng(run.seed)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(to_mapping(run), sort_keys=False))
+    t0 = time.time()
+    data = load_data(run)
+    print(
+        f"{len(data.train)} training, {len(data.val)} validation recordings "
+        f"({time.time() - t0:.0f} s)",
+        flush=True,
+    )
+    model = SedNet(run.sed_config(len(OUTPUTS)))
+    model.set_input_stats(torch.from_numpy(data.mean), torch.from_numpy(data.std))
+    print(f"{count_parameters(model):,} parameters, state {model.state_size} floats", flush=True)
+    if run.pretrain.epochs > 0:
+        pretrain(model, data.train, data.flush, run, rng)
+    kept = train(run, model, data, rng)
+    if kept.state is None or kept.probs is None:
+        raise RuntimeError("no epoch was trained")
+    model.load_state_dict(kept.state)
+    detector = fit_rules(kept.probs, data.val, data.grid, run)
+    ckpt = Checkpoint(
+        model.eval(),
+        run.features,
+        run.kinds,
+        OUTPUTS,
+        name=run.name,
+        epoch=kept.epoch,
+        run=to_mapping(run),
+        detector=detector,
+        quality={"poor_on": run.quality.poor_on, "poor_off": run.quality.poor_off},
+        validation=kept.summary or {},
+    )
+    path = save_checkpoint(run.run_dir / "best.pt", ckpt)
+    val_probs: dict[str, Any] = {r.record_id: p for r, p in zip(data.val, kept.probs, strict=True)}
+    np.savez_compressed(run.run_dir / "val_probs.npz", **val_probs)
+    summary = {"checkpoint": str(path), "epoch": kept.epoch}
+    summary |= {k: kept.summary[k] for k in SUMMARY_KEYS if kept.summary and k in kept.summary}
+    summary["fitted"] = detector["validation"]
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="lungwatch train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="run YAML (training/configs)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key, e.g. optim.epochs=3 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    summary = fit(load_run(args.config, args.set))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
