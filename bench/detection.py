@@ -4,7 +4,7 @@
         [--folder ../shared/data/sprsound/intra_test] [--paced-records 400] [--no-mqtt]
 
 - **Whole file** (issue 13 target >= 400x): every record of the folder as one bed,
-  ``realtime: false``, through :func:`edge.offline.detect_recordings` (the runtime with a
+  ``realtime: false``, through :func:`edge.runtime.offline.detect_recordings` (the runtime with a
   collecting sink): seconds of audio per second of wall time, for the shipped INT8 model
   (``edge/configs/ward.yaml``) and, with ``--reference-dir``, another model folder as the
   reference run in the same process (the ratio is the speed-up). The window classifier the
@@ -23,7 +23,7 @@
   reports (``start_ms``), and, per ``onset`` message, the device's own share split three ways
   (``split_ms``): ``decision``, from the reported start to the end of the output frame whose
   arrival made the detector announce (found by feeding the bed's output frames, as the run
-  produced them, one at a time to a :class:`~edge.detector.FrameDetector` with the run's
+  produced them, one at a time to a :class:`~edge.bed.detector.FrameDetector` with the run's
   rules); ``ready``, from the end of that frame's span on the output grid to the moment the
   runtime had its output (the model's look-ahead, the wait for the chunk, inference);
   ``delivery``, from then to the PUBACK.
@@ -47,13 +47,11 @@ import numpy as np
 
 from bench.runtime import mosquitto_broker
 from bench.runtime_probes import AckProbe, percentiles_ms
-from edge.backends import BackendConfig
+from edge.bed.detector import DetectorConfig, FrameDetector, FrameGrid
 from edge.datapaths import sprsound_root
-from edge.detector import DetectorConfig, FrameDetector, FrameGrid
 from edge.events import Event
-from edge.offline import FrameKeeper, detect_recordings, recordings_in
-from edge.runtime import Runtime, open_model, open_streams
-from edge.runtime_config import (
+from edge.inference import BackendConfig
+from edge.runtime.config import (
     ModelConfig,
     MqttConfig,
     RuntimeConfig,
@@ -62,6 +60,8 @@ from edge.runtime_config import (
     load_runtime_config,
     open_sinks,
 )
+from edge.runtime.loop import Runtime, open_model, open_streams
+from edge.runtime.offline import FrameKeeper, detect_recordings, recordings_in
 from edge.sinks import publish_all
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

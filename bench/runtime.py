@@ -9,7 +9,7 @@
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
 settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
 ``open_sinks``, ``Runtime``) for K file streams that loop over the three demo recordings
-(``edge.demo``: SPRSound from ``../shared/data`` or ``examples/``), with a model folder's INT8
+(``edge.demo.run``: SPRSound from ``../shared/data`` or ``examples/``), with a model folder's INT8
 model (``--model``, default the shipped streaming model ``models/sed``) on ONNX Runtime CPU
 (one thread), the MQTT sink (QoS 1 through the SQLite spool) to a local Mosquitto and the live
 strip at the runtime's default period (one point per bed per second, over MQTT). Streams start
@@ -66,17 +66,17 @@ import numpy as np
 from bench.runtime_batch import sweep
 from bench.runtime_probes import AckProbe, TimedBackend, TimedSource, TimingSink, latencies
 from bench.runtime_report import profile_summary, render_markdown
-from edge.backends import DEFAULT_MAX_BATCH, BackendConfig
+from edge.bed.pipeline import StreamPipeline
 from edge.datapaths import sprsound_root
-from edge.demo import DemoConfig, find_recordings
+from edge.demo.run import DemoConfig, find_recordings
 from edge.features import FeatureSpec
-from edge.offline import recordings_in
-from edge.pipeline import StreamPipeline
-from edge.runtime import Model, Runtime, open_model, open_sinks, open_streams
-from edge.runtime_config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
+from edge.inference import DEFAULT_MAX_BATCH, BackendConfig
+from edge.inference.streaming import BedState, infer_beds
+from edge.runtime.config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
+from edge.runtime.loop import Model, Runtime, open_model, open_sinks, open_streams
+from edge.runtime.offline import recordings_in
 from edge.sinks.mqtt import MqttConfig
 from edge.sources.base import SourceChunk
-from edge.streaming import BedState, infer_beds
 
 RESULTS_DIR = Path(__file__).parent / "results"
 CHUNK_SAMPLES = 800  # 0.1 s at 8 kHz
@@ -273,7 +273,7 @@ def start_mosquitto(directory: Path) -> Broker | None:
     binary = next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
     if binary is None:
         return None
-    from edge.broker import _free_port
+    from edge.sinks.broker import _free_port
 
     port = _free_port("127.0.0.1")
     conf = directory / "mosquitto.conf"

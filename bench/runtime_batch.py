@@ -1,6 +1,6 @@
 """Inference cost per window against batch size, for ``bench.runtime`` (a child measurement).
 
-A model folder's INT8 and FP32 files through :class:`~edge.backends.onnxruntime.OrtBackend` as the
+A model folder's INT8 and FP32 files through :class:`~edge.inference.onnxruntime.OrtBackend` as the
 runtime opens them (CPU, one intra-op thread, the project's session options), one call per
 batch: for each batch size, ``WINDOWS_PER_SIZE`` windows (beds' chunks) of random features (the
 cost does not depend on the values; the states start at zero and are carried from call to call,
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends import MAX_BATCH_LIMIT, BackendConfig
-from edge.backends.onnxruntime import OrtBackend
+from edge.inference import MAX_BATCH_LIMIT, BackendConfig
+from edge.inference.onnxruntime import OrtBackend
 
 FILES = {"int8": "model.int8.onnx", "fp32": "model.onnx"}
 BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)

@@ -38,7 +38,7 @@ from deploy.inventory import Device
 from deploy.service import UNIT_FILE, render_unit
 from edge.config import load_yaml
 from edge.errors import ConfigError, LungwatchError
-from edge.manifest import MANIFEST_NAME, load_manifest, sha256_file, verify_file
+from edge.inference.manifest import MANIFEST_NAME, load_manifest, sha256_file, verify_file
 
 BUNDLE_FORMAT = 1
 BUNDLE_MANIFEST = "bundle.json"

@@ -23,7 +23,7 @@ from deploy.inventory import BrokerConfig
 from edge.config import load_yaml
 from edge.errors import ConfigError, LungwatchError
 from edge.events import parse_utc, status_topic
-from edge.runtime_config import RuntimeConfig
+from edge.runtime.config import RuntimeConfig
 
 CLOCK_RESOLUTION_S = 0.001  # status times are written with milliseconds
 RETRY_S = 0.5  # between connection attempts

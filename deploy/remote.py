@@ -258,7 +258,7 @@ def configure(release: Path, model_file: str, backend: str) -> dict[str, object]
 
     from edge.config import load_yaml
     from edge.errors import LungwatchError
-    from edge.runtime_config import load_runtime_config
+    from edge.runtime.config import load_runtime_config
 
     source = release / "config" / "runtime.yaml"
     out = release / "runtime.yaml"
@@ -278,7 +278,7 @@ def configure(release: Path, model_file: str, backend: str) -> dict[str, object]
 def check_models(models: Path) -> dict[str, object]:
     """Every artifact the manifest lists has its sha256 (no reference outputs to compare)."""
     from edge.errors import LungwatchError
-    from edge.manifest import load_manifest, verify_file
+    from edge.inference.manifest import load_manifest, verify_file
 
     try:
         manifest = load_manifest(models / "manifest.json")

@@ -24,10 +24,10 @@ DEVICE_SCRIPT = "lungwatch-edge"
 WORKSTATION_SCRIPT = "lungwatch"
 DEVICE_COMMANDS: Commands = {
     "demo": (
-        "edge.demo",
+        "edge.demo.run",
         "the whole pipeline on three recordings: broker, runtime, subscriber, PNGs",
     ),
-    "run": ("edge.runtime", "the bedside runtime: streams -> model -> events over MQTT"),
+    "run": ("edge.runtime.loop", "the bedside runtime: streams -> model -> events over MQTT"),
     "dashboard": ("edge.dashboard.cli", "the ward view: a web page of every bed on the broker"),
     "detect": (
         "training.scoring.detect",

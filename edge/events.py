@@ -51,14 +51,14 @@ TECHNICAL_TYPES: tuple[str, ...] = (
     "overflow",  # the capture buffer overran
     "source_disconnected",  # the source went away (reconnects are tried)
     "device_status",  # a wearable reports a problem (battery, gain; detail says which)
-    "spool_full",  # the store-and-forward spool hit its bound (see edge.spool)
+    "spool_full",  # the store-and-forward spool hit its bound (see edge.sinks.spool)
 )
 KINDS = ("physiological", "technical")
 PRIORITIES = ("high", "medium", "low")
 STATES = ("onset", "ongoing", "ended")
 
 #: THE priority table: the default priority of every event type. The detector's and the
-#: gate's defaults (``edge.detector.DEFAULT_PRIORITIES``, ``edge.gate.
+#: gate's defaults (``edge.bed.detector.DEFAULT_PRIORITIES``, ``edge.bed.gate.
 #: DEFAULT_TECHNICAL_PRIORITIES``) are read from it; a runtime config may override any type.
 #: Stridor (upper-airway obstruction) is urgent; wheezes matter more than crackles or rhonchi;
 #: a technical condition that stops monitoring (off body, stalled or disconnected source, NaN

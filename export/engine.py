@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.backends.base import INPUT_NAME, STATE_NAME
-from edge.backends.tensorrt import normalize_trt_version
 from edge.errors import LungwatchError
-from edge.manifest import MANIFEST_NAME
+from edge.inference.base import INPUT_NAME, STATE_NAME
+from edge.inference.manifest import MANIFEST_NAME
+from edge.inference.tensorrt import normalize_trt_version
 from firmware_bridge.cliparse import ArgumentParser
 
 PRECISIONS = ("fp16", "int8", "best")
@@ -343,7 +343,7 @@ def build_with_trtexec(trtexec: str, plan: BuildPlan) -> str | None:
 def device_info() -> dict[str, str] | None:
     """GPU name and compute capability (cuda-python, else nvidia-smi), or None."""
     try:
-        from edge.backends.tensorrt import import_cudart
+        from edge.inference.tensorrt import import_cudart
 
         cudart = import_cudart()
         err, prop = cudart.cudaGetDeviceProperties(0)
@@ -376,7 +376,7 @@ def engine_extra(
     plan: BuildPlan, tensorrt_version: str | None, built_with: str, device: dict[str, str] | None
 ) -> dict[str, Any]:
     """The manifest fields recorded for an engine (besides sha256, bytes, precision)."""
-    from edge.manifest import sha256_file
+    from edge.inference.manifest import sha256_file
 
     return {
         "tensorrt_version": tensorrt_version,
@@ -404,7 +404,7 @@ def manifest_beside(out: Path) -> Path:
 
 def record_engine(plan: BuildPlan, extra: dict[str, Any]) -> Path:
     """Record the engine in ``manifest.json`` beside it; return the manifest path."""
-    from edge.manifest_write import record_artifact
+    from edge.inference.manifest_write import record_artifact
 
     manifest = manifest_beside(plan.out)
     record_artifact(manifest, plan.out, precision=plan.precision, extra=extra)

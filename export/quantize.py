@@ -68,8 +68,8 @@ import numpy as np
 
 from edge.errors import LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec
-from edge.manifest import MANIFEST_NAME, sha256_file
-from edge.manifest_write import record_artifact
+from edge.inference.manifest import MANIFEST_NAME, sha256_file
+from edge.inference.manifest_write import record_artifact
 from export.to_onnx import FEATURES, PROBS, STATE, STATE_OUT
 from firmware_bridge.cliparse import ArgumentParser
 
@@ -539,8 +539,8 @@ def streaming_agreement(
     A recording is fed whole, then padded with the graph's flush frame (the training mean, or
     the recording's own mean if the graph has none) for its last partial chunk and
     ``lookahead_frames`` more frames; the first ``lookahead_frames`` outputs are dropped, so
-    output ``j`` describes network frame ``j``. Events: :func:`edge.detector.detect_events`
-    with the default :class:`edge.detector.DetectorConfig` on the grid of ``spec`` (default
+    output ``j`` describes network frame ``j``. Events: :func:`edge.bed.detector.detect_events`
+    with the default :class:`edge.bed.detector.DetectorConfig` on the grid of ``spec`` (default
     :class:`edge.features.FeatureSpec`) at the model's stride; an event of one model "agrees"
     if it overlaps an event of the same type of the other.
 
@@ -552,7 +552,7 @@ def streaming_agreement(
         ``events_int8`` and ``fp32_events_matched`` / ``int8_events_matched`` (the shares
         of each model's events matched by the other's; None when it has none).
     """
-    from edge.detector import DetectorConfig, FrameGrid, detect_events
+    from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
     from training.data.targets import OUTPUTS
 
     fp32, int8 = Path(fp32), Path(int8)
@@ -660,7 +660,7 @@ def quantize_model(
         StreamingQuantizeError: bad options or inputs; OpCheckFailedError if the result has
             TensorRT problems (beyond the zero points of ``activations="quint8"``).
     """
-    from edge.manifest_write import publish
+    from edge.inference.manifest_write import publish
 
     fp32_model, out = Path(fp32_model), Path(out)
     if method not in METHODS:

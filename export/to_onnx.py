@@ -6,7 +6,7 @@
 Reads nothing but the checkpoint (:mod:`training.models.checkpoint`: the network's sizes and
 weights, its FeatureSpec, kinds and outputs, the detector rules fitted on validation and the
 quality hysteresis). Writes, in ``--out``: ``model.pt`` (the checkpoint, copied), ``model.onnx``
-and ``manifest.json`` (:mod:`edge.manifest`: I/O sizes, ``streaming``, ``outputs``,
+and ``manifest.json`` (:mod:`edge.inference.manifest`: I/O sizes, ``streaming``, ``outputs``,
 ``detector``, ``quality``, tools, parity). ``model.int8.onnx`` is added by
 :mod:`export.quantize`, the Task rules by ``lungwatch tasks`` and the verify gate's reference
 by ``lungwatch verify --write-reference``.
@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from edge.errors import LungwatchError
-from edge.manifest import SCHEMA_VERSION, load_manifest, sha256_file
-from edge.manifest_write import file_entry, utc_now, write_manifest
+from edge.inference.manifest import SCHEMA_VERSION, load_manifest, sha256_file
+from edge.inference.manifest_write import file_entry, utc_now, write_manifest
 from firmware_bridge.cliparse import ArgumentParser
 
 FEATURES, STATE, PROBS, STATE_OUT = "features", "state", "probs", "state_out"

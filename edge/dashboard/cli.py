@@ -51,7 +51,7 @@ def load_settings(
     if overrides:
         data = apply_overrides(data, overrides, source=source)
     if "streams" in data:
-        from edge.runtime_config import RuntimeConfig
+        from edge.runtime.config import RuntimeConfig
 
         runtime = from_mapping(RuntimeConfig, data, source=source)
         return runtime.site, runtime.mqtt, runtime.dashboard

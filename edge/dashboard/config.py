@@ -1,6 +1,6 @@
 """The ``dashboard`` block of a runtime config, and the users' salted password hashes.
 
-Kept apart from the server (no paho, no http.server) so :mod:`edge.runtime_config` can load
+Kept apart from the server (no paho, no http.server) so :mod:`edge.runtime.config` can load
 and validate it with the other blocks::
 
     dashboard:

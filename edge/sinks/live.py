@@ -10,7 +10,7 @@ connected: a missed point is superseded by the next). Payload, schema version 1:
 ``classes``: per model output, the **maximum** probability over the output frames (or
 windows) that completed since the bed's last point, rounded to 3 decimals, so a short wheeze
 between two points is not lost; ``frames``: how many there were; ``quality_score``: the lowest
-``edge.quality`` score of their audio (null when none had audio, e.g. end-of-stream flush).
+``edge.bed.quality`` score of their audio (null when none had audio, e.g. end-of-stream flush).
 
 :class:`LiveStrip` collects the runtime's per-bed output frames and says which beds are due
 (at most one point per bed every ``interval_s`` on the runtime's clock).

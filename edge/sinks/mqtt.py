@@ -1,6 +1,6 @@
 """MQTT sink: events at QoS 1 through an SQLite spool, a retained status, metrics.
 
-Flow of one event: :meth:`MqttSink.publish` commits it to the :class:`~edge.spool.Spool`
+Flow of one event: :meth:`MqttSink.publish` commits it to the :class:`~edge.sinks.spool.Spool`
 (:meth:`MqttSink.publish_many`: a runtime round's events in one transaction) and wakes the
 sender thread; the sender hands spooled events to paho in ``seq`` order (at
 most ``max_queued`` handed and unacknowledged, at most ``max_inflight`` of those on the
@@ -58,7 +58,7 @@ from edge.events import (
 from edge.sinks import SinkError
 from edge.sinks.live import live_payload, live_topic
 from edge.sinks.mqtt_config import MqttConfig
-from edge.spool import Spool, SpoolFullMonitor
+from edge.sinks.spool import Spool, SpoolFullMonitor
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from edge.config import check
 from edge.events import is_segment
-from edge.spool import DEFAULT_MAX_EVENTS
+from edge.sinks.spool import DEFAULT_MAX_EVENTS
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from edge.config import from_mapping
 from edge.datapaths import sprsound_root
 from edge.events import Event
 from edge.labels import sound_class
-from edge.runtime import Runtime, open_model, open_streams, serve
-from edge.runtime_config import RuntimeConfig
+from edge.runtime.config import RuntimeConfig
+from edge.runtime.loop import Runtime, open_model, open_streams, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO_ROOT / "models" / "sed"
@@ -132,7 +132,7 @@ def run_collecting(config: RuntimeConfig) -> tuple[Runtime, ListSink]:
 
 
 class ServeThread:
-    """:func:`edge.runtime.serve` in a background thread (the MQTT sink included)."""
+    """:func:`edge.runtime.loop.serve` in a background thread (the MQTT sink included)."""
 
     def __init__(self, config: RuntimeConfig) -> None:
         self.stop = threading.Event()

@@ -1,5 +1,5 @@
 """The onnxruntime CUDA execution provider on the shipped streaming model, through the device
-path (``edge.offline.detect_recordings``: file sources, front end, beds' state carried, the
+path (``edge.runtime.offline.detect_recordings``: file sources, front end, beds' state carried, the
 detector), against the CPU provider on the same recordings.
 
 Needs onnxruntime-gpu and an NVIDIA GPU; skipped with the reason elsewhere (CI has neither).
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.backends import BackendConfig
-from edge.backends.onnxruntime import OrtBackend
-from edge.offline import detect_recordings, recordings_in
+from edge.inference import BackendConfig
+from edge.inference.onnxruntime import OrtBackend
+from edge.runtime.offline import detect_recordings, recordings_in
 
 ort = pytest.importorskip("onnxruntime")
 

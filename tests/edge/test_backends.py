@@ -16,18 +16,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.backends import DEFAULT_MAX_BATCH, Backend, BackendConfig, open_backend
-from edge.backends.base import BackendError
-from edge.backends.onnxruntime import (
+from edge.config import load_config, load_yaml
+from edge.errors import ConfigError
+from edge.inference import DEFAULT_MAX_BATCH, Backend, BackendConfig, open_backend
+from edge.inference.base import BackendError
+from edge.inference.onnxruntime import (
     OrtBackend,
     create_session,
     drop_unavailable,
     provider_chain,
     provider_options,
 )
-from edge.backends.tensorrt import _pinned_array, check_engine_version, normalize_trt_version
-from edge.config import load_config, load_yaml
-from edge.errors import ConfigError
+from edge.inference.tensorrt import _pinned_array, check_engine_version, normalize_trt_version
 
 onnx = pytest.importorskip("onnx", reason="onnx is needed to build the test models")
 
@@ -311,7 +311,7 @@ def test_tensorrt_ep_precision_flags(tmp_path: Path, precision: str, fp16: str, 
 def test_session_options_follow_config(gemm: GemmModel) -> None:
     import onnxruntime as ort
 
-    from edge.backends.onnxruntime import session_options
+    from edge.inference.onnxruntime import session_options
 
     options = session_options(BackendConfig(intra_op_threads=2))
     assert options.intra_op_num_threads == 2

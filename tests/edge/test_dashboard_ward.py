@@ -374,7 +374,7 @@ def test_users_allow_any_address_and_runtime_files_are_validated_whole(tmp_path:
 
 
 def test_the_runtime_config_checks_live_interval_and_the_dashboards_broker(tmp_path: Path) -> None:
-    from edge.runtime_config import RuntimeConfig
+    from edge.runtime.config import RuntimeConfig
 
     base = {"streams": [{"id": "bed-1", "source": "x.wav"}]}
     assert from_mapping(RuntimeConfig, base).live_interval_s == 1.0

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from edge.config import ConfigError, from_mapping
-from edge.detector import (
+from edge.bed.detector import (
     ClassThreshold,
     DetectorConfig,
     DetectorError,
@@ -19,6 +18,7 @@ from edge.detector import (
     Transition,
     hysteresis_step,
 )
+from edge.config import ConfigError, from_mapping
 
 OUTPUTS = ("Wheeze", "Stridor", "Breath", "Poor Quality")
 RATE_HZ = 1000  # one sample per millisecond keeps the arithmetic readable

@@ -1,4 +1,4 @@
-"""Sound where the training recordings hold none (edge.domain): the bands, the excess in dB,
+"""Sound where the training recordings hold none (edge.bed.domain): the bands, the excess in dB,
 the sentence a model-driven ``poor_signal`` carries, on synthetic audio through the real
 pipeline and gate, and on real recordings of another stethoscope through ``lungwatch
 detect`` with the shipped model."""
@@ -14,13 +14,13 @@ import pytest
 import soundfile as sf
 from scipy.signal import butter, sosfilt
 
+from edge.bed.domain import DB_PER_LN, EXCESS_DB, SilentBands
+from edge.bed.gate import GateConfig, QualityGate
+from edge.bed.pipeline import StreamPipeline
 from edge.datapaths import icbhi_root
-from edge.domain import DB_PER_LN, EXCESS_DB, SilentBands
 from edge.features import FeatureSpec, band_centres_hz, extract
-from edge.gate import GateConfig, QualityGate
-from edge.pipeline import StreamPipeline
-from edge.runtime import Stream, open_model
-from edge.runtime_config import open_stream_source
+from edge.runtime.config import open_stream_source
+from edge.runtime.loop import Stream, open_model
 from edge.sources.base import SourceChunk
 from tests.edge.runtime_helpers import build, config_mapping, record_path, stream
 

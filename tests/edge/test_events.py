@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge import quality
+from edge.bed import quality
 from edge.events import (
     DEFAULT_PRIORITIES,
     PHYSIOLOGICAL_TYPES,
@@ -220,8 +220,8 @@ def test_utc_formatting() -> None:
 
 
 def test_one_priority_table_for_detector_gate_and_events() -> None:
-    from edge.detector import DEFAULT_PRIORITIES as DETECTOR
-    from edge.gate import DEFAULT_TECHNICAL_PRIORITIES as GATE
+    from edge.bed.detector import DEFAULT_PRIORITIES as DETECTOR
+    from edge.bed.gate import DEFAULT_TECHNICAL_PRIORITIES as GATE
 
     for rule in (*DETECTOR, *GATE):
         assert DEFAULT_PRIORITIES[rule.type] == rule.priority, rule.type

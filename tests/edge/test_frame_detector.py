@@ -9,8 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from edge.config import ConfigError
-from edge.detector import (
+from edge.bed.detector import (
     ClassThreshold,
     DetectedEvent,
     DetectorConfig,
@@ -20,6 +19,7 @@ from edge.detector import (
     PhaseRule,
     detect_events,
 )
+from edge.config import ConfigError
 from edge.labels import DETECTED_CLASSES
 
 OUTPUTS = (*DETECTED_CLASSES, "Breath", "Poor Quality")

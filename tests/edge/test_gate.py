@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
+from edge.bed.detector import DetectorConfig, FrameDetector, FrameGrid, Transition
+from edge.bed.gate import GateConfig, QualityGate
+from edge.bed.pipeline import StreamPipeline
 from edge.config import ConfigError, from_mapping
-from edge.detector import DetectorConfig, FrameDetector, FrameGrid, Transition
 from edge.features import FeatureSpec
-from edge.gate import GateConfig, QualityGate
-from edge.pipeline import StreamPipeline
 from edge.sources.base import Notice, SourceChunk
 
 SPEC = FeatureSpec(n_bands=24)

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge.backends import BackendConfig, open_backend
-from edge.detector import ClassThreshold, DetectorConfig, FrameDetector, FrameGrid, Transition
+from edge.bed.detector import ClassThreshold, DetectorConfig, FrameDetector, FrameGrid, Transition
+from edge.bed.pipeline import StreamPipeline, WindowReady
 from edge.features import FeatureSpec
+from edge.inference import BackendConfig, open_backend
+from edge.inference.manifest import load_manifest
+from edge.inference.streaming import BedState, infer_beds
 from edge.labels import DETECTED_CLASSES
-from edge.manifest import load_manifest
-from edge.pipeline import StreamPipeline, WindowReady
 from edge.sources import FileSource, SourceChunk, SourceEnded, SourceError
-from edge.streaming import BedState, infer_beds
 from tests.streaming_fixture import tiny_streaming_folder
 
 pyaudio = pytest.importorskip("pyaudio", reason="pyaudio is not installed (lungwatch[mic])")

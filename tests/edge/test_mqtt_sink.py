@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from edge.broker import EmbeddedBroker
 from edge.config import from_mapping
 from edge.errors import ConfigError
 from edge.events import DEVICE_STREAM, Event
 from edge.sinks import MultiSink, Sink, SinkError, publish_all
+from edge.sinks.broker import EmbeddedBroker
 from edge.sinks.jsonl import JsonlSink
 from edge.sinks.mqtt import (
     BrokerRefusedError,
@@ -36,8 +36,8 @@ from edge.sinks.mqtt import (
     MqttConfig,
     MqttSink,
 )
+from edge.sinks.spool import Spool
 from edge.sinks.stdout import StdoutSink
-from edge.spool import Spool
 from tests.edge.brokers import (
     Mosquitto,
     Recorder,

@@ -1,12 +1,12 @@
-"""edge.offline.FrameKeeper, the runtime's ``on_frames`` hook that keeps every bed's output
+"""edge.runtime.offline.FrameKeeper, the runtime's ``on_frames`` hook that keeps every bed's output
 frames (``lungwatch detect --score``) and when they arrived (the latency benchmark)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edge.offline import FrameKeeper
-from edge.streaming import OutputFrames
+from edge.inference.streaming import OutputFrames
+from edge.runtime.offline import FrameKeeper
 
 
 class Bed:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge.bed.pipeline import PipelineError, StreamPipeline, WindowReady
 from edge.features import FeatureSpec, extract
-from edge.pipeline import PipelineError, StreamPipeline, WindowReady
 from edge.sources.base import SourceChunk
 
 SPEC = FeatureSpec(n_bands=24)

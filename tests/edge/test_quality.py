@@ -1,4 +1,4 @@
-"""Tests of edge.quality: level, clipping, spectral entropy and the combined score."""
+"""Tests of edge.bed.quality: level, clipping, spectral entropy and the combined score."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from scipy.signal import welch
 
-from edge import quality, quality_kernels
-from edge.errors import EmptyAudioError, InvalidAudioError
-from edge.quality import (
+from edge.bed import quality, quality_kernels
+from edge.bed.quality import (
     FACTOR_NAMES,
     RMS_FLOOR_DBFS,
     clipping_fraction,
@@ -22,6 +21,7 @@ from edge.quality import (
     rms_dbfs,
     spectral_entropy,
 )
+from edge.errors import EmptyAudioError, InvalidAudioError
 from training.data.synthetic import synthesize
 
 RATE_HZ = 8000

@@ -24,9 +24,9 @@ import pytest
 from edge.audio import read_audio
 from edge.errors import ConfigError
 from edge.events import Event, parse_utc
-from edge.runtime import Runtime, open_model, open_streams, serve
-from edge.runtime_config import CommandError, parse_command, resolve_source
-from edge.spool import Spool
+from edge.runtime.config import CommandError, parse_command, resolve_source
+from edge.runtime.loop import Runtime, open_model, open_streams, serve
+from edge.sinks.spool import Spool
 from tests.edge.brokers import Mosquitto, Recorder
 from tests.edge.runtime_helpers import (
     CRACKLES,
@@ -514,8 +514,8 @@ def test_a_rounds_events_reach_the_sink_as_one_group(tmp_path: Path) -> None:
 
 
 def test_nothing_the_runtime_imports_imports_the_runtime_back() -> None:
-    """One-way dependencies: no module of the package that ``edge/runtime.py`` imports names
-    ``edge.runtime`` anywhere (not even under TYPE_CHECKING)."""
+    """One-way dependencies: no module of the package that ``edge/runtime/loop.py`` imports names
+    ``edge.runtime.loop`` anywhere (not even under TYPE_CHECKING)."""
     import ast
 
     edge_dir = Path(__file__).resolve().parents[2] / "edge"
@@ -529,11 +529,11 @@ def test_nothing_the_runtime_imports_imports_the_runtime_back() -> None:
                 names.update(alias.name for alias in node.names)
         return {n for n in names if n.startswith("edge.")}
 
-    used = edge_imports(edge_dir / "runtime.py")
-    assert "edge.runtime_events" in used
+    used = edge_imports(edge_dir / "runtime" / "loop.py")
+    assert "edge.runtime.outbox" in used
     for module in sorted(used):
         parts = module.split(".")[1:]
         path = edge_dir.joinpath(*parts).with_suffix(".py")
         if not path.is_file():
             path = edge_dir.joinpath(*parts, "__init__.py")
-        assert "edge.runtime" not in edge_imports(path), f"{module} imports edge.runtime"
+        assert "edge.runtime.loop" not in edge_imports(path), f"{module} imports edge.runtime.loop"

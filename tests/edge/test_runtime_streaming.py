@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from edge.detector import PhaseRule
+from edge.bed.detector import PhaseRule
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edge.runtime import Runtime, Stream, open_model
+from edge.runtime.loop import Runtime, Stream, open_model
 from edge.sources import FileSource
 from edge.sources.base import SourceChunk, SourceEnded
 from tests.edge.runtime_helpers import (
@@ -201,7 +201,7 @@ def test_a_gap_resets_its_bed_only(tmp_path, folder):
 
 def test_a_short_loss_keeps_the_state_and_a_threshold_of_zero_restarts_it(tmp_path, folder):
     """A 32-ms loss (one lost datagram) is below ``state_reset_gap_ms`` (100 ms): the bed's
-    model state carries on (its features over the loss are held, edge.pipeline) and the gate
+    model state carries on (its features over the loss are held, edge.bed.pipeline) and the gate
     still reports the gap; with ``state_reset_gap_ms: 0`` the same loss restarts the state."""
     audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
     kept, kept_sink = run_scripted(tmp_path, folder, audio, gap_on_b0=True, gap_samples=256)
@@ -342,7 +342,7 @@ def test_a_round_reads_the_backlog_up_to_the_next_window(tmp_path, folder):
 def test_a_round_reads_at_most_max_reads_per_round_chunks(tmp_path, folder):
     """Tiny chunks (a firmware stream's packets) are gathered at most MAX_READS_PER_ROUND per
     round, so one bed's backlog cannot hold up the others' windows for long."""
-    from edge.runtime import MAX_READS_PER_ROUND
+    from edge.runtime.loop import MAX_READS_PER_ROUND
 
     audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
     audio = audio[: 8000 * 2]
@@ -354,7 +354,7 @@ def test_a_round_reads_at_most_max_reads_per_round_chunks(tmp_path, folder):
 
 
 def test_coalesced_joins_plain_contiguous_chunks_only():
-    from edge.runtime import _coalesced
+    from edge.runtime.loop import _coalesced
     from edge.sources.base import Notice
 
     def chunk(first: int, n: int, **kw) -> SourceChunk:

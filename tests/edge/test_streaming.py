@@ -12,11 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edge.backends import BackendConfig  # noqa: E402
-from edge.backends.base import BackendError  # noqa: E402
-from edge.backends.onnxruntime import OrtBackend  # noqa: E402
-from edge.manifest import load_manifest  # noqa: E402
-from edge.streaming import BedState, infer_beds  # noqa: E402
+from edge.inference import BackendConfig  # noqa: E402
+from edge.inference.base import BackendError  # noqa: E402
+from edge.inference.manifest import load_manifest  # noqa: E402
+from edge.inference.onnxruntime import OrtBackend  # noqa: E402
+from edge.inference.streaming import BedState, infer_beds  # noqa: E402
 from tests.streaming_fixture import LOG_MEL_MEAN, LOG_MEL_STD, tiny_streaming_folder  # noqa: E402
 from training.models.checkpoint import load_checkpoint  # noqa: E402
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.backends import BackendConfig, open_backend
-from edge.backends.base import BackendError
-from edge.backends.onnxruntime import OrtBackend
-from edge.backends.tensorrt import (
+from edge.inference import BackendConfig, open_backend
+from edge.inference.base import BackendError
+from edge.inference.onnxruntime import OrtBackend
+from edge.inference.tensorrt import (
     TensorRTBackend,
     check_engine_version,
     import_cudart,

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.backends.base import BackendError, StreamingIO
-from edge.backends.onnxruntime import OrtBackend
-from edge.backends.tensorrt import (
+from edge.inference.base import BackendError, StreamingIO
+from edge.inference.onnxruntime import OrtBackend
+from edge.inference.tensorrt import (
     EngineTensor,
     TensorRTBackend,
     engine_contract,

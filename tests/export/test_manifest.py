@@ -1,4 +1,5 @@
-"""manifest.json: written by edge/manifest_write.py (export, engine), read by edge/manifest.py."""
+"""manifest.json: written by edge/inference/manifest_write.py (export, engine), read by
+edge/inference/manifest.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from edge.errors import FeatureSpecMismatchError
 from edge.features import FeatureSpec
-from edge.manifest import (
+from edge.inference.manifest import (
     Manifest,
     ManifestError,
     load_manifest,
@@ -22,7 +23,7 @@ from edge.manifest import (
     sha256_file,
     verify_file,
 )
-from edge.manifest_write import record_artifact
+from edge.inference.manifest_write import record_artifact
 from export.to_onnx import tool_versions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,7 +195,7 @@ def test_tool_versions_lists_only_importable_packages() -> None:
 
 def test_edge_manifest_imports_no_workstation_packages() -> None:
     code = (
-        "import sys, edge.manifest; "
+        "import sys, edge.inference.manifest; "
         "print(sorted(m for m in ('torch', 'onnx', 'training', 'export') if m in sys.modules))"
     )
     result = subprocess.run(

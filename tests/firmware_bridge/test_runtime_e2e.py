@@ -1,7 +1,7 @@
 """End to end: emulator -> UDP -> ``bridge://`` source -> runtime -> Mosquitto.
 
 An annotated SPRSound recording is played by the device emulator (``lungwatch emulate``) to
-a runtime (``edge.runtime.serve``: the shipped INT8 streaming model, ONNX Runtime CPU, MQTT
+a runtime (``edge.runtime.loop.serve``: the shipped INT8 streaming model, ONNX Runtime CPU, MQTT
 sink) whose one stream is ``bridge://udp/127.0.0.1:PORT``; the events it delivers to a real
 Mosquitto are compared with those of the same runtime reading the recording through the file
 source.
@@ -39,11 +39,11 @@ from typing import Any
 import pytest
 import soundfile as sf
 
+from edge.bed.pipeline import StreamPipeline
 from edge.events import Event
-from edge.manifest import load_manifest
-from edge.pipeline import StreamPipeline
-from edge.runtime import serve
-from edge.runtime_config import RuntimeConfig
+from edge.inference.manifest import load_manifest
+from edge.runtime.config import RuntimeConfig
+from edge.runtime.loop import serve
 from firmware_bridge import emulator
 from firmware_bridge.devicemodel import DeviceConfig, device_frames, read_pcm
 from firmware_bridge.emulator import Channel, Impairments
@@ -264,7 +264,7 @@ def test_lossy_reordered_bridge_keeps_the_timeline(
       findings, 9 within a hop of the file source's 11 (one phase ended 0.52 s early, a lost
       frame 0.34 s after it, inside its look-ahead), 10 of the 11 reproduced. Each lost
       datagram is shorter than ``state_reset_gap_ms``, so the bed's model state carries on
-      over feature frames held across the loss (edge.pipeline); with the model before, a
+      over feature frames held across the loss (edge.bed.pipeline); with the model before, a
       reset at every loss left none of its 9 findings, zeros without a reset 2.
     """
     path, lossy = record_path(RECORD), Impairments(loss=LOSS, reorder=REORDER, seed=SEED)

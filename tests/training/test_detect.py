@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edge.offline import OfflineError, recordings_in
+from edge.runtime.offline import OfflineError, recordings_in
 from tests.edge.runtime_helpers import (
     CRACKLES,
     MIXED,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.detector import DetectorConfig, FrameGrid, PhaseRule, detect_events
+from edge.bed.detector import DetectorConfig, FrameGrid, PhaseRule, detect_events
 from training.data.targets import BREATH_INDEX, OUTPUTS
 from training.recipe.fit import Limits, events_of, fit_detector
 

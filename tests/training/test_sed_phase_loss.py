@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge.detector import FrameGrid
+from edge.bed.detector import FrameGrid
 from training.data.recordings import Batch
 from training.data.targets import BREATH_INDEX, OUTPUTS, frame_targets
 from training.recipe.losses import phase_loss, phase_segments

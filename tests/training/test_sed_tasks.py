@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.detector import FrameGrid
+from edge.bed.detector import FrameGrid
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES
 from training.data.targets import OUTPUTS
@@ -142,8 +142,8 @@ def audio_dir(tmp_path: Path) -> Path:
 
 
 def test_kept_frames_cover_the_recording_and_do_not_depend_on_the_read_size(folder, audio_dir):
-    from edge import offline
     from edge.audio import read_audio
+    from edge.runtime import offline
 
     audio = offline.recordings_in([audio_dir])
     runs = []
@@ -210,9 +210,9 @@ def test_device_frames_equal_the_whole_recording_pass_to_the_last_frame(folder, 
     frame), to the recording's last output frame."""
     import torch
 
-    from edge import offline
     from edge.audio import read_audio
     from edge.features import FeatureSpec, extract
+    from edge.runtime import offline
     from training.models.checkpoint import load_checkpoint
 
     model = load_checkpoint(folder / "model.pt").model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.detector import FrameGrid
+from edge.bed.detector import FrameGrid
 from training.data.targets import (
     BREATH_INDEX,
     OUTPUTS,

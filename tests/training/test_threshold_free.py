@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("sed_eval", reason="sed_eval is in the train extra")
 pytest.importorskip("sed_scores_eval", reason="sed_scores_eval is in the train extra")
 
-from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
+from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES
 from training.scoring.detection import VIEWS, score_detection, score_view

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from edge.config import ConfigError
-from edge.manifest import load_manifest
+from edge.inference.manifest import load_manifest
 from export.to_onnx import main as export_main
 from training.models.checkpoint import load_checkpoint
 from training.recipe.config import load_run

@@ -48,7 +48,7 @@ from edge.features import (
     n_frames,
     silence_value,
 )
-from edge.manifest import sha256_file
+from edge.inference.manifest import sha256_file
 
 LOGGER = logging.getLogger(__name__)
 
@@ -112,12 +112,13 @@ def content_digest(path: str | Path) -> str:
 
 
 def default_quality_fn() -> QualityFn:
-    """``edge.quality.quality_score``, imported only when a quality is needed."""
+    """``edge.bed.quality.quality_score``, imported only when a quality is needed."""
     try:
-        from edge.quality import quality_score
+        from edge.bed.quality import quality_score
     except ImportError as exc:
         raise ImportError(
-            "edge.quality.quality_score is unavailable; pass quality_fn= or compute_quality=False"
+            "edge.bed.quality.quality_score is unavailable; pass quality_fn= or "
+            "compute_quality=False"
         ) from exc
     return quality_score
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.detector import FrameGrid
+from edge.bed.detector import FrameGrid
 from training.data.features import FeatureStore
 from training.data.sprsound import SprRecord
 from training.data.targets import frame_targets

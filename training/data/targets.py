@@ -10,7 +10,7 @@ The frame-level model has these outputs, in this order (:data:`OUTPUTS`):
 
 Time grid: network frame ``j`` speaks for the samples ``[j * H + o, (j + 1) * H + o)`` with
 ``H = stride * hop_samples`` and ``o = frame_samples // 2 - hop_samples // 2`` (the span
-centred on the middle of its front-end frames, see :class:`edge.detector.FrameGrid`). A
+centred on the middle of its front-end frames, see :class:`edge.bed.detector.FrameGrid`). A
 frame's target is the fraction of its span that the class's events cover (soft at the
 edges, 0 or 1 inside).
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge.detector import FrameGrid
+from edge.bed.detector import FrameGrid
 from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
 
 BREATH = "Breath"

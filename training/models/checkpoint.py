@@ -48,7 +48,7 @@ class Checkpoint:
     name: str = "sed"  # the run's name: the prefix of the exported model's id
     epoch: int = -1
     run: Mapping[str, Any] = field(default_factory=dict)  # the resolved run config
-    detector: Mapping[str, Any] | None = None  # fitted rules (edge.manifest's "detector")
+    detector: Mapping[str, Any] | None = None  # fitted rules (edge.inference.manifest's "detector")
     quality: Mapping[str, float] | None = None  # {"poor_on", "poor_off"}
     validation: Mapping[str, Any] = field(default_factory=dict)  # the kept epoch's scores
 

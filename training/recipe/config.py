@@ -115,7 +115,7 @@ class SelectionConfig:
 
 @dataclass(frozen=True)
 class DetectorFitConfig:
-    phases: bool = True  # events are breath phases (edge.detector.PhaseRule)
+    phases: bool = True  # events are breath phases (edge.bed.detector.PhaseRule)
     max_false_per_hour: float = 8.0  # on validation Normal records
     max_normal_share: float = 0.08  # of validation Normal records with any false event
 

@@ -4,13 +4,13 @@ phase rule.
     rules = fit_rules(probs, val_recordings, grid, run)     # the manifest's "detector" section
 
 The device turns the model's frame probabilities into events with
-:class:`edge.detector.FrameDetector`; this module chooses, per detected class, the
+:class:`edge.bed.detector.FrameDetector`; this module chooses, per detected class, the
 on-threshold (the off-threshold follows ``OFF_GAP`` below it), the minimum duration and the
 merge gap that give the best family event F1 (sed_eval, :mod:`training.scoring.detection`) on
 validation records while keeping false adventitious events on Normal records at or below
 ``max_false_per_hour`` and the share of Normal records with any at or below
 ``max_normal_share``. Coordinate ascent: one class and one knob at a time, every candidate
-scored through :func:`edge.detector.detect_events` (the device's converter), repeated for
+scored through :func:`edge.bed.detector.detect_events` (the device's converter), repeated for
 ``rounds`` passes. Never fitted on a test set.
 
 In phase mode (``detector.phases`` of the run, the shipped recipe) the knobs are each class's
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
+from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
 from edge.labels import DETECTED_CLASSES
 from training.scoring.detection import DetectionReport, Event, score_detection
 

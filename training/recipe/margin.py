@@ -17,7 +17,7 @@ standardised against the training set's frames and mapped through a logistic eac
 ``q = sigmoid((E - mu_E) / sd_E) * sigmoid((mu_H - H) / sd_H)``: quiet, spectrally flat frames
 score low, loud peaked ones high; ``q_j`` is the mean over the frame's ``stride`` input frames.
 Measured on SPRSound rather than as an absolute score because the absolute one
-(``edge.quality.quality_score``) is >= 0.995 on 99 % of SPRSound's 2-s windows and would not
+(``edge.bed.quality.quality_score``) is >= 0.995 on 99 % of SPRSound's 2-s windows and would not
 adapt.
 """
 

@@ -10,7 +10,7 @@ From the recordings to a checkpoint the export reads, in one run:
    their first frame), SpecAugment and Patch-Mix (:mod:`training.recipe.augment`), the frame
    and phase losses (:mod:`training.recipe.losses`), AdamW with a one-cycle schedule;
 4. after every epoch the validation recordings' events at each of ``selection.on_thresholds``
-   (the device's converter, :func:`edge.detector.detect_events`, scored with sed_eval); the
+   (the device's converter, :func:`edge.bed.detector.detect_events`, scored with sed_eval); the
    epoch with the best family event F1 within ``selection.max_false_per_hour`` is kept;
 5. the device's detector rules fitted on validation with the kept weights
    (:mod:`training.recipe.fit`), and the checkpoint written with everything the export needs
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 import yaml
 
+from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
 from edge.config import to_mapping
 from edge.datapaths import sprsound_root
-from edge.detector import DetectorConfig, FrameGrid, detect_events
 from edge.features import FEATURE_KINDS, FeatureSpec
 from firmware_bridge.cliparse import ArgumentParser
 from training.data.features import FeatureStore

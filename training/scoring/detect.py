@@ -5,9 +5,9 @@
                      [--score [--score-out scores.json]]
 
 Every recording (a file, or every ``.flac`` / ``.wav`` below a folder) runs as one bed through
-:func:`edge.offline.detect_recordings`: the file source, the streaming front end, the
+:func:`edge.runtime.offline.detect_recordings`: the file source, the streaming front end, the
 streaming model on ONNX Runtime with its state carried, the quality gate and
-:class:`edge.detector.FrameDetector` with the manifest's fitted per-class rules, exactly as
+:class:`edge.bed.detector.FrameDetector` with the manifest's fitted per-class rules, exactly as
 ``lungwatch run`` runs them. The result is one JSON object::
 
     {"<record>": [{"start_s": 1.23, "end_s": 2.01, "type": "Fine Crackle",
@@ -45,12 +45,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.detector import DetectorConfig, FrameGrid
+from edge.bed.detector import DetectorConfig, FrameGrid
+from edge.bed.gate import POOR_SIGNAL
 from edge.errors import ConfigError
-from edge.gate import POOR_SIGNAL
+from edge.inference.manifest import Manifest, load_manifest
 from edge.labels import POOR_QUALITY
-from edge.manifest import Manifest, load_manifest
-from edge.offline import OfflineError, RecordingEvents, detect_recordings, recordings_in
+from edge.runtime.offline import OfflineError, RecordingEvents, detect_recordings, recordings_in
 from firmware_bridge.cliparse import ArgumentParser
 
 DEFAULT_MODEL = Path("models/sed/model.int8.onnx")
@@ -151,7 +151,7 @@ def frame_scores(
 ) -> dict[str, Any]:
     """The scores of the kept output frames: ``threshold_free`` and ``operating_points``
     (:mod:`training.scoring.threshold_free`), under the detector the device ran."""
-    from edge.runtime import detector_config_of
+    from edge.runtime.loop import detector_config_of
     from training.scoring.threshold_free import as_dict, operating_points, threshold_free
 
     manifest, detector = model
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     recordings = recordings_in(args.audio)
     sections: dict[str, Any] = {}
     if args.config is not None:
-        from edge.runtime_config import load_runtime_config
+        from edge.runtime.config import load_runtime_config
 
         config = load_runtime_config(args.config)
         sections = {"detector": config.detector, "gate": config.gate, "backend": config.backend}

@@ -5,8 +5,8 @@
     label = record_label(probs_of_record, outputs, rules)                          # Task 2
 
 The probabilities are the device's: every recording runs as one bed through
-:func:`edge.offline.detect_recordings` (front end, streaming model with its state carried) and
-the output frames the detector saw are kept. Nothing here runs a network of its own.
+:func:`edge.runtime.offline.detect_recordings` (front end, streaming model with its state
+carried) and the output frames the detector saw are kept. Nothing here runs a network of its own.
 
 - **Task 1** (an annotated span -> Normal or one of the six adventitious labels): each
   class's output frames whose centre lies in the span are pooled (``mean`` or ``max``, fitted),
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.detector import FrameGrid
+from edge.bed.detector import FrameGrid
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY, record_label_2_1, to_binary
 from training.scoring.challenge import sprsound_scores
@@ -315,10 +315,10 @@ class DeviceOutputs:
 
 
 def device_outputs(audio: Mapping[str, Any], model_dir: Any, model_file: str) -> DeviceOutputs:
-    """Run ``{record: audio path}`` through :func:`edge.offline.detect_recordings` and keep the
-    output frames."""
-    from edge.manifest import load_manifest
-    from edge.offline import detect_recordings
+    """Run ``{record: audio path}`` through :func:`edge.runtime.offline.detect_recordings` and
+    keep the output frames."""
+    from edge.inference.manifest import load_manifest
+    from edge.runtime.offline import detect_recordings
 
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir / "manifest.json")
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     """``lungwatch tasks``: fit the Task rules and write them into the model's manifest."""
     import json
 
-    from edge.manifest_write import set_section
+    from edge.inference.manifest_write import set_section
     from firmware_bridge.cliparse import ArgumentParser
     from training.scoring.detect import resolve_model
 

@@ -12,7 +12,7 @@ can be compared without the thresholds in between. Two score sets, each in both 
   phase rule's decision statistic: the highest running mean of the class's output over the
   phase once the phase spans ``min_phase_ms``. Thresholding that at ``t`` gives, up to the
   approximations below, the events the device raises with every class's on-threshold at
-  ``t``. The events come from :func:`edge.detector.detect_events` itself (every class's
+  ``t``. The events come from :func:`edge.bed.detector.detect_events` itself (every class's
   on-threshold at ``PHASE_FLOOR`` so that every phase is an event, its confidence the
   statistic; frames the model never described are not fed, as on the device); nothing here
   cuts phases. A view class scores the highest of its member classes. Approximations:
@@ -52,7 +52,7 @@ merged into one (sed_eval keeps both) and touching ones kept 1 ms apart (:func:`
 sed_scores_eval accepts neither.
 
 :func:`operating_points` is the ward's view of the same curve: the device's own detector
-(:func:`edge.detector.detect_events`) with every class's on-threshold moved to each of
+(:func:`edge.bed.detector.detect_events`) with every class's on-threshold moved to each of
 ``SWEEP``, scored by :func:`training.scoring.detection.score_detection` (sed_eval event and
 segment F1, false adventitious events per hour on Normal records), so a ward can see what a more
 or less sensitive setting would cost before it overrides the manifest's rules.
@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
+from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
 from edge.errors import ConfigError
 from edge.labels import DETECTED_CLASSES
 from training.recipe.fit import events_of, rule

@@ -4,7 +4,7 @@ The engine (``model.plan``) is built on the device itself by ``lungwatch engine`
 records the TensorRT version in ``manifest.json`` beside it. Loading:
 
 1. refuse an engine whose recorded TensorRT version differs from the running one;
-2. deserialize it and check its I/O tensors against the contract of :mod:`edge.backends.base`
+2. deserialize it and check its I/O tensors against the contract of :mod:`edge.inference.base`
    (:func:`engine_contract`: ``features`` float32 ``(-1, K, F, T)`` and ``state`` ``(-1, S)``
    in, ``probs`` ``(-1, O, N)`` and ``state_out`` ``(-1, S)`` out: the beds' model states are
    engine I/O, rows of the same batch as their features), and check its optimisation profile
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends.base import (
+from edge.inference.base import (
     INPUT_NAME,
     PROBS_NAME,
     STATE_NAME,

@@ -1,6 +1,7 @@
-"""Numba kernels behind :func:`edge.quality.measure`: level, clipping and Welch entropy in one pass.
+"""Numba kernels behind :func:`edge.bed.quality.measure`: level, clipping and Welch entropy in
+one pass.
 
-``edge.quality`` defines the measures with NumPy/SciPy (``measure_reference``); this module
+``edge.bed.quality`` defines the measures with NumPy/SciPy (``measure_reference``); this module
 computes the same numbers for the runtime's per-window path without SciPy's per-call cost.
 The Welch estimate is ``scipy.signal.welch(x, window="hann", nperseg=n, noverlap=n // 2,
 detrend="constant", scaling="spectrum")`` restricted to a band: frames of ``n`` samples every

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from edge.bed.quality import QualityMeasures, measure
 from edge.errors import LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec, lookahead_samples, make_stream
-from edge.quality import QualityMeasures, measure
 from edge.sources.base import SourceChunk
 
 DEFAULT_PIECE_SAMPLES = 4096  # the front ends' default largest chunk: no reallocation

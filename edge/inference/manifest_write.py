@@ -6,8 +6,8 @@ moved into place with ``os.replace``, so a reader never sees half a manifest.
     set_section(path, "tasks", {...})
 
 The workstation's export and quantization write model folders with it, and so does the
-device when it builds a TensorRT engine (``lungwatch engine``); :mod:`edge.manifest` reads and
-checks what they wrote. Standard library only.
+device when it builds a TensorRT engine (``lungwatch engine``); :mod:`edge.inference.manifest`
+reads and checks what they wrote. Standard library only.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edge.manifest import ManifestError, read_json, sha256_file
+from edge.inference.manifest import ManifestError, read_json, sha256_file
 
 PUBLISHED_MODE = 0o644  # temporary files are 0600; artifacts are readable by the service user
 

@@ -2,15 +2,15 @@
 
 :func:`detect_recordings` runs recordings through exactly what a bed runs (file source,
 ring buffer and streaming front end, the streaming model on the configured backend with its
-state carried chunk to chunk, the quality gate, :class:`edge.detector.FrameDetector` with the
-manifest's fitted rules): one :class:`edge.runtime.Runtime` with one bed per recording,
+state carried chunk to chunk, the quality gate, :class:`edge.bed.detector.FrameDetector` with the
+manifest's fitted rules): one :class:`edge.runtime.loop.Runtime` with one bed per recording,
 unpaced, no sinks but a collector. Each recording's physiological events come back as
 ``{"start_s", "end_s", "type", "confidence"}`` (types spelled as SPRSound spells them,
 ``start_s``/``end_s`` on the recording's own timeline, confidence the episode's peak
 probability), and its technical events (``poor_signal``, ``silence``, ...) as
 ``{"start_s", "end_s", "type", "reason"}`` (reason: what the gate measured at onset).
 With ``keep_probs=True`` each recording also keeps the model's output frames as the detector
-saw them (``probs`` (n, O), row ``j`` = frame ``j`` of :class:`edge.detector.FrameGrid`,
+saw them (``probs`` (n, O), row ``j`` = frame ``j`` of :class:`edge.bed.detector.FrameGrid`,
 columns the manifest's ``outputs``): the challenge tasks are computed from them
 (:mod:`training.scoring.tasks`).
 ``lungwatch detect --audio DIR`` (``training/detect.py``) writes them; the yardstick in
@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 
 from edge.audio import AUDIO_SUFFIXES
-from edge.backends import BackendConfig
-from edge.detector import DetectorConfig
+from edge.bed.detector import DetectorConfig
+from edge.bed.gate import GateConfig
 from edge.errors import LungwatchError
 from edge.events import Event
-from edge.gate import GateConfig
-from edge.runtime_config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
-from edge.streaming import OutputFrames
+from edge.inference import BackendConfig
+from edge.inference.streaming import OutputFrames
+from edge.runtime.config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
 
 READ_SAMPLES = 8000  # samples per read from each recording (1 s at 8 kHz): unpaced, so any size
 
@@ -147,7 +147,7 @@ def detect_recordings(
     An unreadable recording fails the call (:class:`~edge.errors.ConfigError` naming it), or
     with ``skip_unreadable`` the others run and it comes back with no events and ``error``
     set."""
-    from edge.runtime import Runtime, open_model, open_streams
+    from edge.runtime.loop import Runtime, open_model, open_streams
 
     names = sorted(recordings)
     streams = tuple(

@@ -1,11 +1,11 @@
 """Inference backends: configuration and the one factory the runtime calls.
 
-Two kinds implement :class:`~edge.backends.base.Backend`:
+Two kinds implement :class:`~edge.inference.base.Backend`:
 
-- ``onnxruntime`` (:class:`~edge.backends.onnxruntime.OrtBackend`): an ONNX file run through
+- ``onnxruntime`` (:class:`~edge.inference.onnxruntime.OrtBackend`): an ONNX file run through
   onnxruntime with an ordered provider list (TensorRT EP, CUDA EP, CPU EP), falling back
   provider by provider and logging which one actually runs;
-- ``tensorrt`` (:class:`~edge.backends.tensorrt.TensorRTBackend`): a serialized TensorRT 10
+- ``tensorrt`` (:class:`~edge.inference.tensorrt.TensorRTBackend`): a serialized TensorRT 10
   engine (``.plan``) built on this device by ``lungwatch engine``.
 
 Backend modules import their runtimes lazily, so importing this package costs nothing.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edge.backends.base import INPUT_NAME, Backend, BackendError
 from edge.config import check
+from edge.inference.base import INPUT_NAME, Backend, BackendError
 
 BackendKind = Literal["onnxruntime", "tensorrt"]
 Precision = Literal["fp32", "fp16", "int8"]
@@ -119,9 +119,9 @@ def _is_int(value: object) -> bool:
 def open_backend(config: BackendConfig, model_path: Path) -> Backend:
     """Open the backend ``config.kind`` on ``model_path`` (``.onnx`` or ``.plan``)."""
     if config.kind == "tensorrt":
-        from edge.backends.tensorrt import TensorRTBackend
+        from edge.inference.tensorrt import TensorRTBackend
 
         return TensorRTBackend(Path(model_path), max_batch=config.max_batch)
-    from edge.backends.onnxruntime import OrtBackend
+    from edge.inference.onnxruntime import OrtBackend
 
     return OrtBackend(Path(model_path), config)

@@ -2,7 +2,7 @@
 once, then checked against the model's manifest; the sources, sinks and embedded broker it
 names (:func:`open_stream_source`, :func:`open_sinks`, :func:`start_embedded_broker`); and the
 commands that arrive on the command topic (:func:`parse_command`). The loop is
-:mod:`edge.runtime`.
+:mod:`edge.runtime.loop`.
 
 Sections (every key is optional except ``streams``; see ``edge/configs/ward.yaml`` and
 ``docs/runtime.md``):
@@ -11,11 +11,12 @@ Sections (every key is optional except ``streams``; see ``edge/configs/ward.yaml
 - ``model``: the model directory (``manifest.json`` + artifacts) and which artifact runs;
 - ``features``: optional; when given it must equal the manifest's FeatureSpec (the device
   refuses a model made for another front end, DESIGN.md contract 1);
-- ``backend``: :class:`edge.backends.BackendConfig` (ONNX Runtime CPU by default);
+- ``backend``: :class:`edge.inference.BackendConfig` (ONNX Runtime CPU by default);
 - ``streams``: one entry per bed: ``id`` and ``source`` (a path, ``file:PATH``,
   ``data:REL`` under :func:`edge.datapaths.data_root`, ``mic:NAME`` or ``bridge://...``),
   real-time pacing and looping for file sources, and the read size;
-- ``detector`` / ``gate``: :class:`edge.detector.DetectorConfig`, :class:`edge.gate.GateConfig`
+- ``detector`` / ``gate``: :class:`edge.bed.detector.DetectorConfig`,
+  :class:`edge.bed.gate.GateConfig`
   (``detector.thresholds`` / ``priorities`` must name model classes);
 - ``sinks``: stdout, JSONL file, MQTT (``mqtt`` holds :class:`edge.sinks.mqtt.MqttConfig`;
   its ``site`` / ``device_id`` come from the top level), and an embedded broker for demos;
@@ -42,17 +43,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.backends import BackendConfig
+from edge.bed.detector import DetectorConfig
+from edge.bed.gate import GateConfig
 from edge.config import check, load_config
 from edge.dashboard.config import DashboardConfig
 from edge.datapaths import data_root
-from edge.detector import DetectorConfig
 from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from edge.events import DEVICE_STREAM, PHYSIOLOGICAL_TYPES, is_segment
 from edge.features import FeatureSpec
-from edge.gate import GateConfig
+from edge.inference import BackendConfig
+from edge.inference.manifest import Manifest, require_spec
 from edge.labels import DETECTED_CLASSES
-from edge.manifest import Manifest, require_spec
 from edge.sinks import MultiSink, Sink
 from edge.sinks.jsonl import JsonlSink
 from edge.sinks.mqtt import MqttConfig, MqttSink
@@ -261,7 +262,7 @@ def start_embedded_broker(config: RuntimeConfig, resources: contextlib.ExitStack
     ``resources``); its address, else None."""
     if not (config.sinks.mqtt and config.sinks.embedded_broker):
         return None
-    from edge.broker import EmbeddedBroker
+    from edge.sinks.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(config.mqtt.host, config.mqtt.port).start()
     resources.callback(broker.stop)

@@ -4,16 +4,16 @@
     frames = bed.push(window.features)                 # one bed alone: OutputFrames
     frames = infer_beds(backend, [(bed, window.features), ...])   # all beds, one call
 
-A streaming model (manifest schema 2, :mod:`edge.backends.base`) maps a chunk of ``T = N *
+A streaming model (manifest schema 2, :mod:`edge.inference.base`) maps a chunk of ``T = N *
 stride`` front-end frames and the bed's state to ``N`` output frames and the next state. The
-pipeline (:class:`edge.pipeline.StreamPipeline` with ``window_frames = hop_frames = T``) cuts
+pipeline (:class:`edge.bed.pipeline.StreamPipeline` with ``window_frames = hop_frames = T``) cuts
 exactly those chunks, so every front-end frame goes through the network once. A bed's state
 is a row of an ``(M, S)`` batch: the round's chunks of all beds go to the backend together, in
 pieces of its ``max_batch``.
 
 Time: output ``j`` of a stream describes network frame ``j - lookahead_frames`` (the model's
 bounded look-ahead). :class:`OutputFrames` gives the frames of the detection timeline
-(:class:`edge.detector.FrameGrid`), so the first ``lookahead_frames`` outputs of a stream,
+(:class:`edge.bed.detector.FrameGrid`), so the first ``lookahead_frames`` outputs of a stream,
 which describe nothing before its start, are dropped here and never reach the detector.
 :meth:`BedState.reset` (a new stream, or a gap the model must not bridge) restores the zero
 state and starts that count again from the given frame.
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.backends.base import Backend
 from edge.errors import LungwatchError
-from edge.manifest import StreamingInfo
+from edge.inference.base import Backend
+from edge.inference.manifest import StreamingInfo
 
 
 class StreamingError(LungwatchError, ValueError):

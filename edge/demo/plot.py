@@ -9,7 +9,7 @@ Rows, top to bottom, on one time axis (one pixel column per feature frame, 10 ms
 - the record id and label;
 - the log-mel spectrogram (low bands at the bottom);
 - one bar row per model class: the class probability of each window, drawn over the hop span
-  centred on the window's centre (the detector's time convention, :mod:`edge.detector`);
+  centred on the window's centre (the detector's time convention, :mod:`edge.bed.detector`);
 - ``DETECTED``: the physiological events the broker delivered; ``TECHNICAL``: technical ones;
 - ``ANNOTATED``: the recording's annotated events;
 - a time axis in seconds.
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from edge.imaging import colourise
-from edge.pipeline import StreamPipeline
+from edge.bed.pipeline import StreamPipeline
+from edge.demo.imaging import colourise
+from edge.inference.streaming import BedState, infer_beds
 from edge.sources.base import SourceChunk
-from edge.streaming import BedState, infer_beds
 
 if TYPE_CHECKING:
-    from edge.runtime import Model
+    from edge.runtime.loop import Model
 
 RGB = tuple[int, int, int]
 BACKGROUND: RGB = (16, 16, 20)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends import BackendConfig
-from edge.backends.base import (
+from edge.inference import BackendConfig
+from edge.inference.base import (
     INPUT_NAME,
     STATE_NAME,
     STREAMING_INPUTS,
@@ -141,7 +141,7 @@ def session_options(config: BackendConfig) -> Any:
 
 
 def describe_io(session: Any, source: str) -> StreamingIO:
-    """Check the model's I/O against the contract (:mod:`edge.backends.base`); its sizes."""
+    """Check the model's I/O against the contract (:mod:`edge.inference.base`); its sizes."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     in_names = [i.name for i in inputs]
     if in_names != list(STREAMING_INPUTS):

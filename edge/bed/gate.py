@@ -14,13 +14,13 @@ where the model has that class. Per chunk
 (:meth:`QualityGate.observe`): the source's notices and the arrival of audio. Per clock tick
 (:meth:`QualityGate.tick`): whether the source has stalled.
 
-Technical event types (``kind="technical"``, same :class:`~edge.detector.Transition`s and
+Technical event types (``kind="technical"``, same :class:`~edge.bed.detector.Transition`s and
 lifecycle as physiological events; spans are the hops in which the condition held):
 
 ================  ===========================================================================
 poor_signal       quality score < ``poor_score_limit`` (not explained by silence or clipping),
                   or the model's Poor Quality probability (hysteresis, on/off thresholds);
-                  given the model's silent bands (:mod:`edge.domain`), the reason names
+                  given the model's silent bands (:mod:`edge.bed.domain`), the reason names
                   sound there in the window where the probability turns the condition on
 off_body          a ``device_status`` notice with ``off_body: true`` (until one with false)
 clipping          clipped fraction of the hop >= ``clipping_fraction_limit``
@@ -46,8 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.config import check
-from edge.detector import (
+from edge.bed.detector import (
     EventTracker,
     Lifecycle,
     Priority,
@@ -59,10 +58,11 @@ from edge.detector import (
     ms_to_samples,
     priority_table,
 )
-from edge.domain import SilentBands
+from edge.bed.domain import SilentBands
+from edge.bed.pipeline import WindowReady
+from edge.bed.quality import CLIPPING_FRACTION_LIMIT, QUIET_DBFS
+from edge.config import check
 from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
-from edge.pipeline import WindowReady
-from edge.quality import CLIPPING_FRACTION_LIMIT, QUIET_DBFS
 from edge.sources.base import Notice, SourceChunk
 
 POOR_SIGNAL = "poor_signal"
@@ -95,7 +95,7 @@ DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = tuple(
 class GateConfig:
     """Thresholds of the technical conditions (see the module doc)."""
 
-    poor_score_limit: float = 0.5  # edge.quality score below this: poor_signal
+    poor_score_limit: float = 0.5  # edge.bed.quality score below this: poor_signal
     poor_quality_on_threshold: float = 0.6  # model's Poor Quality probability: on at >=
     poor_quality_off_threshold: float = 0.4  # and off below
     silence_dbfs: float = QUIET_DBFS  # hop RMS at or below this (dBFS): silence
@@ -153,7 +153,9 @@ class QualityGate:
     ) -> None:
         self.config = config
         self.sample_rate_hz = sample_rate_hz
-        self.silent_bands = silent_bands  # names sound the training recordings lack (edge.domain)
+        self.silent_bands = (
+            silent_bands  # names sound the training recordings lack (edge.bed.domain)
+        )
         self._lifecycle = Lifecycle(
             "technical",
             priority_table(config.priorities, config.default_priority),
@@ -227,7 +229,8 @@ class QualityGate:
         return self._lifecycle.take()
 
     def acknowledge(self, what: str) -> list[Transition]:
-        """Acknowledge technical events by type or key (see :class:`~edge.detector.Lifecycle`)."""
+        """Acknowledge technical events by type or key (see
+        :class:`~edge.bed.detector.Lifecycle`)."""
         self._lifecycle.acknowledge(what)
         return self._lifecycle.take()
 

@@ -22,7 +22,7 @@ Lifecycle of one event (``key`` = ``"<type>@<start_sample>"``, stable and determ
   :meth:`FrameDetector.acknowledge`. Acknowledging a live event makes it end on its own.
 
 :class:`Lifecycle` and :class:`EventTracker` are shared with the quality gate
-(:mod:`edge.gate`), whose technical events follow the same lifecycle.
+(:mod:`edge.bed.gate`), whose technical events follow the same lifecycle.
 """
 
 from __future__ import annotations

@@ -5,17 +5,17 @@
 
 In one process:
 
-1. an MQTT broker: amqtt on a free loopback port (:mod:`edge.broker`), unless ``--broker`` or
+1. an MQTT broker: amqtt on a free loopback port (:mod:`edge.sinks.broker`), unless ``--broker`` or
    the config's ``broker`` names one (Mosquitto, a ward broker);
 2. a subscriber (paho, QoS 1) on ``lungwatch/v1/<site>/<device>/#`` that prints every message
    the broker delivers (``mqtt>`` lines);
 3. the ward view (:mod:`edge.dashboard`) on a free loopback port, its address printed as
    ``dashboard: http://127.0.0.1:PORT/ ...``; with ``--hold`` it stays up after the run until
    Ctrl-C / SIGTERM (without, the demo finishes by itself);
-4. the runtime (:func:`edge.runtime.serve`): the shipped INT8 model, one stream (bed) per
+4. the runtime (:func:`edge.runtime.loop.serve`): the shipped INT8 model, one stream (bed) per
    recording, read as fast as possible (``--realtime``: paced at 8 kHz), events printed as they
    happen by the stdout sink and published at QoS 1 through a fresh SQLite spool;
-5. a PNG per recording, ``<out_dir>/<record>.png`` (:mod:`edge.demo_plot`): log-mel
+5. a PNG per recording, ``<out_dir>/<record>.png`` (:mod:`edge.demo.plot`): log-mel
    spectrogram, the model's class probabilities per window, the delivered events and the
    annotated ones;
 6. a summary: per recording the events detected and annotated, and published == delivered.
@@ -42,20 +42,21 @@ from pathlib import Path
 from typing import Any
 
 from edge.audio import read_audio
-from edge.backends import BackendConfig
+from edge.bed.detector import DetectorConfig
+from edge.bed.gate import GateConfig
 from edge.config import check, load_config
 from edge.dashboard.config import DashboardConfig
 from edge.datapaths import PROJECT_ROOT, sprsound_root
-from edge.demo_plot import Span, render, window_probabilities
-from edge.demo_subscriber import Subscriber
-from edge.detector import DetectorConfig
+from edge.demo.imaging import write_png
+from edge.demo.plot import Span, render, window_probabilities
+from edge.demo.subscriber import Subscriber
 from edge.errors import AnnotationError, LungwatchError
 from edge.events import PHYSIOLOGICAL_TYPES
 from edge.features import extract
-from edge.gate import GateConfig
-from edge.imaging import write_png
+from edge.inference import BackendConfig
 from edge.labels import NORMAL, sound_class
-from edge.runtime import (
+from edge.runtime.config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
+from edge.runtime.loop import (
     Runtime,
     add_run_options,
     install_signal_handlers,
@@ -63,11 +64,10 @@ from edge.runtime import (
     serve,
     setup_logging,
 )
-from edge.runtime_config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
 from edge.sinks.mqtt import MqttConfig
 from firmware_bridge.cliparse import ArgumentParser
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "demo.yaml"
 DEFAULT_RECORDS: tuple[str, ...] = (
     "intra_test/64913238_0.6_1_p3_2175",  # CAS: wheezes
     "intra_test/41161556_1.7_0_p2_3062",  # CAS & DAS: wheezes and fine crackles
@@ -293,7 +293,7 @@ def run(cfg: DemoConfig, stop: threading.Event) -> int:
         print(f"bed-{i + 1}: {rec.record} ({rec.label or '?'}; {what}) from {rec.origin}")
     broker = None
     if cfg.broker is None:
-        from edge.broker import EmbeddedBroker
+        from edge.sinks.broker import EmbeddedBroker
 
         broker = EmbeddedBroker().start()
     address = cfg.broker or broker.address  # type: ignore[union-attr]

@@ -1,13 +1,13 @@
 """``lungwatch run --config FILE``: the bedside runtime (``docs/runtime.md``).
 
 One process serves every stream (bed) of the config. Per stream: source -> quality gate ->
-:class:`~edge.pipeline.StreamPipeline` (ring buffer + streaming front end -> windows every hop).
+:class:`~edge.bed.pipeline.StreamPipeline` (ring buffer + streaming front end -> windows every hop).
 Each round reads every stream once (what its source has ready, up to the audio that completes
 its next window), in groups of ``round_group`` streams, and sends the windows ready on a
 group's streams to the inference backend in one batch; then, per window, the gate judges
 quality (suppressing physiological detection while it is poor) and the detector turns
 probabilities into transitions, which become :class:`~edge.events.Event` messages
-(:class:`~edge.runtime_events.EventOutbox`), handed to the sinks together at the end of the
+(:class:`~edge.runtime.outbox.EventOutbox`), handed to the sinks together at the end of the
 group (MQTT with its spool: one transaction; JSONL, stdout). Times: ``utc = t0 + sample /
 rate``, ``t0`` the wall time of sample 0.
 
@@ -34,17 +34,18 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends import open_backend
-from edge.backends.base import Backend
-from edge.detector import ClassThreshold, DetectorConfig, FrameDetector, FrameGrid
-from edge.domain import SilentBands
+from edge.bed.detector import ClassThreshold, DetectorConfig, FrameDetector, FrameGrid
+from edge.bed.domain import SilentBands
+from edge.bed.gate import GateConfig, QualityGate
+from edge.bed.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady
 from edge.errors import ConfigError, LungwatchError
 from edge.events import Event, format_utc, utc_now
-from edge.gate import GateConfig, QualityGate
+from edge.inference import open_backend
+from edge.inference.base import Backend
+from edge.inference.manifest import Manifest, load_manifest, verify_file
+from edge.inference.streaming import BedState, OutputFrames, infer_beds
 from edge.labels import POOR_QUALITY
-from edge.manifest import Manifest, load_manifest, verify_file
-from edge.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady
-from edge.runtime_config import (
+from edge.runtime.config import (
     CommandError,
     RuntimeConfig,
     StreamConfig,
@@ -56,11 +57,10 @@ from edge.runtime_config import (
     start_dashboard,
     start_embedded_broker,
 )
-from edge.runtime_events import EventOutbox
+from edge.runtime.outbox import EventOutbox
 from edge.sinks import Sink, publish_live
 from edge.sinks.live import LiveStrip
 from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
-from edge.streaming import BedState, OutputFrames, infer_beds
 from firmware_bridge.cliparse import ArgumentParser
 
 log = logging.getLogger("lungwatch.runtime")
@@ -122,7 +122,7 @@ class Model:
         self.poor_index = outputs.index(POOR_QUALITY) if POOR_QUALITY in outputs else None
         spec = manifest.feature_spec
         # the bands the training recordings hold no sound in, from the manifest's flush frame
-        # (the training mean): a model-driven poor_signal names sound there (edge.domain)
+        # (the training mean): a model-driven poor_signal names sound there (edge.bed.domain)
         flush = self.streaming.flush
         self.silent_bands = (
             None if flush is None else SilentBands.of(spec, manifest.kinds, np.asarray(flush))

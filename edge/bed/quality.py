@@ -52,8 +52,8 @@ from scipy.signal import welch
 from scipy.special import expit
 
 from edge.audio import validate_samples
+from edge.bed.quality_kernels import hop_measures, welch_work
 from edge.errors import InvalidAudioError
-from edge.quality_kernels import hop_measures, welch_work
 
 #: Level reported for digital silence (and anything quieter): RMS 1e-6 of full scale.
 RMS_FLOOR_DBFS = -120.0
@@ -165,7 +165,7 @@ def measure(samples: np.ndarray, sample_rate_hz: float) -> QualityMeasures:
     """All quality measures and the score of ``samples`` (shape ``(n,)``, full scale 1).
 
     Valid segments of at least one Welch frame, where the frame is a power of two (0.128 s at
-    4, 8 or 16 kHz), take the Numba kernels of :mod:`edge.quality_kernels` (the runtime's
+    4, 8 or 16 kHz), take the Numba kernels of :mod:`edge.bed.quality_kernels` (the runtime's
     per-window path, ~15x faster); anything else, and every invalid input, takes
     :func:`measure_reference`, the NumPy/SciPy definition the kernels are tested against
     (equal within 1e-12 relative).

@@ -5,12 +5,12 @@
     verify_file(manifest, Path("models/sed/model.int8.onnx"))   # ManifestError if it changed
 
 One ``manifest.json`` per model folder covers every artifact in it (``model.onnx``,
-``model.int8.onnx``, TensorRT engines). It is written on the workstation by the export steps
-and extended on the device when an engine is built (:mod:`edge.manifest_write`); this module
-only reads and checks it, with numpy-free standard-library code, so the device needs neither
-torch nor onnx. The model is a *streaming* model (DESIGN.md contract 5: the context is carried
-as an explicit input and output): one call takes a chunk of every bed's new front-end frames
-and their states and returns the chunk's per-frame sigmoid outputs and the new states::
+``model.int8.onnx``, TensorRT engines). It is written on the workstation by the export steps and
+extended on the device when an engine is built (:mod:`edge.inference.manifest_write`); this
+module only reads and checks it, with numpy-free standard-library code, so the device needs
+neither torch nor onnx. The model is a *streaming* model (DESIGN.md contract 5: the context is
+carried as an explicit input and output): one call takes a chunk of every bed's new front-end
+frames and their states and returns the chunk's per-frame sigmoid outputs and the new states::
 
     schema_version   2
     model_id         "<run name>-<first 12 hex of the checkpoint sha256>"
@@ -33,7 +33,7 @@ and their states and returns the chunk's per-frame sigmoid outputs and the new s
                      names the class in ``detector.thresholds``; with
                      ``"phases": {"on_threshold", "off_threshold", "min_phase_ms", "output"[,
                      "lead_ms"]}``
-                     the detector runs in phase mode (:class:`edge.detector.PhaseRule`) unless
+                     the detector runs in phase mode (:class:`edge.bed.detector.PhaseRule`) unless
                      the config sets its own ``detector.phases``
     quality          (optional) {"poor_on", "poor_off"}: hysteresis of the quality output
     tasks            (optional) the SPRSound challenge rules (``lungwatch predict``)
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from edge.detector import PhaseRule
+from edge.bed.detector import PhaseRule
 from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from edge.detector import Transition
+from edge.bed.detector import Transition
 from edge.events import Event
 from edge.sinks import Sink, publish_all
 
 
 class Stream(Protocol):
-    """What the outbox needs of a stream (:class:`edge.runtime.Stream` has it): its id, its
+    """What the outbox needs of a stream (:class:`edge.runtime.loop.Stream` has it): its id, its
     open episodes (transition key -> last message), its counters and its sample clock."""
 
     id: str
