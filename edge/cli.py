@@ -35,6 +35,7 @@ DEVICE_COMMANDS: Commands = {
     ),
     "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
     "engine": ("export.engine", "Q/DQ ONNX -> TensorRT engine on this machine (TensorRT 10)"),
+    "verify": ("export.verify", "check a model artifact against its folder's verify reference"),
     "bridge": ("firmware_bridge.cli", "receive a wearable stethoscope stream and report it"),
     "emulate": ("firmware_bridge.emulator", "play a recording as a wearable stethoscope would"),
     "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),
