@@ -9,8 +9,8 @@
 #   make bench    benchmarks, results in bench/results/
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
 #   make deploy   DEVICE=jetson [DRY_RUN=1]: bundle, install, check, roll back (docs/deploy.md)
-#   make train-sed the shipped detector's whole recipe into out/models/sed (train and fit the
-#                 rules, export, INT8, Task rules; SEED=0); copy the folder to models/sed
+#   make train-sed the shipped detector's whole recipe into out/models/sed (train, fit the rules,
+#                 export, INT8, Task rules, verify reference; SEED=0); copy it to models/sed
 #   make lock     refresh the lock files from pyproject.toml (UPGRADE=1: newest allowed versions)
 #   make sysdeps  only install the Debian packages (GROUP=edge|dev)
 
@@ -86,7 +86,8 @@ fuzz: $(VENV)/.installed-dev
 
 # The shipped detector's whole recipe (docs/models/sed.md, "Data and training"): train (the
 # run YAML holds the recipe; the detector rules are fitted on validation into the checkpoint),
-# export, INT8, the Task rules. SEED picks the run; copy $(SED_OUT) to models/sed to ship it.
+# export, INT8, the Task rules, the verify gate's reference (docs/export.md, "Verify gate"). SEED
+# picks the run; copy $(SED_OUT) to models/sed to ship it.
 SEED ?= 0
 SED_RUN = out/runs/sed-seed$(SEED)
 SED_OUT ?= out/models/sed
@@ -99,6 +100,7 @@ train-sed: $(VENV)/.installed-dev
 	  --out $(SED_OUT)/model.int8.onnx --calib-dir $(SED_DATA)/sprsound/train \
 	  --max-files 600 --max-chunks 2048 --exclude /model/stems.0/stems.0.0/Conv
 	$(VENV)/bin/lungwatch tasks --model $(SED_OUT)/model.int8.onnx
+	$(VENV)/bin/lungwatch verify --model-dir $(SED_OUT) --write-reference
 
 clean:
 	rm -rf $(VENV) $(EDGE_VENV) out build *.egg-info
