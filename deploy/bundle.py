@@ -7,7 +7,9 @@ Layout (also the layout of ``PREFIX/releases/RELEASE`` on the device)::
     remote.py              the target-side helper (deploy/remote.py)
     lungwatch.service      the rendered systemd unit
     config/runtime.yaml    the inventory's runtime config, byte for byte
-    models/                manifest.json and every artifact it lists, each sha256-checked
+    models/                manifest.json and every artifact it lists, each sha256-checked,
+                           verify_reference.npz included (``lungwatch verify --reference`` on
+                           the device checks every model against it; it must be listed)
     wheels/                lungwatch-VERSION-py3-none-any.whl (+ its dependencies: deps: bundle)
 
 The release name is ``<package version>-<first 12 hex of content_sha256>``; the content hash
@@ -56,6 +58,7 @@ SOURCE_ITEMS = (
 )
 SOURCE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc", "*.egg-info")
 ENGINE_SUFFIX = ".plan"  # engines are built on the device, never shipped
+REFERENCE_FILE = "verify_reference.npz"  # export.verify.REFERENCE_NAME
 WHEEL_TIMEOUT_S = 600
 
 
@@ -71,9 +74,15 @@ class Bundle:
 
 
 def copy_models(models: Path, dest: Path) -> list[str]:
-    """Copy the manifest and every artifact it lists, refusing any sha256 mismatch."""
+    """Copy the manifest and every artifact it lists (the verify reference too), refusing any
+    sha256 mismatch and a verify reference the manifest does not list."""
     try:
         manifest = load_manifest(models / MANIFEST_NAME)
+        if (models / REFERENCE_FILE).is_file() and REFERENCE_FILE not in manifest.files:
+            raise BundleError(
+                f"{REFERENCE_FILE}: not listed in {MANIFEST_NAME} (write it again with "
+                f"`lungwatch verify --model-dir {models} --write-reference`)"
+            )
         names = [n for n in sorted(manifest.files) if not n.endswith(ENGINE_SUFFIX)]
         for name in names:
             verify_file(manifest, models / name)

@@ -13,16 +13,16 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from deploy.bundle import build_bundle
+from deploy.bundle import REFERENCE_FILE, build_bundle
 from deploy.context import Context, Step, on_target
 from deploy.errors import TargetError
 from deploy.health import status_topic_of, wait_online
 
 log = logging.getLogger("lungwatch.deploy")
 ENGINE_FILE = "model.plan"
-REFERENCE_FILE = "verify_reference.npz"  # export.verify.REFERENCE_NAME
 NO_TENSORRT = "no TensorRT here"  # what `lungwatch engine` says when TensorRT is absent
 ENGINE_TIMEOUT_S = 3600.0  # an INT8 build on a Jetson takes minutes
+VERIFY_TIMEOUT_S = 1800.0  # every model on the reference's recordings (seconds on a CPU)
 SERVICE_MARGIN_S = 30.0  # on top of the stop timeout
 
 
@@ -249,14 +249,34 @@ def verify_argv(ctx: Context) -> list[str]:
     return [*ctx.venv_tool, "check-models", "--models", models]
 
 
+def verify_rows(stdout: str) -> list[tuple[str, str]]:
+    """``(stage, verdict)`` of each row of ``lungwatch verify``'s table
+    (``| stage | frames max/mean Δp | events matched | verdict |``)."""
+    rows = [line for line in stdout.splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows]
+    return [(c[0], c[-1]) for c in cells if c[0] != "stage" and len(c) >= 2]
+
+
 def run_verify(ctx: Context) -> None:
     if has_reference(ctx):
-        result = ctx.target.run(verify_argv(ctx), timeout_s=1800)
-        rows = [row for row in result.stdout.splitlines() if row.startswith("| ")]
-        stages = [row.split("|")[1].strip() for row in rows if not row.startswith("| stage ")]
+        result = ctx.target.run(verify_argv(ctx), timeout_s=VERIFY_TIMEOUT_S, check=False)
+        if result.returncode != 0:  # its last line names each failed artifact and why
+            raise TargetError(
+                f"lungwatch verify --reference exited {result.returncode}: {result.last_line()}"
+            )
+        rows = verify_rows(result.stdout)
+        passed = [stage for stage, verdict in rows if verdict == "within tolerance"]
+        # the model the service will run must be one that passed (stage: "BACKEND FILE (P)")
+        if ctx.model[0] not in [stage.split()[1] for stage in passed if len(stage.split()) > 1]:
+            raise TargetError(
+                f"lungwatch verify --reference did not check {ctx.model[0]}, the model the "
+                f"service would run: {'; '.join(' '.join(r) for r in rows) or 'no table'}"
+            )
+        skipped = [f"{stage} {verdict}" for stage, verdict in rows if stage not in passed]
         ctx.notes["verify"] = (
             f"lungwatch verify --reference against {REFERENCE_FILE}: "
-            f"{', '.join(stages)} within tolerance"
+            f"{', '.join(passed)} within tolerance"
+            + (f" ({'; '.join(skipped)})" if skipped else "")
         )
         return
     checked = ctx.remote_json(verify_argv(ctx))["checked"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.bundle import build_bundle, build_wheel, content_digest
+from deploy.bundle import REFERENCE_FILE, build_bundle, build_wheel, content_digest
 from deploy.errors import BundleError
 from deploy.inventory import load_device
 from tests.deploy.conftest import MODELS, Env
@@ -93,6 +93,23 @@ def test_an_engine_from_the_workstation_is_not_shipped(env: Env, tmp_path: Path)
     shipped = json.loads((bundle.staging / "models" / "manifest.json").read_text())
     assert "model.plan" not in shipped["files"]
     assert "model.int8.onnx" in shipped["files"]
+
+
+def test_the_verify_reference_travels_and_an_unlisted_one_is_refused(
+    env: Env, tmp_path: Path
+) -> None:
+    env.write_device("dev-r")
+    bundle = build_bundle(load_device("dev-r", env.devices), env.work("dev-r"), env.wheel)
+    shipped = bundle.staging / "models" / REFERENCE_FILE
+    assert shipped.read_bytes() == (MODELS / REFERENCE_FILE).read_bytes()
+    assert f"models/{REFERENCE_FILE}" in bundle.manifest["files"]
+    models = model_copy(tmp_path / "models")
+    manifest = json.loads((models / "manifest.json").read_text())
+    del manifest["files"][REFERENCE_FILE]  # the file stays: a reference nobody recorded
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    env.write_device("dev-u", models=str(models))
+    with pytest.raises(BundleError, match=r"verify_reference\.npz: not listed in manifest\.json"):
+        build_bundle(load_device("dev-u", env.devices), env.work("dev-u"), env.wheel)
 
 
 def test_runtime_config_without_streams_is_refused(env: Env, tmp_path: Path) -> None:

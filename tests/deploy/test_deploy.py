@@ -24,6 +24,7 @@ from tests.deploy.helpers import (
 )
 from tests.deploy.sshd import SshServer
 from tests.edge.brokers import Recorder, closed_port
+from tests.export.test_verify import alter_int8_scale, copy_models
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 STEP_COUNT = 13
@@ -143,6 +144,22 @@ def test_failed_target_step_discards_the_release(running: Env) -> None:
     assert "detector.on_threshold must be" in error
     assert f"the previous release ({before}) keeps running" in error
     assert (link(prefix), service_pid(prefix), releases(prefix)) == (before, pid, [before])
+
+
+def test_failed_verify_gate_discards_the_release(running: Env) -> None:
+    """An INT8 model that is still valid ONNX, its sha256 recorded anew, passes the bundle's
+    sha256 check; the gate on the device fails it and the previous release keeps running."""
+    prefix = running.prefix("dev-run")
+    before, pid = link(prefix), service_pid(prefix)
+    altered = copy_models(running.root / "altered-models", MODELS)
+    alter_int8_scale(altered)
+    running.write_device("altered", device="dev-run", variant=3, models=str(altered))
+    error = deploy_fails(running, "altered")
+    assert "step verify failed: lungwatch verify --reference exited 1" in error
+    assert "onnxruntime model.int8.onnx (int8): frames max Δp" in error
+    assert f"the previous release ({before}) keeps running" in error
+    assert (link(prefix), service_pid(prefix), releases(prefix)) == (before, pid, [before])
+    assert report(running.work("altered"))["failed_step"] == "verify"
 
 
 def test_failing_health_check_rolls_back(running: Env) -> None:
