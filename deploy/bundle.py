@@ -50,6 +50,7 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_ITEMS = (
     "pyproject.toml",
     "README.md",
+    "lungwatch",  # the console scripts' package (absent in older checkouts: skipped)
     "edge",
     "firmware_bridge",
     "export",
