@@ -173,10 +173,7 @@ def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig
             mqtt=MqttConfig(host=host, port=int(port), spool_path=f"{tmp}/spool.sqlite"),
         )
         loaded = open_model(config)
-        grid, classes, rules = loaded.grid, loaded.manifest.outputs, loaded.detector_config
-        if grid is None:
-            loaded.backend.close()
-            raise SystemExit(f"{model.dir}/{model.file}: detection latency needs a streaming model")
+        grid, classes, rules = loaded.grid, loaded.outputs, loaded.settings.detector
         opened = open_streams(config, loaded)
         sink, mqtt = open_sinks(config)
         probe = AckProbe(mqtt) if mqtt is not None else None
@@ -190,7 +187,7 @@ def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig
         runtime.run(threading.Event())
         wall = time.perf_counter() - start
         sink.close()
-        loaded.backend.close()
+        loaded.close()
     acks = probe.ack_times() if probe is not None else {}
     onsets = {e.episode_id: (e, t) for e, t in recorder.events if e.state == "onset"}
     episodes: dict[str, list[tuple[float, float, str, str]]] = {}  # stream -> spans

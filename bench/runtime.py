@@ -66,17 +66,14 @@ import numpy as np
 from bench.runtime_batch import sweep
 from bench.runtime_probes import AckProbe, TimedBackend, TimedSource, TimingSink, latencies
 from bench.runtime_report import profile_summary, render_markdown
-from edge.bed.pipeline import StreamPipeline
 from edge.datapaths import sprsound_root
 from edge.demo.run import DemoConfig, find_recordings
-from edge.features import FeatureSpec
 from edge.inference import DEFAULT_MAX_BATCH, BackendConfig
-from edge.inference.streaming import BedState, infer_beds
+from edge.monitor import Monitor
 from edge.runtime.config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
-from edge.runtime.loop import Model, Runtime, open_model, open_sinks, open_streams
+from edge.runtime.loop import Runtime, open_model, open_sinks, open_streams
 from edge.runtime.offline import recordings_in
 from edge.sinks.mqtt import MqttConfig
-from edge.sources.base import SourceChunk
 
 RESULTS_DIR = Path(__file__).parent / "results"
 CHUNK_SAMPLES = 800  # 0.1 s at 8 kHz
@@ -130,7 +127,7 @@ def build(config: RuntimeConfig, paced: bool) -> tuple[Runtime, TimingSink, AckP
     model = open_model(config)
     model.backend = TimedBackend(model.backend)
     streams = open_streams(config, model)
-    _prime(streams[0].pipeline.spec, model)
+    _prime(model)
     sources = {}
     for i, stream in enumerate(streams):
         phase = i % PHASES
@@ -151,17 +148,12 @@ def build(config: RuntimeConfig, paced: bool) -> tuple[Runtime, TimingSink, AckP
     return runtime, timing, probe
 
 
-def _prime(spec: FeatureSpec, model: Model) -> None:
+def _prime(model: Monitor) -> None:
     """Load the numba kernels and the ORT session's first run before the streams start (the
     first push otherwise takes a few hundred ms and would undo the streams' stagger)."""
-    m = model.manifest
-    frames = m.streaming.input_frames
-    pipeline = StreamPipeline(spec, m.kinds, frames, frames)
-    ready = pipeline.push(SourceChunk(samples=np.zeros(2 * pipeline.window_samples, np.float32),
-                                      first_sample=0))  # fmt: skip
-    bed = BedState(model.streaming)
-    for window in ready:
-        infer_beds(model.backend, [(bed, window.features)])
+    bed = model.open_bed("prime")
+    frames = model.settings.streaming.input_frames
+    bed.push(np.zeros(2 * frames * model.settings.spec.hop_samples, np.float32))
 
 
 def warm_up(runtime: Runtime, paced: bool) -> None:

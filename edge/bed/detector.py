@@ -57,13 +57,22 @@ def hysteresis_step(active: bool, value: float, on: float, off: float) -> bool:
     return value >= off if active else value >= on
 
 
+#: What a class's rule is when neither its own rule nor the detector's settings say.
+DEFAULT_ON_THRESHOLD = 0.6
+DEFAULT_OFF_THRESHOLD = 0.4
+DEFAULT_MIN_EVENT_MS = 250.0
+DEFAULT_MERGE_GAP_MS = 250.0
+#: The settings a phase rule replaces: in phase mode an event spans its breath phase.
+SPAN_SETTINGS = ("off_threshold", "min_event_ms", "merge_gap_ms")
+
+
 @dataclass(frozen=True)
 class ClassThreshold:
-    """One class's rule, overriding the detector's defaults (None: the default)."""
+    """One class's rule, overriding the detector's settings (None: the detector's)."""
 
     type: str
     on_threshold: float
-    off_threshold: float
+    off_threshold: float | None = None
     min_event_ms: float | None = None
     merge_gap_ms: float | None = None
 
@@ -119,9 +128,13 @@ class TypePriority:
         check(self.priority in PRIORITIES, "priority", self.priority, f"one of {PRIORITIES}")
 
 
-def check_thresholds(on: float, off: float, prefix: str = "") -> None:
-    check(0.0 < on < 1.0, prefix + "on_threshold", on, "in (0, 1)")
-    check(0.0 < off <= on, prefix + "off_threshold", off, f"in (0, on_threshold={on}]")
+def check_thresholds(on: float | None, off: float | None, prefix: str = "") -> None:
+    """``0 < off <= on < 1`` for the values given (None: not set)."""
+    if on is not None:
+        check(0.0 < on < 1.0, prefix + "on_threshold", on, "in (0, 1)")
+    if off is not None:
+        top = 1.0 if on is None else on
+        check(0.0 < off <= top, prefix + "off_threshold", off, f"in (0, on_threshold={top}]")
 
 
 def check_priorities(rules: tuple[TypePriority, ...], latching: tuple[str, ...]) -> None:
@@ -141,13 +154,20 @@ DEFAULT_PRIORITIES: tuple[TypePriority, ...] = tuple(
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Thresholds, durations and priorities of physiological events (see the module doc)."""
+    """Thresholds, durations and priorities of physiological events (see the module doc).
 
-    on_threshold: float = 0.6  # a class turns on at p >= this
-    off_threshold: float = 0.4  # and off at p < this
+    The four settings of a class's rule are None when not set: a class then takes its own
+    rule's value (``thresholds``), else the setting's, else the module's default
+    (:data:`DEFAULT_ON_THRESHOLD` ...; the off-threshold never above the on-threshold). On
+    the device the manifest's fitted rules come in between (:func:`edge.bed.chain.
+    resolve_detector`): a setting given here takes effect for every class its
+    ``thresholds`` do not name, or is refused where the manifest's phase rule decides."""
+
+    on_threshold: float | None = None  # a class turns on at p >= this
+    off_threshold: float | None = None  # and off at p < this
     thresholds: tuple[ClassThreshold, ...] = ()  # per-class overrides of the pair above
-    min_event_ms: float = 250.0  # shorter events are never announced
-    merge_gap_ms: float = 250.0  # an off..on gap up to this long continues the event
+    min_event_ms: float | None = None  # shorter events are never announced
+    merge_gap_ms: float | None = None  # an off..on gap up to this long continues the event
     ongoing_every_ms: float = 0.0  # repeat `ongoing` this often while active; 0: never
     default_priority: Priority = "medium"  # types not listed in `priorities`
     priorities: tuple[TypePriority, ...] = DEFAULT_PRIORITIES
@@ -162,8 +182,9 @@ class DetectorConfig:
         types = [t.type for t in self.thresholds]
         dupes = sorted({t for t in types if types.count(t) > 1})
         check(not dupes, "thresholds", dupes, "a list naming each type once")
-        check(self.min_event_ms >= 0.0, "min_event_ms", self.min_event_ms, "a number >= 0")
-        check(self.merge_gap_ms >= 0.0, "merge_gap_ms", self.merge_gap_ms, "a number >= 0")
+        for key in ("min_event_ms", "merge_gap_ms"):
+            value = getattr(self, key)
+            check(value is None or value >= 0.0, key, value, "a number >= 0")
         check(
             self.ongoing_every_ms >= 0, "ongoing_every_ms", self.ongoing_every_ms, "a number >= 0"
         )
@@ -176,26 +197,18 @@ class DetectorConfig:
         check_priorities(self.priorities, self.latching)
 
     def rule_of(self, type_: str) -> ClassRule:
-        """The thresholds and durations that apply to ``type_``."""
-        default = ClassRule(
-            self.on_threshold, self.off_threshold, self.min_event_ms, self.merge_gap_ms
-        )
-        for rule in self.thresholds:
-            if rule.type == type_:
-                return ClassRule(
-                    rule.on_threshold,
-                    rule.off_threshold,
-                    default.min_event_ms if rule.min_event_ms is None else rule.min_event_ms,
-                    default.merge_gap_ms if rule.merge_gap_ms is None else rule.merge_gap_ms,
-                )
-        return default
+        """The thresholds and durations that apply to ``type_`` (see the class doc)."""
+        own = next((r for r in self.thresholds if r.type == type_), None)
 
-    def thresholds_of(self, type_: str) -> tuple[float, float]:
-        """(on, off) of one class."""
-        for rule in self.thresholds:
-            if rule.type == type_:
-                return rule.on_threshold, rule.off_threshold
-        return self.on_threshold, self.off_threshold
+        def pick(key: str, default: float) -> float:
+            value = None if own is None else getattr(own, key)
+            value = getattr(self, key) if value is None else value
+            return default if value is None else float(value)
+
+        on = pick("on_threshold", DEFAULT_ON_THRESHOLD)
+        off = min(pick("off_threshold", DEFAULT_OFF_THRESHOLD), on)
+        min_ms = pick("min_event_ms", DEFAULT_MIN_EVENT_MS)
+        return ClassRule(on, off, min_ms, pick("merge_gap_ms", DEFAULT_MERGE_GAP_MS))
 
 
 def priority_table(rules: tuple[TypePriority, ...], default: str) -> Callable[[str], str]:
@@ -225,6 +238,7 @@ class Transition:
     key: str  # stable identity of the event: "<type>@<start_sample>"
     latched: bool = False
     reason: str = ""  # technical events: what was measured or reported
+    ended_by: str = ""  # an ending not of the condition's own: "quality gate", "acknowledge", ...
 
 
 @dataclass

@@ -82,6 +82,8 @@ TECHNICAL_TYPES: tuple[str, ...] = (
     SOURCE_STALLED,
 )
 _GAP_NOTICES = ("overflow", "signal_gap")
+DEFAULT_POOR_QUALITY_ON = 0.6  # the quality output's hysteresis when neither config nor manifest
+DEFAULT_POOR_QUALITY_OFF = 0.4  # sets one
 MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
 
 #: Default priorities of the gate's types: the rows of :data:`edge.events.DEFAULT_PRIORITIES`
@@ -96,8 +98,10 @@ class GateConfig:
     """Thresholds of the technical conditions (see the module doc)."""
 
     poor_score_limit: float = 0.5  # edge.bed.quality score below this: poor_signal
-    poor_quality_on_threshold: float = 0.6  # model's Poor Quality probability: on at >=
-    poor_quality_off_threshold: float = 0.4  # and off below
+    # the model's Poor Quality probability: on at >= this, off below the other; None: the
+    # manifest's fitted hysteresis (edge.bed.chain.resolve_gate), else 0.6 / 0.4
+    poor_quality_on_threshold: float | None = None
+    poor_quality_off_threshold: float | None = None
     silence_dbfs: float = QUIET_DBFS  # hop RMS at or below this (dBFS): silence
     clipping_fraction_limit: float = CLIPPING_FRACTION_LIMIT  # clipped share of the hop
     max_missing_fraction: float = 0.25  # suppress detection while a window misses more
@@ -133,6 +137,14 @@ class GateConfig:
         unknown = [rule.type for rule in self.priorities if rule.type not in TECHNICAL_TYPES]
         check(not unknown, "priorities", unknown, f"types among {TECHNICAL_TYPES}")
         check_priorities(self.priorities, self.latching)
+
+    @property
+    def poor_quality_thresholds(self) -> tuple[float, float]:
+        """(on, off) of the quality output: the values set, else 0.6 / 0.4 (off <= on)."""
+        on = self.poor_quality_on_threshold
+        on = DEFAULT_POOR_QUALITY_ON if on is None else on
+        off = self.poor_quality_off_threshold
+        return on, min(on, DEFAULT_POOR_QUALITY_OFF) if off is None else off
 
 
 @dataclass(frozen=True)
@@ -256,7 +268,7 @@ class QualityGate:
         clipping = q.clipping_fraction >= cfg.clipping_fraction_limit
         was_poor = self._poor_model
         if poor_prob is not None:
-            on, off = cfg.poor_quality_on_threshold, cfg.poor_quality_off_threshold
+            on, off = cfg.poor_quality_thresholds
             self._poor_model = hysteresis_step(self._poor_model, poor_prob, on, off)
         by_score = judged and not (silence or clipping) and q.score < cfg.poor_score_limit
         if self._poor_model:

@@ -24,13 +24,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from edge.bed.pipeline import StreamPipeline
 from edge.demo.imaging import colourise
-from edge.inference.streaming import BedState, infer_beds
-from edge.sources.base import SourceChunk
 
 if TYPE_CHECKING:
-    from edge.runtime.loop import Model
+    from edge.monitor import Monitor
 
 RGB = tuple[int, int, int]
 BACKGROUND: RGB = (16, 16, 20)
@@ -140,21 +137,16 @@ def draw_text(canvas: np.ndarray, x: int, y: int, text: str, colour: RGB = TEXT)
         canvas[rows, cols][part] = colour
 
 
-def window_probabilities(model: Model, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The model's output frames over a whole recording: centres (samples, ``(n,)``) and
-    probabilities ``(n, n_outputs)``, from the same pipeline and backend the beds use."""
-    m = model.manifest
-    frames = m.streaming.input_frames
-    pipeline = StreamPipeline(m.feature_spec, m.kinds, frames, frames)
-    ready = pipeline.push(SourceChunk(samples=samples, first_sample=0))
-    if not ready:
-        return np.zeros(0, np.int64), np.zeros((0, len(m.outputs)), np.float32)
-    bed = BedState(m.streaming)
-    outs = infer_beds(model.backend, [(bed, w.features) for w in ready])
-    index = np.concatenate([o.first_frame + np.arange(o.probs.shape[0]) for o in outs])
-    centres = index * model.grid.frame_samples + model.grid.offset_samples
-    centres += model.grid.frame_samples // 2
-    return centres, np.concatenate([o.probs for o in outs])
+def window_probabilities(model: Monitor, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's output frames over a whole recording, end included: centres (samples,
+    ``(n,)``) and probabilities ``(n, n_outputs)``, through one bed of the public API."""
+    bed = model.open_bed("picture")
+    first, last = bed.push(samples), bed.close()
+    probs = np.concatenate([first.probs, last.probs]) if len(first.probs) else last.probs
+    start = first.first_frame if len(first.probs) else last.first_frame
+    grid = model.grid
+    centres = (start + np.arange(probs.shape[0])) * grid.frame_samples + grid.offset_samples
+    return centres + grid.frame_samples // 2, probs
 
 
 class _Timeline:

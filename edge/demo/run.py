@@ -245,7 +245,7 @@ def write_pictures(
             paths.append(write_png(Path(cfg.out_dir) / f"{rec.record}.png", picture))
         return paths
     finally:
-        model.backend.close()
+        model.close()
 
 
 def summarise(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import signal
 import threading
@@ -34,17 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from edge.bed.detector import ClassThreshold, DetectorConfig, FrameDetector, FrameGrid
-from edge.bed.domain import SilentBands
-from edge.bed.gate import GateConfig, QualityGate
-from edge.bed.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady
+from edge.bed.chain import BedChain
+from edge.bed.pipeline import WindowReady
 from edge.errors import ConfigError, LungwatchError
-from edge.events import Event, format_utc, utc_now
-from edge.inference import open_backend
-from edge.inference.base import Backend
-from edge.inference.manifest import Manifest, load_manifest, verify_file
-from edge.inference.streaming import BedState, OutputFrames, infer_beds
-from edge.labels import POOR_QUALITY
+from edge.events import format_utc, utc_now
+from edge.inference.manifest import MANIFEST_NAME, load_manifest
+from edge.inference.streaming import OutputFrames
+from edge.monitor import Monitor
 from edge.runtime.config import (
     CommandError,
     RuntimeConfig,
@@ -69,149 +64,62 @@ MAX_READS_PER_ROUND = 64  # source chunks one stream's read may gather (fairness
 MS_PER_S = 1000.0
 
 
-class RuntimeStartError(LungwatchError):
-    """The runtime cannot start (model, streams, sinks); the message says which."""
-
-
-def detector_config_of(config: DetectorConfig, manifest: Manifest) -> DetectorConfig:
-    """The config's detector with the manifest's fitted per-class rules for every class the
-    config's ``thresholds`` do not name (config rules win; the config's global thresholds
-    and durations apply to classes neither names), and the manifest's phase rule unless the
-    config sets ``phases``."""
-    named = {rule.type for rule in config.thresholds}
-    fitted = tuple(
-        ClassThreshold(
-            rule["type"],
-            float(rule["on_threshold"]),
-            float(rule["off_threshold"]),
-            float(rule["min_event_ms"]),
-            float(rule["merge_gap_ms"]),
-        )
-        for rule in manifest.detector_rules
-        if rule["type"] not in named
-    )
-    phases = config.phases if config.phases is not None else manifest.detector_phases
-    return dataclasses.replace(config, thresholds=config.thresholds + fitted, phases=phases)
-
-
-def gate_config_of(config: GateConfig, manifest: Manifest) -> GateConfig:
-    """The config's gate with the manifest's fitted quality-output hysteresis, unless the
-    config sets its own (values other than the defaults)."""
-    default = GateConfig()
-    own = (config.poor_quality_on_threshold, config.poor_quality_off_threshold) != (
-        default.poor_quality_on_threshold,
-        default.poor_quality_off_threshold,
-    )
-    if manifest.quality_thresholds is None or own:
-        return config
-    on, off = manifest.quality_thresholds
-    return dataclasses.replace(config, poor_quality_on_threshold=on, poor_quality_off_threshold=off)
-
-
-class Model:
-    """The manifest, the backend and the detection settings shared by all streams."""
-
-    def __init__(self, config: RuntimeConfig, backend: Backend, manifest: Manifest):
-        self.manifest, self.backend = manifest, backend
-        self.streaming = manifest.streaming
-        self.detector_config = detector_config_of(config.detector, manifest)
-        self.gate_config = gate_config_of(config.gate, manifest)
-        self.model_id = manifest.model_id
-        self.sha256 = manifest.files[config.model.file].sha256
-        outputs = manifest.outputs
-        self.poor_index = outputs.index(POOR_QUALITY) if POOR_QUALITY in outputs else None
-        spec = manifest.feature_spec
-        # the bands the training recordings hold no sound in, from the manifest's flush frame
-        # (the training mean): a model-driven poor_signal names sound there (edge.bed.domain)
-        flush = self.streaming.flush
-        self.silent_bands = (
-            None if flush is None else SilentBands.of(spec, manifest.kinds, np.asarray(flush))
-        )
-        # a chunk missing this many samples restarts a bed's state; shorter losses are
-        # concealed in its features (StreamPipeline's conceal_max_samples), not zeros
-        self.reset_gap_samples = config.state_reset_gap_ms * spec.sample_rate_hz / MS_PER_S
-        self.conceal_samples = min(round(self.reset_gap_samples), DEFAULT_PIECE_SAMPLES)
-        self.grid = FrameGrid.of(
-            spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, self.streaming.stride
-        )
-
-
-def open_model(config: RuntimeConfig, source: str = "<config>") -> Model:
-    """Load the manifest, check the config against it (model.file, features, detector class
-    names) and the artifact's hash, open the backend. Config errors name ``source``."""
-    manifest = load_manifest(Path(config.model.dir) / "manifest.json")
+def open_model(config: RuntimeConfig, source: str = "<config>") -> Monitor:
+    """The config's model as a :class:`~edge.monitor.Monitor`: the config checked against the
+    manifest (model.file, features, detector class names) and resolved with its fitted rules,
+    the artifact's hash checked, the backend opened. Config errors name ``source``."""
+    folder = Path(config.model.dir)
+    manifest = load_manifest(folder / MANIFEST_NAME)
     check_against_manifest(config, manifest, source)
-    path = manifest.file_path(config.model.file)
-    if config.model.check_sha256:
-        verify_file(manifest, path)
-    backend = open_backend(config.backend, path)
-    if tuple(backend.input_shape) != tuple(manifest.input_shape):
-        backend.close()
-        raise RuntimeStartError(
-            f"{path}: model input {backend.input_shape} differs from the manifest's "
-            f"{manifest.input_shape}"
-        )
-    if (backend.state_size, backend.output_shape) != (
-        manifest.streaming.state_size,
-        (len(manifest.outputs), manifest.streaming.chunk_frames),
-    ):
-        backend.close()
-        raise RuntimeStartError(
-            f"{path}: model state {backend.state_size} and outputs {backend.output_shape} "
-            f"differ from the manifest's"
-        )
-    log.info("model %s (%s) on %s", manifest.model_id, config.model.file, backend.name)
-    return Model(config, backend, manifest)
+    monitor = Monitor.load(
+        folder / config.model.file,
+        detector=config.detector,
+        gate=config.gate,
+        backend=config.backend,
+        state_reset_gap_ms=config.state_reset_gap_ms,
+        check_sha256=config.model.check_sha256,
+        source=source,
+    )
+    log.info("model %s (%s) on %s", manifest.model_id, config.model.file, monitor.backend.name)
+    return monitor
 
 
 class Stream:
-    """One bed: its source, pipeline, gate, detector, open episodes and counters."""
+    """One bed of the runtime: its source, its chain (a public :class:`~edge.monitor.Bed`),
+    how it ends, and its counters."""
 
-    def __init__(self, config: StreamConfig, source: AudioSource, model: Model) -> None:
+    def __init__(self, config: StreamConfig, source: AudioSource, model: Monitor) -> None:
         self.config, self.source, self.id = config, source, config.id
         self.rate_hz = source.sample_rate_hz
-        manifest = model.manifest
-        self.pipeline = StreamPipeline(
-            manifest.feature_spec,
-            manifest.kinds,
-            manifest.streaming.input_frames,
-            manifest.streaming.input_frames,
-            conceal_max_samples=model.conceal_samples,
-        )
-        self.gate = QualityGate(model.gate_config, self.rate_hz, model.silent_bands)
-        self.bed = BedState(model.streaming)
-        self.detector = FrameDetector(manifest.outputs, model.detector_config, model.grid)
-        self.episodes: dict[str, Event] = {}  # transition key -> last message of the episode
+        self.bed = model.open_bed(config.id)
         self.ending: str | None = None  # why the stream ends once its flushed frames are in
         self.read_error: SourceEnded | SourceError | None = None  # taken on the next round
         self.t0_posix: float | None = None  # wall time of sample 0
         self.ended = False
-        self.counters = {
-            "chunks": 0,
-            "samples": 0,
-            "windows": 0,
-            "events": 0,
-            "notices": 0,
-            "state_resets": 0,
-        }
+        self.counters = {"chunks": 0, "samples": 0, "windows": 0, "events": 0, "notices": 0}
         self.latencies_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
         # since the last report: how long the oldest chunk a read found had waited after its
         # capture (sources that give ``captured_s``)
         self.read_waits_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
+
+    @property
+    def chain(self) -> BedChain:
+        return self.bed.chain
 
     def utc(self, sample: int) -> str:
         """UTC of a sample on this stream's timeline: wall time of sample 0 + sample / rate."""
         t0 = self.t0_posix if self.t0_posix is not None else time.time()
         return format_utc(t0 + sample / self.rate_hz)
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self, open_events: int) -> dict[str, Any]:
         """Counters since the start, drops, and window latency since the last report."""
-        p = self.pipeline
+        p = self.chain.pipeline
         drops = {"missing_samples": p.missing_samples, "overlap_samples": p.overlap_samples_dropped}
-        values: dict[str, Any] = {**self.counters, "frames": p.frames_complete, **drops}
+        values: dict[str, Any] = {**self.counters, "state_resets": self.chain.state_resets}
+        values.update(frames=p.frames_complete, **drops)
         values["drops"] = sum(drops.values())
         values["invalid_samples"] = p.invalid_samples
-        values["open_events"] = len(self.episodes)
+        values["open_events"] = open_events
         values["latency_windows"] = len(self.latencies_ms)
         values.update(_percentiles_ms("latency_ms", self.latencies_ms))
         values["read_wait_reads"] = len(self.read_waits_ms)
@@ -239,7 +147,7 @@ class Runtime:
     def __init__(
         self,
         config: RuntimeConfig,
-        model: Model,
+        model: Monitor,
         streams: Sequence[Stream],
         sink: Sink,
         *,
@@ -254,7 +162,7 @@ class Runtime:
         self._sink_stats = sink_stats
         self._clock = clock
         self._next_metrics = clock() + config.metrics_interval_s
-        self.live = LiveStrip(model.manifest.outputs, config.live_interval_s)
+        self.live = LiveStrip(model.outputs, config.live_interval_s)
         self._lock = threading.Lock()  # acknowledge() comes from the MQTT network thread
         self.batches = {"calls": 0, "windows": 0, "max_windows": 0}
         self._behind = False  # the last load check found audio waiting too long for its read
@@ -282,7 +190,7 @@ class Runtime:
         with self._lock:
             for stream in self.streams:
                 if not stream.ended and stream.ending is None:
-                    self.events.emit(stream, stream.gate.tick(now))
+                    self.events.emit(stream, stream.chain.tick(now))
             self.events.flush()
         for stream in self.streams:
             if stream.ending is not None and not stream.ended:
@@ -305,7 +213,7 @@ class Runtime:
         if stream.read_error is not None:  # raised after last round's chunks
             return self._read_failed(stream, ready)
         chunks: list[SourceChunk] = []
-        wanted = stream.pipeline.samples_to_next_window
+        wanted = stream.chain.pipeline.samples_to_next_window
         gathered = 0
         while len(chunks) < MAX_READS_PER_ROUND and gathered < wanted:
             try:
@@ -332,9 +240,10 @@ class Runtime:
             counters = stream.counters
             counters["samples"] += n
             counters["notices"] += len(chunk.notices)
+            transitions, windows = stream.chain.push(chunk, now)
             with self._lock:
-                self.events.emit(stream, stream.gate.observe(chunk, now))
-            ready.extend((stream, window, arrived) for window in stream.pipeline.push(chunk))
+                self.events.emit(stream, transitions)
+            ready.extend((stream, window, arrived) for window in windows)
         stream.counters["chunks"] += len(chunks)
         return True
 
@@ -342,7 +251,7 @@ class Runtime:
         """The source's end or failure (raised by the read that found no chunk)."""
         exc, stream.read_error = stream.read_error, None
         if isinstance(exc, SourceEnded):
-            flushed = self._flush(stream)
+            flushed = stream.chain.flush()
             if flushed:  # the last frames go through the model first; the stream ends after
                 stream.ending = "stream end"
                 ready.extend((stream, window, time.perf_counter()) for window in flushed)
@@ -353,75 +262,30 @@ class Runtime:
             self._end_stream(stream, "source failed")
         return False
 
-    def _flush(self, stream: Stream) -> list[WindowReady]:
-        """The windows that describe a finished stream's last frames (when the manifest gives
-        the flush frame): the look-ahead and the last partial chunk."""
-        info = self.model.streaming
-        if info.flush is None:
-            return []
-        through = (_network_frames(stream, info.stride) + info.lookahead_frames) * info.stride
-        return stream.pipeline.flush(np.asarray(info.flush, np.float32), through)
-
     def _infer_and_detect(self, ready: list[Ready]) -> None:
+        """The group's windows through the model in one batch; each bed's chain turns its
+        outputs into transitions, which go to the outbox."""
         if not ready:
             return
-        outputs = infer_beds(self.model.backend, [(s.bed, w.features) for s, w, _ in ready])
+        steps = self.model.process([(stream.chain, window) for stream, window, _ in ready])
         batches = self.batches
         batches["calls"] += 1
         batches["windows"] += len(ready)
         batches["max_windows"] = max(batches["max_windows"], len(ready))
-        for (stream, window, arrived), out in zip(ready, outputs, strict=True):
+        for (stream, _, arrived), step in zip(ready, steps, strict=True):
             stream.counters["windows"] += 1
-            quality = window.audio_quality.to_dict()
-            flushed = window.padded_frames > 0  # end-of-stream flush: no new audio to judge
-            if flushed:
-                out = _real_frames_only(stream, out)
-            else:
-                self._judge(stream, window, out, quality)
-                self.live.add(stream.id, out.probs, quality.get("score"))
+            if not step.flushed:
+                self.live.add(stream.id, step.frames.probs, step.quality.get("score"))
             if self._on_frames is not None:
-                self._on_frames(stream, out)
-            transitions = stream.detector.update(out.first_frame, out.probs)
-            self.events.emit(stream, transitions, quality)
-            if flushed:
-                continue
-            if self._gap_resets(window):
-                # audio was lost: the model's context must not bridge the gap (the gate
-                # reports it); the state starts again at the next chunk
-                stride = stream.bed.info.stride
-                stream.bed.reset((window.start_frame + stream.bed.info.input_frames) // stride)
-                stream.counters["state_resets"] += 1
-            stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
-
-    def _gap_resets(self, window: WindowReady) -> bool:
-        """Whether ``window`` lost enough audio to restart its bed's model state."""
-        missing = window.hop_missing_samples
-        return missing > 0 and missing >= self.model.reset_gap_samples
-
-    def _judge(
-        self,
-        stream: Stream,
-        window: WindowReady,
-        out: OutputFrames,
-        quality: dict[str, Any],
-    ) -> None:
-        """The quality gate on a window's audio and the model's quality output; detection is
-        suppressed while a technical condition holds."""
-        poor = self.model.poor_index
-        # the quality output of the frames this chunk made known
-        poor_prob = (
-            float(out.probs[:, poor].mean()) if poor is not None and out.probs.shape[0] else None
-        )
-        self.events.emit(stream, stream.gate.update(window, poor_prob), quality)
-        suppressed = stream.detector.suppress(stream.gate.suppressed)
-        self.events.emit(stream, suppressed, quality, {"ended_by": "quality gate"})
+                self._on_frames(stream, step.frames)
+            self.events.emit(stream, step.transitions, step.quality)
+            if not step.flushed:
+                stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
 
     def _end_stream(self, stream: Stream, why: str) -> None:
         stream.ended = True
         with self._lock:
-            extra = {"ended_by": why}
-            self.events.emit(stream, stream.detector.finish(), extra=extra)
-            self.events.emit(stream, stream.gate.finish(), extra=extra)
+            self.events.emit(stream, stream.chain.finish(why))
         log.info("stream %s: %s after %d samples", stream.id, why, stream.counters["samples"])
 
     def acknowledge(self, stream_id: str, target: str) -> int:
@@ -435,9 +299,8 @@ class Runtime:
         with self._lock:
             if stream.ended:  # the stream's events are over; the sinks may be closing
                 raise CommandError(f"command.stream_id {stream_id!r} has ended")
-            transitions = stream.detector.acknowledge(target) + stream.gate.acknowledge(target)
-            extra = {"ended_by": "acknowledge", "acknowledged_utc": utc_now()}
-            self.events.emit(stream, transitions, extra=extra)
+            transitions = stream.chain.acknowledge(target)
+            self.events.emit(stream, transitions)
             self.events.flush()
         return len(transitions)
 
@@ -467,7 +330,10 @@ class Runtime:
         limit = self.config.read_wait_warn_ms
         shared["read_wait_warn_ms"] = limit if limit > 0 else None
         with self._lock:
-            reports = [(stream.id, stream.metrics()) for stream in self.streams]
+            reports = [
+                (stream.id, stream.metrics(self.events.open_events(stream.id)))
+                for stream in self.streams
+            ]
             for stream_id, values in reports:
                 self.sink.publish_metrics(stream_id, {**values, **shared})
         self._check_read_wait(reports)
@@ -511,7 +377,7 @@ class Runtime:
         ready: list[Ready] = []
         for stream in self.streams:
             if not stream.ended and stream.ending is None:
-                ready.extend((stream, w, time.perf_counter()) for w in self._flush(stream))
+                ready.extend((stream, w, time.perf_counter()) for w in stream.chain.flush())
         with self._lock:
             self._infer_and_detect(ready)
         for stream in self.streams:
@@ -551,28 +417,16 @@ def _coalesced(chunks: list[SourceChunk]) -> list[SourceChunk]:
     return out
 
 
-def _network_frames(stream: Stream, stride: int) -> int:
-    """Output frames with real audio in them: the last may be partly end-of-stream padding."""
-    return -(-stream.pipeline.frames_complete // stride)
-
-
-def _real_frames_only(stream: Stream, out: OutputFrames) -> OutputFrames:
-    """A flushed chunk's output frames up to the stream's last real one (none past its end)."""
-    last = _network_frames(stream, stream.bed.info.stride)
-    keep = max(0, min(out.probs.shape[0], last - out.first_frame))
-    return OutputFrames(out.first_frame, out.probs[:keep])
-
-
 def open_streams(
     config: RuntimeConfig,
-    model: Model,
+    model: Monitor,
     source: str = "<config>",
     unopened: dict[int, str] | None = None,
 ) -> list[Stream]:
     """One :class:`Stream` per configured stream; errors name ``source`` and the stream.
     With ``unopened`` (a dict), a stream whose source cannot be opened is left out and its
     index maps to the error there, instead of the whole call failing."""
-    rate_hz = model.manifest.feature_spec.sample_rate_hz
+    rate_hz = model.sample_rate_hz
     streams: list[Stream] = []
     for index, stream_config in enumerate(config.streams):
         try:
@@ -596,7 +450,7 @@ def serve(
     stop = stop or threading.Event()
     with contextlib.ExitStack() as resources:
         model = open_model(config, source)
-        resources.callback(model.backend.close)
+        resources.callback(model.close)
         streams = open_streams(config, model, source)
         for stream in streams:
             resources.callback(stream.source.close)

@@ -1,10 +1,12 @@
 """Events of whole recordings computed by the device's own path.
 
-:func:`detect_recordings` runs recordings through exactly what a bed runs (file source,
+:func:`detect_recordings` runs recordings through exactly what a bed runs: each recording is
+one bed of a :class:`edge.monitor.Monitor` (the public streaming API the runtime is built on:
 ring buffer and streaming front end, the streaming model on the configured backend with its
-state carried chunk to chunk, the quality gate, :class:`edge.bed.detector.FrameDetector` with the
-manifest's fitted rules): one :class:`edge.runtime.loop.Runtime` with one bed per recording,
-unpaced, no sinks but a collector. Each recording's physiological events come back as
+state carried chunk to chunk, the quality gate, :class:`edge.bed.detector.FrameDetector` with
+the manifest's fitted rules), fed in reads of :data:`READ_SAMPLES` as a file source would,
+beds batched into one model call, then closed (the end-of-stream flush). Each recording's
+physiological events come back as
 ``{"start_s", "end_s", "type", "confidence"}`` (types spelled as SPRSound spells them,
 ``start_s``/``end_s`` on the recording's own timeline, confidence the episode's peak
 probability), and its technical events (``poor_signal``, ``silence``, ...) as
@@ -13,13 +15,12 @@ With ``keep_probs=True`` each recording also keeps the model's output frames as 
 saw them (``probs`` (n, O), row ``j`` = frame ``j`` of :class:`edge.bed.detector.FrameGrid`,
 columns the manifest's ``outputs``): the challenge tasks are computed from them
 (:mod:`training.scoring.tasks`).
-``lungwatch detect --audio DIR`` (``training/detect.py``) writes them; the yardstick in
+``lungwatch detect --audio DIR`` writes them; the yardstick in
 ``../shared/tools`` scores the same events from a real ``lungwatch run``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,16 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from edge.audio import AUDIO_SUFFIXES
+from edge.audio import AUDIO_SUFFIXES, read_audio
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
-from edge.errors import LungwatchError
-from edge.events import Event
+from edge.errors import AudioError, ConfigError, LungwatchError
 from edge.inference import BackendConfig
 from edge.inference.streaming import OutputFrames
-from edge.runtime.config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
+from edge.monitor import BedStep, Monitor
 
 READ_SAMPLES = 8000  # samples per read from each recording (1 s at 8 kHz): unpaced, so any size
+BEDS_AT_ONCE = 256  # recordings held in memory and batched together
 
 
 class OfflineError(LungwatchError, ValueError):
@@ -84,25 +85,6 @@ class FrameKeeper:
         return out
 
 
-class _Collector:
-    """A sink that keeps every event in memory (the runtime's :class:`edge.sinks.Sink`)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def publish(self, event: Event) -> None:
-        self.events.append(event)
-
-    def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
-        pass
-
-    def flush(self, timeout_s: float) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
-
-
 def recordings_in(paths: Sequence[Path]) -> dict[str, Path]:
     """Record name (file stem) -> audio file for files and folders (searched recursively for
     :data:`edge.audio.AUDIO_SUFFIXES`); two files with one stem are refused, naming both."""
@@ -142,76 +124,81 @@ def detect_recordings(
 ) -> dict[str, RecordingEvents]:
     """Run every recording as one bed through the device path (module doc); record name ->
     its events. ``detector`` / ``gate`` / ``backend`` are the runtime config's sections
-    (defaults: the runtime's defaults, so the manifest's fitted rules and quality thresholds
-    apply); ``keep_probs`` keeps every recording's output frames.
-    An unreadable recording fails the call (:class:`~edge.errors.ConfigError` naming it), or
-    with ``skip_unreadable`` the others run and it comes back with no events and ``error``
-    set."""
-    from edge.runtime.loop import Runtime, open_model, open_streams
-
-    names = sorted(recordings)
-    streams = tuple(
-        StreamConfig(
-            id=f"rec-{i}",
-            source=str(recordings[name]),
-            realtime=False,
-            loop=False,
-            chunk_samples=READ_SAMPLES,
-        )
-        for i, name in enumerate(names)
-    )
-    config = RuntimeConfig(
-        streams=streams,
-        model=ModelConfig(dir=str(model_dir), file=model_file),
+    (None: the manifest's fitted rules and quality thresholds, ONNX Runtime on one thread);
+    ``keep_probs`` keeps every recording's output frames. An unreadable recording fails the
+    call (:class:`~edge.errors.ConfigError` naming it), or with ``skip_unreadable`` the others
+    run and it comes back with no events and ``error`` set."""
+    monitor = Monitor.load(
+        Path(model_dir) / model_file,
+        detector=detector,
+        gate=gate,
         backend=backend or BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=64),
-        detector=detector or DetectorConfig(),
-        gate=gate or GateConfig(),
-        sinks=SinksConfig(stdout=False, jsonl=None, mqtt=False),
-        idle_sleep_s=0.0,
+        source=str(Path(model_dir) / model_file),
     )
-    source = f"{model_dir / model_file}"
-    model = open_model(config, source)
-    keeper = FrameKeeper() if keep_probs else None
-    unopened: dict[int, str] | None = {} if skip_unreadable else None
-    collector = _Collector()
-    try:
-        opened = open_streams(config, model, source, unopened)
-        try:
-            if opened:
-                runtime = Runtime(config, model, opened, collector, on_frames=keeper)
-                runtime.run(threading.Event())
-        finally:
-            for stream in opened:
-                stream.source.close()
-    finally:
-        model.backend.close()
-    rate = model.manifest.feature_spec.sample_rate_hz
-    by_stream = {s.id: name for s, name in zip(streams, names, strict=True)}
-    n_outputs = len(model.manifest.outputs)
-    errors = {names[i]: message for i, message in (unopened or {}).items()}
-    out = {
-        name: RecordingEvents(error=errors[name])
-        if name in errors
-        else RecordingEvents(probs=None if keeper is None else keeper.probs(stream.id, n_outputs))
-        for stream, name in zip(streams, names, strict=True)
+    names = sorted(recordings)
+    out: dict[str, RecordingEvents] = {}
+    with monitor:
+        for start in range(0, len(names), BEDS_AT_ONCE):
+            audio: dict[str, np.ndarray] = {}
+            for name in names[start : start + BEDS_AT_ONCE]:
+                try:
+                    audio[name] = read_audio(
+                        recordings[name], target_rate_hz=monitor.sample_rate_hz
+                    ).samples
+                except AudioError as exc:
+                    if not skip_unreadable:
+                        raise ConfigError(str(exc)) from None
+                    out[name] = RecordingEvents(error=str(exc))
+            out.update(_run(monitor, audio, keep_probs))
+    return out
+
+
+def _run(
+    monitor: Monitor, audio: dict[str, np.ndarray], keep_probs: bool
+) -> dict[str, RecordingEvents]:
+    """Every recording of ``audio`` as a bed of ``monitor``, read by read, then closed."""
+    beds = {name: monitor.open_bed(name) for name in audio}
+    steps: dict[str, list[BedStep]] = {name: [] for name in audio}
+    longest = max((a.shape[0] for a in audio.values()), default=0)
+    for pos in range(0, longest, READ_SAMPLES):
+        reads = {beds[n]: a[pos : pos + READ_SAMPLES] for n, a in audio.items() if pos < a.shape[0]}
+        for bed, step in monitor.push(reads).items():
+            steps[bed.id].append(step)
+    for bed, step in monitor.close_beds(beds.values()).items():
+        steps[bed.id].append(step)
+    n_outputs = len(monitor.outputs)
+    return {
+        name: _events(found, n_outputs if keep_probs else None) for name, found in steps.items()
     }
-    for event in collector.events:
-        if event.state != "ended" or event.start_sample is None or event.end_sample is None:
+
+
+def _events(steps: list[BedStep], n_outputs: int | None) -> RecordingEvents:
+    """The ended events of one recording's steps, sorted, and its frames when asked."""
+    record = RecordingEvents(probs=None if n_outputs is None else _frames(steps, n_outputs))
+    for event in (e for step in steps for e in step.events):
+        if event.state != "ended" or event.end_s is None:
             continue
         item: dict[str, Any] = {
-            "start_s": round(event.start_sample / rate, 4),
-            "end_s": round(event.end_sample / rate, 4),
+            "start_s": round(event.start_s, 4),
+            "end_s": round(event.end_s, 4),
             "type": event.type,
         }
-        record = out[by_stream[event.stream_id]]
         if event.kind == "physiological":
-            item["confidence"] = round(float(event.confidence or 0.0), 4)
+            item["confidence"] = round(min(max(float(event.confidence or 0.0), 0.0), 1.0), 4)
             record.physiological.append(item)
         else:
-            if event.detail.get("reason"):
-                item["reason"] = str(event.detail["reason"])
+            if event.reason:
+                item["reason"] = event.reason
             record.technical.append(item)
-    for record in out.values():
-        record.physiological.sort(key=lambda e: (e["start_s"], e["type"]))
-        record.technical.sort(key=lambda e: (e["start_s"], e["type"]))
+    record.physiological.sort(key=lambda e: (e["start_s"], e["type"]))
+    record.technical.sort(key=lambda e: (e["start_s"], e["type"]))
+    return record
+
+
+def _frames(steps: list[BedStep], n_outputs: int) -> np.ndarray:
+    """(n, O) of one recording from frame 0; frames never described stay NaN."""
+    end = max((s.first_frame + s.probs.shape[0] for s in steps if len(s.probs)), default=0)
+    out = np.full((end, n_outputs), np.nan, np.float32)
+    for s in steps:
+        out[s.first_frame : s.first_frame + s.probs.shape[0]] = s.probs
     return out

@@ -1,9 +1,10 @@
-"""The runtime's event messages: one per detector or gate transition, handed over per round.
+"""The runtime's event messages: one per transition of a bed, handed to the sinks per group.
 
-:class:`EventOutbox` turns a stream's transitions into :class:`~edge.events.Event` messages
-(an onset opens an episode, ``ongoing`` and ``ended`` continue it) and keeps them until
-:meth:`EventOutbox.flush`, which the runtime calls once per round (and after an acknowledge
-or at shutdown): the sinks then take the round's events in one call
+:class:`EventOutbox` turns a bed's transitions (:class:`edge.bed.chain.BedChain`) into
+:class:`~edge.events.Event` messages and is the one place that tracks each bed's open
+episodes: an onset opens one, ``ongoing`` and ``ended`` continue it. It keeps the messages
+until :meth:`EventOutbox.flush`, which the runtime calls once per group of beds (and after an
+acknowledge or at shutdown): the sinks then take them in one call
 (:func:`edge.sinks.publish_all`; the MQTT sink commits them to its spool in one transaction).
 Events keep their order. The runtime calls both methods under its own lock.
 """
@@ -13,16 +14,17 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from edge.bed.detector import Transition
-from edge.events import Event
+from edge.events import Event, utc_now
 from edge.sinks import Sink, publish_all
+
+ACKNOWLEDGE = "acknowledge"  # the ended_by of an acknowledged event
 
 
 class Stream(Protocol):
-    """What the outbox needs of a stream (:class:`edge.runtime.loop.Stream` has it): its id, its
-    open episodes (transition key -> last message), its counters and its sample clock."""
+    """What the outbox needs of a bed (:class:`edge.runtime.loop.Stream` has it): its id, its
+    counters and its sample clock."""
 
     id: str
-    episodes: dict[str, Event]
     counters: dict[str, int]
 
     def utc(self, sample: int) -> str: ...
@@ -42,23 +44,25 @@ class EventOutbox:
         self._identity = {"site": site, "device_id": device_id}
         self._model = {"model_id": model_id, "model_sha256": model_sha256}
         self._pending: list[Event] = []
+        self._episodes: dict[str, dict[str, Event]] = {}  # bed -> key -> last message
 
     def emit(
-        self,
-        stream: Stream,
-        transitions: list[Transition],
-        quality: dict[str, float] | None = None,
-        extra: dict[str, Any] | None = None,
+        self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
     ) -> None:
-        """Queue one event per transition (updating the stream's episodes and counter)."""
+        """Queue one event per transition (updating the bed's episodes and counter)."""
+        episodes = self._episodes.setdefault(stream.id, {})
         for transition in transitions:
-            event = self._event(stream, transition, quality, extra or {})
+            event = self._event(stream, episodes.get(transition.key), transition, quality)
             if event.state == "ended":
-                stream.episodes.pop(transition.key, None)
+                episodes.pop(transition.key, None)
             else:
-                stream.episodes[transition.key] = event
+                episodes[transition.key] = event
             stream.counters["events"] += 1
             self._pending.append(event)
+
+    def open_events(self, stream_id: str) -> int:
+        """How many of a bed's episodes are open (live or latched)."""
+        return len(self._episodes.get(stream_id, ()))
 
     def flush(self) -> None:
         """Hand the queued events to the sink (one call), in order."""
@@ -67,13 +71,17 @@ class EventOutbox:
             publish_all(self.sink, events)
 
     def _event(
-        self, stream: Stream, t: Transition, quality: dict[str, float] | None, extra: dict[str, Any]
+        self,
+        stream: Stream,
+        previous: Event | None,
+        t: Transition,
+        quality: dict[str, Any] | None,
     ) -> Event:
         """The message for ``t``: an onset opens an episode; ``ongoing`` and ``ended`` continue
         the open one (an ``ended`` with no onset opens and closes one at once). ``quality``
-        None keeps the episode's last measures; ``extra`` goes to ``detail`` of endings."""
+        None keeps the episode's last measures; an ending's ``ended_by`` goes to its
+        ``detail``."""
         detail = _detail(t)
-        previous = stream.episodes.get(t.key)
         if previous is None:
             previous = Event.onset(**self._onset_fields(stream, t), quality=quality or {})
             if t.state == "onset":
@@ -83,7 +91,11 @@ class EventOutbox:
             changes["quality"] = quality
         if t.state == "ended":
             end = t.end_sample if t.end_sample is not None else t.start_sample
-            return previous.ended(stream.utc(end), end, detail={**detail, **extra}, **changes)
+            if t.ended_by:
+                detail["ended_by"] = t.ended_by
+            if t.ended_by == ACKNOWLEDGE:
+                detail["acknowledged_utc"] = utc_now()
+            return previous.ended(stream.utc(end), end, detail=detail, **changes)
         if t.latched and t.end_sample is not None:  # condition over, alarm latched until ack
             detail.update(latched=True, condition_end_sample=t.end_sample)
             detail["condition_end_utc"] = stream.utc(t.end_sample)

@@ -105,7 +105,7 @@ class DashboardProcess:
 
     def __init__(self, config: Path, *args: str) -> None:
         self.command = [
-            sys.executable, "-m", "edge.cli", "dashboard", "--config", str(config),
+            sys.executable, "-m", "lungwatch.cli", "dashboard", "--config", str(config),
             "--port", "0", "-v", *args,
         ]  # fmt: skip
         self.log = config.with_suffix(".dashboard.log")

@@ -162,10 +162,10 @@ class ServeThread:
 
 
 def lungwatch(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """``lungwatch ARGS`` (``python -m training.cli``, the workstation script, every command) to
+    """``lungwatch ARGS`` (``python -m lungwatch.cli``, the workstation script, every command) to
     completion, stdout and stderr captured."""
     return subprocess.run(
-        [sys.executable, "-m", "training.cli", *args],
+        [sys.executable, "-m", "lungwatch.cli", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -178,7 +178,7 @@ def start_lungwatch(config: Path, log_path: Path) -> subprocess.Popen[str]:
     """``lungwatch run --config CONFIG -v`` in the background; stdout and stderr to a file."""
     with open(log_path, "w", encoding="utf-8") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "run", "--config", str(config), "-v"],
+            [sys.executable, "-m", "lungwatch.cli", "run", "--config", str(config), "-v"],
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -11,25 +11,59 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge.cli import DEVICE_COMMANDS, main
+from lungwatch.cli import DEVICE_COMMANDS, WORKSTATION_COMMANDS, edge_main, main
 from tests.edge.runtime_helpers import REPO_ROOT
 
 
 def test_usage_and_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 2
+    assert edge_main([]) == 2
     assert "commands:" in capsys.readouterr().out
-    assert main(["frobnicate"]) == 2
+    assert edge_main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
-def test_the_device_script_carries_device_commands_only() -> None:
-    from training.cli import COMMANDS, WORKSTATION_COMMANDS
+def test_version_names_the_script_and_the_installed_release(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from importlib.metadata import version
 
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"lungwatch {version('lungwatch')}\n"
+    assert edge_main(["--version"]) == 0
+    assert capsys.readouterr().out == f"lungwatch-edge {version('lungwatch')}\n"
+
+
+def test_the_device_script_carries_device_commands_only() -> None:
     assert {"train", "export", "quantize", "predict"} <= set(WORKSTATION_COMMANDS)
-    assert not set(DEVICE_COMMANDS) & set(WORKSTATION_COMMANDS)
-    assert COMMANDS == {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}
-    for module, _ in DEVICE_COMMANDS.values():  # no device command lives in training's CLIs
-        assert module not in {m for m, _ in WORKSTATION_COMMANDS.values()}
+    # the workstation's detect is the device's with --score; nothing else is shared
+    assert set(DEVICE_COMMANDS) & set(WORKSTATION_COMMANDS) == {"detect"}
+    for module, _ in DEVICE_COMMANDS.values():
+        assert not module.startswith("training."), module
+
+
+@pytest.mark.parametrize("name", sorted(DEVICE_COMMANDS))
+def test_a_device_command_imports_no_workstation_code(name: str) -> None:
+    """Each device command's module, imported in a fresh interpreter as ``lungwatch-edge``
+    would, imports neither training code nor torch nor onnx (the device has none of them)."""
+    module = DEVICE_COMMANDS[name][0]
+    code = (
+        f"import sys, importlib; importlib.import_module({module!r}); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'training', 'torch', 'onnx', "
+        "'sed_eval'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"{module} imports {result.stdout.strip()}"
+
+
+def test_detect_refuses_score_on_the_device(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        edge_main(["detect", "--audio", str(REPO_ROOT / "examples"), "--score"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--score needs the workstation install (lungwatch detect --score)" in err
 
 
 @pytest.mark.parametrize("name", ["train", "export", "quantize"])
@@ -38,7 +72,7 @@ def test_the_device_script_refuses_workstation_commands_and_says_where_they_are(
 ) -> None:
     # a fresh interpreter: the device script must not import training code to answer
     code = (
-        f"import sys; from edge.cli import main; rc = main([{name!r}]); "
+        f"import sys; from lungwatch.cli import edge_main; rc = edge_main([{name!r}]); "
         "print('imported:', sorted(m for m in sys.modules if m.split('.')[0] in "
         "('training', 'torch', 'export'))); sys.exit(rc)"
     )

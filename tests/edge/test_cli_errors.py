@@ -1,7 +1,7 @@
 """Every ``lungwatch`` subcommand answers a missing file, a garbage file and a bad argument with
 one line on stderr that names what was wrong, and an exit status >= 1: never a traceback.
 
-Each case runs the real console entry point in a subprocess (``python -m training.cli``, the
+Each case runs the real console entry point in a subprocess (``python -m lungwatch.cli``, the
 workstation script, which carries the device commands too)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lungwatch.cli import COMMANDS as SUBCOMMANDS
 from tests.edge.runtime_helpers import lungwatch
-from training.cli import COMMANDS as SUBCOMMANDS
 
 MISSING = "missing"  # placeholder for a path that does not exist
 GARBAGE = "garbage"  # placeholder for a file of random bytes
@@ -57,6 +57,10 @@ FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
         ["{missing}.onnx", "--precision", "int8", "--out", "{dir}/m.plan"],
         ["{garbage}.onnx", "--precision", "int8", "--out", "{dir}/m.plan"],
     ),
+    "verify": (
+        ["--model-dir", "{missing}", "--reference"],
+        ["--model-dir", "{garbage}.d", "--reference"],
+    ),
     "run": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
     "dashboard": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
     "bridge": (["serial://{missing}"], ["--wav", "{garbage}.wav/out.wav", "udp://127.0.0.1:0"]),
@@ -79,6 +83,7 @@ BAD_ARGUMENT: dict[str, list[str]] = {
     "tasks": ["--model", "m", "--dry-run", "--no-such-option"],
     "quantize": ["--model", "m.onnx", "--calib-dir", "d", "--out", "o.onnx", "--method", "magic"],
     "engine": ["--precision", "int3"],
+    "verify": ["--reference", "--no-such-option"],
     "run": ["--config", "x.yaml", "--no-such-option"],
     "dashboard": ["--port", "eighty"],
     "bridge": ["udp://127.0.0.1:0", "--seconds", "soon"],

@@ -167,7 +167,7 @@ def runtime_process(tmp_path: Path, password_broker: Mosquitto) -> Iterator[subp
     config = ward_config(tmp_path, password_broker.port)
     with open(tmp_path / "runtime.log", "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "run", "--config", str(config), "-v"],
+            [sys.executable, "-m", "lungwatch.cli", "run", "--config", str(config), "-v"],
             stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
             env={**os.environ, **SUBPROCESS_ENV},
         )  # fmt: skip
@@ -313,7 +313,7 @@ def test_ward_view_of_a_running_device(
 def test_demo_shows_its_three_beds(tmp_path: Path) -> None:
     require_chromium()
     process = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "demo", "--realtime", "--hold",
+        [sys.executable, "-m", "lungwatch.cli", "demo", "--realtime", "--hold",
          "--set", f"out_dir={tmp_path / 'out'}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, **SUBPROCESS_ENV},

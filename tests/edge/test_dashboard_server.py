@@ -179,7 +179,7 @@ def test_the_event_stream_starts_with_a_snapshot_naming_the_users_rights(
 
 def _dashboard_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "dashboard", *args],
+        [sys.executable, "-m", "lungwatch.cli", "dashboard", *args],
         capture_output=True, text=True, timeout=60, input=stdin, cwd=REPO_ROOT, check=False,
     )  # fmt: skip
 
@@ -238,7 +238,7 @@ def test_lungwatch_run_serves_the_page_too(tmp_path: Path) -> None:
             "max_run_s": 8,
         }), encoding="utf-8")  # fmt: skip
         process = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "lungwatch.cli", "run", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
             env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)},
         )  # fmt: skip

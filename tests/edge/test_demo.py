@@ -40,7 +40,7 @@ SUMMARY_RE = re.compile(
 
 
 def _demo_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "edge.cli", "demo", *args]
+    return [sys.executable, "-m", "lungwatch.cli", "demo", *args]
 
 
 def _env(no_data: bool, tmp_path: Path) -> dict[str, str]:

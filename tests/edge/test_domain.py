@@ -145,10 +145,10 @@ def test_the_runtime_gives_the_shipped_models_silent_bands_to_each_gate(tmp_path
     config = build(config_mapping(tmp_path, [stream("b1", wav, realtime=False)]))
     model = open_model(config)
     try:
-        bands = model.silent_bands
+        bands = model.settings.silent_bands
         assert bands is not None
         source = open_stream_source(config.streams[0], SPEC.sample_rate_hz)
-        assert Stream(config.streams[0], source, model).gate.silent_bands is bands
+        assert Stream(config.streams[0], source, model).chain.gate.silent_bands is bands
     finally:
         model.backend.close()
     assert 600 < bands.lowest_hz < 1000

@@ -102,7 +102,7 @@ def test_a_config_without_a_model_section_runs_the_shipped_streaming_detector(
     try:
         shipped = json.loads((MODEL_DIR / "manifest.json").read_text(encoding="utf-8"))
         assert model.model_id == shipped["model_id"]
-        assert model.streaming is not None
+        assert model.settings.streaming is not None
     finally:
         model.backend.close()
 

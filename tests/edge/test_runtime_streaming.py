@@ -64,7 +64,7 @@ def test_manifest_rules_drive_the_device_and_the_config_overrides_them(tmp_path,
     ended = [e for e in sink.events if e.kind == "physiological" and e.state == "ended"]
     # the manifest makes Wheeze always on and every other class never: one Wheeze over the record
     assert [e.type for e in ended] == ["Wheeze"]
-    frames = runtime.streams[0].pipeline.frames_complete
+    frames = runtime.streams[0].chain.pipeline.frames_complete
     assert ended[0].start_sample < 400  # from the first frame (40-ms grid, 16-ms centre offset)
     # to the last front-end frame: the stream's end flushes the look-ahead and the last chunk
     # (output frame j spans samples [320 j + 88, 320 (j + 1) + 88): FrameGrid)
@@ -93,10 +93,10 @@ def test_a_manifest_phase_rule_puts_the_device_in_phase_mode(tmp_path, tmp_path_
     runtime, sink = run_collecting(
         build(mapping(tmp_path, folder, [stream("b1", source, realtime=False)]))
     )
-    assert runtime.model.detector_config.phases == PhaseRule(0.02, 0.01, 200.0, "Breath")
+    assert runtime.model.settings.detector.phases == PhaseRule(0.02, 0.01, 200.0, "Breath")
     ended = [e for e in sink.events if e.kind == "physiological" and e.state == "ended"]
     assert [e.type for e in ended] == ["Wheeze"]
-    frames = runtime.streams[0].pipeline.frames_complete
+    frames = runtime.streams[0].chain.pipeline.frames_complete
     assert ended[0].start_sample < 400
     assert ended[0].end_sample == -(-frames // 4) * 320 + 88
     # the config's own phase rule wins: phases of a quality output that never reaches 0.999
@@ -184,8 +184,8 @@ def test_a_gap_resets_its_bed_only(tmp_path, folder):
     gapped, gap_sink = run_scripted(tmp_path, folder, audio, gap_on_b0=True)
     b0 = next(s for s in gapped.streams if s.id == "b0")
     b1 = next(s for s in gapped.streams if s.id == "b1")
-    assert b0.counters["state_resets"] >= 1
-    assert b1.counters["state_resets"] == 0
+    assert b0.chain.state_resets >= 1
+    assert b1.chain.state_resets == 0
     assert any(e.type == "signal_gap" for e in gap_sink.events if e.stream_id == "b0")
 
     def of(sink: ListSink, bed: str) -> list:
@@ -206,13 +206,13 @@ def test_a_short_loss_keeps_the_state_and_a_threshold_of_zero_restarts_it(tmp_pa
     audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
     kept, kept_sink = run_scripted(tmp_path, folder, audio, gap_on_b0=True, gap_samples=256)
     b0 = next(s for s in kept.streams if s.id == "b0")
-    assert b0.counters["state_resets"] == 0
-    assert b0.pipeline.missing_samples == 256
+    assert b0.chain.state_resets == 0
+    assert b0.chain.pipeline.missing_samples == 256
     assert any(e.type == "signal_gap" for e in kept_sink.events if e.stream_id == "b0")
     strict, _ = run_scripted(
         tmp_path, folder, audio, gap_on_b0=True, gap_samples=256, state_reset_gap_ms=0
     )
-    assert next(s for s in strict.streams if s.id == "b0").counters["state_resets"] >= 1
+    assert next(s for s in strict.streams if s.id == "b0").chain.state_resets >= 1
 
 
 class LoggedSource(ScriptedSource):
@@ -332,8 +332,8 @@ def test_a_round_reads_the_backlog_up_to_the_next_window(tmp_path, folder):
     assert bed.counters["samples"] == audio.shape[0]
     assert sum(reads) == 61  # every chunk once, then the read that found the end
     # no round reads past the chunk that completes a window; ~12 rounds of 0.48 s, not 60
-    assert max(reads) == -(-bed.pipeline.window_samples // 800)
-    assert len([n for n in reads if n]) <= audio.shape[0] // bed.pipeline.hop_samples + 3
+    assert max(reads) == -(-bed.chain.pipeline.window_samples // 800)
+    assert len([n for n in reads if n]) <= audio.shape[0] // bed.chain.pipeline.hop_samples + 3
     _, one_chunk_events, _ = run_counting(tmp_path, folder, audio, 8000 * 6)
     _, small_chunk_events, _ = run_counting(tmp_path, folder, audio, 333)
     assert events == one_chunk_events == small_chunk_events != []

@@ -120,7 +120,7 @@ def predict_streaming(
     """Every task from a frame-level model's device outputs (module doc)."""
     import sys
 
-    from training.scoring.detect import resolve_model
+    from edge.monitor import resolve_model
     from training.scoring.tasks import (
         TaskRules,
         device_outputs,

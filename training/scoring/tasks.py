@@ -333,9 +333,9 @@ def device_outputs(audio: Mapping[str, Any], model_dir: Any, model_file: str) ->
 
 def rules_of_manifest(model_dir: Any) -> TaskRules | None:
     """The fitted ``tasks`` section of a model folder's manifest (None: not fitted)."""
-    from training.scoring.detect import read_manifest
+    from edge.inference.manifest import MANIFEST_NAME, read_json
 
-    block = read_manifest(Path(model_dir)).get("tasks")
+    block = read_json(Path(model_dir) / MANIFEST_NAME).get("tasks")
     if block is None:
         return None
     where = str(Path(model_dir) / "manifest.json")
@@ -387,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     from edge.inference.manifest_write import set_section
+    from edge.monitor import resolve_model
     from firmware_bridge.cliparse import ArgumentParser
-    from training.scoring.detect import resolve_model
 
     parser = ArgumentParser(
         prog="lungwatch tasks",

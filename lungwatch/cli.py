@@ -1,27 +1,30 @@
-"""The device's console script ``lungwatch-edge``: one subcommand per package ``main(argv)``.
+"""The console scripts: ``lungwatch`` (the workstation: every command) and ``lungwatch-edge``
+(the device: its commands only), one subcommand per module ``main(argv)``, and the argument
+parser every command uses.
 
-Each subcommand is a thin wrapper: the module is imported only when its subcommand runs, so
-``lungwatch-edge run`` never imports training code or torch. The workstation's ``lungwatch``
-(:mod:`training.cli`) carries these commands and the training and export ones.
+Each subcommand is a thin wrapper: its module is imported only when it runs, so
+``lungwatch-edge run`` never imports training code or torch. This module imports nothing but
+the standard library, so every package (``firmware_bridge`` included, which depends on numpy
+alone) may use :class:`ArgumentParser`.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
 from collections.abc import Callable
-
-from edge.errors import LungwatchError
+from typing import NoReturn
 
 DEBUG_ENV = "LUNGWATCH_DEBUG"  # set to show the traceback of an unexpected error
-
-# subcommand -> (module with main(argv), one-line help). The device's commands only: the
-# workstation's (train, export, quantize, ...) are added by training.cli, the ``lungwatch``
-# console script; a device runs ``lungwatch-edge``, which never lists or imports them.
-Commands = dict[str, tuple[str, str]]
 DEVICE_SCRIPT = "lungwatch-edge"
 WORKSTATION_SCRIPT = "lungwatch"
+
+# subcommand -> (module with main(argv), one-line help)
+Commands = dict[str, tuple[str, str]]
+#: What a device runs: edge, firmware_bridge and the on-device export steps (engine, verify),
+#: none of which imports torch or training code.
 DEVICE_COMMANDS: Commands = {
     "demo": (
         "edge.demo.run",
@@ -29,10 +32,7 @@ DEVICE_COMMANDS: Commands = {
     ),
     "run": ("edge.runtime.loop", "the bedside runtime: streams -> model -> events over MQTT"),
     "dashboard": ("edge.dashboard.cli", "the ward view: a web page of every bed on the broker"),
-    "detect": (
-        "training.scoring.detect",
-        "events in whole recordings through the device path (JSON)",
-    ),
+    "detect": ("edge.runtime.detect", "events in whole recordings through the device path (JSON)"),
     "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
     "engine": ("export.engine", "Q/DQ ONNX -> TensorRT engine on this machine (TensorRT 10)"),
     "verify": ("export.verify", "check a model artifact against its folder's verify reference"),
@@ -40,24 +40,49 @@ DEVICE_COMMANDS: Commands = {
     "emulate": ("firmware_bridge.emulator", "play a recording as a wearable stethoscope would"),
     "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),
 }
-
-
+#: The workstation's own commands; its ``detect`` is the device's with ``--score`` added.
+WORKSTATION_COMMANDS: Commands = {
+    "detect": ("training.scoring.detect", "events in recordings (JSON); --score: sed_eval scores"),
+    "train": ("training.recipe.train", "train the detector from a run YAML (needs torch)"),
+    "export": ("export.to_onnx", "checkpoint -> model folder: streaming model.onnx + manifest"),
+    "quantize": ("export.quantize", "model.onnx -> explicit Q/DQ INT8 ONNX, calibrated on audio"),
+    "tasks": ("training.scoring.tasks", "fit the challenge Task rules into a model's manifest"),
+    "predict": ("training.scoring.predict", "challenge-format predictions from a model"),
+    "evaluate": ("training.scoring.evaluate", "score challenge predictions against annotations"),
+}
+COMMANDS: Commands = {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}
 DEVICE_NOTE = (
     f"Training and export commands (train, export, quantize, ...) are in "
     f"'{WORKSTATION_SCRIPT}' on the workstation."
 )
 
 
-def _usage(script: str, commands: Commands, note: str) -> str:
-    lines = [f"usage: {script} <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in commands.items()]
-    lines += ["", f"Run '{script} <command> --help' for a command's options."]
-    return "\n".join([*lines, note] if note else lines)
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line on stderr (exit status 2):
+    ``lungwatch <command>: error: <what> (see lungwatch <command> --help)``. argparse prints
+    the whole usage block first, noise on a device log around the one line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``lungwatch``: every command."""
+    return dispatch(COMMANDS, argv, WORKSTATION_SCRIPT)
+
+
+def edge_main(argv: list[str] | None = None) -> int:
     """``lungwatch-edge``: the device's commands."""
     return dispatch(DEVICE_COMMANDS, argv, DEVICE_SCRIPT, DEVICE_NOTE)
+
+
+def _usage(script: str, commands: Commands, note: str) -> str:
+    lines = [f"usage: {script} <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in commands.items()]
+    lines += ["", f"Run '{script} <command> --help' for a command's options, '{script} --version'"]
+    lines += ["for the release."]
+    return "\n".join([*lines, note] if note else lines)
 
 
 def dispatch(commands: Commands, argv: list[str] | None, script: str, note: str = "") -> int:
@@ -68,6 +93,11 @@ def dispatch(commands: Commands, argv: list[str] | None, script: str, note: str 
     if not args or args[0] in ("-h", "--help"):
         print(usage)
         return 0 if args else 2
+    if args[0] == "--version":
+        from lungwatch import __version__
+
+        print(f"{script} {__version__}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in commands:
         print(f"{script}: unknown command {name!r}\n\n{usage}", file=sys.stderr)
@@ -82,6 +112,12 @@ def dispatch(commands: Commands, argv: list[str] | None, script: str, note: str 
             file=sys.stderr,
         )
         return 2
+    return _run(name, entry, rest)
+
+
+def _run(name: str, entry: Callable[[list[str]], int], rest: list[str]) -> int:
+    from edge.errors import LungwatchError
+
     try:
         return int(entry(rest) or 0)
     except KeyboardInterrupt:

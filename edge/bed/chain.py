@@ -1,0 +1,294 @@
+"""One bed's chain: its front end, model state, quality gate and detector, in one object.
+
+    settings = ChainSettings.of(manifest)                 # the manifest's rules (+ a config's)
+    chain = BedChain(settings)
+    transitions, windows = chain.push(chunk, now_s)       # the gate sees the chunk; front end
+    frames = infer_beds(backend, [(chain.model_state, w.features) for w in windows])
+    step = chain.take(window, frames)                     # gate, suppression, detector
+    transitions = chain.tick(now_s)                       # on the runtime's clock (stalls)
+    windows = chain.flush()                               # the stream ended: its last frames
+    transitions = chain.finish("stream end")              # every open event ends
+
+The model call is the only step outside the chain: it is batched over every bed of a round
+(:func:`edge.inference.streaming.infer_beds`), so the chain hands its windows out and takes
+their output frames back. Every transition of a bed comes from here, in the order the gate
+and the detector made them; a transition that ends an event for a reason other than its
+condition carries the reason in ``ended_by``.
+
+The settings resolve a runtime config against the model's manifest in one place
+(:func:`resolve_detector`, :func:`resolve_gate`): a config value either takes effect or is
+refused with a line that names the manifest rule that decides instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.bed.detector import (
+    SPAN_SETTINGS,
+    ClassThreshold,
+    DetectorConfig,
+    FrameDetector,
+    FrameGrid,
+    Transition,
+)
+from edge.bed.domain import SilentBands
+from edge.bed.gate import GateConfig, QualityGate
+from edge.bed.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady
+from edge.errors import ConfigError
+from edge.features import FeatureSpec
+from edge.inference.manifest import Manifest, StreamingInfo
+from edge.inference.streaming import BedState, OutputFrames
+from edge.labels import POOR_QUALITY
+from edge.sources.base import SourceChunk
+
+MS_PER_S = 1000.0
+DEFAULT_STATE_RESET_GAP_MS = 100.0  # a loss this long restarts a bed's model state
+
+
+def resolve_detector(
+    config: DetectorConfig, manifest: Manifest, source: str = "<config>"
+) -> DetectorConfig:
+    """The detector a bed runs: the manifest's fitted rules with ``config`` on top.
+
+    A class the config's ``thresholds`` name takes that rule; the config's own settings
+    (``on_threshold``, ``off_threshold``, ``min_event_ms``, ``merge_gap_ms``) replace the
+    fitted value of every other class; the manifest's phase rule applies unless the config
+    sets ``phases``. Where the phase rule decides an event's span, a config's
+    ``off_threshold`` / ``min_event_ms`` / ``merge_gap_ms`` would change nothing: refused
+    (:class:`ConfigError` naming ``source``, the key and the manifest's rule), as is a rule
+    whose off-threshold would lie above its on-threshold."""
+    phases = config.phases if config.phases is not None else manifest.detector_phases
+    if phases is not None:
+        _refuse_span_settings(config, manifest, source)
+    named = {rule.type for rule in config.thresholds}
+    fitted = []
+    for raw in manifest.detector_rules:
+        if raw["type"] in named:
+            continue
+        rule = ClassThreshold(raw["type"], float(raw["on_threshold"]))
+        if phases is None:  # the span settings apply only outside phase mode
+            rule = dataclasses.replace(
+                rule,
+                **{key: float(raw[key]) for key in SPAN_SETTINGS},  # type: ignore[arg-type]
+            )
+        own = {k: getattr(config, k) for k in ("on_threshold", *SPAN_SETTINGS)}
+        fitted.append(_with_settings(rule, own, manifest, source))
+    resolved = dataclasses.replace(config, thresholds=config.thresholds + tuple(fitted))
+    for rule in resolved.thresholds:
+        _check_rule(resolved, rule.type, manifest, source)
+    return dataclasses.replace(resolved, phases=phases)
+
+
+def _refuse_span_settings(config: DetectorConfig, manifest: Manifest, source: str) -> None:
+    rule = f"{manifest.path}: detector.phases, an event spans its whole breath phase"
+    for key in SPAN_SETTINGS:
+        if getattr(config, key) is not None:
+            raise ConfigError(f"{source}: detector.{key} does not apply ({rule}); remove it")
+    for own in config.thresholds:
+        for key in SPAN_SETTINGS:
+            if getattr(own, key) is not None:
+                raise ConfigError(
+                    f"{source}: detector.thresholds[{own.type}].{key} does not apply ({rule}); "
+                    "remove it"
+                )
+
+
+def _with_settings(
+    rule: ClassThreshold, settings: dict[str, float | None], manifest: Manifest, source: str
+) -> ClassThreshold:
+    """``rule`` (fitted) with every setting the config gives in place of its value."""
+    given: dict[str, Any] = {k: v for k, v in settings.items() if v is not None}
+    off = given.get("off_threshold", rule.off_threshold)
+    on = given.get("on_threshold", rule.on_threshold)
+    if off is not None and off > on:
+        raise ConfigError(
+            f"{source}: detector.on_threshold {on} lies below {rule.type}'s off_threshold "
+            f"{off} ({manifest.path}: detector.thresholds); set detector.off_threshold too"
+        )
+    return dataclasses.replace(rule, **given)
+
+
+def _check_rule(config: DetectorConfig, type_: str, manifest: Manifest, source: str) -> None:
+    """A class whose explicit off-threshold lies above its on-threshold is refused (the
+    detector would otherwise cap it silently)."""
+    own = next(r for r in config.thresholds if r.type == type_)
+    off = own.off_threshold if own.off_threshold is not None else config.off_threshold
+    if off is not None and off > config.rule_of(type_).on_threshold:
+        raise ConfigError(
+            f"{source}: detector.off_threshold {off} lies above {type_}'s on_threshold "
+            f"{config.rule_of(type_).on_threshold} ({manifest.path} or detector.thresholds)"
+        )
+
+
+def resolve_gate(config: GateConfig, manifest: Manifest, source: str = "<config>") -> GateConfig:
+    """The gate a bed runs: the quality output's hysteresis from ``config`` where it sets it,
+    else the manifest's fitted one, else 0.6 / 0.4."""
+    on, off = config.poor_quality_on_threshold, config.poor_quality_off_threshold
+    fitted = manifest.quality_thresholds
+    if fitted is not None:
+        on = fitted[0] if on is None else on
+        off = fitted[1] if off is None else off
+    if on is not None and off is not None and off > on:
+        raise ConfigError(
+            f"{source}: gate.poor_quality_off_threshold {off} lies above the on-threshold {on} "
+            f"({manifest.path}: quality, or the config)"
+        )
+    return dataclasses.replace(config, poor_quality_on_threshold=on, poor_quality_off_threshold=off)
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """What every bed of one model shares: the input, the model's geometry, the resolved
+    detector and gate, and how losses are handled."""
+
+    spec: FeatureSpec
+    kinds: tuple[str, ...]
+    streaming: StreamingInfo
+    outputs: tuple[str, ...]
+    detector: DetectorConfig
+    gate: GateConfig
+    grid: FrameGrid
+    silent_bands: SilentBands | None  # bands the training recordings hold no sound in
+    reset_gap_samples: float  # a window missing this many samples restarts the model state
+    conceal_samples: int  # shorter losses are concealed in the features (StreamPipeline)
+
+    @classmethod
+    def of(
+        cls,
+        manifest: Manifest,
+        detector: DetectorConfig | None = None,
+        gate: GateConfig | None = None,
+        state_reset_gap_ms: float = DEFAULT_STATE_RESET_GAP_MS,
+        source: str = "<config>",
+    ) -> ChainSettings:
+        """The settings of ``manifest`` with a config's ``detector`` / ``gate`` sections on top
+        (:func:`resolve_detector`, :func:`resolve_gate`; errors name ``source``)."""
+        spec, info = manifest.feature_spec, manifest.streaming
+        reset = state_reset_gap_ms * spec.sample_rate_hz / MS_PER_S
+        # the bands the training recordings hold no sound in, from the flush frame (the
+        # training mean): a model-driven poor_signal names sound there (edge.bed.domain)
+        silent = None
+        if info.flush is not None:
+            silent = SilentBands.of(spec, manifest.kinds, np.asarray(info.flush))
+        return cls(
+            spec=spec,
+            kinds=manifest.kinds,
+            streaming=info,
+            outputs=manifest.outputs,
+            detector=resolve_detector(detector or DetectorConfig(), manifest, source),
+            gate=resolve_gate(gate or GateConfig(), manifest, source),
+            grid=FrameGrid.of(
+                spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, info.stride
+            ),
+            silent_bands=silent,
+            reset_gap_samples=reset,
+            conceal_samples=min(round(reset), DEFAULT_PIECE_SAMPLES),
+        )
+
+    @property
+    def poor_index(self) -> int | None:
+        """The quality output's column, if the model has one."""
+        return self.outputs.index(POOR_QUALITY) if POOR_QUALITY in self.outputs else None
+
+
+@dataclass(frozen=True)
+class WindowStep:
+    """What one window of one bed gave once the model described it."""
+
+    frames: OutputFrames  # the output frames it made known (none past the stream's end)
+    transitions: list[Transition]  # the gate's and the detector's, in order
+    quality: dict[str, Any]  # the audio measures of the window's new audio
+    flushed: bool  # a window of the end-of-stream flush (no new audio)
+
+
+class BedChain:
+    """One bed (see the module doc). ``model_state`` is the carried model context that the
+    batched model call reads and advances."""
+
+    def __init__(self, settings: ChainSettings) -> None:
+        s = self.settings = settings
+        frames = s.streaming.input_frames
+        self.pipeline = StreamPipeline(
+            s.spec, s.kinds, frames, frames, conceal_max_samples=s.conceal_samples
+        )
+        self.gate = QualityGate(s.gate, s.spec.sample_rate_hz, s.silent_bands)
+        self.model_state = BedState(s.streaming)
+        self.detector = FrameDetector(s.outputs, s.detector, s.grid)
+        self._poor = s.poor_index
+        self.state_resets = 0
+        self.flushed = False  # the stream's end was flushed: no more audio
+
+    def push(self, chunk: SourceChunk, now_s: float) -> tuple[list[Transition], list[WindowReady]]:
+        """One chunk: the gate's transitions (its notices, its arrival) and the windows the
+        front end completed, for the model."""
+        return self.gate.observe(chunk, now_s), self.pipeline.push(chunk)
+
+    def take(self, window: WindowReady, out: OutputFrames) -> WindowStep:
+        """A window's output frames: the gate judges its audio and the quality output (and
+        suppresses detection while a condition holds), the detector turns the frames into
+        events, and a window that lost enough audio restarts the model state."""
+        quality = window.audio_quality.to_dict()
+        if window.padded_frames > 0:  # the end-of-stream flush: no new audio to judge
+            out = self._real_frames_only(out)
+            return WindowStep(out, self.detector.update(out.first_frame, out.probs), quality, True)
+        poor = self._poor
+        poor_prob = (
+            float(out.probs[:, poor].mean()) if poor is not None and len(out.probs) else None
+        )
+        transitions = self.gate.update(window, poor_prob)
+        suppressed = self.detector.suppress(self.gate.suppressed)
+        transitions += _ended_by(suppressed, "quality gate")
+        transitions += self.detector.update(out.first_frame, out.probs)
+        missing = window.hop_missing_samples
+        if missing > 0 and missing >= self.settings.reset_gap_samples:
+            # audio was lost: the model's context must not bridge the gap (the gate reports
+            # it); the state starts again at the next chunk
+            info = self.model_state.info
+            self.model_state.reset((window.start_frame + info.input_frames) // info.stride)
+            self.state_resets += 1
+        return WindowStep(out, transitions, quality, False)
+
+    def tick(self, now_s: float) -> list[Transition]:
+        """The runtime's clock: a source that delivered nothing for too long has stalled."""
+        return self.gate.tick(now_s)
+
+    def flush(self) -> list[WindowReady]:
+        """After the stream's last chunk: the windows that describe its last frames (the
+        look-ahead and the last partial chunk), fed with the manifest's flush frame; none if
+        the manifest has none or the stream held no audio."""
+        info = self.settings.streaming
+        self.flushed = True
+        if info.flush is None:
+            return []
+        through = (self.network_frames + info.lookahead_frames) * info.stride
+        return self.pipeline.flush(np.asarray(info.flush, np.float32), through)
+
+    def finish(self, why: str) -> list[Transition]:
+        """The stream is over: every open event ends (latched ones included), ``ended_by``
+        ``why``."""
+        return _ended_by(self.detector.finish() + self.gate.finish(), why)
+
+    def acknowledge(self, target: str) -> list[Transition]:
+        """Acknowledge the events whose type or key is ``target``: latched ones end now,
+        live ones end on their own."""
+        done = self.detector.acknowledge(target) + self.gate.acknowledge(target)
+        return _ended_by(done, "acknowledge")
+
+    @property
+    def network_frames(self) -> int:
+        """Output frames with real audio in them: the last may be partly end-of-stream
+        padding."""
+        return -(-self.pipeline.frames_complete // self.settings.streaming.stride)
+
+    def _real_frames_only(self, out: OutputFrames) -> OutputFrames:
+        keep = max(0, min(out.probs.shape[0], self.network_frames - out.first_frame))
+        return OutputFrames(out.first_frame, out.probs[:keep])
+
+
+def _ended_by(transitions: list[Transition], why: str) -> list[Transition]:
+    return [dataclasses.replace(t, ended_by=why) for t in transitions]

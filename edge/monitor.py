@@ -1,0 +1,331 @@
+"""The public streaming API: load a model once, push audio chunks for one bed or many.
+
+    from lungwatch import Monitor
+
+    monitor = Monitor.load("models/sed")        # the INT8 model, with its manifest's rules
+    bed = monitor.open_bed("bed-1")
+    for chunk in chunks:                        # float32 mono at monitor.sample_rate_hz
+        step = bed.push(chunk)                  # BedStep: events, output frames, quality
+        for event in step.events:
+            print(event.state, event.type, event.start_s)
+    step = bed.close()                          # the last frames; every open event ends
+
+    steps = monitor.push({bed_a: chunk_a, bed_b: chunk_b})   # many beds, one model call
+
+Every bed runs exactly what a bed of ``lungwatch run`` runs (:class:`edge.bed.chain.
+BedChain`: ring buffer and streaming front end, the model with its state carried, the quality
+gate and the detector with the manifest's fitted rules); ``lungwatch run`` and ``lungwatch
+detect`` are built on this object. A push may give nothing (the model describes audio in
+chunks of ``manifest.streaming.input_frames`` front-end frames) and never gives an output
+twice; :meth:`Bed.close` feeds the end-of-stream flush so the last audio is described, and
+ends every open event. Chunks of any size give the same events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.bed.chain import DEFAULT_STATE_RESET_GAP_MS, BedChain, ChainSettings, WindowStep
+from edge.bed.detector import DetectorConfig, FrameGrid, Transition
+from edge.bed.gate import GateConfig
+from edge.bed.pipeline import WindowReady
+from edge.errors import ConfigError, LungwatchError
+from edge.inference import BackendConfig, open_backend
+from edge.inference.base import Backend
+from edge.inference.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_file
+from edge.inference.streaming import OutputFrames, infer_beds
+from edge.sources.base import SourceChunk
+
+DEFAULT_MODEL = Path("models/sed")
+PREFERRED_FILES = ("model.int8.onnx", "model.onnx")  # what a model folder runs, in order
+
+
+class MonitorError(LungwatchError, ValueError):
+    """The model cannot be opened, or a bed was fed something it cannot take."""
+
+
+def resolve_model(model: str | Path) -> tuple[Path, str]:
+    """A model folder or an artifact its manifest lists -> (folder, file name). A folder runs
+    its ``model.int8.onnx`` if listed, else ``model.onnx``; a checkpoint is refused with the
+    command that exports it."""
+    path = Path(model)
+    if path.suffix == ".pt":
+        raise ConfigError(
+            f"{path}: a training checkpoint; export it first (lungwatch export --checkpoint "
+            f"{path} --out DIR) and give DIR"
+        )
+    folder = path if path.is_dir() else path.parent
+    if not path.exists():
+        raise ConfigError(f"{path}: no such model file or folder")
+    files = load_manifest(folder / MANIFEST_NAME).files
+    if path.is_dir():
+        for name in PREFERRED_FILES:
+            if name in files:
+                return folder, name
+        raise ConfigError(f"{folder / MANIFEST_NAME}: lists none of {', '.join(PREFERRED_FILES)}")
+    if path.name not in files:
+        raise ConfigError(
+            f"{path}: not listed in {folder / MANIFEST_NAME} (lists {', '.join(sorted(files))})"
+        )
+    return folder, path.name
+
+
+@dataclass(frozen=True)
+class BedEvent:
+    """One change of one event of a bed: ``state`` onset, ongoing or ended; times on the bed's
+    own timeline (seconds since its first sample); ``end_s`` None while it lasts."""
+
+    type: str  # "Fine Crackle", "Wheeze", ... or a technical type ("poor_signal", ...)
+    kind: str  # "physiological" | "technical"
+    state: str  # "onset" | "ongoing" | "ended"
+    priority: str
+    start_s: float
+    end_s: float | None
+    confidence: float | None  # peak probability of a physiological event
+    key: str  # stable identity: "<type>@<start sample>"
+    reason: str = ""  # technical events: what the gate measured or the source reported
+    latched: bool = False  # condition over, alarm held until acknowledged
+    ended_by: str = ""  # an ending not of its own: "quality gate", "end of stream", ...
+
+    @classmethod
+    def of(cls, t: Transition, rate_hz: int) -> BedEvent:
+        end = None if t.end_sample is None else t.end_sample / rate_hz
+        physiological = t.kind == "physiological"
+        return cls(
+            t.type, t.kind, t.state, t.priority, t.start_sample / rate_hz, end,
+            t.confidence if physiological else None, t.key, t.reason, t.latched, t.ended_by,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BedQuality:
+    """A bed's signal-quality state after a push."""
+
+    suppressed: bool  # physiological detection is held off (a technical condition holds)
+    conditions: tuple[str, ...]  # the technical events open now ("poor_signal", ...)
+    measures: dict[str, Any]  # the audio measures of the last window judged (edge.bed.quality)
+
+
+@dataclass(frozen=True)
+class BedStep:
+    """What one push (or the close) of one bed gave."""
+
+    events: list[BedEvent]
+    first_frame: int  # output frame of probs[0] (monitor.grid: where a frame lies)
+    probs: np.ndarray  # (n, O) the output frames made known, columns monitor.outputs; NaN
+    # rows: frames the model never described (its state restarted after lost audio)
+    quality: BedQuality
+
+
+class Bed:
+    """One bed of a :class:`Monitor` (see the module doc)."""
+
+    def __init__(self, monitor: Monitor, bed_id: str) -> None:
+        self.monitor, self.id = monitor, bed_id
+        self.chain = BedChain(monitor.settings)
+        self.samples = 0  # pushed so far: the next chunk's first sample
+        self.closed = False
+        self._measures: dict[str, Any] = {}
+
+    def push(self, audio: np.ndarray) -> BedStep:
+        """Feed a chunk of audio (1-D, float32 at ``monitor.sample_rate_hz``)."""
+        return self.monitor.push({self: audio})[self]
+
+    def close(self) -> BedStep:
+        """The stream ended: its last frames are described and every open event ends."""
+        return self.monitor.close_beds([self])[self]
+
+
+class Monitor:
+    """A model and its rules, for any number of beds (see the module doc)."""
+
+    def __init__(
+        self, manifest: Manifest, model_file: str, backend: Backend, settings: ChainSettings
+    ) -> None:
+        self.manifest, self.model_file = manifest, model_file
+        self.backend, self.settings = backend, settings
+        self.sha256 = manifest.files[model_file].sha256
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path = DEFAULT_MODEL,
+        *,
+        detector: DetectorConfig | None = None,
+        gate: GateConfig | None = None,
+        backend: BackendConfig | None = None,
+        state_reset_gap_ms: float = DEFAULT_STATE_RESET_GAP_MS,
+        check_sha256: bool = True,
+        source: str = "<config>",
+    ) -> Monitor:
+        """A model folder (its INT8 file, else FP32) or an artifact it lists, on ``backend``
+        (default: ONNX Runtime on one CPU thread), with the manifest's fitted rules and the
+        ``detector`` / ``gate`` settings given on top (a setting the manifest's rules make
+        moot is refused, naming the rule). Errors name ``source`` (a config file)."""
+        folder, file = resolve_model(model)
+        manifest = load_manifest(folder / MANIFEST_NAME)
+        settings = ChainSettings.of(manifest, detector, gate, state_reset_gap_ms, source)
+        path = manifest.file_path(file)
+        if check_sha256:
+            verify_file(manifest, path)
+        opened = open_backend(backend or BackendConfig(), path)
+        try:
+            _check_backend(opened, manifest, path)
+        except MonitorError:
+            opened.close()
+            raise
+        return cls(manifest, file, opened, settings)
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.settings.spec.sample_rate_hz
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.settings.outputs
+
+    @property
+    def grid(self) -> FrameGrid:
+        """Where output frame ``j`` lies on a bed's sample timeline."""
+        return self.settings.grid
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    def open_bed(self, bed_id: str = "bed") -> Bed:
+        """A new bed: its stream starts at sample 0 with the model's state zero."""
+        return Bed(self, bed_id)
+
+    def process(self, ready: Sequence[tuple[BedChain, WindowReady]]) -> list[WindowStep]:
+        """The windows of many beds through the model in one batched call (pieces of the
+        backend's ``max_batch``), each then taken by its bed's chain; one step per window,
+        in order. A bed's windows must be consecutive in ``ready``."""
+        frames = infer_beds(self.backend, [(chain.model_state, w.features) for chain, w in ready])
+        return [chain.take(w, out) for (chain, w), out in zip(ready, frames, strict=True)]
+
+    def push(self, chunks: Mapping[Bed, np.ndarray]) -> dict[Bed, BedStep]:
+        """A chunk for each of several beds, their windows in one model call."""
+        now = time.monotonic()
+        transitions: dict[Bed, list[Transition]] = {}
+        ready: list[tuple[BedChain, WindowReady]] = []
+        owners: list[Bed] = []
+        for bed, audio in chunks.items():
+            chunk = self._chunk(bed, audio)
+            found, windows = bed.chain.push(chunk, now)
+            transitions[bed] = found
+            bed.samples += chunk.samples.shape[0]
+            ready += [(bed.chain, w) for w in windows]
+            owners += [bed] * len(windows)
+        return self._steps(transitions, ready, owners, chunks)
+
+    def close_beds(self, beds: Iterable[Bed]) -> dict[Bed, BedStep]:
+        """End several beds' streams (see :meth:`Bed.close`), their last windows in one call."""
+        beds = [bed for bed in beds if not bed.closed]
+        ready: list[tuple[BedChain, WindowReady]] = []
+        owners: list[Bed] = []
+        for bed in beds:
+            windows = bed.chain.flush()
+            ready += [(bed.chain, w) for w in windows]
+            owners += [bed] * len(windows)
+        steps = self._steps({bed: [] for bed in beds}, ready, owners, beds)
+        for bed in beds:
+            bed.closed = True
+            ended = [BedEvent.of(t, self.sample_rate_hz) for t in bed.chain.finish("end of stream")]
+            steps[bed].events.extend(ended)
+            steps[bed] = _with_quality(steps[bed], bed)
+        return steps
+
+    def _chunk(self, bed: Bed, audio: np.ndarray) -> SourceChunk:
+        if bed.monitor is not self:
+            raise MonitorError(f"bed {bed.id!r} belongs to another Monitor")
+        if bed.closed:
+            raise MonitorError(f"bed {bed.id!r} is closed; open a new bed for a new stream")
+        samples = np.asarray(audio)
+        if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.number):
+            raise MonitorError(
+                f"bed {bed.id!r}: audio must be a 1-D array of numbers (mono, "
+                f"{self.sample_rate_hz} Hz), got {samples.dtype} of shape {samples.shape}"
+            )
+        return SourceChunk(samples=samples.astype(np.float32, copy=False), first_sample=bed.samples)
+
+    def _steps(
+        self,
+        transitions: dict[Bed, list[Transition]],
+        ready: list[tuple[BedChain, WindowReady]],
+        owners: list[Bed],
+        beds: Iterable[Bed],
+    ) -> dict[Bed, BedStep]:
+        """Run ``ready`` and gather each bed's events and frames, in order."""
+        rate = self.sample_rate_hz
+        events = {bed: [BedEvent.of(t, rate) for t in transitions.get(bed, [])] for bed in beds}
+        frames: dict[Bed, list[OutputFrames]] = {bed: [] for bed in events}
+        for bed, step in zip(owners, self.process(ready), strict=True):
+            events[bed] += [BedEvent.of(t, rate) for t in step.transitions]
+            frames[bed].append(step.frames)
+            if not step.flushed:
+                bed._measures = step.quality
+        n_outputs = len(self.outputs)
+        steps = {}
+        for bed in events:
+            first, probs = _joined(frames[bed], n_outputs)
+            steps[bed] = _with_quality(BedStep(events[bed], first, probs, _NO_QUALITY), bed)
+        return steps
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the model (its beds cannot be pushed afterwards)."""
+        self.backend.close()
+
+
+_NO_QUALITY = BedQuality(False, (), {})
+
+
+def _with_quality(step: BedStep, bed: Bed) -> BedStep:
+    gate = bed.chain.gate
+    conditions = tuple(sorted({key.split("@", 1)[0] for key in gate.active_keys}))
+    quality = BedQuality(gate.suppressed, conditions, dict(bed._measures))
+    return BedStep(step.events, step.first_frame, step.probs, quality)
+
+
+def _joined(parts: list[OutputFrames], n_outputs: int) -> tuple[int, np.ndarray]:
+    """Consecutive output frames as one (n, O) array and its first frame; frames skipped
+    between parts (a state restart) are NaN rows."""
+    parts = [p for p in parts if p.probs.shape[0]]
+    if not parts:
+        return 0, np.zeros((0, n_outputs), np.float32)
+    first = parts[0].first_frame
+    end = max(p.first_frame + p.probs.shape[0] for p in parts)
+    out = np.full((end - first, n_outputs), np.nan, np.float32)
+    for p in parts:
+        out[p.first_frame - first : p.first_frame - first + p.probs.shape[0]] = p.probs
+    return first, out
+
+
+def _check_backend(backend: Backend, manifest: Manifest, path: Path) -> None:
+    """The opened model must take and give what the manifest says."""
+    if tuple(backend.input_shape) != tuple(manifest.input_shape):
+        raise MonitorError(
+            f"{path}: model input {backend.input_shape} differs from the manifest's "
+            f"{manifest.input_shape}"
+        )
+    info = manifest.streaming
+    if (backend.state_size, backend.output_shape) != (
+        info.state_size,
+        (len(manifest.outputs), info.chunk_frames),
+    ):
+        raise MonitorError(
+            f"{path}: model state {backend.state_size} and outputs {backend.output_shape} "
+            f"differ from the manifest's"
+        )

@@ -1,0 +1,164 @@
+"""``lungwatch detect``: events in recordings, computed by the device's own path.
+
+    lungwatch detect --audio DIR [--audio FILE ...] [--model models/sed]
+                     [--config FILE] [--out events.json] [--technical FILE]
+
+Every recording (a file, or every ``.flac`` / ``.wav`` below a folder) runs as one bed of the
+public streaming API (:func:`edge.runtime.offline.detect_recordings`, on
+:class:`edge.monitor.Monitor`): the streaming front end, the streaming model on ONNX Runtime
+with its state carried, the quality gate and the detector with the manifest's fitted rules,
+exactly as ``lungwatch run`` runs them. The result is one JSON object::
+
+    {"<record>": [{"start_s": 1.23, "end_s": 2.01, "type": "Fine Crackle",
+                   "confidence": 0.91}, ...], ...}
+
+keyed by file stem, with every recording present (an empty list when nothing was detected)
+and types spelled as SPRSound spells them. ``--technical FILE`` writes the technical events
+(``poor_signal``, ``silence``, ``clipping``, ...) in the same shape, without confidence.
+
+``--model`` is a model folder (its ``model.int8.onnx`` if the manifest lists one, else
+``model.onnx``) or an artifact its manifest lists; a checkpoint (``.pt``) is refused with the
+command that exports it. ``--config`` takes the ``detector``, ``gate`` and ``backend``
+sections of a runtime config (a file without ``streams`` is fine; the runtime's other
+sections are named on stderr as not used). On the workstation, ``lungwatch detect --score``
+also scores the events (:mod:`training.scoring.detect`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.bed.detector import DetectorConfig
+from edge.bed.gate import GateConfig
+from edge.config import from_mapping, load_yaml
+from edge.inference import BackendConfig
+from edge.monitor import DEFAULT_MODEL, resolve_model
+from edge.runtime.offline import OfflineError, RecordingEvents, detect_recordings, recordings_in
+from firmware_bridge.cliparse import ArgumentParser
+
+USED_SECTIONS = ("detector", "gate", "backend")
+
+#: The workstation's scoring of ``--score``: (args, the config's sections, the recordings'
+#: events, the model folder) -> None.
+Scorer = Callable[[argparse.Namespace, "DetectConfig", dict[str, RecordingEvents], Path], None]
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """The sections of a runtime config that ``detect`` uses."""
+
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    backend: BackendConfig = field(
+        default_factory=lambda: BackendConfig(providers=("cpu",), max_batch=64)
+    )
+
+
+def load_detect_config(path: Path) -> DetectConfig:
+    """``detector``, ``gate`` and ``backend`` of a runtime config (errors name the file and
+    the key); the sections it leaves out are named on stderr."""
+    data = load_yaml(path)
+    unused = sorted(k for k in data if k not in USED_SECTIONS)
+    if unused:
+        print(
+            f"lungwatch detect: {path.name}: uses {', '.join(USED_SECTIONS)}; "
+            f"{', '.join(unused)} are the runtime's and not used here",
+            file=sys.stderr,
+        )
+    kept = {k: data[k] for k in USED_SECTIONS if k in data}
+    return from_mapping(DetectConfig, kept, source=path.name)
+
+
+def build_parser(prog: str = "lungwatch detect", scoring: bool = False) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--audio",
+        type=Path,
+        action="append",
+        required=True,
+        help="a recording or a folder of them (repeatable)",
+    )
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="model folder or an ONNX file it lists"
+    )
+    parser.add_argument("--config", type=Path, help="runtime YAML: detector/gate/backend")
+    parser.add_argument("--out", type=Path, help="events JSON (default: standard output)")
+    parser.add_argument("--technical", type=Path, help="also write technical events here")
+    score_help = (
+        "score against SPRSound annotations (sed_eval)"
+        if scoring
+        else "scoring runs on the workstation: lungwatch detect --score"
+    )
+    parser.add_argument("--score", action="store_true", help=score_help)
+    parser.add_argument("--score-out", type=Path, help="with --score: every score as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None, scorer: Scorer | None = None) -> int:
+    """``lungwatch detect``; ``scorer`` (the workstation's) handles ``--score``."""
+    parser = build_parser(scoring=scorer is not None)
+    args = parser.parse_args(argv)
+    if args.score_out is not None and not args.score:
+        parser.error("--score-out needs --score")
+    if args.score and scorer is None:
+        parser.error("--score needs the workstation install (lungwatch detect --score)")
+    recordings = recordings_in(args.audio)
+    config = load_detect_config(args.config) if args.config is not None else DetectConfig()
+    folder, file = resolve_model(args.model)
+    found = detect_recordings(
+        recordings,
+        folder,
+        file,
+        detector=config.detector,
+        gate=config.gate,
+        backend=config.backend,
+        skip_unreadable=True,
+        keep_probs=args.score,
+    )
+    unread = {name: r.error for name, r in sorted(found.items()) if r.error is not None}
+    read = sorted(name for name in found if name not in unread)
+    if not read:  # nothing to write: the first reason is the error
+        raise OfflineError(next(iter(unread.values())))
+    events = {name: found[name].physiological for name in read}
+    write_json(args.out, events)
+    if args.technical is not None:
+        write_json(args.technical, {name: found[name].technical for name in read})
+    if scorer is not None and args.score:
+        scorer(args, config, found, folder)
+    n = sum(len(v) for v in events.values())
+    where = args.out if args.out is not None else "standard output"
+    print(f"lungwatch detect: {n} events in {len(events)} recordings -> {where}", file=sys.stderr)
+    if unread:  # the others' events are written; these have none, and the exit status says so
+        for error in unread.values():
+            print(f"lungwatch detect: skipped {error}", file=sys.stderr)
+        print(
+            f"lungwatch detect: {len(unread)} of {len(found)} recordings could not be read "
+            "(left out of the events and the scores)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def write_json(path: Path | None, data: dict[str, Any]) -> None:
+    """``data`` as JSON to ``path`` (a temporary file moved into place), else stdout."""
+    text = json.dumps(data, indent=1)
+    if path is None:
+        print(text)
+        return
+    if path.is_dir():
+        raise OfflineError(f"{path}: is a folder; --out and --technical take a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
