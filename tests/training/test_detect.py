@@ -101,7 +101,6 @@ def test_a_folder_runs_the_onnx_file_it_lists(tmp_path, folder, audio_dir):
 
 def test_a_checkpoint_is_refused_with_the_command_that_exports_it(folder, audio_dir):
     from edge.errors import ConfigError
-    from edge.inference.manifest import ManifestError
 
     with pytest.raises(ConfigError, match=r"model\.pt: a training checkpoint; export it first"):
         detect_main(["--audio", str(audio_dir), "--model", str(folder / "model.pt")])
@@ -146,7 +145,7 @@ def test_bad_inputs_are_named(tmp_path, folder, audio_dir):
             detect_main(["--audio", str(audio_dir), "--model", str(stray)])
     finally:
         stray.unlink()
-    with pytest.raises(ManifestError, match="manifest.json: manifest not found"):
+    with pytest.raises(ManifestError, match=r"manifest\.json: manifest not found"):
         detect_main(["--audio", str(audio_dir), "--model", str(empty)])
 
 
