@@ -27,7 +27,7 @@ import scipy.signal
 from edge.features import FEATURE_KINDS, FeatureSpec, extract, make_stream
 from edge.features.fft import FFT_BACKEND
 from edge.features.logmel import mel_filterbank
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 RESULTS_DIR = Path(__file__).parent / "results"
 CHUNK_SAMPLES = 256

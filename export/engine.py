@@ -39,7 +39,7 @@ from edge.errors import LungwatchError
 from edge.inference.base import INPUT_NAME, STATE_NAME
 from edge.inference.manifest import MANIFEST_NAME
 from edge.inference.tensorrt import normalize_trt_version
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 PRECISIONS = ("fp16", "int8", "best")
 BUILDER_FLAGS = {"fp16": ("FP16",), "int8": ("INT8",), "best": ("FP16", "INT8")}

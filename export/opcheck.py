@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import LungwatchError
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 OPS_FILE = Path(__file__).with_name("tensorrt10_ops.txt")
 STANDARD_DOMAINS = ("", "ai.onnx")

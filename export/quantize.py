@@ -71,7 +71,7 @@ from edge.features import FEATURE_KINDS, FeatureSpec
 from edge.inference.manifest import MANIFEST_NAME, sha256_file
 from edge.inference.manifest_write import record_artifact
 from export.to_onnx import FEATURES, PROBS, STATE, STATE_OUT
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 METHODS = ("minmax", "percentile", "entropy")
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]

@@ -44,7 +44,7 @@ import numpy as np
 from edge.errors import LungwatchError
 from edge.inference.manifest import SCHEMA_VERSION, load_manifest, sha256_file
 from edge.inference.manifest_write import file_entry, utc_now, write_manifest
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 FEATURES, STATE, PROBS, STATE_OUT = "features", "state", "probs", "state_out"
 DEFAULT_OPSET = 17

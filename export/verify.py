@@ -48,7 +48,7 @@ from edge.inference.manifest import (
     load_manifest,
     verify_file,
 )
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 PROG = "lungwatch verify"
 REFERENCE_NAME = "verify_reference.npz"

@@ -26,13 +26,13 @@ from typing import Any, TextIO
 import numpy as np
 
 from firmware_bridge.assembler import JitterConfig
-from firmware_bridge.cliparse import ArgumentParser
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import Bridge
 from firmware_bridge.receiver import Output, Receiver, ReceiverConfig
 from firmware_bridge.timeline import DEVICE_STATUS, Report, Segment, StreamKey
 from firmware_bridge.transport import open_transport
 from firmware_bridge.urls import check_options, parse_link_url
+from lungwatch.cli import ArgumentParser
 
 POLL_S = 0.05
 INT16_FULL_SCALE = 32768.0

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 
 from firmware_bridge import senders
-from firmware_bridge.cliparse import ArgumentParser
 from firmware_bridge.crc32c import crc32c
 from firmware_bridge.devicemodel import DeviceConfig, device_frames, read_pcm
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.protocol import SampleFormat, encode_frame
 from firmware_bridge.urls import parse_link_url
+from lungwatch.cli import ArgumentParser
 
 FORMATS = {
     "int16": SampleFormat.INT16,

@@ -26,7 +26,7 @@ from edge.config import apply_overrides, from_mapping, load_yaml
 from edge.dashboard.config import DashboardConfig, hash_password
 from edge.errors import ConfigError
 from edge.sinks.mqtt_config import MqttConfig
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 log = logging.getLogger("lungwatch.dashboard")
 

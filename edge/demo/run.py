@@ -65,7 +65,7 @@ from edge.runtime.loop import (
     setup_logging,
 )
 from edge.sinks.mqtt import MqttConfig
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "demo.yaml"
 DEFAULT_RECORDS: tuple[str, ...] = (

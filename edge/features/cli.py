@@ -16,7 +16,7 @@ import numpy as np
 from edge.audio import read_audio
 from edge.config import apply_overrides, from_mapping
 from edge.features import FEATURE_KINDS, FeatureSpec, extract
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from edge.config import from_mapping, load_yaml
 from edge.inference import BackendConfig
 from edge.monitor import DEFAULT_MODEL, resolve_model
 from edge.runtime.offline import OfflineError, RecordingEvents, detect_recordings, recordings_in
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 USED_SECTIONS = ("detector", "gate", "backend")
 

@@ -56,7 +56,7 @@ from edge.runtime.outbox import EventOutbox
 from edge.sinks import Sink, publish_live
 from edge.sinks.live import LiveStrip
 from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 
 log = logging.getLogger("lungwatch.runtime")
 MAX_LATENCIES = 100_000  # per stream and metrics interval

@@ -39,7 +39,7 @@ from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
 from edge.config import to_mapping
 from edge.datapaths import sprsound_root
 from edge.features import FEATURE_KINDS, FeatureSpec
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 from training.data.features import FeatureStore
 from training.data.recordings import (
     Recording,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import AnnotationError, LungwatchError
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 from training.data.icbhi import parse_recording_name, read_cycles
 from training.data.sprsound import read_annotation
 from training.scoring.challenge import (

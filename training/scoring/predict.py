@@ -34,7 +34,7 @@ from edge.labels import (
     to_binary,
     to_icbhi,
 )
-from firmware_bridge.cliparse import ArgumentParser
+from lungwatch.cli import ArgumentParser
 from training.data.icbhi import IcbhiRecording, parse_recording_name, read_cycles
 from training.data.sprsound import SprRecord, parse_record_name, read_annotation
 

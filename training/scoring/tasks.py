@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge.inference.manifest_write import set_section
     from edge.monitor import resolve_model
-    from firmware_bridge.cliparse import ArgumentParser
+    from lungwatch.cli import ArgumentParser
 
     parser = ArgumentParser(
         prog="lungwatch tasks",
