@@ -5,6 +5,7 @@
         [--paced-streams 600,1000] [--paced-seconds 30] [--profile-streams 256]
         [--reference MODEL_DIR] [--reference-streams 200] [--max-batch N]
         [--ward-audio DIR] [--ward-streams 1000] [--round-group 250] [--no-batch-sweep] [--no-mqtt]
+    ... python -m bench.runtime --baseline REV [--baseline-streams 1000] [--baseline-pairs 3]
 
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
 settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
@@ -37,6 +38,10 @@ frame once, state carried).
   ``window-stack-last``) is compared by its recorded number (:data:`WINDOW_MODEL_RECORDED`).
 - **Batch sweep**: inference ms per window against batch size, INT8 and FP32 of ``--model``
   (:mod:`bench.runtime_batch`).
+- **Baseline** (``--baseline REV``, alone): the as-fast-as-possible run of this checkout and of
+  git revision ``REV`` (a temporary worktree, its own code) in alternating pairs of fresh
+  processes, and the ratio of their medians: a code change's effect on beds per core, measured
+  in one run (``bench/results/runtime_baseline.json``).
 
 The runtime uses ``BackendConfig``'s default ``max_batch`` and ``RuntimeConfig``'s default
 ``round_group`` (``--max-batch`` and ``--round-group`` override them).
@@ -301,7 +306,14 @@ def mosquitto_broker(enabled: bool = True) -> Iterator[Broker | None]:
                 broker[0].wait(timeout=10)
 
 
-def run_child(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def run_child(
+    spec: dict[str, Any], timeout_s: float, checkout: Path | None = None
+) -> dict[str, Any]:
+    """One measurement in a fresh process; with ``checkout``, that source tree's code runs it
+    (its own ``bench.runtime`` child, imported ahead of the installed project)."""
+    env = dict(os.environ)
+    if checkout is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout), env.get("PYTHONPATH", "")])
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [
             sys.executable,
@@ -312,8 +324,33 @@ def run_child(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
             "--out",
             out.name,
         ]
-        subprocess.run(cmd, check=True, timeout=timeout_s)
+        subprocess.run(cmd, check=True, timeout=timeout_s, cwd=checkout, env=env)
         return dict(json.loads(Path(out.name).read_text()))
+
+
+def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
+    """Streams served in real time by this checkout and by git revision ``rev`` (a temporary
+    worktree), as fast as possible with ``--baseline-streams`` streams, in alternating pairs
+    of fresh processes in this one run; the ratio of the medians."""
+    spec = {"broker": broker, "max_batch": args.max_batch, "model": args.model,
+            "round_group": args.round_group, "streams": args.baseline_streams,
+            "paced": False, "seconds": args.seconds}  # fmt: skip
+    runs: dict[str, list[float]] = {"this checkout": [], rev: []}
+    with tempfile.TemporaryDirectory(prefix="lungwatch-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
+        subprocess.run([*git, "worktree", "add", "--detach", str(tree), rev], check=True)
+        try:
+            for pair in range(args.baseline_pairs):
+                for name, checkout in (("this checkout", None), (rev, tree)):
+                    print(f"pair {pair + 1}: {name}, {spec['streams']} streams ...", flush=True)
+                    result = run_child(spec, args.seconds + 300, checkout)
+                    runs[name].append(float(result["streams_real_time"]))
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
+    here, there = (float(np.median(v)) for v in runs.values())
+    return {"baseline": rev, "streams": spec["streams"], "seconds": args.seconds,
+            "streams_real_time": runs, "ratio_of_medians": here / there}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,6 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         result = measure(json.loads(args.child))
         Path(args.out).write_text(json.dumps(result))
+        return 0
+    if args.baseline:
+        with mosquitto_broker(not args.no_mqtt) as broker:
+            found = compare_with(args.baseline, args, broker[1] if broker else None)
+        header = _header(args, sys.argv[1:] if argv is None else argv, broker)
+        (RESULTS_DIR / "runtime_baseline.json").write_text(
+            json.dumps({"header": header, **found}, indent=2) + "\n"
+        )
+        print(json.dumps(found["streams_real_time"]))
+        ratio = found["ratio_of_medians"]
+        print(f"streams in real time, this checkout / {args.baseline}: {ratio:.3f}")
         return 0
     with mosquitto_broker(not args.no_mqtt) as broker:
         address = broker[1] if broker else None
@@ -446,6 +494,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--ward-streams", type=_ints, default=[1000], help="K of the ward-load runs ('': none)"
     )
     parser.add_argument("--no-mqtt", action="store_true", help="no MQTT sink (no broker needed)")
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="only compare with this git revision: streams in real time, ratio in one run",
+    )
+    parser.add_argument("--baseline-streams", type=int, default=1000, help="K of the comparison")
+    parser.add_argument("--baseline-pairs", type=int, default=3, help="alternating pairs of runs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
