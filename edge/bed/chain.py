@@ -291,4 +291,6 @@ class BedChain:
 
 
 def _ended_by(transitions: list[Transition], why: str) -> list[Transition]:
+    if not transitions:
+        return transitions
     return [dataclasses.replace(t, ended_by=why) for t in transitions]

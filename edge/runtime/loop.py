@@ -92,6 +92,7 @@ class Stream:
         self.config, self.source, self.id = config, source, config.id
         self.rate_hz = source.sample_rate_hz
         self.bed = model.open_bed(config.id)
+        self.chain: BedChain = self.bed.chain  # the bed's front end, state, gate, detector
         self.ending: str | None = None  # why the stream ends once its flushed frames are in
         self.read_error: SourceEnded | SourceError | None = None  # taken on the next round
         self.t0_posix: float | None = None  # wall time of sample 0
@@ -101,10 +102,6 @@ class Stream:
         # since the last report: how long the oldest chunk a read found had waited after its
         # capture (sources that give ``captured_s``)
         self.read_waits_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
-
-    @property
-    def chain(self) -> BedChain:
-        return self.bed.chain
 
     def utc(self, sample: int) -> str:
         """UTC of a sample on this stream's timeline: wall time of sample 0 + sample / rate."""
