@@ -73,3 +73,32 @@ def test_false_events_count_adventitious_events_on_normal_records_only() -> None
     report = score_detection(predicted, ANNOTATED, LABELS, DURATIONS)
     assert report.false_events_per_hour == pytest.approx(4.0)
     assert set(report.views) == {"family", "4class"}
+
+
+def test_each_family_gets_its_own_scores_false_rate_and_record_presence() -> None:
+    predicted = {
+        "a": [(1.15, 2.15, "Wheeze"), (5.0, 6.0, "Rhonchi")],  # CAS: 1 hit, 1 false; no DAS
+        "b": [(0.6, 1.4, "Fine Crackle")],  # the DAS half of b (a hit); CAS missed
+        "n": [(0.5, 0.9, "Stridor"), (2.0, 2.3, "Stridor")],  # two false CAS events
+    }
+    report = score_detection(predicted, ANNOTATED, LABELS, DURATIONS)
+    cas, das = report.families["CAS"], report.families["DAS"]
+    # CAS refs: a-Wheeze, b; est: a-Wheeze (hit), a-Rhonchi, n-Stridor x2 -> P 1/4, R 1/2
+    assert (cas.event_precision, cas.event_recall) == pytest.approx((1 / 4, 1 / 2))
+    assert cas.event_f1 == pytest.approx(2 * (1 / 4) * (1 / 2) / (1 / 4 + 1 / 2))
+    # DAS refs: a-Crackle, b; est: b (hit) -> P 1, R 1/2
+    assert (das.event_precision, das.event_recall) == pytest.approx((1.0, 1 / 2))
+    assert report.macro_f1 == pytest.approx((cas.event_f1 + das.event_f1) / 2)
+    # false events on the half hour of Normal audio: CAS 2 -> 4 per hour, DAS none
+    assert (cas.false_events_per_hour, das.false_events_per_hour) == (4.0, 0.0)
+    # presence over the good records a, b (both families) and n (neither): CAS called on a and
+    # n, DAS on b
+    assert (cas.presence_se, cas.presence_sp) == (0.5, 0.0)
+    assert (das.presence_se, das.presence_sp) == (0.5, 1.0)
+    assert (cas.n_events, cas.n_records) == (2, 2)
+    summary = report.summary()
+    assert summary["f1_cas"] == cas.event_f1
+    assert summary["se_das"] == 0.5
+    rows = report.family_table()
+    assert rows[1].split()[:2] == ["CAS", f"{cas.event_f1:.3f}"]
+    assert rows[-1].split() == ["macro", f"{report.macro_f1:.3f}"]

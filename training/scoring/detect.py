@@ -72,6 +72,7 @@ def score_folders(
     good = [r for r in annotated if labels[r] != POOR_QUALITY]
     bad = [r for r in annotated if labels[r] == POOR_QUALITY]
     out = report.to_dict()
+    out["family_table"] = report.family_table()
     out["poor_signal_on_good"] = sum(r in poor for r in good) / len(good) if good else None
     out["poor_signal_on_poor_quality"] = sum(r in poor for r in bad) / len(bad) if bad else None
     out["n_good"], out["n_poor_quality"] = len(good), len(bad)
@@ -167,6 +168,8 @@ def score(
     folders = [p for p in args.audio if p.is_dir()]
     scores = score_folders(folders, found, (manifest, config.detector))
     print(f"lungwatch detect: {summary_line(scores)}", file=sys.stderr)
+    for row in scores["family_table"]:
+        print(f"lungwatch detect: {row}", file=sys.stderr)
     if "threshold_free" in scores:
         line = threshold_free_line(scores["threshold_free"])
         print(f"lungwatch detect: threshold-free {line}", file=sys.stderr)

@@ -13,7 +13,13 @@ metrics (1-s segments), micro-averaged and per class:
   and a Crackle.
 
 Besides: false adventitious events per hour on the records labelled Normal (every
-predicted adventitious event there is false) and the share of Normal records with any.
+predicted adventitious event there is false) and the share of Normal records with any; and
+per family (:class:`FamilyScores`): event F1, precision and recall, false events of that
+family per hour on Normal records, and record-level presence (a good record "has" a family
+when any of its annotated events is of it, and is called so when any predicted event is):
+sensitivity and specificity over the records not labelled Poor Quality, as the yardstick
+(``../shared/tools/score_detect.py``) computes them. ``macro`` is the mean of the two
+families' event F1, which a crackle-heavy micro average cannot hide a missing family behind.
 """
 
 from __future__ import annotations
@@ -68,6 +74,23 @@ class ViewScores:
     segment_error_rate: float
     class_event_f1: dict[str, float] = field(default_factory=dict)
     class_segment_f1: dict[str, float] = field(default_factory=dict)
+    class_event_precision: dict[str, float] = field(default_factory=dict)
+    class_event_recall: dict[str, float] = field(default_factory=dict)
+    class_events: dict[str, int] = field(default_factory=dict)  # annotated events per class
+
+
+@dataclass(frozen=True)
+class FamilyScores:
+    """One family (CAS or DAS) as a ward feels it."""
+
+    event_f1: float
+    event_precision: float
+    event_recall: float
+    false_events_per_hour: float  # of this family, on Normal records
+    presence_se: float  # records with the family that were called so
+    presence_sp: float  # records without it that were not
+    n_events: int  # annotated events of the family
+    n_records: int  # good records with the family
 
 
 @dataclass
@@ -79,11 +102,17 @@ class DetectionReport:
     normal_records_with_false_events: float  # share of Normal records with any
     normal_hours: float
     n_records: int
+    families: dict[str, FamilyScores] = field(default_factory=dict)
+
+    @property
+    def macro_f1(self) -> float:
+        """The mean of the families' event F1."""
+        return sum(f.event_f1 for f in self.families.values()) / max(1, len(self.families))
 
     def summary(self) -> dict[str, float]:
         """The headline numbers, flat."""
         family, four = self.views["family"], self.views["4class"]
-        return {
+        out = {
             "event_f1_family": family.event_f1,
             "event_precision_family": family.event_precision,
             "event_recall_family": family.event_recall,
@@ -93,15 +122,39 @@ class DetectionReport:
             "segment_f1_4class": four.segment_f1,
             "false_events_per_hour": self.false_events_per_hour,
             "normal_records_with_false_events": self.normal_records_with_false_events,
+            "macro_f1": self.macro_f1,
         }
+        for name, f in self.families.items():
+            key = name.lower()
+            out |= {
+                f"f1_{key}": f.event_f1,
+                f"precision_{key}": f.event_precision,
+                f"recall_{key}": f.event_recall,
+                f"fa_per_hour_{key}": f.false_events_per_hour,
+                f"se_{key}": f.presence_se,
+                f"sp_{key}": f.presence_sp,
+            }
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "summary": self.summary(),
             "views": {name: vars(view) for name, view in self.views.items()},
+            "families": {name: vars(f) for name, f in self.families.items()},
             "normal_hours": self.normal_hours,
             "n_records": self.n_records,
         }
+
+    def family_table(self) -> list[str]:
+        """The per-family measures as a small text table, one line per family."""
+        rows = ["family  event_f1  precision  recall  false/h  presence_SE  presence_SP"]
+        for name, f in self.families.items():
+            rows.append(
+                f"{name:<6}  {f.event_f1:8.3f}  {f.event_precision:9.3f}  {f.event_recall:6.3f}  "
+                f"{f.false_events_per_hour:7.1f}  {f.presence_se:11.3f}  {f.presence_sp:11.3f}"
+            )
+        rows.append(f"macro   {self.macro_f1:8.3f}")
+        return rows
 
 
 def _metadata(events: Sequence[Event], view: Mapping[str, tuple[str, ...]], record: str) -> Any:
@@ -149,6 +202,10 @@ def score_view(
     ev, seg = event_metrics.results_overall_metrics(), segment_metrics.results_overall_metrics()
     ev_class = event_metrics.results_class_wise_metrics()
     seg_class = segment_metrics.results_class_wise_metrics()
+
+    def per_class(table: Any, group: str, key: str) -> dict[str, float]:
+        return {c: _nan_to_zero(table[c][group][key]) for c in classes}
+
     return ViewScores(
         event_f1=_nan_to_zero(ev["f_measure"]["f_measure"]),
         event_precision=_nan_to_zero(ev["f_measure"]["precision"]),
@@ -156,8 +213,11 @@ def score_view(
         event_error_rate=_nan_to_zero(ev["error_rate"]["error_rate"]),
         segment_f1=_nan_to_zero(seg["f_measure"]["f_measure"]),
         segment_error_rate=_nan_to_zero(seg["error_rate"]["error_rate"]),
-        class_event_f1={c: _nan_to_zero(ev_class[c]["f_measure"]["f_measure"]) for c in classes},
-        class_segment_f1={c: _nan_to_zero(seg_class[c]["f_measure"]["f_measure"]) for c in classes},
+        class_event_f1=per_class(ev_class, "f_measure", "f_measure"),
+        class_segment_f1=per_class(seg_class, "f_measure", "f_measure"),
+        class_event_precision=per_class(ev_class, "f_measure", "precision"),
+        class_event_recall=per_class(ev_class, "f_measure", "recall"),
+        class_events={c: int(ev_class[c]["count"]["Nref"]) for c in classes},
     )
 
 
@@ -175,16 +235,59 @@ def false_events(
     return per_hour, share, hours
 
 
+def has_family(events: Sequence[Event], family: str) -> bool:
+    return any(family in FAMILY_VIEW.get(t, ()) for _, _, t in events)
+
+
+def family_scores(
+    view: ViewScores,
+    predicted: Mapping[str, Sequence[Event]],
+    annotated: Mapping[str, Sequence[Event]],
+    labels: Mapping[str, str],
+    hours: float,
+) -> dict[str, FamilyScores]:
+    """Each family's event scores (from the family view), false events per hour on Normal
+    records and record presence over the good records."""
+    good = [r for r in annotated if labels.get(r) != POOR_QUALITY]
+    normal = [r for r in annotated if labels.get(r) == NORMAL]
+    out = {}
+    for family in VIEWS["family"][1]:
+        truth = [has_family(annotated[r], family) for r in good]
+        called = [has_family(predicted.get(r, ()), family) for r in good]
+        pos = sum(truth)
+        neg = len(good) - pos
+        false = sum(
+            1
+            for r in normal
+            for _, _, t in predicted.get(r, ())
+            if family in FAMILY_VIEW.get(t, ())
+        )
+        out[family] = FamilyScores(
+            event_f1=view.class_event_f1[family],
+            event_precision=view.class_event_precision[family],
+            event_recall=view.class_event_recall[family],
+            false_events_per_hour=false / hours if hours > 0 else 0.0,
+            presence_se=sum(t and c for t, c in zip(truth, called, strict=True)) / max(pos, 1),
+            presence_sp=sum(not t and not c for t, c in zip(truth, called, strict=True))
+            / max(neg, 1),
+            n_events=view.class_events[family],
+            n_records=pos,
+        )
+    return out
+
+
 def score_detection(
     predicted: Mapping[str, Sequence[Event]],
     annotated: Mapping[str, Sequence[Event]],
     labels: Mapping[str, str],
     durations_s: Mapping[str, float],
 ) -> DetectionReport:
-    """Both views and the false-event rate (records: those of ``annotated``)."""
+    """Both views, the false-event rate and the per-family scores (records: those of
+    ``annotated``)."""
     views = {name: score_view(predicted, annotated, name) for name in VIEWS}
     per_hour, share, hours = false_events(predicted, labels, durations_s)
-    return DetectionReport(views, per_hour, share, hours, len(annotated))
+    families = family_scores(views["family"], predicted, annotated, labels, hours)
+    return DetectionReport(views, per_hour, share, hours, len(annotated), families)
 
 
 def good_records(labels: Mapping[str, str]) -> list[str]:
