@@ -6,12 +6,14 @@ phase rule.
 The device turns the model's frame probabilities into events with
 :class:`edge.bed.detector.FrameDetector`; this module chooses, per detected class, the
 on-threshold (the off-threshold follows ``OFF_GAP`` below it), the minimum duration and the
-merge gap that give the best family event F1 (sed_eval, :mod:`training.scoring.detection`) on
-validation records while keeping false adventitious events on Normal records at or below
-``max_false_per_hour`` and the share of Normal records with any at or below
-``max_normal_share``. Coordinate ascent: one class and one knob at a time, every candidate
-scored through :func:`edge.bed.detector.detect_events` (the device's converter), repeated for
-``rounds`` passes. Never fitted on a test set.
+merge gap that give the best **macro** event F1 (the mean of the CAS and DAS families' F1,
+sed_eval, :mod:`training.scoring.detection`) on validation records while keeping each
+family's false events on Normal records at or below ``max_false_per_hour`` (a budget per
+family) and the share of Normal records with any at or below ``max_normal_share``: a
+crackle-heavy validation set cannot buy crackle events with the wheezes' threshold.
+Coordinate ascent: one class and one knob at a time, every candidate scored through
+:func:`edge.bed.detector.detect_events` (the device's converter), repeated for ``rounds``
+passes. Never fitted on a test set.
 
 In phase mode (``detector.phases`` of the run, the shipped recipe) the knobs are each class's
 on-threshold (on the phase mean) and the phase rule's on-threshold, hysteresis gap, minimum
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 OFF_GAP = 0.15  # off-threshold = on-threshold - OFF_GAP (at least MIN_OFF)
 MIN_OFF = 0.05
-ON_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+ON_GRID = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)
 MIN_EVENT_GRID_MS = (40.0, 120.0, 200.0, 320.0)
 MERGE_GAP_GRID_MS = (0.0, 120.0, 240.0, 400.0)
 PHASE_ON_GRID = (0.4, 0.5, 0.6, 0.7)
@@ -50,10 +52,25 @@ PHASE_LEAD_GRID_MS = (0.0, 40.0, 80.0, 120.0)  # reported start before the phase
 class Limits:
     """The false-alarm budget a fitted setting must respect on validation Normal records."""
 
-    # below the ward's 20 per hour with room to spare: a validation budget of 15 let one seed
-    # of the shipped recipe raise 51 per hour on intra_test (8 per hour: at most 12)
-    max_false_per_hour: float = 8.0
+    # per family, so both together stay below the ward's 10 per hour with room to spare:
+    # intra_test has raised about twice validation's rate (6.2 against 14.5 per hour)
+    max_false_per_hour: float = 3.0
     max_normal_share: float = 0.08
+
+    def within(self, report: DetectionReport) -> bool:
+        return (
+            all(
+                f.false_events_per_hour <= self.max_false_per_hour for f in report.families.values()
+            )
+            and report.normal_records_with_false_events <= self.max_normal_share
+        )
+
+    def excess(self, report: DetectionReport) -> float:
+        """How far over budget (false events per hour above it, summed over families)."""
+        return sum(
+            max(0.0, f.false_events_per_hour - self.max_false_per_hour)
+            for f in report.families.values()
+        ) + 100.0 * max(0.0, report.normal_records_with_false_events - self.max_normal_share)
 
 
 @dataclass(frozen=True)
@@ -105,7 +122,7 @@ def fit_detector(
     rounds: int = 2,
     log: bool = False,
 ) -> Fit:
-    """Per-class rules maximising family event F1 within ``limits`` (see the module doc).
+    """Per-class rules maximising macro event F1 within ``limits`` (see the module doc).
 
     ``probs[i]`` belongs to the i-th record of ``annotated`` (in its order)."""
     records = list(annotated)
@@ -121,13 +138,9 @@ def fit_detector(
         evaluations += 1
         predicted = events_of(probs, records, outputs, config, grid)
         report = score_detection(predicted, annotated, labels, durations_s)
-        ok = (
-            report.false_events_per_hour <= limits.max_false_per_hour
-            and report.normal_records_with_false_events <= limits.max_normal_share
-        )
-        f1 = report.views["family"].event_f1
-        # a setting over budget ranks below every one within it, fewer false events first
-        return (f1 if ok else -report.false_events_per_hour), report
+        # a setting over budget ranks below every one within it, the least over first
+        value = report.macro_f1 if limits.within(report) else -limits.excess(report)
+        return value, report
 
     def phase_candidates(config: DetectorConfig) -> list[DetectorConfig]:
         p = config.phases
