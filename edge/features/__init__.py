@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from edge.features.bandnorm import BandNormStream, normalise_bands
 from edge.features.base import StreamingFrontEnd, silence_value
 from edge.features.spec import FEATURE_KINDS, FeatureSpec, n_frames, require_same_spec
 
 __all__ = [
     "FEATURE_KINDS",
     "FeatureSpec",
+    "FrameStream",
     "StreamingFrontEnd",
     "band_centres_hz",
     "extract",
@@ -31,6 +33,8 @@ __all__ = [
     "require_same_spec",
     "silence_value",
 ]
+
+FrameStream = StreamingFrontEnd | BandNormStream  # push(chunk) -> frames, reset()
 
 # kind -> (module, batch function, streaming class, band centres in Hz)
 _KINDS: dict[str, tuple[str, str, str, str]] = {
@@ -48,13 +52,14 @@ def _resolve(kind: str, which: int) -> Any:
 def extract(signal: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Batch front end: (n_samples,) float -> (n_frames, n_bands) float32."""
     batch: Callable[[np.ndarray, FeatureSpec], np.ndarray] = _resolve(spec.kind, 0)
-    return batch(signal, spec)
+    frames = batch(signal, spec)
+    return normalise_bands(frames, spec) if spec.band_norm_s > 0 else frames
 
 
-def make_stream(spec: FeatureSpec, **kwargs: Any) -> StreamingFrontEnd:
+def make_stream(spec: FeatureSpec, **kwargs: Any) -> FrameStream:
     """A fresh streaming front end for ``spec``."""
     stream: StreamingFrontEnd = _resolve(spec.kind, 1)(spec, **kwargs)
-    return stream
+    return BandNormStream(stream) if spec.band_norm_s > 0 else stream
 
 
 def band_centres_hz(spec: FeatureSpec) -> np.ndarray:

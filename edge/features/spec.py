@@ -42,6 +42,9 @@ class FeatureSpec:
     normalisation:   ``log`` gives ``ln(power + log_offset)``, ``power`` gives raw power.
     log_offset:      added before the logarithm (power of a full-scale sine is 0.25..0.5).
     morlet_w0:       Morlet centre frequency in radians per unit scale (``cwt`` only).
+    band_norm_s:     > 0: each band minus its running mean over about this many seconds
+                     (:mod:`edge.features.bandnorm`; ``log`` only): a fixed frequency
+                     response, another stethoscope's, is removed per stream. 0: off.
     """
 
     kind: FeatureKind = "logmel"
@@ -55,6 +58,7 @@ class FeatureSpec:
     normalisation: Normalisation = "log"
     log_offset: float = 1e-10
     morlet_w0: float = 6.0
+    band_norm_s: float = 0.0
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -92,6 +96,13 @@ class FeatureSpec:
         )
         check(self.log_offset > 0.0, "log_offset", self.log_offset, "a number > 0")
         check(3.0 <= self.morlet_w0 <= 20.0, "morlet_w0", self.morlet_w0, "a number in [3, 20]")
+        check(self.band_norm_s >= 0.0, "band_norm_s", self.band_norm_s, "a number >= 0 (0: off)")
+        check(
+            self.band_norm_s == 0.0 or self.normalisation == "log",
+            "band_norm_s",
+            self.band_norm_s,
+            "0 unless normalisation is 'log'",
+        )
         check(self.version == SPEC_VERSION, "version", self.version, f"{SPEC_VERSION}")
 
     @property
