@@ -49,6 +49,7 @@ WORKSTATION_COMMANDS: Commands = {
     "tasks": ("training.scoring.tasks", "fit the challenge Task rules into a model's manifest"),
     "predict": ("training.scoring.predict", "challenge-format predictions from a model"),
     "evaluate": ("training.scoring.evaluate", "score challenge predictions against annotations"),
+    "views": ("training.scoring.views", "a model on validation, intra_test and ICBHI, per family"),
 }
 COMMANDS: Commands = {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}
 DEVICE_NOTE = (

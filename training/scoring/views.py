@@ -1,0 +1,244 @@
+"""``lungwatch views``: a model judged on the three views, through the device path.
+
+    lungwatch views --model out/models/sed [--model-file model.onnx] [--out views.json]
+                    [--views validation,intra_test,icbhi] [--icbhi-exclude-patients FILE]
+
+Every recording runs as one bed of the public streaming API (:mod:`edge.runtime.offline`:
+front end, the model artifact with its state carried, quality gate, the manifest's fitted
+rules), then:
+
+- **validation**: the patient-disjoint validation records of the model's own run (the split
+  its checkpoint's run config names; SPRSound, the stethoscope it was trained on);
+- **intra_test**: SPRSound's official intra-patient test set (``<data>/sprsound/intra_test``);
+- **icbhi**: ICBHI 2017 recordings (``<data>/icbhi/train``: other stethoscopes, adults),
+  judged per annotated respiratory cycle as ``../shared/tools/device_eval.py`` judges them (a
+  cycle's verdict is the families of the events overlapping it; more than half under
+  ``poor_signal`` counts as normal, "not assessed"): the ICBHI 4-class SE / SP / Score,
+  each family's cycle presence and the share of recording time under ``poor_signal``; and
+  the per-family event scores with every cycle that has crackles (wheezes) as a DAS (CAS)
+  event. ``--icbhi-exclude-patients`` leaves out the patients a model trained on.
+
+SPRSound views print :meth:`~training.scoring.detection.DetectionReport.family_table` and
+the share of good / Poor Quality records with a ``poor_signal`` event. ``--out`` writes
+everything as JSON; the last line is ``key=value`` pairs of the headline numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge.bed.gate import POOR_SIGNAL
+from edge.datapaths import data_root
+from edge.monitor import resolve_model
+from edge.runtime.detect import write_json
+from edge.runtime.offline import RecordingEvents, detect_recordings
+from lungwatch.cli import ArgumentParser
+from training.data.icbhi import IcbhiCycle, IcbhiRecording, load_icbhi
+from training.data.sprsound import SprRecord, load_sprsound, patient_disjoint_split
+from training.scoring.detection import DetectionReport, score_detection
+
+VIEWS = ("validation", "intra_test", "icbhi")
+CRACKLE = ("Fine Crackle", "Coarse Crackle")
+WHEEZE = ("Wheeze", "Rhonchi", "Stridor")
+ICBHI_CLASSES = ("normal", "crackle", "wheeze", "both")
+
+
+def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+    return max(0.0, min(a1, b1) - max(a0, b0))
+
+
+def validation_records(model_dir: Path) -> list[SprRecord]:
+    """The validation split of the run that made ``model_dir``'s checkpoint."""
+    from training.models.checkpoint import load_checkpoint
+
+    run = load_checkpoint(model_dir / "model.pt").run
+    data = run["data"]
+    folder = Path(data["train_dir"]) if data["train_dir"] else data_root() / "sprsound" / "train"
+    _, val = patient_disjoint_split(
+        load_sprsound(folder), float(data["val_fraction"]), int(data["split_seed"])
+    )
+    return val
+
+
+def sprsound_view(records: Sequence[SprRecord], found: Mapping[str, RecordingEvents]) -> dict:
+    """Per-family scores and poor_signal shares of SPRSound records."""
+    from edge.audio import read_audio
+
+    annotated = {r.record_id: [(e.start_ms / 1e3, e.end_ms / 1e3, e.type) for e in r.events]
+                 for r in records}  # fmt: skip
+    labels = {r.record_id: r.record_label for r in records}
+    durations = {r.record_id: read_audio(r.audio_path).duration_s for r in records}
+    predicted = {
+        r: [(e["start_s"], e["end_s"], e["type"]) for e in found[r].physiological]
+        for r in annotated
+    }
+    report = score_detection(predicted, annotated, labels, durations)
+    out = _report(report)
+    poor = {r for r in annotated if any(e["type"] == POOR_SIGNAL for e in found[r].technical)}
+    good = [r for r in annotated if labels[r] != "Poor Quality"]
+    bad = [r for r in annotated if labels[r] == "Poor Quality"]
+    out["poor_signal_on_good"] = sum(r in poor for r in good) / max(1, len(good))
+    out["poor_signal_on_poor_quality"] = sum(r in poor for r in bad) / max(1, len(bad))
+    return out
+
+
+def _report(report: DetectionReport) -> dict[str, Any]:
+    return {**report.summary(), "family_table": report.family_table()}
+
+
+def icbhi_view(recordings: Sequence[IcbhiRecording], found: Mapping[str, RecordingEvents]) -> dict:
+    """The cycle-level ICBHI scores and the per-family event scores (module doc)."""
+    counts = dict.fromkeys(ICBHI_CLASSES, 0)
+    correct = dict.fromkeys(ICBHI_CLASSES, 0)
+    family = {"crackle": [0, 0, 0, 0], "wheeze": [0, 0, 0, 0]}  # tp, fn, fp, tn
+    poor_time = total_time = 0.0
+    unassessed = cycles = 0
+    for rec in recordings:
+        events = found[rec.recording_id].physiological
+        poor = [e for e in found[rec.recording_id].technical if e["type"] == POOR_SIGNAL]
+        end = max(c.end_s for c in rec.cycles)
+        total_time += end
+        poor_time += sum(overlap(e["start_s"], e["end_s"], 0.0, end) for e in poor)
+        for c in rec.cycles:
+            cycles += 1
+            said = _said(c, events, poor)
+            unassessed += said is None
+            said = said or {"crackle": False, "wheeze": False}
+            truth = c.label
+            counts[truth] += 1
+            correct[truth] += _verdict(said) == truth
+            for name, real in (("crackle", c.crackles), ("wheeze", c.wheezes)):
+                family[name][
+                    0 if real and said[name] else 1 if real else 2 if said[name] else 3
+                ] += 1
+    abnormal = sum(counts[k] for k in ICBHI_CLASSES[1:])
+    se = sum(correct[k] for k in ICBHI_CLASSES[1:]) / max(1, abnormal)
+    sp = correct["normal"] / max(1, counts["normal"])
+    out: dict[str, Any] = {"cycles": counts, "icbhi_se": se, "icbhi_sp": sp,
+                           "icbhi_score": (se + sp) / 2}  # fmt: skip
+    for name, (tp, fn, fp, tn) in family.items():
+        out[f"cycle_se_{name}"] = tp / max(1, tp + fn)
+        out[f"cycle_sp_{name}"] = tn / max(1, tn + fp)
+    out["poor_time"] = poor_time / max(1e-9, total_time)
+    out["unassessed"] = unassessed / max(1, cycles)
+    out.update(_report(_icbhi_events(recordings, found)))
+    return out
+
+
+def _said(
+    c: IcbhiCycle, events: Sequence[Mapping[str, Any]], poor: Sequence[Mapping[str, Any]]
+) -> dict[str, bool] | None:
+    """Which families the events overlapping cycle ``c`` name; None when more than half of
+    it lies under ``poor_signal`` (not assessed)."""
+    covered = sum(overlap(c.start_s, c.end_s, e["start_s"], e["end_s"]) for e in poor)
+    if covered > 0.5 * (c.end_s - c.start_s):
+        return None
+    near = [e["type"] for e in events if overlap(c.start_s, c.end_s, e["start_s"], e["end_s"])]
+    return {"crackle": any(t in CRACKLE for t in near), "wheeze": any(t in WHEEZE for t in near)}
+
+
+def _verdict(said: Mapping[str, bool]) -> str:
+    if said["crackle"] and said["wheeze"]:
+        return "both"
+    return "crackle" if said["crackle"] else "wheeze" if said["wheeze"] else "normal"
+
+
+def _icbhi_events(
+    recordings: Sequence[IcbhiRecording], found: Mapping[str, RecordingEvents]
+) -> DetectionReport:
+    """Per-family event scores with each cycle with crackles (wheezes) a DAS (CAS) event."""
+    annotated, labels, durations, predicted = {}, {}, {}, {}
+    for rec in recordings:
+        events = []
+        for c in rec.cycles:
+            events.append((c.start_s, c.end_s, "Normal"))
+            if c.crackles:
+                events.append((c.start_s, c.end_s, "Fine Crackle"))
+            if c.wheezes:
+                events.append((c.start_s, c.end_s, "Wheeze"))
+        crackles, wheezes = (
+            any(getattr(c, k) for c in rec.cycles) for k in ("crackles", "wheezes")
+        )
+        annotated[rec.recording_id] = events
+        labels[rec.recording_id] = (
+            "CAS & DAS" if crackles and wheezes else "DAS" if crackles else "CAS" if wheezes
+            else "Normal"
+        )  # fmt: skip
+        durations[rec.recording_id] = max(c.end_s for c in rec.cycles)
+        predicted[rec.recording_id] = [
+            (e["start_s"], e["end_s"], e["type"]) for e in found[rec.recording_id].physiological
+        ]
+    return score_detection(predicted, annotated, labels, durations)
+
+
+def run_views(model: Path, views: Sequence[str], exclude: set[str]) -> dict[str, Any]:
+    """Every view of ``views`` for the model artifact ``model`` (module doc)."""
+    folder, file = resolve_model(model)
+    out: dict[str, Any] = {"model": str(folder / file)}
+    for view in views:
+        if view == "icbhi":
+            recs = [r for r in load_icbhi(data_root() / "icbhi" / "train")
+                    if r.patient_id not in exclude]  # fmt: skip
+            found = detect_recordings({r.recording_id: r.audio_path for r in recs}, folder, file)
+            out[view] = icbhi_view(recs, found)
+            continue
+        records = (
+            validation_records(folder)
+            if view == "validation"
+            else load_sprsound(data_root() / "sprsound" / "intra_test")
+        )
+        found = detect_recordings({r.record_id: r.audio_path for r in records}, folder, file)
+        out[view] = sprsound_view(records, found)
+    return out
+
+
+HEADLINE = ("macro_f1", "f1_cas", "f1_das", "fa_per_hour_cas", "fa_per_hour_das",
+            "se_cas", "sp_cas", "se_das", "sp_das", "poor_signal_on_good", "icbhi_score",
+            "icbhi_se", "icbhi_sp", "poor_time")  # fmt: skip
+
+
+def headline(result: Mapping[str, Any]) -> str:
+    """``view.key=value`` pairs of the headline numbers."""
+    parts = []
+    for view in VIEWS:
+        for key in HEADLINE:
+            if key in result.get(view, {}):
+                parts.append(f"{view}.{key}={result[view][key]:.3f}")
+    return " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="lungwatch views", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="model folder or an artifact")
+    parser.add_argument(
+        "--views", default=",".join(VIEWS), help="comma-separated, of " + ", ".join(VIEWS)
+    )
+    parser.add_argument(
+        "--icbhi-exclude-patients", type=Path, help="file of patient ids, one a line"
+    )
+    parser.add_argument("--out", type=Path, help="every score as JSON here")
+    args = parser.parse_args(argv)
+    views = [v.strip() for v in args.views.split(",") if v.strip()]
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown or not views:
+        parser.error(f"--views takes names from {', '.join(VIEWS)}, got {args.views!r}")
+    exclude = set()
+    if args.icbhi_exclude_patients is not None:
+        exclude = set(args.icbhi_exclude_patients.read_text().split())
+    result = run_views(args.model, views, exclude)
+    for view in views:
+        print(f"[{view}]")
+        for row in result[view].get("family_table", []):
+            print(f"  {row}")
+    if args.out is not None:
+        write_json(args.out, result)
+    print(headline(result))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
