@@ -62,11 +62,17 @@ def test_chunked_onnx_equals_the_whole_torch_pass(exported: tuple[SedNet, Path, 
     np.testing.assert_allclose(alone[0], got[1], atol=1e-5)
 
 
-def test_only_the_batch_is_dynamic_and_ops_pass_the_tensorrt_screen(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stem_channels", [0, 4], ids=["1-d-stem", "spectral-stem"])
+def test_only_the_batch_is_dynamic_and_ops_pass_the_tensorrt_screen(
+    tmp_path: Path, stem_channels: int
+) -> None:
     # the convolutional model (what ships; the attention layer's shapes are not yet static)
-    config = SedConfig(**{**vars(CONFIG), "attention_heads": 0})
+    config = SedConfig(**{**vars(CONFIG), "attention_heads": 0, "stem_channels": stem_channels})
     path = tmp_path / "model.onnx"
-    model = SedNet(config).eval()
+    torch.manual_seed(1)
+    model = SedNet(config)
+    vary_batchnorm(model)
+    model.eval()
     export_graph(model, path, CHUNK)
     assert check_tensorrt_compat(path) == []
     x = np.random.default_rng(0).standard_normal((2, 2, 8, 3 * CHUNK * 2)).astype(np.float32)

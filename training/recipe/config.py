@@ -4,7 +4,8 @@
 
 Sections (every key is commented in ``training/configs/sed.yaml``, the shipped recipe):
 ``data`` (where the recordings are, the patient-disjoint validation split, crops),
-``features`` (the :class:`~edge.features.FeatureSpec`) and ``kinds``, ``model``
+``features`` (the :class:`~edge.features.FeatureSpec`) and ``kinds``, ``mixtures``
+(:class:`~training.data.mixtures.MixtureConfig`: complete-label training material), ``model``
 (:class:`~training.models.sed.SedConfig` less the sizes the run derives), ``optim``,
 ``augment``, ``loss``, ``pretrain`` (masked-spectrogram pretraining), ``selection`` (how the
 best epoch is chosen on validation), ``detector`` (how the device's rules are fitted on
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from edge.config import check, load_config
 from edge.features import FEATURE_KINDS, FeatureSpec
+from training.data.mixtures import MixtureConfig
 from training.models.sed import SedConfig
 
 
@@ -65,10 +67,19 @@ class AugmentConfig:
     time_width: int = 20  # front-end frames, at most
     patch_mix_prob: float = 0.0  # Patch-Mix: share of batches that swap time patches
     patch_mix_frames: int = 50  # longest patch, output frames
+    device_prob: float = 0.0  # share of examples coloured as another stethoscope might
+    device_gain_db: float = 12.0  # gain, uniform in +- this
+    device_eq_db: float = 6.0  # equalisation curve knots, uniform in +- this
+    device_lowpass_hz: tuple[float, float] = (400.0, 1500.0)  # band edge corner, half the time
+    device_noise_db: tuple[float, float] = (-30.0, -5.0)  # noise floor, half the time
 
     def __post_init__(self) -> None:
         p = self.patch_mix_prob
         check(0.0 <= p <= 1.0, "patch_mix_prob", p, "a number in [0, 1]")
+        check(0.0 <= self.device_prob <= 1.0, "device_prob", self.device_prob, "in [0, 1]")
+        for key in ("device_lowpass_hz", "device_noise_db"):
+            lo, hi = getattr(self, key)
+            check(lo <= hi, key, getattr(self, key), "[low, high] with low <= high")
         check(self.patch_mix_frames >= 1, "patch_mix_frames", self.patch_mix_frames, ">= 1")
         for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
             check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
@@ -147,6 +158,7 @@ class ModelOptions:
     lookahead_frames: int = 8
     attention_heads: int = 0
     attention_frames: int = 64
+    stem_channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -162,6 +174,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    mixtures: MixtureConfig = field(default_factory=MixtureConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     detector: DetectorFitConfig = field(default_factory=DetectorFitConfig)
@@ -202,6 +215,7 @@ class RunConfig:
             lookahead_frames=m.lookahead_frames,
             attention_heads=m.attention_heads,
             attention_frames=m.attention_frames,
+            stem_channels=m.stem_channels,
         )
 
 
