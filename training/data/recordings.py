@@ -14,7 +14,7 @@ padding (:func:`flush_value`), which is also what the device feeds when a stream
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,9 +112,17 @@ def whole_example(recording: Recording) -> Example:
     return Example(recording, 0, recording.n_frames)
 
 
-def collate(examples: Sequence[Example], stride: int, lookahead: int, flush: np.ndarray) -> Batch:
+def collate(
+    examples: Sequence[Example],
+    stride: int,
+    lookahead: int,
+    flush: np.ndarray,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Batch:
     """Stack examples; inputs run ``lookahead`` frames past each example (real audio where the
-    recording goes on, the flush frame after its end) and padding is masked out."""
+    recording goes on, the flush frame after its end) and padding is masked out.
+    ``transform`` maps an example's stored features (K, F, t) to the model's input, from the
+    example's first frame (:class:`training.recipe.inputs.InputView`)."""
     longest = max(e.n for e in examples)
     first = examples[0].recording
     k, f = first.features.shape[:2]
@@ -128,7 +136,8 @@ def collate(examples: Sequence[Example], stride: int, lookahead: int, flush: np.
         rec = e.recording
         lo = e.first * stride
         hi = min(rec.features.shape[2], (e.first + e.n + lookahead) * stride)
-        x[b, :, :, : hi - lo] = rec.features[:, :, lo:hi]
+        part = rec.features[:, :, lo:hi]
+        x[b, :, :, : hi - lo] = part if transform is None else transform(part)
         targets[b, :, : e.n] = rec.targets[:, e.first : e.first + e.n]
         weights[b, :, : e.n] = rec.weights[:, e.first : e.first + e.n]
         mask[b, : e.n] = 1.0

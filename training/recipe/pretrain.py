@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ def pretrain(
     flush: np.ndarray,
     run: RunConfig,
     rng: np.random.Generator,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[float]:
     """Pretrain ``model`` in place (see the module doc); the mean loss per epoch."""
     mcfg, cfg, data = model.config, run.pretrain, run.data
@@ -65,7 +67,7 @@ def pretrain(
                 random_example(recs[i], rng, data.max_start_frames, data.max_frames)
                 for i in perm[s : s + run.optim.batch_size]
             ]
-            bt = collate(exs, stride, look, flush)
+            bt = collate(exs, stride, look, flush, transform)
             n = bt.n_frames
             clean = torch.from_numpy(bt.features.copy())
             masks = np.zeros((len(exs), n), dtype=np.float32)

@@ -41,6 +41,7 @@ from edge.datapaths import sprsound_root
 from edge.features import FeatureSpec
 from lungwatch.cli import ArgumentParser
 from training.data.features import FeatureStore
+from training.data.mixtures import make_mixtures
 from training.data.recordings import (
     Recording,
     collate,
@@ -56,6 +57,7 @@ from training.models.sed import SedNet, count_parameters
 from training.recipe.augment import patch_mix, spec_augment
 from training.recipe.config import RunConfig, load_run
 from training.recipe.fit import fit_rules
+from training.recipe.inputs import InputView, Transform
 from training.recipe.losses import frame_loss, phase_loss
 from training.recipe.margin import QualityReference, frame_margins
 from training.recipe.pretrain import pretrain
@@ -74,6 +76,7 @@ class TrainingData:
     mean: np.ndarray  # (K, F) per-band input statistics of the training recordings
     std: np.ndarray
     grid: FrameGrid
+    view: InputView  # the stored features -> the model's input
 
     @property
     def flush(self) -> np.ndarray:
@@ -87,24 +90,34 @@ def load_data(run: RunConfig) -> TrainingData:
     folder = Path(run.data.train_dir) if run.data.train_dir else sprsound_root() / "train"
     records = load_sprsound(folder)
     # the cache holds the run's kinds (computing every kind for a log-mel run costs minutes)
-    store = FeatureStore(spec, run.kinds, Path(run.data.cache_dir) / "features")
+    # without the front end's last stage, which the view applies per example
+    raw = InputView.raw_spec(spec)
+    store = FeatureStore(raw, run.kinds, Path(run.data.cache_dir) / "features")
     recs = load_recordings(records, store, run.kinds, grid, stride, run.data.unannotated_weight)
     _, val_records = patient_disjoint_split(records, run.data.val_fraction, run.data.split_seed)
     val_ids = {r.record_id for r in val_records}
     train = [r for r in recs if r.record_id not in val_ids]
     val = [r for r in recs if r.record_id in val_ids]
-    mean, std = input_stats(train)
-    return TrainingData(train, val, mean, std, grid)
+    view = InputView(spec, run.kinds, run.augment)
+    mean, std = input_stats(train, view.transform)  # of real recordings only
+    hosts = [r for r in records if r.record_id not in val_ids]  # never a validation patient
+    train += make_mixtures(
+        hosts, store, raw, run.kinds, grid, stride, run.mixtures, run.data.unannotated_weight
+    )
+    return TrainingData(train, val, mean, std, grid, view)
 
 
-def input_stats(recs: list[Recording]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-kind, per-band mean and standard deviation (K, F) over every frame of ``recs``."""
+def input_stats(
+    recs: list[Recording], transform: Transform | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-kind, per-band mean and standard deviation (K, F) over every frame of ``recs``
+    (as the model sees them: ``transform``ed from each recording's start)."""
     total = sum(r.features.shape[2] for r in recs)
     k, f = recs[0].features.shape[:2]
     s1 = np.zeros((k, f))
     s2 = np.zeros((k, f))
     for r in recs:
-        x = r.features.astype(np.float64)
+        x = (r.features if transform is None else transform(r.features)).astype(np.float64)
         s1 += x.sum(axis=2)
         s2 += (x**2).sum(axis=2)
     mean = s1 / total
@@ -119,7 +132,11 @@ def recording_seconds(n_frames: int, spec: FeatureSpec) -> float:
 
 
 def predict(
-    model: SedNet, recs: list[Recording], flush: np.ndarray, batch: int = 32
+    model: SedNet,
+    recs: list[Recording],
+    flush: np.ndarray,
+    batch: int = 32,
+    transform: Transform | None = None,
 ) -> list[np.ndarray]:
     """Every recording's frame probabilities (n, O), each as one stream from its start (the
     whole-recording pass, which equals the device's chunked one)."""
@@ -130,9 +147,8 @@ def predict(
     with torch.no_grad():
         for s in range(0, len(order), batch):
             idx = order[s : s + batch]
-            bt = collate(
-                [whole_example(recs[i]) for i in idx], cfg.stride, cfg.lookahead_frames, flush
-            )
+            examples = [whole_example(recs[i]) for i in idx]
+            bt = collate(examples, cfg.stride, cfg.lookahead_frames, flush, transform)
             p = torch.sigmoid(model.forward_train(torch.from_numpy(bt.features), bt.n_frames))
             for j, i in enumerate(idx):
                 res[i] = p[j, :, : recs[i].n_frames].numpy().T.copy()  # (n, O)
@@ -222,6 +238,7 @@ def train_epoch(
     """One pass over the training recordings in random crops; the mean loss."""
     model.train()
     mcfg, cfg = model.config, run.data
+    view = data.view.training(rng)
     perm = rng.permutation(len(data.train))
     losses = []
     for s in range(0, len(perm), run.optim.batch_size):
@@ -229,7 +246,7 @@ def train_epoch(
             random_example(data.train[i], rng, cfg.max_start_frames, cfg.max_frames)
             for i in perm[s : s + run.optim.batch_size]
         ]
-        bt = collate(exs, mcfg.stride, mcfg.lookahead_frames, data.flush)
+        bt = collate(exs, mcfg.stride, mcfg.lookahead_frames, data.flush, view)
         aug = run.augment
         if aug.patch_mix_prob > 0 and rng.random() < aug.patch_mix_prob:
             patch_mix(bt, mcfg.stride, aug.patch_mix_frames, rng)
@@ -280,14 +297,17 @@ def train(run: RunConfig, model: SedNet, data: TrainingData, rng: np.random.Gene
     )
     reference = None
     if run.loss.quality_margin > 0:
-        reference = QualityReference.fit([r.features for r in data.train])
+        view = data.view.transform  # measured on what the model sees
+        reference = QualityReference.fit(
+            [r.features if view is None else view(r.features) for r in data.train]
+        )
     kept = Kept()
     with (run.run_dir / "log.jsonl").open("w") as log:
         for epoch in range(run.optim.epochs):
             t0 = time.time()
             loss = train_epoch(model, data, run, opt, sched, reference, rng)
             t1 = time.time()
-            probs = predict(model, data.val, data.flush)
+            probs = predict(model, data.val, data.flush, transform=data.view.transform)
             ons, summary, ok = select(probs, data.val, data, run)
             record = {
                 "epoch": epoch,
@@ -332,7 +352,7 @@ def fit(run: RunConfig) -> dict[str, Any]:
     model.set_input_stats(torch.from_numpy(data.mean), torch.from_numpy(data.std))
     print(f"{count_parameters(model):,} parameters, state {model.state_size} floats", flush=True)
     if run.pretrain.epochs > 0:
-        pretrain(model, data.train, data.flush, run, rng)
+        pretrain(model, data.train, data.flush, run, rng, data.view.transform)
     kept = train(run, model, data, rng)
     if kept.state is None or kept.probs is None:
         raise RuntimeError("no epoch was trained")

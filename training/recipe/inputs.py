@@ -1,0 +1,61 @@
+"""What the model sees of a recording: the cached raw features through the front end's last
+stage, after the training-only colouring of another device.
+
+The feature cache holds each recording's raw log features (``FeatureSpec.band_norm_s`` set
+to 0). With the run's ``features.band_norm_s`` > 0 the per-band running normalisation of the
+one front end (:func:`edge.features.bandnorm.normalise_bands`) is applied here to every
+example from its own first frame, exactly as a device's stream that starts there computes it;
+with ``augment.device_prob`` > 0 a training example is first coloured as another stethoscope
+might have recorded it (:func:`training.recipe.augment.device_colour`). Shapes: ``(K, F, T)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from edge.features import FeatureSpec, band_centres_hz, silence_value
+from edge.features.bandnorm import normalise_bands
+from training.recipe.augment import device_colour
+from training.recipe.config import AugmentConfig
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+class InputView:
+    """The run's view of raw features (see the module doc)."""
+
+    def __init__(self, spec: FeatureSpec, kinds: tuple[str, ...], augment: AugmentConfig):
+        self.specs = [spec.replace(kind=k) for k in kinds]
+        self.augment = augment
+        self.normalises = spec.band_norm_s > 0
+        self.centres_hz = np.stack([band_centres_hz(s) for s in self.specs])
+        self.floor = silence_value(spec)
+
+    @staticmethod
+    def raw_spec(spec: FeatureSpec) -> FeatureSpec:
+        """The spec the feature cache computes: the front end without its normalisation."""
+        return spec.replace(band_norm_s=0.0)
+
+    @property
+    def transform(self) -> Transform | None:
+        """Raw -> model input, for evaluation (None: the raw features are the input)."""
+        return self._normalise if self.normalises else None
+
+    def training(self, rng: np.random.Generator) -> Transform | None:
+        """Raw -> model input for a training example: coloured with ``device_prob``."""
+        if self.augment.device_prob <= 0:
+            return self.transform
+
+        def view(raw: np.ndarray) -> np.ndarray:
+            x = raw.astype(np.float32)
+            if rng.random() < self.augment.device_prob:
+                x = device_colour(x, self.centres_hz, self.floor, self.augment, rng)
+            return self._normalise(x) if self.normalises else x
+
+        return view
+
+    def _normalise(self, raw: np.ndarray) -> np.ndarray:
+        x = np.asarray(raw, np.float32)
+        return np.stack([normalise_bands(x[k].T, s).T for k, s in enumerate(self.specs)])
