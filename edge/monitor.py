@@ -63,7 +63,7 @@ def resolve_model(model: str | Path) -> tuple[Path, str]:
     folder = path if path.is_dir() else path.parent
     if not path.exists():
         raise ConfigError(f"{path}: no such model file or folder")
-    files = load_manifest(folder / MANIFEST_NAME).files
+    files = load_manifest(folder / MANIFEST_NAME).runnable
     if path.is_dir():
         for name in PREFERRED_FILES:
             if name in files:
@@ -71,7 +71,7 @@ def resolve_model(model: str | Path) -> tuple[Path, str]:
         raise ConfigError(f"{folder / MANIFEST_NAME}: lists none of {', '.join(PREFERRED_FILES)}")
     if path.name not in files:
         raise ConfigError(
-            f"{path}: not listed in {folder / MANIFEST_NAME} (lists {', '.join(sorted(files))})"
+            f"{path}: not a model listed in {folder / MANIFEST_NAME} (lists {', '.join(files)})"
         )
     return folder, path.name
 

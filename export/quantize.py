@@ -19,8 +19,8 @@ Runtime CPU (bench/export.py); without it int8 ran at half uint8's speed.
 
 ``--exclude NODE`` (repeatable) keeps a Conv / MatMul / Gemm of the FP32 graph in float, by
 its node name (``/model/head/Conv``: the output layer); a name the graph lacks is an error.
-On the shipped model neither the head nor the last block kept in float made the quality
-output track FP32 closer (docs/models/sed.md), so the shipped INT8 file quantizes every one.
+The shipped INT8 file keeps its first layer, the stem convolution, in float (``make train-sed``
+passes ``--exclude`` for it): its events follow FP32's more closely (docs/models/sed.md).
 
 Q/DQ placement (:func:`tidy_qdq`, after onnxruntime's quantizer): onnxruntime quantizes a tensor
 once for all its readers, so the cache slices that become ``state_out`` would carry rounded

@@ -37,8 +37,8 @@ frames and their states and returns the chunk's per-frame sigmoid outputs and th
                      the config sets its own ``detector.phases``
     quality          (optional) {"poor_on", "poor_off"}: hysteresis of the quality output
     tasks            (optional) the SPRSound challenge rules (``lungwatch predict``)
-    reference        (optional) {"file": "reference.npz", ...}: what ``lungwatch verify``
-                     checks every artifact against (:mod:`edge.verify`)
+    (``files`` also lists ``verify_reference.npz``, precision ``reference``: what ``lungwatch
+    verify`` checks every artifact against, :mod:`export.verify`)
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ STATE_NAME = "state"
 PROBS_NAME = "probs"
 STATE_OUT_NAME = "state_out"
 MANIFEST_NAME = "manifest.json"
+REFERENCE = "reference"  # the precision the verify gate's reference file is listed with
 INPUT_NAME = "features"
 HASH_PREVIEW_CHARS = 12  # hex characters of a sha256 shown in messages
 READ_CHUNK_BYTES = 1 << 20
@@ -121,6 +122,11 @@ class Manifest:
     def input_shape(self) -> tuple[int, int, int]:
         """``(n_kinds, n_bands, chunk_frames * stride)``: one call's features per bed."""
         return (len(self.kinds), self.feature_spec.n_bands, self.streaming.input_frames)
+
+    @property
+    def runnable(self) -> tuple[str, ...]:
+        """The artifacts a backend can run (the verify gate's reference is not one)."""
+        return tuple(sorted(n for n, e in self.files.items() if e.precision != REFERENCE))
 
     def file_path(self, name: str) -> Path:
         """Where the artifact ``name`` lies (beside the manifest)."""

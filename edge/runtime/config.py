@@ -184,8 +184,8 @@ def load_runtime_config(path: str | Path, overrides: list[str] | None = None) ->
 def check_against_manifest(config: RuntimeConfig, manifest: Manifest, source: str) -> None:
     """ConfigError naming ``source`` and the key where the config disagrees with the model:
     ``model.file`` not listed, ``features`` not the model's, detector rules naming no class."""
-    if config.model.file not in manifest.files:
-        listed = ", ".join(sorted(manifest.files))
+    if config.model.file not in manifest.runnable:
+        listed = ", ".join(manifest.runnable)
         raise ConfigError(
             f"{source}: model.file must be a file listed in {manifest.path} ({listed}), "
             f"got {config.model.file!r}"

@@ -141,7 +141,7 @@ def test_bad_inputs_are_named(tmp_path, folder, audio_dir):
     stray = folder / "stray.onnx"
     stray.write_bytes(b"")
     try:
-        with pytest.raises(ConfigError, match=r"stray\.onnx: not listed"):
+        with pytest.raises(ConfigError, match=r"stray\.onnx: not a model listed"):
             detect_main(["--audio", str(audio_dir), "--model", str(stray)])
     finally:
         stray.unlink()

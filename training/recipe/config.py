@@ -116,7 +116,7 @@ class SelectionConfig:
     # each epoch's validation events at these on-thresholds (plain hysteresis); each family
     # takes its best event F1 among those within max_false_per_hour (its own budget), and
     # the epoch with the best mean of the two (macro) is kept
-    on_thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    on_thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     max_false_per_hour: float = 10.0
 
     def __post_init__(self) -> None:

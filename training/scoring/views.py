@@ -1,6 +1,6 @@
 """``lungwatch views``: a model judged on the three views, through the device path.
 
-    lungwatch views --model out/models/sed [--model-file model.onnx] [--out views.json]
+    lungwatch views --model out/models/sed[/model.onnx] [--out views.json]
                     [--views validation,intra_test,icbhi] [--icbhi-exclude-patients FILE]
 
 Every recording runs as one bed of the public streaming API (:mod:`edge.runtime.offline`:
