@@ -194,6 +194,15 @@ def fit_detector(
     return Fit(current, best_report, evaluations)
 
 
+def fit_start(run: RunConfig) -> DetectorConfig:
+    """The detector the fit starts from (and the epoch selection sweeps): every class on at
+    0.7, and breath phases (on 0.6, off 0.5, 240 ms, a 120-ms lead) when ``detector.phases``."""
+    phases = PhaseRule(0.6, 0.5, 240.0, lead_ms=120.0) if run.detector.phases else None
+    return DetectorConfig(
+        on_threshold=0.7, off_threshold=0.55, min_event_ms=120, merge_gap_ms=120, phases=phases
+    )
+
+
 def fit_rules(
     probs: Sequence[np.ndarray], val: Sequence[Recording], grid: FrameGrid, run: RunConfig
 ) -> dict[str, Any]:
@@ -207,14 +216,7 @@ def fit_rules(
     annotated = {r.record_id: list(r.events) for r in val}
     labels = {r.record_id: r.label for r in val}
     durations = {r.record_id: recording_seconds(r.features.shape[2], run.features) for r in val}
-    base = DetectorConfig(
-        on_threshold=0.7,
-        off_threshold=0.55,
-        min_event_ms=120,
-        merge_gap_ms=120,
-        phases=PhaseRule(0.6, 0.5, 240.0) if run.detector.phases else None,
-    )
-    fit = fit_detector(probs, annotated, labels, durations, OUTPUTS, grid, base, limits)
+    fit = fit_detector(probs, annotated, labels, durations, OUTPUTS, grid, fit_start(run), limits)
     phases = {} if fit.config.phases is None else {"phases": dataclasses.asdict(fit.config.phases)}
     return {
         "thresholds": [dataclasses.asdict(t) for t in fit.config.thresholds],

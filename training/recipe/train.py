@@ -24,6 +24,7 @@ outputs). Prints a summary line (JSON) at the end.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -56,7 +57,7 @@ from training.models.checkpoint import Checkpoint, save_checkpoint
 from training.models.sed import SedNet, count_parameters
 from training.recipe.augment import patch_mix, spec_augment
 from training.recipe.config import RunConfig, load_run
-from training.recipe.fit import fit_rules
+from training.recipe.fit import fit_rules, fit_start
 from training.recipe.inputs import InputView, Transform
 from training.recipe.losses import frame_loss, phase_loss
 from training.recipe.margin import QualityReference, frame_margins
@@ -177,17 +178,16 @@ def score(
 def select(
     probs: list[np.ndarray], recs: list[Recording], data: TrainingData, run: RunConfig
 ) -> tuple[dict[str, float], dict[str, Any], bool]:
-    """The epoch's selection: plain hysteresis at each of ``selection.on_thresholds``; each
-    family takes the threshold of its best event F1 among those within its false-event
-    budget (else the one with the fewest false events). Returns (the families' thresholds,
-    the summary at them with ``macro_f1``, whether every family is within budget)."""
+    """The epoch's selection: the detector the fit starts from (breath phases when
+    ``detector.phases``, else plain hysteresis) with every class at each of
+    ``selection.on_thresholds``; each family takes the threshold of its best event F1 among
+    those within its false-event budget (else the one with the fewest false events). Returns
+    (the families' thresholds, the summary at them with ``macro_f1``, whether every family is
+    within budget)."""
     reports = {}
     for on in run.selection.on_thresholds:
-        det = DetectorConfig(
-            on_threshold=on,
-            off_threshold=max(0.05, on - 0.15),
-            min_event_ms=120.0,
-            merge_gap_ms=120.0,
+        det = dataclasses.replace(
+            fit_start(run), on_threshold=on, off_threshold=max(0.05, on - 0.15)
         )
         reports[on] = score(probs, recs, data.grid, det, run.features)
     budget = run.selection.max_false_per_hour
