@@ -171,6 +171,18 @@ def status_topic(site: str, device_id: str) -> str:
     )
 
 
+def verdict_topic(site: str, device_id: str, stream_id: str) -> str:
+    """``lungwatch/v1/<site>/<device>/<stream>/verdict`` (retained): the bed's rolling verdict."""
+    return event_topic(site, device_id, stream_id)[: -len("event")] + "verdict"
+
+
+def verdict_payload(site: str, device_id: str, stream_id: str, verdict: dict[str, Any]) -> str:
+    """The retained verdict message: identity and ``verdict`` (label, utc, sample, scores)."""
+    body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
+    body.update(stream_id=check_segment(stream_id, "stream_id"), **verdict)
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
 def metrics_topic(site: str, device_id: str) -> str:
     """``lungwatch/v1/<site>/<device>/metrics``."""
     site, device_id = check_segment(site, "site"), check_segment(device_id, "device_id")

@@ -35,6 +35,7 @@ from edge.bed.chain import DEFAULT_STATE_RESET_GAP_MS, BedChain, ChainSettings, 
 from edge.bed.detector import DetectorConfig, FrameGrid, Transition
 from edge.bed.gate import GateConfig
 from edge.bed.pipeline import WindowReady
+from edge.bed.verdict import VerdictConfig
 from edge.errors import ConfigError, LungwatchError
 from edge.inference import BackendConfig, open_backend
 from edge.inference.base import Backend
@@ -121,6 +122,7 @@ class BedStep:
     probs: np.ndarray  # (n, O) the output frames made known, columns monitor.outputs; NaN
     # rows: frames the model never described (its state restarted after lost audio)
     quality: BedQuality
+    verdict: str | None = None  # the bed's rolling verdict now (None: the model has no rule)
 
 
 class Bed:
@@ -163,6 +165,7 @@ class Monitor:
         state_reset_gap_ms: float = DEFAULT_STATE_RESET_GAP_MS,
         check_sha256: bool = True,
         source: str = "<config>",
+        verdict: VerdictConfig | None = None,
     ) -> Monitor:
         """A model folder (its INT8 file, else FP32) or an artifact it lists, on ``backend``
         (default: ONNX Runtime on one CPU thread), with the manifest's fitted rules and the
@@ -170,7 +173,7 @@ class Monitor:
         moot is refused, naming the rule). Errors name ``source`` (a config file)."""
         folder, file = resolve_model(model)
         manifest = load_manifest(folder / MANIFEST_NAME)
-        settings = ChainSettings.of(manifest, detector, gate, state_reset_gap_ms, source)
+        settings = ChainSettings.of(manifest, detector, gate, state_reset_gap_ms, source, verdict)
         path = manifest.file_path(file)
         if check_sha256:
             verify_file(manifest, path)
@@ -296,7 +299,8 @@ def _with_quality(step: BedStep, bed: Bed) -> BedStep:
     gate = bed.chain.gate
     conditions = tuple(sorted({key.split("@", 1)[0] for key in gate.active_keys}))
     quality = BedQuality(gate.suppressed, conditions, dict(bed._measures))
-    return BedStep(step.events, step.first_frame, step.probs, quality)
+    verdict = None if bed.chain.verdict is None else bed.chain.verdict.label
+    return BedStep(step.events, step.first_frame, step.probs, quality, verdict)
 
 
 def _joined(parts: list[OutputFrames], n_outputs: int) -> tuple[int, np.ndarray]:

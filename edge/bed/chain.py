@@ -39,6 +39,7 @@ from edge.bed.detector import (
 from edge.bed.domain import SilentBands
 from edge.bed.gate import GateConfig, QualityGate
 from edge.bed.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady
+from edge.bed.verdict import RollingVerdict, VerdictConfig, VerdictRule
 from edge.errors import ConfigError
 from edge.features import FeatureSpec
 from edge.inference.manifest import Manifest, StreamingInfo
@@ -156,6 +157,7 @@ class ChainSettings:
     silent_bands: SilentBands | None  # bands the training recordings hold no sound in
     reset_gap_samples: float  # a window missing this many samples restarts the model state
     conceal_samples: int  # shorter losses are concealed in the features (StreamPipeline)
+    verdict: VerdictRule | None = None  # the rolling Task 2-2 verdict (None: off)
 
     @classmethod
     def of(
@@ -165,6 +167,7 @@ class ChainSettings:
         gate: GateConfig | None = None,
         state_reset_gap_ms: float = DEFAULT_STATE_RESET_GAP_MS,
         source: str = "<config>",
+        verdict: VerdictConfig | None = None,
     ) -> ChainSettings:
         """The settings of ``manifest`` with a config's ``detector`` / ``gate`` sections on top
         (:func:`resolve_detector`, :func:`resolve_gate`; errors name ``source``)."""
@@ -188,6 +191,7 @@ class ChainSettings:
             silent_bands=silent,
             reset_gap_samples=reset,
             conceal_samples=min(round(reset), DEFAULT_PIECE_SAMPLES),
+            verdict=VerdictRule.of(manifest.task_rules, verdict or VerdictConfig()),
         )
 
     @property
@@ -204,6 +208,7 @@ class WindowStep:
     transitions: list[Transition]  # the gate's and the detector's, in order
     quality: dict[str, Any]  # the audio measures of the window's new audio
     flushed: bool  # a window of the end-of-stream flush (no new audio)
+    verdict: str | None = None  # the bed's new verdict when this window changed it
 
 
 class BedChain:
@@ -219,6 +224,7 @@ class BedChain:
         self.gate = QualityGate(s.gate, s.spec.sample_rate_hz, s.silent_bands)
         self.model_state = BedState(s.streaming)
         self.detector = FrameDetector(s.outputs, s.detector, s.grid)
+        self.verdict = None if s.verdict is None else RollingVerdict(s.verdict, s.outputs, s.grid)
         self._poor = s.poor_index
         self.state_resets = 0
         self.flushed = False  # the stream's end was flushed: no more audio
@@ -235,7 +241,8 @@ class BedChain:
         quality = window.audio_quality.to_dict()
         if window.padded_frames > 0:  # the end-of-stream flush: no new audio to judge
             out = self._real_frames_only(out)
-            return WindowStep(out, self.detector.update(out.first_frame, out.probs), quality, True)
+            found = self.detector.update(out.first_frame, out.probs)
+            return WindowStep(out, found, quality, True, self._verdict(out))
         poor = self._poor
         poor_prob = (
             float(out.probs[:, poor].mean()) if poor is not None and len(out.probs) else None
@@ -251,7 +258,10 @@ class BedChain:
             info = self.model_state.info
             self.model_state.reset((window.start_frame + info.input_frames) // info.stride)
             self.state_resets += 1
-        return WindowStep(out, transitions, quality, False)
+        return WindowStep(out, transitions, quality, False, self._verdict(out))
+
+    def _verdict(self, out: OutputFrames) -> str | None:
+        return None if self.verdict is None else self.verdict.update(out.first_frame, out.probs)
 
     def tick(self, now_s: float) -> list[Transition]:
         """The runtime's clock: a source that delivered nothing for too long has stalled."""

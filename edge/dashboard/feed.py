@@ -8,7 +8,8 @@ Subscriptions (QoS 1, renewed on every reconnect; clean session):
 
 - ``lungwatch/v1/<site>/+/status`` (retained: a late dashboard gets each device's last state)
 - ``lungwatch/v1/<site>/+/metrics``, ``lungwatch/v1/<site>/+/+/event``,
-  ``lungwatch/v1/<site>/+/+/live``
+  ``lungwatch/v1/<site>/+/+/live``, ``lungwatch/v1/<site>/+/+/verdict`` (retained: each bed's
+  rolling verdict)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class WardFeed:
             f"{TOPIC_ROOT}/{site}/+/metrics",
             f"{TOPIC_ROOT}/{site}/+/+/event",
             f"{TOPIC_ROOT}/{site}/+/+/live",
+            f"{TOPIC_ROOT}/{site}/+/+/verdict",
         ]
         self.connected = threading.Event()
         self._connack = threading.Event()

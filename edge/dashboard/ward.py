@@ -64,7 +64,8 @@ CONDITION_OF_TYPE = {
     "Fine Crackle": ("crackles",),
     "Coarse Crackle": ("crackles",),
 }
-KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live")}  # (topic levels, last)
+KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live"), (6, "verdict")}  # levels, last
+VERDICT_LABELS = ("assessing", "Normal", "CAS", "DAS", "CAS & DAS", "Poor Quality")
 SEEN_IDS = 100_000  # event ids remembered for deduplication
 # a device is shown behind when a bed's audio waited longer than the device's own limit for
 # its read (p99 of its last metrics report, ``read_wait_warn_ms`` beside it); this one where
@@ -88,6 +89,7 @@ class Bed:
     live: deque[dict[str, Any]]  # oldest first
     open: dict[str, Event] = field(default_factory=dict)  # episode_id -> last message
     read_wait_ms_p99: float | None = None  # its last metrics report's (None: not measured)
+    verdict: dict[str, Any] | None = None  # its rolling verdict: label, since (utc), window_s
 
 
 @dataclass
@@ -222,6 +224,8 @@ class Ward:
             self._metrics(device_id, body)
         elif len(parts) == 6 and kind == "event":
             self._event(device_id, parts[4], body)
+        elif kind == "verdict":
+            self._verdict(device_id, parts[4], body)
         else:
             self._live_point(device_id, parts[4], body)
 
@@ -276,6 +280,18 @@ class Ward:
         bed.events.appendleft(event_row(event, self.clock()))
         self._dirty_beds.add((device_id, stream_id))
         self._dirty_alarms = True
+
+    def _verdict(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
+        _require_identity(body, self.site, device_id)
+        if body.get("stream_id") != stream_id or body.get("verdict") not in VERDICT_LABELS:
+            raise MessageError(
+                f"verdict must be for {stream_id!r} and one of {', '.join(VERDICT_LABELS)}"
+            )
+        bed = self._bed(self._device(device_id), stream_id)
+        window = body.get("window_s")
+        bed.verdict = {"label": body["verdict"], "since_utc": str(body.get("utc")),
+                       "window_s": float(window) if is_number(window) else None}  # fmt: skip
+        self._dirty_beds.add((device_id, stream_id))
 
     def _live_point(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
         _require_identity(body, self.site, device_id)
@@ -385,6 +401,7 @@ class Ward:
             "state": bed_state(device.online, list(bed.open.values())),
             "events": list(bed.events),
             "open": len(bed.open),
+            "verdict": bed.verdict,
         }
         if with_live:
             view["live"] = list(bed.live)

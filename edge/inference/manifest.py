@@ -124,6 +124,12 @@ class Manifest:
         return (len(self.kinds), self.feature_spec.n_bands, self.streaming.input_frames)
 
     @property
+    def task_rules(self) -> Mapping[str, Any] | None:
+        """The fitted Task rules (``tasks.rules``; the rolling verdict reads Task 2's)."""
+        tasks = self.raw.get("tasks")
+        return tasks.get("rules") if isinstance(tasks, Mapping) else None
+
+    @property
     def runnable(self) -> tuple[str, ...]:
         """The artifacts a backend can run (the verify gate's reference is not one)."""
         return tuple(sorted(n for n, e in self.files.items() if e.precision != REFERENCE))

@@ -45,6 +45,7 @@ from typing import Any
 
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
+from edge.bed.verdict import VerdictConfig
 from edge.config import check, load_config
 from edge.dashboard.config import DashboardConfig
 from edge.datapaths import data_root
@@ -115,6 +116,7 @@ class RuntimeConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)

@@ -14,7 +14,10 @@ exactly as ``lungwatch run`` runs them. The result is one JSON object::
 
 keyed by file stem, with every recording present (an empty list when nothing was detected)
 and types spelled as SPRSound spells them. ``--technical FILE`` writes the technical events
-(``poor_signal``, ``silence``, ``clipping``, ...) in the same shape, without confidence.
+(``poor_signal``, ``silence``, ``clipping``, ...) in the same shape, without confidence;
+``--verdicts FILE`` each recording's rolling verdict at its end (``{"<record>": "CAS"}``:
+Normal, CAS, DAS, CAS & DAS or Poor Quality, :mod:`edge.bed.verdict`; null when the model's
+manifest has no Task rules).
 
 ``--model`` is a model folder (its ``model.int8.onnx`` if the manifest lists one, else
 ``model.onnx``) or an artifact its manifest lists; a checkpoint (``.pt``) is refused with the
@@ -90,6 +93,9 @@ def build_parser(prog: str = "lungwatch detect", scoring: bool = False) -> Argum
     parser.add_argument("--config", type=Path, help="runtime YAML: detector/gate/backend")
     parser.add_argument("--out", type=Path, help="events JSON (default: standard output)")
     parser.add_argument("--technical", type=Path, help="also write technical events here")
+    parser.add_argument(
+        "--verdicts", type=Path, help="also write each recording's rolling verdict at its end"
+    )
     score_help = (
         "score against SPRSound annotations (sed_eval)"
         if scoring
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None, scorer: Scorer | None = None) -> int:
     write_json(args.out, events)
     if args.technical is not None:
         write_json(args.technical, {name: found[name].technical for name in read})
+    if args.verdicts is not None:
+        write_json(args.verdicts, {name: found[name].verdict for name in read})
     if scorer is not None and args.score:
         scorer(args, config, found, folder)
     n = sum(len(v) for v in events.values())

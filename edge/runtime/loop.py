@@ -53,7 +53,7 @@ from edge.runtime.config import (
     start_embedded_broker,
 )
 from edge.runtime.outbox import EventOutbox
-from edge.sinks import Sink, publish_live
+from edge.sinks import Sink, publish_live, publish_verdict
 from edge.sinks.live import LiveStrip
 from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
 from lungwatch.cli import ArgumentParser
@@ -79,6 +79,7 @@ def open_model(config: RuntimeConfig, source: str = "<config>") -> Monitor:
         state_reset_gap_ms=config.state_reset_gap_ms,
         check_sha256=config.model.check_sha256,
         source=source,
+        verdict=config.verdict,
     )
     log.info("model %s (%s) on %s", manifest.model_id, config.model.file, monitor.backend.name)
     return monitor
@@ -276,8 +277,27 @@ class Runtime:
             if self._on_frames is not None:
                 self._on_frames(stream, step.frames)
             self.events.emit(stream, step.transitions, step.quality)
+            if step.verdict is not None:
+                self._publish_verdict(stream, step.frames)
             if not step.flushed:
                 stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
+
+    def _publish_verdict(self, stream: Stream, frames: OutputFrames) -> None:
+        """The bed's new rolling verdict, retained on its verdict topic."""
+        verdict = stream.chain.verdict
+        if verdict is None:  # a step carries a verdict only from a chain that has one
+            return
+        end = self.model.grid.end_sample(frames.first_frame + max(0, frames.probs.shape[0] - 1))
+        pq, cas, das = verdict.scores
+        message = {
+            "verdict": verdict.label,
+            "utc": stream.utc(end),
+            "sample": end,
+            "window_s": verdict.rule.config.window_s,
+            "scores": {"poor_quality": round(pq, 4), "cas": round(cas, 4), "das": round(das, 4)},
+            "model_id": self.model.model_id,
+        }
+        publish_verdict(self.sink, stream.id, message)
 
     def _end_stream(self, stream: Stream, why: str) -> None:
         stream.ended = True

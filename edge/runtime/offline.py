@@ -53,6 +53,7 @@ class RecordingEvents:
     technical: list[dict[str, Any]] = field(default_factory=list)
     probs: np.ndarray | None = None  # (n, O) output frames, when kept
     error: str | None = None  # why the recording could not be read (skip_unreadable)
+    verdict: str | None = None  # the bed's rolling verdict at the recording's end
 
 
 class FrameKeeper:
@@ -174,7 +175,8 @@ def _run(
 
 def _events(steps: list[BedStep], n_outputs: int | None) -> RecordingEvents:
     """The ended events of one recording's steps, sorted, and its frames when asked."""
-    record = RecordingEvents(probs=None if n_outputs is None else _frames(steps, n_outputs))
+    probs = None if n_outputs is None else _frames(steps, n_outputs)
+    record = RecordingEvents(probs=probs, verdict=steps[-1].verdict if steps else None)
     for event in (e for step in steps for e in step.events):
         if event.state != "ended" or event.end_s is None:
             continue

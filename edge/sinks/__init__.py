@@ -54,6 +54,14 @@ def publish_all(sink: Sink, events: Sequence[Event]) -> None:
         sink.publish(event)
 
 
+def publish_verdict(sink: Sink, stream_id: str, verdict: dict[str, Any]) -> None:
+    """Give a bed's new rolling verdict to ``sink`` if it takes them (MQTT: retained; stdout:
+    a line)."""
+    take = getattr(sink, "publish_verdict", None)
+    if take is not None:
+        take(stream_id, verdict)
+
+
 def publish_live(sink: Sink, stream_id: str, point: dict[str, Any]) -> None:
     """Give one live-strip point to ``sink`` if it takes them (others have no use for it)."""
     take = getattr(sink, "publish_live", None)
@@ -83,6 +91,10 @@ class MultiSink:
     def publish_live(self, stream_id: str, point: dict[str, Any]) -> None:
         for sink in self.sinks:
             publish_live(sink, stream_id, point)
+
+    def publish_verdict(self, stream_id: str, verdict: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            publish_verdict(sink, stream_id, verdict)
 
     def flush(self, timeout_s: float) -> bool:
         """Flush each sink with the time left; True only if all of them flushed."""

@@ -54,6 +54,8 @@ from edge.events import (
     metrics_topic,
     status_payload,
     status_topic,
+    verdict_payload,
+    verdict_topic,
 )
 from edge.sinks import SinkError
 from edge.sinks.live import live_payload, live_topic
@@ -102,6 +104,7 @@ class MqttSink:
         self.config = config
         self._mqtt = _import_paho()
         self._status_topic = status_topic(config.site, config.device_id)
+        self._verdicts: dict[str, tuple[str, str]] = {}  # bed -> its last verdict message
         self._command_topic = command_topic(config.site, config.device_id)
         self._on_command: Callable[[bytes], None] | None = None
         self._client = self._make_client()
@@ -183,6 +186,17 @@ class MqttSink:
             self._counts["live_dropped"] += 1
             return
         self._client.publish(live_topic(site, device_id, stream_id), payload, 0)
+
+    def publish_verdict(self, stream_id: str, verdict: dict[str, Any]) -> None:
+        """Send a bed's verdict retained (QoS 1): a late ward view reads every bed's last one.
+        The last of each bed is sent again on every reconnect."""
+        self._check_open()
+        site, device_id = self.config.site, self.config.device_id
+        message = (verdict_topic(site, device_id, stream_id),
+                   verdict_payload(site, device_id, stream_id, verdict))  # fmt: skip
+        self._verdicts[stream_id] = message
+        if self._connected.is_set():
+            self._client.publish(*message, qos=1, retain=True)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the spool is empty (every event acknowledged); False on timeout."""
@@ -315,6 +329,8 @@ class MqttSink:
             self._connected.set()
             online = status_payload("online", self.config.site, self.config.device_id, "connected")
             client.publish(self._status_topic, online, qos=1, retain=True)
+            for topic, payload in list(self._verdicts.values()):
+                client.publish(topic, payload, qos=1, retain=True)
             if self._on_command is not None:  # clean session: subscribe on every connect
                 client.subscribe(self._command_topic, qos=1)
             log.info("connected to broker %s", self.config.address)

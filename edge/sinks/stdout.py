@@ -58,6 +58,10 @@ class StdoutSink:
             values = " ".join(f"{key}={value}" for key, value in metrics.items())
             self._write(f"metrics {stream_id} {values}")
 
+    def publish_verdict(self, stream_id: str, verdict: dict[str, Any]) -> None:
+        scores = " ".join(f"{k}={v:.2f}" for k, v in verdict.get("scores", {}).items())
+        self._write(f"{verdict.get('utc', '')} {stream_id} verdict {verdict['verdict']} {scores}")
+
     def flush(self, timeout_s: float) -> bool:
         if not self._closed:
             self._stream.flush()

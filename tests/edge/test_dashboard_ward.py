@@ -408,3 +408,22 @@ def test_live_strip_keeps_the_maximum_and_the_lowest_quality_at_most_once_per_in
     assert ward.handle(
         live_topic(SITE, DEVICE, "bed-1"), live_payload(SITE, DEVICE, "bed-1", later).encode()
     )
+
+
+def test_a_beds_rolling_verdict_is_shown_and_a_bad_one_refused() -> None:
+    from edge.events import verdict_payload, verdict_topic
+
+    ward = Ward(SITE)
+    scores = {"poor_quality": 0.1, "cas": 0.9, "das": 0.2}
+    message = {"verdict": "CAS", "utc": "2026-05-09T07:00:30.000Z", "sample": 240000,
+               "window_s": 30.0, "scores": scores}  # fmt: skip
+    topic = verdict_topic(SITE, DEVICE, "bed-2")
+    assert topic == f"{ROOT}/bed-2/verdict"
+    assert ward.handle(topic, verdict_payload(SITE, DEVICE, "bed-2", message).encode(), True)
+    (bed,) = ward.snapshot()["beds"]
+    assert bed["stream_id"] == "bed-2"
+    assert bed["verdict"] == {"label": "CAS", "since_utc": message["utc"], "window_s": 30.0}
+    wrong = verdict_payload(SITE, DEVICE, "bed-2", {**message, "verdict": "Crackles"})
+    assert not ward.handle(topic, wrong.encode())
+    assert "one of assessing, Normal, CAS" in (ward.last_rejected or "")
+    assert ward.snapshot()["beds"][0]["verdict"]["label"] == "CAS"  # the bad one changed nothing

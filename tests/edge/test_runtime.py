@@ -537,3 +537,30 @@ def test_nothing_the_runtime_imports_imports_the_runtime_back() -> None:
         if not path.is_file():
             path = edge_dir.joinpath(*parts, "__init__.py")
         assert "edge.runtime.loop" not in edge_imports(path), f"{module} imports edge.runtime.loop"
+
+
+def test_each_bed_leaves_its_rolling_verdict_retained(tmp_path: Path, mosquitto: Any) -> None:
+    """The shipped model has Task rules: every bed's rolling verdict goes to its retained
+    verdict topic when it changes; a ward view that connects afterwards reads each bed's
+    last one, the same label the Python API gives at the recording's end."""
+    from edge.bed.verdict import VERDICTS
+    from edge.monitor import Monitor
+
+    examples = sorted((REPO_ROOT / "examples").glob("*.flac"))
+    streams = [stream(f"bed-{i}", path) for i, path in enumerate(examples)]
+    config = build(config_mapping(tmp_path, streams, **mqtt_sections(tmp_path, mosquitto.port)))
+    serve(config)
+    with Recorder(mosquitto.port, topic=f"{ROOT}/+/verdict") as late:
+        assert late.wait_for(lambda ms: len(ms) == len(examples), 5.0)
+        last = {m.topic.split("/")[-2]: m for m in late.messages}
+    with Monitor.load(MODEL_DIR) as monitor:
+        for i, path in enumerate(examples):
+            message = last[f"bed-{i}"]
+            body = message.json()
+            assert message.retain
+            assert body["verdict"] in VERDICTS[1:]  # assessed, not "assessing"
+            assert body["model_id"] == monitor.model_id
+            assert set(body["scores"]) == {"poor_quality", "cas", "das"}
+            bed = monitor.open_bed()
+            bed.push(read_audio(path, target_rate_hz=monitor.sample_rate_hz).samples)
+            assert bed.close().verdict == body["verdict"]

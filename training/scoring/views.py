@@ -18,8 +18,10 @@ rules), then:
   the per-family event scores with every cycle that has crackles (wheezes) as a DAS (CAS)
   event. ``--icbhi-exclude-patients`` leaves out the patients a model trained on.
 
-SPRSound views print :meth:`~training.scoring.detection.DetectionReport.family_table` and
-the share of good / Poor Quality records with a ``poor_signal`` event. ``--out`` writes
+SPRSound views print :meth:`~training.scoring.detection.DetectionReport.family_table`, the
+share of good / Poor Quality records with a ``poor_signal`` event and, for a model with Task
+rules in its manifest, Task 2-2's Score of each recording's rolling verdict at its end
+(:mod:`edge.bed.verdict`). ``--out`` writes
 everything as JSON; the last line is ``key=value`` pairs of the headline numbers.
 """
 
@@ -38,6 +40,7 @@ from edge.runtime.offline import RecordingEvents, detect_recordings
 from lungwatch.cli import ArgumentParser
 from training.data.icbhi import IcbhiCycle, IcbhiRecording, load_icbhi
 from training.data.sprsound import SprRecord, load_sprsound, patient_disjoint_split
+from training.scoring.challenge import sprsound_scores
 from training.scoring.detection import DetectionReport, score_detection
 
 VIEWS = ("validation", "intra_test", "icbhi")
@@ -82,6 +85,10 @@ def sprsound_view(records: Sequence[SprRecord], found: Mapping[str, RecordingEve
     bad = [r for r in annotated if labels[r] == "Poor Quality"]
     out["poor_signal_on_good"] = sum(r in poor for r in good) / max(1, len(good))
     out["poor_signal_on_poor_quality"] = sum(r in poor for r in bad) / max(1, len(bad))
+    verdicts = [found[r].verdict for r in annotated]
+    if all(v is not None for v in verdicts):  # the model has Task rules: its rolling verdicts
+        scores = sprsound_scores([labels[r] for r in annotated], [str(v) for v in verdicts])
+        out |= {"task_2_2": scores.score, "task_2_2_se": scores.se, "task_2_2_sp": scores.sp}
     return out
 
 
@@ -196,8 +203,8 @@ def run_views(model: Path, views: Sequence[str], exclude: set[str]) -> dict[str,
 
 
 HEADLINE = ("macro_f1", "f1_cas", "f1_das", "fa_per_hour_cas", "fa_per_hour_das",
-            "se_cas", "sp_cas", "se_das", "sp_das", "poor_signal_on_good", "icbhi_score",
-            "icbhi_se", "icbhi_sp", "poor_time")  # fmt: skip
+            "se_cas", "sp_cas", "se_das", "sp_das", "poor_signal_on_good", "task_2_2",
+            "icbhi_score", "icbhi_se", "icbhi_sp", "poor_time")  # fmt: skip
 
 
 def headline(result: Mapping[str, Any]) -> str:

@@ -129,7 +129,9 @@
     card.dataset.stream = streamId;
     const head = el("div", "bed-head");
     const state = el("span", "state s-normal", "breathing normal");
-    head.append(el("span", "bed-name", streamId), state);
+    const verdict = el("span", "verdict", "");
+    verdict.title = "rolling verdict: the record-level decision over the bed's last stretch";
+    head.append(el("span", "bed-name", streamId), state, verdict);
     const canvas = el("canvas", "strip");
     canvas.width = 240;
     canvas.height = 44;
@@ -140,7 +142,7 @@
     const device = deviceNode(deviceId);
     const after = [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
     device.beds.insertBefore(card, after || null);
-    bed = { card, state, canvas, live, events, points: [] };
+    bed = { card, state, verdict, canvas, live, events, points: [] };
     ward.beds.set(key, bed);
     return bed;
   }
@@ -157,6 +159,9 @@
     bed.state.classList.add(`s-${view.state.key}`);
     bed.state.textContent = view.state.text;
     bed.card.dataset.state = view.state.key;
+    const v = view.verdict;
+    bed.verdict.textContent = v ? `verdict: ${v.label}` : "";
+    bed.card.dataset.verdict = v ? v.label : "";
     const rows = view.events.map(eventRow);
     bed.events.replaceChildren(...rows);
     stampAfterPaint(window.lwRendered, view.events.map((e) => e.id));

@@ -1,0 +1,137 @@
+"""A bed's rolling verdict: the record-level decision of SPRSound's Task 2-2 over the last
+``window_s`` of the stream, kept as the bed's status.
+
+    verdict = RollingVerdict(rule, outputs, grid)
+    changed = verdict.update(first_frame, probs)   # probs (n, O); the new label, else None
+
+The statistics of the window's output frames are those of a whole record in Task 2
+(:func:`training.scoring.tasks.record_statistics`, the rules fitted on validation into the
+manifest's ``tasks`` section): the mean Poor Quality output, and per family (CAS: Wheeze,
+Rhonchi, Stridor; DAS: Fine and Coarse Crackle) the mean of the ``top_frames`` highest frames
+of the family's largest output. The label: ``Poor Quality`` when the mean reaches
+``poor_quality``, else ``Normal``, ``CAS``, ``DAS`` or ``CAS & DAS`` by which families reach
+their thresholds. With hysteresis: a condition once on stays on until its statistic falls
+below ``release`` times its threshold, so a bed's status does not flicker at a threshold.
+Until the window holds ``min_s`` of frames the label is ``assessing``. Frames the model never
+described (NaN rows, after lost audio) do not count. The window of a recording shorter than
+``window_s`` is the whole recording: the verdict at its end is Task 2-2's label of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.bed.detector import FrameGrid
+from edge.config import check
+from edge.errors import ConfigError
+from edge.labels import NORMAL, POOR_QUALITY, record_label_from_families
+
+ASSESSING = "assessing"
+VERDICTS = (ASSESSING, NORMAL, "CAS", "DAS", "CAS & DAS", POOR_QUALITY)
+CAS_CLASSES = ("Wheeze", "Rhonchi", "Stridor")
+DAS_CLASSES = ("Fine Crackle", "Coarse Crackle")
+
+
+@dataclass(frozen=True)
+class VerdictConfig:
+    """The rolling window and its hysteresis (the runtime config's ``verdict`` section)."""
+
+    enabled: bool = True  # false: no verdict (also when the manifest has no Task rules)
+    window_s: float = 30.0  # the stretch of the stream the decision reads
+    min_s: float = 4.0  # "assessing" until the window holds this much
+    release: float = 0.8  # a condition turns off below this times its threshold
+
+    def __post_init__(self) -> None:
+        check(self.window_s > 0, "window_s", self.window_s, "a number > 0")
+        check(0 <= self.min_s <= self.window_s, "min_s", self.min_s, "in [0, window_s]")
+        check(0 < self.release <= 1, "release", self.release, "in (0, 1]")
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """Task 2's thresholds (from the manifest) and the window."""
+
+    poor_quality: float
+    cas: float
+    das: float
+    top_frames: int
+    config: VerdictConfig = VerdictConfig()
+
+    @classmethod
+    def of(cls, tasks: Mapping[str, Any] | None, config: VerdictConfig) -> VerdictRule | None:
+        """The rule of a manifest's ``tasks.rules`` (None: the manifest has none, or the
+        config turns the verdict off)."""
+        if tasks is None or not config.enabled:
+            return None
+        try:
+            return cls(
+                float(tasks["poor_quality"]),
+                float(tasks["cas"]),
+                float(tasks["das"]),
+                int(tasks["top_frames"]),
+                config,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"manifest tasks.rules: {exc!r} (needs poor_quality, cas, das, top_frames)"
+            ) from None
+
+
+class RollingVerdict:
+    """One bed's verdict (see the module doc)."""
+
+    def __init__(self, rule: VerdictRule, outputs: Sequence[str], grid: FrameGrid) -> None:
+        self.rule = rule
+        names = list(outputs)
+        self._pq = names.index(POOR_QUALITY)
+        self._cas = [names.index(c) for c in CAS_CLASSES if c in names]
+        self._das = [names.index(c) for c in DAS_CLASSES if c in names]
+        hop_s = grid.frame_samples / grid.sample_rate_hz
+        self._size = max(1, round(rule.config.window_s / hop_s))
+        self._min = round(rule.config.min_s / hop_s)
+        self._ring = np.zeros((3, self._size), np.float64)  # pq, cas, das of each frame
+        self._count = 0  # described frames seen
+        self._on = {"pq": False, "cas": False, "das": False}
+        self.label = ASSESSING
+        self.scores = (0.0, 0.0, 0.0)
+
+    def update(self, first_frame: int, probs: np.ndarray) -> str | None:
+        """Take output frames (n, O); the new label when it changed, else None."""
+        p = np.asarray(probs, np.float64)
+        p = p[np.isfinite(p).all(axis=1)] if p.size else p
+        if p.shape[0] == 0:
+            return None
+        rows = np.stack([p[:, self._pq], _family(p, self._cas), _family(p, self._das)])
+        for row in rows.T[-self._size :]:
+            self._ring[:, self._count % self._size] = row
+            self._count += 1
+        label = self._decide() if self._count >= self._min else ASSESSING
+        if label == self.label:
+            return None
+        self.label = label
+        return label
+
+    def _decide(self) -> str:
+        filled = min(self._count, self._size)
+        window = self._ring[:, :filled]
+        top = min(self.rule.top_frames, filled)
+        pq = float(window[0].mean())
+        cas = float(np.partition(window[1], filled - top)[filled - top :].mean())
+        das = float(np.partition(window[2], filled - top)[filled - top :].mean())
+        self.scores = (pq, cas, das)
+        rule, release = self.rule, self.rule.config.release
+        for key, value, threshold in (("pq", pq, rule.poor_quality), ("cas", cas, rule.cas),
+                                      ("das", das, rule.das)):  # fmt: skip
+            bar = threshold * release if self._on[key] else threshold
+            self._on[key] = value > bar
+        if self._on["pq"]:
+            return POOR_QUALITY
+        return record_label_from_families(self._on["cas"], self._on["das"])
+
+
+def _family(p: np.ndarray, columns: list[int]) -> np.ndarray:
+    return p[:, columns].max(axis=1) if columns else np.zeros(p.shape[0])
