@@ -36,7 +36,7 @@ def test_cycles_are_judged_by_the_events_over_them() -> None:
                 event(0.5, 1.0, "Fine Crackle"),
                 event(2.2, 2.4, "Rhonchi"),
                 event(6.5, 7.0, "Wheeze"),
-            ],  # fmt: skip
+            ],
             technical=[event(3.0, 4.0, "poor_signal")],
         ),
         # the second cycle lies under poor_signal for 2 of its 3 s: not assessed (normal)
