@@ -113,6 +113,10 @@ class DashboardConfig:
     events_per_bed: int = 8  # last events kept and shown per bed
     live_points: int = 60  # live-strip points kept per bed (one per live message)
     push_interval_s: float = 0.1  # changes are pushed to the browsers at most this often
+    # a bed whose rolling verdict is one of these is listed among the alarms (until it
+    # changes; nothing to acknowledge), at this priority
+    alarm_verdicts: tuple[str, ...] = ()
+    verdict_priority: str = "medium"
     cert_file: str | None = None  # PEM certificate: serve HTTPS (users' passwords encrypted)
     key_file: str | None = None  # its private key (PEM), with cert_file
 
@@ -130,6 +134,11 @@ class DashboardConfig:
         check(len(set(names)) == len(names), "users", names, "users with distinct names")
         check(1 <= self.events_per_bed <= 100, "events_per_bed", self.events_per_bed, "1..100")
         check(1 <= self.live_points <= 3600, "live_points", self.live_points, "1..3600")
+        labels = ("Normal", "CAS", "DAS", "CAS & DAS", "Poor Quality")
+        bad = [v for v in self.alarm_verdicts if v not in labels]
+        check(not bad, "alarm_verdicts", self.alarm_verdicts, f"labels among {labels}")
+        check(self.verdict_priority in ("high", "medium", "low"), "verdict_priority",
+              self.verdict_priority, "high, medium or low")  # fmt: skip
         ok = 0.01 <= self.push_interval_s <= 1.0
         check(ok, "push_interval_s", self.push_interval_s, "a number in [0.01, 1] (seconds)")
         for name in ("cert_file", "key_file"):

@@ -80,7 +80,9 @@ class DashboardServer:
 
     def __init__(self, config: DashboardConfig, mqtt: MqttConfig, site: str) -> None:
         self.config, self.site = config, site
-        self.ward = Ward(site, config.events_per_bed, config.live_points)
+        self.ward = Ward(site, config.events_per_bed, config.live_points,
+                         verdict_alarms=config.alarm_verdicts,
+                         verdict_priority=config.verdict_priority)  # fmt: skip
         self.feed = WardFeed(mqtt, site, self.ward)
         self._clients: set[queue.Queue[str | None]] = set()
         self._stop = threading.Event()

@@ -177,8 +177,11 @@ class Ward:
         events_per_bed: int = 8,
         live_points: int = 60,
         clock: Callable[[], float] = time.time,
+        verdict_alarms: tuple[str, ...] = (),
+        verdict_priority: str = "medium",
     ) -> None:
         self.site = site
+        self.verdict_alarms, self.verdict_priority = verdict_alarms, verdict_priority
         self.events_per_bed, self.live_points = events_per_bed, live_points
         self.clock = clock
         self.lock = threading.RLock()
@@ -292,6 +295,7 @@ class Ward:
         bed.verdict = {"label": body["verdict"], "since_utc": str(body.get("utc")),
                        "window_s": float(window) if is_number(window) else None}  # fmt: skip
         self._dirty_beds.add((device_id, stream_id))
+        self._dirty_alarms = True
 
     def _live_point(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
         _require_identity(body, self.site, device_id)
@@ -380,7 +384,33 @@ class Ward:
                 row["condition_end_utc"] = event.detail.get("condition_end_utc")
                 del row["received_s"]
                 rows.append(row)
-            return rows
+            rows += self._verdict_alarms()
+            place = ("start_utc", "device_id", "stream_id")
+            return sorted(
+                rows, key=lambda r: (PRIORITY_RANK[r["priority"]], *(r[k] for k in place))
+            )
+
+    def _verdict_alarms(self) -> list[dict[str, Any]]:
+        """A row per bed whose verdict is one of ``verdict_alarms`` (nothing to acknowledge:
+        it leaves when the verdict changes)."""
+        rows = []
+        for device in self.devices.values():
+            for bed in device.beds.values():
+                if bed.verdict is None or bed.verdict["label"] not in self.verdict_alarms:
+                    continue
+                rows.append({
+                    "id": f"verdict:{device.device_id}/{bed.stream_id}",
+                    "episode_id": f"verdict:{device.device_id}/{bed.stream_id}",
+                    "type": f"verdict {bed.verdict['label']}", "kind": "verdict",
+                    "priority": self.verdict_priority, "state": "ongoing",
+                    "start_utc": bed.verdict["since_utc"], "end_utc": None,
+                    "confidence": None, "key": "verdict", "latched": False,
+                    "ended_by": None, "acknowledged_utc": None,
+                    "device_id": device.device_id, "stream_id": bed.stream_id,
+                    "device_online": device.online is not False, "ack_sent": False,
+                    "condition_end_utc": None,
+                })  # fmt: skip
+        return rows
 
     def device_view(self, device: Device) -> dict[str, Any]:
         return {

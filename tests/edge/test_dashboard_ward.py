@@ -427,3 +427,28 @@ def test_a_beds_rolling_verdict_is_shown_and_a_bad_one_refused() -> None:
     assert not ward.handle(topic, wrong.encode())
     assert "one of assessing, Normal, CAS" in (ward.last_rejected or "")
     assert ward.snapshot()["beds"][0]["verdict"]["label"] == "CAS"  # the bad one changed nothing
+
+
+def test_verdicts_named_in_the_config_are_listed_among_the_alarms() -> None:
+    from edge.events import verdict_payload, verdict_topic
+
+    ward = Ward(SITE, verdict_alarms=("CAS", "CAS & DAS"), verdict_priority="high")
+    send(ward, finding("Fine Crackle", "bed-1"))
+    for bed, label in (("bed-2", "CAS"), ("bed-3", "DAS")):
+        body = {"verdict": label, "utc": "2026-05-09T07:00:10.000Z", "sample": 80000,
+                "window_s": 30.0, "scores": {}}  # fmt: skip
+        ward.handle(
+            verdict_topic(SITE, DEVICE, bed), verdict_payload(SITE, DEVICE, bed, body).encode()
+        )
+    rows = ward.alarms()
+    assert [(r["stream_id"], r["type"], r["priority"]) for r in rows] == [
+        ("bed-2", "verdict CAS", "high"),  # high first
+        ("bed-1", "Fine Crackle", "low"),
+    ]
+    assert rows[0]["latched"] is False  # nothing to acknowledge
+    normal = {"verdict": "Normal", "utc": "2026-05-09T07:00:20.000Z", "sample": 0, "scores": {}}
+    ward.handle(
+        verdict_topic(SITE, DEVICE, "bed-2"),
+        verdict_payload(SITE, DEVICE, "bed-2", normal).encode(),
+    )
+    assert [r["stream_id"] for r in ward.alarms()] == ["bed-1"]
