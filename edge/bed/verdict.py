@@ -14,7 +14,9 @@ their thresholds. With hysteresis: a condition once on stays on until its statis
 below ``release`` times its threshold, so a bed's status does not flicker at a threshold.
 Until the window holds ``min_s`` of frames the label is ``assessing``. Frames the model never
 described (NaN rows, after lost audio) do not count. The window of a recording shorter than
-``window_s`` is the whole recording: the verdict at its end is Task 2-2's label of it.
+``window_s`` is the whole recording: the verdict at its end is Task 2-2's label of it, but
+where Poor Quality's hysteresis holds a label the mean has fallen just below again. A
+recording shorter than ``min_s`` ends ``assessing``.
 """
 
 from __future__ import annotations

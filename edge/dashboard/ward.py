@@ -220,6 +220,12 @@ class Ward:
         device_id, kind = parts[3], parts[-1]
         if (len(parts), kind) not in KINDS:
             raise MessageError(f"unknown topic kind {kind!r}")
+        if kind == "verdict" and not payload:  # withdrawn: the bed's stream ended
+            bed = self._bed(self._device(device_id), parts[4])
+            bed.verdict = None
+            self._dirty_beds.add((device_id, parts[4]))
+            self._dirty_alarms = True
+            return
         body = _json(payload)
         if len(parts) == 5 and kind == "status":
             self._status(device_id, body)

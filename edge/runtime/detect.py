@@ -16,13 +16,14 @@ keyed by file stem, with every recording present (an empty list when nothing was
 and types spelled as SPRSound spells them. ``--technical FILE`` writes the technical events
 (``poor_signal``, ``silence``, ``clipping``, ...) in the same shape, without confidence;
 ``--verdicts FILE`` each recording's rolling verdict at its end (``{"<record>": "CAS"}``:
-Normal, CAS, DAS, CAS & DAS or Poor Quality, :mod:`edge.bed.verdict`; null when the model's
-manifest has no Task rules).
+Normal, CAS, DAS, CAS & DAS or Poor Quality, :mod:`edge.bed.verdict`; ``assessing`` for a
+recording shorter than the verdict's ``min_s``; null when the model's manifest has no Task
+rules).
 
 ``--model`` is a model folder (its ``model.int8.onnx`` if the manifest lists one, else
 ``model.onnx``) or an artifact its manifest lists; a checkpoint (``.pt``) is refused with the
-command that exports it. ``--config`` takes the ``detector``, ``gate`` and ``backend``
-sections of a runtime config (a file without ``streams`` is fine; the runtime's other
+command that exports it. ``--config`` takes the ``detector``, ``gate``, ``backend`` and
+``verdict`` sections of a runtime config (a file without ``streams`` is fine; the runtime's other
 sections are named on stderr as not used). On the workstation, ``lungwatch detect --score``
 also scores the events (:mod:`training.scoring.detect`).
 """
@@ -39,13 +40,14 @@ from typing import Any
 
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
+from edge.bed.verdict import VerdictConfig
 from edge.config import from_mapping, load_yaml
 from edge.inference import BackendConfig
 from edge.monitor import DEFAULT_MODEL, resolve_model
 from edge.runtime.offline import OfflineError, RecordingEvents, detect_recordings, recordings_in
 from lungwatch.cli import ArgumentParser
 
-USED_SECTIONS = ("detector", "gate", "backend")
+USED_SECTIONS = ("detector", "gate", "backend", "verdict")
 
 #: The workstation's scoring of ``--score``: (args, the config's sections, the recordings'
 #: events, the model folder) -> None.
@@ -61,6 +63,7 @@ class DetectConfig:
     backend: BackendConfig = field(
         default_factory=lambda: BackendConfig(providers=("cpu",), max_batch=64)
     )
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
 
 
 def load_detect_config(path: Path) -> DetectConfig:
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None, scorer: Scorer | None = None) -> int:
         detector=config.detector,
         gate=config.gate,
         backend=config.backend,
+        verdict=config.verdict,
         skip_unreadable=True,
         keep_probs=args.score,
     )

@@ -290,6 +290,7 @@ class Runtime:
         end = self.model.grid.end_sample(frames.first_frame + max(0, frames.probs.shape[0] - 1))
         pq, cas, das = verdict.scores
         message = {
+            "site": self.config.site,
             "verdict": verdict.label,
             "utc": stream.utc(end),
             "sample": end,
@@ -303,6 +304,8 @@ class Runtime:
         stream.ended = True
         with self._lock:
             self.events.emit(stream, stream.chain.finish(why))
+            if stream.chain.verdict is not None:  # the bed's status no longer holds
+                publish_verdict(self.sink, stream.id, None)
         log.info("stream %s: %s after %d samples", stream.id, why, stream.counters["samples"])
 
     def acknowledge(self, stream_id: str, target: str) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 from edge.audio import AUDIO_SUFFIXES, read_audio
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
+from edge.bed.verdict import VerdictConfig
 from edge.errors import AudioError, ConfigError, LungwatchError
 from edge.inference import BackendConfig
 from edge.inference.streaming import OutputFrames
@@ -122,6 +123,7 @@ def detect_recordings(
     backend: BackendConfig | None = None,
     keep_probs: bool = False,
     skip_unreadable: bool = False,
+    verdict: VerdictConfig | None = None,
 ) -> dict[str, RecordingEvents]:
     """Run every recording as one bed through the device path (module doc); record name ->
     its events. ``detector`` / ``gate`` / ``backend`` are the runtime config's sections
@@ -135,6 +137,7 @@ def detect_recordings(
         gate=gate,
         backend=backend or BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=64),
         source=str(Path(model_dir) / model_file),
+        verdict=verdict,
     )
     names = sorted(recordings)
     out: dict[str, RecordingEvents] = {}

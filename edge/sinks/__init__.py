@@ -54,9 +54,9 @@ def publish_all(sink: Sink, events: Sequence[Event]) -> None:
         sink.publish(event)
 
 
-def publish_verdict(sink: Sink, stream_id: str, verdict: dict[str, Any]) -> None:
+def publish_verdict(sink: Sink, stream_id: str, verdict: dict[str, Any] | None) -> None:
     """Give a bed's new rolling verdict to ``sink`` if it takes them (MQTT: retained; stdout:
-    a line)."""
+    a line); None: the bed's stream ended, its verdict is withdrawn."""
     take = getattr(sink, "publish_verdict", None)
     if take is not None:
         take(stream_id, verdict)
@@ -92,7 +92,7 @@ class MultiSink:
         for sink in self.sinks:
             publish_live(sink, stream_id, point)
 
-    def publish_verdict(self, stream_id: str, verdict: dict[str, Any]) -> None:
+    def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
         for sink in self.sinks:
             publish_verdict(sink, stream_id, verdict)
 

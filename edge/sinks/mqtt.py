@@ -187,13 +187,15 @@ class MqttSink:
             return
         self._client.publish(live_topic(site, device_id, stream_id), payload, 0)
 
-    def publish_verdict(self, stream_id: str, verdict: dict[str, Any]) -> None:
+    def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
         """Send a bed's verdict retained (QoS 1): a late ward view reads every bed's last one.
-        The last of each bed is sent again on every reconnect."""
+        The last of each bed is sent again on every reconnect. None (its stream ended): an
+        empty retained message, which removes the retained verdict from the broker."""
         self._check_open()
         site, device_id = self.config.site, self.config.device_id
-        message = (verdict_topic(site, device_id, stream_id),
-                   verdict_payload(site, device_id, stream_id, verdict))  # fmt: skip
+        topic = verdict_topic(site, device_id, stream_id)
+        payload = "" if verdict is None else verdict_payload(site, device_id, stream_id, verdict)
+        message = (topic, payload)
         self._verdicts[stream_id] = message
         if self._connected.is_set():
             self._client.publish(*message, qos=1, retain=True)

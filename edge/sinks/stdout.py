@@ -58,9 +58,13 @@ class StdoutSink:
             values = " ".join(f"{key}={value}" for key, value in metrics.items())
             self._write(f"metrics {stream_id} {values}")
 
-    def publish_verdict(self, stream_id: str, verdict: dict[str, Any]) -> None:
+    def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
+        if verdict is None:
+            self._write(f"{stream_id} verdict withdrawn (stream ended)")
+            return
         scores = " ".join(f"{k}={v:.2f}" for k, v in verdict.get("scores", {}).items())
-        self._write(f"{verdict.get('utc', '')} {stream_id} verdict {verdict['verdict']} {scores}")
+        where = f"{verdict['site']}/{stream_id}" if "site" in verdict else stream_id
+        self._write(f"{verdict.get('utc', '')} {where} verdict {verdict['verdict']} {scores}")
 
     def flush(self, timeout_s: float) -> bool:
         if not self._closed:

@@ -539,28 +539,34 @@ def test_nothing_the_runtime_imports_imports_the_runtime_back() -> None:
         assert "edge.runtime.loop" not in edge_imports(path), f"{module} imports edge.runtime.loop"
 
 
-def test_each_bed_leaves_its_rolling_verdict_retained(tmp_path: Path, mosquitto: Any) -> None:
-    """The shipped model has Task rules: every bed's rolling verdict goes to its retained
-    verdict topic when it changes; a ward view that connects afterwards reads each bed's
-    last one, the same label the Python API gives at the recording's end."""
+def test_each_beds_rolling_verdict_is_retained_and_withdrawn_at_its_end(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """The shipped model has Task rules: every bed's rolling verdict goes retained to its
+    verdict topic when it changes, the label the Python API gives at the recording's end;
+    when the bed's stream ends an empty retained message withdraws it (nothing stale stays
+    on the broker for a ward view that connects later)."""
     from edge.bed.verdict import VERDICTS
     from edge.monitor import Monitor
 
     examples = sorted((REPO_ROOT / "examples").glob("*.flac"))
     streams = [stream(f"bed-{i}", path) for i, path in enumerate(examples)]
     config = build(config_mapping(tmp_path, streams, **mqtt_sections(tmp_path, mosquitto.port)))
-    serve(config)
-    with Recorder(mosquitto.port, topic=f"{ROOT}/+/verdict") as late:
-        assert late.wait_for(lambda ms: len(ms) == len(examples), 5.0)
-        last = {m.topic.split("/")[-2]: m for m in late.messages}
+    with Recorder(mosquitto.port, topic=f"{ROOT}/+/verdict") as live:
+        serve(config)
+        ended = lambda ms: sum(not m.payload for m in ms) == len(examples)  # noqa: E731
+        assert live.wait_for(ended, 5.0)
+        messages = list(live.messages)
     with Monitor.load(MODEL_DIR) as monitor:
         for i, path in enumerate(examples):
-            message = last[f"bed-{i}"]
-            body = message.json()
-            assert message.retain
+            mine = [m for m in messages if m.topic == f"{ROOT}/bed-{i}/verdict"]
+            assert mine[-1].payload == b""  # withdrawn last
+            body = mine[-2].json()
             assert body["verdict"] in VERDICTS[1:]  # assessed, not "assessing"
             assert body["model_id"] == monitor.model_id
             assert set(body["scores"]) == {"poor_quality", "cas", "das"}
             bed = monitor.open_bed()
             bed.push(read_audio(path, target_rate_hz=monitor.sample_rate_hz).samples)
             assert bed.close().verdict == body["verdict"]
+    with Recorder(mosquitto.port, topic=f"{ROOT}/+/verdict") as late:
+        assert not late.wait_for(lambda ms: bool(ms), 1.0)  # nothing retained any more

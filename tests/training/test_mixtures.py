@@ -111,3 +111,22 @@ def test_another_device_colours_the_raw_features_within_bounds() -> None:
     assert view is not None
     same = sum(np.array_equal(view(x), x) for _ in range(40))
     assert 8 <= same <= 32
+
+
+def test_colouring_leaves_digital_silence_and_normalisation_removes_gain_and_curve() -> None:
+    """Without band edge and noise, another device's colouring is an offset per band: gone
+    after the band normalisation, and a gap of zeros stays zeros (it moves no mean)."""
+    rng = np.random.default_rng(2)
+    spec = SPEC.replace(band_norm_s=4.0)
+    x = rng.normal(-10.0, 1.0, (1, 64, 400)).astype(np.float32)
+    x[:, :, 100:150] = -23.02585  # digital silence: ln(1e-10)
+    plain = AugmentConfig(
+        device_prob=1.0, device_lowpass_hz=(1e9, 1e9), device_noise_db=(-300, -300)
+    )
+    coloured = device_colour(x, np.linspace(50, 1000, 64)[None], -23.02585, plain, rng)
+    np.testing.assert_array_equal(coloured[:, :, 100:150], x[:, :, 100:150])
+    view = InputView(spec, ("logmel",), AugmentConfig())
+    sound = np.r_[0:100, 150:400]  # the gap itself reads against a shifted mean
+    np.testing.assert_allclose(
+        view.transform(coloured)[..., sound], view.transform(x)[..., sound], atol=1e-3
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge.features.bandnorm import SILENT_MARGIN
 from training.data.recordings import Batch
 from training.recipe.config import AugmentConfig
 
@@ -83,11 +84,13 @@ def device_colour(
         corner = rng.uniform(*cfg.device_lowpass_hz)
         slope = rng.uniform(12.0, 48.0)  # dB per octave above the corner
         curve_db -= slope * np.log2(np.maximum(centres_hz / corner, 1.0))
-    y = x + (curve_db * DB)[:, :, None]
+    # frames of digital silence (a gap of zeros) stay as they are: no device colours those
+    sound = np.any(x > floor + SILENT_MARGIN, axis=(0, 1)).reshape(1, 1, -1)
+    y = np.where(sound, x + (curve_db * DB)[:, :, None], x)
     if rng.random() < 0.5:
         level_db = rng.uniform(*cfg.device_noise_db)
         tilt_db = rng.uniform(-6.0, 6.0) * np.linspace(-1.0, 1.0, f)[None, :]
         mean_power = y.mean(axis=2)  # (K, F) log of the example's typical band power
         noise = mean_power.mean(axis=1, keepdims=True) + (level_db + tilt_db) * DB
-        y = np.logaddexp(y, noise[:, :, None])
+        y = np.where(sound, np.logaddexp(y, noise[:, :, None]), y)
     return np.maximum(y, floor).astype(np.float32)

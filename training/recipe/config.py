@@ -113,7 +113,8 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    # each epoch's validation events at these on-thresholds (plain hysteresis); each family
+    # each epoch's validation events with every class at these on-thresholds (the detector
+    # the fit starts from: breath phases when detector.phases); each family
     # takes its best event F1 among those within max_false_per_hour (its own budget), and
     # the epoch with the best mean of the two (macro) is kept
     on_thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -189,6 +190,13 @@ class RunConfig:
             "kinds",
             self.kinds,
             f"distinct names from {FEATURE_KINDS}",
+        )
+        stem = self.model.stem_channels
+        check(
+            stem == 0 or self.features.n_bands % 4 == 0,
+            "model.stem_channels",
+            stem,
+            f"0 unless features.n_bands ({self.features.n_bands}) is a multiple of 4",
         )
         check(
             self.features.kind == "logmel",
