@@ -59,40 +59,47 @@ def resolve_detector(
     A class the config's ``thresholds`` name takes that rule; the config's own settings
     (``on_threshold``, ``off_threshold``, ``min_event_ms``, ``merge_gap_ms``) replace the
     fitted value of every other class; the manifest's phase rule applies unless the config
-    sets ``phases``. Where the phase rule decides an event's span, a config's
-    ``off_threshold`` / ``min_event_ms`` / ``merge_gap_ms`` would change nothing: refused
+    sets ``phases``. Where the phase rule decides an event's span (every class but the
+    rule's ``frame_classes``), a config's ``off_threshold`` / ``min_event_ms`` /
+    ``merge_gap_ms`` would change nothing: refused
     (:class:`ConfigError` naming ``source``, the key and the manifest's rule), as is a rule
     whose off-threshold would lie above its on-threshold."""
     phases = config.phases if config.phases is not None else manifest.detector_phases
+    framed = set(phases.frame_classes) if phases is not None else None  # None: every class
     if phases is not None:
-        _refuse_span_settings(config, manifest, source)
+        _refuse_span_settings(config, manifest, source, framed or set())
     named = {rule.type for rule in config.thresholds}
     fitted = []
     for raw in manifest.detector_rules:
         if raw["type"] in named:
             continue
         rule = ClassThreshold(raw["type"], float(raw["on_threshold"]))
-        if phases is None:  # the span settings apply only outside phase mode
+        spans = framed is None or raw["type"] in framed  # the span settings apply to it
+        if spans:
             rule = dataclasses.replace(
                 rule,
                 **{key: float(raw[key]) for key in SPAN_SETTINGS},  # type: ignore[arg-type]
             )
-        own = {k: getattr(config, k) for k in ("on_threshold", *SPAN_SETTINGS)}
-        fitted.append(_with_settings(rule, own, manifest, source))
+        keys = ("on_threshold", *SPAN_SETTINGS) if spans else ("on_threshold",)
+        fitted.append(_with_settings(rule, {k: getattr(config, k) for k in keys}, manifest, source))
     resolved = dataclasses.replace(config, thresholds=config.thresholds + tuple(fitted))
     for rule in resolved.thresholds:
         _check_rule(resolved, rule.type, manifest, source)
     return dataclasses.replace(resolved, phases=phases)
 
 
-def _refuse_span_settings(config: DetectorConfig, manifest: Manifest, source: str) -> None:
+def _refuse_span_settings(
+    config: DetectorConfig, manifest: Manifest, source: str, framed: set[str]
+) -> None:
+    """In phase mode the span settings apply to the classes of ``framed`` only: a setting
+    for no such class changes nothing and is refused."""
     rule = f"{manifest.path}: detector.phases, an event spans its whole breath phase"
     for key in SPAN_SETTINGS:
-        if getattr(config, key) is not None:
+        if getattr(config, key) is not None and not framed:
             raise ConfigError(f"{source}: detector.{key} does not apply ({rule}); remove it")
     for own in config.thresholds:
         for key in SPAN_SETTINGS:
-            if getattr(own, key) is not None:
+            if getattr(own, key) is not None and own.type not in framed:
                 raise ConfigError(
                     f"{source}: detector.thresholds[{own.type}].{key} does not apply ({rule}); "
                     "remove it"

@@ -103,13 +103,19 @@ class PhaseRule:
     after a phase really starts (on SPRSound validation the detected start lies a median 53 ms
     after the annotated one), so an event's start is reported ``lead_ms`` before the phase's
     first frame (never before the stream's start or the end of the class's previous event);
-    only the reported start moves, not when the event is announced."""
+    only the reported start moves, not when the event is announced. The classes of
+    ``frame_classes`` are left out of the phases: their events are their own output's
+    hysteresis, as without a phase rule (SPRSound marks a wheeze as the span of the sound, a
+    median half second, not as its breath phase)."""
 
     on_threshold: float
     off_threshold: float
     min_phase_ms: float = 240.0
     output: str = "Breath"  # the model output that marks breath phases
     lead_ms: float = 0.0
+    # these classes keep their own hysteresis (on/off, minimum duration, merge gap) instead:
+    # a sound annotated as its own span, shorter than the phase (SPRSound's wheezes)
+    frame_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_thresholds(self.on_threshold, self.off_threshold)
@@ -431,17 +437,19 @@ ONSET, CLOSE = 0, 1  # transition kinds of the frame kernel
 
 @njit(cache=True)
 def _track_frames(
-    probs, index, on, off, min_frames, gap_frames, first_frame,
+    probs, index, which, on, off, min_frames, gap_frames, first_frame,
     active, cand_start, cand_end, announced, peak, out_i, out_p,
 ):  # fmt: skip
-    """Hysteresis, merge gap and minimum duration over ``probs`` (n, O) for the outputs
-    ``index`` (C,), updating the per-class state arrays (C,) in place. Writes one row per
-    transition to ``out_i`` (kind, class, first frame, last frame) and ``out_p`` (peak);
-    returns the number of rows (at most 2 * n * C)."""
+    """Hysteresis, merge gap and minimum duration over ``probs`` (n, O) for the classes
+    ``which`` (positions into the per-class arrays; class ``c`` reads output ``index[c]``),
+    updating the per-class state arrays (C,) in place. Writes one row per transition to
+    ``out_i`` (kind, class, first frame, last frame) and ``out_p`` (peak); returns the number
+    of rows (at most 2 * n * C)."""
     count = 0
     for t in range(probs.shape[0]):
         j = first_frame + t
-        for c in range(index.shape[0]):
+        for k in range(which.shape[0]):
+            c = which[k]
             value = probs[t, index[c]]
             active[c] = value >= off[c] if active[c] else value >= on[c]
             if active[c]:
@@ -474,21 +482,23 @@ def _track_frames(
 
 @njit(cache=True)
 def _track_phases(
-    probs, breath, index, thr, on, off, min_frames, first_frame, phase, sums,
+    probs, breath, index, which, thr, on, off, min_frames, first_frame, phase, sums,
     cand_start, cand_end, announced, peak, out_i, out_p,
 ):  # fmt: skip
     """Phase mode over ``probs`` (n, O): breath hysteresis on output ``breath`` (``on`` /
-    ``off``), per-class running means over the open phase for the outputs ``index`` (C,)
-    against ``thr`` (C,). ``phase`` = [open (0/1), first frame, frames so far] and ``sums``
-    (C,) carry the open phase between calls; the per-class arrays as in :func:`_track_frames`
-    (``cand_start`` = the phase's first frame once announced, ``peak`` = the highest mean).
+    ``off``), per-class running means over the open phase for the classes ``which`` (class
+    ``c`` reads output ``index[c]``) against ``thr`` (C,). ``phase`` = [open (0/1), first
+    frame, frames so far] and ``sums`` (C,) carry the open phase between calls; the per-class
+    arrays as in :func:`_track_frames` (``cand_start`` = the phase's first frame once
+    announced, ``peak`` = the highest mean).
     Writes transitions like :func:`_track_frames`; returns their number (at most 2 * n * C)."""
     count = 0
     for t in range(probs.shape[0]):
         j = first_frame + t
         b = probs[t, breath]
         if phase[0] == 1 and b < off:  # the phase ended with the previous frame
-            for c in range(index.shape[0]):
+            for k in range(which.shape[0]):
+                c = which[k]
                 if announced[c]:
                     out_i[count, 0], out_i[count, 1] = CLOSE, c
                     out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
@@ -503,7 +513,8 @@ def _track_phases(
             phase[0], phase[1], phase[2] = 1, j, 0
             sums[:] = 0.0
         phase[2] += 1
-        for c in range(index.shape[0]):
+        for k in range(which.shape[0]):
+            c = which[k]
             sums[c] += probs[t, index[c]]
             mean = sums[c] / phase[2]
             cand_end[c] = j
@@ -593,8 +604,16 @@ class FrameDetector:
             self._phase_min = max(1, round(self._phases.min_phase_ms / hop))
             self._phase = np.zeros(3, np.int64)  # open, first frame, frames so far
             self._sums = np.zeros(n, np.float64)
-        lead_ms = 0.0 if self._phases is None else self._phases.lead_ms
-        self._lead = ms_to_samples(lead_ms, grid.sample_rate_hz)
+        # which classes follow the phases and which their own hysteresis (PhaseRule.frame_classes)
+        framed = self.types if self._phases is None else self._phases.frame_classes
+        self._by_frames = np.array([c for c, t in enumerate(self.types) if t in framed], np.int64)
+        self._by_phases = np.array(
+            [c for c, t in enumerate(self.types) if t not in framed], np.int64
+        )
+        lead = (
+            0 if self._phases is None else ms_to_samples(self._phases.lead_ms, grid.sample_rate_hz)
+        )
+        self._lead = np.array([0 if t in framed else lead for t in self.types], np.int64)
         self._last_end = np.zeros(n, np.int64)  # end sample of each class's previous event
 
     def update(self, first_frame: int, probs: np.ndarray) -> list[Transition]:
@@ -604,22 +623,23 @@ class FrameDetector:
             raise DetectorError(f"expected (n, {len(self.outputs)}) probabilities, got {p.shape}")
         if self.suppressed or p.shape[0] == 0:
             return self._lifecycle.take()
-        rows = 2 * p.shape[0] * len(self.types)
+        rows = 4 * p.shape[0] * len(self.types)  # both kernels' rows at most
         if self._out_i.shape[0] < rows:
             self._out_i = np.zeros((rows, 4), np.int64)
             self._out_p = np.zeros(rows, np.float64)
-        if self._phases is None:
+        count = 0
+        if self._by_frames.size:
             count = _track_frames(
-                p, self._index, self._on, self._off, self._min, self._gap, first_frame,
-                self._active, self._start, self._end, self._announced, self._peak,
+                p, self._index, self._by_frames, self._on, self._off, self._min, self._gap,
+                first_frame, self._active, self._start, self._end, self._announced, self._peak,
                 self._out_i, self._out_p,
             )  # fmt: skip
-        else:
-            count = _track_phases(
-                p, self._breath, self._index, self._on, self._phases.on_threshold,
-                self._phases.off_threshold, self._phase_min, first_frame, self._phase,
-                self._sums, self._start, self._end, self._announced, self._peak,
-                self._out_i, self._out_p,
+        if self._phases is not None and self._by_phases.size:
+            count += _track_phases(
+                p, self._breath, self._index, self._by_phases, self._on,
+                self._phases.on_threshold, self._phases.off_threshold, self._phase_min,
+                first_frame, self._phase, self._sums, self._start, self._end, self._announced,
+                self._peak, self._out_i[count:], self._out_p[count:],
             )  # fmt: skip
         for row in range(count):
             kind, c, first, last = (int(v) for v in self._out_i[row])
@@ -632,7 +652,9 @@ class FrameDetector:
     def _apply(self, kind: int, c: int, first: int, last: int, peak: float) -> None:
         end = self.grid.end_sample(last)
         if kind == ONSET:
-            start = max(self.grid.start_sample(first) - self._lead, int(self._last_end[c]), 0)
+            start = max(
+                self.grid.start_sample(first) - int(self._lead[c]), int(self._last_end[c]), 0
+            )
             self._keys[c] = self._lifecycle.onset(self.types[c], start, end, peak)
         else:
             key, self._keys[c] = self._keys[c], None

@@ -393,7 +393,7 @@ def _detector_rules(
 
 
 PHASE_KEYS = ("on_threshold", "off_threshold", "min_phase_ms", "output")
-PHASE_OPTIONAL_KEYS = ("lead_ms",)  # absent in manifests written before it: 0
+PHASE_OPTIONAL_KEYS = ("lead_ms", "frame_classes")  # absent in older manifests: 0, none
 
 
 def _detector_phases(
@@ -404,11 +404,14 @@ def _detector_phases(
     if phases is None:
         return None
     rule = None
+    framed = phases.get("frame_classes", []) if isinstance(phases, dict) else None
     if (
         isinstance(phases, dict)
         and set(PHASE_KEYS) <= set(phases) <= set(PHASE_KEYS) | set(PHASE_OPTIONAL_KEYS)
         and phases["output"] in outputs
-        and all(_number(phases[k]) for k in (*PHASE_KEYS[:3], *PHASE_OPTIONAL_KEYS) if k in phases)
+        and all(_number(phases[k]) for k in (*PHASE_KEYS[:3], "lead_ms") if k in phases)
+        and isinstance(framed, list)
+        and all(name in outputs for name in framed)
     ):
         try:  # the thresholds, the minimum phase and the lead are checked by the rule itself
             rule = PhaseRule(
@@ -417,6 +420,7 @@ def _detector_phases(
                 float(phases["min_phase_ms"]),
                 str(phases["output"]),
                 float(phases.get("lead_ms", 0.0)),
+                tuple(str(name) for name in framed),
             )
         except ConfigError:
             rule = None
@@ -425,8 +429,9 @@ def _detector_phases(
             path,
             "detector.phases",
             phases,
-            f"a mapping of {', '.join(PHASE_KEYS)} and optionally lead_ms (0 < off <= on < 1, "
-            "min_phase_ms >= 0, lead_ms >= 0) "
+            f"a mapping of {', '.join(PHASE_KEYS)} and optionally lead_ms and frame_classes "
+            "(0 < off <= on < 1, min_phase_ms >= 0, lead_ms >= 0, frame_classes a list of "
+            "outputs) "
             f"naming one of the outputs {list(outputs)}",
         )
     return rule

@@ -110,3 +110,26 @@ def test_detect_takes_a_config_without_streams(tmp_path: Path) -> None:
     assert config.gate.silence_dbfs == -70
     with pytest.raises(ConfigError, match="streams must be given"):
         load_runtime_config(path)  # the runtime still needs its beds
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory):
+    """A manifest in phase mode whose wheeze-family classes keep their own hysteresis."""
+    rules = {"thresholds": [{"type": t, **FITTED} for t in TYPES], "fitted_on": "test",
+             "phases": {"on_threshold": 0.6, "off_threshold": 0.5, "min_phase_ms": 240.0,
+                        "output": "Breath", "lead_ms": 120.0,
+                        "frame_classes": ["Wheeze", "Rhonchi", "Stridor"]}}  # fmt: skip
+    folder = tiny_streaming_folder(tmp_path_factory.mktemp("mixed"), rules)
+    return load_manifest(folder / "manifest.json")
+
+
+def test_span_settings_apply_to_the_frame_classes_of_a_phase_rule(mixed) -> None:
+    assert mixed.detector_phases.frame_classes == ("Wheeze", "Rhonchi", "Stridor")
+    resolved = resolve_detector(DetectorConfig(min_event_ms=300.0), mixed)
+    assert resolved.rule_of("Wheeze").min_event_ms == 300.0  # its own hysteresis: takes it
+    assert resolved.rule_of("Wheeze").off_threshold == 0.55  # fitted, kept
+    own = DetectorConfig(thresholds=(ClassThreshold("Stridor", 0.8, 0.6, 200.0),))
+    assert resolve_detector(own, mixed).rule_of("Stridor").min_event_ms == 200.0
+    crackle = DetectorConfig(thresholds=(ClassThreshold("Fine Crackle", 0.8, 0.6),))
+    with pytest.raises(ConfigError, match=r"thresholds\[Fine Crackle\].off_threshold does not"):
+        resolve_detector(crackle, mixed)

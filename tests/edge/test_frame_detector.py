@@ -269,3 +269,25 @@ def test_frames_never_described_are_not_fed() -> None:
     assert [(e.start_sample, e.end_sample) for e in zeros] != [
         (GRID.start_sample(10), GRID.end_sample(29))
     ]
+
+
+def test_frame_classes_keep_their_own_hysteresis_inside_phase_mode() -> None:
+    """With PhaseRule.frame_classes, Wheeze events are the Wheeze output's own spans while
+    crackles still follow the breath phases (and their lead)."""
+    from edge.bed.detector import PhaseRule, detect_events
+
+    outputs = ("Fine Crackle", "Wheeze", "Breath")
+    grid = FrameGrid(8000, 320)
+    p = np.zeros((100, 3), np.float32)
+    p[10:60, 2] = 0.9  # one breath phase, frames 10-59
+    p[10:60, 0] = 0.8  # crackles over the whole phase
+    p[30:40, 1] = 0.9  # a wheeze of 10 frames inside it
+    rules = (ClassThreshold("Fine Crackle", 0.5), ClassThreshold("Wheeze", 0.5, 0.4, 80.0, 0.0))
+    phases = PhaseRule(0.5, 0.4, 80.0, "Breath", lead_ms=40.0, frame_classes=("Wheeze",))
+    events = detect_events(p, outputs, DetectorConfig(thresholds=rules, phases=phases), grid)
+    spans = {e.type: (e.start_sample, e.end_sample) for e in events}
+    assert spans["Wheeze"] == (grid.start_sample(30), grid.end_sample(39))  # its own span
+    assert spans["Fine Crackle"] == (grid.start_sample(10) - 320, grid.end_sample(59))  # phase
+    every = PhaseRule(0.5, 0.4, 80.0, "Breath", lead_ms=40.0)
+    phased = detect_events(p, outputs, DetectorConfig(thresholds=rules, phases=every), grid)
+    assert {e.type for e in phased} == {"Fine Crackle"}  # the wheeze's phase mean is 0.18

@@ -129,11 +129,16 @@ class SelectionConfig:
 @dataclass(frozen=True)
 class DetectorFitConfig:
     phases: bool = True  # events are breath phases (edge.bed.detector.PhaseRule)
+    # families whose classes keep their own hysteresis instead of the phases (CAS: SPRSound
+    # marks a wheeze as the span of the sound, a median 0.5 s, not its breath phase)
+    frame_families: tuple[str, ...] = ()
     max_false_per_hour: float = 3.0  # per family, on validation Normal records
     max_normal_share: float = 0.08  # of validation Normal records with any false event
 
     def __post_init__(self) -> None:
         check(self.max_false_per_hour > 0, "max_false_per_hour", self.max_false_per_hour, "> 0")
+        bad = [f for f in self.frame_families if f not in ("CAS", "DAS")]
+        check(not bad, "frame_families", self.frame_families, "a list of CAS, DAS")
         share = self.max_normal_share
         check(0.0 < share <= 1.0, "max_normal_share", share, "in (0, 1]")
 

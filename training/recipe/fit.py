@@ -160,7 +160,11 @@ def fit_detector(
         rules += [dataclasses.replace(p, lead_ms=v) for v in PHASE_LEAD_GRID_MS]
         return [dataclasses.replace(config, phases=r) for r in rules]
 
-    knobs = ("on",) if base.phases is not None else ("on", "min", "gap")
+    def knobs(config: DetectorConfig, type_: str) -> tuple[str, ...]:
+        """A class of the phases has its on-threshold; one of its own hysteresis all three."""
+        p = config.phases
+        return ("on", "min", "gap") if p is None or type_ in p.frame_classes else ("on",)
+
     best, best_report = score(current)
     improved = False
 
@@ -180,7 +184,7 @@ def fit_detector(
         for config in phase_candidates(current):
             consider(config, f"phases -> {config.phases}")
         for t in types:
-            for knob in knobs:
+            for knob in knobs(current, t):
                 r = current.rule_of(t)
                 candidates = {
                     "on": [rule(t, v, r.min_event_ms, r.merge_gap_ms) for v in ON_GRID],
@@ -194,10 +198,22 @@ def fit_detector(
     return Fit(current, best_report, evaluations)
 
 
+FAMILY_CLASSES = {
+    "CAS": ("Wheeze", "Rhonchi", "Stridor"),
+    "DAS": ("Fine Crackle", "Coarse Crackle"),
+}
+
+
 def fit_start(run: RunConfig) -> DetectorConfig:
     """The detector the fit starts from (and the epoch selection sweeps): every class on at
-    0.7, and breath phases (on 0.6, off 0.5, 240 ms, a 120-ms lead) when ``detector.phases``."""
-    phases = PhaseRule(0.6, 0.5, 240.0, lead_ms=120.0) if run.detector.phases else None
+    0.7, and breath phases (on 0.6, off 0.5, 240 ms, a 120-ms lead) when ``detector.phases``,
+    the classes of ``detector.frame_families`` by their own hysteresis."""
+    framed = tuple(c for f in run.detector.frame_families for c in FAMILY_CLASSES[f])
+    phases = (
+        PhaseRule(0.6, 0.5, 240.0, lead_ms=120.0, frame_classes=framed)
+        if run.detector.phases
+        else None
+    )
     return DetectorConfig(
         on_threshold=0.7, off_threshold=0.55, min_event_ms=120, merge_gap_ms=120, phases=phases
     )
