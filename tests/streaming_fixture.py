@@ -45,9 +45,11 @@ def tiny_checkpoint(
     config: Any = None,
     detector: dict[str, Any] | None = None,
     quality: dict[str, float] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> Path:
     """A checkpoint of a random tiny SedNet (BatchNorm statistics varied) of ``config``
-    (default :func:`tiny_config`), with ``detector`` rules and ``quality`` thresholds."""
+    (default :func:`tiny_config`), with ``detector`` rules, ``quality`` thresholds and the
+    ``run`` config it says made it."""
     import torch
 
     from edge.features import FeatureSpec
@@ -65,7 +67,7 @@ def tiny_checkpoint(
     spec = FeatureSpec(n_bands=config.n_bands)
     kinds = ("logmel", "gammatone", "cwt")[: config.n_kinds]
     ckpt = Checkpoint(model.eval(), spec, kinds, OUTPUTS[: config.n_outputs], name="tiny",
-                      detector=detector, quality=quality)  # fmt: skip
+                      detector=detector, quality=quality, run=run or {})  # fmt: skip
     return save_checkpoint(path, ckpt)
 
 
@@ -73,11 +75,12 @@ def tiny_streaming_folder(
     folder: Path,
     detector: dict[str, Any] | None = None,
     quality: dict[str, float] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> Path:
     """``folder`` with model.pt, model.onnx and manifest.json of the tiny model."""
     from export.to_onnx import export_folder
 
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = tiny_checkpoint(folder / "source.pt", detector=detector, quality=quality)
+    checkpoint = tiny_checkpoint(folder / "source.pt", detector=detector, quality=quality, run=run)
     export_folder(checkpoint, folder, CHUNK_FRAMES)
     return folder

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -225,20 +226,95 @@ def fit_rules(
     """The rules fitted on the validation recordings ``val`` from their frame probabilities
     ``probs`` (n, O): the manifest's ``detector`` section (thresholds, phases, what they were
     fitted on, the limits and the validation summary)."""
-    from training.data.targets import OUTPUTS
     from training.recipe.train import recording_seconds
 
-    limits = Limits(run.detector.max_false_per_hour, run.detector.max_normal_share)
     annotated = {r.record_id: list(r.events) for r in val}
     labels = {r.record_id: r.label for r in val}
     durations = {r.record_id: recording_seconds(r.features.shape[2], run.features) for r in val}
-    fit = fit_detector(probs, annotated, labels, durations, OUTPUTS, grid, fit_start(run), limits)
+    return rules_section(probs, annotated, labels, durations, grid, run)
+
+
+def rules_section(
+    probs: Sequence[np.ndarray],
+    annotated: Mapping[str, Sequence[Event]],
+    labels: Mapping[str, str],
+    durations_s: Mapping[str, float],
+    grid: FrameGrid,
+    run: RunConfig,
+) -> dict[str, Any]:
+    """:func:`fit_rules` on records given as their annotations, labels and durations (in the
+    order of ``probs``)."""
+    from training.data.targets import OUTPUTS
+
+    limits = Limits(run.detector.max_false_per_hour, run.detector.max_normal_share)
+    fit = fit_detector(probs, annotated, labels, durations_s, OUTPUTS, grid, fit_start(run), limits)
     phases = {} if fit.config.phases is None else {"phases": dataclasses.asdict(fit.config.phases)}
     return {
         "thresholds": [dataclasses.asdict(t) for t in fit.config.thresholds],
         **phases,
-        "fitted_on": f"{len(val)} validation records (patient-disjoint, "
+        "fitted_on": f"{len(annotated)} validation records (patient-disjoint, "
         f"{run.data.val_fraction:.0%} of the patients, split seed {run.data.split_seed})",
         "limits": dataclasses.asdict(limits),
         "validation": fit.report.summary(),
     }
+
+
+def refit(folder: Path, file: str, run: RunConfig) -> dict[str, Any]:
+    """The ``detector`` section fitted on the validation records of ``folder``'s run from the
+    outputs of its artifact ``file`` through the device path."""
+    from edge.audio import read_audio
+    from edge.runtime.offline import detect_recordings
+    from training.scoring.views import validation_records
+
+    records = validation_records(folder)
+    audio = {r.record_id: r.audio_path for r in records}
+    found = detect_recordings(audio, folder, file, keep_probs=True)
+    probs = [np.asarray(found[r.record_id].probs) for r in records]
+    annotated = {
+        r.record_id: [(e.start_ms / 1e3, e.end_ms / 1e3, e.type) for e in r.events] for r in records
+    }
+    labels = {r.record_id: r.record_label for r in records}
+    durations = {r.record_id: read_audio(r.audio_path).duration_s for r in records}
+    spec = run.features
+    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, run.model.stride)
+    section = rules_section(probs, annotated, labels, durations, grid, run)
+    section["fitted_on"] += f", outputs of {file}"
+    return section
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lungwatch rules``: refit a model folder's detector rules on its run's validation
+    records, from the outputs of the artifact the device runs, and write them into its
+    manifest (section ``detector``); ``--set`` changes the run's keys first (e.g. the
+    false-event budget ``detector.max_false_per_hour``)."""
+    import json
+
+    from edge.config import apply_overrides, from_mapping
+    from edge.inference.manifest_write import set_section
+    from edge.monitor import resolve_model
+    from lungwatch.cli import ArgumentParser
+    from training.models.checkpoint import load_checkpoint
+    from training.recipe.config import RunConfig
+
+    parser = ArgumentParser(prog="lungwatch rules", description=(main.__doc__ or "").split("\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/sed"), help="folder or file")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key of the model's run, e.g. detector.frame_families=[CAS]",
+    )  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true", help="print, do not write")
+    args = parser.parse_args(argv)
+    folder, file = resolve_model(args.model)
+    stored = load_checkpoint(folder / "model.pt").run
+    run = from_mapping(RunConfig, apply_overrides(stored, args.set, "--set"), source="--set")
+    section = refit(folder, file, run)
+    print(json.dumps(section["validation"], indent=1))
+    if not args.dry_run:
+        set_section(folder / "manifest.json", "detector", section)
+        print(f"detector -> {folder / 'manifest.json'}; write the verify reference again: "
+              f"lungwatch verify --model-dir {folder} --write-reference")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
