@@ -6,7 +6,8 @@ Three measures and one score, all computed from the segment alone:
   so a full-scale sine is -3.01 dBFS), floored at :data:`RMS_FLOOR_DBFS` (digital silence).
 - :func:`clipping_fraction`: fraction of samples with ``|x| >= threshold``.
 - :func:`spectral_entropy`: normalised Shannon entropy of the Welch-averaged power spectrum
-  inside ``[fmin_hz, fmax_hz]``; 1 for white noise, near 0 for a pure tone.
+  inside ``[fmin_hz, fmax_hz]`` (100..2000 Hz by default); 1 for white noise, 0.16 for a pure
+  tone.
 - :func:`quality_score`: the product of five logistic factors, each in (0, 1), 1 = good:
 
   ======================  ==================================================================
@@ -21,19 +22,19 @@ Three measures and one score, all computed from the segment alone:
 
   The product is smooth, and any one bad factor pulls the score to 0 on its own.
 
-Calibration (2-s windows at 8 kHz, the FeatureSpec default rate, 0.128-s Welch frames):
-SPRSound train recordings sit at -62..-41 dBFS (5-95 %) with entropy 0.47..0.62; ICBHI
-(mostly Meditron) at -39..-6 dBFS with entropy 0.18..0.77 (10-99 %), and about 5 % of its
-windows clip heavily; white noise gives 0.997, a pure tone 0.139 (the Hann main lobe puts a
-tone's power in three bins, 0.87 nats, divided by ln of the ~500 bins in the band), and a
-50-Hz hum with four harmonics 0.29. Spectral entropy alone cannot tell hum from recordings
-dominated by low-frequency heart and contact sounds (ICBHI's lowest 5 % reach 0.14): the
-``tonal`` factor only catches near-pure tones, and the thresholds shift with the sample rate
-(more bins in the band lower a tone's entropy). With these constants the score is >= 0.995 on
-99 % of SPRSound train windows (its clinician-labelled "Poor Quality" records are not
-separated: their problems, crying, talking, stethoscope movement, are not level or spectral
-flatness); on ICBHI 23 % of windows score < 0.5: 15 % clip >= 1 % of their samples, 6 % are
-flagged tonal and 2 % quiet (digital silence).
+Calibration (2-s windows at 8 kHz, the FeatureSpec default rate, 0.128-s Welch frames, the
+entropy over 100..2000 Hz): SPRSound train recordings sit at -62..-41 dBFS (5-95 %) with
+entropy 0.42..0.71 (1-99 %); ICBHI (mostly Meditron) at -39..-6 dBFS with entropy 0.29..0.92
+(1-99 %; 0.3 % of its windows above 0.94), and about 5 % of its windows clip heavily; white
+noise gives 0.997, a pure tone 0.158 (the Hann main lobe puts a tone's power in three bins,
+0.87 nats, divided by ln of the ~243 bins in the band), a 50-Hz hum with four harmonics 0.34,
+a frequency-modulated synthetic wheeze 0.27. Over 50..4000 Hz (before) ICBHI's lowest 5 %
+reached 0.16 and were flagged tonal: heart and contact sounds below 100 Hz, and its 4-kHz
+recordings' empty band above 2 kHz, made another stethoscope look like a tone. The ``tonal``
+factor only catches near-pure tones, and the thresholds shift with the sample rate (more bins
+in the band lower a tone's entropy). SPRSound's clinician-labelled "Poor Quality" records are
+not separated by the score: their problems, crying, talking, stethoscope movement, are not
+level or spectral flatness.
 
 QLung (Kim, Koo, Toikkanen, Kim, "Quality Adaptive Angular Margin Learning for Respiratory
 Sound Classification", arXiv:2606.11915) derives its per-sample quality from the same two
@@ -59,7 +60,11 @@ from edge.errors import InvalidAudioError
 RMS_FLOOR_DBFS = -120.0
 DEFAULT_CLIPPING_THRESHOLD = 0.999  # |x| at or above this counts as clipped (int16 max 0.99997)
 
-DEFAULT_ENTROPY_FMIN_HZ = 50.0  # below this: DC offset, handling rumble, mains fundamental
+# the band the spectral entropy reads: below it heart sounds, handling rumble and the mains
+# fundamental; above it what many stethoscopes and microphones no longer pass (ICBHI's 4-kHz
+# recordings hold nothing above 2 kHz), which made another stethoscope look like a tone
+DEFAULT_ENTROPY_FMIN_HZ = 100.0
+DEFAULT_ENTROPY_FMAX_HZ = 2000.0
 WELCH_FRAME_S = 0.128  # Welch frame (Hann, 50 % overlap): 1024 samples, 7.8-Hz bins at 8 kHz
 WELCH_OVERLAP_FRACTION = 0.5
 MIN_ENTROPY_BINS = 2  # the normalised entropy needs at least two frequency bins
@@ -72,9 +77,9 @@ LOUD_DBFS = -4.0  # above this RMS level the input is overdriven (a full-scale s
 LOUD_WIDTH_DB = 1.0
 CLIPPING_FRACTION_LIMIT = 0.01  # 1 % of samples at full scale: clearly clipped
 CLIPPING_WIDTH = 0.001
-BROADBAND_ENTROPY = 0.90  # spectra flatter than this are friction or ambient noise
-BROADBAND_WIDTH = 0.025
-TONAL_ENTROPY = 0.16  # spectra more concentrated than this are a tone or hum
+BROADBAND_ENTROPY = 0.94  # spectra flatter than this are friction or ambient noise
+BROADBAND_WIDTH = 0.008
+TONAL_ENTROPY = 0.20  # spectra more concentrated than this are a tone (a pure one: 0.157)
 TONAL_WIDTH = 0.01
 
 #: Names of the score's factors, in the order :attr:`QualityMeasures.limiting_factor` breaks ties.
@@ -137,7 +142,7 @@ def spectral_entropy(
     samples: np.ndarray,
     sample_rate_hz: float,
     fmin_hz: float = DEFAULT_ENTROPY_FMIN_HZ,
-    fmax_hz: float | None = None,
+    fmax_hz: float | None = DEFAULT_ENTROPY_FMAX_HZ,
 ) -> float:
     """Normalised Shannon entropy of the averaged power spectrum inside a band, in [0, 1].
 
@@ -150,7 +155,8 @@ def spectral_entropy(
     Args:
         samples: shape ``(n,)``, floats, full scale 1.
         sample_rate_hz: rate of ``samples``.
-        fmin_hz: lower band edge, >= 0. fmax_hz: upper edge, <= Nyquist (None: Nyquist).
+        fmin_hz: lower band edge, >= 0. fmax_hz: upper edge, <= Nyquist (None: Nyquist;
+            the default, the quality score's band, stops at Nyquist at low rates).
 
     Raises:
         InvalidAudioError: bad samples or rate, or a segment too short to resolve the band.
@@ -158,6 +164,8 @@ def spectral_entropy(
     """
     x = _validated(samples)
     rate_hz = _validated_rate(sample_rate_hz)
+    if fmax_hz == DEFAULT_ENTROPY_FMAX_HZ and fmax_hz > rate_hz / 2:
+        fmax_hz = None  # the default band is cut at a low rate's Nyquist; a given edge is not
     return _spectral_entropy(_band_power(x, rate_hz, *_band(rate_hz, fmin_hz, fmax_hz)))
 
 
@@ -182,7 +190,7 @@ def measure_reference(samples: np.ndarray, sample_rate_hz: float) -> QualityMeas
     """:func:`measure` in plain NumPy/SciPy (``scipy.signal.welch``): the reference."""
     x = _validated(samples)
     rate_hz = _validated_rate(sample_rate_hz)
-    band = _band(rate_hz, DEFAULT_ENTROPY_FMIN_HZ, None)
+    band = _band(rate_hz, DEFAULT_ENTROPY_FMIN_HZ, min(DEFAULT_ENTROPY_FMAX_HZ, rate_hz / 2))
     entropy = _spectral_entropy(_band_power(x, rate_hz, *band))
     clipped = _clipping_fraction(x, DEFAULT_CLIPPING_THRESHOLD)
     return _measures(_rms_dbfs(x), clipped, entropy)
@@ -195,7 +203,8 @@ def _measures(level_dbfs: float, clipped: float, entropy: float) -> QualityMeasu
         "loud": _logistic(LOUD_DBFS - level_dbfs, LOUD_WIDTH_DB),
         "clipping": _logistic(CLIPPING_FRACTION_LIMIT - clipped, CLIPPING_WIDTH),
         "broadband": _logistic(BROADBAND_ENTROPY - entropy, BROADBAND_WIDTH),
-        "tonal": _logistic(entropy - TONAL_ENTROPY, TONAL_WIDTH),
+        # a band with no power has no spectrum to judge (entropy 0): silence is "quiet"'s
+        "tonal": 1.0 if entropy == 0.0 else _logistic(entropy - TONAL_ENTROPY, TONAL_WIDTH),
     }
     score = math.prod(factors.values())
     return QualityMeasures(level_dbfs, clipped, entropy, score=score, **factors)
@@ -306,7 +315,10 @@ def _measure_fast(samples: object, sample_rate_hz: object) -> QualityMeasures | 
     n, n_per_frame = x.shape[0], max(1, round(WELCH_FRAME_S * rate))
     if n < n_per_frame or n_per_frame < MIN_KERNEL_FRAME or n_per_frame & (n_per_frame - 1):
         return None
-    work = welch_work(n_per_frame, float(rate), DEFAULT_ENTROPY_FMIN_HZ, WELCH_OVERLAP_FRACTION)
+    work = welch_work(
+        n_per_frame, float(rate), DEFAULT_ENTROPY_FMIN_HZ, WELCH_OVERLAP_FRACTION,
+        DEFAULT_ENTROPY_FMAX_HZ,
+    )  # fmt: skip
     if work.hi - work.lo < MIN_ENTROPY_BINS:
         return None  # the reference raises, naming the band
     n_frames = 1 + (n - n_per_frame) // work.step

@@ -32,19 +32,24 @@ class WelchWork:
     """Tables and scratch of the Welch kernels for one frame length and rate.
 
     window: (n,) float64 periodic Hann, as ``welch`` builds it; step: hop between frames;
-    lo, hi: the band's bins ``[lo, hi)``, from ``fmin_hz`` to Nyquist, chosen on the same
-    bin frequencies as ``welch``'s (``(0, 0)`` when ``fmin_hz`` is above Nyquist);
+    lo, hi: the band's bins ``[lo, hi)``, from ``fmin_hz`` to ``fmax_hz`` (Nyquist at most),
+    chosen on the same bin frequencies as ``welch``'s (``(0, 0)`` when none lies there);
     frames: (capacity, n) float64; power: (capacity, n // 2 + 1) float64; fft: the spectra
     (:class:`~edge.features.fft.FramesFft`).
     """
 
     def __init__(
-        self, n_per_frame: int, rate_hz: float, fmin_hz: float, overlap_fraction: float
+        self,
+        n_per_frame: int,
+        rate_hz: float,
+        fmin_hz: float,
+        overlap_fraction: float,
+        fmax_hz: float = np.inf,
     ) -> None:
         self.window = np.asarray(get_window("hann", n_per_frame), dtype=np.float64)
         self.step = n_per_frame - int(overlap_fraction * n_per_frame)
         freqs_hz = scipy.fft.rfftfreq(n_per_frame, 1.0 / rate_hz)
-        inside = np.flatnonzero(freqs_hz >= fmin_hz)
+        inside = np.flatnonzero((freqs_hz >= fmin_hz) & (freqs_hz <= fmax_hz))
         self.lo, self.hi = (int(inside[0]), int(inside[-1]) + 1) if inside.size else (0, 0)
         self.fft = FramesFft(n_per_frame, capacity=1)
         self.frames = np.zeros((1, n_per_frame), dtype=np.float64)
@@ -58,20 +63,24 @@ class WelchWork:
             self.power = np.zeros((n_frames, self.power.shape[1]), dtype=np.float64)
 
 
-_PER_THREAD = threading.local()  # .table: {(n_per_frame, rate_hz, fmin_hz, overlap): WelchWork}
+_PER_THREAD = threading.local()  # .table: {(n, rate_hz, fmin_hz, overlap, fmax_hz): WelchWork}
 
 
 def welch_work(
-    n_per_frame: int, rate_hz: float, fmin_hz: float, overlap_fraction: float
+    n_per_frame: int,
+    rate_hz: float,
+    fmin_hz: float,
+    overlap_fraction: float,
+    fmax_hz: float = np.inf,
 ) -> WelchWork:
     """This thread's :class:`WelchWork` for these settings (created on first use)."""
     table = getattr(_PER_THREAD, "table", None)
     if table is None:
         table = _PER_THREAD.table = {}
-    key = (n_per_frame, rate_hz, fmin_hz, overlap_fraction)
+    key = (n_per_frame, rate_hz, fmin_hz, overlap_fraction, fmax_hz)
     work = table.get(key)
     if work is None:
-        work = table[key] = WelchWork(n_per_frame, rate_hz, fmin_hz, overlap_fraction)
+        work = table[key] = WelchWork(n_per_frame, rate_hz, fmin_hz, overlap_fraction, fmax_hz)
     return work
 
 

@@ -87,9 +87,11 @@ def test_white_noise_entropy_is_near_one() -> None:
     assert spectral_entropy(_white(), RATE_HZ) > 0.98
 
 
-@pytest.mark.parametrize("frequency_hz", [123.4, 437.3, 1000.0, 2500.7])
+@pytest.mark.parametrize("frequency_hz", [123.4, 437.3, 1000.0, 1800.3])
 def test_tone_entropy_is_near_zero(frequency_hz: float) -> None:
-    assert spectral_entropy(_tone(frequency_hz), RATE_HZ) < 0.15
+    # ln of a Hann main lobe's three bins over ln of the ~243 bins of 100..2000 Hz: 0.158
+    assert spectral_entropy(_tone(frequency_hz), RATE_HZ) < quality.TONAL_ENTROPY - 0.03
+    assert spectral_entropy(_tone(frequency_hz), RATE_HZ, fmax_hz=4000.0) < 0.15
 
 
 def test_bin_centred_tone_entropy_matches_hann_main_lobe() -> None:
@@ -97,19 +99,24 @@ def test_bin_centred_tone_entropy_matches_hann_main_lobe() -> None:
     frame = round(quality.WELCH_FRAME_S * RATE_HZ)
     bin_hz = RATE_HZ / frame
     freqs_hz = np.arange(frame // 2 + 1) * bin_hz
-    n_bins = int(np.count_nonzero(freqs_hz >= quality.DEFAULT_ENTROPY_FMIN_HZ))
+    band = (freqs_hz >= quality.DEFAULT_ENTROPY_FMIN_HZ) & (
+        freqs_hz <= quality.DEFAULT_ENTROPY_FMAX_HZ
+    )
+    n_bins = int(np.count_nonzero(band))
     p = np.array([1 / 6, 2 / 3, 1 / 6])
     expected = -float(np.sum(p * np.log(p))) / math.log(n_bins)
     assert spectral_entropy(_tone(128 * bin_hz), RATE_HZ) == pytest.approx(expected, abs=1e-6)
 
 
 def test_entropy_is_band_limited() -> None:
-    # White noise band-limited to 1 kHz: flat inside 50..1000 Hz, concentrated in 50..4000 Hz.
+    # White noise band-limited to 1 kHz: flat inside 100..1000 Hz, concentrated in 100..4000 Hz.
     spectrum = np.fft.rfft(_white())
     spectrum[np.fft.rfftfreq(N_SAMPLES, 1 / RATE_HZ) > 1000.0] = 0.0
     lowpassed = np.fft.irfft(spectrum, N_SAMPLES)
     assert spectral_entropy(lowpassed, RATE_HZ, fmax_hz=1000.0) > 0.97
-    assert spectral_entropy(lowpassed, RATE_HZ) < 0.85
+    assert spectral_entropy(lowpassed, RATE_HZ, fmax_hz=4000.0) < 0.87
+    default = spectral_entropy(lowpassed, RATE_HZ)  # 100..2000 Hz, half of it empty
+    assert spectral_entropy(lowpassed, RATE_HZ, fmax_hz=4000.0) < default < 0.9
 
 
 def test_empty_bins_count_in_the_normalisation() -> None:
