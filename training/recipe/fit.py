@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 OFF_GAP = 0.15  # off-threshold = on-threshold - OFF_GAP (at least MIN_OFF)
 MIN_OFF = 0.05
-ON_GRID = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)
+ON_GRID = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9, 0.95, 0.99)
 MIN_EVENT_GRID_MS = (40.0, 120.0, 200.0, 320.0)
 MERGE_GAP_GRID_MS = (0.0, 120.0, 240.0, 400.0)
 PHASE_ON_GRID = (0.4, 0.5, 0.6, 0.7)
