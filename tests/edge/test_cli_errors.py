@@ -49,6 +49,8 @@ FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
         ["--checkpoint", "{garbage}.pt", "--out", "{dir}/m"],
     ),
     "tasks": (["--model", "{missing}"], ["--model", "{garbage}.onnx"]),
+    "rules": (["--model", "{missing}"], ["--model", "{garbage}.onnx"]),
+    "views": (["--model", "{missing}"], ["--model", "{garbage}.onnx"]),
     "quantize": (
         ["--model", "{missing}.onnx", "--calib-dir", "{dir}", "--out", "{dir}/m.int8.onnx"],
         ["--model", "{garbage}.onnx", "--calib-dir", "{dir}", "--out", "{dir}/m.int8.onnx"],
@@ -81,6 +83,8 @@ BAD_ARGUMENT: dict[str, list[str]] = {
     "detect": ["--audio", "x.wav", "--on", "high"],
     "export": ["--checkpoint", "x.pt", "--out", "y", "--opset", "new"],
     "tasks": ["--model", "m", "--dry-run", "--no-such-option"],
+    "rules": ["--model", "m", "--no-such-option"],
+    "views": ["--model", "m", "--views", "validation", "--no-such-option"],
     "quantize": ["--model", "m.onnx", "--calib-dir", "d", "--out", "o.onnx", "--method", "magic"],
     "engine": ["--precision", "int3"],
     "verify": ["--reference", "--no-such-option"],
