@@ -98,7 +98,7 @@ train-sed: $(VENV)/.installed-dev
 	$(VENV)/bin/lungwatch export --checkpoint $(SED_RUN)/best.pt --out $(SED_OUT)
 	$(VENV)/bin/lungwatch quantize --model $(SED_OUT)/model.onnx \
 	  --out $(SED_OUT)/model.int8.onnx --calib-dir $(SED_DATA)/sprsound/train \
-	  --max-files 600 --max-chunks 2048 --exclude /model/stems.0/stems.0.0/Conv
+	  --max-files 600 --max-chunks 2048 --keep-first
 	$(VENV)/bin/lungwatch tasks --model $(SED_OUT)/model.int8.onnx
 	$(VENV)/bin/lungwatch verify --model-dir $(SED_OUT) --write-reference
 

@@ -19,6 +19,8 @@ Runtime CPU (bench/export.py); without it int8 ran at half uint8's speed.
 
 ``--exclude NODE`` (repeatable) keeps a Conv / MatMul / Gemm of the FP32 graph in float, by
 its node name (``/model/head/Conv``: the output layer); a name the graph lacks is an error.
+``--keep-first`` keeps each kind's first convolution in float, whatever the stem
+(:func:`first_layers`).
 The shipped INT8 file keeps its first layer, the stem convolution, in float (``make train-sed``
 passes ``--exclude`` for it): its events follow FP32's more closely (docs/models/sed.md).
 
@@ -728,6 +730,29 @@ def quantize_model(
     }
 
 
+def first_layers(fp32_model: Path) -> list[str]:
+    """The Conv / MatMul / Gemm nodes that read the ``features`` input through no other such
+    node: each kind's first convolution (``--keep-first``), whatever the stem's shape."""
+    import onnx
+
+    graph = onnx.load(str(fp32_model), load_external_data=False).graph
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    found, seen, queue = [], set(), ["features"]
+    while queue:
+        for node in readers.get(queue.pop(), []):
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in QUANTIZED_OPS:
+                found.append(node.name)
+            else:
+                queue.extend(node.output)
+    return found
+
+
 def check_excluded(fp32_model: Path, names: Sequence[str]) -> None:
     """Every name in ``names`` must be a node the quantizer would quantize (onnxruntime
     ignores an unknown name, so a typo would quantize the layer one meant to keep)."""
@@ -847,6 +872,10 @@ def main(argv: list[str] | None = None) -> int:
         "--exclude", action="append", default=[], metavar="NODE",
         help="an ONNX node name kept in float (repeatable), e.g. /model/head/Conv",
     )  # fmt: skip
+    parser.add_argument(
+        "--keep-first", action="store_true",
+        help="keep each kind's first convolution (the stem's) in float",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.max_chunks < 1:
@@ -855,6 +884,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         shapes = read_shapes(args.model)
         check_out(args.model, args.out)
+        if args.keep_first:  # the file reads as a streaming model: find its first layers
+            args.exclude = [*args.exclude, *first_layers(args.model)]
         info = folder_info(args.model, shapes)
         recordings, n_files = load_calibration_audio(
             args.calib_dir, info, shapes, args.max_files, args.seed
