@@ -34,6 +34,11 @@ def test_rules_refits_the_detector_section_from_the_device_outputs(tmp_path: Pat
     section = json.loads((folder / "manifest.json").read_text())["detector"]
     assert section["fitted_on"].endswith("outputs of model.onnx")
     assert {"macro_f1", "f1_cas", "f1_das"} <= set(section["validation"])
+    quality = json.loads((folder / "manifest.json").read_text())["quality"]
+    assert quality["poor_on"] in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+    assert quality["poor_off"] == pytest.approx(quality["poor_on"] - 0.2)
+    assert quality["validation"]["good"] <= 0.02 or quality["poor_on"] == 0.95
+    assert manifest.quality_thresholds == (quality["poor_on"], quality["poor_off"])
     assert {r["type"] for r in section["thresholds"]} == {
         "Fine Crackle",
         "Coarse Crackle",

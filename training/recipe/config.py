@@ -147,10 +147,15 @@ class DetectorFitConfig:
 class QualityConfig:
     poor_on: float = 0.6  # the quality output turns poor_signal on at >= this
     poor_off: float = 0.4  # and off below this
+    # lungwatch rules fits poor_on (off 0.2 below): the lowest at which at most this share of
+    # the good validation records raise poor_signal through the device path
+    max_good_share: float = 0.02
 
     def __post_init__(self) -> None:
         ok = 0.0 < self.poor_off <= self.poor_on < 1.0
         check(ok, "poor_off", self.poor_off, f"in (0, poor_on={self.poor_on}]")
+        share = self.max_good_share
+        check(0.0 <= share < 1.0, "max_good_share", share, "a share in [0, 1)")
 
 
 @dataclass(frozen=True)

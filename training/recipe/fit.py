@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
-from edge.labels import DETECTED_CLASSES
+from edge.labels import DETECTED_CLASSES, POOR_QUALITY
 from training.scoring.detection import DetectionReport, Event, score_detection
 
 if TYPE_CHECKING:
@@ -259,6 +259,39 @@ def rules_section(
     }
 
 
+QUALITY_ON_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+QUALITY_GAP = 0.2  # poor_off = poor_on - this
+
+
+def fit_quality(folder: Path, file: str, records: Sequence[Any], run: RunConfig) -> dict[str, Any]:
+    """The quality output's hysteresis (the manifest's ``quality``): the lowest on-threshold
+    of :data:`QUALITY_ON_GRID` at which at most ``quality.max_good_share`` of the good
+    validation records raise ``poor_signal`` through the device path (the highest where none
+    does), with the shares of good and of Poor Quality records it flags."""
+    from edge.bed.gate import GateConfig
+    from edge.runtime.offline import detect_recordings
+
+    audio = {r.record_id: r.audio_path for r in records}
+    good = [r.record_id for r in records if r.record_label != POOR_QUALITY]
+    poor = [r.record_id for r in records if r.record_label == POOR_QUALITY]
+    block: dict[str, Any] = {}
+    for on in QUALITY_ON_GRID:
+        off = round(on - QUALITY_GAP, 3)
+        gate = GateConfig(poor_quality_on_threshold=on, poor_quality_off_threshold=off)
+        found = detect_recordings(audio, folder, file, gate=gate)
+        flagged = {
+            r for r, f in found.items() if any(e["type"] == "poor_signal" for e in f.technical)
+        }
+        shares = {"good": len(flagged & set(good)) / max(1, len(good)),
+                  "poor_quality": len(flagged & set(poor)) / max(1, len(poor))}  # fmt: skip
+        block = {"poor_on": on, "poor_off": off, "validation": shares}
+        if shares["good"] <= run.quality.max_good_share:
+            break
+    limit = run.quality.max_good_share
+    block["fitted_on"] = f"{len(records)} validation records, <= {limit:.0%} of good ones, {file}"
+    return block
+
+
 def refit(folder: Path, file: str, run: RunConfig) -> dict[str, Any]:
     """The ``detector`` section fitted on the validation records of ``folder``'s run from the
     outputs of its artifact ``file`` through the device path."""
@@ -283,10 +316,10 @@ def refit(folder: Path, file: str, run: RunConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lungwatch rules``: refit a model folder's detector rules on its run's validation
-    records, from the outputs of the artifact the device runs, and write them into its
-    manifest (section ``detector``); ``--set`` changes the run's keys first (e.g. the
-    false-event budget ``detector.max_false_per_hour``)."""
+    """``lungwatch rules``: refit a model folder's detector rules and quality hysteresis on
+    its run's validation records, from the outputs of the artifact the device runs, and write
+    them into its manifest (sections ``detector`` and ``quality``); ``--set`` changes the
+    run's keys first (e.g. the false-event budget ``detector.max_false_per_hour``)."""
     import json
 
     from edge.config import apply_overrides, from_mapping
@@ -295,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     from lungwatch.cli import ArgumentParser
     from training.models.checkpoint import load_checkpoint
     from training.recipe.config import RunConfig
+    from training.scoring.views import validation_records
 
     parser = ArgumentParser(prog="lungwatch rules", description=(main.__doc__ or "").split("\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/sed"), help="folder or file")
@@ -308,9 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     stored = load_checkpoint(folder / "model.pt").run
     run = from_mapping(RunConfig, apply_overrides(stored, args.set, "--set"), source="--set")
     section = refit(folder, file, run)
-    print(json.dumps(section["validation"], indent=1))
+    quality = fit_quality(folder, file, validation_records(folder), run)
+    print(json.dumps({"detector": section["validation"], "quality": quality}, indent=1))
     if not args.dry_run:
         set_section(folder / "manifest.json", "detector", section)
+        set_section(folder / "manifest.json", "quality", quality)
         print(f"detector -> {folder / 'manifest.json'}; write the verify reference again: "
               f"lungwatch verify --model-dir {folder} --write-reference")  # fmt: skip
     return 0
