@@ -9,8 +9,8 @@
 #   make bench    benchmarks, results in bench/results/
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
 #   make deploy   DEVICE=jetson [DRY_RUN=1]: bundle, install, check, roll back (docs/deploy.md)
-#   make train-sed the shipped detector's whole recipe into out/models/sed (train, fit the rules,
-#                 export, INT8, Task rules, verify reference; SEED=0); copy it to models/sed
+#   make train-sed the shipped detector's whole recipe into out/models/sed (train, export, INT8,
+#                 rules, Task rules, verify reference; SEED=0); copy it to models/sed
 #   make lock     refresh the lock files from pyproject.toml (UPGRADE=1: newest allowed versions)
 #   make sysdeps  only install the Debian packages (GROUP=edge|dev)
 
@@ -85,9 +85,10 @@ fuzz: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)
 
 # The shipped detector's whole recipe (docs/models/sed.md, "Data and training"): train (the
-# run YAML holds the recipe; the detector rules are fitted on validation into the checkpoint),
-# export, INT8, the Task rules, the verify gate's reference (docs/export.md, "Verify gate"). SEED
-# picks the run; copy $(SED_OUT) to models/sed to ship it.
+# run YAML holds the recipe), export, INT8, the detector rules and quality hysteresis refitted
+# on validation from the INT8 file's outputs (lungwatch rules), the Task rules, the verify
+# gate's reference (docs/export.md, "Verify gate"). SEED picks the run; copy $(SED_OUT) to
+# models/sed to ship it.
 SEED ?= 0
 SED_RUN = out/runs/sed-seed$(SEED)
 SED_OUT ?= out/models/sed
