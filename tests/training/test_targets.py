@@ -66,3 +66,48 @@ def test_poor_quality_records_teach_quality_and_silence() -> None:
 def test_unknown_event_types_are_named() -> None:
     with pytest.raises(ValueError, match="Squawk"):
         frame_targets([(0.0, 1.0, "Squawk")], "CAS", GRID, 10)
+
+
+def test_icbhi_cycles_give_known_negatives_and_cycle_level_positives() -> None:
+    from training.data.targets import OUTPUTS, cycle_targets
+
+    grid = FrameGrid(8000, 320, 0)  # 40-ms frames from 0
+    cycles = [(0.0, 2.0, True, False), (2.0, 4.0, False, True), (4.0, 6.0, False, False)]
+    targets, weights = cycle_targets(cycles, grid, 200)  # 8 s: the last 2 s outside cycles
+    fc, cc, wh, rh = (
+        OUTPUTS.index(n) for n in ("Fine Crackle", "Coarse Crackle", "Wheeze", "Rhonchi")
+    )
+    crackle, wheeze, normal, outside = (
+        slice(0, 50),
+        slice(50, 100),
+        slice(100, 150),
+        slice(150, 200),
+    )
+    assert (targets[fc, crackle] == 1).all()
+    assert (weights[fc, crackle] == 0).all()
+    assert (weights[fc, wheeze] == 1).all()
+    assert (targets[fc, wheeze] == 0).all()
+    assert (weights[cc, normal] == 1).all()
+    assert (weights[rh, crackle] == 1).all()
+    assert (targets[wh, wheeze] == 1).all()
+    assert (weights[wh, wheeze] == 0).all()
+    assert (weights[:, outside] == 0).all()  # nothing known outside the cycles
+    pq, breath = OUTPUTS.index("Poor Quality"), OUTPUTS.index("Breath")
+    assert (weights[pq, :150] == 1).all()
+    assert (targets[pq] == 0).all()
+    assert (targets[breath, :150] == 1).all()
+    assert (weights[breath] == 0).all()
+
+
+def test_icbhi_training_patients_are_a_seeded_share() -> None:
+    from pathlib import Path
+
+    from training.data.icbhi import IcbhiRecording, training_patients
+
+    recs = [IcbhiRecording(f"{100 + p}_1b1_Al_sc_Meditron", Path("x"), str(100 + p), "1", "Al",
+                           "sc", "Meditron", ()) for p in range(20) for _ in range(2)]  # fmt: skip
+    chosen = training_patients(recs, 0.5, seed=3)
+    assert len(chosen) == 10
+    assert chosen == training_patients(recs, 0.5, seed=3)
+    assert chosen != training_patients(recs, 0.5, seed=4)
+    assert training_patients(recs, 0.0, seed=3) == set()

@@ -11,9 +11,11 @@ patient-level code serves both datasets.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from edge.audio import AUDIO_SUFFIXES, audio_file
 from edge.errors import AnnotationError
@@ -287,3 +289,13 @@ def patients_in_both_halves(split: Mapping[str, str]) -> set[str]:
     for recording_id, half in split.items():
         halves_by_patient.setdefault(patient_of(recording_id), set()).add(half)
     return {patient for patient, halves in halves_by_patient.items() if len(halves) > 1}
+
+
+def training_patients(recordings: Sequence[IcbhiRecording], fraction: float, seed: int) -> set[str]:
+    """The patients whose recordings train (``fraction`` of them, drawn with ``seed`` from the
+    sorted ids); the others' recordings stay out of training for the ICBHI view. A patient is
+    on one side only, so the view holds no training patient's recording."""
+    patients = sorted({r.patient_id for r in recordings})
+    count = round(fraction * len(patients))
+    order = np.random.default_rng(seed).permutation(len(patients))
+    return {patients[int(i)] for i in order[:count]}

@@ -21,8 +21,9 @@ import numpy as np
 
 from edge.bed.detector import FrameGrid
 from training.data.features import FeatureStore
+from training.data.icbhi import IcbhiRecording
 from training.data.sprsound import SprRecord
-from training.data.targets import frame_targets
+from training.data.targets import cycle_targets, frame_targets
 
 
 @dataclass
@@ -80,6 +81,33 @@ def load_recordings(
                 weights, events,
             )
         )  # fmt: skip
+    return out
+
+
+def load_icbhi_recordings(
+    recordings: Sequence[IcbhiRecording],
+    store: FeatureStore,
+    kinds: Sequence[str],
+    grid: FrameGrid,
+    stride: int,
+) -> list[Recording]:
+    """ICBHI recordings as training material: features of the store's kinds and cycle
+    targets (:func:`training.data.targets.cycle_targets`)."""
+    pick = [store.kinds.index(kind) for kind in kinds]
+    out = []
+    for rec in recordings:
+        features = store.features(rec.audio_path)[pick].astype(np.float16)
+        n = output_frames(features.shape[2], stride)
+        cycles = [(c.start_s, c.end_s, c.crackles, c.wheezes) for c in rec.cycles]
+        targets, weights = cycle_targets(cycles, grid, n)
+        events = tuple(
+            (c.start_s, c.end_s, t)
+            for c in rec.cycles
+            for t, on in (("Fine Crackle", c.crackles), ("Wheeze", c.wheezes))
+            if on
+        )
+        out.append(Recording(rec.recording_id, rec.patient_id, "icbhi", features, targets,
+                             weights, events))  # fmt: skip
     return out
 
 

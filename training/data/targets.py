@@ -41,6 +41,7 @@ TYPE_OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 
 Event = tuple[float, float, str]  # (start_s, end_s, SPRSound type)
+Cycle = tuple[float, float, bool, bool]  # (start_s, end_s, crackles, wheezes): ICBHI
 
 
 def coverage(spans_s: Sequence[tuple[float, float]], grid: FrameGrid, n_frames: int) -> np.ndarray:
@@ -88,4 +89,40 @@ def frame_targets(
     else:
         weights[: len(DETECTED_CLASSES)] = outside
         weights[BREATH_INDEX] = outside
+    return targets, weights
+
+
+def cycle_targets(
+    cycles: Sequence[Cycle], grid: FrameGrid, n_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and weights of one ICBHI recording, each (len(OUTPUTS), n_frames).
+
+    ICBHI annotates every respiratory cycle, saying whether it holds crackles and whether it
+    holds wheezes, not where in the cycle nor which kind. So inside a cycle without crackles
+    both crackle classes are a known 0, and without wheezes Wheeze and Rhonchi; Stridor is a
+    known 0 in every cycle; a cycle's positives are unknown frame by frame (weight 0): the
+    phase loss judges the cycle's mean (each cycle is a "phase": the Breath target, weight 0
+    as ICBHI cycles are whole in-and-out breaths). Another stethoscope's recording is not a
+    poor one: Poor Quality is a known 0 inside the cycles. Outside the cycles (lead-in, gaps
+    of zeros in the stored files) nothing is known.
+    """
+    targets = np.zeros((len(OUTPUTS), n_frames), dtype=np.float32)
+    weights = np.zeros((len(OUTPUTS), n_frames), dtype=np.float32)
+    inside = coverage([(s, e) for s, e, _, _ in cycles], grid, n_frames)
+    crackles = coverage([(s, e) for s, e, c, _ in cycles if c], grid, n_frames)
+    wheezes = coverage([(s, e) for s, e, _, w in cycles if w], grid, n_frames)
+    no_crackles, no_wheezes = np.clip(inside - crackles, 0, 1), np.clip(inside - wheezes, 0, 1)
+    for name, target, known in (
+        ("Fine Crackle", crackles, no_crackles),
+        ("Coarse Crackle", None, no_crackles),
+        ("Wheeze", wheezes, no_wheezes),
+        ("Rhonchi", None, no_wheezes),
+        ("Stridor", None, inside),
+    ):
+        c = OUTPUTS.index(name)
+        if target is not None:
+            targets[c] = target
+        weights[c] = known
+    targets[BREATH_INDEX] = inside
+    weights[QUALITY_INDEX] = inside
     return targets, weights

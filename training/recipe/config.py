@@ -33,6 +33,11 @@ class DataConfig:
     unannotated_weight: float = 0.5  # weight of frames outside every annotated phase
     max_start_frames: int = 50  # crops start in the first 2 s: the model sees stream starts
     max_frames: int = 400  # crops of at most 16 s (output frames)
+    # ICBHI (other stethoscopes, adults) as training material: this share of its patients
+    # (drawn with icbhi_seed) trains with cycle targets; the others stay out for the ICBHI view
+    icbhi_dir: str = ""  # ICBHI-layout folder; "": <data root>/icbhi/train
+    icbhi_fraction: float = 0.0
+    icbhi_seed: int = 0
 
     def __post_init__(self) -> None:
         check(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "in (0, 1)")
@@ -40,6 +45,8 @@ class DataConfig:
         check(0.0 <= w <= 1.0, "unannotated_weight", w, "a number in [0, 1]")
         check(self.max_start_frames >= 0, "max_start_frames", self.max_start_frames, ">= 0")
         check(self.max_frames >= 1, "max_frames", self.max_frames, "an integer >= 1")
+        f = self.icbhi_fraction
+        check(0.0 <= f < 1.0, "icbhi_fraction", f, "a share in [0, 1) (some patients stay out)")
 
 
 @dataclass(frozen=True)

@@ -38,15 +38,17 @@ import yaml
 
 from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
 from edge.config import to_mapping
-from edge.datapaths import sprsound_root
+from edge.datapaths import data_root, sprsound_root
 from edge.features import FeatureSpec
 from lungwatch.cli import ArgumentParser
 from training.data.features import FeatureStore
+from training.data.icbhi import load_icbhi, training_patients
 from training.data.mixtures import make_mixtures
 from training.data.recordings import (
     Recording,
     collate,
     flush_value,
+    load_icbhi_recordings,
     load_recordings,
     random_example,
     whole_example,
@@ -105,7 +107,22 @@ def load_data(run: RunConfig) -> TrainingData:
     train += make_mixtures(
         hosts, store, raw, run.kinds, grid, stride, run.mixtures, run.data.unannotated_weight
     )
+    train += icbhi_material(run, store, grid)
     return TrainingData(train, val, mean, std, grid, view)
+
+
+def icbhi_material(run: RunConfig, store: FeatureStore, grid: FrameGrid) -> list[Recording]:
+    """The training share of ICBHI's patients (``data.icbhi_fraction``) with cycle targets."""
+    if run.data.icbhi_fraction <= 0:
+        return []
+    recordings = load_icbhi(icbhi_folder(run))
+    chosen = training_patients(recordings, run.data.icbhi_fraction, run.data.icbhi_seed)
+    mine = [r for r in recordings if r.patient_id in chosen]
+    return load_icbhi_recordings(mine, store, run.kinds, grid, run.model.stride)
+
+
+def icbhi_folder(run: RunConfig) -> Path:
+    return Path(run.data.icbhi_dir) if run.data.icbhi_dir else data_root() / "icbhi" / "train"
 
 
 def input_stats(

@@ -16,7 +16,8 @@ rules), then:
   ``poor_signal`` counts as normal, "not assessed"): the ICBHI 4-class SE / SP / Score,
   each family's cycle presence and the share of recording time under ``poor_signal``; and
   the per-family event scores with every cycle that has crackles (wheezes) as a DAS (CAS)
-  event. ``--icbhi-exclude-patients`` leaves out the patients a model trained on.
+  event. The patients the model's run trained on (``data.icbhi_fraction``) are left out, and
+  those ``--icbhi-exclude-patients`` names.
 
 SPRSound views print :meth:`~training.scoring.detection.DetectionReport.family_table`, the
 share of good / Poor Quality records with a ``poor_signal`` event and, for a model with Task
@@ -38,7 +39,7 @@ from edge.monitor import resolve_model
 from edge.runtime.detect import write_json
 from edge.runtime.offline import RecordingEvents, detect_recordings
 from lungwatch.cli import ArgumentParser
-from training.data.icbhi import IcbhiCycle, IcbhiRecording, load_icbhi
+from training.data.icbhi import IcbhiCycle, IcbhiRecording, load_icbhi, training_patients
 from training.data.sprsound import SprRecord, load_sprsound, patient_disjoint_split
 from training.scoring.challenge import sprsound_scores
 from training.scoring.detection import DetectionReport, score_detection
@@ -64,6 +65,21 @@ def validation_records(model_dir: Path) -> list[SprRecord]:
         load_sprsound(folder), float(data["val_fraction"]), int(data["split_seed"])
     )
     return val
+
+
+def icbhi_training_patients(model_dir: Path) -> set[str]:
+    """The ICBHI patients the run of ``model_dir``'s checkpoint trained on (none by default):
+    the ICBHI view leaves them out."""
+    from edge.config import from_mapping
+    from training.models.checkpoint import load_checkpoint
+    from training.recipe.config import RunConfig
+    from training.recipe.train import icbhi_folder
+
+    run = from_mapping(RunConfig, load_checkpoint(model_dir / "model.pt").run, source="model.pt")
+    if run.data.icbhi_fraction <= 0:
+        return set()
+    recordings = load_icbhi(icbhi_folder(run))
+    return training_patients(recordings, run.data.icbhi_fraction, run.data.icbhi_seed)
 
 
 def sprsound_view(records: Sequence[SprRecord], found: Mapping[str, RecordingEvents]) -> dict:
@@ -187,10 +203,13 @@ def run_views(model: Path, views: Sequence[str], exclude: set[str]) -> dict[str,
     out: dict[str, Any] = {"model": str(folder / file)}
     for view in views:
         if view == "icbhi":
+            held = exclude | icbhi_training_patients(folder)  # never a training patient
             recs = [r for r in load_icbhi(data_root() / "icbhi" / "train")
-                    if r.patient_id not in exclude]  # fmt: skip
+                    if r.patient_id not in held]  # fmt: skip
             found = detect_recordings({r.recording_id: r.audio_path for r in recs}, folder, file)
             out[view] = icbhi_view(recs, found)
+            out[view]["recordings"] = len(recs)
+            out[view]["patients_left_out"] = sorted(held)
             continue
         records = (
             validation_records(folder)
