@@ -15,6 +15,13 @@ from lungwatch.cli import DEVICE_COMMANDS, WORKSTATION_COMMANDS, edge_main, main
 from tests.edge.runtime_helpers import REPO_ROOT
 
 
+def _fresh_interpreter(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a new Python, so only what it imports is in ``sys.modules``."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_usage_and_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert edge_main([]) == 2
     assert "commands:" in capsys.readouterr().out
@@ -51,9 +58,7 @@ def test_a_device_command_imports_no_workstation_code(name: str) -> None:
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'training', 'torch', 'onnx', "
         "'sed_eval'}))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
+    result = _fresh_interpreter(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", f"{module} imports {result.stdout.strip()}"
 
@@ -76,9 +81,7 @@ def test_the_device_script_refuses_workstation_commands_and_says_where_they_are(
         "print('imported:', sorted(m for m in sys.modules if m.split('.')[0] in "
         "('training', 'torch', 'export'))); sys.exit(rc)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
-    )
+    result = _fresh_interpreter(code)
     assert result.returncode == 2
     assert result.stderr.splitlines()[0] == f"lungwatch-edge: unknown command {name!r}"
     assert "are in 'lungwatch' on the workstation" in result.stderr
