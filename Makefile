@@ -67,7 +67,7 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy edge training export firmware_bridge deploy bench
+	$(VENV)/bin/mypy lungwatch edge training export firmware_bridge deploy bench
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .
