@@ -107,7 +107,7 @@ def load_data(run: RunConfig) -> TrainingData:
     train += make_mixtures(
         hosts, store, raw, run.kinds, grid, stride, run.mixtures, run.data.unannotated_weight
     )
-    train += icbhi_material(run, store, grid)
+    train += icbhi_material(run, store, grid) * run.data.icbhi_repeat
     return TrainingData(train, val, mean, std, grid, view)
 
 
