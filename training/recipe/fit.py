@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
+from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
 from edge.labels import DETECTED_CLASSES, POOR_QUALITY
 from training.scoring.detection import DetectionReport, Event, score_detection
 
@@ -199,10 +200,7 @@ def fit_detector(
     return Fit(current, best_report, evaluations)
 
 
-FAMILY_CLASSES = {
-    "CAS": ("Wheeze", "Rhonchi", "Stridor"),
-    "DAS": ("Fine Crackle", "Coarse Crackle"),
-}
+FAMILY_CLASSES = {"CAS": CAS_CLASSES, "DAS": DAS_CLASSES}
 
 
 def fit_start(run: RunConfig) -> DetectorConfig:
@@ -292,14 +290,13 @@ def fit_quality(folder: Path, file: str, records: Sequence[Any], run: RunConfig)
     return block
 
 
-def refit(folder: Path, file: str, run: RunConfig) -> dict[str, Any]:
-    """The ``detector`` section fitted on the validation records of ``folder``'s run from the
-    outputs of its artifact ``file`` through the device path."""
+def refit(folder: Path, file: str, run: RunConfig, records: Sequence[Any]) -> dict[str, Any]:
+    """The ``detector`` section fitted on ``records``, the validation records of ``folder``'s
+    run (:func:`training.scoring.views.validation_records`), from the outputs of its artifact
+    ``file`` through the device path."""
     from edge.audio import read_audio
     from edge.runtime.offline import detect_recordings
-    from training.scoring.views import validation_records
 
-    records = validation_records(folder)
     audio = {r.record_id: r.audio_path for r in records}
     found = detect_recordings(audio, folder, file, keep_probs=True)
     probs = [np.asarray(found[r.record_id].probs) for r in records]
@@ -341,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     folder, file = resolve_model(args.model)
     stored = load_checkpoint(folder / "model.pt").run
     run = from_mapping(RunConfig, apply_overrides(stored, args.set, "--set"), source="--set")
-    section = refit(folder, file, run)
-    quality = fit_quality(folder, file, validation_records(folder), run)
+    records = validation_records(folder)
+    section = refit(folder, file, run, records)
+    quality = fit_quality(folder, file, records, run)
     print(json.dumps({"detector": section["validation"], "quality": quality}, indent=1))
     if not args.dry_run:
         set_section(folder / "manifest.json", "detector", section)

@@ -42,7 +42,7 @@ from edge.datapaths import data_root, sprsound_root
 from edge.features import FeatureSpec
 from lungwatch.cli import ArgumentParser
 from training.data.features import FeatureStore
-from training.data.icbhi import load_icbhi, training_patients
+from training.data.icbhi import IcbhiRecording, load_icbhi, training_patients
 from training.data.mixtures import make_mixtures
 from training.data.recordings import (
     Recording,
@@ -113,12 +113,18 @@ def load_data(run: RunConfig) -> TrainingData:
 
 def icbhi_material(run: RunConfig, store: FeatureStore, grid: FrameGrid) -> list[Recording]:
     """The training share of ICBHI's patients (``data.icbhi_fraction``) with cycle targets."""
-    if run.data.icbhi_fraction <= 0:
-        return []
-    recordings = load_icbhi(icbhi_folder(run))
-    chosen = training_patients(recordings, run.data.icbhi_fraction, run.data.icbhi_seed)
+    recordings, chosen = icbhi_training_share(run)
     mine = [r for r in recordings if r.patient_id in chosen]
     return load_icbhi_recordings(mine, store, run.kinds, grid, run.model.stride)
+
+
+def icbhi_training_share(run: RunConfig) -> tuple[list[IcbhiRecording], set[str]]:
+    """ICBHI's recordings (``data.icbhi_dir``) and the patients among them that train
+    (``data.icbhi_fraction``, drawn with ``data.icbhi_seed``); none when the fraction is 0."""
+    if run.data.icbhi_fraction <= 0:
+        return [], set()
+    recordings = load_icbhi(icbhi_folder(run))
+    return recordings, training_patients(recordings, run.data.icbhi_fraction, run.data.icbhi_seed)
 
 
 def icbhi_folder(run: RunConfig) -> Path:

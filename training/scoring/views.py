@@ -39,7 +39,7 @@ from edge.monitor import resolve_model
 from edge.runtime.detect import write_json
 from edge.runtime.offline import RecordingEvents, detect_recordings
 from lungwatch.cli import ArgumentParser
-from training.data.icbhi import IcbhiCycle, IcbhiRecording, load_icbhi, training_patients
+from training.data.icbhi import IcbhiCycle, IcbhiRecording, load_icbhi
 from training.data.sprsound import SprRecord, load_sprsound, patient_disjoint_split
 from training.scoring.challenge import sprsound_scores
 from training.scoring.detection import DetectionReport, score_detection
@@ -73,13 +73,10 @@ def icbhi_training_patients(model_dir: Path) -> set[str]:
     from edge.config import from_mapping
     from training.models.checkpoint import load_checkpoint
     from training.recipe.config import RunConfig
-    from training.recipe.train import icbhi_folder
+    from training.recipe.train import icbhi_training_share
 
     run = from_mapping(RunConfig, load_checkpoint(model_dir / "model.pt").run, source="model.pt")
-    if run.data.icbhi_fraction <= 0:
-        return set()
-    recordings = load_icbhi(icbhi_folder(run))
-    return training_patients(recordings, run.data.icbhi_fraction, run.data.icbhi_seed)
+    return icbhi_training_share(run)[1]
 
 
 def sprsound_view(records: Sequence[SprRecord], found: Mapping[str, RecordingEvents]) -> dict:
