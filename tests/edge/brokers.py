@@ -6,8 +6,8 @@ publisher process that can be killed.
   :meth:`Mosquitto.pause` SIGSTOP, and :meth:`Mosquitto.restart` starts it again on the same
   port. Optional TLS listener (a
   self-signed CA and a server certificate made with the ``openssl`` CLI) and a password file
-  (``mosquitto_passwd -b -c``). :func:`require_mosquitto` skips a test, with the reason, when
-  the binary is missing.
+  (``mosquitto_passwd -b -c``), or the lines of a config ``lungwatch access`` wrote.
+  :func:`require_mosquitto` skips a test, with the reason, when the binary is missing.
 - :class:`Recorder`: a paho subscriber (QoS 1) that keeps every message it receives.
 - ``python -m tests.edge.brokers publish CONFIG.json EVENTS.jsonl [--interval-s S] [--hold]``:
   an MqttSink in its own process, so tests can SIGKILL it.
@@ -125,13 +125,15 @@ class Mosquitto:
         directory: Path,
         tls: TlsFiles | None = None,
         password_file: Path | None = None,
+        include: Path | None = None,
     ) -> None:
         self.binary = require_mosquitto()
         self.directory = directory
         self.port = free_port()
         self.conf = directory / f"mosquitto-{self.port}.conf"
         self.log = directory / f"mosquitto-{self.port}.log"
-        self.conf.write_text(_mosquitto_conf(self.port, tls, password_file), encoding="utf-8")
+        text = _mosquitto_conf(self.port, tls, password_file, include)
+        self.conf.write_text(text, encoding="utf-8")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Mosquitto:
@@ -171,7 +173,9 @@ class Mosquitto:
         self.stop()
 
 
-def _mosquitto_conf(port: int, tls: TlsFiles | None, password_file: Path | None) -> str:
+def _mosquitto_conf(
+    port: int, tls: TlsFiles | None, password_file: Path | None, include: Path | None = None
+) -> str:
     lines = [
         f"listener {port} {HOST}",
         "persistence false",
@@ -190,7 +194,9 @@ def _mosquitto_conf(port: int, tls: TlsFiles | None, password_file: Path | None)
             f"certfile {tls.server_cert}",
             f"keyfile {tls.server_key}",
         ]
-    if password_file is not None:
+    if include is not None:  # a generated access config (edge.access): its lines as written
+        lines += include.read_text(encoding="utf-8").splitlines()
+    elif password_file is not None:
         lines += ["allow_anonymous false", f"password_file {password_file}"]
     else:
         lines.append("allow_anonymous true")

@@ -1,0 +1,213 @@
+"""Broker access (edge.access, ``lungwatch access``) against a real Mosquitto started with the
+generated files: anonymous clients cannot connect, a device cannot acknowledge another's
+alarms, forge another's events or acknowledge its own, and a ward view's command arrives."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from edge.access import acl_text, generate, password_line
+from edge.commandauth import derive_device_key, read_key
+from edge.errors import ConfigError
+from tests.edge.brokers import HOST, Mosquitto, require_mosquitto
+from tests.edge.runtime_helpers import lungwatch
+
+SITE = "ward-3"
+ROOT = f"lungwatch/v1/{SITE}"
+WAIT_S = 10.0
+
+
+def login(directory: Path, name: str) -> dict[str, str]:
+    settings = yaml.safe_load((directory / "clients" / f"{name}.yaml").read_text())
+    return settings["mqtt"]
+
+
+class Client:
+    """A paho client with a name's credentials that keeps what it receives."""
+
+    def __init__(self, port: int, credentials: dict[str, str] | None, name: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.arrived = threading.Condition()
+        self.connack = threading.Event()
+        self.refused: Any = None
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{name}")
+        if credentials is not None:
+            self.client.username_pw_set(credentials["username"], credentials["password"])
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect(HOST, port)
+        self.client.loop_start()
+        assert self.connack.wait(WAIT_S)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.refused = reason if reason.is_failure else None
+        self.connack.set()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self.arrived:
+            self.messages.append((message.topic, bytes(message.payload)))
+            self.arrived.notify_all()
+
+    def subscribe(self, topic: str) -> None:
+        done = threading.Event()
+        self.client.on_subscribe = lambda *args: done.set()
+        self.client.subscribe(topic, qos=1)
+        assert done.wait(WAIT_S)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(WAIT_S)
+
+    def wait_for(self, payload: bytes) -> bool:
+        with self.arrived:
+            return self.arrived.wait_for(
+                lambda: any(p == payload for _, p in self.messages), WAIT_S
+            )
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@contextmanager
+def clients(port: int, directory: Path, *names: str) -> Iterator[list[Client]]:
+    made = [Client(port, login(directory, name), name) for name in names]
+    try:
+        yield made
+    finally:
+        for client in made:
+            client.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[Path, Mosquitto]]:
+    require_mosquitto()
+    directory = tmp_path / "access"
+    generate(SITE, ["jetson-1", "jetson-2"], ["ward-view"], directory)
+    broker = Mosquitto(tmp_path, include=directory / "mosquitto" / "lungwatch.conf").start()
+    try:
+        yield directory, broker
+    finally:
+        broker.stop()
+
+
+def test_anonymous_and_wrong_passwords_are_refused(site: tuple[Path, Mosquitto]) -> None:
+    directory, broker = site
+    anonymous = Client(broker.port, None, "anonymous")
+    wrong = Client(broker.port, {"username": "jetson-1", "password": "guess"}, "wrong")
+    right = Client(broker.port, login(directory, "jetson-1"), "right")
+    try:
+        assert anonymous.refused is not None
+        assert wrong.refused is not None
+        assert right.refused is None
+    finally:
+        for client in (anonymous, wrong, right):
+            client.close()
+
+
+def test_only_a_ward_view_reaches_a_device_and_devices_publish_only_their_own(
+    site: tuple[Path, Mosquitto],
+) -> None:
+    """jetson-2 sends an acknowledge to jetson-1 and forges jetson-1's ``ended`` event;
+    jetson-1 acknowledges itself: none of it is delivered. Each client then publishes one
+    message it may send, after the refused ones on the same connection (so had the broker
+    passed them, they would have arrived first): those arrive."""
+    directory, broker = site
+    with clients(broker.port, directory, "ward-view", "jetson-1", "jetson-2") as made:
+        view, device, other = made
+        view.subscribe(f"{ROOT}/#")
+        device.subscribe(f"{ROOT}/jetson-1/command")
+        ack = json.dumps({"action": "acknowledge", "stream_id": "bed-1", "target": "Wheeze"})
+        forged_end = json.dumps({"state": "ended", "type": "Fine Crackle", "forged": True})
+        other.publish(f"{ROOT}/jetson-1/command", b"from jetson-2: " + ack.encode())
+        other.publish(f"{ROOT}/jetson-1/bed-1/event", forged_end.encode())
+        device.publish(f"{ROOT}/jetson-1/command", b"from jetson-1: " + ack.encode())
+        other.publish(f"{ROOT}/jetson-2/bed-1/event", b"jetson-2 own event")
+        device.publish(f"{ROOT}/jetson-1/metrics", b"jetson-1 own metrics")
+        view.publish(f"{ROOT}/jetson-1/command", ack.encode())
+        assert view.wait_for(b"jetson-2 own event")
+        assert view.wait_for(b"jetson-1 own metrics")
+        assert device.wait_for(ack.encode())
+        assert all(b"forged" not in payload for _, payload in view.messages)
+        assert [payload for _, payload in device.messages] == [ack.encode()]
+        # a device cannot read the site's other topics
+        other.subscribe(f"{ROOT}/#")
+        device.publish(f"{ROOT}/jetson-1/bed-1/event", b"jetson-1 event")
+        assert view.wait_for(b"jetson-1 event")
+        assert all(payload != b"jetson-1 event" for _, payload in other.messages)
+
+
+def test_a_second_run_keeps_secrets_and_adds_a_device(tmp_path: Path) -> None:
+    directory = tmp_path / "access"
+    first = {c.name: c.password for c in generate(SITE, ["jetson-1"], ["view"], directory)}
+    master = read_key(directory / "keys" / "command-master.key")
+    second = {
+        c.name: c.password for c in generate(SITE, ["jetson-1", "jetson-2"], ["view"], directory)
+    }
+    assert second["jetson-1"] == first["jetson-1"]
+    assert second["view"] == first["view"]
+    assert read_key(directory / "keys" / "command-master.key") == master
+    for device in ("jetson-1", "jetson-2"):
+        key = read_key(directory / "keys" / f"{device}.command.key")
+        assert key == derive_device_key(master, SITE, device)
+    settings = yaml.safe_load((directory / "clients" / "jetson-2.yaml").read_text())
+    assert Path(settings["commands"]["key_file"]).name == "jetson-2.command.key"
+    view = yaml.safe_load((directory / "clients" / "view.yaml").read_text())
+    assert Path(view["dashboard"]["command_key_file"]).name == "command-master.key"
+    for path in directory.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_the_acl_names_each_device_topic_and_no_write_to_its_own_command_topic() -> None:
+    from edge.access import Client as AccessClient
+
+    text = acl_text(SITE, [AccessClient("d1", "device", "x"), AccessClient("v", "view", "y")])
+    device_block = text.split("user d1\n")[1].split("\n\n")[0].splitlines()
+    assert f"topic read {ROOT}/d1/command" in device_block
+    assert not any(line.startswith("topic write") and "command" in line for line in device_block)
+    assert f"topic write {ROOT}/+/command" in text.split("user v\n")[1]
+
+
+def test_password_lines_are_what_mosquitto_passwd_would_accept(tmp_path: Path) -> None:
+    """The broker itself checks the format in the tests above; here the line's layout."""
+    line = password_line("jetson-1", "secret", salt=bytes(12))
+    name, rest = line.split(":", 1)
+    assert name == "jetson-1"
+    assert rest.startswith("$7$101$AAAAAAAAAAAAAAAA$")
+
+
+@pytest.mark.parametrize(
+    ("devices", "views", "message"),
+    [
+        (["bad name"], ["v"], "without spaces"),
+        (["a:b"], ["v"], "without spaces"),
+        (["d"], ["d"], "distinct"),
+        (["d"], [], "at least one ward view"),
+    ],
+)
+def test_bad_client_lists_are_refused(
+    tmp_path: Path, devices: list[str], views: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        generate(SITE, devices, views, tmp_path / "access")
+
+
+def test_the_command_line_writes_the_files(tmp_path: Path) -> None:
+    args = ["--site", SITE, "--views", "view"]
+    result = lungwatch("access", *args, "--devices", "j1", "--dir", str(tmp_path / "a"))
+    assert result.returncode == 0, result.stderr
+    assert "lungwatch.conf" in result.stdout
+    assert (tmp_path / "a" / "mosquitto" / "acl").is_file()
+    bad = lungwatch("access", *args, "--devices", "x y", "--dir", str(tmp_path / "b"))
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1, bad.stderr
+    assert "without spaces" in bad.stderr
