@@ -12,6 +12,11 @@ and validate it with the other blocks::
       users:
         - {name: nurse, role: ack, password_hash: "pbkdf2_sha256$600000$<salt>$<hash>"}
         - {name: porter, role: view, password_hash: "pbkdf2_sha256$600000$<salt>$<hash>"}
+      allowed_hosts: [ward-view.example.org]   # Host names besides the address and localhost
+
+The limits (request time, connections, message size and depth, failed logins) and the
+liveness settings (heartbeat, stale, probe) have defaults that suit a ward; docs/dashboard.md
+("Limits and hardening") says what each bounds.
 
 A hash is made by ``lungwatch dashboard --hash-password`` (:func:`hash_password`): PBKDF2-HMAC-
 SHA256 with a random 16-byte salt; the config never holds a password in plain text.
@@ -22,12 +27,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from edge.config import check
+from edge.dashboard.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 
 HASH_SCHEME = "pbkdf2_sha256"
 HASH_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
@@ -35,6 +42,8 @@ MIN_ITERATIONS = 100_000
 SALT_BYTES = 16
 HASH_FORMAT = f"{HASH_SCHEME}$ITERATIONS$SALT_HEX$HASH_HEX (lungwatch dashboard --hash-password)"
 LOOPBACK_NAMES = ("localhost",)
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 Role = Literal["view", "ack"]
 
 
@@ -70,6 +79,23 @@ def verify_password(password: str, password_hash: str) -> bool:
     iterations, salt, digest = parsed
     given = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
     return hmac.compare_digest(given, digest)
+
+
+def hash_iterations(password_hash: str) -> int | None:
+    """The PBKDF2 iteration count of a well-formed hash (its cost), else None."""
+    parsed = _parse_hash(password_hash)
+    return None if parsed is None else parsed[0]
+
+
+def is_host(name: str) -> bool:
+    """A DNS host name (letters, digits, hyphens, dots) or an IP address, no port."""
+    if not isinstance(name, str) or not name or len(name) > 253:
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return HOST_NAME.fullmatch(name) is not None
+    return True
 
 
 def is_loopback(host: str) -> bool:
@@ -119,6 +145,20 @@ class DashboardConfig:
     verdict_priority: str = "medium"
     cert_file: str | None = None  # PEM certificate: serve HTTPS (users' passwords encrypted)
     key_file: str | None = None  # its private key (PEM), with cert_file
+    # Host header names the page answers to besides the bound address, localhost and IP
+    # addresses (the public name browsers use); any other Host gets 400 (DNS rebinding)
+    allowed_hosts: tuple[str, ...] = ()
+    request_timeout_s: float = 10.0  # a request must arrive whole in this time; each socket
+    # read or write (the event stream's too) waits at most this long
+    max_connections: int = 64  # open connections at once (each page holds one event stream)
+    heartbeat_interval_s: float = 5.0  # an event-stream heartbeat this often; the page says
+    # "no heartbeat" and reconnects after three missed
+    stale_after_s: float = 30.0  # nothing heard this long: a device is silent, the broker stale
+    probe_interval_s: float = 5.0  # a round trip through the broker this often (0: none)
+    max_message_bytes: int = MAX_MESSAGE_BYTES  # a larger MQTT message is rejected unread
+    max_json_depth: int = MAX_JSON_DEPTH  # a message nested deeper is rejected unparsed
+    login_max_failures: int = 5  # failed logins per user name and per client address ...
+    login_window_s: float = 300.0  # ... within this long, then 429 until the oldest expires
 
     def __post_init__(self) -> None:
         check(isinstance(self.host, str) and bool(self.host), "host", self.host, "an address")
@@ -146,6 +186,28 @@ class DashboardConfig:
             check(path is None or Path(path).is_file(), name, path, "an existing file")
         paired = (self.cert_file is None) == (self.key_file is None)
         check(paired, "key_file", self.key_file, "set together with cert_file")
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        bad = [h for h in self.allowed_hosts if not is_host(h)]
+        check(not bad, "allowed_hosts", self.allowed_hosts, "host names or IP addresses, no port")
+        ranges = [
+            ("request_timeout_s", 0.1, 300.0, "seconds"),
+            ("max_connections", 4, 10_000, "connections"),
+            ("heartbeat_interval_s", 0.1, 60.0, "seconds"),
+            ("stale_after_s", 0.5, 86_400.0, "seconds"),
+            ("max_message_bytes", 1024, 16 * 1024 * 1024, "bytes"),
+            ("max_json_depth", 4, 200, "levels"),
+            ("login_max_failures", 1, 1000, "failures"),
+            ("login_window_s", 1.0, 86_400.0, "seconds"),
+        ]
+        for name, low, high, unit in ranges:
+            value = getattr(self, name)
+            check(low <= value <= high, name, value, f"a number in [{low}, {high}] ({unit})")
+        probe, half = self.probe_interval_s, self.stale_after_s / 2
+        ok = probe == 0 or 0.1 <= probe <= half
+        allowed = f"0 (no probe) or a number in [0.1, stale_after_s / 2 = {half:g}] (seconds)"
+        check(ok, "probe_interval_s", probe, allowed)
 
     @property
     def uses_tls(self) -> bool:

@@ -7,11 +7,15 @@
 
 Routes (standard library ``ThreadingHTTPServer``; every one needs a configured user's HTTP
 Basic credentials when the config has users, none when it has none, which it only allows on
-a loopback address):
+a loopback address; every request passes the rules of :mod:`edge.dashboard.web` first: an
+allowed ``Host``, strict ``Content-Length``, a time limit; every response carries its
+security headers; failed logins are bounded by :mod:`edge.dashboard.login`):
 
 - ``GET /`` and ``GET /static/{app.js,style.css}``: the page (plain files in ``static/``);
 - ``GET /events``: ``text/event-stream``; first ``event: snapshot`` (the whole ward and what the
-  user may do), then ``event: update`` with what changed, at most every ``push_interval_s``;
+  user may do), then ``event: update`` with what changed, at most every ``push_interval_s``,
+  and ``event: heartbeat`` every ``heartbeat_interval_s`` (from the thread that pushes the
+  updates, so a page that misses them knows its stream stopped);
 - ``GET /api/state``: the snapshot as JSON;
 - ``POST /api/acknowledge`` with ``{"device_id", "stream_id", "target"}`` (JSON): needs the
   ``ack`` role (else 403, nothing published), an open latched alarm of that bed whose key or
@@ -29,18 +33,30 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import queue
 import secrets
 import ssl
 import threading
+import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from edge.dashboard.config import DashboardConfig, is_loopback, verify_password
+from edge.dashboard.config import DashboardConfig, is_loopback
 from edge.dashboard.feed import FeedError, WardFeed
+from edge.dashboard.login import LoginLimitedError, Logins
 from edge.dashboard.ward import Ward
+from edge.dashboard.web import (
+    SECURITY_HEADERS,
+    Deadlines,
+    HostRule,
+    LimitedHTTPServer,
+    RequestError,
+    body_length,
+    check_headers,
+)
 from edge.errors import LungwatchError
 from edge.events import is_segment
 from edge.sinks.mqtt import MqttConfig
@@ -53,9 +69,9 @@ STATIC_FILES = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and the browser's timer happy
 CLIENT_QUEUE = 1000  # updates waiting for a slow browser before it is dropped (it reconnects)
-MAX_BODY_BYTES = 4096
+HEARTBEATS_MISSED = 3  # the page reconnects after this many heartbeat intervals of silence
+AUTH_CACHE = 1000  # verified credentials remembered (PBKDF2 once per credential)
 REALM = "lungwatch ward view"
 
 
@@ -82,23 +98,42 @@ class DashboardServer:
         self.config, self.site = config, site
         self.ward = Ward(site, config.events_per_bed, config.live_points,
                          verdict_alarms=config.alarm_verdicts,
-                         verdict_priority=config.verdict_priority)  # fmt: skip
+                         verdict_priority=config.verdict_priority,
+                         max_message_bytes=config.max_message_bytes,
+                         max_json_depth=config.max_json_depth,
+                         stale_after_s=config.stale_after_s,
+                         probing=config.probe_interval_s > 0)  # fmt: skip
         self.feed = WardFeed(mqtt, site, self.ward)
+        self.logins = (
+            Logins(config.users, config.login_max_failures, config.login_window_s)
+            if config.users
+            else None
+        )
+        self.hosts = HostRule(config.host, config.allowed_hosts)
+        self.deadlines = Deadlines()
         self._clients: set[queue.Queue[str | None]] = set()
         self._stop = threading.Event()
         self._auth_key = secrets.token_bytes(32)
         self._auth_cache: dict[bytes, Viewer] = {}
-        self._httpd = ThreadingHTTPServer((config.host, config.port), _handler_class(self))
-        self._httpd.daemon_threads = True
+        self._httpd = LimitedHTTPServer(
+            (config.host, config.port), _handler_class(self), config.max_connections
+        )
         if config.cert_file is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                context.load_cert_chain(config.cert_file, config.key_file)
-            except (OSError, ssl.SSLError) as exc:
-                self._httpd.server_close()
-                raise DashboardError(f"dashboard.cert_file / key_file: {exc}") from None
-            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            self._httpd.socket = self._tls_socket(config)
         self._threads: list[threading.Thread] = []
+
+    def _tls_socket(self, config: DashboardConfig) -> ssl.SSLSocket:
+        """The listening socket under TLS; each handshake runs in its connection's thread,
+        under the request timeout (never in the thread that accepts)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(config.cert_file, config.key_file)  # type: ignore[arg-type]
+        except (OSError, ssl.SSLError) as exc:
+            self._httpd.server_close()
+            raise DashboardError(f"dashboard.cert_file / key_file: {exc}") from None
+        return context.wrap_socket(
+            self._httpd.socket, server_side=True, do_handshake_on_connect=False
+        )
 
     @property
     def url(self) -> str:
@@ -156,6 +191,7 @@ class DashboardServer:
         with self.ward.lock:
             snapshot = self.ward.snapshot()
             snapshot["user"] = {"name": user.name, "can_acknowledge": user.can_acknowledge}
+            snapshot["heartbeat_s"] = self.config.heartbeat_interval_s
             client.put_nowait(_sse("snapshot", snapshot))
             self._clients.add(client)
         return client
@@ -165,24 +201,40 @@ class DashboardServer:
             self._clients.discard(client)
 
     def _push(self) -> None:
-        while not self._stop.wait(self.config.push_interval_s):
+        """Every ``push_interval_s``: the changes to every browser; the liveness checks, the
+        broker probe and the heartbeats when due; slow requests shut down."""
+        cfg = self.config
+        next_beat_s = next_probe_s = time.monotonic()
+        while not self._stop.wait(cfg.push_interval_s):
+            now_s = time.monotonic()
+            self.deadlines.reap()
+            if cfg.probe_interval_s > 0 and now_s >= next_probe_s:
+                self.feed.probe()
+                next_probe_s = now_s + cfg.probe_interval_s
             with self.ward.lock:
+                self.ward.check_liveness()
                 changes = self.ward.take_changes()
-                if changes is None:
-                    continue
-                message = _sse("update", changes)
-                for client in list(self._clients):
-                    try:
-                        client.put_nowait(message)
-                    except queue.Full:  # the browser stopped reading; it reconnects
-                        log.warning("dropping a browser that fell %d updates behind", CLIENT_QUEUE)
-                        self._clients.discard(client)
+                if changes is not None:
+                    self._send(_sse("update", changes))
+                if now_s >= next_beat_s:
+                    self._send(_sse("heartbeat", {}))
+                    next_beat_s = now_s + cfg.heartbeat_interval_s
+
+    def _send(self, message: str) -> None:
+        """``message`` to every browser (called under the ward's lock)."""
+        for client in list(self._clients):
+            try:
+                client.put_nowait(message)
+            except queue.Full:  # the browser stopped reading; it reconnects
+                log.warning("dropping a browser that fell %d updates behind", CLIENT_QUEUE)
+                self._clients.discard(client)
 
     # -- rights ------------------------------------------------------------------------
-    def authenticate(self, header: str | None) -> Viewer | None:
-        """Who sent ``Authorization: Basic ...`` (:data:`LOCAL_VIEWER` without users); None:
-        no or wrong credentials."""
-        if not self.config.users:
+    def authenticate(self, header: str | None, address: str = "") -> Viewer | None:
+        """Who sent ``Authorization: Basic ...`` from ``address`` (:data:`LOCAL_VIEWER`
+        without users); None: no or wrong credentials; :class:`LoginLimitedError` after too
+        many failures of the name or the address (:mod:`edge.dashboard.login`)."""
+        if self.logins is None:
             return LOCAL_VIEWER
         if not header or not header.startswith("Basic "):
             return None
@@ -192,11 +244,13 @@ class DashboardServer:
         try:
             name, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
-            return None
-        user = self.config.user(name)
-        if user is None or not verify_password(password, user.password_hash):
+            name, password = "", ""  # checked like any wrong password: counted, same time
+        user = self.logins.check(name, password, address)
+        if user is None:
             return None
         viewer = Viewer(user.name, user.can_acknowledge)
+        if len(self._auth_cache) >= AUTH_CACHE:
+            self._auth_cache.clear()
         self._auth_cache[cache_key] = viewer
         return viewer
 
@@ -229,8 +283,39 @@ def _sse(kind: str, body: dict[str, Any]) -> str:
 def _handler_class(server: DashboardServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "lungwatch-dashboard"
+        sys_version = ""
+        timeout = server.config.request_timeout_s  # each read and write of the connection
+
+        def setup(self) -> None:
+            super().setup()
+            server.deadlines.arm(self.connection, server.config.request_timeout_s)
+
+        def finish(self) -> None:
+            server.deadlines.disarm(self.connection)
+            server.deadlines.expired(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
+
+        def parse_request(self) -> bool:
+            """The request line and headers, then :func:`~edge.dashboard.web.check_headers`
+            (an allowed Host, no Transfer-Encoding); False: answered with the error."""
+            if not super().parse_request():
+                return False
+            try:
+                self._in_time()
+                check_headers(self.headers, server.hosts)
+            except RequestError as exc:
+                self._json(exc.status, {"error": str(exc)})
+                return False
+            return True
+
+        def end_headers(self) -> None:
+            for name, value in SECURITY_HEADERS:
+                self.send_header(name, value)
+            super().end_headers()
 
         def do_GET(self) -> None:
+            server.deadlines.disarm(self.connection)  # the whole request is in
             user = self._user()
             if user is None:
                 return
@@ -248,6 +333,11 @@ def _handler_class(server: DashboardServer) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": f"no such page: {path}"})
 
         def do_POST(self) -> None:
+            try:
+                raw = self._read_body()
+            except RequestError as exc:
+                self._json(exc.status, {"error": str(exc)})
+                return
             user = self._user()
             if user is None:
                 return
@@ -262,19 +352,42 @@ def _handler_class(server: DashboardServer) -> type[BaseHTTPRequestHandler]:
             if self.headers.get_content_type() != "application/json":
                 self._json(415, {"error": "send the acknowledge as application/json"})
                 return
-            self._json(*server.acknowledge(user, self._body()))
+            self._json(*server.acknowledge(user, _json_object(raw)))
 
-        def _body(self) -> dict[str, Any]:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(min(length, MAX_BODY_BYTES))
+        def _read_body(self) -> bytes:
+            """The whole body, by a strict Content-Length, within the request's time."""
+            length = body_length(self.headers)
             try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                return {}
-            return body if isinstance(body, dict) else {}
+                raw = self.rfile.read(length)
+            except TimeoutError:
+                raw = None
+            server.deadlines.disarm(self.connection)
+            self._in_time(raw is None)
+            if raw is None or len(raw) != length:
+                got = 0 if raw is None else len(raw)
+                raise RequestError(400, f"the body ended after {got} of {length} bytes")
+            return raw
+
+        def _in_time(self, timed_out: bool = False) -> None:
+            """RequestError 408 when the request was not read within request_timeout_s."""
+            if server.deadlines.expired(self.connection) or timed_out:
+                limit = f"{server.config.request_timeout_s:g} s"
+                raise RequestError(408, f"the request did not arrive within {limit}")
 
         def _user(self) -> Viewer | None:
-            user = server.authenticate(self.headers.get("Authorization"))
+            try:
+                user = server.authenticate(
+                    self.headers.get("Authorization"), self.client_address[0]
+                )
+            except LoginLimitedError as exc:
+                self.send_response(429)
+                self.send_header("Retry-After", str(math.ceil(exc.retry_after_s)))
+                data = json.dumps({"error": str(exc)}).encode("utf-8")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self._write(data)
+                return None
             if user is None:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')
@@ -285,22 +398,21 @@ def _handler_class(server: DashboardServer) -> type[BaseHTTPRequestHandler]:
         def _stream(self, user: Viewer) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.send_header("Cache-Control", "no-store")
             self.end_headers()
             client = server.subscribe(user)
             try:
                 self.wfile.write(b"retry: 2000\n\n")
                 while True:
-                    try:
-                        message = client.get(timeout=KEEPALIVE_S)
+                    try:  # heartbeats come every heartbeat_interval_s from the pusher
+                        message = client.get(timeout=server.config.heartbeat_interval_s)
                     except queue.Empty:
-                        message = ": keepalive\n\n"
+                        continue
                     if message is None:
                         break
-                    self.wfile.write(message.encode("utf-8"))
+                    self.wfile.write(message.encode("utf-8"))  # within request_timeout_s
                     self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the browser went away
+            except OSError:
+                pass  # the browser went away, or stopped reading for request_timeout_s
             finally:
                 server.unsubscribe(client)
 
@@ -311,12 +423,23 @@ def _handler_class(server: DashboardServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._write(data)
+
+        def _write(self, data: bytes) -> None:
+            with contextlib.suppress(OSError):
                 self.wfile.write(data)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
 
     return Handler
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object in an acknowledge body, else {} (refused by its checks)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    return body if isinstance(body, dict) else {}

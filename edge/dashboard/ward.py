@@ -15,15 +15,23 @@ state at a glance (:func:`bed_state`). Alarms: every open episode of the site, o
 priority (high first), then age (the oldest onset first), then device and bed
 (:func:`alarm_order`); latched ones (``detail.latched``) can be acknowledged.
 
-Nothing is dropped silently: a message that is not valid JSON, not schema version 1, not a
-valid :class:`~edge.events.Event` or on a topic that does not match its body is counted in
-``counts["rejected"]`` and logged with the reason; a repeated event ``id`` (QoS 1 may deliver
-twice) is counted in ``counts["duplicates"]``. Thread-safe: every method takes :attr:`lock`.
+Nothing is dropped silently and nothing in one message stops the feed: a message over the
+size limit, nested too deeply, with a number out of range, not JSON, not schema version 1, not
+a valid :class:`~edge.events.Event`, on a topic that does not match its body, or one whose
+handling failed in any other way is counted in ``counts["rejected"]`` and per reason in
+:attr:`Ward.rejected_reasons` (:data:`~edge.dashboard.intake.REASONS`) and logged with the
+reason; a repeated event ``id`` (QoS 1 may deliver twice) is counted in
+``counts["duplicates"]``.
+
+Liveness (:meth:`Ward.check_liveness`, called periodically): a device that is not offline and
+sent nothing valid for ``stale_after_s`` is *silent* (its beds show ``no data``); the broker
+is *stale* when the dashboard is connected but heard nothing (no message, no probe back) for
+``stale_after_s`` while something is expected (the round-trip probe is on, or a device is not
+offline). Thread-safe: every method takes :attr:`lock`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -33,9 +41,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.dashboard.intake import (
+    MAX_JSON_DEPTH,
+    MAX_MESSAGE_BYTES,
+    MessageError,
+    parse_message,
+)
 from edge.events import (
     DEVICE_STREAM,
-    SCHEMA_VERSION,
     TOPIC_ROOT,
     Event,
     EventError,
@@ -49,6 +62,7 @@ PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
 # bed states, most important first; a bed shows the first that holds
 STATE_TEXT = {
     "offline": "offline",
+    "stale": "no data from the device",
     "technical": "technical condition",
     "stridor": "stridor",
     "wheezes": "wheezes",
@@ -73,10 +87,8 @@ SEEN_IDS = 100_000  # event ids remembered for deduplication
 # read_wait_warn_ms (docs/runtime.md, "Load")
 READ_WAIT_BEHIND_MS = 500.0
 EXCERPT_CHARS = 160
-
-
-class MessageError(ValueError):
-    """A message the ward cannot use; the text says why."""
+REASON_CHARS = 300  # the longest reason kept in last_rejected
+STALE_AFTER_S = 30.0  # three times the runtime's default metrics_interval_s
 
 
 @dataclass
@@ -102,6 +114,8 @@ class Device:
     metrics_utc: str | None = None
     read_wait_limit_ms: float = READ_WAIT_BEHIND_MS  # its read_wait_warn_ms, where it says
     beds: dict[str, Bed] = field(default_factory=dict)
+    seen_s: float | None = None  # the ward's monotonic clock at its last valid message
+    silent: bool = False  # not offline, yet nothing valid for stale_after_s
 
 
 def read_wait_view(device: Device) -> dict[str, Any]:
@@ -126,14 +140,19 @@ def alarm_order(event: Event) -> tuple[int, str, str, str]:
     return (PRIORITY_RANK[event.priority], event.start_utc, event.device_id, event.stream_id)
 
 
-def bed_state(online: bool | None, open_events: list[Event]) -> dict[str, str]:
+def bed_state(
+    online: bool | None, open_events: list[Event], silent: bool = False
+) -> dict[str, str]:
     """The bed's state at a glance: ``{"key": ..., "text": ...}`` (key in :data:`STATE_TEXT`).
 
-    Offline beats everything; then a technical condition (monitoring is impaired, findings
-    are suppressed); then the findings, most important first; else breathing normal.
+    Offline beats everything; then a silent device (no data: what the page showed may no
+    longer hold); then a technical condition (monitoring is impaired, findings are
+    suppressed); then the findings, most important first; else breathing normal.
     """
     if online is False:
         return {"key": "offline", "text": STATE_TEXT["offline"]}
+    if silent:
+        return {"key": "stale", "text": STATE_TEXT["stale"]}
     technical = sorted((e for e in open_events if e.kind == "technical"), key=alarm_order)
     if technical:
         names = ", ".join(dict.fromkeys(e.type.replace("_", " ") for e in technical))
@@ -179,16 +198,27 @@ class Ward:
         clock: Callable[[], float] = time.time,
         verdict_alarms: tuple[str, ...] = (),
         verdict_priority: str = "medium",
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_json_depth: int = MAX_JSON_DEPTH,
+        stale_after_s: float = STALE_AFTER_S,
+        probing: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.site = site
         self.verdict_alarms, self.verdict_priority = verdict_alarms, verdict_priority
         self.events_per_bed, self.live_points = events_per_bed, live_points
-        self.clock = clock
+        self.max_message_bytes, self.max_json_depth = max_message_bytes, max_json_depth
+        self.stale_after_s, self.probing = stale_after_s, probing
+        self.clock, self.monotonic = clock, monotonic
         self.lock = threading.RLock()
         self.devices: dict[str, Device] = {}
         self.counts = {"messages": 0, "events": 0, "rejected": 0, "duplicates": 0}
+        self.rejected_reasons: dict[str, int] = {}  # reason (intake.REASONS) -> count
         self.last_rejected: str | None = None
-        self.broker: dict[str, Any] = {"address": None, "connected": False}
+        self.broker: dict[str, Any] = {"address": None, "connected": False,
+                                       "state": "disconnected", "quiet_s": None}  # fmt: skip
+        self._connected_s: float | None = None  # monotonic; None: not connected
+        self._heard_s = 0.0  # monotonic: the last message or probe back
         self.pending_acks: dict[tuple[str, str, str], float] = {}  # (device, bed, target) -> s
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dirty_devices: set[str] = set()
@@ -198,19 +228,39 @@ class Ward:
 
     # -- input -------------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> bool:
-        """Take one MQTT message; False (counted and logged) if it could not be used."""
+        """Take one MQTT message; False (counted per reason and logged) if it could not be
+        used. Never raises: nothing in one message may stop the feed."""
         with self.lock:
             self.counts["messages"] += 1
+            self._heard_s = self.monotonic()
             try:
                 self._dispatch(topic, payload)
             except MessageError as exc:
-                self.counts["rejected"] += 1
-                excerpt = payload[:EXCERPT_CHARS].decode("utf-8", "replace")
-                self.last_rejected = f"{topic}: {exc}"
-                log.warning("rejected message on %s: %s: %r", topic, exc, excerpt)
-                self._dirty_alarms = True  # the counts travel with the alarms
+                self._reject(topic, payload, exc.reason, str(exc))
                 return False
+            except Exception as exc:  # a bug or a case not foreseen: count it, keep going
+                log.error("handling a message on %s failed", topic, exc_info=True)
+                self._reject(topic, payload, "internal_error", f"{type(exc).__name__}: {exc}")
+                return False
+            self._heard_from(topic)
             return True
+
+    def _reject(self, topic: str, payload: bytes, reason: str, why: str) -> None:
+        self.counts["rejected"] += 1
+        self.rejected_reasons[reason] = self.rejected_reasons.get(reason, 0) + 1
+        why = why if len(why) <= REASON_CHARS else why[: REASON_CHARS - 3] + "..."
+        self.last_rejected = f"{reason}: {topic[:REASON_CHARS]}: {why}"
+        excerpt = payload[:EXCERPT_CHARS].decode("utf-8", "replace")
+        log.warning("rejected message on %s (%s): %s: %r", topic, reason, why, excerpt)
+        self._dirty_alarms = True  # the counts travel with the alarms
+
+    def _heard_from(self, topic: str) -> None:
+        """The device of a message just used is alive (no longer silent)."""
+        device = self.devices.get(topic.split("/")[3])
+        if device is not None:
+            device.seen_s = self._heard_s
+            if device.silent:
+                self._set_silent(device, False)
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
@@ -226,7 +276,7 @@ class Ward:
             self._dirty_beds.add((device_id, parts[4]))
             self._dirty_alarms = True
             return
-        body = _json(payload)
+        body = parse_message(payload, self.max_message_bytes, self.max_json_depth)
         if len(parts) == 5 and kind == "status":
             self._status(device_id, body)
         elif len(parts) == 5 and kind == "metrics":
@@ -351,7 +401,55 @@ class Ward:
     def set_broker(self, address: str, connected: bool) -> None:
         """The dashboard's own connection to the broker (shown in the page's header)."""
         with self.lock:
-            self.broker = {"address": address, "connected": connected}
+            self._connected_s = self.monotonic() if connected else None
+            self.broker["address"] = address
+            self._update_broker()
+
+    def probe_returned(self) -> None:
+        """The dashboard's own probe came back through the broker: the link is alive."""
+        with self.lock:
+            self._heard_s = self.monotonic()
+            if self.broker["state"] == "stale":
+                self._update_broker()
+
+    # -- liveness ----------------------------------------------------------------------
+    def check_liveness(self) -> None:
+        """Mark devices silent and the broker stale (or no longer) by ``stale_after_s``;
+        called periodically (the server's pusher); only transitions reach the browsers."""
+        with self.lock:
+            now = self.monotonic()
+            for device in self.devices.values():
+                quiet = device.seen_s is not None and now - device.seen_s > self.stale_after_s
+                silent = device.online is not False and quiet
+                if silent != device.silent:
+                    self._set_silent(device, silent)
+            self._update_broker()
+
+    def _set_silent(self, device: Device, silent: bool) -> None:
+        device.silent = silent
+        if silent:
+            quiet_s = self.monotonic() - (device.seen_s or 0.0)
+            log.warning("device %s sent nothing for %.0f s", device.device_id, quiet_s)
+        self._dirty_devices.add(device.device_id)
+        self._dirty_beds.update((device.device_id, b) for b in device.beds)
+
+    def _update_broker(self) -> None:
+        """Recompute the broker's state: ``connected`` (and heard from), ``stale`` (connected,
+        nothing heard for ``stale_after_s`` while something is expected) or ``disconnected``."""
+        quiet_s = 0.0
+        if self._connected_s is None:
+            state = "disconnected"
+        else:
+            quiet_s = self.monotonic() - max(self._connected_s, self._heard_s)
+            expected = self.probing or any(
+                d.online is not False and d.seen_s is not None for d in self.devices.values()
+            )
+            state = "stale" if expected and quiet_s > self.stale_after_s else "connected"
+        if state != self.broker["state"]:
+            if state == "stale":
+                log.warning("broker %s: nothing heard for %.0f s", self.broker["address"], quiet_s)
+            self.broker.update(state=state, connected=state == "connected")
+            self.broker["quiet_s"] = round(quiet_s, 1) if state == "stale" else None
             self._dirty_alarms = True
 
     # -- acknowledge -------------------------------------------------------------------
@@ -426,15 +524,22 @@ class Ward:
             "status_utc": device.status_utc,
             "spooled": device.spooled,
             "metrics_utc": device.metrics_utc,
+            "silent_s": self._silent_s(device),
             "beds": sorted(device.beds, key=_natural),
             **read_wait_view(device),
         }
+
+    def _silent_s(self, device: Device) -> float | None:
+        """How long a silent device has sent nothing (None: it is not silent)."""
+        if not device.silent or device.seen_s is None:
+            return None
+        return round(self.monotonic() - device.seen_s, 1)
 
     def bed_view(self, device: Device, bed: Bed, with_live: bool) -> dict[str, Any]:
         view = {
             "device_id": device.device_id,
             "stream_id": bed.stream_id,
-            "state": bed_state(device.online, list(bed.open.values())),
+            "state": bed_state(device.online, list(bed.open.values()), device.silent),
             "events": list(bed.events),
             "open": len(bed.open),
             "verdict": bed.verdict,
@@ -457,8 +562,10 @@ class Ward:
                 ],
                 "alarms": self.alarms(),
                 "counts": dict(self.counts),
+                "rejected_reasons": dict(self.rejected_reasons),
                 "last_rejected": self.last_rejected,
                 "broker": dict(self.broker),
+                "stale_after_s": self.stale_after_s,
             }
 
     def take_changes(self) -> dict[str, Any] | None:
@@ -477,24 +584,12 @@ class Ward:
             if self._dirty_alarms:
                 changes["alarms"] = self.alarms()
                 changes["counts"] = dict(self.counts)
+                changes["rejected_reasons"] = dict(self.rejected_reasons)
                 changes["last_rejected"] = self.last_rejected
                 changes["broker"] = dict(self.broker)
             self._dirty_devices, self._dirty_beds = set(), set()
             self._dirty_alarms, self._live = False, []
             return changes
-
-
-def _json(payload: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MessageError(f"not JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise MessageError(f"not a JSON object but {type(body).__name__}")
-    version = body.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise MessageError(f"schema_version must be {SCHEMA_VERSION}, got {version!r}")
-    return body
 
 
 def _require_identity(body: dict[str, Any], site: str, device_id: str) -> None:

@@ -1,0 +1,313 @@
+"""The ward view's web server under requests a browser would not send, over raw sockets, with a
+real Mosquitto behind it: a malformed or missing ``Content-Length`` (400 / 411 / 413 / 501,
+and the server goes on serving), a request that never completes (closed after
+``request_timeout_s``, also when it trickles in a byte at a time), a forged ``Host`` (what a
+DNS-rebinding page sends: 400, nothing published, even without users), the security headers
+on every response, the bound on failed logins (429), and the event stream's heartbeat.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge.dashboard.config import DashboardConfig, DashboardUser
+from edge.dashboard.server import STATIC_DIR, DashboardServer
+from edge.events import Event
+from edge.sinks.mqtt import MqttConfig
+from tests.edge.brokers import HOST, SHA256, Mosquitto, Recorder
+from tests.edge.browser import user_entry, wait_until
+
+SITE, DEVICE = "ward-h", "dev-1"
+PUBLIC_NAME = "ward-view.example.org"
+GENEROUS_S = 20.0  # far beyond the server's limits: only "closed at all" is asserted
+SECURITY = {
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+class Reply:
+    """A raw HTTP response: status, headers (lower-case names), body."""
+
+    def __init__(self, raw: bytes) -> None:
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        if not lines[0].startswith("HTTP/"):
+            raise AssertionError(f"not an HTTP response: {raw[:200]!r}")
+        self.status = int(lines[0].split()[1])
+        self.headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines[1:])
+        }
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def send(port: int, request: bytes, source: str = HOST) -> Reply:
+    """Send ``request`` whole, end the sending side, and read the response until the server
+    closes."""
+    with socket.create_connection((HOST, port), GENEROUS_S, (source, 0)) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return Reply(b"".join(chunks))
+
+
+def http(
+    method: str, path: str, host: str, headers: tuple[str, ...] = (), body: bytes = b""
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def basic(user: str, password: str) -> str:
+    return "Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path) as running:
+        yield running
+
+
+def serve(broker: Mosquitto, **settings: Any) -> DashboardServer:
+    config = DashboardConfig(port=0, request_timeout_s=0.5, allowed_hosts=(PUBLIC_NAME,),
+                             **settings)  # fmt: skip
+    mqtt_config = MqttConfig(host=HOST, port=broker.port, connect_timeout_s=5.0)
+    server = DashboardServer(config, mqtt_config, SITE).start()
+    wait_until(server.feed.connected.is_set, 10.0, "the dashboard's broker connection")
+    return server
+
+
+def address(server: DashboardServer) -> tuple[int, str]:
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    return port, f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "error"),
+    [
+        (("Content-Length: abc",), 400, "Content-Length must be a non-negative integer, got 'abc'"),
+        (("Content-Length: -2",), 400, "Content-Length must be a non-negative integer, got '-2'"),
+        (("Content-Length: 2", "Content-Length: 2"), 400,
+         "a request may have one Content-Length header, got 2"),
+        ((), 411, "a POST needs a Content-Length header"),
+        (("Transfer-Encoding: chunked",), 501,
+         "Transfer-Encoding is not supported: send a Content-Length"),
+        (("Content-Length: 5000",), 413, "the body may be at most 4096 bytes, got 5000"),
+        (("Content-Length: 99999999999999999999999",), 413,
+         "the body may be at most 4096 bytes, got 99999999999999999999999"),
+        (("Content-Length: 9",), 400, "the body ended after 2 of 9 bytes"),
+    ],
+)  # fmt: skip
+def test_content_length_is_parsed_strictly_and_the_server_keeps_serving(
+    broker: Mosquitto, headers: tuple[str, ...], status: int, error: str
+) -> None:
+    server = serve(broker)
+    try:
+        port, host = address(server)
+        kind = ("Content-Type: application/json",)
+        reply = send(port, http("POST", "/api/acknowledge", host, kind + headers, b"{}"))
+        assert (reply.status, reply.json()) == (status, {"error": error})
+        assert send(port, http("GET", "/api/state", host)).status == 200
+    finally:
+        server.stop()
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_request_that_never_completes_is_closed(broker: Mosquitto) -> None:
+    """``request_timeout_s`` (0.5 s here): a request whose end never comes is closed (with
+    408 where the server got as far as answering), and so is one sent a byte every 0.1 s
+    (each read is quick; the whole request is not)."""
+    server = serve(broker)
+    try:
+        port, host = address(server)
+        length = ("Content-Type: application/json", "Content-Length: 9")
+        for half in (f"GET / HTTP/1.1\r\nHost: {host}\r\n".encode(),
+                     http("POST", "/api/acknowledge", host, length, b"{}")):  # fmt: skip
+            with socket.create_connection((HOST, port), GENEROUS_S) as sock:
+                sock.sendall(half)
+                answer = read_to_end(sock)  # the server closes: EOF
+            if answer:
+                assert Reply(answer).status == 408, answer
+                assert Reply(answer).json() == {"error": "the request did not arrive within 0.5 s"}
+        with socket.create_connection((HOST, port), GENEROUS_S) as sock:
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode())
+            sock.settimeout(0.1)
+            closed, deadline_s = False, time.monotonic() + GENEROUS_S
+            while not closed and time.monotonic() < deadline_s:
+                try:
+                    sock.sendall(b"a")
+                    closed = sock.recv(65536) == b""
+                except TimeoutError:
+                    continue
+                except OSError:  # reset: the server shut the connection down
+                    closed = True
+            assert closed, "the trickling request's connection is closed"
+        assert server.deadlines.reaped >= 1
+        assert send(port, http("GET", "/api/state", host)).status == 200
+    finally:
+        server.stop()
+
+
+def latched_alarm() -> Event:
+    onset = Event.onset(
+        type="Stridor", site=SITE, device_id=DEVICE, stream_id="bed-1",
+        start_utc="2026-05-09T07:00:01.000Z", start_sample=8000, confidence=0.93,
+        model_id="edge-test", model_sha256=SHA256, quality={"score": 0.99},
+        detail={"key": "Stridor@8000"},
+    )  # fmt: skip
+    return onset.ongoing(detail={**onset.detail, "latched": True})
+
+
+def publish(port: int, event: Event) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect(HOST, port)
+    client.loop_start()
+    client.publish(event.topic, event.to_json(), qos=1).wait_for_publish(5.0)
+    client.disconnect()
+    client.loop_stop()
+
+
+def test_a_forged_host_is_refused_even_without_users(broker: Mosquitto) -> None:
+    """What a DNS-rebinding page sends (its own name as Host, and as Origin) is refused with
+    400 before anything else, so nothing is published, though without users anyone on the
+    machine may acknowledge; the server's own names and addresses are served."""
+    server = serve(broker)
+    try:
+        port, host = address(server)
+        alarm = latched_alarm()
+        publish(broker.port, alarm)
+        wait_until(lambda: server.ward.alarms(), 10.0, "the latched alarm in the ward")
+        body = json.dumps({"device_id": DEVICE, "stream_id": "bed-1", "target": "Stridor@8000"})
+        evil = f"evil.example:{port}"
+        headers = (f"Origin: http://{evil}", "Content-Type: application/json",
+                   f"Content-Length: {len(body)}")  # fmt: skip
+        commands = f"lungwatch/v1/{SITE}/+/command"
+        with Recorder(broker.port, topic=commands) as recorder:
+            reply = send(port, http("POST", "/api/acknowledge", evil, headers, body.encode()))
+            assert reply.status == 400
+            assert reply.json() == {
+                "error": f"Host '{evil}' is not this server's (dashboard.allowed_hosts)"
+            }
+            assert send(port, http("GET", "/api/state", "evil.example")).status == 400
+            assert not recorder.wait_for(lambda ms: bool(ms), 1.0), "nothing may be published"
+        for name in (host, f"localhost:{port}", f"[::1]:{port}", "10.1.2.3", PUBLIC_NAME,
+                     f"{PUBLIC_NAME.upper()}.:{port}"):  # fmt: skip
+            assert send(port, http("GET", "/api/state", name)).status == 200, name
+        no_host = b"GET /api/state HTTP/1.0\r\n\r\n"
+        assert send(port, no_host).json() == {
+            "error": "a request needs exactly one Host header, got 0"
+        }
+        twice = http("GET", "/api/state", host, (f"Host: {PUBLIC_NAME}",))
+        assert send(port, twice).status == 400
+    finally:
+        server.stop()
+
+
+def test_every_response_carries_the_security_headers(broker: Mosquitto) -> None:
+    server = serve(broker)
+    try:
+        port, host = address(server)
+        requests = {
+            "/": http("GET", "/", host),
+            "/static/app.js": http("GET", "/static/app.js", host),
+            "/static/style.css": http("GET", "/static/style.css", host),
+            "/api/state": http("GET", "/api/state", host),
+            "404": http("GET", "/nowhere", host),
+            "forged host": http("GET", "/", "evil.example"),
+            "bad length": http("POST", "/api/acknowledge", host, ("Content-Length: abc",)),
+            "PUT (501)": http("PUT", "/", host),
+        }
+        for what, request in requests.items():
+            reply = send(port, request)
+            for name, value in SECURITY.items():
+                assert reply.headers.get(name) == value, (what, name, reply.headers)
+            policy = reply.headers["content-security-policy"]
+            for directive in ("default-src 'none'", "script-src 'self'", "style-src 'self'",
+                              "connect-src 'self'", "frame-ancestors 'none'"):  # fmt: skip
+                assert directive in policy, (what, policy)
+        with socket.create_connection((HOST, port), GENEROUS_S) as sock:  # the event stream
+            sock.sendall(http("GET", "/events", host))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(4096)
+        stream = Reply(head)
+        assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert all(stream.headers.get(k) == v for k, v in SECURITY.items()), stream.headers
+    finally:
+        server.stop()
+    # the policy allows no inline script or style: the page has none
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r"<script\b[^>]*>", page) == ['<script src="/static/app.js">']
+    assert not re.search(r"<style\b|\sstyle=|\son[a-z]+=", page)
+
+
+def test_failed_logins_are_bounded_with_429_and_retry_after(broker: Mosquitto) -> None:
+    """Three failures (``login_max_failures: 3``) of a name, from one address, bound both: the
+    name from another address, and the address with another name, get 429 with Retry-After,
+    right passwords too; other names from other addresses are served."""
+    users = tuple(DashboardUser(**user_entry(n, r, f"{n}-pw"))  # type: ignore[arg-type]
+                  for n, r in (("nurse", "ack"), ("porter", "view")))  # fmt: skip
+    server = serve(broker, users=users, login_max_failures=3, login_window_s=60.0)
+    try:
+        port, host = address(server)
+
+        def get(user: str, password: str, source: str) -> Reply:
+            return send(port, http("GET", "/api/state", host, (basic(user, password),)), source)
+
+        for _ in range(3):
+            assert get("nurse", "guess", "127.0.0.2").status == 401
+        for user, source in (("nurse", "127.0.0.3"), ("porter", "127.0.0.2")):
+            reply = get(user, f"{user}-pw", source)
+            assert reply.status == 429, (user, source)
+            assert 1 <= int(reply.headers["retry-after"]) <= 60
+            assert reply.json()["error"].startswith("too many failed logins")
+            assert all(reply.headers.get(k) == v for k, v in SECURITY.items())
+        assert get("porter", "porter-pw", "127.0.0.3").status == 200
+        assert server.logins is not None
+        assert server.logins.counts == {"ok": 1, "failed": 3, "limited": 2}
+    finally:
+        server.stop()
+
+
+def test_the_event_stream_sends_heartbeats(broker: Mosquitto) -> None:
+    """``heartbeat_interval_s``: an ``event: heartbeat`` comes while nothing changes (the page
+    declares its stream dead after three missed), and the snapshot says how often."""
+    server = serve(broker, heartbeat_interval_s=0.2)
+    try:
+        port, host = address(server)
+        with socket.create_connection((HOST, port), GENEROUS_S) as sock:
+            sock.sendall(http("GET", "/events", host))
+            stream = sock.makefile("rb")
+            lines, deadline_s = [], time.monotonic() + GENEROUS_S
+            while b"event: heartbeat\n" not in lines and time.monotonic() < deadline_s:
+                lines.append(stream.readline())
+                assert lines[-1], "the stream ended"
+        assert b"event: heartbeat\n" in lines, lines
+        snapshot = json.loads(lines[lines.index(b"event: snapshot\n") + 1].removeprefix(b"data: "))
+        assert snapshot["heartbeat_s"] == 0.2
+        assert snapshot["broker"]["state"] == "connected"
+    finally:
+        server.stop()

@@ -1,0 +1,280 @@
+"""The ward view's limits without a broker or a browser: what one MQTT message may hold (size,
+nesting, numbers) and that nothing in it escapes :meth:`Ward.handle`; silent devices and a
+stale broker by the ward's clock; logins that cost the same for an unknown name and are
+bounded after failures; the new ``dashboard`` keys' one-line errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.dashboard.cli import load_settings
+from edge.dashboard.config import DashboardUser, hash_iterations, verify_password
+from edge.dashboard.intake import MessageError, json_depth, parse_message
+from edge.dashboard.login import LoginLimitedError, Logins
+from edge.dashboard.ward import Ward
+from edge.errors import ConfigError
+from edge.events import Event, status_payload
+from tests.edge.brokers import SHA256
+from tests.edge.browser import user_entry
+
+SITE, DEVICE = "ward-3", "dev-1"
+ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"
+DEEP = b"[" * 10_000 + b"]" * 10_000
+HUGE_INT = "9" * 401
+
+
+def onset(second: int = 0) -> Event:
+    return Event.onset(
+        type="Wheeze", site=SITE, device_id=DEVICE, stream_id="bed-1",
+        start_utc=f"2026-05-09T07:00:{second:02d}.000Z", start_sample=8000 * second,
+        confidence=0.9, model_id="edge-test", model_sha256=SHA256, quality={"score": 0.99},
+    )  # fmt: skip
+
+
+def metrics(extra: str = "") -> bytes:
+    """A metrics message; ``extra``: raw JSON text put first among its metrics."""
+    head = json.dumps({"schema_version": 1, "site": SITE, "device_id": DEVICE,
+                       "stream_id": "bed-1", "utc": "2026-05-09T07:00:00.000Z"})  # fmt: skip
+    return f'{head[:-1]}, "metrics": {{{extra}"frames": 10}}}}'.encode()
+
+
+# -- one message ---------------------------------------------------------------------------
+def _reference_depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_reference_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_reference_depth, value), default=0)
+    return 0
+
+
+def _nest(rng: random.Random, depth: int) -> Any:
+    """A JSON value nested exactly ``depth`` deep, with brackets, quotes and backslashes in
+    its strings (which must not count)."""
+    if depth == 0:
+        return rng.choice(['[{"x', 'a\\"]]', "}{", 3, None, "\\", ""])
+    inner = [_nest(rng, rng.randrange(min(depth, 3))) for _ in range(rng.randrange(3))]
+    inner.insert(rng.randrange(len(inner) + 1), _nest(rng, depth - 1))
+    if rng.random() < 0.5:
+        return inner
+    return {f"k{i}[": v for i, v in enumerate(inner)}
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 5, 31, 32, 33, 200])
+def test_the_depth_scan_agrees_with_the_parsed_json(depth: int) -> None:
+    rng = random.Random(depth)
+    for _ in range(20):
+        text = json.dumps(_nest(rng, depth))
+        assert json_depth(text) == _reference_depth(json.loads(text)) == depth, text
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "text"),
+    [
+        (DEEP, "too_deep", "JSON nested deeper than 32 levels"),
+        (metrics(f'"read_wait_ms_p99": {HUGE_INT}, '), "bad_number",
+         "an integer of 401 digits (at most 19)"),
+        (metrics('"read_wait_ms_p99": 1e999, '), "bad_number", "the number 1e999 is out of range"),
+        (metrics('"read_wait_ms_p99": NaN, '), "bad_number", "NaN is not a JSON number"),
+        (b" " * 70_000, "too_large", "70000 bytes, over the limit of 65536"),
+        (b'{"a": "\xff"}', "bad_json", "not UTF-8 (invalid start byte at byte 7)"),
+        (b"[1, 2]", "bad_json", "not a JSON object but list"),
+        (b'{"schema_version": 2}', "invalid", "schema_version must be 1, got 2"),
+    ],
+)  # fmt: skip
+def test_a_message_over_a_limit_is_refused_with_its_reason(
+    payload: bytes, reason: str, text: str
+) -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_message(payload, max_bytes=65_536, max_depth=32)
+    assert (caught.value.reason, str(caught.value)) == (reason, text)
+
+
+def test_nothing_in_one_message_escapes_the_ward_and_each_reason_is_counted() -> None:
+    """The probe's two messages (a 10,000-deep array on an event topic: RecursionError; a
+    401-digit integer in a metrics message: OverflowError) and the other limits are refused
+    and counted per reason; the next valid event is taken as if nothing had happened."""
+    ward = Ward(SITE)
+    bad = [
+        (f"{ROOT}/bed-1/event", DEEP),
+        (f"{ROOT}/metrics", metrics(f'"read_wait_ms_p99": {HUGE_INT}, ')),
+        (f"{ROOT}/metrics", metrics(f'"read_wait_warn_ms": -{HUGE_INT}, ')),
+        (f"{ROOT}/bed-1/live", b'{"classes": {"Wheeze": Infinity}}'),
+        (f"{ROOT}/bed-1/event", b"{" * 70_000),
+        (f"{ROOT}/bed-1/event", b"not json"),
+    ]
+    for topic, payload in bad:
+        assert ward.handle(topic, payload) is False
+    assert ward.counts["rejected"] == len(bad)
+    assert ward.rejected_reasons == {"too_deep": 1, "bad_number": 3, "too_large": 1, "bad_json": 1}
+    assert ward.last_rejected == (
+        f"bad_json: {ROOT}/bed-1/event: not JSON (Expecting value: line 1 column 1 (char 0))"
+    )
+    good = onset()
+    assert ward.handle(good.topic, good.to_json().encode())
+    snapshot = ward.snapshot()
+    assert [a["episode_id"] for a in snapshot["alarms"]] == [good.episode_id]
+    assert snapshot["rejected_reasons"] == ward.rejected_reasons
+    assert snapshot["counts"]["rejected"] == len(bad)
+
+
+class FailingWard(Ward):
+    """A ward whose live-point handling has a bug: the fault the last guard is for."""
+
+    def _live_point(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
+        raise KeyError("a bug")
+
+
+def test_an_unexpected_failure_is_counted_as_internal_error_and_the_feed_goes_on() -> None:
+    ward = FailingWard(SITE)
+    live = {"schema_version": 1, "site": SITE, "device_id": DEVICE, "stream_id": "bed-1",
+            "classes": {"Wheeze": 0.5}, "quality_score": 1.0}  # fmt: skip
+    assert ward.handle(f"{ROOT}/bed-1/live", json.dumps(live).encode()) is False
+    assert ward.rejected_reasons == {"internal_error": 1}
+    assert ward.last_rejected == f"internal_error: {ROOT}/bed-1/live: KeyError: 'a bug'"
+    good = onset()
+    assert ward.handle(good.topic, good.to_json().encode())
+
+
+# -- liveness --------------------------------------------------------------------------------
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_a_silent_device_and_a_stale_broker_are_shown_until_something_arrives() -> None:
+    clock = Clock()
+    ward = Ward(SITE, stale_after_s=30.0, probing=True, monotonic=clock)
+    ward.set_broker("127.0.0.1:1883", connected=True)
+    status = status_payload("online", SITE, DEVICE, "connected").encode()
+    assert ward.handle(f"{ROOT}/status", status, retained=True)
+    assert ward.handle(f"{ROOT}/metrics", metrics())
+    ward.take_changes()
+    clock.now_s += 30.0
+    ward.check_liveness()
+    assert ward.take_changes() is None, "not before stale_after_s has passed"
+
+    clock.now_s += 5.0
+    ward.check_liveness()
+    changes = ward.take_changes()
+    assert changes is not None
+    assert changes["broker"] == {"address": "127.0.0.1:1883", "connected": False,
+                                 "state": "stale", "quiet_s": 35.0}  # fmt: skip
+    assert changes["devices"][0]["silent_s"] == 35.0
+    assert changes["beds"][0]["state"] == {"key": "stale", "text": "no data from the device"}
+
+    ward.probe_returned()  # the broker answers again; the device still says nothing
+    snapshot = ward.snapshot()
+    assert (snapshot["broker"]["state"], snapshot["broker"]["connected"]) == ("connected", True)
+    assert snapshot["devices"][0]["silent_s"] == 35.0
+    assert ward.handle(f"{ROOT}/metrics", metrics())
+    snapshot = ward.snapshot()
+    assert snapshot["devices"][0]["silent_s"] is None
+    assert snapshot["beds"][0]["state"]["key"] == "normal"
+
+
+def test_nothing_is_expected_from_an_offline_device_nor_without_a_probe() -> None:
+    clock = Clock()
+    ward = Ward(SITE, stale_after_s=30.0, probing=False, monotonic=clock)
+    ward.set_broker("127.0.0.1:1883", connected=True)
+    status = status_payload("offline", SITE, DEVICE, "stopped").encode()
+    assert ward.handle(f"{ROOT}/status", status, retained=True)
+    clock.now_s += 3600.0
+    ward.check_liveness()
+    snapshot = ward.snapshot()
+    assert snapshot["broker"]["state"] == "connected"
+    assert snapshot["devices"][0]["silent_s"] is None
+    assert snapshot["beds"] == []
+    ward.set_broker("127.0.0.1:1883", connected=False)
+    assert ward.snapshot()["broker"]["state"] == "disconnected"
+
+
+# -- logins ----------------------------------------------------------------------------------
+def users() -> tuple[DashboardUser, ...]:
+    return (
+        DashboardUser(**user_entry("nurse", "ack", "nurse-pw")),  # type: ignore[arg-type]
+        DashboardUser(**user_entry("porter", "view", "porter-pw")),  # type: ignore[arg-type]
+    )
+
+
+def test_an_unknown_name_costs_the_same_hash_verification_as_a_known_one() -> None:
+    """No timing oracle: a name that is not configured is verified against the dummy hash,
+    of the users' cost, by the same function a known name is."""
+    nurse, porter = users()
+    verified: list[str] = []
+
+    def verify(password: str, password_hash: str) -> bool:
+        verified.append(password_hash)
+        return verify_password(password, password_hash)
+
+    logins = Logins((nurse, porter), max_failures=5, window_s=60.0, verify=verify)
+    assert logins.check("nurse", "wrong", "10.0.0.1") is None
+    assert logins.check("ghost", "wrong", "10.0.0.2") is None
+    assert logins.check("", "", "10.0.0.3") is None
+    assert logins.check("porter", "porter-pw", "10.0.0.4") == porter
+    assert verified == [nurse.password_hash, logins.dummy_hash, logins.dummy_hash,
+                        porter.password_hash]  # fmt: skip
+    assert hash_iterations(logins.dummy_hash) == hash_iterations(nurse.password_hash) == 100_000
+    assert logins.counts == {"ok": 1, "failed": 3, "limited": 0}
+
+
+def test_failed_logins_are_bounded_per_name_and_per_address() -> None:
+    clock = Clock()
+    logins = Logins(users(), max_failures=3, window_s=60.0, clock=clock)
+    for second in range(3):
+        clock.now_s = 1000.0 + second
+        assert logins.check("nurse", "guess", "10.0.0.1") is None
+    with pytest.raises(LoginLimitedError) as caught:  # the name, from anywhere, even right
+        logins.check("nurse", "nurse-pw", "10.0.0.9")
+    assert caught.value.retry_after_s == 58.0
+    assert str(caught.value) == "too many failed logins for this user; retry in 58 s"
+    with pytest.raises(LoginLimitedError, match="from this address"):  # the address, any name
+        logins.check("porter", "porter-pw", "10.0.0.1")
+    assert logins.check("porter", "porter-pw", "10.0.0.2") is not None
+    for second in range(3):  # a name nobody has is limited the same way
+        assert logins.check("ghost", "guess", f"10.0.1.{second}") is None
+    with pytest.raises(LoginLimitedError, match="for this user"):
+        logins.check("ghost", "guess", "10.0.1.9")
+    assert logins.counts == {"ok": 1, "failed": 6, "limited": 3}
+    clock.now_s = 1060.0  # the oldest failure is window_s old: one more try
+    assert logins.check("nurse", "nurse-pw", "10.0.0.9") is not None
+    assert logins.check("nurse", "nurse-pw", "10.0.0.1") is not None, "a success clears both"
+
+
+# -- config ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ({"allowed_hosts": ["ward.example:8080"]},
+         "dashboard.allowed_hosts must be host names or IP addresses, no port, got "
+         "('ward.example:8080',)"),
+        ({"request_timeout_s": 0},
+         "dashboard.request_timeout_s must be a number in [0.1, 300.0] (seconds), got 0.0"),
+        ({"max_message_bytes": 100},
+         "dashboard.max_message_bytes must be a number in [1024, 16777216] (bytes), got 100"),
+        ({"max_json_depth": 1000},
+         "dashboard.max_json_depth must be a number in [4, 200] (levels), got 1000"),
+        ({"stale_after_s": 4, "probe_interval_s": 3},
+         "dashboard.probe_interval_s must be 0 (no probe) or a number in [0.1, "
+         "stale_after_s / 2 = 2] (seconds), got 3.0"),
+        ({"login_max_failures": 0},
+         "dashboard.login_max_failures must be a number in [1, 1000] (failures), got 0"),
+    ],
+)  # fmt: skip
+def test_bad_limits_are_one_line_naming_the_key(
+    tmp_path: Path, block: dict[str, Any], expected: str
+) -> None:
+    path = tmp_path / "ward.yaml"
+    path.write_text(json.dumps({"site": SITE, "dashboard": block}), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, [])
+    assert str(caught.value) == f"ward.yaml: {expected}"
