@@ -269,7 +269,14 @@ def configure(release: Path, model_file: str, backend: str) -> dict[str, object]
         data["backend"] = {**(data.get("backend") or {}), "kind": backend}
         header = f"# written by deploy from {source.name}: edit that file, not this one\n"
         out.write_text(header + yaml.safe_dump(data, sort_keys=False))
-        load_runtime_config(out)
+        state = release.parent.parent / "state"  # the service's working folder: its paths
+        state.mkdir(parents=True, exist_ok=True)  # (secrets/, spool/) resolve from there
+        here = Path.cwd()
+        os.chdir(state)
+        try:
+            load_runtime_config(out)
+        finally:
+            os.chdir(here)
     except (LungwatchError, TypeError) as exc:
         raise RemoteError(f"runtime config: {exc}") from None
     return {"runtime_config": str(out), "model": model_file, "backend": backend}

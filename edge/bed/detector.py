@@ -245,6 +245,7 @@ class Transition:
     latched: bool = False
     reason: str = ""  # technical events: what was measured or reported
     ended_by: str = ""  # an ending not of the condition's own: "quality gate", "acknowledge", ...
+    acknowledged_by: str = ""  # who acknowledged it (a signed command's user)
 
 
 @dataclass

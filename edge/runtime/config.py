@@ -46,6 +46,13 @@ from typing import Any
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig
+from edge.commandauth import (
+    SIGNATURE_KEYS,
+    CommandVerifier,
+    derive_device_key,
+    new_key,
+    read_key,
+)
 from edge.config import check, load_config
 from edge.dashboard.config import DashboardConfig
 from edge.datapaths import data_root
@@ -69,6 +76,7 @@ MIC_PREFIX, BRIDGE_PREFIX = "mic:", "bridge://"  # live sources: neither paced n
 COMMAND_KEYS = ("action", "stream_id", "target")
 ACKNOWLEDGE = "acknowledge"
 EXCERPT_BYTES = 200  # of a bad command, in its log line
+MAX_COMMAND_BYTES = 4096  # a longer command is refused unread (a signed one is ~300 bytes)
 MIN_LIVE_INTERVAL_S = 0.25
 LIVE_INTERVAL = f"0 (no live strip) or a number >= {MIN_LIVE_INTERVAL_S} (seconds)"
 
@@ -107,6 +115,19 @@ class SinksConfig:
 
 
 @dataclass(frozen=True)
+class CommandsConfig:
+    """Which commands on the command topic the device acts on (``edge.commandauth``)."""
+
+    key_file: str | None = None  # this device's command key (``lungwatch access`` writes it)
+    accept_unsigned: bool = False  # take unsigned commands too (a loopback demo; warned)
+    max_age_s: float = 120.0  # a signed command older (or newer) than this is refused
+
+    def __post_init__(self) -> None:
+        check(self.key_file is None or bool(self.key_file), "key_file", self.key_file, "a path")
+        check(self.max_age_s > 0, "max_age_s", self.max_age_s, "a number > 0 (seconds)")
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     streams: tuple[StreamConfig, ...]
     site: str = "ward-1"
@@ -120,6 +141,7 @@ class RuntimeConfig:
     sinks: SinksConfig = field(default_factory=SinksConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
     metrics_interval_s: float = 10.0  # per-stream counters on the metrics topic
     live_interval_s: float = 1.0  # one live-strip point per bed this often (0: none)
     idle_sleep_s: float = 0.01  # how long the loop waits when no source had audio
@@ -272,11 +294,42 @@ def start_embedded_broker(config: RuntimeConfig, resources: contextlib.ExitStack
     return broker.address
 
 
+def open_command_verifier(
+    config: RuntimeConfig, source: str = "<config>"
+) -> tuple[CommandVerifier | None, bytes | None]:
+    """The check of signed commands, and the master key a ward view served by this process
+    signs with: ``commands.key_file`` when set (no master key here: ward views elsewhere hold
+    it); else, with ``dashboard.enabled``, a key made for this run that only the process's own
+    ward view holds; else none (commands are refused unless ``commands.accept_unsigned``)."""
+    settings = config.commands
+    if settings.accept_unsigned:
+        log.warning(
+            "commands.accept_unsigned is true: any client that may publish on the command "
+            "topic can acknowledge alarms (a loopback demo only)"
+        )
+    if settings.key_file is not None:
+        try:
+            key = read_key(settings.key_file)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: commands.key_file: {exc}") from None
+        verifier = CommandVerifier(key, config.site, config.device_id, settings.max_age_s)
+        return verifier, None
+    if config.dashboard.enabled:
+        master = new_key()
+        key = derive_device_key(master, config.site, config.device_id)
+        return CommandVerifier(key, config.site, config.device_id, settings.max_age_s), master
+    return None, None
+
+
 def start_dashboard(
-    config: RuntimeConfig, broker_address: str | None, resources: contextlib.ExitStack
+    config: RuntimeConfig,
+    broker_address: str | None,
+    resources: contextlib.ExitStack,
+    command_master_key: bytes | None = None,
 ) -> str | None:
     """With ``dashboard.enabled``: the ward view on ``dashboard.host:port``, reading the broker
-    the MQTT sink uses (``broker_address`` overrides it), stopped by ``resources``; its URL."""
+    the MQTT sink uses (``broker_address`` overrides it), signing commands with
+    ``command_master_key``, stopped by ``resources``; its URL."""
     if not config.dashboard.enabled:
         return None
     from edge.dashboard.server import DashboardServer
@@ -297,26 +350,47 @@ class CommandError(LungwatchError, ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    """``{"action": "acknowledge", "stream_id": "bed-1", "target": "Wheeze"}``."""
+    """``{"action": "acknowledge", "stream_id": "bed-1", "target": "Wheeze"}``, with the
+    signature's keys (``edge.commandauth``) when a ward view signed it."""
 
     action: str
     stream_id: str
     target: str  # an event type ("Wheeze", "clipping") or an episode key ("Wheeze@18088")
+    body: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def signed(self) -> bool:
+        return any(key in self.body for key in SIGNATURE_KEYS)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def parse_command(payload: bytes) -> Command:
-    """The command in ``payload``; CommandError says what is wrong with it."""
+    """The command in ``payload``; CommandError says what is wrong with it (quoting at most
+    ``EXCERPT_BYTES`` of it)."""
     excerpt = payload[:EXCERPT_BYTES]
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(
+            f"command is {len(payload)} bytes (limit {MAX_COMMAND_BYTES}): {excerpt!r}..."
+        )
     try:
         body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CommandError(f"command is not JSON ({exc}): {excerpt!r}") from None
-    if not isinstance(body, dict) or sorted(body) != sorted(COMMAND_KEYS):
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        reason = str(exc)[:EXCERPT_BYTES]
+        raise CommandError(f"command is not JSON ({reason}): {excerpt!r}") from None
+    allowed = (sorted(COMMAND_KEYS), sorted(COMMAND_KEYS + SIGNATURE_KEYS))
+    if not isinstance(body, dict) or sorted(body) not in allowed:
         keys = ", ".join(COMMAND_KEYS)
-        raise CommandError(f"command must be a JSON object with keys {keys}: {excerpt!r}")
+        more = ", ".join(SIGNATURE_KEYS)
+        raise CommandError(
+            f"command must be a JSON object with keys {keys} (and {more} when signed): {excerpt!r}"
+        )
     if body["action"] != ACKNOWLEDGE:
-        raise CommandError(f"command.action must be {ACKNOWLEDGE!r}, got {body['action']!r}")
+        raise CommandError(f"command.action must be {ACKNOWLEDGE!r}, got {_short(body['action'])}")
     for key in ("stream_id", "target"):
         if not (isinstance(body[key], str) and body[key]):
-            raise CommandError(f"command.{key} must be a non-empty string, got {body[key]!r}")
-    return Command(body["action"], body["stream_id"], body["target"])
+            raise CommandError(f"command.{key} must be a non-empty string, got {_short(body[key])}")
+    return Command(body["action"], body["stream_id"], body["target"], body)

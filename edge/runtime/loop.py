@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -35,17 +36,20 @@ import numpy as np
 
 from edge.bed.chain import BedChain
 from edge.bed.pipeline import WindowReady
+from edge.commandauth import CommandVerifier
 from edge.errors import ConfigError, LungwatchError
 from edge.events import format_utc, utc_now
 from edge.inference.manifest import MANIFEST_NAME, load_manifest
 from edge.inference.streaming import OutputFrames
 from edge.monitor import Monitor
 from edge.runtime.config import (
+    Command,
     CommandError,
     RuntimeConfig,
     StreamConfig,
     check_against_manifest,
     load_runtime_config,
+    open_command_verifier,
     open_sinks,
     open_stream_source,
     parse_command,
@@ -152,8 +156,11 @@ class Runtime:
         sink_stats: Callable[[], dict[str, int]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_frames: Callable[[Stream, OutputFrames], None] | None = None,
+        commands: CommandVerifier | None = None,
     ) -> None:
         self.config, self.model, self.sink = config, model, sink
+        self._verifier = commands  # None: no key here, only unsigned commands if allowed
+        self.command_counts: dict[str, int] = {"accepted": 0, "refused": 0}
         self._on_frames = on_frames  # sees every bed's output frames (offline runs keep them)
         self.streams = list(streams)
         self.events = EventOutbox(sink, config.site, config.device_id, model.model_id, model.sha256)
@@ -308,10 +315,10 @@ class Runtime:
                 publish_verdict(self.sink, stream.id, None)
         log.info("stream %s: %s after %d samples", stream.id, why, stream.counters["samples"])
 
-    def acknowledge(self, stream_id: str, target: str) -> int:
+    def acknowledge(self, stream_id: str, target: str, user: str = "") -> int:
         """Acknowledge the events of ``stream_id`` whose type or key is ``target``: latched
-        ones end now (published), live ones end on their own. Thread-safe; returns the number
-        of events ended."""
+        ones end now (published, with ``user`` as ``acknowledged_by``), live ones end on
+        their own. Thread-safe; returns the number of events ended."""
         stream = next((s for s in self.streams if s.id == stream_id), None)
         if stream is None:
             known = ", ".join(s.id for s in self.streams)
@@ -320,19 +327,40 @@ class Runtime:
             if stream.ended:  # the stream's events are over; the sinks may be closing
                 raise CommandError(f"command.stream_id {stream_id!r} has ended")
             transitions = stream.chain.acknowledge(target)
+            if user:
+                transitions = [dataclasses.replace(t, acknowledged_by=user) for t in transitions]
             self.events.emit(stream, transitions)
             self.events.flush()
         return len(transitions)
 
+    def authorise(self, command: Command) -> str:
+        """Who sent ``command`` ("" for an unsigned one the config accepts); CommandError or
+        CommandAuthError when the device must not act on it (``edge.commandauth``)."""
+        accept_unsigned = self.config.commands.accept_unsigned
+        if command.signed and self._verifier is not None:
+            return self._verifier.verify(command.body)
+        if accept_unsigned:
+            return ""
+        if self._verifier is None:
+            raise CommandError("commands are refused here: no commands.key_file is configured")
+        return self._verifier.verify(command.body)  # unsigned: refused and counted
+
     def handle_command(self, payload: bytes) -> None:
-        """A command from the command topic; a bad one is logged and ignored."""
+        """A command from the command topic; one that is malformed, unsigned, forged, stale
+        or replayed is logged, counted and ignored."""
         try:
             command = parse_command(payload)
-            ended = self.acknowledge(command.stream_id, command.target)
+            user = self.authorise(command)
+            ended = self.acknowledge(command.stream_id, command.target, user)
         except LungwatchError as exc:
+            self.command_counts["refused"] += 1
             log.warning("command ignored: %s", exc)
             return
-        log.info("acknowledge %s %r: %d event(s) ended", command.stream_id, command.target, ended)
+        self.command_counts["accepted"] += 1
+        who = f" by {user!r}" if user else " (unsigned)"
+        log.info(
+            "acknowledge %s %r%s: %d event(s) ended", command.stream_id, command.target, who, ended
+        )
 
     def _publish_live(self, now: float) -> None:
         """The live-strip points that are due (``edge.sinks.live``; MQTT only, QoS 0)."""
@@ -349,6 +377,10 @@ class Runtime:
         # dashboard shows "behind" by this device's setting, not by the default
         limit = self.config.read_wait_warn_ms
         shared["read_wait_warn_ms"] = limit if limit > 0 else None
+        shared.update({f"commands_{key}": n for key, n in self.command_counts.items()})
+        if self._verifier is not None:  # why signed commands were refused, by reason
+            refused = {k: n for k, n in self._verifier.counts.items() if k != "accepted"}
+            shared.update({f"commands_refused_{key}": n for key, n in refused.items()})
         with self._lock:
             reports = [
                 (stream.id, stream.metrics(self.events.open_events(stream.id)))
@@ -462,6 +494,37 @@ def open_streams(
     return streams
 
 
+class UnopenedSource:
+    """The source of a bed whose source could not be opened: its first read raises the error,
+    so the bed fails as a source that fails while running does (logged, ended) and the other
+    beds run on."""
+
+    def __init__(self, rate_hz: int, error: str) -> None:
+        self.sample_rate_hz, self.error = rate_hz, error
+
+    def read(self, timeout_s: float) -> SourceChunk | None:
+        raise SourceError(f"not started: {self.error}")
+
+    def close(self) -> None:
+        pass
+
+
+def _failed_streams(
+    config: RuntimeConfig, model: Monitor, unopened: dict[int, str], source: str
+) -> list[Stream]:
+    """A :class:`Stream` on an :class:`UnopenedSource` per stream that could not be opened;
+    ConfigError when no stream could be."""
+    if len(unopened) == len(config.streams):
+        index, error = next(iter(unopened.items()))
+        raise ConfigError(f"{source}: streams[{index}].source: {error}")
+    failed = []
+    for index, error in sorted(unopened.items()):
+        stream_config = config.streams[index]
+        log.error("%s: streams[%d] (%s) not started: %s", source, index, stream_config.id, error)
+        failed.append(Stream(stream_config, UnopenedSource(model.sample_rate_hz, error), model))
+    return failed
+
+
 def serve(
     config: RuntimeConfig, stop: threading.Event | None = None, source: str = "<config>"
 ) -> Runtime:
@@ -471,15 +534,18 @@ def serve(
     with contextlib.ExitStack() as resources:
         model = open_model(config, source)
         resources.callback(model.close)
-        streams = open_streams(config, model, source)
+        unopened: dict[int, str] = {}
+        streams = open_streams(config, model, source, unopened)
+        streams += _failed_streams(config, model, unopened, source)
         for stream in streams:
             resources.callback(stream.source.close)
         address = start_embedded_broker(config, resources)
-        start_dashboard(config, address, resources)
+        verifier, master = open_command_verifier(config, source)
+        start_dashboard(config, address, resources, command_master_key=master)
         sink, mqtt = open_sinks(config, address)
         resources.callback(sink.close)
         stats = mqtt.stats if mqtt is not None else None
-        runtime = Runtime(config, model, streams, sink, sink_stats=stats)
+        runtime = Runtime(config, model, streams, sink, sink_stats=stats, commands=verifier)
         if mqtt is not None:
             mqtt.set_command_handler(runtime.handle_command)
             mqtt.connect()

@@ -95,6 +95,8 @@ class EventOutbox:
                 detail["ended_by"] = t.ended_by
             if t.ended_by == ACKNOWLEDGE:
                 detail["acknowledged_utc"] = utc_now()
+                if t.acknowledged_by:
+                    detail["acknowledged_by"] = t.acknowledged_by
             return previous.ended(stream.utc(end), end, detail=detail, **changes)
         if t.latched and t.end_sample is not None:  # condition over, alarm latched until ack
             detail.update(latched=True, condition_end_sample=t.end_sample)

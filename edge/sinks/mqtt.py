@@ -468,7 +468,7 @@ def new_client(cfg: MqttConfig, client_id: str) -> Any:
     )
     client.reconnect_delay_set(cfg.backoff_min_s, cfg.backoff_max_s)
     if cfg.username is not None:
-        client.username_pw_set(cfg.username, cfg.password)
+        client.username_pw_set(*cfg.login())
     if cfg.uses_tls:
         client.tls_set_context(tls_context(cfg))
     return client

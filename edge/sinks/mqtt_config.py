@@ -6,13 +6,27 @@ paho; :mod:`edge.sinks.mqtt` re-exports it.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from edge.config import check
+from edge.errors import ConfigError
 from edge.events import is_segment
 from edge.sinks.spool import DEFAULT_MAX_EVENTS
+
+LOOPBACK_HOSTS = ("localhost", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """A host name or address that never leaves this machine."""
+    if host.lower() in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -24,8 +38,9 @@ class MqttConfig:
     site: str = "site"  # topic segment: the ward / site
     device_id: str = "device-1"  # topic segment: this device
     client_id: str | None = None  # None: lungwatch-<site>-<device_id> (stable across restarts)
-    username: str | None = None
+    username: str | None = None  # this client's own user (``lungwatch access`` makes one each)
     password: str | None = field(default=None, repr=False)  # needs username
+    password_file: str | None = None  # or: a file (mode 0600) whose first line is the password
     tls: bool = False  # TLS with the system CAs; implied by ca_file / cert_file
     ca_file: str | None = None  # PEM CA bundle that signed the broker's certificate
     cert_file: str | None = None  # client certificate (PEM), with key_file
@@ -42,6 +57,8 @@ class MqttConfig:
     spool_path: str = "out/spool/events.sqlite"
     spool_max_events: int = DEFAULT_MAX_EVENTS
     spool_full_priority: Literal["high", "medium", "low"] = "medium"
+    # a broker beyond loopback is refused without TLS and a username unless this is true
+    allow_insecure: bool = False
 
     def __post_init__(self) -> None:
         check(isinstance(self.host, str) and bool(self.host), "host", self.host, "a host name")
@@ -51,6 +68,25 @@ class MqttConfig:
         check(self.client_id is None or self.client_id != "", "client_id", "", "non-empty")
         with_user = self.password is None or self.username is not None
         check(with_user, "password", "***", "set together with username")
+        with_user = self.password_file is None or self.username is not None
+        check(with_user, "password_file", self.password_file, "set together with username")
+        one = self.password is None or self.password_file is None
+        check(one, "password_file", self.password_file, "left out when password is given")
+        if self.password_file is not None:
+            check(
+                Path(self.password_file).is_file(),
+                "password_file",
+                self.password_file,
+                "an existing file",
+            )
+        secured = self.uses_tls and self.username is not None
+        check(
+            secured or self.allow_insecure or is_loopback(self.host),
+            "host",
+            self.host,
+            "a loopback address, or a broker reached with TLS (tls or ca_file) and a username "
+            "(set allow_insecure: true to send patient events in clear)",
+        )
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, name)
             check(path is None or Path(path).is_file(), name, path, "an existing file")
@@ -73,6 +109,22 @@ class MqttConfig:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def login(self) -> tuple[str | None, str | None]:
+        """(username, password): the password read from ``password_file`` when that is set
+        (ConfigError naming the file when it cannot be read or others may read it)."""
+        if self.password_file is None:
+            return self.username, self.password
+        path = Path(self.password_file)
+        try:
+            if path.stat().st_mode & 0o077:
+                raise ConfigError(f"{path}: others may read this password file (chmod 600 {path})")
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the password file ({exc.strerror})") from None
+        if not lines or not lines[0]:
+            raise ConfigError(f"{path}: the password file's first line is empty")
+        return self.username, lines[0]
 
     @property
     def uses_tls(self) -> bool:

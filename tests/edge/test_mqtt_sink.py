@@ -295,6 +295,19 @@ def test_tls_with_password_auth(tmp_path: Path) -> None:
             BrokerTlsError, match=r"^broker 127.0.0.1:\d+ TLS failed: .*certificate"
         ):
             MqttSink(untrusted).connect()
+        secret = tmp_path / "mqtt-password"
+        secret.write_text("s3cret\n")
+        secret.chmod(0o600)
+        from_file = mqtt_config(
+            tmp_path, broker.port, ca_file=str(tls.ca_cert), username="device",
+            password_file=str(secret),
+        )  # fmt: skip
+        with MqttSink(from_file) as sink:  # the password read from the file logs in
+            sink.publish(make_events(1, site=SITE, device_id=DEVICE)[0])
+            assert sink.flush(10.0)
+        secret.chmod(0o644)
+        with pytest.raises(ConfigError, match="others may read this password file"):
+            MqttSink(from_file).connect()
         no_tls = mqtt_config(tmp_path, broker.port, username="device", password="s3cret")
         with pytest.raises(
             BrokerRefusedError, match="before CONNACK; a TLS listener needs ca_file"
@@ -324,11 +337,36 @@ def test_unreachable_broker_fails_fast_when_required(tmp_path: Path) -> None:
         ),
         ({"spool_full_priority": "urgent"}, "mqtt.yaml: spool_full_priority must be one of"),
         ({"hots": "x"}, "mqtt.yaml: hots must be one of"),
+        ({"host": "ward3-broker.local"}, "mqtt.yaml: host must be a loopback address, or a"),
+        (
+            {"host": "10.1.2.3", "tls": True},
+            "mqtt.yaml: host must be a loopback address, or a broker reached with TLS",
+        ),
+        (
+            {"host": "10.1.2.3", "username": "d", "password": "p"},
+            "mqtt.yaml: host must be a loopback address",
+        ),
+        (
+            {"username": "d", "password": "p", "password_file": "/etc/hostname"},
+            "mqtt.yaml: password_file must be left out when password is given",
+        ),
+        ({"username": "d", "password_file": "/nonexistent"}, "mqtt.yaml: password_file must be"),
     ],
 )
 def test_config_errors_name_the_file_and_key(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.")):
         from_mapping(MqttConfig, changes, source="mqtt.yaml")
+
+
+def test_a_remote_broker_with_tls_and_a_user_or_allowed_insecure_is_taken() -> None:
+    secured = from_mapping(
+        MqttConfig, {"host": "ward3-broker.local", "tls": True, "username": "d", "password": "p"}
+    )
+    assert secured.uses_tls
+    insecure = from_mapping(MqttConfig, {"host": "10.1.2.3", "allow_insecure": True})
+    assert insecure.host == "10.1.2.3"
+    for host in ("127.0.0.1", "::1", "localhost", "127.8.9.10"):
+        assert from_mapping(MqttConfig, {"host": host}).host == host
 
 
 def test_embedded_amqtt_broker_round_trip(tmp_path: Path) -> None:

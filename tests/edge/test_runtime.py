@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import paho.mqtt.publish as mqtt_publish
 import pytest
+import soundfile
 
 from edge.audio import read_audio
+from edge.commandauth import derive_device_key, new_key, sign_command, write_key
 from edge.errors import ConfigError
 from edge.events import Event, parse_utc
 from edge.runtime.config import CommandError, parse_command, resolve_source
@@ -158,6 +160,22 @@ def test_malformed_commands_are_refused_with_a_reason(payload: bytes, message: s
         parse_command(payload)
     good = parse_command(b'{"action": "acknowledge", "stream_id": "bed-1", "target": "Wheeze"}')
     assert (good.stream_id, good.target) == ("bed-1", "Wheeze")
+
+
+def test_a_huge_command_is_refused_unread_and_its_log_line_stays_short() -> None:
+    """An 8 MB command: refused before parsing, and the error quotes at most 200 bytes of it;
+    a 1 MB value in a command of legal size is quoted shortened."""
+    huge = json.dumps({"action": "a" * 8_000_000, "stream_id": "bed-1", "target": "W"}).encode()
+    with pytest.raises(CommandError, match="limit 4096") as caught:
+        parse_command(huge)
+    assert len(str(caught.value)) < 400
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(CommandError, match="limit 4096"):
+        parse_command(deep)
+    long_action = json.dumps({"action": "x" * 3000, "stream_id": "bed-1", "target": "W"}).encode()
+    with pytest.raises(CommandError, match="got 'xxx") as caught:
+        parse_command(long_action)
+    assert len(str(caught.value)) < 200
 
 
 def test_data_sources_resolve_under_the_data_root(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,32 +390,79 @@ def test_acknowledge_on_the_command_topic_ends_a_latched_alarm(
     tmp_path: Path, mosquitto: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Fine Crackle configured high priority (latching): its condition ends, an ``ongoing`` with
-    ``latched`` arrives and nothing ends it until the acknowledge command; malformed commands
-    are logged and change nothing; then ``ended`` (ended_by acknowledge) arrives."""
+    ``latched`` arrives and nothing ends it until a signed acknowledge command; malformed,
+    unsigned, forged (another key), replayed and stale commands are logged, counted and change
+    nothing; then ``ended`` (ended_by acknowledge, acknowledged_by the signing user) arrives."""
+    master = new_key()
+    key = derive_device_key(master, SITE, DEVICE)
+    key_file = write_key(tmp_path / "device.command.key", key)
     streams = [stream("bed-1", record_path(FOUND), realtime=True, loop=True)]
     mapping = config_mapping(
-        tmp_path, streams, detector=CRACKLE_HIGH, **mqtt_sections(tmp_path, mosquitto.port)
+        tmp_path,
+        streams,
+        detector=CRACKLE_HIGH,
+        commands={"key_file": str(key_file)},
+        **mqtt_sections(tmp_path, mosquitto.port),
     )
     caplog.set_level(logging.INFO, logger="lungwatch.runtime")
     topic = f"{ROOT}/command"
+
+    def send(payload: bytes) -> None:
+        mqtt_publish.single(topic, payload, qos=1, hostname="127.0.0.1", port=mosquitto.port)
+
+    def signed(target: str, signing_key: bytes = key, now_s: float | None = None) -> bytes:
+        command = {"action": "acknowledge", "stream_id": "bed-1", "target": target}
+        body = sign_command(signing_key, SITE, DEVICE, command, "nurse-a", now_s)
+        return json.dumps(body).encode()
+
     with Recorder(mosquitto.port, topic="lungwatch/v1/#") as recorder, ServeThread(build(mapping)):
         assert recorder.wait_for(lambda _: bool(_latched(recorder)), 90.0)
         alarm = _latched(recorder)[0]
         assert alarm.priority == "high"
         assert alarm.detail["condition_end_sample"] > 0
-        for bad in (b"ack", b'{"action": "mute"}', _ack("bed-9", "Fine Crackle")):
-            mqtt_publish.single(topic, bad, qos=1, hostname="127.0.0.1", port=mosquitto.port)
+        target = alarm.detail["key"]
+        other_device = derive_device_key(master, SITE, "another-device")
+        good = signed(target)
+        refused = [
+            b"ack",
+            b'{"action": "mute"}',
+            _ack("bed-9", "Fine Crackle"),
+            _ack("bed-1", target),  # unsigned
+            signed(target, signing_key=other_device),  # another device's key
+            signed(target, now_s=0.0),  # issued in 1970: stale
+        ]
+        for bad in refused:
+            send(bad)
         ended = lambda _: any(e.state == "ended" for e in _episode(recorder, alarm))  # noqa: E731
         assert not recorder.wait_for(ended, 1.5), "a latched alarm waits for acknowledgement"
-        payload = _ack("bed-1", alarm.detail["key"])
-        mqtt_publish.single(topic, payload, qos=1, hostname="127.0.0.1", port=mosquitto.port)
+        send(good)
         assert recorder.wait_for(ended, 10.0)
+        send(good)  # replayed: refused, counted
+        counted = lambda _: any(  # noqa: E731
+            m.get("commands_refused_replayed") == 1 for m in _metrics(recorder)
+        )
+        assert recorder.wait_for(counted, 10.0)
     closing = next(e for e in _episode(recorder, alarm) if e.state == "ended")
     assert closing.detail["ended_by"] == "acknowledge"
+    assert closing.detail["acknowledged_by"] == "nurse-a"
     assert closing.end_sample == alarm.detail["condition_end_sample"]
     ignored = [r.getMessage() for r in caplog.records if "command ignored" in r.getMessage()]
-    assert len(ignored) == 3, ignored
-    assert "not served here" in ignored[2]
+    assert len(ignored) == 7, ignored
+    assert "not served here" not in ignored[2], "an unsigned command is refused before it is read"
+    assert "command is not signed" in ignored[3]
+    assert "signature does not verify" in ignored[4]
+    assert "from now" in ignored[5]
+    assert "a replay" in ignored[6]
+    last = _metrics(recorder)[-1]
+    assert last["commands_accepted"] == 1
+    assert last["commands_refused"] == 7
+    assert last["commands_refused_bad_signature"] == 1
+    assert last["commands_refused_stale"] == 1
+
+
+def _metrics(recorder: Recorder) -> list[dict[str, Any]]:
+    messages = list(recorder.messages)
+    return [m.json()["metrics"] for m in messages if m.topic.endswith("/metrics")]
 
 
 def _ack(stream_id: str, target: str) -> bytes:
@@ -570,3 +635,28 @@ def test_each_beds_rolling_verdict_is_retained_and_withdrawn_at_its_end(
             assert bed.close().verdict == body["verdict"]
     with Recorder(mosquitto.port, topic=f"{ROOT}/+/verdict") as late:
         assert not late.wait_for(lambda ms: bool(ms), 1.0)  # nothing retained any more
+
+
+def test_a_bed_whose_source_cannot_be_opened_leaves_the_other_beds_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NaN in bed-2's file: bed-2 is logged as not started and ends; bed-1 runs to its end.
+    When no bed can start, the config error is raised as before."""
+    rng = np.random.default_rng(7)
+    good = write_audio(tmp_path / "good.wav", 0.1 * rng.standard_normal(RATE_HZ * 3))
+    samples = (0.1 * rng.standard_normal(RATE_HZ * 3)).astype(np.float32)
+    samples[1000] = np.nan
+    bad = tmp_path / "nan.wav"
+    soundfile.write(bad, samples, RATE_HZ, subtype="FLOAT")
+    caplog.set_level(logging.INFO, logger="lungwatch.runtime")
+    mapping = config_mapping(tmp_path, [stream("bed-1", good), stream("bed-2", bad)])
+    runtime = serve(build(mapping), source="two.yaml")
+    served = {s.id: s for s in runtime.streams}
+    assert served["bed-1"].counters["samples"] == RATE_HZ * 3
+    assert served["bed-2"].counters["samples"] == 0
+    assert all(s.ended for s in served.values())
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("streams[1] (bed-2) not started" in m and "NaN" in m for m in errors), errors
+    assert {e.stream_id for e in jsonl_events(tmp_path / "events.jsonl")} == {"bed-1"}
+    with pytest.raises(ConfigError, match=r"two.yaml: streams\[0\].source: .*NaN"):
+        serve(build(config_mapping(tmp_path, [stream("bed-2", bad)])), source="two.yaml")

@@ -6,9 +6,12 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 
+from tests.edge.runtime_helpers import lungwatch
 from tests.streaming_fixture import tiny_checkpoint
 from training.models.checkpoint import CheckpointError, load_checkpoint
 
@@ -68,3 +71,24 @@ def test_weights_load_strictly_and_problems_are_named(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_no_command_runs_a_malicious_model_file(tmp_path: Path) -> None:
+    """``lungwatch detect --model evil.pt`` (the device never loads a checkpoint) and
+    ``lungwatch export --checkpoint evil.pt`` (weights_only): one-line errors, nothing run."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with evil.open("wb") as handle:
+        pickle.dump({"format": "lungwatch-sednet/1", "x": _Payload(marker)}, handle, protocol=2)
+    audio = tmp_path / "a.wav"
+    soundfile.write(audio, np.zeros(8000, np.float32), 8000)
+    runs = [
+        lungwatch("detect", "--model", str(evil), "--audio", str(audio)),
+        lungwatch("export", "--checkpoint", str(evil), "--out", str(tmp_path / "m")),
+    ]
+    for result in runs:
+        assert result.returncode != 0
+        assert result.stderr.count("\n") == 1, result.stderr
+    assert "export it first" in runs[0].stderr
+    assert "not a lungwatch checkpoint" in runs[1].stderr
+    assert not marker.exists()
