@@ -2,16 +2,20 @@
 
     make fuzz             # or: python -m bench.fuzz [--inputs 1000000] [--seed 0]
 
-Each input is built from a corpus of valid frames (every type and format, tagged and not)
-by one mutator: bit flips, inserted / deleted / truncated bytes, splices of two frames,
-pure garbage (with sprinkled magics), header fields changed *with the CRC recomputed* (so
-invalid headers and wild device ids, sample indices, rates and stream starts reach the
-header checks, the jitter buffer and the restart logic), and runs of a valid stream with
-duplicates and reordering. Every input goes, cut in random pieces, into one long-lived
-receiver (as one datagram), and:
+Each input is built from a corpus of valid frames (every type and format; protocol v1 tagged
+and not, and v2, encrypted) by one mutator: bit flips, inserted / deleted / truncated bytes,
+splices of two frames, pure garbage (with sprinkled magics), header fields changed *with the
+CRC recomputed* (so invalid headers and wild device ids, sample indices, rates and stream
+starts reach the header checks, the jitter buffer and the restart logic; on a v2 frame they
+reach the decrypting decoder, which must refuse them), v2 frames with any bit flipped and the
+CRC recomputed (the AEAD must refuse them), runs of a valid v1 stream with duplicates and
+reordering, and runs of a valid v2 stream (fresh counters, now and then a new session) mixed
+with replays of its earlier datagrams. Every input goes, cut in random pieces, into one
+long-lived receiver (as one datagram; v1 allowed, so both decoders run), and:
 
 - nothing may raise;
-- every decoded frame must be one the input legitimately holds (never a made-up frame);
+- every decoded frame must be one the input legitimately holds (never a made-up frame; a
+  replayed v2 datagram, or one of an older session, is not legitimate);
 - the link's byte counters must add up; memory must stay bounded: the peak RSS (resource)
   and the traced Python heap (tracemalloc, on the second half only) are recorded at
   checkpoints, and the heap may not grow over the second half beyond a small margin.
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from firmware_bridge.crc32c import crc32c
+from firmware_bridge.parser import POLICY_COUNTERS
 from firmware_bridge.protocol import (
     CRC,
     FLAG_AUTH,
@@ -53,6 +58,8 @@ from firmware_bridge.receiver import Receiver, ReceiverConfig
 
 RESULTS_DIR = Path(__file__).parent / "results"
 KEYED_DEVICE, KEY = 9, b"fuzz-key-0123456"
+V2_DEVICE, V2_STREAM_DEVICE, V2_KEY = 11, 12, bytes(range(7, 39))  # v2: corpus, live stream
+V2_HISTORY = 4096  # datagrams of the live v2 stream kept for replays
 HEAP_GROWTH_LIMIT_BYTES = 2 << 20  # second-half traced heap growth allowed
 Allowed = set[Frame]
 Input = tuple[bytes, Allowed]
@@ -73,6 +80,8 @@ def make_corpus(rng: np.random.Generator) -> list[tuple[Frame, bytes | None]]:
             else rng.integers(-limit, limit, count)
         )
         corpus.append((audio_frame(*ids, x, fmt), KEY if device == KEYED_DEVICE else None))
+        v2_ids = (V2_DEVICE, k % 2, 2 * k, 256 * k, 8000)  # sealed: the v2 decoder
+        corpus.append((audio_frame(*v2_ids, x[: count // 2 + 1], fmt)._replace(session=1), V2_KEY))
     status = DeviceStatus(55, -120, 7, off_body=True)
     info = DeviceInfo((1, 2, 3), 4, "fuzz-steth")
     corpus += [
@@ -80,6 +89,8 @@ def make_corpus(rng: np.random.Generator) -> list[tuple[Frame, bytes | None]]:
         (device_info_frame(2, 1, 901, 0, 8000, info)._replace(flags=FLAG_STREAM_START), None),
         (heartbeat_frame(KEYED_DEVICE, 0, 902, 8192, 8000), KEY),
         (heartbeat_frame(KEYED_DEVICE, 0, 903, 8192, 8000), None),  # no tag: must be rejected
+        (status_frame(V2_DEVICE, 0, 905, 4096, 8000, status)._replace(session=1), V2_KEY),
+        (heartbeat_frame(V2_DEVICE, 1, 906, 8192, 8000)._replace(session=1), V2_KEY),
     ]
     return corpus
 
@@ -90,9 +101,13 @@ class Mutator:
     def __init__(self, corpus: list[tuple[Frame, bytes | None]], seed: int) -> None:
         self.rng = random.Random(seed)
         self.corpus = [(frame, key, encode_frame(frame, key)) for frame, key in corpus]
+        self.sealed = [(f, data) for f, _, data in self.corpus if f.session is not None]
+        self.v2_session, self.v2_counter, self.v2_first = 1, 0, 0
+        self.v2_history: list[bytes] = []
         self.mutators: list[Callable[[], Input]] = [
             self.flips, self.insert, self.delete, self.truncate, self.splice,
-            self.garbage, self.header, self.header, self.stream,
+            self.garbage, self.header, self.header, self.stream, self.sealed_flip,
+            self.stream_v2, self.stream_v2,
         ]  # fmt: skip
 
     def make(self) -> Input:
@@ -150,9 +165,47 @@ class Mutator:
         CRC.pack_into(out, len(out) - 4, crc32c(bytes(out[:-4])))
         if out == data:  # the changes were no-ops
             return bytes(out), set() if _untagged_keyed(frame, key) else {frame}
-        # a changed header breaks any tag: only devices without a key may still take it
+        # a changed header breaks any tag (and a v2 frame's AEAD): only v1 devices without a
+        # key may still take it
         changed = _as_frame(fields, frame.payload)
-        return bytes(out), set() if changed.device_id == KEYED_DEVICE else {changed}
+        keyed = changed.device_id == KEYED_DEVICE or frame.session is not None
+        return bytes(out), set() if keyed else {changed}
+
+    def sealed_flip(self) -> Input:
+        """A v2 frame with 1 to 3 bits flipped anywhere but the CRC, the CRC recomputed: the
+        decrypting decoder must refuse it (header, ciphertext or tag changed)."""
+        frame, data = self.rng.choice(self.sealed)
+        out = bytearray(data)
+        for _ in range(self.rng.randint(1, 3)):
+            out[self.rng.randrange(len(out) - 4)] ^= 1 << self.rng.randrange(8)
+        CRC.pack_into(out, len(out) - 4, crc32c(bytes(out[:-4])))
+        return bytes(out), set() if out != data else {frame}  # flips that cancelled out
+
+    def stream_v2(self) -> Input:
+        """Fresh frames of a live v2 stream (the counter goes on; now and then the device
+        reboots into a new session) mixed with replays of its earlier datagrams, which must
+        not decode."""
+        rng, fresh = self.rng, []
+        if rng.random() < 0.03:  # a reboot: new session, counter and samples from 0
+            self.v2_session += 1
+            self.v2_counter = self.v2_first = 0
+        for _ in range(rng.randint(1, 8)):
+            flags = FLAG_STREAM_START if self.v2_counter == 0 else 0
+            x = np.full(64, self.v2_counter % 1000, np.int16)
+            frame = audio_frame(V2_STREAM_DEVICE, 0, self.v2_counter, self.v2_first, 8000, x)
+            fresh.append(frame._replace(flags=flags, session=self.v2_session))
+            self.v2_counter, self.v2_first = self.v2_counter + 1, self.v2_first + 64
+        sent = [encode_frame(f, V2_KEY) for f in fresh]
+        out = list(sent)
+        if len(out) > 1 and rng.random() < 0.3:
+            i = rng.randrange(len(out) - 1)
+            out[i], out[i + 1] = out[i + 1], out[i]
+        for _ in range(rng.randint(0, 3) if self.v2_history else 0):
+            out.insert(rng.randrange(len(out) + 1), rng.choice(self.v2_history))
+        if rng.random() < 0.2:
+            out.append(rng.choice(sent))  # a replay within the same input
+        self.v2_history = (self.v2_history + sent)[-V2_HISTORY:]
+        return b"".join(out), set(fresh)
 
     def _field_change(self) -> tuple[int, int]:
         r = self.rng
@@ -189,6 +242,7 @@ def _untagged_keyed(frame: Frame, key: bytes | None) -> bool:
 
 
 def _as_frame(fields: list[int], payload: bytes) -> Frame:
+    """The v1 frame a changed header describes (a changed v2 header never decodes)."""
     _, _, ftype, flags, fmt, _, device, stream, count, seq, first, rate = fields
     return Frame(ftype, device, stream, seq, first, rate, fmt, count, payload, flags & ~FLAG_AUTH)
 
@@ -208,9 +262,10 @@ def peak_rss_mib() -> float:
 def fuzz(n_inputs: int, seed: int, checkpoints: int = 10) -> dict[str, object]:
     """Run the fuzz loop; returns the record written to bench/results/fuzz.json."""
     mutator = Mutator(make_corpus(np.random.default_rng(seed)), seed)
-    receiver = Receiver(ReceiverConfig(max_streams=64), keys={KEYED_DEVICE: KEY})
+    keys = {KEYED_DEVICE: KEY, V2_DEVICE: V2_KEY, V2_STREAM_DEVICE: V2_KEY}
+    receiver = Receiver(ReceiverConfig(max_streams=64), keys=keys, allow_v1=True)
     parser, rng = receiver.parser, random.Random(seed + 1)
-    violations, decoded, points = [], 0, []
+    violations, decoded, decoded_v2, points = [], 0, 0, []
     rss_before_mib = round(peak_rss_mib(), 1)  # imports (numpy, numba) and the corpus
     start_s = time.perf_counter()
     for i in range(n_inputs):
@@ -220,6 +275,7 @@ def fuzz(n_inputs: int, seed: int, checkpoints: int = 10) -> dict[str, object]:
             frames += parser.push(piece)
         frames += parser.flush()
         decoded += len(frames)
+        decoded_v2 += sum(1 for frame in frames if frame.session is not None)
         for frame in frames:
             if frame._replace(flags=frame.flags & ~FLAG_AUTH, verified=False) not in allowed:
                 violations.append(f"input {i}: decoded a frame it does not hold: {frame[:6]}")
@@ -235,7 +291,7 @@ def fuzz(n_inputs: int, seed: int, checkpoints: int = 10) -> dict[str, object]:
     violations += _memory_verdict(points)
     tracemalloc.stop()
     return {
-        "inputs": n_inputs, "seed": seed, "decoded_frames": decoded,
+        "inputs": n_inputs, "seed": seed, "decoded_frames": decoded, "decoded_v2": decoded_v2,
         "seconds": round(time.perf_counter() - start_s, 1), "link": vars(stats),
         "streams_tracked": len(receiver.streams), "peak_rss_before_mib": rss_before_mib,
         "checkpoints": points,
@@ -259,16 +315,19 @@ def _memory_verdict(points: list[dict[str, float]]) -> list[str]:
 
 
 def render(record: dict[str, object]) -> str:
-    points = record["checkpoints"]
+    points, link = record["checkpoints"], record["link"]
     assert isinstance(points, list)
+    assert isinstance(link, dict)
     lines = [
         f"Fuzz of the firmware-bridge decoder: {record['inputs']:,} inputs, seed {record['seed']}, "
         f"{record['seconds']} s; {platform.machine()}, Python {platform.python_version()}",
         "",
         f"- violations: {record['n_violations']} (crash, made-up frame, counters, memory)",
-        f"- frames decoded: {record['decoded_frames']:,}; streams tracked at the end: "
-        f"{record['streams_tracked']}",
+        f"- frames decoded: {record['decoded_frames']:,} (protocol v2: {record['decoded_v2']:,});"
+        f" streams tracked at the end: {record['streams_tracked']}",
         f"- peak RSS before the first input: {record['peak_rss_before_mib']} MiB",
+        "- refused by the security policy: "
+        + ", ".join(f"{name} {link[name]:,}" for name in POLICY_COUNTERS),
         "",
         "| inputs | seconds | peak RSS MiB | traced heap (2nd half) |",
         "|---:|---:|---:|---:|",

@@ -12,21 +12,24 @@ from firmware_bridge.protocol import (
     CRC_BYTES,
     FLAG_AUTH,
     HEADER_BYTES,
+    HEADER_V2_BYTES,
     INFO,
     KNOWN_FLAGS,
     MAX_MODEL_BYTES,
     MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_V2_BYTES,
     MAX_SAMPLE_RATE_HZ,
     STATUS,
     TAG_BYTES,
     VERSION,
+    VERSION_2,
 )
 
 # counters, in this order, in the ``counts`` array
 SKIPPED, BAD_CRC, BAD_HEADER, BAD_LENGTH, TRUNCATED = range(5)
 N_COUNTS = 5
-ROW_FIELDS = 12  # start, size, type, flags, format, payload_bytes, device, stream, count, seq,
-# first_sample, rate
+ROW_FIELDS = 14  # start, size, type, flags, format, payload_bytes, device, stream, count, seq
+# (v2: the counter), first_sample, rate, version, session (v1: 0)
 _TABLES = slicing_tables()
 _MAGIC0, _MAGIC1 = 0x4C, 0x57  # b"LW"
 _STATUS_BYTES, _INFO_MIN, _INFO_MAX = STATUS.size, INFO.size, INFO.size + MAX_MODEL_BYTES
@@ -44,9 +47,11 @@ def _u(buf: np.ndarray, at: int, width: int) -> np.uint64:
 @njit(cache=True, nogil=True)
 def _header_problem(buf: np.ndarray, s: int) -> int:
     """0 ok, 1 bad header, 2 bad length (same order of checks as protocol.header_problem)."""
-    ftype, flags, fmt = buf[s + 3], buf[s + 4], buf[s + 5]
+    version, ftype, flags, fmt = buf[s + 2], buf[s + 3], buf[s + 4], buf[s + 5]
     nbytes, count, rate = _u(buf, s + 6, 2), _u(buf, s + 14, 2), _u(buf, s + 28, 4)
-    if buf[s + 2] != VERSION or ftype < 1 or ftype > 4 or (flags & ~KNOWN_FLAGS) != 0:
+    if (version != VERSION and version != VERSION_2) or ftype < 1 or ftype > 4:
+        return 1
+    if (flags & ~KNOWN_FLAGS) != 0 or (version == VERSION_2 and (flags & FLAG_AUTH) == 0):
         return 1
     if rate < 1 or rate > MAX_SAMPLE_RATE_HZ:
         return 1
@@ -63,7 +68,8 @@ def _header_problem(buf: np.ndarray, s: int) -> int:
         ok = nbytes == _STATUS_BYTES
     else:
         ok = _INFO_MIN <= nbytes <= _INFO_MAX
-    return 0 if ok and nbytes <= MAX_PAYLOAD_BYTES else 2
+    limit = MAX_PAYLOAD_BYTES if version == VERSION else MAX_PAYLOAD_V2_BYTES
+    return 0 if ok and nbytes <= limit else 2
 
 
 @njit(cache=True, nogil=True)
@@ -87,8 +93,14 @@ def _candidate(
     if problem != 0:
         counts[BAD_HEADER if problem == 1 else BAD_LENGTH] += 1
         return 1
-    nbytes, flags = int(_u(buf, start + 6, 2)), buf[start + 4]
-    crc_at = start + HEADER_BYTES + nbytes + (TAG_BYTES if flags & FLAG_AUTH else 0)
+    nbytes, flags, version = int(_u(buf, start + 6, 2)), buf[start + 4], buf[start + 2]
+    header_bytes = HEADER_BYTES if version == VERSION else HEADER_V2_BYTES
+    if end - start < header_bytes:
+        if not final:
+            return 0
+        counts[TRUNCATED] += 1
+        return 1
+    crc_at = start + header_bytes + nbytes + (TAG_BYTES if flags & FLAG_AUTH else 0)
     if end - crc_at < CRC_BYTES:
         if not final:
             return 0
@@ -101,8 +113,16 @@ def _candidate(
     size = crc_at + CRC_BYTES - start
     row[0], row[1], row[2], row[3], row[4] = start, size, buf[start + 3], flags, buf[start + 5]
     row[5], row[6], row[7] = nbytes, _u(buf, start + 8, 4), _u(buf, start + 12, 2)
-    row[8], row[9] = _u(buf, start + 14, 2), _u(buf, start + 16, 4)
-    row[10], row[11] = _u(buf, start + 20, 8), _u(buf, start + 28, 4)
+    row[8], row[10], row[11] = (
+        _u(buf, start + 14, 2),
+        _u(buf, start + 20, 8),
+        _u(buf, start + 28, 4),
+    )
+    row[12] = version
+    if version == VERSION:
+        row[9], row[13] = _u(buf, start + 16, 4), 0
+    else:  # the sequence slot holds the session; the 64-bit counter follows the v1 fields
+        row[9], row[13] = _u(buf, start + HEADER_BYTES, 8), _u(buf, start + 16, 4)
     return size
 
 
@@ -145,6 +165,6 @@ def scan_numba(
     buf: np.ndarray, final: bool, rows: np.ndarray, bad_ids: np.ndarray, counts: np.ndarray
 ) -> tuple[int, int, int]:
     """(frames found, bad-CRC device ids written, bytes consumed) for ``buf`` (uint8); rows
-    (uint64, (>= len(buf) // 36 + 1, 12)) are filled in place, counts (int64, (5,)) added to."""
+    (uint64, (>= len(buf) // 36 + 1, 14)) are filled in place, counts (int64, (5,)) added to."""
     n_rows, n_bad, pos = _scan(buf, buf.size, final, _TABLES, rows, bad_ids, counts)
     return int(n_rows), int(n_bad), int(pos)

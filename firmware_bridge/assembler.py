@@ -124,8 +124,11 @@ class StreamAssembler:
         self._gaps: deque[tuple[int, int]] = deque(maxlen=RECENT_GAPS)  # device index ranges
         self._max_seen = -1
         self._behind_run = 0
-        self._start_id: tuple[int, int] | None = None  # (sequence, first_sample) of the
-        self._start_frames = 0  # last stream-start frame, and the frame count then
+        # (session, sequence, first_sample) of the last stream-start frame (v2's counter starts
+        # at 0 in every session: the session tells a new start from a repeat), and the frame
+        # count then
+        self._start_id: tuple[int | None, int, int] | None = None
+        self._start_frames = 0
         self._pieces: list[Piece] = []
         self.counts = dict.fromkeys(STAT_NAMES, 0)
         self.drift = DriftEstimator(config.drift_window_points, config.drift_min_span_s)
@@ -161,10 +164,10 @@ class StreamAssembler:
         if not self._started:
             self._start(frame.first_sample)
             if frame.flags & FLAG_STREAM_START:
-                self._start_id = (frame.sequence, frame.first_sample)
+                self._start_id = (frame.session, frame.sequence, frame.first_sample)
         elif frame.flags & FLAG_STREAM_START and self._is_restart(frame):
             self._restart(frame.first_sample)
-            self._start_id = (frame.sequence, frame.first_sample)
+            self._start_id = (frame.session, frame.sequence, frame.first_sample)
         if frame.frame_type == FrameType.AUDIO:
             self._push_audio(frame, arrival_s)
         else:
@@ -225,7 +228,9 @@ class StreamAssembler:
         if frame.first_sample >= self._next:
             return False
         recent = self.counts["frames"] - self._start_frames < RESTART_MEMORY_FRAMES
-        return not (recent and self._start_id == (frame.sequence, frame.first_sample))
+        return not (
+            recent and self._start_id == (frame.session, frame.sequence, frame.first_sample)
+        )
 
     def _restart(self, first_sample: int) -> None:
         """The device restarted its sample clock: continue the output where it is."""

@@ -1,8 +1,16 @@
-"""``lungwatch bridge URL``: receive wearable stethoscope streams and report on them.
+"""``lungwatch bridge URL``: receive wearable stethoscope streams and report on them;
+``lungwatch bridge provision``: make a device's key.
 
-    lungwatch bridge udp://0.0.0.0:5005 --seconds 30 --wav received.wav
-    lungwatch bridge tcp://10.0.0.7:5005 --key 1:00112233445566778899aabbccddeeff
-    lungwatch bridge serial:///dev/ttyUSB0?baud=921600 --events
+    lungwatch bridge provision --device-id 17 --out keys/bed-1.key
+    lungwatch bridge udp://0.0.0.0:5005 --key-file keys/bed-1.key --seconds 30 --wav rx.wav
+    lungwatch bridge tcp://10.0.0.7:5005 --key-dir keys
+    lungwatch bridge serial:///dev/ttyUSB0?baud=921600 --events --allow-v1
+
+Frames are protocol version 2 (encrypted, replay-protected) from devices whose key is given
+(``--key-file``, ``--key-dir`` or ``--key DEVICE:HEX``); the session state is kept in
+``--state-file`` (default: next to the key file, see :func:`firmware_bridge.keys.
+default_state_path`). Version-1 frames only with ``--allow-v1`` (logged as a warning). A UDP or
+TCP link beyond loopback without a key is refused.
 
 Prints JSON lines: every ``--stats-every-s`` one line per stream (frames, samples, bad_crc,
 duplicates, late, reordered, gaps, missing_samples, restarts, drift_ppm, last status) and
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -27,6 +36,7 @@ import numpy as np
 
 from firmware_bridge.assembler import JitterConfig
 from firmware_bridge.errors import BridgeError
+from firmware_bridge.keys import KeyRing, default_state_path, load_keys, provision, require_key
 from firmware_bridge.link import Bridge
 from firmware_bridge.receiver import Output, Receiver, ReceiverConfig
 from firmware_bridge.timeline import DEVICE_STATUS, Report, Segment, StreamKey
@@ -36,6 +46,12 @@ from lungwatch.cli import ArgumentParser
 
 POLL_S = 0.05
 INT16_FULL_SCALE = 32768.0
+PROVISION = "provision"
+log = logging.getLogger("firmware_bridge")
+V1_WARNING = (
+    "%s: allow_v1: version-1 frames are accepted (audio in clear, no replay protection); "
+    "remove it once every device sends version 2"
+)
 
 
 def parse_keys(values: list[str]) -> tuple[dict[int, bytes], bytes | None]:
@@ -126,7 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--wav", type=Path, help="write one stream's timeline here at the end")
     parser.add_argument("--device", type=lambda v: int(v, 0), help="stream for --wav: device id")
     parser.add_argument("--stream", type=lambda v: int(v, 0), help="stream for --wav: stream id")
-    parser.add_argument("--key", action="append", default=[], help="[DEVICE:]HEX HMAC key")
+    parser.add_argument("--key", action="append", default=[], help="[DEVICE:]HEX device key")
+    parser.add_argument("--key-file", type=Path, help="device key file (DEVICE:HEX lines)")
+    parser.add_argument("--key-dir", type=Path, help="folder of device key files (*.key)")
+    parser.add_argument("--state-file", type=Path, help="v2 session state (default: next to "
+                        "the key file or in the key folder; none: in memory)")  # fmt: skip
+    parser.add_argument("--allow-v1", action="store_true", help="also accept version-1 frames "
+                        "(unencrypted, no replay protection)")  # fmt: skip
     parser.add_argument("--stats-every-s", type=float, default=1.0)
     parser.add_argument("--events", action="store_true", help="print each report as it comes")
     parser.add_argument("--jitter-frames", type=int, default=JitterConfig.depth_frames)
@@ -135,12 +157,58 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [PROVISION]:
+        return provision_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return _run(args, sys.stdout)
     except BridgeError as exc:
         print(f"lungwatch bridge: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _provision_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="lungwatch bridge provision",
+        description="Make a device's random 32-byte key (protocol v2), write it to a key file "
+        "(mode 0600) and print what to flash into the device and to give the bridge.",
+    )
+    parser.add_argument("--device-id", required=True, type=lambda v: int(v, 0))
+    parser.add_argument("--out", required=True, type=Path, help="the key file to write")
+    parser.add_argument("--force", action="store_true", help="replace an existing key file")
+    parser.add_argument("--port", type=int, default=5601, help="UDP port in the printed URL")
+    return parser
+
+
+def provision_main(argv: list[str]) -> int:
+    args = _provision_parser().parse_args(argv)
+    try:
+        key = provision(args.device_id, args.out, args.force)
+    except BridgeError as exc:
+        print(f"lungwatch bridge provision: error: {exc}", file=sys.stderr)
+        return 1
+    for line in provision_lines(args.device_id, key, args.out, args.port):
+        print(line)
+    return 0
+
+
+def provision_lines(device_id: int, key: bytes, path: Path, port: int) -> list[str]:
+    """What ``provision`` prints: the device's settings and the bridge's."""
+    c_bytes = ", ".join(f"0x{b:02x}" for b in key)
+    return [
+        f"device {device_id}: key written to {path} (mode 0600; keep it secret)",
+        "flash into the device:",
+        f"  device_id = {device_id}",
+        f"  device key (32 bytes, hex) = {key.hex()}",
+        f"  C: static const uint8_t LWF_DEVICE_KEY[32] = {{{c_bytes}}};",
+        "  session counter = 0, kept in flash: the device raises it by one (and writes it)",
+        "  before the first frame of every session; frames then go out as protocol v2",
+        "the bridge (on the edge device; a relative path is relative to the runtime's",
+        "working folder, PREFIX/state):",
+        f"  source: bridge://udp/0.0.0.0:{port}?key_file={path}",
+        f"  lungwatch bridge udp://0.0.0.0:{port} --key-file {path}",
+    ]
 
 
 def check_wav_path(path: Path | None) -> None:
@@ -160,9 +228,19 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     check_wav_path(args.wav)
     url = parse_link_url(args.url)
     check_options(url, ("baud",))
-    keys, default_key = parse_keys(args.key)
+    ring = KeyRing(*parse_keys(args.key)).merged(
+        load_keys(args.key_file, args.key_dir), "--key-file/--key-dir"
+    )
+    try:
+        require_key(url, ring, "--key-file FILE, --key-dir DIR or --key DEVICE:HEX")
+    except BridgeError as exc:
+        raise BridgeError(f"{url.text}: {exc}") from None
+    if args.allow_v1:
+        log.warning(V1_WARNING, url.text)
+    state = args.state_file or default_state_path(args.key_file, args.key_dir)
     jitter = JitterConfig(depth_frames=args.jitter_frames, max_hold_s=args.max_hold_ms / 1000)
-    receiver = Receiver(ReceiverConfig(jitter=jitter), keys, default_key)
+    config = ReceiverConfig(jitter=jitter)
+    receiver = Receiver(config, ring.keys, ring.default, allow_v1=args.allow_v1, state_path=state)
     bridge = Bridge(open_transport(url), receiver)
     recorder = Recorder(args.device, args.stream)
     try:

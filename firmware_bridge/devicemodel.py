@@ -1,7 +1,8 @@
 """What a stethoscope sends, frame by frame, and when (the emulator's device half).
 
 :func:`device_frames` turns PCM samples into the device's frame sequence with each frame's
-send time on a clock that runs ``drift_ppm`` fast. :func:`read_pcm` reads a recording as
+send time on a clock that runs ``drift_ppm`` fast; with a ``session`` the frames are version 2
+(the sequence is the session's 64-bit counter, from 0). :func:`read_pcm` reads a recording as
 the device's ADC would deliver it (soundfile, imported on first use).
 """
 
@@ -19,6 +20,9 @@ from firmware_bridge.protocol import (
     FLAG_STREAM_START,
     FULL_SCALE,
     MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_V2_BYTES,
+    MIN_DEVICE_KEY_BYTES,
+    U32_MAX,
     DeviceInfo,
     DeviceStatus,
     Frame,
@@ -44,17 +48,27 @@ class DeviceConfig:
     drift_ppm: float = 0.0
     status_every_s: float = 1.0
     off_body_s: tuple[float, float] | None = None  # audio time reported off body
-    key: bytes | None = None  # HMAC key: frames carry a tag
+    key: bytes | None = None  # v1: HMAC key (frames carry a tag); v2: the device key
+    session: int | None = None  # v2: the session (the device's persisted counter); None: v1
 
     def __post_init__(self) -> None:
         width = BYTES_PER_SAMPLE.get(self.sample_format)  # type: ignore[call-overload]
         if width is None:
             raise BridgeError(f"sample_format must be 1, 2 or 3, got {self.sample_format}")
-        if not 1 <= self.frame_samples <= MAX_PAYLOAD_BYTES // width:
+        limit = (MAX_PAYLOAD_BYTES if self.session is None else MAX_PAYLOAD_V2_BYTES) // width
+        if not 1 <= self.frame_samples <= limit:
             raise BridgeError(
-                f"frame_samples must be in [1, {MAX_PAYLOAD_BYTES // width}] for this format, "
+                f"frame_samples must be in [1, {limit}] for this format and protocol version, "
                 f"got {self.frame_samples}"
             )
+        if self.session is not None:
+            if not 0 <= self.session <= U32_MAX:
+                raise BridgeError(f"session must be in [0, {U32_MAX}], got {self.session}")
+            if self.key is None or len(self.key) < MIN_DEVICE_KEY_BYTES:
+                raise BridgeError(
+                    f"a v2 device (session set) needs a key of at least {MIN_DEVICE_KEY_BYTES} "
+                    "bytes"
+                )
         if self.status_every_s <= 0 or abs(self.drift_ppm) >= 1e5:
             raise BridgeError("status_every_s must be > 0 and |drift_ppm| < 1e5")
 
@@ -63,6 +77,13 @@ def device_frames(
     samples: np.ndarray, sample_rate_hz: int, config: DeviceConfig
 ) -> Iterator[tuple[float, Frame]]:
     """(send time in seconds since the start, frame) in the order the device sends them."""
+    for t_s, frame in _frames(samples, sample_rate_hz, config):
+        yield t_s, frame if config.session is None else frame._replace(session=config.session)
+
+
+def _frames(
+    samples: np.ndarray, sample_rate_hz: int, config: DeviceConfig
+) -> Iterator[tuple[float, Frame]]:
     ids = (config.device_id, config.stream_id)
     device_rate_hz = sample_rate_hz * (1.0 + config.drift_ppm * PPM)
     n, seq = int(samples.shape[0]), 0

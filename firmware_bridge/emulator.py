@@ -1,8 +1,15 @@
 """Device emulator: play a recording as a wearable stethoscope would, over a lossy link.
 
-    lungwatch emulate --audio rec.wav --to udp://127.0.0.1:5005 \\
+    lungwatch emulate --audio rec.wav --to udp://127.0.0.1:5005 --key-file keys/bed-1.key \\
         [--loss 0.05 --reorder 0.01 --corrupt 0.01 --duplicate 0.01 --drift-ppm 200 \\
-         --realtime | --speed 20] [--seed 0] [--key HEX] [--format int16|int24|float32]
+         --realtime | --speed 20] [--seed 0] [--format int16|int24|float32]
+
+With ``--key-file`` (a file from ``lungwatch bridge provision``) the device speaks protocol
+version 2: its id comes from the file, and its session counter from ``--session`` or the
+session file (``--session-file``, default the key file with the suffix ``.session``), which
+holds the last session used and is raised by one before each run, as a device raises the one
+in its flash at every boot. Without it, version 1 (``--key HEX``: with an HMAC tag), which a
+bridge takes only with ``allow_v1``.
 
 The device sends a DEVICE_INFO frame (flagged stream start), then audio frames of
 ``--frame-samples`` samples, a STATUS frame every ``--status-every-s`` seconds of audio and
@@ -16,7 +23,10 @@ Prints one JSON line of what was sent and what the channel did.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import os
 import random
 import sys
 import time
@@ -31,7 +41,8 @@ from firmware_bridge import senders
 from firmware_bridge.crc32c import crc32c
 from firmware_bridge.devicemodel import DeviceConfig, device_frames, read_pcm
 from firmware_bridge.errors import BridgeError
-from firmware_bridge.protocol import SampleFormat, encode_frame
+from firmware_bridge.keys import load_key_file
+from firmware_bridge.protocol import U32_MAX, SampleFormat, encode_frame
 from firmware_bridge.urls import parse_link_url
 from lungwatch.cli import ArgumentParser
 
@@ -41,6 +52,7 @@ FORMATS = {
     "float32": SampleFormat.FLOAT32,
 }
 MAX_DELAY_FRAMES = 3
+SESSION_SUFFIX = ".session"  # the emulated device's persisted session counter, by its key file
 
 
 @dataclass(frozen=True)
@@ -139,8 +151,14 @@ def _parser() -> argparse.ArgumentParser:
     pace.add_argument("--realtime", action="store_true", help="send at the audio's pace")
     pace.add_argument("--speed", type=float, help="send at SPEED x real time")
     parser.add_argument("--seed", type=int, default=0, help="channel random seed")
-    parser.add_argument("--key", help="HMAC key as hex: frames carry an authentication tag")
-    parser.add_argument("--device-id", type=lambda v: int(v, 0), default=1)
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--key-file", type=Path, help="device key file: protocol v2 (encrypted)")
+    keys.add_argument("--key", help="v1 HMAC key as hex: v1 frames carry an authentication tag")
+    parser.add_argument("--session", type=int, help="v2 session (default: the session file + 1)")
+    parser.add_argument("--session-file", type=Path, help="v2: the persisted session counter "
+                        "(default: the key file with the suffix .session)")  # fmt: skip
+    parser.add_argument("--device-id", type=lambda v: int(v, 0), help="default: the key file's "
+                        "device, else 1")  # fmt: skip
     parser.add_argument("--stream-id", type=lambda v: int(v, 0), default=0)
     parser.add_argument("--frame-samples", type=int, default=256, help="samples per frame")
     parser.add_argument("--format", choices=sorted(FORMATS), default="int16")
@@ -157,8 +175,17 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
         raise BridgeError("--key must be hex and --off-body FROM_S:TO_S") from None
     if off_body is not None and len(off_body) != 2:
         raise BridgeError(f"--off-body must be FROM_S:TO_S, got {args.off_body!r}")
+    device_id, session = (1 if args.device_id is None else args.device_id), None
+    if args.key_file is not None:
+        device_id, key = _device_key(args.key_file, args.device_id)
+    elif args.session is not None or args.session_file is not None:
+        raise BridgeError("--session and --session-file need --key-file (protocol v2)")
+    if args.speed is not None and not (math.isfinite(args.speed) and args.speed > 0):
+        raise BridgeError(f"--speed must be a number > 0 (times real time), got {args.speed}")
+    if args.key_file is not None:  # checked now; the session is taken just before sending
+        session = 0 if args.session is None else args.session
     return DeviceConfig(
-        device_id=args.device_id,
+        device_id=device_id,
         stream_id=args.stream_id,
         frame_samples=args.frame_samples,
         sample_format=FORMATS[args.format],
@@ -166,7 +193,47 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
         status_every_s=args.status_every_s,
         off_body_s=(off_body[0], off_body[1]) if off_body is not None else None,
         key=key,
+        session=session,
     )
+
+
+def _device_key(path: Path, device_id: int | None) -> tuple[int, bytes]:
+    """(device id, key) from a key file: its one device, or ``device_id``'s entry."""
+    ring = load_key_file(path, device_id)
+    if device_id is None:
+        if len(ring.keys) != 1 or ring.default is not None:
+            raise BridgeError(f"--key-file {path}: name the device (--device-id): it holds "
+                              f"{len(ring.keys) + (ring.default is not None)} keys")  # fmt: skip
+        ((device_id, key),) = ring.keys.items()
+        return device_id, key
+    key = ring.keys.get(device_id, ring.default)  # type: ignore[assignment]
+    if key is None:
+        raise BridgeError(f"--key-file {path}: no key for device {device_id}")
+    return device_id, key
+
+
+def _next_session(args: argparse.Namespace) -> int:
+    """The session to use: ``--session``, else the session file's value + 1, written back
+    first (a device raises its counter in flash before it sends)."""
+    if args.session is not None:
+        if not 0 <= args.session <= U32_MAX:
+            raise BridgeError(f"--session must be in [0, {U32_MAX}], got {args.session}")
+        return int(args.session)
+    path = args.session_file or args.key_file.with_suffix(SESSION_SUFFIX)
+    try:
+        last = int(path.read_text(encoding="utf-8").strip()) if path.exists() else 0
+    except (OSError, ValueError) as exc:
+        raise BridgeError(f"--session-file {path}: cannot read a session number ({exc})") from None
+    if not 0 <= last < U32_MAX:
+        raise BridgeError(f"--session-file {path}: session {last} is out of range (0..{U32_MAX}):"
+                          " provision a new key")  # fmt: skip
+    try:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(f"{last + 1}\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BridgeError(f"--session-file {path}: cannot write ({exc.strerror or exc})") from None
+    return last + 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,16 +254,28 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if isinstance(sender, senders.TcpServerSender):
             sender.accept(timeout_s=None)
+        if config.session is not None:
+            config = dataclasses.replace(config, session=_next_session(args))
         timed = (
             (t, encode_frame(f, config.key)) for t, f in device_frames(samples, rate_hz, config)
         )
         crc32c(b"")  # load the CRC kernel before the clock starts, or the first frames lag
         speed = 1.0 if args.realtime else args.speed
-        sent = play(channel.run(timed), sender.send, speed)
+        attempts = [0]
+
+        def send(data: bytes) -> bool:
+            attempts[0] += 1
+            return sender.send(data)
+
+        sent = play(channel.run(timed), send, speed)
     finally:
         sender.close()
+    if attempts[0] and not sent:
+        raise BridgeError(f"{args.to}: none of {attempts[0]} frames could be sent")
     summary: dict[str, Any] = {"to": args.to, "samples": int(np.asarray(samples).shape[0])}
-    summary |= {"sample_rate_hz": rate_hz, "sent": sent, **channel.counts}
+    summary |= {"sample_rate_hz": rate_hz, "protocol": 1 if config.session is None else 2}
+    summary |= {"session": config.session, "device_id": config.device_id}
+    summary |= {"sent": sent, **channel.counts}
     print(json.dumps(summary))
     return 0
 

@@ -1,6 +1,8 @@
 """The receive loop: a transport feeding a receiver, with link changes as reports.
 
-    bridge = Bridge(open_transport(parse_link_url("udp://0.0.0.0:5005")), Receiver())
+    ring = load_keys("keys/bed-1.key")   # firmware_bridge.keys
+    receiver = Receiver(keys=ring.keys, state_path="keys/bed-1.sessions.json")
+    bridge = Bridge(open_transport(parse_link_url("udp://0.0.0.0:5005")), receiver)
     while running:
         for item in bridge.poll(timeout_s=0.1):
             ...  # Segment / Report, as from Receiver.push
@@ -71,7 +73,9 @@ class Bridge:
         return self.receiver.finish()
 
     def close(self) -> None:
+        """Close the transport and save the receiver's session state."""
         self.transport.close()
+        self.receiver.close()
 
     def _take(self, received: Received) -> None:
         self._feed_datagrams()

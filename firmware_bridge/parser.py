@@ -1,15 +1,20 @@
 """Incremental frame parser: bytes in arbitrary chunks -> validated frames, never an exception.
 
-The parser looks for the magic, checks the header, waits for the whole frame, checks the
-CRC-32C and, when the device has a key, the tag. Anything that fails is counted and skipped
-one byte at a time (so a real frame hidden behind a false start is still found), except a
-frame with a good CRC and a bad tag, which is dropped whole. Every byte received ends up in
-exactly one of ``frame_bytes``, ``skipped_bytes`` or ``pending_bytes``.
+The parser looks for the magic, checks the header, waits for the whole frame and checks the
+CRC-32C. Then the security policy: a version-2 frame is opened by
+:class:`~firmware_bridge.session.SessionGuard` (the device's key, ChaCha20-Poly1305, the
+session and the anti-replay window); a version-1 frame is refused (``v1_rejected``) unless
+``allow_v1``, and then its HMAC tag is checked when the device has a key. Anything that fails
+the framing is counted and skipped one byte at a time (so a real frame hidden behind a false
+start is still found); a frame with a good CRC that fails the policy is dropped whole. Every
+byte received ends up in exactly one of ``frame_bytes``, ``skipped_bytes`` or
+``pending_bytes``.
 
 Two scanners find the frames, with the same results (tested): a numba kernel, one call per
 push (used when numba can be imported), and :func:`scan_python` (NumPy CRC) otherwise.
 Both hand rows ``(start, size, type, flags, format, payload_bytes, device, stream, count,
-sequence, first_sample, rate)`` to one Python step that applies the tag policy.
+sequence, first_sample, rate, version, session)`` (v2: ``sequence`` is the 64-bit counter;
+v1: ``session`` is 0) to one Python step that applies the policy.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -24,23 +30,33 @@ from firmware_bridge.crc32c import backend as crc_backend
 from firmware_bridge.crc32c import range_function
 from firmware_bridge.errors import SettingError
 from firmware_bridge.protocol import (
+    COUNTER,
     CRC,
     CRC_BYTES,
     FLAG_AUTH,
     HEADER,
     HEADER_BYTES,
+    HEADER_V2_BYTES,
     MAGIC,
     TAG_BYTES,
+    VERSION,
+    VERSION_2,
     Frame,
     compute_tag,
     header_problem,
 )
+from firmware_bridge.session import REPLAY_WINDOW, SessionGuard, SessionStore
 
 MAX_ATTRIBUTED_DEVICES = 256  # bad-CRC counts kept per claimed device id (bounded)
 MIN_FRAME_BYTES = HEADER_BYTES + CRC_BYTES
 SCAN_COUNTERS = ("skipped_bytes", "bad_crc", "bad_header", "bad_length", "truncated")
+# what the policy rejects (whole frames with a good CRC)
+POLICY_COUNTERS = ("bad_tag", "v1_rejected", "no_key", "auth_failed", "stale_session", "replayed")
 # kept by the parser itself (the scanner keeps SCAN_COUNTERS)
-COUNTERS = ("bytes_received", "frames_ok", "frame_bytes", "bad_tag", "unverified", "tag_bytes")
+COUNTERS = (
+    *("bytes_received", "frames_ok", "frame_bytes", "unverified", "rejected_bytes"),
+    *POLICY_COUNTERS,
+)
 Row = tuple[int, ...]
 ScanResult = tuple[list[Row], list[int], int]  # rows, bad-CRC device ids, bytes consumed
 
@@ -57,8 +73,13 @@ class ParserStats:
     bad_header: int  # magic found but version/type/flags/format/rate invalid
     bad_length: int  # payload size too large or inconsistent with the type and format
     truncated: int  # incomplete frames dropped at a datagram end or a disconnect
-    bad_tag: int  # tag wrong, or missing for a device that has a key
-    unverified: int  # tagged frames accepted without a key to check the tag
+    bad_tag: int  # v1: tag wrong, or missing for a device that has a key
+    unverified: int  # v1: tagged frames accepted without a key to check the tag
+    v1_rejected: int  # v1 frames refused (allow_v1 off)
+    no_key: int  # v2 frames of a device without a key
+    auth_failed: int  # v2 frames whose AEAD tag is wrong (tampered, forged, another key)
+    stale_session: int  # v2 frames of a session older than the device's latest
+    replayed: int  # v2 frames whose counter was seen already or is older than the window
     pending_bytes: int  # waiting for the rest of a frame
 
 
@@ -85,8 +106,11 @@ def scan_python(
             size = 1
         if size == 1:
             counts["skipped_bytes"] += 1
-        else:
-            rows.append((start, size, *fields[2:]))
+        elif fields[1] == VERSION:
+            rows.append((start, size, *fields[2:], VERSION, 0))
+        else:  # v2: the header's sequence slot holds the session, the counter follows
+            counter = COUNTER.unpack_from(buf, start + HEADER_BYTES)[0]
+            rows.append((start, size, *fields[2:9], counter, *fields[10:], VERSION_2, fields[9]))
         pos = start + size
 
 
@@ -107,7 +131,10 @@ def _candidate(
     if problem is not None:
         counts[problem] += 1
         return 1, ()
-    crc_at = start + HEADER_BYTES + fields[5] + (TAG_BYTES if fields[3] & FLAG_AUTH else 0)
+    header_bytes = HEADER_BYTES if fields[1] == VERSION else HEADER_V2_BYTES
+    if end - start < header_bytes:
+        return _incomplete(final, counts), ()
+    crc_at = start + header_bytes + fields[5] + (TAG_BYTES if fields[3] & FLAG_AUTH else 0)
     if end - crc_at < CRC_BYTES:
         return _incomplete(final, counts), ()
     if crc(view, start, crc_at) != CRC.unpack_from(buf, crc_at)[0]:
@@ -126,6 +153,10 @@ def _incomplete(final: bool, counts: dict[str, int]) -> int:
 def _frame(buf: bytes, r: Row, verified: bool) -> Frame:
     payload = buf[r[0] + HEADER_BYTES : r[0] + HEADER_BYTES + r[5]]
     return Frame(r[2], r[6], r[7], r[9], r[10], r[11], r[4], r[8], payload, r[3], verified)
+
+
+def _frame_v2(r: Row, payload: bytes) -> Frame:
+    return Frame(r[2], r[6], r[7], r[9], r[10], r[11], r[4], r[8], payload, r[3], True, r[13])
 
 
 class PythonScanner:
@@ -193,10 +224,17 @@ class FrameParser:
     """Push bytes, get frames.
 
     Args:
-        keys: per-device HMAC keys. A device with a key must send tagged frames.
-        default_key: the key of devices not in ``keys`` (None: such devices need no tag).
+        keys: per-device keys: v2's device keys, and v1's HMAC keys (a device with a key must
+            then send tagged v1 frames).
+        default_key: the key of devices not in ``keys`` (None: v2 frames of such devices are
+            ``no_key``; their v1 frames need no tag).
         scanner: ``"auto"`` (numba when importable, else numpy), ``"numba"`` (the compiled
             kernel) or ``"numpy"`` (:func:`scan_python` with the NumPy CRC: no numba at all).
+        allow_v1: accept version-1 frames (payload in clear, no replay protection); off, they
+            are dropped and counted ``v1_rejected``.
+        state_path: the v2 session state file (:class:`~firmware_bridge.session.SessionStore`;
+            None: in memory only).
+        replay_window: anti-replay window width in counters.
     """
 
     def __init__(
@@ -204,9 +242,16 @@ class FrameParser:
         keys: Mapping[int, bytes] | None = None,
         default_key: bytes | None = None,
         scanner: str = "auto",
+        allow_v1: bool = False,
+        state_path: str | Path | None = None,
+        replay_window: int = REPLAY_WINDOW,
     ) -> None:
         self._keys = dict(keys or {})
         self._default_key = default_key
+        self.allow_v1 = allow_v1
+        self.guard = SessionGuard(
+            self._keys, default_key, SessionStore(state_path), window=replay_window
+        )
         self._scanner = _make_scanner(scanner)
         self.scanner = self._scanner.name
         self._buf = bytearray()
@@ -233,8 +278,12 @@ class FrameParser:
 
     def stats(self) -> ParserStats:
         counts = self._counts | self._scanner.counters()
-        counts["skipped_bytes"] += counts.pop("tag_bytes")  # whole frames dropped for the tag
+        counts["skipped_bytes"] += counts.pop("rejected_bytes")  # whole frames the policy drops
         return ParserStats(**counts, pending_bytes=len(self._buf))
+
+    def close(self) -> None:
+        """Save the v2 session state (every stream's counter)."""
+        self.guard.close()
 
     def _run(self, final: bool) -> list[Frame]:
         buf = self._buf
@@ -253,8 +302,9 @@ class FrameParser:
 
     def _frames(self, buf: bytes, rows: list[Row]) -> list[Frame]:
         counts = self._counts
-        if not self._keys and self._default_key is None:  # the hot path: _frame() inlined
-            h = HEADER_BYTES
+        all_v1 = all(r[12] == VERSION for r in rows)
+        if self.allow_v1 and all_v1 and not self._keys and self._default_key is None:
+            h = HEADER_BYTES  # the v1 hot path (no keys at all): _frame() inlined
             frames = [
                 Frame(r[2], r[6], r[7], r[9], r[10], r[11], r[4], r[8],
                       buf[r[0] + h : r[0] + h + r[5]], r[3], False)
@@ -265,12 +315,22 @@ class FrameParser:
             counts["frame_bytes"] += sum(r[1] for r in rows)
             return frames
         frames = []
+        guard_open = self.guard.open
         for r in rows:
-            verified = self._tag_ok(buf, r)
-            if verified is None:
-                counts["tag_bytes"] += r[1]
-                continue
-            frames.append(_frame(buf, r, verified))
+            if r[12] == VERSION_2:
+                opened = guard_open(buf, r[0], r[5], (r[6], r[7], r[13], r[9]))
+                if isinstance(opened, str):
+                    counts[opened] += 1
+                    counts["rejected_bytes"] += r[1]
+                    continue
+                frames.append(_frame_v2(r, opened))
+            else:
+                verified = self._tag_ok(buf, r) if self.allow_v1 else None
+                if verified is None:
+                    counts["v1_rejected" if not self.allow_v1 else "bad_tag"] += 1
+                    counts["rejected_bytes"] += r[1]
+                    continue
+                frames.append(_frame(buf, r, verified))
             counts["frames_ok"] += 1
             counts["frame_bytes"] += r[1]
         return frames
@@ -280,15 +340,11 @@ class FrameParser:
         start, flags, device, payload_end = row[0], row[3], row[6], row[0] + HEADER_BYTES + row[5]
         key = self._keys.get(device, self._default_key)
         if not flags & FLAG_AUTH:
-            if key is None:
-                return False
-            self._counts["bad_tag"] += 1
-            return None
+            return False if key is None else None
         if key is None:
             self._counts["unverified"] += 1
             return False
         tag = compute_tag(key, buf[start:payload_end])
         if hmac.compare_digest(tag, bytes(buf[payload_end : payload_end + TAG_BYTES])):
             return True
-        self._counts["bad_tag"] += 1
         return None

@@ -1,19 +1,27 @@
-"""Wire protocol v1 of the wearable stethoscope: frame layout, payload codecs and the encoder.
+"""Wire protocol of the wearable stethoscope (versions 1 and 2): frame layout, payload codecs,
+session keys and the encoder.
 
-The normative description (byte table, CRC and tag parameters, limits) is
+The normative description (byte tables, CRC, tag and AEAD parameters, limits) is
 ``docs/firmware-protocol.md``; this module is its Python reference, and
 ``firmware_bridge/c/lungwatch_frame.c`` its C twin (byte-for-byte equal on the test vectors).
 
 A frame, all integers little-endian::
 
-    header (32 bytes) | payload (payload_bytes) | tag (16 bytes, if FLAG_AUTH) | CRC-32C (4 bytes)
+    v1: header (32 bytes) | payload    | tag (16 bytes, if FLAG_AUTH) | CRC-32C (4 bytes)
+    v2: header (40 bytes) | ciphertext | Poly1305 tag (16 bytes)      | CRC-32C (4 bytes)
 
-The CRC covers every byte before it (header, payload and tag); the tag is
-HMAC-SHA256(device key, header + payload) truncated to 16 bytes.
+The CRC covers every byte before it. v1's tag is HMAC-SHA256(device key, header + payload)
+truncated to 16 bytes; the payload travels in clear. v2 encrypts the payload with
+ChaCha20-Poly1305 (RFC 8439) under a session key HKDF-SHA256(device key; device, stream,
+session), the header as associated data, the nonce ``session (u32) || counter (u64)``: the
+header's v1 ``sequence`` became the 32-bit ``session`` (a counter the device persists and
+raises before every session) and a 64-bit ``counter`` follows the v1 fields. A :class:`Frame`
+with ``session`` set is a v2 frame.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -22,26 +30,38 @@ from enum import IntEnum
 from typing import Any, NamedTuple
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from firmware_bridge.crc32c import crc32c
 from firmware_bridge.errors import ProtocolError
 
 MAGIC = b"LW"
-VERSION = 1
+VERSION = 1  # version 1: payload in clear, optional HMAC tag
+VERSION_2 = 2  # version 2: payload encrypted (ChaCha20-Poly1305), session and counter
 # magic, version, frame_type, flags, sample_format, payload_bytes, device_id, stream_id,
-# sample_count, sequence, first_sample, sample_rate_hz
+# sample_count, sequence (v2: session), first_sample, sample_rate_hz
 HEADER = struct.Struct("<2sBBBBHIHHIQI")
 HEADER_BYTES = HEADER.size  # 32
+# v2: the v1 fields (sequence -> session) + counter (u64)
+HEADER_V2 = struct.Struct("<2sBBBBHIHHIQIQ")
+HEADER_V2_BYTES = HEADER_V2.size  # 40
+COUNTER = struct.Struct("<Q")  # v2's counter, at HEADER_BYTES
 CRC_BYTES = 4
-TAG_BYTES = 16  # HMAC-SHA256 truncated to its first 16 bytes (128 bits)
+TAG_BYTES = 16  # v1: HMAC-SHA256 truncated to 16 bytes; v2: the Poly1305 tag (16 bytes)
 CRC = struct.Struct("<I")
 MAX_FRAME_BYTES = 1472  # one unfragmented UDP datagram on a 1500-byte MTU (1500 - 20 - 8)
 MAX_PAYLOAD_BYTES = MAX_FRAME_BYTES - HEADER_BYTES - TAG_BYTES - CRC_BYTES  # 1420
+MAX_PAYLOAD_V2_BYTES = MAX_FRAME_BYTES - HEADER_V2_BYTES - TAG_BYTES - CRC_BYTES  # 1412
+NONCE = struct.Struct("<IQ")  # v2's 96-bit nonce: session, counter
+SESSION_KEY_SALT = b"lungwatch v2"  # HKDF-SHA256 salt of the session key
+SESSION_KEY_INFO = b"lungwatch v2 session key"  # ... info, then device, stream, session
+SESSION_INFO_IDS = struct.Struct("<IHI")  # device_id, stream_id, session
+MIN_DEVICE_KEY_BYTES = 16  # v2 device keys (provisioning makes 32)
 MAX_SAMPLE_RATE_HZ = 384_000
 MAX_MODEL_BYTES = 60
 U16_MAX, U32_MAX, U64_MAX = 2**16 - 1, 2**32 - 1, 2**64 - 1
 
-FLAG_AUTH = 0x01  # a 16-byte tag precedes the CRC
+FLAG_AUTH = 0x01  # a 16-byte tag precedes the CRC (always set in v2)
 FLAG_STREAM_START = 0x02  # first frame after the device (re)started this stream
 KNOWN_FLAGS = FLAG_AUTH | FLAG_STREAM_START
 
@@ -84,6 +104,9 @@ class Frame(NamedTuple):
     payload: bytes = b""
     flags: int = 0  # FLAG_STREAM_START; FLAG_AUTH is set by the encoder when given a key
     verified: bool = False  # decoder: the tag was checked against the device's key
+    # v2 only (None: a v1 frame): the device's session counter; ``sequence`` is then the
+    # frame's 64-bit counter within the session (the AEAD nonce is session || counter)
+    session: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,10 +125,13 @@ class DeviceInfo:
 
 
 def header_problem(fields: tuple[Any, ...]) -> str | None:
-    """Why unpacked header ``fields`` cannot start a frame: ``"bad_header"`` (version, type,
-    flags, format, rate) or ``"bad_length"`` (payload size); None when it can."""
+    """Why unpacked header ``fields`` (the 12 fields of :data:`HEADER`, whatever the version)
+    cannot start a frame: ``"bad_header"`` (version, type, flags, format, rate) or
+    ``"bad_length"`` (payload size); None when it can. A v2 header must have FLAG_AUTH."""
     _, version, ftype, flags, fmt, nbytes, _, _, count, _, _, rate = fields
-    if version != VERSION or not 1 <= ftype <= 4 or flags & ~KNOWN_FLAGS:
+    if version not in (VERSION, VERSION_2) or not 1 <= ftype <= 4 or flags & ~KNOWN_FLAGS:
+        return "bad_header"
+    if version == VERSION_2 and not flags & FLAG_AUTH:
         return "bad_header"
     if not 1 <= rate <= MAX_SAMPLE_RATE_HZ:
         return "bad_header"
@@ -122,7 +148,8 @@ def header_problem(fields: tuple[Any, ...]) -> str | None:
         ok = nbytes == STATUS.size
     else:
         ok = INFO.size <= nbytes <= INFO.size + MAX_MODEL_BYTES
-    return None if ok and nbytes <= MAX_PAYLOAD_BYTES else "bad_length"
+    limit = MAX_PAYLOAD_BYTES if version == VERSION else MAX_PAYLOAD_V2_BYTES
+    return None if ok and nbytes <= limit else "bad_length"
 
 
 def compute_tag(key: bytes, signed: bytes | bytearray | memoryview) -> bytes:
@@ -130,10 +157,46 @@ def compute_tag(key: bytes, signed: bytes | bytearray | memoryview) -> bytes:
     return hmac.digest(key, signed, hashlib.sha256)[:TAG_BYTES]
 
 
+def hkdf_sha256(salt: bytes, ikm: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256 (RFC 5869): extract with ``salt``, expand ``info`` to ``length`` bytes."""
+    prk = hmac.digest(salt, ikm, hashlib.sha256)
+    out, block = b"", b""
+    for i in range(1, -(-length // 32) + 1):
+        block = hmac.digest(prk, block + info + bytes([i]), hashlib.sha256)
+        out += block
+    return out[:length]
+
+
+def session_key(device_key: bytes, device_id: int, stream_id: int, session: int) -> bytes:
+    """v2's 32-byte ChaCha20-Poly1305 key of one (device, stream, session):
+    HKDF-SHA256(salt "lungwatch v2", IKM the device key, info "lungwatch v2 session key" ||
+    device_id u32 || stream_id u16 || session u32, little-endian)."""
+    info = SESSION_KEY_INFO + SESSION_INFO_IDS.pack(device_id, stream_id, session)
+    return hkdf_sha256(SESSION_KEY_SALT, device_key, info)
+
+
+@functools.lru_cache(maxsize=64)
+def session_cipher(
+    device_key: bytes, device_id: int, stream_id: int, session: int
+) -> ChaCha20Poly1305:
+    """The AEAD of :func:`session_key` (cached: one derivation per session)."""
+    return ChaCha20Poly1305(session_key(device_key, device_id, stream_id, session))
+
+
+def nonce_v2(session: int, counter: int) -> bytes:
+    """v2's 96-bit nonce: session (u32) || counter (u64), little-endian (header bytes 16-19
+    and 32-39)."""
+    return NONCE.pack(session, counter)
+
+
 def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
-    """The frame's bytes; with ``key``, FLAG_AUTH is set and the tag appended.
+    """The frame's bytes. A v1 frame (``frame.session`` None): with ``key``, FLAG_AUTH is set
+    and the HMAC tag appended. A v2 frame (``session`` set): ``key`` is the device key
+    (required); the payload is encrypted, FLAG_AUTH always set.
 
     Raises ProtocolError if a field is out of range or the payload does not fit the type."""
+    if frame.session is not None:
+        return _encode_v2(frame, frame.session, key)
     flags = (frame.flags & ~FLAG_AUTH) | (FLAG_AUTH if key is not None else 0)
     _check_fields(frame, flags)
     fields = (
@@ -150,9 +213,36 @@ def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
     return signed + CRC.pack(crc32c(signed))
 
 
-def _check_fields(frame: Frame, flags: int) -> None:
-    limits = {"device_id": U32_MAX, "stream_id": U16_MAX, "sequence": U32_MAX}
+def _encode_v2(frame: Frame, session: int, key: bytes | None) -> bytes:
+    if key is None or len(key) < MIN_DEVICE_KEY_BYTES:
+        got = "none" if key is None else f"{len(key)} bytes"
+        raise ProtocolError(
+            f"a v2 frame (session set) needs the device key, at least {MIN_DEVICE_KEY_BYTES} "
+            f"bytes, got {got}"
+        )
+    flags = frame.flags | FLAG_AUTH
+    _check_fields(frame, flags, version=VERSION_2)
+    session, counter = int(session), int(frame.sequence)
+    fields = (
+        *(MAGIC, VERSION_2, int(frame.frame_type), flags, int(frame.sample_format)),
+        *(len(frame.payload), frame.device_id, frame.stream_id, frame.sample_count),
+        *(session, frame.first_sample, frame.sample_rate_hz),
+    )
+    problem = header_problem(fields)
+    if problem is not None:
+        raise ProtocolError(f"frame is inconsistent ({problem}): {_describe(frame)}")
+    header = HEADER_V2.pack(*fields, counter)
+    cipher = session_cipher(bytes(key), frame.device_id, frame.stream_id, session)
+    sealed = header + cipher.encrypt(nonce_v2(session, counter), bytes(frame.payload), header)
+    return sealed + CRC.pack(crc32c(sealed))
+
+
+def _check_fields(frame: Frame, flags: int, version: int = VERSION) -> None:
+    limits = {"device_id": U32_MAX, "stream_id": U16_MAX}
+    limits |= {"sequence": U32_MAX if version == VERSION else U64_MAX}
     limits |= {"first_sample": U64_MAX, "sample_count": U16_MAX, "sample_rate_hz": U32_MAX}
+    if version == VERSION_2:
+        limits["session"] = U32_MAX
     for name, limit in limits.items():
         value = getattr(frame, name)
         if not isinstance(value, (int, np.integer)) or not 0 <= value <= limit:
@@ -165,7 +255,8 @@ def _describe(frame: Frame) -> str:
     return (
         f"type {frame.frame_type}, format {frame.sample_format}, "
         f"{frame.sample_count} samples, {len(frame.payload)} payload bytes "
-        f"(at most {MAX_PAYLOAD_BYTES}), rate {frame.sample_rate_hz} Hz"
+        f"(at most {MAX_PAYLOAD_BYTES if frame.session is None else MAX_PAYLOAD_V2_BYTES}), "
+        f"rate {frame.sample_rate_hz} Hz"
     )
 
 

@@ -1,6 +1,6 @@
 """Receiver: bytes from one link in, every device stream's timeline out.
 
-    receiver = Receiver()
+    receiver = Receiver(keys={17: device_key})   # v2 frames of device 17
     for data in link:
         for item in receiver.push(data, arrival_s=time.monotonic()):
             ...  # Segment (audio or missing) or Report (signal_gap, device_status, ...)
@@ -8,18 +8,22 @@
 One :class:`~firmware_bridge.parser.FrameParser` per link feeds one
 :class:`~firmware_bridge.assembler.StreamAssembler` per (device id, stream id), up to
 ``max_streams`` of them (frames of further streams are counted and dropped, so a flood of
-made-up ids cannot grow memory). Nothing here raises on bad input.
+made-up ids cannot grow memory). Only frames the parser's security policy accepts reach an
+assembler (v2: authenticated, of the device's latest session, not replayed; v1 only with
+``allow_v1``). Nothing here raises on bad input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from firmware_bridge.assembler import JitterConfig, StreamAssembler, StreamStats
 from firmware_bridge.errors import SettingError
 from firmware_bridge.parser import FrameParser, ParserStats
 from firmware_bridge.protocol import Frame
+from firmware_bridge.session import REPLAY_WINDOW
 from firmware_bridge.timeline import Report, Segment, StreamKey, build_outputs
 
 Output = Segment | Report
@@ -48,8 +52,9 @@ class Receiver:
 
     Args:
         config: jitter buffer and limits.
-        keys / default_key: HMAC keys (see :class:`~firmware_bridge.parser.FrameParser`).
+        keys / default_key: device keys (see :class:`~firmware_bridge.parser.FrameParser`).
         scanner: ``"auto"``, ``"numba"`` or ``"numpy"`` (see the parser).
+        allow_v1, state_path, replay_window: the security policy (see the parser).
     """
 
     def __init__(
@@ -58,9 +63,19 @@ class Receiver:
         keys: Mapping[int, bytes] | None = None,
         default_key: bytes | None = None,
         scanner: str = "auto",
+        allow_v1: bool = False,
+        state_path: str | Path | None = None,
+        replay_window: int = REPLAY_WINDOW,
     ) -> None:
         self.config = config or ReceiverConfig()
-        self.parser = FrameParser(keys, default_key, scanner=scanner)
+        self.parser = FrameParser(
+            keys,
+            default_key,
+            scanner=scanner,
+            allow_v1=allow_v1,
+            state_path=state_path,
+            replay_window=replay_window,
+        )
         self._streams: dict[tuple[int, int], StreamAssembler] = {}
         self._dropped = 0
 
@@ -106,6 +121,10 @@ class Receiver:
         for assembler in self._streams.values():
             assembler.finish()
         return self.drain()
+
+    def close(self) -> None:
+        """Save the v2 session state (see :meth:`FrameParser.close`)."""
+        self.parser.close()
 
     def drain(self) -> list[Output]:
         """Everything produced since the last drain: per stream, in timeline order."""

@@ -30,10 +30,18 @@ class Sender(Protocol):
 
 
 class UdpSender:
+    """Datagrams to HOST:PORT; the host is resolved once, here (TransportError if it cannot
+    be: a name that does not resolve would otherwise fail every send silently)."""
+
     def __init__(self, host: str, port: int) -> None:
         self.name = f"udp://{host}:{port}"
-        self._address = (host, port)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise TransportError(f"{self.name}: cannot resolve {host} ({reason})") from None
+        family, _, _, _, address = found[0]
+        self._address: tuple[Any, ...] = tuple(address)
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
 
     def send(self, frame: bytes) -> bool:

@@ -11,8 +11,21 @@ Options: ``device`` and ``stream`` (decimal or 0x-hex; absent: the first stream 
 ``rate`` (Hz the runtime expects; default ``default_rate_hz``, which ``open_source`` sets to
 the model's rate; frames at another rate are dropped with a ``device_status`` notice),
 ``name`` (the source's ``stream_id``, e.g. the bed; default ``bridge-DEVICE-STREAM``),
-``key_file`` (a file holding the device's HMAC key as hex: frames must then carry a valid
-tag), ``jitter_frames`` and ``max_hold_ms`` (the jitter buffer), ``baud`` (serial).
+``key_file`` (a device key file from ``lungwatch bridge provision``: ``DEVICE:HEX`` lines, or
+one bare hex key for ``device`` or every device), ``key_dir`` (a folder of such files),
+``state_file`` (the session state that keeps replays out across restarts; default next to the
+key: ``keys/bed-1.key`` -> ``keys/bed-1.sessions.json``, ``key_dir=keys`` ->
+``keys/sessions.json``), ``allow_v1`` (1: also take version-1 frames, logged as a warning),
+``jitter_frames`` and ``max_hold_ms`` (the jitter buffer), ``baud`` (serial). Relative paths
+are relative to the working folder (the deployed service's is ``PREFIX/state``).
+
+Security (``docs/firmware-protocol.md``): frames are protocol version 2 (encrypted,
+authenticated, replay-protected) from devices whose key is given; version-1 frames are refused
+and counted unless ``allow_v1=1``. A UDP or TCP source beyond loopback without a key is refused
+when it is opened (:func:`check_url` says so without opening anything). :meth:`BridgeSource.stats`
+gives the link's counters (``replayed``, ``stale_session``, ``auth_failed``, ``v1_rejected``,
+``no_key``, ...); growing rejections are logged as a warning at most every
+:data:`REJECTION_LOG_S` seconds.
 
 Chunks follow the device's sample index: a gap is a chunk of silence marked ``missing``
 carrying a ``signal_gap`` notice (``missing_samples``; a gap longer than 10 s is a jump of
@@ -25,19 +38,21 @@ read's timeout, they come on an empty chunk. A network source never ends.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.sources.base import Notice, SourceChunk, SourceError
 from firmware_bridge.assembler import JitterConfig
-from firmware_bridge.errors import BridgeError
+from firmware_bridge.errors import BridgeError, SettingError
+from firmware_bridge.keys import KeyRing, default_state_path, load_keys, require_key
 from firmware_bridge.link import DISCONNECTED, RECONNECTED, Bridge
-from firmware_bridge.receiver import Receiver, ReceiverConfig
+from firmware_bridge.parser import POLICY_COUNTERS
+from firmware_bridge.receiver import Receiver, ReceiverConfig, ReceiverStats
 from firmware_bridge.timeline import (
     DEVICE_INFO,
     DEVICE_STATUS,
@@ -51,8 +66,14 @@ from firmware_bridge.timeline import (
 from firmware_bridge.transport import UdpTransport, open_transport
 from firmware_bridge.urls import LinkUrl, check_options, float_option, int_option, parse_link_url
 
-OPTIONS = ("device", "stream", "rate", "name", "key_file", "jitter_frames", "max_hold_ms", "baud")
+OPTIONS = (
+    *("device", "stream", "rate", "name", "key_file", "key_dir", "state_file", "allow_v1"),
+    *("jitter_frames", "max_hold_ms", "baud"),
+)
 DEFAULT_RATE_HZ = 8000
+REJECTION_LOG_S = 10.0  # growing policy rejections are logged at most this often
+KEY_HINT = "key_file=PATH or key_dir=DIR to the URL"
+log = logging.getLogger("lungwatch.sources.bridge")
 # report kind -> notice kind (edge.sources.base.Notice)
 NOTICE_KINDS = {
     SIGNAL_GAP: "signal_gap",
@@ -76,15 +97,29 @@ class BridgeSource:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         try:
-            link = parse_link_url(url)
-            check_options(link, OPTIONS)
+            link, ring, allow_v1, jitter = _checked(url)
             self._device = _optional_int(link, "device")
             self._stream = _optional_int(link, "stream")
             self.sample_rate_hz = int_option(link, "rate", default_rate_hz)
-            receiver = Receiver(ReceiverConfig(jitter=_jitter(link)), *_keys(link, self._device))
+            state = link.options.get("state_file") or default_state_path(
+                link.options.get("key_file"), link.options.get("key_dir")
+            )
+            receiver = Receiver(
+                ReceiverConfig(jitter=jitter),
+                ring.keys,
+                ring.default,
+                allow_v1=allow_v1,
+                state_path=state,
+            )
             self._bridge = Bridge(open_transport(link), receiver, clock=clock)
         except BridgeError as exc:
             raise SourceError(f"{url}: {exc}") from exc
+        if allow_v1:
+            log.warning(
+                "%s: allow_v1: version-1 frames are accepted (audio in clear, no replay "
+                "protection); remove it once every device sends version 2",
+                url,
+            )
         default_name = "bridge" if self._device is None else f"bridge-{self._device}"
         default_name += "" if self._stream is None else f"-{self._stream}"
         self.stream_id = link.options.get("name", default_name)
@@ -94,6 +129,8 @@ class BridgeSource:
         self._notices: list[Notice] = []
         self._next_sample = 0
         self._rate_warned = False
+        self._rejections_logged = dict.fromkeys(POLICY_COUNTERS, 0)
+        self._next_rejection_log_s = clock()
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -110,6 +147,8 @@ class BridgeSource:
                 self._take(item)
             if remaining_s <= 0:
                 break
+        if self._clock() >= self._next_rejection_log_s:
+            self._log_rejections()
         if self._ready:
             return self._ready.popleft()
         if self._notices:
@@ -120,6 +159,22 @@ class BridgeSource:
 
     def close(self) -> None:
         self._bridge.close()
+
+    def stats(self) -> ReceiverStats:
+        """The link's counters (the parser's: ``frames_ok``, ``bad_crc``, and what the security
+        policy rejected: ``replayed``, ``stale_session``, ``auth_failed``, ``v1_rejected``,
+        ``no_key``, ``bad_tag``) and each stream's (duplicates, gaps, restarts, ...)."""
+        return self._bridge.receiver.stats()
+
+    def _log_rejections(self) -> None:
+        self._next_rejection_log_s = self._clock() + REJECTION_LOG_S
+        link = self._bridge.receiver.parser.stats()
+        now = {name: getattr(link, name) for name in POLICY_COUNTERS}
+        grown = {k: v - self._rejections_logged[k] for k, v in now.items()}
+        if any(grown.values()):
+            self._rejections_logged = now
+            counts = ", ".join(f"{k} {v}" for k, v in grown.items() if v)
+            log.warning("%s: frames rejected since the last report: %s", self.stream_id, counts)
 
     def _take(self, item: Segment | Report) -> None:
         if self._key is None and self._wanted(item.stream):
@@ -165,13 +220,27 @@ def _jitter(link: LinkUrl) -> JitterConfig:
     )
 
 
-def _keys(link: LinkUrl, device: int | None) -> tuple[dict[int, bytes], bytes | None]:
-    """(per-device keys, default key) from the ``key_file`` option."""
-    path = link.options.get("key_file")
-    if path is None:
-        return {}, None
+def _checked(url: str) -> tuple[LinkUrl, KeyRing, bool, JitterConfig]:
+    """(link, its keys, allow_v1, jitter buffer) of a ``bridge://`` URL; BridgeError naming
+    what is wrong, including a link beyond loopback without a key."""
+    link = parse_link_url(url)
+    check_options(link, OPTIONS)
+    jitter = _jitter(link)
+    int_option(link, "rate", DEFAULT_RATE_HZ)
+    _optional_int(link, "stream")
+    allow_v1 = int_option(link, "allow_v1", 0)
+    if allow_v1 not in (0, 1):
+        raise SettingError(f"option allow_v1 must be 0 or 1, got {allow_v1}")
+    device = _optional_int(link, "device")
+    ring = load_keys(link.options.get("key_file"), link.options.get("key_dir"), device)
+    require_key(link, ring, KEY_HINT)
+    return link, ring, bool(allow_v1), jitter
+
+
+def check_url(url: str) -> None:
+    """Check a ``bridge://`` URL as opening it would (options, key files, a key beyond
+    loopback) without binding or connecting: SourceError naming the URL and what to fix."""
     try:
-        key = bytes.fromhex(Path(path).read_text(encoding="utf-8").strip())
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"{link.text}: key_file {path}: cannot read a hex key ({exc})") from exc
-    return ({device: key}, None) if device is not None else ({}, key)
+        _checked(url)
+    except BridgeError as exc:
+        raise SourceError(f"{url}: {exc}") from exc

@@ -4,7 +4,8 @@
  * CRC-32C: reflected polynomial 0x82F63B78, init and xorout 0xFFFFFFFF, one table lookup per
  * byte. SHA-256 as in FIPS 180-4 (constants: fractional parts of the cube roots of the first
  * 64 primes, and of the square roots of the first 8); HMAC as in RFC 2104 (64-byte block,
- * ipad 0x36, opad 0x5c, keys longer than a block hashed first).
+ * ipad 0x36, opad 0x5c, keys longer than a block hashed first); HKDF as in RFC 5869 (one
+ * expand block: 32 bytes). Version 2's AEAD is in lungwatch_seal.c (libsodium).
  */
 #include "lungwatch_frame.h"
 
@@ -180,6 +181,25 @@ void lwf_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data, si
     lwf_sha256_update(&ctx, pad, 64);
     lwf_sha256_update(&ctx, inner, 32);
     lwf_sha256_final(&ctx, mac);
+}
+
+/* ---- v2 session key: HKDF-SHA256 (RFC 5869), one 32-byte block ---- */
+
+void lwf_session_key(const uint8_t *device_key, size_t key_len, uint32_t device_id,
+                     uint16_t stream_id, uint32_t session, uint8_t out[LWF_SESSION_KEY_BYTES]) {
+    static const char salt[] = "lungwatch v2";
+    static const char label[] = "lungwatch v2 session key";
+    uint8_t prk[32], info[sizeof label - 1 + 10 + 1];
+    size_t n = sizeof label - 1;
+    unsigned i;
+    lwf_hmac_sha256((const uint8_t *)salt, sizeof salt - 1, device_key, key_len, prk);
+    memcpy(info, label, n);
+    for (i = 0; i < 4; i++) info[n++] = (uint8_t)(device_id >> (8 * i));
+    for (i = 0; i < 2; i++) info[n++] = (uint8_t)(stream_id >> (8 * i));
+    for (i = 0; i < 4; i++) info[n++] = (uint8_t)(session >> (8 * i));
+    info[n++] = 0x01u; /* T(1) = HMAC(PRK, info || 0x01) */
+    lwf_hmac_sha256(prk, sizeof prk, info, n, out);
+    memset(prk, 0, sizeof prk);
 }
 
 /* ---- frames ---- */

@@ -1,7 +1,8 @@
 /*
  * make_vectors.c - writes the frames of the shared test vectors with the C encoder.
  *
- *     cc -std=c99 -Wall -Wextra -pedantic -O2 -o make_vectors make_vectors.c lungwatch_frame.c
+ *     cc -std=c99 -Wall -Wextra -pedantic -O2 -o make_vectors make_vectors.c lungwatch_frame.c \
+ *        lungwatch_seal.c -lsodium
  *     ./make_vectors < tests/firmware_bridge/vectors/vectors.txt
  *
  * Reads one vector per line (blank lines and '#' comments skipped; numbers decimal or 0x hex;
@@ -12,10 +13,15 @@
  *   heartbeat NAME DEVICE STREAM SEQ FIRST RATE FLAGS KEY
  *   info      NAME DEVICE STREAM SEQ FIRST RATE FLAGS MAJOR MINOR PATCH HWREV MODELHEX KEY
  *
- * Two more line kinds check the hash functions on their own:
+ * Protocol v2: the same kinds with a "2" (audio2, status2, heartbeat2, info2) and one more
+ * token, SESSION, before KEY (the device key, required); SEQ is then the 64-bit counter. The
+ * frame is encoded without a key as v1, then sealed with lwf_seal().
+ *
+ * Three more line kinds check the hash functions on their own:
  *
  *   sha256    NAME DATAHEX          -> "NAME DIGESTHEX"
  *   hmac      NAME KEYHEX DATAHEX   -> "NAME MACHEX" (full 32 bytes)
+ *   hkdf      NAME KEYHEX DEVICE STREAM SESSION -> "NAME SESSIONKEYHEX" (lwf_session_key)
  *
  * and prints "NAME HEXBYTES" per vector. Audio samples come from xorshift32 (13, 17, 5)
  * seeded with SEED: int16 = state >> 16, int24 = (state >> 8) sign-extended from 24 bits,
@@ -111,17 +117,55 @@ static size_t hash_line(char **tok, int n, uint8_t *out) {
         lwf_hmac_sha256(key, (size_t)key_len, data, (size_t)data_len, out);
         return 32;
     }
+    if (!strcmp(tok[0], "hkdf") && n == 6) {
+        key_len = parse_hex(tok[2], key, sizeof key);
+        if (key_len < 0) return 0;
+        lwf_session_key(key, (size_t)key_len, (uint32_t)number(tok[3]), (uint16_t)number(tok[4]),
+                        (uint32_t)number(tok[5]), out);
+        return LWF_SESSION_KEY_BYTES;
+    }
     return 0;
 }
 
+static size_t encode_v1(char **tok, int n, const uint8_t *key, size_t key_len, uint8_t *out);
+
+/* A v1 or v2 line (see the top of the file); 0 if it cannot be encoded. */
 static size_t encode_line(char **tok, int n, uint8_t *out) {
+    static char kind[16];
     uint8_t key[MAX_KEY_BYTES];
+    size_t len = strlen(tok[0]), size;
+    long key_len;
+    int v2 = len > 1 && len < sizeof kind && tok[0][len - 1] == '2';
+    lwf_session s;
+    if (!v2) {
+        if (strcmp(tok[0], "audio") && strcmp(tok[0], "status") && strcmp(tok[0], "heartbeat") &&
+            strcmp(tok[0], "info"))
+            return hash_line(tok, n, out);
+        key_len = parse_hex(tok[n - 1], key, sizeof key);
+        return key_len < 0 ? 0 : encode_v1(tok, n, key, (size_t)key_len, out);
+    }
+    memcpy(kind, tok[0], len - 1);
+    kind[len - 1] = '\0';
+    key_len = n >= 4 ? parse_hex(tok[n - 1], key, sizeof key) : -1;
+    if (key_len < 0 || lwf_session_init(&s, key, (size_t)key_len, (uint32_t)number(tok[2]),
+                                        (uint16_t)number(tok[3]), (uint32_t)number(tok[n - 2])))
+        return 0;
+    tok[0] = kind;
+    {
+        char *counter = tok[4], *zero = "0";
+        tok[4] = zero; /* the v1 sequence: the session replaces it */
+        size = encode_v1(tok, n - 1, NULL, 0, out);
+        return size ? lwf_seal(&s, (uint64_t)number(counter), out, size, LWF_MAX_FRAME_BYTES) : 0;
+    }
+}
+
+/* tok[0 .. n): a v1 line whose KEY token (tok[n - 1]) is already parsed into key. */
+static size_t encode_v1(char **tok, int n, const uint8_t *key, size_t key_len, uint8_t *out) {
     char model[LWF_MAX_MODEL_BYTES + 1];
-    long key_len, model_len;
+    long model_len;
     lwf_header h;
     int want = !strcmp(tok[0], "audio") ? 12 : !strcmp(tok[0], "status") ? 13
              : !strcmp(tok[0], "heartbeat") ? 9 : !strcmp(tok[0], "info") ? 14 : -1;
-    if (want < 0) return hash_line(tok, n, out);
     if (n != want) return 0;
     h.device_id = (uint32_t)number(tok[2]);
     h.stream_id = (uint16_t)number(tok[3]);
@@ -129,18 +173,16 @@ static size_t encode_line(char **tok, int n, uint8_t *out) {
     h.first_sample = (uint64_t)number(tok[5]);
     h.sample_rate_hz = (uint32_t)number(tok[6]);
     h.flags = (uint8_t)number(tok[7]);
-    key_len = parse_hex(tok[n - 1], key, sizeof key);
-    if (key_len < 0) return 0;
-    if (!strcmp(tok[0], "audio")) return encode_audio(&h, tok, key, (size_t)key_len, out);
+    if (!strcmp(tok[0], "audio")) return encode_audio(&h, tok, key, key_len, out);
     if (!strcmp(tok[0], "heartbeat"))
-        return lwf_encode_heartbeat(&h, key, (size_t)key_len, out, LWF_MAX_FRAME_BYTES);
+        return lwf_encode_heartbeat(&h, key, key_len, out, LWF_MAX_FRAME_BYTES);
     if (!strcmp(tok[0], "status")) {
         lwf_status s;
         s.battery_percent = (uint8_t)number(tok[8]);
         s.off_body = (int8_t)strtol(tok[9], NULL, 0);
         s.gain_cdb = (int16_t)strtol(tok[10], NULL, 0);
         s.clipped_samples = (uint32_t)number(tok[11]);
-        return lwf_encode_status(&h, &s, key, (size_t)key_len, out, LWF_MAX_FRAME_BYTES);
+        return lwf_encode_status(&h, &s, key, key_len, out, LWF_MAX_FRAME_BYTES);
     }
     model_len = parse_hex(tok[12], (uint8_t *)model, LWF_MAX_MODEL_BYTES);
     if (model_len < 0) return 0;
@@ -152,7 +194,7 @@ static size_t encode_line(char **tok, int n, uint8_t *out) {
         info.firmware_patch = (uint8_t)number(tok[10]);
         info.hardware_revision = (uint8_t)number(tok[11]);
         info.model = model;
-        return lwf_encode_device_info(&h, &info, key, (size_t)key_len, out, LWF_MAX_FRAME_BYTES);
+        return lwf_encode_device_info(&h, &info, key, key_len, out, LWF_MAX_FRAME_BYTES);
     }
 }
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from firmware_bridge.keys import load_key_file, provision
 from firmware_bridge.protocol import Frame, audio_frame
 from firmware_bridge.timeline import Report, Segment
 
@@ -72,6 +73,13 @@ class Timeline:
 
 def as_float(x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float32) / np.float32(32768.0)).astype(np.float32)
+
+
+def device_key(folder: Path, device_id: int = 1, name: str = "device.key") -> tuple[Path, bytes]:
+    """A provisioned key file (``lungwatch bridge provision``) and its key."""
+    path = folder / name
+    provision(device_id, path)
+    return path, load_key_file(path).keys[device_id]
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:

@@ -10,6 +10,7 @@ from firmware_bridge.protocol import (
     FLAG_STREAM_START,
     MAX_MODEL_BYTES,
     MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_V2_BYTES,
     MAX_SAMPLE_RATE_HZ,
     U16_MAX,
     U32_MAX,
@@ -29,8 +30,8 @@ FORMATS = (SampleFormat.INT16, SampleFormat.INT24, SampleFormat.FLOAT32)
 
 
 @st.composite
-def samples(draw: st.DrawFn, sample_format: int) -> np.ndarray:
-    count = draw(st.integers(1, MAX_PAYLOAD_BYTES // BYTES_PER_SAMPLE[SampleFormat(sample_format)]))
+def samples(draw: st.DrawFn, sample_format: int, max_bytes: int = MAX_PAYLOAD_BYTES) -> np.ndarray:
+    count = draw(st.integers(1, max_bytes // BYTES_PER_SAMPLE[SampleFormat(sample_format)]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     if sample_format == SampleFormat.INT16:
         return rng.integers(-(2**15), 2**15, count).astype(np.int16)
@@ -56,12 +57,13 @@ infos = st.builds(
 
 
 @st.composite
-def frames(draw: st.DrawFn, small_ids: bool = False) -> Frame:
-    """Any valid frame (``small_ids``: few devices and streams, as on a real link)."""
+def frames(draw: st.DrawFn, small_ids: bool = False, version: int = 1) -> Frame:
+    """Any valid frame (``small_ids``: few devices and streams, as on a real link; ``version``
+    2: a session, a 64-bit counter and v2's payload limit)."""
     ids = (
         draw(st.integers(0, 3) if small_ids else st.integers(0, U32_MAX)),
         draw(st.integers(0, 1) if small_ids else st.integers(0, U16_MAX)),
-        draw(st.integers(0, U32_MAX)),
+        draw(st.integers(0, U32_MAX if version == 1 else U64_MAX)),
         draw(st.integers(0, U64_MAX)),
         draw(st.integers(1, MAX_SAMPLE_RATE_HZ)),
     )
@@ -69,12 +71,15 @@ def frames(draw: st.DrawFn, small_ids: bool = False) -> Frame:
     kind = draw(st.sampled_from(list(FrameType)))
     if kind == FrameType.AUDIO:
         fmt = draw(st.sampled_from(FORMATS))
-        return audio_frame(*ids, draw(samples(fmt)), fmt, flags)
-    if kind == FrameType.STATUS:
-        return status_frame(*ids, draw(statuses))._replace(flags=flags)
-    if kind == FrameType.DEVICE_INFO:
-        return device_info_frame(*ids, draw(infos))._replace(flags=flags)
-    return heartbeat_frame(*ids)._replace(flags=flags)
+        limit = MAX_PAYLOAD_BYTES if version == 1 else MAX_PAYLOAD_V2_BYTES
+        frame = audio_frame(*ids, draw(samples(fmt, limit)), fmt, flags)
+    elif kind == FrameType.STATUS:
+        frame = status_frame(*ids, draw(statuses))._replace(flags=flags)
+    elif kind == FrameType.DEVICE_INFO:
+        frame = device_info_frame(*ids, draw(infos))._replace(flags=flags)
+    else:
+        frame = heartbeat_frame(*ids)._replace(flags=flags)
+    return frame if version == 1 else frame._replace(session=draw(st.integers(0, U32_MAX)))
 
 
 def chunked(data: bytes, sizes: list[int]) -> list[bytes]:
@@ -89,3 +94,4 @@ def chunked(data: bytes, sizes: list[int]) -> list[bytes]:
 
 chunk_sizes = st.lists(st.integers(1, 3000), min_size=1, max_size=8)
 keys = st.none() | st.binary(min_size=1, max_size=100)
+device_keys = st.binary(min_size=16, max_size=64)  # v2 device keys

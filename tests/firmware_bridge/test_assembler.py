@@ -255,7 +255,7 @@ def test_any_loss_and_bounded_reordering_is_sample_accurate(
 
 
 def test_receiver_bounds_the_number_of_streams() -> None:
-    receiver = Receiver(ReceiverConfig(max_streams=2))
+    receiver = Receiver(ReceiverConfig(max_streams=2), allow_v1=True)
     data = b"".join(encode_frame(heartbeat_frame(d, 0, 0, 0, RATE_HZ)) for d in range(5))
     receiver.push(data, 0.0)
     stats = receiver.stats()
@@ -305,7 +305,7 @@ def test_bridge_places_a_whole_read_before_judging_the_hold_time() -> None:
     frames = [encode_frame(f) for f in audio_frames(SOURCE[:256], 64)]
     transport = ScriptedTransport([[frames[0], frames[2]], [frames[3], frames[1]]])
     now_s = [0.0]
-    bridge = Bridge(transport, Receiver(), clock=lambda: now_s[0])
+    bridge = Bridge(transport, Receiver(allow_v1=True), clock=lambda: now_s[0])
     timeline = Timeline()
     timeline.take(bridge.poll(0.1))
     now_s[0] = 0.3  # the consumer polls again only 0.3 s later

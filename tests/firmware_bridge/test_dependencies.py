@@ -21,7 +21,7 @@ from firmware_bridge.parser import FrameParser
 from firmware_bridge.protocol import audio_frame, encode_frame
 import numpy as np
 frame = audio_frame(1, 0, 0, 0, 8000, np.arange(100, dtype=np.int16))
-parser = FrameParser()
+parser = FrameParser(allow_v1=True)
 assert backend() == "numpy" and parser.scanner == "numpy"
 assert parser.push(b"junk" + encode_frame(frame)) == [frame]
 assert crc32c(b"123456789") == 0xE3069283

@@ -21,6 +21,7 @@ from tests.firmware_bridge.helpers import (
     Background,
     Timeline,
     collect_until,
+    device_key,
     write_recording,
 )
 
@@ -81,17 +82,20 @@ def test_window_must_hold_three_points() -> None:
 
 def test_receiver_estimates_the_emulated_drift_through_a_lossy_channel() -> None:
     """The emulator's device clock runs 200 ppm fast; 5 % loss, reordering, duplicates and
-    up to 2 ms of arrival jitter: the receiver's estimate is within 3 ppm."""
+    up to 2 ms of arrival jitter (protocol v2: the duplicates are dropped as replayed): the
+    receiver's estimate is within 3 ppm."""
     x = np.random.default_rng(1).integers(-3000, 3000, 90 * RATE_HZ).astype(np.int16)
-    config = DeviceConfig(drift_ppm=200.0)
+    key = bytes(range(32))
+    config = DeviceConfig(drift_ppm=200.0, key=key, session=1)
     channel = Channel(Impairments(loss=0.05, reorder=0.01, corrupt=0.01, duplicate=0.01, seed=7))
-    timed = ((t, encode_frame(f)) for t, f in device_frames(x, RATE_HZ, config))
+    timed = ((t, encode_frame(f, key)) for t, f in device_frames(x, RATE_HZ, config))
     jitter = np.random.default_rng(2)
-    receiver = Receiver()
+    receiver = Receiver(keys={1: key})
     for t_s, data in channel.run(timed):
         receiver.push_datagram(data, 50.0 + t_s + jitter.uniform(0.0, 0.002))
     (stream,) = receiver.stats().streams
     assert stream.drift_ppm == pytest.approx(200.0, abs=3.0)
+    assert 0 < receiver.stats().link.replayed <= channel.counts["duplicated"]  # not corrupted
 
 
 @pytest.mark.slow
@@ -102,9 +106,11 @@ def test_realtime_udp_from_the_emulator(tmp_path: Path) -> None:
     room for scheduler jitter while still telling 1000 ppm from none)."""
     path = tmp_path / "rec.wav"
     source = write_recording(path, 8.0)
-    bridge = Bridge(UdpTransport("127.0.0.1", 0), Receiver())
+    key_file, key = device_key(tmp_path)
+    bridge = Bridge(UdpTransport("127.0.0.1", 0), Receiver(keys={1: key}))
     port = bridge.transport.address[1]  # type: ignore[attr-defined]
     argv = ["--audio", str(path), "--to", f"udp://127.0.0.1:{port}", "--realtime"]
+    argv += ["--key-file", str(key_file)]
     device = Background(lambda: emulator.main([*argv, "--drift-ppm", "1000"]))
     timeline = Timeline()
     collect_until(bridge.poll, timeline, lambda: timeline.end >= source.size, timeout_s=30)

@@ -1,4 +1,5 @@
-"""The fuzz harness itself (bench/fuzz.py, `make fuzz`) on a few thousand inputs."""
+"""The fuzz harness itself (bench/fuzz.py, `make fuzz`) on a few thousand inputs: both protocol
+versions, the decrypting decoder's refusals included."""
 
 from __future__ import annotations
 
@@ -13,3 +14,6 @@ def test_fuzz_harness_finds_no_violation_on_a_short_run() -> None:
     assert isinstance(link, dict)
     assert link["bad_crc"] > 0
     assert link["bad_header"] > 0
+    assert record["decoded_v2"] > 500  # type: ignore[operator]
+    for refusal in ("auth_failed", "replayed", "stale_session", "bad_tag"):
+        assert link[refusal] > 0, refusal

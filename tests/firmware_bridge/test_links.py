@@ -1,5 +1,6 @@
 """Transports end to end with real sockets and a real pty pair: UDP, TCP (with reconnect after
-the server side closes) and serial, fed by the emulator or by a test server."""
+the server side closes) and serial, fed by the emulator (protocol v2, a provisioned key file)
+or by a test server (v2 frames; one serial test sends v1 frames to a bridge that allows them)."""
 
 from __future__ import annotations
 
@@ -28,17 +29,26 @@ from tests.firmware_bridge.helpers import (
     as_float,
     audio_frames,
     collect_until,
+    device_key,
     free_port,
     write_recording,
 )
 
 SECONDS = 3.0
+KEY = bytes(range(100, 132))
 
 
 @pytest.fixture
 def recording(tmp_path: Path) -> tuple[Path, np.ndarray]:
     path = tmp_path / "rec.wav"
     return path, write_recording(path, SECONDS)
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> tuple[Path, Receiver]:
+    """A provisioned key file for device 1 and a receiver that has its key."""
+    key_file, key = device_key(tmp_path)
+    return key_file, Receiver(keys={1: key})
 
 
 def assert_exact(timeline: Timeline, source: np.ndarray) -> None:
@@ -49,12 +59,16 @@ def assert_exact(timeline: Timeline, source: np.ndarray) -> None:
 
 
 def test_udp_from_the_emulator(
-    recording: tuple[Path, np.ndarray], capsys: pytest.CaptureFixture[str]
+    recording: tuple[Path, np.ndarray],
+    keyed: tuple[Path, Receiver],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path, source = recording
-    bridge = Bridge(UdpTransport("127.0.0.1", 0), Receiver())
+    key_file, receiver = keyed
+    bridge = Bridge(UdpTransport("127.0.0.1", 0), receiver)
     port = bridge.transport.address[1]  # type: ignore[attr-defined]
     argv = ["--audio", str(path), "--to", f"udp://127.0.0.1:{port}", "--speed", "30"]
+    argv += ["--key-file", str(key_file)]
     sender = Background(lambda: emulator.main(argv))
     timeline = Timeline()
     collect_until(bridge.poll, timeline, lambda: timeline.end >= source.size, timeout_s=20)
@@ -64,6 +78,7 @@ def test_udp_from_the_emulator(
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["samples"] == source.size
     assert summary["lost"] == 0
+    assert (summary["protocol"], summary["session"], summary["device_id"]) == (2, 1, 1)
 
 
 def serve_in_two_connections(server: socket.socket, first: bytes, second: bytes) -> None:
@@ -85,14 +100,14 @@ def serve_in_two_connections(server: socket.socket, first: bytes, second: bytes)
 @pytest.mark.parametrize("cut_mid_frame", [False, True])
 def test_tcp_reconnects_after_the_server_closes(cut_mid_frame: bool) -> None:
     source = np.random.default_rng(4).integers(-3000, 3000, 40 * 256).astype(np.int16)
-    frames = [encode_frame(f) for f in audio_frames(source, 256)]
-    tail = encode_frame(heartbeat_frame(1, 0, 999, source.size, RATE_HZ))
+    frames = [encode_frame(f._replace(session=1), KEY) for f in audio_frames(source, 256)]
+    tail = encode_frame(heartbeat_frame(1, 0, 999, source.size, RATE_HZ)._replace(session=1), KEY)
     first = b"".join(frames[:20]) + (frames[20][:100] if cut_mid_frame else b"")
     second = b"".join(frames[21:] if cut_mid_frame else frames[20:]) + tail
     server = socket.create_server(("127.0.0.1", 0))
     serving = Background(lambda: serve_in_two_connections(server, first, second))
     transport = TcpTransport("127.0.0.1", server.getsockname()[1], Backoff(0.02, 0.2))
-    bridge = Bridge(transport, Receiver())
+    bridge = Bridge(transport, Receiver(keys={1: KEY}))
     timeline = Timeline()
     collect_until(bridge.poll, timeline, lambda: timeline.end >= source.size, timeout_s=20)
     bridge.close()
@@ -109,12 +124,15 @@ def test_tcp_reconnects_after_the_server_closes(cut_mid_frame: bool) -> None:
     assert bridge.receiver.stats().link.truncated == int(cut_mid_frame)
 
 
-def test_tcp_to_the_emulator_as_a_listening_device(recording: tuple[Path, np.ndarray]) -> None:
+def test_tcp_to_the_emulator_as_a_listening_device(
+    recording: tuple[Path, np.ndarray], keyed: tuple[Path, Receiver]
+) -> None:
     path, source = recording
+    key_file, receiver = keyed
     port = free_port(socket.SOCK_STREAM)
     argv = ["--audio", str(path), "--to", f"tcp://127.0.0.1:{port}", "--speed", "30"]
-    device = Background(lambda: emulator.main(argv))
-    bridge = Bridge(TcpTransport("127.0.0.1", port, Backoff(0.02, 0.2)), Receiver())
+    device = Background(lambda: emulator.main([*argv, "--key-file", str(key_file)]))
+    bridge = Bridge(TcpTransport("127.0.0.1", port, Backoff(0.02, 0.2)), receiver)
     timeline = Timeline()
     collect_until(bridge.poll, timeline, lambda: timeline.end >= source.size, timeout_s=20)
     bridge.close()
@@ -151,7 +169,7 @@ def pty_pair() -> Iterator[tuple[str, str]]:
 def test_serial_over_a_pty_pair(pty_pair: tuple[str, str]) -> None:
     writer_path, reader_path = pty_pair
     source = np.random.default_rng(5).integers(-3000, 3000, 30 * 256).astype(np.int16)
-    bridge = Bridge(SerialTransport(reader_path, 115200), Receiver())
+    bridge = Bridge(SerialTransport(reader_path, 115200), Receiver(allow_v1=True))
     sender = SerialSender(writer_path, 115200)
     data = [encode_frame(f) for f in audio_frames(source, 256)]
     data.append(encode_frame(heartbeat_frame(1, 0, 999, source.size, RATE_HZ)))
@@ -165,12 +183,16 @@ def test_serial_over_a_pty_pair(pty_pair: tuple[str, str]) -> None:
 
 
 def test_emulator_over_serial(
-    pty_pair: tuple[str, str], recording: tuple[Path, np.ndarray]
+    pty_pair: tuple[str, str],
+    recording: tuple[Path, np.ndarray],
+    keyed: tuple[Path, Receiver],
 ) -> None:
     path, source = recording
+    key_file, receiver = keyed
     writer_path, reader_path = pty_pair
-    bridge = Bridge(SerialTransport(reader_path, 921600), Receiver())
+    bridge = Bridge(SerialTransport(reader_path, 921600), receiver)
     argv = ["--audio", str(path), "--to", f"serial://{writer_path}?baud=921600"]
+    argv += ["--key-file", str(key_file)]
     device = Background(lambda: emulator.main(argv))
     timeline = Timeline()
     collect_until(bridge.poll, timeline, lambda: timeline.end >= source.size, timeout_s=20)

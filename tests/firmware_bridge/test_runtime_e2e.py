@@ -2,7 +2,8 @@
 
 An annotated SPRSound recording is played by the device emulator (``lungwatch emulate``) to
 a runtime (``edge.runtime.loop.serve``: the shipped INT8 streaming model, ONNX Runtime CPU, MQTT
-sink) whose one stream is ``bridge://udp/127.0.0.1:PORT``; the events it delivers to a real
+sink) whose one stream is ``bridge://udp/127.0.0.1:PORT?device=1&key_file=KEY`` (protocol v2: a
+key from ``lungwatch bridge provision``, given to both ends); the events it delivers to a real
 Mosquitto are compared with those of the same runtime reading the recording through the file
 source.
 
@@ -62,7 +63,7 @@ from tests.edge.runtime_helpers import (
     sample_span,
     stream,
 )
-from tests.firmware_bridge.helpers import Background, free_port
+from tests.firmware_bridge.helpers import Background, device_key, free_port
 
 ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"
 RECORD = FOUND  # 15.4 s, 8 annotated fine crackles, 11 findings with the shipped model
@@ -146,9 +147,11 @@ class Channeled:
 
 def replay_channel(path: Path, impairments: Impairments) -> Channeled:
     samples, rate_hz = read_pcm(path, SampleFormat.INT16)
-    frames = [f for _, f in device_frames(samples, rate_hz, DeviceConfig())]  # emulator defaults
+    key = bytes(32)  # the emulator's v2 frames: the same lengths whatever the key
+    config = DeviceConfig(key=key, session=1)
+    frames = [f for _, f in device_frames(samples, rate_hz, config)]  # emulator defaults
     channel = Channel(impairments)
-    for _ in channel.run((0.0, encode_frame(f)) for f in frames):
+    for _ in channel.run((0.0, encode_frame(f, key)) for f in frames):
         pass
     gaps: list[range] = []
     markers = 0
@@ -181,8 +184,11 @@ def run_bridge(
     holds every sample and every notice the channel let through."""
     path, port = record_path(RECORD), free_port()
     n_samples = sf.info(str(path)).frames
-    config = _config(folder, broker, "bridge", f"bridge://udp/127.0.0.1:{port}?device=1")
+    key_file, _ = device_key(folder)
+    url = f"bridge://udp/127.0.0.1:{port}?device=1&key_file={key_file}"
+    config = _config(folder, broker, "bridge", url)
     argv = ["--audio", str(path), "--to", f"udp://127.0.0.1:{port}", "--speed", str(SPEED)]
+    argv += ["--key-file", str(key_file)]
     for name in ("loss", "reorder", "corrupt", "duplicate", "seed"):
         argv += [f"--{name}", str(getattr(impairments, name))]
     notices = expected.markers + len(expected.gaps)

@@ -72,7 +72,11 @@ def _hex(text: str) -> bytes:
 
 
 def parse_line(tokens: list[str]) -> Vector:
+    """A vector line; a kind ending in "2" is a v2 frame: SESSION precedes KEY."""
     kind, name, *rest = tokens
+    session = None
+    if kind.endswith("2"):
+        kind, session, rest = kind[:-1], int(rest[-2], 0), [*rest[:-2], rest[-1]]
     device, stream, seq, first, rate, flags = (int(v, 0) for v in rest[:6])
     ids = (device, stream, seq, first, rate)
     key = _hex(rest[-1]) or None
@@ -94,7 +98,7 @@ def parse_line(tokens: list[str]) -> Vector:
         major, minor, patch, hardware = (int(v, 0) for v in rest[6:10])
         info = DeviceInfo((major, minor, patch), hardware, _hex(rest[10]).decode("utf-8"))
         frame = device_info_frame(*ids, info)._replace(flags=flags)
-    return Vector(name, frame, key)
+    return Vector(name, frame._replace(session=session), key)
 
 
 def load_vectors() -> list[Vector]:

@@ -1,0 +1,284 @@
+"""Version-2 receive policy: the device's key, sessions that only move forward, and a sliding
+anti-replay window per stream.
+
+A v2 frame names its ``session`` (a counter the device keeps in flash and raises before every
+session: at power-on, and whenever it restarts a stream) and its ``counter`` (+1 for every
+frame of the stream within the session). :class:`SessionGuard` opens a frame in this order:
+
+1. the device's key (per device, or a default for every device); none: ``no_key``;
+2. ChaCha20-Poly1305 under HKDF(device key; device, stream, session), the header as
+   associated data: a wrong tag (a tampered header or payload, a forgery, another key) is
+   ``auth_failed``. Nothing below is touched by a frame that did not authenticate, so made-up
+   frames can neither move a session forward nor fill a window;
+3. the session: older than the device's latest authenticated session is ``stale_session`` (a
+   replay of an earlier session, e.g. a captured stream start); newer starts a new session
+   (the device rebooted) and is persisted at once;
+4. the counter, in a sliding window of :data:`REPLAY_WINDOW` counters per (device, stream)
+   (RFC 4303 section 3.4.3; the bitmap is one Python integer, so RFC 6479's block layout is
+   not needed): a counter seen before, or older than the window, is ``replayed``. A duplicate
+   the network made is indistinguishable from a replay and is counted the same way.
+
+:class:`SessionStore` persists, per device, the key's fingerprint, the latest session and each
+stream's highest counter (saved on every new session, after every :data:`REPLAY_WINDOW`
+counters of a stream, and on close), so after a bridge restart a replay of an earlier session
+is still ``stale_session``, and one of the current session older than the saved counter is
+``replayed``. Without a store (``path`` None) the state lives as long as the receiver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from firmware_bridge.errors import SettingError
+from firmware_bridge.protocol import HEADER_V2_BYTES, TAG_BYTES, nonce_v2, session_key
+
+log = logging.getLogger("firmware_bridge")
+
+REPLAY_WINDOW = 1024  # counters tracked behind the highest one, per (device, stream)
+STORE_FORMAT = "lungwatch-bridge-sessions/1"
+# SessionGuard.open's verdicts other than the plaintext (ParserStats counters)
+NO_KEY, AUTH_FAILED, STALE_SESSION, REPLAYED = "no_key", "auth_failed", "stale_session", "replayed"
+_SAVE_LOCKS: dict[str, threading.Lock] = {}
+_SAVE_LOCKS_GUARD = threading.Lock()
+
+
+def key_id(key: bytes) -> str:
+    """A key's fingerprint (16 hex digits), stored with a device's sessions: a device given a
+    new key starts afresh (its counters start again)."""
+    return hashlib.sha256(b"lungwatch key id" + key).hexdigest()[:16]
+
+
+class ReplayWindow:
+    """Counters seen, as a bitmap of the ``size`` counters up to the highest (``top``): bit
+    ``d`` is set when ``top - d`` was seen. ``top`` -1: nothing seen yet."""
+
+    __slots__ = ("bits", "mask", "size", "top")
+
+    def __init__(self, top: int = -1, bits: int = 0, size: int = REPLAY_WINDOW) -> None:
+        self.top, self.size, self.mask = top, size, (1 << size) - 1
+        self.bits = bits & self.mask
+
+    @classmethod
+    def after(cls, floor: int, size: int = REPLAY_WINDOW) -> ReplayWindow:
+        """A window that refuses every counter up to ``floor`` (a stored high-water mark)."""
+        return cls(floor, (1 << size) - 1, size)
+
+    def accept(self, counter: int) -> bool:
+        """Mark ``counter`` seen; False (nothing marked) if it was seen or is too old."""
+        shift = counter - self.top
+        if shift > 0:
+            self.bits = ((self.bits << shift) | 1) & self.mask if shift < self.size else 1
+            self.top = counter
+            return True
+        if -shift >= self.size or (self.bits >> -shift) & 1:
+            return False
+        self.bits |= 1 << -shift
+        return True
+
+
+class SessionStore:
+    """The persisted state (see the module docstring): a small JSON file, written atomically
+    (a temporary file renamed over it), mode 0600. Several receivers may share one file: a
+    save rewrites only the devices it was given."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.devices: dict[int, dict[str, Any]] = self._read() if self.path is not None else {}
+
+    def _read(self) -> dict[int, dict[str, Any]]:
+        assert self.path is not None
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise SettingError(f"state_file {self.path}: cannot read ({exc})") from exc
+        try:
+            data = json.loads(text)
+            if data.get("format") != STORE_FORMAT:
+                raise ValueError(f"format must be {STORE_FORMAT!r}")
+            return {int(d): _entry(v) for d, v in data["devices"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SettingError(
+                f"state_file {self.path}: not a session state file ({exc}); remove it to "
+                "accept the next session of every device as new"
+            ) from None
+
+    def save(self, devices: Mapping[int, dict[str, Any]]) -> bool:
+        """Write ``devices``' entries (other devices in the file are kept); False if the file
+        cannot be written (logged: replays of sessions the file misses are then accepted once
+        after a restart)."""
+        if self.path is None:
+            return True
+        with _lock_for(self.path):
+            try:
+                merged = {**self._read(), **devices}
+            except SettingError:
+                merged = dict(devices)
+            body = {"format": STORE_FORMAT, "devices": {str(d): merged[d] for d in sorted(merged)}}
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    out.write(json.dumps(body, indent=1) + "\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                log.error("state_file %s: cannot save the device sessions (%s)", self.path, exc)
+                return False
+        return True
+
+
+def _entry(value: Any) -> dict[str, Any]:
+    session = int(value["session"])
+    counters = {int(s): int(c) for s, c in dict(value.get("counters", {})).items()}
+    return {"key_id": str(value["key_id"]), "session": session, "counters": counters}
+
+
+def _lock_for(path: Path) -> threading.Lock:
+    with _SAVE_LOCKS_GUARD:
+        return _SAVE_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+
+
+class _Stream:
+    """One (device, stream)'s current session: its AEAD, its window, the counter last saved."""
+
+    __slots__ = ("cipher", "saved", "session", "window")
+
+    def __init__(self, session: int, cipher: ChaCha20Poly1305, window: ReplayWindow) -> None:
+        self.session, self.cipher, self.window = session, cipher, window
+        self.saved = window.top
+
+
+class SessionGuard:
+    """Opens v2 frames (see the module docstring); never raises on bad input.
+
+    Args:
+        keys: per-device keys; ``default_key``: the key of devices not in ``keys``.
+        store: where sessions persist (None: in memory only).
+        window: anti-replay window width in counters.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[int, bytes],
+        default_key: bytes | None,
+        store: SessionStore | None = None,
+        window: int = REPLAY_WINDOW,
+    ) -> None:
+        if window < 1:
+            raise SettingError(f"replay window must be >= 1 counter, got {window}")
+        self._keys, self._default_key = dict(keys), default_key
+        self._store = store or SessionStore(None)
+        self._window = window
+        self._streams: dict[tuple[int, int], _Stream] = {}
+        self._current: dict[int, int] = {}  # device -> latest authenticated session
+        self._loaded: set[int] = set()  # devices whose stored entry was read
+
+    def open(self, buf: bytes, start: int, nbytes: int, row: tuple[int, ...]) -> bytes | str:
+        """The plaintext payload of the v2 frame at ``buf[start:]`` (``nbytes`` of payload;
+        ``row``: device, stream, session, counter), or the verdict that rejects it."""
+        device, stream, session, counter = row
+        header_end = start + HEADER_V2_BYTES
+        sealed = buf[header_end : header_end + nbytes + TAG_BYTES]
+        aad = buf[start:header_end]
+        state = self._streams.get((device, stream))
+        if state is not None and state.session == session:  # the common case
+            try:
+                plain = state.cipher.decrypt(nonce_v2(session, counter), sealed, aad)
+            except InvalidTag:
+                return AUTH_FAILED
+            if not state.window.accept(counter):
+                return REPLAYED
+            if counter - state.saved >= self._window:
+                self._save(device)
+            return plain
+        return self._open_other(device, stream, session, counter, sealed, aad)
+
+    def _open_other(
+        self, device: int, stream: int, session: int, counter: int, sealed: bytes, aad: bytes
+    ) -> bytes | str:
+        """A frame of a session this stream is not in (yet): authenticate, then judge."""
+        key = self._keys.get(device, self._default_key)
+        if key is None:
+            return NO_KEY
+        cipher = ChaCha20Poly1305(session_key(key, device, stream, session))
+        try:
+            plain = cipher.decrypt(nonce_v2(session, counter), sealed, aad)
+        except InvalidTag:
+            return AUTH_FAILED
+        current = self._current_session(device, key)
+        if current is not None and session < current:
+            return STALE_SESSION
+        window = ReplayWindow(size=self._window)
+        if current is not None and session == current:
+            floor = self._stored_counter(device, stream, key)
+            window = ReplayWindow.after(floor, self._window) if floor is not None else window
+        if not window.accept(counter):
+            return REPLAYED
+        self._streams[(device, stream)] = _Stream(session, cipher, window)
+        if current is None or session > current:
+            self._current[device] = session
+            for (d, s), other in list(self._streams.items()):
+                if d == device and other.session < session:
+                    del self._streams[(d, s)]
+            self._save(device)
+        return plain
+
+    def _current_session(self, device: int, key: bytes) -> int | None:
+        if device not in self._loaded:
+            self._loaded.add(device)
+            entry = self._store.devices.get(device)
+            if entry is not None and entry["key_id"] == key_id(key):
+                self._current[device] = max(self._current.get(device, -1), entry["session"])
+        return self._current.get(device)
+
+    def _stored_counter(self, device: int, stream: int, key: bytes) -> int | None:
+        entry = self._store.devices.get(device)
+        if entry is None or entry["key_id"] != key_id(key):
+            return None
+        if entry["session"] != self._current.get(device):
+            return None
+        counter: int | None = entry["counters"].get(stream)
+        return counter
+
+    def _save(self, device: int) -> None:
+        key = self._keys.get(device, self._default_key)
+        session = self._current.get(device)
+        if key is None or session is None:
+            return
+        counters = {
+            s: state.window.top
+            for (d, s), state in self._streams.items()
+            if d == device and state.session == session
+        }
+        stored = self._store.devices.get(device)
+        if stored is not None and stored["session"] == session and stored["key_id"] == key_id(key):
+            counters = {**stored["counters"], **counters}
+        entry = {"key_id": key_id(key), "session": session, "counters": counters}
+        self._store.devices[device] = entry
+        self._store.save({device: entry})
+        for (d, _), state in self._streams.items():
+            if d == device and state.session == session:
+                state.saved = state.window.top
+
+    def close(self) -> None:
+        """Save every device's counters (a clean stop leaves no replayable tail)."""
+        for device in sorted(self._current):
+            self._save(device)
+
+    def sessions(self) -> dict[int, int]:
+        """Each device's latest authenticated session."""
+        return dict(self._current)
