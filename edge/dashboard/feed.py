@@ -10,10 +10,13 @@ Subscriptions (QoS 1, renewed on every reconnect; clean session):
 - ``lungwatch/v1/<site>/+/metrics``, ``lungwatch/v1/<site>/+/+/event``,
   ``lungwatch/v1/<site>/+/+/live``, ``lungwatch/v1/<site>/+/+/verdict`` (retained: each bed's
   rolling verdict)
-- its own probe topic ``lungwatch/v1/<site>/_dashboard/<client id>/probe``: :meth:`WardFeed.probe`
-  publishes a token there (QoS 0) and its return tells the ward the whole path (broker, this
-  client's network thread, the ward) is alive (:meth:`~edge.dashboard.ward.Ward.probe_returned`).
-  A broker with access control must let the dashboard's user publish and subscribe there.
+
+The round-trip probe (:meth:`WardFeed.probe`, every ``dashboard.probe_interval_s``): an
+UNSUBSCRIBE of a topic it never subscribed (``lungwatch/v1/<site>/_dashboard/<client id>``),
+which the broker answers with UNSUBACK in this client's network thread; the answer tells the
+ward (:meth:`~edge.dashboard.ward.Ward.probe_returned`) that the broker and the thread that
+feeds the ward both work. It needs no right in the broker's ACL (``lungwatch access`` gives a
+ward view read and command rights only) and changes nothing on the broker.
 
 Nothing one message holds may raise out of paho's network thread (it would stop the feed for
 good): the ward counts and logs whatever it refuses, and :meth:`WardFeed._on_message` guards
@@ -62,8 +65,7 @@ class WardFeed:
             f"{TOPIC_ROOT}/{site}/+/+/verdict",
         ]
         self.client_id = f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}"
-        self.probe_topic = f"{TOPIC_ROOT}/{site}/_dashboard/{self.client_id}/probe"
-        self._probe_token = secrets.token_hex(8).encode("ascii")
+        self.probe_topic = f"{TOPIC_ROOT}/{site}/_dashboard/{self.client_id}"
         self.connected = threading.Event()
         self._connack = threading.Event()
         self._refusal: str | None = None
@@ -72,6 +74,7 @@ class WardFeed:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_unsubscribe = self._on_unsubscribe
         self._client = client
 
     def start(self) -> WardFeed:
@@ -119,7 +122,7 @@ class WardFeed:
                 log.error("broker %s %s", self.config.address, self._refusal)
         else:
             self._refusal = None
-            client.subscribe([(topic, 1) for topic in [*self.topics, self.probe_topic]])
+            client.subscribe([(topic, 1) for topic in self.topics])
             self.connected.set()
             log.info("dashboard connected to broker %s", self.config.address)
             self.ward.set_broker(self.config.address, connected=True)
@@ -137,16 +140,15 @@ class WardFeed:
         self.ward.set_broker(self.config.address, connected=False)
 
     def probe(self) -> None:
-        """Send the round-trip probe (QoS 0) when connected; its return reaches the ward."""
+        """Send the round-trip probe when connected; the broker's answer reaches the ward."""
         if self.connected.is_set():
-            self._client.publish(self.probe_topic, self._probe_token, qos=0)
+            self._client.unsubscribe(self.probe_topic)
+
+    def _on_unsubscribe(self, client: Any, userdata: Any, mid: Any, *answer: Any) -> None:
+        self.ward.probe_returned()  # the feed unsubscribes from nothing else
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         try:
-            if message.topic == self.probe_topic:
-                if bytes(message.payload) == self._probe_token:
-                    self.ward.probe_returned()
-                return
             self.ward.handle(message.topic, bytes(message.payload), bool(message.retain))
         except Exception:  # Ward.handle counts its own failures; this is the last guard
             log.error("dashboard: a message on %r could not be handled", message.topic,

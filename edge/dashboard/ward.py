@@ -212,7 +212,7 @@ class Ward:
         self.clock, self.monotonic = clock, monotonic
         self.lock = threading.RLock()
         self.devices: dict[str, Device] = {}
-        self.counts = {"messages": 0, "events": 0, "rejected": 0, "duplicates": 0}
+        self.counts = {"messages": 0, "events": 0, "rejected": 0, "duplicates": 0, "probes": 0}
         self.rejected_reasons: dict[str, int] = {}  # reason (intake.REASONS) -> count
         self.last_rejected: str | None = None
         self.broker: dict[str, Any] = {"address": None, "connected": False,
@@ -408,6 +408,7 @@ class Ward:
     def probe_returned(self) -> None:
         """The dashboard's own probe came back through the broker: the link is alive."""
         with self.lock:
+            self.counts["probes"] += 1
             self._heard_s = self.monotonic()
             if self.broker["state"] == "stale":
                 self._update_broker()

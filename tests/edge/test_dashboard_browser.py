@@ -465,3 +465,149 @@ def test_200_beds_event_to_screen_within_one_second(tmp_path: Path) -> None:
     )
     assert latencies.min() > 0.0, "a row before its publish: the clocks are not comparable"
     assert worst <= ROW_BOUND_S, f"max {worst:.3f} s"
+
+
+# -- a ward view that keeps working and tells the truth (issue 44) ---------------------------
+DEEP = b"[" * 10_000 + b"]" * 10_000  # RecursionError in an unguarded parser
+HUGE_INT = "9" * 401  # OverflowError where a report's number is turned into a float
+
+
+def view_config(tmp_path: Path, port: int, **dashboard: Any) -> Path:
+    """A ``lungwatch dashboard`` YAML for the broker on ``port`` (no users: loopback)."""
+    path = tmp_path / "view.yaml"
+    data = {"site": SITE, "mqtt": {"host": HOST, "port": port}, "dashboard": dashboard}
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+class Device:
+    """A paho client publishing, as a device would, and whatever else a test sends (QoS 1,
+    each publish awaited: the broker keeps their order)."""
+
+    def __init__(self, port: int) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.connect(HOST, port)
+        self.client.loop_start()
+
+    def put(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5.0)
+
+    def online(self) -> None:
+        self.put(f"{ROOT}/status", status_payload("online", SITE, DEVICE, "connected"), True)
+
+    def metrics(self, extra: str = "") -> None:
+        """A metrics report of bed-1; ``extra``: raw JSON text first among its metrics."""
+        head = json.dumps({"schema_version": 1, "site": SITE, "device_id": DEVICE,
+                           "stream_id": "bed-1", "utc": _utc(time.time())})  # fmt: skip
+        self.put(f"{ROOT}/metrics", f'{head[:-1]}, "metrics": {{{extra}"frames": 25}}}}')
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def text(driver: Any, selector: str) -> str:
+    return str(page(driver, f"return document.querySelector('{selector}').textContent"))
+
+
+def test_one_hostile_message_does_not_silence_the_ward_view(tmp_path: Path) -> None:
+    """The security probe's two messages (a 10,000-deep JSON array on an event topic, a
+    401-digit integer in a metrics report) once stopped the dashboard's MQTT thread for good
+    while the page went on saying "live" and "broker connected". Now they are rejected and
+    counted per reason, in the page's header and the snapshot, and the next real event still
+    reaches the page."""
+    require_chromium()
+    with (
+        Mosquitto(tmp_path) as broker,
+        DashboardProcess(view_config(tmp_path, broker.port)) as dashboard,
+        chromium() as driver,
+    ):
+        driver.get(dashboard.url)
+        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+        device = Device(broker.port)
+        try:
+            device.online()
+            device.put(f"{ROOT}/bed-1/event", DEEP)
+            device.metrics(f'"read_wait_ms_p99": {HUGE_INT}, ')
+            event = Event.onset(
+                type="Wheeze", site=SITE, device_id=DEVICE, stream_id="bed-1",
+                start_utc=_utc(time.time()), start_sample=8000, confidence=0.9,
+                model_id="edge-test", model_sha256=SHA256, quality={"score": 0.99},
+            )  # fmt: skip
+            device.put(event.topic, event.to_json())
+        finally:
+            device.stop()
+        wait_until(lambda: event.id in page(driver, "return window.lwRendered"), 15.0,
+                   "the real event after the hostile ones on the page")  # fmt: skip
+        rejected = wait_until(lambda: text(driver, "#rejected"), 5.0, "the rejected count")
+        assert rejected == (
+            "2 message(s) rejected (too_deep 1, bad_number 1); last: "
+            f"bad_number: {ROOT}/metrics: an integer of 401 digits (at most 19)"
+        )
+        assert text(driver, "#broker") == "broker connected"
+        assert text(driver, "#connection") == "live"
+        with urllib.request.urlopen(dashboard.url + "api/state", timeout=10) as reply:
+            state = json.loads(reply.read())
+        assert state["rejected_reasons"] == {"too_deep": 1, "bad_number": 1}
+        assert [a["episode_id"] for a in state["alarms"]] == [event.episode_id]
+
+
+def test_the_page_says_when_a_device_the_broker_or_its_own_stream_goes_quiet(
+    tmp_path: Path,
+) -> None:
+    """``stale_after_s`` 2 s, ``probe_interval_s`` 0.5 s, ``heartbeat_interval_s`` 0.3 s:
+
+    - a device that is online but sends nothing: ``no messages for N s``, its beds ``no data
+      from the device``, until it reports again;
+    - the broker stopped (SIGSTOP: its connections stay open, nothing is answered):
+      ``broker stale: nothing heard for N s``, ``broker connected`` once it answers again;
+    - the dashboard's own process stopped: the page's stream gets no heartbeat, the page says
+      so (``broker ?``: not known) and greys the ward, and is ``live`` again after it resumes.
+
+    The page's script and stylesheet run under the server's Content-Security-Policy."""
+    require_chromium()
+    settings = {"stale_after_s": 2.0, "probe_interval_s": 0.5, "heartbeat_interval_s": 0.3}
+    with Mosquitto(tmp_path) as broker:
+        config = view_config(tmp_path, broker.port, **settings)
+        with DashboardProcess(config) as dashboard, chromium() as driver:
+            assert dashboard.process is not None
+            driver.get(dashboard.url)
+            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            header = "return getComputedStyle(document.querySelector('header')).backgroundColor"
+            assert page(driver, header) == "rgb(38, 50, 56)", "style.css applies"
+            device = Device(broker.port)
+            try:
+                device.online()
+                device.metrics()
+                bed = 'article.bed[data-stream="bed-1"] .state'
+                wait_until(lambda: driver.find_elements("css selector", bed), 10.0, "bed-1")
+                silent = f'section.device[data-device="{DEVICE}"] .silent'
+                wait_until(lambda: text(driver, silent).startswith("no messages for "), 15.0,
+                           "the device silent")  # fmt: skip
+                assert text(driver, bed) == "no data from the device"
+                device.metrics()
+                wait_until(lambda: text(driver, bed) == "breathing normal", 10.0, "data again")
+                assert page(driver, f"return document.querySelector('{silent}').hidden")
+            finally:
+                device.stop()
+            try:
+                broker.pause()
+                wait_until(lambda: text(driver, "#broker").startswith(
+                    "broker stale: nothing heard for "), 15.0, "the broker stale")  # fmt: skip
+            finally:
+                assert broker.process is not None
+                broker.process.send_signal(signal.SIGCONT)
+            wait_until(lambda: text(driver, "#broker") == "broker connected", 15.0,
+                       "the broker connected again")  # fmt: skip
+            try:
+                dashboard.process.send_signal(signal.SIGSTOP)
+                wait_until(lambda: text(driver, "#connection").startswith(
+                    "no heartbeat from the server for "), 15.0, "the stream stalled")  # fmt: skip
+                assert text(driver, "#broker") == "broker ?"
+                assert page(driver, "return document.body.classList.contains('stream-down')")
+                screenshot(driver, tmp_path / "ward-view-stream-down.png")
+            finally:
+                dashboard.process.send_signal(signal.SIGCONT)
+            wait_until(lambda: text(driver, "#connection") == "live", 15.0, "the stream back")
+            assert text(driver, "#broker") == "broker connected"
+            assert not page(driver, "return document.body.classList.contains('stream-down')")

@@ -19,7 +19,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 
+from edge.access import generate
 from edge.dashboard.config import DashboardConfig, DashboardUser
 from edge.dashboard.server import STATIC_DIR, DashboardServer
 from edge.events import Event
@@ -311,3 +313,22 @@ def test_the_event_stream_sends_heartbeats(broker: Mosquitto) -> None:
         assert snapshot["broker"]["state"] == "connected"
     finally:
         server.stop()
+
+
+def test_the_broker_probe_is_answered_under_the_sites_acl(tmp_path: Path) -> None:
+    """The round-trip probe needs no right beyond what ``lungwatch access`` gives a ward view
+    (read the site, publish commands): with no device sending, the broker is answered every
+    ``probe_interval_s`` and stays ``connected`` past ``stale_after_s``."""
+    directory = tmp_path / "access"
+    generate(SITE, [DEVICE], ["ward-view"], directory)
+    login = yaml.safe_load((directory / "clients" / "ward-view.yaml").read_text())["mqtt"]
+    with Mosquitto(tmp_path, include=directory / "mosquitto" / "lungwatch.conf") as broker:
+        config = DashboardConfig(port=0, stale_after_s=1.0, probe_interval_s=0.2)
+        mqtt_config = MqttConfig(
+            host=HOST, port=broker.port, username=login["username"], password=login["password"]
+        )
+        with DashboardServer(config, mqtt_config, SITE) as server:
+            wait_until(lambda: server.ward.counts["probes"] >= 10, GENEROUS_S,
+                       "ten probes answered (2 s: twice stale_after_s)")  # fmt: skip
+            server.ward.check_liveness()
+            assert server.ward.snapshot()["broker"]["state"] == "connected"

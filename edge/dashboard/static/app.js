@@ -1,7 +1,10 @@
 // lungwatch ward view. Plain JavaScript, no libraries, nothing fetched from elsewhere.
 // The server (edge/dashboard/server.py) sends the ward over Server-Sent Events: one
-// "snapshot" (everything) when the stream opens, then "update" messages with what changed.
-// Every text from the broker goes into the page with textContent (never as HTML).
+// "snapshot" (everything) when the stream opens, then "update" messages with what changed,
+// and a "heartbeat" every heartbeat_s: when nothing arrives for HEARTBEATS_MISSED of them the
+// page says so, greys the ward (what it shows may be old) and opens a new stream.
+// Every text from the broker goes into the page with textContent (never as HTML). No inline
+// script or style: the server's Content-Security-Policy allows only these files.
 "use strict";
 
 (function () {
@@ -12,7 +15,8 @@
   };
   const QUALITY_COLOUR = "#616161";
   const STATE_CLASSES = ["s-normal", "s-crackles", "s-wheezes", "s-rhonchi", "s-stridor",
-    "s-technical", "s-offline"];
+    "s-technical", "s-offline", "s-stale"];
+  const HEARTBEATS_MISSED = 3;  // as the server's HEARTBEATS_MISSED
 
   const ward = { user: null, site: "", devices: new Map(), beds: new Map(), alarms: [] };
   // For people and for the tests: when each event's row and each alarm first reached the
@@ -21,6 +25,7 @@
   window.lwAlarmShown = {};
   window.lwReady = false;
   window.lwMessages = 0;
+  window.lwHeartbeats = 0;
 
   const $ = (selector) => document.querySelector(selector);
 
@@ -54,23 +59,51 @@
     }, 0));
   }
 
+  // A text that counts seconds up from `seconds` ago: "<prefix>N s", kept current by tick().
+  function counting(node, prefix, seconds) {
+    node.dataset.prefix = prefix;
+    node.dataset.quietAt = String(Date.now() - (seconds || 0) * 1000);
+    node.textContent = `${prefix}${Math.round(seconds || 0)} s`;
+  }
+
+  function stopCounting(node, text) {
+    delete node.dataset.quietAt;
+    node.textContent = text;
+  }
+
   // -- header ---------------------------------------------------------------------------
-  function setConnection(open) {
+  let streamLive = false;
+
+  function setConnection(state, text) {
+    streamLive = state === "live";
     const badge = $("#connection");
-    badge.textContent = open ? "live" : "reconnecting…";
-    badge.className = "badge " + (open ? "on" : "off");
+    stopCounting(badge, text || (state === "live" ? "live" : "reconnecting…"));
+    badge.className = "badge " + (state === "live" ? "on" : "off");
+    document.body.classList.toggle("stream-down", state !== "live");
+  }
+
+  function renderBroker(broker) {
+    const badge = $("#broker");
+    const state = broker.state || (broker.connected ? "connected" : "disconnected");
+    badge.dataset.state = state;
+    if (state === "stale") {
+      counting(badge, "broker stale: nothing heard for ", broker.quiet_s);
+      badge.className = "badge warn";
+    } else {
+      stopCounting(badge, `broker ${state}`);
+      badge.className = "badge " + (state === "connected" ? "on" : "off");
+    }
   }
 
   function renderHeader(message) {
-    if (message.broker) {
-      const badge = $("#broker");
-      const up = message.broker.connected;
-      badge.textContent = `broker ${up ? "connected" : "disconnected"}`;
-      badge.className = "badge " + (up ? "on" : "off");
-    }
+    if (message.broker) renderBroker(message.broker);
     if (message.counts && message.counts.rejected) {
-      $("#rejected").textContent = `${message.counts.rejected} unreadable message(s)` +
-        (message.last_rejected ? ` (last: ${message.last_rejected})` : "");
+      const reasons = Object.entries(message.rejected_reasons || {})
+        .map(([reason, n]) => `${reason} ${n}`).join(", ");
+      const node = $("#rejected");
+      node.textContent = `${message.counts.rejected} message(s) rejected (${reasons})` +
+        (message.last_rejected ? `; last: ${message.last_rejected}` : "");
+      node.title = message.last_rejected || "";
     }
   }
 
@@ -87,13 +120,15 @@
     const served = el("span", "served");
     const spool = el("span", "spool");
     const wait = el("span", "read-wait");
-    head.append(title, online, since, served, spool, wait);
+    const silent = el("span", "badge warn silent");
+    silent.hidden = true;
+    head.append(title, online, silent, since, served, spool, wait);
     const beds = el("div", "beds");
     section.append(head, beds);
     const container = $("#devices");
     const after = [...container.children].find((s) => s.dataset.device > id);
     container.insertBefore(section, after || null);
-    device = { section, online, since, served, spool, wait, beds, view: null };
+    device = { section, online, silent, since, served, spool, wait, beds, view: null };
     ward.devices.set(id, device);
     $("#empty").hidden = true;
     return device;
@@ -107,6 +142,11 @@
       view.online ? "online" : `offline (${view.reason || "?"})`;
     device.online.className = "badge online " + (view.online ? "on" : "off");
     device.section.classList.toggle("is-offline", view.online === false);
+    // not offline, yet nothing from it for stale_after_s: what its beds show may be old
+    const silent = view.silent_s !== null && view.silent_s !== undefined;
+    device.silent.hidden = !silent;
+    if (silent) counting(device.silent, "no messages for ", view.silent_s);
+    else stopCounting(device.silent, "");
     device.since.textContent = view.status_utc ? `since ${clock(view.status_utc)}` : "";
     const beds = view.beds.filter((b) => b !== "device").length;
     device.served.textContent = `beds served: ${beds}`;
@@ -306,12 +346,17 @@
     document.querySelectorAll("#alarms .age").forEach((node) => {
       node.textContent = `(${age(node.dataset.start)})`;
     });
+    document.querySelectorAll("[data-quiet-at]").forEach((node) => {
+      const seconds = Math.round((Date.now() - Number(node.dataset.quietAt)) / 1000);
+      node.textContent = `${node.dataset.prefix}${seconds} s`;
+    });
   }, 1000);
 
   // -- the stream -----------------------------------------------------------------------
   let liveLimit = 60;
 
   function applySnapshot(snapshot) {
+    heartbeatMs = (snapshot.heartbeat_s || heartbeatMs / 1000) * 1000;
     ward.user = snapshot.user;
     ward.site = snapshot.site;
     ward.devices.clear();
@@ -340,13 +385,44 @@
     renderHeader(update);
   }
 
+  // The stream is live while something arrives (a snapshot, an update or a heartbeat) at
+  // least every HEARTBEATS_MISSED heartbeats; else it is closed and a new one opened (once
+  // per that time), and the page says since when nothing came.
+  let heartbeatMs = 5000;  // until the snapshot says
+  let source = null;
+  let lastBeat = Date.now();
+  let openedAt = Date.now();
+
+  function beat() {
+    lastBeat = Date.now();
+    if (!streamLive) setConnection("live");
+  }
+
+  function watchStream() {
+    const limitMs = heartbeatMs * HEARTBEATS_MISSED;
+    const quietMs = Date.now() - lastBeat;
+    if (quietMs <= limitMs) return;
+    const badge = $("#connection");
+    if (!badge.dataset.quietAt) {
+      setConnection("stalled");
+      counting(badge, "no heartbeat from the server for ", quietMs / 1000);
+      const broker = $("#broker");  // not known while the stream is down
+      stopCounting(broker, "broker ?");
+      broker.className = "badge off";
+    }
+    if (Date.now() - openedAt > limitMs) connect();
+  }
+
   function connect() {
-    const source = new EventSource("/events");
-    source.addEventListener("snapshot", (e) => applySnapshot(JSON.parse(e.data)));
-    source.addEventListener("update", (e) => applyUpdate(JSON.parse(e.data)));
-    source.onopen = () => setConnection(true);
-    source.onerror = () => setConnection(false);  // EventSource reconnects by itself
+    if (source) source.close();
+    openedAt = Date.now();
+    source = new EventSource("/events");
+    source.addEventListener("snapshot", (e) => { beat(); applySnapshot(JSON.parse(e.data)); });
+    source.addEventListener("update", (e) => { beat(); applyUpdate(JSON.parse(e.data)); });
+    source.addEventListener("heartbeat", () => { window.lwHeartbeats += 1; beat(); });
+    source.onerror = () => setConnection("reconnecting");  // EventSource reconnects by itself
   }
 
   connect();
+  setInterval(watchStream, 500);
 })();
