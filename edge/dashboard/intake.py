@@ -27,8 +27,8 @@ from typing import Any
 from edge.events import SCHEMA_VERSION
 
 REASONS = ("too_large", "too_deep", "bad_json", "bad_number", "invalid", "internal_error")
-MAX_MESSAGE_BYTES = 65_536  # default limit: a real event, metrics or live message is under 2 KiB
-MAX_JSON_DEPTH = 32  # default limit: real messages nest 3 levels (event -> detail -> value)
+MAX_MESSAGE_BYTES = 65_536  # default limit: real messages are a few KiB at most
+MAX_JSON_DEPTH = 32  # default limit: real messages nest 2 or 3 levels
 MAX_INT_DIGITS = 19  # 64-bit integers; a sample count or a spool depth never needs more
 # a JSON string (its end may be missing: then it runs to the end of the text) or a bracket;
 # every match starts where the last one ended or at the next quote / bracket, so one pass
