@@ -400,15 +400,20 @@ def _handler_class(server: DashboardServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.end_headers()
             client = server.subscribe(user)
+            # heartbeat intervals without a message: this browser was dropped as too slow, or
+            # nothing pushes; the stream ends and the page opens a new one (a fresh snapshot)
+            quiet = 0
             try:
                 self.wfile.write(b"retry: 2000\n\n")
-                while True:
-                    try:  # heartbeats come every heartbeat_interval_s from the pusher
+                while quiet < HEARTBEATS_MISSED:
+                    try:
                         message = client.get(timeout=server.config.heartbeat_interval_s)
                     except queue.Empty:
+                        quiet += 1
                         continue
                     if message is None:
                         break
+                    quiet = 0
                     self.wfile.write(message.encode("utf-8"))  # within request_timeout_s
                     self.wfile.flush()
             except OSError:
