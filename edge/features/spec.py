@@ -22,8 +22,10 @@ from edge.errors import FeatureSpecMismatchError
 
 FeatureKind = Literal["logmel", "gammatone", "cwt"]
 Normalisation = Literal["log", "power"]
+BandNorm = Literal["mean", "pcen"]
 
 FEATURE_KINDS: tuple[str, ...] = ("logmel", "gammatone", "cwt")
+BAND_NORMS: tuple[str, ...] = ("mean", "pcen")
 SPEC_VERSION = 1
 
 
@@ -45,6 +47,12 @@ class FeatureSpec:
     band_norm_s:     > 0: each band minus its running mean over about this many seconds
                      (:mod:`edge.features.bandnorm`; ``log`` only): a fixed frequency
                      response, another stethoscope's, is removed per stream. 0: off.
+    band_norm:       which running normalisation ``band_norm_s`` switches on (same smoother,
+                     same silence rule): ``mean`` (each log band minus its running mean) or
+                     ``pcen`` (per-channel energy normalisation, Wang et al. 2017: each band's
+                     power over its running mean to the 0.98, root-compressed). ``mean``
+                     unless ``band_norm_s`` > 0; left out of :meth:`to_dict` when ``mean``, so
+                     every spec saved before it existed reads and hashes as it did.
     """
 
     kind: FeatureKind = "logmel"
@@ -59,6 +67,7 @@ class FeatureSpec:
     log_offset: float = 1e-10
     morlet_w0: float = 6.0
     band_norm_s: float = 0.0
+    band_norm: BandNorm = "mean"
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -103,6 +112,13 @@ class FeatureSpec:
             self.band_norm_s,
             "0 unless normalisation is 'log'",
         )
+        check(self.band_norm in BAND_NORMS, "band_norm", self.band_norm, f"one of {BAND_NORMS}")
+        check(
+            self.band_norm == "mean" or self.band_norm_s > 0,
+            "band_norm",
+            self.band_norm,
+            "'mean' unless band_norm_s > 0 (band_norm_s switches the normalisation on)",
+        )
         check(self.version == SPEC_VERSION, "version", self.version, f"{SPEC_VERSION}")
 
     @property
@@ -123,8 +139,13 @@ class FeatureSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form, as stored in checkpoints and manifests."""
-        return to_mapping(self)
+        """Plain-data form, as stored in checkpoints and manifests (and hashed by the feature
+        cache). ``band_norm`` is left out at its default ``mean``: a spec reads, compares and
+        hashes exactly as before the field existed (:meth:`from_dict` fills it in)."""
+        data = to_mapping(self)
+        if data["band_norm"] == "mean":
+            del data["band_norm"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "feature spec") -> FeatureSpec:

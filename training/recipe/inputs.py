@@ -3,10 +3,11 @@ stage, after the training-only colouring of another device.
 
 The feature cache holds each recording's raw log features (``FeatureSpec.band_norm_s`` set
 to 0). With the run's ``features.band_norm_s`` > 0 the per-band running normalisation of the
-one front end (:func:`edge.features.bandnorm.normalise_bands`) is applied here to every
-example from its own first frame, exactly as a device's stream that starts there computes it;
-with ``augment.device_prob`` > 0 a training example is first coloured as another stethoscope
-might have recorded it (:func:`training.recipe.augment.device_colour`). Shapes: ``(K, F, T)``.
+one front end (:func:`edge.features.bandnorm.normalise_bands`: the running mean or PCEN, as
+``features.band_norm`` names) is applied here to every example from its own first frame,
+exactly as a device's stream that starts there computes it; with ``augment.device_prob`` > 0
+a training example is first coloured as another stethoscope might have recorded it
+(:func:`training.recipe.augment.device_colour`). Shapes: ``(K, F, T)``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ class InputView:
 
     @staticmethod
     def raw_spec(spec: FeatureSpec) -> FeatureSpec:
-        """The spec the feature cache computes: the front end without its normalisation."""
-        return spec.replace(band_norm_s=0.0)
+        """The spec the feature cache computes: the front end without its normalisation (the
+        same raw features, and cache entries, whichever ``band_norm`` the run names)."""
+        return spec.replace(band_norm_s=0.0, band_norm="mean")
 
     @property
     def transform(self) -> Transform | None:
