@@ -98,6 +98,11 @@ def load_key_file(path: str | Path, device: int | None = None) -> KeyRing:
     """A key file's keys (see :func:`parse_keys_text`)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingError(
+            f"key_file {path}: no such file ({Path(path).absolute()}); `lungwatch bridge "
+            f"provision --device-id N --out {path}` makes one"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise SettingError(f"key_file {path}: cannot read a key ({reason})") from None
