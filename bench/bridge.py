@@ -16,7 +16,16 @@ read in 64 KiB pieces; the receiver is drained every 8 reads (every ~0.5 MB). Ro
   pays feeding single UDP datagrams; ``firmware_bridge.link.Bridge`` parses the datagrams
   waiting at each poll together instead; the socket itself is not timed);
 - each with the numba scanner (the default when numba is installed) and the pure-NumPy
-  fallback, for 128/256/512-sample int16 frames, and 256-sample frames with HMAC tags.
+  fallback, for 128/256/512-sample int16 frames, 256-sample frames with v1's HMAC tags, and
+  256-sample protocol-v2 frames (ChaCha20-Poly1305, session keys, anti-replay window: what a
+  bridge accepts by default).
+
+The v1-vs-v2 table compares beds per core (timeline samples per CPU second / 8000) of the
+unauthenticated v1 frames (what the bridge decoded before v2) and of v2, in the same process,
+numba scanner, 256-sample frames, the two timed in alternation (v1, v2, v1, v2, ...) and each
+taken at its fastest run (as ``timeit`` does: other work on a shared machine only ever adds
+time), so that the machine's load weighs on both alike
+(``python -m bench.bridge --compare-only``: this table alone).
 
 Times are this process's CPU time (``time.process_time``, median of the repeats), so other
 work on the machine does not count against the decoder. Prints a table and writes
@@ -49,19 +58,31 @@ DRAIN_EVERY_READS = 8
 DATAGRAMS_PER_DRAIN = 1000
 TARGET_X = 50.0  # x the bandwidth of N_STREAMS streams
 TARGET_SAMPLES_PER_S = TARGET_X * N_STREAMS * RATE_HZ
-KEY = bytes(range(16))
+KEY = bytes(range(16))  # v1 HMAC
+V2 = bytes(range(32))  # v2 device key (every device's here); the case's "key" for v2
+PROTOCOLS = {None: "v1", KEY: "v1 HMAC", V2: "v2 AEAD"}
 
 
 def build_frames(seconds: float, frame_samples: int, key: bytes | None) -> list[bytes]:
-    """N_STREAMS devices' encoded frames, interleaved round-robin."""
+    """N_STREAMS devices' encoded frames, interleaved round-robin (``key`` V2: protocol v2,
+    session 1)."""
     rng = np.random.default_rng(0)
     per_stream = int(seconds * RATE_HZ) // frame_samples
     noise = rng.integers(-3000, 3000, (per_stream, frame_samples)).astype(np.int16)
+    session = 1 if key is V2 else None
     return [
-        encode_frame(audio_frame(d, 0, k, k * frame_samples, RATE_HZ, noise[k]), key)
+        encode_frame(
+            audio_frame(d, 0, k, k * frame_samples, RATE_HZ, noise[k])._replace(session=session),
+            key,
+        )
         for k in range(per_stream)
         for d in range(N_STREAMS)
     ]
+
+
+def make_receiver(scanner: str, key: bytes | None) -> Receiver:
+    """A fresh receiver (v2: fresh anti-replay windows) for the case's protocol."""
+    return Receiver(scanner=scanner, default_key=key, allow_v1=key is not V2)
 
 
 def samples_in(items: list[Output]) -> int:
@@ -73,7 +94,7 @@ def parser_runner(frames: list[bytes], scanner: str, key: bytes | None) -> Calla
     data = b"".join(frames)
 
     def run() -> int:
-        parser = Receiver(scanner=scanner, default_key=key).parser
+        parser = make_receiver(scanner, key).parser
         return sum(
             len(parser.push(data[i : i + READ_BYTES])) for i in range(0, len(data), READ_BYTES)
         )
@@ -86,7 +107,7 @@ def receiver_runner(frames: list[bytes], scanner: str, key: bytes | None) -> Cal
     data = b"".join(frames)
 
     def run() -> int:
-        receiver = Receiver(scanner=scanner, default_key=key)
+        receiver = make_receiver(scanner, key)
         samples = 0
         for k, i in enumerate(range(0, len(data), READ_BYTES)):
             receiver.feed(data[i : i + READ_BYTES], 0.0)
@@ -102,7 +123,7 @@ def datagram_runner(frames: list[bytes], scanner: str, key: bytes | None) -> Cal
     DATAGRAMS_PER_DRAIN datagrams."""
 
     def run() -> int:
-        receiver = Receiver(scanner=scanner, default_key=key)
+        receiver = make_receiver(scanner, key)
         samples = 0
         for k, frame in enumerate(frames):
             receiver.feed(frame, 0.0, datagram=True)
@@ -127,8 +148,9 @@ def median_seconds(run: Callable[[], int], repeats: int, expected: int) -> float
 def measure(seconds: float, repeats: int, scanners: list[str]) -> list[dict[str, object]]:
     rows = []
     stages = [("parser", parser_runner), ("receiver", receiver_runner)]
-    cases = [(128, None, stages), (256, None, [*stages, ("receiver, datagrams", datagram_runner)]),
-             (512, None, stages), (256, KEY, stages)]  # fmt: skip
+    datagrams = [*stages, ("receiver, datagrams", datagram_runner)]
+    cases = [(128, None, stages), (256, None, datagrams), (512, None, stages), (256, KEY, stages),
+             (256, V2, datagrams)]  # fmt: skip
     for frame_samples, key, case_stages in cases:
         frames = build_frames(seconds, frame_samples, key)
         n_frames, n_samples, n_bytes = (
@@ -142,7 +164,8 @@ def measure(seconds: float, repeats: int, scanners: list[str]) -> list[dict[str,
                 dt = median_seconds(make(frames, scanner, key), repeats, expected)
                 rows.append({
                     "stage": stage, "scanner": scanner, "frame_samples": frame_samples,
-                    "tagged": key is not None, "frames_per_s": n_frames / dt,
+                    "tagged": key is not None, "protocol": PROTOCOLS[key],
+                    "frames_per_s": n_frames / dt,
                     "wire_mb_per_s": n_bytes / dt / 1e6,
                     "x_200_streams": n_samples / dt / (N_STREAMS * RATE_HZ),
                 })  # fmt: skip
@@ -150,20 +173,51 @@ def measure(seconds: float, repeats: int, scanners: list[str]) -> list[dict[str,
 
 
 def render(rows: list[dict[str, object]], header: str) -> str:
-    lines = [header, "", "| stage | scanner | samples/frame | tag | frames/s | MB/s (wire) | "
+    lines = [header, "", "| stage | scanner | samples/frame | protocol | frames/s | MB/s (wire) | "
              "x 200 streams |", "|---|---|---:|---|---:|---:|---:|"]  # fmt: skip
     lines += [
-        f"| {r['stage']} | {r['scanner']} | {r['frame_samples']} | "
-        f"{'HMAC' if r['tagged'] else '-'} "
+        f"| {r['stage']} | {r['scanner']} | {r['frame_samples']} | {r['protocol']} "
         f"| {r['frames_per_s']:,.0f} | {r['wire_mb_per_s']:,.1f} | {r['x_200_streams']:,.1f} |"
         for r in rows
     ]
     return "\n".join(lines)
 
 
+def v1_v2(seconds: float, repeats: int, scanner: str) -> list[dict[str, object]]:
+    """Beds per core, v1 (unauthenticated) against v2, per receiver stage (256 samples per
+    frame), timed in alternation; each at its fastest run."""
+    frames = {protocol: build_frames(seconds, 256, key) for protocol, key in (("v1", None),
+              ("v2", V2))}  # fmt: skip
+    n_samples = len(frames["v1"]) * 256
+    out: list[dict[str, object]] = []
+    for stage, make in (("receiver", receiver_runner), ("receiver, datagrams", datagram_runner)):
+        runs = {"v1": make(frames["v1"], scanner, None), "v2": make(frames["v2"], scanner, V2)}
+        times: dict[str, list[float]] = {"v1": [], "v2": []}
+        for run in runs.values():
+            if run() != n_samples:  # warm up, and check the work is all done
+                raise RuntimeError("benchmark run did not decode everything")
+        for _ in range(repeats):
+            for protocol, run in runs.items():
+                t0 = time.process_time()
+                run()
+                times[protocol].append(time.process_time() - t0)
+        beds = {p: n_samples / min(ts) / RATE_HZ for p, ts in times.items()}
+        out.append({"stage": stage, "scanner": scanner, "v1_beds_per_core": beds["v1"],
+                    "v2_beds_per_core": beds["v2"], "ratio": beds["v2"] / beds["v1"]})  # fmt: skip
+    return out
+
+
+def render_v1_v2(pairs: list[dict[str, object]]) -> str:
+    lines = ["| stage (256 samples/frame) | scanner | v1 beds/core | v2 beds/core | v2 / v1 |",
+             "|---|---|---:|---:|---:|"]  # fmt: skip
+    lines += [f"| {p['stage']} | {p['scanner']} | {p['v1_beds_per_core']:,.0f} | "
+              f"{p['v2_beds_per_core']:,.0f} | {p['ratio']:.2f} |" for p in pairs]  # fmt: skip
+    return "\n".join(lines)
+
+
 def verdict(rows: list[dict[str, object]]) -> dict[str, object]:
     (row,) = [r for r in rows if r["stage"] == "receiver" and r["scanner"] == "numba"
-              and r["frame_samples"] == 256 and not r["tagged"]]  # fmt: skip
+              and r["frame_samples"] == 256 and r["protocol"] == "v1"]  # fmt: skip
     measured = float(row["x_200_streams"])  # type: ignore[arg-type]
     return {"target": "receiver, 256-sample int16 frames, x the bandwidth of 200 8 kHz streams",
             "measured": measured, "wanted": TARGET_X, "met": measured >= TARGET_X}  # fmt: skip
@@ -173,8 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.bridge", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="audio per stream")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median is kept)")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="only the v1-vs-v2 table (printed, nothing written)")  # fmt: skip
     args = parser.parse_args(argv)
     scanners = ["numba", "numpy"] if backend() == "numba" else ["numpy"]
+    pairs = v1_v2(args.seconds, 2 * args.repeats + 1, scanners[0])
+    if args.compare_only:
+        print(render_v1_v2(pairs))
+        return 0
     rows = measure(args.seconds, args.repeats, scanners)
     header = (
         f"Firmware-bridge decoder, one core, {N_STREAMS} interleaved 8 kHz streams x "
@@ -188,12 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         table += (f"\n\n| target | measured | wanted | met |\n|---|---:|---:|---|\n"
                   f"| {v['target']} | {v['measured']:.1f} | >= {TARGET_X:g} | "
                   f"{'yes' if v['met'] else 'NO'} |")  # fmt: skip
+    table += "\n\n" + render_v1_v2(pairs)
     print(table)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "bridge.md").write_text(table + "\n")
     record = {"header": header, "rows": rows, "target_samples_per_s": TARGET_SAMPLES_PER_S}
     if "numba" in scanners:
         record["verdict"] = verdict(rows)
+    record["v1_v2"] = pairs
     (RESULTS_DIR / "bridge.json").write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
