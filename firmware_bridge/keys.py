@@ -3,8 +3,10 @@
 A key file holds one key per line, ``DEVICE:HEX`` (the device id decimal or 0x-hex, as
 ``lungwatch bridge --key`` takes it), with ``#`` comments; or a single bare ``HEX`` line, the
 key of the source's ``device=`` or else of every device (the version-1 form). A key folder is
-every ``*.key`` file in it, each naming its devices. :func:`provision` writes a new device's
-file (32 random bytes, mode 0600): ``lungwatch bridge provision --device-id N --out FILE``.
+every ``*.key`` file in it, each naming its devices. A key file others may read (any group or
+other permission bit) is refused with the ``chmod`` that fixes it. :func:`provision` writes a
+new device's file (32 random bytes, mode 0600): ``lungwatch bridge provision --device-id N
+--out FILE``.
 
 Keys are version 2's device keys (the session keys are derived from them; at least
 :data:`~firmware_bridge.protocol.MIN_DEVICE_KEY_BYTES` bytes) and, where version 1 is still
@@ -17,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -95,8 +98,10 @@ def _check_key(key: bytes, where: str, device: int | None) -> None:
 
 
 def load_key_file(path: str | Path, device: int | None = None) -> KeyRing:
-    """A key file's keys (see :func:`parse_keys_text`)."""
+    """A key file's keys (see :func:`parse_keys_text`); SettingError when it is missing,
+    unreadable, or readable by group or others (as every key file of lungwatch)."""
     try:
+        mode = Path(path).stat().st_mode
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SettingError(
@@ -106,6 +111,11 @@ def load_key_file(path: str | Path, device: int | None = None) -> KeyRing:
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise SettingError(f"key_file {path}: cannot read a key ({reason})") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SettingError(
+            f"key_file {path}: mode is {stat.S_IMODE(mode):04o}; others may read it "
+            f"(chmod 600 {path})"
+        )
     return parse_keys_text(text, f"key_file {path}", device)
 
 

@@ -159,6 +159,13 @@ def test_a_network_source_without_a_key_is_refused(url: str) -> None:
         BridgeSource(url)
 
 
+def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    key_file, _ = device_key(tmp_path)
+    key_file.chmod(0o644)
+    with pytest.raises(SourceError, match=r"mode is 0644; others may read it \(chmod 600 "):
+        BridgeSource(f"bridge://udp/127.0.0.1:0?key_file={key_file}")
+
+
 def test_a_network_source_with_a_key_listens(tmp_path: Path) -> None:
     key_file, _ = device_key(tmp_path)
     for url in ("bridge://udp/0.0.0.0:0", "bridge://udp/localhost:0", "bridge://udp/[::1]:0"):
@@ -192,6 +199,7 @@ def test_allow_v1_takes_tagged_v1_frames_with_a_warning(
     path, key_file = tmp_path / "rec.wav", tmp_path / "device.key"
     write_recording(path, 1.0)
     key_file.write_text("000102030405060708090a0b0c0d0e0f\n")
+    key_file.chmod(0o600)
     with caplog.at_level(logging.WARNING):
         source = BridgeSource(f"bridge://udp/127.0.0.1:0?device=1&key_file={key_file}&allow_v1=1")
     assert any("allow_v1" in r.getMessage() and "version-1" in r.getMessage()
