@@ -145,6 +145,10 @@ class DashboardConfig:
     verdict_priority: str = "medium"
     cert_file: str | None = None  # PEM certificate: serve HTTPS (users' passwords encrypted)
     key_file: str | None = None  # its private key (PEM), with cert_file
+    # the site's command master key (``lungwatch access``): acknowledge commands are signed
+    # for each device with it (edge.commandauth); none: sent unsigned, which devices refuse
+    # unless their commands.accept_unsigned is set
+    command_key_file: str | None = None
     # Host header names the page answers to besides the bound address, localhost and IP
     # addresses (the public name browsers use); any other Host gets 400 (DNS rebinding)
     allowed_hosts: tuple[str, ...] = ()
@@ -186,6 +190,8 @@ class DashboardConfig:
             check(path is None or Path(path).is_file(), name, path, "an existing file")
         paired = (self.cert_file is None) == (self.key_file is None)
         check(paired, "key_file", self.key_file, "set together with cert_file")
+        path = self.command_key_file
+        check(path is None or Path(path).is_file(), "command_key_file", path, "an existing file")
         self._check_limits()
 
     def _check_limits(self) -> None:

@@ -32,6 +32,7 @@ import ssl
 import threading
 from typing import Any
 
+from edge.commandauth import derive_device_key, sign_command
 from edge.dashboard.ward import Ward
 from edge.events import TOPIC_ROOT
 from edge.sinks.mqtt import (
@@ -55,8 +56,11 @@ class FeedError(BrokerError):
 class WardFeed:
     """Subscribes ``ward`` to ``site`` on the broker of ``config``; see the module doc."""
 
-    def __init__(self, config: MqttConfig, site: str, ward: Ward) -> None:
+    def __init__(
+        self, config: MqttConfig, site: str, ward: Ward, command_master: bytes | None = None
+    ) -> None:
         self.config, self.site, self.ward = config, site, ward
+        self._command_master = command_master  # signs commands (edge.commandauth); None: not
         self.topics = [
             f"{TOPIC_ROOT}/{site}/+/status",
             f"{TOPIC_ROOT}/{site}/+/metrics",
@@ -99,12 +103,22 @@ class WardFeed:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def acknowledge(self, device_id: str, stream_id: str, target: str) -> str:
-        """Publish the acknowledge command (QoS 1) and wait for its PUBACK; the topic."""
+    def acknowledge(self, device_id: str, stream_id: str, target: str, user: str) -> str:
+        """Publish the acknowledge command by ``user`` (QoS 1), signed for ``device_id`` when
+        the feed holds the site's command master key, and wait for its PUBACK; the topic."""
         if not self.connected.is_set():
             raise FeedError(f"broker {self.config.address} is not connected")
         topic = command_topic(self.site, device_id)
-        body = {"action": "acknowledge", "stream_id": stream_id, "target": target}
+        body: dict[str, Any] = {"action": "acknowledge", "stream_id": stream_id, "target": target}
+        if self._command_master is not None:
+            key = derive_device_key(self._command_master, self.site, device_id)
+            body = sign_command(key, self.site, device_id, body, user)
+        else:
+            log.warning(
+                "acknowledge to %s sent unsigned (no dashboard.command_key_file): the device "
+                "refuses it unless its commands.accept_unsigned is set",
+                device_id,
+            )
         info = self._client.publish(topic, json.dumps(body), qos=1)
         try:
             info.wait_for_publish(timeout=COMMAND_WAIT_S)

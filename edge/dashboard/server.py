@@ -44,6 +44,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from edge.commandauth import read_key
 from edge.dashboard.config import DashboardConfig, is_loopback
 from edge.dashboard.feed import FeedError, WardFeed
 from edge.dashboard.login import LoginLimitedError, Logins
@@ -94,8 +95,18 @@ LOCAL_VIEWER = Viewer("local", can_acknowledge=True)
 class DashboardServer:
     """The web server, the ward state and the MQTT feed together (see the module doc)."""
 
-    def __init__(self, config: DashboardConfig, mqtt: MqttConfig, site: str) -> None:
+    def __init__(
+        self,
+        config: DashboardConfig,
+        mqtt: MqttConfig,
+        site: str,
+        command_master_key: bytes | None = None,
+    ) -> None:
+        """``command_master_key`` (else ``config.command_key_file``'s) signs each acknowledge
+        command for its device (edge.commandauth); with neither, commands go unsigned."""
         self.config, self.site = config, site
+        if command_master_key is None and config.command_key_file is not None:
+            command_master_key = read_key(config.command_key_file)
         self.ward = Ward(site, config.events_per_bed, config.live_points,
                          verdict_alarms=config.alarm_verdicts,
                          verdict_priority=config.verdict_priority,
@@ -103,7 +114,7 @@ class DashboardServer:
                          max_json_depth=config.max_json_depth,
                          stale_after_s=config.stale_after_s,
                          probing=config.probe_interval_s > 0)  # fmt: skip
-        self.feed = WardFeed(mqtt, site, self.ward)
+        self.feed = WardFeed(mqtt, site, self.ward, command_master_key)
         self.logins = (
             Logins(config.users, config.login_max_failures, config.login_window_s)
             if config.users
@@ -268,7 +279,7 @@ class DashboardServer:
         if self.ward.latched_target(device_id, stream_id, target) is None:
             return 409, {"error": f"no latched alarm {target!r} on {device_id}/{stream_id}"}
         try:
-            topic = self.feed.acknowledge(device_id, stream_id, target)
+            topic = self.feed.acknowledge(device_id, stream_id, target, user.name)
         except FeedError as exc:
             return 503, {"error": str(exc)}
         self.ward.acknowledge_sent(device_id, stream_id, target)

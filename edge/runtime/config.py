@@ -338,7 +338,7 @@ def start_dashboard(
     if broker_address is not None:
         host, port = broker_address.rsplit(":", 1)
         mqtt = dataclasses.replace(mqtt, host=host, port=int(port))
-    server = DashboardServer(config.dashboard, mqtt, config.site).start()
+    server = DashboardServer(config.dashboard, mqtt, config.site, command_master_key).start()
     resources.callback(server.stop)
     print(server.describe(), flush=True)
     return server.url

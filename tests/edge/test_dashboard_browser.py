@@ -37,6 +37,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
+from edge.commandauth import derive_device_key, new_key, write_key
 from edge.events import Event, status_payload
 from edge.sinks.live import live_payload, live_topic
 from tests.edge.brokers import HOST, SHA256, Message, Mosquitto, Recorder, make_password_file
@@ -140,6 +141,11 @@ def ward_config(tmp_path: Path, port: int) -> Path:
         for i, record in enumerate(RECORDS)
     ]  # fmt: skip
     high = [{"type": t, "priority": "high"} for t in ("Wheeze", "Fine Crackle", "Coarse Crackle")]
+    master = new_key()  # the site's command master key (the view) and the device's own key
+    master_file = write_key(tmp_path / "keys" / "command-master.key", master)
+    device_file = write_key(
+        tmp_path / "keys" / "device.command.key", derive_device_key(master, SITE, DEVICE)
+    )
     config = {
         "site": SITE,
         "device_id": DEVICE,
@@ -154,7 +160,9 @@ def ward_config(tmp_path: Path, port: int) -> Path:
             "require_broker_at_start": True,
         },
         "dashboard": {"users": [user_entry(NURSE[0], "ack", NURSE[1]),
-                                user_entry(PORTER[0], "view", PORTER[1])]},
+                                user_entry(PORTER[0], "view", PORTER[1])],
+                      "command_key_file": str(master_file)},
+        "commands": {"key_file": str(device_file)},
         "metrics_interval_s": 2.0,
     }  # fmt: skip
     path = tmp_path / "ward.yaml"
@@ -281,7 +289,14 @@ def test_ward_view_of_a_running_device(
         assert recorder.wait_for(lambda ms: bool(commands(ms)), 10.0), "no command published"
         [command] = commands(recorder.messages)
         assert command.topic == f"{ROOT}/command"
-        assert command.json() == {"action": "acknowledge", "stream_id": stream, "target": target}
+        sent = command.json()
+        assert {k: sent[k] for k in ("action", "stream_id", "target", "user")} == {
+            "action": "acknowledge",
+            "stream_id": stream,
+            "target": target,
+            "user": NURSE[0],
+        }
+        assert len(sent["sig"]) == 64, "signed for the device (edge.commandauth)"
         acked = f'article.bed[data-stream="{stream}"] li[data-episode="{episode}"] .acked'
         shown = wait_until(lambda: driver.find_elements("css selector", acked), 15.0,
                            "the acknowledged end on the page")  # fmt: skip
@@ -291,6 +306,7 @@ def test_ward_view_of_a_running_device(
             if e.episode_id == episode and e.state == "ended"
         ]  # fmt: skip
         assert ended[0].detail["ended_by"] == "acknowledge"
+        assert ended[0].detail["acknowledged_by"] == NURSE[0]
         alarm_row = f'#alarms tr[data-episode="{episode}"]'
         wait_until(
             lambda: not driver.find_elements("css selector", alarm_row),

@@ -13,6 +13,8 @@ import json
 import logging
 import signal
 import threading
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from edge.events import Event, parse_utc
 from edge.runtime.config import CommandError, parse_command, resolve_source
 from edge.runtime.loop import Runtime, open_model, open_streams, serve
 from edge.sinks.spool import Spool
-from tests.edge.brokers import Mosquitto, Recorder
+from tests.edge.brokers import Mosquitto, Recorder, free_port
 from tests.edge.runtime_helpers import (
     CRACKLES,
     DEVICE,
@@ -439,7 +441,7 @@ def test_acknowledge_on_the_command_topic_ends_a_latched_alarm(
         assert recorder.wait_for(ended, 10.0)
         send(good)  # replayed: refused, counted
         counted = lambda _: any(  # noqa: E731
-            m.get("commands_refused_replayed") == 1 for m in _metrics(recorder)
+            m.get("commands_refused_replayed") == 1 for m in _metric_messages(recorder)
         )
         assert recorder.wait_for(counted, 10.0)
     closing = next(e for e in _episode(recorder, alarm) if e.state == "ended")
@@ -453,14 +455,65 @@ def test_acknowledge_on_the_command_topic_ends_a_latched_alarm(
     assert "signature does not verify" in ignored[4]
     assert "from now" in ignored[5]
     assert "a replay" in ignored[6]
-    last = _metrics(recorder)[-1]
+    last = _metric_messages(recorder)[-1]
     assert last["commands_accepted"] == 1
     assert last["commands_refused"] == 7
     assert last["commands_refused_bad_signature"] == 1
     assert last["commands_refused_stale"] == 1
 
 
-def _metrics(recorder: Recorder) -> list[dict[str, Any]]:
+@pytest.mark.requires_data
+def test_the_ward_view_served_by_the_runtime_signs_its_acknowledge(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """No commands.key_file, ``dashboard.enabled``: the runtime makes a key for the run that
+    only its own ward view holds. An acknowledge from that page ends the latched alarm
+    (``acknowledged_by`` local, the loopback user); the same command published unsigned by
+    another client on the broker does not."""
+    port = free_port()
+    streams = [stream("bed-1", record_path(FOUND), realtime=True, loop=True)]
+    mapping = config_mapping(
+        tmp_path,
+        streams,
+        detector=CRACKLE_HIGH,
+        dashboard={"enabled": True, "port": port},
+        **mqtt_sections(tmp_path, mosquitto.port),
+    )
+    with Recorder(mosquitto.port, topic="lungwatch/v1/#") as recorder, ServeThread(build(mapping)):
+        assert recorder.wait_for(lambda _: bool(_latched(recorder)), 90.0)
+        alarm = _latched(recorder)[0]
+        target = alarm.detail["key"]
+        ended = lambda _: any(e.state == "ended" for e in _episode(recorder, alarm))  # noqa: E731
+        unsigned = _ack("bed-1", target)
+        mqtt_publish.single(
+            f"{ROOT}/command", unsigned, qos=1, hostname="127.0.0.1", port=mosquitto.port
+        )
+        assert not recorder.wait_for(ended, 1.5), "an unsigned command is refused"
+        body = {"device_id": DEVICE, "stream_id": "bed-1", "target": target}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/acknowledge",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        deadline = 20.0  # the page's feed needs the latched alarm before it takes the click
+        status = 0
+        while status != 202 and deadline > 0:
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    status = reply.status
+            except urllib.error.HTTPError as error:
+                status = error.code  # 409 until the page has seen the latched alarm
+                if status != 409:
+                    break
+                threading.Event().wait(0.5)
+                deadline -= 0.5
+        assert status == 202
+        assert recorder.wait_for(ended, 10.0)
+    closing = next(e for e in _episode(recorder, alarm) if e.state == "ended")
+    assert closing.detail["acknowledged_by"] == "local"
+
+
+def _metric_messages(recorder: Recorder) -> list[dict[str, Any]]:
     messages = list(recorder.messages)
     return [m.json()["metrics"] for m in messages if m.topic.endswith("/metrics")]
 
