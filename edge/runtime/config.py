@@ -104,6 +104,13 @@ class StreamConfig:
         check(is_segment(self.id) and self.id != DEVICE_STREAM, "id", self.id, SEGMENT)
         check(bool(self.source), "source", self.source, "a path, mic:NAME or bridge://...")
         check(self.chunk_samples >= 1, "chunk_samples", self.chunk_samples, "an integer >= 1")
+        if self.source.startswith(BRIDGE_PREFIX):  # options, key files, no keyless listener
+            from edge.sources.bridge import check_url  # beyond loopback: refused at load
+
+            try:
+                check_url(self.source)
+            except SourceError as exc:
+                check(False, "source", self.source, f"a bridge URL that can open ({exc})")
 
 
 @dataclass(frozen=True)

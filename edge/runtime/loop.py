@@ -126,6 +126,9 @@ class Stream:
         values.update(_percentiles_ms("latency_ms", self.latencies_ms))
         values["read_wait_reads"] = len(self.read_waits_ms)
         values.update(_percentiles_ms("read_wait_ms", self.read_waits_ms))
+        rejections = getattr(self.source, "rejections", None)  # a stethoscope link's refusals
+        if callable(rejections):
+            values.update({f"link_{reason}": n for reason, n in rejections().items()})
         return values
 
 

@@ -166,6 +166,12 @@ class BridgeSource:
         ``no_key``, ``bad_tag``) and each stream's (duplicates, gaps, restarts, ...)."""
         return self._bridge.receiver.stats()
 
+    def rejections(self) -> dict[str, int]:
+        """What the link's security policy refused since the start, by reason (the runtime
+        publishes them in the bed's metrics as ``link_<reason>``)."""
+        link = self._bridge.receiver.parser.stats()
+        return {name: int(getattr(link, name)) for name in POLICY_COUNTERS}
+
     def _log_rejections(self) -> None:
         self._next_rejection_log_s = self._clock() + REJECTION_LOG_S
         link = self._bridge.receiver.parser.stats()

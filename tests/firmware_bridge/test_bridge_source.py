@@ -211,3 +211,24 @@ def test_allow_v1_takes_tagged_v1_frames_with_a_warning(
     assert sum(c.samples.size for c in chunks) == 8000
     link = source.stats().link
     assert (link.bad_tag, link.v1_rejected) == (0, 0)
+
+
+def test_a_keyless_listener_beyond_loopback_is_refused_when_the_config_loads(
+    tmp_path: Path,
+) -> None:
+    """The runtime config names the file, the stream and what to add; loopback is taken."""
+    from edge.errors import ConfigError
+    from edge.runtime.config import load_runtime_config
+
+    config = tmp_path / "ward.yaml"
+    config.write_text(
+        "streams:\n  - {id: bed-1, source: 'bridge://udp/0.0.0.0:5601?name=bed-1'}\n"
+        "sinks: {mqtt: false}\n"
+    )
+    with pytest.raises(ConfigError, match=r"ward.yaml: streams\[0\].source must be .*key_file"):
+        load_runtime_config(config)
+    config.write_text(
+        "streams:\n  - {id: bed-1, source: 'bridge://udp/127.0.0.1:5601?name=bed-1'}\n"
+        "sinks: {mqtt: false}\n"
+    )
+    assert load_runtime_config(config).streams[0].id == "bed-1"

@@ -243,6 +243,9 @@ def test_lossless_bridge_gives_the_file_sources_events(
     assert run.metrics["samples"] == run.device["samples"]
     assert run.metrics["missing_samples"] == 0, "datagrams were dropped on loopback"
     assert run.metrics["notices"] == expected.markers
+    links = {k: v for k, v in run.metrics.items() if k.startswith("link_")}
+    assert {"link_replayed", "link_auth_failed", "link_stale_session"} <= links.keys()
+    assert not any(links.values()), links  # the device's own v2 frames: nothing refused
     assert not _technical(run.events, "signal_gap")
     assert _physiological(run.events) == _physiological(file_events)
 
