@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ SITE, DEVICE = "ward-3", "dev-1"
 ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"
 DEEP = b"[" * 10_000 + b"]" * 10_000
 HUGE_INT = "9" * 401
+GENEROUS_S = 30.0  # a guard against a hang, never a bound asserted
 
 
 def onset(second: int = 0) -> Event:
@@ -227,27 +229,104 @@ def test_an_unknown_name_costs_the_same_hash_verification_as_a_known_one() -> No
     assert logins.counts == {"ok": 1, "failed": 3, "limited": 0}
 
 
-def test_failed_logins_are_bounded_per_name_and_per_address() -> None:
+def test_a_name_over_its_bound_still_lets_its_right_password_in() -> None:
+    """Wrong guesses at ``nurse`` from everywhere bound the name: further wrong ones get 429
+    (not 401), but its password is still verified, so the nurse is not locked out by them;
+    a name nobody has is bounded the same way (a 429 does not tell them apart)."""
+    nurse, porter = users()
     clock = Clock()
-    logins = Logins(users(), max_failures=3, window_s=60.0, clock=clock)
+    logins = Logins((nurse, porter), max_failures=3, window_s=60.0, clock=clock)
+    for second in range(3):  # one guess per address: only the name reaches its bound
+        clock.now_s = 1000.0 + second
+        assert logins.check("nurse", "guess", f"10.0.0.{second}") is None
+        assert logins.check("ghost", "guess", f"10.0.1.{second}") is None
+    clock.now_s = 1003.0
+    with pytest.raises(LoginLimitedError, match="for this user"):
+        logins.check("nurse", "guess", "10.0.0.9")
+    assert logins.check("nurse", "nurse-pw", "10.0.0.8") == nurse, "not locked out"
+    with pytest.raises(LoginLimitedError) as caught:
+        logins.check("ghost", "guess", "10.0.1.9")
+    assert caught.value.retry_after_s == 58.0  # the oldest of its last three: 1001
+    assert str(caught.value) == "too many failed logins for this user; retry in 58 s"
+    assert logins.check("nurse", "guess", "10.0.0.7") is None, "the success cleared the name"
+    assert logins.counts == {"ok": 1, "failed": 7, "limited": 2}
+
+
+def test_an_address_over_its_bound_is_refused_unverified() -> None:
+    verified: list[str] = []
+
+    def verify(password: str, password_hash: str) -> bool:
+        verified.append(password)
+        return verify_password(password, password_hash)
+
+    clock = Clock()
+    logins = Logins(users(), max_failures=3, window_s=60.0, clock=clock, verify=verify)
     for second in range(3):
         clock.now_s = 1000.0 + second
-        assert logins.check("nurse", "guess", "10.0.0.1") is None
-    with pytest.raises(LoginLimitedError) as caught:  # the name, from anywhere, even right
-        logins.check("nurse", "nurse-pw", "10.0.0.9")
-    assert caught.value.retry_after_s == 58.0
-    assert str(caught.value) == "too many failed logins for this user; retry in 58 s"
-    with pytest.raises(LoginLimitedError, match="from this address"):  # the address, any name
+        assert logins.check(("nurse", "porter", "ghost")[second], "guess", "10.0.0.1") is None
+    with pytest.raises(LoginLimitedError) as caught:  # any name, the right password too
         logins.check("porter", "porter-pw", "10.0.0.1")
+    assert str(caught.value) == "too many failed logins from this address; retry in 58 s"
+    assert verified == ["guess"] * 3, "nothing verified for an address over its bound"
     assert logins.check("porter", "porter-pw", "10.0.0.2") is not None
-    for second in range(3):  # a name nobody has is limited the same way
-        assert logins.check("ghost", "guess", f"10.0.1.{second}") is None
-    with pytest.raises(LoginLimitedError, match="for this user"):
-        logins.check("ghost", "guess", "10.0.1.9")
-    assert logins.counts == {"ok": 1, "failed": 6, "limited": 3}
     clock.now_s = 1060.0  # the oldest failure is window_s old: one more try
-    assert logins.check("nurse", "nurse-pw", "10.0.0.9") is not None
-    assert logins.check("nurse", "nurse-pw", "10.0.0.1") is not None, "a success clears both"
+    assert logins.check("porter", "porter-pw", "10.0.0.1") is not None
+    assert logins.counts == {"ok": 2, "failed": 3, "limited": 1}
+
+
+def test_a_success_clears_its_names_failures_inside_the_window() -> None:
+    """A success clears the name's failures and its own at the address, within the window
+    (so it is the success that clears them, not time); another user's success at that
+    address leaves the failed guesses at other names there."""
+    clock = Clock()
+    logins = Logins(users(), max_failures=3, window_s=60.0, clock=clock)
+    for second, password in enumerate(("guess", "guess", "nurse-pw", "guess")):
+        clock.now_s = 1000.0 + second
+        logins.check("nurse", password, "10.0.0.1")
+    clock.now_s = 1005.0  # every failure is within window_s: only the success cleared some
+    assert logins.check("nurse", "guess", "10.0.0.1") is None, "a success clears both"
+    assert logins.check("porter", "porter-pw", "10.0.0.1") is not None
+    clock.now_s = 1006.0
+    assert logins.check("nurse", "guess", "10.0.0.1") is None
+    with pytest.raises(LoginLimitedError, match="from this address"):
+        logins.check("nurse", "guess", "10.0.0.1")
+
+
+def test_concurrent_guesses_from_one_address_reach_the_hash_at_most_the_bound() -> None:
+    """Twenty wrong logins at once from one address: each is recorded before its (slow)
+    verification, so only ``login_max_failures`` of them are verified; the rest get 429."""
+    attempts, bound = 20, 3
+    cond, release = threading.Condition(), threading.Event()
+    verifying, refused = [0], [0]
+
+    def verify(password: str, password_hash: str) -> bool:
+        with cond:
+            verifying[0] += 1
+            cond.notify_all()
+        release.wait(GENEROUS_S)  # held until every attempt has verified or been refused
+        return verify_password(password, password_hash)
+
+    logins = Logins(users(), max_failures=bound, window_s=60.0, verify=verify)
+
+    def guess(index: int) -> None:
+        try:
+            logins.check(("nurse", "porter")[index % 2], f"guess-{index}", "10.0.0.1")
+        except LoginLimitedError:
+            with cond:
+                refused[0] += 1
+                cond.notify_all()
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(attempts)]
+    for thread in threads:
+        thread.start()
+    with cond:
+        decided = cond.wait_for(lambda: verifying[0] + refused[0] == attempts, GENEROUS_S)
+    release.set()
+    for thread in threads:
+        thread.join(GENEROUS_S)
+    assert decided, (verifying, refused)
+    assert (verifying[0], refused[0]) == (bound, attempts - bound)
+    assert logins.counts == {"ok": 0, "failed": bound, "limited": attempts - bound}
 
 
 # -- config ------------------------------------------------------------------------------------
