@@ -5,8 +5,8 @@ own topics, and the keys that sign commands (``lungwatch access``).
 
 writes, under ``DIR`` (mode 0700; every secret 0600):
 
-- ``mosquitto/lungwatch.conf``: ``allow_anonymous false``, the password file and the ACL file
-  (include it in the broker's config, or copy its three lines there);
+- ``mosquitto/lungwatch.conf``: ``allow_anonymous false``, ``max_packet_size`` 64 KiB, the
+  password file and the ACL file (include it in the broker's config, or copy its lines there);
 - ``mosquitto/passwd``: one line per client, Mosquitto's PBKDF2-SHA512 format (``$7$``, 101
   iterations, the format ``mosquitto_passwd`` writes), so the broker host needs no tool;
 - ``mosquitto/acl``: a device may publish only its own status, metrics and per-bed event,
@@ -43,6 +43,9 @@ MASTER_KEY = "command-master.key"
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd (Mosquitto 2.0) writes
 SALT_BYTES = 12
 DEVICE_WRITES = ("status", "metrics", "+/event", "+/live", "+/verdict")
+# the broker drops a larger packet and disconnects its sender, so no client can push an
+# oversized message at the ward views or the devices (the view's own limit is 64 KiB)
+MAX_PACKET_BYTES = 65_536
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,12 @@ def generate(site: str, devices: list[str], views: list[str], directory: Path) -
     if not views:
         raise ConfigError("name at least one ward view (--views): only views may send commands")
     for sub in ("", "mosquitto", "clients", "keys"):
-        (directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            (directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{directory / sub}: not a folder lungwatch access can use ({exc})"
+            ) from None
     master_path = directory / "keys" / MASTER_KEY
     master = read_key(master_path) if master_path.exists() else None
     if master is None:
@@ -120,6 +128,7 @@ def generate(site: str, devices: list[str], views: list[str], directory: Path) -
     _write_secret(directory / "mosquitto" / "acl", acl_text(site, clients))
     conf = (
         "allow_anonymous false\n"
+        f"max_packet_size {MAX_PACKET_BYTES}\n"
         f"password_file {(directory / 'mosquitto' / 'passwd').resolve()}\n"
         f"acl_file {(directory / 'mosquitto' / 'acl').resolve()}\n"
     )

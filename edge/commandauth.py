@@ -18,9 +18,10 @@ more keys::
 ``["lungwatch-command-v1", site, device_id, action, stream_id, target, user, issued_at_ms,
 nonce]``. The device refuses a command whose signature does not verify (compared in constant
 time), whose ``issued_at_ms`` lies more than ``max_age_s`` from its own clock (both ends keep
-NTP time; a captured command cannot be replayed later), or whose nonce it has already taken
-within that window (nor replayed sooner). ``user`` is who acknowledged, carried into the
-device's log and the ``ended`` event's detail.
+NTP time; a captured command cannot be replayed later), whose nonce it has already taken
+within that window (nor replayed sooner), or that was issued before the verifier was made
+(nonces are kept in memory: after a restart, a command captured just before it is refused).
+``user`` is who acknowledged, carried into the device's log and the ``ended`` event's detail.
 
 Key files hold the 32-byte key as 64 hex characters on one line, mode 0600: a key file that
 others may read is refused (:func:`read_key`).
@@ -48,6 +49,7 @@ NONCE_HEX = 32  # 16 random bytes
 SIGNATURE_KEYS = ("user", "issued_at_ms", "nonce", "sig")
 MAX_USER_CHARS = 64
 MAX_REMEMBERED_NONCES = 10_000  # within max_age_s; more commands than this are refused
+REASONS = ("unsigned", "malformed", "bad_signature", "stale", "replayed", "flood")
 
 
 class CommandAuthError(LungwatchError, ValueError):
@@ -88,9 +90,11 @@ def read_key(path: str | Path) -> bytes:
     path = Path(path)
     try:
         mode = path.stat().st_mode
-        text = path.read_text().strip()
+        text = path.read_text(encoding="ascii").strip()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the key file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        text = ""  # not hex: refused below
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             f"{path}: key file mode is {stat.S_IMODE(mode):04o}; others may read it "
@@ -143,7 +147,10 @@ class CommandVerifier:
         self._key, self.site, self.device_id = key, site, device_id
         self.max_age_s, self._clock = max_age_s, clock
         self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce -> time it may be forgotten
-        self.counts: dict[str, int] = {"accepted": 0}
+        # nonces live in memory: a command issued before this verifier existed (a restart) is
+        # refused, so one captured in the last max_age_s cannot be replayed after a restart
+        self.started_s = clock()
+        self.counts: dict[str, int] = dict.fromkeys(("accepted", *REASONS), 0)
 
     def verify(self, body: dict[str, Any]) -> str:
         """The acknowledging user when ``body`` is a fresh command signed with this device's
@@ -169,6 +176,8 @@ class CommandVerifier:
             and len(nonce) == NONCE_HEX
             and isinstance(sig, str)
             and len(sig) == 64
+            and sig.isascii()
+            and nonce.isascii()
         )
         if not shapes_ok:
             raise CommandAuthError("malformed", "command signature keys malformed")
@@ -180,6 +189,10 @@ class CommandVerifier:
         if abs(age_s) > self.max_age_s:
             raise CommandAuthError(
                 "stale", f"command issued {age_s:+.0f} s from now (limit {self.max_age_s:g} s)"
+            )
+        if issued / 1000.0 < self.started_s:
+            raise CommandAuthError(
+                "stale", "command issued before this device's runtime started (a replay?)"
             )
         while self._nonces and next(iter(self._nonces.values())) < now:
             self._nonces.popitem(last=False)

@@ -65,6 +65,7 @@ from edge.labels import DETECTED_CLASSES
 from edge.sinks import MultiSink, Sink
 from edge.sinks.jsonl import JsonlSink
 from edge.sinks.mqtt import MqttConfig, MqttSink
+from edge.sinks.mqtt_config import is_loopback
 from edge.sinks.stdout import StdoutSink
 from edge.sources import AudioSource, SourceError, open_source
 
@@ -194,6 +195,15 @@ class RuntimeConfig:
             "state_reset_gap_ms",
             self.state_reset_gap_ms,
             "a number >= 0 (0: any missing sample restarts the model state)",
+        )
+        unsigned_ok = not (self.commands.accept_unsigned and self.sinks.mqtt) or (
+            is_loopback(self.mqtt.host) or self.mqtt.allow_insecure
+        )
+        check(
+            unsigned_ok,
+            "commands.accept_unsigned",
+            True,
+            "false while the broker is beyond loopback (or set mqtt.allow_insecure: true)",
         )
         default = MqttConfig()
         for key in ("site", "device_id"):
@@ -370,7 +380,8 @@ class Command:
         return any(key in self.body for key in SIGNATURE_KEYS)
 
 
-def _short(value: object) -> str:
+def short_repr(value: object) -> str:
+    """``repr(value)`` cut to 80 characters (log lines and errors quoting a command)."""
     text = repr(value)
     return text if len(text) <= 80 else f"{text[:77]}..."
 
@@ -396,8 +407,10 @@ def parse_command(payload: bytes) -> Command:
             f"command must be a JSON object with keys {keys} (and {more} when signed): {excerpt!r}"
         )
     if body["action"] != ACKNOWLEDGE:
-        raise CommandError(f"command.action must be {ACKNOWLEDGE!r}, got {_short(body['action'])}")
+        got = short_repr(body["action"])
+        raise CommandError(f"command.action must be {ACKNOWLEDGE!r}, got {got}")
     for key in ("stream_id", "target"):
         if not (isinstance(body[key], str) and body[key]):
-            raise CommandError(f"command.{key} must be a non-empty string, got {_short(body[key])}")
+            got = short_repr(body[key])
+            raise CommandError(f"command.{key} must be a non-empty string, got {got}")
     return Command(body["action"], body["stream_id"], body["target"], body)

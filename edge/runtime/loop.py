@@ -53,6 +53,7 @@ from edge.runtime.config import (
     open_sinks,
     open_stream_source,
     parse_command,
+    short_repr,
     start_dashboard,
     start_embedded_broker,
 )
@@ -325,10 +326,12 @@ class Runtime:
         stream = next((s for s in self.streams if s.id == stream_id), None)
         if stream is None:
             known = ", ".join(s.id for s in self.streams)
-            raise CommandError(f"command.stream_id {stream_id!r} is not served here ({known})")
+            raise CommandError(
+                f"command.stream_id {short_repr(stream_id)} is not served here ({known})"
+            )
         with self._lock:
             if stream.ended:  # the stream's events are over; the sinks may be closing
-                raise CommandError(f"command.stream_id {stream_id!r} has ended")
+                raise CommandError(f"command.stream_id {short_repr(stream_id)} has ended")
             transitions = stream.chain.acknowledge(target)
             if user:
                 transitions = [dataclasses.replace(t, acknowledged_by=user) for t in transitions]
@@ -360,9 +363,13 @@ class Runtime:
             log.warning("command ignored: %s", exc)
             return
         self.command_counts["accepted"] += 1
-        who = f" by {user!r}" if user else " (unsigned)"
+        who = f" by {short_repr(user)}" if user else " (unsigned)"
         log.info(
-            "acknowledge %s %r%s: %d event(s) ended", command.stream_id, command.target, who, ended
+            "acknowledge %s %s%s: %d event(s) ended",
+            command.stream_id,
+            short_repr(command.target),
+            who,
+            ended,
         )
 
     def _publish_live(self, now: float) -> None:
@@ -502,8 +509,8 @@ class UnopenedSource:
     so the bed fails as a source that fails while running does (logged, ended) and the other
     beds run on."""
 
-    def __init__(self, rate_hz: int, error: str) -> None:
-        self.sample_rate_hz, self.error = rate_hz, error
+    def __init__(self, stream_id: str, rate_hz: int, error: str) -> None:
+        self.stream_id, self.sample_rate_hz, self.error = stream_id, rate_hz, error
 
     def read(self, timeout_s: float) -> SourceChunk | None:
         raise SourceError(f"not started: {self.error}")
@@ -524,7 +531,8 @@ def _failed_streams(
     for index, error in sorted(unopened.items()):
         stream_config = config.streams[index]
         log.error("%s: streams[%d] (%s) not started: %s", source, index, stream_config.id, error)
-        failed.append(Stream(stream_config, UnopenedSource(model.sample_rate_hz, error), model))
+        unopened_source = UnopenedSource(stream_config.id, model.sample_rate_hz, error)
+        failed.append(Stream(stream_config, unopened_source, model))
     return failed
 
 

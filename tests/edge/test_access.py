@@ -66,11 +66,10 @@ class Client:
     def publish(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1).wait_for_publish(WAIT_S)
 
-    def wait_for(self, payload: bytes) -> bool:
+    def wait_for(self, payload: bytes, timeout_s: float = WAIT_S) -> bool:
         with self.arrived:
-            return self.arrived.wait_for(
-                lambda: any(p == payload for _, p in self.messages), WAIT_S
-            )
+            seen = lambda: any(p == payload for _, p in self.messages)  # noqa: E731
+            return self.arrived.wait_for(seen, timeout_s)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -145,6 +144,19 @@ def test_only_a_ward_view_reaches_a_device_and_devices_publish_only_their_own(
         assert all(payload != b"jetson-1 event" for _, payload in other.messages)
 
 
+def test_the_broker_drops_an_oversized_message(site: tuple[Path, Mosquitto]) -> None:
+    """``max_packet_size``: a 100 KB message on a topic its sender may use never reaches the
+    ward view; a small one from another client afterwards does."""
+    directory, broker = site
+    with clients(broker.port, directory, "ward-view", "jetson-1", "jetson-2") as made:
+        view, device, other = made
+        view.subscribe(f"{ROOT}/#")
+        device.client.publish(f"{ROOT}/jetson-1/bed-1/event", b"x" * 100_000, qos=0)
+        other.publish(f"{ROOT}/jetson-2/metrics", b"after the big one")
+        assert view.wait_for(b"after the big one")
+        assert not view.wait_for(b"x" * 100_000, timeout_s=1.5), "the broker passed it on"
+
+
 def test_a_second_run_keeps_secrets_and_adds_a_device(tmp_path: Path) -> None:
     directory = tmp_path / "access"
     first = {c.name: c.password for c in generate(SITE, ["jetson-1"], ["view"], directory)}
@@ -199,6 +211,22 @@ def test_bad_client_lists_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         generate(SITE, devices, views, tmp_path / "access")
+
+
+def test_a_garbage_key_or_a_file_for_a_folder_is_one_line(tmp_path: Path) -> None:
+    args = ["--site", SITE, "--views", "view", "--devices", "j1"]
+    folder = tmp_path / "a"
+    (folder / "keys").mkdir(parents=True)
+    garbage = folder / "keys" / "command-master.key"
+    garbage.write_bytes(bytes(range(256)))
+    garbage.chmod(0o600)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    for where, named in ((folder, "64 hex characters"), (not_a_folder, "not a folder")):
+        result = lungwatch("access", *args, "--dir", str(where))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert named in result.stderr, result.stderr
 
 
 def test_the_command_line_writes_the_files(tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
         ["--audio", "{missing}.wav", "--to", "udp://127.0.0.1:9"],
         ["--audio", "{garbage}.wav", "--to", "udp://127.0.0.1:9"],
     ),
+    "access": None,  # writes its folder (a garbage key there: tests/edge/test_access.py)
 }
 
 # subcommand -> an argv argparse refuses; its last word is what the error line must name
@@ -92,6 +93,7 @@ BAD_ARGUMENT: dict[str, list[str]] = {
     "dashboard": ["--port", "eighty"],
     "bridge": ["udp://127.0.0.1:0", "--seconds", "soon"],
     "emulate": ["--loss", "lots"],
+    "access": ["--site", "s", "--devices", "d", "--views", "v", "--dir", "x", "--role", "root"],
 }
 
 

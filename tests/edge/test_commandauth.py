@@ -33,7 +33,12 @@ class Clock:
 
 
 def verifier(key: bytes, clock: Clock | None = None) -> CommandVerifier:
-    return CommandVerifier(key, SITE, DEVICE, max_age_s=60.0, clock=clock or Clock())
+    """A verifier started 100 s before NOW, the clock then at NOW."""
+    clock = clock or Clock()
+    now, clock.now = clock.now, clock.now - 100.0
+    made = CommandVerifier(key, SITE, DEVICE, max_age_s=60.0, clock=clock)
+    clock.now = now
+    return made
 
 
 def test_a_command_signed_for_the_device_is_taken_once() -> None:
@@ -45,7 +50,9 @@ def test_a_command_signed_for_the_device_is_taken_once() -> None:
     with pytest.raises(CommandAuthError, match="a replay") as caught:
         check.verify(body)
     assert caught.value.reason == "replayed"
-    assert check.counts == {"accepted": 1, "replayed": 1}
+    assert check.counts["accepted"] == 1
+    assert check.counts["replayed"] == 1
+    assert sum(check.counts.values()) == 2
 
 
 def test_each_device_has_its_own_key() -> None:
@@ -129,3 +136,22 @@ def test_key_files_are_private_and_never_overwritten(tmp_path: Path) -> None:
         read_key(path)
     with pytest.raises(ConfigError, match="cannot read"):
         read_key(tmp_path / "missing.key")
+
+
+def test_a_command_issued_before_the_device_started_is_refused() -> None:
+    """Nonces live in memory: a restarted device refuses what was signed before it started,
+    so a command captured just before a restart cannot be replayed after it."""
+    key, clock = new_key(), Clock()
+    before = sign_command(key, SITE, DEVICE, ACK, "nurse-a", NOW - 1)
+    restarted = CommandVerifier(key, SITE, DEVICE, max_age_s=60.0, clock=clock)
+    with pytest.raises(CommandAuthError, match="before this device's runtime started"):
+        restarted.verify(before)
+    assert restarted.verify(sign_command(key, SITE, DEVICE, ACK, "nurse-a", NOW)) == "nurse-a"
+
+
+def test_a_signature_that_is_not_ascii_is_refused_as_malformed() -> None:
+    key = new_key()
+    body = {**sign_command(key, SITE, DEVICE, ACK, "nurse-a", NOW), "sig": "é" * 64}
+    with pytest.raises(CommandAuthError) as caught:
+        verifier(key).verify(body)
+    assert caught.value.reason == "malformed"
