@@ -129,3 +129,24 @@ def test_features_bad_override_is_one_clear_line(
 def test_features_missing_file_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["features", str(tmp_path / "absent.wav")]) == 1
     assert "absent.wav" in capsys.readouterr().err
+
+
+def test_detect_out_to_a_folder_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    audio = tmp_path / "a.wav"
+    sf.write(audio, np.zeros(8000, np.float32), 8000)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    argv = ["detect", "--audio", str(audio), "--out", str(folder)]
+    result = subprocess.run(
+        [sys.executable, "-m", "lungwatch.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        f"lungwatch detect: error: {folder}: is a folder; --out and --technical take a file name"
+    )
+    assert list(folder.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "out"]
