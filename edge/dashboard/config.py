@@ -155,6 +155,9 @@ class DashboardConfig:
     request_timeout_s: float = 10.0  # a request must arrive whole in this time; each socket
     # read or write (the event stream's too) waits at most this long
     max_connections: int = 64  # open connections at once (each page holds one event stream)
+    # ... of them from one client address (one client cannot take every slot); behind a
+    # reverse proxy every client has the proxy's address: set it to max_connections there
+    max_connections_per_address: int = 8
     heartbeat_interval_s: float = 5.0  # an event-stream heartbeat this often; the page says
     # "no heartbeat" and reconnects after three missed
     stale_after_s: float = 30.0  # nothing heard this long: a device is silent, the broker stale
@@ -200,6 +203,7 @@ class DashboardConfig:
         ranges = [
             ("request_timeout_s", 0.1, 300.0, "seconds"),
             ("max_connections", 4, 10_000, "connections"),
+            ("max_connections_per_address", 1, 10_000, "connections"),
             ("heartbeat_interval_s", 0.1, 60.0, "seconds"),
             ("stale_after_s", 0.5, 86_400.0, "seconds"),
             ("max_message_bytes", 1024, 16 * 1024 * 1024, "bytes"),

@@ -127,7 +127,10 @@ class DashboardServer:
         self._auth_key = secrets.token_bytes(32)
         self._auth_cache: dict[bytes, Viewer] = {}
         self._httpd = LimitedHTTPServer(
-            (config.host, config.port), _handler_class(self), config.max_connections
+            (config.host, config.port),
+            _handler_class(self),
+            config.max_connections,
+            config.max_connections_per_address,
         )
         if config.cert_file is not None:
             self._httpd.socket = self._tls_socket(config)
@@ -145,6 +148,11 @@ class DashboardServer:
         return context.wrap_socket(
             self._httpd.socket, server_side=True, do_handshake_on_connect=False
         )
+
+    @property
+    def http_server(self) -> LimitedHTTPServer:
+        """The HTTP server (its connection counts: ``refused``, ``refused_per_address``)."""
+        return self._httpd
 
     @property
     def url(self) -> str:

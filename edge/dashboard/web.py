@@ -14,9 +14,10 @@
   what was wrong;
 - :class:`Deadlines`: a request must arrive whole within ``request_timeout_s`` (a socket
   timeout alone bounds each read, not a request sent one byte at a time);
-- :class:`LimitedHTTPServer`: at most ``max_connections`` connections at once, TLS handshakes
-  in the connection's thread (under its timeout, not in the accepting one), and a failed
-  connection logged in one line.
+- :class:`LimitedHTTPServer`: at most ``max_connections`` connections at once, and at most
+  ``max_per_address`` of them from one client address (so one client cannot take every
+  slot), TLS handshakes in the connection's thread (under its timeout, not in the accepting
+  one), and a failed connection logged in one line.
 """
 
 from __future__ import annotations
@@ -171,38 +172,73 @@ class Deadlines:
 
 
 class LimitedHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server with at most ``max_connections`` open connections (more are
-    closed at once, counted in :attr:`refused`); exceptions of one connection are logged in
-    one line, not printed with a traceback."""
+    """A threading HTTP server with at most ``max_connections`` open connections, at most
+    ``max_per_address`` of them from one client address; a connection over either is closed
+    at once (before any byte is read or a TLS handshake started), counted in
+    :attr:`refused` and, for the per-address cap, in :attr:`refused_per_address` too;
+    exceptions of one connection are logged in one line, not printed with a traceback."""
 
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+        max_per_address: int | None = None,
     ) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
         self.max_connections = max_connections
-        self.refused = 0
+        self.max_per_address = min(max_per_address or max_connections, max_connections)
+        self.refused = self.refused_per_address = 0
+        self._open: dict[str, int] = {}  # client address -> its open connections
+        self._open_lock = threading.Lock()
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused += 1
-            log.warning("refused a connection from %s: %d open (dashboard.max_connections)",
-                        client_address[0], self.max_connections)  # fmt: skip
+        host = str(client_address[0])
+        with self._open_lock:
+            if self._open.get(host, 0) >= self.max_per_address:
+                self.refused += 1
+                self.refused_per_address += 1
+                refusal = (
+                    f"{self.max_per_address} open from it (dashboard.max_connections_per_address)"
+                )
+            elif not self._slots.acquire(blocking=False):
+                self.refused += 1
+                refusal = f"{self.max_connections} open (dashboard.max_connections)"
+            else:
+                refusal = None
+                self._open[host] = self._open.get(host, 0) + 1
+        if refusal is not None:
+            log.warning("refused a connection from %s: %s", host, refusal)
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release(host)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(str(client_address[0]))
+
+    def open_connections(self, host: str) -> int:
+        """How many connections from ``host`` are open now."""
+        with self._open_lock:
+            return self._open.get(host, 0)
+
+    def _release(self, host: str) -> None:
+        with self._open_lock:
+            left = self._open.get(host, 1) - 1
+            if left > 0:
+                self._open[host] = left
+            else:
+                self._open.pop(host, None)
+        self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]

@@ -173,6 +173,46 @@ def test_a_request_that_never_completes_is_closed(broker: Mosquitto) -> None:
         server.stop()
 
 
+def open_stream(port: int, host: str, source: str) -> socket.socket:
+    """An event stream from ``source``, read up to its snapshot (the server holds it open)."""
+    sock = socket.create_connection((HOST, port), GENEROUS_S, (source, 0))
+    sock.sendall(http("GET", "/events", host))
+    stream = sock.makefile("rb")
+    while (line := stream.readline()) != b"event: snapshot\n":
+        assert line, "the stream ended before its snapshot"
+    return sock
+
+
+def test_one_client_address_cannot_take_every_connection(broker: Mosquitto) -> None:
+    """``max_connections_per_address`` (2 of ``max_connections`` 8 here): with two event
+    streams open from one address, a third connection from it is closed at once, unanswered,
+    and counted, while another address is served; once they close, it is served again."""
+    server = serve(broker, max_connections=8, max_connections_per_address=2,
+                   heartbeat_interval_s=0.2)  # fmt: skip
+    try:
+        port, host = address(server)
+        streams = [open_stream(port, host, "127.0.0.2") for _ in range(2)]
+        try:
+            with socket.create_connection((HOST, port), GENEROUS_S, ("127.0.0.2", 0)) as sock:
+                sock.sendall(http("GET", "/api/state", host))
+                try:
+                    answer = read_to_end(sock)
+                except ConnectionResetError:
+                    answer = b""
+            assert answer == b"", f"closed unanswered, got {answer[:80]!r}"
+            assert (server.http_server.refused, server.http_server.refused_per_address) == (1, 1)
+            assert send(port, http("GET", "/api/state", host), "127.0.0.3").status == 200
+        finally:
+            for stream in streams:
+                stream.close()
+        ended = "the closed streams' connections to end (a heartbeat write fails)"
+        wait_until(lambda: server.http_server.open_connections("127.0.0.2") == 0, GENEROUS_S, ended)
+        assert send(port, http("GET", "/api/state", host), "127.0.0.2").status == 200
+        assert server.http_server.refused == 1
+    finally:
+        server.stop()
+
+
 def latched_alarm() -> Event:
     onset = Event.onset(
         type="Stridor", site=SITE, device_id=DEVICE, stream_id="bed-1",

@@ -347,6 +347,9 @@ def test_concurrent_guesses_from_one_address_reach_the_hash_at_most_the_bound() 
          "stale_after_s / 2 = 2] (seconds), got 3.0"),
         ({"login_max_failures": 0},
          "dashboard.login_max_failures must be a number in [1, 1000] (failures), got 0"),
+        ({"max_connections_per_address": 0},
+         "dashboard.max_connections_per_address must be a number in [1, 10000] (connections), "
+         "got 0"),
     ],
 )  # fmt: skip
 def test_bad_limits_are_one_line_naming_the_key(
