@@ -35,6 +35,7 @@ from typing import Literal
 
 from edge.config import check
 from edge.dashboard.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
+from edge.dashboard.ward import MAX_BEDS_PER_DEVICE, MAX_DEVICES, MAX_OPEN_EPISODES_PER_BED
 
 HASH_SCHEME = "pbkdf2_sha256"
 HASH_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
@@ -164,6 +165,11 @@ class DashboardConfig:
     probe_interval_s: float = 5.0  # a round trip through the broker this often (0: none)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # a larger MQTT message is rejected unread
     max_json_depth: int = MAX_JSON_DEPTH  # a message nested deeper is rejected unparsed
+    # the most the ward keeps (a message adding one more is rejected, reason over_limit), so
+    # topic names a publisher makes up cannot grow the view's memory without bound
+    max_devices: int = MAX_DEVICES  # devices of the site
+    max_beds_per_device: int = MAX_BEDS_PER_DEVICE  # beds (streams) of one device
+    max_open_episodes_per_bed: int = MAX_OPEN_EPISODES_PER_BED  # open episodes of one bed
     login_max_failures: int = 5  # failed logins per user name and per client address ...
     login_window_s: float = 300.0  # ... within this long, then 429 until the oldest expires
 
@@ -208,6 +214,9 @@ class DashboardConfig:
             ("stale_after_s", 0.5, 86_400.0, "seconds"),
             ("max_message_bytes", 1024, 16 * 1024 * 1024, "bytes"),
             ("max_json_depth", 4, 200, "levels"),
+            ("max_devices", 1, 100_000, "devices"),
+            ("max_beds_per_device", 1, 100_000, "beds"),
+            ("max_open_episodes_per_bed", 1, 100_000, "episodes"),
             ("login_max_failures", 1, 1000, "failures"),
             ("login_window_s", 1.0, 86_400.0, "seconds"),
         ]

@@ -14,6 +14,9 @@ payload may raise anything but :class:`MessageError` here, and every refusal nam
 - ``bad_number``: an integer of more than :data:`MAX_INT_DIGITS` digits, a float that is not
   finite (``1e999``), or ``NaN`` / ``Infinity`` (not JSON; Python's parser takes them);
 - ``invalid``: valid JSON the ward cannot use (raised by the ward, schema and topic checks);
+- ``over_limit``: a message that would make the ward keep one device, bed or open episode
+  more than its caps (``dashboard.max_devices``, ``max_beds_per_device``,
+  ``max_open_episodes_per_bed``; raised by the ward);
 - ``internal_error``: anything else that went wrong with one message (the ward's last guard).
 """
 
@@ -26,7 +29,15 @@ from typing import Any
 
 from edge.events import SCHEMA_VERSION
 
-REASONS = ("too_large", "too_deep", "bad_json", "bad_number", "invalid", "internal_error")
+REASONS = (
+    "too_large",
+    "too_deep",
+    "bad_json",
+    "bad_number",
+    "invalid",
+    "over_limit",
+    "internal_error",
+)
 MAX_MESSAGE_BYTES = 65_536  # default limit: real messages are a few KiB at most
 MAX_JSON_DEPTH = 32  # default limit: real messages nest 2 or 3 levels
 MAX_INT_DIGITS = 19  # 64-bit integers; a sample count or a spool depth never needs more

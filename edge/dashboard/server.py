@@ -113,7 +113,10 @@ class DashboardServer:
                          max_message_bytes=config.max_message_bytes,
                          max_json_depth=config.max_json_depth,
                          stale_after_s=config.stale_after_s,
-                         probing=config.probe_interval_s > 0)  # fmt: skip
+                         probing=config.probe_interval_s > 0,
+                         max_devices=config.max_devices,
+                         max_beds_per_device=config.max_beds_per_device,
+                         max_open_episodes_per_bed=config.max_open_episodes_per_bed)  # fmt: skip
         self.feed = WardFeed(mqtt, site, self.ward, command_master_key)
         self.logins = (
             Logins(config.users, config.login_max_failures, config.login_window_s)

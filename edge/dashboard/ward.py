@@ -17,11 +17,18 @@ priority (high first), then age (the oldest onset first), then device and bed
 
 Nothing is dropped silently and nothing in one message stops the feed: a message over the
 size limit, nested too deeply, with a number out of range, not JSON, not schema version 1, not
-a valid :class:`~edge.events.Event`, on a topic that does not match its body, or one whose
-handling failed in any other way is counted in ``counts["rejected"]`` and per reason in
-:attr:`Ward.rejected_reasons` (:data:`~edge.dashboard.intake.REASONS`) and logged with the
+a valid :class:`~edge.events.Event`, on a topic whose device or stream is not a topic segment
+(:func:`~edge.events.is_segment`) or that does not match its body, one over a cap (below), or
+one whose handling failed in any other way is counted in ``counts["rejected"]`` and per reason
+in :attr:`Ward.rejected_reasons` (:data:`~edge.dashboard.intake.REASONS`) and logged with the
 reason; a repeated event ``id`` (QoS 1 may deliver twice) is counted in
 ``counts["duplicates"]``.
+
+Bounded memory whatever names a publisher picks: topic segments are checked before anything
+is created, a withdrawn verdict (an empty retained payload) of a bed the ward does not know
+creates nothing, and at most ``max_devices`` devices, ``max_beds_per_device`` beds per device
+and ``max_open_episodes_per_bed`` open episodes per bed are kept; a message that would add one
+more is rejected as ``over_limit`` (what is already kept goes on being updated).
 
 Liveness (:meth:`Ward.check_liveness`, called periodically): a device that is not offline and
 sent nothing valid for ``stale_after_s`` is *silent* (its beds show ``no data``); the broker
@@ -89,6 +96,9 @@ READ_WAIT_BEHIND_MS = 500.0
 EXCERPT_CHARS = 160
 REASON_CHARS = 300  # the longest reason kept in last_rejected
 STALE_AFTER_S = 30.0  # three times the runtime's default metrics_interval_s
+MAX_DEVICES = 256  # devices kept per site (the ward's, far above a real one)
+MAX_BEDS_PER_DEVICE = 512  # beds (streams) kept per device
+MAX_OPEN_EPISODES_PER_BED = 256  # open episodes kept per bed (a bed has a few at a time)
 
 
 @dataclass
@@ -203,8 +213,13 @@ class Ward:
         stale_after_s: float = STALE_AFTER_S,
         probing: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
+        max_devices: int = MAX_DEVICES,
+        max_beds_per_device: int = MAX_BEDS_PER_DEVICE,
+        max_open_episodes_per_bed: int = MAX_OPEN_EPISODES_PER_BED,
     ) -> None:
         self.site = site
+        self.max_devices, self.max_beds_per_device = max_devices, max_beds_per_device
+        self.max_open_episodes_per_bed = max_open_episodes_per_bed
         self.verdict_alarms, self.verdict_priority = verdict_alarms, verdict_priority
         self.events_per_bed, self.live_points = events_per_bed, live_points
         self.max_message_bytes, self.max_json_depth = max_message_bytes, max_json_depth
@@ -270,11 +285,12 @@ class Ward:
         device_id, kind = parts[3], parts[-1]
         if (len(parts), kind) not in KINDS:
             raise MessageError(f"unknown topic kind {kind!r}")
+        for name, segment in zip(("device", "stream"), parts[3:-1], strict=False):
+            if not is_segment(segment):
+                shown = segment[:80] + ("..." if len(segment) > 80 else "")
+                raise MessageError(f"the topic's {name} {shown!r} is not a topic segment")
         if kind == "verdict" and not payload:  # withdrawn: the bed's stream ended
-            bed = self._bed(self._device(device_id), parts[4])
-            bed.verdict = None
-            self._dirty_beds.add((device_id, parts[4]))
-            self._dirty_alarms = True
+            self._withdraw_verdict(device_id, parts[4])
             return
         body = parse_message(payload, self.max_message_bytes, self.max_json_depth)
         if len(parts) == 5 and kind == "status":
@@ -292,6 +308,7 @@ class Ward:
         _require_identity(body, self.site, device_id)
         if body.get("state") not in ("online", "offline"):
             raise MessageError(f"status.state must be online or offline, got {body.get('state')!r}")
+        self._admit(device_id)
         device = self._device(device_id)
         device.online = body["state"] == "online"
         device.reason, device.status_utc = str(body.get("reason")), str(body.get("utc"))
@@ -304,8 +321,7 @@ class Ward:
         stream_id, metrics = body.get("stream_id"), body.get("metrics")
         if not is_segment(stream_id) or not isinstance(metrics, dict):
             raise MessageError("metrics needs a stream_id segment and a metrics object")
-        device = self._device(device_id)
-        bed = self._bed(device, str(stream_id))
+        device, bed = self._place(device_id, str(stream_id))
         spooled = metrics.get("mqtt_spooled")
         if isinstance(spooled, int) and not isinstance(spooled, bool):
             device.spooled = spooled
@@ -328,9 +344,17 @@ class Ward:
         if event.id in self._seen:
             self.counts["duplicates"] += 1
             return
+        _, bed = self._place(device_id, stream_id)
+        opened = event.state != "ended" and event.episode_id not in bed.open
+        if opened and len(bed.open) >= self.max_open_episodes_per_bed:
+            raise MessageError(
+                f"episode {event.episode_id} would be one open episode of "
+                f"{device_id}/{stream_id} over dashboard.max_open_episodes_per_bed "
+                f"({self.max_open_episodes_per_bed})",
+                "over_limit",
+            )
         self._remember(event.id)
         self.counts["events"] += 1
-        bed = self._bed(self._device(device_id), stream_id)
         if event.state == "ended":
             bed.open.pop(event.episode_id, None)
             self._settle_acks(event)
@@ -346,7 +370,7 @@ class Ward:
             raise MessageError(
                 f"verdict must be for {stream_id!r} and one of {', '.join(VERDICT_LABELS)}"
             )
-        bed = self._bed(self._device(device_id), stream_id)
+        _, bed = self._place(device_id, stream_id)
         window = body.get("window_s")
         bed.verdict = {"label": body["verdict"], "since_utc": str(body.get("utc")),
                        "window_s": float(window) if is_number(window) else None}  # fmt: skip
@@ -365,8 +389,44 @@ class Ward:
         if score is not None and not _is_probability(score):
             raise MessageError(f"live.quality_score must be a number in [0, 1], got {score!r}")
         point = {"utc": str(body.get("utc")), "classes": classes, "quality_score": score}
-        self._bed(self._device(device_id), stream_id).live.append(point)
+        _, bed = self._place(device_id, stream_id)
+        bed.live.append(point)
         self._live.append({"device_id": device_id, "stream_id": stream_id, "point": point})
+
+    def _withdraw_verdict(self, device_id: str, stream_id: str) -> None:
+        """The bed's verdict is gone (its stream ended); a bed not known stays unknown."""
+        bed = self.devices[device_id].beds.get(stream_id) if device_id in self.devices else None
+        if bed is None:
+            return
+        bed.verdict = None
+        self._dirty_beds.add((device_id, stream_id))
+        self._dirty_alarms = True
+
+    def _admit(self, device_id: str, stream_id: str | None = None) -> None:
+        """MessageError ``over_limit`` when ``device_id`` (and ``stream_id`` of it) is not
+        kept yet and would be one over ``max_devices`` (``max_beds_per_device``); checked
+        before anything of the message is kept."""
+        device = self.devices.get(device_id)
+        if device is None and len(self.devices) >= self.max_devices:
+            raise MessageError(
+                f"device {device_id!r} would be one over dashboard.max_devices "
+                f"({self.max_devices})",
+                "over_limit",
+            )
+        beds = device.beds if device is not None else {}
+        new_bed = stream_id is not None and stream_id not in beds
+        if new_bed and len(beds) >= self.max_beds_per_device:
+            raise MessageError(
+                f"bed {stream_id!r} would be one of device {device_id!r} over "
+                f"dashboard.max_beds_per_device ({self.max_beds_per_device})",
+                "over_limit",
+            )
+
+    def _place(self, device_id: str, stream_id: str) -> tuple[Device, Bed]:
+        """The device and bed a message goes to, made if new (after :meth:`_admit`)."""
+        self._admit(device_id, stream_id)
+        device = self._device(device_id)
+        return device, self._bed(device, stream_id)
 
     def _device(self, device_id: str) -> Device:
         device = self.devices.get(device_id)

@@ -142,6 +142,99 @@ def test_an_unexpected_failure_is_counted_as_internal_error_and_the_feed_goes_on
     assert ward.handle(good.topic, good.to_json().encode())
 
 
+# -- what the ward keeps -----------------------------------------------------------------
+def body(device_id: str = DEVICE, **fields: Any) -> bytes:
+    """A message of ``device_id`` of the site with ``fields``."""
+    return json.dumps({"schema_version": 1, "site": SITE, "device_id": device_id,
+                       "utc": "2026-05-09T07:00:00.000Z", **fields}).encode()  # fmt: skip
+
+
+def test_topic_names_a_publisher_makes_up_create_nothing() -> None:
+    """A device or stream in the topic that is not a topic segment is refused before
+    anything is kept, and a withdrawn verdict (empty, retained) of a bed the ward does not
+    know creates neither it nor its device; one of a known bed clears its verdict."""
+    ward = Ward(SITE)
+    long = "x" * 65
+    site = f"lungwatch/v1/{SITE}"
+    refused = [
+        (f"{site}/{long}/status", body(long, state="online")),
+        (f"{site}/$dev/status", body("$dev", state="online")),
+        (f"{site}/{DEVICE}/{long}/verdict", b""),
+        (f"{site}/{DEVICE}/{long}/live", body(stream_id=long, classes={}, quality_score=1.0)),
+    ]
+    for topic, payload in refused:
+        assert ward.handle(topic, payload, retained=True) is False, topic
+    assert ward.rejected_reasons == {"invalid": len(refused)}
+    assert ward.last_rejected == (
+        f"invalid: {site}/{DEVICE}/{long}/live: the topic's stream '{long}' is not a topic segment"
+    )
+    for topic in (f"{ROOT}/bed-9/verdict", f"{site}/dev-9/anything/verdict"):
+        assert ward.handle(topic, b"", retained=True), topic  # nothing to withdraw: fine
+    assert (ward.devices, ward.snapshot()["beds"]) == ({}, [])
+
+    verdict = body(stream_id="bed-2", verdict="CAS", window_s=30.0)
+    assert ward.handle(f"{ROOT}/bed-2/verdict", verdict, retained=True)
+    assert ward.snapshot()["beds"][0]["verdict"]["label"] == "CAS"
+    assert ward.handle(f"{ROOT}/bed-2/verdict", b"", retained=True)
+    assert ward.snapshot()["beds"][0]["verdict"] is None
+
+
+def finding(stream_id: str, second: int, device_id: str = DEVICE) -> Event:
+    return Event.onset(
+        type="Wheeze", site=SITE, device_id=device_id, stream_id=stream_id,
+        start_utc=f"2026-05-09T07:00:{second:02d}.000Z", start_sample=8000 * second,
+        confidence=0.9, model_id="edge-test", model_sha256=SHA256, quality={"score": 0.99},
+    )  # fmt: skip
+
+
+def test_devices_beds_and_open_episodes_are_capped_and_the_excess_counted() -> None:
+    """``max_devices``, ``max_beds_per_device``, ``max_open_episodes_per_bed`` (2 each here):
+    what would be one more is rejected as ``over_limit`` and nothing of it is kept; what is
+    kept goes on being updated, and a bed takes a new episode once one of its own ends."""
+    ward = Ward(SITE, max_devices=2, max_beds_per_device=2, max_open_episodes_per_bed=2)
+    site = f"lungwatch/v1/{SITE}"
+    for device_id, taken in (("dev-1", True), ("dev-2", True), ("dev-3", False)):
+        status = status_payload("online", SITE, device_id, "connected").encode()
+        assert ward.handle(f"{site}/{device_id}/status", status, retained=True) is taken
+    assert ward.last_rejected == (
+        f"over_limit: {site}/dev-3/status: device 'dev-3' would be one over "
+        "dashboard.max_devices (2)"
+    )
+    for bed, taken in (("bed-1", True), ("bed-2", True), ("bed-3", False)):
+        report = body(stream_id=bed, metrics={"frames": 1})
+        assert ward.handle(f"{ROOT}/metrics", report) is taken, bed
+    live = body(stream_id="bed-3", classes={"Wheeze": 0.5}, quality_score=1.0)
+    assert ward.handle(f"{ROOT}/bed-3/live", live) is False
+    verdict = body("dev-3", stream_id="bed-1", verdict="CAS", window_s=30.0)
+    assert ward.handle(f"{site}/dev-3/bed-1/verdict", verdict, retained=True) is False
+
+    first, second, third = (finding("bed-1", s) for s in range(3))
+    assert send(ward, first)
+    assert send(ward, second)
+    assert send(ward, third) is False
+    assert ward.last_rejected == (
+        f"over_limit: {ROOT}/bed-1/event: episode {third.episode_id} would be one open episode "
+        f"of {DEVICE}/bed-1 over dashboard.max_open_episodes_per_bed (2)"
+    )
+    assert send(ward, second.ongoing(confidence=0.8)), "an open episode is still updated"
+    assert send(ward, first.ended("2026-05-09T07:00:05.000Z", 40_000))
+    assert send(ward, third), "one ended: the bed takes a new one"
+    assert ward.rejected_reasons == {"over_limit": 5}
+    snapshot = ward.snapshot()
+    assert snapshot["rejected_reasons"] == {"over_limit": 5}
+    assert [d["device_id"] for d in snapshot["devices"]] == ["dev-1", "dev-2"]
+    assert [(b["device_id"], b["stream_id"]) for b in snapshot["beds"]] == [
+        ("dev-1", "bed-1"), ("dev-1", "bed-2")
+    ]  # fmt: skip
+    assert sorted(a["episode_id"] for a in snapshot["alarms"]) == sorted(
+        [second.episode_id, third.episode_id]
+    )
+
+
+def send(ward: Ward, event: Event) -> bool:
+    return ward.handle(event.topic, event.to_json().encode())
+
+
 # -- liveness --------------------------------------------------------------------------------
 class Clock:
     """A monotonic clock the test moves."""
@@ -347,6 +440,11 @@ def test_concurrent_guesses_from_one_address_reach_the_hash_at_most_the_bound() 
          "stale_after_s / 2 = 2] (seconds), got 3.0"),
         ({"login_max_failures": 0},
          "dashboard.login_max_failures must be a number in [1, 1000] (failures), got 0"),
+        ({"max_devices": 0},
+         "dashboard.max_devices must be a number in [1, 100000] (devices), got 0"),
+        ({"max_open_episodes_per_bed": 100_001},
+         "dashboard.max_open_episodes_per_bed must be a number in [1, 100000] (episodes), "
+         "got 100001"),
         ({"max_connections_per_address": 0},
          "dashboard.max_connections_per_address must be a number in [1, 10000] (connections), "
          "got 0"),
