@@ -11,6 +11,14 @@ Subscriptions (QoS 1, renewed on every reconnect; clean session):
   ``lungwatch/v1/<site>/+/+/live``, ``lungwatch/v1/<site>/+/+/verdict`` (retained: each bed's
   rolling verdict)
 
+The broker's SUBACK is read: a subscription it refuses (reason code 0x80, e.g. credentials
+whose ACL does not let them read the site) turns the ward's broker state to ``refused: not
+allowed to read <topics>`` instead of ``connected``
+(:meth:`~edge.dashboard.ward.Ward.set_refused`), logged once as an error, until a later
+SUBACK grants them all. A broker that grants every subscription and filters what it
+delivers instead (Mosquitto 2.0's ``acl_file``) cannot be told apart this way: the view then
+stays ``connected`` and shows no device.
+
 The round-trip probe (:meth:`WardFeed.probe`, every ``dashboard.probe_interval_s``): an
 UNSUBSCRIBE of a topic it never subscribed (``lungwatch/v1/<site>/_dashboard/<client id>``),
 which the broker answers with UNSUBACK in this client's network thread; the answer tells the
@@ -73,12 +81,16 @@ class WardFeed:
         self.connected = threading.Event()
         self._connack = threading.Event()
         self._refusal: str | None = None
+        self._subscribe_mid: int | None = None  # the SUBACK this connection waits for
+        self._refused_logged: list[str] = []  # the refused topics last logged
+        self.subacks = 0  # SUBACKs of the site's subscriptions received (one per connection)
         self._stopping = False
         client = new_client(config, self.client_id)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_unsubscribe = self._on_unsubscribe
+        client.on_subscribe = self._on_subscribe
         self._client = client
 
     def start(self) -> WardFeed:
@@ -136,7 +148,7 @@ class WardFeed:
                 log.error("broker %s %s", self.config.address, self._refusal)
         else:
             self._refusal = None
-            client.subscribe([(topic, 1) for topic in self.topics])
+            _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.topics])
             self.connected.set()
             log.info("dashboard connected to broker %s", self.config.address)
             self.ward.set_broker(self.config.address, connected=True)
@@ -157,6 +169,24 @@ class WardFeed:
         """Send the round-trip probe when connected; the broker's answer reaches the ward."""
         if self.connected.is_set():
             self._client.unsubscribe(self.probe_topic)
+
+    def _on_subscribe(
+        self, client: Any, userdata: Any, mid: Any, reasons: Any, props: Any = None
+    ) -> None:
+        """The SUBACK: the topics whose subscription the broker refused (0x80) go to the
+        ward (none: all granted); a new refusal is logged once as an error."""
+        if mid != self._subscribe_mid:
+            return
+        self.subacks += 1
+        refused = [t for t, r in zip(self.topics, reasons, strict=False) if r.is_failure]
+        if refused and refused != self._refused_logged:
+            log.error("broker %s refused the dashboard's subscriptions: not allowed to read %s "
+                      "(its user needs read on %s/%s/#; the page says so)", self.config.address,
+                      ", ".join(refused), TOPIC_ROOT, self.site)  # fmt: skip
+        elif not refused and self._refused_logged:
+            log.info("broker %s now grants every subscription", self.config.address)
+        self._refused_logged = refused
+        self.ward.set_refused(refused)
 
     def _on_unsubscribe(self, client: Any, userdata: Any, mid: Any, *answer: Any) -> None:
         self.ward.probe_returned()  # the feed unsubscribes from nothing else

@@ -34,7 +34,9 @@ Liveness (:meth:`Ward.check_liveness`, called periodically): a device that is no
 sent nothing valid for ``stale_after_s`` is *silent* (its beds show ``no data``); the broker
 is *stale* when the dashboard is connected but heard nothing (no message, no probe back) for
 ``stale_after_s`` while something is expected (the round-trip probe is on, or a device is not
-offline). Thread-safe: every method takes :attr:`lock`.
+offline); it is *refused* while the broker refuses some of the view's subscriptions
+(:meth:`Ward.set_refused`: ``broker.refused`` says which topics it may not read), whatever
+else is heard. Thread-safe: every method takes :attr:`lock`.
 """
 
 from __future__ import annotations
@@ -231,7 +233,8 @@ class Ward:
         self.rejected_reasons: dict[str, int] = {}  # reason (intake.REASONS) -> count
         self.last_rejected: str | None = None
         self.broker: dict[str, Any] = {"address": None, "connected": False,
-                                       "state": "disconnected", "quiet_s": None}  # fmt: skip
+                                       "state": "disconnected", "quiet_s": None,
+                                       "refused": None}  # fmt: skip
         self._connected_s: float | None = None  # monotonic; None: not connected
         self._heard_s = 0.0  # monotonic: the last message or probe back
         self.pending_acks: dict[tuple[str, str, str], float] = {}  # (device, bed, target) -> s
@@ -465,6 +468,16 @@ class Ward:
             self.broker["address"] = address
             self._update_broker()
 
+    def set_refused(self, topics: list[str]) -> None:
+        """The broker refused the view's subscriptions of ``topics`` (none: it granted them
+        all); while any is refused the broker's state is ``refused``, not ``connected``."""
+        with self.lock:
+            refused = f"not allowed to read {', '.join(topics)}" if topics else None
+            if refused != self.broker["refused"]:
+                self.broker["refused"] = refused
+                self._dirty_alarms = True
+            self._update_broker()
+
     def probe_returned(self) -> None:
         """The dashboard's own probe came back through the broker: the link is alive."""
         with self.lock:
@@ -495,11 +508,14 @@ class Ward:
         self._dirty_beds.update((device.device_id, b) for b in device.beds)
 
     def _update_broker(self) -> None:
-        """Recompute the broker's state: ``connected`` (and heard from), ``stale`` (connected,
-        nothing heard for ``stale_after_s`` while something is expected) or ``disconnected``."""
+        """Recompute the broker's state: ``connected`` (and heard from), ``refused`` (connected,
+        some subscription refused), ``stale`` (connected, nothing heard for ``stale_after_s``
+        while something is expected) or ``disconnected``."""
         quiet_s = 0.0
         if self._connected_s is None:
             state = "disconnected"
+        elif self.broker["refused"] is not None:
+            state = "refused"
         else:
             quiet_s = self.monotonic() - max(self._connected_s, self._heard_s)
             expected = self.probing or any(

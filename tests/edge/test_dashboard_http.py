@@ -3,14 +3,20 @@ real Mosquitto behind it: a malformed or missing ``Content-Length`` (400 / 411 /
 and the server goes on serving), a request that never completes (closed after
 ``request_timeout_s``, also when it trickles in a byte at a time), a forged ``Host`` (what a
 DNS-rebinding page sends: 400, nothing published, even without users), the security headers
-on every response, the bound on failed logins (429), and the event stream's heartbeat.
+on every response, the bound on failed logins (429), the connections of one address, the
+event stream's heartbeat, and the broker state when the broker refuses the view's
+subscriptions.
 """
 
 from __future__ import annotations
 
 import base64
+import glob
+import hashlib
 import json
+import logging
 import re
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -376,3 +382,90 @@ def test_the_broker_probe_is_answered_under_the_sites_acl(tmp_path: Path) -> Non
                        "ten probes answered (2 s: twice stale_after_s)")  # fmt: skip
             server.ward.check_liveness()
             assert server.ward.snapshot()["broker"]["state"] == "connected"
+
+
+def dynamic_security(directory: Path) -> tuple[Path, dict[str, str]]:
+    """Broker config lines for Mosquitto's dynamic-security plugin, which checks SUBSCRIBE
+    against its ACL and refuses in the SUBACK (``acl_file`` grants every subscription and
+    filters what it delivers), with the rights ``lungwatch access`` gives: ``ward-view``
+    reads the site, device ``dev-1`` only its own command topic; (path, passwords)."""
+    plugins = glob.glob("/usr/lib/*/mosquitto_dynamic_security.so") + glob.glob(
+        "/usr/local/lib/mosquitto_dynamic_security.so"
+    )
+    if not plugins:
+        pytest.skip("Mosquitto's dynamic-security plugin is not installed (package mosquitto)")
+    root = f"lungwatch/v1/{SITE}"
+    passwords = {name: secrets.token_urlsafe(12) for name in ("ward-view", DEVICE)}
+
+    def client(name: str) -> dict[str, Any]:
+        salt = secrets.token_bytes(12)
+        digest = hashlib.pbkdf2_hmac("sha512", passwords[name].encode(), salt, 101)
+        return {"username": name, "password": base64.b64encode(digest).decode(),
+                "salt": base64.b64encode(salt).decode(), "iterations": 101,
+                "roles": [{"rolename": name}]}  # fmt: skip
+
+    def acls(kind: str, *topics: str) -> list[dict[str, Any]]:
+        return [{"acltype": kind, "topic": t, "allow": True} for t in topics]
+
+    device_writes = [f"{root}/{DEVICE}/{t}" for t in ("status", "metrics", "+/event", "+/live",
+                                                     "+/verdict")]  # fmt: skip
+    rights = {
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True,
+                             "subscribe": False, "unsubscribe": True},
+        "clients": [client("ward-view"), client(DEVICE)],
+        "roles": [
+            {"rolename": "ward-view",
+             "acls": acls("subscribePattern", f"{root}/#")
+             + acls("publishClientSend", f"{root}/+/command")},
+            {"rolename": DEVICE,
+             "acls": acls("subscribeLiteral", f"{root}/{DEVICE}/command")
+             + acls("publishClientSend", *device_writes)},
+        ],
+    }  # fmt: skip
+    (directory / "dynamic-security.json").write_text(json.dumps(rights), encoding="utf-8")
+    conf = directory / "dynamic-security.conf"
+    conf.write_text(
+        f"allow_anonymous false\nplugin {plugins[0]}\n"
+        f"plugin_opt_config_file {directory / 'dynamic-security.json'}\n",
+        encoding="utf-8",
+    )
+    return conf, passwords
+
+
+def test_a_view_refused_its_subscriptions_says_so_not_connected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that refuses the view's subscriptions in its SUBACK (a device's credentials
+    used as the ward view's): the broker state is ``refused`` naming the topics it may not
+    read, not ``connected`` (though the probe is answered), logged once as an error though
+    every reconnect is refused again; the ward view's own credentials are granted."""
+    conf, passwords = dynamic_security(tmp_path)
+    config = DashboardConfig(port=0, stale_after_s=1.0, probe_interval_s=0.2)
+    with Mosquitto(tmp_path, include=conf) as broker:
+        view = MqttConfig(host=HOST, port=broker.port, username="ward-view",
+                          password=passwords["ward-view"])  # fmt: skip
+        with DashboardServer(config, view, SITE) as server:
+            wait_until(lambda: server.feed.subacks >= 1, GENEROUS_S, "the SUBACK")
+            assert server.ward.snapshot()["broker"]["state"] == "connected"
+            assert server.ward.snapshot()["broker"]["refused"] is None
+
+        device = MqttConfig(host=HOST, port=broker.port, username=DEVICE,
+                            password=passwords[DEVICE])  # fmt: skip
+        logged = caplog.at_level(logging.INFO, "lungwatch.dashboard")
+        with logged, DashboardServer(config, device, SITE) as server:
+            wait_until(lambda: server.feed.subacks >= 1, GENEROUS_S, "the SUBACK")
+            wait_until(lambda: server.ward.counts["probes"] >= 10, GENEROUS_S,
+                       "ten probes answered (2 s: twice stale_after_s)")  # fmt: skip
+            server.ward.check_liveness()
+            state = server.ward.snapshot()["broker"]
+            assert (state["state"], state["connected"]) == ("refused", False)
+            assert state["refused"] == "not allowed to read " + ", ".join(server.feed.topics)
+            broker.restart()  # the view reconnects, and is refused again
+            wait_until(lambda: server.feed.subacks >= 2, GENEROUS_S, "the second SUBACK")
+            assert server.ward.snapshot()["broker"]["state"] == "refused"
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert errors == [
+            f"broker {device.address} refused the dashboard's subscriptions: not allowed to "
+            f"read {', '.join(server.feed.topics)} (its user needs read on "
+            f"lungwatch/v1/{SITE}/#; the page says so)"
+        ]

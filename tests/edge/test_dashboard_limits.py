@@ -263,7 +263,7 @@ def test_a_silent_device_and_a_stale_broker_are_shown_until_something_arrives() 
     changes = ward.take_changes()
     assert changes is not None
     assert changes["broker"] == {"address": "127.0.0.1:1883", "connected": False,
-                                 "state": "stale", "quiet_s": 35.0}  # fmt: skip
+                                 "state": "stale", "quiet_s": 35.0, "refused": None}  # fmt: skip
     assert changes["devices"][0]["silent_s"] == 35.0
     assert changes["beds"][0]["state"] == {"key": "stale", "text": "no data from the device"}
 
@@ -291,6 +291,30 @@ def test_nothing_is_expected_from_an_offline_device_nor_without_a_probe() -> Non
     assert snapshot["beds"] == []
     ward.set_broker("127.0.0.1:1883", connected=False)
     assert ward.snapshot()["broker"]["state"] == "disconnected"
+
+
+def test_a_refused_subscription_outranks_connected_and_stale_not_disconnected() -> None:
+    clock = Clock()
+    ward = Ward(SITE, stale_after_s=30.0, probing=True, monotonic=clock)
+    ward.set_broker("127.0.0.1:1883", connected=True)
+    ward.take_changes()
+    ward.set_refused([f"lungwatch/v1/{SITE}/+/status"])
+    changes = ward.take_changes()
+    assert changes is not None
+    assert changes["broker"] == {
+        "address": "127.0.0.1:1883", "connected": False, "state": "refused", "quiet_s": None,
+        "refused": f"not allowed to read lungwatch/v1/{SITE}/+/status",
+    }  # fmt: skip
+    clock.now_s += 60.0
+    ward.check_liveness()
+    assert ward.snapshot()["broker"]["state"] == "refused", "not stale: refused says more"
+    ward.set_broker("127.0.0.1:1883", connected=False)
+    assert ward.snapshot()["broker"]["state"] == "disconnected"
+    ward.set_broker("127.0.0.1:1883", connected=True)
+    assert ward.snapshot()["broker"]["state"] == "refused", "until a SUBACK grants them all"
+    ward.set_refused([])
+    broker = ward.snapshot()["broker"]
+    assert (broker["state"], broker["refused"]) == ("connected", None)
 
 
 # -- logins ----------------------------------------------------------------------------------

@@ -89,6 +89,9 @@
     if (state === "stale") {
       counting(badge, "broker stale: nothing heard for ", broker.quiet_s);
       badge.className = "badge warn";
+    } else if (state === "refused") {  // connected, but a subscription was refused (ACL)
+      stopCounting(badge, `broker refused: ${broker.refused}`);
+      badge.className = "badge off";
     } else {
       stopCounting(badge, `broker ${state}`);
       badge.className = "badge " + (state === "connected" ? "on" : "off");
