@@ -27,6 +27,7 @@ is still ``stale_session``, and one of the current session older than the saved 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -88,8 +89,9 @@ class ReplayWindow:
 
 class SessionStore:
     """The persisted state (see the module docstring): a small JSON file, written atomically
-    (a temporary file renamed over it), mode 0600. Several receivers may share one file: a
-    save rewrites only the devices it was given."""
+    (a temporary file renamed over it), mode 0600. Several receivers, in one process or in
+    several, may share one file: a save holds an exclusive ``flock`` on ``.<name>.lock`` beside
+    it, reads the file afresh and rewrites only the devices it was given."""
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path is not None else None
@@ -122,22 +124,44 @@ class SessionStore:
             return True
         with _lock_for(self.path):
             try:
-                merged = {**self._read(), **devices}
-            except SettingError:
-                merged = dict(devices)
-            body = {"format": STORE_FORMAT, "devices": {str(d): merged[d] for d in sorted(merged)}}
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    out.write(json.dumps(body, indent=1) + "\n")
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, self.path)
+                lock_fd = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
             except OSError as exc:
                 log.error("state_file %s: cannot save the device sessions (%s)", self.path, exc)
                 return False
+            try:  # processes sharing the file (the bridge CLI and a runtime) take turns
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                return self._merge_and_write(devices)
+            finally:
+                os.close(lock_fd)  # releases the flock
+
+    @property
+    def _lock_path(self) -> Path:
+        assert self.path is not None
+        return self.path.with_name(f".{self.path.name}.lock")
+
+    def _merge_and_write(self, devices: Mapping[int, dict[str, Any]]) -> bool:
+        """Under both locks: the file's entries with ``devices``' over them, written back. A
+        file that no longer reads as a state file is left as it is (the other devices' entries
+        in it are not dropped) and the save fails, logged."""
+        assert self.path is not None
+        try:
+            merged = {**self._read(), **devices}
+        except SettingError as exc:
+            log.error("%s; not overwritten, the sessions are not saved", exc)
+            return False
+        body = {"format": STORE_FORMAT, "devices": {str(d): merged[d] for d in sorted(merged)}}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(json.dumps(body, indent=1) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.error("state_file %s: cannot save the device sessions (%s)", self.path, exc)
+            return False
         return True
 
 

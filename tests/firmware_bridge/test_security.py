@@ -5,6 +5,7 @@ a bridge restart), tampering and eavesdropping, through real UDP sockets and the
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import socket
 import stat
@@ -23,7 +24,7 @@ from firmware_bridge.errors import SettingError
 from firmware_bridge.parser import FrameParser
 from firmware_bridge.protocol import CRC, FLAG_STREAM_START, audio_frame, encode_frame
 from firmware_bridge.senders import UdpSender
-from firmware_bridge.session import REPLAY_WINDOW, ReplayWindow
+from firmware_bridge.session import REPLAY_WINDOW, ReplayWindow, SessionStore
 from tests.firmware_bridge.helpers import Background, as_float, device_key, write_recording
 
 RATE_HZ = 8000
@@ -233,3 +234,36 @@ def test_sessions_persist_per_key(tmp_path: Path) -> None:
     replaced = FrameParser(keys={1: new_key}, state_path=path)
     assert replaced.push(encode_frame(frame._replace(session=1), new_key))
     assert replaced.guard.sessions() == {1: 1}
+
+
+def _save_devices(path: str, first: int, count: int) -> None:
+    """In a separate process: one save per device id (each reads the file afresh)."""
+    store = SessionStore(path)
+    for device in range(first, first + count):
+        entry = {"key_id": "k", "session": device, "counters": {0: device}}
+        assert store.save({device: entry})
+
+
+def test_processes_sharing_the_state_file_keep_every_device(tmp_path: Path) -> None:
+    """Two processes saving 150 devices each at once: the file ends with all 300 (without the
+    file lock a read-merge-write of one would drop the other's latest devices)."""
+    path = str(tmp_path / "sessions.json")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_save_devices, args=(path, s, 150)) for s in (0, 1000)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    devices = json.loads(Path(path).read_text())["devices"]
+    assert sorted(map(int, devices)) == [*range(150), *range(1000, 1150)]
+
+
+def test_a_state_file_spoiled_while_running_is_not_overwritten(tmp_path: Path) -> None:
+    """Its other devices' entries are not dropped: the save fails and says so."""
+    path = tmp_path / "sessions.json"
+    store = SessionStore(path)
+    assert store.save({1: {"key_id": "k", "session": 1, "counters": {}}})
+    path.write_text("{spoiled")
+    assert not store.save({2: {"key_id": "k", "session": 1, "counters": {}}})
+    assert path.read_text() == "{spoiled"
