@@ -34,7 +34,6 @@ import hmac
 import json
 import os
 import secrets
-import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ConfigError, LungwatchError
+from lungwatch.private import others_may_read, read_private
 
 CONTEXT = "lungwatch-command-v1"
 KEY_BYTES = 32
@@ -89,19 +89,15 @@ def read_key(path: str | Path) -> bytes:
     not 64 hex characters."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="ascii").strip()
+        text, mode = read_private(path, "latin-1")  # not hex: refused below
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the key file ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        text = ""  # not hex: refused below
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if others_may_read(mode):
         raise ConfigError(
-            f"{path}: key file mode is {stat.S_IMODE(mode):04o}; others may read it "
-            f"(chmod 600 {path})"
+            f"{path}: key file mode is {mode:04o}; others may read it (chmod 600 {path})"
         )
     try:
-        key = bytes.fromhex(text)
+        key = bytes.fromhex(text.strip())
     except ValueError:
         key = b""
     if len(key) != KEY_BYTES:

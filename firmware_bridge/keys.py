@@ -16,10 +16,8 @@ than 127.0.0.0/8, ::1 or localhost) must have a key (:func:`require_key`).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
-import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,12 +25,13 @@ from pathlib import Path
 from firmware_bridge.errors import SettingError
 from firmware_bridge.protocol import MIN_DEVICE_KEY_BYTES, U32_MAX
 from firmware_bridge.urls import LinkUrl
+from lungwatch.hosts import is_loopback
+from lungwatch.private import others_may_read, read_private
 
 KEY_BYTES = 32  # what provisioning makes
 KEY_SUFFIX = ".key"
 STATE_SUFFIX = ".sessions.json"  # the default session state file next to a key file
 STATE_IN_DIR = "sessions.json"  # ... and in a key folder
-LOOPBACK_NAMES = ("localhost",)
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,7 @@ def load_key_file(path: str | Path, device: int | None = None) -> KeyRing:
     """A key file's keys (see :func:`parse_keys_text`); SettingError when it is missing,
     unreadable, or readable by group or others (as every key file of lungwatch)."""
     try:
-        mode = Path(path).stat().st_mode
-        text = Path(path).read_text(encoding="utf-8")
+        text, mode = read_private(path, "utf-8")
     except FileNotFoundError:
         raise SettingError(
             f"key_file {path}: no such file ({Path(path).absolute()}); `lungwatch bridge "
@@ -111,10 +109,9 @@ def load_key_file(path: str | Path, device: int | None = None) -> KeyRing:
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise SettingError(f"key_file {path}: cannot read a key ({reason})") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if others_may_read(mode):
         raise SettingError(
-            f"key_file {path}: mode is {stat.S_IMODE(mode):04o}; others may read it "
-            f"(chmod 600 {path})"
+            f"key_file {path}: mode is {mode:04o}; others may read it (chmod 600 {path})"
         )
     return parse_keys_text(text, f"key_file {path}", device)
 
@@ -158,16 +155,6 @@ def default_state_path(key_file: str | Path | None, key_dir: str | Path | None) 
     if key_dir is not None:
         return Path(key_dir) / STATE_IN_DIR
     return None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is this machine only: ``localhost``, 127.0.0.0/8 or ::1."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # another host name: it may resolve to anything
 
 
 def require_key(url: LinkUrl, ring: KeyRing, what_to_add: str) -> None:

@@ -36,13 +36,13 @@ from typing import Literal
 from edge.config import check
 from edge.dashboard.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 from edge.dashboard.ward import MAX_BEDS_PER_DEVICE, MAX_DEVICES, MAX_OPEN_EPISODES_PER_BED
+from lungwatch.hosts import is_loopback
 
 HASH_SCHEME = "pbkdf2_sha256"
 HASH_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
 MIN_ITERATIONS = 100_000
 SALT_BYTES = 16
 HASH_FORMAT = f"{HASH_SCHEME}$ITERATIONS$SALT_HEX$HASH_HEX (lungwatch dashboard --hash-password)"
-LOOPBACK_NAMES = ("localhost",)
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 Role = Literal["view", "ack"]
@@ -97,16 +97,6 @@ def is_host(name: str) -> bool:
     except ValueError:
         return HOST_NAME.fullmatch(name) is not None
     return True
-
-
-def is_loopback(host: str) -> bool:
-    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

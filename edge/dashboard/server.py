@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.commandauth import read_key
-from edge.dashboard.config import DashboardConfig, is_loopback
+from edge.dashboard.config import DashboardConfig
 from edge.dashboard.feed import FeedError, WardFeed
 from edge.dashboard.login import LoginLimitedError, Logins
 from edge.dashboard.ward import Ward
@@ -61,6 +61,7 @@ from edge.dashboard.web import (
 from edge.errors import LungwatchError
 from edge.events import is_segment
 from edge.sinks.mqtt import MqttConfig
+from lungwatch.hosts import is_loopback
 
 log = logging.getLogger("lungwatch.dashboard")
 

@@ -65,9 +65,9 @@ from edge.labels import DETECTED_CLASSES
 from edge.sinks import MultiSink, Sink
 from edge.sinks.jsonl import JsonlSink
 from edge.sinks.mqtt import MqttConfig, MqttSink
-from edge.sinks.mqtt_config import is_loopback
 from edge.sinks.stdout import StdoutSink
 from edge.sources import AudioSource, SourceError, open_source
+from lungwatch.hosts import is_loopback
 
 log = logging.getLogger("lungwatch.runtime")
 

@@ -6,7 +6,6 @@ paho; :mod:`edge.sinks.mqtt` re-exports it.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,18 +14,8 @@ from edge.config import check
 from edge.errors import ConfigError
 from edge.events import is_segment
 from edge.sinks.spool import DEFAULT_MAX_EVENTS
-
-LOOPBACK_HOSTS = ("localhost", "ip6-localhost")
-
-
-def is_loopback(host: str) -> bool:
-    """A host name or address that never leaves this machine."""
-    if host.lower() in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from lungwatch.hosts import is_loopback
+from lungwatch.private import others_may_read, read_private
 
 
 @dataclass(frozen=True)
@@ -117,11 +106,14 @@ class MqttConfig:
             return self.username, self.password
         path = Path(self.password_file)
         try:
-            if path.stat().st_mode & 0o077:
-                raise ConfigError(f"{path}: others may read this password file (chmod 600 {path})")
-            lines = path.read_text(encoding="utf-8").splitlines()
+            text, mode = read_private(path, "utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the password file ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: the password file is not UTF-8 text") from None
+        if others_may_read(mode):
+            raise ConfigError(f"{path}: others may read this password file (chmod 600 {path})")
+        lines = text.splitlines()
         if not lines or not lines[0]:
             raise ConfigError(f"{path}: the password file's first line is empty")
         return self.username, lines[0]

@@ -1,0 +1,25 @@
+"""Secret files (command keys, stethoscope keys, broker passwords): read with the mode of the
+very file read, so a check of "others may read it" cannot be raced by swapping the file
+between the check and the read. Standard library only, so every package may import it; each
+caller words its own error."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+OTHERS = stat.S_IRWXG | stat.S_IRWXO  # a secret file with any of these bits is refused
+
+
+def read_private(path: str | Path, encoding: str) -> tuple[str, int]:
+    """(text, permission bits) of ``path``, both from one open file. Raises what opening and
+    reading raise (OSError, UnicodeDecodeError)."""
+    with open(path, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        data = handle.read()
+    return data.decode(encoding), mode
+
+
+def others_may_read(mode: int) -> bool:
+    return bool(mode & OTHERS)
