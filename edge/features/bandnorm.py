@@ -78,19 +78,25 @@ def silent_below(spec: FeatureSpec) -> float:
 
 
 @njit(cache=True)
+def _step_weight(frame, count, alpha, silent):
+    """The smoother's weight for ``frame`` (F,), shared by the running mean and PCEN: 0 for
+    digital silence (every band at most ``silent``; ``count`` unchanged), else
+    ``max(1 / n, alpha)`` with the frame counted into ``count`` (1,) int64."""
+    for b in range(frame.shape[0]):
+        if frame[b] > silent:
+            count[0] += 1
+            return max(1.0 / count[0], alpha)
+    return 0.0
+
+
+@njit(cache=True)
 def _normalise_bands(frames, out, mean, count, alpha, silent):
     """``out[t] = frames[t] - m[t]`` for ``frames`` (T, F), carrying ``mean`` (F,) float64 and
     ``count`` (1,) int64 (see the module doc)."""
     n_bands = frames.shape[1]
     for t in range(frames.shape[0]):
-        sound = False
-        for b in range(n_bands):
-            if frames[t, b] > silent:
-                sound = True
-                break
-        if sound:
-            count[0] += 1
-            a = max(1.0 / count[0], alpha)
+        a = _step_weight(frames[t], count, alpha, silent)
+        if a > 0.0:
             for b in range(n_bands):
                 mean[b] += a * (frames[t, b] - mean[b])
         for b in range(n_bands):
@@ -104,14 +110,8 @@ def _pcen_bands(frames, out, smooth, count, alpha, silent, eps):
     n_bands = frames.shape[1]
     offset = PCEN_DELTA**PCEN_ROOT
     for t in range(frames.shape[0]):
-        sound = False
-        for b in range(n_bands):
-            if frames[t, b] > silent:
-                sound = True
-                break
-        if sound:
-            count[0] += 1
-            a = max(1.0 / count[0], alpha)
+        a = _step_weight(frames[t], count, alpha, silent)
+        if a > 0.0:
             for b in range(n_bands):
                 smooth[b] += a * (np.exp(np.float64(frames[t, b])) - smooth[b])
         for b in range(n_bands):

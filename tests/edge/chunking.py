@@ -1,4 +1,5 @@
-"""Shared by the front-end tests: feed a stream in chunks, as a device would."""
+"""Shared by the front-end tests: feed a stream in chunks, as a device would, and a test
+signal (a tone in noise) to feed."""
 
 from __future__ import annotations
 
@@ -18,3 +19,11 @@ def push_in_chunks(stream: StreamingFrontEnd, x: np.ndarray, sizes: list[int]) -
         frames.append(stream.push(x[start : start + size]).copy())
         start, i = start + size, i + 1
     return np.concatenate(frames) if frames else np.zeros((0, stream.n_bands), np.float32)
+
+
+def tone_in_noise(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` samples at 8 kHz: noise, with a 300 Hz tone over its middle sixth."""
+    rng = np.random.default_rng(seed)
+    x = 0.05 * rng.standard_normal(n)
+    x[n // 3 : n // 2] += 0.2 * np.sin(2 * np.pi * 300 * np.arange(n // 2 - n // 3) / 8000)
+    return x
