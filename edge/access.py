@@ -10,8 +10,8 @@ writes, under ``DIR`` (mode 0700; every secret 0600):
 - ``mosquitto/passwd``: one line per client, Mosquitto's PBKDF2-SHA512 format (``$7$``, 101
   iterations, the format ``mosquitto_passwd`` writes), so the broker host needs no tool;
 - ``mosquitto/acl``: a device may publish only its own status, metrics and per-bed event,
-  live and verdict topics, and read only its own command topic; a ward view may read the
-  site's topics and publish commands (only ward views may);
+  live, verdict and respiration topics, and read only its own command topic; a ward view may
+  read the site's topics and publish commands (only ward views may);
 - ``clients/<name>.yaml``: the ``mqtt`` username and password of each client (and, for a
   device, its ``commands.key_file``), to merge into its config;
 - ``keys/command-master.key`` (ward views sign commands with it) and
@@ -42,7 +42,7 @@ from lungwatch.cli import ArgumentParser
 MASTER_KEY = "command-master.key"
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd (Mosquitto 2.0) writes
 SALT_BYTES = 12
-DEVICE_WRITES = ("status", "metrics", "+/event", "+/live", "+/verdict")
+DEVICE_WRITES = ("status", "metrics", "+/event", "+/live", "+/verdict", "+/respiration")
 # the broker drops a larger packet and disconnects its sender, so no client can push an
 # oversized message at the ward views or the devices (the view's own limit is 64 KiB)
 MAX_PACKET_BYTES = 65_536

@@ -17,6 +17,8 @@ Topics (each segment checked by :func:`check_segment`):
 - ``lungwatch/v1/<site>/<device>/status``: ``online`` / ``offline`` JSON, QoS 1, retained;
   the last will is ``offline``.
 - ``lungwatch/v1/<site>/<device>/metrics``: per-stream counters, QoS 0, not retained.
+- ``lungwatch/v1/<site>/<device>/<stream>/respiration``: the bed's respiratory rate and
+  breathing state (:mod:`edge.bed.breathing`), QoS 1, retained.
 """
 
 from __future__ import annotations
@@ -39,7 +41,19 @@ TOPIC_ROOT = "lungwatch/v1"
 DEVICE_STREAM = "device"
 MAX_SEGMENT_CHARS = 64
 
-PHYSIOLOGICAL_TYPES: tuple[str, ...] = tuple(n for n in EVENT_LABELS if n != NORMAL)
+#: The sounds the detector raises (edge.bed.detector) and the breathing alarms of
+#: edge.bed.breathing (a bed's respiratory rate and pauses).
+SOUND_TYPES: tuple[str, ...] = tuple(n for n in EVENT_LABELS if n != NORMAL)
+RESPIRATION_TYPES: tuple[str, ...] = ("apnoea", "tachypnoea", "bradypnoea")
+PHYSIOLOGICAL_TYPES: tuple[str, ...] = SOUND_TYPES + RESPIRATION_TYPES
+#: SNOMED CT findings of the breathing alarms (checked against the FHIR value sets expanded
+#: from the SNOMED CT International edition), and of the rate itself (observable entity).
+RESPIRATION_SNOMED_CT: dict[str, str] = {
+    "apnoea": "1023001",  # Apnea
+    "tachypnoea": "271823003",  # Tachypnea
+    "bradypnoea": "86684002",  # Bradypnea
+}
+RESPIRATORY_RATE_SNOMED_CT = "86290005"  # Respiratory rate
 TECHNICAL_TYPES: tuple[str, ...] = (
     "poor_signal",  # quality score below the gate: physiological events suppressed
     "off_body",  # stethoscope off the chest (quiet input or the device says so)
@@ -52,6 +66,7 @@ TECHNICAL_TYPES: tuple[str, ...] = (
     "source_disconnected",  # the source went away (reconnects are tried)
     "device_status",  # a wearable reports a problem (battery, gain; detail says which)
     "spool_full",  # the store-and-forward spool hit its bound (see edge.sinks.spool)
+    "breath_signal_lost",  # no breath heard for the apnoea time, and no contact with the body
 )
 KINDS = ("physiological", "technical")
 PRIORITIES = ("high", "medium", "low")
@@ -82,6 +97,10 @@ DEFAULT_PRIORITIES: dict[str, Priority] = {
     "source_disconnected": "medium",
     "device_status": "low",
     "spool_full": "medium",
+    "apnoea": "high",
+    "tachypnoea": "low",
+    "bradypnoea": "low",
+    "breath_signal_lost": "medium",
 }
 
 _UTC_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
@@ -104,7 +123,9 @@ def kind_of(event_type: str) -> str:
 
 def snomed_ct(event_type: str) -> str | None:
     """SNOMED CT concept id of a physiological type (from :mod:`edge.labels`), else None."""
-    if event_type in PHYSIOLOGICAL_TYPES:
+    if event_type in RESPIRATION_SNOMED_CT:
+        return RESPIRATION_SNOMED_CT[event_type]
+    if event_type in SOUND_TYPES:
         return sound_class(event_type).snomed_ct
     return None
 
@@ -174,6 +195,26 @@ def status_topic(site: str, device_id: str) -> str:
 def verdict_topic(site: str, device_id: str, stream_id: str) -> str:
     """``lungwatch/v1/<site>/<device>/<stream>/verdict`` (retained): the bed's rolling verdict."""
     return event_topic(site, device_id, stream_id)[: -len("event")] + "verdict"
+
+
+def respiration_topic(site: str, device_id: str, stream_id: str) -> str:
+    """``lungwatch/v1/<site>/<device>/<stream>/respiration`` (retained): the bed's breathing."""
+    return event_topic(site, device_id, stream_id)[: -len("event")] + "respiration"
+
+
+def respiration_payload(site: str, device_id: str, stream_id: str, reading: dict[str, Any]) -> str:
+    """The retained respiration message: identity, the SNOMED CT code of the respiratory rate,
+    and ``reading`` (state, rate_bpm, confidence, breaths, window_s, age band, utc, ...)."""
+    body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
+    body.update(stream_id=check_segment(stream_id, "stream_id"))
+    body["snomed_ct"] = RESPIRATORY_RATE_SNOMED_CT
+    body.update(reading)
+    try:
+        return json.dumps(body, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EventError(
+            f"respiration must be JSON numbers/strings, got {reading!r} ({exc})"
+        ) from None
 
 
 def verdict_payload(site: str, device_id: str, stream_id: str, verdict: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.bed.breathing import Respiration, RespirationConfig
 from edge.bed.chain import DEFAULT_STATE_RESET_GAP_MS, BedChain, ChainSettings, WindowStep
 from edge.bed.detector import DetectorConfig, FrameGrid, Transition
 from edge.bed.gate import GateConfig
@@ -123,14 +124,15 @@ class BedStep:
     # rows: frames the model never described (its state restarted after lost audio)
     quality: BedQuality
     verdict: str | None = None  # the bed's rolling verdict now (None: the model has no rule)
+    respiration: Respiration | None = None  # the bed's breathing now (None: respiration off)
 
 
 class Bed:
     """One bed of a :class:`Monitor` (see the module doc)."""
 
-    def __init__(self, monitor: Monitor, bed_id: str) -> None:
+    def __init__(self, monitor: Monitor, bed_id: str, age_band: str | None = None) -> None:
         self.monitor, self.id = monitor, bed_id
-        self.chain = BedChain(monitor.settings)
+        self.chain = BedChain(monitor.settings, age_band)
         self.samples = 0  # pushed so far: the next chunk's first sample
         self.closed = False
         self._measures: dict[str, Any] = {}
@@ -166,6 +168,7 @@ class Monitor:
         check_sha256: bool = True,
         source: str = "<config>",
         verdict: VerdictConfig | None = None,
+        respiration: RespirationConfig | None = None,
     ) -> Monitor:
         """A model folder (its INT8 file, else FP32) or an artifact it lists, on ``backend``
         (default: ONNX Runtime on one CPU thread), with the manifest's fitted rules and the
@@ -173,7 +176,9 @@ class Monitor:
         moot is refused, naming the rule). Errors name ``source`` (a config file)."""
         folder, file = resolve_model(model)
         manifest = load_manifest(folder / MANIFEST_NAME)
-        settings = ChainSettings.of(manifest, detector, gate, state_reset_gap_ms, source, verdict)
+        settings = ChainSettings.of(
+            manifest, detector, gate, state_reset_gap_ms, source, verdict, respiration
+        )
         path = manifest.file_path(file)
         if check_sha256:
             verify_file(manifest, path)
@@ -202,9 +207,11 @@ class Monitor:
     def model_id(self) -> str:
         return self.manifest.model_id
 
-    def open_bed(self, bed_id: str = "bed") -> Bed:
-        """A new bed: its stream starts at sample 0 with the model's state zero."""
-        return Bed(self, bed_id)
+    def open_bed(self, bed_id: str = "bed", age_band: str | None = None) -> Bed:
+        """A new bed: its stream starts at sample 0 with the model's state zero. ``age_band``
+        (:data:`edge.bed.agebands.AGE_BAND_NAMES`) sets its normal rates and apnoea time
+        (None: the respiration config's, ``adult`` by default)."""
+        return Bed(self, bed_id, age_band)
 
     def process(self, ready: Sequence[tuple[BedChain, WindowReady]]) -> list[WindowStep]:
         """The windows of many beds through the model in one batched call (pieces of the
@@ -300,7 +307,9 @@ def _with_quality(step: BedStep, bed: Bed) -> BedStep:
     conditions = tuple(sorted({key.split("@", 1)[0] for key in gate.active_keys}))
     quality = BedQuality(gate.suppressed, conditions, dict(bed._measures))
     verdict = None if bed.chain.verdict is None else bed.chain.verdict.label
-    return BedStep(step.events, step.first_frame, step.probs, quality, verdict)
+    breathing = bed.chain.breathing
+    respiration = None if breathing is None else breathing.reading
+    return BedStep(step.events, step.first_frame, step.probs, quality, verdict, respiration)
 
 
 def _joined(parts: list[OutputFrames], n_outputs: int) -> tuple[int, np.ndarray]:

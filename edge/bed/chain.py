@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.bed.agebands import age_band
+from edge.bed.breathing import BreathTracker, Respiration, RespirationConfig
 from edge.bed.detector import (
     SPAN_SETTINGS,
     ClassThreshold,
@@ -165,6 +167,7 @@ class ChainSettings:
     reset_gap_samples: float  # a window missing this many samples restarts the model state
     conceal_samples: int  # shorter losses are concealed in the features (StreamPipeline)
     verdict: VerdictRule | None = None  # the rolling Task 2-2 verdict (None: off)
+    respiration: RespirationConfig | None = None  # rate and apnoea (None: off)
 
     @classmethod
     def of(
@@ -175,6 +178,7 @@ class ChainSettings:
         state_reset_gap_ms: float = DEFAULT_STATE_RESET_GAP_MS,
         source: str = "<config>",
         verdict: VerdictConfig | None = None,
+        respiration: RespirationConfig | None = None,
     ) -> ChainSettings:
         """The settings of ``manifest`` with a config's ``detector`` / ``gate`` sections on top
         (:func:`resolve_detector`, :func:`resolve_gate`; errors name ``source``)."""
@@ -199,6 +203,7 @@ class ChainSettings:
             reset_gap_samples=reset,
             conceal_samples=min(round(reset), DEFAULT_PIECE_SAMPLES),
             verdict=VerdictRule.of(manifest.task_rules, verdict or VerdictConfig()),
+            respiration=_respiration(respiration or RespirationConfig(), spec, source),
         )
 
     @property
@@ -216,13 +221,15 @@ class WindowStep:
     quality: dict[str, Any]  # the audio measures of the window's new audio
     flushed: bool  # a window of the end-of-stream flush (no new audio)
     verdict: str | None = None  # the bed's new verdict when this window changed it
+    respiration: Respiration | None = None  # the bed's breathing when this window analysed it
 
 
 class BedChain:
     """One bed (see the module doc). ``model_state`` is the carried model context that the
     batched model call reads and advances."""
 
-    def __init__(self, settings: ChainSettings) -> None:
+    def __init__(self, settings: ChainSettings, age_band_name: str | None = None) -> None:
+        """``age_band_name``: the bed's age band (None: the respiration config's)."""
         s = self.settings = settings
         frames = s.streaming.input_frames
         self.pipeline = StreamPipeline(
@@ -232,6 +239,10 @@ class BedChain:
         self.model_state = BedState(s.streaming)
         self.detector = FrameDetector(s.outputs, s.detector, s.grid)
         self.verdict = None if s.verdict is None else RollingVerdict(s.verdict, s.outputs, s.grid)
+        self.breathing = None
+        if s.respiration is not None:
+            band = age_band(age_band_name or s.respiration.age_band)
+            self.breathing = BreathTracker(s.respiration, s.spec, s.grid, band)
         self._poor = s.poor_index
         self.state_resets = 0
         self.flushed = False  # the stream's end was flushed: no more audio
@@ -249,7 +260,8 @@ class BedChain:
         if window.padded_frames > 0:  # the end-of-stream flush: no new audio to judge
             out = self._real_frames_only(out)
             found = self.detector.update(out.first_frame, out.probs)
-            return WindowStep(out, found, quality, True, self._verdict(out))
+            found += self._breathe(window, False)
+            return WindowStep(out, found, quality, True, self._verdict(out), self._reading())
         poor = self._poor
         poor_prob = (
             float(out.probs[:, poor].mean()) if poor is not None and len(out.probs) else None
@@ -258,6 +270,7 @@ class BedChain:
         suppressed = self.detector.suppress(self.gate.suppressed)
         transitions += _ended_by(suppressed, "quality gate")
         transitions += self.detector.update(out.first_frame, out.probs)
+        transitions += self._breathe(window, self.gate.signal_lost)
         missing = window.hop_missing_samples
         if missing > 0 and missing >= self.settings.reset_gap_samples:
             # audio was lost: the model's context must not bridge the gap (the gate reports
@@ -265,7 +278,22 @@ class BedChain:
             info = self.model_state.info
             self.model_state.reset((window.start_frame + info.input_frames) // info.stride)
             self.state_resets += 1
-        return WindowStep(out, transitions, quality, False, self._verdict(out))
+        return WindowStep(out, transitions, quality, False, self._verdict(out), self._reading())
+
+    def _breathe(self, window: WindowReady, lost: bool) -> list[Transition]:
+        """The window's new frames through the breath tracker (none past the stream's end)."""
+        if self.breathing is None:
+            return []
+        real = window.features.shape[2] - window.padded_frames
+        return self.breathing.push(window.features[0], real, lost)
+
+    def _reading(self) -> Respiration | None:
+        """The bed's breathing when the last window analysed it anew, else None."""
+        tracker = self.breathing
+        if tracker is None or tracker.readings_due == 0:
+            return None
+        tracker.readings_due = 0
+        return tracker.reading
 
     def _verdict(self, out: OutputFrames) -> str | None:
         return None if self.verdict is None else self.verdict.update(out.first_frame, out.probs)
@@ -288,12 +316,15 @@ class BedChain:
     def finish(self, why: str) -> list[Transition]:
         """The stream is over: every open event ends (latched ones included), ``ended_by``
         ``why``."""
-        return _ended_by(self.detector.finish() + self.gate.finish(), why)
+        breathing = [] if self.breathing is None else self.breathing.finish()
+        return _ended_by(self.detector.finish() + self.gate.finish() + breathing, why)
 
     def acknowledge(self, target: str) -> list[Transition]:
         """Acknowledge the events whose type or key is ``target``: latched ones end now,
         live ones end on their own."""
         done = self.detector.acknowledge(target) + self.gate.acknowledge(target)
+        if self.breathing is not None:
+            done += self.breathing.acknowledge(target)
         return _ended_by(done, "acknowledge")
 
     @property
@@ -305,6 +336,22 @@ class BedChain:
     def _real_frames_only(self, out: OutputFrames) -> OutputFrames:
         keep = max(0, min(out.probs.shape[0], self.network_frames - out.first_frame))
         return OutputFrames(out.first_frame, out.probs[:keep])
+
+
+def _respiration(
+    config: RespirationConfig, spec: FeatureSpec, source: str
+) -> RespirationConfig | None:
+    """The respiration config a model's beds run (None: off); a spec whose bands cannot hold
+    the breath band is refused, naming ``source``."""
+    if not config.enabled:
+        return None
+    from edge.bed.breathing import check_spec
+
+    try:
+        check_spec(spec, config)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc} (or set respiration.enabled: false)") from None
+    return config
 
 
 def _ended_by(transitions: list[Transition], why: str) -> list[Transition]:

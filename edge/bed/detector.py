@@ -38,7 +38,7 @@ from numba import njit
 from edge.config import check
 from edge.errors import ConfigError, LungwatchError
 from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
-from edge.events import PHYSIOLOGICAL_TYPES, Priority
+from edge.events import SOUND_TYPES, Priority
 from edge.labels import DETECTED_CLASSES
 
 EventKind = Literal["physiological", "technical"]
@@ -154,7 +154,7 @@ def check_priorities(rules: tuple[TypePriority, ...], latching: tuple[str, ...])
 #: Default priorities of the physiological types: the rows of :data:`edge.events.
 #: DEFAULT_PRIORITIES` (the one priority table) for these types.
 DEFAULT_PRIORITIES: tuple[TypePriority, ...] = tuple(
-    TypePriority(t, EVENT_PRIORITIES[t]) for t in PHYSIOLOGICAL_TYPES
+    TypePriority(t, EVENT_PRIORITIES[t]) for t in SOUND_TYPES
 )
 
 

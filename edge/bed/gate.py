@@ -82,6 +82,9 @@ TECHNICAL_TYPES: tuple[str, ...] = (
     SOURCE_STALLED,
 )
 _GAP_NOTICES = ("overflow", "signal_gap")
+#: conditions in which the stethoscope hears nothing of the patient (a lost datagram, a gap
+#: of less than half the hop, is not one of them)
+LOST_SIGNAL_TYPES: tuple[str, ...] = (OFF_BODY, SILENCE, INVALID_SAMPLES)
 DEFAULT_POOR_QUALITY_ON = 0.6  # the quality output's hysteresis when neither config nor manifest
 DEFAULT_POOR_QUALITY_OFF = 0.4  # sets one
 MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
@@ -196,6 +199,9 @@ class QualityGate:
         self._disconnected = False
         self._stall_key: str | None = None
         self.suppressed = False
+        # the stethoscope hears nothing of the patient in the current hop (edge.bed.breathing
+        # does not call a pause apnoea then)
+        self.signal_lost = False
 
     def update(
         self, window: WindowReady, poor_quality_prob: float | None = None
@@ -210,6 +216,11 @@ class QualityGate:
         self._judged_end = end = window.end_sample
         if self._gap_spans:  # keep the gaps that reach past this window (or lie after it)
             self._gap_spans = [g for g in self._gap_spans if max(g[0] + 1, g[1]) > end]
+        self.signal_lost = (
+            any(r.active for r in readings if r.type in LOST_SIGNAL_TYPES)
+            or window.hop_missing_fraction > MOSTLY_MISSING
+            or self._stall_key is not None
+        )
         self.suppressed = (
             any(r.active for r in readings if r.type != SIGNAL_GAP)
             or window.missing_fraction > self.config.max_missing_fraction

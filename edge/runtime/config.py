@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.bed.agebands import AGE_BAND_NAMES, band_for_age
+from edge.bed.breathing import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig
@@ -57,7 +59,7 @@ from edge.config import check, load_config
 from edge.dashboard.config import DashboardConfig
 from edge.datapaths import data_root
 from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
-from edge.events import DEVICE_STREAM, PHYSIOLOGICAL_TYPES, is_segment
+from edge.events import DEVICE_STREAM, SOUND_TYPES, is_segment
 from edge.features import FeatureSpec
 from edge.inference import BackendConfig
 from edge.inference.manifest import Manifest, require_spec
@@ -100,9 +102,19 @@ class StreamConfig:
     realtime: bool = False  # file sources: pace chunks at the recording's rate
     loop: bool = False  # file sources: start again at the end
     chunk_samples: int = 800  # samples per read (0.1 s at 8 kHz)
+    # the patient's age band (normal rates, apnoea time; edge.bed.agebands), or the age in
+    # years that picks it; neither: respiration.age_band
+    age_band: str | None = None
+    age_years: float | None = None
 
     def __post_init__(self) -> None:
         check(is_segment(self.id) and self.id != DEVICE_STREAM, "id", self.id, SEGMENT)
+        check(self.age_band is None or self.age_band in AGE_BAND_NAMES, "age_band",
+              self.age_band, f"one of {', '.join(AGE_BAND_NAMES)}")  # fmt: skip
+        check(self.age_years is None or 0 <= self.age_years < 120, "age_years", self.age_years,
+              "a number of years in [0, 120)")  # fmt: skip
+        check(self.age_band is None or self.age_years is None, "age_years", self.age_years,
+              "left out when age_band is set (one of the two)")  # fmt: skip
         check(bool(self.source), "source", self.source, "a path, mic:NAME or bridge://...")
         check(self.chunk_samples >= 1, "chunk_samples", self.chunk_samples, "an integer >= 1")
         if self.source.startswith(BRIDGE_PREFIX):  # options, key files, no keyless listener
@@ -112,6 +124,14 @@ class StreamConfig:
                 check_url(self.source)
             except SourceError as exc:
                 check(False, "source", self.source, f"a bridge URL that can open ({exc})")
+
+
+def stream_age_band(stream: StreamConfig) -> str | None:
+    """The age band a stream's config names (``age_band``, or the band of ``age_years``);
+    None: the respiration section's."""
+    if stream.age_years is not None:
+        return band_for_age(stream.age_years).name
+    return stream.age_band
 
 
 @dataclass(frozen=True)
@@ -146,6 +166,10 @@ class RuntimeConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    respiration: RespirationConfig = field(default_factory=RespirationConfig)
+    # each bed's breathing is published at least this often (and at once when its state
+    # changes) on its retained respiration topic
+    respiration_publish_s: float = 10.0
     sinks: SinksConfig = field(default_factory=SinksConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
@@ -178,6 +202,8 @@ class RuntimeConfig:
         check(needs_mqtt, "dashboard.enabled", True, "false while sinks.mqtt is false")
         check(self.idle_sleep_s >= 0, "idle_sleep_s", self.idle_sleep_s, "a number >= 0")
         check(self.max_run_s >= 0, "max_run_s", self.max_run_s, "a number >= 0 (0: no limit)")
+        check(self.respiration_publish_s > 0, "respiration_publish_s",
+              self.respiration_publish_s, "a number > 0 (seconds)")  # fmt: skip
         check(
             type(self.round_group) is int and self.round_group >= 0,
             "round_group",
@@ -240,7 +266,7 @@ def check_against_manifest(config: RuntimeConfig, manifest: Manifest, source: st
     named = [("thresholds", r.type, events) for r in config.detector.thresholds]
     # the default priorities name every physiological type; the model detects fewer
     # (Wheeze+Crackle is a Wheeze and a crackle), so those stay allowed, and a typo does not
-    allowed = [*events, *PHYSIOLOGICAL_TYPES]
+    allowed = [*events, *SOUND_TYPES]
     named += [("priorities", r.type, allowed) for r in config.detector.priorities]
     for key, type_, known in named:
         if type_ not in known:

@@ -2,6 +2,7 @@
 
     lungwatch detect --audio DIR [--audio FILE ...] [--model models/sed]
                      [--config FILE] [--out events.json] [--technical FILE]
+                     [--respiration FILE] [--age-band BAND|auto]
 
 Every recording (a file, or every ``.flac`` / ``.wav`` below a folder) runs as one bed of the
 public streaming API (:func:`edge.runtime.offline.detect_recordings`, on
@@ -18,7 +19,13 @@ and types spelled as SPRSound spells them. ``--technical FILE`` writes the techn
 ``--verdicts FILE`` each recording's rolling verdict at its end (``{"<record>": "CAS"}``:
 Normal, CAS, DAS, CAS & DAS or Poor Quality, :mod:`edge.bed.verdict`; ``assessing`` for a
 recording shorter than the verdict's ``min_s``; null when the model's manifest has no Task
-rules).
+rules). ``--respiration FILE`` writes each recording's breathing (:mod:`edge.bed.breathing`,
+``BreathTracker.summary``): ``{"<record>": {"rate_bpm": 18.1, "breaths": 6, "monitored_s":
+19.9, "assessable": true, ...}}``, the rate null when not assessable; the breathing alarms
+(``apnoea``, ``tachypnoea``, ``bradypnoea``) are among the events, ``breath_signal_lost``
+among the technical ones. ``--age-band`` sets every recording's age band (normal rates,
+apnoea time; default the config's ``respiration.age_band``, adult); ``auto`` takes the age a
+SPRSound file name carries (``<patient>_<age>_...``) and the default for other names.
 
 ``--model`` is a model folder (its ``model.int8.onnx`` if the manifest lists one, else
 ``model.onnx``) or an artifact its manifest lists; a checkpoint (``.pt``) is refused with the
@@ -38,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.bed.agebands import AGE_BAND_NAMES, age_from_sprsound_name, band_for_age
+from edge.bed.breathing import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig
@@ -47,7 +56,8 @@ from edge.monitor import DEFAULT_MODEL, resolve_model
 from edge.runtime.offline import OfflineError, RecordingEvents, detect_recordings, recordings_in
 from lungwatch.cli import ArgumentParser
 
-USED_SECTIONS = ("detector", "gate", "backend", "verdict")
+USED_SECTIONS = ("detector", "gate", "backend", "verdict", "respiration")
+AUTO = "auto"
 
 #: The workstation's scoring of ``--score``: (args, the config's sections, the recordings'
 #: events, the model folder) -> None.
@@ -64,6 +74,7 @@ class DetectConfig:
         default_factory=lambda: BackendConfig(providers=("cpu",), max_batch=64)
     )
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    respiration: RespirationConfig = field(default_factory=RespirationConfig)
 
 
 def load_detect_config(path: Path) -> DetectConfig:
@@ -99,6 +110,14 @@ def build_parser(prog: str = "lungwatch detect", scoring: bool = False) -> Argum
     parser.add_argument(
         "--verdicts", type=Path, help="also write each recording's rolling verdict at its end"
     )
+    parser.add_argument(
+        "--respiration", type=Path, help="also write each recording's breathing (rate, breaths)"
+    )
+    parser.add_argument(
+        "--age-band",
+        choices=(*AGE_BAND_NAMES, AUTO),
+        help="every recording's age band (auto: the age in a SPRSound file name)",
+    )
     score_help = (
         "score against SPRSound annotations (sed_eval)"
         if scoring
@@ -130,6 +149,8 @@ def main(argv: list[str] | None = None, scorer: Scorer | None = None) -> int:
         verdict=config.verdict,
         skip_unreadable=True,
         keep_probs=args.score,
+        respiration=config.respiration,
+        age_bands=age_bands(recordings, args.age_band),
     )
     unread = {name: r.error for name, r in sorted(found.items()) if r.error is not None}
     read = sorted(name for name in found if name not in unread)
@@ -141,6 +162,8 @@ def main(argv: list[str] | None = None, scorer: Scorer | None = None) -> int:
         write_json(args.technical, {name: found[name].technical for name in read})
     if args.verdicts is not None:
         write_json(args.verdicts, {name: found[name].verdict for name in read})
+    if args.respiration is not None:
+        write_json(args.respiration, {name: found[name].respiration for name in read})
     if scorer is not None and args.score:
         scorer(args, config, found, folder)
     n = sum(len(v) for v in events.values())
@@ -156,6 +179,16 @@ def main(argv: list[str] | None = None, scorer: Scorer | None = None) -> int:
         )
         return 1
     return 0
+
+
+def age_bands(recordings: dict[str, Path], choice: str | None) -> dict[str, str]:
+    """Each recording's age band for ``--age-band`` (None: the config's for all)."""
+    if choice is None:
+        return {}
+    if choice != AUTO:
+        return dict.fromkeys(recordings, choice)
+    ages = {name: age_from_sprsound_name(name) for name in recordings}
+    return {name: band_for_age(age).name for name, age in ages.items() if age is not None}
 
 
 def write_json(path: Path | None, data: dict[str, Any]) -> None:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.bed.agebands import age_band
+from edge.bed.breathing import Respiration
 from edge.bed.chain import BedChain
 from edge.bed.pipeline import WindowReady
 from edge.commandauth import CommandVerifier
@@ -56,9 +58,10 @@ from edge.runtime.config import (
     short_repr,
     start_dashboard,
     start_embedded_broker,
+    stream_age_band,
 )
 from edge.runtime.outbox import EventOutbox
-from edge.sinks import Sink, publish_live, publish_verdict
+from edge.sinks import Sink, publish_live, publish_respiration, publish_verdict
 from edge.sinks.live import LiveStrip
 from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
 from lungwatch.cli import ArgumentParser
@@ -85,6 +88,7 @@ def open_model(config: RuntimeConfig, source: str = "<config>") -> Monitor:
         check_sha256=config.model.check_sha256,
         source=source,
         verdict=config.verdict,
+        respiration=config.respiration,
     )
     log.info("model %s (%s) on %s", manifest.model_id, config.model.file, monitor.backend.name)
     return monitor
@@ -97,7 +101,8 @@ class Stream:
     def __init__(self, config: StreamConfig, source: AudioSource, model: Monitor) -> None:
         self.config, self.source, self.id = config, source, config.id
         self.rate_hz = source.sample_rate_hz
-        self.bed = model.open_bed(config.id)
+        self.bed = model.open_bed(config.id, stream_age_band(config))
+        self.respiration_sent: tuple[float, str] | None = None  # (when, state) last published
         self.chain: BedChain = self.bed.chain  # the bed's front end, state, gate, detector
         self.ending: str | None = None  # why the stream ends once its flushed frames are in
         self.read_error: SourceEnded | SourceError | None = None  # taken on the next round
@@ -290,6 +295,8 @@ class Runtime:
             self.events.emit(stream, step.transitions, step.quality)
             if step.verdict is not None:
                 self._publish_verdict(stream, step.frames)
+            if step.respiration is not None:
+                self._publish_respiration(stream, step.respiration)
             if not step.flushed:
                 stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
 
@@ -311,12 +318,29 @@ class Runtime:
         }
         publish_verdict(self.sink, stream.id, message)
 
+    def _publish_respiration(self, stream: Stream, reading: Respiration) -> None:
+        """The bed's breathing, retained on its respiration topic: when its state changed,
+        else at most every ``respiration_publish_s``."""
+        now, sent = self._clock(), stream.respiration_sent
+        due = sent is None or sent[1] != reading.state
+        if not due and now - sent[0] < self.config.respiration_publish_s:  # type: ignore[index]
+            return
+        stream.respiration_sent = (now, reading.state)
+        message = {**reading.to_dict(), "utc": stream.utc(reading.sample), "sample": reading.sample}
+        band = age_band(reading.age_band)
+        message.update(low_bpm=band.low_bpm, high_bpm=band.high_bpm, model_id=self.model.model_id)
+        if reading.last_breath_sample is not None:
+            message["last_breath_utc"] = stream.utc(reading.last_breath_sample)
+        publish_respiration(self.sink, stream.id, message)
+
     def _end_stream(self, stream: Stream, why: str) -> None:
         stream.ended = True
         with self._lock:
             self.events.emit(stream, stream.chain.finish(why))
             if stream.chain.verdict is not None:  # the bed's status no longer holds
                 publish_verdict(self.sink, stream.id, None)
+            if stream.chain.breathing is not None:
+                publish_respiration(self.sink, stream.id, None)
         log.info("stream %s: %s after %d samples", stream.id, why, stream.counters["samples"])
 
     def acknowledge(self, stream_id: str, target: str, user: str = "") -> int:

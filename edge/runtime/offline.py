@@ -21,8 +21,9 @@ columns the manifest's ``outputs``): the challenge tasks are computed from them
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from edge.audio import AUDIO_SUFFIXES, read_audio
+from edge.bed.breathing import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig
@@ -55,6 +57,7 @@ class RecordingEvents:
     probs: np.ndarray | None = None  # (n, O) output frames, when kept
     error: str | None = None  # why the recording could not be read (skip_unreadable)
     verdict: str | None = None  # the bed's rolling verdict at the recording's end
+    respiration: dict[str, Any] | None = None  # its breathing (BreathTracker.summary)
 
 
 class FrameKeeper:
@@ -124,11 +127,15 @@ def detect_recordings(
     keep_probs: bool = False,
     skip_unreadable: bool = False,
     verdict: VerdictConfig | None = None,
+    respiration: RespirationConfig | None = None,
+    age_bands: Mapping[str, str] | None = None,
 ) -> dict[str, RecordingEvents]:
     """Run every recording as one bed through the device path (module doc); record name ->
     its events. ``detector`` / ``gate`` / ``backend`` are the runtime config's sections
     (None: the manifest's fitted rules and quality thresholds, ONNX Runtime on one thread);
-    ``keep_probs`` keeps every recording's output frames. An unreadable recording fails the
+    ``keep_probs`` keeps every recording's output frames; ``respiration`` is the runtime
+    config's section and ``age_bands`` each recording's age band (record name -> band; the
+    section's for the others). An unreadable recording fails the
     call (:class:`~edge.errors.ConfigError` naming it), or with ``skip_unreadable`` the others
     run and it comes back with no events and ``error`` set."""
     monitor = Monitor.load(
@@ -138,6 +145,7 @@ def detect_recordings(
         backend=backend or BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=64),
         source=str(Path(model_dir) / model_file),
         verdict=verdict,
+        respiration=respiration,
     )
     names = sorted(recordings)
     out: dict[str, RecordingEvents] = {}
@@ -153,15 +161,18 @@ def detect_recordings(
                     if not skip_unreadable:
                         raise ConfigError(str(exc)) from None
                     out[name] = RecordingEvents(error=str(exc))
-            out.update(_run(monitor, audio, keep_probs))
+            out.update(_run(monitor, audio, keep_probs, age_bands or {}))
     return out
 
 
 def _run(
-    monitor: Monitor, audio: dict[str, np.ndarray], keep_probs: bool
+    monitor: Monitor,
+    audio: dict[str, np.ndarray],
+    keep_probs: bool,
+    age_bands: Mapping[str, str],
 ) -> dict[str, RecordingEvents]:
     """Every recording of ``audio`` as a bed of ``monitor``, read by read, then closed."""
-    beds = {name: monitor.open_bed(name) for name in audio}
+    beds = {name: monitor.open_bed(name, age_bands.get(name)) for name in audio}
     steps: dict[str, list[BedStep]] = {name: [] for name in audio}
     longest = max((a.shape[0] for a in audio.values()), default=0)
     for pos in range(0, longest, READ_SAMPLES):
@@ -171,9 +182,14 @@ def _run(
     for bed, step in monitor.close_beds(beds.values()).items():
         steps[bed.id].append(step)
     n_outputs = len(monitor.outputs)
-    return {
-        name: _events(found, n_outputs if keep_probs else None) for name, found in steps.items()
-    }
+    out = {}
+    for name, found in steps.items():
+        record = _events(found, n_outputs if keep_probs else None)
+        breathing = beds[name].chain.breathing
+        if breathing is not None:
+            record = dataclasses.replace(record, respiration=breathing.summary())
+        out[name] = record
+    return out
 
 
 def _events(steps: list[BedStep], n_outputs: int | None) -> RecordingEvents:

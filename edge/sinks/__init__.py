@@ -8,7 +8,9 @@ one you use from its module; this package imports none of them.
 The runtime hands each round's events over together with :func:`publish_all`: a sink that
 has ``publish_many(events)`` takes them in one call (the MQTT sink: one spool transaction),
 any other sink gets them one ``publish`` at a time. Live-strip points (``edge.sinks.live``)
-go only to a sink that has ``publish_live`` (:func:`publish_live`; the MQTT sink).
+go only to a sink that has ``publish_live`` (:func:`publish_live`; the MQTT sink), and so do
+a bed's rolling verdict and breathing (:func:`publish_verdict`, :func:`publish_respiration`:
+retained messages).
 """
 
 from __future__ import annotations
@@ -62,6 +64,14 @@ def publish_verdict(sink: Sink, stream_id: str, verdict: dict[str, Any] | None) 
         take(stream_id, verdict)
 
 
+def publish_respiration(sink: Sink, stream_id: str, reading: dict[str, Any] | None) -> None:
+    """Give a bed's breathing (its respiration message) to ``sink`` if it takes them (MQTT:
+    retained); None: the bed's stream ended, its last reading is withdrawn."""
+    take = getattr(sink, "publish_respiration", None)
+    if take is not None:
+        take(stream_id, reading)
+
+
 def publish_live(sink: Sink, stream_id: str, point: dict[str, Any]) -> None:
     """Give one live-strip point to ``sink`` if it takes them (others have no use for it)."""
     take = getattr(sink, "publish_live", None)
@@ -95,6 +105,10 @@ class MultiSink:
     def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
         for sink in self.sinks:
             publish_verdict(sink, stream_id, verdict)
+
+    def publish_respiration(self, stream_id: str, reading: dict[str, Any] | None) -> None:
+        for sink in self.sinks:
+            publish_respiration(sink, stream_id, reading)
 
     def flush(self, timeout_s: float) -> bool:
         """Flush each sink with the time left; True only if all of them flushed."""

@@ -52,6 +52,8 @@ from edge.events import (
     event_topic,
     metrics_payload,
     metrics_topic,
+    respiration_payload,
+    respiration_topic,
     status_payload,
     status_topic,
     verdict_payload,
@@ -104,7 +106,9 @@ class MqttSink:
         self.config = config
         self._mqtt = _import_paho()
         self._status_topic = status_topic(config.site, config.device_id)
-        self._verdicts: dict[str, tuple[str, str]] = {}  # bed -> its last verdict message
+        # (kind, bed) -> its last retained message (verdict, respiration): sent again on
+        # every reconnect
+        self._retained: dict[tuple[str, str], tuple[str, str]] = {}
         self._command_topic = command_topic(config.site, config.device_id)
         self._on_command: Callable[[bytes], None] | None = None
         self._client = self._make_client()
@@ -195,10 +199,25 @@ class MqttSink:
         site, device_id = self.config.site, self.config.device_id
         topic = verdict_topic(site, device_id, stream_id)
         payload = "" if verdict is None else verdict_payload(site, device_id, stream_id, verdict)
-        message = (topic, payload)
-        self._verdicts[stream_id] = message
+        self._retain("verdict", stream_id, topic, payload)
+
+    def publish_respiration(self, stream_id: str, reading: dict[str, Any] | None) -> None:
+        """Send a bed's breathing retained (QoS 1), as :meth:`publish_verdict` its verdict;
+        None (its stream ended) removes the retained message."""
+        self._check_open()
+        site, device_id = self.config.site, self.config.device_id
+        topic = respiration_topic(site, device_id, stream_id)
+        payload = (
+            "" if reading is None else respiration_payload(site, device_id, stream_id, reading)
+        )
+        self._retain("respiration", stream_id, topic, payload)
+
+    def _retain(self, kind: str, stream_id: str, topic: str, payload: str) -> None:
+        """Keep a bed's last message of ``kind`` (sent again on reconnect); send it now when
+        connected."""
+        self._retained[(kind, stream_id)] = (topic, payload)
         if self._connected.is_set():
-            self._client.publish(*message, qos=1, retain=True)
+            self._client.publish(topic, payload, qos=1, retain=True)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the spool is empty (every event acknowledged); False on timeout."""
@@ -331,7 +350,7 @@ class MqttSink:
             self._connected.set()
             online = status_payload("online", self.config.site, self.config.device_id, "connected")
             client.publish(self._status_topic, online, qos=1, retain=True)
-            for topic, payload in list(self._verdicts.values()):
+            for topic, payload in list(self._retained.values()):
                 client.publish(topic, payload, qos=1, retain=True)
             if self._on_command is not None:  # clean session: subscribe on every connect
                 client.subscribe(self._command_topic, qos=1)

@@ -15,6 +15,7 @@ from edge.bed import quality
 from edge.events import (
     DEFAULT_PRIORITIES,
     PHYSIOLOGICAL_TYPES,
+    SOUND_TYPES,
     TECHNICAL_TYPES,
     Event,
     EventError,
@@ -90,7 +91,8 @@ def test_to_dict_is_a_copy_the_event_does_not_share() -> None:
 @pytest.mark.parametrize(
     ("event_type", "code"),
     [("Wheeze", "56018004"), ("Fine Crackle", "48409008"), ("Coarse Crackle", "48409008"),
-     ("Stridor", "70407001"), ("Rhonchi", None), ("Wheeze+Crackle", None)],
+     ("Stridor", "70407001"), ("Rhonchi", None), ("Wheeze+Crackle", None),
+     ("apnoea", "1023001"), ("tachypnoea", "271823003"), ("bradypnoea", "86684002")],
 )  # fmt: skip
 def test_snomed_codes_come_from_the_label_table(event_type: str, code: str | None) -> None:
     event = wheeze(type=event_type)
@@ -112,7 +114,8 @@ def test_quality_measures_fit_the_quality_field() -> None:
 
 
 def test_every_type_has_a_kind_and_a_default_priority() -> None:
-    assert set(PHYSIOLOGICAL_TYPES) == set(EVENT_LABELS) - {"Normal"}
+    assert set(SOUND_TYPES) == set(EVENT_LABELS) - {"Normal"}
+    assert set(PHYSIOLOGICAL_TYPES) == set(SOUND_TYPES) | {"apnoea", "tachypnoea", "bradypnoea"}
     for event_type in PHYSIOLOGICAL_TYPES + TECHNICAL_TYPES:
         assert DEFAULT_PRIORITIES[event_type] in ("high", "medium", "low")
         assert kind_of(event_type) in ("physiological", "technical")
@@ -225,6 +228,6 @@ def test_one_priority_table_for_detector_gate_and_events() -> None:
 
     for rule in (*DETECTOR, *GATE):
         assert DEFAULT_PRIORITIES[rule.type] == rule.priority, rule.type
-    assert {r.type for r in DETECTOR} == set(PHYSIOLOGICAL_TYPES)
+    assert {r.type for r in DETECTOR} == set(SOUND_TYPES)
     assert DEFAULT_PRIORITIES["Fine Crackle"] == "low"  # the detector's choice, now everyone's
     assert DEFAULT_PRIORITIES["Wheeze"] == "medium"

@@ -1,0 +1,91 @@
+"""Age bands: the respiratory rates that are normal for a bed's patient, and the apnoea time.
+
+A bed's age band (``streams[].age_band``, or ``streams[].age_years``, else the config's
+``respiration.age_band``) sets three things of :mod:`edge.bed.breathing`:
+
+- ``low_bpm`` / ``high_bpm``: a rate that stays below / above them for
+  ``respiration.rate_alert_s`` raises ``bradypnoea`` / ``tachypnoea`` (low priority);
+- ``search_bpm``: the rates the estimator considers for this age (an adult does not breathe
+  90 times a minute, an infant may);
+- ``apnoea_s``: no breath for this long raises ``apnoea`` (``respiration.apnoea_s`` overrides).
+
+Sources of the defaults (docs/respiration.md has the table):
+
+- Tachypnoea in children under five: the WHO's fast-breathing thresholds of IMCI (60 breaths
+  per minute or more under 2 months, 50 or more from 2 to 11 months, 40 or more from 12 to
+  59 months).
+- Adults: NEWS2 (Royal College of Physicians, 2017) scores 3 at 8 breaths per minute or fewer
+  and at 25 or more: the limits 9..24 alert where NEWS2 scores its highest single value.
+- Children from 5 to 17 years and every lower limit in children: no guideline gives one
+  number; these are lungwatch's defaults, chosen below and above the centile charts of
+  Fleming et al. (Lancet 2011; median 44 at birth falling to 26 at two years), and meant to
+  be set to the unit's paediatric early-warning score.
+- Apnoea, 20 s: the American Academy of Pediatrics' definition of pathological apnoea in
+  infants and children (cessation of breathing for 20 s or longer; Committee on Fetus and
+  Newborn, Pediatrics 2003;111:914); for adults the shortest apnoea alarm time of common ward
+  monitors (their settings run from 10 to 60 s; 20 s is a common default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AgeBand:
+    """One age band (see the module doc)."""
+
+    name: str
+    min_age_y: float  # the band holds ages in [min_age_y, max_age_y)
+    max_age_y: float
+    low_bpm: float  # a sustained rate below this: bradypnoea
+    high_bpm: float  # a sustained rate above this: tachypnoea
+    search_bpm: tuple[float, float]  # the rates the estimator looks for
+    apnoea_s: float  # no breath this long: apnoea
+
+    @property
+    def describe(self) -> str:
+        return f"{self.name} (normal {self.low_bpm:g}-{self.high_bpm:g} breaths/min)"
+
+
+AGE_BANDS: tuple[AgeBand, ...] = (
+    AgeBand("infant-under-2m", 0.0, 2 / 12, 25.0, 59.0, (20.0, 100.0), 20.0),
+    AgeBand("infant-2-12m", 2 / 12, 1.0, 20.0, 49.0, (15.0, 95.0), 20.0),
+    AgeBand("child-1-5y", 1.0, 5.0, 15.0, 39.0, (10.0, 80.0), 20.0),
+    AgeBand("child-5-12y", 5.0, 12.0, 12.0, 30.0, (8.0, 60.0), 20.0),
+    AgeBand("adolescent-12-18y", 12.0, 18.0, 10.0, 25.0, (6.0, 50.0), 20.0),
+    AgeBand("adult", 18.0, 200.0, 9.0, 24.0, (5.0, 45.0), 20.0),
+)
+AGE_BAND_NAMES: tuple[str, ...] = tuple(b.name for b in AGE_BANDS)
+DEFAULT_AGE_BAND = "adult"
+_BY_NAME = {b.name: b for b in AGE_BANDS}
+
+
+def age_band(name: str) -> AgeBand:
+    """The band called ``name``; ConfigError names the choices."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"age band {name!r} is not one of {', '.join(AGE_BAND_NAMES)}") from None
+
+
+def band_for_age(age_years: float) -> AgeBand:
+    """The band whose ages hold ``age_years`` (>= 0)."""
+    if not age_years >= 0.0:
+        raise ConfigError(f"age_years must be a number >= 0, got {age_years!r}")
+    return next(b for b in AGE_BANDS if b.min_age_y <= age_years < b.max_age_y)
+
+
+def age_from_sprsound_name(stem: str) -> float | None:
+    """The age in years that a SPRSound file name carries (``<patient>_<age>_<sex>_...``),
+    else None."""
+    parts = stem.split("_")
+    if len(parts) < 5:
+        return None
+    try:
+        age = float(parts[1])
+    except ValueError:
+        return None
+    return age if 0.0 <= age < 120.0 else None

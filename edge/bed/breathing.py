@@ -1,0 +1,519 @@
+"""A bed's breathing: respiratory rate, breaths, apnoea and rates out of the age band's range.
+
+    tracker = BreathTracker(config, spec, grid, band)
+    transitions = tracker.push(frames, real_frames, lost)   # every window's new frames
+    tracker.reading                            # the latest Respiration (rate, state, ...)
+    transitions = tracker.finish()             # the stream ended
+    tracker.summary()                          # the whole stream: breaths, rate
+
+The estimator is model-free (docs/respiration.md has the measurements that chose it over the
+model's Breath output): it reads the front end's frames the model reads, so it costs no
+extra transform. Breath sounds are broadband noise of the airways that rises and falls with
+each breath; per 40-ms sample the tracker takes the levels of ``N_SUB_BANDS`` sub-bands of
+``breath_band_hz``, each over its slow level, and their median, the breath activity
+(:func:`edge.bed.breathing_kernels.activity`: a breath lifts most sub-bands at once, heart
+sounds reaching into the lowest one do not). Every ``analyse_every_s`` it reads the last
+``window_s`` of it:
+
+- the period: the autocorrelation of the activity, its highest peak among the lags of the
+  age band's ``search_bpm``; its height is the **confidence** (0..1: how periodic);
+- the breaths: the humps of the activity smoothed over a third of that period, at least
+  ``MIN_GAP_FRACTION`` of it apart, each rising ``max(MIN_DELTA_DB, DELTA_OF_RANGE * range,
+  DELTA_OF_BREATHS * typical breath)`` over the troughs around it (its prominence; the
+  typical breath is learnt while the rate is assessable and held otherwise), so noise during
+  a pause is not a breath and a loud patient's small humps are not either
+  (:func:`edge.bed.breathing_kernels.humps`); a hump is a breath heard once it has fallen by
+  half, and a breath counts once however many windows see it;
+- the **rate**: breaths per minute from the first to the last breath of the window
+  (``60 * (n - 1) / span``).
+
+A rate is published only when the window holds ``min_window_s`` of good audio, its confidence
+is at least ``min_confidence``, it holds ``min_breaths`` breaths, the breaths' rate and the
+period's agree within ``AGREEMENT`` and at most half of the window was lost signal;
+otherwise the state says why (``assessing``, ``not_assessable``). A breath counts for good
+once it lies half a window back (the analysis that sees it in the window's middle decides),
+so the count of a whole stream (:meth:`BreathTracker.summary`) is not the first guess of a
+window that had only just begun.
+
+Apnoea and lost signal (checked every window once the bed is armed: ``arm_breaths`` breaths
+heard and a rate assessable within ``ARM_HOLD_S`` before the last breath, so a bed whose
+breath sounds are too faint to count judges no pause; the window is analysed at every
+window once a pause nears ``apnoea_s``, so a breath that ends it is seen): when no breath
+has been heard for ``apnoea_s``, the tracker decides between
+
+- ``apnoea`` (physiological, high priority, latching): the stethoscope still hears the body:
+  the body band (``body_band_hz``: heart and body sounds under the breath band) stays within
+  ``contact_drop_db`` of its level while breaths were heard, and no lost-signal condition
+  (silence, gap, stall, off body, invalid samples) holds now;
+- ``breath_signal_lost`` (technical, medium): otherwise: a detached sensor or a dead
+  microphone cannot be told from a patient who stopped breathing, so it is not called apnoea.
+
+Either starts at the end of the last breath and ends with the next breath (an unacknowledged
+apnoea then latches); an apnoea counts only time the stethoscope heard the patient, so when a
+lost signal comes back the pause starts again. A rate outside the band's ``low_bpm`` ..
+``high_bpm`` for ``rate_alert_s`` raises ``bradypnoea`` / ``tachypnoea`` (low priority) until
+it is back in range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.bed import breathing_kernels as k
+from edge.bed.agebands import DEFAULT_AGE_BAND, AgeBand, age_band
+from edge.bed.breathing_alarms import (
+    APNOEA,
+    BRADYPNOEA,
+    BREATH_SIGNAL_LOST,
+    TACHYPNOEA,
+    BreathAlarms,
+)
+from edge.bed.detector import FrameGrid, Transition
+from edge.config import check
+from edge.features import FeatureSpec, band_centres_hz
+
+PHYSIOLOGICAL = (APNOEA, TACHYPNOEA, BRADYPNOEA)
+TECHNICAL = (BREATH_SIGNAL_LOST,)
+STATES = ("assessing", "ok", "not_assessable", APNOEA, "signal_lost")
+
+N_SUB_BANDS = 6  # the breath band split log-evenly; a breath lifts most of them at once
+DETREND_S = 8.0  # a sub-band's slow level: longer than the slowest breath the bands allow
+SMOOTH_S = 0.4  # running median of the activity (heart sounds, crackles)
+CYCLE_FRACTION = 0.3  # second moving mean: this share of the period (merges a breath's phases)
+MIN_GAP_FRACTION = 0.5  # two humps closer than this share of the period are one breath
+MIN_DELTA_DB = 1.5  # a breath rises at least this over its trough
+DELTA_OF_RANGE = 0.1  # ... and this share of the window's 5-95 % range of the activity
+DELTA_OF_BREATHS = 0.25  # ... and this share of the window's median breath prominence
+AGREEMENT = 0.25  # the breaths' rate and the period's may differ by this share, no more
+BODY_SHORT_S = 2.0  # the body band's current level
+BODY_BASE_S = 30.0  # its level while breathing
+RECENT_BREATH_FRACTION = 2.0  # the body baseline learns up to this many periods after a breath
+CHECK_EVERY = 12  # samples (0.48 s, a window of the shipped model) between pause checks
+SILENT_MARGIN_DB = 1.0  # a sub-band this close to the front end's floor holds digital zeros
+BREATH_MEMORY = 8  # breaths counted for good that the tracker keeps
+
+
+@dataclass(frozen=True)
+class RespirationConfig:
+    """The runtime config's ``respiration`` section (see the module doc)."""
+
+    enabled: bool = True
+    age_band: str = DEFAULT_AGE_BAND  # a stream's own age_band / age_years wins
+    window_s: float = 30.0  # the stretch a rate is computed over
+    analyse_every_s: float = 5.0  # a new rate (and reading) this often
+    min_window_s: float = 10.0  # "assessing" until the window holds this much good audio
+    min_confidence: float = 0.3  # below it the rate is not assessable
+    min_breaths: int = 3  # a rate needs this many breaths in the window
+    apnoea_s: float | None = None  # None: the age band's (20 s)
+    arm_breaths: int = 4  # apnoea is judged once this many breaths were heard
+    contact_drop_db: float = 20.0  # the body band this far under its breathing level: lost
+    rate_alert_s: float = 60.0  # a rate out of range this long: tachypnoea / bradypnoea
+    breath_band_hz: tuple[float, float] = (150.0, 1000.0)
+    body_band_hz: tuple[float, float] = (50.0, 150.0)
+
+    def __post_init__(self) -> None:
+        age_band(self.age_band)  # a ConfigError naming the choices
+        check(self.window_s >= 5.0, "window_s", self.window_s, "a number >= 5 (seconds)")
+        every = self.analyse_every_s
+        check(0.0 < every <= self.window_s, "analyse_every_s", every, "in (0, window_s]")
+        check(0 < self.min_window_s <= self.window_s, "min_window_s", self.min_window_s,
+              "in (0, window_s]")  # fmt: skip
+        check(0 <= self.min_confidence < 1, "min_confidence", self.min_confidence, "in [0, 1)")
+        check(self.min_breaths >= 2, "min_breaths", self.min_breaths, "an integer >= 2")
+        check(self.apnoea_s is None or self.apnoea_s >= 5.0, "apnoea_s", self.apnoea_s,
+              "a number >= 5 (seconds) or null for the age band's")  # fmt: skip
+        check(self.arm_breaths >= 1, "arm_breaths", self.arm_breaths, "an integer >= 1")
+        check(self.contact_drop_db > 0, "contact_drop_db", self.contact_drop_db, "a number > 0")
+        check(self.rate_alert_s >= 0, "rate_alert_s", self.rate_alert_s, "a number >= 0")
+        for key in ("breath_band_hz", "body_band_hz"):
+            lo, hi = getattr(self, key)
+            check(0 <= lo < hi, key, getattr(self, key), "[low, high] with 0 <= low < high")
+
+
+@dataclass(frozen=True)
+class Respiration:
+    """A bed's breathing at the end of its last analysed window."""
+
+    state: str  # one of STATES
+    rate_bpm: float | None  # breaths per minute (None unless state is "ok")
+    confidence: float  # periodicity of the breath activity over the window, 0..1
+    breaths: int  # breaths heard in the window
+    window_s: float  # seconds of audio the window held
+    sample: int  # the window's end on the bed's timeline
+    last_breath_sample: int | None  # the last breath's peak, if any was heard
+    age_band: str
+    reason: str = ""  # what kept the rate from being assessed
+
+    def to_dict(self) -> dict[str, object]:
+        rate = None if self.rate_bpm is None else round(self.rate_bpm, 1)
+        return {
+            "state": self.state,
+            "rate_bpm": rate,
+            "confidence": round(self.confidence, 3),
+            "breaths": self.breaths,
+            "window_s": round(self.window_s, 2),
+            "age_band": self.age_band,
+            "reason": self.reason,
+        }
+
+
+def _band_layout(
+    spec: FeatureSpec, config: RespirationConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The breath band's bands (of the first kind), the sub-band of each, the body band's."""
+    centres = band_centres_hz(spec)
+    lo, hi = config.breath_band_hz
+    breath = np.flatnonzero((centres >= lo) & (centres <= hi))
+    body = np.flatnonzero((centres >= config.body_band_hz[0]) & (centres <= config.body_band_hz[1]))
+    if breath.size < N_SUB_BANDS or body.size == 0:
+        raise ValueError(
+            f"respiration: the feature spec's bands ({spec.kind}, {spec.fmin_hz:g}-"
+            f"{spec.fmax_hz:g} Hz) hold {breath.size} bands in breath_band_hz {lo:g}-{hi:g} "
+            f"and {body.size} in body_band_hz; it needs {N_SUB_BANDS} and 1"
+        )
+    edges = np.geomspace(max(lo, 1.0), hi, N_SUB_BANDS + 1)
+    sub = np.clip(np.searchsorted(edges, centres[breath], side="right") - 1, 0, N_SUB_BANDS - 1)
+    if len(set(sub.tolist())) < N_SUB_BANDS:  # too few bands for log-even groups: even counts
+        sub = np.arange(breath.size) * N_SUB_BANDS // breath.size
+    return breath, sub, body
+
+
+def check_spec(spec: FeatureSpec, config: RespirationConfig) -> None:
+    """ValueError unless ``spec``'s bands hold the breath and body bands."""
+    _band_layout(spec, config)
+
+
+def _db_per_unit(spec: FeatureSpec) -> float:
+    """dB per unit of ``spec``'s frames: natural logs of power 10 / ln 10; PCEN's compressed
+    values are taken as they are (1); 0 for power frames (the kernel takes their logarithm)."""
+    if spec.normalisation == "power":
+        return 0.0
+    if spec.band_norm_s > 0 and spec.band_norm == "pcen":
+        return 1.0
+    return 10.0 / math.log(10.0)
+
+
+def _floor_db(spec: FeatureSpec) -> float:
+    """The dB of digital zeros in ``spec``'s frames (-inf where PCEN compresses them)."""
+    if spec.band_norm_s > 0 and spec.band_norm == "pcen":
+        return -math.inf
+    if spec.normalisation == "power":
+        return 10.0 * math.log10(spec.log_offset)
+    return math.log(spec.log_offset) * _db_per_unit(spec)
+
+
+class BreathTracker:
+    """One bed's breathing (see the module doc)."""
+
+    def __init__(
+        self, config: RespirationConfig, spec: FeatureSpec, grid: FrameGrid, band: AgeBand
+    ) -> None:
+        self.config, self.spec, self.grid, self.band = config, spec, grid, band
+        self.stride = grid.frame_samples // spec.hop_samples  # front-end frames per sample
+        self.rate_hz = grid.sample_rate_hz / grid.frame_samples  # breath samples per second
+        self._breath, self._sub, self._body = _band_layout(spec, config)
+        self._floor_db = _floor_db(spec) + SILENT_MARGIN_DB
+        self._scale = _db_per_unit(spec)
+        self._levels = np.zeros((N_SUB_BANDS + 1, 12))  # a window's levels (grown if needed)
+        self._flags = np.zeros(12, np.uint8)
+        size = round(config.window_s * self.rate_hz)
+        self.ring_a = np.zeros(size)
+        self.ring_lost = np.zeros(size, np.uint8)
+        self._raw = np.zeros(max(1, round(SMOOTH_S * self.rate_hz)))
+        self._scratch = np.zeros_like(self._raw)
+        self._across = np.zeros(N_SUB_BANDS)
+        self.istate = np.zeros(k.N_ISTATE, np.int64)
+        self.fstate = np.zeros(k.N_FSTATE)
+        self.means = np.zeros(N_SUB_BANDS)
+        self.params = np.zeros(k.N_PARAMS)
+        self.iparams = np.zeros(k.N_IPARAMS, np.int64)
+        self.params[k.P_ALPHA_DETREND] = self._alpha(DETREND_S)
+        self.params[k.P_ALPHA_BODY] = self._alpha(BODY_SHORT_S)
+        self.params[k.P_ALPHA_BASE] = self._alpha(BODY_BASE_S)
+        self.iparams[k.I_LEARN_UNTIL] = -1
+        self._peaks = np.zeros(size // 2 + 1, np.int64)  # humps' scratch
+        self._proms = np.zeros(size // 2 + 1)
+        self._ends = np.zeros(size // 2 + 1, np.int64)
+        self.period_s = 120.0 / sum(band.search_bpm)  # until the first analysis: mid-band
+        self.delta_db = MIN_DELTA_DB
+        self.typical_db = 0.0  # median prominence of the breaths of the last assessed window
+        self.assessable_at = -1  # the last analysis that gave a rate (its sample)
+        self.breaths = 0  # breaths counted for good since the start
+        self.final: deque[tuple[int, float]] = deque(maxlen=BREATH_MEMORY)  # (peak, prom)
+        self.last_lost = -1  # the last sample under a lost signal
+        self.final_end = -1  # where the last of them had fallen by half
+        self.first_breath = -1  # the first one's peak
+        self.pending: list[tuple[int, float, int]] = []  # later breaths (peak, prom, end)
+        self.last_breath_end = -1  # where the last breath heard had fallen by half
+        self.breathing_now = False  # a breath was under way at the newest sample analysed
+        self.rising_peak = -1  # that breath's highest sample so far
+        self._analysed_at = 0
+        # samples between analyses: a whole number of checks
+        checks = max(1, round(config.analyse_every_s * self.rate_hz / CHECK_EVERY))
+        self._every = checks * CHECK_EVERY
+        self.alarms = BreathAlarms(config, band, grid)
+        self.reading = Respiration("assessing", None, 0.0, 0, 0.0, 0, None, band.name)
+        self.readings_due = 0  # analyses since the caller last took the reading
+        self.good_samples = 0  # samples not under a lost signal, since the start
+        self.assessed: list[tuple[str, float]] = []  # (state, confidence) of each analysis
+        # whose window held min_window_s (a stream's summary)
+
+    def _alpha(self, seconds: float) -> float:
+        return 1.0 - math.exp(-1.0 / (seconds * self.rate_hz))
+
+    @property
+    def samples(self) -> int:
+        """Breath samples taken so far (the next one's index on the output-frame grid)."""
+        return int(self.istate[k.S_COUNT])
+
+    def push(self, features: np.ndarray, real_frames: int, lost: bool) -> list[Transition]:
+        """A window's new frames (``features`` (n_bands, n) of the first kind, the first
+        ``real_frames`` of them audio, the rest end-of-stream padding) and whether a
+        lost-signal condition held in it; the alarms' transitions."""
+        samples, flags = self._samples(features, real_frames, lost)
+        n = samples.shape[1]
+        transitions: list[Transition] = []
+        start = 0
+        while start < n:  # checks and analyses fall on the same samples in any chunking
+            stop = min(n, start + CHECK_EVERY - self.samples % CHECK_EVERY)
+            self._take(samples[:, start:stop], flags[start:stop])
+            start = stop
+            if self.samples % CHECK_EVERY:
+                continue
+            if self.samples >= self._analysed_at + self._every or self._near_apnoea():
+                transitions += self._analyse()
+            transitions += self.alarms.check(self, bool(flags[stop - 1]))
+        return transitions
+
+    def _near_apnoea(self) -> bool:
+        """A pause nears the apnoea time: the window is analysed at every check, so the
+        breath that ends it is seen at once."""
+        pause = self.samples - max(self.last_breath_end, 0)
+        return self.alarms.armed(self) and pause >= self.alarms.apnoea_samples - self._every
+
+    def _samples(
+        self, features: np.ndarray, real_frames: int, lost: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(G + 1, n) sub-band and body levels in dB per breath sample, and (n,) lost flags
+        (the window's, or digital zeros in a sample): views of the tracker's buffers."""
+        need = real_frames // self.stride
+        if need > self._levels.shape[1]:
+            self._levels = np.zeros((N_SUB_BANDS + 1, need))
+            self._flags = np.zeros(need, np.uint8)
+        n = k.levels(features, real_frames, self._breath, self._sub, self._body, self._scale,
+                     self.spec.log_offset, self._floor_db, self.stride, lost, self._levels,
+                     self._flags)  # fmt: skip
+        return self._levels[:, :n], self._flags[:n]
+
+    def _take(self, samples: np.ndarray, lost: np.ndarray) -> None:
+        self.good_samples += int(lost.shape[0] - lost.sum())
+        flagged = np.flatnonzero(lost)
+        if flagged.size:
+            self.last_lost = self.samples + int(flagged[-1])
+        k.activity(
+            samples[:N_SUB_BANDS], samples[N_SUB_BANDS], lost, self.params, self.iparams,
+            self.istate, self.fstate, self.means, self._across, self._raw, self._scratch,
+            self.ring_a, self.ring_lost,
+        )  # fmt: skip
+
+    def contact(self) -> tuple[bool, float]:
+        """(whether the stethoscope hears the body as while breathing, the body band's drop
+        under that level in dB; 0 before any breath taught it)."""
+        if not self.istate[k.S_BASE_SET]:
+            return False, 0.0
+        drop = float(self.fstate[k.F_BASE] - self.fstate[k.F_BODY])
+        return drop < self.config.contact_drop_db, drop
+
+    def _window(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(activity, lost) over the window in time order, and its first sample."""
+        t = self.samples
+        n = min(t, self.ring_a.shape[0])
+        order = np.arange(t - n, t) % self.ring_a.shape[0]
+        return self.ring_a[order], self.ring_lost[order], t - n
+
+    def _analyse(self, final: bool = False) -> list[Transition]:
+        """The window's period, breaths and rate (module doc); the new reading and the
+        rate alerts' transitions. ``final``: the stream ended (a hump it cut is a breath)."""
+        self._analysed_at = self.samples
+        a, lost, first = self._window()
+        good = lost == 0
+        period, confidence = _period(a, good, self.rate_hz, self.band.search_bpm)
+        if period is not None:
+            self.period_s = period
+        peaks, proms, ends = self._humps(a, good, first, self.period_s)
+        confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
+        self._count(first + peaks, first + ends, proms, confirmed, final)
+        self.breathing_now = bool(peaks.size and not confirmed[-1])
+        self.rising_peak = first + int(peaks[-1]) if self.breathing_now else -1
+        learn = round(RECENT_BREATH_FRACTION * self.period_s * self.rate_hz)
+        self.iparams[k.I_LEARN_UNTIL] = self.last_breath_end + learn
+        heard = first + peaks[confirmed]
+        self.reading = self._reading(heard, good, confidence)
+        if self.reading.state == "ok":  # the typical breath, learnt while the rate holds
+            self.typical_db = float(np.median(proms[confirmed]))
+            self.assessable_at = self.samples
+        self.readings_due += 1
+        return self.alarms.rate(self, self.reading)
+
+    def _humps(
+        self, a: np.ndarray, good: np.ndarray, first: int, period_s: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The humps of the window (kernel doc) for a period, with this analysis' threshold."""
+        samples = period_s * self.rate_hz
+        cycle = max(1, round(CYCLE_FRACTION * samples))
+        gap = max(1, round(MIN_GAP_FRACTION * samples))
+        spread = k.spread(a, good, 0.05)
+        self.delta_db = max(
+            MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
+        )
+        n = k.humps(a, cycle, gap, self.delta_db, first == 0, True,
+                    self._peaks, self._proms, self._ends)  # fmt: skip
+        return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
+
+    def _count(
+        self,
+        peaks: np.ndarray,
+        ends: np.ndarray,
+        proms: np.ndarray,
+        confirmed: np.ndarray,
+        final: bool,
+    ) -> None:
+        """Take this analysis' breaths (samples of the stream): a breath counts for good once
+        it lies half a window back, decided by the analysis that sees it in the window's
+        middle (or, at the stream's end, by the last one); the breaths after those are
+        ``pending`` (the live view: the pause, the rate, arming)."""
+        gap = MIN_GAP_FRACTION * self.period_s * self.rate_hz
+        horizon = self.samples if final else self.samples - self.ring_a.shape[0] // 2
+        keep = confirmed | final
+        pending = []
+        for peak, end, prom in zip(peaks[keep].tolist(), ends[keep].tolist(),
+                                   proms[keep].tolist(), strict=True):  # fmt: skip
+            if self.final and peak - self.final[-1][0] < gap:
+                continue
+            if peak <= horizon:
+                self.final.append((peak, prom))
+                self.breaths += 1
+                self.first_breath = peak if self.first_breath < 0 else self.first_breath
+                self.final_end = max(self.final_end, end)
+            else:
+                pending.append((peak, prom, end))
+        self.pending = pending
+        # a breath heard stays heard (a later analysis with another period may not see it)
+        ends_heard = [self.last_breath_end, self.final_end] + [end for _, _, end in pending]
+        self.last_breath_end = max(ends_heard)
+
+    @property
+    def heard(self) -> int:
+        """Breaths heard so far: counted for good and pending."""
+        return self.breaths + len(self.pending)
+
+    @property
+    def last_breath(self) -> int:
+        """The last breath's peak (breath samples), -1 before the first."""
+        if self.pending:
+            return self.pending[-1][0]
+        return self.final[-1][0] if self.final else -1
+
+    def _reading(self, heard: np.ndarray, good: np.ndarray, confidence: float) -> Respiration:
+        window_s = good.sum() / self.rate_hz
+        rate = None
+        if heard.size >= 2:
+            rate = 60.0 * (heard.size - 1) * self.rate_hz / float(heard[-1] - heard[0])
+        state, reason = "ok", ""
+        if window_s < self.config.min_window_s:
+            state, reason = "assessing", f"{window_s:.0f} s of good audio so far"
+        elif good.mean() < 0.5:
+            state, reason = "not_assessable", "signal lost over half the window"
+        elif confidence < self.config.min_confidence:
+            state, reason = "not_assessable", f"breathing not periodic ({confidence:.2f})"
+        elif heard.size < self.config.min_breaths:
+            state, reason = "not_assessable", f"{heard.size} breaths in the window"
+        elif rate is not None and abs(rate * self.period_s / 60.0 - 1.0) > AGREEMENT:
+            state = "not_assessable"
+            reason = f"breaths ({rate:.0f}/min) and period ({60 / self.period_s:.0f}/min) disagree"
+        state = self.alarms.state or state
+        if window_s >= self.config.min_window_s:
+            self.assessed.append((state, max(0.0, confidence)))
+        last = self.last_breath
+        return Respiration(
+            state=state,
+            rate_bpm=rate if state == "ok" else None,
+            confidence=max(0.0, confidence),
+            breaths=int(heard.size),
+            window_s=window_s,
+            sample=self.grid.end_sample(max(0, self.samples - 1)),
+            last_breath_sample=None if last < 0 else self.grid.start_sample(last),
+            age_band=self.band.name,
+            reason=reason,
+        )
+
+    def finish(self) -> list[Transition]:
+        """The stream ended: a last analysis (a breath the end cut counts), then every open
+        alarm ends at the end of the last sample taken."""
+        transitions = self._analyse(final=True) if self.samples > 0 else []
+        return transitions + self.alarms.finish(self.grid.end_sample(max(0, self.samples - 1)))
+
+    def acknowledge(self, what: str) -> list[Transition]:
+        """Acknowledge the alarms whose type or key is ``what``."""
+        return self.alarms.acknowledge(what)
+
+    def summary(self) -> dict[str, Any]:
+        """A whole stream's breathing (``lungwatch detect --respiration``): the breaths heard,
+        the seconds of audio not under a lost signal, the rate as breaths per minute of that
+        audio when at least half the analyses whose window held ``min_window_s`` gave a rate,
+        their median confidence."""
+        monitored_s = self.good_samples / self.rate_hz
+        ok = [c for state, c in self.assessed if state == "ok"]
+        share = len(ok) / len(self.assessed) if self.assessed else 0.0
+        assessable = share >= 0.5 and monitored_s > 0
+        confidences = [c for _, c in self.assessed]
+        span = self.final[-1][0] - self.first_breath if self.breaths >= 2 else 0
+        return {
+            "interval_rate_bpm": round(60.0 * (self.breaths - 1) * self.rate_hz / span, 2)
+            if span > 0
+            else None,
+            "rate_bpm": round(60.0 * self.breaths / monitored_s, 2) if assessable else None,
+            "breaths": self.breaths,
+            "monitored_s": round(monitored_s, 2),
+            "assessable": assessable,
+            "assessed_share": round(share, 3),
+            "confidence": round(float(np.median(confidences)), 3) if confidences else 0.0,
+            "age_band": self.band.name,
+            "period_bpm": round(60.0 / self.period_s, 2),
+        }
+
+
+def _period(
+    a: np.ndarray, good: np.ndarray, rate_hz: float, search_bpm: tuple[float, float]
+) -> tuple[float | None, float]:
+    """(period in s, the autocorrelation there) of the activity over its good samples: the
+    highest peak of the autocorrelation among the lags of ``search_bpm``; (None, 0) when no
+    lag there peaks."""
+    x = np.where(good, a - (a[good].mean() if good.any() else 0.0), 0.0)
+    n = x.shape[0]
+    energy = float(np.dot(x, x))
+    lo = max(1, int(rate_hz * 60.0 / search_bpm[1]))
+    hi = min(n // 2, math.ceil(rate_hz * 60.0 / search_bpm[0]))
+    if energy <= 0.0 or hi <= lo + 1:
+        return None, 0.0
+    size = 1 << math.ceil(math.log2(2 * n))
+    spectrum = np.fft.rfft(x, size)
+    ac = np.fft.irfft(spectrum.real**2 + spectrum.imag**2, size)[: hi + 2] / energy
+    inner = ac[lo : hi + 1]
+    peaks = np.flatnonzero((inner > ac[lo - 1 : hi]) & (inner >= ac[lo + 1 : hi + 2])) + lo
+    if peaks.size == 0:
+        return None, 0.0
+    best = int(peaks[np.argmax(ac[peaks])])
+    return _refined(ac, best) / rate_hz, float(ac[best])
+
+
+def _refined(ac: np.ndarray, lag: int) -> float:
+    """The lag of a peak of ``ac`` to a fraction of a sample (a parabola through three)."""
+    y0, y1, y2 = ac[lag - 1], ac[lag], ac[lag + 1]
+    curve = y0 - 2.0 * y1 + y2
+    return lag + (0.5 * (y0 - y2) / curve if curve < 0 else 0.0)

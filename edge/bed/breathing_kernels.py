@@ -1,0 +1,276 @@
+"""Numba kernels behind :class:`edge.bed.breathing.BreathTracker`.
+
+:func:`levels` turns a window's front-end frames into per-sample levels: the mean level in dB
+of each sub-band of the breath band and of the body band over the ``stride`` front-end frames
+of each 40-ms sample, and whether the sample holds digital zeros.
+
+:func:`activity` runs on every 40-ms sample (one output frame of the model's grid, four
+front-end frames). It takes the mean level in dB of each of ``G`` sub-bands of the breath
+band and of the body band, and
+
+1. removes each sub-band's slow level (an exponential mean over ``detrend_s``, starting as the
+   plain mean of the run so far): a breath is a rise over the stethoscope's floor, whatever
+   the floor is;
+2. takes the median over sub-bands, the **breath activity**: a breath is broadband, so it
+   lifts most sub-bands at once, while heart sounds reaching into the lowest sub-band, a
+   hum or a squeak in one band do not move the median; then a running median over ``S``
+   samples (a heart sound or a crackle, shorter than half of it, leaves no trace);
+3. follows the body band's level (short mean) and its level while breathing is heard
+   (baseline: learnt only up to ``learn_until``, a sample the caller sets from the breaths):
+   contact with the body.
+
+Samples flagged ``lost`` (silence, a gap, a stall, off body) hold the activity and restart the
+slow levels at the next good sample, so a returning signal is not a breath.
+
+:func:`humps` runs on every analysis, over the window: it smooths the activity by a moving
+mean of about a third of the breath period (a breath's inspiration and expiration become one
+hump), finds its peaks, keeps those at least ``min_gap`` apart (the higher first) that rise at
+least ``delta`` over the higher of the two troughs around them (their prominence), and gives
+each one's end (where it has fallen by half its prominence). The ends of the window may be
+padded with the lowest value of the period next to them (three times the moving mean), so a
+hump the window cuts, that rose over its own trough, is a peak.
+
+State lives in arrays the tracker allocates once; nothing is allocated per call but
+:func:`humps`' scratch of one window. ``tests/edge/test_breathing_kernels.py`` holds both to
+plain NumPy / SciPy references.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# params (float64)
+P_ALPHA_DETREND = 0  # 1 - exp(-1 / (detrend_s * rate))
+P_ALPHA_BODY = 1  # body level, short mean
+P_ALPHA_BASE = 2  # body level while breathing (baseline)
+N_PARAMS = 3
+# iparams (int64)
+I_SMOOTH = 0  # samples of the activity's moving mean
+I_LEARN_UNTIL = 1  # the body baseline learns from samples up to this one
+N_IPARAMS = 2
+# istate (int64)
+S_COUNT = 0  # samples taken so far (lost ones included): the next sample's index
+S_SEG_START = 1  # first sample of the current run of good samples
+S_REINIT = 2  # 1: the next good sample restarts the slow levels
+S_BASE_SET = 3  # 1: the body baseline has a value
+N_ISTATE = 4
+# fstate (float64)
+F_BODY = 0  # body level, short mean
+F_BASE = 1  # body level while breathing
+N_FSTATE = 2
+
+
+@njit(cache=True)
+def levels(
+    features: np.ndarray,  # (n_bands, n_frames) the front end's values of one kind
+    n_frames: int,  # the first n_frames are audio (the rest: end-of-stream padding)
+    breath: np.ndarray,  # (nb,) int64 the breath band's bands
+    sub: np.ndarray,  # (nb,) int64 the sub-band of each
+    body: np.ndarray,  # (nk,) int64 the body band's bands
+    scale: float,  # dB per front-end unit (``log`` frames); 0: frames are power
+    offset: float,  # power frames: the floor before the logarithm
+    floor_db: float,  # a sample whose sub-bands all lie at or under this holds digital zeros
+    stride: int,  # front-end frames per sample
+    lost: bool,  # the window was lost signal
+    out: np.ndarray,  # (G + 1, >= n_frames // stride) out: sub-band and body levels, dB
+    flags: np.ndarray,  # (>= n_frames // stride,) uint8 out: 1 where lost
+) -> int:
+    """The window's levels per sample (module doc); the number of samples (a last part of
+    less than ``stride`` frames is left out)."""
+    n_groups = out.shape[0] - 1
+    n = n_frames // stride
+    counts = np.zeros(n_groups)
+    for b in range(breath.shape[0]):
+        counts[sub[b]] += stride
+    for j in range(n):
+        for g in range(n_groups + 1):
+            out[g, j] = 0.0
+        for f in range(j * stride, (j + 1) * stride):
+            for b in range(breath.shape[0]):
+                out[sub[b], j] += _db(features[breath[b], f], scale, offset)
+            for b in range(body.shape[0]):
+                out[n_groups, j] += _db(features[body[b], f], scale, offset)
+        loudest = -np.inf
+        for g in range(n_groups):
+            out[g, j] /= counts[g]
+            loudest = max(loudest, out[g, j])
+        out[n_groups, j] /= body.shape[0] * stride
+        flags[j] = 1 if lost or loudest <= floor_db else 0
+    return n
+
+
+@njit(cache=True)
+def _db(value: float, scale: float, offset: float) -> float:
+    if scale > 0.0:
+        return value * scale
+    return 10.0 * np.log10(max(value, offset))
+
+
+@njit(cache=True)
+def _running_median(raw: np.ndarray, t: int, count: int, scratch: np.ndarray) -> float:
+    """Median of the ``count`` values of ``raw`` (a ring) up to sample ``t``."""
+    size = raw.shape[0]
+    for j in range(count):  # insertion sort: a handful of values
+        value = raw[(t - j) % size]
+        i = j
+        while i > 0 and scratch[i - 1] > value:
+            scratch[i] = scratch[i - 1]
+            i -= 1
+        scratch[i] = value
+    mid = count // 2
+    return scratch[mid] if count % 2 else 0.5 * (scratch[mid - 1] + scratch[mid])
+
+
+@njit(cache=True)
+def activity(
+    groups: np.ndarray,  # (G, n) sub-band levels, dB
+    body: np.ndarray,  # (n,) body-band level, dB
+    lost: np.ndarray,  # (n,) uint8, 1: the signal was lost there
+    params: np.ndarray,  # (N_PARAMS,) float64
+    iparams: np.ndarray,  # (N_IPARAMS,) int64
+    istate: np.ndarray,  # (N_ISTATE,) int64
+    fstate: np.ndarray,  # (N_FSTATE,) float64
+    means: np.ndarray,  # (G,) slow level of each sub-band
+    across: np.ndarray,  # (G,) room to sort the sub-bands' values
+    raw: np.ndarray,  # (S,) the last S activity values before the running median
+    scratch: np.ndarray,  # (S,) room to sort them
+    ring_a: np.ndarray,  # (N,) activity
+    ring_lost: np.ndarray,  # (N,) uint8
+) -> None:
+    n_groups, n = groups.shape
+    size = ring_a.shape[0]
+    smooth = raw.shape[0]
+    for i in range(n):
+        t = istate[S_COUNT]
+        pos = t % size
+        istate[S_COUNT] = t + 1
+        if lost[i]:
+            ring_a[pos] = ring_a[(t - 1) % size] if t > 0 else 0.0
+            ring_lost[pos] = 1
+            istate[S_REINIT] = 1
+            continue
+        ring_lost[pos] = 0
+        if istate[S_REINIT] == 1 or t == 0:
+            istate[S_SEG_START] = t
+            istate[S_REINIT] = 0
+        seg = istate[S_SEG_START]
+        run = t - seg + 1  # good samples in this run, this one included
+        alpha = max(params[P_ALPHA_DETREND], 1.0 / run)
+        for g in range(n_groups):  # each sub-band over its slow level, sorted into `across`
+            means[g] += alpha * (groups[g, i] - means[g])
+            value = groups[g, i] - means[g]
+            j = g
+            while j > 0 and across[j - 1] > value:
+                across[j] = across[j - 1]
+                j -= 1
+            across[j] = value
+        mid = n_groups // 2
+        raw[t % smooth] = across[mid] if n_groups % 2 else 0.5 * (across[mid - 1] + across[mid])
+        ring_a[pos] = _running_median(raw, t, min(smooth, run), scratch)
+        # contact: the body band now, and while breathing was heard
+        if istate[S_BASE_SET] == 0 and t == seg:
+            fstate[F_BODY] = body[i]
+        fstate[F_BODY] += params[P_ALPHA_BODY] * (body[i] - fstate[F_BODY])
+        if t <= iparams[I_LEARN_UNTIL]:
+            if istate[S_BASE_SET] == 0:
+                fstate[F_BASE] = fstate[F_BODY]
+                istate[S_BASE_SET] = 1
+            fstate[F_BASE] += params[P_ALPHA_BASE] * (fstate[F_BODY] - fstate[F_BASE])
+
+
+@njit(cache=True)
+def humps(
+    x: np.ndarray,  # (n,) activity over the window, in time order
+    cycle: int,  # samples of the moving mean
+    min_gap: int,  # peaks closer than this: the lower goes
+    delta: float,  # least prominence of a breath
+    pad_start: bool,  # the window's start may cut a hump (the stream's start)
+    pad_end: bool,  # its end may cut one (the stream's end, or "is a breath on now?")
+    peaks: np.ndarray,  # (cap,) int64 out: the breaths' peaks (indices into x)
+    proms: np.ndarray,  # (cap,) float64 out: their prominence
+    ends: np.ndarray,  # (cap,) int64 out: where each has fallen by half its prominence
+) -> int:
+    """The breaths of the window (module doc); their number (at most ``cap``)."""
+    n = x.shape[0]
+    if n < 3:
+        return 0
+    s = np.empty(n + 2)
+    half = cycle // 2
+    for t in range(n):  # centred moving mean, shorter at the ends
+        lo, hi = max(0, t - half), min(n, t - half + cycle)
+        total = 0.0
+        for j in range(lo, hi):
+            total += x[j]
+        s[t + 1] = total / (hi - lo)
+    # a padded end stands at the lowest value of the period next to it: a hump the window
+    # cuts must rise over its own trough, not over one far away
+    s[0] = s[1 : min(n, cycle * 3) + 1].min() if pad_start else s[1]
+    s[n + 1] = s[max(1, n + 1 - cycle * 3) : n + 1].min() if pad_end else s[n]
+    # local maxima of the padded signal (a plateau's first sample)
+    candidates = np.empty(n, np.int64)
+    m = 0
+    for t in range(1, n + 1):
+        if s[t] > s[t - 1]:
+            u = t
+            while u < n + 1 and s[u + 1] == s[t]:
+                u += 1
+            if s[u + 1] < s[t]:
+                candidates[m] = t
+                m += 1
+    # min_gap first, the higher peaks first (as scipy.signal.find_peaks does)
+    keep = np.ones(m, np.bool_)
+    order = np.argsort(-s[candidates[:m]], kind="mergesort")
+    for a in order:
+        if not keep[a]:
+            continue
+        for b in range(m):
+            near = b != a and keep[b] and abs(candidates[b] - candidates[a]) < min_gap
+            if near and s[candidates[b]] <= s[candidates[a]]:
+                keep[b] = False
+    found = 0
+    cap = peaks.shape[0]
+    for a in range(m):
+        if not keep[a] or found >= cap:
+            continue
+        p = candidates[a]
+        left = s[p]
+        j = p - 1
+        while j >= 0 and s[j] <= s[p]:
+            left = min(left, s[j])
+            j -= 1
+        right = s[p]
+        j = p + 1
+        while j <= n + 1 and s[j] <= s[p]:
+            right = min(right, s[j])
+            j += 1
+        prominence = s[p] - max(left, right)
+        if prominence < delta:
+            continue
+        end = p
+        while end <= n and s[end] > s[p] - 0.5 * prominence:
+            end += 1
+        peaks[found] = p - 1
+        proms[found] = prominence
+        ends[found] = min(end, n) - 1
+        found += 1
+    return found
+
+
+@njit(cache=True)
+def spread(x: np.ndarray, good: np.ndarray, tail: float) -> float:
+    """The range of ``x`` over its ``good`` samples from the ``tail`` to the ``1 - tail``
+    quantile (linear interpolation, as numpy.percentile); 0 when none is good."""
+    values = np.sort(x[good])
+    n = values.shape[0]
+    if n == 0:
+        return 0.0
+    return _quantile(values, 1.0 - tail) - _quantile(values, tail)
+
+
+@njit(cache=True)
+def _quantile(values: np.ndarray, q: float) -> float:
+    pos = q * (values.shape[0] - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, values.shape[0] - 1)
+    return values[lo] + (pos - lo) * (values[hi] - values[lo])

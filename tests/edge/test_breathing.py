@@ -1,0 +1,226 @@
+"""The breath tracker on synthetic front-end frames: rate, breaths, apnoea, lost signal, rate
+alerts, chunking; its config and the age bands. Real recordings: tests/edge/test_apnoea.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+import pytest
+
+from edge.bed.agebands import age_band, age_from_sprsound_name, band_for_age
+from edge.bed.breathing import BreathTracker, RespirationConfig
+from edge.bed.detector import FrameGrid, Transition
+from edge.config import from_mapping
+from edge.errors import ConfigError
+from edge.features import FeatureSpec, band_centres_hz
+
+SPEC = FeatureSpec()  # the shipped model's: log-mel, 8 kHz, 10-ms hop
+GRID = FrameGrid.of(SPEC.sample_rate_hz, SPEC.hop_samples, SPEC.frame_samples, 4)
+FRAMES_PER_S = SPEC.sample_rate_hz // SPEC.hop_samples
+LN_PER_DB = math.log(10.0) / 10.0
+CENTRES = band_centres_hz(SPEC)
+BREATH_BANDS = (CENTRES >= 150) & (CENTRES <= 1000)
+BODY_BANDS = CENTRES < 150
+
+
+def breathing(
+    seconds: float,
+    rate_bpm: float | list[tuple[float, float]],
+    pauses: tuple[tuple[float, float], ...] = (),
+    body_drop_db: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """(64, n) log-mel frames of a chest: a floor, body sounds under 150 Hz, and a breath (a
+    12 dB broadband rise of 1.3 s) every period; no breath inside ``pauses`` (where the body
+    band falls by ``body_drop_db``). ``rate_bpm``: one rate, or (from_s, rate) steps."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * FRAMES_PER_S) // 48 * 48  # whole windows of any size used here
+    t = np.arange(n) / FRAMES_PER_S
+    steps = [(0.0, rate_bpm)] if isinstance(rate_bpm, (int, float)) else rate_bpm
+    onsets, at = [], 0.5
+    while at < seconds:
+        if not any(lo <= at < hi for lo, hi in pauses):
+            onsets.append(at)
+        rate = [r for start, r in steps if start <= at][-1]
+        at += 60.0 / rate
+    hump = np.zeros(n)
+    for onset in onsets:
+        inside = (t >= onset) & (t < onset + 1.3)
+        hump[inside] = np.sin(np.pi * (t[inside] - onset) / 1.3) ** 2
+    db = np.full((CENTRES.size, n), -70.0) + rng.normal(0, 1.0, (CENTRES.size, n))
+    db[BREATH_BANDS] += 12.0 * hump
+    db[BODY_BANDS] = -35.0 + rng.normal(0, 1.0, (int(BODY_BANDS.sum()), n))
+    for lo, hi in pauses:
+        db[np.ix_(BODY_BANDS, (t >= lo) & (t < hi))] -= body_drop_db
+    return (db * LN_PER_DB).astype(np.float32)
+
+
+def run(
+    frames: np.ndarray,
+    config: RespirationConfig | None = None,
+    band: str = "adult",
+    window: int = 48,
+    lost: tuple[tuple[float, float], ...] = (),
+) -> tuple[BreathTracker, list[tuple[float, Transition]]]:
+    """The frames through a tracker, ``window`` frames at a time (``lost``: spans the gate
+    calls lost signal); every transition with the stream time it came at."""
+    tracker = BreathTracker(config or RespirationConfig(), SPEC, GRID, age_band(band))
+    found = []
+    for start in range(0, frames.shape[1] - window + 1, window):
+        now = (start + window) / FRAMES_PER_S
+        is_lost = any(lo <= now <= hi for lo, hi in lost)
+        found += [(now, t) for t in tracker.push(frames[:, start : start + window], window,
+                                                 is_lost)]  # fmt: skip
+    found += [(frames.shape[1] / FRAMES_PER_S, t) for t in tracker.finish()]
+    return tracker, found
+
+
+def of_type(found: list[tuple[float, Transition]], type_: str) -> list[tuple[float, Transition]]:
+    return [(when, t) for when, t in found if t.type == type_]
+
+
+@pytest.mark.parametrize(("rate_bpm", "band"), [(12, "adult"), (20, "adult"), (40, "child-1-5y")])
+def test_rate_and_breaths_of_steady_breathing(rate_bpm: float, band: str) -> None:
+    tracker, found = run(breathing(90.0, rate_bpm), band=band)
+    reading = tracker.reading
+    assert reading.state == "ok", reading
+    assert reading.rate_bpm == pytest.approx(rate_bpm, abs=1.0)
+    expected = 90.0 * rate_bpm / 60.0
+    assert abs(tracker.summary()["breaths"] - expected) <= 1.0
+    assert tracker.summary()["rate_bpm"] == pytest.approx(rate_bpm, abs=1.5)
+    assert not [t for _, t in found if t.type in ("apnoea", "breath_signal_lost")]
+
+
+def test_chunking_does_not_change_readings_or_alarms() -> None:
+    frames = breathing(100.0, 15, pauses=((40.0, 70.0),))
+    a, found_a = run(frames, window=48)
+    b, found_b = run(frames, window=12)
+    assert [t for _, t in found_a] == [t for _, t in found_b]
+    assert a.reading == b.reading
+    assert a.summary() == b.summary()
+
+
+def test_a_pause_with_the_body_heard_raises_apnoea_in_time_and_it_latches() -> None:
+    pause = (60.0, 90.0)
+    _, found = run(breathing(120.0, 15, pauses=(pause,)))
+    silent_from = 56.5 + 1.3  # the last breath before the pause (every 4 s from 0.5 s) ends
+    apnoea = of_type(found, "apnoea")
+    onset = next((when, t) for when, t in apnoea if t.state == "onset")
+    assert silent_from + 19.0 < onset[0] <= silent_from + 20.0 + 2.0
+    assert onset[1].priority == "high"
+    assert onset[1].kind == "physiological"
+    assert abs(onset[1].start_sample / SPEC.sample_rate_hz - silent_from) <= 1.0
+    # breathing resumes: the condition ends (the alarm latches until acknowledged)
+    latched = next((when, t) for when, t in apnoea if t.latched)
+    assert pause[1] < latched[0] <= pause[1] + 5.0
+    assert [t.state for _, t in apnoea][-1] == "ended"  # released at the stream's end
+    assert not of_type(found, "breath_signal_lost")
+
+
+def test_acknowledge_ends_a_latched_apnoea() -> None:
+    tracker = BreathTracker(RespirationConfig(), SPEC, GRID, age_band("adult"))
+    frames = breathing(100.0, 15, pauses=((50.0, 80.0),))
+    for start in range(0, frames.shape[1] - 47, 48):
+        tracker.push(frames[:, start : start + 48], 48, False)
+    assert tracker.alarms.active_keys  # latched
+    ended = tracker.acknowledge("apnoea")
+    assert [(t.type, t.state) for t in ended] == [("apnoea", "ended")]
+    assert not tracker.alarms.active_keys
+
+
+@pytest.mark.parametrize("how", ["body falls silent", "gate says lost", "digital zeros"])
+def test_a_lost_signal_is_not_apnoea(how: str) -> None:
+    pause = (60.0, 90.0)
+    frames = breathing(120.0, 15, pauses=(pause,), body_drop_db=40.0 if how != "gate" else 0.0)
+    lost: tuple[tuple[float, float], ...] = ()
+    if how == "gate says lost":
+        frames = breathing(120.0, 15, pauses=(pause,))
+        lost = (pause,)
+    if how == "digital zeros":
+        lo, hi = int(pause[0] * FRAMES_PER_S), int(pause[1] * FRAMES_PER_S)
+        frames[:, lo:hi] = math.log(SPEC.log_offset)
+    _, found = run(frames, lost=lost)
+    assert not [t for _, t in of_type(found, "apnoea") if t.state == "onset"]
+    signal = of_type(found, "breath_signal_lost")
+    onset = next(when for when, t in signal if t.state == "onset")
+    assert pause[0] < onset <= pause[0] + 20.0 + 2.0
+    assert next(t for _, t in signal if t.state == "onset").kind == "technical"
+    assert any(t.state == "ended" and when <= pause[1] + 5.0 for when, t in signal)
+
+
+def test_no_alarm_before_the_bed_has_breathed() -> None:
+    frames = breathing(60.0, 15, pauses=((0.0, 45.0),))
+    _, found = run(frames)
+    assert not [t for _, t in found if t.type in ("apnoea", "breath_signal_lost")]
+
+
+def test_apnoea_time_comes_from_the_config_or_the_age_band() -> None:
+    config = RespirationConfig(apnoea_s=10.0)
+    _, found = run(breathing(100.0, 15, pauses=((50.0, 80.0),)), config)
+    onset = next(when for when, t in of_type(found, "apnoea") if t.state == "onset")
+    assert 50.0 < onset <= 62.0
+
+
+def test_a_sustained_fast_rate_raises_tachypnoea_until_it_is_back_in_range() -> None:
+    config = RespirationConfig(rate_alert_s=20.0)
+    frames = breathing(240.0, [(0.0, 15.0), (60.0, 36.0), (150.0, 15.0)])
+    _, found = run(frames, config)
+    tachy = of_type(found, "tachypnoea")
+    onset = next((when, t) for when, t in tachy if t.state == "onset")
+    assert 80.0 <= onset[0] <= 130.0
+    assert onset[1].priority == "low"
+    ended = next(when for when, t in tachy if t.state == "ended")
+    assert 150.0 < ended <= 215.0
+    assert not of_type(found, "bradypnoea")
+
+
+def test_a_slow_rate_is_bradypnoea_for_an_infant() -> None:
+    config = RespirationConfig(rate_alert_s=20.0)
+    _, found = run(breathing(120.0, 15), config, band="infant-2-12m")
+    assert [t.state for _, t in of_type(found, "bradypnoea")][:1] == ["onset"]
+
+
+def test_a_stream_without_breath_is_not_assessable() -> None:
+    frames = breathing(60.0, 15, pauses=((0.0, 60.0),))
+    tracker, _ = run(frames)
+    assert tracker.reading.state == "not_assessable"
+    assert tracker.reading.rate_bpm is None
+    assert tracker.summary()["rate_bpm"] is None
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"window_s": 2}, "window_s must be a number >= 5 (seconds), got 2"),
+        ({"age_band": "toddler"}, "age band 'toddler' is not one of infant-under-2m"),
+        ({"apnoea_s": 1}, "apnoea_s must be a number >= 5 (seconds) or null"),
+        ({"breath_band_hz": [900, 100]}, "breath_band_hz must be [low, high]"),
+    ],
+)
+def test_config_errors_name_the_key(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        from_mapping(RespirationConfig, values, source="ward.yaml")
+
+
+def test_a_spec_without_the_breath_band_is_refused() -> None:
+    narrow = dataclasses.replace(SPEC, fmin_hz=1200.0)
+    with pytest.raises(ValueError, match="breath_band_hz 150-1000"):
+        BreathTracker(RespirationConfig(), narrow, GRID, age_band("adult"))
+
+
+@pytest.mark.parametrize(
+    ("age", "band"),
+    [(0.05, "infant-under-2m"), (0.5, "infant-2-12m"), (1.0, "child-1-5y"), (4.9, "child-1-5y"),
+     (7, "child-5-12y"), (12, "adolescent-12-18y"), (18, "adult"), (80, "adult")],
+)  # fmt: skip
+def test_age_bands(age: float, band: str) -> None:
+    assert band_for_age(age).name == band
+
+
+def test_sprsound_names_carry_the_age() -> None:
+    assert age_from_sprsound_name("64913238_0.6_1_p3_2175") == 0.6
+    assert age_from_sprsound_name("105_1b1_Tc_sc_Meditron") is None
+    assert age_from_sprsound_name("recording") is None

@@ -1,0 +1,153 @@
+"""The breath tracker's Numba kernels against plain NumPy / SciPy references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.signal import find_peaks
+
+from edge.bed import breathing_kernels as k
+
+RNG = np.random.default_rng(7)
+
+
+def levels_reference(features, n_frames, breath, sub, body, stride, floor_db, lost):
+    """Per sample: each sub-band's and the body band's mean dB over ``stride`` frames."""
+    db = features.astype(np.float64) * (10.0 / math.log(10.0))
+    n = n_frames // stride
+    groups = sub.max() + 1
+    out = np.zeros((groups + 1, n))
+    for j in range(n):
+        block = db[:, j * stride : (j + 1) * stride]
+        for g in range(groups):
+            out[g, j] = block[breath[sub == g]].mean()
+        out[groups, j] = block[body].mean()
+    flags = (lost | (out[:groups].max(axis=0) <= floor_db)).astype(np.uint8)
+    return out, flags
+
+
+@pytest.mark.parametrize(("n_frames", "stride"), [(48, 4), (47, 4), (12, 3), (3, 4)])
+@pytest.mark.parametrize("lost", [False, True])
+def test_levels_equal_the_reference(n_frames: int, stride: int, lost: bool) -> None:
+    features = RNG.normal(-10.0, 3.0, (64, 48)).astype(np.float32)
+    features[:, :stride] = math.log(1e-10)  # digital zeros in the first sample
+    breath = np.arange(10, 34)
+    sub = np.arange(24) * 6 // 24
+    body = np.arange(2, 6)
+    floor_db = 10.0 * math.log10(1e-10) + 1.0
+    scale = 10.0 / math.log(10.0)
+    out = np.zeros((7, 16))
+    flags = np.zeros(16, np.uint8)
+    n = k.levels(features, n_frames, breath, sub, body, scale, 1e-10, floor_db, stride, lost,
+                 out, flags)  # fmt: skip
+    want, want_flags = levels_reference(features, n_frames, breath, sub, body, stride,
+                                        floor_db, lost)  # fmt: skip
+    assert n == n_frames // stride
+    np.testing.assert_allclose(out[:, :n], want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(flags[:n], want_flags)
+    if n:
+        assert flags[0] == 1  # the zeros are lost signal whatever the window says
+
+
+def activity_reference(groups, body, lost, alpha, smooth, alpha_body, alpha_base, learn_until):
+    """Plain Python: slow levels (restarting after lost samples, first as the running mean),
+    the median over sub-bands, a running median over time, the body levels."""
+    n_groups, n = groups.shape
+    means = np.zeros(n_groups)
+    out = np.zeros(n)
+    raw: list[float] = []
+    seg, body_now, base = 0, None, None
+    for t in range(n):
+        if lost[t]:
+            out[t] = out[t - 1] if t else 0.0
+            seg = None
+            continue
+        if seg is None or t == 0:
+            seg, raw = t, []
+        run = t - seg + 1
+        rate = max(alpha, 1.0 / run)
+        means += rate * (groups[:, t] - means)
+        raw.append(float(np.median(groups[:, t] - means)))
+        out[t] = float(np.median(raw[-smooth:]))
+        if body_now is None:
+            body_now = body[t]
+        body_now += alpha_body * (body[t] - body_now)
+        if t <= learn_until:
+            base = body_now if base is None else base
+            base += alpha_base * (body_now - base)
+    return out, body_now, base
+
+
+@pytest.mark.parametrize("n", [1, 37, 400])
+@pytest.mark.parametrize("smooth", [1, 4, 10])
+@pytest.mark.parametrize("with_lost", [False, True])
+def test_activity_equals_the_reference(n: int, smooth: int, with_lost: bool) -> None:
+    groups = RNG.normal(-40.0, 4.0, (6, n))
+    body = RNG.normal(-30.0, 2.0, n)
+    lost = np.zeros(n, np.uint8)
+    if with_lost and n > 10:
+        lost[n // 3 : n // 3 + 7] = 1
+    params = np.array([0.01, 0.05, 0.002])
+    learn_until = n // 2
+    iparams = np.array([0, learn_until], np.int64)
+    istate = np.zeros(k.N_ISTATE, np.int64)
+    fstate = np.zeros(k.N_FSTATE)
+    ring = np.zeros(512)
+    ring_lost = np.zeros(512, np.uint8)
+    means, raw = np.zeros(6), np.zeros(smooth)
+    half = n // 2
+    for lo, hi in ((0, half), (half, n)):  # fed in two pieces: the state carries over
+        k.activity(groups[:, lo:hi], body[lo:hi], lost[lo:hi], params, iparams, istate, fstate,
+                   means, np.zeros(6), raw, np.zeros(smooth), ring, ring_lost)  # fmt: skip
+    want, body_now, base = activity_reference(groups, body, lost, 0.01, smooth, 0.05, 0.002,
+                                              learn_until)  # fmt: skip
+    np.testing.assert_allclose(ring[:n], want, atol=1e-9)
+    np.testing.assert_array_equal(ring_lost[:n], lost)
+    assert istate[k.S_COUNT] == n
+    assert fstate[k.F_BODY] == pytest.approx(body_now)
+    if base is not None:
+        assert istate[k.S_BASE_SET] == 1
+        assert fstate[k.F_BASE] == pytest.approx(base)
+
+
+def smoothed_padded(x, cycle, pad_start, pad_end):
+    """The kernel's view of the window: centred moving mean, ends padded with the lowest value
+    of the three-cycle span next to them."""
+    n = x.shape[0]
+    half = cycle // 2
+    s = np.array([x[max(0, t - half) : min(n, t - half + cycle)].mean() for t in range(n)])
+    lo = s[: min(n, cycle * 3)].min() if pad_start else s[0]
+    hi = s[max(0, n - cycle * 3) :].min() if pad_end else s[-1]
+    return np.concatenate([[lo], s, [hi]])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize(("cycle", "gap", "delta"), [(1, 1, 0.5), (7, 20, 2.0), (12, 30, 4.0)])
+@pytest.mark.parametrize("pads", [(False, False), (True, True), (False, True)])
+def test_humps_equal_scipy_find_peaks(
+    seed: int, cycle: int, gap: int, delta: float, pads: tuple[bool, bool]
+) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.arange(600)
+    x = 8.0 * np.sin(2 * np.pi * t / rng.uniform(40, 90)) + rng.normal(0, 2.0, t.size)
+    cap = 400
+    peaks, proms, ends = np.zeros(cap, np.int64), np.zeros(cap), np.zeros(cap, np.int64)
+    n = k.humps(x, cycle, gap, delta, pads[0], pads[1], peaks, proms, ends)
+    s = smoothed_padded(x, cycle, *pads)
+    want, props = find_peaks(s, distance=gap, prominence=delta)
+    np.testing.assert_array_equal(peaks[:n], want - 1)
+    np.testing.assert_allclose(proms[:n], props["prominences"], atol=1e-9)
+    for p, prom, end in zip(want, props["prominences"], ends[:n], strict=True):
+        below = np.flatnonzero(s[p:] <= s[p] - 0.5 * prom)
+        expected = p + below[0] if below.size else len(s) - 1
+        assert end == min(expected, len(x)) - 1
+
+
+def test_spread_equals_numpy_percentiles() -> None:
+    x = RNG.normal(0, 5, 750)
+    good = RNG.random(750) > 0.2
+    want = np.subtract(*np.percentile(x[good], (95, 5)))
+    assert k.spread(x, good, 0.05) == pytest.approx(want)
+    assert k.spread(x, np.zeros(750, np.bool_), 0.05) == 0.0
