@@ -51,6 +51,10 @@ WORKSTATION_COMMANDS: Commands = {
     "predict": ("training.scoring.predict", "challenge-format predictions from a model"),
     "evaluate": ("training.scoring.evaluate", "score challenge predictions against annotations"),
     "views": ("training.scoring.views", "a model on validation, intra_test and ICBHI, per family"),
+    "respiration": (
+        "training.scoring.respiration",
+        "respiratory rate and apnoea judged on ICBHI and SPRSound through the device path",
+    ),
     "access": ("edge.access", "broker passwords, ACL and command keys for a site's clients"),
 }
 COMMANDS: Commands = {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}

@@ -48,8 +48,9 @@ has been heard for ``apnoea_s``, the tracker decides between
 - ``breath_signal_lost`` (technical, medium): otherwise: a detached sensor or a dead
   microphone cannot be told from a patient who stopped breathing, so it is not called apnoea.
 
-Either starts at the end of the last breath and ends with the next breath (an unacknowledged
-apnoea then latches); an apnoea counts only time the stethoscope heard the patient, so when a
+Either starts at the end of the last breath and ends with the next breath of at least
+``RESUME_FRACTION`` of the typical breath's prominence (an unacknowledged apnoea then
+latches); an apnoea counts only time the stethoscope heard the patient, so when a
 lost signal comes back the pause starts again. A rate outside the band's ``low_bpm`` ..
 ``high_bpm`` for ``rate_alert_s`` raises ``bradypnoea`` / ``tachypnoea`` (low priority) until
 it is back in range.
@@ -89,6 +90,8 @@ MIN_GAP_FRACTION = 0.5  # two humps closer than this share of the period are one
 MIN_DELTA_DB = 1.5  # a breath rises at least this over its trough
 DELTA_OF_RANGE = 0.1  # ... and this share of the window's 5-95 % range of the activity
 DELTA_OF_BREATHS = 0.25  # ... and this share of the window's median breath prominence
+RESUME_FRACTION = 0.5  # a breath that ends an apnoea is at least this share of the typical one
+MAX_BREATH_S = 4.0  # a breath stands over half its height for at most this long
 AGREEMENT = 0.25  # the breaths' rate and the period's may differ by this share, no more
 BODY_SHORT_S = 2.0  # the body band's current level
 BODY_BASE_S = 30.0  # its level while breathing
@@ -252,6 +255,10 @@ class BreathTracker:
         self.last_breath_end = -1  # where the last breath heard had fallen by half
         self.breathing_now = False  # a breath was under way at the newest sample analysed
         self.rising_peak = -1  # that breath's highest sample so far
+        # the end of the last breath at least RESUME_FRACTION of the typical one (an alarm on
+        # a pause ends only with such a breath), and whether one is under way now
+        self.strong_breath = -1
+        self.strong_now = False
         self._analysed_at = 0
         # samples between analyses: a whole number of checks
         checks = max(1, round(config.analyse_every_s * self.rate_hz / CHECK_EVERY))
@@ -260,8 +267,9 @@ class BreathTracker:
         self.reading = Respiration("assessing", None, 0.0, 0, 0.0, 0, None, band.name)
         self.readings_due = 0  # analyses since the caller last took the reading
         self.good_samples = 0  # samples not under a lost signal, since the start
-        self.assessed: list[tuple[str, float]] = []  # (state, confidence) of each analysis
-        # whose window held min_window_s (a stream's summary)
+        # analyses whose window held min_window_s, those that gave a rate, their confidences
+        # (a stream's summary)
+        self.assessed = {"analyses": 0, "ok": 0, "confidence_sum": 0.0}
 
     def _alpha(self, seconds: float) -> float:
         return 1.0 - math.exp(-1.0 / (seconds * self.rate_hz))
@@ -350,6 +358,11 @@ class BreathTracker:
         self._count(first + peaks, first + ends, proms, confirmed, final)
         self.breathing_now = bool(peaks.size and not confirmed[-1])
         self.rising_peak = first + int(peaks[-1]) if self.breathing_now else -1
+        strong = proms >= RESUME_FRACTION * self.typical_db  # breaths that end an alarm
+        if np.any(strong & confirmed):
+            last = np.flatnonzero(strong & confirmed)[-1]
+            self.strong_breath = max(self.strong_breath, first + int(ends[last]))
+        self.strong_now = self.breathing_now and bool(strong[-1])
         learn = round(RECENT_BREATH_FRACTION * self.period_s * self.rate_hz)
         self.iparams[k.I_LEARN_UNTIL] = self.last_breath_end + learn
         heard = first + peaks[confirmed]
@@ -371,7 +384,8 @@ class BreathTracker:
         self.delta_db = max(
             MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
         )
-        n = k.humps(a, cycle, gap, self.delta_db, first == 0, True,
+        width = round(MAX_BREATH_S * self.rate_hz)
+        n = k.humps(a, cycle, gap, self.delta_db, width, first == 0, True,
                     self._peaks, self._proms, self._ends)  # fmt: skip
         return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
 
@@ -438,7 +452,9 @@ class BreathTracker:
             reason = f"breaths ({rate:.0f}/min) and period ({60 / self.period_s:.0f}/min) disagree"
         state = self.alarms.state or state
         if window_s >= self.config.min_window_s:
-            self.assessed.append((state, max(0.0, confidence)))
+            self.assessed["analyses"] += 1
+            self.assessed["ok"] += state == "ok"
+            self.assessed["confidence_sum"] += max(0.0, confidence)
         last = self.last_breath
         return Respiration(
             state=state,
@@ -466,12 +482,11 @@ class BreathTracker:
         """A whole stream's breathing (``lungwatch detect --respiration``): the breaths heard,
         the seconds of audio not under a lost signal, the rate as breaths per minute of that
         audio when at least half the analyses whose window held ``min_window_s`` gave a rate,
-        their median confidence."""
+        their mean confidence."""
         monitored_s = self.good_samples / self.rate_hz
-        ok = [c for state, c in self.assessed if state == "ok"]
-        share = len(ok) / len(self.assessed) if self.assessed else 0.0
+        analyses = int(self.assessed["analyses"])
+        share = self.assessed["ok"] / analyses if analyses else 0.0
         assessable = share >= 0.5 and monitored_s > 0
-        confidences = [c for _, c in self.assessed]
         span = self.final[-1][0] - self.first_breath if self.breaths >= 2 else 0
         return {
             "interval_rate_bpm": round(60.0 * (self.breaths - 1) * self.rate_hz / span, 2)
@@ -482,7 +497,7 @@ class BreathTracker:
             "monitored_s": round(monitored_s, 2),
             "assessable": assessable,
             "assessed_share": round(share, 3),
-            "confidence": round(float(np.median(confidences)), 3) if confidences else 0.0,
+            "confidence": round(self.assessed["confidence_sum"] / analyses, 3) if analyses else 0.0,
             "age_band": self.band.name,
             "period_bpm": round(60.0 / self.period_s, 2),
         }

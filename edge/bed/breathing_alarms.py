@@ -24,7 +24,7 @@ TACHYPNOEA = "tachypnoea"
 BRADYPNOEA = "bradypnoea"
 BREATH_SIGNAL_LOST = "breath_signal_lost"
 RATE_ALERT_GAP_S = 10.0  # a rate alert survives this long without an assessable rate
-ARM_HOLD_S = 60.0  # a pause is judged if the rate was assessable this recently before it
+ARM_HOLD_S = 30.0  # a pause is judged if the rate was assessable this recently before it
 
 
 def _priority(type_: str) -> str:
@@ -44,6 +44,7 @@ class BreathAlarms:
         self.technical = Lifecycle("technical", _priority, ("high",))
         self._open: tuple[str, str] | None = None  # (type, key) of the open pause alarm
         self._unheard = -1  # the last check without contact or with a lost signal
+        self._open_from = -1  # the sample the open alarm was raised at
         audio_rate = grid.sample_rate_hz
         self._rate_trackers = {
             name: EventTracker(
@@ -87,7 +88,11 @@ class BreathAlarms:
         # a pause is apnoea only for the time the stethoscope heard the patient: it starts
         # again when a lost signal or the contact returns
         heard_since = max(last_end, tracker.last_lost + 1, self._unheard)
-        if tracker.breathing_now or now - last_end < self.apnoea_samples:
+        if self._open is not None:  # only a breath of a typical breath's strength ends it
+            again = tracker.strong_now or tracker.strong_breath > self._open_from
+        else:
+            again = tracker.breathing_now or now - last_end < self.apnoea_samples
+        if again:
             if self._open is not None:  # breathing again: the alarm ends at the breath's peak
                 breath = tracker.rising_peak if tracker.breathing_now else tracker.last_breath
                 self._close(self.grid.start_sample(max(breath, 0)))
@@ -112,6 +117,7 @@ class BreathAlarms:
             severity = self.confidence if wanted == APNOEA else 1.0
             key = life.onset(wanted, min(start, end), end, severity, reason)
             self._open = (wanted, key)
+            self._open_from = now
         else:
             life = self.physiological if self._open[0] == APNOEA else self.technical
             life.extend(self._open[1], end, 0.0)

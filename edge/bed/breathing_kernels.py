@@ -25,8 +25,10 @@ slow levels at the next good sample, so a returning signal is not a breath.
 :func:`humps` runs on every analysis, over the window: it smooths the activity by a moving
 mean of about a third of the breath period (a breath's inspiration and expiration become one
 hump), finds its peaks, keeps those at least ``min_gap`` apart (the higher first) that rise at
-least ``delta`` over the higher of the two troughs around them (their prominence), and gives
-each one's end (where it has fallen by half its prominence). The ends of the window may be
+least ``delta`` over the higher of the two troughs around them (their prominence) and stand
+over half their prominence for at most ``max_width`` samples (a noise that starts lifts the
+activity for as long as the slow level takes to follow: no breath), and gives each one's end
+(where it has fallen by half its prominence). The ends of the window may be
 padded with the lowest value of the period next to them (three times the moving mean), so a
 hump the window cuts, that rose over its own trough, is a peak.
 
@@ -185,6 +187,7 @@ def humps(
     cycle: int,  # samples of the moving mean
     min_gap: int,  # peaks closer than this: the lower goes
     delta: float,  # least prominence of a breath
+    max_width: int,  # widest a breath may be where it stands over half its prominence
     pad_start: bool,  # the window's start may cut a hump (the stream's start)
     pad_end: bool,  # its end may cut one (the stream's end, or "is a breath on now?")
     peaks: np.ndarray,  # (cap,) int64 out: the breaths' peaks (indices into x)
@@ -247,9 +250,15 @@ def humps(
         prominence = s[p] - max(left, right)
         if prominence < delta:
             continue
+        half_level = s[p] - 0.5 * prominence
         end = p
-        while end <= n and s[end] > s[p] - 0.5 * prominence:
+        while end <= n and s[end] > half_level:
             end += 1
+        start = p
+        while start >= 1 and s[start] > half_level:
+            start -= 1
+        if end - start > max_width:  # a step of the floor, not a breath
+            continue
         peaks[found] = p - 1
         proms[found] = prominence
         ends[found] = min(end, n) - 1

@@ -1,0 +1,118 @@
+"""Respiratory rate and apnoea on real recordings, through the device path
+(``training.scoring.respiration``; ICBHI from ``../shared/data``, skipped without it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.bed.agebands import band_for_age
+from edge.datapaths import icbhi_root
+from edge.monitor import Monitor
+from training.scoring import respiration as r
+
+RATE_HZ = 8000
+
+
+@pytest.fixture(scope="module")
+def icbhi() -> Path:
+    root = icbhi_root()
+    if not (root / "train").is_dir():
+        pytest.skip(f"ICBHI data not found at {root} (set LUNGWATCH_DATA_DIR)")
+    return root
+
+
+@pytest.fixture(scope="module")
+def streams(icbhi: Path) -> dict[str, np.ndarray]:
+    return r.patient_streams(icbhi, RATE_HZ)
+
+
+@pytest.fixture(scope="module")
+def monitor() -> Monitor:
+    return Monitor.load("models/sed")
+
+
+def bands(icbhi: Path, patients: list[str]) -> dict[str, str]:
+    ages = r.icbhi_ages(icbhi)
+    return {p: band_for_age(ages[p]).name for p in patients}
+
+
+# an adult (bronchiectasis), a 1-year-old (bronchiolitis) and a 4-year-old (pneumonia)
+PATIENTS = ["201", "167", "226"]
+
+
+@pytest.mark.parametrize("kind", ["quiet", "noise"])
+def test_a_pause_spliced_into_real_breathing_raises_apnoea_in_time_and_clears(
+    kind: str, icbhi: Path, streams: dict[str, np.ndarray], monitor: Monitor
+) -> None:
+    spliced = {p: r.splice(streams[p], kind, 60.0, 30.0, RATE_HZ, int(p)) for p in PATIENTS}
+    found, _, _ = r.stream_events(monitor, spliced, bands(icbhi, PATIENTS))
+    for patient in PATIENTS:
+        apnoea = r.onsets(found[patient], "apnoea")
+        assert len(apnoea) == 1, (patient, apnoea)
+        when, event = apnoea[0]
+        assert 60.0 < when <= 60.0 + 20.0 + 2.0, patient  # the apnoea time is 20 s
+        assert (event.priority, event.kind) == ("high", "physiological")
+        cleared = [w for w, e in found[patient] if e.type == "apnoea" and e.latched]
+        assert cleared, patient
+        assert 90.0 < cleared[0] <= 100.0, patient  # breathing resumed at 90 s
+        assert not r.onsets(found[patient], "breath_signal_lost"), patient
+
+
+@pytest.mark.parametrize("kind", ["zeros", "detached"])
+def test_a_dead_microphone_or_a_detached_sensor_is_not_apnoea(
+    kind: str, icbhi: Path, streams: dict[str, np.ndarray], monitor: Monitor
+) -> None:
+    spliced = {p: r.splice(streams[p], kind, 60.0, 30.0, RATE_HZ, int(p)) for p in PATIENTS}
+    found, _, _ = r.stream_events(monitor, spliced, bands(icbhi, PATIENTS))
+    for patient in PATIENTS:
+        assert not r.onsets(found[patient], "apnoea"), patient
+        lost = r.onsets(found[patient], "breath_signal_lost")
+        assert lost, patient
+        assert 60.0 < lost[0][0] <= 90.0, patient
+        assert lost[0][1].kind == "technical"
+
+
+def test_no_apnoea_on_the_real_recordings_alone(
+    icbhi: Path, streams: dict[str, np.ndarray], monitor: Monitor
+) -> None:
+    """Every ICBHI patient's recordings back to back (at least 2 minutes each)."""
+    found, _, _ = r.stream_events(monitor, streams, bands(icbhi, list(streams)))
+    alarms = {p: [w for w, _ in r.onsets(events, "apnoea")] for p, events in found.items()}
+    assert not {p: a for p, a in alarms.items() if a}
+    assert len(found) == 41
+
+
+def test_the_rate_on_icbhi_meets_the_targets_on_assessable_recordings(icbhi: Path) -> None:
+    result = r.rate_part(Path("models/sed"), icbhi)
+    assert result["recordings_n"] == 92
+    assert result["rate_mae_bpm"] <= 2.0
+    assert result["count_within_1_assessable"] >= 0.8
+    assert result["not_assessable_share"] <= 0.5  # stated in docs/respiration.md
+
+
+def test_splice_kinds_on_a_synthetic_stream() -> None:
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 0.01, 90 * RATE_HZ).astype(np.float32)
+    for kind in r.SPLICES:
+        out = r.splice(audio, kind, 60.0, 30.0, RATE_HZ)
+        assert out.shape == (120 * RATE_HZ,)
+        assert out.dtype == np.float32
+    zeros = r.splice(audio, "zeros", 60.0, 30.0, RATE_HZ)
+    assert not zeros[60 * RATE_HZ : 90 * RATE_HZ].any()
+    np.testing.assert_array_equal(zeros[90 * RATE_HZ :], audio[60 * RATE_HZ :])
+    with pytest.raises(ValueError, match="splice kind must be one of"):
+        r.splice(audio, "music", 60.0, 30.0, RATE_HZ)
+    with pytest.raises(ValueError, match="needs 30.0 s of audio before it"):
+        r.splice(audio, "quiet", 10.0, 30.0, RATE_HZ)
+
+
+def test_the_cycle_reference(tmp_path: Path) -> None:
+    txt = tmp_path / "101_1b1_Al_sc_Meditron.txt"
+    txt.write_text("0.5\t2.5\t0\t0\n2.5\t5.5\t1\t0\n5.5\t8.5\t0\t0\n8.5\t9.5\t0\t1\n")
+    ref = r.CycleReference.of(txt)
+    assert ref.cycles == 4
+    assert ref.rate_bpm == pytest.approx(60.0 * 4 / 9.0)
+    assert ref.period_bpm == pytest.approx(20.0)  # the whole cycles last 3 s

@@ -1,0 +1,504 @@
+"""``lungwatch respiration``: the respiratory rate and apnoea of :mod:`edge.bed.breathing`,
+judged on real recordings through the device path.
+
+    lungwatch respiration [--model models/sed] [--parts rate,compare,apnoea,false]
+                          [--out respiration.json]
+
+Parts (each prints a table; the last line is ``key=value`` pairs of the headline numbers):
+
+- ``rate``: ICBHI (``<data>/icbhi/train``) through ``lungwatch detect``'s path, each
+  recording's age band from ICBHI's demographics (the band a ward would configure). The
+  reference is the annotated cycles: their count, and the **cycle count per minute** over the
+  annotated span (first cycle's start to last cycle's end; ICBHI's first and last cycles are
+  often partial, so this is what annotators counted, not a period); also 60 / the median
+  duration of the whole cycles (the first and last left out) as the period reference.
+  Reports the share of recordings not assessable, the mean absolute error of the rate over
+  the assessable ones, and the breath count within ±1 (assessable ones, and all).
+- ``compare``: the estimators the issue names, each on whole recordings with the same period
+  and hump analysis (:func:`edge.bed.breathing._period`, :func:`edge.bed.breathing_kernels.
+  humps`): the breath activity of the front end's frames (what ships), the model's
+  ``Breath`` output (log-odds), and their sum after each is scaled to unit spread.
+- ``apnoea``: per ICBHI patient, the patient's recordings back to back (repeated to at least
+  two minutes), with 30 s without breathing spliced in at 60 s (:func:`splice`): ``quiet``
+  (the recording's own sounds under 100 Hz, heart and body, and its stethoscope's floor),
+  ``noise`` (the same, with stationary noise 6 dB under its typical breath sounds over the
+  whole stream: the ward's noise goes on, the breath sounds stop), ``zeros`` (a dead
+  microphone) and ``detached`` (faint room noise, no body sound). Expected: apnoea within the
+  apnoea time plus 2 s of the splice for ``quiet`` and ``noise``, no apnoea (but
+  ``breath_signal_lost``) for ``zeros`` and ``detached``.
+- ``false``: every real recording streamed back to back, one bed per data set and age band
+  (ICBHI train, SPRSound train and intra_test): apnoea onsets per hour.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.signal import butter, sosfiltfilt
+
+from edge.audio import read_audio
+from edge.bed.agebands import AgeBand, age_from_sprsound_name, band_for_age
+from edge.bed.breathing_alarms import ARM_HOLD_S
+from edge.datapaths import data_root
+from edge.monitor import Bed, BedEvent, Monitor
+from edge.runtime.detect import write_json
+from lungwatch.cli import ArgumentParser
+
+PARTS = ("rate", "compare", "apnoea", "false")
+SPLICES = ("quiet", "noise", "zeros", "detached")
+SPLICE_AT_S = 60.0
+SPLICE_S = 30.0
+MIN_STREAM_S = 120.0
+READ_S = 1.0  # seconds of audio per push (as a file source reads)
+
+
+def icbhi_ages(root: Path) -> dict[str, float]:
+    """Patient id -> age in years from ICBHI's ``annotations/demographic_info.txt``."""
+    ages = {}
+    for line in (root / "annotations" / "demographic_info.txt").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[1] != "NA":
+            ages[fields[0]] = float(fields[1])
+    return ages
+
+
+@dataclass(frozen=True)
+class CycleReference:
+    """What ICBHI's annotation says of one recording's breathing."""
+
+    cycles: int
+    span_s: float  # first cycle's start to last cycle's end
+    period_bpm: float | None  # 60 / median duration of the whole cycles (first, last left out)
+
+    @property
+    def rate_bpm(self) -> float:
+        """Cycles per minute of the annotated span."""
+        return 60.0 * self.cycles / self.span_s
+
+    @classmethod
+    def of(cls, txt: Path) -> CycleReference:
+        rows = [line.split() for line in txt.read_text().splitlines() if line.strip()]
+        spans = [(float(r[0]), float(r[1])) for r in rows]
+        inner = [end - start for start, end in spans[1:-1]]
+        period = 60.0 / float(np.median(inner)) if inner else None
+        return cls(len(spans), spans[-1][1] - spans[0][0], period)
+
+
+def body_sounds(audio: np.ndarray, rate_hz: int, cutoff_hz: float = 100.0) -> np.ndarray:
+    """The recording's sounds under ``cutoff_hz`` (heart, body): what a stethoscope on a chest
+    that does not breathe still hears (zero phase, 8th order)."""
+    sos = butter(8, cutoff_hz, btype="low", fs=rate_hz, output="sos")
+    return sosfiltfilt(sos, audio)
+
+
+def _band_noise(n: int, lo_hz: float, hi_hz: float, rms: float, rate_hz: int,
+                rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    sos = butter(2, [lo_hz, hi_hz], btype="band", fs=rate_hz, output="sos")
+    noise = sosfiltfilt(sos, rng.normal(0.0, 1.0, n))
+    return noise / noise.std() * rms
+
+
+def breath_band_levels(audio: np.ndarray, rate_hz: int) -> tuple[float, float]:
+    """(floor, typical) RMS of the breath band (150-1000 Hz) over 0.48-s hops: the 5th
+    percentile (the stethoscope's floor between breaths) and the median."""
+    sos = butter(4, [150.0, 1000.0], btype="band", fs=rate_hz, output="sos")
+    band = sosfiltfilt(sos, audio)
+    hop = int(0.48 * rate_hz)
+    hops = band[: band.size // hop * hop].reshape(-1, hop)
+    rms = np.sqrt((hops**2).mean(axis=1))
+    return float(np.percentile(rms, 5)), float(np.median(rms))
+
+
+def splice(
+    audio: np.ndarray, kind: str, at_s: float, seconds: float, rate_hz: int, seed: int = 0
+) -> np.ndarray:
+    """``audio`` with ``seconds`` without breathing inserted at ``at_s`` (module doc, ``apnoea``):
+    ``quiet``, ``noise``, ``zeros`` or ``detached``; the sounds come from the ``seconds`` before
+    ``at_s``."""
+    rng = np.random.default_rng(seed)
+    at, n = int(at_s * rate_hz), int(seconds * rate_hz)
+    if at < n or at > audio.size:
+        raise ValueError(f"splice at {at_s} s needs {seconds} s of audio before it")
+    floor, typical = breath_band_levels(audio[:at], rate_hz)
+    if kind == "zeros":
+        inserted = np.zeros(n)
+    elif kind == "detached":  # faint room noise, nothing of the body
+        inserted = _band_noise(n, 300.0, 3000.0, 10 ** (-60 / 20), rate_hz, rng)
+    elif kind in ("quiet", "noise"):
+        inserted = body_sounds(audio[at - n : at], rate_hz)
+        inserted = inserted + _band_noise(n, 100.0, 3000.0, floor / 2, rate_hz, rng)
+    else:
+        raise ValueError(f"splice kind must be one of {', '.join(SPLICES)}, got {kind!r}")
+    out = np.concatenate([audio[:at], inserted, audio[at:]])
+    if kind == "noise":  # the ward's noise goes on all along; only the breath sounds stop
+        out = out + _band_noise(out.size, 100.0, 2000.0, typical / 2, rate_hz, rng)
+    return out.astype(np.float32)
+
+
+def patient_streams(root: Path, rate_hz: int, min_s: float = MIN_STREAM_S) -> dict[str, np.ndarray]:
+    """Patient id -> the patient's ICBHI recordings back to back (leading zeros cut, repeated
+    to at least ``min_s``)."""
+    by_patient: dict[str, list[Path]] = collections.defaultdict(list)
+    for flac in sorted((root / "train").glob("*.flac")):
+        by_patient[flac.stem.split("_")[0]].append(flac)
+    streams = {}
+    for patient, files in sorted(by_patient.items()):
+        parts = [read_audio(f, target_rate_hz=rate_hz).samples for f in files]
+        audio = np.concatenate([p[int(np.argmax(np.abs(p) > 0)) :] for p in parts])
+        while audio.size < min_s * rate_hz:
+            audio = np.concatenate([audio, audio])
+        streams[patient] = audio.astype(np.float32)
+    return streams
+
+
+Events = list[tuple[float, BedEvent]]  # (stream time it came at, event)
+Readings = list[tuple[float, str]]  # (stream time, the bed's breathing state then)
+
+
+def stream_events(
+    monitor: Monitor, streams: Mapping[str, Iterable[np.ndarray]], bands: Mapping[str, str]
+) -> tuple[dict[str, Events], dict[str, Bed], dict[str, Readings]]:
+    """Every stream (an array, or pieces of audio one after another) as one bed of its age
+    band, pushed ``READ_S`` at a time, all beds in one call per read; each bed's events with
+    the stream time they came at, the closed beds, and each bed's breathing state after each
+    read."""
+    beds = {name: monitor.open_bed(name, bands.get(name)) for name in streams}
+    found: dict[str, Events] = {name: [] for name in streams}
+    states: dict[str, Readings] = {name: [] for name in streams}
+    step = int(READ_S * monitor.sample_rate_hz)
+    readers = {name: _reader(pieces, step) for name, pieces in streams.items()}
+    pushed = dict.fromkeys(streams, 0)
+    while readers:
+        chunks = {}
+        for name in list(readers):
+            chunk = next(readers[name], None)
+            if chunk is None:
+                del readers[name]
+            else:
+                chunks[beds[name]] = chunk
+        for bed, result in monitor.push(chunks).items():
+            pushed[bed.id] += chunks[bed].size
+            now = pushed[bed.id] / monitor.sample_rate_hz
+            found[bed.id] += [(now, e) for e in result.events]
+            if result.respiration is not None:
+                states[bed.id].append((now, result.respiration.state))
+    for bed, result in monitor.close_beds(beds.values()).items():
+        now = pushed[bed.id] / monitor.sample_rate_hz
+        found[bed.id] += [(now, e) for e in result.events]
+    return found, beds, states
+
+
+def _reader(pieces: Iterable[np.ndarray], step: int) -> Iterator[np.ndarray]:
+    """Chunks of ``step`` samples over audio that comes in pieces (an array is one piece)."""
+    buffer = np.zeros(0, np.float32)
+    for piece in [pieces] if isinstance(pieces, np.ndarray) else pieces:
+        buffer = np.concatenate([buffer, np.asarray(piece, np.float32)])
+        while buffer.size >= step:
+            yield buffer[:step]
+            buffer = buffer[step:]
+    if buffer.size:
+        yield buffer
+
+
+def onsets(events: Iterable[tuple[float, BedEvent]], type_: str) -> list[tuple[float, BedEvent]]:
+    return [(when, e) for when, e in events if e.type == type_ and e.state == "onset"]
+
+
+def rate_part(model: Path, root: Path) -> dict[str, Any]:
+    """ICBHI through the device path against the annotated cycles (module doc, ``rate``)."""
+    from edge.monitor import resolve_model
+    from edge.runtime.offline import detect_recordings, recordings_in
+
+    ages = icbhi_ages(root)
+    recordings = recordings_in([root / "train"])
+    bands = {name: band_for_age(ages[name.split("_")[0]]).name for name in recordings}
+    folder, file = resolve_model(model)
+    found = detect_recordings(recordings, folder, file, age_bands=bands)
+    rows = []
+    for name in sorted(recordings):
+        ref = CycleReference.of(root / "train" / f"{name}.txt")
+        got = found[name].respiration or {}
+        rows.append({"recording": name, "age_band": bands[name], "cycles": ref.cycles,
+                     "rate_ref_bpm": round(ref.rate_bpm, 2), "period_ref_bpm": ref.period_bpm,
+                     **got})  # fmt: skip
+    return {"recordings": rows, **rate_summary(rows)}
+
+
+def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The headline numbers of ``rate_part``'s rows."""
+    ok = [r for r in rows if r["assessable"]]
+    errors = np.array([abs(r["rate_bpm"] - r["rate_ref_bpm"]) for r in ok])
+    count = np.array([abs(r["breaths"] - r["cycles"]) for r in rows])
+    count_ok = np.array([abs(r["breaths"] - r["cycles"]) for r in ok])
+    periods = [r for r in ok if r["period_ref_bpm"] and r.get("interval_rate_bpm")]
+    period_errors = np.array([abs(r["interval_rate_bpm"] - r["period_ref_bpm"]) for r in periods])
+    return {
+        "recordings_n": len(rows),
+        "not_assessable_share": round(1.0 - len(ok) / max(1, len(rows)), 3),
+        "rate_mae_bpm": round(float(errors.mean()), 2) if errors.size else None,
+        "rate_median_error_bpm": round(float(np.median(errors)), 2) if errors.size else None,
+        "count_within_1_assessable": round(float((count_ok <= 1).mean()), 3) if ok else None,
+        "count_within_1_all": round(float((count <= 1).mean()), 3) if rows else None,
+        "interval_rate_vs_period_mae_bpm": round(float(period_errors.mean()), 2)
+        if period_errors.size
+        else None,
+    }
+
+
+def print_rate(result: Mapping[str, Any]) -> None:
+    print("rate: ICBHI train through the device path, age bands from the demographics")
+    print(f"  recordings {result['recordings_n']}, not assessable "
+          f"{result['not_assessable_share']:.1%}")  # fmt: skip
+    print(f"  rate MAE {result['rate_mae_bpm']} breaths/min over the assessable ones (median "
+          f"{result['rate_median_error_bpm']}); against the period reference "
+          f"{result['interval_rate_vs_period_mae_bpm']}")  # fmt: skip
+    print(f"  breaths counted within ±1 of the cycles: {result['count_within_1_assessable']:.1%}"
+          f" of assessable recordings, {result['count_within_1_all']:.1%} of all")  # fmt: skip
+
+
+def whole_analysis(
+    series: np.ndarray, rate_hz: float, band: AgeBand, min_delta: float
+) -> dict[str, Any]:
+    """The tracker's analysis (period, humps, the rate's checks) over a whole recording's
+    series at once, its ends padded: breaths, confidence, whether a rate is assessable."""
+    from edge.bed import breathing as b
+    from edge.bed import breathing_kernels as k
+
+    good = np.ones(series.shape[0], np.bool_)
+    period, confidence = b._period(series, good, rate_hz, band.search_bpm)
+    period = period if period is not None else 120.0 / sum(band.search_bpm)
+    samples = period * rate_hz
+    delta = max(min_delta, b.DELTA_OF_RANGE * k.spread(series, good, 0.05))
+    size = series.shape[0] // 2 + 1
+    peaks, proms, ends = np.zeros(size, np.int64), np.zeros(size), np.zeros(size, np.int64)
+    n = k.humps(series, max(1, round(b.CYCLE_FRACTION * samples)),
+                max(1, round(b.MIN_GAP_FRACTION * samples)), delta,
+                round(b.MAX_BREATH_S * rate_hz), True, True, peaks, proms, ends)  # fmt: skip
+    rate = 60.0 * (n - 1) * rate_hz / float(peaks[n - 1] - peaks[0]) if n >= 2 else None
+    agree = rate is not None and abs(rate * period / 60.0 - 1.0) <= b.AGREEMENT
+    assessable = bool(confidence >= 0.3 and n >= 3 and agree)
+    return {"breaths": n, "confidence": round(confidence, 3), "assessable": assessable}
+
+
+def compare_part(model: Path, root: Path) -> dict[str, Any]:
+    """The three estimators on whole ICBHI recordings (module doc, ``compare``)."""
+    from edge.bed.agebands import age_band
+    from edge.bed.breathing import BreathTracker, RespirationConfig
+    from edge.features import extract
+    from edge.monitor import resolve_model
+    from edge.runtime.offline import detect_recordings, recordings_in
+
+    ages = icbhi_ages(root)
+    recordings = recordings_in([root / "train"])
+    folder, file = resolve_model(model)
+    found = detect_recordings(recordings, folder, file, keep_probs=True)
+    monitor = Monitor.load(folder / file)
+    spec, grid = monitor.settings.spec, monitor.grid
+    breath_column = list(monitor.outputs).index("Breath")
+    monitor.close()
+    rate_hz = grid.sample_rate_hz / grid.frame_samples
+    rows: dict[str, list[dict[str, Any]]] = {"envelope": [], "model": [], "combined": []}
+    for name in sorted(recordings):
+        band = band_for_age(ages[name.split("_")[0]])
+        audio = read_audio(recordings[name], target_rate_hz=spec.sample_rate_hz).samples
+        frames = extract(audio, spec).T
+        tracker = BreathTracker(RespirationConfig(window_s=frames.shape[1] / 100 + 10), spec,
+                                grid, age_band(band.name))  # fmt: skip
+        for start in range(0, frames.shape[1] - 47, 48):
+            tracker.push(frames[:, start : start + 48], 48, False)
+        envelope = tracker.ring_a[: tracker.samples].copy()
+        kept = found[name].probs
+        if kept is None:  # keep_probs=True keeps them; a recording that could not run has none
+            continue
+        probs = np.clip(np.nan_to_num(kept[:, breath_column], nan=0.5), 1e-4, 1 - 1e-4)
+        model_db = 10.0 * np.log10(probs / (1.0 - probs))
+        n = min(envelope.size, model_db.size)
+        combined = _unit(envelope[:n]) + _unit(model_db[:n])
+        ref = CycleReference.of(root / "train" / f"{name}.txt")
+        for key, series, floor in (("envelope", envelope, 1.5), ("model", model_db, 1.5),
+                                   ("combined", combined, 0.0)):  # fmt: skip
+            got = whole_analysis(series, rate_hz, band, floor)
+            got["rate_bpm"] = 60.0 * got["breaths"] / ref.span_s
+            rows[key].append({"recording": name, "cycles": ref.cycles,
+                              "rate_ref_bpm": ref.rate_bpm, **got})  # fmt: skip
+    return {key: {**_compare_summary(r), "recordings": r} for key, r in rows.items()}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """``x`` over its 5-95 % spread (a series of any unit, made comparable)."""
+    from edge.bed import breathing_kernels as k
+
+    spread = k.spread(x, np.ones(x.shape[0], np.bool_), 0.05)
+    return (x - np.median(x)) / spread if spread > 0 else x * 0.0
+
+
+def _compare_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in rows if r["assessable"]]
+    errors = np.array([abs(r["rate_bpm"] - r["rate_ref_bpm"]) for r in ok])
+    count = np.array([abs(r["breaths"] - r["cycles"]) for r in rows])
+    return {
+        "not_assessable_share": round(1.0 - len(ok) / max(1, len(rows)), 3),
+        "rate_mae_bpm": round(float(errors.mean()), 2) if errors.size else None,
+        "count_within_1_all": round(float((count <= 1).mean()), 3),
+    }
+
+
+def print_compare(result: Mapping[str, Any]) -> None:
+    print("compare: whole ICBHI recordings, one analysis for every estimator")
+    print(
+        f"  {'estimator':<10} {'not assessable':>15} {'rate MAE (bpm)':>15} {'count ±1 (all)':>15}"
+    )
+    for key, r in result.items():
+        mae = "-" if r["rate_mae_bpm"] is None else f"{r['rate_mae_bpm']:.2f}"
+        print(f"  {key:<10} {r['not_assessable_share']:>15.1%} {mae:>15} "
+              f"{r['count_within_1_all']:>15.1%}")  # fmt: skip
+
+
+def apnoea_part(model: Path, root: Path, apnoea_s: float = 20.0) -> dict[str, Any]:
+    """The splices of the module doc's ``apnoea`` part, per ICBHI patient."""
+    ages = icbhi_ages(root)
+    monitor = Monitor.load(model)
+    rate_hz = monitor.sample_rate_hz
+    streams = patient_streams(root, rate_hz)
+    bands = {p: band_for_age(ages[p]).name for p in streams}
+    result: dict[str, Any] = {}
+    for kind in SPLICES:
+        spliced = {p: splice(a, kind, SPLICE_AT_S, SPLICE_S, rate_hz, int(p))
+                   for p, a in streams.items()}  # fmt: skip
+        found, _, states = stream_events(monitor, spliced, bands)
+        rows = [_splice_outcome(p, kind, found[p], states[p], apnoea_s) for p in sorted(found)]
+        armed = [r for r in rows if r["armed"]]
+        result[kind] = {"patients": rows, "ok": sum(r["ok"] for r in rows), "of": len(rows),
+                        "armed": len(armed), "ok_armed": sum(r["ok"] for r in armed)}  # fmt: skip
+    monitor.close()
+    return result
+
+
+def _splice_outcome(
+    patient: str, kind: str, events: Events, states: Readings, apnoea_s: float
+) -> dict[str, Any]:
+    """One patient's splice: when apnoea / breath_signal_lost came, when the apnoea's
+    condition ended, and whether that is what a ward expects (module doc)."""
+    apnoea = onsets(events, "apnoea")
+    lost = onsets(events, "breath_signal_lost")
+    first = apnoea[0][0] if apnoea else None
+    cleared = next((when for when, e in events if e.type == "apnoea" and
+                    (e.latched or e.state == "ended")), None)  # fmt: skip
+    end = SPLICE_AT_S + SPLICE_S
+    if kind in ("quiet", "noise"):
+        in_time = first is not None and SPLICE_AT_S < first <= SPLICE_AT_S + apnoea_s + 2.0
+        ok = in_time and len(apnoea) == 1 and cleared is not None and end < cleared <= end + 10.0
+    else:
+        ok = not apnoea and any(SPLICE_AT_S < when <= end for when, _ in lost)
+    # armed: the rate was assessable shortly before the pause (edge.bed.breathing_alarms)
+    armed = any(SPLICE_AT_S - ARM_HOLD_S <= when <= SPLICE_AT_S and state == "ok"
+                for when, state in states)  # fmt: skip
+    return {"patient": patient, "ok": ok, "armed": armed, "apnoea_at_s": first,
+            "apnoea_onsets": len(apnoea), "cleared_at_s": cleared,
+            "signal_lost_at_s": lost[0][0] if lost else None}  # fmt: skip
+
+
+def print_apnoea(result: Mapping[str, Any]) -> None:
+    print(f"apnoea: {SPLICE_S:.0f} s spliced at {SPLICE_AT_S:.0f} s into each ICBHI patient's "
+          "recordings (back to back, at least 2 min)")  # fmt: skip
+    for kind, r in result.items():
+        want = "apnoea in time, cleared" if kind in ("quiet", "noise") else "lost signal, no apnoea"
+        missed = [x["patient"] + ("" if x["armed"] else "*") for x in r["patients"] if not x["ok"]]
+        print(f"  {kind:<9} {r['ok']:>3} of {r['of']} as expected ({want}); of the {r['armed']} "
+              f"whose rate was assessable before: {r['ok_armed']}; not: "
+              f"{', '.join(missed) or '-'} (*: not assessable before)")  # fmt: skip
+
+
+def false_part(model: Path, data: Path) -> dict[str, Any]:
+    """Every real recording back to back, one bed per data set and age band: apnoea onsets
+    (and breath_signal_lost onsets) per hour (module doc, ``false``)."""
+    ages = icbhi_ages(data / "icbhi")
+    groups: dict[str, list[Path]] = collections.defaultdict(list)
+    for flac in sorted((data / "icbhi" / "train").glob("*.flac")):
+        groups[f"icbhi:{band_for_age(ages[flac.stem.split('_')[0]]).name}"].append(flac)
+    for part in ("train", "intra_test"):
+        for flac in sorted((data / "sprsound" / part).glob("*.flac")):
+            age = age_from_sprsound_name(flac.stem)
+            band = band_for_age(age).name if age is not None else "adult"
+            groups[f"sprsound:{band}"].append(flac)
+    monitor = Monitor.load(model)
+    rate_hz = monitor.sample_rate_hz
+    streams = {name: (read_audio(f, target_rate_hz=rate_hz).samples for f in files)
+               for name, files in groups.items()}  # fmt: skip
+    bands = {name: name.split(":")[1] for name in groups}
+    found, beds, _ = stream_events(monitor, streams, bands)
+    monitor.close()
+    rows: list[dict[str, Any]] = []
+    for name in sorted(groups):
+        lost = len(onsets(found[name], "breath_signal_lost"))
+        hours_here = round(beds[name].samples / rate_hz / 3600.0, 3)
+        apnoea_here = len(onsets(found[name], "apnoea"))
+        rows.append({"stream": name, "recordings": len(groups[name]), "hours": hours_here,
+                     "apnoea": apnoea_here, "breath_signal_lost": lost})  # fmt: skip
+    hours = float(sum(r["hours"] for r in rows))
+    apnoea = int(sum(r["apnoea"] for r in rows))
+    return {"streams": rows, "hours": round(hours, 2), "apnoea": apnoea,
+            "apnoea_per_hour": round(apnoea / hours, 3) if hours else None}  # fmt: skip
+
+
+def print_false(result: Mapping[str, Any]) -> None:
+    print("false: every real recording back to back, one bed per data set and age band")
+    for r in result["streams"]:
+        print(f"  {r['stream']:<30} {r['recordings']:>5} recordings {r['hours']:>6.2f} h  "
+              f"apnoea {r['apnoea']}  breath_signal_lost {r['breath_signal_lost']}")  # fmt: skip
+    print(f"  {result['hours']} h: {result['apnoea']} apnoea alarms, "
+          f"{result['apnoea_per_hour']} per hour")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="lungwatch respiration", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("models/sed"), help="model folder")
+    parser.add_argument("--parts", default="rate,compare,apnoea,false",
+                        help=f"which parts, comma separated ({', '.join(PARTS)})")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="everything as JSON here")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        parser.error(f"--parts takes {', '.join(PARTS)}; got {args.parts!r}")
+    data = data_root()
+    if not (data / "icbhi" / "train").is_dir():
+        parser.error(f"{data / 'icbhi' / 'train'}: no ICBHI recordings (set LUNGWATCH_DATA_DIR)")
+    result: dict[str, Any] = {}
+    runs = {"rate": (rate_part, print_rate), "compare": (compare_part, print_compare),
+            "apnoea": (apnoea_part, print_apnoea), "false": (false_part, print_false)}  # fmt: skip
+    for part in parts:
+        run, show = runs[part]
+        result[part] = run(args.model, data if part == "false" else data / "icbhi")
+        show(result[part])
+        sys.stdout.flush()
+    if args.out is not None:
+        write_json(args.out, result)
+    print(" ".join(f"{k}={v}" for k, v in headline(result).items()))
+    return 0
+
+
+def headline(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``key=value`` line."""
+    out: dict[str, Any] = {}
+    if "rate" in result:
+        r = result["rate"]
+        out.update(not_assessable=r["not_assessable_share"], rate_mae_bpm=r["rate_mae_bpm"],
+                   count_within_1_assessable=r["count_within_1_assessable"],
+                   count_within_1_all=r["count_within_1_all"])  # fmt: skip
+    if "compare" in result:
+        out.update({f"{k}_rate_mae_bpm": v["rate_mae_bpm"] for k, v in result["compare"].items()})
+    if "apnoea" in result:
+        out.update({f"splice_{k}": f"{v['ok']}/{v['of']}" for k, v in result["apnoea"].items()})
+        out.update({f"splice_{k}_assessable": f"{v['ok_armed']}/{v['armed']}"
+                    for k, v in result["apnoea"].items()})  # fmt: skip
+    if "false" in result:
+        out.update(false_apnoea_per_hour=result["false"]["apnoea_per_hour"],
+                   false_hours=result["false"]["hours"])  # fmt: skip
+    return out
