@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,28 @@ def test_detect_out_to_a_folder_is_one_line_and_leaves_nothing(tmp_path: Path) -
     )
     assert list(folder.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "out"]
+
+
+def test_detect_writes_each_recordings_breathing(tmp_path: Path) -> None:
+    """``--respiration FILE``: one summary per recording (rate null where not assessable);
+    ``--age-band auto`` takes a SPRSound name's age, the default band for other names."""
+    from tests.edge.breathing_audio import RATE_HZ, chest_audio
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    sf.write(folder / "chest.wav", chest_audio(45.0, 20.0), RATE_HZ, subtype="PCM_16")
+    shutil.copy(REPO_ROOT / "examples" / "64913238_0.6_1_p3_2175.flac", folder)
+    out = tmp_path / "resp.json"
+    code = main(["detect", "--audio", str(folder), "--out", str(tmp_path / "e.json"),
+                     "--respiration", str(out), "--age-band", "auto"])  # fmt: skip
+    assert code == 0
+    found = json.loads(out.read_text())
+    assert set(found) == {"chest", "64913238_0.6_1_p3_2175"}
+    chest = found["chest"]
+    assert chest["assessable"] is True
+    assert chest["rate_bpm"] == pytest.approx(20.0, abs=1.5)
+    assert chest["breaths"] == pytest.approx(45 * 20 / 60, abs=1)
+    assert chest["age_band"] == "adult"
+    assert found["64913238_0.6_1_p3_2175"]["age_band"] == "infant-2-12m"  # 0.6 years old
+    with pytest.raises(SystemExit):
+        main(["detect", "--audio", str(folder), "--age-band", "elderly"])

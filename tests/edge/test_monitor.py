@@ -183,3 +183,36 @@ def test_bad_input_is_refused_with_what_was_wrong(monitor: Monitor) -> None:
             other.push({monitor.open_bed("x"): np.zeros(10, np.float32)})
     finally:
         other.close()
+
+
+def test_a_beds_breathing_comes_with_every_step_and_its_age_band_from_open_bed(
+    monitor: Monitor,
+) -> None:
+    """The streaming API gives each bed's respiration: the rate of a synthetic chest
+    breathing 30 times a minute, assessed with a child's band (and with an adult's, whose
+    search range stops at 45); an unknown band is refused at open_bed."""
+    from tests.edge.breathing_audio import chest_audio
+
+    audio = chest_audio(40.0, 30.0)
+    for band in ("child-1-5y", "adult"):
+        bed = monitor.open_bed(f"b-{band}", band)
+        steps = [bed.push(audio[i : i + 800]) for i in range(0, audio.size, 800)]
+        last = bed.close().respiration
+        assert last is not None
+        assert last.age_band == band
+        assert last.state == "ok"
+        assert last.rate_bpm == pytest.approx(30.0, abs=1.0)
+        assert steps[0].respiration.state == "assessing"
+        assert bed.chain.breathing.summary()["breaths"] == pytest.approx(40 * 30 / 60, abs=1)
+    with pytest.raises(ConfigError, match="age band 'elderly' is not one of"):
+        monitor.open_bed("b", "elderly")
+
+
+def test_respiration_can_be_turned_off() -> None:
+    from edge.bed.breathing import RespirationConfig
+
+    with Monitor.load(MODEL_DIR, respiration=RespirationConfig(enabled=False)) as off:
+        bed = off.open_bed()
+        step = bed.push(np.zeros(8000, np.float32))
+        assert step.respiration is None
+        assert bed.chain.breathing is None

@@ -690,6 +690,43 @@ def test_each_beds_rolling_verdict_is_retained_and_withdrawn_at_its_end(
         assert not late.wait_for(lambda ms: bool(ms), 1.0)  # nothing retained any more
 
 
+def test_each_beds_breathing_is_retained_its_apnoea_is_an_event_and_both_end_with_it(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """A chest breathing 15 times a minute, then 25 s of heart sounds only, then breathing
+    again: the bed's respiration topic carries the rate (retained, SNOMED CT's respiratory
+    rate, the age band's limits), an apnoea goes out as a high-priority event and the
+    respiration state says so; when the stream ends the retained reading is withdrawn."""
+    from tests.edge.breathing_audio import chest_audio
+
+    audio = write_audio(tmp_path / "chest.wav", chest_audio(80.0, 15.0, pause=(40.0, 65.0)))
+    streams = [stream("bed-1", audio, age_years=45)]
+    sections = mqtt_sections(tmp_path, mosquitto.port)
+    config = build(config_mapping(tmp_path, streams, respiration_publish_s=5.0, **sections))
+    with Recorder(mosquitto.port, topic=f"{ROOT}/bed-1/#") as live:
+        serve(config)
+        withdrawn = lambda ms: any(m.topic.endswith("/respiration") and not m.payload for m in ms)  # noqa: E731
+        assert live.wait_for(withdrawn, 5.0)
+        messages = list(live.messages)
+    readings = [m.json() for m in messages if m.topic.endswith("/respiration") and m.payload]
+    rates = [r["rate_bpm"] for r in readings if r["state"] == "ok"]
+    assert rates
+    assert all(abs(rate - 15.0) <= 1.0 for rate in rates)
+    first = readings[0]
+    assert (first["snomed_ct"], first["stream_id"], first["age_band"]) == ("86290005", "bed-1",
+                                                                           "adult")  # fmt: skip
+    assert (first["low_bpm"], first["high_bpm"]) == (9.0, 24.0)
+    assert "apnoea" in [r["state"] for r in readings]
+    events = [Event.from_json(m.payload) for m in messages if m.topic.endswith("/event")]
+    apnoea = [e for e in events if e.type == "apnoea"]
+    onset = next(e for e in apnoea if e.state == "onset")
+    assert (onset.priority, onset.kind, onset.snomed_ct) == ("high", "physiological", "1023001")
+    assert 36.0 <= onset.start_sample / RATE_HZ <= 40.0  # the last breath before the pause
+    assert any(e.detail.get("latched") for e in apnoea)  # breathing came back: latched
+    with Recorder(mosquitto.port, topic=f"{ROOT}/+/respiration") as late:
+        assert not late.wait_for(lambda ms: bool(ms), 1.0)  # nothing retained any more
+
+
 def test_a_bed_whose_source_cannot_be_opened_leaves_the_other_beds_running(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
