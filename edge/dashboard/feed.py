@@ -9,7 +9,7 @@ Subscriptions (QoS 1, renewed on every reconnect; clean session):
 - ``lungwatch/v1/<site>/+/status`` (retained: a late dashboard gets each device's last state)
 - ``lungwatch/v1/<site>/+/metrics``, ``lungwatch/v1/<site>/+/+/event``,
   ``lungwatch/v1/<site>/+/+/live``, ``lungwatch/v1/<site>/+/+/verdict`` (retained: each bed's
-  rolling verdict)
+  rolling verdict), ``lungwatch/v1/<site>/+/+/respiration`` (retained: each bed's breathing)
 
 The broker's SUBACK is read: a subscription it refuses (reason code 0x80, e.g. credentials
 whose ACL does not let them read the site) turns the ward's broker state to ``refused: not
@@ -75,6 +75,7 @@ class WardFeed:
             f"{TOPIC_ROOT}/{site}/+/+/event",
             f"{TOPIC_ROOT}/{site}/+/+/live",
             f"{TOPIC_ROOT}/{site}/+/+/verdict",
+            f"{TOPIC_ROOT}/{site}/+/+/respiration",
         ]
         self.client_id = f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}"
         self.probe_topic = f"{TOPIC_ROOT}/{site}/_dashboard/{self.client_id}"

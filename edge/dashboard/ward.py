@@ -7,7 +7,9 @@
 
 Kept per device: online / offline from the retained ``status`` (the broker's last will says
 ``offline`` when the runtime dies), the beds it serves (from ``event``, ``live`` and
-``metrics`` topics), its spool depth (``metrics.mqtt_spooled``), its worst bed's read wait
+``metrics`` topics) and, per bed, its breathing (the retained ``respiration`` reading: rate,
+state, age band; and the trend of its rate, :data:`RATE_TREND_POINTS` readings), its spool
+depth (``metrics.mqtt_spooled``), its worst bed's read wait
 (``metrics.read_wait_ms_p99``: behind when over the device's own limit,
 ``metrics.read_wait_warn_ms``, or 500 ms where the device does not say). Per bed: the open episodes
 (``onset`` / ``ongoing`` seen, no ``ended`` yet), the last events, the live strip and its
@@ -25,8 +27,8 @@ reason; a repeated event ``id`` (QoS 1 may deliver twice) is counted in
 ``counts["duplicates"]``.
 
 Bounded memory whatever names a publisher picks: topic segments are checked before anything
-is created, a withdrawn verdict (an empty retained payload) of a bed the ward does not know
-creates nothing, and at most ``max_devices`` devices, ``max_beds_per_device`` beds per device
+is created, a withdrawn verdict or breathing reading (an empty retained payload) of a bed the
+ward does not know creates nothing, and at most ``max_devices`` devices, ``max_beds_per_device`` beds per device
 and ``max_open_episodes_per_bed`` open episodes per bed are kept; a message that would add one
 more is rejected as ``over_limit`` (what is already kept goes on being updated).
 
@@ -72,11 +74,14 @@ PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
 STATE_TEXT = {
     "offline": "offline",
     "stale": "no data from the device",
+    "apnoea": "apnoea",
     "technical": "technical condition",
     "stridor": "stridor",
     "wheezes": "wheezes",
     "rhonchi": "rhonchi",
     "crackles": "crackles",
+    "tachypnoea": "breathing fast",
+    "bradypnoea": "breathing slow",
     "normal": "breathing normal",
 }
 CONDITION_OF_TYPE = {
@@ -86,8 +91,16 @@ CONDITION_OF_TYPE = {
     "Rhonchi": ("rhonchi",),
     "Fine Crackle": ("crackles",),
     "Coarse Crackle": ("crackles",),
+    "tachypnoea": ("tachypnoea",),
+    "bradypnoea": ("bradypnoea",),
 }
-KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live"), (6, "verdict")}  # levels, last
+# (levels, last) of the topics the view reads
+KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live"), (6, "verdict"),
+         (6, "respiration")}  # fmt: skip
+RETAINED_PER_BED = ("verdict", "respiration")  # an empty payload withdraws them
+RESPIRATION_STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")
+MAX_RATE_BPM = 200.0  # a published rate above this is not a rate
+RATE_TREND_POINTS = 720  # a bed's rate trend: two hours at the runtime's 10-s publishing
 VERDICT_LABELS = ("assessing", "Normal", "CAS", "DAS", "CAS & DAS", "Poor Quality")
 SEEN_IDS = 100_000  # event ids remembered for deduplication
 # a device is shown behind when a bed's audio waited longer than the device's own limit for
@@ -114,6 +127,11 @@ class Bed:
     open: dict[str, Event] = field(default_factory=dict)  # episode_id -> last message
     read_wait_ms_p99: float | None = None  # its last metrics report's (None: not measured)
     verdict: dict[str, Any] | None = None  # its rolling verdict: label, since (utc), window_s
+    respiration: dict[str, Any] | None = None  # its last breathing reading (rate, state, ...)
+    # its rate over time, oldest first: {"utc", "rate_bpm" (None: not assessed), "state"}
+    rate_trend: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=RATE_TREND_POINTS)
+    )
 
 
 @dataclass
@@ -158,13 +176,17 @@ def bed_state(
     """The bed's state at a glance: ``{"key": ..., "text": ...}`` (key in :data:`STATE_TEXT`).
 
     Offline beats everything; then a silent device (no data: what the page showed may no
-    longer hold); then a technical condition (monitoring is impaired, findings are
-    suppressed); then the findings, most important first; else breathing normal.
+    longer hold); then an apnoea; then a technical condition (monitoring is impaired,
+    findings are suppressed); then the findings, most important first; else breathing normal.
     """
     if online is False:
         return {"key": "offline", "text": STATE_TEXT["offline"]}
     if silent:
         return {"key": "stale", "text": STATE_TEXT["stale"]}
+    apnoea = [e for e in open_events if e.type == "apnoea"]
+    if apnoea:
+        latched = all(e.detail.get("latched") for e in apnoea)
+        return {"key": "apnoea", "text": STATE_TEXT["apnoea"] + (" (latched)" if latched else "")}
     technical = sorted((e for e in open_events if e.kind == "technical"), key=alarm_order)
     if technical:
         names = ", ".join(dict.fromkeys(e.type.replace("_", " ") for e in technical))
@@ -292,8 +314,8 @@ class Ward:
             if not is_segment(segment):
                 shown = segment[:80] + ("..." if len(segment) > 80 else "")
                 raise MessageError(f"the topic's {name} {shown!r} is not a topic segment")
-        if kind == "verdict" and not payload:  # withdrawn: the bed's stream ended
-            self._withdraw_verdict(device_id, parts[4])
+        if kind in RETAINED_PER_BED and not payload:  # withdrawn: the bed's stream ended
+            self._withdraw(kind, device_id, parts[4])
             return
         body = parse_message(payload, self.max_message_bytes, self.max_json_depth)
         if len(parts) == 5 and kind == "status":
@@ -304,6 +326,8 @@ class Ward:
             self._event(device_id, parts[4], body)
         elif kind == "verdict":
             self._verdict(device_id, parts[4], body)
+        elif kind == "respiration":
+            self._respiration(device_id, parts[4], body)
         else:
             self._live_point(device_id, parts[4], body)
 
@@ -396,10 +420,36 @@ class Ward:
         bed.live.append(point)
         self._live.append({"device_id": device_id, "stream_id": stream_id, "point": point})
 
-    def _withdraw_verdict(self, device_id: str, stream_id: str) -> None:
-        """The bed's verdict is gone (its stream ended); a bed not known stays unknown."""
+    def _respiration(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
+        """A bed's breathing (edge.bed.breathing via the runtime): the last reading, and a
+        point of its rate trend."""
+        _require_identity(body, self.site, device_id)
+        state, rate = body.get("state"), body.get("rate_bpm")
+        if body.get("stream_id") != stream_id or state not in RESPIRATION_STATES:
+            raise MessageError(
+                f"respiration must be for {stream_id!r}, its state one of "
+                f"{', '.join(RESPIRATION_STATES)}"
+            )
+        if rate is not None and not (is_number(rate) and 0.0 <= rate <= MAX_RATE_BPM):
+            raise MessageError(f"respiration.rate_bpm must be null or in [0, 200], got {rate!r}")
+        _, bed = self._place(device_id, stream_id)
+        shown = {key: body.get(key) for key in ("state", "rate_bpm", "confidence", "breaths",
+                                                 "age_band", "low_bpm", "high_bpm", "reason",
+                                                 "utc", "last_breath_utc")}  # fmt: skip
+        shown = {k: v for k, v in shown.items() if isinstance(v, str | int | float) or v is None}
+        bed.respiration = shown
+        bed.rate_trend.append({"utc": str(body.get("utc")), "rate_bpm": rate, "state": state})
+        self._dirty_beds.add((device_id, stream_id))
+
+    def _withdraw(self, kind: str, device_id: str, stream_id: str) -> None:
+        """A bed's retained verdict or breathing is gone (its stream ended); a bed not known
+        stays unknown."""
         bed = self.devices[device_id].beds.get(stream_id) if device_id in self.devices else None
         if bed is None:
+            return
+        if kind == "respiration":
+            bed.respiration = None
+            self._dirty_beds.add((device_id, stream_id))
             return
         bed.verdict = None
         self._dirty_beds.add((device_id, stream_id))
@@ -620,9 +670,11 @@ class Ward:
             "events": list(bed.events),
             "open": len(bed.open),
             "verdict": bed.verdict,
+            "respiration": bed.respiration,
         }
         if with_live:
             view["live"] = list(bed.live)
+            view["rate_trend"] = list(bed.rate_trend)
         return view
 
     def snapshot(self) -> dict[str, Any]:

@@ -627,3 +627,66 @@ def test_the_page_says_when_a_device_the_broker_or_its_own_stream_goes_quiet(
             wait_until(lambda: text(driver, "#connection") == "live", 15.0, "the stream back")
             assert text(driver, "#broker") == "broker connected"
             assert not page(driver, "return document.body.classList.contains('stream-down')")
+
+
+# -- breathing -------------------------------------------------------------------------------
+def test_a_beds_rate_trend_and_apnoea_on_the_page(
+    tmp_path: Path, password_broker: Mosquitto
+) -> None:
+    """A device paced in real time on a synthetic chest (20 breaths a minute, then 30 s of
+    heart sounds only, then breathing again): the bed's card shows its rate and draws its
+    trend; the apnoea comes as a high-priority alarm and the bed's state says apnoea."""
+    import soundfile
+
+    from tests.edge.breathing_audio import RATE_HZ, chest_audio
+
+    require_chromium()
+    audio = tmp_path / "chest.wav"
+    soundfile.write(audio, chest_audio(62.0, 20.0, pause=(22.0, 52.0)), RATE_HZ,
+                    subtype="PCM_16")  # fmt: skip
+    config = yaml.safe_load(ward_config(tmp_path, password_broker.port).read_text())
+    config["streams"] = [{"id": "bed-rr", "source": str(audio), "realtime": True,
+                          "age_years": 40}]  # fmt: skip
+    config["respiration_publish_s"] = 2.0
+    path = tmp_path / "ward-rr.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with open(tmp_path / "runtime.log", "w") as log:
+        runtime = subprocess.Popen(
+            [sys.executable, "-m", "lungwatch.cli", "run", "--config", str(path), "-v"],
+            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+            env={**os.environ, **SUBPROCESS_ENV},
+        )  # fmt: skip
+    try:
+        with DashboardProcess(path) as dashboard, chromium(1200, 640) as driver:
+            authorise(driver, *NURSE)
+            driver.get(dashboard.url)
+            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the first snapshot")
+            rate = 'article.bed[data-stream="bed-rr"] .rate'
+            shown = wait_until(lambda: page(driver, RATE_TEXT), 30.0, "a rate on the card")
+            assert re.fullmatch(r"RR (19|20|21)/min \(normal 9-24, adult\)", shown), shown
+            wait_until(lambda: page(driver, TREND_DRAWN) > 0, 10.0, "the rate's trend drawn")
+            row = wait_until(
+                lambda: driver.find_elements("css selector", '#alarms tr[data-type="apnoea"]'),
+                45.0, "the apnoea alarm",
+            )  # fmt: skip
+            assert "high" in row[0].text.lower()
+            state = wait_until(lambda: "apnoea" in bed_states(driver).get("bed-rr", "") and
+                               bed_states(driver)["bed-rr"], 5.0, "the bed's state")  # fmt: skip
+            assert state.startswith("apnoea")
+            wait_until(lambda: "APNOEA" in driver.find_element("css selector", rate).text,
+                       15.0, "the rate line saying apnoea")  # fmt: skip
+            screenshot(driver, tmp_path / "ward-view-apnoea.png")
+    finally:
+        runtime.kill()
+        runtime.wait(timeout=10)
+
+
+RATE_TEXT = (
+    "const r = document.querySelector('article.bed[data-stream=\"bed-rr\"] .rate');"
+    "return r && r.dataset.rate ? r.textContent : null;"
+)
+TREND_DRAWN = (
+    "const c = document.querySelector('article.bed[data-stream=\"bed-rr\"] canvas.trend');"
+    "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+    "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;"
+)

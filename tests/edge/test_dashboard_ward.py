@@ -176,6 +176,8 @@ def test_bed_state_text_for_each_condition() -> None:
             "technical",
             "technical condition: poor signal",
         ),
+        ([finding("tachypnoea")], "tachypnoea", "breathing fast"),
+        ([finding("apnoea"), technical("poor_signal")], "apnoea", "apnoea"),
         ([], "normal", "breathing normal"),
     ]
     for events, key, text in cases:
@@ -452,3 +454,30 @@ def test_verdicts_named_in_the_config_are_listed_among_the_alarms() -> None:
         verdict_payload(SITE, DEVICE, "bed-2", normal).encode(),
     )
     assert [r["stream_id"] for r in ward.alarms()] == ["bed-1"]
+
+
+def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> None:
+    from edge.events import respiration_payload, respiration_topic
+
+    ward = Ward(SITE)
+    topic = respiration_topic(SITE, DEVICE, "bed-2")
+    assert topic == f"{ROOT}/bed-2/respiration"
+    for i, (state, rate) in enumerate([("assessing", None), ("ok", 18.2), ("ok", 19.0),
+                                       ("apnoea", None)]):  # fmt: skip
+        reading = {"state": state, "rate_bpm": rate, "confidence": 0.6, "breaths": 9,
+                   "age_band": "adult", "low_bpm": 9.0, "high_bpm": 24.0, "reason": "",
+                   "utc": f"2026-05-09T07:00:{10 * i:02d}.000Z", "sample": 80000 * i}  # fmt: skip
+        assert ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", reading).encode())
+    bed = ward.snapshot()["beds"][0]
+    assert bed["respiration"]["state"] == "apnoea"
+    assert [p["rate_bpm"] for p in bed["rate_trend"]] == [None, 18.2, 19.0, None]
+    changes = ward.take_changes()
+    assert changes is not None
+    assert "rate_trend" not in changes["beds"][0]  # the page appends the reading it gets
+    wrong = {"state": "ok", "rate_bpm": 900, "utc": "2026-05-09T07:01:00.000Z"}
+    assert not ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", wrong).encode())
+    assert ward.counts["rejected"] == 1
+    assert ward.handle(topic, b"", True)  # the stream ended: withdrawn
+    assert ward.snapshot()["beds"][0]["respiration"] is None
+    assert ward.handle(respiration_topic(SITE, DEVICE, "bed-9"), b"", True)
+    assert [b["stream_id"] for b in ward.snapshot()["beds"]] == ["bed-2"]  # nothing created

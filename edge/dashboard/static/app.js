@@ -15,7 +15,8 @@
   };
   const QUALITY_COLOUR = "#616161";
   const STATE_CLASSES = ["s-normal", "s-crackles", "s-wheezes", "s-rhonchi", "s-stridor",
-    "s-technical", "s-offline", "s-stale"];
+    "s-technical", "s-offline", "s-stale", "s-apnoea", "s-tachypnoea", "s-bradypnoea"];
+  const TREND_POINTS = 720;  // as the server's RATE_TREND_POINTS
   const HEARTBEATS_MISSED = 3;  // as the server's HEARTBEATS_MISSED
 
   const ward = { user: null, site: "", devices: new Map(), beds: new Map(), alarms: [] };
@@ -180,12 +181,19 @@
     canvas.height = 44;
     canvas.setAttribute("aria-hidden", "true");
     const live = el("div", "live", "live: waiting for the first point");
+    // breathing: the rate now (or why there is none) and its trend
+    const rate = el("div", "rate", "");
+    rate.title = "respiratory rate over the last 30 s, breaths per minute";
+    const trend = el("canvas", "trend");
+    trend.width = 240;
+    trend.height = 28;
+    trend.setAttribute("aria-hidden", "true");
     const events = el("ol", "events");
-    card.append(head, canvas, live, events);
+    card.append(head, rate, trend, canvas, live, events);
     const device = deviceNode(deviceId);
     const after = [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
     device.beds.insertBefore(card, after || null);
-    bed = { card, state, verdict, canvas, live, events, points: [] };
+    bed = { card, state, verdict, canvas, live, events, rate, trend, points: [], rates: [] };
     ward.beds.set(key, bed);
     return bed;
   }
@@ -205,6 +213,7 @@
     const v = view.verdict;
     bed.verdict.textContent = v ? `verdict: ${v.label}` : "";
     bed.card.dataset.verdict = v ? v.label : "";
+    renderRate(bed, view);
     const rows = view.events.map(eventRow);
     bed.events.replaceChildren(...rows);
     stampAfterPaint(window.lwRendered, view.events.map((e) => e.id));
@@ -212,6 +221,54 @@
       bed.points = view.live.slice();
       drawStrip(bed);
     }
+  }
+
+  // -- breathing ------------------------------------------------------------------------
+  function renderRate(bed, view) {
+    const r = view.respiration;
+    if (view.rate_trend) bed.rates = view.rate_trend.slice();
+    else if (r && (!bed.rates.length || bed.rates[bed.rates.length - 1].utc !== r.utc)) {
+      bed.rates.push({ utc: r.utc, rate_bpm: r.rate_bpm, state: r.state });
+      if (bed.rates.length > TREND_POINTS) bed.rates.splice(0, bed.rates.length - TREND_POINTS);
+    }
+    bed.card.dataset.respiration = r ? r.state : "";
+    bed.rate.dataset.rate = r && r.rate_bpm !== null ? String(r.rate_bpm) : "";
+    if (!r) bed.rate.textContent = "";
+    else if (r.state === "ok") {
+      const out = r.rate_bpm < r.low_bpm || r.rate_bpm > r.high_bpm;
+      bed.rate.textContent = `RR ${Math.round(r.rate_bpm)}/min` +
+        ` (normal ${r.low_bpm}-${r.high_bpm}, ${r.age_band})`;
+      bed.rate.classList.toggle("out", out);
+    } else {
+      bed.rate.classList.remove("out");
+      const why = { assessing: "assessing", not_assessable: "not assessable",
+        apnoea: "APNOEA: no breath heard", signal_lost: "breath signal lost" }[r.state];
+      bed.rate.textContent = `RR -- ${why}${r.reason ? ` (${r.reason})` : ""}`;
+    }
+    drawTrend(bed);
+  }
+
+  function drawTrend(bed) {
+    const ctx = bed.trend.getContext("2d");
+    const w = bed.trend.width, h = bed.trend.height;
+    ctx.clearRect(0, 0, w, h);
+    const values = bed.rates.map((p) => p.rate_bpm);
+    const known = values.filter((v) => v !== null && v !== undefined);
+    if (!known.length) return;
+    const top = Math.max(40, ...known) * 1.1;
+    const step = values.length > 1 ? w / (values.length - 1) : w;
+    ctx.beginPath();
+    ctx.strokeStyle = "#263238";
+    ctx.fillStyle = "#263238";
+    let drawing = false;
+    values.forEach((v, i) => {
+      if (v === null || v === undefined) { drawing = false; return; }
+      const y = h - 2 - (v / top) * (h - 4);
+      if (drawing) ctx.lineTo(i * step, y); else ctx.moveTo(i * step, y);
+      ctx.fillRect(i * step - 1, y - 1, 2, 2);  // every reading, a lone one included
+      drawing = true;
+    });
+    ctx.stroke();
   }
 
   function eventRow(e) {
@@ -300,6 +357,7 @@
     tr.dataset.episode = a.episode_id;
     tr.dataset.device = a.device_id;
     tr.dataset.stream = a.stream_id;
+    tr.dataset.type = a.type;
     tr.append(el("td", `prio ${a.priority}`, a.priority));
     tr.append(el("td", "bed-name", a.stream_id));
     tr.append(el("td", null, a.device_id + (a.device_online ? "" : " (offline)")));
