@@ -28,9 +28,10 @@ reason; a repeated event ``id`` (QoS 1 may deliver twice) is counted in
 
 Bounded memory whatever names a publisher picks: topic segments are checked before anything
 is created, a withdrawn verdict or breathing reading (an empty retained payload) of a bed the
-ward does not know creates nothing, and at most ``max_devices`` devices, ``max_beds_per_device`` beds per device
-and ``max_open_episodes_per_bed`` open episodes per bed are kept; a message that would add one
-more is rejected as ``over_limit`` (what is already kept goes on being updated).
+ward does not know creates nothing, and at most ``max_devices`` devices,
+``max_beds_per_device`` beds per device and ``max_open_episodes_per_bed`` open episodes per
+bed are kept; a message that would add one more is rejected as ``over_limit`` (what is
+already kept goes on being updated).
 
 Liveness (:meth:`Ward.check_liveness`, called periodically): a device that is not offline and
 sent nothing valid for ``stale_after_s`` is *silent* (its beds show ``no data``); the broker
