@@ -51,6 +51,7 @@ FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
     "tasks": (["--model", "{missing}"], ["--model", "{garbage}.onnx"]),
     "rules": (["--model", "{missing}"], ["--model", "{garbage}.onnx"]),
     "views": (["--model", "{missing}"], ["--model", "{garbage}.onnx"]),
+    "respiration": (["--model", "{missing}"], ["--model", "{garbage}.onnx"]),
     "quantize": (
         ["--model", "{missing}.onnx", "--calib-dir", "{dir}", "--out", "{dir}/m.int8.onnx"],
         ["--model", "{garbage}.onnx", "--calib-dir", "{dir}", "--out", "{dir}/m.int8.onnx"],
@@ -86,6 +87,7 @@ BAD_ARGUMENT: dict[str, list[str]] = {
     "tasks": ["--model", "m", "--dry-run", "--no-such-option"],
     "rules": ["--model", "m", "--no-such-option"],
     "views": ["--model", "m", "--views", "validation", "--no-such-option"],
+    "respiration": ["--parts", "rate,magic"],
     "quantize": ["--model", "m.onnx", "--calib-dir", "d", "--out", "o.onnx", "--method", "magic"],
     "engine": ["--precision", "int3"],
     "verify": ["--reference", "--no-such-option"],

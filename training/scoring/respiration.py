@@ -467,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
         parser.error(f"--parts takes {', '.join(PARTS)}; got {args.parts!r}")
+    from edge.monitor import resolve_model
+
+    folder, file = resolve_model(args.model)  # a bad model is named before anything runs
+    model = folder / file
     data = data_root()
     if not (data / "icbhi" / "train").is_dir():
         parser.error(f"{data / 'icbhi' / 'train'}: no ICBHI recordings (set LUNGWATCH_DATA_DIR)")
@@ -475,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             "apnoea": (apnoea_part, print_apnoea), "false": (false_part, print_false)}  # fmt: skip
     for part in parts:
         run, show = runs[part]
-        result[part] = run(args.model, data if part == "false" else data / "icbhi")
+        result[part] = run(model, data if part == "false" else data / "icbhi")
         show(result[part])
         sys.stdout.flush()
     if args.out is not None:
