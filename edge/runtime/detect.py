@@ -31,8 +31,8 @@ SPRSound file name carries (``<patient>_<age>_...``) and the default for other n
 ``model.onnx``) or an artifact its manifest lists; a checkpoint (``.pt``) is refused with the
 command that exports it. ``--config`` takes the ``detector``, ``gate``, ``backend``,
 ``verdict`` and ``respiration`` sections of a runtime config (a file without ``streams`` is
-fine; the runtime's other sections are named on stderr as not used). On the workstation, ``lungwatch detect --score``
-also scores the events (:mod:`training.scoring.detect`).
+fine; the runtime's other sections are named on stderr as not used). On the workstation,
+``lungwatch detect --score`` also scores the events (:mod:`training.scoring.detect`).
 """
 
 from __future__ import annotations
