@@ -10,7 +10,8 @@ writes, under ``DIR`` (mode 0700; every secret 0600):
 - ``mosquitto/passwd``: one line per client, Mosquitto's PBKDF2-SHA512 format (``$7$``, 101
   iterations, the format ``mosquitto_passwd`` writes), so the broker host needs no tool;
 - ``mosquitto/acl``: a device may publish only its own status, metrics and per-bed event,
-  live, verdict and respiration topics, and read only its own command topic; a ward view may
+  live, verdict, respiration, summary and evidence topics, and read only its own command
+  topic; a ward view may
   read the site's topics and publish commands (only ward views may);
 - ``clients/<name>.yaml``: the ``mqtt`` username and password of each client (and, for a
   device, its ``commands.key_file``), to merge into its config;
@@ -42,9 +43,14 @@ from lungwatch.cli import ArgumentParser
 MASTER_KEY = "command-master.key"
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd (Mosquitto 2.0) writes
 SALT_BYTES = 12
-DEVICE_WRITES = ("status", "metrics", "+/event", "+/live", "+/verdict", "+/respiration")
+DEVICE_WRITES = (
+    "status", "metrics", "+/event", "+/live", "+/verdict", "+/respiration", "+/summary",
+    "+/evidence",
+)  # fmt: skip
 # the broker drops a larger packet and disconnects its sender, so no client can push an
 # oversized message at the ward views or the devices (the view's own limit is 64 KiB)
+MAX_QUEUED_MESSAGES = 100_000  # per offline persistent session (a ward view restarting)
+MAX_QUEUED_BYTES = 200_000_000  # ... and its bytes (evidence parts are ~45 kB each)
 MAX_PACKET_BYTES = 65_536
 
 
@@ -129,6 +135,9 @@ def generate(site: str, devices: list[str], views: list[str], directory: Path) -
     conf = (
         "allow_anonymous false\n"
         f"max_packet_size {MAX_PACKET_BYTES}\n"
+        # a ward view's persistent session: what it misses while it restarts waits here
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
+        f"max_queued_bytes {MAX_QUEUED_BYTES}\n"
         f"password_file {(directory / 'mosquitto' / 'passwd').resolve()}\n"
         f"acl_file {(directory / 'mosquitto' / 'acl').resolve()}\n"
     )

@@ -19,6 +19,10 @@ Topics (each segment checked by :func:`check_segment`):
 - ``lungwatch/v1/<site>/<device>/metrics``: per-stream counters, QoS 0, not retained.
 - ``lungwatch/v1/<site>/<device>/<stream>/respiration``: the bed's respiratory rate and
   breathing state (:mod:`edge.bed.breathing`), QoS 1, retained.
+- ``lungwatch/v1/<site>/<device>/<stream>/summary``: the bed's display name, location and
+  open alarms (a ward view that starts late lists alarms latched before it), QoS 1, retained.
+- ``lungwatch/v1/<site>/<device>/<stream>/evidence``: the audio and model outputs of an
+  event, in parts (:mod:`edge.evidence.clip`), QoS 1, not retained.
 """
 
 from __future__ import annotations
@@ -215,6 +219,19 @@ def respiration_payload(site: str, device_id: str, stream_id: str, reading: dict
         raise EventError(
             f"respiration must be JSON numbers/strings, got {reading!r} ({exc})"
         ) from None
+
+
+def summary_topic(site: str, device_id: str, stream_id: str) -> str:
+    """``lungwatch/v1/<site>/<device>/<stream>/summary`` (retained): the bed's name, place and
+    open alarms."""
+    return event_topic(site, device_id, stream_id)[: -len("event")] + "summary"
+
+
+def summary_payload(site: str, device_id: str, stream_id: str, summary: dict[str, Any]) -> str:
+    """The retained summary message: identity and ``summary`` (name, location, open, utc)."""
+    body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
+    body.update(stream_id=check_segment(stream_id, "stream_id"), **summary)
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
 def verdict_payload(site: str, device_id: str, stream_id: str, verdict: dict[str, Any]) -> str:

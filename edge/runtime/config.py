@@ -60,6 +60,7 @@ from edge.dashboard.config import DashboardConfig
 from edge.datapaths import data_root
 from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from edge.events import DEVICE_STREAM, SOUND_TYPES, is_segment
+from edge.evidence.recorder import EvidenceConfig
 from edge.features import FeatureSpec
 from edge.inference import BackendConfig
 from edge.inference.manifest import Manifest, require_spec
@@ -106,6 +107,10 @@ class StreamConfig:
     # years that picks it; neither: respiration.age_band
     age_band: str | None = None
     age_years: float | None = None
+    # what the ward view shows for this bed instead of its id (e.g. "Bed 4"), and where it is
+    # (e.g. "Ward 3 East"): published on the bed's retained summary
+    name: str | None = None
+    location: str | None = None
 
     def __post_init__(self) -> None:
         check(is_segment(self.id) and self.id != DEVICE_STREAM, "id", self.id, SEGMENT)
@@ -115,6 +120,10 @@ class StreamConfig:
               "a number of years in [0, 120)")  # fmt: skip
         check(self.age_band is None or self.age_years is None, "age_years", self.age_years,
               "left out when age_band is set (one of the two)")  # fmt: skip
+        for key in ("name", "location"):
+            value = getattr(self, key)
+            ok = value is None or (0 < len(value) <= 80 and value.isprintable())
+            check(ok, key, value, "1..80 printable characters")
         check(bool(self.source), "source", self.source, "a path, mic:NAME or bridge://...")
         check(self.chunk_samples >= 1, "chunk_samples", self.chunk_samples, "an integer >= 1")
         if self.source.startswith(BRIDGE_PREFIX):  # options, key files, no keyless listener
@@ -167,6 +176,7 @@ class RuntimeConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     respiration: RespirationConfig = field(default_factory=RespirationConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     # each bed's breathing is published at least this often (and at once when its state
     # changes) on its retained respiration topic
     respiration_publish_s: float = 10.0

@@ -37,10 +37,14 @@ import numpy as np
 from edge.bed.agebands import age_band
 from edge.bed.breathing import Respiration
 from edge.bed.chain import BedChain
+from edge.bed.detector import Transition
 from edge.bed.pipeline import WindowReady
 from edge.commandauth import CommandVerifier
 from edge.errors import ConfigError, LungwatchError
 from edge.events import format_utc, utc_now
+from edge.evidence.clip import Clip
+from edge.evidence.publisher import EvidencePublisher
+from edge.evidence.recorder import ClipRecorder, Identity
 from edge.inference.manifest import MANIFEST_NAME, load_manifest
 from edge.inference.streaming import OutputFrames
 from edge.monitor import Monitor
@@ -61,7 +65,13 @@ from edge.runtime.config import (
     stream_age_band,
 )
 from edge.runtime.outbox import EventOutbox
-from edge.sinks import Sink, publish_live, publish_respiration, publish_verdict
+from edge.sinks import (
+    Sink,
+    publish_live,
+    publish_respiration,
+    publish_summary,
+    publish_verdict,
+)
 from edge.sinks.live import LiveStrip
 from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
 from lungwatch.cli import ArgumentParser
@@ -103,6 +113,7 @@ class Stream:
         self.rate_hz = source.sample_rate_hz
         self.bed = model.open_bed(config.id, stream_age_band(config))
         self.respiration_sent: tuple[float, str] | None = None  # (when, state) last published
+        self.recorder: ClipRecorder | None = None  # the bed's evidence clips (when sent)
         self.chain: BedChain = self.bed.chain  # the bed's front end, state, gate, detector
         self.ending: str | None = None  # why the stream ends once its flushed frames are in
         self.read_error: SourceEnded | SourceError | None = None  # taken on the next round
@@ -166,8 +177,15 @@ class Runtime:
         clock: Callable[[], float] = time.monotonic,
         on_frames: Callable[[Stream, OutputFrames], None] | None = None,
         commands: CommandVerifier | None = None,
+        evidence: EvidencePublisher | None = None,
     ) -> None:
         self.config, self.model, self.sink = config, model, sink
+        self._evidence_channel = evidence  # None: no clips are cut
+        if evidence is not None:
+            for stream in streams:
+                identity = Identity(config.site, config.device_id, stream.id)
+                stream.recorder = ClipRecorder(config.evidence, identity, stream.rate_hz,
+                                               model.grid, model.outputs, stream.utc)  # fmt: skip
         self._verifier = commands  # None: no key here, only unsigned commands if allowed
         self.command_counts: dict[str, int] = {"accepted": 0, "refused": 0}
         self._on_frames = on_frames  # sees every bed's output frames (offline runs keep them)
@@ -204,7 +222,7 @@ class Runtime:
         with self._lock:
             for stream in self.streams:
                 if not stream.ended and stream.ending is None:
-                    self.events.emit(stream, stream.chain.tick(now))
+                    self._emit(stream, stream.chain.tick(now))
             self.events.flush()
         for stream in self.streams:
             if stream.ending is not None and not stream.ended:
@@ -255,8 +273,10 @@ class Runtime:
             counters["samples"] += n
             counters["notices"] += len(chunk.notices)
             transitions, windows = stream.chain.push(chunk, now)
+            if stream.recorder is not None:
+                stream.recorder.audio(chunk.first_sample, chunk.samples)
             with self._lock:
-                self.events.emit(stream, transitions)
+                self._emit(stream, transitions)
             ready.extend((stream, window, arrived) for window in windows)
         stream.counters["chunks"] += len(chunks)
         return True
@@ -292,13 +312,50 @@ class Runtime:
                 self.live.add(stream.id, step.frames.probs, step.quality.get("score"))
             if self._on_frames is not None:
                 self._on_frames(stream, step.frames)
-            self.events.emit(stream, step.transitions, step.quality)
+            if stream.recorder is not None:
+                stream.recorder.frames(step.frames.first_frame, step.frames.probs)
+            self._emit(stream, step.transitions, step.quality)
+            self._evidence(stream, stream.recorder.due() if stream.recorder is not None else [])
             if step.verdict is not None:
                 self._publish_verdict(stream, step.frames)
             if step.respiration is not None:
                 self._publish_respiration(stream, step.respiration)
             if not step.flushed:
                 stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
+
+    def _emit(
+        self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
+    ) -> None:
+        """The transitions' events to the outbox; the bed's recorder sees them (clips), and
+        its retained summary goes out again when its open alarms changed."""
+        if not transitions:
+            return
+        made = self.events.emit(stream, transitions, quality)
+        if stream.recorder is not None:
+            stream.recorder.events(made)
+        if any(e.state != "ongoing" or e.detail.get("latched") for e in made):
+            self._publish_summary(stream)
+
+    def _publish_summary(self, stream: Stream) -> None:
+        """The bed's name, location and open alarms, retained (a view that starts late lists
+        the alarms latched before it)."""
+        rows = []
+        for event in self.events.open_episodes(stream.id):
+            rows.append({"episode_id": event.episode_id, "type": event.type,
+                         "kind": event.kind, "priority": event.priority,
+                         "start_utc": event.start_utc, "confidence": event.confidence,
+                         "latched": bool(event.detail.get("latched")),
+                         "key": event.detail.get("key")})  # fmt: skip
+        summary = {"name": stream.config.name, "location": stream.config.location,
+                   "open": rows, "utc": utc_now()}  # fmt: skip
+        publish_summary(self.sink, stream.id, summary)
+
+    def _evidence(self, stream: Stream, clips: list[Clip]) -> None:
+        """Finished clips to the evidence channel."""
+        if self._evidence_channel is None:
+            return
+        for clip in clips:
+            self._evidence_channel.submit(clip)
 
     def _publish_verdict(self, stream: Stream, frames: OutputFrames) -> None:
         """The bed's new rolling verdict, retained on its verdict topic."""
@@ -336,7 +393,10 @@ class Runtime:
     def _end_stream(self, stream: Stream, why: str) -> None:
         stream.ended = True
         with self._lock:
-            self.events.emit(stream, stream.chain.finish(why))
+            self._emit(stream, stream.chain.finish(why))
+            if stream.recorder is not None:
+                self._evidence(stream, stream.recorder.finish())
+            publish_summary(self.sink, stream.id, None)
             if stream.chain.verdict is not None:  # the bed's status no longer holds
                 publish_verdict(self.sink, stream.id, None)
             if stream.chain.breathing is not None:
@@ -359,7 +419,7 @@ class Runtime:
             transitions = stream.chain.acknowledge(target)
             if user:
                 transitions = [dataclasses.replace(t, acknowledged_by=user) for t in transitions]
-            self.events.emit(stream, transitions)
+            self._emit(stream, transitions)
             self.events.flush()
         return len(transitions)
 
@@ -412,6 +472,8 @@ class Runtime:
         limit = self.config.read_wait_warn_ms
         shared["read_wait_warn_ms"] = limit if limit > 0 else None
         shared.update({f"commands_{key}": n for key, n in self.command_counts.items()})
+        if self._evidence_channel is not None:
+            shared.update({f"evidence_{k}": n for k, n in self._evidence_channel.stats().items()})
         if self._verifier is not None:  # why signed commands were refused, by reason
             refused = {k: n for k, n in self._verifier.counts.items() if k != "accepted"}
             shared.update({f"commands_refused_{key}": n for key, n in refused.items()})
@@ -579,8 +641,13 @@ def serve(
         start_dashboard(config, address, resources, command_master_key=master)
         sink, mqtt = open_sinks(config, address)
         resources.callback(sink.close)
+        evidence = None
+        if mqtt is not None and config.evidence.enabled:
+            evidence = EvidencePublisher(config.evidence, mqtt.config).connect()
+            resources.callback(evidence.close)
         stats = mqtt.stats if mqtt is not None else None
-        runtime = Runtime(config, model, streams, sink, sink_stats=stats, commands=verifier)
+        runtime = Runtime(config, model, streams, sink, sink_stats=stats, commands=verifier,
+                          evidence=evidence)  # fmt: skip
         if mqtt is not None:
             mqtt.set_command_handler(runtime.handle_command)
             mqtt.connect()

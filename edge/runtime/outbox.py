@@ -48,9 +48,11 @@ class EventOutbox:
 
     def emit(
         self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
-    ) -> None:
-        """Queue one event per transition (updating the bed's episodes and counter)."""
+    ) -> list[Event]:
+        """Queue one event per transition (updating the bed's episodes and counter); the
+        events made."""
         episodes = self._episodes.setdefault(stream.id, {})
+        made = []
         for transition in transitions:
             event = self._event(stream, episodes.get(transition.key), transition, quality)
             if event.state == "ended":
@@ -59,6 +61,12 @@ class EventOutbox:
                 episodes[transition.key] = event
             stream.counters["events"] += 1
             self._pending.append(event)
+            made.append(event)
+        return made
+
+    def open_episodes(self, stream_id: str) -> list[Event]:
+        """A bed's open episodes (live or latched), each its last message, oldest first."""
+        return list(self._episodes.get(stream_id, {}).values())
 
     def open_events(self, stream_id: str) -> int:
         """How many of a bed's episodes are open (live or latched)."""

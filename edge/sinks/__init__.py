@@ -72,6 +72,14 @@ def publish_respiration(sink: Sink, stream_id: str, reading: dict[str, Any] | No
         take(stream_id, reading)
 
 
+def publish_summary(sink: Sink, stream_id: str, summary: dict[str, Any] | None) -> None:
+    """Give a bed's summary (name, location, open alarms) to ``sink`` if it takes them (MQTT:
+    retained); None: the bed's stream ended, its summary is withdrawn."""
+    take = getattr(sink, "publish_summary", None)
+    if take is not None:
+        take(stream_id, summary)
+
+
 def publish_live(sink: Sink, stream_id: str, point: dict[str, Any]) -> None:
     """Give one live-strip point to ``sink`` if it takes them (others have no use for it)."""
     take = getattr(sink, "publish_live", None)
@@ -109,6 +117,10 @@ class MultiSink:
     def publish_respiration(self, stream_id: str, reading: dict[str, Any] | None) -> None:
         for sink in self.sinks:
             publish_respiration(sink, stream_id, reading)
+
+    def publish_summary(self, stream_id: str, summary: dict[str, Any] | None) -> None:
+        for sink in self.sinks:
+            publish_summary(sink, stream_id, summary)
 
     def flush(self, timeout_s: float) -> bool:
         """Flush each sink with the time left; True only if all of them flushed."""

@@ -56,6 +56,8 @@ from edge.events import (
     respiration_topic,
     status_payload,
     status_topic,
+    summary_payload,
+    summary_topic,
     verdict_payload,
     verdict_topic,
 )
@@ -211,6 +213,14 @@ class MqttSink:
             "" if reading is None else respiration_payload(site, device_id, stream_id, reading)
         )
         self._retain("respiration", stream_id, topic, payload)
+
+    def publish_summary(self, stream_id: str, summary: dict[str, Any] | None) -> None:
+        """Send a bed's summary retained (QoS 1), as :meth:`publish_verdict` its verdict."""
+        self._check_open()
+        site, device_id = self.config.site, self.config.device_id
+        topic = summary_topic(site, device_id, stream_id)
+        payload = "" if summary is None else summary_payload(site, device_id, stream_id, summary)
+        self._retain("summary", stream_id, topic, payload)
 
     def _retain(self, kind: str, stream_id: str, topic: str, payload: str) -> None:
         """Keep a bed's last message of ``kind`` (sent again on reconnect); send it now when

@@ -1,0 +1,244 @@
+"""An alarm's evidence: its audio (FLAC) and the model's outputs over it, and how it travels.
+
+A :class:`Clip` is one event's evidence: the bed's audio from ``pre_s`` before the event's
+start to its end (bounded), as 16-bit FLAC, and the model's output frames over the same
+span, quantised to bytes (probability x 255). It is keyed by the event's ``episode_id``: the
+ward view finds it from the event or alarm row.
+
+On MQTT (``lungwatch/v1/<site>/<device>/<stream>/evidence``, QoS 1, not retained) a clip
+goes as :func:`clip_messages`: parts of at most ``part_bytes`` of FLAC each, base64 in JSON,
+so that every message stays under the broker's packet limit (64 KiB in the configs
+``lungwatch access`` writes). Every part names the clip (``episode_id``), its index, the
+number of parts and the whole FLAC's SHA-256; part 0 also carries the clip's header (times,
+sample rate, the outputs). :class:`Assembler` (the ward view's) puts the parts together in
+any order, ignores repeats (QoS 1 may deliver twice; a device resends a whole clip after a
+restart) and checks the hash: a clip is complete, or it is not there.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import soundfile
+
+from edge.errors import LungwatchError
+from edge.events import SCHEMA_VERSION, EventError, check_segment, event_topic
+
+DEFAULT_PART_BYTES = 32_768  # FLAC bytes per message: base64 and JSON stay under 64 KiB
+MAX_PARTS = 64  # a clip of more parts is refused (a 20-s 8-kHz clip needs about 8)
+OUTPUT_SCALE = 255  # output frames travel as round(p * 255) in one byte
+
+
+class EvidenceError(LungwatchError, ValueError):
+    """A clip or one of its messages is malformed (the message names what)."""
+
+
+def evidence_topic(site: str, device_id: str, stream_id: str) -> str:
+    """``lungwatch/v1/<site>/<device>/<stream>/evidence``."""
+    return event_topic(site, device_id, stream_id)[: -len("event")] + "evidence"
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One event's evidence (see the module doc). Samples are on the bed's timeline."""
+
+    site: str
+    device_id: str
+    stream_id: str
+    episode_id: str  # the event's episode
+    event_type: str
+    event_start_sample: int
+    start_sample: int  # the clip's first sample
+    start_utc: str  # its time
+    sample_rate_hz: int
+    flac: bytes
+    outputs: tuple[str, ...] = ()  # the model's output names (columns of ``frames``)
+    first_frame_sample: int = 0  # where output frame 0 of ``frames`` starts
+    frame_samples: int = 0  # samples per output frame
+    frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.flac).hexdigest()
+
+    def header(self) -> dict[str, Any]:
+        """What part 0 carries besides its data."""
+        return {
+            "event_type": self.event_type,
+            "event_start_sample": self.event_start_sample,
+            "start_sample": self.start_sample,
+            "start_utc": self.start_utc,
+            "sample_rate_hz": self.sample_rate_hz,
+            "outputs": list(self.outputs),
+            "first_frame_sample": self.first_frame_sample,
+            "frame_samples": self.frame_samples,
+            "frames_shape": list(self.frames.shape),
+            "frames": base64.b64encode(
+                np.ascontiguousarray(self.frames, np.uint8).tobytes()
+            ).decode(),
+        }
+
+    def audio(self) -> np.ndarray:
+        """The clip's samples, float32 in [-1, 1)."""
+        samples, _ = soundfile.read(io.BytesIO(self.flac), dtype="float32")
+        return np.asarray(samples, np.float32)
+
+    @property
+    def duration_s(self) -> float:
+        return float(soundfile.info(io.BytesIO(self.flac)).duration)
+
+    def probabilities(self) -> np.ndarray:
+        """(n, O) output frames as probabilities."""
+        return self.frames.astype(np.float32) / OUTPUT_SCALE
+
+
+def encode_flac(samples: np.ndarray, sample_rate_hz: int) -> bytes:
+    """16-bit FLAC of float samples in [-1, 1] (clipped)."""
+    buffer = io.BytesIO()
+    clipped = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
+    soundfile.write(buffer, clipped, sample_rate_hz, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def quantise(probs: np.ndarray) -> np.ndarray:
+    """(n, O) probabilities -> uint8 (NaN rows: frames never described, become 0)."""
+    values = np.nan_to_num(np.asarray(probs, np.float32), nan=0.0)
+    return np.clip(np.round(values * OUTPUT_SCALE), 0, OUTPUT_SCALE).astype(np.uint8)
+
+
+def clip_messages(clip: Clip, part_bytes: int = DEFAULT_PART_BYTES) -> list[tuple[str, str]]:
+    """(topic, payload) of each part of ``clip``, in order (module doc)."""
+    parts = max(1, math.ceil(len(clip.flac) / part_bytes))
+    if parts > MAX_PARTS:
+        raise EvidenceError(
+            f"clip {clip.episode_id}: {len(clip.flac)} bytes need {parts} parts of "
+            f"{part_bytes}, more than {MAX_PARTS}"
+        )
+    topic = evidence_topic(clip.site, clip.device_id, clip.stream_id)
+    digest = clip.sha256
+    out = []
+    for index in range(parts):
+        body: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "site": clip.site,
+            "device_id": clip.device_id,
+            "stream_id": clip.stream_id,
+            "episode_id": clip.episode_id,
+            "part": index,
+            "parts": parts,
+            "sha256": digest,
+            "data": base64.b64encode(
+                clip.flac[index * part_bytes : (index + 1) * part_bytes]
+            ).decode(),
+        }
+        if index == 0:
+            body["clip"] = clip.header()
+        out.append((topic, json.dumps(body, separators=(",", ":"))))
+    return out
+
+
+def clip_of(header: Mapping[str, Any], ids: Mapping[str, str], flac: bytes) -> Clip:
+    """The :class:`Clip` of a part-0 ``header``, the identity ``ids`` (site, device_id,
+    stream_id, episode_id) and the whole FLAC; EvidenceError names a bad field."""
+    try:
+        shape = tuple(int(n) for n in header["frames_shape"])
+        frames = np.frombuffer(base64.b64decode(header["frames"], validate=True), np.uint8)
+        if len(shape) != 2 or frames.size != shape[0] * shape[1]:
+            raise EvidenceError(f"clip.frames holds {frames.size} bytes, not {shape}")
+        outputs = tuple(str(name) for name in header["outputs"])
+        if shape[0] and shape[1] != len(outputs):
+            raise EvidenceError(f"clip.frames has {shape[1]} columns for {len(outputs)} outputs")
+        return Clip(
+            site=ids["site"], device_id=ids["device_id"], stream_id=ids["stream_id"],
+            episode_id=ids["episode_id"], event_type=str(header["event_type"]),
+            event_start_sample=int(header["event_start_sample"]),
+            start_sample=int(header["start_sample"]), start_utc=str(header["start_utc"]),
+            sample_rate_hz=int(header["sample_rate_hz"]), flac=flac, outputs=outputs,
+            first_frame_sample=int(header["first_frame_sample"]),
+            frame_samples=int(header["frame_samples"]), frames=frames.reshape(shape),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        if isinstance(exc, EvidenceError):
+            raise
+        raise EvidenceError(f"clip header: {exc!r}") from None
+
+
+@dataclass
+class _Partial:
+    parts: int
+    sha256: str
+    ids: dict[str, str]
+    data: dict[int, bytes] = field(default_factory=dict)
+    header: dict[str, Any] | None = None
+
+
+class Assembler:
+    """Puts clips together from their parts (module doc); at most ``max_open`` clips are
+    waiting for parts at once (the oldest is dropped, counted in ``dropped``)."""
+
+    def __init__(self, max_open: int = 256) -> None:
+        self.max_open = max_open
+        self._open: dict[str, _Partial] = {}
+        self.dropped = 0
+
+    def take(self, body: Mapping[str, Any]) -> Clip | None:
+        """One part (a parsed message); the clip when this part completed it."""
+        ids = {key: body.get(key) for key in ("site", "device_id", "stream_id", "episode_id")}
+        for key, value in ids.items():
+            try:
+                check_segment(value, f"evidence.{key}")
+            except EventError as exc:
+                raise EvidenceError(str(exc)) from None
+        raw_part, raw_parts, digest = body.get("part"), body.get("parts"), body.get("sha256")
+        if not (_is_int(raw_part) and _is_int(raw_parts)):
+            raise EvidenceError(f"evidence part {raw_part!r} of {raw_parts!r} is not a part")
+        part, parts = int(raw_part), int(raw_parts)  # type: ignore[arg-type]
+        if not (1 <= parts <= MAX_PARTS and 0 <= part < parts):
+            raise EvidenceError(f"evidence part {part} of {parts} is not a part of a clip")
+        if not (isinstance(digest, str) and len(digest) == 64):
+            raise EvidenceError("evidence.sha256 must be 64 hex digits")
+        try:
+            data = base64.b64decode(str(body.get("data")), validate=True)
+        except (binascii.Error, ValueError):
+            raise EvidenceError("evidence.data is not base64") from None
+        key = str(ids["episode_id"])
+        partial = self._open.get(key)
+        if partial is None or (partial.parts, partial.sha256) != (parts, digest):
+            partial = self._open[key] = _Partial(parts, digest, {k: str(v) for k, v in ids.items()})
+            self._bound()
+        partial.data[part] = data
+        if part == 0:
+            header = body.get("clip")
+            if not isinstance(header, dict):
+                raise EvidenceError("evidence part 0 must carry the clip header")
+            partial.header = header
+        if len(partial.data) < parts or partial.header is None:
+            return None
+        del self._open[key]
+        flac = b"".join(partial.data[i] for i in range(parts))
+        if hashlib.sha256(flac).hexdigest() != digest:
+            raise EvidenceError(f"clip {key}: its parts do not hash to its sha256")
+        return clip_of(partial.header, partial.ids, flac)
+
+    def _bound(self) -> None:
+        while len(self._open) > self.max_open:
+            self._open.pop(next(iter(self._open)))
+            self.dropped += 1
+
+    @property
+    def waiting(self) -> Sequence[str]:
+        """The clips that wait for parts."""
+        return tuple(self._open)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

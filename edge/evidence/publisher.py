@@ -1,0 +1,269 @@
+"""The device's evidence channel: clips spooled on disk, sent over their own MQTT connection.
+
+    publisher = EvidencePublisher(config, mqtt_config).connect()
+    publisher.submit(clip)        # from the runtime's loop: returns at once
+    publisher.stats()             # clips spooled, bytes, sent, evicted, expired, dropped
+    publisher.close()             # what is spooled waits for the next start
+
+Why MQTT and not a server on the device: a device only ever connects out, to its ward's
+broker, under the user and ACL ``lungwatch access`` gave it (a server on every bedside box
+would need inbound connections through the ward's network, certificates and logins of its
+own); and the broker queues what a ward view misses while it restarts (its session is
+persistent). The cost is size: a clip goes in parts under the broker's 64 KiB packet limit
+(:func:`edge.evidence.clip.clip_messages`).
+
+Why its own connection: an event must never wait behind a clip's parts. The events' MQTT
+sink (:mod:`edge.sinks.mqtt`) keeps its connection, spool and order; this channel has
+another client id (``<client_id>-evidence``, same user), sends one clip at a time with at
+most ``max_inflight`` parts unacknowledged, and runs in its own thread.
+
+Durability and bounds: a clip is written to an SQLite spool (``spool_path``, WAL,
+``synchronous=NORMAL``: a clip may be lost on power loss, never on a crash) before it is
+sent, and deleted only once the broker acknowledged every part; after a restart the spooled
+clips are sent again whole (the view ignores parts it already has). The spool holds at most
+``max_spool_mb`` (the oldest clips are evicted first) and a clip older than ``max_age_h`` is
+dropped; both are counted. Clips wait in memory for the spool in a queue of
+``QUEUE_CLIPS``; a full queue drops the new clip (counted).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from edge.errors import LungwatchError
+from edge.evidence.clip import Clip, EvidenceError, clip_messages
+from edge.evidence.recorder import EvidenceConfig
+from edge.sinks.mqtt import new_client
+from edge.sinks.mqtt_config import MqttConfig
+
+log = logging.getLogger("lungwatch.evidence")
+
+QUEUE_CLIPS = 256  # clips waiting for the spool
+POLL_S = 0.05
+MB = 1_000_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clips (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    episode_id TEXT NOT NULL UNIQUE,
+    stream_id TEXT NOT NULL,
+    created_s REAL NOT NULL,
+    bytes INTEGER NOT NULL,
+    messages TEXT NOT NULL  -- JSON: [[topic, payload], ...]
+);
+"""
+
+
+class EvidenceSpoolError(LungwatchError):
+    """The evidence spool cannot be opened (the message says why)."""
+
+
+class EvidenceSpool:
+    """Clips waiting for the broker (see the module doc); thread-safe."""
+
+    def __init__(self, path: str | Path, max_bytes: int, max_age_s: float) -> None:
+        self.path, self.max_bytes, self.max_age_s = Path(path), max_bytes, max_age_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file: IO[str] = open(str(self.path) + ".lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise EvidenceSpoolError(f"{self.path}: another process has this spool open") from None
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self.evicted = self.expired = 0
+
+    def put(self, clip: Clip, messages: list[tuple[str, str]], now_s: float) -> None:
+        """Store a clip's messages; evict the oldest clips over the bound."""
+        size = sum(len(payload) for _, payload in messages)
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO clips (episode_id, stream_id, created_s, bytes, messages)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (clip.episode_id, clip.stream_id, now_s, size, json.dumps(messages)),
+            )
+            while self._bytes() > self.max_bytes:
+                oldest = self._db.execute("SELECT seq FROM clips ORDER BY seq LIMIT 1").fetchone()
+                self._db.execute("DELETE FROM clips WHERE seq = ?", oldest)
+                self.evicted += 1
+
+    def _bytes(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM clips").fetchone()[0])
+
+    def oldest(self, now_s: float) -> tuple[int, list[tuple[str, str]]] | None:
+        """The oldest clip not expired (expired ones are dropped and counted)."""
+        with self._lock, self._db:
+            gone = self._db.execute(
+                "DELETE FROM clips WHERE created_s < ?", (now_s - self.max_age_s,)
+            ).rowcount
+            self.expired += max(0, gone)
+            row = self._db.execute(
+                "SELECT seq, messages FROM clips ORDER BY seq LIMIT 1"
+            ).fetchone()
+        if row is None:
+            return None
+        return int(row[0]), [(str(t), str(p)) for t, p in json.loads(row[1])]
+
+    def remove(self, seq: int) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM clips WHERE seq = ?", (seq,))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return self._bytes()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+        self._lock_file.close()
+
+
+def spool_path(config: EvidenceConfig, mqtt: MqttConfig) -> Path:
+    """The configured spool, else ``<mqtt spool>-evidence.sqlite`` beside the events' spool."""
+    if config.spool_path is not None:
+        return Path(config.spool_path)
+    events = Path(mqtt.spool_path)
+    return events.with_name(f"{events.stem}-evidence.sqlite")
+
+
+class EvidencePublisher:
+    """Spools clips and sends them on their own MQTT connection (module doc)."""
+
+    def __init__(self, config: EvidenceConfig, mqtt: MqttConfig) -> None:
+        self.config, self.mqtt = config, mqtt
+        self.spool = EvidenceSpool(
+            spool_path(config, mqtt), int(config.max_spool_mb * MB), config.max_age_h * 3600.0
+        )
+        self._queue: queue.Queue[Clip] = queue.Queue(QUEUE_CLIPS)
+        self._client = new_client(mqtt, f"{mqtt.effective_client_id}-evidence")
+        self._client.max_inflight_messages_set(config.max_inflight)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._acked: set[int] = set()
+        self._ack_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="lungwatch-evidence", daemon=True)
+        self.counts = {"submitted": 0, "dropped": 0, "sent": 0, "failed": 0}
+
+    def connect(self) -> EvidencePublisher:
+        self._client.connect_async(self.mqtt.host, self.mqtt.port, self.mqtt.keepalive_s)
+        self._client.loop_start()
+        self._thread.start()
+        return self
+
+    def submit(self, clip: Clip) -> None:
+        """Hand a clip over (never blocks the caller; a full queue drops it, counted)."""
+        try:
+            self._queue.put_nowait(clip)
+            self.counts["submitted"] += 1
+        except queue.Full:
+            self.counts["dropped"] += 1
+            log.warning("evidence of %s dropped: %d clips wait already", clip.episode_id,
+                        QUEUE_CLIPS)  # fmt: skip
+
+    def stats(self) -> dict[str, int]:
+        """For the metrics topic (``evidence_*``)."""
+        return {"spooled": len(self.spool), "spooled_bytes": self.spool.bytes,
+                "evicted": self.spool.evicted, "expired": self.spool.expired,
+                "queued": self._queue.qsize(), **self.counts}  # fmt: skip
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every clip handed over has left the spool; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._queue.empty() and len(self.spool) == 0:
+                return True
+            time.sleep(POLL_S)
+        return False
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Spool what is queued, send for at most ``timeout_s``, stop (idempotent)."""
+        if self._thread.is_alive():
+            self.flush(timeout_s)
+            self._stop.set()
+            self._thread.join()
+            self._client.disconnect()
+            self._client.loop_stop()
+        self._stop.set()
+        self._spool_queued()
+        self.spool.close()
+
+    # -- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._spool_queued()
+            found = self.spool.oldest(time.time()) if self._connected.is_set() else None
+            if found is None:
+                self._stop.wait(POLL_S)
+                continue
+            seq, messages = found
+            if self._send(messages):
+                self.spool.remove(seq)
+                self.counts["sent"] += 1
+
+    def _spool_queued(self) -> None:
+        while True:
+            try:
+                clip = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                messages = clip_messages(clip, self.config.part_bytes)
+            except EvidenceError as exc:
+                self.counts["failed"] += 1
+                log.error("evidence of %s not sent: %s", clip.episode_id, exc)
+                continue
+            self.spool.put(clip, messages, time.time())
+
+    def _send(self, messages: list[tuple[str, str]]) -> bool:
+        """Every part of one clip, at most ``max_inflight`` unacknowledged; True once the
+        broker acknowledged them all (False: the connection dropped, sent again later)."""
+        mids = []
+        for topic, payload in messages:
+            info = self._client.publish(topic, payload, qos=1)
+            if info.rc != 0:
+                return False
+            mids.append(info.mid)
+        while not self._stop.is_set() and self._connected.is_set():
+            with self._ack_lock:
+                if all(mid in self._acked for mid in mids):
+                    self._acked.difference_update(mids)
+                    return True
+            time.sleep(POLL_S / 5)
+        return False
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("evidence connection to %s refused: %s", self.mqtt.address, reason)
+            return
+        with self._ack_lock:
+            self._acked.clear()  # a clip cut short by the drop is sent again whole
+        self._connected.set()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._connected.clear()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._ack_lock:
+            self._acked.add(mid)

@@ -1,0 +1,211 @@
+"""One bed's audio history and the evidence clips it cuts from it.
+
+    recorder = ClipRecorder(config, identity, rate_hz, grid, outputs, utc_of)
+    recorder.audio(first_sample, samples)    # every chunk the bed takes
+    recorder.frames(first_frame, probs)      # every output frame the model gives
+    recorder.events(events)                  # the bed's event messages (edge.events.Event)
+    clips = recorder.due()                   # clips whose audio is all in
+    clips = recorder.finish()                # the stream ended: the open ones, as they are
+
+A clip starts for every physiological onset and every technical onset of a priority in
+``alarm_priorities``: from ``pre_s`` before the event's start to ``post_s`` after its end
+(``ended``, or the ``ongoing`` that latches it), at most ``max_s`` long; it is cut once the
+bed's audio reaches its end. The history holds the last ``history_s`` of audio (16-bit, 16
+kB per second at 8 kHz) and of output frames: a clip starts no earlier than the oldest
+sample kept (an apnoea is announced 20 s after its start, so the default keeps 25 s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from edge.bed.detector import FrameGrid
+from edge.config import check
+from edge.events import PRIORITIES, Event
+from edge.evidence.clip import DEFAULT_PART_BYTES, Clip, encode_flac, quantise
+
+INT16_SCALE = 32767.0
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """The runtime config's ``evidence`` section."""
+
+    enabled: bool = True  # false: no clips
+    pre_s: float = 3.0  # audio before the event's start
+    post_s: float = 1.0  # audio after its end
+    max_s: float = 20.0  # the longest clip
+    history_s: float = 25.0  # audio kept per bed for clips (16 kB a second at 8 kHz)
+    alarm_priorities: tuple[str, ...] = ("high", "medium")  # technical events with clips
+    spool_path: str | None = None  # clips wait here for the broker (None: next to mqtt's spool)
+    max_spool_mb: float = 200.0  # the spool's bound: the oldest clips go first
+    max_age_h: float = 24.0  # a clip not delivered by then is dropped (counted)
+    part_bytes: int = DEFAULT_PART_BYTES  # FLAC bytes per MQTT message
+    max_inflight: int = 4  # parts unacknowledged at once (events have their own connection)
+
+    def __post_init__(self) -> None:
+        check(self.pre_s >= 0, "pre_s", self.pre_s, "a number >= 0 (seconds)")
+        check(self.post_s >= 0, "post_s", self.post_s, "a number >= 0 (seconds)")
+        check(self.max_s > 0, "max_s", self.max_s, "a number > 0 (seconds)")
+        check(self.history_s >= self.max_s, "history_s", self.history_s, "a number >= max_s")
+        bad = [p for p in self.alarm_priorities if p not in PRIORITIES]
+        check(not bad, "alarm_priorities", self.alarm_priorities, f"a list of {PRIORITIES}")
+        check(self.spool_path != "", "spool_path", self.spool_path, "a path or null")
+        check(self.max_spool_mb > 0, "max_spool_mb", self.max_spool_mb, "a number > 0")
+        check(self.max_age_h > 0, "max_age_h", self.max_age_h, "a number > 0 (hours)")
+        check(4096 <= self.part_bytes <= 45_000, "part_bytes", self.part_bytes,
+              "in [4096, 45000] (base64 and JSON must stay under 64 KiB)")  # fmt: skip
+        check(self.max_inflight >= 1, "max_inflight", self.max_inflight, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Identity:
+    site: str
+    device_id: str
+    stream_id: str
+
+
+@dataclass
+class _Capture:
+    episode_id: str
+    event_type: str
+    event_start: int
+    start: int  # first sample of the clip
+    limit: int  # its end at the latest (start + max)
+    end: int | None = None  # its end once the event's end is known
+
+
+class ClipRecorder:
+    """One bed's audio and output history and its open clips (see the module doc)."""
+
+    def __init__(
+        self,
+        config: EvidenceConfig,
+        identity: Identity,
+        rate_hz: int,
+        grid: FrameGrid,
+        outputs: Sequence[str],
+        utc_of: Callable[[int], str],
+    ) -> None:
+        self.config, self.identity, self.rate_hz, self.grid = config, identity, rate_hz, grid
+        self.outputs, self.utc_of = tuple(outputs), utc_of
+        self._audio = np.zeros(round(config.history_s * rate_hz), np.int16)
+        self._audio_end = 0  # the next sample's index on the bed's timeline
+        frames = int(np.ceil(config.history_s * rate_hz / grid.frame_samples)) + 1
+        self._frames = np.full((frames, len(outputs)), np.nan, np.float32)
+        self._frames_end = 0  # the next output frame's index
+        self._open: dict[str, _Capture] = {}
+        self.lost = 0  # clips whose audio had left the history before they could be cut
+
+    @property
+    def oldest_sample(self) -> int:
+        return max(0, self._audio_end - self._audio.shape[0])
+
+    def audio(self, first_sample: int, samples: np.ndarray) -> None:
+        """Keep a chunk (float samples at ``first_sample``); a jump forward leaves zeros, as
+        the pipeline gives the model, and samples already kept are not written again."""
+        if first_sample > self._audio_end:
+            gap = min(first_sample - self._audio_end, self._audio.shape[0])
+            _write_ring(self._audio, first_sample - gap, np.zeros(gap, np.float32))
+        skip = max(0, self._audio_end - first_sample)
+        if samples.shape[0] > skip:
+            _write_ring(self._audio, first_sample + skip, samples[skip:])
+        self._audio_end = max(self._audio_end, first_sample + samples.shape[0])
+
+    def frames(self, first_frame: int, probs: np.ndarray) -> None:
+        """Keep output frames ``first_frame, ...`` (n, O)."""
+        size = self._frames.shape[0]
+        n = probs.shape[0]
+        if n == 0:
+            return
+        index = (first_frame + np.arange(n)) % size
+        self._frames[index] = probs
+        self._frames_end = max(self._frames_end, first_frame + n)
+
+    def events(self, events: Sequence[Event]) -> None:
+        """Open a clip at each onset that gets one; set its end at the event's end."""
+        cfg = self.config
+        for event in events:
+            if event.start_sample is None:
+                continue
+            capture = self._open.get(event.episode_id)
+            if event.state == "onset" and capture is None and self._wanted(event):
+                start = max(event.start_sample - round(cfg.pre_s * self.rate_hz),
+                            self.oldest_sample)  # fmt: skip
+                self._open[event.episode_id] = _Capture(
+                    event.episode_id, event.type, event.start_sample, start,
+                    start + round(cfg.max_s * self.rate_hz),
+                )  # fmt: skip
+            elif capture is not None and capture.end is None:
+                end = _end_of(event)
+                if end is not None:
+                    capture.end = min(end + round(cfg.post_s * self.rate_hz), capture.limit)
+
+    def _wanted(self, event: Event) -> bool:
+        return event.kind == "physiological" or event.priority in self.config.alarm_priorities
+
+    def due(self) -> list[Clip]:
+        """The clips whose end the audio has reached (cut and closed); a clip whose audio has
+        left the history meanwhile is dropped (counted in ``lost``)."""
+        ready = [c for c in self._open.values() if self._audio_end >= (c.end or c.limit)]
+        return [clip for c in ready if (clip := self._cut(c, c.end or c.limit)) is not None]
+
+    def finish(self) -> list[Clip]:
+        """The stream ended: every open clip, cut at the audio there is."""
+        captures = list(self._open.values())
+        cut = [self._cut(c, min(c.end or c.limit, self._audio_end)) for c in captures]
+        return [clip for clip in cut if clip is not None]
+
+    def _cut(self, capture: _Capture, end: int) -> Clip | None:
+        del self._open[capture.episode_id]
+        start = max(capture.start, self.oldest_sample)
+        if end <= start:
+            self.lost += 1
+            return None
+        index = np.arange(start, end) % self._audio.shape[0]
+        samples = self._audio[index].astype(np.float32) / INT16_SCALE
+        first, last = self._frame_span(start, end)
+        frames = self._frames[np.arange(first, last) % self._frames.shape[0]]
+        ident = self.identity
+        return Clip(
+            site=ident.site, device_id=ident.device_id, stream_id=ident.stream_id,
+            episode_id=capture.episode_id, event_type=capture.event_type,
+            event_start_sample=capture.event_start, start_sample=start,
+            start_utc=self.utc_of(start), sample_rate_hz=self.rate_hz,
+            flac=encode_flac(samples, self.rate_hz), outputs=self.outputs,
+            first_frame_sample=self.grid.start_sample(first) - start,
+            frame_samples=self.grid.frame_samples, frames=quantise(frames),
+        )  # fmt: skip
+
+    def _frame_span(self, start: int, end: int) -> tuple[int, int]:
+        """The output frames kept that overlap ``[start, end)``."""
+        step, offset = self.grid.frame_samples, self.grid.offset_samples
+        first = max(0, (start - offset) // step, self._frames_end - self._frames.shape[0])
+        last = min(self._frames_end, -(-(end - offset) // step))
+        return first, max(first, last)
+
+
+@njit(cache=True)
+def _write_ring(ring: np.ndarray, at: int, samples: np.ndarray) -> None:
+    """``samples`` (float, clipped to [-1, 1]) as int16 into ``ring`` from sample ``at``; of
+    more than the ring holds only the last ring's worth."""
+    size = ring.shape[0]
+    n = samples.shape[0]
+    first = max(0, n - size)
+    for i in range(first, n):
+        value = min(max(samples[i], -1.0), 1.0) * INT16_SCALE
+        ring[(at + i) % size] = np.int16(round(value))
+
+
+def _end_of(event: Event) -> int | None:
+    """Where an event's condition ended: its ``ended``, or the ``ongoing`` that latched it."""
+    if event.state == "ended":
+        return event.end_sample
+    if event.detail.get("latched"):
+        end = event.detail.get("condition_end_sample")
+        return int(end) if isinstance(end, int) else None
+    return None
