@@ -29,18 +29,24 @@ def colourise(values: np.ndarray, low_pct: float = 2.0, high_pct: float = 99.5) 
     return rgb.round().astype(np.uint8)
 
 
-def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write an (height, width, 3) uint8 array as an 8-bit RGB PNG; returns the path."""
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An (height, width, 3) uint8 array as the bytes of an 8-bit RGB PNG."""
     image = np.ascontiguousarray(rgb, dtype=np.uint8)
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-        raise ValueError(f"write_png: expected a non-empty (h, w, 3) array, got {image.shape}")
+        raise ValueError(f"png: expected a non-empty (h, w, 3) array, got {image.shape}")
     height, width, _ = image.shape
     rows = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, -1)], axis=1)
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     body = _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+    return PNG_SIGNATURE + body + _chunk(b"IEND", b"")
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write an (height, width, 3) uint8 array as an 8-bit RGB PNG; returns the path."""
+    data = png_bytes(rgb)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(PNG_SIGNATURE + body + _chunk(b"IEND", b""))
+    path.write_bytes(data)
     return path
 
 

@@ -65,6 +65,7 @@ class Clip:
     first_frame_sample: int = 0  # where output frame 0 of ``frames`` starts
     frame_samples: int = 0  # samples per output frame
     frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8))
+    event_end_sample: int | None = None  # where the event ended (None: after the clip)
 
     @property
     def sha256(self) -> str:
@@ -81,6 +82,7 @@ class Clip:
             "outputs": list(self.outputs),
             "first_frame_sample": self.first_frame_sample,
             "frame_samples": self.frame_samples,
+            "event_end_sample": self.event_end_sample,
             "frames_shape": list(self.frames.shape),
             "frames": base64.b64encode(
                 np.ascontiguousarray(self.frames, np.uint8).tobytes()
@@ -165,6 +167,7 @@ def clip_of(header: Mapping[str, Any], ids: Mapping[str, str], flac: bytes) -> C
             sample_rate_hz=int(header["sample_rate_hz"]), flac=flac, outputs=outputs,
             first_frame_sample=int(header["first_frame_sample"]),
             frame_samples=int(header["frame_samples"]), frames=frames.reshape(shape),
+            event_end_sample=_optional_int(header.get("event_end_sample")),
         )  # fmt: skip
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         if isinstance(exc, EvidenceError):
@@ -238,6 +241,14 @@ class Assembler:
     def waiting(self) -> Sequence[str]:
         """The clips that wait for parts."""
         return tuple(self._open)
+
+
+def _optional_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise EvidenceError(f"clip.event_end_sample must be an integer or null, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
 
 
 def _is_int(value: object) -> bool:

@@ -77,6 +77,7 @@ class _Capture:
     start: int  # first sample of the clip
     limit: int  # its end at the latest (start + max)
     end: int | None = None  # its end once the event's end is known
+    event_end: int | None = None  # the event's end
 
 
 class ClipRecorder:
@@ -143,6 +144,7 @@ class ClipRecorder:
             elif capture is not None and capture.end is None:
                 end = _end_of(event)
                 if end is not None:
+                    capture.event_end = end
                     capture.end = min(end + round(cfg.post_s * self.rate_hz), capture.limit)
 
     def _wanted(self, event: Event) -> bool:
@@ -179,6 +181,7 @@ class ClipRecorder:
             flac=encode_flac(samples, self.rate_hz), outputs=self.outputs,
             first_frame_sample=self.grid.start_sample(first) - start,
             frame_samples=self.grid.frame_samples, frames=quantise(frames),
+            event_end_sample=capture.event_end,
         )  # fmt: skip
 
     def _frame_span(self, start: int, end: int) -> tuple[int, int]:

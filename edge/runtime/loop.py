@@ -113,6 +113,7 @@ class Stream:
         self.rate_hz = source.sample_rate_hz
         self.bed = model.open_bed(config.id, stream_age_band(config))
         self.respiration_sent: tuple[float, str] | None = None  # (when, state) last published
+        self.summary_sent = False  # its first summary (name, location) goes with its first window
         self.recorder: ClipRecorder | None = None  # the bed's evidence clips (when sent)
         self.chain: BedChain = self.bed.chain  # the bed's front end, state, gate, detector
         self.ending: str | None = None  # why the stream ends once its flushed frames are in
@@ -314,6 +315,8 @@ class Runtime:
                 self._on_frames(stream, step.frames)
             if stream.recorder is not None:
                 stream.recorder.frames(step.frames.first_frame, step.frames.probs)
+            if not stream.summary_sent:  # the view names the bed before its first event
+                self._publish_summary(stream)
             self._emit(stream, step.transitions, step.quality)
             self._evidence(stream, stream.recorder.due() if stream.recorder is not None else [])
             if step.verdict is not None:
@@ -349,6 +352,7 @@ class Runtime:
         summary = {"name": stream.config.name, "location": stream.config.location,
                    "open": rows, "utc": utc_now()}  # fmt: skip
         publish_summary(self.sink, stream.id, summary)
+        stream.summary_sent = True
 
     def _evidence(self, stream: Stream, clips: list[Clip]) -> None:
         """Finished clips to the evidence channel."""

@@ -485,15 +485,16 @@ def _topic_of(payload: str) -> str | None:
         return None
 
 
-def new_client(cfg: MqttConfig, client_id: str) -> Any:
-    """A paho 2 client (MQTT 3.1.1, clean session) with the config's reconnect back-off,
-    username / password and verifying TLS context; limits and callbacks are the caller's."""
+def new_client(cfg: MqttConfig, client_id: str, clean_session: bool = True) -> Any:
+    """A paho 2 client (MQTT 3.1.1, a clean session unless asked) with the config's reconnect
+    back-off, username / password and verifying TLS context; limits and callbacks are the
+    caller's."""
     mqtt = _import_paho()
     client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv311,
-        clean_session=True,
+        clean_session=clean_session,
     )
     client.reconnect_delay_set(cfg.backoff_min_s, cfg.backoff_max_s)
     if cfg.username is not None:
