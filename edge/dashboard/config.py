@@ -162,6 +162,17 @@ class DashboardConfig:
     max_open_episodes_per_bed: int = MAX_OPEN_EPISODES_PER_BED  # open episodes of one bed
     login_max_failures: int = 5  # failed logins per user name and per client address ...
     login_window_s: float = 300.0  # ... within this long, then 429 until the oldest expires
+    # the ward's history (events, verdicts, breathing, summaries, evidence clips) in SQLite,
+    # kept across restarts (docs/evidence.md); null: memory only, nothing survives a restart
+    # (edge/configs/ward.yaml sets one)
+    history_path: str | None = None
+    history_days: float = 7.0  # rows older than this are deleted
+    evidence_max_mb: float = 2000.0  # the clips' bound on disk (the oldest go first)
+    # a persistent MQTT session: the broker keeps the view's subscriptions and queues what it
+    # misses while it restarts (edge/configs/ward.yaml sets it); false: a clean session
+    persistent_session: bool = False
+    # its client id (each view of a site needs its own); null: lungwatch-dashboard-<site>
+    client_id: str | None = None
 
     def __post_init__(self) -> None:
         check(isinstance(self.host, str) and bool(self.host), "host", self.host, "an address")
@@ -173,6 +184,10 @@ class DashboardConfig:
                 self.host,
                 "a loopback address (127.0.0.1, ::1, localhost) while no users are configured",
             )
+        check(self.history_days > 0, "history_days", self.history_days, "a number > 0 (days)")
+        check(self.evidence_max_mb > 0, "evidence_max_mb", self.evidence_max_mb, "a number > 0")
+        check(self.history_path != "", "history_path", self.history_path, "a path or null")
+        check(self.client_id != "", "client_id", self.client_id, "an MQTT client id or null")
         names = [u.name for u in self.users]
         check(len(set(names)) == len(names), "users", names, "users with distinct names")
         check(1 <= self.events_per_bed <= 100, "events_per_bed", self.events_per_bed, "1..100")

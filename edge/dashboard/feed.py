@@ -65,8 +65,16 @@ class WardFeed:
     """Subscribes ``ward`` to ``site`` on the broker of ``config``; see the module doc."""
 
     def __init__(
-        self, config: MqttConfig, site: str, ward: Ward, command_master: bytes | None = None
+        self,
+        config: MqttConfig,
+        site: str,
+        ward: Ward,
+        command_master: bytes | None = None,
+        client_id: str | None = None,
     ) -> None:
+        """``client_id``: a persistent session under this id (the broker keeps the view's
+        subscriptions and queues what it misses while it is down); None: a fresh clean
+        session with a random id."""
         self.config, self.site, self.ward = config, site, ward
         self._command_master = command_master  # signs commands (edge.commandauth); None: not
         self.topics = [
@@ -76,8 +84,11 @@ class WardFeed:
             f"{TOPIC_ROOT}/{site}/+/+/live",
             f"{TOPIC_ROOT}/{site}/+/+/verdict",
             f"{TOPIC_ROOT}/{site}/+/+/respiration",
+            f"{TOPIC_ROOT}/{site}/+/+/summary",
+            f"{TOPIC_ROOT}/{site}/+/+/evidence",
         ]
-        self.client_id = f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}"
+        self.persistent = client_id is not None
+        self.client_id = client_id or f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}"
         self.probe_topic = f"{TOPIC_ROOT}/{site}/_dashboard/{self.client_id}"
         self.connected = threading.Event()
         self._connack = threading.Event()
@@ -86,7 +97,7 @@ class WardFeed:
         self._refused_logged: list[str] = []  # the refused topics last logged
         self.subacks = 0  # SUBACKs of the site's subscriptions received (one per connection)
         self._stopping = False
-        client = new_client(config, self.client_id)
+        client = new_client(config, self.client_id, clean_session=not self.persistent)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

@@ -17,6 +17,9 @@ security headers; failed logins are bounded by :mod:`edge.dashboard.login`):
   and ``event: heartbeat`` every ``heartbeat_interval_s`` (from the thread that pushes the
   updates, so a page that misses them knows its stream stopped);
 - ``GET /api/state``: the snapshot as JSON;
+- ``GET /api/evidence/<episode>[.flac|.png]`` and ``GET /api/trend/<device>/<bed>?hours=N``:
+  an event's audio, picture and description, a bed's history (:mod:`edge.dashboard.
+  evidence_api`; the evidence needs a named user);
 - ``POST /api/acknowledge`` with ``{"device_id", "stream_id", "target"}`` (JSON): needs the
   ``ack`` role (else 403, nothing published), an open latched alarm of that bed whose key or
   type is ``target`` (else 409); publishes the command on the device's ``command`` topic
@@ -46,7 +49,9 @@ from typing import Any
 
 from edge.commandauth import read_key
 from edge.dashboard.config import DashboardConfig
+from edge.dashboard.evidence_api import EvidencePages
 from edge.dashboard.feed import FeedError, WardFeed
+from edge.dashboard.history import History
 from edge.dashboard.login import LoginLimitedError, Logins
 from edge.dashboard.ward import Ward
 from edge.dashboard.web import (
@@ -108,6 +113,10 @@ class DashboardServer:
         self.config, self.site = config, site
         if command_master_key is None and config.command_key_file is not None:
             command_master_key = read_key(config.command_key_file)
+        self.history = None
+        if config.history_path is not None:
+            self.history = History(config.history_path, config.history_days,
+                                   config.evidence_max_mb)  # fmt: skip
         self.ward = Ward(site, config.events_per_bed, config.live_points,
                          verdict_alarms=config.alarm_verdicts,
                          verdict_priority=config.verdict_priority,
@@ -117,8 +126,15 @@ class DashboardServer:
                          probing=config.probe_interval_s > 0,
                          max_devices=config.max_devices,
                          max_beds_per_device=config.max_beds_per_device,
-                         max_open_episodes_per_bed=config.max_open_episodes_per_bed)  # fmt: skip
-        self.feed = WardFeed(mqtt, site, self.ward, command_master_key)
+                         max_open_episodes_per_bed=config.max_open_episodes_per_bed,
+                         history=self.history)  # fmt: skip
+        if self.history is not None:
+            self.ward.restore(self.history.restore())
+        client_id = None
+        if config.persistent_session:
+            client_id = config.client_id or f"lungwatch-dashboard-{site}"
+        self.feed = WardFeed(mqtt, site, self.ward, command_master_key, client_id)
+        self.evidence = EvidencePages(self.history)
         self.logins = (
             Logins(config.users, config.login_max_failures, config.login_window_s)
             if config.users
@@ -199,6 +215,8 @@ class DashboardServer:
         for thread in self._threads:
             thread.join(timeout=5.0)
         self.feed.stop()
+        if self.history is not None:
+            self.history.close()
 
     def __enter__(self) -> DashboardServer:
         return self.start()
@@ -213,7 +231,8 @@ class DashboardServer:
         client: queue.Queue[str | None] = queue.Queue(CLIENT_QUEUE)
         with self.ward.lock:
             snapshot = self.ward.snapshot()
-            snapshot["user"] = {"name": user.name, "can_acknowledge": user.can_acknowledge}
+            snapshot["user"] = {"name": user.name, "can_acknowledge": user.can_acknowledge,
+                                "can_listen": self.logins is not None}  # fmt: skip
             snapshot["heartbeat_s"] = self.config.heartbeat_interval_s
             client.put_nowait(_sse("snapshot", snapshot))
             self._clients.add(client)
@@ -342,8 +361,12 @@ def _handler_class(server: DashboardServer) -> type[BaseHTTPRequestHandler]:
             user = self._user()
             if user is None:
                 return
-            path = self.path.split("?", 1)[0]
-            if path in STATIC_FILES:
+            path, _, query = self.path.partition("?")
+            named = server.logins is not None  # a configured user, not the loopback demo
+            reply = server.evidence.get(path, query, named)
+            if reply is not None:
+                self._reply(*reply)
+            elif path in STATIC_FILES:
                 name, content_type = STATIC_FILES[path]
                 self._reply(200, (STATIC_DIR / name).read_bytes(), content_type)
             elif path == "/events":

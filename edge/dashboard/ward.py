@@ -53,12 +53,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.dashboard.history import History
 from edge.dashboard.intake import (
     MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
     MessageError,
     parse_message,
 )
+from edge.dashboard.memory import WardMemory
 from edge.events import (
     DEVICE_STREAM,
     TOPIC_ROOT,
@@ -67,6 +69,7 @@ from edge.events import (
     is_number,
     is_segment,
 )
+from edge.evidence.clip import Assembler
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -97,8 +100,8 @@ CONDITION_OF_TYPE = {
 }
 # (levels, last) of the topics the view reads
 KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live"), (6, "verdict"),
-         (6, "respiration")}  # fmt: skip
-RETAINED_PER_BED = ("verdict", "respiration")  # an empty payload withdraws them
+         (6, "respiration"), (6, "summary"), (6, "evidence")}  # fmt: skip
+RETAINED_PER_BED = ("verdict", "respiration", "summary")  # an empty payload withdraws them
 RESPIRATION_STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")
 MAX_RATE_BPM = 200.0  # a published rate above this is not a rate
 RATE_TREND_POINTS = 720  # a bed's rate trend: two hours at the runtime's 10-s publishing
@@ -133,6 +136,13 @@ class Bed:
     rate_trend: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=RATE_TREND_POINTS)
     )
+    name: str | None = None  # its display name and location (its device's summary)
+    location: str | None = None
+    # the open alarms its device's summary lists (episode_id -> alarm row; edge.dashboard.memory)
+    summary_open: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # open episodes restored from the history and not heard of since: the device's next
+    # summary says whether it still holds them (edge.dashboard.memory)
+    restored: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -222,7 +232,7 @@ def event_row(event: Event, received_s: float) -> dict[str, Any]:
     }
 
 
-class Ward:
+class Ward(WardMemory):
     """The state of one site (see the module doc)."""
 
     def __init__(
@@ -241,8 +251,13 @@ class Ward:
         max_devices: int = MAX_DEVICES,
         max_beds_per_device: int = MAX_BEDS_PER_DEVICE,
         max_open_episodes_per_bed: int = MAX_OPEN_EPISODES_PER_BED,
+        history: History | None = None,
     ) -> None:
         self.site = site
+        self.history = history  # the store of everything received (None: memory only)
+        self.clips: set[str] = set()  # episodes whose evidence clip is in the store
+        self.assembler = Assembler()
+        self._stored_reading: dict[tuple[str, str], tuple[float, str]] = {}
         self.max_devices, self.max_beds_per_device = max_devices, max_beds_per_device
         self.max_open_episodes_per_bed = max_open_episodes_per_bed
         self.verdict_alarms, self.verdict_priority = verdict_alarms, verdict_priority
@@ -316,7 +331,10 @@ class Ward:
                 shown = segment[:80] + ("..." if len(segment) > 80 else "")
                 raise MessageError(f"the topic's {name} {shown!r} is not a topic segment")
         if kind in RETAINED_PER_BED and not payload:  # withdrawn: the bed's stream ended
-            self._withdraw(kind, device_id, parts[4])
+            if kind == "summary":
+                self._withdraw_summary(device_id, parts[4])
+            else:
+                self._withdraw(kind, device_id, parts[4])
             return
         body = parse_message(payload, self.max_message_bytes, self.max_json_depth)
         if len(parts) == 5 and kind == "status":
@@ -329,6 +347,12 @@ class Ward:
             self._verdict(device_id, parts[4], body)
         elif kind == "respiration":
             self._respiration(device_id, parts[4], body)
+        elif kind == "summary":
+            _require_identity(body, self.site, device_id)
+            self._summary(device_id, parts[4], body)
+        elif kind == "evidence":
+            _require_identity(body, self.site, device_id)
+            self._evidence(device_id, parts[4], body)
         else:
             self._live_point(device_id, parts[4], body)
 
@@ -383,11 +407,15 @@ class Ward:
             )
         self._remember(event.id)
         self.counts["events"] += 1
+        self._store_event(event)
         if event.state == "ended":
             bed.open.pop(event.episode_id, None)
+            bed.summary_open.pop(event.episode_id, None)
+            bed.restored.discard(event.episode_id)
             self._settle_acks(event)
         else:
             bed.open[event.episode_id] = event
+            bed.restored.discard(event.episode_id)
         bed.events.appendleft(event_row(event, self.clock()))
         self._dirty_beds.add((device_id, stream_id))
         self._dirty_alarms = True
@@ -402,6 +430,7 @@ class Ward:
         window = body.get("window_s")
         bed.verdict = {"label": body["verdict"], "since_utc": str(body.get("utc")),
                        "window_s": float(window) if is_number(window) else None}  # fmt: skip
+        self._store_reading(device_id, stream_id, "verdict", body)
         self._dirty_beds.add((device_id, stream_id))
         self._dirty_alarms = True
 
@@ -440,6 +469,7 @@ class Ward:
         shown = {k: v for k, v in shown.items() if isinstance(v, str | int | float) or v is None}
         bed.respiration = shown
         bed.rate_trend.append({"utc": str(body.get("utc")), "rate_bpm": rate, "state": state})
+        self._store_reading(device_id, stream_id, "respiration", body)
         self._dirty_beds.add((device_id, stream_id))
 
     def _withdraw(self, kind: str, device_id: str, stream_id: str) -> None:
@@ -617,6 +647,12 @@ class Ward:
                 del row["received_s"]
                 rows.append(row)
             rows += self._verdict_alarms()
+            rows += self.summary_alarm_rows()
+            for row in rows:
+                bed = self.devices[row["device_id"]].beds.get(row["stream_id"])
+                row["bed_name"] = bed.name if bed is not None else None
+                row["bed_location"] = bed.location if bed is not None else None
+                row["evidence"] = row["episode_id"] in self.clips
             place = ("start_utc", "device_id", "stream_id")
             return sorted(
                 rows, key=lambda r: (PRIORITY_RANK[r["priority"]], *(r[k] for k in place))
@@ -668,8 +704,10 @@ class Ward:
             "device_id": device.device_id,
             "stream_id": bed.stream_id,
             "state": bed_state(device.online, list(bed.open.values()), device.silent),
-            "events": list(bed.events),
+            "events": [{**e, "evidence": e["episode_id"] in self.clips} for e in bed.events],
             "open": len(bed.open),
+            "name": bed.name,
+            "location": bed.location,
             "verdict": bed.verdict,
             "respiration": bed.respiration,
         }

@@ -42,6 +42,7 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "script-src 'self'",
     "style-src 'self'",
     "img-src 'self'",
+    "media-src 'self'",
     "connect-src 'self'",
     "base-uri 'none'",
     "form-action 'none'",

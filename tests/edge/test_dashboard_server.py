@@ -171,7 +171,7 @@ def test_the_event_stream_starts_with_a_snapshot_naming_the_users_rights(
             lines = [stream.readline().decode() for _ in range(5)]
     assert lines[:3] == ["retry: 2000\n", "\n", "event: snapshot\n"]
     snapshot = json.loads(lines[3].removeprefix("data: "))
-    assert snapshot["user"] == {"name": "porter", "can_acknowledge": False}
+    assert snapshot["user"] == {"name": "porter", "can_acknowledge": False, "can_listen": True}
     assert snapshot["broker"]["connected"] is True
     assert [b["stream_id"] for b in snapshot["beds"]] == ["bed-2"]
     assert snapshot["beds"][0]["state"] == {"key": "stridor", "text": "stridor (latched)"}

@@ -25,6 +25,7 @@
   window.lwRendered = {};
   window.lwAlarmShown = {};
   window.lwReady = false;
+  window.lwReadyMs = null;
   window.lwMessages = 0;
   window.lwHeartbeats = 0;
 
@@ -175,7 +176,14 @@
     const state = el("span", "state s-normal", "breathing normal");
     const verdict = el("span", "verdict", "");
     verdict.title = "rolling verdict: the record-level decision over the bed's last stretch";
-    head.append(el("span", "bed-name", streamId), state, verdict);
+    // its display name (from the device's summary; the stream id until one comes): a button
+    // that opens the bed's history
+    const name = el("button", "bed-name", streamId);
+    name.type = "button";
+    name.title = `bed ${streamId} on ${deviceId}: its history`;
+    name.addEventListener("click", () => openHistory(deviceId, streamId));
+    head.append(name, state, verdict);
+    const where = el("div", "location", "");
     const canvas = el("canvas", "strip");
     canvas.width = 240;
     canvas.height = 44;
@@ -189,11 +197,12 @@
     trend.height = 28;
     trend.setAttribute("aria-hidden", "true");
     const events = el("ol", "events");
-    card.append(head, rate, trend, canvas, live, events);
+    card.append(head, where, rate, trend, canvas, live, events);
     const device = deviceNode(deviceId);
     const after = [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
     device.beds.insertBefore(card, after || null);
-    bed = { card, state, verdict, canvas, live, events, rate, trend, points: [], rates: [] };
+    bed = { card, name, where, state, verdict, canvas, live, events, rate, trend, points: [],
+      rates: [] };
     ward.beds.set(key, bed);
     return bed;
   }
@@ -213,8 +222,11 @@
     const v = view.verdict;
     bed.verdict.textContent = v ? `verdict: ${v.label}` : "";
     bed.card.dataset.verdict = v ? v.label : "";
+    bed.name.textContent = bedLabel(view);
+    bed.where.textContent = view.location || "";
+    bed.card.dataset.name = view.name || "";
     renderRate(bed, view);
-    const rows = view.events.map(eventRow);
+    const rows = view.events.map((e) => eventRow(e, bedLabel(view)));
     bed.events.replaceChildren(...rows);
     stampAfterPaint(window.lwRendered, view.events.map((e) => e.id));
     if (view.live) {
@@ -271,7 +283,12 @@
     ctx.stroke();
   }
 
-  function eventRow(e) {
+  // A bed as people call it: its name, else its stream id.
+  function bedLabel(view) {
+    return view.bed_name || view.name || view.stream_id;
+  }
+
+  function eventRow(e, bed) {
     const li = el("li");
     li.dataset.eventId = e.id;
     li.dataset.episode = e.episode_id;
@@ -286,6 +303,7 @@
     } else if (e.ended_by) {
       li.append(document.createTextNode(` (${e.ended_by})`));
     }
+    if (e.evidence) li.append(listenButton(e.episode_id, `${e.type}, ${bed}`));
     return li;
   }
 
@@ -359,7 +377,10 @@
     tr.dataset.stream = a.stream_id;
     tr.dataset.type = a.type;
     tr.append(el("td", `prio ${a.priority}`, a.priority));
-    tr.append(el("td", "bed-name", a.stream_id));
+    const bed = el("td", "bed-name", bedLabel(a));
+    if (a.bed_location) bed.append(el("span", "location", ` · ${a.bed_location}`));
+    bed.title = `stream ${a.stream_id}`;
+    tr.append(bed);
     tr.append(el("td", null, a.device_id + (a.device_online ? "" : " (offline)")));
     tr.append(el("td", null, a.kind === "technical" ? `${a.type} (technical)` : a.type));
     const since = el("td", "since", `${clock(a.start_utc)} `);
@@ -370,6 +391,9 @@
     let state = a.latched ? `latched (condition ended ${clock(a.condition_end_utc)})` : "active";
     if (a.ack_sent) state = "acknowledge sent, waiting for the device";
     tr.append(el("td", "alarm-state", state));
+    const evidence = el("td", "evidence");
+    if (a.evidence) evidence.append(listenButton(a.episode_id, `${a.type}, ${bedLabel(a)}`));
+    tr.append(evidence);
     const action = el("td", "action");
     if (canAck && a.latched && !a.ack_sent) {
       const button = el("button", "ack", "Acknowledge");
@@ -397,11 +421,192 @@
       if (reply.status !== 202) throw new Error(body.error || `HTTP ${reply.status}`);
       button.textContent = "acknowledge sent";
     } catch (error) {
-      $("#ack-error").textContent = `Acknowledge of ${alarm.type} on ${alarm.stream_id} failed: ${error.message}`;
+      $("#ack-error").textContent = `Acknowledge of ${alarm.type} on ${bedLabel(alarm)} failed: ${error.message}`;
       button.disabled = false;
       button.textContent = "Acknowledge";
     }
   }
+
+  // -- evidence: an event's clip, heard and seen ----------------------------------------
+  // For the tests and for people: what the panel shows and when each part of it was ready.
+  window.lwEvidence = null;
+  window.lwTrend = null;
+
+  function listenButton(episode, label) {
+    const button = el("button", "listen", "▶ Listen");
+    button.type = "button";
+    button.dataset.episode = episode;
+    const allowed = Boolean(ward.user && ward.user.can_listen);
+    button.disabled = !allowed;
+    button.title = allowed ? `play and see the clip of ${label}` :
+      "listening to patient audio needs a named user (view or ack)";
+    button.addEventListener("click", () => openEvidence(episode, label));
+    return button;
+  }
+
+  function showPanel(which, title) {
+    $("#panel").hidden = false;
+    $("#panel-title").textContent = title;
+    $("#evidence").hidden = which !== "evidence";
+    $("#history").hidden = which !== "history";
+    if (which !== "evidence") $("#evidence-audio").pause();
+  }
+
+  function closePanel() {
+    $("#evidence-audio").pause();
+    $("#panel").hidden = true;
+  }
+
+  async function openEvidence(episode, label) {
+    const state = { episode, clickedAt: Date.now(), audioAt: null, pictureAt: null,
+      duration: null, playing: false, error: null };
+    window.lwEvidence = state;
+    showPanel("evidence", `Evidence: ${label}`);
+    const audio = $("#evidence-audio"), picture = $("#evidence-picture");
+    $("#evidence-error").textContent = "";
+    $("#evidence-about").textContent = "loading…";
+    audio.onloadedmetadata = () => {
+      if (window.lwEvidence !== state) return;
+      state.audioAt = Date.now();
+      state.duration = audio.duration;
+    };
+    audio.onplaying = () => { if (window.lwEvidence === state) state.playing = true; };
+    audio.onerror = () => failed(state, "the clip's audio did not load");
+    picture.onload = () => {
+      if (window.lwEvidence === state) state.pictureAt = Date.now();
+    };
+    picture.onerror = () => failed(state, "the clip's picture did not load");
+    audio.src = `/api/evidence/${encodeURIComponent(episode)}.flac`;
+    picture.src = `/api/evidence/${encodeURIComponent(episode)}.png`;
+    audio.play().catch(() => {});  // the click allows it; a failure shows through onerror
+    try {
+      const reply = await fetch(`/api/evidence/${encodeURIComponent(episode)}`);
+      const about = await reply.json();
+      if (!reply.ok) throw new Error(about.error || `HTTP ${reply.status}`);
+      if (window.lwEvidence !== state) return;
+      $("#evidence-about").textContent = `${about.event_type} on ${about.stream_id} ` +
+        `(${about.device_id}): ${about.duration_s.toFixed(1)} s from ${clock(about.start_utc)}, ` +
+        `the event from ${about.event_offset_s.toFixed(1)} s; outputs: ` +
+        about.outputs.join(", ");
+    } catch (error) {
+      failed(state, error.message);
+    }
+  }
+
+  function failed(state, why) {
+    if (window.lwEvidence !== state) return;
+    state.error = why;
+    $("#evidence-about").textContent = "";
+    $("#evidence-error").textContent = `No evidence shown: ${why}`;
+  }
+
+  // -- a bed's history: hour by hour ----------------------------------------------------
+  let historyBed = null;
+
+  function openHistory(deviceId, streamId) {
+    historyBed = { deviceId, streamId };
+    const view = ward.beds.get(`${deviceId}/${streamId}`);
+    const name = view ? view.name.textContent : streamId;
+    showPanel("history", `History: ${name} (${deviceId})`);
+    loadHistory();
+  }
+
+  async function loadHistory() {
+    if (!historyBed) return;
+    const asked = { ...historyBed, hours: Number($("#history-hours").value) };
+    $("#history-error").textContent = "";
+    try {
+      const reply = await fetch(`/api/trend/${encodeURIComponent(asked.deviceId)}/` +
+        `${encodeURIComponent(asked.streamId)}?hours=${asked.hours}`);
+      const trend = await reply.json();
+      if (!reply.ok) throw new Error(trend.error || `HTTP ${reply.status}`);
+      if (historyBed.deviceId !== asked.deviceId || historyBed.streamId !== asked.streamId) return;
+      drawHistory(trend);
+      historyTable(trend);
+      requestAnimationFrame(() => setTimeout(() => {
+        window.lwTrend = { device: asked.deviceId, stream: asked.streamId, hours: asked.hours,
+          drawnAt: Date.now(), onsets: trend.onsets, poor: trend.poor_signal_min };
+      }, 0));
+    } catch (error) {
+      $("#history-error").textContent = `No history shown: ${error.message}`;
+    }
+  }
+
+  const FAMILY_COLOUR = { CAS: "#1565c0", DAS: "#e65100", breathing: "#b71c1c" };
+
+  function drawHistory(trend) {
+    const canvas = $("#history-chart");
+    const ctx = canvas.getContext("2d");
+    const w = canvas.width, h = canvas.height, left = 34, right = 34, bottom = 18, top = 6;
+    const plotW = w - left - right, plotH = h - top - bottom;
+    ctx.clearRect(0, 0, w, h);
+    const n = trend.hours.length;
+    const slot = plotW / n;
+    const totals = trend.hours.map((_, i) =>
+      Object.keys(FAMILY_COLOUR).reduce((sum, f) => sum + trend.onsets[f][i], 0));
+    const most = Math.max(4, ...totals);
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillStyle = "#555";
+    ctx.fillText(String(most), 2, top + 10);
+    ctx.fillText("0", 2, top + plotH);
+    trend.hours.forEach((hour, i) => {
+      const x = left + i * slot;
+      // minutes of poor signal: a grey bar behind, 60 min = full height
+      const poor = Math.min(60, trend.poor_signal_min[i]) / 60 * plotH;
+      ctx.fillStyle = "#cfd8dc";
+      ctx.fillRect(x + 1, top + plotH - poor, slot - 2, poor);
+      let y = top + plotH;
+      for (const [family, colour] of Object.entries(FAMILY_COLOUR)) {
+        const height = trend.onsets[family][i] / most * plotH;
+        ctx.fillStyle = colour;
+        ctx.fillRect(x + slot * 0.25, y - height, slot * 0.5, height);
+        y -= height;
+      }
+      const every = Math.ceil(n / 12);
+      if (i % every === 0) {
+        ctx.fillStyle = "#555";
+        ctx.fillText(clock(hour).slice(0, 5), x + 2, h - 4);
+      }
+    });
+    const rates = trend.rate_bpm;
+    const known = rates.filter((r) => r !== null);
+    if (known.length) {
+      const topRate = Math.max(40, ...known) * 1.1;
+      ctx.fillStyle = "#5d4037";
+      ctx.fillText(`${Math.round(topRate)}/min`, w - right + 2, top + 10);
+      ctx.strokeStyle = "#5d4037";
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      let drawing = false;
+      rates.forEach((r, i) => {
+        if (r === null) { drawing = false; return; }
+        const x = left + (i + 0.5) * slot, y = top + plotH - r / topRate * plotH;
+        if (drawing) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+        ctx.fillRect(x - 2, y - 2, 4, 4);
+        drawing = true;
+      });
+      ctx.stroke();
+      ctx.lineWidth = 1;
+    }
+    ctx.strokeStyle = "#90a4ae";
+    ctx.strokeRect(left, top, plotW, plotH);
+  }
+
+  function historyTable(trend) {
+    const rows = trend.hours.map((hour, i) => {
+      const tr = el("tr");
+      const when = new Date(hour);
+      tr.append(el("td", null, `${when.toLocaleDateString()} ${clock(hour).slice(0, 5)}`));
+      for (const f of ["CAS", "DAS", "breathing"]) tr.append(el("td", null, trend.onsets[f][i]));
+      tr.append(el("td", null, trend.poor_signal_min[i]));
+      tr.append(el("td", null, trend.rate_bpm[i] === null ? "–" : trend.rate_bpm[i]));
+      return tr;
+    }).reverse();  // the latest hour first
+    $("#history-table tbody").replaceChildren(...rows);
+  }
+
+  $("#panel-close").addEventListener("click", closePanel);
+  $("#history-hours").addEventListener("change", loadHistory);
 
   setInterval(() => {
     document.querySelectorAll("#alarms .age").forEach((node) => {
@@ -427,7 +632,8 @@
     $("#empty").hidden = false;
     $("#site").textContent = `· ${snapshot.site}`;
     $("#user").textContent = `${snapshot.user.name}: ` +
-      (snapshot.user.can_acknowledge ? "may view and acknowledge" : "view only");
+      (snapshot.user.can_acknowledge ? "may view and acknowledge" : "view only") +
+      (snapshot.user.can_listen ? "" : " (no audio: no named user)");
     snapshot.devices.forEach(renderDevice);
     snapshot.beds.forEach(renderBed);
     const longest = Math.max(0, ...snapshot.beds.map((b) => (b.live || []).length));
@@ -435,6 +641,10 @@
     renderAlarms(snapshot.alarms);
     renderHeader(snapshot);
     window.lwReady = true;
+    // when the first snapshot was on the screen (ms since the page's navigation started)
+    requestAnimationFrame(() => setTimeout(() => {
+      if (window.lwReadyMs === null) window.lwReadyMs = performance.now();
+    }, 0));
   }
 
   function applyUpdate(update) {

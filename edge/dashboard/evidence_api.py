@@ -1,0 +1,137 @@
+"""The ward view's evidence and history pages (routes of :mod:`edge.dashboard.server`).
+
+- ``GET /api/evidence/<episode_id>``: the clip's description (JSON: bed, event type, times,
+  duration, outputs); 404 when the view has none;
+- ``GET /api/evidence/<episode_id>.flac``: its audio (``audio/flac``; browsers play it);
+- ``GET /api/evidence/<episode_id>.png``: its picture, drawn once on the server and cached:
+  the log-mel spectrogram, one row per model output (the probability over the clip), the
+  event's span and a time axis (the demo's picture, :func:`edge.demo.plot.render`);
+- ``GET /api/trend/<device>/<stream>?hours=N``: the bed's last N hours (1..72), hour by hour
+  (:meth:`edge.dashboard.history.History.trend`).
+
+Listening to patient audio needs a named user (``dashboard.users``, role view or ack): without
+users configured (the loopback demo) the evidence routes answer 401, as they do to a request
+without credentials. Without a history store (``dashboard.history_path`` null) they answer
+404 with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from edge.dashboard.history import History
+from edge.demo.imaging import png_bytes
+from edge.demo.plot import Span, render
+from edge.events import is_segment
+from edge.evidence.clip import clip_of
+from edge.features import FeatureSpec, extract
+
+PICTURES = 64  # rendered pictures kept
+MAX_HOURS = 72
+Reply = tuple[int, bytes, str]
+
+
+def _json(status: int, body: dict[str, Any]) -> Reply:
+    return status, json.dumps(body).encode("utf-8"), "application/json"
+
+
+class EvidencePages:
+    """The routes of the module doc over one history store."""
+
+    def __init__(self, history: History | None) -> None:
+        self.history = history
+        self._pictures: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str, query: str, named_user: bool) -> Reply | None:
+        """The reply to ``path`` (None: not one of these routes)."""
+        if path.startswith("/api/evidence/"):
+            if not named_user:
+                return _json(401, {"error": "listening to patient audio needs a user with the "
+                                            "view or ack role (dashboard.users)"})  # fmt: skip
+            return self._evidence(path[len("/api/evidence/") :])
+        if path.startswith("/api/trend/"):
+            return self._trend(path[len("/api/trend/") :], query)
+        return None
+
+    def _evidence(self, name: str) -> Reply:
+        episode, _, suffix = name.partition(".")
+        if not is_segment(episode) or suffix not in ("", "flac", "png"):
+            return _json(404, {"error": f"no such evidence: {name[:80]!r}"})
+        if self.history is None:
+            return _json(404, {"error": "this view keeps no history (dashboard.history_path)"})
+        found = self.history.clip(episode)
+        if found is None:
+            return _json(404, {"error": f"no evidence of episode {episode} (yet)"})
+        header, flac, ids = found
+        if suffix == "flac":
+            return 200, flac, "audio/flac"
+        clip = clip_of(header, {"site": "-", "episode_id": episode, **ids}, flac)
+        if suffix == "png":
+            return 200, self._picture(episode, clip), "image/png"
+        return _json(200, {
+            "episode_id": episode, **ids, "event_type": clip.event_type,
+            "start_utc": clip.start_utc, "duration_s": round(clip.duration_s, 3),
+            "sample_rate_hz": clip.sample_rate_hz, "outputs": list(clip.outputs),
+            "event_offset_s": round((clip.event_start_sample - clip.start_sample)
+                                    / clip.sample_rate_hz, 3),
+            "audio": f"/api/evidence/{episode}.flac", "picture": f"/api/evidence/{episode}.png",
+        })  # fmt: skip
+
+    def _picture(self, episode: str, clip: Any) -> bytes:
+        with self._lock:
+            if episode in self._pictures:
+                self._pictures.move_to_end(episode)
+                return self._pictures[episode]
+        data = png_bytes(picture(clip))
+        with self._lock:
+            self._pictures[episode] = data
+            while len(self._pictures) > PICTURES:
+                self._pictures.popitem(last=False)
+        return data
+
+    def _trend(self, rest: str, query: str) -> Reply:
+        parts = [urllib.parse.unquote(p) for p in rest.split("/")]
+        if len(parts) != 2 or not all(is_segment(p) for p in parts):
+            return _json(404, {"error": "the trend's address is /api/trend/<device>/<stream>"})
+        if self.history is None:
+            return _json(404, {"error": "this view keeps no history (dashboard.history_path)"})
+        hours = urllib.parse.parse_qs(query).get("hours", ["6"])[0]
+        if not hours.isdigit() or not 1 <= int(hours) <= MAX_HOURS:
+            return _json(400, {"error": f"hours must be 1..{MAX_HOURS}, got {hours[:10]!r}"})
+        trend = self.history.trend(parts[0], parts[1], int(hours))
+        return _json(200, {"device_id": parts[0], "stream_id": parts[1], **trend})
+
+
+def picture(clip: Any) -> np.ndarray:
+    """The clip's picture (module doc) as an (h, w, 3) uint8 array."""
+    rate = clip.sample_rate_hz
+    spec = FeatureSpec(sample_rate_hz=rate, fmax_hz=min(4000.0, rate / 2))
+    audio = clip.audio()
+    frames = extract(audio, spec) if audio.size >= spec.frame_samples else np.zeros((1, 64))
+    frames_per_s = rate / spec.hop_samples
+    probs = clip.probabilities()
+    step_s = clip.frame_samples / rate
+    centres = clip.first_frame_sample / rate + step_s * (np.arange(probs.shape[0]) + 0.5)
+    start_s = (clip.event_start_sample - clip.start_sample) / rate
+    end = clip.event_end_sample
+    end_s = audio.size / rate if end is None else (end - clip.start_sample) / rate
+    shown = [i for i, name in enumerate(clip.outputs) if name != "Breath"]
+    return render(
+        title=f"{clip.event_type} {clip.start_utc}",
+        spectrogram=frames,
+        frames_per_s=frames_per_s,
+        freq_range_hz=(spec.fmin_hz, spec.fmax_hz),
+        classes=[clip.outputs[i] for i in shown],
+        window_centres_s=centres,
+        window_hop_s=step_s,
+        probabilities=probs[:, shown] if probs.size else np.zeros((0, len(shown))),
+        detected=[Span(start_s, max(start_s, end_s), clip.event_type)],
+        annotated=[],
+    )

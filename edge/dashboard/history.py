@@ -1,0 +1,320 @@
+"""The ward view's memory: every event, verdict, breathing reading, bed summary and evidence
+clip it received, in SQLite, so the ward's history survives the view's restarts.
+
+    store = History("out/ward/history.sqlite", max_age_days=30, max_evidence_mb=2000)
+    store.add_event(event)                    # from the MQTT thread: queued, written in batches
+    store.add_clip(clip)
+    store.trend(device, stream, hours=6)      # per-hour counts for a bed's trend chart
+    store.clip(episode_id)                    # a clip's header and FLAC, or None
+    store.restore()                           # at start: beds, open episodes, recent events
+    store.close()
+
+Writes go through one writer thread that commits what came in every ``FLUSH_S`` (one
+transaction): the MQTT thread never waits on the disk, and a burst of 200 beds costs one
+commit. Reads open their own connection (WAL lets them run beside the writer). Bounds: rows
+older than ``max_age_days`` and clips beyond ``max_evidence_mb`` (the oldest first) are
+deleted once a minute.
+
+A hospital that wants the history in PostgreSQL: the schema below is plain SQL (no SQLite
+types beyond INTEGER, REAL, TEXT, BLOB -> BYTEA); docs/evidence.md says how to point a
+replica at it. The view itself speaks to SQLite only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edge.events import Event, parse_utc
+from edge.evidence.clip import Clip
+
+log = logging.getLogger("lungwatch.dashboard")
+
+FLUSH_S = 0.2  # the writer commits what came in this often
+PRUNE_EVERY_S = 60.0
+RECENT_EVENTS = 8  # per bed, restored at start
+RESTORED_READINGS = 720  # per bed and kind, restored at start (the page's trend)
+CAS = ("Wheeze", "Rhonchi", "Stridor")
+DAS = ("Fine Crackle", "Coarse Crackle")
+FAMILIES = {"CAS": CAS, "DAS": DAS, "breathing": ("apnoea", "tachypnoea", "bradypnoea")}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,  -- the order received (PostgreSQL: BIGSERIAL)
+    id TEXT NOT NULL UNIQUE,
+    episode_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    state TEXT NOT NULL,
+    start_s REAL NOT NULL,
+    end_s REAL,
+    received_s REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_bed ON events (device_id, stream_id, start_s);
+CREATE INDEX IF NOT EXISTS events_episode ON events (episode_id);
+CREATE TABLE IF NOT EXISTS readings (
+    device_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- verdict | respiration
+    at_s REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_bed ON readings (device_id, stream_id, kind, at_s);
+CREATE TABLE IF NOT EXISTS beds (
+    device_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    at_s REAL NOT NULL,
+    PRIMARY KEY (device_id, stream_id)
+);
+CREATE TABLE IF NOT EXISTS clips (
+    episode_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    start_s REAL NOT NULL,
+    received_s REAL NOT NULL,
+    bytes INTEGER NOT NULL,
+    header TEXT NOT NULL,
+    flac BLOB NOT NULL
+);
+"""
+
+
+def epoch_s(utc: str | None) -> float | None:
+    """POSIX seconds of a ``...Z`` time (None for None or a bad one)."""
+    if not utc:
+        return None
+    try:
+        return parse_utc(utc).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What the store gives the ward at start."""
+
+    summaries: list[tuple[str, str, dict[str, Any]]]  # (device, stream, summary)
+    open_events: list[Event]  # the last message of every episode not ended
+    recent: list[Event]  # each bed's last events, oldest first
+    readings: list[tuple[str, str, str, dict[str, Any]]]  # (device, stream, kind, body)
+    clips: set[str]  # episodes that have evidence
+
+
+class History:
+    """See the module doc."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        max_age_days: float = 30.0,
+        max_evidence_mb: float = 2000.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_age_s, self.max_evidence_bytes = max_age_days * 86400.0, max_evidence_mb * 1e6
+        self.clock = clock
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+        self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
+        self._flushed = threading.Condition()
+        self._written = 0  # items committed
+        self._queued = 0
+        self._writer = threading.Thread(target=self._write, name="lungwatch-history", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    # -- writing (any thread) --------------------------------------------------------------
+    def add_event(self, event: Event) -> None:
+        start = epoch_s(event.start_utc) or self.clock()
+        self._put("INSERT OR IGNORE INTO events (id, episode_id, device_id, stream_id, type, "
+                  "kind, priority, state, start_s, end_s, received_s, body) "
+                  "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (
+            event.id, event.episode_id, event.device_id, event.stream_id, event.type,
+            event.kind, event.priority, event.state, start, epoch_s(event.end_utc),
+            self.clock(), event.to_json(),
+        ))  # fmt: skip
+
+    def add_reading(self, device_id: str, stream_id: str, kind: str, body: dict[str, Any]) -> None:
+        at = epoch_s(body.get("utc")) or self.clock()
+        self._put("INSERT INTO readings VALUES (?,?,?,?,?)",
+                  (device_id, stream_id, kind, at, json.dumps(body)))  # fmt: skip
+
+    def set_summary(self, device_id: str, stream_id: str, summary: dict[str, Any]) -> None:
+        self._put("INSERT OR REPLACE INTO beds VALUES (?,?,?,?)",
+                  (device_id, stream_id, json.dumps(summary), self.clock()))  # fmt: skip
+
+    def add_clip(self, clip: Clip) -> None:
+        start = epoch_s(clip.start_utc) or self.clock()
+        self._put("INSERT OR REPLACE INTO clips VALUES (?,?,?,?,?,?,?,?,?)", (
+            clip.episode_id, clip.device_id, clip.stream_id, clip.event_type, start,
+            self.clock(), len(clip.flac), json.dumps(clip.header()), clip.flac,
+        ))  # fmt: skip
+
+    def _put(self, sql: str, row: tuple[Any, ...]) -> None:
+        with self._flushed:
+            self._queued += 1
+        self._queue.put((sql, row))
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until everything added so far is committed."""
+        deadline = time.monotonic() + timeout_s
+        with self._flushed:
+            target = self._queued
+            while self._written < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._flushed.wait(left)
+        return True
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._writer.join()
+
+    def _write(self) -> None:
+        db = self._connect()
+        pruned = 0.0
+        running = True
+        while running:
+            batch = []
+            try:
+                batch.append(self._queue.get(timeout=FLUSH_S))
+                while True:
+                    batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            rows = [item for item in batch if item is not None]
+            running = len(rows) == len(batch)
+            try:
+                with db:
+                    for sql, row in rows:
+                        db.execute(sql, row)
+                    if self.clock() - pruned > PRUNE_EVERY_S:
+                        pruned = self.clock()
+                        self._prune(db)
+            except sqlite3.Error:
+                log.exception("history: %d rows not written", len(rows))
+            with self._flushed:
+                self._written += len(rows)
+                self._flushed.notify_all()
+        db.close()
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        """Rows older than ``max_age_days``; the oldest clips beyond ``max_evidence_mb``."""
+        oldest = self.clock() - self.max_age_s
+        db.execute("DELETE FROM events WHERE received_s < ?", (oldest,))
+        db.execute("DELETE FROM readings WHERE at_s < ?", (oldest,))
+        db.execute("DELETE FROM clips WHERE received_s < ?", (oldest,))
+        total = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM clips").fetchone()[0]
+        while total > self.max_evidence_bytes:
+            row = db.execute("SELECT episode_id, bytes FROM clips ORDER BY received_s LIMIT 1"
+                             ).fetchone()  # fmt: skip
+            db.execute("DELETE FROM clips WHERE episode_id = ?", (row[0],))
+            total -= row[1]
+
+    def prune_now(self) -> None:
+        """Apply the bounds now (tests; the writer does it once a minute)."""
+        self.flush()
+        with self._connect() as db:
+            self._prune(db)
+
+    # -- reading ---------------------------------------------------------------------------
+    def clip(self, episode_id: str) -> tuple[dict[str, Any], bytes, dict[str, str]] | None:
+        """(header, FLAC, identity) of an episode's clip, else None."""
+        with self._connect() as db:
+            row = db.execute("SELECT header, flac, device_id, stream_id FROM clips "
+                             "WHERE episode_id = ?", (episode_id,)).fetchone()  # fmt: skip
+        if row is None:
+            return None
+        return json.loads(row[0]), bytes(row[1]), {"device_id": row[2], "stream_id": row[3]}
+
+    def trend(self, device_id: str, stream_id: str, hours: int, now_s: float | None = None
+              ) -> dict[str, Any]:  # fmt: skip
+        """A bed's last ``hours``, hour by hour: event onsets per family, minutes under
+        ``poor_signal``, the mean respiratory rate and the apnoea alarms."""
+        now = self.clock() if now_s is None else now_s
+        start = (int(now // 3600) - hours + 1) * 3600.0
+        bins = [start + 3600.0 * i for i in range(hours)]
+        counts = {family: [0] * hours for family in FAMILIES}
+        poor = [0.0] * hours
+        rates: list[list[float]] = [[] for _ in range(hours)]
+        with self._connect() as db:
+            bed = (device_id, stream_id)
+            onsets = db.execute(
+                "SELECT type, start_s FROM events WHERE device_id=? AND stream_id=? AND "
+                "state='onset' AND start_s >= ?", (*bed, start)).fetchall()  # fmt: skip
+            spans = db.execute(
+                "SELECT episode_id, MIN(start_s), MAX(COALESCE(end_s, ?)) FROM events "
+                "WHERE device_id=? AND stream_id=? AND type='poor_signal' AND start_s < ? "
+                "GROUP BY episode_id", (now, device_id, stream_id, now)).fetchall()  # fmt: skip
+            readings = db.execute(
+                "SELECT at_s, body FROM readings WHERE device_id=? AND stream_id=? AND "
+                "kind='respiration' AND at_s >= ?", (*bed, start)).fetchall()  # fmt: skip
+        for type_, at in onsets:
+            for family, types in FAMILIES.items():
+                if type_ in types:
+                    counts[family][int((at - start) // 3600)] += 1
+        for _, lo, hi in spans:
+            for i, b in enumerate(bins):
+                poor[i] += max(0.0, min(hi, b + 3600.0) - max(lo, b)) / 60.0
+        for at, body in readings:
+            rate = json.loads(body).get("rate_bpm")
+            if isinstance(rate, int | float):
+                rates[int((at - start) // 3600)].append(float(rate))
+        return {
+            "hours": [
+                datetime.fromtimestamp(b, timezone.utc).strftime("%Y-%m-%dT%H:00Z") for b in bins
+            ],
+            "onsets": counts,
+            "poor_signal_min": [round(m, 1) for m in poor],
+            "rate_bpm": [round(sum(r) / len(r), 1) if r else None for r in rates],
+        }
+
+    def restore(self) -> Restored:
+        """What the ward shows after a restart (see :class:`Restored`)."""
+        with self._connect() as db:
+            summaries = [(d, s, json.loads(b)) for d, s, b in db.execute(
+                "SELECT device_id, stream_id, summary FROM beds")]  # fmt: skip
+            last = db.execute(
+                "SELECT e.body FROM events e JOIN (SELECT MAX(seq) AS s FROM events "
+                "GROUP BY episode_id) l ON e.seq = l.s WHERE e.state != 'ended' ORDER BY e.seq"
+            ).fetchall()
+            recent = db.execute(
+                "SELECT body FROM (SELECT body, seq, ROW_NUMBER() OVER (PARTITION BY "
+                "device_id, stream_id ORDER BY seq DESC) AS n FROM events) "
+                "WHERE n <= ? ORDER BY seq", (RECENT_EVENTS,)).fetchall()  # fmt: skip
+            readings = db.execute(
+                "SELECT device_id, stream_id, kind, body FROM (SELECT *, ROW_NUMBER() OVER "
+                "(PARTITION BY device_id, stream_id, kind ORDER BY at_s DESC) AS n FROM "
+                "readings) WHERE n <= ? ORDER BY at_s", (RESTORED_READINGS,)
+            ).fetchall()  # fmt: skip
+            clips = {row[0] for row in db.execute("SELECT episode_id FROM clips")}
+        return Restored(
+            summaries=summaries,
+            open_events=[Event.from_json(row[0]) for row in last],
+            recent=[Event.from_json(row[0]) for row in recent],
+            readings=[(d, s, k, json.loads(b)) for d, s, k, b in readings],
+            clips=clips,
+        )

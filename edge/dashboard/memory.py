@@ -1,0 +1,174 @@
+"""The ward's memory beyond the live state (a mixin of :class:`edge.dashboard.ward.Ward`):
+
+- **summaries** (``…/<bed>/summary``, retained): a bed's display name and location, and its
+  open alarms; an alarm a bed still holds that the view never saw (latched before the view
+  started) is listed from the summary until its ``ended`` comes;
+- **evidence** (``…/<bed>/evidence``): clips put together from their parts
+  (:class:`edge.evidence.clip.Assembler`), stored, and marked on the event and alarm rows of
+  their episode;
+- **history** (:class:`edge.dashboard.history.History`): every event, verdict, breathing
+  reading (at most one a minute per bed, and every change of state), summary and clip goes to
+  the store; at start the ward is rebuilt from it (names, open episodes, each bed's last
+  events, breathing and verdict), and the devices' retained messages bring it up to date: an
+  episode restored as open that its bed's next summary does not list ended while the view
+  was away, and leaves the alarm list.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from edge.dashboard.history import History, Restored, epoch_s
+from edge.dashboard.intake import MessageError
+from edge.events import Event, is_segment
+from edge.evidence.clip import Assembler, EvidenceError
+
+if TYPE_CHECKING:
+    from edge.dashboard.ward import Bed, Device
+
+READING_EVERY_S = 60.0  # a bed's breathing is stored at most this often (and on a change)
+MAX_TEXT = 80  # a bed's name or location
+
+
+class WardMemory:
+    """See the module doc. Needs the attributes :class:`~edge.dashboard.ward.Ward` sets."""
+
+    lock: threading.RLock
+    devices: dict[str, Device]
+    history: History | None
+    clips: set[str]
+    assembler: Assembler
+    _dirty_beds: set[tuple[str, str]]
+    _dirty_alarms: bool
+    _stored_reading: dict[tuple[str, str], tuple[float, str]]
+
+    def _place(self, device_id: str, stream_id: str) -> tuple[Device, Bed]:
+        raise NotImplementedError  # the Ward's
+
+    def _summary(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
+        if body.get("stream_id") != stream_id or not isinstance(body.get("open"), list):
+            raise MessageError(f"summary must be for {stream_id!r} and list its open alarms")
+        _, bed = self._place(device_id, stream_id)
+        bed.name, bed.location = _text(body.get("name")), _text(body.get("location"))
+        rows = {}
+        for row in body["open"][:256]:
+            if isinstance(row, dict) and is_segment(row.get("episode_id")):
+                rows[str(row["episode_id"])] = _summary_row(row)
+        bed.summary_open = rows
+        for episode_id in bed.restored - set(rows):  # ended while the view was away
+            bed.open.pop(episode_id, None)
+        bed.restored &= set(rows)
+        if self.history is not None:
+            self.history.set_summary(device_id, stream_id, body)
+        self._dirty_beds.add((device_id, stream_id))
+        self._dirty_alarms = True
+
+    def _withdraw_summary(self, device_id: str, stream_id: str) -> None:
+        bed = self.devices[device_id].beds.get(stream_id) if device_id in self.devices else None
+        if bed is not None:
+            bed.summary_open = {}
+            for episode_id in bed.restored:  # the stream ended: the device holds none of them
+                bed.open.pop(episode_id, None)
+            bed.restored = set()
+            self._dirty_beds.add((device_id, stream_id))
+            self._dirty_alarms = True
+
+    def _evidence(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
+        if (body.get("device_id"), body.get("stream_id")) != (device_id, stream_id):
+            raise MessageError(f"evidence must be for {device_id!r}/{stream_id!r}")
+        try:
+            clip = self.assembler.take(body)
+        except EvidenceError as exc:
+            raise MessageError(str(exc)) from None
+        if clip is None:
+            return
+        self.clips.add(clip.episode_id)
+        if self.history is not None:
+            self.history.add_clip(clip)
+        self._dirty_beds.add((device_id, stream_id))
+        self._dirty_alarms = True
+
+    def _store_event(self, event: Event) -> None:
+        if self.history is not None:
+            self.history.add_event(event)
+
+    def _store_reading(
+        self, device_id: str, stream_id: str, kind: str, body: dict[str, Any]
+    ) -> None:
+        """A verdict always; a breathing reading on a change of state, else once a minute."""
+        if self.history is None:
+            return
+        if kind == "respiration":
+            at, state = epoch_s(body.get("utc")) or 0.0, str(body.get("state"))
+            last = self._stored_reading.get((device_id, stream_id))
+            if last is not None and last[1] == state and at - last[0] < READING_EVERY_S:
+                return
+            self._stored_reading[(device_id, stream_id)] = (at, state)
+        self.history.add_reading(device_id, stream_id, kind, body)
+
+    def summary_alarm_rows(self) -> list[dict[str, Any]]:
+        """The alarms beds hold that the view has no message of (latched before it started)."""
+        rows = []
+        for device in self.devices.values():
+            for bed in device.beds.values():
+                known = {e.episode_id for e in bed.open.values()}
+                for episode_id, row in bed.summary_open.items():
+                    if episode_id not in known:
+                        rows.append({**row, "device_id": device.device_id,
+                                     "stream_id": bed.stream_id,
+                                     "device_online": device.online is not False,
+                                     "ack_sent": False, "from_summary": True})  # fmt: skip
+        return rows
+
+    def restore(self, restored: Restored) -> None:
+        """Rebuild the ward from the store (module doc)."""
+        from edge.dashboard.ward import event_row
+
+        with self.lock:
+            for device_id, stream_id, summary in restored.summaries:
+                if is_segment(device_id) and is_segment(stream_id):
+                    _, bed = self._place(device_id, stream_id)
+                    bed.name, bed.location = (
+                        _text(summary.get("name")),
+                        _text(summary.get("location")),
+                    )
+            for event in restored.recent:
+                _, bed = self._place(event.device_id, event.stream_id)
+                bed.events.appendleft(event_row(event, 0.0))
+            for event in restored.open_events:
+                _, bed = self._place(event.device_id, event.stream_id)
+                bed.open[event.episode_id] = event
+                bed.restored.add(event.episode_id)
+            for device_id, stream_id, kind, body in restored.readings:
+                _, bed = self._place(device_id, stream_id)
+                if kind == "respiration":
+                    keys = ("state", "rate_bpm", "utc", "age_band", "low_bpm", "high_bpm", "reason")
+                    bed.respiration = {k: body.get(k) for k in keys}
+                    point = {k: body.get(k) for k in ("utc", "rate_bpm", "state")}
+                    bed.rate_trend.append(point)
+                elif kind == "verdict":
+                    bed.verdict = {"label": body.get("verdict"), "since_utc": body.get("utc"),
+                                   "window_s": body.get("window_s")}  # fmt: skip
+            self.clips |= restored.clips
+            self._dirty_alarms = True
+
+
+def _text(value: object) -> str | None:
+    return value[:MAX_TEXT] if isinstance(value, str) and value.isprintable() and value else None
+
+
+def _summary_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An alarm row (as :func:`edge.dashboard.ward.event_row` makes them) from a summary's."""
+    priority = row.get("priority") if row.get("priority") in ("high", "medium", "low") else "low"
+    confidence = row.get("confidence")
+    return {
+        "id": f"summary:{row['episode_id']}", "episode_id": str(row["episode_id"]),
+        "type": str(row.get("type", "?"))[:64], "kind": str(row.get("kind", "physiological")),
+        "priority": priority, "state": "ongoing", "start_utc": str(row.get("start_utc", "")),
+        "end_utc": None,
+        "confidence": confidence if isinstance(confidence, int | float) else None,
+        "key": str(row.get("key") or row.get("type", ""))[:128],
+        "latched": bool(row.get("latched")), "ended_by": None, "acknowledged_utc": None,
+        "condition_end_utc": None,
+    }  # fmt: skip

@@ -1,0 +1,336 @@
+"""The ward view's memory and evidence without a browser: the SQLite history
+(edge.dashboard.history: per-hour trends, bounds, what a restart restores), the ward built on it
+(edge.dashboard.memory: bed names, alarms latched before the view started, episodes that ended
+while it was away, clips marked on their rows), and the evidence routes of a real
+DashboardServer on a real Mosquitto (who may listen, the FLAC, the picture, the trend, no
+broker credentials in what the page gets)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+import soundfile
+
+from edge.dashboard.config import DashboardConfig, DashboardUser
+from edge.dashboard.history import History
+from edge.dashboard.server import DashboardServer
+from edge.dashboard.ward import Ward
+from edge.events import Event, format_utc, kind_of, summary_payload, summary_topic
+from edge.evidence.clip import Clip, clip_messages, encode_flac, quantise
+from edge.sinks.mqtt import MqttConfig
+from tests.edge.brokers import HOST, SHA256, Mosquitto, make_password_file
+from tests.edge.browser import user_entry, wait_until
+
+SITE, DEVICE = "ward-h", "dev-h"
+RATE_HZ = 8000
+OUTPUTS = ("Fine Crackle", "Wheeze", "Poor Quality")
+NOW = 1_780_000_000.0 // 3600 * 3600 + 1800  # half past an hour (POSIX s)
+USERS = {"nurse": ("ack", "nurse-pw"), "porter": ("view", "porter-pw")}
+BROKER_USER, BROKER_PASSWORD = "wardview", "br0ker-s3cret-pw"
+
+
+class Clock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def onset(type_: str, at_s: float, bed: str = "bed-1", **extra: Any) -> Event:
+    values: dict[str, Any] = {
+        "type": type_, "site": SITE, "device_id": DEVICE, "stream_id": bed,
+        "start_utc": format_utc(at_s), "start_sample": int(at_s * RATE_HZ) % 10**9,
+        "detail": {"key": f"{type_}@{int(at_s)}", **extra.pop("detail", {})}, **extra,
+    }  # fmt: skip
+    if kind_of(type_) == "physiological":  # a finding or breathing alarm: confidence, model
+        values.update(confidence=0.9, model_id="edge-test", model_sha256=SHA256,
+                      quality={"score": 0.99})  # fmt: skip
+    return Event.onset(**values)
+
+
+def ended(event: Event, at_s: float) -> Event:
+    return event.ended(format_utc(at_s), end_sample=event.start_sample + 8000)
+
+
+def a_clip(episode: str, bed: str = "bed-1", seconds: float = 5.0, seed: int = 0) -> Clip:
+    rng = np.random.default_rng(seed)
+    audio = (0.1 * rng.standard_normal(int(seconds * RATE_HZ))).astype(np.float32)
+    frames = quantise(rng.random((int(seconds * 25), len(OUTPUTS))))
+    return Clip(SITE, DEVICE, bed, episode, "Wheeze", 24000, 0, format_utc(NOW - 60), RATE_HZ,
+                encode_flac(audio, RATE_HZ), OUTPUTS, 88, 320, frames,
+                event_end_sample=32000)  # fmt: skip
+
+
+def summary(bed: str = "bed-1", open_rows: list[dict[str, Any]] | None = None) -> tuple[str, bytes]:
+    body = {"name": "Bed 4 (Mrs A.)", "location": "Ward 3 East, bay 2", "open": open_rows or [],
+            "utc": format_utc(NOW)}  # fmt: skip
+    return summary_topic(SITE, DEVICE, bed), summary_payload(SITE, DEVICE, bed, body).encode()
+
+
+def send(ward: Ward, event: Event) -> bool:
+    return ward.handle(event.topic, event.to_json().encode())
+
+
+def send_clip(ward: Ward, clip: Clip) -> None:
+    for topic, payload in clip_messages(clip, part_bytes=8192):
+        assert ward.handle(topic, payload.encode()), ward.last_rejected
+
+
+def respiration(bed: str, at_s: float, rate: float) -> tuple[str, bytes]:
+    body = {"schema_version": 1, "site": SITE, "device_id": DEVICE, "stream_id": bed,
+            "utc": format_utc(at_s), "state": "ok", "rate_bpm": rate, "age_band": "adult",
+            "low_bpm": 9, "high_bpm": 24}  # fmt: skip
+    return f"lungwatch/v1/{SITE}/{DEVICE}/{bed}/respiration", json.dumps(body).encode()
+
+
+# -- the store -------------------------------------------------------------------------------
+def test_a_beds_hours_count_onsets_by_family_poor_signal_and_rate(tmp_path: Path) -> None:
+    clock = Clock()
+    store = History(tmp_path / "history.sqlite", clock=clock)
+    hour = NOW // 3600 * 3600
+    wheeze = onset("Wheeze", hour - 3000)  # two hours ago (bin 4 of 6)
+    store.add_event(wheeze)
+    store.add_event(ended(wheeze, hour - 2990))  # an ending is not an onset
+    for minute in (5, 20):
+        store.add_event(onset("Fine Crackle", hour + 60 * minute))  # this hour
+    store.add_event(onset("apnoea", hour + 600))
+    poor = onset("poor_signal", hour - 1200)  # 20 min in the last hour, 30 in this one
+    store.add_event(poor)
+    store.add_event(ended(poor, hour + 1800))
+    store.add_event(onset("Wheeze", hour - 3000, bed="bed-2"))  # another bed
+    for minute, rate in ((1, 18.0), (2, 20.0)):
+        reading = json.loads(respiration("bed-1", hour + 60 * minute, rate)[1])
+        store.add_reading(DEVICE, "bed-1", "respiration", reading)
+    store.close()
+
+    reopened = History(tmp_path / "history.sqlite", clock=clock)  # the view restarted
+    trend = reopened.trend(DEVICE, "bed-1", hours=6)
+    reopened.close()
+    assert len(trend["hours"]) == 6
+    assert trend["hours"][-1] == format_utc(hour)[:13] + ":00Z"
+    assert trend["onsets"] == {
+        "CAS": [0, 0, 0, 0, 1, 0],
+        "DAS": [0, 0, 0, 0, 0, 2],
+        "breathing": [0, 0, 0, 0, 0, 1],
+    }
+    assert trend["poor_signal_min"] == [0, 0, 0, 0, 20.0, 30.0]
+    assert trend["rate_bpm"] == [None, None, None, None, None, 19.0]
+
+
+def test_a_restart_restores_open_episodes_recent_events_names_and_clips(tmp_path: Path) -> None:
+    store = History(tmp_path / "history.sqlite", clock=Clock())
+    stridor = onset("Stridor", NOW - 100, priority="high")
+    wheeze = onset("Wheeze", NOW - 90)
+    store.add_event(stridor)
+    store.add_event(stridor.ongoing(detail={**stridor.detail, "latched": True}))
+    store.add_event(wheeze)
+    store.add_event(ended(wheeze, NOW - 80))
+    store.set_summary(DEVICE, "bed-1", {"name": "Bed 4", "location": "bay 2", "open": []})
+    store.add_clip(a_clip(stridor.episode_id))
+    store.close()
+    restored = History(tmp_path / "history.sqlite").restore()
+    assert [(e.episode_id, e.state) for e in restored.open_events] == [
+        (stridor.episode_id, "ongoing")
+    ]
+    assert [e.state for e in restored.recent] == ["onset", "ongoing", "onset", "ended"]
+    assert restored.summaries == [
+        (DEVICE, "bed-1", {"name": "Bed 4", "location": "bay 2", "open": []})
+    ]
+    assert restored.clips == {stridor.episode_id}
+
+
+def test_the_store_is_bounded_by_age_and_by_the_clips_bytes(tmp_path: Path) -> None:
+    clock = Clock()
+    clips = [a_clip(f"ep-{i}", seed=i) for i in range(4)]
+    one = len(clips[0].flac)
+    store = History(tmp_path / "h.sqlite", max_age_days=1.0, max_evidence_mb=2.5 * one / 1e6,
+                    clock=clock)  # fmt: skip
+    old = onset("Wheeze", NOW - 3 * 86400)
+    store.add_event(old)  # received now: kept
+    for clip in clips:
+        store.add_clip(clip)
+        clock.now += 1.0
+    store.prune_now()
+    assert [store.clip(c.episode_id) is not None for c in clips] == [False, False, True, True]
+    assert store.clip("ep-3")[1] == clips[3].flac  # type: ignore[index]
+    clock.now += 2 * 86400  # two days on: everything received before is too old
+    store.prune_now()
+    assert store.restore().recent == []
+    assert store.clip("ep-3") is None
+    store.close()
+
+
+# -- the ward on it --------------------------------------------------------------------------
+def test_names_alarms_and_evidence_survive_the_views_restart(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    store = History(path)
+    ward = Ward(SITE, history=store)
+    assert ward.handle(*summary())
+    stridor = onset("Stridor", NOW - 100, priority="high")
+    latched = stridor.ongoing(detail={**stridor.detail, "latched": True})
+    assert send(ward, stridor)
+    assert send(ward, latched)
+    send_clip(ward, a_clip(stridor.episode_id))
+    [alarm] = ward.alarms()
+    assert (alarm["bed_name"], alarm["bed_location"], alarm["evidence"]) == (
+        "Bed 4 (Mrs A.)", "Ward 3 East, bay 2", True)  # fmt: skip
+    [bed] = ward.snapshot()["beds"]
+    assert (bed["name"], bed["location"]) == ("Bed 4 (Mrs A.)", "Ward 3 East, bay 2")
+    assert [e["evidence"] for e in bed["events"]] == [True, True]
+    store.close()
+
+    store = History(path)  # the view restarts: nothing from the broker yet
+    ward = Ward(SITE, history=store)
+    ward.restore(store.restore())
+    [alarm] = ward.alarms()
+    assert (alarm["episode_id"], alarm["latched"], alarm["bed_name"], alarm["evidence"]) == (
+        stridor.episode_id, True, "Bed 4 (Mrs A.)", True)  # fmt: skip
+    [bed] = ward.snapshot()["beds"]
+    assert [e["id"] for e in bed["events"]] == [latched.id, stridor.id]  # newest first
+    # the device's retained summary no longer lists it: it ended while the view was away
+    assert ward.handle(*summary(open_rows=[]))
+    assert ward.alarms() == []
+    store.close()
+
+
+def test_an_alarm_latched_before_the_view_started_is_listed_from_the_summary() -> None:
+    ward = Ward(SITE)  # no history: a first start
+    stridor = onset("Stridor", NOW - 100, priority="high")
+    row = {"episode_id": stridor.episode_id, "type": "Stridor", "kind": "physiological",
+           "priority": "high", "start_utc": stridor.start_utc, "confidence": 0.9,
+           "latched": True, "key": stridor.detail["key"]}  # fmt: skip
+    assert ward.handle(*summary(open_rows=[row]))
+    [alarm] = ward.alarms()
+    assert alarm["episode_id"] == stridor.episode_id
+    assert (alarm["type"], alarm["priority"], alarm["latched"], alarm["from_summary"]) == (
+        "Stridor", "high", True, True)  # fmt: skip
+    assert alarm["bed_name"] == "Bed 4 (Mrs A.)"
+    # its acknowledged end arrives: the alarm leaves
+    assert send(ward, ended(stridor, NOW))
+    assert ward.alarms() == []
+
+
+def test_a_summary_or_clip_for_another_bed_or_malformed_is_rejected_naming_why() -> None:
+    ward = Ward(SITE)
+    topic, payload = summary("bed-1")
+    assert not ward.handle(summary_topic(SITE, DEVICE, "bed-2"), payload)
+    assert "summary must be for 'bed-2'" in str(ward.last_rejected)
+    [(_, part)] = clip_messages(a_clip("ep-x", seconds=1.0))
+    body = json.loads(part)
+    body["data"] = base64.b64encode(b"not the clip").decode()
+    assert not ward.handle(topic.replace("/summary", "/evidence"), json.dumps(body).encode())
+    assert "sha256" in str(ward.last_rejected)
+    assert ward.clips == set()
+
+
+# -- the routes on a real server ---------------------------------------------------------------
+def get(url: str, user: str | None = None, password: str | None = None) -> tuple[int, bytes, str]:
+    headers = {}
+    if user is not None:
+        secret = password if password is not None else USERS[user][1]
+        headers["Authorization"] = "Basic " + base64.b64encode(
+            f"{user}:{secret}".encode()).decode()  # fmt: skip
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status, r.read(), r.headers.get_content_type()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), error.headers.get_content_type()
+
+
+def publish(port: int, messages: list[tuple[str, str | bytes]]) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.username_pw_set(BROKER_USER, BROKER_PASSWORD)
+    client.connect(HOST, port)
+    client.loop_start()
+    for topic, payload in messages:
+        client.publish(topic, payload, qos=1).wait_for_publish(5.0)
+    client.disconnect()
+    client.loop_stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Any:
+    password_file = make_password_file(tmp_path, BROKER_USER, BROKER_PASSWORD)
+    with Mosquitto(tmp_path, password_file=password_file) as running:
+        yield running
+
+
+def test_evidence_needs_a_named_user_and_comes_as_flac_picture_and_description(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    users = tuple(DashboardUser(**user_entry(n, r, p)) for n, (r, p) in USERS.items())  # type: ignore[arg-type]
+    config = DashboardConfig(port=0, users=users, history_path=str(tmp_path / "h.sqlite"))
+    mqtt_config = MqttConfig(host=HOST, port=broker.port, username=BROKER_USER,
+                             password=BROKER_PASSWORD, connect_timeout_s=5.0)  # fmt: skip
+    wheeze = onset("Wheeze", time.time() - 60)  # in the trend's last hour
+    clip = a_clip(wheeze.episode_id, seconds=6.0)
+    with DashboardServer(config, mqtt_config, SITE) as server:
+        wait_until(server.feed.connected.is_set, 10.0, "the view connected")
+        publish(broker.port, [(wheeze.topic, wheeze.to_json()), *clip_messages(clip, 8192)])
+        wait_until(lambda: wheeze.episode_id in server.ward.clips, 10.0, "the clip assembled")
+        base = f"{server.url}api/evidence/{wheeze.episode_id}"
+
+        assert get(base + ".flac")[0] == 401  # no credentials
+        assert get(base + ".flac", "porter", "wrong")[0] == 401
+        status, flac, kind = get(base + ".flac", "porter")  # a view user may listen
+        assert (status, kind) == (200, "audio/flac")
+        assert flac == clip.flac
+        assert soundfile.info(io.BytesIO(flac)).duration == pytest.approx(6.0)
+        status, png, kind = get(base + ".png", "nurse")
+        assert (status, kind, png[:8]) == (200, "image/png", b"\x89PNG\r\n\x1a\n")
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert width > 300
+        assert height > 100
+        status, raw, _ = get(base, "nurse")
+        about = json.loads(raw)
+        assert status == 200
+        assert (about["event_type"], about["stream_id"], about["outputs"]) == (
+            "Wheeze", "bed-1", list(OUTPUTS))  # fmt: skip
+        assert about["duration_s"] == pytest.approx(6.0)
+        assert about["event_offset_s"] == pytest.approx(3.0)
+        assert get(f"{server.url}api/evidence/no-such-episode.flac", "nurse")[0] == 404
+        assert get(f"{server.url}api/evidence/..%2Fetc.flac", "nurse")[0] == 404
+
+        status, raw, _ = get(f"{server.url}api/trend/{DEVICE}/bed-1?hours=3", "porter")
+        trend = json.loads(raw)
+        assert status == 200
+        assert sum(trend["onsets"]["CAS"]) == 1
+        assert len(trend["hours"]) == 3
+        assert get(f"{server.url}api/trend/{DEVICE}/bed-1?hours=500", "porter")[0] == 400
+        assert get(f"{server.url}api/trend/{DEVICE}/bed-1?hours=3")[0] == 401
+
+        # what the page gets never holds the broker's credentials
+        pages = [get(server.url + p, "porter") for p in ("", "static/app.js", "api/state")]
+        assert [status for status, _, _ in pages] == [200, 200, 200]
+        token = base64.b64encode(f"porter:{USERS['porter'][1]}".encode()).decode()
+        request = urllib.request.Request(server.url + "events",
+                                         headers={"Authorization": f"Basic {token}"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as stream:
+            snapshot = b"".join(stream.readline() for _ in range(4))
+        assert b"event: snapshot" in snapshot
+        for body in [snapshot, *(body for _, body, _ in pages)]:
+            assert BROKER_PASSWORD.encode() not in body
+            assert BROKER_USER.encode() not in body
+
+
+def test_without_named_users_nobody_listens(tmp_path: Path, broker: Mosquitto) -> None:
+    """The loopback demo (no users): the ward view works, its audio answers 401 with why."""
+    config = DashboardConfig(port=0, history_path=str(tmp_path / "h.sqlite"))
+    mqtt_config = MqttConfig(host=HOST, port=broker.port, username=BROKER_USER,
+                             password=BROKER_PASSWORD, connect_timeout_s=5.0)  # fmt: skip
+    with DashboardServer(config, mqtt_config, SITE) as server:
+        status, raw, _ = get(f"{server.url}api/evidence/ep-1.flac")
+        assert status == 401
+        assert "view or ack role" in json.loads(raw)["error"]
+        assert get(f"{server.url}api/trend/{DEVICE}/bed-1")[0] == 200
