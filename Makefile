@@ -80,6 +80,7 @@ bench: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz
 	$(ONE_CORE) $(VENV)/bin/python -m bench.runtime $(RUNTIME_ARGS)
 	$(ONE_CORE) $(VENV)/bin/python -m bench.detection
+	$(VENV)/bin/python -m bench.ward  # the ward view: browser, broker and view share the cores
 
 fuzz: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)
