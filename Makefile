@@ -8,7 +8,7 @@
 #   make lint     ruff + mypy
 #   make bench    benchmarks, results in bench/results/
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
-#   make deploy   DEVICE=jetson [DRY_RUN=1]: bundle, install, check, roll back (docs/deploy.md)
+#   make deploy   DEVICE=jetson | DEVICES=ward_3 [DRY_RUN=1]: Ansible rollout (docs/deploy.md)
 #   make train-sed the shipped detector's whole recipe into out/models/sed (train, export, INT8,
 #                 rules, Task rules, verify reference; SEED=0); copy it to models/sed
 #   make lock     refresh the lock files from pyproject.toml (UPGRADE=1: newest allowed versions)
@@ -109,5 +109,14 @@ clean:
 	rm -rf $(VENV) $(EDGE_VENV) out build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
+# make deploy DEVICE=jetson | DEVICES=ward_3 [DRY_RUN=1] [BATCH=5] [VAULT=secrets.yml
+#   VAULT_PASSWORD_FILE=file] [INVENTORY=deploy/inventory/ward.yml]: the Ansible playbook
+#   deploy/ansible/deploy.yml (docs/deploy.md).
+INVENTORY ?= deploy/inventory/ward.yml
 deploy: $(VENV)/.installed-dev
-	$(VENV)/bin/python -m deploy.cli $(if $(DEVICE),--device $(DEVICE)) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(ARGS)
+	$(if $(or $(DEVICE),$(DEVICES)),,$(error make deploy needs DEVICE=<host> or DEVICES=<group> of $(INVENTORY)))
+	ANSIBLE_CONFIG=deploy/ansible/ansible.cfg $(VENV)/bin/ansible-playbook -i $(INVENTORY) \
+	  deploy/ansible/deploy.yml --limit '$(or $(DEVICES),$(DEVICE))' \
+	  $(if $(filter 1 yes true,$(DRY_RUN)),--check --diff) $(if $(BATCH),-e lungwatch_batch=$(BATCH)) \
+	  $(if $(VAULT),-e @$(VAULT)) $(if $(VAULT_PASSWORD_FILE),--vault-password-file $(VAULT_PASSWORD_FILE)) \
+	  $(ARGS)

@@ -1,1 +1,1 @@
-"""Device inventory, bundles, service units and ``make deploy DEVICE=...``."""
+"""``make deploy``: the bundle builder, the health check and the device-side commands the Ansible playbook (``deploy/ansible/``) calls."""

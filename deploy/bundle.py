@@ -1,20 +1,24 @@
-"""The deploy bundle: everything a device needs, as one tar.gz with its own sha256.
+"""The deploy bundle: the software and models a device runs, as one tar.gz with its sha256.
 
-Layout (also the layout of ``PREFIX/releases/RELEASE`` on the device)::
+Built once per rollout on the workstation (``python -m deploy bundle``, which the Ansible
+playbook's ``bundle`` role runs) and unpacked on every device as
+``PREFIX/releases/<release>-<config>``; each device's runtime config comes from the inventory
+(``lungwatch_runtime``) and is written next to it there, so one bundle serves a whole ward.
 
-    bundle.json            format, release, version, created_utc, device, content_sha256,
+Layout::
+
+    bundle.json            format, release, version, created_utc, content_sha256,
                            files {path: sha256} of every other file
-    remote.py              the target-side helper (deploy/remote.py)
-    lungwatch.service      the rendered systemd unit
-    config/runtime.yaml    the inventory's runtime config, byte for byte
+    remote.py              the device-side commands (deploy/remote.py)
     models/                manifest.json and every artifact it lists, each sha256-checked,
                            verify_reference.npz included (``lungwatch verify --reference`` on
                            the device checks every model against it; it must be listed)
-    wheels/                lungwatch-VERSION-py3-none-any.whl (+ its dependencies: deps: bundle)
+    wheels/                lungwatch-VERSION-py3-none-any.whl (+ its dependencies: deps bundle)
 
 The release name is ``<package version>-<first 12 hex of content_sha256>``; the content hash
 covers every file but bundle.json, and a wheel counts by its members (not its zip
-timestamps), so building the same sources twice gives the same release: a no-op deploy.
+timestamps), so building the same sources twice gives the same release: a rollout that
+changes nothing.
 """
 
 from __future__ import annotations
@@ -36,10 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import BundleError
-from deploy.inventory import Device
-from deploy.service import UNIT_FILE, render_unit
-from edge.config import load_yaml
-from edge.errors import ConfigError, LungwatchError
+from edge.errors import LungwatchError
 from edge.inference.manifest import MANIFEST_NAME, load_manifest, sha256_file, verify_file
 
 BUNDLE_FORMAT = 1
@@ -72,6 +73,29 @@ class Bundle:
     archive: Path  # lungwatch-RELEASE.tar.gz
     sha256: str  # of the archive (also in ARCHIVE.sha256)
     manifest: dict[str, Any]
+    new: bool = True  # False: this release's archive was there already (kept as it was)
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What goes into a bundle (the inventory's ``lungwatch_bundle`` mapping)."""
+
+    models: Path  # model folder: manifest.json and the artifacts it lists
+    onnx_model: str = "model.int8.onnx"  # the Q/DQ model engines are built from
+    deps: str = "bundle"  # bundle: dependency wheels shipped | none: the lungwatch wheel alone
+    extras: tuple[str, ...] = ()  # lungwatch extras to bundle (deps: bundle)
+    requirements: tuple[str, ...] = ()  # further requirements to bundle (deps: bundle)
+    platforms: tuple[str, ...] = ()  # pip download --platform tags (empty: this machine's)
+    python_version: str | None = None  # pip download --python-version (None: this one's)
+    index_urls: tuple[str, ...] = ()  # extra package indexes for pip download
+
+    def __post_init__(self) -> None:
+        if self.deps not in ("bundle", "none"):
+            raise BundleError(f"deps must be bundle or none, got {self.deps!r}")
+        if self.deps == "none" and (self.extras or self.requirements):
+            raise BundleError("extras and requirements need deps: bundle (none installs no deps)")
+        if "/" in self.onnx_model or not self.onnx_model.endswith(".onnx"):
+            raise BundleError(f"onnx_model must be an .onnx file name, got {self.onnx_model!r}")
 
 
 def copy_models(models: Path, dest: Path) -> list[str]:
@@ -99,18 +123,6 @@ def copy_models(models: Path, dest: Path) -> list[str]:
         raw["files"] = {k: v for k, v in raw["files"].items() if k in names}
         (dest / MANIFEST_NAME).write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     return names
-
-
-def copy_runtime_config(path: Path, dest: Path) -> None:
-    """Copy the runtime YAML after a first check (the device validates it fully)."""
-    try:
-        data = load_yaml(path)
-    except ConfigError as exc:
-        raise BundleError(str(exc)) from None
-    if not data.get("streams"):
-        raise BundleError(f"{path}: streams must be a list of at least one stream, got none")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(path, dest)
 
 
 def build_wheel(out_dir: Path, source_root: Path = SOURCE_ROOT) -> Path:
@@ -161,9 +173,8 @@ def can_build_offline() -> bool:
     return version >= (68, 0) and (version >= (70, 1) or find_spec("wheel") is not None)
 
 
-def download_deps(device: Device, wheel: Path, out_dir: Path) -> None:
+def download_deps(install: BundleSpec, wheel: Path, out_dir: Path) -> None:
     """``deps: bundle``: wheels of lungwatch's dependencies for the target, via pip download."""
-    install = device.inventory.install
     extras = f"[{','.join(install.extras)}]" if install.extras else ""
     cmd = [
         sys.executable,
@@ -226,7 +237,7 @@ def git_version(source_root: Path = SOURCE_ROOT) -> str | None:
     return done.stdout.strip() or None
 
 
-def write_manifest(device: Device, staging: Path, wheel: Path) -> dict[str, Any]:
+def write_manifest(staging: Path, wheel: Path) -> dict[str, Any]:
     files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in bundle_files(staging)}
     content = hashlib.sha256()
     for path in bundle_files(staging):
@@ -239,9 +250,6 @@ def write_manifest(device: Device, staging: Path, wheel: Path) -> dict[str, Any]
         "version": f"{package_version}+git.{git}" if git else package_version,
         "package_version": package_version,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": device.name,
-        "jetpack": device.inventory.jetpack,
-        "tensorrt": device.inventory.tensorrt,
         "content_sha256": content.hexdigest(),
         "wheel": wheel.name,
         "files": files,
@@ -268,31 +276,44 @@ def write_archive(staging: Path, archive: Path) -> str:
     return digest
 
 
-def build_bundle(device: Device, work_dir: Path, wheel: Path | None = None) -> Bundle:
-    """Build the bundle for ``device`` under ``work_dir`` (replacing an earlier one)."""
-    inv = device.inventory
+def build_bundle(spec: BundleSpec, work_dir: Path, wheel: Path | None = None) -> Bundle:
+    """Build the bundle of ``spec`` under ``work_dir`` (replacing an earlier one)."""
     staging = work_dir / "bundle"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    copy_models(device.path_of(inv.models), staging / "models")
-    if inv.onnx_model not in {p.name for p in (staging / "models").iterdir()}:
-        raise BundleError(f"{device.path}: onnx_model {inv.onnx_model} is not in {inv.models}")
-    copy_runtime_config(device.path_of(inv.runtime_config), staging / "config" / "runtime.yaml")
-    (staging / UNIT_FILE).write_text(render_unit(device), encoding="utf-8")
+    copy_models(spec.models, staging / "models")
+    if spec.onnx_model not in {p.name for p in (staging / "models").iterdir()}:
+        raise BundleError(f"onnx_model {spec.onnx_model} is not in {spec.models}")
     shutil.copy2(REMOTE, staging / "remote.py")
     wheels = staging / "wheels"
     if wheel is None:
         built = build_wheel(wheels)
     else:
+        if not Path(wheel).is_file():
+            raise BundleError(f"--wheel {wheel}: no such file")
         wheels.mkdir()
         built = Path(shutil.copy2(wheel, wheels / Path(wheel).name))
-    if inv.install.deps == "bundle":
-        download_deps(device, built, wheels)
-    manifest = write_manifest(device, staging, built)
+    if spec.deps == "bundle":
+        download_deps(spec, built, wheels)
+    manifest = write_manifest(staging, built)
     archive = work_dir / f"lungwatch-{manifest['release']}.tar.gz"
     for old in work_dir.glob("lungwatch-*.tar.gz*"):
-        old.unlink()
-    digest = write_archive(staging, archive)
+        if old.name not in (archive.name, f"{archive.name}.sha256"):
+            old.unlink()
+    digest = existing_archive(archive)  # the same release built before: kept as it was
+    new = digest is None
+    if digest is None:
+        digest = write_archive(staging, archive)
     return Bundle(
-        manifest["release"], manifest["version"], built.name, staging, archive, digest, manifest
-    )
+        manifest["release"], manifest["version"], built.name, staging, archive, digest, manifest,
+        new,
+    )  # fmt: skip
+
+
+def existing_archive(archive: Path) -> str | None:
+    """The sha256 of ``archive`` when it exists whole (its .sha256 says so), else None."""
+    check = Path(f"{archive}.sha256")
+    if not (archive.is_file() and check.is_file()):
+        return None
+    expected = check.read_text().split()[0] if check.read_text().split() else ""
+    return expected if sha256_file(archive) == expected else None

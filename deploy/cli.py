@@ -1,110 +1,102 @@
-"""``make deploy DEVICE=jetson [DRY_RUN=1]``: bundle, deliver, install, check, roll back.
+"""``python -m deploy``: the workstation-side commands the Ansible playbook calls.
 
-    python -m deploy.cli --device jetson [--dry-run] [--work-dir out/deploy/jetson]
+    python -m deploy bundle --spec '{"models": "models/sed", "deps": "bundle"}' --work-dir DIR
+                            [--wheel W]
+    python -m deploy health --topic lungwatch/v1/SITE/DEVICE/status --broker '{"host": ...}'
+                            [--since EPOCH]
 
-Reads ``deploy/devices/<DEVICE>.yaml`` (see ``docs/deploy.md``), then runs the steps of
-:mod:`deploy.steps`, printing the deploy report. Exit status: 0 deployed (or already
-current and healthy), 1 a step failed (the report names it; what was restored is said),
-2 bad usage, unknown DEVICE or invalid inventory (one line on stderr).
+``bundle`` builds the release's archive once (:mod:`deploy.bundle`) and prints one JSON line:
+``{"release", "version", "archive", "sha256", "wheel", "new"}`` (``new`` false: the same release was
+built before and its archive is kept). ``health`` waits for the device's retained status
+``online`` no older than ``--since`` (the device's clock at the restart, :mod:`deploy.health`)
+and prints it. Errors are one line on stderr naming what was wrong; exit 1 when the work
+failed (a bundle refused, no status online), 2 for bad arguments. The rollout itself is
+``make deploy`` (``deploy/ansible/deploy.yml``; docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from deploy.context import Context
-from deploy.errors import DeployError
-from deploy.inventory import DEVICES_DIR, check_ssh_files, load_device
-from deploy.runner import deploy, print_plan, report_path
-from deploy.target import open_target
-
-TRUE_WORDS = ("1", "yes", "true", "on")
-
-
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="deploy", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--device",
-        default=os.environ.get("DEVICE"),
-        help="inventory name: deploy/devices/DEVICE.yaml (default: $DEVICE)",
-    )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        default=os.environ.get("DRY_RUN", "").lower() in TRUE_WORDS,
-        help="print the plan, do nothing (default: $DRY_RUN)",
-    )
-    parser.add_argument(
-        "--devices-dir",
-        type=Path,
-        default=DEVICES_DIR,
-        help="folder of the inventories (default: deploy/devices)",
-    )
-    parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=None,
-        help="where the bundle and report go (default: out/deploy/DEVICE)",
-    )
-    parser.add_argument(
-        "--wheel", type=Path, default=None, help="ship this lungwatch wheel instead of building one"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    return parser.parse_args(argv)
+from deploy.bundle import BundleSpec, build_bundle
+from deploy.errors import BundleError, HealthError
+from deploy.health import BrokerConfig, wait_online
+from edge.config import from_mapping
+from edge.errors import ConfigError, LungwatchError
 
 
-def _log_to_stderr(level: int) -> None:
-    """``deploy: ...`` lines on the current stderr (replacing this function's earlier handler)."""
-    logger = logging.getLogger("lungwatch.deploy")
-    for handler in [h for h in logger.handlers if getattr(h, "deploy_cli", False)]:
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("deploy: %(message)s"))
-    handler.deploy_cli = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.setLevel(level)
+def _mapping(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what}: not JSON ({exc.msg} at {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what}: must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def bundle_spec(data: dict[str, Any]) -> BundleSpec:
+    """The inventory's ``lungwatch_bundle`` mapping as a :class:`BundleSpec`."""
+    known = set(BundleSpec.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"lungwatch_bundle: unknown key(s) {unknown}; known: {sorted(known)}")
+    if "models" not in data:
+        raise ConfigError("lungwatch_bundle.models is required (the model folder)")
+    values = dict(data)
+    for key in ("extras", "requirements", "platforms", "index_urls"):
+        if key in values:
+            items = values[key]
+            if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+                raise ConfigError(f"lungwatch_bundle.{key} must be a list of strings")
+            values[key] = tuple(values[key])
+    values["models"] = Path(str(values["models"])).expanduser()
+    return BundleSpec(**values)
+
+
+def _bundle(args: argparse.Namespace) -> dict[str, Any]:
+    spec = bundle_spec(_mapping(args.spec, "--spec"))
+    built = build_bundle(spec, Path(args.work_dir), Path(args.wheel) if args.wheel else None)
+    return {"release": built.release, "version": built.version, "archive": str(built.archive),
+            "sha256": built.sha256, "wheel": built.wheel, "new": built.new}  # fmt: skip
+
+
+def _health(args: argparse.Namespace) -> dict[str, Any]:
+    broker = from_mapping(BrokerConfig, _mapping(args.broker, "--broker"), "--broker")
+    ca_file = Path(broker.ca_file).expanduser() if broker.ca_file else None
+    since = float(args.since) if args.since not in (None, "") else None
+    return wait_online(broker, args.topic, since, ca_file=ca_file)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m deploy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("bundle", help="build the release's archive (once per rollout)")
+    p.add_argument("--spec", required=True, help="the inventory's lungwatch_bundle, as JSON")
+    p.add_argument("--work-dir", required=True, help="where the bundle and its archive go")
+    p.add_argument("--wheel", default=None, help="a lungwatch wheel (default: built here)")
+    p = sub.add_parser("health", help="wait for the device's status online")
+    p.add_argument("--topic", required=True, help="lungwatch/v1/SITE/DEVICE/status")
+    p.add_argument("--broker", required=True, help="the inventory's lungwatch_health_broker")
+    p.add_argument("--since", default=None, help="device clock (s) at the restart: older fails")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.device:
-        print(
-            "deploy: error: no DEVICE given (make deploy DEVICE=NAME or --device NAME)",
-            file=sys.stderr,
-        )
-        return 2
-    _log_to_stderr(logging.WARNING if args.quiet else logging.INFO)
+    args = _parser().parse_args(argv)
     try:
-        device = load_device(args.device, args.devices_dir)
-        if args.wheel is not None and not args.wheel.is_file():
-            raise DeployError(f"--wheel {args.wheel}: no such file")
-        if not args.dry_run:  # a plan can be shown on a machine without the device's key
-            check_ssh_files(device)
-    except DeployError as exc:
-        print(f"deploy: error: {exc}", file=sys.stderr)
-        return 2
-    work_dir = args.work_dir or Path("out") / "deploy" / device.name
-    ctx = Context(device, open_target(device), work_dir, args.wheel, dry_run=args.dry_run)
-    if args.dry_run:
-        try:
-            print_plan(ctx, sys.stdout)
-        except DeployError as exc:
-            print(f"deploy: error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    try:
-        report = deploy(ctx)
-    finally:
-        ctx.target.close()
-    report.write(sys.stdout)
-    print(f"report: {report_path(ctx)}")
-    if report.error is not None:
-        print(f"deploy: error: {report.error}", file=sys.stderr)
+        result = _bundle(args) if args.command == "bundle" else _health(args)
+    except (BundleError, HealthError) as exc:
+        print(f"deploy {args.command}: {exc}", file=sys.stderr)
         return 1
+    except (ConfigError, LungwatchError, ValueError, TypeError) as exc:
+        print(f"deploy {args.command}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, sort_keys=True))
     return 0
 
 

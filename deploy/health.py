@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import HealthError
-from deploy.inventory import BrokerConfig
-from edge.config import load_yaml
+from edge.config import check, load_yaml
 from edge.errors import ConfigError, LungwatchError
 from edge.events import parse_utc, status_topic
 from edge.runtime.config import RuntimeConfig
@@ -39,6 +38,28 @@ def status_topic_of(runtime_config: Path) -> str:
         return status_topic(site, device_id)
     except (ConfigError, LungwatchError) as exc:
         raise HealthError(f"{runtime_config}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """The broker the workstation reads the device's retained status from (the inventory's
+    ``lungwatch_health_broker``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False  # TLS with the system CAs, or ca_file
+    ca_file: str | None = None  # PEM CA that signed the broker's certificate
+    username: str | None = None
+    password_env: str | None = None  # environment variable holding the password
+    timeout_s: float = 60.0  # how long to wait for the status ``online``
+
+    def __post_init__(self) -> None:
+        check(bool(self.host) and not any(c.isspace() for c in self.host), "host", self.host,
+              "a host name or address")  # fmt: skip
+        check(0 < self.port < 65536, "port", self.port, "an integer in 1..65535")
+        check(self.timeout_s > 0, "timeout_s", self.timeout_s, "a number > 0")
+        ok = self.password_env is None or self.username is not None
+        check(ok, "password_env", self.password_env, "set together with username")
 
 
 @dataclass

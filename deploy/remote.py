@@ -1,20 +1,25 @@
-"""The target side of ``make deploy``: small actions run on the device as
+"""The device side of ``make deploy``: the commands the Ansible playbook runs on a device as
 
-    python3 PREFIX/releases/RELEASE/remote.py ACTION [options]     (incoming/ before unpack)
+    python3 -I PREFIX/incoming/remote.py unpack ...                 (before the release exists)
+    PREFIX/releases/R/venv/bin/python -I PREFIX/releases/R/remote.py engine|configure|gate ...
 
-Standard library only (it runs before the release's venv exists), except ``configure`` and
-``check-models``, which run under the release's venv (they use edge's config and manifest
-code). Each action prints one JSON line on success; on failure one line on stderr, exit 1
-(``proc-status``: exit 3 when the service is not running).
+Standard library only for ``unpack``, ``site-dirs`` and ``proc-*`` (they run before the
+release's venv exists or without it); ``engine``, ``configure``, ``gate`` and ``check-models``
+run under the release's venv (they use lungwatch's own code). Each action prints one JSON line
+on success; on failure one line on stderr, exit 1 (``proc-status``: exit 3 when the service is
+not running). What Ansible does itself (copies, links, the systemd unit, pruning) is not here.
 
 Layout under PREFIX::
 
-    incoming/                 archives being delivered (removed by prune)
-    releases/RELEASE/         bundle.json, remote.py, wheels/, models/, config/, lungwatch.service,
-                              then venv/ and runtime.yaml made on the device
+    incoming/                 the archive being delivered (removed after a rollout)
+    releases/R/               bundle.json, remote.py, wheels/, models/, config/runtime.yaml
+                              (the inventory's), then venv/, runtime.yaml, models/model.plan
     current -> releases/R     what the service runs
-    previous -> releases/R    what a rollback restores; prune keeps only these two
-    state/                    the service's working folder (spool, events, pid file, log)
+    previous -> releases/R    what a rollback restores; only these two are kept
+    state/                    the service's working folder (spool, events, secrets, pid, log)
+
+``proc-start`` / ``proc-stop`` / ``proc-status`` keep the runtime running where systemd does
+not (the loopback tests: no systemd in a container); a device uses the systemd unit.
 """
 
 from __future__ import annotations
@@ -32,7 +37,11 @@ import time
 from pathlib import Path
 
 BUNDLE_MANIFEST = "bundle.json"
-LINKS = ("current", "previous")
+ENGINE_FILE = "model.plan"  # the engine lungwatch engine builds on the device
+ENGINE_TIMEOUT_S = 3600.0  # an INT8 build on a Jetson takes minutes
+VERIFY_TIMEOUT_S = 1800.0  # every model on the reference's recordings
+REFERENCE_FILE = "verify_reference.npz"
+PASSED = "within tolerance"
 PTH_NAME = "lungwatch-extra-sites.pth"
 STARTUP_CHECK_S = 0.5  # proc-start: a runtime that dies this fast is reported
 NOT_RUNNING = 3
@@ -54,20 +63,6 @@ def link_release(root: Path, name: str) -> str | None:
     """The release a link (``current`` / ``previous``) points to, or None."""
     link = root / name
     return Path(os.readlink(link)).name if link.is_symlink() else None
-
-
-def set_link(root: Path, name: str, release: str | None) -> None:
-    """Point ``root/name`` at ``releases/release`` atomically (None removes it)."""
-    link = root / name
-    if release is None:
-        if link.is_symlink():
-            link.unlink()
-        return
-    tmp = root / f".{name}.tmp"
-    if tmp.is_symlink():
-        tmp.unlink()
-    tmp.symlink_to(Path("releases") / release)
-    os.replace(tmp, link)
 
 
 # -- unpack ----------------------------------------------------------------------------------
@@ -121,46 +116,7 @@ def unpack(root: Path, archive: Path, release: str) -> dict[str, object]:
     return {"release": release, "files": count}
 
 
-# -- links -----------------------------------------------------------------------------------
-def switch(root: Path, release: str) -> dict[str, object]:
-    """current -> release, previous -> the old current; the old links and the device time."""
-    if not (root / "releases" / release / "runtime.yaml").is_file():
-        raise RemoteError(f"release {release} is not configured (no runtime.yaml)")
-    old = {name: link_release(root, name) for name in LINKS}
-    now = time.time()
-    if old["current"] != release:
-        set_link(root, "previous", old["current"])
-        set_link(root, "current", release)
-    return {**old, "utc": now}
-
-
-def restore(root: Path, current: str, previous: str) -> dict[str, object]:
-    set_link(root, "current", current or None)
-    set_link(root, "previous", previous or None)
-    return {"current": current or None, "previous": previous or None}
-
-
-def discard(root: Path, release: str) -> dict[str, object]:
-    if release in (link_release(root, name) for name in LINKS):
-        raise RemoteError(f"release {release} is linked as current/previous; not removed")
-    for suffix in ("", ".partial", ".old"):
-        shutil.rmtree(root / "releases" / f"{release}{suffix}", ignore_errors=True)
-    return {"discarded": release}
-
-
-def prune(root: Path) -> dict[str, object]:
-    """Remove every release but current and previous, and the delivered archives."""
-    keep = {r for r in (link_release(root, name) for name in LINKS) if r is not None}
-    removed = []
-    releases = root / "releases"
-    for path in sorted(releases.iterdir()) if releases.is_dir() else []:
-        if path.name not in keep:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
-    shutil.rmtree(root / "incoming", ignore_errors=True)
-    return {"kept": sorted(keep), "removed": removed}
-
-
+# -- the venv's import path ------------------------------------------------------------
 def site_dirs(venv: Path, dirs: list[str]) -> dict[str, object]:
     """Append ``dirs`` to the venv's import path with a .pth file (inventory extra_site_dirs)."""
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
@@ -295,6 +251,81 @@ def check_models(models: Path) -> dict[str, object]:
     return {"checked": checked}
 
 
+def _tool(release: Path) -> str:
+    return str(release / "venv" / "bin" / "lungwatch-edge")
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def engine(
+    release: Path,
+    onnx_model: str,
+    precision: str,
+    mode: str,
+    timing_cache: Path,
+    tensorrt: str | None,
+) -> dict[str, object]:
+    """Build the TensorRT engine of the release's ``onnx_model`` on this device
+    (``lungwatch engine``) and say what the service will run: the engine on TensorRT, or,
+    with ``mode`` auto where TensorRT is absent (or ``mode`` off), ``onnx_model`` on ONNX
+    Runtime; the note says which and why."""
+    from export.engine import NO_TENSORRT
+
+    if mode == "off":
+        return {"model_file": onnx_model, "backend": "onnxruntime",
+                "note": f"engine off in the inventory: ONNX Runtime runs {onnx_model}"}  # fmt: skip
+    models = release / "models"
+    argv = [_tool(release), "engine", str(models / onnx_model), "--precision", precision,
+            "--out", str(models / ENGINE_FILE), "--timing-cache", str(timing_cache)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S)
+    if done.returncode == 0:
+        note = _last_line(done.stdout)
+        if tensorrt and f"TensorRT {tensorrt}" not in note:
+            note += f" (the inventory expects TensorRT {tensorrt})"
+        return {"model_file": ENGINE_FILE, "backend": "tensorrt", "note": note}
+    if NO_TENSORRT in done.stderr and mode == "auto":
+        note = f"TensorRT is absent on this device: ONNX Runtime runs {onnx_model}"
+        return {"model_file": onnx_model, "backend": "onnxruntime", "note": note}
+    raise RemoteError(f"lungwatch engine exited {done.returncode}: {_last_line(done.stderr)}")
+
+
+def verify_rows(stdout: str) -> list[tuple[str, str]]:
+    """``(stage, verdict)`` of each row of ``lungwatch verify``'s table
+    (``| stage | frames max/mean Δp | events matched | verdict |``)."""
+    rows = [line for line in stdout.splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows]
+    return [(c[0], c[-1]) for c in cells if c[0] != "stage" and len(c) >= 2]
+
+
+def gate(release: Path, model_file: str) -> dict[str, object]:
+    """The verify gate on what the service will run: with the model folder's verify reference,
+    ``lungwatch verify --reference`` must pass and must have checked ``model_file`` (the built
+    engine, or the ONNX fallback); without one, every file's manifest sha256."""
+    models = release / "models"
+    if not (models / REFERENCE_FILE).is_file():
+        checked = check_models(models)["checked"]
+        return {"verify": f"manifest sha256 of {checked} (no {REFERENCE_FILE})"}
+    argv = [_tool(release), "verify", "--model-dir", str(models), "--reference"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S)
+    if done.returncode != 0:  # its last line names each failed artifact and why
+        raise RemoteError(
+            f"lungwatch verify --reference exited {done.returncode}: "
+            f"{_last_line(done.stderr or done.stdout)}"
+        )
+    rows = verify_rows(done.stdout)
+    passed = [stage for stage, verdict in rows if verdict == PASSED]
+    # the model the service will run must be one that passed (stage: "BACKEND FILE (P)")
+    if model_file not in [stage.split()[1] for stage in passed if len(stage.split()) > 1]:
+        raise RemoteError(
+            f"lungwatch verify --reference did not pass {model_file}, the model the service "
+            f"would run: {'; '.join(' '.join(r) for r in rows) or 'no table'}"
+        )
+    return {"verify": f"{', '.join(passed)} {PASSED} of {REFERENCE_FILE}"}
+
+
 # -- command line ----------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remote.py", description=__doc__.splitlines()[0])
@@ -303,18 +334,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--archive", type=Path, required=True)
     p.add_argument("--release", required=True)
-    p = sub.add_parser("switch", help="current -> RELEASE, previous -> the old current")
-    p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--release", required=True)
-    p = sub.add_parser("restore", help="set current and previous (empty: remove the link)")
-    p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--current", default="")
-    p.add_argument("--previous", default="")
-    for name in ("discard", "prune"):
-        p = sub.add_parser(name, help=f"{name} releases")
-        p.add_argument("--root", type=Path, required=True)
-        if name == "discard":
-            p.add_argument("--release", required=True)
     p = sub.add_parser("site-dirs", help="append folders to a venv's import path")
     p.add_argument("--venv", type=Path, required=True)
     p.add_argument("dirs", nargs="+")
@@ -335,6 +354,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), required=True)
     p = sub.add_parser("check-models", help="manifest sha256 of every model file")
     p.add_argument("--models", type=Path, required=True)
+    p = sub.add_parser("engine", help="build the engine here; say what the service runs")
+    p.add_argument("--release", type=Path, required=True)
+    p.add_argument("--onnx-model", required=True)
+    p.add_argument("--precision", choices=("int8", "fp16", "best"), default="int8")
+    p.add_argument("--mode", choices=("auto", "required", "off"), default="auto")
+    p.add_argument("--timing-cache", type=Path, required=True)
+    p.add_argument("--tensorrt", default=None, help="the TensorRT version expected")
+    p = sub.add_parser("gate", help="the verify gate on the model the service will run")
+    p.add_argument("--release", type=Path, required=True)
+    p.add_argument("--model-file", required=True)
     return parser
 
 
@@ -342,14 +371,6 @@ def _dispatch(args: argparse.Namespace) -> dict[str, object]:
     action = args.action
     if action == "unpack":
         return unpack(args.root, args.archive, args.release)
-    if action == "switch":
-        return switch(args.root, args.release)
-    if action == "restore":
-        return restore(args.root, args.current, args.previous)
-    if action == "discard":
-        return discard(args.root, args.release)
-    if action == "prune":
-        return prune(args.root)
     if action == "site-dirs":
         return site_dirs(args.venv, args.dirs)
     if action == "proc-start":
@@ -363,6 +384,11 @@ def _dispatch(args: argparse.Namespace) -> dict[str, object]:
         return proc_status(args.pidfile)
     if action == "configure":
         return configure(args.release, args.model_file, args.backend)
+    if action == "engine":
+        return engine(args.release, args.onnx_model, args.precision, args.mode,
+                      args.timing_cache, args.tensorrt)  # fmt: skip
+    if action == "gate":
+        return gate(args.release, args.model_file)
     return check_models(args.models)
 
 
@@ -375,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except subprocess.CalledProcessError as exc:
         print(f"remote.py {args.action}: {exc.cmd[0]} exited {exc.returncode}", file=sys.stderr)
+        return 1
+    except subprocess.TimeoutExpired as exc:
+        print(f"remote.py {args.action}: {exc.cmd[0]} ran past {exc.timeout:g} s", file=sys.stderr)
         return 1
     print(json.dumps(result))
     return 0

@@ -61,7 +61,7 @@ class BackendConfig:
                        in real time, with run-to-run swings of 15 % on this VM
                        (``python -m bench.runtime --streams 1000 --max-batch N``), so 8
                        stays. GPU backends want larger batches
-                       (``deploy/configs/jetson-ward.yaml``: 64).
+                       (``deploy/inventory/group_vars/ward_3.yml``: 64).
     """
 
     kind: BackendKind = "onnxruntime"

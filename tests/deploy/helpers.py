@@ -1,28 +1,15 @@
-"""Small readers of a deployed prefix and a runner of the deploy CLI in this process."""
+"""Small readers of a deployed prefix and of the devices' status on the broker."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
 from pathlib import Path
-from typing import Any
 
-from deploy.cli import main
 from deploy.remote import running_pid
 from edge.events import parse_utc
 from tests.edge.brokers import Message, Recorder
 
 ONLINE_TIMEOUT_S = 20.0
-
-
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    """``python -m deploy.cli ARGS`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(args)
-    return code, out.getvalue(), err.getvalue()
 
 
 def link(prefix: Path, name: str = "current") -> str | None:
@@ -64,7 +51,3 @@ def wait_retained_online(port: int, topic: str, since_s: float) -> dict[str, obj
     with Recorder(port, topic=topic) as rec:
         assert rec.wait_for(fresh_online, ONLINE_TIMEOUT_S), [m.json() for m in rec.messages]
         return dict(rec.messages[-1].json())
-
-
-def report(work_dir: Path) -> dict[str, Any]:
-    return dict(json.loads((work_dir / "deploy-report.json").read_text()))

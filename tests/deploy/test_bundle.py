@@ -1,6 +1,7 @@
 """The bundle: every model file sha256-checked before it is packed, bundle.json lists the
 sha256 of every file, the archive carries its own sha256, and the release name depends only
-on the content (a wheel rebuilt from the same sources gives the same release)."""
+on the content (a wheel rebuilt from the same sources gives the same release, and its archive
+is kept as it was); ``python -m deploy bundle`` prints it as one JSON line."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from deploy.bundle import REFERENCE_FILE, build_bundle, build_wheel, content_digest
+from deploy.bundle import REFERENCE_FILE, BundleSpec, build_bundle, build_wheel, content_digest
+from deploy.cli import main
 from deploy.errors import BundleError
-from deploy.inventory import load_device
-from tests.deploy.conftest import MODELS, Env
+from tests.deploy.conftest import MODELS
+
+SPEC = BundleSpec(models=MODELS, deps="none")
 
 
 def model_copy(directory: Path) -> Path:
@@ -27,15 +30,14 @@ def model_copy(directory: Path) -> Path:
     return directory
 
 
-def test_bundle_lists_every_file_with_its_sha256(env: Env) -> None:
-    env.write_device("dev-b")
-    bundle = build_bundle(load_device("dev-b", env.devices), env.work("dev-b"), env.wheel)
+def test_bundle_lists_every_file_with_its_sha256(tmp_path: Path, wheel: Path) -> None:
+    bundle = build_bundle(SPEC, tmp_path / "work", wheel)
     listed = bundle.manifest["files"]
     on_disk = {p.relative_to(bundle.staging).as_posix() for p in bundle.staging.rglob("*")
                if p.is_file() and p.name != "bundle.json"}  # fmt: skip
     assert set(listed) == on_disk
-    assert {"remote.py", "lungwatch.service", "config/runtime.yaml", "models/manifest.json",
-            "models/model.int8.onnx", f"wheels/{env.wheel.name}"} <= on_disk  # fmt: skip
+    assert {"remote.py", "models/manifest.json", "models/model.int8.onnx",
+            f"wheels/{wheel.name}"} <= on_disk  # fmt: skip
     for name, sha256 in listed.items():
         assert hashlib.sha256((bundle.staging / name).read_bytes()).hexdigest() == sha256
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*-[0-9a-f]{12}", bundle.release)
@@ -46,49 +48,68 @@ def test_bundle_lists_every_file_with_its_sha256(env: Env) -> None:
         names = tar.getnames()
     assert "bundle.json" in names
     assert all(not n.startswith(("/", "..")) for n in names)
-    unit = (bundle.staging / "lungwatch.service").read_text()
-    assert f"ExecStart={env.prefix('dev-b')}/current/venv/bin/lungwatch-edge run --config" in unit
 
 
-def test_same_sources_give_the_same_release(env: Env, tmp_path: Path) -> None:
+def test_same_sources_give_the_same_release(tmp_path: Path, wheel: Path) -> None:
     rebuilt = build_wheel(tmp_path / "again")  # other zip timestamps, same members
-    assert content_digest(rebuilt) == content_digest(env.wheel)
-    env.write_device("dev-same")
-    device = load_device("dev-same", env.devices)
-    first = build_bundle(device, env.work("dev-same"), env.wheel)
-    second = build_bundle(device, env.work("dev-same"), rebuilt)
-    assert first.release == second.release
-    env.write_device("dev-same", variant=1)  # one byte of the runtime config differs
-    third = build_bundle(load_device("dev-same", env.devices), env.work("dev-same"), env.wheel)
+    assert content_digest(rebuilt) == content_digest(wheel)
+    first = build_bundle(SPEC, tmp_path / "work", wheel)
+    second = build_bundle(SPEC, tmp_path / "work", rebuilt)
+    assert (first.release, first.new) == (second.release, True)
+    assert second.new is False, "the same release's archive is kept as it was"
+    assert second.sha256 == first.sha256
+    models = model_copy(tmp_path / "models")
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["model_id"] = manifest.get("model_id", "m") + "-other"  # one byte differs
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    third = build_bundle(BundleSpec(models=models, deps="none"), tmp_path / "work", wheel)
     assert third.release != first.release
+    assert [p.name for p in (tmp_path / "work").glob("*.tar.gz")] == [third.archive.name]
 
 
-def test_a_model_whose_sha256_differs_is_refused(env: Env, tmp_path: Path) -> None:
+def test_the_bundle_command_prints_the_release(
+    tmp_path: Path, wheel: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = json.dumps({"models": str(MODELS), "deps": "none"})
+    argv = ["bundle", "--spec", spec, "--work-dir", str(tmp_path / "w"), "--wheel", str(wheel)]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"release", "version", "archive", "sha256", "wheel", "new"}
+    assert printed["wheel"] == wheel.name
+    assert Path(printed["archive"]).is_file()
+    assert main(["bundle", "--spec", '{"models": 1, "colour": "red"}', "--work-dir", "x"]) == 2
+    assert "unknown key(s) ['colour']" in capsys.readouterr().err
+    bad = json.dumps({"models": str(tmp_path / "nowhere"), "deps": "none"})
+    assert main(["bundle", "--spec", bad, "--work-dir", str(tmp_path / "w2")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("deploy bundle: ")
+    assert "nowhere" in err
+    assert err.count("\n") == 1
+
+
+def test_a_model_whose_sha256_differs_is_refused(tmp_path: Path, wheel: Path) -> None:
     models = model_copy(tmp_path / "models")
     (models / "model.onnx").write_bytes((models / "model.onnx").read_bytes() + b"\0")
-    env.write_device("dev-t", models=str(models))
     with pytest.raises(BundleError, match=r"model\.onnx: sha256 \w+… does not match"):
-        build_bundle(load_device("dev-t", env.devices), env.work("dev-t"), env.wheel)
-    assert not list(env.work("dev-t").glob("*.tar.gz"))
+        build_bundle(BundleSpec(models=models, deps="none"), tmp_path / "work", wheel)
+    assert not list((tmp_path / "work").glob("*.tar.gz"))
 
 
-def test_a_missing_model_file_is_refused(env: Env, tmp_path: Path) -> None:
+def test_a_missing_model_file_is_refused(tmp_path: Path, wheel: Path) -> None:
     models = model_copy(tmp_path / "models")
     (models / "model.int8.onnx").unlink()
-    env.write_device("dev-m", models=str(models))
     with pytest.raises(BundleError, match=r"model\.int8\.onnx: file not found"):
-        build_bundle(load_device("dev-m", env.devices), env.work("dev-m"), env.wheel)
+        build_bundle(BundleSpec(models=models, deps="none"), tmp_path / "work", wheel)
 
 
-def test_an_engine_from_the_workstation_is_not_shipped(env: Env, tmp_path: Path) -> None:
+def test_an_engine_from_the_workstation_is_not_shipped(tmp_path: Path, wheel: Path) -> None:
     models = model_copy(tmp_path / "models")
     (models / "model.plan").write_bytes(b"engine of another GPU")
     manifest = json.loads((models / "manifest.json").read_text())
     sha256 = hashlib.sha256(b"engine of another GPU").hexdigest()
     manifest["files"]["model.plan"] = {"sha256": sha256, "bytes": 21, "precision": "int8"}
     (models / "manifest.json").write_text(json.dumps(manifest))
-    env.write_device("dev-e", models=str(models))
-    bundle = build_bundle(load_device("dev-e", env.devices), env.work("dev-e"), env.wheel)
+    bundle = build_bundle(BundleSpec(models=models, deps="none"), tmp_path / "work", wheel)
     assert not (bundle.staging / "models" / "model.plan").exists()
     shipped = json.loads((bundle.staging / "models" / "manifest.json").read_text())
     assert "model.plan" not in shipped["files"]
@@ -96,10 +117,9 @@ def test_an_engine_from_the_workstation_is_not_shipped(env: Env, tmp_path: Path)
 
 
 def test_the_verify_reference_travels_and_an_unlisted_one_is_refused(
-    env: Env, tmp_path: Path
+    tmp_path: Path, wheel: Path
 ) -> None:
-    env.write_device("dev-r")
-    bundle = build_bundle(load_device("dev-r", env.devices), env.work("dev-r"), env.wheel)
+    bundle = build_bundle(SPEC, tmp_path / "work", wheel)
     shipped = bundle.staging / "models" / REFERENCE_FILE
     assert shipped.read_bytes() == (MODELS / REFERENCE_FILE).read_bytes()
     assert f"models/{REFERENCE_FILE}" in bundle.manifest["files"]
@@ -107,14 +127,14 @@ def test_the_verify_reference_travels_and_an_unlisted_one_is_refused(
     manifest = json.loads((models / "manifest.json").read_text())
     del manifest["files"][REFERENCE_FILE]  # the file stays: a reference nobody recorded
     (models / "manifest.json").write_text(json.dumps(manifest))
-    env.write_device("dev-u", models=str(models))
     with pytest.raises(BundleError, match=r"verify_reference\.npz: not listed in manifest\.json"):
-        build_bundle(load_device("dev-u", env.devices), env.work("dev-u"), env.wheel)
+        build_bundle(BundleSpec(models=models, deps="none"), tmp_path / "work2", wheel)
 
 
-def test_runtime_config_without_streams_is_refused(env: Env, tmp_path: Path) -> None:
-    config = tmp_path / "empty.yaml"
-    config.write_text("site: ward-1\n")
-    env.write_device("dev-c", runtime_config=str(config))
-    with pytest.raises(BundleError, match="streams must be a list"):
-        build_bundle(load_device("dev-c", env.devices), env.work("dev-c"), env.wheel)
+def test_a_bad_spec_is_refused() -> None:
+    with pytest.raises(BundleError, match="deps must be bundle or none"):
+        BundleSpec(models=MODELS, deps="some")
+    with pytest.raises(BundleError, match="need deps: bundle"):
+        BundleSpec(models=MODELS, deps="none", extras=("edge",))
+    with pytest.raises(BundleError, match=r"onnx_model must be an \.onnx file name"):
+        BundleSpec(models=MODELS, onnx_model="../model.onnx")

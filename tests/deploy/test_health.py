@@ -10,8 +10,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from deploy.errors import HealthError
-from deploy.health import wait_online
-from deploy.inventory import BrokerConfig
+from deploy.health import BrokerConfig, wait_online
 from edge.events import status_payload
 from tests.edge.brokers import HOST, Mosquitto, closed_port, make_password_file
 

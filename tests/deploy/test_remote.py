@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
 import sys
 import tarfile
@@ -16,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from deploy import remote
-from deploy.bundle import build_bundle
-from deploy.inventory import load_device
-from tests.deploy.conftest import MODELS, Env
+from deploy.bundle import BundleSpec, build_bundle
+from tests.deploy.conftest import MODELS
 
 
 def act(*argv: str) -> tuple[int, dict[str, object] | None, str]:
@@ -34,10 +32,9 @@ def act(*argv: str) -> tuple[int, dict[str, object] | None, str]:
 
 
 @pytest.fixture
-def delivered(env: Env, tmp_path: Path) -> tuple[Path, Path, str]:
+def delivered(tmp_path: Path, wheel: Path) -> tuple[Path, Path, str]:
     """(root, archive in root/incoming, release) of a freshly built bundle."""
-    env.write_device("dev-r")
-    bundle = build_bundle(load_device("dev-r", env.devices), env.work("dev-r"), env.wheel)
+    bundle = build_bundle(BundleSpec(models=MODELS, deps="none"), tmp_path / "work", wheel)
     root = tmp_path / "root"
     (root / "incoming").mkdir(parents=True)
     for path in (bundle.archive, Path(f"{bundle.archive}.sha256")):
@@ -102,43 +99,25 @@ def test_unpack_refuses_a_bundle_that_was_changed(
     assert not (root / "escaped.txt").exists()
 
 
-def fake_release(root: Path, name: str) -> None:
-    (root / "releases" / name).mkdir(parents=True)
-    (root / "releases" / name / "runtime.yaml").write_text("streams: []\n")
+def test_unpack_refuses_the_running_release(delivered: tuple[Path, Path, str]) -> None:
+    root, archive, release = delivered
+    assert (
+        act("unpack", "--root", str(root), "--archive", str(archive), "--release", release)[0] == 0
+    )
+    (root / "current").symlink_to(Path("releases") / release)
+    code, _, err = act("unpack", "--root", str(root), "--archive", str(archive),
+                       "--release", release)  # fmt: skip
+    assert code == 1
+    assert "is current; it is not unpacked again" in err
 
 
-def links(root: Path) -> tuple[str | None, str | None]:
-    return remote.link_release(root, "current"), remote.link_release(root, "previous")
-
-
-def test_switch_restore_prune_keep_the_last_two(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    for name in ("r1", "r2", "r3"):
-        fake_release(root, name)
-    code, result, _ = act("switch", "--root", str(root), "--release", "r1")
+def test_engine_off_runs_the_onnx_model(tmp_path: Path) -> None:
+    code, result, _ = act("engine", "--release", str(tmp_path), "--onnx-model", "model.int8.onnx",
+                          "--mode", "off", "--timing-cache", str(tmp_path / "t"))  # fmt: skip
     assert code == 0
     assert result is not None
-    assert (result["current"], result["previous"]) == (None, None)
-    act("switch", "--root", str(root), "--release", "r2")
-    _, result, _ = act("switch", "--root", str(root), "--release", "r3")
-    assert result is not None
-    assert (result["current"], result["previous"]) == ("r2", "r1")
-    assert links(root) == ("r3", "r2")
-    assert os.readlink(root / "current") == "releases/r3"  # relative: the prefix can move
-    code, _, err = act("discard", "--root", str(root), "--release", "r2")
-    assert code == 1
-    assert "linked as current/previous" in err
-    _, result, _ = act("prune", "--root", str(root))
-    assert result == {"kept": ["r2", "r3"], "removed": ["r1"]}
-    act("restore", "--root", str(root), "--current", "r2", "--previous", "")
-    assert links(root) == ("r2", None)
-
-
-def test_switch_refuses_an_unconfigured_release(tmp_path: Path) -> None:
-    (tmp_path / "releases" / "r1").mkdir(parents=True)
-    code, _, err = act("switch", "--root", str(tmp_path), "--release", "r1")
-    assert code == 1
-    assert "not configured" in err
+    assert (result["model_file"], result["backend"]) == ("model.int8.onnx", "onnxruntime")
+    assert result["note"] == "engine off in the inventory: ONNX Runtime runs model.int8.onnx"
 
 
 def test_process_manager_starts_checks_and_stops(tmp_path: Path) -> None:

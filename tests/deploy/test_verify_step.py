@@ -1,9 +1,9 @@
-"""The deploy's verify step reads ``lungwatch verify``'s table: the rows that
+"""The deploy's verify gate (``remote.py gate``) reads ``lungwatch verify``'s table: the rows that
 :mod:`export.verify` prints parse back into (stage, verdict), failures with ``|Δp|``-free cells."""
 
 from __future__ import annotations
 
-from deploy.steps import verify_rows
+from deploy.remote import verify_rows
 from edge.inference import BackendConfig
 from export.verify import Artifact, Comparison, StageResult, onnx_backend, table_row
 

@@ -87,9 +87,7 @@ def test_the_gate_takes_the_config_else_the_manifest(hysteresis) -> None:
         resolve_gate(GateConfig(poor_quality_off_threshold=0.85), hysteresis, "ward.yaml")
 
 
-@pytest.mark.parametrize(
-    "path", ["edge/configs/ward.yaml", "edge/configs/demo.yaml", "deploy/configs/jetson-ward.yaml"]
-)
+@pytest.mark.parametrize("path", ["edge/configs/ward.yaml", "edge/configs/demo.yaml"])
 def test_the_shipped_configs_resolve_against_the_shipped_model(path: str) -> None:
     """No shipped config carries a setting the manifest's rules make moot: each resolves
     (and a detector section that names no rule leaves every class at its fitted rule)."""
