@@ -1,1 +1,2 @@
-"""``make deploy``: the bundle builder, the health check and the device-side commands the Ansible playbook (``deploy/ansible/``) calls."""
+"""``make deploy``: the bundle builder, the health check and the device-side commands that
+the Ansible playbook (``deploy/ansible/``) calls."""
