@@ -6,6 +6,7 @@
         [--reference MODEL_DIR] [--reference-streams 200] [--max-batch N]
         [--ward-audio DIR] [--ward-streams 1000] [--round-group 250] [--no-batch-sweep] [--no-mqtt]
     ... python -m bench.runtime --baseline REV [--baseline-streams 1000] [--baseline-pairs 3]
+        [--baseline-audio DIR]
 
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
 settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
@@ -13,7 +14,9 @@ settings) that builds the runtime from its public pieces (``open_model``, ``open
 (``edge.demo.run``: SPRSound from ``../shared/data`` or ``examples/``), with a model folder's INT8
 model (``--model``, default the shipped streaming model ``models/sed``) on ONNX Runtime CPU
 (one thread), the MQTT sink (QoS 1 through the SQLite spool) to a local Mosquitto and the live
-strip at the runtime's default period (one point per bed per second, over MQTT). Streams start
+strip at the runtime's default period (one point per bed per second, over MQTT), and, as
+``lungwatch run`` does with MQTT, every bed's evidence recorder (its audio history and a clip
+per onset, sent from the evidence connection; docs/evidence.md). Streams start
 one chunk apart (in five phases), so their model inputs close in different rounds, as beds
 that were connected at different times. A "window" is one bed's chunk of network input (every
 frame once, state carried).
@@ -41,7 +44,8 @@ frame once, state carried).
 - **Baseline** (``--baseline REV``, alone): the as-fast-as-possible run of this checkout and of
   git revision ``REV`` (a temporary worktree, its own code) in alternating pairs of fresh
   processes, and the ratio of their medians: a code change's effect on beds per core, measured
-  in one run (``bench/results/runtime_baseline.json``).
+  in one run (``bench/results/runtime_baseline.json``; with ``--baseline-audio DIR`` on that
+  folder's recordings, one per bed: ``runtime_baseline_ward.json``).
 
 The runtime uses ``BackendConfig``'s default ``max_batch`` and ``RuntimeConfig``'s default
 ``round_group`` (``--max-batch`` and ``--round-group`` override them).
@@ -73,6 +77,7 @@ from bench.runtime_probes import AckProbe, TimedBackend, TimedSource, TimingSink
 from bench.runtime_report import profile_summary, render_markdown
 from edge.datapaths import sprsound_root
 from edge.demo.run import DemoConfig, find_recordings
+from edge.evidence.publisher import EvidencePublisher
 from edge.inference import DEFAULT_MAX_BATCH, BackendConfig
 from edge.monitor import Monitor
 from edge.runtime.config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
@@ -147,7 +152,10 @@ def build(config: RuntimeConfig, paced: bool) -> tuple[Runtime, TimingSink, AckP
     probe = AckProbe(mqtt) if mqtt is not None else None
     timing = TimingSink(sink, sources)
     stats = mqtt.stats if mqtt is not None else None
-    runtime = Runtime(config, model, streams, timing, sink_stats=stats)
+    evidence = None  # as lungwatch run: every bed keeps its audio history and cuts clips
+    if mqtt is not None and config.evidence.enabled:
+        evidence = EvidencePublisher(config.evidence, mqtt.config).connect()
+    runtime = Runtime(config, model, streams, timing, sink_stats=stats, evidence=evidence)
     if mqtt is not None:
         mqtt.connect()
     return runtime, timing, probe
@@ -199,6 +207,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         stop.set()
         runtime.run(stop)  # end every stream's open events, publish the last metrics
         timing.close()  # flush: waits for the outstanding PUBACKs
+        if runtime.evidence_channel is not None:
+            runtime.evidence_channel.close(timeout_s=0.0)  # unsent clips stay in the spool
     result["latency"] = latencies(timing, probe)
     result["events_published"] = len(timing.published)
     if probe is not None:
@@ -334,7 +344,8 @@ def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict
     of fresh processes in this one run; the ratio of the medians."""
     spec = {"broker": broker, "max_batch": args.max_batch, "model": args.model,
             "round_group": args.round_group, "streams": args.baseline_streams,
-            "paced": False, "seconds": args.seconds}  # fmt: skip
+            "paced": False, "seconds": args.seconds,
+            "audio": args.baseline_audio}  # fmt: skip
     runs: dict[str, list[float]] = {"this checkout": [], rev: []}
     with tempfile.TemporaryDirectory(prefix="lungwatch-baseline-") as tmp:
         tree = Path(tmp) / "tree"
@@ -350,6 +361,7 @@ def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict
             subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
     here, there = (float(np.median(v)) for v in runs.values())
     return {"baseline": rev, "streams": spec["streams"], "seconds": args.seconds,
+            "load": args.baseline_audio or "the three demo recordings",
             "streams_real_time": runs, "ratio_of_medians": here / there}  # fmt: skip
 
 
@@ -363,9 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         with mosquitto_broker(not args.no_mqtt) as broker:
             found = compare_with(args.baseline, args, broker[1] if broker else None)
         header = _header(args, sys.argv[1:] if argv is None else argv, broker)
-        (RESULTS_DIR / "runtime_baseline.json").write_text(
-            json.dumps({"header": header, **found}, indent=2) + "\n"
-        )
+        name = "runtime_baseline_ward.json" if args.baseline_audio else "runtime_baseline.json"
+        (RESULTS_DIR / name).write_text(json.dumps({"header": header, **found}, indent=2) + "\n")
         print(json.dumps(found["streams_real_time"]))
         ratio = found["ratio_of_medians"]
         print(f"streams in real time, this checkout / {args.baseline}: {ratio:.3f}")
@@ -501,6 +512,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--baseline-streams", type=int, default=1000, help="K of the comparison")
     parser.add_argument("--baseline-pairs", type=int, default=3, help="alternating pairs of runs")
+    parser.add_argument(
+        "--baseline-audio", default=None,
+        help="--baseline on a folder's recordings, one per bed (the ward load); default the demo's",
+    )  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -104,10 +104,12 @@ class Clip:
 
 
 def encode_flac(samples: np.ndarray, sample_rate_hz: int) -> bytes:
-    """16-bit FLAC of float samples in [-1, 1] (clipped)."""
+    """16-bit FLAC of int16 samples (as they are) or of float samples in [-1, 1] (clipped)."""
     buffer = io.BytesIO()
-    clipped = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
-    soundfile.write(buffer, clipped, sample_rate_hz, format="FLAC", subtype="PCM_16")
+    data = np.asarray(samples)
+    if data.dtype != np.int16:
+        data = np.clip(data.astype(np.float32), -1.0, 1.0)
+    soundfile.write(buffer, data, sample_rate_hz, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
 
 

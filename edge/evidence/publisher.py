@@ -40,7 +40,7 @@ from typing import IO, Any
 
 from edge.errors import LungwatchError
 from edge.evidence.clip import Clip, EvidenceError, clip_messages
-from edge.evidence.recorder import EvidenceConfig
+from edge.evidence.recorder import Cut, EvidenceConfig
 from edge.sinks.mqtt import new_client
 from edge.sinks.mqtt_config import MqttConfig
 
@@ -151,7 +151,7 @@ class EvidencePublisher:
         self.spool = EvidenceSpool(
             spool_path(config, mqtt), int(config.max_spool_mb * MB), config.max_age_h * 3600.0
         )
-        self._queue: queue.Queue[Clip] = queue.Queue(QUEUE_CLIPS)
+        self._queue: queue.Queue[Clip | Cut] = queue.Queue(QUEUE_CLIPS)
         self._client = new_client(mqtt, f"{mqtt.effective_client_id}-evidence")
         self._client.max_inflight_messages_set(config.max_inflight)
         self._client.on_connect = self._on_connect
@@ -170,8 +170,9 @@ class EvidencePublisher:
         self._thread.start()
         return self
 
-    def submit(self, clip: Clip) -> None:
-        """Hand a clip over (never blocks the caller; a full queue drops it, counted)."""
+    def submit(self, clip: Clip | Cut) -> None:
+        """Hand a clip over (never blocks the caller; a full queue drops it, counted). A
+        :class:`~edge.evidence.recorder.Cut` is encoded here, in this channel's thread."""
         try:
             self._queue.put_nowait(clip)
             self.counts["submitted"] += 1
@@ -227,8 +228,10 @@ class EvidencePublisher:
             except queue.Empty:
                 return
             try:
+                if isinstance(clip, Cut):
+                    clip = clip.encode()
                 messages = clip_messages(clip, self.config.part_bytes)
-            except EvidenceError as exc:
+            except (EvidenceError, ValueError, RuntimeError) as exc:
                 self.counts["failed"] += 1
                 log.error("evidence of %s not sent: %s", clip.episode_id, exc)
                 continue

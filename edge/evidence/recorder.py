@@ -4,8 +4,14 @@
     recorder.audio(first_sample, samples)    # every chunk the bed takes
     recorder.frames(first_frame, probs)      # every output frame the model gives
     recorder.events(events)                  # the bed's event messages (edge.events.Event)
-    clips = recorder.due()                   # clips whose audio is all in
-    clips = recorder.finish()                # the stream ended: the open ones, as they are
+    cuts = recorder.due_cuts()               # clips whose audio is all in, not yet encoded
+    cuts = recorder.finish_cuts()            # the stream ended: the open ones, as they are
+    clip = cut.encode()                      # FLAC and bytes (the evidence thread does this)
+    clips = recorder.due()                   # due_cuts(), encoded here
+
+Cutting copies the clip's samples and frames out of the rings (two slices at most); the
+FLAC encoding and the quantising are :meth:`Cut.encode`, which the runtime leaves to the
+evidence publisher's thread, so the loop that serves the beds only copies.
 
 A clip starts for every physiological onset and every technical onset of a priority in
 ``alarm_priorities``: from ``pre_s`` before the event's start to ``post_s`` after its end
@@ -69,6 +75,38 @@ class Identity:
     stream_id: str
 
 
+@dataclass(frozen=True)
+class Cut:
+    """A clip cut from a bed's history, before its encoding (see :meth:`encode`)."""
+
+    identity: Identity
+    episode_id: str
+    event_type: str
+    event_start_sample: int
+    start_sample: int
+    start_utc: str
+    sample_rate_hz: int
+    samples: np.ndarray  # int16, the clip's audio
+    outputs: tuple[str, ...]
+    first_frame_sample: int
+    frame_samples: int
+    frames: np.ndarray  # (n, O) float32 probabilities (NaN: never described)
+    event_end_sample: int | None
+
+    def encode(self) -> Clip:
+        """The :class:`Clip`: 16-bit FLAC of the samples, the frames as bytes."""
+        ident = self.identity
+        return Clip(
+            site=ident.site, device_id=ident.device_id, stream_id=ident.stream_id,
+            episode_id=self.episode_id, event_type=self.event_type,
+            event_start_sample=self.event_start_sample, start_sample=self.start_sample,
+            start_utc=self.start_utc, sample_rate_hz=self.sample_rate_hz,
+            flac=encode_flac(self.samples, self.sample_rate_hz), outputs=self.outputs,
+            first_frame_sample=self.first_frame_sample, frame_samples=self.frame_samples,
+            frames=quantise(self.frames), event_end_sample=self.event_end_sample,
+        )  # fmt: skip
+
+
 @dataclass
 class _Capture:
     episode_id: str
@@ -119,12 +157,10 @@ class ClipRecorder:
 
     def frames(self, first_frame: int, probs: np.ndarray) -> None:
         """Keep output frames ``first_frame, ...`` (n, O)."""
-        size = self._frames.shape[0]
         n = probs.shape[0]
         if n == 0:
             return
-        index = (first_frame + np.arange(n)) % size
-        self._frames[index] = probs
+        _put_ring(self._frames, first_frame, probs)
         self._frames_end = max(self._frames_end, first_frame + n)
 
     def events(self, events: Sequence[Event]) -> None:
@@ -150,37 +186,40 @@ class ClipRecorder:
     def _wanted(self, event: Event) -> bool:
         return event.kind == "physiological" or event.priority in self.config.alarm_priorities
 
-    def due(self) -> list[Clip]:
+    def due_cuts(self) -> list[Cut]:
         """The clips whose end the audio has reached (cut and closed); a clip whose audio has
         left the history meanwhile is dropped (counted in ``lost``)."""
         ready = [c for c in self._open.values() if self._audio_end >= (c.end or c.limit)]
-        return [clip for c in ready if (clip := self._cut(c, c.end or c.limit)) is not None]
+        return [cut for c in ready if (cut := self._cut(c, c.end or c.limit)) is not None]
 
-    def finish(self) -> list[Clip]:
+    def finish_cuts(self) -> list[Cut]:
         """The stream ended: every open clip, cut at the audio there is."""
         captures = list(self._open.values())
         cut = [self._cut(c, min(c.end or c.limit, self._audio_end)) for c in captures]
-        return [clip for clip in cut if clip is not None]
+        return [c for c in cut if c is not None]
 
-    def _cut(self, capture: _Capture, end: int) -> Clip | None:
+    def due(self) -> list[Clip]:
+        """:meth:`due_cuts`, encoded."""
+        return [cut.encode() for cut in self.due_cuts()]
+
+    def finish(self) -> list[Clip]:
+        """:meth:`finish_cuts`, encoded."""
+        return [cut.encode() for cut in self.finish_cuts()]
+
+    def _cut(self, capture: _Capture, end: int) -> Cut | None:
         del self._open[capture.episode_id]
         start = max(capture.start, self.oldest_sample)
         if end <= start:
             self.lost += 1
             return None
-        index = np.arange(start, end) % self._audio.shape[0]
-        samples = self._audio[index].astype(np.float32) / INT16_SCALE
         first, last = self._frame_span(start, end)
-        frames = self._frames[np.arange(first, last) % self._frames.shape[0]]
-        ident = self.identity
-        return Clip(
-            site=ident.site, device_id=ident.device_id, stream_id=ident.stream_id,
-            episode_id=capture.episode_id, event_type=capture.event_type,
-            event_start_sample=capture.event_start, start_sample=start,
-            start_utc=self.utc_of(start), sample_rate_hz=self.rate_hz,
-            flac=encode_flac(samples, self.rate_hz), outputs=self.outputs,
+        return Cut(
+            identity=self.identity, episode_id=capture.episode_id,
+            event_type=capture.event_type, event_start_sample=capture.event_start,
+            start_sample=start, start_utc=self.utc_of(start), sample_rate_hz=self.rate_hz,
+            samples=_take_ring(self._audio, start, end), outputs=self.outputs,
             first_frame_sample=self.grid.start_sample(first) - start,
-            frame_samples=self.grid.frame_samples, frames=quantise(frames),
+            frame_samples=self.grid.frame_samples, frames=_take_ring(self._frames, first, last),
             event_end_sample=capture.event_end,
         )  # fmt: skip
 
@@ -190,6 +229,27 @@ class ClipRecorder:
         first = max(0, (start - offset) // step, self._frames_end - self._frames.shape[0])
         last = min(self._frames_end, -(-(end - offset) // step))
         return first, max(first, last)
+
+
+def _take_ring(ring: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Items ``start .. end-1`` of a ring indexed modulo its length (at most one lap), as
+    one or two slices."""
+    size = ring.shape[0]
+    first, n = start % size, end - start
+    if first + n <= size:
+        return ring[first : first + n].copy()
+    return np.concatenate((ring[first:], ring[: first + n - size]))
+
+
+def _put_ring(ring: np.ndarray, start: int, rows: np.ndarray) -> None:
+    """Write ``rows`` at ring positions ``start, start + 1, ...`` (the last lap's worth)."""
+    size = ring.shape[0]
+    if rows.shape[0] > size:
+        start, rows = start + rows.shape[0] - size, rows[-size:]
+    first, n = start % size, rows.shape[0]
+    head = min(n, size - first)
+    ring[first : first + head] = rows[:head]
+    ring[: n - head] = rows[head:]
 
 
 @njit(cache=True)

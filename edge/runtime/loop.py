@@ -42,9 +42,8 @@ from edge.bed.pipeline import WindowReady
 from edge.commandauth import CommandVerifier
 from edge.errors import ConfigError, LungwatchError
 from edge.events import format_utc, utc_now
-from edge.evidence.clip import Clip
 from edge.evidence.publisher import EvidencePublisher
-from edge.evidence.recorder import ClipRecorder, Identity
+from edge.evidence.recorder import ClipRecorder, Cut, Identity
 from edge.inference.manifest import MANIFEST_NAME, load_manifest
 from edge.inference.streaming import OutputFrames
 from edge.monitor import Monitor
@@ -318,7 +317,8 @@ class Runtime:
             if not stream.summary_sent:  # the view names the bed before its first event
                 self._publish_summary(stream)
             self._emit(stream, step.transitions, step.quality)
-            self._evidence(stream, stream.recorder.due() if stream.recorder is not None else [])
+            if stream.recorder is not None:
+                self._evidence(stream, stream.recorder.due_cuts())
             if step.verdict is not None:
                 self._publish_verdict(stream, step.frames)
             if step.respiration is not None:
@@ -354,8 +354,13 @@ class Runtime:
         publish_summary(self.sink, stream.id, summary)
         stream.summary_sent = True
 
-    def _evidence(self, stream: Stream, clips: list[Clip]) -> None:
-        """Finished clips to the evidence channel."""
+    @property
+    def evidence_channel(self) -> EvidencePublisher | None:
+        """Where the beds' clips go (None: no clips are cut)."""
+        return self._evidence_channel
+
+    def _evidence(self, stream: Stream, clips: list[Cut]) -> None:
+        """Finished clips to the evidence channel (it encodes them in its own thread)."""
         if self._evidence_channel is None:
             return
         for clip in clips:
@@ -399,7 +404,7 @@ class Runtime:
         with self._lock:
             self._emit(stream, stream.chain.finish(why))
             if stream.recorder is not None:
-                self._evidence(stream, stream.recorder.finish())
+                self._evidence(stream, stream.recorder.finish_cuts())
             publish_summary(self.sink, stream.id, None)
             if stream.chain.verdict is not None:  # the bed's status no longer holds
                 publish_verdict(self.sink, stream.id, None)

@@ -264,3 +264,23 @@ def test_the_runtime_sends_a_clip_per_onset_and_a_retained_summary(
     metrics = [m.json()["metrics"] for m in messages if m.topic.endswith("/metrics")]
     assert metrics[-1]["evidence_submitted"] >= len(wanted)  # sent after the last report
     assert runtime.streams[0].recorder is not None
+
+
+def test_ring_slices_match_modulo_indexing() -> None:
+    """The recorder's ring reads and writes (two slices at most) agree with indexing modulo
+    the ring's length, across the wrap and for more rows than the ring holds."""
+    from edge.evidence.recorder import _put_ring, _take_ring
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        size = int(rng.integers(1, 40))
+        ring, reference = np.zeros((size, 3)), np.zeros((size, 3))
+        start, n = int(rng.integers(0, 500)), int(rng.integers(0, 90))
+        rows = rng.normal(size=(n, 3))
+        _put_ring(ring, start, rows)
+        for i in range(n):
+            reference[(start + i) % size] = rows[i]
+        np.testing.assert_array_equal(ring, reference)
+        a = int(rng.integers(0, 500))
+        b = a + int(rng.integers(0, size + 1))
+        np.testing.assert_array_equal(_take_ring(ring, a, b), ring[np.arange(a, b) % size])
