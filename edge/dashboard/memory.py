@@ -123,7 +123,7 @@ class WardMemory:
 
     def restore(self, restored: Restored) -> None:
         """Rebuild the ward from the store (module doc)."""
-        from edge.dashboard.ward import event_row
+        from edge.dashboard.ward import event_row, show_respiration, verdict_view
 
         with self.lock:
             for device_id, stream_id, summary in restored.summaries:
@@ -142,14 +142,10 @@ class WardMemory:
                 bed.restored.add(event.episode_id)
             for device_id, stream_id, kind, body in restored.readings:
                 _, bed = self._place(device_id, stream_id)
-                if kind == "respiration":
-                    keys = ("state", "rate_bpm", "utc", "age_band", "low_bpm", "high_bpm", "reason")
-                    bed.respiration = {k: body.get(k) for k in keys}
-                    point = {k: body.get(k) for k in ("utc", "rate_bpm", "state")}
-                    bed.rate_trend.append(point)
+                if kind == "respiration":  # stored as received, checked then
+                    show_respiration(bed, body)
                 elif kind == "verdict":
-                    bed.verdict = {"label": body.get("verdict"), "since_utc": body.get("utc"),
-                                   "window_s": body.get("window_s")}  # fmt: skip
+                    bed.verdict = verdict_view(body)
             self.clips |= restored.clips
             self._dirty_alarms = True
 

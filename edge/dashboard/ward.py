@@ -232,6 +232,24 @@ def event_row(event: Event, received_s: float) -> dict[str, Any]:
     }
 
 
+def verdict_view(body: dict[str, Any]) -> dict[str, Any]:
+    """What a bed card shows of a (checked) verdict message."""
+    window = body.get("window_s")
+    return {"label": body["verdict"], "since_utc": str(body.get("utc")),
+            "window_s": float(window) if is_number(window) else None}  # fmt: skip
+
+
+def show_respiration(bed: Bed, body: dict[str, Any]) -> None:
+    """A (checked) breathing message on ``bed``: its last reading and a point of its trend."""
+    shown = {key: body.get(key) for key in ("state", "rate_bpm", "confidence", "breaths",
+                                             "age_band", "low_bpm", "high_bpm", "reason",
+                                             "utc", "last_breath_utc")}  # fmt: skip
+    bed.respiration = {k: v for k, v in shown.items()
+                       if isinstance(v, str | int | float) or v is None}  # fmt: skip
+    bed.rate_trend.append({"utc": str(body.get("utc")), "rate_bpm": body.get("rate_bpm"),
+                           "state": body.get("state")})  # fmt: skip
+
+
 class Ward(WardMemory):
     """The state of one site (see the module doc)."""
 
@@ -427,9 +445,7 @@ class Ward(WardMemory):
                 f"verdict must be for {stream_id!r} and one of {', '.join(VERDICT_LABELS)}"
             )
         _, bed = self._place(device_id, stream_id)
-        window = body.get("window_s")
-        bed.verdict = {"label": body["verdict"], "since_utc": str(body.get("utc")),
-                       "window_s": float(window) if is_number(window) else None}  # fmt: skip
+        bed.verdict = verdict_view(body)
         self._store_reading(device_id, stream_id, "verdict", body)
         self._dirty_beds.add((device_id, stream_id))
         self._dirty_alarms = True
@@ -463,12 +479,7 @@ class Ward(WardMemory):
         if rate is not None and not (is_number(rate) and 0.0 <= rate <= MAX_RATE_BPM):
             raise MessageError(f"respiration.rate_bpm must be null or in [0, 200], got {rate!r}")
         _, bed = self._place(device_id, stream_id)
-        shown = {key: body.get(key) for key in ("state", "rate_bpm", "confidence", "breaths",
-                                                 "age_band", "low_bpm", "high_bpm", "reason",
-                                                 "utc", "last_breath_utc")}  # fmt: skip
-        shown = {k: v for k, v in shown.items() if isinstance(v, str | int | float) or v is None}
-        bed.respiration = shown
-        bed.rate_trend.append({"utc": str(body.get("utc")), "rate_bpm": rate, "state": state})
+        show_respiration(bed, body)
         self._store_reading(device_id, stream_id, "respiration", body)
         self._dirty_beds.add((device_id, stream_id))
 
