@@ -28,7 +28,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -129,7 +130,8 @@ class History:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_age_s, self.max_evidence_bytes = max_age_days * 86400.0, max_evidence_mb * 1e6
         self.clock = clock
-        with self._connect() as db:
+        with self._reading() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # kept in the file: readers beside the writer
             db.executescript(SCHEMA)
         self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
         self._flushed = threading.Condition()
@@ -139,10 +141,17 @@ class History:
         self._writer.start()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
+        return sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False)
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one read (or the prune), committed and closed after it."""
+        db = self._connect()
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
 
     # -- writing (any thread) --------------------------------------------------------------
     def add_event(self, event: Event) -> None:
@@ -195,6 +204,7 @@ class History:
 
     def _write(self) -> None:
         db = self._connect()
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses nothing committed
         pruned = 0.0
         running = True
         while running:
@@ -237,13 +247,13 @@ class History:
     def prune_now(self) -> None:
         """Apply the bounds now (tests; the writer does it once a minute)."""
         self.flush()
-        with self._connect() as db:
+        with self._reading() as db:
             self._prune(db)
 
     # -- reading ---------------------------------------------------------------------------
     def clip(self, episode_id: str) -> tuple[dict[str, Any], bytes, dict[str, str]] | None:
         """(header, FLAC, identity) of an episode's clip, else None."""
-        with self._connect() as db:
+        with self._reading() as db:
             row = db.execute("SELECT header, flac, device_id, stream_id FROM clips "
                              "WHERE episode_id = ?", (episode_id,)).fetchone()  # fmt: skip
         if row is None:
@@ -260,7 +270,7 @@ class History:
         counts = {family: [0] * hours for family in FAMILIES}
         poor = [0.0] * hours
         rates: list[list[float]] = [[] for _ in range(hours)]
-        with self._connect() as db:
+        with self._reading() as db:
             bed = (device_id, stream_id)
             onsets = db.execute(
                 "SELECT type, start_s FROM events WHERE device_id=? AND stream_id=? AND "
@@ -294,7 +304,7 @@ class History:
 
     def restore(self) -> Restored:
         """What the ward shows after a restart (see :class:`Restored`)."""
-        with self._connect() as db:
+        with self._reading() as db:
             summaries = [(d, s, json.loads(b)) for d, s, b in db.execute(
                 "SELECT device_id, stream_id, summary FROM beds")]  # fmt: skip
             last = db.execute(
