@@ -29,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,14 @@ def ward_config(tmp_path: Path, port: int) -> Path:
 @pytest.fixture
 def runtime_process(tmp_path: Path, password_broker: Mosquitto) -> Iterator[subprocess.Popen[str]]:
     config = ward_config(tmp_path, password_broker.port)
-    with open(tmp_path / "runtime.log", "w") as log:
+    with running_device(config, tmp_path / "runtime.log") as process:
+        yield process
+
+
+@contextmanager
+def running_device(config: Path, log_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """``lungwatch run --config CONFIG -v`` (output to ``log_path``), killed on exit."""
+    with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "lungwatch.cli", "run", "--config", str(config), "-v"],
             stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
@@ -184,7 +192,7 @@ def runtime_process(tmp_path: Path, password_broker: Mosquitto) -> Iterator[subp
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait(timeout=10)
+        process.wait(timeout=10)
 
 
 def forged_ack(url: str, user: tuple[str, str], body: dict[str, str]) -> int:
@@ -650,35 +658,29 @@ def test_a_beds_rate_trend_and_apnoea_on_the_page(
     config["respiration_publish_s"] = 2.0
     path = tmp_path / "ward-rr.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    with open(tmp_path / "runtime.log", "w") as log:
-        runtime = subprocess.Popen(
-            [sys.executable, "-m", "lungwatch.cli", "run", "--config", str(path), "-v"],
-            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
-            env={**os.environ, **SUBPROCESS_ENV},
+    with (
+        running_device(path, tmp_path / "runtime.log"),
+        DashboardProcess(path) as dashboard,
+        chromium(1200, 640) as driver,
+    ):
+        authorise(driver, *NURSE)
+        driver.get(dashboard.url)
+        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the first snapshot")
+        rate = 'article.bed[data-stream="bed-rr"] .rate'
+        shown = wait_until(lambda: page(driver, RATE_TEXT), 30.0, "a rate on the card")
+        assert re.fullmatch(r"RR (19|20|21)/min \(normal 9-24, adult\)", shown), shown
+        wait_until(lambda: page(driver, TREND_DRAWN) > 0, 10.0, "the rate's trend drawn")
+        row = wait_until(
+            lambda: driver.find_elements("css selector", '#alarms tr[data-type="apnoea"]'),
+            45.0, "the apnoea alarm",
         )  # fmt: skip
-    try:
-        with DashboardProcess(path) as dashboard, chromium(1200, 640) as driver:
-            authorise(driver, *NURSE)
-            driver.get(dashboard.url)
-            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the first snapshot")
-            rate = 'article.bed[data-stream="bed-rr"] .rate'
-            shown = wait_until(lambda: page(driver, RATE_TEXT), 30.0, "a rate on the card")
-            assert re.fullmatch(r"RR (19|20|21)/min \(normal 9-24, adult\)", shown), shown
-            wait_until(lambda: page(driver, TREND_DRAWN) > 0, 10.0, "the rate's trend drawn")
-            row = wait_until(
-                lambda: driver.find_elements("css selector", '#alarms tr[data-type="apnoea"]'),
-                45.0, "the apnoea alarm",
-            )  # fmt: skip
-            assert "high" in row[0].text.lower()
-            state = wait_until(lambda: "apnoea" in bed_states(driver).get("bed-rr", "") and
-                               bed_states(driver)["bed-rr"], 5.0, "the bed's state")  # fmt: skip
-            assert state.startswith("apnoea")
-            wait_until(lambda: "APNOEA" in driver.find_element("css selector", rate).text,
-                       15.0, "the rate line saying apnoea")  # fmt: skip
-            screenshot(driver, tmp_path / "ward-view-apnoea.png")
-    finally:
-        runtime.kill()
-        runtime.wait(timeout=10)
+        assert "high" in row[0].text.lower()
+        state = wait_until(lambda: "apnoea" in bed_states(driver).get("bed-rr", "") and
+                           bed_states(driver)["bed-rr"], 5.0, "the bed's state")  # fmt: skip
+        assert state.startswith("apnoea")
+        wait_until(lambda: "APNOEA" in driver.find_element("css selector", rate).text,
+                   15.0, "the rate line saying apnoea")  # fmt: skip
+        screenshot(driver, tmp_path / "ward-view-apnoea.png")
 
 
 RATE_TEXT = (
@@ -759,80 +761,70 @@ def test_an_alarms_clip_plays_and_the_beds_history_survives_the_views_restart(
       too (from the bed's retained summary)."""
     require_chromium()
     config = evidence_config(tmp_path, password_broker.port)
-    with open(tmp_path / "runtime.log", "w") as log:
-        runtime = subprocess.Popen(
-            [sys.executable, "-m", "lungwatch.cli", "run", "--config", str(config), "-v"],
-            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
-            env={**os.environ, **SUBPROCESS_ENV},
-        )  # fmt: skip
-    try:
-        with chromium(1400, 900) as driver:
-            authorise(driver, *NURSE)
-            with DashboardProcess(config) as dashboard:
-                driver.get(dashboard.url)
-                wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
-                names = ("return [...document.querySelectorAll('article.bed .bed-name')]"
-                         ".map(b => b.textContent).sort();")  # fmt: skip
-                wait_until(lambda: page(driver, names) == ["Bed 1", "Bed 2", "Side room 4"],
-                           60.0, "the beds by their names")  # fmt: skip
-                episode, stream, kind = wait_until(lambda: page(driver, FIRST_LISTEN), 150.0,
-                                                   "an alarm with its clip")  # fmt: skip
-                row = driver.find_element("css selector", f'#alarms tr[data-episode="{episode}"]')
-                assert BED_NAMES[stream][0] in row.text
-                assert BED_NAMES[stream][1] in row.text
-                about = fetch_json(driver, f"/api/evidence/{episode}")
-                assert about["event_type"] == kind
-                assert about["stream_id"] == stream
+    with running_device(config, tmp_path / "runtime.log"), chromium(1400, 900) as driver:
+        authorise(driver, *NURSE)
+        with DashboardProcess(config) as dashboard:
+            driver.get(dashboard.url)
+            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            names = ("return [...document.querySelectorAll('article.bed .bed-name')]"
+                     ".map(b => b.textContent).sort();")  # fmt: skip
+            wait_until(lambda: page(driver, names) == ["Bed 1", "Bed 2", "Side room 4"],
+                       60.0, "the beds by their names")  # fmt: skip
+            episode, stream, kind = wait_until(lambda: page(driver, FIRST_LISTEN), 150.0,
+                                               "an alarm with its clip")  # fmt: skip
+            row = driver.find_element("css selector", f'#alarms tr[data-episode="{episode}"]')
+            assert BED_NAMES[stream][0] in row.text
+            assert BED_NAMES[stream][1] in row.text
+            about = fetch_json(driver, f"/api/evidence/{episode}")
+            assert about["event_type"] == kind
+            assert about["stream_id"] == stream
 
-                row.find_element("css selector", "button.listen").click()
-                shown = wait_until(
-                    lambda: (e := page(driver, "return window.lwEvidence")) and e["audioAt"]
-                    and e["pictureAt"] and e, 10.0, "the clip's audio and picture",
-                )  # fmt: skip
-                audio_ms = shown["audioAt"] - shown["clickedAt"]
-                picture_ms = shown["pictureAt"] - shown["clickedAt"]
-                print(f"\nclick -> audio ready {audio_ms} ms, picture drawn {picture_ms} ms "
-                      f"({about['duration_s']:.1f}-s clip of {kind})")  # fmt: skip
-                assert shown["error"] is None
-                assert shown["duration"] == pytest.approx(about["duration_s"], abs=0.05)
-                wait_until(lambda: page(driver, PLAYED) > 0.2, 10.0, "the clip playing")
-                width, height = page(driver, PICTURE_SIZE)
-                assert width > 300
-                assert height > 100
-                screenshot(driver, tmp_path / "ward-view-evidence.png")
-                assert get_status(f"{dashboard.url}api/evidence/{episode}.flac") == 401
+            row.find_element("css selector", "button.listen").click()
+            shown = wait_until(
+                lambda: (e := page(driver, "return window.lwEvidence")) and e["audioAt"]
+                and e["pictureAt"] and e, 10.0, "the clip's audio and picture",
+            )  # fmt: skip
+            audio_ms = shown["audioAt"] - shown["clickedAt"]
+            picture_ms = shown["pictureAt"] - shown["clickedAt"]
+            print(f"\nclick -> audio ready {audio_ms} ms, picture drawn {picture_ms} ms "
+                  f"({about['duration_s']:.1f}-s clip of {kind})")  # fmt: skip
+            assert shown["error"] is None
+            assert shown["duration"] == pytest.approx(about["duration_s"], abs=0.05)
+            wait_until(lambda: page(driver, PLAYED) > 0.2, 10.0, "the clip playing")
+            width, height = page(driver, PICTURE_SIZE)
+            assert width > 300
+            assert height > 100
+            screenshot(driver, tmp_path / "ward-view-evidence.png")
+            assert get_status(f"{dashboard.url}api/evidence/{episode}.flac") == 401
 
-                latched = wait_until(
-                    lambda: page(driver, FIRST_ACKABLE), 60.0, "a latched alarm")  # fmt: skip
-            # the view restarts (the device goes on): the alarm is still listed, the bed's
-            # history is there
-            with DashboardProcess(config) as dashboard:
-                driver.get(dashboard.url)
-                wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
-                alarm = f'#alarms tr[data-episode="{latched[0]}"]'
-                wait_until(lambda: driver.find_elements("css selector", alarm), 10.0,
-                           "the latched alarm after the restart")  # fmt: skip
-                bed = f'article.bed[data-stream="{latched[1]}"] button.bed-name'
-                clicked = time.time() * 1000
-                driver.find_element("css selector", bed).click()
-                trend = wait_until(lambda: page(driver, "return window.lwTrend"), 10.0,
-                                   "the bed's trend")  # fmt: skip
-                trend_ms = trend["drawnAt"] - clicked
-                print(f"click -> trend drawn {trend_ms:.0f} ms")
-                assert trend["stream"] == latched[1]
-                assert sum(sum(v) for v in trend["onsets"].values()) >= 1
-                assert page(driver, CHART_DRAWN) > 1000
-                screenshot(driver, tmp_path / "ward-view-history.png")
-            # a view with no history of its own, started after the alarm latched
-            fresh = yaml.safe_load(config.read_text())
-            fresh["dashboard"].update(history_path=None, persistent_session=False)
-            fresh_path = tmp_path / "fresh.yaml"
-            fresh_path.write_text(yaml.safe_dump(fresh), encoding="utf-8")
-            with DashboardProcess(fresh_path) as dashboard:
-                driver.get(dashboard.url)
-                wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
-                wait_until(lambda: driver.find_elements("css selector", alarm), 10.0,
-                           "the latched alarm from the bed's summary")  # fmt: skip
-    finally:
-        runtime.kill()
-        runtime.wait(timeout=10)
+            latched = wait_until(
+                lambda: page(driver, FIRST_ACKABLE), 60.0, "a latched alarm")  # fmt: skip
+        # the view restarts (the device goes on): the alarm is still listed, the bed's
+        # history is there
+        with DashboardProcess(config) as dashboard:
+            driver.get(dashboard.url)
+            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            alarm = f'#alarms tr[data-episode="{latched[0]}"]'
+            wait_until(lambda: driver.find_elements("css selector", alarm), 10.0,
+                       "the latched alarm after the restart")  # fmt: skip
+            bed = f'article.bed[data-stream="{latched[1]}"] button.bed-name'
+            clicked = time.time() * 1000
+            driver.find_element("css selector", bed).click()
+            trend = wait_until(lambda: page(driver, "return window.lwTrend"), 10.0,
+                               "the bed's trend")  # fmt: skip
+            trend_ms = trend["drawnAt"] - clicked
+            print(f"click -> trend drawn {trend_ms:.0f} ms")
+            assert trend["stream"] == latched[1]
+            assert sum(sum(v) for v in trend["onsets"].values()) >= 1
+            assert page(driver, CHART_DRAWN) > 1000
+            screenshot(driver, tmp_path / "ward-view-history.png")
+        # a view with no history of its own, started after the alarm latched
+        fresh = yaml.safe_load(config.read_text())
+        fresh["dashboard"].update(history_path=None, persistent_session=False)
+        fresh_path = tmp_path / "fresh.yaml"
+        fresh_path.write_text(yaml.safe_dump(fresh), encoding="utf-8")
+        with DashboardProcess(fresh_path) as dashboard:
+            driver.get(dashboard.url)
+            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            wait_until(lambda: driver.find_elements("css selector", alarm), 10.0,
+                       "the latched alarm from the bed's summary")  # fmt: skip
