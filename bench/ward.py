@@ -56,6 +56,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -236,6 +237,14 @@ def replica_id(name: str) -> str:
     return str(uuid.UUID(bytes=uuid.uuid5(NAMESPACE, name).bytes, version=4))
 
 
+def beds_by_source(ward_beds: list[Bed]) -> dict[str, list[Bed]]:
+    """The beds that replay each generated bed."""
+    found: dict[str, list[Bed]] = defaultdict(list)
+    for bed in ward_beds:
+        found[bed.source].append(bed)
+    return found
+
+
 def known_ids(messages: list[Message]) -> set[str]:
     ids: set[str] = set()
     for m in messages:
@@ -245,6 +254,23 @@ def known_ids(messages: list[Message]) -> set[str]:
     return ids
 
 
+def rewrite_strings(value: Any, change: Callable[[str, str], str], key: str = "") -> Any:
+    """``value`` (parsed JSON) with every string replaced by ``change(key, string)``, where
+    ``key`` is the mapping key it sits under (a list's items keep their list's key)."""
+    if isinstance(value, dict):
+        return {k: rewrite_strings(v, change, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rewrite_strings(v, change, key) for v in value]
+    return change(key, value) if isinstance(value, str) else value
+
+
+def shifted(key: str, value: str, shift_s: float) -> str:
+    """A ``...utc`` value moved by ``shift_s`` (other strings as they are)."""
+    if key.endswith("utc") and value:
+        return format_utc(parse_utc(value).timestamp() + shift_s)
+    return value
+
+
 def remap(
     message: Message, bed: Bed, ids: set[str], shift_s: float, salt: str = ""
 ) -> tuple[str, bytes]:
@@ -252,24 +278,16 @@ def remap(
     parts = message.topic.split("/")
     parts[3], parts[4] = bed.device, bed.stream
 
-    def walk(value: Any, key: str = "") -> Any:
-        if isinstance(value, dict):
-            return {k: walk(v, k) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v, key) for v in value]
-        if not isinstance(value, str):
-            return value
+    def change(key: str, value: str) -> str:
         if key == "device_id":
             return bed.device
         if key == "stream_id":
             return bed.stream
-        if key.endswith("utc") and value:
-            return format_utc(parse_utc(value).timestamp() + shift_s)
         if value in ids:
             return replica_id(f"{salt}{bed.index}/{value}")
-        return value
+        return shifted(key, value, shift_s)
 
-    body = walk(json.loads(message.payload))
+    body = rewrite_strings(json.loads(message.payload), change)
     if message.kind == "summary" and isinstance(body, dict) and body:
         body.update(name=bed.name, location=bed.location)
     return "/".join(parts), json.dumps(body, separators=(",", ":")).encode()
@@ -306,9 +324,7 @@ def build_history(
             if body["episode_id"] not in clip_episodes:
                 continue
         kept.append(m)
-    by_source: dict[str, list[Bed]] = defaultdict(list)
-    for bed in ward_beds:
-        by_source[bed.source].append(bed)
+    by_source = beds_by_source(ward_beds)
     store = History(path, max_age_days=7.0, max_evidence_mb=4000.0)
     ward = Ward(SITE, history=store, max_beds_per_device=512)
     began = time.perf_counter()
@@ -434,9 +450,7 @@ def live_schedule(
              if json.loads(m.payload)["state"] == "ended"}  # fmt: skip
     clips = [m for m in messages if m.kind == "evidence"
              and json.loads(m.payload)["episode_id"] in ended] if with_clips else []  # fmt: skip
-    by_source: dict[str, list[Bed]] = defaultdict(list)
-    for bed in ward_beds:
-        by_source[bed.source].append(bed)
+    by_source = beds_by_source(ward_beds)
     out = []
     for m in events + clips:
         body = json.loads(m.payload)
@@ -451,16 +465,9 @@ def live_schedule(
 
 
 def restamp(payload: bytes, shift_s: float) -> bytes:
-    def walk(value: Any, key: str = "") -> Any:
-        if isinstance(value, dict):
-            return {k: walk(v, k) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v, key) for v in value]
-        if isinstance(value, str) and key.endswith("utc") and value:
-            return format_utc(parse_utc(value).timestamp() + shift_s)
-        return value
-
-    return json.dumps(walk(json.loads(payload)), separators=(",", ":")).encode()
+    """``payload`` with its ``...utc`` times moved by ``shift_s``."""
+    body = rewrite_strings(json.loads(payload), lambda key, value: shifted(key, value, shift_s))
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def publisher(port: int, name: str) -> mqtt.Client:
