@@ -55,10 +55,15 @@
   // Stamp the ids once the frame that shows them has been drawn.
   function stampAfterPaint(table, ids) {
     if (!ids.length) return;
-    requestAnimationFrame(() => setTimeout(() => {
+    afterPaint(() => {
       const now = Date.now();
       for (const id of ids) if (!(id in table)) table[id] = now;
-    }, 0));
+    });
+  }
+
+  // Run `task` once the browser has painted what was just changed.
+  function afterPaint(task) {
+    requestAnimationFrame(() => setTimeout(task, 0));
   }
 
   // A text that counts seconds up from `seconds` ago: "<prefix>N s", kept current by tick().
@@ -523,10 +528,10 @@
       if (historyBed.deviceId !== asked.deviceId || historyBed.streamId !== asked.streamId) return;
       drawHistory(trend);
       historyTable(trend);
-      requestAnimationFrame(() => setTimeout(() => {
+      afterPaint(() => {
         window.lwTrend = { device: asked.deviceId, stream: asked.streamId, hours: asked.hours,
           drawnAt: Date.now(), onsets: trend.onsets, poor: trend.poor_signal_min };
-      }, 0));
+      });
     } catch (error) {
       $("#history-error").textContent = `No history shown: ${error.message}`;
     }
@@ -642,9 +647,9 @@
     renderHeader(snapshot);
     window.lwReady = true;
     // when the first snapshot was on the screen (ms since the page's navigation started)
-    requestAnimationFrame(() => setTimeout(() => {
+    afterPaint(() => {
       if (window.lwReadyMs === null) window.lwReadyMs = performance.now();
-    }, 0));
+    });
   }
 
   function applyUpdate(update) {
