@@ -37,6 +37,7 @@ class Recording:
     targets: np.ndarray  # (O, N) float32
     weights: np.ndarray  # (O, N) float32
     events: tuple[tuple[float, float, str], ...]  # (start_s, end_s, type) as annotated
+    soft: np.ndarray | None = None  # (O, N) float16 a teacher's outputs (distillation)
 
     @property
     def n_frames(self) -> int:
@@ -52,6 +53,8 @@ class Batch:
     weights: np.ndarray  # (B, O, N), zero on padding
     mask: np.ndarray  # (B, N)
     n_frames: int
+    soft: np.ndarray | None = None  # (B, O, N) teacher outputs; None: no example has any
+    soft_mask: np.ndarray | None = None  # (B, N) real frames with a teacher output
 
 
 def output_frames(n_input_frames: int, stride: int) -> int:
@@ -160,6 +163,9 @@ def collate(
     targets = np.zeros((len(examples), o, longest), np.float32)
     weights = np.zeros_like(targets)
     mask = np.zeros((len(examples), longest), np.float32)
+    taught = any(e.recording.soft is not None for e in examples)
+    soft = np.zeros_like(targets) if taught else None
+    soft_mask = np.zeros_like(mask) if taught else None
     for b, e in enumerate(examples):
         rec = e.recording
         lo = e.first * stride
@@ -169,4 +175,7 @@ def collate(
         targets[b, :, : e.n] = rec.targets[:, e.first : e.first + e.n]
         weights[b, :, : e.n] = rec.weights[:, e.first : e.first + e.n]
         mask[b, : e.n] = 1.0
-    return Batch(x, targets, weights, mask, longest)
+        if soft is not None and soft_mask is not None and rec.soft is not None:
+            soft[b, :, : e.n] = rec.soft[:, e.first : e.first + e.n]
+            soft_mask[b, : e.n] = 1.0
+    return Batch(x, targets, weights, mask, longest, soft, soft_mask)

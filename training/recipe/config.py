@@ -94,17 +94,41 @@ class AugmentConfig:
             check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
 
 
+PHASE_POOLINGS = ("mean", "linear_softmax", "max")  # training/recipe/losses.py pool_phases
+
+
 @dataclass(frozen=True)
 class LossConfig:
     phase_weight: float = 0.5  # + this x BCE of each annotated phase's mean class output
     quality_margin: float = 0.0  # > 0: QLung-style quality-adaptive margin (logits)
     quality_margin_gain: float = 1.0  # the margin grows by this x (1 - quality)
+    phase_pooling: str = "mean"  # mean | linear_softmax | max: how a phase's frames pool
 
     def __post_init__(self) -> None:
         check(self.phase_weight >= 0, "phase_weight", self.phase_weight, "a number >= 0")
+        pooling = self.phase_pooling
+        check(pooling in PHASE_POOLINGS, "phase_pooling", pooling, f"one of {PHASE_POOLINGS}")
         check(self.quality_margin >= 0, "quality_margin", self.quality_margin, "a number >= 0")
         gain = self.quality_margin_gain
         check(gain >= 0, "quality_margin_gain", gain, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    # a cross-validated design (its folder, out/cv/<design>) whose fold models teach: each
+    # training recording's target is the mean of their logits (/ temperature), through the
+    # sigmoid; "" : no teacher
+    teacher: str = ""
+    weight: float = 0.0  # loss = (1 - weight) x the label losses + weight x the teacher's
+    temperature: float = 1.0  # < 1 sharpens the averaged teacher outputs
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.weight <= 1.0, "weight", self.weight, "a number in [0, 1]")
+        check(self.temperature > 0, "temperature", self.temperature, "a number > 0")
+        check(
+            self.weight == 0 or bool(self.teacher), "teacher", self.teacher,
+            "a design folder when weight > 0",
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -196,6 +220,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     mixtures: MixtureConfig = field(default_factory=MixtureConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     detector: DetectorFitConfig = field(default_factory=DetectorFitConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)

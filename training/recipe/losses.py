@@ -5,9 +5,15 @@
   frames outside every annotated phase count ``unannotated_weight``), the mean over the
   weights; optionally with the quality-adaptive margin on the class outputs
   (:mod:`training.recipe.margin`).
-- **Phase loss** (:func:`phase_loss`): the device's detector judges a breath phase by the mean
-  of a class's probability over it, so each annotated phase's mean class probabilities are
-  scored against the phase's labels too (Breath and Poor Quality are not in it).
+- **Phase loss** (:func:`phase_loss`): the device's detector judges a breath phase by pooling
+  a class's probability over it, so each annotated phase's pooled class probabilities are
+  scored against the phase's labels too (Breath and Poor Quality are not in it). A labelled
+  phase says "somewhere in here": the pooling is the mean (every frame of the phase carries
+  the sound), linear-softmax (``sum p^2 / sum p``: frames that carry it weigh more) or the
+  maximum (one frame is enough), the multiple-instance poolings of weakly labelled sound
+  event detection (Wang et al., ICASSP 2019).
+- **Distillation** (:func:`distill_loss`): BCE of every output of every real frame against a
+  teacher's soft outputs (:mod:`training.cv.teacher`), beside the label losses.
 
 Shapes: ``B`` examples, ``O`` outputs, ``N`` output frames, ``C`` adventitious classes.
 """
@@ -20,6 +26,7 @@ import torch.nn.functional as F
 
 from training.data.recordings import Batch
 from training.data.targets import BREATH_INDEX
+from training.recipe.config import PHASE_POOLINGS as PHASE_POOLINGS
 from training.recipe.margin import apply_margin
 
 
@@ -28,13 +35,15 @@ def frame_loss(
 ) -> torch.Tensor:
     """Weighted BCE of ``logits`` (B, O, N) against the batch's targets, the mean over the
     weights; ``margins`` (B, N): the quality-adaptive margin on the class outputs."""
-    weights = torch.from_numpy(batch.weights)
-    targets = torch.from_numpy(batch.targets)
+    device = logits.device
+    weights = torch.from_numpy(batch.weights).to(device)
+    targets = torch.from_numpy(batch.targets).to(device)
     if margins is not None:
-        logits = apply_margin(logits, targets, torch.from_numpy(margins), BREATH_INDEX)
+        margin = torch.from_numpy(margins).to(device)
+        logits = apply_margin(logits, targets, margin, BREATH_INDEX)
     # pos_weight of ones is the plain BCE, computed the way the shipped model was trained (its
     # weighted form rounds differently): make train-sed rebuilds models/sed bit for bit
-    ones = torch.ones(logits.shape[1])[None, :, None]
+    ones = torch.ones(logits.shape[1], device=device)[None, :, None]
     per_frame = F.binary_cross_entropy_with_logits(
         logits, targets, reduction="none", pos_weight=ones
     )
@@ -54,17 +63,46 @@ def phase_segments(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     return ids.reshape(-1), classes[rows, :, frames].astype(np.float32)
 
 
-def phase_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """BCE of each annotated phase's mean class probability against its labels (mean over
+def pool_phases(
+    probs: torch.Tensor, index: torch.Tensor, n_segments: int, pooling: str = "mean"
+) -> torch.Tensor:
+    """Each segment's pooled probabilities (S, C) of the frames ``probs`` (M, C) whose segment
+    is ``index`` (M,): ``mean``, ``linear_softmax`` or ``max`` (see the module doc)."""
+    n_classes = probs.shape[1]
+    zeros = probs.new_zeros(n_segments, n_classes)
+    if pooling == "max":
+        wide = index[:, None].expand(-1, n_classes)
+        return zeros.scatter_reduce(0, wide, probs, reduce="amax", include_self=False)
+    sums = zeros.index_add(0, index, probs)
+    if pooling == "linear_softmax":
+        squares = probs.new_zeros(n_segments, n_classes).index_add(0, index, probs * probs)
+        return squares / sums.clamp_min(1e-6)
+    counts = probs.new_zeros(n_segments).index_add(0, index, probs.new_ones(index.shape[0]))
+    return sums / counts[:, None]
+
+
+def phase_loss(logits: torch.Tensor, batch: Batch, pooling: str = "mean") -> torch.Tensor:
+    """BCE of each annotated phase's pooled class probability against its labels (mean over
     phases; 0 when the batch has none)."""
     ids, labels = phase_segments(batch)
     if labels.shape[0] == 0:
         return logits.sum() * 0.0
     n_classes = labels.shape[1]
     probs = torch.sigmoid(logits[:, :n_classes]).permute(0, 2, 1).reshape(-1, n_classes)
-    keep = torch.from_numpy(ids >= 0)
-    index = torch.from_numpy(ids[ids >= 0])
-    sums = torch.zeros(labels.shape[0], n_classes).index_add(0, index, probs[keep])
-    counts = torch.zeros(labels.shape[0]).index_add(0, index, torch.ones(index.shape[0]))
-    pooled = (sums / counts[:, None]).clamp(1e-6, 1 - 1e-6)
-    return F.binary_cross_entropy(pooled, torch.from_numpy(labels))
+    device = logits.device
+    keep = torch.from_numpy(ids >= 0).to(device)
+    index = torch.from_numpy(ids[ids >= 0]).to(device)
+    pooled = pool_phases(probs[keep], index, labels.shape[0], pooling).clamp(1e-6, 1 - 1e-6)
+    return F.binary_cross_entropy(pooled, torch.from_numpy(labels).to(device))
+
+
+def distill_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """BCE of ``logits`` (B, O, N) against the batch's teacher outputs on its real frames of
+    known teacher output (0 when none has one)."""
+    if batch.soft is None:
+        return logits.sum() * 0.0
+    device = logits.device
+    soft = torch.from_numpy(batch.soft).to(device)
+    known = torch.from_numpy(batch.soft_mask).to(device)[:, None, :].expand_as(logits)
+    per_frame = F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
+    return (per_frame * known).sum() / known.sum().clamp_min(1.0)

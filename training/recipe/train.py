@@ -53,7 +53,7 @@ from training.data.recordings import (
     random_example,
     whole_example,
 )
-from training.data.sprsound import load_sprsound, patient_disjoint_split
+from training.data.sprsound import SprRecord, load_sprsound, patient_disjoint_split
 from training.data.targets import OUTPUTS
 from training.models.checkpoint import Checkpoint, save_checkpoint
 from training.models.sed import SedNet, count_parameters
@@ -61,7 +61,7 @@ from training.recipe.augment import patch_mix, spec_augment
 from training.recipe.config import RunConfig, load_run
 from training.recipe.fit import fit_rules, fit_start
 from training.recipe.inputs import InputView, Transform
-from training.recipe.losses import frame_loss, phase_loss
+from training.recipe.losses import distill_loss, frame_loss, phase_loss
 from training.recipe.margin import QualityReference, frame_margins
 from training.recipe.pretrain import pretrain
 from training.scoring.detection import DetectionReport, score_detection
@@ -88,34 +88,57 @@ class TrainingData:
 
 def load_data(run: RunConfig) -> TrainingData:
     """The recordings of ``data.train_dir`` with their targets, split by patient."""
-    spec, stride = run.features, run.model.stride
-    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, stride)
-    folder = Path(run.data.train_dir) if run.data.train_dir else sprsound_root() / "train"
-    records = load_sprsound(folder)
-    # the cache holds the run's kinds (computing every kind for a log-mel run costs minutes)
-    # without the front end's last stage, which the view applies per example
-    raw = InputView.raw_spec(spec)
-    store = FeatureStore(raw, run.kinds, Path(run.data.cache_dir) / "features")
-    recs = load_recordings(records, store, run.kinds, grid, stride, run.data.unannotated_weight)
+    records = load_sprsound(sprsound_folder(run))
+    store = feature_store(run)
+    recs = load_recordings(
+        records, store, run.kinds, frame_grid(run), run.model.stride, run.data.unannotated_weight
+    )
     _, val_records = patient_disjoint_split(records, run.data.val_fraction, run.data.split_seed)
-    val_ids = {r.record_id for r in val_records}
-    train = [r for r in recs if r.record_id not in val_ids]
-    val = [r for r in recs if r.record_id in val_ids]
-    view = InputView(spec, run.kinds, run.augment)
+    held_out = {r.record_id for r in val_records}
+    return training_data(run, store, records, recs, held_out, icbhi_training_share(run))
+
+
+def sprsound_folder(run: RunConfig) -> Path:
+    return Path(run.data.train_dir) if run.data.train_dir else sprsound_root() / "train"
+
+
+def frame_grid(run: RunConfig) -> FrameGrid:
+    spec = run.features
+    return FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, run.model.stride)
+
+
+def feature_store(run: RunConfig) -> FeatureStore:
+    """The run's feature cache: the run's kinds (computing every kind for a log-mel run costs
+    minutes) without the front end's last stage, which the input view applies per example."""
+    raw = InputView.raw_spec(run.features)
+    return FeatureStore(raw, run.kinds, Path(run.data.cache_dir) / "features")
+
+
+def training_data(
+    run: RunConfig,
+    store: FeatureStore,
+    records: list[SprRecord],
+    recs: list[Recording],
+    held_out: set[str],
+    icbhi: tuple[list[IcbhiRecording], set[str]],
+) -> TrainingData:
+    """The run's material with the records of ``held_out`` (ids) kept apart as ``val``: the
+    other records, mixtures hosted by them (never by a held-out patient) and the ICBHI
+    recordings of the patients ``icbhi[1]`` (of the recordings ``icbhi[0]``)."""
+    grid, stride = frame_grid(run), run.model.stride
+    train = [r for r in recs if r.record_id not in held_out]
+    val = [r for r in recs if r.record_id in held_out]
+    view = InputView(run.features, run.kinds, run.augment)
     mean, std = input_stats(train, view.transform)  # of real recordings only
-    hosts = [r for r in records if r.record_id not in val_ids]  # never a validation patient
+    hosts = [r for r in records if r.record_id not in held_out]
+    raw = InputView.raw_spec(run.features)
     train += make_mixtures(
         hosts, store, raw, run.kinds, grid, stride, run.mixtures, run.data.unannotated_weight
     )
-    train += icbhi_material(run, store, grid) * run.data.icbhi_repeat
-    return TrainingData(train, val, mean, std, grid, view)
-
-
-def icbhi_material(run: RunConfig, store: FeatureStore, grid: FrameGrid) -> list[Recording]:
-    """The training share of ICBHI's patients (``data.icbhi_fraction``) with cycle targets."""
-    recordings, chosen = icbhi_training_share(run)
+    recordings, chosen = icbhi
     mine = [r for r in recordings if r.patient_id in chosen]
-    return load_icbhi_recordings(mine, store, run.kinds, grid, run.model.stride)
+    train += load_icbhi_recordings(mine, store, run.kinds, grid, stride) * run.data.icbhi_repeat
+    return TrainingData(train, val, mean, std, grid, view)
 
 
 def icbhi_training_share(run: RunConfig) -> tuple[list[IcbhiRecording], set[str]]:
@@ -173,7 +196,8 @@ def predict(
             idx = order[s : s + batch]
             examples = [whole_example(recs[i]) for i in idx]
             bt = collate(examples, cfg.stride, cfg.lookahead_frames, flush, transform)
-            p = torch.sigmoid(model.forward_train(torch.from_numpy(bt.features), bt.n_frames))
+            x = torch.from_numpy(bt.features).to(model.input_mean.device)
+            p = torch.sigmoid(model.forward_train(x, bt.n_frames)).cpu()
             for j, i in enumerate(idx):
                 res[i] = p[j, :, : recs[i].n_frames].numpy().T.copy()  # (n, O)
     return [res[i] for i in range(len(recs))]
@@ -285,10 +309,14 @@ def train_epoch(
             )
         if aug.spec_augment:
             spec_augment(bt.features, data.flush, aug, rng)
-        logits = model.forward_train(torch.from_numpy(bt.features), bt.n_frames)
+        device = model.input_mean.device
+        logits = model.forward_train(torch.from_numpy(bt.features).to(device), bt.n_frames)
         loss = frame_loss(logits, bt, margins)
         if run.loss.phase_weight > 0:
-            loss = loss + run.loss.phase_weight * phase_loss(logits, bt)
+            loss = loss + run.loss.phase_weight * phase_loss(logits, bt, run.loss.phase_pooling)
+        if run.distill.weight > 0:
+            taught = run.distill.weight
+            loss = (1.0 - taught) * loss + taught * distill_loss(logits, bt)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -309,8 +337,18 @@ class Kept:
     probs: list[np.ndarray] | None = None
 
 
-def train(run: RunConfig, model: SedNet, data: TrainingData, rng: np.random.Generator) -> Kept:
-    """The supervised epochs; the kept epoch (see the module doc). Logs to ``log.jsonl``."""
+def train(
+    run: RunConfig,
+    model: SedNet,
+    data: TrainingData,
+    rng: np.random.Generator,
+    choose_epoch: bool = True,
+    log_path: Path | None = None,
+) -> Kept:
+    """The supervised epochs; the kept epoch (see the module doc). Logs to ``log_path``
+    (default the run folder's ``log.jsonl``). ``choose_epoch=False``: nothing is judged between the
+    epochs and the last one is kept (cross-validation, whose held-out records must not choose
+    anything)."""
     opt = torch.optim.AdamW(
         model.parameters(), lr=run.optim.lr, weight_decay=run.optim.weight_decay
     )
@@ -325,11 +363,16 @@ def train(run: RunConfig, model: SedNet, data: TrainingData, rng: np.random.Gene
             [r.features if view is None else view(r.features) for r in data.train]
         )
     kept = Kept()
-    with (run.run_dir / "log.jsonl").open("w") as log:
+    with (log_path or run.run_dir / "log.jsonl").open("w") as log:
         for epoch in range(run.optim.epochs):
             t0 = time.time()
             loss = train_epoch(model, data, run, opt, sched, reference, rng)
             t1 = time.time()
+            if not choose_epoch:
+                log.write(json.dumps({"epoch": epoch, "loss": loss, "train_s": t1 - t0}) + "\n")
+                log.flush()
+                print(f"epoch {epoch} loss {loss:.4f} {t1 - t0:.0f} s", flush=True)
+                continue
             probs = predict(model, data.val, data.flush, transform=data.view.transform)
             ons, summary, ok = select(probs, data.val, data, run)
             record = {
@@ -353,7 +396,23 @@ def train(run: RunConfig, model: SedNet, data: TrainingData, rng: np.random.Gene
             )
             if value > kept.score:  # the first epoch reaching the best is kept
                 kept = Kept(epoch, value, copy.deepcopy(model.state_dict()), summary, probs)
+    if not choose_epoch:
+        kept = Kept(run.optim.epochs - 1, 0.0, copy.deepcopy(model.state_dict()), {}, None)
     return kept
+
+
+def new_model(
+    run: RunConfig, data: TrainingData, rng: np.random.Generator, device: str = "cpu"
+) -> SedNet:
+    """The run's network on ``device`` with the training material's input statistics,
+    pretrained when ``pretrain.epochs`` > 0."""
+    model = SedNet(run.sed_config(len(OUTPUTS)))
+    model.set_input_stats(torch.from_numpy(data.mean), torch.from_numpy(data.std))
+    model.to(device)
+    print(f"{count_parameters(model):,} parameters, state {model.state_size} floats", flush=True)
+    if run.pretrain.epochs > 0:
+        pretrain(model, data.train, data.flush, run, rng, data.view.transform)
+    return model
 
 
 def fit(run: RunConfig) -> dict[str, Any]:
@@ -366,16 +425,18 @@ def fit(run: RunConfig) -> dict[str, Any]:
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(to_mapping(run), sort_keys=False))
     t0 = time.time()
     data = load_data(run)
+    if run.distill.weight > 0:  # every fold model of the teacher's design teaches
+        from training.cv.teacher import attach, teacher_outputs
+
+        soft = teacher_outputs(Path(run.distill.teacher), None, run.distill.temperature)
+        attach([r for r in data.train if r.label != "icbhi"], soft, "sprsound")
+        attach([r for r in data.train if r.label == "icbhi"], soft, "icbhi")
     print(
         f"{len(data.train)} training, {len(data.val)} validation recordings "
         f"({time.time() - t0:.0f} s)",
         flush=True,
     )
-    model = SedNet(run.sed_config(len(OUTPUTS)))
-    model.set_input_stats(torch.from_numpy(data.mean), torch.from_numpy(data.std))
-    print(f"{count_parameters(model):,} parameters, state {model.state_size} floats", flush=True)
-    if run.pretrain.epochs > 0:
-        pretrain(model, data.train, data.flush, run, rng, data.view.transform)
+    model = new_model(run, data, rng)
     kept = train(run, model, data, rng)
     if kept.state is None or kept.probs is None:
         raise RuntimeError("no epoch was trained")
