@@ -46,6 +46,7 @@ WORKSTATION_COMMANDS: Commands = {
     "train": ("training.recipe.train", "train the detector from a run YAML (needs torch)"),
     "export": ("export.to_onnx", "checkpoint -> model folder: streaming model.onnx + manifest"),
     "quantize": ("export.quantize", "model.onnx -> explicit Q/DQ INT8 ONNX, calibrated on audio"),
+    "cv": ("training.cv.cli", "patient-grouped cross-validation: folds, fold models, OOF scores"),
     "rules": ("training.recipe.fit", "refit a model's detector rules on its validation split"),
     "tasks": ("training.scoring.tasks", "fit the challenge Task rules into a model's manifest"),
     "predict": ("training.scoring.predict", "challenge-format predictions from a model"),

@@ -24,6 +24,10 @@ FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
     "features": (["{missing}.wav"], ["{garbage}.wav"]),
     "bench": None,
     "train": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
+    "cv": (
+        ["train", "--config", "{missing}.yaml", "--design", "d", "--out", "{dir}"],
+        ["train", "--config", "{garbage}.yaml", "--design", "d", "--out", "{dir}"],
+    ),
     "predict": (
         ["--task", "1-2", "--audio", "{missing}", "--annotations", "{missing}", "--out", "p.json"],
         [
@@ -86,6 +90,7 @@ BAD_ARGUMENT: dict[str, list[str]] = {
     "export": ["--checkpoint", "x.pt", "--out", "y", "--opset", "new"],
     "tasks": ["--model", "m", "--dry-run", "--no-such-option"],
     "rules": ["--model", "m", "--no-such-option"],
+    "cv": ["score", "--design", "d", "--budget", "lots"],
     "views": ["--model", "m", "--views", "validation", "--no-such-option"],
     "respiration": ["--parts", "rate,magic"],
     "quantize": ["--model", "m.onnx", "--calib-dir", "d", "--out", "o.onnx", "--method", "magic"],

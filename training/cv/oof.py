@@ -1,0 +1,137 @@
+"""Out-of-fold outputs of a design, and the SPRSound ground truth they are judged against.
+
+    truth = load_truth()                                  # SPRSound train, with folds
+    oof = oof_outputs(Path("out/cv/base"), seeds=[0, 1, 2])   # {seed: {record: (n, O)}}
+    ens = ensemble(oof)                                   # the seeds' mean logits
+
+A recording's OOF output is the one its own fold's model gave (that model never heard its
+patient). ``ensemble`` combines models by the mean of their logits, as the teacher does
+(:mod:`training.cv.teacher`): the fold-``k`` models of every seed for a fold-``k`` recording,
+so the ensemble is out of fold too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.audio import read_audio
+from edge.datapaths import sprsound_root
+from edge.errors import ConfigError
+from training.cv.folds import Folds, load_folds
+from training.data.sprsound import load_sprsound
+from training.scoring.detection import Event
+
+EPS = 1e-4
+
+
+@dataclass
+class Truth:
+    """SPRSound records as the scores need them."""
+
+    records: list[str]  # sorted ids
+    annotated: dict[str, list[Event]]
+    labels: dict[str, str]
+    durations: dict[str, float]
+    patients: dict[str, str]
+    folds: dict[str, int]  # record -> fold (-1: none, a set without folds)
+
+    def subset(self, records: Sequence[str]) -> Truth:
+        keep = set(records)
+        return Truth(
+            [r for r in self.records if r in keep],
+            {r: self.annotated[r] for r in records},
+            {r: self.labels[r] for r in records},
+            {r: self.durations[r] for r in records},
+            {r: self.patients[r] for r in records},
+            {r: self.folds[r] for r in records},
+        )
+
+
+def load_truth(folder: Path | None = None, folds: Folds | None = None) -> Truth:
+    """The annotations of SPRSound ``train`` (or ``folder``) with each record's fold."""
+    folder = folder or sprsound_root() / "train"
+    records = load_sprsound(folder)
+    folds = folds if folds is not None or folder.name != "train" else load_folds("sprsound")
+    return Truth(
+        sorted(r.record_id for r in records),
+        {
+            r.record_id: [(e.start_ms / 1e3, e.end_ms / 1e3, e.type) for e in r.events]
+            for r in records
+        },
+        {r.record_id: r.record_label for r in records},
+        {r.record_id: read_audio(r.audio_path).duration_s for r in records},
+        {r.record_id: r.patient_id for r in records},
+        {r.record_id: folds.fold_of(r.patient_id) if folds else -1 for r in records},
+    )
+
+
+def fold_of_dir(folder: Path) -> int:
+    return int(folder.name.removeprefix("fold"))
+
+
+def seeds_of(design: Path) -> list[int]:
+    return sorted(int(p.name.removeprefix("seed")) for p in design.glob("seed*") if p.is_dir())
+
+
+def read_outputs(folder: Path, prefix: str) -> dict[str, np.ndarray]:
+    path = folder / "outputs.npz"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: missing (lungwatch cv predict --design {folder.parents[1].name})"
+        )
+    with np.load(path) as stored:
+        return {
+            k.split("/", 1)[1]: stored[k].astype(np.float32)
+            for k in stored.files
+            if k.startswith(prefix + "/")
+        }
+
+
+def oof_outputs(
+    design: Path, truth: Truth, seeds: Sequence[int] | None = None
+) -> dict[int, dict[str, np.ndarray]]:
+    """``{seed: {record: (n, O)}}``: every record of ``truth`` from its own fold's model."""
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for seed in seeds if seeds is not None else seeds_of(design):
+        probs: dict[str, np.ndarray] = {}
+        for folder in sorted((design / f"seed{seed}").glob("fold*")):
+            k = fold_of_dir(folder)
+            if not (folder / "done.json").is_file():
+                continue
+            mine = {r for r in truth.records if truth.folds[r] == k}
+            probs |= {r: p for r, p in read_outputs(folder, "sprsound").items() if r in mine}
+        missing = [r for r in truth.records if r not in probs]
+        if missing:
+            raise ConfigError(
+                f"{design} seed {seed}: no out-of-fold output for {len(missing)} records (a "
+                f"fold not trained?), e.g. {missing[0]}"
+            )
+        out[seed] = probs
+    if not out:
+        raise ConfigError(f"{design}: no seed folder with fold models")
+    return out
+
+
+def all_models_outputs(design: Path, prefix: str) -> list[dict[str, np.ndarray]]:
+    """Every fold model's outputs of a set none of them trained on (``intra_test``,
+    ``icbhi``), one dict per model."""
+    return [read_outputs(p.parent, prefix) for p in sorted(design.glob("seed*/fold*/done.json"))]
+
+
+def ensemble(members: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The mean logits of ``members`` (dicts of record -> (n, O)), through the sigmoid."""
+    keys = set(members[0])
+    for m in members[1:]:
+        keys &= set(m)
+    out = {}
+    for key in keys:
+        logits = [
+            np.log(np.clip(m[key], EPS, 1 - EPS) / (1 - np.clip(m[key], EPS, 1 - EPS)))
+            for m in members
+        ]
+        out[key] = (1.0 / (1.0 + np.exp(-np.mean(logits, axis=0)))).astype(np.float32)
+    return out

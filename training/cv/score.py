@@ -1,0 +1,496 @@
+"""``lungwatch cv score``: designs judged out of fold, on the same folds, with a paired bootstrap.
+
+    lungwatch cv score --design base --design kd [--rule phase --rule frames] [--out FILE]
+
+For every design (:mod:`training.cv.run`) and each of its seeds, and for the ensemble of its
+seeds (the mean logits of the fold models, still out of fold), on SPRSound ``train``:
+
+- **threshold-free**: each family's frame AUC (the family's highest class output on frames
+  inside annotated events of the family against every frame of Normal records) and PSDS
+  (DCASE scenarios 1 and 2, sed_scores_eval, the family view) of the phase rule's scores;
+- **at the ward's operating point**: per-family thresholds fitted on four folds within
+  ``--budget`` false events per hour per family on their Normal records and applied to the
+  fifth (:func:`training.cv.decide.cross_fit`): event F1, precision, recall, false events per
+  hour held out, the false-event ratio (held out / fitted), record presence SE / SP at that
+  point, and record presence SE at SP 0.95 (cross-fitted the same way);
+- ``--reference-threshold T``: the same outputs with every class at the fixed threshold T
+  (the shipped rules: 0.7), the decision the model shipped with;
+- **views**: ``intra_test`` (the fold models' ensemble, thresholds fitted on all OOF
+  records) and ICBHI (cycle-level AUC of each family against normal cycles, and the share of
+  frames whose quality output reaches 0.6).
+
+``--against NAME`` (default: the first design) adds, for every other design, a paired
+bootstrap over patients (``--bootstrap`` resamples, the same patients for both designs): the
+difference of event F1 per family and of their mean at the operating point, with its 90 %
+interval; seeds are pooled (each record's counts summed over the design's seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.datapaths import data_root, sprsound_root
+from edge.errors import ConfigError
+from edge.labels import NORMAL
+from training.cv.decide import (
+    FAMILIES,
+    MAPPING,
+    RULES,
+    CrossFit,
+    Fitted,
+    RecordCounts,
+    cross_fit,
+    cross_fit_calibrated,
+    detector_section,
+    f1,
+    fit_thresholds,
+    merged,
+    presence_at_specificity,
+    rule_table,
+    score_tables_of,
+    summary,
+)
+from training.cv.oof import (
+    Truth,
+    all_models_outputs,
+    ensemble,
+    load_truth,
+    oof_outputs,
+    read_outputs,
+)
+from training.cv.run import DEFAULT_OUT
+from training.data.targets import OUTPUTS, QUALITY_INDEX, frame_targets
+
+FAMILY_OUTPUTS = {
+    f: [i for i, o in enumerate(OUTPUTS) if f in MAPPING.get(o, ())] for f in FAMILIES
+}
+
+
+def frame_auc(probs: Mapping[str, np.ndarray], truth: Truth, grid: Any) -> dict[str, float]:
+    """Per family: AUC of the family's highest class output, frames inside its annotated
+    events against every frame of Normal records."""
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for f, cols in FAMILY_OUTPUTS.items():
+        pos, neg = [], []
+        for r in truth.records:
+            p = probs[r][:, cols].max(axis=1)
+            if truth.labels[r] == NORMAL:
+                neg.append(p)
+                continue
+            targets, _ = frame_targets(truth.annotated[r], truth.labels[r], grid, len(p))
+            inside = targets[cols].max(axis=0) >= 0.5
+            pos.append(p[inside])
+        y = np.r_[np.ones(sum(map(len, pos))), np.zeros(sum(map(len, neg)))]
+        out[f"frame_auc_{f.lower()}"] = float(roc_auc_score(y, np.concatenate(pos + neg)))
+    return out
+
+
+def psds(tables: Mapping[str, Any], truth: Truth) -> dict[str, float]:
+    from training.scoring.threshold_free import score_tables
+
+    scores = score_tables(tables, truth.annotated, truth.durations, "family")
+    return {"psds1": scores.psds1, "psds2": scores.psds2}
+
+
+def fixed(counts: RecordCounts, truth: Truth, threshold: float) -> CrossFit:
+    """Every family at ``threshold`` on every record (no fit): a CrossFit-shaped result."""
+    rows = list(range(len(counts.records)))
+    folds = sorted({truth.folds[r] for r in counts.records})
+    tp, fp, raised = {}, {}, {}
+    rates: dict[str, list[tuple[float, float]]] = {}
+    for f in FAMILIES:
+        tp[f], fp[f] = counts.at(f, threshold, rows)
+        raised[f] = counts.max_score[f] >= threshold
+        rates[f] = []
+    at = {k: {f: Fitted(threshold, math.nan, math.nan) for f in FAMILIES} for k in folds}
+    return CrossFit(at, tp, fp, dict(counts.n_ref), raised, rates)
+
+
+def pooled_counts(fits: Sequence[CrossFit]) -> dict[str, np.ndarray]:
+    """Per record (rows) and family: tp, fp, n_ref summed over ``fits`` (a design's seeds)."""
+    out = {}
+    for f in FAMILIES:
+        out[f"tp_{f}"] = np.sum([cf.tp[f] for cf in fits], axis=0)
+        out[f"fp_{f}"] = np.sum([cf.fp[f] for cf in fits], axis=0)
+        out[f"n_{f}"] = np.sum([cf.n_ref[f] for cf in fits], axis=0)
+    return out
+
+
+def bootstrap(
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    patients: Sequence[str],
+    resamples: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Paired bootstrap over patients of event F1 (b minus a), per family and their mean."""
+    ids = sorted(set(patients))
+    index = {p: i for i, p in enumerate(ids)}
+    rec_patient = np.array([index[p] for p in patients])
+
+    def per_patient(c: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: np.bincount(rec_patient, weights=v, minlength=len(ids)) for k, v in c.items()}
+
+    pa, pb = per_patient(a), per_patient(b)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ids), size=(resamples, len(ids)))
+    weights = np.stack([np.bincount(d, minlength=len(ids)) for d in draws])  # (B, P)
+
+    def f1s(c: Mapping[str, np.ndarray], w: np.ndarray) -> dict[str, np.ndarray]:
+        res = {}
+        for f in FAMILIES:
+            tp, fp, n = w @ c[f"tp_{f}"], w @ c[f"fp_{f}"], w @ c[f"n_{f}"]
+            den = tp + fp + n
+            res[f] = np.where(den > 0, 2 * tp / np.maximum(den, 1e-9), 0.0)
+        res["macro"] = (res["CAS"] + res["DAS"]) / 2
+        return res
+
+    ones = np.ones((1, len(ids)))
+    point_a, point_b = f1s(pa, ones), f1s(pb, ones)
+    ba, bb = f1s(pa, weights), f1s(pb, weights)
+    out = {}
+    for key in (*FAMILIES, "macro"):
+        diff = bb[key] - ba[key]
+        out[key.lower()] = {
+            "a": float(point_a[key][0]),
+            "b": float(point_b[key][0]),
+            "diff": float(point_b[key][0] - point_a[key][0]),
+            "ci90": [float(np.quantile(diff, 0.05)), float(np.quantile(diff, 0.95))],
+            "ratio": float(point_b[key][0] / point_a[key][0]) if point_a[key][0] > 0 else None,
+        }
+    return out
+
+
+def icbhi_view(outputs: Mapping[str, np.ndarray], grid: Any) -> dict[str, float]:
+    """ICBHI (other stethoscopes): per family, AUC of the cycle's phase-rule score (the
+    highest score of the family's candidate events overlapping the cycle) for cycles with
+    crackles (DAS) / wheezes (CAS) against normal cycles; the share of frames whose quality
+    output reaches 0.6."""
+    from sklearn.metrics import roc_auc_score
+
+    from training.data.icbhi import load_icbhi
+
+    folder = data_root() / "icbhi" / "train"
+    if not folder.is_dir():
+        return {}
+    recordings = {r.recording_id: r for r in load_icbhi(folder)}
+    scores: dict[str, list[float]] = {"CAS": [], "DAS": []}
+    labels: dict[str, list[int]] = {"CAS": [], "DAS": []}
+    poor = frames = 0
+    for rid, p in outputs.items():
+        rec = recordings.get(rid)
+        if rec is None:
+            continue
+        poor += int((p[:, QUALITY_INDEX] >= 0.6).sum())
+        frames += len(p)
+        duration = max(c.end_s for c in rec.cycles)
+        edges, table = rule_table("phase", p, duration, grid)
+        for c in rec.cycles:
+            lo, hi = np.searchsorted(edges, c.start_s, "right") - 1, np.searchsorted(edges, c.end_s)
+            seg = table[max(lo, 0) : max(hi, lo + 1)]
+            for i, f in enumerate(FAMILIES):
+                positive = c.wheezes if f == "CAS" else c.crackles
+                if positive or not (c.crackles or c.wheezes):
+                    scores[f].append(float(seg[:, i].max(initial=0.0)))
+                    labels[f].append(int(positive))
+    out = {"icbhi_poor_share": poor / max(frames, 1)}
+    for f in FAMILIES:
+        y = np.array(labels[f])
+        if 0 < y.sum() < len(y):
+            out[f"icbhi_cycle_auc_{f.lower()}"] = float(roc_auc_score(y, scores[f]))
+    return out
+
+
+def intra_view(
+    probs: Mapping[str, np.ndarray], fitted: Mapping[str, Fitted], rule: str, grid: Any
+) -> dict[str, float]:
+    """``intra_test`` from ``probs`` (record -> outputs) with the thresholds ``fitted``."""
+    folder = sprsound_root() / "intra_test"
+    if not folder.is_dir():
+        return {}
+    intra = load_truth(folder)
+    counts = RecordCounts.of(score_tables_of(probs, intra, rule, grid), intra)
+    rows = list(range(len(intra.records)))
+    normal = [i for i in rows if intra.labels[intra.records[i]] == NORMAL]
+    hours = sum(intra.durations[intra.records[i]] for i in normal) / 3600.0
+    out = {}
+    for f in FAMILIES:
+        tp, fp = counts.at(f, fitted[f].threshold, rows)
+        _, nfp = counts.at(f, fitted[f].threshold, normal)
+        out[f"intra_f1_{f.lower()}"] = f1(tp.sum(), fp.sum(), counts.n_ref[f].sum())
+        out[f"intra_fa_per_hour_{f.lower()}"] = float(nfp.sum()) / max(hours, 1e-9)
+        out[f"threshold_{f.lower()}"] = fitted[f].threshold
+    out["intra_fa_per_hour"] = sum(out[f"intra_fa_per_hour_{f.lower()}"] for f in FAMILIES)
+    return out
+
+
+def views(
+    probs_intra: Mapping[str, np.ndarray],
+    probs_icbhi: Mapping[str, np.ndarray],
+    fitted: Mapping[str, Fitted],
+    grid: Any,
+) -> dict[str, float]:
+    return intra_view(probs_intra, fitted, "phase", grid) | icbhi_view(probs_icbhi, grid)
+
+
+def score_design(
+    design: Path,
+    truth: Truth,
+    rules: Sequence[str],
+    grid: Any,
+    budget: float,
+    reference: float | None,
+    with_views: bool,
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """Every figure of one design (module doc), and its pooled per-record counts per rule."""
+    oof = oof_outputs(design, truth)
+    members: dict[str, dict[str, np.ndarray]] = {f"seed{s}": p for s, p in oof.items()}
+    if len(oof) > 1:
+        members["ensemble"] = ensemble(list(oof.values()))
+    result: dict[str, Any] = {"seeds": sorted(oof), "members": {}}
+    pooled: dict[str, dict[str, np.ndarray]] = {}
+    for name, probs in members.items():
+        entry: dict[str, Any] = frame_auc(probs, truth, grid)
+        for rule in rules:
+            if rule == "phase_calibrated":  # calibration and thresholds both cross-fitted
+                cf, counts = cross_fit_calibrated(probs, truth, grid, budget)
+                entry[rule] = summary(cf, truth, counts.records)
+                pooled[f"{name}:{rule}"] = pooled_counts([cf])
+                continue
+            tables = score_tables_of(probs, truth, rule, grid)
+            counts = RecordCounts.of(tables, truth)
+            cf = cross_fit(counts, truth, budget)
+            entry[rule] = summary(cf, truth, counts.records) | presence_at_specificity(
+                counts, truth
+            )
+            entry[rule]["thresholds"] = {
+                str(k): {f: v.threshold for f, v in t.items()} for k, t in cf.thresholds.items()
+            }
+            if rule == "phase":
+                entry[rule] |= psds(tables, truth)
+                if reference is not None:
+                    ref = fixed(counts, truth, reference)
+                    entry[f"phase_at_{reference}"] = summary(ref, truth, counts.records)
+                    pooled.setdefault(f"{name}:phase_at_{reference}", {})
+                    pooled[f"{name}:phase_at_{reference}"] = pooled_counts([ref])
+                if with_views and name == ("ensemble" if len(oof) > 1 else f"seed{min(oof)}"):
+                    # the fold models' ensemble, thresholds fitted on every OOF record
+                    fitted = fit_thresholds(counts, truth, range(len(counts.records)), budget)
+                    entry["views"] = views(
+                        ensemble(all_models_outputs(design, "intra_test")),
+                        ensemble(all_models_outputs(design, "icbhi")),
+                        fitted,
+                        grid,
+                    )
+            pooled[f"{name}:{rule}"] = pooled_counts([cf])
+        result["members"][name] = entry
+        print(f"{design.name} {name}: " + json.dumps(compact(entry)), flush=True)
+    fulls = sorted(design.glob("seed*/full/done.json"))
+    if with_views and fulls:  # the full models (what ships), thresholds from the pooled OOF
+        per_seed = [
+            RecordCounts.of(score_tables_of(p, truth, "phase", grid), truth) for p in oof.values()
+        ]
+        counts, big = merged(per_seed, truth)
+        fitted = fit_thresholds(counts, big, range(len(counts.records)), budget)
+        result["full"] = {}
+        for done in fulls:
+            folder = done.parent
+            seed = folder.parent.name
+            result["full"][seed] = views(
+                read_outputs(folder, "intra_test"), read_outputs(folder, "icbhi"), fitted, grid
+            )
+            print(f"{design.name} {seed}/full: {json.dumps(result['full'][seed])}", flush=True)
+    for rule in rules:  # the seeds pooled (each record's counts summed over seeds)
+        seeds = [pooled[f"seed{s}:{rule}"] for s in oof]
+        pooled[f"seeds:{rule}"] = {k: np.sum([c[k] for c in seeds], axis=0) for k in seeds[0]}
+    if reference is not None and "phase" in rules:
+        seeds = [pooled[f"seed{s}:phase_at_{reference}"] for s in oof]
+        pooled[f"seeds:phase_at_{reference}"] = {
+            k: np.sum([c[k] for c in seeds], axis=0) for k in seeds[0]
+        }
+    return result, pooled
+
+
+def compact(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline numbers of an entry, rounded (for the console)."""
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if isinstance(value, Mapping):
+            keep = (
+                "f1_cas",
+                "f1_das",
+                "macro_f1",
+                "fa_per_hour_cas",
+                "fa_per_hour_das",
+                "fa_ratio_cas",
+                "fa_ratio_das",
+                "se_at_sp95_cas",
+                "se_at_sp95_das",
+                "psds1",
+                "psds2",
+            )
+            out[key] = {
+                k: round(float(v), 3)
+                for k, v in value.items()
+                if k in keep or "intra" in k or "icbhi" in k
+            }
+        elif isinstance(value, float):
+            out[key] = round(value, 3)
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--design", action="append", required=True, help="design name (repeatable)")
+    p.add_argument(
+        "--rule",
+        action="append",
+        default=None,
+        choices=RULES,
+        help="decision rule(s) to judge (default: phase)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=10.0,
+        help="false events per hour per family the fit may spend (default 10)",
+    )
+    p.add_argument(
+        "--reference-threshold",
+        type=float,
+        default=0.7,
+        help="also judge every class at this fixed threshold (the shipped rules)",
+    )
+    p.add_argument("--against", default=None, help="the bootstrap's reference design")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (patients)")
+    p.add_argument("--no-views", action="store_true", help="skip intra_test and ICBHI")
+    p.add_argument("--cv-dir", type=Path, default=DEFAULT_OUT, help="designs' parent folder")
+    p.add_argument("--out", type=Path, default=None, help="write everything as JSON here")
+
+
+def score_command(args: argparse.Namespace) -> int:
+    from training.recipe.config import load_run
+    from training.recipe.train import frame_grid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        rules = args.rule or ["phase"]
+        truth = load_truth()
+        grid = frame_grid(load_run(Path("training/configs/sed.yaml")))
+        designs = list(dict.fromkeys(args.design))
+        for d in designs:
+            if not (args.cv_dir / d).is_dir():
+                raise ConfigError(f"design {d!r}: no folder {args.cv_dir / d} (cv train first)")
+        results, pooled = {}, {}
+        for d in designs:
+            results[d], pooled[d] = score_design(
+                args.cv_dir / d,
+                truth,
+                rules,
+                grid,
+                args.budget,
+                args.reference_threshold,
+                not args.no_views,
+            )
+        against = args.against or designs[0]
+        patients = [truth.patients[r] for r in truth.records]
+        comparisons: dict[str, Any] = {}
+        ref_key = f"seeds:phase_at_{args.reference_threshold}"
+        base = pooled[against]
+        for d in designs:
+            for key, counts in pooled[d].items():
+                if not key.startswith(("seeds:", "ensemble:")):
+                    continue
+                for ref in (f"seeds:{rules[0]}", ref_key):
+                    if ref in base and (d, key) != (against, ref):
+                        name = f"{d}/{key} vs {against}/{ref}"
+                        comparisons[name] = bootstrap(base[ref], counts, patients, args.bootstrap)
+        for name, c in comparisons.items():
+            print(
+                f"{name}: "
+                + ", ".join(
+                    f"{k} {v['a']:.3f} -> {v['b']:.3f} ({v['diff']:+.3f}, "
+                    f"90% [{v['ci90'][0]:+.3f}, {v['ci90'][1]:+.3f}])"
+                    for k, v in c.items()
+                )
+            )
+        doc = {
+            "budget_per_hour": args.budget,
+            "rules": rules,
+            "designs": results,
+            "bootstrap": {
+                "against": against,
+                "resamples": args.bootstrap,
+                "comparisons": comparisons,
+            },
+        }
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(doc, indent=1, default=float) + "\n")
+            print(f"-> {args.out}")
+    return 0
+
+
+def rules_command(args: argparse.Namespace) -> int:
+    """``lungwatch cv rules``: fit one threshold per family on a design's OOF outputs (its
+    seeds pooled) and write the ``detector`` section of a model folder's manifest."""
+    from edge.inference.manifest_write import set_section
+    from training.recipe.config import load_run
+    from training.recipe.train import frame_grid
+
+    if args.model is not None and not (args.model / "manifest.json").is_file():
+        raise ConfigError(f"{args.model / 'manifest.json'}: no manifest (lungwatch export first)")
+    if not (args.cv_dir / args.design).is_dir():
+        raise ConfigError(f"design {args.design!r}: no folder {args.cv_dir / args.design}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        design = args.cv_dir / args.design
+        truth = load_truth()
+        grid = frame_grid(load_run(Path("training/configs/sed.yaml")))
+        oof = oof_outputs(design, truth)
+        per_seed = [
+            RecordCounts.of(score_tables_of(p, truth, "phase", grid), truth) for p in oof.values()
+        ]
+        counts, big = merged(per_seed, truth)
+        fitted = fit_thresholds(counts, big, range(len(counts.records)), args.budget)
+        cf = cross_fit(counts, big, args.budget)
+        oof_summary = summary(cf, big, counts.records)
+        section = detector_section(
+            fitted,
+            args.design,
+            len(truth.records),
+            len(oof),
+            args.budget,
+            {k: round(float(v), 4) for k, v in oof_summary.items()},
+        )
+        print(json.dumps({f: vars(v) for f, v in fitted.items()}))
+        print(json.dumps(section["validation"]))
+        if args.model is not None:
+            manifest = args.model / "manifest.json"
+            set_section(manifest, "detector", section)
+            print(
+                f"detector -> {manifest}; write the verify reference again: "
+                f"lungwatch verify --model-dir {args.model} --write-reference"
+            )
+    return 0
+
+
+def add_rules_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--design", required=True, help="the design whose OOF outputs fit the rules")
+    p.add_argument("--model", type=Path, default=None, help="model folder whose manifest gets them")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=10.0,
+        help="false events per hour per family the fit may spend (default 10)",
+    )
+    p.add_argument("--cv-dir", type=Path, default=DEFAULT_OUT, help="designs' parent folder")
