@@ -9,8 +9,8 @@
 #   make bench    benchmarks, results in bench/results/
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
 #   make deploy   DEVICE=jetson | DEVICES=ward_3 [DRY_RUN=1]: Ansible rollout (docs/deploy.md)
-#   make train-sed the shipped detector's whole recipe into out/models/sed (train, export, INT8,
-#                 rules, Task rules, verify reference; SEED=0); copy it to models/sed
+#   make train-sed the shipped detector's whole recipe into out/models/sed (fold models, full
+#                 model, export, INT8, rules fitted out of fold, Task rules, verify reference)
 #   make lock     refresh the lock files from pyproject.toml (UPGRADE=1: newest allowed versions)
 #   make sysdeps  only install the Debian packages (GROUP=edge|dev)
 
@@ -85,23 +85,31 @@ bench: $(VENV)/.installed-dev
 fuzz: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)
 
-# The shipped detector's whole recipe (docs/models/sed.md, "Data and training"): train (the
-# run YAML holds the recipe), export, INT8, the detector rules and quality hysteresis refitted
-# on validation from the INT8 file's outputs (lungwatch rules), the Task rules, the verify
-# gate's reference (docs/export.md, "Verify gate"). SEED picks the run; copy $(SED_OUT) to
-# models/sed to ship it.
+# The shipped detector's whole recipe (docs/models/sed.md, "Data and training"): the recipe's
+# fold models (SEEDS x 5 patient-grouped folds, out of fold: they fit the rules), its full model
+# (every training patient, seed SEED), export, INT8, the detector rules fitted on the fold
+# models' out-of-fold outputs (one threshold per family), the Task rules, the verify gate's
+# reference. CV_DEVICE=cuda CV_JOBS=15 trains the fold models on a GPU, several at a time;
+# fold models already trained are kept. Copy $(SED_OUT) to models/sed to ship it.
 SEED ?= 0
-SED_RUN = out/runs/sed-seed$(SEED)
+SEEDS ?= 0,1,2
+CV_DESIGN ?= base
+CV_DEVICE ?= cpu
+CV_JOBS ?= 1
 SED_OUT ?= out/models/sed
 SED_DATA ?= $(or $(LUNGWATCH_DATA_DIR),../shared/data)
+SED_FULL = out/cv/$(CV_DESIGN)/seed$(SEED)/full
 train-sed: $(VENV)/.installed-dev
-	$(VENV)/bin/lungwatch train --config training/configs/sed.yaml --set seed=$(SEED) \
-	  --set name=sed-seed$(SEED) $(ARGS)
-	$(VENV)/bin/lungwatch export --checkpoint $(SED_RUN)/best.pt --out $(SED_OUT)
+	$(VENV)/bin/lungwatch cv train --config training/configs/sed.yaml --design $(CV_DESIGN) \
+	  --seeds $(SEEDS) --device $(CV_DEVICE) --jobs $(CV_JOBS) $(ARGS)
+	$(VENV)/bin/lungwatch cv train --config training/configs/sed.yaml --design $(CV_DESIGN) \
+	  --seeds $(SEED) --folds -1 --device $(CV_DEVICE) $(ARGS)
+	$(VENV)/bin/lungwatch cv predict --design $(CV_DESIGN)
+	$(VENV)/bin/lungwatch export --checkpoint $(SED_FULL)/model.pt --out $(SED_OUT)
 	$(VENV)/bin/lungwatch quantize --model $(SED_OUT)/model.onnx \
 	  --out $(SED_OUT)/model.int8.onnx --calib-dir $(SED_DATA)/sprsound/train \
 	  --max-files 600 --max-chunks 2048 --keep-first
-	$(VENV)/bin/lungwatch rules --model $(SED_OUT)/model.int8.onnx
+	$(VENV)/bin/lungwatch cv rules --design $(CV_DESIGN) --model $(SED_OUT)
 	$(VENV)/bin/lungwatch tasks --model $(SED_OUT)/model.int8.onnx
 	$(VENV)/bin/lungwatch verify --model-dir $(SED_OUT) --write-reference
 
