@@ -7,10 +7,16 @@
     tracker.summary()                          # the whole stream: breaths, rate
 
 The estimator is model-free (docs/respiration.md has the measurements that chose it over the
-model's Breath output): it reads the front end's frames the model reads, so it costs no
-extra transform. Breath sounds are broadband noise of the airways that rises and falls with
-each breath; per 40-ms sample the tracker takes the levels of ``N_SUB_BANDS`` sub-bands of
-``breath_band_hz``, each over its slow level, and their median, the breath activity
+model's Breath output): it reads log-mel levels (:func:`tracker_spec`: 64 bands over
+50-4000 Hz at the model's frame and hop, no running band normalisation). Where the model's
+first front end is exactly that, the tracker reads the model's own frames and costs no extra
+transform; a model whose front end normalises its bands or stops below 4 kHz (the shipped
+stethoscope-neutral one) gets a second, un-normalised log-mel front end beside it
+(``StreamPipeline``'s ``level_spec``), so the tracker's levels, floor and band layout stay
+those it was built and measured on. Breath sounds are broadband noise of the airways that
+rises and falls with each breath; per 40-ms sample the tracker takes the levels of
+``N_SUB_BANDS`` sub-bands of ``breath_band_hz``, each over its slow level, and their median,
+the breath activity
 (:func:`edge.bed.breathing_kernels.activity`: a breath lifts most sub-bands at once, heart
 sounds reaching into the lowest one do not). Every ``analyse_every_s`` it reads the last
 ``window_s`` of it:
@@ -184,6 +190,27 @@ def _band_layout(
     if len(set(sub.tolist())) < N_SUB_BANDS:  # too few bands for log-even groups: even counts
         sub = np.arange(breath.size) * N_SUB_BANDS // breath.size
     return breath, sub, body
+
+
+TRACKER_BANDS = 64
+TRACKER_FMIN_HZ, TRACKER_FMAX_HZ = 50.0, 4000.0
+
+
+def tracker_spec(spec: FeatureSpec) -> FeatureSpec:
+    """The front end the breath tracker reads beside a model whose front end is ``spec``:
+    log-mel, :data:`TRACKER_BANDS` bands over 50 Hz .. min(4 kHz, Nyquist), ``spec``'s
+    sample rate, frame, hop and FFT, no band normalisation (see the module doc)."""
+    return FeatureSpec(
+        kind="logmel",
+        sample_rate_hz=spec.sample_rate_hz,
+        frame_samples=spec.frame_samples,
+        hop_samples=spec.hop_samples,
+        n_fft=spec.n_fft,
+        n_bands=TRACKER_BANDS,
+        fmin_hz=TRACKER_FMIN_HZ,
+        fmax_hz=min(TRACKER_FMAX_HZ, spec.sample_rate_hz / 2),
+        log_offset=spec.log_offset,
+    )
 
 
 def check_spec(spec: FeatureSpec, config: RespirationConfig) -> None:

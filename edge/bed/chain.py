@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edge.bed.agebands import age_band
-from edge.bed.breathing import BreathTracker, Respiration, RespirationConfig
+from edge.bed.breathing import BreathTracker, Respiration, RespirationConfig, tracker_spec
 from edge.bed.detector import (
     SPAN_SETTINGS,
     ClassThreshold,
@@ -232,8 +232,14 @@ class BedChain:
         """``age_band_name``: the bed's age band (None: the respiration config's)."""
         s = self.settings = settings
         frames = s.streaming.input_frames
+        levels = None if s.respiration is None else tracker_spec(s.spec)
         self.pipeline = StreamPipeline(
-            s.spec, s.kinds, frames, frames, conceal_max_samples=s.conceal_samples
+            s.spec,
+            s.kinds,
+            frames,
+            frames,
+            conceal_max_samples=s.conceal_samples,
+            level_spec=levels,
         )
         self.gate = QualityGate(s.gate, s.spec.sample_rate_hz, s.silent_bands)
         self.model_state = BedState(s.streaming)
@@ -242,7 +248,7 @@ class BedChain:
         self.breathing = None
         if s.respiration is not None:
             band = age_band(age_band_name or s.respiration.age_band)
-            self.breathing = BreathTracker(s.respiration, s.spec, s.grid, band)
+            self.breathing = BreathTracker(s.respiration, tracker_spec(s.spec), s.grid, band)
         self._poor = s.poor_index
         self.state_resets = 0
         self.flushed = False  # the stream's end was flushed: no more audio
@@ -285,7 +291,7 @@ class BedChain:
         if self.breathing is None:
             return []
         real = window.features.shape[2] - window.padded_frames
-        return self.breathing.push(window.features[0], real, lost)
+        return self.breathing.push(window.level_frames, real, lost)
 
     def _reading(self) -> Respiration | None:
         """The bed's breathing when the last window analysed it anew, else None."""
@@ -348,7 +354,7 @@ def _respiration(
     from edge.bed.breathing import check_spec
 
     try:
-        check_spec(spec, config)
+        check_spec(tracker_spec(spec), config)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc} (or set respiration.enabled: false)") from None
     return config

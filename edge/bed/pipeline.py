@@ -69,6 +69,15 @@ class WindowReady:
     invalid_samples: int  # NaN/Inf samples replaced by zeros in the last hop (or first window)
     padded_frames: int = 0  # trailing frames that are end-of-stream padding (StreamPipeline.flush)
     hop_missing_samples: int = 0  # missing samples in the last hop (the span judged for gaps)
+    # (n_level_bands, window_frames) float32: the level front end's frames over the window
+    # (StreamPipeline's ``level_spec``: what the breath tracker reads); None when that front
+    # end is the first kind's own (then ``features[0]`` are those frames)
+    levels: np.ndarray | None = None
+
+    @property
+    def level_frames(self) -> np.ndarray:
+        """The level front end's frames over the window, (n_bands, window_frames)."""
+        return self.features[0] if self.levels is None else self.levels
 
 
 @njit(cache=True)
@@ -108,7 +117,12 @@ class StreamPipeline:
         *,
         max_piece_samples: int = DEFAULT_PIECE_SAMPLES,
         conceal_max_samples: int = 0,
+        level_spec: FeatureSpec | None = None,
     ) -> None:
+        """``level_spec``: the front end whose frames each window carries as ``levels`` (a
+        reader of sound levels, the breath tracker, needs frames the model's front end may
+        normalise away or band-limit); same frame and hop as ``spec``. None, or the first
+        kind's own spec: ``levels`` are ``features[0]`` and nothing more is computed."""
         _check_geometry(kinds, window_frames, hop_frames)
         if not 0 <= conceal_max_samples <= max_piece_samples:
             raise PipelineError(
@@ -132,6 +146,16 @@ class StreamPipeline:
         self._flags = np.zeros(self._keep + self._piece, dtype=np.uint8)
         ring_frames = window_frames + -(-(max_piece_samples + lookahead) // hop) + 2
         self._ring = np.zeros((len(kinds), spec.n_bands, ring_frames), dtype=np.float32)
+        self._level_stream, self._levels = None, None
+        if level_spec is not None and level_spec != specs[0]:
+            shape = (level_spec.frame_samples, level_spec.hop_samples)
+            if shape != (frame, hop) or lookahead_samples(level_spec) > lookahead:
+                raise PipelineError(
+                    f"level_spec must have the frame and hop of the spec ({frame}, {hop}) and "
+                    f"no more lookahead, got {shape}"
+                )
+            self._level_stream = make_stream(level_spec, max_chunk_samples=max_piece_samples)
+            self._levels = np.zeros((level_spec.n_bands, ring_frames), dtype=np.float32)
         self._counts = [0] * len(kinds)
         self.reset()
 
@@ -142,6 +166,10 @@ class StreamPipeline:
         self._audio[:] = 0.0
         self._flags[:] = OK
         self._ring[:] = 0.0
+        if self._level_stream is not None:
+            self._level_stream.reset()
+            self._levels[:] = 0.0  # type: ignore[index]
+        self._level_count = 0
         self._counts = [0] * len(self._counts)
         self._pos = 0  # next write index in _audio
         self._base = 0  # stream sample index of _audio[0]
@@ -156,7 +184,9 @@ class StreamPipeline:
 
     @property
     def frames_complete(self) -> int:
-        """Frames every kind has produced."""
+        """Frames every kind (and the level front end) has produced."""
+        if self._level_stream is not None:
+            return min(*self._counts, self._level_count)
         return min(self._counts)
 
     @property
@@ -209,6 +239,8 @@ class StreamPipeline:
             end = self._next_start + self.window_frames
             for t in range(max(real, end - ring_frames), end):
                 self._ring[:, :, t % ring_frames] = fill
+                if self._levels is not None:  # padding: past what the level readers take
+                    self._levels[:, t % ring_frames] = 0.0
             window = self._window(self._next_start, real_end_sample=self.samples_seen)
             padded = min(self.window_frames, end - real)
             ready.append(dataclasses.replace(window, padded_frames=padded))
@@ -240,33 +272,40 @@ class StreamPipeline:
 
     def _advance(self, at: int, n: int, ready: list[WindowReady]) -> None:
         samples = self._audio[at : at + n]
-        ring_frames = self._ring.shape[2]
         for k, stream in enumerate(self._streams):
-            frames = stream.push(samples)
-            m = frames.shape[0]
-            if m == 0:
-                continue
-            if self._concealed:
-                frames = self._hold_concealed(k, frames)
-            j = self._counts[k] % ring_frames
-            first = min(m, ring_frames - j)
-            self._ring[k, :, j : j + first] = frames[:first].T
-            if m > first:  # wrapped around the ring's end
-                self._ring[k, :, : m - first] = frames[first:].T
-            self._counts[k] += m
+            self._counts[k] = self._store(stream.push(samples), self._ring[k], self._counts[k])
+        if self._level_stream is not None:
+            frames = self._level_stream.push(samples)
+            self._level_count = self._store(frames, self._levels, self._level_count)
         self._pos = at + n
         self.samples_seen += n
-        complete = min(self._counts)
+        complete = self.frames_complete
         while self._next_start + self.window_frames <= complete:
             ready.append(self._window(self._next_start))
             self._next_start += self.hop_frames
 
-    def _hold_concealed(self, k: int, frames: np.ndarray) -> np.ndarray:
-        """Frames of kind ``k`` whose span overlaps a short loss repeat the frame before them
-        (the oldest losses, behind every kind's frames, are forgotten)."""
+    def _store(self, frames: np.ndarray, ring: np.ndarray, count: int) -> int:
+        """Write one front end's new ``frames`` (m, F) into its ``ring`` (F, ring_frames),
+        which holds ``count`` frames so far; the new count."""
+        m = frames.shape[0]
+        if m == 0:
+            return count
+        if self._concealed:
+            frames = self._hold_concealed(count, frames, ring)
+        ring_frames = ring.shape[1]
+        j = count % ring_frames
+        first = min(m, ring_frames - j)
+        ring[:, j : j + first] = frames[:first].T
+        if m > first:  # wrapped around the ring's end
+            ring[:, : m - first] = frames[first:].T
+        return count + m
+
+    def _hold_concealed(self, first: int, frames: np.ndarray, ring: np.ndarray) -> np.ndarray:
+        """Frames ``first``... of one front end (its ring ``ring``) whose span overlaps a
+        short loss repeat the frame before them (the oldest losses, behind every front end's
+        frames, are forgotten)."""
         hop, size = self.spec.hop_samples, self.spec.frame_samples
-        ring_frames = self._ring.shape[2]
-        first = self._counts[k]
+        ring_frames = ring.shape[1]
         out = frames
         for i in range(frames.shape[0]):
             lo = (first + i) * hop
@@ -277,8 +316,8 @@ class StreamPipeline:
             if i > 0:
                 out[i] = out[i - 1]
             elif first > 0:
-                out[i] = self._ring[k, :, (first - 1) % ring_frames]
-        done = min(self._counts) * hop
+                out[i] = ring[:, (first - 1) % ring_frames]
+        done = self.frames_complete * hop
         self._concealed = [(a, b) for a, b in self._concealed if b > done]
         return out
 
@@ -289,6 +328,11 @@ class StreamPipeline:
         first = min(length, ring_frames - j)
         features[:, :, :first] = self._ring[:, :, j : j + first]
         features[:, :, first:] = self._ring[:, :, : length - first]
+        levels = None
+        if self._levels is not None:
+            levels = np.empty((self._levels.shape[0], length), np.float32)
+            levels[:, :first] = self._levels[:, j : j + first]
+            levels[:, first:] = self._levels[:, : length - first]
         start = start_frame * self.spec.hop_samples
         end = start + self.window_samples
         q_start = start if self.windows_emitted == 0 else max(0, end - self._quality_samples)
@@ -318,4 +362,5 @@ class StreamPipeline:
             hop_missing_fraction=hop_missing / (end - q_start),
             hop_missing_samples=hop_missing,
             invalid_samples=invalid,
+            levels=levels,
         )

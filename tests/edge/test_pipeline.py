@@ -247,3 +247,58 @@ def test_bad_geometry_is_one_clear_error() -> None:
         StreamPipeline(SPEC, ("logmel", "logmel"), 10, 5)
     with pytest.raises(PipelineError, match="window_frames and hop_frames must be >= 1"):
         StreamPipeline(SPEC, ("logmel",), 0, 5)
+
+
+@pytest.mark.parametrize("kinds", [("logmel",), ("cwt", "logmel")])
+def test_a_level_front_end_beside_the_models_gives_each_window_its_levels(
+    kinds: tuple[str, ...],
+) -> None:
+    """``level_spec`` (what the breath tracker reads) beside a band-normalised, band-limited
+    model front end: each window's ``levels`` equal that front end's batch frames for any
+    chunking, the model's features stay its own, and a short loss is held in the levels the
+    same way as in the features."""
+    x = signal(4.0)
+    spec = SPEC.replace(band_norm_s=1.0, fmax_hz=1000.0)
+    level = FeatureSpec(n_bands=40)
+    sizes = np.random.default_rng(3).integers(1, 900, 300)
+    windows = run(
+        StreamPipeline(spec, kinds, WINDOW_FRAMES, HOP_FRAMES, level_spec=level), chunked(x, sizes)
+    )
+    assert len(windows) > 3
+    levels, model = extract(x, level).T, extract(x, spec.replace(kind=kinds[0])).T
+    for w in windows:
+        t = w.start_frame
+        assert w.levels is not None
+        assert w.levels.shape == (40, WINDOW_FRAMES)
+        np.testing.assert_allclose(w.level_frames, levels[:, t : t + WINDOW_FRAMES], atol=TOLERANCE)
+        np.testing.assert_allclose(w.features[0], model[:, t : t + WINDOW_FRAMES], atol=TOLERANCE)
+
+    same = run(  # the model's own first front end: nothing more computed
+        StreamPipeline(SPEC, kinds[-1:], WINDOW_FRAMES, HOP_FRAMES, level_spec=SPEC),
+        chunked(x, [700]),
+    )
+    assert same[0].levels is None
+    np.testing.assert_array_equal(same[0].level_frames, same[0].features[0])
+    with pytest.raises(PipelineError, match="level_spec must have the frame and hop"):
+        StreamPipeline(SPEC, ("logmel",), WINDOW_FRAMES, HOP_FRAMES, level_spec=level.replace(
+            hop_samples=40))  # fmt: skip
+
+    short = (6000, 6256)
+    chunks = [SourceChunk(x[: short[0]], 0), SourceChunk(x[short[1] :], short[1])]
+    held = run(
+        StreamPipeline(spec, kinds, WINDOW_FRAMES, HOP_FRAMES, conceal_max_samples=800,
+                       level_spec=level),
+        chunks,
+    )  # fmt: skip
+    hop, size = SPEC.hop_samples, SPEC.frame_samples
+    frames = np.concatenate(
+        [w.level_frames[:, :HOP_FRAMES] for w in held] + [held[-1].level_frames[:, HOP_FRAMES:]],
+        axis=1,
+    )
+    touched = [
+        t for t in range(frames.shape[1]) if t * hop < short[1] and short[0] < t * hop + size
+    ]
+    assert len(touched) >= 3
+    for t in touched:
+        np.testing.assert_array_equal(frames[:, t], frames[:, touched[0] - 1])
+    np.testing.assert_allclose(frames[:, : touched[0]], levels[:, : touched[0]], atol=TOLERANCE)

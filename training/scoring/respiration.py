@@ -289,7 +289,7 @@ def whole_analysis(
 def compare_part(model: Path, root: Path) -> dict[str, Any]:
     """The three estimators on whole ICBHI recordings (module doc, ``compare``)."""
     from edge.bed.agebands import age_band
-    from edge.bed.breathing import BreathTracker, RespirationConfig
+    from edge.bed.breathing import BreathTracker, RespirationConfig, tracker_spec
     from edge.features import extract
     from edge.monitor import resolve_model
     from edge.runtime.offline import detect_recordings, recordings_in
@@ -299,7 +299,7 @@ def compare_part(model: Path, root: Path) -> dict[str, Any]:
     folder, file = resolve_model(model)
     found = detect_recordings(recordings, folder, file, keep_probs=True)
     monitor = Monitor.load(folder / file)
-    spec, grid = monitor.settings.spec, monitor.grid
+    spec, grid = tracker_spec(monitor.settings.spec), monitor.grid  # what the tracker reads
     breath_column = list(monitor.outputs).index("Breath")
     monitor.close()
     rate_hz = grid.sample_rate_hz / grid.frame_samples
