@@ -93,7 +93,7 @@ fuzz: $(VENV)/.installed-dev
 # fold models already trained are kept. Copy $(SED_OUT) to models/sed to ship it.
 SEED ?= 0
 SEEDS ?= 0,1,2
-CV_DESIGN ?= base
+CV_DESIGN ?= neutral
 CV_DEVICE ?= cpu
 CV_JOBS ?= 1
 SED_OUT ?= out/models/sed

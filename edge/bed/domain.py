@@ -18,7 +18,8 @@ device. (A floor band below a band with sound, or a kind silent everywhere, says
 a device's band edge and is not used.) A window's excess is the mean over those bands and its
 frames of ``features - training_mean``, in dB (features are ``ln`` of band power): how far
 above the front end's floor, where the training audio lies, the window's sound is there. Only
-``log`` normalisation has a floor; other specs get no diagnostic.
+``log`` normalisation without the running band normalisation has a floor; other specs
+(the band-normalised front end of the shipped model among them) get no diagnostic.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class SilentBands:
             raise ValueError(
                 f"training mean must be ({len(kinds)}, {spec.n_bands}), got {mean.shape}"
             )
-        if spec.normalisation != "log":
-            return None
+        if spec.normalisation != "log" or spec.band_norm_s > 0:
+            return None  # no floor: a band-normalised spec's frames sit about 0 in every band
         floor = mean <= silence_value(spec) + SILENT_MARGIN
         mask = np.zeros_like(floor)
         for k in range(len(kinds)):
