@@ -35,6 +35,7 @@ from typing import Literal
 import numpy as np
 from numba import njit
 
+from edge.alarms import condition_of
 from edge.config import check
 from edge.errors import ConfigError, LungwatchError
 from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
@@ -317,12 +318,16 @@ class Lifecycle:
             self.pending.append(self._transition(event, "ended", end))
 
     def acknowledge(self, what: str) -> None:
-        """Acknowledge every event whose key or type is ``what``: latched ones end now, live
-        ones will end on their own."""
+        """Acknowledge every event whose key, type or alarm condition (``edge.alarms``: a
+        family such as ``CAS``) is ``what``: latched ones end now, live ones will end on
+        their own."""
         for event in self._live.values():
-            if what in (event.key, event.type):
+            if what in (event.key, event.type, condition_of(event.type)):
                 event.acknowledged = True
-        for key in [k for k, e in self._latched.items() if what in (e.key, e.type)]:
+        named = [
+            k for k, e in self._latched.items() if what in (e.key, e.type, condition_of(e.type))
+        ]
+        for key in named:
             event = self._latched.pop(key)
             self.pending.append(self._transition(event, "ended", event.end))
 
