@@ -165,6 +165,22 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True)
+class AlarmsConfig:
+    """Latched alarms across restarts (``edge.runtime.latched``)."""
+
+    persist: bool = True  # keep unacknowledged latched alarms in a file over restarts
+    state_path: str | None = None  # that file (None: latched-alarms.json beside mqtt's spool)
+
+    def __post_init__(self) -> None:
+        check(self.state_path != "", "state_path", self.state_path, "a path or null")
+
+    def path(self, mqtt: MqttConfig) -> Path:
+        if self.state_path is not None:
+            return Path(self.state_path)
+        return Path(mqtt.spool_path).parent / "latched-alarms.json"
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     streams: tuple[StreamConfig, ...]
     site: str = "ward-1"
@@ -184,6 +200,7 @@ class RuntimeConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     metrics_interval_s: float = 10.0  # per-stream counters on the metrics topic
     live_interval_s: float = 1.0  # one live-strip point per bed this often (0: none)
     idle_sleep_s: float = 0.01  # how long the loop waits when no source had audio

@@ -14,8 +14,9 @@ rate``, ``t0`` the wall time of sample 0.
     lungwatch run --config edge/configs/ward.yaml [--set key=value ...] [-v]
 
 Acknowledge (JSON on ``lungwatch/v1/<site>/<device>/command``) ends latched alarms. SIGTERM /
-SIGINT stop the loop cleanly: open events are ended, the spool is flushed and the retained
-status ``offline`` is published.
+SIGINT stop the loop cleanly: open events are ended, except the alarms that wait for an
+acknowledgement, which are kept (``edge.runtime.latched``) and announced again after the
+restart; the spool is flushed and the retained status ``offline`` is published.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from edge.runtime.config import (
     start_embedded_broker,
     stream_age_band,
 )
+from edge.runtime.latched import LatchedStore
 from edge.runtime.outbox import EventOutbox
 from edge.sinks import (
     Sink,
@@ -79,6 +81,7 @@ log = logging.getLogger("lungwatch.runtime")
 MAX_LATENCIES = 100_000  # per stream and metrics interval
 MAX_READS_PER_ROUND = 64  # source chunks one stream's read may gather (fairness between beds)
 MS_PER_S = 1000.0
+SHUTDOWN = "shutdown"  # why every stream ends when the runtime stops
 
 
 def open_model(config: RuntimeConfig, source: str = "<config>") -> Monitor:
@@ -178,7 +181,10 @@ class Runtime:
         on_frames: Callable[[Stream, OutputFrames], None] | None = None,
         commands: CommandVerifier | None = None,
         evidence: EvidencePublisher | None = None,
+        latched: LatchedStore | None = None,
     ) -> None:
+        """``latched``: the file that keeps unacknowledged latched alarms over restarts
+        (``edge.runtime.latched``; None: they end with the process)."""
         self.config, self.model, self.sink = config, model, sink
         self._evidence_channel = evidence  # None: no clips are cut
         if evidence is not None:
@@ -196,6 +202,20 @@ class Runtime:
         self._next_metrics = clock() + config.metrics_interval_s
         self.live = LiveStrip(model.outputs, config.live_interval_s)
         self._lock = threading.Lock()  # acknowledge() comes from the MQTT network thread
+        self._store = latched
+        self._latching = frozenset(
+            ("high", *config.detector.latching, *config.gate.latching)
+        )  # priorities whose alarms wait for an acknowledgement
+        carried = latched.load() if latched is not None else {}
+        served = {s.id for s in self.streams}
+        self._carried_in = {bed: events for bed, events in carried.items() if bed in served}
+        self._orphans = {bed: events for bed, events in carried.items() if bed not in served}
+        for bed, events in self._orphans.items():
+            log.warning(
+                "%d latched alarm(s) of bed %s are kept in %s, but this config serves no such "
+                "bed: they are announced again when it does", len(events), bed, latched.path,  # type: ignore[union-attr]
+            )  # fmt: skip
+        self._saved: tuple[tuple[str, bool], ...] | None = None
         self.batches = {"calls": 0, "windows": 0, "max_windows": 0}
         self._behind = False  # the last load check found audio waiting too long for its read
 
@@ -224,6 +244,7 @@ class Runtime:
                 if not stream.ended and stream.ending is None:
                     self._emit(stream, stream.chain.tick(now))
             self.events.flush()
+            self.save_latched()
         for stream in self.streams:
             if stream.ending is not None and not stream.ended:
                 self._end_stream(stream, stream.ending)
@@ -402,10 +423,22 @@ class Runtime:
     def _end_stream(self, stream: Stream, why: str) -> None:
         stream.ended = True
         with self._lock:
-            self._emit(stream, stream.chain.finish(why))
+            held = self._store is not None and why == SHUTDOWN
+            keep = dict(self.events.held(stream.id, self._latching)) if held else {}
+            transitions = [t for t in stream.chain.finish(why) if t.key not in keep]
+            self._emit(stream, transitions)
+            end = stream.chain.pipeline.samples_seen
+            for key, event in keep.items():  # still held when monitoring stopped
+                if not event.detail.get("latched"):
+                    self.events.latch_at_shutdown(stream, key, end)
             if stream.recorder is not None:
                 self._evidence(stream, stream.recorder.finish_cuts())
-            publish_summary(self.sink, stream.id, None)
+            if keep:  # a view that starts while the device is down still lists them
+                self._publish_summary(stream)
+                log.warning("stream %s: %d unacknowledged alarm(s) held over the restart",
+                            stream.id, len(keep))  # fmt: skip
+            else:
+                publish_summary(self.sink, stream.id, None)
             if stream.chain.verdict is not None:  # the bed's status no longer holds
                 publish_verdict(self.sink, stream.id, None)
             if stream.chain.breathing is not None:
@@ -425,12 +458,17 @@ class Runtime:
         with self._lock:
             if stream.ended:  # the stream's events are over; the sinks may be closing
                 raise CommandError(f"command.stream_id {short_repr(stream_id)} has ended")
+            self.events.acknowledged(stream.id, target)
             transitions = stream.chain.acknowledge(target)
             if user:
                 transitions = [dataclasses.replace(t, acknowledged_by=user) for t in transitions]
             self._emit(stream, transitions)
+            carried = self.events.end_carried(stream, target, user)
+            if carried:
+                self._publish_summary(stream)
             self.events.flush()
-        return len(transitions)
+            self.save_latched()
+        return len(transitions) + len(carried)
 
     def authorise(self, command: Command) -> str:
         """Who sent ``command`` ("" for an unsigned one the config accepts); CommandError or
@@ -519,9 +557,46 @@ class Runtime:
             log.info("the loop caught up: read wait p99 at most %.0f ms", max(waits)[0])
         self._behind = bool(over) or (self._behind and not waits)
 
+    def announce_carried(self) -> int:
+        """The alarms held over the last restart, announced again (and listed in their beds'
+        summaries); how many. :meth:`run` calls it first."""
+        count = 0
+        with self._lock:
+            for stream in self.streams:
+                events = self._carried_in.pop(stream.id, [])
+                for event in events:
+                    self.events.carry(stream, event)
+                if events:
+                    self._publish_summary(stream)
+                    count += len(events)
+                    log.warning("bed %s: %d unacknowledged alarm(s) held over the restart",
+                                stream.id, len(events))  # fmt: skip
+            self.events.flush()
+            self.save_latched()
+        return count
+
+    def save_latched(self) -> None:
+        """Write the file of held alarms when their set changed (under the lock)."""
+        if self._store is None:
+            return
+        beds = {s.id: [e for _, e in self.events.held(s.id, self._latching)] for s in self.streams}
+        beds.update(self._orphans)
+        held = [e for events in beds.values() for e in events]
+        signature = tuple(sorted((e.episode_id, bool(e.detail.get("latched"))) for e in held))
+        if signature == self._saved:
+            return
+        try:
+            self._store.save(beds)
+        except OSError as exc:  # the alarms stay in memory; the next change tries again
+            log.error("cannot write the latched alarms to %s: %s", self._store.path, exc)
+            return
+        self._saved = signature
+
     def run(self, stop: threading.Event) -> None:
         """Step until every source ended, ``stop`` is set or ``max_run_s`` passed; then end
-        every open event and publish the last metrics."""
+        every open event (an unacknowledged latching alarm is held over the restart instead)
+        and publish the last metrics."""
+        self.announce_carried()
         deadline = self._clock() + self.config.max_run_s if self.config.max_run_s else None
         while self.running and not stop.is_set():
             if deadline is not None and self._clock() >= deadline:
@@ -539,9 +614,10 @@ class Runtime:
             self._infer_and_detect(ready)
         for stream in self.streams:
             if not stream.ended:
-                self._end_stream(stream, "shutdown")
+                self._end_stream(stream, SHUTDOWN)
         with self._lock:
             self.events.flush()
+            self.save_latched()
         self.publish_metrics()
 
 
@@ -655,8 +731,11 @@ def serve(
             evidence = EvidencePublisher(config.evidence, mqtt.config).connect()
             resources.callback(evidence.close)
         stats = mqtt.stats if mqtt is not None else None
+        store = None
+        if config.alarms.persist:
+            store = LatchedStore(config.alarms.path(config.mqtt))
         runtime = Runtime(config, model, streams, sink, sink_stats=stats, commands=verifier,
-                          evidence=evidence)  # fmt: skip
+                          evidence=evidence, latched=store)  # fmt: skip
         if mqtt is not None:
             mqtt.set_command_handler(runtime.handle_command)
             mqtt.connect()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from edge.alarms import condition_of
 from edge.bed.detector import Transition
 from edge.events import Event, utc_now
 from edge.sinks import Sink, publish_all
@@ -45,6 +46,10 @@ class EventOutbox:
         self._model = {"model_id": model_id, "model_sha256": model_sha256}
         self._pending: list[Event] = []
         self._episodes: dict[str, dict[str, Event]] = {}  # bed -> key -> last message
+        # bed -> keys of episodes held over a restart (edge.runtime.latched): no chain has
+        # them; they end only by acknowledge (:meth:`end_carried`)
+        self._carried: dict[str, set[str]] = {}
+        self._acknowledged: dict[str, set[str]] = {}  # bed -> keys of live acknowledged ones
 
     def emit(
         self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
@@ -57,6 +62,7 @@ class EventOutbox:
             event = self._event(stream, episodes.get(transition.key), transition, quality)
             if event.state == "ended":
                 episodes.pop(transition.key, None)
+                self._acknowledged.get(stream.id, set()).discard(transition.key)
             else:
                 episodes[transition.key] = event
             stream.counters["events"] += 1
@@ -67,6 +73,70 @@ class EventOutbox:
     def open_episodes(self, stream_id: str) -> list[Event]:
         """A bed's open episodes (live or latched), each its last message, oldest first."""
         return list(self._episodes.get(stream_id, {}).values())
+
+    def carry(self, stream: Stream, event: Event) -> Event:
+        """Announce an alarm held over a restart (its last message before it): an
+        ``ongoing`` of the same episode, latched and marked restored; open until acknowledged."""
+        key = str(event.detail.get("key") or event.episode_id)
+        detail = {**event.detail, "key": key, "latched": True, "restored": True}
+        announced = event.ongoing(detail=detail)
+        self._episodes.setdefault(stream.id, {})[key] = announced
+        self._carried.setdefault(stream.id, set()).add(key)
+        stream.counters["events"] += 1
+        self._pending.append(announced)
+        return announced
+
+    def acknowledged(self, stream_id: str, target: str) -> None:
+        """An acknowledge named ``target`` on the bed: its live episodes that match are
+        acknowledged (they end on their own; none is held over a restart)."""
+        for key, event in self._episodes.get(stream_id, {}).items():
+            if matches(event, key, target) and not event.detail.get("latched"):
+                self._acknowledged.setdefault(stream_id, set()).add(key)
+
+    def end_carried(self, stream: Stream, target: str, user: str = "") -> list[Event]:
+        """End the bed's held-over alarms that ``target`` names (key, type or condition)."""
+        episodes, carried = self._episodes.get(stream.id, {}), self._carried.get(stream.id, set())
+        made = []
+        for key in sorted(k for k in carried if matches(episodes[k], k, target)):
+            last = episodes.pop(key)
+            carried.discard(key)
+            detail = {**last.detail, "ended_by": ACKNOWLEDGE, "acknowledged_utc": utc_now()}
+            if user:
+                detail["acknowledged_by"] = user
+            end_utc = str(last.detail.get("condition_end_utc") or last.start_utc)
+            end_sample = last.detail.get("condition_end_sample")
+            ended = last.ended(end_utc, end_sample if isinstance(end_sample, int) else None,
+                               detail=detail)  # fmt: skip
+            stream.counters["events"] += 1
+            self._pending.append(ended)
+            made.append(ended)
+        return made
+
+    def held(self, stream_id: str, latching: frozenset[str]) -> list[tuple[str, Event]]:
+        """The bed's open episodes that need an acknowledgement: latched ones, held-over ones,
+        and live ones of a ``latching`` priority that nobody acknowledged."""
+        acked = self._acknowledged.get(stream_id, set())
+        carried = self._carried.get(stream_id, set())
+
+        def needs_ack(key: str, event: Event) -> bool:
+            if event.detail.get("latched") or key in carried:
+                return True
+            return event.priority in latching and key not in acked
+
+        return [(k, e) for k, e in self._episodes.get(stream_id, {}).items() if needs_ack(k, e)]
+
+    def latch_at_shutdown(self, stream: Stream, key: str, end_sample: int) -> Event:
+        """A live episode still held when monitoring stopped: latched (its condition's end
+        is where the audio stopped), to be held over the restart."""
+        last = self._episodes[stream.id][key]
+        detail = {**last.detail, "latched": True, "condition_end_sample": end_sample,
+                  "condition_end_utc": stream.utc(end_sample),
+                  "condition_end_reason": "monitoring stopped (device shutdown)"}  # fmt: skip
+        event = last.ongoing(detail=detail)
+        self._episodes[stream.id][key] = event
+        stream.counters["events"] += 1
+        self._pending.append(event)
+        return event
 
     def open_events(self, stream_id: str) -> int:
         """How many of a bed's episodes are open (live or latched)."""
@@ -134,3 +204,8 @@ def _confidence(t: Transition) -> float | None:
 
 def _detail(t: Transition) -> dict[str, Any]:
     return {"key": t.key, "reason": t.reason} if t.reason else {"key": t.key}
+
+
+def matches(event: Event, key: str, target: str) -> bool:
+    """An acknowledge naming ``target`` covers this episode: its key, type or alarm condition."""
+    return target in (key, event.type, condition_of(event.type))

@@ -315,17 +315,24 @@ def _metrics(messages: list[Any]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.requires_data
-def test_sigterm_ends_open_events_flushes_and_goes_offline(tmp_path: Path, mosquitto: Any) -> None:
-    """``lungwatch run`` with two real-time looping streams; Fine Crackle latches (high priority),
-    so an episode is open when SIGTERM comes. Exit 0, every onset has its ``ended``, the
-    spool is empty and the retained status is ``offline`` (reason shutdown)."""
+def test_sigterm_holds_unacknowledged_alarms_over_a_restart(tmp_path: Path, mosquitto: Any) -> None:
+    """``lungwatch run`` with two real-time looping streams; Fine Crackle latches (high
+    priority), so an alarm waits for acknowledgement when SIGTERM comes. Exit 0, the spool is
+    empty and the retained status is ``offline`` (reason shutdown); every episode that needs
+    no acknowledgement ended, but no latching one did: each is latched, listed in its bed's
+    retained summary and kept in the latched-alarms file. Restarted, the runtime announces
+    each again (same episode, ``restored``), and one acknowledge of the condition (``DAS``)
+    ends them all (``ended_by`` acknowledge, by the signing user); the file is then empty."""
+    key = derive_device_key(new_key(), SITE, DEVICE)
+    key_file = write_key(tmp_path / "device.command.key", key)
     streams = [
         stream("bed-1", record_path(FOUND), realtime=True, loop=True),
         stream("bed-2", record_path(MIXED), realtime=True, loop=True),
     ]
     mapping = config_mapping(
-        tmp_path, streams, detector=CRACKLE_HIGH, **mqtt_sections(tmp_path, mosquitto.port)
-    )
+        tmp_path, streams, detector=CRACKLE_HIGH, commands={"key_file": str(key_file)},
+        **mqtt_sections(tmp_path, mosquitto.port),
+    )  # fmt: skip
     config = write_config(tmp_path / "ward.yaml", mapping)
     log_path = tmp_path / "run.log"
     with Recorder(mosquitto.port, topic="lungwatch/v1/#") as recorder:
@@ -341,18 +348,44 @@ def test_sigterm_ends_open_events_flushes_and_goes_offline(tmp_path: Path, mosqu
         assert recorder.wait_for(is_offline, 10.0)
         events = delivered(recorder)
     assert "signal SIGTERM: stopping" in log_path.read_text(encoding="utf-8")
-    by_episode: dict[str, list[str]] = {}
+    last: dict[str, Event] = {}
     for event in events:
-        by_episode.setdefault(event.episode_id, []).append(event.state)
-    assert all(states[-1] == "ended" for states in by_episode.values()), by_episode
-    endings = [e.detail.get("ended_by") for e in events if e.state == "ended"]
-    assert "shutdown" in endings
+        last[event.episode_id] = event
+    held = {ep: e for ep, e in last.items() if e.state != "ended"}
+    assert held, "a Fine Crackle alarm was open or latched at SIGTERM"
+    assert all(e.type == "Fine Crackle" and e.priority == "high" for e in held.values())
+    assert all(e.detail.get("latched") for e in held.values())
     with Spool(tmp_path / "spool.sqlite") as spool:
         assert len(spool) == 0
-    with Recorder(mosquitto.port, topic=f"{ROOT}/status") as late:
-        assert late.wait_for(lambda ms: bool(ms), 5.0)
-        assert (late.messages[0].retain, late.messages[0].json()["state"]) == (True, "offline")
-        assert late.messages[0].json()["reason"] == "shutdown"
+    kept = json.loads((tmp_path / "latched-alarms.json").read_text())
+    kept_ids = {e["episode_id"] for bed in kept["beds"].values() for e in bed}
+    assert kept_ids == set(held)
+    assert (tmp_path / "latched-alarms.json").stat().st_mode & 0o777 == 0o600
+    with Recorder(mosquitto.port, topic=f"{ROOT}/+/summary") as late:
+        assert late.wait_for(lambda ms: len(ms) >= 1, 5.0)
+        listed = {r["episode_id"] for m in late.messages if m.payload for r in m.json()["open"]}
+    assert listed == set(held)
+
+    def restored(recorder: Recorder) -> set[str]:
+        return {e.episode_id for e in delivered(recorder) if e.detail.get("restored")}
+
+    def acknowledged(recorder: Recorder) -> set[str]:
+        return {e.episode_id for e in delivered(recorder)
+                if e.state == "ended" and e.detail.get("ended_by") == "acknowledge"}  # fmt: skip
+
+    with Recorder(mosquitto.port, topic="lungwatch/v1/#") as recorder, ServeThread(build(mapping)):
+        assert recorder.wait_for(lambda _: restored(recorder) >= set(held), 30.0)
+        beds = {held[ep].stream_id for ep in held}
+        for bed in sorted(beds):
+            command = {"action": "acknowledge", "stream_id": bed, "target": "DAS"}
+            body = json.dumps(sign_command(key, SITE, DEVICE, command, "nurse-a")).encode()
+            mqtt_publish.single(f"{ROOT}/command", body, qos=1, hostname="127.0.0.1",
+                                port=mosquitto.port)  # fmt: skip
+        assert recorder.wait_for(lambda _: acknowledged(recorder) >= set(held), 15.0)
+        closing = [e for e in delivered(recorder) if e.episode_id in held and e.state == "ended"]
+    assert {e.detail.get("acknowledged_by") for e in closing} == {"nurse-a"}
+    kept = json.loads((tmp_path / "latched-alarms.json").read_text())
+    assert not {e["episode_id"] for bed in kept["beds"].values() for e in bed} & set(held)
 
 
 def _has_onset(recorder: Recorder, event_type: str) -> bool:
