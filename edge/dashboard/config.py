@@ -29,10 +29,11 @@ import hmac
 import ipaddress
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from edge.alarms import AlarmSettings
 from edge.config import check
 from edge.dashboard.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 from edge.dashboard.ward import MAX_BEDS_PER_DEVICE, MAX_DEVICES, MAX_OPEN_EPISODES_PER_BED
@@ -134,6 +135,9 @@ class DashboardConfig:
     # changes; nothing to acknowledge), at this priority
     alarm_verdicts: tuple[str, ...] = ()
     verdict_priority: str = "medium"
+    # how alarm conditions re-alarm after an acknowledgement, rise unacknowledged and leave
+    # the list once over (edge.alarms: realarm_s, escalate_after_s, hold_s)
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)
     cert_file: str | None = None  # PEM certificate: serve HTTPS (users' passwords encrypted)
     key_file: str | None = None  # its private key (PEM), with cert_file
     # the site's command master key (``lungwatch access``): acknowledge commands are signed

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from edge.alarms import AlarmBook, ListedEpisode
 from edge.dashboard.history import History, Restored, epoch_s
 from edge.dashboard.intake import MessageError
 from edge.events import Event, is_segment
@@ -39,6 +40,8 @@ class WardMemory:
     history: History | None
     clips: set[str]
     assembler: Assembler
+    book: AlarmBook
+    clock: Any
     _dirty_beds: set[tuple[str, str]]
     _dirty_alarms: bool
     _stored_reading: dict[tuple[str, str], tuple[float, str]]
@@ -55,9 +58,18 @@ class WardMemory:
         for row in body["open"][:256]:
             if isinstance(row, dict) and is_segment(row.get("episode_id")):
                 rows[str(row["episode_id"])] = _summary_row(row)
-        bed.summary_open = rows
+        before, bed.summary_open = bed.summary_open, rows
+        now = self.clock()
+        for episode_id, row in rows.items():  # alarms the view has no message of
+            if episode_id not in bed.open and episode_id not in before:
+                self.book.take(_listed(device_id, stream_id, row, "ongoing"), now)
+        for episode_id, row in before.items():  # no longer held (their ended went by)
+            if episode_id not in rows and episode_id not in bed.open:
+                self.book.take(_listed(device_id, stream_id, row, "ended"), now)
         for episode_id in bed.restored - set(rows):  # ended while the view was away
-            bed.open.pop(episode_id, None)
+            event = bed.open.pop(episode_id, None)
+            if event is not None:
+                self.book.take(_ended(event), now)
         bed.restored &= set(rows)
         if self.history is not None:
             self.history.set_summary(device_id, stream_id, body)
@@ -67,9 +79,15 @@ class WardMemory:
     def _withdraw_summary(self, device_id: str, stream_id: str) -> None:
         bed = self.devices[device_id].beds.get(stream_id) if device_id in self.devices else None
         if bed is not None:
+            now = self.clock()
+            for episode_id, row in bed.summary_open.items():
+                if episode_id not in bed.open:
+                    self.book.take(_listed(device_id, stream_id, row, "ended"), now)
             bed.summary_open = {}
             for episode_id in bed.restored:  # the stream ended: the device holds none of them
-                bed.open.pop(episode_id, None)
+                event = bed.open.pop(episode_id, None)
+                if event is not None:
+                    self.book.take(_ended(event), now)
             bed.restored = set()
             self._dirty_beds.add((device_id, stream_id))
             self._dirty_alarms = True
@@ -84,6 +102,7 @@ class WardMemory:
         if clip is None:
             return
         self.clips.add(clip.episode_id)
+        self.book.add_clip(clip.episode_id)
         if self.history is not None:
             self.history.add_clip(clip)
         self._dirty_beds.add((device_id, stream_id))
@@ -107,20 +126,6 @@ class WardMemory:
             self._stored_reading[(device_id, stream_id)] = (at, state)
         self.history.add_reading(device_id, stream_id, kind, body)
 
-    def summary_alarm_rows(self) -> list[dict[str, Any]]:
-        """The alarms beds hold that the view has no message of (latched before it started)."""
-        rows = []
-        for device in self.devices.values():
-            for bed in device.beds.values():
-                known = {e.episode_id for e in bed.open.values()}
-                for episode_id, row in bed.summary_open.items():
-                    if episode_id not in known:
-                        rows.append({**row, "device_id": device.device_id,
-                                     "stream_id": bed.stream_id,
-                                     "device_online": device.online is not False,
-                                     "ack_sent": False, "from_summary": True})  # fmt: skip
-        return rows
-
     def restore(self, restored: Restored) -> None:
         """Rebuild the ward from the store (module doc)."""
         from edge.dashboard.ward import event_row, show_respiration, verdict_view
@@ -140,6 +145,7 @@ class WardMemory:
                 _, bed = self._place(event.device_id, event.stream_id)
                 bed.open[event.episode_id] = event
                 bed.restored.add(event.episode_id)
+                self.book.take(event, self.clock())
             for device_id, stream_id, kind, body in restored.readings:
                 _, bed = self._place(device_id, stream_id)
                 if kind == "respiration":  # stored as received, checked then
@@ -147,6 +153,8 @@ class WardMemory:
                 elif kind == "verdict":
                     bed.verdict = verdict_view(body)
             self.clips |= restored.clips
+            for episode_id in restored.clips:
+                self.book.add_clip(episode_id)
             self._dirty_alarms = True
 
 
@@ -168,3 +176,17 @@ def _summary_row(row: dict[str, Any]) -> dict[str, Any]:
         "latched": bool(row.get("latched")), "ended_by": None, "acknowledged_utc": None,
         "condition_end_utc": None,
     }  # fmt: skip
+
+
+def _listed(device_id: str, stream_id: str, row: dict[str, Any], state: str) -> ListedEpisode:
+    """A summary's alarm row as an episode of the alarm book."""
+    detail = {"key": row["key"], "latched": row["latched"]}
+    return ListedEpisode(row["episode_id"], device_id, stream_id, row["type"], row["kind"],
+                         row["priority"], state, row["start_utc"], detail)  # fmt: skip
+
+
+def _ended(event: Event) -> ListedEpisode:
+    """The end of an episode that ended while the view was away (its bed no longer holds it)."""
+    return ListedEpisode(event.episode_id, event.device_id, event.stream_id, event.type,
+                         event.kind, event.priority, "ended", event.start_utc,
+                         dict(event.detail))  # fmt: skip

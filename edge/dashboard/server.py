@@ -21,10 +21,11 @@ security headers; failed logins are bounded by :mod:`edge.dashboard.login`):
   an event's audio, picture and description, a bed's history (:mod:`edge.dashboard.
   evidence_api`; the evidence needs a named user);
 - ``POST /api/acknowledge`` with ``{"device_id", "stream_id", "target"}`` (JSON): needs the
-  ``ack`` role (else 403, nothing published), an open latched alarm of that bed whose key or
-  type is ``target`` (else 409); publishes the command on the device's ``command`` topic
-  (QoS 1, PUBACK awaited) and answers 202. The page shows the acknowledged state when the
-  episode's ``ended`` comes back from the device.
+  ``ack`` role (else 403, nothing published), an alarm condition of that bed that ``target``
+  names (the condition, e.g. ``CAS`` or ``apnoea``, or an open episode's key or type; else
+  409); publishes the command on the device's ``command`` topic (QoS 1, PUBACK awaited) and
+  answers 202. The condition is acknowledged (quiet) at once; its latched episodes show
+  "waiting for the device" until their ``ended`` comes back.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ from edge.errors import LungwatchError
 from edge.events import is_segment
 from edge.sinks.mqtt import MqttConfig
 from lungwatch.hosts import is_loopback
+
+ALARMS_PUSH_S = 1.0  # the alarm list goes to the browsers at most this often
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -127,6 +130,8 @@ class DashboardServer:
                          max_devices=config.max_devices,
                          max_beds_per_device=config.max_beds_per_device,
                          max_open_episodes_per_bed=config.max_open_episodes_per_bed,
+                         alarm_settings=config.alarms,
+                         alarms_every_s=ALARMS_PUSH_S,
                          history=self.history)  # fmt: skip
         if self.history is not None:
             self.ward.restore(self.history.restore())
@@ -307,13 +312,13 @@ class DashboardServer:
         device_id, stream_id, target = (body[k] for k in keys)
         if not (is_segment(device_id) and is_segment(stream_id) and target):
             return 400, {"error": "device_id, stream_id: topic segments; target: non-empty"}
-        if self.ward.latched_target(device_id, stream_id, target) is None:
-            return 409, {"error": f"no latched alarm {target!r} on {device_id}/{stream_id}"}
+        if not self.ward.acknowledgeable(device_id, stream_id, target):
+            return 409, {"error": f"no alarm {target!r} on {device_id}/{stream_id}"}
         try:
             topic = self.feed.acknowledge(device_id, stream_id, target, user.name)
         except FeedError as exc:
             return 503, {"error": str(exc)}
-        self.ward.acknowledge_sent(device_id, stream_id, target)
+        self.ward.acknowledge_sent(device_id, stream_id, target, user.name)
         log.info("acknowledge by %s: %s/%s %r (%s)", user.name, device_id, stream_id, target, topic)
         return 202, {"published": topic, "target": target}
 

@@ -13,9 +13,9 @@ depth (``metrics.mqtt_spooled``), its worst bed's read wait
 (``metrics.read_wait_ms_p99``: behind when over the device's own limit,
 ``metrics.read_wait_warn_ms``, or 500 ms where the device does not say). Per bed: the open episodes
 (``onset`` / ``ongoing`` seen, no ``ended`` yet), the last events, the live strip and its
-state at a glance (:func:`bed_state`). Alarms: every open episode of the site, ordered by
-priority (high first), then age (the oldest onset first), then device and bed
-(:func:`alarm_order`); latched ones (``detail.latched``) can be acknowledged.
+state at a glance (:func:`bed_state`). Alarms: the site's alarm conditions
+(:mod:`edge.alarms`: one per bed and finding, episodes grouped), alarming first, then by
+priority, then the newest; any can be acknowledged.
 
 Nothing is dropped silently and nothing in one message stops the feed: a message over the
 size limit, nested too deeply, with a number out of range, not JSON, not schema version 1, not
@@ -53,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.alarms import AlarmBook, AlarmSettings, condition_of, ward_order
 from edge.dashboard.history import History
 from edge.dashboard.intake import (
     MAX_JSON_DEPTH,
@@ -176,19 +177,23 @@ def read_wait_view(device: Device) -> dict[str, Any]:
             "behind": worst_ms > device.read_wait_limit_ms}  # fmt: skip
 
 
-def alarm_order(event: Event) -> tuple[int, str, str, str]:
-    """Sort key of an open episode: priority (high first), age (oldest onset first), place."""
-    return (PRIORITY_RANK[event.priority], event.start_utc, event.device_id, event.stream_id)
-
-
 def bed_state(
-    online: bool | None, open_events: list[Event], silent: bool = False
+    online: bool | None,
+    open_events: list[Event],
+    silent: bool = False,
+    respiration: dict[str, Any] | None = None,
+    verdict: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The bed's state at a glance: ``{"key": ..., "text": ...}`` (key in :data:`STATE_TEXT`).
+    """The bed's state at a glance: ``{"key": ..., "text": ...}`` (key in :data:`STATE_TEXT`),
+    derived here alone from everything the bed reports, so no label on its card contradicts
+    another.
 
     Offline beats everything; then a silent device (no data: what the page showed may no
-    longer hold); then an apnoea; then a technical condition (monitoring is impaired,
-    findings are suppressed); then the findings, most important first; else breathing normal.
+    longer hold); then an apnoea (an open episode, or the breathing reading's state); then a
+    technical condition (an open one, or a lost breath signal: monitoring is impaired,
+    findings are suppressed); then the findings, most important first; then a rate out of
+    the age band's range (the reading, before its alarm's minute has passed); then the
+    rolling verdict when it holds findings no episode shows now; else breathing normal.
     """
     if online is False:
         return {"key": "offline", "text": STATE_TEXT["offline"]}
@@ -198,17 +203,49 @@ def bed_state(
     if apnoea:
         latched = all(e.detail.get("latched") for e in apnoea)
         return {"key": "apnoea", "text": STATE_TEXT["apnoea"] + (" (latched)" if latched else "")}
-    technical = sorted((e for e in open_events if e.kind == "technical"), key=alarm_order)
+    breathing = (respiration or {}).get("state")
+    if breathing == "apnoea":
+        return {"key": "apnoea", "text": STATE_TEXT["apnoea"]}
+    technical = sorted((e for e in open_events if e.kind == "technical"),
+                       key=lambda e: (PRIORITY_RANK[e.priority], e.start_utc))  # fmt: skip
     if technical:
         names = ", ".join(dict.fromkeys(e.type.replace("_", " ") for e in technical))
         return {"key": "technical", "text": f"{STATE_TEXT['technical']}: {names}"}
+    if breathing == "signal_lost":
+        return {"key": "technical", "text": f"{STATE_TEXT['technical']}: breath signal lost"}
     found = {c for e in open_events for c in CONDITION_OF_TYPE.get(e.type, ())}
     keys = [k for k in STATE_TEXT if k in found]
     if keys:
         latched = all(e.detail.get("latched") for e in open_events)
         text = " + ".join(STATE_TEXT[k] for k in keys) + (" (latched)" if latched else "")
         return {"key": keys[0], "text": text}
+    out_of_range = _rate_out_of_range(respiration)
+    if out_of_range is not None:
+        return out_of_range
+    label = (verdict or {}).get("label")
+    if label in VERDICT_STATE:
+        key = VERDICT_STATE[label]
+        return {"key": key, "text": f"verdict {label} (no episode now)"}
     return {"key": "normal", "text": STATE_TEXT["normal"]}
+
+
+# a rolling verdict that holds findings: the state it shows when no episode is open
+VERDICT_STATE = {"CAS": "wheezes", "DAS": "crackles", "CAS & DAS": "wheezes",
+                 "Poor Quality": "technical"}  # fmt: skip
+
+
+def _rate_out_of_range(respiration: dict[str, Any] | None) -> dict[str, str] | None:
+    """Breathing fast or slow by the last reading's rate against its age band's range."""
+    if not respiration or respiration.get("state") != "ok":
+        return None
+    rate, low, high = (respiration.get(k) for k in ("rate_bpm", "low_bpm", "high_bpm"))
+    if not all(is_number(v) for v in (rate, low, high)):
+        return None
+    if rate > high:
+        return {"key": "tachypnoea", "text": f"{STATE_TEXT['tachypnoea']} ({rate:.0f}/min)"}
+    if rate < low:
+        return {"key": "bradypnoea", "text": f"{STATE_TEXT['bradypnoea']} ({rate:.0f}/min)"}
+    return None
 
 
 def event_row(event: Event, received_s: float) -> dict[str, Any]:
@@ -270,8 +307,13 @@ class Ward(WardMemory):
         max_beds_per_device: int = MAX_BEDS_PER_DEVICE,
         max_open_episodes_per_bed: int = MAX_OPEN_EPISODES_PER_BED,
         history: History | None = None,
+        alarm_settings: AlarmSettings | None = None,
+        alarms_every_s: float = 0.0,
     ) -> None:
+        """``alarms_every_s``: the alarm list goes out with the changes at most this often
+        (the server's pusher: a busy ward changes it with every event; 0: every time)."""
         self.site = site
+        self.book = AlarmBook(alarm_settings)  # the alarm conditions (edge.alarms)
         self.history = history  # the store of everything received (None: memory only)
         self.clips: set[str] = set()  # episodes whose evidence clip is in the store
         self.assembler = Assembler()
@@ -298,6 +340,10 @@ class Ward(WardMemory):
         self._dirty_devices: set[str] = set()
         self._dirty_beds: set[tuple[str, str]] = set()
         self._dirty_alarms = False
+        self._alarm_signature: tuple[tuple[str, ...], ...] = ()
+        self.alarms_every_s = alarms_every_s
+        self._alarms_sent_s = -math.inf
+        self._status_sent: dict[str, Any] | None = None
         self._live: list[dict[str, Any]] = []
 
     # -- input -------------------------------------------------------------------------
@@ -426,6 +472,7 @@ class Ward(WardMemory):
         self._remember(event.id)
         self.counts["events"] += 1
         self._store_event(event)
+        self.book.take(event, self.clock())
         if event.state == "ended":
             bed.open.pop(event.episode_id, None)
             bed.summary_open.pop(event.episode_id, None)
@@ -550,7 +597,7 @@ class Ward(WardMemory):
             self._seen.popitem(last=False)
 
     def _settle_acks(self, event: Event) -> None:
-        for target in (event.type, event.detail.get("key")):
+        for target in (event.type, event.detail.get("key"), condition_of(event.type)):
             self.pending_acks.pop((event.device_id, event.stream_id, str(target)), None)
 
     def set_broker(self, address: str, connected: bool) -> None:
@@ -590,6 +637,11 @@ class Ward(WardMemory):
                 if silent != device.silent:
                     self._set_silent(device, silent)
             self._update_broker()
+            # conditions rise (escalation) and leave (hold_s) with time alone: pushed too
+            signature = self.book.signature(self.clock())
+            if signature != self._alarm_signature:
+                self._alarm_signature = signature
+                self._dirty_alarms = True
 
     def _set_silent(self, device: Device, silent: bool) -> None:
         device.silent = silent
@@ -622,72 +674,64 @@ class Ward(WardMemory):
             self._dirty_alarms = True
 
     # -- acknowledge -------------------------------------------------------------------
-    def latched_target(self, device_id: str, stream_id: str, target: str) -> Event | None:
-        """The open latched episode of that bed whose key or type is ``target``, else None."""
+    def acknowledgeable(self, device_id: str, stream_id: str, target: str) -> bool:
+        """The bed has an alarm condition ``target`` names (the condition, or a type or key
+        of one of its open episodes, whether the view saw its messages or only its bed's
+        summary)."""
         with self.lock:
-            bed = self.devices.get(device_id, Device(device_id)).beds.get(stream_id)
-            for event in bed.open.values() if bed is not None else ():
-                if event.detail.get("latched") and target in (event.type, event.detail.get("key")):
-                    return event
-            return None
+            return self.book.find(device_id, stream_id, target) is not None
 
-    def acknowledge_sent(self, device_id: str, stream_id: str, target: str) -> None:
-        """Mark the alarm as acknowledged-and-waiting until its ``ended`` comes back."""
+    def acknowledge_sent(self, device_id: str, stream_id: str, target: str, user: str = "") -> None:
+        """The condition is acknowledged (quiet from now); its latched episodes wait for
+        their ``ended`` from the device (``ack_sent`` until then)."""
         with self.lock:
-            self.pending_acks[(device_id, stream_id, target)] = self.clock()
+            cond = self.book.acknowledge(device_id, stream_id, target, self.clock(), user)
+            named = cond.condition if cond is not None else target
+            self.pending_acks[(device_id, stream_id, named)] = self.clock()
             self._dirty_alarms = True
 
     # -- output ------------------------------------------------------------------------
     def alarms(self) -> list[dict[str, Any]]:
-        """Every open episode of the site, in :func:`alarm_order`."""
+        """The site's alarm conditions, one per bed and condition (``edge.alarms``), in ward
+        order (alarming first, then priority, then the newest episode), the verdict rows
+        the config names after them; each with its bed's name and place, whether its
+        device is online, whether an acknowledge waits for the device, and its clips."""
         with self.lock:
-            rows = []
-            episodes = [
-                (device, event)
-                for device in self.devices.values()
-                for bed in device.beds.values()
-                for event in bed.open.values()
-            ]
-            for device, event in sorted(episodes, key=lambda pair: alarm_order(pair[1])):
-                row = event_row(event, 0.0)
-                key = row["key"]
-                pending = (event.device_id, event.stream_id, key) in self.pending_acks
-                row.update(device_id=event.device_id, stream_id=event.stream_id)
-                row.update(device_online=device.online is not False, ack_sent=pending)
-                row["condition_end_utc"] = event.detail.get("condition_end_utc")
-                del row["received_s"]
-                rows.append(row)
+            rows = self.book.conditions(self.clock())
+            for row in rows:
+                device = self.devices.get(row["device_id"])
+                row["device_online"] = device is not None and device.online is not False
+                row["ack_sent"] = (row["device_id"], row["stream_id"], row["key"]) in (
+                    self.pending_acks
+                ) and row["latched"]
+                row["evidence"] = row["clip_episode_id"] is not None
             rows += self._verdict_alarms()
-            rows += self.summary_alarm_rows()
             for row in rows:
                 bed = self.devices[row["device_id"]].beds.get(row["stream_id"])
                 row["bed_name"] = bed.name if bed is not None else None
                 row["bed_location"] = bed.location if bed is not None else None
-                row["evidence"] = row["episode_id"] in self.clips
-            place = ("start_utc", "device_id", "stream_id")
-            return sorted(
-                rows, key=lambda r: (PRIORITY_RANK[r["priority"]], *(r[k] for k in place))
-            )
+            return ward_order(rows)
 
     def _verdict_alarms(self) -> list[dict[str, Any]]:
         """A row per bed whose verdict is one of ``verdict_alarms`` (nothing to acknowledge:
-        it leaves when the verdict changes)."""
+        it leaves when the verdict changes); the condition rows' fields."""
         rows = []
         for device in self.devices.values():
             for bed in device.beds.values():
                 if bed.verdict is None or bed.verdict["label"] not in self.verdict_alarms:
                     continue
+                since = bed.verdict["since_utc"]
                 rows.append({
-                    "id": f"verdict:{device.device_id}/{bed.stream_id}",
-                    "episode_id": f"verdict:{device.device_id}/{bed.stream_id}",
-                    "type": f"verdict {bed.verdict['label']}", "kind": "verdict",
-                    "priority": self.verdict_priority, "state": "ongoing",
-                    "start_utc": bed.verdict["since_utc"], "end_utc": None,
-                    "confidence": None, "key": "verdict", "latched": False,
-                    "ended_by": None, "acknowledged_utc": None,
                     "device_id": device.device_id, "stream_id": bed.stream_id,
+                    "condition": "verdict", "key": "verdict",
+                    "text": f"verdict {bed.verdict['label']}", "kind": "verdict",
+                    "priority": self.verdict_priority, "base_priority": self.verdict_priority,
+                    "escalated": False, "state": "verdict", "latched": False,
+                    "first_onset_utc": since, "last_episode_utc": since, "episodes": 0,
+                    "open_episodes": [], "active": True, "types": [], "episode_id": None,
+                    "clips": 0, "acknowledged_by": None, "condition_end_utc": None,
                     "device_online": device.online is not False, "ack_sent": False,
-                    "condition_end_utc": None,
+                    "evidence": False, "clip_episode_id": None,
                 })  # fmt: skip
         return rows
 
@@ -714,7 +758,9 @@ class Ward(WardMemory):
         view = {
             "device_id": device.device_id,
             "stream_id": bed.stream_id,
-            "state": bed_state(device.online, list(bed.open.values()), device.silent),
+            "state": bed_state(
+                device.online, list(bed.open.values()), device.silent, bed.respiration, bed.verdict
+            ),
             "events": [{**e, "evidence": e["episode_id"] in self.clips} for e in bed.events],
             "open": len(bed.open),
             "name": bed.name,
@@ -750,7 +796,14 @@ class Ward(WardMemory):
     def take_changes(self) -> dict[str, Any] | None:
         """What changed since the last call (None: nothing); live points are handed once."""
         with self.lock:
-            if not (self._dirty_devices or self._dirty_beds or self._dirty_alarms or self._live):
+            alarms_due = self._dirty_alarms and (
+                self.monotonic() - self._alarms_sent_s >= self.alarms_every_s
+            )
+            status = {"counts": dict(self.counts), "rejected_reasons": dict(self.rejected_reasons),
+                      "last_rejected": self.last_rejected, "broker": dict(self.broker)}  # fmt: skip
+            status_changed = status != self._status_sent
+            changed = self._dirty_devices or self._dirty_beds or alarms_due or self._live
+            if not (changed or status_changed):
                 return None
             changes: dict[str, Any] = {
                 "devices": [self.device_view(self.devices[d]) for d in sorted(self._dirty_devices)],
@@ -760,14 +813,14 @@ class Ward(WardMemory):
                 ],
                 "live": self._live,
             }
-            if self._dirty_alarms:
+            if alarms_due:
+                self._alarms_sent_s = self.monotonic()
+                self._dirty_alarms = False
                 changes["alarms"] = self.alarms()
-                changes["counts"] = dict(self.counts)
-                changes["rejected_reasons"] = dict(self.rejected_reasons)
-                changes["last_rejected"] = self.last_rejected
-                changes["broker"] = dict(self.broker)
-            self._dirty_devices, self._dirty_beds = set(), set()
-            self._dirty_alarms, self._live = False, []
+            if alarms_due or status_changed:  # the header's counts and broker, at once
+                changes.update(status)
+                self._status_sent = status
+            self._dirty_devices, self._dirty_beds, self._live = set(), set(), []
             return changes
 
 

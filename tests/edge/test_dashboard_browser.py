@@ -38,6 +38,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
+from edge.alarms import condition_of
 from edge.commandauth import derive_device_key, new_key, write_key
 from edge.events import Event, status_payload
 from edge.sinks.live import live_payload, live_topic
@@ -95,10 +96,15 @@ def bed_states(driver: Any) -> dict[str, str]:
     )
 
 
-FIRST_ACKABLE = (
-    "const b = document.querySelector('#alarms button.ack'); if (!b) return null;"
-    "const row = b.closest('tr'); return [row.dataset.episode, row.dataset.stream];"
+FIRST_ACKABLE = (  # a latched condition's row with its button: [its episodes, bed, condition]
+    "const b = document.querySelector('#alarms tr[data-latched=\"true\"] button.ack');"
+    "if (!b) return null; const row = b.closest('tr');"
+    "return [row.dataset.episodes, row.dataset.stream, row.dataset.condition];"
 )
+
+
+def condition_row(stream: str, condition: str) -> str:
+    return f'#alarms tr[data-stream="{stream}"][data-condition="{condition}"]'
 
 
 def click(driver: Any, selector: str) -> bool:
@@ -254,7 +260,7 @@ def test_ward_view_of_a_running_device(
         assert not any(m.retain for m in lives)
 
         # a latched alarm with its button; every alarm on screen within 2 s of its MQTT event
-        episode, stream = wait_until(
+        episodes, stream, condition = wait_until(
             lambda: page(driver, FIRST_ACKABLE), 120.0, "a latched alarm with an Acknowledge button"
         )
         latencies = wait_until(
@@ -271,15 +277,16 @@ def test_ward_view_of_a_running_device(
         # a view-only user: no button; a forged POST is refused and publishes nothing
         latched = next(
             e for e in map(Event.from_json, (m.payload for m in recorder.events()))
-            if e.episode_id == episode and e.detail.get("latched")
+            if e.episode_id in episodes.split() and e.detail.get("latched")
         )  # fmt: skip
-        target = latched.detail["key"]
+        episode, target = latched.episode_id, condition
+        assert condition == condition_of(latched.type)
         authorise(driver, *PORTER)
         driver.get(dashboard.url)
         wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the porter's snapshot")
         assert "porter: view only" in driver.find_element("id", "user").text
         wait_until(
-            lambda: driver.find_elements("css selector", f'#alarms tr[data-episode="{episode}"]'),
+            lambda: driver.find_elements("css selector", condition_row(stream, condition)),
             10.0, "the latched alarm on the porter's page",
         )  # fmt: skip
         assert driver.find_elements("css selector", "#alarms button.ack") == []
@@ -292,7 +299,7 @@ def test_ward_view_of_a_running_device(
         authorise(driver, *NURSE)
         driver.get(dashboard.url)
         wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the nurse's snapshot")
-        button = f'#alarms tr[data-episode="{episode}"] button.ack'
+        button = f"{condition_row(stream, condition)} button.ack"
         wait_until(lambda: click(driver, button), 10.0, "a click on the alarm's button")
         assert recorder.wait_for(lambda ms: bool(commands(ms)), 10.0), "no command published"
         [command] = commands(recorder.messages)
@@ -315,11 +322,13 @@ def test_ward_view_of_a_running_device(
         ]  # fmt: skip
         assert ended[0].detail["ended_by"] == "acknowledge"
         assert ended[0].detail["acknowledged_by"] == NURSE[0]
-        alarm_row = f'#alarms tr[data-episode="{episode}"]'
+        alarm_row = f'#alarms tr[data-episodes~="{episode}"]'
         wait_until(
             lambda: not driver.find_elements("css selector", alarm_row),
-            5.0, "the acknowledged alarm to leave the list",
+            5.0, "the acknowledged episode to leave the list",
         )  # fmt: skip
+        for row in driver.find_elements("css selector", condition_row(stream, condition)):
+            assert row.get_attribute("data-state") in ("acknowledged", "ended")  # quiet now
 
         # SIGKILL: the broker publishes the last will; device and beds go offline
         killed_s = time.monotonic()
@@ -643,7 +652,11 @@ def test_a_beds_rate_trend_and_apnoea_on_the_page(
 ) -> None:
     """A device paced in real time on a synthetic chest (20 breaths a minute, then 30 s of
     heart sounds only, then breathing again): the bed's card shows its rate and draws its
-    trend; the apnoea comes as a high-priority alarm and the bed's state says apnoea."""
+    trend; the apnoea comes as a high-priority alarm and the bed's state says apnoea. The
+    nurse enabled the alarm sound at login: the apnoea starts the high-priority pattern (two
+    bursts of five pulses), heard through the browser's own Web Audio oscillators (a spy on
+    ``OscillatorNode.start``, installed before the page loads), the title says ALARM, and
+    "Pause audio" silences it for a counted two minutes."""
     import soundfile
 
     from tests.edge.breathing_audio import RATE_HZ, chest_audio
@@ -663,9 +676,12 @@ def test_a_beds_rate_trend_and_apnoea_on_the_page(
         DashboardProcess(path) as dashboard,
         chromium(1200, 640) as driver,
     ):
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": OSC_SPY})
         authorise(driver, *NURSE)
         driver.get(dashboard.url)
         wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the first snapshot")
+        driver.find_element("id", "sound").click()  # the gesture browsers ask for
+        assert driver.find_element("id", "sound").text == "Alarm sound on"
         rate = 'article.bed[data-stream="bed-rr"] .rate'
         shown = wait_until(lambda: page(driver, RATE_TEXT), 30.0, "a rate on the card")
         assert re.fullmatch(r"RR (19|20|21)/min \(normal 9-24, adult\)", shown), shown
@@ -675,6 +691,19 @@ def test_a_beds_rate_trend_and_apnoea_on_the_page(
             45.0, "the apnoea alarm",
         )  # fmt: skip
         assert "high" in row[0].text.lower()
+        log = "return window.lwSound.log.filter((p) => p.priority === 'high')"
+        high = wait_until(lambda: page(driver, log), 5.0, "the high-priority pattern")
+        assert high[0]["pulses"] == 10
+        starts = page(driver, "return window.__oscStarts")
+        assert sum(round(f) == 880 for f in starts) >= 10, starts
+        assert page(driver, "return window.lwSound.context.state") == "running"
+        assert re.match(r"\(\d+\) ALARM HIGH · ", driver.title), driver.title
+        driver.find_element("id", "sound-pause").click()
+        paused = driver.find_element("id", "sound-pause").text
+        assert re.fullmatch(r"Audio paused 1[12]\d s", paused), paused
+        before = len(page(driver, "return window.__oscStarts"))
+        time.sleep(2.0)
+        assert len(page(driver, "return window.__oscStarts")) == before, "silent while paused"
         state = wait_until(lambda: "apnoea" in bed_states(driver).get("bed-rr", "") and
                            bed_states(driver)["bed-rr"], 5.0, "the bed's state")  # fmt: skip
         assert state.startswith("apnoea")
@@ -683,6 +712,16 @@ def test_a_beds_rate_trend_and_apnoea_on_the_page(
         screenshot(driver, tmp_path / "ward-view-apnoea.png")
 
 
+OSC_SPY = """
+window.__oscStarts = [];
+(function () {
+  const start = OscillatorNode.prototype.start;
+  OscillatorNode.prototype.start = function (...args) {
+    window.__oscStarts.push(this.frequency.value);
+    return start.apply(this, args);
+  };
+})();
+"""
 RATE_TEXT = (
     "const r = document.querySelector('article.bed[data-stream=\"bed-rr\"] .rate');"
     "return r && r.dataset.rate ? r.textContent : null;"
@@ -700,7 +739,7 @@ BED_NAMES = {"bed-1": ("Bed 1", "Ward 3 East, bay A"), "bed-2": ("Bed 2", "Ward 
 FIRST_LISTEN = (
     "const b = document.querySelector('#alarms button.listen:not([disabled])');"
     "if (!b) return null; const row = b.closest('tr');"
-    "return [row.dataset.episode, row.dataset.stream, row.dataset.type];"
+    "return [b.dataset.episode, row.dataset.stream, row.dataset.condition];"
 )
 PLAYED = "const a = document.querySelector('#evidence-audio'); return a.currentTime;"
 PICTURE_SIZE = (
@@ -772,11 +811,11 @@ def test_an_alarms_clip_plays_and_the_beds_history_survives_the_views_restart(
                        60.0, "the beds by their names")  # fmt: skip
             episode, stream, kind = wait_until(lambda: page(driver, FIRST_LISTEN), 150.0,
                                                "an alarm with its clip")  # fmt: skip
-            row = driver.find_element("css selector", f'#alarms tr[data-episode="{episode}"]')
+            row = driver.find_element("css selector", f'#alarms tr[data-clip="{episode}"]')
             assert BED_NAMES[stream][0] in row.text
             assert BED_NAMES[stream][1] in row.text
             about = fetch_json(driver, f"/api/evidence/{episode}")
-            assert about["event_type"] == kind
+            assert condition_of(about["event_type"]) == kind
             assert about["stream_id"] == stream
 
             row.find_element("css selector", "button.listen").click()
@@ -804,7 +843,7 @@ def test_an_alarms_clip_plays_and_the_beds_history_survives_the_views_restart(
         with DashboardProcess(config) as dashboard:
             driver.get(dashboard.url)
             wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
-            alarm = f'#alarms tr[data-episode="{latched[0]}"]'
+            alarm = condition_row(latched[1], latched[2])
             wait_until(lambda: driver.find_elements("css selector", alarm), 10.0,
                        "the latched alarm after the restart")  # fmt: skip
             bed = f'article.bed[data-stream="{latched[1]}"] button.bed-name'

@@ -226,9 +226,8 @@ def test_devices_beds_and_open_episodes_are_capped_and_the_excess_counted() -> N
     assert [(b["device_id"], b["stream_id"]) for b in snapshot["beds"]] == [
         ("dev-1", "bed-1"), ("dev-1", "bed-2")
     ]  # fmt: skip
-    assert sorted(a["episode_id"] for a in snapshot["alarms"]) == sorted(
-        [second.episode_id, third.episode_id]
-    )
+    open_episodes = [ep for a in snapshot["alarms"] for ep in a["open_episodes"]]
+    assert sorted(open_episodes) == sorted([second.episode_id, third.episode_id])
 
 
 def send(ward: Ward, event: Event) -> bool:

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge.alarms import AlarmSettings
 from edge.config import from_mapping
 from edge.dashboard.cli import load_settings
 from edge.dashboard.config import DashboardConfig, hash_password, verify_password
-from edge.dashboard.ward import Ward, alarm_order
+from edge.dashboard.ward import Ward
 from edge.errors import ConfigError
 from edge.events import Event, status_payload
 from edge.sinks.live import LiveStrip, live_payload, live_topic
@@ -64,7 +65,7 @@ def status(ward: Ward, state: str, reason: str) -> bool:
     return ward.handle(f"{ROOT}/status", payload, retained=True)
 
 
-def test_alarms_are_ordered_by_priority_then_age() -> None:
+def test_alarms_are_ordered_by_priority_then_the_newest() -> None:
     ward = Ward(SITE)
     events = [
         finding("Fine Crackle", "bed-1", second=1),  # low, oldest
@@ -78,18 +79,32 @@ def test_alarms_are_ordered_by_priority_then_age() -> None:
     order = [(a["priority"], a["stream_id"]) for a in ward.alarms()]
     assert order == [
         ("high", "bed-3"),
-        ("medium", "bed-4"),
-        ("medium", "bed-5"),
         ("medium", "bed-2"),
+        ("medium", "bed-5"),
+        ("medium", "bed-4"),
         ("low", "bed-1"),
     ]
-    assert [alarm_order(e) for e in sorted(events, key=alarm_order)] == sorted(
-        map(alarm_order, events)
-    )
+
+
+def test_a_beds_episodes_of_one_finding_are_one_alarm_condition() -> None:
+    """Crackle after crackle on a bed: one row (DAS) counting them; a wheeze is another."""
+    ward = Ward(SITE)
+    for second in range(0, 40, 4):
+        onset = finding("Fine Crackle", second=second)
+        send(ward, onset)
+        send(ward, onset.ended(f"2026-05-09T07:00:{second + 1:02d}.000Z", 8000 * second + 8000))
+    send(ward, finding("Coarse Crackle", second=45))
+    send(ward, finding("Wheeze", second=46))
+    rows = ward.alarms()
+    assert [(r["stream_id"], r["condition"]) for r in rows] == [("bed-1", "CAS"), ("bed-1", "DAS")]
+    das = rows[1]
+    assert (das["episodes"], das["state"], das["types"]) == (11, "alarming", ["Coarse Crackle"])
+    assert das["first_onset_utc"] == "2026-05-09T07:00:00.000Z"
+    assert das["last_episode_utc"] == "2026-05-09T07:00:45.000Z"
 
 
 def test_an_episode_leaves_the_alarms_when_it_ends_and_its_rows_stay() -> None:
-    ward = Ward(SITE, events_per_bed=3)
+    ward = Ward(SITE, events_per_bed=3, alarm_settings=AlarmSettings(hold_s=0.0))
     onset = finding("Wheeze", second=1)
     send(ward, onset)
     assert [a["episode_id"] for a in ward.alarms()] == [onset.episode_id]
@@ -104,24 +119,27 @@ def test_an_episode_leaves_the_alarms_when_it_ends_and_its_rows_stay() -> None:
 
 
 def test_latched_alarm_is_acknowledgeable_until_its_acknowledged_end_comes_back() -> None:
-    ward = Ward(SITE)
+    ward = Ward(SITE, alarm_settings=AlarmSettings(hold_s=0.0))
     onset = finding("Stridor", second=4)
     send(ward, onset)
     key = onset.detail["key"]
-    assert ward.latched_target(DEVICE, "bed-1", key) is None, "not latched while live"
     latched = onset.ongoing(
         detail={**onset.detail, "latched": True, "condition_end_utc": "2026-05-09T07:00:05.000Z"}
     )
     send(ward, latched)
     [alarm] = ward.alarms()
+    assert (alarm["condition"], alarm["key"], alarm["state"]) == ("CAS", "CAS", "alarming")
     assert alarm["latched"]
     assert not alarm["ack_sent"]
     assert alarm["condition_end_utc"] == "2026-05-09T07:00:05.000Z"
-    assert ward.latched_target(DEVICE, "bed-1", key) == latched
-    assert ward.latched_target(DEVICE, "bed-1", "Stridor") == latched  # by type too
-    assert ward.latched_target(DEVICE, "bed-2", key) is None
-    ward.acknowledge_sent(DEVICE, "bed-1", key)
-    assert ward.alarms()[0]["ack_sent"]
+    for target in ("CAS", key, "Stridor"):  # the condition, the episode's key or type
+        assert ward.acknowledgeable(DEVICE, "bed-1", target)
+    assert not ward.acknowledgeable(DEVICE, "bed-2", key)
+    assert not ward.acknowledgeable(DEVICE, "bed-1", "DAS")
+    ward.acknowledge_sent(DEVICE, "bed-1", "CAS", "nurse-a")
+    [alarm] = ward.alarms()
+    assert alarm["ack_sent"]
+    assert (alarm["state"], alarm["acknowledged_by"]) == ("acknowledged", "nurse-a")
     assert ward.snapshot()["beds"][0]["state"]["text"] == "stridor (latched)"
     ended = latched.ended(
         "2026-05-09T07:00:05.000Z",
@@ -443,9 +461,9 @@ def test_verdicts_named_in_the_config_are_listed_among_the_alarms() -> None:
             verdict_topic(SITE, DEVICE, bed), verdict_payload(SITE, DEVICE, bed, body).encode()
         )
     rows = ward.alarms()
-    assert [(r["stream_id"], r["type"], r["priority"]) for r in rows] == [
+    assert [(r["stream_id"], r["text"], r["priority"]) for r in rows] == [
         ("bed-2", "verdict CAS", "high"),  # high first
-        ("bed-1", "Fine Crackle", "low"),
+        ("bed-1", "crackles (DAS)", "low"),
     ]
     assert rows[0]["latched"] is False  # nothing to acknowledge
     normal = {"verdict": "Normal", "utc": "2026-05-09T07:00:20.000Z", "sample": 0, "scores": {}}
@@ -481,3 +499,25 @@ def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> 
     assert ward.snapshot()["beds"][0]["respiration"] is None
     assert ward.handle(respiration_topic(SITE, DEVICE, "bed-9"), b"", True)
     assert [b["stream_id"] for b in ward.snapshot()["beds"]] == ["bed-2"]  # nothing created
+
+
+def test_the_beds_state_never_contradicts_its_breathing_or_verdict() -> None:
+    """One state from everything the bed reports: no "breathing normal" beside a verdict of
+    findings, a rate out of range, an apnoea reading or a lost breath signal."""
+    from edge.dashboard.ward import bed_state
+
+    ok = {"state": "ok", "rate_bpm": 18.0, "low_bpm": 9.0, "high_bpm": 24.0}
+    assert bed_state(True, [], respiration=ok)["text"] == "breathing normal"
+    fast = {**ok, "rate_bpm": 31.0}
+    expected = {"key": "tachypnoea", "text": "breathing fast (31/min)"}
+    assert bed_state(True, [], respiration=fast) == expected
+    assert bed_state(True, [], respiration={**ok, "rate_bpm": 6.0})["key"] == "bradypnoea"
+    assert bed_state(True, [], respiration={"state": "apnoea"})["key"] == "apnoea"
+    lost = bed_state(True, [], respiration={"state": "signal_lost"})
+    assert lost == {"key": "technical", "text": "technical condition: breath signal lost"}
+    both = bed_state(True, [], respiration=ok, verdict={"label": "CAS & DAS"})
+    assert both == {"key": "wheezes", "text": "verdict CAS & DAS (no episode now)"}
+    assert bed_state(True, [], verdict={"label": "Normal"})["key"] == "normal"
+    # an open episode says more than the verdict; an apnoea more than anything but offline
+    assert bed_state(True, [finding("Fine Crackle")], verdict={"label": "CAS"})["key"] == "crackles"
+    assert bed_state(False, [], respiration={"state": "apnoea"})["key"] == "offline"

@@ -353,54 +353,114 @@
   }
 
   // -- alarms ---------------------------------------------------------------------------
-  // Rows are kept per episode while what they show is unchanged, so a button being clicked
-  // is never swapped for a new one by an update about another alarm.
-  const alarmRows = new Map();  // episode id -> { signature, tr }
+  // One row per bed and alarm condition (edge/alarms.py), grouped by bed: the bed's worst
+  // condition first (the server's ward order: alarming, then priority, then the newest),
+  // its other conditions under it. Rows are kept while what they show is unchanged, so a
+  // button being clicked is never swapped for a new one by an update about another alarm.
+  const alarmRows = new Map();  // device/bed/condition -> { signature, tr }
+
+  function conditionId(a) { return `${a.device_id}/${a.stream_id}/${a.condition}`; }
+
+  // Updates come up to ten times a second; the list is drawn at most every ALARM_DRAW_MS
+  // (the newest list wins), so a busy ward does not spend the page's time on one table.
+  const ALARM_DRAW_MS = 300;
+  let alarmsPending = null, alarmsTimer = null, alarmsDrawnAt = 0;
 
   function renderAlarms(alarms) {
-    ward.alarms = alarms;
-    const canAck = Boolean(ward.user && ward.user.can_acknowledge);
-    const kept = new Map();
-    const rows = alarms.map((a) => {
-      const signature = JSON.stringify([a, canAck]);
-      const old = alarmRows.get(a.episode_id);
-      const tr = old && old.signature === signature ? old.tr : alarmRow(a, canAck);
-      kept.set(a.episode_id, { signature, tr });
-      return tr;
-    });
-    alarmRows.clear();
-    kept.forEach((value, key) => alarmRows.set(key, value));
-    $("#alarms tbody").replaceChildren(...rows);
-    $("#alarm-count").textContent = `(${alarms.length})`;
-    stampAfterPaint(window.lwAlarmShown, alarms.map((a) => a.episode_id));
+    alarmsPending = alarms;
+    if (alarmsTimer !== null) return;
+    const wait = Math.max(0, alarmsDrawnAt + ALARM_DRAW_MS - Date.now());
+    alarmsTimer = setTimeout(() => {
+      alarmsTimer = null;
+      alarmsDrawnAt = Date.now();
+      drawAlarms(alarmsPending);
+    }, wait);
   }
 
-  function alarmRow(a, canAck) {
-    const tr = el("tr", `prio-${a.priority}`);
-    tr.dataset.episode = a.episode_id;
+  function drawAlarms(alarms) {
+    ward.alarms = alarms;
+    const canAck = Boolean(ward.user && ward.user.can_acknowledge);
+    const beds = new Map();  // in the order of each bed's worst condition
+    for (const a of alarms) {
+      const bed = `${a.device_id}/${a.stream_id}`;
+      if (!beds.has(bed)) beds.set(bed, []);
+      beds.get(bed).push(a);
+    }
+    const kept = new Map();
+    const rows = [];
+    for (const group of beds.values()) {
+      group.forEach((a, i) => {
+        const signature = JSON.stringify([a, canAck, i === 0, Boolean(ward.user && ward.user.can_listen)]);
+        const old = alarmRows.get(conditionId(a));
+        const tr = old && old.signature === signature ? old.tr : alarmRow(a, canAck, i === 0);
+        kept.set(conditionId(a), { signature, tr });
+        rows.push(tr);
+      });
+    }
+    alarmRows.clear();
+    kept.forEach((value, key) => alarmRows.set(key, value));
+    placeRows($("#alarms tbody"), rows);
+    $("#alarm-count").textContent = `(${alarms.length} on ${beds.size} bed(s))`;
+    stampAfterPaint(window.lwAlarmShown, alarms.flatMap((a) => a.open_episodes || []));
+    sound.update(alarms);
+  }
+
+  // Put ``rows`` into ``body`` in order, moving or replacing only what differs (a busy
+  // ward changes a few rows per update; rebuilding the whole table costs the page its time).
+  function placeRows(body, rows) {
+    const wanted = new Set(rows);
+    for (const node of [...body.children]) if (!wanted.has(node)) node.remove();
+    rows.forEach((tr, i) => {
+      const here = body.children[i];
+      if (here !== tr) body.insertBefore(tr, here || null);
+    });
+  }
+
+  function stateText(a) {
+    if (a.state === "verdict") return "verdict (nothing to acknowledge)";
+    let text = a.state === "acknowledged" ? `acknowledged${a.acknowledged_by ? ` by ${a.acknowledged_by}` : ""}`
+      : a.state === "ended" ? "over" : "ALARM";
+    if (a.escalated) text += ` (raised from ${a.base_priority}: not acknowledged)`;
+    if (a.latched) text += ` · latched (condition ended ${clock(a.condition_end_utc)})`;
+    if (a.ack_sent) text += " · acknowledge sent, waiting for the device";
+    return text;
+  }
+
+  function alarmRow(a, canAck, head) {
+    const tr = el("tr", `prio-${a.priority} st-${a.state} ${head ? "bed-head" : "bed-more"}`);
+    tr.dataset.condition = a.condition;
+    tr.dataset.type = a.condition;
+    tr.dataset.episode = a.episode_id || "";
+    tr.dataset.episodes = (a.open_episodes || []).join(" ");
+    tr.dataset.clip = a.clip_episode_id || "";
     tr.dataset.device = a.device_id;
     tr.dataset.stream = a.stream_id;
-    tr.dataset.type = a.type;
+    tr.dataset.state = a.state;
+    tr.dataset.latched = a.latched ? "true" : "false";
     tr.append(el("td", `prio ${a.priority}`, a.priority));
-    const bed = el("td", "bed-name", bedLabel(a));
-    if (a.bed_location) bed.append(el("span", "location", ` · ${a.bed_location}`));
-    bed.title = `stream ${a.stream_id}`;
+    const bed = el("td", "bed-name", head ? bedLabel(a) : "↳");
+    if (head && a.bed_location) bed.append(el("span", "location", ` · ${a.bed_location}`));
+    bed.title = `${bedLabel(a)}, stream ${a.stream_id}`;
     tr.append(bed);
-    tr.append(el("td", null, a.device_id + (a.device_online ? "" : " (offline)")));
-    tr.append(el("td", null, a.kind === "technical" ? `${a.type} (technical)` : a.type));
-    const since = el("td", "since", `${clock(a.start_utc)} `);
-    const ageNode = el("span", "age", `(${age(a.start_utc)})`);
-    ageNode.dataset.start = a.start_utc;
+    tr.append(el("td", null, head ? a.device_id + (a.device_online ? "" : " (offline)") : ""));
+    const what = el("td", "condition", a.kind === "technical" ? `${a.text} (technical)` : a.text);
+    if (a.episodes > 1) what.append(el("span", "episodes", ` · ${a.episodes} episodes`));
+    tr.append(what);
+    const since = el("td", "since", `${clock(a.first_onset_utc)} `);
+    const ageNode = el("span", "age", `(${age(a.first_onset_utc)})`);
+    ageNode.dataset.start = a.first_onset_utc;
     since.append(ageNode);
+    if (a.episodes > 1) since.append(el("span", "last", `, last ${clock(a.last_episode_utc)}`));
     tr.append(since);
-    let state = a.latched ? `latched (condition ended ${clock(a.condition_end_utc)})` : "active";
-    if (a.ack_sent) state = "acknowledge sent, waiting for the device";
-    tr.append(el("td", "alarm-state", state));
+    tr.append(el("td", "alarm-state", stateText(a)));
     const evidence = el("td", "evidence");
-    if (a.evidence) evidence.append(listenButton(a.episode_id, `${a.type}, ${bedLabel(a)}`));
+    if (a.evidence && a.clip_episode_id) {
+      evidence.append(listenButton(a.clip_episode_id, `${a.text}, ${bedLabel(a)}`));
+    }
     tr.append(evidence);
     const action = el("td", "action");
-    if (canAck && a.latched && !a.ack_sent) {
+    const needed = a.state === "alarming" || a.state === "ended" || (a.latched && !a.ack_sent);
+    if (canAck && a.kind !== "verdict" && needed) {
       const button = el("button", "ack", "Acknowledge");
       button.type = "button";
       button.addEventListener("click", () => acknowledge(button, a));
@@ -409,6 +469,100 @@
     tr.append(action);
     return tr;
   }
+
+  // -- alarm signals: IEC 60601-1-8 priority patterns, sounded with the Web Audio API ------
+  // high: two bursts of five pulses, again every 10 s; medium: one burst of three pulses,
+  // every 20 s; low: one burst of two pulses, once when a low condition starts alarming.
+  // Browsers let a page sound only after a gesture: the "Enable alarm sound" button (shown
+  // at login until pressed) makes the AudioContext. "Pause audio" silences for two minutes
+  // (shown, counting down, ending by itself). Technical conditions come with their own
+  // (lower) priority from the device. The title and, where allowed, a notification say so too.
+  const PATTERNS = {
+    high: { hz: 880, bursts: [5, 5], every_ms: 10000, repeat: true },
+    medium: { hz: 660, bursts: [3], every_ms: 20000, repeat: true },
+    low: { hz: 523, bursts: [2], every_ms: 0, repeat: false },
+  };
+  const PAUSE_MS = 120000;
+  const TITLE = document.title;
+  const sound = {
+    context: null, pausedUntil: 0, worst: null, lastAt: 0, announced: new Set(),
+    // for people and the tests: every pattern started {priority, pulses, at}
+    log: [],
+    enable() {
+      const Context = window.AudioContext || window.webkitAudioContext;
+      if (!Context) { $("#sound").textContent = "no audio in this browser"; return; }
+      if (!this.context) this.context = new Context();
+      this.context.resume();
+      $("#sound").textContent = "Alarm sound on";
+      $("#sound").classList.add("on");
+      $("#sound-pause").hidden = false;
+      if (window.Notification && Notification.permission === "default") {
+        Notification.requestPermission().catch(() => {});
+      }
+      this.update(ward.alarms);
+    },
+    pause() {
+      this.pausedUntil = Date.now() + PAUSE_MS;
+      this.tick();
+    },
+    alarming(alarms) {
+      return (alarms || []).filter((a) => a.state === "alarming");
+    },
+    update(alarms) {
+      const live = this.alarming(alarms);
+      const worst = live.length ? live.reduce((w, a) => (PRIORITY[a.priority] < PRIORITY[w] ? a.priority : w), "low") : null;
+      document.title = live.length ? `(${live.length}) ALARM ${worst.toUpperCase()} · ${TITLE}` : TITLE;
+      const fresh = live.filter((a) => !this.announced.has(conditionId(a) + a.priority));
+      for (const a of live) this.announced.add(conditionId(a) + a.priority);
+      if (fresh.length && window.Notification && Notification.permission === "granted" && document.hidden) {
+        const a = fresh[0];
+        try { new Notification(`${a.priority} alarm: ${a.text}`, { body: bedLabel(a), tag: conditionId(a) }); } catch (e) { /* none */ }
+      }
+      const rises = worst !== null && (this.worst === null || PRIORITY[worst] < PRIORITY[this.worst]);
+      this.worst = worst;
+      if (rises || fresh.length) this.lastAt = 0;  // a new or higher alarm sounds at once
+      this.tick();
+    },
+    tick() {
+      const pause = $("#sound-pause");
+      const paused = Date.now() < this.pausedUntil;
+      pause.textContent = paused ? `Audio paused ${Math.ceil((this.pausedUntil - Date.now()) / 1000)} s` : "Pause audio 2 min";
+      pause.classList.toggle("paused", paused);
+      if (!this.context || paused || this.worst === null) return;
+      const pattern = PATTERNS[this.worst];
+      const due = this.lastAt === 0 || (pattern.repeat && Date.now() - this.lastAt >= pattern.every_ms);
+      if (!due) return;
+      this.lastAt = Date.now();
+      this.play(this.worst, pattern);
+    },
+    play(priority, pattern) {
+      const ctx = this.context;
+      let t = ctx.currentTime + 0.05;
+      let pulses = 0;
+      pattern.bursts.forEach((count, burst) => {
+        for (let i = 0; i < count; i++) {
+          const osc = ctx.createOscillator(), gain = ctx.createGain();
+          osc.type = "triangle";
+          osc.frequency.value = pattern.hz;
+          gain.gain.setValueAtTime(0, t);
+          gain.gain.linearRampToValueAtTime(0.3, t + 0.02);
+          gain.gain.setValueAtTime(0.3, t + 0.13);
+          gain.gain.linearRampToValueAtTime(0, t + 0.15);
+          osc.connect(gain).connect(ctx.destination);
+          osc.start(t);
+          osc.stop(t + 0.16);
+          t += 0.2;
+          pulses += 1;
+        }
+        if (burst < pattern.bursts.length - 1) t += 0.8;
+      });
+      this.log.push({ priority, pulses, at: Date.now() });
+    },
+  };
+  window.lwSound = sound;
+  $("#sound").addEventListener("click", () => sound.enable());
+  $("#sound-pause").addEventListener("click", () => sound.pause());
+  setInterval(() => sound.tick(), 1000);
 
   async function acknowledge(button, alarm) {
     button.disabled = true;
@@ -419,14 +573,14 @@
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({
-          device_id: alarm.device_id, stream_id: alarm.stream_id, target: alarm.key,
+          device_id: alarm.device_id, stream_id: alarm.stream_id, target: alarm.condition,
         }),
       });
       const body = await reply.json().catch(() => ({}));
       if (reply.status !== 202) throw new Error(body.error || `HTTP ${reply.status}`);
       button.textContent = "acknowledge sent";
     } catch (error) {
-      $("#ack-error").textContent = `Acknowledge of ${alarm.type} on ${bedLabel(alarm)} failed: ${error.message}`;
+      $("#ack-error").textContent = `Acknowledge of ${alarm.text} on ${bedLabel(alarm)} failed: ${error.message}`;
       button.disabled = false;
       button.textContent = "Acknowledge";
     }
