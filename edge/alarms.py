@@ -21,13 +21,15 @@ bedside monitor does, into one **alarm condition per bed and finding**:
   step (low -> medium -> high) every ``escalate_after_s`` (0: never). Technical conditions
   do not rise above medium (IEC 60601-1-8 keeps technical alarms apart from physiological
   ones);
-- it is **alarming** while episodes of it are open on the device (live, or latched: a
-  latching episode stays open until acknowledged) and nobody acknowledged it; acknowledged,
-  it stays listed and quiet while they are open, and a new episode raises it again only once
-  ``realarm_s`` has passed since the acknowledgement (before that the episode is counted, not
-  sounded), even if the condition left the list in between;
-- once its last open episode ended it is ``ended`` (quiet, listed for ``hold_s`` so a nurse
-  sees what just happened), then leaves the list; acknowledging it removes it at once.
+- it is **alarming** from its first episode until a person acknowledges it, whether or not
+  its episodes have ended meanwhile (latched at the condition level, as IEC 60601-1-8 latches
+  an alarm signal); acknowledged, it stays listed and quiet while episodes of it are open,
+  and a new episode raises it again only once ``realarm_s`` has passed since the
+  acknowledgement (before that the episode is counted, not sounded), even if the condition
+  left the list in between; an episode the device ended by an acknowledgement (another view's,
+  or one before this view started) acknowledges its condition here too;
+- once acknowledged and its episodes over it is ``ended``: listed ``hold_s`` (0 by default),
+  then gone; acknowledging a condition whose episodes are over removes it at once.
 
 Ward order (:func:`ward_order`): alarming, then acknowledged, then ended; within each, priority
 (high first), then the newest episode first, so an apnoea that starts now lands on top.
@@ -107,7 +109,7 @@ class AlarmSettings:
 
     realarm_s: float = 600.0  # after an acknowledgement, new episodes are quiet this long
     escalate_after_s: float = 300.0  # unacknowledged this long: one priority up (0: never)
-    hold_s: float = 0.0  # an ended condition stays listed this long after its last episode
+    hold_s: float = 0.0  # acknowledged and its episodes over: listed this long (then gone)
 
     def __post_init__(self) -> None:
         check(self.realarm_s >= 0, "realarm_s", self.realarm_s, "a number >= 0 (seconds)")
@@ -148,10 +150,12 @@ class AlarmCondition:
 
     @property
     def state(self) -> str:
-        """``alarming``, ``acknowledged`` (episodes still open) or ``ended``."""
-        if not self.open:
-            return "ended"
-        return "acknowledged" if self.acknowledged else "alarming"
+        """``alarming`` (until acknowledged, whether or not episodes are open: latched at the
+        condition level), ``acknowledged`` (episodes still open) or ``ended`` (acknowledged,
+        its episodes over: listed ``hold_s``)."""
+        if not self.acknowledged:
+            return "alarming"
+        return "acknowledged" if self.open else "ended"
 
     @property
     def condition_end_utc(self) -> str | None:
@@ -249,10 +253,13 @@ class AlarmBook:
             if cond.acknowledged and self._may_realarm(cond, now_s):
                 cond.acknowledged, cond.raised_s = False, now_s
                 cond.acknowledged_s, cond.acknowledged_by = None, ""
-            elif not cond.open and not cond.acknowledged:  # it had ended: alarming anew
-                cond.raised_s = now_s
         if event.state == "ended":
             cond.open.pop(event.episode_id, None)
+            if event.detail.get("ended_by") == "acknowledge" and not cond.acknowledged:
+                # acknowledged on the device (by another view, or before this one started)
+                cond.acknowledged, cond.acknowledged_s = True, now_s
+                cond.acknowledged_by = str(event.detail.get("acknowledged_by") or "")
+                self._acknowledged_s[key] = now_s
         else:
             cond.open[event.episode_id] = event
         cond.ended_s = now_s if not cond.open else None
@@ -320,9 +327,12 @@ class AlarmBook:
         )
 
     def _expire(self, now_s: float) -> None:
-        """Ended conditions past ``hold_s`` leave."""
+        """Acknowledged conditions whose episodes are over leave ``hold_s`` after the last."""
         for cond in list(self._conditions.values()):
-            if cond.ended_s is not None and now_s - cond.ended_s >= self.settings.hold_s:
+            if cond.state != "ended":
+                continue
+            over_s = now_s - max(cond.ended_s or now_s, cond.acknowledged_s or now_s)
+            if over_s >= self.settings.hold_s:
                 self._drop(cond)
 
     def _drop(self, cond: AlarmCondition) -> None:

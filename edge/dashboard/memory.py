@@ -179,14 +179,21 @@ def _summary_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _listed(device_id: str, stream_id: str, row: dict[str, Any], state: str) -> ListedEpisode:
-    """A summary's alarm row as an episode of the alarm book."""
+    """A summary's alarm row as an episode of the alarm book (one that leaves the summary
+    latched was acknowledged on the device: a latched episode ends no other way)."""
     detail = {"key": row["key"], "latched": row["latched"]}
+    if state == "ended" and row["latched"]:
+        detail["ended_by"] = "acknowledge"
     return ListedEpisode(row["episode_id"], device_id, stream_id, row["type"], row["kind"],
                          row["priority"], state, row["start_utc"], detail)  # fmt: skip
 
 
 def _ended(event: Event) -> ListedEpisode:
-    """The end of an episode that ended while the view was away (its bed no longer holds it)."""
+    """The end of an episode that ended while the view was away (its bed no longer holds it;
+    a latched one was acknowledged on the device)."""
+    detail = dict(event.detail)
+    if detail.get("latched"):
+        detail["ended_by"] = "acknowledge"
     return ListedEpisode(event.episode_id, event.device_id, event.stream_id, event.type,
                          event.kind, event.priority, "ended", event.start_utc,
-                         dict(event.detail))  # fmt: skip
+                         detail)  # fmt: skip

@@ -118,6 +118,7 @@ REASON_CHARS = 300  # the longest reason kept in last_rejected
 STALE_AFTER_S = 30.0  # three times the runtime's default metrics_interval_s
 MAX_DEVICES = 256  # devices kept per site (the ward's, far above a real one)
 MAX_BEDS_PER_DEVICE = 512  # beds (streams) kept per device
+ACK_LATE_S = 15.0  # an acknowledge the device has not confirmed this long: the page says so
 MAX_OPEN_EPISODES_PER_BED = 256  # open episodes kept per bed (a bed has a few at a time)
 
 
@@ -340,7 +341,7 @@ class Ward(WardMemory):
         self._dirty_devices: set[str] = set()
         self._dirty_beds: set[tuple[str, str]] = set()
         self._dirty_alarms = False
-        self._alarm_signature: tuple[tuple[str, ...], ...] = ()
+        self._alarm_signature: tuple[Any, ...] = ((),)  # an empty book's
         self.alarms_every_s = alarms_every_s
         self._alarms_sent_s = -math.inf
         self._status_sent: dict[str, Any] | None = None
@@ -638,7 +639,9 @@ class Ward(WardMemory):
                     self._set_silent(device, silent)
             self._update_broker()
             # conditions rise (escalation) and leave (hold_s) with time alone: pushed too
-            signature = self.book.signature(self.clock())
+            now_s = self.clock()
+            late = tuple(sorted(k for k, t in self.pending_acks.items() if now_s - t > ACK_LATE_S))
+            signature = (*self.book.signature(now_s), late)
             if signature != self._alarm_signature:
                 self._alarm_signature = signature
                 self._dirty_alarms = True
@@ -701,9 +704,11 @@ class Ward(WardMemory):
             for row in rows:
                 device = self.devices.get(row["device_id"])
                 row["device_online"] = device is not None and device.online is not False
-                row["ack_sent"] = (row["device_id"], row["stream_id"], row["key"]) in (
-                    self.pending_acks
-                ) and row["latched"]
+                sent = self.pending_acks.get((row["device_id"], row["stream_id"], row["key"]))
+                row["ack_sent"] = sent is not None and row["latched"]
+                # how long the device has not confirmed it (a device that refuses commands,
+                # e.g. without commands.key_file, never does: the page says so)
+                row["ack_waiting_s"] = round(self.clock() - sent, 1) if row["ack_sent"] else None
                 row["evidence"] = row["clip_episode_id"] is not None
             rows += self._verdict_alarms()
             for row in rows:
@@ -731,7 +736,7 @@ class Ward(WardMemory):
                     "open_episodes": [], "active": True, "types": [], "episode_id": None,
                     "clips": 0, "acknowledged_by": None, "condition_end_utc": None,
                     "device_online": device.online is not False, "ack_sent": False,
-                    "evidence": False, "clip_episode_id": None,
+                    "ack_waiting_s": None, "evidence": False, "clip_episode_id": None,
                 })  # fmt: skip
         return rows
 

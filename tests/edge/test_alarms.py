@@ -60,14 +60,34 @@ def test_conditions_group_a_beds_episodes_by_finding() -> None:
     assert das["types"] == ["Coarse Crackle"]
 
 
-def test_an_ended_condition_stays_listed_for_hold_s_then_leaves() -> None:
+def test_a_condition_alarms_until_acknowledged_then_leaves_hold_s_after_its_episodes() -> None:
     book = AlarmBook(AlarmSettings(hold_s=30.0))
     crackle = episode("Fine Crackle")
     book.take(crackle, 0.0)
     book.take(end(crackle), 5.0)
-    [row] = book.conditions(20.0)
-    assert row["state"] == "ended"
-    assert book.conditions(35.0) == []
+    [row] = book.conditions(500.0)
+    assert (row["state"], row["open_episodes"]) == ("alarming", [])  # latched as a condition
+    other = episode("Coarse Crackle", second=600)
+    book.take(other, 600.0)
+    book.acknowledge(DEVICE, "bed-1", "DAS", 610.0)
+    assert book.conditions(611.0)[0]["state"] == "acknowledged"
+    book.take(end(other), 620.0)
+    assert book.conditions(640.0)[0]["state"] == "ended"
+    assert book.conditions(651.0) == []
+    lone = episode("Wheeze", second=700)
+    book.take(lone, 700.0)
+    book.take(end(lone), 701.0)
+    book.acknowledge(DEVICE, "bed-1", "CAS", 702.0)
+    assert book.conditions(702.0) == []  # acknowledged with its episodes over: gone at once
+
+
+def test_an_episode_ended_by_an_acknowledgement_on_the_device_acknowledges_its_condition() -> None:
+    book = AlarmBook()
+    stridor = episode("Stridor")
+    book.take(stridor, 0.0)
+    detail = {**stridor.detail, "ended_by": "acknowledge", "acknowledged_by": "nurse-b"}
+    book.take(stridor.ended(stridor.start_utc, 0, detail=detail), 3.0)
+    assert book.conditions(4.0) == []
 
 
 def test_the_newest_high_priority_alarm_is_first() -> None:

@@ -218,8 +218,9 @@ def test_an_alarm_latched_before_the_view_started_is_listed_from_the_summary() -
         "CAS", ["Stridor"], "high", True)  # fmt: skip
     assert alarm["bed_name"] == "Bed 4 (Mrs A.)"
     assert ward.acknowledgeable(DEVICE, alarm["stream_id"], "CAS")  # a late view acknowledges it
-    # its acknowledged end arrives: the alarm leaves
-    assert send(ward, ended(stridor, NOW))
+    # its acknowledged end arrives (acknowledged on the device): the alarm leaves
+    detail = {**stridor.detail, "ended_by": "acknowledge"}
+    assert send(ward, stridor.ended(format_utc(NOW), stridor.start_sample + 8000, detail=detail))
     assert ward.alarms() == []
 
 

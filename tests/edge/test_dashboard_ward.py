@@ -103,12 +103,16 @@ def test_a_beds_episodes_of_one_finding_are_one_alarm_condition() -> None:
     assert das["last_episode_utc"] == "2026-05-09T07:00:45.000Z"
 
 
-def test_an_episode_leaves_the_alarms_when_it_ends_and_its_rows_stay() -> None:
+def test_an_ended_episodes_condition_alarms_until_acknowledged_and_its_rows_stay() -> None:
     ward = Ward(SITE, events_per_bed=3, alarm_settings=AlarmSettings(hold_s=0.0))
     onset = finding("Wheeze", second=1)
     send(ward, onset)
     assert [a["episode_id"] for a in ward.alarms()] == [onset.episode_id]
     send(ward, onset.ended("2026-05-09T07:00:02.000Z", end_sample=16000))
+    [row] = ward.alarms()  # the condition alarms until someone acknowledges it
+    assert (row["state"], row["open_episodes"]) == ("alarming", [])
+    assert ward.acknowledgeable(DEVICE, "bed-1", "CAS")
+    ward.acknowledge_sent(DEVICE, "bed-1", "CAS", "nurse-a")
     assert ward.alarms() == []
     bed = ward.snapshot()["beds"][0]
     assert [row["state"] for row in bed["events"]] == ["ended", "onset"]  # newest first
@@ -521,3 +525,23 @@ def test_the_beds_state_never_contradicts_its_breathing_or_verdict() -> None:
     # an open episode says more than the verdict; an apnoea more than anything but offline
     assert bed_state(True, [finding("Fine Crackle")], verdict={"label": "CAS"})["key"] == "crackles"
     assert bed_state(False, [], respiration={"state": "apnoea"})["key"] == "offline"
+
+
+def test_an_acknowledge_the_device_does_not_confirm_is_pushed_again_with_its_wait() -> None:
+    now = [1000.0]
+    ward = Ward(SITE, clock=lambda: now[0])
+    onset = finding("Stridor", second=4)
+    send(ward, onset.ongoing(detail={**onset.detail, "latched": True}))
+    ward.acknowledge_sent(DEVICE, "bed-1", "CAS", "nurse-a")
+    ward.check_liveness()
+    ward.take_changes()
+    now[0] += 5.0
+    ward.check_liveness()
+    early = ward.take_changes()
+    assert early is None or "alarms" not in early  # nothing new to say yet
+    now[0] += 20.0
+    ward.check_liveness()
+    changes = ward.take_changes()
+    assert changes is not None
+    [row] = changes["alarms"]
+    assert (row["ack_sent"], row["ack_waiting_s"]) == (True, 25.0)

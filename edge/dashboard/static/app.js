@@ -364,6 +364,11 @@
   // Updates come up to ten times a second; the list is drawn at most every ALARM_DRAW_MS
   // (the newest list wins), so a busy ward does not spend the page's time on one table.
   const ALARM_DRAW_MS = 300;
+  const ACK_CONFIRM_S = 15;
+  // the worst beds' rows are listed first, about this many; the rest behind a button (a busy
+  // ward of 200 beds lists hundreds of conditions, more than a page can redraw or a nurse read)
+  const ALARM_ROWS_SHOWN = 50;
+  let showAllAlarms = false;  // a device confirms an acknowledge within a second or two
   let alarmsPending = null, alarmsTimer = null, alarmsDrawnAt = 0;
 
   function renderAlarms(alarms) {
@@ -388,7 +393,10 @@
     }
     const kept = new Map();
     const rows = [];
+    let listed = 0;
     for (const group of beds.values()) {
+      if (!showAllAlarms && listed >= ALARM_ROWS_SHOWN) break;  // the worst beds first
+      listed += group.length;
       group.forEach((a, i) => {
         const signature = JSON.stringify([a, canAck, i === 0, Boolean(ward.user && ward.user.can_listen)]);
         const old = alarmRows.get(conditionId(a));
@@ -401,6 +409,10 @@
     kept.forEach((value, key) => alarmRows.set(key, value));
     placeRows($("#alarms tbody"), rows);
     $("#alarm-count").textContent = `(${alarms.length} on ${beds.size} bed(s))`;
+    const more = $("#alarms-more");
+    more.hidden = showAllAlarms ? alarms.length <= ALARM_ROWS_SHOWN : rows.length >= alarms.length;
+    more.textContent = showAllAlarms ? "Show the first beds only" :
+      `Show all ${alarms.length} (${alarms.length - rows.length} more below)`;
     stampAfterPaint(window.lwAlarmShown, alarms.flatMap((a) => a.open_episodes || []));
     sound.update(alarms);
   }
@@ -422,7 +434,12 @@
       : a.state === "ended" ? "over" : "ALARM";
     if (a.escalated) text += ` (raised from ${a.base_priority}: not acknowledged)`;
     if (a.latched) text += ` · latched (condition ended ${clock(a.condition_end_utc)})`;
-    if (a.ack_sent) text += " · acknowledge sent, waiting for the device";
+    if (a.ack_sent && a.ack_waiting_s !== null && a.ack_waiting_s > ACK_CONFIRM_S) {
+      text += ` · the device has not confirmed the acknowledge for ${Math.round(a.ack_waiting_s)} s:` +
+        " it refuses commands it cannot verify (its commands.key_file, docs/security.md) or is unreachable";
+    } else if (a.ack_sent) {
+      text += " · acknowledge sent, waiting for the device";
+    }
     return text;
   }
 
@@ -560,6 +577,10 @@
     },
   };
   window.lwSound = sound;
+  $("#alarms-more").addEventListener("click", () => {
+    showAllAlarms = !showAllAlarms;
+    drawAlarms(ward.alarms);
+  });
   $("#sound").addEventListener("click", () => sound.enable());
   $("#sound-pause").addEventListener("click", () => sound.pause());
   setInterval(() => sound.tick(), 1000);
