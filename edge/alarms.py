@@ -62,15 +62,24 @@ class Episode(Protocol):
     """What the book reads of an episode's message: an :class:`~edge.events.Event`, or a
     :class:`ListedEpisode` a bed's summary lists."""
 
-    episode_id: str
-    device_id: str
-    stream_id: str
-    type: str
-    kind: str
-    priority: str
-    state: str
-    start_utc: str
-    detail: dict[str, Any]
+    @property
+    def episode_id(self) -> str: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def priority(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def start_utc(self) -> str: ...
+    @property
+    def detail(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

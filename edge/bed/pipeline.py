@@ -274,7 +274,7 @@ class StreamPipeline:
         samples = self._audio[at : at + n]
         for k, stream in enumerate(self._streams):
             self._counts[k] = self._store(stream.push(samples), self._ring[k], self._counts[k])
-        if self._level_stream is not None:
+        if self._level_stream is not None and self._levels is not None:
             frames = self._level_stream.push(samples)
             self._level_count = self._store(frames, self._levels, self._level_count)
         self._pos = at + n

@@ -239,9 +239,10 @@ def _rate_out_of_range(respiration: dict[str, Any] | None) -> dict[str, str] | N
     """Breathing fast or slow by the last reading's rate against its age band's range."""
     if not respiration or respiration.get("state") != "ok":
         return None
-    rate, low, high = (respiration.get(k) for k in ("rate_bpm", "low_bpm", "high_bpm"))
-    if not all(is_number(v) for v in (rate, low, high)):
+    values = [respiration.get(k) for k in ("rate_bpm", "low_bpm", "high_bpm")]
+    if not all(is_number(v) for v in values):
         return None
+    rate, low, high = (float(v) for v in values if v is not None)
     if rate > high:
         return {"key": "tachypnoea", "text": f"{STATE_TEXT['tachypnoea']} ({rate:.0f}/min)"}
     if rate < low:
