@@ -108,6 +108,12 @@ def condition_of(event_type: str) -> str:
     return event_type
 
 
+def names(event_type: str, key: str) -> tuple[str, str, str]:
+    """What an acknowledge may name to reach an episode: its key, its type or its alarm
+    condition."""
+    return (key, event_type, condition_of(event_type))
+
+
 def condition_text(condition: str) -> str:
     return CONDITION_TEXT.get(condition, condition.replace("_", " "))
 

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 from numba import njit
 
-from edge.alarms import condition_of
+from edge.alarms import names
 from edge.config import check
 from edge.errors import ConfigError, LungwatchError
 from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
@@ -322,11 +322,9 @@ class Lifecycle:
         family such as ``CAS``) is ``what``: latched ones end now, live ones will end on
         their own."""
         for event in self._live.values():
-            if what in (event.key, event.type, condition_of(event.type)):
+            if what in names(event.type, event.key):
                 event.acknowledged = True
-        named = [
-            k for k, e in self._latched.items() if what in (e.key, e.type, condition_of(e.type))
-        ]
+        named = [k for k, e in self._latched.items() if what in names(e.type, e.key)]
         for key in named:
             event = self._latched.pop(key)
             self.pending.append(self._transition(event, "ended", event.end))

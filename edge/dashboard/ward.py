@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.alarms import AlarmBook, AlarmSettings, condition_of, ward_order
+from edge.alarms import PRIORITY_RANK, AlarmBook, AlarmSettings, condition_of, ward_order
 from edge.dashboard.history import History
 from edge.dashboard.intake import (
     MAX_JSON_DEPTH,
@@ -74,7 +74,6 @@ from edge.evidence.clip import Assembler
 
 log = logging.getLogger("lungwatch.dashboard")
 
-PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
 # bed states, most important first; a bed shows the first that holds
 STATE_TEXT = {
     "offline": "offline",

@@ -576,9 +576,11 @@ class Runtime:
         return count
 
     def save_latched(self) -> None:
-        """Write the file of held alarms when their set changed (under the lock)."""
-        if self._store is None:
+        """Write the file of held alarms when their set changed (under the lock); the beds
+        are looked at only after the outbox changed what it holds (not every round)."""
+        if self._store is None or not self.events.held_changed:
             return
+        self.events.held_changed = False
         beds = {s.id: [e for _, e in self.events.held(s.id, self._latching)] for s in self.streams}
         beds.update(self._orphans)
         held = [e for events in beds.values() for e in events]
@@ -589,6 +591,7 @@ class Runtime:
             self._store.save(beds)
         except OSError as exc:  # the alarms stay in memory; the next change tries again
             log.error("cannot write the latched alarms to %s: %s", self._store.path, exc)
+            self.events.held_changed = True  # tried again next round
             return
         self._saved = signature
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from edge.alarms import condition_of
+from edge.alarms import names
 from edge.bed.detector import Transition
 from edge.events import Event, utc_now
 from edge.sinks import Sink, publish_all
@@ -50,6 +50,8 @@ class EventOutbox:
         # them; they end only by acknowledge (:meth:`end_carried`)
         self._carried: dict[str, set[str]] = {}
         self._acknowledged: dict[str, set[str]] = {}  # bed -> keys of live acknowledged ones
+        # something may have changed which episodes need an acknowledgement (:meth:`held`)
+        self.held_changed = True
 
     def emit(
         self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
@@ -57,6 +59,7 @@ class EventOutbox:
         """Queue one event per transition (updating the bed's episodes and counter); the
         events made."""
         episodes = self._episodes.setdefault(stream.id, {})
+        self.held_changed |= bool(transitions)
         made = []
         for transition in transitions:
             event = self._event(stream, episodes.get(transition.key), transition, quality)
@@ -82,6 +85,7 @@ class EventOutbox:
         announced = event.ongoing(detail=detail)
         self._episodes.setdefault(stream.id, {})[key] = announced
         self._carried.setdefault(stream.id, set()).add(key)
+        self.held_changed = True
         stream.counters["events"] += 1
         self._pending.append(announced)
         return announced
@@ -92,6 +96,7 @@ class EventOutbox:
         for key, event in self._episodes.get(stream_id, {}).items():
             if matches(event, key, target) and not event.detail.get("latched"):
                 self._acknowledged.setdefault(stream_id, set()).add(key)
+                self.held_changed = True
 
     def end_carried(self, stream: Stream, target: str, user: str = "") -> list[Event]:
         """End the bed's held-over alarms that ``target`` names (key, type or condition)."""
@@ -100,6 +105,7 @@ class EventOutbox:
         for key in sorted(k for k in carried if matches(episodes[k], k, target)):
             last = episodes.pop(key)
             carried.discard(key)
+            self.held_changed = True
             detail = {**last.detail, "ended_by": ACKNOWLEDGE, "acknowledged_utc": utc_now()}
             if user:
                 detail["acknowledged_by"] = user
@@ -134,6 +140,7 @@ class EventOutbox:
                   "condition_end_reason": "monitoring stopped (device shutdown)"}  # fmt: skip
         event = last.ongoing(detail=detail)
         self._episodes[stream.id][key] = event
+        self.held_changed = True
         stream.counters["events"] += 1
         self._pending.append(event)
         return event
@@ -208,4 +215,4 @@ def _detail(t: Transition) -> dict[str, Any]:
 
 def matches(event: Event, key: str, target: str) -> bool:
     """An acknowledge naming ``target`` covers this episode: its key, type or alarm condition."""
-    return target in (key, event.type, condition_of(event.type))
+    return target in names(event.type, key)
