@@ -163,12 +163,12 @@ class Deadlines:
             for sock in late:
                 del self._due[sock]
             self._expired.update(late)
+            self.reaped += len(late)  # counted before the shutdown its reader may see
         for sock in late:
             # the plain socket's shutdown, under a TLS one too: the reading thread gets EOF
             # and may still answer
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RD)
-        self.reaped += len(late)
         return len(late)
 
 
