@@ -17,7 +17,15 @@ writes, under ``DIR`` (mode 0700; every secret 0600):
   device, its ``commands.key_file``), to merge into its config;
 - ``keys/command-master.key`` (ward views sign commands with it) and
   ``keys/<device>.command.key`` (each device's own key, derived from the master key:
-  ``edge.commandauth``).
+  ``edge.commandauth``);
+- with ``--users NAME:ROLE ...``: the ward view's users (``dashboard.users`` in each view's
+  client file, password hashed) and each one's first password in ``users/<name>.password``;
+- with ``--listener HOST:PORT``: a broker that runs from ``lungwatch.conf`` alone (its
+  ``listener``, and ``user`` = whoever ran this, who can read the files) and every client
+  file's ``mqtt.host`` / ``mqtt.port``: a ward on one machine.
+
+Every folder must be the caller's own, not a link, and closed to group and others; every file
+is written to a new temporary name (never through a link) and renamed into place.
 
 Run again with more clients: existing passwords and keys are kept (read back from ``DIR``),
 new ones are made, and the ACL and password file are rewritten for exactly the clients named.
@@ -26,9 +34,12 @@ new ones are made, and the ACL and password file are rewritten for exactly the c
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
+import pwd
 import secrets
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +47,13 @@ from pathlib import Path
 import yaml
 
 from edge.commandauth import derive_device_key, new_key, read_key, write_key
+from edge.dashboard.config import hash_password
 from edge.errors import ConfigError, LungwatchError
 from edge.events import TOPIC_ROOT, is_segment
 from lungwatch.cli import ArgumentParser
 
 MASTER_KEY = "command-master.key"
+USER_ROLES = ("view", "ack")  # the ward view's roles (edge.dashboard.config)
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd (Mosquitto 2.0) writes
 SALT_BYTES = 12
 DEVICE_WRITES = (
@@ -87,9 +100,21 @@ def acl_text(site: str, clients: list[Client]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generate(site: str, devices: list[str], views: list[str], directory: Path) -> list[Client]:
-    """Write the site's access files under ``directory`` (see the module doc); the clients."""
+def generate(
+    site: str,
+    devices: list[str],
+    views: list[str],
+    directory: Path,
+    users: list[str] | None = None,
+    listener: str | None = None,
+) -> list[Client]:
+    """Write the site's access files under ``directory`` (see the module doc); the clients.
+    ``users``: ``NAME:ROLE`` of the ward view's users; ``listener``: ``HOST:PORT``."""
     names = devices + views
+    logins = [_user_spec(item) for item in users or []]
+    if len({name for name, _ in logins}) != len(logins):
+        raise ConfigError(f"user names must be distinct, got {', '.join(users or [])}")
+    where = _listener_spec(listener) if listener is not None else None
     for name in names:
         if not (is_segment(name) and name.isprintable() and not any(c in name for c in " :")):
             raise ConfigError(f"client name {name!r} must be a topic segment without spaces or ':'")
@@ -99,13 +124,8 @@ def generate(site: str, devices: list[str], views: list[str], directory: Path) -
         raise ConfigError(f"client names must be distinct, got {', '.join(names)}")
     if not views:
         raise ConfigError("name at least one ward view (--views): only views may send commands")
-    for sub in ("", "mosquitto", "clients", "keys"):
-        try:
-            (directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"{directory / sub}: not a folder lungwatch access can use ({exc})"
-            ) from None
+    for sub in ("", "mosquitto", "clients", "keys", *(("users",) if logins else ())):
+        _private_folder(directory / sub)
     master_path = directory / "keys" / MASTER_KEY
     master = read_key(master_path) if master_path.exists() else None
     if master is None:
@@ -115,8 +135,14 @@ def generate(site: str, devices: list[str], views: list[str], directory: Path) -
         Client(name, "device" if name in devices else "view", _password(directory, name))
         for name in names
     ]
+    view_users = [
+        {"name": n, "role": r, "password_hash": hash_password(_user_password(directory, n))}
+        for n, r in logins
+    ]
     for client in clients:
-        login = {"username": client.name, "password": client.password}
+        login: dict[str, object] = {"username": client.name, "password": client.password}
+        if where is not None:
+            login.update(host=where[0], port=where[1])
         settings: dict[str, object] = {"mqtt": login}
         if client.role == "device":
             key_path = directory / "keys" / f"{client.name}.command.key"
@@ -127,12 +153,18 @@ def generate(site: str, devices: list[str], views: list[str], directory: Path) -
                 raise ConfigError(f"{key_path}: not derived from {master_path} (remove it)")
             settings["commands"] = {"key_file": str(key_path.resolve())}
         else:
-            settings["dashboard"] = {"command_key_file": str(master_path.resolve())}
+            view: dict[str, object] = {"command_key_file": str(master_path.resolve())}
+            if view_users:
+                view["users"] = view_users
+            settings["dashboard"] = view
         _write_secret(directory / "clients" / f"{client.name}.yaml", yaml.safe_dump(settings))
     passwd = "".join(password_line(c.name, c.password) + "\n" for c in clients)
     _write_secret(directory / "mosquitto" / "passwd", passwd)
     _write_secret(directory / "mosquitto" / "acl", acl_text(site, clients))
-    conf = (
+    own = ""
+    if where is not None:  # a broker run from this file alone, as the files' owner
+        own = f"listener {where[1]} {where[0]}\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
+    conf = own + (
         "allow_anonymous false\n"
         f"max_packet_size {MAX_PACKET_BYTES}\n"
         # a ward view's persistent session: what it misses while it restarts waits here
@@ -158,13 +190,58 @@ def _password(directory: Path, name: str) -> str:
     return secrets.token_urlsafe(24)
 
 
+def _user_spec(item: str) -> tuple[str, str]:
+    name, sep, role = item.rpartition(":")
+    if not (sep and name and name.isprintable() and " " not in name) or role not in USER_ROLES:
+        raise ConfigError(f"--users takes NAME:ROLE with ROLE one of {USER_ROLES}, got {item!r}")
+    return name, role
+
+
+def _listener_spec(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536) or " " in host:
+        raise ConfigError(f"--listener must be HOST:PORT (e.g. 127.0.0.1:1883), got {text!r}")
+    return host, int(port)
+
+
+def _private_folder(path: Path) -> None:
+    """Make ``path`` (mode 0700) or accept it only when it is a real folder of this user's
+    that group and others cannot write or read; ConfigError naming what is wrong."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise ConfigError(f"{path}: not a folder lungwatch access can use ({exc})") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path}: not a folder (a link or a file); remove it")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{path}: owned by uid {info.st_uid}, not by this user; remove it")
+    if info.st_mode & 0o077:
+        mode = stat.S_IMODE(info.st_mode)
+        raise ConfigError(f"{path}: mode {mode:04o}; group or others may use it (chmod 700)")
+
+
+def _user_password(directory: Path, name: str) -> str:
+    """The view user's password from an earlier run, else a new one (written 0600)."""
+    path = directory / "users" / f"{name}.password"
+    with contextlib.suppress(FileNotFoundError):
+        kept = path.read_text(encoding="utf-8").strip()
+        if kept:
+            return kept
+    password = secrets.token_urlsafe(12)
+    _write_secret(path, password + "\n")
+    return password
+
+
 def _write_secret(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``, mode 0600, atomically."""
+    """Replace ``path`` with ``text``, mode 0600, atomically: written to a new temporary
+    file (``O_EXCL | O_NOFOLLOW``: never through a link someone left there), then renamed."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):  # an earlier run's, cut off (or a planted link)
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
-    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 
@@ -177,14 +254,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", nargs="+", required=True, help="device ids (MQTT users)")
     parser.add_argument("--views", nargs="+", required=True, help="ward view client names")
     parser.add_argument("--dir", required=True, type=Path, help="where the files go (kept secret)")
+    parser.add_argument(
+        "--users",
+        nargs="+",
+        default=[],
+        metavar="NAME:ROLE",
+        help="the ward view's users (ROLE view or ack); first passwords in DIR/users/",
+    )
+    parser.add_argument(
+        "--listener",
+        metavar="HOST:PORT",
+        help="a broker run from the generated config alone listens here (a ward on one "
+        "machine); the client files get this broker address",
+    )
     args = parser.parse_args(argv)
     try:
-        clients = generate(args.site, args.devices, args.views, args.dir)
+        clients = generate(args.site, args.devices, args.views, args.dir, args.users, args.listener)
     except LungwatchError as exc:
         print(f"lungwatch access: error: {exc}", file=sys.stderr)
         return 2
     for client in clients:
         where = args.dir / "clients" / f"{client.name}.yaml"
         print(f"{client.role:<6} {client.name:<24} {where}")
-    print(f"broker: include {args.dir / 'mosquitto' / 'lungwatch.conf'} in mosquitto.conf")
+    for item in args.users:
+        name = item.rpartition(":")[0]
+        print(f"user   {name:<24} {args.dir / 'users' / f'{name}.password'}")
+    conf = args.dir / "mosquitto" / "lungwatch.conf"
+    if args.listener:
+        print(f"broker: mosquitto -c {conf}")
+    else:
+        print(f"broker: include {conf} in mosquitto.conf")
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -69,12 +69,41 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from a YAML file, apply ``key=value`` overrides, validate once."""
-    data = load_yaml(path)
+def load_layers(paths: str | Path | Sequence[str | Path]) -> tuple[dict[str, Any], str]:
+    """One mapping from one YAML file or several, each later file merged over the ones before
+    (a section key by key, anything else replaced: a list is replaced whole), and the name
+    errors give it (``base.yaml+client.yaml``). A site's generated client file (its broker
+    login, command key, users) thus layers over a shared config without editing it."""
+    layers = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    if not layers:
+        raise ConfigError("no config file given")
+    data: dict[str, Any] = {}
+    for path in layers:
+        data = merge_mappings(data, load_yaml(path))
+    return data, "+".join(path.name for path in layers)
+
+
+def merge_mappings(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: mappings under the same key merged the same way, any other
+    value of ``top`` replacing ``base``'s (copies; neither argument changes)."""
+    out = _deep_copy(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_mappings(out[key], value)
+        else:
+            out[key] = _deep_copy(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def load_config(
+    cls: type[T], path: str | Path | Sequence[str | Path], overrides: list[str] | None = None
+) -> T:
+    """Load ``cls`` from a YAML file (or several, layered: :func:`load_layers`), apply
+    ``key=value`` overrides, validate once."""
+    data, source = load_layers(path)
     if overrides:
-        data = apply_overrides(data, overrides, source=str(path))
-    return from_mapping(cls, data, source=str(Path(path).name))
+        data = apply_overrides(data, overrides, source=source)
+    return from_mapping(cls, data, source=source)
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "<config>") -> T:

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.config import apply_overrides, from_mapping, load_yaml
+from edge.config import apply_overrides, from_mapping, load_layers
 from edge.dashboard.config import DashboardConfig, hash_password
 from edge.errors import ConfigError
 from edge.sinks.mqtt_config import MqttConfig
@@ -42,12 +42,11 @@ class DashboardFile:
 
 
 def load_settings(
-    path: Path | None, overrides: list[str]
+    paths: Path | list[Path] | None, overrides: list[str]
 ) -> tuple[str, MqttConfig, DashboardConfig]:
-    """(site, broker settings, dashboard settings) of ``path`` with ``overrides`` applied;
-    ConfigError names the file and the key."""
-    source = path.name if path is not None else "<defaults>"
-    data = load_yaml(path) if path is not None else {}
+    """(site, broker settings, dashboard settings) of ``paths`` (each later file merged over
+    the ones before) with ``overrides`` applied; ConfigError names the file and the key."""
+    data, source = load_layers(paths) if paths else ({}, "<defaults>")
     if overrides:
         data = apply_overrides(data, overrides, source=source)
     if "streams" in data:
@@ -91,7 +90,13 @@ def _overrides(args: object) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="lungwatch dashboard", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="runtime YAML (site, mqtt, dashboard)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        help="runtime YAML (site, mqtt, dashboard); given again, each later file is merged "
+        "over the ones before (e.g. the view's client file from lungwatch access)",
+    )
     parser.add_argument("--broker", metavar="HOST:PORT", help="override mqtt.host and mqtt.port")
     parser.add_argument("--host", help="address to serve the page on (dashboard.host)")
     parser.add_argument("--port", type=int, help="port to serve on (dashboard.port; 0: free)")

@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,8 +271,11 @@ class RuntimeConfig:
         return dataclasses.replace(self.mqtt, site=self.site, device_id=self.device_id)
 
 
-def load_runtime_config(path: str | Path, overrides: list[str] | None = None) -> RuntimeConfig:
-    """Read and validate ``path`` (errors name the file and the key)."""
+def load_runtime_config(
+    path: str | Path | Sequence[str | Path], overrides: list[str] | None = None
+) -> RuntimeConfig:
+    """Read and validate ``path`` (or several files, each merged over the ones before:
+    ``edge.config.load_layers``); errors name the file(s) and the key."""
     return load_config(RuntimeConfig, path, overrides)
 
 

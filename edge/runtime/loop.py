@@ -774,14 +774,21 @@ def setup_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="lungwatch run", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path, help="runtime YAML file")
+    parser.add_argument(
+        "--config",
+        required=True,
+        type=Path,
+        action="append",
+        help="runtime YAML file; given again, each later file is merged over the ones before "
+        "(e.g. the client file lungwatch access writes: broker login, command key)",
+    )
     add_run_options(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     config = load_runtime_config(args.config, args.set)
     stop = threading.Event()
     install_signal_handlers(stop)
-    runtime = serve(config, stop, source=args.config.name)
+    runtime = serve(config, stop, source="+".join(path.name for path in args.config))
     total = sum(s.counters["events"] for s in runtime.streams)
     print(f"lungwatch run: {len(runtime.streams)} streams, {total} event messages", flush=True)
     return 0

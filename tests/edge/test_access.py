@@ -5,6 +5,8 @@ alarms, forge another's events or acknowledge its own, and a ward view's command
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +19,9 @@ import yaml
 
 from edge.access import acl_text, generate, password_line
 from edge.commandauth import derive_device_key, read_key
+from edge.dashboard.config import verify_password
 from edge.errors import ConfigError
-from tests.edge.brokers import HOST, Mosquitto, require_mosquitto
+from tests.edge.brokers import HOST, Mosquitto, _wait_port, free_port, require_mosquitto
 from tests.edge.runtime_helpers import lungwatch
 
 SITE = "ward-3"
@@ -216,7 +219,8 @@ def test_bad_client_lists_are_refused(
 def test_a_garbage_key_or_a_file_for_a_folder_is_one_line(tmp_path: Path) -> None:
     args = ["--site", SITE, "--views", "view", "--devices", "j1"]
     folder = tmp_path / "a"
-    (folder / "keys").mkdir(parents=True)
+    (folder / "keys").mkdir(parents=True, mode=0o700)
+    folder.chmod(0o700)
     garbage = folder / "keys" / "command-master.key"
     garbage.write_bytes(bytes(range(256)))
     garbage.chmod(0o600)
@@ -239,3 +243,76 @@ def test_the_command_line_writes_the_files(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1, bad.stderr
     assert "without spaces" in bad.stderr
+
+
+def test_a_folder_others_may_change_or_a_planted_link_is_not_used(tmp_path: Path) -> None:
+    """A pre-made world-writable folder is refused (someone else could plant files there);
+    a link left at a temporary name is replaced, never written through."""
+    open_folder = tmp_path / "open"
+    (open_folder / "mosquitto").mkdir(parents=True)
+    open_folder.chmod(0o700)
+    (open_folder / "mosquitto").chmod(0o777)
+    with pytest.raises(ConfigError, match=r"mosquitto: mode 0777; group or others"):
+        generate(SITE, ["j1"], ["view"], open_folder)
+    assert not (open_folder / "mosquitto" / "passwd").exists()
+    folder = tmp_path / "closed"
+    (folder / "mosquitto").mkdir(parents=True, mode=0o700)
+    folder.chmod(0o700)
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me\n")
+    (folder / "mosquitto" / ".passwd.tmp").symlink_to(target)
+    generate(SITE, ["j1"], ["view"], folder)
+    assert target.read_text() == "keep me\n"
+    passwd = folder / "mosquitto" / "passwd"
+    assert passwd.read_text().startswith("j1:$7$")
+    assert not passwd.is_symlink()
+    assert oct(passwd.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_ward_on_one_machine_from_the_generated_files(tmp_path: Path) -> None:
+    """``--listener`` and ``--users``: Mosquitto started on ``lungwatch.conf`` exactly as
+    written serves the clients with the addresses their files name; the view's users log in
+    with the passwords written for them."""
+    binary = require_mosquitto()
+    port, directory = free_port(), tmp_path / "access"
+    result = lungwatch(
+        "access", "--site", SITE, "--devices", "j1", "--views", "view",
+        "--users", "nurse:ack", "porter:view", "--listener", f"{HOST}:{port}",
+        "--dir", str(directory),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    conf = directory / "mosquitto" / "lungwatch.conf"
+    assert f"broker: mosquitto -c {conf}" in result.stdout
+    view = yaml.safe_load((directory / "clients" / "view.yaml").read_text())
+    users = {u["name"]: u for u in view["dashboard"]["users"]}
+    assert {n: u["role"] for n, u in users.items()} == {"nurse": "ack", "porter": "view"}
+    for name, user in users.items():
+        password_file = directory / "users" / f"{name}.password"
+        assert oct(password_file.stat().st_mode & 0o777) == "0o600"
+        assert verify_password(password_file.read_text().strip(), user["password_hash"])
+    log = tmp_path / "mosquitto.log"
+    with open(log, "wb") as out:
+        broker = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_port(port, broker, log)
+        assert view["mqtt"]["host"] == HOST
+        assert view["mqtt"]["port"] == port
+        with clients(port, directory, "j1", "view") as (device, ward_view):
+            assert device.refused is None
+            assert ward_view.refused is None
+            device.subscribe(f"{ROOT}/j1/command")
+            ward_view.publish(f"{ROOT}/j1/command", b"ack")
+            assert device.wait_for(b"ack")
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+    again = lungwatch(
+        "access", "--site", SITE, "--devices", "j1", "--views", "view",
+        "--users", "nurse:ack", "--dir", str(directory),
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    kept = yaml.safe_load((directory / "clients" / "view.yaml").read_text())["dashboard"]
+    password = (directory / "users" / "nurse.password").read_text().strip()
+    assert verify_password(password, kept["users"][0]["password_hash"]), "kept across runs"
+    assert "listener" not in (directory / "mosquitto" / "lungwatch.conf").read_text()
+    assert os.stat(directory).st_mode & 0o077 == 0

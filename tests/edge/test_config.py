@@ -138,3 +138,29 @@ def test_shipped_yaml_files_comment_every_key() -> None:
                 continue
             if ":" in stripped:
                 assert "#" in stripped, f"{path.name}:{number} key without a comment: {line}"
+
+
+def test_later_config_files_merge_over_earlier_ones(tmp_path: Path) -> None:
+    """``load_layers``: sections merged key by key, lists and values replaced whole; an error
+    names every file of the stack."""
+    from edge.config import load_layers
+    from edge.runtime.config import load_runtime_config
+
+    base = tmp_path / "ward.yaml"
+    base.write_text(
+        "site: w\ndevice_id: d\nstreams: [{id: b, source: a.wav}]\n"
+        "mqtt: {host: 127.0.0.2, port: 1, keepalive_s: 9}\ndetector: {latching: [high, medium]}\n"
+    )
+    client = tmp_path / "client.yaml"
+    client.write_text("mqtt: {username: u, port: 2}\ndetector: {latching: [high]}\n")
+    data, source = load_layers([base, client])
+    assert source == "ward.yaml+client.yaml"
+    assert data["mqtt"] == {"host": "127.0.0.2", "port": 2, "keepalive_s": 9, "username": "u"}
+    assert data["detector"] == {"latching": ["high"]}
+    assert data["streams"] == [{"id": "b", "source": "a.wav"}]
+    config = load_runtime_config([base, client])
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.username) == ("127.0.0.2", 2, "u")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mqtt: {port: many}\n")
+    with pytest.raises(ConfigError, match=r"ward\.yaml\+bad\.yaml: mqtt\.port"):
+        load_runtime_config([base, bad])

@@ -867,3 +867,109 @@ def test_an_alarms_clip_plays_and_the_beds_history_survives_the_views_restart(
             wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
             wait_until(lambda: driver.find_elements("css selector", alarm), 10.0,
                        "the latched alarm from the bed's summary")  # fmt: skip
+
+
+# -- the README's ward on one machine ------------------------------------------------------
+README_WARD = re.compile(r"<!-- ward-on-one-machine -->\n```sh\n(.*?)```", re.S)
+
+
+def readme_ward_commands(mqtt_port: int, view_port: int) -> list[list[str]]:
+    """The README's ward-on-one-machine block as argument lists: continuation lines joined,
+    comments dropped, the broker's and the page's ports (1883, 8080) replaced by free ones,
+    ``lungwatch`` / ``lungwatch-edge`` the scripts installed beside this Python."""
+    import shlex
+
+    block = README_WARD.search((REPO_ROOT / "README.md").read_text(encoding="utf-8"))
+    assert block is not None, "README.md has no ward-on-one-machine block"
+    text = block.group(1).replace("\\\n", " ")
+    text = text.replace(":1883", f":{mqtt_port}").replace("--port 8080", f"--port {view_port}")
+    scripts = Path(sys.executable).parent
+    commands = []
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        if words and words[0] in ("lungwatch", "lungwatch-edge"):
+            words[0] = str(scripts / words[0])
+        if words:
+            commands.append(words)
+    return commands
+
+
+def test_the_readmes_ward_path_acknowledges_and_plays_a_clip(tmp_path: Path) -> None:
+    """The README's ward on one machine, its commands run as written (only the ports are
+    free ones), in a folder that holds the repository's ``edge`` and ``models``: the access
+    files, Mosquitto on the generated config, the device on ``edge/configs/ward.yaml`` with
+    its client file, the ward view with its own. The nurse logs in with the password the
+    access command wrote; an alarm's clip plays; her acknowledgement reaches the device,
+    which accepts it as signed by her (its log), and the page shows it acknowledged by her."""
+    require_chromium()
+    from tests.edge.brokers import _wait_port, free_port, require_mosquitto
+
+    require_mosquitto()
+    data = Path(os.environ.get("LUNGWATCH_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    if not (data / "sprsound" / "intra_test").is_dir():
+        pytest.skip(f"{data}/sprsound/intra_test is absent: edge/configs/ward.yaml reads it")
+    mqtt_port, view_port = free_port(), free_port()
+    access, broker, device, view = readme_ward_commands(mqtt_port, view_port)
+    for name in ("edge", "models"):
+        (tmp_path / name).symlink_to(REPO_ROOT / name)
+    env = {**os.environ, **SUBPROCESS_ENV, "LUNGWATCH_DATA_DIR": str(data)}
+    made = subprocess.run(access, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    running: list[subprocess.Popen[bytes]] = []
+    logs = {name: tmp_path / f"{name}.log" for name in ("broker", "device", "view")}
+    try:
+        for name, command in zip(logs, (broker, device, view), strict=True):
+            with open(logs[name], "wb") as log:
+                running.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log,
+                                                stderr=subprocess.STDOUT))  # fmt: skip
+            if name == "broker":
+                _wait_port(mqtt_port, running[0], logs["broker"])
+        _wait_port(view_port, running[2], logs["view"])
+        password = (tmp_path / "out" / "access" / "users" / "nurse.password").read_text().strip()
+        with chromium(1400, 900) as driver:
+            authorise(driver, "nurse", password)
+            driver.get(f"http://127.0.0.1:{view_port}/")
+            wait_until(lambda: page(driver, "return window.lwReady"), 30.0, "the snapshot")
+            episode, _, _ = wait_until(lambda: page(driver, FIRST_LISTEN), 180.0,
+                                            "an alarm with its clip")  # fmt: skip
+            driver.find_element("css selector", f'#alarms tr[data-clip="{episode}"] '
+                                "button.listen").click()  # fmt: skip
+            wait_until(lambda: page(driver, PLAYED) > 0.2, 15.0, "the clip playing")
+            ack = wait_until(lambda: page(driver, ACKABLE), 60.0, "an alarm to acknowledge")
+            row = condition_row(ack[0], ack[1])
+            wait_until(lambda: click(driver, f"{row} button.ack"), 5.0, "the click")
+            # acknowledged: listed as such while an episode is open, else gone (hold_s 0)
+            text = f"const r = document.querySelector('{row}'); return r ? r.textContent : null"
+            wait_until(lambda: (t := page(driver, text)) is None or "acknowledged by nurse" in t,
+                       10.0, "the row acknowledged by the nurse")  # fmt: skip
+            wait_until(lambda: accepted_commands(tmp_path, mqtt_port) >= 1, 30.0,
+                       "the device's metrics counting the nurse's signed acknowledge")  # fmt: skip
+            assert "command ignored" not in logs["device"].read_text()
+            screenshot(driver, tmp_path / "readme-ward.png")
+    finally:
+        for process in reversed(running):
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def accepted_commands(folder: Path, port: int) -> int:
+    """``commands_accepted`` in the device's latest metrics, read with the ward view's own
+    broker login from its client file (0 when none came within 12 s)."""
+    login = yaml.safe_load((folder / "out/access/clients/ward-view.yaml").read_text())["mqtt"]
+    credentials = (login["username"], login["password"])
+    with Recorder(port, "lungwatch/v1/ward-1/edge-1/metrics", credentials=credentials) as seen:
+        seen.wait_for(bool, 12.0)
+        counts = [m.json()["metrics"].get("commands_accepted", 0) for m in seen.messages]
+    return max(counts, default=0)
+
+
+ACKABLE = (  # the first alarm row with an Acknowledge button: [bed, condition]
+    "const b = document.querySelector('#alarms button.ack');"
+    "if (!b) return null; const row = b.closest('tr');"
+    "return [row.dataset.stream, row.dataset.condition];"
+)
