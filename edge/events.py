@@ -374,6 +374,18 @@ class Event:
         return event
 
 
+# the detail fields the runtime writes and the ward view reads (indexes, compares, stores):
+# each of one JSON type, so no message can hand a reader a list where it expects a name
+DETAIL_FIELDS: dict[str, type] = {
+    "key": str, "ended_by": str, "acknowledged_by": str,
+    "acknowledged_utc": str, "condition_end_utc": str,
+    "latched": bool, "restored": bool, "condition_end_sample": int,
+}  # fmt: skip
+DETAIL_KINDS = {str: "printable text (at most 256 characters)", bool: "true or false",
+                int: "an integer"}  # fmt: skip
+MAX_DETAIL_TEXT = 256
+
+
 def new_id() -> str:
     """A fresh UUID4 string."""
     return str(uuid.uuid4())
@@ -483,6 +495,14 @@ def _validate_mappings(e: Event) -> None:
         _check(isinstance(key, str) and is_number(value), f"quality.{key}", value, "a number")
     _check(isinstance(e.detail, dict), "detail", e.detail, "an object")
     try:
-        json.dumps(e.detail, allow_nan=False)
-    except (TypeError, ValueError):
-        _fail("detail", e.detail, "JSON-safe (strings, finite numbers, lists, objects)")
+        json.dumps(e.detail, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError):  # UnicodeEncodeError (a lone surrogate) is a ValueError
+        _fail("detail", e.detail, "JSON-safe (strings of valid Unicode, finite numbers, ...)")
+    for name, kind in DETAIL_FIELDS.items():
+        given: object = e.detail.get(name)
+        if given is None:
+            continue
+        ok = isinstance(given, kind) and (kind is not int or _is_int(given))
+        if isinstance(given, str):
+            ok = ok and len(given) <= MAX_DETAIL_TEXT and given.isprintable()
+        _check(ok, f"detail.{name}", given, DETAIL_KINDS[kind])

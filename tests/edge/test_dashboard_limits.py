@@ -481,3 +481,33 @@ def test_bad_limits_are_one_line_naming_the_key(
     with pytest.raises(ConfigError) as caught:
         load_settings(path, [])
     assert str(caught.value) == f"ward.yaml: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("detail", "named"),
+    [
+        ({"latched": True, "key": ["x"]}, "detail.key"),
+        ({"latched": "yes", "key": "Wheeze@0"}, "detail.latched"),
+        ({"key": "Wheeze@0", "condition_end_sample": 1.5}, "detail.condition_end_sample"),
+        ({"acknowledged_by": "\x1b[2Jnurse"}, "detail.acknowledged_by"),
+        ({"note": "\ud800"}, "detail"),
+        ({"ended_by": "x" * 257}, "detail.ended_by"),
+    ],
+)
+def test_a_detail_field_of_the_wrong_kind_is_refused_at_intake(
+    detail: dict[str, Any], named: str
+) -> None:
+    """The detail fields the view reads (indexes, compares, stores) must be of their one
+    type: a list for a key once killed the push thread (unhashable), a lone surrogate the
+    history writer (not encodable). Refused as invalid, counted; the ward goes on."""
+    ward = Ward(SITE)
+    hostile = json.loads(onset().to_json())
+    hostile["detail"] = detail
+    payload = json.dumps(hostile).encode()  # ensure_ascii: the surrogate travels as \ud800
+    assert ward.handle(f"{ROOT}/bed-1/event", payload) is False
+    assert ward.rejected_reasons == {"invalid": 1}
+    assert ward.last_rejected is not None
+    assert named in ward.last_rejected
+    assert ward.alarms() == []
+    assert ward.handle(f"{ROOT}/bed-1/event", onset(1).to_json().encode())
+    assert [a["condition"] for a in ward.alarms()] == ["CAS"]
