@@ -11,9 +11,21 @@ clip it received, in SQLite, so the ward's history survives the view's restarts.
 
 Writes go through one writer thread that commits what came in every ``FLUSH_S`` (one
 transaction): the MQTT thread never waits on the disk, and a burst of 200 beds costs one
-commit. Reads open their own connection (WAL lets them run beside the writer). Bounds: rows
-older than ``max_age_days`` and clips beyond ``max_evidence_mb`` (the oldest first) are
-deleted once a minute.
+commit. A row that cannot be written is left out alone (the batch is retried row by row),
+counted in :attr:`History.failed` and reported through ``on_failure``; nothing stops the
+writer. Reads open their own connection (WAL lets them run beside the writer). Bounds: rows
+received longer than ``max_age_days`` ago (by the view's clock, never a device's) and clips
+beyond ``max_evidence_mb`` (the oldest first) are deleted once a minute.
+
+Device times: a time more than ``FUTURE_TOLERANCE_S`` ahead of the view's clock (a device
+clock that runs fast, or a made-up date) is stored as the time it was received, so it can
+neither escape pruning nor fall outside a trend's hours. A clip is stored once per episode:
+a second one for the same episode (another device naming it) does not replace it.
+
+One file holds one site: the first view to open it writes its site into it, and a view of
+another site refuses the file (give each site its own ``history_path``).
+
+The file and its folder are private (0600 / 0700): clips are patient audio.
 
 A hospital that wants the history in PostgreSQL: the schema below is plain SQL (no SQLite
 types beyond INTEGER, REAL, TEXT, BLOB -> BYTEA); docs/evidence.md says how to point a
@@ -24,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -35,12 +48,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edge.errors import LungwatchError
 from edge.events import Event, parse_utc
 from edge.evidence.clip import Clip
 
 log = logging.getLogger("lungwatch.dashboard")
 
 FLUSH_S = 0.2  # the writer commits what came in this often
+FUTURE_TOLERANCE_S = 300.0  # a device time further ahead of the view's clock is not believed
 PRUNE_EVERY_S = 60.0
 RECENT_EVENTS = 8  # per bed, restored at start
 RESTORED_READINGS = 720  # per bed and kind, restored at start (the page's trend)
@@ -71,7 +86,8 @@ CREATE TABLE IF NOT EXISTS readings (
     stream_id TEXT NOT NULL,
     kind TEXT NOT NULL,  -- verdict | respiration
     at_s REAL NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    received_s REAL  -- the view's clock (pruning); NULL in files from before it was kept
 );
 CREATE INDEX IF NOT EXISTS readings_bed ON readings (device_id, stream_id, kind, at_s);
 CREATE TABLE IF NOT EXISTS beds (
@@ -80,6 +96,10 @@ CREATE TABLE IF NOT EXISTS beds (
     summary TEXT NOT NULL,
     at_s REAL NOT NULL,
     PRIMARY KEY (device_id, stream_id)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,  -- 'site': the one site whose history this file holds
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS clips (
     episode_id TEXT PRIMARY KEY,
@@ -116,6 +136,24 @@ class Restored:
     clips: set[str]  # episodes that have evidence
 
 
+class HistoryError(LungwatchError):
+    """The history file cannot be used by this view (another site's)."""
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` 0600 if it is not there (SQLite gives its -wal and -shm files the
+    database's mode); refuse a link; tighten an existing file that group or others may read."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise HistoryError(f"{path}: cannot open the history file ({exc.strerror})") from None
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class History:
     """See the module doc."""
 
@@ -125,14 +163,30 @@ class History:
         max_age_days: float = 30.0,
         max_evidence_mb: float = 2000.0,
         clock: Callable[[], float] = time.time,
+        site: str | None = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.max_age_s, self.max_evidence_bytes = max_age_days * 86400.0, max_evidence_mb * 1e6
         self.clock = clock
+        self.on_failure = on_failure
+        self.failed = 0  # rows that could not be written
+        _private_file(self.path)
         with self._reading() as db:
             db.execute("PRAGMA journal_mode=WAL")  # kept in the file: readers beside the writer
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(readings)")}
+            if "received_s" not in columns:  # a file from before the column
+                db.execute("ALTER TABLE readings ADD COLUMN received_s REAL")
+            if site is not None:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('site', ?)", (site,))
+                owner = db.execute("SELECT value FROM meta WHERE name='site'").fetchone()[0]
+                if owner != site:
+                    raise HistoryError(
+                        f"{self.path}: the history of site {owner!r}, not of {site!r}; "
+                        "give each site its own dashboard.history_path"
+                    )
         self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
         self._flushed = threading.Condition()
         self._written = 0  # items committed
@@ -154,28 +208,35 @@ class History:
             db.close()
 
     # -- writing (any thread) --------------------------------------------------------------
+    def _device_time(self, utc: str | None) -> float:
+        """A device-supplied time as epoch seconds; the view's clock when there is none or it
+        lies more than ``FUTURE_TOLERANCE_S`` ahead."""
+        now, at = self.clock(), epoch_s(utc)
+        return now if at is None or at > now + FUTURE_TOLERANCE_S else at
+
     def add_event(self, event: Event) -> None:
-        start = epoch_s(event.start_utc) or self.clock()
+        start = self._device_time(event.start_utc)
+        end = epoch_s(event.end_utc)
+        end = None if end is None else max(start, min(end, self.clock() + FUTURE_TOLERANCE_S))
         self._put("INSERT OR IGNORE INTO events (id, episode_id, device_id, stream_id, type, "
                   "kind, priority, state, start_s, end_s, received_s, body) "
                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (
             event.id, event.episode_id, event.device_id, event.stream_id, event.type,
-            event.kind, event.priority, event.state, start, epoch_s(event.end_utc),
-            self.clock(), event.to_json(),
+            event.kind, event.priority, event.state, start, end, self.clock(), event.to_json(),
         ))  # fmt: skip
 
     def add_reading(self, device_id: str, stream_id: str, kind: str, body: dict[str, Any]) -> None:
-        at = epoch_s(body.get("utc")) or self.clock()
-        self._put("INSERT INTO readings VALUES (?,?,?,?,?)",
-                  (device_id, stream_id, kind, at, json.dumps(body)))  # fmt: skip
+        at = self._device_time(body.get("utc"))
+        self._put("INSERT INTO readings VALUES (?,?,?,?,?,?)",
+                  (device_id, stream_id, kind, at, json.dumps(body), self.clock()))  # fmt: skip
 
     def set_summary(self, device_id: str, stream_id: str, summary: dict[str, Any]) -> None:
         self._put("INSERT OR REPLACE INTO beds VALUES (?,?,?,?)",
                   (device_id, stream_id, json.dumps(summary), self.clock()))  # fmt: skip
 
     def add_clip(self, clip: Clip) -> None:
-        start = epoch_s(clip.start_utc) or self.clock()
-        self._put("INSERT OR REPLACE INTO clips VALUES (?,?,?,?,?,?,?,?,?)", (
+        start = self._device_time(clip.start_utc)
+        self._put("INSERT OR IGNORE INTO clips VALUES (?,?,?,?,?,?,?,?,?)", (
             clip.episode_id, clip.device_id, clip.stream_id, clip.event_type, start,
             self.clock(), len(clip.flac), json.dumps(clip.header()), clip.flac,
         ))  # fmt: skip
@@ -221,21 +282,46 @@ class History:
                 with db:
                     for sql, row in rows:
                         db.execute(sql, row)
-                    if self.clock() - pruned > PRUNE_EVERY_S:
-                        pruned = self.clock()
+            except Exception:  # one bad row must not cost the others
+                self._one_by_one(db, rows)
+            try:
+                if self.clock() - pruned > PRUNE_EVERY_S:
+                    pruned = self.clock()
+                    with db:
                         self._prune(db)
-            except sqlite3.Error:
-                log.exception("history: %d rows not written", len(rows))
+            except Exception as exc:  # the writer goes on; said once a minute
+                self._failure(f"pruning the history failed: {type(exc).__name__}: {exc}")
             with self._flushed:
                 self._written += len(rows)
                 self._flushed.notify_all()
         db.close()
 
+    def _one_by_one(self, db: sqlite3.Connection, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """The batch again, each row in its own transaction: only the rows that fail are
+        lost, each counted and reported."""
+        for sql, row in rows:
+            try:
+                with db:
+                    db.execute(sql, row)
+            except Exception as exc:  # counted, reported, the writer goes on
+                table = sql.split(" INTO ", 1)[-1].split(" ", 1)[0]
+                self._failure(f"a {table} row was not stored: {type(exc).__name__}: {exc}")
+
+    def _failure(self, why: str) -> None:
+        self.failed += 1
+        log.error("history: %s", why)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(why)
+            except Exception:  # the report must not stop the writer
+                log.exception("history: reporting a failure failed")
+
     def _prune(self, db: sqlite3.Connection) -> None:
-        """Rows older than ``max_age_days``; the oldest clips beyond ``max_evidence_mb``."""
+        """Rows received before ``max_age_days`` (the view's clock); the oldest clips beyond
+        ``max_evidence_mb``."""
         oldest = self.clock() - self.max_age_s
         db.execute("DELETE FROM events WHERE received_s < ?", (oldest,))
-        db.execute("DELETE FROM readings WHERE at_s < ?", (oldest,))
+        db.execute("DELETE FROM readings WHERE COALESCE(received_s, at_s) < ?", (oldest,))
         db.execute("DELETE FROM clips WHERE received_s < ?", (oldest,))
         total = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM clips").fetchone()[0]
         while total > self.max_evidence_bytes:
@@ -266,6 +352,7 @@ class History:
         ``poor_signal``, the mean respiratory rate and the apnoea alarms."""
         now = self.clock() if now_s is None else now_s
         start = (int(now // 3600) - hours + 1) * 3600.0
+        stop = start + 3600.0 * hours  # rows stamped later (device clocks) are not shown
         bins = [start + 3600.0 * i for i in range(hours)]
         counts = {family: [0] * hours for family in FAMILIES}
         poor = [0.0] * hours
@@ -274,14 +361,16 @@ class History:
             bed = (device_id, stream_id)
             onsets = db.execute(
                 "SELECT type, start_s FROM events WHERE device_id=? AND stream_id=? AND "
-                "state='onset' AND start_s >= ?", (*bed, start)).fetchall()  # fmt: skip
+                "state='onset' AND start_s >= ? AND start_s < ?", (*bed, start, stop)
+            ).fetchall()  # fmt: skip
             spans = db.execute(
                 "SELECT episode_id, MIN(start_s), MAX(COALESCE(end_s, ?)) FROM events "
                 "WHERE device_id=? AND stream_id=? AND type='poor_signal' AND start_s < ? "
                 "GROUP BY episode_id", (now, device_id, stream_id, now)).fetchall()  # fmt: skip
             readings = db.execute(
                 "SELECT at_s, body FROM readings WHERE device_id=? AND stream_id=? AND "
-                "kind='respiration' AND at_s >= ?", (*bed, start)).fetchall()  # fmt: skip
+                "kind='respiration' AND at_s >= ? AND at_s < ?", (*bed, start, stop)
+            ).fetchall()  # fmt: skip
         for type_, at in onsets:
             for family, types in FAMILIES.items():
                 if type_ in types:

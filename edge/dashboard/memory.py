@@ -101,8 +101,14 @@ class WardMemory:
             raise MessageError(str(exc)) from None
         if clip is None:
             return
+        owner = self.book.owner(clip.episode_id)
+        if owner is not None and owner != (device_id, stream_id):
+            raise MessageError(
+                f"evidence for episode {clip.episode_id} of {owner[0]}/{owner[1]}: a device "
+                "sends clips of its own beds' episodes only"
+            )
         self.clips.add(clip.episode_id)
-        self.book.add_clip(clip.episode_id)
+        self.book.add_clip(clip.episode_id, device_id, stream_id)
         if self.history is not None:
             self.history.add_clip(clip)
         self._dirty_beds.add((device_id, stream_id))

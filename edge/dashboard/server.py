@@ -119,7 +119,8 @@ class DashboardServer:
         self.history = None
         if config.history_path is not None:
             self.history = History(config.history_path, config.history_days,
-                                   config.evidence_max_mb)  # fmt: skip
+                                   config.evidence_max_mb, site=site,
+                                   on_failure=lambda why: self.ward.store_failed(why))  # fmt: skip
         self.ward = Ward(site, config.events_per_bed, config.live_points,
                          verdict_alarms=config.alarm_verdicts,
                          verdict_priority=config.verdict_priority,
@@ -252,20 +253,29 @@ class DashboardServer:
         broker probe and the heartbeats when due; slow requests shut down."""
         cfg = self.config
         next_beat_s = next_probe_s = time.monotonic()
+        failed = ""
         while not self._stop.wait(cfg.push_interval_s):
             now_s = time.monotonic()
-            self.deadlines.reap()
-            if cfg.probe_interval_s > 0 and now_s >= next_probe_s:
-                self.feed.probe()
-                next_probe_s = now_s + cfg.probe_interval_s
-            with self.ward.lock:
-                self.ward.check_liveness()
-                changes = self.ward.take_changes()
-                if changes is not None:
-                    self._send(_sse("update", changes))
-                if now_s >= next_beat_s:
-                    self._send(_sse("heartbeat", {}))
-                    next_beat_s = now_s + cfg.heartbeat_interval_s
+            try:
+                self.deadlines.reap()
+                if cfg.probe_interval_s > 0 and now_s >= next_probe_s:
+                    self.feed.probe()
+                    next_probe_s = now_s + cfg.probe_interval_s
+                with self.ward.lock:
+                    self.ward.check_liveness()
+                    changes = self.ward.take_changes()
+                    if changes is not None:
+                        self._send(_sse("update", changes))
+                    if now_s >= next_beat_s:
+                        self._send(_sse("heartbeat", {}))
+                        next_beat_s = now_s + cfg.heartbeat_interval_s
+                failed = ""
+            except Exception as exc:  # the pages' only feed: it must not die; said once
+                why = f"{type(exc).__name__}: {exc}"
+                if why != failed:
+                    log.exception("pushing to the pages failed")
+                    self.ward.store_failed(f"pushing to the pages failed: {why}", "push_error")
+                failed = why
 
     def _send(self, message: str) -> None:
         """``message`` to every browser (called under the ward's lock)."""

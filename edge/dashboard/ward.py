@@ -366,6 +366,13 @@ class Ward(WardMemory):
             self._heard_from(topic)
             return True
 
+    def store_failed(self, why: str, reason: str = "not_stored") -> None:
+        """A thread of the view failed at something and goes on (the history store could not
+        keep a row: ``not_stored``; a push round to the pages failed: ``push_error``):
+        counted beside the rejected messages and shown the same way."""
+        with self.lock:
+            self._reject("view", b"", reason, why)
+
     def _reject(self, topic: str, payload: bytes, reason: str, why: str) -> None:
         self.counts["rejected"] += 1
         self.rejected_reasons[reason] = self.rejected_reasons.get(reason, 0) + 1

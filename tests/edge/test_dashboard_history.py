@@ -8,6 +8,7 @@ broker credentials in what the page gets)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import time
@@ -172,6 +173,73 @@ def test_the_store_is_bounded_by_age_and_by_the_clips_bytes(tmp_path: Path) -> N
     store.close()
 
 
+def test_a_row_that_cannot_be_stored_costs_only_itself(tmp_path: Path) -> None:
+    """A row the database cannot take (here a lone surrogate, which SQLite cannot encode) is
+    left out alone: the rows beside it in the same batch are stored, the writer goes on,
+    the failure is counted and reported."""
+    reports: list[str] = []
+    store = History(tmp_path / "h.sqlite", clock=Clock(), on_failure=reports.append)
+    good = onset("Wheeze", NOW - 60)
+    store._put("INSERT INTO readings VALUES (?,?,?,?,?,?)",
+               (DEVICE, "bed-\ud800", "verdict", NOW, "{}", NOW))  # fmt: skip
+    store.add_event(good)
+    assert store.flush()
+    store.add_event(onset("Fine Crackle", NOW - 30))  # the writer is still there
+    assert store.flush()
+    assert [e.type for e in store.restore().recent] == ["Wheeze", "Fine Crackle"]
+    assert store.failed == 1
+    assert len(reports) == 1
+    assert "readings row was not stored: UnicodeEncodeError" in reports[0]
+    store.close()
+
+
+def test_device_times_ahead_of_the_views_clock_are_not_believed(tmp_path: Path) -> None:
+    """An event an hour ahead and readings stamped 2099 are stored at the time they were
+    received: the trend answers and counts them in this hour, and pruning by the view's
+    clock removes them like any other row."""
+    clock = Clock()
+    store = History(tmp_path / "h.sqlite", max_age_days=1.0, clock=clock)
+    store.add_event(onset("Wheeze", NOW + 3900))  # a device clock 65 min fast
+    far = 4_070_908_800.0  # 2099
+    for i in range(20):
+        store.add_reading(DEVICE, "bed-1", "respiration",
+                          json.loads(respiration("bed-1", far + i, 18.0)[1]))  # fmt: skip
+    store.add_event(onset("Fine Crackle", far))
+    store.flush()
+    trend = store.trend(DEVICE, "bed-1", hours=6)
+    assert trend["onsets"]["CAS"][-1] == 1
+    assert trend["onsets"]["DAS"][-1] == 1
+    assert trend["rate_bpm"][-1] == 18.0
+    clock.now += 2 * 86400
+    store.prune_now()
+    assert store.trend(DEVICE, "bed-1", hours=6)["rate_bpm"] == [None] * 6
+    assert store.restore().readings == []
+    store.close()
+
+
+def test_one_file_holds_one_sites_history_written_privately(tmp_path: Path) -> None:
+    """The file is made 0600 whatever the umask (patient audio); a view of another site
+    refuses it, naming both sites."""
+    import os
+
+    from edge.dashboard.history import HistoryError
+
+    path = tmp_path / "ward" / "h.sqlite"
+    old = os.umask(0o022)
+    try:
+        store = History(path, clock=Clock(), site="ward-a")
+        store.add_clip(a_clip("ep-1"))
+        store.flush()
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    store.close()
+    History(path, clock=Clock(), site="ward-a").close()
+    with pytest.raises(HistoryError, match="the history of site 'ward-a', not of 'ward-b'"):
+        History(path, clock=Clock(), site="ward-b")
+
+
 # -- the ward on it --------------------------------------------------------------------------
 def test_names_alarms_and_evidence_survive_the_views_restart(tmp_path: Path) -> None:
     path = tmp_path / "history.sqlite"
@@ -235,6 +303,27 @@ def test_a_summary_or_clip_for_another_bed_or_malformed_is_rejected_naming_why()
     assert not ward.handle(topic.replace("/summary", "/evidence"), json.dumps(body).encode())
     assert "sha256" in str(ward.last_rejected)
     assert ward.clips == set()
+
+
+def test_a_clip_naming_another_devices_episode_is_refused(tmp_path: Path) -> None:
+    """Device B's clip carrying an episode id of device A's bed is refused (counted); A's
+    own clip is kept and, once stored, a second clip for the episode does not replace it."""
+    store = History(tmp_path / "h.sqlite", clock=Clock(), site=SITE)
+    ward = Ward(SITE, history=store)
+    wheeze = onset("Wheeze", NOW - 30)
+    assert send(ward, wheeze)
+    theirs = a_clip(wheeze.episode_id, seed=1)
+    forged = dataclasses.replace(theirs, device_id="dev-b")
+    for topic, payload in clip_messages(forged, part_bytes=8192):
+        ward.handle(topic, payload.encode())
+    assert "sends clips of its own beds' episodes only" in str(ward.last_rejected)
+    assert ward.clips == set()
+    mine = a_clip(wheeze.episode_id, seed=2)
+    send_clip(ward, mine)
+    store.add_clip(a_clip(wheeze.episode_id, seed=3))  # a late second copy
+    store.flush()
+    assert store.clip(wheeze.episode_id)[1] == mine.flac  # type: ignore[index]
+    store.close()
 
 
 # -- the routes on a real server ---------------------------------------------------------------
