@@ -29,7 +29,7 @@ from edge.dashboard.history import History
 from edge.demo.imaging import png_bytes
 from edge.demo.plot import Span, render
 from edge.events import is_segment
-from edge.evidence.clip import clip_of
+from edge.evidence.clip import EvidenceError, clip_of
 from edge.features import FeatureSpec, extract
 
 PICTURES = 64  # rendered pictures kept
@@ -72,9 +72,12 @@ class EvidencePages:
         header, flac, ids = found
         if suffix == "flac":
             return 200, flac, "audio/flac"
-        clip = clip_of(header, {"site": "-", "episode_id": episode, **ids}, flac)
-        if suffix == "png":
-            return 200, self._picture(episode, clip), "image/png"
+        try:  # a clip stored before today's checks is checked again before any decode
+            clip = clip_of(header, {"site": "-", "episode_id": episode, **ids}, flac)
+            if suffix == "png":
+                return 200, self._picture(episode, clip), "image/png"
+        except EvidenceError as exc:
+            return _json(422, {"error": f"the clip of episode {episode} cannot be shown: {exc}"})
         return _json(200, {
             "episode_id": episode, **ids, "event_type": clip.event_type,
             "start_utc": clip.start_utc, "duration_s": round(clip.duration_s, 3),

@@ -35,6 +35,8 @@ from edge.events import SCHEMA_VERSION, EventError, check_segment, event_topic
 
 DEFAULT_PART_BYTES = 32_768  # FLAC bytes per message: base64 and JSON stay under 64 KiB
 MAX_PARTS = 64  # a clip of more parts is refused (a 20-s 8-kHz clip needs about 8)
+MAX_CLIP_S = 120  # a clip's FLAC declaring more audio is refused unread (evidence.max_s <= 120)
+MAX_CLIP_RATE_HZ = 48_000
 OUTPUT_SCALE = 255  # output frames travel as round(p * 255) in one byte
 
 
@@ -90,7 +92,9 @@ class Clip:
         }
 
     def audio(self) -> np.ndarray:
-        """The clip's samples, float32 in [-1, 1)."""
+        """The clip's samples, float32 in [-1, 1) (what its FLAC declares is checked first:
+        :func:`check_flac`)."""
+        check_flac(self.flac, self.sample_rate_hz)
         samples, _ = soundfile.read(io.BytesIO(self.flac), dtype="float32")
         return np.asarray(samples, np.float32)
 
@@ -101,6 +105,27 @@ class Clip:
     def probabilities(self) -> np.ndarray:
         """(n, O) output frames as probabilities."""
         return self.frames.astype(np.float32) / OUTPUT_SCALE
+
+
+def check_flac(flac: bytes, sample_rate_hz: int) -> None:
+    """EvidenceError unless ``flac`` declares what a clip is: FLAC, one channel, the header's
+    sample rate, at most ``MAX_CLIP_S`` of audio. Read from the stream's header before any
+    sample is decoded, so a small file that declares hundreds of millions of samples costs
+    nothing."""
+    try:
+        info = soundfile.info(io.BytesIO(flac))
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise EvidenceError(f"clip audio is not readable FLAC ({exc})") from None
+    if info.format != "FLAC" or info.channels != 1 or info.samplerate != sample_rate_hz:
+        raise EvidenceError(
+            f"clip audio must be mono FLAC at {sample_rate_hz} Hz, got {info.format} "
+            f"{info.channels} channel(s) at {info.samplerate} Hz"
+        )
+    if not 0 < info.frames <= MAX_CLIP_S * sample_rate_hz:
+        raise EvidenceError(
+            f"clip audio declares {info.frames} samples ({info.frames / sample_rate_hz:.0f} s); "
+            f"a clip holds at most {MAX_CLIP_S} s"
+        )
 
 
 def encode_flac(samples: np.ndarray, sample_rate_hz: int) -> bytes:
@@ -161,6 +186,10 @@ def clip_of(header: Mapping[str, Any], ids: Mapping[str, str], flac: bytes) -> C
         outputs = tuple(str(name) for name in header["outputs"])
         if shape[0] and shape[1] != len(outputs):
             raise EvidenceError(f"clip.frames has {shape[1]} columns for {len(outputs)} outputs")
+        rate = int(header["sample_rate_hz"])
+        if not 0 < rate <= MAX_CLIP_RATE_HZ:
+            raise EvidenceError(f"clip.sample_rate_hz must be in (0, {MAX_CLIP_RATE_HZ}]: {rate}")
+        check_flac(flac, rate)
         return Clip(
             site=ids["site"], device_id=ids["device_id"], stream_id=ids["stream_id"],
             episode_id=ids["episode_id"], event_type=str(header["event_type"]),

@@ -32,7 +32,7 @@ from numba import njit
 from edge.bed.detector import FrameGrid
 from edge.config import check
 from edge.events import PRIORITIES, Event
-from edge.evidence.clip import DEFAULT_PART_BYTES, Clip, encode_flac, quantise
+from edge.evidence.clip import DEFAULT_PART_BYTES, MAX_CLIP_S, Clip, encode_flac, quantise
 
 INT16_SCALE = 32767.0
 
@@ -56,7 +56,8 @@ class EvidenceConfig:
     def __post_init__(self) -> None:
         check(self.pre_s >= 0, "pre_s", self.pre_s, "a number >= 0 (seconds)")
         check(self.post_s >= 0, "post_s", self.post_s, "a number >= 0 (seconds)")
-        check(self.max_s > 0, "max_s", self.max_s, "a number > 0 (seconds)")
+        ok = self.max_s > 0 and self.max_s + self.pre_s + self.post_s <= MAX_CLIP_S
+        check(ok, "max_s", self.max_s, f"a number > 0 with pre_s + post_s at most {MAX_CLIP_S}")
         check(self.history_s >= self.max_s, "history_s", self.history_s, "a number >= max_s")
         bad = [p for p in self.alarm_priorities if p not in PRIORITIES]
         check(not bad, "alarm_priorities", self.alarm_priorities, f"a list of {PRIORITIES}")

@@ -90,6 +90,41 @@ def test_parts_that_do_not_hash_to_the_clip_are_refused() -> None:
         assembler.take(bodies[-1])
 
 
+def declaring(flac: bytes, samples: int) -> bytes:
+    """``flac`` with its STREAMINFO's total-samples field (36 bits) set to ``samples``: the
+    small file then declares that much audio."""
+    data = bytearray(flac)
+    assert data[:4] == b"fLaC"
+    at = 8 + 10  # the 8 bytes of STREAMINFO holding rate, channels, bits and total samples
+    bits = int.from_bytes(data[at : at + 8], "big")
+    data[at : at + 8] = ((bits & ~((1 << 36) - 1)) | samples).to_bytes(8, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("flac", "message"),
+    [
+        (declaring(encode_flac(np.zeros(8000, np.float32), RATE_HZ), 200_000_000),
+         "declares 200000000 samples"),
+        (encode_flac(np.zeros((800, 2), np.float32), RATE_HZ), "1 channel|mono FLAC"),
+        (encode_flac(np.zeros(800, np.float32), 16000), "mono FLAC at 8000 Hz"),
+        (b"fLaC" + b"\0" * 64, "not readable FLAC"),
+    ],
+)  # fmt: skip
+def test_a_clip_whose_audio_is_not_a_clip_is_refused_before_decoding(
+    flac: bytes, message: str
+) -> None:
+    """A 110-byte FLAC that declares 200 M samples (the memory bomb that once took a ward
+    view to 21 GB), two channels, another rate, garbage: refused by the header alone, at
+    assembly and again before any decode of a stored clip."""
+    bomb = dataclasses.replace(a_clip(1.0), flac=flac)
+    [(_, part)] = clip_messages(bomb, part_bytes=65536 - 2048)
+    with pytest.raises(EvidenceError, match=message):
+        Assembler().take(json.loads(part))
+    with pytest.raises(EvidenceError, match=message):
+        bomb.audio()
+
+
 def event(state: str, start: int, end: int | None = None, **values: Any) -> Event:
     base = {"type": "Wheeze", "site": SITE, "device_id": DEVICE, "stream_id": "bed-1",
             "start_utc": "2026-11-25T10:00:00.000Z", "start_sample": start, "confidence": 0.9,
