@@ -29,6 +29,7 @@ import hmac
 import ipaddress
 import re
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,7 @@ from edge.config import check
 from edge.dashboard.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 from edge.dashboard.ward import MAX_BEDS_PER_DEVICE, MAX_DEVICES, MAX_OPEN_EPISODES_PER_BED
 from lungwatch.hosts import is_loopback
+from lungwatch.private import others_may_read
 
 HASH_SCHEME = "pbkdf2_sha256"
 HASH_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
@@ -208,6 +210,10 @@ class DashboardConfig:
             check(path is None or Path(path).is_file(), name, path, "an existing file")
         paired = (self.cert_file is None) == (self.key_file is None)
         check(paired, "key_file", self.key_file, "set together with cert_file")
+        if self.key_file is not None:  # the server's private key: the owner's alone
+            mode = stat.S_IMODE(Path(self.key_file).stat().st_mode)
+            check(not others_may_read(mode), "key_file", self.key_file,
+                  f"a file only its owner may read (mode {mode:04o}: chmod 600)")  # fmt: skip
         path = self.command_key_file
         check(path is None or Path(path).is_file(), "command_key_file", path, "an existing file")
         self._check_limits()

@@ -21,6 +21,7 @@ import pytest
 
 from edge.dashboard.config import DashboardConfig, DashboardUser, verify_password
 from edge.dashboard.server import DashboardServer
+from edge.errors import ConfigError
 from edge.events import Event
 from edge.sinks.mqtt import MqttConfig
 from tests.edge.brokers import (
@@ -290,3 +291,16 @@ def test_https_with_the_configured_certificate(
     open_config = DashboardConfig(host="0.0.0.0", port=0, users=dashboard_config().users)
     with DashboardServer(open_config, broker_config(broker.port, tls), SITE) as server:
         assert "WARNING: no cert_file, passwords cross the network in clear" in server.describe()
+
+
+def test_a_page_key_others_may_read_is_refused(tmp_path: Path) -> None:
+    """The HTTPS private key follows the project's rule for key files: 0600, else the
+    config is refused naming the key and the fix."""
+    web = make_tls_files(tmp_path / "web", name="web")
+    web.server_key.chmod(0o600)
+    DashboardConfig(port=0, users=dashboard_config().users,
+                    cert_file=str(web.server_cert), key_file=str(web.server_key))  # fmt: skip
+    web.server_key.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"key_file must be .*mode 0644: chmod 600"):
+        DashboardConfig(port=0, users=dashboard_config().users,
+                        cert_file=str(web.server_cert), key_file=str(web.server_key))  # fmt: skip
