@@ -160,10 +160,14 @@ def proc_start(
     pid = running_pid(pidfile)
     if pid is not None:
         raise RemoteError(f"already running (pid {pid}, {pidfile}); stop it first")
-    cwd.mkdir(parents=True, exist_ok=True)
+    cwd.mkdir(mode=0o700, parents=True, exist_ok=True)
     inherited = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     environment = {**inherited, **dict(item.split("=", 1) for item in env)}
-    with open(log, "ab") as out:
+    # the log and everything the runtime writes (spools of patient events and audio) are the
+    # service user's alone: 0600 files under umask 077, whatever the caller's umask was
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as out:
         child = subprocess.Popen(
             argv,
             cwd=cwd,
@@ -172,9 +176,12 @@ def proc_start(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=0o077,
         )
     started = proc_identity(child.pid)
-    pidfile.write_text(f"{child.pid} {started}\n")
+    fd = os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out_pid:
+        out_pid.write(f"{child.pid} {started}\n")
     time.sleep(STARTUP_CHECK_S)
     if child.poll() is not None:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]

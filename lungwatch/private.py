@@ -23,3 +23,12 @@ def read_private(path: str | Path, encoding: str) -> tuple[str, int]:
 
 def others_may_read(mode: int) -> bool:
     return bool(mode & OTHERS)
+
+
+def private_umask() -> int:
+    """Tighten this process's umask so group and others get no bits on anything it creates
+    (the runtime's spools and logs, the ward view's history: patient events and audio);
+    the umask before."""
+    before = os.umask(0o077)
+    os.umask(before | 0o077)
+    return before

@@ -16,6 +16,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -27,6 +28,7 @@ from edge.dashboard.config import DashboardConfig, hash_password
 from edge.errors import ConfigError
 from edge.sinks.mqtt_config import MqttConfig
 from lungwatch.cli import ArgumentParser
+from lungwatch.private import private_umask
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -122,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with DashboardServer(dashboard, mqtt, site) as server:
-        print(server.describe(), flush=True)
-        stop.wait()
+    before = private_umask()  # the history (patient audio) and its WAL: 0600 whatever umask
+    try:
+        with DashboardServer(dashboard, mqtt, site) as server:
+            print(server.describe(), flush=True)
+            stop.wait()
+    finally:
+        os.umask(before)
     print("lungwatch dashboard: stopped", flush=True)
     return 0

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
@@ -76,6 +77,7 @@ from edge.sinks import (
 from edge.sinks.live import LiveStrip
 from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
 from lungwatch.cli import ArgumentParser
+from lungwatch.private import private_umask
 
 log = logging.getLogger("lungwatch.runtime")
 MAX_LATENCIES = 100_000  # per stream and metrics interval
@@ -788,7 +790,11 @@ def main(argv: list[str] | None = None) -> int:
     config = load_runtime_config(args.config, args.set)
     stop = threading.Event()
     install_signal_handlers(stop)
-    runtime = serve(config, stop, source="+".join(path.name for path in args.config))
+    before = private_umask()  # spools, clips, held alarms: 0600 whatever the shell's umask
+    try:
+        runtime = serve(config, stop, source="+".join(path.name for path in args.config))
+    finally:
+        os.umask(before)
     total = sum(s.counters["events"] for s in runtime.streams)
     print(f"lungwatch run: {len(runtime.streams)} streams, {total} event messages", flush=True)
     return 0

@@ -208,6 +208,11 @@ def test_five_devices_updated_canary_first_then_a_batch(fleet: Fleet) -> None:
         secret = fleet.prefix(device) / "state" / "secrets" / "mqtt-password"
         assert secret.read_text() == "s3cret-from-the-vault"
         assert secret.stat().st_mode & 0o777 == 0o600
+        state_dir = fleet.prefix(device) / "state"  # spools and logs: the service user's alone
+        assert state_dir.stat().st_mode & 0o777 == 0o700
+        made = [p for p in state_dir.rglob("*") if p.is_file() and "numba-cache" not in p.parts]
+        assert made, "the runtime wrote its state"
+        assert [p.name for p in made if p.stat().st_mode & 0o077] == []
         config = yaml.safe_load((fleet.prefix(device) / "current" / "runtime.yaml").read_text())
         assert config["device_id"] == device
         assert config["streams"][0]["name"] == "Bed 1"

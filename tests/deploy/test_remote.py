@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import sys
 import tarfile
@@ -124,9 +125,17 @@ def test_process_manager_starts_checks_and_stops(tmp_path: Path) -> None:
     pidfile, log = tmp_path / "state" / "x.pid", tmp_path / "state" / "x.log"
     start = ["proc-start", "--pidfile", str(pidfile), "--log", str(log), "--cwd",
              str(tmp_path / "state"), "--env", "LW_TEST=42", "--"]  # fmt: skip
-    script = "import os, time; print(os.environ['LW_TEST'], flush=True); time.sleep(60)"
-    code, result, err = act(*start, sys.executable, "-c", script)
+    script = ("import os, time; open('spool.db', 'w').close(); "
+              "print(os.environ['LW_TEST'], flush=True); time.sleep(60)")  # fmt: skip
+    before = os.umask(0o022)  # a shell's usual umask: the state stays the service user's
+    try:
+        code, result, err = act(*start, sys.executable, "-c", script)
+    finally:
+        os.umask(before)
     assert code == 0, err
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+    assert oct(log.parent.stat().st_mode & 0o777) == "0o700"
+    assert oct((log.parent / "spool.db").stat().st_mode & 0o777) == "0o600"
     assert result is not None
     pid = result["pid"]
     assert act("proc-status", "--pidfile", str(pidfile))[1] == {"pid": pid}

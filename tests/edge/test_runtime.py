@@ -783,3 +783,24 @@ def test_a_bed_whose_source_cannot_be_opened_leaves_the_other_beds_running(
     assert {e.stream_id for e in jsonl_events(tmp_path / "events.jsonl")} == {"bed-1"}
     with pytest.raises(ConfigError, match=r"two.yaml: streams\[0\].source: .*NaN"):
         serve(build(config_mapping(tmp_path, [stream("bed-2", bad)])), source="two.yaml")
+
+
+def test_what_the_runtime_writes_is_its_users_alone_under_any_umask(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """Under the common umask 022, ``lungwatch run`` still creates its event log, spool and
+    held-alarm file 0600: they hold patient events (and, with evidence, audio)."""
+    import os
+
+    quiet = write_audio(tmp_path / "quiet.wav", np.zeros(RATE_HZ // 2))
+    mapping = config_mapping(tmp_path, [stream("bed-1", quiet)],
+                             **mqtt_sections(tmp_path, mosquitto.port))  # fmt: skip
+    before = os.umask(0o022)
+    try:
+        result = lungwatch("run", "--config", str(write_config(tmp_path / "run.yaml", mapping)))
+    finally:
+        os.umask(before)
+    assert result.returncode == 0, result.stderr
+    made = [tmp_path / "events.jsonl", tmp_path / "spool.sqlite"]
+    for path in made:
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
