@@ -177,7 +177,8 @@ class DashboardConfig:
     # a persistent MQTT session: the broker keeps the view's subscriptions and queues what it
     # misses while it restarts (edge/configs/ward.yaml sets it); false: a clean session
     persistent_session: bool = False
-    # its client id (each view of a site needs its own); null: lungwatch-dashboard-<site>
+    # its client id (each view of a site needs its own); null: lungwatch-dashboard-<site>-<h>,
+    # <h> derived from the view's broker password (no other client can guess it)
     client_id: str | None = None
 
     def __post_init__(self) -> None:

@@ -138,7 +138,8 @@ class DashboardServer:
             self.ward.restore(self.history.restore())
         client_id = None
         if config.persistent_session:
-            client_id = config.client_id or f"lungwatch-dashboard-{site}"
+            # unguessable without the view's password (no device can take the session over)
+            client_id = config.client_id or f"lungwatch-dashboard-{site}{mqtt.private_suffix()}"
         self.feed = WardFeed(mqtt, site, self.ward, command_master_key, client_id)
         self.evidence = EvidencePages(self.history)
         self.logins = (

@@ -6,6 +6,7 @@ paho; :mod:`edge.sinks.mqtt` re-exports it.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,7 +27,7 @@ class MqttConfig:
     port: int = 1883
     site: str = "site"  # topic segment: the ward / site
     device_id: str = "device-1"  # topic segment: this device
-    client_id: str | None = None  # None: lungwatch-<site>-<device_id> (stable across restarts)
+    client_id: str | None = None  # None: lungwatch-<site>-<device_id>-<secret> (stable)
     username: str | None = None  # this client's own user (``lungwatch access`` makes one each)
     password: str | None = field(default=None, repr=False)  # needs username
     password_file: str | None = None  # or: a file (mode 0600) whose first line is the password
@@ -124,4 +125,16 @@ class MqttConfig:
 
     @property
     def effective_client_id(self) -> str:
-        return self.client_id or f"lungwatch-{self.site}-{self.device_id}"
+        """``client_id``, else ``lungwatch-<site>-<device_id>`` followed, for a client with a
+        password, by :func:`private_suffix`: a client with another device's stolen login
+        cannot guess the id, so cannot take this device's connection over."""
+        return self.client_id or f"lungwatch-{self.site}-{self.device_id}{self.private_suffix()}"
+
+    def private_suffix(self) -> str:
+        """``-<16 hex>`` derived from this client's password (stable across restarts, known
+        only to who knows the password); empty without one."""
+        username, password = self.login()
+        if not password:
+            return ""
+        mac = hmac.new(password.encode(), f"lungwatch-client-id\0{username}".encode(), "sha256")
+        return "-" + mac.hexdigest()[:16]

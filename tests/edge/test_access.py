@@ -316,3 +316,46 @@ def test_a_ward_on_one_machine_from_the_generated_files(tmp_path: Path) -> None:
     assert verify_password(password, kept["users"][0]["password_hash"]), "kept across runs"
     assert "listener" not in (directory / "mosquitto" / "lungwatch.conf").read_text()
     assert os.stat(directory).st_mode & 0o077 == 0
+
+
+def test_another_devices_login_cannot_take_a_devices_connection_over(
+    site: tuple[Path, Mosquitto],
+) -> None:
+    """A client with device jetson-2's login connecting again and again under the client id a
+    device's name suggests does not disconnect jetson-1: its real id carries a suffix only
+    its password gives. (Under jetson-1's real id it would: the same broker, the check can
+    fail.)"""
+    from edge.sinks.mqtt_config import MqttConfig
+
+    directory, broker = site
+    own = login(directory, "jetson-1")
+    config = MqttConfig(port=broker.port, username=own["username"], password=own["password"],
+                        site=SITE, device_id="jetson-1")  # fmt: skip
+    real_id = config.effective_client_id
+    assert real_id.startswith(f"lungwatch-{SITE}-jetson-1-")
+    assert len(real_id) == len(f"lungwatch-{SITE}-jetson-1-") + 16
+
+    def kicks(client_id: str) -> bool:
+        lost = threading.Event()
+        victim = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=real_id)
+        victim.username_pw_set(own["username"], own["password"])
+        victim.on_disconnect = lambda *args: lost.set()
+        victim.connect(HOST, broker.port)
+        victim.loop_start()
+        try:
+            thief_login = login(directory, "jetson-2")
+            for _ in range(3):
+                thief = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+                thief.username_pw_set(thief_login["username"], thief_login["password"])
+                thief.connect(HOST, broker.port)
+                thief.loop_start()
+                lost.wait(0.5)
+                thief.disconnect()
+                thief.loop_stop()
+            return lost.is_set()
+        finally:
+            victim.disconnect()
+            victim.loop_stop()
+
+    assert not kicks(f"lungwatch-{SITE}-jetson-1")
+    assert kicks(real_id)
