@@ -7,7 +7,8 @@
     lungwatch bridge serial:///dev/ttyUSB0?baud=921600 --events --allow-v1
 
 Frames are protocol version 2 (encrypted, replay-protected) from devices whose key is given
-(``--key-file``, ``--key-dir`` or ``--key DEVICE:HEX``); the session state is kept in
+(``--key-file`` or ``--key-dir``: keys never on the command line, where ``ps`` shows them);
+the session state is kept in
 ``--state-file`` (default: next to the key file, see :func:`firmware_bridge.keys.
 default_state_path`). Version-1 frames only with ``--allow-v1`` (logged as a warning). A UDP or
 TCP link beyond loopback without a key is refused.
@@ -36,7 +37,7 @@ import numpy as np
 
 from firmware_bridge.assembler import JitterConfig
 from firmware_bridge.errors import BridgeError
-from firmware_bridge.keys import KeyRing, default_state_path, load_keys, provision, require_key
+from firmware_bridge.keys import default_state_path, load_keys, provision, require_key
 from firmware_bridge.link import Bridge
 from firmware_bridge.receiver import Output, Receiver, ReceiverConfig
 from firmware_bridge.timeline import DEVICE_STATUS, Report, Segment, StreamKey
@@ -52,23 +53,6 @@ V1_WARNING = (
     "%s: allow_v1: version-1 frames are accepted (audio in clear, no replay protection); "
     "remove it once every device sends version 2"
 )
-
-
-def parse_keys(values: list[str]) -> tuple[dict[int, bytes], bytes | None]:
-    """``--key`` values ``[DEVICE:]HEX`` -> (per-device keys, default key)."""
-    keys: dict[int, bytes] = {}
-    default: bytes | None = None
-    for value in values:
-        device, sep, hex_key = value.rpartition(":")
-        try:
-            key = bytes.fromhex(hex_key)
-            if sep:
-                keys[int(device, 0)] = key
-            else:
-                default = key
-        except ValueError:
-            raise BridgeError(f"--key must be [DEVICE:]HEX, got {value!r}") from None
-    return keys, default
 
 
 class Recorder:
@@ -142,7 +126,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--wav", type=Path, help="write one stream's timeline here at the end")
     parser.add_argument("--device", type=lambda v: int(v, 0), help="stream for --wav: device id")
     parser.add_argument("--stream", type=lambda v: int(v, 0), help="stream for --wav: stream id")
-    parser.add_argument("--key", action="append", default=[], help="[DEVICE:]HEX device key")
     parser.add_argument("--key-file", type=Path, help="device key file (DEVICE:HEX lines)")
     parser.add_argument("--key-dir", type=Path, help="folder of device key files (*.key)")
     parser.add_argument("--state-file", type=Path, help="v2 session state (default: next to "
@@ -195,13 +178,12 @@ def provision_main(argv: list[str]) -> int:
 
 def provision_lines(device_id: int, key: bytes, path: Path, port: int) -> list[str]:
     """What ``provision`` prints: the device's settings and the bridge's."""
-    c_bytes = ", ".join(f"0x{b:02x}" for b in key)
     return [
         f"device {device_id}: key written to {path} (mode 0600; keep it secret)",
-        "flash into the device:",
+        "flash into the device (the key is printed nowhere: read it from the file):",
         f"  device_id = {device_id}",
-        f"  device key (32 bytes, hex) = {key.hex()}",
-        f"  C: static const uint8_t LWF_DEVICE_KEY[32] = {{{c_bytes}}};",
+        f"  device key (32 bytes) = the hex after '{device_id}:' in {path}",
+        f"  C: the LWF_DEVICE_KEY line in {path}",
         "  session counter = 0, kept in flash: the device raises it by one (and writes it)",
         "  before the first frame of every session; frames then go out as protocol v2",
         "the bridge (on the edge device; a relative path is relative to the runtime's",
@@ -228,11 +210,9 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     check_wav_path(args.wav)
     url = parse_link_url(args.url)
     check_options(url, ("baud",))
-    ring = KeyRing(*parse_keys(args.key)).merged(
-        load_keys(args.key_file, args.key_dir), "--key-file/--key-dir"
-    )
+    ring = load_keys(args.key_file, args.key_dir)
     try:
-        require_key(url, ring, "--key-file FILE, --key-dir DIR or --key DEVICE:HEX")
+        require_key(url, ring, "--key-file FILE or --key-dir DIR")
     except BridgeError as exc:
         raise BridgeError(f"{url.text}: {exc}") from None
     if args.allow_v1:

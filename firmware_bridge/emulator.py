@@ -8,7 +8,7 @@ With ``--key-file`` (a file from ``lungwatch bridge provision``) the device spea
 version 2: its id comes from the file, and its session counter from ``--session`` or the
 session file (``--session-file``, default the key file with the suffix ``.session``), which
 holds the last session used and is raised by one before each run, as a device raises the one
-in its flash at every boot. Without it, version 1 (``--key HEX``: with an HMAC tag), which a
+in its flash at every boot. Without it, version 1 (``--v1-key-file``: with an HMAC tag), which a
 bridge takes only with ``allow_v1``.
 
 The device sends a DEVICE_INFO frame (flagged stream start), then audio frames of
@@ -153,7 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="channel random seed")
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--key-file", type=Path, help="device key file: protocol v2 (encrypted)")
-    keys.add_argument("--key", help="v1 HMAC key as hex: v1 frames carry an authentication tag")
+    keys.add_argument("--v1-key-file", type=Path, help="file holding a v1 HMAC key (hex, mode "
+                      "0600): v1 frames carry an authentication tag")  # fmt: skip
     parser.add_argument("--session", type=int, help="v2 session (default: the session file + 1)")
     parser.add_argument("--session-file", type=Path, help="v2: the persisted session counter "
                         "(default: the key file with the suffix .session)")  # fmt: skip
@@ -168,11 +169,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> DeviceConfig:
+    key = None
+    if args.v1_key_file is not None:
+        ring = load_key_file(args.v1_key_file, args.device_id)
+        key = ring.keys.get(args.device_id, ring.default) if args.device_id is not None else (
+            ring.default)  # fmt: skip
+        if key is None:
+            raise BridgeError(f"--v1-key-file {args.v1_key_file}: no key for this device")
     try:
-        key = bytes.fromhex(args.key) if args.key else None
         off_body = tuple(float(v) for v in args.off_body.split(":")) if args.off_body else None
     except ValueError:
-        raise BridgeError("--key must be hex and --off-body FROM_S:TO_S") from None
+        raise BridgeError("--off-body must be FROM_S:TO_S") from None
     if off_body is not None and len(off_body) != 2:
         raise BridgeError(f"--off-body must be FROM_S:TO_S, got {args.off_body!r}")
     device_id, session = (1 if args.device_id is None else args.device_id), None

@@ -177,10 +177,13 @@ def provision(device_id: int, out: str | Path, force: bool = False) -> bytes:
     path = Path(out)
     key = secrets.token_bytes(KEY_BYTES)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    c_bytes = ", ".join(f"0x{b:02x}" for b in key)
     text = (
         f"# lungwatch device key, protocol v2: device {device_id}, made {stamp} by\n"
         "# `lungwatch bridge provision`. Secret: keep it mode 0600; the bridge reads it with\n"
-        "# key_file= (or key_dir=), the device holds the same 32 bytes.\n"
+        "# key_file= (or key_dir=), the device holds the same 32 bytes (the hex after the\n"
+        "# colon below), for its firmware in C:\n"
+        f"# static const uint8_t LWF_DEVICE_KEY[32] = {{{c_bytes}}};\n"
         f"{device_id}:{key.hex()}\n"
     )
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)

@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 DEBUG_ENV = "LUNGWATCH_DEBUG"  # set to show the traceback of an unexpected error
 DEVICE_SCRIPT = "lungwatch-edge"
@@ -68,7 +68,12 @@ DEVICE_NOTE = (
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line on stderr (exit status 2):
     ``lungwatch <command>: error: <what> (see lungwatch <command> --help)``. argparse prints
-    the whole usage block first, noise on a device log around the one line that matters."""
+    the whole usage block first, noise on a device log around the one line that matters.
+    Options are never abbreviated: ``--key`` is not taken for ``--key-file``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)

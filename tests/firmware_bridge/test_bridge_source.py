@@ -204,7 +204,7 @@ def test_allow_v1_takes_tagged_v1_frames_with_a_warning(
         source = BridgeSource(f"bridge://udp/127.0.0.1:0?device=1&key_file={key_file}&allow_v1=1")
     assert any("allow_v1" in r.getMessage() and "version-1" in r.getMessage()
                for r in caplog.records)  # fmt: skip
-    device = run_device(path, source, "--key", "000102030405060708090a0b0c0d0e0f")
+    device = run_device(path, source, "--v1-key-file", str(key_file))
     chunks = read_all(source, 8000)
     device.join()
     source.close()

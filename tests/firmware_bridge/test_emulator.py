@@ -174,9 +174,12 @@ def test_emulator_takes_a_new_session_each_run(tmp_path: Path) -> None:
     assert bridge.receiver.stats().link.stale_session == 0
 
 
-def test_bridge_cli_rejects_a_bad_key(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["udp://127.0.0.1:0", "--key", "1:zz"]) == 1
-    assert "--key" in capsys.readouterr().err
+def test_bridge_cli_rejects_a_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.key"
+    bad.write_text("1:zz\n")
+    bad.chmod(0o600)
+    assert cli.main(["udp://127.0.0.1:0", "--key-file", str(bad)]) == 1
+    assert str(bad) in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("url", ["udp://0.0.0.0:0", "udp://[::]:0", "tcp://10.0.0.7:5005"])
@@ -200,8 +203,10 @@ def test_provision_writes_a_private_key_file_and_says_what_to_flash(
     assert len(ring.keys[17]) == 32
     assert ring.default is None
     printed = capsys.readouterr().out
-    assert ring.keys[17].hex() in printed
-    assert "LWF_DEVICE_KEY[32] = {" in printed
+    assert ring.keys[17].hex() not in printed, "the key is printed nowhere"
+    assert f"LWF_DEVICE_KEY line in {out}" in printed
+    c_array = ", ".join(f"0x{b:02x}" for b in ring.keys[17])
+    assert f"LWF_DEVICE_KEY[32] = {{{c_array}}};" in out.read_text()
     assert f"key_file={out}" in printed
     assert cli.main(["provision", "--device-id", "17", "--out", str(out)]) == 1
     assert "exists" in capsys.readouterr().err
@@ -210,7 +215,13 @@ def test_provision_writes_a_private_key_file_and_says_what_to_flash(
     assert load_key_file(out).keys != ring.keys
 
 
-def test_parse_keys() -> None:
-    keys, default = cli.parse_keys(["00ff", "0x10:0102", "7:aa"])
-    assert keys == {16: b"\x01\x02", 7: b"\xaa"}
-    assert default == b"\x00\xff"
+def test_keys_are_never_taken_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A key on the command line is visible to every user of the machine (``ps``): neither the
+    bridge nor the emulator takes one; both read key files (mode 0600)."""
+    for main, argv in ((cli.main, ["udp://127.0.0.1:0", "--key", "1:00ff"]),
+                       (emulator.main, ["--audio", "x.wav", "--to", "udp://127.0.0.1:9",
+                                        "--key", "00ff"])):  # fmt: skip
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert "unrecognized arguments: --key" in capsys.readouterr().err
