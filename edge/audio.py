@@ -125,6 +125,14 @@ def read_audio(path: str | Path, *, target_rate_hz: int | None = None) -> Audio:
     if not file_path.is_file():
         raise AudioReadError(f"{source}: cannot read audio: not a regular file")
     frames, rate_hz, channels, subtype = _decode(file_path)
+    if np.issubdtype(frames.dtype, np.floating) and frames.size:  # integer PCM cannot exceed
+        finite = np.abs(frames[np.isfinite(frames)])  # (NaN and Inf: validate_samples)
+        peak = float(finite.max()) if finite.size else 0.0
+        if peak > MAX_FLOAT_PEAK:
+            raise InvalidAudioError(
+                f"{source}: samples reach {peak:.3g}; float audio must lie within +-1 full "
+                f"scale (up to {MAX_FLOAT_PEAK:g} is taken, clipped): rescale the file"
+            )
     samples = to_mono(to_float32(frames, source=source), source=source)
     validate_samples(samples, source)
     out_rate_hz = rate_hz
@@ -157,9 +165,38 @@ def _decode(path: Path) -> tuple[np.ndarray, int, int, str]:
         return _read_wav_with_wave(path)
 
 
+MAX_FLOAT_PEAK = 2.0  # float samples beyond this are not audio at full scale (1.0)
+MIN_FILE_RATE_HZ = 1_000  # a lung sound needs hundreds of Hz; below this it is not audio
+MAX_FILE_RATE_HZ = 384_000  # the highest rate audio interfaces record
+MAX_FILE_CHANNELS = 2  # a stethoscope records mono (a stereo file is mixed down)
+MAX_FILE_SAMPLES = 1 << 30  # samples x channels decoded at most (37 h at 8 kHz mono)
+
+
+def check_header(rate_hz: int, channels: int, frames: int, source: str) -> None:
+    """InvalidAudioError naming what the file's header declares that no recording of a
+    stethoscope is: checked before a sample is decoded, so a header that claims 2^31 Hz or
+    billions of samples costs nothing."""
+    if not MIN_FILE_RATE_HZ <= rate_hz <= MAX_FILE_RATE_HZ:
+        raise InvalidAudioError(
+            f"{source}: its header declares {rate_hz} Hz; audio files are read at "
+            f"{MIN_FILE_RATE_HZ}-{MAX_FILE_RATE_HZ} Hz"
+        )
+    if not 1 <= channels <= MAX_FILE_CHANNELS:
+        raise InvalidAudioError(
+            f"{source}: {channels} channels; a stethoscope recording is mono or stereo "
+            "(take the channel you want out first, e.g. sox in.wav out.wav remix 1)"
+        )
+    if frames * channels > MAX_FILE_SAMPLES:
+        raise InvalidAudioError(
+            f"{source}: its header declares {frames} frames x {channels} channel(s), more "
+            f"than {MAX_FILE_SAMPLES} samples; split the recording"
+        )
+
+
 def _read_with_soundfile(path: Path) -> tuple[np.ndarray, int, int, str]:
     """Decode any libsndfile format, keeping integer PCM as integers for exact scaling."""
     with sf.SoundFile(str(path)) as reader:
+        check_header(int(reader.samplerate), int(reader.channels), int(reader.frames), str(path))
         dtype = _READ_DTYPE_BY_SUBTYPE.get(reader.subtype, _FLOAT_READ_DTYPE)
         frames = reader.read(dtype=dtype, always_2d=True)
         return frames, int(reader.samplerate), int(reader.channels), str(reader.subtype)
@@ -187,6 +224,7 @@ def _read_wav_with_wave(path: Path) -> tuple[np.ndarray, int, int, str]:
             channels = reader.getnchannels()
             width_bytes = reader.getsampwidth()
             rate_hz = reader.getframerate()
+            check_header(int(rate_hz), int(channels), int(reader.getnframes()), str(path))
             raw = reader.readframes(reader.getnframes())
     except (wave.Error, EOFError, OSError) as exc:
         raise AudioReadError(f"{path}: cannot read audio: {exc}") from exc

@@ -314,3 +314,36 @@ def test_audio_files_under_lists_audio_recursively_sorted(tmp_path: Path) -> Non
     for name in ("b/z.FLAC", "a.wav", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert audio_files_under(tmp_path) == [tmp_path / "a.wav", tmp_path / "b/z.FLAC"]
+
+
+def _wav_rate(path: Path, rate_hz: int) -> None:
+    """Rewrite a WAV header's sample rate and byte rate (the file stays 16-bit mono)."""
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"RIFF"
+    assert data[12:16] == b"fmt "
+    data[24:28] = rate_hz.to_bytes(4, "little")
+    data[28:32] = (rate_hz * 2 & 0xFFFFFFFF).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: _wav_rate(p, 2**31 - 1), "declares 2147483647 Hz"),
+        (lambda p: _wav_rate(p, 1), "declares 1 Hz"),
+        (lambda p: sf.write(p, np.zeros((800, 8), np.float32), 8000, subtype="PCM_16"),
+         "8 channels; a stethoscope recording is mono or stereo"),
+        (lambda p: sf.write(p, np.full(800, 1e30, np.float32), 8000, subtype="FLOAT"),
+         "samples reach 1e\\+30; float audio must lie within"),
+    ],
+)  # fmt: skip
+def test_a_file_no_stethoscope_records_is_refused_up_front(
+    tmp_path: Path, make: object, message: str
+) -> None:
+    """Checked from the header before decoding (a claimed 2^31 Hz once led to a 320 GiB
+    allocation), or from the samples: one line naming the file and what is wrong."""
+    path = tmp_path / "odd.wav"
+    sf.write(path, np.zeros(800, np.float32), 8000, subtype="PCM_16")
+    make(path)  # type: ignore[operator]
+    with pytest.raises(InvalidAudioError, match=message):
+        audio.read_audio(path, target_rate_hz=8000)
