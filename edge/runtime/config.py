@@ -74,6 +74,7 @@ from edge.sources import AudioSource, SourceError, open_source
 from lungwatch.hosts import is_loopback
 
 log = logging.getLogger("lungwatch.runtime")
+MAX_CHUNK_SAMPLES = 48_000  # samples per read: 1 s at 48 kHz (the default is 0.1 s at 8 kHz)
 
 SEGMENT = "a topic segment (1..64 printable characters, no / + # or leading $)"
 DATA_PREFIX = "data:"  # a stream source relative to edge.datapaths.data_root()
@@ -126,7 +127,8 @@ class StreamConfig:
             ok = value is None or (0 < len(value) <= 80 and value.isprintable())
             check(ok, key, value, "1..80 printable characters")
         check(bool(self.source), "source", self.source, "a path, mic:NAME or bridge://...")
-        check(self.chunk_samples >= 1, "chunk_samples", self.chunk_samples, "an integer >= 1")
+        ok = 1 <= self.chunk_samples <= MAX_CHUNK_SAMPLES  # a read is a fraction of a second
+        check(ok, "chunk_samples", self.chunk_samples, f"an integer in [1, {MAX_CHUNK_SAMPLES}]")
         if self.source.startswith(BRIDGE_PREFIX):  # options, key files, no keyless listener
             from edge.sources.bridge import check_url  # beyond loopback: refused at load
 

@@ -38,6 +38,7 @@ fine; the runtime's other sections are named on stderr as not used). On the work
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig
 from edge.config import from_mapping, load_yaml
+from edge.errors import ConfigError
 from edge.inference import BackendConfig
 from edge.monitor import DEFAULT_MODEL, resolve_model
 from edge.runtime.offline import OfflineError, RecordingEvents, detect_recordings, recordings_in
@@ -81,6 +83,15 @@ def load_detect_config(path: Path) -> DetectConfig:
     """``detector``, ``gate`` and ``backend`` of a runtime config (errors name the file and
     the key); the sections it leaves out are named on stderr."""
     data = load_yaml(path)
+    from edge.runtime.config import RuntimeConfig
+
+    known = {f.name for f in dataclasses.fields(RuntimeConfig)}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:  # a typo, not a section of the runtime's: said, not skipped
+        raise ConfigError(
+            f"{path.name}: {unknown[0]} is not a key of a runtime config "
+            f"(detect uses {', '.join(USED_SECTIONS)})"
+        )
     unused = sorted(k for k in data if k not in USED_SECTIONS)
     if unused:
         print(

@@ -804,3 +804,19 @@ def test_what_the_runtime_writes_is_its_users_alone_under_any_umask(
     made = [tmp_path / "events.jsonl", tmp_path / "spool.sqlite"]
     for path in made:
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
+
+
+def test_a_read_of_absurd_size_and_a_detect_config_typo_are_refused(tmp_path: Path) -> None:
+    """``chunk_samples: 1e12`` once stopped every bed after 17 s; a top-level typo in a
+    config given to ``detect`` was called a runtime section and skipped."""
+    mapping = config_mapping(tmp_path, [{**stream("bed-1", tmp_path / "a.wav"),
+                                         "chunk_samples": 10**12}])  # fmt: skip
+    result = lungwatch("run", "--config", str(write_config(tmp_path / "big.yaml", mapping)))
+    assert result.returncode == 1
+    assert "streams[0].chunk_samples must be an integer in [1, 48000]" in result.stderr
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("detectr: {on_threshold: 0.9}\n")
+    wav = write_audio(tmp_path / "quiet.wav", np.zeros(RATE_HZ))
+    result = lungwatch("detect", "--audio", str(wav), "--config", str(typo))
+    assert result.returncode != 0
+    assert "typo.yaml: detectr is not a key of a runtime config" in result.stderr
