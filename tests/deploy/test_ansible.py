@@ -72,8 +72,11 @@ class Fleet:
                 "streams": [{"id": "bed-1", "source": str(self.wav), "realtime": True,
                              "loop": True, "name": bed_name, "location": "Ward A"}],
                 "sinks": {"stdout": False, "mqtt": True},
+                # the password from the vault, in the file the deploy writes before it
+                # validates this config (the test broker takes any login)
                 "mqtt": {"host": "127.0.0.1", "port": self.broker.port,
-                         "spool_path": "spool/events.sqlite"},
+                         "spool_path": "spool/events.sqlite", "username": device,
+                         "password_file": str(self.prefix(device) / "state/secrets/mqtt-password")},
                 "metrics_interval_s": 5,
             }  # fmt: skip
             host: dict[str, Any] = {
