@@ -84,6 +84,7 @@ bench: $(VENV)/.installed-dev
 
 fuzz: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)
+	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz_view
 
 # The shipped detector's whole recipe (docs/models/sed.md, "Data and training"): the recipe's
 # fold models (SEEDS x 5 patient-grouped folds, out of fold: they fit the rules), its full model
