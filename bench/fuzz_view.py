@@ -234,7 +234,8 @@ def _fuzz(
     points: list[dict[str, float]],
 ) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as folder:
-        store = History(Path(folder) / "history.sqlite", max_age_days=1.0, site=SITE)
+        store = History(Path(folder) / "history.sqlite", max_age_days=1.0, site=SITE,
+                        on_failure=lambda why: ward.store_failed(why))  # fmt: skip
         ward = Ward(SITE, history=store)
         mutator = Mutator(make_corpus(time.time()), seed)
         start_s = time.perf_counter()

@@ -475,10 +475,11 @@ def _validate_model(e: Event) -> None:
     )
     what = "a number in [0, 1]" + ("" if needed else " or null")
     _check(conf_ok, "confidence", e.confidence, what)
-    id_ok = (e.model_id is None and not needed) or (isinstance(e.model_id, str) and e.model_id)
-    _check(
-        bool(id_ok), "model_id", e.model_id, "a non-empty string" + ("" if needed else " or null")
-    )
+    model_id: object = e.model_id
+    named = isinstance(model_id, str) and 0 < len(model_id) <= MAX_DETAIL_TEXT
+    id_ok = (model_id is None and not needed) or (named and str(model_id).isprintable())
+    what = f"printable text of 1..{MAX_DETAIL_TEXT} characters" + ("" if needed else " or null")
+    _check(bool(id_ok), "model_id", e.model_id, what)
     sha = e.model_sha256
     sha_ok = (sha is None and not needed) or (isinstance(sha, str) and _SHA256_RE.match(sha))
     _check(
@@ -492,7 +493,9 @@ def _validate_model(e: Event) -> None:
 def _validate_mappings(e: Event) -> None:
     _check(isinstance(e.quality, dict), "quality", e.quality, "an object of numbers")
     for key, value in e.quality.items():
-        _check(isinstance(key, str) and is_number(value), f"quality.{key}", value, "a number")
+        named = isinstance(key, str) and key.isprintable() and len(key) <= MAX_DETAIL_TEXT
+        where = f"quality.{key}" if named else f"quality.{key!r}"
+        _check(named and is_number(value), where, value, "a number")
     _check(isinstance(e.detail, dict), "detail", e.detail, "an object")
     try:
         json.dumps(e.detail, allow_nan=False, ensure_ascii=False).encode("utf-8")

@@ -31,7 +31,15 @@ import numpy as np
 import soundfile
 
 from edge.errors import LungwatchError
-from edge.events import SCHEMA_VERSION, EventError, check_segment, event_topic
+from edge.events import (
+    PHYSIOLOGICAL_TYPES,
+    SCHEMA_VERSION,
+    TECHNICAL_TYPES,
+    EventError,
+    check_segment,
+    event_topic,
+    parse_utc,
+)
 
 DEFAULT_PART_BYTES = 32_768  # FLAC bytes per message: base64 and JSON stay under 64 KiB
 MAX_PARTS = 64  # a clip of more parts is refused (a 20-s 8-kHz clip needs about 8)
@@ -186,6 +194,12 @@ def clip_of(header: Mapping[str, Any], ids: Mapping[str, str], flac: bytes) -> C
         outputs = tuple(str(name) for name in header["outputs"])
         if shape[0] and shape[1] != len(outputs):
             raise EvidenceError(f"clip.frames has {shape[1]} columns for {len(outputs)} outputs")
+        if header["event_type"] not in (*PHYSIOLOGICAL_TYPES, *TECHNICAL_TYPES):
+            named = str(header["event_type"])[:40]
+            raise EvidenceError(f"clip.event_type {named!r} is not an event type")
+        if not all(isinstance(n, str) and n.isprintable() and len(n) <= 64 for n in outputs):
+            raise EvidenceError("clip.outputs must be printable names of at most 64 characters")
+        parse_utc(str(header["start_utc"]))  # EventError (a ValueError) names it
         rate = int(header["sample_rate_hz"])
         if not 0 < rate <= MAX_CLIP_RATE_HZ:
             raise EvidenceError(f"clip.sample_rate_hz must be in (0, {MAX_CLIP_RATE_HZ}]: {rate}")

@@ -511,3 +511,14 @@ def test_a_detail_field_of_the_wrong_kind_is_refused_at_intake(
     assert ward.alarms() == []
     assert ward.handle(f"{ROOT}/bed-1/event", onset(1).to_json().encode())
     assert [a["condition"] for a in ward.alarms()] == ["CAS"]
+
+
+def test_free_text_of_an_event_is_printable() -> None:
+    """model_id and the quality's names are stored and shown: printable text only (a lone
+    surrogate once reached the history store, which could not encode it)."""
+    good = json.loads(onset().to_json())
+    for field, value in (("model_id", "edge-\ud800"), ("quality", {"\ud800": 0.5})):
+        hostile = {**good, field: value}
+        ward = Ward(SITE)
+        assert ward.handle(f"{ROOT}/bed-1/event", json.dumps(hostile).encode()) is False
+        assert ward.rejected_reasons == {"invalid": 1}, field

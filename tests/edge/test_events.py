@@ -138,7 +138,7 @@ def test_every_type_has_a_kind_and_a_default_priority() -> None:
         ({"type": "Sneeze"}, "event.type must be one of"),
         ({"quality": {"score": float("nan")}}, "event.quality.score must be a number"),
         ({"model_sha256": "ABC"}, "event.model_sha256 must be 64 lowercase hex digits"),
-        ({"model_id": None}, "event.model_id must be a non-empty string"),
+        ({"model_id": None}, "event.model_id must be printable text of 1..256 characters"),
         ({"end_utc": T1}, "event.end_utc must be null while the state is 'onset'"),
         ({"start_sample": -1}, "event.start_sample must be null or an integer >= 0"),
         ({"start_sample": True}, "event.start_sample must be null or an integer >= 0"),
