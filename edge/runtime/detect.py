@@ -83,13 +83,14 @@ def load_detect_config(path: Path) -> DetectConfig:
     """``detector``, ``gate`` and ``backend`` of a runtime config (errors name the file and
     the key); the sections it leaves out are named on stderr."""
     data = load_yaml(path)
+    from edge.demo.run import DemoConfig
     from edge.runtime.config import RuntimeConfig
 
-    known = {f.name for f in dataclasses.fields(RuntimeConfig)}
+    known = {f.name for cls in (RuntimeConfig, DemoConfig) for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in data if k not in known)
-    if unknown:  # a typo, not a section of the runtime's: said, not skipped
+    if unknown:  # a typo, not a section of the runtime's or the demo's: said, not skipped
         raise ConfigError(
-            f"{path.name}: {unknown[0]} is not a key of a runtime config "
+            f"{path.name}: {unknown[0]} is not a key of a runtime or demo config "
             f"(detect uses {', '.join(USED_SECTIONS)})"
         )
     unused = sorted(k for k in data if k not in USED_SECTIONS)

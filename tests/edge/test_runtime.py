@@ -789,7 +789,8 @@ def test_what_the_runtime_writes_is_its_users_alone_under_any_umask(
     tmp_path: Path, mosquitto: Any
 ) -> None:
     """Under the common umask 022, ``lungwatch run`` still creates its event log, spool and
-    held-alarm file 0600: they hold patient events (and, with evidence, audio)."""
+    held-alarm file 0600: they hold patient events (and, with evidence, audio). Its online
+    status says what it does with commands: without a key file, none are taken."""
     import os
 
     quiet = write_audio(tmp_path / "quiet.wav", np.zeros(RATE_HZ // 2))
@@ -797,10 +798,15 @@ def test_what_the_runtime_writes_is_its_users_alone_under_any_umask(
                              **mqtt_sections(tmp_path, mosquitto.port))  # fmt: skip
     before = os.umask(0o022)
     try:
-        result = lungwatch("run", "--config", str(write_config(tmp_path / "run.yaml", mapping)))
+        with Recorder(mosquitto.port, topic="lungwatch/v1/+/+/status") as recorder:
+            config = write_config(tmp_path / "run.yaml", mapping)
+            result = lungwatch("run", "--config", str(config))
+            recorder.wait_for(lambda got: len(got) >= 2, 10.0)
     finally:
         os.umask(before)
     assert result.returncode == 0, result.stderr
+    states = [(m.json()["state"], m.json().get("commands")) for m in recorder.messages]
+    assert ("online", "refused") in states, states
     made = [tmp_path / "events.jsonl", tmp_path / "spool.sqlite"]
     for path in made:
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
@@ -819,4 +825,4 @@ def test_a_read_of_absurd_size_and_a_detect_config_typo_are_refused(tmp_path: Pa
     wav = write_audio(tmp_path / "quiet.wav", np.zeros(RATE_HZ))
     result = lungwatch("detect", "--audio", str(wav), "--config", str(typo))
     assert result.returncode != 0
-    assert "typo.yaml: detectr is not a key of a runtime config" in result.stderr
+    assert "typo.yaml: detectr is not a key of a runtime or demo config" in result.stderr
