@@ -247,12 +247,25 @@ def metrics_topic(site: str, device_id: str) -> str:
     return f"{TOPIC_ROOT}/{site}/{device_id}/metrics"
 
 
-def status_payload(state: str, site: str, device_id: str, reason: str) -> str:
-    """The JSON published on the status topic (``state`` is ``online`` or ``offline``)."""
+# what a device does with acknowledge commands (its status says so, so a ward view can tell a
+# nurse at once why an acknowledge will not be taken): signed ones only; unsigned ones too (a
+# loopback demo); none at all (no commands.key_file and no ward view of its own)
+COMMAND_POLICIES = ("signed", "signed_or_unsigned", "refused")
+
+
+def status_payload(
+    state: str, site: str, device_id: str, reason: str, commands: str | None = None
+) -> str:
+    """The JSON published on the status topic (``state`` is ``online`` or ``offline``;
+    ``commands``, when given, one of :data:`COMMAND_POLICIES`)."""
     if state not in ("online", "offline"):
         raise EventError(f"status.state must be 'online' or 'offline', got {state!r}")
+    if commands is not None and commands not in COMMAND_POLICIES:
+        raise EventError(f"status.commands must be one of {COMMAND_POLICIES}, got {commands!r}")
     body = {"schema_version": SCHEMA_VERSION, "state": state, "site": site}
     body.update({"device_id": device_id, "utc": utc_now(), "reason": reason})
+    if commands is not None:
+        body["commands"] = commands
     return json.dumps(body, separators=(",", ":"))
 
 

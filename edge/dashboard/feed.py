@@ -127,6 +127,11 @@ class WardFeed:
         self._client.disconnect()
         self._client.loop_stop()
 
+    @property
+    def signs(self) -> bool:
+        """Whether this view signs its commands (it holds the site's command master key)."""
+        return self._command_master is not None
+
     def acknowledge(self, device_id: str, stream_id: str, target: str, user: str) -> str:
         """Publish the acknowledge command by ``user`` (QoS 1), signed for ``device_id`` when
         the feed holds the site's command master key, and wait for its PUBACK; the topic."""

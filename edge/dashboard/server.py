@@ -325,6 +325,10 @@ class DashboardServer:
             return 400, {"error": "device_id, stream_id: topic segments; target: non-empty"}
         if not self.ward.acknowledgeable(device_id, stream_id, target):
             return 409, {"error": f"no alarm {target!r} on {device_id}/{stream_id}"}
+        refusal = self.ward.ack_refusal(device_id, self.feed.signs)
+        if refusal is not None:  # the device said it would not take it: say why, now
+            log.warning("acknowledge by %s not sent: %s", user.name, refusal)
+            return 409, {"error": refusal}
         try:
             topic = self.feed.acknowledge(device_id, stream_id, target, user.name)
         except FeedError as exc:

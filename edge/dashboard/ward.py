@@ -63,6 +63,7 @@ from edge.dashboard.intake import (
 )
 from edge.dashboard.memory import WardMemory
 from edge.events import (
+    COMMAND_POLICIES,
     DEVICE_STREAM,
     TOPIC_ROOT,
     Event,
@@ -152,6 +153,7 @@ class Device:
     online: bool | None = None  # None: no status seen yet
     reason: str | None = None
     status_utc: str | None = None
+    commands: str | None = None  # what it takes: edge.events.COMMAND_POLICIES (None: unsaid)
     spooled: int | None = None  # the MQTT spool's depth (metrics.mqtt_spooled)
     metrics_utc: str | None = None
     read_wait_limit_ms: float = READ_WAIT_BEHIND_MS  # its read_wait_warn_ms, where it says
@@ -436,6 +438,8 @@ class Ward(WardMemory):
         device = self._device(device_id)
         device.online = body["state"] == "online"
         device.reason, device.status_utc = str(body.get("reason")), str(body.get("utc"))
+        policy = body.get("commands")  # absent: a device that does not say (older ones)
+        device.commands = policy if policy in COMMAND_POLICIES else None
         self._dirty_devices.add(device_id)
         self._dirty_beds.update((device_id, b) for b in device.beds)
         self._dirty_alarms = True
@@ -684,6 +688,24 @@ class Ward(WardMemory):
             self._dirty_alarms = True
 
     # -- acknowledge -------------------------------------------------------------------
+    def ack_refusal(self, device_id: str, signs: bool) -> str | None:
+        """Why the device will not take an acknowledge from this view (its status says what
+        it takes; ``signs``: this view signs commands), or None."""
+        with self.lock:
+            device = self.devices.get(device_id)
+            policy = device.commands if device is not None else None
+        if policy == "refused":
+            return (
+                f"device {device_id} takes no commands: it has no commands.key_file "
+                "(lungwatch access writes one; docs/security.md)"
+            )
+        if policy == "signed" and not signs:
+            return (
+                "this ward view signs no commands (no dashboard.command_key_file) and device "
+                f"{device_id} takes signed ones only (lungwatch access writes the key)"
+            )
+        return None
+
     def acknowledgeable(self, device_id: str, stream_id: str, target: str) -> bool:
         """The bed has an alarm condition ``target`` names (the condition, or a type or key
         of one of its open episodes, whether the view saw its messages or only its bed's

@@ -742,7 +742,9 @@ def serve(
         runtime = Runtime(config, model, streams, sink, sink_stats=stats, commands=verifier,
                           evidence=evidence, latched=store)  # fmt: skip
         if mqtt is not None:
-            mqtt.set_command_handler(runtime.handle_command)
+            policy = "signed_or_unsigned" if config.commands.accept_unsigned else (
+                "signed" if verifier is not None else "refused")  # fmt: skip
+            mqtt.set_command_handler(runtime.handle_command, policy)
             mqtt.connect()
         runtime.run(stop)
     return runtime

@@ -113,6 +113,7 @@ class MqttSink:
         self._retained: dict[tuple[str, str], tuple[str, str]] = {}
         self._command_topic = command_topic(config.site, config.device_id)
         self._on_command: Callable[[bytes], None] | None = None
+        self.command_policy: str | None = None  # told in the online status (events.py)
         self._client = self._make_client()
         self._spool = (
             spool if spool is not None else Spool(config.spool_path, config.spool_max_events)
@@ -274,10 +275,14 @@ class MqttSink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def set_command_handler(self, handler: Callable[[bytes], None]) -> None:
+    def set_command_handler(
+        self, handler: Callable[[bytes], None], policy: str | None = None
+    ) -> None:
         """Subscribe to the command topic (now if connected, and on every reconnect) and hand
-        each payload to ``handler`` (called on paho's network thread)."""
+        each payload to ``handler`` (called on paho's network thread); ``policy`` (one of
+        ``edge.events.COMMAND_POLICIES``) goes out with the online status."""
         self._on_command = handler
+        self.command_policy = policy
         if self._connected.is_set():
             self._client.subscribe(self._command_topic, qos=1)
 
@@ -358,7 +363,8 @@ class MqttSink:
             self._refusal = None
             self._counts["connects"] += 1
             self._connected.set()
-            online = status_payload("online", self.config.site, self.config.device_id, "connected")
+            online = status_payload("online", self.config.site, self.config.device_id,
+                                    "connected", self.command_policy)  # fmt: skip
             client.publish(self._status_topic, online, qos=1, retain=True)
             for topic, payload in list(self._retained.values()):
                 client.publish(topic, payload, qos=1, retain=True)

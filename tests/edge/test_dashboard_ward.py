@@ -545,3 +545,30 @@ def test_an_acknowledge_the_device_does_not_confirm_is_pushed_again_with_its_wai
     assert changes is not None
     [row] = changes["alarms"]
     assert (row["ack_sent"], row["ack_waiting_s"]) == (True, 25.0)
+
+
+def test_an_acknowledge_a_device_will_not_take_is_refused_at_once_saying_why() -> None:
+    """The device's online status says what it does with commands; the view tells the nurse
+    at once why an acknowledge will not be taken, instead of waiting for a confirmation that
+    never comes. A device that does not say is sent the acknowledge as before."""
+    from edge.events import EventError, status_payload
+
+    cases = [
+        ("refused", True, "takes no commands: it has no commands.key_file"),
+        ("signed", False, "this ward view signs no commands"),
+        ("signed", True, None),
+        ("signed_or_unsigned", False, None),
+        (None, False, None),
+    ]
+    for policy, signs, expected in cases:
+        ward = Ward("ward-c")
+        payload = status_payload("online", "ward-c", "dev-c", "connected", policy)
+        assert ward.handle("lungwatch/v1/ward-c/dev-c/status", payload.encode(), retained=True)
+        refusal = ward.ack_refusal("dev-c", signs)
+        if expected is None:
+            assert refusal is None, (policy, signs)
+        else:
+            assert refusal is not None
+            assert expected in refusal
+    with pytest.raises(EventError, match=r"status\.commands must be one of"):
+        status_payload("online", "ward-c", "dev-c", "connected", "sometimes")
