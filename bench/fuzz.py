@@ -307,9 +307,11 @@ def _checkpoint(done: int, total: int, start_s: float) -> dict[str, float]:
             "peak_rss_mib": round(peak_rss_mib(), 1), "traced_heap_bytes": heap}  # fmt: skip
 
 
-def _memory_verdict(points: list[dict[str, float]]) -> list[str]:
+def _memory_verdict(
+    points: list[dict[str, float]], limit_bytes: int = HEAP_GROWTH_LIMIT_BYTES
+) -> list[str]:
     traced = [p["traced_heap_bytes"] for p in points if p["traced_heap_bytes"]]
-    if len(traced) >= 2 and traced[-1] - traced[0] > HEAP_GROWTH_LIMIT_BYTES:
+    if len(traced) >= 2 and traced[-1] - traced[0] > limit_bytes:
         return [f"traced heap grew {traced[-1] - traced[0]} bytes over the second half"]
     return []
 
@@ -337,22 +339,35 @@ def render(record: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.fuzz", description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", type=int, default=1_000_000)
+def run_cli(
+    argv: list[str] | None,
+    name: str,
+    description: str,
+    default_inputs: int,
+    run: Callable[[int, int], dict[str, object]],
+    show: Callable[[dict[str, object]], str],
+) -> int:
+    """A fuzzer's command line (``--inputs``, ``--seed``, ``--no-write``): run it, print its
+    report and violations, write bench/results/<name>.{md,json}; 1 on any violation."""
+    parser = argparse.ArgumentParser(prog=f"bench.{name}", description=description)
+    parser.add_argument("--inputs", type=int, default=default_inputs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
     args = parser.parse_args(argv)
-    record = fuzz(args.inputs, args.seed)
-    text = render(record)
+    record = run(args.inputs, args.seed)
+    text = show(record)
     print(text)
     for violation in record["violations"]:  # type: ignore[attr-defined]
         print(f"VIOLATION {violation}")
     if not args.no_write:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (RESULTS_DIR / "fuzz.md").write_text(text + "\n")
-        (RESULTS_DIR / "fuzz.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        (RESULTS_DIR / f"{name}.md").write_text(text + "\n")
+        (RESULTS_DIR / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return 1 if record["n_violations"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, "fuzz", __doc__.splitlines()[0], 1_000_000, fuzz, render)
 
 
 if __name__ == "__main__":

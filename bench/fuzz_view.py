@@ -25,7 +25,6 @@ Writes bench/results/fuzz_view.{md,json}; exits 1 on any violation.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.fuzz import _checkpoint, _memory_verdict, run_cli
 from edge.dashboard.history import History
 from edge.dashboard.ward import Ward
 from edge.events import Event, format_utc
@@ -215,76 +215,54 @@ def push_round(ward: Ward, store: History) -> None:
 
 def fuzz(n_inputs: int, seed: int, checkpoints: int = 10) -> dict[str, object]:
     """Run the fuzz loop; the record written to bench/results/fuzz_view.json."""
-    violations: list[str] = []
-    points: list[dict[str, float]] = []
     quiet = logging.getLogger("lungwatch")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # a warning per rejected message: not here
     try:
-        return _fuzz(n_inputs, seed, checkpoints, violations, points)
+        with tempfile.TemporaryDirectory() as folder:
+            return _fuzz(n_inputs, seed, checkpoints, Path(folder) / "history.sqlite")
     finally:
         quiet.setLevel(level)
 
 
-def _fuzz(
-    n_inputs: int,
-    seed: int,
-    checkpoints: int,
-    violations: list[str],
-    points: list[dict[str, float]],
-) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as folder:
-        store = History(Path(folder) / "history.sqlite", max_age_days=1.0, site=SITE,
-                        on_failure=lambda why: ward.store_failed(why))  # fmt: skip
-        ward = Ward(SITE, history=store)
-        mutator = Mutator(make_corpus(time.time()), seed)
-        start_s = time.perf_counter()
-        for i in range(n_inputs):
-            topic, payload = mutator.make()
+def _fuzz(n_inputs: int, seed: int, checkpoints: int, history: Path) -> dict[str, object]:
+    violations: list[str] = []
+    points: list[dict[str, float]] = []
+    store = History(history, max_age_days=1.0, site=SITE,
+                    on_failure=lambda why: ward.store_failed(why))  # fmt: skip
+    ward = Ward(SITE, history=store)
+    mutator = Mutator(make_corpus(time.time()), seed)
+    start_s = time.perf_counter()
+    for i in range(n_inputs):
+        topic, payload = mutator.make()
+        try:
+            ward.handle(topic, payload, retained=i % 7 == 0)
+        except Exception as exc:  # the MQTT thread would die
+            violations.append(f"input {i}: handle raised {type(exc).__name__}: {exc}")
+        if i % PUSH_EVERY == PUSH_EVERY - 1:
             try:
-                ward.handle(topic, payload, retained=i % 7 == 0)
-            except Exception as exc:  # the MQTT thread would die
-                violations.append(f"input {i}: handle raised {type(exc).__name__}: {exc}")
-            if i % PUSH_EVERY == PUSH_EVERY - 1:
-                try:
-                    push_round(ward, store)
-                except Exception as exc:  # the push thread would die
-                    violations.append(f"input {i}: push raised {type(exc).__name__}: {exc}")
-            if (i + 1) % max(n_inputs // checkpoints, 1) == 0:
-                store.flush()
-                points.append(_checkpoint(i + 1, n_inputs, start_s))
-        store.flush()
-        reasons = dict(ward.rejected_reasons)
-        for reason in ("internal_error", "not_stored", "push_error"):
-            if reasons.get(reason):
-                violations.append(f"{reasons[reason]} messages counted {reason}: "
-                                  f"last {ward.last_rejected}")  # fmt: skip
-        tracemalloc.stop()
-        record = {
-            "inputs": n_inputs, "seed": seed, "seconds": round(time.perf_counter() - start_s, 1),
-            "accepted": ward.counts.get("messages", 0), "rejected": ward.counts["rejected"],
-            "rejected_reasons": reasons, "history_failed": store.failed,
-            "checkpoints": points, "violations": violations[:20],
-            "n_violations": len(violations),
-        }  # fmt: skip
-        store.close()
-    if len(points) >= 2:
-        traced = [p["traced_heap_bytes"] for p in points if p["traced_heap_bytes"]]
-        if len(traced) >= 2 and traced[-1] - traced[0] > HEAP_GROWTH_LIMIT_BYTES:
-            record["violations"] = [
-                *violations[:19],
-                f"traced heap grew {traced[-1] - traced[0]} bytes over the second half",
-            ]
-            record["n_violations"] = len(violations) + 1
-    return record
-
-
-def _checkpoint(done: int, total: int, start_s: float) -> dict[str, float]:
-    if done >= total // 2 and not tracemalloc.is_tracing():
-        tracemalloc.start()  # the second half: the ward's state must stay bounded
-    heap = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
-    return {"inputs": done, "seconds": round(time.perf_counter() - start_s, 1),
-            "traced_heap_bytes": heap}  # fmt: skip
+                push_round(ward, store)
+            except Exception as exc:  # the push thread would die
+                violations.append(f"input {i}: push raised {type(exc).__name__}: {exc}")
+        if (i + 1) % max(n_inputs // checkpoints, 1) == 0:
+            store.flush()
+            points.append(_checkpoint(i + 1, n_inputs, start_s))
+    store.flush()
+    store.close()
+    tracemalloc.stop()
+    reasons = dict(ward.rejected_reasons)
+    for reason in ("internal_error", "not_stored", "push_error"):
+        if reasons.get(reason):
+            violations.append(f"{reasons[reason]} messages counted {reason}: "
+                              f"last {ward.last_rejected}")  # fmt: skip
+    violations += _memory_verdict(points, HEAP_GROWTH_LIMIT_BYTES)
+    return {
+        "inputs": n_inputs, "seed": seed, "seconds": round(time.perf_counter() - start_s, 1),
+        "accepted": ward.counts.get("messages", 0), "rejected": ward.counts["rejected"],
+        "rejected_reasons": reasons, "history_failed": store.failed,
+        "checkpoints": points, "violations": violations[:20],
+        "n_violations": len(violations),
+    }  # fmt: skip
 
 
 def render(record: dict[str, object]) -> str:
@@ -311,21 +289,7 @@ def render(record: dict[str, object]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.fuzz_view", description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
-    args = parser.parse_args(argv)
-    record = fuzz(args.inputs, args.seed)
-    text = render(record)
-    print(text)
-    for violation in record["violations"]:  # type: ignore[attr-defined]
-        print(f"VIOLATION {violation}")
-    if not args.no_write:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (RESULTS_DIR / "fuzz_view.md").write_text(text + "\n")
-        (RESULTS_DIR / "fuzz_view.json").write_text(json.dumps(record, indent=2) + "\n")
-    return 1 if record["n_violations"] else 0
+    return run_cli(argv, "fuzz_view", __doc__.splitlines()[0], 100_000, fuzz, render)
 
 
 if __name__ == "__main__":
