@@ -51,6 +51,7 @@ from edge.dashboard.config import hash_password
 from edge.errors import ConfigError, LungwatchError
 from edge.events import TOPIC_ROOT, is_segment
 from lungwatch.cli import ArgumentParser
+from lungwatch.private import write_private
 
 MASTER_KEY = "command-master.key"
 USER_ROLES = ("view", "ack")  # the ward view's roles (edge.dashboard.config)
@@ -157,10 +158,10 @@ def generate(
             if view_users:
                 view["users"] = view_users
             settings["dashboard"] = view
-        _write_secret(directory / "clients" / f"{client.name}.yaml", yaml.safe_dump(settings))
+        write_private(directory / "clients" / f"{client.name}.yaml", yaml.safe_dump(settings))
     passwd = "".join(password_line(c.name, c.password) + "\n" for c in clients)
-    _write_secret(directory / "mosquitto" / "passwd", passwd)
-    _write_secret(directory / "mosquitto" / "acl", acl_text(site, clients))
+    write_private(directory / "mosquitto" / "passwd", passwd)
+    write_private(directory / "mosquitto" / "acl", acl_text(site, clients))
     own = ""
     if where is not None:  # a broker run from this file alone, as the files' owner
         own = f"listener {where[1]} {where[0]}\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
@@ -173,7 +174,7 @@ def generate(
         f"password_file {(directory / 'mosquitto' / 'passwd').resolve()}\n"
         f"acl_file {(directory / 'mosquitto' / 'acl').resolve()}\n"
     )
-    _write_secret(directory / "mosquitto" / "lungwatch.conf", conf)
+    write_private(directory / "mosquitto" / "lungwatch.conf", conf)
     return clients
 
 
@@ -229,20 +230,8 @@ def _user_password(directory: Path, name: str) -> str:
         if kept:
             return kept
     password = secrets.token_urlsafe(12)
-    _write_secret(path, password + "\n")
+    write_private(path, password + "\n")
     return password
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``, mode 0600, atomically: written to a new temporary
-    file (``O_EXCL | O_NOFOLLOW``: never through a link someone left there), then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):  # an earlier run's, cut off (or a planted link)
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

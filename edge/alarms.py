@@ -289,14 +289,10 @@ class AlarmBook:
         key = self._episode_condition.get(episode_id)
         return (key[0], key[1]) if key is not None else None
 
-    def add_clip(
-        self, episode_id: str, device_id: str | None = None, stream_id: str | None = None
-    ) -> AlarmCondition | None:
-        """An episode's clip arrived: listed on its condition (None: no such episode, or,
-        where the clip's bed is given, an episode of another bed)."""
+    def add_clip(self, episode_id: str) -> AlarmCondition | None:
+        """An episode's clip arrived: listed on its condition (None: no such episode). Whose
+        clip it may be is the caller's check (:meth:`owner`)."""
         key = self._episode_condition.get(episode_id)
-        if key is not None and device_id is not None and key[:2] != (device_id, stream_id):
-            return None
         cond = self._conditions.get(key) if key is not None else None
         if cond is not None and episode_id not in cond.clips:
             cond.clips.append(episode_id)

@@ -5,6 +5,7 @@ caller words its own error."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -32,3 +33,18 @@ def private_umask() -> int:
     before = os.umask(0o077)
     os.umask(before | 0o077)
     return before
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, mode 0600, atomically and durably: written to
+    ``.<name>.tmp`` beside it, created anew (``O_EXCL | O_NOFOLLOW``: an earlier run's leftover
+    or a link someone planted there is removed, never written through), synced, renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)

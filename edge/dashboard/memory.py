@@ -108,7 +108,7 @@ class WardMemory:
                 "sends clips of its own beds' episodes only"
             )
         self.clips.add(clip.episode_id)
-        self.book.add_clip(clip.episode_id, device_id, stream_id)
+        self.book.add_clip(clip.episode_id)
         if self.history is not None:
             self.history.add_clip(clip)
         self._dirty_beds.add((device_id, stream_id))

@@ -22,13 +22,12 @@ set: the runtime refuses to start rather than drop alarms it cannot read.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 
 from edge.errors import ConfigError
 from edge.events import Event, EventError
+from lungwatch.private import write_private
 
 FORMAT = "lungwatch-latched-alarms"
 VERSION = 1
@@ -71,13 +70,4 @@ class LatchedStore:
             "beds": {bed: [e.to_dict() for e in events] for bed, events in beds.items() if events},
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with contextlib.suppress(FileNotFoundError):  # an earlier save's, cut off
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(doc, out, indent=1)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(doc, indent=1) + "\n")
