@@ -7,10 +7,11 @@
 - :mod:`edge.dashboard.ward`: the ward's state, built only from the published topics;
 - :mod:`edge.dashboard.feed`: the paho client that reads the site's topics and publishes
   acknowledge commands;
-- :mod:`edge.dashboard.web`: the HTTP rules (allowed hosts, strict headers, time and connection
-  limits, security headers);
+- :mod:`edge.dashboard.web`: the HTTP rules (allowed hosts, strict headers, security headers)
+  and what the view adds to uvicorn's protocol (connection caps, request and write deadlines);
 - :mod:`edge.dashboard.login`: logins in the same time for every name, failed ones bounded;
-- :mod:`edge.dashboard.server`: the web server (page, Server-Sent Events, acknowledge);
+- :mod:`edge.dashboard.server`: the web server, a Starlette application on uvicorn (page,
+  Server-Sent Events, acknowledge);
 - :mod:`edge.dashboard.cli`: ``lungwatch dashboard``;
 - ``static/``: the page (plain HTML, CSS and JavaScript; nothing fetched from elsewhere).
 """

@@ -1,6 +1,6 @@
 """The ``dashboard`` block of a runtime config, and the users' salted password hashes.
 
-Kept apart from the server (no paho, no http.server) so :mod:`edge.runtime.config` can load
+Kept apart from the server (no paho, no web server) so :mod:`edge.runtime.config` can load
 and validate it with the other blocks::
 
     dashboard:
@@ -149,8 +149,8 @@ class DashboardConfig:
     # Host header names the page answers to besides the bound address, localhost and IP
     # addresses (the public name browsers use); any other Host gets 400 (DNS rebinding)
     allowed_hosts: tuple[str, ...] = ()
-    request_timeout_s: float = 10.0  # a request must arrive whole in this time; each socket
-    # read or write (the event stream's too) waits at most this long
+    request_timeout_s: float = 10.0  # a request must arrive whole in this time; a client that
+    # reads nothing of a response (an event stream too) for this long is cut off
     max_connections: int = 64  # open connections at once (each page holds one event stream)
     # ... of them from one client address (one client cannot take every slot); behind a
     # reverse proxy every client has the proxy's address: set it to max_connections there

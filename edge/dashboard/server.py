@@ -5,11 +5,12 @@
     ...
     server.stop()
 
-Routes (standard library ``ThreadingHTTPServer``; every one needs a configured user's HTTP
-Basic credentials when the config has users, none when it has none, which it only allows on
-a loopback address; every request passes the rules of :mod:`edge.dashboard.web` first: an
-allowed ``Host``, strict ``Content-Length``, a time limit; every response carries its
-security headers; failed logins are bounded by :mod:`edge.dashboard.login`):
+Routes (a Starlette application served by uvicorn on a thread of its own; every one needs a
+configured user's HTTP Basic credentials when the config has users, none when it has none,
+which it only allows on a loopback address; every request passes the rules of
+:mod:`edge.dashboard.web` first: an allowed ``Host``, strict ``Content-Length``, a time
+limit; every response carries its security headers; failed logins are bounded by
+:mod:`edge.dashboard.login`):
 
 - ``GET /`` and ``GET /static/{app.js,style.css}``: the page (plain files in ``static/``);
 - ``GET /events``: ``text/event-stream``; first ``event: snapshot`` (the whole ward and what the
@@ -30,6 +31,7 @@ security headers; failed logins are bounded by :mod:`edge.dashboard.login`):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -40,13 +42,23 @@ import logging
 import math
 import queue
 import secrets
+import socket
 import ssl
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.commandauth import read_key
 from edge.dashboard.config import DashboardConfig
@@ -57,12 +69,13 @@ from edge.dashboard.login import LoginLimitedError, Logins
 from edge.dashboard.ward import Ward
 from edge.dashboard.web import (
     SECURITY_HEADERS,
-    Deadlines,
+    Connections,
     HostRule,
-    LimitedHTTPServer,
     RequestError,
     body_length,
     check_headers,
+    guarded_protocol,
+    header_values,
 )
 from edge.errors import LungwatchError
 from edge.events import is_segment
@@ -79,6 +92,7 @@ STATIC_FILES = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
+GRACEFUL_STOP_S = 5.0  # open requests finish within this on stop, then they are cancelled
 CLIENT_QUEUE = 1000  # updates waiting for a slow browser before it is dropped (it reconnects)
 HEARTBEATS_MISSED = 3  # the page reconnects after this many heartbeat intervals of silence
 AUTH_CACHE = 1000  # verified credentials remembered (PBKDF2 once per credential)
@@ -148,42 +162,44 @@ class DashboardServer:
             else None
         )
         self.hosts = HostRule(config.host, config.allowed_hosts)
-        self.deadlines = Deadlines()
-        self._clients: set[queue.Queue[str | None]] = set()
+        self.connections = Connections(config.max_connections, config.max_connections_per_address)
+        self._clients: set[Browser] = set()
         self._stop = threading.Event()
         self._auth_key = secrets.token_bytes(32)
         self._auth_cache: dict[bytes, Viewer] = {}
-        self._httpd = LimitedHTTPServer(
-            (config.host, config.port),
-            _handler_class(self),
-            config.max_connections,
-            config.max_connections_per_address,
-        )
-        if config.cert_file is not None:
-            self._httpd.socket = self._tls_socket(config)
+        self._socket = _listen(config.host, config.port)
+        self._address = self._socket.getsockname()[:2]
+        tls = self._tls_context(config) if config.cert_file is not None else None
+        self._uvicorn = uvicorn.Server(
+            uvicorn.Config(
+                Starlette(routes=_routes(self), middleware=[Middleware(Guard, server=self)]),
+                http=guarded_protocol(self.connections, config.request_timeout_s),
+                ws="none", lifespan="off", loop="asyncio", interface="asgi3",
+                log_config=None, log_level="warning", access_log=False,
+                server_header=False, headers=list(SECURITY_HEADERS),
+                proxy_headers=False, timeout_keep_alive=max(1, int(config.request_timeout_s)),
+                timeout_graceful_shutdown=int(GRACEFUL_STOP_S),
+                ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
+                backlog=config.max_connections,
+            )
+        )  # fmt: skip
+        self._uvicorn.config.load()
         self._threads: list[threading.Thread] = []
 
-    def _tls_socket(self, config: DashboardConfig) -> ssl.SSLSocket:
-        """The listening socket under TLS; each handshake runs in its connection's thread,
-        under the request timeout (never in the thread that accepts)."""
+    def _tls_context(self, config: DashboardConfig) -> ssl.SSLContext:
+        """The page's TLS context (handshakes run on the server's event loop, each bounded
+        by asyncio's handshake timeout)."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             context.load_cert_chain(config.cert_file, config.key_file)  # type: ignore[arg-type]
         except (OSError, ssl.SSLError) as exc:
-            self._httpd.server_close()
+            self._socket.close()
             raise DashboardError(f"dashboard.cert_file / key_file: {exc}") from None
-        return context.wrap_socket(
-            self._httpd.socket, server_side=True, do_handshake_on_connect=False
-        )
-
-    @property
-    def http_server(self) -> LimitedHTTPServer:
-        """The HTTP server (its connection counts: ``refused``, ``refused_per_address``)."""
-        return self._httpd
+        return context
 
     @property
     def url(self) -> str:
-        host, port = str(self._httpd.server_address[0]), int(self._httpd.server_address[1])
+        host, port = str(self._address[0]), int(self._address[1])
         shown = f"[{host}]" if ":" in host else host
         scheme = "https" if self.config.uses_tls else "http"
         return f"{scheme}://{shown}:{port}/"
@@ -201,26 +217,45 @@ class DashboardServer:
 
     def start(self) -> DashboardServer:
         self.feed.start()
-        for target, name in ((self._httpd.serve_forever, "http"), (self._push, "push")):
-            thread = threading.Thread(target=target, name=f"lungwatch-dashboard-{name}")
-            thread.daemon = True
-            thread.start()
-            self._threads.append(thread)
+        web = threading.Thread(target=self._serve, name="lungwatch-dashboard-http", daemon=True)
+        push = threading.Thread(target=self._push, name="lungwatch-dashboard-push", daemon=True)
+        self._threads += [web, push]
+        web.start()
+        deadline_s = time.monotonic() + 10.0
+        while not self._uvicorn.started and web.is_alive() and time.monotonic() < deadline_s:
+            time.sleep(0.01)
+        if not self._uvicorn.started:
+            self.stop()
+            raise DashboardError(f"dashboard: the web server did not start on {self.url}")
+        push.start()
         log.info("%s", self.describe())
         return self
 
+    def _serve(self) -> None:
+        try:
+            self._uvicorn.run(sockets=[self._socket])
+        except BaseException:  # said loudly: the page is gone
+            log.exception("the ward view's web server stopped")
+            raise
+        finally:
+            if not self._stop.is_set():
+                log.error("the ward view's web server stopped; the page is no longer served")
+
     def stop(self) -> None:
-        """Close the browsers' streams, the HTTP server and the MQTT feed (idempotent)."""
+        """Close the browsers' streams, the web server and the MQTT feed (idempotent)."""
         if self._stop.is_set():
             return
         self._stop.set()
         with self.ward.lock:
             for client in self._clients:
-                client.put_nowait(None)
-        self._httpd.shutdown()
-        self._httpd.server_close()
+                with contextlib.suppress(queue.Full):  # fell behind: dropped, ends anyway
+                    client.put(None)
+        self._uvicorn.should_exit = True
         for thread in self._threads:
-            thread.join(timeout=5.0)
+            if thread.is_alive():
+                thread.join(timeout=GRACEFUL_STOP_S + 5.0)
+        with contextlib.suppress(OSError):
+            self._socket.close()
         self.feed.stop()
         if self.history is not None:
             self.history.close()
@@ -232,20 +267,20 @@ class DashboardServer:
         self.stop()
 
     # -- pushing to the browsers -------------------------------------------------------
-    def subscribe(self, user: Viewer) -> queue.Queue[str | None]:
+    def subscribe(self, user: Viewer, loop: asyncio.AbstractEventLoop) -> Browser:
         """A browser's queue, starting with the snapshot (taken under the ward's lock, so no
         change is lost or repeated between the snapshot and the first update)."""
-        client: queue.Queue[str | None] = queue.Queue(CLIENT_QUEUE)
+        client = Browser(loop)
         with self.ward.lock:
             snapshot = self.ward.snapshot()
             snapshot["user"] = {"name": user.name, "can_acknowledge": user.can_acknowledge,
                                 "can_listen": self.logins is not None}  # fmt: skip
             snapshot["heartbeat_s"] = self.config.heartbeat_interval_s
-            client.put_nowait(_sse("snapshot", snapshot))
+            client.put(_sse("snapshot", snapshot))
             self._clients.add(client)
         return client
 
-    def unsubscribe(self, client: queue.Queue[str | None]) -> None:
+    def unsubscribe(self, client: Browser) -> None:
         with self.ward.lock:
             self._clients.discard(client)
 
@@ -258,7 +293,6 @@ class DashboardServer:
         while not self._stop.wait(cfg.push_interval_s):
             now_s = time.monotonic()
             try:
-                self.deadlines.reap()
                 if cfg.probe_interval_s > 0 and now_s >= next_probe_s:
                     self.feed.probe()
                     next_probe_s = now_s + cfg.probe_interval_s
@@ -282,7 +316,7 @@ class DashboardServer:
         """``message`` to every browser (called under the ward's lock)."""
         for client in list(self._clients):
             try:
-                client.put_nowait(message)
+                client.put(message)
             except queue.Full:  # the browser stopped reading; it reconnects
                 log.warning("dropping a browser that fell %d updates behind", CLIENT_QUEUE)
                 self._clients.discard(client)
@@ -342,169 +376,162 @@ def _sse(kind: str, body: dict[str, Any]) -> str:
     return f"event: {kind}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"
 
 
-def _handler_class(server: DashboardServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "lungwatch-dashboard"
-        sys_version = ""
-        timeout = server.config.request_timeout_s  # each read and write of the connection
+class Browser:
+    """One browser's event stream: messages from the push thread, read on the event loop."""
 
-        def setup(self) -> None:
-            super().setup()
-            server.deadlines.arm(self.connection, server.config.request_timeout_s)
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.messages: queue.Queue[str | None] = queue.Queue(CLIENT_QUEUE)
+        self.ready = asyncio.Event()  # set (on the loop) when a message waits
 
-        def finish(self) -> None:
-            server.deadlines.disarm(self.connection)
-            server.deadlines.expired(self.connection)
-            with contextlib.suppress(OSError):
-                super().finish()
+    def put(self, message: str | None) -> None:
+        """From any thread; queue.Full when the browser fell :data:`CLIENT_QUEUE` behind."""
+        self.messages.put_nowait(message)
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody reads any more
+            self.loop.call_soon_threadsafe(self.ready.set)
 
-        def parse_request(self) -> bool:
-            """The request line and headers, then :func:`~edge.dashboard.web.check_headers`
-            (an allowed Host, no Transfer-Encoding); False: answered with the error."""
-            if not super().parse_request():
-                return False
+    def take(self) -> list[str | None]:
+        taken = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                taken.append(self.messages.get_nowait())
+        return taken
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The page's listening socket (bound here, so a port in use is one line at start)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise DashboardError(f"dashboard: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status, headers, media_type="application/json")
+
+
+class Guard:
+    """The rules every request passes before a route sees it: an allowed Host, no
+    Transfer-Encoding, and on a POST one strict Content-Length (:mod:`edge.dashboard.web`).
+    A refusal closes the connection (its body, if any, is not read)."""
+
+    def __init__(self, app: ASGIApp, server: DashboardServer) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
             try:
-                self._in_time()
-                check_headers(self.headers, server.hosts)
+                check_headers(scope["headers"], self.server.hosts)
+                if scope["method"] == "POST":
+                    body_length(scope["headers"])
             except RequestError as exc:
-                self._json(exc.status, {"error": str(exc)})
-                return False
-            return True
-
-        def end_headers(self) -> None:
-            for name, value in SECURITY_HEADERS:
-                self.send_header(name, value)
-            super().end_headers()
-
-        def do_GET(self) -> None:
-            server.deadlines.disarm(self.connection)  # the whole request is in
-            user = self._user()
-            if user is None:
+                refusal = _json(exc.status, {"error": str(exc)}, {"Connection": "close"})
+                await refusal(scope, receive, send)
                 return
-            path, _, query = self.path.partition("?")
-            named = server.logins is not None  # a configured user, not the loopback demo
-            reply = server.evidence.get(path, query, named)
-            if reply is not None:
-                self._reply(*reply)
-            elif path in STATIC_FILES:
-                name, content_type = STATIC_FILES[path]
-                self._reply(200, (STATIC_DIR / name).read_bytes(), content_type)
-            elif path == "/events":
-                self._stream(user)
-            elif path == "/favicon.ico":
-                self._reply(204, b"", "image/x-icon")
-            elif path == "/api/state":
-                self._json(200, server.ward.snapshot())
-            else:
-                self._json(404, {"error": f"no such page: {path}"})
+        await self.app(scope, receive, send)
 
-        def do_POST(self) -> None:
-            try:
-                raw = self._read_body()
-            except RequestError as exc:
-                self._json(exc.status, {"error": str(exc)})
-                return
-            user = self._user()
-            if user is None:
-                return
-            if self.path != "/api/acknowledge":
-                self._json(404, {"error": f"no such action: {self.path}"})
-                return
-            origin, host = self.headers.get("Origin"), self.headers.get("Host")
-            scheme = "https" if server.config.uses_tls else "http"
-            if origin is not None and origin != f"{scheme}://{host}":  # another site's form
-                self._json(403, {"error": f"cross-origin request from {origin} refused"})
-                return
-            if self.headers.get_content_type() != "application/json":
-                self._json(415, {"error": "send the acknowledge as application/json"})
-                return
-            self._json(*server.acknowledge(user, _json_object(raw)))
 
-        def _read_body(self) -> bytes:
-            """The whole body, by a strict Content-Length, within the request's time."""
-            length = body_length(self.headers)
-            try:
-                raw = self.rfile.read(length)
-            except TimeoutError:
-                raw = None
-            server.deadlines.disarm(self.connection)
-            self._in_time(raw is None)
-            if raw is None or len(raw) != length:
-                got = 0 if raw is None else len(raw)
-                raise RequestError(400, f"the body ended after {got} of {length} bytes")
-            return raw
+def _routes(server: DashboardServer) -> list[Route]:
+    """The view's routes (see the module doc)."""
 
-        def _in_time(self, timed_out: bool = False) -> None:
-            """RequestError 408 when the request was not read within request_timeout_s."""
-            if server.deadlines.expired(self.connection) or timed_out:
-                limit = f"{server.config.request_timeout_s:g} s"
-                raise RequestError(408, f"the request did not arrive within {limit}")
+    async def viewer(request: Request) -> Viewer | Response:
+        """Who asks (PBKDF2 and the login bounds on a worker thread), else the refusal."""
+        address = request.client.host if request.client else ""
+        header = request.headers.get("authorization")
+        try:
+            user = await run_in_threadpool(server.authenticate, header, address)
+        except LoginLimitedError as exc:
+            retry = {"Retry-After": str(math.ceil(exc.retry_after_s))}
+            return _json(429, {"error": str(exc)}, retry)
+        if user is None:
+            challenge = f'Basic realm="{REALM}", charset="UTF-8"'
+            return Response(b"", 401, {"WWW-Authenticate": challenge})
+        return user
 
-        def _user(self) -> Viewer | None:
-            try:
-                user = server.authenticate(
-                    self.headers.get("Authorization"), self.client_address[0]
-                )
-            except LoginLimitedError as exc:
-                self.send_response(429)
-                self.send_header("Retry-After", str(math.ceil(exc.retry_after_s)))
-                data = json.dumps({"error": str(exc)}).encode("utf-8")
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self._write(data)
-                return None
-            if user is None:
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+    def page(user: Viewer, path: str, query: str) -> Response:
+        named = server.logins is not None  # a configured user, not the loopback demo
+        reply = server.evidence.get(path, query, named)
+        if reply is not None:
+            status, data, content_type = reply
+            return Response(data, status, media_type=content_type)
+        if path in STATIC_FILES:
+            name, content_type = STATIC_FILES[path]
+            return Response((STATIC_DIR / name).read_bytes(), media_type=content_type)
+        if path == "/favicon.ico":
+            return Response(b"", 204, media_type="image/x-icon")
+        if path == "/api/state":
+            return _json(200, server.ward.snapshot())
+        return _json(404, {"error": f"no such page: {path}"})
+
+    async def get(request: Request) -> Response:
+        user = await viewer(request)
+        if isinstance(user, Response):
             return user
+        path = request.scope["raw_path"].decode("latin-1")  # as sent, not unquoted
+        query = request.scope["query_string"].decode("latin-1")
+        if path == "/events":
+            loop = asyncio.get_running_loop()
+            client = await run_in_threadpool(server.subscribe, user, loop)
+            media = "text/event-stream; charset=utf-8"
+            return StreamingResponse(stream(client), media_type=media)
+        return await run_in_threadpool(page, user, path, query)
 
-        def _stream(self, user: Viewer) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.end_headers()
-            client = server.subscribe(user)
-            # heartbeat intervals without a message: this browser was dropped as too slow, or
-            # nothing pushes; the stream ends and the page opens a new one (a fresh snapshot)
-            quiet = 0
-            try:
-                self.wfile.write(b"retry: 2000\n\n")
-                while quiet < HEARTBEATS_MISSED:
+    async def stream(client: Browser) -> AsyncIterator[bytes]:
+        """The browser's messages as they come; ends after :data:`HEARTBEATS_MISSED`
+        heartbeat intervals of silence (this browser was dropped as too slow, or nothing
+        pushes) and the page opens a new one (a fresh snapshot)."""
+        quiet = 0
+        try:
+            yield b"retry: 2000\n\n"
+            while quiet < HEARTBEATS_MISSED:
+                client.ready.clear()
+                messages = client.take()
+                if not messages:
                     try:
-                        message = client.get(timeout=server.config.heartbeat_interval_s)
-                    except queue.Empty:
+                        await asyncio.wait_for(client.ready.wait(),
+                                               server.config.heartbeat_interval_s)  # fmt: skip
+                    except TimeoutError:
                         quiet += 1
-                        continue
-                    if message is None:
-                        break
-                    quiet = 0
-                    self.wfile.write(message.encode("utf-8"))  # within request_timeout_s
-                    self.wfile.flush()
-            except OSError:
-                pass  # the browser went away, or stopped reading for request_timeout_s
-            finally:
-                server.unsubscribe(client)
+                    continue
+                quiet = 0
+                end = None in messages
+                text = "".join(m for m in messages if m is not None)
+                if text:
+                    yield text.encode("utf-8")
+                if end:
+                    return
+        finally:  # no await here: a cancelled stream still lets go of its queue
+            server.unsubscribe(client)
 
-        def _json(self, status: int, body: dict[str, Any]) -> None:
-            self._reply(status, json.dumps(body).encode("utf-8"), "application/json")
+    async def post(request: Request) -> Response:
+        length = body_length(request.scope["headers"])  # checked by the Guard already
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            raw = b""
+        if len(raw) != length:
+            got = f"the body ended after {len(raw)} of {length} bytes"
+            return _json(400, {"error": got}, {"Connection": "close"})
+        user = await viewer(request)
+        if isinstance(user, Response):
+            return user
+        path = request.scope["raw_path"].decode("latin-1")
+        if path != "/api/acknowledge":
+            return _json(404, {"error": f"no such action: {path}"})
+        origin = request.headers.get("origin")
+        host = header_values(request.scope["headers"], "host")[0]
+        scheme = "https" if server.config.uses_tls else "http"
+        if origin is not None and origin != f"{scheme}://{host}":  # another site's form
+            return _json(403, {"error": f"cross-origin request from {origin} refused"})
+        content_type = request.headers.get("content-type", "").partition(";")[0]
+        if content_type.strip().lower() != "application/json":
+            return _json(415, {"error": "send the acknowledge as application/json"})
+        status, reply = await run_in_threadpool(server.acknowledge, user, _json_object(raw))
+        return _json(status, reply)
 
-        def _reply(self, status: int, data: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self._write(data)
-
-        def _write(self, data: bytes) -> None:
-            with contextlib.suppress(OSError):
-                self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s %s", self.address_string(), format % args)
-
-    return Handler
+    return [Route("/{path:path}", get, methods=["GET"]),
+            Route("/{path:path}", post, methods=["POST"])]  # fmt: skip
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

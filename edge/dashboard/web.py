@@ -12,27 +12,25 @@
   on a POST exactly one ``Content-Length``, a decimal integer of at most
   :data:`MAX_BODY_BYTES`; else :class:`RequestError` with the status and a message naming
   what was wrong;
-- :class:`Deadlines`: a request must arrive whole within ``request_timeout_s`` (a socket
-  timeout alone bounds each read, not a request sent one byte at a time);
-- :class:`LimitedHTTPServer`: at most ``max_connections`` connections at once, and at most
-  ``max_per_address`` of them from one client address (so one client cannot take every
-  slot), TLS handshakes in the connection's thread (under its timeout, not in the accepting
-  one), and a failed connection logged in one line.
+- :class:`Connections` and :func:`guarded_protocol`: what the server (uvicorn, parsing with
+  h11) does not do itself: at most ``max_connections`` connections at once and at most
+  ``max_per_address`` from one client address, a request must arrive whole within
+  ``request_timeout_s`` (uvicorn bounds only the idle time between requests), a client that
+  stops reading a response is cut off after as long, and the protocol's own refusals carry
+  the security headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
-import socket
-import sys
 import threading
-import time
-from collections.abc import Callable
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -58,6 +56,10 @@ SECURITY_HEADERS = (
     ("Cache-Control", "no-store"),
 )
 WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
+MALFORMED = (
+    "the request is not valid HTTP/1.1 (its request line, a header or its Content-Length is "
+    "malformed, or its headers are too large)"
+)  # what the HTTP parser itself refuses (h11), answered 400
 
 
 class RequestError(Exception):
@@ -99,23 +101,32 @@ class HostRule:
         return True
 
 
-def check_headers(headers: Message, hosts: HostRule) -> None:
+Headers = list[tuple[bytes, bytes]]  # an ASGI request's headers: lower-case names, raw bytes
+
+
+def header_values(headers: Headers, name: str) -> list[str]:
+    """Every value of header ``name`` (lower case) in an ASGI header list, as text."""
+    key = name.encode("ascii")
+    return [value.decode("latin-1") for found, value in headers if found == key]
+
+
+def check_headers(headers: Headers, hosts: HostRule) -> None:
     """One allowed ``Host`` and no ``Transfer-Encoding`` (every request); RequestError."""
-    found = headers.get_all("Host") or []
+    found = header_values(headers, "host")
     if len(found) != 1:
         raise RequestError(400, f"a request needs exactly one Host header, got {len(found)}")
     host = host_of(found[0])
     if not hosts.allows(host):
         shown = found[0][:100]
         raise RequestError(400, f"Host {shown!r} is not this server's (dashboard.allowed_hosts)")
-    if headers.get("Transfer-Encoding") is not None:
+    if header_values(headers, "transfer-encoding"):
         raise RequestError(501, "Transfer-Encoding is not supported: send a Content-Length")
 
 
-def body_length(headers: Message, max_bytes: int = MAX_BODY_BYTES) -> int:
+def body_length(headers: Headers, max_bytes: int = MAX_BODY_BYTES) -> int:
     """The ``Content-Length`` of a POST: exactly one header, a non-negative decimal integer,
     at most ``max_bytes`` (411 missing, 400 malformed or repeated, 413 too large)."""
-    found = headers.get_all("Content-Length") or []
+    found = header_values(headers, "content-length")
     if not found:
         raise RequestError(411, "a POST needs a Content-Length header")
     if len(found) > 1:
@@ -128,120 +139,150 @@ def body_length(headers: Message, max_bytes: int = MAX_BODY_BYTES) -> int:
     return int(raw)
 
 
-class Deadlines:
-    """Connections whose request must be read by a time; :meth:`reap` (called often) shuts
-    down the reading side of those past it (the thread reading gets the end of the stream, so
-    a request sent slowly cannot hold it) and marks them :meth:`expired` (answered 408)."""
+class Connections:
+    """The open connections of one server: at most ``max_connections`` at once and at most
+    ``max_per_address`` from one client address (so one client cannot take every slot); one
+    over either is closed at once, before any byte is read, and counted in :attr:`refused`
+    (and :attr:`refused_per_address` for the second); :attr:`reaped` counts the connections
+    closed because their request did not arrive whole within ``request_timeout_s``, and
+    :attr:`stalled` those closed because the client stopped reading a response for as long.
+    Used from the server's event loop only; the counters are read from anywhere."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.reaped = 0
-        self._due: dict[socket.socket, float] = {}
-        self._expired: set[socket.socket] = set()
-        self._lock = threading.Lock()
-
-    def arm(self, sock: socket.socket, seconds: float) -> None:
-        with self._lock:
-            self._due[sock] = self.clock() + seconds
-
-    def disarm(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._due.pop(sock, None)
-
-    def expired(self, sock: socket.socket) -> bool:
-        """Whether ``sock`` was shut down for being late (forgotten: asked once)."""
-        with self._lock:
-            found = sock in self._expired
-            self._expired.discard(sock)
-            return found
-
-    def reap(self) -> int:
-        """Shut down every connection past its time; how many."""
-        now = self.clock()
-        with self._lock:
-            late = [s for s, due in self._due.items() if due <= now]
-            for sock in late:
-                del self._due[sock]
-            self._expired.update(late)
-            self.reaped += len(late)  # counted before the shutdown its reader may see
-        for sock in late:
-            # the plain socket's shutdown, under a TLS one too: the reading thread gets EOF
-            # and may still answer
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RD)
-        return len(late)
-
-
-class LimitedHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server with at most ``max_connections`` open connections, at most
-    ``max_per_address`` of them from one client address; a connection over either is closed
-    at once (before any byte is read or a TLS handshake started), counted in
-    :attr:`refused` and, for the per-address cap, in :attr:`refused_per_address` too;
-    exceptions of one connection are logged in one line, not printed with a traceback."""
-
-    daemon_threads = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        max_connections: int,
-        max_per_address: int | None = None,
-    ) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
+    def __init__(self, max_connections: int, max_per_address: int | None = None) -> None:
         self.max_connections = max_connections
         self.max_per_address = min(max_per_address or max_connections, max_connections)
-        self.refused = self.refused_per_address = 0
+        self.refused = self.refused_per_address = self.reaped = self.stalled = 0
         self._open: dict[str, int] = {}  # client address -> its open connections
-        self._open_lock = threading.Lock()
-        super().__init__(address, handler)
+        self._lock = threading.Lock()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        host = str(client_address[0])
-        with self._open_lock:
+    def admit(self, host: str) -> str | None:
+        """Count a new connection from ``host``; else why it is refused."""
+        with self._lock:
             if self._open.get(host, 0) >= self.max_per_address:
                 self.refused += 1
                 self.refused_per_address += 1
-                refusal = (
-                    f"{self.max_per_address} open from it (dashboard.max_connections_per_address)"
-                )
-            elif not self._slots.acquire(blocking=False):
+                limit = "dashboard.max_connections_per_address"
+                return f"{self.max_per_address} open from it ({limit})"
+            if sum(self._open.values()) >= self.max_connections:
                 self.refused += 1
-                refusal = f"{self.max_connections} open (dashboard.max_connections)"
-            else:
-                refusal = None
-                self._open[host] = self._open.get(host, 0) + 1
-        if refusal is not None:
-            log.warning("refused a connection from %s: %s", host, refusal)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release(host)
-            raise
+                return f"{self.max_connections} open (dashboard.max_connections)"
+            self._open[host] = self._open.get(host, 0) + 1
+            return None
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(str(client_address[0]))
-
-    def open_connections(self, host: str) -> int:
-        """How many connections from ``host`` are open now."""
-        with self._open_lock:
-            return self._open.get(host, 0)
-
-    def _release(self, host: str) -> None:
-        with self._open_lock:
+    def release(self, host: str) -> None:
+        with self._lock:
             left = self._open.get(host, 1) - 1
             if left > 0:
                 self._open[host] = left
             else:
                 self._open.pop(host, None)
-        self._slots.release()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        error = sys.exc_info()[1]
-        log.info("connection from %s ended: %s: %s", client_address[0],
-                 type(error).__name__, error)  # fmt: skip
+    def open_connections(self, host: str | None = None) -> int:
+        """How many connections from ``host`` (None: from anywhere) are open now."""
+        with self._lock:
+            return sum(self._open.values()) if host is None else self._open.get(host, 0)
+
+
+def guarded_protocol(connections: Connections, request_timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the rules uvicorn itself does not have: the connection
+    caps of ``connections``; a whole-request deadline (a request's line, headers and body
+    must all arrive within ``request_timeout_s`` of its first byte, or of the connection's
+    opening: one sent a byte at a time is closed, though each read is quick); a write
+    deadline (a client that stops reading a response, an event stream's included, for
+    ``request_timeout_s`` is cut off); a request ended early by the client (half-closed
+    connection) answered from what arrived; and the protocol's own refusals (malformed
+    request line, headers or Content-Length, headers over the size bound) answered in JSON
+    with :data:`SECURITY_HEADERS`."""
+
+    class GuardedProtocol(H11Protocol):
+        _host = ""
+        _admitted = False
+        _deadline: asyncio.TimerHandle | None = None
+        _write_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._host = str(self.client[0]) if self.client else ""
+            refusal = connections.admit(self._host)
+            if refusal is not None:
+                log.warning("refused a connection from %s: %s", self._host, refusal)
+                transport.abort()  # unanswered, nothing read
+                return
+            self._admitted = True
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self._write_deadline is not None:
+                self._write_deadline.cancel()
+            if self._admitted:
+                self._admitted = False
+                connections.release(self._host)
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._admitted:
+                return
+            if self._deadline is None and self.conn.their_state is h11.IDLE:
+                self._arm()  # the first byte of the next request on a kept-alive connection
+            super().data_received(data)
+            if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE):
+                self._disarm()  # the whole request is in
+
+        def eof_received(self) -> bool:  # type: ignore[override]
+            """The client ended its side: a request in progress is answered (from the body
+            that came, which the application checks against its Content-Length), then the
+            connection closes; with none, it closes now."""
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                return False
+            cycle.keep_alive = False
+            if cycle.more_body:
+                cycle.more_body = False
+                cycle.message_event.set()
+            return True
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._write_deadline is None:
+                self._write_deadline = self.loop.call_later(request_timeout_s, self._stalled)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._write_deadline is not None:
+                self._write_deadline.cancel()
+                self._write_deadline = None
+
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": MALFORMED}).encode("utf-8")
+            security = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS]
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close"), *security]
+            with contextlib.suppress(h11.LocalProtocolError):
+                for event in (h11.Response(status_code=400, headers=headers),
+                              h11.Data(data=body), h11.EndOfMessage()):  # fmt: skip
+                    self.transport.write(self.conn.send(event) or b"")
+            self.transport.close()
+
+        def _arm(self) -> None:
+            self._deadline = self.loop.call_later(request_timeout_s, self._late)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _late(self) -> None:
+            self._deadline = None
+            connections.reaped += 1
+            log.info("closed a connection from %s: its request did not arrive within %g s",
+                     self._host, request_timeout_s)  # fmt: skip
+            self.transport.abort()
+
+        def _stalled(self) -> None:
+            self._write_deadline = None
+            connections.stalled += 1
+            log.info("closed a connection from %s: it read nothing for %g s",
+                     self._host, request_timeout_s)  # fmt: skip
+            self.transport.abort()
+
+    return GuardedProtocol
