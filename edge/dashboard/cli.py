@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with DashboardServer(dashboard, mqtt, site) as server:
             print(server.describe(), flush=True)
-            stop.wait()
+            server.serve_until(stop)  # a thread the view needs stopped: error, exit 1
     finally:
         os.umask(before)
     print("lungwatch dashboard: stopped", flush=True)

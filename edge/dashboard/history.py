@@ -51,6 +51,7 @@ from typing import Any
 from edge.errors import LungwatchError
 from edge.events import Event, parse_utc
 from edge.evidence.clip import Clip
+from edge.supervision import RESTARTS, Worker
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -191,8 +192,9 @@ class History:
         self._flushed = threading.Condition()
         self._written = 0  # items committed
         self._queued = 0
-        self._writer = threading.Thread(target=self._write, name="lungwatch-history", daemon=True)
-        self._writer.start()
+        self._closing = False
+        self._taken = 0  # items the writer holds, not yet committed
+        self._writer = Worker(self._write, "lungwatch-history", lambda: self._closing).start()
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False)
@@ -258,8 +260,26 @@ class History:
                 self._flushed.wait(left)
         return True
 
+    def supervise(self) -> str | None:
+        """None while the writer runs; after it stopped unasked: what happened, the rows it
+        held counted as not stored, and the writer started again (bounded: see
+        :class:`~edge.supervision.Worker`; the text says when it was not)."""
+        why = self._writer.failure()
+        if why is None:
+            return None
+        with self._flushed:
+            lost, self._taken = self._taken, 0
+            self._written += lost  # nobody waits for them any more
+            self._flushed.notify_all()
+        if lost:
+            self._failure(f"{lost} row(s) the writer held were not stored")
+        if self._writer.restart():
+            return f"{why}; started again"
+        return f"{why}; not started again ({RESTARTS} times already): nothing more is stored"
+
     def close(self) -> None:
         self.flush()
+        self._closing = True
         self._queue.put(None)
         self._writer.join()
 
@@ -278,6 +298,7 @@ class History:
                 pass
             rows = [item for item in batch if item is not None]
             running = len(rows) == len(batch)
+            self._taken = len(rows)
             try:
                 with db:
                     for sql, row in rows:
@@ -293,6 +314,7 @@ class History:
                 self._failure(f"pruning the history failed: {type(exc).__name__}: {exc}")
             with self._flushed:
                 self._written += len(rows)
+                self._taken = 0
                 self._flushed.notify_all()
         db.close()
 

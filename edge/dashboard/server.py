@@ -80,6 +80,7 @@ from edge.dashboard.web import (
 from edge.errors import LungwatchError
 from edge.events import is_segment
 from edge.sinks.mqtt import MqttConfig
+from edge.supervision import ThreadStoppedError, Worker, first_failure
 from lungwatch.hosts import is_loopback
 
 ALARMS_PUSH_S = 1.0  # the alarm list goes to the browsers at most this often
@@ -165,6 +166,7 @@ class DashboardServer:
         self.connections = Connections(config.max_connections, config.max_connections_per_address)
         self._clients: set[Browser] = set()
         self._stop = threading.Event()
+        self._supervising = threading.Lock()
         self._auth_key = secrets.token_bytes(32)
         self._auth_cache: dict[bytes, Viewer] = {}
         self._socket = _listen(config.host, config.port)
@@ -184,7 +186,8 @@ class DashboardServer:
             )
         )  # fmt: skip
         self._uvicorn.config.load()
-        self._threads: list[threading.Thread] = []
+        self._web = Worker(self._serve, "lungwatch-dashboard-http", self._stop.is_set)
+        self._pusher = Worker(self._push, "lungwatch-dashboard-push", self._stop.is_set)
 
     def _tls_context(self, config: DashboardConfig) -> ssl.SSLContext:
         """The page's TLS context (handshakes run on the server's event loop, each bounded
@@ -217,29 +220,42 @@ class DashboardServer:
 
     def start(self) -> DashboardServer:
         self.feed.start()
-        web = threading.Thread(target=self._serve, name="lungwatch-dashboard-http", daemon=True)
-        push = threading.Thread(target=self._push, name="lungwatch-dashboard-push", daemon=True)
-        self._threads += [web, push]
-        web.start()
+        self._web.start()
         deadline_s = time.monotonic() + 10.0
-        while not self._uvicorn.started and web.is_alive() and time.monotonic() < deadline_s:
+        while not self._uvicorn.started and self._web.is_alive() and time.monotonic() < deadline_s:
             time.sleep(0.01)
         if not self._uvicorn.started:
             self.stop()
             raise DashboardError(f"dashboard: the web server did not start on {self.url}")
-        push.start()
+        self._pusher.start()
         log.info("%s", self.describe())
         return self
 
     def _serve(self) -> None:
-        try:
-            self._uvicorn.run(sockets=[self._socket])
-        except BaseException:  # said loudly: the page is gone
-            log.exception("the ward view's web server stopped")
-            raise
-        finally:
-            if not self._stop.is_set():
-                log.error("the ward view's web server stopped; the page is no longer served")
+        self._uvicorn.run(sockets=[self._socket])
+
+    def failure(self) -> str | None:
+        """Why the view cannot go on (None: it can): its web server or its push thread
+        stopped, or its history writer stopped once too often. A history writer that stopped
+        is started again here (each time a technical alarm on the pages); the push thread
+        calls this every round, whoever runs the view (``lungwatch dashboard``, ``lungwatch
+        run``) at least every second, and stops the process with the reason."""
+        if self.history is not None:
+            with self._supervising:  # one restart, whichever thread sees it first
+                why = self.history.supervise()
+            if why is not None:
+                self.ward.thread_failed("history", why)
+                if not why.endswith("started again"):
+                    return why
+        return first_failure([self._web.failure, self._pusher.failure])
+
+    def serve_until(self, stop: threading.Event, every_s: float = 1.0) -> None:
+        """Watch the view until ``stop`` is set; :class:`~edge.supervision.ThreadStoppedError`
+        when it cannot go on (:meth:`failure`)."""
+        while not stop.wait(every_s):
+            why = self.failure()
+            if why is not None:
+                raise ThreadStoppedError(f"the ward view stops: {why}")
 
     def stop(self) -> None:
         """Close the browsers' streams, the web server and the MQTT feed (idempotent)."""
@@ -251,9 +267,8 @@ class DashboardServer:
                 with contextlib.suppress(queue.Full):  # fell behind: dropped, ends anyway
                     client.put(None)
         self._uvicorn.should_exit = True
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(timeout=GRACEFUL_STOP_S + 5.0)
+        for worker in (self._web, self._pusher):
+            worker.join(timeout=GRACEFUL_STOP_S + 5.0)
         with contextlib.suppress(OSError):
             self._socket.close()
         self.feed.stop()
@@ -293,6 +308,8 @@ class DashboardServer:
         while not self._stop.wait(cfg.push_interval_s):
             now_s = time.monotonic()
             try:
+                if self.history is not None:
+                    self.failure()  # a stopped history writer: shown, started again
                 if cfg.probe_interval_s > 0 and now_s >= next_probe_s:
                     self.feed.probe()
                     next_probe_s = now_s + cfg.probe_interval_s

@@ -333,6 +333,8 @@ class Ward(WardMemory):
         self.counts = {"messages": 0, "events": 0, "rejected": 0, "duplicates": 0, "probes": 0}
         self.rejected_reasons: dict[str, int] = {}  # reason (intake.REASONS) -> count
         self.last_rejected: str | None = None
+        # the view's own technical alarms: a thread of it that stopped (name -> what happened)
+        self.faults: dict[str, str] = {}
         self.broker: dict[str, Any] = {"address": None, "connected": False,
                                        "state": "disconnected", "quiet_s": None,
                                        "refused": None}  # fmt: skip
@@ -374,6 +376,13 @@ class Ward(WardMemory):
         counted beside the rejected messages and shown the same way."""
         with self.lock:
             self._reject("view", b"", reason, why)
+
+    def thread_failed(self, name: str, why: str) -> None:
+        """A thread of the view stopped unasked (``why``: what happened and whether it was
+        started again): a technical alarm on every page, kept until the view restarts."""
+        with self.lock:
+            self.faults[name] = why[:REASON_CHARS]
+            self._dirty_alarms = True
 
     def _reject(self, topic: str, payload: bytes, reason: str, why: str) -> None:
         self.counts["rejected"] += 1
@@ -823,6 +832,7 @@ class Ward(WardMemory):
                 "counts": dict(self.counts),
                 "rejected_reasons": dict(self.rejected_reasons),
                 "last_rejected": self.last_rejected,
+                "faults": dict(self.faults),
                 "broker": dict(self.broker),
                 "stale_after_s": self.stale_after_s,
             }
@@ -834,7 +844,8 @@ class Ward(WardMemory):
                 self.monotonic() - self._alarms_sent_s >= self.alarms_every_s
             )
             status = {"counts": dict(self.counts), "rejected_reasons": dict(self.rejected_reasons),
-                      "last_rejected": self.last_rejected, "broker": dict(self.broker)}  # fmt: skip
+                      "last_rejected": self.last_rejected, "faults": dict(self.faults),
+                      "broker": dict(self.broker)}  # fmt: skip
             status_changed = status != self._status_sent
             changed = self._dirty_devices or self._dirty_beds or alarms_due or self._live
             if not (changed or status_changed):

@@ -43,6 +43,7 @@ from edge.evidence.clip import Clip, EvidenceError, clip_messages
 from edge.evidence.recorder import Cut, EvidenceConfig
 from edge.sinks.mqtt import new_client
 from edge.sinks.mqtt_config import MqttConfig
+from edge.supervision import Worker
 
 log = logging.getLogger("lungwatch.evidence")
 
@@ -161,7 +162,7 @@ class EvidencePublisher:
         self._stop = threading.Event()
         self._acked: set[int] = set()
         self._ack_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="lungwatch-evidence", daemon=True)
+        self._thread = Worker(self._run, "lungwatch-evidence", self._stop.is_set)
         self.counts = {"submitted": 0, "dropped": 0, "sent": 0, "failed": 0}
 
     def connect(self) -> EvidencePublisher:
@@ -180,6 +181,10 @@ class EvidencePublisher:
             self.counts["dropped"] += 1
             log.warning("evidence of %s dropped: %d clips wait already", clip.episode_id,
                         QUEUE_CLIPS)  # fmt: skip
+
+    def failure(self) -> str | None:
+        """Why the sending thread stopped unasked (None: it runs): no clip leaves the spool."""
+        return self._thread.failure()
 
     def stats(self) -> dict[str, int]:
         """For the metrics topic (``evidence_*``)."""
@@ -202,6 +207,9 @@ class EvidencePublisher:
             self.flush(timeout_s)
             self._stop.set()
             self._thread.join()
+            self._client.disconnect()
+            self._client.loop_stop()
+        elif self._thread.started:  # the sender stopped unasked; its connection goes too
             self._client.disconnect()
             self._client.loop_stop()
         self._stop.set()

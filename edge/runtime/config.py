@@ -42,7 +42,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.bed.agebands import AGE_BAND_NAMES, band_for_age
 from edge.bed.breathing import RespirationConfig
@@ -58,6 +58,9 @@ from edge.commandauth import (
 )
 from edge.config import check, load_config
 from edge.dashboard.config import DashboardConfig
+
+if TYPE_CHECKING:
+    from edge.dashboard.server import DashboardServer
 from edge.datapaths import data_root
 from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from edge.events import DEVICE_STREAM, SOUND_TYPES, is_segment
@@ -402,10 +405,10 @@ def start_dashboard(
     broker_address: str | None,
     resources: contextlib.ExitStack,
     command_master_key: bytes | None = None,
-) -> str | None:
+) -> DashboardServer | None:
     """With ``dashboard.enabled``: the ward view on ``dashboard.host:port``, reading the broker
     the MQTT sink uses (``broker_address`` overrides it), signing commands with
-    ``command_master_key``, stopped by ``resources``; its URL."""
+    ``command_master_key``, stopped by ``resources``; the running server."""
     if not config.dashboard.enabled:
         return None
     from edge.dashboard.server import DashboardServer
@@ -417,7 +420,7 @@ def start_dashboard(
     server = DashboardServer(config.dashboard, mqtt, config.site, command_master_key).start()
     resources.callback(server.stop)
     print(server.describe(), flush=True)
-    return server.url
+    return server
 
 
 class CommandError(LungwatchError, ValueError):

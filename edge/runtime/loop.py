@@ -76,6 +76,7 @@ from edge.sinks import (
 )
 from edge.sinks.live import LiveStrip
 from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
+from edge.supervision import ThreadStoppedError, first_failure
 from lungwatch.cli import ArgumentParser
 from lungwatch.private import private_umask
 
@@ -84,6 +85,7 @@ MAX_LATENCIES = 100_000  # per stream and metrics interval
 MAX_READS_PER_ROUND = 64  # source chunks one stream's read may gather (fairness between beds)
 MS_PER_S = 1000.0
 SHUTDOWN = "shutdown"  # why every stream ends when the runtime stops
+WATCH_EVERY_S = 1.0  # the threads the run depends on are checked this often
 
 
 def open_model(config: RuntimeConfig, source: str = "<config>") -> Monitor:
@@ -184,9 +186,14 @@ class Runtime:
         commands: CommandVerifier | None = None,
         evidence: EvidencePublisher | None = None,
         latched: LatchedStore | None = None,
+        watch: Sequence[Callable[[], str | None]] = (),
     ) -> None:
         """``latched``: the file that keeps unacknowledged latched alarms over restarts
-        (``edge.runtime.latched``; None: they end with the process)."""
+        (``edge.runtime.latched``; None: they end with the process). ``watch``: checks of
+        the threads the run depends on (the MQTT and evidence senders, a ward view it
+        serves), each None or why its thread stopped: :meth:`run` then ends as at a signal
+        and raises :class:`~edge.supervision.ThreadStoppedError`."""
+        self._watch = list(watch)
         self.config, self.model, self.sink = config, model, sink
         self._evidence_channel = evidence  # None: no clips are cut
         if evidence is not None:
@@ -603,10 +610,17 @@ class Runtime:
         and publish the last metrics."""
         self.announce_carried()
         deadline = self._clock() + self.config.max_run_s if self.config.max_run_s else None
+        failed, next_check_s = None, self._clock()
         while self.running and not stop.is_set():
             if deadline is not None and self._clock() >= deadline:
                 log.info("max_run_s reached")
                 break
+            if self._watch and self._clock() >= next_check_s:
+                next_check_s = self._clock() + WATCH_EVERY_S
+                failed = first_failure(self._watch)
+                if failed is not None:  # ended as at a signal: latched alarms are kept
+                    log.critical("stopping: %s", failed)
+                    break
             if not self.step():
                 stop.wait(self.config.idle_sleep_s)
         # the audio that arrived is described before its events end: a streaming bed's
@@ -624,6 +638,8 @@ class Runtime:
             self.events.flush()
             self.save_latched()
         self.publish_metrics()
+        if failed is not None:
+            raise ThreadStoppedError(f"{failed}; the run stopped (its service restarts it)")
 
 
 def _coalesced(chunks: list[SourceChunk]) -> list[SourceChunk]:
@@ -728,7 +744,7 @@ def serve(
             resources.callback(stream.source.close)
         address = start_embedded_broker(config, resources)
         verifier, master = open_command_verifier(config, source)
-        start_dashboard(config, address, resources, command_master_key=master)
+        view = start_dashboard(config, address, resources, command_master_key=master)
         sink, mqtt = open_sinks(config, address)
         resources.callback(sink.close)
         evidence = None
@@ -739,8 +755,9 @@ def serve(
         store = None
         if config.alarms.persist:
             store = LatchedStore(config.alarms.path(config.mqtt))
+        watch = [w.failure for w in (mqtt, evidence, view) if w is not None]
         runtime = Runtime(config, model, streams, sink, sink_stats=stats, commands=verifier,
-                          evidence=evidence, latched=store)  # fmt: skip
+                          evidence=evidence, latched=store, watch=watch)  # fmt: skip
         if mqtt is not None:
             policy = "signed_or_unsigned" if config.commands.accept_unsigned else (
                 "signed" if verifier is not None else "refused")  # fmt: skip

@@ -65,6 +65,7 @@ from edge.sinks import SinkError
 from edge.sinks.live import live_payload, live_topic
 from edge.sinks.mqtt_config import MqttConfig
 from edge.sinks.spool import Spool, SpoolFullMonitor
+from edge.supervision import Worker
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class MqttSink:
         self._full = SpoolFullMonitor(
             self._spool, config.site, config.device_id, config.spool_full_priority
         )
-        self._sender = threading.Thread(target=self._run, name="lungwatch-mqtt-sender", daemon=True)
+        self._sender = Worker(self._run, "lungwatch-mqtt-sender", self._stopping.is_set)
         self._closed = False
 
     # -- the Sink protocol -------------------------------------------------------------
@@ -255,6 +256,11 @@ class MqttSink:
             self._say_offline()
             self._client.disconnect()
             self._client.loop_stop()
+        elif self._sender.started:  # the sender stopped unasked: no goodbye, the will says so
+            self._client.loop_stop()
+            sock = self._client.socket()
+            if sock is not None:
+                sock.close()
         self._closed = True
         self._spool.close()
 
@@ -262,7 +268,7 @@ class MqttSink:
     def connect(self) -> MqttSink:
         """Open the connection and start the sender; see MqttConfig for what raises."""
         self._check_open()
-        if self._sender.ident is not None:
+        if self._sender.started:
             raise SinkError(f"MQTT sink for broker {self.config.address} is already connected")
         reached = self._first_connect()
         self._client.loop_start()
@@ -270,6 +276,10 @@ class MqttSink:
             self._await_connack()
         self._sender.start()
         return self
+
+    def failure(self) -> str | None:
+        """Why the sender thread stopped unasked (None: it runs): nothing more is sent."""
+        return self._sender.failure()
 
     @property
     def connected(self) -> bool:

@@ -30,7 +30,9 @@ from edge.errors import ConfigError
 from edge.events import Event, parse_utc
 from edge.runtime.config import CommandError, parse_command, resolve_source
 from edge.runtime.loop import Runtime, open_model, open_streams, serve
+from edge.sinks.mqtt import MqttSink
 from edge.sinks.spool import Spool
+from edge.supervision import ThreadStoppedError
 from tests.edge.brokers import Mosquitto, Recorder, free_port
 from tests.edge.runtime_helpers import (
     CRACKLES,
@@ -386,6 +388,47 @@ def test_sigterm_holds_unacknowledged_alarms_over_a_restart(tmp_path: Path, mosq
     assert {e.detail.get("acknowledged_by") for e in closing} == {"nurse-a"}
     kept = json.loads((tmp_path / "latched-alarms.json").read_text())
     assert not {e["episode_id"] for bed in kept["beds"].values() for e in bed} & set(held)
+
+
+def test_a_device_whose_sender_thread_dies_stops_with_the_reason_and_keeps_its_events(
+    tmp_path: Path, mosquitto: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MQTT sender's loop meets what its guards do not catch once it is connected: the
+    run notices within its watch interval, ends as at a signal (events closed or, latched,
+    held over the restart) and raises with the thread's name and error, so ``lungwatch run``
+    exits 1 and systemd starts it again (``Restart=on-failure``); the ward view sees the
+    device's will (offline, connection lost), a technical condition. Nothing is lost: every
+    event the run produced (the JSONL sink beside it has them all) waits in the spool for
+    the next start. ``max_run_s`` ends the run anyway, so a missing watch fails the test."""
+    pump = MqttSink._pump
+    broke = threading.Event()
+
+    def pump_then_break(self: MqttSink) -> None:
+        if self.connected:
+            broke.set()
+            raise SystemExit("injected: the sender's loop broke")
+        pump(self)
+
+    monkeypatch.setattr(MqttSink, "_pump", pump_then_break)
+    streams = [stream("bed-1", record_path(FOUND), realtime=True, loop=True)]
+    mapping = config_mapping(tmp_path, streams, max_run_s=60.0,
+                             **mqtt_sections(tmp_path, mosquitto.port))  # fmt: skip
+    with pytest.raises(ThreadStoppedError) as raised:
+        serve(build(mapping))
+    assert broke.is_set()
+    assert str(raised.value) == (
+        "thread lungwatch-mqtt-sender stopped: SystemExit: injected: the sender's loop broke; "
+        "the run stopped (its service restarts it)"
+    )
+    produced = jsonl_events(tmp_path / "events.jsonl")
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        assert len(spool) == len(produced)
+    with Recorder(mosquitto.port, topic=f"{ROOT}/status") as recorder:  # the retained one
+        assert recorder.wait_for(lambda ms: len(ms) >= 1, 10.0)
+        assert (statuses(recorder)[-1]["state"], statuses(recorder)[-1]["reason"]) == (
+            "offline",
+            "connection lost",
+        ), "no graceful goodbye: the broker published the device's will"
 
 
 def _has_onset(recorder: Recorder, event_type: str) -> bool:

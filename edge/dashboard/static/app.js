@@ -105,8 +105,30 @@
     }
   }
 
+  // The view's own technical alarms (a thread of it stopped): shown above everything and
+  // sounded with the alarms, medium while nothing took the thread's place, low once it was
+  // started again.
+  let viewFaults = {};
+  function faultAlarms() {
+    return Object.entries(viewFaults).map(([name, text]) => ({
+      state: "alarming", priority: text.endsWith("started again") ? "low" : "medium",
+      device_id: "ward view", stream_id: name, condition: "thread", text,
+    }));
+  }
+  function soundedAlarms() { return (ward.alarms || []).concat(faultAlarms()); }
+
+  function renderFaults(faults) {
+    viewFaults = faults;
+    const node = $("#faults");
+    const lines = Object.values(faults);
+    node.hidden = lines.length === 0;
+    node.textContent = lines.length ? "Technical alarm (ward view): " + lines.join("; ") : "";
+    sound.update(soundedAlarms());
+  }
+
   function renderHeader(message) {
     if (message.broker) renderBroker(message.broker);
+    if (message.faults) renderFaults(message.faults);
     if (message.counts && message.counts.rejected) {
       const reasons = Object.entries(message.rejected_reasons || {})
         .map(([reason, n]) => `${reason} ${n}`).join(", ");
@@ -414,7 +436,7 @@
     more.textContent = showAllAlarms ? "Show the first beds only" :
       `Show all ${alarms.length} (${alarms.length - rows.length} more below)`;
     stampAfterPaint(window.lwAlarmShown, alarms.flatMap((a) => a.open_episodes || []));
-    sound.update(alarms);
+    sound.update(alarms.concat(faultAlarms()));
   }
 
   // Put ``rows`` into ``body`` in order, moving or replacing only what differs (a busy
@@ -516,7 +538,7 @@
       if (window.Notification && Notification.permission === "default") {
         Notification.requestPermission().catch(() => {});
       }
-      this.update(ward.alarms);
+      this.update(soundedAlarms());
     },
     pause() {
       this.pausedUntil = Date.now() + PAUSE_MS;

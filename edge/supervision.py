@@ -1,0 +1,100 @@
+"""Threads a process depends on, watched.
+
+A :class:`Worker` runs one long-lived loop (the MQTT sender, the evidence sender, the ward
+view's web server, its push loop, its history writer). Each loop guards its own work and
+goes on after a failure of one item; a :class:`Worker` is the net under that: a loop that
+still ends without being asked to (an exception its guards did not foresee, a return) is
+logged at CRITICAL with its traceback and reported by :meth:`Worker.failure`, and its owner
+then shows it (a technical alarm on the ward view's page) and either starts it again
+(:meth:`Worker.restart`, bounded) or stops the process with an error
+(:class:`ThreadStoppedError`), so the service manager restarts it and nothing runs on half its
+threads unseen.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from edge.errors import LungwatchError
+
+log = logging.getLogger("lungwatch.supervision")
+
+RESTARTS = 3  # a worker started again at most this often ...
+RESTART_WINDOW_S = 600.0  # ... within this time; then its failure is final
+
+
+class ThreadStoppedError(LungwatchError):
+    """A thread the process depends on stopped; the process stops (the message says which
+    thread and why)."""
+
+
+class Worker:
+    """``target`` on a daemon thread named ``name``; ``stopping()`` says whether its owner
+    asked it to end (then its end is no failure)."""
+
+    def __init__(self, target: Callable[[], None], name: str, stopping: Callable[[], bool]):
+        self.target, self.name, self.stopping = target, name, stopping
+        self.error: str | None = None
+        self.restarts: deque[float] = deque()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Worker:
+        self.error = None
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def failure(self) -> str | None:
+        """Why the thread ended without being asked to (None: running, not started, or
+        asked to stop)."""
+        if self._thread is None or self._thread.is_alive() or self.stopping():
+            return None
+        return f"thread {self.name} stopped: {self.error or 'its loop returned'}"
+
+    def restart(self, now_s: float | None = None) -> bool:
+        """Start the thread again after a failure, at most :data:`RESTARTS` times within
+        :data:`RESTART_WINDOW_S`; False when that bound is used up (the failure is final)."""
+        now_s = time.monotonic() if now_s is None else now_s
+        while self.restarts and now_s - self.restarts[0] > RESTART_WINDOW_S:
+            self.restarts.popleft()
+        if len(self.restarts) >= RESTARTS:
+            return False
+        self.restarts.append(now_s)
+        log.warning("starting thread %s again (%d of %d within %g s)", self.name,
+                    len(self.restarts), RESTARTS, RESTART_WINDOW_S)  # fmt: skip
+        self.start()
+        return True
+
+    def _run(self) -> None:
+        try:
+            self.target()
+        except BaseException as exc:  # the net under the loop's own guards: said loudly
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.critical("thread %s stopped: %s", self.name, self.error, exc_info=True)
+            return
+        if not self.stopping():
+            log.critical("thread %s stopped: its loop returned", self.name)
+
+
+def first_failure(checks: list[Callable[[], str | None]]) -> str | None:
+    """The first failure any of ``checks`` reports."""
+    for check in checks:
+        why = check()
+        if why is not None:
+            return why
+    return None
