@@ -5,16 +5,19 @@ own topics, and the keys that sign commands (``lungwatch access``).
 
 writes, under ``DIR`` (mode 0700; every secret 0600):
 
-- ``mosquitto/lungwatch.conf``: ``allow_anonymous false``, ``max_packet_size`` 64 KiB, the
+- ``mosquitto/lungwatch.conf``: ``allow_anonymous false``, ``use_username_as_clientid``
+  (each connection's client id is its user name, so a client with one login cannot take
+  another client's connection over by naming its id), ``max_packet_size`` 64 KiB, the
   password file and the ACL file (include it in the broker's config, or copy its lines there);
 - ``mosquitto/passwd``: one line per client, Mosquitto's PBKDF2-SHA512 format (``$7$``, 101
   iterations, the format ``mosquitto_passwd`` writes), so the broker host needs no tool;
 - ``mosquitto/acl``: a device may publish only its own status, metrics and per-bed event,
   live, verdict, respiration, summary and evidence topics, and read only its own command
-  topic; a ward view may
-  read the site's topics and publish commands (only ward views may);
+  topic; its clips' connection (user ``<device>/evidence``, the device's password) only its
+  evidence topics; a ward view may read the site's topics and publish commands (only ward
+  views may);
 - ``clients/<name>.yaml``: the ``mqtt`` username and password of each client (and, for a
-  device, its ``commands.key_file``), to merge into its config;
+  device, its ``commands.key_file`` and ``evidence.username``), to merge into its config;
 - ``keys/command-master.key`` (ward views sign commands with it) and
   ``keys/<device>.command.key`` (each device's own key, derived from the master key:
   ``edge.commandauth``);
@@ -61,6 +64,7 @@ DEVICE_WRITES = (
     "status", "metrics", "+/event", "+/live", "+/verdict", "+/respiration", "+/summary",
     "+/evidence",
 )  # fmt: skip
+EVIDENCE_LOGIN = "{device}/evidence"  # a device's second connection (no device name has '/')
 # the broker drops a larger packet and disconnects its sender, so no client can push an
 # oversized message at the ward views or the devices (the view's own limit is 64 KiB)
 MAX_QUEUED_MESSAGES = 100_000  # per offline persistent session (a ward view restarting)
@@ -96,6 +100,8 @@ def acl_text(site: str, clients: list[Client]) -> str:
             own = f"{root}/{client.name}"
             lines += [f"topic write {own}/{suffix}" for suffix in DEVICE_WRITES]
             lines.append(f"topic read {own}/command")
+            lines += ["", f"user {EVIDENCE_LOGIN.format(device=client.name)}",
+                      f"topic write {own}/+/evidence"]  # fmt: skip
         else:
             lines += [f"topic read {root}/#", f"topic write {root}/+/command"]
     return "\n".join(lines) + "\n"
@@ -153,13 +159,17 @@ def generate(
             elif read_key(key_path) != key:
                 raise ConfigError(f"{key_path}: not derived from {master_path} (remove it)")
             settings["commands"] = {"key_file": str(key_path.resolve())}
+            settings["evidence"] = {"username": EVIDENCE_LOGIN.format(device=client.name)}
         else:
             view: dict[str, object] = {"command_key_file": str(master_path.resolve())}
             if view_users:
                 view["users"] = view_users
             settings["dashboard"] = view
         write_private(directory / "clients" / f"{client.name}.yaml", yaml.safe_dump(settings))
-    passwd = "".join(password_line(c.name, c.password) + "\n" for c in clients)
+    broker_logins = [(c.name, c.password) for c in clients] + [
+        (EVIDENCE_LOGIN.format(device=c.name), c.password) for c in clients if c.role == "device"
+    ]
+    passwd = "".join(password_line(name, secret) + "\n" for name, secret in broker_logins)
     write_private(directory / "mosquitto" / "passwd", passwd)
     write_private(directory / "mosquitto" / "acl", acl_text(site, clients))
     own = ""
@@ -167,6 +177,8 @@ def generate(
         own = f"listener {where[1]} {where[0]}\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
     conf = own + (
         "allow_anonymous false\n"
+        # a connection's client id is its user name: no login can take another's over
+        "use_username_as_clientid true\n"
         f"max_packet_size {MAX_PACKET_BYTES}\n"
         # a ward view's persistent session: what it misses while it restarts waits here
         f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"

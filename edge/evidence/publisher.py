@@ -28,6 +28,7 @@ dropped; both are counted. Clips wait in memory for the spool in a queue of
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -153,7 +154,10 @@ class EvidencePublisher:
             spool_path(config, mqtt), int(config.max_spool_mb * MB), config.max_age_h * 3600.0
         )
         self._queue: queue.Queue[Clip | Cut] = queue.Queue(QUEUE_CLIPS)
-        self._client = new_client(mqtt, f"{mqtt.effective_client_id}-evidence")
+        login = (
+            mqtt if config.username is None else dataclasses.replace(mqtt, username=config.username)
+        )  # its own broker user where the broker makes each client's id its username
+        self._client = new_client(login, f"{mqtt.effective_client_id}-evidence")
         self._client.max_inflight_messages_set(config.max_inflight)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

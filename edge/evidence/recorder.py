@@ -52,6 +52,9 @@ class EvidenceConfig:
     max_age_h: float = 24.0  # a clip not delivered by then is dropped (counted)
     part_bytes: int = DEFAULT_PART_BYTES  # FLAC bytes per MQTT message
     max_inflight: int = 4  # parts unacknowledged at once (events have their own connection)
+    # the broker login of the clips' connection, with mqtt's password (None: mqtt.username); a
+    # broker that makes each client's id its username needs one per connection
+    username: str | None = None
 
     def __post_init__(self) -> None:
         check(self.pre_s >= 0, "pre_s", self.pre_s, "a number >= 0 (seconds)")
@@ -67,6 +70,10 @@ class EvidenceConfig:
         check(4096 <= self.part_bytes <= 45_000, "part_bytes", self.part_bytes,
               "in [4096, 45000] (base64 and JSON must stay under 64 KiB)")  # fmt: skip
         check(self.max_inflight >= 1, "max_inflight", self.max_inflight, "an integer >= 1")
+        name = self.username
+        ok = name is None or (isinstance(name, str) and 0 < len(name) <= 128
+                              and name.isprintable() and ":" not in name)  # fmt: skip
+        check(ok, "username", name, "a broker user name (1..128 printable characters, no ':')")
 
 
 @dataclass(frozen=True)

@@ -318,13 +318,15 @@ def test_a_ward_on_one_machine_from_the_generated_files(tmp_path: Path) -> None:
     assert os.stat(directory).st_mode & 0o077 == 0
 
 
-def test_another_devices_login_cannot_take_a_devices_connection_over(
+def test_no_login_can_take_another_clients_connection_over(
     site: tuple[Path, Mosquitto],
 ) -> None:
-    """A client with device jetson-2's login connecting again and again under the client id a
-    device's name suggests does not disconnect jetson-1: its real id carries a suffix only
-    its password gives. (Under jetson-1's real id it would: the same broker, the check can
-    fail.)"""
+    """``use_username_as_clientid``: the broker makes each connection's client id its user
+    name, so a client with device jetson-2's login, connecting again and again under the id
+    a device's name suggests or under jetson-1's own id, does not disconnect jetson-1; nor
+    does jetson-1's clips' connection, which has a login of its own (``jetson-1/evidence``,
+    the device's password). A second connection with jetson-1's own login does (the same
+    broker: the check can fail)."""
     from edge.sinks.mqtt_config import MqttConfig
 
     directory, broker = site
@@ -332,10 +334,10 @@ def test_another_devices_login_cannot_take_a_devices_connection_over(
     config = MqttConfig(port=broker.port, username=own["username"], password=own["password"],
                         site=SITE, device_id="jetson-1")  # fmt: skip
     real_id = config.effective_client_id
-    assert real_id.startswith(f"lungwatch-{SITE}-jetson-1-")
-    assert len(real_id) == len(f"lungwatch-{SITE}-jetson-1-") + 16
+    evidence = yaml.safe_load((directory / "clients" / "jetson-1.yaml").read_text())["evidence"]
+    assert evidence == {"username": "jetson-1/evidence"}
 
-    def kicks(client_id: str) -> bool:
+    def kicks(username: str, password: str, client_id: str) -> bool:
         lost = threading.Event()
         victim = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=real_id)
         victim.username_pw_set(own["username"], own["password"])
@@ -343,10 +345,9 @@ def test_another_devices_login_cannot_take_a_devices_connection_over(
         victim.connect(HOST, broker.port)
         victim.loop_start()
         try:
-            thief_login = login(directory, "jetson-2")
             for _ in range(3):
                 thief = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-                thief.username_pw_set(thief_login["username"], thief_login["password"])
+                thief.username_pw_set(username, password)
                 thief.connect(HOST, broker.port)
                 thief.loop_start()
                 lost.wait(0.5)
@@ -357,5 +358,29 @@ def test_another_devices_login_cannot_take_a_devices_connection_over(
             victim.disconnect()
             victim.loop_stop()
 
-    assert not kicks(f"lungwatch-{SITE}-jetson-1")
-    assert kicks(real_id)
+    other = login(directory, "jetson-2")
+    assert not kicks(other["username"], other["password"], f"lungwatch-{SITE}-jetson-1")
+    assert not kicks(other["username"], other["password"], real_id)
+    assert not kicks(evidence["username"], own["password"], f"{real_id}-evidence")
+    assert kicks(own["username"], own["password"], "any-id")
+
+
+def test_a_devices_clips_login_may_publish_its_clips_only(site: tuple[Path, Mosquitto]) -> None:
+    """The clips' connection (``jetson-1/evidence``) may publish on jetson-1's evidence
+    topics and nothing else: an event it sends never reaches the ward view."""
+    directory, broker = site
+    own = login(directory, "jetson-1")
+    clips = {"username": "jetson-1/evidence", "password": own["password"]}
+    with clients(broker.port, directory, "ward-view") as (view,):
+        view.subscribe(f"{ROOT}/#")
+        sender = Client(broker.port, clips, "jetson-1-clips")
+        try:
+            assert sender.refused is None, sender.refused
+            sender.publish(f"{ROOT}/jetson-1/bed-1/event", b"forged event")
+            sender.publish(f"{ROOT}/jetson-2/bed-1/evidence", b"another device's clip")
+            sender.publish(f"{ROOT}/jetson-1/bed-1/evidence", b"its own clip")
+            assert view.wait_for(b"its own clip")
+            assert not view.wait_for(b"forged event", 0.5)
+            assert not view.wait_for(b"another device's clip", 0.5)
+        finally:
+            sender.close()

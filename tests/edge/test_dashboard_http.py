@@ -31,7 +31,7 @@ from edge.access import generate
 from edge.dashboard.config import DashboardConfig, DashboardUser
 from edge.dashboard.server import STATIC_DIR, DashboardServer
 from edge.dashboard.web import MALFORMED
-from edge.events import Event
+from edge.events import Event, status_payload
 from edge.sinks.mqtt import MqttConfig
 from tests.edge.brokers import HOST, SHA256, Mosquitto, Recorder
 from tests.edge.browser import user_entry, wait_until
@@ -536,3 +536,37 @@ def test_a_client_that_stops_reading_a_response_is_cut_off() -> None:
     finally:
         server.should_exit = True
         thread.join(10.0)
+
+
+def test_an_acknowledge_the_device_would_not_take_is_answered_409_at_once(
+    broker: Mosquitto,
+) -> None:
+    """A device whose online status says it takes no commands (no ``commands.key_file``):
+    the view answers 409 naming why, at once, and publishes nothing, instead of showing
+    "waiting for the device" for a confirmation that never comes."""
+    server = serve(broker)
+    try:
+        port, host = address(server)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.connect(HOST, broker.port)
+        client.loop_start()
+        status = status_payload("online", SITE, DEVICE, "connected", commands="refused")
+        topic = f"lungwatch/v1/{SITE}/{DEVICE}/status"
+        client.publish(topic, status, qos=1, retain=True).wait_for_publish(5.0)
+        client.disconnect()
+        client.loop_stop()
+        publish(broker.port, latched_alarm())
+        wait_until(lambda: server.ward.alarms(), 10.0, "the latched alarm in the ward")
+        body = json.dumps({"device_id": DEVICE, "stream_id": "bed-1", "target": "Stridor@8000"})
+        headers = ("Content-Type: application/json", f"Content-Length: {len(body)}")
+        commands = f"lungwatch/v1/{SITE}/+/command"
+        with Recorder(broker.port, topic=commands) as recorder:
+            reply = send(port, http("POST", "/api/acknowledge", host, headers, body.encode()))
+            assert reply.status == 409
+            assert reply.json() == {"error": f"device {DEVICE} takes no commands: it has no "
+                                    "commands.key_file (lungwatch access writes one; "
+                                    "docs/security.md)"}  # fmt: skip
+            assert not recorder.wait_for(lambda ms: bool(ms), 1.0), "nothing may be published"
+        assert not server.ward.alarms()[0]["ack_sent"]
+    finally:
+        server.stop()

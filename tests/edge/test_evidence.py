@@ -212,6 +212,8 @@ def test_the_config_names_a_bad_key() -> None:
         from_mapping(EvidenceConfig, {"max_s": 30, "history_s": 20}, source="ward.yaml")
     with pytest.raises(ConfigError, match="part_bytes must be in"):
         from_mapping(EvidenceConfig, {"part_bytes": 60000}, source="ward.yaml")
+    with pytest.raises(ConfigError, match="username must be a broker user name"):
+        from_mapping(EvidenceConfig, {"username": "dev:1"}, source="ward.yaml")
 
 
 def test_the_spool_is_bounded_by_bytes_and_age_and_holds_one_process(tmp_path: Path) -> None:

@@ -831,8 +831,8 @@ def test_a_bed_whose_source_cannot_be_opened_leaves_the_other_beds_running(
 def test_what_the_runtime_writes_is_its_users_alone_under_any_umask(
     tmp_path: Path, mosquitto: Any
 ) -> None:
-    """Under the common umask 022, ``lungwatch run`` still creates its event log, spool and
-    held-alarm file 0600: they hold patient events (and, with evidence, audio). Its online
+    """Under the common umask 022, ``lungwatch run`` still creates its event log, its events'
+    and its clips' spools 0600: they hold patient events and audio. Its online
     status says what it does with commands: without a key file, none are taken."""
     import os
 
@@ -850,7 +850,8 @@ def test_what_the_runtime_writes_is_its_users_alone_under_any_umask(
     assert result.returncode == 0, result.stderr
     states = [(m.json()["state"], m.json().get("commands")) for m in recorder.messages]
     assert ("online", "refused") in states, states
-    made = [tmp_path / "events.jsonl", tmp_path / "spool.sqlite"]
+    names = ("events.jsonl", "spool.sqlite", "spool-evidence.sqlite", "spool-evidence.sqlite.lock")
+    made = [tmp_path / name for name in names]
     for path in made:
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
 
