@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -505,20 +506,20 @@ class BreathTracker:
         """Acknowledge the alarms whose type or key is ``what``."""
         return self.alarms.acknowledge(what)
 
-    def summary(self) -> dict[str, Any]:
-        """A whole stream's breathing (``lungwatch detect --respiration``): the breaths heard,
-        the seconds of audio not under a lost signal, the rate as breaths per minute of that
-        audio when at least half the analyses whose window held ``min_window_s`` gave a rate,
-        their mean confidence."""
+    def summary(self, readings: Sequence[Respiration] = ()) -> dict[str, Any]:
+        """A whole stream's breathing (``lungwatch detect --respiration``): the breaths
+        counted for good, the seconds of audio not under a lost signal, **one rate**: those
+        breaths per minute of that audio when at least half the analyses whose window held
+        ``min_window_s`` gave a rate (else None; measured closer to annotated cycle counts
+        than the median of the live readings: docs/respiration.md), the mean confidence, and
+        the live readings as ``series`` (``readings``: every analysis' :attr:`reading`, in
+        order, what the streaming API returned and the ward view showed; ``t_s`` the
+        window's end in the stream)."""
         monitored_s = self.good_samples / self.rate_hz
         analyses = int(self.assessed["analyses"])
         share = self.assessed["ok"] / analyses if analyses else 0.0
         assessable = share >= 0.5 and monitored_s > 0
-        span = self.final[-1][0] - self.first_breath if self.breaths >= 2 else 0
         return {
-            "interval_rate_bpm": round(60.0 * (self.breaths - 1) * self.rate_hz / span, 2)
-            if span > 0
-            else None,
             "rate_bpm": round(60.0 * self.breaths / monitored_s, 2) if assessable else None,
             "breaths": self.breaths,
             "monitored_s": round(monitored_s, 2),
@@ -526,7 +527,10 @@ class BreathTracker:
             "assessed_share": round(share, 3),
             "confidence": round(self.assessed["confidence_sum"] / analyses, 3) if analyses else 0.0,
             "age_band": self.band.name,
-            "period_bpm": round(60.0 / self.period_s, 2),
+            "series": [
+                {"t_s": round(r.sample / self.grid.sample_rate_hz, 2), **r.to_dict()}
+                for r in readings
+            ],
         }
 
 

@@ -21,7 +21,10 @@ Normal, CAS, DAS, CAS & DAS or Poor Quality, :mod:`edge.bed.verdict`; ``assessin
 recording shorter than the verdict's ``min_s``; null when the model's manifest has no Task
 rules). ``--respiration FILE`` writes each recording's breathing (:mod:`edge.bed.breathing`,
 ``BreathTracker.summary``): ``{"<record>": {"rate_bpm": 18.1, "breaths": 6, "monitored_s":
-19.9, "assessable": true, ...}}``, the rate null when not assessable; the breathing alarms
+19.9, "assessable": true, "series": [...], ...}}``: one rate per recording (the breaths
+counted per minute of monitored audio, null when not assessable) and the live readings the
+stream gave (each over the last ``window_s``, what the ward view shows) as ``series``; the
+breathing alarms
 (``apnoea``, ``tachypnoea``, ``bradypnoea``) are among the events, ``breath_signal_lost``
 among the technical ones. ``--age-band`` sets every recording's age band (normal rates,
 apnoea time; default the config's ``respiration.age_band``, adult); ``auto`` takes the age a

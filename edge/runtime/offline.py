@@ -186,8 +186,10 @@ def _run(
     for name, found in steps.items():
         record = _events(found, n_outputs if keep_probs else None)
         breathing = beds[name].chain.breathing
-        if breathing is not None:
-            record = dataclasses.replace(record, respiration=breathing.summary())
+        if breathing is not None:  # every analysis' reading once, as the stream gave them
+            readings = list({id(s.respiration): s.respiration for s in found
+                             if s.respiration is not None}.values())  # fmt: skip
+            record = dataclasses.replace(record, respiration=breathing.summary(readings))
         out[name] = record
     return out
 

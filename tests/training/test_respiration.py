@@ -116,3 +116,31 @@ def test_the_cycle_reference(tmp_path: Path) -> None:
     assert ref.cycles == 4
     assert ref.rate_bpm == pytest.approx(60.0 * 4 / 9.0)
     assert ref.period_bpm == pytest.approx(20.0)  # the whole cycles last 3 s
+
+
+def _row(name: str, breaths: int, cycles: int, rate: float | None) -> dict[str, object]:
+    return {"recording": name, "breaths": breaths, "cycles": cycles, "assessable": rate is not None,
+            "rate_bpm": rate, "rate_ref_bpm": 15.0, "period_ref_bpm": None,
+            "age_band": "adult"}  # fmt: skip
+
+
+def test_each_fold_is_judged_with_the_setting_chosen_on_the_others() -> None:
+    """Two settings over four patients in two folds: setting 1 counts patients a, b (fold 0)
+    right and c, d (fold 1) wrong; setting 0 the reverse. Fold 0 is judged with what won on
+    fold 1 (setting 0: wrong there), fold 1 with setting 1 (wrong there): held out, nothing
+    is right, though each setting is right on half in sample. Choosing on the judged fold
+    itself would have found all four right: the check can fail."""
+    names = ["a_1_Al_sc_Meditron", "b_1_Al_sc_Meditron", "c_1_Al_sc_Litt3200",
+             "d_1_Al_sc_Litt3200"]  # fmt: skip
+    good = {n: _row(n, 5, 5, 15.0) for n in names}
+    bad = {n: _row(n, 10, 5, 30.0) for n in names}
+    zero = [bad[names[0]], bad[names[1]], good[names[2]], good[names[3]]]  # right on fold 1
+    one = [good[names[0]], good[names[1]], bad[names[2]], bad[names[3]]]  # right on fold 0
+    fold_of = {"a": 0, "b": 0, "c": 1, "d": 1}
+    result = r.cross_validate([zero, one], [{"min_confidence": 0.3}, {"min_confidence": 0.25}],
+                              lambda name: fold_of[name[0]], 2)  # fmt: skip
+    assert [c["setting"] for c in result["chosen"]] == [{"min_confidence": 0.3},
+                                                        {"min_confidence": 0.25}]  # fmt: skip
+    assert result["right_share"] == 0.0
+    assert [s["count_within_1_assessable"] for s in result["in_sample"]] == [0.5, 0.5]
+    assert set(result["groups"]["stethoscope"]) == {"Meditron", "Litt3200"}

@@ -14,6 +14,13 @@ Parts (each prints a table; the last line is ``key=value`` pairs of the headline
   duration of the whole cycles (the first and last left out) as the period reference.
   Reports the share of recordings not assessable, the mean absolute error of the rate over
   the assessable ones, and the breath count within ±1 (assessable ones, and all).
+- ``cv``: the same rows for each of :data:`CANDIDATES` (estimator settings), judged by
+  patient-grouped cross-validation over ICBHI's fixed patient folds
+  (``training/cv/folds/icbhi-k5.json``): for each fold the setting chosen on the other
+  folds' patients (meeting the rate targets there, MAE ≤ 2 and ±1 on ≥ 80 %, first; then
+  the fewest not assessable; then the lower MAE) is judged on the fold's; the held-out rows
+  of all five folds give the headline, per stethoscope and per age band, beside each setting's own
+  rows over everything (in-sample, for reference).
 - ``compare``: the estimators the issue names, each on whole recordings with the same period
   and hump analysis (:func:`edge.bed.breathing._period`, :func:`edge.bed.breathing_kernels.
   humps`): the breath activity of the front end's frames (what ships), the model's
@@ -50,7 +57,13 @@ from edge.monitor import Bed, BedEvent, Monitor
 from edge.runtime.detect import write_json
 from lungwatch.cli import ArgumentParser
 
-PARTS = ("rate", "compare", "apnoea", "false")
+PARTS = ("rate", "cv", "compare", "apnoea", "false")
+# the estimator's candidate settings the cross-validation chooses among on each fold's
+# training patients
+CANDIDATES: tuple[dict[str, Any], ...] = tuple(
+    {"min_confidence": c} for c in (0.2, 0.25, 0.3, 0.35)
+)
+STETHOSCOPES = ("AKGC417L", "LittC2SE", "Litt3200", "Meditron")
 SPLICES = ("quiet", "noise", "zeros", "detached")
 SPLICE_AT_S = 60.0
 SPLICE_S = 30.0
@@ -210,8 +223,10 @@ def onsets(events: Iterable[tuple[float, BedEvent]], type_: str) -> list[tuple[f
     return [(when, e) for when, e in events if e.type == type_ and e.state == "onset"]
 
 
-def rate_part(model: Path, root: Path) -> dict[str, Any]:
-    """ICBHI through the device path against the annotated cycles (module doc, ``rate``)."""
+def rate_part(model: Path, root: Path, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """ICBHI through the device path against the annotated cycles (module doc, ``rate``);
+    ``settings``: the ``respiration`` section's keys to change."""
+    from edge.bed.breathing import RespirationConfig
     from edge.monitor import resolve_model
     from edge.runtime.offline import detect_recordings, recordings_in
 
@@ -219,15 +234,23 @@ def rate_part(model: Path, root: Path) -> dict[str, Any]:
     recordings = recordings_in([root / "train"])
     bands = {name: band_for_age(ages[name.split("_")[0]]).name for name in recordings}
     folder, file = resolve_model(model)
-    found = detect_recordings(recordings, folder, file, age_bands=bands)
+    config = RespirationConfig(**(settings or {}))
+    found = detect_recordings(recordings, folder, file, age_bands=bands, respiration=config)
     rows = []
     for name in sorted(recordings):
         ref = CycleReference.of(root / "train" / f"{name}.txt")
         got = found[name].respiration or {}
         rows.append({"recording": name, "age_band": bands[name], "cycles": ref.cycles,
                      "rate_ref_bpm": round(ref.rate_bpm, 2), "period_ref_bpm": ref.period_bpm,
-                     **got})  # fmt: skip
+                     "live_median_bpm": _live_median(got.get("series", [])),
+                     **{k: v for k, v in got.items() if k != "series"}})  # fmt: skip
     return {"recordings": rows, **rate_summary(rows)}
+
+
+def _live_median(series: Sequence[Mapping[str, Any]]) -> float | None:
+    """The median of a recording's live readings that gave a rate."""
+    rates = [s["rate_bpm"] for s in series if s["state"] == "ok" and s["rate_bpm"] is not None]
+    return round(float(np.median(rates)), 2) if rates else None
 
 
 def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -236,8 +259,8 @@ def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     errors = np.array([abs(r["rate_bpm"] - r["rate_ref_bpm"]) for r in ok])
     count = np.array([abs(r["breaths"] - r["cycles"]) for r in rows])
     count_ok = np.array([abs(r["breaths"] - r["cycles"]) for r in ok])
-    periods = [r for r in ok if r["period_ref_bpm"] and r.get("interval_rate_bpm")]
-    period_errors = np.array([abs(r["interval_rate_bpm"] - r["period_ref_bpm"]) for r in periods])
+    periods = [r for r in ok if r["period_ref_bpm"]]
+    period_errors = np.array([abs(r["rate_bpm"] - r["period_ref_bpm"]) for r in periods])
     return {
         "recordings_n": len(rows),
         "not_assessable_share": round(1.0 - len(ok) / max(1, len(rows)), 3),
@@ -245,10 +268,108 @@ def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "rate_median_error_bpm": round(float(np.median(errors)), 2) if errors.size else None,
         "count_within_1_assessable": round(float((count_ok <= 1).mean()), 3) if ok else None,
         "count_within_1_all": round(float((count <= 1).mean()), 3) if rows else None,
-        "interval_rate_vs_period_mae_bpm": round(float(period_errors.mean()), 2)
+        "live_median_mae_bpm": _mae([(r.get("live_median_bpm"), r["rate_ref_bpm"]) for r in ok]),
+        "rate_vs_period_mae_bpm": round(float(period_errors.mean()), 2)
         if period_errors.size
         else None,
     }
+
+
+def stethoscope_of(recording: str) -> str:
+    """ICBHI's recording name ends in its stethoscope (``101_1b1_Al_sc_Meditron``)."""
+    return recording.rsplit("_", 1)[-1]
+
+
+def _right(row: Mapping[str, Any]) -> bool:
+    return bool(row["assessable"]) and abs(row["breaths"] - row["cycles"]) <= 1
+
+
+TARGET_MAE_BPM = 2.0  # the choice's bound on the rate error of the training patients
+TARGET_WITHIN_1 = 0.8  # ... and on the assessable recordings counted within ±1
+
+
+def _choice_key(rows: Sequence[Mapping[str, Any]]) -> tuple[bool, float, float]:
+    """Higher is better: meeting the rate targets (MAE, ±1) on these rows first, then the
+    fewest recordings not assessable, then the lower MAE: the targets' order."""
+    s = rate_summary(rows)
+    mae = s["rate_mae_bpm"] if s["rate_mae_bpm"] is not None else 99.0
+    within = s["count_within_1_assessable"] or 0.0
+    meets = mae <= TARGET_MAE_BPM and within >= TARGET_WITHIN_1
+    return (meets, -s["not_assessable_share"], -mae)
+
+
+def cv_part(model: Path, root: Path) -> dict[str, Any]:
+    """Patient-grouped cross-validation of the estimator's settings (module doc, ``cv``)."""
+    from training.cv.folds import load_folds
+
+    folds = load_folds("icbhi")
+    by_setting = [rate_part(model, root, c)["recordings"] for c in CANDIDATES]
+    return cross_validate(by_setting, CANDIDATES, lambda r: folds.fold_of(r.split("_")[0]),
+                          folds.k)  # fmt: skip
+
+
+def cross_validate(
+    by_setting: Sequence[Sequence[Mapping[str, Any]]],
+    settings: Sequence[Mapping[str, Any]],
+    fold_of: Any,
+    k: int,
+) -> dict[str, Any]:
+    """``by_setting[i]``: every recording's row under ``settings[i]``; ``fold_of``: a
+    recording's name -> its patient's fold. Each fold is judged with the setting that
+    counted most recordings right on the other folds (module doc, ``cv``)."""
+    held_out: list[dict[str, Any]] = []
+    chosen = []
+    for fold in range(k):
+        inside = [[r for r in rows if fold_of(r["recording"]) == fold] for rows in by_setting]
+        outside = [[r for r in rows if fold_of(r["recording"]) != fold] for rows in by_setting]
+        best = max(range(len(settings)), key=lambda i: _choice_key(outside[i]))
+        train = rate_summary(outside[best])
+        chosen.append({"fold": fold, "setting": dict(settings[best]),
+                       "train_not_assessable": train["not_assessable_share"],
+                       "train_mae_bpm": train["rate_mae_bpm"]})  # fmt: skip
+        held_out += [{**r, "fold": fold, "setting": best} for r in inside[best]]
+    groups: dict[str, dict[str, Any]] = {}
+    for key, of in (("stethoscope", lambda r: stethoscope_of(r["recording"])),
+                    ("age_band", lambda r: r["age_band"])):  # fmt: skip
+        names = sorted({of(r) for r in held_out})
+        groups[key] = {n: rate_summary([r for r in held_out if of(r) == n]) for n in names}
+    return {
+        "held_out": rate_summary(held_out),
+        "right_share": round(float(np.mean([_right(r) for r in held_out])), 3),
+        "chosen": chosen,
+        "groups": groups,
+        "in_sample": [
+            {"setting": c, **rate_summary(rows)}
+            for c, rows in zip(settings, by_setting, strict=True)
+        ],
+        "recordings": held_out,
+    }
+
+
+def print_cv(result: Mapping[str, Any]) -> None:
+    h = result["held_out"]
+    print("cv: ICBHI train, patient-grouped 5-fold, each fold judged with the setting chosen "
+          "on the others")  # fmt: skip
+    print(f"  held out: not assessable {h['not_assessable_share']:.1%}, rate MAE "
+          f"{h['rate_mae_bpm']} breaths/min, within ±1 {h['count_within_1_assessable']:.1%} "
+          f"of assessable ({h['count_within_1_all']:.1%} of all), counted right "
+          f"{result['right_share']:.1%}")  # fmt: skip
+    for c in result["chosen"]:
+        print(f"  fold {c['fold']}: {c['setting']} (on its training patients: not assessable "
+              f"{c['train_not_assessable']:.1%}, MAE {c['train_mae_bpm']})")  # fmt: skip
+    for key, rows in result["groups"].items():
+        for name, s in rows.items():
+            print(f"  {key} {name:<20} n={s['recordings_n']:>3} not assessable "
+                  f"{s['not_assessable_share']:.1%} MAE {s['rate_mae_bpm']} within ±1 "
+                  f"{s['count_within_1_assessable']}")  # fmt: skip
+    for s in result["in_sample"]:
+        print(f"  in sample {s['setting']}: not assessable {s['not_assessable_share']:.1%} "
+              f"MAE {s['rate_mae_bpm']} within ±1 {s['count_within_1_assessable']}")  # fmt: skip
+
+
+def _mae(pairs: Sequence[tuple[float | None, float]]) -> float | None:
+    errors = [abs(a - b) for a, b in pairs if a is not None]
+    return round(float(np.mean(errors)), 2) if errors else None
 
 
 def print_rate(result: Mapping[str, Any]) -> None:
@@ -257,7 +378,8 @@ def print_rate(result: Mapping[str, Any]) -> None:
           f"{result['not_assessable_share']:.1%}")  # fmt: skip
     print(f"  rate MAE {result['rate_mae_bpm']} breaths/min over the assessable ones (median "
           f"{result['rate_median_error_bpm']}); against the period reference "
-          f"{result['interval_rate_vs_period_mae_bpm']}")  # fmt: skip
+          f"{result['rate_vs_period_mae_bpm']}; the median of the live readings "
+          f"{result['live_median_mae_bpm']}")  # fmt: skip
     print(f"  breaths counted within ±1 of the cycles: {result['count_within_1_assessable']:.1%}"
           f" of assessable recordings, {result['count_within_1_all']:.1%} of all")  # fmt: skip
 
@@ -475,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (data / "icbhi" / "train").is_dir():
         parser.error(f"{data / 'icbhi' / 'train'}: no ICBHI recordings (set LUNGWATCH_DATA_DIR)")
     result: dict[str, Any] = {}
-    runs = {"rate": (rate_part, print_rate), "compare": (compare_part, print_compare),
+    runs = {"rate": (rate_part, print_rate), "cv": (cv_part, print_cv),
+            "compare": (compare_part, print_compare),
             "apnoea": (apnoea_part, print_apnoea), "false": (false_part, print_false)}  # fmt: skip
     for part in parts:
         run, show = runs[part]
@@ -496,6 +619,11 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
         out.update(not_assessable=r["not_assessable_share"], rate_mae_bpm=r["rate_mae_bpm"],
                    count_within_1_assessable=r["count_within_1_assessable"],
                    count_within_1_all=r["count_within_1_all"])  # fmt: skip
+    if "cv" in result:
+        h = result["cv"]["held_out"]
+        out.update(cv_not_assessable=h["not_assessable_share"], cv_rate_mae_bpm=h["rate_mae_bpm"],
+                   cv_count_within_1_assessable=h["count_within_1_assessable"],
+                   cv_right=result["cv"]["right_share"])  # fmt: skip
     if "compare" in result:
         out.update({f"{k}_rate_mae_bpm": v["rate_mae_bpm"] for k, v in result["compare"].items()})
     if "apnoea" in result:
