@@ -173,7 +173,8 @@ def test_detect_writes_each_recordings_breathing(tmp_path: Path) -> None:
     assert chest["rate_bpm"] == pytest.approx(20.0, abs=1.5)
     assert chest["breaths"] == pytest.approx(45 * 20 / 60, abs=1)
     live = [r for r in chest["series"] if r["state"] == "ok"]  # what the ward view showed
-    assert live and all(r["rate_bpm"] == pytest.approx(20.0, abs=1.5) for r in live)
+    assert live
+    assert all(r["rate_bpm"] == pytest.approx(20.0, abs=1.5) for r in live)
     assert [r["t_s"] for r in chest["series"]] == sorted(r["t_s"] for r in chest["series"])
     assert not {"interval_rate_bpm", "period_bpm"} & set(chest), "one rate per recording"
     assert chest["age_band"] == "adult"
