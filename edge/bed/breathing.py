@@ -395,7 +395,11 @@ class BreathTracker:
         self.iparams[k.I_LEARN_UNTIL] = self.last_breath_end + learn
         heard = first + peaks[confirmed]
         self.reading = self._reading(heard, good, confidence)
-        if self.reading.state == "ok":  # the typical breath, learnt while the rate holds
+        # the typical breath is learnt, and the bed armed for apnoea, only where the window
+        # holds the period with room to spare: the autocorrelation's height over the whole
+        # window (biased) passes the bound too, not only its height per product
+        whole = confidence * max(0.0, 1.0 - self.period_s * self.rate_hz / max(1, a.shape[0]))
+        if self.reading.state == "ok" and whole >= self.config.min_confidence:
             self.typical_db = float(np.median(proms[confirmed]))
             self.assessable_at = self.samples
         self.readings_due += 1
@@ -555,7 +559,10 @@ def _period(
     if peaks.size == 0:
         return None, 0.0
     best = int(peaks[np.argmax(ac[peaks])])
-    return _refined(ac, best) / rate_hz, float(ac[best])
+    # the lag is picked on the biased estimate (it favours the shortest period, not its
+    # multiples); its height is read unbiased (over the n - lag products it sums), so a slow
+    # breath in a short window is not called aperiodic for the window's length alone
+    return _refined(ac, best) / rate_hz, min(1.0, float(ac[best]) * n / (n - best))
 
 
 def _refined(ac: np.ndarray, lag: int) -> float:
