@@ -22,7 +22,11 @@ sounds reaching into the lowest one do not). Every ``analyse_every_s`` it reads 
 ``window_s`` of it:
 
 - the period: the autocorrelation of the activity, its highest peak among the lags of the
-  age band's ``search_bpm``; its height is the **confidence** (0..1: how periodic);
+  age band's ``search_bpm`` (biased estimate: it favours the period over its multiples); its
+  height per product summed at that lag is the **confidence** (0..1: how periodic; read
+  unbiased, so a slow breath in a short window is not aperiodic for the window's length
+  alone; the typical breath is learnt and the bed armed for apnoea only when the height over
+  the whole window passes ``min_confidence`` too);
 - the breaths: the humps of the activity smoothed over a third of that period, at least
   ``MIN_GAP_FRACTION`` of it apart, each rising ``max(MIN_DELTA_DB, DELTA_OF_RANGE * range,
   DELTA_OF_BREATHS * typical breath)`` over the troughs around it (its prominence; the
