@@ -915,6 +915,13 @@ def test_the_readmes_ward_path_acknowledges_and_plays_a_clip(tmp_path: Path) -> 
     env = {**os.environ, **SUBPROCESS_ENV, "LUNGWATCH_DATA_DIR": str(data)}
     made = subprocess.run(access, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
+    # the test reads the device's metrics under a login of its own (each connection's client
+    # id is its login there, so the view's own login would take the view's connection over):
+    # the same command again with one more view, which keeps every password and key
+    at = access.index("--views") + 1
+    more = subprocess.run([*access[:at], "test-reader", *access[at:]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert more.returncode == 0, more.stderr
     running: list[subprocess.Popen[bytes]] = []
     logs = {name: tmp_path / f"{name}.log" for name in ("broker", "device", "view")}
     try:
@@ -958,9 +965,9 @@ def test_the_readmes_ward_path_acknowledges_and_plays_a_clip(tmp_path: Path) -> 
 
 
 def accepted_commands(folder: Path, port: int) -> int:
-    """``commands_accepted`` in the device's latest metrics, read with the ward view's own
-    broker login from its client file (0 when none came within 12 s)."""
-    login = yaml.safe_load((folder / "out/access/clients/ward-view.yaml").read_text())["mqtt"]
+    """``commands_accepted`` in the device's latest metrics, read with the test's own view
+    login from its client file (0 when none came within 12 s)."""
+    login = yaml.safe_load((folder / "out/access/clients/test-reader.yaml").read_text())["mqtt"]
     credentials = (login["username"], login["password"])
     with Recorder(port, "lungwatch/v1/ward-1/edge-1/metrics", credentials=credentials) as seen:
         seen.wait_for(bool, 12.0)

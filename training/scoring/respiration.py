@@ -21,7 +21,7 @@ Parts (each prints a table; the last line is ``key=value`` pairs of the headline
   the fewest not assessable; then the lower MAE) is judged on the fold's; the held-out rows
   of all five folds give the headline, per stethoscope and per age band, beside each setting's own
   rows over everything (in-sample, for reference).
-- ``compare``: the estimators the issue names, each on whole recordings with the same period
+- ``compare``: three signals that could time the breaths, each on whole recordings with the same period
   and hump analysis (:func:`edge.bed.breathing._period`, :func:`edge.bed.breathing_kernels.
   humps`): the breath activity of the front end's frames (what ships), the model's
   ``Breath`` output (log-odds), and their sum after each is scaled to unit spread.
