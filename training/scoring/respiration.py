@@ -21,10 +21,11 @@ Parts (each prints a table; the last line is ``key=value`` pairs of the headline
   the fewest not assessable; then the lower MAE) is judged on the fold's; the held-out rows
   of all five folds give the headline, per stethoscope and per age band, beside each setting's own
   rows over everything (in-sample, for reference).
-- ``compare``: three signals that could time the breaths, each on whole recordings with the same period
-  and hump analysis (:func:`edge.bed.breathing._period`, :func:`edge.bed.breathing_kernels.
-  humps`): the breath activity of the front end's frames (what ships), the model's
-  ``Breath`` output (log-odds), and their sum after each is scaled to unit spread.
+- ``compare``: three signals that could time the breaths, each on whole recordings with
+  the same period and hump analysis (:func:`edge.bed.breathing._period`,
+  :func:`edge.bed.breathing_kernels.humps`): the breath activity of the front end's frames
+  (what ships), the model's ``Breath`` output (log-odds), and their sum after each is scaled
+  to unit spread.
 - ``apnoea``: per ICBHI patient, the patient's recordings back to back (repeated to at least
   two minutes), with 30 s without breathing spliced in at 60 s (:func:`splice`): ``quiet``
   (the recording's own sounds under 100 Hz, heart and body, and its stethoscope's floor),
