@@ -274,15 +274,15 @@ def guarded_protocol(connections: Connections, request_timeout_s: float) -> type
         def _late(self) -> None:
             self._deadline = None
             connections.reaped += 1
-            log.info("closed a connection from %s: its request did not arrive within %g s",
-                     self._host, request_timeout_s)  # fmt: skip
-            self.transport.abort()
+            self._cut_off("its request did not arrive within")
 
         def _stalled(self) -> None:
             self._write_deadline = None
             connections.stalled += 1
-            log.info("closed a connection from %s: it read nothing for %g s",
-                     self._host, request_timeout_s)  # fmt: skip
+            self._cut_off("it read nothing for")
+
+        def _cut_off(self, why: str) -> None:
+            log.info("closed a connection from %s: %s %g s", self._host, why, request_timeout_s)
             self.transport.abort()
 
     return GuardedProtocol

@@ -254,14 +254,18 @@ def _live_median(series: Sequence[Mapping[str, Any]]) -> float | None:
     return round(float(np.median(rates)), 2) if rates else None
 
 
+def _mae(pairs: Sequence[tuple[float | None, float]]) -> float | None:
+    """The mean absolute error of (estimate, reference) pairs with an estimate."""
+    errors = [abs(a - b) for a, b in pairs if a is not None]
+    return round(float(np.mean(errors)), 2) if errors else None
+
+
 def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The headline numbers of ``rate_part``'s rows."""
     ok = [r for r in rows if r["assessable"]]
     errors = np.array([abs(r["rate_bpm"] - r["rate_ref_bpm"]) for r in ok])
     count = np.array([abs(r["breaths"] - r["cycles"]) for r in rows])
     count_ok = np.array([abs(r["breaths"] - r["cycles"]) for r in ok])
-    periods = [r for r in ok if r["period_ref_bpm"]]
-    period_errors = np.array([abs(r["rate_bpm"] - r["period_ref_bpm"]) for r in periods])
     return {
         "recordings_n": len(rows),
         "not_assessable_share": round(1.0 - len(ok) / max(1, len(rows)), 3),
@@ -270,9 +274,9 @@ def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "count_within_1_assessable": round(float((count_ok <= 1).mean()), 3) if ok else None,
         "count_within_1_all": round(float((count <= 1).mean()), 3) if rows else None,
         "live_median_mae_bpm": _mae([(r.get("live_median_bpm"), r["rate_ref_bpm"]) for r in ok]),
-        "rate_vs_period_mae_bpm": round(float(period_errors.mean()), 2)
-        if period_errors.size
-        else None,
+        "rate_vs_period_mae_bpm": _mae(
+            [(r["rate_bpm"], r["period_ref_bpm"]) for r in ok if r["period_ref_bpm"]]
+        ),
     }
 
 
@@ -366,11 +370,6 @@ def print_cv(result: Mapping[str, Any]) -> None:
     for s in result["in_sample"]:
         print(f"  in sample {s['setting']}: not assessable {s['not_assessable_share']:.1%} "
               f"MAE {s['rate_mae_bpm']} within ±1 {s['count_within_1_assessable']}")  # fmt: skip
-
-
-def _mae(pairs: Sequence[tuple[float | None, float]]) -> float | None:
-    errors = [abs(a - b) for a, b in pairs if a is not None]
-    return round(float(np.mean(errors)), 2) if errors else None
 
 
 def print_rate(result: Mapping[str, Any]) -> None:
