@@ -120,8 +120,19 @@ def click(driver: Any, selector: str) -> bool:
     return bool(found)
 
 
+def text_of(driver: Any, selector: str) -> str | None:
+    """The rendered text of the first match, read in one step (None if none).
+
+    The page replaces rows and cards as events arrive; a WebElement found first and read
+    later may be gone by then, so text is read inside the page instead.
+    """
+    script = "const e = document.querySelector(arguments[0]); return e ? e.innerText.trim() : null;"
+    return driver.execute_script(script, selector)
+
+
 def live_on_every_bed(driver: Any) -> bool:
-    return all("quality" in e.text for e in driver.find_elements("css selector", ".live"))
+    texts = "return [...document.querySelectorAll('.live')].map(e => e.innerText);"
+    return all("quality" in t for t in driver.execute_script(texts))
 
 
 def screenshot(driver: Any, path: Path) -> Path:
@@ -247,14 +258,15 @@ def test_ward_view_of_a_running_device(
         # the beds appear, the device is online, the live strip moves
         beds = ["bed-1", "bed-2", "bed-3"]
         wait_until(lambda: sorted(bed_states(driver)) == beds, 60.0, "the three beds")
-        device = driver.find_element("css selector", f'section.device[data-device="{DEVICE}"]')
-        wait_until(lambda: "online" in device.find_element("css selector", ".online").text,
+        device = f'section.device[data-device="{DEVICE}"]'
+        wait_until(lambda: "online" in (text_of(driver, f"{device} .online") or ""),
                    30.0, "the device online")  # fmt: skip
         wait_until(lambda: live_on_every_bed(driver), 30.0, "a live-strip point on every bed")
-        assert "beds served: 3" in device.text
+        assert "beds served: 3" in text_of(driver, device)
         # three paced beds: the device's loop keeps up (its worst bed's read wait, not behind)
-        wait_until(lambda: "read wait: " in device.text, 30.0, "the device's read wait")
-        assert "behind" not in device.text
+        shown = wait_until(lambda: "read wait: " in (t := text_of(driver, device) or "") and t,
+                           30.0, "the device's read wait")  # fmt: skip
+        assert "behind" not in shown
         lives = [m for m in recorder.messages if m.topic.endswith("/live")]
         assert {m.topic for m in lives} == {f"{ROOT}/{b}/live" for b in beds}
         assert not any(m.retain for m in lives)
@@ -313,9 +325,9 @@ def test_ward_view_of_a_running_device(
         }
         assert len(sent["sig"]) == 64, "signed for the device (edge.commandauth)"
         acked = f'article.bed[data-stream="{stream}"] li[data-episode="{episode}"] .acked'
-        shown = wait_until(lambda: driver.find_elements("css selector", acked), 15.0,
+        shown = wait_until(lambda: text_of(driver, acked), 15.0,
                            "the acknowledged end on the page")  # fmt: skip
-        assert shown[0].text.startswith("acknowledged ")
+        assert shown.startswith("acknowledged "), shown
         ended = [
             e for e in map(Event.from_json, (m.payload for m in recorder.events()))
             if e.episode_id == episode and e.state == "ended"
@@ -335,8 +347,7 @@ def test_ward_view_of_a_running_device(
         runtime_process.send_signal(signal.SIGKILL)
         runtime_process.wait(timeout=10)
         wait_until(lambda: set(bed_states(driver).values()) == {"offline"}, 15.0, "beds offline")
-        device = driver.find_element("css selector", f'section.device[data-device="{DEVICE}"]')
-        badge = device.find_element("css selector", ".online").text
+        badge = text_of(driver, f"{device} .online")
         assert badge == "offline (connection lost)", badge
         print(f"device offline on the page {time.monotonic() - killed_s:.2f} s after SIGKILL")
         screenshot(driver, tmp_path / "ward-view-offline.png")
@@ -368,8 +379,9 @@ def test_demo_shows_its_three_beds(tmp_path: Path) -> None:
             wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
             wait_until(lambda: sorted(bed_states(driver)) == ["bed-1", "bed-2", "bed-3"], 30.0,
                        "the three demo beds")  # fmt: skip
-            device = driver.find_element("css selector", 'section.device[data-device="demo-edge"]')
-            wait_until(lambda: "online" in device.text, 10.0, "the demo device online")
+            device = 'section.device[data-device="demo-edge"]'
+            wait_until(lambda: "online" in (text_of(driver, device) or ""), 10.0,
+                       "the demo device online")  # fmt: skip
             wait_until(lambda: live_on_every_bed(driver), 15.0, "the live strips",
             )  # fmt: skip
             assert "local: may view and acknowledge" in driver.find_element("id", "user").text
@@ -687,10 +699,9 @@ def test_a_beds_rate_trend_and_apnoea_on_the_page(
         assert re.fullmatch(r"RR (19|20|21)/min \(normal 9-24, adult\)", shown), shown
         wait_until(lambda: page(driver, TREND_DRAWN) > 0, 10.0, "the rate's trend drawn")
         row = wait_until(
-            lambda: driver.find_elements("css selector", '#alarms tr[data-type="apnoea"]'),
-            45.0, "the apnoea alarm",
-        )  # fmt: skip
-        assert "high" in row[0].text.lower()
+            lambda: text_of(driver, '#alarms tr[data-type="apnoea"]'), 45.0, "the apnoea alarm"
+        )
+        assert "high" in row.lower(), row
         log = "return window.lwSound.log.filter((p) => p.priority === 'high')"
         high = wait_until(lambda: page(driver, log), 5.0, "the high-priority pattern")
         assert high[0]["pulses"] == 10
@@ -707,7 +718,7 @@ def test_a_beds_rate_trend_and_apnoea_on_the_page(
         state = wait_until(lambda: "apnoea" in bed_states(driver).get("bed-rr", "") and
                            bed_states(driver)["bed-rr"], 5.0, "the bed's state")  # fmt: skip
         assert state.startswith("apnoea")
-        wait_until(lambda: "APNOEA" in driver.find_element("css selector", rate).text,
+        wait_until(lambda: "APNOEA" in (text_of(driver, rate) or ""),
                    15.0, "the rate line saying apnoea")  # fmt: skip
         screenshot(driver, tmp_path / "ward-view-apnoea.png")
 
@@ -811,14 +822,16 @@ def test_an_alarms_clip_plays_and_the_beds_history_survives_the_views_restart(
                        60.0, "the beds by their names")  # fmt: skip
             episode, stream, kind = wait_until(lambda: page(driver, FIRST_LISTEN), 150.0,
                                                "an alarm with its clip")  # fmt: skip
-            row = driver.find_element("css selector", f'#alarms tr[data-clip="{episode}"]')
-            assert BED_NAMES[stream][0] in row.text
-            assert BED_NAMES[stream][1] in row.text
+            row = text_of(driver, f'#alarms tr[data-clip="{episode}"]')
+            assert row is not None, "the alarm's row"
+            assert BED_NAMES[stream][0] in row
+            assert BED_NAMES[stream][1] in row
             about = fetch_json(driver, f"/api/evidence/{episode}")
             assert condition_of(about["event_type"]) == kind
             assert about["stream_id"] == stream
 
-            row.find_element("css selector", "button.listen").click()
+            listen = f'#alarms tr[data-clip="{episode}"] button.listen'
+            wait_until(lambda: click(driver, listen), 10.0, "a click on the alarm's Listen button")
             shown = wait_until(
                 lambda: (e := page(driver, "return window.lwEvidence")) and e["audioAt"]
                 and e["pictureAt"] and e, 10.0, "the clip's audio and picture",
