@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.inference import MAX_BATCH_LIMIT, BackendConfig
+from edge.inference.config import MAX_BATCH_LIMIT, BackendConfig
 from edge.inference.onnxruntime import OrtBackend
 
 FILES = {"int8": "model.int8.onnx", "fp32": "model.onnx"}

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bed.breathing import Respiration, RespirationConfig
+from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.chain import DEFAULT_STATE_RESET_GAP_MS, BedChain, ChainSettings, WindowStep
 from edge.bed.detector import DetectorConfig, FrameGrid, Transition
 from edge.bed.gate import GateConfig

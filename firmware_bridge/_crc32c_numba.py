@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from firmware_bridge.crc32c import slicing_tables
+from firmware_bridge.crc32c_tables import slicing_tables
 
 _TABLES = slicing_tables()
 _INIT = 0xFFFFFFFF  # equal to XOROUT

@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from firmware_bridge._crc32c_numba import _crc_slices
-from firmware_bridge.crc32c import slicing_tables
+from firmware_bridge.crc32c_tables import slicing_tables
 from firmware_bridge.protocol import (
     CRC_BYTES,
     FLAG_AUTH,

@@ -21,13 +21,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-POLY_REFLECTED = 0x82F63B78
-INIT = 0xFFFFFFFF
-XOROUT = 0xFFFFFFFF
+from firmware_bridge.crc32c_tables import BYTE_VALUES, POLY_REFLECTED, XOROUT, byte_table
+
 CHECK_VALUE = 0xE3069283  # crc32c(b"123456789")
 BLOCK_BYTES = 2048  # numpy backend: position-table rows (2048 x 256 x 4 B = 2 MiB)
-SLICES = 8  # numba backend: bytes per step (slicing-by-8)
-BYTE_VALUES = 256
 
 
 def crc32c_bitwise(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
@@ -40,27 +37,6 @@ def crc32c_bitwise(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
         for _ in range(8):
             register = (register >> 1) ^ (POLY_REFLECTED if register & 1 else 0)
     return register ^ XOROUT
-
-
-@functools.lru_cache(maxsize=1)
-def byte_table() -> np.ndarray:
-    """uint32 (256,): the register after feeding one byte value to a zero register."""
-    register = np.arange(BYTE_VALUES, dtype=np.uint32)
-    for _ in range(8):
-        low_bit = register & np.uint32(1)
-        register = (register >> np.uint32(1)) ^ (low_bit * np.uint32(POLY_REFLECTED))
-    return register
-
-
-@functools.lru_cache(maxsize=1)
-def slicing_tables() -> np.ndarray:
-    """uint32 (8, 256): row k is the effect of a byte followed by k zero bytes."""
-    tables = np.empty((SLICES, BYTE_VALUES), dtype=np.uint32)
-    tables[0] = byte_table()
-    for k in range(1, SLICES):
-        previous = tables[k - 1]
-        tables[k] = (previous >> np.uint32(8)) ^ tables[0][previous & np.uint32(0xFF)]
-    return tables
 
 
 @functools.lru_cache(maxsize=1)

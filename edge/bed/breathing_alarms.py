@@ -1,6 +1,7 @@
 """The alarms of a bed's breathing: apnoea or lost breath signal, and rates out of range.
 
-:class:`BreathAlarms` belongs to a :class:`edge.bed.breathing.BreathTracker`, which calls
+:class:`BreathAlarms` belongs to a :class:`edge.bed.breathing.BreathTracker` (it reads what
+:class:`edge.bed.breathing_state.TrackerView` names), which calls
 :meth:`BreathAlarms.check` after every piece of audio and :meth:`BreathAlarms.rate` after every
 analysis; the rules are in :mod:`edge.bed.breathing`'s module doc. Events follow the
 detector's lifecycle (:class:`edge.bed.detector.Lifecycle`): onset, ongoing, ended; a
@@ -10,14 +11,10 @@ timeline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from edge.bed.agebands import AgeBand
+from edge.bed.breathing_state import Respiration, RespirationConfig, TrackerView
 from edge.bed.detector import EventTracker, FrameGrid, Lifecycle, Transition
 from edge.events import DEFAULT_PRIORITIES
-
-if TYPE_CHECKING:
-    from edge.bed.breathing import BreathTracker, Respiration, RespirationConfig
 
 APNOEA = "apnoea"
 TACHYPNOEA = "tachypnoea"
@@ -65,7 +62,7 @@ class BreathAlarms:
             return None
         return APNOEA if self._open[0] == APNOEA else "signal_lost"
 
-    def armed(self, tracker: BreathTracker) -> bool:
+    def armed(self, tracker: TrackerView) -> bool:
         """Pauses are judged once ``arm_breaths`` breaths were heard and the rate was
         assessable within ``ARM_HOLD_S`` before the last breath: where breath sounds are too
         faint to count, a pause in them says nothing."""
@@ -77,7 +74,7 @@ class BreathAlarms:
             and tracker.last_breath_end - ok_at <= self._arm_hold
         )
 
-    def check(self, tracker: BreathTracker, lost_now: bool) -> list[Transition]:
+    def check(self, tracker: TrackerView, lost_now: bool) -> list[Transition]:
         """The pause since the last breath, judged at the tracker's newest sample."""
         if not self.armed(tracker):
             return []
@@ -143,7 +140,7 @@ class BreathAlarms:
             life.close(key, at_sample)
             self._open = None
 
-    def rate(self, tracker: BreathTracker, reading: Respiration) -> list[Transition]:
+    def rate(self, tracker: TrackerView, reading: Respiration) -> list[Transition]:
         """A new reading: the rate alerts step over the span since the last one."""
         start, end = self._rate_end, reading.sample
         if end <= start:

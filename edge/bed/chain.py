@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from edge.bed.agebands import age_band
-from edge.bed.breathing import BreathTracker, Respiration, RespirationConfig, tracker_spec
+from edge.bed.breathing import BreathTracker, tracker_spec
+from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import (
     SPAN_SETTINGS,
     ClassThreshold,

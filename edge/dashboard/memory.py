@@ -17,16 +17,14 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge.alarms import AlarmBook, ListedEpisode
+from edge.dashboard.beds import Bed, Device, event_row, show_respiration, verdict_view
 from edge.dashboard.history import History, Restored, epoch_s
 from edge.dashboard.intake import MessageError
 from edge.events import Event, is_segment
 from edge.evidence.clip import Assembler, EvidenceError
-
-if TYPE_CHECKING:
-    from edge.dashboard.ward import Bed, Device
 
 READING_EVERY_S = 60.0  # a bed's breathing is stored at most this often (and on a change)
 MAX_TEXT = 80  # a bed's name or location
@@ -134,8 +132,6 @@ class WardMemory:
 
     def restore(self, restored: Restored) -> None:
         """Rebuild the ward from the store (module doc)."""
-        from edge.dashboard.ward import event_row, show_respiration, verdict_view
-
         with self.lock:
             for device_id, stream_id, summary in restored.summaries:
                 if is_segment(device_id) and is_segment(stream_id):
@@ -169,7 +165,7 @@ def _text(value: object) -> str | None:
 
 
 def _summary_row(row: dict[str, Any]) -> dict[str, Any]:
-    """An alarm row (as :func:`edge.dashboard.ward.event_row` makes them) from a summary's."""
+    """An alarm row (as :func:`edge.dashboard.beds.event_row` makes them) from a summary's."""
     priority = row.get("priority") if row.get("priority") in ("high", "medium", "low") else "low"
     confidence = row.get("confidence")
     return {

@@ -13,21 +13,16 @@ Backend modules import their runtimes lazily, so importing this package costs no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from edge.config import check
 from edge.inference.base import INPUT_NAME, Backend, BackendError
-
-BackendKind = Literal["onnxruntime", "tensorrt"]
-Precision = Literal["fp32", "fp16", "int8"]
-
-BACKEND_KINDS: tuple[str, ...] = ("onnxruntime", "tensorrt")
-PROVIDERS: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-MAX_BATCH_LIMIT = 4096
-DEFAULT_MAX_BATCH = 8  # beds per call on ORT CPU (see max_batch)
+from edge.inference.config import (
+    BACKEND_KINDS,
+    DEFAULT_MAX_BATCH,
+    PRECISIONS,
+    PROVIDERS,
+    BackendConfig,
+)
 
 __all__ = [
     "BACKEND_KINDS",
@@ -40,80 +35,6 @@ __all__ = [
     "BackendError",
     "open_backend",
 ]
-
-
-@dataclass(frozen=True)
-class BackendConfig:
-    """How the device runs the model (the ``backend`` section of the runtime YAML).
-
-    kind:              ``onnxruntime`` (an ``.onnx`` file) or ``tensorrt`` (a ``.plan`` engine).
-    providers:         onnxruntime only: execution providers in order of preference, from
-                       ``tensorrt``, ``cuda``, ``cpu``; unavailable ones are skipped (logged).
-    precision:         onnxruntime TensorRT EP only: ``fp32``, ``fp16`` or ``int8`` (a native
-                       engine's precision is fixed when ``lungwatch engine`` builds it).
-    engine_cache_dir:  onnxruntime TensorRT EP only: where it caches engines and timing data;
-                       empty means ``trt_cache/`` beside the model file.
-    intra_op_threads:  onnxruntime CPU threads for one operator (1 on a shared edge CPU).
-    max_batch:         largest batch sent in one call; bigger batches are split. At 64
-                       instead of the default 8, inference alone costs 15-20 % less in the
-                       runtime at 1,000 beds, but the whole runtime serves no more beds:
-                       paired runs, 8 against 64, 921 / 905, 981 / 943 and 935 / 907 streams
-                       in real time, with run-to-run swings of 15 % on this VM
-                       (``python -m bench.runtime --streams 1000 --max-batch N``), so 8
-                       stays. GPU backends want larger batches
-                       (``deploy/inventory/group_vars/ward_3.yml``: 64).
-    """
-
-    kind: BackendKind = "onnxruntime"
-    providers: tuple[str, ...] = ("cpu",)
-    precision: Precision = "fp32"
-    engine_cache_dir: str = ""
-    intra_op_threads: int = 1
-    max_batch: int = DEFAULT_MAX_BATCH
-
-    def __post_init__(self) -> None:
-        check(self.kind in BACKEND_KINDS, "kind", self.kind, f"one of {BACKEND_KINDS}")
-        providers_ok = (
-            isinstance(self.providers, tuple)
-            and len(self.providers) > 0
-            and all(p in PROVIDERS for p in self.providers)
-            and len(set(self.providers)) == len(self.providers)
-        )
-        check(
-            providers_ok,
-            "providers",
-            self.providers,
-            f"a non-empty list of distinct names from {PROVIDERS}",
-        )
-        check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
-        check(
-            isinstance(self.engine_cache_dir, str),
-            "engine_cache_dir",
-            self.engine_cache_dir,
-            "a string (a folder path, or empty for trt_cache/ beside the model)",
-        )
-        check(
-            _is_int(self.intra_op_threads) and self.intra_op_threads >= 1,
-            "intra_op_threads",
-            self.intra_op_threads,
-            "an integer >= 1",
-        )
-        check(
-            _is_int(self.max_batch) and 1 <= self.max_batch <= MAX_BATCH_LIMIT,
-            "max_batch",
-            self.max_batch,
-            f"an integer in [1, {MAX_BATCH_LIMIT}]",
-        )
-
-    def cache_dir_for(self, model_path: Path) -> Path:
-        """The TensorRT EP engine-cache folder for ``model_path``."""
-        if self.engine_cache_dir:
-            return Path(self.engine_cache_dir).expanduser()
-        return Path(model_path).parent / "trt_cache"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def open_backend(config: BackendConfig, model_path: Path) -> Backend:

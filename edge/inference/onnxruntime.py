@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from edge.inference import BackendConfig
 from edge.inference.base import (
     INPUT_NAME,
     STATE_NAME,
@@ -29,6 +28,7 @@ from edge.inference.base import (
     StreamingIO,
     infer_in_pieces,
 )
+from edge.inference.config import BackendConfig
 
 LOGGER = logging.getLogger("lungwatch.backend")
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.bed.agebands import AGE_BAND_NAMES, band_for_age
-from edge.bed.breathing import RespirationConfig
+from edge.bed.breathing_state import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from edge.bed.agebands import age_band
-from edge.bed.breathing import Respiration
+from edge.bed.breathing_state import Respiration
 from edge.bed.chain import BedChain
 from edge.bed.detector import Transition
 from edge.bed.pipeline import WindowReady

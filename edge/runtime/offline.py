@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edge.audio import AUDIO_SUFFIXES, read_audio
-from edge.bed.breathing import RespirationConfig
+from edge.bed.breathing_state import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig

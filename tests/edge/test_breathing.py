@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from edge.bed.agebands import age_band, age_from_sprsound_name, band_for_age
-from edge.bed.breathing import BreathTracker, Respiration, RespirationConfig
+from edge.bed.breathing import BreathTracker
+from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import FrameGrid, Transition
 from edge.config import from_mapping
 from edge.errors import ConfigError

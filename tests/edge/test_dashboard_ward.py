@@ -508,7 +508,7 @@ def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> 
 def test_the_beds_state_never_contradicts_its_breathing_or_verdict() -> None:
     """One state from everything the bed reports: no "breathing normal" beside a verdict of
     findings, a rate out of range, an apnoea reading or a lost breath signal."""
-    from edge.dashboard.ward import bed_state
+    from edge.dashboard.beds import bed_state
 
     ok = {"state": "ok", "rate_bpm": 18.0, "low_bpm": 9.0, "high_bpm": 24.0}
     assert bed_state(True, [], respiration=ok)["text"] == "breathing normal"

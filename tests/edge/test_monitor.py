@@ -209,7 +209,7 @@ def test_a_beds_breathing_comes_with_every_step_and_its_age_band_from_open_bed(
 
 
 def test_respiration_can_be_turned_off() -> None:
-    from edge.bed.breathing import RespirationConfig
+    from edge.bed.breathing_state import RespirationConfig
 
     with Monitor.load(MODEL_DIR, respiration=RespirationConfig(enabled=False)) as off:
         bed = off.open_bed()

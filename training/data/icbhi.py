@@ -299,3 +299,16 @@ def training_patients(recordings: Sequence[IcbhiRecording], fraction: float, see
     count = round(fraction * len(patients))
     order = np.random.default_rng(seed).permutation(len(patients))
     return {patients[int(i)] for i in order[:count]}
+
+
+def training_share(
+    folder: str, fraction: float, seed: int
+) -> tuple[list[IcbhiRecording], set[str]]:
+    """ICBHI's recordings in ``folder`` ("": ``<data root>/icbhi/train``) and the patients among
+    them that train (:func:`training_patients`); none when ``fraction`` is 0."""
+    from edge.datapaths import data_root
+
+    if fraction <= 0:
+        return [], set()
+    recordings = load_icbhi(Path(folder) if folder else data_root() / "icbhi" / "train")
+    return recordings, training_patients(recordings, fraction, seed)

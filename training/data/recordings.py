@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.bed.detector import FrameGrid
+from edge.features import FeatureSpec
 from training.data.features import FeatureStore
 from training.data.icbhi import IcbhiRecording
 from training.data.sprsound import SprRecord
@@ -179,3 +180,9 @@ def collate(
             soft[b, :, : e.n] = rec.soft[:, e.first : e.first + e.n]
             soft_mask[b, : e.n] = 1.0
     return Batch(x, targets, weights, mask, longest, soft, soft_mask)
+
+
+def recording_seconds(n_frames: int, spec: FeatureSpec) -> float:
+    """Audio length behind ``n_frames`` front-end frames."""
+    samples = (n_frames - 1) * spec.hop_samples + spec.frame_samples
+    return samples / spec.sample_rate_hz

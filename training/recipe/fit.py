@@ -224,7 +224,7 @@ def fit_rules(
     """The rules fitted on the validation recordings ``val`` from their frame probabilities
     ``probs`` (n, O): the manifest's ``detector`` section (thresholds, phases, what they were
     fitted on, the limits and the validation summary)."""
-    from training.recipe.train import recording_seconds
+    from training.data.recordings import recording_seconds
 
     annotated = {r.record_id: list(r.events) for r in val}
     labels = {r.record_id: r.label for r in val}

@@ -38,11 +38,11 @@ import yaml
 
 from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
 from edge.config import to_mapping
-from edge.datapaths import data_root, sprsound_root
+from edge.datapaths import sprsound_root
 from edge.features import FeatureSpec
 from lungwatch.cli import ArgumentParser
 from training.data.features import FeatureStore
-from training.data.icbhi import IcbhiRecording, load_icbhi, training_patients
+from training.data.icbhi import IcbhiRecording, training_share
 from training.data.mixtures import make_mixtures
 from training.data.recordings import (
     Recording,
@@ -51,6 +51,7 @@ from training.data.recordings import (
     load_icbhi_recordings,
     load_recordings,
     random_example,
+    recording_seconds,
     whole_example,
 )
 from training.data.sprsound import SprRecord, load_sprsound, patient_disjoint_split
@@ -142,16 +143,8 @@ def training_data(
 
 
 def icbhi_training_share(run: RunConfig) -> tuple[list[IcbhiRecording], set[str]]:
-    """ICBHI's recordings (``data.icbhi_dir``) and the patients among them that train
-    (``data.icbhi_fraction``, drawn with ``data.icbhi_seed``); none when the fraction is 0."""
-    if run.data.icbhi_fraction <= 0:
-        return [], set()
-    recordings = load_icbhi(icbhi_folder(run))
-    return recordings, training_patients(recordings, run.data.icbhi_fraction, run.data.icbhi_seed)
-
-
-def icbhi_folder(run: RunConfig) -> Path:
-    return Path(run.data.icbhi_dir) if run.data.icbhi_dir else data_root() / "icbhi" / "train"
+    """ICBHI's recordings and the patients among them that train (``data.icbhi_*``)."""
+    return training_share(run.data.icbhi_dir, run.data.icbhi_fraction, run.data.icbhi_seed)
 
 
 def input_stats(
@@ -170,12 +163,6 @@ def input_stats(
     mean = s1 / total
     std = np.sqrt(np.maximum(s2 / total - mean**2, 1e-8))
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-def recording_seconds(n_frames: int, spec: FeatureSpec) -> float:
-    """Audio length behind ``n_frames`` front-end frames."""
-    samples = (n_frames - 1) * spec.hop_samples + spec.frame_samples
-    return samples / spec.sample_rate_hz
 
 
 def predict(

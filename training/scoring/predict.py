@@ -19,18 +19,13 @@ manifest (``tasks``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from edge.audio import AUDIO_SUFFIXES, audio_file
 from edge.errors import LungwatchError
 from edge.labels import (
     DETECTED_CLASSES,
-    POOR_QUALITY,
     record_label_2_1,
-    record_label_from_families,
     to_binary,
     to_icbhi,
 )
@@ -39,8 +34,6 @@ from training.data.icbhi import IcbhiRecording, parse_recording_name, read_cycle
 from training.data.sprsound import SprRecord, parse_record_name, read_annotation
 
 TASKS = ("1-1", "1-2", "2-1", "2-2", "icbhi")
-POOR_QUALITY_THRESHOLD = 0.5  # mean Poor Quality output of a record
-FAMILY_THRESHOLD = 0.5  # a family's record score above it: present
 
 
 class PredictionError(LungwatchError):
@@ -76,26 +69,6 @@ def sprsound_records(audio_dir: Path, annotations: Path) -> list[SprRecord]:
     if not records:
         raise PredictionError(f"{annotations}: no SPRSound .json annotation files")
     return records
-
-
-@dataclass(frozen=True)
-class RecordThresholds:
-    """Task 2 decision thresholds on a record's statistics (mean Poor Quality output, CAS and
-    DAS scores: :func:`training.scoring.tasks.record_statistics`); fitted on validation by
-    :func:`training.scoring.tasks.fit_task_rules`."""
-
-    poor_quality: float = POOR_QUALITY_THRESHOLD
-    cas: float = FAMILY_THRESHOLD
-    das: float = FAMILY_THRESHOLD
-
-
-def record_decision(stats: np.ndarray, thresholds: RecordThresholds) -> str:
-    """Task 2-2 label from a record's statistics (mean Poor Quality, CAS, DAS)."""
-    if stats[0] > thresholds.poor_quality:
-        return POOR_QUALITY
-    return record_label_from_families(
-        bool(stats[1] > thresholds.cas), bool(stats[2] > thresholds.das)
-    )
 
 
 def icbhi_recordings(audio_dir: Path, annotations: Path) -> list[IcbhiRecording]:

@@ -227,7 +227,7 @@ def onsets(events: Iterable[tuple[float, BedEvent]], type_: str) -> list[tuple[f
 def rate_part(model: Path, root: Path, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """ICBHI through the device path against the annotated cycles (module doc, ``rate``);
     ``settings``: the ``respiration`` section's keys to change."""
-    from edge.bed.breathing import RespirationConfig
+    from edge.bed.breathing_state import RespirationConfig
     from edge.monitor import resolve_model
     from edge.runtime.offline import detect_recordings, recordings_in
 
@@ -411,7 +411,8 @@ def whole_analysis(
 def compare_part(model: Path, root: Path) -> dict[str, Any]:
     """The three estimators on whole ICBHI recordings (module doc, ``compare``)."""
     from edge.bed.agebands import age_band
-    from edge.bed.breathing import BreathTracker, RespirationConfig, tracker_spec
+    from edge.bed.breathing import BreathTracker, tracker_spec
+    from edge.bed.breathing_state import RespirationConfig
     from edge.features import extract
     from edge.monitor import resolve_model
     from edge.runtime.offline import detect_recordings, recordings_in

@@ -15,7 +15,7 @@ carried) and the output frames the detector saw are kept. Nothing here runs a ne
 - **Task 2** (a record -> Normal / CAS / DAS / CAS & DAS / Poor Quality): the mean Poor
   Quality output over the record, and per family (CAS: Wheeze, Rhonchi, Stridor; DAS: Fine and
   Coarse Crackle) the mean of the ``top_frames`` highest frames of the family's largest output;
-  :func:`training.scoring.predict.record_decision` with the fitted thresholds.
+  the mean Poor Quality over its threshold gives Poor Quality, else each family over its own.
 
 :func:`fit_task_rules` fits the thresholds by coordinate ascent on the challenge Score of
 Task 1-2 and Task 2-2 (:func:`training.scoring.challenge.sprsound_scores`) over the patient-disjoint
@@ -35,7 +35,14 @@ import numpy as np
 
 from edge.bed.detector import FrameGrid
 from edge.errors import ConfigError
-from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY, record_label_2_1, to_binary
+from edge.labels import (
+    DETECTED_CLASSES,
+    NORMAL,
+    POOR_QUALITY,
+    record_label_2_1,
+    record_label_from_families,
+    to_binary,
+)
 from training.scoring.challenge import sprsound_scores
 
 CAS_CLASSES = ("Wheeze", "Rhonchi", "Stridor")
@@ -186,9 +193,10 @@ def record_label(probs: np.ndarray, outputs: Sequence[str], rules: TaskRules) ->
 
 
 def _record_decision(stats: np.ndarray, rules: TaskRules) -> str:
-    from training.scoring.predict import RecordThresholds, record_decision
-
-    return record_decision(stats, RecordThresholds(rules.poor_quality, rules.cas, rules.das))
+    """Task 2-2 label from a record's statistics (mean Poor Quality, CAS, DAS scores)."""
+    if stats[0] > rules.poor_quality:
+        return POOR_QUALITY
+    return record_label_from_families(bool(stats[1] > rules.cas), bool(stats[2] > rules.das))
 
 
 # --- fitting on validation ------------------------------------------------------------------

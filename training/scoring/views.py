@@ -71,12 +71,12 @@ def icbhi_training_patients(model_dir: Path) -> set[str]:
     """The ICBHI patients the run of ``model_dir``'s checkpoint trained on (none by default):
     the ICBHI view leaves them out."""
     from edge.config import from_mapping
+    from training.data.icbhi import training_share
     from training.models.checkpoint import load_checkpoint
     from training.recipe.config import RunConfig
-    from training.recipe.train import icbhi_training_share
 
     run = from_mapping(RunConfig, load_checkpoint(model_dir / "model.pt").run, source="model.pt")
-    return icbhi_training_share(run)[1]
+    return training_share(run.data.icbhi_dir, run.data.icbhi_fraction, run.data.icbhi_seed)[1]
 
 
 def sprsound_view(records: Sequence[SprRecord], found: Mapping[str, RecordingEvents]) -> dict:

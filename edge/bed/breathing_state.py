@@ -1,0 +1,111 @@
+"""What a bed's breathing tracker and its alarms share: the ``respiration`` config section,
+the reading an analysis gives, and what the alarms read of the tracker
+(:class:`TrackerView`; :class:`edge.bed.breathing.BreathTracker` is one). The rules are in
+:mod:`edge.bed.breathing`'s module doc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge.bed.agebands import DEFAULT_AGE_BAND, age_band
+from edge.config import check
+
+STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")
+
+
+@dataclass(frozen=True)
+class RespirationConfig:
+    """The runtime config's ``respiration`` section (see the module doc)."""
+
+    enabled: bool = True
+    age_band: str = DEFAULT_AGE_BAND  # a stream's own age_band / age_years wins
+    window_s: float = 30.0  # the stretch a rate is computed over
+    analyse_every_s: float = 5.0  # a new rate (and reading) this often
+    min_window_s: float = 10.0  # "assessing" until the window holds this much good audio
+    min_confidence: float = 0.3  # below it the rate is not assessable
+    min_breaths: int = 3  # a rate needs this many breaths in the window
+    apnoea_s: float | None = None  # None: the age band's (20 s)
+    arm_breaths: int = 4  # apnoea is judged once this many breaths were heard
+    contact_drop_db: float = 20.0  # the body band this far under its breathing level: lost
+    rate_alert_s: float = 60.0  # a rate out of range this long: tachypnoea / bradypnoea
+    breath_band_hz: tuple[float, float] = (150.0, 1000.0)
+    body_band_hz: tuple[float, float] = (50.0, 150.0)
+
+    def __post_init__(self) -> None:
+        age_band(self.age_band)  # a ConfigError naming the choices
+        check(self.window_s >= 5.0, "window_s", self.window_s, "a number >= 5 (seconds)")
+        every = self.analyse_every_s
+        check(0.0 < every <= self.window_s, "analyse_every_s", every, "in (0, window_s]")
+        check(0 < self.min_window_s <= self.window_s, "min_window_s", self.min_window_s,
+              "in (0, window_s]")  # fmt: skip
+        check(0 <= self.min_confidence < 1, "min_confidence", self.min_confidence, "in [0, 1)")
+        check(self.min_breaths >= 2, "min_breaths", self.min_breaths, "an integer >= 2")
+        check(self.apnoea_s is None or self.apnoea_s >= 5.0, "apnoea_s", self.apnoea_s,
+              "a number >= 5 (seconds) or null for the age band's")  # fmt: skip
+        check(self.arm_breaths >= 1, "arm_breaths", self.arm_breaths, "an integer >= 1")
+        check(self.contact_drop_db > 0, "contact_drop_db", self.contact_drop_db, "a number > 0")
+        check(self.rate_alert_s >= 0, "rate_alert_s", self.rate_alert_s, "a number >= 0")
+        for key in ("breath_band_hz", "body_band_hz"):
+            lo, hi = getattr(self, key)
+            check(0 <= lo < hi, key, getattr(self, key), "[low, high] with 0 <= low < high")
+
+
+@dataclass(frozen=True)
+class Respiration:
+    """A bed's breathing at the end of its last analysed window."""
+
+    state: str  # one of STATES
+    rate_bpm: float | None  # breaths per minute (None unless state is "ok")
+    confidence: float  # periodicity of the breath activity over the window, 0..1
+    breaths: int  # breaths heard in the window
+    window_s: float  # seconds of audio the window held
+    sample: int  # the window's end on the bed's timeline
+    last_breath_sample: int | None  # the last breath's peak, if any was heard
+    age_band: str
+    reason: str = ""  # what kept the rate from being assessed
+
+    def to_dict(self) -> dict[str, object]:
+        rate = None if self.rate_bpm is None else round(self.rate_bpm, 1)
+        return {
+            "state": self.state,
+            "rate_bpm": rate,
+            "confidence": round(self.confidence, 3),
+            "breaths": self.breaths,
+            "window_s": round(self.window_s, 2),
+            "age_band": self.age_band,
+            "reason": self.reason,
+        }
+
+
+class TrackerView(Protocol):
+    """What :class:`edge.bed.breathing_alarms.BreathAlarms` reads of its tracker (breath
+    samples of the bed's timeline; -1 where nothing happened yet)."""
+
+    assessable_at: int  # the last analysis that gave a rate
+    last_breath_end: int  # where the last breath heard had fallen by half
+    last_lost: int  # the last sample under a lost signal
+    breathing_now: bool  # a breath is under way at the newest sample analysed
+    rising_peak: int  # that breath's highest sample so far
+    strong_now: bool  # ... and it is at least a share of the typical breath
+    strong_breath: int  # the end of the last such breath
+
+    @property
+    def samples(self) -> int:
+        """Breath samples taken so far."""
+        ...
+
+    @property
+    def heard(self) -> int:
+        """Breaths heard so far."""
+        ...
+
+    @property
+    def last_breath(self) -> int:
+        """The last breath's peak."""
+        ...
+
+    def contact(self) -> tuple[bool, float]:
+        """(whether the stethoscope hears the body, the body band's drop in dB)."""
+        ...
