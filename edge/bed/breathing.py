@@ -235,7 +235,7 @@ class BreathTracker:
         self.good_samples = 0  # samples not under a lost signal, since the start
         # analyses whose window held min_window_s, those that gave a rate, their confidences
         # (a stream's summary)
-        self.assessed = {"analyses": 0, "ok": 0, "confidence_sum": 0.0}
+        self.assessed = {"analyses": 0, "ok": 0, "confidence_sum": 0.0, "last_ok": False}
 
     def _alpha(self, seconds: float) -> float:
         return 1.0 - math.exp(-1.0 / (seconds * self.rate_hz))
@@ -425,6 +425,7 @@ class BreathTracker:
             self.assessed["analyses"] += 1
             self.assessed["ok"] += state == "ok"
             self.assessed["confidence_sum"] += max(0.0, confidence)
+            self.assessed["last_ok"] = state == "ok"
         last = self.last_breath
         return Respiration(
             state=state,
@@ -452,15 +453,18 @@ class BreathTracker:
         """A whole stream's breathing (``lungwatch detect --respiration``): the breaths
         counted for good, the seconds of audio not under a lost signal, **one rate**: those
         breaths per minute of that audio when at least half the analyses whose window held
-        ``min_window_s`` gave a rate (else None; measured closer to annotated cycle counts
-        than the median of the live readings: docs/respiration.md), the mean confidence, and
-        the live readings as ``series`` (``readings``: every analysis' :attr:`reading`, in
-        order, what the streaming API returned and the ward view showed; ``t_s`` the
-        window's end in the stream)."""
+        ``min_window_s`` gave a rate, or, for a stream no longer than the window, when the
+        last analysis (the one that saw all of it) gave one (else None; measured closer to
+        annotated cycle counts than the median of the live readings: docs/respiration.md),
+        the mean confidence, and the live readings as ``series`` (``readings``: every
+        analysis' :attr:`reading`, in order, what the streaming API returned and the ward
+        view showed; ``t_s`` the window's end in the stream)."""
         monitored_s = self.good_samples / self.rate_hz
         analyses = int(self.assessed["analyses"])
         share = self.assessed["ok"] / analyses if analyses else 0.0
-        assessable = share >= 0.5 and monitored_s > 0
+        whole = self.samples <= self.ring_a.shape[0]  # the last window held the whole stream
+        last = bool(self.assessed["last_ok"]) and whole
+        assessable = (share >= 0.5 or last) and monitored_s > 0
         return {
             "rate_bpm": round(60.0 * self.breaths / monitored_s, 2) if assessable else None,
             "breaths": self.breaths,

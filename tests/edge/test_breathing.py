@@ -205,6 +205,23 @@ def test_a_stream_without_breath_is_not_assessable() -> None:
     assert summary(tracker)["rate_bpm"] is None
 
 
+def test_a_stream_no_longer_than_the_window_is_judged_by_its_last_analysis() -> None:
+    # breaths only after 13 s: the early analyses see too few; the last one sees all 28 s
+    short, _ = run(breathing(28.0, 15, pauses=((0.0, 13.0),)))
+    s = summary(short)
+    assert s["assessed_share"] < 0.5
+    assert s["series"][-1]["state"] == "ok"
+    assert s["assessable"] is True
+    assert s["rate_bpm"] == pytest.approx(60.0 * s["breaths"] / s["monitored_s"], abs=0.01)
+    # longer than the 30-s window: no analysis saw the whole stream; the share decides
+    long, _ = run(breathing(44.0, 15, pauses=((0.0, 29.0),)))
+    s = summary(long)
+    assert s["assessed_share"] < 0.5
+    assert s["series"][-1]["state"] == "ok"
+    assert s["assessable"] is False
+    assert s["rate_bpm"] is None
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
