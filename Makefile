@@ -5,7 +5,7 @@
 #
 #   make demo     the main job on the embedded default (edge dependencies only, no torch)
 #   make test     the test suite (uses ../shared/data when present)
-#   make lint     ruff + mypy
+#   make lint     ruff + mypy + the layout's import contracts (lint-imports)
 #   make bench    benchmarks, results in bench/results/
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
 #   make deploy   DEVICE=jetson | DEVICES=ward_3 [DRY_RUN=1]: Ansible rollout (docs/deploy.md)
@@ -67,7 +67,8 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy lungwatch edge training export firmware_bridge deploy bench
+	$(VENV)/bin/mypy lungwatch edge wardview demo training export firmware_bridge deploy bench
+	$(VENV)/bin/lint-imports
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .

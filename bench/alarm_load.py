@@ -10,11 +10,11 @@
    bed, read as fast as it goes (``realtime: false``), events to a JSONL file: every episode
    the device publishes, with its own stream times.
 3. **The view's two ways of listing them**, replaying the events in order through the ward
-   view's own intake (:class:`edge.dashboard.ward.Ward`) on the streams' clock:
+   view's own intake (:class:`wardview.ward.Ward`) on the streams' clock:
 
    - *episodes* (the list before alarm conditions): one row per open episode; each onset a new
      alarm row; each latched episode one acknowledgement;
-   - *conditions* (``edge.alarms``, the shipped list): one row per bed and condition; an alarm
+   - *conditions* (``lungwatch.alarms``, the shipped list): one row per bed and condition; an alarm
      signal starts when a condition starts alarming (new, re-alarmed after ``realarm_s``);
      a simulated nurse acknowledges each alarming condition ``--ack-after-s`` after it
      started (escalation goes on meanwhile).
@@ -43,11 +43,11 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from edge.alarms import AlarmSettings
 from edge.audio import read_audio
-from edge.dashboard.ward import Ward
 from edge.datapaths import data_root
-from edge.events import Event, parse_utc
+from lungwatch.alarms import AlarmSettings
+from lungwatch.events import Event, parse_utc
+from wardview.ward import Ward
 
 REPO = Path(__file__).resolve().parents[1]
 RATE_HZ = 8000

@@ -2,7 +2,7 @@
 
     make bench            # or: python -m bench.bridge [--seconds 5] [--repeats 5]
 
-Target (issue 6): decode at least 50 x the bandwidth of 200 simultaneous 8 kHz 16-bit
+Target: decode at least 50 x the bandwidth of 200 simultaneous 8 kHz 16-bit
 streams, i.e. 50 x 200 x 8000 = 80 M samples/s (160 MB/s of 16-bit audio; 312,500 frames/s
 of 256 samples) on one core.
 

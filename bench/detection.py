@@ -3,13 +3,13 @@
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.detection
         [--folder ../shared/data/sprsound/intra_test] [--paced-records 400] [--no-mqtt]
 
-- **Whole file** (issue 13 target >= 400x): every record of the folder as one bed,
+- **Whole file** (target >= 400x real time): every record of the folder as one bed,
   ``realtime: false``, through :func:`edge.runtime.offline.detect_recordings` (the runtime with a
   collecting sink): seconds of audio per second of wall time, for the shipped INT8 model
   (``edge/configs/ward.yaml``) and, with ``--reference-dir``, another model folder as the
   reference run in the same process (the ratio is the speed-up). The window classifier the
-  streaming model replaced (retired; tag ``window-stack-last``) is reported by its recorded
-  number (:data:`WINDOW_MODEL_RECORDED`), not measured.
+  streaming model replaced (retired; commit ``5ac14d3`` is the last that has it) is reported
+  by its recorded number (:data:`WINDOW_MODEL_RECORDED`), not measured.
 - **Detection latency** (target p99 <= 1.0 s): the records of the folder with annotated
   adventitious events, each one bed, paced in real time through the runtime with the MQTT
   sink (QoS 1 through the spool) to a local Mosquitto. For every annotated adventitious event
@@ -49,7 +49,6 @@ from bench.runtime import mosquitto_broker
 from bench.runtime_probes import AckProbe, percentiles_ms
 from edge.bed.detector import DetectorConfig, FrameDetector, FrameGrid
 from edge.datapaths import sprsound_root
-from edge.events import Event
 from edge.inference import BackendConfig
 from edge.runtime.config import (
     ModelConfig,
@@ -63,11 +62,12 @@ from edge.runtime.config import (
 from edge.runtime.loop import Runtime, open_model, open_streams
 from edge.runtime.offline import FrameKeeper, detect_recordings, recordings_in
 from edge.sinks import publish_all
+from lungwatch.events import Event
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WARD = Path("edge/configs/ward.yaml")
-# the retired window classifier on intra_test in the last run that had it (tag
-# window-stack-last, bench/results/detection.md there): x real time, one core, this machine
+# the retired window classifier on intra_test in the last run that had it (commit 5ac14d3,
+# bench/results/detection.md there, 2026-11-25; x86-64, 2 CPUs): x real time, one core
 WINDOW_MODEL_RECORDED = {"model": "models/edge/model.int8.onnx (retired)", "x_realtime": 363}
 FAMILY = {"Wheeze": "CAS", "Rhonchi": "CAS", "Stridor": "CAS",
           "Fine Crackle": "DAS", "Coarse Crackle": "DAS"}  # fmt: skip
@@ -273,7 +273,8 @@ def render(record: dict[str, Any]) -> str:
     shipped_x = record["whole_file"]["shipped"]["x_realtime"]
     lines.append(
         f"\nThe retired window classifier ({old['model']}) ran this folder at {old['x_realtime']}x "
-        f"real time in its last recorded run (tag window-stack-last; not measured here): the "
+        f"real time in its last recorded run (commit 5ac14d3, the last that has it; not "
+        f"measured here): the "
         f"shipped model is {shipped_x / old['x_realtime']:.2f}x that. Target >= "
         f"{TARGETS['whole_file_x_realtime']:.0f}x real time."
     )

@@ -172,7 +172,7 @@ def render(xrt: dict[str, float], checks: list[tuple[str, float, float, bool]], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="lungwatch bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0, help="signal length")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median is kept)")
     args = parser.parse_args(argv)

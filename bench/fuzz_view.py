@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 
 from bench.fuzz import _checkpoint, _memory_verdict, run_cli
-from edge.dashboard.history import History
-from edge.dashboard.ward import Ward
-from edge.events import Event, format_utc
-from edge.evidence.clip import Clip, clip_messages, encode_flac, quantise
+from lungwatch.clip import Clip, clip_messages, encode_flac, quantise
+from lungwatch.events import Event, format_utc
+from wardview.history import History
+from wardview.ward import Ward
 
 RESULTS_DIR = Path(__file__).parent / "results"
 SITE, DEVICES, BEDS = "ward-f", ("dev-a", "dev-b"), ("bed-1", "bed-2")

@@ -11,7 +11,7 @@
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
 settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
 ``open_sinks``, ``Runtime``) for K file streams that loop over the three demo recordings
-(``edge.demo.run``: SPRSound from ``../shared/data`` or ``examples/``), with a model folder's INT8
+(``demo.run``: SPRSound from ``../shared/data`` or ``examples/``), with a model folder's INT8
 model (``--model``, default the shipped streaming model ``models/sed``) on ONNX Runtime CPU
 (one thread), the MQTT sink (QoS 1 through the SQLite spool) to a local Mosquitto and the live
 strip at the runtime's default period (one point per bed per second, over MQTT), and, as
@@ -37,8 +37,8 @@ frame once, state carried).
   network threads are not in it; their CPU time is reported separately).
 - **Reference**: ``--reference`` (another model folder; none by default) as fast as possible
   with ``--reference-streams`` streams in the same run, for the ratio of streams served in
-  real time. The window classifier this runtime once served (retired; tag
-  ``window-stack-last``) is compared by its recorded number (:data:`WINDOW_MODEL_RECORDED`).
+  real time. The window classifier this runtime once served (retired; commit ``5ac14d3`` is
+  the last that has it) is compared by its recorded number (:data:`WINDOW_MODEL_RECORDED`).
 - **Batch sweep**: inference ms per window against batch size, INT8 and FP32 of ``--model``
   (:mod:`bench.runtime_batch`).
 - **Baseline** (``--baseline REV``, alone): the as-fast-as-possible run of this checkout and of
@@ -75,15 +75,15 @@ import numpy as np
 from bench.runtime_batch import sweep
 from bench.runtime_probes import AckProbe, TimedBackend, TimedSource, TimingSink, latencies
 from bench.runtime_report import profile_summary, render_markdown
+from demo.run import DemoConfig, find_recordings
 from edge.datapaths import sprsound_root
-from edge.demo.run import DemoConfig, find_recordings
 from edge.evidence.publisher import EvidencePublisher
 from edge.inference import DEFAULT_MAX_BATCH, BackendConfig
 from edge.monitor import Monitor
 from edge.runtime.config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
 from edge.runtime.loop import Runtime, open_model, open_sinks, open_streams
 from edge.runtime.offline import recordings_in
-from edge.sinks.mqtt import MqttConfig
+from lungwatch.mqtt import MqttConfig
 
 RESULTS_DIR = Path(__file__).parent / "results"
 CHUNK_SAMPLES = 800  # 0.1 s at 8 kHz
@@ -93,7 +93,7 @@ MAX_WARMUP_ROUNDS = 400
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 MODEL_DIR = "models/sed"
 # the retired window classifier (models/edge) in the last run that had it (bench/results at
-# tag window-stack-last): streams served in real time on one core, K = 200, same machine
+# commit 5ac14d3; x86-64, 2 CPUs): streams served in real time on one core, K = 200
 WINDOW_MODEL_RECORDED = {"model": "models/edge (retired)", "streams_in_real_time": 429}
 DEFAULT_ROUND_GROUP = RuntimeConfig.round_group  # the runtime's default
 TARGETS = {"streams_per_core": 1000.0, "p99_ms": 150.0, "rss_per_stream_mb": 1.0}

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.events import Event
 from edge.sinks import Sink, publish_all
 from edge.sources.base import AudioSource, SourceChunk
+from lungwatch.events import Event
 
 
 class TimedSource:

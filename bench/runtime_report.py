@@ -248,7 +248,7 @@ def _reference(record: dict[str, Any]) -> list[str]:
             "## Reference: the retired window classifier, recorded",
             "",
             f"{recorded['model']} served {recorded['streams_in_real_time']:,} streams in real "
-            f"time on one core of this machine in its last run (tag window-stack-last); this "
+            f"time on one core in its last run (commit 5ac14d3, the last that has it); this "
             f"run's best, {best['streams_real_time']:,.0f}, is **{ratio:.2f}x** that (not "
             "measured in the same run).",
         ]

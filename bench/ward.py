@@ -3,7 +3,7 @@
     python -m bench.ward [--beds 200] [--devices 4] [--hours 1] [--live-s 60] [--repeats 5]
         [--clip-minutes 5]
 
-Targets (issue 46): with 200 beds and one hour of history the bed grid and one bed's trend
+Targets: with 200 beds and one hour of history the bed grid and one bed's trend
 render within 1 s, and clip delivery does not delay event delivery (event -> screen p99
 within 1 s).
 
@@ -17,7 +17,7 @@ within 1 s).
 2. **200 beds.** Each of ``--beds`` beds (``--devices`` devices) replays one of the three
    beds' messages with its own ids (UUID5 of the bed and the original id), name and
    location, the times moved so that the hour ends now, through the view's own intake
-   (:class:`edge.dashboard.ward.Ward` with its :class:`edge.dashboard.history.History`) into
+   (:class:`wardview.ward.Ward` with its :class:`wardview.history.History`) into
    SQLite; clips are kept for the last ``--clip-minutes`` only (an hour of every bed's clips
    is gigabytes; the store bounds them anyway).
 3. **The page.** ``lungwatch dashboard`` on that store and a second Mosquitto, and headless
@@ -37,8 +37,8 @@ within 1 s).
    device's evidence publisher does, 1 s after the episode ends). The ratio of the p99s says
    what clips cost events.
 
-Everything (runtime, broker, view, browser, publisher) shares this machine's cores; nothing is
-pinned. Results: ``bench/results/ward.{md,json}``.
+Everything (runtime, broker, view, browser, publisher) shares the cores of the machine the
+benchmark runs on; nothing is pinned. Results: ``bench/results/ward.{md,json}``.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ import soundfile
 import yaml
 
 from bench.runtime import mosquitto_broker
-from edge.dashboard.history import History
-from edge.dashboard.ward import Ward
-from edge.events import format_utc, parse_utc
+from lungwatch.events import format_utc, parse_utc
+from wardview.history import History
+from wardview.ward import Ward
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -192,10 +192,10 @@ def generate(folder: Path, hours: float) -> tuple[list[Message], float, dict[str
 def drain_clips(config: dict[str, Any]) -> int:
     """Send the clips the runtime left in its spool (it read an hour in a minute, faster than
     its clips leave), with the device's own publisher on the same spool, as after a restart."""
-    from edge.config import from_mapping
     from edge.evidence.publisher import EvidencePublisher
     from edge.evidence.recorder import EvidenceConfig
-    from edge.sinks.mqtt_config import MqttConfig
+    from lungwatch.config import from_mapping
+    from lungwatch.mqtt import MqttConfig
 
     mqtt_config = from_mapping(
         MqttConfig, {**config["mqtt"], "site": SITE, "device_id": config["device_id"]}

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import BundleError
-from edge.errors import LungwatchError
 from edge.inference.manifest import MANIFEST_NAME, load_manifest, sha256_file, verify_file
+from lungwatch.errors import LungwatchError
 
 BUNDLE_FORMAT = 1
 BUNDLE_MANIFEST = "bundle.json"
@@ -53,10 +53,13 @@ SOURCE_ITEMS = (
     "README.md",
     "lungwatch",  # the console scripts' package (absent in older checkouts: skipped)
     "edge",
+    "wardview",
+    "demo",
     "firmware_bridge",
     "export",
     "training",
     "deploy",
+    "bench",
 )
 SOURCE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc", "*.egg-info")
 ENGINE_SUFFIX = ".plan"  # engines are built on the device, never shipped

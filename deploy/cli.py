@@ -25,8 +25,8 @@ from typing import Any
 from deploy.bundle import BundleSpec, build_bundle
 from deploy.errors import BundleError, HealthError
 from deploy.health import BrokerConfig, wait_online
-from edge.config import from_mapping
-from edge.errors import ConfigError, LungwatchError
+from lungwatch.config import from_mapping
+from lungwatch.errors import ConfigError, LungwatchError
 
 
 def _mapping(text: str, what: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.errors import LungwatchError
+from lungwatch.errors import LungwatchError
 
 
 class DeployError(LungwatchError):

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import HealthError
-from edge.config import check, load_yaml
-from edge.errors import ConfigError, LungwatchError
-from edge.events import parse_utc, status_topic
 from edge.runtime.config import RuntimeConfig
+from lungwatch.config import check, load_yaml
+from lungwatch.errors import ConfigError, LungwatchError
+from lungwatch.events import parse_utc, status_topic
 
 CLOCK_RESOLUTION_S = 0.001  # status times are written with milliseconds
 RETRY_S = 0.5  # between connection attempts

@@ -219,9 +219,9 @@ def configure(release: Path, model_file: str, backend: str) -> dict[str, object]
     validated by the runtime's own loader (errors name the file and the key)."""
     import yaml
 
-    from edge.config import load_yaml
-    from edge.errors import LungwatchError
     from edge.runtime.config import load_runtime_config
+    from lungwatch.config import load_yaml
+    from lungwatch.errors import LungwatchError
 
     source = release / "config" / "runtime.yaml"
     out = release / "runtime.yaml"
@@ -247,8 +247,8 @@ def configure(release: Path, model_file: str, backend: str) -> dict[str, object]
 
 def check_models(models: Path) -> dict[str, object]:
     """Every artifact the manifest lists has its sha256 (no reference outputs to compare)."""
-    from edge.errors import LungwatchError
     from edge.inference.manifest import load_manifest, verify_file
+    from lungwatch.errors import LungwatchError
 
     try:
         manifest = load_manifest(models / "manifest.json")

@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from edge.errors import AudioReadError, EmptyAudioError, InvalidAudioError
+from lungwatch.errors import AudioReadError, EmptyAudioError, InvalidAudioError
 
 INT16_FULL_SCALE = float(2**15)
 INT32_FULL_SCALE = float(2**31)

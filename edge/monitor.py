@@ -37,12 +37,12 @@ from edge.bed.detector import DetectorConfig, FrameGrid, Transition
 from edge.bed.gate import GateConfig
 from edge.bed.pipeline import WindowReady
 from edge.bed.verdict import VerdictConfig
-from edge.errors import ConfigError, LungwatchError
 from edge.inference import BackendConfig, open_backend
 from edge.inference.base import Backend
 from edge.inference.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_file
 from edge.inference.streaming import OutputFrames, infer_beds
 from edge.sources.base import SourceChunk
+from lungwatch.errors import ConfigError, LungwatchError
 
 DEFAULT_MODEL = Path("models/sed")
 PREFERRED_FILES = ("model.int8.onnx", "model.onnx")  # what a model folder runs, in order

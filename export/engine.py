@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import LungwatchError
 from edge.inference.base import INPUT_NAME, STATE_NAME
 from edge.inference.manifest import MANIFEST_NAME
 from edge.inference.tensorrt import normalize_trt_version
 from lungwatch.cli import ArgumentParser
+from lungwatch.errors import LungwatchError
 
 PRECISIONS = ("fp16", "int8", "best")
 BUILDER_FLAGS = {"fp16": ("FP16",), "int8": ("INT8",), "best": ("FP16", "INT8")}
@@ -413,7 +413,7 @@ def record_engine(plan: BuildPlan, extra: dict[str, Any]) -> Path:
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(
-        prog="lungwatch engine", description="Q/DQ ONNX -> TensorRT engine, built on this device"
+        prog="lungwatch engine", description="Q/DQ ONNX -> TensorRT engine, built on this device."
     )
     parser.add_argument("onnx", type=Path, help="the (Q/DQ INT8) ONNX model")
     parser.add_argument(

@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edge.errors import LungwatchError
 from lungwatch.cli import ArgumentParser
+from lungwatch.errors import LungwatchError
 
 OPS_FILE = Path(__file__).with_name("tensorrt10_ops.txt")
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -212,7 +212,7 @@ def check_intermediate_dims(model: Any) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m export.opcheck", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m export.opcheck", description=__doc__)
     parser.add_argument("models", nargs="+", type=Path, help="ONNX files to check")
     args = parser.parse_args(argv)
     failed = False

@@ -68,12 +68,12 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec
 from edge.inference.manifest import MANIFEST_NAME, sha256_file
 from edge.inference.manifest_write import record_artifact
 from export.to_onnx import FEATURES, PROBS, STATE, STATE_OUT
 from lungwatch.cli import ArgumentParser
+from lungwatch.errors import LungwatchError
 
 METHODS = ("minmax", "percentile", "entropy")
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
@@ -856,18 +856,24 @@ def load_calibration_audio(
 
 def main(argv: list[str] | None = None) -> int:
     prog = "lungwatch quantize"
-    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--model", type=Path, required=True, help="FP32 streaming ONNX")
     parser.add_argument("--out", type=Path, required=True, help="INT8 ONNX to write")
     parser.add_argument("--calib-dir", type=Path, required=True, help="folder of .wav/.flac")
     parser.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="audio files")
     parser.add_argument("--max-chunks", type=int, default=DEFAULT_MAX_CHUNKS, help="chunks")
     parser.add_argument("--seed", type=int, default=0, help="seed of the file and chunk samples")
-    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
+    parser.add_argument(
+        "--method", choices=METHODS, default=DEFAULT_METHOD,
+        help="how calibration picks each activation's range",
+    )  # fmt: skip
     parser.add_argument(
         "--percentile", type=float, default=DEFAULT_PERCENTILE, help="of |x|, --method percentile"
     )
-    parser.add_argument("--activations", choices=ACTIVATIONS, default=DEFAULT_ACTIVATIONS)
+    parser.add_argument(
+        "--activations", choices=ACTIVATIONS, default=DEFAULT_ACTIVATIONS,
+        help="the activations' integer type (qint8: what TensorRT takes)",
+    )  # fmt: skip
     parser.add_argument(
         "--exclude", action="append", default=[], metavar="NODE",
         help="an ONNX node name kept in float (repeatable), e.g. /model/head/Conv",

@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import LungwatchError
 from edge.inference.manifest import SCHEMA_VERSION, load_manifest, sha256_file
 from edge.inference.manifest_write import file_entry, utc_now, write_manifest
 from lungwatch.cli import ArgumentParser
+from lungwatch.errors import LungwatchError
 
 FEATURES, STATE, PROBS, STATE_OUT = "features", "state", "probs", "state_out"
 DEFAULT_OPSET = 17
@@ -239,13 +239,15 @@ def export_folder(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="lungwatch export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch export", description=__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True, help="from lungwatch train")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument(
         "--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="outputs per call"
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help="the ONNX opset to export with"
+    )
     args = parser.parse_args(argv)
     manifest = export_folder(args.checkpoint, args.out, args.chunk_frames, args.opset)
     print(f"wrote {manifest.parent / 'model.onnx'} and {manifest}")

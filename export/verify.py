@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import LungwatchError
 from edge.inference import BackendConfig
 from edge.inference.manifest import (
     MANIFEST_NAME,
@@ -49,6 +48,7 @@ from edge.inference.manifest import (
     verify_file,
 )
 from lungwatch.cli import ArgumentParser
+from lungwatch.errors import LungwatchError
 
 PROG = "lungwatch verify"
 REFERENCE_NAME = "verify_reference.npz"
@@ -525,8 +525,11 @@ def finish(results: Sequence[StageResult]) -> int:
 
 
 def parse_args(argv: list[str] | None) -> Any:
-    parser = ArgumentParser(prog=PROG, description="check model artifacts against a reference")
-    parser.add_argument("--model-dir", type=Path, default=Path("models/sed"))
+    parser = ArgumentParser(prog=PROG, description="Check model artifacts against a reference.")
+    parser.add_argument(
+        "--model-dir", type=Path, default=Path("models/sed"),
+        help="the model folder whose artifacts are checked",
+    )  # fmt: skip
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--reference", action="store_true", help="check against the reference")
     mode.add_argument("--write-reference", action="store_true", help="write it (workstation)")

@@ -132,10 +132,18 @@ def _parser() -> argparse.ArgumentParser:
                         "the key file or in the key folder; none: in memory)")  # fmt: skip
     parser.add_argument("--allow-v1", action="store_true", help="also accept version-1 frames "
                         "(unencrypted, no replay protection)")  # fmt: skip
-    parser.add_argument("--stats-every-s", type=float, default=1.0)
+    parser.add_argument(
+        "--stats-every-s", type=float, default=1.0, help="seconds between statistics lines"
+    )
     parser.add_argument("--events", action="store_true", help="print each report as it comes")
-    parser.add_argument("--jitter-frames", type=int, default=JitterConfig.depth_frames)
-    parser.add_argument("--max-hold-ms", type=float, default=JitterConfig.max_hold_s * 1000)
+    parser.add_argument(
+        "--jitter-frames", type=int, default=JitterConfig.depth_frames,
+        help="frames held behind a missing one before it is declared a gap",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-hold-ms", type=float, default=JitterConfig.max_hold_s * 1000,
+        help="the longest a frame waits for a missing one before it is a gap (ms)",
+    )  # fmt: skip
     return parser
 
 

@@ -140,7 +140,7 @@ def play(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="lungwatch emulate", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch emulate", description=__doc__)
     parser.add_argument("--audio", required=True, type=Path, help="WAV/FLAC recording to play")
     parser.add_argument("--to", required=True, help="udp://HOST:PORT, tcp://HOST:PORT (listen) "
                         "or serial:///dev/ttyX?baud=N")  # fmt: skip
@@ -160,10 +160,18 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: the key file with the suffix .session)")  # fmt: skip
     parser.add_argument("--device-id", type=lambda v: int(v, 0), help="default: the key file's "
                         "device, else 1")  # fmt: skip
-    parser.add_argument("--stream-id", type=lambda v: int(v, 0), default=0)
+    parser.add_argument(
+        "--stream-id", type=lambda v: int(v, 0), default=0,
+        help="the device's stream id in the frames (protocol v1; 0x.. accepted)",
+    )  # fmt: skip
     parser.add_argument("--frame-samples", type=int, default=256, help="samples per frame")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="int16")
-    parser.add_argument("--status-every-s", type=float, default=1.0)
+    parser.add_argument(
+        "--format", choices=sorted(FORMATS), default="int16", help="the samples' encoding"
+    )
+    parser.add_argument(
+        "--status-every-s", type=float, default=1.0,
+        help="seconds of audio between the device's status frames",
+    )  # fmt: skip
     parser.add_argument("--off-body", help="FROM_S:TO_S of audio time reported off body")
     return parser
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -27,11 +28,11 @@ Commands = dict[str, tuple[str, str]]
 #: none of which imports torch or training code.
 DEVICE_COMMANDS: Commands = {
     "demo": (
-        "edge.demo.run",
+        "demo.run",
         "the whole pipeline on three recordings: broker, runtime, subscriber, PNGs",
     ),
-    "run": ("edge.runtime.loop", "the bedside runtime: streams -> model -> events over MQTT"),
-    "dashboard": ("edge.dashboard.cli", "the ward view: a web page of every bed on the broker"),
+    "run": ("lungwatch.run", "the bedside runtime: streams -> model -> events over MQTT"),
+    "dashboard": ("wardview.cli", "the ward view: a web page of every bed on the broker"),
     "detect": ("edge.runtime.detect", "events in whole recordings through the device path (JSON)"),
     "features": ("edge.features.cli", "compute features of audio files and save them as .npy"),
     "engine": ("export.engine", "Q/DQ ONNX -> TensorRT engine on this machine (TensorRT 10)"),
@@ -56,13 +57,26 @@ WORKSTATION_COMMANDS: Commands = {
         "training.scoring.respiration",
         "respiratory rate and apnoea judged on ICBHI and SPRSound through the device path",
     ),
-    "access": ("edge.access", "broker passwords, ACL and command keys for a site's clients"),
+    "access": ("lungwatch.access", "broker passwords, ACL and command keys for a site's clients"),
 }
 COMMANDS: Commands = {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}
 DEVICE_NOTE = (
     f"Training and export commands (train, export, quantize, ...) are in "
     f"'{WORKSTATION_SCRIPT}' on the workstation."
 )
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :mod:`edge.monitor`, :func:`~x.y`
+
+
+def plain_summary(text: str) -> str:
+    """A module's or function's docstring as a command's description: its first paragraph
+    on one line, reST markup gone (``:mod:`a.b``` -> a.b, double backquotes -> plain)."""
+    first = text.strip().split("\n\n")[0]
+    line = " ".join(part.strip() for part in first.splitlines())
+    line = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else
+                     m.group(1), line)  # fmt: skip
+    return line.replace("``", "")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -73,6 +87,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        if kwargs.get("description"):
+            kwargs["description"] = plain_summary(kwargs["description"])
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -129,7 +145,7 @@ def dispatch(commands: Commands, argv: list[str] | None, script: str, note: str 
 
 
 def _run(name: str, entry: Callable[[list[str]], int], rest: list[str]) -> int:
-    from edge.errors import LungwatchError
+    from lungwatch.errors import LungwatchError
 
     try:
         return int(entry(rest) or 0)

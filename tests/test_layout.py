@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import grimp
 
-PACKAGES = ("lungwatch", "edge", "firmware_bridge", "export", "training", "deploy", "bench")
+PACKAGES = (
+    "lungwatch",
+    "edge",
+    "wardview",
+    "demo",
+    "firmware_bridge",
+    "export",
+    "training",
+    "deploy",
+    "bench",
+)
 
 
 def circles(graph: grimp.ImportGraph) -> list[tuple[str, ...]]:

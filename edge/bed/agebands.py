@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.errors import ConfigError
+from lungwatch.errors import ConfigError
 
 
 @dataclass(frozen=True)

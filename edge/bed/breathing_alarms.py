@@ -14,7 +14,7 @@ from __future__ import annotations
 from edge.bed.agebands import AgeBand
 from edge.bed.breathing_state import Respiration, RespirationConfig, TrackerView
 from edge.bed.detector import EventTracker, FrameGrid, Lifecycle, Transition
-from edge.events import DEFAULT_PRIORITIES
+from lungwatch.events import DEFAULT_PRIORITIES
 
 APNOEA = "apnoea"
 TACHYPNOEA = "tachypnoea"

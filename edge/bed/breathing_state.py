@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edge.bed.agebands import DEFAULT_AGE_BAND, age_band
-from edge.config import check
+from lungwatch.config import check
 
 STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")
 

@@ -43,12 +43,12 @@ from edge.bed.domain import SilentBands
 from edge.bed.gate import GateConfig, QualityGate
 from edge.bed.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady
 from edge.bed.verdict import RollingVerdict, VerdictConfig, VerdictRule
-from edge.errors import ConfigError
 from edge.features import FeatureSpec
 from edge.inference.manifest import Manifest, StreamingInfo
 from edge.inference.streaming import BedState, OutputFrames
-from edge.labels import POOR_QUALITY
 from edge.sources.base import SourceChunk
+from lungwatch.errors import ConfigError
+from lungwatch.labels import POOR_QUALITY
 
 MS_PER_S = 1000.0
 DEFAULT_STATE_RESET_GAP_MS = 100.0  # a loss this long restarts a bed's model state

@@ -35,12 +35,12 @@ from typing import Literal
 import numpy as np
 from numba import njit
 
-from edge.alarms import names
-from edge.config import check
-from edge.errors import ConfigError, LungwatchError
-from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
-from edge.events import SOUND_TYPES, Priority
-from edge.labels import DETECTED_CLASSES
+from lungwatch.alarms import names
+from lungwatch.config import check
+from lungwatch.errors import ConfigError, LungwatchError
+from lungwatch.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
+from lungwatch.events import SOUND_TYPES, Priority
+from lungwatch.labels import DETECTED_CLASSES
 
 EventKind = Literal["physiological", "technical"]
 State = Literal["onset", "ongoing", "ended"]
@@ -152,7 +152,7 @@ def check_priorities(rules: tuple[TypePriority, ...], latching: tuple[str, ...])
     check(not bad, "latching", latching, f"a list of {PRIORITIES}")
 
 
-#: Default priorities of the physiological types: the rows of :data:`edge.events.
+#: Default priorities of the physiological types: the rows of :data:`lungwatch.events.
 #: DEFAULT_PRIORITIES` (the one priority table) for these types.
 DEFAULT_PRIORITIES: tuple[TypePriority, ...] = tuple(
     TypePriority(t, EVENT_PRIORITIES[t]) for t in SOUND_TYPES
@@ -318,7 +318,7 @@ class Lifecycle:
             self.pending.append(self._transition(event, "ended", end))
 
     def acknowledge(self, what: str) -> None:
-        """Acknowledge every event whose key, type or alarm condition (``edge.alarms``: a
+        """Acknowledge every event whose key, type or alarm condition (``lungwatch.alarms``: a
         family such as ``CAS``) is ``what``: latched ones end now, live ones will end on
         their own."""
         for event in self._live.values():

@@ -61,9 +61,9 @@ from edge.bed.detector import (
 from edge.bed.domain import SilentBands
 from edge.bed.pipeline import WindowReady
 from edge.bed.quality import CLIPPING_FRACTION_LIMIT, QUIET_DBFS
-from edge.config import check
-from edge.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
 from edge.sources.base import Notice, SourceChunk
+from lungwatch.config import check
+from lungwatch.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
 
 POOR_SIGNAL = "poor_signal"
 OFF_BODY = "off_body"
@@ -89,7 +89,7 @@ DEFAULT_POOR_QUALITY_ON = 0.6  # the quality output's hysteresis when neither co
 DEFAULT_POOR_QUALITY_OFF = 0.4  # sets one
 MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
 
-#: Default priorities of the gate's types: the rows of :data:`edge.events.DEFAULT_PRIORITIES`
+#: Default priorities of the gate's types: the rows of :data:`lungwatch.events.DEFAULT_PRIORITIES`
 #: (the one priority table) for these types.
 DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = tuple(
     TypePriority(t, EVENT_PRIORITIES[t]) for t in TECHNICAL_TYPES

@@ -35,9 +35,9 @@ import numpy as np
 from numba import njit
 
 from edge.bed.quality import QualityMeasures, measure
-from edge.errors import LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec, lookahead_samples, make_stream
 from edge.sources.base import SourceChunk
+from lungwatch.errors import LungwatchError
 
 DEFAULT_PIECE_SAMPLES = 4096  # the front ends' default largest chunk: no reallocation
 OK, MISSING, INVALID = 0, 1, 2  # per-sample flags

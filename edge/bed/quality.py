@@ -54,7 +54,7 @@ from scipy.special import expit
 
 from edge.audio import validate_samples
 from edge.bed.quality_kernels import hop_measures, welch_work
-from edge.errors import InvalidAudioError
+from lungwatch.errors import InvalidAudioError
 
 #: Level reported for digital silence (and anything quieter): RMS 1e-6 of full scale.
 RMS_FLOOR_DBFS = -120.0

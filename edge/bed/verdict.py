@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from edge.bed.detector import FrameGrid
-from edge.config import check
-from edge.errors import ConfigError
-from edge.labels import NORMAL, POOR_QUALITY, record_label_from_families
+from lungwatch.config import check
+from lungwatch.errors import ConfigError
+from lungwatch.labels import NORMAL, POOR_QUALITY, record_label_from_families
 
 ASSESSING = "assessing"
 VERDICTS = (ASSESSING, NORMAL, "CAS", "DAS", "CAS & DAS", POOR_QUALITY)

@@ -10,7 +10,7 @@ broker, under the user and ACL ``lungwatch access`` gave it (a server on every b
 would need inbound connections through the ward's network, certificates and logins of its
 own); and the broker queues what a ward view misses while it restarts (its session is
 persistent). The cost is size: a clip goes in parts under the broker's 64 KiB packet limit
-(:func:`edge.evidence.clip.clip_messages`).
+(:func:`lungwatch.clip.clip_messages`).
 
 Why its own connection: an event must never wait behind a clip's parts. The events' MQTT
 sink (:mod:`edge.sinks.mqtt`) keeps its connection, spool and order; this channel has
@@ -39,12 +39,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from edge.errors import LungwatchError
-from edge.evidence.clip import Clip, EvidenceError, clip_messages
 from edge.evidence.recorder import Cut, EvidenceConfig
-from edge.sinks.mqtt import new_client
-from edge.sinks.mqtt_config import MqttConfig
-from edge.supervision import Worker
+from lungwatch.clip import Clip, EvidenceError, clip_messages
+from lungwatch.errors import LungwatchError
+from lungwatch.mqtt import MqttConfig, new_client
+from lungwatch.supervision import Worker
 
 log = logging.getLogger("lungwatch.evidence")
 

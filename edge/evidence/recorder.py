@@ -3,7 +3,7 @@
     recorder = ClipRecorder(config, identity, rate_hz, grid, outputs, utc_of)
     recorder.audio(first_sample, samples)    # every chunk the bed takes
     recorder.frames(first_frame, probs)      # every output frame the model gives
-    recorder.events(events)                  # the bed's event messages (edge.events.Event)
+    recorder.events(events)                  # the bed's event messages (lungwatch.events.Event)
     cuts = recorder.due_cuts()               # clips whose audio is all in, not yet encoded
     cuts = recorder.finish_cuts()            # the stream ended: the open ones, as they are
     clip = cut.encode()                      # FLAC and bytes (the evidence thread does this)
@@ -30,9 +30,9 @@ import numpy as np
 from numba import njit
 
 from edge.bed.detector import FrameGrid
-from edge.config import check
-from edge.events import PRIORITIES, Event
-from edge.evidence.clip import DEFAULT_PART_BYTES, MAX_CLIP_S, Clip, encode_flac, quantise
+from lungwatch.clip import DEFAULT_PART_BYTES, MAX_CLIP_S, Clip, encode_flac, quantise
+from lungwatch.config import check
+from lungwatch.events import PRIORITIES, Event
 
 INT16_SCALE = 32767.0
 

@@ -20,8 +20,8 @@ import numba
 import numpy as np
 from numba import njit
 
-from edge.errors import InvalidAudioError
 from edge.features.spec import FeatureSpec
+from lungwatch.errors import InvalidAudioError
 
 #: Chunk size the output buffer is first sized for; a longer chunk grows it once.
 DEFAULT_MAX_CHUNK_SAMPLES = 4096

@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio import read_audio
-from edge.config import apply_overrides, from_mapping
 from edge.features import FEATURE_KINDS, FeatureSpec, extract
 from lungwatch.cli import ArgumentParser
+from lungwatch.config import apply_overrides, from_mapping
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="lungwatch features", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch features", description=__doc__)
     parser.add_argument("audio", nargs="+", help="WAV or FLAC files")
-    parser.add_argument("--kind", choices=FEATURE_KINDS, default="logmel")
+    parser.add_argument(
+        "--kind", choices=FEATURE_KINDS, default="logmel", help="the front end to compute"
+    )
     parser.add_argument(
         "--set",
         action="append",

@@ -40,7 +40,6 @@ import numpy as np
 from numba import njit
 from scipy.signal import oaconvolve
 
-from edge.config import InvalidValueError
 from edge.features.base import (
     COUNTDOWN,
     WRITE_POS,
@@ -50,6 +49,7 @@ from edge.features.base import (
     normalise,
 )
 from edge.features.spec import FeatureSpec, n_frames
+from lungwatch.config import InvalidValueError
 
 #: The Gaussian envelope is cut at this many standard deviations (``exp(-8) ~ 3.4e-4``).
 TRUNCATION_SIGMAS = 4.0

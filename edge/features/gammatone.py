@@ -27,7 +27,6 @@ import numpy as np
 import scipy.signal
 from numba import njit
 
-from edge.config import check
 from edge.features.base import (
     COUNTDOWN,
     WRITE_POS,
@@ -38,6 +37,7 @@ from edge.features.base import (
     normalise,
 )
 from edge.features.spec import FeatureSpec, n_frames
+from lungwatch.config import check
 
 #: Glasberg & Moore (1990) ERB-rate scale: ``ERB_RATE_SCALE * log10(1 + ERB_RATE_SLOPE * f)``.
 ERB_RATE_SCALE = 21.4

@@ -15,7 +15,6 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from edge.config import InvalidValueError
 from edge.features.base import (
     COUNTDOWN,
     WRITE_POS,
@@ -26,6 +25,7 @@ from edge.features.base import (
 )
 from edge.features.fft import FramesFft, frames_power
 from edge.features.spec import FeatureSpec, n_frames
+from lungwatch.config import InvalidValueError
 
 
 def hz_to_mel(f_hz: np.ndarray | float) -> np.ndarray:

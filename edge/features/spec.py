@@ -17,8 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edge.config import check, from_mapping, to_mapping
-from edge.errors import FeatureSpecMismatchError
+from lungwatch.config import check, from_mapping, to_mapping
+from lungwatch.errors import FeatureSpecMismatchError
 
 FeatureKind = Literal["logmel", "gammatone", "cwt"]
 Normalisation = Literal["log", "power"]

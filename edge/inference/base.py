@@ -1,7 +1,7 @@
 """The one small interface every inference backend implements.
 
-An exported model is stateless (DESIGN.md contract 5): its context is carried explicitly. One
-call takes a chunk of every bed's new front-end frames and their states::
+An exported model is stateless (``docs/design.md``, "Streaming models"): its context is carried
+explicitly. One call takes a chunk of every bed's new front-end frames and their states::
 
     features   float32 (batch, n_kinds, n_bands, chunk_frames * stride)
     state      float32 (batch, state_size)            zeros when a stream starts
@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from edge.errors import LungwatchError
+from lungwatch.errors import LungwatchError
 
 INPUT_NAME = "features"
 STATE_NAME = "state"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edge.config import check
+from lungwatch.config import check
 
 BackendKind = Literal["onnxruntime", "tensorrt"]
 Precision = Literal["fp32", "fp16", "int8"]
@@ -36,7 +36,7 @@ class BackendConfig:
                        instead of the default 8, inference alone costs 15-20 % less in the
                        runtime at 1,000 beds, but the whole runtime serves no more beds:
                        paired runs, 8 against 64, 921 / 905, 981 / 943 and 935 / 907 streams
-                       in real time, with run-to-run swings of 15 % on this VM
+                       in real time, with run-to-run swings of 15 % on a 2-core VM
                        (``python -m bench.runtime --streams 1000 --max-batch N``), so 8
                        stays. GPU backends want larger batches
                        (``deploy/inventory/group_vars/ward_3.yml``: 64).

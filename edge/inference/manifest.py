@@ -8,9 +8,10 @@ One ``manifest.json`` per model folder covers every artifact in it (``model.onnx
 ``model.int8.onnx``, TensorRT engines). It is written on the workstation by the export steps and
 extended on the device when an engine is built (:mod:`edge.inference.manifest_write`); this
 module only reads and checks it, with numpy-free standard-library code, so the device needs
-neither torch nor onnx. The model is a *streaming* model (DESIGN.md contract 5: the context is
-carried as an explicit input and output): one call takes a chunk of every bed's new front-end
-frames and their states and returns the chunk's per-frame sigmoid outputs and the new states::
+neither torch nor onnx. The model is a *streaming* model (``docs/design.md``, "Streaming
+models": the context is carried as an explicit input and output): one call takes a chunk of
+every bed's new front-end frames and their states and returns the chunk's per-frame sigmoid
+outputs and the new states::
 
     schema_version   2
     model_id         "<run name>-<first 12 hex of the checkpoint sha256>"
@@ -53,8 +54,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from edge.bed.detector import PhaseRule
-from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
+from lungwatch.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 
 SCHEMA_VERSION = 2  # 1 was the window classifier's (retired)
 STATE_NAME = "state"

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.errors import LungwatchError
 from edge.inference.base import Backend
 from edge.inference.manifest import StreamingInfo
+from lungwatch.errors import LungwatchError
 
 
 class StreamingError(LungwatchError, ValueError):

@@ -10,7 +10,7 @@ Sections (every key is optional except ``streams``; see ``edge/configs/ward.yaml
 - ``site``, ``device_id``: this device's identity in the MQTT topics and in every event;
 - ``model``: the model directory (``manifest.json`` + artifacts) and which artifact runs;
 - ``features``: optional; when given it must equal the manifest's FeatureSpec (the device
-  refuses a model made for another front end, DESIGN.md contract 1);
+  refuses a model made for another front end; ``docs/design.md``, "Streaming models");
 - ``backend``: :class:`edge.inference.BackendConfig` (ONNX Runtime CPU by default);
 - ``streams``: one entry per bed: ``id`` and ``source`` (a path, ``file:PATH``,
   ``data:REL`` under :func:`edge.datapaths.data_root`, ``mic:NAME`` or ``bridge://...``),
@@ -18,17 +18,18 @@ Sections (every key is optional except ``streams``; see ``edge/configs/ward.yaml
 - ``detector`` / ``gate``: :class:`edge.bed.detector.DetectorConfig`,
   :class:`edge.bed.gate.GateConfig`
   (``detector.thresholds`` / ``priorities`` must name model classes);
-- ``sinks``: stdout, JSONL file, MQTT (``mqtt`` holds :class:`edge.sinks.mqtt.MqttConfig`;
+- ``sinks``: stdout, JSONL file, MQTT (``mqtt`` holds :class:`lungwatch.mqtt.MqttConfig`;
   its ``site`` / ``device_id`` come from the top level), and an embedded broker for demos;
-- ``dashboard``: :class:`edge.dashboard.config.DashboardConfig`, the ward view served by
-  ``lungwatch run`` too when ``enabled`` (:func:`start_dashboard`);
+- ``dashboard``: the ward view's section, kept as it is written: the device does not read
+  it; the view does (``wardview.config.DashboardConfig``) when ``lungwatch run`` serves it
+  beside the runtime (``enabled: true``) or ``lungwatch dashboard --config`` reads this file;
 - ``metrics_interval_s``, ``live_interval_s``, ``idle_sleep_s``, ``max_run_s``,
   ``round_group``, ``read_wait_warn_ms``: the loop's timing (``live_interval_s``: the live
   strip's period per bed, 0: off; ``edge.sinks.live``; ``round_group``: streams read,
   inferred and published together; ``read_wait_warn_ms``: how long audio may wait for its
   read before the loop is reported behind, 0: never).
 
-Every error is one :class:`~edge.errors.ConfigError` line naming the file and the key::
+Every error is one :class:`~lungwatch.errors.ConfigError` line naming the file and the key::
 
     ward.yaml: model.file must be a file listed in models/sed/manifest.json (...), got 'x.onnx'
 """
@@ -49,32 +50,32 @@ from edge.bed.breathing_state import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig
-from edge.commandauth import (
+from lungwatch.commandauth import (
     SIGNATURE_KEYS,
     CommandVerifier,
     derive_device_key,
     new_key,
     read_key,
 )
-from edge.config import check, load_config
-from edge.dashboard.config import DashboardConfig
+from lungwatch.config import check, load_config
 
 if TYPE_CHECKING:
-    from edge.dashboard.server import DashboardServer
+    pass
 from edge.datapaths import data_root
-from edge.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
-from edge.events import DEVICE_STREAM, SOUND_TYPES, is_segment
 from edge.evidence.recorder import EvidenceConfig
 from edge.features import FeatureSpec
 from edge.inference import BackendConfig
 from edge.inference.manifest import Manifest, require_spec
-from edge.labels import DETECTED_CLASSES
 from edge.sinks import MultiSink, Sink
 from edge.sinks.jsonl import JsonlSink
-from edge.sinks.mqtt import MqttConfig, MqttSink
+from edge.sinks.mqtt import MqttSink
 from edge.sinks.stdout import StdoutSink
 from edge.sources import AudioSource, SourceError, open_source
+from lungwatch.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
+from lungwatch.events import DEVICE_STREAM, SOUND_TYPES, is_segment
 from lungwatch.hosts import is_loopback
+from lungwatch.labels import DETECTED_CLASSES
+from lungwatch.mqtt import MqttConfig
 
 log = logging.getLogger("lungwatch.runtime")
 MAX_CHUNK_SAMPLES = 48_000  # samples per read: 1 s at 48 kHz (the default is 0.1 s at 8 kHz)
@@ -159,7 +160,7 @@ class SinksConfig:
 
 @dataclass(frozen=True)
 class CommandsConfig:
-    """Which commands on the command topic the device acts on (``edge.commandauth``)."""
+    """Which commands on the command topic the device acts on (``lungwatch.commandauth``)."""
 
     key_file: str | None = None  # this device's command key (``lungwatch access`` writes it)
     accept_unsigned: bool = False  # take unsigned commands too (a loopback demo; warned)
@@ -204,7 +205,7 @@ class RuntimeConfig:
     respiration_publish_s: float = 10.0
     sinks: SinksConfig = field(default_factory=SinksConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
-    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    dashboard: dict[str, Any] = field(default_factory=dict)  # the ward view's (module doc)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     metrics_interval_s: float = 10.0  # per-stream counters on the metrics topic
@@ -231,7 +232,8 @@ class RuntimeConfig:
         check(self.metrics_interval_s > 0, "metrics_interval_s", self.metrics_interval_s, "> 0")
         live_ok = self.live_interval_s == 0 or self.live_interval_s >= MIN_LIVE_INTERVAL_S
         check(live_ok, "live_interval_s", self.live_interval_s, LIVE_INTERVAL)
-        needs_mqtt = not self.dashboard.enabled or self.sinks.mqtt
+        check(isinstance(self.dashboard, dict), "dashboard", self.dashboard, "a mapping")
+        needs_mqtt = not self.serves_view or self.sinks.mqtt
         check(needs_mqtt, "dashboard.enabled", True, "false while sinks.mqtt is false")
         check(self.idle_sleep_s >= 0, "idle_sleep_s", self.idle_sleep_s, "a number >= 0")
         check(self.max_run_s >= 0, "max_run_s", self.max_run_s, "a number >= 0 (0: no limit)")
@@ -271,6 +273,11 @@ class RuntimeConfig:
             check(same, f"mqtt.{key}", given, f"left out (the top-level {key} is used)")
 
     @property
+    def serves_view(self) -> bool:
+        """``dashboard.enabled``: ``lungwatch run`` serves the ward view beside the runtime."""
+        return self.dashboard.get("enabled") is True
+
+    @property
     def mqtt_config(self) -> MqttConfig:
         """The MQTT settings with this device's identity."""
         return dataclasses.replace(self.mqtt, site=self.site, device_id=self.device_id)
@@ -280,7 +287,7 @@ def load_runtime_config(
     path: str | Path | Sequence[str | Path], overrides: list[str] | None = None
 ) -> RuntimeConfig:
     """Read and validate ``path`` (or several files, each merged over the ones before:
-    ``edge.config.load_layers``); errors name the file(s) and the key."""
+    ``lungwatch.config.load_layers``); errors name the file(s) and the key."""
     return load_config(RuntimeConfig, path, overrides)
 
 
@@ -393,34 +400,11 @@ def open_command_verifier(
             raise ConfigError(f"{source}: commands.key_file: {exc}") from None
         verifier = CommandVerifier(key, config.site, config.device_id, settings.max_age_s)
         return verifier, None
-    if config.dashboard.enabled:
+    if config.serves_view:
         master = new_key()
         key = derive_device_key(master, config.site, config.device_id)
         return CommandVerifier(key, config.site, config.device_id, settings.max_age_s), master
     return None, None
-
-
-def start_dashboard(
-    config: RuntimeConfig,
-    broker_address: str | None,
-    resources: contextlib.ExitStack,
-    command_master_key: bytes | None = None,
-) -> DashboardServer | None:
-    """With ``dashboard.enabled``: the ward view on ``dashboard.host:port``, reading the broker
-    the MQTT sink uses (``broker_address`` overrides it), signing commands with
-    ``command_master_key``, stopped by ``resources``; the running server."""
-    if not config.dashboard.enabled:
-        return None
-    from edge.dashboard.server import DashboardServer
-
-    mqtt = config.mqtt_config
-    if broker_address is not None:
-        host, port = broker_address.rsplit(":", 1)
-        mqtt = dataclasses.replace(mqtt, host=host, port=int(port))
-    server = DashboardServer(config.dashboard, mqtt, config.site, command_master_key).start()
-    resources.callback(server.stop)
-    print(server.describe(), flush=True)
-    return server
 
 
 class CommandError(LungwatchError, ValueError):
@@ -430,7 +414,7 @@ class CommandError(LungwatchError, ValueError):
 @dataclass(frozen=True)
 class Command:
     """``{"action": "acknowledge", "stream_id": "bed-1", "target": "Wheeze"}``, with the
-    signature's keys (``edge.commandauth``) when a ward view signed it."""
+    signature's keys (``lungwatch.commandauth``) when a ward view signed it."""
 
     action: str
     stream_id: str

@@ -54,12 +54,12 @@ from edge.bed.breathing_state import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig
-from edge.config import from_mapping, load_yaml
-from edge.errors import ConfigError
 from edge.inference import BackendConfig
 from edge.monitor import DEFAULT_MODEL, resolve_model
 from edge.runtime.offline import OfflineError, RecordingEvents, detect_recordings, recordings_in
 from lungwatch.cli import ArgumentParser
+from lungwatch.config import from_mapping, load_yaml
+from lungwatch.errors import ConfigError
 
 USED_SECTIONS = ("detector", "gate", "backend", "verdict", "respiration")
 AUTO = "auto"
@@ -82,14 +82,19 @@ class DetectConfig:
     respiration: RespirationConfig = field(default_factory=RespirationConfig)
 
 
+# the demo config's keys that a runtime config does not have (demo.run.DemoConfig; the demo
+# is built on the device's pieces, not the other way round, so they are named here)
+DEMO_KEYS = ("broker", "chunk_samples", "delivery_timeout_s", "examples_dir", "hold", "out_dir",
+             "realtime", "records")  # fmt: skip
+
+
 def load_detect_config(path: Path) -> DetectConfig:
     """``detector``, ``gate`` and ``backend`` of a runtime config (errors name the file and
     the key); the sections it leaves out are named on stderr."""
     data = load_yaml(path)
-    from edge.demo.run import DemoConfig
     from edge.runtime.config import RuntimeConfig
 
-    known = {f.name for cls in (RuntimeConfig, DemoConfig) for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(RuntimeConfig)} | set(DEMO_KEYS)
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:  # a typo, not a section of the runtime's or the demo's: said, not skipped
         raise ConfigError(
@@ -108,7 +113,7 @@ def load_detect_config(path: Path) -> DetectConfig:
 
 
 def build_parser(prog: str = "lungwatch detect", scoring: bool = False) -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument(
         "--audio",
         type=Path,

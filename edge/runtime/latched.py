@@ -25,8 +25,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.errors import ConfigError
-from edge.events import Event, EventError
+from lungwatch.errors import ConfigError
+from lungwatch.events import Event, EventError
 from lungwatch.private import write_private
 
 FORMAT = "lungwatch-latched-alarms"

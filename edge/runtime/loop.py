@@ -6,7 +6,7 @@ Each round reads every stream once (what its source has ready, up to the audio t
 its next window), in groups of ``round_group`` streams, and sends the windows ready on a
 group's streams to the inference backend in one batch; then, per window, the gate judges
 quality (suppressing physiological detection while it is poor) and the detector turns
-probabilities into transitions, which become :class:`~edge.events.Event` messages
+probabilities into transitions, which become :class:`~lungwatch.events.Event` messages
 (:class:`~edge.runtime.outbox.EventOutbox`), handed to the sinks together at the end of the
 group (MQTT with its spool: one transaction; JSONL, stdout). Times: ``utc = t0 + sample /
 rate``, ``t0`` the wall time of sample 0.
@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,9 +41,6 @@ from edge.bed.breathing_state import Respiration
 from edge.bed.chain import BedChain
 from edge.bed.detector import Transition
 from edge.bed.pipeline import WindowReady
-from edge.commandauth import CommandVerifier
-from edge.errors import ConfigError, LungwatchError
-from edge.events import format_utc, utc_now
 from edge.evidence.publisher import EvidencePublisher
 from edge.evidence.recorder import ClipRecorder, Cut, Identity
 from edge.inference.manifest import MANIFEST_NAME, load_manifest
@@ -61,7 +58,6 @@ from edge.runtime.config import (
     open_stream_source,
     parse_command,
     short_repr,
-    start_dashboard,
     start_embedded_broker,
     stream_age_band,
 )
@@ -76,9 +72,12 @@ from edge.sinks import (
 )
 from edge.sinks.live import LiveStrip
 from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
-from edge.supervision import ThreadStoppedError, first_failure
 from lungwatch.cli import ArgumentParser
+from lungwatch.commandauth import CommandVerifier
+from lungwatch.errors import ConfigError, LungwatchError
+from lungwatch.events import format_utc, utc_now
 from lungwatch.private import private_umask
+from lungwatch.supervision import ThreadStoppedError, first_failure
 
 log = logging.getLogger("lungwatch.runtime")
 MAX_LATENCIES = 100_000  # per stream and metrics interval
@@ -192,7 +191,7 @@ class Runtime:
         (``edge.runtime.latched``; None: they end with the process). ``watch``: checks of
         the threads the run depends on (the MQTT and evidence senders, a ward view it
         serves), each None or why its thread stopped: :meth:`run` then ends as at a signal
-        and raises :class:`~edge.supervision.ThreadStoppedError`."""
+        and raises :class:`~lungwatch.supervision.ThreadStoppedError`."""
         self._watch = list(watch)
         self.config, self.model, self.sink = config, model, sink
         self._evidence_channel = evidence  # None: no clips are cut
@@ -481,7 +480,7 @@ class Runtime:
 
     def authorise(self, command: Command) -> str:
         """Who sent ``command`` ("" for an unsigned one the config accepts); CommandError or
-        CommandAuthError when the device must not act on it (``edge.commandauth``)."""
+        CommandAuthError when the device must not act on it (``lungwatch.commandauth``)."""
         accept_unsigned = self.config.commands.accept_unsigned
         if command.signed and self._verifier is not None:
             return self._verifier.verify(command.body)
@@ -728,11 +727,32 @@ def _failed_streams(
     return failed
 
 
+class Companion(Protocol):
+    """Something a caller runs beside the runtime in its process (``lungwatch run``: the ward
+    view): started once the broker is known, stopped by ``resources``; its ``failure()`` is
+    watched as the runtime's own threads are. None: nothing to run for this config."""
+
+    def __call__(
+        self,
+        config: RuntimeConfig,
+        broker_address: str | None,
+        resources: contextlib.ExitStack,
+        command_master_key: bytes | None,
+    ) -> Watched | None: ...
+
+
+class Watched(Protocol):
+    def failure(self) -> str | None: ...
+
+
 def serve(
-    config: RuntimeConfig, stop: threading.Event | None = None, source: str = "<config>"
+    config: RuntimeConfig,
+    stop: threading.Event | None = None,
+    source: str = "<config>",
+    companions: Sequence[Companion] = (),
 ) -> Runtime:
     """Open everything, run until done or stopped, close it all (sinks first: flush, status
-    offline); the finished runtime."""
+    offline); the finished runtime. ``companions`` run beside it (:class:`Companion`)."""
     stop = stop or threading.Event()
     with contextlib.ExitStack() as resources:
         model = open_model(config, source)
@@ -744,7 +764,7 @@ def serve(
             resources.callback(stream.source.close)
         address = start_embedded_broker(config, resources)
         verifier, master = open_command_verifier(config, source)
-        view = start_dashboard(config, address, resources, command_master_key=master)
+        beside = [start(config, address, resources, master) for start in companions]
         sink, mqtt = open_sinks(config, address)
         resources.callback(sink.close)
         evidence = None
@@ -755,7 +775,7 @@ def serve(
         store = None
         if config.alarms.persist:
             store = LatchedStore(config.alarms.path(config.mqtt))
-        watch = [w.failure for w in (mqtt, evidence, view) if w is not None]
+        watch = [w.failure for w in (mqtt, evidence, *beside) if w is not None]
         runtime = Runtime(config, model, streams, sink, sink_stats=stats, commands=verifier,
                           evidence=evidence, latched=store, watch=watch)  # fmt: skip
         if mqtt is not None:
@@ -793,8 +813,9 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="lungwatch run", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, companions: Sequence[Companion] = ()) -> int:
+    """``lungwatch run`` (``companions``: what the caller runs beside it, :func:`serve`)."""
+    parser = ArgumentParser(prog="lungwatch run", description=__doc__)
     parser.add_argument(
         "--config",
         required=True,
@@ -811,7 +832,8 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers(stop)
     before = private_umask()  # spools, clips, held alarms: 0600 whatever the shell's umask
     try:
-        runtime = serve(config, stop, source="+".join(path.name for path in args.config))
+        source = "+".join(path.name for path in args.config)
+        runtime = serve(config, stop, source=source, companions=companions)
     finally:
         os.umask(before)
     total = sum(s.counters["events"] for s in runtime.streams)

@@ -35,10 +35,10 @@ from edge.bed.breathing_state import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig
-from edge.errors import AudioError, ConfigError, LungwatchError
 from edge.inference import BackendConfig
 from edge.inference.streaming import OutputFrames
 from edge.monitor import BedStep, Monitor
+from lungwatch.errors import AudioError, ConfigError, LungwatchError
 
 READ_SAMPLES = 8000  # samples per read from each recording (1 s at 8 kHz): unpaced, so any size
 BEDS_AT_ONCE = 256  # recordings held in memory and batched together
@@ -136,7 +136,7 @@ def detect_recordings(
     ``keep_probs`` keeps every recording's output frames; ``respiration`` is the runtime
     config's section and ``age_bands`` each recording's age band (record name -> band; the
     section's for the others). An unreadable recording fails the
-    call (:class:`~edge.errors.ConfigError` naming it), or with ``skip_unreadable`` the others
+    call (:class:`~lungwatch.errors.ConfigError` naming it), or with ``skip_unreadable`` the others
     run and it comes back with no events and ``error`` set."""
     monitor = Monitor.load(
         Path(model_dir) / model_file,

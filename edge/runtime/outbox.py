@@ -1,7 +1,7 @@
 """The runtime's event messages: one per transition of a bed, handed to the sinks per group.
 
 :class:`EventOutbox` turns a bed's transitions (:class:`edge.bed.chain.BedChain`) into
-:class:`~edge.events.Event` messages and is the one place that tracks each bed's open
+:class:`~lungwatch.events.Event` messages and is the one place that tracks each bed's open
 episodes: an onset opens one, ``ongoing`` and ``ended`` continue it. It keeps the messages
 until :meth:`EventOutbox.flush`, which the runtime calls once per group of beds (and after an
 acknowledge or at shutdown): the sinks then take them in one call
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from edge.alarms import names
 from edge.bed.detector import Transition
-from edge.events import Event, utc_now
 from edge.sinks import Sink, publish_all
+from lungwatch.alarms import names
+from lungwatch.events import Event, utc_now
 
 ACKNOWLEDGE = "acknowledge"  # the ended_by of an acknowledged event
 

@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from edge.errors import LungwatchError
-from edge.events import Event
+from lungwatch.errors import LungwatchError
+from lungwatch.events import Event
 
 
 class SinkError(LungwatchError):

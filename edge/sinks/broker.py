@@ -19,7 +19,7 @@ import socket
 import threading
 from types import TracebackType
 
-from edge.errors import LungwatchError
+from lungwatch.errors import LungwatchError
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from edge.events import Event, metrics_payload
 from edge.sinks import SinkError
+from lungwatch.events import Event, metrics_payload
 
 
 class JsonlSink:

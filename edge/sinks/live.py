@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.events import SCHEMA_VERSION, TOPIC_ROOT, check_segment
+from lungwatch.events import SCHEMA_VERSION, TOPIC_ROOT, check_segment
 
 DECIMALS = 3
 

@@ -45,10 +45,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edge.events import (
-    TOPIC_ROOT,
+from edge.sinks import SinkError
+from edge.sinks.live import live_payload, live_topic
+from edge.sinks.spool import Spool, SpoolFullMonitor
+from lungwatch.events import (
     Event,
-    check_segment,
     event_topic,
     metrics_payload,
     metrics_topic,
@@ -61,38 +62,23 @@ from edge.events import (
     verdict_payload,
     verdict_topic,
 )
-from edge.sinks import SinkError
-from edge.sinks.live import live_payload, live_topic
-from edge.sinks.mqtt_config import MqttConfig
-from edge.sinks.spool import Spool, SpoolFullMonitor
-from edge.supervision import Worker
+from lungwatch.mqtt import (
+    BrokerError,
+    BrokerRefusedError,
+    BrokerTlsError,
+    BrokerUnavailableError,
+    MqttConfig,
+    command_topic,
+    import_paho,
+    new_client,
+    ssl_reason,
+)
+from lungwatch.supervision import Worker
 
 log = logging.getLogger(__name__)
 
 SENDER_POLL_S = 0.2  # the sender also wakes this often on its own
 PUMP_BATCH = 500  # rows read from the spool per pass
-
-
-def command_topic(site: str, device_id: str) -> str:
-    """``lungwatch/v1/<site>/<device>/command``: commands to the device (QoS 1)."""
-    site, device_id = check_segment(site, "site"), check_segment(device_id, "device_id")
-    return f"{TOPIC_ROOT}/{site}/{device_id}/command"
-
-
-class BrokerError(SinkError):
-    """The broker cannot be used; the message names host:port and the reason."""
-
-
-class BrokerRefusedError(BrokerError):
-    """The broker answered CONNACK with a refusal (credentials, client id, ...)."""
-
-
-class BrokerTlsError(BrokerError):
-    """TLS could not be set up (files, handshake, certificate verification)."""
-
-
-class BrokerUnavailableError(BrokerError):
-    """The broker could not be reached (only raised with ``require_broker_at_start``)."""
 
 
 class MqttSink:
@@ -107,7 +93,7 @@ class MqttSink:
 
     def __init__(self, config: MqttConfig, spool: Spool | None = None) -> None:
         self.config = config
-        self._mqtt = _import_paho()
+        self._mqtt = import_paho()
         self._status_topic = status_topic(config.site, config.device_id)
         # (kind, bed) -> its last retained message (verdict, respiration): sent again on
         # every reconnect
@@ -290,7 +276,7 @@ class MqttSink:
     ) -> None:
         """Subscribe to the command topic (now if connected, and on every reconnect) and hand
         each payload to ``handler`` (called on paho's network thread); ``policy`` (one of
-        ``edge.events.COMMAND_POLICIES``) goes out with the online status."""
+        ``lungwatch.events.COMMAND_POLICIES``) goes out with the online status."""
         self._on_command = handler
         self.command_policy = policy
         if self._connected.is_set():
@@ -320,7 +306,7 @@ class MqttSink:
             self._client.connect(cfg.host, cfg.port, cfg.keepalive_s)
             return True
         except ssl.SSLError as exc:
-            self._fail_or_warn(BrokerTlsError, f"TLS failed: {_ssl_reason(exc)}", cfg.fail_fast)
+            self._fail_or_warn(BrokerTlsError, f"TLS failed: {ssl_reason(exc)}", cfg.fail_fast)
         except OSError as exc:
             hint = " (TLS to a plain listener?)" if isinstance(exc, ConnectionResetError) else ""
             reason = f"is unreachable: {exc.strerror or exc}{hint if cfg.uses_tls else ''}"
@@ -499,45 +485,3 @@ def _topic_of(payload: str) -> str | None:
         return event_topic(body["site"], body["device_id"], body["stream_id"])
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def new_client(cfg: MqttConfig, client_id: str, clean_session: bool = True) -> Any:
-    """A paho 2 client (MQTT 3.1.1, a clean session unless asked) with the config's reconnect
-    back-off, username / password and verifying TLS context; limits and callbacks are the
-    caller's."""
-    mqtt = _import_paho()
-    client = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv311,
-        clean_session=clean_session,
-    )
-    client.reconnect_delay_set(cfg.backoff_min_s, cfg.backoff_max_s)
-    if cfg.username is not None:
-        client.username_pw_set(*cfg.login())
-    if cfg.uses_tls:
-        client.tls_set_context(tls_context(cfg))
-    return client
-
-
-def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    """Verifying client context: the broker's certificate and host name are checked."""
-    try:
-        context = ssl.create_default_context(cafile=cfg.ca_file)
-        if cfg.cert_file is not None:
-            context.load_cert_chain(cfg.cert_file, cfg.key_file)
-    except (OSError, ValueError) as exc:
-        raise BrokerTlsError(f"broker {cfg.address}: cannot load TLS files ({exc})") from None
-    return context
-
-
-def _ssl_reason(exc: ssl.SSLError) -> str:
-    return str(getattr(exc, "verify_message", None) or exc.reason or exc)
-
-
-def _import_paho() -> Any:
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError:
-        raise SinkError("the MQTT sink needs paho-mqtt 2: pip install 'lungwatch[edge]'") from None
-    return mqtt

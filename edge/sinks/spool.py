@@ -45,11 +45,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from edge.errors import LungwatchError
-from edge.events import DEVICE_STREAM, Event, utc_now
+from lungwatch.errors import LungwatchError
+from lungwatch.events import DEVICE_STREAM, Event, utc_now
+from lungwatch.mqtt import DEFAULT_MAX_EVENTS
 
 SPOOL_FORMAT = 1  # PRAGMA user_version of a spool file
-DEFAULT_MAX_EVENTS = 100_000
 EXEMPT_TYPES: tuple[str, ...] = ("spool_full",)
 BUSY_TIMEOUT_MS = 5_000
 

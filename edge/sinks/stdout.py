@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from edge.events import Event
 from edge.sinks import SinkError
+from lungwatch.events import Event
 
 
 def format_event(event: Event) -> str:

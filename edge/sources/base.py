@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from edge.errors import LungwatchError
+from lungwatch.errors import LungwatchError
 
 
 class SourceError(LungwatchError):

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio import read_audio
-from edge.errors import AudioError
 from edge.sources.base import SourceChunk, SourceEnded, SourceError
+from lungwatch.errors import AudioError
 
 DEFAULT_CHUNK_SAMPLES = 800  # 0.1 s at 8 kHz
 

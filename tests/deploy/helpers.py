@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from deploy.remote import running_pid
-from edge.events import parse_utc
+from lungwatch.events import parse_utc
 from tests.edge.brokers import Message, Recorder
 
 ONLINE_TIMEOUT_S = 20.0

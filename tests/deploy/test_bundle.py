@@ -138,3 +138,15 @@ def test_a_bad_spec_is_refused() -> None:
         BundleSpec(models=MODELS, deps="none", extras=("edge",))
     with pytest.raises(BundleError, match=r"onnx_model must be an \.onnx file name"):
         BundleSpec(models=MODELS, onnx_model="../model.onnx")
+
+
+def test_the_wheel_is_built_from_every_package_the_project_declares() -> None:
+    import tomllib
+
+    from deploy.bundle import SOURCE_ITEMS, SOURCE_ROOT
+
+    found = tomllib.loads((SOURCE_ROOT / "pyproject.toml").read_text())
+    declared = found["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in declared}
+    assert packages <= set(SOURCE_ITEMS), packages - set(SOURCE_ITEMS)
+    assert all((SOURCE_ROOT / p / "__init__.py").is_file() for p in packages)

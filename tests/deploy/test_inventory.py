@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from edge.bed.chain import resolve_detector
-from edge.config import load_yaml
 from edge.inference.manifest import load_manifest
 from edge.runtime.config import load_runtime_config
 from edge.runtime.detect import load_detect_config
+from lungwatch.config import load_yaml
 from tests.deploy.conftest import MODELS, REPO
 from tests.deploy.test_ansible import require_ansible
 

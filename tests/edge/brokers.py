@@ -35,7 +35,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.events import Event
+from lungwatch.events import Event
 
 HOST = "127.0.0.1"
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -194,7 +194,7 @@ def _mosquitto_conf(
             f"certfile {tls.server_cert}",
             f"keyfile {tls.server_key}",
         ]
-    if include is not None:  # a generated access config (edge.access): its lines as written
+    if include is not None:  # a generated access config (lungwatch.access): its lines as written
         lines += include.read_text(encoding="utf-8").splitlines()
     elif password_file is not None:
         lines += ["allow_anonymous false", f"password_file {password_file}"]
@@ -374,8 +374,9 @@ def expect_line(process: subprocess.Popen[str], word: str, timeout_s: float = 30
 
 
 def _publish_main(argv: list[str]) -> int:
-    from edge.config import from_mapping
-    from edge.sinks.mqtt import MqttConfig, MqttSink
+    from edge.sinks.mqtt import MqttSink
+    from lungwatch.config import from_mapping
+    from lungwatch.mqtt import MqttConfig
 
     parser = argparse.ArgumentParser(prog="tests.edge.brokers publish")
     parser.add_argument("config", type=Path)

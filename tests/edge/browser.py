@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from edge.dashboard.config import hash_password
+from lungwatch.passwords import hash_password
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -26,12 +26,12 @@ import pytest
 import soundfile
 import yaml
 
-from edge.config import from_mapping
 from edge.datapaths import sprsound_root
-from edge.events import Event
-from edge.labels import sound_class
 from edge.runtime.config import RuntimeConfig
 from edge.runtime.loop import Runtime, open_model, open_streams, serve
+from lungwatch.config import from_mapping
+from lungwatch.events import Event
+from lungwatch.labels import sound_class
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO_ROOT / "models" / "sed"

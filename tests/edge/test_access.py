@@ -1,4 +1,4 @@
-"""Broker access (edge.access, ``lungwatch access``) against a real Mosquitto started with the
+"""Broker access (lungwatch.access, ``lungwatch access``) against a real Mosquitto started with the
 generated files: anonymous clients cannot connect, a device cannot acknowledge another's
 alarms, forge another's events or acknowledge its own, and a ward view's command arrives."""
 
@@ -17,10 +17,10 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from edge.access import acl_text, generate, password_line
-from edge.commandauth import derive_device_key, read_key
-from edge.dashboard.config import verify_password
-from edge.errors import ConfigError
+from lungwatch.access import acl_text, generate, password_line
+from lungwatch.commandauth import derive_device_key, read_key
+from lungwatch.errors import ConfigError
+from lungwatch.passwords import verify_password
 from tests.edge.brokers import HOST, Mosquitto, _wait_port, free_port, require_mosquitto
 from tests.edge.runtime_helpers import lungwatch
 
@@ -183,7 +183,7 @@ def test_a_second_run_keeps_secrets_and_adds_a_device(tmp_path: Path) -> None:
 
 
 def test_the_acl_names_each_device_topic_and_no_write_to_its_own_command_topic() -> None:
-    from edge.access import Client as AccessClient
+    from lungwatch.access import Client as AccessClient
 
     text = acl_text(SITE, [AccessClient("d1", "device", "x"), AccessClient("v", "view", "y")])
     device_block = text.split("user d1\n")[1].split("\n\n")[0].splitlines()
@@ -327,7 +327,7 @@ def test_no_login_can_take_another_clients_connection_over(
     does jetson-1's clips' connection, which has a login of its own (``jetson-1/evidence``,
     the device's password). A second connection with jetson-1's own login does (the same
     broker: the check can fail)."""
-    from edge.sinks.mqtt_config import MqttConfig
+    from lungwatch.mqtt import MqttConfig
 
     directory, broker = site
     own = login(directory, "jetson-1")

@@ -1,4 +1,4 @@
-"""Alarm conditions (``edge.alarms``): one per bed and finding, acknowledged, re-alarmed,
+"""Alarm conditions (``lungwatch.alarms``): one per bed and finding, acknowledged, re-alarmed,
 escalated and ordered the way a ward reads them; the device acknowledges by condition."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from edge.alarms import AlarmBook, AlarmSettings, ListedEpisode, condition_of
 from edge.bed.detector import Lifecycle
-from edge.errors import ConfigError
-from edge.events import Event
+from lungwatch.alarms import AlarmBook, AlarmSettings, ListedEpisode, condition_of
+from lungwatch.errors import ConfigError
+from lungwatch.events import Event
 from tests.edge.brokers import SHA256
 
 SITE, DEVICE = "ward-3", "dev-1"

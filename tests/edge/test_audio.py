@@ -20,7 +20,7 @@ from edge.audio import (
     validate_samples,
 )
 from edge.datapaths import sprsound_root
-from edge.errors import AudioReadError, EmptyAudioError, InvalidAudioError
+from lungwatch.errors import AudioReadError, EmptyAudioError, InvalidAudioError
 
 RATE_HZ = 8000
 BLOCK_ALIGN_OFFSET = 32  # byte offset of nBlockAlign in a canonical 44-byte WAV header

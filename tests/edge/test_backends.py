@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.config import load_config, load_yaml
-from edge.errors import ConfigError
 from edge.inference import DEFAULT_MAX_BATCH, Backend, BackendConfig, open_backend
 from edge.inference.base import BackendError
 from edge.inference.onnxruntime import (
@@ -28,6 +26,8 @@ from edge.inference.onnxruntime import (
     provider_options,
 )
 from edge.inference.tensorrt import _pinned_array, check_engine_version, normalize_trt_version
+from lungwatch.config import load_config, load_yaml
+from lungwatch.errors import ConfigError
 
 onnx = pytest.importorskip("onnx", reason="onnx is needed to build the test models")
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.config import InvalidValueError
 from edge.features import FEATURE_KINDS, FeatureSpec, extract, make_stream
 from edge.features.bandnorm import BandNormStream, alpha_of, normalise_bands, silent_below
 from edge.features.base import silence_value
+from lungwatch.config import InvalidValueError
 from tests.edge.chunking import push_in_chunks
 from tests.edge.chunking import tone_in_noise as signal
 

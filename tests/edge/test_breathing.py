@@ -1,5 +1,6 @@
 """The breath tracker on synthetic front-end frames: rate, breaths, apnoea, lost signal, rate
-alerts, chunking; its config and the age bands. Real recordings: tests/edge/test_apnoea.py."""
+alerts, chunking; its config and the age bands. Real recordings:
+tests/training/test_respiration.py."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from edge.bed.agebands import age_band, age_from_sprsound_name, band_for_age
 from edge.bed.breathing import BreathTracker
 from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import FrameGrid, Transition
-from edge.config import from_mapping
-from edge.errors import ConfigError
 from edge.features import FeatureSpec, band_centres_hz
+from lungwatch.config import from_mapping
+from lungwatch.errors import ConfigError
 
 SPEC = FeatureSpec()  # the shipped model's: log-mel, 8 kHz, 10-ms hop
 GRID = FrameGrid.of(SPEC.sample_rate_hz, SPEC.hop_samples, SPEC.frame_samples, 4)

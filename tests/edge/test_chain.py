@@ -11,11 +11,11 @@ import pytest
 from edge.bed.chain import resolve_detector, resolve_gate
 from edge.bed.detector import ClassThreshold, DetectorConfig
 from edge.bed.gate import GateConfig
-from edge.config import load_yaml
-from edge.errors import ConfigError
 from edge.inference.manifest import load_manifest
 from edge.runtime.config import load_runtime_config
 from edge.runtime.detect import load_detect_config
+from lungwatch.config import load_yaml
+from lungwatch.errors import ConfigError
 from tests.edge.runtime_helpers import MODEL_DIR, REPO_ROOT
 
 pytest.importorskip("torch")
@@ -87,7 +87,7 @@ def test_the_gate_takes_the_config_else_the_manifest(hysteresis) -> None:
         resolve_gate(GateConfig(poor_quality_off_threshold=0.85), hysteresis, "ward.yaml")
 
 
-@pytest.mark.parametrize("path", ["edge/configs/ward.yaml", "edge/configs/demo.yaml"])
+@pytest.mark.parametrize("path", ["edge/configs/ward.yaml", "demo/demo.yaml"])
 def test_the_shipped_configs_resolve_against_the_shipped_model(path: str) -> None:
     """No shipped config carries a setting the manifest's rules make moot: each resolves
     (and a detector section that names no rule leaves every class at its fitted rule)."""
@@ -98,6 +98,18 @@ def test_the_shipped_configs_resolve_against_the_shipped_model(path: str) -> Non
     fitted = {r["type"]: r["on_threshold"] for r in manifest.detector_rules}
     if "on_threshold" not in data.get("detector", {}):
         assert {t: resolved.rule_of(t).on_threshold for t in fitted} == fitted
+
+
+def test_detect_knows_the_demo_configs_own_keys() -> None:
+    import dataclasses
+
+    from demo.run import DemoConfig
+    from edge.runtime.config import RuntimeConfig
+    from edge.runtime.detect import DEMO_KEYS
+
+    runtime = {f.name for f in dataclasses.fields(RuntimeConfig)}
+    demo = {f.name for f in dataclasses.fields(DemoConfig)}
+    assert set(DEMO_KEYS) == demo - runtime
 
 
 def test_detect_takes_a_config_without_streams(tmp_path: Path) -> None:

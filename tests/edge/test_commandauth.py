@@ -1,4 +1,4 @@
-"""Signed commands (edge.commandauth): a device takes a command only when signed with its own
+"""Signed commands (lungwatch.commandauth): a device takes a command only when signed with its own
 key, fresh and not seen before; key files are private."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.commandauth import (
+from lungwatch.commandauth import (
     CommandAuthError,
     CommandVerifier,
     derive_device_key,
@@ -17,7 +17,7 @@ from edge.commandauth import (
     sign_command,
     write_key,
 )
-from edge.errors import ConfigError
+from lungwatch.errors import ConfigError
 
 SITE, DEVICE = "ward-3", "jetson-1"
 ACK = {"action": "acknowledge", "stream_id": "bed-1", "target": "Wheeze"}

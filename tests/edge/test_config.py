@@ -9,9 +9,9 @@ from typing import Literal
 import pytest
 import yaml
 
-from edge.config import check, load_config, to_mapping
-from edge.errors import ConfigError
 from edge.features import FeatureSpec
+from lungwatch.config import check, load_config, to_mapping
+from lungwatch.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,8 +143,8 @@ def test_shipped_yaml_files_comment_every_key() -> None:
 def test_later_config_files_merge_over_earlier_ones(tmp_path: Path) -> None:
     """``load_layers``: sections merged key by key, lists and values replaced whole; an error
     names every file of the stack."""
-    from edge.config import load_layers
     from edge.runtime.config import load_runtime_config
+    from lungwatch.config import load_layers
 
     base = tmp_path / "ward.yaml"
     base.write_text(

@@ -38,10 +38,10 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from edge.alarms import condition_of
-from edge.commandauth import derive_device_key, new_key, write_key
-from edge.events import Event, status_payload
 from edge.sinks.live import live_payload, live_topic
+from lungwatch.alarms import condition_of
+from lungwatch.commandauth import derive_device_key, new_key, write_key
+from lungwatch.events import Event, status_payload
 from tests.edge.brokers import HOST, SHA256, Message, Mosquitto, Recorder, make_password_file
 from tests.edge.browser import (
     REPO_ROOT,
@@ -323,7 +323,7 @@ def test_ward_view_of_a_running_device(
             "target": target,
             "user": NURSE[0],
         }
-        assert len(sent["sig"]) == 64, "signed for the device (edge.commandauth)"
+        assert len(sent["sig"]) == 64, "signed for the device (lungwatch.commandauth)"
         acked = f'article.bed[data-stream="{stream}"] li[data-episode="{episode}"] .acked'
         shown = wait_until(lambda: text_of(driver, acked), 15.0,
                            "the acknowledged end on the page")  # fmt: skip
@@ -471,7 +471,7 @@ class WardPublisher:
 
 
 def _utc(seconds: float) -> str:
-    from edge.events import format_utc
+    from lungwatch.events import format_utc
 
     return format_utc(seconds)
 
@@ -512,7 +512,7 @@ def test_200_beds_event_to_screen_within_one_second(tmp_path: Path) -> None:
     assert worst <= ROW_BOUND_S, f"max {worst:.3f} s"
 
 
-# -- a ward view that keeps working and tells the truth (issue 44) ---------------------------
+# -- a ward view that keeps working and tells the truth --------------------------------------
 DEEP = b"[" * 10_000 + b"]" * 10_000  # RecursionError in an unguarded parser
 HUGE_INT = "9" * 401  # OverflowError where a report's number is turned into a float
 
@@ -744,7 +744,7 @@ TREND_DRAWN = (
 )
 
 
-# -- evidence and history (issue 46) -----------------------------------------------------------
+# -- evidence and history ----------------------------------------------------------------------
 BED_NAMES = {"bed-1": ("Bed 1", "Ward 3 East, bay A"), "bed-2": ("Bed 2", "Ward 3 East, bay A"),
              "bed-3": ("Side room 4", "Ward 3 East")}  # fmt: skip
 FIRST_LISTEN = (

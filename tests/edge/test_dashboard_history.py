@@ -1,6 +1,6 @@
 """The ward view's memory and evidence without a browser: the SQLite history
-(edge.dashboard.history: per-hour trends, bounds, what a restart restores), the ward built on it
-(edge.dashboard.memory: bed names, alarms latched before the view started, episodes that ended
+(wardview.history: per-hour trends, bounds, what a restart restores), the ward built on it
+(wardview.memory: bed names, alarms latched before the view started, episodes that ended
 while it was away, clips marked on their rows), and the evidence routes of a real
 DashboardServer on a real Mosquitto (who may listen, the FLAC, the picture, the trend, no
 broker credentials in what the page gets)."""
@@ -22,16 +22,16 @@ import paho.mqtt.client as mqtt
 import pytest
 import soundfile
 
-from edge.alarms import AlarmSettings
-from edge.dashboard.config import DashboardConfig, DashboardUser
-from edge.dashboard.history import History
-from edge.dashboard.server import DashboardServer
-from edge.dashboard.ward import Ward
-from edge.events import Event, format_utc, kind_of, summary_payload, summary_topic
-from edge.evidence.clip import Clip, clip_messages, encode_flac, quantise
-from edge.sinks.mqtt import MqttConfig
+from lungwatch.alarms import AlarmSettings
+from lungwatch.clip import Clip, clip_messages, encode_flac, quantise
+from lungwatch.events import Event, format_utc, kind_of, summary_payload, summary_topic
+from lungwatch.mqtt import MqttConfig
 from tests.edge.brokers import HOST, SHA256, Mosquitto, make_password_file
 from tests.edge.browser import user_entry, wait_until
+from wardview.config import DashboardConfig, DashboardUser
+from wardview.history import History
+from wardview.server import DashboardServer
+from wardview.ward import Ward
 
 SITE, DEVICE = "ward-h", "dev-h"
 RATE_HZ = 8000
@@ -222,7 +222,7 @@ def test_one_file_holds_one_sites_history_written_privately(tmp_path: Path) -> N
     refuses it, naming both sites."""
     import os
 
-    from edge.dashboard.history import HistoryError
+    from wardview.history import HistoryError
 
     path = tmp_path / "ward" / "h.sqlite"
     old = os.umask(0o022)

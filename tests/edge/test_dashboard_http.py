@@ -27,14 +27,14 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from edge.access import generate
-from edge.dashboard.config import DashboardConfig, DashboardUser
-from edge.dashboard.server import STATIC_DIR, DashboardServer
-from edge.dashboard.web import MALFORMED
-from edge.events import Event, status_payload
-from edge.sinks.mqtt import MqttConfig
+from lungwatch.access import generate
+from lungwatch.events import Event, status_payload
+from lungwatch.mqtt import MqttConfig
 from tests.edge.brokers import HOST, SHA256, Mosquitto, Recorder
 from tests.edge.browser import user_entry, wait_until
+from wardview.config import DashboardConfig, DashboardUser
+from wardview.server import STATIC_DIR, DashboardServer
+from wardview.web import MALFORMED
 
 SITE, DEVICE = "ward-h", "dev-1"
 PUBLIC_NAME = "ward-view.example.org"
@@ -499,7 +499,7 @@ def test_a_client_that_stops_reading_a_response_is_cut_off() -> None:
 
     import uvicorn
 
-    from edge.dashboard.web import Connections, guarded_protocol
+    from wardview.web import Connections, guarded_protocol
 
     async def endless(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

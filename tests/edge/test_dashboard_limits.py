@@ -13,15 +13,16 @@ from typing import Any
 
 import pytest
 
-from edge.dashboard.cli import load_settings
-from edge.dashboard.config import DashboardUser, hash_iterations, verify_password
-from edge.dashboard.intake import MessageError, json_depth, parse_message
-from edge.dashboard.login import LoginLimitedError, Logins
-from edge.dashboard.ward import Ward
-from edge.errors import ConfigError
-from edge.events import Event, status_payload
+from lungwatch.errors import ConfigError
+from lungwatch.events import Event, status_payload
+from lungwatch.passwords import hash_iterations, verify_password
 from tests.edge.brokers import SHA256
 from tests.edge.browser import user_entry
+from wardview.cli import load_settings
+from wardview.config import DashboardUser
+from wardview.intake import MessageError, json_depth, parse_message
+from wardview.login import LoginLimitedError, Logins
+from wardview.ward import Ward
 
 SITE, DEVICE = "ward-3", "dev-1"
 ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"

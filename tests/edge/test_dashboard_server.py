@@ -19,11 +19,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.dashboard.config import DashboardConfig, DashboardUser, verify_password
-from edge.dashboard.server import DashboardServer
-from edge.errors import ConfigError
-from edge.events import Event
-from edge.sinks.mqtt import MqttConfig
+from lungwatch.errors import ConfigError
+from lungwatch.events import Event
+from lungwatch.mqtt import MqttConfig
+from lungwatch.passwords import verify_password
 from tests.edge.brokers import (
     HOST,
     SHA256,
@@ -34,6 +33,8 @@ from tests.edge.brokers import (
     make_tls_files,
 )
 from tests.edge.browser import REPO_ROOT, user_entry, wait_until
+from wardview.config import DashboardConfig, DashboardUser
+from wardview.server import DashboardServer
 
 SITE, DEVICE = "ward-3", "dev-1"
 BROKER_USER, BROKER_PASSWORD = "dashboard", "br0ker-s3cret"

@@ -1,5 +1,5 @@
 """The ward dashboard's logic without a browser or a broker: the ward state built from real
-``edge.events.Event`` messages (alarm order, latching and acknowledge, offline, bed states,
+``lungwatch.events.Event`` messages (alarm order, latching and acknowledge, offline, bed states,
 rejected and duplicate messages), the ``dashboard`` config block, password hashes, and the
 runtime's live strip (``edge.sinks.live``)."""
 
@@ -12,16 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.alarms import AlarmSettings
-from edge.config import from_mapping
-from edge.dashboard.cli import load_settings
-from edge.dashboard.config import DashboardConfig, hash_password, verify_password
-from edge.dashboard.ward import Ward
-from edge.errors import ConfigError
-from edge.events import Event, status_payload
 from edge.sinks.live import LiveStrip, live_payload, live_topic
+from lungwatch.alarms import AlarmSettings
+from lungwatch.config import from_mapping
+from lungwatch.errors import ConfigError
+from lungwatch.events import Event, status_payload
+from lungwatch.passwords import hash_password, verify_password
 from tests.edge.brokers import SHA256
 from tests.edge.browser import user_entry
+from wardview.cli import load_settings
+from wardview.config import DashboardConfig
+from wardview.ward import Ward
 
 SITE, DEVICE = "ward-3", "dev-1"
 ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"
@@ -435,7 +436,7 @@ def test_live_strip_keeps_the_maximum_and_the_lowest_quality_at_most_once_per_in
 
 
 def test_a_beds_rolling_verdict_is_shown_and_a_bad_one_refused() -> None:
-    from edge.events import verdict_payload, verdict_topic
+    from lungwatch.events import verdict_payload, verdict_topic
 
     ward = Ward(SITE)
     scores = {"poor_quality": 0.1, "cas": 0.9, "das": 0.2}
@@ -454,7 +455,7 @@ def test_a_beds_rolling_verdict_is_shown_and_a_bad_one_refused() -> None:
 
 
 def test_verdicts_named_in_the_config_are_listed_among_the_alarms() -> None:
-    from edge.events import verdict_payload, verdict_topic
+    from lungwatch.events import verdict_payload, verdict_topic
 
     ward = Ward(SITE, verdict_alarms=("CAS", "CAS & DAS"), verdict_priority="high")
     send(ward, finding("Fine Crackle", "bed-1"))
@@ -479,7 +480,7 @@ def test_verdicts_named_in_the_config_are_listed_among_the_alarms() -> None:
 
 
 def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> None:
-    from edge.events import respiration_payload, respiration_topic
+    from lungwatch.events import respiration_payload, respiration_topic
 
     ward = Ward(SITE)
     topic = respiration_topic(SITE, DEVICE, "bed-2")
@@ -508,7 +509,7 @@ def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> 
 def test_the_beds_state_never_contradicts_its_breathing_or_verdict() -> None:
     """One state from everything the bed reports: no "breathing normal" beside a verdict of
     findings, a rate out of range, an apnoea reading or a lost breath signal."""
-    from edge.dashboard.beds import bed_state
+    from wardview.beds import bed_state
 
     ok = {"state": "ok", "rate_bpm": 18.0, "low_bpm": 9.0, "high_bpm": 24.0}
     assert bed_state(True, [], respiration=ok)["text"] == "breathing normal"
@@ -551,7 +552,7 @@ def test_an_acknowledge_a_device_will_not_take_is_refused_at_once_saying_why() -
     """The device's online status says what it does with commands; the view tells the nurse
     at once why an acknowledge will not be taken, instead of waiting for a confirmation that
     never comes. A device that does not say is sent the acknowledge as before."""
-    from edge.events import EventError, status_payload
+    from lungwatch.events import EventError, status_payload
 
     cases = [
         ("refused", True, "takes no commands: it has no commands.key_file"),

@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from demo.run import DEFAULT_RECORDS, read_annotation
 from edge.bed.gate import TECHNICAL_TYPES
 from edge.datapaths import PROJECT_ROOT, sprsound_root
-from edge.demo.imaging import PNG_SIGNATURE
-from edge.demo.plot import CLASS_COLOURS, MARGIN_PX, Span, draw_text, render
-from edge.demo.run import DEFAULT_RECORDS, read_annotation
-from edge.errors import AnnotationError
+from lungwatch.errors import AnnotationError
 from tests.edge.brokers import Mosquitto, Recorder
+from wardview.imaging import PNG_SIGNATURE
+from wardview.plot import CLASS_COLOURS, MARGIN_PX, Span, draw_text, render
 
 EXAMPLES = PROJECT_ROOT / "examples"
 RECORDS = [Path(r).name for r in DEFAULT_RECORDS]
@@ -64,7 +64,7 @@ def _demo(tmp_path: Path, *args: str, no_data: bool = True) -> subprocess.Comple
 
 
 def _decode_png(path: Path) -> np.ndarray:
-    """Pixels of an 8-bit RGB PNG as written by edge.demo.imaging (checks every CRC)."""
+    """Pixels of an 8-bit RGB PNG as written by wardview.imaging (checks every CRC)."""
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE)
     pos, chunks = len(PNG_SIGNATURE), dict[bytes, bytes]()
@@ -229,7 +229,7 @@ def test_unreachable_broker_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_the_demo_imports_neither_torch_nor_training() -> None:
     code = (
-        "import sys, edge.demo.run, edge.demo.plot, edge.demo.subscriber, edge.runtime.loop;"
+        "import sys, demo.run, wardview.plot, demo.subscriber, edge.runtime.loop;"
         "import edge.sinks.broker;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training'));"
         "print(bad); sys.exit(1 if bad else 0)"

@@ -18,7 +18,7 @@ from edge.bed.detector import (
     Transition,
     hysteresis_step,
 )
-from edge.config import ConfigError, from_mapping
+from lungwatch.config import ConfigError, from_mapping
 
 OUTPUTS = ("Wheeze", "Stridor", "Breath", "Poor Quality")
 RATE_HZ = 1000  # one sample per millisecond keeps the arithmetic readable

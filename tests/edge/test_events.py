@@ -1,4 +1,4 @@
-"""Tests of edge.events: the event schema (contract 4), its JSON form and the topics."""
+"""Tests of lungwatch.events: the event schema (docs/events.md), its JSON form and the topics."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge.bed import quality
-from edge.events import (
+from lungwatch.events import (
     DEFAULT_PRIORITIES,
     PHYSIOLOGICAL_TYPES,
     SOUND_TYPES,
@@ -28,7 +28,7 @@ from edge.events import (
     status_payload,
     status_topic,
 )
-from edge.labels import EVENT_LABELS
+from lungwatch.labels import EVENT_LABELS
 
 SHA256 = "0123456789abcdef" * 4
 T0 = "2026-05-09T07:35:25.123Z"

@@ -1,5 +1,5 @@
 """Alarm evidence on the device: clips cut from a bed's history (edge.evidence.recorder), their
-parts on MQTT and their assembly (edge.evidence.clip), the spool and the channel against a
+parts on MQTT and their assembly (lungwatch.clip), the spool and the channel against a
 real Mosquitto (edge.evidence.publisher), and the runtime's clips and retained summaries."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from edge.bed.detector import FrameGrid
-from edge.events import Event, summary_topic
-from edge.evidence.clip import Assembler, Clip, EvidenceError, clip_messages, encode_flac, quantise
 from edge.evidence.publisher import EvidencePublisher, EvidenceSpool, EvidenceSpoolError
 from edge.evidence.recorder import ClipRecorder, EvidenceConfig, Identity
 from edge.runtime.loop import serve
-from edge.sinks.mqtt_config import MqttConfig
+from lungwatch.clip import Assembler, Clip, EvidenceError, clip_messages, encode_flac, quantise
+from lungwatch.events import Event, summary_topic
+from lungwatch.mqtt import MqttConfig
 from tests.edge.brokers import SHA256, Mosquitto, Recorder, require_mosquitto
 from tests.edge.runtime_helpers import build, config_mapping, mqtt_sections, stream, write_audio
 
@@ -205,8 +205,8 @@ def test_clips_start_no_earlier_than_the_history_and_technical_ones_by_priority(
 
 
 def test_the_config_names_a_bad_key() -> None:
-    from edge.config import from_mapping
-    from edge.errors import ConfigError
+    from lungwatch.config import from_mapping
+    from lungwatch.errors import ConfigError
 
     with pytest.raises(ConfigError, match="history_s must be a number >= max_s"):
         from_mapping(EvidenceConfig, {"max_s": 30, "history_s": 20}, source="ward.yaml")

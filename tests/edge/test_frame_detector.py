@@ -19,8 +19,8 @@ from edge.bed.detector import (
     PhaseRule,
     detect_events,
 )
-from edge.config import ConfigError
-from edge.labels import DETECTED_CLASSES
+from lungwatch.config import ConfigError
+from lungwatch.labels import DETECTED_CLASSES
 
 OUTPUTS = (*DETECTED_CLASSES, "Breath", "Poor Quality")
 GRID = FrameGrid.of(8000, 80, 256, 4)  # the shipped front end and stride

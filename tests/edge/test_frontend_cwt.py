@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 
-from edge.config import InvalidValueError
 from edge.features import extract, lookahead_samples, make_stream
 from edge.features.cwt import CwtStream, cwt, morlet_bank, morlet_centres_hz
 from edge.features.spec import FeatureSpec, n_frames
+from lungwatch.config import InvalidValueError
 from tests.edge.chunking import push_in_chunks
 
 FS_HZ = 8000

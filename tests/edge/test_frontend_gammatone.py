@@ -20,8 +20,6 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from edge.config import InvalidValueError
-from edge.errors import InvalidAudioError
 from edge.features import FeatureSpec, extract, make_stream, n_frames
 from edge.features.gammatone import (
     GammatoneStream,
@@ -29,6 +27,8 @@ from edge.features.gammatone import (
     gammatone,
     gammatone_sos,
 )
+from lungwatch.config import InvalidValueError
+from lungwatch.errors import InvalidAudioError
 from tests.edge.chunking import push_in_chunks
 
 TOLERANCE = 1e-5  # the front-end contract on log values

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from edge.config import InvalidValueError
 from edge.features import FeatureSpec, extract
 from edge.features.logmel import analysis_window, mel_filterbank
+from lungwatch.config import InvalidValueError
 
 
 def _reference_mel(sr: int, n_fft: int, n_bands: int, fmin: float, fmax: float) -> np.ndarray:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.errors import InvalidAudioError
 from edge.features import FEATURE_KINDS, FeatureSpec, extract, lookahead_samples, make_stream
+from lungwatch.errors import InvalidAudioError
 from tests.edge.chunking import push_in_chunks
 
 TOLERANCE = 1e-5

@@ -12,9 +12,9 @@ from scipy.signal import lfilter
 from edge.bed.detector import DetectorConfig, FrameDetector, FrameGrid, Transition
 from edge.bed.gate import GateConfig, QualityGate
 from edge.bed.pipeline import StreamPipeline
-from edge.config import ConfigError, from_mapping
 from edge.features import FeatureSpec
 from edge.sources.base import Notice, SourceChunk
+from lungwatch.config import ConfigError, from_mapping
 
 SPEC = FeatureSpec(n_bands=24)
 RATE_HZ = SPEC.sample_rate_hz

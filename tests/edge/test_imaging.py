@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.demo.imaging import PNG_SIGNATURE, colourise, write_png
+from wardview.imaging import PNG_SIGNATURE, colourise, write_png
 
 
 def _decode(path: Path) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.labels import (
+from lungwatch.labels import (
     EVENT_LABELS,
     ICBHI_LABELS,
     RECORD_LABELS,

@@ -25,8 +25,8 @@ from edge.features import FeatureSpec
 from edge.inference import BackendConfig, open_backend
 from edge.inference.manifest import load_manifest
 from edge.inference.streaming import BedState, infer_beds
-from edge.labels import DETECTED_CLASSES
 from edge.sources import FileSource, SourceChunk, SourceEnded, SourceError
+from lungwatch.labels import DETECTED_CLASSES
 from tests.streaming_fixture import tiny_streaming_folder
 
 pyaudio = pytest.importorskip("pyaudio", reason="pyaudio is not installed (lungwatch[mic])")

@@ -14,10 +14,10 @@ import pytest
 
 from edge.audio import read_audio
 from edge.bed.detector import DetectorConfig
-from edge.errors import ConfigError
 from edge.monitor import BedStep, Monitor, MonitorError
 from edge.runtime.offline import detect_recordings
 from lungwatch import Monitor as PublicMonitor
+from lungwatch.errors import ConfigError
 from tests.edge.runtime_helpers import (
     MODEL_DIR,
     REPO_ROOT,

@@ -23,21 +23,16 @@ from typing import Any
 
 import pytest
 
-from edge.config import from_mapping
-from edge.errors import ConfigError
-from edge.events import DEVICE_STREAM, Event
 from edge.sinks import MultiSink, Sink, SinkError, publish_all
 from edge.sinks.broker import EmbeddedBroker
 from edge.sinks.jsonl import JsonlSink
-from edge.sinks.mqtt import (
-    BrokerRefusedError,
-    BrokerTlsError,
-    BrokerUnavailableError,
-    MqttConfig,
-    MqttSink,
-)
+from edge.sinks.mqtt import MqttSink
 from edge.sinks.spool import Spool
 from edge.sinks.stdout import StdoutSink
+from lungwatch.config import from_mapping
+from lungwatch.errors import ConfigError
+from lungwatch.events import DEVICE_STREAM, Event
+from lungwatch.mqtt import BrokerRefusedError, BrokerTlsError, BrokerUnavailableError, MqttConfig
 from tests.edge.brokers import (
     Mosquitto,
     Recorder,

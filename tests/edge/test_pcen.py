@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.config import InvalidValueError
-from edge.errors import ConfigError
 from edge.features import FeatureSpec, extract, make_stream
 from edge.features.bandnorm import (
     PCEN_ALPHA,
@@ -24,6 +22,8 @@ from edge.features.bandnorm import (
     silent_below,
 )
 from edge.features.base import silence_value
+from lungwatch.config import InvalidValueError
+from lungwatch.errors import ConfigError
 from tests.edge.chunking import tone_in_noise as signal
 from training.recipe.config import AugmentConfig, load_run
 from training.recipe.inputs import InputView

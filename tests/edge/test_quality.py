@@ -21,7 +21,7 @@ from edge.bed.quality import (
     rms_dbfs,
     spectral_entropy,
 )
-from edge.errors import EmptyAudioError, InvalidAudioError
+from lungwatch.errors import EmptyAudioError, InvalidAudioError
 from training.data.synthetic import synthesize
 
 RATE_HZ = 8000

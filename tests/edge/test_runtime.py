@@ -25,14 +25,14 @@ import pytest
 import soundfile
 
 from edge.audio import read_audio
-from edge.commandauth import derive_device_key, new_key, sign_command, write_key
-from edge.errors import ConfigError
-from edge.events import Event, parse_utc
 from edge.runtime.config import CommandError, parse_command, resolve_source
 from edge.runtime.loop import Runtime, open_model, open_streams, serve
 from edge.sinks.mqtt import MqttSink
 from edge.sinks.spool import Spool
-from edge.supervision import ThreadStoppedError
+from lungwatch.commandauth import derive_device_key, new_key, sign_command, write_key
+from lungwatch.errors import ConfigError
+from lungwatch.events import Event, parse_utc
+from lungwatch.supervision import ThreadStoppedError
 from tests.edge.brokers import Mosquitto, Recorder, free_port
 from tests.edge.runtime_helpers import (
     CRACKLES,

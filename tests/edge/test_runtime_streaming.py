@@ -276,7 +276,7 @@ def test_a_round_group_publishes_its_events_before_the_next_group_is_read(tmp_pa
 
 @pytest.mark.parametrize("value", [-1, True, 1.5])
 def test_round_group_must_be_a_whole_number_of_streams(tmp_path, folder, value):
-    from edge.errors import ConfigError
+    from lungwatch.errors import ConfigError
 
     streams = [stream("b0", "unused.flac")]
     with pytest.raises(ConfigError, match=r"test\.yaml: round_group must be an integer"):
@@ -444,7 +444,7 @@ def test_audio_waiting_for_its_read_is_measured_and_a_loop_behind_is_reported(
 
 
 def test_read_wait_warn_ms_must_not_be_negative(tmp_path, folder):
-    from edge.errors import ConfigError
+    from lungwatch.errors import ConfigError
 
     streams = [stream("b0", record_path(MIXED))]
     with pytest.raises(ConfigError, match=r"test\.yaml: read_wait_warn_ms must be a number >= 0"):

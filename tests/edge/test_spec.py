@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge.errors import FeatureSpecMismatchError
 from edge.features import FeatureSpec, n_frames, require_same_spec
+from lungwatch.errors import FeatureSpecMismatchError
 
 
 @pytest.mark.parametrize(

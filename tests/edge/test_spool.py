@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.events import DEVICE_STREAM, Event
 from edge.sinks.spool import Spool, SpoolError, SpoolFullError, SpoolFullMonitor, SpoolLockedError
+from lungwatch.events import DEVICE_STREAM, Event
 from tests.edge.brokers import REPO_ROOT, make_events
 
 
@@ -79,7 +79,7 @@ def test_unacked_events_survive_sigkill(tmp_path: Path, how: str) -> None:
     source.write_text("".join(e.to_json() + "\n" for e in events), encoding="utf-8")
     script = (
         "import sys, time\n"
-        "from edge.events import Event\nfrom edge.sinks.spool import Spool\n"
+        "from lungwatch.events import Event\nfrom edge.sinks.spool import Spool\n"
         "spool = Spool(sys.argv[1])\n"
         + PUT_SCRIPTS[how]
         + "print('spooled', flush=True)\ntime.sleep(60)\n"

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from edge.dashboard.config import DashboardConfig
-from edge.dashboard.history import History
-from edge.dashboard.server import DashboardServer
-from edge.dashboard.ward import Ward
-from edge.events import Event, status_payload
-from edge.sinks.mqtt import MqttConfig
-from edge.supervision import RESTARTS, ThreadStoppedError, Worker
+from lungwatch.events import Event, status_payload
+from lungwatch.mqtt import MqttConfig
+from lungwatch.supervision import RESTARTS, ThreadStoppedError, Worker
 from tests.edge.brokers import HOST, SHA256, Mosquitto
 from tests.edge.browser import chromium, require_chromium, wait_until
+from wardview.config import DashboardConfig
+from wardview.history import History
+from wardview.server import DashboardServer
+from wardview.ward import Ward
 
 SITE, DEVICE = "ward-s", "dev-1"
 ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"

@@ -9,7 +9,7 @@ import pytest
 
 from edge.bed.detector import FrameGrid
 from edge.bed.verdict import ASSESSING, RollingVerdict, VerdictConfig, VerdictRule
-from edge.errors import ConfigError
+from lungwatch.errors import ConfigError
 
 OUTPUTS = (
     "Fine Crackle",

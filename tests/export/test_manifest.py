@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from edge.errors import FeatureSpecMismatchError
 from edge.features import FeatureSpec
 from edge.inference.manifest import (
     Manifest,
@@ -25,6 +24,7 @@ from edge.inference.manifest import (
 )
 from edge.inference.manifest_write import record_artifact
 from export.to_onnx import tool_versions
+from lungwatch.errors import FeatureSpecMismatchError
 
 REPO = Path(__file__).resolve().parents[2]
 

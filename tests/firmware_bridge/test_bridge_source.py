@@ -217,8 +217,8 @@ def test_a_keyless_listener_beyond_loopback_is_refused_when_the_config_loads(
     tmp_path: Path,
 ) -> None:
     """The runtime config names the file, the stream and what to add; loopback is taken."""
-    from edge.errors import ConfigError
     from edge.runtime.config import load_runtime_config
+    from lungwatch.errors import ConfigError
 
     config = tmp_path / "ward.yaml"
     config.write_text(

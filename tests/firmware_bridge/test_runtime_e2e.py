@@ -41,7 +41,6 @@ import pytest
 import soundfile as sf
 
 from edge.bed.pipeline import StreamPipeline
-from edge.events import Event
 from edge.inference.manifest import load_manifest
 from edge.runtime.config import RuntimeConfig
 from edge.runtime.loop import serve
@@ -49,6 +48,7 @@ from firmware_bridge import emulator
 from firmware_bridge.devicemodel import DeviceConfig, device_frames, read_pcm
 from firmware_bridge.emulator import Channel, Impairments
 from firmware_bridge.protocol import FrameType, SampleFormat, encode_frame
+from lungwatch.events import Event
 from tests.edge.brokers import Message, Mosquitto, Recorder
 from tests.edge.runtime_helpers import (
     DEVICE,

@@ -13,7 +13,7 @@ import torch
 
 from edge.bed.detector import FrameGrid
 from edge.datapaths import data_root
-from edge.errors import ConfigError
+from lungwatch.errors import ConfigError
 from training.cv.decide import (
     FAMILIES,
     RecordCounts,

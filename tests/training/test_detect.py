@@ -100,7 +100,7 @@ def test_a_folder_runs_the_onnx_file_it_lists(tmp_path, folder, audio_dir):
 
 
 def test_a_checkpoint_is_refused_with_the_command_that_exports_it(folder, audio_dir):
-    from edge.errors import ConfigError
+    from lungwatch.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"model\.pt: a training checkpoint; export it first"):
         detect_main(["--audio", str(audio_dir), "--model", str(folder / "model.pt")])
@@ -133,8 +133,8 @@ def test_bad_inputs_are_named(tmp_path, folder, audio_dir):
     twin.symlink_to(record_path(WHEEZES))
     with pytest.raises(OfflineError, match="two recordings named"):
         recordings_in([audio_dir, other])
-    from edge.errors import ConfigError
     from edge.inference.manifest import ManifestError
+    from lungwatch.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no such model"):
         detect_main(["--audio", str(audio_dir), "--model", str(folder / "missing.onnx")])

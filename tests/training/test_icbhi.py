@@ -11,7 +11,7 @@ import soundfile as sf
 
 from edge.audio import read_audio
 from edge.datapaths import icbhi_root
-from edge.errors import AnnotationError
+from lungwatch.errors import AnnotationError
 from training.data.icbhi import (
     ICBHI_LABELS,
     SPLIT_NAME_CORRECTIONS,

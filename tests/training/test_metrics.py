@@ -8,7 +8,7 @@ from dataclasses import astuple
 import numpy as np
 import pytest
 
-from edge.labels import EVENT_LABELS, ICBHI_LABELS, RECORD_LABELS
+from lungwatch.labels import EVENT_LABELS, ICBHI_LABELS, RECORD_LABELS
 from training.data.icbhi import IcbhiCycle
 from training.data.sprsound import SprEvent
 from training.scoring.challenge import (

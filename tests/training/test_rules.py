@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sed_eval", reason="sed_eval is in the train extra")
 
-from edge.config import to_mapping
 from edge.inference.manifest import load_manifest
+from lungwatch.config import to_mapping
 from tests.streaming_fixture import tiny_streaming_folder
 from tests.training.sprsound_folder import write_folder
 from training.recipe.config import DataConfig, RunConfig

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge.config import ConfigError
+from lungwatch.config import ConfigError
 from training.data.recordings import Batch
 from training.data.targets import BREATH_INDEX, OUTPUTS
 from training.recipe.config import LossConfig

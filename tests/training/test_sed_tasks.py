@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from edge.bed.detector import FrameGrid
-from edge.errors import ConfigError
-from edge.labels import DETECTED_CLASSES
+from lungwatch.errors import ConfigError
+from lungwatch.labels import DETECTED_CLASSES
 from training.data.targets import OUTPUTS
 from training.scoring.tasks import (
     TaskRecord,

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from edge.audio import read_audio
 from edge.datapaths import sprsound_root
-from edge.errors import AnnotationError
+from lungwatch.errors import AnnotationError
 from training.data.sprsound import (
     EVENT_LABELS,
     RECORD_LABELS,

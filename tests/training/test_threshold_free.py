@@ -11,8 +11,8 @@ pytest.importorskip("sed_eval", reason="sed_eval is in the train extra")
 pytest.importorskip("sed_scores_eval", reason="sed_scores_eval is in the train extra")
 
 from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
-from edge.errors import ConfigError
-from edge.labels import DETECTED_CLASSES
+from lungwatch.errors import ConfigError
+from lungwatch.labels import DETECTED_CLASSES
 from training.scoring.detection import VIEWS, score_detection, score_view
 from training.scoring.threshold_free import (
     SWEEP,

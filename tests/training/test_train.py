@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from edge.config import ConfigError
 from edge.inference.manifest import load_manifest
 from export.to_onnx import main as export_main
+from lungwatch.config import ConfigError
 from training.models.checkpoint import load_checkpoint
 from training.recipe.config import load_run
 from training.recipe.train import main as train_main

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from edge.datapaths import data_root, sprsound_root
-from edge.errors import ConfigError
 from lungwatch.cli import ArgumentParser
+from lungwatch.errors import ConfigError
 from training.cv.folds import DEFAULT_K, Folds, fold_path, label_counts, load_folds, make_folds
 from training.cv.run import DEFAULT_OUT, parse_ints, predict_design, train_design
 
@@ -84,12 +84,13 @@ class SubcommandParser(ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="lungwatch cv",
-        description="patient-grouped cross-validation: fold files, fold models, out-of-fold "
-        "scores of designs and the rules fitted on them",
+        description="Patient-grouped cross-validation: fold files, fold models, out-of-fold "
+        "scores of designs and the rules fitted on them.",
     )
     sub = parser.add_subparsers(
-        dest="what", metavar="command", required=True, parser_class=SubcommandParser
-    )
+        dest="what", metavar="command", required=True, parser_class=SubcommandParser,
+        help="what to do (each has its own --help)",
+    )  # fmt: skip
     f = sub.add_parser("folds", help="check the stored fold files against the data (--write)")
     f.add_argument("--write", action="store_true", help="make the fold files from the data")
     f.add_argument("--k", type=int, default=DEFAULT_K, help="folds per dataset (default 5)")

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.bed.detector import DetectorConfig, FrameGrid, PhaseRule
-from edge.errors import ConfigError
-from edge.labels import NORMAL, POOR_QUALITY
+from lungwatch.errors import ConfigError
+from lungwatch.labels import NORMAL, POOR_QUALITY
 from training.cv.oof import Truth
 from training.data.targets import OUTPUTS
 from training.scoring.detection import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS

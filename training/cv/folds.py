@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from edge.errors import ConfigError
+from lungwatch.errors import ConfigError
 
 FOLD_DIR = Path(__file__).with_name("folds")
 DEFAULT_K = 5

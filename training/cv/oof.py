@@ -20,7 +20,7 @@ import numpy as np
 
 from edge.audio import read_audio
 from edge.datapaths import sprsound_root
-from edge.errors import ConfigError
+from lungwatch.errors import ConfigError
 from training.cv.folds import Folds, load_folds
 from training.data.sprsound import load_sprsound
 from training.scoring.detection import Event

@@ -19,7 +19,7 @@ later comparison, fit, ensemble or distillation never trains again what it alrea
 
 A fold whose ``done.json`` exists is skipped, so an interrupted run goes on where it stopped;
 a design folder made with another config is refused rather than mixed. Out-of-fold (OOF)
-outputs are those of a recording's own fold's model (:mod:`training.cv.store` reads them).
+outputs are those of a recording's own fold's model (:mod:`training.cv.oof` reads them).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge.config import to_mapping
 from edge.datapaths import data_root
-from edge.errors import ConfigError
+from lungwatch.config import to_mapping
+from lungwatch.errors import ConfigError
 from training.cv.folds import Folds, load_folds
 from training.cv.teacher import attach, teacher_outputs
 from training.data.icbhi import IcbhiRecording, load_icbhi
@@ -342,7 +342,7 @@ def predict_design(out: Path, design: str, device: str = "cpu") -> int:
     )
     if not todo:
         return 0
-    from edge.config import from_mapping
+    from lungwatch.config import from_mapping
 
     first = load_checkpoint(todo[0] / "model.pt")
     run = from_mapping(RunConfig, first.run, source=str(todo[0] / "model.pt"))

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from edge.datapaths import data_root, sprsound_root
-from edge.errors import ConfigError
-from edge.labels import NORMAL
+from lungwatch.errors import ConfigError
+from lungwatch.labels import NORMAL
 from training.cv.decide import (
     FAMILIES,
     MAPPING,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError
+from lungwatch.errors import ConfigError
 from training.data.recordings import Recording
 
 EPS = 1e-4

@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio import AUDIO_SUFFIXES, audio_file
-from edge.errors import AnnotationError
-from edge.labels import ICBHI_LABELS as ICBHI_LABELS  # re-exported; the table is edge.labels
-from edge.labels import icbhi_label
+from lungwatch.errors import AnnotationError
+from lungwatch.labels import (
+    ICBHI_LABELS as ICBHI_LABELS,  # re-exported; the table is lungwatch.labels
+)
+from lungwatch.labels import icbhi_label
 
 CHEST_LOCATIONS: dict[str, str] = {
     "Tc": "trachea",

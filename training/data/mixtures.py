@@ -30,9 +30,9 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from edge.bed.detector import FrameGrid
-from edge.config import check
 from edge.features import FeatureSpec, extract
-from edge.labels import NORMAL
+from lungwatch.config import check
+from lungwatch.labels import NORMAL
 from training.data.features import FeatureStore
 from training.data.recordings import Recording, output_frames
 from training.data.sprsound import SprRecord

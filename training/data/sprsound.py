@@ -16,7 +16,7 @@ score one prediction per annotated event in file order; the files list them out 
 order in about 40% of the training records, so use :attr:`SprRecord.events_by_time` for
 anything that walks the timeline.
 
-The label vocabularies live in :mod:`edge.labels` (the one label table) and are re-exported
+The label vocabularies live in :mod:`lungwatch.labels` (the one label table) and are re-exported
 here.
 """
 
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio import AUDIO_SUFFIXES, audio_file
-from edge.errors import AnnotationError
-from edge.labels import EVENT_LABELS, RECORD_LABELS
+from lungwatch.errors import AnnotationError
+from lungwatch.labels import EVENT_LABELS, RECORD_LABELS
 
 LOCATIONS: tuple[str, ...] = ("p1", "p2", "p3", "p4")
 LOCATION_NAMES: dict[str, str] = {

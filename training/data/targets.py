@@ -2,7 +2,7 @@
 
 The frame-level model has these outputs, in this order (:data:`OUTPUTS`):
 
-- the five adventitious classes of :data:`edge.labels.DETECTED_CLASSES` (SPRSound's
+- the five adventitious classes of :data:`lungwatch.labels.DETECTED_CLASSES` (SPRSound's
   ``Wheeze+Crackle`` is both ``Wheeze`` and ``Fine Crackle``, the crackle it most often is);
 - ``Breath``: inside any annotated event, Normal ones included (every annotated event is a
   breath phase, so this output learns where phases begin and end from every record);
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge.bed.detector import FrameGrid
-from edge.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
+from lungwatch.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
 
 BREATH = "Breath"
 OUTPUTS: tuple[str, ...] = (*DETECTED_CLASSES, BREATH, POOR_QUALITY)

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from edge.errors import ConfigError, LungwatchError
 from edge.features import FEATURE_KINDS, FeatureSpec
+from lungwatch.errors import ConfigError, LungwatchError
 from training.models.sed import SedConfig, SedNet
 
 FORMAT = "lungwatch-sednet/1"

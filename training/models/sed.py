@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edge.config import check
+from lungwatch.config import check
 
 NORM_EPS = 1e-5
 MASKED = -1e4  # attention logit of a key outside the window (exp underflows to 0 in fp32)

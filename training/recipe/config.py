@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.config import check, load_config
 from edge.features import FEATURE_KINDS, FeatureSpec
+from lungwatch.config import check, load_config
 from training.data.mixtures import MixtureConfig
 from training.models.sed import SedConfig
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
 from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
-from edge.labels import DETECTED_CLASSES, POOR_QUALITY
+from lungwatch.labels import DETECTED_CLASSES, POOR_QUALITY
 from training.scoring.detection import DetectionReport, Event, score_detection
 
 if TYPE_CHECKING:
@@ -319,15 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     run's keys first (e.g. the false-event budget ``detector.max_false_per_hour``)."""
     import json
 
-    from edge.config import apply_overrides, from_mapping
     from edge.inference.manifest_write import set_section
     from edge.monitor import resolve_model
     from lungwatch.cli import ArgumentParser
+    from lungwatch.config import apply_overrides, from_mapping
     from training.models.checkpoint import load_checkpoint
     from training.recipe.config import RunConfig
     from training.scoring.views import validation_records
 
-    parser = ArgumentParser(prog="lungwatch rules", description=(main.__doc__ or "").split("\n")[0])
+    parser = ArgumentParser(prog="lungwatch rules", description=main.__doc__ or "")
     parser.add_argument("--model", type=Path, default=Path("models/sed"), help="folder or file")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",

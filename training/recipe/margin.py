@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.special import expit, logsumexp, softmax
 
-from edge.config import check
+from lungwatch.config import check
 
 
 def level_and_entropy(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

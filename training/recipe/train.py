@@ -37,10 +37,10 @@ import torch
 import yaml
 
 from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
-from edge.config import to_mapping
 from edge.datapaths import sprsound_root
 from edge.features import FeatureSpec
 from lungwatch.cli import ArgumentParser
+from lungwatch.config import to_mapping
 from training.data.features import FeatureStore
 from training.data.icbhi import IcbhiRecording, training_share
 from training.data.mixtures import make_mixtures
@@ -451,7 +451,7 @@ def fit(run: RunConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="lungwatch train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch train", description=__doc__)
     parser.add_argument("--config", required=True, type=Path, help="run YAML (training/configs)")
     parser.add_argument(
         "--set",

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from edge.errors import LungwatchError
-from edge.labels import (
+from lungwatch.errors import LungwatchError
+from lungwatch.labels import (
     BINARY_LABELS,
     EVENT_LABELS,
     ICBHI_LABELS,

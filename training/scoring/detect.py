@@ -25,12 +25,12 @@ from typing import Any
 
 from edge.bed.detector import DetectorConfig, FrameGrid
 from edge.bed.gate import POOR_SIGNAL
-from edge.errors import ConfigError
 from edge.inference.manifest import MANIFEST_NAME, Manifest, load_manifest
-from edge.labels import POOR_QUALITY
 from edge.runtime.detect import DetectConfig, write_json
 from edge.runtime.detect import main as detect_main
 from edge.runtime.offline import RecordingEvents
+from lungwatch.errors import ConfigError
+from lungwatch.labels import POOR_QUALITY
 
 
 def score_folders(

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.labels import NORMAL, POOR_QUALITY
+from lungwatch.labels import NORMAL, POOR_QUALITY
 
 LOGGER = logging.getLogger(__name__)
 ONSET_COLLAR_S = 0.2

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import AnnotationError, LungwatchError
 from lungwatch.cli import ArgumentParser
+from lungwatch.errors import AnnotationError, LungwatchError
 from training.data.icbhi import parse_recording_name, read_cycles
 from training.data.sprsound import read_annotation
 from training.scoring.challenge import (
@@ -305,8 +305,10 @@ def format_report(result: Evaluation) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lungwatch evaluate``; returns 0 on success, 1 on an input error."""
-    parser = ArgumentParser(prog="lungwatch evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser = ArgumentParser(prog="lungwatch evaluate", description=__doc__)
+    parser.add_argument(
+        "--task", required=True, choices=TASKS, help="the challenge task the predictions answer"
+    )
     parser.add_argument("--preds", required=True, help="predictions JSON (lungwatch predict)")
     parser.add_argument("--annotations", required=True, help="folder of annotation files")
     parser.add_argument("--json", help="also write the scores to this JSON file")

@@ -6,7 +6,7 @@
   order (the event boundaries come from the annotation): ``{"<record>": ["Normal", ...]}``.
 - Task 2-1 / 2-2: one label per record: ``{"<record>": "CAS & DAS"}``.
 - ``icbhi``: one label per cycle of each ICBHI ``.txt`` file, in order, mapped from SPRSound
-  classes to ICBHI labels through ``edge.labels`` (cross-dataset).
+  classes to ICBHI labels through ``lungwatch.labels`` (cross-dataset).
 
 ``--model`` is a model folder or an artifact its manifest lists (default
 ``models/sed/model.int8.onnx``). Every task is answered from the output
@@ -22,14 +22,14 @@ import json
 from pathlib import Path
 
 from edge.audio import AUDIO_SUFFIXES, audio_file
-from edge.errors import LungwatchError
-from edge.labels import (
+from lungwatch.cli import ArgumentParser
+from lungwatch.errors import LungwatchError
+from lungwatch.labels import (
     DETECTED_CLASSES,
     record_label_2_1,
     to_binary,
     to_icbhi,
 )
-from lungwatch.cli import ArgumentParser
 from training.data.icbhi import IcbhiRecording, parse_recording_name, read_cycles
 from training.data.sprsound import SprRecord, parse_record_name, read_annotation
 
@@ -146,8 +146,10 @@ def predict(task: str, model: Path, audio_dir: Path, annotations: Path) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="lungwatch predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser = ArgumentParser(prog="lungwatch predict", description=__doc__)
+    parser.add_argument(
+        "--task", required=True, choices=TASKS, help="the challenge task to predict"
+    )
     parser.add_argument("--audio", required=True, type=Path, help="folder of .wav/.flac files")
     parser.add_argument(
         "--annotations",

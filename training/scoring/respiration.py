@@ -585,7 +585,7 @@ def print_false(result: Mapping[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="lungwatch respiration", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch respiration", description=__doc__)
     parser.add_argument("--model", type=Path, default=Path("models/sed"), help="model folder")
     parser.add_argument("--parts", default="rate,compare,apnoea,false",
                         help=f"which parts, comma separated ({', '.join(PARTS)})")  # fmt: skip

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from edge.bed.detector import FrameGrid
-from edge.errors import ConfigError
-from edge.labels import (
+from lungwatch.errors import ConfigError
+from lungwatch.labels import (
     DETECTED_CLASSES,
     NORMAL,
     POOR_QUALITY,
@@ -403,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Fit the Task 1/2 rules of a model on its run's validation records and "
         "write them into its manifest (section 'tasks').",
     )
-    parser.add_argument("--model", type=Path, default=Path("models/sed/model.int8.onnx"))
+    parser.add_argument(
+        "--model", type=Path, default=Path("models/sed/model.int8.onnx"),
+        help="the model (a folder or its ONNX file) whose manifest gets the rules",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print, do not write")
     args = parser.parse_args(argv)
     model_dir, model_file = resolve_model(args.model)

@@ -69,8 +69,8 @@ from typing import Any
 import numpy as np
 
 from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
-from edge.errors import ConfigError
-from edge.labels import DETECTED_CLASSES
+from lungwatch.errors import ConfigError
+from lungwatch.labels import DETECTED_CLASSES
 from training.recipe.fit import events_of, rule
 from training.scoring.detection import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS, Event, score_detection
 

@@ -70,7 +70,7 @@ def validation_records(model_dir: Path) -> list[SprRecord]:
 def icbhi_training_patients(model_dir: Path) -> set[str]:
     """The ICBHI patients the run of ``model_dir``'s checkpoint trained on (none by default):
     the ICBHI view leaves them out."""
-    from edge.config import from_mapping
+    from lungwatch.config import from_mapping
     from training.data.icbhi import training_share
     from training.models.checkpoint import load_checkpoint
     from training.recipe.config import RunConfig
@@ -234,7 +234,7 @@ def headline(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="lungwatch views", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch views", description=__doc__)
     parser.add_argument("--model", type=Path, required=True, help="model folder or an artifact")
     parser.add_argument(
         "--views", default=",".join(VIEWS), help="comma-separated, of " + ", ".join(VIEWS)

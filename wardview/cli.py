@@ -13,6 +13,7 @@ Flags only override. Prints one line with the address, then serves until SIGTERM
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import logging
@@ -23,12 +24,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.config import apply_overrides, from_mapping, load_layers
-from edge.dashboard.config import DashboardConfig, hash_password
-from edge.errors import ConfigError
-from edge.sinks.mqtt_config import MqttConfig
 from lungwatch.cli import ArgumentParser
+from lungwatch.config import apply_overrides, from_mapping, load_layers
+from lungwatch.errors import ConfigError
+from lungwatch.mqtt import MqttConfig
+from lungwatch.passwords import hash_password
 from lungwatch.private import private_umask
+from wardview.config import DashboardConfig
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -47,15 +49,14 @@ def load_settings(
     paths: Path | list[Path] | None, overrides: list[str]
 ) -> tuple[str, MqttConfig, DashboardConfig]:
     """(site, broker settings, dashboard settings) of ``paths`` (each later file merged over
-    the ones before) with ``overrides`` applied; ConfigError names the file and the key."""
+    the ones before) with ``overrides`` applied; ConfigError names the file and the key. A
+    device's runtime config (it has ``streams``) gives its ``site``, ``mqtt`` and
+    ``dashboard`` sections; the device checks the others."""
     data, source = load_layers(paths) if paths else ({}, "<defaults>")
     if overrides:
         data = apply_overrides(data, overrides, source=source)
-    if "streams" in data:
-        from edge.runtime.config import RuntimeConfig
-
-        runtime = from_mapping(RuntimeConfig, data, source=source)
-        return runtime.site, runtime.mqtt, runtime.dashboard
+    if "streams" in data:  # a device's runtime config: the view reads its own sections
+        data = {f.name: data[f.name] for f in dataclasses.fields(DashboardFile) if f.name in data}
     settings = from_mapping(DashboardFile, data, source=source)
     return settings.site, settings.mqtt, settings.dashboard
 
@@ -91,7 +92,7 @@ def _overrides(args: object) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="lungwatch dashboard", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch dashboard", description=__doc__)
     parser.add_argument(
         "--config",
         type=Path,
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     site, mqtt, dashboard = load_settings(args.config, [*args.set, *_overrides(args)])
-    from edge.dashboard.server import DashboardServer
+    from wardview.server import DashboardServer
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

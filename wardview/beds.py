@@ -1,5 +1,5 @@
-"""The ward's live picture of each device and bed (what :class:`edge.dashboard.ward.Ward`
-keeps and :mod:`edge.dashboard.memory` restores): the :class:`Bed` and :class:`Device`
+"""The ward's live picture of each device and bed (what :class:`wardview.ward.Ward`
+keeps and :mod:`wardview.memory` restores): the :class:`Bed` and :class:`Device`
 records, a bed's state, and what a bed card shows of an event, a verdict and a breathing
 reading. Plain data and pure functions; the ward's lock guards them.
 """
@@ -10,8 +10,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.alarms import PRIORITY_RANK
-from edge.events import Event, is_number
+from lungwatch.alarms import PRIORITY_RANK
+from lungwatch.events import Event, is_number
 
 # bed states, most important first; a bed shows the first that holds
 STATE_TEXT = {
@@ -63,10 +63,10 @@ class Bed:
     )
     name: str | None = None  # its display name and location (its device's summary)
     location: str | None = None
-    # the open alarms its device's summary lists (episode_id -> alarm row; edge.dashboard.memory)
+    # the open alarms its device's summary lists (episode_id -> alarm row; wardview.memory)
     summary_open: dict[str, dict[str, Any]] = field(default_factory=dict)
     # open episodes restored from the history and not heard of since: the device's next
-    # summary says whether it still holds them (edge.dashboard.memory)
+    # summary says whether it still holds them (wardview.memory)
     restored: set[str] = field(default_factory=set)
 
 
@@ -76,7 +76,7 @@ class Device:
     online: bool | None = None  # None: no status seen yet
     reason: str | None = None
     status_utc: str | None = None
-    commands: str | None = None  # what it takes: edge.events.COMMAND_POLICIES (None: unsaid)
+    commands: str | None = None  # what it takes: lungwatch.events.COMMAND_POLICIES (None: unsaid)
     spooled: int | None = None  # the MQTT spool's depth (metrics.mqtt_spooled)
     metrics_utc: str | None = None
     read_wait_limit_ms: float = READ_WAIT_BEHIND_MS  # its read_wait_warn_ms, where it says

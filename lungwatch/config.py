@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from edge.errors import ConfigError
+from lungwatch.errors import ConfigError
 
 T = TypeVar("T")
 

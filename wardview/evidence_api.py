@@ -1,13 +1,13 @@
-"""The ward view's evidence and history pages (routes of :mod:`edge.dashboard.server`).
+"""The ward view's evidence and history pages (routes of :mod:`wardview.server`).
 
 - ``GET /api/evidence/<episode_id>``: the clip's description (JSON: bed, event type, times,
   duration, outputs); 404 when the view has none;
 - ``GET /api/evidence/<episode_id>.flac``: its audio (``audio/flac``; browsers play it);
 - ``GET /api/evidence/<episode_id>.png``: its picture, drawn once on the server and cached:
-  the log-mel spectrogram, one row per model output (the probability over the clip), the
-  event's span and a time axis (the demo's picture, :func:`edge.demo.plot.render`);
+  a log-frequency spectrogram (:func:`spectrogram`), one row per model output (the
+  probability over the clip), the event's span and a time axis (:func:`wardview.plot.render`);
 - ``GET /api/trend/<device>/<stream>?hours=N``: the bed's last N hours (1..72), hour by hour
-  (:meth:`edge.dashboard.history.History.trend`).
+  (:meth:`wardview.history.History.trend`).
 
 Listening to patient audio needs a named user (``dashboard.users``, role view or ack): without
 users configured (the loopback demo) the evidence routes answer 401, as they do to a request
@@ -17,6 +17,7 @@ without credentials. Without a history store (``dashboard.history_path`` null) t
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import urllib.parse
@@ -24,13 +25,13 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+import scipy.signal
 
-from edge.dashboard.history import History
-from edge.demo.imaging import png_bytes
-from edge.demo.plot import Span, render
-from edge.events import is_segment
-from edge.evidence.clip import EvidenceError, clip_of
-from edge.features import FeatureSpec, extract
+from lungwatch.clip import EvidenceError, clip_of
+from lungwatch.events import is_segment
+from wardview.history import History
+from wardview.imaging import png_bytes
+from wardview.plot import Span, render
 
 PICTURES = 64  # rendered pictures kept
 MAX_HOURS = 72
@@ -72,7 +73,7 @@ class EvidencePages:
         header, flac, ids = found
         if suffix == "flac":
             return 200, flac, "audio/flac"
-        try:  # a clip stored before today's checks is checked again before any decode
+        try:  # a stored clip (perhaps from an older version) is checked again before any decode
             clip = clip_of(header, {"site": "-", "episode_id": episode, **ids}, flac)
             if suffix == "png":
                 return 200, self._picture(episode, clip), "image/png"
@@ -112,13 +113,34 @@ class EvidencePages:
         return _json(200, {"device_id": parts[0], "stream_id": parts[1], **trend})
 
 
+SPECTROGRAM_BANDS = 64  # log-spaced over 50 Hz .. min(4 kHz, Nyquist)
+SPECTROGRAM_FMIN_HZ, SPECTROGRAM_FMAX_HZ = 50.0, 4000.0
+FRAME_S, HOP_S = 0.025, 0.010
+
+
+def spectrogram(audio: np.ndarray, rate_hz: int) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """(frames, bands) log power of ``audio`` in :data:`SPECTROGRAM_BANDS` log-spaced bands
+    (25-ms Hann frames every 10 ms, scipy's STFT; a band narrower than one FFT bin takes its
+    nearest bin), the frames per second and the bands' range: the clip's picture, drawn by the
+    view without the device's front end."""
+    low, high = SPECTROGRAM_FMIN_HZ, min(SPECTROGRAM_FMAX_HZ, rate_hz / 2)
+    frame, hop = max(2, round(FRAME_S * rate_hz)), max(1, round(HOP_S * rate_hz))
+    if audio.size < frame:
+        return np.zeros((1, SPECTROGRAM_BANDS)), rate_hz / hop, (low, high)
+    freqs, _, z = scipy.signal.stft(audio, rate_hz, nperseg=frame, noverlap=frame - hop,
+                                    boundary=None, padded=False)  # fmt: skip
+    power = np.abs(z) ** 2
+    edges = np.searchsorted(freqs, np.geomspace(low, high, SPECTROGRAM_BANDS + 1))
+    edges = np.clip(edges, 0, freqs.size - 1)
+    bands = np.stack([power[a : max(b, a + 1)].mean(axis=0) for a, b in itertools.pairwise(edges)])
+    return np.log(bands.T + 1e-12), rate_hz / hop, (low, high)
+
+
 def picture(clip: Any) -> np.ndarray:
     """The clip's picture (module doc) as an (h, w, 3) uint8 array."""
     rate = clip.sample_rate_hz
-    spec = FeatureSpec(sample_rate_hz=rate, fmax_hz=min(4000.0, rate / 2))
     audio = clip.audio()
-    frames = extract(audio, spec) if audio.size >= spec.frame_samples else np.zeros((1, 64))
-    frames_per_s = rate / spec.hop_samples
+    frames, frames_per_s, band_range = spectrogram(audio, rate)
     probs = clip.probabilities()
     step_s = clip.frame_samples / rate
     centres = clip.first_frame_sample / rate + step_s * (np.arange(probs.shape[0]) + 0.5)
@@ -130,11 +152,12 @@ def picture(clip: Any) -> np.ndarray:
         title=f"{clip.event_type} {clip.start_utc}",
         spectrogram=frames,
         frames_per_s=frames_per_s,
-        freq_range_hz=(spec.fmin_hz, spec.fmax_hz),
+        freq_range_hz=band_range,
         classes=[clip.outputs[i] for i in shown],
         window_centres_s=centres,
         window_hop_s=step_s,
         probabilities=probs[:, shown] if probs.size else np.zeros((0, len(shown))),
         detected=[Span(start_s, max(start_s, end_s), clip.event_type)],
         annotated=[],
+        spectrogram_name="SPECTRUM",
     )

@@ -20,7 +20,7 @@ writes, under ``DIR`` (mode 0700; every secret 0600):
   device, its ``commands.key_file`` and ``evidence.username``), to merge into its config;
 - ``keys/command-master.key`` (ward views sign commands with it) and
   ``keys/<device>.command.key`` (each device's own key, derived from the master key:
-  ``edge.commandauth``);
+  ``lungwatch.commandauth``);
 - with ``--users NAME:ROLE ...``: the ward view's users (``dashboard.users`` in each view's
   client file, password hashed) and each one's first password in ``users/<name>.password``;
 - with ``--listener HOST:PORT``: a broker that runs from ``lungwatch.conf`` alone (its
@@ -49,15 +49,15 @@ from pathlib import Path
 
 import yaml
 
-from edge.commandauth import derive_device_key, new_key, read_key, write_key
-from edge.dashboard.config import hash_password
-from edge.errors import ConfigError, LungwatchError
-from edge.events import TOPIC_ROOT, is_segment
 from lungwatch.cli import ArgumentParser
+from lungwatch.commandauth import derive_device_key, new_key, read_key, write_key
+from lungwatch.errors import ConfigError, LungwatchError
+from lungwatch.events import TOPIC_ROOT, is_segment
+from lungwatch.passwords import hash_password
 from lungwatch.private import write_private
 
 MASTER_KEY = "command-master.key"
-USER_ROLES = ("view", "ack")  # the ward view's roles (edge.dashboard.config)
+USER_ROLES = ("view", "ack")  # the ward view's roles (wardview.config)
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd (Mosquitto 2.0) writes
 SALT_BYTES = 12
 DEVICE_WRITES = (

@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Any
 
-from edge.errors import LungwatchError
-from edge.events import TOPIC_ROOT
+from lungwatch.errors import LungwatchError
+from lungwatch.events import TOPIC_ROOT
 
 SUBACK_TIMEOUT_S = 10.0
 KEEPALIVE_S = 30

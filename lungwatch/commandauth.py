@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ConfigError, LungwatchError
+from lungwatch.errors import ConfigError, LungwatchError
 from lungwatch.private import others_may_read, read_private
 
 CONTEXT = "lungwatch-command-v1"

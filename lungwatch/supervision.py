@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from edge.errors import LungwatchError
+from lungwatch.errors import LungwatchError
 
 log = logging.getLogger("lungwatch.supervision")
 

@@ -8,21 +8,21 @@
 Kept per device: online / offline from the retained ``status`` (the broker's last will says
 ``offline`` when the runtime dies), the beds it serves (from ``event``, ``live`` and
 ``metrics`` topics) and, per bed, its breathing (the retained ``respiration`` reading: rate,
-state, age band; and the trend of its rate, :data:`edge.dashboard.beds.RATE_TREND_POINTS`
+state, age band; and the trend of its rate, :data:`wardview.beds.RATE_TREND_POINTS`
 readings), its spool depth (``metrics.mqtt_spooled``), its worst bed's read wait
 (``metrics.read_wait_ms_p99``: behind when over the device's own limit,
 ``metrics.read_wait_warn_ms``, or 500 ms where the device does not say). Per bed: the open episodes
 (``onset`` / ``ongoing`` seen, no ``ended`` yet), the last events, the live strip and its
-state at a glance (:func:`edge.dashboard.beds.bed_state`). Alarms: the site's alarm conditions
-(:mod:`edge.alarms`: one per bed and finding, episodes grouped), alarming first, then by
+state at a glance (:func:`wardview.beds.bed_state`). Alarms: the site's alarm conditions
+(:mod:`lungwatch.alarms`: one per bed and finding, episodes grouped), alarming first, then by
 priority, then the newest; any can be acknowledged.
 
 Nothing is dropped silently and nothing in one message stops the feed: a message over the
 size limit, nested too deeply, with a number out of range, not JSON, not schema version 1, not
-a valid :class:`~edge.events.Event`, on a topic whose device or stream is not a topic segment
-(:func:`~edge.events.is_segment`) or that does not match its body, one over a cap (below), or
+a valid :class:`~lungwatch.events.Event`, on a topic whose device or stream is not a topic segment
+(:func:`~lungwatch.events.is_segment`) or that does not match its body, one over a cap (below), or
 one whose handling failed in any other way is counted in ``counts["rejected"]`` and per reason
-in :attr:`Ward.rejected_reasons` (:data:`~edge.dashboard.intake.REASONS`) and logged with the
+in :attr:`Ward.rejected_reasons` (:data:`~wardview.intake.REASONS`) and logged with the
 reason; a repeated event ``id`` (QoS 1 may deliver twice) is counted in
 ``counts["duplicates"]``.
 
@@ -52,8 +52,18 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from edge.alarms import AlarmBook, AlarmSettings, condition_of, ward_order
-from edge.dashboard.beds import (
+from lungwatch.alarms import AlarmBook, AlarmSettings, condition_of, ward_order
+from lungwatch.clip import Assembler
+from lungwatch.events import (
+    COMMAND_POLICIES,
+    DEVICE_STREAM,
+    TOPIC_ROOT,
+    Event,
+    EventError,
+    is_number,
+    is_segment,
+)
+from wardview.beds import (
     READ_WAIT_BEHIND_MS,
     Bed,
     Device,
@@ -63,24 +73,14 @@ from edge.dashboard.beds import (
     show_respiration,
     verdict_view,
 )
-from edge.dashboard.history import History
-from edge.dashboard.intake import (
+from wardview.history import History
+from wardview.intake import (
     MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
     MessageError,
     parse_message,
 )
-from edge.dashboard.memory import WardMemory
-from edge.events import (
-    COMMAND_POLICIES,
-    DEVICE_STREAM,
-    TOPIC_ROOT,
-    Event,
-    EventError,
-    is_number,
-    is_segment,
-)
-from edge.evidence.clip import Assembler
+from wardview.memory import WardMemory
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -127,7 +127,7 @@ class Ward(WardMemory):
         """``alarms_every_s``: the alarm list goes out with the changes at most this often
         (the server's pusher: a busy ward changes it with every event; 0: every time)."""
         self.site = site
-        self.book = AlarmBook(alarm_settings)  # the alarm conditions (edge.alarms)
+        self.book = AlarmBook(alarm_settings)  # the alarm conditions (lungwatch.alarms)
         self.history = history  # the store of everything received (None: memory only)
         self.clips: set[str] = set()  # episodes whose evidence clip is in the store
         self.assembler = Assembler()
@@ -544,7 +544,7 @@ class Ward(WardMemory):
 
     # -- output ------------------------------------------------------------------------
     def alarms(self) -> list[dict[str, Any]]:
-        """The site's alarm conditions, one per bed and condition (``edge.alarms``), in ward
+        """The site's alarm conditions, one per bed and condition (``lungwatch.alarms``), in ward
         order (alarming first, then priority, then the newest episode), the verdict rows
         the config names after them; each with its bed's name and place, whether its
         device is online, whether an acknowledge waits for the device, and its clips."""

@@ -1,22 +1,25 @@
-"""The MQTT sink's configuration (how the device reaches its broker, and its spool).
-
-Kept apart from :mod:`edge.sinks.mqtt` so the runtime's config loader can read it without
-paho; :mod:`edge.sinks.mqtt` re-exports it.
+"""MQTT as both sides use it: a client's broker settings (:class:`MqttConfig`: address,
+login, TLS, and for a device its spool), the paho client they configure (:func:`new_client`,
+imported lazily, so reading a config needs no paho), the command topic and the broker's
+errors. The device's sink is :mod:`edge.sinks.mqtt`; the ward view's feed
+:mod:`wardview.feed`.
 """
 
 from __future__ import annotations
 
 import hmac
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from edge.config import check
-from edge.errors import ConfigError
-from edge.events import is_segment
-from edge.sinks.spool import DEFAULT_MAX_EVENTS
+from lungwatch.config import check
+from lungwatch.errors import ConfigError, LungwatchError
+from lungwatch.events import TOPIC_ROOT, check_segment, is_segment
 from lungwatch.hosts import is_loopback
 from lungwatch.private import others_may_read, read_private
+
+DEFAULT_MAX_EVENTS = 100_000  # a device's spool: events kept while the broker is away
 
 
 @dataclass(frozen=True)
@@ -138,3 +141,67 @@ class MqttConfig:
             return ""
         mac = hmac.new(password.encode(), f"lungwatch-client-id\0{username}".encode(), "sha256")
         return "-" + mac.hexdigest()[:16]
+
+
+def command_topic(site: str, device_id: str) -> str:
+    """``lungwatch/v1/<site>/<device>/command``: commands to the device (QoS 1)."""
+    site, device_id = check_segment(site, "site"), check_segment(device_id, "device_id")
+    return f"{TOPIC_ROOT}/{site}/{device_id}/command"
+
+
+class BrokerError(LungwatchError):
+    """The broker cannot be used; the message names host:port and the reason."""
+
+
+class BrokerRefusedError(BrokerError):
+    """The broker answered CONNACK with a refusal (credentials, client id, ...)."""
+
+
+class BrokerTlsError(BrokerError):
+    """TLS could not be set up (files, handshake, certificate verification)."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """The broker could not be reached (only raised with ``require_broker_at_start``)."""
+
+
+def new_client(cfg: MqttConfig, client_id: str, clean_session: bool = True) -> Any:
+    """A paho 2 client (MQTT 3.1.1, a clean session unless asked) with the config's reconnect
+    back-off, username / password and verifying TLS context; limits and callbacks are the
+    caller's."""
+    mqtt = import_paho()
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=clean_session,
+    )
+    client.reconnect_delay_set(cfg.backoff_min_s, cfg.backoff_max_s)
+    if cfg.username is not None:
+        client.username_pw_set(*cfg.login())
+    if cfg.uses_tls:
+        client.tls_set_context(tls_context(cfg))
+    return client
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    """Verifying client context: the broker's certificate and host name are checked."""
+    try:
+        context = ssl.create_default_context(cafile=cfg.ca_file)
+        if cfg.cert_file is not None:
+            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+    except (OSError, ValueError) as exc:
+        raise BrokerTlsError(f"broker {cfg.address}: cannot load TLS files ({exc})") from None
+    return context
+
+
+def ssl_reason(exc: ssl.SSLError) -> str:
+    return str(getattr(exc, "verify_message", None) or exc.reason or exc)
+
+
+def import_paho() -> Any:
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        raise BrokerError("MQTT needs paho-mqtt 2: pip install 'lungwatch[edge]'") from None
+    return mqtt

@@ -44,13 +44,8 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
-from edge.dashboard.config import (
-    HASH_ITERATIONS,
-    DashboardUser,
-    hash_iterations,
-    hash_password,
-    verify_password,
-)
+from lungwatch.passwords import HASH_ITERATIONS, hash_iterations, hash_password, verify_password
+from wardview.config import DashboardUser
 
 log = logging.getLogger("lungwatch.dashboard")
 

@@ -24,71 +24,24 @@ SHA256 with a random 16-byte salt; the config never holds a password in plain te
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import re
-import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from edge.alarms import AlarmSettings
-from edge.config import check
-from edge.dashboard.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
-from edge.dashboard.ward import MAX_BEDS_PER_DEVICE, MAX_DEVICES, MAX_OPEN_EPISODES_PER_BED
+from lungwatch.alarms import AlarmSettings
+from lungwatch.config import check
 from lungwatch.hosts import is_loopback
+from lungwatch.passwords import HASH_FORMAT, parse_hash
 from lungwatch.private import others_may_read
+from wardview.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
+from wardview.ward import MAX_BEDS_PER_DEVICE, MAX_DEVICES, MAX_OPEN_EPISODES_PER_BED
 
-HASH_SCHEME = "pbkdf2_sha256"
-HASH_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
-MIN_ITERATIONS = 100_000
-SALT_BYTES = 16
-HASH_FORMAT = f"{HASH_SCHEME}$ITERATIONS$SALT_HEX$HASH_HEX (lungwatch dashboard --hash-password)"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 Role = Literal["view", "ack"]
-
-
-def hash_password(password: str, iterations: int = HASH_ITERATIONS) -> str:
-    """``pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>`` of ``password`` (fresh salt)."""
-    if not password:
-        raise ValueError("the password must not be empty")
-    salt = secrets.token_bytes(SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
-    return f"{HASH_SCHEME}${iterations}${salt.hex()}${digest.hex()}"
-
-
-def _parse_hash(text: str) -> tuple[int, bytes, bytes] | None:
-    """(iterations, salt, digest) of a well-formed hash, else None."""
-    parts = text.split("$") if isinstance(text, str) else []
-    if len(parts) != 4 or parts[0] != HASH_SCHEME or not parts[1].isdigit():
-        return None
-    try:
-        salt, digest = bytes.fromhex(parts[2]), bytes.fromhex(parts[3])
-    except ValueError:
-        return None
-    iterations = int(parts[1])
-    if iterations < MIN_ITERATIONS or len(salt) < 8 or len(digest) != 32:
-        return None
-    return iterations, salt, digest
-
-
-def verify_password(password: str, password_hash: str) -> bool:
-    """Whether ``password`` matches ``password_hash`` (constant-time compare)."""
-    parsed = _parse_hash(password_hash)
-    if parsed is None:
-        return False
-    iterations, salt, digest = parsed
-    given = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
-    return hmac.compare_digest(given, digest)
-
-
-def hash_iterations(password_hash: str) -> int | None:
-    """The PBKDF2 iteration count of a well-formed hash (its cost), else None."""
-    parsed = _parse_hash(password_hash)
-    return None if parsed is None else parsed[0]
 
 
 def is_host(name: str) -> bool:
@@ -113,7 +66,7 @@ class DashboardUser:
     def __post_init__(self) -> None:
         ok = isinstance(self.name, str) and 0 < len(self.name) <= 64 and self.name.isprintable()
         check(ok and ":" not in self.name, "name", self.name, "1..64 printable characters, no ':'")
-        parsed = _parse_hash(self.password_hash)
+        parsed = parse_hash(self.password_hash)
         shown = self.password_hash if parsed is None and "$" in str(self.password_hash) else "***"
         check(parsed is not None, "password_hash", shown, HASH_FORMAT)
 
@@ -138,12 +91,12 @@ class DashboardConfig:
     alarm_verdicts: tuple[str, ...] = ()
     verdict_priority: str = "medium"
     # how alarm conditions re-alarm after an acknowledgement, rise unacknowledged and leave
-    # the list once over (edge.alarms: realarm_s, escalate_after_s, hold_s)
+    # the list once over (lungwatch.alarms: realarm_s, escalate_after_s, hold_s)
     alarms: AlarmSettings = field(default_factory=AlarmSettings)
     cert_file: str | None = None  # PEM certificate: serve HTTPS (users' passwords encrypted)
     key_file: str | None = None  # its private key (PEM), with cert_file
     # the site's command master key (``lungwatch access``): acknowledge commands are signed
-    # for each device with it (edge.commandauth); none: sent unsigned, which devices refuse
+    # for each device with it (lungwatch.commandauth); none: sent unsigned, which devices refuse
     # unless their commands.accept_unsigned is set
     command_key_file: str | None = None
     # Host header names the page answers to besides the bound address, localhost and IP

@@ -1,7 +1,7 @@
-"""The event schema (contract 4, ``docs/events.md``) and the MQTT topics it travels on.
+"""The event schema (``docs/events.md``) and the MQTT topics it travels on.
 
 An :class:`Event` is one *message* about one episode of a condition: a physiological finding
-(an event label from :mod:`edge.labels`: ``Wheeze``, ``Fine Crackle``, ...) or a technical
+(an event label from :mod:`lungwatch.labels`: ``Wheeze``, ``Fine Crackle``, ...) or a technical
 condition (``poor_signal``, ``off_body``, ``spool_full``, ...). An episode is published as
 ``onset`` (end unknown), optionally ``ongoing`` updates, then ``ended``; its messages share
 ``episode_id`` and each has its own ``id`` (a UUID4 that stays the same when the message is
@@ -22,7 +22,7 @@ Topics (each segment checked by :func:`check_segment`):
 - ``lungwatch/v1/<site>/<device>/<stream>/summary``: the bed's display name, location and
   open alarms (a ward view that starts late lists alarms latched before it), QoS 1, retained.
 - ``lungwatch/v1/<site>/<device>/<stream>/evidence``: the audio and model outputs of an
-  event, in parts (:mod:`edge.evidence.clip`), QoS 1, not retained.
+  event, in parts (:mod:`lungwatch.clip`), QoS 1, not retained.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, NoReturn, TypeGuard
 
-from edge.errors import LungwatchError
-from edge.labels import EVENT_LABELS, NORMAL, sound_class
+from lungwatch.errors import LungwatchError
+from lungwatch.labels import EVENT_LABELS, NORMAL, sound_class
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "lungwatch/v1"
@@ -126,7 +126,7 @@ def kind_of(event_type: str) -> str:
 
 
 def snomed_ct(event_type: str) -> str | None:
-    """SNOMED CT concept id of a physiological type (from :mod:`edge.labels`), else None."""
+    """SNOMED CT concept id of a physiological type (from :mod:`lungwatch.labels`), else None."""
     if event_type in RESPIRATION_SNOMED_CT:
         return RESPIRATION_SNOMED_CT[event_type]
     if event_type in SOUND_TYPES:

@@ -1,13 +1,14 @@
-"""The demo's picture of one recording, drawn with NumPy (no matplotlib on the device).
+"""A recording's picture, drawn with NumPy (no matplotlib on the device): the demo's per
+recording and the ward view's per alarm clip.
 
-    centres, probs = window_probabilities(model, samples)
     rgb = render(title=..., spectrogram=frames, frames_per_s=100, classes=..., ...)
     write_png("out/demo/<record>.png", rgb)
 
 Rows, top to bottom, on one time axis (one pixel column per feature frame, 10 ms):
 
 - the record id and label;
-- the log-mel spectrogram (low bands at the bottom);
+- the spectrogram (the demo's: the model's log-mel frames; an alarm clip's: log-frequency
+  bands; low bands at the bottom);
 - one bar row per model class: the class probability of each window, drawn over the hop span
   centred on the window's centre (the detector's time convention, :mod:`edge.bed.detector`);
 - ``DETECTED``: the physiological events the broker delivered; ``TECHNICAL``: technical ones;
@@ -20,14 +21,11 @@ Labels use a built-in 5x7 pixel font (upper case, digits and a little punctuatio
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from edge.demo.imaging import colourise
-
-if TYPE_CHECKING:
-    from edge.monitor import Monitor
+from wardview.imaging import colourise
 
 RGB = tuple[int, int, int]
 BACKGROUND: RGB = (16, 16, 20)
@@ -137,18 +135,6 @@ def draw_text(canvas: np.ndarray, x: int, y: int, text: str, colour: RGB = TEXT)
         canvas[rows, cols][part] = colour
 
 
-def window_probabilities(model: Monitor, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The model's output frames over a whole recording, end included: centres (samples,
-    ``(n,)``) and probabilities ``(n, n_outputs)``, through one bed of the public API."""
-    bed = model.open_bed("picture")
-    first, last = bed.push(samples), bed.close()
-    probs = np.concatenate([first.probs, last.probs]) if len(first.probs) else last.probs
-    start = first.first_frame if len(first.probs) else last.first_frame
-    grid = model.grid
-    centres = (start + np.arange(probs.shape[0])) * grid.frame_samples + grid.offset_samples
-    return centres + grid.frame_samples // 2, probs
-
-
 class _Timeline:
     """Seconds -> pixel columns of the plot area (right of the margin)."""
 
@@ -210,12 +196,14 @@ def _axis(duration_s: float, tl: _Timeline) -> np.ndarray:
     return axis
 
 
-def _spectrogram_block(spectrogram: np.ndarray, freq_range_hz: tuple[float, float]) -> np.ndarray:
+def _spectrogram_block(
+    spectrogram: np.ndarray, freq_range_hz: tuple[float, float], name: str = "LOG-MEL"
+) -> np.ndarray:
     """The spectrogram right of the margin, labelled with its name and band edges."""
     rows = _spectrogram_rows(spectrogram)
     out = np.full((rows.shape[0], MARGIN_PX + rows.shape[1], 3), BACKGROUND, np.uint8)
     out[:, MARGIN_PX:] = rows
-    draw_text(out, 2, (rows.shape[0] - GLYPH_H) // 2, "LOG-MEL")
+    draw_text(out, 2, (rows.shape[0] - GLYPH_H) // 2, name)
     low_hz, high_hz = freq_range_hz
     draw_text(out, 2, 1, f"{high_hz:.0f} HZ")
     draw_text(out, 2, rows.shape[0] - GLYPH_H - 1, f"{low_hz:.0f} HZ")
@@ -234,6 +222,7 @@ def render(
     probabilities: np.ndarray,
     detected: Sequence[Span],
     annotated: Sequence[Span],
+    spectrogram_name: str = "LOG-MEL",
 ) -> np.ndarray:
     """The picture (see the module doc) as an ``(height, width, 3)`` uint8 array.
 
@@ -251,7 +240,7 @@ def render(
     technical = [s for s in detected if s.type not in CLASS_COLOURS]
     blocks = [
         title_row,
-        _spectrogram_block(spectrogram, freq_range_hz),
+        _spectrogram_block(spectrogram, freq_range_hz, spectrogram_name),
         gap,
         _class_rows(classes, window_centres_s, window_hop_s, probabilities, tl),
         gap,

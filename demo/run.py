@@ -1,6 +1,6 @@
 """``lungwatch demo``: the whole bedside pipeline on three real recordings (``make demo``).
 
-    lungwatch demo [--config edge/configs/demo.yaml] [--broker HOST:PORT] [--seconds N]
+    lungwatch demo [--config demo/demo.yaml] [--broker HOST:PORT] [--seconds N]
                    [--realtime] [--hold] [--set key=value ...]
 
 In one process:
@@ -9,13 +9,13 @@ In one process:
    the config's ``broker`` names one (Mosquitto, a ward broker);
 2. a subscriber (paho, QoS 1) on ``lungwatch/v1/<site>/<device>/#`` that prints every message
    the broker delivers (``mqtt>`` lines);
-3. the ward view (:mod:`edge.dashboard`) on a free loopback port, its address printed as
+3. the ward view (:mod:`wardview`) on a free loopback port, its address printed as
    ``dashboard: http://127.0.0.1:PORT/ ...``; with ``--hold`` it stays up after the run until
    Ctrl-C / SIGTERM (without, the demo finishes by itself);
 4. the runtime (:func:`edge.runtime.loop.serve`): the shipped INT8 model, one stream (bed) per
    recording, read as fast as possible (``--realtime``: paced at 8 kHz), events printed as they
    happen by the stdout sink and published at QoS 1 through a fresh SQLite spool;
-5. a PNG per recording, ``<out_dir>/<record>.png`` (:mod:`edge.demo.plot`): log-mel
+5. a PNG per recording, ``<out_dir>/<record>.png`` (:mod:`wardview.plot`): log-mel
    spectrogram, the model's class probabilities per window, the delivered events and the
    annotated ones;
 6. a summary: per recording the events detected and annotated, and published == delivered.
@@ -41,20 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from demo.subscriber import Subscriber
 from edge.audio import read_audio
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
-from edge.config import check, load_config
-from edge.dashboard.config import DashboardConfig
 from edge.datapaths import PROJECT_ROOT, sprsound_root
-from edge.demo.imaging import write_png
-from edge.demo.plot import Span, render, window_probabilities
-from edge.demo.subscriber import Subscriber
-from edge.errors import AnnotationError, LungwatchError
-from edge.events import PHYSIOLOGICAL_TYPES
 from edge.features import extract
 from edge.inference import BackendConfig
-from edge.labels import NORMAL, sound_class
+from edge.monitor import Monitor
 from edge.runtime.config import ModelConfig, RuntimeConfig, SinksConfig, StreamConfig
 from edge.runtime.loop import (
     Runtime,
@@ -64,10 +60,17 @@ from edge.runtime.loop import (
     serve,
     setup_logging,
 )
-from edge.sinks.mqtt import MqttConfig
 from lungwatch.cli import ArgumentParser
+from lungwatch.config import check, load_config
+from lungwatch.errors import AnnotationError, LungwatchError
+from lungwatch.events import PHYSIOLOGICAL_TYPES
+from lungwatch.labels import NORMAL, sound_class
+from lungwatch.mqtt import MqttConfig
+from wardview.config import DashboardConfig
+from wardview.imaging import write_png
+from wardview.plot import Span, render
 
-DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "demo.yaml"
+DEFAULT_CONFIG = Path(__file__).parent / "demo.yaml"
 DEFAULT_RECORDS: tuple[str, ...] = (
     "intra_test/64913238_0.6_1_p3_2175",  # CAS: wheezes
     "intra_test/41161556_1.7_0_p2_3062",  # CAS & DAS: wheezes and fine crackles
@@ -83,7 +86,7 @@ class DemoError(LungwatchError):
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """``edge/configs/demo.yaml`` (every key is commented there)."""
+    """``demo/demo.yaml`` (every key is commented there)."""
 
     records: tuple[str, ...] = DEFAULT_RECORDS
     examples_dir: str = "examples"
@@ -218,6 +221,18 @@ def delivered_spans(events: list[dict[str, Any]], rate_hz: int, end_sample: int)
     )  # fmt: skip
 
 
+def window_probabilities(model: Monitor, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's output frames over a whole recording, end included: centres (samples,
+    ``(n,)``) and probabilities ``(n, n_outputs)``, through one bed of the public API."""
+    bed = model.open_bed("picture")
+    first, last = bed.push(samples), bed.close()
+    probs = np.concatenate([first.probs, last.probs]) if len(first.probs) else last.probs
+    start = first.first_frame if len(first.probs) else last.first_frame
+    grid = model.grid
+    centres = (start + np.arange(probs.shape[0])) * grid.frame_samples + grid.offset_samples
+    return centres + grid.frame_samples // 2, probs
+
+
 def write_pictures(
     cfg: DemoConfig, config: RuntimeConfig, recordings: list[Recording], spans: list[list[Span]]
 ) -> list[Path]:
@@ -316,7 +331,7 @@ def run(cfg: DemoConfig, stop: threading.Event) -> int:
 
 def _start_dashboard(cfg: DemoConfig, address: str) -> Any:
     """The ward view on the demo's broker, its address printed."""
-    from edge.dashboard.server import DashboardServer
+    from wardview.server import DashboardServer
 
     host, port = address.rsplit(":", 1)
     mqtt = MqttConfig(host=host, port=int(port), site=cfg.site, device_id=cfg.device_id)
@@ -389,7 +404,7 @@ def _acked(runtime: Runtime) -> int | str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="lungwatch demo", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lungwatch demo", description=__doc__)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo YAML file")
     parser.add_argument("--broker", metavar="HOST:PORT", help="use this broker (no embedded one)")
     parser.add_argument("--seconds", type=float, metavar="N", help="stop after N s (max_run_s)")

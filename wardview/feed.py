@@ -1,7 +1,7 @@
 """The dashboard's MQTT side: one paho client that reads the site's topics into a
-:class:`~edge.dashboard.ward.Ward` and publishes acknowledge commands.
+:class:`~wardview.ward.Ward` and publishes acknowledge commands.
 
-It uses the runtime config's :class:`~edge.sinks.mqtt.MqttConfig` for the broker: host, port,
+It uses the runtime config's :class:`~lungwatch.mqtt.MqttConfig` for the broker: host, port,
 username / password, TLS (CA, client certificate), keepalive and reconnect backoff; its own
 client id (``lungwatch-dashboard-<site>-<random>``) so it never takes the device's session.
 Subscriptions (QoS 1, renewed on every reconnect; clean session):
@@ -14,7 +14,7 @@ Subscriptions (QoS 1, renewed on every reconnect; clean session):
 The broker's SUBACK is read: a subscription it refuses (reason code 0x80, e.g. credentials
 whose ACL does not let them read the site) turns the ward's broker state to ``refused: not
 allowed to read <topics>`` instead of ``connected``
-(:meth:`~edge.dashboard.ward.Ward.set_refused`), logged once as an error, until a later
+(:meth:`~wardview.ward.Ward.set_refused`), logged once as an error, until a later
 SUBACK grants them all. A broker that grants every subscription and filters what it
 delivers instead (Mosquitto 2.0's ``acl_file``) cannot be told apart this way: the view then
 stays ``connected`` and shows no device.
@@ -22,7 +22,7 @@ stays ``connected`` and shows no device.
 The round-trip probe (:meth:`WardFeed.probe`, every ``dashboard.probe_interval_s``): an
 UNSUBSCRIBE of a topic it never subscribed (``lungwatch/v1/<site>/_dashboard/<client id>``),
 which the broker answers with UNSUBACK in this client's network thread; the answer tells the
-ward (:meth:`~edge.dashboard.ward.Ward.probe_returned`) that the broker and the thread that
+ward (:meth:`~wardview.ward.Ward.probe_returned`) that the broker and the thread that
 feeds the ward both work. It needs no right in the broker's ACL (``lungwatch access`` gives a
 ward view read and command rights only) and changes nothing on the broker.
 
@@ -40,10 +40,9 @@ import ssl
 import threading
 from typing import Any
 
-from edge.commandauth import derive_device_key, sign_command
-from edge.dashboard.ward import Ward
-from edge.events import TOPIC_ROOT
-from edge.sinks.mqtt import (
+from lungwatch.commandauth import derive_device_key, sign_command
+from lungwatch.events import TOPIC_ROOT
+from lungwatch.mqtt import (
     BrokerError,
     BrokerRefusedError,
     BrokerTlsError,
@@ -51,6 +50,7 @@ from edge.sinks.mqtt import (
     command_topic,
     new_client,
 )
+from wardview.ward import Ward
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -76,7 +76,7 @@ class WardFeed:
         subscriptions and queues what it misses while it is down); None: a fresh clean
         session with a random id."""
         self.config, self.site, self.ward = config, site, ward
-        self._command_master = command_master  # signs commands (edge.commandauth); None: not
+        self._command_master = command_master  # signs commands (lungwatch.commandauth); None: not
         self.topics = [
             f"{TOPIC_ROOT}/{site}/+/status",
             f"{TOPIC_ROOT}/{site}/+/metrics",

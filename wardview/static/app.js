@@ -1,5 +1,5 @@
 // lungwatch ward view. Plain JavaScript, no libraries, nothing fetched from elsewhere.
-// The server (edge/dashboard/server.py) sends the ward over Server-Sent Events: one
+// The server (wardview/server.py) sends the ward over Server-Sent Events: one
 // "snapshot" (everything) when the stream opens, then "update" messages with what changed,
 // and a "heartbeat" every heartbeat_s: when nothing arrives for HEARTBEATS_MISSED of them the
 // page says so, greys the ward (what it shows may be old) and opens a new stream.
@@ -375,7 +375,7 @@
   }
 
   // -- alarms ---------------------------------------------------------------------------
-  // One row per bed and alarm condition (edge/alarms.py), grouped by bed: the bed's worst
+  // One row per bed and alarm condition (lungwatch/alarms.py), grouped by bed: the bed's worst
   // condition first (the server's ward order: alarming, then priority, then the newest),
   // its other conditions under it. Rows are kept while what they show is unchanged, so a
   // button being clicked is never swapped for a new one by an update about another alarm.

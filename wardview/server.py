@@ -8,9 +8,9 @@
 Routes (a Starlette application served by uvicorn on a thread of its own; every one needs a
 configured user's HTTP Basic credentials when the config has users, none when it has none,
 which it only allows on a loopback address; every request passes the rules of
-:mod:`edge.dashboard.web` first: an allowed ``Host``, strict ``Content-Length``, a time
+:mod:`wardview.web` first: an allowed ``Host``, strict ``Content-Length``, a time
 limit; every response carries its security headers; failed logins are bounded by
-:mod:`edge.dashboard.login`):
+:mod:`wardview.login`):
 
 - ``GET /`` and ``GET /static/{app.js,style.css}``: the page (plain files in ``static/``);
 - ``GET /events``: ``text/event-stream``; first ``event: snapshot`` (the whole ward and what the
@@ -19,7 +19,7 @@ limit; every response carries its security headers; failed logins are bounded by
   updates, so a page that misses them knows its stream stopped);
 - ``GET /api/state``: the snapshot as JSON;
 - ``GET /api/evidence/<episode>[.flac|.png]`` and ``GET /api/trend/<device>/<bed>?hours=N``:
-  an event's audio, picture and description, a bed's history (:mod:`edge.dashboard.
+  an event's audio, picture and description, a bed's history (:mod:`wardview.
   evidence_api`; the evidence needs a named user);
 - ``POST /api/acknowledge`` with ``{"device_id", "stream_id", "target"}`` (JSON): needs the
   ``ack`` role (else 403, nothing published), an alarm condition of that bed that ``target``
@@ -35,6 +35,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -46,10 +47,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from starlette.applications import Starlette
@@ -60,14 +61,20 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edge.commandauth import read_key
-from edge.dashboard.config import DashboardConfig
-from edge.dashboard.evidence_api import EvidencePages
-from edge.dashboard.feed import FeedError, WardFeed
-from edge.dashboard.history import History
-from edge.dashboard.login import LoginLimitedError, Logins
-from edge.dashboard.ward import Ward
-from edge.dashboard.web import (
+from lungwatch.commandauth import read_key
+from lungwatch.config import from_mapping
+from lungwatch.errors import LungwatchError
+from lungwatch.events import is_segment
+from lungwatch.hosts import is_loopback
+from lungwatch.mqtt import MqttConfig
+from lungwatch.supervision import ThreadStoppedError, Worker, first_failure
+from wardview.config import DashboardConfig
+from wardview.evidence_api import EvidencePages
+from wardview.feed import FeedError, WardFeed
+from wardview.history import History
+from wardview.login import LoginLimitedError, Logins
+from wardview.ward import Ward
+from wardview.web import (
     SECURITY_HEADERS,
     Connections,
     HostRule,
@@ -77,11 +84,6 @@ from edge.dashboard.web import (
     guarded_protocol,
     header_values,
 )
-from edge.errors import LungwatchError
-from edge.events import is_segment
-from edge.sinks.mqtt import MqttConfig
-from edge.supervision import ThreadStoppedError, Worker, first_failure
-from lungwatch.hosts import is_loopback
 
 ALARMS_PUSH_S = 1.0  # the alarm list goes to the browsers at most this often
 
@@ -127,7 +129,7 @@ class DashboardServer:
         command_master_key: bytes | None = None,
     ) -> None:
         """``command_master_key`` (else ``config.command_key_file``'s) signs each acknowledge
-        command for its device (edge.commandauth); with neither, commands go unsigned."""
+        command for its device (lungwatch.commandauth); with neither, commands go unsigned."""
         self.config, self.site = config, site
         if command_master_key is None and config.command_key_file is not None:
             command_master_key = read_key(config.command_key_file)
@@ -250,7 +252,7 @@ class DashboardServer:
         return first_failure([self._web.failure, self._pusher.failure])
 
     def serve_until(self, stop: threading.Event, every_s: float = 1.0) -> None:
-        """Watch the view until ``stop`` is set; :class:`~edge.supervision.ThreadStoppedError`
+        """Watch the view until ``stop`` is set; :class:`~lungwatch.supervision.ThreadStoppedError`
         when it cannot go on (:meth:`failure`)."""
         while not stop.wait(every_s):
             why = self.failure()
@@ -342,7 +344,7 @@ class DashboardServer:
     def authenticate(self, header: str | None, address: str = "") -> Viewer | None:
         """Who sent ``Authorization: Basic ...`` from ``address`` (:data:`LOCAL_VIEWER`
         without users); None: no or wrong credentials; :class:`LoginLimitedError` after too
-        many failures of the name or the address (:mod:`edge.dashboard.login`)."""
+        many failures of the name or the address (:mod:`wardview.login`)."""
         if self.logins is None:
             return LOCAL_VIEWER
         if not header or not header.startswith("Basic "):
@@ -430,7 +432,7 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 class Guard:
     """The rules every request passes before a route sees it: an allowed Host, no
-    Transfer-Encoding, and on a POST one strict Content-Length (:mod:`edge.dashboard.web`).
+    Transfer-Encoding, and on a POST one strict Content-Length (:mod:`wardview.web`).
     A refusal closes the connection (its body, if any, is not read)."""
 
     def __init__(self, app: ASGIApp, server: DashboardServer) -> None:
@@ -558,3 +560,43 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return body if isinstance(body, dict) else {}
+
+
+class HostConfig(Protocol):
+    """What :func:`serve_beside` reads of the config of the process it runs in (a device's
+    runtime config: ``edge.runtime.config.RuntimeConfig``)."""
+
+    @property
+    def site(self) -> str: ...
+
+    @property
+    def dashboard(self) -> Mapping[str, Any]: ...
+
+    @property
+    def mqtt_config(self) -> MqttConfig: ...
+
+    @property
+    def serves_view(self) -> bool: ...
+
+
+def serve_beside(
+    config: HostConfig,
+    broker_address: str | None,
+    resources: contextlib.ExitStack,
+    command_master_key: bytes | None = None,
+) -> DashboardServer | None:
+    """With ``dashboard.enabled`` in a device's config: the ward view on
+    ``dashboard.host:port`` of that section (checked here, errors naming ``dashboard.<key>``),
+    reading the broker the device's MQTT sink uses (``broker_address`` overrides it), signing
+    commands with ``command_master_key``, stopped by ``resources``; the running server."""
+    if not config.serves_view:
+        return None
+    settings = from_mapping(DashboardConfig, config.dashboard, source="dashboard")
+    mqtt = config.mqtt_config
+    if broker_address is not None:
+        host, port = broker_address.rsplit(":", 1)
+        mqtt = dataclasses.replace(mqtt, host=host, port=int(port))
+    server = DashboardServer(settings, mqtt, config.site, command_master_key).start()
+    resources.callback(server.stop)
+    print(server.describe(), flush=True)
+    return server

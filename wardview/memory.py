@@ -1,12 +1,12 @@
-"""The ward's memory beyond the live state (a mixin of :class:`edge.dashboard.ward.Ward`):
+"""The ward's memory beyond the live state (a mixin of :class:`wardview.ward.Ward`):
 
 - **summaries** (``…/<bed>/summary``, retained): a bed's display name and location, and its
   open alarms; an alarm a bed still holds that the view never saw (latched before the view
   started) is listed from the summary until its ``ended`` comes;
 - **evidence** (``…/<bed>/evidence``): clips put together from their parts
-  (:class:`edge.evidence.clip.Assembler`), stored, and marked on the event and alarm rows of
+  (:class:`lungwatch.clip.Assembler`), stored, and marked on the event and alarm rows of
   their episode;
-- **history** (:class:`edge.dashboard.history.History`): every event, verdict, breathing
+- **history** (:class:`wardview.history.History`): every event, verdict, breathing
   reading (at most one a minute per bed, and every change of state), summary and clip goes to
   the store; at start the ward is rebuilt from it (names, open episodes, each bed's last
   events, breathing and verdict), and the devices' retained messages bring it up to date: an
@@ -19,19 +19,19 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from edge.alarms import AlarmBook, ListedEpisode
-from edge.dashboard.beds import Bed, Device, event_row, show_respiration, verdict_view
-from edge.dashboard.history import History, Restored, epoch_s
-from edge.dashboard.intake import MessageError
-from edge.events import Event, is_segment
-from edge.evidence.clip import Assembler, EvidenceError
+from lungwatch.alarms import AlarmBook, ListedEpisode
+from lungwatch.clip import Assembler, EvidenceError
+from lungwatch.events import Event, is_segment
+from wardview.beds import Bed, Device, event_row, show_respiration, verdict_view
+from wardview.history import History, Restored, epoch_s
+from wardview.intake import MessageError
 
 READING_EVERY_S = 60.0  # a bed's breathing is stored at most this often (and on a change)
 MAX_TEXT = 80  # a bed's name or location
 
 
 class WardMemory:
-    """See the module doc. Needs the attributes :class:`~edge.dashboard.ward.Ward` sets."""
+    """See the module doc. Needs the attributes :class:`~wardview.ward.Ward` sets."""
 
     lock: threading.RLock
     devices: dict[str, Device]
@@ -165,7 +165,7 @@ def _text(value: object) -> str | None:
 
 
 def _summary_row(row: dict[str, Any]) -> dict[str, Any]:
-    """An alarm row (as :func:`edge.dashboard.beds.event_row` makes them) from a summary's."""
+    """An alarm row (as :func:`wardview.beds.event_row` makes them) from a summary's."""
     priority = row.get("priority") if row.get("priority") in ("high", "medium", "low") else "low"
     confidence = row.get("confidence")
     return {

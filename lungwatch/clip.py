@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from edge.errors import LungwatchError
-from edge.events import (
+from lungwatch.errors import LungwatchError
+from lungwatch.events import (
     PHYSIOLOGICAL_TYPES,
     SCHEMA_VERSION,
     TECHNICAL_TYPES,

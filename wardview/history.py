@@ -48,10 +48,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge.errors import LungwatchError
-from edge.events import Event, parse_utc
-from edge.evidence.clip import Clip
-from edge.supervision import RESTARTS, Worker
+from lungwatch.clip import Clip
+from lungwatch.errors import LungwatchError
+from lungwatch.events import Event, parse_utc
+from lungwatch.supervision import RESTARTS, Worker
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -263,7 +263,7 @@ class History:
     def supervise(self) -> str | None:
         """None while the writer runs; after it stopped unasked: what happened, the rows it
         held counted as not stored, and the writer started again (bounded: see
-        :class:`~edge.supervision.Worker`; the text says when it was not)."""
+        :class:`~lungwatch.supervision.Worker`; the text says when it was not)."""
         why = self._writer.failure()
         if why is None:
             return None

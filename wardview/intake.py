@@ -27,7 +27,7 @@ import math
 import re
 from typing import Any
 
-from edge.events import SCHEMA_VERSION
+from lungwatch.events import SCHEMA_VERSION
 
 REASONS = (
     "too_large",

@@ -1,4 +1,4 @@
-"""Typed errors raised by the device package.
+"""Typed errors shared by lungwatch's packages (the device, the ward view, the workstation).
 
 Every error carries a message that names what was wrong (the file, the key, the value)
 so that one line in a log is enough to fix it.

@@ -7,7 +7,7 @@
     book.conditions(now_s)              # one AlarmCondition per bed and condition, ward order
 
 The MQTT stream carries **episodes**: every crackle heard in a breath phase is an episode with
-its own onset and end (the wire contract, ``edge.events``). A ward cannot work from those: a
+its own onset and end (the wire contract, ``lungwatch.events``). A ward cannot work from those: a
 bed with crackles raises one every few breaths. This layer, shared by the device (its
 acknowledge matches a condition name) and the ward view (its alarm list), groups them as a
 bedside monitor does, into one **alarm condition per bed and finding**:
@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from edge.config import check
+from lungwatch.config import check
 
 PRIORITIES = ("high", "medium", "low")
 PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
@@ -59,7 +59,7 @@ TECHNICAL_CEILING = "medium"  # a technical condition does not escalate above th
 
 
 class Episode(Protocol):
-    """What the book reads of an episode's message: an :class:`~edge.events.Event`, or a
+    """What the book reads of an episode's message: an :class:`~lungwatch.events.Event`, or a
     :class:`ListedEpisode` a bed's summary lists."""
 
     @property

@@ -1,0 +1,3 @@
+"""``make demo`` (``run``): the whole pipeline on three recordings, its picture (drawn with
+:mod:`wardview.plot` and :mod:`wardview.imaging`) and its subscriber (``subscriber``); its
+settings are ``demo.yaml``."""
