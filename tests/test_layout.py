@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import grimp
+from pathlib import Path
 
-PACKAGES = (
-    "lungwatch",
-    "edge",
-    "wardview",
-    "demo",
-    "firmware_bridge",
-    "export",
-    "training",
-    "deploy",
-    "bench",
+import grimp
+import tomllib
+
+# every package the project declares (pyproject.toml)
+PACKAGES = tuple(
+    pattern.rstrip("*")
+    for pattern in tomllib.loads(
+        (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    )["tool"]["setuptools"]["packages"]["find"]["include"]
 )
 
 
