@@ -56,6 +56,8 @@ def load_settings(
     if overrides:
         data = apply_overrides(data, overrides, source=source)
     if "streams" in data:  # a device's runtime config: the view reads its own sections
+        if "site" not in data:  # the default ward would show another ward's beds
+            raise ConfigError(f"{source}: site must be given (the ward whose devices are shown)")
         data = {f.name: data[f.name] for f in dataclasses.fields(DashboardFile) if f.name in data}
     settings = from_mapping(DashboardFile, data, source=source)
     return settings.site, settings.mqtt, settings.dashboard

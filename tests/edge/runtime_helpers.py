@@ -32,6 +32,7 @@ from edge.runtime.loop import Runtime, open_model, open_streams, serve
 from lungwatch.config import from_mapping
 from lungwatch.events import Event
 from lungwatch.labels import sound_class
+from wardview.server import serve_beside
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO_ROOT / "models" / "sed"
@@ -132,7 +133,8 @@ def run_collecting(config: RuntimeConfig) -> tuple[Runtime, ListSink]:
 
 
 class ServeThread:
-    """:func:`edge.runtime.loop.serve` in a background thread (the MQTT sink included)."""
+    """:func:`edge.runtime.loop.serve` in a background thread (the MQTT sink included), with
+    the ward view beside it where the config enables it, as ``lungwatch run`` serves it."""
 
     def __init__(self, config: RuntimeConfig) -> None:
         self.stop = threading.Event()
@@ -142,7 +144,7 @@ class ServeThread:
 
     def _serve(self, config: RuntimeConfig) -> None:
         try:
-            self.runtime = serve(config, self.stop, source="test.yaml")
+            self.runtime = serve(config, self.stop, source="test.yaml", companions=(serve_beside,))
         except BaseException as exc:  # handed to the test thread by join()
             self.error = exc
 

@@ -38,7 +38,7 @@ RATE_HZ = 8000
 OUTPUTS = ("Fine Crackle", "Wheeze", "Poor Quality")
 NOW = 1_780_000_000.0 // 3600 * 3600 + 1800  # half past an hour (POSIX s)
 USERS = {"nurse": ("ack", "nurse-pw"), "porter": ("view", "porter-pw")}
-BROKER_USER, BROKER_PASSWORD = "wardview", "br0ker-s3cret-pw"
+BROKER_USER, BROKER_PASSWORD = "ward-login-7", "br0ker-s3cret-pw"
 
 
 class Clock:

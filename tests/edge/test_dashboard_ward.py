@@ -385,16 +385,27 @@ def test_a_plain_text_password_is_never_echoed() -> None:
     assert "'***'" in str(caught.value)
 
 
-def test_users_allow_any_address_and_runtime_files_are_validated_whole(tmp_path: Path) -> None:
+def test_users_allow_any_address_and_a_runtime_files_view_sections_are_checked(
+    tmp_path: Path,
+) -> None:
     users = [user_entry("nurse", "ack", "pw"), user_entry("porter", "view", "pw")]
     path = tmp_path / "dash.yaml"
     path.write_text(json.dumps({"site": SITE, "dashboard": {"host": "0.0.0.0", "users": users}}))
     site, mqtt, dashboard = load_settings(path, ["mqtt.port=1884"])
     assert (site, mqtt.port, dashboard.host) == (SITE, 1884, "0.0.0.0")
     assert [u.can_acknowledge for u in dashboard.users] == [True, False]
+    # a device's runtime config: the view reads site, mqtt and dashboard (the device checks
+    # the rest when it runs); the site must be named, a slip in the view's sections is refused
     runtime = tmp_path / "runtime.yaml"
-    runtime.write_text(json.dumps({"streams": [{"id": "bed-1", "source": "x.wav"}], "sitee": 1}))
-    with pytest.raises(ConfigError, match=r"runtime.yaml: sitee must be one of \["):
+    device = {"streams": [{"id": "bed-1", "source": "x.wav"}], "detector": {"x": 1}}
+    runtime.write_text(json.dumps({**device, "site": SITE, "dashboard": {"port": 8099}}))
+    site, _, dashboard = load_settings(runtime, [])
+    assert (site, dashboard.port) == (SITE, 8099)
+    runtime.write_text(json.dumps({**device, "sitee": SITE}))
+    with pytest.raises(ConfigError, match=r"runtime.yaml: site must be given"):
+        load_settings(runtime, [])
+    runtime.write_text(json.dumps({**device, "site": SITE, "dashboard": {"prot": 8099}}))
+    with pytest.raises(ConfigError, match=r"runtime.yaml: dashboard.prot must be one of \["):
         load_settings(runtime, [])
 
 
