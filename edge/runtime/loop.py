@@ -29,20 +29,15 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from edge.bed.agebands import age_band
-from edge.bed.breathing_state import Respiration
-from edge.bed.chain import BedChain
-from edge.bed.detector import Transition
 from edge.bed.pipeline import WindowReady
 from edge.evidence.publisher import EvidencePublisher
-from edge.evidence.recorder import ClipRecorder, Cut, Identity
+from edge.evidence.recorder import ClipRecorder, Identity
 from edge.inference.manifest import MANIFEST_NAME, load_manifest
 from edge.inference.streaming import OutputFrames
 from edge.monitor import Monitor
@@ -50,7 +45,6 @@ from edge.runtime.config import (
     Command,
     CommandError,
     RuntimeConfig,
-    StreamConfig,
     check_against_manifest,
     load_runtime_config,
     open_command_verifier,
@@ -59,28 +53,24 @@ from edge.runtime.config import (
     parse_command,
     short_repr,
     start_embedded_broker,
-    stream_age_band,
 )
 from edge.runtime.latched import LatchedStore
-from edge.runtime.outbox import EventOutbox
+from edge.runtime.publish import Publisher
+from edge.runtime.stream import Stream
 from edge.sinks import (
     Sink,
     publish_live,
-    publish_respiration,
-    publish_summary,
-    publish_verdict,
 )
 from edge.sinks.live import LiveStrip
-from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
+from edge.sources import SourceChunk, SourceEnded, SourceError
 from lungwatch.cli import ArgumentParser
 from lungwatch.commandauth import CommandVerifier
 from lungwatch.errors import ConfigError, LungwatchError
-from lungwatch.events import format_utc, utc_now
+from lungwatch.events import utc_now
 from lungwatch.private import private_umask
 from lungwatch.supervision import ThreadStoppedError, first_failure
 
 log = logging.getLogger("lungwatch.runtime")
-MAX_LATENCIES = 100_000  # per stream and metrics interval
 MAX_READS_PER_ROUND = 64  # source chunks one stream's read may gather (fairness between beds)
 MS_PER_S = 1000.0
 SHUTDOWN = "shutdown"  # why every stream ends when the runtime stops
@@ -107,63 +97,6 @@ def open_model(config: RuntimeConfig, source: str = "<config>") -> Monitor:
     )
     log.info("model %s (%s) on %s", manifest.model_id, config.model.file, monitor.backend.name)
     return monitor
-
-
-class Stream:
-    """One bed of the runtime: its source, its chain (a public :class:`~edge.monitor.Bed`),
-    how it ends, and its counters."""
-
-    def __init__(self, config: StreamConfig, source: AudioSource, model: Monitor) -> None:
-        self.config, self.source, self.id = config, source, config.id
-        self.rate_hz = source.sample_rate_hz
-        self.bed = model.open_bed(config.id, stream_age_band(config))
-        self.respiration_sent: tuple[float, str] | None = None  # (when, state) last published
-        self.summary_sent = False  # its first summary (name, location) goes with its first window
-        self.recorder: ClipRecorder | None = None  # the bed's evidence clips (when sent)
-        self.chain: BedChain = self.bed.chain  # the bed's front end, state, gate, detector
-        self.ending: str | None = None  # why the stream ends once its flushed frames are in
-        self.read_error: SourceEnded | SourceError | None = None  # taken on the next round
-        self.t0_posix: float | None = None  # wall time of sample 0
-        self.ended = False
-        self.counters = {"chunks": 0, "samples": 0, "windows": 0, "events": 0, "notices": 0}
-        self.latencies_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
-        # since the last report: how long the oldest chunk a read found had waited after its
-        # capture (sources that give ``captured_s``)
-        self.read_waits_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
-
-    def utc(self, sample: int) -> str:
-        """UTC of a sample on this stream's timeline: wall time of sample 0 + sample / rate."""
-        t0 = self.t0_posix if self.t0_posix is not None else time.time()
-        return format_utc(t0 + sample / self.rate_hz)
-
-    def metrics(self, open_events: int) -> dict[str, Any]:
-        """Counters since the start, drops, and window latency since the last report."""
-        p = self.chain.pipeline
-        drops = {"missing_samples": p.missing_samples, "overlap_samples": p.overlap_samples_dropped}
-        values: dict[str, Any] = {**self.counters, "state_resets": self.chain.state_resets}
-        values.update(frames=p.frames_complete, **drops)
-        values["drops"] = sum(drops.values())
-        values["invalid_samples"] = p.invalid_samples
-        values["open_events"] = open_events
-        values["latency_windows"] = len(self.latencies_ms)
-        values.update(_percentiles_ms("latency_ms", self.latencies_ms))
-        values["read_wait_reads"] = len(self.read_waits_ms)
-        values.update(_percentiles_ms("read_wait_ms", self.read_waits_ms))
-        rejections = getattr(self.source, "rejections", None)  # a stethoscope link's refusals
-        if callable(rejections):
-            values.update({f"link_{reason}": n for reason, n in rejections().items()})
-        return values
-
-
-def _percentiles_ms(prefix: str, values: deque[float]) -> dict[str, float | None]:
-    """``prefix_p50`` / ``_p99`` / ``_max`` of ``values`` (None when empty), which it clears."""
-    data = np.array(values, dtype=np.float64)
-    values.clear()
-    found = np.percentile(data, (50, 99, 100)) if data.size else [None] * 3
-    return {
-        f"{prefix}_{name}": None if value is None else round(float(value), 3)
-        for name, value in zip(("p50", "p99", "max"), found, strict=True)
-    }
 
 
 Ready = tuple[Stream, WindowReady, float]  # stream, window, perf_counter when its chunk came
@@ -194,7 +127,7 @@ class Runtime:
         and raises :class:`~lungwatch.supervision.ThreadStoppedError`."""
         self._watch = list(watch)
         self.config, self.model, self.sink = config, model, sink
-        self._evidence_channel = evidence  # None: no clips are cut
+        self.publisher = Publisher(config, model, sink, evidence, clock)
         if evidence is not None:
             for stream in streams:
                 identity = Identity(config.site, config.device_id, stream.id)
@@ -204,7 +137,7 @@ class Runtime:
         self.command_counts: dict[str, int] = {"accepted": 0, "refused": 0}
         self._on_frames = on_frames  # sees every bed's output frames (offline runs keep them)
         self.streams = list(streams)
-        self.events = EventOutbox(sink, config.site, config.device_id, model.model_id, model.sha256)
+        self.events = self.publisher.outbox  # every bed's open episodes
         self._sink_stats = sink_stats
         self._clock = clock
         self._next_metrics = clock() + config.metrics_interval_s
@@ -250,7 +183,7 @@ class Runtime:
         with self._lock:
             for stream in self.streams:
                 if not stream.ended and stream.ending is None:
-                    self._emit(stream, stream.chain.tick(now))
+                    self.publisher.emit(stream, stream.chain.tick(now))
             self.events.flush()
             self.save_latched()
         for stream in self.streams:
@@ -305,7 +238,7 @@ class Runtime:
             if stream.recorder is not None:
                 stream.recorder.audio(chunk.first_sample, chunk.samples)
             with self._lock:
-                self._emit(stream, transitions)
+                self.publisher.emit(stream, transitions)
             ready.extend((stream, window, arrived) for window in windows)
         stream.counters["chunks"] += len(chunks)
         return True
@@ -341,92 +274,14 @@ class Runtime:
                 self.live.add(stream.id, step.frames.probs, step.quality.get("score"))
             if self._on_frames is not None:
                 self._on_frames(stream, step.frames)
-            if stream.recorder is not None:
-                stream.recorder.frames(step.frames.first_frame, step.frames.probs)
-            if not stream.summary_sent:  # the view names the bed before its first event
-                self._publish_summary(stream)
-            self._emit(stream, step.transitions, step.quality)
-            if stream.recorder is not None:
-                self._evidence(stream, stream.recorder.due_cuts())
-            if step.verdict is not None:
-                self._publish_verdict(stream, step.frames)
-            if step.respiration is not None:
-                self._publish_respiration(stream, step.respiration)
+            self.publisher.step(stream, step)
             if not step.flushed:
                 stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
-
-    def _emit(
-        self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
-    ) -> None:
-        """The transitions' events to the outbox; the bed's recorder sees them (clips), and
-        its retained summary goes out again when its open alarms changed."""
-        if not transitions:
-            return
-        made = self.events.emit(stream, transitions, quality)
-        if stream.recorder is not None:
-            stream.recorder.events(made)
-        if any(e.state != "ongoing" or e.detail.get("latched") for e in made):
-            self._publish_summary(stream)
-
-    def _publish_summary(self, stream: Stream) -> None:
-        """The bed's name, location and open alarms, retained (a view that starts late lists
-        the alarms latched before it)."""
-        rows = []
-        for event in self.events.open_episodes(stream.id):
-            rows.append({"episode_id": event.episode_id, "type": event.type,
-                         "kind": event.kind, "priority": event.priority,
-                         "start_utc": event.start_utc, "confidence": event.confidence,
-                         "latched": bool(event.detail.get("latched")),
-                         "key": event.detail.get("key")})  # fmt: skip
-        summary = {"name": stream.config.name, "location": stream.config.location,
-                   "open": rows, "utc": utc_now()}  # fmt: skip
-        publish_summary(self.sink, stream.id, summary)
-        stream.summary_sent = True
 
     @property
     def evidence_channel(self) -> EvidencePublisher | None:
         """Where the beds' clips go (None: no clips are cut)."""
-        return self._evidence_channel
-
-    def _evidence(self, stream: Stream, clips: list[Cut]) -> None:
-        """Finished clips to the evidence channel (it encodes them in its own thread)."""
-        if self._evidence_channel is None:
-            return
-        for clip in clips:
-            self._evidence_channel.submit(clip)
-
-    def _publish_verdict(self, stream: Stream, frames: OutputFrames) -> None:
-        """The bed's new rolling verdict, retained on its verdict topic."""
-        verdict = stream.chain.verdict
-        if verdict is None:  # a step carries a verdict only from a chain that has one
-            return
-        end = self.model.grid.end_sample(frames.first_frame + max(0, frames.probs.shape[0] - 1))
-        pq, cas, das = verdict.scores
-        message = {
-            "site": self.config.site,
-            "verdict": verdict.label,
-            "utc": stream.utc(end),
-            "sample": end,
-            "window_s": verdict.rule.config.window_s,
-            "scores": {"poor_quality": round(pq, 4), "cas": round(cas, 4), "das": round(das, 4)},
-            "model_id": self.model.model_id,
-        }
-        publish_verdict(self.sink, stream.id, message)
-
-    def _publish_respiration(self, stream: Stream, reading: Respiration) -> None:
-        """The bed's breathing, retained on its respiration topic: when its state changed,
-        else at most every ``respiration_publish_s``."""
-        now, sent = self._clock(), stream.respiration_sent
-        due = sent is None or sent[1] != reading.state
-        if not due and now - sent[0] < self.config.respiration_publish_s:  # type: ignore[index]
-            return
-        stream.respiration_sent = (now, reading.state)
-        message = {**reading.to_dict(), "utc": stream.utc(reading.sample), "sample": reading.sample}
-        band = age_band(reading.age_band)
-        message.update(low_bpm=band.low_bpm, high_bpm=band.high_bpm, model_id=self.model.model_id)
-        if reading.last_breath_sample is not None:
-            message["last_breath_utc"] = stream.utc(reading.last_breath_sample)
-        publish_respiration(self.sink, stream.id, message)
+        return self.publisher.evidence
 
     def _end_stream(self, stream: Stream, why: str) -> None:
         stream.ended = True
@@ -434,23 +289,17 @@ class Runtime:
             held = self._store is not None and why == SHUTDOWN
             keep = dict(self.events.held(stream.id, self._latching)) if held else {}
             transitions = [t for t in stream.chain.finish(why) if t.key not in keep]
-            self._emit(stream, transitions)
+            self.publisher.emit(stream, transitions)
             end = stream.chain.pipeline.samples_seen
             for key, event in keep.items():  # still held when monitoring stopped
                 if not event.detail.get("latched"):
                     self.events.latch_at_shutdown(stream, key, end)
             if stream.recorder is not None:
-                self._evidence(stream, stream.recorder.finish_cuts())
-            if keep:  # a view that starts while the device is down still lists them
-                self._publish_summary(stream)
+                self.publisher.clips(stream, stream.recorder.finish_cuts())
+            self.publisher.end(stream, held=bool(keep))
+            if keep:
                 log.warning("stream %s: %d unacknowledged alarm(s) held over the restart",
                             stream.id, len(keep))  # fmt: skip
-            else:
-                publish_summary(self.sink, stream.id, None)
-            if stream.chain.verdict is not None:  # the bed's status no longer holds
-                publish_verdict(self.sink, stream.id, None)
-            if stream.chain.breathing is not None:
-                publish_respiration(self.sink, stream.id, None)
         log.info("stream %s: %s after %d samples", stream.id, why, stream.counters["samples"])
 
     def acknowledge(self, stream_id: str, target: str, user: str = "") -> int:
@@ -470,10 +319,10 @@ class Runtime:
             transitions = stream.chain.acknowledge(target)
             if user:
                 transitions = [dataclasses.replace(t, acknowledged_by=user) for t in transitions]
-            self._emit(stream, transitions)
+            self.publisher.emit(stream, transitions)
             carried = self.events.end_carried(stream, target, user)
             if carried:
-                self._publish_summary(stream)
+                self.publisher.summary(stream)
             self.events.flush()
             self.save_latched()
         return len(transitions) + len(carried)
@@ -527,8 +376,8 @@ class Runtime:
         limit = self.config.read_wait_warn_ms
         shared["read_wait_warn_ms"] = limit if limit > 0 else None
         shared.update({f"commands_{key}": n for key, n in self.command_counts.items()})
-        if self._evidence_channel is not None:
-            shared.update({f"evidence_{k}": n for k, n in self._evidence_channel.stats().items()})
+        if self.publisher.evidence is not None:
+            shared.update({f"evidence_{k}": n for k, n in self.publisher.evidence.stats().items()})
         if self._verifier is not None:  # why signed commands were refused, by reason
             refused = {k: n for k, n in self._verifier.counts.items() if k != "accepted"}
             shared.update({f"commands_refused_{key}": n for key, n in refused.items()})
@@ -575,7 +424,7 @@ class Runtime:
                 for event in events:
                     self.events.carry(stream, event)
                 if events:
-                    self._publish_summary(stream)
+                    self.publisher.summary(stream)
                     count += len(events)
                     log.warning("bed %s: %d unacknowledged alarm(s) held over the restart",
                                 stream.id, len(events))  # fmt: skip

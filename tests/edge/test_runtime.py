@@ -707,32 +707,6 @@ def test_a_rounds_events_reach_the_sink_as_one_group(tmp_path: Path) -> None:
     assert len(grouped.groups) < len(grouped.events)
 
 
-def test_nothing_the_runtime_imports_imports_the_runtime_back() -> None:
-    """One-way dependencies: no module of the package that ``edge/runtime/loop.py`` imports names
-    ``edge.runtime.loop`` anywhere (not even under TYPE_CHECKING)."""
-    import ast
-
-    edge_dir = Path(__file__).resolve().parents[2] / "edge"
-
-    def edge_imports(path: Path) -> set[str]:
-        names = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names.add(node.module)
-            elif isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
-        return {n for n in names if n.startswith("edge.")}
-
-    used = edge_imports(edge_dir / "runtime" / "loop.py")
-    assert "edge.runtime.outbox" in used
-    for module in sorted(used):
-        parts = module.split(".")[1:]
-        path = edge_dir.joinpath(*parts).with_suffix(".py")
-        if not path.is_file():
-            path = edge_dir.joinpath(*parts, "__init__.py")
-        assert "edge.runtime.loop" not in edge_imports(path), f"{module} imports edge.runtime.loop"
-
-
 def test_each_beds_rolling_verdict_is_retained_and_withdrawn_at_its_end(
     tmp_path: Path, mosquitto: Any
 ) -> None:

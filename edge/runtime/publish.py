@@ -1,0 +1,138 @@
+"""Everything a bed produces leaves the device through :class:`Publisher`: one window's
+step (:class:`edge.bed.chain.WindowStep`: transitions, verdict, breathing, output frames)
+becomes the bed's episodes (through the outbox, which owns them), its retained summary,
+verdict and breathing, and its evidence clips. The runtime reads, infers and hands each step
+over; it publishes nothing itself but the live strip and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from edge.bed.agebands import age_band
+from edge.bed.breathing_state import Respiration
+from edge.bed.chain import WindowStep
+from edge.bed.detector import Transition
+from edge.evidence.publisher import EvidencePublisher
+from edge.evidence.recorder import Cut
+from edge.inference.streaming import OutputFrames
+from edge.monitor import Monitor
+from edge.runtime.config import RuntimeConfig
+from edge.runtime.outbox import EventOutbox
+from edge.runtime.stream import Stream
+from edge.sinks import Sink, publish_respiration, publish_summary, publish_verdict
+from lungwatch.events import utc_now
+
+
+class Publisher:
+    """The beds' way out (module doc): ``outbox`` holds every bed's open episodes."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        model: Monitor,
+        sink: Sink,
+        evidence: EvidencePublisher | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config, self.model, self.sink = config, model, sink
+        self.evidence = evidence  # None: no clips are cut
+        self.outbox = EventOutbox(sink, config.site, config.device_id, model.model_id,
+                                  model.sha256)  # fmt: skip
+        self._clock = clock
+
+    def step(self, stream: Stream, step: WindowStep) -> None:
+        """One window's step of ``stream``: the recorder sees its frames, the bed is named
+        before its first event, then its events, due clips, verdict and breathing."""
+        if stream.recorder is not None:
+            stream.recorder.frames(step.frames.first_frame, step.frames.probs)
+        if not stream.summary_sent:  # the view names the bed before its first event
+            self.summary(stream)
+        self.emit(stream, step.transitions, step.quality)
+        if stream.recorder is not None:
+            self.clips(stream, stream.recorder.due_cuts())
+        if step.verdict is not None:
+            self.verdict(stream, step.frames)
+        if step.respiration is not None:
+            self.respiration(stream, step.respiration)
+
+    def end(self, stream: Stream, held: bool) -> None:
+        """The bed's stream ended: its retained summary is sent again when it still holds
+        alarms (``held``: a view that starts while the device is down lists them), else
+        withdrawn; its verdict and breathing are withdrawn (they no longer hold)."""
+        if held:
+            self.summary(stream)
+        else:
+            publish_summary(self.sink, stream.id, None)
+        if stream.chain.verdict is not None:
+            publish_verdict(self.sink, stream.id, None)
+        if stream.chain.breathing is not None:
+            publish_respiration(self.sink, stream.id, None)
+
+    def emit(
+        self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
+    ) -> None:
+        """The transitions' events to the outbox; the bed's recorder sees them (clips), and
+        its retained summary goes out again when its open alarms changed."""
+        if not transitions:
+            return
+        made = self.outbox.emit(stream, transitions, quality)
+        if stream.recorder is not None:
+            stream.recorder.events(made)
+        if any(e.state != "ongoing" or e.detail.get("latched") for e in made):
+            self.summary(stream)
+
+    def summary(self, stream: Stream) -> None:
+        """The bed's name, location and open alarms, retained (a view that starts late lists
+        the alarms latched before it)."""
+        rows = []
+        for event in self.outbox.open_episodes(stream.id):
+            rows.append({"episode_id": event.episode_id, "type": event.type,
+                         "kind": event.kind, "priority": event.priority,
+                         "start_utc": event.start_utc, "confidence": event.confidence,
+                         "latched": bool(event.detail.get("latched")),
+                         "key": event.detail.get("key")})  # fmt: skip
+        summary = {"name": stream.config.name, "location": stream.config.location,
+                   "open": rows, "utc": utc_now()}  # fmt: skip
+        publish_summary(self.sink, stream.id, summary)
+        stream.summary_sent = True
+
+    def clips(self, stream: Stream, clips: list[Cut]) -> None:
+        """Finished clips to the evidence channel (it encodes them in its own thread)."""
+        if self.evidence is None:
+            return
+        for clip in clips:
+            self.evidence.submit(clip)
+
+    def verdict(self, stream: Stream, frames: OutputFrames) -> None:
+        """The bed's new rolling verdict, retained on its verdict topic."""
+        verdict = stream.chain.verdict
+        if verdict is None:  # a step carries a verdict only from a chain that has one
+            return
+        end = self.model.grid.end_sample(frames.first_frame + max(0, frames.probs.shape[0] - 1))
+        pq, cas, das = verdict.scores
+        message = {
+            "site": self.config.site,
+            "verdict": verdict.label,
+            "utc": stream.utc(end),
+            "sample": end,
+            "window_s": verdict.rule.config.window_s,
+            "scores": {"poor_quality": round(pq, 4), "cas": round(cas, 4), "das": round(das, 4)},
+            "model_id": self.model.model_id,
+        }
+        publish_verdict(self.sink, stream.id, message)
+
+    def respiration(self, stream: Stream, reading: Respiration) -> None:
+        """The bed's breathing, retained on its respiration topic: when its state changed,
+        else at most every ``respiration_publish_s``."""
+        now, sent = self._clock(), stream.respiration_sent
+        due = sent is None or sent[1] != reading.state
+        if not due and now - sent[0] < self.config.respiration_publish_s:  # type: ignore[index]
+            return
+        stream.respiration_sent = (now, reading.state)
+        message = {**reading.to_dict(), "utc": stream.utc(reading.sample), "sample": reading.sample}
+        band = age_band(reading.age_band)
+        message.update(low_bpm=band.low_bpm, high_bpm=band.high_bpm, model_id=self.model.model_id)
+        if reading.last_breath_sample is not None:
+            message["last_breath_utc"] = stream.utc(reading.last_breath_sample)
+        publish_respiration(self.sink, stream.id, message)
