@@ -345,7 +345,7 @@ def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict
     spec = {"broker": broker, "max_batch": args.max_batch, "model": args.model,
             "round_group": args.round_group, "streams": args.baseline_streams,
             "paced": False, "seconds": args.seconds,
-            "audio": args.baseline_audio}  # fmt: skip
+            "audio": args.baseline_audio and str(Path(args.baseline_audio).resolve())}  # fmt: skip
     runs: dict[str, list[float]] = {"this checkout": [], rev: []}
     with tempfile.TemporaryDirectory(prefix="lungwatch-baseline-") as tmp:
         tree = Path(tmp) / "tree"

@@ -42,9 +42,12 @@ class Stream:
         self.read_waits_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
 
     def utc(self, sample: int) -> str:
-        """UTC of a sample on this stream's timeline: wall time of sample 0 + sample / rate."""
-        t0 = self.t0_posix if self.t0_posix is not None else time.time()
-        return format_utc(t0 + sample / self.rate_hz)
+        """UTC of a sample on this stream's timeline: wall time of sample 0 + sample / rate.
+        Asked before the first chunk came (a stall's onset), it fixes the timeline with
+        ``sample`` as now, so every later time lies on the same one."""
+        if self.t0_posix is None:
+            self.t0_posix = time.time() - sample / self.rate_hz
+        return format_utc(self.t0_posix + sample / self.rate_hz)
 
     def metrics(self, open_events: int) -> dict[str, Any]:
         """Counters since the start, drops, and window latency since the last report."""

@@ -449,3 +449,24 @@ def test_read_wait_warn_ms_must_not_be_negative(tmp_path, folder):
     streams = [stream("b0", record_path(MIXED))]
     with pytest.raises(ConfigError, match=r"test\.yaml: read_wait_warn_ms must be a number >= 0"):
         build(mapping(tmp_path, folder, streams, read_wait_warn_ms=-1))
+
+
+def test_a_beds_times_keep_one_timeline_from_their_first_use(tmp_path, folder):
+    """A time asked before the bed's first audio (a stall's onset comes before any chunk)
+    fixes the bed's timeline: the first chunk does not move it, so a later sample never reads
+    earlier (an episode that ended before its onset once stopped the runtime)."""
+    import time
+
+    config = build(mapping(tmp_path, folder, [stream("b0", "unused.flac")]))
+    model = open_model(config, "test.yaml")
+    try:
+        bed = Stream(config.streams[0], CountingSource(np.zeros(8000, np.float32), 800), model)
+        before = bed.utc(0)  # nothing read yet
+        time.sleep(0.05)
+        runtime = Runtime(config, model, [bed], ListSink())
+        runtime.step()  # the first chunk is read
+        assert bed.counters["chunks"] >= 1
+        assert bed.utc(0) == before
+        assert bed.utc(800) > before
+    finally:
+        model.backend.close()
