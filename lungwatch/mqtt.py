@@ -7,6 +7,7 @@ errors. The device's sink is :mod:`edge.sinks.mqtt`; the ward view's feed
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ssl
 from dataclasses import dataclass, field
@@ -102,6 +103,13 @@ class MqttConfig:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def at(self, address: str | None) -> MqttConfig:
+        """These settings with the broker at ``address`` (``host:port``; None: as they are)."""
+        if address is None:
+            return self
+        host, port = address.rsplit(":", 1)
+        return dataclasses.replace(self, host=host, port=int(port))
 
     def login(self) -> tuple[str | None, str | None]:
         """(username, password): the password read from ``password_file`` when that is set

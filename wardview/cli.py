@@ -21,7 +21,6 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from lungwatch.cli import ArgumentParser
@@ -30,19 +29,9 @@ from lungwatch.errors import ConfigError
 from lungwatch.mqtt import MqttConfig
 from lungwatch.passwords import hash_password
 from lungwatch.private import private_umask
-from wardview.config import DashboardConfig
+from wardview.config import DashboardConfig, DashboardFile
 
 log = logging.getLogger("lungwatch.dashboard")
-
-
-@dataclass(frozen=True)
-class DashboardFile:
-    """A config for a machine that only shows the ward (no streams)."""
-
-    site: str = "ward-1"  # the ward whose devices are shown
-    device_id: str = "edge-1"  # accepted so a device's file can be trimmed; not used here
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
-    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
 
 def load_settings(

@@ -34,6 +34,7 @@ from typing import Literal
 from lungwatch.alarms import AlarmSettings
 from lungwatch.config import check
 from lungwatch.hosts import is_loopback
+from lungwatch.mqtt import MqttConfig
 from lungwatch.passwords import HASH_FORMAT, parse_hash
 from lungwatch.private import others_may_read
 from wardview.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
@@ -203,3 +204,14 @@ class DashboardConfig:
 
     def user(self, name: str) -> DashboardUser | None:
         return next((u for u in self.users if u.name == name), None)
+
+
+@dataclass(frozen=True)
+class DashboardFile:
+    """What the view reads of a config file: a ward view's own, or a device's runtime config
+    (its ``site``, ``mqtt`` and ``dashboard``; the device checks the rest)."""
+
+    site: str = "ward-1"  # the ward whose devices are shown
+    device_id: str = "edge-1"  # accepted so a device's file can be trimmed; not used here
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)

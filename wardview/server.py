@@ -35,7 +35,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -68,7 +67,7 @@ from lungwatch.events import is_segment
 from lungwatch.hosts import is_loopback
 from lungwatch.mqtt import MqttConfig
 from lungwatch.supervision import ThreadStoppedError, Worker, first_failure
-from wardview.config import DashboardConfig
+from wardview.config import DashboardConfig, DashboardFile
 from wardview.evidence_api import EvidencePages
 from wardview.feed import FeedError, WardFeed
 from wardview.history import History
@@ -584,19 +583,18 @@ def serve_beside(
     broker_address: str | None,
     resources: contextlib.ExitStack,
     command_master_key: bytes | None = None,
+    source: str = "<config>",
 ) -> DashboardServer | None:
-    """With ``dashboard.enabled`` in a device's config: the ward view on
-    ``dashboard.host:port`` of that section (checked here, errors naming ``dashboard.<key>``),
-    reading the broker the device's MQTT sink uses (``broker_address`` overrides it), signing
-    commands with ``command_master_key``, stopped by ``resources``; the running server."""
-    if not config.serves_view:
+    """The ``dashboard`` section of a device's config (``source``), checked whenever it is
+    there (ConfigError naming ``source`` and ``dashboard.<key>``, as the view's own files do);
+    with ``enabled``: the ward view on its ``host:port``, reading the broker the device's MQTT
+    sink uses (``broker_address`` overrides it), signing commands with
+    ``command_master_key``, stopped by ``resources``; the running server."""
+    sections = from_mapping(DashboardFile, {"dashboard": config.dashboard}, source=source)
+    if not sections.dashboard.enabled:
         return None
-    settings = from_mapping(DashboardConfig, config.dashboard, source="dashboard")
-    mqtt = config.mqtt_config
-    if broker_address is not None:
-        host, port = broker_address.rsplit(":", 1)
-        mqtt = dataclasses.replace(mqtt, host=host, port=int(port))
-    server = DashboardServer(settings, mqtt, config.site, command_master_key).start()
+    mqtt = config.mqtt_config.at(broker_address)
+    server = DashboardServer(sections.dashboard, mqtt, config.site, command_master_key).start()
     resources.callback(server.stop)
     print(server.describe(), flush=True)
     return server

@@ -43,24 +43,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge.bed.agebands import AGE_BAND_NAMES, band_for_age
 from edge.bed.breathing_state import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig
-from lungwatch.commandauth import (
-    SIGNATURE_KEYS,
-    CommandVerifier,
-    derive_device_key,
-    new_key,
-    read_key,
-)
-from lungwatch.config import check, load_config
-
-if TYPE_CHECKING:
-    pass
 from edge.datapaths import data_root
 from edge.evidence.recorder import EvidenceConfig
 from edge.features import FeatureSpec
@@ -71,6 +60,14 @@ from edge.sinks.jsonl import JsonlSink
 from edge.sinks.mqtt import MqttSink
 from edge.sinks.stdout import StdoutSink
 from edge.sources import AudioSource, SourceError, open_source
+from lungwatch.commandauth import (
+    SIGNATURE_KEYS,
+    CommandVerifier,
+    derive_device_key,
+    new_key,
+    read_key,
+)
+from lungwatch.config import check, load_config
 from lungwatch.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from lungwatch.events import DEVICE_STREAM, SOUND_TYPES, is_segment
 from lungwatch.hosts import is_loopback
@@ -349,11 +346,7 @@ def open_sinks(
     mqtt = None
     try:
         if config.sinks.mqtt:
-            mqtt_config = config.mqtt_config
-            if broker_address is not None:
-                host, port = broker_address.rsplit(":", 1)
-                mqtt_config = dataclasses.replace(mqtt_config, host=host, port=int(port))
-            mqtt = MqttSink(mqtt_config)
+            mqtt = MqttSink(config.mqtt_config.at(broker_address))
             sinks.append(mqtt)
         if config.sinks.jsonl:
             site, device_id = config.site, config.device_id

@@ -55,6 +55,7 @@ from edge.runtime.config import (
     start_embedded_broker,
 )
 from edge.runtime.latched import LatchedStore
+from edge.runtime.outbox import EventOutbox
 from edge.runtime.publish import Publisher
 from edge.runtime.stream import Stream
 from edge.sinks import (
@@ -137,7 +138,6 @@ class Runtime:
         self.command_counts: dict[str, int] = {"accepted": 0, "refused": 0}
         self._on_frames = on_frames  # sees every bed's output frames (offline runs keep them)
         self.streams = list(streams)
-        self.events = self.publisher.outbox  # every bed's open episodes
         self._sink_stats = sink_stats
         self._clock = clock
         self._next_metrics = clock() + config.metrics_interval_s
@@ -159,6 +159,11 @@ class Runtime:
         self._saved: tuple[tuple[str, bool], ...] | None = None
         self.batches = {"calls": 0, "windows": 0, "max_windows": 0}
         self._behind = False  # the last load check found audio waiting too long for its read
+
+    @property
+    def events(self) -> EventOutbox:
+        """Every bed's open episodes (the publisher's outbox)."""
+        return self.publisher.outbox
 
     @property
     def running(self) -> bool:
@@ -578,8 +583,9 @@ def _failed_streams(
 
 class Companion(Protocol):
     """Something a caller runs beside the runtime in its process (``lungwatch run``: the ward
-    view): started once the broker is known, stopped by ``resources``; its ``failure()`` is
-    watched as the runtime's own threads are. None: nothing to run for this config."""
+    view): given the config and its ``source`` (for its errors), started once the broker is
+    known, stopped by ``resources``; its ``failure()`` is watched as the runtime's own threads
+    are. None: nothing to run for this config."""
 
     def __call__(
         self,
@@ -587,6 +593,7 @@ class Companion(Protocol):
         broker_address: str | None,
         resources: contextlib.ExitStack,
         command_master_key: bytes | None,
+        source: str,
     ) -> Watched | None: ...
 
 
@@ -613,7 +620,7 @@ def serve(
             resources.callback(stream.source.close)
         address = start_embedded_broker(config, resources)
         verifier, master = open_command_verifier(config, source)
-        beside = [start(config, address, resources, master) for start in companions]
+        beside = [start(config, address, resources, master, source) for start in companions]
         sink, mqtt = open_sinks(config, address)
         resources.callback(sink.close)
         evidence = None

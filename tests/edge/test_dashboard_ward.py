@@ -584,3 +584,28 @@ def test_an_acknowledge_a_device_will_not_take_is_refused_at_once_saying_why() -
             assert expected in refusal
     with pytest.raises(EventError, match=r"status\.commands must be one of"):
         status_payload("online", "ward-c", "dev-c", "connected", "sometimes")
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ({"enabled": "yes"}, "ward.yaml: dashboard.enabled must be true or false, got 'yes'"),
+        ({"enabled": True, "prot": 8080}, "ward.yaml: dashboard.prot must be one of ["),
+    ],
+)
+def test_lungwatch_run_checks_the_views_section_of_its_config(
+    block: dict[str, Any], expected: str
+) -> None:
+    """The device keeps the view's section as written; the view beside it checks it, naming
+    the file and the key, whether or not it is enabled (a slip must not turn the view off)."""
+    import contextlib
+
+    from edge.runtime.config import RuntimeConfig
+    from wardview.server import serve_beside
+
+    config = from_mapping(
+        RuntimeConfig, {"streams": [{"id": "bed-1", "source": "x.wav"}], "dashboard": block}
+    )
+    with contextlib.ExitStack() as resources, pytest.raises(ConfigError) as caught:
+        serve_beside(config, None, resources, None, source="ward.yaml")
+    assert str(caught.value).startswith(expected), str(caught.value)
