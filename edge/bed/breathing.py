@@ -235,7 +235,7 @@ class BreathTracker:
         self.good_samples = 0  # samples not under a lost signal, since the start
         # analyses whose window held min_window_s, those that gave a rate, their confidences
         # (a stream's summary)
-        self.assessed = {"analyses": 0, "ok": 0, "confidence_sum": 0.0, "last_ok": False}
+        self.assessed = {"analyses": 0, "ok": 0, "confidence_sum": 0.0}
 
     def _alpha(self, seconds: float) -> float:
         return 1.0 - math.exp(-1.0 / (seconds * self.rate_hz))
@@ -425,7 +425,6 @@ class BreathTracker:
             self.assessed["analyses"] += 1
             self.assessed["ok"] += state == "ok"
             self.assessed["confidence_sum"] += max(0.0, confidence)
-            self.assessed["last_ok"] = state == "ok"
         last = self.last_breath
         return Respiration(
             state=state,
@@ -462,8 +461,9 @@ class BreathTracker:
         monitored_s = self.good_samples / self.rate_hz
         analyses = int(self.assessed["analyses"])
         share = self.assessed["ok"] / analyses if analyses else 0.0
-        whole = self.samples <= self.ring_a.shape[0]  # the last window held the whole stream
-        last = bool(self.assessed["last_ok"]) and whole
+        # the last window held the whole stream (so it held the most good audio of any)
+        whole = self.samples <= self.ring_a.shape[0]
+        last = whole and self.reading.state == "ok"
         assessable = (share >= 0.5 or last) and monitored_s > 0
         return {
             "rate_bpm": round(60.0 * self.breaths / monitored_s, 2) if assessable else None,
