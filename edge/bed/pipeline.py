@@ -35,7 +35,14 @@ import numpy as np
 from numba import njit
 
 from edge.bed.quality import QualityMeasures, measure
-from edge.features import FEATURE_KINDS, FeatureSpec, lookahead_samples, make_stream
+from edge.features import (
+    FEATURE_KINDS,
+    FeatureSpec,
+    FrameStream,
+    lookahead_samples,
+    make_stream,
+    make_streams,
+)
 from edge.sources.base import SourceChunk
 from lungwatch.errors import LungwatchError
 
@@ -133,7 +140,6 @@ class StreamPipeline:
         self._conceal_max = conceal_max_samples
         self.window_frames, self.hop_frames = window_frames, hop_frames
         specs = [spec.replace(kind=k) for k in kinds]
-        self._streams = [make_stream(s, max_chunk_samples=max_piece_samples) for s in specs]
         lookahead = max(lookahead_samples(s) for s in specs)
         frame, hop = spec.frame_samples, spec.hop_samples
         self.window_samples = (window_frames - 1) * hop + frame
@@ -146,15 +152,24 @@ class StreamPipeline:
         self._flags = np.zeros(self._keep + self._piece, dtype=np.uint8)
         ring_frames = window_frames + -(-(max_piece_samples + lookahead) // hop) + 2
         self._ring = np.zeros((len(kinds), spec.n_bands, ring_frames), dtype=np.float32)
-        self._level_stream, self._levels = None, None
-        if level_spec is not None and level_spec != specs[0]:
+        self._streams = [make_stream(s, max_chunk_samples=max_piece_samples) for s in specs[1:]]
+        self._level_stream: FrameStream | None = None
+        self._levels: np.ndarray | None = None
+        if level_spec is None or level_spec == specs[0]:
+            self._streams.insert(0, make_stream(specs[0], max_chunk_samples=max_piece_samples))
+        else:
             shape = (level_spec.frame_samples, level_spec.hop_samples)
             if shape != (frame, hop) or lookahead_samples(level_spec) > lookahead:
                 raise PipelineError(
                     f"level_spec must have the frame and hop of the spec ({frame}, {hop}) and "
                     f"no more lookahead, got {shape}"
                 )
-            self._level_stream = make_stream(level_spec, max_chunk_samples=max_piece_samples)
+            # the first kind's stream is pushed first (_advance): where one STFT serves both,
+            # the levels are read from its kernel
+            first, self._level_stream = make_streams(
+                specs[0], level_spec, max_chunk_samples=max_piece_samples
+            )
+            self._streams.insert(0, first)
             self._levels = np.zeros((level_spec.n_bands, ring_frames), dtype=np.float32)
         self._counts = [0] * len(kinds)
         self.reset()

@@ -108,9 +108,12 @@ class RollingVerdict:
         if p.shape[0] == 0:
             return None
         rows = np.stack([p[:, self._pq], _family(p, self._cas), _family(p, self._das)])
-        for row in rows.T[-self._size :]:
-            self._ring[:, self._count % self._size] = row
-            self._count += 1
+        rows = rows[:, -self._size :]  # only the last window's worth can stay in the ring
+        m, j = rows.shape[1], self._count % self._size
+        first = min(m, self._size - j)
+        self._ring[:, j : j + first] = rows[:, :first]
+        self._ring[:, : m - first] = rows[:, first:]  # wrapped around the ring's end
+        self._count += m
         label = self._decide() if self._count >= self._min else ASSESSING
         if label == self.label:
             return None

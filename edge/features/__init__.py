@@ -18,6 +18,7 @@ import numpy as np
 
 from edge.features.bandnorm import BandNormStream, normalise_bands
 from edge.features.base import StreamingFrontEnd, silence_value
+from edge.features.logmel import LogMelStream, SecondBank, shares_spectrum
 from edge.features.spec import FEATURE_KINDS, FeatureSpec, n_frames, require_same_spec
 
 __all__ = [
@@ -29,12 +30,13 @@ __all__ = [
     "extract",
     "lookahead_samples",
     "make_stream",
+    "make_streams",
     "n_frames",
     "require_same_spec",
     "silence_value",
 ]
 
-FrameStream = StreamingFrontEnd | BandNormStream  # push(chunk) -> frames, reset()
+FrameStream = StreamingFrontEnd | BandNormStream | SecondBank  # push(chunk) -> frames, reset()
 
 # kind -> (module, batch function, streaming class, band centres in Hz)
 _KINDS: dict[str, tuple[str, str, str, str]] = {
@@ -60,6 +62,20 @@ def make_stream(spec: FeatureSpec, **kwargs: Any) -> FrameStream:
     """A fresh streaming front end for ``spec``."""
     stream: StreamingFrontEnd = _resolve(spec.kind, 1)(spec, **kwargs)
     return BandNormStream(stream) if spec.band_norm_s > 0 else stream
+
+
+def make_streams(
+    spec: FeatureSpec, second: FeatureSpec, **kwargs: Any
+) -> tuple[FrameStream, FrameStream]:
+    """Fresh streaming front ends for ``spec`` and ``second``, pushed with the same samples,
+    ``spec``'s first. Where one power spectrum serves both (log-mel over the same frames and
+    FFT, ``second`` without band normalisation) they share one STFT: ``second``'s frames come
+    from ``spec``'s kernel and its push only reads them; otherwise two separate streams."""
+    if not shares_spectrum(spec, second) or second.band_norm_s > 0:
+        return make_stream(spec, **kwargs), make_stream(second, **kwargs)
+    owner = LogMelStream(spec, second=second, **kwargs)
+    first: FrameStream = BandNormStream(owner) if spec.band_norm_s > 0 else owner
+    return first, SecondBank(owner)
 
 
 def band_centres_hz(spec: FeatureSpec) -> np.ndarray:

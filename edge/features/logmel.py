@@ -130,8 +130,16 @@ def _logmel_push(
     mel_w,
     use_log,
     log_offset,
+    out2,
+    mel2_lo,
+    mel2_hi,
+    mel2_w,
+    use_log2,
+    log_offset2,
 ):
-    """Stream ``x`` through the ring; write each completed frame's bands to ``out``.
+    """Stream ``x`` through the ring; write each completed frame's bands to ``out`` and, from
+    the same power spectrum, its second filterbank's bands to ``out2`` (``mel2_*`` with no
+    bands: none).
 
     ring: (2 * frame_samples,): every sample is written twice, at ``pos`` and
     ``pos + frame_samples``, so the last frame is always the contiguous slice
@@ -165,6 +173,11 @@ def _logmel_push(
             for k in range(mel_lo[b], mel_hi[b]):
                 acc += mel_w[b, k] * power[f, k]
             out[f, b] = finish(acc, use_log, log_offset)
+        for b in range(mel2_lo.shape[0]):
+            acc = 0.0
+            for k in range(mel2_lo[b], mel2_hi[b]):
+                acc += mel2_w[b, k] * power[f, k]
+            out2[f, b] = finish(acc, use_log2, log_offset2)
     return n_out
 
 
@@ -198,20 +211,57 @@ def shared_scratch(n_fft: int, frame_samples: int, capacity: int) -> _Scratch:
     return scratch
 
 
-class LogMelStream(StreamingFrontEnd):
-    """Streaming log-mel over a ring of the last ``frame_samples`` samples."""
+_NO_BANK = SparseMel(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1)))
 
-    def __init__(self, spec: FeatureSpec, **kwargs: int):
+
+def shares_spectrum(spec: FeatureSpec, other: FeatureSpec) -> bool:
+    """Whether one power spectrum serves both specs: log-mel over the same sample rate,
+    frames, hop and FFT (the bands, their range and normalisation may differ)."""
+
+    def frames_of(s: FeatureSpec) -> tuple[object, ...]:
+        return (s.kind, s.sample_rate_hz, s.frame_samples, s.hop_samples, s.n_fft)
+
+    return spec.kind == "logmel" and frames_of(spec) == frames_of(other)
+
+
+class LogMelStream(StreamingFrontEnd):
+    """Streaming log-mel over a ring of the last ``frame_samples`` samples.
+
+    ``second``: a second log-mel spec over the same frames (:func:`shares_spectrum`, no band
+    normalisation) whose bands the kernel computes from the same power spectrum; each push's
+    are read as :attr:`second_frames` (or through :class:`SecondBank`): one STFT for two
+    readers, e.g. the model's band-limited bands and the breath tracker's wide ones."""
+
+    def __init__(self, spec: FeatureSpec, *, second: FeatureSpec | None = None, **kwargs: int):
+        if second is not None and (not shares_spectrum(spec, second) or second.band_norm_s > 0):
+            raise InvalidValueError(
+                "second", second, "log-mel over the same frames and FFT, without band_norm_s"
+            )
         self._ring = np.zeros(2 * spec.frame_samples, dtype=np.float64)
         self._window = analysis_window(spec.frame_samples)
         self._mel = sparse_mel(spec)
+        self.second = second
+        self._mel2 = _NO_BANK if second is None else sparse_mel(second)
+        self._n_last = 0
         super().__init__(spec, **kwargs)
+
+    @property
+    def second_frames(self) -> np.ndarray:
+        """The second bank's frames of the last push, (n, second.n_bands): a view valid until
+        the next push."""
+        return self._out2[: self._n_last]
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        frames = super().push(samples)
+        self._n_last = frames.shape[0]
+        return frames
 
     def _allocate(self, capacity: int) -> None:
         spec = self.spec
         self._frames, self._power, self._fft = shared_scratch(
             spec.n_fft, spec.frame_samples, capacity
         )
+        self._out2 = np.empty((capacity, self._mel2.lo.shape[0]), dtype=np.float32)
         super()._allocate(capacity)
 
     def _bind_kernel(self) -> BoundKernel:
@@ -231,7 +281,48 @@ class LogMelStream(StreamingFrontEnd):
             self._mel.weights,
             spec.normalisation == "log",
             spec.log_offset,
+            self._out2,
+            self._mel2.lo,
+            self._mel2.hi,
+            self._mel2.weights,
+            self.second is not None and self.second.normalisation == "log",
+            spec.log_offset if self.second is None else self.second.log_offset,
         )
 
     def _reset_state(self) -> None:
+        self._n_last = 0
         self._ring[:] = 0.0
+
+
+class SecondBank:
+    """A :class:`LogMelStream`'s second filterbank read as a front end of its own: ``push``
+    returns the bands of what the owner's last push completed, so it must follow the owner's
+    push of the same samples (checked by count); ``reset`` follows the owner's."""
+
+    def __init__(self, owner: LogMelStream) -> None:
+        if owner.second is None:
+            raise ValueError("the stream has no second filterbank")
+        self.owner, self.spec = owner, owner.second
+        self.frames_emitted = 0
+        self.samples_seen = 0
+
+    @property
+    def lookahead_samples(self) -> int:
+        return 0
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """The second bank's frames of the owner's last push (of these ``samples``)."""
+        self.samples_seen += samples.shape[0]
+        if self.samples_seen != self.owner.samples_seen:
+            raise RuntimeError(
+                f"second bank pushed out of step: {self.samples_seen} samples, its stream "
+                f"{self.owner.samples_seen}"
+            )
+        frames = self.owner.second_frames
+        self.frames_emitted += frames.shape[0]
+        return frames
+
+    def reset(self) -> None:
+        """Restore the initial state (the owner resets its own)."""
+        self.frames_emitted = 0
+        self.samples_seen = 0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from edge.features import FeatureSpec, extract
-from edge.features.logmel import analysis_window, mel_filterbank
+from edge.features import FeatureSpec, extract, make_stream, make_streams
+from edge.features.logmel import SecondBank, analysis_window, mel_filterbank
 from lungwatch.config import InvalidValueError
 
 
@@ -97,3 +97,36 @@ def test_short_signal_gives_no_frames() -> None:
     spec = FeatureSpec()
     assert extract(np.zeros(spec.frame_samples - 1), spec).shape == (0, spec.n_bands)
     assert extract(np.zeros(spec.frame_samples), spec).shape == (1, spec.n_bands)
+
+
+def test_two_filterbanks_over_one_spectrum_give_each_specs_own_frames() -> None:
+    """``make_streams`` with two log-mel specs over the same frames (the model's band-limited,
+    band-normalised bands and the breath tracker's wide ones) computes one STFT: each stream's
+    frames equal its own stream's, for any chunking, bit for bit; specs over other frames, or a
+    second spec with band normalisation, get two separate streams."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(8000 * 3).astype(np.float32)
+    model = FeatureSpec(band_norm_s=1.0, fmax_hz=1000.0)
+    wide = FeatureSpec(n_bands=40)
+    first, second = make_streams(model, wide)
+    assert isinstance(second, SecondBank)
+    alone_model, alone_wide = make_stream(model), make_stream(wide)
+    got_model, got_wide, want_model, want_wide = [], [], [], []
+    sizes = rng.integers(1, 1500, 60)
+    for chunk in np.split(x, np.cumsum(sizes)[np.cumsum(sizes) < x.size]):
+        got_model.append(first.push(chunk).copy())
+        got_wide.append(second.push(chunk).copy())
+        want_model.append(alone_model.push(chunk).copy())
+        want_wide.append(alone_wide.push(chunk).copy())
+    np.testing.assert_array_equal(np.concatenate(got_model), np.concatenate(want_model))
+    np.testing.assert_array_equal(np.concatenate(got_wide), np.concatenate(want_wide))
+    assert np.concatenate(got_wide).shape == (extract(x, wide).shape[0], 40)
+
+    first.reset()
+    second.reset()
+    first.push(x[:500])
+    with pytest.raises(RuntimeError, match="out of step"):
+        second.push(x[:400])
+    for other in (wide.replace(hop_samples=40), wide.replace(band_norm_s=2.0)):
+        separate = make_streams(model, other)[1]
+        assert not isinstance(separate, SecondBank)

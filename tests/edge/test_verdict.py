@@ -100,3 +100,21 @@ def test_a_manifest_without_task_rules_has_no_verdict() -> None:
         VerdictRule.of({"cas": 0.5}, VerdictConfig())
     with pytest.raises(ValueError, match="release must be in"):
         VerdictConfig(release=0.0)
+
+
+@pytest.mark.parametrize("sizes", [(7, 13, 99, 1, 150, 12), (100,) * 4, (250, 3)])
+def test_the_scores_are_those_of_the_last_window_for_any_chunking(sizes: tuple[int, ...]) -> None:
+    """However the frames arrive (chunks that wrap the ring's end, one longer than the whole
+    window), the scores are those of the last ``window_s`` of frames: the mean poor quality
+    and each family's mean of its ``top_frames`` highest frames."""
+    rng = np.random.default_rng(sum(sizes))
+    p = rng.uniform(0.0, 0.5, (sum(sizes), len(OUTPUTS))).astype(np.float32)
+    v = RollingVerdict(RULE, OUTPUTS, GRID)
+    start = 0
+    for n in sizes:
+        v.update(start, p[start : start + n])
+        start += n
+    last = p[-100:].astype(np.float64)  # window_s 4 s of 40-ms frames
+    cas = np.sort(last[:, WH : WH + 3].max(axis=1))[-3:].mean()  # Wheeze, Rhonchi, Stridor
+    das = np.sort(last[:, FC : FC + 2].max(axis=1))[-3:].mean()  # Fine, Coarse Crackle
+    assert v.scores == pytest.approx((last[:, PQ].mean(), cas, das))
