@@ -10,10 +10,12 @@ The estimator is model-free (docs/respiration.md has the measurements that chose
 model's Breath output): it reads log-mel levels (:func:`tracker_spec`: 64 bands over
 50-4000 Hz at the model's frame and hop, no running band normalisation). Where the model's
 first front end is exactly that, the tracker reads the model's own frames and costs no extra
-transform; a model whose front end normalises its bands or stops below 4 kHz (the shipped
-stethoscope-neutral one) gets a second, un-normalised log-mel front end beside it
-(``StreamPipeline``'s ``level_spec``), so the tracker's levels, floor and band layout stay
-those it was built and measured on. Breath sounds are broadband noise of the airways that
+transform; for a model whose front end normalises its bands or stops below 4 kHz (the shipped
+stethoscope-neutral one) the bed computes these bands beside the model's
+(``StreamPipeline``'s ``level_spec``): from the same power spectrum when the model's front end
+is log-mel over the same frames and FFT (a second filterbank, no second transform), else from
+a front end of their own. The tracker's levels, floor and band layout stay those it was built
+and measured on. Breath sounds are broadband noise of the airways that
 rises and falls with each breath; per 40-ms sample the tracker takes the levels of
 ``N_SUB_BANDS`` sub-bands of ``breath_band_hz``, each over its slow level, and their median,
 the breath activity
