@@ -341,7 +341,8 @@ def run_child(
 def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
     """Streams served in real time by this checkout and by git revision ``rev`` (a temporary
     worktree), as fast as possible with ``--baseline-streams`` streams, in alternating pairs
-    of fresh processes in this one run; the ratio of the medians."""
+    of fresh processes in this one run (after one unmeasured run of ``rev``); the ratio of the
+    medians."""
     spec = {"broker": broker, "max_batch": args.max_batch, "model": args.model,
             "round_group": args.round_group, "streams": args.baseline_streams,
             "paced": False, "seconds": args.seconds,
@@ -352,6 +353,10 @@ def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict
         git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
         subprocess.run([*git, "worktree", "add", "--detach", str(tree), rev], check=True)
         try:
+            # an unmeasured run first: the fresh worktree compiles and caches its Numba kernels
+            # (and reads its files) once, so the first measured pair does not pay for it
+            print(f"warming {rev} up ...", flush=True)
+            run_child({**spec, "streams": 16, "seconds": 2.0}, 600, tree)
             for pair in range(args.baseline_pairs):
                 for name, checkout in (("this checkout", None), (rev, tree)):
                     print(f"pair {pair + 1}: {name}, {spec['streams']} streams ...", flush=True)
@@ -443,6 +448,7 @@ def _header(
     args: argparse.Namespace, argv: list[str] | None, broker: tuple[Any, str, str] | None
 ) -> dict[str, Any]:
     return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join(["python -m bench.runtime", *(argv or [])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, pinned to CPUs {sorted(os.sched_getaffinity(0))}",
