@@ -56,7 +56,8 @@ lock: $(VENV)/.installed-dev
 	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) \
 	  --extra edge --extra demo -o $(EDGE_LOCK)
 	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) \
-	  --extra dev --extra train --extra export --extra edge --extra serial --extra demo -o $(DEV_LOCK)
+	  --extra dev --extra train --extra export --extra edge --extra serial --extra demo \
+	  --extra gateway -o $(DEV_LOCK)
 
 demo: $(EDGE_VENV)/.installed-edge
 	$(EDGE_VENV)/bin/lungwatch-edge demo $(ARGS)
@@ -67,7 +68,7 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy lungwatch edge wardview demo training export firmware_bridge deploy bench
+	$(VENV)/bin/mypy lungwatch edge wardview demo training export firmware_bridge deploy bench gateway
 	$(VENV)/bin/lint-imports
 
 format: $(VENV)/.installed-dev

@@ -60,6 +60,7 @@ SOURCE_ITEMS = (
     "training",
     "deploy",
     "bench",
+    "gateway",
 )
 SOURCE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc", "*.egg-info")
 ENGINE_SUFFIX = ".plan"  # engines are built on the device, never shipped

@@ -48,3 +48,15 @@ def write_private(path: Path, text: str) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
+
+
+def create_private(path: Path) -> None:
+    """Create ``path`` 0600 if it is not there (a database's file before SQLite opens it:
+    SQLite gives its -wal and -shm files the database's mode); a link there is refused
+    (``O_NOFOLLOW``), a file group or others may read is tightened to 0600. Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        if os.fstat(fd).st_mode & OTHERS:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)

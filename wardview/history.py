@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -51,6 +50,7 @@ from typing import Any
 from lungwatch.clip import Clip
 from lungwatch.errors import LungwatchError
 from lungwatch.events import Event, parse_utc
+from lungwatch.private import create_private
 from lungwatch.supervision import RESTARTS, Worker
 
 log = logging.getLogger("lungwatch.dashboard")
@@ -142,17 +142,12 @@ class HistoryError(LungwatchError):
 
 
 def _private_file(path: Path) -> None:
-    """Create ``path`` 0600 if it is not there (SQLite gives its -wal and -shm files the
-    database's mode); refuse a link; tighten an existing file that group or others may read."""
+    """Create ``path`` 0600 if it is not there; refuse a link; tighten an existing file that
+    group or others may read (:func:`lungwatch.private.create_private`)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        create_private(path)
     except OSError as exc:
         raise HistoryError(f"{path}: cannot open the history file ({exc.strerror})") from None
-    try:
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 class History:

@@ -1,0 +1,224 @@
+"""HL7 v2.6 messages of IHE PCD-01 (ORU^R01), built and checked with hl7apy.
+
+    sender = Sender(application="LUNGWATCH", facility="WARD-1", receiver="HIS", ...)
+    text = rate_message(reading, bed, sender, control_id)      # a respiration reading
+    text = finding_message(event, bed, sender, control_id)     # an event's onset or end
+    ack = parse_ack(text)                                       # what the receiver said
+
+Every message is validated against HL7 v2.6's ORU_R01 structure (hl7apy, strict) as it is
+built; a message the library refuses is an error here, never sent. Codes (docs/gateway.md):
+the respiratory rate is IEEE 11073-10101 ``MDC_RESP_RATE`` (151562) in
+``MDC_DIM_RESP_PER_MIN`` (264928) with the bed's age band's normal range as the reference
+range; findings carry the SNOMED CT code of the event (crackles, wheeze, stridor, apnoea,
+tachypnoea, bradypnoea) or, without one, the event type in the local table ``99LW``; signal
+problems are observations of the local code ``signal-quality``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message
+from hl7apy.exceptions import HL7apyException
+from hl7apy.parser import parse_message
+
+from lungwatch.errors import LungwatchError
+
+VERSION = "2.6"
+MDC_RESP_RATE = "151562^MDC_RESP_RATE^MDC"
+MDC_RESP_PER_MIN = "264928^MDC_DIM_RESP_PER_MIN^MDC"
+MONITORING = "182777000^Monitoring of patient^SCT"  # the order every observation answers
+LOCAL_TABLE = "99LW"  # lungwatch's own codes (event types without a SNOMED CT code)
+PRESENT, ABSENT = "52101004^Present^SCT", "2667000^Absent^SCT"
+RESPIRATION_STATE = f"respiration-state^Respiratory rate assessment^{LOCAL_TABLE}"
+SIGNAL_QUALITY = f"signal-quality^Signal quality^{LOCAL_TABLE}"
+ACCEPTED = ("AA", "CA")  # original / enhanced mode: accepted
+_ESCAPES = str.maketrans({"|": " ", "^": " ", "~": " ", "\\": " ", "&": " ", "\r": " ", "\n": " "})
+
+
+class Hl7Error(LungwatchError):
+    """A message could not be built, or a reply is not an acknowledgement of it."""
+
+
+@dataclass(frozen=True)
+class Sender:
+    """MSH's sending and receiving application and facility."""
+
+    application: str = "LUNGWATCH"
+    facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    processing_id: str = "P"  # P production, T training, D debugging
+
+
+@dataclass(frozen=True)
+class Bed:
+    """Where a reading comes from: the device's stream, the hospital's location for it
+    (PV1-3, ``point of care^room^bed^facility``) and, when known, the patient's id (PID-3,
+    ``id^^^authority^MR``; unknown: the bed's own, ``<device>.<stream>^^^LUNGWATCH^ANON``)."""
+
+    device_id: str
+    stream_id: str
+    location: str = ""
+    patient_id: str = ""
+
+
+@dataclass(frozen=True)
+class Ack:
+    """MSA-1 and MSA-2 of a reply: the code and the control id it acknowledges."""
+
+    code: str
+    control_id: str
+    text: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.code in ACCEPTED
+
+
+def hl7_time(utc: str | dt.datetime) -> str:
+    """An ISO 8601 UTC time (``2026-11-25T21:52:18.040Z``) as HL7 DTM with its zone."""
+    when = utc if isinstance(utc, dt.datetime) else _parse_utc(utc)
+    stamp = when.astimezone(dt.timezone.utc)
+    return stamp.strftime("%Y%m%d%H%M%S.") + f"{stamp.microsecond // 1000:03d}+0000"
+
+
+def _parse_utc(text: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        raise Hl7Error(f"not an ISO 8601 time: {text!r}") from None
+
+
+def plain(text: object) -> str:
+    """Free text for a field: HL7's delimiters and line breaks become spaces."""
+    return str(text).translate(_ESCAPES).strip()
+
+
+def rate_message(
+    reading: Mapping[str, Any], bed: Bed, sender: Sender, control_id: str, now: dt.datetime
+) -> str:
+    """PCD-01 of one respiration reading (the respiration topic's message): the rate with
+    its reference range when the state is ``ok``, else the assessment's state and reason."""
+    utc = str(reading.get("utc", ""))
+    msg, order = _observation_message(bed, sender, control_id, now, utc)
+    if reading.get("state") == "ok" and isinstance(reading.get("rate_bpm"), int | float):
+        low, high = reading.get("low_bpm"), reading.get("high_bpm")
+        limits = f"{low:g}-{high:g}" if isinstance(low, int | float) and isinstance(
+            high, int | float) else ""  # fmt: skip
+        _obx(order, 1, "NM", MDC_RESP_RATE, f"{float(reading['rate_bpm']):.1f}", utc, bed,
+             units=MDC_RESP_PER_MIN, limits=limits, status="R")  # fmt: skip
+    else:
+        state = plain(reading.get("state", "unknown"))
+        reason = plain(reading.get("reason", ""))
+        value = f"{state}^{reason or state}^{LOCAL_TABLE}"
+        _obx(order, 1, "CWE", RESPIRATION_STATE, value, utc, bed, status="R")
+    return _checked(msg)
+
+
+def finding_message(
+    event: Mapping[str, Any], bed: Bed, sender: Sender, control_id: str, now: dt.datetime
+) -> str:
+    """PCD-01 of one event's onset or end: the finding present (onset, preliminary) or over
+    (ended, final); a technical event is an observation of the signal's quality."""
+    start, end = str(event.get("start_utc", "")), event.get("end_utc")
+    ended = event.get("state") == "ended"
+    msg, order = _observation_message(bed, sender, control_id, now, start, end if ended else None)
+    kind = event.get("type", "")
+    if event.get("kind") == "technical":
+        value = f"{plain(kind)}^{plain(kind)}^{LOCAL_TABLE}"
+        _obx(order, 1, "CWE", SIGNAL_QUALITY, value, start, bed, status="F" if ended else "P")
+    else:
+        code = event.get("snomed_ct")
+        what = f"{plain(code)}^{plain(kind)}^SCT" if code else f"{plain(kind)}^{plain(kind)}^" \
+            f"{LOCAL_TABLE}"  # fmt: skip
+        _obx(order, 1, "CWE", what, PRESENT, start, bed, status="F" if ended else "P")
+    return _checked(msg)
+
+
+def parse_ack(text: str) -> Ack:
+    """The acknowledgement in ``text`` (an ACK message); Hl7Error if it is none."""
+    try:
+        msg = parse_message(text.replace("\n", "\r"), validation_level=VALIDATION_LEVEL.TOLERANT)
+        code, control = msg.msa.msa_1.to_er7(), msg.msa.msa_2.to_er7()
+        detail = msg.msa.msa_3.to_er7() if msg.msa.msa_3 else ""
+    except (HL7apyException, AttributeError, IndexError) as exc:
+        raise Hl7Error(f"not an HL7 acknowledgement: {exc}") from None
+    if not code:
+        raise Hl7Error("not an HL7 acknowledgement: MSA-1 is empty")
+    return Ack(code, control, detail)
+
+
+def control_id_of(text: str) -> str:
+    """MSH-10 of a message in ER7."""
+    fields = text.split("\r", 1)[0].split("|")
+    if len(fields) < 10 or fields[0] != "MSH":
+        raise Hl7Error("not an HL7 message: no MSH segment first")
+    return fields[9]
+
+
+def _observation_message(
+    bed: Bed, sender: Sender, control_id: str, now: dt.datetime, start: str, end: Any = None
+) -> tuple[Message, Any]:
+    msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+    msh = msg.msh
+    msh.msh_3 = plain(sender.application)
+    msh.msh_4 = plain(sender.facility)
+    msh.msh_5 = plain(sender.receiving_application)
+    msh.msh_6 = plain(sender.receiving_facility)
+    msh.msh_7 = hl7_time(now)
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = control_id
+    msh.msh_11 = sender.processing_id
+    msh.msh_12 = VERSION
+    msh.msh_15 = "AL"  # accept acknowledgement: always
+    msh.msh_16 = "NE"  # application acknowledgement: never
+    result = msg.add_group("ORU_R01_PATIENT_RESULT")
+    patient = result.add_group("ORU_R01_PATIENT")
+    # PID-3 is required: without the hospital's patient id, the bed's own (identifier type
+    # ANON, HL7 table 0203: it names the monitored bed, not the person)
+    patient.pid.pid_3 = bed.patient_id or f"{plain(bed.device_id)}.{plain(bed.stream_id)}" \
+        f"^^^{plain(sender.application)}^ANON"  # fmt: skip
+    patient.pid.pid_5 = "^^^^^^U"  # the name is the hospital's to know (U: unspecified)
+    if bed.location:
+        visit = patient.add_group("ORU_R01_VISIT")
+        visit.pv1.pv1_2 = "I"  # inpatient
+        visit.pv1.pv1_3 = bed.location
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    order.obr.obr_1 = "1"
+    order.obr.obr_3 = f"{control_id}^{plain(sender.application)}"
+    order.obr.obr_4 = MONITORING
+    order.obr.obr_7 = hl7_time(start)
+    if end:
+        order.obr.obr_8 = hl7_time(str(end))
+    return msg, order
+
+
+def _obx(
+    order: Any, set_id: int, value_type: str, code: str, value: str, utc: str, bed: Bed, *,
+    units: str = "", limits: str = "", status: str = "F",
+) -> None:  # fmt: skip
+    obx = order.add_group("ORU_R01_OBSERVATION").obx
+    obx.obx_1 = str(set_id)
+    obx.obx_2 = value_type
+    obx.obx_3 = code
+    obx.obx_5 = value
+    if units:
+        obx.obx_6 = units
+    if limits:
+        obx.obx_7 = limits
+    obx.obx_11 = status
+    obx.obx_14 = hl7_time(utc)
+    obx.obx_18 = f"{plain(bed.device_id)}^{plain(bed.stream_id)}^LUNGWATCH"  # the equipment
+
+
+def _checked(msg: Message) -> str:
+    try:
+        msg.validate()
+        return str(msg.to_er7())
+    except HL7apyException as exc:
+        raise Hl7Error(f"HL7 v{VERSION} ORU_R01: {exc}") from None

@@ -1,0 +1,94 @@
+"""MLLP (HL7's Minimal Lower Layer Protocol): each message between a start block (0x0B) and an
+end block with a carriage return (0x1C 0x0D), over TCP; the receiver answers each with an ACK
+framed the same way.
+
+    client = MllpClient("his.example", 2575, timeout_s=10.0)
+    reply = client.exchange(text)     # sends one message, returns the reply's text
+    client.close()
+
+:meth:`MllpClient.exchange` keeps one connection open and opens it again after any failure;
+a failure (refused, reset, a reply not within ``timeout_s``, a broken frame) raises
+:class:`MllpError` and closes the connection, so the next exchange starts clean. What to do
+then (send the same message again) is the outbox's business.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from lungwatch.errors import LungwatchError
+
+START, END = b"\x0b", b"\x1c\x0d"
+MAX_FRAME_BYTES = 1 << 20  # a reply larger than this is no acknowledgement
+
+
+class MllpError(LungwatchError):
+    """The exchange failed; the connection is closed."""
+
+
+def frame(text: str) -> bytes:
+    """``text`` (segments separated by carriage returns) as one MLLP frame."""
+    return START + text.encode("utf-8") + END
+
+
+def read_frame(sock: socket.socket, buffer: bytearray) -> str | None:
+    """The next frame's text from ``sock`` (bytes after it stay in ``buffer``); None when the
+    peer closed the connection between frames. Raises MllpError for bytes outside a frame, a
+    frame over :data:`MAX_FRAME_BYTES` or a connection closed inside a frame; ``socket.timeout``
+    passes through."""
+    while True:
+        end = buffer.find(END)
+        if end >= 0:
+            if not buffer.startswith(START):
+                raise MllpError("MLLP: bytes before the start block")
+            text = bytes(buffer[1:end]).decode("utf-8", errors="replace")
+            del buffer[: end + len(END)]
+            return text
+        if len(buffer) > MAX_FRAME_BYTES:
+            raise MllpError(f"MLLP: no end block within {MAX_FRAME_BYTES} bytes")
+        chunk = sock.recv(65536)
+        if not chunk:
+            if buffer:
+                raise MllpError("MLLP: connection closed inside a frame")
+            return None
+        buffer += chunk
+
+
+class MllpClient:
+    """One receiver's address; see the module doc."""
+
+    def __init__(self, host: str, port: int, timeout_s: float = 10.0) -> None:
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray()
+        self.connects = 0
+
+    def exchange(self, text: str) -> str:
+        """Send ``text`` and return the reply's text (see the module doc)."""
+        try:
+            sock = self._connected()
+            sock.sendall(frame(text))
+            reply = read_frame(sock, self._buffer)
+        except (OSError, MllpError) as exc:
+            self.close()
+            reason = "no reply within the timeout" if isinstance(exc, TimeoutError) else exc
+            raise MllpError(f"MLLP {self.host}:{self.port}: {reason}") from None
+        if reply is None:
+            self.close()
+            raise MllpError(f"MLLP {self.host}:{self.port}: the receiver closed the connection")
+        return reply
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+                self._buffer.clear()
+
+    def _connected(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = socket.create_connection((self.host, self.port), self.timeout_s)
+            self._sock.settimeout(self.timeout_s)
+            self.connects += 1
+        return self._sock

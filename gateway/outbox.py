@@ -1,0 +1,253 @@
+"""The gateway's durable queue and its courier: every message is stored before it is sent,
+sent in the order it was queued, and removed from the queue only when the receiver accepted
+it.
+
+    outbox = Outbox(Path("state/gateway.sqlite"))
+    outbox.put("event/<id>/onset", lambda control_id: build(control_id))  # once per key
+    courier = Courier(outbox, MllpClient(host, port), CourierConfig())
+    courier.run(stop)                                  # a thread: until stop is set
+
+A message gets its control id (MSH-10) when it is queued and is stored as built, so every
+retry sends the same bytes under the same id, and a receiver that saw it before can tell.
+``put`` takes a key of the source (an event's id and state, a bed's reading time): a message
+the MQTT broker delivers again (retained, or QoS 1 after a reconnect) is queued once.
+
+The courier sends the oldest queued message and waits for its acknowledgement. A lost
+connection or a reply that does not come within the timeout is retried after a backoff
+(``backoff_min_s`` doubling to ``backoff_max_s``) for as long as it takes: the receiver being
+down loses nothing. A negative acknowledgement (AE/AR, CE/CR) is retried the same way up to
+``max_refusals`` times; after that the message is kept in the queue as ``refused`` (counted,
+logged with the receiver's text, listed by ``lungwatch gateway --status``) so that one message
+the receiver will never take does not hold back the rest. Sent rows are kept
+``keep_sent_s`` (their keys keep a late duplicate out), then deleted.
+
+The file is created 0600 (its folder the caller's); SQLite in WAL mode, synchronous FULL: a
+message ``put`` returned for survives a power cut.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.hl7 import Hl7Error, parse_ack
+from gateway.mllp import MllpClient, MllpError
+from lungwatch.errors import LungwatchError
+from lungwatch.private import create_private
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    control_id TEXT NOT NULL UNIQUE,
+    message TEXT NOT NULL,
+    queued_s REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sent', 'refused')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    refusals INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    done_s REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, seq);
+"""
+
+
+class OutboxError(LungwatchError):
+    """The queue's file cannot be used."""
+
+
+@dataclass(frozen=True)
+class Queued:
+    """One queued message."""
+
+    seq: int
+    key: str
+    control_id: str
+    message: str
+    attempts: int
+    refusals: int
+
+
+def new_control_id() -> str:
+    """A message control id no other message of any gateway has: 20 hex digits of a UUID4
+    (a receiver deduplicates by it, so a restarted counter must never repeat one)."""
+    return uuid.uuid4().hex[:20].upper()
+
+
+class Outbox:
+    """See the module doc."""
+
+    def __init__(self, path: Path, keep_sent_s: float = 2 * 86400.0) -> None:
+        self.path, self.keep_sent_s = Path(path), keep_sent_s
+        try:
+            create_private(self.path)
+        except OSError as exc:
+            raise OutboxError(f"{self.path}: cannot open the queue ({exc.strerror})") from None
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path}: cannot use the queue ({exc})") from None
+        self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)
+        self._pruned_s = 0.0
+
+    def put(self, key: str, build: Callable[[str], str]) -> bool:
+        """Queue the message ``build(control_id)`` under ``key``; False (nothing built) when
+        that key was queued before."""
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone():
+                return False
+            control_id = new_control_id()
+            message = build(control_id)
+            self._db.execute(
+                "INSERT INTO outbox (key, control_id, message, queued_s) VALUES (?, ?, ?, ?)",
+                (key, control_id, message, time.time()),
+            )
+            self._queued.notify_all()
+            return True
+
+    def head(self, wait_s: float = 0.0) -> Queued | None:
+        """The oldest queued message, waiting up to ``wait_s`` for one."""
+        with self._lock:
+            row = self._head()
+            if row is None and wait_s > 0:
+                self._queued.wait(wait_s)
+                row = self._head()
+            return row
+
+    def sent(self, seq: int) -> None:
+        self._finish(seq, "sent", "")
+
+    def refused(self, seq: int, error: str) -> None:
+        self._finish(seq, "refused", error)
+
+    def attempted(self, seq: int, error: str, refusal: bool) -> int:
+        """Note a failed attempt; the message's refusals so far."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, "
+                "last_error = ? WHERE seq = ?",
+                (int(refusal), error, seq),
+            )
+            row = self._db.execute("SELECT refusals FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            return int(row[0]) if row else 0
+
+    def counts(self) -> dict[str, int]:
+        """Messages per state (queued, sent and still kept, refused)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        found = {"queued": 0, "sent": 0, "refused": 0}
+        found.update({state: int(n) for state, n in rows})
+        return found
+
+    def refusals(self) -> list[tuple[str, str, str]]:
+        """(key, control id, the receiver's last reply) of every refused message."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, control_id, last_error FROM outbox WHERE state = 'refused' "
+                "ORDER BY seq"
+            ).fetchall()
+        return [(str(k), str(c), str(e)) for k, c, e in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _head(self) -> Queued | None:
+        row = self._db.execute(
+            "SELECT seq, key, control_id, message, attempts, refusals FROM outbox "
+            "WHERE state = 'queued' ORDER BY seq LIMIT 1"
+        ).fetchone()
+        return None if row is None else Queued(*row)
+
+    def _finish(self, seq: int, state: str, error: str) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "UPDATE outbox SET state = ?, last_error = ?, done_s = ? WHERE seq = ?",
+                (state, error, now, seq),
+            )
+            if now - self._pruned_s > 60.0:
+                self._pruned_s = now
+                self._db.execute(
+                    "DELETE FROM outbox WHERE state = 'sent' AND done_s < ?",
+                    (now - self.keep_sent_s,),
+                )
+
+
+@dataclass(frozen=True)
+class CourierConfig:
+    """How the courier retries (see the module doc)."""
+
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_refusals: int = 5
+
+
+class Courier:
+    """Sends the outbox's messages in order over one MLLP client (see the module doc)."""
+
+    def __init__(self, outbox: Outbox, client: MllpClient, config: CourierConfig) -> None:
+        self.outbox, self.client, self.config = outbox, client, config
+        self.stats = {"sent": 0, "retries": 0, "refused": 0}
+        self.last_error = ""
+        self.last_sent_utc = ""
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set."""
+        delay = self.config.backoff_min_s
+        while not stop.is_set():
+            row = self.outbox.head(wait_s=0.5)
+            if row is None:
+                continue
+            if self.send(row):
+                delay = self.config.backoff_min_s
+            else:
+                stop.wait(delay)
+                delay = min(2.0 * delay, self.config.backoff_max_s)
+        self.client.close()
+
+    def send(self, row: Queued) -> bool:
+        """One attempt at ``row``; True when it left the queue (accepted, or refused for
+        good), False when it is to be tried again after the backoff."""
+        try:
+            ack = parse_ack(self.client.exchange(row.message))
+        except (MllpError, Hl7Error) as exc:
+            return self._failed(row, str(exc), refusal=False)
+        if ack.control_id != row.control_id:
+            self.client.close()  # a reply to some other message: the stream is out of step
+            why = f"the reply acknowledges {ack.control_id!r}, not {row.control_id!r}"
+            return self._failed(row, why, refusal=False)
+        if ack.accepted:
+            self.outbox.sent(row.seq)
+            self.stats["sent"] += 1
+            self.last_sent_utc = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            return True
+        return self._failed(row, f"{ack.code} {ack.text}".strip(), refusal=True)
+
+    def _failed(self, row: Queued, why: str, refusal: bool) -> bool:
+        refusals = self.outbox.attempted(row.seq, why, refusal)
+        self.last_error = f"{row.control_id}: {why}"
+        if refusal and refusals >= self.config.max_refusals:
+            self.outbox.refused(row.seq, why)
+            self.stats["refused"] += 1
+            log.error("message %s (%s) refused %d times, kept as refused: %s", row.control_id,
+                      row.key, refusals, why)  # fmt: skip
+            return True
+        self.stats["retries"] += 1
+        log.warning("message %s not delivered (%s); trying again", row.control_id, why)
+        return False

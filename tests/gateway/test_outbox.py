@@ -1,0 +1,154 @@
+"""The gateway's queue and courier against a real MLLP receiver (tests/gateway/receiver.py:
+a TCP server that validates every message with hl7apy against HL7 v2.6 and acknowledges it):
+nothing lost and nothing sent under a second control id while the receiver dies and comes
+back, negative acknowledgements retried, a message refused for good set aside."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.hl7 import Bed, Sender, rate_message
+from gateway.mllp import MllpClient
+from gateway.outbox import Courier, CourierConfig, Outbox, OutboxError
+from tests.gateway.receiver import Receiver
+
+BED = Bed("edge-1", "bed-2", location="ICU^1^3^HOSP", patient_id="12345^^^HOSP^MR")
+SENDER = Sender(facility="WARD-1", receiving_application="HIS")
+FAST = CourierConfig(backoff_min_s=0.05, backoff_max_s=0.2, max_refusals=3)
+
+
+def reading(i: int) -> dict[str, object]:
+    utc = dt.datetime(2026, 11, 27, 3, 0, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=10 * i)
+    return {"state": "ok", "rate_bpm": 12.0 + i % 10, "low_bpm": 9.0, "high_bpm": 24.0,
+            "utc": utc.isoformat().replace("+00:00", "Z")}  # fmt: skip
+
+
+def put(outbox: Outbox, i: int) -> bool:
+    now = dt.datetime.now(dt.timezone.utc)
+    return outbox.put(f"reading/{i}", lambda cid: rate_message(reading(i), BED, SENDER, cid, now))
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver().start()
+    yield r
+    r.kill()
+
+
+def courier_thread(outbox: Outbox, port: int) -> tuple[Courier, threading.Event, threading.Thread]:
+    courier = Courier(outbox, MllpClient("127.0.0.1", port, timeout_s=2.0), FAST)
+    stop = threading.Event()
+    thread = threading.Thread(target=courier.run, args=(stop,), daemon=True)
+    thread.start()
+    return courier, stop, thread
+
+
+def queued_ids(path: Path) -> dict[str, str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT key, control_id FROM outbox").fetchall())
+
+
+def test_a_receiver_that_dies_and_comes_back_loses_nothing(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """60 readings queued while the courier sends; the receiver dies right after receiving
+    the 20th message (before answering it), stays down for a while and comes back on the
+    same port: every message is accepted, each under the one control id it was queued with,
+    in the order queued; the message it died on is sent again under its own id."""
+    outbox = Outbox(tmp_path / "gateway.sqlite")
+    receiver.die_on = lambda count: count == 20
+    courier, stop, thread = courier_thread(outbox, receiver.port)
+    try:
+        for i in range(40):
+            assert put(outbox, i)
+        assert receiver.wait_for(lambda: len(receiver.received) >= 20, 10.0)
+        for i in range(40, 60):  # queued while the receiver is down
+            assert put(outbox, i)
+        threading.Event().wait(1.0)  # down: the courier keeps trying
+        assert courier.stats["retries"] >= 2
+        assert outbox.counts()["queued"] >= 41
+        receiver.die_on = lambda count: False
+        receiver.start()  # the same port
+        assert receiver.wait_for(lambda: len(receiver.accepted) == 60, 20.0), receiver.errors
+    finally:
+        stop.set()
+        thread.join(5.0)
+    ids = queued_ids(tmp_path / "gateway.sqlite")
+    assert len(set(ids.values())) == 60  # one control id per reading
+    assert set(receiver.accepted) == set(ids.values())  # 0 lost
+    order = [ids[f"reading/{i}"] for i in range(60)]
+    first_seen = list(dict.fromkeys(receiver.received))
+    assert first_seen == order  # sent in the order queued
+    resent = [cid for cid in set(receiver.received) if receiver.received.count(cid) > 1]
+    assert resent == [order[19]]  # only the one in flight when it died, under its own id
+    assert outbox.counts() == {"queued": 0, "sent": 60, "refused": 0}
+    assert receiver.errors == []
+
+
+def test_a_negative_acknowledgement_is_retried_and_one_refused_for_good_is_set_aside(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    outbox = Outbox(tmp_path / "gateway.sqlite")
+    for i in range(3):
+        put(outbox, i)
+    ids = queued_ids(tmp_path / "gateway.sqlite")
+    refuse_twice, refuse_always = ids["reading/0"], ids["reading/1"]
+
+    def answer(control_id: str, seen: int) -> str | None:
+        if control_id == refuse_twice and seen <= 2:
+            return "AE"
+        return "AR" if control_id == refuse_always else None
+
+    receiver.answer = answer
+    courier, stop, thread = courier_thread(outbox, receiver.port)
+    try:
+        assert receiver.wait_for(lambda: ids["reading/2"] in receiver.accepted, 10.0)
+    finally:
+        stop.set()
+        thread.join(5.0)
+    assert receiver.received.count(refuse_twice) == 3  # AE, AE, then accepted
+    assert refuse_twice in receiver.accepted
+    assert receiver.received.count(refuse_always) == FAST.max_refusals
+    assert refuse_always not in receiver.accepted
+    assert outbox.counts() == {"queued": 0, "sent": 2, "refused": 1}
+    [(key, control_id, why)] = outbox.refusals()
+    assert (key, control_id) == ("reading/1", refuse_always)
+    assert why.startswith("AR")
+    assert courier.stats["refused"] == 1
+
+
+def test_a_key_is_queued_once_and_the_queue_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite"
+    outbox = Outbox(path)
+    built: list[str] = []
+    assert outbox.put("reading/1", lambda cid: built.append(cid) or f"MSH|x|{cid}")
+    assert not outbox.put("reading/1", lambda cid: built.append(cid) or "again")
+    assert len(built) == 1
+    head = outbox.head()
+    outbox.close()
+    again = Outbox(path)  # a restarted gateway sends the same bytes under the same id
+    assert again.head() == head
+    assert head is not None
+    assert head.control_id == built[0]
+
+
+def test_the_queue_is_private_and_a_planted_link_is_refused(tmp_path: Path) -> None:
+    before = os.umask(0o022)
+    try:
+        Outbox(tmp_path / "gateway.sqlite").close()
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "gateway.sqlite").stat().st_mode) == 0o600
+    (tmp_path / "target").write_text("")
+    (tmp_path / "link.sqlite").symlink_to(tmp_path / "target")
+    with pytest.raises(OutboxError, match=r"link\.sqlite: cannot open the queue"):
+        Outbox(tmp_path / "link.sqlite")
