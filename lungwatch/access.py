@@ -15,7 +15,8 @@ writes, under ``DIR`` (mode 0700; every secret 0600):
   live, verdict, respiration, summary and evidence topics, and read only its own command
   topic; its clips' connection (user ``<device>/evidence``, the device's password) only its
   evidence topics; a ward view may read the site's topics and publish commands (only ward
-  views may);
+  views may); a hospital gateway (``--gateways``) may read the site's events and breathing,
+  nothing else;
 - ``clients/<name>.yaml``: the ``mqtt`` username and password of each client (and, for a
   device, its ``commands.key_file`` and ``evidence.username``), to merge into its config;
 - ``keys/command-master.key`` (ward views sign commands with it) and
@@ -70,12 +71,13 @@ EVIDENCE_LOGIN = "{device}/evidence"  # a device's second connection (no device 
 MAX_QUEUED_MESSAGES = 100_000  # per offline persistent session (a ward view restarting)
 MAX_QUEUED_BYTES = 200_000_000  # ... and its bytes (evidence parts are ~45 kB each)
 MAX_PACKET_BYTES = 65_536
+GATEWAY_READS = ("event", "respiration")  # what a hospital gateway reports (gateway.service)
 
 
 @dataclass(frozen=True)
 class Client:
     name: str  # the MQTT username (a device's name is its device_id)
-    role: str  # "device" or "view"
+    role: str  # "device", "view" or "gateway"
     password: str
 
 
@@ -102,6 +104,8 @@ def acl_text(site: str, clients: list[Client]) -> str:
             lines.append(f"topic read {own}/command")
             lines += ["", f"user {EVIDENCE_LOGIN.format(device=client.name)}",
                       f"topic write {own}/+/evidence"]  # fmt: skip
+        elif client.role == "gateway":
+            lines += [f"topic read {root}/+/+/{kind}" for kind in GATEWAY_READS]
         else:
             lines += [f"topic read {root}/#", f"topic write {root}/+/command"]
     return "\n".join(lines) + "\n"
@@ -114,10 +118,13 @@ def generate(
     directory: Path,
     users: list[str] | None = None,
     listener: str | None = None,
+    gateways: list[str] | None = None,
 ) -> list[Client]:
     """Write the site's access files under ``directory`` (see the module doc); the clients.
-    ``users``: ``NAME:ROLE`` of the ward view's users; ``listener``: ``HOST:PORT``."""
-    names = devices + views
+    ``users``: ``NAME:ROLE`` of the ward view's users; ``listener``: ``HOST:PORT``;
+    ``gateways``: the hospital gateways' client names."""
+    gateways = list(gateways or [])
+    names = devices + views + gateways
     logins = [_user_spec(item) for item in users or []]
     if len({name for name, _ in logins}) != len(logins):
         raise ConfigError(f"user names must be distinct, got {', '.join(users or [])}")
@@ -138,10 +145,11 @@ def generate(
     if master is None:
         master = new_key()
         write_key(master_path, master)
-    clients = [
-        Client(name, "device" if name in devices else "view", _password(directory, name))
-        for name in names
-    ]
+
+    def role(name: str) -> str:
+        return "device" if name in devices else "gateway" if name in gateways else "view"
+
+    clients = [Client(name, role(name), _password(directory, name)) for name in names]
     view_users = [
         {"name": n, "role": r, "password_hash": hash_password(_user_password(directory, n))}
         for n, r in logins
@@ -160,6 +168,8 @@ def generate(
                 raise ConfigError(f"{key_path}: not derived from {master_path} (remove it)")
             settings["commands"] = {"key_file": str(key_path.resolve())}
             settings["evidence"] = {"username": EVIDENCE_LOGIN.format(device=client.name)}
+        elif client.role == "gateway":
+            pass  # its broker login alone: it reads, it signs nothing
         else:
             view: dict[str, object] = {"command_key_file": str(master_path.resolve())}
             if view_users:
@@ -254,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", required=True, help="the site's topic segment (e.g. ward-3)")
     parser.add_argument("--devices", nargs="+", required=True, help="device ids (MQTT users)")
     parser.add_argument("--views", nargs="+", required=True, help="ward view client names")
+    parser.add_argument(
+        "--gateways", nargs="+", default=[],
+        help="hospital gateway client names (they read the site's events and breathing)",
+    )  # fmt: skip
     parser.add_argument("--dir", required=True, type=Path, help="where the files go (kept secret)")
     parser.add_argument(
         "--users",
@@ -270,16 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        clients = generate(args.site, args.devices, args.views, args.dir, args.users, args.listener)
+        clients = generate(args.site, args.devices, args.views, args.dir, args.users,
+                           args.listener, args.gateways)  # fmt: skip
     except LungwatchError as exc:
         print(f"lungwatch access: error: {exc}", file=sys.stderr)
         return 2
     for client in clients:
         where = args.dir / "clients" / f"{client.name}.yaml"
-        print(f"{client.role:<6} {client.name:<24} {where}")
+        print(f"{client.role:<7} {client.name:<24} {where}")
     for item in args.users:
         name = item.rpartition(":")[0]
-        print(f"user   {name:<24} {args.dir / 'users' / f'{name}.password'}")
+        print(f"user    {name:<24} {args.dir / 'users' / f'{name}.password'}")
     conf = args.dir / "mosquitto" / "lungwatch.conf"
     if args.listener:
         print(f"broker: mosquitto -c {conf}")

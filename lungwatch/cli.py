@@ -41,7 +41,8 @@ DEVICE_COMMANDS: Commands = {
     "emulate": ("firmware_bridge.emulator", "play a recording as a wearable stethoscope would"),
     "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),
 }
-#: The workstation's own commands; its ``detect`` is the device's with ``--score`` added.
+#: The commands off the device (the workstation's, the site's servers'); ``detect`` is the
+#: device's with ``--score`` added.
 WORKSTATION_COMMANDS: Commands = {
     "detect": ("training.scoring.detect", "events in recordings (JSON); --score: sed_eval scores"),
     "train": ("training.recipe.train", "train the detector from a run YAML (needs torch)"),
@@ -58,6 +59,10 @@ WORKSTATION_COMMANDS: Commands = {
         "respiratory rate and apnoea judged on ICBHI and SPRSound through the device path",
     ),
     "access": ("lungwatch.access", "broker passwords, ACL and command keys for a site's clients"),
+    "gateway": (
+        "gateway.cli",
+        "rates and findings to the hospital: HL7 v2.6 over MLLP (IHE PCD-01)",
+    ),
 }
 COMMANDS: Commands = {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}
 DEVICE_NOTE = (

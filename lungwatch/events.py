@@ -49,6 +49,8 @@ MAX_SEGMENT_CHARS = 64
 #: edge.bed.breathing (a bed's respiratory rate and pauses).
 SOUND_TYPES: tuple[str, ...] = tuple(n for n in EVENT_LABELS if n != NORMAL)
 RESPIRATION_TYPES: tuple[str, ...] = ("apnoea", "tachypnoea", "bradypnoea")
+# a bed's breathing on the respiration topic: its ``state`` (docs/events.md)
+RESPIRATION_STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")
 PHYSIOLOGICAL_TYPES: tuple[str, ...] = SOUND_TYPES + RESPIRATION_TYPES
 #: SNOMED CT findings of the breathing alarms (checked against the FHIR value sets expanded
 #: from the SNOMED CT International edition), and of the rate itself (observable entity).

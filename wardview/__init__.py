@@ -2,9 +2,8 @@
 
 - :mod:`wardview.config`: the ``dashboard`` block of a runtime config, password hashes
   (no paho, no web server: the runtime's config loader imports it);
-- :mod:`wardview.intake`: one MQTT payload to a JSON object within limits (size, nesting,
-  numbers), or the reason it was refused;
-- :mod:`wardview.ward`: the ward's state, built only from the published topics;
+- :mod:`wardview.ward`: the ward's state, built only from the published topics (each
+  payload read by :mod:`lungwatch.intake` within limits, or refused with its reason);
 - :mod:`wardview.feed`: the paho client that reads the site's topics and publishes
   acknowledge commands;
 - :mod:`wardview.web`: the HTTP rules (allowed hosts, strict headers, security headers)

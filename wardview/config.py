@@ -34,10 +34,10 @@ from typing import Literal
 from lungwatch.alarms import AlarmSettings
 from lungwatch.config import check
 from lungwatch.hosts import is_loopback
+from lungwatch.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 from lungwatch.mqtt import MqttConfig
 from lungwatch.passwords import HASH_FORMAT, parse_hash
 from lungwatch.private import others_may_read
-from wardview.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 from wardview.ward import MAX_BEDS_PER_DEVICE, MAX_DEVICES, MAX_OPEN_EPISODES_PER_BED
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

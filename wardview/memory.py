@@ -22,9 +22,9 @@ from typing import Any
 from lungwatch.alarms import AlarmBook, ListedEpisode
 from lungwatch.clip import Assembler, EvidenceError
 from lungwatch.events import Event, is_segment
+from lungwatch.intake import MessageError
 from wardview.beds import Bed, Device, event_row, show_respiration, verdict_view
 from wardview.history import History, Restored, epoch_s
-from wardview.intake import MessageError
 
 READING_EVERY_S = 60.0  # a bed's breathing is stored at most this often (and on a change)
 MAX_TEXT = 80  # a bed's name or location

@@ -22,7 +22,7 @@ size limit, nested too deeply, with a number out of range, not JSON, not schema 
 a valid :class:`~lungwatch.events.Event`, on a topic whose device or stream is not a topic segment
 (:func:`~lungwatch.events.is_segment`) or that does not match its body, one over a cap (below), or
 one whose handling failed in any other way is counted in ``counts["rejected"]`` and per reason
-in :attr:`Ward.rejected_reasons` (:data:`~wardview.intake.REASONS`) and logged with the
+in :attr:`Ward.rejected_reasons` (:data:`~lungwatch.intake.REASONS`) and logged with the
 reason; a repeated event ``id`` (QoS 1 may deliver twice) is counted in
 ``counts["duplicates"]``.
 
@@ -57,11 +57,18 @@ from lungwatch.clip import Assembler
 from lungwatch.events import (
     COMMAND_POLICIES,
     DEVICE_STREAM,
+    RESPIRATION_STATES,
     TOPIC_ROOT,
     Event,
     EventError,
     is_number,
     is_segment,
+)
+from lungwatch.intake import (
+    MAX_JSON_DEPTH,
+    MAX_MESSAGE_BYTES,
+    MessageError,
+    parse_message,
 )
 from wardview.beds import (
     READ_WAIT_BEHIND_MS,
@@ -74,12 +81,6 @@ from wardview.beds import (
     verdict_view,
 )
 from wardview.history import History
-from wardview.intake import (
-    MAX_JSON_DEPTH,
-    MAX_MESSAGE_BYTES,
-    MessageError,
-    parse_message,
-)
 from wardview.memory import WardMemory
 
 log = logging.getLogger("lungwatch.dashboard")
@@ -88,7 +89,6 @@ log = logging.getLogger("lungwatch.dashboard")
 KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live"), (6, "verdict"),
          (6, "respiration"), (6, "summary"), (6, "evidence")}  # fmt: skip
 RETAINED_PER_BED = ("verdict", "respiration", "summary")  # an empty payload withdraws them
-RESPIRATION_STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")
 MAX_RATE_BPM = 200.0  # a published rate above this is not a rate
 VERDICT_LABELS = ("assessing", "Normal", "CAS", "DAS", "CAS & DAS", "Poor Quality")
 SEEN_IDS = 100_000  # event ids remembered for deduplication

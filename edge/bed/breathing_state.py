@@ -11,8 +11,9 @@ from typing import Protocol
 
 from edge.bed.agebands import DEFAULT_AGE_BAND, age_band
 from lungwatch.config import check
+from lungwatch.events import RESPIRATION_STATES
 
-STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")
+STATES = RESPIRATION_STATES  # the respiration topic's states
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ import pytest
 
 from lungwatch.errors import ConfigError
 from lungwatch.events import Event, status_payload
+from lungwatch.intake import MessageError, json_depth, parse_message
 from lungwatch.passwords import hash_iterations, verify_password
 from tests.edge.brokers import SHA256
 from tests.edge.browser import user_entry
 from wardview.cli import load_settings
 from wardview.config import DashboardUser
-from wardview.intake import MessageError, json_depth, parse_message
 from wardview.login import LoginLimitedError, Logins
 from wardview.ward import Ward
 

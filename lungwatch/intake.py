@@ -2,9 +2,10 @@
 
     body = parse_message(payload, max_bytes=65536, max_depth=32)
 
-The ward view must keep reading whatever a client of the broker publishes, so nothing in a
-payload may raise anything but :class:`MessageError` here, and every refusal names its
-:attr:`MessageError.reason` (one of :data:`REASONS`, counted per reason by the ward):
+A reader of the site's messages (the ward view, the hospital gateway) must keep reading
+whatever a client of the broker publishes, so nothing in a payload may raise anything but
+:class:`MessageError` here, and every refusal names its :attr:`MessageError.reason` (one of
+:data:`REASONS`, counted per reason by the reader):
 
 - ``too_large``: more than ``max_bytes`` bytes (checked before anything is decoded);
 - ``bad_json``: not UTF-8, not JSON, or not a JSON object;

@@ -1,0 +1,108 @@
+"""The gateway's configuration file (YAML; docs/gateway.md):
+
+    site: ward-1
+    mqtt: {host: broker.ward, port: 8883, username: gw-1, password_file: ..., ca_file: ...}
+    hl7: {host: his.hospital, port: 2575, sending_facility: WARD-1, receiving_application: HIS}
+    queue: state/gateway.sqlite
+    beds:
+      - {device_id: edge-1, stream_id: bed-1, location: "ICU^1^1^HOSP", patient_id: ""}
+
+Errors name the file and the key (``lungwatch.config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.hl7 import Bed, Sender, plain
+from gateway.outbox import CourierConfig
+from lungwatch.config import check
+from lungwatch.events import is_segment
+from lungwatch.mqtt import MqttConfig
+
+PROCESSING_IDS = ("P", "T", "D")
+
+
+@dataclass(frozen=True)
+class Hl7Config:
+    """The receiver (host, port), MSH's applications and facilities, and how to retry."""
+
+    host: str
+    port: int = 2575
+    sending_application: str = "LUNGWATCH"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    processing_id: str = "P"
+    ack_timeout_s: float = 10.0
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_refusals: int = 5
+    rate_every_s: float = 60.0  # a bed's rate at most this often while its state holds
+
+    def __post_init__(self) -> None:
+        check(bool(self.host), "host", self.host, "the receiver's host name")
+        check(0 < self.port < 65536, "port", self.port, "an integer in 1..65535")
+        for name in ("sending_application", "sending_facility", "receiving_application",
+                     "receiving_facility"):  # fmt: skip
+            value = getattr(self, name)
+            check(plain(value) == value, name, value, "text without HL7 delimiters |^~\\&")
+        check(bool(self.sending_application), "sending_application", "", "non-empty")
+        check(self.processing_id in PROCESSING_IDS, "processing_id", self.processing_id,
+              "one of P (production), T (training), D (debugging)")  # fmt: skip
+        check(0 < self.ack_timeout_s <= 300, "ack_timeout_s", self.ack_timeout_s, "in (0, 300]")
+        check(0 < self.backoff_min_s <= self.backoff_max_s <= 3600, "backoff_min_s",
+              self.backoff_min_s, "in (0, backoff_max_s], backoff_max_s <= 3600")  # fmt: skip
+        check(self.max_refusals >= 1, "max_refusals", self.max_refusals, "at least 1")
+        check(self.rate_every_s >= 0, "rate_every_s", self.rate_every_s, ">= 0")
+
+    @property
+    def sender(self) -> Sender:
+        return Sender(self.sending_application, self.sending_facility,
+                      self.receiving_application, self.receiving_facility,
+                      self.processing_id)  # fmt: skip
+
+    @property
+    def courier(self) -> CourierConfig:
+        return CourierConfig(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
+
+
+@dataclass(frozen=True)
+class BedEntry:
+    """A bed's place in the hospital: its location (PV1-3) and, when known, its patient."""
+
+    device_id: str
+    stream_id: str
+    location: str = ""  # point of care^room^bed^facility
+    patient_id: str = ""  # id^^^assigning authority^MR
+
+    def __post_init__(self) -> None:
+        for name in ("device_id", "stream_id"):
+            check(is_segment(getattr(self, name)), name, getattr(self, name), "a topic segment")
+        for name in ("location", "patient_id"):
+            value = getattr(self, name)
+            check("|" not in value and "\r" not in value and "\n" not in value, name, value,
+                  "HL7 components without '|' or line breaks")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    site: str
+    hl7: Hl7Config
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    queue: str = "state/gateway.sqlite"
+    beds: tuple[BedEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(is_segment(self.site), "site", self.site, "a topic segment (1..64 chars)")
+        check(bool(self.queue), "queue", self.queue, "a file path")
+        seen = [(b.device_id, b.stream_id) for b in self.beds]
+        twice = next((s for s in seen if seen.count(s) > 1), None)
+        check(twice is None, "beds", twice, "each device_id/stream_id once")
+
+    def bed(self, device_id: str, stream_id: str) -> Bed:
+        """The bed's identity: its entry's location and patient, else neither."""
+        for entry in self.beds:
+            if (entry.device_id, entry.stream_id) == (device_id, stream_id):
+                return Bed(device_id, stream_id, entry.location, entry.patient_id)
+        return Bed(device_id, stream_id)

@@ -1,0 +1,226 @@
+"""The gateway's process: the site's messages in, the outbox, the courier out.
+
+    gateway = Gateway(config)
+    gateway.start()            # MQTT (a persistent session) and the courier's thread
+    gateway.check()            # the courier's failure, if its thread stopped unasked
+    gateway.stop()
+
+:class:`Intake` turns one MQTT message into queued HL7 messages: an event's onset or end
+(``.../<stream>/event``; ``ongoing`` messages say nothing new and are skipped) and a bed's
+breathing (``.../<stream>/respiration``: when its state changes, else at most every
+``hl7.rate_every_s`` by the reading's own time). Every payload is read within limits
+(:mod:`lungwatch.intake`), checked against its topic (a device speaks for its own beds only)
+and validated as the device's schema says; what is refused is counted by reason and logged,
+never fatal. The MQTT session is persistent (clean session off, a stable client id, QoS 1):
+while the gateway is down the broker keeps what it misses, and what the broker delivers
+again is queued once (the outbox's keys).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.hl7 import Hl7Error, finding_message, rate_message
+from gateway.mllp import MllpClient
+from gateway.outbox import Courier, Outbox
+from lungwatch.events import RESPIRATION_STATES, TOPIC_ROOT, Event, EventError, is_number
+from lungwatch.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES, MessageError, parse_message
+from lungwatch.mqtt import BrokerRefusedError, new_client
+from lungwatch.supervision import Worker
+
+log = logging.getLogger(__name__)
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Intake:
+    """See the module doc."""
+
+    def __init__(
+        self, config: GatewayConfig, outbox: Outbox, now: Callable[[], dt.datetime] = _utc_now
+    ) -> None:
+        self.config, self.outbox, self.now = config, outbox, now
+        self.counts: Counter[str] = Counter()  # queued, duplicate, skipped, refused:<reason>
+        self._last_rate: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
+
+    def handle(self, topic: str, payload: bytes) -> str:
+        """Queue what ``payload`` on ``topic`` says; the outcome (also counted)."""
+        try:
+            outcome = self._handle(topic, payload)
+        except (MessageError, EventError, Hl7Error) as exc:
+            reason = getattr(exc, "reason", "invalid")
+            outcome = f"refused:{reason}"
+            log.warning("gateway: %s refused: %s", topic[:200], exc)
+        self.counts[outcome] += 1
+        return outcome
+
+    def _handle(self, topic: str, payload: bytes) -> str:
+        parts = topic.split("/")
+        if len(parts) != 6 or "/".join(parts[:2]) != TOPIC_ROOT or parts[2] != self.config.site:
+            raise MessageError(f"not a topic of site {self.config.site}")
+        device_id, stream_id, kind = parts[3:]
+        body = parse_message(payload, MAX_MESSAGE_BYTES, MAX_JSON_DEPTH)
+        for name, value in (("site", parts[2]), ("device_id", device_id),
+                            ("stream_id", stream_id)):  # fmt: skip
+            if body.get(name) != value:
+                raise MessageError(f"{name} {body.get(name)!r} is not the topic's {value!r}")
+        bed = self.config.bed(device_id, stream_id)
+        sender = self.config.hl7.sender
+        if kind == "event":
+            event = Event.from_json(payload)
+            if event.state == "ongoing":
+                return "skipped"
+            fields = event.to_dict()
+
+            def build(cid: str) -> str:
+                return finding_message(fields, bed, sender, cid, self.now())
+
+            return self._put(f"event/{event.id}", build)
+        if kind == "respiration":
+            reading = _reading(body)
+            if not self._rate_due(device_id, stream_id, reading):
+                return "skipped"
+            key = f"respiration/{device_id}/{stream_id}/{reading['utc']}"
+            return self._put(key, lambda cid: rate_message(reading, bed, sender, cid, self.now()))
+        raise MessageError(f"the gateway does not read {kind!r} messages")
+
+    def _put(self, key: str, build: Callable[[str], str]) -> str:
+        return "queued" if self.outbox.put(key, build) else "duplicate"
+
+    def _rate_due(self, device_id: str, stream_id: str, reading: dict[str, Any]) -> bool:
+        when = dt.datetime.fromisoformat(str(reading["utc"]).replace("Z", "+00:00"))
+        last = self._last_rate.get((device_id, stream_id))
+        every = dt.timedelta(seconds=self.config.hl7.rate_every_s)
+        if last is not None and last[0] == reading["state"] and abs(when - last[1]) < every:
+            return False
+        self._last_rate[(device_id, stream_id)] = (reading["state"], when)
+        return True
+
+
+def _reading(body: dict[str, Any]) -> dict[str, Any]:
+    """The respiration message's fields the gateway reports, checked."""
+    state = body.get("state")
+    if state not in RESPIRATION_STATES:
+        raise MessageError(f"respiration state {state!r} is not one of {RESPIRATION_STATES}")
+    rate = body.get("rate_bpm")
+    if state == "ok" and not (is_number(rate) and 0 < rate < 200):
+        raise MessageError(f"rate_bpm {rate!r} is not a rate in (0, 200) breaths/min")
+    for name in ("low_bpm", "high_bpm"):
+        if body.get(name) is not None and not is_number(body[name]):
+            raise MessageError(f"{name} {body[name]!r} is not a number")
+    utc, reason = body.get("utc"), body.get("reason", "")
+    if not isinstance(utc, str) or not isinstance(reason, str) or len(reason) > 200:
+        raise MessageError("respiration utc must be a time, reason text of 200 chars at most")
+    try:
+        dt.datetime.fromisoformat(utc.replace("Z", "+00:00"))
+    except ValueError:
+        raise MessageError(f"respiration utc {utc[:40]!r} is not an ISO 8601 time") from None
+    keep = ("state", "rate_bpm", "low_bpm", "high_bpm", "utc", "reason")
+    return {name: body.get(name) for name in keep}
+
+
+class Gateway:
+    """The process's parts (see the module doc)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.outbox = Outbox(Path(config.queue))
+        self.intake = Intake(config, self.outbox)
+        hl7 = config.hl7
+        client = MllpClient(hl7.host, hl7.port, hl7.ack_timeout_s)
+        self.courier = Courier(self.outbox, client, hl7.courier)
+        self._stop = threading.Event()
+        self.worker = Worker(lambda: self.courier.run(self._stop), "gateway-courier",
+                             self._stop.is_set)  # fmt: skip
+        mqtt = config.mqtt
+        self.client_id = f"lungwatch-gateway-{config.site}{mqtt.private_suffix()}"
+        self.topics = [
+            f"{TOPIC_ROOT}/{config.site}/+/+/{kind}" for kind in ("event", "respiration")
+        ]
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker took the subscriptions (SUBACK)
+        self._connack = threading.Event()
+        self._refusal: str | None = None
+        self._subscribe_mid: int | None = None
+        self._mqtt = new_client(mqtt, self.client_id, clean_session=False)
+        self._mqtt.on_connect = self._on_connect
+        self._mqtt.on_disconnect = self._on_disconnect
+        self._mqtt.on_subscribe = self._on_subscribe
+        self._mqtt.on_message = self._on_message
+
+    def start(self) -> Gateway:
+        """The courier's thread, then the broker: returns once the broker took the
+        subscriptions (or after ``mqtt.connect_timeout_s``: an unreachable broker is retried
+        in the background); a refused login raises."""
+        self.worker.start()
+        cfg = self.config.mqtt
+        try:
+            self._mqtt.connect(cfg.host, cfg.port, cfg.keepalive_s)
+        except OSError as exc:
+            log.warning("broker %s is unreachable (%s); retrying", cfg.address, exc)
+            self._mqtt.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+        self._mqtt.loop_start()
+        if self._connack.wait(cfg.connect_timeout_s) and self._refusal is not None:
+            self.stop()
+            raise BrokerRefusedError(f"broker {cfg.address} {self._refusal}")
+        self.subscribed.wait(cfg.connect_timeout_s)
+        return self
+
+    def check(self) -> str | None:
+        """Why the courier's thread stopped unasked (None while it runs)."""
+        return self.worker.failure()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._mqtt.disconnect()
+        self._mqtt.loop_stop()
+        self.worker.join(10.0)
+        self.outbox.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"connected": self.connected.is_set(), "queue": self.outbox.counts(),
+                "intake": dict(self.intake.counts), "courier": dict(self.courier.stats),
+                "last_error": self.courier.last_error}  # fmt: skip
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self._refusal = f"refused the login: {reason}"
+        else:
+            _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.topics])
+            self.connected.set()
+            log.info("gateway connected to %s as %s", self.config.mqtt.address, self.client_id)
+        self._connack.set()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("gateway lost the broker (%s); reconnecting", reason)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, codes: Any, props: Any) -> None:
+        refused = [code for code in codes if code.is_failure]
+        if mid != self._subscribe_mid:
+            return
+        if refused:  # the site's ACL does not let this user read: said, never silent
+            log.error("the broker refused the gateway's subscriptions (%s): check its ACL",
+                      ", ".join(map(str, refused)))  # fmt: skip
+        else:
+            self.subscribed.set()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        try:
+            self.intake.handle(message.topic, bytes(message.payload))
+        except Exception:  # Intake.handle counts its own refusals; this is the last guard
+            self.intake.counts["refused:internal_error"] += 1
+            log.error("gateway: a message on %r could not be handled", message.topic[:200],
+                      exc_info=True)  # fmt: skip

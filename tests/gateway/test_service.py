@@ -1,0 +1,244 @@
+"""The gateway's process (gateway.service, ``lungwatch gateway``): the site's events and
+readings in through real Mosquitto, out over MLLP to a real receiver that validates every
+message with hl7apy; the receiver and the gateway itself killed and started again while
+beds publish: every finding and reading delivered, none under a second control id."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.config import BedEntry, GatewayConfig, Hl7Config
+from gateway.outbox import Outbox
+from gateway.service import Intake
+from lungwatch.events import event_topic, respiration_payload, respiration_topic
+from lungwatch.mqtt import import_paho
+from tests.edge.brokers import REPO_ROOT, Mosquitto, make_events
+from tests.gateway.receiver import Receiver
+
+SITE, DEVICE, BED = "ward-3", "dev-1", "bed-1"
+
+
+def reading(i: int, state: str = "ok", seconds: float = 61.0) -> dict[str, Any]:
+    utc = dt.datetime(2026, 11, 27, 3, 0, tzinfo=dt.timezone.utc) + dt.timedelta(
+        seconds=seconds * i
+    )
+    return {"state": state, "rate_bpm": 14.0 + i % 5 if state == "ok" else None,
+            "confidence": 0.6, "breaths": 7, "window_s": 30.0, "age_band": "adult",
+            "reason": "", "utc": utc.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "low_bpm": 9.0, "high_bpm": 24.0}  # fmt: skip
+
+
+def respiration(i: int, **kw: Any) -> bytes:
+    return respiration_payload(SITE, DEVICE, BED, reading(i, **kw)).encode()
+
+
+def test_intake_queues_onsets_ends_and_readings_and_refuses_what_is_not_its_topics(
+    tmp_path: Path,
+) -> None:
+    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1", rate_every_s=60.0),
+                           beds=(BedEntry(DEVICE, BED, "ICU^1^1^HOSP"),))  # fmt: skip
+    outbox = Outbox(tmp_path / "q.sqlite")
+    intake = Intake(config, outbox)
+    onset = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+    topic = event_topic(SITE, DEVICE, BED)
+    assert intake.handle(topic, onset.to_json().encode()) == "queued"
+    assert intake.handle(topic, onset.to_json().encode()) == "duplicate"  # delivered again
+    assert intake.handle(topic, onset.ongoing().to_json().encode()) == "skipped"
+    ended = onset.ended("2026-05-09T07:00:03.000Z", 24000)
+    assert intake.handle(topic, ended.to_json().encode()) == "queued"
+    other_bed = event_topic(SITE, DEVICE, "bed-9")  # a device speaks for its own beds only
+    assert intake.handle(other_bed, onset.to_json().encode()) == "refused:invalid"
+    assert intake.handle(f"lungwatch/v1/ward-9/{DEVICE}/{BED}/event", b"{}") == "refused:invalid"
+    assert intake.handle(topic, b"{not json") == "refused:bad_json"
+    assert intake.handle(topic, b"[" * 5000) == "refused:too_deep"
+
+    rtopic = respiration_topic(SITE, DEVICE, BED)
+    assert intake.handle(rtopic, respiration(0, seconds=10.0)) == "queued"
+    assert (
+        intake.handle(rtopic, respiration(1, seconds=10.0)) == "skipped"
+    )  # 10 s later, same state
+    assert intake.handle(rtopic, respiration(2, state="apnoea", seconds=10.0)) == "queued"
+    assert intake.handle(rtopic, respiration(9, state="apnoea", seconds=10.0)) == "queued"  # 70 s
+    bad = reading(10) | {"rate_bpm": -3}
+    assert intake.handle(rtopic, respiration_payload(SITE, DEVICE, BED, bad).encode()) == (
+        "refused:invalid"
+    )
+    assert outbox.counts()["queued"] == 5
+    assert intake.counts["refused:invalid"] == 3
+
+
+def gateway_yaml(tmp_path: Path, broker_port: int, receiver_port: int) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(json.dumps({
+        "site": SITE,
+        "mqtt": {"host": "127.0.0.1", "port": broker_port, "connect_timeout_s": 5.0},
+        "hl7": {"host": "127.0.0.1", "port": receiver_port, "sending_facility": "WARD-3",
+                "receiving_application": "HIS", "ack_timeout_s": 2.0, "backoff_min_s": 0.05,
+                "backoff_max_s": 0.3, "rate_every_s": 60.0},
+        "queue": str(tmp_path / "state" / "gateway.sqlite"),
+        "beds": [{"device_id": DEVICE, "stream_id": BED, "location": "ICU^1^1^HOSP",
+                  "patient_id": "12345^^^HOSP^MR"}],
+    }), encoding="utf-8")  # fmt: skip
+    return path
+
+
+def start_gateway(config: Path) -> subprocess.Popen[str]:
+    code = "import sys; from lungwatch.cli import main; sys.exit(main())"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "gateway", "--config", str(config)], cwd=REPO_ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("lungwatch gateway: site ward-3"), (line, process.stderr)
+    return process
+
+
+class Device:
+    """A bed's device: publishes events and readings at QoS 1 and waits for each PUBACK."""
+
+    def __init__(self, port: int) -> None:
+        mqtt = import_paho()
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"test-device-{port}")  # fmt: skip
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5.0)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_nothing_is_lost_or_sent_twice_while_the_receiver_and_the_gateway_restart(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "state").mkdir(mode=0o700)
+    broker, receiver = Mosquitto(tmp_path).start(), Receiver().start()
+    config = gateway_yaml(tmp_path, broker.port, receiver.port)
+    gateway = start_gateway(config)
+    device = Device(broker.port)
+    events = make_events(30, site=SITE, device_id=DEVICE, stream_id=BED)
+    topic, rtopic = event_topic(SITE, DEVICE, BED), respiration_topic(SITE, DEVICE, BED)
+    try:
+        for i in range(10):
+            device.publish(topic, events[i].to_json().encode())
+            device.publish(rtopic, respiration(i))
+        assert receiver.wait_for(lambda: len(receiver.accepted) >= 20, 20.0), receiver.errors
+        receiver.kill()  # the hospital's receiver goes down
+        for i in range(10, 20):
+            device.publish(topic, events[i].to_json().encode())
+        time.sleep(0.5)
+        gateway.send_signal(signal.SIGKILL)  # and the gateway's machine with it
+        gateway.wait(10)
+        for i in range(20, 30):  # published while no gateway runs: the broker keeps them
+            device.publish(topic, events[i].to_json().encode())
+        for i in range(10, 15):
+            device.publish(rtopic, respiration(i))
+        receiver.start()
+        gateway = start_gateway(config)
+        assert receiver.wait_for(lambda: len(receiver.accepted) >= 45, 30.0), (
+            len(receiver.accepted), receiver.errors)  # fmt: skip
+        time.sleep(0.5)  # nothing more arrives
+    finally:
+        device.close()
+        gateway.send_signal(signal.SIGTERM)
+        out, err = gateway.communicate(timeout=20)
+        receiver.kill()
+        broker.stop()
+    assert gateway.returncode == 0, err
+    assert len(receiver.accepted) == 45  # 30 onsets + 15 readings: 0 lost
+    assert len(set(receiver.received)) == 45  # none under a second control id
+    assert receiver.errors == []  # every message valid HL7 v2.6
+    obx = [next(seg for seg in text.split("\r") if seg.startswith("OBX"))
+           for text in receiver.accepted.values()]  # fmt: skip
+    wheezes = {seg.split("|")[14] for seg in obx if "56018004^Wheeze^SCT" in seg}
+    rates = {seg.split("|")[14] for seg in obx if "MDC_RESP_RATE" in seg}
+    assert (len(wheezes), len(rates)) == (30, 15)
+    assert "stopped" in out
+    assert stat_mode(tmp_path / "state" / "gateway.sqlite") == 0o600
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_malformed_config_is_refused_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "gateway.yaml"
+    bad.write_text("site: ward-3\nhl7: {host: his, port: 70000}\n", encoding="utf-8")
+    code = "import sys; from lungwatch.cli import main; sys.exit(main())"
+    done = subprocess.run([sys.executable, "-c", code, "gateway", "--config", str(bad)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "gateway.yaml" in done.stderr, done.stderr
+    assert "hl7.port" in done.stderr, done.stderr
+    missing = tmp_path / "nohost.yaml"
+    missing.write_text("site: ward-3\nhl7: {port: 2575}\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-c", code, "gateway", "--config", str(missing)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+    assert done.returncode != 0
+    assert "hl7.host" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_gateway_login_from_lungwatch_access_reads_the_sites_events_and_breathing(
+    tmp_path: Path,
+) -> None:
+    """The broker as ``lungwatch access --gateways`` configures it (real Mosquitto, its ACL):
+    the gateway's login may only read the site's events and breathing; the broker grants its
+    subscriptions and what a device publishes there reaches the receiver."""
+    import yaml
+
+    from gateway.service import Gateway
+    from lungwatch.access import generate
+    from lungwatch.mqtt import MqttConfig
+
+    access = tmp_path / "access"
+    generate(SITE, [DEVICE], ["ward-view"], access, gateways=["hl7-gw"])
+    acl = (access / "mosquitto" / "acl").read_text()
+    gateway_acl = acl.split("user hl7-gw\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert gateway_acl == [f"topic read lungwatch/v1/{SITE}/+/+/event",
+                           f"topic read lungwatch/v1/{SITE}/+/+/respiration"]  # fmt: skip
+    login = yaml.safe_load((access / "clients" / "hl7-gw.yaml").read_text())["mqtt"]
+    device = yaml.safe_load((access / "clients" / f"{DEVICE}.yaml").read_text())["mqtt"]
+    broker = Mosquitto(tmp_path, include=access / "mosquitto" / "lungwatch.conf").start()
+    receiver = Receiver().start()
+    mqtt = MqttConfig(host="127.0.0.1", port=broker.port, site=SITE, username=login["username"],
+                      password=login["password"])  # fmt: skip
+    config = GatewayConfig(site=SITE, mqtt=mqtt, queue=str(tmp_path / "q.sqlite"),
+                           hl7=Hl7Config(host="127.0.0.1", port=receiver.port))  # fmt: skip
+    gateway = Gateway(config).start()
+    paho = import_paho()
+    publisher = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2,
+                            client_id=device["username"])  # fmt: skip
+    publisher.username_pw_set(device["username"], device["password"])
+    try:
+        assert gateway.subscribed.is_set()  # the broker granted the subscriptions
+        publisher.connect("127.0.0.1", broker.port)
+        publisher.loop_start()
+        [event] = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED)
+        publisher.publish(event_topic(SITE, DEVICE, BED), event.to_json(), qos=1).wait_for_publish(
+            5
+        )
+        publisher.publish(respiration_topic(SITE, DEVICE, BED), respiration(0), qos=1)
+        assert receiver.wait_for(lambda: len(receiver.accepted) == 2, 10.0), receiver.errors
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        gateway.stop()
+        receiver.kill()
+        broker.stop()
