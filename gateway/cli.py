@@ -1,11 +1,12 @@
-"""``lungwatch gateway``: a site's breathing readings and findings to the hospital over HL7
-v2.6 MLLP (IHE PCD-01), from a durable queue (``docs/gateway.md``).
+"""``lungwatch gateway``: a site's breathing readings and findings to the hospital, over HL7
+v2.6 MLLP (IHE PCD-01) and/or as FHIR R4 Observations, from durable queues
+(``docs/gateway.md``).
 
     lungwatch gateway --config gateway.yaml [--config more.yaml] [-v]
     lungwatch gateway --config gateway.yaml --status    # the queue: counts, refused messages
 
-Runs until SIGTERM / Ctrl-C, printing one line when it is up; exits 1 when its courier's
-thread stops unasked (what it queued stays in the queue for the next start).
+Runs until SIGTERM / Ctrl-C, printing one line when it is up; exits 1 when a courier's
+thread stops unasked (what it queued stays in its queue for the next start).
 """
 
 from __future__ import annotations
@@ -24,11 +25,28 @@ from lungwatch.private import private_umask
 from lungwatch.supervision import ThreadStoppedError
 
 
+def queue_status(config: GatewayConfig) -> dict[str, object]:
+    """Each destination's queue: counts and refused messages (read from the files alone)."""
+    from gateway.outbox import Outbox
+
+    found: dict[str, object] = {}
+    places = [("hl7", config.queue)] if config.hl7 is not None else []
+    places += [("fhir", config.fhir.queue)] if config.fhir is not None else []
+    for name, path in places:
+        outbox = Outbox(Path(path))
+        try:
+            refused = [{"key": k, "control_id": c, "reply": r} for k, c, r in outbox.refusals()]
+            found[name] = {"queue": path, "counts": outbox.counts(), "refused": refused}
+        finally:
+            outbox.close()
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="lungwatch gateway", description=__doc__)
     parser.add_argument("--config", type=Path, action="append", required=True,
-                        help="the gateway's YAML (site, mqtt, hl7, queue, beds); given again, "
-                        "each later file is merged over the ones before")  # fmt: skip
+                        help="the gateway's YAML (site, mqtt, hl7, fhir, queue, beds); given "
+                        "again, each later file is merged over the ones before")  # fmt: skip
     parser.add_argument(
         "--status", action="store_true", help="print the queue's counts and refused messages"
     )
@@ -36,14 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(GatewayConfig, args.config)
     if args.status:
-        from gateway.outbox import Outbox
-
-        outbox = Outbox(Path(config.queue))
-        try:
-            refused = [{"key": k, "control_id": c, "reply": r} for k, c, r in outbox.refusals()]
-            print(json.dumps({"queue": outbox.counts(), "refused": refused}, indent=2))
-        finally:
-            outbox.close()
+        print(json.dumps(queue_status(config), indent=2))
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
@@ -55,18 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     before = private_umask()  # the queue holds patient observations: 0600 whatever umask
     try:
         gateway = Gateway(config).start()
-        hl7 = config.hl7
-        print(f"lungwatch gateway: site {config.site}, broker {config.mqtt.address} -> HL7 MLLP "
-              f"{hl7.host}:{hl7.port}, queue {config.queue}", flush=True)  # fmt: skip
+        to = []
+        if config.hl7 is not None:
+            to.append(f"HL7 MLLP {config.hl7.host}:{config.hl7.port} (queue {config.queue})")
+        if config.fhir is not None:
+            to.append(f"FHIR {config.fhir.base_url} (queue {config.fhir.queue})")
+        print(f"lungwatch gateway: site {config.site}, broker {config.mqtt.address} -> "
+              f"{', '.join(to)}", flush=True)  # fmt: skip
         try:
             while not stop.wait(1.0):
                 failure = gateway.check()
                 if failure is not None:
                     raise ThreadStoppedError(f"{failure}; queued messages stay for the next start")
         finally:
-            queue = gateway.outbox.counts()
+            queues = gateway.queues()
             gateway.stop()
     finally:
         os.umask(before)
-    print(f"lungwatch gateway: stopped; queue {json.dumps(queue)}", flush=True)
+    print(f"lungwatch gateway: stopped; queues {json.dumps(queues)}", flush=True)
     return 0

@@ -3,22 +3,28 @@
     site: ward-1
     mqtt: {host: broker.ward, port: 8883, username: gw-1, password_file: ..., ca_file: ...}
     hl7: {host: his.hospital, port: 2575, sending_facility: WARD-1, receiving_application: HIS}
+    fhir: {base_url: https://fhir.hospital/r4, token_file: /etc/lungwatch/fhir.token}
     queue: state/gateway.sqlite
     beds:
       - {device_id: edge-1, stream_id: bed-1, location: "ICU^1^1^HOSP", patient_id: ""}
 
-Errors name the file and the key (``lungwatch.config``).
+``hl7``, ``fhir`` or both (each has its own queue). Errors name the file and the key
+(``lungwatch.config``).
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass, field
 
 from gateway.hl7 import Bed, Sender, plain
 from gateway.outbox import CourierConfig
 from lungwatch.config import check
+from lungwatch.errors import ConfigError
 from lungwatch.events import is_segment
+from lungwatch.hosts import is_loopback
 from lungwatch.mqtt import MqttConfig
+from lungwatch.private import others_may_read, read_private
 
 PROCESSING_IDS = ("P", "T", "D")
 
@@ -38,7 +44,6 @@ class Hl7Config:
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
     max_refusals: int = 5
-    rate_every_s: float = 60.0  # a bed's rate at most this often while its state holds
 
     def __post_init__(self) -> None:
         check(bool(self.host), "host", self.host, "the receiver's host name")
@@ -51,10 +56,7 @@ class Hl7Config:
         check(self.processing_id in PROCESSING_IDS, "processing_id", self.processing_id,
               "one of P (production), T (training), D (debugging)")  # fmt: skip
         check(0 < self.ack_timeout_s <= 300, "ack_timeout_s", self.ack_timeout_s, "in (0, 300]")
-        check(0 < self.backoff_min_s <= self.backoff_max_s <= 3600, "backoff_min_s",
-              self.backoff_min_s, "in (0, backoff_max_s], backoff_max_s <= 3600")  # fmt: skip
-        check(self.max_refusals >= 1, "max_refusals", self.max_refusals, "at least 1")
-        check(self.rate_every_s >= 0, "rate_every_s", self.rate_every_s, ">= 0")
+        _check_retries(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
 
     @property
     def sender(self) -> Sender:
@@ -65,6 +67,55 @@ class Hl7Config:
     @property
     def courier(self) -> CourierConfig:
         return CourierConfig(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
+
+
+def _check_retries(backoff_min_s: float, backoff_max_s: float, max_refusals: int) -> None:
+    check(0 < backoff_min_s <= backoff_max_s <= 3600, "backoff_min_s", backoff_min_s,
+          "in (0, backoff_max_s], backoff_max_s <= 3600")  # fmt: skip
+    check(max_refusals >= 1, "max_refusals", max_refusals, "at least 1")
+
+
+@dataclass(frozen=True)
+class FhirConfig:
+    """A FHIR R4 server's base URL, an optional bearer token (a 0600 file), how to retry, and
+    the queue of what goes there."""
+
+    base_url: str
+    token_file: str | None = None
+    timeout_s: float = 10.0
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_refusals: int = 5
+    queue: str = "state/gateway-fhir.sqlite"
+
+    def __post_init__(self) -> None:
+        url = urllib.parse.urlsplit(self.base_url)
+        check(url.scheme in ("http", "https") and bool(url.hostname) and not url.query,
+              "base_url", self.base_url, "an http(s) URL of the FHIR server's base")  # fmt: skip
+        check(url.scheme == "https" or is_loopback(url.hostname or ""), "base_url",
+              self.base_url, "https (plain http only to this machine)")  # fmt: skip
+        check(0 < self.timeout_s <= 300, "timeout_s", self.timeout_s, "in (0, 300]")
+        _check_retries(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
+        check(bool(self.queue), "queue", self.queue, "a file path")
+
+    @property
+    def courier(self) -> CourierConfig:
+        return CourierConfig(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
+
+    def token(self) -> str | None:
+        """The bearer token's first line (ConfigError when others may read its file)."""
+        if self.token_file is None:
+            return None
+        try:
+            text, mode = read_private(self.token_file, "utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"fhir.token_file {self.token_file}: cannot read it ({exc})"
+            ) from None
+        if others_may_read(mode):
+            raise ConfigError(f"fhir.token_file {self.token_file}: others may read it "
+                              f"(chmod 600 {self.token_file})")  # fmt: skip
+        return text.splitlines()[0].strip() if text.strip() else None
 
 
 @dataclass(frozen=True)
@@ -88,14 +139,19 @@ class BedEntry:
 @dataclass(frozen=True)
 class GatewayConfig:
     site: str
-    hl7: Hl7Config
+    hl7: Hl7Config | None = None  # HL7 v2.6 over MLLP (PCD-01)
+    fhir: FhirConfig | None = None  # FHIR R4 Observations
     mqtt: MqttConfig = field(default_factory=MqttConfig)
-    queue: str = "state/gateway.sqlite"
+    queue: str = "state/gateway.sqlite"  # the HL7 messages' queue
+    rate_every_s: float = 60.0  # a bed's rate at most this often while its state holds
     beds: tuple[BedEntry, ...] = ()
 
     def __post_init__(self) -> None:
         check(is_segment(self.site), "site", self.site, "a topic segment (1..64 chars)")
+        check(self.hl7 is not None or self.fhir is not None, "hl7", None,
+              "given, or fhir given (where the gateway sends to)")  # fmt: skip
         check(bool(self.queue), "queue", self.queue, "a file path")
+        check(self.rate_every_s >= 0, "rate_every_s", self.rate_every_s, ">= 0")
         seen = [(b.device_id, b.stream_id) for b in self.beds]
         twice = next((s for s in seen if seen.count(s) > 1), None)
         check(twice is None, "beds", twice, "each device_id/stream_id once")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import socket
 
+from gateway.hl7 import Hl7Error, parse_ack
+from gateway.outbox import REFUSED, RETRY, SENT, Queued
 from lungwatch.errors import LungwatchError
 
 START, END = b"\x0b", b"\x1c\x0d"
@@ -92,3 +94,27 @@ class MllpClient:
             self._sock.settimeout(self.timeout_s)
             self.connects += 1
         return self._sock
+
+
+class MllpTransport:
+    """The courier's transport over MLLP: a message is sent when its ACK accepts it (``AA``
+    or ``CA`` for its own control id), refused on ``AE``/``AR``/``CE``/``CR``; anything else
+    (no connection, no reply in time, a reply to another id) is tried again."""
+
+    def __init__(self, client: MllpClient) -> None:
+        self.client = client
+
+    def deliver(self, row: Queued) -> tuple[str, str]:
+        try:
+            ack = parse_ack(self.client.exchange(row.message))
+        except (MllpError, Hl7Error) as exc:
+            return RETRY, str(exc)
+        if ack.control_id != row.control_id:
+            self.client.close()  # a reply to some other message: the stream is out of step
+            return RETRY, f"the reply acknowledges {ack.control_id!r}, not {row.control_id!r}"
+        if ack.accepted:
+            return SENT, ""
+        return REFUSED, f"{ack.code} {ack.text}".strip()
+
+    def close(self) -> None:
+        self.client.close()

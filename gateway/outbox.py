@@ -4,7 +4,7 @@ it.
 
     outbox = Outbox(Path("state/gateway.sqlite"))
     outbox.put("event/<id>/onset", lambda control_id: build(control_id))  # once per key
-    courier = Courier(outbox, MllpClient(host, port), CourierConfig())
+    courier = Courier(outbox, MllpTransport(MllpClient(host, port)), CourierConfig())
     courier.run(stop)                                  # a thread: until stop is set
 
 A message gets its control id (MSH-10) when it is queued and is stored as built, so every
@@ -36,9 +36,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from gateway.hl7 import Hl7Error, parse_ack
-from gateway.mllp import MllpClient, MllpError
 from lungwatch.errors import LungwatchError
 from lungwatch.private import create_private
 
@@ -198,11 +197,25 @@ class CourierConfig:
     max_refusals: int = 5
 
 
-class Courier:
-    """Sends the outbox's messages in order over one MLLP client (see the module doc)."""
+SENT, RETRY, REFUSED = "sent", "retry", "refused"  # what one delivery attempt came to
 
-    def __init__(self, outbox: Outbox, client: MllpClient, config: CourierConfig) -> None:
-        self.outbox, self.client, self.config = outbox, client, config
+
+class Transport(Protocol):
+    """One receiver: delivers a queued message, says how it went."""
+
+    def deliver(self, row: Queued) -> tuple[str, str]:
+        """(:data:`SENT`, ""), (:data:`RETRY`, why: the receiver did not get it or did not
+        answer) or (:data:`REFUSED`, the receiver's answer: it will not take it as it is)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Courier:
+    """Sends the outbox's messages in order through one transport (see the module doc)."""
+
+    def __init__(self, outbox: Outbox, transport: Transport, config: CourierConfig) -> None:
+        self.outbox, self.transport, self.config = outbox, transport, config
         self.stats = {"sent": 0, "retries": 0, "refused": 0}
         self.last_error = ""
         self.last_sent_utc = ""
@@ -219,27 +232,18 @@ class Courier:
             else:
                 stop.wait(delay)
                 delay = min(2.0 * delay, self.config.backoff_max_s)
-        self.client.close()
+        self.transport.close()
 
     def send(self, row: Queued) -> bool:
         """One attempt at ``row``; True when it left the queue (accepted, or refused for
         good), False when it is to be tried again after the backoff."""
-        try:
-            ack = parse_ack(self.client.exchange(row.message))
-        except (MllpError, Hl7Error) as exc:
-            return self._failed(row, str(exc), refusal=False)
-        if ack.control_id != row.control_id:
-            self.client.close()  # a reply to some other message: the stream is out of step
-            why = f"the reply acknowledges {ack.control_id!r}, not {row.control_id!r}"
-            return self._failed(row, why, refusal=False)
-        if ack.accepted:
+        outcome, why = self.transport.deliver(row)
+        if outcome == SENT:
             self.outbox.sent(row.seq)
             self.stats["sent"] += 1
             self.last_sent_utc = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             return True
-        return self._failed(row, f"{ack.code} {ack.text}".strip(), refusal=True)
-
-    def _failed(self, row: Queued, why: str, refusal: bool) -> bool:
+        refusal = outcome == REFUSED
         refusals = self.outbox.attempted(row.seq, why, refusal)
         self.last_error = f"{row.control_id}: {why}"
         if refusal and refusals >= self.config.max_refusals:

@@ -1,19 +1,20 @@
-"""The gateway's process: the site's messages in, the outbox, the courier out.
+"""The gateway's process: the site's messages in, a queue and a courier per destination out.
 
     gateway = Gateway(config)
-    gateway.start()            # MQTT (a persistent session) and the courier's thread
-    gateway.check()            # the courier's failure, if its thread stopped unasked
+    gateway.start()            # MQTT (a persistent session) and the couriers' threads
+    gateway.check()            # a courier's failure, if its thread stopped unasked
     gateway.stop()
 
-:class:`Intake` turns one MQTT message into queued HL7 messages: an event's onset or end
-(``.../<stream>/event``; ``ongoing`` messages say nothing new and are skipped) and a bed's
-breathing (``.../<stream>/respiration``: when its state changes, else at most every
-``hl7.rate_every_s`` by the reading's own time). Every payload is read within limits
-(:mod:`lungwatch.intake`), checked against its topic (a device speaks for its own beds only)
-and validated as the device's schema says; what is refused is counted by reason and logged,
-never fatal. The MQTT session is persistent (clean session off, a stable client id, QoS 1):
-while the gateway is down the broker keeps what it misses, and what the broker delivers
-again is queued once (the outbox's keys).
+:class:`Intake` turns one MQTT message into a queued message on every route (:class:`Route`:
+HL7 v2.6 PCD-01, FHIR R4): an event's onset or end (``.../<stream>/event``; ``ongoing``
+messages say nothing new and are skipped) and a bed's breathing (``.../<stream>/respiration``:
+when its state changes, else at most every ``rate_every_s`` by the reading's own time). Every
+payload is read within limits (:mod:`lungwatch.intake`), checked against its topic (a device
+speaks for its own beds only) and validated as the device's schema says, and each route's
+form is built and validated before any is queued; what is refused is counted by reason and
+logged, never fatal. The MQTT session is persistent (clean session off, a stable client id,
+QoS 1, acknowledged to the broker once queued): while the gateway is down the broker keeps
+what it misses, and what the broker delivers again is queued once (the queues' keys).
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ import datetime as dt
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from gateway.config import GatewayConfig
-from gateway.hl7 import Hl7Error, finding_message, rate_message
-from gateway.mllp import MllpClient
+from gateway.config import GatewayConfig, Hl7Config
+from gateway.fhir import FhirError, FhirTransport, finding_observation, rate_observation
+from gateway.hl7 import Bed, Hl7Error, finding_message, rate_message
+from gateway.mllp import MllpClient, MllpTransport
 from gateway.outbox import Courier, Outbox
+from lungwatch.access import GATEWAY_READS
 from lungwatch.events import RESPIRATION_STATES, TOPIC_ROOT, Event, EventError, is_number
 from lungwatch.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES, MessageError, parse_message
 from lungwatch.mqtt import BrokerRefusedError, new_client
-from lungwatch.supervision import Worker
+from lungwatch.supervision import Worker, first_failure
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +45,54 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+PROBE_CONTROL_ID = "0" * 20  # a form built only to be checked
+Builder = Callable[[Mapping[str, Any], Bed, str, str], str]  # (data, bed, key, control id)
+
+
+class Route(NamedTuple):
+    """One destination: its queue and how a reading and a finding are written for it."""
+
+    name: str  # "hl7" | "fhir"
+    outbox: Outbox
+    reading: Builder
+    finding: Builder
+
+
+def hl7_route(
+    config: Hl7Config, outbox: Outbox, now: Callable[[], dt.datetime] = _utc_now
+) -> Route:
+    """HL7 v2.6 PCD-01 messages (:mod:`gateway.hl7`)."""
+    sender = config.sender
+    return Route(
+        "hl7", outbox,
+        lambda data, bed, key, cid: rate_message(data, bed, sender, cid, now()),
+        lambda data, bed, key, cid: finding_message(data, bed, sender, cid, now()),
+    )  # fmt: skip
+
+
+def fhir_route(outbox: Outbox) -> Route:
+    """FHIR R4 Observations (:mod:`gateway.fhir`): a reading's resource is named by its key,
+    a finding's by its episode (its end updates its onset's resource)."""
+    return Route(
+        "fhir", outbox,
+        lambda data, bed, key, cid: rate_observation(data, bed, key),
+        lambda data, bed, key, cid: finding_observation(data, bed, f"episode/{data['episode_id']}"),
+    )  # fmt: skip
+
+
 class Intake:
     """See the module doc."""
 
-    def __init__(
-        self, config: GatewayConfig, outbox: Outbox, now: Callable[[], dt.datetime] = _utc_now
-    ) -> None:
-        self.config, self.outbox, self.now = config, outbox, now
+    def __init__(self, config: GatewayConfig, routes: list[Route]) -> None:
+        self.config, self.routes = config, routes
         self.counts: Counter[str] = Counter()  # queued, duplicate, skipped, refused:<reason>
         self._last_rate: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
 
     def handle(self, topic: str, payload: bytes) -> str:
-        """Queue what ``payload`` on ``topic`` says; the outcome (also counted)."""
+        """Queue what ``payload`` on ``topic`` says on every route; the outcome (counted)."""
         try:
             outcome = self._handle(topic, payload)
-        except (MessageError, EventError, Hl7Error) as exc:
+        except (MessageError, EventError, Hl7Error, FhirError) as exc:
             reason = getattr(exc, "reason", "invalid")
             outcome = f"refused:{reason}"
             log.warning("gateway: %s refused: %s", topic[:200], exc)
@@ -74,32 +110,35 @@ class Intake:
             if body.get(name) != value:
                 raise MessageError(f"{name} {body.get(name)!r} is not the topic's {value!r}")
         bed = self.config.bed(device_id, stream_id)
-        sender = self.config.hl7.sender
         if kind == "event":
             event = Event.from_json(payload)
             if event.state == "ongoing":
                 return "skipped"
-            fields = event.to_dict()
-
-            def build(cid: str) -> str:
-                return finding_message(fields, bed, sender, cid, self.now())
-
-            return self._put(f"event/{event.id}", build)
+            return self._put(f"event/{event.id}", event.to_dict(), bed, "finding")
         if kind == "respiration":
             reading = _reading(body)
             if not self._rate_due(device_id, stream_id, reading):
                 return "skipped"
             key = f"respiration/{device_id}/{stream_id}/{reading['utc']}"
-            return self._put(key, lambda cid: rate_message(reading, bed, sender, cid, self.now()))
+            return self._put(key, reading, bed, "reading")
         raise MessageError(f"the gateway does not read {kind!r} messages")
 
-    def _put(self, key: str, build: Callable[[str], str]) -> str:
-        return "queued" if self.outbox.put(key, build) else "duplicate"
+    def _put(self, key: str, data: Mapping[str, Any], bed: Bed, what: str) -> str:
+        """Queue on every route, or on none: each route's form is built (and validated) once
+        before anything is queued, so a message one of them refuses is refused whole."""
+        builders = [(route, route.reading if what == "reading" else route.finding)
+                    for route in self.routes]  # fmt: skip
+        for _, build in builders:
+            build(data, bed, key, PROBE_CONTROL_ID)  # raises what the real build would
+        queued = False
+        for route, build in builders:
+            queued |= route.outbox.put(key, lambda cid, b=build: b(data, bed, key, cid))  # type: ignore[misc]
+        return "queued" if queued else "duplicate"
 
     def _rate_due(self, device_id: str, stream_id: str, reading: dict[str, Any]) -> bool:
         when = dt.datetime.fromisoformat(str(reading["utc"]).replace("Z", "+00:00"))
         last = self._last_rate.get((device_id, stream_id))
-        every = dt.timedelta(seconds=self.config.hl7.rate_every_s)
+        every = dt.timedelta(seconds=self.config.rate_every_s)
         if last is not None and last[0] == reading["state"] and abs(when - last[1]) < every:
             return False
         self._last_rate[(device_id, stream_id)] = (reading["state"], when)
@@ -133,19 +172,34 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.outbox = Outbox(Path(config.queue))
-        self.intake = Intake(config, self.outbox)
-        hl7 = config.hl7
-        client = MllpClient(hl7.host, hl7.port, hl7.ack_timeout_s)
-        self.courier = Courier(self.outbox, client, hl7.courier)
         self._stop = threading.Event()
-        self.worker = Worker(lambda: self.courier.run(self._stop), "gateway-courier",
-                             self._stop.is_set)  # fmt: skip
+        self.routes: list[Route] = []
+        self.couriers: list[Courier] = []
+        self.workers: list[Worker] = []
+        try:
+            if config.hl7 is not None:
+                hl7 = config.hl7
+                outbox = Outbox(Path(config.queue))
+                self.routes.append(hl7_route(hl7, outbox))
+                client = MllpClient(hl7.host, hl7.port, hl7.ack_timeout_s)
+                self.couriers.append(Courier(outbox, MllpTransport(client), hl7.courier))
+            if config.fhir is not None:
+                fhir = config.fhir
+                outbox = Outbox(Path(fhir.queue))
+                self.routes.append(fhir_route(outbox))
+                transport = FhirTransport(fhir.base_url, fhir.timeout_s, fhir.token())
+                self.couriers.append(Courier(outbox, transport, fhir.courier))
+        except BaseException:
+            for route in self.routes:
+                route.outbox.close()
+            raise
+        for route, courier in zip(self.routes, self.couriers, strict=True):
+            self.workers.append(Worker(lambda c=courier: c.run(self._stop),  # type: ignore[misc]
+                                       f"gateway-{route.name}", self._stop.is_set))  # fmt: skip
+        self.intake = Intake(config, self.routes)
         mqtt = config.mqtt
         self.client_id = f"lungwatch-gateway-{config.site}{mqtt.private_suffix()}"
-        self.topics = [
-            f"{TOPIC_ROOT}/{config.site}/+/+/{kind}" for kind in ("event", "respiration")
-        ]
+        self.topics = [f"{TOPIC_ROOT}/{config.site}/+/+/{kind}" for kind in GATEWAY_READS]
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker took the subscriptions (SUBACK)
         self._connack = threading.Event()
@@ -158,10 +212,11 @@ class Gateway:
         self._mqtt.on_message = self._on_message
 
     def start(self) -> Gateway:
-        """The courier's thread, then the broker: returns once the broker took the
+        """The couriers' threads, then the broker: returns once the broker took the
         subscriptions (or after ``mqtt.connect_timeout_s``: an unreachable broker is retried
         in the background); a refused login raises."""
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
         cfg = self.config.mqtt
         try:
             self._mqtt.connect(cfg.host, cfg.port, cfg.keepalive_s)
@@ -176,20 +231,27 @@ class Gateway:
         return self
 
     def check(self) -> str | None:
-        """Why the courier's thread stopped unasked (None while it runs)."""
-        return self.worker.failure()
+        """Why a courier's thread stopped unasked (None while they run)."""
+        return first_failure([worker.failure for worker in self.workers])
+
+    def queues(self) -> dict[str, dict[str, int]]:
+        """Each route's queue counts."""
+        return {route.name: route.outbox.counts() for route in self.routes}
 
     def stop(self) -> None:
         self._stop.set()
         self._mqtt.disconnect()
         self._mqtt.loop_stop()
-        self.worker.join(10.0)
-        self.outbox.close()
+        for worker in self.workers:
+            worker.join(10.0)
+        for route in self.routes:
+            route.outbox.close()
 
     def status(self) -> dict[str, Any]:
-        return {"connected": self.connected.is_set(), "queue": self.outbox.counts(),
-                "intake": dict(self.intake.counts), "courier": dict(self.courier.stats),
-                "last_error": self.courier.last_error}  # fmt: skip
+        return {"connected": self.connected.is_set(), "queues": self.queues(),
+                "intake": dict(self.intake.counts),
+                "couriers": {r.name: dict(c.stats) for r, c in zip(self.routes, self.couriers,
+                                                                     strict=True)}}  # fmt: skip
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.hl7 import Bed, Sender, rate_message
-from gateway.mllp import MllpClient
+from gateway.mllp import MllpClient, MllpTransport
 from gateway.outbox import Courier, CourierConfig, Outbox, OutboxError
 from tests.gateway.receiver import Receiver
 
@@ -43,7 +43,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def courier_thread(outbox: Outbox, port: int) -> tuple[Courier, threading.Event, threading.Thread]:
-    courier = Courier(outbox, MllpClient("127.0.0.1", port, timeout_s=2.0), FAST)
+    courier = Courier(outbox, MllpTransport(MllpClient("127.0.0.1", port, timeout_s=2.0)), FAST)
     stop = threading.Event()
     thread = threading.Thread(target=courier.run, args=(stop,), daemon=True)
     thread.start()

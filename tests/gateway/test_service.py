@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.config import BedEntry, GatewayConfig, Hl7Config
 from gateway.outbox import Outbox
-from gateway.service import Intake
+from gateway.service import Intake, hl7_route
 from lungwatch.events import event_topic, respiration_payload, respiration_topic
 from lungwatch.mqtt import import_paho
 from tests.edge.brokers import REPO_ROOT, Mosquitto, make_events
@@ -43,10 +43,10 @@ def respiration(i: int, **kw: Any) -> bytes:
 def test_intake_queues_onsets_ends_and_readings_and_refuses_what_is_not_its_topics(
     tmp_path: Path,
 ) -> None:
-    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1", rate_every_s=60.0),
+    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"), rate_every_s=60.0,
                            beds=(BedEntry(DEVICE, BED, "ICU^1^1^HOSP"),))  # fmt: skip
     outbox = Outbox(tmp_path / "q.sqlite")
-    intake = Intake(config, outbox)
+    intake = Intake(config, [hl7_route(Hl7Config(host="127.0.0.1"), outbox)])
     onset = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
     topic = event_topic(SITE, DEVICE, BED)
     assert intake.handle(topic, onset.to_json().encode()) == "queued"
@@ -82,7 +82,8 @@ def gateway_yaml(tmp_path: Path, broker_port: int, receiver_port: int) -> Path:
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "connect_timeout_s": 5.0},
         "hl7": {"host": "127.0.0.1", "port": receiver_port, "sending_facility": "WARD-3",
                 "receiving_application": "HIS", "ack_timeout_s": 2.0, "backoff_min_s": 0.05,
-                "backoff_max_s": 0.3, "rate_every_s": 60.0},
+                "backoff_max_s": 0.3},
+        "rate_every_s": 60.0,
         "queue": str(tmp_path / "state" / "gateway.sqlite"),
         "beds": [{"device_id": DEVICE, "stream_id": BED, "location": "ICU^1^1^HOSP",
                   "patient_id": "12345^^^HOSP^MR"}],
