@@ -57,7 +57,7 @@ lock: $(VENV)/.installed-dev
 	  --extra edge --extra demo -o $(EDGE_LOCK)
 	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) \
 	  --extra dev --extra train --extra export --extra edge --extra serial --extra demo \
-	  --extra gateway -o $(DEV_LOCK)
+	  --extra gateway --extra postgres -o $(DEV_LOCK)
 
 demo: $(EDGE_VENV)/.installed-edge
 	$(EDGE_VENV)/bin/lungwatch-edge demo $(ARGS)

@@ -1,7 +1,7 @@
 """The ward view at ward scale: 200 beds, an hour of history, clips and live events at once.
 
     python -m bench.ward [--beds 200] [--devices 4] [--hours 1] [--live-s 60] [--repeats 5]
-        [--clip-minutes 5]
+        [--clip-minutes 5] [--stores sqlite,postgresql]
 
 Targets: with 200 beds and one hour of history the bed grid and one bed's trend
 render within 1 s, and clip delivery does not delay event delivery (event -> screen p99
@@ -18,10 +18,11 @@ within 1 s).
    beds' messages with its own ids (UUID5 of the bed and the original id), name and
    location, the times moved so that the hour ends now, through the view's own intake
    (:class:`wardview.ward.Ward` with its :class:`wardview.history.History`) into
-   SQLite; clips are kept for the last ``--clip-minutes`` only (an hour of every bed's clips
-   is gigabytes; the store bounds them anyway).
-3. **The page.** ``lungwatch dashboard`` on that store and a second Mosquitto, and headless
-   Chromium logged in as a nurse:
+   each store of ``--stores`` (SQLite; PostgreSQL on a server the benchmark starts from
+   Debian's binaries, tests/postgres.py); clips are kept for the last ``--clip-minutes``
+   only (an hour of every bed's clips is gigabytes; the store bounds them anyway).
+3. **The page.** ``lungwatch dashboard`` on each store in turn and a second Mosquitto, and
+   headless Chromium logged in as a nurse:
 
    - *grid*: navigation start -> the first snapshot painted with every bed
      (``window.lwReadyMs``, the browser's own clock), ``--repeats`` loads;
@@ -29,13 +30,13 @@ within 1 s).
      10 beds;
    - *evidence*: a click on Listen -> the clip's audio loaded and its spectrogram drawn
      (``lwEvidence``), 10 clips.
-4. **Live.** ``--live-s`` of the runtime's events (the last stretch of the hour), for every
-   bed, published at their own pace with fresh ids and times, QoS 1, as devices do; event ->
-   screen is from just before ``publish`` to the page's paint of it (``window.lwRendered``,
-   one machine, one clock). Run twice in one process: *reference* (events only) and *with
-   clips* (each episode's clip, every part, published from its own connection, as the
-   device's evidence publisher does, 1 s after the episode ends). The ratio of the p99s says
-   what clips cost events.
+4. **Live** (on the first store). ``--live-s`` of the runtime's events (the last stretch of
+   the hour), for every bed, published at their own pace with fresh ids and times, QoS 1, as
+   devices do; event -> screen is from just before ``publish`` to the page's paint of it
+   (``window.lwRendered``, one machine, one clock). Run twice in one process: *reference*
+   (events only) and *with clips* (each episode's clip, every part, published from its own
+   connection, as the device's evidence publisher does, 1 s after the episode ends). The
+   ratio of the p99s says what clips cost events.
 
 Everything (runtime, broker, view, browser, publisher) shares the cores of the machine the
 benchmark runs on; nothing is pinned. Results: ``bench/results/ward.{md,json}``.
@@ -300,14 +301,15 @@ def clip_start_s(message: Message) -> float | None:
 
 
 def build_history(
-    path: Path,
+    path: Path | str,
     messages: list[Message],
     ward_beds: list[Bed],
     started_s: float,
     hours: float,
     clip_minutes: float,
 ) -> dict[str, Any]:
-    """Every bed's hour through the view's intake into the SQLite store at ``path``."""
+    """Every bed's hour through the view's intake into the store at ``path`` (an SQLite
+    file, or a ``postgresql://`` database)."""
     shift_s = (time.time() - hours * 3600.0) - started_s
     ids = known_ids(messages)
     keep_from_s = started_s + hours * 3600.0 - clip_minutes * 60.0  # generated time
@@ -340,7 +342,18 @@ def build_history(
     store.close()
     return {"messages_in": handled, "intake_s": round(time.perf_counter() - began, 1),
             "clips_of_the_3_beds": len(clip_episodes),
-            "store_mb": round(path.stat().st_size / 1e6, 1)}  # fmt: skip
+            "store_mb": round(store_bytes(path) / 1e6, 1)}  # fmt: skip
+
+
+def store_bytes(where: Path | str) -> int:
+    """The store's size on disk: the SQLite file, or the PostgreSQL database."""
+    if isinstance(where, Path):
+        return where.stat().st_size
+    import psycopg
+
+    with psycopg.connect(where) as db:
+        row = db.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]) if row else 0
 
 
 # -- 3. the page -----------------------------------------------------------------------------
@@ -354,7 +367,7 @@ CLICK_LISTEN = ("document.querySelector(`button.listen[data-episode=\"${argument
                 ".click();")  # fmt: skip
 
 
-def dashboard_config(folder: Path, port: int, store: Path) -> Path:
+def dashboard_config(folder: Path, port: int, store: Path | str) -> Path:
     from tests.edge.browser import user_entry
 
     config = {
@@ -518,6 +531,21 @@ def replay(
 
 
 # -- the run ---------------------------------------------------------------------------------
+def live(record: dict[str, Any], driver: Any, url: str, port: int, messages: list[Message],
+         ward_beds: list[Bed], started_s: float, args: argparse.Namespace) -> None:  # fmt: skip
+    """The live runs (module doc, 4.) into ``record``."""
+    from tests.edge.browser import wait_until
+
+    since_s = started_s + args.hours * 3600.0 - args.live_s
+    for run, with_clips in (("reference", False), ("with_clips", True)):
+        driver.get(url)
+        wait_until(lambda: driver.execute_script(GRID), 30.0, "the grid")
+        schedule = live_schedule(messages, ward_beds, started_s, args.hours, args.live_s,
+                                 with_clips, salt=run)  # fmt: skip
+        record[run] = replay(driver, port, schedule, since_s)
+        print(f"{run}: {record[run]}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--beds", type=int, default=200)
@@ -526,42 +554,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-s", type=float, default=60.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clip-minutes", type=float, default=5.0)
+    parser.add_argument("--stores", default="sqlite",
+                        help="the history stores to build and load the page on, in order: "
+                        "sqlite, postgresql or both (live events on the first)")  # fmt: skip
     args = parser.parse_args(argv)
     from tests.edge.browser import (
         DashboardProcess,
         authorise,
         chromium,
         require_chromium,
-        wait_until,
     )  # fmt: skip
 
     require_chromium()
-    record: dict[str, Any] = {"beds": args.beds, "devices": args.devices, "hours": args.hours}
-    with tempfile.TemporaryDirectory(prefix="lungwatch-bench-ward-") as tmp:
-        folder = Path(tmp)
-        messages, started_s, record["generated"] = generate(folder, args.hours)
-        print(f"generated: {record['generated']}", flush=True)
-        ward_beds = beds(args.beds, args.devices)
-        store = folder / "history.sqlite"
-        record["history"] = build_history(store, messages, ward_beds, started_s, args.hours,
-                                          args.clip_minutes)  # fmt: skip
-        print(f"history: {record['history']}", flush=True)
-        with mosquitto_broker() as broker:
-            assert broker is not None
-            port = int(broker[1].rsplit(":", 1)[1])
-            view = dashboard_config(folder, port, store)
-            with DashboardProcess(view) as dashboard, chromium(1600, 1000) as driver:
-                authorise(driver, *NURSE)
-                record["page"] = measure_page(driver, dashboard.url, ward_beds, args.repeats)
-                print(f"page: {record['page']}", flush=True)
-                since_s = started_s + args.hours * 3600.0 - args.live_s
-                for run, with_clips in (("reference", False), ("with_clips", True)):
-                    driver.get(dashboard.url)
-                    wait_until(lambda: driver.execute_script(GRID), 30.0, "the grid")
-                    schedule = live_schedule(messages, ward_beds, started_s, args.hours,
-                                             args.live_s, with_clips, salt=run)  # fmt: skip
-                    record[run] = replay(driver, port, schedule, since_s)
-                    print(f"{run}: {record[run]}", flush=True)
+    stores = [name.strip() for name in args.stores.split(",") if name.strip()]
+    if not stores or set(stores) - {"sqlite", "postgresql"}:
+        raise SystemExit(f"--stores: sqlite and/or postgresql, got {args.stores!r}")
+    record: dict[str, Any] = {"beds": args.beds, "devices": args.devices, "hours": args.hours,
+                              "stores": {}}  # fmt: skip
+    server = None
+    if "postgresql" in stores:
+        from tests.postgres import Postgres, binaries
+
+        if binaries() is None:
+            raise SystemExit("--stores postgresql: PostgreSQL is not installed (make sysdeps)")
+        server = Postgres()
+    try:
+        with tempfile.TemporaryDirectory(prefix="lungwatch-bench-ward-") as tmp:
+            folder = Path(tmp)
+            messages, started_s, record["generated"] = generate(folder, args.hours)
+            print(f"generated: {record['generated']}", flush=True)
+            ward_beds = beds(args.beds, args.devices)
+            for n, name in enumerate(stores):
+                where: str | Path = folder / "history.sqlite"
+                if name == "postgresql":
+                    assert server is not None
+                    where = server.new_database()
+                found = {"history": build_history(where, messages, ward_beds, started_s,
+                                                  args.hours, args.clip_minutes)}  # fmt: skip
+                print(f"{name} history: {found['history']}", flush=True)
+                with mosquitto_broker() as broker:
+                    assert broker is not None
+                    port = int(broker[1].rsplit(":", 1)[1])
+                    view = dashboard_config(folder, port, where)
+                    with DashboardProcess(view) as dashboard, chromium(1600, 1000) as driver:
+                        authorise(driver, *NURSE)
+                        found["page"] = measure_page(driver, dashboard.url, ward_beds,
+                                                     args.repeats)  # fmt: skip
+                        print(f"{name} page: {found['page']}", flush=True)
+                        if n == 0:  # live events: on the first store only
+                            record.update(found, store=name)
+                            live(record, driver, dashboard.url, port, messages, ward_beds,
+                                 started_s, args)  # fmt: skip
+                record["stores"][name] = found
+    finally:
+        if server is not None:
+            server.stop()
+    if len(record["stores"]) == 2:
+        grid = [record["stores"][k]["page"]["grid"].get("p99_ms") for k in ("postgresql",
+                                                                            "sqlite")]  # fmt: skip
+        record["grid_p99_postgresql_over_sqlite"] = (
+            round(grid[0] / grid[1], 3) if grid[0] and grid[1] else None
+        )
     ref, clips = record["reference"].get("p99_ms"), record["with_clips"].get("p99_ms")
     record["clip_cost_p99_ratio"] = round(clips / ref, 3) if ref and clips else None
     record["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, nothing pinned"
@@ -582,7 +635,9 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"# Ward view: {r['beds']} beds on {r['devices']} devices, {r['hours']:g} h of history",
         "",
-        f"Measured {r['measured_utc']} by `python -m bench.ward` ({r['machine']}).",
+        f"Measured {r['measured_utc']} by `python -m bench.ward "
+        f"--stores {','.join(r.get('stores', {}) or ['sqlite'])}` ({r['machine']}); the page "
+        f"below on {r.get('store', 'sqlite')}.",
         f"History generated through `lungwatch run` in {r['generated']['runtime_s']} s: "
         f"{r['generated']['messages']} (3 beds); through the view's intake: "
         f"{r['history']['messages_in']} messages in {r['history']['intake_s']} s, "
@@ -602,6 +657,20 @@ def report(r: dict[str, Any]) -> str:
         f"({clips['events_on_screen']} painted). p99 with clips / reference: "
         f"{r['clip_cost_p99_ratio']}.",
     ]  # fmt: skip
+    others = {k: v for k, v in r.get("stores", {}).items() if k != r.get("store", "sqlite")}
+    for name, found in others.items():
+        h, p = found["history"], found["page"]
+        lines += ["", f"### The same page on {name}", "",
+                  f"Through the view's intake: {h['messages_in']} messages in {h['intake_s']} s, "
+                  f"store {h['store_mb']} MB.", "",
+                  "| what | n | p50 ms | p99 ms | max ms | target |", "|---|---|---|---|---|---|",
+                  row("grid: navigation -> every bed painted", p["grid"], "<= 1000"),
+                  row("trend: click -> chart drawn", p["trend"], "<= 1000"),
+                  row("evidence: click -> audio loaded and spectrogram drawn", p["evidence"],
+                      "<= 1000")]  # fmt: skip
+    if r.get("grid_p99_postgresql_over_sqlite") is not None:
+        lines += ["", "Grid p99, PostgreSQL / SQLite (one run): "
+                  f"{r['grid_p99_postgresql_over_sqlite']}."]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import stat
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,7 @@ from lungwatch.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 from lungwatch.mqtt import MqttConfig
 from lungwatch.passwords import HASH_FORMAT, parse_hash
 from lungwatch.private import others_may_read
+from wardview.stores import is_database_url
 from wardview.ward import MAX_BEDS_PER_DEVICE, MAX_DEVICES, MAX_OPEN_EPISODES_PER_BED
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -122,9 +124,10 @@ class DashboardConfig:
     max_open_episodes_per_bed: int = MAX_OPEN_EPISODES_PER_BED  # open episodes of one bed
     login_max_failures: int = 5  # failed logins per user name and per client address ...
     login_window_s: float = 300.0  # ... within this long, then 429 until the oldest expires
-    # the ward's history (events, verdicts, breathing, summaries, evidence clips) in SQLite,
-    # kept across restarts (docs/evidence.md); null: memory only, nothing survives a restart
-    # (edge/configs/ward.yaml sets one)
+    # the ward's history (events, verdicts, breathing, summaries, evidence clips), kept across
+    # restarts (docs/evidence.md): an SQLite file's path, or a PostgreSQL database's
+    # postgresql:// URL (its password in a pgpass file, never in the URL); null: memory only,
+    # nothing survives a restart (edge/configs/ward.yaml sets one)
     history_path: str | None = None
     history_days: float = 7.0  # rows older than this are deleted
     evidence_max_mb: float = 2000.0  # the clips' bound on disk (the oldest go first)
@@ -148,6 +151,11 @@ class DashboardConfig:
         check(self.history_days > 0, "history_days", self.history_days, "a number > 0 (days)")
         check(self.evidence_max_mb > 0, "evidence_max_mb", self.evidence_max_mb, "a number > 0")
         check(self.history_path != "", "history_path", self.history_path, "a path or null")
+        if self.history_path is not None and is_database_url(self.history_path):
+            url = urllib.parse.urlsplit(self.history_path)
+            check(url.password is None and "password=" not in url.query, "history_path",
+                  "postgresql://***", "a URL without a password (libpq's pgpass file holds "
+                  "it: passfile=... or ~/.pgpass, mode 0600)")  # fmt: skip
         check(self.client_id != "", "client_id", self.client_id, "an MQTT client id or null")
         names = [u.name for u in self.users]
         check(len(set(names)) == len(names), "users", names, "users with distinct names")

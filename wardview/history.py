@@ -22,14 +22,16 @@ clock that runs fast, or a made-up date) is stored as the time it was received, 
 neither escape pruning nor fall outside a trend's hours. A clip is stored once per episode:
 a second one for the same episode (another device naming it) does not replace it.
 
-One file holds one site: the first view to open it writes its site into it, and a view of
-another site refuses the file (give each site its own ``history_path``).
+One store holds one site: the first view to open it writes its site into it, and a view of
+another site refuses it (give each site its own ``history_path``).
 
-The file and its folder are private (0600 / 0700): clips are patient audio.
+An SQLite file and its folder are private (0600 / 0700): clips are patient audio; a
+PostgreSQL store is as private as its database's roles make it (docs/dashboard.md).
 
-A hospital that wants the history in PostgreSQL: the schema below is plain SQL (no SQLite
-types beyond INTEGER, REAL, TEXT, BLOB -> BYTEA); docs/evidence.md says how to point a
-replica at it. The view itself speaks to SQLite only.
+The store is an SQLite file (a path: the embedded default) or a PostgreSQL database (a
+``postgresql://`` URL), the same tables and statements on both (:mod:`wardview.stores`, which
+also versions the schema); two views of one site may share a PostgreSQL store (each writes
+what it receives; a row another view already wrote is not written twice).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +53,7 @@ from lungwatch.errors import LungwatchError
 from lungwatch.events import Event, parse_utc
 from lungwatch.private import create_private
 from lungwatch.supervision import RESTARTS, Worker
+from wardview.stores import Backend, SqliteBackend, StoreError, migrate, open_backend
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -63,57 +65,6 @@ RESTORED_READINGS = 720  # per bed and kind, restored at start (the page's trend
 CAS = ("Wheeze", "Rhonchi", "Stridor")
 DAS = ("Fine Crackle", "Coarse Crackle")
 FAMILIES = {"CAS": CAS, "DAS": DAS, "breathing": ("apnoea", "tachypnoea", "bradypnoea")}
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,  -- the order received (PostgreSQL: BIGSERIAL)
-    id TEXT NOT NULL UNIQUE,
-    episode_id TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    stream_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    priority TEXT NOT NULL,
-    state TEXT NOT NULL,
-    start_s REAL NOT NULL,
-    end_s REAL,
-    received_s REAL NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_bed ON events (device_id, stream_id, start_s);
-CREATE INDEX IF NOT EXISTS events_episode ON events (episode_id);
-CREATE TABLE IF NOT EXISTS readings (
-    device_id TEXT NOT NULL,
-    stream_id TEXT NOT NULL,
-    kind TEXT NOT NULL,  -- verdict | respiration
-    at_s REAL NOT NULL,
-    body TEXT NOT NULL,
-    received_s REAL  -- the view's clock (pruning); NULL in files from before it was kept
-);
-CREATE INDEX IF NOT EXISTS readings_bed ON readings (device_id, stream_id, kind, at_s);
-CREATE TABLE IF NOT EXISTS beds (
-    device_id TEXT NOT NULL,
-    stream_id TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    at_s REAL NOT NULL,
-    PRIMARY KEY (device_id, stream_id)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    name TEXT PRIMARY KEY,  -- 'site': the one site whose history this file holds
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS clips (
-    episode_id TEXT PRIMARY KEY,
-    device_id TEXT NOT NULL,
-    stream_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    start_s REAL NOT NULL,
-    received_s REAL NOT NULL,
-    bytes INTEGER NOT NULL,
-    header TEXT NOT NULL,
-    flac BLOB NOT NULL
-);
-"""
 
 
 def epoch_s(utc: str | None) -> float | None:
@@ -162,27 +113,20 @@ class History:
         site: str | None = None,
         on_failure: Callable[[str], None] | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.backend: Backend = open_backend(path)
+        self.path = Path(path) if isinstance(self.backend, SqliteBackend) else None
+        self.where = self.backend.describe()
         self.max_age_s, self.max_evidence_bytes = max_age_days * 86400.0, max_evidence_mb * 1e6
         self.clock = clock
         self.on_failure = on_failure
         self.failed = 0  # rows that could not be written
-        _private_file(self.path)
-        with self._reading() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # kept in the file: readers beside the writer
-            db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(readings)")}
-            if "received_s" not in columns:  # a file from before the column
-                db.execute("ALTER TABLE readings ADD COLUMN received_s REAL")
-            if site is not None:
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('site', ?)", (site,))
-                owner = db.execute("SELECT value FROM meta WHERE name='site'").fetchone()[0]
-                if owner != site:
-                    raise HistoryError(
-                        f"{self.path}: the history of site {owner!r}, not of {site!r}; "
-                        "give each site its own dashboard.history_path"
-                    )
+        if self.path is not None:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_file(self.path)
+        try:
+            self._prepare(site)
+        except StoreError as exc:
+            raise HistoryError(str(exc)) from None
         self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
         self._flushed = threading.Condition()
         self._written = 0  # items committed
@@ -191,15 +135,36 @@ class History:
         self._taken = 0  # items the writer holds, not yet committed
         self._writer = Worker(self._write, "lungwatch-history", lambda: self._closing).start()
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False)
+    def _prepare(self, site: str | None) -> None:
+        """The schema at its version, and the store's site (refused when another's)."""
+        db = self.backend.connect()
+        try:
+            if self.path is not None:  # kept in the file: readers beside the writer
+                db.execute("PRAGMA journal_mode=WAL")
+            migrate(self.backend, db)
+            if site is None:
+                return
+            with self.backend.transaction(db):
+                db.execute(self._sql("INSERT INTO meta VALUES ('site', ?) ON CONFLICT DO NOTHING"),
+                           (site,))  # fmt: skip
+                owner = db.execute("SELECT value FROM meta WHERE name='site'").fetchone()[0]
+        finally:
+            db.close()
+        if owner != site:
+            raise HistoryError(
+                f"{self.where}: the history of site {owner!r}, not of {site!r}; "
+                "give each site its own dashboard.history_path"
+            )
+
+    def _sql(self, text: str) -> str:
+        return self.backend.sql(text)
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self) -> Iterator[Any]:
         """A connection for one read (or the prune), committed and closed after it."""
-        db = self._connect()
+        db = self.backend.connect()
         try:
-            with db:
+            with self.backend.transaction(db):
                 yield db
         finally:
             db.close()
@@ -215,25 +180,27 @@ class History:
         start = self._device_time(event.start_utc)
         end = epoch_s(event.end_utc)
         end = None if end is None else max(start, min(end, self.clock() + FUTURE_TOLERANCE_S))
-        self._put("INSERT OR IGNORE INTO events (id, episode_id, device_id, stream_id, type, "
+        self._put("INSERT INTO events (id, episode_id, device_id, stream_id, type, "
                   "kind, priority, state, start_s, end_s, received_s, body) "
-                  "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (
+                  "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", (
             event.id, event.episode_id, event.device_id, event.stream_id, event.type,
             event.kind, event.priority, event.state, start, end, self.clock(), event.to_json(),
         ))  # fmt: skip
 
     def add_reading(self, device_id: str, stream_id: str, kind: str, body: dict[str, Any]) -> None:
         at = self._device_time(body.get("utc"))
-        self._put("INSERT INTO readings VALUES (?,?,?,?,?,?)",
+        self._put("INSERT INTO readings (device_id, stream_id, kind, at_s, body, received_s) "
+                  "VALUES (?,?,?,?,?,?)",
                   (device_id, stream_id, kind, at, json.dumps(body), self.clock()))  # fmt: skip
 
     def set_summary(self, device_id: str, stream_id: str, summary: dict[str, Any]) -> None:
-        self._put("INSERT OR REPLACE INTO beds VALUES (?,?,?,?)",
+        self._put("INSERT INTO beds VALUES (?,?,?,?) ON CONFLICT (device_id, stream_id) DO "
+                  "UPDATE SET summary = excluded.summary, at_s = excluded.at_s",
                   (device_id, stream_id, json.dumps(summary), self.clock()))  # fmt: skip
 
     def add_clip(self, clip: Clip) -> None:
         start = self._device_time(clip.start_utc)
-        self._put("INSERT OR IGNORE INTO clips VALUES (?,?,?,?,?,?,?,?,?)", (
+        self._put("INSERT INTO clips VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", (
             clip.episode_id, clip.device_id, clip.stream_id, clip.event_type, start,
             self.clock(), len(clip.flac), json.dumps(clip.header()), clip.flac,
         ))  # fmt: skip
@@ -241,7 +208,7 @@ class History:
     def _put(self, sql: str, row: tuple[Any, ...]) -> None:
         with self._flushed:
             self._queued += 1
-        self._queue.put((sql, row))
+        self._queue.put((self._sql(sql), row))
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until everything added so far is committed."""
@@ -279,8 +246,7 @@ class History:
         self._writer.join()
 
     def _write(self) -> None:
-        db = self._connect()
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses nothing committed
+        db = self._writer_connection()
         pruned = 0.0
         running = True
         while running:
@@ -294,8 +260,10 @@ class History:
             rows = [item for item in batch if item is not None]
             running = len(rows) == len(batch)
             self._taken = len(rows)
+            if self.backend.broken(db):  # a database server that restarted: connect again
+                db = self._writer_connection()
             try:
-                with db:
+                with self.backend.transaction(db):
                     for sql, row in rows:
                         db.execute(sql, row)
             except Exception:  # one bad row must not cost the others
@@ -303,7 +271,7 @@ class History:
             try:
                 if self.clock() - pruned > PRUNE_EVERY_S:
                     pruned = self.clock()
-                    with db:
+                    with self.backend.transaction(db):
                         self._prune(db)
             except Exception as exc:  # the writer goes on; said once a minute
                 self._failure(f"pruning the history failed: {type(exc).__name__}: {exc}")
@@ -313,12 +281,18 @@ class History:
                 self._flushed.notify_all()
         db.close()
 
-    def _one_by_one(self, db: sqlite3.Connection, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _writer_connection(self) -> Any:
+        db = self.backend.connect()
+        if self.path is not None:
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses nothing committed
+        return db
+
+    def _one_by_one(self, db: Any, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
         """The batch again, each row in its own transaction: only the rows that fail are
         lost, each counted and reported."""
         for sql, row in rows:
             try:
-                with db:
+                with self.backend.transaction(db):
                     db.execute(sql, row)
             except Exception as exc:  # counted, reported, the writer goes on
                 table = sql.split(" INTO ", 1)[-1].split(" ", 1)[0]
@@ -333,19 +307,19 @@ class History:
             except Exception:  # the report must not stop the writer
                 log.exception("history: reporting a failure failed")
 
-    def _prune(self, db: sqlite3.Connection) -> None:
+    def _prune(self, db: Any) -> None:
         """Rows received before ``max_age_days`` (the view's clock); the oldest clips beyond
         ``max_evidence_mb``."""
-        oldest = self.clock() - self.max_age_s
-        db.execute("DELETE FROM events WHERE received_s < ?", (oldest,))
-        db.execute("DELETE FROM readings WHERE COALESCE(received_s, at_s) < ?", (oldest,))
-        db.execute("DELETE FROM clips WHERE received_s < ?", (oldest,))
-        total = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM clips").fetchone()[0]
+        oldest, q = self.clock() - self.max_age_s, self._sql
+        db.execute(q("DELETE FROM events WHERE received_s < ?"), (oldest,))
+        db.execute(q("DELETE FROM readings WHERE COALESCE(received_s, at_s) < ?"), (oldest,))
+        db.execute(q("DELETE FROM clips WHERE received_s < ?"), (oldest,))
+        total = int(db.execute("SELECT COALESCE(SUM(bytes), 0) FROM clips").fetchone()[0])
         while total > self.max_evidence_bytes:
             row = db.execute("SELECT episode_id, bytes FROM clips ORDER BY received_s LIMIT 1"
                              ).fetchone()  # fmt: skip
-            db.execute("DELETE FROM clips WHERE episode_id = ?", (row[0],))
-            total -= row[1]
+            db.execute(q("DELETE FROM clips WHERE episode_id = ?"), (row[0],))
+            total -= int(row[1])
 
     def prune_now(self) -> None:
         """Apply the bounds now (tests; the writer does it once a minute)."""
@@ -357,8 +331,8 @@ class History:
     def clip(self, episode_id: str) -> tuple[dict[str, Any], bytes, dict[str, str]] | None:
         """(header, FLAC, identity) of an episode's clip, else None."""
         with self._reading() as db:
-            row = db.execute("SELECT header, flac, device_id, stream_id FROM clips "
-                             "WHERE episode_id = ?", (episode_id,)).fetchone()  # fmt: skip
+            query = "SELECT header, flac, device_id, stream_id FROM clips WHERE episode_id = ?"
+            row = db.execute(self._sql(query), (episode_id,)).fetchone()
         if row is None:
             return None
         return json.loads(row[0]), bytes(row[1]), {"device_id": row[2], "stream_id": row[3]}
@@ -375,18 +349,18 @@ class History:
         poor = [0.0] * hours
         rates: list[list[float]] = [[] for _ in range(hours)]
         with self._reading() as db:
-            bed = (device_id, stream_id)
-            onsets = db.execute(
+            bed, q = (device_id, stream_id), self._sql
+            onsets = db.execute(q(
                 "SELECT type, start_s FROM events WHERE device_id=? AND stream_id=? AND "
-                "state='onset' AND start_s >= ? AND start_s < ?", (*bed, start, stop)
+                "state='onset' AND start_s >= ? AND start_s < ?"), (*bed, start, stop)
             ).fetchall()  # fmt: skip
-            spans = db.execute(
+            spans = db.execute(q(
                 "SELECT episode_id, MIN(start_s), MAX(COALESCE(end_s, ?)) FROM events "
                 "WHERE device_id=? AND stream_id=? AND type='poor_signal' AND start_s < ? "
-                "GROUP BY episode_id", (now, device_id, stream_id, now)).fetchall()  # fmt: skip
-            readings = db.execute(
+                "GROUP BY episode_id"), (now, device_id, stream_id, now)).fetchall()  # fmt: skip
+            readings = db.execute(q(
                 "SELECT at_s, body FROM readings WHERE device_id=? AND stream_id=? AND "
-                "kind='respiration' AND at_s >= ? AND at_s < ?", (*bed, start, stop)
+                "kind='respiration' AND at_s >= ? AND at_s < ?"), (*bed, start, stop)
             ).fetchall()  # fmt: skip
         for type_, at in onsets:
             for family, types in FAMILIES.items():
@@ -417,14 +391,14 @@ class History:
                 "SELECT e.body FROM events e JOIN (SELECT MAX(seq) AS s FROM events "
                 "GROUP BY episode_id) l ON e.seq = l.s WHERE e.state != 'ended' ORDER BY e.seq"
             ).fetchall()
-            recent = db.execute(
+            recent = db.execute(self._sql(
                 "SELECT body FROM (SELECT body, seq, ROW_NUMBER() OVER (PARTITION BY "
-                "device_id, stream_id ORDER BY seq DESC) AS n FROM events) "
-                "WHERE n <= ? ORDER BY seq", (RECENT_EVENTS,)).fetchall()  # fmt: skip
-            readings = db.execute(
+                "device_id, stream_id ORDER BY seq DESC) AS n FROM events) AS r "
+                "WHERE n <= ? ORDER BY seq"), (RECENT_EVENTS,)).fetchall()  # fmt: skip
+            readings = db.execute(self._sql(
                 "SELECT device_id, stream_id, kind, body FROM (SELECT *, ROW_NUMBER() OVER "
                 "(PARTITION BY device_id, stream_id, kind ORDER BY at_s DESC) AS n FROM "
-                "readings) WHERE n <= ? ORDER BY at_s", (RESTORED_READINGS,)
+                "readings) AS r WHERE n <= ? ORDER BY at_s"), (RESTORED_READINGS,)
             ).fetchall()  # fmt: skip
             clips = {row[0] for row in db.execute("SELECT episode_id FROM clips")}
         return Restored(

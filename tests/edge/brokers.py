@@ -275,7 +275,7 @@ class Recorder:
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._cond:
             self.messages.append(
-                Message(message.topic, message.payload, message.qos, message.retain)
+                Message(message.topic, bytes(message.payload), message.qos, message.retain)
             )
             self._cond.notify_all()
 

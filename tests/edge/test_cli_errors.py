@@ -76,6 +76,7 @@ FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
         ["--audio", "{garbage}.wav", "--to", "udp://127.0.0.1:9"],
     ),
     "access": None,  # writes its folder (a garbage key there: tests/edge/test_access.py)
+    "gateway": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
 }
 
 # subcommand -> an argv argparse refuses; its last word is what the error line must name
@@ -101,6 +102,7 @@ BAD_ARGUMENT: dict[str, list[str]] = {
     "bridge": ["udp://127.0.0.1:0", "--seconds", "soon"],
     "emulate": ["--loss", "lots"],
     "access": ["--site", "s", "--devices", "d", "--views", "v", "--dir", "x", "--role", "root"],
+    "gateway": ["--config", "g.yaml", "--no-such-option"],
 }
 
 

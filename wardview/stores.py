@@ -1,0 +1,257 @@
+"""Where the ward view keeps its history: an SQLite file (the embedded default) or a
+PostgreSQL database (psycopg 3), with the same tables, the same SQL and the same behaviour.
+
+    backend = open_backend("out/ward/history.sqlite")           # a path: SQLite
+    backend = open_backend("postgresql://view@db.ward/lungwatch")  # a URL: PostgreSQL
+    db = backend.connect()
+    with backend.transaction(db):
+        db.execute(backend.sql("SELECT value FROM meta WHERE name = ?"), ("site",))
+
+The statements are written once, with ``?`` parameters and the upsert both engines share
+(``INSERT ... ON CONFLICT``); :meth:`Backend.sql` gives each engine its parameter style.
+
+**Schema versions.** ``meta`` holds ``schema_version``; :func:`migrate` brings a store from the
+version it finds to :data:`SCHEMA_VERSION`, one step at a time, in one transaction (on
+PostgreSQL under an advisory lock, so two views starting together do not both migrate). A
+store written by a newer lungwatch (a higher version) is refused, naming both versions.
+
+- 1: events, readings, beds, clips, meta (SQLite files from before versions were kept hold it
+  when ``readings`` lacks ``received_s``);
+- 2: ``readings.received_s``, the view's clock, so pruning never trusts a device's.
+
+Types: SQLite's INTEGER / REAL / TEXT / BLOB are PostgreSQL's BIGINT / DOUBLE PRECISION /
+TEXT / BYTEA (REAL there is 4 bytes, too coarse for epoch seconds); ``events.seq`` is a
+BIGSERIAL there.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lungwatch.errors import LungwatchError
+
+SCHEMA_VERSION = 2
+_TABLES_V2 = """
+CREATE TABLE IF NOT EXISTS events (
+    seq {serial},  -- the order received
+    id TEXT NOT NULL UNIQUE,
+    episode_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    state TEXT NOT NULL,
+    start_s {real} NOT NULL,
+    end_s {real},
+    received_s {real} NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_bed ON events (device_id, stream_id, start_s);
+CREATE INDEX IF NOT EXISTS events_episode ON events (episode_id);
+CREATE TABLE IF NOT EXISTS readings (
+    device_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- verdict | respiration
+    at_s {real} NOT NULL,
+    body TEXT NOT NULL,
+    received_s {real}  -- the view's clock (pruning), NULL in rows from before version 2
+);
+CREATE INDEX IF NOT EXISTS readings_bed ON readings (device_id, stream_id, kind, at_s);
+CREATE TABLE IF NOT EXISTS beds (
+    device_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    at_s {real} NOT NULL,
+    PRIMARY KEY (device_id, stream_id)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,  -- 'site' (the one site this store holds), 'schema_version'
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clips (
+    episode_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    start_s {real} NOT NULL,
+    received_s {real} NOT NULL,
+    bytes {integer} NOT NULL,
+    header TEXT NOT NULL,
+    flac {blob} NOT NULL
+)
+"""
+
+
+class StoreError(LungwatchError):
+    """The history store cannot be used (its engine, its version, its connection)."""
+
+
+class Backend:
+    """One engine's connection, transactions, parameter style and schema."""
+
+    name = ""
+    types: ClassVar[dict[str, str]] = {}
+
+    def connect(self) -> Any:
+        raise NotImplementedError
+
+    def transaction(self, db: Any) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def statements(self) -> list[str]:
+        """The version-2 schema's statements for this engine (split at ``;``: no comment in
+        the schema holds one)."""
+        text = _TABLES_V2.format(**self.types)
+        return [part.strip() for part in text.split(";") if part.strip()]
+
+    def lock(self, db: Any) -> None:
+        """Hold off other views' migrations until this transaction ends (PostgreSQL)."""
+
+    def broken(self, db: Any) -> bool:
+        """The connection is lost (a database server that restarted): connect again."""
+        return False
+
+    def tables(self, db: Any) -> set[str]:
+        raise NotImplementedError
+
+    def columns(self, db: Any, table: str) -> set[str]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class SqliteBackend(Backend):
+    name = "sqlite"
+    types: ClassVar[dict[str, str]] = {
+        "serial": "INTEGER PRIMARY KEY", "real": "REAL", "integer": "INTEGER", "blob": "BLOB"
+    }  # fmt: skip
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False)
+
+    def transaction(self, db: sqlite3.Connection) -> AbstractContextManager[Any]:
+        return db  # commits on success, rolls back on an error
+
+    def tables(self, db: Any) -> set[str]:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def columns(self, db: Any, table: str) -> set[str]:
+        return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+    def describe(self) -> str:
+        return str(self.path)
+
+
+class PostgresBackend(Backend):
+    name = "postgresql"
+    types: ClassVar[dict[str, str]] = {
+        "serial": "BIGSERIAL PRIMARY KEY", "real": "DOUBLE PRECISION", "integer": "BIGINT",
+        "blob": "BYTEA",
+    }  # fmt: skip
+    LOCK_KEY = 0x6C756E67  # pg_advisory_xact_lock: the view's migrations, one at a time
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            import psycopg
+        except ImportError:
+            raise StoreError(
+                "a postgresql:// history needs psycopg 3 (pip install 'psycopg[binary]')"
+            ) from None
+        self._psycopg = psycopg
+
+    def connect(self) -> Any:
+        try:
+            return self._psycopg.connect(self.url, connect_timeout=10)
+        except self._psycopg.Error as exc:
+            raise StoreError(f"{self.describe()}: cannot connect ({_first_line(exc)})") from None
+
+    @contextmanager
+    def _transaction(self, db: Any) -> Iterator[Any]:
+        with db.transaction():
+            yield db
+
+    def transaction(self, db: Any) -> AbstractContextManager[Any]:
+        return self._transaction(db)
+
+    def sql(self, text: str) -> str:
+        return text.replace("?", "%s")
+
+    def broken(self, db: Any) -> bool:
+        return bool(db.closed or db.broken)
+
+    def lock(self, db: Any) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (self.LOCK_KEY,))
+
+    def tables(self, db: Any) -> set[str]:
+        rows = db.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        return {r[0] for r in rows}
+
+    def columns(self, db: Any, table: str) -> set[str]:
+        rows = db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE "
+            "table_schema = current_schema() AND table_name = %s", (table,),
+        )  # fmt: skip
+        return {r[0] for r in rows}
+
+    def describe(self) -> str:
+        return re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", self.url)  # no password in logs
+
+
+def is_database_url(where: str | Path) -> bool:
+    return str(where).startswith(("postgresql://", "postgres://"))
+
+
+def open_backend(where: str | Path) -> Backend:
+    """SQLite for a path, PostgreSQL for a ``postgresql://`` URL."""
+    if is_database_url(where):
+        return PostgresBackend(str(where))
+    return SqliteBackend(Path(where))
+
+
+def migrate(backend: Backend, db: Any) -> int:
+    """Bring the store to :data:`SCHEMA_VERSION` (see the module doc); the version found."""
+    with backend.transaction(db):
+        backend.lock(db)
+        found = _version(backend, db)
+        if found > SCHEMA_VERSION:
+            raise StoreError(f"{backend.describe()}: history schema version {found}, newer than "
+                             f"this lungwatch's {SCHEMA_VERSION}: upgrade the view")  # fmt: skip
+        if found == 1:  # version 1 lacked the view's clock on readings
+            db.execute("ALTER TABLE readings ADD COLUMN received_s " + backend.types["real"])
+        for statement in backend.statements():
+            db.execute(statement)
+        upsert = ("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (name) "
+                  "DO UPDATE SET value = excluded.value")  # fmt: skip
+        db.execute(backend.sql(upsert), (str(SCHEMA_VERSION),))
+    return found
+
+
+def _version(backend: Backend, db: Any) -> int:
+    """0: an empty store; 1: tables without a version row and without readings.received_s;
+    else the version row."""
+    tables = backend.tables(db)
+    if "meta" in tables:
+        row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        if row is not None:
+            return int(row[0])
+    if "readings" not in tables:
+        return 0
+    return 2 if "received_s" in backend.columns(db, "readings") else 1
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
