@@ -36,6 +36,7 @@ what it receives; a row another view already wrote is not written twice).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -264,8 +265,11 @@ class History:
                 db = self._writer_connection()
             try:
                 with self.backend.transaction(db):
-                    for sql, row in rows:
-                        db.execute(sql, row)
+                    cursor = db.cursor()
+                    # each run of one statement in one call (psycopg pipelines it: one round
+                    # trip to a PostgreSQL server per run, not per row)
+                    for sql, run in itertools.groupby(rows, key=lambda item: item[0]):
+                        cursor.executemany(sql, [row for _, row in run])
             except Exception:  # one bad row must not cost the others
                 self._one_by_one(db, rows)
             try:
