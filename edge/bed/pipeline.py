@@ -152,11 +152,10 @@ class StreamPipeline:
         self._flags = np.zeros(self._keep + self._piece, dtype=np.uint8)
         ring_frames = window_frames + -(-(max_piece_samples + lookahead) // hop) + 2
         self._ring = np.zeros((len(kinds), spec.n_bands, ring_frames), dtype=np.float32)
-        self._streams = [make_stream(s, max_chunk_samples=max_piece_samples) for s in specs[1:]]
         self._level_stream: FrameStream | None = None
         self._levels: np.ndarray | None = None
         if level_spec is None or level_spec == specs[0]:
-            self._streams.insert(0, make_stream(specs[0], max_chunk_samples=max_piece_samples))
+            first = make_stream(specs[0], max_chunk_samples=max_piece_samples)
         else:
             shape = (level_spec.frame_samples, level_spec.hop_samples)
             if shape != (frame, hop) or lookahead_samples(level_spec) > lookahead:
@@ -169,8 +168,9 @@ class StreamPipeline:
             first, self._level_stream = make_streams(
                 specs[0], level_spec, max_chunk_samples=max_piece_samples
             )
-            self._streams.insert(0, first)
             self._levels = np.zeros((level_spec.n_bands, ring_frames), dtype=np.float32)
+        rest = [make_stream(s, max_chunk_samples=max_piece_samples) for s in specs[1:]]
+        self._streams = [first, *rest]
         self._counts = [0] * len(kinds)
         self.reset()
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.features.bandnorm import BandNormStream, normalise_bands
 from edge.features.base import StreamingFrontEnd, silence_value
-from edge.features.logmel import LogMelStream, SecondBank, shares_spectrum
+from edge.features.logmel import LogMelStream, SecondBank, fits_second_bank
 from edge.features.spec import FEATURE_KINDS, FeatureSpec, n_frames, require_same_spec
 
 __all__ = [
@@ -71,7 +71,7 @@ def make_streams(
     ``spec``'s first. Where one power spectrum serves both (log-mel over the same frames and
     FFT, ``second`` without band normalisation) they share one STFT: ``second``'s frames come
     from ``spec``'s kernel and its push only reads them; otherwise two separate streams."""
-    if not shares_spectrum(spec, second) or second.band_norm_s > 0:
+    if not fits_second_bank(spec, second):
         return make_stream(spec, **kwargs), make_stream(second, **kwargs)
     owner = LogMelStream(spec, second=second, **kwargs)
     first: FrameStream = BandNormStream(owner) if spec.band_norm_s > 0 else owner

@@ -214,26 +214,29 @@ def shared_scratch(n_fft: int, frame_samples: int, capacity: int) -> _Scratch:
 _NO_BANK = SparseMel(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1)))
 
 
-def shares_spectrum(spec: FeatureSpec, other: FeatureSpec) -> bool:
-    """Whether one power spectrum serves both specs: log-mel over the same sample rate,
-    frames, hop and FFT (the bands, their range and normalisation may differ)."""
+def fits_second_bank(spec: FeatureSpec, second: FeatureSpec) -> bool:
+    """Whether ``second``'s bands can be a second filterbank of ``spec``'s stream: both
+    log-mel over the same sample rate, frames, hop and FFT (one power spectrum serves both;
+    the bands, their range and log/power may differ), ``second`` without band normalisation
+    (the bank's frames are the kernel's, normalised by nothing after it)."""
 
     def frames_of(s: FeatureSpec) -> tuple[object, ...]:
         return (s.kind, s.sample_rate_hz, s.frame_samples, s.hop_samples, s.n_fft)
 
-    return spec.kind == "logmel" and frames_of(spec) == frames_of(other)
+    same = spec.kind == "logmel" and frames_of(spec) == frames_of(second)
+    return same and second.band_norm_s <= 0
 
 
 class LogMelStream(StreamingFrontEnd):
     """Streaming log-mel over a ring of the last ``frame_samples`` samples.
 
-    ``second``: a second log-mel spec over the same frames (:func:`shares_spectrum`, no band
-    normalisation) whose bands the kernel computes from the same power spectrum; each push's
-    are read as :attr:`second_frames` (or through :class:`SecondBank`): one STFT for two
-    readers, e.g. the model's band-limited bands and the breath tracker's wide ones."""
+    ``second``: a second log-mel spec over the same frames (:func:`fits_second_bank`) whose
+    bands the kernel computes from the same power spectrum; each push's are read as
+    :attr:`second_frames` (or through :class:`SecondBank`): one STFT for two readers, e.g.
+    the model's band-limited bands and the breath tracker's wide ones."""
 
     def __init__(self, spec: FeatureSpec, *, second: FeatureSpec | None = None, **kwargs: int):
-        if second is not None and (not shares_spectrum(spec, second) or second.band_norm_s > 0):
+        if second is not None and not fits_second_bank(spec, second):
             raise InvalidValueError(
                 "second", second, "log-mel over the same frames and FFT, without band_norm_s"
             )
