@@ -52,9 +52,8 @@ from typing import Any
 from lungwatch.clip import Clip
 from lungwatch.errors import LungwatchError
 from lungwatch.events import Event, parse_utc
-from lungwatch.private import create_private
 from lungwatch.supervision import RESTARTS, Worker
-from wardview.stores import Backend, SqliteBackend, StoreError, migrate, open_backend
+from wardview.stores import Backend, StoreError, migrate, open_backend
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -93,15 +92,6 @@ class HistoryError(LungwatchError):
     """The history file cannot be used by this view (another site's)."""
 
 
-def _private_file(path: Path) -> None:
-    """Create ``path`` 0600 if it is not there; refuse a link; tighten an existing file that
-    group or others may read (:func:`lungwatch.private.create_private`)."""
-    try:
-        create_private(path)
-    except OSError as exc:
-        raise HistoryError(f"{path}: cannot open the history file ({exc.strerror})") from None
-
-
 class History:
     """See the module doc."""
 
@@ -115,16 +105,13 @@ class History:
         on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.backend: Backend = open_backend(path)
-        self.path = Path(path) if isinstance(self.backend, SqliteBackend) else None
         self.where = self.backend.describe()
         self.max_age_s, self.max_evidence_bytes = max_age_days * 86400.0, max_evidence_mb * 1e6
         self.clock = clock
         self.on_failure = on_failure
         self.failed = 0  # rows that could not be written
-        if self.path is not None:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _private_file(self.path)
         try:
+            self.backend.create()
             self._prepare(site)
         except StoreError as exc:
             raise HistoryError(str(exc)) from None
@@ -140,8 +127,6 @@ class History:
         """The schema at its version, and the store's site (refused when another's)."""
         db = self.backend.connect()
         try:
-            if self.path is not None:  # kept in the file: readers beside the writer
-                db.execute("PRAGMA journal_mode=WAL")
             migrate(self.backend, db)
             if site is None:
                 return
@@ -247,7 +232,7 @@ class History:
         self._writer.join()
 
     def _write(self) -> None:
-        db = self._writer_connection()
+        db = self.backend.connect(writer=True)
         pruned = 0.0
         running = True
         while running:
@@ -262,7 +247,7 @@ class History:
             running = len(rows) == len(batch)
             self._taken = len(rows)
             if self.backend.broken(db):  # a database server that restarted: connect again
-                db = self._writer_connection()
+                db = self.backend.connect(writer=True)
             try:
                 with self.backend.transaction(db):
                     cursor = db.cursor()
@@ -284,12 +269,6 @@ class History:
                 self._taken = 0
                 self._flushed.notify_all()
         db.close()
-
-    def _writer_connection(self) -> Any:
-        db = self.backend.connect()
-        if self.path is not None:
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses nothing committed
-        return db
 
     def _one_by_one(self, db: Any, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
         """The batch again, each row in its own transaction: only the rows that fail are

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lungwatch.errors import LungwatchError
+from lungwatch.private import create_private
 
 SCHEMA_VERSION = 2
 _TABLES_V2 = """
@@ -98,7 +99,12 @@ class Backend:
     name = ""
     types: ClassVar[dict[str, str]] = {}
 
-    def connect(self) -> Any:
+    def create(self) -> None:
+        """Make the store reachable before its first connection (an SQLite file: its private
+        folder and file, write-ahead logging); StoreError when it cannot be."""
+
+    def connect(self, writer: bool = False) -> Any:
+        """A connection (``writer``: the history writer's own, held for its life)."""
         raise NotImplementedError
 
     def transaction(self, db: Any) -> AbstractContextManager[Any]:
@@ -139,8 +145,28 @@ class SqliteBackend(Backend):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False)
+    def create(self) -> None:
+        """The folder 0700, the file 0600 whatever the umask (SQLite gives its -wal and -shm
+        files the database's mode; clips are patient audio), a link in its place refused;
+        WAL (kept in the file) so that readers run beside the writer."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            create_private(self.path)
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot open the history file ({exc.strerror})"
+            ) from None
+        db = self.connect()
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+
+    def connect(self, writer: bool = False) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False)
+        if writer:
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses nothing committed
+        return db
 
     def transaction(self, db: sqlite3.Connection) -> AbstractContextManager[Any]:
         return db  # commits on success, rolls back on an error
@@ -173,7 +199,7 @@ class PostgresBackend(Backend):
             ) from None
         self._psycopg = psycopg
 
-    def connect(self) -> Any:
+    def connect(self, writer: bool = False) -> Any:
         try:
             return self._psycopg.connect(self.url, connect_timeout=10)
         except self._psycopg.Error as exc:
