@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 
 from gateway.hl7 import Bed, Sender, plain
 from gateway.outbox import CourierConfig
-from lungwatch.config import check
-from lungwatch.errors import ConfigError
+from lungwatch.config import check, read_secret_line
 from lungwatch.events import is_segment
 from lungwatch.hosts import is_loopback
 from lungwatch.mqtt import MqttConfig
-from lungwatch.private import others_may_read, read_private
 
 PROCESSING_IDS = ("P", "T", "D")
 
@@ -103,19 +101,11 @@ class FhirConfig:
         return CourierConfig(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
 
     def token(self) -> str | None:
-        """The bearer token's first line (ConfigError when others may read its file)."""
+        """The bearer token: its file's first line (ConfigError when it cannot be read, others
+        may read it or it is empty); None without a token file."""
         if self.token_file is None:
             return None
-        try:
-            text, mode = read_private(self.token_file, "utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"fhir.token_file {self.token_file}: cannot read it ({exc})"
-            ) from None
-        if others_may_read(mode):
-            raise ConfigError(f"fhir.token_file {self.token_file}: others may read it "
-                              f"(chmod 600 {self.token_file})")  # fmt: skip
-        return text.splitlines()[0].strip() if text.strip() else None
+        return read_secret_line(self.token_file, "fhir.token_file")
 
 
 @dataclass(frozen=True)

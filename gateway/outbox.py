@@ -105,12 +105,19 @@ class Outbox:
         self._pruned_s = 0.0
 
     def put(self, key: str, build: Callable[[str], str]) -> bool:
-        """Queue the message ``build(control_id)`` under ``key``; False (nothing built) when
-        that key was queued before."""
+        """Queue the message ``build(control_id)`` under ``key`` with a new control id; False
+        (nothing built) when that key was queued before."""
+        return self._put(key, build, new_control_id())
+
+    def put_built(self, key: str, control_id: str, message: str) -> bool:
+        """Queue ``message``, built under ``control_id``, under ``key``; False when that key
+        was queued before."""
+        return self._put(key, lambda _: message, control_id)
+
+    def _put(self, key: str, build: Callable[[str], str], control_id: str) -> bool:
         with self._lock:
             if self._db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone():
                 return False
-            control_id = new_control_id()
             message = build(control_id)
             self._db.execute(
                 "INSERT INTO outbox (key, control_id, message, queued_s) VALUES (?, ?, ?, ?)",

@@ -31,11 +31,18 @@ from gateway.config import GatewayConfig, Hl7Config
 from gateway.fhir import FhirError, FhirTransport, finding_observation, rate_observation
 from gateway.hl7 import Bed, Hl7Error, finding_message, rate_message
 from gateway.mllp import MllpClient, MllpTransport
-from gateway.outbox import Courier, Outbox
+from gateway.outbox import Courier, Outbox, new_control_id
 from lungwatch.access import GATEWAY_READS
-from lungwatch.events import RESPIRATION_STATES, TOPIC_ROOT, Event, EventError, is_number
+from lungwatch.events import (
+    RESPIRATION_STATES,
+    TOPIC_ROOT,
+    Event,
+    EventError,
+    is_number,
+    parse_utc,
+)
 from lungwatch.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES, MessageError, parse_message
-from lungwatch.mqtt import BrokerRefusedError, new_client
+from lungwatch.mqtt import BrokerError, new_client, start_client
 from lungwatch.supervision import Worker, first_failure
 
 log = logging.getLogger(__name__)
@@ -45,7 +52,6 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-PROBE_CONTROL_ID = "0" * 20  # a form built only to be checked
 Builder = Callable[[Mapping[str, Any], Bed, str, str], str]  # (data, bed, key, control id)
 
 
@@ -111,42 +117,43 @@ class Intake:
                 raise MessageError(f"{name} {body.get(name)!r} is not the topic's {value!r}")
         bed = self.config.bed(device_id, stream_id)
         if kind == "event":
-            event = Event.from_json(payload)
+            event = Event.from_dict(body)
             if event.state == "ongoing":
                 return "skipped"
             return self._put(f"event/{event.id}", event.to_dict(), bed, "finding")
         if kind == "respiration":
-            reading = _reading(body)
-            if not self._rate_due(device_id, stream_id, reading):
+            reading, when = _reading(body)
+            if not self._rate_due(device_id, stream_id, reading["state"], when):
                 return "skipped"
             key = f"respiration/{device_id}/{stream_id}/{reading['utc']}"
             return self._put(key, reading, bed, "reading")
         raise MessageError(f"the gateway does not read {kind!r} messages")
 
     def _put(self, key: str, data: Mapping[str, Any], bed: Bed, what: str) -> str:
-        """Queue on every route, or on none: each route's form is built (and validated) once
-        before anything is queued, so a message one of them refuses is refused whole."""
-        builders = [(route, route.reading if what == "reading" else route.finding)
-                    for route in self.routes]  # fmt: skip
-        for _, build in builders:
-            build(data, bed, key, PROBE_CONTROL_ID)  # raises what the real build would
+        """Queue on every route, or on none: every route's form is built (and validated) under
+        one control id before anything is queued, so a message one of them refuses is refused
+        whole."""
+        control_id = new_control_id()
+        forms = [(route.outbox, (route.reading if what == "reading" else route.finding)(
+            data, bed, key, control_id)) for route in self.routes]  # fmt: skip
         queued = False
-        for route, build in builders:
-            queued |= route.outbox.put(key, lambda cid, b=build: b(data, bed, key, cid))  # type: ignore[misc]
+        for outbox, text in forms:
+            queued |= outbox.put_built(key, control_id, text)
         return "queued" if queued else "duplicate"
 
-    def _rate_due(self, device_id: str, stream_id: str, reading: dict[str, Any]) -> bool:
-        when = dt.datetime.fromisoformat(str(reading["utc"]).replace("Z", "+00:00"))
+    def _rate_due(self, device_id: str, stream_id: str, state: str, when: dt.datetime) -> bool:
+        """The bed's reading is sent: its state changed, or ``rate_every_s`` passed."""
         last = self._last_rate.get((device_id, stream_id))
         every = dt.timedelta(seconds=self.config.rate_every_s)
-        if last is not None and last[0] == reading["state"] and abs(when - last[1]) < every:
+        if last is not None and last[0] == state and abs(when - last[1]) < every:
             return False
-        self._last_rate[(device_id, stream_id)] = (reading["state"], when)
+        self._last_rate[(device_id, stream_id)] = (state, when)
         return True
 
 
-def _reading(body: dict[str, Any]) -> dict[str, Any]:
-    """The respiration message's fields the gateway reports, checked."""
+def _reading(body: dict[str, Any]) -> tuple[dict[str, Any], dt.datetime]:
+    """The respiration message's fields the gateway reports, checked, and its time (a
+    ``...Z`` time, as the wire contract has it: :func:`lungwatch.events.parse_utc`)."""
     state = body.get("state")
     if state not in RESPIRATION_STATES:
         raise MessageError(f"respiration state {state!r} is not one of {RESPIRATION_STATES}")
@@ -159,12 +166,8 @@ def _reading(body: dict[str, Any]) -> dict[str, Any]:
     utc, reason = body.get("utc"), body.get("reason", "")
     if not isinstance(utc, str) or not isinstance(reason, str) or len(reason) > 200:
         raise MessageError("respiration utc must be a time, reason text of 200 chars at most")
-    try:
-        dt.datetime.fromisoformat(utc.replace("Z", "+00:00"))
-    except ValueError:
-        raise MessageError(f"respiration utc {utc[:40]!r} is not an ISO 8601 time") from None
     keep = ("state", "rate_bpm", "low_bpm", "high_bpm", "utc", "reason")
-    return {name: body.get(name) for name in keep}
+    return {name: body.get(name) for name in keep}, parse_utc(utc)
 
 
 class Gateway:
@@ -214,19 +217,16 @@ class Gateway:
     def start(self) -> Gateway:
         """The couriers' threads, then the broker: returns once the broker took the
         subscriptions (or after ``mqtt.connect_timeout_s``: an unreachable broker is retried
-        in the background); a refused login raises."""
+        in the background); a refused login or a TLS failure raises
+        (:func:`lungwatch.mqtt.start_client`)."""
         for worker in self.workers:
             worker.start()
         cfg = self.config.mqtt
         try:
-            self._mqtt.connect(cfg.host, cfg.port, cfg.keepalive_s)
-        except OSError as exc:
-            log.warning("broker %s is unreachable (%s); retrying", cfg.address, exc)
-            self._mqtt.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
-        self._mqtt.loop_start()
-        if self._connack.wait(cfg.connect_timeout_s) and self._refusal is not None:
+            start_client(self._mqtt, cfg, self._connack, lambda: self._refusal)
+        except BrokerError:  # TLS failed or the login was refused: the couriers stop too
             self.stop()
-            raise BrokerRefusedError(f"broker {cfg.address} {self._refusal}")
+            raise
         self.subscribed.wait(cfg.connect_timeout_s)
         return self
 
@@ -246,12 +246,6 @@ class Gateway:
             worker.join(10.0)
         for route in self.routes:
             route.outbox.close()
-
-    def status(self) -> dict[str, Any]:
-        return {"connected": self.connected.is_set(), "queues": self.queues(),
-                "intake": dict(self.intake.counts),
-                "couriers": {r.name: dict(c.stats) for r, c in zip(self.routes, self.couriers,
-                                                                     strict=True)}}  # fmt: skip
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

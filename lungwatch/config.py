@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from lungwatch.errors import ConfigError
+from lungwatch.private import others_may_read, read_private
 
 T = TypeVar("T")
 
@@ -43,6 +44,25 @@ def check(ok: bool, key: str, value: object, allowed: str) -> None:
     """Raise :class:`InvalidValueError` unless ``ok``."""
     if not ok:
         raise InvalidValueError(key, value, allowed)
+
+
+def read_secret_line(path: str | Path, what: str) -> str:
+    """The first line of a secret file (a broker password, a bearer token); ConfigError
+    naming ``path`` when it cannot be read, is not UTF-8, others may read it (the mode of the
+    very file read) or its first line is empty. ``what`` names the file in the errors."""
+    path = Path(path)
+    try:
+        text, mode = read_private(path, "utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text") from None
+    if others_may_read(mode):
+        raise ConfigError(f"{path}: others may read this {what} (chmod 600 {path})")
+    lines = text.splitlines()
+    if not lines or not lines[0]:
+        raise ConfigError(f"{path}: the {what}'s first line is empty")
+    return lines[0]
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import logging
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lungwatch.config import check
-from lungwatch.errors import ConfigError, LungwatchError
+from lungwatch.config import check, read_secret_line
+from lungwatch.errors import LungwatchError
 from lungwatch.events import TOPIC_ROOT, check_segment, is_segment
 from lungwatch.hosts import is_loopback
-from lungwatch.private import others_may_read, read_private
+
+log = logging.getLogger("lungwatch.mqtt")
 
 DEFAULT_MAX_EVENTS = 100_000  # a device's spool: events kept while the broker is away
 
@@ -116,19 +120,7 @@ class MqttConfig:
         (ConfigError naming the file when it cannot be read or others may read it)."""
         if self.password_file is None:
             return self.username, self.password
-        path = Path(self.password_file)
-        try:
-            text, mode = read_private(path, "utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the password file ({exc.strerror})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: the password file is not UTF-8 text") from None
-        if others_may_read(mode):
-            raise ConfigError(f"{path}: others may read this password file (chmod 600 {path})")
-        lines = text.splitlines()
-        if not lines or not lines[0]:
-            raise ConfigError(f"{path}: the password file's first line is empty")
-        return self.username, lines[0]
+        return self.username, read_secret_line(self.password_file, "password file")
 
     @property
     def uses_tls(self) -> bool:
@@ -190,6 +182,28 @@ def new_client(cfg: MqttConfig, client_id: str, clean_session: bool = True) -> A
     if cfg.uses_tls:
         client.tls_set_context(tls_context(cfg))
     return client
+
+
+def start_client(
+    client: Any, cfg: MqttConfig, connack: threading.Event, refusal: Callable[[], str | None]
+) -> None:
+    """Connect a reader's ``client`` (the ward view, the gateway) to ``cfg``'s broker and start
+    its network thread. A TLS failure raises :class:`BrokerTlsError`; an unreachable broker is
+    logged and retried in the background; when ``connack`` is set within
+    ``cfg.connect_timeout_s`` and ``refusal()`` says why the broker refused the login,
+    :class:`BrokerRefusedError` is raised (the caller stops the client)."""
+    try:
+        client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+    except ssl.SSLError as exc:
+        raise BrokerTlsError(f"broker {cfg.address} TLS failed: {exc}") from None
+    except OSError as exc:
+        log.warning("broker %s is unreachable (%s); retrying", cfg.address, exc)
+        client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+    client.loop_start()
+    if connack.wait(cfg.connect_timeout_s):
+        why = refusal()
+        if why is not None:
+            raise BrokerRefusedError(f"broker {cfg.address} {why}")
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext:

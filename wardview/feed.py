@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import ssl
 import threading
 from typing import Any
 
@@ -45,10 +44,10 @@ from lungwatch.events import TOPIC_ROOT
 from lungwatch.mqtt import (
     BrokerError,
     BrokerRefusedError,
-    BrokerTlsError,
     MqttConfig,
     command_topic,
     new_client,
+    start_client,
 )
 from wardview.ward import Ward
 
@@ -108,18 +107,11 @@ class WardFeed:
     def start(self) -> WardFeed:
         """Connect; a refused CONNACK (credentials) or a TLS failure raises, an unreachable
         broker is retried in the background (the page says ``broker: disconnected``)."""
-        cfg = self.config
         try:
-            self._client.connect(cfg.host, cfg.port, cfg.keepalive_s)
-        except ssl.SSLError as exc:
-            raise BrokerTlsError(f"broker {cfg.address} TLS failed: {exc}") from None
-        except OSError as exc:
-            log.warning("broker %s is unreachable (%s); retrying", cfg.address, exc)
-            self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
-        self._client.loop_start()
-        if self._connack.wait(cfg.connect_timeout_s) and self._refusal is not None:
+            start_client(self._client, self.config, self._connack, lambda: self._refusal)
+        except BrokerRefusedError:
             self.stop()
-            raise BrokerRefusedError(f"broker {cfg.address} {self._refusal}")
+            raise
         return self
 
     def stop(self) -> None:
