@@ -36,21 +36,19 @@ bench/results/bridge.{md,json}. The verdict uses the
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from bench import write_results
 from firmware_bridge.crc32c import backend
 from firmware_bridge.protocol import audio_frame, encode_frame
 from firmware_bridge.receiver import Output, Receiver
 from firmware_bridge.timeline import Segment
 
-RESULTS_DIR = Path(__file__).parent / "results"
 N_STREAMS = 200
 RATE_HZ = 8000
 READ_BYTES = 1 << 16
@@ -249,14 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"| {v['target']} | {v['measured']:.1f} | >= {TARGET_X:g} | "
                   f"{'yes' if v['met'] else 'NO'} |")  # fmt: skip
     table += "\n\n" + render_v1_v2(pairs)
-    print(table)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "bridge.md").write_text(table + "\n")
     record = {"header": header, "rows": rows, "target_samples_per_s": TARGET_SAMPLES_PER_S}
     if "numba" in scanners:
         record["verdict"] = verdict(rows)
     record["v1_v2"] = pairs
-    (RESULTS_DIR / "bridge.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_results("bridge", record, table)
     return 0
 
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import write_results
 from bench.runtime import mosquitto_broker
 from bench.runtime_probes import AckProbe, percentiles_ms
 from edge.bed.detector import DetectorConfig, FrameDetector, FrameGrid
@@ -64,7 +65,6 @@ from edge.runtime.offline import FrameKeeper, detect_recordings, recordings_in
 from edge.sinks import publish_all
 from lungwatch.events import Event
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WARD = Path("edge/configs/ward.yaml")
 # the retired window classifier on intra_test in the last run that had it (commit 5ac14d3,
 # bench/results/detection.md there, 2026-11-25; x86-64, 2 CPUs): x real time, one core
@@ -368,11 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         with mosquitto_broker(not args.no_mqtt) as broker:
             address = broker[1] if broker else None
             record["latency"] = latency(folder, args.paced_records, address, shipped)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "detection.json").write_text(json.dumps(record, indent=2) + "\n")
-    table = render(record)
-    (RESULTS_DIR / "detection.md").write_text(table + "\n")
-    print(table)
+    write_results("detection", record, render(record))
     return 0
 
 

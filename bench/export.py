@@ -17,7 +17,6 @@ stayed float). Writes ``--out-dir``/export.{md,json} (default bench/results).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -29,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-RESULTS_DIR = Path(__file__).parent / "results"
+from bench import RESULTS_DIR, write_results
+
 WARMUP_RUNS = 3
 TARGET_SPEEDUP = 2.0  # INT8 vs FP32, ms per audio second per bed
 TARGET_SIZE_RATIO = 3.5  # FP32 file bytes / INT8 file bytes
@@ -211,15 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         f"1 thread, median of {args.repeats}; {machine}, {load}"
     )
     table = "\n".join([header, "", *render_streaming(result)])
-    print(table)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "export.md").write_text(table + "\n")
     targets = [
         dict(zip(("target", "measured", "wanted", "met"), row, strict=True))
         for row in verdicts(result)
     ]
     record = {"header": header, **result, "targets": targets}
-    (args.out_dir / "export.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_results("export", record, table, args.out_dir)
     return 0
 
 

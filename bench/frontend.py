@@ -13,23 +13,21 @@ ratios against the references measured in the same run, never as absolute times.
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import scipy.signal
 
+from bench import write_results
 from edge.features import FEATURE_KINDS, FeatureSpec, extract, make_stream
 from edge.features.fft import FFT_BACKEND
 from edge.features.logmel import mel_filterbank
 from lungwatch.cli import ArgumentParser
 
-RESULTS_DIR = Path(__file__).parent / "results"
 CHUNK_SAMPLES = 256
 TARGET_VS_SCIPY = 1.0  # streaming log-mel / scipy batch reference
 TARGET_VS_LIBROSA = 2.0  # streaming log-mel / librosa
@@ -183,10 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.seconds:g} s signal, median of {args.repeats}; {platform.machine()}, "
         f"Python {platform.python_version()}, FFT {FFT_BACKEND}"
     )
-    table = render(xrt, checks, header)
-    print(table)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "frontend.md").write_text(table + "\n")
     record = {
         "header": header,
         "x_real_time": xrt,
@@ -194,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             dict(zip(("target", "measured", "wanted", "met"), c, strict=True)) for c in checks
         ],
     }
-    (RESULTS_DIR / "frontend.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_results("frontend", record, render(xrt, checks, header))
     return 0
 
 

@@ -26,17 +26,16 @@ Writes bench/results/fuzz.{md,json}; exits 1 on any violation.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import resource
 import time
 import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from bench import write_results
 from firmware_bridge.crc32c import crc32c
 from firmware_bridge.parser import POLICY_COUNTERS
 from firmware_bridge.protocol import (
@@ -56,7 +55,6 @@ from firmware_bridge.protocol import (
 )
 from firmware_bridge.receiver import Receiver, ReceiverConfig
 
-RESULTS_DIR = Path(__file__).parent / "results"
 KEYED_DEVICE, KEY = 9, b"fuzz-key-0123456"
 V2_DEVICE, V2_STREAM_DEVICE, V2_KEY = 11, 12, bytes(range(7, 39))  # v2: corpus, live stream
 V2_HISTORY = 4096  # datagrams of the live v2 stream kept for replays
@@ -356,13 +354,12 @@ def run_cli(
     args = parser.parse_args(argv)
     record = run(args.inputs, args.seed)
     text = show(record)
-    print(text)
+    if args.no_write:
+        print(text)
+    else:
+        write_results(name, record, text)
     for violation in record["violations"]:  # type: ignore[attr-defined]
         print(f"VIOLATION {violation}")
-    if not args.no_write:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (RESULTS_DIR / f"{name}.md").write_text(text + "\n")
-        (RESULTS_DIR / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return 1 if record["n_violations"] else 0
 
 

@@ -45,7 +45,6 @@ from lungwatch.events import Event, format_utc
 from wardview.history import History
 from wardview.ward import Ward
 
-RESULTS_DIR = Path(__file__).parent / "results"
 SITE, DEVICES, BEDS = "ward-f", ("dev-a", "dev-b"), ("bed-1", "bed-2")
 SHA = "0" * 64
 HEAP_GROWTH_LIMIT_BYTES = 4 * 1024 * 1024

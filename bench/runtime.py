@@ -72,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import RESULTS_DIR, write_results
 from bench.runtime_batch import sweep
 from bench.runtime_probes import AckProbe, TimedBackend, TimedSource, TimingSink, latencies
 from bench.runtime_report import profile_summary, render_markdown
@@ -85,7 +86,6 @@ from edge.runtime.loop import Runtime, open_model, open_sinks, open_streams
 from edge.runtime.offline import recordings_in
 from lungwatch.mqtt import MqttConfig
 
-RESULTS_DIR = Path(__file__).parent / "results"
 CHUNK_SAMPLES = 800  # 0.1 s at 8 kHz
 PHASES = 5  # a window every 5 chunks (hop 0.5 s): streams start in 5 staggered phases
 PACED_WARMUP_S = 3.0
@@ -391,11 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         header = _header(args, sys.argv[1:] if argv is None else argv, broker)
         runs = _all_runs(args, address)
     record = {"header": header, "targets": TARGETS, **runs}
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "runtime.json").write_text(json.dumps(record, indent=2) + "\n")
-    table = render_markdown(record)
-    (RESULTS_DIR / "runtime.md").write_text(table + "\n")
-    print(table)
+    write_results("runtime", record, render_markdown(record))
     return 0
 
 

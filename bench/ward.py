@@ -68,13 +68,13 @@ import paho.mqtt.client as mqtt
 import soundfile
 import yaml
 
+from bench import write_results
 from bench.runtime import mosquitto_broker
 from lungwatch.events import format_utc, parse_utc
 from wardview.history import History
 from wardview.ward import Ward
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RECORDS = ("64913238_0.6_1_p3_2175", "41161556_1.7_0_p2_3062", "65099422_0.5_0_p3_2599")
 SITE = "bench-ward"
 NAMESPACE = uuid.UUID("6f1d2c1e-6a55-4c1b-9d0e-46e5a7d1b0a1")  # the replicas' UUID5 ids
@@ -619,10 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     record["clip_cost_p99_ratio"] = round(clips / ref, 3) if ref and clips else None
     record["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, nothing pinned"
     record["measured_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / "ward.json").write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS_DIR / "ward.md").write_text(report(record) + "\n")
-    print(report(record))
+    write_results("ward", record, report(record))
     return 0
 
 

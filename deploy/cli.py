@@ -25,18 +25,8 @@ from typing import Any
 from deploy.bundle import BundleSpec, build_bundle
 from deploy.errors import BundleError, HealthError
 from deploy.health import BrokerConfig, wait_online
-from lungwatch.config import from_mapping
+from lungwatch.config import from_mapping, json_object
 from lungwatch.errors import ConfigError, LungwatchError
-
-
-def _mapping(text: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what}: not JSON ({exc.msg} at {exc.pos})") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{what}: must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def bundle_spec(data: dict[str, Any]) -> BundleSpec:
@@ -59,14 +49,14 @@ def bundle_spec(data: dict[str, Any]) -> BundleSpec:
 
 
 def _bundle(args: argparse.Namespace) -> dict[str, Any]:
-    spec = bundle_spec(_mapping(args.spec, "--spec"))
+    spec = bundle_spec(json_object(args.spec, "--spec"))
     built = build_bundle(spec, Path(args.work_dir), Path(args.wheel) if args.wheel else None)
     return {"release": built.release, "version": built.version, "archive": str(built.archive),
             "sha256": built.sha256, "wheel": built.wheel, "new": built.new}  # fmt: skip
 
 
 def _health(args: argparse.Namespace) -> dict[str, Any]:
-    broker = from_mapping(BrokerConfig, _mapping(args.broker, "--broker"), "--broker")
+    broker = from_mapping(BrokerConfig, json_object(args.broker, "--broker"), "--broker")
     ca_file = Path(broker.ca_file).expanduser() if broker.ca_file else None
     since = float(args.since) if args.since not in (None, "") else None
     return wait_online(broker, args.topic, since, ca_file=ca_file)

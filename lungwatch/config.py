@@ -13,6 +13,7 @@ CLI flags only override: :func:`apply_overrides` takes ``key.sub=value`` strings
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +64,18 @@ def read_secret_line(path: str | Path, what: str) -> str:
     if not lines or not lines[0]:
         raise ConfigError(f"{path}: the {what}'s first line is empty")
     return lines[0]
+
+
+def json_object(text: str, where: str, error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """The JSON object in ``text``; ``error`` names ``where`` and the line when ``text`` is
+    not JSON or holds something else."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(value, dict):
+        raise error(f"{where}: top level must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -110,18 +110,29 @@ def _db(value: float, scale: float, offset: float) -> float:
 
 
 @njit(cache=True)
+def _insert_sorted(values: np.ndarray, n: int, value: float) -> None:
+    """Put ``value`` into the sorted first ``n`` entries of ``values`` (insertion sort's step:
+    a handful of values)."""
+    i = n
+    while i > 0 and values[i - 1] > value:
+        values[i] = values[i - 1]
+        i -= 1
+    values[i] = value
+
+
+@njit(cache=True)
+def _median_of_sorted(values: np.ndarray, n: int) -> float:
+    mid = n // 2
+    return values[mid] if n % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+@njit(cache=True)
 def _running_median(raw: np.ndarray, t: int, count: int, scratch: np.ndarray) -> float:
     """Median of the ``count`` values of ``raw`` (a ring) up to sample ``t``."""
     size = raw.shape[0]
-    for j in range(count):  # insertion sort: a handful of values
-        value = raw[(t - j) % size]
-        i = j
-        while i > 0 and scratch[i - 1] > value:
-            scratch[i] = scratch[i - 1]
-            i -= 1
-        scratch[i] = value
-    mid = count // 2
-    return scratch[mid] if count % 2 else 0.5 * (scratch[mid - 1] + scratch[mid])
+    for j in range(count):
+        _insert_sorted(scratch, j, raw[(t - j) % size])
+    return _median_of_sorted(scratch, count)
 
 
 @njit(cache=True)
@@ -161,14 +172,8 @@ def activity(
         alpha = max(params[P_ALPHA_DETREND], 1.0 / run)
         for g in range(n_groups):  # each sub-band over its slow level, sorted into `across`
             means[g] += alpha * (groups[g, i] - means[g])
-            value = groups[g, i] - means[g]
-            j = g
-            while j > 0 and across[j - 1] > value:
-                across[j] = across[j - 1]
-                j -= 1
-            across[j] = value
-        mid = n_groups // 2
-        raw[t % smooth] = across[mid] if n_groups % 2 else 0.5 * (across[mid - 1] + across[mid])
+            _insert_sorted(across, g, groups[g, i] - means[g])
+        raw[t % smooth] = _median_of_sorted(across, n_groups)
         ring_a[pos] = _running_median(raw, t, min(smooth, run), scratch)
         # contact: the body band now, and while breathing was heard
         if istate[S_BASE_SET] == 0 and t == seg:

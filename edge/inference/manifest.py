@@ -45,7 +45,6 @@ outputs and the new states::
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -55,6 +54,7 @@ from typing import Any, NoReturn
 
 from edge.bed.detector import PhaseRule
 from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
+from lungwatch.config import json_object
 from lungwatch.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 
 SCHEMA_VERSION = 2  # 1 was the window classifier's (retired)
@@ -162,13 +162,7 @@ def read_json(path: Path) -> dict[str, Any]:
         raise ManifestError(f"{path}: manifest not found") from None
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ManifestError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
-    return data
+    return json_object(text, str(path), ManifestError)
 
 
 def load_manifest(path: str | Path) -> Manifest:

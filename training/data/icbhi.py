@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.audio import AUDIO_SUFFIXES, audio_file
 from lungwatch.errors import AnnotationError
 from lungwatch.labels import (
     ICBHI_LABELS as ICBHI_LABELS,  # re-exported; the table is lungwatch.labels
 )
 from lungwatch.labels import icbhi_label
+from training.data.annotated import annotation_files, audio_twin
 
 CHEST_LOCATIONS: dict[str, str] = {
     "Tc": "trachea",
@@ -101,13 +101,8 @@ def load_icbhi(train_dir: str | Path) -> list[IcbhiRecording]:
         FileNotFoundError: the folder is missing or holds no ``.txt`` annotations.
         AnnotationError: a name or cycle file is malformed, or a ``.txt`` has no audio twin.
     """
-    folder = Path(train_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: ICBHI folder not found")
-    annotation_paths = sorted(folder.glob(f"*{ANNOTATION_SUFFIX}"))
-    if not annotation_paths:
-        raise FileNotFoundError(f"{folder}: no {ANNOTATION_SUFFIX} cycle annotations")
-    return [_load_recording(path) for path in annotation_paths]
+    paths = annotation_files(Path(train_dir), ANNOTATION_SUFFIX, "ICBHI")
+    return [_load_recording(path) for path in paths]
 
 
 def _load_recording(txt_path: Path) -> IcbhiRecording:
@@ -115,23 +110,13 @@ def _load_recording(txt_path: Path) -> IcbhiRecording:
     patient_id, index, location, mode, device = parse_recording_name(txt_path.stem, str(txt_path))
     return IcbhiRecording(
         recording_id=txt_path.stem,
-        audio_path=_find_audio(txt_path),
+        audio_path=audio_twin(txt_path),
         patient_id=patient_id,
         recording_index=index,
         chest_location=location,
         acquisition_mode=mode,
         device=device,
         cycles=read_cycles(txt_path),
-    )
-
-
-def _find_audio(txt_path: Path) -> Path:
-    """The audio twin of a cycle file (``.flac`` preferred over ``.wav``)."""
-    found = audio_file(txt_path.parent, txt_path.stem)
-    if found is not None:
-        return found
-    raise AnnotationError(
-        f"{txt_path}: no audio file beside it (looked for {', '.join(AUDIO_SUFFIXES)})"
     )
 
 

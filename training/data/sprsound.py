@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.audio import AUDIO_SUFFIXES, audio_file
+from edge.audio import AUDIO_SUFFIXES
 from lungwatch.errors import AnnotationError
 from lungwatch.labels import EVENT_LABELS, RECORD_LABELS
+from training.data.annotated import annotation_files, audio_twin
 
 LOCATIONS: tuple[str, ...] = ("p1", "p2", "p3", "p4")
 LOCATION_NAMES: dict[str, str] = {
@@ -99,11 +100,7 @@ def load_sprsound(split_dir: str | Path) -> list[SprRecord]:
             file or an audio file has no annotation.
     """
     folder = Path(split_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: SPRSound split folder not found")
-    annotation_paths = sorted(folder.glob(f"*{ANNOTATION_SUFFIX}"))
-    if not annotation_paths:
-        raise FileNotFoundError(f"{folder}: no {ANNOTATION_SUFFIX} annotation files")
+    annotation_paths = annotation_files(folder, ANNOTATION_SUFFIX, "SPRSound split")
     _check_no_orphan_audio(folder, {p.stem for p in annotation_paths})
     records = [_load_record(path) for path in annotation_paths]
     return sorted(records, key=lambda record: record.record_id)
@@ -124,7 +121,7 @@ def _load_record(annotation_path: Path) -> SprRecord:
     record_label, events = read_annotation(annotation_path)
     return SprRecord(
         record_id=record_id,
-        audio_path=_find_audio(annotation_path),
+        audio_path=audio_twin(annotation_path),
         annotation_path=annotation_path,
         patient_id=patient_id,
         age_years=age_years,
@@ -132,16 +129,6 @@ def _load_record(annotation_path: Path) -> SprRecord:
         location=location,
         record_label=record_label,
         events=events,
-    )
-
-
-def _find_audio(annotation_path: Path) -> Path:
-    """The audio twin of an annotation (``.flac`` preferred over ``.wav``)."""
-    found = audio_file(annotation_path.parent, annotation_path.stem)
-    if found is not None:
-        return found
-    raise AnnotationError(
-        f"{annotation_path}: no audio file beside it (looked for {', '.join(AUDIO_SUFFIXES)})"
     )
 
 
