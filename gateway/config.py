@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from gateway.hl7 import Bed, Sender, plain
 from gateway.outbox import CourierConfig
+from lungwatch.alarms import AlarmSettings
 from lungwatch.config import check, read_secret_line
 from lungwatch.events import is_segment
 from lungwatch.hosts import is_loopback
@@ -135,6 +136,10 @@ class GatewayConfig:
     queue: str = "state/gateway.sqlite"  # the HL7 messages' queue
     rate_every_s: float = 60.0  # a bed's rate at most this often while its state holds
     beds: tuple[BedEntry, ...] = ()
+    # the alarm conditions reported as PCD-04 over HL7 (gateway.alarms): the ward view's rules
+    # (realarm_s, escalate_after_s, hold_s); give the site's view's values
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)
+    alarm_reports: bool = True  # false: PCD-01 observations only
 
     def __post_init__(self) -> None:
         check(is_segment(self.site), "site", self.site, "a topic segment (1..64 chars)")

@@ -1,13 +1,18 @@
-"""HL7 v2.6 messages of IHE PCD-01 (ORU^R01), built and checked with hl7apy.
+"""HL7 v2.6 messages of IHE PCD-01 (ORU^R01) and PCD-04 (ORU^R40), built and checked with
+hl7apy.
 
     sender = Sender(application="LUNGWATCH", facility="WARD-1", receiver="HIS", ...)
     text = rate_message(reading, bed, sender, control_id)      # a respiration reading
     text = finding_message(event, bed, sender, control_id)     # an event's onset or end
+    text = alert_message(report, bed, sender, control_id)      # an alarm condition's change
     ack = parse_ack(text)                                       # what the receiver said
 
 Every message is validated against HL7 v2.6's ORU_R01 structure (hl7apy, strict) as it is
-built; a message the library refuses is an error here, never sent. Codes (docs/gateway.md):
-the respiratory rate is IEEE 11073-10101 ``MDC_RESP_RATE`` (151562) in
+built; a message the library refuses is an error here, never sent. An alert report is
+``ORU^R40^ORU_R01``: the trigger event of PCD-04 on the ORU_R01 structure, as HL7 v2.8 and
+IHE PCD TF-2 define it (its acknowledgement is a plain ACK here, as for PCD-01).
+
+Codes (docs/gateway.md): the respiratory rate is IEEE 11073-10101 ``MDC_RESP_RATE`` (151562) in
 ``MDC_DIM_RESP_PER_MIN`` (264928) with the bed's age band's normal range as the reference
 range; findings carry the SNOMED CT code of the event (crackles, wheeze, stridor, apnoea,
 tachypnoea, bradypnoea) or, without one, the event type in the local table ``99LW``; signal
@@ -27,6 +32,7 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 
 from lungwatch.errors import LungwatchError
+from lungwatch.events import snomed_ct
 
 VERSION = "2.6"
 MDC_RESP_RATE = "151562^MDC_RESP_RATE^MDC"
@@ -36,6 +42,14 @@ LOCAL_TABLE = "99LW"  # lungwatch's own codes (event types without a SNOMED CT c
 PRESENT, ABSENT = "52101004^Present^SCT", "2667000^Absent^SCT"
 RESPIRATION_STATE = f"respiration-state^Respiratory rate assessment^{LOCAL_TABLE}"
 SIGNAL_QUALITY = f"signal-quality^Signal quality^{LOCAL_TABLE}"
+ALERT = "196616^MDC_EVT_ALARM^MDC"  # OBR-4 and the first facet of every alert report
+EVENT_PHASE = "68481^MDC_ATTR_EVENT_PHASE^MDC"
+ALARM_STATE = "68482^MDC_ATTR_ALARM_STATE^MDC"
+INACTIVATION_STATE = "68483^MDC_ATTR_ALARM_INACTIVATION_STATE^MDC"
+ALERT_PRIORITY = {"high": "PH", "medium": "PM", "low": "PL"}  # OBX-8, with the source
+ALERT_SOURCE = {"physiological": "SP", "technical": "ST"}
+PHASES = ("start", "update", "escalate", "de-escalate", "reactivate", "end")
+ALARM_STATES = ("active", "latched", "inactive")
 ACCEPTED = ("AA", "CA")  # original / enhanced mode: accepted
 _ESCAPES = str.maketrans({"|": " ", "^": " ", "~": " ", "\\": " ", "&": " ", "\r": " ", "\n": " "})
 
@@ -140,6 +154,62 @@ def finding_message(
     return _checked(msg)
 
 
+@dataclass(frozen=True)
+class AlertReport:
+    """One change of a bed's alarm condition (:mod:`gateway.alarms`): which alert (its id is
+    the same in every report of it), what changed (``phase``), and the condition as it is
+    now."""
+
+    alert_id: str
+    condition: str  # CAS, DAS, apnoea, ... or a technical type (lungwatch.alarms)
+    text: str
+    kind: str  # physiological | technical
+    priority: str  # high | medium | low, escalation included
+    phase: str  # PHASES
+    alarm_state: str  # ALARM_STATES: active, latched (its episodes over, not acknowledged)
+    acknowledged_by: str | None  # None: not acknowledged; "" acknowledged, nobody named
+    first_onset_utc: str
+    utc: str  # when the gateway saw the change
+
+
+def condition_code(condition: str, text: str) -> str:
+    """What the alarm is about: the SNOMED CT finding of a physiological condition (the
+    family's: wheezing, crackles; the breathing findings'), else the condition in the local
+    table."""
+    code = snomed_ct({"CAS": "Wheeze", "DAS": "Fine Crackle"}.get(condition, condition))
+    if code:
+        return f"{code}^{plain(text)}^SCT"
+    return f"{plain(condition)}^{plain(text)}^{LOCAL_TABLE}"
+
+
+def alert_message(
+    report: AlertReport, bed: Bed, sender: Sender, control_id: str, now: dt.datetime
+) -> str:
+    """PCD-04 of one alarm condition's change: the alert (OBR-3 its id, OBR-4 MDC_EVT_ALARM)
+    and its facets, one OBX each (OBX-4 ``1.0.0.0.N``): what it is with its priority and
+    source (OBX-8), the event phase, the alarm state, and whether a person acknowledged it
+    (``alert-acknowledged``, OBX-16 who)."""
+    if report.phase not in PHASES or report.alarm_state not in ALARM_STATES:
+        raise Hl7Error(f"alert phase {report.phase!r} / state {report.alarm_state!r} unknown")
+    msg, order = _observation_message(
+        bed, sender, control_id, now, report.first_onset_utc, trigger="R40"
+    )
+    order.obr.obr_3 = f"{plain(report.alert_id)}^{plain(sender.application)}"
+    order.obr.obr_4 = ALERT
+    utc = report.utc
+    flags = (ALERT_PRIORITY[report.priority], ALERT_SOURCE[report.kind])
+    what = condition_code(report.condition, report.text)
+    _obx(order, 1, "CWE", ALERT, what, utc, bed, status="R", sub_id="1.0.0.0.1", flags=flags)
+    _obx(order, 2, "ST", EVENT_PHASE, report.phase, utc, bed, status="R", sub_id="1.0.0.0.2")
+    _obx(order, 3, "ST", ALARM_STATE, report.alarm_state, utc, bed, status="R",
+         sub_id="1.0.0.0.3")  # fmt: skip
+    acked = report.acknowledged_by is not None
+    _obx(order, 4, "ST", INACTIVATION_STATE, "alert-acknowledged" if acked else "enabled",
+         utc, bed, status="R", sub_id="1.0.0.0.4",
+         observer=plain(report.acknowledged_by) if acked else "")  # fmt: skip
+    return _checked(msg)
+
+
 def parse_ack(text: str) -> Ack:
     """The acknowledgement in ``text`` (an ACK message); Hl7Error if it is none."""
     try:
@@ -162,7 +232,13 @@ def control_id_of(text: str) -> str:
 
 
 def _observation_message(
-    bed: Bed, sender: Sender, control_id: str, now: dt.datetime, start: str, end: Any = None
+    bed: Bed,
+    sender: Sender,
+    control_id: str,
+    now: dt.datetime,
+    start: str,
+    end: Any = None,
+    trigger: str = "R01",
 ) -> tuple[Message, Any]:
     msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
     msh = msg.msh
@@ -171,7 +247,7 @@ def _observation_message(
     msh.msh_5 = plain(sender.receiving_application)
     msh.msh_6 = plain(sender.receiving_facility)
     msh.msh_7 = hl7_time(now)
-    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_9 = f"ORU^{trigger}^ORU_R01"
     msh.msh_10 = control_id
     msh.msh_11 = sender.processing_id
     msh.msh_12 = VERSION
@@ -200,19 +276,26 @@ def _observation_message(
 
 def _obx(
     order: Any, set_id: int, value_type: str, code: str, value: str, utc: str, bed: Bed, *,
-    units: str = "", limits: str = "", status: str = "F",
+    units: str = "", limits: str = "", status: str = "F", sub_id: str = "",
+    flags: tuple[str, ...] = (), observer: str = "",
 ) -> None:  # fmt: skip
     obx = order.add_group("ORU_R01_OBSERVATION").obx
     obx.obx_1 = str(set_id)
     obx.obx_2 = value_type
     obx.obx_3 = code
+    if sub_id:
+        obx.obx_4 = sub_id
     obx.obx_5 = value
     if units:
         obx.obx_6 = units
     if limits:
         obx.obx_7 = limits
+    for flag in flags:  # OBX-8 repeats: one abnormal flag each
+        obx.add_field("obx_8").value = flag
     obx.obx_11 = status
     obx.obx_14 = hl7_time(utc)
+    if observer:
+        obx.obx_16 = observer  # the responsible observer: who acknowledged
     obx.obx_18 = f"{plain(bed.device_id)}^{plain(bed.stream_id)}^LUNGWATCH"  # the equipment
 
 

@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     done_s REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, seq);
+CREATE TABLE IF NOT EXISTS notes (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -109,20 +113,46 @@ class Outbox:
         (nothing built) when that key was queued before."""
         return self._put(key, build, new_control_id())
 
-    def put_built(self, key: str, control_id: str, message: str) -> bool:
+    def put_built(
+        self, key: str, control_id: str, message: str, note: tuple[str, str | None] | None = None
+    ) -> bool:
         """Queue ``message``, built under ``control_id``, under ``key``; False when that key
-        was queued before."""
-        return self._put(key, lambda _: message, control_id)
+        was queued before. ``note``: ``(name, value)`` written in the same transaction (None
+        as the value deletes it), so what the sender remembers of what it sent (the alarm
+        reports: :mod:`gateway.alarms`) never disagrees with the queue after a crash."""
+        return self._put(key, lambda _: message, control_id, note)
 
-    def _put(self, key: str, build: Callable[[str], str], control_id: str) -> bool:
+    def notes(self) -> dict[str, str]:
+        """Every note :meth:`put_built` kept, by name."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, value FROM notes").fetchall()
+        return {str(name): str(value) for name, value in rows}
+
+    def _put(
+        self,
+        key: str,
+        build: Callable[[str], str],
+        control_id: str,
+        note: tuple[str, str | None] | None = None,
+    ) -> bool:
         with self._lock:
             if self._db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone():
                 return False
             message = build(control_id)
-            self._db.execute(
-                "INSERT INTO outbox (key, control_id, message, queued_s) VALUES (?, ?, ?, ?)",
-                (key, control_id, message, time.time()),
-            )
+            with self._db:  # one transaction: the message and its note, or neither
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT INTO outbox (key, control_id, message, queued_s) VALUES (?, ?, ?, ?)",
+                    (key, control_id, message, time.time()),
+                )
+                if note is not None and note[1] is None:
+                    self._db.execute("DELETE FROM notes WHERE name = ?", (note[0],))
+                elif note is not None:
+                    self._db.execute(
+                        "INSERT INTO notes (name, value) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                        note,
+                    )
             self._queued.notify_all()
             return True
 

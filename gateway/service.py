@@ -8,7 +8,10 @@
 :class:`Intake` turns one MQTT message into a queued message on every route (:class:`Route`:
 HL7 v2.6 PCD-01, FHIR R4): an event's onset or end (``.../<stream>/event``; ``ongoing``
 messages say nothing new and are skipped) and a bed's breathing (``.../<stream>/respiration``:
-when its state changes, else at most every ``rate_every_s`` by the reading's own time). Every
+when its state changes, else at most every ``rate_every_s`` by the reading's own time). With
+an HL7 route, the site's alarm conditions go there too as PCD-04 reports
+(:mod:`gateway.alarms`: events, the beds' summaries and the acknowledges the devices took
+feed it; a thread queues what changed every second). Every
 payload is read within limits (:mod:`lungwatch.intake`), checked against its topic (a device
 speaks for its own beds only) and validated as the device's schema says, and each route's
 form is built and validated before any is queued; what is refused is counted by reason and
@@ -22,14 +25,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gateway.alarms import AlarmFollower
 from gateway.config import GatewayConfig, Hl7Config
 from gateway.fhir import FhirError, FhirTransport, finding_observation, rate_observation
-from gateway.hl7 import Bed, Hl7Error, finding_message, rate_message
+from gateway.hl7 import AlertReport, Bed, Hl7Error, alert_message, finding_message, rate_message
 from gateway.mllp import MllpClient, MllpTransport
 from gateway.outbox import Courier, Outbox, new_control_id
 from lungwatch.access import GATEWAY_READS
@@ -38,6 +43,7 @@ from lungwatch.events import (
     TOPIC_ROOT,
     Event,
     EventError,
+    ack_of,
     is_number,
     parse_utc,
 )
@@ -46,6 +52,7 @@ from lungwatch.mqtt import BrokerError, new_client, start_client
 from lungwatch.supervision import Worker, first_failure
 
 log = logging.getLogger(__name__)
+ALARM_TICK_S = 1.0  # how often the alarm conditions are compared with what was reported
 
 
 def _utc_now() -> dt.datetime:
@@ -89,10 +96,30 @@ def fhir_route(outbox: Outbox) -> Route:
 class Intake:
     """See the module doc."""
 
-    def __init__(self, config: GatewayConfig, routes: list[Route]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        routes: list[Route],
+        clock: Callable[[], float] = time.time,
+        now: Callable[[], dt.datetime] = _utc_now,
+    ) -> None:
         self.config, self.routes = config, routes
         self.counts: Counter[str] = Counter()  # queued, duplicate, skipped, refused:<reason>
         self._last_rate: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
+        self.lock = threading.Lock()  # the alarm conditions: MQTT's thread and the tick's
+        hl7 = next((route for route in routes if route.name == "hl7"), None)
+        self.alarms: AlarmFollower | None = None
+        if hl7 is not None and config.alarm_reports and config.hl7 is not None:
+            sender, outbox = config.hl7.sender, hl7.outbox
+
+            def write(report: AlertReport, device_id: str, stream_id: str, key: str,
+                      note: tuple[str, str | None]) -> bool:  # fmt: skip
+                control_id = new_control_id()
+                bed = config.bed(device_id, stream_id)
+                text = alert_message(report, bed, sender, control_id, now())
+                return outbox.put_built(key, control_id, text, note)
+
+            self.alarms = AlarmFollower(config.alarms, write, outbox.notes(), clock)
 
     def handle(self, topic: str, payload: bytes) -> str:
         """Queue what ``payload`` on ``topic`` says on every route; the outcome (counted)."""
@@ -110,6 +137,8 @@ class Intake:
         if len(parts) != 6 or "/".join(parts[:2]) != TOPIC_ROOT or parts[2] != self.config.site:
             raise MessageError(f"not a topic of site {self.config.site}")
         device_id, stream_id, kind = parts[3:]
+        if kind == "summary" and not payload:  # withdrawn: the bed's stream ended
+            return self._alarm_message(kind, device_id, stream_id, None)
         body = parse_message(payload, MAX_MESSAGE_BYTES, MAX_JSON_DEPTH)
         for name, value in (("site", parts[2]), ("device_id", device_id),
                             ("stream_id", stream_id)):  # fmt: skip
@@ -118,9 +147,14 @@ class Intake:
         bed = self.config.bed(device_id, stream_id)
         if kind == "event":
             event = Event.from_dict(body)
+            if self.alarms is not None:
+                with self.lock:
+                    self.alarms.event(event)
             if event.state == "ongoing":
                 return "skipped"
             return self._put(f"event/{event.id}", event.to_dict(), bed, "finding")
+        if kind in ("summary", "ack"):
+            return self._alarm_message(kind, device_id, stream_id, body)
         if kind == "respiration":
             reading, when = _reading(body)
             if not self._rate_due(device_id, stream_id, reading["state"], when):
@@ -128,6 +162,31 @@ class Intake:
             key = f"respiration/{device_id}/{stream_id}/{reading['utc']}"
             return self._put(key, reading, bed, "reading")
         raise MessageError(f"the gateway does not read {kind!r} messages")
+
+    def _alarm_message(
+        self, kind: str, device_id: str, stream_id: str, body: dict[str, Any] | None
+    ) -> str:
+        """A bed's summary (None: withdrawn) or a device's ack: into the alarm conditions
+        (nothing is queued here; the tick reports what changed)."""
+        if self.alarms is None:
+            return "skipped"
+        with self.lock:
+            if kind == "summary":
+                try:
+                    self.alarms.summary(device_id, stream_id, body)
+                except ValueError as exc:
+                    raise MessageError(str(exc)) from None
+            else:
+                target, user, _ = ack_of(body or {})
+                self.alarms.ack(device_id, stream_id, target, user)
+        return "taken"
+
+    def tick(self) -> int:
+        """Queue the alarm conditions' changes (PCD-04); how many reports."""
+        if self.alarms is None:
+            return 0
+        with self.lock:
+            return self.alarms.tick()
 
     def _put(self, key: str, data: Mapping[str, Any], bed: Bed, what: str) -> str:
         """Queue on every route, or on none: every route's form is built (and validated) under
@@ -200,6 +259,8 @@ class Gateway:
             self.workers.append(Worker(lambda c=courier: c.run(self._stop),  # type: ignore[misc]
                                        f"gateway-{route.name}", self._stop.is_set))  # fmt: skip
         self.intake = Intake(config, self.routes)
+        if self.intake.alarms is not None:
+            self.workers.append(Worker(self._tick_alarms, "gateway-alarms", self._stop.is_set))
         mqtt = config.mqtt
         self.client_id = f"lungwatch-gateway-{config.site}{mqtt.private_suffix()}"
         self.topics = [f"{TOPIC_ROOT}/{config.site}/+/+/{kind}" for kind in GATEWAY_READS]
@@ -229,6 +290,11 @@ class Gateway:
             raise
         self.subscribed.wait(cfg.connect_timeout_s)
         return self
+
+    def _tick_alarms(self) -> None:
+        """The alarm conditions' changes queued about every second, until stopped."""
+        while not self._stop.wait(ALARM_TICK_S):
+            self.intake.tick()
 
     def check(self) -> str | None:
         """Why a courier's thread stopped unasked (None while they run)."""

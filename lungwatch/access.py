@@ -63,7 +63,7 @@ PBKDF2_ITERATIONS = 101  # what mosquitto_passwd (Mosquitto 2.0) writes
 SALT_BYTES = 12
 DEVICE_WRITES = (
     "status", "metrics", "+/event", "+/live", "+/verdict", "+/respiration", "+/summary",
-    "+/evidence",
+    "+/evidence", "+/ack",
 )  # fmt: skip
 EVIDENCE_LOGIN = "{device}/evidence"  # a device's second connection (no device name has '/')
 # the broker drops a larger packet and disconnects its sender, so no client can push an
@@ -71,7 +71,9 @@ EVIDENCE_LOGIN = "{device}/evidence"  # a device's second connection (no device 
 MAX_QUEUED_MESSAGES = 100_000  # per offline persistent session (a ward view restarting)
 MAX_QUEUED_BYTES = 200_000_000  # ... and its bytes (evidence parts are ~45 kB each)
 MAX_PACKET_BYTES = 65_536
-GATEWAY_READS = ("event", "respiration")  # what a hospital gateway reports (gateway.service)
+# what a hospital gateway reads (gateway.service): findings, breathing, and what it needs to
+# follow the alarm conditions (the beds' open alarms, the acknowledges devices took)
+GATEWAY_READS = ("event", "respiration", "summary", "ack")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lungwatch.config import check
+from lungwatch.events import is_segment
 
 PRIORITIES = ("high", "medium", "low")
 PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
@@ -96,6 +97,51 @@ class ListedEpisode:
     state: str
     start_utc: str
     detail: dict[str, Any]
+
+
+MAX_LISTED = 256  # open alarms read of one bed's summary
+
+
+def open_rows(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A bed's retained summary's open alarms (:func:`summary_row`) by episode id; rows
+    without an episode id that is a topic segment are passed over."""
+    rows = body.get("open")
+    if not isinstance(rows, list):
+        raise ValueError("a summary lists its open alarms under 'open'")
+    return {
+        str(row["episode_id"]): summary_row(row)
+        for row in rows[:MAX_LISTED]
+        if isinstance(row, dict) and is_segment(row.get("episode_id"))
+    }
+
+
+def summary_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One open alarm of a bed's retained summary, its fields checked and bounded (the ward
+    view lists it as it lists an event's row)."""
+    priority = row.get("priority") if row.get("priority") in ("high", "medium", "low") else "low"
+    confidence = row.get("confidence")
+    return {
+        "id": f"summary:{row['episode_id']}", "episode_id": str(row["episode_id"]),
+        "type": str(row.get("type", "?"))[:64], "kind": str(row.get("kind", "physiological")),
+        "priority": priority, "state": "ongoing", "start_utc": str(row.get("start_utc", "")),
+        "end_utc": None,
+        "confidence": confidence if isinstance(confidence, int | float) else None,
+        "key": str(row.get("key") or row.get("type", ""))[:128],
+        "latched": bool(row.get("latched")), "ended_by": None, "acknowledged_utc": None,
+        "condition_end_utc": None,
+    }  # fmt: skip
+
+
+def listed_episode(
+    device_id: str, stream_id: str, row: dict[str, Any], state: str
+) -> ListedEpisode:
+    """A :func:`summary_row` as an episode of the alarm book (one that leaves the summary
+    latched was acknowledged on the device: a latched episode ends no other way)."""
+    detail = {"key": row["key"], "latched": row["latched"]}
+    if state == "ended" and row["latched"]:
+        detail["ended_by"] = "acknowledge"
+    return ListedEpisode(row["episode_id"], device_id, stream_id, row["type"], row["kind"],
+                         row["priority"], state, row["start_utc"], detail)  # fmt: skip
 
 
 def condition_of(event_type: str) -> str:

@@ -243,6 +243,36 @@ def verdict_payload(site: str, device_id: str, stream_id: str, verdict: dict[str
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
+def ack_topic(site: str, device_id: str, stream_id: str) -> str:
+    """``lungwatch/v1/<site>/<device>/<stream>/ack`` (QoS 1, not retained): an acknowledge
+    the device took."""
+    return event_topic(site, device_id, stream_id)[: -len("event")] + "ack"
+
+
+def ack_payload(
+    site: str, device_id: str, stream_id: str, target: str, user: str, utc: str, ended: int
+) -> str:
+    """The message a device publishes for every acknowledge command it took (signed, or
+    unsigned where it accepts those): what it named, who (``""``: unsigned), when by the
+    device's clock, and how many of the bed's episodes it ended."""
+    body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
+    body.update(stream_id=check_segment(stream_id, "stream_id"), target=target, user=user)
+    body.update(utc=utc, ended=ended)
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+def ack_of(body: dict[str, Any]) -> tuple[str, str, str]:
+    """``(target, user, utc)`` of an ack message's parsed body; EventError names what is
+    wrong. Identity (site, device, stream against the topic) is the reader's check."""
+    target, user, utc = body.get("target"), body.get("user", ""), body.get("utc")
+    if not (isinstance(target, str) and 0 < len(target) <= 128 and target.isprintable()):
+        raise EventError(f"ack.target must be a condition, type or key (1..128), got {target!r}")
+    if not (isinstance(user, str) and len(user) <= 64 and user.isprintable()):
+        raise EventError(f"ack.user must be a user name (64 printable characters), got {user!r}")
+    parse_utc(utc)  # type: ignore[arg-type]
+    return target, user, str(utc)
+
+
 def metrics_topic(site: str, device_id: str) -> str:
     """``lungwatch/v1/<site>/<device>/metrics``."""
     site, device_id = check_segment(site, "site"), check_segment(device_id, "device_id")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from lungwatch.alarms import AlarmBook, ListedEpisode
+from lungwatch.alarms import AlarmBook, ListedEpisode, listed_episode, open_rows
 from lungwatch.clip import Assembler, EvidenceError
 from lungwatch.events import Event, is_segment
 from lungwatch.intake import MessageError
@@ -52,18 +52,15 @@ class WardMemory:
             raise MessageError(f"summary must be for {stream_id!r} and list its open alarms")
         _, bed = self._place(device_id, stream_id)
         bed.name, bed.location = _text(body.get("name")), _text(body.get("location"))
-        rows = {}
-        for row in body["open"][:256]:
-            if isinstance(row, dict) and is_segment(row.get("episode_id")):
-                rows[str(row["episode_id"])] = _summary_row(row)
+        rows = open_rows(body)
         before, bed.summary_open = bed.summary_open, rows
         now = self.clock()
         for episode_id, row in rows.items():  # alarms the view has no message of
             if episode_id not in bed.open and episode_id not in before:
-                self.book.take(_listed(device_id, stream_id, row, "ongoing"), now)
+                self.book.take(listed_episode(device_id, stream_id, row, "ongoing"), now)
         for episode_id, row in before.items():  # no longer held (their ended went by)
             if episode_id not in rows and episode_id not in bed.open:
-                self.book.take(_listed(device_id, stream_id, row, "ended"), now)
+                self.book.take(listed_episode(device_id, stream_id, row, "ended"), now)
         for episode_id in bed.restored - set(rows):  # ended while the view was away
             event = bed.open.pop(episode_id, None)
             if event is not None:
@@ -80,7 +77,7 @@ class WardMemory:
             now = self.clock()
             for episode_id, row in bed.summary_open.items():
                 if episode_id not in bed.open:
-                    self.book.take(_listed(device_id, stream_id, row, "ended"), now)
+                    self.book.take(listed_episode(device_id, stream_id, row, "ended"), now)
             bed.summary_open = {}
             for episode_id in bed.restored:  # the stream ended: the device holds none of them
                 event = bed.open.pop(episode_id, None)
@@ -162,32 +159,6 @@ class WardMemory:
 
 def _text(value: object) -> str | None:
     return value[:MAX_TEXT] if isinstance(value, str) and value.isprintable() and value else None
-
-
-def _summary_row(row: dict[str, Any]) -> dict[str, Any]:
-    """An alarm row (as :func:`wardview.beds.event_row` makes them) from a summary's."""
-    priority = row.get("priority") if row.get("priority") in ("high", "medium", "low") else "low"
-    confidence = row.get("confidence")
-    return {
-        "id": f"summary:{row['episode_id']}", "episode_id": str(row["episode_id"]),
-        "type": str(row.get("type", "?"))[:64], "kind": str(row.get("kind", "physiological")),
-        "priority": priority, "state": "ongoing", "start_utc": str(row.get("start_utc", "")),
-        "end_utc": None,
-        "confidence": confidence if isinstance(confidence, int | float) else None,
-        "key": str(row.get("key") or row.get("type", ""))[:128],
-        "latched": bool(row.get("latched")), "ended_by": None, "acknowledged_utc": None,
-        "condition_end_utc": None,
-    }  # fmt: skip
-
-
-def _listed(device_id: str, stream_id: str, row: dict[str, Any], state: str) -> ListedEpisode:
-    """A summary's alarm row as an episode of the alarm book (one that leaves the summary
-    latched was acknowledged on the device: a latched episode ends no other way)."""
-    detail = {"key": row["key"], "latched": row["latched"]}
-    if state == "ended" and row["latched"]:
-        detail["ended_by"] = "acknowledge"
-    return ListedEpisode(row["episode_id"], device_id, stream_id, row["type"], row["kind"],
-                         row["priority"], state, row["start_utc"], detail)  # fmt: skip
 
 
 def _ended(event: Event) -> ListedEpisode:

@@ -61,6 +61,7 @@ from lungwatch.events import (
     TOPIC_ROOT,
     Event,
     EventError,
+    ack_of,
     is_number,
     is_segment,
 )
@@ -87,7 +88,7 @@ log = logging.getLogger("lungwatch.dashboard")
 
 # (levels, last) of the topics the view reads
 KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live"), (6, "verdict"),
-         (6, "respiration"), (6, "summary"), (6, "evidence")}  # fmt: skip
+         (6, "respiration"), (6, "summary"), (6, "evidence"), (6, "ack")}  # fmt: skip
 RETAINED_PER_BED = ("verdict", "respiration", "summary")  # an empty payload withdraws them
 MAX_RATE_BPM = 200.0  # a published rate above this is not a rate
 VERDICT_LABELS = ("assessing", "Normal", "CAS", "DAS", "CAS & DAS", "Poor Quality")
@@ -247,6 +248,9 @@ class Ward(WardMemory):
         elif kind == "evidence":
             _require_identity(body, self.site, device_id)
             self._evidence(device_id, parts[4], body)
+        elif kind == "ack":
+            _require_identity(body, self.site, device_id)
+            self._ack(device_id, parts[4], body)
         else:
             self._live_point(device_id, parts[4], body)
 
@@ -427,6 +431,23 @@ class Ward(WardMemory):
         self._seen[event_id] = None
         if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
+
+    def _ack(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
+        """The device took an acknowledge (this view's, another's): the condition it names is
+        acknowledged here too, by whom the device says, and no longer waits on the device."""
+        if body.get("stream_id") != stream_id:
+            raise MessageError(f"ack must be for {stream_id!r}, got {body.get('stream_id')!r}")
+        try:
+            target, user, _ = ack_of(body)
+        except EventError as exc:
+            raise MessageError(str(exc)) from None
+        cond = self.book.find(device_id, stream_id, target)
+        if cond is not None and not cond.acknowledged:
+            self.book.acknowledge(device_id, stream_id, target, self.clock(), user)
+        named = cond.condition if cond is not None else target
+        for key in {target, named}:
+            self.pending_acks.pop((device_id, stream_id, key), None)
+        self._dirty_alarms = True
 
     def _settle_acks(self, event: Event) -> None:
         for target in (event.type, event.detail.get("key"), condition_of(event.type)):

@@ -58,10 +58,7 @@ from edge.runtime.latched import LatchedStore
 from edge.runtime.outbox import EventOutbox
 from edge.runtime.publish import Publisher
 from edge.runtime.stream import Stream
-from edge.sinks import (
-    Sink,
-    publish_live,
-)
+from edge.sinks import Sink, publish_ack, publish_live
 from edge.sinks.live import LiveStrip
 from edge.sources import SourceChunk, SourceEnded, SourceError
 from lungwatch.cli import ArgumentParser
@@ -356,6 +353,9 @@ class Runtime:
             log.warning("command ignored: %s", exc)
             return
         self.command_counts["accepted"] += 1
+        # every view and the hospital's gateway learn that the bed took it, even where it
+        # ended no episode (a condition whose episodes were over)
+        publish_ack(self.sink, command.stream_id, command.target, user, ended)
         who = f" by {short_repr(user)}" if user else " (unsigned)"
         log.info(
             "acknowledge %s %s%s: %d event(s) ended",

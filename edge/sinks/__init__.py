@@ -72,6 +72,14 @@ def publish_respiration(sink: Sink, stream_id: str, reading: dict[str, Any] | No
         take(stream_id, reading)
 
 
+def publish_ack(sink: Sink, stream_id: str, target: str, user: str, ended: int) -> None:
+    """Tell ``sink`` that the bed took an acknowledge of ``target`` by ``user`` (MQTT: the
+    ack topic, QoS 1) if it takes them."""
+    take = getattr(sink, "publish_ack", None)
+    if take is not None:
+        take(stream_id, target, user, ended)
+
+
 def publish_summary(sink: Sink, stream_id: str, summary: dict[str, Any] | None) -> None:
     """Give a bed's summary (name, location, open alarms) to ``sink`` if it takes them (MQTT:
     retained); None: the bed's stream ended, its summary is withdrawn."""
@@ -117,6 +125,10 @@ class MultiSink:
     def publish_respiration(self, stream_id: str, reading: dict[str, Any] | None) -> None:
         for sink in self.sinks:
             publish_respiration(sink, stream_id, reading)
+
+    def publish_ack(self, stream_id: str, target: str, user: str, ended: int) -> None:
+        for sink in self.sinks:
+            publish_ack(sink, stream_id, target, user, ended)
 
     def publish_summary(self, stream_id: str, summary: dict[str, Any] | None) -> None:
         for sink in self.sinks:

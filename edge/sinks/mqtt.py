@@ -50,6 +50,8 @@ from edge.sinks.live import live_payload, live_topic
 from edge.sinks.spool import Spool, SpoolFullMonitor
 from lungwatch.events import (
     Event,
+    ack_payload,
+    ack_topic,
     event_topic,
     metrics_payload,
     metrics_topic,
@@ -59,6 +61,7 @@ from lungwatch.events import (
     status_topic,
     summary_payload,
     summary_topic,
+    utc_now,
     verdict_payload,
     verdict_topic,
 )
@@ -201,6 +204,14 @@ class MqttSink:
             "" if reading is None else respiration_payload(site, device_id, stream_id, reading)
         )
         self._retain("respiration", stream_id, topic, payload)
+
+    def publish_ack(self, stream_id: str, target: str, user: str, ended: int) -> None:
+        """Say that the bed took an acknowledge (QoS 1, not retained; the client queues it
+        while the broker is away)."""
+        self._check_open()
+        site, device_id = self.config.site, self.config.device_id
+        payload = ack_payload(site, device_id, stream_id, target, user, utc_now(), ended)
+        self._client.publish(ack_topic(site, device_id, stream_id), payload, qos=1)
 
     def publish_summary(self, stream_id: str, summary: dict[str, Any] | None) -> None:
         """Send a bed's summary retained (QoS 1), as :meth:`publish_verdict` its verdict."""

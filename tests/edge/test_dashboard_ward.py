@@ -16,7 +16,7 @@ from edge.sinks.live import LiveStrip, live_payload, live_topic
 from lungwatch.alarms import AlarmSettings
 from lungwatch.config import from_mapping
 from lungwatch.errors import ConfigError
-from lungwatch.events import Event, status_payload
+from lungwatch.events import Event, ack_payload, status_payload
 from lungwatch.passwords import hash_password, verify_password
 from tests.edge.brokers import SHA256
 from tests.edge.browser import user_entry
@@ -121,6 +121,27 @@ def test_an_ended_episodes_condition_alarms_until_acknowledged_and_its_rows_stay
     for second in range(2, 6):  # only the last events_per_bed rows are kept
         send(ward, finding("Fine Crackle", second=second))
     assert len(ward.snapshot()["beds"][0]["events"]) == 3
+
+
+def test_an_acknowledge_another_view_sent_reaches_this_view_through_the_device() -> None:
+    """Two views of one ward: a nurse at the other acknowledges a condition whose episodes
+    are over (the device has nothing to end); the device's ack message acknowledges it here
+    too, naming her. A malformed ack or one for another bed is refused and counted."""
+    ward = Ward(SITE, alarm_settings=AlarmSettings(hold_s=0.0))
+    onset = finding("Wheeze", second=1)
+    send(ward, onset)
+    send(ward, onset.ended("2026-05-09T07:00:02.000Z", end_sample=16000))
+    assert [row["state"] for row in ward.alarms()] == ["alarming"]
+    topic = f"{ROOT}/bed-1/ack"
+    bad = ack_payload(SITE, DEVICE, "bed-2", "CAS", "nurse-b", "2026-05-09T07:00:03.000Z", 0)
+    assert not ward.handle(topic, bad.encode())
+    nameless = json.loads(bad) | {"stream_id": "bed-1", "target": ""}
+    assert not ward.handle(topic, json.dumps(nameless).encode())
+    assert [row["state"] for row in ward.alarms()] == ["alarming"]
+    took = ack_payload(SITE, DEVICE, "bed-1", "CAS", "nurse-b", "2026-05-09T07:00:03.000Z", 0)
+    assert ward.handle(topic, took.encode())
+    assert ward.alarms() == []  # acknowledged and over: it leaves, as on the other view
+    assert ward.rejected_reasons == {"invalid": 2}
 
 
 def test_latched_alarm_is_acknowledgeable_until_its_acknowledged_end_comes_back() -> None:

@@ -524,6 +524,12 @@ def test_acknowledge_on_the_command_topic_ends_a_latched_alarm(
     assert closing.detail["ended_by"] == "acknowledge"
     assert closing.detail["acknowledged_by"] == "nurse-a"
     assert closing.end_sample == alarm.detail["condition_end_sample"]
+    # the one command the device took is said on the bed's ack topic (the views and the
+    # hospital gateway learn of it there), the refused ones are not
+    acks = [json.loads(m.payload) for m in recorder.messages if m.topic == f"{ROOT}/bed-1/ack"]
+    assert [(a["target"], a["user"], a["ended"]) for a in acks] == [(target, "nurse-a", 1)]
+    assert parse_utc(acks[0]["utc"])
+    assert acks[0]["site"] == SITE
     ignored = [r.getMessage() for r in caplog.records if "command ignored" in r.getMessage()]
     assert len(ignored) == 7, ignored
     assert "not served here" not in ignored[2], "an unsigned command is refused before it is read"

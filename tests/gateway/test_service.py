@@ -18,7 +18,13 @@ from typing import Any
 from gateway.config import BedEntry, GatewayConfig, Hl7Config
 from gateway.outbox import Outbox
 from gateway.service import Intake, hl7_route
-from lungwatch.events import event_topic, respiration_payload, respiration_topic
+from lungwatch.events import (
+    ack_payload,
+    ack_topic,
+    event_topic,
+    respiration_payload,
+    respiration_topic,
+)
 from lungwatch.mqtt import import_paho
 from tests.edge.brokers import REPO_ROOT, Mosquitto, make_events
 from tests.gateway.receiver import Receiver
@@ -75,7 +81,10 @@ def test_intake_queues_onsets_ends_and_readings_and_refuses_what_is_not_its_topi
     assert intake.counts["refused:invalid"] == 3
 
 
-def gateway_yaml(tmp_path: Path, broker_port: int, receiver_port: int) -> Path:
+def gateway_yaml(
+    tmp_path: Path, broker_port: int, receiver_port: int, alarms: bool = False
+) -> Path:
+    """The gateway's file (``alarms``: PCD-04 reports too; test_alarms.py covers them)."""
     path = tmp_path / "gateway.yaml"
     path.write_text(json.dumps({
         "site": SITE,
@@ -84,6 +93,7 @@ def gateway_yaml(tmp_path: Path, broker_port: int, receiver_port: int) -> Path:
                 "receiving_application": "HIS", "ack_timeout_s": 2.0, "backoff_min_s": 0.05,
                 "backoff_max_s": 0.3},
         "rate_every_s": 60.0,
+        "alarm_reports": alarms,
         "queue": str(tmp_path / "state" / "gateway.sqlite"),
         "beds": [{"device_id": DEVICE, "stream_id": BED, "location": "ICU^1^1^HOSP",
                   "patient_id": "12345^^^HOSP^MR"}],
@@ -200,8 +210,10 @@ def test_a_gateway_login_from_lungwatch_access_reads_the_sites_events_and_breath
     tmp_path: Path,
 ) -> None:
     """The broker as ``lungwatch access --gateways`` configures it (real Mosquitto, its ACL):
-    the gateway's login may only read the site's events and breathing; the broker grants its
-    subscriptions and what a device publishes there reaches the receiver."""
+    the gateway's login may only read the site's events, breathing, bed summaries and the
+    acknowledges devices took; the broker grants its subscriptions and what a device
+    publishes there reaches the receiver (a finding, a reading, the alarm's start and its
+    acknowledgement)."""
     import yaml
 
     from gateway.service import Gateway
@@ -212,8 +224,8 @@ def test_a_gateway_login_from_lungwatch_access_reads_the_sites_events_and_breath
     generate(SITE, [DEVICE], ["ward-view"], access, gateways=["hl7-gw"])
     acl = (access / "mosquitto" / "acl").read_text()
     gateway_acl = acl.split("user hl7-gw\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert gateway_acl == [f"topic read lungwatch/v1/{SITE}/+/+/event",
-                           f"topic read lungwatch/v1/{SITE}/+/+/respiration"]  # fmt: skip
+    assert gateway_acl == [f"topic read lungwatch/v1/{SITE}/+/+/{kind}"
+                           for kind in ("event", "respiration", "summary", "ack")]  # fmt: skip
     login = yaml.safe_load((access / "clients" / "hl7-gw.yaml").read_text())["mqtt"]
     device = yaml.safe_load((access / "clients" / f"{DEVICE}.yaml").read_text())["mqtt"]
     broker = Mosquitto(tmp_path, include=access / "mosquitto" / "lungwatch.conf").start()
@@ -236,7 +248,13 @@ def test_a_gateway_login_from_lungwatch_access_reads_the_sites_events_and_breath
             5
         )
         publisher.publish(respiration_topic(SITE, DEVICE, BED), respiration(0), qos=1)
-        assert receiver.wait_for(lambda: len(receiver.accepted) == 2, 10.0), receiver.errors
+        assert receiver.wait_for(lambda: len(receiver.accepted) == 3, 10.0), receiver.errors
+        took = ack_payload(SITE, DEVICE, BED, "CAS", "nurse-a", event.start_utc, 0)
+        publisher.publish(ack_topic(SITE, DEVICE, BED), took, qos=1)
+        assert receiver.wait_for(lambda: len(receiver.accepted) == 4, 10.0), receiver.errors
+        last = list(receiver.accepted.values())[-1]
+        assert "ORU^R40" in last
+        assert "|alert-acknowledged|" in last
     finally:
         publisher.disconnect()
         publisher.loop_stop()

@@ -1,0 +1,254 @@
+"""The site's alarm conditions to the hospital's alarm manager: one IHE PCD-04 report per
+change of a condition.
+
+    follower = AlarmFollower(settings, outbox, write)
+    follower.event(event)                        # every event message of the site
+    follower.summary(device, bed, body)          # a bed's retained summary (open alarms)
+    follower.ack(device, bed, target, user)      # an acknowledge a device took
+    follower.tick()                              # about every second: what changed is queued
+
+The gateway follows the conditions as a ward view does, with the same book
+(:class:`lungwatch.alarms.AlarmBook`: one condition per bed and finding, escalation while
+nobody acknowledges it, latched at the condition level until acknowledged) fed by the same
+messages, and compares every condition with what it last reported of it:
+
+- a new condition: phase ``start``;
+- acknowledged (by whom the device says): ``update``, inactivation state
+  ``alert-acknowledged``;
+- raised again after an acknowledgement: ``reactivate``;
+- priority up or down: ``escalate`` / ``de-escalate``;
+- its episodes over but not acknowledged: ``update``, alarm state ``latched``;
+- acknowledged and over, or its bed gone: ``end``, alarm state ``inactive``.
+
+Each report keeps the alert's id (OBR-3) from its start to its end. What was last reported
+of each condition is a note in the queue's file, written in the same transaction as the
+report (:meth:`gateway.outbox.Outbox.put_built`): after a restart nothing is reported twice
+and nothing is lost. A restarted gateway first waits ``settle_s`` for the beds' retained
+summaries and the messages the broker kept; a condition it had reported and that still
+alarms (no acknowledgement came) is then taken back into the book as it was, so that its
+acknowledgement or its end is reported when it comes; one it had reported acknowledged and
+that no bed holds any more is reported ended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from gateway.hl7 import AlertReport
+from lungwatch.alarms import (
+    PRIORITY_RANK,
+    AlarmBook,
+    AlarmSettings,
+    ListedEpisode,
+    condition_of,
+    listed_episode,
+    open_rows,
+)
+from lungwatch.events import Event, utc_now
+
+log = logging.getLogger(__name__)
+
+NOTE_PREFIX = "alert/"  # the queue's notes of what was last reported, per condition
+SETTLE_S = 30.0  # after a start: the retained summaries and kept messages arrive first
+
+Key = tuple[str, str, str]  # device, bed, condition
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What the last report of a condition said (the queue's note)."""
+
+    alert_id: str
+    condition: str
+    text: str
+    kind: str
+    priority: str
+    alarm_state: str
+    acknowledged_by: str | None
+    first_onset_utc: str
+    reports: int  # how many reports of this alert were queued
+
+
+def _note_name(key: Key) -> str:
+    return NOTE_PREFIX + "/".join(key)
+
+
+class AlarmFollower:
+    """See the module doc. ``write(report, device, bed, queue key, note)`` queues one report
+    and its note in one transaction (False: that queue key was queued before). Not
+    thread-safe: the caller locks."""
+
+    def __init__(
+        self,
+        settings: AlarmSettings,
+        write: Callable[[AlertReport, str, str, str, tuple[str, str | None]], bool],
+        notes: dict[str, str],
+        clock: Callable[[], float] = time.time,
+        settle_s: float = SETTLE_S,
+    ) -> None:
+        self.book = AlarmBook(settings)
+        self._write, self._clock = write, clock
+        self._reported: dict[Key, Reported] = {}
+        for name, value in notes.items():
+            if name.startswith(NOTE_PREFIX):
+                device, bed, condition = name[len(NOTE_PREFIX) :].split("/", 2)
+                self._reported[(device, bed, condition)] = Reported(**json.loads(value))
+        self._settle_until = clock() + settle_s if self._reported else 0.0
+        self._listed: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self._open: dict[tuple[str, str], set[str]] = {}  # episodes an event opened
+        self._acked_by: dict[Key, str] = {}  # who acknowledged a condition the book dropped
+        self.counts = {"reports": 0}
+
+    # -- what the site says --------------------------------------------------------------
+    def event(self, event: Event) -> None:
+        bed = (event.device_id, event.stream_id)
+        if event.state == "ended":
+            self._open.get(bed, set()).discard(event.episode_id)
+        else:
+            self._open.setdefault(bed, set()).add(event.episode_id)
+        self.book.take(event, self._clock())
+
+    def summary(self, device_id: str, stream_id: str, body: dict[str, Any] | None) -> None:
+        """A bed's retained summary (None: withdrawn, its stream ended): open alarms the
+        gateway has no event of are taken as listed episodes, and those that leave it end
+        (a latched one by an acknowledgement on the device)."""
+        bed, now = (device_id, stream_id), self._clock()
+        rows = open_rows(body) if body is not None else {}
+        before = self._listed.get(bed, {})
+        opened = self._open.get(bed, set())
+        for episode_id, row in rows.items():
+            if episode_id not in opened and episode_id not in before:
+                self.book.take(listed_episode(device_id, stream_id, row, "ongoing"), now)
+        for episode_id, row in before.items():
+            if episode_id not in rows and episode_id not in opened:
+                self.book.take(listed_episode(device_id, stream_id, row, "ended"), now)
+        self._listed[bed] = rows
+        if body is None:
+            self.book.forget_bed(device_id, stream_id)
+            self._listed.pop(bed, None)
+            self._open.pop(bed, None)
+
+    def ack(self, device_id: str, stream_id: str, target: str, user: str) -> None:
+        """A device took an acknowledge of ``target`` (a condition, or a type or key of one
+        of its episodes) by ``user``."""
+        now = self._clock()
+        if self.book.find(device_id, stream_id, target) is None:
+            # one reported before a restart and not yet taken back: taken back now
+            key = (device_id, stream_id, condition_of(target))
+            last = self._reported.get(key)
+            if last is not None and last.acknowledged_by is None:
+                self._take_back_one(key, last, now)
+        cond = self.book.find(device_id, stream_id, target)
+        if cond is not None and not cond.acknowledged:
+            self.book.acknowledge(device_id, stream_id, target, now, user)
+            self._acked_by[(device_id, stream_id, cond.condition)] = user
+
+    # -- what is reported ------------------------------------------------------------------
+    def tick(self) -> int:
+        """Queue a report for every condition that changed since its last one; how many."""
+        now = self._clock()
+        settling = now < self._settle_until
+        if not settling and self._settle_until:
+            self._settle_until = 0.0
+            self._take_back(now)
+        rows = {(r["device_id"], r["stream_id"], r["condition"]): r
+                for r in self.book.conditions(now)}  # fmt: skip
+        queued = 0
+        for key, row in rows.items():
+            queued += self._compare(key, row)
+        for key in [k for k in self._reported if k not in rows]:
+            if not settling:  # acknowledged and over, or its bed gone
+                last = self._reported[key]
+                by = self._acked_by.get(key, last.acknowledged_by)
+                queued += self._report(
+                    key, replace(last, alarm_state="inactive", acknowledged_by=by), "end"
+                )
+        self._acked_by.clear()
+        return queued
+
+    def _compare(self, key: Key, row: dict[str, Any]) -> int:
+        acked = (row["acknowledged_by"] or "") if row["state"] != "alarming" else None
+        if row["state"] == "ended":
+            state = "inactive"
+        elif row["state"] == "alarming" and not row["active"]:
+            state = "latched"
+        else:
+            state = "active"
+        last = self._reported.get(key)
+        now_reported = Reported(
+            alert_id=last.alert_id if last else uuid.uuid4().hex[:16].upper(),
+            condition=row["condition"], text=row["text"], kind=row["kind"],
+            priority=row["priority"], alarm_state=state, acknowledged_by=acked,
+            first_onset_utc=last.first_onset_utc if last else row["first_onset_utc"],
+            reports=last.reports if last else 0,
+        )  # fmt: skip
+        if last is None:
+            return 0 if state == "inactive" else self._report(key, now_reported, "start")
+        if (last.priority, last.alarm_state, last.acknowledged_by) == (
+            now_reported.priority, state, acked,
+        ):  # fmt: skip
+            return 0
+        if state == "inactive":
+            phase = "end"
+        elif acked is not None and last.acknowledged_by is None:
+            phase = "update"
+        elif acked is None and last.acknowledged_by is not None:
+            phase = "reactivate"
+        elif PRIORITY_RANK[now_reported.priority] < PRIORITY_RANK[last.priority]:
+            phase = "escalate"
+        elif PRIORITY_RANK[now_reported.priority] > PRIORITY_RANK[last.priority]:
+            phase = "de-escalate"
+        else:
+            phase = "update"
+        return self._report(key, now_reported, phase)
+
+    def _report(self, key: Key, reported: Reported, phase: str) -> int:
+        reported = replace(reported, reports=reported.reports + 1)
+        report = AlertReport(
+            reported.alert_id, reported.condition, reported.text, reported.kind,
+            reported.priority, phase, reported.alarm_state, reported.acknowledged_by,
+            reported.first_onset_utc, utc_now(),
+        )  # fmt: skip
+        ended = phase == "end"
+        note = (_note_name(key), None if ended else json.dumps(asdict(reported)))
+        queue_key = f"alert/{reported.alert_id}/{reported.reports}"
+        self._write(report, key[0], key[1], queue_key, note)
+        if ended:
+            self._reported.pop(key, None)
+        else:
+            self._reported[key] = reported
+        self.counts["reports"] += 1
+        return 1
+
+    def _take_back(self, now: float) -> None:
+        """After a restart's settling: conditions reported as alarming that the book does not
+        hold (their episodes were over before the restart) are alarming again, as they were;
+        acknowledged ones no bed holds are left to end."""
+        held = {(c["device_id"], c["stream_id"], c["condition"])
+                for c in self.book.conditions(now)}  # fmt: skip
+        for key, last in self._reported.items():
+            if key not in held and last.acknowledged_by is None:
+                self._take_back_one(key, last, now)
+
+    def _take_back_one(self, key: Key, last: Reported, now: float) -> None:
+        """A reported condition alarming again in the book, its episodes over."""
+        device, bed, condition = key
+        episode = ListedEpisode(
+            f"restored-{last.alert_id}", device, bed, _type_of(condition), last.kind,
+            last.priority, "ongoing", last.first_onset_utc, {"key": condition},
+        )  # fmt: skip
+        self.book.take(episode, now)
+        self.book.take(replace(episode, state="ended"), now)
+        log.info("alarm %s of %s/%s taken back after the restart (%s)", condition, device, bed,
+                 last.alert_id)  # fmt: skip
+
+
+def _type_of(condition: str) -> str:
+    """An event type of a condition (the book files an episode by its type's condition)."""
+    return {"CAS": "Wheeze", "DAS": "Fine Crackle"}.get(condition, condition)

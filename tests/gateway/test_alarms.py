@@ -1,0 +1,230 @@
+"""The site's alarm conditions as IHE PCD-04 reports (gateway.alarms, ORU^R40 in
+gateway.hl7): one report per change of a condition, each validated by hl7apy against HL7
+v2.6's ORU_R01 structure; the alert's id kept from start to end; nothing reported twice or
+lost when the gateway restarts; and end to end, a device's acknowledge (its ack message)
+reaching the hospital's receiver with the nurse's name."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
+
+from gateway.config import BedEntry, GatewayConfig, Hl7Config
+from gateway.outbox import Outbox
+from gateway.service import Intake, hl7_route
+from lungwatch.alarms import AlarmSettings
+from lungwatch.events import (
+    Event,
+    ack_payload,
+    ack_topic,
+    event_topic,
+    summary_payload,
+    summary_topic,
+)
+from tests.edge.brokers import Mosquitto, make_events
+from tests.gateway.receiver import Receiver
+from tests.gateway.test_service import Device, gateway_yaml, start_gateway
+
+SITE, DEVICE, BED = "ward-3", "dev-1", "bed-1"
+SETTINGS = AlarmSettings(realarm_s=600.0, escalate_after_s=300.0)
+TOPIC = event_topic(SITE, DEVICE, BED)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def intake(path: Path, clock: Clock) -> tuple[Intake, Outbox]:
+    hl7 = Hl7Config(host="127.0.0.1")
+    config = GatewayConfig(site=SITE, hl7=hl7, alarms=SETTINGS,
+                           beds=(BedEntry(DEVICE, BED, "ICU^1^1^HOSP"),))  # fmt: skip
+    outbox = Outbox(path)
+    return Intake(config, [hl7_route(hl7, outbox)], clock=clock), outbox
+
+
+def reports(outbox: Outbox) -> list[dict[str, Any]]:
+    """Every queued alert report, oldest first, read back from its HL7 text (validated)."""
+    rows = outbox._db.execute(
+        "SELECT message FROM outbox WHERE key LIKE 'alert/%' ORDER BY seq"
+    ).fetchall()
+    out = []
+    for (text,) in rows:
+        msg = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT)
+        msg.validate()
+        fields = [segment.split("|") for segment in text.split("\r")]
+        segments = {f[0] + (f[1] if f[0] == "OBX" else ""): f for f in fields}
+        obx = {i: segments[f"OBX{i}"] for i in range(1, 5)}
+        out.append({
+            "type": segments["MSH"][8], "alert": segments["OBR"][3].split("^")[0],
+            "what": obx[1][5], "flags": obx[1][8], "phase": obx[2][5], "state": obx[3][5],
+            "inactivation": obx[4][5], "by": obx[4][16], "location": segments["PV1"][3],
+        })  # fmt: skip
+    return out
+
+
+def ack(target: str, user: str) -> bytes:
+    return ack_payload(SITE, DEVICE, BED, target, user, "2026-05-09T07:05:00.000Z", 0).encode()
+
+
+def test_a_conditions_life_is_one_report_per_change_under_one_alert_id(tmp_path: Path) -> None:
+    clock = Clock()
+    gate, outbox = intake(tmp_path / "q.sqlite", clock)
+    wheeze = make_events(2, site=SITE, device_id=DEVICE, stream_id=BED)
+    assert gate.handle(TOPIC, wheeze[0].to_json().encode()) == "queued"
+    assert gate.tick() == 1  # start
+    assert gate.tick() == 0  # nothing changed: nothing said
+    assert gate.handle(TOPIC, wheeze[1].to_json().encode()) == "queued"  # one condition
+    assert gate.tick() == 0
+    clock.now += 300.0  # unacknowledged for escalate_after_s: one priority up
+    assert gate.tick() == 1
+    for event in wheeze:  # the episodes end; the condition stays latched, unacknowledged
+        ended = event.ended("2026-05-09T07:00:09.000Z", event.start_sample + 8000)
+        gate.handle(TOPIC, ended.to_json().encode())
+    assert gate.tick() == 1
+    assert gate.handle(ack_topic(SITE, DEVICE, BED), ack("CAS", "nurse-a")) == "taken"
+    assert gate.tick() == 1  # acknowledged and over: the condition ends
+    assert gate.tick() == 0
+    got = reports(outbox)
+    assert [(r["phase"], r["state"], r["flags"]) for r in got] == [
+        ("start", "active", "PM~SP"),
+        ("escalate", "active", "PH~SP"),
+        ("update", "latched", "PH~SP"),
+        ("end", "inactive", "PH~SP"),
+    ]
+    assert {r["type"] for r in got} == {"ORU^R40^ORU_R01"}
+    assert len({r["alert"] for r in got}) == 1  # one alert from start to end
+    assert {r["what"] for r in got} == {"56018004^wheezes (CAS)^SCT"}
+    assert got[-1]["inactivation"] == "alert-acknowledged"
+    assert got[-1]["by"] == "nurse-a"
+    assert {r["location"] for r in got} == {"ICU^1^1^HOSP"}
+    assert outbox.notes() == {}  # ended: nothing left to remember
+
+
+def test_acknowledged_while_open_then_raised_again_after_realarm_s(tmp_path: Path) -> None:
+    clock = Clock()
+    gate, outbox = intake(tmp_path / "q.sqlite", clock)
+    first, second = make_events(2, site=SITE, device_id=DEVICE, stream_id=BED)
+    gate.handle(TOPIC, first.to_json().encode())
+    gate.tick()
+    gate.handle(ack_topic(SITE, DEVICE, BED), ack("Wheeze", "nurse-b"))  # names a type
+    assert gate.tick() == 1
+    clock.now += 601.0  # realarm_s later a new episode raises it again
+    gate.handle(TOPIC, second.to_json().encode())
+    assert gate.tick() == 1
+    got = reports(outbox)
+    assert [(r["phase"], r["inactivation"], r["by"]) for r in got] == [
+        ("start", "enabled", ""),
+        ("update", "alert-acknowledged", "nurse-b"),
+        ("reactivate", "enabled", ""),
+    ]
+    assert len({r["alert"] for r in got}) == 1
+
+
+def test_a_restarted_gateway_neither_repeats_nor_loses_a_report(tmp_path: Path) -> None:
+    """Two conditions reported before the restart: one with an open episode (its bed's
+    retained summary lists it), one latched at the condition level (its episode over, not
+    acknowledged: no bed holds it). After the restart nothing is said again; the latched
+    one is taken back and its acknowledgement ends it under the same alert id."""
+    clock = Clock()
+    path = tmp_path / "q.sqlite"
+    gate, outbox = intake(path, clock)
+    wheeze = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+    crackle = Event.onset(
+        type="Fine Crackle", site=SITE, device_id=DEVICE, stream_id=BED, priority="low",
+        start_utc="2026-05-09T07:00:02.000Z", start_sample=16000, confidence=0.8,
+        model_id=wheeze.model_id, model_sha256=wheeze.model_sha256, quality={"score": 0.9},
+    )  # fmt: skip
+    gate.handle(TOPIC, wheeze.to_json().encode())
+    gate.handle(TOPIC, crackle.to_json().encode())
+    gate.handle(TOPIC, crackle.ended("2026-05-09T07:00:05.000Z", 40000).to_json().encode())
+    assert gate.tick() == 2
+    outbox.close()
+
+    clock.now += 5.0
+    gate, outbox = intake(path, clock)  # the gateway started again
+    summary = {
+        "name": "Bed 1",
+        "location": "ICU",
+        "utc": "2026-05-09T07:01:00.000Z",
+        "open": [
+            {
+                "episode_id": wheeze.episode_id,
+                "type": "Wheeze",
+                "kind": "physiological",
+                "priority": "medium",
+                "start_utc": wheeze.start_utc,
+                "key": "Wheeze",
+                "latched": False,
+            }
+        ],
+    }
+    body = summary_payload(SITE, DEVICE, BED, summary).encode()
+    assert gate.handle(summary_topic(SITE, DEVICE, BED), body) == "taken"
+    assert gate.tick() == 0  # settling: the open one is as reported
+    clock.now += 31.0
+    assert gate.tick() == 0  # settled: the latched one taken back as it was
+    gate.handle(ack_topic(SITE, DEVICE, BED), ack("DAS", "nurse-c"))
+    assert gate.tick() == 1
+    got = reports(outbox)
+    assert [(r["phase"], r["what"]) for r in got] == [
+        ("start", "56018004^wheezes (CAS)^SCT"),
+        ("start", "48409008^crackles (DAS)^SCT"),
+        ("end", "48409008^crackles (DAS)^SCT"),
+    ]
+    assert got[2]["alert"] == got[1]["alert"]
+    assert got[2]["by"] == "nurse-c"
+    assert list(outbox.notes()) == [f"alert/{DEVICE}/{BED}/CAS"]
+
+
+def test_the_alarm_reports_reach_the_receiver_with_who_acknowledged(tmp_path: Path) -> None:
+    """Through real Mosquitto and the gateway's process to a real MLLP receiver: a bed's
+    wheeze raises its condition (start), its episode ends (latched), the device says it
+    took nurse-a's acknowledge (its ack message): the receiver holds start, update and end
+    of one alert, the last naming nurse-a, beside the PCD-01 finding messages."""
+    (tmp_path / "state").mkdir(mode=0o700)
+    broker, receiver = Mosquitto(tmp_path).start(), Receiver().start()
+    gateway = start_gateway(gateway_yaml(tmp_path, broker.port, receiver.port, alarms=True))
+    device = Device(broker.port)
+    onset = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+
+    def alerts() -> list[str]:
+        return [t for t in receiver.accepted.values() if "ORU^R40" in t.split("\r")[0]]
+
+    try:
+        device.publish(TOPIC, onset.to_json().encode())
+        assert receiver.wait_for(lambda: len(alerts()) == 1, 20.0), receiver.errors
+        ended = onset.ended("2026-05-09T07:00:04.000Z", 32000)
+        device.publish(TOPIC, ended.to_json().encode())
+        assert receiver.wait_for(lambda: len(alerts()) == 2, 20.0), receiver.errors
+        device.publish(ack_topic(SITE, DEVICE, BED), ack("CAS", "nurse-a"))
+        assert receiver.wait_for(lambda: len(alerts()) == 3, 20.0), receiver.errors
+        time.sleep(1.5)  # nothing more
+    finally:
+        device.close()
+        gateway.send_signal(signal.SIGTERM)
+        _, err = gateway.communicate(timeout=20)
+        receiver.kill()
+        broker.stop()
+    assert gateway.returncode == 0, err
+    assert receiver.errors == []
+    facets = [[seg.split("|") for seg in t.split("\r") if seg.startswith("OBX")] for t in alerts()]
+    assert [(f[1][5], f[2][5], f[3][5]) for f in facets] == [
+        ("start", "active", "enabled"),
+        ("update", "latched", "enabled"),
+        ("end", "inactive", "alert-acknowledged"),
+    ]
+    assert facets[2][3][16] == "nurse-a"
+    alert_ids = {next(s for s in t.split("\r") if s.startswith("OBR")).split("|")[3]
+                 for t in alerts()}  # fmt: skip
+    assert len(alert_ids) == 1
+    assert len(receiver.accepted) == 5  # and the onset's and the end's PCD-01 findings
+    assert len(set(receiver.received)) == len(receiver.received) == 5  # each control id once
