@@ -140,6 +140,9 @@ class GatewayConfig:
     # (realarm_s, escalate_after_s, hold_s); give the site's view's values
     alarms: AlarmSettings = field(default_factory=AlarmSettings)
     alarm_reports: bool = True  # false: PCD-01 observations only
+    # the hospital's ADT messages (a file its interface engine appends to, gateway.adt): a
+    # bed's patient is whoever the feed last placed at its location (else its patient_id)
+    adt_file: str | None = None
 
     def __post_init__(self) -> None:
         check(is_segment(self.site), "site", self.site, "a topic segment (1..64 chars)")

@@ -22,6 +22,7 @@ what it misses, and what the broker delivers again is queued once (the queues' k
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -31,6 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gateway.adt import AdtFeed
 from gateway.alarms import AlarmFollower
 from gateway.config import GatewayConfig, Hl7Config
 from gateway.fhir import FhirError, FhirTransport, finding_observation, rate_observation
@@ -107,6 +109,7 @@ class Intake:
         self.counts: Counter[str] = Counter()  # queued, duplicate, skipped, refused:<reason>
         self._last_rate: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
         self.lock = threading.Lock()  # the alarm conditions: MQTT's thread and the tick's
+        self.adt = AdtFeed(Path(config.adt_file)) if config.adt_file else None
         hl7 = next((route for route in routes if route.name == "hl7"), None)
         self.alarms: AlarmFollower | None = None
         if hl7 is not None and config.alarm_reports and config.hl7 is not None:
@@ -115,7 +118,7 @@ class Intake:
             def write(report: AlertReport, device_id: str, stream_id: str, key: str,
                       note: tuple[str, str | None]) -> bool:  # fmt: skip
                 control_id = new_control_id()
-                bed = config.bed(device_id, stream_id)
+                bed = self.bed(device_id, stream_id)
                 text = alert_message(report, bed, sender, control_id, now())
                 return outbox.put_built(key, control_id, text, note)
 
@@ -144,7 +147,7 @@ class Intake:
                             ("stream_id", stream_id)):  # fmt: skip
             if body.get(name) != value:
                 raise MessageError(f"{name} {body.get(name)!r} is not the topic's {value!r}")
-        bed = self.config.bed(device_id, stream_id)
+        bed = self.bed(device_id, stream_id)
         if kind == "event":
             event = Event.from_dict(body)
             if self.alarms is not None:
@@ -162,6 +165,16 @@ class Intake:
             key = f"respiration/{device_id}/{stream_id}/{reading['utc']}"
             return self._put(key, reading, bed, "reading")
         raise MessageError(f"the gateway does not read {kind!r} messages")
+
+    def bed(self, device_id: str, stream_id: str) -> Bed:
+        """The bed's place (the configuration's ``beds``) and patient: the ADT feed's at that
+        place when it names one, else the configured one."""
+        bed = self.config.bed(device_id, stream_id)
+        if self.adt is not None and bed.location:
+            patient = self.adt.patient_at(bed.location)
+            if patient:
+                bed = dataclasses.replace(bed, patient_id=patient)
+        return bed
 
     def _alarm_message(
         self, kind: str, device_id: str, stream_id: str, body: dict[str, Any] | None
