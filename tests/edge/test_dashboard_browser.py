@@ -131,7 +131,8 @@ def text_of(driver: Any, selector: str) -> str | None:
 
 
 def live_on_every_bed(driver: Any) -> bool:
-    texts = "return [...document.querySelectorAll('.live')].map(e => e.innerText);"
+    # textContent: a card far off the screen is not rendered (content-visibility), its text is
+    texts = "return [...document.querySelectorAll('.live')].map(e => e.textContent);"
     return all("quality" in t for t in driver.execute_script(texts))
 
 
@@ -470,6 +471,15 @@ class WardPublisher:
             )
 
 
+def strip_pixels(card: str) -> str:
+    """A script: how many pixels of the card's live strip are drawn."""
+    return (
+        f"const c = document.querySelector('{card} canvas.strip');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;"
+    )
+
+
 def _utc(seconds: float) -> str:
     from lungwatch.events import format_utc
 
@@ -500,6 +510,15 @@ def test_200_beds_event_to_screen_within_one_second(tmp_path: Path) -> None:
             shown = rendered()
             assert page(driver, "return document.querySelectorAll('article.bed').length") == 200
             screenshot(driver, tmp_path / "ward-200-beds.png")
+            # every bed's live text is current; the strips are drawn on the screen and near
+            # it, and a bed far below draws its strip when the nurse scrolls to it
+            assert live_on_every_bed(driver)
+            first, last = 'article.bed[data-stream="bed-1"]', 'section.device:last-child ' \
+                'article.bed:last-child'  # fmt: skip
+            assert page(driver, strip_pixels(first)) > 0
+            assert page(driver, strip_pixels(last)) == 0
+            page(driver, f"document.querySelector('{last}').scrollIntoView()")
+            wait_until(lambda: page(driver, strip_pixels(last)) > 0, 5.0, "the strip drawn")
     latencies = np.array([shown[i] / 1000.0 - t for i, t in published.items()])
     p50, p99, worst = np.percentile(latencies, [50, 99, 100])
     rate = len(published) / RUN_S

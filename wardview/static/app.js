@@ -226,16 +226,43 @@
     const events = el("ol", "events");
     card.append(head, where, rate, trend, canvas, live, events);
     const device = deviceNode(deviceId);
-    const after = [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
+    const last = device.beds.lastElementChild;  // a snapshot lists beds in order: append
+    const after = !last || naturalLess(last.dataset.stream, streamId) ? null
+      : [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
     device.beds.insertBefore(card, after || null);
     bed = { card, name, where, state, verdict, canvas, live, events, rate, trend, points: [],
-      rates: [] };
+      rates: [], near: false, stale: false };
+    card.lwBed = bed;
+    nearScreen.observe(card);
     ward.beds.set(key, bed);
     return bed;
   }
 
+  const COLLATOR = new Intl.Collator(undefined, { numeric: true });
   function naturalLess(a, b) {
-    return a.localeCompare(b, undefined, { numeric: true }) < 0;
+    return COLLATOR.compare(a, b) < 0;
+  }
+
+  // A bed's two charts are drawn while its card is on the screen or near it (the cards far
+  // below are not rendered either: style.css, content-visibility); one that changed while
+  // away is drawn when it comes near. A ward of 200 beds then pays for the dozens in view.
+  const nearScreen = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      const bed = entry.target.lwBed;
+      bed.near = entry.isIntersecting;
+      if (bed.near && bed.stale) drawCharts(bed);
+    }
+  }, { rootMargin: "400px 0px" });
+
+  function drawCharts(bed) {
+    bed.stale = false;
+    drawTrend(bed);
+    drawStrip(bed);
+  }
+
+  function chartsChanged(bed) {
+    liveText(bed);
+    if (bed.near) drawCharts(bed); else bed.stale = true;
   }
 
   function renderBed(view) {
@@ -258,7 +285,7 @@
     stampAfterPaint(window.lwRendered, view.events.map((e) => e.id));
     if (view.live) {
       bed.points = view.live.slice();
-      drawStrip(bed);
+      chartsChanged(bed);
     }
   }
 
@@ -284,7 +311,7 @@
         apnoea: "APNOEA: no breath heard", signal_lost: "breath signal lost" }[r.state];
       bed.rate.textContent = `RR -- ${why}${r.reason ? ` (${r.reason})` : ""}`;
     }
-    drawTrend(bed);
+    chartsChanged(bed);
   }
 
   function drawTrend(bed) {
@@ -339,7 +366,7 @@
     const bed = bedNode(item.device_id, item.stream_id);
     bed.points.push(item.point);
     if (bed.points.length > limit) bed.points.splice(0, bed.points.length - limit);
-    drawStrip(bed);
+    chartsChanged(bed);
   }
 
   function drawStrip(bed) {
@@ -365,6 +392,12 @@
       if (name in points[points.length - 1].classes) line(colour, (p) => p.classes[name], false);
     }
     line(QUALITY_COLOUR, (p) => p.quality_score, true);
+  }
+
+  // The strip's last point in words (kept current on every bed, near the screen or not).
+  function liveText(bed) {
+    const points = bed.points;
+    if (!points.length) return;
     const last = points[points.length - 1];
     const top = Object.keys(STRIP).filter((n) => n in last.classes)
       .sort((a, b) => last.classes[b] - last.classes[a]).slice(0, 3);
