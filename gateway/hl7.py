@@ -191,6 +191,8 @@ def alert_message(
     (``alert-acknowledged``, OBX-16 who)."""
     if report.phase not in PHASES or report.alarm_state not in ALARM_STATES:
         raise Hl7Error(f"alert phase {report.phase!r} / state {report.alarm_state!r} unknown")
+    if report.priority not in ALERT_PRIORITY or report.kind not in ALERT_SOURCE:
+        raise Hl7Error(f"alert priority {report.priority!r} / kind {report.kind!r} unknown")
     msg, order = _observation_message(
         bed, sender, control_id, now, report.first_onset_utc, trigger="R40"
     )

@@ -169,6 +169,10 @@ def test_a_restarted_gateway_neither_repeats_nor_loses_a_report(tmp_path: Path) 
     }
     body = summary_payload(SITE, DEVICE, BED, summary).encode()
     assert gate.handle(summary_topic(SITE, DEVICE, BED), body) == "taken"
+    odd = {**summary, "open": [{**summary["open"][0], "episode_id": "x-1", "type": "Gurgle",
+                                "kind": "neither"}]}  # fmt: skip
+    other = summary_topic(SITE, DEVICE, "bed-2")  # a row of no known kind is passed over
+    assert gate.handle(other, summary_payload(SITE, DEVICE, "bed-2", odd).encode()) == "taken"
     assert gate.tick() == 0  # settling: the open one is as reported
     clock.now += 31.0
     assert gate.tick() == 0  # settled: the latched one taken back as it was
