@@ -645,7 +645,11 @@ class Ward(WardMemory):
         }
         if with_live:
             view["live"] = list(bed.live)
-            view["rate_trend"] = list(bed.rate_trend)
+            # the card draws the rates alone: sent as one list (hours of a ward's points as
+            # objects made the first snapshot megabytes), with the last point's time
+            trend = bed.rate_trend
+            view["rate_trend"] = {"rate_bpm": [p["rate_bpm"] for p in trend],
+                                  "last_utc": trend[-1]["utc"] if trend else None}  # fmt: skip
         return view
 
     def snapshot(self) -> dict[str, Any]:

@@ -525,7 +525,8 @@ def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> 
         assert ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", reading).encode())
     bed = ward.snapshot()["beds"][0]
     assert bed["respiration"]["state"] == "apnoea"
-    assert [p["rate_bpm"] for p in bed["rate_trend"]] == [None, 18.2, 19.0, None]
+    assert bed["rate_trend"] == {"rate_bpm": [None, 18.2, 19.0, None],
+                                 "last_utc": "2026-05-09T07:00:30.000Z"}  # fmt: skip
     changes = ward.take_changes()
     assert changes is not None
     assert "rate_trend" not in changes["beds"][0]  # the page appends the reading it gets

@@ -231,7 +231,7 @@
       : [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
     device.beds.insertBefore(card, after || null);
     bed = { card, name, where, state, verdict, canvas, live, events, rate, trend, points: [],
-      rates: [], near: false, stale: false };
+      rates: [], lastRateUtc: null, near: false, stale: false };
     card.lwBed = bed;
     nearScreen.observe(card);
     ward.beds.set(key, bed);
@@ -292,9 +292,12 @@
   // -- breathing ------------------------------------------------------------------------
   function renderRate(bed, view) {
     const r = view.respiration;
-    if (view.rate_trend) bed.rates = view.rate_trend.slice();
-    else if (r && (!bed.rates.length || bed.rates[bed.rates.length - 1].utc !== r.utc)) {
-      bed.rates.push({ utc: r.utc, rate_bpm: r.rate_bpm, state: r.state });
+    if (view.rate_trend) {  // a snapshot: the rates, oldest first, and the last one's time
+      bed.rates = view.rate_trend.rate_bpm.slice();
+      bed.lastRateUtc = view.rate_trend.last_utc;
+    } else if (r && bed.lastRateUtc !== r.utc) {
+      bed.rates.push(r.rate_bpm);
+      bed.lastRateUtc = r.utc;
       if (bed.rates.length > TREND_POINTS) bed.rates.splice(0, bed.rates.length - TREND_POINTS);
     }
     bed.card.dataset.respiration = r ? r.state : "";
@@ -318,7 +321,7 @@
     const ctx = bed.trend.getContext("2d");
     const w = bed.trend.width, h = bed.trend.height;
     ctx.clearRect(0, 0, w, h);
-    const values = bed.rates.map((p) => p.rate_bpm);
+    const values = bed.rates;
     const known = values.filter((v) => v !== null && v !== undefined);
     if (!known.length) return;
     const top = Math.max(40, ...known) * 1.1;
