@@ -6,7 +6,6 @@ reaching the hospital's receiver with the nurse's name."""
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from lungwatch.events import (
 )
 from tests.edge.brokers import Mosquitto, make_events
 from tests.gateway.receiver import Receiver
-from tests.gateway.test_service import Device, gateway_yaml, start_gateway
+from tests.gateway.test_service import Device, gateway_yaml, start_gateway, stop_all
 
 SITE, DEVICE, BED = "ward-3", "dev-1", "bed-1"
 SETTINGS = AlarmSettings(realarm_s=600.0, escalate_after_s=300.0)
@@ -213,11 +212,7 @@ def test_the_alarm_reports_reach_the_receiver_with_who_acknowledged(tmp_path: Pa
         assert receiver.wait_for(lambda: len(alerts()) == 3, 20.0), receiver.errors
         time.sleep(1.5)  # nothing more
     finally:
-        device.close()
-        gateway.send_signal(signal.SIGTERM)
-        _, err = gateway.communicate(timeout=20)
-        receiver.kill()
-        broker.stop()
+        _, err = stop_all(gateway, device, receiver, broker)
     assert gateway.returncode == 0, err
     assert receiver.errors == []
     facets = [[seg.split("|") for seg in t.split("\r") if seg.startswith("OBX")] for t in alerts()]

@@ -163,11 +163,7 @@ def test_nothing_is_lost_or_sent_twice_while_the_receiver_and_the_gateway_restar
             len(receiver.accepted), receiver.errors)  # fmt: skip
         time.sleep(0.5)  # nothing more arrives
     finally:
-        device.close()
-        gateway.send_signal(signal.SIGTERM)
-        out, err = gateway.communicate(timeout=20)
-        receiver.kill()
-        broker.stop()
+        out, err = stop_all(gateway, device, receiver, broker)
     assert gateway.returncode == 0, err
     assert len(receiver.accepted) == 45  # 30 onsets + 15 readings: 0 lost
     assert len(set(receiver.received)) == 45  # none under a second control id
@@ -179,6 +175,19 @@ def test_nothing_is_lost_or_sent_twice_while_the_receiver_and_the_gateway_restar
     assert (len(wheezes), len(rates)) == (30, 15)
     assert "stopped" in out
     assert stat_mode(tmp_path / "state" / "gateway.sqlite") == 0o600
+
+
+def stop_all(
+    gateway: subprocess.Popen[str], device: Device, receiver: Receiver, broker: Mosquitto
+) -> tuple[str, str]:
+    """The device's connection, the gateway (SIGTERM: a clean stop), the receiver and the
+    broker stopped; the gateway's output and errors."""
+    device.close()
+    gateway.send_signal(signal.SIGTERM)
+    out, err = gateway.communicate(timeout=20)
+    receiver.kill()
+    broker.stop()
+    return out, err
 
 
 def stat_mode(path: Path) -> int:
