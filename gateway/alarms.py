@@ -1,7 +1,7 @@
 """The site's alarm conditions to the hospital's alarm manager: one IHE PCD-04 report per
 change of a condition.
 
-    follower = AlarmFollower(settings, outbox, write)
+    follower = AlarmFollower(settings, write, outbox.notes())  # write: queue report + note
     follower.event(event)                        # every event message of the site
     follower.summary(device, bed, body)          # a bed's retained summary (open alarms)
     follower.ack(device, bed, target, user)      # an acknowledge a device took
@@ -47,6 +47,7 @@ from lungwatch.alarms import (
     AlarmSettings,
     ListedEpisode,
     condition_of,
+    condition_type,
     listed_episode,
     open_rows,
 )
@@ -151,9 +152,8 @@ class AlarmFollower:
             last = self._reported.get(key)
             if last is not None and last.acknowledged_by is None:
                 self._take_back_one(key, last, now)
-        cond = self.book.find(device_id, stream_id, target)
-        if cond is not None and not cond.acknowledged:
-            self.book.acknowledge(device_id, stream_id, target, now, user)
+        cond = self.book.device_took_ack(device_id, stream_id, target, now, user)
+        if cond is not None and cond.acknowledged_by == user:
             self._acked_by[(device_id, stream_id, cond.condition)] = user
 
     # -- what is reported ------------------------------------------------------------------
@@ -253,15 +253,10 @@ class AlarmFollower:
         """A reported condition alarming again in the book, its episodes over."""
         device, bed, condition = key
         episode = ListedEpisode(
-            f"restored-{last.alert_id}", device, bed, _type_of(condition), last.kind,
+            f"restored-{last.alert_id}", device, bed, condition_type(condition), last.kind,
             last.priority, "ongoing", last.first_onset_utc, {"key": condition},
         )  # fmt: skip
         self.book.take(episode, now)
         self.book.take(replace(episode, state="ended"), now)
         log.info("alarm %s of %s/%s taken back after the restart (%s)", condition, device, bed,
                  last.alert_id)  # fmt: skip
-
-
-def _type_of(condition: str) -> str:
-    """An event type of a condition (the book files an episode by its type's condition)."""
-    return {"CAS": "Wheeze", "DAS": "Fine Crackle"}.get(condition, condition)

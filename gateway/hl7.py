@@ -31,6 +31,7 @@ from hl7apy.core import Message
 from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 
+from lungwatch.alarms import condition_type
 from lungwatch.errors import LungwatchError
 from lungwatch.events import snomed_ct
 
@@ -176,7 +177,7 @@ def condition_code(condition: str, text: str) -> str:
     """What the alarm is about: the SNOMED CT finding of a physiological condition (the
     family's: wheezing, crackles; the breathing findings'), else the condition in the local
     table."""
-    code = snomed_ct({"CAS": "Wheeze", "DAS": "Fine Crackle"}.get(condition, condition))
+    code = snomed_ct(condition_type(condition))
     if code:
         return f"{code}^{plain(text)}^SCT"
     return f"{plain(condition)}^{plain(text)}^{LOCAL_TABLE}"

@@ -147,7 +147,6 @@ class Intake:
                             ("stream_id", stream_id)):  # fmt: skip
             if body.get(name) != value:
                 raise MessageError(f"{name} {body.get(name)!r} is not the topic's {value!r}")
-        bed = self.bed(device_id, stream_id)
         if kind == "event":
             event = Event.from_dict(body)
             if self.alarms is not None:
@@ -155,6 +154,7 @@ class Intake:
                     self.alarms.event(event)
             if event.state == "ongoing":
                 return "skipped"
+            bed = self.bed(device_id, stream_id)
             return self._put(f"event/{event.id}", event.to_dict(), bed, "finding")
         if kind in ("summary", "ack"):
             return self._alarm_message(kind, device_id, stream_id, body)
@@ -163,7 +163,7 @@ class Intake:
             if not self._rate_due(device_id, stream_id, reading["state"], when):
                 return "skipped"
             key = f"respiration/{device_id}/{stream_id}/{reading['utc']}"
-            return self._put(key, reading, bed, "reading")
+            return self._put(key, reading, self.bed(device_id, stream_id), "reading")
         raise MessageError(f"the gateway does not read {kind!r} messages")
 
     def bed(self, device_id: str, stream_id: str) -> Bed:

@@ -154,6 +154,13 @@ def condition_of(event_type: str) -> str:
     return event_type
 
 
+def condition_type(condition: str) -> str:
+    """An event type of ``condition`` (its family's first: Wheeze, Fine Crackle; a breathing
+    finding's or technical condition's own type), for what is named by type: a finding's
+    code, an episode filed under the condition."""
+    return {"CAS": CAS_TYPES[0], "DAS": DAS_TYPES[0]}.get(condition, condition)
+
+
 def names(event_type: str, key: str) -> tuple[str, str, str]:
     """What an acknowledge may name to reach an episode: its key, its type or its alarm
     condition."""
@@ -371,6 +378,17 @@ class AlarmBook:
         self._acknowledged_s[(device_id, stream_id, cond.condition)] = now_s
         if not cond.open:
             self._drop(cond)
+        return cond
+
+    def device_took_ack(
+        self, device_id: str, stream_id: str, target: str, now_s: float, user: str
+    ) -> AlarmCondition | None:
+        """A device says it took an acknowledge of ``target`` by ``user`` (any view's, or
+        one before this book started): the condition it names is acknowledged here too
+        unless it already is. The condition, or None: no such condition."""
+        cond = self.find(device_id, stream_id, target)
+        if cond is not None and not cond.acknowledged:
+            self.acknowledge(device_id, stream_id, target, now_s, user)
         return cond
 
     def forget_bed(self, device_id: str, stream_id: str) -> None:

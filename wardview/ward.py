@@ -441,9 +441,7 @@ class Ward(WardMemory):
             target, user, _ = ack_of(body)
         except EventError as exc:
             raise MessageError(str(exc)) from None
-        cond = self.book.find(device_id, stream_id, target)
-        if cond is not None and not cond.acknowledged:
-            self.book.acknowledge(device_id, stream_id, target, self.clock(), user)
+        cond = self.book.device_took_ack(device_id, stream_id, target, self.clock(), user)
         named = cond.condition if cond is not None else target
         for key in {target, named}:
             self.pending_acks.pop((device_id, stream_id, key), None)
