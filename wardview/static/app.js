@@ -38,10 +38,15 @@
     return node;
   }
 
+  // One formatter for every time on the page: toLocaleTimeString builds a new one per call,
+  // and a snapshot of 200 beds formats thousands of times (most of the page's first paint).
+  const TIME = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit",
+    second: "2-digit", hourCycle: "h23" });
+  const DATE = new Intl.DateTimeFormat([]);
   function clock(iso) {
     if (!iso) return "";
     const when = new Date(iso);
-    return isNaN(when) ? String(iso) : when.toLocaleTimeString([], { hour12: false });
+    return isNaN(when) ? String(iso) : TIME.format(when);
   }
 
   function age(iso) {
@@ -834,7 +839,7 @@
     const rows = trend.hours.map((hour, i) => {
       const tr = el("tr");
       const when = new Date(hour);
-      tr.append(el("td", null, `${when.toLocaleDateString()} ${clock(hour).slice(0, 5)}`));
+      tr.append(el("td", null, `${DATE.format(when)} ${clock(hour).slice(0, 5)}`));
       for (const f of ["CAS", "DAS", "breathing"]) tr.append(el("td", null, trend.onsets[f][i]));
       tr.append(el("td", null, trend.poor_signal_min[i]));
       tr.append(el("td", null, trend.rate_bpm[i] === null ? "–" : trend.rate_bpm[i]));
