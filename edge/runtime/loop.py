@@ -200,18 +200,23 @@ class Runtime:
 
     def _read(self, stream: Stream, now: float, ready: list[Ready]) -> bool:
         """Read what ``stream``'s source has ready, up to the audio that completes its next
-        window (at most ``MAX_READS_PER_ROUND`` chunks), and push it as one chunk: a backlog
-        (a round slower than the source's chunks) goes through the front end in one call per
-        window instead of one per source chunk. A window closes when the chunk completing it
-        is read, as before; a chunk with notices, a missing chunk or a jump in the timeline
-        is pushed on its own. A source that ends or fails after some chunks were read hands
-        those over first; the end is taken on the next round."""
+        window (at most ``MAX_READS_PER_ROUND`` chunks a round), and push it as one chunk: a
+        backlog (a round slower than the source's chunks) goes through the front end in one
+        call per window instead of one per source chunk. Plain chunks that do not yet
+        complete the window wait in the stream (:attr:`Stream.waiting`) for the one that does,
+        at most ``hold_s`` (:meth:`_holds`): a window still closes when the chunk completing
+        it is read, and a bed paced in real time pays for the front end once per window, not
+        once per source chunk. A chunk with notices, a missing chunk or a jump in the
+        timeline is pushed at once, on its own. A source that ends or fails after some chunks
+        were read hands those over first; the end is taken on the next round. True if the
+        source gave audio."""
         if stream.read_error is not None:  # raised after last round's chunks
             return self._read_failed(stream, ready)
-        chunks: list[SourceChunk] = []
+        chunks = stream.waiting
+        gathered = stream.waiting_samples
         wanted = stream.chain.pipeline.samples_to_next_window
-        gathered = 0
-        while len(chunks) < MAX_READS_PER_ROUND and gathered < wanted:
+        fresh = 0
+        while fresh < MAX_READS_PER_ROUND and gathered < wanted:
             try:
                 chunk = stream.source.read(0.0)
             except (SourceEnded, SourceError) as exc:
@@ -219,20 +224,47 @@ class Runtime:
                 break
             if chunk is None:
                 break
+            if fresh == 0 and chunk.captured_s is not None:  # the oldest chunk of the read
+                stream.read_waits_ms.append((self._clock() - chunk.captured_s) * 1e3)
+            fresh += 1
             chunks.append(chunk)
             gathered += int(chunk.samples.shape[0])
             if chunk.missing or chunk.notices:
                 break
         if not chunks:
             return self._read_failed(stream, ready)
+        if self._holds(stream, chunks, gathered, wanted):
+            stream.waiting_samples = gathered
+            if stream.t0_posix is None:  # the timeline starts when its audio was read
+                _start_timeline(stream, _coalesced(chunks)[0])
+            return fresh > 0
+        stream.waiting, stream.waiting_samples, stream.waiting_since = [], 0, None
+        self._push(stream, chunks, now, ready)
+        return True
+
+    def _holds(self, stream: Stream, chunks: list[SourceChunk], gathered: int, wanted: int) -> bool:
+        """Whether ``chunks`` (plain so far, short of the next window) wait in the stream for
+        the rest of the window: not once the source ended or failed, nor after ``hold_s``
+        (a source slower than real time is still seen to deliver: the gate's stall check
+        counts the time since audio was pushed), nor for a chunk that must go on its own."""
+        last = chunks[-1]
+        if gathered >= wanted or stream.read_error is not None or last.missing or last.notices:
+            return False
+        clock = time.perf_counter()
+        if stream.waiting_since is None:
+            stream.waiting_since = clock
+        return clock - stream.waiting_since < stream.hold_s
+
+    def _push(
+        self, stream: Stream, chunks: list[SourceChunk], now: float, ready: list[Ready]
+    ) -> None:
+        """``chunks`` (in order) through the bed's chain, joined where plain and contiguous;
+        the windows they complete go to ``ready``."""
         arrived = time.perf_counter()
-        captured_s = chunks[0].captured_s  # the oldest chunk read: the longest wait
-        if captured_s is not None:
-            stream.read_waits_ms.append((self._clock() - captured_s) * 1e3)
         for chunk in _coalesced(chunks):
             n = int(chunk.samples.shape[0])
-            if stream.t0_posix is None:  # the chunk's last sample was captured just now
-                stream.t0_posix = time.time() - (chunk.first_sample + n) / stream.rate_hz
+            if stream.t0_posix is None:
+                _start_timeline(stream, chunk)
             counters = stream.counters
             counters["samples"] += n
             counters["notices"] += len(chunk.notices)
@@ -243,7 +275,6 @@ class Runtime:
                 self.publisher.emit(stream, transitions)
             ready.extend((stream, window, arrived) for window in windows)
         stream.counters["chunks"] += len(chunks)
-        return True
 
     def _read_failed(self, stream: Stream, ready: list[Ready]) -> bool:
         """The source's end or failure (raised by the read that found no chunk)."""
@@ -286,6 +317,9 @@ class Runtime:
         return self.publisher.evidence
 
     def _end_stream(self, stream: Stream, why: str) -> None:
+        if stream.waiting:  # read, short of a window: the chain and the recorder still take it
+            chunks, stream.waiting, stream.waiting_samples = stream.waiting, [], 0
+            self._push(stream, chunks, self._clock(), [])
         stream.ended = True
         with self._lock:
             held = self._store is not None and why == SHUTDOWN
@@ -493,6 +527,13 @@ class Runtime:
         self.publish_metrics()
         if failed is not None:
             raise ThreadStoppedError(f"{failed}; the run stopped (its service restarts it)")
+
+
+def _start_timeline(stream: Stream, chunk: SourceChunk) -> None:
+    """The stream's wall time of sample 0 from its first chunk: the chunk's last sample was
+    captured just now."""
+    end = chunk.first_sample + int(chunk.samples.shape[0])
+    stream.t0_posix = time.time() - end / stream.rate_hz
 
 
 def _coalesced(chunks: list[SourceChunk]) -> list[SourceChunk]:

@@ -13,10 +13,13 @@ from edge.bed.chain import BedChain
 from edge.evidence.recorder import ClipRecorder
 from edge.monitor import Monitor
 from edge.runtime.config import StreamConfig, stream_age_band
-from edge.sources import AudioSource, SourceEnded, SourceError
+from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
 from lungwatch.events import format_utc
 
 MAX_LATENCIES = 100_000  # per stream and metrics interval
+# the longest a read chunk waits in the stream for the rest of its window (and at most half
+# the gate's stall timeout, which counts the time since audio was pushed)
+MAX_HOLD_S = 1.0
 
 
 class Stream:
@@ -33,6 +36,12 @@ class Stream:
         self.chain: BedChain = self.bed.chain  # the bed's front end, state, gate, detector
         self.ending: str | None = None  # why the stream ends once its flushed frames are in
         self.read_error: SourceEnded | SourceError | None = None  # taken on the next round
+        # plain chunks read but not pushed: they wait for the chunk that completes the bed's
+        # next window (edge.runtime.loop.Runtime._read), at most hold_s from the first
+        self.waiting: list[SourceChunk] = []
+        self.waiting_samples = 0
+        self.waiting_since: float | None = None
+        self.hold_s = min(MAX_HOLD_S, self.chain.gate.config.stall_timeout_s / 2.0)
         self.t0_posix: float | None = None  # wall time of sample 0
         self.ended = False
         self.counters = {"chunks": 0, "samples": 0, "windows": 0, "events": 0, "notices": 0}

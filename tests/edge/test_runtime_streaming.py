@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -351,6 +352,102 @@ def test_a_round_reads_at_most_max_reads_per_round_chunks(tmp_path, folder):
     assert runtime.streams[0].counters["samples"] == audio.shape[0]
     _, whole_events, _ = run_counting(tmp_path, folder, audio, 8000 * 2)
     assert events == whole_events
+
+
+class RealTimeSource(ScriptedSource):
+    """A ScriptedSource that has one chunk due per runtime round (``due`` is raised by the
+    test before each :meth:`Runtime.step`), as a microphone paced in real time."""
+
+    def __init__(self, samples: np.ndarray, chunk: int) -> None:
+        super().__init__(samples, chunk, None)
+        self.due = 0
+
+    def read(self, timeout_s: float) -> SourceChunk | None:
+        if self.due == 0 and self._pos < self.samples.shape[0]:
+            return None
+        self.due = max(0, self.due - 1)
+        return super().read(timeout_s)
+
+
+def step_real_time(tmp_path, folder, audio, hold_s, pause_s=0.0, rounds=None, then=None):
+    """One bed over a RealTimeSource of 800-sample chunks, stepped one due chunk a round
+    (``pause_s`` between rounds), with the stream's ``hold_s``, then ``then(runtime)``;
+    returns the runtime, its events and (samples pushed into the chain, windows run) after
+    every round."""
+    source = RealTimeSource(audio, 800)
+    config = build(mapping(tmp_path, folder, [stream("b0", "unused.flac")]))
+    model = open_model(config, "test.yaml")
+    sink = ListSink()
+    seen = []
+    try:
+        bed = Stream(config.streams[0], source, model)
+        bed.hold_s = hold_s
+        runtime = Runtime(config, model, [bed], sink)
+        while runtime.running and (rounds is None or len(seen) < rounds):
+            source.due = 1
+            runtime.step()
+            seen.append((bed.chain.pipeline.samples_seen, bed.counters["windows"]))
+            time.sleep(pause_s)
+        if then is not None:
+            then(runtime)
+    finally:
+        model.backend.close()
+    events = [(e.type, e.state, e.start_sample, e.end_sample, e.confidence) for e in sink.events]
+    return runtime, events, seen
+
+
+def test_chunks_short_of_a_window_wait_for_the_chunk_that_completes_it(tmp_path, folder):
+    """A bed paced in real time (0.1-s chunks, one a round) goes through its chain once per
+    model chunk, in the round whose chunk completes it, not once per source chunk: the same
+    events as the whole recording in one chunk, every sample pushed."""
+    audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
+    audio = audio[: 8000 * 6]
+    runtime, events, seen = step_real_time(tmp_path, folder, audio, hold_s=60.0)
+    bed = runtime.streams[0]
+    pushes = [now for (now, _), (before, _) in zip(seen[1:], seen, strict=False) if now != before]
+    windowed = [w for (_, w), (_, was) in zip(seen[1:], seen, strict=False) if w != was]
+    assert bed.counters["samples"] == audio.shape[0]
+    assert bed.counters["chunks"] == 60
+    # 60 chunks of 0.1 s, model chunks of 0.48 s: about 12 pushes, each with its window
+    assert len(pushes) <= audio.shape[0] // bed.chain.pipeline.hop_samples + 2
+    assert len(pushes) <= len(windowed) + 1  # + the stream's end
+    _, whole_events, _ = run_counting(tmp_path, folder, audio, 8000 * 6)
+    assert events == whole_events != []
+
+
+def test_a_chunk_waits_no_longer_than_hold_s(tmp_path, folder):
+    """A source slower than its window (a bed's chunk every 0.2 s here, hold_s 0.05) has its
+    chunks pushed once they waited hold_s: the gate sees audio arrive."""
+    audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
+    _, _, seen = step_real_time(tmp_path, folder, audio[:8000], hold_s=0.05, pause_s=0.2,
+                                rounds=4)  # fmt: skip
+    pushed = [now for now, _ in seen]
+    # a chunk waits (its window is not complete); the next round finds it waited hold_s and
+    # hands both over: no chunk waits past the first read after hold_s
+    assert pushed == [0, 1600, 1600, 3200]
+
+
+def test_a_stream_that_stops_hands_over_the_chunks_that_waited(tmp_path, folder):
+    """At shutdown, chunks read but short of a window still reach the chain (its samples,
+    the evidence recorder): nothing read is dropped."""
+    audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
+    before_stop = {}
+
+    def stop(runtime: Runtime) -> None:
+        bed = runtime.streams[0]
+        before_stop.update(waiting=bed.waiting_samples, pushed=bed.chain.pipeline.samples_seen)
+        stopped = threading.Event()
+        stopped.set()
+        runtime.run(stopped)
+
+    runtime, _, _ = step_real_time(tmp_path, folder, audio[:8000], hold_s=60.0, rounds=3,
+                                   then=stop)  # fmt: skip
+    bed = runtime.streams[0]
+    assert before_stop["waiting"] > 0  # read, short of the next window: waiting
+    assert before_stop["pushed"] + before_stop["waiting"] == 3 * 800
+    assert bed.ended
+    assert bed.waiting == []
+    assert bed.counters["samples"] == bed.chain.pipeline.samples_seen == 3 * 800
 
 
 def test_coalesced_joins_plain_contiguous_chunks_only():
