@@ -57,6 +57,7 @@ def render_markdown(record: dict[str, Any]) -> str:
     lines = [
         "# Runtime benchmark: streams on one core, event latency, memory per stream",
         "",
+        f"Measured: {header['date']}  ",
         f"Command: `OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 {header['command']}`  ",
         f"Machine: {header['machine']}; threads: {header['threads']}  ",
         f"Model: {header['model']}; chunks of {header['chunk_samples']} samples (0.1 s) read "
