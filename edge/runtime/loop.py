@@ -206,10 +206,10 @@ class Runtime:
         complete the window wait in the stream (:attr:`Stream.waiting`) for the one that does,
         at most ``hold_s`` (:meth:`_holds`): a window still closes when the chunk completing
         it is read, and a bed paced in real time pays for the front end once per window, not
-        once per source chunk. A chunk with notices, a missing chunk or a jump in the
-        timeline is pushed at once, on its own. A source that ends or fails after some chunks
-        were read hands those over first; the end is taken on the next round. True if the
-        source gave audio."""
+        once per source chunk. A chunk with notices or a missing chunk is pushed at once, on
+        its own, as is a run of chunks after a jump in the timeline. A source that ends or
+        fails after some chunks were read hands those over first; the end is taken on the
+        next round. True if the source gave audio."""
         if stream.read_error is not None:  # raised after last round's chunks
             return self._read_failed(stream, ready)
         chunks = stream.waiting
