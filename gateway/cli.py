@@ -1,6 +1,6 @@
-"""``lungwatch gateway``: a site's breathing readings and findings to the hospital, over HL7
-v2.6 MLLP (IHE PCD-01) and/or as FHIR R4 Observations, from durable queues
-(``docs/gateway.md``).
+"""``lungwatch gateway``: a site's breathing readings, findings and alarm conditions to the
+hospital, over HL7 v2.6 MLLP (IHE PCD-01 observations, IHE PCD-04 alarm reports) and/or as
+FHIR R4 Observations, from durable queues (``docs/gateway.md``).
 
     lungwatch gateway --config gateway.yaml [--config more.yaml] [-v]
     lungwatch gateway --config gateway.yaml --status    # the queue: counts, refused messages
@@ -45,8 +45,9 @@ def queue_status(config: GatewayConfig) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="lungwatch gateway", description=__doc__)
     parser.add_argument("--config", type=Path, action="append", required=True,
-                        help="the gateway's YAML (site, mqtt, hl7, fhir, queue, beds); given "
-                        "again, each later file is merged over the ones before")  # fmt: skip
+                        help="the gateway's YAML (site, mqtt, hl7, fhir, queue, beds, alarms, "
+                        "alarm_reports, adt_file); given again, each later file is merged over "
+                        "the ones before")  # fmt: skip
     parser.add_argument(
         "--status", action="store_true", help="print the queue's counts and refused messages"
     )

@@ -61,7 +61,7 @@ WORKSTATION_COMMANDS: Commands = {
     "access": ("lungwatch.access", "broker passwords, ACL and command keys for a site's clients"),
     "gateway": (
         "gateway.cli",
-        "rates and findings to the hospital: HL7 v2.6 over MLLP (IHE PCD-01)",
+        "rates, findings and alarms to the hospital: HL7 v2.6 MLLP (PCD-01, PCD-04), FHIR",
     ),
 }
 COMMANDS: Commands = {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}
