@@ -206,10 +206,10 @@ class Runtime:
         complete the window wait in the stream (:attr:`Stream.waiting`) for the one that does,
         at most ``hold_s`` (:meth:`_holds`): a window still closes when the chunk completing
         it is read, and a bed paced in real time pays for the front end once per window, not
-        once per source chunk. A chunk with notices or a missing chunk is pushed at once, on
-        its own, as is a run of chunks after a jump in the timeline. A source that ends or
-        fails after some chunks were read hands those over first; the end is taken on the
-        next round. True if the source gave audio."""
+        once per source chunk. A chunk with notices, a missing chunk or a jump in the
+        timeline is pushed at once (with what waited before it). A source that ends or fails
+        after some chunks were read hands those over first; the end is taken on the next
+        round. True if the source gave audio (or what waited was pushed)."""
         if stream.read_error is not None:  # raised after last round's chunks
             return self._read_failed(stream, ready)
         chunks = stream.waiting
@@ -233,7 +233,7 @@ class Runtime:
                 break
         if not chunks:
             return self._read_failed(stream, ready)
-        if self._holds(stream, chunks, gathered, wanted):
+        if self._holds(stream, chunks, gathered, wanted, now):
             stream.waiting_samples = gathered
             if stream.t0_posix is None:  # the timeline starts when its audio was read
                 _start_timeline(stream, _coalesced(chunks)[0])
@@ -242,18 +242,31 @@ class Runtime:
         self._push(stream, chunks, now, ready)
         return True
 
-    def _holds(self, stream: Stream, chunks: list[SourceChunk], gathered: int, wanted: int) -> bool:
-        """Whether ``chunks`` (plain so far, short of the next window) wait in the stream for
-        the rest of the window: not once the source ended or failed, nor after ``hold_s``
-        (a source slower than real time is still seen to deliver: the gate's stall check
-        counts the time since audio was pushed), nor for a chunk that must go on its own."""
+    def _holds(
+        self, stream: Stream, chunks: list[SourceChunk], gathered: int, wanted: int, now: float
+    ) -> bool:
+        """Whether ``chunks`` (short of the next window) wait in the stream for the rest of
+        the window: only plain chunks that continue the bed's timeline without a jump (a jump
+        is filled as lost audio, which may complete the window), not once the source ended or
+        failed, and not past ``hold_s`` on the runtime's clock (a source slower than real
+        time is still seen to deliver: the gate's stall check, on the same clock, counts the
+        time since audio was pushed)."""
         last = chunks[-1]
         if gathered >= wanted or stream.read_error is not None or last.missing or last.notices:
             return False
-        clock = time.perf_counter()
+        reached = last.first_sample + int(last.samples.shape[0])
+        if reached - stream.chain.pipeline.samples_seen != gathered:  # a jump in the timeline
+            return False
         if stream.waiting_since is None:
-            stream.waiting_since = clock
-        return clock - stream.waiting_since < stream.hold_s
+            stream.waiting_since = now
+        return now - stream.waiting_since < stream.hold_s
+
+    def _hand_over(self, stream: Stream, ready: list[Ready]) -> None:
+        """The chunks waiting in ``stream`` into its chain now (the stream stops)."""
+        if stream.waiting:
+            chunks = stream.waiting
+            stream.waiting, stream.waiting_samples, stream.waiting_since = [], 0, None
+            self._push(stream, chunks, self._clock(), ready)
 
     def _push(
         self, stream: Stream, chunks: list[SourceChunk], now: float, ready: list[Ready]
@@ -317,9 +330,6 @@ class Runtime:
         return self.publisher.evidence
 
     def _end_stream(self, stream: Stream, why: str) -> None:
-        if stream.waiting:  # read, short of a window: the chain and the recorder still take it
-            chunks, stream.waiting, stream.waiting_samples = stream.waiting, [], 0
-            self._push(stream, chunks, self._clock(), [])
         stream.ended = True
         with self._lock:
             held = self._store is not None and why == SHUTDOWN
@@ -515,6 +525,7 @@ class Runtime:
         ready: list[Ready] = []
         for stream in self.streams:
             if not stream.ended and stream.ending is None:
+                self._hand_over(stream, ready)  # what waited for its window, then the flush
                 ready.extend((stream, w, time.perf_counter()) for w in stream.chain.flush())
         with self._lock:
             self._infer_and_detect(ready)

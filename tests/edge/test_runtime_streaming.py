@@ -372,17 +372,19 @@ class RealTimeSource(ScriptedSource):
 def step_real_time(tmp_path, folder, audio, hold_s, pause_s=0.0, rounds=None, then=None):
     """One bed over a RealTimeSource of 800-sample chunks, stepped one due chunk a round
     (``pause_s`` between rounds), with the stream's ``hold_s``, then ``then(runtime)``;
-    returns the runtime, its events and (samples pushed into the chain, windows run) after
-    every round."""
+    returns the runtime, its events, (samples pushed into the chain, windows run) after
+    every round and the model's output frames described (first frame, frames)."""
     source = RealTimeSource(audio, 800)
     config = build(mapping(tmp_path, folder, [stream("b0", "unused.flac")]))
     model = open_model(config, "test.yaml")
     sink = ListSink()
-    seen = []
+    seen: list[tuple[int, int]] = []
+    described: list[tuple[int, int]] = []  # the model's output frames: (first frame, frames)
     try:
         bed = Stream(config.streams[0], source, model)
         bed.hold_s = hold_s
-        runtime = Runtime(config, model, [bed], sink)
+        runtime = Runtime(config, model, [bed], sink, on_frames=lambda _, frames: described.append(
+            (frames.first_frame, frames.probs.shape[0])))  # fmt: skip
         while runtime.running and (rounds is None or len(seen) < rounds):
             source.due = 1
             runtime.step()
@@ -393,7 +395,7 @@ def step_real_time(tmp_path, folder, audio, hold_s, pause_s=0.0, rounds=None, th
     finally:
         model.backend.close()
     events = [(e.type, e.state, e.start_sample, e.end_sample, e.confidence) for e in sink.events]
-    return runtime, events, seen
+    return runtime, events, seen, described
 
 
 def test_chunks_short_of_a_window_wait_for_the_chunk_that_completes_it(tmp_path, folder):
@@ -402,7 +404,7 @@ def test_chunks_short_of_a_window_wait_for_the_chunk_that_completes_it(tmp_path,
     events as the whole recording in one chunk, every sample pushed."""
     audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
     audio = audio[: 8000 * 6]
-    runtime, events, seen = step_real_time(tmp_path, folder, audio, hold_s=60.0)
+    runtime, events, seen, _ = step_real_time(tmp_path, folder, audio, hold_s=60.0)
     bed = runtime.streams[0]
     pushes = [now for (now, _), (before, _) in zip(seen[1:], seen, strict=False) if now != before]
     windowed = [w for (_, w), (_, was) in zip(seen[1:], seen, strict=False) if w != was]
@@ -419,7 +421,7 @@ def test_a_chunk_waits_no_longer_than_hold_s(tmp_path, folder):
     """A source slower than its window (a bed's chunk every 0.2 s here, hold_s 0.05) has its
     chunks pushed once they waited hold_s: the gate sees audio arrive."""
     audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
-    _, _, seen = step_real_time(tmp_path, folder, audio[:8000], hold_s=0.05, pause_s=0.2,
+    _, _, seen, _ = step_real_time(tmp_path, folder, audio[:8000], hold_s=0.05, pause_s=0.2,
                                 rounds=4)  # fmt: skip
     pushed = [now for now, _ in seen]
     # a chunk waits (its window is not complete); the next round finds it waited hold_s and
@@ -428,8 +430,9 @@ def test_a_chunk_waits_no_longer_than_hold_s(tmp_path, folder):
 
 
 def test_a_stream_that_stops_hands_over_the_chunks_that_waited(tmp_path, folder):
-    """At shutdown, chunks read but short of a window still reach the chain (its samples,
-    the evidence recorder): nothing read is dropped."""
+    """When the runtime stops, chunks read but short of a window go through the chain before
+    its last frames are flushed through the model: the audio is described as if nothing had
+    waited (nothing read is dropped)."""
     audio, _rate = soundfile.read(record_path(MIXED), dtype="float32")
     before_stop = {}
 
@@ -440,14 +443,20 @@ def test_a_stream_that_stops_hands_over_the_chunks_that_waited(tmp_path, folder)
         stopped.set()
         runtime.run(stopped)
 
-    runtime, _, _ = step_real_time(tmp_path, folder, audio[:8000], hold_s=60.0, rounds=3,
-                                   then=stop)  # fmt: skip
-    bed = runtime.streams[0]
+    def last_frame(hold_s: float) -> tuple[Stream, int]:
+        runtime, _, _, described = step_real_time(tmp_path, folder, audio[:8000], hold_s=hold_s,
+                                                  rounds=5, then=stop)  # fmt: skip
+        return runtime.streams[0], max(first + n for first, n in described)
+
+    bed, held_end = last_frame(60.0)
     assert before_stop["waiting"] > 0  # read, short of the next window: waiting
-    assert before_stop["pushed"] + before_stop["waiting"] == 3 * 800
+    assert before_stop["pushed"] + before_stop["waiting"] == 5 * 800
     assert bed.ended
     assert bed.waiting == []
-    assert bed.counters["samples"] == bed.chain.pipeline.samples_seen == 3 * 800
+    assert bed.counters["samples"] == bed.chain.pipeline.samples_seen == 5 * 800
+    _, pushed_end = last_frame(0.0)  # every chunk pushed as it came
+    assert before_stop["waiting"] == 0
+    assert held_end == pushed_end  # the same frames described
 
 
 def test_coalesced_joins_plain_contiguous_chunks_only():
