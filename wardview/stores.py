@@ -19,14 +19,6 @@ store written by a newer lungwatch (a higher version) is refused, naming both ve
   when ``readings`` lacks ``received_s``);
 - 2: ``readings.received_s``, the view's clock, so pruning never trusts a device's.
 
-The pruning the writer does every minute (rows past ``max_age_days``, the oldest clips past
-``max_evidence_mb``) reads indexes on the view's clock (``events_received``,
-``readings_received``, ``clips_received``, which also holds each clip's size), not the tables:
-without them every pass read the whole history, the clips' audio included (the ward
-benchmark's six minutes of 200 event-heavy beds in SQLite, the first pass after a start:
-5.4 s, against 2 ms with them). Every start creates whichever of them a store lacks; they
-change nothing a reader sees, so the version stays.
-
 Types: SQLite's INTEGER / REAL / TEXT / BLOB are PostgreSQL's BIGINT / DOUBLE PRECISION /
 TEXT / BYTEA (REAL there is 4 bytes, too coarse for epoch seconds); ``events.seq`` is a
 BIGSERIAL there.
@@ -93,10 +85,7 @@ CREATE TABLE IF NOT EXISTS clips (
     bytes {integer} NOT NULL,
     header TEXT NOT NULL,
     flac {blob} NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_received ON events (received_s);
-CREATE INDEX IF NOT EXISTS readings_received ON readings ((COALESCE(received_s, at_s)));
-CREATE INDEX IF NOT EXISTS clips_received ON clips (received_s, bytes)
+)
 """
 
 

@@ -297,62 +297,6 @@ def test_a_store_from_a_newer_lungwatch_is_refused(where: str | Path) -> None:
         History(where, clock=Clock())
 
 
-PRUNE_INDEXES = {"events_received", "readings_received", "clips_received"}
-
-
-def store_indexes(where: str | Path) -> set[str]:
-    from wardview.stores import open_backend
-
-    backend = open_backend(where)
-    db = backend.connect()
-    with backend.transaction(db):
-        if isinstance(where, Path):
-            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
-        else:
-            rows = db.execute("SELECT indexname FROM pg_indexes WHERE schemaname = "
-                              "current_schema()").fetchall()  # fmt: skip
-    db.close()
-    return {row[0] for row in rows}
-
-
-def test_the_prune_reads_indexes_not_the_history(where: str | Path) -> None:
-    """The writer's prune every minute finds old rows and the clips' total size through
-    indexes on the view's clock (reading the tables read every clip's audio each time); a
-    store made without them gains them when a view opens it, its rows kept."""
-    store = History(where, clock=Clock())
-    store.add_clip(a_clip("ep-1"))
-    store.close()
-    assert store_indexes(where) >= PRUNE_INDEXES
-    from wardview.stores import open_backend
-
-    backend = open_backend(where)
-    db = backend.connect()
-    with backend.transaction(db):
-        for name in PRUNE_INDEXES:
-            db.execute(f"DROP INDEX {name}")
-    db.close()
-    assert not PRUNE_INDEXES & store_indexes(where)
-    store = History(where, clock=Clock())
-    assert store.clip("ep-1") is not None
-    store.close()
-    assert store_indexes(where) >= PRUNE_INDEXES
-    if isinstance(where, Path):  # SQLite's plans (PostgreSQL's depend on the table's size)
-        import sqlite3
-
-        with sqlite3.connect(where) as plain:
-            for query, index in (
-                ("SELECT 1 FROM events WHERE received_s < 0", "events_received"),
-                ("SELECT 1 FROM readings WHERE COALESCE(received_s, at_s) < 0",
-                 "readings_received"),
-                ("SELECT COALESCE(SUM(bytes), 0) FROM clips", "clips_received"),
-                ("SELECT episode_id, bytes FROM clips ORDER BY received_s LIMIT 1",
-                 "clips_received"),
-            ):  # fmt: skip
-                plan = " ".join(str(r[-1]) for r in plain.execute("EXPLAIN QUERY PLAN " + query))
-                assert f"INDEX {index}" in plan, (query, plan)
-        plain.close()
-
-
 def test_a_file_of_the_first_schema_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
     """An SQLite history written before versions were kept (readings without received_s)
     opens at the current version with its rows."""
