@@ -238,8 +238,7 @@ class Runtime:
             if stream.t0_posix is None:  # the timeline starts when its audio was read
                 _start_timeline(stream, _coalesced(chunks)[0])
             return fresh > 0
-        stream.waiting, stream.waiting_samples, stream.waiting_since = [], 0, None
-        self._push(stream, chunks, now, ready)
+        self._push(stream, stream.take_waiting(), now, ready)  # ``chunks``: the same list
         return True
 
     def _holds(
@@ -264,9 +263,7 @@ class Runtime:
     def _hand_over(self, stream: Stream, ready: list[Ready]) -> None:
         """The chunks waiting in ``stream`` into its chain now (the stream stops)."""
         if stream.waiting:
-            chunks = stream.waiting
-            stream.waiting, stream.waiting_samples, stream.waiting_since = [], 0, None
-            self._push(stream, chunks, self._clock(), ready)
+            self._push(stream, stream.take_waiting(), self._clock(), ready)
 
     def _push(
         self, stream: Stream, chunks: list[SourceChunk], now: float, ready: list[Ready]

@@ -50,6 +50,12 @@ class Stream:
         # capture (sources that give ``captured_s``)
         self.read_waits_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
 
+    def take_waiting(self) -> list[SourceChunk]:
+        """The chunks that waited for their window, in order; none wait afterwards."""
+        chunks = self.waiting
+        self.waiting, self.waiting_samples, self.waiting_since = [], 0, None
+        return chunks
+
     def utc(self, sample: int) -> str:
         """UTC of a sample on this stream's timeline: wall time of sample 0 + sample / rate.
         Asked before the first chunk came (a stall's onset), it fixes the timeline with
