@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from types import TracebackType
 
 from lungwatch.errors import LungwatchError
 
@@ -80,12 +79,7 @@ class EmbeddedBroker:
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def _serve(self) -> None:

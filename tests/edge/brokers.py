@@ -326,6 +326,17 @@ def make_events(
     ]
 
 
+def latched_stridor(site: str, device_id: str, stream_id: str) -> Event:
+    """A Stridor episode that latched: its onset, then an ``ongoing`` marked latched."""
+    onset = Event.onset(
+        type="Stridor", site=site, device_id=device_id, stream_id=stream_id,
+        start_utc="2026-05-09T07:00:01.000Z", start_sample=8000, confidence=0.93,
+        model_id="edge-test", model_sha256=SHA256, quality={"score": 0.99},
+        detail={"key": "Stridor@8000"},
+    )  # fmt: skip
+    return onset.ongoing(detail={**onset.detail, "latched": True})
+
+
 def start_publisher(
     config: dict[str, Any], events: list[Event], directory: Path,
     interval_s: float = 0.0, hold: bool = False, gate: bool = False,

@@ -12,7 +12,7 @@ from edge.features import FEATURE_KINDS, FeatureSpec, extract, make_stream
 from edge.features.bandnorm import BandNormStream, alpha_of, normalise_bands, silent_below
 from edge.features.base import silence_value
 from lungwatch.config import InvalidValueError
-from tests.edge.chunking import push_in_chunks
+from tests.edge.chunking import KERNEL_SIZES, frames_with_a_gap, push_in_chunks
 from tests.edge.chunking import tone_in_noise as signal
 
 SPEC = FeatureSpec(n_bands=24, band_norm_s=2.0)
@@ -29,12 +29,9 @@ def reference(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize(("n_frames", "n_bands"), [(1, 1), (5, 3), (400, 24), (1500, 64)])
+@pytest.mark.parametrize(("n_frames", "n_bands"), KERNEL_SIZES)
 def test_the_kernel_equals_the_reference(n_frames: int, n_bands: int) -> None:
-    rng = np.random.default_rng(n_frames)
-    frames = rng.normal(-8.0, 2.0, (n_frames, n_bands)).astype(np.float32)
-    frames[n_frames // 2 : n_frames // 2 + 3] = silence_value(SPEC)  # a gap of zeros
-    spec = SPEC.replace(n_bands=n_bands)
+    frames, spec = frames_with_a_gap(SPEC, n_frames, n_bands)
     np.testing.assert_allclose(normalise_bands(frames, spec), reference(frames, spec), atol=1e-5)
 
 

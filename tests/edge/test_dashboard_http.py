@@ -30,7 +30,7 @@ import yaml
 from lungwatch.access import generate
 from lungwatch.events import Event, status_payload
 from lungwatch.mqtt import MqttConfig
-from tests.edge.brokers import HOST, SHA256, Mosquitto, Recorder
+from tests.edge.brokers import HOST, Mosquitto, Recorder, latched_stridor
 from tests.edge.browser import user_entry, wait_until
 from wardview.config import DashboardConfig, DashboardUser
 from wardview.server import STATIC_DIR, DashboardServer
@@ -235,16 +235,6 @@ def test_one_client_address_cannot_take_every_connection(broker: Mosquitto) -> N
         server.stop()
 
 
-def latched_alarm() -> Event:
-    onset = Event.onset(
-        type="Stridor", site=SITE, device_id=DEVICE, stream_id="bed-1",
-        start_utc="2026-05-09T07:00:01.000Z", start_sample=8000, confidence=0.93,
-        model_id="edge-test", model_sha256=SHA256, quality={"score": 0.99},
-        detail={"key": "Stridor@8000"},
-    )  # fmt: skip
-    return onset.ongoing(detail={**onset.detail, "latched": True})
-
-
 def publish(port: int, event: Event) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     client.connect(HOST, port)
@@ -261,7 +251,7 @@ def test_a_forged_host_is_refused_even_without_users(broker: Mosquitto) -> None:
     server = serve(broker)
     try:
         port, host = address(server)
-        alarm = latched_alarm()
+        alarm = latched_stridor(SITE, DEVICE, "bed-1")
         publish(broker.port, alarm)
         wait_until(lambda: server.ward.alarms(), 10.0, "the latched alarm in the ward")
         body = json.dumps({"device_id": DEVICE, "stream_id": "bed-1", "target": "Stridor@8000"})
@@ -555,7 +545,7 @@ def test_an_acknowledge_the_device_would_not_take_is_answered_409_at_once(
         client.publish(topic, status, qos=1, retain=True).wait_for_publish(5.0)
         client.disconnect()
         client.loop_stop()
-        publish(broker.port, latched_alarm())
+        publish(broker.port, latched_stridor(SITE, DEVICE, "bed-1"))
         wait_until(lambda: server.ward.alarms(), 10.0, "the latched alarm in the ward")
         body = json.dumps({"device_id": DEVICE, "stream_id": "bed-1", "target": "Stridor@8000"})
         headers = ("Content-Type: application/json", f"Content-Length: {len(body)}")

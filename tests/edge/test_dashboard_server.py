@@ -25,10 +25,10 @@ from lungwatch.mqtt import MqttConfig
 from lungwatch.passwords import verify_password
 from tests.edge.brokers import (
     HOST,
-    SHA256,
     Mosquitto,
     Recorder,
     TlsFiles,
+    latched_stridor,
     make_password_file,
     make_tls_files,
 )
@@ -59,16 +59,6 @@ def broker_config(port: int, tls: TlsFiles, password: str = BROKER_PASSWORD) -> 
 def dashboard_config() -> DashboardConfig:
     users = tuple(DashboardUser(**user_entry(n, r, p)) for n, (r, p) in USERS.items())  # type: ignore[arg-type]
     return DashboardConfig(port=0, users=users)
-
-
-def latched_stridor() -> Event:
-    onset = Event.onset(
-        type="Stridor", site=SITE, device_id=DEVICE, stream_id="bed-2",
-        start_utc="2026-05-09T07:00:01.000Z", start_sample=8000, confidence=0.93,
-        model_id="edge-test", model_sha256=SHA256, quality={"score": 0.99},
-        detail={"key": "Stridor@8000"},
-    )  # fmt: skip
-    return onset.ongoing(detail={**onset.detail, "latched": True})
 
 
 def publish(port: int, tls: TlsFiles, event: Event) -> None:
@@ -117,7 +107,7 @@ def test_rights_are_enforced_by_the_server_and_a_forged_ack_publishes_nothing(
         DashboardServer(dashboard_config(), broker_config(broker.port, tls), SITE) as server,
     ):
         wait_until(server.feed.connected.is_set, 10.0, "the dashboard's TLS + password login")
-        alarm = latched_stridor()
+        alarm = latched_stridor(SITE, DEVICE, "bed-2")
         publish(broker.port, tls, alarm)
         api = server.url + "api/"
         wait_until(lambda: request(api + "state", "porter")[1]["alarms"], 10.0, "the alarm")
@@ -162,7 +152,7 @@ def test_the_event_stream_starts_with_a_snapshot_naming_the_users_rights(
     broker, tls = secure_broker
     with DashboardServer(dashboard_config(), broker_config(broker.port, tls), SITE) as server:
         wait_until(server.feed.connected.is_set, 10.0, "the dashboard's broker login")
-        publish(broker.port, tls, latched_stridor())
+        publish(broker.port, tls, latched_stridor(SITE, DEVICE, "bed-2"))
         wait_until(lambda: server.ward.alarms(), 10.0, "the alarm in the ward")
         token = base64.b64encode(b"porter:porter-pw").decode()
         req = urllib.request.Request(

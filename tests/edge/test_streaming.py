@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime")
 
 from edge.inference import BackendConfig  # noqa: E402
 from edge.inference.base import BackendError  # noqa: E402
-from edge.inference.manifest import load_manifest  # noqa: E402
+from edge.inference.manifest import StreamingInfo, load_manifest  # noqa: E402
 from edge.inference.onnxruntime import OrtBackend  # noqa: E402
 from edge.inference.streaming import BedState, infer_beds  # noqa: E402
 from tests.streaming_fixture import LOG_MEL_MEAN, LOG_MEL_STD, tiny_streaming_folder  # noqa: E402
@@ -46,6 +46,12 @@ def chunk(x: np.ndarray, c: int, t: int) -> np.ndarray:
     return x[:, :, c * t : (c + 1) * t]
 
 
+def pushed_alone(info: StreamingInfo, backend: OrtBackend, x: np.ndarray, n: int) -> list:
+    """The outputs of ``n`` chunks of ``x`` pushed one by one into a fresh bed."""
+    bed = BedState(info, backend)
+    return [bed.push(chunk(x, c, info.input_frames)) for c in range(n)]
+
+
 def whole_pass(folder: Path, x: np.ndarray) -> np.ndarray:
     """(n, O) probabilities of the PyTorch whole pass, output j describing frame j - L."""
     model = load_checkpoint(folder / "model.pt").model
@@ -54,9 +60,15 @@ def whole_pass(folder: Path, x: np.ndarray) -> np.ndarray:
     return torch.sigmoid(logits)[0].numpy().T
 
 
-def test_chunked_outputs_equal_the_whole_pass_shifted_by_the_lookahead(folder, backend):
+def streaming_info(folder: Path) -> StreamingInfo:
+    """The streaming contract of the model in ``folder`` (its manifest must have one)."""
     info = load_manifest(folder / "manifest.json").streaming
     assert info is not None
+    return info
+
+
+def test_chunked_outputs_equal_the_whole_pass_shifted_by_the_lookahead(folder, backend):
+    info = streaming_info(folder)
     x = stream_features(0, info.input_frames * N_CHUNKS)
     bed = BedState(info, backend)
     outs = [bed.push(chunk(x, c, info.input_frames)) for c in range(N_CHUNKS)]
@@ -71,8 +83,7 @@ def test_chunked_outputs_equal_the_whole_pass_shifted_by_the_lookahead(folder, b
 
 
 def test_beds_in_one_call_keep_their_own_state(folder, backend):
-    info = load_manifest(folder / "manifest.json").streaming
-    assert info is not None
+    info = streaming_info(folder)
     t = info.input_frames
     streams = [stream_features(seed, t * 4) for seed in (1, 2, 3)]  # 3 beds, max_batch 2
     alone = []
@@ -107,8 +118,7 @@ def test_beds_go_to_the_backend_in_pieces_of_its_max_batch(folder, backend):
     """Five beds at max_batch 2: calls of 2, 2 and 1 rows (the states of a ward are never
     stacked into one array), each bed's outputs those it gets alone; a bed with two chunks
     in the round gets its second in a later call."""
-    info = load_manifest(folder / "manifest.json").streaming
-    assert info is not None
+    info = streaming_info(folder)
     t = info.input_frames
     streams = [stream_features(seed, t * 2) for seed in range(5)]
     alone = []
@@ -128,12 +138,10 @@ def test_beds_go_to_the_backend_in_pieces_of_its_max_batch(folder, backend):
 
 
 def test_consecutive_chunks_of_one_bed_in_one_round_run_in_order(folder, backend):
-    info = load_manifest(folder / "manifest.json").streaming
-    assert info is not None
+    info = streaming_info(folder)
     t = info.input_frames
     x = stream_features(4, t * 3)
-    one_by_one = BedState(info, backend)
-    expected = [one_by_one.push(chunk(x, c, t)) for c in range(3)]
+    expected = pushed_alone(info, backend, x, 3)
     bed = BedState(info)
     outs = infer_beds(backend, [(bed, chunk(x, c, t)) for c in range(3)])
     for got, want in zip(outs, expected, strict=True):
@@ -142,12 +150,10 @@ def test_consecutive_chunks_of_one_bed_in_one_round_run_in_order(folder, backend
 
 
 def test_reset_starts_a_clean_context_at_the_given_frame(folder, backend):
-    info = load_manifest(folder / "manifest.json").streaming
-    assert info is not None
+    info = streaming_info(folder)
     t = info.input_frames
     x = stream_features(5, t * 3)
-    fresh = BedState(info, backend)
-    expected = [fresh.push(chunk(x, c, t)) for c in range(3)]
+    expected = pushed_alone(info, backend, x, 3)
     bed = BedState(info, backend)
     bed.push(stream_features(6, t))  # some other audio first
     at = 10 * info.chunk_frames
@@ -161,7 +167,7 @@ def test_reset_starts_a_clean_context_at_the_given_frame(folder, backend):
 
 
 def test_backend_refuses_the_wrong_shapes(folder, backend):
-    info = load_manifest(folder / "manifest.json").streaming
+    info = streaming_info(folder)
     x = stream_features(7, info.input_frames)[None]
     with pytest.raises(BackendError, match=r"state must have shape \(1, "):
         backend.infer(x, np.zeros((1, info.state_size + 1), np.float32))

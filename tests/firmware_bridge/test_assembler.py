@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from firmware_bridge import timeline as tl
 from firmware_bridge.assembler import JitterConfig, StreamAssembler
 from firmware_bridge.link import Bridge
 from firmware_bridge.protocol import (
@@ -21,19 +22,10 @@ from firmware_bridge.protocol import (
     status_frame,
 )
 from firmware_bridge.receiver import Receiver, ReceiverConfig
-from firmware_bridge.timeline import (
-    DEVICE_STATUS,
-    RATE_MISMATCH,
-    RESTART,
-    SIGNAL_GAP,
-    Report,
-    Segment,
-    StreamKey,
-)
 from firmware_bridge.transport import Received
 from tests.firmware_bridge.helpers import RATE_HZ, Timeline, as_float, audio_frames
 
-KEY = StreamKey(1, 0)
+KEY = tl.StreamKey(1, 0)
 SOURCE = np.random.default_rng(0).integers(-30000, 30000, 64 * 40).astype(np.int16)
 
 
@@ -56,7 +48,7 @@ def test_in_order_frames_play_out_exactly_and_merge() -> None:
     for frame in audio_frames(SOURCE, 64):
         a.push(frame, 0.0)
     (segment,) = a.drain()
-    assert isinstance(segment, Segment)
+    assert isinstance(segment, tl.Segment)
     assert segment.first_sample == 0
     assert not segment.missing
     np.testing.assert_array_equal(segment.samples, as_float(SOURCE))
@@ -71,7 +63,7 @@ def test_reordering_within_the_buffer_is_undone() -> None:
     samples, missing = timeline.arrays()
     np.testing.assert_array_equal(samples, as_float(SOURCE))
     assert not missing.any()
-    assert SIGNAL_GAP not in timeline.kinds()
+    assert tl.SIGNAL_GAP not in timeline.kinds()
 
 
 def test_duplicates_are_dropped_and_counted() -> None:
@@ -97,7 +89,7 @@ def test_lost_frames_become_missing_silence_sample_accurately(lost: list[int]) -
     np.testing.assert_array_equal(missing, expected_missing)
     np.testing.assert_array_equal(samples[~missing], as_float(SOURCE)[~missing])
     assert not samples[missing].any()
-    gaps = [r for r in timeline.reports if r.kind == SIGNAL_GAP]
+    gaps = [r for r in timeline.reports if r.kind == tl.SIGNAL_GAP]
     assert sum(r.detail["missing_samples"] for r in gaps) == 64 * len(lost)
     assert a.stats().missing_samples == 64 * len(lost)
 
@@ -109,7 +101,7 @@ def test_gap_report_comes_before_its_missing_segment() -> None:
         a.push(frame, 0.0)
     items = a.drain()
     kinds = [
-        ("gap" if isinstance(i, Report) else "missing" if i.missing else "audio") for i in items
+        ("gap" if isinstance(i, tl.Report) else "missing" if i.missing else "audio") for i in items
     ]
     assert kinds == ["audio", "gap", "missing", "audio"]
     assert items[1].sample_index == items[2].first_sample == 64  # type: ignore[union-attr]
@@ -121,11 +113,11 @@ def test_a_hole_is_declared_by_time_when_frames_stop() -> None:
     for frame, t in [(frames[0], 0.0), (frames[2], 0.01)]:
         a.push(frame, t)
     a.poll(0.1)
-    assert [type(i) for i in a.drain()] == [Segment]  # only frame 0: still waiting for 1
+    assert [type(i) for i in a.drain()] == [tl.Segment]  # only frame 0: still waiting for 1
     a.poll(0.25)
     items = a.drain()
-    assert [i.kind if isinstance(i, Report) else i.missing for i in items] == [
-        SIGNAL_GAP,
+    assert [i.kind if isinstance(i, tl.Report) else i.missing for i in items] == [
+        tl.SIGNAL_GAP,
         True,
         False,
     ]
@@ -144,7 +136,7 @@ def test_status_marker_reports_off_body_at_its_sample() -> None:
     frames = audio_frames(SOURCE[:256], 64)
     status = status_frame(1, 0, 100, 128, RATE_HZ, DeviceStatus(80, 0, 3, off_body=True))
     timeline = run(assembler(), [frames[0], status, frames[1], frames[2], frames[3]])
-    (report,) = [r for r in timeline.reports if r.kind == DEVICE_STATUS]
+    (report,) = [r for r in timeline.reports if r.kind == tl.DEVICE_STATUS]
     assert report.sample_index == 128
     assert report.detail == {
         "battery_percent": 80,
@@ -162,7 +154,7 @@ def test_restart_flag_continues_the_output_timeline() -> None:
     timeline = run(a, first + again)
     samples, missing = timeline.arrays()
     np.testing.assert_array_equal(samples, as_float(SOURCE[:512]))
-    assert RESTART in timeline.kinds()
+    assert tl.RESTART in timeline.kinds()
     assert a.stats().restarts == 1
     assert not missing.any()
 
@@ -199,7 +191,7 @@ def test_a_gap_longer_than_max_fill_is_a_jump() -> None:
     frames = audio_frames(SOURCE[:128], 64)
     far = frames[1]._replace(first_sample=64 + 20 * RATE_HZ)
     timeline = run(assembler(max_fill_s=10.0), [frames[0], far])
-    (gap,) = [r for r in timeline.reports if r.kind == SIGNAL_GAP]
+    (gap,) = [r for r in timeline.reports if r.kind == tl.SIGNAL_GAP]
     assert gap.detail == {"missing_samples": 20 * RATE_HZ, "filled": False}
     assert [s.first_sample for s in timeline.segments] == [0, 64 + 20 * RATE_HZ]
 
@@ -209,7 +201,7 @@ def test_frames_at_another_rate_are_dropped_with_one_report() -> None:
     odd = [f._replace(sample_rate_hz=16000) for f in frames[1:3]]
     a = assembler()
     timeline = run(a, [frames[0], *odd, frames[1], frames[2]])
-    assert timeline.kinds().count(RATE_MISMATCH) == 1
+    assert timeline.kinds().count(tl.RATE_MISMATCH) == 1
     assert a.stats().rate_mismatches == 2
 
 
@@ -279,7 +271,7 @@ def test_a_frame_read_with_its_successors_after_a_long_pause_is_not_a_gap() -> N
     samples, missing = timeline.arrays()
     np.testing.assert_array_equal(samples, as_float(SOURCE[:256]))
     assert not missing.any()
-    assert SIGNAL_GAP not in timeline.kinds()
+    assert tl.SIGNAL_GAP not in timeline.kinds()
     assert (a.stats().gaps, a.stats().late, a.stats().reordered) == (0, 0, 1)
 
 
@@ -313,5 +305,5 @@ def test_bridge_places_a_whole_read_before_judging_the_hold_time() -> None:
     samples, missing = timeline.arrays()
     np.testing.assert_array_equal(samples, as_float(SOURCE[:256]))
     assert not missing.any()
-    assert SIGNAL_GAP not in timeline.kinds()
+    assert tl.SIGNAL_GAP not in timeline.kinds()
     assert bridge.receiver.stats().streams[0].late == 0

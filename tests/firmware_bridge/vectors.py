@@ -14,18 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_bridge.protocol import (
-    BATTERY_UNKNOWN,
-    DeviceInfo,
-    DeviceStatus,
-    Frame,
-    SampleFormat,
-    audio_frame,
-    device_info_frame,
-    encode_frame,
-    heartbeat_frame,
-    status_frame,
-)
+from firmware_bridge import protocol as wire
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
 SPEC = VECTOR_DIR / "vectors.txt"
@@ -35,7 +24,7 @@ U32 = 0xFFFFFFFF
 @dataclass(frozen=True)
 class Vector:
     name: str
-    frame: Frame
+    frame: wire.Frame
     key: bytes | None
 
     @property
@@ -43,7 +32,7 @@ class Vector:
         return VECTOR_DIR / f"{self.name}.bin"
 
     def encode(self) -> bytes:
-        return encode_frame(self.frame, self.key)
+        return wire.encode_frame(self.frame, self.key)
 
 
 def xorshift32(state: int, count: int) -> list[int]:
@@ -59,9 +48,9 @@ def xorshift32(state: int, count: int) -> list[int]:
 def vector_samples(seed: int, count: int, sample_format: int) -> np.ndarray:
     states = np.array(xorshift32(seed, count), dtype=np.uint32)
     int16 = (states >> 16).astype(np.uint16).view(np.int16)
-    if sample_format == SampleFormat.INT16:
+    if sample_format == wire.SampleFormat.INT16:
         return int16
-    if sample_format == SampleFormat.INT24:
+    if sample_format == wire.SampleFormat.INT24:
         value = ((states >> 8) & 0xFFFFFF).astype(np.int32)
         return np.where(value >= 0x800000, value - 0x1000000, value).astype(np.int32)
     return int16.astype(np.float32) / np.float32(32768.0)
@@ -82,22 +71,22 @@ def parse_line(tokens: list[str]) -> Vector:
     key = _hex(rest[-1]) or None
     if kind == "audio":
         fmt, count, seed = (int(v, 0) for v in rest[6:9])
-        frame = audio_frame(*ids, vector_samples(seed, count, fmt), fmt, flags)
+        frame = wire.audio_frame(*ids, vector_samples(seed, count, fmt), fmt, flags)
     elif kind == "status":
         battery, off_body, gain, clipped = (int(v, 0) for v in rest[6:10])
-        status = DeviceStatus(
-            None if battery == BATTERY_UNKNOWN else battery,
+        status = wire.DeviceStatus(
+            None if battery == wire.BATTERY_UNKNOWN else battery,
             gain,
             clipped,
             None if off_body < 0 else bool(off_body),
         )
-        frame = status_frame(*ids, status)._replace(flags=flags)
+        frame = wire.status_frame(*ids, status)._replace(flags=flags)
     elif kind == "heartbeat":
-        frame = heartbeat_frame(*ids)._replace(flags=flags)
+        frame = wire.heartbeat_frame(*ids)._replace(flags=flags)
     else:
         major, minor, patch, hardware = (int(v, 0) for v in rest[6:10])
-        info = DeviceInfo((major, minor, patch), hardware, _hex(rest[10]).decode("utf-8"))
-        frame = device_info_frame(*ids, info)._replace(flags=flags)
+        info = wire.DeviceInfo((major, minor, patch), hardware, _hex(rest[10]).decode("utf-8"))
+        frame = wire.device_info_frame(*ids, info)._replace(flags=flags)
     return Vector(name, frame._replace(session=session), key)
 
 

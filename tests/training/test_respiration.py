@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +44,26 @@ def bands(icbhi: Path, patients: list[str]) -> dict[str, str]:
 PATIENTS = ["201", "167", "226"]
 
 
+@pytest.fixture(scope="module")
+def splice(
+    icbhi: Path, streams: dict[str, np.ndarray], monitor: Monitor
+) -> Callable[[str], dict[str, r.Events]]:
+    """``splice(kind)``: each patient's stream with 30 s of ``kind`` spliced in at 60 s,
+    through the monitor: patient -> (time s, event) in order."""
+
+    def events(kind: str) -> dict[str, r.Events]:
+        spliced = {p: r.splice(streams[p], kind, 60.0, 30.0, RATE_HZ, int(p)) for p in PATIENTS}
+        found, _, _ = r.stream_events(monitor, spliced, bands(icbhi, PATIENTS))
+        return found
+
+    return events
+
+
 @pytest.mark.parametrize("kind", ["quiet", "noise"])
 def test_a_pause_spliced_into_real_breathing_raises_apnoea_in_time_and_clears(
-    kind: str, icbhi: Path, streams: dict[str, np.ndarray], monitor: Monitor
+    kind: str, splice: Callable[[str], dict[str, r.Events]]
 ) -> None:
-    spliced = {p: r.splice(streams[p], kind, 60.0, 30.0, RATE_HZ, int(p)) for p in PATIENTS}
-    found, _, _ = r.stream_events(monitor, spliced, bands(icbhi, PATIENTS))
+    found = splice(kind)
     for patient in PATIENTS:
         apnoea = r.onsets(found[patient], "apnoea")
         assert len(apnoea) == 1, (patient, apnoea)
@@ -63,10 +78,9 @@ def test_a_pause_spliced_into_real_breathing_raises_apnoea_in_time_and_clears(
 
 @pytest.mark.parametrize("kind", ["zeros", "detached"])
 def test_a_dead_microphone_or_a_detached_sensor_is_not_apnoea(
-    kind: str, icbhi: Path, streams: dict[str, np.ndarray], monitor: Monitor
+    kind: str, splice: Callable[[str], dict[str, r.Events]]
 ) -> None:
-    spliced = {p: r.splice(streams[p], kind, 60.0, 30.0, RATE_HZ, int(p)) for p in PATIENTS}
-    found, _, _ = r.stream_events(monitor, spliced, bands(icbhi, PATIENTS))
+    found = splice(kind)
     for patient in PATIENTS:
         assert not r.onsets(found[patient], "apnoea"), patient
         lost = r.onsets(found[patient], "breath_signal_lost")
