@@ -350,3 +350,46 @@ def test_the_pooled_phase_statistic_with_the_mean_is_the_devices_own() -> None:
         assert c1 == pytest.approx(c0, abs=1e-4)
     lsp = pooled_phase_events(probs, GRID, "linear_softmax")
     assert all(c2 >= c1 - 1e-9 for (*_, c1), (*_, c2) in zip(mine, lsp, strict=True))
+
+
+def test_the_gate_is_fitted_on_each_records_out_of_fold_output(cv_root: Path) -> None:
+    """The gate's replay reads every record from its own fold's model, once per seed; the
+    fit's held-out shares are shares of those records."""
+    from training.cv.gate import ON_GRID, cross_fit_gate, gate_outputs, replay
+
+    folds = load_folds("sprsound", path=cv_root / "folds.json")
+    truth = load_truth(cv_root / "sprsound" / "train", folds)
+    oof = oof_outputs(cv_root / "cv" / "base", truth)[0]
+    frame_s = GRID.frame_samples / GRID.sample_rate_hz
+    outputs = gate_outputs(cv_root / "cv" / "base", truth, {}, frame_s)
+    assert sorted(name for name, *_ in outputs) == sorted(f"0/{r}" for r in truth.records)
+    for name, kind, fold, duration, probs in outputs:
+        record = name.split("/", 1)[1]
+        assert np.array_equal(probs, oof[record])
+        assert (kind, fold, duration) == (0, truth.folds[record], truth.durations[record])
+    counts = replay(outputs, window_frames=12, frame_s=frame_s)
+    assert counts.flagged.shape == (len(truth.records), len(ON_GRID))
+    # a higher threshold never raises more
+    assert (np.diff(counts.poor_s, axis=1) <= 1e-9).all()
+    fit = cross_fit_gate(counts, max_good_share=0.0, max_other_time_share=1.0, k=2)
+    assert len(fit.thresholds) == 2
+    assert fit.held_out["good"] in {i / len(truth.records) for i in range(len(truth.records) + 1)}
+
+
+def test_icbhi_recordings_come_from_their_own_icbhi_folds_models(tmp_path: Path) -> None:
+    """A design may train on ICBHI patients outside each fold: the ICBHI view and the gate
+    read each recording from the models of its patient's own fold only."""
+    from training.cv.oof import icbhi_out_of_fold
+
+    folds = load_folds("icbhi")
+    patients = {"105_a": "105", "108_a": "108", "110_a": "110"}  # folds 0, 2, 4
+    for k in range(folds.k):
+        folder = tmp_path / "design" / "seed0" / f"fold{k}"
+        folder.mkdir(parents=True)
+        outputs = {f"icbhi/{r}": np.full((3, len(OUTPUTS)), k / 10) for r in patients}
+        np.savez(folder / "outputs.npz", **outputs)
+        (folder / "done.json").write_text("{}")
+    got = icbhi_out_of_fold(tmp_path / "design", patients, seed=0)
+    assert {r: k for r, (k, _) in got.items()} == {r: folds.fold_of(p) for r, p in patients.items()}
+    for _, (k, probs) in got.items():
+        assert np.allclose(probs, k / 10)

@@ -116,6 +116,24 @@ def oof_outputs(
     return out
 
 
+def icbhi_out_of_fold(
+    design: Path, patients: Mapping[str, str], seed: int
+) -> dict[str, tuple[int, np.ndarray]]:
+    """ICBHI recordings (``patients``: recording -> patient) each from seed ``seed``'s model of
+    its own ICBHI fold: ``{recording: (fold, outputs)}``. A design that trains on ICBHI
+    (``data.icbhi_fraction``) trains fold ``k``'s models on the other folds' patients only."""
+    folds = load_folds("icbhi")
+    out: dict[str, tuple[int, np.ndarray]] = {}
+    for folder in sorted((design / f"seed{seed}").glob("fold*")):
+        if not (folder / "done.json").is_file():
+            continue
+        k = fold_of_dir(folder)
+        for r, p in read_outputs(folder, "icbhi").items():
+            if r in patients and folds.fold_of(patients[r]) == k:
+                out[r] = (k, p)
+    return out
+
+
 def all_models_outputs(design: Path, prefix: str) -> list[dict[str, np.ndarray]]:
     """Every fold model's outputs of a set none of them trained on (``intra_test``,
     ``icbhi``), one dict per model."""

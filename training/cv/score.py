@@ -16,8 +16,9 @@ seeds (the mean logits of the fold models, still out of fold), on SPRSound ``tra
 - ``--reference-threshold T``: the same outputs with every class at the fixed threshold T
   (the shipped rules: 0.7), the decision the model shipped with;
 - **views**: ``intra_test`` (the fold models' ensemble, thresholds fitted on all OOF
-  records) and ICBHI (cycle-level AUC of each family against normal cycles, and the share of
-  frames whose quality output reaches 0.6).
+  records) and ICBHI (each recording from its own ICBHI fold's models, so out of fold also for
+  a design that trains on ICBHI: cycle-level AUC of each family against normal cycles, and the
+  share of frames whose quality output reaches 0.6).
 
 ``--against NAME`` (default: the first design) adds, for every other design, a paired
 bootstrap over patients (``--bootstrap`` resamples, the same patients for both designs): the
@@ -62,9 +63,11 @@ from training.cv.oof import (
     Truth,
     all_models_outputs,
     ensemble,
+    icbhi_out_of_fold,
     load_truth,
     oof_outputs,
     read_outputs,
+    seeds_of,
 )
 from training.cv.run import DEFAULT_OUT
 from training.data.targets import OUTPUTS, QUALITY_INDEX, frame_targets
@@ -234,6 +237,22 @@ def intra_view(
     return out
 
 
+def icbhi_outputs(design: Path) -> dict[str, np.ndarray]:
+    """Every ICBHI recording from its own ICBHI fold's models (the seeds' mean logits): out
+    of fold also for a design that trains on ICBHI."""
+    from training.data.icbhi import load_icbhi
+
+    folder = data_root() / "icbhi" / "train"
+    if not folder.is_dir():
+        return {}
+    patients = {r.recording_id: r.patient_id for r in load_icbhi(folder)}
+    per_seed = [
+        {r: p for r, (_, p) in icbhi_out_of_fold(design, patients, seed).items()}
+        for seed in seeds_of(design)
+    ]
+    return ensemble(per_seed) if len(per_seed) > 1 else per_seed[0]
+
+
 def views(
     probs_intra: Mapping[str, np.ndarray],
     probs_icbhi: Mapping[str, np.ndarray],
@@ -288,7 +307,7 @@ def score_design(
                     fitted = fit_thresholds(counts, truth, range(len(counts.records)), budget)
                     entry["views"] = views(
                         ensemble(all_models_outputs(design, "intra_test")),
-                        ensemble(all_models_outputs(design, "icbhi")),
+                        icbhi_outputs(design),
                         fitted,
                         grid,
                     )
@@ -441,8 +460,9 @@ def score_command(args: argparse.Namespace) -> int:
 
 
 def rules_command(args: argparse.Namespace) -> int:
-    """``lungwatch cv rules``: fit one threshold per family on a design's OOF outputs (its
-    seeds pooled) and write the ``detector`` section of a model folder's manifest."""
+    """``lungwatch cv rules``: fit one threshold per family and the quality gate's model
+    threshold on a design's OOF outputs (its seeds pooled) and write the ``detector`` and
+    ``quality`` sections of a model folder's manifest (``--section``: one of them)."""
     from edge.inference.manifest_write import set_section
     from training.recipe.config import load_run
     from training.recipe.train import frame_grid
@@ -474,14 +494,62 @@ def rules_command(args: argparse.Namespace) -> int:
         )
         print(json.dumps({f: vars(v) for f, v in fitted.items()}))
         print(json.dumps(section["validation"]))
+        quality = gate_section(design, truth, grid, args)
+        print(json.dumps(quality))
         if args.model is not None:
             manifest = args.model / "manifest.json"
-            set_section(manifest, "detector", section)
+            written = {"detector": section, "quality": quality}
+            for name in args.section or list(written):
+                set_section(manifest, name, written[name])
             print(
-                f"detector -> {manifest}; write the verify reference again: "
-                f"lungwatch verify --model-dir {args.model} --write-reference"
+                f"{', '.join(args.section or written)} -> {manifest}; write the verify "
+                f"reference again: lungwatch verify --model-dir {args.model} --write-reference"
             )
     return 0
+
+
+def seeds(n: int) -> str:
+    return f"{n} seed" + ("s" if n != 1 else "")
+
+
+def gate_section(design: Path, truth: Truth, grid: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The manifest's ``quality`` block: the gate's model threshold fitted on the design's
+    out-of-fold outputs (:mod:`training.cv.gate`), with its cross-fitted held-out shares."""
+    from training.cv.gate import GAP, ON_GRID, cross_fit_gate, fit_gate, gate_outputs, replay
+    from training.data.icbhi import load_icbhi
+
+    folder = data_root() / "icbhi" / "train"
+    patients = {r.recording_id: r.patient_id for r in load_icbhi(folder)} if folder.is_dir() else {}
+    frame_s = grid.frame_samples / grid.sample_rate_hz
+    counts = replay(gate_outputs(design, truth, patients, frame_s), args.window_frames, frame_s)
+    limits = (args.max_good_share, args.max_other_time)
+    on = ON_GRID[fit_gate(counts, np.ones(len(counts.names), bool), *limits)]
+    cf = cross_fit_gate(counts, *limits, k=max(truth.folds.values()) + 1)
+    print("poor_on  good records flagged  Poor Quality records flagged  ICBHI time (out of fold)")
+    for threshold, shares in cf.at.items():
+        print(
+            f"{threshold:>7}  {shares['good']:20.3f}  {shares['poor_quality']:28.3f}  "
+            f"{shares['other_time']:10.3f}"
+        )
+    return {
+        "poor_on": on,
+        "poor_off": round(on - GAP, 3),
+        "fitted_on": (
+            f"out-of-fold outputs of the design {design.name!r} ({seeds(len(seeds_of(design)))}): "
+            f"the lowest poor_on with <= {args.max_good_share:.0%} of good SPRSound train "
+            f"records raising poor_signal"
+            + (
+                f" and <= {args.max_other_time:.0%} of ICBHI train's time under it"
+                if args.max_other_time < 1.0
+                else ""
+            )
+            + f", windows of {args.window_frames} frames"
+        ),
+        "validation": {
+            "cross_fitted": {k: round(v, 4) for k, v in cf.held_out.items()},
+            "fold_thresholds": cf.thresholds,
+        },
+    }
 
 
 def add_rules_arguments(p: argparse.ArgumentParser) -> None:
@@ -494,3 +562,15 @@ def add_rules_arguments(p: argparse.ArgumentParser) -> None:
         help="false events per hour per family the fit may spend (default 10)",
     )
     p.add_argument("--cv-dir", type=Path, default=DEFAULT_OUT, help="designs' parent folder")
+    p.add_argument(
+        "--section",
+        action="append",
+        choices=("detector", "quality"),
+        help="write only this manifest section (repeatable; default both)",
+    )
+    for flag, default, what in (
+        ("--max-good-share", 0.02, "share of good SPRSound records the quality gate may flag"),
+        ("--max-other-time", 1.0, "share of other stethoscopes' (ICBHI's) time it may flag"),
+        ("--window-frames", 12, "output frames per device window, the gate's reading"),
+    ):
+        p.add_argument(flag, type=type(default), default=default, help=f"{what} ({default=})")

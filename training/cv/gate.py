@@ -1,0 +1,200 @@
+"""The quality gate's model threshold fitted out of fold, on SPRSound and on other stethoscopes.
+
+    fit = cross_fit_gate(design_dir, truth, window_frames=12)   # thresholds of 4 folds -> 5th
+    block = quality_section(fit, ...)                           # the manifest's ``quality``
+
+The device raises ``poor_signal`` where the model's Poor Quality output, averaged over each
+window's output frames, turns a two-threshold switch on (``poor_on``; off below ``poor_off``)
+for at least ``poor_signal_min_ms``, a pause of up to ``clear_after_ms`` continuing the event
+(:mod:`edge.bed.gate`). :func:`poor_spans` replays that switch on stored output frames, so one
+threshold is judged on every recording without running the device path again. (The gate's
+signal measures, level, clipping and the quality score, raise ``poor_signal`` too; they do
+not depend on the threshold and are not replayed here.)
+
+What a threshold is judged by, per recording:
+
+- **SPRSound** (the design's out-of-fold outputs): whether a record labelled Poor Quality
+  raises ``poor_signal`` anywhere (what the gate is for), and whether a good record does (a
+  false technical alarm: the bed's detection is suppressed and a nurse is called to the probe);
+- **other stethoscopes** (ICBHI ``train``, clinical recordings every cycle of which was
+  annotated, so usable): the share of their time under ``poor_signal``. The fold models
+  never trained on ICBHI; fold ``k``'s models judge ICBHI's fold-``k`` patients.
+
+**Fitting** (:func:`fit_gate`): the lowest ``poor_on`` of :data:`ON_GRID` (``poor_off``
+:data:`GAP` below it) at which at most ``max_good_share`` of the good SPRSound records and at
+most ``max_other_time_share`` of the other stethoscopes' time raise ``poor_signal`` (the
+highest of the grid where none does): the most Poor Quality records found within both budgets.
+(``lungwatch cv rules`` leaves the second budget open by default: a threshold high enough to
+keep other stethoscopes' clean recordings out of the gate also lets most Poor Quality records
+through; the model card has the measured trade-off.)
+**Cross-fitting** (:func:`cross_fit_gate`): fold ``k``'s threshold is fitted on the other
+folds of both data sets and judged on fold ``k`` of both; the pooled held-out shares are what
+new patients and new stethoscopes get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.bed.gate import GateConfig
+from lungwatch.labels import POOR_QUALITY
+from training.cv.oof import Truth, fold_of_dir, icbhi_out_of_fold, read_outputs, seeds_of
+from training.data.targets import QUALITY_INDEX
+
+ON_GRID = tuple(round(0.5 + 0.025 * i, 3) for i in range(19))  # 0.5 ... 0.95
+GAP = 0.2  # poor_off = poor_on - GAP, as the gate's defaults (0.6 / 0.4)
+MIN_S = GateConfig().poor_signal_min_ms / 1e3  # the device gate's defaults
+CLEAR_S = GateConfig().clear_after_ms / 1e3
+
+
+def poor_spans(
+    quality: np.ndarray,
+    on: float,
+    off: float,
+    window_frames: int,
+    frame_s: float,
+    min_s: float = MIN_S,
+    clear_s: float = CLEAR_S,
+) -> list[tuple[float, float]]:
+    """The ``poor_signal`` events (start, end in seconds) the gate's model switch raises on
+    one recording's Poor Quality output frames ``quality`` (n,): one reading per window of
+    ``window_frames`` frames (their mean), the switch on at ``>= on`` and held while ``>= off``;
+    runs apart by at most ``clear_s`` form one event, announced once its span reaches
+    ``min_s``."""
+    q = np.asarray(quality, np.float64)
+    n_windows = len(q) // window_frames + (1 if len(q) % window_frames else 0)
+    window_s = window_frames * frame_s
+    runs: list[list[float]] = []
+    active = False
+    for w in range(n_windows):
+        value = float(q[w * window_frames : (w + 1) * window_frames].mean())
+        active = value >= off if active else value >= on
+        if not active:
+            continue
+        start, end = w * window_s, min((w + 1) * window_frames, len(q)) * frame_s
+        if runs and start - runs[-1][1] <= clear_s:
+            runs[-1][1] = end
+        else:
+            runs.append([start, end])
+    return [(s, e) for s, e in runs if e - s >= min_s]
+
+
+@dataclass(frozen=True)
+class GateCounts:
+    """Every threshold of :data:`ON_GRID` replayed on a set of recordings: per recording and
+    threshold, whether ``poor_signal`` was raised and for how many seconds."""
+
+    names: list[str]
+    kind: np.ndarray  # (R,) 0 good SPRSound record, 1 Poor Quality record, 2 other stethoscope
+    fold: np.ndarray  # (R,) the recording's fold
+    duration_s: np.ndarray  # (R,)
+    flagged: np.ndarray  # (R, T) bool
+    poor_s: np.ndarray  # (R, T)
+
+    def shares(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Per threshold: the share of good / Poor Quality records flagged and the share of
+        the other stethoscopes' time under ``poor_signal``, over the recordings ``rows``."""
+        out = {}
+        for key, k in (("good", 0), ("poor_quality", 1)):
+            sel = rows & (self.kind == k)
+            out[key] = self.flagged[sel].mean(axis=0) if sel.any() else np.zeros(len(ON_GRID))
+        other = rows & (self.kind == 2)
+        total = self.duration_s[other].sum()
+        out["other_time"] = self.poor_s[other].sum(axis=0) / total if total > 0 else out["good"] * 0
+        return out
+
+
+def replay(
+    outputs: Sequence[tuple[str, int, int, float, np.ndarray]],
+    window_frames: int,
+    frame_s: float,
+) -> GateCounts:
+    """``outputs``: (name, kind, fold, duration s, output frames (n, O)) per recording."""
+    flagged = np.zeros((len(outputs), len(ON_GRID)), bool)
+    poor_s = np.zeros((len(outputs), len(ON_GRID)))
+    for i, (_, _, _, _, probs) in enumerate(outputs):
+        quality = probs[:, QUALITY_INDEX]
+        for t, on in enumerate(ON_GRID):
+            spans = poor_spans(quality, on, round(on - GAP, 3), window_frames, frame_s)
+            flagged[i, t] = bool(spans)
+            poor_s[i, t] = sum(e - s for s, e in spans)
+    return GateCounts(
+        [o[0] for o in outputs],
+        np.array([o[1] for o in outputs]),
+        np.array([o[2] for o in outputs]),
+        np.array([o[3] for o in outputs], np.float64),
+        flagged,
+        poor_s,
+    )
+
+
+def fit_gate(
+    counts: GateCounts, rows: np.ndarray, max_good_share: float, max_other_time_share: float
+) -> int:
+    """The index into :data:`ON_GRID` of the lowest on-threshold within both budgets over the
+    recordings ``rows`` (the highest where none is)."""
+    s = counts.shares(rows)
+    ok = (s["good"] <= max_good_share) & (s["other_time"] <= max_other_time_share)
+    return int(np.argmax(ok)) if ok.any() else len(ON_GRID) - 1
+
+
+@dataclass(frozen=True)
+class GateFit:
+    thresholds: list[float]  # per fold, fitted on the other folds
+    held_out: dict[str, float]  # pooled over the folds, each at its own threshold
+    at: dict[str, dict[str, float]]  # every fold at one threshold: "0.6" -> shares
+
+
+def cross_fit_gate(
+    counts: GateCounts, max_good_share: float, max_other_time_share: float, k: int
+) -> GateFit:
+    """Fold ``f``'s threshold fitted on the other folds, judged on fold ``f``; the held-out
+    shares pooled over the folds (recordings of every fold at their fold's threshold)."""
+    chosen = np.zeros(len(counts.names), int)
+    thresholds = []
+    for fold in range(k):
+        t = fit_gate(counts, counts.fold != fold, max_good_share, max_other_time_share)
+        thresholds.append(ON_GRID[t])
+        chosen[counts.fold == fold] = t
+    rows = np.arange(len(counts.names))
+    pick = GateCounts(
+        counts.names,
+        counts.kind,
+        counts.fold,
+        counts.duration_s,
+        counts.flagged[rows, chosen][:, None],
+        counts.poor_s[rows, chosen][:, None],
+    )
+    every = np.ones(len(counts.names), bool)
+    held = {key: float(v[0]) for key, v in pick.shares(every).items()}
+    whole = counts.shares(every)
+    at = {
+        f"{on:.3f}": {key: round(float(v[t]), 4) for key, v in whole.items()}
+        for t, on in enumerate(ON_GRID)
+    }
+    return GateFit(thresholds, held, at)
+
+
+def gate_outputs(
+    design: Path, truth: Truth, icbhi_patients: Mapping[str, str], frame_s: float
+) -> list[tuple[str, int, int, float, np.ndarray]]:
+    """Every seed's out-of-fold outputs of SPRSound ``train`` (kind 0 good, 1 Poor Quality)
+    and, for ICBHI (kind 2), fold ``k``'s models' outputs of ICBHI's fold-``k`` patients
+    (``icbhi_patients``: recording -> patient; its duration: its frames x ``frame_s``)."""
+    out = []
+    for seed in seeds_of(design):
+        for folder in sorted((design / f"seed{seed}").glob("fold*")):
+            if not (folder / "done.json").is_file():
+                continue
+            k = fold_of_dir(folder)
+            for r, p in read_outputs(folder, "sprsound").items():
+                if truth.folds.get(r) == k:
+                    kind = int(truth.labels[r] == POOR_QUALITY)
+                    out.append((f"{seed}/{r}", kind, k, truth.durations[r], p))
+        for r, (k, p) in icbhi_out_of_fold(design, icbhi_patients, seed).items():
+            out.append((f"{seed}/{r}", 2, k, len(p) * frame_s, p))
+    return out
