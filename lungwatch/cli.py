@@ -15,7 +15,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 DEBUG_ENV = "LUNGWATCH_DEBUG"  # set to show the traceback of an unexpected error
@@ -99,6 +99,14 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+    def names(self, flag: str, text: str, allowed: Sequence[str]) -> list[str]:
+        """The comma-separated names of an option's value, each one of ``allowed``; none at
+        all, or one outside them, is this parser's error naming ``flag`` and the choices."""
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names or any(n not in allowed for n in names):
+            self.error(f"{flag} takes names from {', '.join(allowed)}, got {text!r}")
+        return names
 
 
 def main(argv: list[str] | None = None) -> int:

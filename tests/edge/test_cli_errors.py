@@ -92,7 +92,7 @@ BAD_ARGUMENT: dict[str, list[str]] = {
     "tasks": ["--model", "m", "--dry-run", "--no-such-option"],
     "rules": ["--model", "m", "--no-such-option"],
     "cv": ["score", "--design", "d", "--budget", "lots"],
-    "views": ["--model", "m", "--views", "validation", "--no-such-option"],
+    "views": ["--model", "m", "--views", "validation,magic"],
     "respiration": ["--parts", "rate,magic"],
     "quantize": ["--model", "m.onnx", "--calib-dir", "d", "--out", "o.onnx", "--method", "magic"],
     "engine": ["--precision", "int3"],

@@ -591,10 +591,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"which parts, comma separated ({', '.join(PARTS)})")  # fmt: skip
     parser.add_argument("--out", type=Path, help="everything as JSON here")
     args = parser.parse_args(argv)
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown or not parts:
-        parser.error(f"--parts takes {', '.join(PARTS)}; got {args.parts!r}")
+    parts = parser.names("--parts", args.parts, PARTS)
     from edge.monitor import resolve_model
 
     folder, file = resolve_model(args.model)  # a bad model is named before anything runs

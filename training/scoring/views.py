@@ -244,10 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="every score as JSON here")
     args = parser.parse_args(argv)
-    views = [v.strip() for v in args.views.split(",") if v.strip()]
-    unknown = [v for v in views if v not in VIEWS]
-    if unknown or not views:
-        parser.error(f"--views takes names from {', '.join(VIEWS)}, got {args.views!r}")
+    views = parser.names("--views", args.views, VIEWS)
     exclude = set()
     if args.icbhi_exclude_patients is not None:
         exclude = set(args.icbhi_exclude_patients.read_text().split())
