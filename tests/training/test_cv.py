@@ -361,7 +361,7 @@ def test_the_gate_is_fitted_on_each_records_out_of_fold_output(cv_root: Path) ->
     truth = load_truth(cv_root / "sprsound" / "train", folds)
     oof = oof_outputs(cv_root / "cv" / "base", truth)[0]
     frame_s = GRID.frame_samples / GRID.sample_rate_hz
-    outputs = gate_outputs(cv_root / "cv" / "base", truth, {}, frame_s)
+    outputs = gate_outputs({0: oof}, truth, cv_root / "cv" / "base", {}, frame_s)
     assert sorted(name for name, *_ in outputs) == sorted(f"0/{r}" for r in truth.records)
     for name, kind, fold, duration, probs in outputs:
         record = name.split("/", 1)[1]

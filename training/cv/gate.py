@@ -1,7 +1,8 @@
 """The quality gate's model threshold fitted out of fold, on SPRSound and on other stethoscopes.
 
-    fit = cross_fit_gate(design_dir, truth, window_frames=12)   # thresholds of 4 folds -> 5th
-    block = quality_section(fit, ...)                           # the manifest's ``quality``
+    counts = replay(gate_outputs(oof, truth, design, patients, frame_s), 12, frame_s)
+    on = ON_GRID[fit_gate(counts, every_row, max_good_share=0.02, max_other_time_share=1.0)]
+    fit = cross_fit_gate(counts, 0.02, 1.0, k=5)   # each fold at the threshold of the others
 
 The device raises ``poor_signal`` where the model's Poor Quality output, averaged over each
 window's output frames, turns a two-threshold switch on (``poor_on``; off below ``poor_off``)
@@ -42,7 +43,7 @@ import numpy as np
 
 from edge.bed.gate import GateConfig
 from lungwatch.labels import POOR_QUALITY
-from training.cv.oof import Truth, fold_of_dir, icbhi_out_of_fold, read_outputs, seeds_of
+from training.cv.oof import Truth, icbhi_out_of_fold
 from training.data.targets import QUALITY_INDEX
 
 ON_GRID = tuple(round(0.5 + 0.025 * i, 3) for i in range(19))  # 0.5 ... 0.95
@@ -180,21 +181,21 @@ def cross_fit_gate(
 
 
 def gate_outputs(
-    design: Path, truth: Truth, icbhi_patients: Mapping[str, str], frame_s: float
+    oof: Mapping[int, Mapping[str, np.ndarray]],
+    truth: Truth,
+    design: Path,
+    icbhi_patients: Mapping[str, str],
+    frame_s: float,
 ) -> list[tuple[str, int, int, float, np.ndarray]]:
-    """Every seed's out-of-fold outputs of SPRSound ``train`` (kind 0 good, 1 Poor Quality)
-    and, for ICBHI (kind 2), fold ``k``'s models' outputs of ICBHI's fold-``k`` patients
+    """Every seed's out-of-fold outputs of SPRSound ``train`` (``oof``: seed -> record ->
+    outputs, :func:`~training.cv.oof.oof_outputs`; kind 0 good, 1 Poor Quality) and, for
+    ICBHI (kind 2), each recording from its own ICBHI fold's models of ``design``
     (``icbhi_patients``: recording -> patient; its duration: its frames x ``frame_s``)."""
     out = []
-    for seed in seeds_of(design):
-        for folder in sorted((design / f"seed{seed}").glob("fold*")):
-            if not (folder / "done.json").is_file():
-                continue
-            k = fold_of_dir(folder)
-            for r, p in read_outputs(folder, "sprsound").items():
-                if truth.folds.get(r) == k:
-                    kind = int(truth.labels[r] == POOR_QUALITY)
-                    out.append((f"{seed}/{r}", kind, k, truth.durations[r], p))
+    for seed, probs in oof.items():
+        for r, p in probs.items():
+            kind = int(truth.labels[r] == POOR_QUALITY)
+            out.append((f"{seed}/{r}", kind, truth.folds[r], truth.durations[r], p))
         for r, (k, p) in icbhi_out_of_fold(design, icbhi_patients, seed).items():
             out.append((f"{seed}/{r}", 2, k, len(p) * frame_s, p))
     return out

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio import read_audio
-from edge.datapaths import sprsound_root
+from edge.datapaths import data_root, sprsound_root
 from lungwatch.errors import ConfigError
 from training.cv.folds import Folds, load_folds
 from training.data.sprsound import load_sprsound
@@ -114,6 +114,14 @@ def oof_outputs(
     if not out:
         raise ConfigError(f"{design}: no seed folder with fold models")
     return out
+
+
+def icbhi_patients() -> dict[str, str]:
+    """ICBHI ``train``'s recordings -> their patients (none where the folder is absent)."""
+    from training.data.icbhi import load_icbhi
+
+    folder = data_root() / "icbhi" / "train"
+    return {r.recording_id: r.patient_id for r in load_icbhi(folder)} if folder.is_dir() else {}
 
 
 def icbhi_out_of_fold(

@@ -64,6 +64,7 @@ from training.cv.oof import (
     all_models_outputs,
     ensemble,
     icbhi_out_of_fold,
+    icbhi_patients,
     load_truth,
     oof_outputs,
     read_outputs,
@@ -240,12 +241,9 @@ def intra_view(
 def icbhi_outputs(design: Path) -> dict[str, np.ndarray]:
     """Every ICBHI recording from its own ICBHI fold's models (the seeds' mean logits): out
     of fold also for a design that trains on ICBHI."""
-    from training.data.icbhi import load_icbhi
-
-    folder = data_root() / "icbhi" / "train"
-    if not folder.is_dir():
+    patients = icbhi_patients()
+    if not patients:
         return {}
-    patients = {r.recording_id: r.patient_id for r in load_icbhi(folder)}
     per_seed = [
         {r: p for r, (_, p) in icbhi_out_of_fold(design, patients, seed).items()}
         for seed in seeds_of(design)
@@ -494,7 +492,7 @@ def rules_command(args: argparse.Namespace) -> int:
         )
         print(json.dumps({f: vars(v) for f, v in fitted.items()}))
         print(json.dumps(section["validation"]))
-        quality = gate_section(design, truth, grid, args)
+        quality = gate_section(design, oof, truth, grid, args)
         print(json.dumps(quality))
         if args.model is not None:
             manifest = args.model / "manifest.json"
@@ -512,16 +510,21 @@ def seeds(n: int) -> str:
     return f"{n} seed" + ("s" if n != 1 else "")
 
 
-def gate_section(design: Path, truth: Truth, grid: Any, args: argparse.Namespace) -> dict[str, Any]:
+def gate_section(
+    design: Path,
+    oof: Mapping[int, Mapping[str, np.ndarray]],
+    truth: Truth,
+    grid: Any,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     """The manifest's ``quality`` block: the gate's model threshold fitted on the design's
-    out-of-fold outputs (:mod:`training.cv.gate`), with its cross-fitted held-out shares."""
+    out-of-fold outputs ``oof`` (:mod:`training.cv.gate`), with its cross-fitted held-out
+    shares."""
     from training.cv.gate import GAP, ON_GRID, cross_fit_gate, fit_gate, gate_outputs, replay
-    from training.data.icbhi import load_icbhi
 
-    folder = data_root() / "icbhi" / "train"
-    patients = {r.recording_id: r.patient_id for r in load_icbhi(folder)} if folder.is_dir() else {}
     frame_s = grid.frame_samples / grid.sample_rate_hz
-    counts = replay(gate_outputs(design, truth, patients, frame_s), args.window_frames, frame_s)
+    outputs = gate_outputs(oof, truth, design, icbhi_patients(), frame_s)
+    counts = replay(outputs, args.window_frames, frame_s)
     limits = (args.max_good_share, args.max_other_time)
     on = ON_GRID[fit_gate(counts, np.ones(len(counts.names), bool), *limits)]
     cf = cross_fit_gate(counts, *limits, k=max(truth.folds.values()) + 1)
@@ -535,7 +538,7 @@ def gate_section(design: Path, truth: Truth, grid: Any, args: argparse.Namespace
         "poor_on": on,
         "poor_off": round(on - GAP, 3),
         "fitted_on": (
-            f"out-of-fold outputs of the design {design.name!r} ({seeds(len(seeds_of(design)))}): "
+            f"out-of-fold outputs of the design {design.name!r} ({seeds(len(oof))}): "
             f"the lowest poor_on with <= {args.max_good_share:.0%} of good SPRSound train "
             f"records raising poor_signal"
             + (
