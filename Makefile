@@ -9,8 +9,9 @@
 #   make bench    benchmarks, results in bench/results/
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
 #   make deploy   DEVICE=jetson | DEVICES=ward_3 [DRY_RUN=1]: Ansible rollout (docs/deploy.md)
-#   make train-sed the shipped detector's whole recipe into out/models/sed (fold models, full
-#                 model, export, INT8, rules fitted out of fold, Task rules, verify reference)
+#   make train-sed the shipped detector's whole recipe into out/models/sed (teacher and student
+#                 fold models, full model, export, INT8, rules fitted out of fold, Task rules,
+#                 verify reference)
 #   make lock     refresh the lock files from pyproject.toml (UPGRADE=1: newest allowed versions)
 #   make sysdeps  only install the Debian packages (GROUP=edge|dev)
 
@@ -88,25 +89,30 @@ fuzz: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz_view
 
-# The shipped detector's whole recipe (docs/models/sed.md, "Data and training"): the recipe's
-# fold models (SEEDS x 5 patient-grouped folds, out of fold: they fit the rules), its full model
-# (every training patient, seed SEED), export, INT8, the detector rules fitted on the fold
-# models' out-of-fold outputs (one threshold per family), the Task rules, the verify gate's
+# The shipped detector's whole recipe (docs/models/sed.md, "Data and training"): the teacher's
+# fold models (TEACHER: the recipe that also trains on ICBHI's annotated cycles; SEEDS x 5
+# patient-grouped folds), the student's fold models (CV_DESIGN: fold k taught by the teacher's
+# fold-k models; out of fold, they fit the rules) and its full model (every training patient,
+# taught by every teacher fold model, seed SEED), export, INT8, the detector rules and the
+# quality gate fitted on the student's out-of-fold outputs, the Task rules, the verify gate's
 # reference. CV_DEVICE=cuda CV_JOBS=15 trains the fold models on a GPU, several at a time;
 # fold models already trained are kept. Copy $(SED_OUT) to models/sed to ship it.
 SEED ?= 0
 SEEDS ?= 0,1,2
-CV_DESIGN ?= neutral
+TEACHER ?= neutral-icbhi
+CV_DESIGN ?= kd-icbhi
 CV_DEVICE ?= cpu
 CV_JOBS ?= 1
 SED_OUT ?= out/models/sed
 SED_DATA ?= $(or $(LUNGWATCH_DATA_DIR),../shared/data)
 SED_FULL = out/cv/$(CV_DESIGN)/seed$(SEED)/full
+CV_TRAIN = $(VENV)/bin/lungwatch cv train --config training/configs/sed.yaml --device $(CV_DEVICE)
+ICBHI_MATERIAL = --set data.icbhi_fraction=0.5
+STUDENT = $(ICBHI_MATERIAL) --set distill.teacher=out/cv/$(TEACHER) --set distill.weight=0.5
 train-sed: $(VENV)/.installed-dev
-	$(VENV)/bin/lungwatch cv train --config training/configs/sed.yaml --design $(CV_DESIGN) \
-	  --seeds $(SEEDS) --device $(CV_DEVICE) --jobs $(CV_JOBS) $(ARGS)
-	$(VENV)/bin/lungwatch cv train --config training/configs/sed.yaml --design $(CV_DESIGN) \
-	  --seeds $(SEED) --folds -1 --device $(CV_DEVICE) $(ARGS)
+	$(CV_TRAIN) --design $(TEACHER) --seeds $(SEEDS) --jobs $(CV_JOBS) $(ICBHI_MATERIAL) $(ARGS)
+	$(CV_TRAIN) --design $(CV_DESIGN) --seeds $(SEEDS) --jobs $(CV_JOBS) $(STUDENT) $(ARGS)
+	$(CV_TRAIN) --design $(CV_DESIGN) --seeds $(SEED) --folds -1 $(STUDENT) $(ARGS)
 	$(VENV)/bin/lungwatch cv predict --design $(CV_DESIGN)
 	$(VENV)/bin/lungwatch export --checkpoint $(SED_FULL)/model.pt --out $(SED_OUT)
 	$(VENV)/bin/lungwatch quantize --model $(SED_OUT)/model.onnx \
