@@ -46,10 +46,11 @@ def tiny_checkpoint(
     detector: dict[str, Any] | None = None,
     quality: dict[str, float] | None = None,
     run: dict[str, Any] | None = None,
+    icbhi_patients: tuple[str, ...] | None = None,
 ) -> Path:
     """A checkpoint of a random tiny SedNet (BatchNorm statistics varied) of ``config``
-    (default :func:`tiny_config`), with ``detector`` rules, ``quality`` thresholds and the
-    ``run`` config it says made it."""
+    (default :func:`tiny_config`), with ``detector`` rules, ``quality`` thresholds, the
+    ``run`` config it says made it and the ICBHI patients it says it trained on."""
     import torch
 
     from edge.features import FeatureSpec
@@ -67,7 +68,8 @@ def tiny_checkpoint(
     spec = FeatureSpec(n_bands=config.n_bands)
     kinds = ("logmel", "gammatone", "cwt")[: config.n_kinds]
     ckpt = Checkpoint(model.eval(), spec, kinds, OUTPUTS[: config.n_outputs], name="tiny",
-                      detector=detector, quality=quality, run=run or {})  # fmt: skip
+                      detector=detector, quality=quality, run=run or {},
+                      icbhi_patients=icbhi_patients)  # fmt: skip
     return save_checkpoint(path, ckpt)
 
 

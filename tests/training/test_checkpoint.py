@@ -32,6 +32,17 @@ def test_a_checkpoint_round_trips(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
 
 
+def test_the_icbhi_patients_it_trained_on_round_trip_and_are_checked(tmp_path: Path) -> None:
+    path = tiny_checkpoint(tmp_path / "c.pt", icbhi_patients=("130", "101"))
+    assert load_checkpoint(path).icbhi_patients == ("101", "130")
+    assert load_checkpoint(tiny_checkpoint(tmp_path / "old.pt")).icbhi_patients is None
+    data = torch.load(path, weights_only=True)
+    data["icbhi_patients"] = "101"
+    torch.save(data, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: icbhi_patients: expected a list"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
 class _Payload:
     """Unpickling this runs a command: what a malicious "model" file would do."""
 

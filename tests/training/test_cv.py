@@ -31,6 +31,7 @@ from training.cv.score import bootstrap, pooled_counts
 from training.cv.teacher import teacher_outputs
 from training.data.recordings import Batch
 from training.data.targets import OUTPUTS
+from training.models.checkpoint import load_checkpoint
 from training.recipe.losses import distill_loss, pool_phases
 from training.scoring.detection import score_detection
 
@@ -114,6 +115,8 @@ def test_every_record_gets_an_output_from_the_model_that_never_heard_its_patient
         done = json.loads((cv_root / "cv/base/seed0" / f"fold{k}" / "done.json").read_text())
         assert done["held_out_patients"] == len(folds.patients_of(k))
         assert done["epochs"] == 1
+        ckpt = load_checkpoint(cv_root / "cv/base/seed0" / f"fold{k}" / "model.pt")
+        assert ckpt.icbhi_patients == ()  # no ICBHI material: it says so, for the ICBHI view
     truth = load_truth(cv_root / "sprsound" / "train", folds)
     oof = oof_outputs(cv_root / "cv" / "base", truth)[0]
     for r in truth.records:

@@ -11,8 +11,9 @@ import pytest
 pytest.importorskip("sed_eval", reason="sed_eval is in the train extra")
 
 from edge.runtime.offline import RecordingEvents
+from tests.streaming_fixture import tiny_checkpoint
 from training.data.icbhi import IcbhiCycle, IcbhiRecording
-from training.scoring.views import icbhi_view
+from training.scoring.views import icbhi_training_patients, icbhi_view
 
 
 def recording(name: str, cycles: list[tuple[float, float, bool, bool]]) -> IcbhiRecording:
@@ -57,3 +58,31 @@ def test_cycles_are_judged_by_the_events_over_them() -> None:
     assert out["cycle_se_crackle"] == pytest.approx(1 / 3)  # 101 crackle of 101 c, both, 102 c
     assert out["cycle_sp_wheeze"] == pytest.approx(4 / 4)
     assert {"f1_cas", "f1_das", "macro_f1"} <= set(out)
+
+
+def test_the_icbhi_view_leaves_out_the_patients_the_checkpoint_says_it_trained_on(
+    tmp_path: Path,
+) -> None:
+    """A model trained by ``lungwatch cv`` on ICBHI folds records its patients: the view leaves
+    out exactly those, not the share its run config would draw (a different set)."""
+    run = {"data": {"icbhi_fraction": 0.5, "icbhi_dir": str(tmp_path / "no-icbhi")}}
+    (tmp_path / "cv").mkdir()
+    tiny_checkpoint(tmp_path / "cv" / "model.pt", run=run, icbhi_patients=("107", "130"))
+    assert icbhi_training_patients(tmp_path / "cv") == {"107", "130"}
+    (tmp_path / "none").mkdir()
+    tiny_checkpoint(tmp_path / "none" / "model.pt", icbhi_patients=())
+    assert icbhi_training_patients(tmp_path / "none") == set()
+
+
+@pytest.mark.requires_data
+def test_the_shipped_model_has_no_icbhi_view_on_the_patients_it_trained_on() -> None:
+    """The shipped model trained on every ICBHI ``train`` patient: its ICBHI view holds no
+    recording and says so, rather than scoring it in sample as if held out."""
+    from training.scoring.views import run_views
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "sed"
+    result = run_views(shipped, ["icbhi"], set())["icbhi"]
+    assert result["recordings"] == 0
+    assert len(result["patients_left_out"]) == 41
+    assert "no view" in result["note"]
+    assert "icbhi_score" not in result

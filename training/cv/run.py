@@ -171,6 +171,7 @@ def train_fold(
         epoch=kept.epoch,
         run=to_mapping(run),
         quality={"poor_on": run.quality.poor_on, "poor_off": run.quality.poor_off},
+        icbhi_patients=tuple(sorted(chosen)),
     )
     save_checkpoint(folder / "model.pt", ckpt)
     t1 = time.time()

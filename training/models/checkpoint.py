@@ -8,7 +8,8 @@ As whisper keeps its dimensions beside its weights, a checkpoint holds the netwo
 kinds it reads, the names of its outputs, its input statistics (inside the weights: the
 buffers ``input_mean`` / ``input_std``; the mean is the frame a device feeds after a stream's
 end), the detector rules fitted on validation and the quality output's hysteresis (what the
-device applies), the resolved run config and the epoch kept. ``lungwatch export`` reads
+device applies), the resolved run config, the epoch kept and the ICBHI patients whose
+recordings it trained on (an ICBHI view must leave them out). ``lungwatch export`` reads
 nothing but this file. Only tensors, numbers, strings, lists and mappings are stored, so
 :func:`load_checkpoint` reads it with ``torch.load(..., weights_only=True)`` (a checkpoint
 cannot run code) and loads the weights strictly.
@@ -51,6 +52,8 @@ class Checkpoint:
     detector: Mapping[str, Any] | None = None  # fitted rules (edge.inference.manifest's "detector")
     quality: Mapping[str, float] | None = None  # {"poor_on", "poor_off"}
     validation: Mapping[str, Any] = field(default_factory=dict)  # the kept epoch's scores
+    # the ICBHI patients whose recordings trained it; None: not recorded (older checkpoints)
+    icbhi_patients: tuple[str, ...] | None = None
 
     @property
     def mean(self) -> torch.Tensor:
@@ -73,6 +76,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
         "detector": _plain(ckpt.detector),
         "quality": _plain(ckpt.quality),
         "validation": _plain(ckpt.validation),
+        "icbhi_patients": None if ckpt.icbhi_patients is None else sorted(ckpt.icbhi_patients),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +139,16 @@ def _rebuild(data: Mapping[str, Any]) -> Checkpoint:
         detector=data["detector"],
         quality=data["quality"],
         validation=dict(data["validation"]),
+        icbhi_patients=_patients(data.get("icbhi_patients")),
     )
+
+
+def _patients(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"icbhi_patients: expected a list of patient ids, got {value!r:.60}")
+    return tuple(value)
 
 
 def _plain(value: Any) -> Any:

@@ -440,6 +440,7 @@ def fit(run: RunConfig) -> dict[str, Any]:
         detector=detector,
         quality={"poor_on": run.quality.poor_on, "poor_off": run.quality.poor_off},
         validation=kept.summary or {},
+        icbhi_patients=tuple(sorted({r.patient_id for r in data.train if r.label == "icbhi"})),
     )
     path = save_checkpoint(run.run_dir / "best.pt", ckpt)
     val_probs: dict[str, Any] = {r.record_id: p for r, p in zip(data.val, kept.probs, strict=True)}

@@ -68,14 +68,18 @@ def validation_records(model_dir: Path) -> list[SprRecord]:
 
 
 def icbhi_training_patients(model_dir: Path) -> set[str]:
-    """The ICBHI patients the run of ``model_dir``'s checkpoint trained on (none by default):
-    the ICBHI view leaves them out."""
+    """The ICBHI patients ``model_dir``'s checkpoint trained on: the ICBHI view leaves them out.
+    The checkpoint's own list where it records one; else (an older checkpoint) the share its
+    run config draws (``data.icbhi_fraction``; none by default)."""
     from lungwatch.config import from_mapping
     from training.data.icbhi import training_share
     from training.models.checkpoint import load_checkpoint
     from training.recipe.config import RunConfig
 
-    run = from_mapping(RunConfig, load_checkpoint(model_dir / "model.pt").run, source="model.pt")
+    ckpt = load_checkpoint(model_dir / "model.pt")
+    if ckpt.icbhi_patients is not None:
+        return set(ckpt.icbhi_patients)
+    run = from_mapping(RunConfig, ckpt.run, source="model.pt")
     return training_share(run.data.icbhi_dir, run.data.icbhi_fraction, run.data.icbhi_seed)[1]
 
 
@@ -203,10 +207,12 @@ def run_views(model: Path, views: Sequence[str], exclude: set[str]) -> dict[str,
             held = exclude | icbhi_training_patients(folder)  # never a training patient
             recs = [r for r in load_icbhi(data_root() / "icbhi" / "train")
                     if r.patient_id not in held]  # fmt: skip
+            out[view] = {"recordings": len(recs), "patients_left_out": sorted(held)}
+            if not recs:  # a model trained on every ICBHI patient has no held-out ICBHI view
+                out[view]["note"] = "every ICBHI recording is of a patient left out: no view"
+                continue
             found = detect_recordings({r.recording_id: r.audio_path for r in recs}, folder, file)
-            out[view] = icbhi_view(recs, found)
-            out[view]["recordings"] = len(recs)
-            out[view]["patients_left_out"] = sorted(held)
+            out[view] |= icbhi_view(recs, found)
             continue
         records = (
             validation_records(folder)
@@ -251,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_views(args.model, views, exclude)
     for view in views:
         print(f"[{view}]")
+        if "note" in result[view]:
+            print(f"  {result[view]['note']} ({len(result[view]['patients_left_out'])} patients)")
         for row in result[view].get("family_table", []):
             print(f"  {row}")
     if args.out is not None:
