@@ -52,6 +52,7 @@ from tests.edge.browser import (
     user_entry,
     wait_until,
 )
+from wardview.plot import MARGIN_PX
 
 SITE, DEVICE = "ward-b", "edge-b"
 ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"
@@ -862,8 +863,8 @@ def test_an_alarms_clip_plays_and_the_beds_history_survives_the_views_restart(
             assert shown["error"] is None
             assert shown["duration"] == pytest.approx(about["duration_s"], abs=0.05)
             wait_until(lambda: page(driver, PLAYED) > 0.2, 10.0, "the clip playing")
-            width, height = page(driver, PICTURE_SIZE)
-            assert width > 300
+            width, height = page(driver, PICTURE_SIZE)  # a column per 10-ms frame
+            assert width == pytest.approx(MARGIN_PX + 100 * about["duration_s"], abs=15)
             assert height > 100
             screenshot(driver, tmp_path / "ward-view-evidence.png")
             assert get_status(f"{dashboard.url}api/evidence/{episode}.flac") == 401
