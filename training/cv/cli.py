@@ -3,10 +3,14 @@
     lungwatch cv folds [--write]                     check (or make) the stored fold files
     lungwatch cv train --config C --design NAME --seeds 0,1,2 [--folds 0,1] [--set k=v ...]
     lungwatch cv score --design NAME [--against OTHER] [--out FILE]
+    lungwatch cv rules --design NAME [--model DIR]
+    lungwatch cv device --design NAME [--seed 0] [--against OTHER.json] [--out FILE]
 
 ``folds``: :mod:`training.cv.folds`; ``train``: :mod:`training.cv.run`; ``score``:
 :mod:`training.cv.score` (out-of-fold scores, threshold-free and at the ward's operating point,
-and a paired bootstrap over patients against another design).
+and a paired bootstrap over patients against another design); ``rules``: the detector rules
+and the quality gate fitted out of fold; ``device``: :mod:`training.cv.device` (ICBHI through
+the device path, each recording by the fold model that never heard its patient).
 """
 
 from __future__ import annotations
@@ -132,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             "rules", help="fit a threshold per family on a design's OOF outputs into a manifest"
         )
     )
+    from training.cv.device import add_device_arguments, device_command
+
+    add_device_arguments(
+        sub.add_parser("device", help="ICBHI through the device path, out of fold (fold models)")
+    )
     args = parser.parse_args(argv)
     try:
         if args.what == "folds":
@@ -156,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.what == "rules":
             return rules_command(args)
+        if args.what == "device":
+            return device_command(args)
         return score_command(args)
     except ConfigError as exc:
         parser.error(str(exc))

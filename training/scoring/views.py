@@ -170,6 +170,21 @@ def _verdict(said: Mapping[str, bool]) -> str:
     return "crackle" if said["crackle"] else "wheeze" if said["wheeze"] else "normal"
 
 
+def cycle_verdicts(
+    recordings: Sequence[IcbhiRecording], found: Mapping[str, RecordingEvents]
+) -> list[tuple[str, str, str]]:
+    """``(patient, annotated label, verdict)`` for every cycle, by the view's rule (a cycle not
+    assessed is judged normal)."""
+    rows = []
+    for rec in recordings:
+        events = found[rec.recording_id].physiological
+        poor = [e for e in found[rec.recording_id].technical if e["type"] == POOR_SIGNAL]
+        for c in rec.cycles:
+            said = _said(c, events, poor) or {"crackle": False, "wheeze": False}
+            rows.append((rec.patient_id, c.label, _verdict(said)))
+    return rows
+
+
 def _icbhi_events(
     recordings: Sequence[IcbhiRecording], found: Mapping[str, RecordingEvents]
 ) -> DetectionReport:
