@@ -37,13 +37,22 @@ from training.cv.run import fold_dir
 RECIPE_CALIBRATION = ("--max-files", "600", "--max-chunks", "2048", "--keep-first")
 
 
+def fit_rules(argv: list[str]) -> int:
+    """``lungwatch cv rules`` with ``argv``: the design's rules and gate into a manifest."""
+    from lungwatch.cli import ArgumentParser
+    from training.cv.score import add_rules_arguments, rules_command
+
+    parser = ArgumentParser(prog="lungwatch cv rules")
+    add_rules_arguments(parser)
+    return rules_command(parser.parse_args(argv))
+
+
 def device_artifact(checkpoint: Path, folder: Path, design: str, cv_dir: Path, fp32: bool) -> str:
     """``folder`` made from ``checkpoint`` as the recipe makes the shipped model; the file the
     device runs."""
     from export.quantize import main as quantize
     from export.to_onnx import main as export
     from export.verify import main as verify
-    from training.cv.cli import main as cv
 
     file = "model.onnx" if fp32 else "model.int8.onnx"
     if (folder / "verify_reference.npz").is_file():
@@ -56,8 +65,8 @@ def device_artifact(checkpoint: Path, folder: Path, design: str, cv_dir: Path, f
         steps.append((quantize, ["--model", str(folder / "model.onnx"), "--out",
                                  str(folder / file), "--calib-dir", calib,
                                  *RECIPE_CALIBRATION]))  # fmt: skip
-    steps.append((cv, ["rules", "--design", design, "--model", str(folder), "--cv-dir",
-                       str(cv_dir)]))  # fmt: skip
+    steps.append((fit_rules, ["--design", design, "--model", str(folder), "--cv-dir",
+                             str(cv_dir)]))  # fmt: skip
     steps.append((verify, ["--model-dir", str(folder), "--write-reference"]))
     for step, argv in steps:
         if step(argv) != 0:
