@@ -5,10 +5,10 @@
 
 Each fold model of the design's seed is made into what a device runs, the way the shipped
 model is (``lungwatch export``; ``lungwatch quantize`` as the recipe does unless ``--fp32``;
-``lungwatch cv rules --design NAME --model DIR``: the design's detector rules and quality gate,
-fitted on its out-of-fold outputs), in ``WORK/fold<k>``. Fold ``k``'s artifact then detects the
-ICBHI ``train`` recordings of ICBHI fold ``k`` through the public streaming path
-(:func:`edge.runtime.offline.detect_recordings`): a design that trains on ICBHI
+the design's detector rules and quality gate as ``lungwatch cv rules --design NAME`` fits them
+on its out-of-fold outputs, fitted once for all folds), in ``WORK/fold<k>``. Fold ``k``'s
+artifact then detects the ICBHI ``train`` recordings of ICBHI fold ``k`` through the public
+streaming path (:func:`edge.runtime.offline.detect_recordings`): a design that trains on ICBHI
 (``data.icbhi_fraction``) trained fold ``k`` on the other ICBHI folds' patients only, so every
 recording is judged by a model that never heard its patient. The five folds' outputs are judged
 together per annotated cycle (:func:`training.scoring.views.icbhi_view`, the rule of
@@ -37,25 +37,34 @@ from training.cv.run import fold_dir
 RECIPE_CALIBRATION = ("--max-files", "600", "--max-chunks", "2048", "--keep-first")
 
 
-def fit_rules(argv: list[str]) -> int:
-    """``lungwatch cv rules`` with ``argv``: the design's rules and gate into a manifest."""
+def fitted_rules(design: str, cv_dir: Path) -> dict[str, dict[str, Any]]:
+    """The design's ``detector`` and ``quality`` manifest sections, fitted once on its
+    out-of-fold outputs as ``lungwatch cv rules --design NAME`` fits them (its defaults)."""
     from lungwatch.cli import ArgumentParser
-    from training.cv.score import add_rules_arguments, rules_command
+    from training.cv.score import add_rules_arguments, fit_sections
 
     parser = ArgumentParser(prog="lungwatch cv rules")
     add_rules_arguments(parser)
-    return rules_command(parser.parse_args(argv))
+    return fit_sections(parser.parse_args(["--design", design, "--cv-dir", str(cv_dir)]))
 
 
-def device_artifact(checkpoint: Path, folder: Path, design: str, cv_dir: Path, fp32: bool) -> str:
-    """``folder`` made from ``checkpoint`` as the recipe makes the shipped model; the file the
-    device runs."""
+def built(folder: Path) -> bool:
+    """``folder`` holds a finished device artifact (its verify reference is written last)."""
+    return (folder / "verify_reference.npz").is_file()
+
+
+def device_artifact(
+    checkpoint: Path, folder: Path, rules: dict[str, dict[str, Any]], fp32: bool
+) -> str:
+    """``folder`` made from ``checkpoint`` as the recipe makes the shipped model, with the
+    design's fitted manifest sections ``rules``; the file the device runs."""
+    from edge.inference.manifest_write import set_section
     from export.quantize import main as quantize
     from export.to_onnx import main as export
     from export.verify import main as verify
 
     file = "model.onnx" if fp32 else "model.int8.onnx"
-    if (folder / "verify_reference.npz").is_file():
+    if built(folder):
         return file
     steps: list[tuple[Any, list[str]]] = [
         (export, ["--checkpoint", str(checkpoint), "--out", str(folder)])
@@ -65,12 +74,13 @@ def device_artifact(checkpoint: Path, folder: Path, design: str, cv_dir: Path, f
         steps.append((quantize, ["--model", str(folder / "model.onnx"), "--out",
                                  str(folder / file), "--calib-dir", calib,
                                  *RECIPE_CALIBRATION]))  # fmt: skip
-    steps.append((fit_rules, ["--design", design, "--model", str(folder), "--cv-dir",
-                             str(cv_dir)]))  # fmt: skip
-    steps.append((verify, ["--model-dir", str(folder), "--write-reference"]))
     for step, argv in steps:
         if step(argv) != 0:
             raise ConfigError(f"{folder}: {' '.join(argv[:2])} failed")
+    for name, section in rules.items():
+        set_section(folder / "manifest.json", name, section)
+    if verify(["--model-dir", str(folder), "--write-reference"]) != 0:
+        raise ConfigError(f"{folder}: verify --write-reference failed")
     return file
 
 
@@ -92,11 +102,13 @@ def run_device_view(design: str, seed: int, cv_dir: Path, work: Path, fp32: bool
         )
     found: dict[str, Any] = {}
     per_fold: dict[str, Any] = {}
+    to_build = any(not built(work / f"fold{k}") for k in range(folds.k))
+    rules = fitted_rules(design, cv_dir) if to_build else {}  # one fit serves every fold
     for k in range(folds.k):
         mine = [r for r in recordings if folds.fold_of(r.patient_id) == k]
         folder = work / f"fold{k}"
         checkpoint = fold_dir(cv_dir, design, seed, k) / "model.pt"
-        file = device_artifact(checkpoint, folder, design, cv_dir, fp32)
+        file = device_artifact(checkpoint, folder, rules, fp32)
         got = detect_recordings({r.recording_id: r.audio_path for r in mine}, folder, file)
         found |= got
         per_fold[str(k)] = icbhi_view(mine, got) | {"recordings": len(mine)}

@@ -462,11 +462,27 @@ def rules_command(args: argparse.Namespace) -> int:
     threshold on a design's OOF outputs (its seeds pooled) and write the ``detector`` and
     ``quality`` sections of a model folder's manifest (``--section``: one of them)."""
     from edge.inference.manifest_write import set_section
-    from training.recipe.config import load_run
-    from training.recipe.train import frame_grid
 
     if args.model is not None and not (args.model / "manifest.json").is_file():
         raise ConfigError(f"{args.model / 'manifest.json'}: no manifest (lungwatch export first)")
+    written = fit_sections(args)
+    if args.model is not None:
+        manifest = args.model / "manifest.json"
+        for name in args.section or list(written):
+            set_section(manifest, name, written[name])
+        print(
+            f"{', '.join(args.section or written)} -> {manifest}; write the verify "
+            f"reference again: lungwatch verify --model-dir {args.model} --write-reference"
+        )
+    return 0
+
+
+def fit_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The manifest's ``detector`` and ``quality`` sections fitted on the out-of-fold outputs
+    of ``args.design`` (``cv rules``' arguments), each fit printed as it is made."""
+    from training.recipe.config import load_run
+    from training.recipe.train import frame_grid
+
     if not (args.cv_dir / args.design).is_dir():
         raise ConfigError(f"design {args.design!r}: no folder {args.cv_dir / args.design}")
     with warnings.catch_warnings():
@@ -494,16 +510,7 @@ def rules_command(args: argparse.Namespace) -> int:
         print(json.dumps(section["validation"]))
         quality = gate_section(design, oof, truth, grid, args)
         print(json.dumps(quality))
-        if args.model is not None:
-            manifest = args.model / "manifest.json"
-            written = {"detector": section, "quality": quality}
-            for name in args.section or list(written):
-                set_section(manifest, name, written[name])
-            print(
-                f"{', '.join(args.section or written)} -> {manifest}; write the verify "
-                f"reference again: lungwatch verify --model-dir {args.model} --write-reference"
-            )
-    return 0
+    return {"detector": section, "quality": quality}
 
 
 def seeds(n: int) -> str:
