@@ -29,7 +29,7 @@ everything as JSON; the last line is ``key=value`` pairs of the headline numbers
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ VIEWS = ("validation", "intra_test", "icbhi")
 CRACKLE = ("Fine Crackle", "Coarse Crackle")
 WHEEZE = ("Wheeze", "Rhonchi", "Stridor")
 ICBHI_CLASSES = ("normal", "crackle", "wheeze", "both")
+NOTHING_SAID = {"crackle": False, "wheeze": False}  # a cycle not assessed counts as normal
 
 
 def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
@@ -120,17 +121,14 @@ def icbhi_view(recordings: Sequence[IcbhiRecording], found: Mapping[str, Recordi
     family = {"crackle": [0, 0, 0, 0], "wheeze": [0, 0, 0, 0]}  # tp, fn, fp, tn
     poor_time = total_time = 0.0
     unassessed = cycles = 0
-    for rec in recordings:
-        events = found[rec.recording_id].physiological
-        poor = [e for e in found[rec.recording_id].technical if e["type"] == POOR_SIGNAL]
+    for rec, poor, judged in _judged_cycles(recordings, found):
         end = max(c.end_s for c in rec.cycles)
         total_time += end
         poor_time += sum(overlap(e["start_s"], e["end_s"], 0.0, end) for e in poor)
-        for c in rec.cycles:
+        for c, said in judged:
             cycles += 1
-            said = _said(c, events, poor)
             unassessed += said is None
-            said = said or {"crackle": False, "wheeze": False}
+            said = said or NOTHING_SAID
             truth = c.label
             counts[truth] += 1
             correct[truth] += _verdict(said) == truth
@@ -150,6 +148,17 @@ def icbhi_view(recordings: Sequence[IcbhiRecording], found: Mapping[str, Recordi
     out["unassessed"] = unassessed / max(1, cycles)
     out.update(_report(_icbhi_events(recordings, found)))
     return out
+
+
+def _judged_cycles(
+    recordings: Sequence[IcbhiRecording], found: Mapping[str, RecordingEvents]
+) -> Iterator[tuple[IcbhiRecording, list[dict[str, Any]], list[tuple[IcbhiCycle, Any]]]]:
+    """Each recording, its ``poor_signal`` events and every cycle with what the device said
+    of it (:func:`_said`; None: not assessed)."""
+    for rec in recordings:
+        events = found[rec.recording_id].physiological
+        poor = [e for e in found[rec.recording_id].technical if e["type"] == POOR_SIGNAL]
+        yield rec, poor, [(c, _said(c, events, poor)) for c in rec.cycles]
 
 
 def _said(
@@ -175,14 +184,11 @@ def cycle_verdicts(
 ) -> list[tuple[str, str, str]]:
     """``(patient, annotated label, verdict)`` for every cycle, by the view's rule (a cycle not
     assessed is judged normal)."""
-    rows = []
-    for rec in recordings:
-        events = found[rec.recording_id].physiological
-        poor = [e for e in found[rec.recording_id].technical if e["type"] == POOR_SIGNAL]
-        for c in rec.cycles:
-            said = _said(c, events, poor) or {"crackle": False, "wheeze": False}
-            rows.append((rec.patient_id, c.label, _verdict(said)))
-    return rows
+    return [
+        (rec.patient_id, c.label, _verdict(said or NOTHING_SAID))
+        for rec, _, judged in _judged_cycles(recordings, found)
+        for c, said in judged
+    ]
 
 
 def _icbhi_events(
