@@ -18,7 +18,14 @@ view (CAS, DAS); an event is raised when its score reaches its family's threshol
   normal breathing runs high is judged against that level;
 - ``frames``: the bare outputs, an event wherever the family's highest output stays at or
   above the threshold (the device's per-class hysteresis without its off-threshold and
-  minimum duration).
+  minimum duration);
+- ``boxes``: change-point boxes on the family's highest output, after the sound event
+  bounding boxes of Ebbers et al. (Interspeech 2024, arXiv 2406.04212): a step filter (the
+  mean over the next ``BOX_FILTER_S / 2`` minus the mean over the last) rises where an event
+  starts and falls where it ends; each rise's peak opens a box, the next fall's trough closes
+  it, neighbours whose gap never drops below half the lower of their peaks become one box, and
+  a box scores its highest output (:func:`change_boxes`). Events get their own edges instead
+  of the breath phase's.
 
 The candidates of every record are matched against the annotations once, for every threshold
 at the same time, by sed_scores_eval (collar-based, the collars of
@@ -63,7 +70,9 @@ PHASE_RULE = PhaseRule(0.6, 0.5, 240.0, lead_ms=120.0)
 PHASE_CONFIG = DetectorConfig(on_threshold=0.7, off_threshold=0.55, phases=PHASE_RULE)
 RELATIVE_WINDOW_S = 30.0
 SECONDS_PER_HOUR = 3600.0
-RULES = ("phase", "phase_relative", "frames", "phase_lsp", "phase_calibrated")
+BOX_FILTER_S = 0.96  # the boxes rule's step filter, seconds (two halves)
+BOX_MERGE = 0.5  # neighbouring boxes merge where their gap stays above this x the lower peak
+RULES = ("phase", "phase_relative", "frames", "phase_lsp", "boxes", "phase_calibrated")
 
 Table = tuple[np.ndarray, np.ndarray]  # (edges (S + 1,), scores (S, 2))
 
@@ -119,11 +128,70 @@ def pooled_phase_events(
     return out
 
 
+def change_boxes(
+    score: np.ndarray, half: int, merge: float = BOX_MERGE
+) -> list[tuple[int, int, float]]:
+    """Boxes ``(first, end, peak)`` (frames, end exclusive) of one score sequence (module doc,
+    ``boxes``); ``half``: frames in each half of the step filter."""
+    n = len(score)
+    if n == 0:
+        return []
+    total = np.r_[0.0, np.cumsum(np.r_[np.zeros(half), score, np.zeros(half)])]
+    at = np.arange(n + 1) + half  # boundary b lies before frame b; outside the record scores 0
+    step = (total[at + half] - 2 * total[at] + total[at - half]) / half
+    inner = np.r_[-np.inf, step, -np.inf]
+    # a flat extreme (an event shorter than a half) is its last boundary for a rise, its
+    # first for a fall: the event's own edges
+    rises = np.flatnonzero((step > 0) & (step >= inner[:-2]) & (step > inner[2:]))
+    inner = np.r_[np.inf, step, np.inf]
+    falls = np.flatnonzero((step < 0) & (step < inner[:-2]) & (step <= inner[2:]))
+    extremes = sorted([(int(b), 1) for b in rises] + [(int(b), -1) for b in falls])
+    kept: list[tuple[int, int]] = []  # alternating; of a run of one kind the strongest
+    for b, kind in extremes:
+        if kept and kept[-1][1] == kind:
+            if abs(step[b]) > abs(step[kept[-1][0]]):
+                kept[-1] = (b, kind)
+        elif kept or kind == 1:
+            kept.append((b, kind))
+    boxes: list[list[float]] = []
+    for (on, _), (off, _) in zip(kept[::2], kept[1::2], strict=False):
+        if off <= on:
+            continue
+        peak = float(score[on:off].max())
+        if boxes:
+            last_on, last_off, last_peak = boxes[-1]
+            gap = score[int(last_off) : on]
+            if not len(gap) or gap.min() >= merge * min(last_peak, peak):
+                boxes[-1] = [last_on, off, max(last_peak, peak)]
+                continue
+        boxes.append([on, off, peak])
+    return [(int(a), int(b), float(c)) for a, b, c in boxes]
+
+
+def box_events(probs: np.ndarray, grid: FrameGrid) -> list[tuple[float, float, str, float]]:
+    """The ``boxes`` rule's scored events (seconds), one family at a time."""
+    p = np.nan_to_num(np.asarray(probs, np.float64), nan=0.0)
+    rate = float(grid.sample_rate_hz)
+    frame_s = grid.frame_samples / rate
+    half = max(1, round(BOX_FILTER_S / 2 / frame_s))
+    out = []
+    for family in FAMILIES:
+        columns = [i for i, name in enumerate(OUTPUTS) if family in MAPPING.get(name, ())]
+        score = p[:, columns].max(axis=1)
+        for first, end, peak in change_boxes(score, half):
+            start_s = (first * grid.frame_samples + grid.offset_samples) / rate
+            out.append((start_s, start_s + (end - first) * frame_s, family, peak))
+    return out
+
+
 def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid) -> Table:
     """One record's family score table under ``rule`` (module doc)."""
     classes = list(FAMILIES)
     if rule == "frames":
         return frame_table(probs, OUTPUTS, grid, duration_s, MAPPING, classes)
+    if rule == "boxes":
+        own = {f: (f,) for f in FAMILIES}
+        return event_table(box_events(probs, grid), duration_s, own, classes)
     if rule == "phase":
         events = phase_events(probs, OUTPUTS, PHASE_CONFIG, grid)
     elif rule == "phase_lsp":
@@ -131,7 +199,7 @@ def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid)
     elif rule == "phase_relative":
         events = phase_events(relative(probs, grid), OUTPUTS, PHASE_CONFIG, grid)
     else:
-        raise ConfigError(f"decision rule {rule!r}: expected one of {RULES[:4]}")
+        raise ConfigError(f"decision rule {rule!r}: expected one of {RULES[:-1]}")
     return event_table(events, duration_s, MAPPING, classes)
 
 

@@ -314,19 +314,23 @@ def score_design(
         print(f"{design.name} {name}: " + json.dumps(compact(entry)), flush=True)
     fulls = sorted(design.glob("seed*/full/done.json"))
     if with_views and fulls:  # the full models (what ships), thresholds from the pooled OOF
-        per_seed = [
-            RecordCounts.of(score_tables_of(p, truth, "phase", grid), truth) for p in oof.values()
-        ]
-        counts, big = merged(per_seed, truth)
-        fitted = fit_thresholds(counts, big, range(len(counts.records)), budget)
         result["full"] = {}
-        for done in fulls:
-            folder = done.parent
-            seed = folder.parent.name
-            result["full"][seed] = views(
-                read_outputs(folder, "intra_test"), read_outputs(folder, "icbhi"), fitted, grid
-            )
-            print(f"{design.name} {seed}/full: {json.dumps(result['full'][seed])}", flush=True)
+        for rule in [r for r in rules if r != "phase_calibrated"] or ["phase"]:
+            per_seed = [
+                RecordCounts.of(score_tables_of(p, truth, rule, grid), truth) for p in oof.values()
+            ]
+            counts, big = merged(per_seed, truth)
+            fitted = fit_thresholds(counts, big, range(len(counts.records)), budget)
+            for done in fulls:
+                folder = done.parent
+                intra = read_outputs(folder, "intra_test")
+                key = folder.parent.name if rule == "phase" else f"{folder.parent.name}:{rule}"
+                result["full"][key] = (
+                    views(intra, read_outputs(folder, "icbhi"), fitted, grid)
+                    if rule == "phase"
+                    else intra_view(intra, fitted, rule, grid)
+                )
+                print(f"{design.name} {key}/full: {json.dumps(result['full'][key])}", flush=True)
     for rule in rules:  # the seeds pooled (each record's counts summed over seeds)
         seeds = [pooled[f"seed{s}:{rule}"] for s in oof]
         pooled[f"seeds:{rule}"] = {k: np.sum([c[k] for c in seeds], axis=0) for k in seeds[0]}
