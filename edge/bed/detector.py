@@ -1,6 +1,6 @@
 """From a streaming model's per-frame probabilities to events: per-class hysteresis, minimum
-duration and merge gap, or breath phases (phase mode), and the alarm lifecycle (onset ->
-ongoing -> ended, latching by priority, IEC 60601-1-8 style).
+duration and merge gap, breath phases (phase mode) or change-point boxes, and the alarm
+lifecycle (onset -> ongoing -> ended, latching by priority, IEC 60601-1-8 style).
 
     detector = FrameDetector(outputs, config, grid)
     for first_frame, probs in ...:                      # probs (n, n_outputs), any n
@@ -117,11 +117,22 @@ class PhaseRule:
     # these classes keep their own hysteresis (on/off, minimum duration, merge gap) instead:
     # a sound annotated as its own span, shorter than the phase (SPRSound's wheezes)
     frame_classes: tuple[str, ...] = ()
+    # these classes are cut on their own output's change points instead (:func:`_track_boxes`):
+    # a box opens at a rise and closes at a fall of a step filter box_filter_ms long, runs on
+    # over a gap that stays at or above box_merge x its peak, and is announced once its peak
+    # reaches the class's on_threshold
+    box_classes: tuple[str, ...] = ()
+    box_filter_ms: float = 960.0
+    box_merge: float = 0.5
 
     def __post_init__(self) -> None:
         check_thresholds(self.on_threshold, self.off_threshold)
         check(self.min_phase_ms >= 0.0, "min_phase_ms", self.min_phase_ms, "a number >= 0")
         check(self.lead_ms >= 0.0, "lead_ms", self.lead_ms, "a number >= 0")
+        both = sorted(set(self.frame_classes) & set(self.box_classes))
+        check(not both, "box_classes", both, "classes not also in frame_classes")
+        check(self.box_filter_ms > 0.0, "box_filter_ms", self.box_filter_ms, "a number > 0")
+        check(0.0 <= self.box_merge <= 1.0, "box_merge", self.box_merge, "a number in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -534,6 +545,95 @@ def _track_phases(
     return count
 
 
+BOX_NONE, BOX_OPEN, BOX_GAP = 0, 1, 2  # a box class's state in :func:`_track_boxes`
+
+
+@njit(cache=True)
+def _track_boxes(
+    probs, index, which, thr, half, merge, first_frame, ring, sums, seen, steps, state, gap_end,
+    gap_min, gap_max, cand_start, cand_end, announced, peak, out_i, out_p,
+):  # fmt: skip
+    """Change-point boxes over ``probs`` (n, O) for the classes ``which`` (class ``c`` reads
+    output ``index[c]``). A step filter (the mean over the next ``half`` frames minus the mean
+    over the last ``half``; frames before the stream's start count 0) is read at each boundary
+    between frames: a local maximum above 0 opens a box there (a rise), a local minimum below 0
+    closes it (a fall). A closed box waits in its gap: while the gap's lowest output stays at
+    or above ``merge`` x the box's peak, a rise continues the box and a later fall moves its
+    end there; once the gap drops below that, the box is over. A box is announced once its
+    peak (the highest output of its frames) reaches ``thr[c]``. Each boundary is judged
+    ``half`` frames after it, when the filter has seen past it.
+
+    Per class ``c``: ``ring[c]`` (2 * half,) the last outputs, ``sums[c]`` the older and newer
+    halves' sums, ``seen[c]`` frames so far, ``steps[c]`` the filter at the two boundaries
+    before the newest (NaN: none), ``state[c]`` (BOX_*), ``gap_end[c]`` the fall's boundary,
+    ``gap_min[c]`` / ``gap_max[c]`` the gap's lowest and highest output; the rest as in
+    :func:`_track_frames`, whose transition rows it writes; returns their number (at most
+    2 * n * C)."""
+    count = 0
+    width = 2 * half
+    for t in range(probs.shape[0]):
+        j = first_frame + t
+        for k in range(which.shape[0]):
+            c = which[k]
+            x = probs[t, index[c]]
+            pos = seen[c] % width  # the oldest frame, leaving
+            mid = (seen[c] + half) % width  # the frame passing from the newer half to the older
+            sums[c, 0] += ring[c, mid] - ring[c, pos]
+            sums[c, 1] += x - ring[c, mid]
+            ring[c, pos] = x
+            seen[c] += 1
+            n = seen[c]
+            if n < half:
+                continue
+            newest = (sums[c, 1] - sums[c, 0]) / half  # at the boundary before frame j + 1 - half
+            if n == half:
+                steps[c, 0], steps[c, 1] = np.nan, newest
+                continue
+            before, step = steps[c, 0], steps[c, 1]  # at the boundaries b - 1 and b
+            steps[c, 0], steps[c, 1] = step, newest
+            b = j - half  # the boundary judged: it lies before frame b
+            xb = ring[c, (n - 1 - half) % width]  # frame b's output
+            rise = step > 0 and (np.isnan(before) or step >= before) and step > newest
+            fall = step < 0 and (np.isnan(before) or step < before) and step <= newest
+            if state[c] == BOX_OPEN:
+                if fall:
+                    state[c], gap_end[c], gap_min[c], gap_max[c] = BOX_GAP, b, xb, xb
+                else:
+                    peak[c] = max(peak[c], xb)
+            elif state[c] == BOX_GAP:
+                if (rise or fall) and gap_min[c] >= merge * peak[c]:  # the box went on
+                    peak[c] = max(peak[c], gap_max[c])
+                    if rise:
+                        state[c] = BOX_OPEN
+                        peak[c] = max(peak[c], xb)
+                    else:  # a later fall: the box ends there instead
+                        gap_end[c], gap_min[c], gap_max[c] = b, xb, xb
+                else:
+                    gap_min[c] = min(gap_min[c], xb)
+                    gap_max[c] = max(gap_max[c], xb)
+                    if rise or gap_min[c] < merge * peak[c]:  # over: no rise can continue it
+                        if announced[c]:
+                            out_i[count, 0], out_i[count, 1] = CLOSE, c
+                            out_i[count, 2], out_i[count, 3] = cand_start[c], gap_end[c] - 1
+                            out_p[count] = peak[c]
+                            count += 1
+                        announced[c] = False
+                        state[c] = BOX_NONE
+            if state[c] == BOX_NONE and rise:
+                state[c], cand_start[c], peak[c] = BOX_OPEN, b, xb
+            if state[c] == BOX_OPEN:
+                cand_end[c] = b
+                if not announced[c] and peak[c] >= thr[c]:
+                    announced[c] = True
+                    out_i[count, 0], out_i[count, 1] = ONSET, c
+                    out_i[count, 2], out_i[count, 3] = cand_start[c], b
+                    out_p[count] = peak[c]
+                    count += 1
+            elif state[c] == BOX_GAP:
+                cand_end[c] = gap_end[c] - 1
+    return count
+
+
 @dataclass(frozen=True)
 class DetectedEvent:
     """One finished event on the stream's sample timeline (``end_sample`` exclusive)."""
@@ -557,8 +657,11 @@ class FrameDetector:
     the events are breath phases instead: a phase of the breath output in which the mean of a
     class's probability reaches the class's ``on_threshold`` (after ``min_phase_ms``) is an
     event of that class from the phase's first frame to its last; SPRSound annotates
-    adventitious sounds by phase, so the edges follow the phase. Lifecycle, latching and
-    acknowledgement as :class:`Lifecycle`.
+    adventitious sounds by phase, so the edges follow the phase. Inside phase mode the rule's
+    ``frame_classes`` keep the per-class hysteresis and its ``box_classes`` are cut on their
+    own output's change-point boxes (:func:`_track_boxes`; announced once a box's peak reaches
+    the class's ``on_threshold``). Lifecycle, latching and acknowledgement as
+    :class:`Lifecycle`.
 
         detector = FrameDetector(outputs, config, grid)
         transitions = detector.update(first_frame, probs)   # probs (n, n_outputs), any n
@@ -608,16 +711,31 @@ class FrameDetector:
             self._phase_min = max(1, round(self._phases.min_phase_ms / hop))
             self._phase = np.zeros(3, np.int64)  # open, first frame, frames so far
             self._sums = np.zeros(n, np.float64)
-        # which classes follow the phases and which their own hysteresis (PhaseRule.frame_classes)
+        # which classes follow the phases, their own hysteresis (PhaseRule.frame_classes) or
+        # their own change-point boxes (PhaseRule.box_classes)
         framed = self.types if self._phases is None else self._phases.frame_classes
+        boxed = () if self._phases is None else self._phases.box_classes
         self._by_frames = np.array([c for c, t in enumerate(self.types) if t in framed], np.int64)
+        self._by_boxes = np.array([c for c, t in enumerate(self.types) if t in boxed], np.int64)
         self._by_phases = np.array(
-            [c for c, t in enumerate(self.types) if t not in framed], np.int64
+            [c for c, t in enumerate(self.types) if t not in framed and t not in boxed], np.int64
         )
         lead = (
             0 if self._phases is None else ms_to_samples(self._phases.lead_ms, grid.sample_rate_hz)
         )
-        self._lead = np.array([0 if t in framed else lead for t in self.types], np.int64)
+        own = (*framed, *boxed)
+        self._lead = np.array([0 if t in own else lead for t in self.types], np.int64)
+        if self._phases is not None and self._by_boxes.size:
+            self._half = max(1, round(self._phases.box_filter_ms / 2 / hop))
+            self._ring = np.zeros((n, 2 * self._half), np.float64)
+            self._box_sums = np.zeros((n, 2), np.float64)
+            self._seen = np.zeros(n, np.int64)
+            self._steps = np.full((n, 2), np.nan, np.float64)
+            self._box_state = np.zeros(n, np.int64)
+            self._gap_end = np.zeros(n, np.int64)
+            self._gap_min = np.zeros(n, np.float64)
+            self._gap_max = np.zeros(n, np.float64)
+            self._last_frame = -1
         self._last_end = np.zeros(n, np.int64)  # end sample of each class's previous event
 
     def update(self, first_frame: int, probs: np.ndarray) -> list[Transition]:
@@ -645,6 +763,14 @@ class FrameDetector:
                 first_frame, self._phase, self._sums, self._start, self._end, self._announced,
                 self._peak, self._out_i[count:], self._out_p[count:],
             )  # fmt: skip
+        if self._phases is not None and self._by_boxes.size:
+            count += _track_boxes(
+                p, self._index, self._by_boxes, self._on, self._half, self._phases.box_merge,
+                first_frame, self._ring, self._box_sums, self._seen, self._steps,
+                self._box_state, self._gap_end, self._gap_min, self._gap_max, self._start,
+                self._end, self._announced, self._peak, self._out_i[count:], self._out_p[count:],
+            )  # fmt: skip
+            self._last_frame = first_frame + p.shape[0] - 1
         for row in range(count):
             kind, c, first, last = (int(v) for v in self._out_i[row])
             self._apply(kind, c, first, last, float(self._out_p[row]))
@@ -689,6 +815,10 @@ class FrameDetector:
         return self._lifecycle.active_keys
 
     def _close_all(self) -> None:
+        if self._phases is not None and self._by_boxes.size:
+            # an open box runs to the last frame heard (a box in its gap ends at its fall)
+            open_ = self._by_boxes[self._box_state[self._by_boxes] == BOX_OPEN]
+            self._end[open_] = max(self._last_frame, 0)
         for c in range(len(self.types)):
             if self._announced[c]:
                 self._apply(CLOSE, c, int(self._start[c]), int(self._end[c]), self._peak[c])
@@ -697,6 +827,12 @@ class FrameDetector:
         self._announced[:] = False
         if self._phases is not None:
             self._phase[:] = 0
+            if self._by_boxes.size:  # the filter starts again from silence
+                self._ring[:] = 0.0
+                self._box_sums[:] = 0.0
+                self._seen[:] = 0
+                self._steps[:] = np.nan
+                self._box_state[:] = BOX_NONE
 
 
 def detect_events(

@@ -388,7 +388,8 @@ def _detector_rules(
 
 
 PHASE_KEYS = ("on_threshold", "off_threshold", "min_phase_ms", "output")
-PHASE_OPTIONAL_KEYS = ("lead_ms", "frame_classes")  # absent in older manifests: 0, none
+# absent in older manifests: 0, none, none, 960 ms, 0.5
+PHASE_OPTIONAL_KEYS = ("lead_ms", "frame_classes", "box_classes", "box_filter_ms", "box_merge")
 
 
 def _detector_phases(
@@ -399,16 +400,19 @@ def _detector_phases(
     if phases is None:
         return None
     rule = None
-    framed = phases.get("frame_classes", []) if isinstance(phases, dict) else None
+    framed: Any = phases.get("frame_classes", []) if isinstance(phases, dict) else None
+    boxed: Any = phases.get("box_classes", []) if isinstance(phases, dict) else None
+    numbers = (*PHASE_KEYS[:3], "lead_ms", "box_filter_ms", "box_merge")
     if (
         isinstance(phases, dict)
         and set(PHASE_KEYS) <= set(phases) <= set(PHASE_KEYS) | set(PHASE_OPTIONAL_KEYS)
         and phases["output"] in outputs
-        and all(_number(phases[k]) for k in (*PHASE_KEYS[:3], "lead_ms") if k in phases)
+        and all(_number(phases[k]) for k in numbers if k in phases)
         and isinstance(framed, list)
-        and all(name in outputs for name in framed)
+        and isinstance(boxed, list)
+        and all(name in outputs for name in (*framed, *boxed))
     ):
-        try:  # the thresholds, the minimum phase and the lead are checked by the rule itself
+        try:  # the numbers and the class lists are checked by the rule itself
             rule = PhaseRule(
                 float(phases["on_threshold"]),
                 float(phases["off_threshold"]),
@@ -416,6 +420,9 @@ def _detector_phases(
                 str(phases["output"]),
                 float(phases.get("lead_ms", 0.0)),
                 tuple(str(name) for name in framed),
+                tuple(str(name) for name in boxed),
+                float(phases.get("box_filter_ms", 960.0)),
+                float(phases.get("box_merge", 0.5)),
             )
         except ConfigError:
             rule = None
@@ -424,9 +431,9 @@ def _detector_phases(
             path,
             "detector.phases",
             phases,
-            f"a mapping of {', '.join(PHASE_KEYS)} and optionally lead_ms and frame_classes "
-            "(0 < off <= on < 1, min_phase_ms >= 0, lead_ms >= 0, frame_classes a list of "
-            "outputs) "
+            f"a mapping of {', '.join(PHASE_KEYS)} and optionally {', '.join(PHASE_OPTIONAL_KEYS)} "
+            "(0 < off <= on < 1, min_phase_ms >= 0, lead_ms >= 0, frame_classes and box_classes "
+            "lists of outputs in neither list twice, box_filter_ms > 0, 0 <= box_merge <= 1) "
             f"naming one of the outputs {list(outputs)}",
         )
     return rule

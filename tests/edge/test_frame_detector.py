@@ -291,3 +291,93 @@ def test_frame_classes_keep_their_own_hysteresis_inside_phase_mode() -> None:
     every = PhaseRule(0.5, 0.4, 80.0, "Breath", lead_ms=40.0)
     phased = detect_events(p, outputs, DetectorConfig(thresholds=rules, phases=every), grid)
     assert {e.type for e in phased} == {"Fine Crackle"}  # the wheeze's phase mean is 0.18
+
+
+BOX_OUTPUTS = ("Fine Crackle", "Wheeze", "Breath")
+BOX_GRID = FrameGrid(8000, 320)  # 40-ms frames, no offset
+BOXES = PhaseRule(0.5, 0.4, 80.0, "Breath", box_classes=("Wheeze",), box_filter_ms=960.0)
+
+
+def box_events(p: np.ndarray, on: float = 0.5, rule: PhaseRule = BOXES) -> list[tuple]:
+    rules = (ClassThreshold("Fine Crackle", 0.5), ClassThreshold("Wheeze", on))
+    found = detect_events(p, BOX_OUTPUTS, DetectorConfig(thresholds=rules, phases=rule), BOX_GRID)
+    return [(e.type, e.start_sample // 320, e.end_sample // 320, e.confidence) for e in found]
+
+
+def test_box_classes_are_cut_on_their_own_change_points() -> None:
+    """A box class's event runs from its output's rise to its fall, whether longer or shorter
+    than half the filter (12 frames), scores its highest output, and needs no breath phase;
+    the phase classes still need one (no Breath here: no crackle event)."""
+    p = np.zeros((300, 3), np.float32)
+    p[50:100, 1] = 0.7
+    p[70, 1] = 0.9  # a spike inside: one box, its peak
+    p[150:156, 1] = 0.6  # shorter than half the filter
+    p[200:260, 0] = 0.9  # crackles, but no breath phase
+    assert box_events(p) == [
+        ("Wheeze", 50, 100, pytest.approx(0.9)), ("Wheeze", 150, 156, pytest.approx(0.6))
+    ]  # fmt: skip
+
+
+def test_a_box_goes_on_over_a_shallow_gap_and_ends_at_a_deep_one() -> None:
+    p = np.zeros((300, 3), np.float32)
+    p[20:50, 1] = 0.8
+    p[50:56, 1] = 0.5  # stays above half the peak: the same event
+    p[56:80, 1] = 0.8
+    p[150:180, 1] = 0.8
+    p[180:210, 1] = 0.1  # drops below it: two events (a gap longer than the filter)
+    p[210:240, 1] = 0.8
+    spans = [(s, e) for _, s, e, _ in box_events(p)]
+    assert spans == [(20, 80), (150, 180), (210, 240)]
+    merged_all = dataclasses.replace(BOXES, box_merge=0.1)  # 0.1 >= 0.1 x 0.8: one event
+    assert [(s, e) for _, s, e, _ in box_events(p, rule=merged_all)][1:] == [(150, 240)]
+
+
+def test_a_box_is_announced_once_its_peak_reaches_the_threshold() -> None:
+    p = np.zeros((200, 3), np.float32)
+    p[40:80, 1] = 0.45
+    p[120:160, 1] = 0.45
+    p[140, 1] = 0.55
+    assert [(s, e) for _, s, e, _ in box_events(p)] == [(120, 160)]
+    assert box_events(p, on=0.6) == []
+    assert len(box_events(p, on=0.4)) == 2
+
+
+def test_box_transitions_do_not_depend_on_the_chunking() -> None:
+    rng = np.random.default_rng(3)
+    p = np.zeros((600, 3), np.float32)
+    for start in range(10, 560, 45):  # boxes of random height and length over a noise floor
+        p[start : start + rng.integers(4, 40), 1] = rng.uniform(0.3, 1.0)
+    p[:, 1] += rng.uniform(0.0, 0.1, 600).astype(np.float32)
+    rules = DetectorConfig(thresholds=(ClassThreshold("Wheeze", 0.5),), phases=BOXES)
+
+    def transitions(chunk: int) -> list[tuple]:
+        detector = FrameDetector(BOX_OUTPUTS, rules, BOX_GRID)
+        out = []
+        for first in range(0, 600, chunk):
+            out += detector.update(first, p[first : first + chunk])
+        out += detector.finish()
+        return [(t.state, t.start_sample, t.end_sample, t.confidence) for t in out]
+
+    whole = transitions(600)
+    assert sum(state == "onset" for state, *_ in whole) >= 5
+    for chunk in (1, 7, 25):
+        assert transitions(chunk) == whole
+
+
+def test_an_open_box_ends_with_the_stream() -> None:
+    p = np.zeros((100, 3), np.float32)
+    p[60:, 1] = 0.8  # still sounding when the recording ends
+    assert [(s, e) for _, s, e, _ in box_events(p)] == [(60, 100)]
+
+
+@pytest.mark.parametrize(
+    ("kw", "key"),
+    [
+        ({"box_classes": ("Wheeze",), "frame_classes": ("Wheeze",)}, "box_classes"),
+        ({"box_filter_ms": 0.0}, "box_filter_ms"),
+        ({"box_merge": 1.5}, "box_merge"),
+    ],
+)
+def test_bad_box_settings_name_the_key(kw: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        PhaseRule(0.5, 0.4, 80.0, "Breath", **kw)

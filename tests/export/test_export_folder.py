@@ -63,6 +63,16 @@ def test_a_phase_lead_is_read_and_absent_means_none(folder, tmp_path) -> None:
     assert load_manifest(without).detector_phases.lead_ms == 0.0
 
 
+def test_box_classes_are_read_with_their_filter_and_default_without(folder, tmp_path) -> None:
+    boxed = _edited(folder, tmp_path, lambda d: d["detector"].__setitem__("phases", {
+        **PHASES, "box_classes": ["Wheeze"], "box_filter_ms": 480, "box_merge": 0.4}))  # fmt: skip
+    rule = load_manifest(boxed).detector_phases
+    assert (rule.box_classes, rule.box_filter_ms, rule.box_merge) == (("Wheeze",), 480.0, 0.4)
+    plain = _edited(folder, tmp_path, lambda d: d["detector"].__setitem__("phases", PHASES))
+    rule = load_manifest(plain).detector_phases
+    assert (rule.box_classes, rule.box_filter_ms, rule.box_merge) == ((), 960.0, 0.5)
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -86,6 +96,13 @@ def test_a_phase_lead_is_read_and_absent_means_none(folder, tmp_path) -> None:
         (lambda d: d["detector"].__setitem__("phases", {**PHASES, "lead_ms": "40"}),
          "detector.phases must be"),
         (lambda d: d["detector"].__setitem__("phases", {**PHASES, "lag_ms": 40}),
+         "detector.phases must be"),
+        (lambda d: d["detector"].__setitem__("phases", {**PHASES, "box_classes": ["Whistle"]}),
+         "detector.phases must be"),
+        (lambda d: d["detector"].__setitem__("phases", {
+            **PHASES, "box_classes": ["Wheeze"], "frame_classes": ["Wheeze"]}),
+         "detector.phases must be"),
+        (lambda d: d["detector"].__setitem__("phases", {**PHASES, "box_filter_ms": 0}),
          "detector.phases must be"),
     ],
 )  # fmt: skip
