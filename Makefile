@@ -118,7 +118,7 @@ train-sed: $(VENV)/.installed-dev
 	$(VENV)/bin/lungwatch quantize --model $(SED_OUT)/model.onnx \
 	  --out $(SED_OUT)/model.int8.onnx --calib-dir $(SED_DATA)/sprsound/train \
 	  --max-files 600 --max-chunks 2048 --keep-first
-	$(VENV)/bin/lungwatch cv rules --design $(CV_DESIGN) --model $(SED_OUT)
+	$(VENV)/bin/lungwatch cv rules --design $(CV_DESIGN) --model $(SED_OUT) --boxes
 	$(VENV)/bin/lungwatch tasks --model $(SED_OUT)/model.int8.onnx
 	$(VENV)/bin/lungwatch verify --model-dir $(SED_OUT) --write-reference
 

@@ -25,7 +25,10 @@ view (CAS, DAS); an event is raised when its score reaches its family's threshol
   starts and falls where it ends; each rise's peak opens a box, the next fall's trough closes
   it, neighbours whose gap never drops below half the lower of their peaks become one box, and
   a box scores its highest output (:func:`change_boxes`). Events get their own edges instead
-  of the breath phase's.
+  of the breath phase's;
+- ``phase_boxes``: the device's phase rule with the CAS classes cut on their own change-point
+  boxes (``PhaseRule.box_classes``, the streaming form of ``boxes`` per class in
+  :mod:`edge.bed.detector`), each box scored by its peak; the DAS classes on phases.
 
 The candidates of every record are matched against the annotations once, for every threshold
 at the same time, by sed_scores_eval (collar-based, the collars of
@@ -51,6 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.bed.detector import DetectorConfig, FrameGrid, PhaseRule
+from edge.bed.verdict import CAS_CLASSES
 from lungwatch.errors import ConfigError
 from lungwatch.labels import NORMAL, POOR_QUALITY
 from training.cv.oof import Truth
@@ -68,11 +72,15 @@ FAMILIES = ("CAS", "DAS")
 MAPPING = VIEWS["family"][0]
 PHASE_RULE = PhaseRule(0.6, 0.5, 240.0, lead_ms=120.0)
 PHASE_CONFIG = DetectorConfig(on_threshold=0.7, off_threshold=0.55, phases=PHASE_RULE)
+BOXES_RULE = dataclasses.replace(PHASE_RULE, box_classes=CAS_CLASSES)
+BOXES_CONFIG = dataclasses.replace(PHASE_CONFIG, phases=BOXES_RULE)
 RELATIVE_WINDOW_S = 30.0
 SECONDS_PER_HOUR = 3600.0
 BOX_FILTER_S = 0.96  # the boxes rule's step filter, seconds (two halves)
 BOX_MERGE = 0.5  # neighbouring boxes merge where their gap stays above this x the lower peak
-RULES = ("phase", "phase_relative", "frames", "phase_lsp", "boxes", "phase_calibrated")
+RULES = (
+    "phase", "phase_relative", "frames", "phase_lsp", "boxes", "phase_boxes", "phase_calibrated",
+)  # fmt: skip
 
 Table = tuple[np.ndarray, np.ndarray]  # (edges (S + 1,), scores (S, 2))
 
@@ -194,6 +202,8 @@ def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid)
         return event_table(box_events(probs, grid), duration_s, own, classes)
     if rule == "phase":
         events = phase_events(probs, OUTPUTS, PHASE_CONFIG, grid)
+    elif rule == "phase_boxes":
+        events = phase_events(probs, OUTPUTS, BOXES_CONFIG, grid)
     elif rule == "phase_lsp":
         events = pooled_phase_events(probs, grid)
     elif rule == "phase_relative":
@@ -451,9 +461,11 @@ def detector_section(
     seeds: int,
     budget: float,
     oof: Mapping[str, float],
+    rule: PhaseRule = PHASE_RULE,
 ) -> dict[str, object]:
-    """The manifest's ``detector`` section: the phase rule, every class of a family at the
-    family's threshold (off-threshold 0.15 below, as the fit has always set it)."""
+    """The manifest's ``detector`` section: the phase rule ``rule`` (:data:`BOXES_RULE` for the
+    ``phase_boxes`` fit), every class of a family at the family's threshold (off-threshold 0.15
+    below, as the fit has always set it)."""
     from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
 
     rules = []
@@ -477,8 +489,9 @@ def detector_section(
     return {
         "thresholds": rules,
         "phases": {
-            **dataclasses.asdict(PHASE_RULE),
-            "frame_classes": list(PHASE_RULE.frame_classes),
+            **dataclasses.asdict(rule),
+            "frame_classes": list(rule.frame_classes),
+            "box_classes": list(rule.box_classes),
         },
         "fitted_on": f"out-of-fold outputs of the design {design!r}: {n_records} SPRSound train "
         f"records, {seeds} seed(s), patient-grouped 5-fold (training/cv/folds); one threshold "

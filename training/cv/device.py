@@ -37,15 +37,16 @@ from training.cv.run import fold_dir
 RECIPE_CALIBRATION = ("--max-files", "600", "--max-chunks", "2048", "--keep-first")
 
 
-def fitted_rules(design: str, cv_dir: Path) -> dict[str, dict[str, Any]]:
+def fitted_rules(design: str, cv_dir: Path, boxes: bool = False) -> dict[str, dict[str, Any]]:
     """The design's ``detector`` and ``quality`` manifest sections, fitted once on its
-    out-of-fold outputs as ``lungwatch cv rules --design NAME`` fits them (its defaults)."""
+    out-of-fold outputs as ``lungwatch cv rules --design NAME [--boxes]`` fits them."""
     from lungwatch.cli import ArgumentParser
     from training.cv.score import add_rules_arguments, fit_sections
 
     parser = ArgumentParser(prog="lungwatch cv rules")
     add_rules_arguments(parser)
-    return fit_sections(parser.parse_args(["--design", design, "--cv-dir", str(cv_dir)]))
+    argv = ["--design", design, "--cv-dir", str(cv_dir), *(["--boxes"] if boxes else [])]
+    return fit_sections(parser.parse_args(argv))
 
 
 def built(folder: Path) -> bool:
@@ -84,7 +85,9 @@ def device_artifact(
     return file
 
 
-def run_device_view(design: str, seed: int, cv_dir: Path, work: Path, fp32: bool) -> dict[str, Any]:
+def run_device_view(
+    design: str, seed: int, cv_dir: Path, work: Path, fp32: bool, boxes: bool = False
+) -> dict[str, Any]:
     """The ICBHI view of ``design``'s seed-``seed`` fold models, out of fold (module doc)."""
     from edge.runtime.offline import detect_recordings
     from training.data.icbhi import load_icbhi
@@ -103,7 +106,7 @@ def run_device_view(design: str, seed: int, cv_dir: Path, work: Path, fp32: bool
     found: dict[str, Any] = {}
     per_fold: dict[str, Any] = {}
     to_build = any(not built(work / f"fold{k}") for k in range(folds.k))
-    rules = fitted_rules(design, cv_dir) if to_build else {}  # one fit serves every fold
+    rules = fitted_rules(design, cv_dir, boxes) if to_build else {}  # one fit for every fold
     for k in range(folds.k):
         mine = [r for r in recordings if folds.fold_of(r.patient_id) == k]
         folder = work / f"fold{k}"
@@ -167,10 +170,13 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cv-dir", type=Path, default=DEFAULT_OUT, help="designs' parent folder")
     p.add_argument("--work", type=Path, default=None,
                    help="where the fold models' device artifacts go "
-                        "(default out/cv-device/<design>-seed<seed>)")  # fmt: skip
+                        "(default out/cv-device/<design>-seed<seed>[-boxes])")  # fmt: skip
     p.add_argument("--fp32", action="store_true",
                    help="run the FP32 ONNX file (default: INT8, as the device)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="the view and every cycle's verdict")
+    p.add_argument("--boxes", action="store_true",
+                   help="the CAS classes on change-point boxes, as cv rules --boxes fits "
+                        "them (default --work then ends in -boxes)")  # fmt: skip
     p.add_argument(
         "--against", type=Path, default=None,
         help="another run's --out: the paired bootstrap of the Score against it",
@@ -178,14 +184,15 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def device_command(args: argparse.Namespace) -> int:
-    work = args.work or Path("out/cv-device") / f"{args.design}-seed{args.seed}"
+    boxed = "-boxes" if args.boxes else ""
+    work = args.work or Path("out/cv-device") / f"{args.design}-seed{args.seed}{boxed}"
     other = None
     if args.against is not None:
         try:
             other = json.loads(args.against.read_text())["verdicts"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"--against {args.against}: not a cv device result ({exc})") from None
-    result = run_device_view(args.design, args.seed, args.cv_dir, work, args.fp32)
+    result = run_device_view(args.design, args.seed, args.cv_dir, work, args.fp32, args.boxes)
     if other is not None:
         result["against"] = {"file": str(args.against)}
         result["against"] |= paired_bootstrap(result["verdicts"], other)

@@ -42,8 +42,10 @@ from edge.datapaths import data_root, sprsound_root
 from lungwatch.errors import ConfigError
 from lungwatch.labels import NORMAL
 from training.cv.decide import (
+    BOXES_RULE,
     FAMILIES,
     MAPPING,
+    PHASE_RULE,
     RULES,
     CrossFit,
     Fitted,
@@ -495,8 +497,9 @@ def fit_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         truth = load_truth()
         grid = frame_grid(load_run(Path("training/configs/sed.yaml")))
         oof = oof_outputs(design, truth)
+        rule = "phase_boxes" if args.boxes else "phase"
         per_seed = [
-            RecordCounts.of(score_tables_of(p, truth, "phase", grid), truth) for p in oof.values()
+            RecordCounts.of(score_tables_of(p, truth, rule, grid), truth) for p in oof.values()
         ]
         counts, big = merged(per_seed, truth)
         fitted = fit_thresholds(counts, big, range(len(counts.records)), args.budget)
@@ -509,6 +512,7 @@ def fit_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             len(oof),
             args.budget,
             {k: round(float(v), 4) for k, v in oof_summary.items()},
+            BOXES_RULE if args.boxes else PHASE_RULE,
         )
         print(json.dumps({f: vars(v) for f, v in fitted.items()}))
         print(json.dumps(section["validation"]))
@@ -576,6 +580,12 @@ def add_rules_arguments(p: argparse.ArgumentParser) -> None:
         help="false events per hour per family the fit may spend (default 10)",
     )
     p.add_argument("--cv-dir", type=Path, default=DEFAULT_OUT, help="designs' parent folder")
+    p.add_argument(
+        "--boxes",
+        action="store_true",
+        help="cut the CAS classes' events on their own change-point boxes, the DAS classes' "
+        "on breath phases (the phase_boxes rule); default: every class on phases",
+    )
     p.add_argument(
         "--section",
         action="append",
