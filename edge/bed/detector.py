@@ -727,6 +727,7 @@ class FrameDetector:
         self._lead = np.array([0 if t in own else lead for t in self.types], np.int64)
         if self._phases is not None and self._by_boxes.size:
             self._half = max(1, round(self._phases.box_filter_ms / 2 / hop))
+            self._box_merge = self._phases.box_merge
             self._ring = np.zeros((n, 2 * self._half), np.float64)
             self._box_sums = np.zeros((n, 2), np.float64)
             self._seen = np.zeros(n, np.int64)
@@ -763,9 +764,9 @@ class FrameDetector:
                 first_frame, self._phase, self._sums, self._start, self._end, self._announced,
                 self._peak, self._out_i[count:], self._out_p[count:],
             )  # fmt: skip
-        if self._phases is not None and self._by_boxes.size:
+        if self._by_boxes.size:  # only in phase mode
             count += _track_boxes(
-                p, self._index, self._by_boxes, self._on, self._half, self._phases.box_merge,
+                p, self._index, self._by_boxes, self._on, self._half, self._box_merge,
                 first_frame, self._ring, self._box_sums, self._seen, self._steps,
                 self._box_state, self._gap_end, self._gap_min, self._gap_max, self._start,
                 self._end, self._announced, self._peak, self._out_i[count:], self._out_p[count:],
@@ -815,7 +816,7 @@ class FrameDetector:
         return self._lifecycle.active_keys
 
     def _close_all(self) -> None:
-        if self._phases is not None and self._by_boxes.size:
+        if self._by_boxes.size:
             # an open box runs to the last frame heard (a box in its gap ends at its fall)
             open_ = self._by_boxes[self._box_state[self._by_boxes] == BOX_OPEN]
             self._end[open_] = max(self._last_frame, 0)

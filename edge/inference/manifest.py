@@ -388,7 +388,7 @@ def _detector_rules(
 
 
 PHASE_KEYS = ("on_threshold", "off_threshold", "min_phase_ms", "output")
-# absent in older manifests: 0, none, none, 960 ms, 0.5
+# absent in older manifests: 0, none, none, and PhaseRule's box_filter_ms and box_merge
 PHASE_OPTIONAL_KEYS = ("lead_ms", "frame_classes", "box_classes", "box_filter_ms", "box_merge")
 
 
@@ -421,8 +421,7 @@ def _detector_phases(
                 float(phases.get("lead_ms", 0.0)),
                 tuple(str(name) for name in framed),
                 tuple(str(name) for name in boxed),
-                float(phases.get("box_filter_ms", 960.0)),
-                float(phases.get("box_merge", 0.5)),
+                **{k: float(phases[k]) for k in ("box_filter_ms", "box_merge") if k in phases},
             )
         except ConfigError:
             rule = None

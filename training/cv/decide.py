@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.bed.detector import DetectorConfig, FrameGrid, PhaseRule
-from edge.bed.verdict import CAS_CLASSES
+from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
 from lungwatch.errors import ConfigError
 from lungwatch.labels import NORMAL, POOR_QUALITY
 from training.cv.oof import Truth
@@ -76,8 +76,10 @@ BOXES_RULE = dataclasses.replace(PHASE_RULE, box_classes=CAS_CLASSES)
 BOXES_CONFIG = dataclasses.replace(PHASE_CONFIG, phases=BOXES_RULE)
 RELATIVE_WINDOW_S = 30.0
 SECONDS_PER_HOUR = 3600.0
-BOX_FILTER_S = 0.96  # the boxes rule's step filter, seconds (two halves)
-BOX_MERGE = 0.5  # neighbouring boxes merge where their gap stays above this x the lower peak
+# the boxes rule's step filter (seconds, two halves) and merge share, the device's defaults:
+# neighbouring boxes merge where their gap stays above BOX_MERGE x the lower peak
+BOX_FILTER_S = BOXES_RULE.box_filter_ms / 1000.0
+BOX_MERGE = BOXES_RULE.box_merge
 RULES = (
     "phase", "phase_relative", "frames", "phase_lsp", "boxes", "phase_boxes", "phase_calibrated",
 )  # fmt: skip
@@ -466,8 +468,6 @@ def detector_section(
     """The manifest's ``detector`` section: the phase rule ``rule`` (:data:`BOXES_RULE` for the
     ``phase_boxes`` fit), every class of a family at the family's threshold (off-threshold 0.15
     below, as the fit has always set it)."""
-    from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
-
     rules = []
     for family, classes in (("CAS", CAS_CLASSES), ("DAS", DAS_CLASSES)):
         on = fitted[family].threshold

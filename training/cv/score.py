@@ -278,6 +278,7 @@ def score_design(
         members["ensemble"] = ensemble(list(oof.values()))
     result: dict[str, Any] = {"seeds": sorted(oof), "members": {}}
     pooled: dict[str, dict[str, np.ndarray]] = {}
+    counted: dict[tuple[str, str], RecordCounts] = {}  # (member, rule): its per-record counts
     for name, probs in members.items():
         entry: dict[str, Any] = frame_auc(probs, truth, grid)
         for rule in rules:
@@ -287,7 +288,7 @@ def score_design(
                 pooled[f"{name}:{rule}"] = pooled_counts([cf])
                 continue
             tables = score_tables_of(probs, truth, rule, grid)
-            counts = RecordCounts.of(tables, truth)
+            counts = counted[name, rule] = RecordCounts.of(tables, truth)
             cf = cross_fit(counts, truth, budget)
             entry[rule] = summary(cf, truth, counts.records) | presence_at_specificity(
                 counts, truth
@@ -319,7 +320,9 @@ def score_design(
         result["full"] = {}
         for rule in [r for r in rules if r != "phase_calibrated"] or ["phase"]:
             per_seed = [
-                RecordCounts.of(score_tables_of(p, truth, rule, grid), truth) for p in oof.values()
+                counted.get((f"seed{s}", rule))
+                or RecordCounts.of(score_tables_of(p, truth, rule, grid), truth)
+                for s, p in oof.items()
             ]
             counts, big = merged(per_seed, truth)
             fitted = fit_thresholds(counts, big, range(len(counts.records)), budget)
