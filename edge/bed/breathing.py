@@ -47,6 +47,14 @@ once it lies half a window back (the analysis that sees it in the window's middl
 so the count of a whole stream (:meth:`BreathTracker.summary`) is not the first guess of a
 window that had only just begun.
 
+The fallback band: with ``fallback_band_hz`` set, a second tracker (``fallback``) reads the
+same frames on that band; its own alarms are not the bed's. Where this
+band's analysis gives ``not_assessable`` and the fallback's analysis of the same window gives
+a rate, the bed's :attr:`~BreathTracker.reading` is the fallback's, and a stream whose own
+count is not assessable takes the fallback's when that one is (:meth:`BreathTracker.summary`).
+Arming, apnoea and ``breath_signal_lost`` read this band's breaths alone; the rate alerts read
+the bed's reading (the number the ward sees).
+
 Apnoea and lost signal (checked every window once the bed is armed: ``arm_breaths`` breaths
 heard and a rate assessable within ``ARM_HOLD_S`` before the last breath, so a bed whose
 breath sounds are too faint to count judges no pause; the window is analysed at every
@@ -73,6 +81,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -155,8 +164,22 @@ def tracker_spec(spec: FeatureSpec) -> FeatureSpec:
 
 
 def check_spec(spec: FeatureSpec, config: RespirationConfig) -> None:
-    """ValueError unless ``spec``'s bands hold the breath and body bands."""
+    """ValueError unless ``spec``'s bands hold the breath, fallback and body bands."""
     _band_layout(spec, config)
+    _fallback_config(spec, config)
+
+
+def _fallback_config(spec: FeatureSpec, config: RespirationConfig) -> RespirationConfig | None:
+    """The fallback band's tracker config (None: off); ValueError naming ``fallback_band_hz``
+    where ``spec``'s bands cannot hold it."""
+    if config.fallback_band_hz is None:
+        return None
+    other = replace(config, breath_band_hz=config.fallback_band_hz, fallback_band_hz=None)
+    try:
+        _band_layout(spec, other)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("breath_band_hz", "fallback_band_hz")) from None
+    return other
 
 
 def _db_per_unit(spec: FeatureSpec) -> float:
@@ -188,6 +211,9 @@ class BreathTracker:
         self.stride = grid.frame_samples // spec.hop_samples  # front-end frames per sample
         self.rate_hz = grid.sample_rate_hz / grid.frame_samples  # breath samples per second
         self._breath, self._sub, self._body = _band_layout(spec, config)
+        # the fallback band's own tracker (its alarms are not the bed's; module doc)
+        other = _fallback_config(spec, config)
+        self.fallback = None if other is None else BreathTracker(other, spec, grid, band)
         self._floor_db = _floor_db(spec) + SILENT_MARGIN_DB
         self._scale = _db_per_unit(spec)
         self._levels = np.zeros((N_SUB_BANDS + 1, 12))  # a window's levels (grown if needed)
@@ -233,6 +259,7 @@ class BreathTracker:
         self._every = checks * CHECK_EVERY
         self.alarms = BreathAlarms(config, band, grid)
         self.reading = Respiration("assessing", None, 0.0, 0, 0.0, 0, None, band.name)
+        self.own_state = "assessing"  # this band's state at the last analysis
         self.readings_due = 0  # analyses since the caller last took the reading
         self.good_samples = 0  # samples not under a lost signal, since the start
         # analyses whose window held min_window_s, those that gave a rate, their confidences
@@ -251,6 +278,8 @@ class BreathTracker:
         """A window's new frames (``features`` (n_bands, n) of the first kind, the first
         ``real_frames`` of them audio, the rest end-of-stream padding) and whether a
         lost-signal condition held in it; the alarms' transitions."""
+        if self.fallback is not None:
+            self.fallback.push(features, real_frames, lost)
         samples, flags = self._samples(features, real_frames, lost)
         n = samples.shape[1]
         transitions: list[Transition] = []
@@ -334,14 +363,16 @@ class BreathTracker:
         learn = round(RECENT_BREATH_FRACTION * self.period_s * self.rate_hz)
         self.iparams[k.I_LEARN_UNTIL] = self.last_breath_end + learn
         heard = first + peaks[confirmed]
-        self.reading = self._reading(heard, good, confidence)
+        own = self._reading(heard, good, confidence)
         # the typical breath is learnt, and the bed armed for apnoea, only where the window
         # holds the period with room to spare: the autocorrelation's height over the whole
         # window (biased) passes the bound too, not only its height per product
         whole = confidence * max(0.0, 1.0 - self.period_s * self.rate_hz / max(1, a.shape[0]))
-        if self.reading.state == "ok" and whole >= self.config.min_confidence:
+        if own.state == "ok" and whole >= self.config.min_confidence:
             self.typical_db = float(np.median(proms[confirmed]))
             self.assessable_at = self.samples
+        self.own_state = own.state
+        self.reading = self._or_fallback(own)
         self.readings_due += 1
         return self.alarms.rate(self, self.reading)
 
@@ -440,9 +471,19 @@ class BreathTracker:
             reason=reason,
         )
 
+    def _or_fallback(self, own: Respiration) -> Respiration:
+        """The bed's reading: ``own`` (this band's), or where it is not assessable the
+        fallback band's reading of the same window when that one gives a rate."""
+        other = None if self.fallback is None else self.fallback.reading
+        if other is None or own.state != "not_assessable" or other.state != "ok":
+            return own
+        return other if other.sample == own.sample else own
+
     def finish(self) -> list[Transition]:
         """The stream ended: a last analysis (a breath the end cut counts), then every open
         alarm ends at the end of the last sample taken."""
+        if self.fallback is not None:
+            self.fallback.finish()
         transitions = self._analyse(final=True) if self.samples > 0 else []
         return transitions + self.alarms.finish(self.grid.end_sample(max(0, self.samples - 1)))
 
@@ -456,16 +497,33 @@ class BreathTracker:
         breaths per minute of that audio when at least half the analyses whose window held
         ``min_window_s`` gave a rate, or, for a stream no longer than the window, when the
         last analysis (the one that saw all of it) gave one (else None; measured closer to
-        annotated cycle counts than the median of the live readings: docs/respiration.md),
-        the mean confidence, and the live readings as ``series`` (``readings``: every
-        analysis' :attr:`reading`, in order, what the streaming API returned and the ward
-        view showed; ``t_s`` the window's end in the stream)."""
+        annotated cycle counts than the median of the live readings: docs/respiration.md);
+        where the breath band's rate is not assessable and the fallback band's is, the
+        fallback band's breaths and rate (``breath_band_hz`` names the band); the mean
+        confidence, and the live readings as ``series`` (``readings``: every analysis'
+        :attr:`reading`, in order, what the streaming API returned and the ward view showed;
+        ``t_s`` the window's end in the stream)."""
+        found = self._band_summary()
+        if not found["assessable"] and self.fallback is not None:
+            other = self.fallback._band_summary()
+            found = other if other["assessable"] else found
+        return {
+            **found,
+            "age_band": self.band.name,
+            "series": [
+                {"t_s": round(r.sample / self.grid.sample_rate_hz, 2), **r.to_dict()}
+                for r in readings
+            ],
+        }
+
+    def _band_summary(self) -> dict[str, Any]:
+        """:meth:`summary`'s figures of this tracker's own band."""
         monitored_s = self.good_samples / self.rate_hz
         analyses = int(self.assessed["analyses"])
         share = self.assessed["ok"] / analyses if analyses else 0.0
         # the last window held the whole stream (so it held the most good audio of any)
         whole = self.samples <= self.ring_a.shape[0]
-        last = whole and self.reading.state == "ok"
+        last = whole and self.own_state == "ok"
         assessable = (share >= 0.5 or last) and monitored_s > 0
         return {
             "rate_bpm": round(60.0 * self.breaths / monitored_s, 2) if assessable else None,
@@ -474,11 +532,7 @@ class BreathTracker:
             "assessable": assessable,
             "assessed_share": round(share, 3),
             "confidence": round(self.assessed["confidence_sum"] / analyses, 3) if analyses else 0.0,
-            "age_band": self.band.name,
-            "series": [
-                {"t_s": round(r.sample / self.grid.sample_rate_hz, 2), **r.to_dict()}
-                for r in readings
-            ],
+            "breath_band_hz": list(self.config.breath_band_hz),
         }
 
 

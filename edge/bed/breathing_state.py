@@ -33,6 +33,9 @@ class RespirationConfig:
     rate_alert_s: float = 60.0  # a rate out of range this long: tachypnoea / bradypnoea
     breath_band_hz: tuple[float, float] = (150.0, 1000.0)
     body_band_hz: tuple[float, float] = (50.0, 150.0)
+    # a second breath band, tracked beside the first: its rate is the bed's where the first
+    # band's is not assessable (None: off); pauses and apnoea stay the first band's
+    fallback_band_hz: tuple[float, float] | None = (80.0, 800.0)
 
     def __post_init__(self) -> None:
         age_band(self.age_band)  # a ConfigError naming the choices
@@ -48,9 +51,12 @@ class RespirationConfig:
         check(self.arm_breaths >= 1, "arm_breaths", self.arm_breaths, "an integer >= 1")
         check(self.contact_drop_db > 0, "contact_drop_db", self.contact_drop_db, "a number > 0")
         check(self.rate_alert_s >= 0, "rate_alert_s", self.rate_alert_s, "a number >= 0")
-        for key in ("breath_band_hz", "body_band_hz"):
-            lo, hi = getattr(self, key)
-            check(0 <= lo < hi, key, getattr(self, key), "[low, high] with 0 <= low < high")
+        bands = {"breath_band_hz": self.breath_band_hz, "body_band_hz": self.body_band_hz}
+        if self.fallback_band_hz is not None:
+            bands["fallback_band_hz"] = self.fallback_band_hz
+        for key, value in bands.items():
+            lo, hi = value
+            check(0 <= lo < hi, key, value, "[low, high] with 0 <= low < high")
 
 
 @dataclass(frozen=True)

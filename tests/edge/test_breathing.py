@@ -223,6 +223,41 @@ def test_a_stream_no_longer_than_the_window_is_judged_by_its_last_analysis() -> 
     assert s["rate_bpm"] is None
 
 
+def test_the_fallback_band_gives_the_rate_where_the_breath_band_gives_none() -> None:
+    """Breath sounds only in 150-1000 Hz: a breath band above them hears no breathing; the
+    fallback band's rate is the bed's, live and in the summary, which names the band."""
+    frames = breathing(90.0, 20)
+    high = {"breath_band_hz": (1500.0, 3500.0)}
+    alone, _ = run(frames, RespirationConfig(**high, fallback_band_hz=None))
+    assert alone.reading.state == "not_assessable"
+    assert summary(alone)["assessable"] is False
+    fused, found = run(frames, RespirationConfig(**high, fallback_band_hz=(150.0, 1000.0)))
+    assert fused.reading.state == "ok"
+    assert fused.reading.rate_bpm == pytest.approx(20.0, abs=1.0)
+    assert fused.reading == fused.fallback.reading  # type: ignore[union-attr]
+    s = summary(fused)
+    assert s["assessable"] is True
+    assert s["breath_band_hz"] == [150.0, 1000.0]
+    assert s["rate_bpm"] == pytest.approx(20.0, abs=1.0)
+    assert s["series"][-1]["state"] == "ok"
+    # pauses stay the breath band's: a bed that never breathed there raises no apnoea
+    assert not of_type(found, "apnoea")
+
+
+def test_the_fallback_band_leaves_an_assessable_breath_band_and_its_alarms_alone() -> None:
+    frames = breathing(150.0, 15, pauses=((60.0, 90.0),))
+    without, found_without = run(frames, RespirationConfig(fallback_band_hz=None))
+    with_fallback, found_with = run(frames, RespirationConfig(fallback_band_hz=(80.0, 800.0)))
+    assert with_fallback.fallback is not None
+    assert [(w, t.type, t.state) for w, t in found_with] == [
+        (w, t.type, t.state) for w, t in found_without
+    ]
+    assert of_type(found_with, "apnoea")
+    fused, alone = summary(with_fallback), summary(without)
+    assert {**fused, "series": None} == {**alone, "series": None}
+    assert fused["breath_band_hz"] == [150.0, 1000.0]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -230,6 +265,7 @@ def test_a_stream_no_longer_than_the_window_is_judged_by_its_last_analysis() -> 
         ({"age_band": "toddler"}, "age band 'toddler' is not one of infant-under-2m"),
         ({"apnoea_s": 1}, "apnoea_s must be a number >= 5 (seconds) or null"),
         ({"breath_band_hz": [900, 100]}, "breath_band_hz must be [low, high]"),
+        ({"fallback_band_hz": [900, 100]}, "fallback_band_hz must be [low, high]"),
     ],
 )
 def test_config_errors_name_the_key(values: dict[str, object], message: str) -> None:
@@ -241,6 +277,16 @@ def test_a_spec_without_the_breath_band_is_refused() -> None:
     narrow = dataclasses.replace(SPEC, fmin_hz=1200.0)
     with pytest.raises(ValueError, match="breath_band_hz 150-1000"):
         BreathTracker(RespirationConfig(), narrow, GRID, age_band("adult"))
+    high = RespirationConfig(breath_band_hz=(1500.0, 3500.0), body_band_hz=(1200.0, 1400.0))
+    with pytest.raises(ValueError, match="fallback_band_hz 80-800"):
+        BreathTracker(high, narrow, GRID, age_band("adult"))
+    off = dataclasses.replace(high, fallback_band_hz=None)
+    assert BreathTracker(off, narrow, GRID, age_band("adult")).fallback is None
+
+
+def test_the_fallback_band_can_be_switched_off_in_the_config() -> None:
+    assert from_mapping(RespirationConfig, {"fallback_band_hz": None}).fallback_band_hz is None
+    assert RespirationConfig().fallback_band_hz == (80.0, 800.0)
 
 
 @pytest.mark.parametrize(
