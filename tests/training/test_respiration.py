@@ -104,7 +104,7 @@ def test_the_rate_on_icbhi_meets_the_targets_on_assessable_recordings(icbhi: Pat
     assert result["recordings_n"] == 92
     assert result["rate_mae_bpm"] <= 2.0
     assert result["count_within_1_assessable"] >= 0.8
-    assert result["not_assessable_share"] <= 0.5  # stated in docs/respiration.md
+    assert result["not_assessable_share"] <= 0.25  # stated in docs/respiration.md
 
 
 def test_splice_kinds_on_a_synthetic_stream() -> None:

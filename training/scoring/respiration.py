@@ -14,7 +14,8 @@ Parts (each prints a table; the last line is ``key=value`` pairs of the headline
   duration of the whole cycles (the first and last left out) as the period reference.
   Reports the share of recordings not assessable, the mean absolute error of the rate over
   the assessable ones, and the breath count within ±1 (assessable ones, and all).
-- ``cv``: the same rows for each of :data:`CANDIDATES` (estimator settings), judged by
+- ``cv``: the same rows for each of :data:`CANDIDATES` (estimator settings: the confidence
+  bound, the fallback breath band or none), judged by
   patient-grouped cross-validation over ICBHI's fixed patient folds
   (``training/cv/folds/icbhi-k5.json``): for each fold the setting chosen on the other
   folds' patients (among the settings that meet the rate targets there, MAE ≤ 2 and ±1 on
@@ -61,9 +62,13 @@ from lungwatch.cli import ArgumentParser
 
 PARTS = ("rate", "cv", "compare", "apnoea", "false")
 # the estimator's candidate settings the cross-validation chooses among on each fold's
-# training patients
+# training patients: the confidence bound alone, and with a fallback breath band
 CANDIDATES: tuple[dict[str, Any], ...] = tuple(
-    {"min_confidence": c} for c in (0.2, 0.25, 0.3, 0.35)
+    {"min_confidence": c, "fallback_band_hz": None} for c in (0.2, 0.25, 0.3, 0.35)
+) + tuple(
+    {"min_confidence": c, "fallback_band_hz": band}
+    for band in ((80.0, 800.0), (100.0, 800.0), (100.0, 600.0))
+    for c in (0.25, 0.3, 0.35)
 )
 STETHOSCOPES = ("AKGC417L", "LittC2SE", "Litt3200", "Meditron")
 SPLICES = ("quiet", "noise", "zeros", "detached")
