@@ -62,12 +62,14 @@ from lungwatch.cli import ArgumentParser
 
 PARTS = ("rate", "cv", "compare", "apnoea", "false")
 # the estimator's candidate settings the cross-validation chooses among on each fold's
-# training patients: the confidence bound alone, and with a fallback breath band
+# training patients: the confidence bound alone, and with a fallback breath band (lower edge
+# 80, 100 or 120 Hz, upper 600, 800 or 1000 Hz)
 CANDIDATES: tuple[dict[str, Any], ...] = tuple(
     {"min_confidence": c, "fallback_band_hz": None} for c in (0.2, 0.25, 0.3, 0.35)
 ) + tuple(
-    {"min_confidence": c, "fallback_band_hz": band}
-    for band in ((80.0, 800.0), (100.0, 800.0), (100.0, 600.0))
+    {"min_confidence": c, "fallback_band_hz": (lo, hi)}
+    for lo in (80.0, 100.0, 120.0)
+    for hi in (600.0, 800.0, 1000.0)
     for c in (0.25, 0.3, 0.35)
 )
 STETHOSCOPES = ("AKGC417L", "LittC2SE", "Litt3200", "Meditron")
