@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from edge.bed.detector import FrameGrid
 from lungwatch.config import check
@@ -90,8 +91,8 @@ class RollingVerdict:
         self.rule = rule
         names = list(outputs)
         self._pq = names.index(POOR_QUALITY)
-        self._cas = [names.index(c) for c in CAS_CLASSES if c in names]
-        self._das = [names.index(c) for c in DAS_CLASSES if c in names]
+        self._cas = np.array([names.index(c) for c in CAS_CLASSES if c in names], np.int64)
+        self._das = np.array([names.index(c) for c in DAS_CLASSES if c in names], np.int64)
         hop_s = grid.frame_samples / grid.sample_rate_hz
         self._size = max(1, round(rule.config.window_s / hop_s))
         self._min = round(rule.config.min_s / hop_s)
@@ -103,17 +104,13 @@ class RollingVerdict:
 
     def update(self, first_frame: int, probs: np.ndarray) -> str | None:
         """Take output frames (n, O); the new label when it changed, else None."""
-        p = np.asarray(probs, np.float64)
-        p = p[np.isfinite(p).all(axis=1)] if p.size else p
+        p = np.asarray(probs)
         if p.shape[0] == 0:
             return None
-        rows = np.stack([p[:, self._pq], _family(p, self._cas), _family(p, self._das)])
-        rows = rows[:, -self._size :]  # only the last window's worth can stay in the ring
-        m, j = rows.shape[1], self._count % self._size
-        first = min(m, self._size - j)
-        self._ring[:, j : j + first] = rows[:, :first]
-        self._ring[:, : m - first] = rows[:, first:]  # wrapped around the ring's end
-        self._count += m
+        count = _take(self._ring, self._count, p, self._pq, self._cas, self._das)
+        if count == self._count:  # no described frame
+            return None
+        self._count = count
         label = self._decide() if self._count >= self._min else ASSESSING
         if label == self.label:
             return None
@@ -122,11 +119,7 @@ class RollingVerdict:
 
     def _decide(self) -> str:
         filled = min(self._count, self._size)
-        window = self._ring[:, :filled]
-        top = min(self.rule.top_frames, filled)
-        pq = float(window[0].mean())
-        cas = float(np.partition(window[1], filled - top)[filled - top :].mean())
-        das = float(np.partition(window[2], filled - top)[filled - top :].mean())
+        pq, cas, das = _statistics(self._ring, filled, min(self.rule.top_frames, filled))
         self.scores = (pq, cas, das)
         rule, release = self.rule, self.rule.config.release
         for key, value, threshold in (("pq", pq, rule.poor_quality), ("cas", cas, rule.cas),
@@ -138,5 +131,38 @@ class RollingVerdict:
         return record_label_from_families(self._on["cas"], self._on["das"])
 
 
-def _family(p: np.ndarray, columns: list[int]) -> np.ndarray:
-    return p[:, columns].max(axis=1) if columns else np.zeros(p.shape[0])
+@njit(cache=True)
+def _take(
+    ring: np.ndarray, count: int, probs: np.ndarray, pq: int, cas: np.ndarray, das: np.ndarray
+) -> int:
+    """Each finite row of ``probs`` (n, O) into the ring (3, size) at position ``count``
+    (modulo its size): its Poor Quality output and each family's largest (0 for a family
+    without outputs); the new count."""
+    size = ring.shape[1]
+    for i in range(probs.shape[0]):
+        if not np.isfinite(probs[i]).all():
+            continue  # a frame the model never described
+        at = count % size
+        ring[0, at] = probs[i, pq]
+        ring[1, at] = _largest(probs, i, cas)
+        ring[2, at] = _largest(probs, i, das)
+        count += 1
+    return count
+
+
+@njit(cache=True)
+def _largest(probs: np.ndarray, row: int, columns: np.ndarray) -> float:
+    best = 0.0 if columns.shape[0] == 0 else -np.inf
+    for c in columns:
+        best = max(best, float(probs[row, c]))
+    return best
+
+
+@njit(cache=True)
+def _statistics(ring: np.ndarray, filled: int, top: int) -> tuple[float, float, float]:
+    """The window's statistics (module doc): the mean Poor Quality output, and each family's
+    mean of its ``top`` highest frames, over the first ``filled`` places of the ring."""
+    cut = filled - top
+    cas = np.partition(ring[1, :filled], cut)[cut:]
+    das = np.partition(ring[2, :filled], cut)[cut:]
+    return ring[0, :filled].mean(), cas.mean(), das.mean()

@@ -267,9 +267,11 @@ def _write_ring(ring: np.ndarray, at: int, samples: np.ndarray) -> None:
     size = ring.shape[0]
     n = samples.shape[0]
     first = max(0, n - size)
+    place = (at + first) % size
     for i in range(first, n):
         value = min(max(samples[i], -1.0), 1.0) * INT16_SCALE
-        ring[(at + i) % size] = np.int16(round(value))
+        ring[place] = np.int16(round(value))
+        place = place + 1 if place + 1 < size else 0
 
 
 def _end_of(event: Event) -> int | None:
