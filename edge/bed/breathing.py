@@ -48,12 +48,14 @@ so the count of a whole stream (:meth:`BreathTracker.summary`) is not the first 
 window that had only just begun.
 
 The fallback band: with ``fallback_band_hz`` set, a second tracker (``fallback``) reads the
-same frames on that band; its own alarms are not the bed's. Where this
+same frames on that band and is analysed whenever this one is, over the same window; it has
+no alarms of its own. Where this
 band's analysis gives ``not_assessable`` and the fallback's analysis of the same window gives
-a rate, the bed's :attr:`~BreathTracker.reading` is the fallback's, and a stream whose own
+a rate, the bed's :attr:`~BreathTracker.reading` is the fallback's (its ``reason`` names the
+band), and a stream whose own
 count is not assessable takes the fallback's when that one is (:meth:`BreathTracker.summary`).
-Arming, apnoea and ``breath_signal_lost`` read this band's breaths alone; the rate alerts read
-the bed's reading (the number the ward sees).
+Arming, apnoea (and its severity) and ``breath_signal_lost`` read this band's breaths alone;
+the rate alerts read the bed's reading (the number the ward sees).
 
 Apnoea and lost signal (checked every window once the bed is armed: ``arm_breaths`` breaths
 heard and a rate assessable within ``ARM_HOLD_S`` before the last breath, so a bed whose
@@ -214,6 +216,9 @@ class BreathTracker:
         # the fallback band's own tracker (its alarms are not the bed's; module doc)
         other = _fallback_config(spec, config)
         self.fallback = None if other is None else BreathTracker(other, spec, grid, band)
+        self.follows = False  # True for a fallback band's tracker: no alarms, no schedule
+        if self.fallback is not None:
+            self.fallback.follows = True
         self._floor_db = _floor_db(spec) + SILENT_MARGIN_DB
         self._scale = _db_per_unit(spec)
         self._levels = np.zeros((N_SUB_BANDS + 1, 12))  # a window's levels (grown if needed)
@@ -278,15 +283,18 @@ class BreathTracker:
         """A window's new frames (``features`` (n_bands, n) of the first kind, the first
         ``real_frames`` of them audio, the rest end-of-stream padding) and whether a
         lost-signal condition held in it; the alarms' transitions."""
-        if self.fallback is not None:
-            self.fallback.push(features, real_frames, lost)
         samples, flags = self._samples(features, real_frames, lost)
+        fallback = self.fallback
+        if fallback is not None:  # it follows: the same samples, analysed with this band's
+            other, other_flags = fallback._samples(features, real_frames, lost)
         n = samples.shape[1]
         transitions: list[Transition] = []
         start = 0
         while start < n:  # checks and analyses fall on the same samples in any chunking
             stop = min(n, start + CHECK_EVERY - self.samples % CHECK_EVERY)
             self._take(samples[:, start:stop], flags[start:stop])
+            if fallback is not None:
+                fallback._take(other[:, start:stop], other_flags[start:stop])
             start = stop
             if self.samples % CHECK_EVERY:
                 continue
@@ -343,7 +351,10 @@ class BreathTracker:
 
     def _analyse(self, final: bool = False) -> list[Transition]:
         """The window's period, breaths and rate (module doc); the new reading and the
-        rate alerts' transitions. ``final``: the stream ended (a hump it cut is a breath)."""
+        rate alerts' transitions. ``final``: the stream ended (a hump it cut is a breath).
+        The fallback band's tracker is analysed first, over the same window."""
+        if self.fallback is not None:
+            self.fallback._analyse(final)
         self._analysed_at = self.samples
         a, lost, first = self._window()
         good = lost == 0
@@ -374,7 +385,11 @@ class BreathTracker:
         self.own_state = own.state
         self.reading = self._or_fallback(own)
         self.readings_due += 1
-        return self.alarms.rate(self, self.reading)
+        if self.follows:  # a fallback band's tracker: its owner's alarms are the bed's
+            return []
+        # the rate alerts read the bed's reading; an apnoea's severity this band's own
+        own_confidence = own.confidence if own.state == "ok" else None
+        return self.alarms.rate(self, self.reading, own_confidence)
 
     def _humps(
         self, a: np.ndarray, good: np.ndarray, first: int, period_s: float
@@ -473,17 +488,17 @@ class BreathTracker:
 
     def _or_fallback(self, own: Respiration) -> Respiration:
         """The bed's reading: ``own`` (this band's), or where it is not assessable the
-        fallback band's reading of the same window when that one gives a rate."""
+        fallback band's reading of the same window when that one gives a rate (its
+        ``reason`` names the band)."""
         other = None if self.fallback is None else self.fallback.reading
         if other is None or own.state != "not_assessable" or other.state != "ok":
             return own
-        return other if other.sample == own.sample else own
+        lo, hi = self.fallback.config.breath_band_hz  # type: ignore[union-attr]
+        return replace(other, reason=f"the fallback band's rate ({lo:g}-{hi:g} Hz)")
 
     def finish(self) -> list[Transition]:
         """The stream ended: a last analysis (a breath the end cut counts), then every open
         alarm ends at the end of the last sample taken."""
-        if self.fallback is not None:
-            self.fallback.finish()
         transitions = self._analyse(final=True) if self.samples > 0 else []
         return transitions + self.alarms.finish(self.grid.end_sample(max(0, self.samples - 1)))
 

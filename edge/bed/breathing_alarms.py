@@ -140,15 +140,19 @@ class BreathAlarms:
             life.close(key, at_sample)
             self._open = None
 
-    def rate(self, tracker: TrackerView, reading: Respiration) -> list[Transition]:
-        """A new reading: the rate alerts step over the span since the last one."""
+    def rate(
+        self, tracker: TrackerView, reading: Respiration, own_confidence: float | None = None
+    ) -> list[Transition]:
+        """A new reading: the rate alerts step over the span since the last one.
+        ``own_confidence``: the breath band's own confidence where it gave a rate (None:
+        it gave none), the severity of a later apnoea."""
         start, end = self._rate_end, reading.sample
         if end <= start:
             return []
         self._rate_end = end
         rate = reading.rate_bpm
-        if reading.state == "ok":
-            self.confidence = reading.confidence
+        if own_confidence is not None:
+            self.confidence = own_confidence
         for name, tracker_ in self._rate_trackers.items():
             out_of_range = rate is not None and (
                 rate > self.band.high_bpm if name == TACHYPNOEA else rate < self.band.low_bpm

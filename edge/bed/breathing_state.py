@@ -55,8 +55,10 @@ class RespirationConfig:
         if self.fallback_band_hz is not None:
             bands["fallback_band_hz"] = self.fallback_band_hz
         for key, value in bands.items():
-            lo, hi = value
-            check(0 <= lo < hi, key, value, "[low, high] with 0 <= low < high")
+            pair = isinstance(value, tuple | list) and len(value) == 2
+            numbers = pair and all(isinstance(v, int | float) for v in value)
+            check(numbers and 0 <= value[0] < value[1], key, value,
+                  "[low, high] with 0 <= low < high")  # fmt: skip
 
 
 @dataclass(frozen=True)
