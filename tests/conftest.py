@@ -1,4 +1,5 @@
-"""Fixtures shared across the test folders."""
+"""Fixtures shared across the test folders, and the ``requires_data`` marker: a test marked
+with it is skipped, with the reason, when the reference data folder is absent."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ from collections.abc import Iterator
 
 import pytest
 
+from edge.datapaths import DATA_DIR_ENV, data_root
 from tests.postgres import Postgres
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = data_root()
+    if root.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"real data not found at {root} (set {DATA_DIR_ENV})")
+    for item in items:
+        if "requires_data" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
