@@ -124,9 +124,10 @@ BREATH_MEMORY = 8  # breaths counted for good that the tracker keeps
 
 
 def _band_layout(
-    spec: FeatureSpec, config: RespirationConfig
+    spec: FeatureSpec, config: RespirationConfig, key: str = "breath_band_hz"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The breath band's bands (of the first kind), the sub-band of each, the body band's."""
+    """The breath band's bands (of the first kind), the sub-band of each, the body band's;
+    ``key``: the setting an error names for the breath band."""
     centres = band_centres_hz(spec)
     lo, hi = config.breath_band_hz
     breath = np.flatnonzero((centres >= lo) & (centres <= hi))
@@ -134,7 +135,7 @@ def _band_layout(
     if breath.size < N_SUB_BANDS or body.size == 0:
         raise ValueError(
             f"respiration: the feature spec's bands ({spec.kind}, {spec.fmin_hz:g}-"
-            f"{spec.fmax_hz:g} Hz) hold {breath.size} bands in breath_band_hz {lo:g}-{hi:g} "
+            f"{spec.fmax_hz:g} Hz) hold {breath.size} bands in {key} {lo:g}-{hi:g} "
             f"and {body.size} in body_band_hz; it needs {N_SUB_BANDS} and 1"
         )
     edges = np.geomspace(max(lo, 1.0), hi, N_SUB_BANDS + 1)
@@ -168,20 +169,17 @@ def tracker_spec(spec: FeatureSpec) -> FeatureSpec:
 def check_spec(spec: FeatureSpec, config: RespirationConfig) -> None:
     """ValueError unless ``spec``'s bands hold the breath, fallback and body bands."""
     _band_layout(spec, config)
-    _fallback_config(spec, config)
+    other = _fallback_config(config)
+    if other is not None:
+        _band_layout(spec, other, "fallback_band_hz")
 
 
-def _fallback_config(spec: FeatureSpec, config: RespirationConfig) -> RespirationConfig | None:
-    """The fallback band's tracker config (None: off); ValueError naming ``fallback_band_hz``
-    where ``spec``'s bands cannot hold it."""
+def _fallback_config(config: RespirationConfig) -> RespirationConfig | None:
+    """The fallback band's tracker config: ``config`` with the fallback band as its breath
+    band (None: off)."""
     if config.fallback_band_hz is None:
         return None
-    other = replace(config, breath_band_hz=config.fallback_band_hz, fallback_band_hz=None)
-    try:
-        _band_layout(spec, other)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("breath_band_hz", "fallback_band_hz")) from None
-    return other
+    return replace(config, breath_band_hz=config.fallback_band_hz, fallback_band_hz=None)
 
 
 def _db_per_unit(spec: FeatureSpec) -> float:
@@ -207,18 +205,25 @@ class BreathTracker:
     """One bed's breathing (see the module doc)."""
 
     def __init__(
-        self, config: RespirationConfig, spec: FeatureSpec, grid: FrameGrid, band: AgeBand
+        self,
+        config: RespirationConfig,
+        spec: FeatureSpec,
+        grid: FrameGrid,
+        band: AgeBand,
+        follows: bool = False,
     ) -> None:
+        """``follows``: this is a fallback band's tracker (module doc): no alarms and no
+        analysis schedule of its own, its owner drives it."""
         self.config, self.spec, self.grid, self.band = config, spec, grid, band
+        self.follows = follows
         self.stride = grid.frame_samples // spec.hop_samples  # front-end frames per sample
         self.rate_hz = grid.sample_rate_hz / grid.frame_samples  # breath samples per second
-        self._breath, self._sub, self._body = _band_layout(spec, config)
-        # the fallback band's own tracker (its alarms are not the bed's; module doc)
-        other = _fallback_config(spec, config)
-        self.fallback = None if other is None else BreathTracker(other, spec, grid, band)
-        self.follows = False  # True for a fallback band's tracker: no alarms, no schedule
-        if self.fallback is not None:
-            self.fallback.follows = True
+        key = "fallback_band_hz" if follows else "breath_band_hz"
+        self._breath, self._sub, self._body = _band_layout(spec, config, key)
+        other = _fallback_config(config)
+        self.fallback = (
+            None if other is None else BreathTracker(other, spec, grid, band, follows=True)
+        )
         self._floor_db = _floor_db(spec) + SILENT_MARGIN_DB
         self._scale = _db_per_unit(spec)
         self._levels = np.zeros((N_SUB_BANDS + 1, 12))  # a window's levels (grown if needed)
@@ -490,11 +495,11 @@ class BreathTracker:
         """The bed's reading: ``own`` (this band's), or where it is not assessable the
         fallback band's reading of the same window when that one gives a rate (its
         ``reason`` names the band)."""
-        other = None if self.fallback is None else self.fallback.reading
-        if other is None or own.state != "not_assessable" or other.state != "ok":
+        fallback = self.fallback
+        if fallback is None or own.state != "not_assessable" or fallback.reading.state != "ok":
             return own
-        lo, hi = self.fallback.config.breath_band_hz  # type: ignore[union-attr]
-        return replace(other, reason=f"the fallback band's rate ({lo:g}-{hi:g} Hz)")
+        lo, hi = fallback.config.breath_band_hz
+        return replace(fallback.reading, reason=f"the fallback band's rate ({lo:g}-{hi:g} Hz)")
 
     def finish(self) -> list[Transition]:
         """The stream ended: a last analysis (a breath the end cut counts), then every open

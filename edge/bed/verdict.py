@@ -140,8 +140,11 @@ def _take(
     without outputs); the new count."""
     size = ring.shape[1]
     for i in range(probs.shape[0]):
-        if not np.isfinite(probs[i]).all():
-            continue  # a frame the model never described
+        described = True  # no NaN or infinity: a frame the model described
+        for j in range(probs.shape[1]):
+            described = described and bool(np.isfinite(probs[i, j]))
+        if not described:
+            continue
         at = count % size
         ring[0, at] = probs[i, pq]
         ring[1, at] = _largest(probs, i, cas)
