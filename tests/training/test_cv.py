@@ -335,7 +335,7 @@ def test_relative_outputs_are_measured_against_the_past_only() -> None:
 def test_the_pooled_phase_statistic_with_the_mean_is_the_devices_own() -> None:
     """Re-scoring the device's phases with the mean reproduces its decision statistic, so the
     linear-softmax and max statistics are measured on the same frames."""
-    from training.cv.decide import PHASE_CONFIG, pooled_phase_events
+    from training.cv.decide import PHASE_CONFIG, pooled_phase_events, rule_table
     from training.scoring.threshold_free import phase_events
 
     rng = np.random.default_rng(4)
@@ -353,6 +353,11 @@ def test_the_pooled_phase_statistic_with_the_mean_is_the_devices_own() -> None:
         assert c1 == pytest.approx(c0, abs=1e-4)
     lsp = pooled_phase_events(probs, GRID, "linear_softmax")
     assert all(c2 >= c1 - 1e-9 for (*_, c1), (*_, c2) in zip(mine, lsp, strict=True))
+    top = pooled_phase_events(probs, GRID, "max")  # sum p^2 / sum p never exceeds max p
+    assert all(c3 >= c2 - 1e-9 for (*_, c2), (*_, c3) in zip(lsp, top, strict=True))
+    assert any(c3 > c2 + 1e-3 for (*_, c2), (*_, c3) in zip(lsp, top, strict=True))
+    _, scores = rule_table("phase_max", probs, n * GRID.frame_samples / GRID.sample_rate_hz, GRID)
+    assert scores.max() == pytest.approx(max(c for *_, c in top))
 
 
 def test_change_boxes_take_each_events_own_edges_and_highest_output() -> None:

@@ -19,6 +19,10 @@ view (CAS, DAS); an event is raised when its score reaches its family's threshol
 - ``frames``: the bare outputs, an event wherever the family's highest output stays at or
   above the threshold (the device's per-class hysteresis without its off-threshold and
   minimum duration);
+- ``phase_lsp`` / ``phase_max``: the device's phases, each class scored by the highest running
+  linear-softmax (``sum p^2 / sum p``) or maximum of its output over the phase instead of the
+  mean (:func:`pooled_phase_events`): a phase judged the way a multiple-instance loss with
+  that pooling trained it;
 - ``boxes``: change-point boxes on the family's highest output, after the sound event
   bounding boxes of Ebbers et al. (Interspeech 2024, arXiv 2406.04212): a step filter (the
   mean over the next ``BOX_FILTER_S / 2`` minus the mean over the last) rises where an event
@@ -81,7 +85,8 @@ SECONDS_PER_HOUR = 3600.0
 BOX_FILTER_S = BOXES_RULE.box_filter_ms / 1000.0
 BOX_MERGE = BOXES_RULE.box_merge
 RULES = (
-    "phase", "phase_relative", "frames", "phase_lsp", "boxes", "phase_boxes", "phase_calibrated",
+    "phase", "phase_relative", "frames", "phase_lsp", "phase_max", "boxes", "phase_boxes",
+    "phase_calibrated",
 )  # fmt: skip
 
 Table = tuple[np.ndarray, np.ndarray]  # (edges (S + 1,), scores (S, 2))
@@ -206,8 +211,9 @@ def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid)
         events = phase_events(probs, OUTPUTS, PHASE_CONFIG, grid)
     elif rule == "phase_boxes":
         events = phase_events(probs, OUTPUTS, BOXES_CONFIG, grid)
-    elif rule == "phase_lsp":
-        events = pooled_phase_events(probs, grid)
+    elif rule in ("phase_lsp", "phase_max"):
+        pooling = "max" if rule == "phase_max" else "linear_softmax"
+        events = pooled_phase_events(probs, grid, pooling)
     elif rule == "phase_relative":
         events = phase_events(relative(probs, grid), OUTPUTS, PHASE_CONFIG, grid)
     else:
