@@ -141,7 +141,7 @@ class BreathAlarms:
             self._open = None
 
     def rate(
-        self, tracker: TrackerView, reading: Respiration, own_confidence: float | None = None
+        self, tracker: TrackerView, reading: Respiration, own_confidence: float | None
     ) -> list[Transition]:
         """A new reading: the rate alerts step over the span since the last one.
         ``own_confidence``: the breath band's own confidence where it gave a rate (None:

@@ -142,7 +142,9 @@ def _take(
     for i in range(probs.shape[0]):
         described = True  # no NaN or infinity: a frame the model described
         for j in range(probs.shape[1]):
-            described = described and bool(np.isfinite(probs[i, j]))
+            if not np.isfinite(probs[i, j]):
+                described = False
+                break
         if not described:
             continue
         at = count % size
