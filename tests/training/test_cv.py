@@ -104,7 +104,34 @@ def cv_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train_design(RECIPE, "base", [0], None, sets, root / "cv", folds_file=root / "folds.json")
     teach = [*sets, f"distill.teacher={root / 'cv' / 'base'}", "distill.weight=0.5"]
     train_design(RECIPE, "kd", [0], [0, -1], teach, root / "cv", folds_file=root / "folds.json")
+    att = [*sets, "loss.phase_pooling=attention"]
+    train_design(RECIPE, "att", [0], None, att, root / "cv", folds_file=root / "folds.json")
     return root
+
+
+def test_a_design_with_attention_pooling_keeps_its_attention_beside_its_outputs(
+    cv_root: Path,
+) -> None:
+    """The pooling head trains, its outputs are kept in attention.npz, the OOF reader puts
+    them after the outputs, and the streaming model the device gets has no trace of it."""
+    from training.models.sed import StreamingSed
+
+    folder = cv_root / "cv/att/seed0/fold0"
+    ckpt = load_checkpoint(folder / "model.pt")
+    assert ckpt.model.config.pool_head
+    with np.load(folder / "outputs.npz") as o, np.load(folder / "attention.npz") as a:
+        assert sorted(o.files) == sorted(a.files)
+        key = o.files[0]
+        assert a[key].shape == o[key].shape
+        assert not np.array_equal(a[key], o[key])
+    truth = load_truth(
+        cv_root / "sprsound" / "train", load_folds("sprsound", path=cv_root / "folds.json")
+    )
+    oof = oof_outputs(cv_root / "cv" / "att", truth)[0]
+    assert {p.shape[1] for p in oof.values()} == {2 * len(OUTPUTS)}
+    x = torch.randn(1, 1, 64, 40)
+    probs, _ = StreamingSed(ckpt.model)(x, ckpt.model.initial_state(1))
+    assert probs.shape[1] == len(OUTPUTS)
 
 
 def test_every_record_gets_an_output_from_the_model_that_never_heard_its_patient(
@@ -176,16 +203,34 @@ def test_the_teacher_is_the_mean_of_its_models_logits(tmp_path: Path) -> None:
 # --- losses ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pooling", ["mean", "linear_softmax", "max"])
+@pytest.mark.parametrize("pooling", ["mean", "linear_softmax", "max", "attention"])
 def test_phase_pooling_matches_numpy(pooling: str) -> None:
     rng = np.random.default_rng(2)
     probs = rng.uniform(0.01, 0.99, size=(40, 5))
+    att = rng.normal(0.0, 30.0, size=(40, 5))  # logits far beyond exp's range in float32
     index = rng.integers(0, 6, size=40)
-    got = pool_phases(torch.tensor(probs), torch.tensor(index), 6, pooling).numpy()
+    got = pool_phases(torch.tensor(probs), torch.tensor(index), 6, pooling, torch.tensor(att))
     for s in range(6):
-        p = probs[index == s]
-        want = {"mean": p.mean(0), "max": p.max(0), "linear_softmax": (p**2).sum(0) / p.sum(0)}
-        assert np.allclose(got[s], want[pooling])
+        p, a = probs[index == s], att[index == s]
+        w = np.exp(a - a.max(0))
+        want = {"mean": p.mean(0), "max": p.max(0), "linear_softmax": (p**2).sum(0) / p.sum(0),
+                "attention": (w * p).sum(0) / w.sum(0)}  # fmt: skip
+        assert np.allclose(got[s].numpy(), want[pooling])
+
+
+def test_attention_pooling_learns_which_frames_carry_the_label() -> None:
+    """A phase labelled with a class whose output is high on a few frames only: the attention
+    logits' gradient raises the weight of those frames and lowers the others'."""
+    probs = torch.tensor([[0.05], [0.05], [0.9], [0.05]], dtype=torch.float64)
+    att = torch.zeros(4, 1, dtype=torch.float64, requires_grad=True)
+    pooled = pool_phases(probs, torch.zeros(4, dtype=torch.long), 1, "attention", att)
+    torch.nn.functional.binary_cross_entropy(
+        pooled, torch.ones(1, 1, dtype=torch.float64)
+    ).backward()
+    assert att.grad is not None
+    assert att.grad[2, 0] < 0 < att.grad[0, 0]  # descent raises frame 2's weight
+    with pytest.raises(ValueError, match="attention logits"):
+        pool_phases(probs, torch.zeros(4, dtype=torch.long), 1, "attention")
 
 
 def test_distillation_pulls_towards_the_teacher_on_taught_frames_only() -> None:
@@ -358,6 +403,20 @@ def test_the_pooled_phase_statistic_with_the_mean_is_the_devices_own() -> None:
     assert any(c3 > c2 + 1e-3 for (*_, c2), (*_, c3) in zip(lsp, top, strict=True))
     _, scores = rule_table("phase_max", probs, n * GRID.frame_samples / GRID.sample_rate_hz, GRID)
     assert scores.max() == pytest.approx(max(c for *_, c in top))
+    # attention weights that are equal everywhere give the mean; weights on the class's high
+    # frames give more than the mean; the table reads the attention after the outputs
+    flat = pooled_phase_events(probs, GRID, "attention", np.full_like(probs, 0.5))
+    assert [c for *_, c in flat] == pytest.approx([c for *_, c in mine], abs=1e-6)
+    focus = np.full_like(probs, 0.1)
+    focus[probs[:, 0] >= 0.5, 0] = 0.9
+    att = pooled_phase_events(probs, GRID, "attention", focus)
+    assert any(c > m + 0.1 for (*_, m, _), (*_, c) in zip(
+        [(*e, 0) for e in mine], att, strict=True))  # fmt: skip
+    duration = n * GRID.frame_samples / GRID.sample_rate_hz
+    _, scores = rule_table("phase_att", np.hstack([probs, focus]), duration, GRID)
+    assert scores.max() == pytest.approx(max(c for *_, c in att))
+    with pytest.raises(ConfigError, match="attention outputs None"):
+        rule_table("phase_att", probs, duration, GRID)
 
 
 def test_change_boxes_take_each_events_own_edges_and_highest_output() -> None:

@@ -19,10 +19,12 @@ view (CAS, DAS); an event is raised when its score reaches its family's threshol
 - ``frames``: the bare outputs, an event wherever the family's highest output stays at or
   above the threshold (the device's per-class hysteresis without its off-threshold and
   minimum duration);
-- ``phase_lsp`` / ``phase_max``: the device's phases, each class scored by the highest running
-  linear-softmax (``sum p^2 / sum p``) or maximum of its output over the phase instead of the
-  mean (:func:`pooled_phase_events`): a phase judged the way a multiple-instance loss with
-  that pooling trained it;
+- ``phase_lsp`` / ``phase_max`` / ``phase_att``: the device's phases, each class scored by the
+  highest running linear-softmax (``sum p^2 / sum p``), maximum or attention-weighted mean
+  (``sum w p / sum w``, ``w`` the exponential of the pooling head's logit, kept beside the
+  outputs in ``attention.npz``) of its output over the phase instead of the mean
+  (:func:`pooled_phase_events`): a phase judged the way a multiple-instance loss with that
+  pooling trained it;
 - ``boxes``: change-point boxes on the family's highest output, after the sound event
   bounding boxes of Ebbers et al. (Interspeech 2024, arXiv 2406.04212): a step filter (the
   mean over the next ``BOX_FILTER_S / 2`` minus the mean over the last) rises where an event
@@ -61,7 +63,7 @@ from edge.bed.detector import DetectorConfig, FrameGrid, PhaseRule
 from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
 from lungwatch.errors import ConfigError
 from lungwatch.labels import NORMAL, POOR_QUALITY
-from training.cv.oof import Truth
+from training.cv.oof import EPS, Truth
 from training.data.targets import OUTPUTS
 from training.scoring.detection import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS
 from training.scoring.threshold_free import (
@@ -85,8 +87,8 @@ SECONDS_PER_HOUR = 3600.0
 BOX_FILTER_S = BOXES_RULE.box_filter_ms / 1000.0
 BOX_MERGE = BOXES_RULE.box_merge
 RULES = (
-    "phase", "phase_relative", "frames", "phase_lsp", "phase_max", "boxes", "phase_boxes",
-    "phase_calibrated",
+    "phase", "phase_relative", "frames", "phase_lsp", "phase_max", "phase_att", "boxes",
+    "phase_boxes", "phase_calibrated",
 )  # fmt: skip
 
 Table = tuple[np.ndarray, np.ndarray]  # (edges (S + 1,), scores (S, 2))
@@ -111,11 +113,18 @@ def relative(probs: np.ndarray, grid: FrameGrid, window_s: float = RELATIVE_WIND
 
 
 def pooled_phase_events(
-    probs: np.ndarray, grid: FrameGrid, pooling: str = "linear_softmax"
+    probs: np.ndarray,
+    grid: FrameGrid,
+    pooling: str = "linear_softmax",
+    attention: np.ndarray | None = None,
 ) -> list[tuple[float, float, str, float]]:
     """The phases the device's phase rule cuts, each class scored by the highest running
     ``pooling`` of its output over the phase so far (from ``min_phase_ms`` on) instead of the
-    running mean: the detector judging a phase the way a multiple-instance loss trained it."""
+    running mean: the detector judging a phase the way a multiple-instance loss trained it.
+    ``attention`` (n, O): the pooling head's sigmoid outputs, for ``pooling="attention"``."""
+    if pooling == "attention" and (attention is None or attention.shape != probs.shape):
+        found = None if attention is None else attention.shape
+        raise ConfigError(f"attention pooling: attention outputs {found}, expected {probs.shape}")
     rate = grid.sample_rate_hz
     min_frames = max(1, round(PHASE_RULE.min_phase_ms * rate / 1000.0 / grid.frame_samples))
     breath = np.asarray(probs[:, OUTPUTS.index(PHASE_RULE.output)])
@@ -134,6 +143,13 @@ def pooled_phase_events(
             continue
         if pooling == "max":
             running = np.maximum.accumulate(p)
+        elif pooling == "attention":
+            assert attention is not None
+            a = np.clip(np.asarray(attention[first:last, OUTPUTS.index(type_)], np.float64),
+                        EPS, 1 - EPS)  # fmt: skip
+            logit = np.log(a / (1 - a))
+            w = np.exp(logit - logit.max())
+            running = np.cumsum(w * p) / np.maximum(np.cumsum(w), 1e-300)
         elif pooling == "mean":
             running = np.cumsum(p) / np.arange(1, len(p) + 1)
         else:
@@ -200,8 +216,11 @@ def box_events(probs: np.ndarray, grid: FrameGrid) -> list[tuple[float, float, s
 
 
 def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid) -> Table:
-    """One record's family score table under ``rule`` (module doc)."""
+    """One record's family score table under ``rule`` (module doc). ``probs`` (n, O), or
+    (n, 2 O) for a model with a pooling head: its outputs, then its attention."""
     classes = list(FAMILIES)
+    n_out = len(OUTPUTS)
+    probs, attention = probs[:, :n_out], (probs[:, n_out:] if probs.shape[1] > n_out else None)
     if rule == "frames":
         return frame_table(probs, OUTPUTS, grid, duration_s, MAPPING, classes)
     if rule == "boxes":
@@ -211,9 +230,9 @@ def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid)
         events = phase_events(probs, OUTPUTS, PHASE_CONFIG, grid)
     elif rule == "phase_boxes":
         events = phase_events(probs, OUTPUTS, BOXES_CONFIG, grid)
-    elif rule in ("phase_lsp", "phase_max"):
-        pooling = "max" if rule == "phase_max" else "linear_softmax"
-        events = pooled_phase_events(probs, grid, pooling)
+    elif rule in ("phase_lsp", "phase_max", "phase_att"):
+        pooling = {"phase_max": "max", "phase_att": "attention"}.get(rule, "linear_softmax")
+        events = pooled_phase_events(probs, grid, pooling, attention)
     elif rule == "phase_relative":
         events = phase_events(relative(probs, grid), OUTPUTS, PHASE_CONFIG, grid)
     else:

@@ -78,17 +78,24 @@ def seeds_of(design: Path) -> list[int]:
 
 
 def read_outputs(folder: Path, prefix: str) -> dict[str, np.ndarray]:
+    """A fold model's outputs of the set ``prefix``, record -> (n, O); for a model with a
+    pooling head (an ``attention.npz`` beside) (n, 2 O): its outputs, then its attention."""
     path = folder / "outputs.npz"
     if not path.is_file():
         raise ConfigError(
             f"{path}: missing (lungwatch cv predict --design {folder.parents[1].name})"
         )
     with np.load(path) as stored:
-        return {
+        out = {
             k.split("/", 1)[1]: stored[k].astype(np.float32)
             for k in stored.files
             if k.startswith(prefix + "/")
         }
+    if (folder / "attention.npz").is_file():
+        with np.load(folder / "attention.npz") as stored:
+            for r, p in out.items():
+                out[r] = np.hstack([p, stored[f"{prefix}/{r}"].astype(np.float32)])
+    return out
 
 
 def oof_outputs(

@@ -198,18 +198,28 @@ def write_outputs(
     model: torch.nn.Module, mat: Material, flush: np.ndarray, transform: Any, folder: Path
 ) -> int:
     """A fold model's outputs over every set of ``mat`` into ``folder/outputs.npz``
-    (``"<set>/<record>"`` -> (n, O) float16); how many recordings."""
+    (``"<set>/<record>"`` -> (n, O) float16); how many recordings. A model with a pooling
+    head also writes its attention (the sigmoid of its logits) into ``attention.npz``."""
     from training.recipe.train import predict
 
-    outputs: dict[str, Any] = {}
-    for name, recs in (("sprsound", mat.recs), ("intra_test", mat.intra), ("icbhi", mat.icbhi)):
-        if recs:
-            probs = predict(model, recs, flush, transform=transform)  # type: ignore[arg-type]
-            pairs = zip(recs, probs, strict=True)
-            outputs |= {f"{name}/{r.record_id}": p.astype(np.float16) for r, p in pairs}
-    temp = folder / ".outputs.tmp.npz"
-    np.savez_compressed(temp, **outputs)
-    temp.replace(folder / "outputs.npz")
+    files = ["outputs"] + (["attention"] if model.config.pool_head else [])  # type: ignore
+    for file in files:
+        outputs: dict[str, Any] = {}
+        sets = (("sprsound", mat.recs), ("intra_test", mat.intra), ("icbhi", mat.icbhi))
+        for name, recs in sets:
+            if recs:
+                probs = predict(
+                    model,
+                    recs,
+                    flush,
+                    transform=transform,
+                    attention=file == "attention",  # type: ignore[arg-type]
+                )
+                pairs = zip(recs, probs, strict=True)
+                outputs |= {f"{name}/{r.record_id}": p.astype(np.float16) for r, p in pairs}
+        temp = folder / f".{file}.tmp.npz"
+        np.savez_compressed(temp, **outputs)
+        temp.replace(folder / f"{file}.npz")
     return len(outputs)
 
 

@@ -94,7 +94,8 @@ class AugmentConfig:
             check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
 
 
-PHASE_POOLINGS = ("mean", "linear_softmax", "max")  # training/recipe/losses.py pool_phases
+# how an annotated phase's frames pool in the phase loss (training/recipe/losses.py)
+PHASE_POOLINGS = ("mean", "linear_softmax", "max", "attention")
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class LossConfig:
     phase_weight: float = 0.5  # + this x BCE of each annotated phase's mean class output
     quality_margin: float = 0.0  # > 0: QLung-style quality-adaptive margin (logits)
     quality_margin_gain: float = 1.0  # the margin grows by this x (1 - quality)
-    phase_pooling: str = "mean"  # mean | linear_softmax | max: how a phase's frames pool
+    phase_pooling: str = "mean"  # mean | linear_softmax | max | attention: a phase's pooling
 
     def __post_init__(self) -> None:
         check(self.phase_weight >= 0, "phase_weight", self.phase_weight, "a number >= 0")
@@ -268,6 +269,7 @@ class RunConfig:
             attention_heads=m.attention_heads,
             attention_frames=m.attention_frames,
             stem_channels=m.stem_channels,
+            pool_head=self.loss.phase_pooling == "attention",
         )
 
 

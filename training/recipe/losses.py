@@ -9,9 +9,11 @@
   a class's probability over it, so each annotated phase's pooled class probabilities are
   scored against the phase's labels too (Breath and Poor Quality are not in it). A labelled
   phase says "somewhere in here": the pooling is the mean (every frame of the phase carries
-  the sound), linear-softmax (``sum p^2 / sum p``: frames that carry it weigh more) or the
-  maximum (one frame is enough), the multiple-instance poolings of weakly labelled sound
-  event detection (Wang et al., ICASSP 2019).
+  the sound), linear-softmax (``sum p^2 / sum p``: frames that carry it weigh more), the
+  maximum (one frame is enough) or attention (``sum w p / sum w`` with ``w = exp(a)``, ``a``
+  a second head's per-frame, per-class logit: the network learns which frames carry the
+  label), the multiple-instance poolings of weakly labelled sound event detection (Wang et
+  al., ICASSP 2019).
 - **Distillation** (:func:`distill_loss`): BCE of every output of every real frame against a
   teacher's soft outputs (:mod:`training.cv.teacher`), beside the label losses.
 
@@ -64,15 +66,27 @@ def phase_segments(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pool_phases(
-    probs: torch.Tensor, index: torch.Tensor, n_segments: int, pooling: str = "mean"
+    probs: torch.Tensor,
+    index: torch.Tensor,
+    n_segments: int,
+    pooling: str = "mean",
+    attention: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each segment's pooled probabilities (S, C) of the frames ``probs`` (M, C) whose segment
-    is ``index`` (M,): ``mean``, ``linear_softmax`` or ``max`` (see the module doc)."""
+    is ``index`` (M,): ``mean``, ``linear_softmax``, ``max`` or ``attention`` (weights
+    ``exp(attention)``, ``attention`` (M, C) logits; see the module doc)."""
     n_classes = probs.shape[1]
     zeros = probs.new_zeros(n_segments, n_classes)
+    wide = index[:, None].expand(-1, n_classes)
     if pooling == "max":
-        wide = index[:, None].expand(-1, n_classes)
         return zeros.scatter_reduce(0, wide, probs, reduce="amax", include_self=False)
+    if pooling == "attention":
+        if attention is None:
+            raise ValueError("attention pooling needs the attention logits")
+        top = zeros.scatter_reduce(0, wide, attention.detach(), reduce="amax", include_self=False)
+        weights = torch.exp(attention - top[index])  # each segment's softmax, overflow-free
+        mass = probs.new_zeros(n_segments, n_classes).index_add(0, index, weights)
+        return zeros.index_add(0, index, weights * probs) / mass
     sums = zeros.index_add(0, index, probs)
     if pooling == "linear_softmax":
         squares = probs.new_zeros(n_segments, n_classes).index_add(0, index, probs * probs)
@@ -81,19 +95,30 @@ def pool_phases(
     return sums / counts[:, None]
 
 
-def phase_loss(logits: torch.Tensor, batch: Batch, pooling: str = "mean") -> torch.Tensor:
+def phase_loss(
+    logits: torch.Tensor,
+    batch: Batch,
+    pooling: str = "mean",
+    attention: torch.Tensor | None = None,
+) -> torch.Tensor:
     """BCE of each annotated phase's pooled class probability against its labels (mean over
-    phases; 0 when the batch has none)."""
+    phases; 0 when the batch has none). ``attention`` (B, O, N): the pooling head's logits,
+    for ``pooling="attention"``."""
     ids, labels = phase_segments(batch)
     if labels.shape[0] == 0:
         return logits.sum() * 0.0
     n_classes = labels.shape[1]
-    probs = torch.sigmoid(logits[:, :n_classes]).permute(0, 2, 1).reshape(-1, n_classes)
+
+    def frames(t: torch.Tensor) -> torch.Tensor:
+        return t[:, :n_classes].permute(0, 2, 1).reshape(-1, n_classes)
+
+    probs = frames(torch.sigmoid(logits))
     device = logits.device
     keep = torch.from_numpy(ids >= 0).to(device)
     index = torch.from_numpy(ids[ids >= 0]).to(device)
-    pooled = pool_phases(probs[keep], index, labels.shape[0], pooling).clamp(1e-6, 1 - 1e-6)
-    return F.binary_cross_entropy(pooled, torch.from_numpy(labels).to(device))
+    weights = None if attention is None else frames(attention)[keep]
+    pooled = pool_phases(probs[keep], index, labels.shape[0], pooling, weights)
+    return F.binary_cross_entropy(pooled.clamp(1e-6, 1 - 1e-6), torch.from_numpy(labels).to(device))
 
 
 def distill_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -171,9 +171,11 @@ def predict(
     flush: np.ndarray,
     batch: int = 32,
     transform: Transform | None = None,
+    attention: bool = False,
 ) -> list[np.ndarray]:
     """Every recording's frame probabilities (n, O), each as one stream from its start (the
-    whole-recording pass, which equals the device's chunked one)."""
+    whole-recording pass, which equals the device's chunked one). ``attention``: instead, the
+    sigmoid of a pooling head's attention logits (a model built with ``pool_head``)."""
     model.eval()
     cfg = model.config
     order = sorted(range(len(recs)), key=lambda i: recs[i].n_frames)
@@ -184,7 +186,10 @@ def predict(
             examples = [whole_example(recs[i]) for i in idx]
             bt = collate(examples, cfg.stride, cfg.lookahead_frames, flush, transform)
             x = torch.from_numpy(bt.features).to(model.input_mean.device)
-            p = torch.sigmoid(model.forward_train(x, bt.n_frames)).cpu()
+            if attention:
+                p = torch.sigmoid(model.forward_pooling(x, bt.n_frames)[1]).cpu()
+            else:
+                p = torch.sigmoid(model.forward_train(x, bt.n_frames)).cpu()
             for j, i in enumerate(idx):
                 res[i] = p[j, :, : recs[i].n_frames].numpy().T.copy()  # (n, O)
     return [res[i] for i in range(len(recs))]
@@ -297,10 +302,16 @@ def train_epoch(
         if aug.spec_augment:
             spec_augment(bt.features, data.flush, aug, rng)
         device = model.input_mean.device
-        logits = model.forward_train(torch.from_numpy(bt.features).to(device), bt.n_frames)
+        x = torch.from_numpy(bt.features).to(device)
+        attention = None
+        if mcfg.pool_head:
+            logits, attention = model.forward_pooling(x, bt.n_frames)
+        else:
+            logits = model.forward_train(x, bt.n_frames)
         loss = frame_loss(logits, bt, margins)
         if run.loss.phase_weight > 0:
-            loss = loss + run.loss.phase_weight * phase_loss(logits, bt, run.loss.phase_pooling)
+            pooling = run.loss.phase_pooling
+            loss = loss + run.loss.phase_weight * phase_loss(logits, bt, pooling, attention)
         if run.distill.weight > 0:
             taught = run.distill.weight
             loss = (1.0 - taught) * loss + taught * distill_loss(logits, bt)
