@@ -132,6 +132,17 @@ def test_a_design_with_attention_pooling_keeps_its_attention_beside_its_outputs(
     x = torch.randn(1, 1, 64, 40)
     probs, _ = StreamingSed(ckpt.model)(x, ckpt.model.initial_state(1))
     assert probs.shape[1] == len(OUTPUTS)
+    from training.cv.score import score_design
+
+    judged = {}  # phase_att is judged where a pooling head was trained, and skipped elsewhere
+    for design in ("att", "base"):
+        result, _ = score_design(
+            cv_root / "cv" / design, truth, ["phase", "phase_att"], GRID, 100.0, None, False
+        )
+        judged[design] = set(result["members"]["seed0"])
+    assert {"phase", "phase_att"} <= judged["att"]
+    assert "phase" in judged["base"]
+    assert "phase_att" not in judged["base"]
 
 
 def test_every_record_gets_an_output_from_the_model_that_never_heard_its_patient(
