@@ -551,22 +551,27 @@ BOX_NONE, BOX_OPEN, BOX_GAP = 0, 1, 2  # a box class's state in :func:`_track_bo
 @njit(cache=True)
 def _track_boxes(
     probs, index, which, thr, half, merge, first_frame, ring, sums, seen, steps, state, gap_end,
-    gap_min, gap_max, cand_start, cand_end, announced, peak, out_i, out_p,
+    gap_min, gap_max, opened, rise_step, cand_start, cand_end, announced, peak, out_i, out_p,
 ):  # fmt: skip
     """Change-point boxes over ``probs`` (n, O) for the classes ``which`` (class ``c`` reads
     output ``index[c]``). A step filter (the mean over the next ``half`` frames minus the mean
     over the last ``half``; frames before the stream's start count 0) is read at each boundary
     between frames: a local maximum above 0 opens a box there (a rise), a local minimum below 0
-    closes it (a fall). A closed box waits in its gap: while the gap's lowest output stays at
-    or above ``merge`` x the box's peak, a rise continues the box and a later fall moves its
-    end there; once the gap drops below that, the box is over. A box is announced once its
-    peak (the highest output of its frames) reaches ``thr[c]``. Each boundary is judged
-    ``half`` frames after it, when the filter has seen past it.
+    closes it (a fall). A steeper rise within the filter's length (``2 * half``) of the box's
+    first one, before any fall, moves the box's start there (the offline boxes take the
+    strongest change of a run); until its fall or the end of that stretch the start is not
+    settled. A closed box waits in its gap: while the gap's lowest output stays at or above
+    ``merge`` x the box's peak, a rise continues the box and a later fall moves its end there;
+    once the gap drops below that, the box is over. A box is announced once its start is
+    settled and its peak (the highest output of its frames) reaches ``thr[c]``. Each boundary
+    is judged ``half`` frames after it, when the filter has seen past it.
 
     Per class ``c``: ``ring[c]`` (2 * half,) the last outputs, ``sums[c]`` the older and newer
     halves' sums, ``seen[c]`` frames so far, ``steps[c]`` the filter at the two boundaries
     before the newest (NaN: none), ``state[c]`` (BOX_*), ``gap_end[c]`` the fall's boundary,
-    ``gap_min[c]`` / ``gap_max[c]`` the gap's lowest and highest output; the rest as in
+    ``gap_min[c]`` / ``gap_max[c]`` the gap's lowest and highest output, ``opened[c]`` the
+    box's first rise while its start may still move (-1: settled), ``rise_step[c]`` the filter
+    at its start; the rest as in
     :func:`_track_frames`, whose transition rows it writes; returns their number (at most
     2 * n * C)."""
     count = 0
@@ -598,8 +603,13 @@ def _track_boxes(
             if state[c] == BOX_OPEN:
                 if fall:
                     state[c], gap_end[c], gap_min[c], gap_max[c] = BOX_GAP, b, xb, xb
+                    opened[c] = -1
+                elif rise and opened[c] >= 0 and step > rise_step[c]:  # a steeper rise: the
+                    cand_start[c], peak[c], rise_step[c] = b, xb, step  # box starts here
                 else:
                     peak[c] = max(peak[c], xb)
+                if opened[c] >= 0 and b - opened[c] >= width:
+                    opened[c] = -1
             elif state[c] == BOX_GAP:
                 if (rise or fall) and gap_min[c] >= merge * peak[c]:  # the box went on
                     peak[c] = max(peak[c], gap_max[c])
@@ -621,16 +631,15 @@ def _track_boxes(
                         state[c] = BOX_NONE
             if state[c] == BOX_NONE and rise:
                 state[c], cand_start[c], peak[c] = BOX_OPEN, b, xb
-            if state[c] == BOX_OPEN:
-                cand_end[c] = b
-                if not announced[c] and peak[c] >= thr[c]:
+                opened[c], rise_step[c] = b, step
+            if state[c] != BOX_NONE:
+                cand_end[c] = b if state[c] == BOX_OPEN else gap_end[c] - 1
+                if not announced[c] and opened[c] < 0 and peak[c] >= thr[c]:
                     announced[c] = True
                     out_i[count, 0], out_i[count, 1] = ONSET, c
-                    out_i[count, 2], out_i[count, 3] = cand_start[c], b
+                    out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
                     out_p[count] = peak[c]
                     count += 1
-            elif state[c] == BOX_GAP:
-                cand_end[c] = gap_end[c] - 1
     return count
 
 
@@ -736,6 +745,8 @@ class FrameDetector:
             self._gap_end = np.zeros(n, np.int64)
             self._gap_min = np.zeros(n, np.float64)
             self._gap_max = np.zeros(n, np.float64)
+            self._opened = np.full(n, -1, np.int64)
+            self._rise_step = np.zeros(n, np.float64)
             self._last_frame = -1
         self._last_end = np.zeros(n, np.int64)  # end sample of each class's previous event
 
@@ -768,7 +779,8 @@ class FrameDetector:
             count += _track_boxes(
                 p, self._index, self._by_boxes, self._on, self._half, self._box_merge,
                 first_frame, self._ring, self._box_sums, self._seen, self._steps,
-                self._box_state, self._gap_end, self._gap_min, self._gap_max, self._start,
+                self._box_state, self._gap_end, self._gap_min, self._gap_max, self._opened,
+                self._rise_step, self._start,
                 self._end, self._announced, self._peak, self._out_i[count:], self._out_p[count:],
             )  # fmt: skip
             self._last_frame = first_frame + p.shape[0] - 1
@@ -794,9 +806,10 @@ class FrameDetector:
             self._last_end[c] = end
 
     def suppress(self, active: bool) -> list[Transition]:
-        """While suppressed no event starts; entering suppression ends the open ones."""
+        """While suppressed no event starts; entering suppression ends the open ones (a box
+        whose start was not settled yet is dropped: no event starts under suppression)."""
         if active and not self.suppressed:
-            self._close_all()
+            self._close_all(pending=False)
         self.suppressed = active
         return self._lifecycle.take()
 
@@ -806,8 +819,9 @@ class FrameDetector:
         return self._lifecycle.take()
 
     def finish(self) -> list[Transition]:
-        """The stream is over: end every event, latched ones included."""
-        self._close_all()
+        """The stream is over: end every event, latched ones included (a box whose start was
+        not settled yet, with its peak at the threshold, is announced and ended)."""
+        self._close_all(pending=True)
         self._lifecycle.release_latched()
         return self._lifecycle.take()
 
@@ -815,11 +829,17 @@ class FrameDetector:
     def active_keys(self) -> tuple[str, ...]:
         return self._lifecycle.active_keys
 
-    def _close_all(self) -> None:
+    def _close_all(self, pending: bool) -> None:
         if self._by_boxes.size:
             # an open box runs to the last frame heard (a box in its gap ends at its fall)
             open_ = self._by_boxes[self._box_state[self._by_boxes] == BOX_OPEN]
             self._end[open_] = max(self._last_frame, 0)
+            for c in open_ if pending else ():  # its start not settled: not announced yet
+                if not self._announced[c] and self._peak[c] >= self._on[c]:
+                    self._announced[c] = True
+                    self._apply(
+                        ONSET, int(c), int(self._start[c]), int(self._end[c]), self._peak[c]
+                    )
         for c in range(len(self.types)):
             if self._announced[c]:
                 self._apply(CLOSE, c, int(self._start[c]), int(self._end[c]), self._peak[c])
@@ -834,6 +854,7 @@ class FrameDetector:
                 self._seen[:] = 0
                 self._steps[:] = np.nan
                 self._box_state[:] = BOX_NONE
+                self._opened[:] = -1
 
 
 def detect_events(

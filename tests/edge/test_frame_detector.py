@@ -364,6 +364,39 @@ def test_box_transitions_do_not_depend_on_the_chunking() -> None:
         assert transitions(chunk) == whole
 
 
+def test_a_box_starts_at_the_steepest_rise_of_its_first_stretch() -> None:
+    """A faint onset followed within the filter's length by a steep one: the box starts at the
+    steep one (the offline rule's strongest change of a run), and is announced only once that
+    start is settled; a steeper rise later than that stays inside the box."""
+    p = np.zeros((300, 3), np.float32)
+    p[50:70, 1] = 0.2  # a faint start, 0.8 s before the sound
+    p[70:110, 1] = 0.9
+    assert box_events(p) == [("Wheeze", 70, 110, pytest.approx(0.9))]
+    late = np.zeros((300, 3), np.float32)
+    late[50:90, 1] = 0.3  # 1.6 s faint, then loud: too late to move the start
+    late[90:130, 1] = 0.9
+    assert box_events(late) == [("Wheeze", 50, 130, pytest.approx(0.9))]
+    rules = DetectorConfig(thresholds=(ClassThreshold("Wheeze", 0.5),), phases=BOXES)
+    detector = FrameDetector(BOX_OUTPUTS, rules, BOX_GRID)
+    onsets = {}
+    for first in range(0, 300):
+        for t in detector.update(first, p[first : first + 1]):
+            onsets.setdefault(t.state, first)
+    # boundaries are judged 12 frames late; the start settles 24 frames after the faint rise:
+    # announced at frame 50 + 24 + 12, not when the loud part's peak is first judged (82)
+    assert onsets["onset"] == 50 + 24 + 12
+
+
+def test_a_box_still_unsettled_when_the_stream_ends_is_announced_and_ended() -> None:
+    p = np.zeros((80, 3), np.float32)
+    p[60:, 1] = 0.8  # rises 0.8 s before the end: its start not settled yet
+    assert [(s, e) for _, s, e, _ in box_events(p)] == [(60, 80)]
+    rules = DetectorConfig(thresholds=(ClassThreshold("Wheeze", 0.5),), phases=BOXES)
+    detector = FrameDetector(BOX_OUTPUTS, rules, BOX_GRID)
+    detector.update(0, p)
+    assert detector.suppress(True) == []  # under suppression no event starts
+
+
 def test_an_open_box_ends_with_the_stream() -> None:
     p = np.zeros((100, 3), np.float32)
     p[60:, 1] = 0.8  # still sounding when the recording ends
