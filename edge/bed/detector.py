@@ -807,9 +807,10 @@ class FrameDetector:
 
     def suppress(self, active: bool) -> list[Transition]:
         """While suppressed no event starts; entering suppression ends the open ones (a box
-        whose start was not settled yet is dropped: no event starts under suppression)."""
+        heard before it, its start not settled yet and its peak at the threshold, is announced
+        and ended: nothing heard is dropped)."""
         if active and not self.suppressed:
-            self._close_all(pending=False)
+            self._close_all()
         self.suppressed = active
         return self._lifecycle.take()
 
@@ -821,7 +822,7 @@ class FrameDetector:
     def finish(self) -> list[Transition]:
         """The stream is over: end every event, latched ones included (a box whose start was
         not settled yet, with its peak at the threshold, is announced and ended)."""
-        self._close_all(pending=True)
+        self._close_all()
         self._lifecycle.release_latched()
         return self._lifecycle.take()
 
@@ -829,12 +830,12 @@ class FrameDetector:
     def active_keys(self) -> tuple[str, ...]:
         return self._lifecycle.active_keys
 
-    def _close_all(self, pending: bool) -> None:
+    def _close_all(self) -> None:
         if self._by_boxes.size:
             # an open box runs to the last frame heard (a box in its gap ends at its fall)
             open_ = self._by_boxes[self._box_state[self._by_boxes] == BOX_OPEN]
             self._end[open_] = max(self._last_frame, 0)
-            for c in open_ if pending else ():  # its start not settled: not announced yet
+            for c in open_:  # its start not settled yet: not announced yet
                 if not self._announced[c] and self._peak[c] >= self._on[c]:
                     self._announced[c] = True
                     self._apply(

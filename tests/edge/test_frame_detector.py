@@ -378,10 +378,13 @@ def test_a_box_starts_at_the_steepest_rise_of_its_first_stretch() -> None:
     assert box_events(late) == [("Wheeze", 50, 130, pytest.approx(0.9))]
     rules = DetectorConfig(thresholds=(ClassThreshold("Wheeze", 0.5),), phases=BOXES)
     detector = FrameDetector(BOX_OUTPUTS, rules, BOX_GRID)
-    onsets = {}
+    onsets: dict[str, int] = {}
+    states = []
     for first in range(0, 300):
         for t in detector.update(first, p[first : first + 1]):
             onsets.setdefault(t.state, first)
+            states.append(t.state)
+    assert states.count("onset") == 1
     # boundaries are judged 12 frames late; the start settles 24 frames after the faint rise:
     # announced at frame 50 + 24 + 12, not when the loud part's peak is first judged (82)
     assert onsets["onset"] == 50 + 24 + 12
@@ -393,8 +396,9 @@ def test_a_box_still_unsettled_when_the_stream_ends_is_announced_and_ended() -> 
     assert [(s, e) for _, s, e, _ in box_events(p)] == [(60, 80)]
     rules = DetectorConfig(thresholds=(ClassThreshold("Wheeze", 0.5),), phases=BOXES)
     detector = FrameDetector(BOX_OUTPUTS, rules, BOX_GRID)
-    detector.update(0, p)
-    assert detector.suppress(True) == []  # under suppression no event starts
+    assert detector.update(0, p) == []  # heard, not yet announced
+    ended = [(t.state, t.start_sample // 320) for t in detector.suppress(True)]
+    assert ended == [("onset", 60), ("ended", 60)]  # poor signal drops nothing heard
 
 
 def test_an_open_box_ends_with_the_stream() -> None:

@@ -135,10 +135,9 @@ def test_a_design_with_attention_pooling_keeps_its_attention_beside_its_outputs(
     from training.cv.score import score_design
 
     judged = {}  # phase_att is judged where a pooling head was trained, and skipped elsewhere
+    rules = ["phase", "phase_att", "phase_calibrated"]  # calibration reads the outputs only
     for design in ("att", "base"):
-        result, _ = score_design(
-            cv_root / "cv" / design, truth, ["phase", "phase_att"], GRID, 100.0, None, False
-        )
+        result, _ = score_design(cv_root / "cv" / design, truth, rules, GRID, 100.0, None, False)
         judged[design] = set(result["members"]["seed0"])
     assert {"phase", "phase_att"} <= judged["att"]
     assert "phase" in judged["base"]
@@ -214,19 +213,31 @@ def test_the_teacher_is_the_mean_of_its_models_logits(tmp_path: Path) -> None:
 # --- losses ----------------------------------------------------------------------------------
 
 
+def test_an_ensemble_averages_attention_logits_as_they_are() -> None:
+    n = len(OUTPUTS)
+    a = np.hstack([np.full((3, n), 0.8), np.full((3, n), 12.0)]).astype(np.float32)
+    b = np.hstack([np.full((3, n), 0.2), np.full((3, n), -4.0)]).astype(np.float32)
+    both = ensemble([{"r": a}, {"r": b}])["r"]
+    assert both.shape == (3, 2 * n)
+    assert np.allclose(both[:, :n], 0.5, atol=1e-4)  # the outputs' logits cancel
+    assert np.allclose(both[:, n:], 4.0)  # the attention logits' mean, not through a sigmoid
+
+
 @pytest.mark.parametrize("pooling", ["mean", "linear_softmax", "max", "attention"])
 def test_phase_pooling_matches_numpy(pooling: str) -> None:
     rng = np.random.default_rng(2)
     probs = rng.uniform(0.01, 0.99, size=(40, 5))
-    att = rng.normal(0.0, 30.0, size=(40, 5))  # logits far beyond exp's range in float32
+    att = rng.normal(0.0, 300.0, size=(40, 5))  # logits far beyond exp's range in float32
     index = rng.integers(0, 6, size=40)
-    got = pool_phases(torch.tensor(probs), torch.tensor(index), 6, pooling, torch.tensor(att))
+    f32 = torch.float32
+    got = pool_phases(torch.tensor(probs, dtype=f32), torch.tensor(index), 6, pooling,
+                      torch.tensor(att, dtype=f32))  # fmt: skip
     for s in range(6):
         p, a = probs[index == s], att[index == s]
         w = np.exp(a - a.max(0))
         want = {"mean": p.mean(0), "max": p.max(0), "linear_softmax": (p**2).sum(0) / p.sum(0),
                 "attention": (w * p).sum(0) / w.sum(0)}  # fmt: skip
-        assert np.allclose(got[s].numpy(), want[pooling])
+        assert np.allclose(got[s].numpy(), want[pooling], atol=1e-5)
 
 
 def test_attention_pooling_learns_which_frames_carry_the_label() -> None:
@@ -418,8 +429,8 @@ def test_the_pooled_phase_statistic_with_the_mean_is_the_devices_own() -> None:
     # frames give more than the mean; the table reads the attention after the outputs
     flat = pooled_phase_events(probs, GRID, "attention", np.full_like(probs, 0.5))
     assert [c for *_, c in flat] == pytest.approx([c for *_, c in mine], abs=1e-6)
-    focus = np.full_like(probs, 0.1)
-    focus[probs[:, 0] >= 0.5, 0] = 0.9
+    focus = np.full_like(probs, -3.0)  # attention logits: the class's high frames weigh more
+    focus[probs[:, 0] >= 0.5, 0] = 3.0
     att = pooled_phase_events(probs, GRID, "attention", focus)
     assert any(c > m + 0.1 for (*_, m, _), (*_, c) in zip(
         [(*e, 0) for e in mine], att, strict=True))  # fmt: skip

@@ -63,7 +63,7 @@ from edge.bed.detector import DetectorConfig, FrameGrid, PhaseRule
 from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
 from lungwatch.errors import ConfigError
 from lungwatch.labels import NORMAL, POOR_QUALITY
-from training.cv.oof import EPS, Truth
+from training.cv.oof import Truth
 from training.data.targets import OUTPUTS
 from training.scoring.detection import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS
 from training.scoring.threshold_free import (
@@ -121,7 +121,7 @@ def pooled_phase_events(
     """The phases the device's phase rule cuts, each class scored by the highest running
     ``pooling`` of its output over the phase so far (from ``min_phase_ms`` on) instead of the
     running mean: the detector judging a phase the way a multiple-instance loss trained it.
-    ``attention`` (n, O): the pooling head's sigmoid outputs, for ``pooling="attention"``."""
+    ``attention`` (n, O): the pooling head's logits, for ``pooling="attention"``."""
     if pooling == "attention" and (attention is None or attention.shape != probs.shape):
         found = None if attention is None else attention.shape
         raise ConfigError(f"attention pooling: attention outputs {found}, expected {probs.shape}")
@@ -145,9 +145,7 @@ def pooled_phase_events(
             running = np.maximum.accumulate(p)
         elif pooling == "attention":
             assert attention is not None
-            a = np.clip(np.asarray(attention[first:last, OUTPUTS.index(type_)], np.float64),
-                        EPS, 1 - EPS)  # fmt: skip
-            logit = np.log(a / (1 - a))
+            logit = np.asarray(attention[first:last, OUTPUTS.index(type_)], np.float64)
             w = np.exp(logit - logit.max())
             running = np.cumsum(w * p) / np.maximum(np.cumsum(w), 1e-300)
         elif pooling == "mean":
@@ -571,7 +569,9 @@ def cross_fit_calibrated(
     probs: Mapping[str, np.ndarray], truth: Truth, grid: FrameGrid, budget_per_hour: float
 ) -> tuple[CrossFit, RecordCounts]:
     """:func:`cross_fit` of the phase rule on outputs calibrated per class (Platt scaling),
-    the calibration of fold ``k`` fitted, like its thresholds, on the other folds' records."""
+    the calibration of fold ``k`` fitted, like its thresholds, on the other folds' records.
+    Columns after the outputs (a pooling head's attention) are left out."""
+    probs = {r: p[:, : len(OUTPUTS)] for r, p in probs.items()}
     folds = sorted({truth.folds[r] for r in truth.records})
     rows_of = {k: [i for i, r in enumerate(truth.records) if truth.folds[r] == k] for k in folds}
     n = len(truth.records)

@@ -23,6 +23,7 @@ from edge.datapaths import data_root, sprsound_root
 from lungwatch.errors import ConfigError
 from training.cv.folds import Folds, load_folds
 from training.data.sprsound import load_sprsound
+from training.data.targets import OUTPUTS
 from training.scoring.detection import Event
 
 EPS = 1e-4
@@ -79,7 +80,8 @@ def seeds_of(design: Path) -> list[int]:
 
 def read_outputs(folder: Path, prefix: str) -> dict[str, np.ndarray]:
     """A fold model's outputs of the set ``prefix``, record -> (n, O); for a model with a
-    pooling head (an ``attention.npz`` beside) (n, 2 O): its outputs, then its attention."""
+    pooling head (an ``attention.npz`` beside) (n, 2 O): its outputs, then its attention
+    logits."""
     path = folder / "outputs.npz"
     if not path.is_file():
         raise ConfigError(
@@ -94,7 +96,14 @@ def read_outputs(folder: Path, prefix: str) -> dict[str, np.ndarray]:
     if (folder / "attention.npz").is_file():
         with np.load(folder / "attention.npz") as stored:
             for r, p in out.items():
-                out[r] = np.hstack([p, stored[f"{prefix}/{r}"].astype(np.float32)])
+                key = f"{prefix}/{r}"
+                if key not in stored.files or stored[key].shape != p.shape:
+                    raise ConfigError(
+                        f"{folder / 'attention.npz'}: {key} missing or not of shape {p.shape} "
+                        f"(lungwatch cv predict --design {folder.parents[1].name} after removing "
+                        f"it)"
+                    )
+                out[r] = np.hstack([p, stored[key].astype(np.float32)])
     return out
 
 
@@ -156,15 +165,22 @@ def all_models_outputs(design: Path, prefix: str) -> list[dict[str, np.ndarray]]
 
 
 def ensemble(members: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The mean logits of ``members`` (dicts of record -> (n, O)), through the sigmoid."""
+    """The mean logits of ``members`` (dicts of record -> (n, O)), through the sigmoid; the
+    columns after the O outputs (a pooling head's attention logits) are averaged as they are."""
     keys = set(members[0])
     for m in members[1:]:
         keys &= set(m)
+    n_out = len(OUTPUTS)
     out = {}
     for key in keys:
         logits = [
-            np.log(np.clip(m[key], EPS, 1 - EPS) / (1 - np.clip(m[key], EPS, 1 - EPS)))
+            np.log(
+                np.clip(m[key][:, :n_out], EPS, 1 - EPS)
+                / (1 - np.clip(m[key][:, :n_out], EPS, 1 - EPS))
+            )
             for m in members
         ]
-        out[key] = (1.0 / (1.0 + np.exp(-np.mean(logits, axis=0)))).astype(np.float32)
+        mean = (1.0 / (1.0 + np.exp(-np.mean(logits, axis=0)))).astype(np.float32)
+        extra = [m[key][:, n_out:] for m in members]
+        out[key] = np.hstack([mean, np.mean(extra, axis=0)]) if extra[0].shape[1] else mean
     return out

@@ -43,6 +43,7 @@ from training.data.recordings import Recording, load_icbhi_recordings, load_reco
 from training.data.sprsound import SprRecord, load_sprsound
 from training.data.targets import OUTPUTS
 from training.models.checkpoint import Checkpoint, save_checkpoint
+from training.models.sed import SedNet
 from training.recipe.config import RunConfig, load_run
 
 DEFAULT_OUT = Path("out/cv")
@@ -195,26 +196,24 @@ def train_fold(
 
 
 def write_outputs(
-    model: torch.nn.Module, mat: Material, flush: np.ndarray, transform: Any, folder: Path
+    model: SedNet, mat: Material, flush: np.ndarray, transform: Any, folder: Path
 ) -> int:
     """A fold model's outputs over every set of ``mat`` into ``folder/outputs.npz``
     (``"<set>/<record>"`` -> (n, O) float16); how many recordings. A model with a pooling
-    head also writes its attention (the sigmoid of its logits) into ``attention.npz``."""
+    head also writes its attention logits into ``attention.npz`` (any other model removes a
+    stale one)."""
     from training.recipe.train import predict
 
-    files = ["outputs"] + (["attention"] if model.config.pool_head else [])  # type: ignore
+    files = ["outputs"] + (["attention"] if model.config.pool_head else [])
+    if "attention" not in files:
+        (folder / "attention.npz").unlink(missing_ok=True)
     for file in files:
         outputs: dict[str, Any] = {}
         sets = (("sprsound", mat.recs), ("intra_test", mat.intra), ("icbhi", mat.icbhi))
         for name, recs in sets:
             if recs:
-                probs = predict(
-                    model,
-                    recs,
-                    flush,
-                    transform=transform,
-                    attention=file == "attention",  # type: ignore[arg-type]
-                )
+                attention = file == "attention"
+                probs = predict(model, recs, flush, transform=transform, attention=attention)
                 pairs = zip(recs, probs, strict=True)
                 outputs |= {f"{name}/{r.record_id}": p.astype(np.float16) for r, p in pairs}
         temp = folder / f".{file}.tmp.npz"
@@ -338,18 +337,22 @@ def run_parallel(
 
 
 def predict_design(out: Path, design: str, device: str = "cpu") -> int:
-    """Write ``outputs.npz`` for every finished fold model of ``design`` that lacks one (a
-    model trained elsewhere and brought back without its outputs); how many were written."""
+    """Write ``outputs.npz`` (and, for a design with a pooling head, ``attention.npz``) for
+    every finished fold model of ``design`` that lacks them (a model trained elsewhere and
+    brought back without its outputs); how many were written."""
     from training.models.checkpoint import load_checkpoint
     from training.recipe.inputs import InputView
 
     folder = design_dir(out, design)
     if not folder.is_dir():
         raise ConfigError(f"design {design!r}: no folder {folder} (cv train first)")
+    run_doc = json.loads((folder / "design.json").read_text())["run"]
+    pooled = run_doc.get("loss", {}).get("phase_pooling", "mean")
+    wanted = ["outputs.npz"] + (["attention.npz"] if pooled == "attention" else [])
     todo = sorted(
         p.parent
         for p in folder.glob("seed*/*/done.json")
-        if not (p.parent / "outputs.npz").is_file()
+        if not all((p.parent / f).is_file() for f in wanted)
     )
     if not todo:
         return 0
