@@ -173,13 +173,8 @@ def ensemble(members: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarra
     n_out = len(OUTPUTS)
     out = {}
     for key in keys:
-        logits = [
-            np.log(
-                np.clip(m[key][:, :n_out], EPS, 1 - EPS)
-                / (1 - np.clip(m[key][:, :n_out], EPS, 1 - EPS))
-            )
-            for m in members
-        ]
+        clipped = [np.clip(m[key][:, :n_out], EPS, 1 - EPS) for m in members]
+        logits = [np.log(q / (1 - q)) for q in clipped]
         mean = (1.0 / (1.0 + np.exp(-np.mean(logits, axis=0)))).astype(np.float32)
         extra = [m[key][:, n_out:] for m in members]
         out[key] = np.hstack([mean, np.mean(extra, axis=0)]) if extra[0].shape[1] else mean

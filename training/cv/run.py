@@ -204,22 +204,25 @@ def write_outputs(
     stale one)."""
     from training.recipe.train import predict
 
-    files = ["outputs"] + (["attention"] if model.config.pool_head else [])
-    if "attention" not in files:
+    pooled = model.config.pool_head
+    n_out = model.config.n_outputs
+    files: dict[str, dict[str, Any]] = {"outputs": {}}
+    if pooled:
+        files["attention"] = {}
+    else:
         (folder / "attention.npz").unlink(missing_ok=True)
-    for file in files:
-        outputs: dict[str, Any] = {}
-        sets = (("sprsound", mat.recs), ("intra_test", mat.intra), ("icbhi", mat.icbhi))
-        for name, recs in sets:
-            if recs:
-                attention = file == "attention"
-                probs = predict(model, recs, flush, transform=transform, attention=attention)
-                pairs = zip(recs, probs, strict=True)
-                outputs |= {f"{name}/{r.record_id}": p.astype(np.float16) for r, p in pairs}
+    for name, recs in (("sprsound", mat.recs), ("intra_test", mat.intra), ("icbhi", mat.icbhi)):
+        if recs:  # one pass: the outputs and, for a pooling head, its logits after them
+            probs = predict(model, recs, flush, transform=transform, attention=pooled)
+            for r, p in zip(recs, probs, strict=True):
+                files["outputs"][f"{name}/{r.record_id}"] = p[:, :n_out].astype(np.float16)
+                if pooled:
+                    files["attention"][f"{name}/{r.record_id}"] = p[:, n_out:].astype(np.float16)
+    for file, arrays in files.items():
         temp = folder / f".{file}.tmp.npz"
-        np.savez_compressed(temp, **outputs)
+        np.savez_compressed(temp, **arrays)
         temp.replace(folder / f"{file}.npz")
-    return len(outputs)
+    return len(files["outputs"])
 
 
 def parse_ints(text: str, what: str) -> list[int]:

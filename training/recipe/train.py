@@ -174,8 +174,9 @@ def predict(
     attention: bool = False,
 ) -> list[np.ndarray]:
     """Every recording's frame probabilities (n, O), each as one stream from its start (the
-    whole-recording pass, which equals the device's chunked one). ``attention``: instead, a
-    pooling head's attention logits (a model built with ``pool_head``)."""
+    whole-recording pass, which equals the device's chunked one). ``attention``: (n, 2 O),
+    the probabilities and, after them, the pooling head's attention logits from the same pass
+    (a model built with ``pool_head``)."""
     model.eval()
     cfg = model.config
     order = sorted(range(len(recs)), key=lambda i: recs[i].n_frames)
@@ -187,7 +188,8 @@ def predict(
             bt = collate(examples, cfg.stride, cfg.lookahead_frames, flush, transform)
             x = torch.from_numpy(bt.features).to(model.input_mean.device)
             if attention:
-                p = model.forward_pooling(x, bt.n_frames)[1].cpu()
+                logits, weights = model.forward_pooling(x, bt.n_frames)
+                p = torch.cat([torch.sigmoid(logits), weights], dim=1).cpu()
             else:
                 p = torch.sigmoid(model.forward_train(x, bt.n_frames)).cpu()
             for j, i in enumerate(idx):
