@@ -103,6 +103,21 @@ def _ingest(x, audio, flags, pos):
     return bad
 
 
+@njit(cache=True)
+def _store_frames(frames, ring, j):
+    """Write ``frames`` (m, F) into the columns ``j, j + 1, ...`` of ``ring`` (F, R), wrapping
+    around its end."""
+    ring_frames = ring.shape[1]
+    m = frames.shape[0]
+    first = min(m, ring_frames - j)
+    for b in range(frames.shape[1]):
+        row = ring[b]
+        for i in range(first):
+            row[j + i] = frames[i, b]
+        for i in range(first, m):
+            row[i - first] = frames[i, b]
+
+
 def _check_geometry(kinds: Sequence[str], window_frames: int, hop_frames: int) -> None:
     if not kinds or any(k not in FEATURE_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
         raise PipelineError(f"kinds must be distinct names from {FEATURE_KINDS}, got {kinds!r}")
@@ -307,12 +322,7 @@ class StreamPipeline:
             return count
         if self._concealed:
             frames = self._hold_concealed(count, frames, ring)
-        ring_frames = ring.shape[1]
-        j = count % ring_frames
-        first = min(m, ring_frames - j)
-        ring[:, j : j + first] = frames[:first].T
-        if m > first:  # wrapped around the ring's end
-            ring[:, : m - first] = frames[first:].T
+        _store_frames(frames, ring, count % ring.shape[1])
         return count + m
 
     def _hold_concealed(self, first: int, frames: np.ndarray, ring: np.ndarray) -> np.ndarray:

@@ -50,7 +50,6 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.signal import welch
-from scipy.special import expit
 
 from edge.audio import validate_samples
 from edge.bed.quality_kernels import hop_measures, welch_work
@@ -244,8 +243,13 @@ def _spectral_entropy(band_power: np.ndarray) -> float:
 
 
 def _logistic(margin: float, width: float) -> float:
-    """``1 / (1 + exp(-margin / width))``: 0.5 at the threshold, smooth on either side."""
-    return float(expit(margin / width))
+    """``1 / (1 + exp(-margin / width))``: 0.5 at the threshold, smooth on either side (the
+    form that cannot overflow on either side, as ``scipy.special.expit`` computes it)."""
+    z = margin / width
+    if z >= 0.0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 def _validated(samples: np.ndarray) -> np.ndarray:

@@ -302,3 +302,16 @@ def test_a_level_front_end_beside_the_models_gives_each_window_its_levels(
     for t in touched:
         np.testing.assert_array_equal(frames[:, t], frames[:, touched[0] - 1])
     np.testing.assert_allclose(frames[:, : touched[0]], levels[:, : touched[0]], atol=TOLERANCE)
+
+
+@pytest.mark.parametrize(("m", "j"), [(0, 3), (5, 0), (5, 10), (8, 12), (15, 14)])
+def test_frames_go_into_the_ring_at_their_columns_around_its_end(m: int, j: int) -> None:
+    from edge.bed.pipeline import _store_frames
+
+    rng = np.random.default_rng(m + j)
+    ring = rng.standard_normal((6, 15)).astype(np.float32)
+    frames = rng.standard_normal((m, 6)).astype(np.float32)
+    expected = ring.copy()
+    expected[:, (j + np.arange(m)) % 15] = frames.T
+    _store_frames(frames, ring, j)
+    np.testing.assert_array_equal(ring, expected)

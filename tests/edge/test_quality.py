@@ -174,6 +174,16 @@ def test_score_falls_smoothly_as_the_level_drops() -> None:
     assert np.max(np.abs(steps)) < 0.6  # and never jumps
 
 
+def test_logistic_factor_is_the_expit_of_the_margin_without_overflow() -> None:
+    from scipy.special import expit
+
+    margins = np.concatenate([np.linspace(-50.0, 50.0, 2001), [-1e6, -800.0, 800.0, 1e6]])
+    got = np.array([quality._logistic(float(m), 2.5) for m in margins])
+    np.testing.assert_allclose(got, expit(margins / 2.5), rtol=1e-15, atol=1e-300)
+    assert quality._logistic(-1e6, 1.0) == 0.0
+    assert quality._logistic(1e6, 1.0) == 1.0
+
+
 def test_measure_is_consistent_with_the_single_measures() -> None:
     x = _breath(2)
     measures = measure(x, RATE_HZ)
