@@ -329,10 +329,10 @@ class BreathTracker:
         return self._levels[:, :n], self._flags[:n]
 
     def _take(self, samples: np.ndarray, lost: np.ndarray) -> None:
-        self.good_samples += int(lost.shape[0] - lost.sum())
-        flagged = np.flatnonzero(lost)
-        if flagged.size:
-            self.last_lost = self.samples + int(flagged[-1])
+        n_lost = int(np.count_nonzero(lost))
+        self.good_samples += lost.shape[0] - n_lost
+        if n_lost:
+            self.last_lost = self.samples + int(np.flatnonzero(lost)[-1])
         k.activity(
             samples[:N_SUB_BANDS], samples[N_SUB_BANDS], lost, self.params, self.iparams,
             self.istate, self.fstate, self.means, self._across, self._raw, self._scratch,
