@@ -7,6 +7,8 @@
         [--ward-audio DIR] [--ward-streams 1000] [--round-group 250] [--no-batch-sweep] [--no-mqtt]
     ... python -m bench.runtime --baseline REV [--baseline-streams 1000] [--baseline-pairs 3]
         [--baseline-audio DIR]
+    ... python -m bench.runtime --feature-costs [--baseline-streams 1000] [--baseline-pairs 3]
+        [--baseline-audio DIR]
 
 Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
 settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
@@ -46,6 +48,10 @@ frame once, state carried).
   processes, and the ratio of their medians: a code change's effect on beds per core, measured
   in one run (``bench/results/runtime_baseline.json``; with ``--baseline-audio DIR`` on that
   folder's recordings, one per bed: ``runtime_baseline_ward.json``).
+- **Feature costs** (``--feature-costs``, alone): the same as-fast-as-possible run with every
+  per-bed feature on and with each of respiration, evidence clips, the rolling verdict and
+  the live strip off, in alternating rounds of fresh processes; each feature's share of the
+  time (``bench/results/runtime_features.{md,json}``).
 
 The runtime uses ``BackendConfig``'s default ``max_batch`` and ``RuntimeConfig``'s default
 ``round_group`` (``--max-batch`` and ``--round-group`` override them).
@@ -58,6 +64,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import json
 import os
 import platform
@@ -66,7 +73,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +104,9 @@ MODEL_DIR = "models/sed"
 WINDOW_MODEL_RECORDED = {"model": "models/edge (retired)", "streams_in_real_time": 429}
 DEFAULT_ROUND_GROUP = RuntimeConfig.round_group  # the runtime's default
 TARGETS = {"streams_per_core": 1000.0, "p99_ms": 150.0, "rss_per_stream_mb": 1.0}
+# the per-bed features --feature-costs turns off one at a time (RuntimeConfig sections with an
+# ``enabled`` switch; "live": the live strip)
+FEATURES = ("respiration", "evidence", "verdict", "live")
 
 
 # -- the child: one measurement ---------------------------------------------------------------
@@ -109,6 +119,7 @@ def runtime_config(
     model_dir: str = MODEL_DIR,
     audio: str | None = None,
     round_group: int = DEFAULT_ROUND_GROUP,
+    off: Sequence[str] = (),
 ) -> RuntimeConfig:
     if audio:  # a ward-like load: the folder's recordings, one per bed
         paths = [str(path) for _, path in sorted(recordings_in([Path(audio)]).items())]
@@ -120,7 +131,7 @@ def runtime_config(
         for i in range(n_streams)
     )  # fmt: skip
     host, _, port = (broker or "127.0.0.1:1883").rpartition(":")
-    return RuntimeConfig(
+    config = RuntimeConfig(
         streams=streams,
         site="bench",
         device_id="edge-1",
@@ -130,6 +141,20 @@ def runtime_config(
         mqtt=MqttConfig(host=host, port=int(port), spool_path=str(spool)),
         round_group=round_group,
     )
+    return _without(config, off)
+
+
+def _without(config: RuntimeConfig, off: Sequence[str]) -> RuntimeConfig:
+    """``config`` with the per-bed features named in ``off`` (:data:`FEATURES`) turned off."""
+    changes: dict[str, Any] = {}
+    for name in off:
+        if name == "live":
+            changes["live_interval_s"] = 0.0
+        elif name in FEATURES:
+            changes[name] = dataclasses.replace(getattr(config, name), enabled=False)
+        else:
+            raise ValueError(f"unknown feature {name!r}; one of {', '.join(FEATURES)}")
+    return dataclasses.replace(config, **changes)
 
 
 def build(config: RuntimeConfig, paced: bool) -> tuple[Runtime, TimingSink, AckProbe | None]:
@@ -199,7 +224,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         config = runtime_config(spec["streams"], spec["paced"], spec["broker"],
                                 Path(tmp) / "spool.sqlite", spec["max_batch"],
                                 spec["model"], spec.get("audio"),
-                                spec.get("round_group", DEFAULT_ROUND_GROUP))  # fmt: skip
+                                spec.get("round_group", DEFAULT_ROUND_GROUP),
+                                spec.get("off", ()))  # fmt: skip
         runtime, timing, probe = build(config, spec["paced"])
         warm_up(runtime, spec["paced"])
         result = _measured_rounds(runtime, timing, spec)
@@ -370,11 +396,68 @@ def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict
             "streams_real_time": runs, "ratio_of_medians": here / there}  # fmt: skip
 
 
+def feature_costs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
+    """Streams served in real time with every per-bed feature on and with each of
+    :data:`FEATURES` off, as fast as possible with ``--baseline-streams`` streams, in
+    alternating rounds of fresh processes in this one run; each feature's share of the time
+    is ``1 - on / off`` of the medians (what turning it off would give back)."""
+    spec = {"broker": broker, "max_batch": args.max_batch, "model": args.model,
+            "round_group": args.round_group, "streams": args.baseline_streams,
+            "paced": False, "seconds": args.seconds,
+            "audio": args.baseline_audio and str(Path(args.baseline_audio).resolve())}  # fmt: skip
+    variants = {"all on": (), **{f"{name} off": (name,) for name in FEATURES}}
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    for pair in range(args.baseline_pairs):
+        for name, off in variants.items():
+            print(f"round {pair + 1}: {name}, {spec['streams']} streams ...", flush=True)
+            result = run_child({**spec, "off": list(off)}, args.seconds + 300)
+            runs[name].append(float(result["streams_real_time"]))
+    medians = {name: float(np.median(values)) for name, values in runs.items()}
+    share = {name.removesuffix(" off"): 1.0 - medians["all on"] / medians[name]
+             for name in runs if name != "all on"}  # fmt: skip
+    return {"streams": spec["streams"], "seconds": args.seconds,
+            "load": args.baseline_audio or "the three demo recordings",
+            "streams_real_time": runs, "medians": medians, "share_of_time": share}  # fmt: skip
+
+
+def _feature_table(record: dict[str, Any]) -> str:
+    header = record["header"]
+    lines = [
+        "# Runtime benchmark: what each per-bed feature costs",
+        "",
+        f"Measured: {header['date']}  ",
+        f"Command: `{header['command']}`  ",
+        f"Machine: {header['machine']}; threads: {header['threads']}  ",
+        f"Model: {header['model']}; {header['broker']}  ",
+        f"Load: {record['load']}, {record['streams']} beds as fast as possible, "
+        f"{record['seconds']:g} s per run, alternating rounds of fresh processes",
+        "",
+        "| run | streams in real time (each round) | median | share of the time |",
+        "|---|---|---:|---:|",
+    ]
+    for name, values in record["streams_real_time"].items():
+        share = record["share_of_time"].get(name.removesuffix(" off"))
+        lines.append(
+            f"| {name} | {' / '.join(f'{v:,.0f}' for v in values)} | "
+            f"{record['medians'][name]:,.0f} | {'-' if share is None else f'{share:.1%}'} |"
+        )
+    lines += ["", "Share of the time = 1 - (all on) / (that feature off), of the medians: the "
+              "part of a core the feature takes at this load."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
         result = measure(json.loads(args.child))
         Path(args.out).write_text(json.dumps(result))
+        return 0
+    if args.feature_costs:
+        with mosquitto_broker(not args.no_mqtt) as broker:
+            found = feature_costs(args, broker[1] if broker else None)
+        header = _header(args, sys.argv[1:] if argv is None else argv, broker)
+        record = {"header": header, **found}
+        write_results("runtime_features", record, _feature_table(record))
         return 0
     if args.baseline:
         with mosquitto_broker(not args.no_mqtt) as broker:
@@ -512,6 +595,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="only compare with this git revision: streams in real time, ratio in one run",
     )
+    parser.add_argument(
+        "--feature-costs", action="store_true",
+        help="only measure what each per-bed feature (respiration, evidence, verdict, live "
+        "strip) costs: every feature on against each one off, in alternating rounds "
+        "(--baseline-streams, --baseline-pairs, --baseline-audio set the load)",
+    )  # fmt: skip
     parser.add_argument("--baseline-streams", type=int, default=1000, help="K of the comparison")
     parser.add_argument("--baseline-pairs", type=int, default=3, help="alternating pairs of runs")
     parser.add_argument(
