@@ -174,6 +174,18 @@ def check_spec(spec: FeatureSpec, config: RespirationConfig) -> None:
         _band_layout(spec, other, "fallback_band_hz")
 
 
+def bands_read(config: RespirationConfig, spec: FeatureSpec) -> int:
+    """How many of ``spec``'s bands, from the lowest, a bed's trackers read (its breath,
+    body and fallback bands, all low in :func:`tracker_spec`'s range): the level front end
+    need compute no more."""
+    highest = 0
+    for tracker_config in (config, _fallback_config(config)):
+        if tracker_config is not None:
+            breath, _, body = _band_layout(spec, tracker_config)
+            highest = max(highest, int(breath.max()), int(body.max()))
+    return highest + 1
+
+
 def _fallback_config(config: RespirationConfig) -> RespirationConfig | None:
     """The fallback band's tracker config: ``config`` with the fallback band as its breath
     band (None: off)."""

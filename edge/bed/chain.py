@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edge.bed.agebands import age_band
-from edge.bed.breathing import BreathTracker, tracker_spec
+from edge.bed.breathing import BreathTracker, bands_read, tracker_spec
 from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import (
     SPAN_SETTINGS,
@@ -170,6 +170,14 @@ class ChainSettings:
     verdict: VerdictRule | None = None  # the rolling Task 2-2 verdict (None: off)
     respiration: RespirationConfig | None = None  # rate and apnoea (None: off)
 
+    @property
+    def level_bands(self) -> int | None:
+        """How many of the breath tracker's level bands a bed computes (None: respiration
+        off): the lowest ones, those its trackers read."""
+        if self.respiration is None:
+            return None
+        return bands_read(self.respiration, tracker_spec(self.spec))
+
     @classmethod
     def of(
         cls,
@@ -241,6 +249,7 @@ class BedChain:
             frames,
             conceal_max_samples=s.conceal_samples,
             level_spec=levels,
+            level_bands=s.level_bands,
         )
         self.gate = QualityGate(s.gate, s.spec.sample_rate_hz, s.silent_bands)
         self.model_state = BedState(s.streaming)

@@ -77,8 +77,8 @@ class WindowReady:
     padded_frames: int = 0  # trailing frames that are end-of-stream padding (StreamPipeline.flush)
     hop_missing_samples: int = 0  # missing samples in the last hop (the span judged for gaps)
     # (n_level_bands, window_frames) float32: the level front end's frames over the window
-    # (StreamPipeline's ``level_spec``: what the breath tracker reads); None when that front
-    # end is the first kind's own (then ``features[0]`` are those frames)
+    # (StreamPipeline's ``level_spec``, its lowest ``level_bands``: what the breath tracker
+    # reads); None when that front end is the first kind's own (then ``features[0]``)
     levels: np.ndarray | None = None
 
     @property
@@ -140,11 +140,15 @@ class StreamPipeline:
         max_piece_samples: int = DEFAULT_PIECE_SAMPLES,
         conceal_max_samples: int = 0,
         level_spec: FeatureSpec | None = None,
+        level_bands: int | None = None,
     ) -> None:
         """``level_spec``: the front end whose frames each window carries as ``levels`` (a
         reader of sound levels, the breath tracker, needs frames the model's front end may
         normalise away or band-limit); same frame and hop as ``spec``. None, or the first
-        kind's own spec: ``levels`` are ``features[0]`` and nothing more is computed."""
+        kind's own spec: ``levels`` are ``features[0]`` and nothing more is computed.
+        ``level_bands``: the windows carry only the lowest that many of ``level_spec``'s
+        bands (its readers read no others; None: all), and where the level bands come from
+        the first kind's power spectrum only those are computed."""
         _check_geometry(kinds, window_frames, hop_frames)
         if not 0 <= conceal_max_samples <= max_piece_samples:
             raise PipelineError(
@@ -180,10 +184,15 @@ class StreamPipeline:
                 )
             # the first kind's stream is pushed first (_advance): where one STFT serves both,
             # the levels are read from its kernel
+            if level_bands is not None and not 1 <= level_bands <= level_spec.n_bands:
+                raise PipelineError(
+                    f"level_bands must be in [1, {level_spec.n_bands}], got {level_bands}"
+                )
             first, self._level_stream = make_streams(
-                specs[0], level_spec, max_chunk_samples=max_piece_samples
+                specs[0], level_spec, level_bands, max_chunk_samples=max_piece_samples
             )
-            self._levels = np.zeros((level_spec.n_bands, ring_frames), dtype=np.float32)
+            rows = level_spec.n_bands if level_bands is None else level_bands
+            self._levels = np.zeros((rows, ring_frames), dtype=np.float32)
         rest = [make_stream(s, max_chunk_samples=max_piece_samples) for s in specs[1:]]
         self._streams = [first, *rest]
         self._counts = [0] * len(kinds)
@@ -305,7 +314,7 @@ class StreamPipeline:
         for k, stream in enumerate(self._streams):
             self._counts[k] = self._store(stream.push(samples), self._ring[k], self._counts[k])
         if self._level_stream is not None and self._levels is not None:
-            frames = self._level_stream.push(samples)
+            frames = self._level_stream.push(samples)[:, : self._levels.shape[0]]
             self._level_count = self._store(frames, self._levels, self._level_count)
         self._pos = at + n
         self.samples_seen += n

@@ -65,15 +65,16 @@ def make_stream(spec: FeatureSpec, **kwargs: Any) -> FrameStream:
 
 
 def make_streams(
-    spec: FeatureSpec, second: FeatureSpec, **kwargs: Any
+    spec: FeatureSpec, second: FeatureSpec, second_bands: int | None = None, **kwargs: Any
 ) -> tuple[FrameStream, FrameStream]:
     """Fresh streaming front ends for ``spec`` and ``second``, pushed with the same samples,
     ``spec``'s first. Where one power spectrum serves both (log-mel over the same frames and
     FFT, ``second`` without band normalisation) they share one STFT: ``second``'s frames come
-    from ``spec``'s kernel and its push only reads them; otherwise two separate streams."""
+    from ``spec``'s kernel and its push only reads them, its lowest ``second_bands`` bands
+    alone where that is set; otherwise two separate streams (``second``'s every band)."""
     if not fits_second_bank(spec, second):
         return make_stream(spec, **kwargs), make_stream(second, **kwargs)
-    owner = LogMelStream(spec, second=second, **kwargs)
+    owner = LogMelStream(spec, second=second, second_bands=second_bands, **kwargs)
     first: FrameStream = BandNormStream(owner) if spec.band_norm_s > 0 else owner
     return first, SecondBank(owner)
 

@@ -214,6 +214,15 @@ def shared_scratch(n_fft: int, frame_samples: int, capacity: int) -> _Scratch:
 _NO_BANK = SparseMel(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1)))
 
 
+def _lowest(bank: SparseMel, n_bands: int | None) -> SparseMel:
+    """``bank``'s lowest ``n_bands`` bands (None: all of them)."""
+    if n_bands is None:
+        return bank
+    if not 1 <= n_bands <= bank.lo.shape[0]:
+        raise InvalidValueError("second_bands", n_bands, f"in [1, {bank.lo.shape[0]}]")
+    return SparseMel(bank.lo[:n_bands], bank.hi[:n_bands], bank.weights[:n_bands])
+
+
 def fits_second_bank(spec: FeatureSpec, second: FeatureSpec) -> bool:
     """Whether ``second``'s bands can be a second filterbank of ``spec``'s stream: both
     log-mel over the same sample rate, frames, hop and FFT (one power spectrum serves both;
@@ -233,9 +242,19 @@ class LogMelStream(StreamingFrontEnd):
     ``second``: a second log-mel spec over the same frames (:func:`fits_second_bank`) whose
     bands the kernel computes from the same power spectrum; each push's are read as
     :attr:`second_frames` (or through :class:`SecondBank`): one STFT for two readers, e.g.
-    the model's band-limited bands and the breath tracker's wide ones."""
+    the model's band-limited bands and the breath tracker's wide ones. ``second_bands``: only
+    the lowest that many of ``second``'s bands are computed (None: all), each exactly as in
+    the whole bank: a reader of the low bands alone (the breath tracker) does not pay for the
+    wide triangles above them."""
 
-    def __init__(self, spec: FeatureSpec, *, second: FeatureSpec | None = None, **kwargs: int):
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        *,
+        second: FeatureSpec | None = None,
+        second_bands: int | None = None,
+        **kwargs: int,
+    ):
         if second is not None and not fits_second_bank(spec, second):
             raise InvalidValueError(
                 "second", second, "log-mel over the same frames and FFT, without band_norm_s"
@@ -244,7 +263,7 @@ class LogMelStream(StreamingFrontEnd):
         self._window = analysis_window(spec.frame_samples)
         self._mel = sparse_mel(spec)
         self.second = second
-        self._mel2 = _NO_BANK if second is None else sparse_mel(second)
+        self._mel2 = _NO_BANK if second is None else _lowest(sparse_mel(second), second_bands)
         self._n_last = 0
         super().__init__(spec, **kwargs)
 

@@ -311,3 +311,18 @@ def test_sprsound_names_carry_the_age() -> None:
     assert age_from_sprsound_name("64913238_0.6_1_p3_2175") == 0.6
     assert age_from_sprsound_name("105_1b1_Tc_sc_Meditron") is None
     assert age_from_sprsound_name("recording") is None
+
+
+@pytest.mark.parametrize("fallback", [(80.0, 800.0), None])
+def test_the_bands_read_are_every_band_a_bed_s_trackers_read_and_no_more(
+    fallback: tuple[float, float] | None,
+) -> None:
+    from edge.bed.breathing import bands_read, tracker_spec
+
+    config = RespirationConfig(fallback_band_hz=fallback)
+    spec = tracker_spec(SPEC)
+    tracker = BreathTracker(config, spec, GRID, age_band(config.age_band))
+    trackers = [tracker] + ([] if tracker.fallback is None else [tracker.fallback])
+    read = {int(b) for t in trackers for b in np.concatenate([t._breath, t._body])}
+    assert bands_read(config, spec) == max(read) + 1
+    assert bands_read(config, spec) < spec.n_bands  # the wide bands above are not read

@@ -120,3 +120,19 @@ def test_two_filterbanks_over_one_spectrum_give_each_specs_own_frames() -> None:
     for other in (wide.replace(hop_samples=40), wide.replace(band_norm_s=2.0)):
         separate = make_streams(model, other)[1]
         assert not isinstance(separate, SecondBank)
+
+
+def test_a_second_bank_of_its_lowest_bands_gives_those_bands_of_the_whole_bank() -> None:
+    x = np.random.default_rng(6).standard_normal(8000).astype(np.float32)
+    model, wide = FeatureSpec(band_norm_s=1.0, fmax_hz=1000.0), FeatureSpec(n_bands=40)
+    (whole_first, whole), (low_first, low) = (
+        make_streams(model, wide),
+        make_streams(model, wide, second_bands=9),
+    )
+    np.testing.assert_array_equal(low_first.push(x), whole_first.push(x))
+    got, want = low.push(x), whole.push(x)
+    assert got.shape == (want.shape[0], 9)
+    np.testing.assert_array_equal(got, want[:, :9])
+    for bad in (0, 41):
+        with pytest.raises(InvalidValueError, match="second_bands"):
+            make_streams(model, wide, second_bands=bad)

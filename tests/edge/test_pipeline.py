@@ -315,3 +315,34 @@ def test_frames_go_into_the_ring_at_their_columns_around_its_end(m: int, j: int)
     expected[:, (j + np.arange(m)) % 15] = frames.T
     _store_frames(frames, ring, j)
     np.testing.assert_array_equal(ring, expected)
+
+
+@pytest.mark.parametrize("kinds", [("logmel",), ("cwt", "logmel")])
+def test_a_window_carries_only_the_lowest_level_bands_asked_for_each_as_in_the_whole_bank(
+    kinds: tuple[str, ...],
+) -> None:
+    """``level_bands``: the windows' levels are the lowest bands of the whole level front
+    end's, to the bit, whether they come from the model's power spectrum (log-mel first) or
+    from a front end of their own (cwt first)."""
+    x = signal(3.0)
+    spec = SPEC.replace(band_norm_s=1.0, fmax_hz=1000.0)
+    level = FeatureSpec(n_bands=40)
+    sizes = np.random.default_rng(4).integers(1, 900, 200)
+
+    def windows(level_bands: int | None) -> list[WindowReady]:
+        pipeline = StreamPipeline(
+            spec, kinds, WINDOW_FRAMES, HOP_FRAMES, level_spec=level, level_bands=level_bands
+        )
+        return run(pipeline, chunked(x, sizes))
+
+    whole, low = windows(None), windows(11)
+    assert len(low) == len(whole) > 3
+    for a, b in zip(whole, low, strict=True):
+        assert b.levels is not None
+        assert b.levels.shape == (11, WINDOW_FRAMES)
+        np.testing.assert_array_equal(b.levels, a.levels[:11])  # type: ignore[index]
+        np.testing.assert_array_equal(b.features, a.features)
+    for bad in (0, 41):
+        with pytest.raises(PipelineError, match="level_bands must be in"):
+            StreamPipeline(spec, kinds, WINDOW_FRAMES, HOP_FRAMES, level_spec=level,
+                           level_bands=bad)  # fmt: skip
