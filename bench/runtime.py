@@ -364,15 +364,21 @@ def run_child(
         return dict(json.loads(Path(out.name).read_text()))
 
 
+def _comparison_spec(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
+    """The child measurement both comparisons repeat: ``--baseline-streams`` streams as fast
+    as possible on ``--baseline-audio`` (or the demo's recordings)."""
+    return {"broker": broker, "max_batch": args.max_batch, "model": args.model,
+            "round_group": args.round_group, "streams": args.baseline_streams,
+            "paced": False, "seconds": args.seconds,
+            "audio": args.baseline_audio and str(Path(args.baseline_audio).resolve())}  # fmt: skip
+
+
 def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
     """Streams served in real time by this checkout and by git revision ``rev`` (a temporary
     worktree), as fast as possible with ``--baseline-streams`` streams, in alternating pairs
     of fresh processes in this one run (after one unmeasured run of ``rev``); the ratio of the
     medians."""
-    spec = {"broker": broker, "max_batch": args.max_batch, "model": args.model,
-            "round_group": args.round_group, "streams": args.baseline_streams,
-            "paced": False, "seconds": args.seconds,
-            "audio": args.baseline_audio and str(Path(args.baseline_audio).resolve())}  # fmt: skip
+    spec = _comparison_spec(args, broker)
     runs: dict[str, list[float]] = {"this checkout": [], rev: []}
     with tempfile.TemporaryDirectory(prefix="lungwatch-baseline-") as tmp:
         tree = Path(tmp) / "tree"
@@ -401,10 +407,7 @@ def feature_costs(args: argparse.Namespace, broker: str | None) -> dict[str, Any
     :data:`FEATURES` off, as fast as possible with ``--baseline-streams`` streams, in
     alternating rounds of fresh processes in this one run; each feature's share of the time
     is ``1 - on / off`` of the medians (what turning it off would give back)."""
-    spec = {"broker": broker, "max_batch": args.max_batch, "model": args.model,
-            "round_group": args.round_group, "streams": args.baseline_streams,
-            "paced": False, "seconds": args.seconds,
-            "audio": args.baseline_audio and str(Path(args.baseline_audio).resolve())}  # fmt: skip
+    spec = _comparison_spec(args, broker)
     variants = {"all on": (), **{f"{name} off": (name,) for name in FEATURES}}
     runs: dict[str, list[float]] = {name: [] for name in variants}
     for pair in range(args.baseline_pairs):

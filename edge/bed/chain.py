@@ -23,6 +23,7 @@ refused with a line that names the manifest rule that decides instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,10 +171,10 @@ class ChainSettings:
     verdict: VerdictRule | None = None  # the rolling Task 2-2 verdict (None: off)
     respiration: RespirationConfig | None = None  # rate and apnoea (None: off)
 
-    @property
+    @functools.cached_property
     def level_bands(self) -> int | None:
         """How many of the breath tracker's level bands a bed computes (None: respiration
-        off): the lowest ones, those its trackers read."""
+        off): the lowest ones, those its trackers read (worked out once for every bed)."""
         if self.respiration is None:
             return None
         return bands_read(self.respiration, tracker_spec(self.spec))
