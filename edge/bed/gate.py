@@ -45,6 +45,7 @@ is suppressed (:attr:`QualityGate.suppressed`) while any condition holds in the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from edge.bed.detector import (
     EventTracker,
@@ -150,9 +151,9 @@ class GateConfig:
         return on, min(on, DEFAULT_POOR_QUALITY_OFF) if off is None else off
 
 
-@dataclass(frozen=True)
-class _Reading:
-    """One technical condition in one hop."""
+class _Reading(NamedTuple):
+    """One technical condition in one hop; its reason is written only where it holds (a
+    tracker reads it at an onset alone), so a quiet hop formats no text."""
 
     type: str
     active: bool
@@ -282,6 +283,8 @@ class QualityGate:
             on, off = cfg.poor_quality_thresholds
             self._poor_model = hysteresis_step(self._poor_model, poor_prob, on, off)
         by_score = judged and not (silence or clipping) and q.score < cfg.poor_score_limit
+        poor = by_score or self._poor_model
+        poor_reason = ""
         if self._poor_model:
             poor_reason = f"model Poor Quality p={poor_prob:.2f}"
             # an event's reason is its first window's: the note is looked for only there
@@ -289,29 +292,34 @@ class QualityGate:
                 note = self.silent_bands.describe(window.features)
                 if note is not None:
                     poor_reason += "; " + note
-        else:
+        elif poor:
             poor_reason = f"quality score {q.score:.2f}, limited by {q.limiting_factor}"
         off_body, gap_notice = self._notices_before(window.end_sample)
-        gap_reason = gap_notice or f"{window.hop_missing_fraction:.0%} of the hop missing"
+        invalid = window.invalid_samples > 0
+        gap = window.hop_missing_fraction > 0.0 or bool(gap_notice)
         return [
+            _Reading(POOR_SIGNAL, poor, max(1.0 - q.score, poor_prob or 0.0), poor_reason),
+            _Reading(OFF_BODY, off_body, 1.0, "device reports off body"),
             _Reading(
-                POOR_SIGNAL,
-                by_score or self._poor_model,
-                max(1.0 - q.score, poor_prob or 0.0),
-                poor_reason,
+                CLIPPING,
+                clipping,
+                1.0,
+                f"{q.clipping_fraction:.1%} of samples clipped" if clipping else "",
             ),
-            _Reading(OFF_BODY, off_body, reason="device reports off body"),
-            _Reading(CLIPPING, clipping, reason=f"{q.clipping_fraction:.1%} of samples clipped"),
-            _Reading(SILENCE, silence, reason=f"level {q.rms_dbfs:.0f} dBFS"),
+            _Reading(SILENCE, silence, 1.0, f"level {q.rms_dbfs:.0f} dBFS" if silence else ""),
             _Reading(
                 INVALID_SAMPLES,
-                window.invalid_samples > 0,
-                reason=f"{window.invalid_samples} NaN/Inf samples replaced by zeros",
+                invalid,
+                1.0,
+                f"{window.invalid_samples} NaN/Inf samples replaced by zeros" if invalid else "",
             ),
             _Reading(
                 SIGNAL_GAP,
-                window.hop_missing_fraction > 0.0 or bool(gap_notice),
-                reason=gap_reason,
+                gap,
+                1.0,
+                (gap_notice or f"{window.hop_missing_fraction:.0%} of the hop missing")
+                if gap
+                else "",
             ),
         ]
 
