@@ -229,6 +229,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         runtime, timing, probe = build(config, spec["paced"])
         warm_up(runtime, spec["paced"])
         result = _measured_rounds(runtime, timing, spec)
+        if runtime.evidence_channel is not None:  # as the loads left it, before the close
+            result["evidence"] = runtime.evidence_channel.stats()
         stop = threading.Event()
         stop.set()
         runtime.run(stop)  # end every stream's open events, publish the last metrics

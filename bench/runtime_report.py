@@ -203,8 +203,8 @@ def _throughput(runs: list[dict[str, Any]], level: str = "##", notes: bool = Tru
         "| K | audio s | wall s | streams in real time | CPU share % | streams per CPU s "
         "| x RT per stream | windows/s | inference ms/window | inference ms per bed-audio-s "
         "| RSS MB | RSS/stream MB | file audio/stream MB | close->PUBACK p50 / p99 ms "
-        "| other threads CPU % |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| other threads CPU % | clips submitted / sent / dropped / waiting |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         lat = r.get("latency", {}).get("close_to_puback_ms")
@@ -218,7 +218,8 @@ def _throughput(runs: list[dict[str, Any]], level: str = "##", notes: bool = Tru
             f"| {r['windows'] / r['wall_s']:,.0f} | {r['inference']['ms_per_window']:.2f} "
             f"| {r['inference'].get('ms_per_audio_s', float('nan')):.3f} "
             f"| {r['rss_kb'] / KB_PER_MB:,.0f} | {'-' if rss is None else f'{rss:.2f}'} "
-            f"| {r['file_audio_bytes_per_stream'] / 2**20:.2f} | {_fmt(lat)} | {other:.0f} |"
+            f"| {r['file_audio_bytes_per_stream'] / 2**20:.2f} | {_fmt(lat)} | {other:.0f} "
+            f"| {_clips(r)} |"
         )
     if not notes:
         return lines
@@ -285,8 +286,9 @@ def _paced(
         "",
         "| K | wall s | audio per stream / wall (1.00 = kept up) | events | close->publish "
         "p50 / p99 ms | close->PUBACK p50 / p99 / max ms | capture->PUBACK p50 / p99 / max ms "
-        "| unacked | runtime's read wait p99, median / worst bed report ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| unacked | runtime's read wait p99, median / worst bed report ms "
+        "| clips submitted / sent / dropped / waiting |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in paced:
         lat, three = run["latency"], ("p50", "p99", "max")
@@ -296,7 +298,7 @@ def _paced(
             f"| {_fmt(lat.get('close_to_puback_ms'), three)} "
             f"| {_fmt(lat.get('capture_to_puback_ms'), three)} "
             f"| {lat.get('close_to_puback_ms', {}).get('unacked', 'n/a')} "
-            f"| {_fmt(lat.get('read_wait_p99_ms'), ('median', 'max'))} |"
+            f"| {_fmt(lat.get('read_wait_p99_ms'), ('median', 'max'))} | {_clips(run)} |"
         )
     lines += [
         "",
@@ -309,11 +311,23 @@ def _paced(
         "The runtime's read wait is its own measure of that wait (`read_wait_ms_p99` in each "
         "bed's metrics report, every 10 s; docs/runtime.md, section 'Load'): the median and "
         "the largest over the beds' reports published while measuring; over "
-        "`read_wait_warn_ms` (500 ms) the runtime logs that it is behind.",
+        "`read_wait_warn_ms` (500 ms) the runtime logs that it is behind. Clips: the evidence "
+        "channel's counts when the measured rounds ended (since the runtime started): handed "
+        "over by the loop, acknowledged by the broker, dropped on a full queue, and waiting "
+        "(queued or spooled).",
         "",
         _event_load(paced, load),
     ]
     return lines
+
+
+def _clips(run: dict[str, Any]) -> str:
+    """The evidence channel's counts of a run (n/a: no clips, e.g. no broker)."""
+    ev = run.get("evidence")
+    if ev is None:
+        return "n/a"
+    waiting = ev["queued"] + ev["spooled"]
+    return f"{ev['submitted']:,} / {ev['sent']:,} / {ev['dropped']:,} / {waiting:,}"
 
 
 def _event_load(paced: list[dict[str, Any]], load: str) -> str:

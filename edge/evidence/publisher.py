@@ -14,8 +14,9 @@ persistent). The cost is size: a clip goes in parts under the broker's 64 KiB pa
 
 Why its own connection: an event must never wait behind a clip's parts. The events' MQTT
 sink (:mod:`edge.sinks.mqtt`) keeps its connection, spool and order; this channel has
-another client id (``<client_id>-evidence``, same user), sends one clip at a time with at
-most ``max_inflight`` parts unacknowledged, and runs in its own thread.
+another client id (``<client_id>-evidence``, same user), hands paho up to ``SEND_AHEAD``
+clips at a time (paho keeps at most ``max_inflight`` parts unacknowledged on the wire), and
+runs in its own thread.
 
 Durability and bounds: a clip is written to an SQLite spool (``spool_path``, WAL,
 ``synchronous=NORMAL``: a clip may be lost on power loss, never on a crash) before it is
@@ -48,6 +49,7 @@ from lungwatch.supervision import Worker
 log = logging.getLogger("lungwatch.evidence")
 
 QUEUE_CLIPS = 256  # clips waiting for the spool
+SEND_AHEAD = 16  # clips whose parts are handed to paho before waiting for their PUBACKs
 POLL_S = 0.05
 MB = 1_000_000
 
@@ -60,6 +62,7 @@ CREATE TABLE IF NOT EXISTS clips (
     bytes INTEGER NOT NULL,
     messages TEXT NOT NULL  -- JSON: [[topic, payload], ...]
 );
+CREATE INDEX IF NOT EXISTS clips_created ON clips (created_s);
 """
 
 
@@ -68,7 +71,11 @@ class EvidenceSpoolError(LungwatchError):
 
 
 class EvidenceSpool:
-    """Clips waiting for the broker (see the module doc); thread-safe."""
+    """Clips waiting for the broker (see the module doc); thread-safe.
+
+    Its count and bytes are kept in memory (read from the file once, when it opens), and
+    every statement reaches its rows through an index: a put, a send and a metrics report
+    cost the same with ten clips waiting as with ten thousand (a broker away for an hour)."""
 
     def __init__(self, path: str | Path, max_bytes: int, max_age_s: float) -> None:
         self.path, self.max_bytes, self.max_age_s = Path(path), max_bytes, max_age_s
@@ -85,50 +92,82 @@ class EvidenceSpool:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self.evicted = self.expired = 0
+        count, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM clips"
+        ).fetchone()
+        self._count, self._bytes = int(count), int(size)
 
     def put(self, clip: Clip, messages: list[tuple[str, str]], now_s: float) -> None:
         """Store a clip's messages; evict the oldest clips over the bound."""
-        size = sum(len(payload) for _, payload in messages)
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO clips (episode_id, stream_id, created_s, bytes, messages)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (clip.episode_id, clip.stream_id, now_s, size, json.dumps(messages)),
-            )
-            while self._bytes() > self.max_bytes:
-                oldest = self._db.execute("SELECT seq FROM clips ORDER BY seq LIMIT 1").fetchone()
-                self._db.execute("DELETE FROM clips WHERE seq = ?", oldest)
-                self.evicted += 1
+        self.put_many([(clip, messages)], now_s)
 
-    def _bytes(self) -> int:
-        return int(self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM clips").fetchone()[0])
+    def put_many(self, clips: list[tuple[Clip, list[tuple[str, str]]]], now_s: float) -> None:
+        """Store clips and their messages in one transaction; evict the oldest clips over the
+        bound (a clip of an episode already spooled replaces it)."""
+        with self._lock, self._db:
+            for clip, messages in clips:
+                size = sum(len(payload) for _, payload in messages)
+                old = self._db.execute(
+                    "SELECT bytes FROM clips WHERE episode_id = ?", (clip.episode_id,)
+                ).fetchone()
+                if old is not None:
+                    self._count, self._bytes = self._count - 1, self._bytes - int(old[0])
+                self._db.execute(
+                    "INSERT OR REPLACE INTO clips (episode_id, stream_id, created_s, bytes,"
+                    " messages) VALUES (?, ?, ?, ?, ?)",
+                    (clip.episode_id, clip.stream_id, now_s, size, json.dumps(messages)),
+                )
+                self._count, self._bytes = self._count + 1, self._bytes + size
+            while self._bytes > self.max_bytes:
+                seq, size = self._db.execute(
+                    "SELECT seq, bytes FROM clips ORDER BY seq LIMIT 1"
+                ).fetchone()
+                self._db.execute("DELETE FROM clips WHERE seq = ?", (seq,))
+                self._count, self._bytes = self._count - 1, self._bytes - int(size)
+                self.evicted += 1
 
     def oldest(self, now_s: float) -> tuple[int, list[tuple[str, str]]] | None:
         """The oldest clip not expired (expired ones are dropped and counted)."""
+        found = self.oldest_many(now_s, 1)
+        return found[0] if found else None
+
+    def oldest_many(self, now_s: float, n: int) -> list[tuple[int, list[tuple[str, str]]]]:
+        """The ``n`` oldest clips not expired, oldest first (expired ones are dropped and
+        counted)."""
         with self._lock, self._db:
+            cutoff = (now_s - self.max_age_s,)
             gone = self._db.execute(
-                "DELETE FROM clips WHERE created_s < ?", (now_s - self.max_age_s,)
-            ).rowcount
-            self.expired += max(0, gone)
-            row = self._db.execute(
-                "SELECT seq, messages FROM clips ORDER BY seq LIMIT 1"
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM clips WHERE created_s < ?", cutoff
             ).fetchone()
-        if row is None:
-            return None
-        return int(row[0]), [(str(t), str(p)) for t, p in json.loads(row[1])]
+            if gone[0]:
+                self._db.execute("DELETE FROM clips WHERE created_s < ?", cutoff)
+                self._count, self._bytes = self._count - int(gone[0]), self._bytes - int(gone[1])
+                self.expired += int(gone[0])
+            rows = self._db.execute(
+                "SELECT seq, messages FROM clips ORDER BY seq LIMIT ?", (n,)
+            ).fetchall()
+        return [(int(seq), [(str(t), str(p)) for t, p in json.loads(m)]) for seq, m in rows]
 
     def remove(self, seq: int) -> None:
+        self.remove_many([seq])
+
+    def remove_many(self, seqs: list[int]) -> None:
+        """Forget sent clips (one transaction; a clip evicted meanwhile is already gone)."""
         with self._lock, self._db:
-            self._db.execute("DELETE FROM clips WHERE seq = ?", (seq,))
+            for seq in seqs:
+                row = self._db.execute("SELECT bytes FROM clips WHERE seq = ?", (seq,)).fetchone()
+                if row is not None:
+                    self._db.execute("DELETE FROM clips WHERE seq = ?", (seq,))
+                    self._count, self._bytes = self._count - 1, self._bytes - int(row[0])
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
+            return self._count
 
     @property
     def bytes(self) -> int:
         with self._lock:
-            return self._bytes()
+            return self._bytes
 
     def close(self) -> None:
         with self._lock:
@@ -164,7 +203,7 @@ class EvidencePublisher:
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._acked: set[int] = set()
-        self._ack_lock = threading.Lock()
+        self._ack_lock = threading.Condition()  # notified on every PUBACK
         self._thread = Worker(self._run, "lungwatch-evidence", self._stop.is_set)
         self.counts = {"submitted": 0, "dropped": 0, "sent": 0, "failed": 0}
 
@@ -223,47 +262,61 @@ class EvidencePublisher:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._spool_queued()
-            found = self.spool.oldest(time.time()) if self._connected.is_set() else None
-            if found is None:
+            batch = []
+            if self._connected.is_set():
+                batch = self.spool.oldest_many(time.time(), SEND_AHEAD)
+            if not batch:
                 self._stop.wait(POLL_S)
                 continue
-            seq, messages = found
-            if self._send(messages):
-                self.spool.remove(seq)
-                self.counts["sent"] += 1
+            sent = self._send(batch)
+            self.spool.remove_many(sent)
+            self.counts["sent"] += len(sent)
 
     def _spool_queued(self) -> None:
-        while True:
+        """Encode what the loop handed over (at most a queue's worth, so sending is not
+        starved) and spool it, in one transaction."""
+        encoded = []
+        for _ in range(QUEUE_CLIPS):
             try:
                 clip = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
             try:
                 if isinstance(clip, Cut):
                     clip = clip.encode()
-                messages = clip_messages(clip, self.config.part_bytes)
+                encoded.append((clip, clip_messages(clip, self.config.part_bytes)))
             except (EvidenceError, ValueError, RuntimeError) as exc:
                 self.counts["failed"] += 1
                 log.error("evidence of %s not sent: %s", clip.episode_id, exc)
-                continue
-            self.spool.put(clip, messages, time.time())
+        if encoded:
+            self.spool.put_many(encoded, time.time())
 
-    def _send(self, messages: list[tuple[str, str]]) -> bool:
-        """Every part of one clip, at most ``max_inflight`` unacknowledged; True once the
-        broker acknowledged them all (False: the connection dropped, sent again later)."""
-        mids = []
-        for topic, payload in messages:
-            info = self._client.publish(topic, payload, qos=1)
-            if info.rc != 0:
-                return False
-            mids.append(info.mid)
-        while not self._stop.is_set() and self._connected.is_set():
-            with self._ack_lock:
-                if all(mid in self._acked for mid in mids):
-                    self._acked.difference_update(mids)
-                    return True
-            time.sleep(POLL_S / 5)
-        return False
+    def _send(self, batch: list[tuple[int, list[tuple[str, str]]]]) -> list[int]:
+        """Every part of the ``batch``'s clips (paho keeps at most ``max_inflight`` of them
+        unacknowledged on the wire and sends the next one as an acknowledgement comes in);
+        the clips whose every part the broker acknowledged, once all are or the connection
+        dropped (the others are sent again whole, later)."""
+        mids: list[tuple[int, list[int], bool]] = []  # (seq, its parts' mids, all handed)
+        for seq, messages in batch:
+            own = []
+            for topic, payload in messages:
+                info = self._client.publish(topic, payload, qos=1)
+                if info.rc != 0:  # not connected: what was handed over may still be acked
+                    break
+                own.append(info.mid)
+            whole = len(own) == len(messages)
+            mids.append((seq, own, whole))
+            if not whole:
+                break
+        every = [mid for _, own, _ in mids for mid in own]
+        with self._ack_lock:
+            while not self._stop.is_set() and self._connected.is_set():
+                if self._acked.issuperset(every):
+                    break
+                self._ack_lock.wait(POLL_S)
+            sent = [seq for seq, own, whole in mids if whole and self._acked.issuperset(own)]
+            self._acked.difference_update(every)
+        return sent
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -281,3 +334,4 @@ class EvidencePublisher:
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self._ack_lock:
             self._acked.add(mid)
+            self._ack_lock.notify()

@@ -234,6 +234,47 @@ def test_the_spool_is_bounded_by_bytes_and_age_and_holds_one_process(tmp_path: P
     spool.close()
 
 
+def test_the_spool_keeps_its_count_and_bytes_as_the_file_holds_them(tmp_path: Path) -> None:
+    """The spool counts its clips and bytes in memory (no scan of the file per clip): after
+    puts, a replaced episode, evictions, expiry and removals the counts are the file's, and a
+    spool opened again reads the same."""
+    import sqlite3
+
+    path = tmp_path / "evidence.sqlite"
+
+    def in_file() -> tuple[int, int]:
+        with sqlite3.connect(path) as db:
+            count, size = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM clips"
+            ).fetchone()
+        return int(count), int(size)
+
+    spool = EvidenceSpool(path, max_bytes=400_000, max_age_s=100.0)
+    clips = [dataclasses.replace(a_clip(4.0, seed=i), episode_id=f"ep-{i}") for i in range(9)]
+    spool.put_many([(c, clip_messages(c)) for c in clips[:3]], now_s=1000.0)
+    spool.put(clips[1], clip_messages(clips[1]), now_s=1001.0)  # the same episode again: replaced
+    assert (len(spool), spool.bytes) == in_file()
+    assert len(spool) == 3
+    assert spool.oldest_many(now_s=1150.0, n=2) == []  # all three expired
+    assert spool.expired == 3
+    assert (len(spool), spool.bytes) == (0, 0) == in_file()
+    for i, clip in enumerate(clips[3:]):
+        spool.put(clip, clip_messages(clip), now_s=1200.0 + i)
+    assert spool.evicted > 0
+    assert (len(spool), spool.bytes) == in_file()
+    assert 0 < spool.bytes <= 400_000
+    batch = spool.oldest_many(now_s=1210.0, n=2)
+    assert len(batch) == 2
+    assert [seq for seq, _ in batch] == sorted(seq for seq, _ in batch)
+    spool.remove_many([seq for seq, _ in batch] + [10_000])  # one never spooled: no change
+    assert (len(spool), spool.bytes) == in_file()
+    kept = (len(spool), spool.bytes)
+    spool.close()
+    again = EvidenceSpool(path, max_bytes=400_000, max_age_s=100.0)
+    assert (len(again), again.bytes) == kept
+    again.close()
+
+
 @pytest.fixture
 def mosquitto(tmp_path: Path):
     require_mosquitto()
@@ -262,6 +303,30 @@ def test_the_channel_delivers_spooled_clips_after_the_broker_comes_back(
         assembler = Assembler()
         got = [c for m in subscriber.messages if (c := assembler.take(m.json())) is not None]
     assert sorted(c.episode_id for c in got) == ["ep-0", "ep-1", "ep-2"]
+    assert {c.episode_id: c.flac for c in got} == {c.episode_id: c.flac for c in clips}
+
+
+def test_a_burst_of_clips_goes_out_whole_several_at_a_time(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """More clips than the channel hands paho at once, some of several parts: every one
+    reaches the broker whole, none is dropped or left in the spool."""
+    config = MqttConfig(host="127.0.0.1", port=mosquitto.port, site=SITE, device_id=DEVICE,
+                        spool_path=str(tmp_path / "events.sqlite"))  # fmt: skip
+    clips = [dataclasses.replace(a_clip(2.0 + (i % 3) * 6.0, seed=i), episode_id=f"ep-{i:02d}")
+             for i in range(40)]  # fmt: skip
+    assert len({len(clip_messages(c)) for c in clips}) > 1  # one part and several
+    with Recorder(mosquitto.port, topic=f"lungwatch/v1/{SITE}/+/+/evidence") as subscriber:
+        publisher = EvidencePublisher(EvidenceConfig(), config).connect()
+        for clip in clips:
+            publisher.submit(clip)
+        assert publisher.flush(30.0)
+        stats = publisher.stats()
+        publisher.close()
+        assembler = Assembler()
+        got = [c for m in subscriber.messages if (c := assembler.take(m.json())) is not None]
+    assert stats["sent"] == stats["submitted"] == len(clips)
+    assert (stats["dropped"], stats["spooled"], stats["queued"]) == (0, 0, 0)
     assert {c.episode_id: c.flac for c in got} == {c.episode_id: c.flac for c in clips}
 
 
