@@ -32,13 +32,11 @@ class BackendConfig:
     engine_cache_dir:  onnxruntime TensorRT EP only: where it caches engines and timing data;
                        empty means ``trt_cache/`` beside the model file.
     intra_op_threads:  onnxruntime CPU threads for one operator (1 on a shared edge CPU).
-    max_batch:         largest batch sent in one call; bigger batches are split. At 64
-                       instead of the default 8, inference alone costs 15-20 % less in the
-                       runtime at 1,000 beds, but the whole runtime serves no more beds:
-                       paired runs, 8 against 64, 921 / 905, 981 / 943 and 935 / 907 streams
-                       in real time, with run-to-run swings of 15 % on a 2-core VM
-                       (``python -m bench.runtime --streams 1000 --max-batch N``), so 8
-                       stays. GPU backends want larger batches
+    max_batch:         largest batch sent in one call; bigger batches are split. 8 by
+                       default: larger batches cost the model less per window but, paired
+                       against 8 at 1,000 beds on one CPU core, served no more beds (the cost
+                       per window against batch size: ``bench/results/runtime.md``). GPU
+                       backends want larger batches
                        (``deploy/inventory/group_vars/ward_3.yml``: 64).
     """
 
