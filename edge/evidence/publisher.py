@@ -269,6 +269,9 @@ class EvidencePublisher:
                 self._stop.wait(POLL_S)
                 continue
             sent = self._send(batch)
+            if not sent:  # the connection dropped (or the channel stops): wait for it
+                self._stop.wait(POLL_S)
+                continue
             self.spool.remove_many(sent)
             self.counts["sent"] += len(sent)
 
