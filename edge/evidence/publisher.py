@@ -192,6 +192,7 @@ class EvidencePublisher:
             spool_path(config, mqtt), int(config.max_spool_mb * MB), config.max_age_h * 3600.0
         )
         self._queue: queue.Queue[Clip | Cut] = queue.Queue(QUEUE_CLIPS)
+        self._encoding = 0  # clips taken from the queue and not yet in the spool
         login = (
             mqtt if config.username is None else dataclasses.replace(mqtt, username=config.username)
         )  # its own broker user where the broker makes each client's id its username
@@ -238,7 +239,7 @@ class EvidencePublisher:
         """Wait until every clip handed over has left the spool; False on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._queue.empty() and len(self.spool) == 0:
+            if self._queue.empty() and self._encoding == 0 and len(self.spool) == 0:
                 return True
             time.sleep(POLL_S)
         return False
@@ -281,8 +282,10 @@ class EvidencePublisher:
         encoded = []
         for _ in range(QUEUE_CLIPS):
             try:
+                self._encoding += 1  # before the get: a flush never sees the clip nowhere
                 clip = self._queue.get_nowait()
             except queue.Empty:
+                self._encoding -= 1
                 break
             try:
                 if isinstance(clip, Cut):
@@ -291,8 +294,11 @@ class EvidencePublisher:
             except (EvidenceError, ValueError, RuntimeError) as exc:
                 self.counts["failed"] += 1
                 log.error("evidence of %s not sent: %s", clip.episode_id, exc)
-        if encoded:
-            self.spool.put_many(encoded, time.time())
+        try:
+            if encoded:
+                self.spool.put_many(encoded, time.time())
+        finally:
+            self._encoding = 0
 
     def _send(self, batch: list[tuple[int, list[tuple[str, str]]]]) -> list[int]:
         """Every part of the ``batch``'s clips (paho keeps at most ``max_inflight`` of them
