@@ -19,25 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import HealthError
-from edge.runtime.config import RuntimeConfig
-from lungwatch.config import check, load_yaml
-from lungwatch.errors import ConfigError, LungwatchError
-from lungwatch.events import parse_utc, status_topic
+from lungwatch.config import check
+from lungwatch.errors import LungwatchError
+from lungwatch.events import parse_utc
 
 CLOCK_RESOLUTION_S = 0.001  # status times are written with milliseconds
 RETRY_S = 0.5  # between connection attempts
-
-
-def status_topic_of(runtime_config: Path) -> str:
-    """The status topic of the device a runtime YAML configures (site, device_id)."""
-    try:
-        data = load_yaml(runtime_config)
-        fields = RuntimeConfig.__dataclass_fields__
-        site = data.get("site", fields["site"].default)
-        device_id = data.get("device_id", fields["device_id"].default)
-        return status_topic(site, device_id)
-    except (ConfigError, LungwatchError) as exc:
-        raise HealthError(f"{runtime_config}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -169,10 +169,6 @@ class StreamingFrontEnd(abc.ABC):
         self.samples_seen = 0
         self._reset_state()
 
-    def frame_start_sample(self, frame_index: int) -> int:
-        """Index of the first input sample of frame ``frame_index``."""
-        return frame_index * self.spec.hop_samples
-
     def _allocate(self, capacity: int) -> None:
         """(Re)allocate every per-frame buffer for ``capacity`` frames per push.
 

@@ -126,10 +126,6 @@ class FeatureSpec:
         return 1000.0 * self.hop_samples / self.sample_rate_hz
 
     @property
-    def frame_ms(self) -> float:
-        return 1000.0 * self.frame_samples / self.sample_rate_hz
-
-    @property
     def n_freqs(self) -> int:
         """Number of one-sided FFT bins (``n_fft // 2 + 1``)."""
         return self.n_fft // 2 + 1

@@ -40,17 +40,6 @@ class Truth:
     patients: dict[str, str]
     folds: dict[str, int]  # record -> fold (-1: none, a set without folds)
 
-    def subset(self, records: Sequence[str]) -> Truth:
-        keep = set(records)
-        return Truth(
-            [r for r in self.records if r in keep],
-            {r: self.annotated[r] for r in records},
-            {r: self.labels[r] for r in records},
-            {r: self.durations[r] for r in records},
-            {r: self.patients[r] for r in records},
-            {r: self.folds[r] for r in records},
-        )
-
 
 def load_truth(folder: Path | None = None, folds: Folds | None = None) -> Truth:
     """The annotations of SPRSound ``train`` (or ``folder``) with each record's fold."""
