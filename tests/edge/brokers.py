@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,6 +41,7 @@ from lungwatch.events import Event
 HOST = "127.0.0.1"
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 READY_TIMEOUT_S = 10.0
+FIRST_TEST_PORT = 20000  # brokers' ports are picked from here to the ephemeral range
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHA256 = "ab" * 32
 
@@ -59,9 +61,32 @@ def require_mosquitto() -> str:
 
 
 def free_port() -> int:
+    """A free 127.0.0.1 TCP port below the kernel's ephemeral range, where no client's
+    connect() picks its source port. A broker's port is often chosen before it listens (a
+    runtime started against a broker that is down); in the ephemeral range a client retrying
+    it could, rarely, connect to itself there (TCP simultaneous open) and leave the port in
+    use when the broker starts ("Address already in use")."""
+    low = _ephemeral_low()
+    if low > FIRST_TEST_PORT:
+        for port in random.Random().sample(range(FIRST_TEST_PORT, low), 200):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
         return int(probe.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 where it cannot be read)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @contextmanager
