@@ -97,10 +97,6 @@ class EvidenceSpool:
         ).fetchone()
         self._count, self._bytes = int(count), int(size)
 
-    def put(self, clip: Clip, messages: list[tuple[str, str]], now_s: float) -> None:
-        """Store a clip's messages; evict the oldest clips over the bound."""
-        self.put_many([(clip, messages)], now_s)
-
     def put_many(self, clips: list[tuple[Clip, list[tuple[str, str]]]], now_s: float) -> None:
         """Store clips and their messages in one transaction; evict the oldest clips over the
         bound (a clip of an episode already spooled replaces it)."""
@@ -126,11 +122,6 @@ class EvidenceSpool:
                 self._count, self._bytes = self._count - 1, self._bytes - int(size)
                 self.evicted += 1
 
-    def oldest(self, now_s: float) -> tuple[int, list[tuple[str, str]]] | None:
-        """The oldest clip not expired (expired ones are dropped and counted)."""
-        found = self.oldest_many(now_s, 1)
-        return found[0] if found else None
-
     def oldest_many(self, now_s: float, n: int) -> list[tuple[int, list[tuple[str, str]]]]:
         """The ``n`` oldest clips not expired, oldest first (expired ones are dropped and
         counted)."""
@@ -147,9 +138,6 @@ class EvidenceSpool:
                 "SELECT seq, messages FROM clips ORDER BY seq LIMIT ?", (n,)
             ).fetchall()
         return [(int(seq), [(str(t), str(p)) for t, p in json.loads(m)]) for seq, m in rows]
-
-    def remove(self, seq: int) -> None:
-        self.remove_many([seq])
 
     def remove_many(self, seqs: list[int]) -> None:
         """Forget sent clips (one transaction; a clip evicted meanwhile is already gone)."""

@@ -223,13 +223,12 @@ def test_the_spool_is_bounded_by_bytes_and_age_and_holds_one_process(tmp_path: P
         EvidenceSpool(path, 1, 1.0)
     clips = [dataclasses.replace(a_clip(8.0, seed=i), episode_id=f"ep-{i}") for i in range(5)]
     for i, clip in enumerate(clips):
-        spool.put(clip, clip_messages(clip), now_s=1000.0 + i)
+        spool.put_many([(clip, clip_messages(clip))], now_s=1000.0 + i)
     assert spool.bytes <= 300_000
     assert spool.evicted > 0
     kept = len(spool)
-    oldest = spool.oldest(now_s=1000.0 + 4)
-    assert oldest is not None
-    assert spool.oldest(now_s=1000.0 + 3600.0 + 10) is None  # every clip expired
+    assert len(spool.oldest_many(now_s=1000.0 + 4, n=1)) == 1
+    assert spool.oldest_many(now_s=1000.0 + 3600.0 + 10, n=1) == []  # every clip expired
     assert spool.expired == kept
     spool.close()
 
@@ -252,14 +251,16 @@ def test_the_spool_keeps_its_count_and_bytes_as_the_file_holds_them(tmp_path: Pa
     spool = EvidenceSpool(path, max_bytes=400_000, max_age_s=100.0)
     clips = [dataclasses.replace(a_clip(4.0, seed=i), episode_id=f"ep-{i}") for i in range(9)]
     spool.put_many([(c, clip_messages(c)) for c in clips[:3]], now_s=1000.0)
-    spool.put(clips[1], clip_messages(clips[1]), now_s=1001.0)  # the same episode again: replaced
+    spool.put_many(
+        [(clips[1], clip_messages(clips[1]))], now_s=1001.0
+    )  # the same episode: replaced
     assert (len(spool), spool.bytes) == in_file()
     assert len(spool) == 3
     assert spool.oldest_many(now_s=1150.0, n=2) == []  # all three expired
     assert spool.expired == 3
     assert (len(spool), spool.bytes) == (0, 0) == in_file()
     for i, clip in enumerate(clips[3:]):
-        spool.put(clip, clip_messages(clip), now_s=1200.0 + i)
+        spool.put_many([(clip, clip_messages(clip))], now_s=1200.0 + i)
     assert spool.evicted > 0
     assert (len(spool), spool.bytes) == in_file()
     assert 0 < spool.bytes <= 400_000
