@@ -29,7 +29,7 @@ PROFILE_PARTS = (
     ("events: build (per transition)", "edge/runtime/outbox.py", "emit"),
     ("events: sinks (per round, grouped)", "edge/runtime/outbox.py", "flush"),
     ("  spool put_many (one SQLite commit)", "edge/sinks/spool.py", "put"),
-    ("metrics publish", "edge/runtime/loop.py", "publish_metrics"),
+    ("metrics reports", "edge/runtime/loop.py", "_publish_reports"),
 )
 
 

@@ -130,9 +130,11 @@ class BedStep:
 class Bed:
     """One bed of a :class:`Monitor` (see the module doc)."""
 
-    def __init__(self, monitor: Monitor, bed_id: str, age_band: str | None = None) -> None:
+    def __init__(
+        self, monitor: Monitor, bed_id: str, age_band: str | None = None, stagger: int = 0
+    ) -> None:
         self.monitor, self.id = monitor, bed_id
-        self.chain = BedChain(monitor.settings, age_band)
+        self.chain = BedChain(monitor.settings, age_band, stagger)
         self.samples = 0  # pushed so far: the next chunk's first sample
         self.closed = False
         self._measures: dict[str, Any] = {}
@@ -207,11 +209,14 @@ class Monitor:
     def model_id(self) -> str:
         return self.manifest.model_id
 
-    def open_bed(self, bed_id: str = "bed", age_band: str | None = None) -> Bed:
+    def open_bed(self, bed_id: str = "bed", age_band: str | None = None, stagger: int = 0) -> Bed:
         """A new bed: its stream starts at sample 0 with the model's state zero. ``age_band``
         (:data:`edge.bed.agebands.AGE_BAND_NAMES`) sets its normal rates and apnoea time
-        (None: the respiration config's, ``adult`` by default)."""
-        return Bed(self, bed_id, age_band)
+        (None: the respiration config's, ``adult`` by default). ``stagger``: where its breath
+        analyses fall in their cycle (:class:`~edge.bed.breathing.BreathTracker`); give the
+        beds that start together different ones (their index) and their analyses spread
+        over time."""
+        return Bed(self, bed_id, age_band, stagger)
 
     def process(self, ready: Sequence[tuple[BedChain, WindowReady]]) -> list[WindowStep]:
         """The windows of many beds through the model in one batched call (pieces of the

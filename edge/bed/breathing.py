@@ -223,9 +223,13 @@ class BreathTracker:
         grid: FrameGrid,
         band: AgeBand,
         follows: bool = False,
+        stagger: int = 0,
     ) -> None:
         """``follows``: this is a fallback band's tracker (module doc): no alarms and no
-        analysis schedule of its own, its owner drives it."""
+        analysis schedule of its own, its owner drives it. ``stagger``: the analyses fall
+        this many checks earlier in their cycle (modulo the checks between two analyses;
+        the first one comes that much sooner): beds that start together then do not all
+        analyse in the same round of the runtime."""
         self.config, self.spec, self.grid, self.band = config, spec, grid, band
         self.follows = follows
         self.stride = grid.frame_samples // spec.hop_samples  # front-end frames per sample
@@ -275,10 +279,10 @@ class BreathTracker:
         # a pause ends only with such a breath), and whether one is under way now
         self.strong_breath = -1
         self.strong_now = False
-        self._analysed_at = 0
         # samples between analyses: a whole number of checks
         checks = max(1, round(config.analyse_every_s * self.rate_hz / CHECK_EVERY))
         self._every = checks * CHECK_EVERY
+        self._analysed_at = -(stagger % checks) * CHECK_EVERY  # the next analysis: every later
         self.alarms = BreathAlarms(config, band, grid)
         self.reading = Respiration("assessing", None, 0.0, 0, 0.0, 0, None, band.name)
         self.own_state = "assessing"  # this band's state at the last analysis

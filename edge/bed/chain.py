@@ -238,8 +238,13 @@ class BedChain:
     """One bed (see the module doc). ``model_state`` is the carried model context that the
     batched model call reads and advances."""
 
-    def __init__(self, settings: ChainSettings, age_band_name: str | None = None) -> None:
-        """``age_band_name``: the bed's age band (None: the respiration config's)."""
+    def __init__(
+        self, settings: ChainSettings, age_band_name: str | None = None, stagger: int = 0
+    ) -> None:
+        """``age_band_name``: the bed's age band (None: the respiration config's).
+        ``stagger``: where the bed's breath analyses fall in their cycle
+        (:class:`~edge.bed.breathing.BreathTracker`): a runtime gives its beds different
+        ones, so their analyses spread over the rounds instead of coming all at once."""
         s = self.settings = settings
         frames = s.streaming.input_frames
         levels = None if s.respiration is None else tracker_spec(s.spec)
@@ -259,7 +264,9 @@ class BedChain:
         self.breathing = None
         if s.respiration is not None:
             band = age_band(age_band_name or s.respiration.age_band)
-            self.breathing = BreathTracker(s.respiration, tracker_spec(s.spec), s.grid, band)
+            self.breathing = BreathTracker(
+                s.respiration, tracker_spec(s.spec), s.grid, band, stagger=stagger
+            )
         self._poor = s.poor_index
         self.state_resets = 0
         self.flushed = False  # the stream's end was flushed: no more audio

@@ -137,7 +137,12 @@ class Runtime:
         self.streams = list(streams)
         self._sink_stats = sink_stats
         self._clock = clock
-        self._next_metrics = clock() + config.metrics_interval_s
+        # the beds' metrics reports, spread evenly over the interval (one bed at a time, in
+        # their order): the cursor's bed is due at _metrics_due; the reports of a whole cycle
+        # go to the load check together
+        self._metrics_cursor = 0
+        self._metrics_due = clock() + config.metrics_interval_s / max(1, len(self.streams))
+        self._metrics_cycle: list[tuple[str, dict[str, Any]]] = []
         self.live = LiveStrip(model.outputs, config.live_interval_s)
         self._lock = threading.Lock()  # acknowledge() comes from the MQTT network thread
         self._store = latched
@@ -193,9 +198,8 @@ class Runtime:
                 self._end_stream(stream, stream.ending)
         if self.config.live_interval_s > 0:
             self._publish_live(now)
-        if now >= self._next_metrics:
-            self.publish_metrics()
-            self._next_metrics = now + self.config.metrics_interval_s
+        if now >= self._metrics_due:
+            self._publish_due_metrics(now)
         return got_audio
 
     def _read(self, stream: Stream, now: float, ready: list[Ready]) -> bool:
@@ -413,8 +417,38 @@ class Runtime:
                 publish_live(self.sink, stream_id, point)
 
     def publish_metrics(self) -> None:
-        """One metrics message per stream (with the MQTT sink's counters as ``mqtt_*``);
-        then the load check (:meth:`_check_read_wait`)."""
+        """One metrics message per stream now (with the MQTT sink's counters as ``mqtt_*``);
+        then the load check (:meth:`_check_read_wait`). The loop itself spreads the beds'
+        reports over the interval (:meth:`_publish_due_metrics`); this reports them all at
+        once, as at the end of a run."""
+        self._check_read_wait(self._publish_reports(self.streams))
+
+    def _publish_due_metrics(self, now: float) -> None:
+        """The metrics reports that are due: every bed reports once per
+        ``metrics_interval_s``, the beds one after another at even steps over the interval,
+        so a round carries a few reports and never the whole ward's at once. Each whole cycle
+        of reports goes through the load check together. A loop that was held up reports
+        each bed at most once now and goes on from there."""
+        count = len(self.streams)
+        if count == 0:
+            return
+        step = self.config.metrics_interval_s / count
+        due: list[Stream] = []
+        while now >= self._metrics_due and len(due) < count:
+            due.append(self.streams[self._metrics_cursor])
+            self._metrics_cursor = (self._metrics_cursor + 1) % count
+            self._metrics_due += step
+        if now >= self._metrics_due:  # held up longer than an interval: go on from now
+            self._metrics_due = now + step
+        cycle_left = count - len(self._metrics_cycle)
+        reports = self._publish_reports(due)
+        self._metrics_cycle += reports[:cycle_left]
+        if len(self._metrics_cycle) >= count:
+            self._check_read_wait(self._metrics_cycle)
+            self._metrics_cycle = reports[cycle_left:]
+
+    def _publish_reports(self, streams: Sequence[Stream]) -> list[tuple[str, dict[str, Any]]]:
+        """One metrics message for each of ``streams``; their reports."""
         stats = self._sink_stats() if self._sink_stats is not None else {}
         shared: dict[str, Any] = {f"mqtt_{key}": value for key, value in stats.items()}
         # the limit the load check judges read_wait_ms_p99 by (null: the check is off), so a
@@ -430,11 +464,11 @@ class Runtime:
         with self._lock:
             reports = [
                 (stream.id, stream.metrics(self.events.open_events(stream.id)))
-                for stream in self.streams
+                for stream in streams
             ]
             for stream_id, values in reports:
                 self.sink.publish_metrics(stream_id, {**values, **shared})
-        self._check_read_wait(reports)
+        return reports
 
     def _check_read_wait(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
         """A WARNING for every report in which some bed's audio waited, p99 over its reads,
@@ -594,7 +628,7 @@ def open_streams(
             for stream in streams:
                 stream.source.close()
             raise ConfigError(f"{source}: streams[{index}].source: {exc}") from None
-        streams.append(Stream(stream_config, audio, model))
+        streams.append(Stream(stream_config, audio, model, index))
     return streams
 
 
@@ -626,7 +660,7 @@ def _failed_streams(
         stream_config = config.streams[index]
         log.error("%s: streams[%d] (%s) not started: %s", source, index, stream_config.id, error)
         unopened_source = UnopenedSource(stream_config.id, model.sample_rate_hz, error)
-        failed.append(Stream(stream_config, unopened_source, model))
+        failed.append(Stream(stream_config, unopened_source, model, index))
     return failed
 
 

@@ -26,10 +26,15 @@ class Stream:
     """One bed of the runtime: its source, its chain (a public :class:`~edge.monitor.Bed`),
     how it ends, and its counters."""
 
-    def __init__(self, config: StreamConfig, source: AudioSource, model: Monitor) -> None:
+    def __init__(
+        self, config: StreamConfig, source: AudioSource, model: Monitor, index: int = 0
+    ) -> None:
+        """``index``: the stream's place in the config; it staggers the bed's breath
+        analyses (:meth:`~edge.monitor.Monitor.open_bed`), so beds started together do not
+        all analyse in the same round."""
         self.config, self.source, self.id = config, source, config.id
         self.rate_hz = source.sample_rate_hz
-        self.bed = model.open_bed(config.id, stream_age_band(config))
+        self.bed = model.open_bed(config.id, stream_age_band(config), stagger=index)
         self.respiration_sent: tuple[float, str] | None = None  # (when, state) last published
         self.summary_sent = False  # its first summary (name, location) goes with its first window
         self.recorder: ClipRecorder | None = None  # the bed's evidence clips (when sent)

@@ -135,6 +135,36 @@ def test_a_pause_with_the_body_heard_raises_apnoea_in_time_and_it_latches() -> N
     assert not of_type(found, "breath_signal_lost")
 
 
+def test_staggered_trackers_analyse_in_other_windows_and_hear_the_same_breathing() -> None:
+    """A tracker's ``stagger`` moves its analyses that many checks (windows of 12 samples)
+    earlier in their cycle, modulo the checks between analyses: beds started together then
+    analyse in different rounds; the breathing they read is the same."""
+    frames = breathing(90.0, 15)
+
+    def analysed(stagger: int) -> tuple[list[int], BreathTracker]:
+        tracker = BreathTracker(RespirationConfig(), SPEC, GRID, age_band("adult"),
+                                stagger=stagger)  # fmt: skip
+        windows = []
+        for index, start in enumerate(range(0, frames.shape[1] - 47, 48)):
+            tracker.push(frames[:, start : start + 48], 48, False)
+            if tracker.readings_due:
+                windows.append(index)
+                tracker.readings_due = 0
+        return windows, tracker
+
+    plain, a = analysed(0)
+    moved, b = analysed(3)
+    cycle = plain[1] - plain[0]  # checks between analyses: analyse_every_s in windows
+    assert cycle == round(RespirationConfig().analyse_every_s / 0.48)
+    assert plain[0] == cycle - 1  # the first analysis after analyse_every_s
+    assert [w + 3 for w in moved][: len(plain)] == plain  # three windows sooner, each one
+    assert analysed(3 + cycle)[0] == moved  # modulo the cycle
+    assert not set(plain) & set(moved)
+    assert a.reading.state == b.reading.state == "ok"
+    assert b.reading.rate_bpm == pytest.approx(a.reading.rate_bpm, abs=0.5)
+    assert abs(a.breaths - b.breaths) <= 1
+
+
 def test_acknowledge_ends_a_latched_apnoea() -> None:
     tracker = BreathTracker(RespirationConfig(), SPEC, GRID, age_band("adult"))
     frames = breathing(100.0, 15, pauses=((50.0, 80.0),))

@@ -549,6 +549,55 @@ def test_audio_waiting_for_its_read_is_measured_and_a_loop_behind_is_reported(
     assert len(infos) == 1
 
 
+def test_the_loop_spreads_the_beds_metrics_reports_over_the_interval(tmp_path, folder, caplog):
+    """Every bed reports once per ``metrics_interval_s``, one after another at even steps over
+    the interval (a round carries a few reports, not the whole ward's); a whole cycle of
+    reports goes through the load check together; a loop held up for longer than the
+    interval reports each bed once, not once per interval missed."""
+    now = [1000.0]
+    path = record_path(MIXED)
+    beds = [stream(f"b{i}", path) for i in range(4)]
+    config = build(mapping(tmp_path, folder, beds, read_wait_warn_ms=500, metrics_interval_s=1.0))
+    model = open_model(config, "test.yaml")
+    sink = ListSink()
+
+    def source(bed_id: str) -> FileSource:
+        return FileSource(path, bed_id, 8000, chunk_samples=800, realtime=True,
+                          clock=lambda: now[0], sleep=lambda s: None)  # fmt: skip
+
+    streams = [Stream(c, source(c.id), model, i) for i, c in enumerate(config.streams)]
+    runtime = Runtime(config, model, streams, sink, clock=lambda: now[0])
+    published: list[tuple[float, list[str]]] = []  # per round: its clock, the beds reported
+
+    def rounds(n: int, every_s: float) -> None:
+        for _ in range(n):
+            now[0] += every_s
+            before = len(sink.metrics)
+            runtime.step()
+            published.append((now[0] - 1000.0, [bed for bed, _ in sink.metrics[before:]]))
+
+    caplog.set_level(logging.INFO, logger="lungwatch.runtime")
+    try:
+        rounds(42, 0.05)  # 2.1 s, every chunk read as it falls due
+        on_time = [r for r in caplog.records if r.levelno == logging.WARNING]
+        steady = list(published)
+        published.clear()
+        now[0] += 1.5  # a round that took 1.5 s: every bed's report is due
+        rounds(1, 1e-9)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    finally:
+        model.backend.close()
+    assert max(len(beds) for _, beds in steady) == 1  # one report a round, never the ward's
+    for i in range(4):
+        times = [t for t, beds in steady if f"b{i}" in beds]
+        # bed i's turn: (i + 1) / 4 of the interval, then every interval
+        assert times == pytest.approx([0.25 * (i + 1), 0.25 * (i + 1) + 1.0], abs=0.051)
+    assert not on_time
+    assert sorted(published[0][1]) == ["b0", "b1", "b2", "b3"]  # each bed once
+    assert len(warnings) == 1  # the cycle's load check: the loop was behind
+    assert "4 of 4 beds over read_wait_warn_ms 500" in warnings[0].getMessage()
+
+
 def test_read_wait_warn_ms_must_not_be_negative(tmp_path, folder):
     from lungwatch.errors import ConfigError
 
