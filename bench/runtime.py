@@ -6,7 +6,7 @@
         [--reference MODEL_DIR] [--reference-streams 200] [--max-batch N]
         [--ward-audio DIR] [--ward-streams 1000] [--round-group 250] [--no-batch-sweep] [--no-mqtt]
     ... python -m bench.runtime --baseline REV [--baseline-streams 1000] [--baseline-pairs 3]
-        [--baseline-audio DIR]
+        [--baseline-audio DIR] [--baseline-paced [--paced-seconds 30]]
     ... python -m bench.runtime --feature-costs [--baseline-streams 1000] [--baseline-pairs 3]
         [--baseline-audio DIR]
 
@@ -47,7 +47,10 @@ frame once, state carried).
   git revision ``REV`` (a temporary worktree, its own code) in alternating pairs of fresh
   processes, and the ratio of their medians: a code change's effect on beds per core, measured
   in one run (``bench/results/runtime_baseline.json``; with ``--baseline-audio DIR`` on that
-  folder's recordings, one per bed: ``runtime_baseline_ward.json``).
+  folder's recordings, one per bed: ``runtime_baseline_ward.json``). With ``--baseline-paced``
+  the pairs run paced in real time instead, each keeping how far it kept up and its capture ->
+  PUBACK and close -> PUBACK p99: a change's effect on latency near a core's limit
+  (``runtime_baseline_paced[_ward].json``).
 - **Feature costs** (``--feature-costs``, alone): the same as-fast-as-possible run with every
   per-bed feature on and with each of respiration, evidence clips, the rolling verdict and
   the live strip off, in alternating rounds of fresh processes; each feature's share of the
@@ -366,22 +369,36 @@ def run_child(
         return dict(json.loads(Path(out.name).read_text()))
 
 
-def _comparison_spec(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
+def _comparison_spec(
+    args: argparse.Namespace, broker: str | None, paced: bool = False
+) -> dict[str, Any]:
     """The child measurement both comparisons repeat: ``--baseline-streams`` streams as fast
-    as possible on ``--baseline-audio`` (or the demo's recordings)."""
+    as possible (``paced``: paced in real time for ``--paced-seconds``) on
+    ``--baseline-audio`` (or the demo's recordings)."""
     return {"broker": broker, "max_batch": args.max_batch, "model": args.model,
             "round_group": args.round_group, "streams": args.baseline_streams,
-            "paced": False, "seconds": args.seconds,
+            "paced": paced, "seconds": args.paced_seconds if paced else args.seconds,
             "audio": args.baseline_audio and str(Path(args.baseline_audio).resolve())}  # fmt: skip
+
+
+PACED_MEASURES = {  # what a paced comparison keeps of each run: name -> (latency key, field)
+    "capture_to_puback_p99_ms": ("capture_to_puback_ms", "p99"),
+    "close_to_puback_p99_ms": ("close_to_puback_ms", "p99"),
+}
 
 
 def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
     """Streams served in real time by this checkout and by git revision ``rev`` (a temporary
     worktree), as fast as possible with ``--baseline-streams`` streams, in alternating pairs
     of fresh processes in this one run (after one unmeasured run of ``rev``); the ratio of the
-    medians."""
-    spec = _comparison_spec(args, broker)
+    medians. With ``--baseline-paced`` the runs are paced in real time and each also keeps
+    how far it kept up and its capture -> PUBACK and close -> PUBACK p99 (the ratios of
+    their medians too)."""
+    spec = _comparison_spec(args, broker, paced=args.baseline_paced)
     runs: dict[str, list[float]] = {"this checkout": [], rev: []}
+    paced: dict[str, dict[str, list[float]]] = {
+        name: {"kept_up": [], **{key: [] for key in PACED_MEASURES}} for name in runs
+    }
     with tempfile.TemporaryDirectory(prefix="lungwatch-baseline-") as tmp:
         tree = Path(tmp) / "tree"
         git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
@@ -394,14 +411,30 @@ def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict
             for pair in range(args.baseline_pairs):
                 for name, checkout in (("this checkout", None), (rev, tree)):
                     print(f"pair {pair + 1}: {name}, {spec['streams']} streams ...", flush=True)
-                    result = run_child(spec, args.seconds + 300, checkout)
+                    result = run_child(spec, spec["seconds"] + 300, checkout)
                     runs[name].append(float(result["streams_real_time"]))
+                    if spec["paced"]:
+                        _keep_paced(paced[name], result)
         finally:
             subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
     here, there = (float(np.median(v)) for v in runs.values())
-    return {"baseline": rev, "streams": spec["streams"], "seconds": args.seconds,
-            "load": args.baseline_audio or "the three demo recordings",
-            "streams_real_time": runs, "ratio_of_medians": here / there}  # fmt: skip
+    found = {"baseline": rev, "streams": spec["streams"], "seconds": spec["seconds"],
+             "paced": spec["paced"], "load": args.baseline_audio or "the three demo recordings",
+             "streams_real_time": runs, "ratio_of_medians": here / there}  # fmt: skip
+    if spec["paced"]:
+        found["paced_runs"] = paced
+        found["paced_ratio_of_medians"] = {
+            key: float(np.median(paced["this checkout"][key]) / np.median(paced[rev][key]))
+            for key in PACED_MEASURES
+        }
+    return found
+
+
+def _keep_paced(into: dict[str, list[float]], result: dict[str, Any]) -> None:
+    """A paced run's kept-up share and p99 latencies (:data:`PACED_MEASURES`)."""
+    into["kept_up"].append(float(result["xrt_per_stream"]))
+    for key, (latency, field) in PACED_MEASURES.items():
+        into[key].append(float(result["latency"][latency][field]))
 
 
 def feature_costs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
@@ -468,11 +501,16 @@ def main(argv: list[str] | None = None) -> int:
         with mosquitto_broker(not args.no_mqtt) as broker:
             found = compare_with(args.baseline, args, broker[1] if broker else None)
         header = _header(args, sys.argv[1:] if argv is None else argv, broker)
-        name = "runtime_baseline_ward.json" if args.baseline_audio else "runtime_baseline.json"
+        name = "runtime_baseline" + ("_paced" if args.baseline_paced else "")
+        name += "_ward.json" if args.baseline_audio else ".json"
         (RESULTS_DIR / name).write_text(json.dumps({"header": header, **found}, indent=2) + "\n")
         print(json.dumps(found["streams_real_time"]))
         ratio = found["ratio_of_medians"]
         print(f"streams in real time, this checkout / {args.baseline}: {ratio:.3f}")
+        if args.baseline_paced:
+            print(json.dumps(found["paced_runs"]))
+            for key, value in found["paced_ratio_of_medians"].items():
+                print(f"{key}, this checkout / {args.baseline}: {value:.3f}")
         return 0
     with mosquitto_broker(not args.no_mqtt) as broker:
         address = broker[1] if broker else None
@@ -605,6 +643,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="only measure what each per-bed feature (respiration, evidence, verdict, live "
         "strip) costs: every feature on against each one off, in alternating rounds "
         "(--baseline-streams, --baseline-pairs, --baseline-audio set the load)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-paced", action="store_true",
+        help="--baseline with the runs paced in real time (--paced-seconds each): how far each "
+        "kept up and its capture -> PUBACK and close -> PUBACK p99",
     )  # fmt: skip
     parser.add_argument("--baseline-streams", type=int, default=1000, help="K of the comparison")
     parser.add_argument("--baseline-pairs", type=int, default=3, help="alternating pairs of runs")

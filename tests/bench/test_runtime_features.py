@@ -1,5 +1,6 @@
-"""The runtime benchmark's feature costs: each run turns off exactly the feature it names, on
-a runtime that really runs (a few file beds, no broker)."""
+"""The runtime benchmark's comparisons: the feature costs (each run turns off exactly the
+feature it names, on a runtime that really runs: a few file beds, no broker) and what a
+comparison with another revision runs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.runtime import FEATURES, _feature_table, build, runtime_config
+from bench.runtime import FEATURES, _comparison_spec, _feature_table, _parse, build, runtime_config
 from edge.bed.chain import BedChain
 
 
@@ -61,3 +62,12 @@ def test_the_table_gives_each_feature_its_share_of_the_time() -> None:
     table = _feature_table(record)
     assert "| all on | 80 | 80 | - |" in table
     assert "| respiration off | 100 | 100 | 20.0% |" in table
+
+
+def test_a_paced_comparison_runs_paced_for_the_paced_seconds_and_feature_costs_do_not() -> None:
+    args = _parse(["--baseline", "HEAD", "--baseline-paced", "--seconds", "7",
+                   "--paced-seconds", "11", "--baseline-streams", "650"])  # fmt: skip
+    paced = _comparison_spec(args, None, paced=args.baseline_paced)
+    assert (paced["paced"], paced["seconds"], paced["streams"]) == (True, 11.0, 650)
+    fast = _comparison_spec(args, None)  # what --feature-costs runs
+    assert (fast["paced"], fast["seconds"]) == (False, 7.0)
