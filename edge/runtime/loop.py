@@ -73,6 +73,10 @@ MAX_READS_PER_ROUND = 64  # source chunks one stream's read may gather (fairness
 MS_PER_S = 1000.0
 SHUTDOWN = "shutdown"  # why every stream ends when the runtime stops
 WATCH_EVERY_S = 1.0  # the threads the run depends on are checked this often
+# the beds' metrics reports come in this many slices over the interval: a round carries a
+# slice's reports, not the ward's (each report hands paho a message, whose network thread
+# then takes the GIL: one wake-up per slice rather than one per bed)
+METRICS_SLICES = 10
 
 
 def open_model(config: RuntimeConfig, source: str = "<config>") -> Monitor:
@@ -137,11 +141,12 @@ class Runtime:
         self.streams = list(streams)
         self._sink_stats = sink_stats
         self._clock = clock
-        # the beds' metrics reports, spread evenly over the interval (one bed at a time, in
-        # their order): the cursor's bed is due at _metrics_due; the reports of a whole cycle
-        # go to the load check together
-        self._metrics_cursor = 0
-        self._metrics_due = clock() + config.metrics_interval_s / max(1, len(self.streams))
+        # the beds' metrics reports, spread over the interval in slices of beds (in their
+        # order): the next slice is due at _metrics_due; the reports of a whole cycle go to
+        # the load check together
+        self._metrics_slices = max(1, min(len(self.streams), METRICS_SLICES))
+        self._metrics_slice = 0
+        self._metrics_due = clock() + config.metrics_interval_s / self._metrics_slices
         self._metrics_cycle: list[tuple[str, dict[str, Any]]] = []
         self.live = LiveStrip(model.outputs, config.live_interval_s)
         self._lock = threading.Lock()  # acknowledge() comes from the MQTT network thread
@@ -425,18 +430,21 @@ class Runtime:
 
     def _publish_due_metrics(self, now: float) -> None:
         """The metrics reports that are due: every bed reports once per
-        ``metrics_interval_s``, the beds one after another at even steps over the interval,
-        so a round carries a few reports and never the whole ward's at once. Each whole cycle
-        of reports goes through the load check together. A loop that was held up reports
-        each bed at most once now and goes on from there."""
-        count = len(self.streams)
+        ``metrics_interval_s``, the beds in :data:`METRICS_SLICES` slices (in their order)
+        at even steps over the interval, so a round carries a slice's reports and never the
+        whole ward's. Each whole cycle of reports goes through the load check together. A
+        loop that was held up reports each bed at most once now and goes on from there."""
+        count, slices = len(self.streams), self._metrics_slices
         if count == 0:
             return
-        step = self.config.metrics_interval_s / count
+        step = self.config.metrics_interval_s / slices
         due: list[Stream] = []
-        while now >= self._metrics_due and len(due) < count:
-            due.append(self.streams[self._metrics_cursor])
-            self._metrics_cursor = (self._metrics_cursor + 1) % count
+        for _ in range(slices):
+            if now < self._metrics_due:
+                break
+            k = self._metrics_slice
+            due += self.streams[k * count // slices : (k + 1) * count // slices]
+            self._metrics_slice = (k + 1) % slices
             self._metrics_due += step
         if now >= self._metrics_due:  # held up longer than an interval: go on from now
             self._metrics_due = now + step

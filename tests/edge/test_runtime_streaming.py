@@ -550,13 +550,13 @@ def test_audio_waiting_for_its_read_is_measured_and_a_loop_behind_is_reported(
 
 
 def test_the_loop_spreads_the_beds_metrics_reports_over_the_interval(tmp_path, folder, caplog):
-    """Every bed reports once per ``metrics_interval_s``, one after another at even steps over
-    the interval (a round carries a few reports, not the whole ward's); a whole cycle of
-    reports goes through the load check together; a loop held up for longer than the
-    interval reports each bed once, not once per interval missed."""
+    """Every bed reports once per ``metrics_interval_s``, the beds in ten slices at even steps
+    over the interval (a round carries a slice's reports, not the whole ward's); a whole
+    cycle of reports goes through the load check together; a loop held up for longer than
+    the interval reports each bed once, not once per interval missed."""
     now = [1000.0]
     path = record_path(MIXED)
-    beds = [stream(f"b{i}", path) for i in range(4)]
+    beds = [stream(f"b{i}", path) for i in range(12)]
     config = build(mapping(tmp_path, folder, beds, read_wait_warn_ms=500, metrics_interval_s=1.0))
     model = open_model(config, "test.yaml")
     sink = ListSink()
@@ -587,15 +587,16 @@ def test_the_loop_spreads_the_beds_metrics_reports_over_the_interval(tmp_path, f
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     finally:
         model.backend.close()
-    assert max(len(beds) for _, beds in steady) == 1  # one report a round, never the ward's
-    for i in range(4):
+    assert max(len(beds) for _, beds in steady) == 2  # a slice of 12 beds in 10, not the ward
+    for i in range(12):
         times = [t for t, beds in steady if f"b{i}" in beds]
-        # bed i's turn: (i + 1) / 4 of the interval, then every interval
-        assert times == pytest.approx([0.25 * (i + 1), 0.25 * (i + 1) + 1.0], abs=0.051)
+        turn = 0.1 * (next(k for k in range(10) if i < (k + 1) * 12 // 10) + 1)
+        # the bed's slice's turn in the interval, then every interval
+        assert times == pytest.approx([turn, turn + 1.0], abs=0.051), i
     assert not on_time
-    assert sorted(published[0][1]) == ["b0", "b1", "b2", "b3"]  # each bed once
+    assert sorted(published[0][1]) == sorted(f"b{i}" for i in range(12))  # each bed once
     assert len(warnings) == 1  # the cycle's load check: the loop was behind
-    assert "4 of 4 beds over read_wait_warn_ms 500" in warnings[0].getMessage()
+    assert "12 of 12 beds over read_wait_warn_ms 500" in warnings[0].getMessage()
 
 
 def test_read_wait_warn_ms_must_not_be_negative(tmp_path, folder):
