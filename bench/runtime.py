@@ -2,11 +2,11 @@
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.runtime
         [--model models/sed] [--streams 1,64,256,1000] [--seconds 20]
-        [--paced-streams 600,1000] [--paced-seconds 30] [--profile-streams 256]
+        [--paced-streams 600,1000] [--paced-seconds 90] [--profile-streams 256]
         [--reference MODEL_DIR] [--reference-streams 200] [--max-batch N]
         [--ward-audio DIR] [--ward-streams 1000] [--round-group 250] [--no-batch-sweep] [--no-mqtt]
     ... python -m bench.runtime --baseline REV [--baseline-streams 1000] [--baseline-pairs 3]
-        [--baseline-audio DIR] [--baseline-paced [--paced-seconds 30]]
+        [--baseline-audio DIR] [--baseline-paced [--paced-seconds 90]]
     ... python -m bench.runtime --feature-costs [--baseline-streams 1000] [--baseline-pairs 3]
         [--baseline-audio DIR]
 
@@ -29,7 +29,9 @@ frame once, state carried).
 - **Latency** (paced in real time, ``--paced-streams``): from the close of the window that
   produced an event (when the chunk completing it was read and pushed) to ``sink.publish``
   and to the broker's PUBACK, and from the capture of the window's last sample to PUBACK
-  (which adds any wait before the runtime read the chunk; see :mod:`bench.runtime_probes`).
+  (which adds any wait before the runtime read the chunk; see :mod:`bench.runtime_probes`),
+  over ``--paced-seconds`` (90 s: near a core's limit a backlog grows by a few ms a second,
+  which a 30-s run can hide).
 - **Ward load** (``--ward-audio``, default SPRSound ``intra_test``; ``--ward-streams``,
   default 1000): the same as-fast-as-possible and paced runs with every recording of a folder
   as its own bed (looped), a load whose event rate is that of real recordings; the three demo
@@ -601,7 +603,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--paced-streams", type=_ints, default=[600, 1000], help="K of the paced runs ('': none)"
     )
-    parser.add_argument("--paced-seconds", type=float, default=30.0, help="length of the paced run")
+    parser.add_argument(
+        "--paced-seconds", type=float, default=90.0,
+        help="length of a paced run (near a core's limit a backlog grows by a few ms a second: "
+        "30 s can show a load as kept up that 90 s shows falling behind)",
+    )  # fmt: skip
     parser.add_argument(
         "--profile-streams", type=int, default=256, help="K of the profiled run (0: skip)"
     )
