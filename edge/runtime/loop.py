@@ -479,10 +479,10 @@ class Runtime:
         return reports
 
     def _check_read_wait(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
-        """A WARNING for every report in which some bed's audio waited, p99 over its reads,
-        longer than ``read_wait_warn_ms`` between capture and read: the loop is behind (the
-        core is near its limit), and every alarm is that much later. One INFO line when it
-        has caught up again."""
+        """A WARNING for ``reports`` (a whole cycle of the beds' reports) when in some of them
+        the bed's audio waited, p99 over its reads, longer than ``read_wait_warn_ms`` between
+        capture and read: the loop is behind (the core is near its limit), and every alarm is
+        that much later. One INFO line when it has caught up again."""
         limit = self.config.read_wait_warn_ms
         if limit <= 0:
             return
