@@ -18,6 +18,7 @@ from edge.bed.detector import PhaseRule
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from edge.monitor import Monitor
 from edge.runtime.loop import Runtime, Stream, open_model
 from edge.sources import FileSource
 from edge.sources.base import SourceChunk, SourceEnded
@@ -490,6 +491,27 @@ def test_coalesced_joins_plain_contiguous_chunks_only():
     np.testing.assert_array_equal(out[3].samples, np.arange(20, 24, dtype=np.float32))
 
 
+def paced_runtime(
+    tmp_path: Path, folder: Path, n_beds: int, now: list[float], metrics_interval_s: float
+) -> tuple[Runtime, Monitor, ListSink]:
+    """``n_beds`` beds ``b0``, ``b1``, ... on one record paced in real time, the runtime and
+    the sources on the clock ``now[0]``, metrics into a :class:`ListSink`, a load check at
+    500 ms; the caller closes the model's backend."""
+    path = record_path(MIXED)
+    beds = [stream(f"b{i}", path) for i in range(n_beds)]
+    config = build(mapping(tmp_path, folder, beds, read_wait_warn_ms=500,
+                           metrics_interval_s=metrics_interval_s))  # fmt: skip
+    model = open_model(config, "test.yaml")
+    sink = ListSink()
+
+    def source(bed_id: str) -> FileSource:
+        return FileSource(path, bed_id, 8000, chunk_samples=800, realtime=True,
+                          clock=lambda: now[0], sleep=lambda s: None)  # fmt: skip
+
+    streams = [Stream(c, source(c.id), model, i) for i, c in enumerate(config.streams)]
+    return Runtime(config, model, streams, sink, clock=lambda: now[0]), model, sink
+
+
 def test_audio_waiting_for_its_read_is_measured_and_a_loop_behind_is_reported(
     tmp_path, folder, caplog
 ):
@@ -499,18 +521,7 @@ def test_audio_waiting_for_its_read_is_measured_and_a_loop_behind_is_reported(
     every report carries); once the loop has caught up, one INFO line. The runtime and the
     sources share one clock."""
     now = [1000.0]
-    path = record_path(MIXED)
-    beds = [stream("b0", path), stream("b1", path)]
-    config = build(mapping(tmp_path, folder, beds, read_wait_warn_ms=500, metrics_interval_s=3600))
-    model = open_model(config, "test.yaml")
-    sink = ListSink()
-
-    def source(bed_id: str) -> FileSource:
-        return FileSource(path, bed_id, 8000, chunk_samples=800, realtime=True,
-                          clock=lambda: now[0], sleep=lambda s: None)  # fmt: skip
-
-    streams = [Stream(c, source(c.id), model) for c in config.streams]
-    runtime = Runtime(config, model, streams, sink, clock=lambda: now[0])
+    runtime, model, sink = paced_runtime(tmp_path, folder, 2, now, metrics_interval_s=3600)
 
     def rounds(n: int, every_s: float) -> None:
         for _ in range(n):
@@ -555,18 +566,7 @@ def test_the_loop_spreads_the_beds_metrics_reports_over_the_interval(tmp_path, f
     cycle of reports goes through the load check together; a loop held up for longer than
     the interval reports each bed once, not once per interval missed."""
     now = [1000.0]
-    path = record_path(MIXED)
-    beds = [stream(f"b{i}", path) for i in range(12)]
-    config = build(mapping(tmp_path, folder, beds, read_wait_warn_ms=500, metrics_interval_s=1.0))
-    model = open_model(config, "test.yaml")
-    sink = ListSink()
-
-    def source(bed_id: str) -> FileSource:
-        return FileSource(path, bed_id, 8000, chunk_samples=800, realtime=True,
-                          clock=lambda: now[0], sleep=lambda s: None)  # fmt: skip
-
-    streams = [Stream(c, source(c.id), model, i) for i, c in enumerate(config.streams)]
-    runtime = Runtime(config, model, streams, sink, clock=lambda: now[0])
+    runtime, model, sink = paced_runtime(tmp_path, folder, 12, now, metrics_interval_s=1.0)
     published: list[tuple[float, list[str]]] = []  # per round: its clock, the beds reported
 
     def rounds(n: int, every_s: float) -> None:
