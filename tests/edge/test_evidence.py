@@ -251,9 +251,8 @@ def test_the_spool_keeps_its_count_and_bytes_as_the_file_holds_them(tmp_path: Pa
     spool = EvidenceSpool(path, max_bytes=400_000, max_age_s=100.0)
     clips = [dataclasses.replace(a_clip(4.0, seed=i), episode_id=f"ep-{i}") for i in range(9)]
     spool.put_many([(c, clip_messages(c)) for c in clips[:3]], now_s=1000.0)
-    spool.put_many(
-        [(clips[1], clip_messages(clips[1]))], now_s=1001.0
-    )  # the same episode: replaced
+    # the same episode again: replaced
+    spool.put_many([(clips[1], clip_messages(clips[1]))], now_s=1001.0)
     assert (len(spool), spool.bytes) == in_file()
     assert len(spool) == 3
     assert spool.oldest_many(now_s=1150.0, n=2) == []  # all three expired
