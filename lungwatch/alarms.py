@@ -8,31 +8,46 @@
 
 The MQTT stream carries **episodes**: every crackle heard in a breath phase is an episode with
 its own onset and end (the wire contract, ``lungwatch.events``). A ward cannot work from those: a
-bed with crackles raises one every few breaths. This layer, shared by the device (its
-acknowledge matches a condition name) and the ward view (its alarm list), groups them as a
-bedside monitor does, into one **alarm condition per bed and finding**:
+bed with crackles raises one every few breaths. This layer, shared by the ward view (its alarm
+list and bed cards) and the hospital gateway (its alerts), groups them as a bedside monitor
+does, into one **alarm condition per bed and finding**:
 
 - ``CAS`` (Wheeze, Rhonchi, Stridor and Wheeze+Crackle), ``DAS`` (Fine and Coarse Crackle),
   ``apnoea``, ``tachypnoea``, ``bradypnoea``, and each technical condition by its own type
   (``poor_signal``, ``off_body``, ``breath_signal_lost``, ...): :func:`condition_of`;
 - a condition carries its first onset, its last episode, how many episodes it has had, the
   episodes still open on the device (live or latched) and which of them have a clip;
-- its priority is the highest of its episodes'; while nobody acknowledges it, it rises one
-  step (low -> medium -> high) every ``escalate_after_s`` (0: never). Technical conditions
-  do not rise above medium (IEC 60601-1-8 keeps technical alarms apart from physiological
-  ones);
+- **it continues** while an episode of it is open and, for a condition below high priority
+  (an advisory finding, a technical condition), ``continues_s`` after its last episode ended:
+  crackles every few breaths are one condition. A high-priority condition (apnoea, stridor)
+  does not continue past its episodes: once they are over, its next episode is a **new
+  condition**;
 - it is **alarming** from its first episode until a person acknowledges it, whether or not
   its episodes have ended meanwhile (latched at the condition level, as IEC 60601-1-8 latches
-  an alarm signal); acknowledged, it stays listed and quiet while episodes of it are open,
-  and a new episode raises it again only once ``realarm_s`` has passed since the
-  acknowledgement (before that the episode is counted, not sounded), even if the condition
-  left the list in between; an episode the device ended by an acknowledgement (another view's,
-  or one before this view started) acknowledges its condition here too;
-- once acknowledged and its episodes over it is ``ended``: listed ``hold_s`` (0 by default),
-  then gone; acknowledging a condition whose episodes are over removes it at once.
+  an alarm signal). An acknowledgement applies to the condition present when it is given:
+  acknowledged, the condition is listed quiet while it continues; a new episode of a
+  continuing condition is counted, and raises it again only once ``realarm_s`` has passed
+  since the acknowledgement; a condition that is over and starts again is new and alarms at
+  once, whatever its priority and however soon after the acknowledgement. An episode the
+  device ended by an acknowledgement (another view's, or one before this view started)
+  acknowledges its condition here too;
+- its priority is the highest of its episodes'; while nobody acknowledges it, it rises one
+  step every ``escalate_after_s`` (0: never), **never above medium** (:data:`ESCALATION_CEILING`):
+  a finding that nobody acknowledged stays advisory, and high priority is kept for what
+  threatens life now. The ceiling limits escalation, not a condition's own priority (stridor
+  and apnoea are high from their first episode);
+- acknowledged and no longer continuing it is ``ended``: listed ``hold_s`` (0 by default),
+  then gone; acknowledging a condition that no longer continues removes it at once.
 
 Ward order (:func:`ward_order`): alarming, then acknowledged, then ended; within each, priority
-(high first), then the newest episode first, so an apnoea that starts now lands on top.
+(high first); within a priority, life-threatening conditions (:data:`LIFE_THREATENING`: apnoea)
+first; then the condition that started alarming last first. A new episode of a condition
+that already alarms does not move it, so the order holds still while episodes come; an
+apnoea that starts now is the top row.
+
+A condition is written to a store as a plain record (:meth:`AlarmCondition.record`) and
+taken back with :meth:`AlarmBook.restore`, so a restarted ward view lists what it listed:
+alarming and escalated conditions, who acknowledged what, and how many episodes each had.
 """
 
 from __future__ import annotations
@@ -56,7 +71,10 @@ CONDITION_TEXT = {
 }
 # (``verdict``: a bed's rolling verdict that a ward view lists beside its conditions)
 STATE_RANK = {"alarming": 0, "verdict": 0, "acknowledged": 1, "ended": 2}
-TECHNICAL_CEILING = "medium"  # a technical condition does not escalate above this
+ESCALATION_CEILING = "medium"  # escalation lifts no condition above this (module doc)
+LIFE_THREATENING = ("apnoea",)  # first within their priority in the ward order
+MAX_RECORD_CLIPS = 16  # a condition's record keeps its newest clips' episodes
+Key = tuple[str, str, str]  # device, bed, condition
 
 
 class Episode(Protocol):
@@ -173,17 +191,20 @@ def condition_text(condition: str) -> str:
 
 @dataclass(frozen=True)
 class AlarmSettings:
-    """How conditions re-alarm, rise and leave (module doc); seconds."""
+    """How conditions continue, re-alarm, rise and leave (module doc); seconds."""
 
-    realarm_s: float = 600.0  # after an acknowledgement, new episodes are quiet this long
+    realarm_s: float = 600.0  # acknowledged and continuing: a new episode this long after sounds
     escalate_after_s: float = 300.0  # unacknowledged this long: one priority up (0: never)
-    hold_s: float = 0.0  # acknowledged and its episodes over: listed this long (then gone)
+    hold_s: float = 0.0  # acknowledged and over: listed this long (then gone)
+    continues_s: float = 60.0  # below high priority: an episode this soon after the last one's
+    #                            end continues its condition (high: none, a new condition)
 
     def __post_init__(self) -> None:
         check(self.realarm_s >= 0, "realarm_s", self.realarm_s, "a number >= 0 (seconds)")
         check(self.escalate_after_s >= 0, "escalate_after_s", self.escalate_after_s,
               "a number >= 0 (seconds; 0: never)")  # fmt: skip
         check(self.hold_s >= 0, "hold_s", self.hold_s, "a number >= 0 (seconds)")
+        check(self.continues_s >= 0, "continues_s", self.continues_s, "a number >= 0 (seconds)")
 
 
 @dataclass
@@ -200,16 +221,19 @@ class AlarmCondition:
     last_episode_utc: str
     raised_s: float  # when it last started alarming (escalation counts from here)
     last_episode_s: float
+    raised_utc: str = ""  # the start of the episode that last raised it (the ward order)
+    last_type: str = ""  # its newest episode's type (Stridor, Wheeze, ...)
     episodes: int = 0
     open: dict[str, Episode] = field(default_factory=dict)  # episode id -> last message
     clips: list[str] = field(default_factory=list)  # episode ids with a clip, newest last
     acknowledged: bool = False  # since its last (re-)alarm
     acknowledged_s: float | None = None
     acknowledged_by: str = ""
-    ended_s: float | None = None  # its last open episode ended (None: some are open)
+    ended_s: float | None = None  # when its last live episode ended (None: one is live)
     seen: set[str] = field(default_factory=set)  # every episode id it has counted
+    current: set[str] = field(default_factory=set)  # episodes since it last started alarming
     version: int = 0  # bumped by every change (the view is cached per version and priority)
-    _view: tuple[tuple[int, str], dict[str, Any]] | None = None
+    _view: tuple[tuple[int, str, str], dict[str, Any]] | None = None
 
     @property
     def latched(self) -> bool:
@@ -217,13 +241,28 @@ class AlarmCondition:
         return any(e.detail.get("latched") for e in self.open.values())
 
     @property
-    def state(self) -> str:
+    def live(self) -> bool:
+        """Some open episode is still heard (not latched: its condition holds on the device)."""
+        return any(not e.detail.get("latched") for e in self.open.values())
+
+    def continues(self, now_s: float, settings: AlarmSettings) -> bool:
+        """An episode is live, or (below high priority) the last ended less than
+        ``continues_s`` ago: a new episode now belongs to this condition (module doc)."""
+        if self.live:
+            return True
+        return self.ended_s is not None and now_s - self.ended_s < self.gap_s(settings)
+
+    def gap_s(self, settings: AlarmSettings) -> float:
+        """How long after its last live episode the condition continues (0 for high)."""
+        return 0.0 if self.base_priority == "high" else settings.continues_s
+
+    def state(self, now_s: float, settings: AlarmSettings) -> str:
         """``alarming`` (until acknowledged, whether or not episodes are open: latched at the
-        condition level), ``acknowledged`` (episodes still open) or ``ended`` (acknowledged,
-        its episodes over: listed ``hold_s``)."""
+        condition level), ``acknowledged`` (it continues, or the device still holds an episode
+        of it) or ``ended`` (acknowledged and over: listed ``hold_s``)."""
         if not self.acknowledged:
             return "alarming"
-        return "acknowledged" if self.open else "ended"
+        return "acknowledged" if self.open or self.continues(now_s, settings) else "ended"
 
     @property
     def condition_end_utc(self) -> str | None:
@@ -233,19 +272,19 @@ class AlarmCondition:
         return max((str(e) for e in ends if e), default=None)
 
     def priority(self, now_s: float, settings: AlarmSettings) -> str:
-        """The base priority, one step up per ``escalate_after_s`` while alarming (technical
-        conditions no higher than medium)."""
+        """The base priority, one step up per ``escalate_after_s`` while alarming, never
+        above :data:`ESCALATION_CEILING` by escalation."""
         rank = PRIORITY_RANK[self.base_priority]
-        if self.state == "alarming" and settings.escalate_after_s > 0:
+        if not self.acknowledged and settings.escalate_after_s > 0:
             steps = int(max(0.0, now_s - self.raised_s) // settings.escalate_after_s)
-            ceiling = PRIORITY_RANK[TECHNICAL_CEILING] if self.kind == "technical" else 0
-            rank = max(min(rank, ceiling), rank - steps)
+            rank = max(min(rank, PRIORITY_RANK[ESCALATION_CEILING]), rank - steps)
         return PRIORITIES[rank]
 
     def view(self, now_s: float, settings: AlarmSettings) -> dict[str, Any]:
         """The condition as the ward view shows and sends it (JSON-ready, a new dict)."""
-        priority = self.priority(now_s, settings)
-        if self._view is not None and self._view[0] == (self.version, priority):
+        priority, state = self.priority(now_s, settings), self.state(now_s, settings)
+        cached = (self.version, priority, state)
+        if self._view is not None and self._view[0] == cached:
             return dict(self._view[1])
         newest = max(self.open.values(), key=lambda e: e.start_utc, default=None)
         view = {
@@ -258,31 +297,52 @@ class AlarmCondition:
             "priority": priority,
             "base_priority": self.base_priority,
             "escalated": priority != self.base_priority,
-            "state": self.state,
+            "state": state,
             "latched": self.latched,
             "first_onset_utc": self.first_onset_utc,
             "last_episode_utc": self.last_episode_utc,
+            "raised_utc": self.raised_utc or self.first_onset_utc,
+            "life_threatening": self.condition in LIFE_THREATENING,
             "episodes": self.episodes,
             "open_episodes": sorted(self.open),
-            "active": any(not e.detail.get("latched") for e in self.open.values()),
+            "active": self.live,
             "types": sorted({e.type for e in self.open.values()}),
+            "last_type": self.last_type,
             "episode_id": newest.episode_id if newest is not None else None,
             "condition_end_utc": self.condition_end_utc,
             "clips": len(self.clips),
             "clip_episode_id": self.clips[-1] if self.clips else None,
             "acknowledged_by": self.acknowledged_by or None,
         }
-        self._view = ((self.version, priority), view)
+        self._view = (cached, view)
         return dict(view)
+
+    def record(self) -> dict[str, Any]:
+        """What a store keeps of the condition (JSON-ready; :meth:`AlarmBook.restore` takes
+        it back): everything but the open episodes' messages, which come back from the
+        events and the beds' summaries."""
+        return {
+            "condition": self.condition, "kind": self.kind,
+            "base_priority": self.base_priority, "first_onset_utc": self.first_onset_utc,
+            "last_episode_utc": self.last_episode_utc, "raised_utc": self.raised_utc,
+            "last_type": self.last_type,
+            "raised_s": self.raised_s, "last_episode_s": self.last_episode_s,
+            "episodes": self.episodes, "acknowledged": self.acknowledged,
+            "acknowledged_s": self.acknowledged_s, "acknowledged_by": self.acknowledged_by,
+            "ended_s": self.ended_s, "open": sorted(self.open),
+            "current": sorted(self.current & set(self.open)),
+            "clips": self.clips[-MAX_RECORD_CLIPS:],
+        }  # fmt: skip
 
 
 def ward_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Condition views sorted for the ward: alarming first (then acknowledged, then ended),
-    then priority, then the newest episode first, then place (stable sorts, least
-    significant key first)."""
+    then priority, then life-threatening first, then the condition that started alarming
+    last first, then place (stable sorts, least significant key first)."""
     out = sorted(rows, key=lambda r: (r["device_id"], r["stream_id"], r["condition"]))
-    out.sort(key=lambda r: r["last_episode_utc"], reverse=True)
-    out.sort(key=lambda r: (STATE_RANK[r["state"]], PRIORITY_RANK[r["priority"]]))
+    out.sort(key=lambda r: r["raised_utc"], reverse=True)
+    out.sort(key=lambda r: (STATE_RANK[r["state"]], PRIORITY_RANK[r["priority"]],
+                            not r["life_threatening"]))  # fmt: skip
     return out
 
 
@@ -291,9 +351,10 @@ class AlarmBook:
 
     def __init__(self, settings: AlarmSettings | None = None) -> None:
         self.settings = settings or AlarmSettings()
-        self._conditions: dict[tuple[str, str, str], AlarmCondition] = {}
-        self._episode_condition: dict[str, tuple[str, str, str]] = {}
-        self._acknowledged_s: dict[tuple[str, str, str], float] = {}  # the last per condition
+        self._conditions: dict[Key, AlarmCondition] = {}
+        self._episode_condition: dict[str, Key] = {}
+        self._beds: dict[tuple[str, str], set[Key]] = {}  # a bed's conditions
+        self._changed: set[Key] = set()  # changed or gone since :meth:`take_changed`
 
     def take(self, event: Episode, now_s: float) -> AlarmCondition:
         """One event message (an episode's onset, update or end) into its condition."""
@@ -303,35 +364,55 @@ class AlarmBook:
         if cond is None:
             cond = AlarmCondition(
                 event.device_id, event.stream_id, key[2], event.kind, event.priority,
-                event.start_utc, event.start_utc, now_s, now_s,
+                event.start_utc, event.start_utc, now_s, now_s, event.start_utc,
             )  # fmt: skip
             self._conditions[key] = cond
-            acked = self._acknowledged_s.get(key)
-            if acked is not None and now_s - acked < self.settings.realarm_s:
-                cond.acknowledged, cond.acknowledged_s = True, acked
+            self._beds.setdefault(key[:2], set()).add(key)
+        elif new_episode and cond.acknowledged and not cond.continues(now_s, self.settings):
+            self._renew(cond, event, now_s)  # acknowledged and over: a new condition
         self._episode_condition[event.episode_id] = key
+        self._changed.add(key)
         cond.version += 1
         if PRIORITY_RANK[event.priority] < PRIORITY_RANK[cond.base_priority]:
             cond.base_priority = event.priority
         if new_episode:
             cond.seen.add(event.episode_id)
+            cond.current.add(event.episode_id)
             cond.episodes += 1
             cond.last_episode_s = now_s
+            if event.start_utc >= cond.last_episode_utc or not cond.last_type:
+                cond.last_type = event.type
             cond.last_episode_utc = max(cond.last_episode_utc, event.start_utc)
             if cond.acknowledged and self._may_realarm(cond, now_s):
-                cond.acknowledged, cond.raised_s = False, now_s
-                cond.acknowledged_s, cond.acknowledged_by = None, ""
+                self._raise(cond, event, now_s)
         if event.state == "ended":
             cond.open.pop(event.episode_id, None)
-            if event.detail.get("ended_by") == "acknowledge" and not cond.acknowledged:
-                # acknowledged on the device (by another view, or before this one started)
+            acknowledged_here = event.detail.get("ended_by") == "acknowledge"
+            if acknowledged_here and not cond.acknowledged and event.episode_id in cond.current:
+                # acknowledged on the device (by another view, or before this one started);
+                # an episode of an earlier alarm of the condition acknowledges nothing now
                 cond.acknowledged, cond.acknowledged_s = True, now_s
                 cond.acknowledged_by = str(event.detail.get("acknowledged_by") or "")
-                self._acknowledged_s[key] = now_s
         else:
             cond.open[event.episode_id] = event
-        cond.ended_s = now_s if not cond.open else None
+        if cond.live:
+            cond.ended_s = None
+        elif cond.ended_s is None:
+            cond.ended_s = now_s
         return cond
+
+    def _renew(self, cond: AlarmCondition, event: Episode, now_s: float) -> None:
+        """The condition was acknowledged and is over; ``event`` starts it anew: alarming,
+        its count, onset and priority its own (episodes the device still holds stay open)."""
+        self._raise(cond, event, now_s)
+        cond.base_priority, cond.first_onset_utc = event.priority, event.start_utc
+        cond.last_episode_utc, cond.episodes, cond.clips = event.start_utc, 0, []
+
+    @staticmethod
+    def _raise(cond: AlarmCondition, event: Episode, now_s: float) -> None:
+        cond.acknowledged, cond.raised_s, cond.raised_utc = False, now_s, event.start_utc
+        cond.acknowledged_s, cond.acknowledged_by = None, ""
+        cond.current = set()
 
     def _may_realarm(self, cond: AlarmCondition, now_s: float) -> bool:
         acked = cond.acknowledged_s
@@ -350,6 +431,7 @@ class AlarmBook:
         if cond is not None and episode_id not in cond.clips:
             cond.clips.append(episode_id)
             cond.version += 1
+            self._changed.add(cond_key(cond))
         return cond
 
     def find(self, device_id: str, stream_id: str, target: str) -> AlarmCondition | None:
@@ -358,9 +440,8 @@ class AlarmBook:
         direct = self._conditions.get((device_id, stream_id, target))
         if direct is not None:
             return direct
-        for (dev, bed, _), cond in self._conditions.items():
-            if (dev, bed) != (device_id, stream_id):
-                continue
+        for key in self._beds.get((device_id, stream_id), ()):
+            cond = self._conditions[key]
             for event in cond.open.values():
                 if target in (event.type, event.detail.get("key")):
                     return cond
@@ -375,8 +456,8 @@ class AlarmBook:
             return None
         cond.acknowledged, cond.acknowledged_s, cond.acknowledged_by = True, now_s, user
         cond.version += 1
-        self._acknowledged_s[(device_id, stream_id, cond.condition)] = now_s
-        if not cond.open:
+        self._changed.add(cond_key(cond))
+        if cond.state(now_s, self.settings) == "ended":
             self._drop(cond)
         return cond
 
@@ -393,9 +474,8 @@ class AlarmBook:
 
     def forget_bed(self, device_id: str, stream_id: str) -> None:
         """The bed is gone (its stream ended): its conditions leave with it."""
-        for cond in [c for c in self._conditions.values()
-                     if (c.device_id, c.stream_id) == (device_id, stream_id)]:  # fmt: skip
-            self._drop(cond)
+        for key in list(self._beds.get((device_id, stream_id), ())):
+            self._drop(self._conditions[key])
 
     def conditions(self, now_s: float) -> list[dict[str, Any]]:
         """The listed conditions' views in :func:`ward_order` (ended ones past ``hold_s``
@@ -403,25 +483,82 @@ class AlarmBook:
         self._expire(now_s)
         return ward_order([c.view(now_s, self.settings) for c in self._conditions.values()])
 
-    def signature(self, now_s: float) -> tuple[tuple[str, ...], ...]:
+    def bed_conditions(self, device_id: str, stream_id: str, now_s: float) -> list[dict[str, Any]]:
+        """One bed's listed conditions' views in :func:`ward_order` (its worst first)."""
+        keys = self._beds.get((device_id, stream_id), ())
+        return ward_order([self._conditions[k].view(now_s, self.settings) for k in keys])
+
+    def signature(self, now_s: float) -> dict[Key, tuple[str, str]]:
         """What the list shows that time alone changes (each condition's priority and
         state): a caller pushes the list again when this changes."""
         self._expire(now_s)
-        return tuple(
-            (*key, c.priority(now_s, self.settings), c.state) for key, c in self._conditions.items()
-        )
+        return {
+            key: (c.priority(now_s, self.settings), c.state(now_s, self.settings))
+            for key, c in self._conditions.items()
+        }
+
+    def take_changed(self) -> set[Key]:
+        """The conditions changed or gone since the last call (a store writes them)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def get(self, key: Key) -> AlarmCondition | None:
+        return self._conditions.get(key)
+
+    def restore(self, device_id: str, stream_id: str, record: dict[str, Any]) -> AlarmCondition:
+        """A condition as a store kept it (:meth:`AlarmCondition.record`): listed again with
+        its state, priority, count and acknowledgement; its open episodes are counted
+        already, and come back open as their messages are taken again (the events the store
+        kept, the beds' summaries). ValueError / KeyError / TypeError: not such a record."""
+        cond = AlarmCondition(
+            device_id, stream_id, str(record["condition"]), str(record["kind"]),
+            str(record["base_priority"]), str(record["first_onset_utc"]),
+            str(record["last_episode_utc"]), float(record["raised_s"]),
+            float(record["last_episode_s"]), raised_utc=str(record.get("raised_utc") or ""),
+            last_type=str(record.get("last_type") or ""), episodes=int(record["episodes"]),
+        )  # fmt: skip
+        if cond.base_priority not in PRIORITY_RANK:
+            raise ValueError(f"priority {cond.base_priority!r}")
+        cond.acknowledged = bool(record["acknowledged"])
+        acked, ended = record.get("acknowledged_s"), record.get("ended_s")
+        cond.acknowledged_s = float(acked) if acked is not None else None
+        cond.acknowledged_by = str(record.get("acknowledged_by") or "")
+        cond.ended_s = float(ended) if ended is not None else None
+        cond.clips = [str(c) for c in record.get("clips", [])][-MAX_RECORD_CLIPS:]
+        key = cond_key(cond)
+        cond.seen = {str(e) for e in record.get("open", [])} | set(cond.clips)
+        cond.current = {str(e) for e in record.get("current", [])}
+        if cond.ended_s is None:  # it had live episodes: over unless they come back open
+            cond.ended_s = cond.last_episode_s
+        self._conditions[key] = cond
+        self._beds.setdefault(key[:2], set()).add(key)
+        for episode_id in cond.seen:
+            self._episode_condition[episode_id] = key
+        return cond
 
     def _expire(self, now_s: float) -> None:
-        """Acknowledged conditions whose episodes are over leave ``hold_s`` after the last."""
+        """Acknowledged conditions no longer continuing leave ``hold_s`` after the later of
+        their end and their acknowledgement."""
         for cond in list(self._conditions.values()):
-            if cond.state != "ended":
+            if cond.state(now_s, self.settings) != "ended":
                 continue
-            over_s = now_s - max(cond.ended_s or now_s, cond.acknowledged_s or now_s)
-            if over_s >= self.settings.hold_s:
+            over_at = max((cond.ended_s or now_s) + cond.gap_s(self.settings),
+                          cond.acknowledged_s or now_s)  # fmt: skip
+            if now_s - over_at >= self.settings.hold_s:
                 self._drop(cond)
 
     def _drop(self, cond: AlarmCondition) -> None:
-        key = (cond.device_id, cond.stream_id, cond.condition)
+        key = cond_key(cond)
         self._conditions.pop(key, None)
+        bed = self._beds.get(key[:2])
+        if bed is not None:
+            bed.discard(key)
+            if not bed:
+                del self._beds[key[:2]]
+        self._changed.add(key)
         for episode in cond.seen:
             self._episode_condition.pop(episode, None)
+
+
+def cond_key(cond: AlarmCondition) -> Key:
+    return (cond.device_id, cond.stream_id, cond.condition)

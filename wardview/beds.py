@@ -10,7 +10,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from lungwatch.alarms import PRIORITY_RANK
 from lungwatch.events import Event, is_number
 
 # bed states, most important first; a bed shows the first that holds
@@ -104,74 +103,84 @@ def read_wait_view(device: Device) -> dict[str, Any]:
 
 def bed_state(
     online: bool | None,
-    open_events: list[Event],
+    rows: list[dict[str, Any]],
     silent: bool = False,
     respiration: dict[str, Any] | None = None,
-    verdict: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """The bed's state at a glance: ``{"key": ..., "text": ...}`` (key in :data:`STATE_TEXT`),
-    derived here alone from everything the bed reports, so no label on its card contradicts
-    another.
+    drawn from the bed's rows of the ward's alarm list (``rows``: its conditions in ward
+    order, the list's own dicts), so the card shows what the list shows and never
+    contradicts it.
 
     Offline beats everything; then a silent device (no data: what the page showed may no
-    longer hold); then an apnoea (an open episode, or the breathing reading's state); then a
-    technical condition (an open one, or a lost breath signal: monitoring is impaired,
-    findings are suppressed); then the findings, most important first; then a rate out of
-    the age band's range (the reading, before its alarm's minute has passed); then the
-    rolling verdict when it holds findings no episode shows now; else breathing normal.
+    longer hold); then the bed's worst condition that is not over (alarming or acknowledged,
+    the list's first row of the bed), with its priority and how many more it has; else no
+    alarm: ``breathing normal``, or what the breathing reading (``respiration``) says that is
+    not an alarm (yet): ``no alarm · breathing fast (31/min)`` before the rate's alarm time
+    has passed, ``no alarm · rate not assessed``.
     """
     if online is False:
         return {"key": "offline", "text": STATE_TEXT["offline"]}
     if silent:
         return {"key": "stale", "text": STATE_TEXT["stale"]}
-    apnoea = [e for e in open_events if e.type == "apnoea"]
-    if apnoea:
-        latched = all(e.detail.get("latched") for e in apnoea)
-        return {"key": "apnoea", "text": STATE_TEXT["apnoea"] + (" (latched)" if latched else "")}
-    breathing = (respiration or {}).get("state")
-    if breathing == "apnoea":
-        return {"key": "apnoea", "text": STATE_TEXT["apnoea"]}
-    technical = sorted((e for e in open_events if e.kind == "technical"),
-                       key=lambda e: (PRIORITY_RANK[e.priority], e.start_utc))  # fmt: skip
-    if technical:
-        names = ", ".join(dict.fromkeys(e.type.replace("_", " ") for e in technical))
-        return {"key": "technical", "text": f"{STATE_TEXT['technical']}: {names}"}
-    if breathing == "signal_lost":
-        return {"key": "technical", "text": f"{STATE_TEXT['technical']}: breath signal lost"}
-    found = {c for e in open_events for c in CONDITION_OF_TYPE.get(e.type, ())}
-    keys = [k for k in STATE_TEXT if k in found]
-    if keys:
-        latched = all(e.detail.get("latched") for e in open_events)
-        text = " + ".join(STATE_TEXT[k] for k in keys) + (" (latched)" if latched else "")
-        return {"key": keys[0], "text": text}
-    out_of_range = _rate_out_of_range(respiration)
-    if out_of_range is not None:
-        return out_of_range
-    label = (verdict or {}).get("label")
-    if label in VERDICT_STATE:
-        key = VERDICT_STATE[label]
-        return {"key": key, "text": f"verdict {label} (no episode now)"}
+    listed = [r for r in rows if r["state"] != "ended"]
+    if not listed:
+        return _no_alarm(respiration)
+    row = listed[0]
+    key = _state_key(row)
+    if row["kind"] == "technical":
+        text = f"{STATE_TEXT['technical']}: {row['text']}"
+    elif row["kind"] == "verdict":
+        text = str(row["text"])
+    else:
+        text = STATE_TEXT[key] if key in CARD_FINDINGS else str(row["text"])
+    if row["state"] == "alarming":
+        text += f" · {row['priority']} alarm"
+    elif row["state"] == "acknowledged":
+        text += " · acknowledged"
+    if row.get("latched"):
+        text += " (latched)"
+    if len(listed) > 1:
+        text += f" (+{len(listed) - 1} more)"
+    return {"key": key, "text": text}
+
+
+def _no_alarm(respiration: dict[str, Any] | None) -> dict[str, str]:
+    """A bed with no alarm condition listed: what its breathing reading says."""
+    reading = respiration or {}
+    if reading.get("state") in ("assessing", "not_assessable"):
+        return {"key": "normal", "text": "no alarm · rate not assessed"}
+    values = [reading.get(k) for k in ("rate_bpm", "low_bpm", "high_bpm")]
+    if reading.get("state") == "ok" and all(is_number(v) for v in values):
+        rate, low, high = (float(v) for v in values if v is not None)
+        if not low <= rate <= high:
+            name = STATE_TEXT["tachypnoea" if rate > high else "bradypnoea"]
+            return {"key": "normal", "text": f"no alarm · {name} ({rate:.0f}/min)"}
     return {"key": "normal", "text": STATE_TEXT["normal"]}
 
 
-# a rolling verdict that holds findings: the state it shows when no episode is open
+# what a card shows of a finding's condition by the type of its newest episode
+CARD_FINDINGS = ("apnoea", "stridor", "wheezes", "rhonchi", "crackles", "tachypnoea",
+                 "bradypnoea")  # fmt: skip
+
+
+def _state_key(row: dict[str, Any]) -> str:
+    """The card's colour for a condition row (a :data:`STATE_TEXT` key)."""
+    if row["kind"] == "technical":
+        return "technical"
+    if row["kind"] == "verdict":
+        return VERDICT_STATE.get(str(row["text"]).removeprefix("verdict "), "technical")
+    condition = row["condition"]
+    if condition in STATE_TEXT:
+        return str(condition)
+    newest = row.get("last_type") or ""
+    found = CONDITION_OF_TYPE.get(newest, ("crackles",) if condition == "DAS" else ("wheezes",))
+    return found[0]
+
+
+# a rolling verdict listed as an alarm (dashboard.alarm_verdicts): the colour of its row's card
 VERDICT_STATE = {"CAS": "wheezes", "DAS": "crackles", "CAS & DAS": "wheezes",
                  "Poor Quality": "technical"}  # fmt: skip
-
-
-def _rate_out_of_range(respiration: dict[str, Any] | None) -> dict[str, str] | None:
-    """Breathing fast or slow by the last reading's rate against its age band's range."""
-    if not respiration or respiration.get("state") != "ok":
-        return None
-    values = [respiration.get(k) for k in ("rate_bpm", "low_bpm", "high_bpm")]
-    if not all(is_number(v) for v in values):
-        return None
-    rate, low, high = (float(v) for v in values if v is not None)
-    if rate > high:
-        return {"key": "tachypnoea", "text": f"{STATE_TEXT['tachypnoea']} ({rate:.0f}/min)"}
-    if rate < low:
-        return {"key": "bradypnoea", "text": f"{STATE_TEXT['bradypnoea']} ({rate:.0f}/min)"}
-    return None
 
 
 def event_row(event: Event, received_s: float) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """The ward view's memory: every event, verdict, breathing reading, bed summary and evidence
-clip it received, in SQLite, so the ward's history survives the view's restarts.
+clip it received, and the alarm conditions it lists, in SQLite, so the ward's history and its
+alarm list survive the view's restarts.
 
     store = History("out/ward/history.sqlite", max_age_days=30, max_evidence_mb=2000)
     store.add_event(event)                    # from the MQTT thread: queued, written in batches
     store.add_clip(clip)
     store.trend(device, stream, hours=6)      # per-hour counts for a bed's trend chart
     store.clip(episode_id)                    # a clip's header and FLAC, or None
+    store.set_alarm(device, stream, condition, record)  # the alarm list, as it changes
     store.restore()                           # at start: beds, open episodes, recent events
     store.close()
 
@@ -40,11 +42,12 @@ import itertools
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -86,6 +89,8 @@ class Restored:
     recent: list[Event]  # each bed's last events, oldest first
     readings: list[tuple[str, str, str, dict[str, Any]]]  # (device, stream, kind, body)
     clips: set[str]  # episodes that have evidence
+    alarms: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    #        (device, stream, condition record): the conditions the view listed
 
 
 class HistoryError(LungwatchError):
@@ -184,6 +189,20 @@ class History:
                   "UPDATE SET summary = excluded.summary, at_s = excluded.at_s",
                   (device_id, stream_id, json.dumps(summary), self.clock()))  # fmt: skip
 
+    def set_alarm(
+        self, device_id: str, stream_id: str, condition: str, record: dict[str, Any]
+    ) -> None:
+        """An alarm condition as the view lists it now (:meth:`lungwatch.alarms.
+        AlarmCondition.record`): replaces what was kept of it."""
+        self._put("INSERT INTO alarms VALUES (?,?,?,?,?) ON CONFLICT (device_id, stream_id, "
+                  "condition) DO UPDATE SET record = excluded.record, at_s = excluded.at_s",
+                  (device_id, stream_id, condition, json.dumps(record), self.clock()))  # fmt: skip
+
+    def drop_alarm(self, device_id: str, stream_id: str, condition: str) -> None:
+        """The condition left the view's list (acknowledged and over, or its bed gone)."""
+        self._put("DELETE FROM alarms WHERE device_id = ? AND stream_id = ? AND condition = ?",
+                  (device_id, stream_id, condition))  # fmt: skip
+
     def add_clip(self, clip: Clip) -> None:
         start = self._device_time(clip.start_utc)
         self._put("INSERT INTO clips VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", (
@@ -278,7 +297,8 @@ class History:
                 with self.backend.transaction(db):
                     db.execute(sql, row)
             except Exception as exc:  # counted, reported, the writer goes on
-                table = sql.split(" INTO ", 1)[-1].split(" ", 1)[0]
+                found = re.search(r"(?:INTO|FROM) (\w+)", sql)
+                table = found.group(1) if found else "?"
                 self._failure(f"a {table} row was not stored: {type(exc).__name__}: {exc}")
 
     def _failure(self, why: str) -> None:
@@ -384,10 +404,12 @@ class History:
                 "readings) AS r WHERE n <= ? ORDER BY at_s"), (RESTORED_READINGS,)
             ).fetchall()  # fmt: skip
             clips = {row[0] for row in db.execute("SELECT episode_id FROM clips")}
+            alarms = db.execute("SELECT device_id, stream_id, record FROM alarms").fetchall()
         return Restored(
             summaries=summaries,
             open_events=[Event.from_json(row[0]) for row in last],
             recent=[Event.from_json(row[0]) for row in recent],
             readings=[(d, s, k, json.loads(b)) for d, s, k, b in readings],
             clips=clips,
+            alarms=[(d, st, json.loads(r)) for d, st, r in alarms],
         )

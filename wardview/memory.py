@@ -8,10 +8,12 @@
   their episode;
 - **history** (:class:`wardview.history.History`): every event, verdict, breathing
   reading (at most one a minute per bed, and every change of state), summary and clip goes to
-  the store; at start the ward is rebuilt from it (names, open episodes, each bed's last
-  events, breathing and verdict), and the devices' retained messages bring it up to date: an
-  episode restored as open that its bed's next summary does not list ended while the view
-  was away, and leaves the alarm list.
+  the store, and so does every change of an alarm condition (:meth:`Ward.save_alarms`); at
+  start the ward is rebuilt from it (the alarm conditions as they were listed: alarming,
+  escalated, acknowledged by whom, their episode counts; names, open episodes, each bed's
+  last events, breathing and verdict), and the devices' retained messages bring it up to
+  date: an episode restored as open that its bed's next summary does not list ended while
+  the view was away.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class WardMemory:
     _stored_reading: dict[tuple[str, str], tuple[float, str]]
 
     def _place(self, device_id: str, stream_id: str) -> tuple[Device, Bed]:
+        raise NotImplementedError  # the Ward's
+
+    def store_failed(self, why: str, reason: str = "not_stored") -> None:
         raise NotImplementedError  # the Ward's
 
     def _summary(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
@@ -130,6 +135,14 @@ class WardMemory:
     def restore(self, restored: Restored) -> None:
         """Rebuild the ward from the store (module doc)."""
         with self.lock:
+            for device_id, stream_id, record in restored.alarms:
+                try:
+                    _, bed = self._place(device_id, stream_id)
+                    self.book.restore(device_id, stream_id, record)
+                except (MessageError, ValueError, KeyError, TypeError) as exc:
+                    cond = record.get("condition") if isinstance(record, dict) else None
+                    self.store_failed(f"alarm {cond!r} of {device_id}/{stream_id} kept in the "
+                                      f"history could not be listed again: {exc}")  # fmt: skip
             for device_id, stream_id, summary in restored.summaries:
                 if is_segment(device_id) and is_segment(stream_id):
                     _, bed = self._place(device_id, stream_id)

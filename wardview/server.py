@@ -274,6 +274,7 @@ class DashboardServer:
             self._socket.close()
         self.feed.stop()
         if self.history is not None:
+            self.ward.save_alarms()  # the list as it is now: a restart lists it again
             self.history.close()
 
     def __enter__(self) -> DashboardServer:

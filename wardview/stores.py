@@ -17,7 +17,9 @@ store written by a newer lungwatch (a higher version) is refused, naming both ve
 
 - 1: events, readings, beds, clips, meta (SQLite files from before versions were kept hold it
   when ``readings`` lacks ``received_s``);
-- 2: ``readings.received_s``, the view's clock, so pruning never trusts a device's.
+- 2: ``readings.received_s``, the view's clock, so pruning never trusts a device's;
+- 3: ``alarms``, the alarm conditions the view lists (one row per bed and condition, its
+  record as JSON), so a restarted view lists what it listed.
 
 Types: SQLite's INTEGER / REAL / TEXT / BLOB are PostgreSQL's BIGINT / DOUBLE PRECISION /
 TEXT / BYTEA (REAL there is 4 bytes, too coarse for epoch seconds); ``events.seq`` is a
@@ -36,8 +38,8 @@ from typing import Any, ClassVar
 from lungwatch.errors import LungwatchError
 from lungwatch.private import create_private
 
-SCHEMA_VERSION = 2
-_TABLES_V2 = """
+SCHEMA_VERSION = 3
+_TABLES = """
 CREATE TABLE IF NOT EXISTS events (
     seq {serial},  -- the order received
     id TEXT NOT NULL UNIQUE,
@@ -85,6 +87,14 @@ CREATE TABLE IF NOT EXISTS clips (
     bytes {integer} NOT NULL,
     header TEXT NOT NULL,
     flac {blob} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    device_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    condition TEXT NOT NULL,
+    record TEXT NOT NULL,  -- lungwatch.alarms.AlarmCondition.record(), JSON
+    at_s {real} NOT NULL,  -- the view's clock when it was written
+    PRIMARY KEY (device_id, stream_id, condition)
 )
 """
 
@@ -114,9 +124,9 @@ class Backend:
         return text
 
     def statements(self) -> list[str]:
-        """The version-2 schema's statements for this engine (split at ``;``: no comment in
-        the schema holds one)."""
-        text = _TABLES_V2.format(**self.types)
+        """The current schema's statements for this engine (split at ``;``: no comment in
+        the schema holds one); each creates only what is missing."""
+        text = _TABLES.format(**self.types)
         return [part.strip() for part in text.split(";") if part.strip()]
 
     def lock(self, db: Any) -> None:

@@ -157,7 +157,9 @@ class Ward(WardMemory):
         self._dirty_devices: set[str] = set()
         self._dirty_beds: set[tuple[str, str]] = set()
         self._dirty_alarms = False
-        self._alarm_signature: tuple[Any, ...] = ((),)  # an empty book's
+        self._alarm_signature: tuple[Any, ...] = ((), ())  # an empty book's
+        # each bed's rows of the alarm list last made: its card is drawn from them
+        self._bed_rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.alarms_every_s = alarms_every_s
         self._alarms_sent_s = -math.inf
         self._status_sent: dict[str, Any] | None = None
@@ -491,10 +493,26 @@ class Ward(WardMemory):
             # conditions rise (escalation) and leave (hold_s) with time alone: pushed too
             now_s = self.clock()
             late = tuple(sorted(k for k, t in self.pending_acks.items() if now_s - t > ACK_LATE_S))
-            signature = (*self.book.signature(now_s), late)
+            signature = (tuple(sorted(self.book.signature(now_s).items())), late)
             if signature != self._alarm_signature:
                 self._alarm_signature = signature
                 self._dirty_alarms = True
+            self.save_alarms()
+
+    def save_alarms(self) -> None:
+        """The alarm conditions that changed or left since the last call, to the history
+        store (each as its record; gone ones deleted), so a restarted view lists them as
+        they were. Called with every liveness check and when the view stops."""
+        with self.lock:
+            changed = self.book.take_changed()
+            if self.history is None:
+                return
+            for key in sorted(changed):
+                cond = self.book.get(key)
+                if cond is None:
+                    self.history.drop_alarm(*key)
+                else:
+                    self.history.set_alarm(*key, cond.record())
 
     def _set_silent(self, device: Device, silent: bool) -> None:
         device.silent = silent
@@ -583,7 +601,26 @@ class Ward(WardMemory):
                 bed = self.devices[row["device_id"]].beds.get(row["stream_id"])
                 row["bed_name"] = bed.name if bed is not None else None
                 row["bed_location"] = bed.location if bed is not None else None
-            return ward_order(rows)
+            ordered = ward_order(rows)
+            self._take_bed_rows(ordered)
+            return ordered
+
+    def _take_bed_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Each bed's rows of the list just made (its card is drawn from them); a bed whose
+        card would read differently is pushed with the list."""
+        by_bed: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in rows:
+            by_bed.setdefault((row["device_id"], row["stream_id"]), []).append(row)
+        for key in set(self._bed_rows) | set(by_bed):
+            new = by_bed.get(key, [])
+            if bed_state(True, new) != bed_state(True, self._bed_rows.get(key, [])):
+                device = self.devices.get(key[0])
+                if device is not None and key[1] in device.beds:
+                    self._dirty_beds.add(key)
+            if new:
+                self._bed_rows[key] = new
+            else:
+                self._bed_rows.pop(key, None)
 
     def _verdict_alarms(self) -> list[dict[str, Any]]:
         """A row per bed whose verdict is one of ``verdict_alarms`` (nothing to acknowledge:
@@ -600,7 +637,8 @@ class Ward(WardMemory):
                     "text": f"verdict {bed.verdict['label']}", "kind": "verdict",
                     "priority": self.verdict_priority, "base_priority": self.verdict_priority,
                     "escalated": False, "state": "verdict", "latched": False,
-                    "first_onset_utc": since, "last_episode_utc": since, "episodes": 0,
+                    "first_onset_utc": since, "last_episode_utc": since, "raised_utc": since,
+                    "life_threatening": False, "last_type": "", "episodes": 0,
                     "open_episodes": [], "active": True, "types": [], "episode_id": None,
                     "clips": 0, "acknowledged_by": None, "condition_end_utc": None,
                     "device_online": device.online is not False, "ack_sent": False,
@@ -632,7 +670,10 @@ class Ward(WardMemory):
             "device_id": device.device_id,
             "stream_id": bed.stream_id,
             "state": bed_state(
-                device.online, list(bed.open.values()), device.silent, bed.respiration, bed.verdict
+                device.online,
+                self._bed_rows.get((device.device_id, bed.stream_id), []),
+                device.silent,
+                bed.respiration,
             ),
             "events": [{**e, "evidence": e["episode_id"] in self.clips} for e in bed.events],
             "open": len(bed.open),
@@ -654,6 +695,7 @@ class Ward(WardMemory):
         """The whole ward (devices, beds with their live strips, alarms, counts)."""
         with self.lock:
             devices = [self.devices[d] for d in sorted(self.devices, key=_natural)]
+            alarms = self.alarms()  # first: the beds' cards are drawn from its rows
             return {
                 "site": self.site,
                 "devices": [self.device_view(d) for d in devices],
@@ -662,7 +704,7 @@ class Ward(WardMemory):
                     for d in devices
                     for b in sorted(d.beds, key=_natural)
                 ],
-                "alarms": self.alarms(),
+                "alarms": alarms,
                 "counts": dict(self.counts),
                 "rejected_reasons": dict(self.rejected_reasons),
                 "last_rejected": self.last_rejected,
@@ -684,6 +726,7 @@ class Ward(WardMemory):
             changed = self._dirty_devices or self._dirty_beds or alarms_due or self._live
             if not (changed or status_changed):
                 return None
+            alarms = self.alarms() if alarms_due else None  # first: the cards follow its rows
             changes: dict[str, Any] = {
                 "devices": [self.device_view(self.devices[d]) for d in sorted(self._dirty_devices)],
                 "beds": [
@@ -692,10 +735,10 @@ class Ward(WardMemory):
                 ],
                 "live": self._live,
             }
-            if alarms_due:
+            if alarms is not None:
                 self._alarms_sent_s = self.monotonic()
                 self._dirty_alarms = False
-                changes["alarms"] = self.alarms()
+                changes["alarms"] = alarms
             if alarms_due or status_changed:  # the header's counts and broker, at once
                 changes.update(status)
                 self._status_sent = status

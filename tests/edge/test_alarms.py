@@ -10,7 +10,7 @@ import pytest
 from edge.bed.detector import Lifecycle
 from lungwatch.alarms import AlarmBook, AlarmSettings, ListedEpisode, condition_of
 from lungwatch.errors import ConfigError
-from lungwatch.events import Event
+from lungwatch.events import Event, kind_of
 from tests.edge.brokers import SHA256
 
 SITE, DEVICE = "ward-3", "dev-1"
@@ -22,7 +22,7 @@ def episode(type_: str, bed: str = "bed-1", second: int = 0, priority: str | Non
         "start_utc": f"2026-05-09T07:{second // 60:02d}:{second % 60:02d}.000Z",
         "start_sample": 8000 * second, "detail": {"key": f"{type_}@{8000 * second}"},
     }  # fmt: skip
-    if type_ in ("Fine Crackle", "Coarse Crackle", "Wheeze", "Rhonchi", "Stridor", "apnoea"):
+    if kind_of(type_) == "physiological":
         values.update(confidence=0.9, model_id="edge-test", model_sha256=SHA256)
     if priority is not None:
         values["priority"] = priority
@@ -60,8 +60,8 @@ def test_conditions_group_a_beds_episodes_by_finding() -> None:
     assert das["types"] == ["Coarse Crackle"]
 
 
-def test_a_condition_alarms_until_acknowledged_then_leaves_hold_s_after_its_episodes() -> None:
-    book = AlarmBook(AlarmSettings(hold_s=30.0))
+def test_a_condition_alarms_until_acknowledged_then_leaves_hold_s_after_it_is_over() -> None:
+    book = AlarmBook(AlarmSettings(hold_s=30.0, continues_s=60.0))
     crackle = episode("Fine Crackle")
     book.take(crackle, 0.0)
     book.take(end(crackle), 5.0)
@@ -69,16 +69,70 @@ def test_a_condition_alarms_until_acknowledged_then_leaves_hold_s_after_its_epis
     assert (row["state"], row["open_episodes"]) == ("alarming", [])  # latched as a condition
     other = episode("Coarse Crackle", second=600)
     book.take(other, 600.0)
-    book.acknowledge(DEVICE, "bed-1", "DAS", 610.0)
+    book.acknowledge(DEVICE, "bed-1", "DAS", 610.0, "nurse")
     assert book.conditions(611.0)[0]["state"] == "acknowledged"
     book.take(end(other), 620.0)
-    assert book.conditions(640.0)[0]["state"] == "ended"
-    assert book.conditions(651.0) == []
+    # crackles recur over breaths: the finding continues continues_s after the last one
+    assert book.conditions(679.0)[0]["state"] == "acknowledged"
+    assert book.conditions(681.0)[0]["state"] == "ended"
+    assert book.conditions(709.0) != []
+    assert book.conditions(711.0) == []  # over at 680, held 30 s, gone
     lone = episode("Wheeze", second=700)
     book.take(lone, 700.0)
     book.take(end(lone), 701.0)
-    book.acknowledge(DEVICE, "bed-1", "CAS", 702.0)
-    assert book.conditions(702.0) == []  # acknowledged with its episodes over: gone at once
+    book.acknowledge(DEVICE, "bed-1", "CAS", 800.0)
+    assert book.conditions(800.0) == []  # acknowledged once it was over: gone at once
+
+
+def test_an_acknowledged_finding_that_recurs_stays_one_quiet_row() -> None:
+    """A crackle every few breaths after the nurse acknowledged: the row stays, acknowledged
+    by her, its episodes counted (it left and came back with each crackle, losing who)."""
+    book = AlarmBook(AlarmSettings(realarm_s=600.0, continues_s=60.0))
+    first = episode("Fine Crackle", second=0)
+    book.take(first, 0.0)
+    book.take(end(first), 1.0)
+    book.acknowledge(DEVICE, "bed-1", "DAS", 2.0, "nurse")
+    for second in range(8, 90, 8):  # over 90 s, each over before the next
+        crackle = episode("Fine Crackle", second=second)
+        book.take(crackle, float(second))
+        [row] = book.conditions(second + 0.5)
+        assert (row["state"], row["acknowledged_by"]) == ("acknowledged", "nurse"), second
+        book.take(end(crackle), second + 1.0)
+        [row] = book.conditions(second + 4.0)
+        assert (row["state"], row["acknowledged_by"]) == ("acknowledged", "nurse"), second
+    assert book.conditions(90.0)[0]["episodes"] == 12
+
+
+def test_an_acknowledgement_quiets_a_continuing_finding_until_realarm_s() -> None:
+    book = AlarmBook(AlarmSettings(realarm_s=100.0, hold_s=10.0, continues_s=60.0))
+    first = episode("Wheeze", second=0)
+    book.take(first, 0.0)
+    assert book.acknowledge(DEVICE, "bed-1", "CAS", 5.0) is not None
+    second = episode("Rhonchi", second=30)
+    book.take(second, 30.0)
+    [row] = book.conditions(31.0)
+    assert (row["state"], row["episodes"]) == ("acknowledged", 2)
+    book.take(end(first), 40.0)
+    book.take(end(second), 41.0)
+    book.take(episode("Wheeze", second=70), 70.0)  # it continues, inside 100 s: quiet
+    assert book.conditions(71.0)[0]["state"] == "acknowledged"
+    book.take(episode("Wheeze", second=110), 110.0)  # 105 s after the acknowledgement
+    [row] = book.conditions(111.0)
+    assert (row["state"], row["episodes"]) == ("alarming", 4)
+
+
+def test_a_finding_that_is_over_and_starts_again_is_a_new_condition() -> None:
+    book = AlarmBook(AlarmSettings(realarm_s=600.0, continues_s=60.0))
+    first = episode("Wheeze", second=0)
+    book.take(first, 0.0)
+    book.take(end(first), 2.0)
+    book.acknowledge(DEVICE, "bed-1", "CAS", 10.0, "nurse")
+    assert book.conditions(63.0) == []
+    again = episode("Wheeze", second=120)  # 110 s after the acknowledgement: a new condition
+    book.take(again, 120.0)
+    [row] = book.conditions(121.0)
+    assert (row["state"], row["episodes"], row["acknowledged_by"]) == ("alarming", 1, None)
+    assert row["first_onset_utc"] == again.start_utc
 
 
 def test_an_episode_ended_by_an_acknowledgement_on_the_device_acknowledges_its_condition() -> None:
@@ -90,59 +144,140 @@ def test_an_episode_ended_by_an_acknowledgement_on_the_device_acknowledges_its_c
     assert book.conditions(4.0) == []
 
 
-def test_the_newest_high_priority_alarm_is_first() -> None:
-    """Alarming before acknowledged before ended; then priority; then the newest episode."""
+@pytest.mark.parametrize("how", ["view", "device"])
+def test_a_new_apnoea_after_an_acknowledged_one_alarms_at_once(how: str) -> None:
+    """An apnoea that starts 68 s after the nurse acknowledged the bed's previous one is a
+    new alarm condition (IEC 60601-1-8: an acknowledgement applies to the condition present
+    when it is given): alarming, high, the top row, whatever ``realarm_s`` says."""
+    book = AlarmBook(AlarmSettings(realarm_s=600.0))
+    book.take(episode("Wheeze", bed="bed-2", second=0), 0.0)
+    first = episode("apnoea", second=10)
+    book.take(first, 10.0)
+    latched = first.ongoing(detail={**first.detail, "latched": True})
+    book.take(latched, 20.0)  # breathing again: latched on the device
+    if how == "view":
+        book.acknowledge(DEVICE, "bed-1", "apnoea", 30.0, "nurse")
+    detail = {**latched.detail, "ended_by": "acknowledge", "acknowledged_by": "nurse"}
+    book.take(latched.ended(latched.start_utc, latched.start_sample, detail=detail), 30.1)
+    assert [r["condition"] for r in book.conditions(31.0)] == ["CAS"]
+    second = episode("apnoea", second=98)
+    book.take(second, 98.0)  # 68 s after the acknowledgement
+    top = book.conditions(99.0)[0]
+    assert (top["stream_id"], top["condition"], top["state"], top["priority"]) == (
+        "bed-1", "apnoea", "alarming", "high",
+    )  # fmt: skip
+    assert top["acknowledged_by"] is None
+
+
+def test_a_high_condition_does_not_continue_past_its_episodes() -> None:
+    """Stridor acknowledged while heard, over, then heard again 5 s later: a new condition
+    (a continuing finding below high priority would be quiet)."""
+    book = AlarmBook(AlarmSettings(realarm_s=600.0, continues_s=60.0))
+    first = episode("Stridor", second=0)
+    book.take(first, 0.0)
+    book.acknowledge(DEVICE, "bed-1", "CAS", 1.0, "nurse")
+    second = episode("Stridor", second=2)  # while the first is heard: the same condition
+    book.take(second, 2.0)
+    assert book.conditions(2.5)[0]["state"] == "acknowledged"
+    book.take(end(first), 3.0)
+    book.take(end(second), 4.0)
+    book.take(episode("Stridor", second=9), 9.0)
+    [row] = book.conditions(9.5)
+    assert (row["state"], row["priority"]) == ("alarming", "high")
+
+
+def test_an_old_episodes_acknowledged_end_does_not_quiet_a_new_condition() -> None:
+    """The device confirms the acknowledge of the previous apnoea's latched episode only
+    after a new apnoea started (a device that was slow to confirm): the new one still alarms."""
+    book = AlarmBook()
+    first = episode("apnoea", second=0)
+    book.take(first, 0.0)
+    latched = first.ongoing(detail={**first.detail, "latched": True})
+    book.take(latched, 20.0)
+    book.acknowledge(DEVICE, "bed-1", "apnoea", 30.0, "nurse")  # sent; the device is slow
+    book.take(episode("apnoea", second=60), 60.0)
+    detail = {**latched.detail, "ended_by": "acknowledge", "acknowledged_by": "nurse"}
+    book.take(latched.ended(latched.start_utc, latched.start_sample, detail=detail), 61.0)
+    [row] = book.conditions(62.0)
+    assert (row["state"], row["episodes"]) == ("alarming", 1)
+
+
+def test_the_order_puts_apnoea_first_and_holds_still() -> None:
+    """Alarming before acknowledged before ended; then priority; within high, apnoea first;
+    then the condition that started alarming last. A new episode of a condition that
+    already alarms does not move it."""
     book = AlarmBook()
     book.take(episode("Wheeze", bed="bed-1", second=0), 0.0)  # medium
     book.take(episode("Stridor", bed="bed-2", second=10), 10.0)  # high
     book.take(episode("Fine Crackle", bed="bed-3", second=20), 20.0)  # low
+    book.take(episode("apnoea", bed="bed-5", second=25), 25.0)  # high, life-threatening
     book.take(episode("Wheeze", bed="bed-4", second=30), 30.0)  # medium, newer
-    book.take(episode("apnoea", bed="bed-5", second=40), 40.0)  # high, newest
+    book.take(episode("Stridor", bed="bed-6", second=35), 35.0)  # high, newer than apnoea
     order = [(r["stream_id"], r["priority"]) for r in book.conditions(41.0)]
-    assert order == [("bed-5", "high"), ("bed-2", "high"), ("bed-4", "medium"),
-                     ("bed-1", "medium"), ("bed-3", "low")]  # fmt: skip
-    book.acknowledge(DEVICE, "bed-5", "apnoea", 42.0, "nurse-a")
-    rows = book.conditions(43.0)
+    expected = [("bed-5", "high"), ("bed-6", "high"), ("bed-2", "high"), ("bed-4", "medium"),
+                ("bed-1", "medium"), ("bed-3", "low")]  # fmt: skip
+    assert order == expected
+    for second in range(42, 60, 3):  # more episodes of the older ones: nothing moves
+        book.take(episode("Wheeze", bed="bed-1", second=second), float(second))
+        book.take(episode("Stridor", bed="bed-2", second=second + 1), second + 1.0)
+        assert [(r["stream_id"], r["priority"]) for r in book.conditions(second + 2.0)] == expected
+    book.acknowledge(DEVICE, "bed-5", "apnoea", 62.0, "nurse-a")
+    rows = book.conditions(63.0)
     assert rows[-1]["stream_id"] == "bed-5"
     assert rows[-1]["state"] == "acknowledged"
     assert rows[-1]["acknowledged_by"] == "nurse-a"
 
 
-def test_after_an_acknowledgement_new_episodes_stay_quiet_until_realarm_s() -> None:
-    book = AlarmBook(AlarmSettings(realarm_s=100.0, hold_s=10.0))
-    first = episode("Wheeze", second=0)
-    book.take(first, 0.0)
-    assert book.acknowledge(DEVICE, "bed-1", "CAS", 5.0) is not None
-    second = episode("Rhonchi", second=30)
-    book.take(second, 30.0)
-    [row] = book.conditions(31.0)
-    assert (row["state"], row["episodes"]) == ("acknowledged", 2)
-    book.take(end(first), 40.0)
-    book.take(end(second), 41.0)
-    assert book.conditions(60.0) == []  # over, held 10 s, gone
-    book.take(episode("Wheeze", second=70), 70.0)  # the condition anew, still inside 100 s
-    assert book.conditions(71.0)[0]["state"] == "acknowledged"
-    book.take(episode("Wheeze", second=110), 110.0)  # 105 s after the acknowledgement
-    assert book.conditions(111.0)[0]["state"] == "alarming"
-
-
-def test_an_unacknowledged_condition_rises_one_priority_per_escalate_after_s() -> None:
-    book = AlarmBook(AlarmSettings(escalate_after_s=60.0))
-    book.take(episode("Fine Crackle"), 0.0)
-    book.take(episode("poor_signal", bed="bed-2"), 0.0)
-    at = {r["stream_id"]: r for r in book.conditions(59.0)}
-    assert (at["bed-1"]["priority"], at["bed-1"]["escalated"]) == ("low", False)
-    assert book.conditions(61.0)[0]["priority"] == "medium"
-    rows = {r["stream_id"]: r for r in book.conditions(125.0)}
-    assert (rows["bed-1"]["priority"], rows["bed-1"]["escalated"]) == ("high", True)
-    assert rows["bed-2"]["priority"] == "medium"  # technical: no higher than medium
-    assert rows["bed-1"]["base_priority"] == "low"
-    assert rows["bed-1"] == book.conditions(125.0)[0]  # escalated: first
-    book.acknowledge(DEVICE, "bed-1", "DAS", 130.0)
-    assert {r["stream_id"]: r["priority"] for r in book.conditions(131.0)}["bed-1"] == "low"
+def test_escalation_stops_at_medium_and_apnoea_stays_on_top() -> None:
+    """Ten minutes of unacknowledged advisory findings: crackles and a fast rate rise from
+    low to medium and no further; stridor keeps its own high; the apnoea raised at minute 8
+    is the top row through new crackle episodes (they sorted above it)."""
+    book = AlarmBook(AlarmSettings(escalate_after_s=300.0))
+    book.take(episode("Fine Crackle", bed="bed-1", second=0), 0.0)
+    book.take(episode("tachypnoea", bed="bed-2", second=1), 1.0)
+    book.take(episode("poor_signal", bed="bed-3", second=2), 2.0)
+    book.take(episode("Stridor", bed="bed-4", second=3), 3.0)
+    book.take(episode("apnoea", bed="bed-5", second=480), 480.0)
+    for second in range(481, 600, 7):
+        book.take(episode("Fine Crackle", bed="bed-1", second=second), float(second))
+        rows = book.conditions(second + 0.5)
+        assert (rows[0]["stream_id"], rows[0]["condition"]) == ("bed-5", "apnoea")
+    rows = {r["stream_id"]: r for r in book.conditions(650.0)}
+    assert {b: r["priority"] for b, r in rows.items()} == {
+        "bed-1": "medium", "bed-2": "medium", "bed-3": "medium", "bed-4": "high",
+        "bed-5": "high",
+    }  # fmt: skip
+    assert (rows["bed-1"]["escalated"], rows["bed-4"]["escalated"]) == (True, False)
+    book.acknowledge(DEVICE, "bed-1", "DAS", 651.0)
+    assert {r["stream_id"]: r["priority"] for r in book.conditions(652.0)}["bed-1"] == "low"
     never = AlarmBook(AlarmSettings(escalate_after_s=0.0))
     never.take(episode("Fine Crackle"), 0.0)
     assert never.conditions(1e6)[0]["priority"] == "low"
+
+
+def test_a_conditions_record_restores_it_as_it_was() -> None:
+    """What a view's store keeps: state, escalation, count, who acknowledged; its open
+    episodes are not counted twice when their messages come back."""
+    settings = AlarmSettings(escalate_after_s=60.0)
+    book = AlarmBook(settings)
+    crackle = episode("Fine Crackle", second=0)
+    book.take(crackle, 0.0)
+    book.take(end(crackle), 1.0)
+    wheeze = episode("Wheeze", bed="bed-2", second=5)
+    book.take(wheeze, 5.0)
+    book.acknowledge(DEVICE, "bed-2", "CAS", 6.0, "nurse")
+    book.add_clip(wheeze.episode_id)
+    records = {k: book.get(k).record() for k in book.take_changed() if book.get(k)}  # type: ignore[union-attr]
+    again = AlarmBook(settings)
+    for (device, bed, _), record in records.items():
+        again.restore(device, bed, record)
+    again.take(wheeze, 100.0)  # its message, from the view's store: not a new episode
+    before = {(r["stream_id"], r["condition"]): r for r in book.conditions(100.0)}
+    after = {(r["stream_id"], r["condition"]): r for r in again.conditions(100.0)}
+    assert after == before
+    assert after[("bed-1", "DAS")]["priority"] == "medium"  # escalated, still
+    assert after[("bed-2", "CAS")]["acknowledged_by"] == "nurse"
+    assert again.owner(wheeze.episode_id) == ("dev-1", "bed-2")
 
 
 def test_targets_clips_and_listed_episodes() -> None:

@@ -354,6 +354,82 @@ def test_names_alarms_and_evidence_survive_the_views_restart(where: str | Path) 
     store.close()
 
 
+def test_a_views_restart_lists_every_alarm_as_it_was(where: str | Path) -> None:
+    """Eleven conditions on six beds: unacknowledged ones whose episodes are over (some
+    escalated), technical ones (a lost breath signal, a poor signal), an acknowledged
+    crackle that continues, a latched apnoea, findings with many episodes. The view stops
+    and starts again on the same store: the same rows, states, priorities, escalations,
+    episode counts and who acknowledged (only alarms the device itself latched came back,
+    and escalation and counts started over). The devices' retained summaries that follow
+    change nothing; a new episode of a restored condition counts on from where it was."""
+    clock = Clock(NOW - 900)  # the view's clock: the episodes come as they happen
+    settings = AlarmSettings(escalate_after_s=300.0, hold_s=0.0)
+
+    def started(store: History) -> Ward:
+        ward = Ward(SITE, history=store, alarm_settings=settings, clock=clock)
+        ward.restore(store.restore())
+        return ward
+
+    store = History(where, clock=clock)
+    ward = started(store)
+    at = NOW - 900
+    for bed in ("bed-1", "bed-2"):  # breathing fast, long over, never acknowledged
+        fast = onset("tachypnoea", at, bed=bed)
+        assert send(ward, fast)
+        assert send(ward, ended(fast, at + 60))
+    for n in range(7):  # crackles on bed-3, each over before the next
+        crackle = onset("Fine Crackle", at + 10 * n, bed="bed-3")
+        assert send(ward, crackle)
+        assert send(ward, ended(crackle, at + 10 * n + 2))
+    clock.now = at + 100
+    for type_, bed in (("breath_signal_lost", "bed-4"), ("poor_signal", "bed-4")):
+        lost = onset(type_, at + 100, bed=bed)
+        assert send(ward, lost)
+        assert send(ward, ended(lost, at + 160))
+    wheeze = onset("Wheeze", at + 200, bed="bed-5")
+    assert send(ward, wheeze)
+    clock.now = NOW - 30
+    crackle = onset("Coarse Crackle", NOW - 40, bed="bed-5")
+    assert send(ward, crackle)
+    ward.acknowledge_sent(DEVICE, "bed-5", "DAS", "nurse")  # acknowledged while it goes on
+    assert send(ward, ended(crackle, NOW - 35))
+    apnoea = onset("apnoea", NOW - 20, bed="bed-6")
+    assert send(ward, apnoea)
+    assert send(ward, apnoea.ongoing(detail={**apnoea.detail, "latched": True}))
+    for type_ in ("Stridor", "Rhonchi"):
+        other = onset(type_, NOW - 15, bed="bed-6")
+        assert send(ward, other)
+        assert send(ward, ended(other, NOW - 14))
+    clock.now = NOW
+    keys = ("stream_id", "condition", "state", "priority", "escalated", "episodes",
+            "acknowledged_by", "first_onset_utc", "last_episode_utc", "latched")  # fmt: skip
+
+    def listed(ward: Ward) -> list[tuple[Any, ...]]:
+        return [tuple(row[k] for k in keys) for row in ward.alarms()]
+
+    before = listed(ward)
+    assert len(before) == 9
+    assert sum(r[4] for r in before) == 4
+    ward.check_liveness()  # the view's round: what changed goes to the store
+    store.close()
+
+    store = History(where, clock=clock)
+    ward = started(store)  # nothing from the broker yet
+    assert listed(ward) == before
+    # the devices' retained summaries: bed-6 still holds its latched apnoea, the others none
+    open_row = {"episode_id": apnoea.episode_id, "type": "apnoea", "kind": "physiological",
+                "priority": "high", "start_utc": apnoea.start_utc, "key": apnoea.detail["key"],
+                "latched": True}  # fmt: skip
+    for bed in ("bed-1", "bed-2", "bed-3", "bed-4", "bed-5", "bed-6"):
+        assert ward.handle(*summary(bed, [open_row] if bed == "bed-6" else []))
+    assert listed(ward) == before
+    more = onset("Fine Crackle", NOW + 5, bed="bed-3")
+    assert send(ward, more)
+    das = next(r for r in ward.alarms() if (r["stream_id"], r["condition"]) == ("bed-3", "DAS"))
+    assert (das["episodes"], das["state"], das["priority"]) == (8, "alarming", "medium")
+    store.close()
+
+
 def test_an_alarm_latched_before_the_view_started_is_listed_from_the_summary() -> None:
     ward = Ward(SITE, alarm_settings=AlarmSettings(hold_s=0.0))  # no history: a first start
     stridor = onset("Stridor", NOW - 100, priority="high")

@@ -166,7 +166,8 @@ def test_the_event_stream_starts_with_a_snapshot_naming_the_users_rights(
     assert snapshot["user"] == {"name": "porter", "can_acknowledge": False, "can_listen": True}
     assert snapshot["broker"]["connected"] is True
     assert [b["stream_id"] for b in snapshot["beds"]] == ["bed-2"]
-    assert snapshot["beds"][0]["state"] == {"key": "stridor", "text": "stridor (latched)"}
+    expected = {"key": "stridor", "text": "stridor · high alarm (latched)"}
+    assert snapshot["beds"][0]["state"] == expected
 
 
 def _dashboard_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

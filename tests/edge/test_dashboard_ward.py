@@ -16,7 +16,13 @@ from edge.sinks.live import LiveStrip, live_payload, live_topic
 from lungwatch.alarms import AlarmSettings
 from lungwatch.config import from_mapping
 from lungwatch.errors import ConfigError
-from lungwatch.events import Event, ack_payload, status_payload
+from lungwatch.events import (
+    Event,
+    ack_payload,
+    respiration_payload,
+    respiration_topic,
+    status_payload,
+)
 from lungwatch.passwords import hash_password, verify_password
 from tests.edge.brokers import SHA256
 from tests.edge.browser import user_entry
@@ -105,11 +111,14 @@ def test_a_beds_episodes_of_one_finding_are_one_alarm_condition() -> None:
 
 
 def test_an_ended_episodes_condition_alarms_until_acknowledged_and_its_rows_stay() -> None:
-    ward = Ward(SITE, events_per_bed=3, alarm_settings=AlarmSettings(hold_s=0.0))
+    now = [1000.0]
+    ward = Ward(SITE, events_per_bed=3, alarm_settings=AlarmSettings(hold_s=0.0),
+                clock=lambda: now[0])  # fmt: skip
     onset = finding("Wheeze", second=1)
     send(ward, onset)
     assert [a["episode_id"] for a in ward.alarms()] == [onset.episode_id]
     send(ward, onset.ended("2026-05-09T07:00:02.000Z", end_sample=16000))
+    now[0] += 120.0  # no wheeze since: the finding no longer continues
     [row] = ward.alarms()  # the condition alarms until someone acknowledges it
     assert (row["state"], row["open_episodes"]) == ("alarming", [])
     assert ward.acknowledgeable(DEVICE, "bed-1", "CAS")
@@ -127,10 +136,12 @@ def test_an_acknowledge_another_view_sent_reaches_this_view_through_the_device()
     """Two views of one ward: a nurse at the other acknowledges a condition whose episodes
     are over (the device has nothing to end); the device's ack message acknowledges it here
     too, naming her. A malformed ack or one for another bed is refused and counted."""
-    ward = Ward(SITE, alarm_settings=AlarmSettings(hold_s=0.0))
+    now = [1000.0]
+    ward = Ward(SITE, alarm_settings=AlarmSettings(hold_s=0.0), clock=lambda: now[0])
     onset = finding("Wheeze", second=1)
     send(ward, onset)
     send(ward, onset.ended("2026-05-09T07:00:02.000Z", end_sample=16000))
+    now[0] += 120.0  # no wheeze since: the finding no longer continues
     assert [row["state"] for row in ward.alarms()] == ["alarming"]
     topic = f"{ROOT}/bed-1/ack"
     bad = ack_payload(SITE, DEVICE, "bed-2", "CAS", "nurse-b", "2026-05-09T07:00:03.000Z", 0)
@@ -166,7 +177,7 @@ def test_latched_alarm_is_acknowledgeable_until_its_acknowledged_end_comes_back(
     [alarm] = ward.alarms()
     assert alarm["ack_sent"]
     assert (alarm["state"], alarm["acknowledged_by"]) == ("acknowledged", "nurse-a")
-    assert ward.snapshot()["beds"][0]["state"]["text"] == "stridor (latched)"
+    assert ward.snapshot()["beds"][0]["state"]["text"] == "stridor · acknowledged (latched)"
     ended = latched.ended(
         "2026-05-09T07:00:05.000Z",
         end_sample=40000,
@@ -207,21 +218,24 @@ def test_the_last_will_turns_the_device_and_its_beds_offline() -> None:
 
 
 def test_bed_state_text_for_each_condition() -> None:
+    """A card shows its bed's worst condition of the alarm list, with its priority and how
+    many more the bed has."""
     cases = [
-        ([finding("Wheeze")], "wheezes", "wheezes"),
-        ([finding("Fine Crackle")], "crackles", "crackles"),
-        ([finding("Coarse Crackle")], "crackles", "crackles"),
-        ([finding("Rhonchi")], "rhonchi", "rhonchi"),
-        ([finding("Stridor")], "stridor", "stridor"),
-        ([finding("Wheeze+Crackle")], "wheezes", "wheezes + crackles"),
-        ([finding("Wheeze"), finding("Stridor", second=1)], "stridor", "stridor + wheezes"),
+        ([finding("Wheeze")], "wheezes", "wheezes · medium alarm"),
+        ([finding("Fine Crackle")], "crackles", "crackles · low alarm"),
+        ([finding("Coarse Crackle")], "crackles", "crackles · low alarm"),
+        ([finding("Rhonchi")], "rhonchi", "rhonchi · low alarm"),
+        ([finding("Stridor")], "stridor", "stridor · high alarm"),
+        ([finding("Wheeze+Crackle")], "wheezes", "wheezes · medium alarm"),
+        ([finding("Wheeze"), finding("Stridor", second=1)], "stridor", "stridor · high alarm"),
         (
             [finding("Wheeze"), technical("poor_signal")],
-            "technical",
-            "technical condition: poor signal",
+            "wheezes",
+            "wheezes · medium alarm (+1 more)",
         ),
-        ([finding("tachypnoea")], "tachypnoea", "breathing fast"),
-        ([finding("apnoea"), technical("poor_signal")], "apnoea", "apnoea"),
+        ([technical("off_body")], "technical", "technical condition: off body · medium alarm"),
+        ([finding("tachypnoea")], "tachypnoea", "breathing fast · low alarm"),
+        ([finding("apnoea"), technical("poor_signal")], "apnoea", "apnoea · high alarm (+1 more)"),
         ([], "normal", "breathing normal"),
     ]
     for events, key, text in cases:
@@ -561,26 +575,55 @@ def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> 
     assert [b["stream_id"] for b in ward.snapshot()["beds"]] == ["bed-2"]  # nothing created
 
 
-def test_the_beds_state_never_contradicts_its_breathing_or_verdict() -> None:
-    """One state from everything the bed reports: no "breathing normal" beside a verdict of
-    findings, a rate out of range, an apnoea reading or a lost breath signal."""
-    from wardview.beds import bed_state
-
-    ok = {"state": "ok", "rate_bpm": 18.0, "low_bpm": 9.0, "high_bpm": 24.0}
-    assert bed_state(True, [], respiration=ok)["text"] == "breathing normal"
-    fast = {**ok, "rate_bpm": 31.0}
-    expected = {"key": "tachypnoea", "text": "breathing fast (31/min)"}
-    assert bed_state(True, [], respiration=fast) == expected
-    assert bed_state(True, [], respiration={**ok, "rate_bpm": 6.0})["key"] == "bradypnoea"
-    assert bed_state(True, [], respiration={"state": "apnoea"})["key"] == "apnoea"
-    lost = bed_state(True, [], respiration={"state": "signal_lost"})
-    assert lost == {"key": "technical", "text": "technical condition: breath signal lost"}
-    both = bed_state(True, [], respiration=ok, verdict={"label": "CAS & DAS"})
-    assert both == {"key": "wheezes", "text": "verdict CAS & DAS (no episode now)"}
-    assert bed_state(True, [], verdict={"label": "Normal"})["key"] == "normal"
-    # an open episode says more than the verdict; an apnoea more than anything but offline
-    assert bed_state(True, [finding("Fine Crackle")], verdict={"label": "CAS"})["key"] == "crackles"
-    assert bed_state(False, [], respiration={"state": "apnoea"})["key"] == "offline"
+def test_a_beds_card_and_its_alarm_rows_come_from_one_state() -> None:
+    """The card shows the bed's worst condition that the list shows, whatever else the bed
+    reports: a wheeze whose onset and end came together is a wheeze alarm on the card, not
+    the fast rate its breathing reading shows; a poor-signal alarm whose episode is over
+    (the live strip's quality 0.00) and a lost breath signal are technical alarms on the
+    card, not "breathing normal". Acknowledged, the card says so; over, the bed is normal.
+    Pushed with the list: the card changes in the update that changes the list."""
+    now = [1000.0]
+    ward = Ward(SITE, clock=lambda: now[0], alarms_every_s=0.0)
+    fast = {"state": "ok", "rate_bpm": 31.0, "low_bpm": 9.0, "high_bpm": 24.0, "confidence": 0.8,
+            "breaths": 15, "age_band": "adult", "utc": "2026-05-09T07:00:00.000Z"}  # fmt: skip
+    ward.handle(respiration_topic(SITE, DEVICE, "bed-1"),
+                respiration_payload(SITE, DEVICE, "bed-1", fast).encode())  # fmt: skip
+    assert ward.snapshot()["beds"][0]["state"]["text"] == "no alarm · breathing fast (31/min)"
+    wheeze = finding("Wheeze", second=1)
+    send(ward, wheeze)
+    send(ward, wheeze.ended("2026-05-09T07:00:02.000Z", end_sample=16000))
+    poor = technical("poor_signal", bed="bed-2")
+    send(ward, poor)
+    send(ward, poor.ended(poor.start_utc, poor.start_sample))
+    send(ward, technical("breath_signal_lost", bed="bed-3"))
+    now[0] += 300.0  # the wheeze and the poor signal are long over, still unacknowledged
+    changes = ward.take_changes()
+    assert changes is not None
+    cards = {b["stream_id"]: b["state"] for b in changes["beds"]}
+    assert cards == {
+        "bed-1": {"key": "wheezes", "text": "wheezes · medium alarm"},
+        "bed-2": {"key": "technical", "text": "technical condition: poor signal · medium alarm"},
+        "bed-3": {"key": "technical",
+                  "text": "technical condition: breath signal lost · medium alarm"},
+    }  # fmt: skip
+    first = {}
+    for row in changes["alarms"]:
+        first.setdefault(row["stream_id"], row)
+    for bed, row in first.items():  # the card's words are its bed's first row's
+        card = cards[bed]["text"]
+        assert row["priority"] in card
+        assert row["text"] in card or card.split(" ·")[0] in row["text"]
+    ward.acknowledge_sent(DEVICE, "bed-1", "CAS", "nurse")
+    changes = ward.take_changes()
+    assert changes is not None
+    assert [b["state"] for b in changes["beds"]] == [
+        {"key": "normal", "text": "no alarm · breathing fast (31/min)"}
+    ]  # acknowledged and over: gone from the list and from the card
+    send(ward, finding("Wheeze", second=40))
+    ward.acknowledge_sent(DEVICE, "bed-1", "CAS", "nurse")
+    changes = ward.take_changes()
+    assert changes is not None
+    assert changes["beds"][0]["state"]["text"] == "wheezes · acknowledged"
 
 
 def test_an_acknowledge_the_device_does_not_confirm_is_pushed_again_with_its_wait() -> None:

@@ -77,27 +77,32 @@ def ack(target: str, user: str) -> bytes:
 def test_a_conditions_life_is_one_report_per_change_under_one_alert_id(tmp_path: Path) -> None:
     clock = Clock()
     gate, outbox = intake(tmp_path / "q.sqlite", clock)
-    wheeze = make_events(2, site=SITE, device_id=DEVICE, stream_id=BED)
+    wheeze = make_events(2, site=SITE, device_id=DEVICE, stream_id=BED, priority="low")
     assert gate.handle(TOPIC, wheeze[0].to_json().encode()) == "queued"
     assert gate.tick() == 1  # start
     assert gate.tick() == 0  # nothing changed: nothing said
     assert gate.handle(TOPIC, wheeze[1].to_json().encode()) == "queued"  # one condition
     assert gate.tick() == 0
-    clock.now += 300.0  # unacknowledged for escalate_after_s: one priority up
+    clock.now += 300.0  # unacknowledged for escalate_after_s: one priority up (to medium)
     assert gate.tick() == 1
+    clock.now += 300.0  # and no further: a finding does not escalate above medium
+    assert gate.tick() == 0
     for event in wheeze:  # the episodes end; the condition stays latched, unacknowledged
         ended = event.ended("2026-05-09T07:00:09.000Z", event.start_sample + 8000)
         gate.handle(TOPIC, ended.to_json().encode())
     assert gate.tick() == 1
     assert gate.handle(ack_topic(SITE, DEVICE, BED), ack("CAS", "nurse-a")) == "taken"
+    assert gate.tick() == 1  # acknowledged: quiet while the finding continues (continues_s)
+    clock.now += 61.0
     assert gate.tick() == 1  # acknowledged and over: the condition ends
     assert gate.tick() == 0
     got = reports(outbox)
     assert [(r["phase"], r["state"], r["flags"]) for r in got] == [
-        ("start", "active", "PM~SP"),
-        ("escalate", "active", "PH~SP"),
-        ("update", "latched", "PH~SP"),
-        ("end", "inactive", "PH~SP"),
+        ("start", "active", "PL~SP"),
+        ("escalate", "active", "PM~SP"),
+        ("update", "latched", "PM~SP"),
+        ("update", "active", "PL~SP"),
+        ("end", "inactive", "PL~SP"),
     ]
     assert {r["type"] for r in got} == {"ORU^R40^ORU_R01"}
     assert len({r["alert"] for r in got}) == 1  # one alert from start to end
@@ -176,28 +181,32 @@ def test_a_restarted_gateway_neither_repeats_nor_loses_a_report(tmp_path: Path) 
     clock.now += 31.0
     assert gate.tick() == 0  # settled: the latched one taken back as it was
     gate.handle(ack_topic(SITE, DEVICE, BED), ack("DAS", "nurse-c"))
+    assert gate.tick() == 1  # acknowledged, then over once it no longer continues
+    clock.now += 61.0
     assert gate.tick() == 1
     got = reports(outbox)
     assert [(r["phase"], r["what"]) for r in got] == [
         ("start", "56018004^wheezes (CAS)^SCT"),
         ("start", "48409008^crackles (DAS)^SCT"),
+        ("update", "48409008^crackles (DAS)^SCT"),
         ("end", "48409008^crackles (DAS)^SCT"),
     ]
-    assert got[2]["alert"] == got[1]["alert"]
-    assert got[2]["by"] == "nurse-c"
+    assert got[3]["alert"] == got[1]["alert"]
+    assert got[3]["by"] == "nurse-c"
     assert list(outbox.notes()) == [f"alert/{DEVICE}/{BED}/CAS"]
 
 
 def test_the_alarm_reports_reach_the_receiver_with_who_acknowledged(tmp_path: Path) -> None:
     """Through real Mosquitto and the gateway's process to a real MLLP receiver: a bed's
-    wheeze raises its condition (start), its episode ends (latched), the device says it
-    took nurse-a's acknowledge (its ack message): the receiver holds start, update and end
-    of one alert, the last naming nurse-a, beside the PCD-01 finding messages."""
+    high-priority wheeze raises its condition (start), its episode ends (latched), the device
+    says it took nurse-a's acknowledge (its ack message): the receiver holds start, update
+    and end of one alert (a high condition does not continue past its episodes), the last
+    naming nurse-a, beside the PCD-01 finding messages."""
     (tmp_path / "state").mkdir(mode=0o700)
     broker, receiver = Mosquitto(tmp_path).start(), Receiver().start()
     gateway = start_gateway(gateway_yaml(tmp_path, broker.port, receiver.port, alarms=True))
     device = Device(broker.port)
-    onset = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+    onset = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED, priority="high")[0]
 
     def alerts() -> list[str]:
         return [t for t in receiver.accepted.values() if "ORU^R40" in t.split("\r")[0]]
