@@ -93,9 +93,13 @@ class DashboardConfig:
     # changes; nothing to acknowledge), at this priority
     alarm_verdicts: tuple[str, ...] = ()
     verdict_priority: str = "medium"
-    # how alarm conditions re-alarm after an acknowledgement, rise unacknowledged and leave
-    # the list once over (lungwatch.alarms: realarm_s, escalate_after_s, hold_s)
+    # how alarm conditions continue, re-alarm after an acknowledgement, rise unacknowledged
+    # and leave the list once over (lungwatch.alarms: continues_s, realarm_s,
+    # escalate_after_s, hold_s)
     alarms: AlarmSettings = field(default_factory=AlarmSettings)
+    # "Pause audio" on the page silences the alarm sound this long (a new high-priority
+    # condition ends the pause at once)
+    audio_pause_s: float = 120.0
     cert_file: str | None = None  # PEM certificate: serve HTTPS (users' passwords encrypted)
     key_file: str | None = None  # its private key (PEM), with cert_file
     # the site's command master key (``lungwatch access``): acknowledge commands are signed
@@ -189,6 +193,7 @@ class DashboardConfig:
             ("max_connections", 4, 10_000, "connections"),
             ("max_connections_per_address", 1, 10_000, "connections"),
             ("heartbeat_interval_s", 0.1, 60.0, "seconds"),
+            ("audio_pause_s", 1.0, 600.0, "seconds"),
             ("stale_after_s", 0.5, 86_400.0, "seconds"),
             ("max_message_bytes", 1024, 16 * 1024 * 1024, "bytes"),
             ("max_json_depth", 4, 200, "levels"),

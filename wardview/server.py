@@ -293,6 +293,7 @@ class DashboardServer:
             snapshot["user"] = {"name": user.name, "can_acknowledge": user.can_acknowledge,
                                 "can_listen": self.logins is not None}  # fmt: skip
             snapshot["heartbeat_s"] = self.config.heartbeat_interval_s
+            snapshot["audio_pause_s"] = self.config.audio_pause_s
             client.put(_sse("snapshot", snapshot))
             self._clients.add(client)
         return client

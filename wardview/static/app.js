@@ -92,6 +92,12 @@
     stopCounting(badge, text || (state === "live" ? "live" : "reconnecting…"));
     badge.className = "badge " + (state === "live" ? "on" : "off");
     document.body.classList.toggle("stream-down", state !== "live");
+    if (state !== "live") {  // what the server's broker link is, is not known meanwhile
+      const broker = $("#broker");
+      stopCounting(broker, "broker ?");
+      broker.className = "badge off";
+      broker.dataset.state = "unknown";
+    }
   }
 
   function renderBroker(broker) {
@@ -475,9 +481,26 @@
     const more = $("#alarms-more");
     more.hidden = showAllAlarms ? alarms.length <= ALARM_ROWS_SHOWN : rows.length >= alarms.length;
     more.textContent = showAllAlarms ? "Show the first beds only" :
-      `Show all ${alarms.length} (${alarms.length - rows.length} more below)`;
+      `Show all ${alarms.length} (${alarms.length - rows.length} not drawn)`;
     stampAfterPaint(window.lwAlarmShown, alarms.flatMap((a) => a.open_episodes || []));
+    afterPaint(countBelow);
     sound.update(alarms.concat(faultAlarms()));
+  }
+
+  // How many conditions are not in view: rows below the list's visible part (or below the
+  // window) and rows not drawn; said under the list, so nothing waits unseen below it.
+  function countBelow() {
+    const box = $("#alarms-scroll");
+    const bottom = Math.min(box.getBoundingClientRect().bottom, window.innerHeight);
+    let hidden = (ward.alarms || []).length - $("#alarms tbody").children.length;
+    for (const tr of $("#alarms tbody").children) {
+      if (tr.getBoundingClientRect().bottom > bottom + 1) hidden += 1;
+    }
+    const below = $("#alarms-below");
+    below.hidden = hidden <= 0;
+    below.dataset.count = String(Math.max(0, hidden));
+    below.textContent = hidden > 0 ? `▼ ${hidden} more alarm condition(s) below: scroll the list` : "";
+    fitPanel();  // the list's height changed with its rows
   }
 
   // Put ``rows`` into ``body`` in order, moving or replacing only what differs (a busy
@@ -496,7 +519,10 @@
     let text = a.state === "acknowledged" ? `acknowledged${a.acknowledged_by ? ` by ${a.acknowledged_by}` : ""}`
       : a.state === "ended" ? "over" : "ALARM";
     if (a.escalated) text += ` (raised from ${a.base_priority}: not acknowledged)`;
-    if (a.latched) text += ` · latched (condition ended ${clock(a.condition_end_utc)})`;
+    if (a.latched) {  // where the condition ended, when the device said (a summary does not)
+      text += a.condition_end_utc ? ` · latched (condition ended ${clock(a.condition_end_utc)})`
+        : " · latched";
+    }
     if (a.ack_sent && a.ack_waiting_s !== null && a.ack_waiting_s > ACK_CONFIRM_S) {
       text += ` · the device has not confirmed the acknowledge for ${Math.round(a.ack_waiting_s)} s:` +
         " it refuses commands it cannot verify (its commands.key_file, docs/security.md) or is unreachable";
@@ -507,7 +533,7 @@
   }
 
   function alarmRow(a, canAck, head) {
-    const tr = el("tr", `prio-${a.priority} st-${a.state} ${head ? "bed-head" : "bed-more"}`);
+    const tr = el("tr", `prio-${a.priority} st-${a.state} ${head ? "bed-first" : "bed-more"}`);
     tr.dataset.condition = a.condition;
     tr.dataset.type = a.condition;
     tr.dataset.episode = a.episode_id || "";
@@ -516,6 +542,7 @@
     tr.dataset.device = a.device_id;
     tr.dataset.stream = a.stream_id;
     tr.dataset.state = a.state;
+    tr.dataset.raised = a.raised_utc || "";
     tr.dataset.latched = a.latched ? "true" : "false";
     tr.append(el("td", `prio ${a.priority}`, a.priority));
     const bed = el("td", "bed-name", head ? bedLabel(a) : "↳");
@@ -523,7 +550,9 @@
     bed.title = `${bedLabel(a)}, stream ${a.stream_id}`;
     tr.append(bed);
     tr.append(el("td", null, head ? a.device_id + (a.device_online ? "" : " (offline)") : ""));
-    const what = el("td", "condition", a.kind === "technical" ? `${a.text} (technical)` : a.text);
+    // a wheeze family's row says when its newest episode was stridor or rhonchi
+    const named = ["Stridor", "Rhonchi"].includes(a.last_type) ? ` · ${a.last_type.toLowerCase()}` : "";
+    const what = el("td", "condition", a.kind === "technical" ? `${a.text} (technical)` : a.text + named);
     if (a.episodes > 1) what.append(el("span", "episodes", ` · ${a.episodes} episodes`));
     tr.append(what);
     const since = el("td", "since", `${clock(a.first_onset_utc)} `);
@@ -553,36 +582,48 @@
   // -- alarm signals: IEC 60601-1-8 priority patterns, sounded with the Web Audio API ------
   // high: two bursts of five pulses, again every 10 s; medium: one burst of three pulses,
   // every 20 s; low: one burst of two pulses, once when a low condition starts alarming.
-  // Browsers let a page sound only after a gesture: the "Enable alarm sound" button (shown
-  // at login until pressed) makes the AudioContext. "Pause audio" silences for two minutes
-  // (shown, counting down, ending by itself). Technical conditions come with their own
+  // One pattern sounds at a time, the highest alarming condition's: a pattern of the same
+  // priority is never started over one still sounding, and a higher one cuts a lower one
+  // short. Browsers let a page sound only after a gesture: the "Enable alarm sound" button
+  // (shown at login until pressed) makes the AudioContext. "Pause audio" silences for the
+  // view's audio_pause_s (shown, counting down, ending by itself); a new high-priority
+  // condition ends the pause at once and sounds. Technical conditions come with their own
   // (lower) priority from the device. The title and, where allowed, a notification say so too.
+  // Every pulse goes through one gain node and an AnalyserNode to the speakers: what the
+  // page sounds can be measured where it leaves the page.
   const PATTERNS = {
     high: { hz: 880, bursts: [5, 5], every_ms: 10000, repeat: true },
     medium: { hz: 660, bursts: [3], every_ms: 20000, repeat: true },
     low: { hz: 523, bursts: [2], every_ms: 0, repeat: false },
   };
-  const PAUSE_MS = 120000;
+  let pauseMs = 120000;  // the snapshot's audio_pause_s
   const TITLE = document.title;
   const sound = {
-    context: null, pausedUntil: 0, worst: null, lastAt: 0, announced: new Set(),
+    context: null, master: null, analyser: null, pausedUntil: 0, worst: null, lastAt: 0,
+    announced: new Set(), playing: null, live: 0, wasPaused: false,
     // for people and the tests: every pattern started {priority, pulses, at}
     log: [],
     enable() {
       const Context = window.AudioContext || window.webkitAudioContext;
       if (!Context) { $("#sound").textContent = "no audio in this browser"; return; }
-      if (!this.context) this.context = new Context();
+      if (!this.context) {
+        this.context = new Context();
+        this.master = this.context.createGain();
+        this.analyser = this.context.createAnalyser();
+        this.analyser.fftSize = 1024;
+        this.master.connect(this.analyser).connect(this.context.destination);
+      }
       this.context.resume();
       $("#sound").textContent = "Alarm sound on";
       $("#sound").classList.add("on");
-      $("#sound-pause").hidden = false;
       if (window.Notification && Notification.permission === "default") {
         Notification.requestPermission().catch(() => {});
       }
       this.update(soundedAlarms());
     },
     pause() {
-      this.pausedUntil = Date.now() + PAUSE_MS;
+      this.pausedUntil = Date.now() + pauseMs;
+      this.stopPlaying();
       this.tick();
     },
     alarming(alarms) {
@@ -590,14 +631,20 @@
     },
     update(alarms) {
       const live = this.alarming(alarms);
+      this.live = live.length;
       const worst = live.length ? live.reduce((w, a) => (PRIORITY[a.priority] < PRIORITY[w] ? a.priority : w), "low") : null;
       document.title = live.length ? `(${live.length}) ALARM ${worst.toUpperCase()} · ${TITLE}` : TITLE;
-      const fresh = live.filter((a) => !this.announced.has(conditionId(a) + a.priority));
-      for (const a of live) this.announced.add(conditionId(a) + a.priority);
+      // a condition anew (its raise) or at a new priority sounds at once
+      const instance = (a) => `${conditionId(a)}|${a.raised_utc || ""}|${a.priority}`;
+      const fresh = live.filter((a) => !this.announced.has(instance(a)));
+      for (const a of live) this.announced.add(instance(a));
       if (fresh.length && window.Notification && Notification.permission === "granted" && document.hidden) {
         const a = fresh[0];
         try { new Notification(`${a.priority} alarm: ${a.text}`, { body: bedLabel(a), tag: conditionId(a) }); } catch (e) { /* none */ }
       }
+      // a new high-priority condition ends audio pause (IEC 60601-1-8 lets it; a new apnoea
+      // must be heard whoever paused the sound for the ward's other alarms)
+      if (fresh.some((a) => a.priority === "high")) this.pausedUntil = 0;
       const rises = worst !== null && (this.worst === null || PRIORITY[worst] < PRIORITY[this.worst]);
       this.worst = worst;
       if (rises || fresh.length) this.lastAt = 0;  // a new or higher alarm sounds at once
@@ -606,19 +653,40 @@
     tick() {
       const pause = $("#sound-pause");
       const paused = Date.now() < this.pausedUntil;
-      pause.textContent = paused ? `Audio paused ${Math.ceil((this.pausedUntil - Date.now()) / 1000)} s` : "Pause audio 2 min";
+      pause.textContent = paused ? `Audio paused ${Math.ceil((this.pausedUntil - Date.now()) / 1000)} s`
+        : `Pause audio ${Math.round(pauseMs / 60000) >= 1 ? `${Math.round(pauseMs / 60000)} min` : `${Math.round(pauseMs / 1000)} s`}`;
       pause.classList.toggle("paused", paused);
+      pause.hidden = !this.context || (!paused && this.live === 0);  // nothing to pause
+      if (this.wasPaused && !paused) this.lastAt = 0;  // the pause is over: sound at once
+      this.wasPaused = paused;
       if (!this.context || paused || this.worst === null) return;
       const pattern = PATTERNS[this.worst];
       const due = this.lastAt === 0 || (pattern.repeat && Date.now() - this.lastAt >= pattern.every_ms);
       if (!due) return;
+      const sounding = this.playing !== null && this.context.currentTime < this.playing.until;
+      if (sounding && PRIORITY[this.playing.priority] <= PRIORITY[this.worst]) {
+        this.lastAt = this.playing.startedAt;  // this very pattern is sounding: it counts
+        return;
+      }
+      this.stopPlaying();  // a lower pattern gives way to a higher one
       this.lastAt = Date.now();
       this.play(this.worst, pattern);
     },
+    stopPlaying() {
+      if (this.playing === null) return;
+      const now = this.context.currentTime;
+      for (const { osc, gain } of this.playing.nodes) {
+        gain.gain.cancelScheduledValues(now);
+        gain.gain.setValueAtTime(0, now);
+        try { osc.stop(now); } catch (e) { /* already stopped */ }
+      }
+      this.playing = null;
+    },
     play(priority, pattern) {
       const ctx = this.context;
-      let t = ctx.currentTime + 0.05;
-      let pulses = 0;
+      const start = ctx.currentTime + 0.05;
+      let t = start;
+      const nodes = [];
       pattern.bursts.forEach((count, burst) => {
         for (let i = 0; i < count; i++) {
           const osc = ctx.createOscillator(), gain = ctx.createGain();
@@ -628,15 +696,16 @@
           gain.gain.linearRampToValueAtTime(0.3, t + 0.02);
           gain.gain.setValueAtTime(0.3, t + 0.13);
           gain.gain.linearRampToValueAtTime(0, t + 0.15);
-          osc.connect(gain).connect(ctx.destination);
+          osc.connect(gain).connect(this.master);
           osc.start(t);
           osc.stop(t + 0.16);
+          nodes.push({ osc, gain });
           t += 0.2;
-          pulses += 1;
         }
         if (burst < pattern.bursts.length - 1) t += 0.8;
       });
-      this.log.push({ priority, pulses, at: Date.now() });
+      this.playing = { priority, until: t, startedAt: Date.now(), nodes };
+      this.log.push({ priority, pulses: nodes.length, at: Date.now() });
     },
   };
   window.lwSound = sound;
@@ -645,6 +714,8 @@
     drawAlarms(ward.alarms);
   });
   $("#sound").addEventListener("click", () => sound.enable());
+  $("#alarms-scroll").addEventListener("scroll", countBelow);
+  window.addEventListener("resize", countBelow);
   $("#sound-pause").addEventListener("click", () => sound.pause());
   setInterval(() => sound.tick(), 1000);
 
@@ -693,7 +764,21 @@
     $("#evidence").hidden = which !== "evidence";
     $("#history").hidden = which !== "history";
     if (which !== "evidence") $("#evidence-audio").pause();
+    fitPanel();
   }
+
+  // The panel sits over the ward's bottom right, below the alarm list: it never covers a
+  // row or its Acknowledge button while the list is in view (its content scrolls instead).
+  const PANEL_MIN_PX = 240;
+  function fitPanel() {
+    const panel = $("#panel");
+    if (panel.hidden) return;
+    const list = $("#alarms-section").getBoundingClientRect().bottom;
+    const room = window.innerHeight - Math.max(0, list) - 24;
+    panel.style.maxHeight = `${Math.max(PANEL_MIN_PX, Math.min(room, window.innerHeight * 0.8))}px`;
+  }
+  window.addEventListener("resize", fitPanel);
+  window.addEventListener("scroll", fitPanel, { passive: true });
 
   function closePanel() {
     $("#evidence-audio").pause();
@@ -866,6 +951,7 @@
 
   function applySnapshot(snapshot) {
     heartbeatMs = (snapshot.heartbeat_s || heartbeatMs / 1000) * 1000;
+    pauseMs = (snapshot.audio_pause_s || pauseMs / 1000) * 1000;
     ward.user = snapshot.user;
     ward.site = snapshot.site;
     ward.devices.clear();
@@ -918,11 +1004,8 @@
     if (quietMs <= limitMs) return;
     const badge = $("#connection");
     if (!badge.dataset.quietAt) {
-      setConnection("stalled");
+      setConnection("stalled");  // the broker's state is not known meanwhile: "broker ?"
       counting(badge, "no heartbeat from the server for ", quietMs / 1000);
-      const broker = $("#broker");  // not known while the stream is down
-      stopCounting(broker, "broker ?");
-      broker.className = "badge off";
     }
     if (Date.now() - openedAt > limitMs) connect();
   }
