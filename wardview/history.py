@@ -411,5 +411,21 @@ class History:
             recent=[Event.from_json(row[0]) for row in recent],
             readings=[(d, s, k, json.loads(b)) for d, s, k, b in readings],
             clips=clips,
-            alarms=[(d, st, json.loads(r)) for d, st, r in alarms],
+            alarms=self._alarm_records(alarms),
         )
+
+    def _alarm_records(self, rows: list[Any]) -> list[tuple[str, str, dict[str, Any]]]:
+        """The alarm list's rows as records; one that is not a JSON object is left out,
+        reported (the others are listed)."""
+        records = []
+        for device_id, stream_id, text in rows:
+            try:
+                record = json.loads(text)
+            except ValueError as exc:
+                record = exc
+            if isinstance(record, dict):
+                records.append((str(device_id), str(stream_id), record))
+            else:
+                self._failure(f"an alarm of {device_id}/{stream_id} kept in the history cannot be "
+                              f"read and is not listed again ({record})")  # fmt: skip
+        return records

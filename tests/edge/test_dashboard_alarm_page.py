@@ -21,6 +21,7 @@ Skipped, with the reason, where Chromium, its driver or Mosquitto is missing.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,9 +99,10 @@ class Device:
 @contextmanager
 def ward_page(
     tmp_path: Path, width: int = 1280, height: int = 800, **dashboard: Any
-) -> Iterator[tuple[Any, Device]]:
+) -> Iterator[tuple[Any, Device, DashboardProcess]]:
     """A broker, ``lungwatch dashboard`` (no users: loopback, may acknowledge), a device
-    publisher and a Chromium on the page, the alarm sound spied on from before the load."""
+    publisher and a Chromium on the page (the alarm sound spied on from before the load),
+    and the view's process."""
     require_chromium()
     with Mosquitto(tmp_path) as broker:
         path = tmp_path / "view.yaml"
@@ -113,7 +115,7 @@ def ward_page(
             wait_until(lambda: driver.execute_script("return window.lwReady"), 15.0, "the page")
             device = Device(broker.port)
             try:
-                yield driver, device
+                yield driver, device, dashboard_process
             finally:
                 device.stop()
 
@@ -121,7 +123,8 @@ def ward_page(
 def test_the_alarm_table_reads_and_an_apnoea_is_its_top_visible_row(tmp_path: Path) -> None:
     """Eight beds with advisory, technical and high conditions escalating for a while (two
     escalation steps), then an apnoea on a ninth bed while crackles and wheezes go on."""
-    with ward_page(tmp_path, 1280, 800, alarms={"escalate_after_s": 1.5}) as (driver, device):
+    settings = {"alarms": {"escalate_after_s": 1.5}}
+    with ward_page(tmp_path, 1280, 800, **settings) as (driver, device, _):
         beds = (("bed-1", "Fine Crackle"), ("bed-2", "Wheeze"), ("bed-3", "tachypnoea"),
                 ("bed-4", "poor_signal"), ("bed-5", "Stridor"), ("bed-6", "Coarse Crackle"),
                 ("bed-7", "breath_signal_lost"), ("bed-8", "Rhonchi"))  # fmt: skip
@@ -174,7 +177,7 @@ def test_a_new_apnoea_is_heard_after_an_acknowledge_and_through_audio_pause(
     acknowledges it and the bed breathes again; a new apnoea 3 s later is a new alarm: top
     row, alarming, heard. She pauses the audio: silence; a new apnoea on another bed ends the
     pause and is heard. Through it all one pattern sounds at a time."""
-    with ward_page(tmp_path, audio_pause_s=30) as (driver, device):
+    with ward_page(tmp_path, audio_pause_s=30) as (driver, device, _):
         driver.find_element("id", "sound").click()  # the gesture browsers ask for
         assert driver.find_element("id", "sound").text == "Alarm sound on"
         assert driver.execute_script("return document.querySelector('#sound-pause').hidden")
@@ -230,7 +233,7 @@ def test_a_new_apnoea_is_heard_after_an_acknowledge_and_through_audio_pause(
 def test_at_the_end_of_audio_pause_one_pattern_sounds(tmp_path: Path) -> None:
     """Two apnoeas alarm; the nurse pauses the audio; when the pause runs out the high
     pattern sounds once, not twice over itself."""
-    with ward_page(tmp_path, audio_pause_s=3) as (driver, device):
+    with ward_page(tmp_path, audio_pause_s=3) as (driver, device, _):
         driver.find_element("id", "sound").click()
         driver.execute_script(LISTEN)
         device.onset("apnoea", "bed-1")
@@ -250,3 +253,61 @@ def test_at_the_end_of_audio_pause_one_pattern_sounds(tmp_path: Path) -> None:
         assert len(after) == 10, started  # one high pattern: two bursts of five
         assert overlapping_pulses(driver) == []
         assert bursts(heard_since(driver, paused[0] + 2900, 880.0)) >= 6
+
+
+CONTRAST = """
+const lum = (css) => { const [r, g, b] = css.match(/\\d+(\\.\\d+)?/g).slice(0, 3).map(Number)
+  .map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+const s = getComputedStyle(arguments[0]);
+const [a, b] = [lum(s.color), lum(s.backgroundColor)].sort((x, y) => y - x);
+return (a + 0.05) / (b + 0.05);
+"""
+SHOWN_BADGES = (  # the header's and devices' badges a person sees: [id or class, text]
+    "return [...document.querySelectorAll('.badge')].filter((b) => b.offsetParent !== null)"
+    ".map((b) => [b.id || b.className, b.textContent.trim()]);"
+)
+
+
+def test_the_header_and_badges_say_only_what_is_true(tmp_path: Path) -> None:
+    """No pause button while nothing alarms and no empty badge; the sound buttons' words
+    readable on their colours (WCAG 4.5:1); a latched alarm known only from its bed's
+    summary reads "latched", not "latched (condition ended )"; when the page's stream
+    breaks, the broker's state is not claimed ("broker ?" beside "reconnecting…")."""
+    from lungwatch.events import summary_payload, summary_topic
+
+    with ward_page(tmp_path) as (driver, device, view):
+        device.put(f"{ROOT}/metrics", json.dumps({
+            "schema_version": 1, "site": SITE, "device_id": DEVICE, "stream_id": "bed-1",
+            "utc": format_utc(time.time()), "metrics": {"frames": 1}}))  # fmt: skip
+        wait_until(lambda: driver.find_elements("css selector", "article.bed"), 10.0, "a bed")
+        shown = driver.execute_script(SHOWN_BADGES)
+        assert all(text for _, text in shown), shown
+        assert "sound-pause" not in [name for name, _ in shown]
+        sound = driver.find_element("id", "sound")
+        assert driver.execute_script(CONTRAST, sound) >= 4.5
+        sound.click()
+        assert sound.text == "Alarm sound on"
+        assert driver.execute_script(CONTRAST, sound) >= 4.5
+        assert not driver.find_element("id", "sound-pause").is_displayed()  # nothing alarms
+        row = {"episode_id": "ep-latched-1", "type": "apnoea", "kind": "physiological",
+               "priority": "high", "start_utc": format_utc(time.time() - 60),
+               "key": "apnoea@1", "latched": True}  # fmt: skip
+        body = {"name": "Bed 1", "location": "Bay A", "open": [row], "utc": format_utc(time.time())}
+        device.put(summary_topic(SITE, DEVICE, "bed-1"),
+                   summary_payload(SITE, DEVICE, "bed-1", body), True)  # fmt: skip
+        state = '#alarms tr[data-condition="apnoea"] td.alarm-state'
+        text = wait_until(lambda: driver.execute_script(
+            f"const c = document.querySelector('{state}'); return c && c.textContent;"),
+            10.0, "the latched apnoea")  # fmt: skip
+        assert text == "ALARM · latched", text
+        pause = driver.find_element("id", "sound-pause")
+        wait_until(pause.is_displayed, 5.0, "the pause button while an apnoea alarms")
+        assert driver.execute_script(CONTRAST, pause) >= 4.5
+        assert all(text for _, text in driver.execute_script(SHOWN_BADGES))
+        view.stop()  # the page's stream breaks
+        connection = "return document.querySelector('#connection').textContent"
+        wait_until(lambda: driver.execute_script(connection) == "reconnecting…", 10.0,
+                   "the page reconnecting")  # fmt: skip
+        broker = "return document.querySelector('#broker').textContent"
+        assert driver.execute_script(broker) == "broker ?"

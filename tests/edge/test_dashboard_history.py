@@ -430,6 +430,34 @@ def test_a_views_restart_lists_every_alarm_as_it_was(where: str | Path) -> None:
     store.close()
 
 
+def test_an_unreadable_alarm_in_the_store_costs_only_itself(where: str | Path) -> None:
+    """A row of the alarm list that is not a record (a damaged file, a hand edit) is left
+    out and reported as not stored; the other alarms are listed and the view starts."""
+    clock = Clock(NOW)
+    failures: list[str] = []
+    store = History(where, clock=clock)
+    ward = Ward(SITE, history=store, clock=clock)
+    assert send(ward, onset("Wheeze", NOW - 10))
+    ward.save_alarms()
+    store.set_alarm(DEVICE, "bed-2", "DAS", {"condition": "DAS"})  # fields missing
+    store.flush()
+    backend = store.backend
+    db = backend.connect()
+    with backend.transaction(db):
+        db.execute(backend.sql("INSERT INTO alarms VALUES (?,?,?,?,?)"),
+                   (DEVICE, "bed-3", "CAS", "{not json", NOW))  # fmt: skip
+    db.close()
+    store.close()
+    store = History(where, clock=clock, on_failure=failures.append)
+    ward = Ward(SITE, history=store, clock=clock)
+    ward.restore(store.restore())
+    assert [(r["stream_id"], r["condition"]) for r in ward.alarms()] == [("bed-1", "CAS")]
+    assert len(failures) == 1, failures
+    assert "bed-3" in failures[0]
+    assert ward.rejected_reasons == {"not_stored": 1}, ward.last_rejected
+    store.close()
+
+
 def test_an_alarm_latched_before_the_view_started_is_listed_from_the_summary() -> None:
     ward = Ward(SITE, alarm_settings=AlarmSettings(hold_s=0.0))  # no history: a first start
     stridor = onset("Stridor", NOW - 100, priority="high")
