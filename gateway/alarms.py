@@ -15,7 +15,9 @@ messages, and compares every condition with what it last reported of it:
 - a new condition: phase ``start``;
 - acknowledged (by whom the device says): ``update``, inactivation state
   ``alert-acknowledged``;
-- raised again after an acknowledgement: ``reactivate``;
+- raised again after an acknowledgement while it continues: ``reactivate``;
+- acknowledged, over and started again (a new condition): ``end`` of its alert, then
+  ``start`` of a new one;
 - priority up or down: ``escalate`` / ``de-escalate``;
 - its episodes over but not acknowledged: ``update``, alarm state ``latched``;
 - acknowledged and over, or its bed gone: ``end``, alarm state ``inactive``.
@@ -142,9 +144,11 @@ class AlarmFollower:
             self._listed.pop(bed, None)
             self._open.pop(bed, None)
 
-    def ack(self, device_id: str, stream_id: str, target: str, user: str) -> None:
+    def ack(
+        self, device_id: str, stream_id: str, target: str, user: str, utc: str | None = None
+    ) -> None:
         """A device took an acknowledge of ``target`` (a condition, or a type or key of one
-        of its episodes) by ``user``."""
+        of its episodes) by ``user`` at ``utc`` (the device's clock)."""
         now = self._clock()
         if self.book.find(device_id, stream_id, target) is None:
             # one reported before a restart and not yet taken back: taken back now
@@ -152,7 +156,7 @@ class AlarmFollower:
             last = self._reported.get(key)
             if last is not None and last.acknowledged_by is None:
                 self._take_back_one(key, last, now)
-        cond = self.book.device_took_ack(device_id, stream_id, target, now, user)
+        cond = self.book.device_took_ack(device_id, stream_id, target, now, user, utc)
         if cond is not None and cond.acknowledged_by == user:
             self._acked_by[(device_id, stream_id, cond.condition)] = user
 
@@ -166,6 +170,7 @@ class AlarmFollower:
             self._take_back(now)
         rows = {(r["device_id"], r["stream_id"], r["condition"]): r
                 for r in self.book.conditions(now)}  # fmt: skip
+        self.book.take_changed()  # the gateway keeps no store of the book: nothing to write
         queued = 0
         for key, row in rows.items():
             try:
@@ -203,6 +208,13 @@ class AlarmFollower:
         )  # fmt: skip
         if last is None:
             return 0 if state == "inactive" else self._report(key, now_reported, "start")
+        renewed = row["first_onset_utc"] != last.first_onset_utc
+        if renewed and acked is None and last.acknowledged_by is not None:
+            # acknowledged, over, and started again: a new condition is a new alert
+            ended = self._report(key, replace(last, alarm_state="inactive"), "end")
+            fresh = replace(now_reported, alert_id=uuid.uuid4().hex[:16].upper(), reports=0,
+                            first_onset_utc=row["first_onset_utc"])  # fmt: skip
+            return ended + self._report(key, fresh, "start")
         if (last.priority, last.alarm_state, last.acknowledged_by) == (
             now_reported.priority, state, acked,
         ):  # fmt: skip

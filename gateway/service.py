@@ -190,8 +190,8 @@ class Intake:
                 except ValueError as exc:
                     raise MessageError(str(exc)) from None
             else:
-                target, user, _ = ack_of(body or {})
-                self.alarms.ack(device_id, stream_id, target, user)
+                target, user, utc = ack_of(body or {})
+                self.alarms.ack(device_id, stream_id, target, user, utc)
         return "taken"
 
     def tick(self) -> int:

@@ -52,6 +52,7 @@ alarming and escalated conditions, who acknowledged what, and how many episodes 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,6 +75,7 @@ STATE_RANK = {"alarming": 0, "verdict": 0, "acknowledged": 1, "ended": 2}
 ESCALATION_CEILING = "medium"  # escalation lifts no condition above this (module doc)
 LIFE_THREATENING = ("apnoea",)  # first within their priority in the ward order
 MAX_RECORD_CLIPS = 16  # a condition's record keeps its newest clips' episodes
+MAX_RETIRED = 100_000  # episodes of conditions that left the list, remembered
 Key = tuple[str, str, str]  # device, bed, condition
 
 
@@ -232,6 +234,10 @@ class AlarmCondition:
     ended_s: float | None = None  # when its last live episode ended (None: one is live)
     seen: set[str] = field(default_factory=set)  # every episode id it has counted
     current: set[str] = field(default_factory=set)  # episodes since it last started alarming
+    # episodes a restored record had open that have not come back yet (the bed's summary
+    # says whether the device still holds them): the condition is held listed meanwhile
+    held: set[str] = field(default_factory=set)
+    alarm_utc: str = ""  # the newest episode that must be heard (a new life-threatening one)
     version: int = 0  # bumped by every change (the view is cached per version and priority)
     _view: tuple[tuple[int, str, str], dict[str, Any]] | None = None
 
@@ -253,8 +259,10 @@ class AlarmCondition:
         return self.ended_s is not None and now_s - self.ended_s < self.gap_s(settings)
 
     def gap_s(self, settings: AlarmSettings) -> float:
-        """How long after its last live episode the condition continues (0 for high)."""
-        return 0.0 if self.base_priority == "high" else settings.continues_s
+        """How long after its last live episode the condition continues (0 for a high or a
+        life-threatening one)."""
+        urgent = self.base_priority == "high" or self.condition in LIFE_THREATENING
+        return 0.0 if urgent else settings.continues_s
 
     def state(self, now_s: float, settings: AlarmSettings) -> str:
         """``alarming`` (until acknowledged, whether or not episodes are open: latched at the
@@ -262,7 +270,8 @@ class AlarmCondition:
         of it) or ``ended`` (acknowledged and over: listed ``hold_s``)."""
         if not self.acknowledged:
             return "alarming"
-        return "acknowledged" if self.open or self.continues(now_s, settings) else "ended"
+        held = self.open or self.held
+        return "acknowledged" if held or self.continues(now_s, settings) else "ended"
 
     @property
     def condition_end_utc(self) -> str | None:
@@ -302,6 +311,8 @@ class AlarmCondition:
             "first_onset_utc": self.first_onset_utc,
             "last_episode_utc": self.last_episode_utc,
             "raised_utc": self.raised_utc or self.first_onset_utc,
+            # what the page sounds anew: a new raise, or a new life-threatening episode
+            "alarm_utc": max(self.raised_utc or self.first_onset_utc, self.alarm_utc),
             "life_threatening": self.condition in LIFE_THREATENING,
             "episodes": self.episodes,
             "open_episodes": sorted(self.open),
@@ -329,8 +340,8 @@ class AlarmCondition:
             "raised_s": self.raised_s, "last_episode_s": self.last_episode_s,
             "episodes": self.episodes, "acknowledged": self.acknowledged,
             "acknowledged_s": self.acknowledged_s, "acknowledged_by": self.acknowledged_by,
-            "ended_s": self.ended_s, "open": sorted(self.open),
-            "current": sorted(self.current & set(self.open)),
+            "ended_s": self.ended_s, "open": sorted(set(self.open) | self.held),
+            "current": sorted(self.current & (set(self.open) | self.held)),
             "clips": self.clips[-MAX_RECORD_CLIPS:],
         }  # fmt: skip
 
@@ -355,12 +366,23 @@ class AlarmBook:
         self._episode_condition: dict[str, Key] = {}
         self._beds: dict[tuple[str, str], set[Key]] = {}  # a bed's conditions
         self._changed: set[Key] = set()  # changed or gone since :meth:`take_changed`
+        # episodes of conditions that are over and left the list (the newest kept): a late
+        # or repeated end of one of them starts nothing
+        self._retired: OrderedDict[str, None] = OrderedDict()
 
-    def take(self, event: Episode, now_s: float) -> AlarmCondition:
-        """One event message (an episode's onset, update or end) into its condition."""
+    def take(self, event: Episode, now_s: float) -> AlarmCondition | None:
+        """One event message (an episode's onset, update or end) into its condition (None:
+        the late end of an episode of a condition that is over, which changes nothing)."""
         key = (event.device_id, event.stream_id, condition_of(event.type))
         cond = self._conditions.get(key)
         new_episode = event.episode_id not in self._episode_condition
+        if new_episode and event.episode_id in self._retired:
+            if event.state == "ended":
+                return None  # a repeat, or a late end: its condition was over and left
+            del self._retired[event.episode_id]  # the device holds it again: counted anew
+        # a high or life-threatening episode is heard even in a condition acknowledged and
+        # continuing: a stridor among acknowledged wheezes, a new apnoea
+        urgent = event.priority == "high" or key[2] in LIFE_THREATENING
         if cond is None:
             cond = AlarmCondition(
                 event.device_id, event.stream_id, key[2], event.kind, event.priority,
@@ -383,8 +405,11 @@ class AlarmBook:
             if event.start_utc >= cond.last_episode_utc or not cond.last_type:
                 cond.last_type = event.type
             cond.last_episode_utc = max(cond.last_episode_utc, event.start_utc)
-            if cond.acknowledged and self._may_realarm(cond, now_s):
+            if cond.acknowledged and (urgent or self._may_realarm(cond, now_s)):
                 self._raise(cond, event, now_s)
+            if key[2] in LIFE_THREATENING:
+                cond.alarm_utc = max(cond.alarm_utc, event.start_utc)
+        cond.held.discard(event.episode_id)
         if event.state == "ended":
             cond.open.pop(event.episode_id, None)
             acknowledged_here = event.detail.get("ended_by") == "acknowledge"
@@ -412,7 +437,7 @@ class AlarmBook:
     def _raise(cond: AlarmCondition, event: Episode, now_s: float) -> None:
         cond.acknowledged, cond.raised_s, cond.raised_utc = False, now_s, event.start_utc
         cond.acknowledged_s, cond.acknowledged_by = None, ""
-        cond.current = set()
+        cond.current = {event.episode_id}  # the alarm from here on
 
     def _may_realarm(self, cond: AlarmCondition, now_s: float) -> bool:
         acked = cond.acknowledged_s
@@ -462,15 +487,46 @@ class AlarmBook:
         return cond
 
     def device_took_ack(
-        self, device_id: str, stream_id: str, target: str, now_s: float, user: str
+        self,
+        device_id: str,
+        stream_id: str,
+        target: str,
+        now_s: float,
+        user: str,
+        utc: str | None = None,
     ) -> AlarmCondition | None:
-        """A device says it took an acknowledge of ``target`` by ``user`` (any view's, or
-        one before this book started): the condition it names is acknowledged here too
-        unless it already is. The condition, or None: no such condition."""
+        """A device says it took an acknowledge of ``target`` by ``user`` at ``utc`` (any
+        view's, or one before this book started): the condition it names is acknowledged
+        here too unless it already is, or unless the acknowledge is older than the
+        condition's last raise (the device's clock both: a late or repeated confirmation of
+        an earlier alarm's acknowledge quiets no new one). The condition, or None: no such
+        condition."""
         cond = self.find(device_id, stream_id, target)
-        if cond is not None and not cond.acknowledged:
-            self.acknowledge(device_id, stream_id, target, now_s, user)
+        if cond is None or cond.acknowledged:
+            return cond
+        if utc is not None and cond.raised_utc and utc < cond.raised_utc:
+            return cond
+        self.acknowledge(device_id, stream_id, target, now_s, user)
         return cond
+
+    def retire(self, episode_ids: list[str]) -> None:
+        """Episodes of conditions that are over (a restarted view's stored events): a late
+        or repeated end of one of them starts nothing."""
+        for episode in episode_ids:
+            if episode not in self._episode_condition:
+                self._retired[episode] = None
+        while len(self._retired) > MAX_RETIRED:
+            self._retired.popitem(last=False)
+
+    def release_held(self, device_id: str, stream_id: str) -> None:
+        """The bed's device said which episodes it holds (its summary, or its withdrawal):
+        episodes a restored condition held that did not come back are gone."""
+        for key in self._beds.get((device_id, stream_id), ()):
+            cond = self._conditions[key]
+            if cond.held:
+                cond.held = set()
+                cond.version += 1
+                self._changed.add(key)
 
     def forget_bed(self, device_id: str, stream_id: str) -> None:
         """The bed is gone (its stream ended): its conditions leave with it."""
@@ -526,7 +582,8 @@ class AlarmBook:
         cond.ended_s = float(ended) if ended is not None else None
         cond.clips = [str(c) for c in record.get("clips", [])][-MAX_RECORD_CLIPS:]
         key = cond_key(cond)
-        cond.seen = {str(e) for e in record.get("open", [])} | set(cond.clips)
+        cond.held = {str(e) for e in record.get("open", [])}
+        cond.seen = cond.held | set(cond.clips)
         cond.current = {str(e) for e in record.get("current", [])}
         if cond.ended_s is None:  # it had live episodes: over unless they come back open
             cond.ended_s = cond.last_episode_s
@@ -558,6 +615,9 @@ class AlarmBook:
         self._changed.add(key)
         for episode in cond.seen:
             self._episode_condition.pop(episode, None)
+            self._retired[episode] = None
+        while len(self._retired) > MAX_RETIRED:
+            self._retired.popitem(last=False)
 
 
 def cond_key(cond: AlarmCondition) -> Key:

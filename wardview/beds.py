@@ -10,6 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from lungwatch.alarms import PRIORITY_RANK, STATE_RANK
 from lungwatch.events import Event, is_number
 
 # bed states, most important first; a bed shows the first that holds
@@ -113,8 +114,9 @@ def bed_state(
     contradicts it.
 
     Offline beats everything; then a silent device (no data: what the page showed may no
-    longer hold); then the bed's worst condition that is not over (alarming or acknowledged,
-    the list's first row of the bed), with its priority and how many more it has; else no
+    longer hold); then the bed's worst condition that is not over (alarming or acknowledged:
+    the highest priority, life-threatening first, alarming before acknowledged; among equals
+    the list's first), with its priority and how many more it has; else no
     alarm: ``breathing normal``, or what the breathing reading (``respiration``) says that is
     not an alarm (yet): ``no alarm · breathing fast (31/min)`` before the rate's alarm time
     has passed, ``no alarm · rate not assessed``.
@@ -126,7 +128,7 @@ def bed_state(
     listed = [r for r in rows if r["state"] != "ended"]
     if not listed:
         return _no_alarm(respiration)
-    row = listed[0]
+    row = min(listed, key=_severity)  # the first of the most severe in the list's order
     key = _state_key(row)
     if row["kind"] == "technical":
         text = f"{STATE_TEXT['technical']}: {row['text']}"
@@ -145,9 +147,20 @@ def bed_state(
     return {"key": key, "text": text}
 
 
+def _severity(row: dict[str, Any]) -> tuple[int, bool, int]:
+    """What the card shows first: priority, then life-threatening, then alarming before
+    acknowledged (an acknowledged apnoea that goes on outranks an alarming crackle)."""
+    return (PRIORITY_RANK[row["priority"]], not row.get("life_threatening"),
+            STATE_RANK[row["state"]])  # fmt: skip
+
+
 def _no_alarm(respiration: dict[str, Any] | None) -> dict[str, str]:
     """A bed with no alarm condition listed: what its breathing reading says."""
     reading = respiration or {}
+    if reading.get("state") == "apnoea":  # the reading before (or without) its alarm
+        return {"key": "apnoea", "text": "apnoea (breathing reading; no alarm listed)"}
+    if reading.get("state") == "signal_lost":
+        return {"key": "technical", "text": "breath signal lost (breathing reading)"}
     if reading.get("state") in ("assessing", "not_assessable"):
         return {"key": "normal", "text": "no alarm · rate not assessed"}
     values = [reading.get(k) for k in ("rate_bpm", "low_bpm", "high_bpm")]

@@ -65,6 +65,7 @@ FUTURE_TOLERANCE_S = 300.0  # a device time further ahead of the view's clock is
 PRUNE_EVERY_S = 60.0
 RECENT_EVENTS = 8  # per bed, restored at start
 RESTORED_READINGS = 720  # per bed and kind, restored at start (the page's trend)
+RESTORED_IDS = 100_000  # the newest event ids restored at start (duplicates are not taken)
 CAS = ("Wheeze", "Rhonchi", "Stridor")
 DAS = ("Fine Crackle", "Coarse Crackle")
 FAMILIES = {"CAS": CAS, "DAS": DAS, "breathing": ("apnoea", "tachypnoea", "bradypnoea")}
@@ -91,6 +92,8 @@ class Restored:
     clips: set[str]  # episodes that have evidence
     alarms: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     #        (device, stream, condition record): the conditions the view listed
+    event_ids: list[str] = field(default_factory=list)  # the newest messages' ids, oldest first
+    episode_ids: list[str] = field(default_factory=list)  # their episodes, oldest first
 
 
 class HistoryError(LungwatchError):
@@ -405,6 +408,8 @@ class History:
             ).fetchall()  # fmt: skip
             clips = {row[0] for row in db.execute("SELECT episode_id FROM clips")}
             alarms = db.execute("SELECT device_id, stream_id, record FROM alarms").fetchall()
+            ids = db.execute(self._sql("SELECT id, episode_id FROM events ORDER BY seq DESC "
+                                       "LIMIT ?"), (RESTORED_IDS,)).fetchall()  # fmt: skip
         return Restored(
             summaries=summaries,
             open_events=[Event.from_json(row[0]) for row in last],
@@ -412,6 +417,8 @@ class History:
             readings=[(d, s, k, json.loads(b)) for d, s, k, b in readings],
             clips=clips,
             alarms=self._alarm_records(alarms),
+            event_ids=[row[0] for row in reversed(ids)],
+            episode_ids=list(dict.fromkeys(row[1] for row in reversed(ids))),
         )
 
     def _alarm_records(self, rows: list[Any]) -> list[tuple[str, str, dict[str, Any]]]:

@@ -52,6 +52,9 @@ class WardMemory:
     def store_failed(self, why: str, reason: str = "not_stored") -> None:
         raise NotImplementedError  # the Ward's
 
+    def _remember(self, event_id: str) -> None:
+        raise NotImplementedError  # the Ward's
+
     def _summary(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
         if body.get("stream_id") != stream_id or not isinstance(body.get("open"), list):
             raise MessageError(f"summary must be for {stream_id!r} and list its open alarms")
@@ -60,17 +63,19 @@ class WardMemory:
         rows = open_rows(body)
         before, bed.summary_open = bed.summary_open, rows
         now = self.clock()
-        for episode_id, row in rows.items():  # alarms the view has no message of
-            if episode_id not in bed.open and episode_id not in before:
-                self.book.take(listed_episode(device_id, stream_id, row, "ongoing"), now)
-        for episode_id, row in before.items():  # no longer held (their ended went by)
-            if episode_id not in rows and episode_id not in bed.open:
-                self.book.take(listed_episode(device_id, stream_id, row, "ended"), now)
+        # what is over first (an acknowledged apnoea's end before a new one it lists)
         for episode_id in bed.restored - set(rows):  # ended while the view was away
             event = bed.open.pop(episode_id, None)
             if event is not None:
                 self.book.take(_ended(event), now)
         bed.restored &= set(rows)
+        for episode_id, row in before.items():  # no longer held (their ended went by)
+            if episode_id not in rows and episode_id not in bed.open:
+                self.book.take(listed_episode(device_id, stream_id, row, "ended"), now)
+        for episode_id, row in rows.items():  # alarms the view has no message of
+            if episode_id not in bed.open and episode_id not in before:
+                self.book.take(listed_episode(device_id, stream_id, row, "ongoing"), now)
+        self.book.release_held(device_id, stream_id)  # what a restored alarm held and is gone
         if self.history is not None:
             self.history.set_summary(device_id, stream_id, body)
         self._dirty_beds.add((device_id, stream_id))
@@ -89,6 +94,7 @@ class WardMemory:
                 if event is not None:
                     self.book.take(_ended(event), now)
             bed.restored = set()
+            self.book.release_held(device_id, stream_id)
             self._dirty_beds.add((device_id, stream_id))
             self._dirty_alarms = True
 
@@ -167,6 +173,11 @@ class WardMemory:
             self.clips |= restored.clips
             for episode_id in restored.clips:
                 self.book.add_clip(episode_id)
+            # the messages already taken (a broker's or a device spool's repeat after the
+            # restart is one), and episodes whose condition is over: their late end is nothing
+            for event_id in restored.event_ids:
+                self._remember(event_id)
+            self.book.retire(restored.episode_ids)
             self._dirty_alarms = True
 
 

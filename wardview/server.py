@@ -21,10 +21,12 @@ limit; every response carries its security headers; failed logins are bounded by
 - ``GET /api/evidence/<episode>[.flac|.png]`` and ``GET /api/trend/<device>/<bed>?hours=N``:
   an event's audio, picture and description, a bed's history (:mod:`wardview.
   evidence_api`; the evidence needs a named user);
-- ``POST /api/acknowledge`` with ``{"device_id", "stream_id", "target"}`` (JSON): needs the
-  ``ack`` role (else 403, nothing published), an alarm condition of that bed that ``target``
-  names (the condition, e.g. ``CAS`` or ``apnoea``, or an open episode's key or type; else
-  409); publishes the command on the device's ``command`` topic (QoS 1, PUBACK awaited) and
+- ``POST /api/acknowledge`` with ``{"device_id", "stream_id", "target"}`` and, from the page,
+  ``raised_utc`` (JSON): needs the ``ack`` role (else 403, nothing published), an alarm
+  condition of that bed that ``target`` names (the condition, e.g. ``CAS`` or ``apnoea``, or
+  an open episode's key or type; else 409), not raised again since ``raised_utc`` (the
+  alarm the page showed; a newer one, e.g. a new apnoea, is not acknowledged unseen: 409);
+  publishes the command on the device's ``command`` topic (QoS 1, PUBACK awaited) and
   answers 202. The condition is acknowledged (quiet) at once; its latched episodes show
   "waiting for the device" until their ``ended`` comes back.
 """
@@ -372,13 +374,19 @@ class DashboardServer:
             log.warning("acknowledge refused: user %r has the view right only", user.name)
             return 403, {"error": f"user {user.name!r} may view but not acknowledge"}
         keys = ("device_id", "stream_id", "target")
-        if sorted(body) != sorted(keys) or not all(isinstance(body[k], str) for k in keys):
-            return 400, {"error": f"body must be a JSON object of strings {', '.join(keys)}"}
+        given = sorted(set(body) - {"raised_utc"})
+        if given != sorted(keys) or not all(isinstance(v, str) for v in body.values()):
+            return 400, {"error": f"body must be a JSON object of strings {', '.join(keys)} "
+                                  "(and raised_utc)"}  # fmt: skip
         device_id, stream_id, target = (body[k] for k in keys)
         if not (is_segment(device_id) and is_segment(stream_id) and target):
             return 400, {"error": "device_id, stream_id: topic segments; target: non-empty"}
         if not self.ward.acknowledgeable(device_id, stream_id, target):
             return 409, {"error": f"no alarm {target!r} on {device_id}/{stream_id}"}
+        shown = body.get("raised_utc")
+        if shown and not self.ward.still_shown(device_id, stream_id, target, shown):
+            return 409, {"error": f"the alarm {target!r} on {device_id}/{stream_id} started "
+                                  "again since the page showed it: look at it again"}  # fmt: skip
         refusal = self.ward.ack_refusal(device_id, self.feed.signs)
         if refusal is not None:  # the device said it would not take it: say why, now
             log.warning("acknowledge by %s not sent: %s", user.name, refusal)

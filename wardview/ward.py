@@ -15,7 +15,8 @@ readings), its spool depth (``metrics.mqtt_spooled``), its worst bed's read wait
 (``onset`` / ``ongoing`` seen, no ``ended`` yet), the last events, the live strip and its
 state at a glance (:func:`wardview.beds.bed_state`). Alarms: the site's alarm conditions
 (:mod:`lungwatch.alarms`: one per bed and finding, episodes grouped), alarming first, then by
-priority, then the newest; any can be acknowledged.
+priority, apnoea first, then the latest to start alarming (lungwatch.alarms.ward_order); any
+can be acknowledged. Each bed's card is drawn from its rows of that list.
 
 Nothing is dropped silently and nothing in one message stops the feed: a message over the
 size limit, nested too deeply, with a number out of range, not JSON, not schema version 1, not
@@ -440,10 +441,15 @@ class Ward(WardMemory):
         if body.get("stream_id") != stream_id:
             raise MessageError(f"ack must be for {stream_id!r}, got {body.get('stream_id')!r}")
         try:
-            target, user, _ = ack_of(body)
+            target, user, utc = ack_of(body)
         except EventError as exc:
             raise MessageError(str(exc)) from None
-        cond = self.book.device_took_ack(device_id, stream_id, target, self.clock(), user)
+        seen = f"ack:{device_id}/{stream_id}/{target}/{user}/{utc}"
+        if seen in self._seen:  # QoS 1 may deliver it twice
+            self.counts["duplicates"] += 1
+            return
+        self._remember(seen)
+        cond = self.book.device_took_ack(device_id, stream_id, target, self.clock(), user, utc)
         named = cond.condition if cond is not None else target
         for key in {target, named}:
             self.pending_acks.pop((device_id, stream_id, key), None)
@@ -570,6 +576,13 @@ class Ward(WardMemory):
         with self.lock:
             return self.book.find(device_id, stream_id, target) is not None
 
+    def still_shown(self, device_id: str, stream_id: str, target: str, raised_utc: str) -> bool:
+        """The condition ``target`` names is the alarm the page showed (raised then): one
+        raised again since (a new apnoea) is not covered by an acknowledge of the old."""
+        with self.lock:
+            cond = self.book.find(device_id, stream_id, target)
+            return cond is not None and (cond.raised_utc or cond.first_onset_utc) <= raised_utc
+
     def acknowledge_sent(self, device_id: str, stream_id: str, target: str, user: str = "") -> None:
         """The condition is acknowledged (quiet from now); its latched episodes wait for
         their ``ended`` from the device (``ack_sent`` until then)."""
@@ -582,9 +595,10 @@ class Ward(WardMemory):
     # -- output ------------------------------------------------------------------------
     def alarms(self) -> list[dict[str, Any]]:
         """The site's alarm conditions, one per bed and condition (``lungwatch.alarms``), in ward
-        order (alarming first, then priority, then the newest episode), the verdict rows
-        the config names after them; each with its bed's name and place, whether its
-        device is online, whether an acknowledge waits for the device, and its clips."""
+        order (alarming first, then priority, apnoea first, then the latest to start), the
+        verdict rows the config names among them; each with its bed's name and place,
+        whether its device is online, whether an acknowledge waits for the device, and its
+        clips."""
         with self.lock:
             rows = self.book.conditions(self.clock())
             for row in rows:

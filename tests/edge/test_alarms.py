@@ -170,20 +170,24 @@ def test_a_new_apnoea_after_an_acknowledged_one_alarms_at_once(how: str) -> None
 
 
 def test_a_high_condition_does_not_continue_past_its_episodes() -> None:
-    """Stridor acknowledged while heard, over, then heard again 5 s later: a new condition
-    (a continuing finding below high priority would be quiet)."""
+    """Stridor acknowledged while heard; a second stridor episode sounds again (a new
+    high-priority episode is always heard); acknowledged, over, and heard again 5 s later:
+    a new condition (a continuing finding below high priority would be quiet)."""
     book = AlarmBook(AlarmSettings(realarm_s=600.0, continues_s=60.0))
     first = episode("Stridor", second=0)
     book.take(first, 0.0)
     book.acknowledge(DEVICE, "bed-1", "CAS", 1.0, "nurse")
-    second = episode("Stridor", second=2)  # while the first is heard: the same condition
+    assert book.conditions(1.5)[0]["state"] == "acknowledged"
+    second = episode("Stridor", second=2)
     book.take(second, 2.0)
-    assert book.conditions(2.5)[0]["state"] == "acknowledged"
+    assert book.conditions(2.5)[0]["state"] == "alarming"
+    book.acknowledge(DEVICE, "bed-1", "CAS", 3.0, "nurse")
     book.take(end(first), 3.0)
     book.take(end(second), 4.0)
+    assert book.conditions(4.5) == []
     book.take(episode("Stridor", second=9), 9.0)
     [row] = book.conditions(9.5)
-    assert (row["state"], row["priority"]) == ("alarming", "high")
+    assert (row["state"], row["priority"], row["episodes"]) == ("alarming", "high", 1)
 
 
 def test_an_old_episodes_acknowledged_end_does_not_quiet_a_new_condition() -> None:
@@ -200,6 +204,89 @@ def test_an_old_episodes_acknowledged_end_does_not_quiet_a_new_condition() -> No
     book.take(latched.ended(latched.start_utc, latched.start_sample, detail=detail), 61.0)
     [row] = book.conditions(62.0)
     assert (row["state"], row["episodes"]) == ("alarming", 1)
+
+
+def test_a_high_or_life_threatening_episode_sounds_in_a_continuing_acknowledged_condition() -> None:
+    """Wheezes acknowledged and going on, then a stridor (high) in the same family: it
+    alarms at once. An apnoea a device set to medium is still life-threatening: acknowledged
+    and going on, a new apnoea episode raises it; over, the next one is a new condition
+    however soon."""
+    book = AlarmBook(AlarmSettings(realarm_s=600.0, continues_s=60.0))
+    book.take(episode("Wheeze", second=0), 0.0)
+    book.acknowledge(DEVICE, "bed-1", "CAS", 1.0, "nurse")
+    book.take(episode("Wheeze", second=5), 5.0)
+    assert book.conditions(5.5)[0]["state"] == "acknowledged"
+    book.take(episode("Stridor", second=8), 8.0)
+    [row] = book.conditions(8.5)
+    assert (row["state"], row["priority"], row["episodes"]) == ("alarming", "high", 3)
+    quiet = AlarmBook(AlarmSettings(realarm_s=600.0, continues_s=60.0))
+    first = episode("apnoea", bed="bed-2", second=0, priority="medium")
+    quiet.take(first, 0.0)
+    quiet.acknowledge(DEVICE, "bed-2", "apnoea", 1.0, "nurse")
+    quiet.take(episode("apnoea", bed="bed-2", second=3, priority="medium"), 3.0)
+    assert quiet.conditions(3.5)[0]["state"] == "alarming"  # live: raised again
+    quiet.acknowledge(DEVICE, "bed-2", "apnoea", 4.0, "nurse")
+    for event in list(quiet.get((DEVICE, "bed-2", "apnoea")).open.values()):  # type: ignore[union-attr]
+        quiet.take(end(event), 5.0)  # type: ignore[arg-type]
+    quiet.take(episode("apnoea", bed="bed-2", second=10, priority="medium"), 10.0)
+    [row] = quiet.conditions(10.5)
+    assert (row["state"], row["episodes"]) == ("alarming", 1)  # over: a new condition
+
+
+def test_a_late_confirmation_of_an_old_acknowledge_quiets_no_new_apnoea() -> None:
+    """The device's ack message of the first apnoea's acknowledge arrives again (QoS 1)
+    after a new apnoea started: older than the new alarm's start, it acknowledges nothing;
+    an acknowledge taken after the new start does."""
+    book = AlarmBook()
+    first = episode("apnoea", second=0)
+    book.take(first, 0.0)
+    book.acknowledge(DEVICE, "bed-1", "apnoea", 30.0, "nurse")
+    book.take(end(first), 31.0)
+    second = episode("apnoea", second=90)
+    book.take(second, 90.0)
+    book.device_took_ack(DEVICE, "bed-1", "apnoea", 91.0, "nurse", "2026-05-09T07:00:30.000Z")
+    assert book.conditions(92.0)[0]["state"] == "alarming"
+    book.device_took_ack(DEVICE, "bed-1", "apnoea", 95.0, "nurse", "2026-05-09T07:01:35.000Z")
+    assert book.conditions(96.0)[0]["state"] == "acknowledged"
+
+
+def test_a_late_end_of_an_episode_whose_condition_is_over_starts_nothing() -> None:
+    book = AlarmBook(AlarmSettings(continues_s=0.0))
+    crackle = episode("Fine Crackle")
+    book.take(crackle, 0.0)
+    book.acknowledge(DEVICE, "bed-1", "DAS", 1.0, "nurse")
+    book.take(end(crackle), 2.0)
+    assert book.conditions(3.0) == []
+    assert book.take(end(crackle), 10.0) is None  # repeated by a broker, or late
+    assert book.conditions(11.0) == []
+    book.retire(["ep-from-the-store"])
+    late = ListedEpisode("ep-from-the-store", DEVICE, "bed-3", "Wheeze", "physiological",
+                         "medium", "ended", "2026-05-09T06:00:00.000Z", {})  # fmt: skip
+    assert book.take(late, 12.0) is None
+
+
+def test_a_restored_condition_is_held_until_its_beds_summary_says() -> None:
+    """A restarted view's acknowledged condition whose latched episode it knew only from
+    the bed's summary stays listed (acknowledged, by whom) until that summary comes: then
+    it is listed from the summary's episode, or over if the device no longer holds it."""
+    book = AlarmBook()
+    listed = ListedEpisode("ep-1", DEVICE, "bed-1", "apnoea", "physiological", "high",
+                           "ongoing", "2026-05-09T07:00:00.000Z",
+                           {"key": "apnoea@1", "latched": True})  # fmt: skip
+    book.take(listed, 0.0)
+    book.acknowledge(DEVICE, "bed-1", "apnoea", 5.0, "nurse")
+    record = book.get((DEVICE, "bed-1", "apnoea")).record()  # type: ignore[union-attr]
+    again = AlarmBook()
+    again.restore(DEVICE, "bed-1", record)
+    [row] = again.conditions(100.0)  # before any summary
+    assert (row["state"], row["acknowledged_by"]) == ("acknowledged", "nurse")
+    again.take(listed, 101.0)  # the summary still lists it
+    again.release_held(DEVICE, "bed-1")
+    assert again.conditions(102.0)[0]["state"] == "acknowledged"
+    gone = AlarmBook()
+    gone.restore(DEVICE, "bed-1", record)
+    gone.release_held(DEVICE, "bed-1")  # the summary lists nothing any more
+    assert gone.conditions(103.0) == []
 
 
 def test_the_order_puts_apnoea_first_and_holds_still() -> None:

@@ -130,6 +130,12 @@ def test_rights_are_enforced_by_the_server_and_a_forged_ack_publishes_nothing(
         assert request(api + "acknowledge", "nurse", ack, foreign)[0] == 403
         other = {**ack, "target": "Wheeze"}
         assert request(api + "acknowledge", "nurse", other)[0] == 409
+        # the page says which alarm it showed; one raised again since is not acknowledged unseen
+        stale = {**ack, "raised_utc": "2026-05-09T06:00:00.000Z"}
+        status, reply = request(api + "acknowledge", "nurse", stale)
+        assert status == 409
+        assert "started again since the page showed it" in reply["error"]
+        assert request(api + "acknowledge", "nurse", {**ack, "raised_utc": 5})[0] == 400
         assert request(api + "acknowledge", "nurse", {"device_id": DEVICE})[0] == 400
         assert not recorder.wait_for(lambda ms: bool(ms), 1.0), "nothing may be published"
 

@@ -153,6 +153,10 @@ def test_an_acknowledge_another_view_sent_reaches_this_view_through_the_device()
     assert ward.handle(topic, took.encode())
     assert ward.alarms() == []  # acknowledged and over: it leaves, as on the other view
     assert ward.rejected_reasons == {"invalid": 2}
+    send(ward, finding("Wheeze", second=10))  # a new condition
+    assert ward.handle(topic, took.encode())  # the same ack message again (QoS 1)
+    assert ward.counts["duplicates"] == 1
+    assert [row["state"] for row in ward.alarms()] == ["alarming"]
 
 
 def test_latched_alarm_is_acknowledgeable_until_its_acknowledged_end_comes_back() -> None:
@@ -624,6 +628,28 @@ def test_a_beds_card_and_its_alarm_rows_come_from_one_state() -> None:
     changes = ward.take_changes()
     assert changes is not None
     assert changes["beds"][0]["state"]["text"] == "wheezes · acknowledged"
+
+
+def test_a_beds_card_shows_its_most_severe_condition() -> None:
+    """An apnoea the nurse acknowledged that goes on outranks an alarming crackle on the
+    card (the list puts alarming rows first; the card shows what matters most at the bed);
+    a breathing reading of apnoea with no alarm listed is not "breathing normal"."""
+    from wardview.beds import bed_state
+
+    ward = Ward(SITE)
+    send(ward, finding("apnoea", second=1))
+    ward.acknowledge_sent(DEVICE, "bed-1", "apnoea", "nurse")
+    send(ward, finding("Fine Crackle", second=2))
+    rows = ward.alarms()
+    assert [(r["condition"], r["state"]) for r in rows] == [
+        ("DAS", "alarming"), ("apnoea", "acknowledged")
+    ]  # fmt: skip
+    assert ward.snapshot()["beds"][0]["state"] == {
+        "key": "apnoea", "text": "apnoea · acknowledged (+1 more)"
+    }  # fmt: skip
+    reading = bed_state(True, [], respiration={"state": "apnoea"})
+    assert reading == {"key": "apnoea", "text": "apnoea (breathing reading; no alarm listed)"}
+    assert bed_state(True, [], respiration={"state": "signal_lost"})["key"] == "technical"
 
 
 def test_an_acknowledge_the_device_does_not_confirm_is_pushed_again_with_its_wait() -> None:

@@ -133,6 +133,27 @@ def test_acknowledged_while_open_then_raised_again_after_realarm_s(tmp_path: Pat
     assert len({r["alert"] for r in got}) == 1
 
 
+def test_a_condition_over_and_started_again_is_a_new_alert(tmp_path: Path) -> None:
+    """A high wheeze acknowledged and over; another one later: the first alert ends and a
+    new one starts under a new id (not a reactivation of the acknowledged one)."""
+    clock = Clock()
+    gate, outbox = intake(tmp_path / "q.sqlite", clock)
+    first, second = make_events(2, site=SITE, device_id=DEVICE, stream_id=BED, priority="high")
+    gate.handle(TOPIC, first.to_json().encode())
+    gate.tick()
+    gate.handle(ack_topic(SITE, DEVICE, BED), ack("CAS", "nurse-b"))
+    gate.tick()
+    gate.handle(TOPIC, first.ended("2026-05-09T07:00:00.500Z", 4000).to_json().encode())
+    gate.handle(TOPIC, second.to_json().encode())  # before the next tick saw it over
+    clock.now += 1.0
+    assert gate.tick() == 2
+    got = reports(outbox)
+    assert [(r["phase"], r["state"]) for r in got] == [
+        ("start", "active"), ("update", "active"), ("end", "inactive"), ("start", "active")
+    ]  # fmt: skip
+    assert got[0]["alert"] == got[2]["alert"] != got[3]["alert"]
+
+
 def test_a_restarted_gateway_neither_repeats_nor_loses_a_report(tmp_path: Path) -> None:
     """Two conditions reported before the restart: one with an open episode (its bed's
     retained summary lists it), one latched at the condition level (its episode over, not

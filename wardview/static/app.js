@@ -423,7 +423,8 @@
 
   // -- alarms ---------------------------------------------------------------------------
   // One row per bed and alarm condition (lungwatch/alarms.py), grouped by bed: the bed's worst
-  // condition first (the server's ward order: alarming, then priority, then the newest),
+  // condition first (the server's ward order: alarming, then priority, apnoea first, then the
+  // latest to start alarming),
   // its other conditions under it. Rows are kept while what they show is unchanged, so a
   // button being clicked is never swapped for a new one by an update about another alarm.
   const alarmRows = new Map();  // device/bed/condition -> { signature, tr }
@@ -634,8 +635,8 @@
       this.live = live.length;
       const worst = live.length ? live.reduce((w, a) => (PRIORITY[a.priority] < PRIORITY[w] ? a.priority : w), "low") : null;
       document.title = live.length ? `(${live.length}) ALARM ${worst.toUpperCase()} · ${TITLE}` : TITLE;
-      // a condition anew (its raise) or at a new priority sounds at once
-      const instance = (a) => `${conditionId(a)}|${a.raised_utc || ""}|${a.priority}`;
+      // a condition anew (its raise, or a new apnoea in it) or at a new priority sounds at once
+      const instance = (a) => `${conditionId(a)}|${a.alarm_utc || a.raised_utc || ""}|${a.priority}`;
       const fresh = live.filter((a) => !this.announced.has(instance(a)));
       for (const a of live) this.announced.add(instance(a));
       if (fresh.length && window.Notification && Notification.permission === "granted" && document.hidden) {
@@ -647,14 +648,19 @@
       if (fresh.some((a) => a.priority === "high")) this.pausedUntil = 0;
       const rises = worst !== null && (this.worst === null || PRIORITY[worst] < PRIORITY[this.worst]);
       this.worst = worst;
+      // what sounds is for the worst alarming condition: acknowledged, it stops at once
+      if (this.playing && (worst === null || PRIORITY[worst] > PRIORITY[this.playing.priority])) {
+        this.stopPlaying();
+      }
       if (rises || fresh.length) this.lastAt = 0;  // a new or higher alarm sounds at once
       this.tick();
     },
     tick() {
       const pause = $("#sound-pause");
       const paused = Date.now() < this.pausedUntil;
+      const length = pauseMs % 60000 === 0 ? `${pauseMs / 60000} min` : `${Math.round(pauseMs / 1000)} s`;
       pause.textContent = paused ? `Audio paused ${Math.ceil((this.pausedUntil - Date.now()) / 1000)} s`
-        : `Pause audio ${Math.round(pauseMs / 60000) >= 1 ? `${Math.round(pauseMs / 60000)} min` : `${Math.round(pauseMs / 1000)} s`}`;
+        : `Pause audio ${length}`;
       pause.classList.toggle("paused", paused);
       pause.hidden = !this.context || (!paused && this.live === 0);  // nothing to pause
       if (this.wasPaused && !paused) this.lastAt = 0;  // the pause is over: sound at once
@@ -727,8 +733,9 @@
       const reply = await fetch("/api/acknowledge", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({
+        body: JSON.stringify({  // raised_utc: the alarm as shown (a newer one is not covered)
           device_id: alarm.device_id, stream_id: alarm.stream_id, target: alarm.condition,
+          raised_utc: alarm.raised_utc || "",
         }),
       });
       const body = await reply.json().catch(() => ({}));
