@@ -202,9 +202,12 @@ def test_a_new_apnoea_is_heard_after_an_acknowledge_and_through_audio_pause(
         wait_until(lambda: driver.execute_script(
             "const r = document.querySelector('#alarms tr[data-condition=\"apnoea\"]');"
             "return r && r.dataset.state === 'acknowledged';"), 5.0, "acknowledged")  # fmt: skip
+        acked_ms = driver.execute_script("return Date.now()")
+        time.sleep(2.0)  # acknowledged: its pattern stopped, nothing else alarms
+        assert heard_since(driver, acked_ms + 100, 880.0) == [], "the pattern went on"
         device.end(first)  # breathing again
         wait_until(lambda: visible(driver)["rows"] == 0, 5.0, "the list empty")
-        time.sleep(3.0)
+        time.sleep(1.0)
 
         _, top_s, heard_s = raise_apnoea("bed-1")  # a new apnoea, 3 s after
         print(f"\nnew apnoea after an acknowledge: top row {top_s:.2f} s, heard {heard_s:.2f} s")
