@@ -255,6 +255,7 @@ def test_at_the_end_of_audio_pause_one_pattern_sounds(tmp_path: Path) -> None:
         after = [p for p in started if p[2] >= paused[0] + 2900]
         assert len(after) == 10, started  # one high pattern: two bursts of five
         assert overlapping_pulses(driver) == []
+        time.sleep(3.0)  # the whole pattern (2.8 s) has left the page
         assert bursts(heard_since(driver, paused[0] + 2900, 880.0)) >= 6
 
 
