@@ -242,6 +242,11 @@ class AlarmCondition:
     _view: tuple[tuple[int, str, str], dict[str, Any]] | None = None
 
     @property
+    def key(self) -> Key:
+        """(device, bed, condition): the condition's place in the book and in a store."""
+        return (self.device_id, self.stream_id, self.condition)
+
+    @property
     def latched(self) -> bool:
         """Some open episode waits on the device for an acknowledgement."""
         return any(e.detail.get("latched") for e in self.open.values())
@@ -456,7 +461,7 @@ class AlarmBook:
         if cond is not None and episode_id not in cond.clips:
             cond.clips.append(episode_id)
             cond.version += 1
-            self._changed.add(cond_key(cond))
+            self._changed.add(cond.key)
         return cond
 
     def find(self, device_id: str, stream_id: str, target: str) -> AlarmCondition | None:
@@ -481,7 +486,7 @@ class AlarmBook:
             return None
         cond.acknowledged, cond.acknowledged_s, cond.acknowledged_by = True, now_s, user
         cond.version += 1
-        self._changed.add(cond_key(cond))
+        self._changed.add(cond.key)
         if cond.state(now_s, self.settings) == "ended":
             self._drop(cond)
         return cond
@@ -515,7 +520,7 @@ class AlarmBook:
         for episode in episode_ids:
             if episode not in self._episode_condition:
                 self._retired[episode] = None
-        while len(self._retired) > MAX_RETIRED:
+        while len(self._retired) > MAX_RETIRED:  # the newest kept
             self._retired.popitem(last=False)
 
     def release_held(self, device_id: str, stream_id: str) -> None:
@@ -538,11 +543,6 @@ class AlarmBook:
         are dropped first)."""
         self._expire(now_s)
         return ward_order([c.view(now_s, self.settings) for c in self._conditions.values()])
-
-    def bed_conditions(self, device_id: str, stream_id: str, now_s: float) -> list[dict[str, Any]]:
-        """One bed's listed conditions' views in :func:`ward_order` (its worst first)."""
-        keys = self._beds.get((device_id, stream_id), ())
-        return ward_order([self._conditions[k].view(now_s, self.settings) for k in keys])
 
     def signature(self, now_s: float) -> dict[Key, tuple[str, str]]:
         """What the list shows that time alone changes (each condition's priority and
@@ -581,7 +581,7 @@ class AlarmBook:
         cond.acknowledged_by = str(record.get("acknowledged_by") or "")
         cond.ended_s = float(ended) if ended is not None else None
         cond.clips = [str(c) for c in record.get("clips", [])][-MAX_RECORD_CLIPS:]
-        key = cond_key(cond)
+        key = cond.key
         cond.held = {str(e) for e in record.get("open", [])}
         cond.seen = cond.held | set(cond.clips)
         cond.current = {str(e) for e in record.get("current", [])}
@@ -605,7 +605,7 @@ class AlarmBook:
                 self._drop(cond)
 
     def _drop(self, cond: AlarmCondition) -> None:
-        key = cond_key(cond)
+        key = cond.key
         self._conditions.pop(key, None)
         bed = self._beds.get(key[:2])
         if bed is not None:
@@ -615,10 +615,4 @@ class AlarmBook:
         self._changed.add(key)
         for episode in cond.seen:
             self._episode_condition.pop(episode, None)
-            self._retired[episode] = None
-        while len(self._retired) > MAX_RETIRED:
-            self._retired.popitem(last=False)
-
-
-def cond_key(cond: AlarmCondition) -> Key:
-    return (cond.device_id, cond.stream_id, cond.condition)
+        self.retire(list(cond.seen))

@@ -143,7 +143,7 @@ class WardMemory:
         with self.lock:
             for device_id, stream_id, record in restored.alarms:
                 try:
-                    _, bed = self._place(device_id, stream_id)
+                    self._place(device_id, stream_id)  # the bed, within the caps
                     self.book.restore(device_id, stream_id, record)
                 except (MessageError, ValueError, KeyError, TypeError) as exc:
                     cond = record.get("condition") if isinstance(record, dict) else None

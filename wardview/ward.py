@@ -158,7 +158,7 @@ class Ward(WardMemory):
         self._dirty_devices: set[str] = set()
         self._dirty_beds: set[tuple[str, str]] = set()
         self._dirty_alarms = False
-        self._alarm_signature: tuple[Any, ...] = ((), ())  # an empty book's
+        self._alarm_signature: tuple[Any, ...] = ({}, ())  # an empty book's
         # each bed's rows of the alarm list last made: its card is drawn from them
         self._bed_rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.alarms_every_s = alarms_every_s
@@ -499,7 +499,7 @@ class Ward(WardMemory):
             # conditions rise (escalation) and leave (hold_s) with time alone: pushed too
             now_s = self.clock()
             late = tuple(sorted(k for k, t in self.pending_acks.items() if now_s - t > ACK_LATE_S))
-            signature = (tuple(sorted(self.book.signature(now_s).items())), late)
+            signature = (self.book.signature(now_s), late)
             if signature != self._alarm_signature:
                 self._alarm_signature = signature
                 self._dirty_alarms = True
