@@ -690,8 +690,7 @@
     },
     play(priority, pattern) {
       const ctx = this.context;
-      const start = ctx.currentTime + 0.05;
-      let t = start;
+      let t = ctx.currentTime + 0.05;
       const nodes = [];
       pattern.bursts.forEach((count, burst) => {
         for (let i = 0; i < count; i++) {
@@ -784,8 +783,7 @@
     const room = window.innerHeight - Math.max(0, list) - 24;
     panel.style.maxHeight = `${Math.max(PANEL_MIN_PX, Math.min(room, window.innerHeight * 0.8))}px`;
   }
-  window.addEventListener("resize", fitPanel);
-  window.addEventListener("scroll", fitPanel, { passive: true });
+  window.addEventListener("scroll", fitPanel, { passive: true });  // on resize: countBelow
 
   function closePanel() {
     $("#evidence-audio").pause();
