@@ -84,7 +84,7 @@ class BedEvent:
     own timeline (seconds since its first sample); ``end_s`` None while it lasts."""
 
     type: str  # "Fine Crackle", "Wheeze", ... or a technical type ("poor_signal", ...)
-    kind: str  # "physiological" | "technical"
+    kind: str  # "physiological" | "technical" | "finding" (a finding episode: edge.bed.findings)
     state: str  # "onset" | "ongoing" | "ended"
     priority: str
     start_s: float
@@ -98,7 +98,7 @@ class BedEvent:
     @classmethod
     def of(cls, t: Transition, rate_hz: int) -> BedEvent:
         end = None if t.end_sample is None else t.end_sample / rate_hz
-        physiological = t.kind == "physiological"
+        physiological = t.kind in ("physiological", "finding")
         return cls(
             t.type, t.kind, t.state, t.priority, t.start_sample / rate_hz, end,
             t.confidence if physiological else None, t.key, t.reason, t.latched, t.ended_by,

@@ -12,7 +12,9 @@ bed with crackles raises one every few breaths. This layer, shared by the ward v
 list and bed cards) and the hospital gateway (its alerts), groups them as a bedside monitor
 does, into one **alarm condition per bed and finding**:
 
-- ``CAS`` (Wheeze, Rhonchi, Stridor and Wheeze+Crackle), ``DAS`` (Fine and Coarse Crackle),
+- ``CAS`` (Wheeze, Rhonchi, Stridor and Wheeze+Crackle, and the device's CAS finding
+  episodes, ``edge.bed.findings``), ``DAS`` (Fine and Coarse Crackle, and the DAS finding
+  episodes),
   ``apnoea``, ``tachypnoea``, ``bradypnoea``, and each technical condition by its own type
   (``poor_signal``, ``off_body``, ``breath_signal_lost``, ...): :func:`condition_of`;
 - a condition carries its first onset, its last episode, how many episodes it has had, the
@@ -389,8 +391,10 @@ class AlarmBook:
         # continuing: a stridor among acknowledged wheezes, a new apnoea
         urgent = event.priority == "high" or key[2] in LIFE_THREATENING
         if cond is None:
+            # a finding episode's condition is a physiological one, as its events' are
+            kind = "physiological" if event.kind == "finding" else event.kind
             cond = AlarmCondition(
-                event.device_id, event.stream_id, key[2], event.kind, event.priority,
+                event.device_id, event.stream_id, key[2], kind, event.priority,
                 event.start_utc, event.start_utc, now_s, now_s, event.start_utc,
             )  # fmt: skip
             self._conditions[key] = cond

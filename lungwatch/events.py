@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal, NoReturn, TypeGuard
 
 from lungwatch.errors import LungwatchError
-from lungwatch.labels import EVENT_LABELS, NORMAL, sound_class
+from lungwatch.labels import EVENT_LABELS, FINDING_FAMILIES, NORMAL, family_snomed_ct, sound_class
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "lungwatch/v1"
@@ -52,6 +52,13 @@ RESPIRATION_TYPES: tuple[str, ...] = ("apnoea", "tachypnoea", "bradypnoea")
 # a bed's breathing on the respiration topic: its ``state`` (docs/events.md)
 RESPIRATION_STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")
 PHYSIOLOGICAL_TYPES: tuple[str, ...] = SOUND_TYPES + RESPIRATION_TYPES
+#: Finding episodes (kind ``finding``): a run of recurring events of one family, CAS
+#: (wheezes, rhonchi) or DAS (crackles), :mod:`edge.bed.findings`; the events inside it are
+#: its evidence.
+FINDING_TYPES: tuple[str, ...] = FINDING_FAMILIES
+#: The respiration message's finding rates (percent of breathing time, or null), per family.
+FINDING_RATE_KEYS: tuple[str, ...] = ("wheeze_rate_pct", "crackle_rate_pct")
+FINDING_RATE_FAMILY: dict[str, str] = dict(zip(FINDING_RATE_KEYS, FINDING_FAMILIES, strict=True))
 #: SNOMED CT findings of the breathing alarms (checked against the FHIR value sets expanded
 #: from the SNOMED CT International edition), and of the rate itself (observable entity).
 RESPIRATION_SNOMED_CT: dict[str, str] = {
@@ -74,7 +81,7 @@ TECHNICAL_TYPES: tuple[str, ...] = (
     "spool_full",  # the store-and-forward spool hit its bound (see edge.sinks.spool)
     "breath_signal_lost",  # no breath heard for the apnoea time, and no contact with the body
 )
-KINDS = ("physiological", "technical")
+KINDS = ("physiological", "technical", "finding")
 PRIORITIES = ("high", "medium", "low")
 STATES = ("onset", "ongoing", "ended")
 
@@ -87,6 +94,8 @@ STATES = ("onset", "ongoing", "ended")
 Priority = Literal["high", "medium", "low"]
 DEFAULT_PRIORITIES: dict[str, Priority] = {
     "Stridor": "high",
+    "CAS": "medium",  # a wheeze finding: as its loudest member type (Wheeze)
+    "DAS": "low",  # a crackle finding
     "Wheeze": "medium",
     "Wheeze+Crackle": "medium",
     "Rhonchi": "low",
@@ -118,12 +127,14 @@ class EventError(LungwatchError, ValueError):
 
 
 def kind_of(event_type: str) -> str:
-    """``physiological`` or ``technical``; EventError for an unknown type."""
+    """``physiological``, ``technical`` or ``finding``; EventError for an unknown type."""
     if event_type in PHYSIOLOGICAL_TYPES:
         return "physiological"
+    if event_type in FINDING_TYPES:
+        return "finding"
     if event_type in TECHNICAL_TYPES:
         return "technical"
-    allowed = f"one of {', '.join(PHYSIOLOGICAL_TYPES + TECHNICAL_TYPES)}"
+    allowed = f"one of {', '.join(PHYSIOLOGICAL_TYPES + TECHNICAL_TYPES + FINDING_TYPES)}"
     raise EventError(f"event.type must be {allowed}, got {event_type!r}")
 
 
@@ -133,6 +144,8 @@ def snomed_ct(event_type: str) -> str | None:
         return RESPIRATION_SNOMED_CT[event_type]
     if event_type in SOUND_TYPES:
         return sound_class(event_type).snomed_ct
+    if event_type in FINDING_TYPES:
+        return family_snomed_ct(event_type)
     return None
 
 
@@ -327,7 +340,7 @@ class Event:
     site: str
     stream_id: str
     type: str  # a PHYSIOLOGICAL_TYPES label or a TECHNICAL_TYPES name
-    kind: str  # "physiological" | "technical" (follows from type)
+    kind: str  # "physiological" | "technical" | "finding" (follows from type)
     priority: str  # "high" | "medium" | "low"
     state: str  # "onset" | "ongoing" | "ended"
     start_utc: str  # UTC ISO-8601 with Z
@@ -478,7 +491,7 @@ def _validate(e: Event) -> None:
             check_segment(getattr(e, name), f"event.{name}")
         except EventError as exc:
             raise EventError(str(exc)) from None
-    types = PHYSIOLOGICAL_TYPES + TECHNICAL_TYPES
+    types = PHYSIOLOGICAL_TYPES + TECHNICAL_TYPES + FINDING_TYPES
     _check(e.type in types, "type", e.type, f"one of {', '.join(types)}")
     _check(e.kind == kind_of(e.type), "kind", e.kind, f"{kind_of(e.type)!r} for type {e.type!r}")
     _check(e.priority in PRIORITIES, "priority", e.priority, "one of high, medium, low")
@@ -514,7 +527,7 @@ def _parsed_time(name: str, value: object) -> datetime:
 
 
 def _validate_model(e: Event) -> None:
-    needed = e.kind == "physiological"
+    needed = e.kind in ("physiological", "finding")
     conf_ok = (e.confidence is None and not needed) or (
         is_number(e.confidence) and 0.0 <= e.confidence <= 1.0
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ from edge.bed.detector import (
     Transition,
 )
 from edge.bed.domain import SilentBands
+from edge.bed.findings import HELD_FAMILIES, FindingTracker
 from edge.bed.gate import GateConfig, QualityGate
 from edge.bed.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady
 from edge.bed.verdict import RollingVerdict, VerdictConfig, VerdictRule
@@ -89,7 +91,8 @@ def resolve_detector(
     resolved = dataclasses.replace(config, thresholds=config.thresholds + tuple(fitted))
     for rule in resolved.thresholds:
         _check_rule(resolved, rule.type, manifest, source)
-    return dataclasses.replace(resolved, phases=phases)
+    findings = resolved.findings.with_manifest(manifest.detector_findings)
+    return dataclasses.replace(resolved, phases=phases, findings=findings)
 
 
 def _refuse_span_settings(
@@ -260,6 +263,11 @@ class BedChain:
         self.gate = QualityGate(s.gate, s.spec.sample_rate_hz, s.silent_bands)
         self.model_state = BedState(s.streaming)
         self.detector = FrameDetector(s.outputs, s.detector, s.grid)
+        self.findings = FindingTracker(s.detector.findings, s.spec.sample_rate_hz, Transition)
+        # (end sample, monitored frames so far) after each window, from the stream's start:
+        # the finding rates' time
+        self._monitored: deque[tuple[int, int]] = deque([(0, 0)])
+        self._monitored_frames = 0
         self.verdict = None if s.verdict is None else RollingVerdict(s.verdict, s.outputs, s.grid)
         self.breathing = None
         if s.respiration is not None:
@@ -270,6 +278,7 @@ class BedChain:
         self._poor = s.poor_index
         self.state_resets = 0
         self.flushed = False  # the stream's end was flushed: no more audio
+        self._last_sample = 0  # the end of the last frame described
 
     def push(self, chunk: SourceChunk, now_s: float) -> tuple[list[Transition], list[WindowReady]]:
         """One chunk: the gate's transitions (its notices, its arrival) and the windows the
@@ -283,7 +292,7 @@ class BedChain:
         quality = window.audio_quality.to_dict()
         if window.padded_frames > 0:  # the end-of-stream flush: no new audio to judge
             out = self._real_frames_only(out)
-            found = self.detector.update(out.first_frame, out.probs)
+            found = self._findings(self.detector.update(out.first_frame, out.probs), out)
             found += self._breathe(window, False)
             return WindowStep(out, found, quality, True, self._verdict(out), self._reading())
         poor = self._poor
@@ -294,6 +303,7 @@ class BedChain:
         suppressed = self.detector.suppress(self.gate.suppressed)
         transitions += _ended_by(suppressed, "quality gate")
         transitions += self.detector.update(out.first_frame, out.probs)
+        transitions = self._findings(transitions, out)
         transitions += self._breathe(window, self.gate.signal_lost)
         missing = window.hop_missing_samples
         if missing > 0 and missing >= self.settings.reset_gap_samples:
@@ -303,6 +313,33 @@ class BedChain:
             self.model_state.reset((window.start_frame + info.input_frames) // info.stride)
             self.state_resets += 1
         return WindowStep(out, transitions, quality, False, self._verdict(out), self._reading())
+
+    def _findings(self, transitions: list[Transition], out: OutputFrames) -> list[Transition]:
+        """The window's transitions through the finding episodes (wheezes and crackles wait
+        for recurrence); the frames it described count towards the finding rate's breathing
+        time unless detection was suppressed."""
+        n = out.probs.shape[0]
+        if n == 0:
+            return self.findings.take(transitions, self._last_sample)
+        end = self.settings.grid.end_sample(out.first_frame + n - 1)
+        self._last_sample = max(self._last_sample, end)
+        if not self.detector.suppressed:
+            self._monitored_frames += n
+        self._monitored.append((end, self._monitored_frames))
+        floor = end - self.findings.config.rate_window_s * self.settings.spec.sample_rate_hz
+        while len(self._monitored) > 1 and self._monitored[1][0] <= floor:
+            self._monitored.popleft()
+        return self.findings.take(transitions, end)
+
+    def finding_rates(self) -> dict[str, float | None]:
+        """Each family's finding rate now (:mod:`edge.bed.findings`): the share of the bed's
+        monitored time (detection not suppressed) in the last ``rate_window_s`` that its
+        published events cover. None before any monitored time."""
+        if len(self._monitored) < 2:
+            return dict.fromkeys(HELD_FAMILIES)
+        (_, first), (end, last) = self._monitored[0], self._monitored[-1]
+        samples = (last - first) * self.settings.grid.frame_samples
+        return {f: self.findings.rate(f, end, samples) for f in HELD_FAMILIES}
 
     def _breathe(self, window: WindowReady, lost: bool) -> list[Transition]:
         """The window's new frames through the breath tracker (none past the stream's end)."""
@@ -341,12 +378,14 @@ class BedChain:
         """The stream is over: every open event ends (latched ones included), ``ended_by``
         ``why``."""
         breathing = [] if self.breathing is None else self.breathing.finish()
-        return _ended_by(self.detector.finish() + self.gate.finish() + breathing, why)
+        sounds = self.findings.finish(self.detector.finish(), why)
+        return _ended_by(sounds + self.gate.finish() + breathing, why)
 
     def acknowledge(self, target: str) -> list[Transition]:
         """Acknowledge the events whose type or key is ``target``: latched ones end now,
         live ones end on their own."""
-        done = self.detector.acknowledge(target) + self.gate.acknowledge(target)
+        sounds = self.findings.take(self.detector.acknowledge(target), self._last_sample)
+        done = sounds + self.gate.acknowledge(target)
         if self.breathing is not None:
             done += self.breathing.acknowledge(target)
         return _ended_by(done, "acknowledge")

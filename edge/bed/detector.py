@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from numba import njit
 
+from edge.bed.findings import FindingConfig
 from lungwatch.alarms import names
 from lungwatch.config import check
 from lungwatch.errors import ConfigError, LungwatchError
@@ -42,7 +43,7 @@ from lungwatch.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
 from lungwatch.events import SOUND_TYPES, Priority
 from lungwatch.labels import DETECTED_CLASSES
 
-EventKind = Literal["physiological", "technical"]
+EventKind = Literal["physiological", "technical", "finding"]
 State = Literal["onset", "ongoing", "ended"]
 PRIORITIES: tuple[str, ...] = ("high", "medium", "low")
 MS_PER_S = 1000.0
@@ -194,6 +195,9 @@ class DetectorConfig:
     # on_threshold (off_threshold, min_event_ms and merge_gap_ms then do not apply); None: the
     # per-class hysteresis above
     phases: PhaseRule | None = None
+    # wheezes and crackles are published once they recur: finding episodes
+    # (edge.bed.findings); the rules not set here are the manifest's
+    findings: FindingConfig = field(default_factory=FindingConfig)
 
     def __post_init__(self) -> None:
         check_thresholds(self.on_threshold, self.off_threshold)

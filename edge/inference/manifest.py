@@ -118,6 +118,9 @@ class Manifest:
     detector_rules: tuple[Mapping[str, Any], ...] = ()  # fitted per-class rules
     quality_thresholds: tuple[float, float] | None = None  # (poor_on, poor_off)
     detector_phases: PhaseRule | None = None  # fitted phase rule
+    # fitted recurrence rules of the finding episodes: {"CAS": {"events", "within_s"[,
+    # "resolve_s"]}, "DAS": ...} (edge.bed.findings)
+    detector_findings: Mapping[str, Mapping[str, Any]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -196,6 +199,7 @@ def load_manifest(path: str | Path) -> Manifest:
         detector_rules=_detector_rules(path, data, outputs),
         quality_thresholds=_quality(path, data),
         detector_phases=_detector_phases(path, data, outputs),
+        detector_findings=_detector_findings(path, data),
     )
 
 
@@ -385,6 +389,33 @@ def _detector_rules(
                 f"a mapping of {', '.join(RULE_KEYS)} naming one of the outputs {list(outputs)}",
             )
     return tuple(rules)
+
+
+def _detector_findings(path: Path, data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    block = data.get("detector")
+    found = block.get("findings") if isinstance(block, dict) else None
+    if found is None:
+        return None
+    from edge.bed.findings import HELD_FAMILIES, RULE_KEYS, RecurrenceRule
+
+    ok = isinstance(found, dict) and set(found) <= set(HELD_FAMILIES)
+    for rule in found.values() if ok else ():
+        ok = ok and isinstance(rule, dict) and set(rule) <= set(RULE_KEYS)
+        ok = ok and all(v is None or _number(v) for v in rule.values())
+        if ok:
+            try:
+                RecurrenceRule(**rule)
+            except (ConfigError, TypeError):
+                ok = False
+    if not ok:
+        _fail(
+            path,
+            "detector.findings",
+            found,
+            f"a mapping of {' / '.join(HELD_FAMILIES)} to rules of {', '.join(RULE_KEYS)} "
+            "(events a whole number >= 1, within_s and resolve_s numbers >= 0)",
+        )
+    return found
 
 
 PHASE_KEYS = ("on_threshold", "off_threshold", "min_phase_ms", "output")

@@ -2,6 +2,7 @@
 
     lungwatch detect --audio DIR [--audio FILE ...] [--model models/sed]
                      [--config FILE] [--out events.json] [--technical FILE]
+                     [--episodes FILE]
                      [--respiration FILE] [--age-band BAND|auto]
 
 Every recording (a file, or every ``.flac`` / ``.wav`` below a folder) runs as one bed of the
@@ -14,7 +15,11 @@ exactly as ``lungwatch run`` runs them. The result is one JSON object::
                    "confidence": 0.91}, ...], ...}
 
 keyed by file stem, with every recording present (an empty list when nothing was detected)
-and types spelled as SPRSound spells them. ``--technical FILE`` writes the technical events
+and types spelled as SPRSound spells them. Like the device, it reports a wheeze or a crackle
+only once its family recurs (:mod:`edge.bed.findings`): the events of finding episodes, and
+Stridor at once; ``--episodes FILE`` writes the episodes themselves (``{"<record>": [{"type":
+"CAS", "start_s", "end_s", "confidence", "events", "opened_s"}]}``, ``opened_s`` where the
+stream was when the device announced it). ``--technical FILE`` writes the technical events
 (``poor_signal``, ``silence``, ``clipping``, ...) in the same shape, without confidence;
 ``--verdicts FILE`` each recording's rolling verdict at its end (``{"<record>": "CAS"}``:
 Normal, CAS, DAS, CAS & DAS or Poor Quality, :mod:`edge.bed.verdict`; ``assessing`` for a
@@ -128,6 +133,9 @@ def build_parser(prog: str = "lungwatch detect", scoring: bool = False) -> Argum
     parser.add_argument("--out", type=Path, help="events JSON (default: standard output)")
     parser.add_argument("--technical", type=Path, help="also write technical events here")
     parser.add_argument(
+        "--episodes", type=Path, help="also write each recording's finding episodes here"
+    )
+    parser.add_argument(
         "--verdicts", type=Path, help="also write each recording's rolling verdict at its end"
     )
     parser.add_argument(
@@ -180,6 +188,8 @@ def main(argv: list[str] | None = None, scorer: Scorer | None = None) -> int:
     write_json(args.out, events)
     if args.technical is not None:
         write_json(args.technical, {name: found[name].technical for name in read})
+    if args.episodes is not None:
+        write_json(args.episodes, {name: found[name].findings for name in read})
     if args.verdicts is not None:
         write_json(args.verdicts, {name: found[name].verdict for name in read})
     if args.respiration is not None:

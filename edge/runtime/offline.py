@@ -58,6 +58,9 @@ class RecordingEvents:
     error: str | None = None  # why the recording could not be read (skip_unreadable)
     verdict: str | None = None  # the bed's rolling verdict at the recording's end
     respiration: dict[str, Any] | None = None  # its breathing (BreathTracker.summary)
+    # its finding episodes (edge.bed.findings): {"type": "CAS" | "DAS", "start_s", "end_s",
+    # "confidence", "opened_s"} (opened_s: when the device announced it)
+    findings: list[dict[str, Any]] = field(default_factory=list)
 
 
 class FrameKeeper:
@@ -185,6 +188,10 @@ def _run(
     out = {}
     for name, found in steps.items():
         record = _events(found, n_outputs if keep_probs else None)
+        for finding in record.findings:  # when the device announced it: the stream's place
+            frame = finding.pop("opened_frame")
+            at = None if frame is None else monitor.grid.end_sample(max(frame - 1, 0))
+            finding["opened_s"] = None if at is None else round(at / monitor.sample_rate_hz, 4)
         breathing = beds[name].chain.breathing
         if breathing is not None:  # every analysis' reading once, as the stream gave them
             readings = list({id(s.respiration): s.respiration for s in found
@@ -198,8 +205,23 @@ def _events(steps: list[BedStep], n_outputs: int | None) -> RecordingEvents:
     """The ended events of one recording's steps, sorted, and its frames when asked."""
     probs = None if n_outputs is None else _frames(steps, n_outputs)
     record = RecordingEvents(probs=probs, verdict=steps[-1].verdict if steps else None)
+    opened: dict[str, float] = {}  # a finding episode's key -> where the stream was at onset
+    for step in steps:
+        heard = step.first_frame + step.probs.shape[0]
+        for e in step.events:
+            if e.kind == "finding" and e.state == "onset":
+                opened[e.key] = heard
     for event in (e for step in steps for e in step.events):
         if event.state != "ended" or event.end_s is None:
+            continue
+        if event.kind == "finding":
+            record.findings.append({
+                "type": event.type, "start_s": round(event.start_s, 4),
+                "end_s": round(event.end_s, 4),
+                "confidence": round(min(max(float(event.confidence or 0.0), 0.0), 1.0), 4),
+                "events": int(event.reason.split()[0]) if event.reason else 0,
+                "opened_frame": opened.get(event.key),
+            })  # fmt: skip
             continue
         item: dict[str, Any] = {
             "start_s": round(event.start_s, 4),
@@ -215,6 +237,7 @@ def _events(steps: list[BedStep], n_outputs: int | None) -> RecordingEvents:
             record.technical.append(item)
     record.physiological.sort(key=lambda e: (e["start_s"], e["type"]))
     record.technical.sort(key=lambda e: (e["start_s"], e["type"]))
+    record.findings.sort(key=lambda e: (e["start_s"], e["type"]))
     return record
 
 

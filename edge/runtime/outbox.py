@@ -189,7 +189,7 @@ class EventOutbox:
         return previous.ongoing(detail=detail, **changes)
 
     def _onset_fields(self, stream: Stream, t: Transition) -> dict[str, Any]:
-        physiological = t.kind == "physiological"
+        physiological = t.kind in ("physiological", "finding")
         return {
             **self._identity,
             "stream_id": stream.id,
@@ -205,8 +205,11 @@ class EventOutbox:
 
 
 def _confidence(t: Transition) -> float | None:
-    """The peak probability of a physiological event; None for technical ones."""
-    return float(min(max(t.confidence, 0.0), 1.0)) if t.kind == "physiological" else None
+    """The peak probability of a physiological event (a finding episode: of its events);
+    None for technical ones."""
+    if t.kind not in ("physiological", "finding"):
+        return None
+    return float(min(max(t.confidence, 0.0), 1.0))
 
 
 def _detail(t: Transition) -> dict[str, Any]:

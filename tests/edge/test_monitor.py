@@ -79,7 +79,7 @@ def test_the_readme_example_runs_and_prints_the_device_events() -> None:
     assert result.returncode == 0, result.stderr
     printed = [line.split()[-1] for line in result.stdout.splitlines() if "-" in line]
     found = detect_recordings({"r": WHEEZES}, MODEL_DIR, "model.int8.onnx")["r"]
-    expected = [*found.physiological, *found.technical]
+    expected = [*found.physiological, *found.technical, *found.findings]
     assert len(printed) == len(expected) >= 1
     first = found.physiological[0]
     assert f"{first['type']:<13} {first['start_s']:6.2f}-{first['end_s']:6.2f} s" in result.stdout

@@ -1,0 +1,364 @@
+"""Finding episodes: a wheeze or a crackle is told to the ward once it recurs.
+
+Words: an **event** is one sound the detector heard (one wheeze box, one crackle phase: an
+``episode_id`` on the wire); a **finding episode** is a run of recurring events of one family
+(``CAS``: Wheeze, Rhonchi; ``DAS``: Fine and Coarse Crackle), with its own onset, ongoing and
+ended. Clinicians judge a wheeze or a crackle by its recurrence over breaths, and one isolated
+event on a patient without the finding is what makes a ward stop trusting a monitor. So:
+
+- an event of a family is **held** (not published) until its family's finding episode opens;
+- the episode **opens** at the onset of an event that makes ``events`` events of the family
+  whose starts lie within ``within_s`` seconds (the window ends at that event's start). The
+  held events of the window open it with it: they are published then, in their order, as the
+  episode's evidence; older held events are dropped (they never recurred);
+- while it is open, every event of the family is published at once; it **continues** while
+  the next event starts within ``resolve_s`` of the end of the last one (``None``: the
+  ``within_s`` of its rule) and **ends** (``ended``, at the end of its last event) once the
+  stream has gone :data:`SETTLE_S` further than that without one (an event is announced a
+  little after it starts);
+- Stridor is never held: an upper-airway obstruction is its own high-priority condition at
+  once.
+
+The rule works on the events' start times alone, so :func:`episode_members` (a whole
+recording's events at once) and :class:`FindingTracker` (the stream) agree event for event;
+the workstation fits the rules with the first, the device runs the second.
+
+Each bed also keeps its **finding rate** per family: the share of its monitored time in the
+last ``rate_window_s`` that its published events of the family cover (what PulmoTrack calls
+the wheeze rate: the share of breathing time with wheeze); the bed's breathing message
+carries it (``edge.bed.chain.BedChain.finding_rates``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lungwatch.config import check
+from lungwatch.events import DEFAULT_PRIORITIES
+
+#: The families whose events wait for recurrence, and their event types.
+HELD_FAMILIES: dict[str, tuple[str, ...]] = {
+    "CAS": ("Wheeze", "Rhonchi"),
+    "DAS": ("Fine Crackle", "Coarse Crackle"),
+}
+FAMILY_OF: dict[str, str] = {t: f for f, types in HELD_FAMILIES.items() for t in types}
+FINDING_KIND = "finding"
+#: How much longer than its rule's ``resolve_s`` a stream waits before it ends an episode: an
+#: event is announced a little after it starts (a wheeze box once its fall is seen), and one
+#: that starts within ``resolve_s`` of the last still belongs to the episode.
+SETTLE_S = 4.0
+
+
+@dataclass(frozen=True)
+class RecurrenceRule:
+    """When one family's events become a finding episode (module doc)."""
+
+    events: int = 2  # this many events of the family ...
+    within_s: float = 6.0  # ... whose starts lie within this many seconds open an episode
+    resolve_s: float | None = None  # the episode ends this long after its last event (None:
+    # within_s)
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.events, int) and self.events >= 1, "events", self.events,
+              "a whole number >= 1")  # fmt: skip
+        check(self.within_s >= 0.0, "within_s", self.within_s, "a number >= 0")
+        check(self.resolve_s is None or self.resolve_s >= 0.0, "resolve_s", self.resolve_s,
+              "a number >= 0 or null")  # fmt: skip
+
+    @property
+    def resolve(self) -> float:
+        return self.within_s if self.resolve_s is None else self.resolve_s
+
+
+@dataclass(frozen=True)
+class FindingConfig:
+    """The detector's ``findings`` section: one recurrence rule per family (None: the model
+    manifest's fitted rule, else the defaults of :class:`RecurrenceRule`), and the window of
+    the finding rate. ``enabled`` None: finding episodes are on where a rule is known (the
+    manifest fitted one, or the config sets one), so a model fitted before them publishes
+    every event as heard, as it was measured."""
+
+    enabled: bool | None = None  # false: every event is published as heard; true: on, with
+    # the default rule for a family that has none
+    cas: RecurrenceRule | None = None
+    das: RecurrenceRule | None = None
+    rate_window_s: float = 300.0  # the finding rate's window
+
+    def __post_init__(self) -> None:
+        check(self.rate_window_s > 0.0, "rate_window_s", self.rate_window_s, "a number > 0")
+
+    @property
+    def on(self) -> bool:
+        """Whether events wait for recurrence (``enabled``, else: a rule is known)."""
+        if self.enabled is not None:
+            return self.enabled
+        return self.cas is not None or self.das is not None
+
+    def rule(self, family: str) -> RecurrenceRule:
+        got = self.cas if family == "CAS" else self.das
+        return got if got is not None else RecurrenceRule()
+
+    def with_manifest(self, rules: Mapping[str, Any] | None) -> FindingConfig:
+        """The manifest's fitted rules (``{"CAS": {"events": 2, "within_s": 6.0}, ...}``) for
+        each family the config leaves unset."""
+        if not rules:
+            return self
+        got = {
+            f: RecurrenceRule(**{k: v for k, v in dict(r).items() if k in RULE_KEYS})
+            for f, r in rules.items()
+            if f in HELD_FAMILIES
+        }
+        return replace(
+            self,
+            cas=self.cas if self.cas is not None else got.get("CAS"),
+            das=self.das if self.das is not None else got.get("DAS"),
+        )
+
+
+RULE_KEYS = ("events", "within_s", "resolve_s")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One event as the rule sees it: where it starts and ends (seconds or samples)."""
+
+    start: float
+    end: float
+
+
+def episode_members(
+    spans: Sequence[Span], rule: RecurrenceRule, scale: float = 1.0
+) -> list[list[int]]:
+    """The finding episodes of one family's events of a whole recording: each episode as the
+    indices (into ``spans``) of its events, in start order. ``scale``: units per second of
+    the spans' times (1: seconds; the sample rate: samples)."""
+    order = sorted(range(len(spans)), key=lambda i: (spans[i].start, i))
+    within, resolve = rule.within_s * scale, rule.resolve * scale
+    episodes: list[list[int]] = []
+    current: list[int] | None = None
+    last_end = 0.0
+    recent: deque[int] = deque()
+    for i in order:
+        s = spans[i]
+        if current is not None and s.start - last_end > resolve:
+            current = None
+        if current is not None:
+            current.append(i)
+            last_end = max(last_end, s.end)
+            continue
+        recent.append(i)
+        while recent and spans[recent[0]].start < s.start - within:
+            recent.popleft()
+        if len(recent) >= rule.events:
+            current = list(recent)
+            episodes.append(current)
+            last_end = max(spans[j].end for j in current)
+            recent.clear()
+    return episodes
+
+
+def kept_events(
+    events: Sequence[Mapping[str, Any]], config: FindingConfig
+) -> tuple[list[Mapping[str, Any]], list[dict[str, Any]]]:
+    """A whole recording's events (``{"start_s", "end_s", "type", ...}``) -> the ones that
+    belong to a finding episode (Stridor and types of no held family always), and the
+    episodes (``{"family", "start_s", "end_s", "events", "opened_s", "first_event_s"}``:
+    ``opened_s`` the start of the event that opened it; the device announces it once that
+    event is heard)."""
+    if not config.on:
+        return list(events), []
+    kept = [e for e in events if str(e["type"]) not in FAMILY_OF]
+    episodes: list[dict[str, Any]] = []
+    for family in HELD_FAMILIES:
+        mine = [e for e in events if FAMILY_OF.get(str(e["type"])) == family]
+        spans = [Span(float(e["start_s"]), float(e["end_s"])) for e in mine]
+        rule = config.rule(family)
+        for members in episode_members(spans, rule):
+            kept += [mine[i] for i in members]
+            opener = members[min(rule.events, len(members)) - 1]
+            episodes.append({
+                "family": family,
+                "start_s": min(spans[i].start for i in members),
+                "end_s": max(spans[i].end for i in members),
+                "events": len(members),
+                "opened_s": spans[opener].start,
+                "first_event_s": spans[members[0]].start,
+            })  # fmt: skip
+    kept.sort(key=lambda e: (float(e["start_s"]), str(e["type"])))
+    episodes.sort(key=lambda e: (e["start_s"], e["family"]))
+    return kept, episodes
+
+
+@dataclass
+class _Family:
+    rule: RecurrenceRule
+    held: dict[str, list[Any]] = field(default_factory=dict)  # key -> its transitions so far
+    recent: deque[tuple[int, str]] = field(default_factory=deque)  # (start, key) held onsets
+    members: set[str] = field(default_factory=set)  # the open episode's events
+    open_members: set[str] = field(default_factory=set)  # ... not ended yet
+    episode: Any = None  # the open episode's onset transition, or None
+    start: int = 0  # the open episode's first event's start (sample)
+    last_end: int = 0  # the end of its last event that ended
+    peak: float = 0.0
+    count: int = 0  # its events
+    ended: list[tuple[int, int]] = field(default_factory=list)  # published events' spans
+
+
+class FindingTracker:
+    """One bed's finding episodes over the detector's transitions (module doc).
+
+    ``take(transitions, now_sample)`` returns what the bed publishes: the transitions of
+    events that belong to a finding episode (held ones released when it opens) and the
+    episodes' own transitions (``kind`` :data:`FINDING_KIND`, ``type`` the family), every
+    other transition unchanged and in order. ``make(kind_of_transition, **fields)`` builds a
+    transition of the detector's type (:class:`edge.bed.detector.Transition`)."""
+
+    def __init__(self, config: FindingConfig, rate_hz: int, make: Any) -> None:
+        self.config = config
+        self.rate_hz = rate_hz
+        self._make = make
+        self._families = {f: _Family(config.rule(f)) for f in HELD_FAMILIES}
+        self.held_dropped = 0  # events heard but never part of an episode
+
+    def take(self, transitions: Iterable[Any], now_sample: int) -> list[Any]:
+        if not self.config.on:
+            return list(transitions)
+        out: list[Any] = []
+        for t in transitions:
+            family = FAMILY_OF.get(t.type) if t.kind == "physiological" else None
+            if family is None:
+                out.append(t)
+                continue
+            self._one(self._families[family], family, t, out)
+        for family, f in self._families.items():
+            self._maybe_end(f, family, now_sample, out)
+        return out
+
+    def finish(self, transitions: Iterable[Any], why: str) -> list[Any]:
+        """The stream is over: the last transitions, then every open episode ends."""
+        out = self.take(transitions, 0)
+        for family, f in self._families.items():
+            self._maybe_end(f, family, None, out, why)
+            self.held_dropped += len(f.held)
+            f.held.clear()
+            f.recent.clear()
+        return out
+
+    def _one(self, f: _Family, family: str, t: Any, out: list[Any]) -> None:
+        rate = self.rate_hz
+        quiet = f.episode is not None and not f.open_members
+        if t.state == "onset" and quiet and t.start_sample - f.last_end > f.rule.resolve * rate:
+            self._end(f, family, out)
+        if t.key in f.members:
+            self._publish(f, t, out)
+            return
+        if t.key in f.held:
+            f.held[t.key].append(t)
+            return
+        if t.state != "onset":  # an event of no episode we know (never held): as it is
+            out.append(t)
+            return
+        if f.episode is not None:  # the open episode goes on
+            f.members.add(t.key)
+            self._publish(f, t, out)
+            return
+        f.held[t.key] = [t]
+        f.recent.append((t.start_sample, t.key))
+        floor = t.start_sample - f.rule.within_s * rate
+        while f.recent and f.recent[0][0] < floor:
+            _, old = f.recent.popleft()
+            if old in f.held:
+                self.held_dropped += 1
+                del f.held[old]
+        if len(f.recent) < f.rule.events:
+            return
+        first = f.recent[0][0]
+        f.episode = self._make(
+            type=family, kind=FINDING_KIND, priority=finding_priority(family), state="onset",
+            start_sample=first, end_sample=None, confidence=0.0,
+            key=f"{family}@{first}",
+        )  # fmt: skip
+        f.start, f.last_end, f.peak, f.count = first, first, 0.0, 0
+        released = [f.held.pop(k) for _, k in f.recent]
+        f.recent.clear()
+        opening: list[Any] = []
+        for group in released:
+            f.members.add(group[0].key)
+            for x in group:
+                self._publish(f, x, opening)
+        f.episode = replace(f.episode, confidence=f.peak)
+        out.append(f.episode)
+        out.extend(opening)
+
+    def _publish(self, f: _Family, t: Any, out: list[Any]) -> None:
+        out.append(t)
+        f.peak = max(f.peak, float(t.confidence))
+        if t.state == "onset":
+            f.count += 1
+            f.open_members.add(t.key)
+        if t.state == "ended":
+            f.open_members.discard(t.key)
+            end = int(t.end_sample if t.end_sample is not None else t.start_sample)
+            f.last_end = max(f.last_end, end)
+            f.ended.append((int(t.start_sample), end))
+
+    def _maybe_end(
+        self, f: _Family, family: str, now: int | None, out: list[Any], why: str = ""
+    ) -> None:
+        if f.episode is None:
+            return
+        if now is None:  # the stream's end
+            self._end(f, family, out, why)
+            return
+        if not f.open_members and now - f.last_end > (f.rule.resolve + SETTLE_S) * self.rate_hz:
+            self._end(f, family, out)
+
+    def _end(self, f: _Family, family: str, out: list[Any], why: str = "") -> None:
+        episode = f.episode
+        f.episode = None
+        f.members.clear()
+        f.open_members.clear()
+        out.append(
+            replace(
+                episode,
+                state="ended",
+                end_sample=max(f.last_end, episode.start_sample),
+                confidence=f.peak,
+                reason=f"{f.count} events",
+                ended_by=why,
+            )
+        )
+
+    def open_families(self) -> tuple[str, ...]:
+        return tuple(fam for fam, f in self._families.items() if f.episode is not None)
+
+    def rate(self, family: str, now_sample: int, monitored_samples: float) -> float | None:
+        """The share (0..1) of ``monitored_samples`` (the bed's monitored time in the last
+        ``rate_window_s``) that the family's published events cover; None before there is
+        any monitored time."""
+        if monitored_samples <= 0:
+            return None
+        floor = now_sample - self.config.rate_window_s * self.rate_hz
+        f = self._families[family]
+        f.ended = [(s, e) for s, e in f.ended if e > floor]
+        covered = _union([(max(s, floor), e) for s, e in f.ended])
+        return min(1.0, covered / monitored_samples)
+
+
+def _union(spans: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(spans):
+        if e <= end:
+            continue
+        total += e - max(s, end)
+        end = e
+    return total
+
+
+def finding_priority(family: str) -> str:
+    """A finding episode's priority: the highest default of its family's held types."""
+    ranks = {"high": 0, "medium": 1, "low": 2}
+    return min((DEFAULT_PRIORITIES[t] for t in HELD_FAMILIES[family]), key=ranks.__getitem__)
