@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from gateway.hl7 import Bed
 from gateway.outbox import REFUSED, RETRY, SENT, Queued
 from lungwatch.errors import LungwatchError
+from lungwatch.labels import display_name
 
 IDENTIFIER_SYSTEM = "urn:lungwatch:observation"
 LOCAL_SYSTEM = "urn:lungwatch:code"
@@ -86,9 +87,10 @@ def finding_observation(event: Mapping[str, Any], bed: Bed, key: str) -> str:
         body["valueCodeableConcept"] = {"coding": [{"system": LOCAL_SYSTEM, "code": kind}],
                                         "text": kind}  # fmt: skip
     else:
-        coding = {"system": SNOMED, "code": str(code), "display": kind} if code else {
+        text = display_name(kind)
+        coding = {"system": SNOMED, "code": str(code), "display": text} if code else {
             "system": LOCAL_SYSTEM, "code": kind}  # fmt: skip
-        body["code"] = {"coding": [coding], "text": kind}
+        body["code"] = {"coding": [coding], "text": text}
         body["valueCodeableConcept"] = {"coding": [PRESENT]}
     period = {"start": _instant(event.get("start_utc"))}
     if ended and event.get("end_utc"):

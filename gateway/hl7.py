@@ -33,12 +33,14 @@ from hl7apy.parser import parse_message
 
 from lungwatch.alarms import condition_type
 from lungwatch.errors import LungwatchError
-from lungwatch.events import snomed_ct
+from lungwatch.events import FINDING_RATE_FAMILY, snomed_ct
+from lungwatch.labels import FINDING_RATE_CODE, FINDING_RATE_TEXT, display_name
 
 VERSION = "2.6"
 MDC_RESP_RATE = "151562^MDC_RESP_RATE^MDC"
 MDC_RESP_PER_MIN = "264928^MDC_DIM_RESP_PER_MIN^MDC"
 MONITORING = "182777000^Monitoring of patient^SCT"  # the order every observation answers
+PERCENT = "%^percent^UCUM"  # the finding rates' unit
 LOCAL_TABLE = "99LW"  # lungwatch's own codes (event types without a SNOMED CT code)
 PRESENT, ABSENT = "52101004^Present^SCT", "2667000^Absent^SCT"
 RESPIRATION_STATE = f"respiration-state^Respiratory rate assessment^{LOCAL_TABLE}"
@@ -132,6 +134,14 @@ def rate_message(
         reason = plain(reading.get("reason", ""))
         value = f"{state}^{reason or state}^{LOCAL_TABLE}"
         _obx(order, 1, "CWE", RESPIRATION_STATE, value, utc, bed, status="R")
+    set_id = 1
+    for key, family in FINDING_RATE_FAMILY.items():  # the finding rates, where the bed has one
+        share = reading.get(key)
+        if isinstance(share, int | float):
+            set_id += 1
+            code = f"{FINDING_RATE_CODE[family]}^{FINDING_RATE_TEXT[family]}^{LOCAL_TABLE}"
+            _obx(order, set_id, "NM", code, f"{float(share):.1f}", utc, bed, units=PERCENT,
+                 status="R")  # fmt: skip
     return _checked(msg)
 
 
@@ -148,8 +158,8 @@ def finding_message(
         value = f"{plain(kind)}^{plain(kind)}^{LOCAL_TABLE}"
         _obx(order, 1, "CWE", SIGNAL_QUALITY, value, start, bed, status="F" if ended else "P")
     else:
-        code = event.get("snomed_ct")
-        what = f"{plain(code)}^{plain(kind)}^SCT" if code else f"{plain(kind)}^{plain(kind)}^" \
+        code, text = event.get("snomed_ct"), display_name(str(kind))
+        what = f"{plain(code)}^{plain(text)}^SCT" if code else f"{plain(kind)}^{plain(text)}^" \
             f"{LOCAL_TABLE}"  # fmt: skip
         _obx(order, 1, "CWE", what, PRESENT, start, bed, status="F" if ended else "P")
     return _checked(msg)

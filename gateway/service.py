@@ -40,7 +40,10 @@ from gateway.hl7 import AlertReport, Bed, Hl7Error, alert_message, finding_messa
 from gateway.mllp import MllpClient, MllpTransport
 from gateway.outbox import Courier, Outbox, new_control_id
 from lungwatch.access import GATEWAY_READS
+from lungwatch.alarms import condition_of
 from lungwatch.events import (
+    FINDING_RATE_KEYS,
+    FINDING_TYPES,
     RESPIRATION_STATES,
     TOPIC_ROOT,
     Event,
@@ -152,7 +155,7 @@ class Intake:
             if self.alarms is not None:
                 with self.lock:
                     self.alarms.event(event)
-            if event.state == "ongoing":
+            if event.state == "ongoing" or is_evidence(event):
                 return "skipped"
             bed = self.bed(device_id, stream_id)
             return self._put(f"event/{event.id}", event.to_dict(), bed, "finding")
@@ -223,6 +226,12 @@ class Intake:
         return True
 
 
+def is_evidence(event: Event) -> bool:
+    """A wheeze or crackle event: the evidence inside a finding episode (edge.bed.findings).
+    The hospital is sent the episode (its own message, kind ``finding``), not each sound."""
+    return event.kind == "physiological" and condition_of(event.type) in FINDING_TYPES
+
+
 def _reading(body: dict[str, Any]) -> tuple[dict[str, Any], dt.datetime]:
     """The respiration message's fields the gateway reports, checked, and its time (a
     ``...Z`` time, as the wire contract has it: :func:`lungwatch.events.parse_utc`)."""
@@ -238,7 +247,11 @@ def _reading(body: dict[str, Any]) -> tuple[dict[str, Any], dt.datetime]:
     utc, reason = body.get("utc"), body.get("reason", "")
     if not isinstance(utc, str) or not isinstance(reason, str) or len(reason) > 200:
         raise MessageError("respiration utc must be a time, reason text of 200 chars at most")
-    keep = ("state", "rate_bpm", "low_bpm", "high_bpm", "utc", "reason")
+    for name in FINDING_RATE_KEYS:  # the finding rates: percent of breathing time, or null
+        share = body.get(name)
+        if share is not None and not (is_number(share) and 0.0 <= share <= 100.0):
+            raise MessageError(f"{name} {share!r} is not a percentage")
+    keep = ("state", "rate_bpm", "low_bpm", "high_bpm", "utc", "reason", *FINDING_RATE_KEYS)
     return {name: body.get(name) for name in keep}, parse_utc(utc)
 
 

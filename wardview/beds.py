@@ -32,6 +32,8 @@ CONDITION_OF_TYPE = {
     "Wheeze": ("wheezes",),
     "Wheeze+Crackle": ("wheezes", "crackles"),
     "Rhonchi": ("rhonchi",),
+    "CAS": ("wheezes",),  # a finding episode (edge.bed.findings)
+    "DAS": ("crackles",),
     "Fine Crackle": ("crackles",),
     "Coarse Crackle": ("crackles",),
     "tachypnoea": ("tachypnoea",),
@@ -228,7 +230,8 @@ def show_respiration(bed: Bed, body: dict[str, Any]) -> None:
     """A (checked) breathing message on ``bed``: its last reading and a point of its trend."""
     shown = {key: body.get(key) for key in ("state", "rate_bpm", "confidence", "breaths",
                                              "age_band", "low_bpm", "high_bpm", "reason",
-                                             "utc", "last_breath_utc")}  # fmt: skip
+                                             "utc", "last_breath_utc", "wheeze_rate_pct",
+                                             "crackle_rate_pct")}  # fmt: skip
     bed.respiration = {k: v for k, v in shown.items()
                        if isinstance(v, str | int | float) or v is None}  # fmt: skip
     bed.rate_trend.append({"utc": str(body.get("utc")), "rate_bpm": body.get("rate_bpm"),

@@ -66,8 +66,8 @@ PRUNE_EVERY_S = 60.0
 RECENT_EVENTS = 8  # per bed, restored at start
 RESTORED_READINGS = 720  # per bed and kind, restored at start (the page's trend)
 RESTORED_IDS = 100_000  # the newest event ids restored at start (duplicates are not taken)
-CAS = ("Wheeze", "Rhonchi", "Stridor")
-DAS = ("Fine Crackle", "Coarse Crackle")
+CAS = ("Wheeze", "Rhonchi", "Stridor", "CAS")  # the sounds and their finding episodes
+DAS = ("Fine Crackle", "Coarse Crackle", "DAS")
 FAMILIES = {"CAS": CAS, "DAS": DAS, "breathing": ("apnoea", "tachypnoea", "bradypnoea")}
 
 

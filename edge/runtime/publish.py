@@ -21,7 +21,7 @@ from edge.runtime.config import RuntimeConfig
 from edge.runtime.outbox import EventOutbox
 from edge.runtime.stream import Stream
 from edge.sinks import Sink, publish_respiration, publish_summary, publish_verdict
-from lungwatch.events import utc_now
+from lungwatch.events import FINDING_RATE_FAMILY, utc_now
 
 
 class Publisher:
@@ -135,4 +135,8 @@ class Publisher:
         message.update(low_bpm=band.low_bpm, high_bpm=band.high_bpm, model_id=self.model.model_id)
         if reading.last_breath_sample is not None:
             message["last_breath_utc"] = stream.utc(reading.last_breath_sample)
+        rates = stream.chain.finding_rates()  # the share of breathing time with each finding
+        for key, family in FINDING_RATE_FAMILY.items():
+            share = rates.get(family)
+            message[key] = None if share is None else round(100.0 * share, 1)
         publish_respiration(self.sink, stream.id, message)

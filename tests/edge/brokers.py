@@ -330,12 +330,12 @@ class Recorder:
 
 def make_events(
     n: int, site: str = "ward-3", device_id: str = "dev-1", stream_id: str = "bed-1",
-    priority: str = "medium",
+    priority: str = "medium", type: str = "Wheeze",
 ) -> list[Event]:  # fmt: skip
-    """``n`` distinct Wheeze onsets, 1 s apart on an 8 kHz timeline."""
+    """``n`` distinct Wheeze onsets (or of ``type``), 1 s apart on an 8 kHz timeline."""
     return [
         Event.onset(
-            type="Wheeze",
+            type=type,
             site=site,
             device_id=device_id,
             stream_id=stream_id,
@@ -349,6 +349,12 @@ def make_events(
         )
         for i in range(n)
     ]
+
+
+def finding_events(n: int, **kwargs: Any) -> list[Event]:
+    """``n`` distinct wheeze finding episodes' onsets (what the gateway reports of a bed's
+    wheezes; the events inside are evidence it does not send)."""
+    return make_events(n, type="CAS", **kwargs)
 
 
 def latched_stridor(site: str, device_id: str, stream_id: str) -> Event:

@@ -110,6 +110,21 @@ def test_a_beds_episodes_of_one_finding_are_one_alarm_condition() -> None:
     assert das["last_episode_utc"] == "2026-05-09T07:00:45.000Z"
 
 
+def test_a_finding_episode_and_its_evidence_are_one_physiological_condition() -> None:
+    """The device's wheeze finding episode (kind finding) and the wheezes inside it raise one
+    CAS row, a physiological condition shown as wheezes on the bed's card."""
+    ward = Ward(SITE)
+    episode = finding("CAS", second=2)
+    assert episode.kind == "finding"
+    assert send(ward, episode)
+    assert send(ward, finding("Wheeze", second=2))
+    assert send(ward, finding("Wheeze", second=5))
+    [row] = ward.alarms()
+    assert (row["condition"], row["kind"], row["episodes"]) == ("CAS", "physiological", 3)
+    assert row["priority"] == "medium"
+    assert ward.snapshot()["beds"][0]["state"]["key"] == "wheezes"
+
+
 def test_an_ended_episodes_condition_alarms_until_acknowledged_and_its_rows_stay() -> None:
     now = [1000.0]
     ward = Ward(SITE, events_per_bed=3, alarm_settings=AlarmSettings(hold_s=0.0),
@@ -573,6 +588,13 @@ def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> 
     wrong = {"state": "ok", "rate_bpm": 900, "utc": "2026-05-09T07:01:00.000Z"}
     assert not ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", wrong).encode())
     assert ward.counts["rejected"] == 1
+    share = {**reading, "wheeze_rate_pct": 150.0, "utc": "2026-05-09T07:01:10.000Z"}
+    assert not ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", share).encode())
+    assert ward.counts["rejected"] == 2  # a finding rate is a percentage
+    share = {**share, "wheeze_rate_pct": 12.5, "crackle_rate_pct": None}
+    assert ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", share).encode())
+    shown = ward.snapshot()["beds"][0]["respiration"]
+    assert (shown["wheeze_rate_pct"], shown["crackle_rate_pct"]) == (12.5, None)
     assert ward.handle(topic, b"", True)  # the stream ended: withdrawn
     assert ward.snapshot()["beds"][0]["respiration"] is None
     assert ward.handle(respiration_topic(SITE, DEVICE, "bed-9"), b"", True)

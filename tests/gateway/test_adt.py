@@ -13,7 +13,7 @@ from gateway.config import BedEntry, GatewayConfig, Hl7Config
 from gateway.outbox import Outbox
 from gateway.service import Intake, hl7_route
 from lungwatch.errors import ConfigError
-from tests.edge.brokers import make_events
+from tests.edge.brokers import finding_events
 
 SITE, DEVICE = "ward-3", "dev-1"
 
@@ -67,7 +67,7 @@ def test_the_gateways_messages_name_the_feeds_patient_else_the_configured_one(
     outbox = Outbox(tmp_path / "q.sqlite")
     gate = Intake(config, [hl7_route(hl7, outbox)])
     for bed in ("bed-1", "bed-2", "bed-3"):
-        [event] = make_events(1, site=SITE, device_id=DEVICE, stream_id=bed)
+        [event] = finding_events(1, site=SITE, device_id=DEVICE, stream_id=bed)
         assert gate.handle(event.topic, event.to_json().encode()) == "queued"
     rows = outbox._db.execute("SELECT message FROM outbox ORDER BY seq").fetchall()
     pid3 = [next(s for s in text.split("\r") if s.startswith("PID")).split("|")[3]

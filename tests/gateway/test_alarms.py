@@ -25,7 +25,7 @@ from lungwatch.events import (
     summary_payload,
     summary_topic,
 )
-from tests.edge.brokers import Mosquitto, make_events
+from tests.edge.brokers import Mosquitto, finding_events
 from tests.gateway.receiver import Receiver
 from tests.gateway.test_service import Device, gateway_yaml, start_gateway, stop_all
 
@@ -77,7 +77,7 @@ def ack(target: str, user: str) -> bytes:
 def test_a_conditions_life_is_one_report_per_change_under_one_alert_id(tmp_path: Path) -> None:
     clock = Clock()
     gate, outbox = intake(tmp_path / "q.sqlite", clock)
-    wheeze = make_events(2, site=SITE, device_id=DEVICE, stream_id=BED, priority="low")
+    wheeze = finding_events(2, site=SITE, device_id=DEVICE, stream_id=BED, priority="low")
     assert gate.handle(TOPIC, wheeze[0].to_json().encode()) == "queued"
     assert gate.tick() == 1  # start
     assert gate.tick() == 0  # nothing changed: nothing said
@@ -116,10 +116,10 @@ def test_a_conditions_life_is_one_report_per_change_under_one_alert_id(tmp_path:
 def test_acknowledged_while_open_then_raised_again_after_realarm_s(tmp_path: Path) -> None:
     clock = Clock()
     gate, outbox = intake(tmp_path / "q.sqlite", clock)
-    first, second = make_events(2, site=SITE, device_id=DEVICE, stream_id=BED)
+    first, second = finding_events(2, site=SITE, device_id=DEVICE, stream_id=BED)
     gate.handle(TOPIC, first.to_json().encode())
     gate.tick()
-    gate.handle(ack_topic(SITE, DEVICE, BED), ack("Wheeze", "nurse-b"))  # names a type
+    gate.handle(ack_topic(SITE, DEVICE, BED), ack("CAS", "nurse-b"))  # names the condition
     assert gate.tick() == 1
     clock.now += 601.0  # realarm_s later a new episode raises it again
     gate.handle(TOPIC, second.to_json().encode())
@@ -138,7 +138,7 @@ def test_a_condition_over_and_started_again_is_a_new_alert(tmp_path: Path) -> No
     new one starts under a new id (not a reactivation of the acknowledged one)."""
     clock = Clock()
     gate, outbox = intake(tmp_path / "q.sqlite", clock)
-    first, second = make_events(2, site=SITE, device_id=DEVICE, stream_id=BED, priority="high")
+    first, second = finding_events(2, site=SITE, device_id=DEVICE, stream_id=BED, priority="high")
     gate.handle(TOPIC, first.to_json().encode())
     gate.tick()
     gate.handle(ack_topic(SITE, DEVICE, BED), ack("CAS", "nurse-b"))
@@ -162,9 +162,9 @@ def test_a_restarted_gateway_neither_repeats_nor_loses_a_report(tmp_path: Path) 
     clock = Clock()
     path = tmp_path / "q.sqlite"
     gate, outbox = intake(path, clock)
-    wheeze = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+    wheeze = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
     crackle = Event.onset(
-        type="Fine Crackle", site=SITE, device_id=DEVICE, stream_id=BED, priority="low",
+        type="DAS", site=SITE, device_id=DEVICE, stream_id=BED, priority="low",
         start_utc="2026-05-09T07:00:02.000Z", start_sample=16000, confidence=0.8,
         model_id=wheeze.model_id, model_sha256=wheeze.model_sha256, quality={"score": 0.9},
     )  # fmt: skip
@@ -227,7 +227,7 @@ def test_the_alarm_reports_reach_the_receiver_with_who_acknowledged(tmp_path: Pa
     broker, receiver = Mosquitto(tmp_path).start(), Receiver().start()
     gateway = start_gateway(gateway_yaml(tmp_path, broker.port, receiver.port, alarms=True))
     device = Device(broker.port)
-    onset = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED, priority="high")[0]
+    onset = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED, priority="high")[0]
 
     def alerts() -> list[str]:
         return [t for t in receiver.accepted.values() if "ORU^R40" in t.split("\r")[0]]

@@ -20,7 +20,7 @@ from gateway.service import Intake, fhir_route
 from lungwatch.config import from_mapping
 from lungwatch.errors import ConfigError
 from lungwatch.events import event_topic, respiration_payload, respiration_topic
-from tests.edge.brokers import make_events
+from tests.edge.brokers import finding_events
 from tests.gateway.fhir_server import FhirServer
 
 SITE, DEVICE, BED = "ward-3", "dev-1", "bed-1"
@@ -57,11 +57,11 @@ def test_a_rate_is_a_vital_sign_in_per_minute_with_its_range_and_patient() -> No
 
 
 def test_a_finding_is_present_preliminary_then_final_with_its_end() -> None:
-    onset = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+    onset = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
     first = json.loads(finding_observation(onset.to_dict(), WHERE, "episode/x"))
     assert first["status"] == "preliminary"
     assert first["code"]["coding"][0] == {"system": "http://snomed.info/sct", "code": "56018004",
-                                          "display": "Wheeze"}  # fmt: skip
+                                          "display": "Wheezing"}  # fmt: skip
     assert first["valueCodeableConcept"]["coding"][0]["code"] == "52101004"
     ended = onset.ended("2026-05-09T07:00:03.000Z", 24000)
     last = json.loads(finding_observation(ended.to_dict(), WHERE, "episode/x"))
@@ -92,7 +92,7 @@ def test_an_endpoint_that_goes_down_and_back_loses_nothing(tmp_path: Path) -> No
     outbox = Outbox(tmp_path / "fhir.sqlite")
     intake = Intake(config, [fhir_route(outbox)])
     courier, stop, thread = courier_thread(outbox, server, token="t0ken")
-    events = make_events(10, site=SITE, device_id=DEVICE, stream_id=BED)
+    events = finding_events(10, site=SITE, device_id=DEVICE, stream_id=BED)
     topic, rtopic = event_topic(SITE, DEVICE, BED), respiration_topic(SITE, DEVICE, BED)
     try:
         for i in range(10):

@@ -55,6 +55,21 @@ def test_a_rate_is_an_mdc_respiratory_rate_with_its_age_bands_range() -> None:
     assert "PID|||12345^^^HOSP^MR||^^^^^^U" in text.split("\r")
 
 
+def test_a_readings_finding_rates_follow_its_rate_in_percent_where_the_bed_has_them() -> None:
+    text = rate_message({**READING, "wheeze_rate_pct": 12.34, "crackle_rate_pct": None}, BED,
+                        SENDER, "X5", NOW)  # fmt: skip
+    strict(text)
+    rate, wheeze = obx_fields(text)
+    assert rate[1:4] == ["1", "NM", "151562^MDC_RESP_RATE^MDC"]
+    assert wheeze[1:7] == ["2", "NM", "LW-WHEEZE-RATE^wheeze rate^99LW", "", "12.3",
+                           "%^percent^UCUM"]  # fmt: skip
+    assert wheeze[11] == "R"
+    both = rate_message({**READING, "wheeze_rate_pct": 0.0, "crackle_rate_pct": 4.0}, BED,
+                        SENDER, "X6", NOW)  # fmt: skip
+    assert [f[3].split("^")[0] for f in obx_fields(both)] == [
+        "151562", "LW-WHEEZE-RATE", "LW-CRACKLE-RATE"]  # fmt: skip
+
+
 def test_a_reading_without_a_rate_says_its_state_and_reason() -> None:
     text = rate_message({**READING, "state": "not_assessable", "rate_bpm": None,
                          "reason": "breathing not periodic"}, Bed("edge-1", "bed-2"), SENDER,

@@ -26,7 +26,7 @@ from lungwatch.events import (
     respiration_topic,
 )
 from lungwatch.mqtt import import_paho
-from tests.edge.brokers import REPO_ROOT, Mosquitto, make_events
+from tests.edge.brokers import REPO_ROOT, Mosquitto, finding_events
 from tests.gateway.receiver import Receiver
 
 SITE, DEVICE, BED = "ward-3", "dev-1", "bed-1"
@@ -53,7 +53,7 @@ def test_intake_queues_onsets_ends_and_readings_and_refuses_what_is_not_its_topi
                            beds=(BedEntry(DEVICE, BED, "ICU^1^1^HOSP"),))  # fmt: skip
     outbox = Outbox(tmp_path / "q.sqlite")
     intake = Intake(config, [hl7_route(Hl7Config(host="127.0.0.1"), outbox)])
-    onset = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+    onset = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
     topic = event_topic(SITE, DEVICE, BED)
     assert intake.handle(topic, onset.to_json().encode()) == "queued"
     assert intake.handle(topic, onset.to_json().encode()) == "duplicate"  # delivered again
@@ -140,7 +140,7 @@ def test_nothing_is_lost_or_sent_twice_while_the_receiver_and_the_gateway_restar
     config = gateway_yaml(tmp_path, broker.port, receiver.port)
     gateway = start_gateway(config)
     device = Device(broker.port)
-    events = make_events(30, site=SITE, device_id=DEVICE, stream_id=BED)
+    events = finding_events(30, site=SITE, device_id=DEVICE, stream_id=BED)
     topic, rtopic = event_topic(SITE, DEVICE, BED), respiration_topic(SITE, DEVICE, BED)
     try:
         for i in range(10):
@@ -170,7 +170,7 @@ def test_nothing_is_lost_or_sent_twice_while_the_receiver_and_the_gateway_restar
     assert receiver.errors == []  # every message valid HL7 v2.6
     obx = [next(seg for seg in text.split("\r") if seg.startswith("OBX"))
            for text in receiver.accepted.values()]  # fmt: skip
-    wheezes = {seg.split("|")[14] for seg in obx if "56018004^Wheeze^SCT" in seg}
+    wheezes = {seg.split("|")[14] for seg in obx if "56018004^Wheezing^SCT" in seg}
     rates = {seg.split("|")[14] for seg in obx if "MDC_RESP_RATE" in seg}
     assert (len(wheezes), len(rates)) == (30, 15)
     assert "stopped" in out
@@ -252,7 +252,7 @@ def test_a_gateway_login_from_lungwatch_access_reads_the_sites_events_and_breath
         assert gateway.subscribed.is_set()  # the broker granted the subscriptions
         publisher.connect("127.0.0.1", broker.port)
         publisher.loop_start()
-        [event] = make_events(1, site=SITE, device_id=DEVICE, stream_id=BED)
+        [event] = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)
         publisher.publish(event_topic(SITE, DEVICE, BED), event.to_json(), qos=1).wait_for_publish(
             5
         )

@@ -230,18 +230,22 @@
     // breathing: the rate now (or why there is none) and its trend
     const rate = el("div", "rate", "");
     rate.title = "respiratory rate over the last 30 s, breaths per minute";
+    // findings: the share of breathing time with wheeze and with crackle (the device's window)
+    const frate = el("div", "finding-rate", "");
+    frate.title = "share of the bed's breathing time with wheeze and with crackle, " +
+      "over the device's last minutes";
     const trend = el("canvas", "trend");
     trend.width = 240;
     trend.height = 28;
     trend.setAttribute("aria-hidden", "true");
     const events = el("ol", "events");
-    card.append(head, where, rate, trend, canvas, live, events);
+    card.append(head, where, rate, frate, trend, canvas, live, events);
     const device = deviceNode(deviceId);
     const last = device.beds.lastElementChild;  // a snapshot lists beds in order: append
     const after = !last || naturalLess(last.dataset.stream, streamId) ? null
       : [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
     device.beds.insertBefore(card, after || null);
-    bed = { card, name, where, state, verdict, canvas, live, events, rate, trend, points: [],
+    bed = { card, name, where, state, verdict, canvas, live, events, rate, frate, trend, points: [],
       rates: [], lastRateUtc: null, near: false, stale: false };
     card.lwBed = bed;
     nearScreen.observe(card);
@@ -312,6 +316,10 @@
       if (bed.rates.length > TREND_POINTS) bed.rates.splice(0, bed.rates.length - TREND_POINTS);
     }
     bed.card.dataset.respiration = r ? r.state : "";
+    const pct = (v) => (typeof v === "number" ? `${v < 10 ? v.toFixed(1) : Math.round(v)} %` : "--");
+    const wheeze = r ? r.wheeze_rate_pct : null, crackle = r ? r.crackle_rate_pct : null;
+    bed.frate.textContent = wheeze == null && crackle == null ? ""
+      : `wheeze ${pct(wheeze)} · crackle ${pct(crackle)} of breathing`;
     bed.rate.dataset.rate = r && r.rate_bpm !== null ? String(r.rate_bpm) : "";
     if (!r) bed.rate.textContent = "";
     else if (r.state === "ok") {
