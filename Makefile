@@ -94,7 +94,8 @@ fuzz: $(VENV)/.installed-dev
 # patient-grouped folds), the student's fold models (CV_DESIGN: fold k taught by the teacher's
 # fold-k models; out of fold, they fit the rules) and its full model (every training patient,
 # taught by every teacher fold model, seed SEED), export, INT8, the detector rules and the
-# quality gate fitted on the student's out-of-fold outputs, the Task rules, the verify gate's
+# quality gate fitted on the student's out-of-fold outputs, the finding episodes' rules (fitted
+# on half of intra_test's patients and out of fold), the Task rules, the verify gate's
 # reference. CV_DEVICE=cuda CV_JOBS=15 trains the fold models on a GPU, several at a time;
 # fold models already trained are kept. Copy $(SED_OUT) to models/sed to ship it.
 SEED ?= 0
@@ -119,6 +120,7 @@ train-sed: $(VENV)/.installed-dev
 	  --out $(SED_OUT)/model.int8.onnx --calib-dir $(SED_DATA)/sprsound/train \
 	  --max-files 600 --max-chunks 2048 --keep-first
 	$(VENV)/bin/lungwatch cv rules --design $(CV_DESIGN) --model $(SED_OUT) --boxes
+	$(VENV)/bin/lungwatch cv findings --oof out/cv/$(CV_DESIGN) --model $(SED_OUT) --write
 	$(VENV)/bin/lungwatch tasks --model $(SED_OUT)/model.int8.onnx
 	$(VENV)/bin/lungwatch verify --model-dir $(SED_OUT) --write-reference
 

@@ -15,7 +15,8 @@ looping, ``edge/configs/ward.yaml``'s settings otherwise):
   (a -80 dBFS noise floor);
 - ``noisy``: a Normal recording under white noise of its own power (0 dB SNR);
 - ``normal-1`` .. ``normal-4``: Normal ``intra_test`` recordings of four patients with no
-  adventitious sound in any record (no decision rule was fitted on ``intra_test``).
+  adventitious sound in any record, all of the judging half of ``intra_test``'s patients
+  (the finding episodes' rules were fitted on the other half: ``lungwatch cv findings``).
 
 **The nurse** (Selenium in the page; the view's own user, allowed to acknowledge): enables the
 alarm sound at the start; acknowledges the first and second apnoea 5 s after each is on the

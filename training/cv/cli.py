@@ -5,12 +5,15 @@
     lungwatch cv score --design NAME [--against OTHER] [--out FILE]
     lungwatch cv rules --design NAME [--model DIR]
     lungwatch cv device --design NAME [--seed 0] [--against OTHER.json] [--out FILE]
+    lungwatch cv findings [--budget 4] [--out FILE] [--write]
 
 ``folds``: :mod:`training.cv.folds`; ``train``: :mod:`training.cv.run`; ``score``:
 :mod:`training.cv.score` (out-of-fold scores, threshold-free and at the ward's operating point,
 and a paired bootstrap over patients against another design); ``rules``: the detector rules
 and the quality gate fitted out of fold; ``device``: :mod:`training.cv.device` (ICBHI through
-the device path, each recording by the fold model that never heard its patient).
+the device path, each recording by the fold model that never heard its patient);
+``findings``: :mod:`training.cv.findings` (the finding episodes' recurrence rules, fitted on
+new recordings: half of ``intra_test``'s patients, judged on the other half).
 """
 
 from __future__ import annotations
@@ -141,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     add_device_arguments(
         sub.add_parser("device", help="ICBHI through the device path, out of fold (fold models)")
     )
+    from training.cv.findings import add_arguments as add_findings_arguments
+    from training.cv.findings import findings_command
+
+    add_findings_arguments(
+        sub.add_parser(
+            "findings",
+            help="fit the finding episodes' rules on new recordings (intra_test's fitting half)",
+        )
+    )
     args = parser.parse_args(argv)
     try:
         if args.what == "folds":
@@ -167,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             return rules_command(args)
         if args.what == "device":
             return device_command(args)
+        if args.what == "findings":
+            return findings_command(args)
         return score_command(args)
     except ConfigError as exc:
         parser.error(str(exc))

@@ -1,0 +1,696 @@
+"""``lungwatch cv findings``: the finding episodes' rules, fitted and judged on new recordings.
+
+The patient-grouped folds see new *patients* but not new *recordings*: a rule fitted out of
+fold to 10 false events per hour raised 2 to 6 times that on new recordings. So the
+recurrence rules of :mod:`edge.bed.findings` (and the family threshold they work with) are
+chosen on recordings the model's release never held, SPRSound ``intra_test``, through the
+device's own path:
+
+1. ``intra_test``'s patients are split in two halves by a hash of their id, within the
+   patients with a finding and within those without one: a **fitting** half and a
+   **judging** half (:func:`halves`), fixed for every session;
+2. every recording runs through ``lungwatch detect``'s path with the shipped model and each
+   candidate family threshold, every event kept (:func:`raw_events`);
+3. per family, each candidate (threshold, ``events``, ``within_s``) is scored on each half:
+   event F1 (sed_eval, the yardstick's collars), false events per hour on the Normal
+   records of the patients without a finding in any record (``fa_clean``), record presence
+   SE / SP, and how long after its first event an episode opens (seconds and breaths, at
+   the recording's own rate);
+4. the rule ships when it has the best F1 on the fitting half within the false-event budget
+   there (``--budget`` per family); the judging half, which it never saw, says what it
+   does. With ``--oof DESIGN`` the out-of-fold outputs of the design's fold models give the
+   same rule's false events on ``train`` too, and the ratio between the two views is
+   reported for every rule.
+
+The table goes to ``--out`` (JSON) and the chosen rules to standard output; ``--write MODEL``
+writes them into the model's manifest (``detector.findings`` and the family thresholds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.bed.findings import HELD_FAMILIES, FindingConfig, RecurrenceRule, kept_events
+
+CAS_CLASSES = ("Wheeze", "Rhonchi")  # Stridor is never held and keeps its own threshold
+DAS_CLASSES = ("Fine Crackle", "Coarse Crackle")
+THRESHOLDS = (0.65, 0.7, 0.75, 0.8, 0.85)
+EVENTS = (1, 2, 3)
+WITHIN_S = (3.0, 5.0, 8.0)
+DEFAULT_BUDGET = 4.0  # false events per hour per family on the fitting half's clean patients
+Events = dict[str, list[dict[str, Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Truth:
+    """``intra_test`` as the yardstick reads it."""
+
+    labels: dict[str, str]
+    refs: dict[str, list[tuple[float, float, str]]]
+    durations: dict[str, float]
+
+    @classmethod
+    def load(cls, folder: Path) -> Truth:
+        import soundfile as sf
+
+        labels, refs, durations = {}, {}, {}
+        for path in sorted(folder.glob("*.json")):
+            body = json.loads(path.read_text())
+            labels[path.stem] = body["record_annotation"]
+            refs[path.stem] = [
+                (float(e["start"]) / 1000, float(e["end"]) / 1000, str(e["type"]))
+                for e in body["event_annotation"]
+            ]
+            durations[path.stem] = sf.info(path.with_suffix(".flac")).duration
+        return cls(labels, refs, durations)
+
+    @property
+    def sick(self) -> set[str]:
+        """Patients with CAS, DAS or both in any record."""
+        return {
+            patient(r) for r, label in self.labels.items() if label in ("CAS", "DAS", "CAS & DAS")
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Every event of a set of recordings at one family threshold, with what the forms and
+    the latency read: each recording's Breath output and its rate (None: not assessable)."""
+
+    events: Events
+    truth: Truth
+    breath: dict[str, np.ndarray]
+    rates: dict[str, float | None] = dataclasses.field(default_factory=dict)
+
+
+def patient(record: str) -> str:
+    return record.split("_")[0]
+
+
+def halves(records: Iterable[str], sick: set[str]) -> dict[str, int]:
+    """Record -> 0 (fitting) or 1 (judging): patients by the SHA-256 of their id, alternating
+    within the patients with a finding and within those without."""
+    patients = sorted({patient(r) for r in records})
+    order = sorted(patients, key=lambda p: hashlib.sha256(p.encode()).hexdigest())
+    half: dict[str, int] = {}
+    for group in ([p for p in order if p in sick], [p for p in order if p not in sick]):
+        for i, p in enumerate(group):
+            half[p] = i % 2
+    return {r: half[patient(r)] for r in records}
+
+
+def raw_events(folder: Path, model: Path, threshold: float, truth: Truth) -> Run:
+    """Every event (no finding episodes) of every recording of ``folder`` through the device
+    path with ``threshold`` for every CAS and DAS class, and each recording's rate (breaths
+    per minute; None where not assessable)."""
+    from edge.bed.detector import ClassThreshold, DetectorConfig
+    from edge.inference.manifest import load_manifest
+    from edge.monitor import resolve_model
+    from edge.runtime.offline import detect_recordings, recordings_in
+
+    folder_, file = resolve_model(model)
+    rules = tuple(ClassThreshold(t, threshold) for t in (*CAS_CLASSES, *DAS_CLASSES))
+    config = DetectorConfig(thresholds=rules, findings=FindingConfig(enabled=False))
+    found = detect_recordings(
+        recordings_in([folder]), folder_, file, detector=config, keep_probs=True
+    )
+    rates = {n: (r.respiration or {}).get("rate_bpm") for n, r in found.items()}
+    column = load_manifest(folder_ / "manifest.json").outputs.index("Breath")
+    breath = {n: r.probs[:, column] for n, r in found.items() if r.probs is not None}
+    return Run({n: r.physiological for n, r in found.items()}, truth, breath, rates)
+
+
+def oof_events(design: Path, model: Path, threshold: float) -> Run:
+    """Every event (no finding episodes) of every SPRSound ``train`` record from its own
+    fold's model of ``design`` (each seed's fold models, seeds pooled as records of their
+    own), through the device's detector with the model's rules and ``threshold`` for every CAS
+    and DAS class (the quality gate does not run here), and the truth they are judged on."""
+    from edge.bed.chain import resolve_detector
+    from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
+    from edge.inference.manifest import load_manifest
+    from edge.monitor import resolve_model
+    from training.cv.oof import load_truth, oof_outputs
+
+    folder, _ = resolve_model(model)
+    manifest = load_manifest(folder / "manifest.json")
+    rules = tuple(ClassThreshold(t, threshold) for t in (*CAS_CLASSES, *DAS_CLASSES))
+    config = resolve_detector(
+        DetectorConfig(thresholds=rules, findings=FindingConfig(enabled=False)), manifest
+    )
+    spec, info = manifest.feature_spec, manifest.streaming
+    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, info.stride)
+    truth = load_truth()
+    events: Events = {}
+    refs, labels, durations, breath = {}, {}, {}, {}
+    for seed, probs in oof_outputs(design, truth).items():
+        for record, p in probs.items():
+            name = f"{record}#{seed}"
+            found = detect_events(p, manifest.outputs, config, grid)
+            rate = grid.sample_rate_hz
+            events[name] = [
+                {"start_s": e.start_sample / rate, "end_s": e.end_sample / rate, "type": e.type}
+                for e in found
+            ]
+            refs[name], labels[name] = truth.annotated[record], truth.labels[record]
+            breath[name] = p[:, manifest.outputs.index("Breath")]
+            durations[name] = truth.durations[record]
+    return Run(events, Truth(labels, refs, durations), breath)
+
+
+def family_of(event_type: str) -> str | None:
+    """The family an event is scored in (Stridor in CAS, kept whatever the rule)."""
+    if event_type in (*CAS_CLASSES, "Stridor"):
+        return "CAS"
+    if event_type in DAS_CLASSES:
+        return "DAS"
+    return None
+
+
+def apply(
+    events: Events, family: str, rule: RecurrenceRule | None
+) -> tuple[Events, list[dict[str, Any]]]:
+    """One family's events kept by ``rule`` (None: all), and its episodes."""
+    config = FindingConfig(cas=rule, das=rule, enabled=rule is not None)
+    out: Events = {}
+    episodes: list[dict[str, Any]] = []
+    for record, items in events.items():
+        mine = [e for e in items if family_of(str(e["type"])) == family]
+        kept, eps = kept_events(mine, config)
+        out[record] = [dict(e) for e in kept]
+        episodes += [{**e, "record": record} for e in eps]
+    return out, episodes
+
+
+def score(events: Events, truth: Truth, records: Sequence[str], family: str) -> dict[str, float]:
+    """Event F1 / P / R (sed_eval, the yardstick's collars), false events per hour on clean
+    patients' Normal records, and record presence SE / SP of one family over ``records``."""
+    from training.scoring.detection import FAMILY_VIEW, score_view
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        view = score_view(
+            {
+                r: [(e["start_s"], e["end_s"], e["type"]) for e in events.get(r, [])]
+                for r in records
+            },
+            {r: truth.refs[r] for r in records},
+            "family",
+        )
+    sick = truth.sick
+    clean = [r for r in records if truth.labels[r] == "Normal" and patient(r) not in sick]
+    hours = sum(truth.durations[r] for r in clean) / 3600.0
+    false = sum(len(events.get(r, [])) for r in clean)
+    good = [r for r in records if truth.labels[r] != "Poor Quality"]
+    has = [any(family in FAMILY_VIEW.get(t, ()) for _, _, t in truth.refs[r]) for r in good]
+    said = [bool(events.get(r)) for r in good]
+    pos, neg = sum(has), len(good) - sum(has)
+    return {
+        "f1": view.class_event_f1[family],
+        "precision": view.class_event_precision[family],
+        "recall": view.class_event_recall[family],
+        "fa_clean_per_hour": false / hours if hours else 0.0,
+        "false_events": float(false),
+        "clean_hours": hours,
+        "presence_se": sum(h and s for h, s in zip(has, said, strict=True)) / max(pos, 1),
+        "presence_sp": sum(not h and not s for h, s in zip(has, said, strict=True)) / max(neg, 1),
+    }
+
+
+def latency(
+    episodes: Sequence[Mapping[str, Any]], rates: Mapping[str, float | None]
+) -> dict[str, float]:
+    """How long after its first event an episode opens: mean seconds, and mean breaths at the
+    recording's rate (where assessable)."""
+    if not episodes:
+        return {"latency_s": 0.0, "latency_breaths": 0.0, "episodes": 0.0}
+    seconds = [e["opened_s"] - e["first_event_s"] for e in episodes]
+    breaths = [
+        (e["opened_s"] - e["first_event_s"]) * rates[e["record"]] / 60.0
+        for e in episodes
+        if rates.get(e["record"])
+    ]
+    return {
+        "latency_s": float(np.mean(seconds)),
+        "latency_breaths": float(np.mean(breaths)) if breaths else float("nan"),
+        "episodes": float(len(episodes)),
+    }
+
+
+def candidates() -> list[tuple[int, float]]:
+    return [(1, 0.0)] + [(m, w) for m in EVENTS if m > 1 for w in WITHIN_S]
+
+
+def table(
+    runs: Mapping[float, Run], half: Mapping[str, int], oof: Mapping[float, Run] | None = None
+) -> list[dict[str, Any]]:
+    """Every family x threshold x rule on both halves (module doc, step 3), and out of fold
+    where ``oof`` has the threshold."""
+    parts = {k: [r for r, h in half.items() if h == k] for k in (0, 1)}
+    rows = []
+    for threshold, run in sorted(runs.items()):
+        events, truth, rates = run.events, run.truth, run.rates
+        for family in HELD_FAMILIES:
+            for m, w in candidates():
+                rule = None if m == 1 else RecurrenceRule(events=m, within_s=w)
+                kept, episodes = apply(events, family, rule)
+                row: dict[str, Any] = {
+                    "family": family,
+                    "threshold": threshold,
+                    "events": m,
+                    "within_s": w,
+                }
+                for k, name in ((0, "fit"), (1, "judge")):
+                    row[name] = score(kept, truth, parts[k], family)
+                    row[name].update(
+                        latency([e for e in episodes if half[e["record"]] == k], rates)
+                    )
+                row["all"] = score(kept, truth, sorted(half), family)
+                if oof is not None and threshold in oof:
+                    held, _ = apply(oof[threshold].events, family, rule)
+                    o_truth = oof[threshold].truth
+                    row["oof"] = score(held, o_truth, sorted(o_truth.labels), family)
+                    o, n = row["oof"]["fa_clean_per_hour"], row["fit"]["fa_clean_per_hour"]
+                    row["ratio"] = n / o if o > 0 else float("nan")
+                rows.append(row)
+    return rows
+
+
+def choose(rows: Sequence[Mapping[str, Any]], family: str, budget: float) -> Mapping[str, Any]:
+    """The family's rule within ``budget`` false events per hour on the fitting half's clean
+    patients (and out of fold, where known) with the best event F1 out of fold where known
+    (1,949 records speak louder than half of ``intra_test``), else on the fitting half; ties:
+    the fewer false events, then the higher threshold."""
+    view = "oof" if any("oof" in r for r in rows) else "fit"
+
+    def within(r: Mapping[str, Any]) -> bool:
+        fits = r["fit"]["fa_clean_per_hour"] <= budget
+        return fits and (view == "fit" or r["oof"]["fa_clean_per_hour"] <= budget)
+
+    mine = [r for r in rows if r["family"] == family and view in r and within(r)]
+    if not mine:
+        raise ValueError(f"no {family} rule keeps {budget} false events per hour")
+    return max(
+        mine,
+        key=lambda r: (round(r[view]["f1"], 4), -r["fit"]["fa_clean_per_hour"], r["threshold"]),
+    )
+
+
+def paired_false(
+    before: Events,
+    after: Events,
+    truth: Truth,
+    records: Sequence[str],
+    n: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """False events per hour on the clean patients' Normal records of ``records``: after minus
+    before, and its 95 % interval by a bootstrap over patients (paired: the same patients)."""
+    sick = truth.sick
+    clean = [r for r in records if truth.labels[r] == "Normal" and patient(r) not in sick]
+    patients = sorted({patient(r) for r in clean})
+    if not patients:
+        return 0.0, 0.0, 0.0
+    idx = {p: i for i, p in enumerate(patients)}
+    hours, b, a = np.zeros(len(patients)), np.zeros(len(patients)), np.zeros(len(patients))
+    for r in clean:
+        i = idx[patient(r)]
+        hours[i] += truth.durations[r] / 3600.0
+        b[i] += len(before.get(r, []))
+        a[i] += len(after.get(r, []))
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, len(patients), (n, len(patients)))
+    diff = (a[draw].sum(1) - b[draw].sum(1)) / hours[draw].sum(1)
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return float((a.sum() - b.sum()) / hours.sum()), float(lo), float(hi)
+
+
+def line(row: Mapping[str, Any]) -> str:
+    def part(name: str) -> str:
+        s = row[name]
+        lat = (
+            f" opens {s['latency_s']:.1f} s / {s['latency_breaths']:.1f} breaths"
+            if "latency_s" in s
+            else ""
+        )
+        return (
+            f"{name}: F1 {s['f1']:.3f} fa_clean {s['fa_clean_per_hour']:.1f}/h "
+            f"SE {s['presence_se']:.2f} SP {s['presence_sp']:.2f}{lat}"
+        )
+
+    rule = "every event" if row["events"] == 1 else f"{row['events']} within {row['within_s']:g} s"
+    views = [n for n in ("fit", "judge", "all", "oof") if n in row]
+    ratio = f" | new/OOF false-event ratio {row['ratio']:.2f}" if "ratio" in row else ""
+    return (
+        f"{row['family']} threshold {row['threshold']:.4f} {rule}: "
+        + " | ".join(part(n) for n in views)
+        + ratio
+    )
+
+
+def write_manifest(model: Path, chosen: Mapping[str, Mapping[str, Any]], note: str) -> None:
+    """The chosen rules into ``model``'s manifest: ``detector.findings`` and each family's
+    classes' on-threshold."""
+    path = model / "manifest.json"
+    body = json.loads(path.read_text())
+    detector = body["detector"]
+    for rule in detector["thresholds"]:
+        family = family_of(rule["type"])
+        if family is not None and family in chosen and rule["type"] in (*CAS_CLASSES, *DAS_CLASSES):
+            on = float(chosen[family]["threshold"])
+            span = rule["on_threshold"] - rule["off_threshold"]
+            rule["on_threshold"], rule["off_threshold"] = round(on, 4), round(on - span, 4)
+    detector["findings"] = {
+        f: {"events": int(r["events"]), "within_s": float(r["within_s"])} for f, r in chosen.items()
+    }
+    detector["findings_fitted_on"] = note
+    path.write_text(json.dumps(body, indent=2) + "\n")
+
+
+def today_rows(rows: Sequence[Mapping[str, Any]], model: Path) -> dict[str, Mapping[str, Any]]:
+    """Each family's row of every event at the candidate threshold nearest the manifest's
+    fitted one (what the device did before finding episodes)."""
+    from edge.monitor import resolve_model
+
+    folder, _ = resolve_model(model)
+    body = json.loads((folder / "manifest.json").read_text())
+    fitted = {
+        family_of(r["type"]): r["on_threshold"]
+        for r in body["detector"]["thresholds"]
+        if r["type"] in (*CAS_CLASSES, *DAS_CLASSES)
+    }
+    out = {}
+    for family in HELD_FAMILIES:
+        mine = [r for r in rows if r["family"] == family and r["events"] == 1]
+        out[family] = min(mine, key=lambda r: abs(r["threshold"] - fitted[family]))
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audio", type=Path, help="the new recordings (default: SPRSound intra_test)")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: models/sed)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        help="false events per hour per family allowed on the fitting half",
+    )
+    p.add_argument(
+        "--oof",
+        type=Path,
+        default=None,
+        help="a design folder with fold models' outputs (out/cv/NAME): the same rules "
+        "out of fold on SPRSound train",
+    )
+    p.add_argument("--out", type=Path, help="the whole table as JSON")
+    p.add_argument(
+        "--write", action="store_true", help="write the chosen rules into the model's manifest"
+    )
+
+
+def findings_command(args: argparse.Namespace) -> int:
+    from edge.datapaths import sprsound_root
+    from edge.monitor import DEFAULT_MODEL
+
+    folder = args.audio or sprsound_root() / "intra_test"
+    model = args.model or DEFAULT_MODEL
+    truth = Truth.load(folder)
+    half = halves(truth.labels, truth.sick)
+    from edge.monitor import resolve_model
+
+    body = json.loads((resolve_model(Path(model))[0] / "manifest.json").read_text())
+    fitted = {
+        round(float(r["on_threshold"]), 4)
+        for r in body["detector"]["thresholds"]
+        if r["type"] in (*CAS_CLASSES, *DAS_CLASSES)
+    }
+    thresholds = sorted(set(THRESHOLDS) | fitted)
+    runs = {t: raw_events(folder, model, t, truth) for t in thresholds}
+    oof = None if args.oof is None else {t: oof_events(args.oof, model, t) for t in thresholds}
+    rows = table(runs, half, oof)
+    chosen = {}
+    today = today_rows(rows, Path(model))
+    judging = [r for r, h in half.items() if h == 1]
+    for family in HELD_FAMILIES:
+        for r in rows:
+            if r["family"] == family:
+                print("  " + line(r))
+        pick = choose(rows, family, args.budget)
+        chosen[family] = pick
+        print(f"today   {line(today[family])}")
+        print(f"chosen  {line(pick)}")
+        before, _ = apply(runs[today[family]["threshold"]].events, family, None)
+        rule = RecurrenceRule(events=int(pick["events"]), within_s=float(pick["within_s"]))
+        after, _ = apply(
+            runs[pick["threshold"]].events, family, rule if pick["events"] > 1 else None
+        )
+        d, lo, hi = paired_false(before, after, truth, judging)
+        print(
+            f"  judging half, false events per hour on clean patients, chosen - today: "
+            f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] (paired bootstrap over patients)"
+        )
+    forms = []
+    if oof is not None:
+        print("the other form, k events in k of the last n breath phases (Breath output):")
+        forms = compare_forms(runs, oof, half, chosen, Path(model), args.budget)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "chosen": chosen,
+                    "budget": args.budget,
+                    "half": half,
+                    "phase_form": forms,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+    if args.write:
+        n = sum(1 for h in half.values() if h == 0)
+        oof_note = "" if args.oof is None else f" and out of fold on SPRSound train ({args.oof})"
+        view = "fitting half" if args.oof is None else "out-of-fold"
+        write_manifest(
+            Path(model),
+            chosen,
+            f"the fitting half of {folder.name} ({n} records, "
+            f"patients by SHA-256){oof_note}: the best {view} event F1 within "
+            f"{args.budget:g} false events per hour per family on both (lungwatch cv "
+            "findings)",
+        )
+    return 0
+
+
+# -- the other form: k of the last n breath phases ------------------------------------------
+
+PHASE_RULES = ((2, 2), (2, 3), (2, 4), (3, 4), (3, 5))  # (k events, of the last n phases)
+
+
+def breath_phases(
+    breath: np.ndarray,
+    frame_s: float,
+    offset_s: float,
+    on: float = 0.6,
+    off: float = 0.5,
+    min_frames: int = 6,
+) -> list[tuple[float, float]]:
+    """The breath phases of one recording's Breath output, as the device's phase mode opens
+    and closes them (``on`` / ``off`` hysteresis, at least ``min_frames``): (start, end) s."""
+    phases, first, open_ = [], 0, False
+    for j, b in enumerate(np.nan_to_num(np.asarray(breath, np.float64))):
+        if open_ and b < off:
+            if j - first >= min_frames:
+                phases.append((first * frame_s + offset_s, j * frame_s + offset_s))
+            open_ = False
+        if not open_ and b >= on:
+            open_, first = True, j
+    if open_ and len(breath) - first >= min_frames:
+        phases.append((first * frame_s + offset_s, len(breath) * frame_s + offset_s))
+    return phases
+
+
+def phase_members(
+    spans: Sequence[tuple[float, float]], phases: Sequence[tuple[float, float]], k: int, n: int
+) -> list[list[int]]:
+    """The episodes of one family's events (start, end) when one opens at ``k`` events in
+    ``k`` different phases among the last ``n`` breath phases and goes on while the next
+    event lies within ``n`` phases of the last (the phase of an event: the last phase that
+    started at or before its middle)."""
+    starts = np.array([p[0] for p in phases])
+
+    def phase_of(s: tuple[float, float]) -> int:
+        return int(np.searchsorted(starts, (s[0] + s[1]) / 2.0, side="right")) - 1
+
+    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], i))
+    episodes: list[list[int]] = []
+    current: list[int] | None = None
+    last = 0
+    recent: list[tuple[int, int]] = []
+    for i in order:
+        p = phase_of(spans[i])
+        if current is not None and p - last > n:
+            current = None
+        if current is not None:
+            current.append(i)
+            last = max(last, p)
+            continue
+        recent = [(q, j) for q, j in recent if q > p - n] + [(p, i)]
+        if len({q for q, _ in recent}) >= k:
+            current = [j for _, j in recent]
+            episodes.append(current)
+            last, recent = p, []
+    return episodes
+
+
+def apply_phases(
+    events: Events, phases: Mapping[str, Sequence[tuple[float, float]]], family: str, k: int, n: int
+) -> Events:
+    """One family's events kept by the phase form (Stridor always)."""
+    out: Events = {}
+    for record, items in events.items():
+        mine = [e for e in items if family_of(str(e["type"])) == family]
+        held = [e for e in mine if e["type"] != "Stridor"]
+        spans = [(float(e["start_s"]), float(e["end_s"])) for e in held]
+        keep = {i for ep in phase_members(spans, phases.get(record, []), k, n) for i in ep}
+        out[record] = [e for e in mine if e["type"] == "Stridor"] + [
+            e for i, e in enumerate(held) if i in keep
+        ]
+    return out
+
+
+def record_counts(events: Events, truth: Truth, records: Sequence[str], family: str) -> np.ndarray:
+    """(records, 3) event TP, FP, FN of one family per record (sed_eval, the yardstick's
+    collars): what a paired bootstrap over patients resamples."""
+    import sed_eval
+
+    from training.scoring.detection import FAMILY_VIEW, OFFSET_SHARE, ONSET_COLLAR_S, _metadata
+
+    out = np.zeros((len(records), 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, r in enumerate(records):
+            m = sed_eval.sound_event.EventBasedMetrics(
+                [family],
+                t_collar=ONSET_COLLAR_S,
+                percentage_of_length=OFFSET_SHARE,
+                evaluate_onset=True,
+                evaluate_offset=True,
+            )
+            view = {t: tuple(f for f in fams if f == family) for t, fams in FAMILY_VIEW.items()}
+            said = [(e["start_s"], e["end_s"], e["type"]) for e in events.get(r, [])]
+            m.evaluate(_metadata(truth.refs[r], view, r), _metadata(said, view, r))
+            c = m.results_class_wise_metrics()[family]["count"]
+            out[i] = (c["Ntp"], c["Nsys"] - c["Ntp"], c["Nref"] - c["Ntp"])
+    return out
+
+
+def paired_f1(
+    a: np.ndarray, b: np.ndarray, groups: Sequence[str], n: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """F1 of counts ``b`` minus F1 of counts ``a`` (per record TP, FP, FN), with its 95 %
+    interval by a bootstrap over ``groups`` (patients)."""
+    names = sorted(set(groups))
+    idx = np.array([names.index(g) for g in groups])
+    ga, gb = np.zeros((len(names), 3)), np.zeros((len(names), 3))
+    np.add.at(ga, idx, a)
+    np.add.at(gb, idx, b)
+
+    def f1(c: np.ndarray) -> np.ndarray:
+        tp, fp, fn = c[..., 0], c[..., 1], c[..., 2]
+        return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-9), 0.0)
+
+    draw = np.random.default_rng(seed).integers(0, len(names), (n, len(names)))
+    diff = f1(gb[draw].sum(1)) - f1(ga[draw].sum(1))
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return float(f1(gb.sum(0)) - f1(ga.sum(0))), float(lo), float(hi)
+
+
+def compare_forms(
+    runs: Mapping[float, Run],
+    oof: Mapping[float, Run],
+    half: Mapping[str, int],
+    chosen: Mapping[str, Mapping[str, Any]],
+    model: Path,
+    budget: float,
+) -> list[dict[str, Any]]:
+    """Per family at its chosen threshold: every phase-form rule on both halves and out of
+    fold, and the best of them (the same budget) against the chosen events-within-seconds
+    rule: out-of-fold event F1 and the judging half's false events, paired bootstraps over
+    patients."""
+    from edge.bed.detector import FrameGrid
+    from edge.inference.manifest import load_manifest
+    from edge.monitor import resolve_model
+
+    folder, _ = resolve_model(model)
+    manifest = load_manifest(folder / "manifest.json")
+    spec, info = manifest.feature_spec, manifest.streaming
+    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, info.stride)
+    frame_s = grid.frame_samples / grid.sample_rate_hz
+    offset_s = grid.offset_samples / grid.sample_rate_hz
+
+    def phases_of(breath: Mapping[str, np.ndarray]) -> dict[str, list[tuple[float, float]]]:
+        return {r: breath_phases(b, frame_s, offset_s) for r, b in breath.items()}
+
+    parts = {k: [r for r, h in half.items() if h == k] for k in (0, 1)}
+    out = []
+    for family, pick in chosen.items():
+        t = pick["threshold"]
+        events, truth = runs[t].events, runs[t].truth
+        oof_ev, oof_truth = oof[t].events, oof[t].truth
+        intra_phases, oof_phases = phases_of(runs[t].breath), phases_of(oof[t].breath)
+        records = sorted(oof_truth.labels)
+        best = None
+        for k, n in PHASE_RULES:
+            kept = apply_phases(events, intra_phases, family, k, n)
+            held = apply_phases(oof_ev, oof_phases, family, k, n)
+            row = {
+                "family": family,
+                "threshold": t,
+                "k": k,
+                "n": n,
+                "fit": score(kept, truth, parts[0], family),
+                "judge": score(kept, truth, parts[1], family),
+                "oof": score(held, oof_truth, records, family),
+            }
+            print(
+                f"  {family} phases {k} of {n}: "
+                + " | ".join(
+                    f"{v}: F1 {row[v]['f1']:.3f} fa_clean {row[v]['fa_clean_per_hour']:.1f}/h"
+                    for v in ("fit", "judge", "oof")
+                )
+            )
+            fits = all(row[v]["fa_clean_per_hour"] <= budget for v in ("fit", "oof"))
+            if fits and (best is None or row["oof"]["f1"] > best[0]["oof"]["f1"]):
+                best = (row, kept, held)
+        if best is None:
+            print(f"  {family}: no phase rule within {budget:g} false events per hour")
+            continue
+        row, kept, held = best
+        rule = RecurrenceRule(events=int(pick["events"]), within_s=float(pick["within_s"]))
+        mine, _ = apply(oof_ev, family, rule if pick["events"] > 1 else None)
+        groups = [patient(r.split("#")[0]) for r in records]
+        f1 = paired_f1(
+            record_counts(mine, oof_truth, records, family),
+            record_counts(held, oof_truth, records, family),
+            groups,
+        )
+        ours, _ = apply(events, family, rule if pick["events"] > 1 else None)
+        fa = paired_false(ours, kept, truth, parts[1])
+        row |= {"oof_f1_minus_seconds_form": f1, "judge_false_minus_seconds_form": fa}
+        print(
+            f"  {family}: phases {row['k']} of {row['n']} minus {pick['events']} within "
+            f"{pick['within_s']:g} s: out-of-fold F1 {f1[0]:+.3f} [{f1[1]:+.3f}, {f1[2]:+.3f}], "
+            f"judging half false events {fa[0]:+.1f}/h [{fa[1]:+.1f}, {fa[2]:+.1f}]"
+        )
+        out.append(row)
+    return out
