@@ -29,6 +29,8 @@ port and history store; the page reconnects by itself), the device 40 s later (S
 
 **Measured**:
 
+- which beds raised a wheeze (CAS) or crackle (DAS) alarm condition (target: no Normal bed,
+  and no crackle alarm on ``bed-1``, whose recording is annotated with wheezes only);
 - alarm signals started per bed-hour by condition and by priority (a condition starting to
   alarm, from the view's ``/api/state`` read every second), and the highest priority each
   kind of condition reached (target: no advisory finding above medium);
@@ -93,6 +95,7 @@ VIEW_RESTART_AT, DEVICE_RESTART_S = 0.75, 40.0
 ACK_AFTER_S = 5.0
 PAUSE_BEFORE_S = 30.0
 ADVISORY = ("CAS", "DAS", "tachypnoea", "bradypnoea")  # findings: never above medium
+FINDINGS = ("CAS", "DAS")  # the sounds' alarm conditions (finding episodes)
 
 
 def record(name: str) -> np.ndarray:
@@ -418,6 +421,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "below_said_at_end": shown["said"], "below_at_end": shown["below"],
         "onsets_per_bed_hour": {bed: {t: round(n / hours, 1) for t, n in sorted(c.items())}
                                 for bed, c in sorted(per_type.items())},
+        "finding_alarms_per_bed": {bed: sorted({c for b, c, _ in soak.alarming
+                                                if b == bed and c in FINDINGS})
+                                   for bed in (s["id"] for s in streams)},
         "notes": soak.notes, "device_log_tail": device_log if soak.notes else "",
     }  # fmt: skip
 
@@ -474,6 +480,11 @@ def table(result: dict[str, Any]) -> str:
         f"{result['rows_in_view_at_end']} in view, the page says {result['below_said_at_end']} "
         f"below ({result['below_at_end']} measured); layout faults: "
         f"{result['table_faults'] or 'none'}",
+        "- finding alarm conditions per bed (CAS, DAS): "
+        + "; ".join(
+            f"{bed}: {', '.join(c) or 'none'}"
+            for bed, c in result["finding_alarms_per_bed"].items()
+        ),
         "- the device's onsets per bed-hour: "
         + "; ".join(
             f"{bed}: " + ", ".join(f"{t} {n}" for t, n in c.items())

@@ -24,6 +24,7 @@ from training.cv.findings import (
     paired_f1,
     paired_false,
     phase_members,
+    record_counts,
     write_manifest,
 )
 
@@ -92,6 +93,17 @@ def test_the_paired_bootstraps_say_the_difference_and_an_interval_around_it() ->
     d, lo, hi = paired_f1(counts, better, [f"p{i}" for i in range(20)])
     assert d == pytest.approx(1.0 - 0.5)
     assert lo <= d <= hi
+
+
+def test_record_counts_are_the_yardsticks_matches_per_record() -> None:
+    truth = Truth(labels={"a": "CAS", "b": "Normal"},
+                  refs={"a": [(1.0, 2.0, "Wheeze")], "b": []},
+                  durations={"a": 10.0, "b": 10.0})  # fmt: skip
+    said = {"a": [{"start_s": 1.1, "end_s": 2.0, "type": "Wheeze"},
+                  {"start_s": 5.0, "end_s": 6.0, "type": "Fine Crackle"}],
+            "b": [{"start_s": 3.0, "end_s": 3.5, "type": "Rhonchi"}]}  # fmt: skip
+    assert record_counts(said, truth, ["a", "b"], "CAS").tolist() == [[1, 0, 0], [0, 1, 0]]
+    assert record_counts(said, truth, ["a", "b"], "DAS").tolist() == [[0, 1, 0], [0, 0, 0]]
 
 
 def test_the_rules_written_into_a_manifest_reach_the_device(tmp_path: Path) -> None:

@@ -589,8 +589,8 @@ def record_counts(events: Events, truth: Truth, records: Sequence[str], family: 
             view = {t: tuple(f for f in fams if f == family) for t, fams in FAMILY_VIEW.items()}
             said = [(e["start_s"], e["end_s"], e["type"]) for e in events.get(r, [])]
             m.evaluate(_metadata(truth.refs[r], view, r), _metadata(said, view, r))
-            c = m.results_class_wise_metrics()[family]["count"]
-            out[i] = (c["Ntp"], c["Nsys"] - c["Ntp"], c["Nref"] - c["Ntp"])
+            c = m.class_wise[family]  # sed_eval's counts of the class
+            out[i] = (c["Ntp"], c["Nfp"], c["Nfn"])
     return out
 
 
