@@ -258,8 +258,7 @@ class FindingTracker:
         if t.key in f.held:
             f.held[t.key].append(t)
             return
-        if t.state != "onset":  # an event of no episode we know (never held): as it is
-            out.append(t)
+        if t.state != "onset":  # the rest of an event dropped unheard (it never recurred)
             return
         if f.episode is not None:  # the open episode goes on
             f.members.add(t.key)

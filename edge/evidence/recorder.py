@@ -14,11 +14,12 @@ FLAC encoding and the quantising are :meth:`Cut.encode`, which the runtime leave
 evidence publisher's thread, so the loop that serves the beds only copies.
 
 A clip starts for every physiological onset and every technical onset of a priority in
-``alarm_priorities``: from ``pre_s`` before the event's start to ``post_s`` after its end
-(``ended``, or the ``ongoing`` that latches it), at most ``max_s`` long; it is cut once the
-bed's audio reaches its end. The history holds the last ``history_s`` of audio (16-bit, 16
-kB per second at 8 kHz) and of output frames: a clip starts no earlier than the oldest
-sample kept (an apnoea is announced 20 s after its start, so the default keeps 25 s).
+``alarm_priorities`` (a finding episode's events have theirs, the episode none of its own):
+from ``pre_s`` before the event's start to ``post_s`` after its end (``ended``, or the
+``ongoing`` that latches it), at most ``max_s`` long; it is cut once the bed's audio reaches
+its end. The history holds the last ``history_s`` of audio (16-bit, 16 kB per second at 8
+kHz) and of output frames: a clip starts no earlier than the oldest sample kept (an apnoea is
+announced 20 s after its start, so the default keeps 25 s).
 """
 
 from __future__ import annotations
@@ -192,7 +193,11 @@ class ClipRecorder:
                     capture.end = min(end + round(cfg.post_s * self.rate_hz), capture.limit)
 
     def _wanted(self, event: Event) -> bool:
-        return event.kind == "physiological" or event.priority in self.config.alarm_priorities
+        """Every sound and breathing event, and a technical one of an alarm priority; a
+        finding episode has none of its own (the events inside it have theirs)."""
+        if event.kind == "physiological":
+            return True
+        return event.kind == "technical" and event.priority in self.config.alarm_priorities
 
     def due_cuts(self) -> list[Cut]:
         """The clips whose end the audio has reached (cut and closed); a clip whose audio has

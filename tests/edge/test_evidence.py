@@ -154,6 +154,18 @@ def feed(rec: ClipRecorder, audio: np.ndarray, chunk: int = 800) -> list[Clip]:
     return clips
 
 
+def test_a_finding_episode_gets_no_clip_of_its_own_its_events_do() -> None:
+    audio = (np.arange(12 * RATE_HZ) % 1000 / 2000.0).astype(np.float32)
+    rec = recorder(pre_s=1.0, post_s=1.0)
+    rec.audio(0, audio[: 5 * RATE_HZ])
+    episode = {"type": "CAS", "episode_id": "1b7c4f0e-6a6b-4b6c-8f6e-1d2c3b4a5f61"}
+    rec.events([event("onset", 4 * RATE_HZ, **episode), event("onset", 4 * RATE_HZ)])
+    rec.events([event("ended", 4 * RATE_HZ, end=5 * RATE_HZ, **episode),
+                event("ended", 4 * RATE_HZ, end=5 * RATE_HZ)])  # fmt: skip
+    clips = feed(rec, audio)
+    assert [c.event_type for c in clips] == ["Wheeze"]
+
+
 def test_a_clip_runs_from_pre_s_before_the_event_to_post_s_after_its_end() -> None:
     audio = (np.arange(12 * RATE_HZ) % 1000 / 2000.0).astype(np.float32)  # a known ramp
     rec = recorder(pre_s=2.0, post_s=1.0, max_s=20.0)

@@ -121,6 +121,18 @@ def test_the_stream_holds_events_until_the_family_recurs_then_releases_them_in_o
     assert tracker.held_dropped == 1  # the lone wheeze never recurred
 
 
+def test_an_event_dropped_unheard_stays_unheard_to_its_end() -> None:
+    """A long wheeze held, then left behind by the window before it recurred: nothing of it
+    is published, not even its end (an end without its onset would name an unknown event)."""
+    tracker = FindingTracker(FindingConfig(enabled=True), RATE, Transition)
+    long = onset("Wheeze", 1.0)
+    later = onset("Wheeze", 20.0)
+    out = tracker.take([long], 150) + tracker.take([later], 2050)
+    out += tracker.take([ended(long, 21.0)], 2110)
+    assert out == []
+    assert tracker.held_dropped == 1
+
+
 def test_the_episode_ends_only_once_the_rule_and_the_settling_time_passed() -> None:
     tracker = FindingTracker(FindingConfig(enabled=True), RATE, Transition)
     a, b = onset("Wheeze", 1.0), onset("Wheeze", 3.0)
