@@ -63,7 +63,7 @@ from edge.runtime.loop import (
 from lungwatch.cli import ArgumentParser
 from lungwatch.config import check, load_config
 from lungwatch.errors import AnnotationError, LungwatchError
-from lungwatch.events import PHYSIOLOGICAL_TYPES
+from lungwatch.events import FINDING_TYPES, PHYSIOLOGICAL_TYPES
 from lungwatch.labels import NORMAL, sound_class
 from lungwatch.mqtt import MqttConfig
 from wardview.config import DashboardConfig
@@ -273,12 +273,14 @@ def summarise(
     ):
         audio_s = stream.counters["samples"] / stream.rate_hz
         physio = [s for s in detected if s.type in PHYSIOLOGICAL_TYPES]
-        technical = [s for s in detected if s.type not in PHYSIOLOGICAL_TYPES]
+        episodes = [s for s in detected if s.type in FINDING_TYPES]
+        technical = [s for s in detected if s.type not in (*PHYSIOLOGICAL_TYPES, *FINDING_TYPES)]
         findings = [s for s in rec.annotated if s.type != NORMAL]
         matched = sum(any(_same_family(a, d) for d in physio) for a in findings)
         lines += [
             f"  {stream.id}  {rec.record}  ({rec.label or 'no annotation'}, {audio_s:.1f} s)",
             f"      detected:  {_counts(physio)}"
+            + (f"; finding episodes: {_counts(episodes)}" if episodes else "")
             + (f"; technical: {_counts(technical)}" if technical else ""),
             f"      annotated: {_counts(findings)}; {matched}/{len(findings)} overlapped by a "
             "detection of the same family",
