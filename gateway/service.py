@@ -49,6 +49,7 @@ from lungwatch.events import (
     Event,
     EventError,
     ack_of,
+    finding_rate_error,
     is_number,
     parse_utc,
 )
@@ -247,10 +248,9 @@ def _reading(body: dict[str, Any]) -> tuple[dict[str, Any], dt.datetime]:
     utc, reason = body.get("utc"), body.get("reason", "")
     if not isinstance(utc, str) or not isinstance(reason, str) or len(reason) > 200:
         raise MessageError("respiration utc must be a time, reason text of 200 chars at most")
-    for name in FINDING_RATE_KEYS:  # the finding rates: percent of breathing time, or null
-        share = body.get(name)
-        if share is not None and not (is_number(share) and 0.0 <= share <= 100.0):
-            raise MessageError(f"{name} {share!r} is not a percentage")
+    wrong = finding_rate_error(body)
+    if wrong:
+        raise MessageError(wrong)
     keep = ("state", "rate_bpm", "low_bpm", "high_bpm", "utc", "reason", *FINDING_RATE_KEYS)
     return {name: body.get(name) for name in keep}, parse_utc(utc)
 

@@ -60,6 +60,7 @@ from typing import Any, Protocol
 
 from lungwatch.config import check
 from lungwatch.events import is_segment
+from lungwatch.labels import FINDING_CLASS
 
 PRIORITIES = ("high", "medium", "low")
 PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
@@ -180,7 +181,7 @@ def condition_type(condition: str) -> str:
     """An event type of ``condition`` (its family's first: Wheeze, Fine Crackle; a breathing
     finding's or technical condition's own type), for what is named by type: a finding's
     code, an episode filed under the condition."""
-    return {"CAS": CAS_TYPES[0], "DAS": DAS_TYPES[0]}.get(condition, condition)
+    return FINDING_CLASS.get(condition, condition)
 
 
 def names(event_type: str, key: str) -> tuple[str, str, str]:

@@ -59,6 +59,18 @@ FINDING_TYPES: tuple[str, ...] = FINDING_FAMILIES
 #: The respiration message's finding rates (percent of breathing time, or null), per family.
 FINDING_RATE_KEYS: tuple[str, ...] = ("wheeze_rate_pct", "crackle_rate_pct")
 FINDING_RATE_FAMILY: dict[str, str] = dict(zip(FINDING_RATE_KEYS, FINDING_FAMILIES, strict=True))
+
+
+def finding_rate_error(body: dict[str, Any]) -> str | None:
+    """What is wrong with a breathing message's finding rates (each null or a percentage),
+    or None: the one check the ward view and the gateway both make."""
+    for key in FINDING_RATE_KEYS:
+        share = body.get(key)
+        if share is not None and not (is_number(share) and 0.0 <= share <= 100.0):
+            return f"respiration.{key} must be null or in [0, 100], got {share!r}"
+    return None
+
+
 #: SNOMED CT findings of the breathing alarms (checked against the FHIR value sets expanded
 #: from the SNOMED CT International edition), and of the rate itself (observable entity).
 RESPIRATION_SNOMED_CT: dict[str, str] = {

@@ -64,6 +64,8 @@ DETECTED_CLASSES: tuple[str, ...] = (
 #: The families a finding episode is of (``edge.bed.findings``): continuous (wheezes,
 #: rhonchi, stridor) and discontinuous (crackles) adventitious sounds.
 FINDING_FAMILIES: tuple[str, ...] = ("CAS", "DAS")
+#: The class whose SNOMED CT concept names each family's finding (wheezing, crackles).
+FINDING_CLASS: dict[str, str] = {"CAS": "Wheeze", "DAS": "Fine Crackle"}
 #: A finding's rate: the share of breathing time with the family's sound (unit %, UCUM
 #: ``%``). No SNOMED CT or MDC term is known for it: a local code, named here once.
 FINDING_RATE_CODE = {"CAS": "LW-WHEEZE-RATE", "DAS": "LW-CRACKLE-RATE"}
@@ -81,20 +83,15 @@ def sound_class(name: str) -> SoundClass:
 
 
 def family_snomed_ct(family: str) -> str | None:
-    """SNOMED CT concept of a finding family: its checked member classes' one code (wheezing
-    for CAS, crackles for DAS)."""
-    codes = {c.snomed_ct for c in SOUND_CLASSES if c.family == family and c.snomed_ct}
-    preferred = {"CAS": "56018004", "DAS": "48409008"}.get(family)
-    return preferred if preferred in codes else None
+    """SNOMED CT concept of a finding family (wheezing for CAS, crackles for DAS)."""
+    return sound_class(FINDING_CLASS[family]).snomed_ct
 
 
 def display_name(event_type: str) -> str:
     """What a clinician reads for an event type: a finding family's SNOMED CT term
     (``CAS`` -> Wheezing), else the type itself."""
-    if event_type in FINDING_FAMILIES:
-        code = family_snomed_ct(event_type)
-        terms = {c.snomed_ct: c.snomed_term for c in SOUND_CLASSES if c.snomed_ct}
-        return str(terms.get(code or "") or event_type)
+    if event_type in FINDING_CLASS:
+        return str(sound_class(FINDING_CLASS[event_type]).snomed_term or event_type)
     return event_type
 
 

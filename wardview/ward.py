@@ -58,12 +58,12 @@ from lungwatch.clip import Assembler
 from lungwatch.events import (
     COMMAND_POLICIES,
     DEVICE_STREAM,
-    FINDING_RATE_KEYS,
     RESPIRATION_STATES,
     TOPIC_ROOT,
     Event,
     EventError,
     ack_of,
+    finding_rate_error,
     is_number,
     is_segment,
 )
@@ -365,10 +365,9 @@ class Ward(WardMemory):
             )
         if rate is not None and not (is_number(rate) and 0.0 <= rate <= MAX_RATE_BPM):
             raise MessageError(f"respiration.rate_bpm must be null or in [0, 200], got {rate!r}")
-        for key in FINDING_RATE_KEYS:
-            share = body.get(key)
-            if share is not None and not (is_number(share) and 0.0 <= share <= 100.0):
-                raise MessageError(f"respiration.{key} must be null or in [0, 100], got {share!r}")
+        wrong = finding_rate_error(body)
+        if wrong:
+            raise MessageError(wrong)
         _, bed = self._place(device_id, stream_id)
         show_respiration(bed, body)
         self._store_reading(device_id, stream_id, "respiration", body)

@@ -278,7 +278,6 @@ class BedChain:
         self._poor = s.poor_index
         self.state_resets = 0
         self.flushed = False  # the stream's end was flushed: no more audio
-        self._last_sample = 0  # the end of the last frame described
 
     def push(self, chunk: SourceChunk, now_s: float) -> tuple[list[Transition], list[WindowReady]]:
         """One chunk: the gate's transitions (its notices, its arrival) and the windows the
@@ -322,7 +321,6 @@ class BedChain:
         if n == 0:
             return self.findings.take(transitions, self._last_sample)
         end = self.settings.grid.end_sample(out.first_frame + n - 1)
-        self._last_sample = max(self._last_sample, end)
         if not self.detector.suppressed:
             self._monitored_frames += n
         self._monitored.append((end, self._monitored_frames))
@@ -330,6 +328,11 @@ class BedChain:
         while len(self._monitored) > 1 and self._monitored[1][0] <= floor:
             self._monitored.popleft()
         return self.findings.take(transitions, end)
+
+    @property
+    def _last_sample(self) -> int:
+        """The end of the last frame described (0 before any)."""
+        return self._monitored[-1][0]
 
     def finding_rates(self) -> dict[str, float | None]:
         """Each family's finding rate now (:mod:`edge.bed.findings`): the share of the bed's

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lungwatch.config import check
-from lungwatch.events import DEFAULT_PRIORITIES
+from lungwatch.events import DEFAULT_PRIORITIES, PRIORITIES
 
 #: The families whose events wait for recurrence, and their event types.
 HELD_FAMILIES: dict[str, tuple[str, ...]] = {
@@ -106,11 +106,7 @@ class FindingConfig:
         each family the config leaves unset."""
         if not rules:
             return self
-        got = {
-            f: RecurrenceRule(**{k: v for k, v in dict(r).items() if k in RULE_KEYS})
-            for f, r in rules.items()
-            if f in HELD_FAMILIES
-        }
+        got = {f: RecurrenceRule(**r) for f, r in rules.items() if f in HELD_FAMILIES}
         return replace(
             self,
             cas=self.cas if self.cas is not None else got.get("CAS"),
@@ -200,11 +196,11 @@ class _Family:
     members: set[str] = field(default_factory=set)  # the open episode's events
     open_members: set[str] = field(default_factory=set)  # ... not ended yet
     episode: Any = None  # the open episode's onset transition, or None
-    start: int = 0  # the open episode's first event's start (sample)
     last_end: int = 0  # the end of its last event that ended
     peak: float = 0.0
     count: int = 0  # its events
-    ended: list[tuple[int, int]] = field(default_factory=list)  # published events' spans
+    # the spans of the published events that ended within the finding rate's window
+    ended: deque[tuple[int, int]] = field(default_factory=deque)
 
 
 class FindingTracker:
@@ -280,7 +276,7 @@ class FindingTracker:
             start_sample=first, end_sample=None, confidence=0.0,
             key=f"{family}@{first}",
         )  # fmt: skip
-        f.start, f.last_end, f.peak, f.count = first, first, 0.0, 0
+        f.last_end, f.peak, f.count = first, 0.0, 0
         released = [f.held.pop(k) for _, k in f.recent]
         f.recent.clear()
         opening: list[Any] = []
@@ -303,6 +299,9 @@ class FindingTracker:
             end = int(t.end_sample if t.end_sample is not None else t.start_sample)
             f.last_end = max(f.last_end, end)
             f.ended.append((int(t.start_sample), end))
+            floor = end - self.config.rate_window_s * self.rate_hz
+            while f.ended and f.ended[0][1] <= floor:  # out of every later rate's window
+                f.ended.popleft()
 
     def _maybe_end(
         self, f: _Family, family: str, now: int | None, out: list[Any], why: str = ""
@@ -341,9 +340,7 @@ class FindingTracker:
         if monitored_samples <= 0:
             return None
         floor = now_sample - self.config.rate_window_s * self.rate_hz
-        f = self._families[family]
-        f.ended = [(s, e) for s, e in f.ended if e > floor]
-        covered = _union([(max(s, floor), e) for s, e in f.ended])
+        covered = _union([(max(s, floor), e) for s, e in self._families[family].ended if e > floor])
         return min(1.0, covered / monitored_samples)
 
 
@@ -359,5 +356,4 @@ def _union(spans: list[tuple[float, float]]) -> float:
 
 def finding_priority(family: str) -> str:
     """A finding episode's priority: the highest default of its family's held types."""
-    ranks = {"high": 0, "medium": 1, "low": 2}
-    return min((DEFAULT_PRIORITIES[t] for t in HELD_FAMILIES[family]), key=ranks.__getitem__)
+    return min((DEFAULT_PRIORITIES[t] for t in HELD_FAMILIES[family]), key=PRIORITIES.index)

@@ -193,7 +193,7 @@ def apply(
 def score(events: Events, truth: Truth, records: Sequence[str], family: str) -> dict[str, float]:
     """Event F1 / P / R (sed_eval, the yardstick's collars), false events per hour on clean
     patients' Normal records, and record presence SE / SP of one family over ``records``."""
-    from training.scoring.detection import FAMILY_VIEW, score_view
+    from training.scoring.detection import has_family, score_view
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -210,7 +210,7 @@ def score(events: Events, truth: Truth, records: Sequence[str], family: str) -> 
     hours = sum(truth.durations[r] for r in clean) / 3600.0
     false = sum(len(events.get(r, [])) for r in clean)
     good = [r for r in records if truth.labels[r] != "Poor Quality"]
-    has = [any(family in FAMILY_VIEW.get(t, ()) for _, _, t in truth.refs[r]) for r in good]
+    has = [has_family(truth.refs[r], family) for r in good]
     said = [bool(events.get(r)) for r in good]
     pos, neg = sum(has), len(good) - sum(has)
     return {
@@ -375,18 +375,23 @@ def write_manifest(model: Path, chosen: Mapping[str, Mapping[str, Any]], note: s
     path.write_text(json.dumps(body, indent=2) + "\n")
 
 
-def today_rows(rows: Sequence[Mapping[str, Any]], model: Path) -> dict[str, Mapping[str, Any]]:
-    """Each family's row of every event at the candidate threshold nearest the manifest's
-    fitted one (what the device did before finding episodes)."""
+def fitted_thresholds(model: Path) -> dict[str, float]:
+    """Each family's on-threshold in ``model``'s manifest (of its held classes)."""
     from edge.monitor import resolve_model
 
-    folder, _ = resolve_model(model)
-    body = json.loads((folder / "manifest.json").read_text())
-    fitted = {
-        family_of(r["type"]): r["on_threshold"]
+    body = json.loads((resolve_model(model)[0] / "manifest.json").read_text())
+    return {
+        str(family_of(r["type"])): round(float(r["on_threshold"]), 4)
         for r in body["detector"]["thresholds"]
         if r["type"] in (*CAS_CLASSES, *DAS_CLASSES)
     }
+
+
+def today_rows(
+    rows: Sequence[Mapping[str, Any]], fitted: Mapping[str, float]
+) -> dict[str, Mapping[str, Any]]:
+    """Each family's row of every event at the candidate threshold nearest its ``fitted``
+    one (what the device did before finding episodes)."""
     out = {}
     for family in HELD_FAMILIES:
         mine = [r for r in rows if r["family"] == family and r["events"] == 1]
@@ -424,20 +429,13 @@ def findings_command(args: argparse.Namespace) -> int:
     model = args.model or DEFAULT_MODEL
     truth = Truth.load(folder)
     half = halves(truth.labels, truth.sick)
-    from edge.monitor import resolve_model
-
-    body = json.loads((resolve_model(Path(model))[0] / "manifest.json").read_text())
-    fitted = {
-        round(float(r["on_threshold"]), 4)
-        for r in body["detector"]["thresholds"]
-        if r["type"] in (*CAS_CLASSES, *DAS_CLASSES)
-    }
-    thresholds = sorted(set(THRESHOLDS) | fitted)
+    fitted = fitted_thresholds(Path(model))
+    thresholds = sorted(set(THRESHOLDS) | set(fitted.values()))
     runs = {t: raw_events(folder, model, t, truth) for t in thresholds}
     oof = None if args.oof is None else {t: oof_events(args.oof, model, t) for t in thresholds}
     rows = table(runs, half, oof)
     chosen = {}
-    today = today_rows(rows, Path(model))
+    today = today_rows(rows, fitted)
     judging = [r for r, h in half.items() if h == 1]
     for family in HELD_FAMILIES:
         for r in rows:
