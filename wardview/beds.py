@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lungwatch.alarms import PRIORITY_RANK, STATE_RANK
-from lungwatch.events import Event, is_number
+from lungwatch.events import FINDING_RATE_KEYS, Event, is_number
 
 # bed states, most important first; a bed shows the first that holds
 STATE_TEXT = {
@@ -230,9 +230,10 @@ def show_respiration(bed: Bed, body: dict[str, Any]) -> None:
     """A (checked) breathing message on ``bed``: its last reading and a point of its trend."""
     shown = {key: body.get(key) for key in ("state", "rate_bpm", "confidence", "breaths",
                                              "age_band", "low_bpm", "high_bpm", "reason",
-                                             "utc", "last_breath_utc", "wheeze_rate_pct",
-                                             "crackle_rate_pct")}  # fmt: skip
+                                             "utc", "last_breath_utc",
+                                             *FINDING_RATE_KEYS)}  # fmt: skip
     bed.respiration = {k: v for k, v in shown.items()
                        if isinstance(v, str | int | float) or v is None}  # fmt: skip
     bed.rate_trend.append({"utc": str(body.get("utc")), "rate_bpm": body.get("rate_bpm"),
-                           "state": body.get("state")})  # fmt: skip
+                           "state": body.get("state"),
+                           **{k: bed.respiration.get(k) for k in FINDING_RATE_KEYS}})  # fmt: skip

@@ -54,7 +54,7 @@ from typing import Any
 
 from lungwatch.clip import Clip
 from lungwatch.errors import LungwatchError
-from lungwatch.events import Event, parse_utc
+from lungwatch.events import FINDING_RATE_KEYS, Event, parse_utc
 from lungwatch.supervision import RESTARTS, Worker
 from wardview.stores import Backend, StoreError, migrate, open_backend
 
@@ -346,14 +346,16 @@ class History:
     def trend(self, device_id: str, stream_id: str, hours: int, now_s: float | None = None
               ) -> dict[str, Any]:  # fmt: skip
         """A bed's last ``hours``, hour by hour: event onsets per family, minutes under
-        ``poor_signal``, the mean respiratory rate and the apnoea alarms."""
+        ``poor_signal``, the mean respiratory rate and the mean finding rates (the share of
+        breathing time with wheeze and with crackle, %)."""
         now = self.clock() if now_s is None else now_s
         start = (int(now // 3600) - hours + 1) * 3600.0
         stop = start + 3600.0 * hours  # rows stamped later (device clocks) are not shown
         bins = [start + 3600.0 * i for i in range(hours)]
         counts = {family: [0] * hours for family in FAMILIES}
         poor = [0.0] * hours
-        rates: list[list[float]] = [[] for _ in range(hours)]
+        keys = ("rate_bpm", *FINDING_RATE_KEYS)
+        rates: dict[str, list[list[float]]] = {k: [[] for _ in range(hours)] for k in keys}
         with self._reading() as db:
             bed, q = (device_id, stream_id), self._sql
             onsets = db.execute(q(
@@ -376,16 +378,18 @@ class History:
             for i, b in enumerate(bins):
                 poor[i] += max(0.0, min(hi, b + 3600.0) - max(lo, b)) / 60.0
         for at, body in readings:
-            rate = json.loads(body).get("rate_bpm")
-            if isinstance(rate, int | float):
-                rates[int((at - start) // 3600)].append(float(rate))
+            reading = json.loads(body)
+            for key in keys:
+                value = reading.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    rates[key][int((at - start) // 3600)].append(float(value))
         return {
             "hours": [
                 datetime.fromtimestamp(b, timezone.utc).strftime("%Y-%m-%dT%H:00Z") for b in bins
             ],
             "onsets": counts,
             "poor_signal_min": [round(m, 1) for m in poor],
-            "rate_bpm": [round(sum(r) / len(r), 1) if r else None for r in rates],
+            **{k: [round(sum(r) / len(r), 1) if r else None for r in rates[k]] for k in keys},
         }
 
     def restore(self) -> Restored:

@@ -58,6 +58,7 @@ from lungwatch.clip import Assembler
 from lungwatch.events import (
     COMMAND_POLICIES,
     DEVICE_STREAM,
+    FINDING_RATE_KEYS,
     RESPIRATION_STATES,
     TOPIC_ROOT,
     Event,
@@ -166,6 +167,7 @@ class Ward(WardMemory):
         self._alarms_sent_s = -math.inf
         self._status_sent: dict[str, Any] | None = None
         self._live: list[dict[str, Any]] = []
+        self._trend: list[dict[str, Any]] = []  # breathing readings for the cards' trends
 
     # -- input -------------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> bool:
@@ -370,6 +372,8 @@ class Ward(WardMemory):
             raise MessageError(wrong)
         _, bed = self._place(device_id, stream_id)
         show_respiration(bed, body)
+        point = {k: v for k, v in bed.rate_trend[-1].items() if k != "state"}
+        self._trend.append({"device_id": device_id, "stream_id": stream_id, "point": point})
         self._store_reading(device_id, stream_id, "respiration", body)
         self._dirty_beds.add((device_id, stream_id))
 
@@ -705,8 +709,9 @@ class Ward(WardMemory):
             # the card draws the rates alone: sent as one list (hours of a ward's points as
             # objects made the first snapshot megabytes), with the last point's time
             trend = bed.rate_trend
-            view["rate_trend"] = {"rate_bpm": [p["rate_bpm"] for p in trend],
-                                  "last_utc": trend[-1]["utc"] if trend else None}  # fmt: skip
+            view["rate_trend"] = {
+                key: [p.get(key) for p in trend] for key in ("rate_bpm", *FINDING_RATE_KEYS)
+            } | {"last_utc": trend[-1]["utc"] if trend else None}
         return view
 
     def snapshot(self) -> dict[str, Any]:
@@ -741,7 +746,8 @@ class Ward(WardMemory):
                       "last_rejected": self.last_rejected, "faults": dict(self.faults),
                       "broker": dict(self.broker)}  # fmt: skip
             status_changed = status != self._status_sent
-            changed = self._dirty_devices or self._dirty_beds or alarms_due or self._live
+            changed = (self._dirty_devices or self._dirty_beds or alarms_due or self._live
+                       or self._trend)  # fmt: skip
             if not (changed or status_changed):
                 return None
             alarms = self.alarms() if alarms_due else None  # first: the cards follow its rows
@@ -752,6 +758,7 @@ class Ward(WardMemory):
                     for d, b in sorted(self._dirty_beds)
                 ],
                 "live": self._live,
+                "trend": self._trend,  # every reading once, in order: the cards' trends
             }
             if alarms is not None:
                 self._alarms_sent_s = self.monotonic()
@@ -761,6 +768,7 @@ class Ward(WardMemory):
                 changes.update(status)
                 self._status_sent = status
             self._dirty_devices, self._dirty_beds, self._live = set(), set(), []
+            self._trend = []
             return changes
 
 

@@ -746,6 +746,63 @@ def test_a_beds_rate_trend_and_apnoea_on_the_page(
         screenshot(driver, tmp_path / "ward-view-apnoea.png")
 
 
+FINDING_PIXELS = (  # bed-1's trend: pixels of the wheeze amber (bottom), crackle violet (top)
+    "const c = document.querySelector('article.bed[data-stream=\"bed-1\"] canvas.trend');"
+    "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+    "let amber = 0, violet = 0;"
+    "for (let i = 0; i < d.length; i += 4) { if (!d[i + 3]) continue;"
+    " if (d[i] > 200 && d[i + 1] > 110 && d[i + 1] < 170 && d[i + 2] < 60) amber++;"
+    " if (d[i] > 90 && d[i] < 160 && d[i + 1] < 60 && d[i + 2] > 130) violet++; }"
+    "return [amber, violet];"
+)
+
+
+def test_a_beds_finding_rates_on_its_card_and_in_its_trend(tmp_path: Path) -> None:
+    """The device's finding rates (the share of breathing time with wheeze and with crackle)
+    reach the bed's card as a line and its trend as bars beneath the rate, from the live
+    readings and again from the snapshot of a page opened later; a wheeze rate of 0 draws no
+    bar."""
+    from lungwatch.events import respiration_payload, respiration_topic
+
+    require_chromium()
+    line = 'article.bed[data-stream="bed-1"] .finding-rate'
+    with (
+        Mosquitto(tmp_path) as broker,
+        DashboardProcess(view_config(tmp_path, broker.port)) as dashboard,
+        chromium() as driver,
+    ):
+        driver.get(dashboard.url)
+        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+        device = Device(broker.port)
+        try:
+            device.online()
+            now = time.time()
+            for i, (wheeze, crackle) in enumerate([(0.0, None), (40.0, None), (60.0, 25.0)]):
+                reading = {"state": "ok", "rate_bpm": 18.0 + i, "confidence": 0.8,
+                           "breaths": 12, "age_band": "adult", "low_bpm": 9.0,
+                           "high_bpm": 24.0, "reason": "", "utc": _utc(now + 10 * i),
+                           "wheeze_rate_pct": wheeze, "crackle_rate_pct": crackle}  # fmt: skip
+                body = respiration_payload(SITE, DEVICE, "bed-1", reading)
+                device.put(respiration_topic(SITE, DEVICE, "bed-1"), body, retain=True)
+                if i == 0:  # the first reading on the card before the next is sent
+                    wait_until(lambda: text_of(driver, line), 10.0, "the finding rates")
+                    assert text_of(driver, line) == "wheeze 0.0 % · crackle -- of breathing"
+                    assert page(driver, FINDING_PIXELS) == [0, 0]
+        finally:
+            device.stop()
+        wait_until(lambda: text_of(driver, line) == "wheeze 60 % · crackle 25 % of breathing",
+                   10.0, "the last reading's finding rates")  # fmt: skip
+        amber, violet = wait_until(lambda: all(page(driver, FINDING_PIXELS)) and
+                                   page(driver, FINDING_PIXELS), 5.0, "the bars")  # fmt: skip
+        screenshot(driver, tmp_path / "finding-rates.png")
+        driver.get(dashboard.url)  # a page opened later draws them from the snapshot
+        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+        assert text_of(driver, line) == "wheeze 60 % · crackle 25 % of breathing"
+        again = wait_until(lambda: all(page(driver, FINDING_PIXELS)) and
+                           page(driver, FINDING_PIXELS), 5.0, "the bars again")  # fmt: skip
+        assert again == [amber, violet]
+
+
 OSC_SPY = """
 window.__oscStarts = [];
 (function () {

@@ -122,9 +122,9 @@ def test_a_beds_hours_count_onsets_by_family_poor_signal_and_rate(where: str | P
     store.add_event(poor)
     store.add_event(ended(poor, hour + 1800))
     store.add_event(onset("Wheeze", hour - 3000, bed="bed-2"))  # another bed
-    for minute, rate in ((1, 18.0), (2, 20.0)):
+    for minute, rate, wheeze in ((1, 18.0, 10.0), (2, 20.0, 15.0), (3, None, None)):
         reading = json.loads(respiration("bed-1", hour + 60 * minute, rate)[1])
-        store.add_reading(DEVICE, "bed-1", "respiration", reading)
+        store.add_reading(DEVICE, "bed-1", "respiration", {**reading, "wheeze_rate_pct": wheeze})
     store.close()
 
     reopened = History(where, clock=clock)  # the view restarted
@@ -139,6 +139,8 @@ def test_a_beds_hours_count_onsets_by_family_poor_signal_and_rate(where: str | P
     }
     assert trend["poor_signal_min"] == [0, 0, 0, 0, 20.0, 30.0]
     assert trend["rate_bpm"] == [None, None, None, None, None, 19.0]
+    assert trend["wheeze_rate_pct"] == [None, None, None, None, None, 12.5]
+    assert trend["crackle_rate_pct"] == [None] * 6  # the device never said
 
 
 def test_a_restart_restores_open_episodes_recent_events_names_and_clips(

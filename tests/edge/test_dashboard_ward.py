@@ -581,10 +581,22 @@ def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> 
     bed = ward.snapshot()["beds"][0]
     assert bed["respiration"]["state"] == "apnoea"
     assert bed["rate_trend"] == {"rate_bpm": [None, 18.2, 19.0, None],
+                                 "wheeze_rate_pct": [None] * 4, "crackle_rate_pct": [None] * 4,
                                  "last_utc": "2026-05-09T07:00:30.000Z"}  # fmt: skip
     changes = ward.take_changes()
     assert changes is not None
-    assert "rate_trend" not in changes["beds"][0]  # the page appends the reading it gets
+    assert "rate_trend" not in changes["beds"][0]  # the page appends the readings it gets:
+    assert [p["point"]["rate_bpm"] for p in changes["trend"]] == [None, 18.2, 19.0, None]
+    assert changes["trend"][1] == {
+        "device_id": DEVICE,
+        "stream_id": "bed-2",
+        "point": {
+            "utc": "2026-05-09T07:00:10.000Z",
+            "rate_bpm": 18.2,
+            "wheeze_rate_pct": None,
+            "crackle_rate_pct": None,
+        },
+    }  # every one, in order, even four in one update
     wrong = {"state": "ok", "rate_bpm": 900, "utc": "2026-05-09T07:01:00.000Z"}
     assert not ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", wrong).encode())
     assert ward.counts["rejected"] == 1
@@ -595,6 +607,13 @@ def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> 
     assert ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", share).encode())
     shown = ward.snapshot()["beds"][0]["respiration"]
     assert (shown["wheeze_rate_pct"], shown["crackle_rate_pct"]) == (12.5, None)
+    share = {**share, "crackle_rate_pct": 3.0, "utc": "2026-05-09T07:01:20.000Z"}
+    assert ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", share).encode())
+    trend = ward.snapshot()["beds"][0]["rate_trend"]  # the card's trend draws the shares too
+    assert trend["wheeze_rate_pct"] == [None] * 4 + [12.5, 12.5]
+    assert trend["crackle_rate_pct"] == [None] * 5 + [3.0]
+    assert trend["rate_bpm"][-1] is None
+    assert trend["last_utc"] == share["utc"]
     assert ward.handle(topic, b"", True)  # the stream ended: withdrawn
     assert ward.snapshot()["beds"][0]["respiration"] is None
     assert ward.handle(respiration_topic(SITE, DEVICE, "bed-9"), b"", True)

@@ -17,6 +17,9 @@
   const STATE_CLASSES = ["s-normal", "s-crackles", "s-wheezes", "s-rhonchi", "s-stridor",
     "s-technical", "s-offline", "s-stale", "s-apnoea", "s-tachypnoea", "s-bradypnoea"];
   const TREND_POINTS = 720;  // as the server's RATE_TREND_POINTS
+  // a bed's trend: its series and the reading's key of each
+  const TREND_SERIES = { rates: "rate_bpm", wheeze: "wheeze_rate_pct", crackle: "crackle_rate_pct" };
+  const FINDING_COLOURS = { wheeze: "rgba(230, 145, 0, 0.75)", crackle: "rgba(123, 31, 162, 0.6)" };
   const HEARTBEATS_MISSED = 3;  // as the server's HEARTBEATS_MISSED
 
   const ward = { user: null, site: "", devices: new Map(), beds: new Map(), alarms: [] };
@@ -246,7 +249,7 @@
       : [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
     device.beds.insertBefore(card, after || null);
     bed = { card, name, where, state, verdict, canvas, live, events, rate, frate, trend, points: [],
-      rates: [], lastRateUtc: null, near: false, stale: false };
+      rates: [], wheeze: [], crackle: [], near: false, stale: false };
     card.lwBed = bed;
     nearScreen.observe(card);
     ward.beds.set(key, bed);
@@ -307,14 +310,11 @@
   // -- breathing ------------------------------------------------------------------------
   function renderRate(bed, view) {
     const r = view.respiration;
-    if (view.rate_trend) {  // a snapshot: the rates, oldest first, and the last one's time
-      bed.rates = view.rate_trend.rate_bpm.slice();
-      bed.lastRateUtc = view.rate_trend.last_utc;
-    } else if (r && bed.lastRateUtc !== r.utc) {
-      bed.rates.push(r.rate_bpm);
-      bed.lastRateUtc = r.utc;
-      if (bed.rates.length > TREND_POINTS) bed.rates.splice(0, bed.rates.length - TREND_POINTS);
-    }
+    if (view.rate_trend) {  // a snapshot: the readings, oldest first
+      for (const [name, key] of Object.entries(TREND_SERIES)) {
+        bed[name] = view.rate_trend[key].slice();
+      }
+    }  // an update's readings come one by one in its trend (addTrend)
     bed.card.dataset.respiration = r ? r.state : "";
     const pct = (v) => (typeof v === "number" ? `${v < 10 ? v.toFixed(1) : Math.round(v)} %` : "--");
     const wheeze = r ? r.wheeze_rate_pct : null, crackle = r ? r.crackle_rate_pct : null;
@@ -341,10 +341,21 @@
     const w = bed.trend.width, h = bed.trend.height;
     ctx.clearRect(0, 0, w, h);
     const values = bed.rates;
+    const step = values.length > 1 ? w / (values.length - 1) : w;
+    // the finding rates, full height 100 %: wheeze from the bottom edge, crackle from the top
+    for (const [shares, colour, fromTop] of [[bed.wheeze, FINDING_COLOURS.wheeze, false],
+      [bed.crackle, FINDING_COLOURS.crackle, true]]) {
+      ctx.fillStyle = colour;
+      shares.forEach((v, i) => {
+        if (typeof v !== "number" || v <= 0) return;
+        const bar = Math.max(1, (Math.min(v, 100) / 100) * h);
+        ctx.fillRect(i * step - Math.max(1, step / 2), fromTop ? 0 : h - bar,
+          Math.max(2, step), bar);
+      });
+    }
     const known = values.filter((v) => v !== null && v !== undefined);
     if (!known.length) return;
     const top = Math.max(40, ...known) * 1.1;
-    const step = values.length > 1 ? w / (values.length - 1) : w;
     ctx.beginPath();
     ctx.strokeStyle = "#263238";
     ctx.fillStyle = "#263238";
@@ -384,6 +395,17 @@
   }
 
   // -- live strip -----------------------------------------------------------------------
+  // one breathing reading of an update, appended to its bed's trend
+  function addTrend(item) {
+    const bed = bedNode(item.device_id, item.stream_id);
+    for (const [name, key] of Object.entries(TREND_SERIES)) {
+      const v = item.point[key];
+      bed[name].push(typeof v === "number" ? v : null);
+      if (bed[name].length > TREND_POINTS) bed[name].splice(0, bed[name].length - TREND_POINTS);
+    }
+    chartsChanged(bed);
+  }
+
   function addLive(item, limit) {
     const bed = bedNode(item.device_id, item.stream_id);
     bed.points.push(item.point);
@@ -994,6 +1016,7 @@
     update.devices.forEach(renderDevice);
     update.beds.forEach(renderBed);
     update.live.forEach((item) => addLive(item, liveLimit));
+    (update.trend || []).forEach(addTrend);
     if (update.alarms) renderAlarms(update.alarms);
     renderHeader(update);
   }
