@@ -36,6 +36,13 @@ sounds reaching into the lowest one do not). Every ``analyse_every_s`` it reads 
   a pause is not a breath and a loud patient's small humps are not either
   (:func:`edge.bed.breathing_kernels.humps`); a hump is a breath heard once it has fallen by
   half, and a breath counts once however many windows see it;
+- one breath per **cycle**, not per breath sound: an inspiration and an expiration heard as
+  two humps of like loudness make the period half the cycle. The kernel keeps the activity's
+  **tilt** too (the upper sub-bands' rise less the lower ones': expiration sounds lower), and
+  :func:`_cycle` doubles the period where the activity is clearly more alike two periods on
+  or the tilt alternates one period on (the octave check); where the humps then come more
+  often than the cycle allows, or alternate between two levels of tilt, the breaths are the
+  inspirations among them (``BreathTracker._humps``, :func:`_inspirations`);
 - the **rate**: breaths per minute from the first to the last breath of the window
   (``60 * (n - 1) / span``).
 
@@ -114,6 +121,13 @@ DELTA_OF_RANGE = 0.1  # ... and this share of the window's 5-95 % range of the a
 DELTA_OF_BREATHS = 0.25  # ... and this share of the window's median breath prominence
 RESUME_FRACTION = 0.5  # a breath that ends an apnoea is at least this share of the typical one
 MAX_BREATH_S = 4.0  # a breath stands over half its height for at most this long
+PAIRED_GAP = 0.75  # where a cycle is two humps: a lone one this share of it from any breath counts
+MIN_PHASE_HUMPS = 8  # humps that can show phases alternating (fewer alternate by chance)
+PHASE_SEPARATION = 3.0  # their tilt in two levels this far apart (in their spread) ...
+PHASE_TURNS = 0.85  # ... turning from one to the other at this share of the humps
+MIN_TILT_DB = 0.5  # phases that differ in tilt differ by at least this (dB)
+OCTAVE_MARGIN = 0.15  # the activity this much more alike two periods on: one cycle is two
+TILT_ALTERNATION = -0.2  # the tilt this much against itself one period on: phases alternate
 AGREEMENT = 0.25  # the breaths' rate and the period's may differ by this share, no more
 BODY_SHORT_S = 2.0  # the body band's current level
 BODY_BASE_S = 30.0  # its level while breathing
@@ -247,6 +261,7 @@ class BreathTracker:
         size = round(config.window_s * self.rate_hz)
         self.ring_a = np.zeros(size)
         self.ring_lost = np.zeros(size, np.uint8)
+        self.ring_tilt = np.zeros(size)
         self._raw = np.zeros(max(1, round(SMOOTH_S * self.rate_hz)))
         self._scratch = np.zeros_like(self._raw)
         self._across = np.zeros(N_SUB_BANDS)
@@ -352,7 +367,7 @@ class BreathTracker:
         k.activity(
             samples[:N_SUB_BANDS], samples[N_SUB_BANDS], lost, self.params, self.iparams,
             self.istate, self.fstate, self.means, self._across, self._raw, self._scratch,
-            self.ring_a, self.ring_lost,
+            self.ring_a, self.ring_lost, self.ring_tilt,
         )  # fmt: skip
 
     def contact(self) -> tuple[bool, float]:
@@ -370,6 +385,11 @@ class BreathTracker:
         order = np.arange(t - n, t) % self.ring_a.shape[0]
         return self.ring_a[order], self.ring_lost[order], t - n
 
+    def _tilt(self, n: int) -> np.ndarray:
+        """The tilt over the last ``n`` samples in time order."""
+        t = self.samples
+        return self.ring_tilt[np.arange(t - n, t) % self.ring_tilt.shape[0]]
+
     def _analyse(self, final: bool = False) -> list[Transition]:
         """The window's period, breaths and rate (module doc); the new reading and the
         rate alerts' transitions. ``final``: the stream ended (a hump it cut is a breath).
@@ -380,9 +400,13 @@ class BreathTracker:
         a, lost, first = self._window()
         good = lost == 0
         period, confidence = _period(a, good, self.rate_hz, self.band.search_bpm)
+        phases = None  # where each cycle is heard as two humps: the phases' cue (_cycle)
         if period is not None:
-            self.period_s = period
-        peaks, proms, ends = self._humps(a, good, first, self.period_s)
+            tilt = self._tilt(a.shape[0])
+            self.period_s, confidence, phases = _cycle(
+                a, tilt, good, self.rate_hz, self.band.search_bpm, period, confidence
+            )
+        peaks, proms, ends, self.period_s = self._humps(a, good, first, self.period_s, phases)
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         self._count(first + peaks, first + ends, proms, confirmed, final)
         self.breathing_now = bool(peaks.size and not confirmed[-1])
@@ -413,20 +437,69 @@ class BreathTracker:
         return self.alarms.rate(self, self.reading, own_confidence)
 
     def _humps(
-        self, a: np.ndarray, good: np.ndarray, first: int, period_s: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The humps of the window (kernel doc) for a period, with this analysis' threshold."""
-        samples = period_s * self.rate_hz
-        cycle = max(1, round(CYCLE_FRACTION * samples))
-        gap = max(1, round(MIN_GAP_FRACTION * samples))
+        self,
+        a: np.ndarray,
+        good: np.ndarray,
+        first: int,
+        period_s: float,
+        phases: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """The breaths of the window for a period (the cycle), with this analysis' threshold,
+        and the cycle they give: the humps (kernel doc), one per cycle, unless
+
+        - they alternate between two levels of tilt (:data:`MIN_PHASE_HUMPS`,
+          :data:`PHASE_SEPARATION`, :data:`PHASE_TURNS`): they are the two phases of cycles
+          twice as long, and the inspirations among them are the breaths
+          (:func:`_inspirations`);
+        - they come more often than the cycle allows (:data:`AGREEMENT`) and the humps at
+          half the cycle are its phases (``phases``: the cue of :func:`_cycle`'s octave
+          check, or their tilt alternates as above): the inspirations among those."""
         spread = k.spread(a, good, 0.05)
         self.delta_db = max(
             MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
         )
         width = round(MAX_BREATH_S * self.rate_hz)
-        n = k.humps(a, cycle, gap, self.delta_db, width, first == 0, True,
-                    self._peaks, self._proms, self._ends)  # fmt: skip
-        return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
+
+        def found(samples: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            cycle = max(1, round(CYCLE_FRACTION * samples))
+            gap = max(1, round(MIN_GAP_FRACTION * samples))
+            n = k.humps(a, cycle, gap, self.delta_db, width, first == 0, True,
+                        self._peaks, self._proms, self._ends)  # fmt: skip
+            return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
+
+        def phased(peaks: np.ndarray, samples: float) -> np.ndarray | None:
+            """The humps' smoothed tilt where they alternate between two levels (two
+            phases of each cycle), else None."""
+            if peaks.size < MIN_PHASE_HUMPS:
+                return None
+            smooth = _smoothed(self._tilt(a.shape[0]), good, CYCLE_FRACTION * samples)
+            cue = smooth[peaks]
+            upper, separation = _two_levels(cue)
+            turns = float(np.mean(upper[1:] != upper[:-1]))
+            if not 0 < upper.sum() < cue.size:
+                return None
+            apart = float(cue[upper].mean() - cue[~upper].mean())
+            if separation >= PHASE_SEPARATION and turns >= PHASE_TURNS and apart >= MIN_TILT_DB:
+                return smooth
+            return None
+
+        samples = period_s * self.rate_hz
+        peaks, proms, ends = found(samples)
+        if peaks.size < 2:
+            return peaks, proms, ends, period_s
+        if (peaks.size - 1) * samples <= (1.0 + AGREEMENT) * (peaks[-1] - peaks[0]):
+            cue = phased(peaks, samples)  # a hump per period, but two per cycle?
+            if cue is None:
+                return peaks, proms, ends, period_s
+            keep = _inspirations(peaks, proms, cue, PAIRED_GAP * 2.0 * samples)
+            return peaks[keep], proms[keep], ends[keep], 2.0 * period_s
+        # more humps than cycles: where they are the cycles' phases, their inspirations
+        half = found(samples / 2)
+        cue = phases if phases is not None else phased(half[0], samples / 2)
+        if cue is None or half[0].size < 2:
+            return peaks, proms, ends, period_s
+        keep = _inspirations(half[0], half[1], cue, PAIRED_GAP * samples)
+        return half[0][keep], half[1][keep], half[2][keep], period_s
 
     def _count(
         self,
@@ -597,6 +670,94 @@ def _period(
     # multiples); its height is read unbiased (over the n - lag products it sums), so a slow
     # breath in a short window is not called aperiodic for the window's length alone
     return _refined(ac, best) / rate_hz, min(1.0, float(ac[best]) * n / (n - best))
+
+
+def _smoothed(tilt: np.ndarray, good: np.ndarray, samples: float) -> np.ndarray:
+    """The tilt over good samples, smoothed by a centred moving mean of ``samples``."""
+    width = max(1, round(samples))
+    return np.convolve(np.where(good, tilt, 0.0), np.ones(width) / width, mode="same")
+
+
+def _two_levels(cue: np.ndarray) -> tuple[np.ndarray, float]:
+    """The humps of the upper of ``cue``'s two levels (two means in one dimension) and how
+    far apart the levels lie in their spread (the difference of the means over the root
+    mean of the two variances; 0 where one level is empty)."""
+    split = float(np.mean(cue))
+    for _ in range(8):
+        high, low = cue[cue >= split], cue[cue < split]
+        if high.size == 0 or low.size == 0:
+            return cue >= split, 0.0
+        split = 0.5 * (float(high.mean()) + float(low.mean()))
+    high, low = cue[cue >= split], cue[cue < split]
+    if high.size == 0 or low.size == 0:
+        return cue >= split, 0.0
+    spread = math.sqrt(0.5 * (float(high.var()) + float(low.var()))) + 1e-9
+    return cue >= split, (float(high.mean()) - float(low.mean())) / spread
+
+
+def _inspirations(
+    peaks: np.ndarray, proms: np.ndarray, tilt: np.ndarray, apart: float
+) -> np.ndarray:
+    """Which humps are breaths where each cycle is heard as two (an inspiration and an
+    expiration): the inspirations, the humps whose tilt (``tilt``, the smoothed tilt per
+    sample; empty: by loudness, the prominence) lies in the upper of the humps' two levels
+    (:func:`_two_levels`), and a hump of the other phase with no breath within ``apart``
+    samples (its partner was not heard)."""
+    upper, _ = _two_levels(tilt[peaks] if tilt.size else proms)
+    keep = upper.copy()
+    kept = peaks[upper]
+    for i in np.flatnonzero(~upper):
+        if kept.size == 0 or np.min(np.abs(kept - peaks[i])) >= apart:
+            keep[i] = True
+    return keep
+
+
+def _lagged(x: np.ndarray, good: np.ndarray, lag: int) -> float:
+    """The autocorrelation of ``x`` over its good samples at ``lag``, per product (-1..1)."""
+    n = x.shape[0]
+    if lag <= 0 or lag >= n - 1:
+        return 0.0
+    c = np.where(good, x - (x[good].mean() if good.any() else 0.0), 0.0)
+    energy = float(np.dot(c, c))
+    if energy <= 0.0:
+        return 0.0
+    return float(np.dot(c[:-lag], c[lag:])) / energy * n / (n - lag)
+
+
+def _cycle(
+    a: np.ndarray,
+    tilt: np.ndarray,
+    good: np.ndarray,
+    rate_hz: float,
+    search_bpm: tuple[float, float],
+    period: float,
+    confidence: float,
+) -> tuple[float, float, np.ndarray | None]:
+    """The breath cycle from the activity's period: (cycle in s, its autocorrelation, the
+    phases' cue where the period was half a cycle, else None). The cue is the tilt smoothed
+    over a third of a phase where the phases alternate in it (the expiration's sound lower
+    than the inspiration's: the tilt turns against itself one period on,
+    :data:`TILT_ALTERNATION`, and back with itself two on), an empty array where they
+    alternate in loudness only.
+
+    ``period`` is half the cycle (the octave check) when, at twice it, the activity is
+    clearly more alike (:data:`OCTAVE_MARGIN`), or the phases alternate in tilt and the
+    activity is not clearly less alike there."""
+    n = a.shape[0]
+
+    lag = period * rate_hz
+    if 60.0 / (2.0 * period) >= search_bpm[0] / 2.0 and 2.0 * lag <= n / 2:
+        one, two = round(lag), round(2.0 * lag)
+        a1, a2 = _lagged(a, good, one), _lagged(a, good, two)
+        smooth = _smoothed(tilt, good, CYCLE_FRACTION * lag)
+        t1, t2 = _lagged(smooth, good, one), _lagged(smooth, good, two)
+        audible = bool(good.any()) and float(smooth[good].std()) >= MIN_TILT_DB
+        alternate = audible and t1 <= TILT_ALTERNATION and t2 - t1 >= -2.0 * TILT_ALTERNATION
+        if alternate and a2 >= a1 - OCTAVE_MARGIN:
+            return 2.0 * period, min(1.0, max(0.0, a2)), smooth
+        if a2 >= a1 + OCTAVE_MARGIN:
+            return 2.0 * period, min(1.0, max(0.0, a2)), np.zeros(0)
+    return period, confidence, None
 
 
 def _refined(ac: np.ndarray, lag: int) -> float:

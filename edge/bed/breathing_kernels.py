@@ -14,7 +14,9 @@ band and of the body band, and
 2. takes the median over sub-bands, the **breath activity**: a breath is broadband, so it
    lifts most sub-bands at once, while heart sounds reaching into the lowest sub-band, a
    hum or a squeak in one band do not move the median; then a running median over ``S``
-   samples (a heart sound or a crackle, shorter than half of it, leaves no trace);
+   samples (a heart sound or a crackle, shorter than half of it, leaves no trace); and the
+   **tilt**: the mean rise of the upper half of the sub-bands less that of the lower half
+   (expiration sounds lower than inspiration: the tilt tells the two phases apart);
 3. follows the body band's level (short mean) and its level while breathing is heard
    (baseline: learnt only up to ``learn_until``, a sample the caller sets from the breaths):
    contact with the body.
@@ -150,16 +152,19 @@ def activity(
     scratch: np.ndarray,  # (S,) room to sort them
     ring_a: np.ndarray,  # (N,) activity
     ring_lost: np.ndarray,  # (N,) uint8
+    ring_tilt: np.ndarray,  # (N,) the upper sub-bands' rise less the lower ones'
 ) -> None:
     n_groups, n = groups.shape
     size = ring_a.shape[0]
     smooth = raw.shape[0]
+    upper = n_groups // 2  # sub-bands from this one up are the upper half
     for i in range(n):
         t = istate[S_COUNT]
         pos = t % size
         istate[S_COUNT] = t + 1
         if lost[i]:
             ring_a[pos] = ring_a[(t - 1) % size] if t > 0 else 0.0
+            ring_tilt[pos] = ring_tilt[(t - 1) % size] if t > 0 else 0.0
             ring_lost[pos] = 1
             istate[S_REINIT] = 1
             continue
@@ -170,9 +175,13 @@ def activity(
         seg = istate[S_SEG_START]
         run = t - seg + 1  # good samples in this run, this one included
         alpha = max(params[P_ALPHA_DETREND], 1.0 / run)
+        tilt = 0.0
         for g in range(n_groups):  # each sub-band over its slow level, sorted into `across`
             means[g] += alpha * (groups[g, i] - means[g])
-            _insert_sorted(across, g, groups[g, i] - means[g])
+            rise = groups[g, i] - means[g]
+            _insert_sorted(across, g, rise)
+            tilt += rise / (n_groups - upper) if g >= upper else -rise / upper
+        ring_tilt[pos] = tilt
         raw[t % smooth] = _median_of_sorted(across, n_groups)
         ring_a[pos] = _running_median(raw, t, min(smooth, run), scratch)
         # contact: the body band now, and while breathing was heard

@@ -53,15 +53,18 @@ def test_levels_equal_the_reference(n_frames: int, stride: int, lost: bool) -> N
 
 def activity_reference(groups, body, lost, alpha, smooth, alpha_body, alpha_base, learn_until):
     """Plain Python: slow levels (restarting after lost samples, first as the running mean),
-    the median over sub-bands, a running median over time, the body levels."""
+    the median over sub-bands, a running median over time, the tilt (the upper half of the
+    sub-bands' mean rise less the lower half's, held over lost samples), the body levels."""
     n_groups, n = groups.shape
     means = np.zeros(n_groups)
     out = np.zeros(n)
+    tilt = np.zeros(n)
     raw: list[float] = []
     seg, body_now, base = 0, None, None
     for t in range(n):
         if lost[t]:
             out[t] = out[t - 1] if t else 0.0
+            tilt[t] = tilt[t - 1] if t else 0.0
             seg = None
             continue
         if seg is None or t == 0:
@@ -70,6 +73,8 @@ def activity_reference(groups, body, lost, alpha, smooth, alpha_body, alpha_base
         rate = max(alpha, 1.0 / run)
         means += rate * (groups[:, t] - means)
         raw.append(float(np.median(groups[:, t] - means)))
+        rise = groups[:, t] - means
+        tilt[t] = rise[n_groups // 2 :].mean() - rise[: n_groups // 2].mean()
         out[t] = float(np.median(raw[-smooth:]))
         if body_now is None:
             body_now = body[t]
@@ -77,7 +82,7 @@ def activity_reference(groups, body, lost, alpha, smooth, alpha_body, alpha_base
         if t <= learn_until:
             base = body_now if base is None else base
             base += alpha_base * (body_now - base)
-    return out, body_now, base
+    return out, tilt, body_now, base
 
 
 @pytest.mark.parametrize("n", [1, 37, 400])
@@ -96,14 +101,17 @@ def test_activity_equals_the_reference(n: int, smooth: int, with_lost: bool) -> 
     fstate = np.zeros(k.N_FSTATE)
     ring = np.zeros(512)
     ring_lost = np.zeros(512, np.uint8)
+    ring_tilt = np.zeros(512)
     means, raw = np.zeros(6), np.zeros(smooth)
     half = n // 2
     for lo, hi in ((0, half), (half, n)):  # fed in two pieces: the state carries over
         k.activity(groups[:, lo:hi], body[lo:hi], lost[lo:hi], params, iparams, istate, fstate,
-                   means, np.zeros(6), raw, np.zeros(smooth), ring, ring_lost)  # fmt: skip
-    want, body_now, base = activity_reference(groups, body, lost, 0.01, smooth, 0.05, 0.002,
-                                              learn_until)  # fmt: skip
+                   means, np.zeros(6), raw, np.zeros(smooth), ring, ring_lost,
+                   ring_tilt)  # fmt: skip
+    want, tilt, body_now, base = activity_reference(groups, body, lost, 0.01, smooth, 0.05,
+                                                    0.002, learn_until)  # fmt: skip
     np.testing.assert_allclose(ring[:n], want, atol=1e-9)
+    np.testing.assert_allclose(ring_tilt[:n], tilt, atol=1e-9)
     np.testing.assert_array_equal(ring_lost[:n], lost)
     assert istate[k.S_COUNT] == n
     assert fstate[k.F_BODY] == pytest.approx(body_now)

@@ -1,0 +1,198 @@
+"""Chest sounds whose breath cycles are known: the respiratory rate's truth set.
+
+A recording is a run of breath cycles at a known rate, heard as a stethoscope would hear it:
+
+- **Inspiration**: airway noise rising and falling (a sin² bump) over the first
+  ``1 / (1 + ie_ratio)`` of the cycle; its band is the stethoscope's breath band
+  (``inspiration_band_hz``).
+- **Expiration**: the same kind of noise, ``expiration_db`` louder or quieter than the
+  inspiration, its spectrum lower (``expiration_band_hz``), over ``expiration_fraction`` of
+  the rest of the cycle (the end of the cycle is a pause).
+- **Pauses**: each cycle is followed, with probability ``pause_share``, by an extra pause of
+  ``pause_s`` (a late breath, a held one): the rate is then not one period.
+- **Heart sounds**: S1 and S2 (short low-frequency bursts, 30-150 Hz) at ``heart_bpm``, at
+  ``heart_db`` against the inspiration's level, all along.
+- **Noise**: white noise ``snr_db`` under the inspiration's level.
+- **The device**: the whole mix is made at the device's own sample rate ``device_rate_hz``
+  (2 kHz: a Thinklabs One; 4 kHz: a Littmann 3200; 4.5 kHz: the wearable prototype; 8 kHz:
+  SPRSound's), so its band stops at that Nyquist frequency; the device path resamples it to
+  the model's rate as it would a real file.
+
+Cycle periods jitter by ``jitter`` (uniform, ±share) around ``60 / rate_bpm``. The truth
+(:class:`Truth`) is the cycles' inspiration onsets, their count inside the recording and the
+rate the tracker's whole-stream count reports on it: cycles whose inspiration peaks inside
+the recording per minute of recording.
+
+:func:`stretch` makes slower or faster breathing out of a real recording: played at
+``factor`` times its speed (resampled), its rate is ``factor`` times the original's, and its
+spectrum moves with it (a factor of 0.8-1.25 keeps the breath sounds in their band).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from scipy.signal import butter, resample_poly, sosfilt
+
+
+@dataclass(frozen=True)
+class Breathing:
+    """One synthetic chest (module doc)."""
+
+    rate_bpm: float
+    seconds: float = 60.0
+    device_rate_hz: int = 8000
+    ie_ratio: float = 2.0  # expiration time over inspiration time (1:2)
+    expiration_db: float = -6.0  # its level against the inspiration's
+    expiration_fraction: float = 0.8  # share of the expiration time it is heard
+    inspiration_band_hz: tuple[float, float] = (150.0, 1000.0)
+    expiration_band_hz: tuple[float, float] = (100.0, 500.0)
+    heart_bpm: float = 75.0
+    heart_db: float = 0.0  # S1's peak against the inspiration's noise level
+    snr_db: float = 30.0
+    jitter: float = 0.05
+    pause_share: float = 0.0
+    pause_s: float = 0.0
+    seed: int = 0
+    name: str = field(default="", compare=False)
+
+    def label(self) -> str:
+        """A file name that says what it is."""
+        return self.name or (
+            f"rr{self.rate_bpm:g}_fs{self.device_rate_hz}_exp{self.expiration_db:g}dB_"
+            f"ie{self.ie_ratio:g}_hr{self.heart_bpm:g}_snr{self.snr_db:g}"
+            + (f"_pause{self.pause_share:g}x{self.pause_s:.2g}" if self.pause_share else "")
+            + f"_s{self.seed}"
+        )
+
+
+@dataclass(frozen=True)
+class Truth:
+    onsets_s: tuple[float, ...]  # each cycle's inspiration onset
+    cycles: int  # cycles whose inspiration peaks inside the recording
+    rate_bpm: float  # cycles per minute of recording
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "onsets_s": [round(t, 3) for t in self.onsets_s]}
+
+
+def _band(lo: float, hi: float, rate_hz: int) -> np.ndarray:
+    nyquist = rate_hz / 2
+    hi = min(hi, 0.45 * rate_hz)
+    if lo >= hi:
+        raise ValueError(f"band {lo:g}-{hi:g} Hz lies above the device's Nyquist {nyquist:g} Hz")
+    return butter(4, [lo, hi], "band", fs=rate_hz, output="sos")
+
+
+def _bumps(n: int, rate_hz: int, spans: list[tuple[float, float]]) -> np.ndarray:
+    """(n,) sin² bumps over ``spans`` (s)."""
+    out = np.zeros(n)
+    for start, stop in spans:
+        a, b = max(0, round(start * rate_hz)), min(n, round(stop * rate_hz))
+        if b - a < 2:
+            continue
+        phase = (np.arange(a, b) - start * rate_hz) / ((stop - start) * rate_hz)
+        out[a:b] = np.sin(np.pi * np.clip(phase, 0.0, 1.0)) ** 2
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / max(float(np.sqrt(np.mean(x**2))), 1e-12)
+
+
+def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
+    """(audio at ``spec.device_rate_hz``, float32, peak ≤ 0.9) and its truth."""
+    if not 1.0 <= spec.rate_bpm <= 120.0:
+        raise ValueError(f"rate_bpm must be in [1, 120], got {spec.rate_bpm!r}")
+    if not 0.0 <= spec.jitter < 0.5:
+        raise ValueError(f"jitter must be in [0, 0.5), got {spec.jitter!r}")
+    rng = np.random.default_rng(spec.seed)
+    fs = spec.device_rate_hz
+    n = round(spec.seconds * fs)
+    period = 60.0 / spec.rate_bpm
+    onsets, inspirations, expirations = [], [], []
+    at = 0.3 * period * rng.uniform(0.5, 1.5)
+    while at < spec.seconds:
+        cycle = period * (1.0 + rng.uniform(-spec.jitter, spec.jitter))
+        t_in = cycle / (1.0 + spec.ie_ratio)
+        t_ex = (cycle - t_in) * spec.expiration_fraction
+        onsets.append(at)
+        inspirations.append((at, at + t_in))
+        expirations.append((at + t_in, at + t_in + t_ex))
+        at += cycle + (spec.pause_s if rng.uniform() < spec.pause_share else 0.0)
+    noise_in = _unit(sosfilt(_band(*spec.inspiration_band_hz, fs), rng.normal(0, 1, n)))
+    noise_ex = _unit(sosfilt(_band(*spec.expiration_band_hz, fs), rng.normal(0, 1, n)))
+    breath = noise_in * _bumps(n, fs, inspirations)
+    breath += 10 ** (spec.expiration_db / 20) * noise_ex * _bumps(n, fs, expirations)
+    heart = np.zeros(n)
+    if spec.heart_bpm > 0:
+        beat = 60.0 / spec.heart_bpm
+        sounds = []
+        t = rng.uniform(0, beat)
+        while t < spec.seconds:  # S1, then S2 a third of the beat later
+            sounds += [(t, 0.1, 1.0), (t + min(0.35, beat / 3), 0.08, 0.7)]
+            t += beat * (1.0 + rng.uniform(-0.03, 0.03))
+        low = _unit(sosfilt(_band(30.0, 150.0, fs), rng.normal(0, 1, n)))
+        for start, length, gain in sounds:
+            heart += gain * low * _bumps(n, fs, [(start, start + length)])
+        heart *= 10 ** (spec.heart_db / 20) * 2.0  # a burst's peak level over the noise's RMS
+    noise = 10 ** (-spec.snr_db / 20) * rng.normal(0, 1, n)
+    audio = breath + heart + noise
+    audio *= 0.9 / max(float(np.max(np.abs(audio))), 1e-12)
+    peaks = [(a + b) / 2 for a, b in inspirations]
+    cycles = sum(1 for p in peaks if p < spec.seconds)
+    return audio.astype(np.float32), Truth(tuple(onsets), cycles, 60.0 * cycles / spec.seconds)
+
+
+def stretch(audio: np.ndarray, factor: float) -> np.ndarray:
+    """``audio`` played ``factor`` times faster (module doc): its rate times ``factor``, at
+    the same sample rate."""
+    if not 0.25 <= factor <= 4.0:
+        raise ValueError(f"factor must be in [0.25, 4], got {factor!r}")
+    up = 100
+    down = round(up * factor)
+    return resample_poly(audio.astype(np.float64), up, down).astype(np.float32)
+
+
+# The set: each device rate x rates over 4-60 /min (adults 4-30, children 20-60) x the ways
+# a chest differs (expiration as loud as inspiration or quieter, its timing, heart sounds
+# from 60 to 140 /min, noise, and a quarter of the cycles followed by a pause of 0.75 cycle).
+ADULT_RATES = (4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 18.0, 20.0, 24.0, 30.0)
+CHILD_RATES = (20.0, 25.0, 30.0, 40.0, 50.0, 60.0)
+DEVICE_RATES_HZ = (2000, 4000, 4500, 8000)
+VARIANTS: tuple[dict[str, Any], ...] = (
+    {"expiration_db": -6.0},
+    {"expiration_db": 0.0, "ie_ratio": 1.5},
+    {"expiration_db": -2.0, "heart_bpm": 140.0, "heart_db": 6.0},
+    {"expiration_db": -10.0, "snr_db": 15.0, "heart_bpm": 60.0},
+    {"expiration_db": 0.0, "ie_ratio": 1.0, "expiration_fraction": 1.0},
+    {
+        "expiration_db": -3.0,
+        "ie_ratio": 1.2,
+        "expiration_fraction": 0.9,
+        "pause_share": 0.25,
+        "pause_periods": 0.75,
+    },
+)
+
+
+def truth_set(seconds: float = 60.0) -> list[tuple[Breathing, str]]:
+    """Every recording of the set and the age band a ward would configure for it."""
+    out = []
+    for fs in DEVICE_RATES_HZ:
+        for age, rates in (("adult", ADULT_RATES), ("child-1-5y", CHILD_RATES)):
+            for i, rate in enumerate(rates):
+                for j, variant in enumerate(VARIANTS):
+                    heart = variant.get("heart_bpm", 75.0 if age == "adult" else 110.0)
+                    pause = variant.get("pause_periods", 0.0) * 60.0 / rate
+                    given = {
+                        k: v for k, v in variant.items() if k not in ("pause_periods", "heart_bpm")
+                    }
+                    spec = replace(
+                        Breathing(rate_bpm=rate, seconds=seconds, device_rate_hz=fs),
+                        seed=1000 * i + j, heart_bpm=heart, pause_s=pause, **given,
+                    )  # fmt: skip
+                    out.append((spec, age))
+    return out
