@@ -399,14 +399,15 @@ class BreathTracker:
         self._analysed_at = self.samples
         a, lost, first = self._window()
         good = lost == 0
-        period, confidence = _period(a, good, self.rate_hz, self.band.search_bpm)
+        kept: list[np.ndarray] = []
+        period, confidence = _period(a, good, self.rate_hz, self.band.search_bpm, kept)
         phases = None  # where each cycle is heard as two humps: the phases' cue (_cycle)
+        tilt = self._tilt(a.shape[0])
         if period is not None:
-            tilt = self._tilt(a.shape[0])
             self.period_s, confidence, phases = _cycle(
-                a, tilt, good, self.rate_hz, self.band.search_bpm, period, confidence
+                kept[0], tilt, good, self.rate_hz, self.band.search_bpm, period, confidence
             )
-        peaks, proms, ends, self.period_s = self._humps(a, good, first, self.period_s, phases)
+        peaks, proms, ends, self.period_s = self._humps(a, tilt, good, first, self.period_s, phases)
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         self._count(first + peaks, first + ends, proms, confirmed, final)
         self.breathing_now = bool(peaks.size and not confirmed[-1])
@@ -439,6 +440,7 @@ class BreathTracker:
     def _humps(
         self,
         a: np.ndarray,
+        tilt: np.ndarray,
         good: np.ndarray,
         first: int,
         period_s: float,
@@ -472,15 +474,14 @@ class BreathTracker:
             phases of each cycle), else None."""
             if peaks.size < MIN_PHASE_HUMPS:
                 return None
-            smooth = _smoothed(self._tilt(a.shape[0]), good, CYCLE_FRACTION * samples)
-            cue = smooth[peaks]
+            cue = _smoothed_at(tilt, good, CYCLE_FRACTION * samples, peaks)
             upper, separation = _two_levels(cue)
             turns = float(np.mean(upper[1:] != upper[:-1]))
             if not 0 < upper.sum() < cue.size:
                 return None
             apart = float(cue[upper].mean() - cue[~upper].mean())
             if separation >= PHASE_SEPARATION and turns >= PHASE_TURNS and apart >= MIN_TILT_DB:
-                return smooth
+                return _smoothed(tilt, good, CYCLE_FRACTION * samples)
             return None
 
         samples = period_s * self.rate_hz
@@ -646,7 +647,11 @@ class BreathTracker:
 
 
 def _period(
-    a: np.ndarray, good: np.ndarray, rate_hz: float, search_bpm: tuple[float, float]
+    a: np.ndarray,
+    good: np.ndarray,
+    rate_hz: float,
+    search_bpm: tuple[float, float],
+    keep: list[np.ndarray] | None = None,
 ) -> tuple[float | None, float]:
     """(period in s, the autocorrelation there) of the activity over its good samples: the
     highest peak of the autocorrelation among the lags of ``search_bpm``; (None, 0) when no
@@ -660,7 +665,9 @@ def _period(
         return None, 0.0
     size = 1 << math.ceil(math.log2(2 * n))
     spectrum = np.fft.rfft(x, size)
-    ac = np.fft.irfft(spectrum.real**2 + spectrum.imag**2, size)[: hi + 2] / energy
+    ac = np.fft.irfft(spectrum.real**2 + spectrum.imag**2, size)[: n // 2 + 2] / energy
+    if keep is not None:  # the caller reads other lags too (_cycle)
+        keep.append(ac)
     inner = ac[lo : hi + 1]
     peaks = np.flatnonzero((inner > ac[lo - 1 : hi]) & (inner >= ac[lo + 1 : hi + 2])) + lo
     if peaks.size == 0:
@@ -678,21 +685,33 @@ def _smoothed(tilt: np.ndarray, good: np.ndarray, samples: float) -> np.ndarray:
     return np.convolve(np.where(good, tilt, 0.0), np.ones(width) / width, mode="same")
 
 
+def _smoothed_at(tilt: np.ndarray, good: np.ndarray, samples: float, at: np.ndarray) -> np.ndarray:
+    """:func:`_smoothed` read at the samples ``at`` alone."""
+    width = max(1, round(samples))
+    n = tilt.shape[0]
+    sums = np.concatenate(([0.0], np.cumsum(np.where(good, tilt, 0.0))))
+    lo = at - width // 2  # as np.convolve's "same": centred, zeros beyond the ends
+    return (sums[np.clip(lo + width, 0, n)] - sums[np.clip(lo, 0, n)]) / width
+
+
 def _two_levels(cue: np.ndarray) -> tuple[np.ndarray, float]:
-    """The humps of the upper of ``cue``'s two levels (two means in one dimension) and how
-    far apart the levels lie in their spread (the difference of the means over the root
-    mean of the two variances; 0 where one level is empty)."""
-    split = float(np.mean(cue))
-    for _ in range(8):
-        high, low = cue[cue >= split], cue[cue < split]
-        if high.size == 0 or low.size == 0:
-            return cue >= split, 0.0
-        split = 0.5 * (float(high.mean()) + float(low.mean()))
-    high, low = cue[cue >= split], cue[cue < split]
-    if high.size == 0 or low.size == 0:
-        return cue >= split, 0.0
-    spread = math.sqrt(0.5 * (float(high.var()) + float(low.var()))) + 1e-9
-    return cue >= split, (float(high.mean()) - float(low.mean())) / spread
+    """The humps of the upper of ``cue``'s two levels (the split of the sorted values with the
+    least squares within the two: two means in one dimension) and how far apart the levels
+    lie in their spread (the difference of the means over the root mean of the two
+    variances; 0 with fewer than two values)."""
+    n = cue.shape[0]
+    if n < 2:
+        return np.ones(n, np.bool_), 0.0
+    order = np.sort(cue)
+    sums, squares = np.cumsum(order), np.cumsum(order * order)
+    k = np.arange(1, n)  # the lower level's size at each split
+    low_mean, high_mean = sums[:-1] / k, (sums[-1] - sums[:-1]) / (n - k)
+    low_ss = squares[:-1] - k * low_mean**2
+    high_ss = (squares[-1] - squares[:-1]) - (n - k) * high_mean**2
+    best = int(np.argmin(low_ss + high_ss))
+    spread = math.sqrt(0.5 * (max(low_ss[best], 0.0) / k[best]
+                              + max(high_ss[best], 0.0) / (n - k[best]))) + 1e-9  # fmt: skip
+    return cue >= order[best + 1], float(high_mean[best] - low_mean[best]) / spread
 
 
 def _inspirations(
@@ -712,20 +731,22 @@ def _inspirations(
     return keep
 
 
-def _lagged(x: np.ndarray, good: np.ndarray, lag: int) -> float:
-    """The autocorrelation of ``x`` over its good samples at ``lag``, per product (-1..1)."""
+def _lagged(x: np.ndarray, good: np.ndarray, lags: tuple[int, ...]) -> list[float]:
+    """The autocorrelation of ``x`` over its good samples at each of ``lags``, per product
+    (-1..1; 0 where the lag does not fit or ``x`` is flat)."""
     n = x.shape[0]
-    if lag <= 0 or lag >= n - 1:
-        return 0.0
     c = np.where(good, x - (x[good].mean() if good.any() else 0.0), 0.0)
     energy = float(np.dot(c, c))
-    if energy <= 0.0:
-        return 0.0
-    return float(np.dot(c[:-lag], c[lag:])) / energy * n / (n - lag)
+    return [
+        float(np.dot(c[:-lag], c[lag:])) / energy * n / (n - lag)
+        if energy > 0.0 and 0 < lag < n - 1
+        else 0.0
+        for lag in lags
+    ]
 
 
 def _cycle(
-    a: np.ndarray,
+    ac: np.ndarray,
     tilt: np.ndarray,
     good: np.ndarray,
     rate_hz: float,
@@ -733,7 +754,8 @@ def _cycle(
     period: float,
     confidence: float,
 ) -> tuple[float, float, np.ndarray | None]:
-    """The breath cycle from the activity's period: (cycle in s, its autocorrelation, the
+    """The breath cycle from the activity's period (``ac``: the activity's autocorrelation
+    of :func:`_period`, per lag over the energy): (cycle in s, its autocorrelation, the
     phases' cue where the period was half a cycle, else None). The cue is the tilt smoothed
     over a third of a phase where the phases alternate in it (the expiration's sound lower
     than the inspiration's: the tilt turns against itself one period on,
@@ -743,14 +765,15 @@ def _cycle(
     ``period`` is half the cycle (the octave check) when, at twice it, the activity is
     clearly more alike (:data:`OCTAVE_MARGIN`), or the phases alternate in tilt and the
     activity is not clearly less alike there."""
-    n = a.shape[0]
-
+    n = tilt.shape[0]
     lag = period * rate_hz
     if 60.0 / (2.0 * period) >= search_bpm[0] / 2.0 and 2.0 * lag <= n / 2:
-        one, two = round(lag), round(2.0 * lag)
-        a1, a2 = _lagged(a, good, one), _lagged(a, good, two)
+        lags = (round(lag), round(2.0 * lag))
+        a1, a2 = (float(ac[k]) * n / (n - k) for k in lags)
+        if a2 < a1 - OCTAVE_MARGIN:  # clearly less alike two periods on: the cycle
+            return period, confidence, None
         smooth = _smoothed(tilt, good, CYCLE_FRACTION * lag)
-        t1, t2 = _lagged(smooth, good, one), _lagged(smooth, good, two)
+        t1, t2 = _lagged(smooth, good, lags)
         audible = bool(good.any()) and float(smooth[good].std()) >= MIN_TILT_DB
         alternate = audible and t1 <= TILT_ALTERNATION and t2 - t1 >= -2.0 * TILT_ALTERNATION
         if alternate and a2 >= a1 - OCTAVE_MARGIN:
