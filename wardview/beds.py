@@ -226,14 +226,20 @@ def verdict_view(body: dict[str, Any]) -> dict[str, Any]:
             "window_s": float(window) if is_number(window) else None}  # fmt: skip
 
 
-def show_respiration(bed: Bed, body: dict[str, Any]) -> None:
-    """A (checked) breathing message on ``bed``: its last reading and a point of its trend."""
+def show_respiration(bed: Bed, body: dict[str, Any]) -> bool:
+    """A (checked) breathing message on ``bed``: its last reading and a point of its trend
+    (not for a reading the trend already ends with, a retained message sent again); whether
+    the trend got a point."""
     shown = {key: body.get(key) for key in ("state", "rate_bpm", "confidence", "breaths",
                                              "age_band", "low_bpm", "high_bpm", "reason",
                                              "utc", "last_breath_utc",
                                              *FINDING_RATE_KEYS)}  # fmt: skip
     bed.respiration = {k: v for k, v in shown.items()
                        if isinstance(v, str | int | float) or v is None}  # fmt: skip
-    bed.rate_trend.append({"utc": str(body.get("utc")), "rate_bpm": body.get("rate_bpm"),
+    utc = str(body.get("utc"))
+    if bed.rate_trend and bed.rate_trend[-1]["utc"] == utc:
+        return False
+    bed.rate_trend.append({"utc": utc, "rate_bpm": body.get("rate_bpm"),
                            "state": body.get("state"),
                            **{k: bed.respiration.get(k) for k in FINDING_RATE_KEYS}})  # fmt: skip
+    return True

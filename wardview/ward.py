@@ -371,9 +371,9 @@ class Ward(WardMemory):
         if wrong:
             raise MessageError(wrong)
         _, bed = self._place(device_id, stream_id)
-        show_respiration(bed, body)
-        point = {k: v for k, v in bed.rate_trend[-1].items() if k != "state"}
-        self._trend.append({"device_id": device_id, "stream_id": stream_id, "point": point})
+        if show_respiration(bed, body):
+            point = {k: v for k, v in bed.rate_trend[-1].items() if k != "state"}
+            self._trend.append({"device_id": device_id, "stream_id": stream_id, "point": point})
         self._store_reading(device_id, stream_id, "respiration", body)
         self._dirty_beds.add((device_id, stream_id))
 

@@ -407,7 +407,9 @@ class BreathTracker:
             self.period_s, confidence, phases = _cycle(
                 kept[0], tilt, good, self.rate_hz, self.band.search_bpm, period, confidence
             )
-        peaks, proms, ends, self.period_s = self._humps(a, tilt, good, first, self.period_s, phases)
+        peaks, proms, ends, self.period_s = self._humps(
+            a, tilt, good, first, self.period_s, phases, may_double=period is not None
+        )
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         self._count(first + peaks, first + ends, proms, confirmed, final)
         self.breathing_now = bool(peaks.size and not confirmed[-1])
@@ -445,6 +447,7 @@ class BreathTracker:
         first: int,
         period_s: float,
         phases: np.ndarray | None = None,
+        may_double: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """The breaths of the window for a period (the cycle), with this analysis' threshold,
         and the cycle they give: the humps (kernel doc), one per cycle, unless
@@ -452,7 +455,8 @@ class BreathTracker:
         - they alternate between two levels of tilt (:data:`MIN_PHASE_HUMPS`,
           :data:`PHASE_SEPARATION`, :data:`PHASE_TURNS`): they are the two phases of cycles
           twice as long, and the inspirations among them are the breaths
-          (:func:`_inspirations`);
+          (:func:`_inspirations`); only where ``may_double`` (the period is this analysis'
+          own, not doubled already by :func:`_cycle` nor kept from an earlier one);
         - they come more often than the cycle allows (:data:`AGREEMENT`) and the humps at
           half the cycle are its phases (``phases``: the cue of :func:`_cycle`'s octave
           check, or their tilt alternates as above): the inspirations among those."""
@@ -489,8 +493,8 @@ class BreathTracker:
         if peaks.size < 2:
             return peaks, proms, ends, period_s
         if (peaks.size - 1) * samples <= (1.0 + AGREEMENT) * (peaks[-1] - peaks[0]):
-            cue = phased(peaks, samples)  # a hump per period, but two per cycle?
-            if cue is None:
+            cue = phased(peaks, samples) if may_double and phases is None else None
+            if cue is None:  # a hump per period, and not two per cycle
                 return peaks, proms, ends, period_s
             keep = _inspirations(peaks, proms, cue, PAIRED_GAP * 2.0 * samples)
             return peaks[keep], proms[keep], ends[keep], 2.0 * period_s
@@ -724,8 +728,8 @@ def _inspirations(
     samples (its partner was not heard)."""
     upper, _ = _two_levels(tilt[peaks] if tilt.size else proms)
     keep = upper.copy()
-    kept = peaks[upper]
-    for i in np.flatnonzero(~upper):
+    for i in np.flatnonzero(~upper):  # in time order: the lone ones kept count as breaths too
+        kept = peaks[keep]
         if kept.size == 0 or np.min(np.abs(kept - peaks[i])) >= apart:
             keep[i] = True
     return keep

@@ -614,6 +614,11 @@ def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> 
     assert trend["crackle_rate_pct"] == [None] * 5 + [3.0]
     assert trend["rate_bpm"][-1] is None
     assert trend["last_utc"] == share["utc"]
+    ward.take_changes()
+    assert ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", share).encode())
+    again = ward.snapshot()["beds"][0]["rate_trend"]  # a retained reading sent again
+    assert again["wheeze_rate_pct"] == trend["wheeze_rate_pct"]  # no second point
+    assert ward.take_changes()["trend"] == []
     assert ward.handle(topic, b"", True)  # the stream ended: withdrawn
     assert ward.snapshot()["beds"][0]["respiration"] is None
     assert ward.handle(respiration_topic(SITE, DEVICE, "bed-9"), b"", True)

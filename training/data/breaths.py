@@ -10,8 +10,8 @@ A recording is a run of breath cycles at a known rate, heard as a stethoscope wo
   the rest of the cycle (the end of the cycle is a pause).
 - **Pauses**: each cycle is followed, with probability ``pause_share``, by an extra pause of
   ``pause_s`` (a late breath, a held one): the rate is then not one period.
-- **Heart sounds**: S1 and S2 (short low-frequency bursts, 30-150 Hz) at ``heart_bpm``, at
-  ``heart_db`` against the inspiration's level, all along.
+- **Heart sounds**: S1 and S2 (short low-frequency bursts, 30-150 Hz) at ``heart_bpm``, all
+  along; with ``heart_db`` 0 an S1's peak stands 6 dB over the inspiration's RMS.
 - **Noise**: white noise ``snr_db`` under the inspiration's level.
 - **The device**: the whole mix is made at the device's own sample rate ``device_rate_hz``
   (2 kHz: a Thinklabs One; 4 kHz: a Littmann 3200; 4.5 kHz: the wearable prototype; 8 kHz:
@@ -50,7 +50,7 @@ class Breathing:
     inspiration_band_hz: tuple[float, float] = (150.0, 1000.0)
     expiration_band_hz: tuple[float, float] = (100.0, 500.0)
     heart_bpm: float = 75.0
-    heart_db: float = 0.0  # S1's peak against the inspiration's noise level
+    heart_db: float = 0.0  # S1's level: 0 puts its peak 6 dB over the inspiration's RMS
     snr_db: float = 30.0
     jitter: float = 0.05
     pause_share: float = 0.0
@@ -108,6 +108,13 @@ def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
         raise ValueError(f"rate_bpm must be in [1, 120], got {spec.rate_bpm!r}")
     if not 0.0 <= spec.jitter < 0.5:
         raise ValueError(f"jitter must be in [0, 0.5), got {spec.jitter!r}")
+    if not spec.seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {spec.seconds!r}")
+    if not spec.ie_ratio > 0 or not 0.0 < spec.expiration_fraction <= 1.0:
+        raise ValueError(
+            f"ie_ratio must be > 0 and expiration_fraction in (0, 1], got {spec.ie_ratio!r} "
+            f"and {spec.expiration_fraction!r}"
+        )
     rng = np.random.default_rng(spec.seed)
     fs = spec.device_rate_hz
     n = round(spec.seconds * fs)

@@ -339,9 +339,10 @@ def synthetic_part(model: Path, seconds: float = 60.0) -> dict[str, Any]:
 
 def print_synthetic(result: Mapping[str, Any]) -> None:
     print(f"synthetic: {result['recordings_n']} chests of known rate through the device path")
+    within = result["count_within_1_assessable"]
     print(f"  not assessable {result['not_assessable_share']:.1%}, rate MAE "
-          f"{result['rate_mae_bpm']} breaths/min, bias {result['rate_bias_bpm']:+}, breaths "
-          f"within ±1 {result['count_within_1_assessable']:.1%} of assessable")  # fmt: skip
+          f"{result['rate_mae_bpm']} breaths/min, bias {result['rate_bias_bpm']}, breaths "
+          f"within ±1 {'--' if within is None else f'{within:.1%}'} of assessable")  # fmt: skip
     for key, groups in result["groups"].items():
         for name, g in groups.items():
             print(f"  {key} {name:>10}: not assessable {g['not_assessable_share']:6.1%}  MAE "

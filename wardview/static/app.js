@@ -249,7 +249,7 @@
       : [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
     device.beds.insertBefore(card, after || null);
     bed = { card, name, where, state, verdict, canvas, live, events, rate, frate, trend, points: [],
-      rates: [], wheeze: [], crackle: [], near: false, stale: false };
+      rates: [], wheeze: [], crackle: [], lastRateUtc: "", near: false, stale: false };
     card.lwBed = bed;
     nearScreen.observe(card);
     ward.beds.set(key, bed);
@@ -314,6 +314,7 @@
       for (const [name, key] of Object.entries(TREND_SERIES)) {
         bed[name] = view.rate_trend[key].slice();
       }
+      bed.lastRateUtc = view.rate_trend.last_utc || "";
     }  // an update's readings come one by one in its trend (addTrend)
     bed.card.dataset.respiration = r ? r.state : "";
     const pct = (v) => (typeof v === "number" ? `${v < 10 ? v.toFixed(1) : Math.round(v)} %` : "--");
@@ -395,9 +396,12 @@
   }
 
   // -- live strip -----------------------------------------------------------------------
-  // one breathing reading of an update, appended to its bed's trend
+  // one breathing reading of an update, appended to its bed's trend (not one the snapshot
+  // already held: an update taken after it may hand it again)
   function addTrend(item) {
     const bed = bedNode(item.device_id, item.stream_id);
+    if (bed.lastRateUtc && item.point.utc <= bed.lastRateUtc) return;
+    bed.lastRateUtc = item.point.utc;
     for (const [name, key] of Object.entries(TREND_SERIES)) {
       const v = item.point[key];
       bed[name].push(typeof v === "number" ? v : null);
