@@ -378,17 +378,12 @@ class BreathTracker:
         drop = float(self.fstate[k.F_BASE] - self.fstate[k.F_BODY])
         return drop < self.config.contact_drop_db, drop
 
-    def _window(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """(activity, lost) over the window in time order, and its first sample."""
+    def _window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(activity, lost, tilt) over the window in time order, and its first sample."""
         t = self.samples
         n = min(t, self.ring_a.shape[0])
         order = np.arange(t - n, t) % self.ring_a.shape[0]
-        return self.ring_a[order], self.ring_lost[order], t - n
-
-    def _tilt(self, n: int) -> np.ndarray:
-        """The tilt over the last ``n`` samples in time order."""
-        t = self.samples
-        return self.ring_tilt[np.arange(t - n, t) % self.ring_tilt.shape[0]]
+        return self.ring_a[order], self.ring_lost[order], self.ring_tilt[order], t - n
 
     def _analyse(self, final: bool = False) -> list[Transition]:
         """The window's period, breaths and rate (module doc); the new reading and the
@@ -397,12 +392,11 @@ class BreathTracker:
         if self.fallback is not None:
             self.fallback._analyse(final)
         self._analysed_at = self.samples
-        a, lost, first = self._window()
+        a, lost, tilt, first = self._window()
         good = lost == 0
         kept: list[np.ndarray] = []
         period, confidence = _period(a, good, self.rate_hz, self.band.search_bpm, kept)
         phases = None  # where each cycle is heard as two humps: the phases' cue (_cycle)
-        tilt = self._tilt(a.shape[0])
         if period is not None:
             self.period_s, confidence, phases = _cycle(
                 kept[0], tilt, good, self.rate_hz, self.band.search_bpm, period, confidence
@@ -474,8 +468,8 @@ class BreathTracker:
             return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
 
         def phased(peaks: np.ndarray, samples: float) -> np.ndarray | None:
-            """The humps' smoothed tilt where they alternate between two levels (two
-            phases of each cycle), else None."""
+            """The humps' smoothed tilt where it alternates between two levels (two phases
+            of each cycle), else None."""
             if peaks.size < MIN_PHASE_HUMPS:
                 return None
             cue = _smoothed_at(tilt, good, CYCLE_FRACTION * samples, peaks)
@@ -485,7 +479,7 @@ class BreathTracker:
                 return None
             apart = float(cue[upper].mean() - cue[~upper].mean())
             if separation >= PHASE_SEPARATION and turns >= PHASE_TURNS and apart >= MIN_TILT_DB:
-                return _smoothed(tilt, good, CYCLE_FRACTION * samples)
+                return cue
             return None
 
         samples = period_s * self.rate_hz
@@ -496,15 +490,18 @@ class BreathTracker:
             cue = phased(peaks, samples) if may_double and phases is None else None
             if cue is None:  # a hump per period, and not two per cycle
                 return peaks, proms, ends, period_s
-            keep = _inspirations(peaks, proms, cue, PAIRED_GAP * 2.0 * samples)
+            keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * samples)
             return peaks[keep], proms[keep], ends[keep], 2.0 * period_s
         # more humps than cycles: where they are the cycles' phases, their inspirations
-        half = found(samples / 2)
-        cue = phases if phases is not None else phased(half[0], samples / 2)
-        if cue is None or half[0].size < 2:
+        h_peaks, h_proms, h_ends = found(samples / 2)
+        if phases is None:
+            cue = phased(h_peaks, samples / 2)
+        else:  # the octave check's cue: the tilt where it alternates, else the loudness
+            cue = phases[h_peaks] if phases.size else h_proms
+        if cue is None or h_peaks.size < 2:
             return peaks, proms, ends, period_s
-        keep = _inspirations(half[0], half[1], cue, PAIRED_GAP * samples)
-        return half[0][keep], half[1][keep], half[2][keep], period_s
+        keep = _inspirations(h_peaks, cue, PAIRED_GAP * samples)
+        return h_peaks[keep], h_proms[keep], h_ends[keep], period_s
 
     def _count(
         self,
@@ -718,15 +715,13 @@ def _two_levels(cue: np.ndarray) -> tuple[np.ndarray, float]:
     return cue >= order[best + 1], float(high_mean[best] - low_mean[best]) / spread
 
 
-def _inspirations(
-    peaks: np.ndarray, proms: np.ndarray, tilt: np.ndarray, apart: float
-) -> np.ndarray:
+def _inspirations(peaks: np.ndarray, cue: np.ndarray, apart: float) -> np.ndarray:
     """Which humps are breaths where each cycle is heard as two (an inspiration and an
-    expiration): the inspirations, the humps whose tilt (``tilt``, the smoothed tilt per
-    sample; empty: by loudness, the prominence) lies in the upper of the humps' two levels
-    (:func:`_two_levels`), and a hump of the other phase with no breath within ``apart``
-    samples (its partner was not heard)."""
-    upper, _ = _two_levels(tilt[peaks] if tilt.size else proms)
+    expiration): the inspirations, the humps whose ``cue`` (their smoothed tilt, or their
+    prominence where the phases differ in loudness only) lies in the upper of the humps' two
+    levels (:func:`_two_levels`), and a hump of the other phase with no breath within
+    ``apart`` samples (its partner was not heard)."""
+    upper, _ = _two_levels(cue)
     keep = upper.copy()
     for i in np.flatnonzero(~upper):  # in time order: the lone ones kept count as breaths too
         kept = peaks[keep]

@@ -548,6 +548,19 @@ def view_config(tmp_path: Path, port: int, **dashboard: Any) -> Path:
     return path
 
 
+@contextmanager
+def view_page(tmp_path: Path, **dashboard: Any) -> Iterator[tuple[Mosquitto, Any, Any]]:
+    """A broker, a ``lungwatch dashboard`` on it (``dashboard``: its settings) and a browser
+    page showing the view's first snapshot: (broker, dashboard, driver)."""
+    require_chromium()
+    with Mosquitto(tmp_path) as broker:
+        config = view_config(tmp_path, broker.port, **dashboard)
+        with DashboardProcess(config) as view, chromium() as driver:
+            driver.get(view.url)
+            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            yield broker, view, driver
+
+
 class Device:
     """A paho client publishing, as a device would, and whatever else a test sends (QoS 1,
     each publish awaited: the broker keeps their order)."""
@@ -584,14 +597,7 @@ def test_one_hostile_message_does_not_silence_the_ward_view(tmp_path: Path) -> N
     while the page went on saying "live" and "broker connected". Now they are rejected and
     counted per reason, in the page's header and the snapshot, and the next real event still
     reaches the page."""
-    require_chromium()
-    with (
-        Mosquitto(tmp_path) as broker,
-        DashboardProcess(view_config(tmp_path, broker.port)) as dashboard,
-        chromium() as driver,
-    ):
-        driver.get(dashboard.url)
-        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+    with view_page(tmp_path) as (broker, dashboard, driver):
         device = Device(broker.port)
         try:
             device.online()
@@ -633,52 +639,47 @@ def test_the_page_says_when_a_device_the_broker_or_its_own_stream_goes_quiet(
       so (``broker ?``: not known) and greys the ward, and is ``live`` again after it resumes.
 
     The page's script and stylesheet run under the server's Content-Security-Policy."""
-    require_chromium()
     settings = {"stale_after_s": 2.0, "probe_interval_s": 0.5, "heartbeat_interval_s": 0.3}
-    with Mosquitto(tmp_path) as broker:
-        config = view_config(tmp_path, broker.port, **settings)
-        with DashboardProcess(config) as dashboard, chromium() as driver:
-            assert dashboard.process is not None
-            driver.get(dashboard.url)
-            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
-            header = "return getComputedStyle(document.querySelector('header')).backgroundColor"
-            assert page(driver, header) == "rgb(38, 50, 56)", "style.css applies"
-            device = Device(broker.port)
-            try:
-                device.online()
-                device.metrics()
-                bed = 'article.bed[data-stream="bed-1"] .state'
-                wait_until(lambda: driver.find_elements("css selector", bed), 10.0, "bed-1")
-                silent = f'section.device[data-device="{DEVICE}"] .silent'
-                wait_until(lambda: text(driver, silent).startswith("no messages for "), 15.0,
-                           "the device silent")  # fmt: skip
-                assert text(driver, bed) == "no data from the device"
-                device.metrics()
-                wait_until(lambda: text(driver, bed) == "breathing normal", 10.0, "data again")
-                assert page(driver, f"return document.querySelector('{silent}').hidden")
-            finally:
-                device.stop()
-            try:
-                broker.pause()
-                wait_until(lambda: text(driver, "#broker").startswith(
-                    "broker stale: nothing heard for "), 15.0, "the broker stale")  # fmt: skip
-            finally:
-                assert broker.process is not None
-                broker.process.send_signal(signal.SIGCONT)
-            wait_until(lambda: text(driver, "#broker") == "broker connected", 15.0,
-                       "the broker connected again")  # fmt: skip
-            try:
-                dashboard.process.send_signal(signal.SIGSTOP)
-                wait_until(lambda: text(driver, "#connection").startswith(
-                    "no heartbeat from the server for "), 15.0, "the stream stalled")  # fmt: skip
-                assert text(driver, "#broker") == "broker ?"
-                assert page(driver, "return document.body.classList.contains('stream-down')")
-                screenshot(driver, tmp_path / "ward-view-stream-down.png")
-            finally:
-                dashboard.process.send_signal(signal.SIGCONT)
-            wait_until(lambda: text(driver, "#connection") == "live", 15.0, "the stream back")
-            assert text(driver, "#broker") == "broker connected"
-            assert not page(driver, "return document.body.classList.contains('stream-down')")
+    with view_page(tmp_path, **settings) as (broker, dashboard, driver):
+        assert dashboard.process is not None
+        header = "return getComputedStyle(document.querySelector('header')).backgroundColor"
+        assert page(driver, header) == "rgb(38, 50, 56)", "style.css applies"
+        device = Device(broker.port)
+        try:
+            device.online()
+            device.metrics()
+            bed = 'article.bed[data-stream="bed-1"] .state'
+            wait_until(lambda: driver.find_elements("css selector", bed), 10.0, "bed-1")
+            silent = f'section.device[data-device="{DEVICE}"] .silent'
+            wait_until(lambda: text(driver, silent).startswith("no messages for "), 15.0,
+                       "the device silent")  # fmt: skip
+            assert text(driver, bed) == "no data from the device"
+            device.metrics()
+            wait_until(lambda: text(driver, bed) == "breathing normal", 10.0, "data again")
+            assert page(driver, f"return document.querySelector('{silent}').hidden")
+        finally:
+            device.stop()
+        try:
+            broker.pause()
+            wait_until(lambda: text(driver, "#broker").startswith(
+                "broker stale: nothing heard for "), 15.0, "the broker stale")  # fmt: skip
+        finally:
+            assert broker.process is not None
+            broker.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: text(driver, "#broker") == "broker connected", 15.0,
+                   "the broker connected again")  # fmt: skip
+        try:
+            dashboard.process.send_signal(signal.SIGSTOP)
+            wait_until(lambda: text(driver, "#connection").startswith(
+                "no heartbeat from the server for "), 15.0, "the stream stalled")  # fmt: skip
+            assert text(driver, "#broker") == "broker ?"
+            assert page(driver, "return document.body.classList.contains('stream-down')")
+            screenshot(driver, tmp_path / "ward-view-stream-down.png")
+        finally:
+            dashboard.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: text(driver, "#connection") == "live", 15.0, "the stream back")
+        assert text(driver, "#broker") == "broker connected"
+        assert not page(driver, "return document.body.classList.contains('stream-down')")
 
 
 # -- breathing -------------------------------------------------------------------------------
@@ -764,15 +765,8 @@ def test_a_beds_finding_rates_on_its_card_and_in_its_trend(tmp_path: Path) -> No
     bar."""
     from lungwatch.events import respiration_payload, respiration_topic
 
-    require_chromium()
     line = 'article.bed[data-stream="bed-1"] .finding-rate'
-    with (
-        Mosquitto(tmp_path) as broker,
-        DashboardProcess(view_config(tmp_path, broker.port)) as dashboard,
-        chromium() as driver,
-    ):
-        driver.get(dashboard.url)
-        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+    with view_page(tmp_path) as (broker, dashboard, driver):
         device = Device(broker.port)
         try:
             device.online()

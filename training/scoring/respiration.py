@@ -50,8 +50,9 @@ Every rate summary reports the bias beside the MAE: a tracker that over-counts s
 from __future__ import annotations
 
 import collections
+import operator
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,18 @@ def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def grouped(
+    rows: Sequence[Mapping[str, Any]], by: Mapping[str, Callable[[Mapping[str, Any]], Any]]
+) -> dict[str, dict[str, Any]]:
+    """For each grouping of ``by`` (name -> a row's group), each group's rate summary,
+    the groups in order (named by their text)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, of in by.items():
+        names = sorted({of(r) for r in rows})
+        out[key] = {str(n): rate_summary([r for r in rows if of(r) == n]) for n in names}
+    return out
+
+
 def synthetic_part(model: Path, seconds: float = 60.0) -> dict[str, Any]:
     """The synthetic truth set (:mod:`training.data.breaths`) through the device path: each
     recording's whole-stream rate against its cycles, summarised over everything, per device
@@ -330,10 +343,8 @@ def synthetic_part(model: Path, seconds: float = 60.0) -> dict[str, Any]:
                      "period_ref_bpm": spec.rate_bpm,
                      "live_median_bpm": _live_median(got.get("series", [])),
                      **{k: v for k, v in got.items() if k != "series"}})  # fmt: skip
-    groups: dict[str, dict[str, Any]] = {}
-    for key in ("device_rate_hz", "age_band", "paced_bpm"):
-        names = sorted({r[key] for r in rows})
-        groups[key] = {str(n): rate_summary([r for r in rows if r[key] == n]) for n in names}
+    keys = ("device_rate_hz", "age_band", "paced_bpm")
+    groups = grouped(rows, {key: operator.itemgetter(key) for key in keys})
     return {**rate_summary(rows), "groups": groups, "recordings": rows}
 
 
@@ -406,11 +417,8 @@ def cross_validate(
                        "train_not_assessable": train["not_assessable_share"],
                        "train_mae_bpm": train["rate_mae_bpm"]})  # fmt: skip
         held_out += [{**r, "fold": fold, "setting": best} for r in inside[best]]
-    groups: dict[str, dict[str, Any]] = {}
-    for key, of in (("stethoscope", lambda r: stethoscope_of(r["recording"])),
-                    ("age_band", lambda r: r["age_band"])):  # fmt: skip
-        names = sorted({of(r) for r in held_out})
-        groups[key] = {n: rate_summary([r for r in held_out if of(r) == n]) for n in names}
+    groups = grouped(held_out, {"stethoscope": lambda r: stethoscope_of(r["recording"]),
+                                "age_band": lambda r: r["age_band"]})  # fmt: skip
     return {
         "held_out": rate_summary(held_out),
         "right_share": round(float(np.mean([_right(r) for r in held_out])), 3),
