@@ -168,6 +168,7 @@ class Ward(WardMemory):
         self._status_sent: dict[str, Any] | None = None
         self._live: list[dict[str, Any]] = []
         self._trend: list[dict[str, Any]] = []  # breathing readings for the cards' trends
+        self._trend_seq = 0  # the last reading's number: a snapshot holds those up to it
 
     # -- input -------------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> bool:
@@ -373,7 +374,9 @@ class Ward(WardMemory):
         _, bed = self._place(device_id, stream_id)
         if show_respiration(bed, body):
             point = {k: v for k, v in bed.rate_trend[-1].items() if k != "state"}
-            self._trend.append({"device_id": device_id, "stream_id": stream_id, "point": point})
+            self._trend_seq += 1
+            self._trend.append({"device_id": device_id, "stream_id": stream_id, "point": point,
+                                "seq": self._trend_seq})  # fmt: skip
         self._store_reading(device_id, stream_id, "respiration", body)
         self._dirty_beds.add((device_id, stream_id))
 
@@ -734,6 +737,7 @@ class Ward(WardMemory):
                 "faults": dict(self.faults),
                 "broker": dict(self.broker),
                 "stale_after_s": self.stale_after_s,
+                "trend_seq": self._trend_seq,  # the page skips an update's readings up to it
             }
 
     def take_changes(self) -> dict[str, Any] | None:

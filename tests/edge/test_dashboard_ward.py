@@ -596,7 +596,9 @@ def test_a_beds_breathing_is_shown_with_its_trend_and_withdrawn_at_its_end() -> 
             "wheeze_rate_pct": None,
             "crackle_rate_pct": None,
         },
-    }  # every one, in order, even four in one update
+        "seq": 2,
+    }  # every one, in order, even four in one update, numbered
+    assert ward.snapshot()["trend_seq"] == 4  # a page skips an update's readings up to it
     wrong = {"state": "ok", "rate_bpm": 900, "utc": "2026-05-09T07:01:00.000Z"}
     assert not ward.handle(topic, respiration_payload(SITE, DEVICE, "bed-2", wrong).encode())
     assert ward.counts["rejected"] == 1

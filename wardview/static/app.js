@@ -22,7 +22,8 @@
   const FINDING_COLOURS = { wheeze: "rgba(230, 145, 0, 0.75)", crackle: "rgba(123, 31, 162, 0.6)" };
   const HEARTBEATS_MISSED = 3;  // as the server's HEARTBEATS_MISSED
 
-  const ward = { user: null, site: "", devices: new Map(), beds: new Map(), alarms: [] };
+  const ward = { user: null, site: "", devices: new Map(), beds: new Map(), alarms: [],
+    trendSeq: 0 };
   // For people and for the tests: when each event's row and each alarm first reached the
   // screen (Date.now(), after the frame that shows it), and whether the snapshot is shown.
   window.lwRendered = {};
@@ -249,7 +250,7 @@
       : [...device.beds.children].find((c) => naturalLess(streamId, c.dataset.stream));
     device.beds.insertBefore(card, after || null);
     bed = { card, name, where, state, verdict, canvas, live, events, rate, frate, trend, points: [],
-      rates: [], wheeze: [], crackle: [], lastRateUtc: "", near: false, stale: false };
+      rates: [], wheeze: [], crackle: [], near: false, stale: false };
     card.lwBed = bed;
     nearScreen.observe(card);
     ward.beds.set(key, bed);
@@ -314,7 +315,6 @@
       for (const [name, key] of Object.entries(TREND_SERIES)) {
         bed[name] = view.rate_trend[key].slice();
       }
-      bed.lastRateUtc = view.rate_trend.last_utc || "";
     }  // an update's readings come one by one in its trend (addTrend)
     bed.card.dataset.respiration = r ? r.state : "";
     const pct = (v) => (typeof v === "number" ? `${v < 10 ? v.toFixed(1) : Math.round(v)} %` : "--");
@@ -400,8 +400,7 @@
   // already held: an update taken after it may hand it again)
   function addTrend(item) {
     const bed = bedNode(item.device_id, item.stream_id);
-    if (bed.lastRateUtc && item.point.utc <= bed.lastRateUtc) return;
-    bed.lastRateUtc = item.point.utc;
+    if (item.seq <= ward.trendSeq) return;  // numbered by the server, whatever the clocks
     for (const [name, key] of Object.entries(TREND_SERIES)) {
       const v = item.point[key];
       bed[name].push(typeof v === "number" ? v : null);
@@ -993,6 +992,7 @@
     pauseMs = (snapshot.audio_pause_s || pauseMs / 1000) * 1000;
     ward.user = snapshot.user;
     ward.site = snapshot.site;
+    ward.trendSeq = snapshot.trend_seq || 0;
     ward.devices.clear();
     ward.beds.clear();
     alarmRows.clear();
