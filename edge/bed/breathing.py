@@ -472,8 +472,10 @@ class BreathTracker:
             of each cycle), else None."""
             if peaks.size < MIN_PHASE_HUMPS:
                 return None
-            cue = _smoothed_at(tilt, good, CYCLE_FRACTION * samples, peaks)
-            upper, separation = _two_levels(cue)
+            cue = np.empty(peaks.size)
+            k.smoothed_at(tilt, good, max(1, round(CYCLE_FRACTION * samples)), peaks, cue)
+            upper = np.empty(peaks.size, np.bool_)
+            separation = k.two_levels(cue, upper)
             turns = float(np.mean(upper[1:] != upper[:-1]))
             if not 0 < upper.sum() < cue.size:
                 return None
@@ -680,68 +682,20 @@ def _period(
     return _refined(ac, best) / rate_hz, min(1.0, float(ac[best]) * n / (n - best))
 
 
-def _smoothed(tilt: np.ndarray, good: np.ndarray, samples: float) -> np.ndarray:
-    """The tilt over good samples, smoothed by a centred moving mean of ``samples``."""
-    width = max(1, round(samples))
-    return np.convolve(np.where(good, tilt, 0.0), np.ones(width) / width, mode="same")
-
-
-def _smoothed_at(tilt: np.ndarray, good: np.ndarray, samples: float, at: np.ndarray) -> np.ndarray:
-    """:func:`_smoothed` read at the samples ``at`` alone."""
-    width = max(1, round(samples))
-    n = tilt.shape[0]
-    sums = np.concatenate(([0.0], np.cumsum(np.where(good, tilt, 0.0))))
-    lo = at - width // 2  # as np.convolve's "same": centred, zeros beyond the ends
-    return (sums[np.clip(lo + width, 0, n)] - sums[np.clip(lo, 0, n)]) / width
-
-
-def _two_levels(cue: np.ndarray) -> tuple[np.ndarray, float]:
-    """The humps of the upper of ``cue``'s two levels (the split of the sorted values with the
-    least squares within the two: two means in one dimension) and how far apart the levels
-    lie in their spread (the difference of the means over the root mean of the two
-    variances; 0 with fewer than two values)."""
-    n = cue.shape[0]
-    if n < 2:
-        return np.ones(n, np.bool_), 0.0
-    order = np.sort(cue)
-    sums, squares = np.cumsum(order), np.cumsum(order * order)
-    k = np.arange(1, n)  # the lower level's size at each split
-    low_mean, high_mean = sums[:-1] / k, (sums[-1] - sums[:-1]) / (n - k)
-    low_ss = squares[:-1] - k * low_mean**2
-    high_ss = (squares[-1] - squares[:-1]) - (n - k) * high_mean**2
-    best = int(np.argmin(low_ss + high_ss))
-    spread = math.sqrt(0.5 * (max(low_ss[best], 0.0) / k[best]
-                              + max(high_ss[best], 0.0) / (n - k[best]))) + 1e-9  # fmt: skip
-    return cue >= order[best + 1], float(high_mean[best] - low_mean[best]) / spread
-
-
 def _inspirations(peaks: np.ndarray, cue: np.ndarray, apart: float) -> np.ndarray:
     """Which humps are breaths where each cycle is heard as two (an inspiration and an
     expiration): the inspirations, the humps whose ``cue`` (their smoothed tilt, or their
     prominence where the phases differ in loudness only) lies in the upper of the humps' two
-    levels (:func:`_two_levels`), and a hump of the other phase with no breath within
-    ``apart`` samples (its partner was not heard)."""
-    upper, _ = _two_levels(cue)
+    levels (:func:`edge.bed.breathing_kernels.two_levels`), and a hump of the other phase
+    with no breath within ``apart`` samples (its partner was not heard)."""
+    upper = np.empty(cue.size, np.bool_)
+    k.two_levels(cue, upper)
     keep = upper.copy()
     for i in np.flatnonzero(~upper):  # in time order: the lone ones kept count as breaths too
         kept = peaks[keep]
         if kept.size == 0 or np.min(np.abs(kept - peaks[i])) >= apart:
             keep[i] = True
     return keep
-
-
-def _lagged(x: np.ndarray, good: np.ndarray, lags: tuple[int, ...]) -> list[float]:
-    """The autocorrelation of ``x`` over its good samples at each of ``lags``, per product
-    (-1..1; 0 where the lag does not fit or ``x`` is flat)."""
-    n = x.shape[0]
-    c = np.where(good, x - (x[good].mean() if good.any() else 0.0), 0.0)
-    energy = float(np.dot(c, c))
-    return [
-        float(np.dot(c[:-lag], c[lag:])) / energy * n / (n - lag)
-        if energy > 0.0 and 0 < lag < n - 1
-        else 0.0
-        for lag in lags
-    ]
 
 
 def _cycle(
@@ -768,12 +722,13 @@ def _cycle(
     lag = period * rate_hz
     if 60.0 / (2.0 * period) >= search_bpm[0] / 2.0 and 2.0 * lag <= n / 2:
         lags = (round(lag), round(2.0 * lag))
-        a1, a2 = (float(ac[k]) * n / (n - k) for k in lags)
+        a1, a2 = (float(ac[lag_]) * n / (n - lag_) for lag_ in lags)
         if a2 < a1 - OCTAVE_MARGIN:  # clearly less alike two periods on: the cycle
             return period, confidence, None
-        smooth = _smoothed(tilt, good, CYCLE_FRACTION * lag)
-        t1, t2 = _lagged(smooth, good, lags)
-        audible = bool(good.any()) and float(smooth[good].std()) >= MIN_TILT_DB
+        smooth = np.empty(n)
+        width = max(1, round(CYCLE_FRACTION * lag))
+        t1, t2, spread = k.tilt_lags(tilt, good, width, lags[0], lags[1], smooth)
+        audible = bool(good.any()) and spread >= MIN_TILT_DB
         alternate = audible and t1 <= TILT_ALTERNATION and t2 - t1 >= -2.0 * TILT_ALTERNATION
         if alternate and a2 >= a1 - OCTAVE_MARGIN:
             return 2.0 * period, min(1.0, max(0.0, a2)), smooth

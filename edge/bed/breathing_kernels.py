@@ -34,9 +34,13 @@ activity for as long as the slow level takes to follow: no breath), and gives ea
 padded with the lowest value of the period next to them (three times the moving mean), so a
 hump the window cuts, that rose over its own trough, is a peak.
 
+:func:`tilt_lags`, :func:`smoothed_at` and :func:`two_levels` run on analyses too: the octave
+check's tilt (smoothed, and alike one and two periods on) and the two levels of the humps'
+tilt that tell inspirations from expirations (``BreathTracker._humps``).
+
 State lives in arrays the tracker allocates once; nothing is allocated per call but
-:func:`humps`' scratch of one window. ``tests/edge/test_breathing_kernels.py`` holds both to
-plain NumPy / SciPy references.
+:func:`humps`' scratch of one window and :func:`two_levels`' sorted copy of its humps.
+``tests/edge/test_breathing_kernels.py`` holds them to plain NumPy / SciPy references.
 """
 
 from __future__ import annotations
@@ -297,3 +301,121 @@ def _quantile(values: np.ndarray, q: float) -> float:
     lo = int(np.floor(pos))
     hi = min(lo + 1, values.shape[0] - 1)
     return values[lo] + (pos - lo) * (values[hi] - values[lo])
+
+
+@njit(cache=True)
+def tilt_lags(
+    tilt: np.ndarray, good: np.ndarray, width: int, lag1: int, lag2: int, smooth: np.ndarray
+) -> tuple[float, float, float]:
+    """The octave check's tilt (``BreathTracker``'s ``_cycle``): ``smooth`` gets the tilt over
+    its good samples (zero elsewhere) under a centred moving mean of ``width`` samples, zeros
+    beyond the ends (numpy.convolve's "same"); returns its autocorrelation over the good
+    samples at ``lag1`` and ``lag2`` per product (-1..1; 0 where a lag does not fit or the
+    smoothed tilt is flat) and its standard deviation over the good samples (0 when none)."""
+    n = tilt.shape[0]
+    half = width // 2
+    total = 0.0
+    lo_at = 0
+    hi_at = 0
+    for m in range(n):
+        hi = min(m - half + width, n)
+        lo = max(m - half, 0)
+        while hi_at < hi:
+            if good[hi_at]:
+                total += tilt[hi_at]
+            hi_at += 1
+        while lo_at < lo:
+            if good[lo_at]:
+                total -= tilt[lo_at]
+            lo_at += 1
+        smooth[m] = total / width
+    count = 0
+    mean = 0.0
+    for i in range(n):
+        if good[i]:
+            count += 1
+            mean += smooth[i]
+    if count == 0:
+        return 0.0, 0.0, 0.0
+    mean /= count
+    energy = 0.0
+    for i in range(n):
+        if good[i]:
+            energy += (smooth[i] - mean) ** 2
+    std = np.sqrt(energy / count)
+    return _lagged(smooth, good, mean, energy, lag1), _lagged(smooth, good, mean, energy, lag2), std
+
+
+@njit(cache=True)
+def _lagged(x: np.ndarray, good: np.ndarray, mean: float, energy: float, lag: int) -> float:
+    """The autocorrelation of ``x`` less ``mean`` over its good samples at ``lag``, per
+    product (0 where the lag does not fit or ``energy`` is 0)."""
+    n = x.shape[0]
+    if not (energy > 0.0 and 0 < lag < n - 1):
+        return 0.0
+    total = 0.0
+    for i in range(n - lag):
+        if good[i] and good[i + lag]:
+            total += (x[i] - mean) * (x[i + lag] - mean)
+    return total / energy * n / (n - lag)
+
+
+@njit(cache=True)
+def smoothed_at(
+    tilt: np.ndarray, good: np.ndarray, width: int, at: np.ndarray, out: np.ndarray
+) -> None:
+    """``out[i]``: the tilt over good samples (zero elsewhere) under a centred moving mean of
+    ``width`` samples, zeros beyond the ends, read at sample ``at[i]`` alone (as
+    :func:`tilt_lags`' ``smooth``)."""
+    n = tilt.shape[0]
+    for i in range(at.shape[0]):
+        lo = max(at[i] - width // 2, 0)
+        hi = min(at[i] - width // 2 + width, n)
+        total = 0.0
+        for j in range(lo, hi):
+            if good[j]:
+                total += tilt[j]
+        out[i] = total / width
+
+
+@njit(cache=True)
+def two_levels(cue: np.ndarray, upper: np.ndarray) -> float:
+    """``cue``'s two levels: the split of its sorted values with the least squares within
+    the two (two means in one dimension). ``upper[i]``: ``cue[i]`` lies in the upper level;
+    returns how far apart the levels lie in their spread (the difference of the means over
+    the root mean of the two variances; 0 with fewer than two values, all upper)."""
+    n = cue.shape[0]
+    if n < 2:
+        upper[:n] = True
+        return 0.0
+    order = np.sort(cue)
+    total = 0.0
+    total_sq = 0.0
+    for i in range(n):
+        total += order[i]
+        total_sq += order[i] * order[i]
+    best = -1
+    best_ss = np.inf
+    best_low = 0.0
+    best_high = 0.0
+    best_low_ss = 0.0
+    best_high_ss = 0.0
+    low = 0.0
+    low_sq = 0.0
+    for k in range(1, n):  # the lower level's size
+        low += order[k - 1]
+        low_sq += order[k - 1] * order[k - 1]
+        low_mean = low / k
+        high_mean = (total - low) / (n - k)
+        low_ss = low_sq - k * low_mean * low_mean
+        high_ss = (total_sq - low_sq) - (n - k) * high_mean * high_mean
+        if low_ss + high_ss < best_ss:
+            best_ss = low_ss + high_ss
+            best = k
+            best_low, best_high = low_mean, high_mean
+            best_low_ss, best_high_ss = low_ss, high_ss
+    spread = np.sqrt(0.5 * (max(best_low_ss, 0.0) / best + max(best_high_ss, 0.0) / (n - best)))
+    threshold = order[best]
+    for i in range(n):
+        upper[i] = cue[i] >= threshold
+    return (best_high - best_low) / (spread + 1e-9)

@@ -168,3 +168,71 @@ def test_spread_equals_numpy_percentiles() -> None:
     want = np.subtract(*np.percentile(x[good], (95, 5)))
     assert k.spread(x, good, 0.05) == pytest.approx(want)
     assert k.spread(x, np.zeros(750, np.bool_), 0.05) == 0.0
+
+
+def smoothed_reference(x: np.ndarray, good: np.ndarray, width: int) -> np.ndarray:
+    """The tilt over good samples under a centred moving mean (numpy.convolve, "same")."""
+    return np.convolve(np.where(good, x, 0.0), np.ones(width) / width, mode="same")
+
+
+def lagged_reference(x: np.ndarray, good: np.ndarray, lag: int) -> float:
+    c = np.where(good, x - x[good].mean(), 0.0)
+    energy = float(np.dot(c, c))
+    if energy <= 0.0 or not 0 < lag < x.size - 1:
+        return 0.0
+    return float(np.dot(c[:-lag], c[lag:])) / energy * x.size / (x.size - lag)
+
+
+@pytest.mark.parametrize("width", [1, 4, 7, 40])
+@pytest.mark.parametrize("lags", [(30, 60), (0, 749), (120, 240)])
+def test_tilt_lags_equal_convolve_and_the_dot_products(width: int, lags: tuple[int, int]) -> None:
+    t = np.arange(750)
+    x = 3.0 * np.sin(2 * np.pi * t / 60.0) + RNG.normal(0, 1.0, t.size)
+    good = RNG.random(t.size) > 0.15
+    smooth = np.empty(t.size)
+    t1, t2, std = k.tilt_lags(x, good, width, lags[0], lags[1], smooth)
+    want = smoothed_reference(x, good, width)
+    np.testing.assert_allclose(smooth, want, atol=1e-9)
+    assert t1 == pytest.approx(lagged_reference(want, good, lags[0]), abs=1e-9)
+    assert t2 == pytest.approx(lagged_reference(want, good, lags[1]), abs=1e-9)
+    assert std == pytest.approx(float(want[good].std()), abs=1e-9)
+    at = np.array([0, 3, 100, 749], np.int64)
+    out = np.empty(at.size)
+    k.smoothed_at(x, good, width, at, out)
+    np.testing.assert_allclose(out, want[at], atol=1e-9)
+
+
+def test_tilt_lags_of_a_flat_or_lost_window_are_zero() -> None:
+    smooth = np.empty(100)
+    assert k.tilt_lags(np.zeros(100), np.ones(100, np.bool_), 5, 10, 20, smooth) == (0.0, 0.0, 0.0)
+    assert k.tilt_lags(RNG.normal(0, 1, 100), np.zeros(100, np.bool_), 5, 10, 20, smooth) == (
+        0.0,
+        0.0,
+        0.0,
+    )
+
+
+def two_levels_reference(cue: np.ndarray) -> tuple[np.ndarray, float]:
+    """Every split of the sorted values tried: the one with the least squares within."""
+    order = np.sort(cue)
+    best = min(
+        range(1, cue.size), key=lambda i: order[:i].var() * i + order[i:].var() * (cue.size - i)
+    )
+    low, high = order[:best], order[best:]
+    spread = math.sqrt(0.5 * (low.var() + high.var())) + 1e-9
+    return cue >= order[best], float(high.mean() - low.mean()) / spread
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_levels_split_where_the_squares_within_are_least(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cue = np.where(np.arange(20) % 2 == 0, 3.0, -1.0) + rng.normal(0, 0.5, 20)
+    upper = np.empty(20, np.bool_)
+    separation = k.two_levels(cue, upper)
+    want, want_separation = two_levels_reference(cue)
+    np.testing.assert_array_equal(upper, want)
+    np.testing.assert_array_equal(upper, np.arange(20) % 2 == 0)  # the two levels it was made of
+    assert separation == pytest.approx(want_separation, rel=1e-6)
+    one = np.empty(1, np.bool_)
+    assert k.two_levels(np.array([2.0]), one) == 0.0
+    assert one.all()
