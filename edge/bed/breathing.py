@@ -33,9 +33,12 @@ sounds reaching into the lowest one do not). Every ``analyse_every_s`` it reads 
   ``MIN_GAP_FRACTION`` of it apart, each rising ``max(MIN_DELTA_DB, DELTA_OF_RANGE * range,
   DELTA_OF_BREATHS * typical breath)`` over the troughs around it (its prominence; the
   typical breath is learnt while the rate is assessable and held otherwise), so noise during
-  a pause is not a breath and a loud patient's small humps are not either
-  (:func:`edge.bed.breathing_kernels.humps`); a hump is a breath heard once it has fallen by
-  half, and a breath counts once however many windows see it;
+  a pause is not a breath and a loud patient's small humps are not either, and standing over
+  half their height for at most ``MAX_BREATH_S`` (a step of the floor is not a breath), or
+  ``BREATH_WIDTH_FRACTION`` of the period where that is longer and the window's confidence
+  is at least ``WIDE_CONFIDENCE`` (slow breathing: an inspiration and its long expiration
+  are one hump) (:func:`edge.bed.breathing_kernels.humps`); a hump is a breath heard once it
+  has fallen by half, and a breath counts once however many windows see it;
 - one breath per **cycle**, not per breath sound: an inspiration and an expiration heard as
   two humps of like loudness make the period half the cycle. The kernel keeps the activity's
   **tilt** too (the upper sub-bands' rise less the lower ones': expiration sounds lower), and
@@ -120,7 +123,9 @@ MIN_DELTA_DB = 1.5  # a breath rises at least this over its trough
 DELTA_OF_RANGE = 0.1  # ... and this share of the window's 5-95 % range of the activity
 DELTA_OF_BREATHS = 0.25  # ... and this share of the window's median breath prominence
 RESUME_FRACTION = 0.5  # a breath that ends an apnoea is at least this share of the typical one
-MAX_BREATH_S = 4.0  # a breath stands over half its height for at most this long
+MAX_BREATH_S = 4.0  # a breath stands over half its height for at most this long ...
+BREATH_WIDTH_FRACTION = 0.8  # ... or this share of the cycle where longer (slow breathing)
+WIDE_CONFIDENCE = 0.7  # ... where the window is this periodic (else a step of the floor)
 PAIRED_GAP = 0.75  # where a cycle is two humps: a lone one this share of it from any breath counts
 MIN_PHASE_HUMPS = 8  # humps that can show phases alternating (fewer alternate by chance)
 PHASE_SEPARATION = 3.0  # their tilt in two levels this far apart (in their spread) ...
@@ -402,7 +407,14 @@ class BreathTracker:
                 kept[0], tilt, good, self.rate_hz, self.band.search_bpm, period, confidence
             )
         peaks, proms, ends, self.period_s = self._humps(
-            a, tilt, good, first, self.period_s, phases, may_double=period is not None
+            a,
+            tilt,
+            good,
+            first,
+            self.period_s,
+            phases,
+            may_double=period is not None,
+            periodic=period is not None and confidence >= WIDE_CONFIDENCE,
         )
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         self._count(first + peaks, first + ends, proms, confirmed, final)
@@ -442,9 +454,12 @@ class BreathTracker:
         period_s: float,
         phases: np.ndarray | None = None,
         may_double: bool = False,
+        periodic: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """The breaths of the window for a period (the cycle), with this analysis' threshold,
-        and the cycle they give: the humps (kernel doc), one per cycle, unless
+        """The breaths of the window for a period (the cycle), with this analysis' threshold
+        and the width a breath may have (``periodic``: the window's confidence allows the
+        slow breath's, module doc), and the cycle they give: the humps (kernel doc), one per
+        cycle, unless
 
         - they alternate between two levels of tilt (:data:`MIN_PHASE_HUMPS`,
           :data:`PHASE_SEPARATION`, :data:`PHASE_TURNS`): they are the two phases of cycles
@@ -458,7 +473,8 @@ class BreathTracker:
         self.delta_db = max(
             MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
         )
-        width = round(MAX_BREATH_S * self.rate_hz)
+        longest = max(MAX_BREATH_S, BREATH_WIDTH_FRACTION * period_s) if periodic else MAX_BREATH_S
+        width = round(longest * self.rate_hz)
 
         def found(samples: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             cycle = max(1, round(CYCLE_FRACTION * samples))
