@@ -34,6 +34,7 @@ that no bed holds any more is reported ended.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -173,22 +174,32 @@ class AlarmFollower:
         self.book.take_changed()  # the gateway keeps no store of the book: nothing to write
         queued = 0
         for key, row in rows.items():
-            try:
-                queued += self._compare(key, row)
-            except Hl7Error as exc:  # one condition's report: the others still go
-                if key not in self._unreportable:
-                    log.error("alarm %s cannot be reported: %s", "/".join(key), exc)
-                self._unreportable.add(key)
-                self.counts["unreportable"] = len(self._unreportable)
+            queued += self._guarded(key, functools.partial(self._compare, key, row))
         for key in [k for k in self._reported if k not in rows]:
             if not settling:  # acknowledged and over, or its bed gone
                 last = self._reported[key]
                 by = self._acked_by.get(key, last.acknowledged_by)
-                queued += self._report(
-                    key, replace(last, alarm_state="inactive", acknowledged_by=by), "end"
-                )
+                ended = replace(last, alarm_state="inactive", acknowledged_by=by)
+                queued += self._guarded(key, functools.partial(self._report, key, ended, "end"))
         self._acked_by.clear()
         return queued
+
+    def _guarded(self, key: Key, report: Callable[[], int]) -> int:
+        """One condition's report (how many queued): where it cannot be built (what a device
+        sent does not fit HL7) it is set aside and counted (``unreportable``, logged once),
+        and anything else that fails it is logged and counted (``report_errors``) and tried
+        again on the next tick; the other conditions' reports still go."""
+        try:
+            return report()
+        except Hl7Error as exc:
+            if key not in self._unreportable:
+                log.error("alarm %s cannot be reported: %s", "/".join(key), exc)
+            self._unreportable.add(key)
+            self.counts["unreportable"] = len(self._unreportable)
+        except Exception:  # the last guard: one condition never stops the site's reports
+            self.counts["report_errors"] = self.counts.get("report_errors", 0) + 1
+            log.error("alarm %s could not be reported", "/".join(key), exc_info=True)
+        return 0
 
     def _compare(self, key: Key, row: dict[str, Any]) -> int:
         acked = (row["acknowledged_by"] or "") if row["state"] != "alarming" else None

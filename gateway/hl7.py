@@ -22,9 +22,10 @@ problems are observations of the local code ``signal-quality``.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
@@ -54,7 +55,16 @@ ALERT_SOURCE = {"physiological": "SP", "technical": "ST"}
 PHASES = ("start", "update", "escalate", "de-escalate", "reactivate", "end")
 ALARM_STATES = ("active", "latched", "inactive")
 ACCEPTED = ("AA", "CA")  # original / enhanced mode: accepted
-_ESCAPES = str.maketrans({"|": " ", "^": " ", "~": " ", "\\": " ", "&": " ", "\r": " ", "\n": " "})
+# HL7's delimiters, line breaks and every other control character (MLLP's 0x0B and 0x1C among
+# them) become spaces in free text
+_ESCAPES = str.maketrans(
+    {**{chr(c): " " for c in range(32)}, "\x7f": " ", "|": " ", "^": " ", "~": " ", "\\": " ",
+     "&": " "}
+)  # fmt: skip
+
+
+MIN_YEAR = 1900  # a device time before it is a clock never set, not a measurement's time
+P = ParamSpec("P")
 
 
 class Hl7Error(LungwatchError):
@@ -100,7 +110,12 @@ class Ack:
 def hl7_time(utc: str | dt.datetime) -> str:
     """An ISO 8601 UTC time (``2026-11-25T21:52:18.040Z``) as HL7 DTM with its zone."""
     when = utc if isinstance(utc, dt.datetime) else _parse_utc(utc)
-    stamp = when.astimezone(dt.timezone.utc)
+    try:
+        stamp = when.astimezone(dt.timezone.utc)
+    except (OverflowError, ValueError):
+        raise Hl7Error(f"a time HL7 cannot carry: {str(utc)[:64]!r}") from None
+    if not MIN_YEAR <= stamp.year <= 9999:
+        raise Hl7Error(f"a time HL7 cannot carry: {str(utc)[:64]!r} (year {stamp.year})")
     return stamp.strftime("%Y%m%d%H%M%S.") + f"{stamp.microsecond // 1000:03d}+0000"
 
 
@@ -116,6 +131,22 @@ def plain(text: object) -> str:
     return str(text).translate(_ESCAPES).strip()
 
 
+def _built(build: Callable[P, str]) -> Callable[P, str]:
+    """A message builder whose fields the library refuses as they are set (a component over
+    its length, a value of the wrong form) raises :class:`Hl7Error` naming it, as a message
+    that fails validation does: one message is refused, never the caller's loop."""
+
+    @functools.wraps(build)
+    def built(*args: P.args, **kwargs: P.kwargs) -> str:
+        try:
+            return build(*args, **kwargs)
+        except HL7apyException as exc:
+            raise Hl7Error(f"HL7 v{VERSION} ORU_R01: {exc}") from None
+
+    return built
+
+
+@_built
 def rate_message(
     reading: Mapping[str, Any], bed: Bed, sender: Sender, control_id: str, now: dt.datetime
 ) -> str:
@@ -145,6 +176,7 @@ def rate_message(
     return _checked(msg)
 
 
+@_built
 def finding_message(
     event: Mapping[str, Any], bed: Bed, sender: Sender, control_id: str, now: dt.datetime
 ) -> str:
@@ -193,6 +225,7 @@ def condition_code(condition: str, text: str) -> str:
     return f"{plain(condition)}^{plain(text)}^{LOCAL_TABLE}"
 
 
+@_built
 def alert_message(
     report: AlertReport, bed: Bed, sender: Sender, control_id: str, now: dt.datetime
 ) -> str:
@@ -309,12 +342,19 @@ def _obx(
     obx.obx_14 = hl7_time(utc)
     if observer:
         obx.obx_16 = observer  # the responsible observer: who acknowledged
-    obx.obx_18 = f"{plain(bed.device_id)}^{plain(bed.stream_id)}^LUNGWATCH"  # the equipment
+    # the equipment: device and stream in the identifier (ST, room for any configured id; the
+    # namespace component is 20 characters only), as PID-3 names the bed
+    obx.obx_18 = f"{plain(bed.device_id)}.{plain(bed.stream_id)}^LUNGWATCH"
 
 
 def _checked(msg: Message) -> str:
     try:
         msg.validate()
-        return str(msg.to_er7())
+        text = str(msg.to_er7())
     except HL7apyException as exc:
         raise Hl7Error(f"HL7 v{VERSION} ORU_R01: {exc}") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate in some text
+        raise Hl7Error(f"HL7 v{VERSION} ORU_R01: not UTF-8 text ({exc.reason})") from None
+    return text

@@ -320,7 +320,11 @@ class Gateway:
     def _tick_alarms(self) -> None:
         """The alarm conditions' changes queued about every second, until stopped."""
         while not self._stop.wait(ALARM_TICK_S):
-            self.intake.tick()
+            try:
+                self.intake.tick()
+            except Exception:  # the last guard: the next tick tries again, the gateway goes on
+                self.intake.counts["alarm_tick_errors"] += 1
+                log.error("gateway: the alarm reports' tick failed", exc_info=True)
 
     def check(self) -> str | None:
         """Why a courier's thread stopped unasked (None while they run)."""

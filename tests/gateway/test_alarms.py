@@ -42,10 +42,10 @@ class Clock:
         return self.now
 
 
-def intake(path: Path, clock: Clock) -> tuple[Intake, Outbox]:
+def intake(path: Path, clock: Clock, *more: BedEntry) -> tuple[Intake, Outbox]:
     hl7 = Hl7Config(host="127.0.0.1")
     config = GatewayConfig(site=SITE, hl7=hl7, alarms=SETTINGS,
-                           beds=(BedEntry(DEVICE, BED, "ICU^1^1^HOSP"),))  # fmt: skip
+                           beds=(BedEntry(DEVICE, BED, "ICU^1^1^HOSP"), *more))  # fmt: skip
     outbox = Outbox(path)
     return Intake(config, [hl7_route(hl7, outbox)], clock=clock), outbox
 
@@ -257,3 +257,36 @@ def test_the_alarm_reports_reach_the_receiver_with_who_acknowledged(tmp_path: Pa
     assert len(alert_ids) == 1
     assert len(receiver.accepted) == 5  # and the onset's and the end's PCD-01 findings
     assert len(set(receiver.received)) == len(receiver.received) == 5  # each control id once
+
+
+def test_what_hl7_cannot_carry_is_set_aside_and_every_other_bed_still_reported(
+    tmp_path: Path,
+) -> None:
+    """A bed with a 24-character stream id is reported whole; a retained summary whose open
+    alarms start in the year 1 (a time out of HL7's range) or name a type with a lone
+    surrogate is set aside and counted, once: the tick goes on, and so do the other beds."""
+    clock = Clock()
+    long_bed = "cardiology-bed-14-stetho"
+    gate, outbox = intake(tmp_path / "q.sqlite", clock, BedEntry(DEVICE, long_bed, "CCU^1^1^HOSP"))
+    wheeze = finding_events(1, site=SITE, device_id=DEVICE, stream_id=long_bed, priority="low")[0]
+    assert gate.handle(event_topic(SITE, DEVICE, long_bed), wheeze.to_json().encode()) == "queued"
+    row = {"type": "apnoea", "kind": "physiological", "priority": "high", "latched": False,
+           "start_utc": "0001-01-01T00:00:00+01:00", "key": "apnoea"}  # fmt: skip
+    summary = {"name": "Bed 1", "location": "ICU", "utc": "2026-05-09T07:01:00.000Z",
+               "open": [{**row, "episode_id": "year-one"},
+                        {**row, "episode_id": "surrogate", "type": "Gurgle\ud800",
+                         "kind": "technical", "key": "Gurgle\ud800",
+                         "start_utc": "2026-05-09T07:00:00.000Z"}]}  # fmt: skip
+    body = summary_payload(SITE, DEVICE, BED, summary).encode()
+    assert gate.handle(summary_topic(SITE, DEVICE, BED), body) == "taken"
+    assert gate.tick() == 1  # the long bed's wheeze; the two that cannot be built set aside
+    assert gate.counts["refused:invalid"] == 0
+    assert gate.alarms is not None
+    assert gate.alarms.counts["unreportable"] == 2
+    assert gate.tick() == 0  # set aside, said once
+    clock.now += 300.0
+    assert gate.tick() == 1  # the long bed's wheeze escalates as any other
+    [first, second] = reports(outbox)
+    assert (first["phase"], second["phase"]) == ("start", "escalate")
+    text = outbox._db.execute("SELECT message FROM outbox WHERE key LIKE 'alert/%'").fetchone()[0]
+    assert f"{DEVICE}.{long_bed}^LUNGWATCH" in text  # the equipment names the bed whole

@@ -50,7 +50,7 @@ def test_a_rate_is_an_mdc_respiratory_rate_with_its_age_bands_range() -> None:
     assert obx[2:8] == ["NM", "151562^MDC_RESP_RATE^MDC", "", "18.4",
                         "264928^MDC_DIM_RESP_PER_MIN^MDC", "9-24"]  # fmt: skip
     assert obx[14] == "20261125215218.040+0000"
-    assert obx[18] == "edge-1^bed-2^LUNGWATCH"
+    assert obx[18] == "edge-1.bed-2^LUNGWATCH"
     assert "PV1||I|ICU^1^3^HOSP" in text.split("\r")
     assert "PID|||12345^^^HOSP^MR||^^^^^^U" in text.split("\r")
 
@@ -111,6 +111,9 @@ def test_free_text_cannot_break_the_message_and_a_bad_time_is_refused() -> None:
                          "reason": "a|b^c~d\\e&f\rMSH|forged"}, BED, SENDER, "X2", NOW)  # fmt: skip
     strict(text)
     assert len(text.split("\r")) == 5  # MSH PID PV1 OBR OBX: no forged segment
+    framed = rate_message({**READING, "state": "not_assessable", "rate_bpm": None,
+                           "reason": "x\x0by\x1cz\x00"}, BED, SENDER, "X4", NOW)  # fmt: skip
+    assert not {"\x0b", "\x1c", "\x00"} & set(framed)  # MLLP's frame bytes never in a field
     with pytest.raises(Hl7Error, match="not an ISO 8601 time"):
         rate_message({**READING, "utc": "yesterday"}, BED, SENDER, "X3", NOW)
     assert hl7_time("2026-11-27T03:10:00+01:00") == "20261127021000.000+0000"
@@ -122,3 +125,23 @@ def test_an_acknowledgement_is_read_and_anything_else_refused() -> None:
     assert parse_ack("MSH|^~\\&|HIS||||20261127||ACK|A1|P|2.6\rMSA|AA|X1").accepted
     with pytest.raises(Hl7Error, match="not an HL7 acknowledgement"):
         parse_ack("hello")
+
+
+def test_a_long_stream_id_is_delivered_and_what_hl7_cannot_carry_is_refused_as_hl7() -> None:
+    """A configured 24-character stream id goes out whole (the library's 20-character limit
+    is a component's, not the field's); a time out of HL7's range or a lone surrogate in a
+    text is an Hl7Error (the caller sets that one message aside), never another exception."""
+    bed = Bed("edge-1", "cardiology-bed-14-stetho")
+    text = rate_message({**READING, "stream_id": bed.stream_id}, bed, SENDER, "X6", NOW)
+    strict(text)
+    assert obx_fields(text)[0][18] == "edge-1.cardiology-bed-14-stetho^LUNGWATCH"
+    assert "PID|||edge-1.cardiology-bed-14-stetho^^^LUNGWATCH^ANON||^^^^^^U" in text.split("\r")
+    for utc in ("0001-01-01T00:00:00+01:00", "1066-10-14T09:00:00Z"):
+        with pytest.raises(Hl7Error, match="a time HL7 cannot carry"):
+            rate_message({**READING, "utc": utc}, BED, SENDER, "X7", NOW)
+    with pytest.raises(Hl7Error, match="not UTF-8"):
+        rate_message({**READING, "state": "not_assessable", "rate_bpm": None,
+                      "reason": "lost \ud800 here"}, BED, SENDER, "X8", NOW)  # fmt: skip
+    long_ward = Bed("edge-1", "bed-2", location="cardiothoracic-intensive-care^1^3^HOSP")
+    with pytest.raises(Hl7Error, match="max length"):  # a component the library bounds
+        rate_message(READING, long_ward, SENDER, "X9", NOW)
