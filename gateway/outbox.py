@@ -68,6 +68,11 @@ class OutboxError(LungwatchError):
     """The queue's file cannot be used."""
 
 
+class StoreError(OutboxError):
+    """A message could not be stored now (the disk or the queue is full, the file is locked):
+    the caller keeps it unacknowledged and tries again."""
+
+
 @dataclass(frozen=True)
 class Queued:
     """One queued message."""
@@ -139,20 +144,24 @@ class Outbox:
             if self._db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone():
                 return False
             message = build(control_id)
-            with self._db:  # one transaction: the message and its note, or neither
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT INTO outbox (key, control_id, message, queued_s) VALUES (?, ?, ?, ?)",
-                    (key, control_id, message, time.time()),
-                )
-                if note is not None and note[1] is None:
-                    self._db.execute("DELETE FROM notes WHERE name = ?", (note[0],))
-                elif note is not None:
+            try:
+                with self._db:  # one transaction: the message and its note, or neither
+                    self._db.execute("BEGIN IMMEDIATE")
                     self._db.execute(
-                        "INSERT INTO notes (name, value) VALUES (?, ?) "
-                        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                        note,
+                        "INSERT INTO outbox (key, control_id, message, queued_s) "
+                        "VALUES (?, ?, ?, ?)",
+                        (key, control_id, message, time.time()),
                     )
+                    if note is not None and note[1] is None:
+                        self._db.execute("DELETE FROM notes WHERE name = ?", (note[0],))
+                    elif note is not None:
+                        self._db.execute(
+                            "INSERT INTO notes (name, value) VALUES (?, ?) "
+                            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                            note,
+                        )
+            except sqlite3.OperationalError as exc:  # disk full, locked: nothing was stored
+                raise StoreError(f"{self.path}: cannot store a message now ({exc})") from None
             self._queued.notify_all()
             return True
 

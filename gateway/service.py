@@ -38,7 +38,7 @@ from gateway.config import GatewayConfig, Hl7Config
 from gateway.fhir import FhirError, FhirTransport, finding_observation, rate_observation
 from gateway.hl7 import AlertReport, Bed, Hl7Error, alert_message, finding_message, rate_message
 from gateway.mllp import MllpClient, MllpTransport
-from gateway.outbox import Courier, Outbox, new_control_id
+from gateway.outbox import Courier, Outbox, StoreError, new_control_id
 from lungwatch.access import GATEWAY_READS
 from lungwatch.alarms import condition_of
 from lungwatch.events import (
@@ -59,6 +59,7 @@ from lungwatch.supervision import Worker, first_failure
 
 log = logging.getLogger(__name__)
 ALARM_TICK_S = 1.0  # how often the alarm conditions are compared with what was reported
+STORE_RETRY_S = 1.0  # a message the queue could not store is tried again this often
 
 
 def _utc_now() -> dt.datetime:
@@ -295,7 +296,8 @@ class Gateway:
         self._connack = threading.Event()
         self._refusal: str | None = None
         self._subscribe_mid: int | None = None
-        self._mqtt = new_client(mqtt, self.client_id, clean_session=False)
+        self._mqtt = new_client(mqtt, self.client_id, clean_session=False, manual_ack=True)
+        self._store_failing = False  # the last message could not be stored (said once)
         self._mqtt.on_connect = self._on_connect
         self._mqtt.on_disconnect = self._on_disconnect
         self._mqtt.on_subscribe = self._on_subscribe
@@ -370,9 +372,28 @@ class Gateway:
             self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        try:
-            self.intake.handle(message.topic, bytes(message.payload))
-        except Exception:  # Intake.handle counts its own refusals; this is the last guard
-            self.intake.counts["refused:internal_error"] += 1
-            log.error("gateway: a message on %r could not be handled", message.topic[:200],
-                      exc_info=True)  # fmt: skip
+        """One message, acknowledged to the broker only once it is stored (or refused: a
+        message that can never be stored is not kept back). Where the queue cannot store it
+        (a full disk), the gateway stops taking messages and tries again every
+        ``STORE_RETRY_S``: unacknowledged, it stays the broker's, with what follows it in the
+        gateway's persistent session; at a stop it is left unacknowledged."""
+        while True:
+            try:
+                self.intake.handle(message.topic, bytes(message.payload))
+            except StoreError as exc:
+                self.intake.counts["store_waits"] += 1
+                if not self._store_failing:
+                    log.error("gateway: %s; messages wait at the broker until it can", exc)
+                    self._store_failing = True
+                if self._stop.wait(STORE_RETRY_S):
+                    return
+                continue
+            except Exception:  # Intake.handle counts its own refusals; this is the last guard
+                self.intake.counts["refused:internal_error"] += 1
+                log.error("gateway: a message on %r could not be handled", message.topic[:200],
+                          exc_info=True)  # fmt: skip
+            break
+        if self._store_failing:
+            log.warning("gateway: the queue stores messages again")
+            self._store_failing = False
+        client.ack(message.mid, message.qos)

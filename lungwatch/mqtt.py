@@ -165,16 +165,20 @@ class BrokerUnavailableError(BrokerError):
     """The broker could not be reached (only raised with ``require_broker_at_start``)."""
 
 
-def new_client(cfg: MqttConfig, client_id: str, clean_session: bool = True) -> Any:
+def new_client(
+    cfg: MqttConfig, client_id: str, clean_session: bool = True, manual_ack: bool = False
+) -> Any:
     """A paho 2 client (MQTT 3.1.1, a clean session unless asked) with the config's reconnect
     back-off, username / password and verifying TLS context; limits and callbacks are the
-    caller's."""
+    caller's. ``manual_ack``: a QoS 1 message is acknowledged when the caller says
+    (``client.ack``), not when its callback returns."""
     mqtt = import_paho()
     client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv311,
         clean_session=clean_session,
+        manual_ack=manual_ack,
     )
     client.reconnect_delay_set(cfg.backoff_min_s, cfg.backoff_max_s)
     if cfg.username is not None:

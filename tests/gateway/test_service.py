@@ -17,7 +17,8 @@ from typing import Any
 
 from gateway.config import BedEntry, GatewayConfig, Hl7Config
 from gateway.outbox import Outbox
-from gateway.service import Intake, hl7_route
+from gateway.service import Gateway, Intake, hl7_route
+from lungwatch.config import load_config
 from lungwatch.events import (
     ack_payload,
     ack_topic,
@@ -270,3 +271,41 @@ def test_a_gateway_login_from_lungwatch_access_reads_the_sites_events_and_breath
         gateway.stop()
         receiver.kill()
         broker.stop()
+
+
+def test_a_full_disk_keeps_the_findings_at_the_broker_until_the_queue_stores_again(
+    tmp_path: Path,
+) -> None:
+    """The queue cannot grow (SQLite's own "database or disk is full", the queue's connection
+    held to the pages it has): what the devices send meanwhile is not acknowledged to the
+    broker, so none is lost; once it can grow every finding goes out, once."""
+    (tmp_path / "state").mkdir(mode=0o700)
+    broker, receiver = Mosquitto(tmp_path).start(), Receiver().start()
+    config = load_config(GatewayConfig, [gateway_yaml(tmp_path, broker.port, receiver.port)])
+    gateway = Gateway(config).start()
+    device = Device(broker.port)
+    events = finding_events(20, site=SITE, device_id=DEVICE, stream_id=BED)
+    topic = event_topic(SITE, DEVICE, BED)
+    queue = gateway.routes[0].outbox._db
+    try:
+        device.publish(topic, events[0].to_json().encode())
+        assert receiver.wait_for(lambda: len(receiver.accepted) >= 1, 20.0), receiver.errors
+        pages = queue.execute("PRAGMA page_count").fetchone()[0]
+        queue.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+        for event in events[1:]:
+            device.publish(topic, event.to_json().encode())
+        time.sleep(3.0)  # the gateway meets the full queue, waits and tries again
+        stored, waits = len(receiver.accepted), gateway.intake.counts["store_waits"]
+        queue.execute("PRAGMA max_page_count = 1073741823")  # space again
+        receiver.wait_for(lambda: len(receiver.accepted) >= 20, 30.0)
+        time.sleep(0.5)  # nothing more arrives
+    finally:
+        device.close()
+        gateway.stop()
+        receiver.kill()
+        broker.stop()
+    assert len(receiver.accepted) == 20, (stored, dict(gateway.intake.counts))  # 0 lost
+    assert stored < 20  # the full queue held some back ...
+    assert waits >= 2  # ... and the gateway tried them again
+    assert len(set(receiver.received)) == 20  # none sent twice
+    assert gateway.intake.counts["refused:internal_error"] == 0
