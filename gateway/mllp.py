@@ -7,14 +7,16 @@ framed the same way.
     client.close()
 
 :meth:`MllpClient.exchange` keeps one connection open and opens it again after any failure;
-a failure (refused, reset, a reply not within ``timeout_s``, a broken frame) raises
-:class:`MllpError` and closes the connection, so the next exchange starts clean. What to do
-then (send the same message again) is the outbox's business.
+a failure (refused, reset, no whole reply within ``timeout_s`` of sending however its bytes
+trickle in, a broken frame) raises :class:`MllpError` and closes the connection, so the next
+exchange starts clean. What to do then (send the same message again) is the outbox's
+business.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 
 from gateway.hl7 import Hl7Error, parse_ack
 from gateway.outbox import REFUSED, RETRY, SENT, Queued
@@ -33,11 +35,12 @@ def frame(text: str) -> bytes:
     return START + text.encode("utf-8") + END
 
 
-def read_frame(sock: socket.socket, buffer: bytearray) -> str | None:
+def read_frame(sock: socket.socket, buffer: bytearray, deadline: float | None = None) -> str | None:
     """The next frame's text from ``sock`` (bytes after it stay in ``buffer``); None when the
     peer closed the connection between frames. Raises MllpError for bytes outside a frame, a
     frame over :data:`MAX_FRAME_BYTES` or a connection closed inside a frame; ``socket.timeout``
-    passes through."""
+    passes through, and is raised too once ``deadline`` (``time.monotonic()``) has passed
+    however the bytes trickle in."""
     while True:
         end = buffer.find(END)
         if end >= 0:
@@ -48,6 +51,11 @@ def read_frame(sock: socket.socket, buffer: bytearray) -> str | None:
             return text
         if len(buffer) > MAX_FRAME_BYTES:
             raise MllpError(f"MLLP: no end block within {MAX_FRAME_BYTES} bytes")
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0.0:
+                raise TimeoutError("no whole reply before the deadline")
+            sock.settimeout(left)
         chunk = sock.recv(65536)
         if not chunk:
             if buffer:
@@ -69,8 +77,11 @@ class MllpClient:
         """Send ``text`` and return the reply's text (see the module doc)."""
         try:
             sock = self._connected()
+            sock.settimeout(self.timeout_s)
             sock.sendall(frame(text))
-            reply = read_frame(sock, self._buffer)
+            # one deadline for the whole reply: a receiver sending a byte at a time within
+            # each timeout would otherwise hold the courier for ever
+            reply = read_frame(sock, self._buffer, time.monotonic() + self.timeout_s)
         except (OSError, MllpError) as exc:
             self.close()
             reason = "no reply within the timeout" if isinstance(exc, TimeoutError) else exc
