@@ -303,6 +303,12 @@ class Ward(WardMemory):
         if event.id in self._seen:
             self.counts["duplicates"] += 1
             return
+        owner = self.book.owner(event.episode_id)
+        if owner is not None and owner != (device_id, stream_id):  # its clip, its alarm row
+            raise MessageError(
+                f"episode {event.episode_id} is {owner[0]}/{owner[1]}'s: a device sends its "
+                "own beds' episodes only", "foreign_episode"
+            )  # fmt: skip
         _, bed = self._place(device_id, stream_id)
         opened = event.state != "ended" and event.episode_id not in bed.open
         if opened and len(bed.open) >= self.max_open_episodes_per_bed:

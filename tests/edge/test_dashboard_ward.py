@@ -5,6 +5,7 @@ runtime's live strip (``edge.sinks.live``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -770,3 +771,17 @@ def test_lungwatch_run_checks_the_views_section_of_its_config(
     with contextlib.ExitStack() as resources, pytest.raises(ConfigError) as caught:
         serve_beside(config, None, resources, None, source="ward.yaml")
     assert str(caught.value).startswith(expected), str(caught.value)
+
+
+def test_an_episode_id_is_its_beds_and_another_bed_cannot_take_it() -> None:
+    """A device that read bed-1's episode id from the view publishes an event of its own bed
+    with it: refused (counted), so bed-1's row, count and clip stay bed-1's."""
+    ward = Ward(SITE)
+    onset = finding("Stridor", bed="bed-1", priority="high")
+    assert send(ward, onset)
+    stolen = dataclasses.replace(finding("Wheeze", bed="bed-2"), episode_id=onset.episode_id)
+    assert not send(ward, stolen)
+    assert ward.rejected_reasons == {"foreign_episode": 1}
+    assert [(r["stream_id"], r["condition"]) for r in ward.alarms()] == [("bed-1", "CAS")]
+    assert ward.book.owner(onset.episode_id) == (DEVICE, "bed-1")
+    assert send(ward, finding("Wheeze", bed="bed-2"))  # its own episodes still go
