@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import os
 import pwd
+import re
 import secrets
 import stat
 import sys
@@ -59,6 +60,7 @@ from lungwatch.private import write_private
 
 MASTER_KEY = "command-master.key"
 USER_ROLES = ("view", "ack")  # the ward view's roles (wardview.config)
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")  # also its password file's name
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd (Mosquitto 2.0) writes
 SALT_BYTES = 12
 DEVICE_WRITES = (
@@ -216,9 +218,14 @@ def _password(directory: Path, name: str) -> str:
 
 
 def _user_spec(item: str) -> tuple[str, str]:
+    """``NAME:ROLE``: the name also names its password file, so it is a plain name (letters,
+    digits, ``. _ @ -``, starting with a letter or digit, at most 64): no path, no ``..``."""
     name, sep, role = item.rpartition(":")
-    if not (sep and name and name.isprintable() and " " not in name) or role not in USER_ROLES:
-        raise ConfigError(f"--users takes NAME:ROLE with ROLE one of {USER_ROLES}, got {item!r}")
+    if not (sep and USER_NAME.fullmatch(name)) or role not in USER_ROLES:
+        raise ConfigError(
+            f"--users takes NAME:ROLE with NAME of letters, digits and . _ @ - (starting with "
+            f"a letter or digit, at most 64) and ROLE one of {USER_ROLES}, got {item!r}"
+        )
     return name, role
 
 

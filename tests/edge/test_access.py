@@ -384,3 +384,14 @@ def test_a_devices_clips_login_may_publish_its_clips_only(site: tuple[Path, Mosq
             assert not view.wait_for(b"another device's clip", 0.5)
         finally:
             sender.close()
+
+
+@pytest.mark.parametrize("item", ["../../x:ack", "a/b:view", "..:ack", ".hidden:view",
+                                  "nurse a:ack", "x" * 65 + ":view", "nurse:admin"])  # fmt: skip
+def test_a_user_name_is_a_plain_name_and_never_a_path(tmp_path: Path, item: str) -> None:
+    """A view user's name names its password file: ``--users ../../x:ack`` would have written
+    ``x.password`` two folders above the access folder."""
+    with pytest.raises(ConfigError, match="--users takes NAME:ROLE"):
+        generate(SITE, ["d"], ["v"], tmp_path / "access", users=[item])
+    assert not (tmp_path / "x.password").exists()
+    assert not list(tmp_path.parent.glob("x.password"))
