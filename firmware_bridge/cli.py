@@ -86,7 +86,9 @@ class Recorder:
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int) -> None:
-    """16-bit PCM when every sample is an exact int16 value (lossless), else float."""
+    """16-bit PCM when every sample is an exact int16 value (lossless), else float. A
+    patient's sound: the file is the user's alone (mode 0600, also where it was there
+    before), and a link in its place is refused, not written through."""
     try:
         import soundfile as sf
     except ImportError:
@@ -94,7 +96,10 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int) -> None:
     scaled = samples.astype(np.float64) * INT16_FULL_SCALE
     subtype = "PCM_16" if np.array_equal(scaled, np.round(scaled)) else "FLOAT"
     try:
-        sf.write(str(path), samples, sample_rate_hz, subtype=subtype)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            sf.write(out, samples, sample_rate_hz, subtype=subtype, format="WAV")
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise BridgeError(f"{path}: cannot write WAV ({exc})") from exc
 

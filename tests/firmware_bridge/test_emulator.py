@@ -16,6 +16,7 @@ import soundfile as sf
 from firmware_bridge import cli, emulator
 from firmware_bridge.devicemodel import DeviceConfig, device_frames, read_pcm
 from firmware_bridge.emulator import Channel, Impairments, play
+from firmware_bridge.errors import BridgeError
 from firmware_bridge.keys import load_key_file
 from firmware_bridge.link import Bridge
 from firmware_bridge.protocol import FrameType, SampleFormat, encode_frame
@@ -104,6 +105,7 @@ def test_bridge_cli_writes_the_received_timeline(
     received, rate_hz = sf.read(str(out), dtype="int16")
     assert rate_hz == 8000
     assert sf.info(str(out)).subtype == "PCM_16"
+    assert out.stat().st_mode & 0o777 == 0o600  # a patient's sound: the user's alone
     np.testing.assert_array_equal(received, source)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     stream = [line for line in lines if "stream_id" in line and "event" not in line][-1]
@@ -225,3 +227,20 @@ def test_keys_are_never_taken_on_the_command_line(capsys: pytest.CaptureFixture[
             main(argv)
         assert exited.value.code == 2
         assert "unrecognized arguments: --key" in capsys.readouterr().err
+
+
+def test_the_wav_is_private_even_over_an_open_file_and_never_through_a_link(
+    tmp_path: Path,
+) -> None:
+    samples = np.zeros(800, np.float32)
+    readable = tmp_path / "old.wav"
+    readable.write_bytes(b"")
+    readable.chmod(0o644)
+    cli.write_wav(readable, samples, 8000)
+    assert readable.stat().st_mode & 0o777 == 0o600
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("not a recording")
+    (tmp_path / "link.wav").symlink_to(target)
+    with pytest.raises(BridgeError, match="cannot write WAV"):
+        cli.write_wav(tmp_path / "link.wav", samples, 8000)
+    assert target.read_text() == "not a recording"
