@@ -135,6 +135,7 @@ class GatewayConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     queue: str = "state/gateway.sqlite"  # the HL7 messages' queue
     rate_every_s: float = 60.0  # a bed's rate at most this often while its state holds
+    max_beds_per_device: int = 64  # a device's messages for more beds than this are refused
     beds: tuple[BedEntry, ...] = ()
     # the alarm conditions reported as PCD-04 over HL7 (gateway.alarms): the ward view's rules
     # (realarm_s, escalate_after_s, hold_s); give the site's view's values
@@ -150,6 +151,8 @@ class GatewayConfig:
               "given, or fhir given (where the gateway sends to)")  # fmt: skip
         check(bool(self.queue), "queue", self.queue, "a file path")
         check(self.rate_every_s >= 0, "rate_every_s", self.rate_every_s, ">= 0")
+        check(1 <= self.max_beds_per_device <= 4096, "max_beds_per_device",
+              self.max_beds_per_device, "in [1, 4096]")  # fmt: skip
         seen = [(b.device_id, b.stream_id) for b in self.beds]
         twice = next((s for s in seen if seen.count(s) > 1), None)
         check(twice is None, "beds", twice, "each device_id/stream_id once")

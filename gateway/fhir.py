@@ -6,13 +6,14 @@
 
 Each resource is validated with fhir.resources (its R4B models: FHIR 4.3, whose Observation is
 R4's) as it is built. It carries one identifier, ``urn:lungwatch:observation|<key>`` (a
-reading: its bed and time; a finding: its episode), and is sent as a conditional update,
-``PUT [base]/Observation?identifier=urn:lungwatch:observation|<key>``: the server creates it
-the first time and updates it after (a finding's onset, preliminary, then its end, final), so
-a retry after a lost reply never makes a second resource. Codes as in the HL7 messages
-(docs/gateway.md): the rate is LOINC 9279-1 and IEEE 11073 MDC_RESP_RATE in UCUM ``/min``,
-with the age band's range as reference range (the vital-signs category); findings their
-SNOMED CT code (the exam category), signal problems the local code ``signal-quality``.
+reading: its bed and time; a finding: its site, device, bed and episode), and is sent as a
+conditional update, ``PUT [base]/Observation?identifier=urn:lungwatch:observation|<key>``:
+the server creates it the first time and updates it after (a finding's onset, preliminary,
+then its end, final), so a retry after a lost reply never makes a second resource. Codes as
+in the HL7 messages (docs/gateway.md): the rate is LOINC 9279-1 and IEEE 11073 MDC_RESP_RATE
+in UCUM ``/min``, with the age band's range as reference range (the vital-signs category);
+findings their SNOMED CT code (the exam category), signal problems the local code
+``signal-quality``.
 """
 
 from __future__ import annotations

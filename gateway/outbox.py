@@ -100,15 +100,26 @@ class Outbox:
             create_private(self.path)
         except OSError as exc:
             raise OutboxError(f"{self.path}: cannot open the queue ({exc.strerror})") from None
+        db: sqlite3.Connection | None = None
         try:
-            self._db = sqlite3.connect(
-                str(self.path), check_same_thread=False, isolation_level=None
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            problems = [
+                " ".join(str(row[0]).split()) for row in db.execute("PRAGMA quick_check(3)")
+            ]
         except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
             raise OutboxError(f"{self.path}: cannot use the queue ({exc})") from None
+        self._db = db
+        if problems != ["ok"]:  # found at the start, not by a courier that then stops
+            db.close()
+            raise OutboxError(
+                f"{self.path}: the queue is corrupted ({'; '.join(problems)}); move it aside "
+                "(its messages can be read back with sqlite3's .recover) and start again"
+            )
         self._lock = threading.Lock()
         self._queued = threading.Condition(self._lock)
         self._pruned_s = 0.0

@@ -59,6 +59,9 @@ from lungwatch.supervision import Worker, first_failure
 
 log = logging.getLogger(__name__)
 ALARM_TICK_S = 1.0  # how often the alarm conditions are compared with what was reported
+MAX_OWNED_EPISODES = 100_000  # episodes whose bed the intake remembers (an id is refused
+# on another bed while remembered; an episode lasts minutes, this is days of a large ward)
+MAX_AHEAD_S = 300.0  # a reading's time may lie this far ahead of the gateway's clock, no more
 STORE_RETRY_S = 1.0  # a message the queue could not store is tried again this often
 
 
@@ -92,12 +95,20 @@ def hl7_route(
 
 def fhir_route(outbox: Outbox) -> Route:
     """FHIR R4 Observations (:mod:`gateway.fhir`): a reading's resource is named by its key,
-    a finding's by its episode (its end updates its onset's resource)."""
+    a finding's by its episode within its site, device and bed (its end updates its onset's
+    resource; no other bed's episode can)."""
     return Route(
         "fhir", outbox,
         lambda data, bed, key, cid: rate_observation(data, bed, key),
-        lambda data, bed, key, cid: finding_observation(data, bed, f"episode/{data['episode_id']}"),
+        lambda data, bed, key, cid: finding_observation(data, bed, episode_key(data)),
     )  # fmt: skip
+
+
+def episode_key(event: Mapping[str, Any]) -> str:
+    """An episode's name everywhere it is kept: its site, device, bed and id."""
+    return "episode/" + "/".join(
+        str(event[name]) for name in ("site", "device_id", "stream_id", "episode_id")
+    )
 
 
 class Intake:
@@ -110,9 +121,12 @@ class Intake:
         clock: Callable[[], float] = time.time,
         now: Callable[[], dt.datetime] = _utc_now,
     ) -> None:
-        self.config, self.routes = config, routes
+        self.config, self.routes, self._now = config, routes, now
         self.counts: Counter[str] = Counter()  # queued, duplicate, skipped, refused:<reason>
+        # each bed's last reading sent: its state and the latest time sent
         self._last_rate: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
+        self._beds: dict[str, set[str]] = {}  # each device's beds heard so far
+        self._owners: dict[str, tuple[str, str]] = {}  # episode -> its bed, oldest first
         self.lock = threading.Lock()  # the alarm conditions: MQTT's thread and the tick's
         self.adt = AdtFeed(Path(config.adt_file)) if config.adt_file else None
         hl7 = next((route for route in routes if route.name == "hl7"), None)
@@ -145,6 +159,14 @@ class Intake:
         if len(parts) != 6 or "/".join(parts[:2]) != TOPIC_ROOT or parts[2] != self.config.site:
             raise MessageError(f"not a topic of site {self.config.site}")
         device_id, stream_id, kind = parts[3:]
+        beds = self._beds.setdefault(device_id, set())
+        if stream_id not in beds:
+            if len(beds) >= self.config.max_beds_per_device:
+                raise MessageError(
+                    f"{device_id} would have more than max_beds_per_device "
+                    f"({self.config.max_beds_per_device}) beds", "over_limit"
+                )  # fmt: skip
+            beds.add(stream_id)
         if kind == "summary" and not payload:  # withdrawn: the bed's stream ended
             return self._alarm_message(kind, device_id, stream_id, None)
         body = parse_message(payload, MAX_MESSAGE_BYTES, MAX_JSON_DEPTH)
@@ -154,6 +176,15 @@ class Intake:
                 raise MessageError(f"{name} {body.get(name)!r} is not the topic's {value!r}")
         if kind == "event":
             event = Event.from_dict(body)
+            owner = self._owners.get(event.episode_id)
+            if owner is not None and owner != (device_id, stream_id):
+                raise MessageError(
+                    f"episode {event.episode_id} is {owner[0]}/{owner[1]}'s: a device sends "
+                    "its own beds' episodes only", "foreign_episode"
+                )  # fmt: skip
+            self._owners[event.episode_id] = (device_id, stream_id)
+            while len(self._owners) > MAX_OWNED_EPISODES:
+                self._owners.pop(next(iter(self._owners)))
             if self.alarms is not None:
                 with self.lock:
                     self.alarms.event(event)
@@ -165,6 +196,12 @@ class Intake:
             return self._alarm_message(kind, device_id, stream_id, body)
         if kind == "respiration":
             reading, when = _reading(body)
+            ahead = (when - self._now()).total_seconds()
+            if ahead > MAX_AHEAD_S:
+                raise MessageError(
+                    f"respiration utc {reading['utc']} is {ahead:.0f} s ahead of the gateway's "
+                    f"clock (more than {MAX_AHEAD_S:g} s)"
+                )
             if not self._rate_due(device_id, stream_id, reading["state"], when):
                 return "skipped"
             key = f"respiration/{device_id}/{stream_id}/{reading['utc']}"
@@ -219,12 +256,17 @@ class Intake:
         return "queued" if queued else "duplicate"
 
     def _rate_due(self, device_id: str, stream_id: str, state: str, when: dt.datetime) -> bool:
-        """The bed's reading is sent: its state changed, or ``rate_every_s`` passed."""
+        """The bed's reading is sent: its state changed, or its time lies ``rate_every_s``
+        after the last one sent (later, not earlier: times that jump back and forth make no
+        reading due; a backlog the broker delivers at once keeps its pace)."""
         last = self._last_rate.get((device_id, stream_id))
         every = dt.timedelta(seconds=self.config.rate_every_s)
-        if last is not None and last[0] == state and abs(when - last[1]) < every:
+        if last is not None and last[0] == state and when - last[1] < every:
             return False
-        self._last_rate[(device_id, stream_id)] = (state, when)
+        if last is None or when > last[1]:
+            self._last_rate[(device_id, stream_id)] = (state, when)
+        else:  # a state change at an earlier time: sent, the pace kept from the latest
+            self._last_rate[(device_id, stream_id)] = (state, last[1])
         return True
 
 

@@ -152,3 +152,22 @@ def test_the_queue_is_private_and_a_planted_link_is_refused(tmp_path: Path) -> N
     (tmp_path / "link.sqlite").symlink_to(tmp_path / "target")
     with pytest.raises(OutboxError, match=r"link\.sqlite: cannot open the queue"):
         Outbox(tmp_path / "link.sqlite")
+
+
+def test_a_corrupted_queue_is_refused_at_the_start_naming_what_to_do(tmp_path: Path) -> None:
+    """Pages overwritten in the middle of the queue's file (a disk fault): the gateway says so
+    when it opens the queue, instead of a courier failing on it later."""
+    path = tmp_path / "gateway.sqlite"
+    outbox = Outbox(path)
+    for i in range(300):
+        outbox.put(f"reading/{i}", lambda cid, i=i: f"MSH|{cid}|{i:04d}|" + "x" * 900)
+    outbox.close()
+    size = path.stat().st_size
+    assert size > 20 * 4096
+    with path.open("r+b") as raw:
+        raw.seek(size // 2 // 4096 * 4096)
+        raw.write(os.urandom(3 * 4096))
+    with pytest.raises(
+        OutboxError, match=r"gateway\.sqlite: the queue is corrupted .*move it aside"
+    ):
+        Outbox(path)

@@ -5,6 +5,7 @@ beds publish: every finding and reading delivered, none under a second control i
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import BedEntry, GatewayConfig, Hl7Config
+from gateway.fhir import identifier_of
 from gateway.outbox import Outbox
-from gateway.service import Gateway, Intake, hl7_route
+from gateway.service import Gateway, Intake, fhir_route, hl7_route
 from lungwatch.config import load_config
 from lungwatch.events import (
     ack_payload,
@@ -309,3 +311,64 @@ def test_a_full_disk_keeps_the_findings_at_the_broker_until_the_queue_stores_aga
     assert waits >= 2  # ... and the gateway tried them again
     assert len(set(receiver.received)) == 20  # none sent twice
     assert gateway.intake.counts["refused:internal_error"] == 0
+
+
+def test_an_episode_id_is_its_beds_in_the_intake_and_in_fhir(tmp_path: Path) -> None:
+    """Another bed's event under bed-1's episode id is refused (counted), so it can neither
+    end bed-1's finding nor become bed-1's patient's Observation; a finding's FHIR
+    Observation is named by site, device, bed and episode."""
+    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"),
+                           beds=(BedEntry(DEVICE, BED, "ICU^1^1^HOSP"),))  # fmt: skip
+    outbox, resources = Outbox(tmp_path / "q.sqlite"), Outbox(tmp_path / "fhir.sqlite")
+    intake = Intake(config, [hl7_route(Hl7Config(host="127.0.0.1"), outbox),
+                             fhir_route(resources)])  # fmt: skip
+    onset = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+    assert intake.handle(event_topic(SITE, DEVICE, BED), onset.to_json().encode()) == "queued"
+    [other] = finding_events(1, site=SITE, device_id="dev-2", stream_id="bed-14")
+    stolen = dataclasses.replace(other, episode_id=onset.episode_id).ended(
+        "2026-05-09T07:00:09.000Z", 72000
+    )
+    topic = event_topic(SITE, "dev-2", "bed-14")
+    assert intake.handle(topic, stolen.to_json().encode()) == "refused:foreign_episode"
+    assert intake.handle(topic, other.to_json().encode()) == "queued"  # its own still go
+    assert outbox.counts()["queued"] == resources.counts()["queued"] == 2
+    head = resources.head()
+    assert head is not None
+    assert identifier_of(head.message) == (
+        f"urn:lungwatch:observation|episode/{SITE}/{DEVICE}/{BED}/{onset.episode_id}"
+    )
+
+
+def test_a_device_can_neither_make_every_reading_due_nor_add_beds_without_end(
+    tmp_path: Path,
+) -> None:
+    """Readings whose times jump two hours back and forth make no reading due (a reading is
+    due ``rate_every_s`` after the latest one sent, later, not earlier); a time over 5 min
+    ahead of the gateway's clock is refused; a device's messages for more beds than
+    ``max_beds_per_device`` are refused (counted), another device's still go."""
+    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"), rate_every_s=60.0,
+                           max_beds_per_device=3)  # fmt: skip
+    outbox = Outbox(tmp_path / "q.sqlite")
+    gateway_now = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.timezone.utc)
+    intake = Intake(config, [hl7_route(Hl7Config(host="127.0.0.1"), outbox)],
+                    now=lambda: gateway_now)  # fmt: skip
+    base = dt.datetime(2026, 11, 27, 3, 0, tzinfo=dt.timezone.utc)
+
+    def at(when: dt.datetime, bed: str = BED, device: str = DEVICE) -> bytes:
+        utc = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return respiration_payload(SITE, device, bed, reading(0) | {"utc": utc}).encode()
+
+    rtopic = respiration_topic(SITE, DEVICE, BED)
+    two_hours = dt.timedelta(hours=2)
+    outcomes = [intake.handle(rtopic, at(base + two_hours * (i % 2))) for i in range(300)]
+    assert outcomes.count("queued") == 2  # the first two; then no time is later than 60 s on
+    assert intake.handle(rtopic, at(base + two_hours + dt.timedelta(seconds=61))) == "queued"
+    ahead = gateway_now + dt.timedelta(hours=1)
+    assert intake.handle(rtopic, at(ahead)) == "refused:invalid"
+    for i in range(2, 5):  # beds 2 and 3 of the device, then a fourth
+        topic = respiration_topic(SITE, DEVICE, f"bed-{i}")
+        assert intake.handle(topic, at(base, f"bed-{i}")) == (
+            "queued" if i < 4 else "refused:over_limit"
+        )
+    other = respiration_topic(SITE, "dev-2", "bed-1")
+    assert intake.handle(other, at(base, "bed-1", "dev-2")) == "queued"
