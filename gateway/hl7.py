@@ -348,11 +348,10 @@ def _obx(
 
 
 def _checked(msg: Message) -> str:
-    try:
-        msg.validate()
-        text = str(msg.to_er7())
-    except HL7apyException as exc:
-        raise Hl7Error(f"HL7 v{VERSION} ORU_R01: {exc}") from None
+    """The message validated, as ER7 text (the library's refusals become :class:`Hl7Error` in
+    :func:`_built`, around every builder that calls this)."""
+    msg.validate()
+    text = str(msg.to_er7())
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate in some text

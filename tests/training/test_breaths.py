@@ -5,6 +5,7 @@ inspiration and an expiration are heard as two humps."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import soundfile
 
 from edge.monitor import resolve_model
 from edge.runtime.offline import detect_recordings
-from training.data.breaths import Breathing, stretch, synthesize, truth_set
+from training.data.breaths import Breathing, Truth, stretch, synthesize, truth_set
 from training.scoring.respiration import rate_summary
 
 
@@ -89,18 +90,29 @@ TWO_HUMPS = [
 ]
 
 
-def test_one_breath_per_cycle_where_a_cycle_is_heard_as_two_humps(tmp_path: Path) -> None:
+def through_the_device(
+    specs: list[Breathing], folder: Path
+) -> list[tuple[str, Truth, dict[str, Any]]]:
+    """Each chest written as its device would record it and read by ``lungwatch detect``'s
+    path: (name, truth, the recording's respiration summary)."""
     recordings, truths = {}, {}
-    for i, spec in enumerate(TWO_HUMPS):
+    for i, spec in enumerate(specs):
         audio, truths[f"c{i}"] = synthesize(spec)
-        recordings[f"c{i}"] = tmp_path / f"c{i}.wav"
+        recordings[f"c{i}"] = folder / f"c{i}.wav"
         soundfile.write(recordings[f"c{i}"], audio, spec.device_rate_hz, subtype="PCM_16")
-    folder, file = resolve_model(Path("models/sed"))
-    found = detect_recordings(recordings, folder, file)
-    rows = []
+    model_folder, file = resolve_model(Path("models/sed"))
+    found = detect_recordings(recordings, model_folder, file)
+    out = []
     for name, truth in truths.items():
         got = found[name].respiration
         assert got is not None
+        out.append((name, truth, got))
+    return out
+
+
+def test_one_breath_per_cycle_where_a_cycle_is_heard_as_two_humps(tmp_path: Path) -> None:
+    rows = []
+    for name, truth, got in through_the_device(TWO_HUMPS, tmp_path):
         assert got["assessable"], (name, got)
         assert abs(got["breaths"] - truth.cycles) <= 1, (name, got["breaths"], truth.cycles)
         assert got["rate_bpm"] == pytest.approx(truth.rate_bpm, abs=1.1), name
@@ -125,15 +137,6 @@ SLOW = [
 
 
 def test_slow_breathing_whose_breaths_are_long_is_counted(tmp_path: Path) -> None:
-    recordings, truths = {}, {}
-    for i, spec in enumerate(SLOW):
-        audio, truths[f"s{i}"] = synthesize(spec)
-        recordings[f"s{i}"] = tmp_path / f"s{i}.wav"
-        soundfile.write(recordings[f"s{i}"], audio, spec.device_rate_hz, subtype="PCM_16")
-    folder, file = resolve_model(Path("models/sed"))
-    found = detect_recordings(recordings, folder, file)
-    for name, truth in truths.items():
-        got = found[name].respiration
-        assert got is not None
+    for name, truth, got in through_the_device(SLOW, tmp_path):
         assert got["assessable"], (name, got)
         assert abs(got["breaths"] - truth.cycles) <= 1, (name, got["breaths"], truth.cycles)
