@@ -15,7 +15,8 @@ messages, and compares every condition with what it last reported of it:
 - a new condition: phase ``start``;
 - acknowledged (by whom the device says): ``update``, inactivation state
   ``alert-acknowledged``;
-- raised again after an acknowledgement while it continues: ``reactivate``;
+- raised again after an acknowledgement while it continues: ``update``, inactivation state
+  ``enabled`` again;
 - acknowledged, over and started again (a new condition): ``end`` of its alert, then
   ``start`` of a new one;
 - priority up or down: ``escalate`` / ``de-escalate``;
@@ -232,10 +233,8 @@ class AlarmFollower:
             return 0
         if state == "inactive":
             phase = "end"
-        elif acked is not None and last.acknowledged_by is None:
+        elif (acked is None) != (last.acknowledged_by is None):  # acknowledged, or raised again
             phase = "update"
-        elif acked is None and last.acknowledged_by is not None:
-            phase = "reactivate"
         elif PRIORITY_RANK[now_reported.priority] < PRIORITY_RANK[last.priority]:
             phase = "escalate"
         elif PRIORITY_RANK[now_reported.priority] > PRIORITY_RANK[last.priority]:

@@ -4,6 +4,7 @@ FHIR R4 Observations, from durable queues (``docs/gateway.md``).
 
     lungwatch gateway --config gateway.yaml [--config more.yaml] [-v]
     lungwatch gateway --config gateway.yaml --status    # the queue: counts, refused messages
+    lungwatch gateway --config gateway.yaml --resend all # refused messages back in the queue
 
 Runs until SIGTERM / Ctrl-C, printing one line when it is up; exits 1 when a courier's
 thread stops unasked (what it queued stays in its queue for the next start).
@@ -42,6 +43,23 @@ def queue_status(config: GatewayConfig) -> dict[str, object]:
     return found
 
 
+def resend(config: GatewayConfig, which: str) -> dict[str, int]:
+    """Refused messages back in each destination's queue (a running gateway's courier takes
+    them up): how many per destination."""
+    from gateway.outbox import Outbox
+
+    found: dict[str, int] = {}
+    places = [("hl7", config.queue)] if config.hl7 is not None else []
+    places += [("fhir", config.fhir.queue)] if config.fhir is not None else []
+    for name, path in places:
+        outbox = Outbox(Path(path))
+        try:
+            found[name] = outbox.resend(which)
+        finally:
+            outbox.close()
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="lungwatch gateway", description=__doc__)
     parser.add_argument("--config", type=Path, action="append", required=True,
@@ -51,11 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--status", action="store_true", help="print the queue's counts and refused messages"
     )
+    parser.add_argument(
+        "--resend", metavar="WHICH",
+        help="put refused messages back in their queues, to be sent again in their place "
+        "(same bytes, same control id): 'all', or one message's control id or key",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     args = parser.parse_args(argv)
     config = load_config(GatewayConfig, args.config)
     if args.status:
         print(json.dumps(queue_status(config), indent=2))
+        return 0
+    if args.resend is not None:
+        resent = resend(config, args.resend)
+        if not any(resent.values()):
+            parser.error(f"--resend {args.resend}: no refused message matches it "
+                         "(--status lists them)")  # fmt: skip
+        print(json.dumps({"resent": resent}))
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip

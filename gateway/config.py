@@ -21,6 +21,7 @@ from gateway.hl7 import Bed, Sender, plain
 from gateway.outbox import CourierConfig
 from lungwatch.alarms import AlarmSettings
 from lungwatch.config import check, read_secret_line
+from lungwatch.equipment import eui64, host_eui64
 from lungwatch.events import is_segment
 from lungwatch.hosts import is_loopback
 from lungwatch.mqtt import MqttConfig
@@ -39,6 +40,8 @@ class Hl7Config:
     receiving_application: str = ""
     receiving_facility: str = ""
     processing_id: str = "P"
+    # the gateway's IEEE EUI-64 (or its MAC) in MSH-3; left out: its host's, from its MAC
+    sending_eui64: str | None = None
     ack_timeout_s: float = 10.0
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -54,14 +57,21 @@ class Hl7Config:
         check(bool(self.sending_application), "sending_application", "", "non-empty")
         check(self.processing_id in PROCESSING_IDS, "processing_id", self.processing_id,
               "one of P (production), T (training), D (debugging)")  # fmt: skip
+        if self.sending_eui64 is not None:
+            try:
+                eui64(self.sending_eui64)
+            except ValueError as exc:
+                check(False, "sending_eui64", self.sending_eui64, str(exc))
         check(0 < self.ack_timeout_s <= 300, "ack_timeout_s", self.ack_timeout_s, "in (0, 300]")
         _check_retries(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
 
     @property
     def sender(self) -> Sender:
+        given = self.sending_eui64
         return Sender(self.sending_application, self.sending_facility,
                       self.receiving_application, self.receiving_facility,
-                      self.processing_id)  # fmt: skip
+                      self.processing_id,
+                      eui64(given) if given is not None else host_eui64())  # fmt: skip
 
     @property
     def courier(self) -> CourierConfig:
@@ -86,6 +96,9 @@ class FhirConfig:
     backoff_max_s: float = 30.0
     max_refusals: int = 5
     queue: str = "state/gateway-fhir.sqlite"
+    # the hospital's system of patient identifiers (a URI); left out:
+    # urn:lungwatch:patient:<the patient id's assigning authority>
+    patient_system: str = ""
 
     def __post_init__(self) -> None:
         url = urllib.parse.urlsplit(self.base_url)
@@ -96,6 +109,9 @@ class FhirConfig:
         check(0 < self.timeout_s <= 300, "timeout_s", self.timeout_s, "in (0, 300]")
         _check_retries(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
         check(bool(self.queue), "queue", self.queue, "a file path")
+        system = urllib.parse.urlsplit(self.patient_system)
+        check(not self.patient_system or (bool(system.scheme) and " " not in self.patient_system),
+              "patient_system", self.patient_system, "a URI (http://..., urn:oid:...)")  # fmt: skip
 
     @property
     def courier(self) -> CourierConfig:
@@ -161,5 +177,6 @@ class GatewayConfig:
         """The bed's identity: its entry's location and patient, else neither."""
         for entry in self.beds:
             if (entry.device_id, entry.stream_id) == (device_id, stream_id):
-                return Bed(device_id, stream_id, entry.location, entry.patient_id)
-        return Bed(device_id, stream_id)
+                return Bed(device_id, stream_id, entry.location, entry.patient_id,
+                           site=self.site)  # fmt: skip
+        return Bed(device_id, stream_id, site=self.site)

@@ -11,9 +11,12 @@ conditional update, ``PUT [base]/Observation?identifier=urn:lungwatch:observatio
 the server creates it the first time and updates it after (a finding's onset, preliminary,
 then its end, final), so a retry after a lost reply never makes a second resource. Codes as
 in the HL7 messages (docs/gateway.md): the rate is LOINC 9279-1 and IEEE 11073 MDC_RESP_RATE
-in UCUM ``/min``, with the age band's range as reference range (the vital-signs category);
-findings their SNOMED CT code (the exam category), signal problems the local code
-``signal-quality``.
+in UCUM ``/min``, with the age band's range as reference range and its interpretation (H, L,
+N) against it, final as measured, and declares FHIR R4's respiratory-rate vital-signs
+profile; findings their SNOMED CT code (the exam category), signal problems the local code
+``signal-quality``. The patient is named by identifier in the hospital's system
+(``patient_system``; without one ``urn:lungwatch:patient:<assigning authority>``); the
+device by its site, device and bed.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
-from gateway.hl7 import Bed
+from gateway.hl7 import Bed, range_flag
 from gateway.outbox import REFUSED, RETRY, SENT, Queued
 from lungwatch.errors import LungwatchError
 from lungwatch.labels import display_name
@@ -43,6 +46,9 @@ ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 ABSENT_REASON = {"assessing": "temp-unknown", "not_assessable": "unknown", "apnoea": "as-text",
                  "signal_lost": "error"}  # fmt: skip
 PRESENT = {"system": SNOMED, "code": "52101004", "display": "Present"}
+RESP_RATE_PROFILE = "http://hl7.org/fhir/StructureDefinition/resprate"
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+INTERPRETATION_TEXT = {"H": "High", "L": "Low", "N": "Normal"}
 MAX_REPLY_BYTES = 1 << 16
 RETRIED_STATUS = (408, 425, 429)  # and every 5xx: the server may take it later
 
@@ -51,10 +57,14 @@ class FhirError(LungwatchError):
     """A resource could not be built."""
 
 
-def rate_observation(reading: Mapping[str, Any], bed: Bed, key: str) -> str:
-    """The Observation of one respiration reading: the rate (state ``ok``) or why there is
-    none (a data-absent reason and the state in a note)."""
-    body = _base(bed, key, "vital-signs", "preliminary")
+def rate_observation(
+    reading: Mapping[str, Any], bed: Bed, key: str, patient_system: str = ""
+) -> str:
+    """The Observation of one respiration reading: the rate (state ``ok``) with its
+    interpretation against the range, or why there is none (a data-absent reason and the
+    state in a note)."""
+    body = _base(bed, key, "vital-signs", "final", patient_system)
+    body["meta"] = {"profile": [RESP_RATE_PROFILE]}
     body["code"] = {"coding": [{"system": LOINC, "code": "9279-1", "display": "Respiratory rate"},
                                {"system": MDC, "code": "151562", "display": "MDC_RESP_RATE"}],
                     "text": "Respiratory rate"}  # fmt: skip
@@ -66,6 +76,9 @@ def rate_observation(reading: Mapping[str, Any], bed: Bed, key: str) -> str:
         if low is not None and high is not None:
             body["referenceRange"] = [{"low": _per_min(low), "high": _per_min(high),
                                        "text": "the age band's normal range"}]  # fmt: skip
+            flag = range_flag(body["valueQuantity"]["value"], low, high)
+            coding = {"system": INTERPRETATION, "code": flag, "display": INTERPRETATION_TEXT[flag]}
+            body["interpretation"] = [{"coding": [coding]}]
     else:
         reason = ABSENT_REASON.get(state, "unknown")
         body["dataAbsentReason"] = {"coding": [{"system": ABSENT, "code": reason}]}
@@ -74,13 +87,15 @@ def rate_observation(reading: Mapping[str, Any], bed: Bed, key: str) -> str:
     return _checked(body)
 
 
-def finding_observation(event: Mapping[str, Any], bed: Bed, key: str) -> str:
+def finding_observation(
+    event: Mapping[str, Any], bed: Bed, key: str, patient_system: str = ""
+) -> str:
     """The Observation of one episode (``key``: its own): present from its start, preliminary
     while it lasts and final with its end; a technical event observes the signal's quality."""
     ended = event.get("state") == "ended"
     kind = str(event.get("type", ""))
     technical = event.get("kind") == "technical"
-    body = _base(bed, key, "exam", "final" if ended else "preliminary")
+    body = _base(bed, key, "exam", "final" if ended else "preliminary", patient_system)
     code = event.get("snomed_ct")
     if technical:
         body["code"] = {"coding": [{"system": LOCAL_SYSTEM, "code": "signal-quality",
@@ -146,7 +161,9 @@ class FhirTransport:
         return headers
 
 
-def _base(bed: Bed, key: str, category: str, status: str) -> dict[str, Any]:
+def _base(
+    bed: Bed, key: str, category: str, status: str, patient_system: str = ""
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "resourceType": "Observation",
         "identifier": [{"system": IDENTIFIER_SYSTEM, "value": key}],
@@ -155,7 +172,7 @@ def _base(bed: Bed, key: str, category: str, status: str) -> dict[str, Any]:
         "device": {
             "identifier": {
                 "system": "urn:lungwatch:bed",
-                "value": f"{bed.device_id}/{bed.stream_id}",
+                "value": "/".join(n for n in (bed.site, bed.device_id, bed.stream_id) if n),
             }
         },
         "note": [],
@@ -163,7 +180,8 @@ def _base(bed: Bed, key: str, category: str, status: str) -> dict[str, Any]:
     if bed.patient_id:
         pid = bed.patient_id.split("^")
         authority = pid[3] if len(pid) > 3 else ""
-        subject: dict[str, Any] = {"value": pid[0]}
+        system = patient_system or f"urn:lungwatch:patient:{authority or 'local'}"
+        subject: dict[str, Any] = {"system": system, "value": pid[0]}
         if authority:
             subject["assigner"] = {"display": authority}
         body["subject"] = {"identifier": subject}

@@ -1,34 +1,39 @@
-"""HL7 v2.6 messages of IHE PCD-01 (ORU^R01) and PCD-04 (ORU^R40), built and checked with
-hl7apy.
+"""HL7 v2.6 messages of IHE PCD-01 (``ORU^R01^ORU_R01``) and PCD-04 (``ORU^R40^ORU_R40``),
+written segment by segment after the IHE PCD Technical Framework's tables (docs/gateway.md is
+the conformance statement: every segment and field sent, and why).
 
     sender = Sender(application="LUNGWATCH", facility="WARD-1", receiver="HIS", ...)
-    text = rate_message(reading, bed, sender, control_id)      # a respiration reading
-    text = finding_message(event, bed, sender, control_id)     # an event's onset or end
-    text = alert_message(report, bed, sender, control_id)      # an alarm condition's change
-    ack = parse_ack(text)                                       # what the receiver said
+    text = rate_message(reading, bed, sender, control_id, now)   # a respiration reading
+    text = finding_message(event, bed, sender, control_id, now)  # a finding episode's onset/end
+    text = alert_message(report, bed, sender, control_id, now)   # an alarm condition's change
+    ack = parse_ack(text)                                         # what the receiver said
 
-Every message is validated against HL7 v2.6's ORU_R01 structure (hl7apy, strict) as it is
-built; a message the library refuses is an error here, never sent. An alert report is
-``ORU^R40^ORU_R01``: the trigger event of PCD-04 on the ORU_R01 structure, as HL7 v2.8 and
-IHE PCD TF-2 define it (its acknowledgement is a plain ACK here, as for PCD-01).
+Every message names its IHE profile (MSH-21), its character set (MSH-18, UTF-8) and the
+equipment: the gateway in MSH-3 and the device in the MDS row's OBX-18, each by its EUI-64
+where it has one (:mod:`lungwatch.equipment`). An observation message carries the device's
+containment (OBX-4 ``MDS.VMD.CHAN.METRIC``): the medical device system, the respiration
+analyser and the bed's channel as device rows, then the metrics under the channel. Device
+data is unverified (OBX-11 ``R``); device rows are ``X``. A numeric outside its reference range
+is flagged H or L (OBX-8). Free text loses HL7's delimiters and control characters
+(:func:`plain`); a value HL7 cannot carry (a time outside 1900-9999, text that is not UTF-8)
+raises :class:`Hl7Error`: that one message is refused, never the caller's loop. No field is cut
+to a library's component length: a bed's id is sent whole.
 
-Codes (docs/gateway.md): the respiratory rate is IEEE 11073-10101 ``MDC_RESP_RATE`` (151562) in
-``MDC_DIM_RESP_PER_MIN`` (264928) with the bed's age band's normal range as the reference
-range; findings carry the SNOMED CT code of the event (crackles, wheeze, stridor, apnoea,
-tachypnoea, bradypnoea) or, without one, the event type in the local table ``99LW``; signal
-problems are observations of the local code ``signal-quality``.
+Codes (docs/gateway.md): the respiratory rate is IEEE 11073-10101 ``MDC_RESP_RATE`` (151562)
+in ``MDC_DIM_RESP_PER_MIN`` (264928) with the bed's age band's normal range as the reference
+range; findings carry the SNOMED CT code of the finding (crackles, wheeze, stridor, apnoea, ...)
+or, without one, the event type in the local table ``99LW`` (no MDC term exists for them);
+signal problems are observations of the local code ``signal-quality``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec
+from typing import Any
 
 from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.core import Message
 from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 
@@ -38,22 +43,47 @@ from lungwatch.events import FINDING_RATE_FAMILY, snomed_ct
 from lungwatch.labels import FINDING_RATE_CODE, FINDING_RATE_TEXT, display_name
 
 VERSION = "2.6"
+# MSH-21: the IHE profile each message conforms to (PCD-01's OID from the PCD TF-2; PCD-04's
+# Alarm Communication Management profile in the same arc)
+PCD01_PROFILE = "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"
+PCD04_PROFILE = "IHE_PCD_ACM_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.4.1^ISO"
+CHARSET = "UNICODE UTF-8"  # MSH-18
+EUI64 = "EUI-64"  # the universal id type of an equipment identifier
+LOCAL_NAMESPACE = "LUNGWATCH"  # an identifier's namespace where no EUI-64 is known
+# the containment (OBX-4) of what a bed's device reports: medical device system, the
+# respiration analyser (VMD) and the bed's channel; the VMD's and CHAN's codes follow the
+# nomenclature's rule for a device type (its base + 2 and + 3)
+MDS = "69837^MDC_DEV_METER_PHYSIO_MULTI_PARAM_MDS^MDC"
+VMD = "69722^MDC_DEV_ANALY_RESP_RATE_VMD^MDC"
+CHAN = "69723^MDC_DEV_ANALY_RESP_RATE_CHAN^MDC"
+MDS_ID, VMD_ID, CHAN_ID = "1.0.0.0", "1.1.0.0", "1.1.1.0"
+METRIC_PREFIX = "1.1.1."  # a metric of the bed's channel: 1.1.1.<n>
 MDC_RESP_RATE = "151562^MDC_RESP_RATE^MDC"
 MDC_RESP_PER_MIN = "264928^MDC_DIM_RESP_PER_MIN^MDC"
+AUTO_MEASUREMENT = "AMEAS^auto-measurement^MDC"  # OBX-17: a periodic measured metric
 MONITORING = "182777000^Monitoring of patient^SCT"  # the order every observation answers
 PERCENT = "%^percent^UCUM"  # the finding rates' unit
 LOCAL_TABLE = "99LW"  # lungwatch's own codes (event types without a SNOMED CT code)
 PRESENT, ABSENT = "52101004^Present^SCT", "2667000^Absent^SCT"
 RESPIRATION_STATE = f"respiration-state^Respiratory rate assessment^{LOCAL_TABLE}"
 SIGNAL_QUALITY = f"signal-quality^Signal quality^{LOCAL_TABLE}"
-ALERT = "196616^MDC_EVT_ALARM^MDC"  # OBR-4 and the first facet of every alert report
+ALERT = "196616^MDC_EVT_ALARM^MDC"  # OBR-4 of every alert report, and its kind where no
+# event code says more
+ALERT_EVENT = {  # the alert's event identification (facet 1) of the breathing conditions
+    "tachypnoea": "196648^MDC_EVT_HI^MDC",
+    "bradypnoea": "196670^MDC_EVT_LO^MDC",
+    "apnoea": "199680^MDC_EVT_APNEA^MDC",
+}
+ALERT_LIMIT_FLAG = {"tachypnoea": "H", "bradypnoea": "L"}  # OBX-8's abnormality, facet 1
+ALERT_SOURCE_ATTR = "68480^MDC_ATTR_ALERT_SOURCE^MDC"  # facet 2 where no metric is the source
 EVENT_PHASE = "68481^MDC_ATTR_EVENT_PHASE^MDC"
 ALARM_STATE = "68482^MDC_ATTR_ALARM_STATE^MDC"
 INACTIVATION_STATE = "68483^MDC_ATTR_ALARM_INACTIVATION_STATE^MDC"
 ALERT_PRIORITY = {"high": "PH", "medium": "PM", "low": "PL"}  # OBX-8, with the source
 ALERT_SOURCE = {"physiological": "SP", "technical": "ST"}
-PHASES = ("start", "update", "escalate", "de-escalate", "reactivate", "end")
+PHASES = ("start", "update", "escalate", "de-escalate", "end")
 ALARM_STATES = ("active", "latched", "inactive")
+INACTIVATION_STATES = ("enabled", "alert-acknowledged")
 ACCEPTED = ("AA", "CA")  # original / enhanced mode: accepted
 # HL7's delimiters, line breaks and every other control character (MLLP's 0x0B and 0x1C among
 # them) become spaces in free text
@@ -61,10 +91,7 @@ _ESCAPES = str.maketrans(
     {**{chr(c): " " for c in range(32)}, "\x7f": " ", "|": " ", "^": " ", "~": " ", "\\": " ",
      "&": " "}
 )  # fmt: skip
-
-
 MIN_YEAR = 1900  # a device time before it is a clock never set, not a measurement's time
-P = ParamSpec("P")
 
 
 class Hl7Error(LungwatchError):
@@ -73,25 +100,51 @@ class Hl7Error(LungwatchError):
 
 @dataclass(frozen=True)
 class Sender:
-    """MSH's sending and receiving application and facility."""
+    """MSH's sending and receiving application and facility, and the gateway's own EUI-64
+    (MSH-3's universal id; "" where the gateway's host has none)."""
 
     application: str = "LUNGWATCH"
     facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
     processing_id: str = "P"  # P production, T training, D debugging
+    equipment: str = ""  # EUI-64, 16 upper-case hex digits (lungwatch.equipment)
+
+    def identifier(self, entity: str = "") -> str:
+        """An identifier this application assigns (EI): ``entity^application^EUI-64^EUI-64``;
+        without ``entity``, the application itself (HD: ``application^EUI-64^EUI-64``)."""
+        app = plain(self.application)
+        if not entity:
+            return f"{app}^{self.equipment}^{EUI64}" if self.equipment else app
+        universal = f"^{self.equipment}^{EUI64}" if self.equipment else ""
+        return f"{plain(entity)}^{app}{universal}"
 
 
 @dataclass(frozen=True)
 class Bed:
-    """Where a reading comes from: the device's stream, the hospital's location for it
-    (PV1-3, ``point of care^room^bed^facility``) and, when known, the patient's id (PID-3,
-    ``id^^^authority^MR``; unknown: the bed's own, ``<device>.<stream>^^^LUNGWATCH^ANON``)."""
+    """Where a reading comes from: the device's stream and its EUI-64 (the device's, as its
+    status says; "" not known yet), the hospital's location for it (PV1-3, ``point of
+    care^room^bed^facility``) and, when known, the patient's id (PID-3, ``id^^^authority^MR``;
+    unknown: the bed's own, ``<device>.<stream>^^^LUNGWATCH^ANON``)."""
 
     device_id: str
     stream_id: str
     location: str = ""
     patient_id: str = ""
+    equipment: str = ""
+    site: str = ""
+
+    @property
+    def name(self) -> str:
+        """The bed's name within the site: ``<device>.<stream>``, whole."""
+        return f"{plain(self.device_id)}.{plain(self.stream_id)}"
+
+    @property
+    def equipment_id(self) -> str:
+        """OBX-18 (EI): the bed's name, the local namespace, and the device's EUI-64 as the
+        universal id where it is known."""
+        universal = f"^{self.equipment}^{EUI64}" if self.equipment else ""
+        return f"{self.name}^{LOCAL_NAMESPACE}{universal}"
 
 
 @dataclass(frozen=True)
@@ -131,77 +184,76 @@ def plain(text: object) -> str:
     return str(text).translate(_ESCAPES).strip()
 
 
-def _built(build: Callable[P, str]) -> Callable[P, str]:
-    """A message builder whose fields the library refuses as they are set (a component over
-    its length, a value of the wrong form) raises :class:`Hl7Error` naming it, as a message
-    that fails validation does: one message is refused, never the caller's loop."""
-
-    @functools.wraps(build)
-    def built(*args: P.args, **kwargs: P.kwargs) -> str:
-        try:
-            return build(*args, **kwargs)
-        except HL7apyException as exc:
-            raise Hl7Error(f"HL7 v{VERSION} ORU_R01: {exc}") from None
-
-    return built
+def range_flag(value: float, low: object, high: object) -> str:
+    """OBX-8 of a numeric against its reference range: H above, L below, N within; "" when
+    the range is not known."""
+    if not (isinstance(low, int | float) and isinstance(high, int | float)):
+        return ""
+    return "H" if value > high else "L" if value < low else "N"
 
 
-@_built
+def limits_of(low: object, high: object) -> str:
+    """OBX-7 ``low-high``; "" unless both are numbers."""
+    if isinstance(low, int | float) and isinstance(high, int | float):
+        return f"{low:g}-{high:g}"
+    return ""
+
+
 def rate_message(
     reading: Mapping[str, Any], bed: Bed, sender: Sender, control_id: str, now: dt.datetime
 ) -> str:
     """PCD-01 of one respiration reading (the respiration topic's message): the rate with
-    its reference range when the state is ``ok``, else the assessment's state and reason."""
+    its reference range and flag when the state is ``ok``, else the assessment's state and
+    reason; then the finding rates the bed has."""
     utc = str(reading.get("utc", ""))
-    msg, order = _observation_message(bed, sender, control_id, now, utc)
+    when = hl7_time(utc)
+    metrics: list[list[str]] = []
     if reading.get("state") == "ok" and isinstance(reading.get("rate_bpm"), int | float):
+        rate = float(reading["rate_bpm"])
         low, high = reading.get("low_bpm"), reading.get("high_bpm")
-        limits = f"{low:g}-{high:g}" if isinstance(low, int | float) and isinstance(
-            high, int | float) else ""  # fmt: skip
-        _obx(order, 1, "NM", MDC_RESP_RATE, f"{float(reading['rate_bpm']):.1f}", utc, bed,
-             units=MDC_RESP_PER_MIN, limits=limits, status="R")  # fmt: skip
+        metrics.append(["NM", MDC_RESP_RATE, f"{rate:.1f}", MDC_RESP_PER_MIN, limits_of(low, high),
+                        range_flag(round(rate, 1), low, high), when, AUTO_MEASUREMENT])  # fmt: skip
     else:
         state = plain(reading.get("state", "unknown"))
         reason = plain(reading.get("reason", ""))
         value = f"{state}^{reason or state}^{LOCAL_TABLE}"
-        _obx(order, 1, "CWE", RESPIRATION_STATE, value, utc, bed, status="R")
-    set_id = 1
+        metrics.append(["CWE", RESPIRATION_STATE, value, "", "", "", when, ""])
     for key, family in FINDING_RATE_FAMILY.items():  # the finding rates, where the bed has one
         share = reading.get(key)
         if isinstance(share, int | float):
-            set_id += 1
             code = f"{FINDING_RATE_CODE[family]}^{FINDING_RATE_TEXT[family]}^{LOCAL_TABLE}"
-            _obx(order, set_id, "NM", code, f"{float(share):.1f}", utc, bed, units=PERCENT,
-                 status="R")  # fmt: skip
-    return _checked(msg)
+            metrics.append(["NM", code, f"{float(share):.1f}", PERCENT, "", "", when,
+                            AUTO_MEASUREMENT])  # fmt: skip
+    return _observation_message(bed, sender, control_id, now, when, "", metrics)
 
 
-@_built
 def finding_message(
     event: Mapping[str, Any], bed: Bed, sender: Sender, control_id: str, now: dt.datetime
 ) -> str:
-    """PCD-01 of one event's onset or end: the finding present (onset, preliminary) or over
-    (ended, final); a technical event is an observation of the signal's quality."""
-    start, end = str(event.get("start_utc", "")), event.get("end_utc")
-    ended = event.get("state") == "ended"
-    msg, order = _observation_message(bed, sender, control_id, now, start, end if ended else None)
+    """PCD-01 of one finding episode's onset or end: the finding present, observed from
+    OBR-7 (and, once it ended, to OBR-8); a technical event is an observation of the signal's
+    quality."""
+    start, end = hl7_time(str(event.get("start_utc", ""))), ""
+    if event.get("state") == "ended" and event.get("end_utc"):
+        end = hl7_time(str(event["end_utc"]))
     kind = event.get("type", "")
     if event.get("kind") == "technical":
         value = f"{plain(kind)}^{plain(kind)}^{LOCAL_TABLE}"
-        _obx(order, 1, "CWE", SIGNAL_QUALITY, value, start, bed, status="F" if ended else "P")
+        metric = ["CWE", SIGNAL_QUALITY, value, "", "", "", start, ""]
     else:
         code, text = event.get("snomed_ct"), display_name(str(kind))
         what = f"{plain(code)}^{plain(text)}^SCT" if code else f"{plain(kind)}^{plain(text)}^" \
             f"{LOCAL_TABLE}"  # fmt: skip
-        _obx(order, 1, "CWE", what, PRESENT, start, bed, status="F" if ended else "P")
-    return _checked(msg)
+        metric = ["CWE", what, PRESENT, "", "", "", start, ""]
+    return _observation_message(bed, sender, control_id, now, start, end, [metric])
 
 
 @dataclass(frozen=True)
 class AlertReport:
     """One change of a bed's alarm condition (:mod:`gateway.alarms`): which alert (its id is
-    the same in every report of it), what changed (``phase``), and the condition as it is
-    now."""
+    the same in every report of it), what changed (``phase``), the condition as it is now,
+    and its source's latest value where the gateway has one (``source``: the rate with its
+    limits for a breathing condition, the finding rate for a finding family)."""
 
     alert_id: str
     condition: str  # CAS, DAS, apnoea, ... or a technical type (lungwatch.alarms)
@@ -213,6 +265,7 @@ class AlertReport:
     acknowledged_by: str | None  # None: not acknowledged; "" acknowledged, nobody named
     first_onset_utc: str
     utc: str  # when the gateway saw the change
+    source: tuple[float, float | None, float | None] | None = None  # value, low, high
 
 
 def condition_code(condition: str, text: str) -> str:
@@ -225,35 +278,57 @@ def condition_code(condition: str, text: str) -> str:
     return f"{plain(condition)}^{plain(text)}^{LOCAL_TABLE}"
 
 
-@_built
+def _source_facet(report: AlertReport, sub_id: str, when: str) -> str:
+    """Facet 2 of an alert: the metric that is its source with its latest value and limits
+    (the rate for a breathing condition, the finding rate for a finding family), else the
+    alert source attribute naming the bed's channel (or, for a technical alarm, the device)."""
+    family_code = {family: f"{FINDING_RATE_CODE[family]}^{FINDING_RATE_TEXT[family]}^{LOCAL_TABLE}"
+                   for family in FINDING_RATE_CODE}  # fmt: skip
+    if report.source is not None and report.kind == "physiological":
+        value, low, high = report.source
+        if report.condition in ALERT_EVENT:
+            return _obx(2, "NM", MDC_RESP_RATE, sub_id, f"{value:.1f}", MDC_RESP_PER_MIN,
+                        limits_of(low, high), (range_flag(round(value, 1), low, high),),
+                        when=when)  # fmt: skip
+        if report.condition in family_code:
+            return _obx(2, "NM", family_code[report.condition], sub_id, f"{value:.1f}", PERCENT,
+                        when=when)  # fmt: skip
+    source = CHAN if report.kind == "physiological" else MDS
+    return _obx(2, "CWE", ALERT_SOURCE_ATTR, sub_id, source, when=when)
+
+
 def alert_message(
     report: AlertReport, bed: Bed, sender: Sender, control_id: str, now: dt.datetime
 ) -> str:
-    """PCD-04 of one alarm condition's change: the alert (OBR-3 its id, OBR-4 MDC_EVT_ALARM)
-    and its facets, one OBX each (OBX-4 ``1.0.0.0.N``): what it is with its priority and
-    source (OBX-8), the event phase, the alarm state, and whether a person acknowledged it
-    (``alert-acknowledged``, OBX-16 who)."""
+    """PCD-04 of one alarm condition's change: the alert (OBR-3 its id for its whole life,
+    OBR-4 MDC_EVT_ALARM) and its facets, one OBX each (OBX-4 ``<source>.N``): what it is
+    with its priority and source (OBX-8), its source metric, the event phase, the alarm
+    state, and the inactivation state (``alert-acknowledged``, OBX-16 by whom)."""
     if report.phase not in PHASES or report.alarm_state not in ALARM_STATES:
         raise Hl7Error(f"alert phase {report.phase!r} / state {report.alarm_state!r} unknown")
     if report.priority not in ALERT_PRIORITY or report.kind not in ALERT_SOURCE:
         raise Hl7Error(f"alert priority {report.priority!r} / kind {report.kind!r} unknown")
-    msg, order = _observation_message(
-        bed, sender, control_id, now, report.first_onset_utc, trigger="R40"
-    )
-    order.obr.obr_3 = f"{plain(report.alert_id)}^{plain(sender.application)}"
-    order.obr.obr_4 = ALERT
-    utc = report.utc
-    flags = (ALERT_PRIORITY[report.priority], ALERT_SOURCE[report.kind])
-    what = condition_code(report.condition, report.text)
-    _obx(order, 1, "CWE", ALERT, what, utc, bed, status="R", sub_id="1.0.0.0.1", flags=flags)
-    _obx(order, 2, "ST", EVENT_PHASE, report.phase, utc, bed, status="R", sub_id="1.0.0.0.2")
-    _obx(order, 3, "ST", ALARM_STATE, report.alarm_state, utc, bed, status="R",
-         sub_id="1.0.0.0.3")  # fmt: skip
+    when = hl7_time(report.utc)
+    base = f"{METRIC_PREFIX}1" if report.kind == "physiological" else MDS_ID
+    limit = ALERT_LIMIT_FLAG.get(report.condition, "")
+    priority, source = ALERT_PRIORITY[report.priority], ALERT_SOURCE[report.kind]
+    flags = (limit, priority, source) if limit else (priority, source)
+    event = ALERT_EVENT.get(report.condition, ALERT)
     acked = report.acknowledged_by is not None
-    _obx(order, 4, "ST", INACTIVATION_STATE, "alert-acknowledged" if acked else "enabled",
-         utc, bed, status="R", sub_id="1.0.0.0.4",
-         observer=plain(report.acknowledged_by) if acked else "")  # fmt: skip
-    return _checked(msg)
+    inactivation = "alert-acknowledged" if acked else "enabled"
+    segments = _head(bed, sender, control_id, now, "R40", "ORU_R40", PCD04_PROFILE)
+    segments.append(_segment("OBR", ["1", "", sender.identifier(report.alert_id), ALERT, "", "",
+                                     hl7_time(report.first_onset_utc)]))  # fmt: skip
+    segments += [
+        _obx(1, "CWE", event, f"{base}.1", condition_code(report.condition, report.text),
+             flags=flags, when=when, equipment=bed.equipment_id),
+        _source_facet(report, f"{base}.2", when),
+        _obx(3, "ST", EVENT_PHASE, f"{base}.3", report.phase, when=when),
+        _obx(4, "ST", ALARM_STATE, f"{base}.4", report.alarm_state, when=when),
+        _obx(5, "ST", INACTIVATION_STATE, f"{base}.5", inactivation, when=when,
+             observer=plain(report.acknowledged_by) if acked else ""),
+    ]  # fmt: skip
+    return _message(segments)
 
 
 def parse_ack(text: str) -> Ack:
@@ -277,83 +352,78 @@ def control_id_of(text: str) -> str:
     return fields[9]
 
 
-def _observation_message(
-    bed: Bed,
-    sender: Sender,
-    control_id: str,
-    now: dt.datetime,
-    start: str,
-    end: Any = None,
-    trigger: str = "R01",
-) -> tuple[Message, Any]:
-    msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-    msh = msg.msh
-    msh.msh_3 = plain(sender.application)
-    msh.msh_4 = plain(sender.facility)
-    msh.msh_5 = plain(sender.receiving_application)
-    msh.msh_6 = plain(sender.receiving_facility)
-    msh.msh_7 = hl7_time(now)
-    msh.msh_9 = f"ORU^{trigger}^ORU_R01"
-    msh.msh_10 = control_id
-    msh.msh_11 = sender.processing_id
-    msh.msh_12 = VERSION
-    msh.msh_15 = "AL"  # accept acknowledgement: always
-    msh.msh_16 = "NE"  # application acknowledgement: never
-    result = msg.add_group("ORU_R01_PATIENT_RESULT")
-    patient = result.add_group("ORU_R01_PATIENT")
+def _segment(name: str, fields: Sequence[str]) -> str:
+    """A segment: its name and fields (trailing empty ones left out)."""
+    fields = list(fields)
+    while fields and not fields[-1]:
+        fields.pop()
+    return "|".join([name, *fields])
+
+
+def _head(
+    bed: Bed, sender: Sender, control_id: str, now: dt.datetime, trigger: str, structure: str,
+    profile: str,
+) -> list[str]:  # fmt: skip
+    """MSH, PID and (with a location) PV1."""
+    if plain(control_id) != control_id or not control_id:
+        raise Hl7Error(f"control id {control_id!r} is not plain text")
+    msh = [
+        "^~\\&", sender.identifier(), plain(sender.facility), plain(sender.receiving_application),
+        plain(sender.receiving_facility), hl7_time(now), "", f"ORU^{trigger}^{structure}",
+        control_id, plain(sender.processing_id), VERSION, "", "", "AL", "NE", "", CHARSET, "", "",
+        profile,
+    ]  # fmt: skip
     # PID-3 is required: without the hospital's patient id, the bed's own (identifier type
-    # ANON, HL7 table 0203: it names the monitored bed, not the person)
-    patient.pid.pid_3 = bed.patient_id or f"{plain(bed.device_id)}.{plain(bed.stream_id)}" \
-        f"^^^{plain(sender.application)}^ANON"  # fmt: skip
-    patient.pid.pid_5 = "^^^^^^U"  # the name is the hospital's to know (U: unspecified)
+    # ANON, HL7 table 0203: it names the monitored bed, not the person); the name is the
+    # hospital's to know (U: unspecified)
+    patient = bed.patient_id or f"{bed.name}^^^{plain(sender.application)}^ANON"
+    segments = ["MSH|" + "|".join(msh), _segment("PID", ["", "", patient, "", "^^^^^^U"])]
     if bed.location:
-        visit = patient.add_group("ORU_R01_VISIT")
-        visit.pv1.pv1_2 = "I"  # inpatient
-        visit.pv1.pv1_3 = bed.location
-    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
-    order.obr.obr_1 = "1"
-    order.obr.obr_3 = f"{control_id}^{plain(sender.application)}"
-    order.obr.obr_4 = MONITORING
-    order.obr.obr_7 = hl7_time(start)
-    if end:
-        order.obr.obr_8 = hl7_time(str(end))
-    return msg, order
+        segments.append(_segment("PV1", ["", "I", bed.location]))  # inpatient
+    return segments
+
+
+def _observation_message(
+    bed: Bed, sender: Sender, control_id: str, now: dt.datetime, start: str, end: str,
+    metrics: list[list[str]],
+) -> str:  # fmt: skip
+    """PCD-01: the order observed from ``start`` (to ``end``), the device rows, then each
+    metric (value type, code, value, units, range, flag, time, method) of the bed's channel."""
+    segments = _head(bed, sender, control_id, now, "R01", "ORU_R01", PCD01_PROFILE)
+    segments.append(_segment("OBR", ["1", "", sender.identifier(control_id), MONITORING, "", "",
+                                     start, end]))  # fmt: skip
+    equipment = bed.equipment_id
+    segments += [
+        _obx(1, "", MDS, MDS_ID, status="X", equipment=equipment),
+        _obx(2, "", VMD, VMD_ID, status="X"),
+        _obx(3, "", CHAN, CHAN_ID, status="X"),
+    ]
+    for n, (kind, code, value, units, limits, flag, when, method) in enumerate(metrics, 1):
+        segments.append(_obx(3 + n, kind, code, f"{METRIC_PREFIX}{n}", value, units, limits,
+                             (flag,) if flag else (), when=when, method=method,
+                             equipment=equipment))  # fmt: skip
+    return _message(segments)
 
 
 def _obx(
-    order: Any, set_id: int, value_type: str, code: str, value: str, utc: str, bed: Bed, *,
-    units: str = "", limits: str = "", status: str = "F", sub_id: str = "",
-    flags: tuple[str, ...] = (), observer: str = "",
-) -> None:  # fmt: skip
-    obx = order.add_group("ORU_R01_OBSERVATION").obx
-    obx.obx_1 = str(set_id)
-    obx.obx_2 = value_type
-    obx.obx_3 = code
-    if sub_id:
-        obx.obx_4 = sub_id
-    obx.obx_5 = value
-    if units:
-        obx.obx_6 = units
-    if limits:
-        obx.obx_7 = limits
-    for flag in flags:  # OBX-8 repeats: one abnormal flag each
-        obx.add_field("obx_8").value = flag
-    obx.obx_11 = status
-    obx.obx_14 = hl7_time(utc)
-    if observer:
-        obx.obx_16 = observer  # the responsible observer: who acknowledged
-    # the equipment: device and stream in the identifier (ST, room for any configured id; the
-    # namespace component is 20 characters only), as PID-3 names the bed
-    obx.obx_18 = f"{plain(bed.device_id)}.{plain(bed.stream_id)}^LUNGWATCH"
+    set_id: int, value_type: str, code: str, sub_id: str, value: str = "", units: str = "",
+    limits: str = "", flags: tuple[str, ...] = (), *, status: str = "R", when: str = "",
+    observer: str = "", method: str = "", equipment: str = "",
+) -> str:  # fmt: skip
+    """One OBX: 1 set id, 2 value type, 3 identifier, 4 sub-id (containment), 5 value,
+    6 units, 7 reference range, 8 abnormal flags (repeated), 11 result status, 14 time,
+    16 responsible observer, 17 method, 18 equipment."""
+    fields = [str(set_id), value_type, code, sub_id, value, units, limits, "~".join(flags), "",
+              "", status, "", "", when, "", observer, method, equipment]  # fmt: skip
+    return _segment("OBX", fields)
 
 
-def _checked(msg: Message) -> str:
-    """The message validated, as ER7 text (the library's refusals become :class:`Hl7Error` in
-    :func:`_built`, around every builder that calls this)."""
-    msg.validate()
-    text = str(msg.to_er7())
+def _message(segments: list[str]) -> str:
+    """The message: its segments, each ended by a carriage return (the last one too); text
+    that is not UTF-8 (a lone surrogate) is refused."""
+    text = "".join(segment + "\r" for segment in segments)
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate in some text
-        raise Hl7Error(f"HL7 v{VERSION} ORU_R01: not UTF-8 text ({exc.reason})") from None
+    except UnicodeEncodeError as exc:
+        raise Hl7Error(f"HL7 v{VERSION}: not UTF-8 text ({exc.reason})") from None
     return text

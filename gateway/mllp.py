@@ -19,11 +19,12 @@ import socket
 import time
 
 from gateway.hl7 import Hl7Error, parse_ack
-from gateway.outbox import REFUSED, RETRY, SENT, Queued
+from gateway.outbox import REFUSED, REJECTED, RETRY, SENT, Queued
 from lungwatch.errors import LungwatchError
 
 START, END = b"\x0b", b"\x1c\x0d"
 MAX_FRAME_BYTES = 1 << 20  # a reply larger than this is no acknowledgement
+REJECTIONS = ("AR", "CR")  # the receiver will not take the message as it is
 
 
 class MllpError(LungwatchError):
@@ -109,8 +110,10 @@ class MllpClient:
 
 class MllpTransport:
     """The courier's transport over MLLP: a message is sent when its ACK accepts it (``AA``
-    or ``CA`` for its own control id), refused on ``AE``/``AR``/``CE``/``CR``; anything else
-    (no connection, no reply in time, a reply to another id) is tried again."""
+    or ``CA`` for its own control id); refused on ``AE``/``CE`` and on a reply to another
+    control id (the connection is closed: the stream is out of step), rejected for good on
+    ``AR``/``CR``; anything else (no connection, no reply in time, a reply that is no ACK) is
+    tried again."""
 
     def __init__(self, client: MllpClient) -> None:
         self.client = client
@@ -122,10 +125,12 @@ class MllpTransport:
             return RETRY, str(exc)
         if ack.control_id != row.control_id:
             self.client.close()  # a reply to some other message: the stream is out of step
-            return RETRY, f"the reply acknowledges {ack.control_id!r}, not {row.control_id!r}"
+            why = f"the reply acknowledges {ack.control_id[:40]!r}, not {row.control_id!r}"
+            return REFUSED, why
         if ack.accepted:
             return SENT, ""
-        return REFUSED, f"{ack.code} {ack.text}".strip()
+        outcome = REJECTED if ack.code in REJECTIONS else REFUSED
+        return outcome, f"{ack.code} {ack.text}".strip()
 
     def close(self) -> None:
         self.client.close()

@@ -15,10 +15,12 @@ the MQTT broker delivers again (retained, or QoS 1 after a reconnect) is queued 
 The courier sends the oldest queued message and waits for its acknowledgement. A lost
 connection or a reply that does not come within the timeout is retried after a backoff
 (``backoff_min_s`` doubling to ``backoff_max_s``) for as long as it takes: the receiver being
-down loses nothing. A negative acknowledgement (AE/AR, CE/CR) is retried the same way up to
-``max_refusals`` times; after that the message is kept in the queue as ``refused`` (counted,
-logged with the receiver's text, listed by ``lungwatch gateway --status``) so that one message
-the receiver will never take does not hold back the rest. Sent rows are kept
+down loses nothing. An application error (AE, CE) or a reply that acknowledges another
+control id is retried the same way up to ``max_refusals`` times; a rejection (AR, CR: the
+receiver will not take these bytes, so sending them again cannot help) at once; after that
+the message is kept in the queue as ``refused`` (counted, logged with the receiver's text,
+listed by ``lungwatch gateway --status``, put back by ``--resend``) so that one message the
+receiver will never take does not hold back the rest. Sent rows are kept
 ``keep_sent_s`` (their keys keep a late duplicate out), then deleted.
 
 The file is created 0600 (its folder the caller's); SQLite in WAL mode, synchronous FULL: a
@@ -219,6 +221,18 @@ class Outbox:
             ).fetchall()
         return [(str(k), str(c), str(e)) for k, c, e in rows]
 
+    def resend(self, which: str = "all") -> int:
+        """Put refused messages back in the queue, to be sent in their place (by age) with
+        the same bytes and control id and their refusals counted anew: ``which`` is ``all``
+        or one message's control id or key. How many."""
+        with self._lock:
+            done = self._db.execute(
+                "UPDATE outbox SET state = 'queued', refusals = 0, done_s = NULL "
+                "WHERE state = 'refused' AND (? = 'all' OR control_id = ? OR key = ?)",
+                (which, which, which),
+            )
+            return int(done.rowcount)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -254,7 +268,9 @@ class CourierConfig:
     max_refusals: int = 5
 
 
-SENT, RETRY, REFUSED = "sent", "retry", "refused"  # what one delivery attempt came to
+# what one delivery attempt came to: accepted; to be tried again; refused (tried again up to
+# max_refusals); rejected (refused for good at once: sending the same bytes again cannot help)
+SENT, RETRY, REFUSED, REJECTED = "sent", "retry", "refused", "rejected"
 
 
 class Transport(Protocol):
@@ -300,10 +316,10 @@ class Courier:
             self.stats["sent"] += 1
             self.last_sent_utc = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             return True
-        refusal = outcome == REFUSED
+        refusal = outcome in (REFUSED, REJECTED)
         refusals = self.outbox.attempted(row.seq, why, refusal)
         self.last_error = f"{row.control_id}: {why}"
-        if refusal and refusals >= self.config.max_refusals:
+        if outcome == REJECTED or (refusal and refusals >= self.config.max_refusals):
             self.outbox.refused(row.seq, why)
             self.stats["refused"] += 1
             log.error("message %s (%s) refused %d times, kept as refused: %s", row.control_id,

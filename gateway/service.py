@@ -41,7 +41,9 @@ from gateway.mllp import MllpClient, MllpTransport
 from gateway.outbox import Courier, Outbox, StoreError, new_control_id
 from lungwatch.access import GATEWAY_READS
 from lungwatch.alarms import condition_of
+from lungwatch.equipment import eui64
 from lungwatch.events import (
+    FINDING_RATE_FAMILY,
     FINDING_RATE_KEYS,
     FINDING_TYPES,
     RESPIRATION_STATES,
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 ALARM_TICK_S = 1.0  # how often the alarm conditions are compared with what was reported
 MAX_OWNED_EPISODES = 100_000  # episodes whose bed the intake remembers (an id is refused
 # on another bed while remembered; an episode lasts minutes, this is days of a large ward)
+MAX_DEVICES = 4096  # devices whose EUI-64 the intake remembers
 MAX_AHEAD_S = 300.0  # a reading's time may lie this far ahead of the gateway's clock, no more
 STORE_RETRY_S = 1.0  # a message the queue could not store is tried again this often
 
@@ -93,14 +96,15 @@ def hl7_route(
     )  # fmt: skip
 
 
-def fhir_route(outbox: Outbox) -> Route:
+def fhir_route(outbox: Outbox, patient_system: str = "") -> Route:
     """FHIR R4 Observations (:mod:`gateway.fhir`): a reading's resource is named by its key,
     a finding's by its episode within its site, device and bed (its end updates its onset's
     resource; no other bed's episode can)."""
     return Route(
         "fhir", outbox,
-        lambda data, bed, key, cid: rate_observation(data, bed, key),
-        lambda data, bed, key, cid: finding_observation(data, bed, episode_key(data)),
+        lambda data, bed, key, cid: rate_observation(data, bed, key, patient_system),
+        lambda data, bed, key, cid: finding_observation(data, bed, episode_key(data),
+                                                        patient_system),
     )  # fmt: skip
 
 
@@ -127,6 +131,8 @@ class Intake:
         self._last_rate: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
         self._beds: dict[str, set[str]] = {}  # each device's beds heard so far
         self._owners: dict[str, tuple[str, str]] = {}  # episode -> its bed, oldest first
+        self._latest: dict[tuple[str, str], dict[str, Any]] = {}  # each bed's latest reading
+        self._equipment: dict[str, str] = {}  # each device's EUI-64, as its status says
         self.lock = threading.Lock()  # the alarm conditions: MQTT's thread and the tick's
         self.adt = AdtFeed(Path(config.adt_file)) if config.adt_file else None
         hl7 = next((route for route in routes if route.name == "hl7"), None)
@@ -138,6 +144,7 @@ class Intake:
                       note: tuple[str, str | None]) -> bool:  # fmt: skip
                 control_id = new_control_id()
                 bed = self.bed(device_id, stream_id)
+                report = dataclasses.replace(report, source=self._source(report, bed))
                 text = alert_message(report, bed, sender, control_id, now())
                 return outbox.put_built(key, control_id, text, note)
 
@@ -156,8 +163,13 @@ class Intake:
 
     def _handle(self, topic: str, payload: bytes) -> str:
         parts = topic.split("/")
-        if len(parts) != 6 or "/".join(parts[:2]) != TOPIC_ROOT or parts[2] != self.config.site:
+        if len(parts) not in (5, 6) or "/".join(parts[:2]) != TOPIC_ROOT or parts[2] != \
+                self.config.site:  # fmt: skip
             raise MessageError(f"not a topic of site {self.config.site}")
+        if len(parts) == 5:
+            if parts[4] != "status":
+                raise MessageError(f"the gateway does not read {parts[4]!r} messages")
+            return self._status(parts[3], payload)
         device_id, stream_id, kind = parts[3:]
         beds = self._beds.setdefault(device_id, set())
         if stream_id not in beds:
@@ -202,16 +214,58 @@ class Intake:
                     f"respiration utc {reading['utc']} is {ahead:.0f} s ahead of the gateway's "
                     f"clock (more than {MAX_AHEAD_S:g} s)"
                 )
+            latest = self._latest.get((device_id, stream_id))
+            if latest is None or when >= latest["when"]:
+                self._latest[(device_id, stream_id)] = {**reading, "when": when}
             if not self._rate_due(device_id, stream_id, reading["state"], when):
                 return "skipped"
-            key = f"respiration/{device_id}/{stream_id}/{reading['utc']}"
+            key = f"respiration/{self.config.site}/{device_id}/{stream_id}/{reading['utc']}"
             return self._put(key, reading, self.bed(device_id, stream_id), "reading")
         raise MessageError(f"the gateway does not read {kind!r} messages")
 
+    def _status(self, device_id: str, payload: bytes) -> str:
+        """A device's status: its EUI-64 (where it gives one) names it from now on."""
+        body = parse_message(payload, MAX_MESSAGE_BYTES, MAX_JSON_DEPTH)
+        for name, value in (("site", self.config.site), ("device_id", device_id)):
+            if body.get(name) != value:
+                raise MessageError(f"{name} {body.get(name)!r} is not the topic's {value!r}")
+        given = body.get("eui64")
+        if given is None:
+            return "skipped"
+        try:
+            equipment = eui64(given) if isinstance(given, str) else ""
+        except ValueError:
+            equipment = ""
+        if equipment != given:
+            raise MessageError(f"eui64 {str(given)[:40]!r} is not 16 upper-case hex digits")
+        if len(self._equipment) >= MAX_DEVICES and device_id not in self._equipment:
+            raise MessageError(f"more than {MAX_DEVICES} devices", "over_limit")
+        self._equipment[device_id] = equipment
+        return "taken"
+
+    def _source(self, report: AlertReport, bed: Bed) -> tuple[float, Any, Any] | None:
+        """An alert's source value: the bed's latest rate (with its limits) for a breathing
+        condition, its latest finding rate for a finding family; None without one."""
+        latest = self._latest.get((bed.device_id, bed.stream_id))
+        if latest is None:
+            return None
+        if report.condition in ("tachypnoea", "bradypnoea", "apnoea"):
+            rate = latest.get("rate_bpm") if latest.get("state") == "ok" else None
+            if is_number(rate):
+                return (float(rate), latest.get("low_bpm"), latest.get("high_bpm"))
+            return None
+        key = next((k for k, f in FINDING_RATE_FAMILY.items() if f == report.condition), None)
+        share = latest.get(key) if key else None
+        return (float(share), None, None) if is_number(share) else None
+
     def bed(self, device_id: str, stream_id: str) -> Bed:
         """The bed's place (the configuration's ``beds``) and patient: the ADT feed's at that
-        place when it names one, else the configured one."""
+        place when it names one, else the configured one; its device's EUI-64 as the device's
+        status gave it."""
         bed = self.config.bed(device_id, stream_id)
+        equipment = self._equipment.get(device_id, "")
+        if equipment:
+            bed = dataclasses.replace(bed, equipment=equipment)
         if self.adt is not None and bed.location:
             patient = self.adt.patient_at(bed.location)
             if patient:
@@ -317,7 +371,7 @@ class Gateway:
             if config.fhir is not None:
                 fhir = config.fhir
                 outbox = Outbox(Path(fhir.queue))
-                self.routes.append(fhir_route(outbox))
+                self.routes.append(fhir_route(outbox, fhir.patient_system))
                 transport = FhirTransport(fhir.base_url, fhir.timeout_s, fhir.token())
                 self.couriers.append(Courier(outbox, transport, fhir.courier))
         except BaseException:
@@ -333,6 +387,7 @@ class Gateway:
         mqtt = config.mqtt
         self.client_id = f"lungwatch-gateway-{config.site}{mqtt.private_suffix()}"
         self.topics = [f"{TOPIC_ROOT}/{config.site}/+/+/{kind}" for kind in GATEWAY_READS]
+        self.topics.append(f"{TOPIC_ROOT}/{config.site}/+/status")  # each device's EUI-64
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker took the subscriptions (SUBACK)
         self._connack = threading.Event()

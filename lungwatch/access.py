@@ -110,6 +110,7 @@ def acl_text(site: str, clients: list[Client]) -> str:
                       f"topic write {own}/+/evidence"]  # fmt: skip
         elif client.role == "gateway":
             lines += [f"topic read {root}/+/+/{kind}" for kind in GATEWAY_READS]
+            lines.append(f"topic read {root}/+/status")  # each device's equipment id
         else:
             lines += [f"topic read {root}/#", f"topic write {root}/+/command"]
     return "\n".join(lines) + "\n"

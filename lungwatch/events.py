@@ -311,10 +311,16 @@ COMMAND_POLICIES = ("signed", "signed_or_unsigned", "refused")
 
 
 def status_payload(
-    state: str, site: str, device_id: str, reason: str, commands: str | None = None
+    state: str,
+    site: str,
+    device_id: str,
+    reason: str,
+    commands: str | None = None,
+    eui64: str = "",
 ) -> str:
     """The JSON published on the status topic (``state`` is ``online`` or ``offline``;
-    ``commands``, when given, one of :data:`COMMAND_POLICIES`)."""
+    ``commands``, when given, one of :data:`COMMAND_POLICIES`; ``eui64``, when known, the
+    device's equipment identifier, :mod:`lungwatch.equipment`)."""
     if state not in ("online", "offline"):
         raise EventError(f"status.state must be 'online' or 'offline', got {state!r}")
     if commands is not None and commands not in COMMAND_POLICIES:
@@ -323,6 +329,8 @@ def status_payload(
     body.update({"device_id": device_id, "utc": utc_now(), "reason": reason})
     if commands is not None:
         body["commands"] = commands
+    if eui64:
+        body["eui64"] = eui64
     return json.dumps(body, separators=(",", ":"))
 
 

@@ -35,6 +35,7 @@ class MqttConfig:
     port: int = 1883
     site: str = "site"  # topic segment: the ward / site
     device_id: str = "device-1"  # topic segment: this device
+    eui64: str = ""  # this device's EUI-64 in its status ("" unknown; lungwatch.equipment)
     client_id: str | None = None  # None: lungwatch-<site>-<device_id>-<secret> (stable)
     username: str | None = None  # this client's own user (``lungwatch access`` makes one each)
     password: str | None = field(default=None, repr=False)  # needs username

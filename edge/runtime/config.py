@@ -68,6 +68,7 @@ from lungwatch.commandauth import (
     read_key,
 )
 from lungwatch.config import check, load_config
+from lungwatch.equipment import eui64, host_eui64
 from lungwatch.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from lungwatch.events import DEVICE_STREAM, SOUND_TYPES, is_segment
 from lungwatch.hosts import is_loopback
@@ -189,6 +190,9 @@ class RuntimeConfig:
     streams: tuple[StreamConfig, ...]
     site: str = "ward-1"
     device_id: str = "edge-1"
+    # the device's IEEE EUI-64 (or its MAC), naming it as equipment to the hospital; left out:
+    # the host's own, from its MAC (lungwatch.equipment)
+    equipment_eui64: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureSpec | None = None
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -263,7 +267,14 @@ class RuntimeConfig:
             True,
             "false while the broker is beyond loopback (or set mqtt.allow_insecure: true)",
         )
+        if self.equipment_eui64 is not None:
+            try:
+                eui64(self.equipment_eui64)
+            except ValueError as exc:
+                check(False, "equipment_eui64", self.equipment_eui64, str(exc))
         default = MqttConfig()
+        check(self.mqtt.eui64 == "", "mqtt.eui64", self.mqtt.eui64,
+              "left out (the top-level equipment_eui64 is used)")  # fmt: skip
         for key in ("site", "device_id"):
             given = getattr(self.mqtt, key)
             same = given in (getattr(default, key), getattr(self, key))
@@ -276,8 +287,13 @@ class RuntimeConfig:
 
     @property
     def mqtt_config(self) -> MqttConfig:
-        """The MQTT settings with this device's identity."""
-        return dataclasses.replace(self.mqtt, site=self.site, device_id=self.device_id)
+        """The MQTT settings with this device's identity (its EUI-64 the configured one, else
+        its host's)."""
+        given = self.equipment_eui64
+        equipment = eui64(given) if given is not None else host_eui64()
+        return dataclasses.replace(
+            self.mqtt, site=self.site, device_id=self.device_id, eui64=equipment
+        )
 
 
 def load_runtime_config(

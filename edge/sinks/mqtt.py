@@ -357,9 +357,8 @@ class MqttSink:
 
     # -- paho callbacks (network thread) -----------------------------------------------
     def _on_pre_connect(self, client: Any, userdata: Any) -> None:
-        offline = status_payload(
-            "offline", self.config.site, self.config.device_id, "connection lost"
-        )
+        offline = status_payload("offline", self.config.site, self.config.device_id,
+                                 "connection lost", eui64=self.config.eui64)  # fmt: skip
         client.will_set(self._status_topic, offline, qos=1, retain=True)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -370,8 +369,9 @@ class MqttSink:
             self._refusal = None
             self._counts["connects"] += 1
             self._connected.set()
-            online = status_payload("online", self.config.site, self.config.device_id,
-                                    "connected", self.command_policy)  # fmt: skip
+            cfg = self.config
+            online = status_payload("online", cfg.site, cfg.device_id, "connected",
+                                    self.command_policy, cfg.eui64)  # fmt: skip
             client.publish(self._status_topic, online, qos=1, retain=True)
             for topic, payload in list(self._retained.values()):
                 client.publish(topic, payload, qos=1, retain=True)
@@ -478,7 +478,8 @@ class MqttSink:
     def _say_offline(self) -> None:
         if not self._connected.is_set():
             return  # the broker has already published the will
-        offline = status_payload("offline", self.config.site, self.config.device_id, "shutdown")
+        offline = status_payload("offline", self.config.site, self.config.device_id, "shutdown",
+                                 eui64=self.config.eui64)  # fmt: skip
         info = self._client.publish(self._status_topic, offline, qos=1, retain=True)
         try:
             info.wait_for_publish(timeout=self.config.flush_timeout_s)

@@ -1,7 +1,9 @@
 """A real MLLP receiver for the gateway's tests: a TCP server that reads MLLP frames, parses
-and validates each message with hl7apy against HL7 v2.6 (strict), and answers each with an
-ACK: AA when it validates, AE naming the error when it does not, or whatever a test asks for
-a control id. It can be killed (listening socket and every connection closed at once) and
+each message with python-hl7 (not the gateway's own code) and checks it against the IHE PCD
+rules of :mod:`tests.gateway.conformance` (PCD-01 ``ORU^R01^ORU_R01`` and PCD-04
+``ORU^R40^ORU_R40``), and answers each with an ACK: AA when it conforms, AE naming what is
+wrong when it does not, or whatever a test asks for a control id. It can be killed
+(listening socket and every connection closed at once) and
 started again on the same port, and told to die right after receiving a message, before
 answering it, as a crashed receiver does."""
 
@@ -12,17 +14,16 @@ import socket
 import threading
 from collections.abc import Callable
 
-from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
-from hl7apy.exceptions import HL7apyException
-from hl7apy.parser import parse_message
 
 from gateway.mllp import frame, read_frame
+from tests.gateway.conformance import problems
 
 
 class Receiver:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, equipment: bool = False) -> None:
         self.port = port
+        self.equipment = equipment  # the EUI-64s must be there (MSH-3, OBX-18)
         self.received: list[str] = []  # control ids in arrival order (retransmissions too)
         self.accepted: dict[str, str] = {}  # control id -> message text, first accepted copy
         self.errors: list[str] = []
@@ -81,16 +82,12 @@ class Receiver:
             return
 
     def _handle(self, text: str) -> str | None:
-        control_id, code, detail = "", "AA", ""
-        try:
-            msg = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT)
-            msg.validate()
-            control_id = msg.msh.msh_10.to_er7()
-            if msg.msh.msh_12.to_er7() != "2.6":
-                code, detail = "AR", "not HL7 v2.6"
-        except HL7apyException as exc:
-            code, detail = "AE", f"invalid message: {exc}"
-            control_id = text.split("\r", 1)[0].split("|")[9] if "|" in text else ""
+        code, detail = "AA", ""
+        msh = text.split("\r", 1)[0].split("|")
+        control_id = msh[9] if len(msh) > 9 else ""
+        wrong = problems(text, self.equipment)
+        if wrong:
+            code, detail = "AE", f"not conformant: {wrong[0]}"
         with self.changed:
             self.received.append(control_id)
             seen = self.received.count(control_id)
@@ -98,20 +95,23 @@ class Receiver:
                 self.changed.notify_all()
                 return None
             asked = self.answer(control_id, seen)
-            if asked is not None:
-                code, detail = asked, "refused by the test"
-            if code == "AA":
+            acknowledged = control_id
+            if asked is not None:  # "AA" or "AA:<another control id>" (MSA-2 out of step)
+                code, _, other = asked.partition(":")
+                acknowledged, detail = other or control_id, "answered by the test"
+            if code == "AA" and acknowledged == control_id:
                 self.accepted.setdefault(control_id, text)
             else:
                 self.errors.append(f"{control_id}: {code} {detail}")
             self.changed.notify_all()
-        return _ack(control_id, code, detail)
+        trigger = msh[8].split("^")[1] if len(msh) > 8 and "^" in msh[8] else "R01"
+        return _ack(acknowledged, code, detail, trigger)
 
 
-def _ack(control_id: str, code: str, detail: str) -> str:
+def _ack(control_id: str, code: str, detail: str, trigger: str = "R01") -> str:
     ack = Message("ACK", version="2.6")
     ack.msh.msh_3 = "TEST-HIS"
-    ack.msh.msh_9 = "ACK^R01^ACK"
+    ack.msh.msh_9 = f"ACK^{trigger}^ACK"
     ack.msh.msh_10 = f"ACK{control_id}"[:20]
     ack.msh.msh_11 = "P"
     ack.msh.msh_12 = "2.6"

@@ -1,6 +1,7 @@
-"""The site's alarm conditions as IHE PCD-04 reports (gateway.alarms, ORU^R40 in
-gateway.hl7): one report per change of a condition, each validated by hl7apy against HL7
-v2.6's ORU_R01 structure; the alert's id kept from start to end; nothing reported twice or
+"""The site's alarm conditions as IHE PCD-04 reports (gateway.alarms, ORU^R40^ORU_R40 in
+gateway.hl7): one report per change of a condition, each read by python-hl7 and checked
+against the IHE PCD rules (tests/gateway/conformance.py); the alert's id kept from start to
+end; nothing reported twice or
 lost when the gateway restarts; and end to end, a device's acknowledge (its ack message)
 reaching the hospital's receiver with the nurse's name."""
 
@@ -10,13 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.parser import parse_message
-
 from gateway.config import BedEntry, GatewayConfig, Hl7Config
 from gateway.outbox import Outbox
 from gateway.service import Intake, hl7_route
-from lungwatch.alarms import AlarmSettings
+from lungwatch.alarms import AlarmSettings, ListedEpisode
 from lungwatch.events import (
     Event,
     ack_payload,
@@ -26,6 +24,7 @@ from lungwatch.events import (
     summary_topic,
 )
 from tests.edge.brokers import Mosquitto, finding_events
+from tests.gateway.conformance import parsed
 from tests.gateway.receiver import Receiver
 from tests.gateway.test_service import Device, gateway_yaml, start_gateway, stop_all
 
@@ -51,21 +50,21 @@ def intake(path: Path, clock: Clock, *more: BedEntry) -> tuple[Intake, Outbox]:
 
 
 def reports(outbox: Outbox) -> list[dict[str, Any]]:
-    """Every queued alert report, oldest first, read back from its HL7 text (validated)."""
+    """Every queued alert report, oldest first, read back from its HL7 text (checked)."""
     rows = outbox._db.execute(
         "SELECT message FROM outbox WHERE key LIKE 'alert/%' ORDER BY seq"
     ).fetchall()
     out = []
     for (text,) in rows:
-        msg = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT)
-        msg.validate()
-        fields = [segment.split("|") for segment in text.split("\r")]
+        parsed(text, equipment=False)
+        fields = [segment.split("|") for segment in text.split("\r") if segment]
         segments = {f[0] + (f[1] if f[0] == "OBX" else ""): f for f in fields}
-        obx = {i: segments[f"OBX{i}"] for i in range(1, 5)}
+        obx = {i: segments[f"OBX{i}"] + [""] * 20 for i in range(1, 6)}
         out.append({
             "type": segments["MSH"][8], "alert": segments["OBR"][3].split("^")[0],
-            "what": obx[1][5], "flags": obx[1][8], "phase": obx[2][5], "state": obx[3][5],
-            "inactivation": obx[4][5], "by": obx[4][16], "location": segments["PV1"][3],
+            "what": obx[1][5], "flags": obx[1][8], "source": obx[2][3:8], "phase": obx[3][5],
+            "state": obx[4][5], "inactivation": obx[5][5], "by": obx[5][16],
+            "location": segments["PV1"][3],
         })  # fmt: skip
     return out
 
@@ -104,7 +103,7 @@ def test_a_conditions_life_is_one_report_per_change_under_one_alert_id(tmp_path:
         ("update", "active", "PL~SP"),
         ("end", "inactive", "PL~SP"),
     ]
-    assert {r["type"] for r in got} == {"ORU^R40^ORU_R01"}
+    assert {r["type"] for r in got} == {"ORU^R40^ORU_R40"}
     assert len({r["alert"] for r in got}) == 1  # one alert from start to end
     assert {r["what"] for r in got} == {"56018004^wheezes (CAS)^SCT"}
     assert got[-1]["inactivation"] == "alert-acknowledged"
@@ -128,7 +127,7 @@ def test_acknowledged_while_open_then_raised_again_after_realarm_s(tmp_path: Pat
     assert [(r["phase"], r["inactivation"], r["by"]) for r in got] == [
         ("start", "enabled", ""),
         ("update", "alert-acknowledged", "nurse-b"),
-        ("reactivate", "enabled", ""),
+        ("update", "enabled", ""),  # raised again: no longer acknowledged
     ]
     assert len({r["alert"] for r in got}) == 1
 
@@ -246,12 +245,12 @@ def test_the_alarm_reports_reach_the_receiver_with_who_acknowledged(tmp_path: Pa
     assert gateway.returncode == 0, err
     assert receiver.errors == []
     facets = [[seg.split("|") for seg in t.split("\r") if seg.startswith("OBX")] for t in alerts()]
-    assert [(f[1][5], f[2][5], f[3][5]) for f in facets] == [
+    assert [(f[2][5], f[3][5], f[4][5]) for f in facets] == [
         ("start", "active", "enabled"),
         ("update", "latched", "enabled"),
         ("end", "inactive", "alert-acknowledged"),
     ]
-    assert facets[2][3][16] == "nurse-a"
+    assert facets[2][4][16] == "nurse-a"
     alert_ids = {next(s for s in t.split("\r") if s.startswith("OBR")).split("|")[3]
                  for t in alerts()}  # fmt: skip
     assert len(alert_ids) == 1
@@ -290,3 +289,39 @@ def test_what_hl7_cannot_carry_is_set_aside_and_every_other_bed_still_reported(
     assert (first["phase"], second["phase"]) == ("start", "escalate")
     text = outbox._db.execute("SELECT message FROM outbox WHERE key LIKE 'alert/%'").fetchone()[0]
     assert f"{DEVICE}.{long_bed}^LUNGWATCH" in text  # the equipment names the bed whole
+
+
+def test_a_devices_status_names_its_equipment_in_what_follows(tmp_path: Path) -> None:
+    """The EUI-64 a device's status gives is its equipment identifier (OBX-18) from then on;
+    a status with a malformed one, or for another site, is refused and changes nothing; the
+    alert of a breathing condition carries the bed's latest rate and limits as its source."""
+    from lungwatch.events import respiration_payload, respiration_topic, status_payload
+
+    clock = Clock()
+    gate, outbox = intake(tmp_path / "q.sqlite", clock)
+    status = f"lungwatch/v1/{SITE}/{DEVICE}/status"
+    online = status_payload("online", SITE, DEVICE, "connected", eui64="001B63FFFE8445E6")
+    assert gate.handle(status, online.encode()) == "taken"
+    forged = status_payload("online", SITE, DEVICE, "connected").replace(
+        '"reason"', '"eui64":"001b63fffe8445e6\\r","reason"')  # fmt: skip
+    assert gate.handle(status, forged.encode()) == "refused:invalid"
+    other = status_payload("online", "ward-9", DEVICE, "connected", eui64="0012A3FFFE4567AB")
+    assert gate.handle(status, other.encode()) == "refused:invalid"
+    reading = respiration_payload(
+        SITE, DEVICE, BED,
+        {"state": "ok", "rate_bpm": 31.0, "confidence": 0.8, "breaths": 15, "window_s": 30.0,
+         "age_band": "adult", "reason": "", "low_bpm": 9.0, "high_bpm": 24.0,
+         "utc": "2026-05-09T07:00:00.000Z"},
+    )  # fmt: skip
+    assert gate.handle(respiration_topic(SITE, DEVICE, BED), reading.encode()) == "queued"
+    fast = ListedEpisode("fast-1", DEVICE, BED, "tachypnoea", "physiological", "medium",
+                         "ongoing", "2026-05-09T07:00:00.000Z", {"key": "tachypnoea"})  # fmt: skip
+    assert gate.alarms is not None
+    gate.alarms.book.take(fast, clock.now)
+    assert gate.tick() == 1
+    texts = [t for (t,) in outbox._db.execute("SELECT message FROM outbox ORDER BY seq")]
+    assert all("^001B63FFFE8445E6^EUI-64" in t for t in texts), texts
+    alert = [seg.split("|") for seg in texts[-1].split("\r") if seg.startswith("OBX")]
+    assert alert[0][3] == "196648^MDC_EVT_HI^MDC"
+    assert alert[1][3:9] == ["151562^MDC_RESP_RATE^MDC", "1.1.1.1.2", "31.0",
+                             "264928^MDC_DIM_RESP_PER_MIN^MDC", "9-24", "H"]  # fmt: skip

@@ -24,7 +24,7 @@ from tests.edge.brokers import finding_events
 from tests.gateway.fhir_server import FhirServer
 
 SITE, DEVICE, BED = "ward-3", "dev-1", "bed-1"
-WHERE = Bed(DEVICE, BED, location="ICU^1^1^HOSP", patient_id="12345^^^HOSP^MR")
+WHERE = Bed(DEVICE, BED, location="ICU^1^1^HOSP", patient_id="12345^^^HOSP^MR", site=SITE)
 FAST = CourierConfig(backoff_min_s=0.05, backoff_max_s=0.2, max_refusals=3)
 
 
@@ -34,8 +34,18 @@ def reading(i: int, state: str = "ok") -> dict[str, Any]:
             "utc": f"2026-11-27T03:{i // 60:02d}:{i % 60:02d}.000Z"}  # fmt: skip
 
 
-def test_a_rate_is_a_vital_sign_in_per_minute_with_its_range_and_patient() -> None:
+def test_a_rate_is_a_final_vital_sign_in_per_minute_with_its_range_and_patient() -> None:
     body = json.loads(rate_observation(reading(3), WHERE, "respiration/dev-1/bed-1/t"))
+    assert body["status"] == "final"
+    assert body["meta"]["profile"] == ["http://hl7.org/fhir/StructureDefinition/resprate"]
+    flag = body["interpretation"][0]["coding"][0]
+    assert (flag["system"], flag["code"]) == (
+        "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "N")  # fmt: skip
+    fast = json.loads(rate_observation({**reading(3), "rate_bpm": 30.0}, WHERE, "k"))
+    assert fast["interpretation"][0]["coding"][0]["code"] == "H"
+    assert fast["device"]["identifier"]["value"] == f"{SITE}/{DEVICE}/{BED}"
+    mrn = json.loads(rate_observation(reading(3), WHERE, "k", "https://hospital.example/mrn"))
+    assert mrn["subject"]["identifier"]["system"] == "https://hospital.example/mrn"
     codes = {(c["system"], c["code"]) for c in body["code"]["coding"]}
     assert codes == {("http://loinc.org", "9279-1"), ("urn:iso:std:iso:11073:10101", "151562")}
     assert body["category"][0]["coding"][0]["code"] == "vital-signs"
@@ -43,7 +53,9 @@ def test_a_rate_is_a_vital_sign_in_per_minute_with_its_range_and_patient() -> No
     assert body["valueQuantity"] == {"value": 15.0, "unit": "/min", "system": ucum, "code": "/min"}
     [limits] = body["referenceRange"]
     assert (limits["low"]["value"], limits["high"]["value"]) == (9.0, 24.0)
-    assert body["subject"] == {"identifier": {"value": "12345", "assigner": {"display": "HOSP"}}}
+    subject = {"system": "urn:lungwatch:patient:HOSP", "value": "12345",
+               "assigner": {"display": "HOSP"}}  # fmt: skip
+    assert body["subject"] == {"identifier": subject}
     assert body["identifier"] == [{"system": "urn:lungwatch:observation",
                                    "value": "respiration/dev-1/bed-1/t"}]  # fmt: skip
     assert body["effectiveDateTime"].startswith("2026-11-27T03:00:03")

@@ -9,6 +9,7 @@ import datetime as dt
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,36 +95,85 @@ def test_a_receiver_that_dies_and_comes_back_loses_nothing(
     assert receiver.errors == []
 
 
-def test_a_negative_acknowledgement_is_retried_and_one_refused_for_good_is_set_aside(
+def settled(outbox: Outbox, counts: dict[str, int], within_s: float = 5.0) -> bool:
+    """The queue's counts reach ``counts`` (the courier notes a message sent just after the
+    receiver answered)."""
+    until = time.monotonic() + within_s
+    while outbox.counts() != counts:
+        if time.monotonic() > until:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_negative_acknowledgement_is_retried_a_rejection_set_aside_and_resent_on_request(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    outbox = Outbox(tmp_path / "gateway.sqlite")
+    """AE is retried (an application error may pass); AR is set aside at once (the receiver
+    will not take these bytes: sending them again unchanged cannot help) and the messages
+    behind it go on; ``lungwatch gateway --resend`` puts it back, to be sent as it was."""
+    from gateway.cli import main
+
+    queue = tmp_path / "gateway.sqlite"
+    outbox = Outbox(queue)
     for i in range(3):
         put(outbox, i)
-    ids = queued_ids(tmp_path / "gateway.sqlite")
-    refuse_twice, refuse_always = ids["reading/0"], ids["reading/1"]
+    ids = queued_ids(queue)
+    refuse_twice, rejected = ids["reading/0"], ids["reading/1"]
+    fixed = threading.Event()  # the receiver's side was mended
 
     def answer(control_id: str, seen: int) -> str | None:
         if control_id == refuse_twice and seen <= 2:
             return "AE"
-        return "AR" if control_id == refuse_always else None
+        return "AR" if control_id == rejected and not fixed.is_set() else None
 
     receiver.answer = answer
     courier, stop, thread = courier_thread(outbox, receiver.port)
     try:
         assert receiver.wait_for(lambda: ids["reading/2"] in receiver.accepted, 10.0)
+        assert receiver.received.count(refuse_twice) == 3  # AE, AE, then accepted
+        assert refuse_twice in receiver.accepted
+        assert receiver.received.count(rejected) == 1  # AR: never sent unchanged again
+        assert settled(outbox, {"queued": 0, "sent": 2, "refused": 1}), outbox.counts()
+        [(key, control_id, why)] = outbox.refusals()
+        assert (key, control_id) == ("reading/1", rejected)
+        assert why.startswith("AR")
+        assert courier.stats["refused"] == 1
+        fixed.set()
+        config = tmp_path / "gateway.yaml"
+        config.write_text(f"site: ward-3\nhl7: {{host: 127.0.0.1}}\nqueue: {queue}\n")
+        assert main(["--config", str(config), "--resend", "all"]) == 0
+        assert receiver.wait_for(lambda: rejected in receiver.accepted, 10.0)
+        with pytest.raises(SystemExit):  # nothing refused is left to resend: said, not silent
+            main(["--config", str(config), "--resend", "all"])
+        assert settled(outbox, {"queued": 0, "sent": 3, "refused": 0}), outbox.counts()
     finally:
         stop.set()
         thread.join(5.0)
-    assert receiver.received.count(refuse_twice) == 3  # AE, AE, then accepted
-    assert refuse_twice in receiver.accepted
-    assert receiver.received.count(refuse_always) == FAST.max_refusals
-    assert refuse_always not in receiver.accepted
-    assert outbox.counts() == {"queued": 0, "sent": 2, "refused": 1}
+
+
+def test_a_reply_to_another_message_counts_as_a_refusal_and_cannot_block_the_queue(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A receiver whose ACK names another control id (MSA-2) is out of step: the message is
+    tried again on a new connection up to max_refusals times, then set aside, and the
+    messages behind it go out."""
+    outbox = Outbox(tmp_path / "gateway.sqlite")
+    for i in range(2):
+        put(outbox, i)
+    ids = queued_ids(tmp_path / "gateway.sqlite")
+    wrong = ids["reading/0"]
+    receiver.answer = lambda control_id, seen: "AA:SOMEONE-ELSE" if control_id == wrong else None
+    _, stop, thread = courier_thread(outbox, receiver.port)
+    try:
+        assert receiver.wait_for(lambda: ids["reading/1"] in receiver.accepted, 10.0)
+    finally:
+        stop.set()
+        thread.join(5.0)
+    assert receiver.received.count(wrong) == FAST.max_refusals
     [(key, control_id, why)] = outbox.refusals()
-    assert (key, control_id) == ("reading/1", refuse_always)
-    assert why.startswith("AR")
-    assert courier.stats["refused"] == 1
+    assert (key, control_id) == ("reading/0", wrong)
+    assert "SOMEONE-ELSE" in why
 
 
 def test_a_key_is_queued_once_and_the_queue_survives_a_restart(tmp_path: Path) -> None:

@@ -171,8 +171,10 @@ def test_nothing_is_lost_or_sent_twice_while_the_receiver_and_the_gateway_restar
     assert len(receiver.accepted) == 45  # 30 onsets + 15 readings: 0 lost
     assert len(set(receiver.received)) == 45  # none under a second control id
     assert receiver.errors == []  # every message valid HL7 v2.6
-    obx = [next(seg for seg in text.split("\r") if seg.startswith("OBX"))
-           for text in receiver.accepted.values()]  # fmt: skip
+    obx = [
+        [seg for seg in text.split("\r") if seg.startswith("OBX")][3]
+        for text in receiver.accepted.values()
+    ]  # the first metric, after the device rows
     wheezes = {seg.split("|")[14] for seg in obx if "56018004^Wheezing^SCT" in seg}
     rates = {seg.split("|")[14] for seg in obx if "MDC_RESP_RATE" in seg}
     assert (len(wheezes), len(rates)) == (30, 15)
@@ -237,7 +239,8 @@ def test_a_gateway_login_from_lungwatch_access_reads_the_sites_events_and_breath
     acl = (access / "mosquitto" / "acl").read_text()
     gateway_acl = acl.split("user hl7-gw\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert gateway_acl == [f"topic read lungwatch/v1/{SITE}/+/+/{kind}"
-                           for kind in ("event", "respiration", "summary", "ack")]  # fmt: skip
+                           for kind in ("event", "respiration", "summary", "ack")] + [
+        f"topic read lungwatch/v1/{SITE}/+/status"]  # fmt: skip
     login = yaml.safe_load((access / "clients" / "hl7-gw.yaml").read_text())["mqtt"]
     device = yaml.safe_load((access / "clients" / f"{DEVICE}.yaml").read_text())["mqtt"]
     broker = Mosquitto(tmp_path, include=access / "mosquitto" / "lungwatch.conf").start()

@@ -1,0 +1,39 @@
+"""A device's equipment identifier: its IEEE EUI-64, as IHE PCD messages name equipment
+(MSH-3, OBX-18: ``...^<16 hex digits>^EUI-64``).
+
+    eui64("00:1b:63:84:45:e6")        # a MAC (EUI-48) -> "001B63FFFE8445E6"
+    eui64("0012a3fffe4567ab")         # an EUI-64 as it is, upper case
+    host_eui64()                      # this machine's, from its MAC; "" where it has none
+
+A device is provisioned with its own (``equipment_eui64`` in its configuration; ``make deploy``
+writes it from the host's MAC), else takes its host's at start. A MAC becomes an EUI-64 by the
+IEEE's rule: FFFE between its organisation's and its own three octets.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+_HEX = re.compile(r"[0-9A-F]+")
+_MULTICAST_BIT = 1 << 40  # of a 48-bit node id: set where uuid.getnode() made one up
+
+
+def eui64(text: str) -> str:
+    """``text`` (an EUI-64 or a MAC, hex digits with or without ``:``/``-`` between octets)
+    as 16 upper-case hex digits; ValueError naming it otherwise."""
+    digits = str(text).strip().upper().replace(":", "").replace("-", "")
+    if not _HEX.fullmatch(digits) or len(digits) not in (12, 16):
+        raise ValueError(f"{text!r} is not an EUI-64 (16 hex digits) or a MAC (12 hex digits)")
+    if int(digits, 16) == 0:
+        raise ValueError(f"{text!r} is all zeros, not an equipment's identifier")
+    return digits[:6] + "FFFE" + digits[6:] if len(digits) == 12 else digits
+
+
+def host_eui64() -> str:
+    """This machine's EUI-64 from its MAC; "" where the machine has no MAC to read (the
+    node id Python made up instead has its multicast bit set)."""
+    node = uuid.getnode()
+    if node & _MULTICAST_BIT:
+        return ""
+    return eui64(f"{node:012X}")
