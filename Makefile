@@ -7,7 +7,8 @@
 #   make test     the test suite (uses ../shared/data when present)
 #   make lint     ruff + mypy + the layout's import contracts (lint-imports)
 #   make bench    benchmarks, results in bench/results/
-#   make fuzz     fuzz the firmware-bridge decoder (1 M inputs by default)
+#   make fuzz     fuzz the firmware-bridge decoder (1 M inputs), the ward view's and the
+#                 hospital gateway's intake
 #   make deploy   DEVICE=jetson | DEVICES=ward_3 [DRY_RUN=1]: Ansible rollout (docs/deploy.md)
 #   make train-sed the shipped detector's whole recipe into out/models/sed (teacher and student
 #                 fold models, full model, export, INT8, rules fitted out of fold, Task rules,
@@ -88,6 +89,7 @@ bench: $(VENV)/.installed-dev
 fuzz: $(VENV)/.installed-dev
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz $(ARGS)
 	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz_view
+	$(ONE_CORE) $(VENV)/bin/python -m bench.fuzz_gateway
 
 # The shipped detector's whole recipe (docs/models/sed.md, "Data and training"): the teacher's
 # fold models (TEACHER: the recipe that also trains on ICBHI's annotated cycles; SEEDS x 5

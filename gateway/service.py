@@ -51,9 +51,13 @@ from lungwatch.events import (
     Event,
     EventError,
     ack_of,
+    feed_health_payload,
+    feed_health_topic,
     finding_rate_error,
     is_number,
+    is_segment,
     parse_utc,
+    utc_now,
 )
 from lungwatch.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES, MessageError, parse_message
 from lungwatch.mqtt import BrokerError, new_client, start_client
@@ -66,6 +70,7 @@ MAX_OWNED_EPISODES = 100_000  # episodes whose bed the intake remembers (an id i
 MAX_DEVICES = 4096  # devices whose EUI-64 the intake remembers
 MAX_AHEAD_S = 300.0  # a reading's time may lie this far ahead of the gateway's clock, no more
 STORE_RETRY_S = 1.0  # a message the queue could not store is tried again this often
+HEALTH_EVERY_S = 10.0  # the gateway's health is published this often (retained)
 
 
 def _utc_now() -> dt.datetime:
@@ -384,7 +389,11 @@ class Gateway:
         self.intake = Intake(config, self.routes)
         if self.intake.alarms is not None:
             self.workers.append(Worker(self._tick_alarms, "gateway-alarms", self._stop.is_set))
+        self.workers.append(Worker(self._publish_health, "gateway-health", self._stop.is_set))
         mqtt = config.mqtt
+        self.name = mqtt.username if is_segment(mqtt.username or "") else "gateway"
+        self._since_utc = utc_now()
+        self.health_topic = feed_health_topic(config.site, str(self.name))
         self.client_id = f"lungwatch-gateway-{config.site}{mqtt.private_suffix()}"
         self.topics = [f"{TOPIC_ROOT}/{config.site}/+/+/{kind}" for kind in GATEWAY_READS]
         self.topics.append(f"{TOPIC_ROOT}/{config.site}/+/status")  # each device's EUI-64
@@ -395,6 +404,9 @@ class Gateway:
         self._subscribe_mid: int | None = None
         self._mqtt = new_client(mqtt, self.client_id, clean_session=False, manual_ack=True)
         self._store_failing = False  # the last message could not be stored (said once)
+        # the broker says "down" for a gateway that vanished (its last will, retained)
+        self._mqtt.will_set(self.health_topic, self._health("down", "connection lost"), qos=1,
+                            retain=True)  # fmt: skip
         self._mqtt.on_connect = self._on_connect
         self._mqtt.on_disconnect = self._on_disconnect
         self._mqtt.on_subscribe = self._on_subscribe
@@ -425,6 +437,33 @@ class Gateway:
                 self.intake.counts["alarm_tick_errors"] += 1
                 log.error("gateway: the alarm reports' tick failed", exc_info=True)
 
+    def _health(self, state: str, reason: str) -> str:
+        """The health message: each destination's queue and its receiver's last
+        acknowledgement (:func:`lungwatch.events.feed_health_payload`)."""
+        queues: dict[str, dict[str, Any]] = {}
+        for route, courier in zip(self.routes, self.couriers, strict=True):
+            try:
+                counts = route.outbox.counts()
+            except Exception as exc:  # a queue that cannot be read is itself the news
+                counts, courier.last_error = {"queued": -1, "refused": -1}, str(exc)[:200]
+            queues[route.name] = {"queued": counts["queued"], "refused": counts["refused"],
+                                  "last_ack_utc": courier.last_sent_utc,
+                                  "last_error": (courier.last_error or "")[:200]}  # fmt: skip
+        return feed_health_payload(self.config.site, str(self.name), state, reason, queues,
+                                   not self._store_failing, self._since_utc)  # fmt: skip
+
+    def _publish_health(self) -> None:
+        """The gateway's health, retained, every ``HEALTH_EVERY_S`` until stopped (a ward view
+        shows a feed that is down, sets messages aside or falls behind)."""
+        while True:
+            try:
+                self._mqtt.publish(self.health_topic, self._health("up", "running"), qos=1,
+                                   retain=True)  # fmt: skip
+            except Exception:  # the last guard: the next round tries again
+                log.error("gateway: its health could not be published", exc_info=True)
+            if self._stop.wait(HEALTH_EVERY_S):
+                return
+
     def check(self) -> str | None:
         """Why a courier's thread stopped unasked (None while they run)."""
         return first_failure([worker.failure for worker in self.workers])
@@ -435,6 +474,13 @@ class Gateway:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.connected.is_set():  # a clean stop says so: the feed is down, not lost
+            try:
+                info = self._mqtt.publish(self.health_topic, self._health("down", "stopped"),
+                                          qos=1, retain=True)  # fmt: skip
+                info.wait_for_publish(timeout=2.0)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("gateway: could not say it stopped: %s", exc)
         self._mqtt.disconnect()
         self._mqtt.loop_stop()
         for worker in self.workers:

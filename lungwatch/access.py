@@ -111,6 +111,7 @@ def acl_text(site: str, clients: list[Client]) -> str:
         elif client.role == "gateway":
             lines += [f"topic read {root}/+/+/{kind}" for kind in GATEWAY_READS]
             lines.append(f"topic read {root}/+/status")  # each device's equipment id
+            lines.append(f"topic write {root}/gateway/{client.name}/health")  # its own health
         else:
             lines += [f"topic read {root}/#", f"topic write {root}/+/command"]
     return "\n".join(lines) + "\n"

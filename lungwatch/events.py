@@ -334,6 +334,32 @@ def status_payload(
     return json.dumps(body, separators=(",", ":"))
 
 
+def feed_health_topic(site: str, gateway: str) -> str:
+    """``lungwatch/v1/<site>/gateway/<name>/health`` (retained): a hospital gateway's health."""
+    site, gateway = check_segment(site, "site"), check_segment(gateway, "gateway")
+    return f"{TOPIC_ROOT}/{site}/gateway/{gateway}/health"
+
+
+FEED_STATES = ("up", "down")
+
+
+def feed_health_payload(
+    site: str, gateway: str, state: str, reason: str, queues: dict[str, dict[str, Any]],
+    storing: bool = True, since_utc: str = "",
+) -> str:  # fmt: skip
+    """The JSON a hospital gateway publishes on its health topic: ``up`` or ``down`` (its
+    last will: ``connection lost``), why, and each destination's queue (``queued``,
+    ``refused``: set aside, ``last_ack_utc``: the receiver's last acceptance or None,
+    ``last_error``); ``storing`` False while its queue takes no writes (a full disk);
+    ``since_utc`` when it started."""
+    if state not in FEED_STATES:
+        raise EventError(f"health.state must be one of {FEED_STATES}, got {state!r}")
+    body = {"schema_version": SCHEMA_VERSION, "site": site, "gateway": gateway, "state": state,
+            "utc": utc_now(), "since_utc": since_utc or utc_now(), "reason": reason,
+            "storing": storing, "queues": queues}  # fmt: skip
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
 def metrics_payload(site: str, device_id: str, stream_id: str, metrics: dict[str, Any]) -> str:
     """The JSON published on the metrics topic: one stream's counters at one time."""
     body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}

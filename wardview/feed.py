@@ -10,6 +10,7 @@ Subscriptions (QoS 1, renewed on every reconnect; clean session):
 - ``lungwatch/v1/<site>/+/metrics``, ``lungwatch/v1/<site>/+/+/event``,
   ``lungwatch/v1/<site>/+/+/live``, ``lungwatch/v1/<site>/+/+/verdict`` (retained: each bed's
   rolling verdict), ``lungwatch/v1/<site>/+/+/respiration`` (retained: each bed's breathing)
+- ``lungwatch/v1/<site>/gateway/+/health`` (retained: each hospital gateway's health)
 
 The broker's SUBACK is read: a subscription it refuses (reason code 0x80, e.g. credentials
 whose ACL does not let them read the site) turns the ward's broker state to ``refused: not
@@ -85,6 +86,7 @@ class WardFeed:
             f"{TOPIC_ROOT}/{site}/+/+/respiration",
             f"{TOPIC_ROOT}/{site}/+/+/summary",
             f"{TOPIC_ROOT}/{site}/+/+/evidence",
+            f"{TOPIC_ROOT}/{site}/gateway/+/health",  # the hospital feeds' health (retained)
         ]
         self.persistent = client_id is not None
         self.client_id = client_id or f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}"

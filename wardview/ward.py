@@ -45,6 +45,7 @@ else is heard. Thread-safe: every method takes :attr:`lock`.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import threading
@@ -91,7 +92,10 @@ log = logging.getLogger("lungwatch.dashboard")
 
 # (levels, last) of the topics the view reads
 KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live"), (6, "verdict"),
-         (6, "respiration"), (6, "summary"), (6, "evidence"), (6, "ack")}  # fmt: skip
+         (6, "respiration"), (6, "summary"), (6, "evidence"), (6, "ack"),
+         (6, "health")}  # fmt: skip
+FEED_BEHIND_S = 120.0  # a hospital feed with messages waiting and no acceptance this long
+MAX_FEEDS = 16  # hospital gateways a view follows
 RETAINED_PER_BED = ("verdict", "respiration", "summary")  # an empty payload withdraws them
 MAX_RATE_BPM = 200.0  # a published rate above this is not a rate
 VERDICT_LABELS = ("assessing", "Normal", "CAS", "DAS", "CAS & DAS", "Poor Quality")
@@ -150,6 +154,9 @@ class Ward(WardMemory):
         self.last_rejected: str | None = None
         # the view's own technical alarms: a thread of it that stopped (name -> what happened)
         self.faults: dict[str, str] = {}
+        # the hospital feeds' technical alarms: a gateway down, setting messages aside or
+        # falling behind (its name -> what is wrong); None: followed and well
+        self.feeds: dict[str, str | None] = {}
         self.broker: dict[str, Any] = {"address": None, "connected": False,
                                        "state": "disconnected", "quiet_s": None,
                                        "refused": None}  # fmt: skip
@@ -232,6 +239,9 @@ class Ward(WardMemory):
             if not is_segment(segment):
                 shown = segment[:80] + ("..." if len(segment) > 80 else "")
                 raise MessageError(f"the topic's {name} {shown!r} is not a topic segment")
+        if kind == "health":
+            self._feed_health(device_id, parts[4], payload)
+            return
         if kind in RETAINED_PER_BED and not payload:  # withdrawn: the bed's stream ended
             if kind == "summary":
                 self._withdraw_summary(device_id, parts[4])
@@ -274,6 +284,51 @@ class Ward(WardMemory):
         self._dirty_devices.add(device_id)
         self._dirty_beds.update((device_id, b) for b in device.beds)
         self._dirty_alarms = True
+
+    def _feed_health(self, place: str, name: str, payload: bytes) -> None:
+        """A hospital gateway's health (``lungwatch/v1/<site>/gateway/<name>/health``): what
+        is wrong with the feed, if anything, becomes a technical alarm on every page (down,
+        its queue taking no writes, messages set aside, messages waiting with no acceptance
+        from the hospital for ``FEED_BEHIND_S``); an empty payload stops following it."""
+        if place != "gateway":
+            raise MessageError("health messages come from lungwatch/v1/<site>/gateway/<name>")
+        if not payload:
+            self.feeds.pop(name, None)
+            self._dirty_alarms = True
+            return
+        if name not in self.feeds and len(self.feeds) >= MAX_FEEDS:
+            raise MessageError(f"more than {MAX_FEEDS} hospital gateways", "over_limit")
+        body = parse_message(payload, self.max_message_bytes, self.max_json_depth)
+        if (body.get("site"), body.get("gateway")) != (self.site, name):
+            raise MessageError(f"body names {body.get('site')!r}/{body.get('gateway')!r}, "
+                               f"the topic {self.site!r}/{name!r}")  # fmt: skip
+        state, queues = body.get("state"), body.get("queues")
+        if state not in ("up", "down") or not isinstance(queues, dict) or len(queues) > 4:
+            raise MessageError("health needs a state (up, down) and at most 4 queues")
+        now = _utc(body.get("utc"))
+        problems = []
+        if state == "down":
+            problems.append(f"down ({str(body.get('reason', ''))[:80]})")
+        if body.get("storing") is False:
+            problems.append("its queue takes no writes (a full disk?)")
+        for route, queue in queues.items():
+            if not (isinstance(queue, dict) and all(
+                    isinstance(queue.get(k), int) for k in ("queued", "refused"))):  # fmt: skip
+                raise MessageError(f"health queue {str(route)[:40]!r} needs queued and refused")
+            route = str(route)[:16]
+            if queue["refused"] > 0:
+                problems.append(f"{route}: {queue['refused']} messages set aside "
+                                "(lungwatch gateway --status, --resend)")  # fmt: skip
+            last = _utc(queue.get("last_ack_utc")) or _utc(body.get("since_utc"))
+            if queue["queued"] > 0 and now and last and (now - last).total_seconds() > \
+                    FEED_BEHIND_S:  # fmt: skip
+                minutes = (now - last).total_seconds() / 60.0
+                problems.append(f"{route}: {queue['queued']} messages waiting, nothing accepted "
+                                f"for {minutes:.0f} min")  # fmt: skip
+        said = f"hospital feed {name}: " + "; ".join(problems) if problems else None
+        if self.feeds.get(name, "") != said:
+            self.feeds[name] = said[:REASON_CHARS] if said else None
+            self._dirty_alarms = True
 
     def _metrics(self, device_id: str, body: dict[str, Any]) -> None:
         _require_identity(body, self.site, device_id)
@@ -610,6 +665,10 @@ class Ward(WardMemory):
             self._dirty_alarms = True
 
     # -- output ------------------------------------------------------------------------
+    def feed_alarms(self) -> dict[str, str]:
+        """The hospital feeds' technical alarms: gateway name -> what is wrong."""
+        return {name: said for name, said in self.feeds.items() if said}
+
     def alarms(self) -> list[dict[str, Any]]:
         """The site's alarm conditions, one per bed and condition (``lungwatch.alarms``), in ward
         order (alarming first, then priority, apnoea first, then the latest to start), the
@@ -741,6 +800,7 @@ class Ward(WardMemory):
                 "rejected_reasons": dict(self.rejected_reasons),
                 "last_rejected": self.last_rejected,
                 "faults": dict(self.faults),
+                "feeds": self.feed_alarms(),
                 "broker": dict(self.broker),
                 "stale_after_s": self.stale_after_s,
                 "trend_seq": self._trend_seq,  # the page skips an update's readings up to it
@@ -754,7 +814,7 @@ class Ward(WardMemory):
             )
             status = {"counts": dict(self.counts), "rejected_reasons": dict(self.rejected_reasons),
                       "last_rejected": self.last_rejected, "faults": dict(self.faults),
-                      "broker": dict(self.broker)}  # fmt: skip
+                      "feeds": self.feed_alarms(), "broker": dict(self.broker)}  # fmt: skip
             status_changed = status != self._status_sent
             changed = (self._dirty_devices or self._dirty_beds or alarms_due or self._live
                        or self._trend)  # fmt: skip
@@ -780,6 +840,17 @@ class Ward(WardMemory):
             self._dirty_devices, self._dirty_beds, self._live = set(), set(), []
             self._trend = []
             return changes
+
+
+def _utc(text: object) -> dt.datetime | None:
+    """An ISO 8601 time with its zone, else None."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
 
 
 def _require_identity(body: dict[str, Any], site: str, device_id: str) -> None:

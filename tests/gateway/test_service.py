@@ -240,7 +240,8 @@ def test_a_gateway_login_from_lungwatch_access_reads_the_sites_events_and_breath
     gateway_acl = acl.split("user hl7-gw\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert gateway_acl == [f"topic read lungwatch/v1/{SITE}/+/+/{kind}"
                            for kind in ("event", "respiration", "summary", "ack")] + [
-        f"topic read lungwatch/v1/{SITE}/+/status"]  # fmt: skip
+        f"topic read lungwatch/v1/{SITE}/+/status",
+        f"topic write lungwatch/v1/{SITE}/gateway/hl7-gw/health"]  # fmt: skip
     login = yaml.safe_load((access / "clients" / "hl7-gw.yaml").read_text())["mqtt"]
     device = yaml.safe_load((access / "clients" / f"{DEVICE}.yaml").read_text())["mqtt"]
     broker = Mosquitto(tmp_path, include=access / "mosquitto" / "lungwatch.conf").start()

@@ -130,7 +130,25 @@
       device_id: "ward view", stream_id: name, condition: "thread", text,
     }));
   }
-  function soundedAlarms() { return (ward.alarms || []).concat(faultAlarms()); }
+  let feedFaults = {};
+  function feedAlarms() {  // a hospital feed that is down, sets aside or falls behind
+    return Object.entries(feedFaults).map(([name, text]) => ({
+      state: "alarming", priority: "medium", device_id: "hospital feed", stream_id: name,
+      condition: "feed", text,
+    }));
+  }
+  function soundedAlarms() {
+    return (ward.alarms || []).concat(faultAlarms(), feedAlarms());
+  }
+
+  function renderFeeds(feeds) {
+    feedFaults = feeds;
+    const node = $("#feeds");
+    const lines = Object.values(feeds);
+    node.hidden = lines.length === 0;
+    node.textContent = lines.length ? "Technical alarm: " + lines.join("; ") : "";
+    sound.update(soundedAlarms());
+  }
 
   function renderFaults(faults) {
     viewFaults = faults;
@@ -144,6 +162,7 @@
   function renderHeader(message) {
     if (message.broker) renderBroker(message.broker);
     if (message.faults) renderFaults(message.faults);
+    if (message.feeds) renderFeeds(message.feeds);
     if (message.counts && message.counts.rejected) {
       const reasons = Object.entries(message.rejected_reasons || {})
         .map(([reason, n]) => `${reason} ${n}`).join(", ");
