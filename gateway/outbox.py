@@ -140,8 +140,21 @@ class Outbox:
         reports: :mod:`gateway.alarms`) never disagrees with the queue after a crash."""
         return self._put(key, lambda _: message, control_id, note)
 
+    def set_note(self, name: str, value: str) -> None:
+        """Keep ``value`` under ``name`` (something the gateway must know after a restart,
+        e.g. a device's equipment id); StoreError where it cannot be written."""
+        try:
+            with self._lock, self._db:
+                self._db.execute(
+                    "INSERT INTO notes (name, value) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: cannot store a note now ({exc})") from None
+
     def notes(self) -> dict[str, str]:
-        """Every note :meth:`put_built` kept, by name."""
+        """Every note :meth:`put_built` or :meth:`set_note` kept, by name."""
         with self._lock:
             rows = self._db.execute("SELECT name, value FROM notes").fetchall()
         return {str(name): str(value) for name, value in rows}

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 ALARM_TICK_S = 1.0  # how often the alarm conditions are compared with what was reported
 MAX_OWNED_EPISODES = 100_000  # episodes whose bed the intake remembers (an id is refused
 # on another bed while remembered; an episode lasts minutes, this is days of a large ward)
+EQUIPMENT_NOTE = "equipment/"  # the queues' notes of each device's EUI-64
 MAX_DEVICES = 4096  # devices whose EUI-64 the intake remembers
 MAX_AHEAD_S = 300.0  # a reading's time may lie this far ahead of the gateway's clock, no more
 STORE_RETRY_S = 1.0  # a message the queue could not store is tried again this often
@@ -137,7 +138,13 @@ class Intake:
         self._beds: dict[str, set[str]] = {}  # each device's beds heard so far
         self._owners: dict[str, tuple[str, str]] = {}  # episode -> its bed, oldest first
         self._latest: dict[tuple[str, str], dict[str, Any]] = {}  # each bed's latest reading
-        self._equipment: dict[str, str] = {}  # each device's EUI-64, as its status says
+        # each device's EUI-64, as its status says (kept in the queues' notes: a restarted
+        # gateway names a device's equipment before its retained status comes again)
+        self._equipment: dict[str, str] = {}
+        for route in routes:
+            for name, value in route.outbox.notes().items():
+                if name.startswith(EQUIPMENT_NOTE):
+                    self._equipment[name[len(EQUIPMENT_NOTE) :]] = value
         self.lock = threading.Lock()  # the alarm conditions: MQTT's thread and the tick's
         self.adt = AdtFeed(Path(config.adt_file)) if config.adt_file else None
         hl7 = next((route for route in routes if route.name == "hl7"), None)
@@ -245,7 +252,10 @@ class Intake:
             raise MessageError(f"eui64 {str(given)[:40]!r} is not 16 upper-case hex digits")
         if len(self._equipment) >= MAX_DEVICES and device_id not in self._equipment:
             raise MessageError(f"more than {MAX_DEVICES} devices", "over_limit")
-        self._equipment[device_id] = equipment
+        if self._equipment.get(device_id) != equipment:
+            for route in self.routes:
+                route.outbox.set_note(EQUIPMENT_NOTE + device_id, equipment)
+            self._equipment[device_id] = equipment
         return "taken"
 
     def _source(self, report: AlertReport, bed: Bed) -> tuple[float, Any, Any] | None:

@@ -321,6 +321,8 @@ def test_a_devices_status_names_its_equipment_in_what_follows(tmp_path: Path) ->
     assert gate.tick() == 1
     texts = [t for (t,) in outbox._db.execute("SELECT message FROM outbox ORDER BY seq")]
     assert all("^001B63FFFE8445E6^EUI-64" in t for t in texts), texts
+    again, _ = intake(tmp_path / "q.sqlite", clock)  # a restart knows it before any status
+    assert again.bed(DEVICE, BED).equipment == "001B63FFFE8445E6"
     alert = [seg.split("|") for seg in texts[-1].split("\r") if seg.startswith("OBX")]
     assert alert[0][3] == "196648^MDC_EVT_HI^MDC"
     assert alert[1][3:9] == ["151562^MDC_RESP_RATE^MDC", "1.1.1.1.2", "31.0",

@@ -113,7 +113,7 @@ def start_gateway(config: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
     assert process.stdout is not None
     line = process.stdout.readline()
-    assert line.startswith("lungwatch gateway: site ward-3"), (line, process.stderr)
+    assert line.startswith("lungwatch gateway: site "), (line, process.stderr.read())
     return process
 
 
