@@ -12,7 +12,10 @@ retry sends the same bytes under the same id, and a receiver that saw it before 
 ``put`` takes a key of the source (an event's id and state, a bed's reading time): a message
 the MQTT broker delivers again (retained, or QoS 1 after a reconnect) is queued once.
 
-The courier sends the oldest queued message and waits for its acknowledgement. A lost
+The courier sends one message at a time and waits for its acknowledgement: each bed's
+messages in the order they were queued; across beds the most urgent first (a high finding or
+alarm report before readings), then another device than the last one sent, then the oldest,
+so a flood from one device cannot hold back another bed's alarm. A lost
 connection or a reply that does not come within the timeout is retried after a backoff
 (``backoff_min_s`` doubling to ``backoff_max_s``) for as long as it takes: the receiver being
 down loses nothing. An application error (AE, CE) or a reply that acknowledges another
@@ -66,6 +69,20 @@ CREATE TABLE IF NOT EXISTS notes (
 """
 
 
+# what a queue made before messages had a bed and a priority lacks (added when it is opened)
+ADDED_COLUMNS = (
+    ("device", "TEXT NOT NULL DEFAULT ''"),
+    ("bed", "TEXT NOT NULL DEFAULT ''"),
+    ("priority", "INTEGER NOT NULL DEFAULT 2"),
+)
+PRIORITY = {"high": 0, "medium": 1, "low": 2}  # a message's urgency (the lower, the sooner)
+HEADS = """
+WITH heads AS (SELECT MIN(seq) AS seq FROM outbox WHERE state = 'queued' GROUP BY bed)
+SELECT o.seq, o.key, o.control_id, o.message, o.attempts, o.refusals, o.device FROM outbox o
+JOIN heads ON o.seq = heads.seq ORDER BY o.priority, o.device = ?, o.seq LIMIT 1
+"""
+
+
 class OutboxError(LungwatchError):
     """The queue's file cannot be used."""
 
@@ -108,6 +125,11 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(SCHEMA)
+            have = {str(row[1]) for row in db.execute("PRAGMA table_info(outbox)")}
+            for name, kind in ADDED_COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
+            db.execute("CREATE INDEX IF NOT EXISTS outbox_bed ON outbox (state, bed, seq)")
             problems = [
                 " ".join(str(row[0]).split()) for row in db.execute("PRAGMA quick_check(3)")
             ]
@@ -125,6 +147,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._queued = threading.Condition(self._lock)
         self._pruned_s = 0.0
+        self._last_device = ""  # whose message went last: at equal urgency, another's next
 
     def put(self, key: str, build: Callable[[str], str]) -> bool:
         """Queue the message ``build(control_id)`` under ``key`` with a new control id; False
@@ -132,13 +155,21 @@ class Outbox:
         return self._put(key, build, new_control_id())
 
     def put_built(
-        self, key: str, control_id: str, message: str, note: tuple[str, str | None] | None = None
+        self,
+        key: str,
+        control_id: str,
+        message: str,
+        note: tuple[str, str | None] | None = None,
+        bed: tuple[str, str] = ("", ""),
+        priority: str = "low",
     ) -> bool:
         """Queue ``message``, built under ``control_id``, under ``key``; False when that key
         was queued before. ``note``: ``(name, value)`` written in the same transaction (None
         as the value deletes it), so what the sender remembers of what it sent (the alarm
-        reports: :mod:`gateway.alarms`) never disagrees with the queue after a crash."""
-        return self._put(key, lambda _: message, control_id, note)
+        reports: :mod:`gateway.alarms`) never disagrees with the queue after a crash.
+        ``bed`` (device, stream) and ``priority`` (high, medium, low): which message goes
+        first (:meth:`head`)."""
+        return self._put(key, lambda _: message, control_id, note, bed, priority)
 
     def set_note(self, name: str, value: str) -> None:
         """Keep ``value`` under ``name`` (something the gateway must know after a restart,
@@ -165,6 +196,8 @@ class Outbox:
         build: Callable[[str], str],
         control_id: str,
         note: tuple[str, str | None] | None = None,
+        bed: tuple[str, str] = ("", ""),
+        priority: str = "low",
     ) -> bool:
         with self._lock:
             if self._db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone():
@@ -174,10 +207,11 @@ class Outbox:
                 with self._db:  # one transaction: the message and its note, or neither
                     self._db.execute("BEGIN IMMEDIATE")
                     self._db.execute(
-                        "INSERT INTO outbox (key, control_id, message, queued_s) "
-                        "VALUES (?, ?, ?, ?)",
-                        (key, control_id, message, time.time()),
-                    )
+                        "INSERT INTO outbox (key, control_id, message, queued_s, device, bed, "
+                        "priority) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (key, control_id, message, time.time(), bed[0], "/".join(bed),
+                         PRIORITY.get(priority, 2)),
+                    )  # fmt: skip
                     if note is not None and note[1] is None:
                         self._db.execute("DELETE FROM notes WHERE name = ?", (note[0],))
                     elif note is not None:
@@ -251,11 +285,15 @@ class Outbox:
             self._db.close()
 
     def _head(self) -> Queued | None:
-        row = self._db.execute(
-            "SELECT seq, key, control_id, message, attempts, refusals FROM outbox "
-            "WHERE state = 'queued' ORDER BY seq LIMIT 1"
-        ).fetchone()
-        return None if row is None else Queued(*row)
+        """The next message: each bed's oldest queued one is a candidate (a bed's messages go
+        in the order they were queued, its alerts' reports too); of those the most urgent,
+        then one of another device than the last one sent (no device's flood holds back
+        another's), then the oldest."""
+        row = self._db.execute(HEADS, (self._last_device,)).fetchone()
+        if row is None:
+            return None
+        self._last_device = str(row[6])
+        return Queued(*row[:6])
 
     def _finish(self, seq: int, state: str, error: str) -> None:
         now = time.time()

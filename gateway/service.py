@@ -71,6 +71,7 @@ EQUIPMENT_NOTE = "equipment/"  # the queues' notes of each device's EUI-64
 MAX_DEVICES = 4096  # devices whose EUI-64 the intake remembers
 MAX_AHEAD_S = 300.0  # a reading's time may lie this far ahead of the gateway's clock, no more
 STORE_RETRY_S = 1.0  # a message the queue could not store is tried again this often
+STATE_CHANGE_MIN_S = 10.0  # a bed's reading state changes are sent at most this often
 HEALTH_EVERY_S = 10.0  # the gateway's health is published this often (retained)
 
 
@@ -158,7 +159,8 @@ class Intake:
                 bed = self.bed(device_id, stream_id)
                 report = dataclasses.replace(report, source=self._source(report, bed))
                 text = alert_message(report, bed, sender, control_id, now())
-                return outbox.put_built(key, control_id, text, note)
+                return outbox.put_built(key, control_id, text, note, (device_id, stream_id),
+                                        report.priority)  # fmt: skip
 
             self.alarms = AlarmFollower(config.alarms, write, outbox.notes(), clock)
 
@@ -319,23 +321,29 @@ class Intake:
         control_id = new_control_id()
         forms = [(route.outbox, (route.reading if what == "reading" else route.finding)(
             data, bed, key, control_id)) for route in self.routes]  # fmt: skip
+        # a finding goes as urgently as its event (a high one before other beds' readings)
+        priority = str(data.get("priority", "low")) if what == "finding" else "low"
         queued = False
         for outbox, text in forms:
-            queued |= outbox.put_built(key, control_id, text)
+            queued |= outbox.put_built(key, control_id, text, None,
+                                       (bed.device_id, bed.stream_id), priority)  # fmt: skip
         return "queued" if queued else "duplicate"
 
     def _rate_due(self, device_id: str, stream_id: str, state: str, when: dt.datetime) -> bool:
-        """The bed's reading is sent: its state changed, or its time lies ``rate_every_s``
-        after the last one sent (later, not earlier: times that jump back and forth make no
-        reading due; a backlog the broker delivers at once keeps its pace)."""
+        """The bed's reading is sent: its time lies ``rate_every_s`` after the last one sent,
+        or its state changed and ``STATE_CHANGE_MIN_S`` (at most ``rate_every_s``) passed
+        since (a state that flaps is sent at that pace, not at every reading). Never a
+        reading earlier than the last one sent: the hospital's readings of a bed stay in
+        order, and times that jump back and forth make no reading due (a backlog the broker
+        delivers at once keeps its pace)."""
         last = self._last_rate.get((device_id, stream_id))
         every = dt.timedelta(seconds=self.config.rate_every_s)
-        if last is not None and last[0] == state and when - last[1] < every:
-            return False
-        if last is None or when > last[1]:
-            self._last_rate[(device_id, stream_id)] = (state, when)
-        else:  # a state change at an earlier time: sent, the pace kept from the latest
-            self._last_rate[(device_id, stream_id)] = (state, last[1])
+        gap = min(every, dt.timedelta(seconds=STATE_CHANGE_MIN_S))
+        if last is not None:
+            since = when - last[1]
+            if since < dt.timedelta(0) or since < (every if last[0] == state else gap):
+                return False
+        self._last_rate[(device_id, stream_id)] = (state, when)
         return True
 
 

@@ -221,3 +221,55 @@ def test_a_corrupted_queue_is_refused_at_the_start_naming_what_to_do(tmp_path: P
         OutboxError, match=r"gateway\.sqlite: the queue is corrupted .*move it aside"
     ):
         Outbox(path)
+
+
+def test_a_flood_from_one_device_cannot_hold_back_another_beds_alarm(tmp_path: Path) -> None:
+    """3,000 readings of one device's bed are queued before another bed's high finding: the
+    finding goes next; each bed's own messages keep their order (a high report of a bed waits
+    for that bed's older messages); at equal urgency the devices take turns."""
+    outbox = Outbox(tmp_path / "gateway.sqlite")
+    for i in range(3000):
+        outbox.put_built(f"reading/{i}", f"R{i:05d}", f"MSH|reading {i}", None, ("dev-a", "bed-1"))
+    outbox.put_built("finding/1", "F1", "MSH|apnoea", None, ("dev-b", "bed-2"), "high")
+    outbox.put_built("alert/1", "A1", "MSH|bed-1's alert", None, ("dev-a", "bed-1"), "high")
+    order = []
+    for _ in range(6):
+        head = outbox.head()
+        assert head is not None
+        order.append(head.control_id)
+        outbox.sent(head.seq)
+    assert order == ["F1", "R00000", "R00001", "R00002", "R00003", "R00004"]
+    turns = Outbox(tmp_path / "turns.sqlite")
+    for i in range(3):
+        for device in ("dev-a", "dev-b"):
+            turns.put_built(f"{device}/{i}", f"{device}-{i}", "MSH|x", None, (device, "bed-1"))
+    taken = []
+    while (head := turns.head()) is not None:
+        taken.append(head.control_id)
+        turns.sent(head.seq)
+    assert taken == ["dev-a-0", "dev-b-0", "dev-a-1", "dev-b-1", "dev-a-2", "dev-b-2"]
+
+
+def test_a_queue_from_before_beds_and_priorities_opens_and_keeps_its_messages(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,"
+            " control_id TEXT NOT NULL UNIQUE, message TEXT NOT NULL, queued_s REAL NOT NULL,"
+            " state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,"
+            " refusals INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',"
+            " done_s REAL);"
+            "INSERT INTO outbox (key, control_id, message, queued_s) VALUES ('k1', 'C1', 'm', 0);"
+            "INSERT INTO outbox (key, control_id, message, queued_s) VALUES ('k2', 'C2', 'm', 0);"
+        )
+    path.chmod(0o600)
+    outbox = Outbox(path)
+    heads = []
+    while (head := outbox.head()) is not None:
+        heads.append(head.control_id)
+        outbox.sent(head.seq)
+    assert heads == ["C1", "C2"]  # one bed (none named): queued order

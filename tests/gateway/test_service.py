@@ -376,3 +376,27 @@ def test_a_device_can_neither_make_every_reading_due_nor_add_beds_without_end(
         )
     other = respiration_topic(SITE, "dev-2", "bed-1")
     assert intake.handle(other, at(base, "bed-1", "dev-2")) == "queued"
+
+
+def test_a_flapping_state_is_sent_at_a_pace_and_a_late_reading_never(tmp_path: Path) -> None:
+    """A bed whose state flips between ok and not_assessable every second for two minutes
+    sends a change at most every 10 s (it was every reading), the last state it reached
+    included; a reading earlier than one already sent is not sent (the hospital's readings of
+    a bed stay in order)."""
+    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"), rate_every_s=60.0)
+    outbox = Outbox(tmp_path / "q.sqlite")
+    gateway_now = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.timezone.utc)
+    intake = Intake(config, [hl7_route(Hl7Config(host="127.0.0.1"), outbox)],
+                    now=lambda: gateway_now)  # fmt: skip
+    base = dt.datetime(2026, 11, 27, 3, 0, tzinfo=dt.timezone.utc)
+    rtopic = respiration_topic(SITE, DEVICE, BED)
+
+    def at(seconds: float, state: str) -> bytes:
+        when = base + dt.timedelta(seconds=seconds)
+        utc = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return respiration_payload(SITE, DEVICE, BED, reading(0, state) | {"utc": utc}).encode()
+
+    outcomes = [intake.handle(rtopic, at(s, ("ok", "not_assessable")[s % 2])) for s in range(120)]
+    assert 10 <= outcomes.count("queued") <= 13, outcomes.count("queued")
+    assert intake.handle(rtopic, at(200, "not_assessable")) == "queued"
+    assert intake.handle(rtopic, at(150, "ok")) == "skipped"  # earlier than one sent
