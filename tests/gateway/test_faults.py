@@ -6,7 +6,8 @@ receiver answers AE then AA, AR (set aside, then ``--resend``), a wrong MSA-2, s
 trickles its reply a byte a second. What the device published (read off the broker) is
 compared with what the receiver accepted, per bed: nothing lost, nothing accepted under two
 control ids, each bed's readings in order; every message conformant; PCD-04 one alert per
-condition episode, each alert's reports a life (start first, end last)."""
+condition episode, each alert's reports a life (start first, end last: the device's stop
+ends its beds' conditions)."""
 
 from __future__ import annotations
 
@@ -233,6 +234,7 @@ def test_nothing_is_lost_duplicated_or_reordered_through_the_fault_sequence(
     for alert, life in lives.items():
         assert life[0] == "start", (alert, life)
         assert "end" not in life[:-1], (alert, life)  # nothing reported after its end
+        assert life[-1] == "end", (alert, life)  # the device stopped: its beds' alerts end
         assert len(life) <= 8, (alert, life)  # a condition's changes, not its events
     assert set(receiver.answered[receiver.rejected[0]]) >= {"AR", "AA"}  # resent, accepted
     assert LONG_BED in readings  # the 24-character stream id delivered whole
