@@ -115,6 +115,9 @@ class DashboardConfig:
     # ... of them from one client address (one client cannot take every slot); behind a
     # reverse proxy every client has the proxy's address: set it to max_connections there
     max_connections_per_address: int = 8
+    # the client networks (CIDR, e.g. the ward workstations' VLAN 10.20.0.0/24) that may
+    # connect at all; other addresses are closed unread; none given: any address
+    allowed_clients: tuple[str, ...] = ()
     heartbeat_interval_s: float = 5.0  # an event-stream heartbeat this often; the page says
     # "no heartbeat" and reconnects after three missed
     stale_after_s: float = 30.0  # nothing heard this long: a device is silent, the broker stale
@@ -188,6 +191,11 @@ class DashboardConfig:
     def _check_limits(self) -> None:
         bad = [h for h in self.allowed_hosts if not is_host(h)]
         check(not bad, "allowed_hosts", self.allowed_hosts, "host names or IP addresses, no port")
+        for net in self.allowed_clients:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                check(False, "allowed_clients", net, "IP networks in CIDR form (10.20.0.0/24)")
         ranges = [
             ("request_timeout_s", 0.1, 300.0, "seconds"),
             ("max_connections", 4, 10_000, "connections"),

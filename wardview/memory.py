@@ -23,12 +23,21 @@ from typing import Any
 
 from lungwatch.alarms import AlarmBook, ListedEpisode, listed_episode, open_rows
 from lungwatch.clip import Assembler, EvidenceError
-from lungwatch.events import Event, is_segment
+from lungwatch.events import FINDING_RATE_KEYS, Event, is_segment
 from lungwatch.intake import MessageError
 from wardview.beds import Bed, Device, event_row, show_respiration, verdict_view
 from wardview.history import History, Restored, epoch_s
 
-READING_EVERY_S = 60.0  # a bed's breathing is stored at most this often (and on a change)
+READING_EVERY_S = 60.0  # a bed's breathing and verdict are stored at most this often (and
+# on a change of state or verdict)
+# what is stored of a reading: the wire contract's fields, nothing a device added
+STORED_FIELDS = {
+    "verdict": ("verdict", "window_s", "utc"),
+    "respiration": ("state", "rate_bpm", "confidence", "breaths", "age_band", "low_bpm",
+                    "high_bpm", "reason", "utc", "last_breath_utc", *FINDING_RATE_KEYS),
+}  # fmt: skip
+IDENTITY = ("schema_version", "site", "device_id", "stream_id")
+MAX_STORED_TEXT = 200  # a stored reading's longest text (a reason)
 MAX_TEXT = 80  # a bed's name or location
 
 
@@ -44,7 +53,7 @@ class WardMemory:
     clock: Any
     _dirty_beds: set[tuple[str, str]]
     _dirty_alarms: bool
-    _stored_reading: dict[tuple[str, str], tuple[float, str]]
+    _stored_reading: dict[tuple[str, str, str], tuple[float, str]]
 
     def _place(self, device_id: str, stream_id: str) -> tuple[Device, Bed]:
         raise NotImplementedError  # the Ward's
@@ -127,16 +136,22 @@ class WardMemory:
     def _store_reading(
         self, device_id: str, stream_id: str, kind: str, body: dict[str, Any]
     ) -> None:
-        """A verdict always; a breathing reading on a change of state, else once a minute."""
+        """A verdict or breathing reading on a change of verdict or state, else at most once a
+        minute (by its own time, later only); its contract's fields only, short text."""
         if self.history is None:
             return
-        if kind == "respiration":
-            at, state = epoch_s(body.get("utc")) or 0.0, str(body.get("state"))
-            last = self._stored_reading.get((device_id, stream_id))
-            if last is not None and last[1] == state and at - last[0] < READING_EVERY_S:
-                return
-            self._stored_reading[(device_id, stream_id)] = (at, state)
-        self.history.add_reading(device_id, stream_id, kind, body)
+        at = epoch_s(body.get("utc")) or 0.0
+        state = str(body.get("verdict" if kind == "verdict" else "state"))
+        last = self._stored_reading.get((device_id, stream_id, kind))
+        if last is not None and (at < last[0] or (last[1] == state and
+                                                  at - last[0] < READING_EVERY_S)):  # fmt: skip
+            return
+        self._stored_reading[(device_id, stream_id, kind)] = (at, state)
+        kept = {key: body[key] for key in (*IDENTITY, *STORED_FIELDS[kind]) if key in body}
+        for key, value in kept.items():
+            if isinstance(value, str) and len(value) > MAX_STORED_TEXT:
+                kept[key] = value[:MAX_STORED_TEXT]
+        self.history.add_reading(device_id, stream_id, kind, kept)
 
     def restore(self, restored: Restored) -> None:
         """Rebuild the ward from the store (module doc)."""

@@ -166,7 +166,8 @@ class DashboardServer:
             else None
         )
         self.hosts = HostRule(config.host, config.allowed_hosts)
-        self.connections = Connections(config.max_connections, config.max_connections_per_address)
+        self.connections = Connections(config.max_connections, config.max_connections_per_address,
+                                       config.allowed_clients)  # fmt: skip
         self._clients: set[Browser] = set()
         self._stop = threading.Event()
         self._supervising = threading.Lock()

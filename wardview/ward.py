@@ -139,7 +139,7 @@ class Ward(WardMemory):
         self.history = history  # the store of everything received (None: memory only)
         self.clips: set[str] = set()  # episodes whose evidence clip is in the store
         self.assembler = Assembler()
-        self._stored_reading: dict[tuple[str, str], tuple[float, str]] = {}
+        self._stored_reading: dict[tuple[str, str, str], tuple[float, str]] = {}
         self.max_devices, self.max_beds_per_device = max_devices, max_beds_per_device
         self.max_open_episodes_per_bed = max_open_episodes_per_bed
         self.verdict_alarms, self.verdict_priority = verdict_alarms, verdict_priority

@@ -148,16 +148,28 @@ class Connections:
     :attr:`stalled` those closed because the client stopped reading a response for as long.
     Used from the server's event loop only; the counters are read from anywhere."""
 
-    def __init__(self, max_connections: int, max_per_address: int | None = None) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        max_per_address: int | None = None,
+        allowed: tuple[str, ...] = (),
+    ) -> None:
         self.max_connections = max_connections
         self.max_per_address = min(max_per_address or max_connections, max_connections)
+        # the client networks that may connect at all (none given: any)
+        self.allowed = tuple(ipaddress.ip_network(net, strict=False) for net in allowed)
         self.refused = self.refused_per_address = self.reaped = self.stalled = 0
+        self.refused_not_allowed = 0
         self._open: dict[str, int] = {}  # client address -> its open connections
         self._lock = threading.Lock()
 
     def admit(self, host: str) -> str | None:
         """Count a new connection from ``host``; else why it is refused."""
         with self._lock:
+            if self.allowed and not _within(host, self.allowed):
+                self.refused += 1
+                self.refused_not_allowed += 1
+                return "not an allowed client address (dashboard.allowed_clients)"
             if self._open.get(host, 0) >= self.max_per_address:
                 self.refused += 1
                 self.refused_per_address += 1
@@ -181,6 +193,17 @@ class Connections:
         """How many connections from ``host`` (None: from anywhere) are open now."""
         with self._lock:
             return sum(self._open.values()) if host is None else self._open.get(host, 0)
+
+
+def _within(host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    """``host`` (an IP address; an IPv4 one mapped into IPv6 as itself) is in a network."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    address = mapped or address
+    return any(address in network for network in networks if address.version == network.version)
 
 
 def guarded_protocol(connections: Connections, request_timeout_s: float) -> type[H11Protocol]:

@@ -613,3 +613,29 @@ def test_without_named_users_nobody_listens(tmp_path: Path, broker: Mosquitto) -
         assert status == 401
         assert "view or ack role" in json.loads(raw)["error"]
         assert get(f"{server.url}api/trend/{DEVICE}/bed-1")[0] == 200
+
+
+def test_a_device_cannot_fill_the_history_with_verdicts(tmp_path: Path) -> None:
+    """1,000 verdicts a second apart, each with 20 kB of fields the contract does not have
+    and times jumping back and forth: the history keeps a verdict on a change of verdict or
+    once a minute by its own time, later only, and only the contract's fields."""
+    import sqlite3
+
+    path = tmp_path / "history.sqlite"
+    store = History(path, clock=Clock(), site=SITE)
+    ward = Ward(SITE, history=store)
+    base = time.time() - 3600
+    for i in range(1000):
+        at = base + i + (7200 if i % 2 else 0)
+        body = {"schema_version": 1, "site": SITE, "device_id": DEVICE, "stream_id": "bed-1",
+                "verdict": "CAS" if i < 500 else "Normal", "window_s": 30.0,
+                "utc": format_utc(at), "junk": "x" * 20_000}  # fmt: skip
+        assert ward.handle(f"lungwatch/v1/{SITE}/{DEVICE}/bed-1/verdict", json.dumps(body).encode())
+    store.flush()
+    store.close()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT body FROM readings WHERE kind = 'verdict'").fetchall()
+    # once a minute of the device's own 1,000 s, and the change to Normal: not 1,000 rows
+    assert len(rows) <= 1000 / 60 + 3, len(rows)
+    assert all("junk" not in body for (body,) in rows)
+    assert path.stat().st_size < 2_000_000

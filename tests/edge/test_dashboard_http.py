@@ -95,8 +95,8 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 def serve(broker: Mosquitto, **settings: Any) -> DashboardServer:
-    config = DashboardConfig(port=0, request_timeout_s=0.5, allowed_hosts=(PUBLIC_NAME,),
-                             **settings)  # fmt: skip
+    settings.setdefault("request_timeout_s", 0.5)
+    config = DashboardConfig(port=0, allowed_hosts=(PUBLIC_NAME,), **settings)
     mqtt_config = MqttConfig(host=HOST, port=broker.port, connect_timeout_s=5.0)
     server = DashboardServer(config, mqtt_config, SITE).start()
     wait_until(server.feed.connected.is_set, 10.0, "the dashboard's broker connection")
@@ -560,3 +560,52 @@ def test_an_acknowledge_the_device_would_not_take_is_answered_409_at_once(
         assert not server.ward.alarms()[0]["ack_sent"]
     finally:
         server.stop()
+
+
+def test_slow_sockets_from_many_addresses_and_what_keeps_the_ward_served(
+    broker: Mosquitto,
+) -> None:
+    """80 connections that send nothing, from 8 addresses (10 each, over the per-address
+    bound): without ``allowed_clients`` they take the 16 slots until the request deadline cuts
+    them (5 s here), and a nurse's page load meanwhile is refused (the limit this bound
+    has, said in docs/security.md); with ``allowed_clients`` naming the ward workstations'
+    network, every one of them is closed unread at once and the workstation's page loads."""
+    for allowed, nurse in (((), "127.0.0.1"), (("127.0.0.1/32",), "127.0.0.1")):
+        server = serve(broker, max_connections=16, max_connections_per_address=8,
+                       allowed_clients=allowed, request_timeout_s=5.0)  # fmt: skip
+        port, host = address(server)
+        slow = []
+        try:
+            for i in range(80):
+                source = f"127.0.0.{2 + i % 8}"
+                sock = socket.socket()
+                sock.bind((source, 0))
+                sock.connect((HOST, port))
+                slow.append(sock)
+            counts = server.connections
+            if allowed:
+                wait_until(lambda c=counts: c.refused_not_allowed == 80, GENEROUS_S,
+                           "every slow socket refused")  # fmt: skip
+                assert counts.open_connections() == 0
+                assert send(port, http("GET", "/api/state", host), nurse).status == 200
+            else:  # 16 hold every slot, 64 refused; the nurse's page load is refused too
+                wait_until(lambda c=counts: c.refused == 64, GENEROUS_S, "the slots full")
+                with socket.create_connection((HOST, port), GENEROUS_S, (nurse, 0)) as sock:
+                    sock.sendall(http("GET", "/api/state", host))
+                    try:
+                        answer = read_to_end(sock)
+                    except ConnectionResetError:
+                        answer = b""
+                assert answer == b"", "a page load while the slots are full"
+        finally:
+            for sock in slow:
+                sock.close()
+            server.stop()
+
+
+def test_allowed_clients_must_be_networks() -> None:
+    from lungwatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="allowed_clients"):
+        DashboardConfig(allowed_clients=("the ward",))
+    assert DashboardConfig(allowed_clients=("10.20.0.0/24", "fd00::/8")).allowed_clients
