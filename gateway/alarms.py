@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 NOTE_PREFIX = "alert/"  # the queue's notes of what was last reported, per condition
 SETTLE_S = 30.0  # after a start: the retained summaries and kept messages arrive first
+# an end acknowledged by nobody named yet waits this long for the device's ack message (it
+# and the bed's summary travel on two topics: the name may come a moment after)
+ACK_NAME_WAIT_S = 3.0
 
 Key = tuple[str, str, str]  # device, bed, condition
 
@@ -113,6 +116,7 @@ class AlarmFollower:
         self._listed: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._open: dict[tuple[str, str], set[str]] = {}  # episodes an event opened
         self._acked_by: dict[Key, str] = {}  # who acknowledged a condition the book dropped
+        self._nameless: dict[Key, float] = {}  # ends acknowledged by nobody named: since
         self._unreportable: set[Key] = set()  # conditions whose report HL7 refused (logged once)
         self.counts = {"reports": 0}
 
@@ -140,6 +144,10 @@ class AlarmFollower:
         for episode_id, row in before.items():
             if episode_id not in rows and episode_id not in opened:
                 self.book.take(listed_episode(device_id, stream_id, row, "ended"), now)
+                key = (device_id, stream_id, condition_of(row["type"]))
+                cond = self.book.get(key)
+                if cond is not None and cond.acknowledged:  # on the device; by whom: the ack
+                    self._acked_by.setdefault(key, cond.acknowledged_by)
         self._listed[bed] = rows
         if body is None:
             self.book.forget_bed(device_id, stream_id)
@@ -153,8 +161,11 @@ class AlarmFollower:
         of its episodes) by ``user`` at ``utc`` (the device's clock)."""
         now = self._clock()
         if self.book.find(device_id, stream_id, target) is None:
-            # one reported before a restart and not yet taken back: taken back now
             key = (device_id, stream_id, condition_of(target))
+            if key in self._nameless:  # its end waits for this name
+                self._acked_by[key] = user
+                return
+            # one reported before a restart and not yet taken back: taken back now
             last = self._reported.get(key)
             if last is not None and last.acknowledged_by is None:
                 self._take_back_one(key, last, now)
@@ -175,14 +186,18 @@ class AlarmFollower:
         self.book.take_changed()  # the gateway keeps no store of the book: nothing to write
         queued = 0
         for key, row in rows.items():
-            queued += self._guarded(key, functools.partial(self._compare, key, row))
+            queued += self._guarded(key, functools.partial(self._compare, key, row, now))
         for key in [k for k in self._reported if k not in rows]:
             if not settling:  # acknowledged and over, or its bed gone
                 last = self._reported[key]
                 by = self._acked_by.get(key, last.acknowledged_by)
+                nameless = by == "" and last.acknowledged_by is None  # nobody named yet
+                if nameless and now - self._nameless.setdefault(key, now) < ACK_NAME_WAIT_S:
+                    continue  # a moment for the device's ack message
+                self._nameless.pop(key, None)
                 ended = replace(last, alarm_state="inactive", acknowledged_by=by)
                 queued += self._guarded(key, functools.partial(self._report, key, ended, "end"))
-        self._acked_by.clear()
+        self._acked_by = {k: v for k, v in self._acked_by.items() if k in self._nameless}
         return queued
 
     def _guarded(self, key: Key, report: Callable[[], int]) -> int:
@@ -202,7 +217,7 @@ class AlarmFollower:
             log.error("alarm %s could not be reported", "/".join(key), exc_info=True)
         return 0
 
-    def _compare(self, key: Key, row: dict[str, Any]) -> int:
+    def _compare(self, key: Key, row: dict[str, Any], now: float) -> int:
         acked = (row["acknowledged_by"] or "") if row["state"] != "alarming" else None
         if row["state"] == "ended":
             state = "inactive"
@@ -220,6 +235,10 @@ class AlarmFollower:
         )  # fmt: skip
         if last is None:
             return 0 if state == "inactive" else self._report(key, now_reported, "start")
+        nameless = acked == "" and last.acknowledged_by is None  # acknowledged, nobody named
+        if nameless and now - self._nameless.setdefault(key, now) < ACK_NAME_WAIT_S:
+            return 0  # a moment for the device's ack message, which names who
+        self._nameless.pop(key, None)
         renewed = row["first_onset_utc"] != last.first_onset_utc
         if renewed and acked is None and last.acknowledged_by is not None:
             # acknowledged, over, and started again: a new condition is a new alert

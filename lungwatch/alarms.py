@@ -507,12 +507,18 @@ class AlarmBook:
     ) -> AlarmCondition | None:
         """A device says it took an acknowledge of ``target`` by ``user`` at ``utc`` (any
         view's, or one before this book started): the condition it names is acknowledged
-        here too unless it already is, or unless the acknowledge is older than the
-        condition's last raise (the device's clock both: a late or repeated confirmation of
-        an earlier alarm's acknowledge quiets no new one). The condition, or None: no such
-        condition."""
+        here too unless it already is (one acknowledged by nobody named, as a summary tells
+        it, is then named), or unless the acknowledge is older than the condition's last
+        raise (the device's clock both: a late or repeated confirmation of an earlier alarm's
+        acknowledge quiets no new one). The condition, or None: no such condition."""
         cond = self.find(device_id, stream_id, target)
-        if cond is None or cond.acknowledged:
+        if cond is None:
+            return None
+        if cond.acknowledged:
+            if not cond.acknowledged_by and user:  # acknowledged on the device, now by whom
+                cond.acknowledged_by = user
+                cond.version += 1
+                self._changed.add(cond.key)
             return cond
         if utc is not None and cond.raised_utc and utc < cond.raised_utc:
             return cond

@@ -327,3 +327,41 @@ def test_a_devices_status_names_its_equipment_in_what_follows(tmp_path: Path) ->
     assert alert[0][3] == "196648^MDC_EVT_HI^MDC"
     assert alert[1][3:9] == ["151562^MDC_RESP_RATE^MDC", "1.1.1.1.2", "31.0",
                              "264928^MDC_DIM_RESP_PER_MIN^MDC", "9-24", "H"]  # fmt: skip
+
+
+def test_who_acknowledged_is_named_whichever_comes_first_the_summary_or_the_ack(
+    tmp_path: Path,
+) -> None:
+    """A device that takes an acknowledge publishes its ack message (naming the nurse) and
+    the bed's summary without the latched alarm, on two topics: whichever arrives first, and
+    whether or not a tick runs between them, the acknowledgement's report and the alert's end
+    name the nurse (OBX-16), once each; it was empty when the summary came first."""
+    row = {"episode_id": "e-latched", "type": "Wheeze", "kind": "physiological",
+           "priority": "low", "start_utc": "2026-05-09T07:00:00.000Z", "key": "Wheeze",
+           "latched": True}  # fmt: skip
+    summary = {"name": "Bed 1", "location": "ICU", "utc": "2026-05-09T07:01:00.000Z"}
+    with_row = summary_payload(SITE, DEVICE, BED, {**summary, "open": [row]}).encode()
+    without = summary_payload(SITE, DEVICE, BED, {**summary, "open": []}).encode()
+    stopic, atopic = summary_topic(SITE, DEVICE, BED), ack_topic(SITE, DEVICE, BED)
+    for order in ("summary, tick, ack", "summary, ack, tick", "ack, summary, tick"):
+        clock = Clock()
+        gate, outbox = intake(tmp_path / f"{order}.sqlite", clock)
+        assert gate.handle(stopic, with_row) == "taken"
+        assert gate.tick() == 1  # start
+        for step in order.split(", "):
+            if step == "summary":
+                assert gate.handle(stopic, without) == "taken"
+            elif step == "ack":
+                assert gate.handle(atopic, ack("CAS", "nurse-c")) == "taken"
+            else:
+                gate.tick()
+        clock.now += 5.0
+        gate.tick()
+        clock.now += 61.0  # continues_s: the acknowledged finding is over
+        gate.tick()
+        got = [(r["phase"], r["state"], r["inactivation"], r["by"]) for r in reports(outbox)]
+        assert got == [
+            ("start", "latched", "enabled", ""),
+            ("update", "active", "alert-acknowledged", "nurse-c"),
+            ("end", "inactive", "alert-acknowledged", "nurse-c"),
+        ], (order, got)
