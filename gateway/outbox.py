@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from lungwatch.errors import LungwatchError
 from lungwatch.private import create_private
@@ -241,13 +241,17 @@ class Outbox:
         self._finish(seq, "refused", error)
 
     def attempted(self, seq: int, error: str, refusal: bool) -> int:
-        """Note a failed attempt; the message's refusals so far."""
+        """Note a failed attempt; the message's refusals so far (StoreError where the queue
+        takes no writes now)."""
         with self._lock:
-            self._db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, "
-                "last_error = ? WHERE seq = ?",
-                (int(refusal), error, seq),
-            )
+            try:
+                self._db.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, "
+                    "last_error = ? WHERE seq = ?",
+                    (int(refusal), error, seq),
+                )
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"{self.path}: cannot note an attempt now ({exc})") from None
             row = self._db.execute("SELECT refusals FROM outbox WHERE seq = ?", (seq,)).fetchone()
             return int(row[0]) if row else 0
 
@@ -296,6 +300,13 @@ class Outbox:
         return Queued(*row[:6])
 
     def _finish(self, seq: int, state: str, error: str) -> None:
+        """The message's end (sent, refused); StoreError where the queue takes no writes."""
+        try:
+            self._finished(seq, state, error)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: cannot note a message {state} now ({exc})") from None
+
+    def _finished(self, seq: int, state: str, error: str) -> None:
         now = time.time()
         with self._lock:
             self._db.execute(
@@ -324,6 +335,10 @@ class CourierConfig:
 SENT, RETRY, REFUSED, REJECTED = "sent", "retry", "refused", "rejected"
 
 
+T = TypeVar("T")
+STORE_RETRY_S = 1.0  # a queue write that failed (a full disk) is tried again this often
+
+
 class Transport(Protocol):
     """One receiver: delivers a queued message, says how it went."""
 
@@ -340,12 +355,14 @@ class Courier:
 
     def __init__(self, outbox: Outbox, transport: Transport, config: CourierConfig) -> None:
         self.outbox, self.transport, self.config = outbox, transport, config
-        self.stats = {"sent": 0, "retries": 0, "refused": 0}
+        self.stats = {"sent": 0, "retries": 0, "refused": 0, "store_waits": 0}
         self.last_error = ""
         self.last_sent_utc = ""
+        self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop`` is set."""
+        self._stop = stop
         delay = self.config.backoff_min_s
         while not stop.is_set():
             row = self.outbox.head(wait_s=0.5)
@@ -358,20 +375,38 @@ class Courier:
                 delay = min(2.0 * delay, self.config.backoff_max_s)
         self.transport.close()
 
+    def _noted(self, write: Callable[[], T]) -> T | None:
+        """A write to the queue (a message sent, an attempt, a refusal): where the queue
+        takes no writes (a full disk) it is tried again every ``STORE_RETRY_S``, said once,
+        counted (``store_waits``), and nothing else is sent meanwhile; a stop leaves it (a
+        message sent but not noted goes again after a restart, under its control id)."""
+        said = False
+        while True:
+            try:
+                return write()
+            except StoreError as exc:
+                self.stats["store_waits"] += 1
+                self.last_error = str(exc)[:200]
+                if not said:
+                    log.error("%s; the courier waits for the queue to take writes", exc)
+                    said = True
+                if self._stop.wait(STORE_RETRY_S):
+                    return None
+
     def send(self, row: Queued) -> bool:
         """One attempt at ``row``; True when it left the queue (accepted, or refused for
         good), False when it is to be tried again after the backoff."""
         outcome, why = self.transport.deliver(row)
         if outcome == SENT:
-            self.outbox.sent(row.seq)
+            self._noted(lambda: self.outbox.sent(row.seq))
             self.stats["sent"] += 1
             self.last_sent_utc = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             return True
         refusal = outcome in (REFUSED, REJECTED)
-        refusals = self.outbox.attempted(row.seq, why, refusal)
+        refusals = self._noted(lambda: self.outbox.attempted(row.seq, why, refusal)) or 0
         self.last_error = f"{row.control_id}: {why}"
         if outcome == REJECTED or (refusal and refusals >= self.config.max_refusals):
-            self.outbox.refused(row.seq, why)
+            self._noted(lambda: self.outbox.refused(row.seq, why))
             self.stats["refused"] += 1
             log.error("message %s (%s) refused %d times, kept as refused: %s", row.control_id,
                       row.key, refusals, why)  # fmt: skip

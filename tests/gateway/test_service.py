@@ -5,6 +5,7 @@ beds publish: every finding and reading delivered, none under a second control i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -15,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.config import BedEntry, GatewayConfig, Hl7Config
 from gateway.fhir import identifier_of
@@ -400,3 +403,61 @@ def test_a_flapping_state_is_sent_at_a_pace_and_a_late_reading_never(tmp_path: P
     assert 10 <= outcomes.count("queued") <= 13, outcomes.count("queued")
     assert intake.handle(rtopic, at(200, "not_assessable")) == "queued"
     assert intake.handle(rtopic, at(150, "ok")) == "skipped"  # earlier than one sent
+
+
+def _small_disk(where: Path, size: str) -> bool:
+    """A tmpfs of ``size`` mounted at ``where`` (needs root and the mount capability)."""
+    where.mkdir(mode=0o700)
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                           str(where)], capture_output=True)  # fmt: skip
+    return done.returncode == 0
+
+
+def test_a_full_filesystem_keeps_the_findings_at_the_broker_until_it_has_room(
+    tmp_path: Path,
+) -> None:
+    """The gateway's process with its queue on a 2 MB tmpfs that a file then fills (ENOSPC
+    from the filesystem, not a limit SQLite sets itself): the findings published meanwhile are
+    not acknowledged to the broker and wait there; once the file is removed every one goes
+    out, once; the process never stops."""
+    small = tmp_path / "small"
+    if not _small_disk(small, "2m"):
+        pytest.skip("mounting a tmpfs needs root and CAP_SYS_ADMIN")
+    try:
+        (small / "state").mkdir(mode=0o700)
+        broker, receiver = Mosquitto(tmp_path).start(), Receiver().start()
+        config = gateway_yaml(small, broker.port, receiver.port)
+        gateway = start_gateway(config)
+        device = Device(broker.port)
+        events = finding_events(20, site=SITE, device_id=DEVICE, stream_id=BED)
+        topic = event_topic(SITE, DEVICE, BED)
+        filler = small / "filler"
+        try:
+            device.publish(topic, events[0].to_json().encode())
+            assert receiver.wait_for(lambda: len(receiver.accepted) >= 1, 20.0), receiver.errors
+            with open(filler, "wb") as out, contextlib.suppress(OSError):  # the disk full
+                while True:
+                    out.write(b"\0" * 65536)
+                    out.flush()
+            for event in events[1:]:
+                device.publish(topic, event.to_json().encode())
+            time.sleep(4.0)  # the gateway meets the full disk, waits and tries again
+            stored = len(receiver.accepted)
+            assert gateway.poll() is None, gateway.communicate()[1][-3000:]  # it goes on
+            filler.unlink()  # room again
+            receiver.wait_for(lambda: len(receiver.accepted) >= 20, 30.0)
+            time.sleep(0.5)  # nothing more arrives
+        finally:
+            device.close()
+            gateway.send_signal(signal.SIGTERM)
+            _, err = gateway.communicate(timeout=20)
+            receiver.kill()
+            broker.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+    assert len(receiver.accepted) == 20, (stored, err[-2000:])  # 0 lost
+    assert stored < 20  # the full disk held some back
+    assert len(set(receiver.received)) == 20  # none sent twice
+    assert "cannot store" in err or "full" in err, err[-2000:]  # said in its log
