@@ -461,3 +461,53 @@ def test_a_full_filesystem_keeps_the_findings_at_the_broker_until_it_has_room(
     assert stored < 20  # the full disk held some back
     assert len(set(receiver.received)) == 20  # none sent twice
     assert "cannot store" in err or "full" in err, err[-2000:]  # said in its log
+
+
+def test_a_device_cannot_take_over_another_beds_episode_end_to_end(tmp_path: Path) -> None:
+    """Through Mosquitto to the ward view's server and the gateway's process at once: dev-2
+    publishes, on its own bed, an event under bed-1's episode id (read off the view's state).
+    The view refuses it (foreign_episode) and keeps bed-1's alarm bed-1's; the gateway refuses
+    it, so the hospital gets bed-1's finding and alert only, none under dev-2's bed."""
+    from wardview.config import DashboardConfig
+    from wardview.server import DashboardServer
+
+    (tmp_path / "state").mkdir(mode=0o700)
+    broker, receiver = Mosquitto(tmp_path).start(), Receiver().start()
+    gateway = start_gateway(gateway_yaml(tmp_path, broker.port, receiver.port, alarms=True))
+    view = DashboardServer(
+        DashboardConfig(port=0, history_path=str(tmp_path / "history.sqlite")),
+        import_mqtt_config(broker.port), SITE,
+    ).start()  # fmt: skip
+    device = Device(broker.port)
+    [onset] = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED, priority="high")
+    [theirs] = finding_events(1, site=SITE, device_id="dev-2", stream_id="bed-14")
+    stolen = dataclasses.replace(theirs, episode_id=onset.episode_id)
+    try:
+        view.feed.connected.wait(10.0)
+        device.publish(event_topic(SITE, DEVICE, BED), onset.to_json().encode())
+        assert receiver.wait_for(lambda: len(receiver.accepted) >= 2, 20.0), receiver.errors
+        device.publish(event_topic(SITE, "dev-2", "bed-14"), stolen.to_json().encode())
+        deadline = time.monotonic() + 10.0
+        while view.ward.rejected_reasons.get("foreign_episode", 0) < 1:
+            assert time.monotonic() < deadline, view.ward.rejected_reasons
+            time.sleep(0.05)
+        time.sleep(2.5)  # the gateway's tick and courier had their chance
+        rows = view.ward.alarms()
+    finally:
+        device.close()
+        view.stop()
+        gateway.send_signal(signal.SIGTERM)
+        _, err = gateway.communicate(timeout=20)
+        receiver.kill()
+        broker.stop()
+    assert [(r["device_id"], r["stream_id"]) for r in rows] == [(DEVICE, BED)]
+    texts = list(receiver.accepted.values())
+    assert len(texts) == 2, texts  # bed-1's finding and its alert's start
+    assert all(f"{DEVICE}.{BED}^" in text and "bed-14" not in text for text in texts)
+    assert "foreign_episode" in err or "refused" in err, err[-2000:]
+
+
+def import_mqtt_config(port: int) -> Any:
+    from lungwatch.mqtt import MqttConfig
+
+    return MqttConfig(host="127.0.0.1", port=port, connect_timeout_s=5.0)
