@@ -22,7 +22,7 @@ its node name (``/model/head/Conv``: the output layer); a name the graph lacks i
 ``--keep-first`` keeps each kind's first convolution in float, whatever the stem
 (:func:`first_layers`).
 The shipped INT8 file keeps its first layer, the stem convolution, in float (``make train-sed``
-passes ``--exclude`` for it): its events follow FP32's more closely (docs/models/sed.md).
+passes ``--exclude`` for it): its events follow FP32's more closely (docs/models/sed-lab.md).
 
 Q/DQ placement (:func:`tidy_qdq`, after onnxruntime's quantizer): onnxruntime quantizes a tensor
 once for all its readers, so the cache slices that become ``state_out`` would carry rounded

@@ -6,8 +6,8 @@
 SPRSound's stethoscope records nothing above about 0.8 kHz: in those bands every training
 frame sits at the front end's log floor (``ln(log_offset)``), so the model has learnt nothing
 there. Another stethoscope puts real sound in them, tens of standard deviations away from
-anything the model saw, and the model calls it Poor Quality (docs/models/sed.md, "One
-stethoscope"). The alarm is right, but "model Poor Quality" alone sends a nurse to reposition
+anything the model saw, and the model calls it Poor Quality (docs/models/sed.md, "Few
+stethoscopes"). The alarm is right, but "model Poor Quality" alone sends a nurse to reposition
 a chest piece that is fine. When the model's quality output turns on, the gate adds this
 module's sentence to the ``poor_signal`` reason, so an integrator trying a new device sees
 what is different.
@@ -97,5 +97,5 @@ class SilentBands:
         return (
             f"sound above {self.lowest_hz:.0f} Hz, {excess:.0f} dB above the floor where the "
             "training recordings hold none (another stethoscope or microphone, or broadband "
-            "noise? docs/models/sed.md, One stethoscope)"
+            "noise? docs/models/sed.md, Few stethoscopes)"
         )

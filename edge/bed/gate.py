@@ -35,7 +35,7 @@ source_stalled    no audio for more than ``stall_timeout_s``, or a ``disconnecte
 
 ``clipping`` and ``silence`` are announced once they span ``min_condition_ms``,
 ``poor_signal`` once it spans ``poor_signal_min_ms`` (longer: the model's quality output
-flickers on good recordings; docs/models/sed.md); the others at once. A condition that
+flickers on good recordings; docs/models/sed-lab.md); the others at once. A condition that
 clears for up to ``clear_after_ms`` and returns continues its event. Physiological detection
 is suppressed (:attr:`QualityGate.suppressed`) while any condition holds in the current hop
 (before the minimum duration: suppression acts at once), while more than
@@ -112,7 +112,7 @@ class GateConfig:
     stall_timeout_s: float = 2.0  # no audio for longer: source_stalled
     min_condition_ms: float = 500.0  # clipping, silence must last this long
     # poor_signal must last this long: on validation 1 s keeps the Poor Quality records found
-    # at 0.5 s and halves the good ones flagged (docs/models/sed.md)
+    # at 0.5 s and halves the good ones flagged (docs/models/sed-lab.md)
     poor_signal_min_ms: float = 1000.0
     clear_after_ms: float = 1000.0  # a condition back within this continues its event
     ongoing_every_ms: float = 0.0  # repeat `ongoing` this often while active; 0: never

@@ -43,7 +43,8 @@ WHEEZES = "intra_test/64913238_0.6_1_p3_2175"  # 13 annotated wheezes, 15.7 s
 MIXED = "intra_test/41161556_1.7_0_p2_3062"  # wheezes and fine crackles
 CRACKLES = "intra_test/41004529_5.2_1_p3_1359"  # 5 fine crackles
 # 8 fine crackles, 15.4 s: the record the shipped streaming model finds most of (its findings
-# drive the runtime's reliability tests; it raises almost no Wheeze event, docs/models/sed.md)
+# drive the runtime's reliability tests; an earlier model raised almost no Wheeze event:
+# docs/models/sed-lab.md)
 FOUND = "intra_test/41267028_0.3_0_p1_2681"
 SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
 
