@@ -33,18 +33,12 @@ import numpy as np
 from edge.bed.agebands import age_band
 from edge.bed.breathing import BreathTracker, bands_read, tracker_spec
 from edge.bed.breathing_state import Respiration, RespirationConfig
-from edge.bed.detector import (
-    SPAN_SETTINGS,
-    ClassThreshold,
-    DetectorConfig,
-    FrameDetector,
-    FrameGrid,
-    Transition,
-)
+from edge.bed.detector import DetectorConfig, FrameDetector, FrameGrid, Transition
 from edge.bed.domain import SilentBands
 from edge.bed.findings import HELD_FAMILIES, FindingTracker
 from edge.bed.gate import GateConfig, QualityGate
 from edge.bed.pipeline import DEFAULT_PIECE_SAMPLES, StreamPipeline, WindowReady
+from edge.bed.rules import SPAN_SETTINGS, ClassThreshold
 from edge.bed.verdict import RollingVerdict, VerdictConfig, VerdictRule
 from edge.features import FeatureSpec
 from edge.inference.manifest import Manifest, StreamingInfo

@@ -36,6 +36,19 @@ import numpy as np
 from numba import njit
 
 from edge.bed.findings import FindingConfig
+from edge.bed.rules import (
+    DEFAULT_MERGE_GAP_MS,
+    DEFAULT_MIN_EVENT_MS,
+    DEFAULT_OFF_THRESHOLD,
+    DEFAULT_ON_THRESHOLD,
+    PRIORITIES,
+    ClassRule,
+    ClassThreshold,
+    PhaseRule,
+    TypePriority,
+    check_priorities,
+    check_thresholds,
+)
 from lungwatch.alarms import names
 from lungwatch.config import check
 from lungwatch.errors import ConfigError, LungwatchError
@@ -45,7 +58,6 @@ from lungwatch.labels import DETECTED_CLASSES
 
 EventKind = Literal["physiological", "technical", "finding"]
 State = Literal["onset", "ongoing", "ended"]
-PRIORITIES: tuple[str, ...] = ("high", "medium", "low")
 MS_PER_S = 1000.0
 
 
@@ -57,111 +69,6 @@ def hysteresis_step(active: bool, value: float, on: float, off: float) -> bool:
     """One step of the two-threshold switch: it turns on at ``value >= on`` and, once on, stays
     on while ``value >= off``."""
     return value >= off if active else value >= on
-
-
-#: What a class's rule is when neither its own rule nor the detector's settings say.
-DEFAULT_ON_THRESHOLD = 0.6
-DEFAULT_OFF_THRESHOLD = 0.4
-DEFAULT_MIN_EVENT_MS = 250.0
-DEFAULT_MERGE_GAP_MS = 250.0
-#: The settings a phase rule replaces: in phase mode an event spans its breath phase.
-SPAN_SETTINGS = ("off_threshold", "min_event_ms", "merge_gap_ms")
-
-
-@dataclass(frozen=True)
-class ClassThreshold:
-    """One class's rule, overriding the detector's settings (None: the detector's)."""
-
-    type: str
-    on_threshold: float
-    off_threshold: float | None = None
-    min_event_ms: float | None = None
-    merge_gap_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        check_thresholds(self.on_threshold, self.off_threshold)
-        for key in ("min_event_ms", "merge_gap_ms"):
-            value = getattr(self, key)
-            check(value is None or value >= 0.0, key, value, "a number >= 0")
-
-
-@dataclass(frozen=True)
-class ClassRule:
-    """The resolved rule of one class (every field set)."""
-
-    on_threshold: float
-    off_threshold: float
-    min_event_ms: float
-    merge_gap_ms: float
-
-
-@dataclass(frozen=True)
-class PhaseRule:
-    """Phase mode of :class:`FrameDetector`: events are breath phases with an adventitious
-    sound. A phase opens at ``output >= on_threshold`` and closes at ``< off_threshold``; a
-    class is announced in a phase once the phase spans ``min_phase_ms`` and the mean of the
-    class's probability over the phase so far reaches the class's ``on_threshold``; the event
-    runs from the phase's start to its end. The phase output crosses its on-threshold a little
-    after a phase really starts (on SPRSound validation the detected start lies a median 53 ms
-    after the annotated one), so an event's start is reported ``lead_ms`` before the phase's
-    first frame (never before the stream's start or the end of the class's previous event);
-    only the reported start moves, not when the event is announced. The classes of
-    ``frame_classes`` are left out of the phases: their events are their own output's
-    hysteresis, as without a phase rule (SPRSound marks a wheeze as the span of the sound, a
-    median half second, not as its breath phase)."""
-
-    on_threshold: float
-    off_threshold: float
-    min_phase_ms: float = 240.0
-    output: str = "Breath"  # the model output that marks breath phases
-    lead_ms: float = 0.0
-    # these classes keep their own hysteresis (on/off, minimum duration, merge gap) instead:
-    # a sound annotated as its own span, shorter than the phase (SPRSound's wheezes)
-    frame_classes: tuple[str, ...] = ()
-    # these classes are cut on their own output's change points instead (:func:`_track_boxes`):
-    # a box opens at a rise and closes at a fall of a step filter box_filter_ms long, runs on
-    # over a gap that stays at or above box_merge x its peak, and is announced once its peak
-    # reaches the class's on_threshold
-    box_classes: tuple[str, ...] = ()
-    box_filter_ms: float = 960.0
-    box_merge: float = 0.5
-
-    def __post_init__(self) -> None:
-        check_thresholds(self.on_threshold, self.off_threshold)
-        check(self.min_phase_ms >= 0.0, "min_phase_ms", self.min_phase_ms, "a number >= 0")
-        check(self.lead_ms >= 0.0, "lead_ms", self.lead_ms, "a number >= 0")
-        both = sorted(set(self.frame_classes) & set(self.box_classes))
-        check(not both, "box_classes", both, "classes not also in frame_classes")
-        check(self.box_filter_ms > 0.0, "box_filter_ms", self.box_filter_ms, "a number > 0")
-        check(0.0 <= self.box_merge <= 1.0, "box_merge", self.box_merge, "a number in [0, 1]")
-
-
-@dataclass(frozen=True)
-class TypePriority:
-    """Priority of one event type."""
-
-    type: str
-    priority: Priority
-
-    def __post_init__(self) -> None:
-        check(self.priority in PRIORITIES, "priority", self.priority, f"one of {PRIORITIES}")
-
-
-def check_thresholds(on: float | None, off: float | None, prefix: str = "") -> None:
-    """``0 < off <= on < 1`` for the values given (None: not set)."""
-    if on is not None:
-        check(0.0 < on < 1.0, prefix + "on_threshold", on, "in (0, 1)")
-    if off is not None:
-        top = 1.0 if on is None else on
-        check(0.0 < off <= top, prefix + "off_threshold", off, f"in (0, on_threshold={top}]")
-
-
-def check_priorities(rules: tuple[TypePriority, ...], latching: tuple[str, ...]) -> None:
-    types = [rule.type for rule in rules]
-    dupes = sorted({t for t in types if types.count(t) > 1})
-    check(not dupes, "priorities", dupes, "a list naming each type once")
-    bad = [p for p in latching if p not in PRIORITIES]
-    check(not bad, "latching", latching, f"a list of {PRIORITIES}")
 
 
 #: Default priorities of the physiological types: the rows of :data:`lungwatch.events.

@@ -52,9 +52,6 @@ from edge.bed.detector import (
     Lifecycle,
     Priority,
     Transition,
-    TypePriority,
-    check_priorities,
-    check_thresholds,
     hysteresis_step,
     ms_to_samples,
     priority_table,
@@ -62,6 +59,7 @@ from edge.bed.detector import (
 from edge.bed.domain import SilentBands
 from edge.bed.pipeline import WindowReady
 from edge.bed.quality import CLIPPING_FRACTION_LIMIT, QUIET_DBFS
+from edge.bed.rules import TypePriority, check_priorities, check_thresholds
 from edge.sources.base import Notice, SourceChunk
 from lungwatch.config import check
 from lungwatch.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from edge.bed.detector import PhaseRule
+from edge.bed.rules import PhaseRule
 from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
 from lungwatch.config import json_object
 from lungwatch.errors import ConfigError, FeatureSpecMismatchError, LungwatchError

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from bench.detection import decision_frames
-from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule
+from edge.bed.detector import DetectorConfig, FrameGrid
+from edge.bed.rules import ClassThreshold, PhaseRule
 
 OUTPUTS = ("Fine Crackle", "Coarse Crackle", "Wheeze", "Rhonchi", "Stridor", "Breath")
 GRID = FrameGrid(sample_rate_hz=1000, frame_samples=40)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from edge.bed.chain import resolve_detector, resolve_gate
-from edge.bed.detector import ClassThreshold, DetectorConfig
+from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
+from edge.bed.rules import ClassThreshold
 from edge.inference.manifest import load_manifest
 from edge.runtime.config import load_runtime_config
 from edge.runtime.detect import load_detect_config

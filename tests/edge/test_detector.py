@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from edge.bed.detector import (
-    ClassThreshold,
     DetectorConfig,
     DetectorError,
     FrameDetector,
@@ -18,6 +17,7 @@ from edge.bed.detector import (
     Transition,
     hysteresis_step,
 )
+from edge.bed.rules import ClassThreshold
 from lungwatch.config import ConfigError, from_mapping
 
 OUTPUTS = ("Wheeze", "Stridor", "Breath", "Poor Quality")

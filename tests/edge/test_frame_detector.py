@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 from edge.bed.detector import (
-    ClassThreshold,
     DetectedEvent,
     DetectorConfig,
     DetectorError,
     FrameDetector,
     FrameGrid,
-    PhaseRule,
     detect_events,
 )
+from edge.bed.rules import ClassThreshold, PhaseRule
 from lungwatch.config import ConfigError
 from lungwatch.labels import DETECTED_CLASSES
 
@@ -274,7 +273,8 @@ def test_frames_never_described_are_not_fed() -> None:
 def test_frame_classes_keep_their_own_hysteresis_inside_phase_mode() -> None:
     """With PhaseRule.frame_classes, Wheeze events are the Wheeze output's own spans while
     crackles still follow the breath phases (and their lead)."""
-    from edge.bed.detector import PhaseRule, detect_events
+    from edge.bed.detector import detect_events
+    from edge.bed.rules import PhaseRule
 
     outputs = ("Fine Crackle", "Wheeze", "Breath")
     grid = FrameGrid(8000, 320)

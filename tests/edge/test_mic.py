@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge.bed.detector import ClassThreshold, DetectorConfig, FrameDetector, FrameGrid, Transition
+from edge.bed.detector import DetectorConfig, FrameDetector, FrameGrid, Transition
 from edge.bed.pipeline import StreamPipeline, WindowReady
+from edge.bed.rules import ClassThreshold
 from edge.features import FeatureSpec
 from edge.inference import BackendConfig, open_backend
 from edge.inference.manifest import load_manifest

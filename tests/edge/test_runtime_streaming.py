@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from edge.bed.detector import PhaseRule
+from edge.bed.rules import PhaseRule
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edge.bed.detector import PhaseRule
+from edge.bed.rules import PhaseRule
 from edge.inference.manifest import ManifestError, load_manifest, verify_file
 from export.to_onnx import ExportError, export_folder, main
 from tests.streaming_fixture import CHUNK_FRAMES, tiny_checkpoint, tiny_streaming_folder

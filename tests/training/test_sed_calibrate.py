@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.bed.detector import DetectorConfig, FrameGrid, PhaseRule, detect_events
+from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
+from edge.bed.rules import PhaseRule
 from training.data.targets import BREATH_INDEX, OUTPUTS
 from training.recipe.fit import Limits, events_of, fit_detector
 

@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("sed_eval", reason="sed_eval is in the train extra")
 pytest.importorskip("sed_scores_eval", reason="sed_scores_eval is in the train extra")
 
-from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
+from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
+from edge.bed.rules import ClassThreshold, PhaseRule
 from lungwatch.errors import ConfigError
 from lungwatch.labels import DETECTED_CLASSES
 from training.scoring.detection import VIEWS, score_detection, score_view

@@ -59,7 +59,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.bed.detector import DetectorConfig, FrameGrid, PhaseRule
+from edge.bed.detector import DetectorConfig, FrameGrid
+from edge.bed.rules import PhaseRule
 from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
 from lungwatch.errors import ConfigError
 from lungwatch.labels import NORMAL, POOR_QUALITY

@@ -112,7 +112,8 @@ def raw_events(folder: Path, model: Path, threshold: float, truth: Truth) -> Run
     """Every event (no finding episodes) of every recording of ``folder`` through the device
     path with ``threshold`` for every CAS and DAS class, and each recording's rate (breaths
     per minute; None where not assessable)."""
-    from edge.bed.detector import ClassThreshold, DetectorConfig
+    from edge.bed.detector import DetectorConfig
+    from edge.bed.rules import ClassThreshold
     from edge.inference.manifest import load_manifest
     from edge.monitor import resolve_model
     from edge.runtime.offline import detect_recordings, recordings_in
@@ -135,7 +136,8 @@ def oof_events(design: Path, model: Path, threshold: float) -> Run:
     own), through the device's detector with the model's rules and ``threshold`` for every CAS
     and DAS class (the quality gate does not run here), and the truth they are judged on."""
     from edge.bed.chain import resolve_detector
-    from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
+    from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
+    from edge.bed.rules import ClassThreshold
     from edge.inference.manifest import load_manifest
     from edge.monitor import resolve_model
     from training.cv.oof import load_truth, oof_outputs

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, PhaseRule, detect_events
+from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
+from edge.bed.rules import ClassThreshold, PhaseRule
 from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
 from lungwatch.labels import DETECTED_CLASSES, POOR_QUALITY
 from training.scoring.detection import DetectionReport, Event, score_detection

@@ -68,7 +68,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.bed.detector import ClassThreshold, DetectorConfig, FrameGrid, detect_events
+from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
+from edge.bed.rules import ClassThreshold
 from lungwatch.errors import ConfigError
 from lungwatch.labels import DETECTED_CLASSES
 from training.recipe.fit import events_of, rule
