@@ -404,7 +404,7 @@ def manifest_beside(out: Path) -> Path:
 
 def record_engine(plan: BuildPlan, extra: dict[str, Any]) -> Path:
     """Record the engine in ``manifest.json`` beside it; return the manifest path."""
-    from export.manifest_write import record_artifact
+    from edge.inference.manifest_write import record_artifact
 
     manifest = manifest_beside(plan.out)
     record_artifact(manifest, plan.out, precision=plan.precision, extra=extra)

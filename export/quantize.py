@@ -70,7 +70,7 @@ import numpy as np
 
 from edge.features import FEATURE_KINDS, FeatureSpec
 from edge.inference.manifest import MANIFEST_NAME, sha256_file
-from export.manifest_write import record_artifact
+from edge.inference.manifest_write import record_artifact
 from export.to_onnx import FEATURES, PROBS, STATE, STATE_OUT
 from lungwatch.cli import ArgumentParser
 from lungwatch.errors import LungwatchError
@@ -662,7 +662,7 @@ def quantize_model(
         StreamingQuantizeError: bad options or inputs; OpCheckFailedError if the result has
             TensorRT problems (beyond the zero points of ``activations="quint8"``).
     """
-    from export.manifest_write import publish
+    from edge.inference.manifest_write import publish
 
     fp32_model, out = Path(fp32_model), Path(out)
     if method not in METHODS:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from edge.inference.manifest import SCHEMA_VERSION, load_manifest, sha256_file
-from export.manifest_write import file_entry, utc_now, write_manifest
+from edge.inference.manifest_write import file_entry, utc_now, write_manifest
 from lungwatch.cli import ArgumentParser
 from lungwatch.errors import LungwatchError
 

@@ -245,7 +245,7 @@ def beyond(c: Comparison, tol: Tolerance) -> list[str]:
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """A compressed .npz with fixed member dates (the same arrays give the same bytes), written
     to a temporary file and moved into place."""
-    from export.manifest_write import publish
+    from edge.inference.manifest_write import publish
 
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -357,8 +357,8 @@ def fp32_model(manifest: Manifest) -> str:
 def write_reference(folder: Path, audio_paths: Sequence[Path]) -> Path:
     """Run the recordings through the device path with the FP32 ONNX model; store the audio,
     the output frames and the events; record the file in the manifest."""
+    from edge.inference.manifest_write import record_artifact
     from edge.runtime.offline import detect_recordings
-    from export.manifest_write import record_artifact
 
     manifest = load_manifest(folder / MANIFEST_NAME)
     source, rate = fp32_model(manifest), manifest.feature_spec.sample_rate_hz
@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path} ({path.stat().st_size:,} bytes), recorded in {manifest_path}")
         reference, results = verify_folder(folder, args.model, args.providers)
         if args.write_reference:
-            from export.manifest_write import record_artifact
+            from edge.inference.manifest_write import record_artifact
 
             extra = entry_of(reference.meta, summary_of(results))
             record_artifact(manifest_path, reference.path, precision="reference", extra=extra)

@@ -6,7 +6,7 @@
 
 One ``manifest.json`` per model folder covers every artifact in it (``model.onnx``,
 ``model.int8.onnx``, TensorRT engines). It is written on the workstation by the export steps and
-extended on the device when an engine is built (:mod:`export.manifest_write`); this
+extended on the device when an engine is built (:mod:`edge.inference.manifest_write`); this
 module only reads and checks it, with numpy-free standard-library code, so the device needs
 neither torch nor onnx. The model is a *streaming* model (``docs/design.md``, "Streaming
 models": the context is carried as an explicit input and output): one call takes a chunk of

@@ -1,4 +1,4 @@
-"""manifest.json: written by export/manifest_write.py (export, engine), read by
+"""manifest.json: written by edge/inference/manifest_write.py (export, engine), read by
 edge/inference/manifest.py."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from edge.inference.manifest import (
     sha256_file,
     verify_file,
 )
-from export.manifest_write import record_artifact
+from edge.inference.manifest_write import record_artifact
 from export.to_onnx import tool_versions
 from lungwatch.errors import FeatureSpecMismatchError
 

@@ -21,9 +21,9 @@ import pytest
 
 from edge.audio import read_audio
 from edge.inference.manifest import load_manifest, sha256_file, verify_file
+from edge.inference.manifest_write import record_artifact
 from edge.runtime.offline import RecordingEvents
 from export import verify
-from export.manifest_write import record_artifact
 from export.verify import (
     REFERENCE_NAME,
     TOLERANCES,

@@ -59,7 +59,7 @@ def device_artifact(
 ) -> str:
     """``folder`` made from ``checkpoint`` as the recipe makes the shipped model, with the
     design's fitted manifest sections ``rules``; the file the device runs."""
-    from export.manifest_write import set_section
+    from edge.inference.manifest_write import set_section
     from export.quantize import main as quantize
     from export.to_onnx import main as export
     from export.verify import main as verify

@@ -474,7 +474,7 @@ def rules_command(args: argparse.Namespace) -> int:
     """``lungwatch cv rules``: fit one threshold per family and the quality gate's model
     threshold on a design's OOF outputs (its seeds pooled) and write the ``detector`` and
     ``quality`` sections of a model folder's manifest (``--section``: one of them)."""
-    from export.manifest_write import set_section
+    from edge.inference.manifest_write import set_section
 
     if args.model is not None and not (args.model / "manifest.json").is_file():
         raise ConfigError(f"{args.model / 'manifest.json'}: no manifest (lungwatch export first)")

@@ -320,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     run's keys first (e.g. the false-event budget ``detector.max_false_per_hour``)."""
     import json
 
+    from edge.inference.manifest_write import set_section
     from edge.monitor import resolve_model
-    from export.manifest_write import set_section
     from lungwatch.cli import ArgumentParser
     from lungwatch.config import apply_overrides, from_mapping
     from training.models.checkpoint import load_checkpoint

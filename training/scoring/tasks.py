@@ -394,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     """``lungwatch tasks``: fit the Task rules and write them into the model's manifest."""
     import json
 
+    from edge.inference.manifest_write import set_section
     from edge.monitor import resolve_model
-    from export.manifest_write import set_section
     from lungwatch.cli import ArgumentParser
 
     parser = ArgumentParser(
