@@ -305,6 +305,13 @@ def _checkpoint(done: int, total: int, start_s: float) -> dict[str, float]:
             "peak_rss_mib": round(peak_rss_mib(), 1), "traced_heap_bytes": heap}  # fmt: skip
 
 
+def heap_table(points: list[dict[str, float]]) -> list[str]:
+    """The checkpoints as a markdown table: inputs, seconds, the traced heap (2nd half)."""
+    return ["| inputs | seconds | traced heap (2nd half) |", "|---:|---:|---:|"] + [
+        f"| {p['inputs']:,} | {p['seconds']} | {p['traced_heap_bytes']:,} |" for p in points
+    ]
+
+
 def _memory_verdict(
     points: list[dict[str, float]], limit_bytes: int = HEAP_GROWTH_LIMIT_BYTES
 ) -> list[str]:

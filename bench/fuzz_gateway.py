@@ -30,7 +30,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from bench.fuzz import _checkpoint, _memory_verdict, run_cli
+from bench.fuzz import _checkpoint, _memory_verdict, heap_table, run_cli
 from bench.fuzz_view import DEVICES, SITE, Mutator, make_corpus
 from gateway.config import BedEntry, FhirConfig, GatewayConfig, Hl7Config
 from gateway.outbox import Outbox
@@ -145,11 +145,8 @@ def render(record: dict[str, object]) -> str:
         "resources",
         "- outcomes: " + ", ".join(f"{k} {v:,}" for k, v in outcomes.items()),
         "",
-        "| inputs | seconds | traced heap (2nd half) |",
-        "|---:|---:|---:|",
+        *heap_table(points),
     ]
-    lines += [f"| {p['inputs']:,} | {p['seconds']} | {p['traced_heap_bytes']:,} |"
-              for p in points]  # fmt: skip
     return "\n".join(lines)
 
 

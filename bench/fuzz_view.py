@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.fuzz import _checkpoint, _memory_verdict, run_cli
+from bench.fuzz import _checkpoint, _memory_verdict, heap_table, run_cli
 from lungwatch.clip import Clip, clip_messages, encode_flac, quantise
 from lungwatch.events import Event, format_utc
 from wardview.history import History
@@ -279,11 +279,8 @@ def render(record: dict[str, object]) -> str:
         f"- rejected: {record['rejected']:,} by reason: "
         + ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items())),
         "",
-        "| inputs | seconds | traced heap (2nd half) |",
-        "|---:|---:|---:|",
+        *heap_table(points),
     ]
-    lines += [f"| {p['inputs']:,} | {p['seconds']} | {p['traced_heap_bytes']:,} |"
-              for p in points]  # fmt: skip
     return "\n".join(lines)
 
 

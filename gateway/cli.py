@@ -17,7 +17,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import GatewayConfig
 from lungwatch.cli import ArgumentParser
@@ -25,39 +27,37 @@ from lungwatch.config import load_config
 from lungwatch.private import private_umask
 from lungwatch.supervision import ThreadStoppedError
 
-
-def queue_status(config: GatewayConfig) -> dict[str, object]:
-    """Each destination's queue: counts and refused messages (read from the files alone)."""
+if TYPE_CHECKING:
     from gateway.outbox import Outbox
 
-    found: dict[str, object] = {}
+
+def _queues(config: GatewayConfig) -> Iterator[tuple[str, str, Outbox]]:
+    """Each destination's name, queue file and its queue, opened and closed around use."""
+    from gateway.outbox import Outbox
+
     places = [("hl7", config.queue)] if config.hl7 is not None else []
     places += [("fhir", config.fhir.queue)] if config.fhir is not None else []
     for name, path in places:
         outbox = Outbox(Path(path))
         try:
-            refused = [{"key": k, "control_id": c, "reply": r} for k, c, r in outbox.refusals()]
-            found[name] = {"queue": path, "counts": outbox.counts(), "refused": refused}
+            yield name, path, outbox
         finally:
             outbox.close()
+
+
+def queue_status(config: GatewayConfig) -> dict[str, object]:
+    """Each destination's queue: counts and refused messages (read from the files alone)."""
+    found: dict[str, object] = {}
+    for name, path, outbox in _queues(config):
+        refused = [{"key": k, "control_id": c, "reply": r} for k, c, r in outbox.refusals()]
+        found[name] = {"queue": path, "counts": outbox.counts(), "refused": refused}
     return found
 
 
 def resend(config: GatewayConfig, which: str) -> dict[str, int]:
     """Refused messages back in each destination's queue (a running gateway's courier takes
     them up): how many per destination."""
-    from gateway.outbox import Outbox
-
-    found: dict[str, int] = {}
-    places = [("hl7", config.queue)] if config.hl7 is not None else []
-    places += [("fhir", config.fhir.queue)] if config.fhir is not None else []
-    for name, path in places:
-        outbox = Outbox(Path(path))
-        try:
-            found[name] = outbox.resend(which)
-        finally:
-            outbox.close()
-    return found
+    return {name: outbox.resend(which) for name, _, outbox in _queues(config)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,22 +141,20 @@
     return (ward.alarms || []).concat(faultAlarms(), feedAlarms());
   }
 
-  function renderFeeds(feeds) {
-    feedFaults = feeds;
-    const node = $("#feeds");
-    const lines = Object.values(feeds);
+  function renderBanner(selector, title, alarms) {  // a technical alarm's red banner
+    const node = $(selector);
+    const lines = Object.values(alarms);
     node.hidden = lines.length === 0;
-    node.textContent = lines.length ? "Technical alarm: " + lines.join("; ") : "";
+    node.textContent = lines.length ? title + lines.join("; ") : "";
     sound.update(soundedAlarms());
   }
-
+  function renderFeeds(feeds) {
+    feedFaults = feeds;
+    renderBanner("#feeds", "Technical alarm: ", feeds);
+  }
   function renderFaults(faults) {
     viewFaults = faults;
-    const node = $("#faults");
-    const lines = Object.values(faults);
-    node.hidden = lines.length === 0;
-    node.textContent = lines.length ? "Technical alarm (ward view): " + lines.join("; ") : "";
-    sound.update(soundedAlarms());
+    renderBanner("#faults", "Technical alarm (ward view): ", faults);
   }
 
   function renderHeader(message) {
