@@ -67,7 +67,6 @@ from lungwatch.events import FINDING_TYPES, PHYSIOLOGICAL_TYPES
 from lungwatch.labels import NORMAL, sound_class
 from lungwatch.mqtt import MqttConfig
 from wardview.config import DashboardConfig
-from wardview.imaging import write_png
 from wardview.plot import Span, render
 
 DEFAULT_CONFIG = Path(__file__).parent / "demo.yaml"
@@ -257,7 +256,10 @@ def write_pictures(
                 detected=detected,
                 annotated=list(rec.annotated),
             )
-            paths.append(write_png(Path(cfg.out_dir) / f"{rec.record}.png", picture))
+            path = Path(cfg.out_dir) / f"{rec.record}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            picture.save(path)
+            paths.append(path)
         return paths
     finally:
         model.close()

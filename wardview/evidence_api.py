@@ -17,6 +17,7 @@ without credentials. Without a history store (``dashboard.history_path`` null) t
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import threading
@@ -26,11 +27,11 @@ from typing import Any
 
 import numpy as np
 import scipy.signal
+from PIL import Image
 
 from lungwatch.clip import EvidenceError, clip_of
 from lungwatch.events import is_segment
 from wardview.history import History
-from wardview.imaging import png_bytes
 from wardview.plot import Span, render
 
 PICTURES = 64  # rendered pictures kept
@@ -93,7 +94,9 @@ class EvidencePages:
             if episode in self._pictures:
                 self._pictures.move_to_end(episode)
                 return self._pictures[episode]
-        data = png_bytes(picture(clip))
+        png = io.BytesIO()
+        picture(clip).save(png, "PNG")
+        data = png.getvalue()
         with self._lock:
             self._pictures[episode] = data
             while len(self._pictures) > PICTURES:
@@ -136,8 +139,8 @@ def spectrogram(audio: np.ndarray, rate_hz: int) -> tuple[np.ndarray, float, tup
     return np.log(bands.T + 1e-12), rate_hz / hop, (low, high)
 
 
-def picture(clip: Any) -> np.ndarray:
-    """The clip's picture (module doc) as an (h, w, 3) uint8 array."""
+def picture(clip: Any) -> Image.Image:
+    """The clip's picture (module doc)."""
     rate = clip.sample_rate_hz
     audio = clip.audio()
     frames, frames_per_s, band_range = spectrogram(audio, rate)
