@@ -215,7 +215,8 @@ def guarded_protocol(connections: Connections, request_timeout_s: float) -> type
     ``request_timeout_s`` is cut off); a request ended early by the client (half-closed
     connection) answered from what arrived; and the protocol's own refusals (malformed
     request line, headers or Content-Length, headers over the size bound) answered in JSON
-    with :data:`SECURITY_HEADERS`."""
+    with :data:`SECURITY_HEADERS`. H11Protocol is private to uvicorn: pyproject.toml pins
+    uvicorn's minor version; docs/security.md says what its public options lack."""
 
     class GuardedProtocol(H11Protocol):
         _host = ""

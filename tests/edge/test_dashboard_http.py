@@ -528,6 +528,37 @@ def test_a_client_that_stops_reading_a_response_is_cut_off() -> None:
         thread.join(10.0)
 
 
+# what guarded_protocol overrides of uvicorn's private H11Protocol, and reads of it and of its
+# RequestResponseCycle (pyproject.toml pins uvicorn to the minor version these ran on)
+OVERRIDDEN = ("connection_made", "connection_lost", "data_received", "eof_received",
+              "pause_writing", "resume_writing", "send_400_response")  # fmt: skip
+PROTOCOL_READS = ("client", "conn", "cycle", "loop", "transport")
+CYCLE_READS = ("keep_alive", "message_event", "more_body", "response_complete")
+
+
+def test_the_private_hooks_the_protocol_overrides_are_still_uvicorns() -> None:
+    """Each method ``guarded_protocol`` overrides is defined by uvicorn's H11Protocol with the
+    same parameters (``send_400_response`` still called by its parser loop), and the
+    attributes it reads are still set, so an uvicorn that moved one fails here by name
+    instead of silently dropping a connection rule."""
+    import inspect
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
+
+    from wardview.web import Connections, guarded_protocol
+
+    guarded = guarded_protocol(Connections(8), 1.0)
+    assert sorted(n for n in vars(guarded) if not n.startswith("_")) == sorted(OVERRIDDEN)
+    for name in OVERRIDDEN:
+        assert name in vars(H11Protocol), f"uvicorn's H11Protocol no longer defines {name}"
+        ours, theirs = (inspect.signature(getattr(c, name)) for c in (guarded, H11Protocol))
+        assert list(ours.parameters) == list(theirs.parameters), (name, ours, theirs)
+    assert "send_400_response" in H11Protocol.handle_events.__code__.co_names
+    for cls, reads in ((H11Protocol, PROTOCOL_READS), (RequestResponseCycle, CYCLE_READS)):
+        missing = set(reads) - set(cls.__init__.__code__.co_names)
+        assert not missing, f"uvicorn's {cls.__name__} no longer sets {sorted(missing)}"
+
+
 def test_an_acknowledge_the_device_would_not_take_is_answered_409_at_once(
     broker: Mosquitto,
 ) -> None:
