@@ -44,7 +44,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bench import write_results
-from firmware_bridge.crc32c import backend
+from firmware_bridge.parser import FrameParser
 from firmware_bridge.protocol import audio_frame, encode_frame
 from firmware_bridge.receiver import Output, Receiver
 from firmware_bridge.timeline import Segment
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-only", action="store_true",
                         help="only the v1-vs-v2 table (printed, nothing written)")  # fmt: skip
     args = parser.parse_args(argv)
-    scanners = ["numba", "numpy"] if backend() == "numba" else ["numpy"]
+    scanners = ["numba", "numpy"] if FrameParser().scanner == "numba" else ["numpy"]
     pairs = v1_v2(args.seconds, 2 * args.repeats + 1, scanners[0])
     if args.compare_only:
         print(render_v1_v2(pairs))

@@ -33,10 +33,10 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
+import google_crc32c
 import numpy as np
 
 from bench import write_results
-from firmware_bridge.crc32c import crc32c
 from firmware_bridge.parser import POLICY_COUNTERS
 from firmware_bridge.protocol import (
     CRC,
@@ -160,7 +160,7 @@ class Mutator:
             fields[index] = value
         out = bytearray(data)
         HEADER.pack_into(out, 0, *fields)
-        CRC.pack_into(out, len(out) - 4, crc32c(bytes(out[:-4])))
+        CRC.pack_into(out, len(out) - 4, google_crc32c.value(bytes(out[:-4])))
         if out == data:  # the changes were no-ops
             return bytes(out), set() if _untagged_keyed(frame, key) else {frame}
         # a changed header breaks any tag (and a v2 frame's AEAD): only v1 devices without a
@@ -176,7 +176,7 @@ class Mutator:
         out = bytearray(data)
         for _ in range(self.rng.randint(1, 3)):
             out[self.rng.randrange(len(out) - 4)] ^= 1 << self.rng.randrange(8)
-        CRC.pack_into(out, len(out) - 4, crc32c(bytes(out[:-4])))
+        CRC.pack_into(out, len(out) - 4, google_crc32c.value(bytes(out[:-4])))
         return bytes(out), set() if out != data else {frame}  # flips that cancelled out
 
     def stream_v2(self) -> Input:

@@ -1,14 +1,13 @@
 """Wearable stethoscope wire protocol, transports and device emulator.
 
-Depends on numpy and cryptography (protocol v2's ChaCha20-Poly1305); numba, when installed,
-for the fast CRC and frame scanner; pyserial and soundfile lazily, for serial links and the
-emulator's audio. Never imports torch, and never imports ``edge`` (``edge.sources.bridge``
+Depends on numpy, google-crc32c and cryptography (protocol v2's ChaCha20-Poly1305); numba,
+when installed, for the fast frame scanner; pyserial and soundfile lazily, for serial links
+and the emulator's audio. Never imports torch, and never imports ``edge`` (``edge.sources.bridge``
 imports this package, not the reverse).
 
 - ``protocol``: frame layouts v1 and v2, payload codecs, session keys,
   :func:`~firmware_bridge.protocol.encode_frame` (spec: ``docs/firmware-protocol.md``; C twin:
   ``firmware_bridge/c/``);
-- ``crc32c``: CRC-32C (numba kernel or NumPy position tables);
 - ``parser``: incremental, resynchronising frame parser with counters and the security policy;
 - ``session``: v2's receive policy (sessions, anti-replay window, persisted state);
 - ``keys``: device keys (files, folders, provisioning) and the key-beyond-loopback rule;

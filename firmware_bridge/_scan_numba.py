@@ -1,13 +1,15 @@
 """The numba frame scanner: the compiled twin of ``parser.scan_python`` (same rows, same
-counters; tested equal on arbitrary byte streams). Imported only when numba is installed."""
+counters; tested equal on arbitrary byte streams). Imported only when numba is installed.
+
+Its CRC-32C is a slicing-by-8 kernel (compiled code cannot call ``google_crc32c``); its tables
+are taken from ``google_crc32c``, and it is tested equal to it."""
 
 from __future__ import annotations
 
+import google_crc32c
 import numpy as np
 from numba import njit
 
-from firmware_bridge._crc32c_numba import _crc_slices
-from firmware_bridge.crc32c_tables import slicing_tables
 from firmware_bridge.protocol import (
     CRC_BYTES,
     FLAG_AUTH,
@@ -30,10 +32,46 @@ SKIPPED, BAD_CRC, BAD_HEADER, BAD_LENGTH, TRUNCATED = range(5)
 N_COUNTS = 5
 ROW_FIELDS = 14  # start, size, type, flags, format, payload_bytes, device, stream, count, seq
 # (v2: the counter), first_sample, rate, version, session (v1: 0)
-_TABLES = slicing_tables()
 _MAGIC0, _MAGIC1 = 0x4C, 0x57  # b"LW"
 _STATUS_BYTES, _INFO_MIN, _INFO_MAX = STATUS.size, INFO.size, INFO.size + MAX_MODEL_BYTES
-_INIT = 0xFFFFFFFF
+_INIT = 0xFFFFFFFF  # CRC-32C's init, equal to its xorout
+# uint32 (8, 256): row k, column v is the register after byte v and k zero bytes, from zero
+_TABLES = np.array(
+    [
+        [google_crc32c.extend(_INIT, bytes([v]) + bytes(k)) ^ _INIT for v in range(256)]
+        for k in range(8)
+    ],
+    dtype=np.uint32,
+)
+
+
+@njit(cache=True, nogil=True)
+def crc32c(tables: np.ndarray, data: np.ndarray, start: int, stop: int) -> np.uint32:
+    """CRC-32C of ``data[start:stop]`` (uint8), slicing-by-8 with ``tables`` (``_TABLES``)."""
+    reg = np.uint32(_INIT)
+    i = start
+    while i + 8 <= stop:
+        low = reg ^ (
+            np.uint32(data[i])
+            | (np.uint32(data[i + 1]) << 8)
+            | (np.uint32(data[i + 2]) << 16)
+            | (np.uint32(data[i + 3]) << 24)
+        )
+        reg = (
+            tables[7, low & 0xFF]
+            ^ tables[6, (low >> 8) & 0xFF]
+            ^ tables[5, (low >> 16) & 0xFF]
+            ^ tables[4, low >> 24]
+            ^ tables[3, data[i + 4]]
+            ^ tables[2, data[i + 5]]
+            ^ tables[1, data[i + 6]]
+            ^ tables[0, data[i + 7]]
+        )
+        i += 8
+    while i < stop:
+        reg = (reg >> 8) ^ tables[0, (reg ^ data[i]) & 0xFF]
+        i += 1
+    return reg ^ np.uint32(_INIT)
 
 
 @njit(cache=True, nogil=True)
@@ -106,8 +144,7 @@ def _candidate(
             return 0
         counts[TRUNCATED] += 1
         return 1
-    crc = _crc_slices(tables, buf, start, crc_at, _INIT) ^ np.uint32(_INIT)
-    if crc != np.uint32(_u(buf, crc_at, 4)):
+    if crc32c(tables, buf, start, crc_at) != np.uint32(_u(buf, crc_at, 4)):
         counts[BAD_CRC] += 1
         return -1
     size = crc_at + CRC_BYTES - start

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from firmware_bridge import senders
-from firmware_bridge.crc32c import crc32c
 from firmware_bridge.devicemodel import DeviceConfig, device_frames, read_pcm
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.keys import load_key_file
@@ -274,7 +273,6 @@ def _run(args: argparse.Namespace) -> int:
         timed = (
             (t, encode_frame(f, config.key)) for t, f in device_frames(samples, rate_hz, config)
         )
-        crc32c(b"")  # load the CRC kernel before the clock starts, or the first frames lag
         speed = 1.0 if args.realtime else args.speed
         attempts = [0]
 

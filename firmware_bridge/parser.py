@@ -11,7 +11,7 @@ byte received ends up in exactly one of ``frame_bytes``, ``skipped_bytes`` or
 ``pending_bytes``.
 
 Two scanners find the frames, with the same results (tested): a numba kernel, one call per
-push (used when numba can be imported), and :func:`scan_python` (NumPy CRC) otherwise.
+push (used when numba can be imported), and :func:`scan_python` (``google_crc32c``) otherwise.
 Both hand rows ``(start, size, type, flags, format, payload_bytes, device, stream, count,
 sequence, first_sample, rate, version, session)`` (v2: ``sequence`` is the 64-bit counter;
 v1: ``session`` is 0) to one Python step that applies the policy.
@@ -20,14 +20,13 @@ v1: ``session`` is 0) to one Python step that applies the policy.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 
-from firmware_bridge.crc32c import backend as crc_backend
-from firmware_bridge.crc32c import range_function
 from firmware_bridge.errors import SettingError
 from firmware_bridge.protocol import (
     COUNTER,
@@ -83,9 +82,7 @@ class ParserStats:
     pending_bytes: int  # waiting for the rest of a frame
 
 
-def scan_python(
-    buf: bytearray, final: bool, counts: dict[str, int], crc: Callable[..., int]
-) -> ScanResult:
+def scan_python(buf: bytearray, final: bool, counts: dict[str, int]) -> ScanResult:
     """Find the frames in ``buf`` (see the module docstring); counts are added to ``counts``."""
     view = np.frombuffer(buf, dtype=np.uint8)
     rows: list[Row] = []
@@ -98,7 +95,7 @@ def scan_python(
             counts["skipped_bytes"] += end - keep - pos
             return rows, bad_ids, end - keep
         counts["skipped_bytes"] += start - pos
-        size, fields = _candidate(buf, view, start, final, counts, crc)
+        size, fields = _candidate(buf, view, start, final, counts)
         if size == 0:
             return rows, bad_ids, start
         if size < 0:
@@ -120,7 +117,6 @@ def _candidate(
     start: int,
     final: bool,
     counts: dict[str, int],
-    crc: Callable[..., int],
 ) -> tuple[int, tuple[int, ...]]:
     """(size, header fields) at a magic: size 0 wait, 1 not a frame, -1 bad CRC."""
     end = len(buf)
@@ -137,7 +133,7 @@ def _candidate(
     crc_at = start + header_bytes + fields[5] + (TAG_BYTES if fields[3] & FLAG_AUTH else 0)
     if end - crc_at < CRC_BYTES:
         return _incomplete(final, counts), ()
-    if crc(view, start, crc_at) != CRC.unpack_from(buf, crc_at)[0]:
+    if google_crc32c.value(view[start:crc_at]) != CRC.unpack_from(buf, crc_at)[0]:
         counts["bad_crc"] += 1
         return -1, fields
     return crc_at + CRC_BYTES - start, fields
@@ -160,16 +156,15 @@ def _frame_v2(r: Row, payload: bytes) -> Frame:
 
 
 class PythonScanner:
-    """:func:`scan_python` with the NumPy CRC, keeping its counters in a dict."""
+    """:func:`scan_python`, keeping its counters in a dict."""
 
     name = "numpy"
 
     def __init__(self) -> None:
-        self._crc = range_function("numpy")
         self.counts = dict.fromkeys(SCAN_COUNTERS, 0)
 
     def scan(self, buf: bytearray, final: bool) -> ScanResult:
-        return scan_python(buf, final, self.counts, self._crc)
+        return scan_python(buf, final, self.counts)
 
     def counters(self) -> dict[str, int]:
         return dict(self.counts)
@@ -185,9 +180,10 @@ class NumbaScanner:
     name = "numba"
 
     def __init__(self) -> None:
-        if crc_backend() != "numba":
-            raise ImportError("the numba scanner needs numba: pip install numba")
-        from firmware_bridge._scan_numba import N_COUNTS, ROW_FIELDS, scan_numba
+        try:
+            from firmware_bridge._scan_numba import N_COUNTS, ROW_FIELDS, scan_numba
+        except ImportError as error:
+            raise ImportError("the numba scanner needs numba: pip install numba") from error
 
         self._kernel = scan_numba
         self._totals = np.zeros(N_COUNTS, dtype=np.int64)
@@ -215,9 +211,14 @@ class NumbaScanner:
 def _make_scanner(name: str) -> PythonScanner | NumbaScanner:
     if name not in ("auto", "numba", "numpy"):
         raise SettingError(f"scanner must be auto, numba or numpy, got {name!r}")
-    if name == "numpy" or (name == "auto" and crc_backend() != "numba"):
+    if name == "numpy":
         return PythonScanner()
-    return NumbaScanner()
+    try:
+        return NumbaScanner()
+    except ImportError:
+        if name == "numba":
+            raise
+        return PythonScanner()
 
 
 class FrameParser:
@@ -229,7 +230,7 @@ class FrameParser:
         default_key: the key of devices not in ``keys`` (None: v2 frames of such devices are
             ``no_key``; their v1 frames need no tag).
         scanner: ``"auto"`` (numba when importable, else numpy), ``"numba"`` (the compiled
-            kernel) or ``"numpy"`` (:func:`scan_python` with the NumPy CRC: no numba at all).
+            kernel) or ``"numpy"`` (:func:`scan_python`: no numba at all).
         allow_v1: accept version-1 frames (payload in clear, no replay protection); off, they
             are dropped and counted ``v1_rejected``.
         state_path: the v2 session state file (:class:`~firmware_bridge.session.SessionStore`;

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
+import google_crc32c
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from firmware_bridge.crc32c import crc32c
 from firmware_bridge.errors import ProtocolError
 
 MAGIC = b"LW"
@@ -210,7 +210,7 @@ def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
     signed = HEADER.pack(*fields) + bytes(frame.payload)
     if key is not None:
         signed += compute_tag(key, signed)
-    return signed + CRC.pack(crc32c(signed))
+    return signed + CRC.pack(google_crc32c.value(signed))
 
 
 def _encode_v2(frame: Frame, session: int, key: bytes | None) -> bytes:
@@ -234,7 +234,7 @@ def _encode_v2(frame: Frame, session: int, key: bytes | None) -> bytes:
     header = HEADER_V2.pack(*fields, counter)
     cipher = session_cipher(bytes(key), frame.device_id, frame.stream_id, session)
     sealed = header + cipher.encrypt(nonce_v2(session, counter), bytes(frame.payload), header)
-    return sealed + CRC.pack(crc32c(sealed))
+    return sealed + CRC.pack(google_crc32c.value(sealed))
 
 
 def _check_fields(frame: Frame, flags: int, version: int = VERSION) -> None:

@@ -1,5 +1,5 @@
-"""firmware_bridge needs only NumPy: without numba it falls back, without pyserial it says
-what to install."""
+"""firmware_bridge runs without numba (it falls back to the NumPy scanner); without pyserial
+it says what to install."""
 
 from __future__ import annotations
 
@@ -16,15 +16,13 @@ ROOT = Path(__file__).parents[2]
 WITHOUT_NUMBA = """
 import sys
 sys.modules["numba"] = None  # importing numba now raises ImportError
-from firmware_bridge.crc32c import backend, crc32c
 from firmware_bridge.parser import FrameParser
 from firmware_bridge.protocol import audio_frame, encode_frame
 import numpy as np
 frame = audio_frame(1, 0, 0, 0, 8000, np.arange(100, dtype=np.int16))
 parser = FrameParser(allow_v1=True)
-assert backend() == "numpy" and parser.scanner == "numpy"
+assert parser.scanner == "numpy"
 assert parser.push(b"junk" + encode_frame(frame)) == [frame]
-assert crc32c(b"123456789") == 0xE3069283
 assert "numba" not in {m.split(".")[0] for m, v in sys.modules.items() if v is not None}
 print("ok")
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import google_crc32c
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -177,9 +178,7 @@ def with_header(frame: Frame, **changes: int) -> bytes:
     )
     fields = dict(zip(names, HEADER.unpack_from(data), strict=True)) | changes
     HEADER.pack_into(data, 0, *fields.values())
-    from firmware_bridge.crc32c import crc32c
-
-    CRC.pack_into(data, len(data) - 4, crc32c(bytes(data[:-4])))
+    CRC.pack_into(data, len(data) - 4, google_crc32c.value(bytes(data[:-4])))
     return bytes(data)
 
 
@@ -285,10 +284,8 @@ def test_v2_corruption_never_invents_frames_and_the_scanners_agree(
 
 def v2_with_crc(data: bytes | bytearray) -> bytes:
     """``data`` with its CRC recomputed (a tampering that passes the link check)."""
-    from firmware_bridge.crc32c import crc32c
-
     out = bytearray(data)
-    CRC.pack_into(out, len(out) - 4, crc32c(bytes(out[:-4])))
+    CRC.pack_into(out, len(out) - 4, google_crc32c.value(bytes(out[:-4])))
     return bytes(out)
 
 
