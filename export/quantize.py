@@ -19,8 +19,7 @@ Runtime CPU (bench/export.py); without it int8 ran at half uint8's speed.
 
 ``--exclude NODE`` (repeatable) keeps a Conv / MatMul / Gemm of the FP32 graph in float, by
 its node name (``/model/head/Conv``: the output layer); a name the graph lacks is an error.
-``--keep-first`` keeps each kind's first convolution in float, whatever the stem
-(:func:`first_layers`).
+``--keep-first`` keeps each kind's stem convolution in float (:func:`first_layers`).
 The shipped INT8 file keeps its first layer, the stem convolution, in float (``make train-sed``
 passes ``--exclude`` for it): its events follow FP32's more closely (docs/models/sed-lab.md).
 
@@ -732,7 +731,7 @@ def quantize_model(
 
 def first_layers(fp32_model: Path) -> list[str]:
     """The Conv / MatMul / Gemm nodes that read the ``features`` input through no other such
-    node: each kind's first convolution (``--keep-first``), whatever the stem's shape."""
+    node: each kind's stem convolution (``--keep-first``)."""
     import onnx
 
     graph = onnx.load(str(fp32_model), load_external_data=False).graph

@@ -15,6 +15,8 @@ from tests.edge.runtime_helpers import lungwatch
 from tests.streaming_fixture import tiny_checkpoint
 from training.models.checkpoint import CheckpointError, load_checkpoint
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_a_checkpoint_round_trips(tmp_path: Path) -> None:
     rules = {"thresholds": [], "fitted_on": "test", "validation": {"f1": 0.5}}
@@ -41,6 +43,23 @@ def test_the_icbhi_patients_it_trained_on_round_trip_and_are_checked(tmp_path: P
     torch.save(data, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"bad\.pt: icbhi_patients: expected a list"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_checkpoint_with_a_removed_option_loads_while_it_is_off(tmp_path: Path) -> None:
+    """The shipped checkpoint stores the 2-D stem and the phase pooling off: it loads, and its
+    run is a run config of today; one that had them on is refused, naming the option."""
+    from lungwatch.config import from_mapping
+    from training.recipe.config import RunConfig
+
+    data = torch.load(REPO / "models" / "sed" / "model.pt", weights_only=True)
+    assert data["sizes"]["stem_channels"] == 0
+    assert data["run"]["loss"]["phase_pooling"] == "mean"
+    run = from_mapping(RunConfig, load_checkpoint(REPO / "models" / "sed" / "model.pt").run)
+    assert run.loss.phase_weight == 0.5
+    data["sizes"]["stem_channels"] = 8
+    torch.save(data, tmp_path / "stem.pt")
+    with pytest.raises(CheckpointError, match=r"stem\.pt: .*stem_channels"):
+        load_checkpoint(tmp_path / "stem.pt")
 
 
 class _Payload:

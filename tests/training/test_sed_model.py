@@ -45,9 +45,8 @@ def chunked(model: SedNet, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         TINY,
         SedConfig(**{**vars(TINY), "attention_heads": 2, "attention_frames": 5}),
         SedConfig(**{**vars(TINY), "n_kinds": 3}),  # a learned combination of three stems
-        SedConfig(**{**vars(TINY), "stem_channels": 4}),  # the causal 2-D stems, cached
     ],
-    ids=["convolutions", "with-attention", "three-kinds", "spectral-stem"],
+    ids=["convolutions", "with-attention", "three-kinds"],
 )
 def test_any_chunking_equals_the_whole_pass(config: SedConfig) -> None:
     model = model_of(config)
@@ -64,9 +63,8 @@ def test_any_chunking_equals_the_whole_pass(config: SedConfig) -> None:
             assert torch.allclose(got, whole, atol=1e-5), sizes
 
 
-@pytest.mark.parametrize("stem_channels", [0, 4], ids=["1-d-stem", "spectral-stem"])
-def test_outputs_do_not_depend_on_the_future_beyond_the_look_ahead(stem_channels: int) -> None:
-    model = model_of(SedConfig(**{**vars(TINY), "stem_channels": stem_channels}))
+def test_outputs_do_not_depend_on_the_future_beyond_the_look_ahead() -> None:
+    model = model_of(TINY)
     s, la = TINY.stride, TINY.lookahead_frames
     x = torch.randn(1, TINY.n_kinds, TINY.n_bands, 30 * s)
     y = x.clone()
@@ -97,9 +95,8 @@ def test_streaming_wrapper_gives_sigmoid_probabilities_and_state() -> None:
     assert torch.allclose(probs, torch.sigmoid(logits))
 
 
-@pytest.mark.parametrize("extra", [{"attention_heads": 4}, {"stem_channels": 16}])
-def test_shipped_configuration_fits_the_budget(extra: dict[str, int]) -> None:
-    config = SedConfig(n_kinds=1 if "stem_channels" in extra else 3, n_outputs=7, **extra)
+def test_shipped_configuration_fits_the_budget() -> None:
+    config = SedConfig(n_kinds=3, n_outputs=7, attention_heads=4)
     model = SedNet(config)
     assert count_parameters(model) <= 500_000
     assert config.lookahead_frames * config.stride * 10 <= 500  # ms of look-ahead
@@ -112,23 +109,3 @@ def test_bad_configurations_are_named() -> None:
         SedConfig(channels=96, attention_heads=5)
     with pytest.raises(ValueError, match="lookahead_frames"):
         SedConfig(lookahead_frames=-1)
-    with pytest.raises(ValueError, match="n_bands must be a multiple of 4"):
-        SedConfig(n_bands=30, stem_channels=8)
-
-
-def test_the_spectral_stem_tolerates_a_shift_in_frequency() -> None:
-    """A tone one band up moves the 2-D stem's map by one band, not into other channels: its
-    convolution and pooling see the same pattern, so the summed response barely changes,
-    while the 1-D stem's channels are band-specific."""
-    torch.manual_seed(0)
-    config = SedConfig(n_kinds=1, n_bands=32, n_outputs=3, stride=2, channels=8,
-                       dilations=(1,), lookahead_frames=0, stem_channels=4)  # fmt: skip
-    stem = SedNet(config).stems[0].eval()
-    x = torch.zeros(1, 32, 20)
-    x[0, 12] = 3.0
-    shifted = torch.roll(x, 4, dims=1)  # four bands up: one band after both poolings
-    cache = torch.zeros(1, *stem.cache_shape)
-    with torch.no_grad():
-        first = stem.second(stem.first(torch.cat([cache[:, :32], x], 2).unsqueeze(1)))
-        moved = stem.second(stem.first(torch.cat([cache[:, :32], shifted], 2).unsqueeze(1)))
-    torch.testing.assert_close(torch.roll(first, 1, dims=2), moved, atol=1e-5, rtol=1e-5)

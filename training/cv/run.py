@@ -42,7 +42,7 @@ from training.data.icbhi import IcbhiRecording, load_icbhi
 from training.data.recordings import Recording, load_icbhi_recordings, load_recordings
 from training.data.sprsound import SprRecord, load_sprsound
 from training.data.targets import OUTPUTS
-from training.models.checkpoint import Checkpoint, save_checkpoint
+from training.models.checkpoint import Checkpoint, save_checkpoint, without_retired
 from training.models.sed import SedNet
 from training.recipe.config import RunConfig, load_run
 
@@ -109,7 +109,7 @@ def check_design(folder: Path, run: RunConfig, overrides: list[str]) -> None:
     path = folder / "design.json"
     if path.is_file():
         stored = json.loads(path.read_text())
-        if stored["run"] != json.loads(json.dumps(resolved)):
+        if without_retired(stored["run"]) != json.loads(json.dumps(resolved)):
             raise ConfigError(
                 f"{folder}: this design was trained with another config (overrides "
                 f"{stored['overrides']}); name the new one --design <other name>"

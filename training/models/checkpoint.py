@@ -32,6 +32,12 @@ from lungwatch.errors import ConfigError, LungwatchError
 from training.models.sed import SedConfig, SedNet
 
 FORMAT = "lungwatch-sednet/1"
+# options removed after 286c3b9 (their results: docs/models/sed-lab.md), each with the value
+# that left it off: a checkpoint or design stored before with them off still loads
+RETIRED: dict[str, dict[str, Any]] = {
+    "sizes": {"stem_channels": 0},
+    "model": {"stem_channels": 0},
+}
 
 
 class CheckpointError(LungwatchError):
@@ -108,8 +114,19 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: {_one_line(exc)}") from None
 
 
+def without_retired(run: Mapping[str, Any]) -> dict[str, Any]:
+    """``run`` (a stored run config, or ``{"sizes": ...}``) less the :data:`RETIRED` keys
+    that are off; one that is on stays, for the config's own check to refuse."""
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in run.items()}
+    for section, keys in RETIRED.items():
+        for key, off in keys.items():
+            if isinstance(out.get(section), dict) and out[section].get(key, off) == off:
+                out[section].pop(key, None)
+    return out
+
+
 def _rebuild(data: Mapping[str, Any]) -> Checkpoint:
-    sizes = dict(data["sizes"])
+    sizes = without_retired({"sizes": data["sizes"]})["sizes"]
     for key in ("dilations", "kernel_widths"):
         sizes[key] = tuple(sizes[key])
     model = SedNet(SedConfig(**sizes))
@@ -135,7 +152,7 @@ def _rebuild(data: Mapping[str, Any]) -> Checkpoint:
         outputs=outputs,
         name=str(data["name"]),
         epoch=int(data["epoch"]),
-        run=dict(data["run"]),
+        run=without_retired(data["run"]),
         detector=data["detector"],
         quality=data["quality"],
         validation=dict(data["validation"]),

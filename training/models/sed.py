@@ -11,7 +11,6 @@ Data flow, input ``x`` of shape (B, K, F, T) (log features straight from the fro
     Inception-residual blocks: parallel causal dilated 1-D convolutions
       of several kernel widths, concatenated, 1x1 projection, residual       (B, C, N)
     [multi-head attention over a bounded past of `attention_frames`]         (B, C, N)
-    (with stem_channels > 0 each kind's stem is a causal 2-D SpectralStem instead)
     output head: 1x1 conv -> logits, sigmoid outside                          (B, O, N)
     [pooling head (pool_head, training only): 1x1 conv -> attention logits      (B, O, N)]
 
@@ -60,7 +59,6 @@ class SedConfig:
     lookahead_frames: int = 8  # network frames of delay (8 x 40 ms = 0.32 s)
     attention_heads: int = 0  # 0: no attention layer
     attention_frames: int = 64  # the bounded past each frame attends to (network frames)
-    stem_channels: int = 0  # > 0: a causal 2-D convolutional stem (SpectralStem) this wide
     # a second 1x1 head whose outputs weigh each frame in an annotated phase's attention
     # pooling (training/recipe/losses.py); not part of the streaming model
     pool_head: bool = False
@@ -86,10 +84,6 @@ class SedConfig:
                 f"a divisor of channels={self.channels}",
             )
             check(self.attention_frames >= 1, "attention_frames", self.attention_frames, ">= 1")
-        check(self.stem_channels >= 0, "stem_channels", self.stem_channels, ">= 0 (0: 1-D stem)")
-        if self.stem_channels:
-            check(self.n_bands % 4 == 0, "n_bands", self.n_bands, "a multiple of 4 (2-D stem)")
-            check(self.stride % 2 == 0, "stride", self.stride, "even (2-D stem)")
 
     @property
     def receptive_frames(self) -> int:
@@ -183,56 +177,6 @@ def _stem(config: SedConfig) -> nn.Module:
     )
 
 
-class SpectralStem(nn.Module):
-    """A causal 2-D convolutional stem for one kind, tolerant of shifts in frequency (a wheeze
-    a little higher or lower is the same pattern one band over), as in the DCASE CRNN
-    baselines' convolutional front: two Conv2d layers over 3 bands x 3 frames (causal in
-    time: a frame and the two before it), each with batch norm, ReLU and a max-pool of 2 over
-    frequency; the first steps 2 front-end frames at a time (20 ms: half the work of the
-    second and of everything after it), and the (channels x F/4) map of each 20-ms frame is
-    summarised per output frame by a convolution over ``stride / 2`` of them, as the 1-D stem
-    does over ``stride``. The cache holds each layer's last two input frames.
-    (B, F, T) -> (B, C, T / stride); T and ``stride`` even.
-    """
-
-    CONTEXT = 2  # front-end frames of past each 2-D layer sees
-
-    def __init__(self, config: SedConfig) -> None:
-        super().__init__()
-        c, f = config.stem_channels, config.n_bands
-        self.bands, self.width = f, c
-        self.first = nn.Sequential(
-            nn.Conv2d(1, c, 3, stride=(1, 2), padding=(1, 0), bias=False),
-            nn.BatchNorm2d(c, eps=NORM_EPS),
-            nn.ReLU(),
-            nn.MaxPool2d((2, 1)),
-        )
-        self.second = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=(1, 0), bias=False),
-            nn.BatchNorm2d(c, eps=NORM_EPS),
-            nn.ReLU(),
-            nn.MaxPool2d((2, 1)),
-        )
-        half = config.stride // 2
-        self.summary = nn.Sequential(
-            nn.Conv1d(c * f // 4, config.channels, half, stride=half, bias=False),
-            nn.BatchNorm1d(config.channels, eps=NORM_EPS),
-        )
-        self.cache_shape = (f + c * f // 2, self.CONTEXT)
-
-    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, F, T), cache (B, F + c F/2, 2) -> y (B, C, T / stride), new cache."""
-        f, c, k = self.bands, self.width, self.CONTEXT
-        full1 = torch.cat([cache[:, :f], x], dim=2)  # (B, F, 2 + T)
-        h = self.first(full1.unsqueeze(1))  # (B, c, F/2, T/2): frame t of it ends at 2t + 1
-        past = cache[:, f:].reshape(-1, c, f // 2, k)
-        full2 = torch.cat([past, h], dim=3)  # (B, c, F/2, 2 + T/2)
-        h = self.second(full2)  # (B, c, F/4, T/2)
-        y = self.summary(h.reshape(-1, c * f // 4, h.shape[3]))
-        new = torch.cat([full1[:, :, -k:], full2[..., -k:].reshape(-1, c * f // 2, k)], dim=1)
-        return y, new
-
-
 class SedNet(nn.Module):
     """Frame-level multi-label detector (see the module doc)."""
 
@@ -245,8 +189,7 @@ class SedNet(nn.Module):
         c = config.channels
         self.register_buffer("input_mean", torch.zeros(config.n_kinds, config.n_bands))
         self.register_buffer("input_std", torch.ones(config.n_kinds, config.n_bands))
-        stem = (lambda: SpectralStem(config)) if config.stem_channels else (lambda: _stem(config))
-        self.stems = nn.ModuleList(stem() for _ in range(config.n_kinds))
+        self.stems = nn.ModuleList(_stem(config) for _ in range(config.n_kinds))
         self.kind_logits = nn.Parameter(torch.zeros(config.n_kinds))
         self.act = nn.ReLU()
         layers: list[CausalBlock | BoundedAttention] = [
@@ -258,8 +201,7 @@ class SedNet(nn.Module):
         self.head = nn.Conv1d(c, config.n_outputs, 1)
         if config.pool_head:
             self.pool_head = nn.Conv1d(c, config.n_outputs, 1)
-        caching = [*self.stems, *layers] if config.stem_channels else layers
-        self._shapes: list[tuple[int, int]] = [m.cache_shape for m in caching]
+        self._shapes: list[tuple[int, int]] = [m.cache_shape for m in layers]
 
     @property
     def state_size(self) -> int:
@@ -291,18 +233,9 @@ class SedNet(nn.Module):
         for ch, t in self._shapes:
             caches.append(state[:, offset : offset + ch * t].reshape(-1, ch, t))
             offset += ch * t
-        first = 0
-        if self.config.stem_channels:  # the 2-D stems carry caches of their own, first
-            outs = []
-            for k, stem in enumerate(self.stems):
-                y, caches[k] = stem(x[:, k], caches[k])
-                outs.append(weights[k] * y)
-            first = len(self.stems)
-            h = self.act(sum(outs))
-        else:
-            h = self.act(sum(weights[k] * stem(x[:, k]) for k, stem in enumerate(self.stems)))
+        h = self.act(sum(weights[k] * stem(x[:, k]) for k, stem in enumerate(self.stems)))
         for i, layer in enumerate(self.layers):
-            h, caches[first + i] = layer(h, caches[first + i])
+            h, caches[i] = layer(h, caches[i])
         flat = [c.reshape(-1, ch * t) for c, (ch, t) in zip(caches, self._shapes, strict=True)]
         return h, torch.cat(flat, dim=1)
 

@@ -203,7 +203,6 @@ class ModelOptions:
     lookahead_frames: int = 8
     attention_heads: int = 0
     attention_frames: int = 64
-    stem_channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -236,13 +235,6 @@ class RunConfig:
             self.kinds,
             f"distinct names from {FEATURE_KINDS}",
         )
-        stem = self.model.stem_channels
-        check(
-            stem == 0 or self.features.n_bands % 4 == 0,
-            "model.stem_channels",
-            stem,
-            f"0 unless features.n_bands ({self.features.n_bands}) is a multiple of 4",
-        )
         check(
             self.features.kind == "logmel",
             "features.kind",
@@ -268,7 +260,6 @@ class RunConfig:
             lookahead_frames=m.lookahead_frames,
             attention_heads=m.attention_heads,
             attention_frames=m.attention_frames,
-            stem_channels=m.stem_channels,
             pool_head=self.loss.phase_pooling == "attention",
         )
 
