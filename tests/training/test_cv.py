@@ -1,6 +1,6 @@
 """Patient-grouped cross-validation: the fold files, fold models and their out-of-fold outputs
-on a small synthetic SPRSound folder, the teacher, the multiple-instance phase poolings, and the
-decision layer's counts, fits and bootstrap checked against sed_eval and NumPy."""
+on a small synthetic SPRSound folder, the teacher, the phase loss's pooling, and the decision
+layer's counts, fits and bootstrap checked against sed_eval and NumPy."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from training.cv.teacher import teacher_outputs
 from training.data.recordings import Batch
 from training.data.targets import OUTPUTS
 from training.models.checkpoint import load_checkpoint
-from training.recipe.losses import distill_loss, pool_phases
+from training.recipe.losses import distill_loss, mean_phases
 from training.scoring.detection import score_detection
 
 from .sprsound_folder import write_folder
@@ -104,44 +104,21 @@ def cv_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train_design(RECIPE, "base", [0], None, sets, root / "cv", folds_file=root / "folds.json")
     teach = [*sets, f"distill.teacher={root / 'cv' / 'base'}", "distill.weight=0.5"]
     train_design(RECIPE, "kd", [0], [0, -1], teach, root / "cv", folds_file=root / "folds.json")
-    att = [*sets, "loss.phase_pooling=attention"]
-    train_design(RECIPE, "att", [0], None, att, root / "cv", folds_file=root / "folds.json")
     return root
 
 
-def test_a_design_with_attention_pooling_keeps_its_attention_beside_its_outputs(
-    cv_root: Path,
-) -> None:
-    """The pooling head trains, its outputs are kept in attention.npz, the OOF reader puts
-    them after the outputs, and the streaming model the device gets has no trace of it."""
-    from training.models.sed import StreamingSed
+def test_a_design_is_judged_by_the_rules_asked_for(cv_root: Path) -> None:
+    from training.cv.score import score_design
 
-    folder = cv_root / "cv/att/seed0/fold0"
-    ckpt = load_checkpoint(folder / "model.pt")
-    assert ckpt.model.config.pool_head
-    with np.load(folder / "outputs.npz") as o, np.load(folder / "attention.npz") as a:
-        assert sorted(o.files) == sorted(a.files)
-        key = o.files[0]
-        assert a[key].shape == o[key].shape
-        assert not np.array_equal(a[key], o[key])
     truth = load_truth(
         cv_root / "sprsound" / "train", load_folds("sprsound", path=cv_root / "folds.json")
     )
-    oof = oof_outputs(cv_root / "cv" / "att", truth)[0]
-    assert {p.shape[1] for p in oof.values()} == {2 * len(OUTPUTS)}
-    x = torch.randn(1, 1, 64, 40)
-    probs, _ = StreamingSed(ckpt.model)(x, ckpt.model.initial_state(1))
-    assert probs.shape[1] == len(OUTPUTS)
-    from training.cv.score import score_design
-
-    judged = {}  # phase_att is judged where a pooling head was trained, and skipped elsewhere
-    rules = ["phase", "phase_att", "phase_calibrated"]  # calibration reads the outputs only
-    for design in ("att", "base"):
-        result, _ = score_design(cv_root / "cv" / design, truth, rules, GRID, 100.0, None, False)
-        judged[design] = set(result["members"]["seed0"])
-    assert {"phase", "phase_att"} <= judged["att"]
-    assert "phase" in judged["base"]
-    assert "phase_att" not in judged["base"]
+    rules = ["phase", "phase_boxes"]
+    result, pooled = score_design(cv_root / "cv" / "base", truth, rules, GRID, 100.0, None, False)
+    assert set(rules) <= set(result["members"]["seed0"])
+    assert {"seeds:phase", "seeds:phase_boxes"} <= set(pooled)
+    with pytest.raises(ConfigError, match="decision rule 'phase_att': expected one of"):
+        score_design(cv_root / "cv" / "base", truth, ["phase_att"], GRID, 100.0, None, False)
 
 
 def test_every_record_gets_an_output_from_the_model_that_never_heard_its_patient(
@@ -213,46 +190,13 @@ def test_the_teacher_is_the_mean_of_its_models_logits(tmp_path: Path) -> None:
 # --- losses ----------------------------------------------------------------------------------
 
 
-def test_an_ensemble_averages_attention_logits_as_they_are() -> None:
-    n = len(OUTPUTS)
-    a = np.hstack([np.full((3, n), 0.8), np.full((3, n), 12.0)]).astype(np.float32)
-    b = np.hstack([np.full((3, n), 0.2), np.full((3, n), -4.0)]).astype(np.float32)
-    both = ensemble([{"r": a}, {"r": b}])["r"]
-    assert both.shape == (3, 2 * n)
-    assert np.allclose(both[:, :n], 0.5, atol=1e-4)  # the outputs' logits cancel
-    assert np.allclose(both[:, n:], 4.0)  # the attention logits' mean, not through a sigmoid
-
-
-@pytest.mark.parametrize("pooling", ["mean", "linear_softmax", "max", "attention"])
-def test_phase_pooling_matches_numpy(pooling: str) -> None:
+def test_phase_pooling_is_each_segments_mean() -> None:
     rng = np.random.default_rng(2)
     probs = rng.uniform(0.01, 0.99, size=(40, 5))
-    att = rng.normal(0.0, 300.0, size=(40, 5))  # logits far beyond exp's range in float32
     index = rng.integers(0, 6, size=40)
-    f32 = torch.float32
-    got = pool_phases(torch.tensor(probs, dtype=f32), torch.tensor(index), 6, pooling,
-                      torch.tensor(att, dtype=f32))  # fmt: skip
+    got = mean_phases(torch.tensor(probs, dtype=torch.float32), torch.tensor(index), 6)
     for s in range(6):
-        p, a = probs[index == s], att[index == s]
-        w = np.exp(a - a.max(0))
-        want = {"mean": p.mean(0), "max": p.max(0), "linear_softmax": (p**2).sum(0) / p.sum(0),
-                "attention": (w * p).sum(0) / w.sum(0)}  # fmt: skip
-        assert np.allclose(got[s].numpy(), want[pooling], atol=1e-5)
-
-
-def test_attention_pooling_learns_which_frames_carry_the_label() -> None:
-    """A phase labelled with a class whose output is high on a few frames only: the attention
-    logits' gradient raises the weight of those frames and lowers the others'."""
-    probs = torch.tensor([[0.05], [0.05], [0.9], [0.05]], dtype=torch.float64)
-    att = torch.zeros(4, 1, dtype=torch.float64, requires_grad=True)
-    pooled = pool_phases(probs, torch.zeros(4, dtype=torch.long), 1, "attention", att)
-    torch.nn.functional.binary_cross_entropy(
-        pooled, torch.ones(1, 1, dtype=torch.float64)
-    ).backward()
-    assert att.grad is not None
-    assert att.grad[2, 0] < 0 < att.grad[0, 0]  # descent raises frame 2's weight
-    with pytest.raises(ValueError, match="attention logits"):
-        pool_phases(probs, torch.zeros(4, dtype=torch.long), 1, "attention")
+        assert np.allclose(got[s].numpy(), probs[index == s].mean(0), atol=1e-5)
 
 
 def test_distillation_pulls_towards_the_teacher_on_taught_frames_only() -> None:
@@ -397,48 +341,6 @@ def test_relative_outputs_are_measured_against_the_past_only() -> None:
     assert out[60, 0] == pytest.approx(0.6)  # the past 25 frames at 0.2
     assert out[99, 0] == pytest.approx(0.0, abs=1e-6)  # the bed's level has caught up
     assert np.array_equal(out[:, OUTPUTS.index("Breath")], p[:, OUTPUTS.index("Breath")])
-
-
-def test_the_pooled_phase_statistic_with_the_mean_is_the_devices_own() -> None:
-    """Re-scoring the device's phases with the mean reproduces its decision statistic, so the
-    linear-softmax and max statistics are measured on the same frames."""
-    from training.cv.decide import PHASE_CONFIG, pooled_phase_events, rule_table
-    from training.scoring.threshold_free import phase_events
-
-    rng = np.random.default_rng(4)
-    n = 400
-    probs = rng.uniform(0.0, 0.3, size=(n, len(OUTPUTS))).astype(np.float32)
-    breath = OUTPUTS.index("Breath")
-    for s in range(20, n - 40, 45):  # phases of 25 frames (1 s) with a class rising inside
-        probs[s : s + 25, breath] = 0.9
-        probs[s + 10 : s + 20, 0] = rng.uniform(0.5, 1.0)
-    device = phase_events(probs, OUTPUTS, PHASE_CONFIG, GRID)
-    mine = pooled_phase_events(probs, GRID, "mean")
-    assert len(device) == len(mine) > 10
-    for (s0, e0, t0, c0), (s1, e1, t1, c1) in zip(device, mine, strict=True):
-        assert (s0, e0, t0) == (s1, e1, t1)
-        assert c1 == pytest.approx(c0, abs=1e-4)
-    lsp = pooled_phase_events(probs, GRID, "linear_softmax")
-    assert all(c2 >= c1 - 1e-9 for (*_, c1), (*_, c2) in zip(mine, lsp, strict=True))
-    top = pooled_phase_events(probs, GRID, "max")  # sum p^2 / sum p never exceeds max p
-    assert all(c3 >= c2 - 1e-9 for (*_, c2), (*_, c3) in zip(lsp, top, strict=True))
-    assert any(c3 > c2 + 1e-3 for (*_, c2), (*_, c3) in zip(lsp, top, strict=True))
-    _, scores = rule_table("phase_max", probs, n * GRID.frame_samples / GRID.sample_rate_hz, GRID)
-    assert scores.max() == pytest.approx(max(c for *_, c in top))
-    # attention weights that are equal everywhere give the mean; weights on the class's high
-    # frames give more than the mean; the table reads the attention after the outputs
-    flat = pooled_phase_events(probs, GRID, "attention", np.full_like(probs, 0.5))
-    assert [c for *_, c in flat] == pytest.approx([c for *_, c in mine], abs=1e-6)
-    focus = np.full_like(probs, -3.0)  # attention logits: the class's high frames weigh more
-    focus[probs[:, 0] >= 0.5, 0] = 3.0
-    att = pooled_phase_events(probs, GRID, "attention", focus)
-    assert any(c > m + 0.1 for (*_, m, _), (*_, c) in zip(
-        [(*e, 0) for e in mine], att, strict=True))  # fmt: skip
-    duration = n * GRID.frame_samples / GRID.sample_rate_hz
-    _, scores = rule_table("phase_att", np.hstack([probs, focus]), duration, GRID)
-    assert scores.max() == pytest.approx(max(c for *_, c in att))
-    with pytest.raises(ConfigError, match="attention outputs None"):
-        rule_table("phase_att", probs, duration, GRID)
 
 
 def test_change_boxes_take_each_events_own_edges_and_highest_output() -> None:

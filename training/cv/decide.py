@@ -19,12 +19,6 @@ view (CAS, DAS); an event is raised when its score reaches its family's threshol
 - ``frames``: the bare outputs, an event wherever the family's highest output stays at or
   above the threshold (the device's per-class hysteresis without its off-threshold and
   minimum duration);
-- ``phase_lsp`` / ``phase_max`` / ``phase_att``: the device's phases, each class scored by the
-  highest running linear-softmax (``sum p^2 / sum p``), maximum or attention-weighted mean
-  (``sum w p / sum w``, ``w`` the exponential of the pooling head's logit, kept beside the
-  outputs in ``attention.npz``) of its output over the phase instead of the mean
-  (:func:`pooled_phase_events`): a phase judged the way a multiple-instance loss with that
-  pooling trained it;
 - ``boxes``: change-point boxes on the family's highest output, after the sound event
   bounding boxes of Ebbers et al. (Interspeech 2024, arXiv 2406.04212): a step filter (the
   mean over the next ``BOX_FILTER_S / 2`` minus the mean over the last) rises where an event
@@ -88,8 +82,7 @@ SECONDS_PER_HOUR = 3600.0
 BOX_FILTER_S = BOXES_RULE.box_filter_ms / 1000.0
 BOX_MERGE = BOXES_RULE.box_merge
 RULES = (
-    "phase", "phase_relative", "frames", "phase_lsp", "phase_max", "phase_att", "boxes",
-    "phase_boxes", "phase_calibrated",
+    "phase", "phase_relative", "frames", "boxes", "phase_boxes", "phase_calibrated",
 )  # fmt: skip
 
 Table = tuple[np.ndarray, np.ndarray]  # (edges (S + 1,), scores (S, 2))
@@ -111,51 +104,6 @@ def relative(probs: np.ndarray, grid: FrameGrid, window_s: float = RELATIVE_WIND
     past_mean[0] = 0.0
     out[:, classes] = np.clip(p[:, classes] - past_mean[:, classes], 0.0, 1.0)
     return out.astype(np.float32)
-
-
-def pooled_phase_events(
-    probs: np.ndarray,
-    grid: FrameGrid,
-    pooling: str = "linear_softmax",
-    attention: np.ndarray | None = None,
-) -> list[tuple[float, float, str, float]]:
-    """The phases the device's phase rule cuts, each class scored by the highest running
-    ``pooling`` of its output over the phase so far (from ``min_phase_ms`` on) instead of the
-    running mean: the detector judging a phase the way a multiple-instance loss trained it.
-    ``attention`` (n, O): the pooling head's logits, for ``pooling="attention"``."""
-    if pooling == "attention" and (attention is None or attention.shape != probs.shape):
-        found = None if attention is None else attention.shape
-        raise ConfigError(f"attention pooling: attention outputs {found}, expected {probs.shape}")
-    rate = grid.sample_rate_hz
-    min_frames = max(1, round(PHASE_RULE.min_phase_ms * rate / 1000.0 / grid.frame_samples))
-    breath = np.asarray(probs[:, OUTPUTS.index(PHASE_RULE.output)])
-    out = []
-    for start, end, type_, _ in phase_events(probs, OUTPUTS, PHASE_CONFIG, grid):
-        # the phase's frames: it ends where the event ends; it began at the first frame at or
-        # above the on-threshold of the run of frames at or above the off-threshold before it
-        last = round((end * rate - grid.offset_samples) / grid.frame_samples)
-        first = last - 1
-        while first > 0 and breath[first - 1] >= PHASE_RULE.off_threshold:
-            first -= 1
-        while first < last - 1 and breath[first] < PHASE_RULE.on_threshold:
-            first += 1
-        p = np.asarray(probs[first:last, OUTPUTS.index(type_)], np.float64)
-        if not len(p):
-            continue
-        if pooling == "max":
-            running = np.maximum.accumulate(p)
-        elif pooling == "attention":
-            assert attention is not None
-            logit = np.asarray(attention[first:last, OUTPUTS.index(type_)], np.float64)
-            w = np.exp(logit - logit.max())
-            running = np.cumsum(w * p) / np.maximum(np.cumsum(w), 1e-300)
-        elif pooling == "mean":
-            running = np.cumsum(p) / np.arange(1, len(p) + 1)
-        else:
-            running = np.cumsum(p * p) / np.maximum(np.cumsum(p), 1e-9)
-        score = float(running[min(min_frames, len(p)) - 1 :].max())
-        out.append((start, end, type_, score))
-    return out
 
 
 def change_boxes(
@@ -215,11 +163,8 @@ def box_events(probs: np.ndarray, grid: FrameGrid) -> list[tuple[float, float, s
 
 
 def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid) -> Table:
-    """One record's family score table under ``rule`` (module doc). ``probs`` (n, O), or
-    (n, 2 O) for a model with a pooling head: its outputs, then its attention."""
+    """One record's family score table under ``rule`` (module doc), ``probs`` (n, O)."""
     classes = list(FAMILIES)
-    n_out = len(OUTPUTS)
-    probs, attention = probs[:, :n_out], (probs[:, n_out:] if probs.shape[1] > n_out else None)
     if rule == "frames":
         return frame_table(probs, OUTPUTS, grid, duration_s, MAPPING, classes)
     if rule == "boxes":
@@ -229,9 +174,6 @@ def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid)
         events = phase_events(probs, OUTPUTS, PHASE_CONFIG, grid)
     elif rule == "phase_boxes":
         events = phase_events(probs, OUTPUTS, BOXES_CONFIG, grid)
-    elif rule in ("phase_lsp", "phase_max", "phase_att"):
-        pooling = {"phase_max": "max", "phase_att": "attention"}.get(rule, "linear_softmax")
-        events = pooled_phase_events(probs, grid, pooling, attention)
     elif rule == "phase_relative":
         events = phase_events(relative(probs, grid), OUTPUTS, PHASE_CONFIG, grid)
     else:
@@ -570,9 +512,7 @@ def cross_fit_calibrated(
     probs: Mapping[str, np.ndarray], truth: Truth, grid: FrameGrid, budget_per_hour: float
 ) -> tuple[CrossFit, RecordCounts]:
     """:func:`cross_fit` of the phase rule on outputs calibrated per class (Platt scaling),
-    the calibration of fold ``k`` fitted, like its thresholds, on the other folds' records.
-    Columns after the outputs (a pooling head's attention) are left out."""
-    probs = {r: p[:, : len(OUTPUTS)] for r, p in probs.items()}
+    the calibration of fold ``k`` fitted, like its thresholds, on the other folds' records."""
     folds = sorted({truth.folds[r] for r in truth.records})
     rows_of = {k: [i for i, r in enumerate(truth.records) if truth.folds[r] == k] for k in folds}
     n = len(truth.records)

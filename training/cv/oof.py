@@ -23,7 +23,6 @@ from edge.datapaths import data_root, sprsound_root
 from lungwatch.errors import ConfigError
 from training.cv.folds import Folds, load_folds
 from training.data.sprsound import load_sprsound
-from training.data.targets import OUTPUTS
 from training.scoring.detection import Event
 
 EPS = 1e-4
@@ -68,9 +67,7 @@ def seeds_of(design: Path) -> list[int]:
 
 
 def read_outputs(folder: Path, prefix: str) -> dict[str, np.ndarray]:
-    """A fold model's outputs of the set ``prefix``, record -> (n, O); for a model with a
-    pooling head (an ``attention.npz`` beside) (n, 2 O): its outputs, then its attention
-    logits."""
+    """A fold model's outputs of the set ``prefix``, record -> (n, O)."""
     path = folder / "outputs.npz"
     if not path.is_file():
         raise ConfigError(
@@ -82,17 +79,6 @@ def read_outputs(folder: Path, prefix: str) -> dict[str, np.ndarray]:
             for k in stored.files
             if k.startswith(prefix + "/")
         }
-    if (folder / "attention.npz").is_file():
-        with np.load(folder / "attention.npz") as stored:
-            for r, p in out.items():
-                key = f"{prefix}/{r}"
-                if key not in stored.files or stored[key].shape != p.shape:
-                    raise ConfigError(
-                        f"{folder / 'attention.npz'}: {key} missing or not of shape {p.shape} "
-                        f"(lungwatch cv predict --design {folder.parents[1].name} after removing "
-                        f"it)"
-                    )
-                out[r] = np.hstack([p, stored[key].astype(np.float32)])
     return out
 
 
@@ -154,17 +140,13 @@ def all_models_outputs(design: Path, prefix: str) -> list[dict[str, np.ndarray]]
 
 
 def ensemble(members: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The mean logits of ``members`` (dicts of record -> (n, O)), through the sigmoid; the
-    columns after the O outputs (a pooling head's attention logits) are averaged as they are."""
+    """The mean logits of ``members`` (dicts of record -> (n, O)), through the sigmoid."""
     keys = set(members[0])
     for m in members[1:]:
         keys &= set(m)
-    n_out = len(OUTPUTS)
     out = {}
     for key in keys:
-        clipped = [np.clip(m[key][:, :n_out], EPS, 1 - EPS) for m in members]
+        clipped = [np.clip(m[key], EPS, 1 - EPS) for m in members]
         logits = [np.log(q / (1 - q)) for q in clipped]
-        mean = (1.0 / (1.0 + np.exp(-np.mean(logits, axis=0)))).astype(np.float32)
-        extra = [m[key][:, n_out:] for m in members]
-        out[key] = np.hstack([mean, np.mean(extra, axis=0)]) if extra[0].shape[1] else mean
+        out[key] = (1.0 / (1.0 + np.exp(-np.mean(logits, axis=0)))).astype(np.float32)
     return out

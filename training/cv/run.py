@@ -1,7 +1,7 @@
 """Train a design's fold models and keep every output they give.
 
     lungwatch cv train --config training/configs/sed.yaml --design base --seeds 0,1,2
-    lungwatch cv train --config ... --design mil --set loss.phase_pooling=linear_softmax
+    lungwatch cv train --config ... --design wide --set model.channels=192
 
 A **design** is a run config (the YAML and its ``--set`` overrides) under a name. For each
 seed and each fold ``k`` of the stored folds (:mod:`training.cv.folds`) one model trains on
@@ -199,30 +199,19 @@ def write_outputs(
     model: SedNet, mat: Material, flush: np.ndarray, transform: Any, folder: Path
 ) -> int:
     """A fold model's outputs over every set of ``mat`` into ``folder/outputs.npz``
-    (``"<set>/<record>"`` -> (n, O) float16); how many recordings. A model with a pooling
-    head also writes its attention logits into ``attention.npz`` (any other model removes a
-    stale one)."""
+    (``"<set>/<record>"`` -> (n, O) float16); how many recordings."""
     from training.recipe.train import predict
 
-    pooled = model.config.pool_head
-    n_out = model.config.n_outputs
-    files: dict[str, dict[str, Any]] = {"outputs": {}}
-    if pooled:
-        files["attention"] = {}
-    else:
-        (folder / "attention.npz").unlink(missing_ok=True)
+    outputs: dict[str, Any] = {}
     for name, recs in (("sprsound", mat.recs), ("intra_test", mat.intra), ("icbhi", mat.icbhi)):
-        if recs:  # one pass: the outputs and, for a pooling head, its logits after them
-            probs = predict(model, recs, flush, transform=transform, attention=pooled)
+        if recs:
+            probs = predict(model, recs, flush, transform=transform)
             for r, p in zip(recs, probs, strict=True):
-                files["outputs"][f"{name}/{r.record_id}"] = p[:, :n_out].astype(np.float16)
-                if pooled:
-                    files["attention"][f"{name}/{r.record_id}"] = p[:, n_out:].astype(np.float16)
-    for file, arrays in files.items():
-        temp = folder / f".{file}.tmp.npz"
-        np.savez_compressed(temp, **arrays)
-        temp.replace(folder / f"{file}.npz")
-    return len(files["outputs"])
+                outputs[f"{name}/{r.record_id}"] = p.astype(np.float16)
+    temp = folder / ".outputs.tmp.npz"
+    np.savez_compressed(temp, **outputs)
+    temp.replace(folder / "outputs.npz")
+    return len(outputs)
 
 
 def parse_ints(text: str, what: str) -> list[int]:
@@ -340,22 +329,18 @@ def run_parallel(
 
 
 def predict_design(out: Path, design: str, device: str = "cpu") -> int:
-    """Write ``outputs.npz`` (and, for a design with a pooling head, ``attention.npz``) for
-    every finished fold model of ``design`` that lacks them (a model trained elsewhere and
-    brought back without its outputs); how many were written."""
+    """Write ``outputs.npz`` for every finished fold model of ``design`` that lacks it (a
+    model trained elsewhere and brought back without its outputs); how many were written."""
     from training.models.checkpoint import load_checkpoint
     from training.recipe.inputs import InputView
 
     folder = design_dir(out, design)
     if not folder.is_dir():
         raise ConfigError(f"design {design!r}: no folder {folder} (cv train first)")
-    run_doc = json.loads((folder / "design.json").read_text())["run"]
-    pooled = run_doc.get("loss", {}).get("phase_pooling", "mean")
-    wanted = ["outputs.npz"] + (["attention.npz"] if pooled == "attention" else [])
     todo = sorted(
         p.parent
         for p in folder.glob("seed*/*/done.json")
-        if not all((p.parent / f).is_file() for f in wanted)
+        if not (p.parent / "outputs.npz").is_file()
     )
     if not todo:
         return 0

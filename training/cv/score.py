@@ -273,10 +273,6 @@ def score_design(
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Every figure of one design (module doc), and its pooled per-record counts per rule."""
     oof = oof_outputs(design, truth)
-    attention = all(p.shape[1] > len(OUTPUTS) for s in oof.values() for p in s.values())
-    if "phase_att" in rules and not attention:  # a rule of models with a pooling head only
-        print(f"{design.name}: no attention outputs (no pooling head): phase_att not judged")
-        rules = [r for r in rules if r != "phase_att"]
     members: dict[str, dict[str, np.ndarray]] = {f"seed{s}": p for s, p in oof.items()}
     if len(oof) > 1:
         members["ensemble"] = ensemble(list(oof.values()))

@@ -12,7 +12,6 @@ Data flow, input ``x`` of shape (B, K, F, T) (log features straight from the fro
       of several kernel widths, concatenated, 1x1 projection, residual       (B, C, N)
     [multi-head attention over a bounded past of `attention_frames`]         (B, C, N)
     output head: 1x1 conv -> logits, sigmoid outside                          (B, O, N)
-    [pooling head (pool_head, training only): 1x1 conv -> attention logits      (B, O, N)]
 
 Causality and look-ahead: every operation only looks back, so output frame ``j`` depends on
 input frames ``< (j + 1) * s``. The model is trained so that output ``j`` describes network
@@ -59,9 +58,6 @@ class SedConfig:
     lookahead_frames: int = 8  # network frames of delay (8 x 40 ms = 0.32 s)
     attention_heads: int = 0  # 0: no attention layer
     attention_frames: int = 64  # the bounded past each frame attends to (network frames)
-    # a second 1x1 head whose outputs weigh each frame in an annotated phase's attention
-    # pooling (training/recipe/losses.py); not part of the streaming model
-    pool_head: bool = False
 
     def __post_init__(self) -> None:
         check(self.n_kinds >= 1, "n_kinds", self.n_kinds, "an integer >= 1")
@@ -199,8 +195,6 @@ class SedNet(nn.Module):
             layers.append(BoundedAttention(c, config.attention_heads, config.attention_frames))
         self.layers = nn.ModuleList(layers)
         self.head = nn.Conv1d(c, config.n_outputs, 1)
-        if config.pool_head:
-            self.pool_head = nn.Conv1d(c, config.n_outputs, 1)
         self._shapes: list[tuple[int, int]] = [m.cache_shape for m in layers]
 
     @property
@@ -255,20 +249,9 @@ class SedNet(nn.Module):
 
         x (B, K, F, (n_frames + lookahead) * s), the last ``lookahead * s`` frames being real
         audio or the flush padding -> frame logits aligned with the recording (B, O, n_frames)."""
-        return self.head(self._aligned(x, n_frames))
-
-    def forward_pooling(self, x: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward_train` and, beside it, the pooling head's attention logits
-        (B, O, n_frames) of a model built with ``pool_head``."""
-        if not self.config.pool_head:
-            raise ValueError("forward_pooling: this model has no pooling head (pool_head)")
-        h = self._aligned(x, n_frames)
-        return self.head(h), self.pool_head(h)
-
-    def _aligned(self, x: torch.Tensor, n_frames: int) -> torch.Tensor:
         h, _ = self.embed(x, self.initial_state(x.shape[0]))
         lookahead = self.config.lookahead_frames
-        return h[:, :, lookahead : lookahead + n_frames]
+        return self.head(h[:, :, lookahead : lookahead + n_frames])
 
 
 class StreamingSed(nn.Module):

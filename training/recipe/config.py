@@ -94,21 +94,14 @@ class AugmentConfig:
             check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
 
 
-# how an annotated phase's frames pool in the phase loss (training/recipe/losses.py)
-PHASE_POOLINGS = ("mean", "linear_softmax", "max", "attention")
-
-
 @dataclass(frozen=True)
 class LossConfig:
     phase_weight: float = 0.5  # + this x BCE of each annotated phase's mean class output
     quality_margin: float = 0.0  # > 0: QLung-style quality-adaptive margin (logits)
     quality_margin_gain: float = 1.0  # the margin grows by this x (1 - quality)
-    phase_pooling: str = "mean"  # mean | linear_softmax | max | attention: a phase's pooling
 
     def __post_init__(self) -> None:
         check(self.phase_weight >= 0, "phase_weight", self.phase_weight, "a number >= 0")
-        pooling = self.phase_pooling
-        check(pooling in PHASE_POOLINGS, "phase_pooling", pooling, f"one of {PHASE_POOLINGS}")
         check(self.quality_margin >= 0, "quality_margin", self.quality_margin, "a number >= 0")
         gain = self.quality_margin_gain
         check(gain >= 0, "quality_margin_gain", gain, "a number >= 0")
@@ -260,7 +253,6 @@ class RunConfig:
             lookahead_frames=m.lookahead_frames,
             attention_heads=m.attention_heads,
             attention_frames=m.attention_frames,
-            pool_head=self.loss.phase_pooling == "attention",
         )
 
 

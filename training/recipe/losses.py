@@ -5,15 +5,9 @@
   frames outside every annotated phase count ``unannotated_weight``), the mean over the
   weights; optionally with the quality-adaptive margin on the class outputs
   (:mod:`training.recipe.margin`).
-- **Phase loss** (:func:`phase_loss`): the device's detector judges a breath phase by pooling
-  a class's probability over it, so each annotated phase's pooled class probabilities are
-  scored against the phase's labels too (Breath and Poor Quality are not in it). A labelled
-  phase says "somewhere in here": the pooling is the mean (every frame of the phase carries
-  the sound), linear-softmax (``sum p^2 / sum p``: frames that carry it weigh more), the
-  maximum (one frame is enough) or attention (``sum w p / sum w`` with ``w = exp(a)``, ``a``
-  a second head's per-frame, per-class logit: the network learns which frames carry the
-  label), the multiple-instance poolings of weakly labelled sound event detection (Wang et
-  al., ICASSP 2019).
+- **Phase loss** (:func:`phase_loss`): the device's detector judges a breath phase by the
+  mean of a class's probability over it, so each annotated phase's mean class probabilities
+  are scored against the phase's labels too (Breath and Poor Quality are not in it).
 - **Distillation** (:func:`distill_loss`): BCE of every output of every real frame against a
   teacher's soft outputs (:mod:`training.cv.teacher`), beside the label losses.
 
@@ -28,7 +22,6 @@ import torch.nn.functional as F
 
 from training.data.recordings import Batch
 from training.data.targets import BREATH_INDEX
-from training.recipe.config import PHASE_POOLINGS as PHASE_POOLINGS
 from training.recipe.margin import apply_margin
 
 
@@ -65,59 +58,26 @@ def phase_segments(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     return ids.reshape(-1), classes[rows, :, frames].astype(np.float32)
 
 
-def pool_phases(
-    probs: torch.Tensor,
-    index: torch.Tensor,
-    n_segments: int,
-    pooling: str = "mean",
-    attention: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Each segment's pooled probabilities (S, C) of the frames ``probs`` (M, C) whose segment
-    is ``index`` (M,): ``mean``, ``linear_softmax``, ``max`` or ``attention`` (weights
-    ``exp(attention)``, ``attention`` (M, C) logits; see the module doc)."""
-    n_classes = probs.shape[1]
-    zeros = probs.new_zeros(n_segments, n_classes)
-    wide = index[:, None].expand(-1, n_classes)
-    if pooling == "max":
-        return zeros.scatter_reduce(0, wide, probs, reduce="amax", include_self=False)
-    if pooling == "attention":
-        if attention is None:
-            raise ValueError("attention pooling needs the attention logits")
-        top = zeros.scatter_reduce(0, wide, attention.detach(), reduce="amax", include_self=False)
-        weights = torch.exp(attention - top[index])  # each segment's softmax, overflow-free
-        mass = probs.new_zeros(n_segments, n_classes).index_add(0, index, weights)
-        return zeros.index_add(0, index, weights * probs) / mass
-    sums = zeros.index_add(0, index, probs)
-    if pooling == "linear_softmax":
-        squares = probs.new_zeros(n_segments, n_classes).index_add(0, index, probs * probs)
-        return squares / sums.clamp_min(1e-6)
+def mean_phases(probs: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Each segment's mean probabilities (S, C) of the frames ``probs`` (M, C) whose segment
+    is ``index`` (M,)."""
+    sums = probs.new_zeros(n_segments, probs.shape[1]).index_add(0, index, probs)
     counts = probs.new_zeros(n_segments).index_add(0, index, probs.new_ones(index.shape[0]))
     return sums / counts[:, None]
 
 
-def phase_loss(
-    logits: torch.Tensor,
-    batch: Batch,
-    pooling: str = "mean",
-    attention: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """BCE of each annotated phase's pooled class probability against its labels (mean over
-    phases; 0 when the batch has none). ``attention`` (B, O, N): the pooling head's logits,
-    for ``pooling="attention"``."""
+def phase_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """BCE of each annotated phase's mean class probability against its labels (mean over
+    phases; 0 when the batch has none)."""
     ids, labels = phase_segments(batch)
     if labels.shape[0] == 0:
         return logits.sum() * 0.0
     n_classes = labels.shape[1]
-
-    def frames(t: torch.Tensor) -> torch.Tensor:
-        return t[:, :n_classes].permute(0, 2, 1).reshape(-1, n_classes)
-
-    probs = frames(torch.sigmoid(logits))
+    probs = torch.sigmoid(logits)[:, :n_classes].permute(0, 2, 1).reshape(-1, n_classes)
     device = logits.device
     keep = torch.from_numpy(ids >= 0).to(device)
     index = torch.from_numpy(ids[ids >= 0]).to(device)
-    weights = None if attention is None else frames(attention)[keep]
-    pooled = pool_phases(probs[keep], index, labels.shape[0], pooling, weights)
+    pooled = mean_phases(probs[keep], index, labels.shape[0])
     return F.binary_cross_entropy(pooled.clamp(1e-6, 1 - 1e-6), torch.from_numpy(labels).to(device))
 
 

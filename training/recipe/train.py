@@ -171,12 +171,9 @@ def predict(
     flush: np.ndarray,
     batch: int = 32,
     transform: Transform | None = None,
-    attention: bool = False,
 ) -> list[np.ndarray]:
     """Every recording's frame probabilities (n, O), each as one stream from its start (the
-    whole-recording pass, which equals the device's chunked one). ``attention``: (n, 2 O),
-    the probabilities and, after them, the pooling head's attention logits from the same pass
-    (a model built with ``pool_head``)."""
+    whole-recording pass, which equals the device's chunked one)."""
     model.eval()
     cfg = model.config
     order = sorted(range(len(recs)), key=lambda i: recs[i].n_frames)
@@ -187,11 +184,7 @@ def predict(
             examples = [whole_example(recs[i]) for i in idx]
             bt = collate(examples, cfg.stride, cfg.lookahead_frames, flush, transform)
             x = torch.from_numpy(bt.features).to(model.input_mean.device)
-            if attention:
-                logits, weights = model.forward_pooling(x, bt.n_frames)
-                p = torch.cat([torch.sigmoid(logits), weights], dim=1).cpu()
-            else:
-                p = torch.sigmoid(model.forward_train(x, bt.n_frames)).cpu()
+            p = torch.sigmoid(model.forward_train(x, bt.n_frames)).cpu()
             for j, i in enumerate(idx):
                 res[i] = p[j, :, : recs[i].n_frames].numpy().T.copy()  # (n, O)
     return [res[i] for i in range(len(recs))]
@@ -305,15 +298,10 @@ def train_epoch(
             spec_augment(bt.features, data.flush, aug, rng)
         device = model.input_mean.device
         x = torch.from_numpy(bt.features).to(device)
-        attention = None
-        if mcfg.pool_head:
-            logits, attention = model.forward_pooling(x, bt.n_frames)
-        else:
-            logits = model.forward_train(x, bt.n_frames)
+        logits = model.forward_train(x, bt.n_frames)
         loss = frame_loss(logits, bt, margins)
         if run.loss.phase_weight > 0:
-            pooling = run.loss.phase_pooling
-            loss = loss + run.loss.phase_weight * phase_loss(logits, bt, pooling, attention)
+            loss = loss + run.loss.phase_weight * phase_loss(logits, bt)
         if run.distill.weight > 0:
             taught = run.distill.weight
             loss = (1.0 - taught) * loss + taught * distill_loss(logits, bt)
