@@ -21,7 +21,6 @@ from training.cv.decide import (
     detector_section,
     fit_thresholds,
     merged,
-    relative,
     summary,
 )
 from training.cv.folds import Folds, load_folds, make_folds
@@ -331,60 +330,6 @@ def test_the_paired_bootstrap_sees_no_gain_in_a_copy_and_one_in_a_better_design(
         better[f"tp_{f}"] = better[f"n_{f}"].astype(float)
     gain = bootstrap(a, better, patients, 200)
     assert gain["macro"]["ci90"][0] > 0
-
-
-def test_relative_outputs_are_measured_against_the_past_only() -> None:
-    p = np.full((100, len(OUTPUTS)), 0.2, np.float32)
-    p[60:, 0] = 0.8
-    out = relative(p, GRID, window_s=1.0)  # 25 frames of 40 ms
-    assert np.allclose(out[1:60, 0], 0.0)
-    assert out[60, 0] == pytest.approx(0.6)  # the past 25 frames at 0.2
-    assert out[99, 0] == pytest.approx(0.0, abs=1e-6)  # the bed's level has caught up
-    assert np.array_equal(out[:, OUTPUTS.index("Breath")], p[:, OUTPUTS.index("Breath")])
-
-
-def test_change_boxes_take_each_events_own_edges_and_highest_output() -> None:
-    """The boxes rule's step filter finds a rectangle's edges whether it is longer or shorter
-    than a half of the filter, and a box scores the highest output inside it."""
-    from training.cv.decide import change_boxes
-
-    score = np.full(200, 0.05)
-    score[20:60] = 0.6  # longer than a half (12 frames)
-    score[35] = 0.9
-    score[120:126] = 0.4  # shorter than a half
-    assert change_boxes(score, 12) == [(20, 60, 0.9), (120, 126, 0.4)]
-    assert change_boxes(np.full(50, 0.3), 12) == [(0, 50, 0.3)]  # on from start to end
-    assert change_boxes(np.zeros(0), 12) == []
-
-
-def test_change_boxes_merge_over_a_shallow_gap_only() -> None:
-    from training.cv.decide import change_boxes
-
-    score = np.zeros(120)
-    score[10:30] = 0.8
-    score[30:36] = 0.5  # stays above half the lower peak: one event
-    score[36:56] = 0.7
-    score[80:90] = 0.8
-    score[90:96] = 0.1  # drops below it: two
-    score[96:106] = 0.8
-    boxes = change_boxes(score, 3)
-    assert [(a, b) for a, b, _ in boxes] == [(10, 56), (80, 90), (96, 106)]
-    assert boxes[0][2] == pytest.approx(0.8)
-
-
-def test_the_boxes_rule_raises_a_familys_event_on_its_own_edges() -> None:
-    from training.cv.decide import rule_table
-
-    probs = np.zeros((250, len(OUTPUTS)), np.float32)
-    probs[50:100, OUTPUTS.index("Wheeze")] = 0.7  # frames 50-99 (40 ms each)
-    edges, scores = rule_table("boxes", probs, 10.0, GRID)
-    on = scores[:, FAMILIES.index("CAS")] > 0
-    assert on.any()
-    assert not scores[:, FAMILIES.index("DAS")].any()
-    first_s = (50 * GRID.frame_samples + GRID.offset_samples) / GRID.sample_rate_hz
-    assert edges[:-1][on][0] == pytest.approx(first_s)
-    assert edges[1:][on][-1] == pytest.approx(first_s + 2.0)
-    assert scores[on, FAMILIES.index("CAS")].max() == pytest.approx(0.7)
 
 
 def test_the_gate_is_fitted_on_each_records_out_of_fold_output(cv_root: Path) -> None:

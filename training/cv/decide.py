@@ -12,23 +12,9 @@ view (CAS, DAS); an event is raised when its score reaches its family's threshol
   the highest running mean of the class output over it (the device's decision statistic,
   :func:`training.scoring.threshold_free.phase_events`); a family takes the highest of its
   classes;
-- ``phase_relative``: the same on outputs measured against the bed's own recent past: each
-  class output minus its causal running mean over the bed's last ``RELATIVE_WINDOW_S``
-  (clipped at 0), the way the front end's band normalisation treats the input: a bed whose
-  normal breathing runs high is judged against that level;
-- ``frames``: the bare outputs, an event wherever the family's highest output stays at or
-  above the threshold (the device's per-class hysteresis without its off-threshold and
-  minimum duration);
-- ``boxes``: change-point boxes on the family's highest output, after the sound event
-  bounding boxes of Ebbers et al. (Interspeech 2024, arXiv 2406.04212): a step filter (the
-  mean over the next ``BOX_FILTER_S / 2`` minus the mean over the last) rises where an event
-  starts and falls where it ends; each rise's peak opens a box, the next fall's trough closes
-  it, neighbours whose gap never drops below half the lower of their peaks become one box, and
-  a box scores its highest output (:func:`change_boxes`). Events get their own edges instead
-  of the breath phase's;
 - ``phase_boxes``: the device's phase rule with the CAS classes cut on their own change-point
-  boxes (``PhaseRule.box_classes``, the streaming form of ``boxes`` per class in
-  :mod:`edge.bed.detector`), each box scored by its peak; the DAS classes on phases.
+  boxes (``PhaseRule.box_classes``, :mod:`edge.bed.detector`), each box scored by its peak;
+  the DAS classes on phases.
 
 The candidates of every record are matched against the annotations once, for every threshold
 at the same time, by sed_scores_eval (collar-based, the collars of
@@ -64,7 +50,6 @@ from training.scoring.detection import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS
 from training.scoring.threshold_free import (
     disjoint,
     event_table,
-    frame_table,
     phase_events,
     view_events,
 )
@@ -75,110 +60,19 @@ PHASE_RULE = PhaseRule(0.6, 0.5, 240.0, lead_ms=120.0)
 PHASE_CONFIG = DetectorConfig(on_threshold=0.7, off_threshold=0.55, phases=PHASE_RULE)
 BOXES_RULE = dataclasses.replace(PHASE_RULE, box_classes=CAS_CLASSES)
 BOXES_CONFIG = dataclasses.replace(PHASE_CONFIG, phases=BOXES_RULE)
-RELATIVE_WINDOW_S = 30.0
 SECONDS_PER_HOUR = 3600.0
-# the boxes rule's step filter (seconds, two halves) and merge share, the device's defaults:
-# neighbouring boxes merge where their gap stays above BOX_MERGE x the lower peak
-BOX_FILTER_S = BOXES_RULE.box_filter_ms / 1000.0
-BOX_MERGE = BOXES_RULE.box_merge
-RULES = (
-    "phase", "phase_relative", "frames", "boxes", "phase_boxes", "phase_calibrated",
-)  # fmt: skip
+RULES = ("phase", "phase_boxes")
 
 Table = tuple[np.ndarray, np.ndarray]  # (edges (S + 1,), scores (S, 2))
 
 
-def relative(probs: np.ndarray, grid: FrameGrid, window_s: float = RELATIVE_WINDOW_S) -> np.ndarray:
-    """Class outputs minus their causal running mean over the last ``window_s`` (the bed's own
-    level; frames before the current one only), clipped at 0; Breath and quality untouched."""
-    p = np.asarray(probs, np.float64)
-    out = p.copy()
-    n = p.shape[0]
-    width = max(1, round(window_s * grid.sample_rate_hz / grid.frame_samples))
-    classes = [i for i, name in enumerate(OUTPUTS) if name in MAPPING]
-    cum = np.vstack([np.zeros((1, p.shape[1])), np.cumsum(p, axis=0)])
-    idx = np.arange(n)
-    lo = np.maximum(0, idx - width)
-    count = np.maximum(idx - lo, 1)
-    past_mean = (cum[idx] - cum[lo]) / count[:, None]  # frames lo..idx-1
-    past_mean[0] = 0.0
-    out[:, classes] = np.clip(p[:, classes] - past_mean[:, classes], 0.0, 1.0)
-    return out.astype(np.float32)
-
-
-def change_boxes(
-    score: np.ndarray, half: int, merge: float = BOX_MERGE
-) -> list[tuple[int, int, float]]:
-    """Boxes ``(first, end, peak)`` (frames, end exclusive) of one score sequence (module doc,
-    ``boxes``); ``half``: frames in each half of the step filter."""
-    n = len(score)
-    if n == 0:
-        return []
-    total = np.r_[0.0, np.cumsum(np.r_[np.zeros(half), score, np.zeros(half)])]
-    at = np.arange(n + 1) + half  # boundary b lies before frame b; outside the record scores 0
-    step = (total[at + half] - 2 * total[at] + total[at - half]) / half
-    inner = np.r_[-np.inf, step, -np.inf]
-    # a flat extreme (an event shorter than a half) is its last boundary for a rise, its
-    # first for a fall: the event's own edges
-    rises = np.flatnonzero((step > 0) & (step >= inner[:-2]) & (step > inner[2:]))
-    inner = np.r_[np.inf, step, np.inf]
-    falls = np.flatnonzero((step < 0) & (step < inner[:-2]) & (step <= inner[2:]))
-    extremes = sorted([(int(b), 1) for b in rises] + [(int(b), -1) for b in falls])
-    kept: list[tuple[int, int]] = []  # alternating; of a run of one kind the strongest
-    for b, kind in extremes:
-        if kept and kept[-1][1] == kind:
-            if abs(step[b]) > abs(step[kept[-1][0]]):
-                kept[-1] = (b, kind)
-        elif kept or kind == 1:
-            kept.append((b, kind))
-    boxes: list[list[float]] = []
-    for (on, _), (off, _) in zip(kept[::2], kept[1::2], strict=False):
-        if off <= on:
-            continue
-        peak = float(score[on:off].max())
-        if boxes:
-            last_on, last_off, last_peak = boxes[-1]
-            gap = score[int(last_off) : on]
-            if not len(gap) or gap.min() >= merge * min(last_peak, peak):
-                boxes[-1] = [last_on, off, max(last_peak, peak)]
-                continue
-        boxes.append([on, off, peak])
-    return [(int(a), int(b), float(c)) for a, b, c in boxes]
-
-
-def box_events(probs: np.ndarray, grid: FrameGrid) -> list[tuple[float, float, str, float]]:
-    """The ``boxes`` rule's scored events (seconds), one family at a time."""
-    p = np.nan_to_num(np.asarray(probs, np.float64), nan=0.0)
-    rate = float(grid.sample_rate_hz)
-    frame_s = grid.frame_samples / rate
-    half = max(1, round(BOX_FILTER_S / 2 / frame_s))
-    out = []
-    for family in FAMILIES:
-        columns = [i for i, name in enumerate(OUTPUTS) if family in MAPPING.get(name, ())]
-        score = p[:, columns].max(axis=1)
-        for first, end, peak in change_boxes(score, half):
-            start_s = (first * grid.frame_samples + grid.offset_samples) / rate
-            out.append((start_s, start_s + (end - first) * frame_s, family, peak))
-    return out
-
-
 def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid) -> Table:
     """One record's family score table under ``rule`` (module doc), ``probs`` (n, O)."""
-    classes = list(FAMILIES)
-    if rule == "frames":
-        return frame_table(probs, OUTPUTS, grid, duration_s, MAPPING, classes)
-    if rule == "boxes":
-        own = {f: (f,) for f in FAMILIES}
-        return event_table(box_events(probs, grid), duration_s, own, classes)
-    if rule == "phase":
-        events = phase_events(probs, OUTPUTS, PHASE_CONFIG, grid)
-    elif rule == "phase_boxes":
-        events = phase_events(probs, OUTPUTS, BOXES_CONFIG, grid)
-    elif rule == "phase_relative":
-        events = phase_events(relative(probs, grid), OUTPUTS, PHASE_CONFIG, grid)
-    else:
-        raise ConfigError(f"decision rule {rule!r}: expected one of {RULES[:-1]}")
-    return event_table(events, duration_s, MAPPING, classes)
+    configs = {"phase": PHASE_CONFIG, "phase_boxes": BOXES_CONFIG}
+    if rule not in configs:
+        raise ConfigError(f"decision rule {rule!r}: expected one of {RULES}")
+    events = phase_events(probs, OUTPUTS, configs[rule], grid)
+    return event_table(events, duration_s, MAPPING, list(FAMILIES))
 
 
 def score_tables_of(
@@ -465,75 +359,3 @@ def detector_section(
         "limits": {"max_false_per_hour": budget},
         "validation": dict(oof),
     }
-
-
-def platt(
-    probs: Mapping[str, np.ndarray],
-    truth: Truth,
-    records: Sequence[str],
-    grid: FrameGrid,
-    max_frames: int = 200_000,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per class (a, b): ``sigmoid(a * logit(p) + b)`` fitted by weighted logistic regression
-    on the frames of ``records`` against their frame targets (Platt scaling); Breath and
-    quality keep (1, 0)."""
-    from sklearn.linear_model import LogisticRegression
-
-    from training.data.targets import frame_targets
-
-    a, b = np.ones(len(OUTPUTS)), np.zeros(len(OUTPUTS))
-    xs, ys, ws = [], [], []
-    for r in records:
-        p = np.clip(probs[r], 1e-4, 1 - 1e-4)
-        t, w = frame_targets(truth.annotated[r], truth.labels[r], grid, len(p))
-        xs.append(np.log(p / (1 - p)))
-        ys.append(t.T >= 0.5)
-        ws.append(w.T)
-    x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
-    rng = np.random.default_rng(seed)
-    keep = rng.permutation(len(x))[:max_frames]
-    for c, name in enumerate(OUTPUTS):
-        if name not in MAPPING or y[keep, c].all() or not y[keep, c].any():
-            continue
-        model = LogisticRegression(C=1e4).fit(
-            x[keep, c : c + 1], y[keep, c], sample_weight=w[keep, c]
-        )
-        a[c], b[c] = float(model.coef_[0, 0]), float(model.intercept_[0])
-    return a, b
-
-
-def calibrate(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-4, 1 - 1e-4)
-    return (1.0 / (1.0 + np.exp(-(a * np.log(q / (1 - q)) + b)))).astype(np.float32)
-
-
-def cross_fit_calibrated(
-    probs: Mapping[str, np.ndarray], truth: Truth, grid: FrameGrid, budget_per_hour: float
-) -> tuple[CrossFit, RecordCounts]:
-    """:func:`cross_fit` of the phase rule on outputs calibrated per class (Platt scaling),
-    the calibration of fold ``k`` fitted, like its thresholds, on the other folds' records."""
-    folds = sorted({truth.folds[r] for r in truth.records})
-    rows_of = {k: [i for i, r in enumerate(truth.records) if truth.folds[r] == k] for k in folds}
-    n = len(truth.records)
-    tp = {f: np.zeros(n) for f in FAMILIES}
-    fp = {f: np.zeros(n) for f in FAMILIES}
-    raised = {f: np.zeros(n, bool) for f in FAMILIES}
-    rates: dict[str, list[tuple[float, float]]] = {f: [] for f in FAMILIES}
-    thresholds: dict[int, dict[str, Fitted]] = {}
-    last: RecordCounts | None = None
-    for k in folds:
-        fitting_records = [r for r in truth.records if truth.folds[r] != k]
-        a, b = platt(probs, truth, fitting_records, grid)
-        moved = {r: calibrate(probs[r], a, b) for r in truth.records}
-        counts = RecordCounts.of(score_tables_of(moved, truth, "phase", grid), truth)
-        one = cross_fit(counts, truth, budget_per_hour)
-        held = rows_of[k]
-        thresholds[k] = one.thresholds[k]
-        for f in FAMILIES:
-            tp[f][held], fp[f][held] = one.tp[f][held], one.fp[f][held]
-            raised[f][held] = one.raised[f][held]
-            rates[f].append(one.fold_rates[f][folds.index(k)])
-        last = counts
-    assert last is not None
-    return CrossFit(thresholds, tp, fp, dict(last.n_ref), raised, rates), last

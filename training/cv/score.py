@@ -1,6 +1,6 @@
 """``lungwatch cv score``: designs judged out of fold, on the same folds, with a paired bootstrap.
 
-    lungwatch cv score --design base --design kd [--rule phase --rule frames] [--out FILE]
+    lungwatch cv score --design base --design kd [--rule phase --rule phase_boxes] [--out FILE]
 
 For every design (:mod:`training.cv.run`) and each of its seeds, and for the ensemble of its
 seeds (the mean logits of the fold models, still out of fold), on SPRSound ``train``:
@@ -51,7 +51,6 @@ from training.cv.decide import (
     Fitted,
     RecordCounts,
     cross_fit,
-    cross_fit_calibrated,
     detector_section,
     f1,
     fit_thresholds,
@@ -282,11 +281,6 @@ def score_design(
     for name, probs in members.items():
         entry: dict[str, Any] = frame_auc(probs, truth, grid)
         for rule in rules:
-            if rule == "phase_calibrated":  # calibration and thresholds both cross-fitted
-                cf, counts = cross_fit_calibrated(probs, truth, grid, budget)
-                entry[rule] = summary(cf, truth, counts.records)
-                pooled[f"{name}:{rule}"] = pooled_counts([cf])
-                continue
             tables = score_tables_of(probs, truth, rule, grid)
             counts = counted[name, rule] = RecordCounts.of(tables, truth)
             cf = cross_fit(counts, truth, budget)
@@ -318,7 +312,7 @@ def score_design(
     fulls = sorted(design.glob("seed*/full/done.json"))
     if with_views and fulls:  # the full models (what ships), thresholds from the pooled OOF
         result["full"] = {}
-        for rule in [r for r in rules if r != "phase_calibrated"] or ["phase"]:
+        for rule in rules:
             per_seed = [
                 counted.get((f"seed{s}", rule))
                 or RecordCounts.of(score_tables_of(p, truth, rule, grid), truth)
