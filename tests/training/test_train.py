@@ -115,13 +115,11 @@ def test_icbhi_material_joins_training_only_from_the_chosen_patients(tmp_path: P
         sf.write(icbhi / f"{name}.flac", np.zeros(12000, np.int16), 4000)
         (icbhi / f"{name}.txt").write_text("0.0\t1.5\t1\t0\n1.5\t3.0\t0\t0\n")
     sets = [*SMALL, f"data.train_dir={data}", f"data.cache_dir={tmp_path / 'cache'}",
-            "data.val_fraction=0.25", f"data.icbhi_dir={icbhi}", "data.icbhi_fraction=0.5",
-            "data.icbhi_repeat=3"]  # fmt: skip
+            "data.val_fraction=0.25", f"data.icbhi_dir={icbhi}",
+            "data.icbhi_fraction=0.5"]  # fmt: skip
     loaded = load_data(load_run(RECIPE, sets))
     chosen = training_patients(load_icbhi(icbhi), 0.5, seed=0)
     from_icbhi = [r for r in loaded.train if r.label == "icbhi"]
     assert len(chosen) == 2
-    assert sorted(r.patient_id for r in from_icbhi) == sorted(3 * list(chosen))
+    assert sorted(r.patient_id for r in from_icbhi) == sorted(chosen)
     assert not [r for r in loaded.val if r.label == "icbhi"]  # ICBHI never validates
-    with pytest.raises(ConfigError, match="icbhi_repeat must be an integer >= 1"):
-        load_run(RECIPE, ["data.icbhi_repeat=0"])

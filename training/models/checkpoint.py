@@ -37,6 +37,7 @@ FORMAT = "lungwatch-sednet/1"
 RETIRED: dict[str, dict[str, Any]] = {
     "sizes": {"stem_channels": 0},
     "model": {"stem_channels": 0},
+    "data": {"icbhi_repeat": 1},
     "loss": {"phase_pooling": "mean"},
 }
 

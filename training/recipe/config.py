@@ -38,7 +38,6 @@ class DataConfig:
     icbhi_dir: str = ""  # ICBHI-layout folder; "": <data root>/icbhi/train
     icbhi_fraction: float = 0.0
     icbhi_seed: int = 0
-    icbhi_repeat: int = 1  # each ICBHI training recording counts this many times an epoch
 
     def __post_init__(self) -> None:
         check(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "in (0, 1)")
@@ -48,7 +47,6 @@ class DataConfig:
         check(self.max_frames >= 1, "max_frames", self.max_frames, "an integer >= 1")
         f = self.icbhi_fraction
         check(0.0 <= f < 1.0, "icbhi_fraction", f, "a share in [0, 1) (some patients stay out)")
-        check(self.icbhi_repeat >= 1, "icbhi_repeat", self.icbhi_repeat, "an integer >= 1")
 
 
 @dataclass(frozen=True)

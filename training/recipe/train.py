@@ -138,7 +138,7 @@ def training_data(
     )
     recordings, chosen = icbhi
     mine = [r for r in recordings if r.patient_id in chosen]
-    train += load_icbhi_recordings(mine, store, run.kinds, grid, stride) * run.data.icbhi_repeat
+    train += load_icbhi_recordings(mine, store, run.kinds, grid, stride)
     return TrainingData(train, val, mean, std, grid, view)
 
 
