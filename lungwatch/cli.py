@@ -65,6 +65,9 @@ WORKSTATION_COMMANDS: Commands = {
     ),
 }
 COMMANDS: Commands = {**DEVICE_COMMANDS, **WORKSTATION_COMMANDS}
+#: A command's subcommand whose module sits in a higher layer than the command's own
+#: (docs/design.md): ``cv device`` runs the export steps on training's fold models.
+ROUTED: dict[tuple[str, str], str] = {("cv", "device"): "export.cv_device"}
 DEVICE_NOTE = (
     f"Training and export commands (train, export, quantize, ...) are in "
     f"'{WORKSTATION_SCRIPT}' on the workstation."
@@ -145,6 +148,9 @@ def dispatch(commands: Commands, argv: list[str] | None, script: str, note: str 
         print(f"{script}: unknown command {name!r}\n\n{usage}", file=sys.stderr)
         return 2
     module_name = commands[name][0]
+    if rest and (name, rest[0]) in ROUTED:
+        module_name = ROUTED[name, rest[0]]
+        name, rest = f"{name} {rest[0]}", rest[1:]
     try:
         entry: Callable[[list[str]], int] = importlib.import_module(module_name).main
     except ModuleNotFoundError as exc:

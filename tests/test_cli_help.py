@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from lungwatch.cli import COMMANDS, main, plain_summary
+from lungwatch.cli import COMMANDS, ROUTED, main, plain_summary
 
 MARKUP = re.compile(r"``|:[a-z]+:`")
 
 
-def parsers_shown(name: str, monkeypatch: pytest.MonkeyPatch) -> list[argparse.ArgumentParser]:
+def parsers_shown(
+    name: str, monkeypatch: pytest.MonkeyPatch, *sub: str
+) -> list[argparse.ArgumentParser]:
     """The parsers whose help ``lungwatch NAME --help`` printed."""
     shown: list[argparse.ArgumentParser] = []
     original = argparse.ArgumentParser.print_help
@@ -25,7 +27,7 @@ def parsers_shown(name: str, monkeypatch: pytest.MonkeyPatch) -> list[argparse.A
 
     monkeypatch.setattr(argparse.ArgumentParser, "print_help", record)
     with pytest.raises(SystemExit) as exit_:
-        main([name, "--help"])
+        main([name, *sub, "--help"])
     assert exit_.value.code in (0, None)
     return shown
 
@@ -43,6 +45,17 @@ def test_help_is_complete_and_plain(name: str, monkeypatch: pytest.MonkeyPatch) 
         if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()
     ]
     assert silent == [], f"lungwatch {name}: no help for {silent}"
+
+
+@pytest.mark.parametrize("command", sorted(ROUTED))
+def test_a_routed_subcommand_runs_its_own_module(
+    command: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [parser] = parsers_shown(command[0], monkeypatch, command[1])
+    assert parser.prog == f"lungwatch {command[0]} {command[1]}"
+    assert parser.description
+    assert not MARKUP.search(parser.description)
+    assert all((a.help or "").strip() for a in parser._actions)
 
 
 def test_a_summary_is_the_first_paragraph_without_markup() -> None:

@@ -10,7 +10,7 @@
 ``folds``: :mod:`training.cv.folds`; ``train``: :mod:`training.cv.run`; ``score``:
 :mod:`training.cv.score` (out-of-fold scores, threshold-free and at the ward's operating point,
 and a paired bootstrap over patients against another design); ``rules``: the detector rules
-and the quality gate fitted out of fold; ``device``: :mod:`training.cv.device` (ICBHI through
+and the quality gate fitted out of fold; ``device``: :mod:`export.cv_device` (ICBHI through
 the device path, each recording by the fold model that never heard its patient);
 ``findings``: :mod:`training.cv.findings` (the finding episodes' recurrence rules, fitted on
 new recordings: half of ``intra_test``'s patients, judged on the other half).
@@ -139,11 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             "rules", help="fit a threshold per family on a design's OOF outputs into a manifest"
         )
     )
-    from training.cv.device import add_device_arguments, device_command
-
-    add_device_arguments(
-        sub.add_parser("device", help="ICBHI through the device path, out of fold (fold models)")
-    )
+    # `lungwatch cv device` is export.cv_device's (it runs the export steps): the console
+    # entry routes it there; listed here for the help
+    sub.add_parser("device", help="ICBHI through the device path, out of fold (fold models)")
     from training.cv.findings import add_arguments as add_findings_arguments
     from training.cv.findings import findings_command
 
@@ -178,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "rules":
             return rules_command(args)
         if args.what == "device":
-            return device_command(args)
+            parser.error("cv device runs as 'lungwatch cv device' (export.cv_device)")
         if args.what == "findings":
             return findings_command(args)
         return score_command(args)

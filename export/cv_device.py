@@ -17,6 +17,9 @@ already in ``WORK`` with a verify reference is reused.
 
 The per-cycle verdicts are kept (``--out``); ``--against FILE`` (another run's ``--out``) adds
 the Score difference and its 90 % interval from a paired bootstrap over ICBHI's patients.
+
+It lives in ``export`` (it runs the export steps on training's fold models); the console
+entry routes ``lungwatch cv device`` here.
 """
 
 from __future__ import annotations
@@ -181,6 +184,18 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
         "--against", type=Path, default=None,
         help="another run's --out: the paired bootstrap of the Score against it",
     )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lungwatch.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="lungwatch cv device", description=__doc__)
+    add_device_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return device_command(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
 
 
 def device_command(args: argparse.Namespace) -> int:
