@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -459,10 +459,40 @@ def _track_phases(
 BOX_NONE, BOX_OPEN, BOX_GAP = 0, 1, 2  # a box class's state in :func:`_track_boxes`
 
 
+class BoxState(NamedTuple):
+    """The change-point boxes' state, per class ``c`` (arrays of the classes, updated in place
+    by :func:`_track_boxes`)."""
+
+    ring: np.ndarray  # (C, 2 * half) the last outputs
+    sums: np.ndarray  # (C, 2) the older and newer halves' sums
+    seen: np.ndarray  # frames so far
+    steps: np.ndarray  # (C, 2) the filter at the two boundaries before the newest (NaN: none)
+    state: np.ndarray  # BOX_*
+    gap_end: np.ndarray  # the fall's boundary
+    gap_min: np.ndarray  # the gap's lowest output
+    gap_max: np.ndarray  # ... and its highest
+    opened: np.ndarray  # the box's first rise while its start may still move (-1: settled)
+    rise_step: np.ndarray  # the filter at that rise
+
+    @classmethod
+    def new(cls, classes: int, half: int) -> BoxState:
+        return cls(
+            np.zeros((classes, 2 * half)), np.zeros((classes, 2)), np.zeros(classes, np.int64),
+            np.full((classes, 2), np.nan), np.zeros(classes, np.int64),
+            np.zeros(classes, np.int64), np.zeros(classes), np.zeros(classes),
+            np.full(classes, -1, np.int64), np.zeros(classes),
+        )  # fmt: skip
+
+    def reset(self) -> None:
+        """The filter starts again from silence."""
+        self.ring[:], self.sums[:], self.seen[:], self.steps[:] = 0.0, 0.0, 0, np.nan
+        self.state[:], self.opened[:] = BOX_NONE, -1
+
+
 @njit(cache=True)
 def _track_boxes(
-    probs, index, which, thr, half, merge, first_frame, ring, sums, seen, steps, state, gap_end,
-    gap_min, gap_max, opened, rise_step, cand_start, cand_end, announced, peak, out_i, out_p,
+    probs, index, which, thr, half, merge, first_frame, box, cand_start, cand_end, announced,
+    peak, out_i, out_p,
 ):  # fmt: skip
     """Change-point boxes over ``probs`` (n, O) for the classes ``which`` (class ``c`` reads
     output ``index[c]``). A step filter (the mean over the next ``half`` frames minus the mean
@@ -477,14 +507,16 @@ def _track_boxes(
     settled and its peak (the highest output of its frames) reaches ``thr[c]``. Each boundary
     is judged ``half`` frames after it, when the filter has seen past it.
 
-    Per class ``c``: ``ring[c]`` (2 * half,) the last outputs, ``sums[c]`` the older and newer
-    halves' sums, ``seen[c]`` frames so far, ``steps[c]`` the filter at the two boundaries
-    before the newest (NaN: none), ``state[c]`` (BOX_*), ``gap_end[c]`` the fall's boundary,
-    ``gap_min[c]`` / ``gap_max[c]`` the gap's lowest and highest output, ``opened[c]`` the
-    box's first rise while its start may still move (-1: settled), ``rise_step[c]`` the filter
-    at its start; the rest as in
-    :func:`_track_frames`, whose transition rows it writes; returns their number (at most
-    2 * n * C)."""
+    ``box`` is the classes' :class:`BoxState`; the rest as in :func:`_track_frames`, whose
+    transition rows it writes; returns their number (at most 2 * n * C)."""
+    ring, sums, seen, steps, state = box.ring, box.sums, box.seen, box.steps, box.state
+    gap_end, gap_min, gap_max, opened, rise_step = (
+        box.gap_end,
+        box.gap_min,
+        box.gap_max,
+        box.opened,
+        box.rise_step,
+    )
     count = 0
     width = 2 * half
     for t in range(probs.shape[0]):
@@ -648,16 +680,7 @@ class FrameDetector:
         if self._phases is not None and self._by_boxes.size:
             self._half = max(1, round(self._phases.box_filter_ms / 2 / hop))
             self._box_merge = self._phases.box_merge
-            self._ring = np.zeros((n, 2 * self._half), np.float64)
-            self._box_sums = np.zeros((n, 2), np.float64)
-            self._seen = np.zeros(n, np.int64)
-            self._steps = np.full((n, 2), np.nan, np.float64)
-            self._box_state = np.zeros(n, np.int64)
-            self._gap_end = np.zeros(n, np.int64)
-            self._gap_min = np.zeros(n, np.float64)
-            self._gap_max = np.zeros(n, np.float64)
-            self._opened = np.full(n, -1, np.int64)
-            self._rise_step = np.zeros(n, np.float64)
+            self._boxes = BoxState.new(n, self._half)
             self._last_frame = -1
         self._last_end = np.zeros(n, np.int64)  # end sample of each class's previous event
 
@@ -689,10 +712,8 @@ class FrameDetector:
         if self._by_boxes.size:  # only in phase mode
             count += _track_boxes(
                 p, self._index, self._by_boxes, self._on, self._half, self._box_merge,
-                first_frame, self._ring, self._box_sums, self._seen, self._steps,
-                self._box_state, self._gap_end, self._gap_min, self._gap_max, self._opened,
-                self._rise_step, self._start,
-                self._end, self._announced, self._peak, self._out_i[count:], self._out_p[count:],
+                first_frame, self._boxes, self._start, self._end, self._announced, self._peak,
+                self._out_i[count:], self._out_p[count:],
             )  # fmt: skip
             self._last_frame = first_frame + p.shape[0] - 1
         for row in range(count):
@@ -744,7 +765,7 @@ class FrameDetector:
     def _close_all(self) -> None:
         if self._by_boxes.size:
             # an open box runs to the last frame heard (a box in its gap ends at its fall)
-            open_ = self._by_boxes[self._box_state[self._by_boxes] == BOX_OPEN]
+            open_ = self._by_boxes[self._boxes.state[self._by_boxes] == BOX_OPEN]
             self._end[open_] = max(self._last_frame, 0)
             for c in open_:  # its start not settled yet: not announced yet
                 if not self._announced[c] and self._peak[c] >= self._on[c]:
@@ -760,13 +781,8 @@ class FrameDetector:
         self._announced[:] = False
         if self._phases is not None:
             self._phase[:] = 0
-            if self._by_boxes.size:  # the filter starts again from silence
-                self._ring[:] = 0.0
-                self._box_sums[:] = 0.0
-                self._seen[:] = 0
-                self._steps[:] = np.nan
-                self._box_state[:] = BOX_NONE
-                self._opened[:] = -1
+            if self._by_boxes.size:
+                self._boxes.reset()
 
 
 def detect_events(
