@@ -64,13 +64,13 @@ from edge.runtime.loop import Runtime, open_model, open_streams
 from edge.runtime.offline import FrameKeeper, detect_recordings, recordings_in
 from edge.sinks import publish_all
 from lungwatch.events import Event
+from lungwatch.labels import FAMILY_CLASSES, sound_class
 
 WARD = Path("edge/configs/ward.yaml")
 # the retired window classifier on intra_test in the last run that had it (commit 5ac14d3,
 # bench/results/detection.md there, 2026-11-25; x86-64, 2 CPUs): x real time, one core
 WINDOW_MODEL_RECORDED = {"model": "models/edge/model.int8.onnx (retired)", "x_realtime": 363}
-FAMILY = {"Wheeze": "CAS", "Rhonchi": "CAS", "Stridor": "CAS",
-          "Fine Crackle": "DAS", "Coarse Crackle": "DAS"}  # fmt: skip
+FAMILY = {t: f for f, types in FAMILY_CLASSES.items() for t in types}
 COLLAR_S = 0.2
 TARGETS = {"whole_file_x_realtime": 400.0, "detection_latency_p99_s": 1.0}
 
@@ -103,8 +103,7 @@ def annotated(folder: Path) -> dict[str, list[tuple[float, float, str]]]:
         data = json.loads(path.read_text())
         events = []
         for e in data.get("event_annotation", []):
-            types = ["Wheeze", "Fine Crackle"] if e["type"] == "Wheeze+Crackle" else [e["type"]]
-            for t in types:
+            for t in sound_class(e["type"]).raised_as:
                 if t in FAMILY:
                     events.append((int(e["start"]) / 1000, int(e["end"]) / 1000, FAMILY[t]))
         if events:

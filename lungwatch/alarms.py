@@ -12,9 +12,9 @@ bed with crackles raises one every few breaths. This layer, shared by the ward v
 list and bed cards) and the hospital gateway (its alerts), groups them as a bedside monitor
 does, into one **alarm condition per bed and finding**:
 
-- ``CAS`` (Wheeze, Rhonchi, Stridor and Wheeze+Crackle, and the device's CAS finding
-  episodes, ``edge.bed.findings``), ``DAS`` (Fine and Coarse Crackle, and the DAS finding
-  episodes),
+- each finding family (``CAS``: Wheeze, Rhonchi, Stridor and Wheeze+Crackle, and the device's
+  CAS finding episodes, ``edge.bed.findings``; ``DAS``: Fine and Coarse Crackle, and the DAS
+  finding episodes; :func:`lungwatch.labels.family_of`),
   ``apnoea``, ``tachypnoea``, ``bradypnoea``, and each technical condition by its own type
   (``poor_signal``, ``off_body``, ``breath_signal_lost``, ...): :func:`condition_of`;
 - a condition carries its first onset, its last episode, how many episodes it has had, the
@@ -60,15 +60,12 @@ from typing import Any, Protocol
 
 from lungwatch.config import check
 from lungwatch.events import is_segment
-from lungwatch.labels import FINDING_CLASS
+from lungwatch.labels import FAMILY, FINDING_CLASS, family_of
 
 PRIORITIES = ("high", "medium", "low")
 PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
-CAS_TYPES = ("Wheeze", "Rhonchi", "Stridor", "Wheeze+Crackle")
-DAS_TYPES = ("Fine Crackle", "Coarse Crackle")
 CONDITION_TEXT = {
-    "CAS": "wheezes (CAS)",
-    "DAS": "crackles (DAS)",
+    **{f.name: f.text for f in FAMILY.values()},
     "apnoea": "apnoea",
     "tachypnoea": "breathing fast",
     "bradypnoea": "breathing slow",
@@ -170,11 +167,7 @@ def listed_episode(
 def condition_of(event_type: str) -> str:
     """The alarm condition of an event type (module doc): a family, a breathing finding or
     the technical type itself."""
-    if event_type in CAS_TYPES:
-        return "CAS"
-    if event_type in DAS_TYPES:
-        return "DAS"
-    return event_type
+    return family_of(event_type) or event_type
 
 
 def condition_type(condition: str) -> str:

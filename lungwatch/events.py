@@ -37,7 +37,14 @@ from datetime import datetime, timezone
 from typing import Any, Literal, NoReturn, TypeGuard
 
 from lungwatch.errors import LungwatchError
-from lungwatch.labels import EVENT_LABELS, FINDING_FAMILIES, NORMAL, family_snomed_ct, sound_class
+from lungwatch.labels import (
+    EVENT_LABELS,
+    FINDING_FAMILIES,
+    NORMAL,
+    SOUND_CLASSES,
+    family_snomed_ct,
+    sound_class,
+)
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "lungwatch/v1"
@@ -105,14 +112,9 @@ STATES = ("onset", "ongoing", "ended")
 #: input, a full spool) matters more than one that degrades it.
 Priority = Literal["high", "medium", "low"]
 DEFAULT_PRIORITIES: dict[str, Priority] = {
-    "Stridor": "high",
+    **{c.name: c.priority for c in SOUND_CLASSES if c.priority},  # the label table's
     "CAS": "medium",  # a wheeze finding: as its loudest member type (Wheeze)
     "DAS": "low",  # a crackle finding
-    "Wheeze": "medium",
-    "Wheeze+Crackle": "medium",
-    "Rhonchi": "low",
-    "Coarse Crackle": "low",
-    "Fine Crackle": "low",
     "poor_signal": "low",
     "off_body": "medium",
     "clipping": "low",

@@ -1,8 +1,12 @@
 """The one label table: model classes, data-set vocabularies, SNOMED CT codes.
 
-Every place that names a respiratory sound class imports it from here: the SPRSound and
-ICBHI loaders' vocabularies, the model's class lists (saved in checkpoints and manifests),
-the cross-dataset mapping and the event types the device publishes.
+Every fact about a respiratory sound class is a field of its row in :data:`SOUND_CLASSES`
+(and every fact about a finding family one of :data:`FAMILIES`), and every other part reads
+it from here: the SPRSound and ICBHI loaders' vocabularies, the model's class lists (saved
+in checkpoints and manifests), the cross-dataset mapping, the event types the device
+publishes and their priorities, the families of the verdict, the finding episodes, the
+alarms and the history, the bed cards' states, the gateway's codes and the scoring views.
+A new class is one new row.
 
 Cross-dataset mapping (documented in ``docs/labels.md``): continuous adventitious sounds
 (SPRSound Wheeze, Rhonchi, Stridor) map to ICBHI ``wheeze``; discontinuous ones (Fine and
@@ -16,28 +20,68 @@ then publishes the event type alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
 class SoundClass:
-    """One respiratory sound class and how each vocabulary names it."""
+    """One respiratory sound class: how each vocabulary names it and what every part of the
+    system makes of it."""
 
     name: str  # SPRSound event vocabulary (the model's fine-grained classes)
     family: str  # "normal", "CAS" (continuous) or "DAS" (discontinuous) or "CAS & DAS"
     icbhi: str  # ICBHI 2017 cycle label it maps to
-    snomed_ct: str | None  # SNOMED CT concept id of the finding, where one exists
-    snomed_term: str | None
+    snomed_ct: str | None = None  # SNOMED CT concept id of the finding (gateway coding)
+    snomed_term: str | None = None
+    output: int | None = None  # its place among the detector's outputs; None: not detected
+    priority: Literal["high", "medium", "low"] | None = None  # its events' default alarm priority
+    held: bool = False  # its events wait for recurrence in a finding episode (edge.bed.findings)
+    card: str | None = None  # a bed card's state for it (wardview.beds)
+    scored_as: str | None = None  # its class in the 4-class scoring view (default: its name)
+    parts: tuple[str, ...] = ()  # a composite's detected classes (raised as these)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """Its finding families: ``()`` for Normal, ``("CAS", "DAS")`` for Wheeze+Crackle."""
+        return () if self.family == "normal" else tuple(self.family.split(" & "))
+
+    @property
+    def raised_as(self) -> tuple[str, ...]:
+        """The detected classes it is raised (and scored) as."""
+        return self.parts or ((self.name,) if self.output is not None else ())
 
 
+@dataclass(frozen=True)
+class Family:
+    """A finding family: its alarm condition, finding episode and finding rate."""
+
+    name: str
+    finding_class: str  # the class whose SNOMED CT concept names its finding
+    text: str  # its alarm condition as a ward reads it
+    card: str  # a bed card's state for it
+    rate_code: str  # its finding rate (share of breathing time with its sound, unit %,
+    rate_text: str  # UCUM %): no SNOMED CT or MDC term is known, a local code
+
+
+#: The one table. Fields: name, family, icbhi, SNOMED CT code and term, output place, priority,
+#: held, card, 4-class scoring name, composite parts (see SoundClass).
 SOUND_CLASSES: tuple[SoundClass, ...] = (
-    SoundClass("Normal", "normal", "normal", None, None),
-    SoundClass("Rhonchi", "CAS", "wheeze", None, None),
-    SoundClass("Wheeze", "CAS", "wheeze", "56018004", "Wheezing"),
-    SoundClass("Stridor", "CAS", "wheeze", "70407001", "Stridor"),
-    SoundClass("Coarse Crackle", "DAS", "crackle", "48409008", "Respiratory crackles"),
-    SoundClass("Fine Crackle", "DAS", "crackle", "48409008", "Respiratory crackles"),
-    SoundClass("Wheeze+Crackle", "CAS & DAS", "both", None, None),
+    SoundClass("Normal", "normal", "normal"),
+    SoundClass("Rhonchi", "CAS", "wheeze", None, None, 3, "low", True, "rhonchi"),
+    SoundClass("Wheeze", "CAS", "wheeze", "56018004", "Wheezing", 2, "medium", True, "wheezes"),
+    SoundClass("Stridor", "CAS", "wheeze", "70407001", "Stridor", 4, "high", False, "stridor"),
+    SoundClass("Coarse Crackle", "DAS", "crackle", "48409008", "Respiratory crackles", 1, "low",
+               True, "crackles", "Crackle"),
+    SoundClass("Fine Crackle", "DAS", "crackle", "48409008", "Respiratory crackles", 0, "low",
+               True, "crackles", "Crackle"),
+    SoundClass("Wheeze+Crackle", "CAS & DAS", "both", priority="medium", card="wheezes",
+               parts=("Wheeze", "Fine Crackle")),
+)  # fmt: skip
+FAMILIES: tuple[Family, ...] = (
+    Family("CAS", "Wheeze", "wheezes (CAS)", "wheezes", "LW-WHEEZE-RATE", "wheeze rate"),
+    Family("DAS", "Fine Crackle", "crackles (DAS)", "crackles", "LW-CRACKLE-RATE", "crackle rate"),
 )
+_BY_NAME = {c.name: c for c in SOUND_CLASSES}
 
 #: SPRSound Task 1-2 classes, in this order in every 7-class model.
 EVENT_LABELS: tuple[str, ...] = tuple(c.name for c in SOUND_CLASSES)
@@ -53,25 +97,26 @@ NORMAL = "Normal"
 POOR_QUALITY = "Poor Quality"
 #: The event types the frame-level detector raises, in its output order (SPRSound's
 #: Wheeze+Crackle is raised as a Wheeze and a Fine Crackle over the same span).
-DETECTED_CLASSES: tuple[str, ...] = (
-    "Fine Crackle",
-    "Coarse Crackle",
-    "Wheeze",
-    "Rhonchi",
-    "Stridor",
+DETECTED_CLASSES: tuple[str, ...] = tuple(
+    c.name for c in sorted(SOUND_CLASSES, key=lambda c: c.output or 0) if c.output is not None
 )
 
 #: The families a finding episode is of (``edge.bed.findings``): continuous (wheezes,
 #: rhonchi, stridor) and discontinuous (crackles) adventitious sounds.
-FINDING_FAMILIES: tuple[str, ...] = ("CAS", "DAS")
+FINDING_FAMILIES: tuple[str, ...] = tuple(f.name for f in FAMILIES)
+FAMILY: dict[str, Family] = {f.name: f for f in FAMILIES}
+#: Each family's detected classes, in output order (CAS: Wheeze, Rhonchi, Stridor).
+FAMILY_CLASSES: dict[str, tuple[str, ...]] = {
+    f: tuple(n for n in DETECTED_CLASSES if _BY_NAME[n].family == f) for f in FINDING_FAMILIES
+}
+#: Each family's classes whose events wait for recurrence (Stridor never does).
+HELD_FAMILIES: dict[str, tuple[str, ...]] = {
+    f: tuple(n for n in classes if _BY_NAME[n].held) for f, classes in FAMILY_CLASSES.items()
+}
 #: The class whose SNOMED CT concept names each family's finding (wheezing, crackles).
-FINDING_CLASS: dict[str, str] = {"CAS": "Wheeze", "DAS": "Fine Crackle"}
-#: A finding's rate: the share of breathing time with the family's sound (unit %, UCUM
-#: ``%``). No SNOMED CT or MDC term is known for it: a local code, named here once.
-FINDING_RATE_CODE = {"CAS": "LW-WHEEZE-RATE", "DAS": "LW-CRACKLE-RATE"}
-FINDING_RATE_TEXT = {"CAS": "wheeze rate", "DAS": "crackle rate"}
-
-_BY_NAME = {c.name: c for c in SOUND_CLASSES}
+FINDING_CLASS: dict[str, str] = {f.name: f.finding_class for f in FAMILIES}
+FINDING_RATE_CODE = {f.name: f.rate_code for f in FAMILIES}
+FINDING_RATE_TEXT = {f.name: f.rate_text for f in FAMILIES}
 
 
 def sound_class(name: str) -> SoundClass:
@@ -80,6 +125,15 @@ def sound_class(name: str) -> SoundClass:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(f"unknown sound class {name!r}; known: {', '.join(EVENT_LABELS)}") from None
+
+
+def family_of(event_type: str) -> str | None:
+    """The finding family (alarm condition) of a sound class or a finding episode's type,
+    a composite's first (Wheeze+Crackle: CAS); None for anything else."""
+    if event_type in FAMILY:
+        return event_type
+    found = _BY_NAME.get(event_type)
+    return found.families[0] if found is not None and found.families else None
 
 
 def family_snomed_ct(family: str) -> str | None:

@@ -12,33 +12,25 @@ from typing import Any
 
 from lungwatch.alarms import PRIORITY_RANK, STATE_RANK
 from lungwatch.events import FINDING_RATE_KEYS, Event, is_number
+from lungwatch.labels import FAMILY, SOUND_CLASSES
 
+# the sounds' card states, their classes' most urgent first (stridor, wheezes, ...)
+_BY_PRIORITY = sorted(SOUND_CLASSES, key=lambda c: PRIORITY_RANK[c.priority or "low"])
+FINDING_CARDS = tuple(dict.fromkeys(c.card for c in _BY_PRIORITY if c.card))
 # bed states, most important first; a bed shows the first that holds
 STATE_TEXT = {
     "offline": "offline",
     "stale": "no data from the device",
     "apnoea": "apnoea",
     "technical": "technical condition",
-    "stridor": "stridor",
-    "wheezes": "wheezes",
-    "rhonchi": "rhonchi",
-    "crackles": "crackles",
+    **{card: card for card in FINDING_CARDS},  # the sounds' (lungwatch.labels)
     "tachypnoea": "breathing fast",
     "bradypnoea": "breathing slow",
     "normal": "breathing normal",
 }
-CONDITION_OF_TYPE = {
-    "Stridor": ("stridor",),
-    "Wheeze": ("wheezes",),
-    "Wheeze+Crackle": ("wheezes", "crackles"),
-    "Rhonchi": ("rhonchi",),
-    "CAS": ("wheezes",),  # a finding episode (edge.bed.findings)
-    "DAS": ("crackles",),
-    "Fine Crackle": ("crackles",),
-    "Coarse Crackle": ("crackles",),
-    "tachypnoea": ("tachypnoea",),
-    "bradypnoea": ("bradypnoea",),
-}
+# a sound's card state, and a finding episode's (edge.bed.findings): its family's
+CARD_OF_TYPE = {**{c.name: c.card for c in SOUND_CLASSES if c.card},
+                **{f.name: f.card for f in FAMILY.values()}}  # fmt: skip
 RATE_TREND_POINTS = 720  # a bed's rate trend: two hours at the runtime's 10-s publishing
 # a device is shown behind when a bed's audio waited longer than the device's own limit for
 # its read (p99 of its last metrics report, ``read_wait_warn_ms`` beside it); this one where
@@ -175,8 +167,7 @@ def _no_alarm(respiration: dict[str, Any] | None) -> dict[str, str]:
 
 
 # what a card shows of a finding's condition by the type of its newest episode
-CARD_FINDINGS = ("apnoea", "stridor", "wheezes", "rhonchi", "crackles", "tachypnoea",
-                 "bradypnoea")  # fmt: skip
+CARD_FINDINGS = ("apnoea", *FINDING_CARDS, "tachypnoea", "bradypnoea")
 
 
 def _state_key(row: dict[str, Any]) -> str:
@@ -188,13 +179,11 @@ def _state_key(row: dict[str, Any]) -> str:
     condition = row["condition"]
     if condition in STATE_TEXT:
         return str(condition)
-    newest = row.get("last_type") or ""
-    found = CONDITION_OF_TYPE.get(newest, ("crackles",) if condition == "DAS" else ("wheezes",))
-    return found[0]
+    return CARD_OF_TYPE.get(row.get("last_type") or "", CARD_OF_TYPE.get(condition, "wheezes"))
 
 
 # a rolling verdict listed as an alarm (dashboard.alarm_verdicts): the colour of its row's card
-VERDICT_STATE = {"CAS": "wheezes", "DAS": "crackles", "CAS & DAS": "wheezes",
+VERDICT_STATE = {**{f.name: f.card for f in FAMILY.values()}, "CAS & DAS": FAMILY["CAS"].card,
                  "Poor Quality": "technical"}  # fmt: skip
 
 

@@ -54,7 +54,8 @@ from typing import Any
 
 from lungwatch.clip import Clip
 from lungwatch.errors import LungwatchError
-from lungwatch.events import FINDING_RATE_KEYS, Event, parse_utc
+from lungwatch.events import FINDING_RATE_KEYS, RESPIRATION_TYPES, Event, parse_utc
+from lungwatch.labels import FAMILY_CLASSES
 from lungwatch.supervision import RESTARTS, Worker
 from wardview.stores import Backend, StoreError, migrate, open_backend
 
@@ -66,9 +67,9 @@ PRUNE_EVERY_S = 60.0
 RECENT_EVENTS = 8  # per bed, restored at start
 RESTORED_READINGS = 720  # per bed and kind, restored at start (the page's trend)
 RESTORED_IDS = 100_000  # the newest event ids restored at start (duplicates are not taken)
-CAS = ("Wheeze", "Rhonchi", "Stridor", "CAS")  # the sounds and their finding episodes
-DAS = ("Fine Crackle", "Coarse Crackle", "DAS")
-FAMILIES = {"CAS": CAS, "DAS": DAS, "breathing": ("apnoea", "tachypnoea", "bradypnoea")}
+# the onsets counted: each family's sounds and its finding episodes, and the breathing alarms
+FAMILIES = {**{f: (*types, f) for f, types in FAMILY_CLASSES.items()},
+            "breathing": RESPIRATION_TYPES}  # fmt: skip
 
 
 def epoch_s(utc: str | None) -> float | None:

@@ -38,12 +38,8 @@ from typing import Any
 
 from lungwatch.config import check
 from lungwatch.events import DEFAULT_PRIORITIES, PRIORITIES
+from lungwatch.labels import HELD_FAMILIES  # the families' event types that wait for recurrence
 
-#: The families whose events wait for recurrence, and their event types.
-HELD_FAMILIES: dict[str, tuple[str, ...]] = {
-    "CAS": ("Wheeze", "Rhonchi"),
-    "DAS": ("Fine Crackle", "Coarse Crackle"),
-}
 FAMILY_OF: dict[str, str] = {t: f for f, types in HELD_FAMILIES.items() for t in types}
 FINDING_KIND = "finding"
 #: How much longer than its rule's ``resolve_s`` a stream waits before it ends an episode: an

@@ -6,8 +6,8 @@
 
 The statistics of the window's output frames are those of a whole record in Task 2
 (:func:`training.scoring.tasks.record_statistics`, the rules fitted on validation into the
-manifest's ``tasks`` section): the mean Poor Quality output, and per family (CAS: Wheeze,
-Rhonchi, Stridor; DAS: Fine and Coarse Crackle) the mean of the ``top_frames`` highest frames
+manifest's ``tasks`` section): the mean Poor Quality output, and per family (its detected
+classes, ``lungwatch.labels.FAMILY_CLASSES``) the mean of the ``top_frames`` highest frames
 of the family's largest output. The label: ``Poor Quality`` when the mean reaches
 ``poor_quality``, else ``Normal``, ``CAS``, ``DAS`` or ``CAS & DAS`` by which families reach
 their thresholds. With hysteresis: a condition once on stays on until its statistic falls
@@ -31,12 +31,11 @@ from numba import njit
 from edge.bed.detector import FrameGrid
 from lungwatch.config import check
 from lungwatch.errors import ConfigError
-from lungwatch.labels import NORMAL, POOR_QUALITY, record_label_from_families
+from lungwatch.labels import FAMILY_CLASSES, NORMAL, POOR_QUALITY, record_label_from_families
 
 ASSESSING = "assessing"
 VERDICTS = (ASSESSING, NORMAL, "CAS", "DAS", "CAS & DAS", POOR_QUALITY)
-CAS_CLASSES = ("Wheeze", "Rhonchi", "Stridor")
-DAS_CLASSES = ("Fine Crackle", "Coarse Crackle")
+CAS_CLASSES, DAS_CLASSES = FAMILY_CLASSES["CAS"], FAMILY_CLASSES["DAS"]
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 
 from edge.bed.findings import HELD_FAMILIES, FindingConfig, RecurrenceRule, kept_events
+from lungwatch.labels import FAMILY_CLASSES
 
-CAS_CLASSES = ("Wheeze", "Rhonchi")  # Stridor is never held and keeps its own threshold
-DAS_CLASSES = ("Fine Crackle", "Coarse Crackle")
+CAS_CLASSES, DAS_CLASSES = HELD_FAMILIES["CAS"], HELD_FAMILIES["DAS"]  # Stridor is never held
 THRESHOLDS = (0.65, 0.7, 0.75, 0.8, 0.85)
 EVENTS = (1, 2, 3)
 WITHIN_S = (3.0, 5.0, 8.0)
@@ -170,11 +170,7 @@ def oof_events(design: Path, model: Path, threshold: float) -> Run:
 
 def family_of(event_type: str) -> str | None:
     """The family an event is scored in (Stridor in CAS, kept whatever the rule)."""
-    if event_type in (*CAS_CLASSES, "Stridor"):
-        return "CAS"
-    if event_type in DAS_CLASSES:
-        return "DAS"
-    return None
+    return next((f for f, types in FAMILY_CLASSES.items() if event_type in types), None)
 
 
 def apply(
@@ -555,14 +551,14 @@ def phase_members(
 def apply_phases(
     events: Events, phases: Mapping[str, Sequence[tuple[float, float]]], family: str, k: int, n: int
 ) -> Events:
-    """One family's events kept by the phase form (Stridor always)."""
+    """One family's events kept by the phase form (those never held, Stridor, always)."""
     out: Events = {}
     for record, items in events.items():
         mine = [e for e in items if family_of(str(e["type"])) == family]
-        held = [e for e in mine if e["type"] != "Stridor"]
+        held = [e for e in mine if e["type"] in HELD_FAMILIES[family]]
         spans = [(float(e["start_s"]), float(e["end_s"])) for e in held]
         keep = {i for ep in phase_members(spans, phases.get(record, []), k, n) for i in ep}
-        out[record] = [e for e in mine if e["type"] == "Stridor"] + [
+        out[record] = [e for e in mine if e["type"] not in HELD_FAMILIES[family]] + [
             e for i, e in enumerate(held) if i in keep
         ]
     return out

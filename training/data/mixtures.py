@@ -32,15 +32,16 @@ from scipy.signal import resample_poly
 from edge.bed.detector import FrameGrid
 from edge.features import FeatureSpec, extract
 from lungwatch.config import check
-from lungwatch.labels import NORMAL
+from lungwatch.labels import NORMAL, SOUND_CLASSES
 from training.data.features import FeatureStore
 from training.data.recordings import Recording, output_frames
 from training.data.sprsound import SprRecord
 from training.data.targets import BREATH_INDEX, frame_targets
 
 FADE_S = 0.02
-CAS_TYPES = ("Wheeze", "Rhonchi", "Stridor", "Wheeze+Crackle")
-DAS_TYPES = ("Fine Crackle", "Coarse Crackle")
+# the sounds inserted, by family (a composite by its first: Wheeze+Crackle is CAS)
+CAS_TYPES = tuple(c.name for c in SOUND_CLASSES if c.families[:1] == ("CAS",))
+DAS_TYPES = tuple(c.name for c in SOUND_CLASSES if c.families[:1] == ("DAS",))
 MIN_SEGMENT_S, MAX_SEGMENT_S = 0.2, 3.0
 RMS_FLOOR = 1e-6
 

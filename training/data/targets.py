@@ -27,18 +27,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge.bed.detector import FrameGrid
-from lungwatch.labels import DETECTED_CLASSES, NORMAL, POOR_QUALITY
+from lungwatch.labels import DETECTED_CLASSES, POOR_QUALITY, SOUND_CLASSES
 
 BREATH = "Breath"
 OUTPUTS: tuple[str, ...] = (*DETECTED_CLASSES, BREATH, POOR_QUALITY)
 BREATH_INDEX = OUTPUTS.index(BREATH)
 QUALITY_INDEX = OUTPUTS.index(POOR_QUALITY)
 #: annotated event type -> the outputs it switches on (Normal: only Breath)
-TYPE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    **{name: (name,) for name in DETECTED_CLASSES},
-    "Wheeze+Crackle": ("Wheeze", "Fine Crackle"),
-    NORMAL: (),
-}
+TYPE_OUTPUTS: dict[str, tuple[str, ...]] = {c.name: c.raised_as for c in SOUND_CLASSES}
 
 Event = tuple[float, float, str]  # (start_s, end_s, SPRSound type)
 Cycle = tuple[float, float, bool, bool]  # (start_s, end_s, crackles, wheezes): ICBHI

@@ -30,7 +30,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lungwatch.labels import NORMAL, POOR_QUALITY
+from lungwatch.labels import (
+    DETECTED_CLASSES,
+    FINDING_FAMILIES,
+    NORMAL,
+    POOR_QUALITY,
+    SOUND_CLASSES,
+    sound_class,
+)
 
 LOGGER = logging.getLogger(__name__)
 ONSET_COLLAR_S = 0.2
@@ -38,25 +45,20 @@ OFFSET_SHARE = 0.2
 SEGMENT_S = 1.0
 SECONDS_PER_HOUR = 3600.0
 
-FAMILY_VIEW: dict[str, tuple[str, ...]] = {
-    "Wheeze": ("CAS",),
-    "Rhonchi": ("CAS",),
-    "Stridor": ("CAS",),
-    "Fine Crackle": ("DAS",),
-    "Coarse Crackle": ("DAS",),
-    "Wheeze+Crackle": ("CAS", "DAS"),
-}
+
+def four_class(name: str) -> str:
+    """A detected class's class in the ``4class`` view (both crackles: Crackle)."""
+    return sound_class(name).scored_as or name
+
+
+ADVENTITIOUS = tuple(c for c in SOUND_CLASSES if c.families)
+FAMILY_VIEW: dict[str, tuple[str, ...]] = {c.name: c.families for c in ADVENTITIOUS}
 FOUR_CLASS_VIEW: dict[str, tuple[str, ...]] = {
-    "Wheeze": ("Wheeze",),
-    "Rhonchi": ("Rhonchi",),
-    "Stridor": ("Stridor",),
-    "Fine Crackle": ("Crackle",),
-    "Coarse Crackle": ("Crackle",),
-    "Wheeze+Crackle": ("Wheeze", "Crackle"),
+    c.name: tuple(four_class(p) for p in c.raised_as) for c in ADVENTITIOUS
 }
 VIEWS: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
-    "family": (FAMILY_VIEW, ("CAS", "DAS")),
-    "4class": (FOUR_CLASS_VIEW, ("Crackle", "Wheeze", "Rhonchi", "Stridor")),
+    "family": (FAMILY_VIEW, FINDING_FAMILIES),
+    "4class": (FOUR_CLASS_VIEW, tuple(dict.fromkeys(map(four_class, DETECTED_CLASSES)))),
 }
 
 Event = tuple[float, float, str]

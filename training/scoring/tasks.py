@@ -37,6 +37,7 @@ from edge.bed.detector import FrameGrid
 from lungwatch.errors import ConfigError
 from lungwatch.labels import (
     DETECTED_CLASSES,
+    FAMILY_CLASSES,
     NORMAL,
     POOR_QUALITY,
     record_label_2_1,
@@ -45,8 +46,7 @@ from lungwatch.labels import (
 )
 from training.scoring.challenge import sprsound_scores
 
-CAS_CLASSES = ("Wheeze", "Rhonchi", "Stridor")
-DAS_CLASSES = ("Fine Crackle", "Coarse Crackle")
+CAS_CLASSES, DAS_CLASSES = FAMILY_CLASSES["CAS"], FAMILY_CLASSES["DAS"]
 WHEEZE_CRACKLE = "Wheeze+Crackle"
 POOLS = ("mean", "max")
 THRESHOLD_GRID = tuple(round(float(t), 3) for t in np.arange(0.05, 0.96, 0.05))

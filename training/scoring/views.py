@@ -39,14 +39,14 @@ from edge.monitor import resolve_model
 from edge.runtime.detect import write_json
 from edge.runtime.offline import RecordingEvents, detect_recordings
 from lungwatch.cli import ArgumentParser
+from lungwatch.labels import FAMILY_CLASSES
 from training.data.icbhi import IcbhiCycle, IcbhiRecording, load_icbhi
 from training.data.sprsound import SprRecord, load_sprsound, patient_disjoint_split
 from training.scoring.challenge import sprsound_scores
 from training.scoring.detection import DetectionReport, score_detection
 
 VIEWS = ("validation", "intra_test", "icbhi")
-CRACKLE = ("Fine Crackle", "Coarse Crackle")
-WHEEZE = ("Wheeze", "Rhonchi", "Stridor")
+CRACKLE, WHEEZE = FAMILY_CLASSES["DAS"], FAMILY_CLASSES["CAS"]
 ICBHI_CLASSES = ("normal", "crackle", "wheeze", "both")
 NOTHING_SAID = {"crackle": False, "wheeze": False}  # a cycle not assessed counts as normal
 
