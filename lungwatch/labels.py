@@ -39,6 +39,7 @@ class SoundClass:
     card: str | None = None  # a bed card's state for it (wardview.beds)
     scored_as: str | None = None  # its class in the 4-class scoring view (default: its name)
     parts: tuple[str, ...] = ()  # a composite's detected classes (raised as these)
+    colour: str | None = None  # its line on the ward page's live strip
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -64,18 +65,21 @@ class Family:
 
 
 #: The one table. Fields: name, family, icbhi, SNOMED CT code and term, output place, priority,
-#: held, card, 4-class scoring name, composite parts (see SoundClass).
+#: held, card, 4-class scoring name, composite parts, colour (see SoundClass).
 SOUND_CLASSES: tuple[SoundClass, ...] = (
     SoundClass("Normal", "normal", "normal"),
-    SoundClass("Rhonchi", "CAS", "wheeze", None, None, 3, "low", True, "rhonchi"),
-    SoundClass("Wheeze", "CAS", "wheeze", "56018004", "Wheezing", 2, "medium", True, "wheezes"),
-    SoundClass("Stridor", "CAS", "wheeze", "70407001", "Stridor", 4, "high", False, "stridor"),
+    SoundClass("Rhonchi", "CAS", "wheeze", None, None, 3, "low", True, "rhonchi",
+               colour="#00796b"),
+    SoundClass("Wheeze", "CAS", "wheeze", "56018004", "Wheezing", 2, "medium", True, "wheezes",
+               colour="#1565c0"),
+    SoundClass("Stridor", "CAS", "wheeze", "70407001", "Stridor", 4, "high", False, "stridor",
+               colour="#6a1b9a"),
     SoundClass("Coarse Crackle", "DAS", "crackle", "48409008", "Respiratory crackles", 1, "low",
-               True, "crackles", "Crackle"),
+               True, "crackles", "Crackle", colour="#bf360c"),
     SoundClass("Fine Crackle", "DAS", "crackle", "48409008", "Respiratory crackles", 0, "low",
-               True, "crackles", "Crackle"),
+               True, "crackles", "Crackle", colour="#e65100"),
     SoundClass("Wheeze+Crackle", "CAS & DAS", "both", priority="medium", card="wheezes",
-               parts=("Wheeze", "Fine Crackle")),
+               parts=("Wheeze", "Fine Crackle"), colour="#ad1457"),
 )  # fmt: skip
 FAMILIES: tuple[Family, ...] = (
     Family("CAS", "Wheeze", "wheezes (CAS)", "wheezes", "LW-WHEEZE-RATE", "wheeze rate"),

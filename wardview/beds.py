@@ -31,6 +31,13 @@ STATE_TEXT = {
 # a sound's card state, and a finding episode's (edge.bed.findings): its family's
 CARD_OF_TYPE = {**{c.name: c.card for c in SOUND_CLASSES if c.card},
                 **{f.name: f.card for f in FAMILY.values()}}  # fmt: skip
+# what the page knows of each sound class (the snapshot's ``classes``): its live-strip colour
+# and, where its card differs from its family's, the name an alarm row adds (`` · stridor``)
+PAGE_CLASSES = {
+    c.name: {"colour": c.colour, "named": c.card if c.card != CARD_OF_TYPE[c.families[0]] else None}
+    for c in SOUND_CLASSES
+    if c.colour and c.families
+}
 RATE_TREND_POINTS = 720  # a bed's rate trend: two hours at the runtime's 10-s publishing
 # a device is shown behind when a bed's audio waited longer than the device's own limit for
 # its read (p99 of its last metrics report, ``read_wait_warn_ms`` beside it); this one where

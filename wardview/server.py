@@ -13,10 +13,11 @@ limit; every response carries its security headers; failed logins are bounded by
 :mod:`wardview.login`):
 
 - ``GET /`` and ``GET /static/{app.js,style.css}``: the page (plain files in ``static/``);
-- ``GET /events``: ``text/event-stream``; first ``event: snapshot`` (the whole ward and what the
-  user may do), then ``event: update`` with what changed, at most every ``push_interval_s``,
-  and ``event: heartbeat`` every ``heartbeat_interval_s`` (from the thread that pushes the
-  updates, so a page that misses them knows its stream stopped);
+- ``GET /events``: ``text/event-stream``; first ``event: snapshot`` (the whole ward, what the
+  user may do and the sound classes' colours and names, ``wardview.beds.PAGE_CLASSES``), then
+  ``event: update`` with what changed, at most every ``push_interval_s``, and ``event:
+  heartbeat`` every ``heartbeat_interval_s`` (from the thread that pushes the updates, so a
+  page that misses them knows its stream stopped);
 - ``GET /api/state``: the snapshot as JSON;
 - ``GET /api/evidence/<episode>[.flac|.png]`` and ``GET /api/trend/<device>/<bed>?hours=N``:
   an event's audio, picture and description, a bed's history (:mod:`wardview.
@@ -69,6 +70,7 @@ from lungwatch.events import is_segment
 from lungwatch.hosts import is_loopback
 from lungwatch.mqtt import MqttConfig
 from lungwatch.supervision import ThreadStoppedError, Worker, first_failure
+from wardview.beds import PAGE_CLASSES
 from wardview.config import DashboardConfig, DashboardFile
 from wardview.evidence_api import EvidencePages
 from wardview.feed import FeedError, WardFeed
@@ -297,6 +299,7 @@ class DashboardServer:
                                 "can_listen": self.logins is not None}  # fmt: skip
             snapshot["heartbeat_s"] = self.config.heartbeat_interval_s
             snapshot["audio_pause_s"] = self.config.audio_pause_s
+            snapshot["classes"] = PAGE_CLASSES
             client.put(_sse("snapshot", snapshot))
             self._clients.add(client)
         return client

@@ -159,6 +159,15 @@ def test_the_alarm_table_reads_and_an_apnoea_is_its_top_visible_row(tmp_path: Pa
         assert len({tuple(order) for order in orders}) == 1, "rows swapped places"
         priorities = {(r[0], r[1]): r[2] for r in shown["visible"]}
         assert priorities[("bed-5", "CAS")] == "high"  # stridor's own priority
+        # a family's row names a sound of its own (the snapshot's classes), a wheeze none
+        cell = "return document.querySelector('#alarms tr[data-stream=\"{}\"][data-condition=CAS]')"
+        said = {
+            b: driver.execute_script(cell.format(b) + ".querySelector('td.condition').textContent")
+            for b in ("bed-2", "bed-5", "bed-8")
+        }
+        assert said["bed-5"].startswith("wheezes (CAS) · stridor"), said
+        assert said["bed-8"].startswith("wheezes (CAS) · rhonchi"), said
+        assert said["bed-2"].split(" · ")[1].endswith("episodes"), said
         advisory = {k: p for k, p in priorities.items() if k[1] not in ("apnoea",)
                     and k != ("bed-5", "CAS")}  # fmt: skip
         assert advisory

@@ -1,6 +1,7 @@
 """One table serves all: a made-up sound class added as one row of ``lungwatch.labels``'s
-table reaches the detector, the finding episodes, the verdict, the alarms, the bed cards,
-the history, the gateway's coding and the scoring views, with no other file changed.
+table reaches the detector, the finding episodes, the verdict, the alarms, the bed cards and
+the page's labels, the history, the gateway's coding and the scoring views, with no other
+file changed.
 
 The row is added to the table's source in a fresh interpreter (every module derives its
 views from the table at import), and the checks below run there."""
@@ -18,7 +19,7 @@ ANCHOR = "SOUND_CLASSES: tuple[SoundClass, ...] = (\n"
 # a wheeze-family sound with a code, priority, card and scoring class of its own
 ROW = (
     '    SoundClass("Squawk", "CAS", "wheeze", "9999001", "Squawk finding", 5, "high", True,'
-    ' "squawks"),\n'
+    ' "squawks", colour="#123456"),\n'
 )
 SCRIPT = f"""
 import sys, types
@@ -59,7 +60,7 @@ def check_squawk(folder: str) -> None:
     from training.data.targets import OUTPUTS, TYPE_OUTPUTS
     from training.scoring import tasks, views
     from training.scoring.detection import VIEWS
-    from wardview.beds import bed_state
+    from wardview.beds import PAGE_CLASSES, bed_state
     from wardview.history import History
 
     assert sound_class("Squawk").family == "CAS"
@@ -89,6 +90,8 @@ def check_squawk(folder: str) -> None:
     [row] = book.conditions(0.0)
     assert (row["condition"], row["text"], row["priority"]) == ("CAS", "wheezes (CAS)", "high")
     assert bed_state(True, [row]) == {"key": "squawks", "text": "squawks · high alarm"}
+    # the page: its live-strip line and its own name on its family's alarm row
+    assert PAGE_CLASSES["Squawk"] == {"colour": "#123456", "named": "squawks"}
     # the history's per-hour onsets
     history = History(Path(folder) / "history.db", clock=lambda: 1_780_000_000.0 + 60)
     history.add_event(event)

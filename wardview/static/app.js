@@ -9,13 +9,9 @@
 
 (function () {
   const PRIORITY = { high: 0, medium: 1, low: 2 };
-  const STRIP = {  // live-strip lines: the event classes (colour, as in style.css)
-    "Stridor": "#6a1b9a", "Wheeze": "#1565c0", "Wheeze+Crackle": "#ad1457",
-    "Rhonchi": "#00796b", "Fine Crackle": "#e65100", "Coarse Crackle": "#bf360c",
-  };
+  // the sound classes (the snapshot's, from lungwatch/labels.py): {colour, named} by name
+  let CLASSES = {};
   const QUALITY_COLOUR = "#616161";
-  const STATE_CLASSES = ["s-normal", "s-crackles", "s-wheezes", "s-rhonchi", "s-stridor",
-    "s-technical", "s-offline", "s-stale", "s-apnoea", "s-tachypnoea", "s-bradypnoea"];
   const TREND_POINTS = 720;  // as the server's RATE_TREND_POINTS
   // a bed's trend: its series and the reading's key of each
   const TREND_SERIES = { rates: "rate_bpm", wheeze: "wheeze_rate_pct", crackle: "crackle_rate_pct" };
@@ -303,8 +299,9 @@
 
   function renderBed(view) {
     const bed = bedNode(view.device_id, view.stream_id);
-    bed.card.classList.remove(...STATE_CLASSES);
-    bed.state.classList.remove(...STATE_CLASSES);
+    for (const node of [bed.card, bed.state]) {  // the last state's class (s-<key>)
+      node.classList.remove(...[...node.classList].filter((c) => c.startsWith("s-")));
+    }
     bed.card.classList.add(`s-${view.state.key}`);
     bed.state.classList.add(`s-${view.state.key}`);
     bed.state.textContent = view.state.text;
@@ -452,7 +449,7 @@
       });
       ctx.stroke();
     };
-    for (const [name, colour] of Object.entries(STRIP)) {
+    for (const [name, { colour }] of Object.entries(CLASSES)) {
       if (name in points[points.length - 1].classes) line(colour, (p) => p.classes[name], false);
     }
     line(QUALITY_COLOUR, (p) => p.quality_score, true);
@@ -463,7 +460,7 @@
     const points = bed.points;
     if (!points.length) return;
     const last = points[points.length - 1];
-    const top = Object.keys(STRIP).filter((n) => n in last.classes)
+    const top = Object.keys(CLASSES).filter((n) => n in last.classes)
       .sort((a, b) => last.classes[b] - last.classes[a]).slice(0, 3);
     const quality = last.quality_score === null ? "?" : last.quality_score.toFixed(2);
     bed.live.textContent = top.map((n) => `${n} ${last.classes[n].toFixed(2)}`).join(" · ") +
@@ -601,8 +598,9 @@
     bed.title = `${bedLabel(a)}, stream ${a.stream_id}`;
     tr.append(bed);
     tr.append(el("td", null, head ? a.device_id + (a.device_online ? "" : " (offline)") : ""));
-    // a wheeze family's row says when its newest episode was stridor or rhonchi
-    const named = ["Stridor", "Rhonchi"].includes(a.last_type) ? ` · ${a.last_type.toLowerCase()}` : "";
+    // a family's row says when its newest episode was a sound of its own (stridor, rhonchi)
+    const own = (CLASSES[a.last_type] || {}).named;
+    const named = own ? ` · ${own}` : "";
     const what = el("td", "condition", a.kind === "technical" ? `${a.text} (technical)` : a.text + named);
     if (a.episodes > 1) what.append(el("span", "episodes", ` · ${a.episodes} episodes`));
     tr.append(what);
@@ -1007,6 +1005,7 @@
   function applySnapshot(snapshot) {
     heartbeatMs = (snapshot.heartbeat_s || heartbeatMs / 1000) * 1000;
     pauseMs = (snapshot.audio_pause_s || pauseMs / 1000) * 1000;
+    CLASSES = snapshot.classes || {};
     ward.user = snapshot.user;
     ward.site = snapshot.site;
     ward.trendSeq = snapshot.trend_seq || 0;
