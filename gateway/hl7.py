@@ -40,7 +40,7 @@ from hl7apy.parser import parse_message
 from lungwatch.alarms import condition_type
 from lungwatch.errors import LungwatchError
 from lungwatch.events import FINDING_RATE_FAMILY, snomed_ct
-from lungwatch.labels import FINDING_RATE_CODE, FINDING_RATE_TEXT, display_name
+from lungwatch.labels import FAMILY, display_name
 
 VERSION = "2.6"
 # MSH-21: the IHE profile each message conforms to (PCD-01's OID from the PCD TF-2; PCD-04's
@@ -221,7 +221,7 @@ def rate_message(
     for key, family in FINDING_RATE_FAMILY.items():  # the finding rates, where the bed has one
         share = reading.get(key)
         if isinstance(share, int | float):
-            code = f"{FINDING_RATE_CODE[family]}^{FINDING_RATE_TEXT[family]}^{LOCAL_TABLE}"
+            code = f"{FAMILY[family].rate_code}^{FAMILY[family].rate_text}^{LOCAL_TABLE}"
             metrics.append(["NM", code, f"{float(share):.1f}", PERCENT, "", "", when,
                             AUTO_MEASUREMENT])  # fmt: skip
     return _observation_message(bed, sender, control_id, now, when, "", metrics)
@@ -282,8 +282,7 @@ def _source_facet(report: AlertReport, sub_id: str, when: str) -> str:
     """Facet 2 of an alert: the metric that is its source with its latest value and limits
     (the rate for a breathing condition, the finding rate for a finding family), else the
     alert source attribute naming the bed's channel (or, for a technical alarm, the device)."""
-    family_code = {family: f"{FINDING_RATE_CODE[family]}^{FINDING_RATE_TEXT[family]}^{LOCAL_TABLE}"
-                   for family in FINDING_RATE_CODE}  # fmt: skip
+    family_code = {f.name: f"{f.rate_code}^{f.rate_text}^{LOCAL_TABLE}" for f in FAMILY.values()}
     if report.source is not None and report.kind == "physiological":
         value, low, high = report.source
         if report.condition in ALERT_EVENT:

@@ -37,14 +37,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal, NoReturn, TypeGuard
 
 from lungwatch.errors import LungwatchError
-from lungwatch.labels import (
-    EVENT_LABELS,
-    FINDING_FAMILIES,
-    NORMAL,
-    SOUND_CLASSES,
-    family_snomed_ct,
-    sound_class,
-)
+from lungwatch.labels import FINDING_FAMILIES, SOUND_CLASSES, family_snomed_ct, sound_class
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "lungwatch/v1"
@@ -54,7 +47,7 @@ MAX_SEGMENT_CHARS = 64
 
 #: The sounds the detector raises (edge.bed.detector) and the breathing alarms of
 #: edge.bed.breathing (a bed's respiratory rate and pauses).
-SOUND_TYPES: tuple[str, ...] = tuple(n for n in EVENT_LABELS if n != NORMAL)
+SOUND_TYPES: tuple[str, ...] = tuple(c.name for c in SOUND_CLASSES if c.families)
 RESPIRATION_TYPES: tuple[str, ...] = ("apnoea", "tachypnoea", "bradypnoea")
 # a bed's breathing on the respiration topic: its ``state`` (docs/events.md)
 RESPIRATION_STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")

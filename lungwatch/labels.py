@@ -1,7 +1,7 @@
 """The one label table: model classes, data-set vocabularies, SNOMED CT codes.
 
 Every fact about a respiratory sound class is a field of its row in :data:`SOUND_CLASSES`
-(and every fact about a finding family one of :data:`FAMILIES`), and every other part reads
+(and every fact about a finding family one of :data:`FAMILY`), and every other part reads
 it from here: the SPRSound and ICBHI loaders' vocabularies, the model's class lists (saved
 in checkpoints and manifests), the cross-dataset mapping, the event types the device
 publishes and their priorities, the families of the verdict, the finding episodes, the
@@ -81,10 +81,10 @@ SOUND_CLASSES: tuple[SoundClass, ...] = (
     SoundClass("Wheeze+Crackle", "CAS & DAS", "both", priority="medium", card="wheezes",
                parts=("Wheeze", "Fine Crackle"), colour="#ad1457"),
 )  # fmt: skip
-FAMILIES: tuple[Family, ...] = (
+FAMILY: dict[str, Family] = {f.name: f for f in (
     Family("CAS", "Wheeze", "wheezes (CAS)", "wheezes", "LW-WHEEZE-RATE", "wheeze rate"),
     Family("DAS", "Fine Crackle", "crackles (DAS)", "crackles", "LW-CRACKLE-RATE", "crackle rate"),
-)
+)}  # fmt: skip
 _BY_NAME = {c.name: c for c in SOUND_CLASSES}
 
 #: SPRSound Task 1-2 classes, in this order in every 7-class model.
@@ -107,8 +107,7 @@ DETECTED_CLASSES: tuple[str, ...] = tuple(
 
 #: The families a finding episode is of (``edge.bed.findings``): continuous (wheezes,
 #: rhonchi, stridor) and discontinuous (crackles) adventitious sounds.
-FINDING_FAMILIES: tuple[str, ...] = tuple(f.name for f in FAMILIES)
-FAMILY: dict[str, Family] = {f.name: f for f in FAMILIES}
+FINDING_FAMILIES: tuple[str, ...] = tuple(FAMILY)
 #: Each family's detected classes, in output order (CAS: Wheeze, Rhonchi, Stridor).
 FAMILY_CLASSES: dict[str, tuple[str, ...]] = {
     f: tuple(n for n in DETECTED_CLASSES if _BY_NAME[n].family == f) for f in FINDING_FAMILIES
@@ -118,9 +117,7 @@ HELD_FAMILIES: dict[str, tuple[str, ...]] = {
     f: tuple(n for n in classes if _BY_NAME[n].held) for f, classes in FAMILY_CLASSES.items()
 }
 #: The class whose SNOMED CT concept names each family's finding (wheezing, crackles).
-FINDING_CLASS: dict[str, str] = {f.name: f.finding_class for f in FAMILIES}
-FINDING_RATE_CODE = {f.name: f.rate_code for f in FAMILIES}
-FINDING_RATE_TEXT = {f.name: f.rate_text for f in FAMILIES}
+FINDING_CLASS: dict[str, str] = {f.name: f.finding_class for f in FAMILY.values()}
 
 
 def sound_class(name: str) -> SoundClass:
