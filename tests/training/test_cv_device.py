@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("sed_eval", reason="sed_eval is in the train extra")
 
 from edge.runtime.offline import RecordingEvents
-from lungwatch.errors import ConfigError
 from export.cv_device import icbhi_score, paired_bootstrap, run_device_view, score_counts
+from lungwatch.errors import ConfigError
 from training.data.icbhi import IcbhiCycle, IcbhiRecording
 from training.scoring.views import cycle_verdicts
 
