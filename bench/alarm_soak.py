@@ -270,7 +270,7 @@ class Soak:
 
     def apnoea(self, label: str, since_s: float, acknowledge: bool) -> None:
         """Wait for the next apnoea of bed ``apnoea``; measure its top row and its sound."""
-        from tests.edge.alarm_page import heard_since, top_is
+        from tests.wardview.alarm_page import heard_since, top_is
 
         deadline = self.at() + 120.0
         found = None
@@ -321,8 +321,8 @@ class Soak:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tests.edge.alarm_page import LISTEN, SPY, TABLE_GEOMETRY, overlapping_pulses, visible
-    from tests.edge.browser import DashboardProcess, chromium, require_chromium, wait_until
+    from tests.wardview.alarm_page import LISTEN, SPY, TABLE_GEOMETRY, overlapping_pulses, visible
+    from tests.wardview.browser import DashboardProcess, chromium, require_chromium, wait_until
 
     require_chromium()
     from edge.sinks.broker import _free_port

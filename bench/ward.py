@@ -384,7 +384,7 @@ CLICK_LISTEN = ("document.querySelector(`button.listen[data-episode=\"${argument
 
 
 def dashboard_config(folder: Path, port: int, store: Path | str) -> Path:
-    from tests.edge.browser import user_entry
+    from tests.wardview.browser import user_entry
 
     config = {
         "site": SITE,
@@ -424,7 +424,7 @@ def evidence_of(driver: Any, episode: str) -> dict[str, Any] | None:
 
 
 def measure_page(driver: Any, url: str, ward_beds: list[Bed], repeats: int) -> dict[str, Any]:
-    from tests.edge.browser import wait_until
+    from tests.wardview.browser import wait_until
 
     grid = []
     for _ in range(repeats):
@@ -550,7 +550,7 @@ def replay(
 def live(record: dict[str, Any], driver: Any, url: str, port: int, messages: list[Message],
          ward_beds: list[Bed], started_s: float, args: argparse.Namespace) -> None:  # fmt: skip
     """The live runs (module doc, 4.) into ``record``."""
-    from tests.edge.browser import wait_until
+    from tests.wardview.browser import wait_until
 
     since_s = started_s + args.hours * 3600.0 - args.live_s
     for run, with_clips in (("reference", False), ("with_clips", True)):
@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the history stores to build and load the page on, in order: "
                         "sqlite, postgresql or both (live events on the first)")  # fmt: skip
     args = parser.parse_args(argv)
-    from tests.edge.browser import (
+    from tests.wardview.browser import (
         DashboardProcess,
         authorise,
         chromium,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.edge.brokers import free_port
+from tests.brokers import free_port
 
 USER = "lungwatch"
 

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from deploy.bundle import build_wheel
-from tests.edge.brokers import Mosquitto, Recorder
+from tests.brokers import Mosquitto, Recorder
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models" / "sed"

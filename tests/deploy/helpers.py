@@ -7,7 +7,7 @@ from pathlib import Path
 
 from deploy.remote import running_pid
 from lungwatch.events import parse_utc
-from tests.edge.brokers import Message, Recorder
+from tests.brokers import Message, Recorder
 
 ONLINE_TIMEOUT_S = 20.0
 

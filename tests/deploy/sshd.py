@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.edge.brokers import HOST, free_port
+from tests.brokers import HOST, free_port
 
 SSHD_PATHS = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd started as root refuses to run without it

@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.brokers import Mosquitto, closed_port
 from tests.deploy.conftest import MODELS, REPO, SITE, stop_services
 from tests.deploy.helpers import link, releases, service_pid, wait_retained_online
 from tests.deploy.sshd import SshServer, start_sshd, stop_sshd
-from tests.edge.brokers import Mosquitto, closed_port
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 from deploy.errors import HealthError
 from deploy.health import BrokerConfig, wait_online
 from lungwatch.events import status_payload
-from tests.edge.brokers import HOST, Mosquitto, closed_port, make_password_file
+from tests.brokers import HOST, Mosquitto, closed_port, make_password_file
 
 TOPIC = "lungwatch/v1/ward-h/dev-h/status"
 

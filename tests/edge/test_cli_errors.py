@@ -75,7 +75,7 @@ FILE_CASES: dict[str, tuple[list[str], list[str]] | None] = {
         ["--audio", "{missing}.wav", "--to", "udp://127.0.0.1:9"],
         ["--audio", "{garbage}.wav", "--to", "udp://127.0.0.1:9"],
     ),
-    "access": None,  # writes its folder (a garbage key there: tests/edge/test_access.py)
+    "access": None,  # writes its folder (a garbage key there: tests/contracts/test_access.py)
     "gateway": (["--config", "{missing}.yaml"], ["--config", "{garbage}.yaml"]),
 }
 

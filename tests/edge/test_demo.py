@@ -25,7 +25,7 @@ from demo.run import DEFAULT_RECORDS, read_annotation
 from edge.bed.gate import TECHNICAL_TYPES
 from edge.datapaths import PROJECT_ROOT, sprsound_root
 from lungwatch.errors import AnnotationError
-from tests.edge.brokers import Mosquitto, Recorder
+from tests.brokers import Mosquitto, Recorder
 from wardview import plot
 from wardview.plot import CLASS_COLOURS, MARGIN_PX, Span, colourise, render
 
@@ -204,7 +204,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: tuple[str, ...], mess
 
 
 def test_unreachable_broker_is_one_clear_line(tmp_path: Path) -> None:
-    from tests.edge.brokers import closed_port
+    from tests.brokers import closed_port
 
     with closed_port() as port:
         result = _demo(tmp_path, "--broker", f"127.0.0.1:{port}")

@@ -20,7 +20,7 @@ from edge.runtime.loop import serve
 from lungwatch.clip import Assembler, Clip, EvidenceError, clip_messages, encode_flac, quantise
 from lungwatch.events import Event, summary_topic
 from lungwatch.mqtt import MqttConfig
-from tests.edge.brokers import SHA256, Mosquitto, Recorder, require_mosquitto
+from tests.brokers import SHA256, Mosquitto, Recorder, require_mosquitto
 from tests.edge.runtime_helpers import build, config_mapping, mqtt_sections, stream, write_audio
 
 RATE_HZ = 8000

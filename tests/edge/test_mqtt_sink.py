@@ -33,7 +33,7 @@ from lungwatch.config import from_mapping
 from lungwatch.errors import ConfigError
 from lungwatch.events import DEVICE_STREAM, Event
 from lungwatch.mqtt import BrokerRefusedError, BrokerTlsError, BrokerUnavailableError, MqttConfig
-from tests.edge.brokers import (
+from tests.brokers import (
     Mosquitto,
     Recorder,
     closed_port,
@@ -45,7 +45,7 @@ from tests.edge.brokers import (
     open_gate,
     start_publisher,
 )
-from tests.edge.browser import wait_until
+from tests.wardview.browser import wait_until
 
 SITE, DEVICE = "ward-3", "dev-1"
 STATUS = f"lungwatch/v1/{SITE}/{DEVICE}/status"

@@ -33,7 +33,7 @@ from lungwatch.commandauth import derive_device_key, new_key, sign_command, writ
 from lungwatch.errors import ConfigError
 from lungwatch.events import Event, parse_utc
 from lungwatch.supervision import ThreadStoppedError
-from tests.edge.brokers import Mosquitto, Recorder, free_port
+from tests.brokers import Mosquitto, Recorder, free_port
 from tests.edge.runtime_helpers import (
     CRACKLES,
     DEVICE,

@@ -15,7 +15,7 @@ import pytest
 
 from edge.sinks.spool import Spool, SpoolError, SpoolFullError, SpoolFullMonitor, SpoolLockedError
 from lungwatch.events import DEVICE_STREAM, Event
-from tests.edge.brokers import REPO_ROOT, make_events
+from tests.brokers import REPO_ROOT, make_events
 
 
 def ids(rows: list[tuple[int, str]]) -> list[str]:

@@ -49,7 +49,7 @@ from firmware_bridge.devicemodel import DeviceConfig, device_frames, read_pcm
 from firmware_bridge.emulator import Channel, Impairments
 from firmware_bridge.protocol import FrameType, SampleFormat, encode_frame
 from lungwatch.events import Event
-from tests.edge.brokers import Message, Mosquitto, Recorder
+from tests.brokers import Message, Mosquitto, Recorder
 from tests.edge.runtime_helpers import (
     DEVICE,
     FOUND,

@@ -13,7 +13,7 @@ from gateway.config import BedEntry, GatewayConfig, Hl7Config
 from gateway.outbox import Outbox
 from gateway.service import Intake, hl7_route
 from lungwatch.errors import ConfigError
-from tests.edge.brokers import finding_events
+from tests.brokers import finding_events
 
 SITE, DEVICE = "ward-3", "dev-1"
 

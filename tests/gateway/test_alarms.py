@@ -23,7 +23,7 @@ from lungwatch.events import (
     summary_payload,
     summary_topic,
 )
-from tests.edge.brokers import Mosquitto, finding_events
+from tests.brokers import Mosquitto, finding_events
 from tests.gateway.conformance import parsed
 from tests.gateway.receiver import Receiver
 from tests.gateway.test_service import Device, gateway_yaml, start_gateway, stop_all

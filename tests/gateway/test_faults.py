@@ -25,7 +25,7 @@ from gateway.outbox import Outbox
 from gateway.service import is_evidence
 from lungwatch.events import Event
 from lungwatch.mqtt import import_paho
-from tests.edge.brokers import Mosquitto
+from tests.brokers import Mosquitto
 from tests.edge.runtime_helpers import (
     FOUND,
     MIXED,

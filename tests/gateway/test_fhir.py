@@ -20,7 +20,7 @@ from gateway.service import Intake, fhir_route
 from lungwatch.config import from_mapping
 from lungwatch.errors import ConfigError
 from lungwatch.events import event_topic, respiration_payload, respiration_topic
-from tests.edge.brokers import finding_events
+from tests.brokers import finding_events
 from tests.gateway.fhir_server import FhirServer
 
 SITE, DEVICE, BED = "ward-3", "dev-1", "bed-1"

@@ -14,7 +14,7 @@ from typing import Any
 
 from lungwatch.events import feed_health_payload, feed_health_topic
 from lungwatch.mqtt import import_paho
-from tests.edge.brokers import Mosquitto
+from tests.brokers import Mosquitto
 from tests.gateway.receiver import Receiver
 from tests.gateway.test_service import SITE, Device, gateway_yaml, start_gateway
 from wardview.ward import Ward
@@ -136,8 +136,8 @@ def test_the_page_shows_a_feed_that_is_down_as_a_legible_technical_alarm(tmp_pat
     health saying it is down becomes a red banner on the page, inside it on one to three lines
     (not one letter per line), and leaves when the feed is well; a screenshot is kept
     for a person to look at (the test's tmp folder)."""
-    from tests.edge.browser import chromium, require_chromium, wait_until
-    from tests.edge.test_supervision import serve
+    from tests.wardview.browser import chromium, require_chromium, wait_until
+    from tests.wardview.test_supervision import serve
 
     require_chromium()
     mqtt = import_paho()

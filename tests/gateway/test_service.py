@@ -32,7 +32,7 @@ from lungwatch.events import (
     respiration_topic,
 )
 from lungwatch.mqtt import import_paho
-from tests.edge.brokers import REPO_ROOT, Mosquitto, finding_events
+from tests.brokers import REPO_ROOT, Mosquitto, finding_events
 from tests.gateway.receiver import Receiver
 
 SITE, DEVICE, BED = "ward-3", "dev-1", "bed-1"

@@ -1,5 +1,5 @@
 """What a nurse sees and hears of the ward view's alarm list, measured in the page (shared by
-``tests/edge/test_dashboard_alarm_page.py`` and ``python -m bench.alarm_soak``):
+``tests/wardview/test_dashboard_alarm_page.py`` and ``python -m bench.alarm_soak``):
 
 - :data:`SPY`: every oscillator the page starts (its frequency, when it sounds on the audio
   clock, the wall time), installed before the page loads (``Page.addScriptToEvaluateOnNew

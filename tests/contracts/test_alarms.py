@@ -11,7 +11,7 @@ from edge.bed.detector import Lifecycle
 from lungwatch.alarms import AlarmBook, AlarmSettings, ListedEpisode, condition_of
 from lungwatch.errors import ConfigError
 from lungwatch.events import Event, kind_of
-from tests.edge.brokers import SHA256
+from tests.brokers import SHA256
 
 SITE, DEVICE = "ward-3", "dev-1"
 

@@ -9,7 +9,7 @@ publisher process that can be killed.
   (``mosquitto_passwd -b -c``), or the lines of a config ``lungwatch access`` wrote.
   :func:`require_mosquitto` skips a test, with the reason, when the binary is missing.
 - :class:`Recorder`: a paho subscriber (QoS 1) that keeps every message it receives.
-- ``python -m tests.edge.brokers publish CONFIG.json EVENTS.jsonl [--interval-s S] [--hold]``:
+- ``python -m tests.brokers publish CONFIG.json EVENTS.jsonl [--interval-s S] [--hold]``:
   an MqttSink in its own process, so tests can SIGKILL it.
 """
 
@@ -42,7 +42,7 @@ HOST = "127.0.0.1"
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 READY_TIMEOUT_S = 10.0
 FIRST_TEST_PORT = 20000  # brokers' ports are picked from here to the ephemeral range
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SHA256 = "ab" * 32
 
 
@@ -383,7 +383,7 @@ def start_publisher(
     cmd = [
         sys.executable,
         "-m",
-        "tests.edge.brokers",
+        "tests.brokers",
         "publish",
         str(config_path),
         str(events_path),
@@ -420,7 +420,7 @@ def _publish_main(argv: list[str]) -> int:
     from lungwatch.config import from_mapping
     from lungwatch.mqtt import MqttConfig
 
-    parser = argparse.ArgumentParser(prog="tests.edge.brokers publish")
+    parser = argparse.ArgumentParser(prog="tests.brokers publish")
     parser.add_argument("config", type=Path)
     parser.add_argument("events", type=Path)
     parser.add_argument("--interval-s", type=float, default=0.0)
@@ -449,5 +449,5 @@ def _publish_main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["publish"]:
-        sys.exit("usage: python -m tests.edge.brokers publish CONFIG.json EVENTS.jsonl")
+        sys.exit("usage: python -m tests.brokers publish CONFIG.json EVENTS.jsonl")
     sys.exit(_publish_main(sys.argv[2:]))

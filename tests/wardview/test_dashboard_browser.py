@@ -42,8 +42,8 @@ from edge.sinks.live import live_payload, live_topic
 from lungwatch.alarms import condition_of
 from lungwatch.commandauth import derive_device_key, new_key, write_key
 from lungwatch.events import Event, status_payload
-from tests.edge.brokers import HOST, SHA256, Message, Mosquitto, Recorder, make_password_file
-from tests.edge.browser import (
+from tests.brokers import HOST, SHA256, Message, Mosquitto, Recorder, make_password_file
+from tests.wardview.browser import (
     REPO_ROOT,
     DashboardProcess,
     authorise,
@@ -989,7 +989,7 @@ def test_the_readmes_ward_path_acknowledges_and_plays_a_clip(tmp_path: Path) -> 
     access command wrote; an alarm's clip plays; her acknowledgement reaches the device,
     which accepts it as signed by her (its log), and the page shows it acknowledged by her."""
     require_chromium()
-    from tests.edge.brokers import _wait_port, free_port, require_mosquitto
+    from tests.brokers import _wait_port, free_port, require_mosquitto
 
     require_mosquitto()
     data = Path(os.environ.get("LUNGWATCH_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))

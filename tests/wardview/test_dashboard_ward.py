@@ -25,8 +25,8 @@ from lungwatch.events import (
     status_payload,
 )
 from lungwatch.passwords import hash_password, verify_password
-from tests.edge.brokers import SHA256
-from tests.edge.browser import user_entry
+from tests.brokers import SHA256
+from tests.wardview.browser import user_entry
 from wardview.cli import load_settings
 from wardview.config import DashboardConfig
 from wardview.ward import Ward

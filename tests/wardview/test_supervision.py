@@ -20,8 +20,8 @@ import pytest
 from lungwatch.events import Event, status_payload
 from lungwatch.mqtt import MqttConfig
 from lungwatch.supervision import RESTARTS, ThreadStoppedError, Worker
-from tests.edge.brokers import HOST, SHA256, Mosquitto
-from tests.edge.browser import chromium, require_chromium, wait_until
+from tests.brokers import HOST, SHA256, Mosquitto
+from tests.wardview.browser import chromium, require_chromium, wait_until
 from wardview.config import DashboardConfig
 from wardview.history import History
 from wardview.server import DashboardServer

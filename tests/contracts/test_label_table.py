@@ -30,7 +30,7 @@ table.__file__ = "lungwatch/labels.py"
 sys.modules["lungwatch.labels"] = table
 exec(compile(source.replace({ANCHOR!r}, {ANCHOR!r} + {ROW!r}), table.__file__, "exec"),
      table.__dict__)
-from tests.edge.test_label_table import check_squawk
+from tests.contracts.test_label_table import check_squawk
 check_squawk(sys.argv[1])
 """
 

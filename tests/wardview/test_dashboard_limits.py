@@ -15,8 +15,8 @@ import pytest
 from lungwatch.events import Event, status_payload
 from lungwatch.intake import MessageError, json_depth, parse_message
 from lungwatch.passwords import hash_iterations, verify_password
-from tests.edge.brokers import SHA256
-from tests.edge.browser import user_entry
+from tests.brokers import SHA256
+from tests.wardview.browser import user_entry
 from wardview.config import DashboardUser
 from wardview.login import LoginLimitedError, Logins
 from wardview.ward import Ward

@@ -28,8 +28,8 @@ from lungwatch.clip import Clip, clip_messages, encode_flac, quantise
 from lungwatch.errors import ConfigError
 from lungwatch.events import Event, format_utc, kind_of, summary_payload, summary_topic
 from lungwatch.mqtt import MqttConfig
-from tests.edge.brokers import HOST, SHA256, Mosquitto, make_password_file
-from tests.edge.browser import user_entry, wait_until
+from tests.brokers import HOST, SHA256, Mosquitto, make_password_file
+from tests.wardview.browser import user_entry, wait_until
 from wardview.config import DashboardConfig, DashboardUser
 from wardview.history import History
 from wardview.server import DashboardServer

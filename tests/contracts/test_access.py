@@ -21,7 +21,7 @@ from lungwatch.access import acl_text, generate, password_line
 from lungwatch.commandauth import derive_device_key, read_key
 from lungwatch.errors import ConfigError
 from lungwatch.passwords import verify_password
-from tests.edge.brokers import HOST, Mosquitto, _wait_port, free_port, require_mosquitto
+from tests.brokers import HOST, Mosquitto, _wait_port, free_port, require_mosquitto
 from tests.edge.runtime_helpers import lungwatch
 
 SITE = "ward-3"

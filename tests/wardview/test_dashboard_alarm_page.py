@@ -33,7 +33,8 @@ import pytest
 import yaml
 
 from lungwatch.events import Event, format_utc, kind_of, status_payload
-from tests.edge.alarm_page import (
+from tests.brokers import HOST, SHA256, Mosquitto
+from tests.wardview.alarm_page import (
     LISTEN,
     SPY,
     TABLE_GEOMETRY,
@@ -43,8 +44,7 @@ from tests.edge.alarm_page import (
     top_is,
     visible,
 )
-from tests.edge.brokers import HOST, SHA256, Mosquitto
-from tests.edge.browser import DashboardProcess, chromium, require_chromium, wait_until
+from tests.wardview.browser import DashboardProcess, chromium, require_chromium, wait_until
 
 SITE, DEVICE = "ward-p", "edge-p"
 ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"

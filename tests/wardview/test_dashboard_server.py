@@ -23,7 +23,7 @@ from lungwatch.errors import ConfigError
 from lungwatch.events import Event
 from lungwatch.mqtt import MqttConfig
 from lungwatch.passwords import verify_password
-from tests.edge.brokers import (
+from tests.brokers import (
     HOST,
     Mosquitto,
     Recorder,
@@ -32,7 +32,7 @@ from tests.edge.brokers import (
     make_password_file,
     make_tls_files,
 )
-from tests.edge.browser import REPO_ROOT, user_entry, wait_until
+from tests.wardview.browser import REPO_ROOT, user_entry, wait_until
 from wardview.config import DashboardConfig, DashboardUser
 from wardview.server import DashboardServer
 

@@ -30,8 +30,8 @@ import yaml
 from lungwatch.access import generate
 from lungwatch.events import Event, status_payload
 from lungwatch.mqtt import MqttConfig
-from tests.edge.brokers import HOST, Mosquitto, Recorder, latched_stridor
-from tests.edge.browser import user_entry, wait_until
+from tests.brokers import HOST, Mosquitto, Recorder, latched_stridor
+from tests.wardview.browser import user_entry, wait_until
 from wardview.config import DashboardConfig, DashboardUser
 from wardview.server import STATIC_DIR, DashboardServer
 from wardview.web import MALFORMED
