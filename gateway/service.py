@@ -41,22 +41,19 @@ from gateway.mllp import MllpClient, MllpTransport
 from gateway.outbox import Courier, Outbox, StoreError, new_control_id
 from lungwatch.access import GATEWAY_READS
 from lungwatch.alarms import condition_of
-from lungwatch.equipment import eui64
 from lungwatch.events import (
     FINDING_RATE_FAMILY,
-    FINDING_RATE_KEYS,
     FINDING_TYPES,
-    RESPIRATION_STATES,
     TOPIC_ROOT,
     Event,
     EventError,
+    Respiration,
+    Status,
     ack_of,
     feed_health_payload,
     feed_health_topic,
-    finding_rate_error,
     is_number,
     is_segment,
-    parse_utc,
     utc_now,
 )
 from lungwatch.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES, MessageError, parse_message
@@ -221,20 +218,23 @@ class Intake:
         if kind in ("summary", "ack"):
             return self._alarm_message(kind, device_id, stream_id, body)
         if kind == "respiration":
-            reading, when = _reading(body)
+            reading = Respiration.from_dict(body)
+            when = reading.when
             ahead = (when - self._now()).total_seconds()
             if ahead > MAX_AHEAD_S:
                 raise MessageError(
-                    f"respiration utc {reading['utc']} is {ahead:.0f} s ahead of the gateway's "
+                    f"respiration utc {reading.utc} is {ahead:.0f} s ahead of the gateway's "
                     f"clock (more than {MAX_AHEAD_S:g} s)"
                 )
             latest = self._latest.get((device_id, stream_id))
             if latest is None or when >= latest["when"]:
-                self._latest[(device_id, stream_id)] = {**reading, "when": when}
-            if not self._rate_due(device_id, stream_id, reading["state"], when):
+                self._latest[(device_id, stream_id)] = {**dataclasses.asdict(reading), "when": when}
+            if not self._rate_due(device_id, stream_id, reading.state, when):
                 return "skipped"
-            key = f"respiration/{self.config.site}/{device_id}/{stream_id}/{reading['utc']}"
-            return self._put(key, reading, self.bed(device_id, stream_id), "reading")
+            key = f"respiration/{self.config.site}/{device_id}/{stream_id}/{reading.utc}"
+            return self._put(
+                key, dataclasses.asdict(reading), self.bed(device_id, stream_id), "reading"
+            )
         raise MessageError(f"the gateway does not read {kind!r} messages")
 
     def _status(self, device_id: str, payload: bytes) -> str:
@@ -243,15 +243,9 @@ class Intake:
         for name, value in (("site", self.config.site), ("device_id", device_id)):
             if body.get(name) != value:
                 raise MessageError(f"{name} {body.get(name)!r} is not the topic's {value!r}")
-        given = body.get("eui64")
-        if given is None:
+        equipment = Status.from_dict(body).eui64
+        if equipment is None:
             return "skipped"
-        try:
-            equipment = eui64(given) if isinstance(given, str) else ""
-        except ValueError:
-            equipment = ""
-        if equipment != given:
-            raise MessageError(f"eui64 {str(given)[:40]!r} is not 16 upper-case hex digits")
         if len(self._equipment) >= MAX_DEVICES and device_id not in self._equipment:
             raise MessageError(f"more than {MAX_DEVICES} devices", "over_limit")
         if self._equipment.get(device_id) != equipment:
@@ -351,28 +345,6 @@ def is_evidence(event: Event) -> bool:
     """A wheeze or crackle event: the evidence inside a finding episode (edge.bed.findings).
     The hospital is sent the episode (its own message, kind ``finding``), not each sound."""
     return event.kind == "physiological" and condition_of(event.type) in FINDING_TYPES
-
-
-def _reading(body: dict[str, Any]) -> tuple[dict[str, Any], dt.datetime]:
-    """The respiration message's fields the gateway reports, checked, and its time (a
-    ``...Z`` time, as the wire contract has it: :func:`lungwatch.events.parse_utc`)."""
-    state = body.get("state")
-    if state not in RESPIRATION_STATES:
-        raise MessageError(f"respiration state {state!r} is not one of {RESPIRATION_STATES}")
-    rate = body.get("rate_bpm")
-    if state == "ok" and not (is_number(rate) and 0 < rate < 200):
-        raise MessageError(f"rate_bpm {rate!r} is not a rate in (0, 200) breaths/min")
-    for name in ("low_bpm", "high_bpm"):
-        if body.get(name) is not None and not is_number(body[name]):
-            raise MessageError(f"{name} {body[name]!r} is not a number")
-    utc, reason = body.get("utc"), body.get("reason", "")
-    if not isinstance(utc, str) or not isinstance(reason, str) or len(reason) > 200:
-        raise MessageError("respiration utc must be a time, reason text of 200 chars at most")
-    wrong = finding_rate_error(body)
-    if wrong:
-        raise MessageError(wrong)
-    keep = ("state", "rate_bpm", "low_bpm", "high_bpm", "utc", "reason", *FINDING_RATE_KEYS)
-    return {name: body.get(name) for name in keep}, parse_utc(utc)
 
 
 class Gateway:

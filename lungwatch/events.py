@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, NoReturn, TypeGuard
 
+from lungwatch.equipment import eui64
 from lungwatch.errors import LungwatchError
 from lungwatch.labels import FINDING_FAMILIES, SOUND_CLASSES, family_snomed_ct, sound_class
 
@@ -59,16 +60,6 @@ FINDING_TYPES: tuple[str, ...] = FINDING_FAMILIES
 #: The respiration message's finding rates (percent of breathing time, or null), per family.
 FINDING_RATE_KEYS: tuple[str, ...] = ("wheeze_rate_pct", "crackle_rate_pct")
 FINDING_RATE_FAMILY: dict[str, str] = dict(zip(FINDING_RATE_KEYS, FINDING_FAMILIES, strict=True))
-
-
-def finding_rate_error(body: dict[str, Any]) -> str | None:
-    """What is wrong with a breathing message's finding rates (each null or a percentage),
-    or None: the one check the ward view and the gateway both make."""
-    for key in FINDING_RATE_KEYS:
-        share = body.get(key)
-        if share is not None and not (is_number(share) and 0.0 <= share <= 100.0):
-            return f"respiration.{key} must be null or in [0, 100], got {share!r}"
-    return None
 
 
 #: SNOMED CT findings of the breathing alarms (checked against the FHIR value sets expanded
@@ -243,6 +234,64 @@ def respiration_payload(site: str, device_id: str, stream_id: str, reading: dict
         ) from None
 
 
+#: The respiration message's rules (docs/events.md): the rate's bound, a reason's length.
+MAX_RATE_BPM = 200.0
+MAX_REASON_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Respiration:
+    """The respiration message's fields its readers use (the ward view, the gateway), each
+    checked by :meth:`from_dict` with the one rule of the contract:
+
+    - ``state``: one of :data:`RESPIRATION_STATES`;
+    - ``rate_bpm``: a number in [0, 200] while the state is ``ok``, null otherwise;
+    - ``low_bpm``, ``high_bpm``: null or a number;
+    - ``utc``: UTC ISO-8601 ending in Z (:func:`parse_utc`);
+    - ``reason``: text of at most 200 characters (absent: "");
+    - ``wheeze_rate_pct``, ``crackle_rate_pct``: null or a percentage in [0, 100].
+
+    Identity (site, device, stream against the topic) is the reader's check."""
+
+    state: str
+    rate_bpm: float | None
+    low_bpm: float | None
+    high_bpm: float | None
+    utc: str
+    reason: str
+    wheeze_rate_pct: float | None
+    crackle_rate_pct: float | None
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Respiration:
+        """The checked fields; EventError names the first bad one."""
+        state, rate, reason = body.get("state"), body.get("rate_bpm"), body.get("reason", "")
+        of = "respiration"
+        states = ", ".join(RESPIRATION_STATES)
+        _check(state in RESPIRATION_STATES, "state", state, f"one of {states}", of)
+        if state == "ok":
+            ok = is_number(rate) and 0.0 <= rate <= MAX_RATE_BPM
+            _check(ok, "rate_bpm", rate, f"a number in [0, {MAX_RATE_BPM:g}] when ok", of)
+        else:
+            _check(rate is None, "rate_bpm", rate, f"null while the state is {state}", of)
+        for name in ("low_bpm", "high_bpm"):
+            _check(body.get(name) is None or is_number(body[name]), name, body.get(name),
+                   "null or a number", of)  # fmt: skip
+        _parsed_time("utc", body.get("utc"), of)
+        ok = isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS
+        _check(ok, "reason", reason, f"text of at most {MAX_REASON_CHARS} characters", of)
+        for key in FINDING_RATE_KEYS:
+            share = body.get(key)
+            ok = share is None or (is_number(share) and 0.0 <= share <= 100.0)
+            _check(ok, key, share, "null or in [0, 100]", of)
+        values: dict[str, Any] = {f.name: body.get(f.name) for f in fields(cls)}
+        return cls(**values | {"reason": reason})
+
+    @property
+    def when(self) -> datetime:
+        return parse_utc(self.utc)
+
+
 def summary_topic(site: str, device_id: str, stream_id: str) -> str:
     """``lungwatch/v1/<site>/<device>/<stream>/summary`` (retained): the bed's name, place and
     open alarms."""
@@ -327,6 +376,43 @@ def status_payload(
     if eui64:
         body["eui64"] = eui64
     return json.dumps(body, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Status:
+    """The status message's fields its readers use (the ward view, the gateway), each
+    checked by :meth:`from_dict`:
+
+    - ``state``: ``online`` or ``offline``;
+    - ``reason``: text of at most 200 characters (absent: "");
+    - ``utc``: UTC ISO-8601 ending in Z;
+    - ``commands``: one of :data:`COMMAND_POLICIES`, else None (absent, or a policy this
+      reader does not know: the device does not say);
+    - ``eui64``: null or 16 upper-case hex digits, not all zeros (:mod:`lungwatch.equipment`).
+    """
+
+    state: str
+    reason: str
+    utc: str
+    commands: str | None
+    eui64: str | None
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Status:
+        """The checked fields; EventError names the first bad one."""
+        state, reason, given = body.get("state"), body.get("reason", ""), body.get("eui64")
+        _check(state in ("online", "offline"), "state", state, "online or offline", "status")
+        ok = isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS
+        _check(ok, "reason", reason, f"text of at most {MAX_REASON_CHARS} characters", "status")
+        _parsed_time("utc", body.get("utc"), "status")
+        try:
+            ok = given is None or (isinstance(given, str) and eui64(given) == given)
+        except ValueError:
+            ok = False
+        _check(ok, "eui64", given, "null or 16 upper-case hex digits", "status")
+        commands = body.get("commands")
+        commands = commands if commands in COMMAND_POLICIES else None
+        return cls(str(state), reason, str(body["utc"]), commands, given)
 
 
 def feed_health_topic(site: str, gateway: str) -> str:
@@ -490,13 +576,13 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _fail(name: str, value: object, allowed: str) -> NoReturn:
-    raise EventError(f"event.{name} must be {allowed}, got {value!r}")
+def _fail(name: str, value: object, allowed: str, of: str = "event") -> NoReturn:
+    raise EventError(f"{of}.{name} must be {allowed}, got {value!r}")
 
 
-def _check(ok: bool, name: str, value: object, allowed: str) -> None:
+def _check(ok: bool, name: str, value: object, allowed: str, of: str = "event") -> None:
     if not ok:
-        _fail(name, value, allowed)
+        _fail(name, value, allowed, of)
 
 
 def _is_int(value: object) -> bool:
@@ -560,11 +646,11 @@ def _validate_span(e: Event) -> None:
         _check(end_ok, "end_sample", e.end_sample, allowed)
 
 
-def _parsed_time(name: str, value: object) -> datetime:
+def _parsed_time(name: str, value: object, of: str = "event") -> datetime:
     try:
         return parse_utc(value)  # type: ignore[arg-type]
     except EventError:
-        _fail(name, value, "UTC ISO-8601 ending in Z (2026-05-09T07:35:25.123Z)")
+        _fail(name, value, "UTC ISO-8601 ending in Z (2026-05-09T07:35:25.123Z)", of)
 
 
 def _validate_model(e: Event) -> None:

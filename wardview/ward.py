@@ -57,15 +57,14 @@ from typing import Any
 from lungwatch.alarms import AlarmBook, AlarmSettings, condition_of, ward_order
 from lungwatch.clip import Assembler
 from lungwatch.events import (
-    COMMAND_POLICIES,
     DEVICE_STREAM,
     FINDING_RATE_KEYS,
-    RESPIRATION_STATES,
     TOPIC_ROOT,
     Event,
     EventError,
+    Respiration,
+    Status,
     ack_of,
-    finding_rate_error,
     is_number,
     is_segment,
 )
@@ -97,7 +96,6 @@ KINDS = {(5, "status"), (5, "metrics"), (6, "event"), (6, "live"), (6, "verdict"
 FEED_BEHIND_S = 120.0  # a hospital feed with messages waiting and no acceptance this long
 MAX_FEEDS = 16  # hospital gateways a view follows
 RETAINED_PER_BED = ("verdict", "respiration", "summary")  # an empty payload withdraws them
-MAX_RATE_BPM = 200.0  # a published rate above this is not a rate
 VERDICT_LABELS = ("assessing", "Normal", "CAS", "DAS", "CAS & DAS", "Poor Quality")
 SEEN_IDS = 100_000  # event ids remembered for deduplication
 EXCERPT_CHARS = 160
@@ -186,8 +184,8 @@ class Ward(WardMemory):
             self._heard_s = self.monotonic()
             try:
                 self._dispatch(topic, payload)
-            except MessageError as exc:
-                self._reject(topic, payload, exc.reason, str(exc))
+            except (MessageError, EventError) as exc:  # EventError: the wire contract's check
+                self._reject(topic, payload, getattr(exc, "reason", "invalid"), str(exc))
                 return False
             except Exception as exc:  # a bug or a case not foreseen: count it, keep going
                 log.error("handling a message on %s failed", topic, exc_info=True)
@@ -273,14 +271,12 @@ class Ward(WardMemory):
 
     def _status(self, device_id: str, body: dict[str, Any]) -> None:
         _require_identity(body, self.site, device_id)
-        if body.get("state") not in ("online", "offline"):
-            raise MessageError(f"status.state must be online or offline, got {body.get('state')!r}")
+        status = Status.from_dict(body)
         self._admit(device_id)
         device = self._device(device_id)
-        device.online = body["state"] == "online"
-        device.reason, device.status_utc = str(body.get("reason")), str(body.get("utc"))
-        policy = body.get("commands")  # absent: a device that does not say (older ones)
-        device.commands = policy if policy in COMMAND_POLICIES else None
+        device.online = status.state == "online"
+        device.reason, device.status_utc = status.reason, status.utc
+        device.commands = status.commands  # None: a device that does not say (older ones)
         self._dirty_devices.add(device_id)
         self._dirty_beds.update((device_id, b) for b in device.beds)
         self._dirty_alarms = True
@@ -349,10 +345,7 @@ class Ward(WardMemory):
         self._dirty_devices.add(device_id)
 
     def _event(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
-        try:
-            event = Event.from_dict(body)
-        except EventError as exc:
-            raise MessageError(str(exc)) from None
+        event = Event.from_dict(body)
         if (event.site, event.device_id, event.stream_id) != (self.site, device_id, stream_id):
             raise MessageError(f"event {event.id} is for {event.device_id}/{event.stream_id}")
         if event.id in self._seen:
@@ -421,17 +414,9 @@ class Ward(WardMemory):
         """A bed's breathing (edge.bed.breathing via the runtime): the last reading, and a
         point of its rate trend."""
         _require_identity(body, self.site, device_id)
-        state, rate = body.get("state"), body.get("rate_bpm")
-        if body.get("stream_id") != stream_id or state not in RESPIRATION_STATES:
-            raise MessageError(
-                f"respiration must be for {stream_id!r}, its state one of "
-                f"{', '.join(RESPIRATION_STATES)}"
-            )
-        if rate is not None and not (is_number(rate) and 0.0 <= rate <= MAX_RATE_BPM):
-            raise MessageError(f"respiration.rate_bpm must be null or in [0, 200], got {rate!r}")
-        wrong = finding_rate_error(body)
-        if wrong:
-            raise MessageError(wrong)
+        if body.get("stream_id") != stream_id:
+            raise MessageError(f"respiration must be for {stream_id!r}")
+        Respiration.from_dict(body)
         _, bed = self._place(device_id, stream_id)
         if show_respiration(bed, body):
             point = {k: v for k, v in bed.rate_trend[-1].items() if k != "state"}
@@ -512,10 +497,7 @@ class Ward(WardMemory):
         acknowledged here too, by whom the device says, and no longer waits on the device."""
         if body.get("stream_id") != stream_id:
             raise MessageError(f"ack must be for {stream_id!r}, got {body.get('stream_id')!r}")
-        try:
-            target, user, utc = ack_of(body)
-        except EventError as exc:
-            raise MessageError(str(exc)) from None
+        target, user, utc = ack_of(body)
         seen = f"ack:{device_id}/{stream_id}/{target}/{user}/{utc}"
         if seen in self._seen:  # QoS 1 may deliver it twice
             self.counts["duplicates"] += 1
