@@ -19,6 +19,8 @@ from lungwatch.events import (
     TECHNICAL_TYPES,
     Event,
     EventError,
+    Respiration,
+    Status,
     event_topic,
     format_utc,
     kind_of,
@@ -231,3 +233,62 @@ def test_one_priority_table_for_detector_gate_and_events() -> None:
     assert {r.type for r in DETECTOR} == set(SOUND_TYPES)
     assert DEFAULT_PRIORITIES["Fine Crackle"] == "low"  # the detector's choice, now everyone's
     assert DEFAULT_PRIORITIES["Wheeze"] == "medium"
+
+
+READING = {"state": "ok", "rate_bpm": 18.4, "low_bpm": 9.0, "high_bpm": 24.0, "reason": "",
+           "utc": T0, "wheeze_rate_pct": 12.5, "crackle_rate_pct": None}  # fmt: skip
+STATUS = {"state": "online", "reason": "connected", "utc": T0, "commands": "signed",
+          "eui64": "0011223344556677"}  # fmt: skip
+
+
+def test_a_respiration_and_a_status_message_are_read_as_typed_fields() -> None:
+    reading = Respiration.from_dict({**READING, "site": "ward-3", "confidence": 0.6})
+    assert dataclasses.asdict(reading) == READING  # the fields its readers use, no more
+    assert reading.when == parse_utc(T0)
+    assert Respiration.from_dict({"state": "ok", "rate_bpm": 0, "utc": T0}).reason == ""
+    apnoea = Respiration.from_dict({"state": "apnoea", "rate_bpm": None, "utc": T0})
+    assert apnoea.rate_bpm is None
+    assert dataclasses.asdict(Status.from_dict(STATUS)) == STATUS
+    status = Status.from_dict({**STATUS, "commands": "telepathy", "eui64": None})
+    assert (status.commands, status.eui64) == (None, None)  # a policy it does not know
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        status.state = "offline"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"state": "fine"}, "respiration.state must be one of assessing, ok, not_assessable"),
+        ({"rate_bpm": 200.5}, "respiration.rate_bpm must be a number in [0, 200] when ok"),
+        ({"rate_bpm": -3}, "respiration.rate_bpm must be a number in [0, 200] when ok"),
+        ({"rate_bpm": None}, "respiration.rate_bpm must be a number in [0, 200] when ok"),
+        ({"rate_bpm": True}, "respiration.rate_bpm must be a number in [0, 200] when ok"),
+        ({"state": "apnoea"}, "respiration.rate_bpm must be null while the state is apnoea"),
+        ({"low_bpm": "9"}, "respiration.low_bpm must be null or a number, got '9'"),
+        ({"high_bpm": [24]}, "respiration.high_bpm must be null or a number"),
+        ({"utc": "2026-05-09 07:35"}, "respiration.utc must be UTC ISO-8601 ending in Z"),
+        ({"reason": "x" * 201}, "respiration.reason must be text of at most 200 characters"),
+        ({"reason": 7}, "respiration.reason must be text of at most 200 characters"),
+        ({"wheeze_rate_pct": 150.0}, "respiration.wheeze_rate_pct must be null or in [0, 100]"),
+        ({"crackle_rate_pct": "3"}, "respiration.crackle_rate_pct must be null or in [0, 100]"),
+    ],
+)
+def test_a_bad_respiration_field_is_named(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(EventError, match="^" + re.escape(message)):
+        Respiration.from_dict({**READING, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"state": "asleep"}, "status.state must be online or offline, got 'asleep'"),
+        ({"reason": None}, "status.reason must be text of at most 200 characters"),
+        ({"utc": 17}, "status.utc must be UTC ISO-8601 ending in Z"),
+        ({"eui64": "00112233445566"}, "status.eui64 must be null or 16 upper-case hex digits"),
+        ({"eui64": "00112233445566aa"}, "status.eui64 must be null or 16 upper-case"),
+        ({"eui64": "0" * 16}, "status.eui64 must be null or 16 upper-case hex digits"),
+    ],
+)
+def test_a_bad_status_field_is_named(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(EventError, match="^" + re.escape(message)):
+        Status.from_dict({**STATUS, **changes})

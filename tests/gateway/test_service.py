@@ -30,10 +30,12 @@ from lungwatch.events import (
     event_topic,
     respiration_payload,
     respiration_topic,
+    status_topic,
 )
 from lungwatch.mqtt import import_paho
 from tests.brokers import REPO_ROOT, Mosquitto, finding_events
 from tests.gateway.receiver import Receiver
+from wardview.ward import Ward
 
 SITE, DEVICE, BED = "ward-3", "dev-1", "bed-1"
 
@@ -511,3 +513,41 @@ def import_mqtt_config(port: int) -> Any:
     from lungwatch.mqtt import MqttConfig
 
     return MqttConfig(host="127.0.0.1", port=port, connect_timeout_s=5.0)
+
+
+def test_the_gateway_and_the_ward_view_take_and_refuse_the_same_wire_messages(
+    tmp_path: Path,
+) -> None:
+    """Both read a respiration and a status message with lungwatch.events' one check. Each
+    case here is one they once judged apart: the view took a rate of 0 or 200 while the
+    gateway refused it, and took a time that is not UTC, a range that is not a number, a
+    200-character reason and a status whose EUI-64 is not one; the gateway took a status
+    whose state is neither online nor offline, and a rate beside the apnoea state."""
+    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"), rate_every_s=1.0)
+    intake = Intake(config, [hl7_route(Hl7Config(host="127.0.0.1"), Outbox(tmp_path / "q"))])
+    ward = Ward(SITE)
+    rtopic, stopic = respiration_topic(SITE, DEVICE, BED), status_topic(SITE, DEVICE)
+
+    def breathing(i: int, **changes: Any) -> bytes:
+        return respiration_payload(SITE, DEVICE, BED, reading(i) | changes).encode()
+
+    def status(**changes: Any) -> bytes:
+        body = {"schema_version": 1, "site": SITE, "device_id": DEVICE, "state": "online",
+                "utc": "2026-11-27T03:00:00.000Z", "reason": "connected", **changes}  # fmt: skip
+        return json.dumps(body).encode()
+
+    cases = [
+        (rtopic, breathing(0, rate_bpm=0), True),
+        (rtopic, breathing(1, rate_bpm=200), True),
+        (rtopic, breathing(2, utc="2026-11-27 03:02"), False),
+        (rtopic, breathing(3, low_bpm="9"), False),
+        (rtopic, breathing(4, reason="x" * 201), False),
+        (rtopic, breathing(5, state="apnoea", rate_bpm=12.0), False),
+        (stopic, status(eui64="00112233445566AA"), True),
+        (stopic, status(eui64="not an EUI-64"), False),
+        (stopic, status(state="asleep", eui64="00112233445566AA"), False),
+    ]
+    for topic, payload, taken in cases:
+        gateway = not intake.handle(topic, payload).startswith("refused")
+        assert (gateway, ward.handle(topic, payload)) == (taken, taken), payload
+    assert intake.counts["refused:invalid"] == ward.rejected_reasons["invalid"] == 6
