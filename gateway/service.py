@@ -57,7 +57,7 @@ from lungwatch.events import (
     utc_now,
 )
 from lungwatch.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES, MessageError, parse_message
-from lungwatch.mqtt import BrokerError, new_client, start_client
+from lungwatch.mqtt import BrokerError, Session
 from lungwatch.supervision import Worker, first_failure
 
 log = logging.getLogger(__name__)
@@ -387,18 +387,15 @@ class Gateway:
         self.client_id = f"lungwatch-gateway-{config.site}{mqtt.private_suffix()}"
         self.topics = [f"{TOPIC_ROOT}/{config.site}/+/+/{kind}" for kind in GATEWAY_READS]
         self.topics.append(f"{TOPIC_ROOT}/{config.site}/+/status")  # each device's EUI-64
-        self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker took the subscriptions (SUBACK)
-        self._connack = threading.Event()
-        self._refusal: str | None = None
-        self._subscribe_mid: int | None = None
-        self._mqtt = new_client(mqtt, self.client_id, clean_session=False, manual_ack=True)
         self._store_failing = False  # the last message could not be stored (said once)
         # the broker says "down" for a gateway that vanished (its last will, retained)
-        self._mqtt.will_set(self.health_topic, self._health("down", "connection lost"), qos=1,
-                            retain=True)  # fmt: skip
-        self._mqtt.on_connect = self._on_connect
-        self._mqtt.on_disconnect = self._on_disconnect
+        down = self._health("down", "connection lost")
+        self._session = Session(mqtt, self.client_id, "gateway", clean_session=False,
+                                manual_ack=True, topics=self.topics,
+                                will=(self.health_topic, lambda: down))  # fmt: skip
+        self.connected = self._session.connected
+        self._mqtt = self._session.client
         self._mqtt.on_subscribe = self._on_subscribe
         self._mqtt.on_message = self._on_message
 
@@ -406,16 +403,15 @@ class Gateway:
         """The couriers' threads, then the broker: returns once the broker took the
         subscriptions (or after ``mqtt.connect_timeout_s``: an unreachable broker is retried
         in the background); a refused login or a TLS failure raises
-        (:func:`lungwatch.mqtt.start_client`)."""
+        (:meth:`lungwatch.mqtt.Session.start`)."""
         for worker in self.workers:
             worker.start()
-        cfg = self.config.mqtt
         try:
-            start_client(self._mqtt, cfg, self._connack, lambda: self._refusal)
+            self._session.start()
         except BrokerError:  # TLS failed or the login was refused: the couriers stop too
             self.stop()
             raise
-        self.subscribed.wait(cfg.connect_timeout_s)
+        self.subscribed.wait(self.config.mqtt.connect_timeout_s)
         return self
 
     def _tick_alarms(self) -> None:
@@ -471,32 +467,15 @@ class Gateway:
                 info.wait_for_publish(timeout=2.0)
             except (RuntimeError, ValueError) as exc:
                 log.warning("gateway: could not say it stopped: %s", exc)
-        self._mqtt.disconnect()
-        self._mqtt.loop_stop()
+        self._session.stop()
         for worker in self.workers:
             worker.join(10.0)
         for route in self.routes:
             route.outbox.close()
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            self._refusal = f"refused the login: {reason}"
-        else:
-            _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.topics])
-            self.connected.set()
-            log.info("gateway connected to %s as %s", self.config.mqtt.address, self.client_id)
-        self._connack.set()
-
-    def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
-    ) -> None:
-        self.connected.clear()
-        if not self._stop.is_set():
-            log.warning("gateway lost the broker (%s); reconnecting", reason)
-
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, codes: Any, props: Any) -> None:
         refused = [code for code in codes if code.is_failure]
-        if mid != self._subscribe_mid:
+        if mid != self._session.subscribe_mid:
             return
         if refused:  # the site's ACL does not let this user read: said, never silent
             log.error("the broker refused the gateway's subscriptions (%s): check its ACL",

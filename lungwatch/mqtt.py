@@ -1,8 +1,8 @@
 """MQTT as both sides use it: a client's broker settings (:class:`MqttConfig`: address,
 login, TLS, and for a device its spool), the paho client they configure (:func:`new_client`,
-imported lazily, so reading a config needs no paho), the command topic and the broker's
-errors. The device's sink is :mod:`edge.sinks.mqtt`; the ward view's feed
-:mod:`wardview.feed`.
+imported lazily, so reading a config needs no paho) and its session (:class:`Session`:
+connect, last will, subscriptions, refusals), the command topic and the broker's errors.
+The device's sink is :mod:`edge.sinks.mqtt`; the ward view's feed :mod:`wardview.feed`.
 """
 
 from __future__ import annotations
@@ -189,26 +189,129 @@ def new_client(
     return client
 
 
-def start_client(
-    client: Any, cfg: MqttConfig, connack: threading.Event, refusal: Callable[[], str | None]
-) -> None:
-    """Connect a reader's ``client`` (the ward view, the gateway) to ``cfg``'s broker and start
-    its network thread. A TLS failure raises :class:`BrokerTlsError`; an unreachable broker is
-    logged and retried in the background; when ``connack`` is set within
-    ``cfg.connect_timeout_s`` and ``refusal()`` says why the broker refused the login,
-    :class:`BrokerRefusedError` is raised (the caller stops the client)."""
-    try:
-        client.connect(cfg.host, cfg.port, cfg.keepalive_s)
-    except ssl.SSLError as exc:
-        raise BrokerTlsError(f"broker {cfg.address} TLS failed: {exc}") from None
-    except OSError as exc:
-        log.warning("broker %s is unreachable (%s); retrying", cfg.address, exc)
-        client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
-    client.loop_start()
-    if connack.wait(cfg.connect_timeout_s):
-        why = refusal()
-        if why is not None:
-            raise BrokerRefusedError(f"broker {cfg.address} {why}")
+class Session:
+    """One paho client of ``cfg`` (:func:`new_client`) as every side uses it: the state of
+    its connection (:attr:`connected`; :attr:`connack` set at the first CONNACK or a close
+    before it, :attr:`refusal` saying why the broker refused), the topics it subscribes at
+    QoS 1 on every connect (:attr:`subscribe_mid`: that SUBACK's), a retained QoS 1 last will
+    made anew at every connect, :meth:`start` and :meth:`stop`. ``name`` says whose in the
+    log; ``on_connected(client)`` runs on paho's thread after each accepted connect,
+    ``on_lost()`` after each disconnect; other callbacks are set on :attr:`client`."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        client_id: str,
+        name: str,
+        *,
+        clean_session: bool = True,
+        manual_ack: bool = False,
+        topics: list[str] | None = None,
+        will: tuple[str, Callable[[], str]] | None = None,
+        max_inflight: int | None = None,
+        on_connected: Callable[[Any], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self.cfg, self.client_id, self.name = cfg, client_id, name
+        self.topics = list(topics or [])
+        self.client = new_client(cfg, client_id, clean_session, manual_ack)
+        if max_inflight is not None:
+            self.client.max_inflight_messages_set(max_inflight)
+        self.connected, self.connack = threading.Event(), threading.Event()
+        self.refusal: str | None = None
+        self.subscribe_mid: int | None = None
+        self.connects = 0  # accepted connects, counted before ``connected`` is set
+        self.stopping = False  # our own disconnect: no "lost broker" warning
+        self._first_told = False  # start() tells the first CONNACK's refusal itself
+        self._will, self._on_connected, self._on_lost = will, on_connected, on_lost
+        self.client.on_pre_connect = self._on_pre_connect
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+
+    def start(
+        self, wait: bool = True, fail_fast: bool = True, require_broker: bool = False
+    ) -> None:
+        """Connect and start the network thread. ``wait``: connect here and wait up to
+        ``cfg.connect_timeout_s`` for the CONNACK; a TLS failure or a refusal raises
+        (:class:`BrokerTlsError`, :class:`BrokerRefusedError`) with ``fail_fast``, an
+        unreachable or silent broker (:class:`BrokerUnavailableError`) with
+        ``require_broker``; what does not raise is logged and retried in the background, and
+        a raise stops the client. Not ``wait``: connect in the background."""
+        cfg, reached, self._first_told = self.cfg, False, wait
+        if wait:
+            try:
+                self.client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+                reached = True
+            except ssl.SSLError as exc:
+                self._fail_or_warn(BrokerTlsError, f"TLS failed: {ssl_reason(exc)}", fail_fast)
+            except OSError as exc:
+                reset = cfg.uses_tls and isinstance(exc, ConnectionResetError)
+                hint = " (TLS to a plain listener?)" if reset else ""
+                reason = f"is unreachable: {exc.strerror or exc}{hint}"
+                self._fail_or_warn(BrokerUnavailableError, reason, require_broker)
+        if not reached:
+            self.client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+        self.client.loop_start()
+        if not reached:
+            return
+        if not self.connack.wait(cfg.connect_timeout_s):
+            reason = f"sent no CONNACK within {cfg.connect_timeout_s:g} s"
+            self._fail_or_warn(BrokerUnavailableError, reason, require_broker)
+        elif self.refusal is not None:
+            self._fail_or_warn(BrokerRefusedError, self.refusal, fail_fast)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def subscribe(self, topic: str) -> None:
+        """Subscribe ``topic`` too (QoS 1): now when connected, and on every connect."""
+        if topic not in self.topics:
+            self.topics.append(topic)
+        if self.connected.is_set():
+            self.client.subscribe(topic, qos=1)
+
+    def _fail_or_warn(self, error: type[BrokerError], reason: str, must_raise: bool) -> None:
+        message = f"broker {self.cfg.address} {reason}"
+        if must_raise:
+            self.stop()
+            raise error(message)
+        log.warning("%s: %s; retrying", self.name, message)
+
+    def _on_pre_connect(self, client: Any, userdata: Any) -> None:
+        if self._will is not None:
+            client.will_set(self._will[0], self._will[1](), qos=1, retain=True)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self.refusal = f"refused the connection: {reason}"
+            if self.connack.is_set() or not self._first_told:
+                log.error("%s: broker %s %s", self.name, self.cfg.address, self.refusal)
+        else:
+            self.refusal = None
+            self.connects += 1
+            if self.topics:
+                _, self.subscribe_mid = client.subscribe([(topic, 1) for topic in self.topics])
+            self.connected.set()
+            log.info("%s connected to broker %s", self.name, self.cfg.address)
+            if self._on_connected is not None:
+                self._on_connected(client)
+        self.connack.set()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if not self.connack.is_set():
+            tls = "" if self.cfg.uses_tls else "; a TLS listener needs ca_file or tls: true"
+            self.refusal = f"closed the connection before CONNACK{tls}"
+            self.connack.set()
+        if self.connected.is_set() and not self.stopping:
+            log.warning("%s lost broker %s (%s); reconnecting", self.name, self.cfg.address,
+                        reason)  # fmt: skip
+        self.connected.clear()
+        if self._on_lost is not None:
+            self._on_lost()
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext:

@@ -37,19 +37,11 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import threading
 from typing import Any
 
 from lungwatch.commandauth import derive_device_key, sign_command
 from lungwatch.events import TOPIC_ROOT
-from lungwatch.mqtt import (
-    BrokerError,
-    BrokerRefusedError,
-    MqttConfig,
-    command_topic,
-    new_client,
-    start_client,
-)
+from lungwatch.mqtt import BrokerError, MqttConfig, Session, command_topic
 from wardview.ward import Ward
 
 log = logging.getLogger("lungwatch.dashboard")
@@ -91,35 +83,27 @@ class WardFeed:
         self.persistent = client_id is not None
         self.client_id = client_id or f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}"
         self.probe_topic = f"{TOPIC_ROOT}/{site}/_dashboard/{self.client_id}"
-        self.connected = threading.Event()
-        self._connack = threading.Event()
-        self._refusal: str | None = None
-        self._subscribe_mid: int | None = None  # the SUBACK this connection waits for
         self._refused_logged: list[str] = []  # the refused topics last logged
         self.subacks = 0  # SUBACKs of the site's subscriptions received (one per connection)
-        self._stopping = False
-        client = new_client(config, self.client_id, clean_session=not self.persistent)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
+        self._session = Session(
+            config, self.client_id, "dashboard", clean_session=not self.persistent,
+            topics=self.topics, on_lost=lambda: ward.set_broker(config.address, False),
+            on_connected=lambda client: ward.set_broker(config.address, True),
+        )  # fmt: skip
+        self.connected = self._session.connected
+        client = self._client = self._session.client
         client.on_message = self._on_message
         client.on_unsubscribe = self._on_unsubscribe
         client.on_subscribe = self._on_subscribe
-        self._client = client
 
     def start(self) -> WardFeed:
         """Connect; a refused CONNACK (credentials) or a TLS failure raises, an unreachable
         broker is retried in the background (the page says ``broker: disconnected``)."""
-        try:
-            start_client(self._client, self.config, self._connack, lambda: self._refusal)
-        except BrokerRefusedError:
-            self.stop()
-            raise
+        self._session.start()
         return self
 
     def stop(self) -> None:
-        self._stopping = True  # our own disconnect: no "lost broker" warning
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._session.stop()
 
     @property
     def signs(self) -> bool:
@@ -152,30 +136,6 @@ class WardFeed:
         return topic
 
     # -- paho callbacks (network thread) -----------------------------------------------
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            self._refusal = f"refused the connection: {reason}"
-            if self._connack.is_set():  # a later reconnect; the first refusal raises in start()
-                log.error("broker %s %s", self.config.address, self._refusal)
-        else:
-            self._refusal = None
-            _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.topics])
-            self.connected.set()
-            log.info("dashboard connected to broker %s", self.config.address)
-            self.ward.set_broker(self.config.address, connected=True)
-        self._connack.set()
-
-    def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
-    ) -> None:
-        if not self._connack.is_set():
-            self._refusal = "closed the connection before CONNACK"
-            self._connack.set()
-        if self.connected.is_set() and not self._stopping:
-            log.warning("dashboard lost broker %s (%s); reconnecting", self.config.address, reason)
-        self.connected.clear()
-        self.ward.set_broker(self.config.address, connected=False)
-
     def probe(self) -> None:
         """Send the round-trip probe when connected; the broker's answer reaches the ward."""
         if self.connected.is_set():
@@ -186,7 +146,7 @@ class WardFeed:
     ) -> None:
         """The SUBACK: the topics whose subscription the broker refused (0x80) go to the
         ward (none: all granted); a new refusal is logged once as an error."""
-        if mid != self._subscribe_mid:
+        if mid != self._session.subscribe_mid:
             return
         self.subacks += 1
         refused = [t for t, r in zip(self.topics, reasons, strict=False) if r.is_failure]

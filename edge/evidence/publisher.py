@@ -43,7 +43,7 @@ from typing import IO, Any
 from edge.evidence.recorder import Cut, EvidenceConfig
 from lungwatch.clip import Clip, EvidenceError, clip_messages
 from lungwatch.errors import LungwatchError
-from lungwatch.mqtt import MqttConfig, new_client
+from lungwatch.mqtt import MqttConfig, Session
 from lungwatch.supervision import Worker
 
 log = logging.getLogger("lungwatch.evidence")
@@ -184,12 +184,12 @@ class EvidencePublisher:
         login = (
             mqtt if config.username is None else dataclasses.replace(mqtt, username=config.username)
         )  # its own broker user where the broker makes each client's id its username
-        self._client = new_client(login, f"{mqtt.effective_client_id}-evidence")
-        self._client.max_inflight_messages_set(config.max_inflight)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
+        self._session = Session(login, f"{mqtt.effective_client_id}-evidence", "evidence",
+                                max_inflight=config.max_inflight,
+                                on_connected=self._on_connected)  # fmt: skip
+        self._connected = self._session.connected
+        self._client = self._session.client
         self._client.on_publish = self._on_publish
-        self._connected = threading.Event()
         self._stop = threading.Event()
         self._acked: set[int] = set()
         self._ack_lock = threading.Condition()  # notified on every PUBACK
@@ -197,8 +197,7 @@ class EvidencePublisher:
         self.counts = {"submitted": 0, "dropped": 0, "sent": 0, "failed": 0}
 
     def connect(self) -> EvidencePublisher:
-        self._client.connect_async(self.mqtt.host, self.mqtt.port, self.mqtt.keepalive_s)
-        self._client.loop_start()
+        self._session.start(wait=False)
         self._thread.start()
         return self
 
@@ -238,11 +237,9 @@ class EvidencePublisher:
             self.flush(timeout_s)
             self._stop.set()
             self._thread.join()
-            self._client.disconnect()
-            self._client.loop_stop()
+            self._session.stop()
         elif self._thread.started:  # the sender stopped unasked; its connection goes too
-            self._client.disconnect()
-            self._client.loop_stop()
+            self._session.stop()
         self._stop.set()
         self._spool_queued()
         self.spool.close()
@@ -315,18 +312,9 @@ class EvidencePublisher:
             self._acked.difference_update(every)
         return sent
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            log.error("evidence connection to %s refused: %s", self.mqtt.address, reason)
-            return
+    def _on_connected(self, client: Any) -> None:
         with self._ack_lock:
             self._acked.clear()  # a clip cut short by the drop is sent again whole
-        self._connected.set()
-
-    def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
-    ) -> None:
-        self._connected.clear()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self._ack_lock:

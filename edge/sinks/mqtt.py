@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from edge.sinks import SinkError
@@ -65,17 +65,7 @@ from lungwatch.events import (
     verdict_payload,
     verdict_topic,
 )
-from lungwatch.mqtt import (
-    BrokerError,
-    BrokerRefusedError,
-    BrokerTlsError,
-    BrokerUnavailableError,
-    MqttConfig,
-    command_topic,
-    import_paho,
-    new_client,
-    ssl_reason,
-)
+from lungwatch.mqtt import BrokerError, MqttConfig, Session, command_topic, import_paho
 from lungwatch.supervision import Worker
 
 log = logging.getLogger(__name__)
@@ -104,7 +94,18 @@ class MqttSink:
         self._command_topic = command_topic(config.site, config.device_id)
         self._on_command: Callable[[bytes], None] | None = None
         self.command_policy: str | None = None  # told in the online status (events.py)
-        self._client = self._make_client()
+        # the will's utc: when that connection was opened
+        offline = partial(status_payload, "offline", config.site, config.device_id,
+                          "connection lost", eui64=config.eui64)  # fmt: skip
+        self._session = Session(config, config.effective_client_id, "device",
+                                will=(self._status_topic, offline),
+                                max_inflight=config.max_inflight,
+                                on_connected=self._on_connected)  # fmt: skip
+        self._connected = self._session.connected
+        self._client = self._session.client
+        self._client.max_queued_messages_set(0)  # bounded here: max_queued + status/metrics
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
         self._spool = (
             spool if spool is not None else Spool(config.spool_path, config.spool_max_events)
         )
@@ -116,11 +117,7 @@ class MqttSink:
         self._connects_seen = 0  # the connects the sender has reacted to
         self._held: set[int] = set()  # mids handed before the latest connect, unacknowledged
         self._stopping = threading.Event()
-        self._connected = threading.Event()
-        self._connack = threading.Event()
-        self._refusal: str | None = None
         self._counts = {
-            "connects": 0,
             "acked": 0,
             "metrics_dropped": 0,
             "live_dropped": 0,
@@ -251,8 +248,7 @@ class MqttSink:
             self._wake()
             self._sender.join()
             self._say_offline()
-            self._client.disconnect()
-            self._client.loop_stop()
+            self._session.stop()
         elif self._sender.started:  # the sender stopped unasked: no goodbye, the will says so
             self._client.loop_stop()
             sock = self._client.socket()
@@ -267,10 +263,12 @@ class MqttSink:
         self._check_open()
         if self._sender.started:
             raise SinkError(f"MQTT sink for broker {self.config.address} is already connected")
-        reached = self._first_connect()
-        self._client.loop_start()
-        if reached:
-            self._await_connack()
+        cfg = self.config
+        try:
+            self._session.start(True, cfg.fail_fast, cfg.require_broker_at_start)
+        except BrokerError:
+            self.close()
+            raise
         self._sender.start()
         return self
 
@@ -290,8 +288,7 @@ class MqttSink:
         ``lungwatch.events.COMMAND_POLICIES``) goes out with the online status."""
         self._on_command = handler
         self.command_policy = policy
-        if self._connected.is_set():
-            self._client.subscribe(self._command_topic, qos=1)
+        self._session.subscribe(self._command_topic)
 
     def stats(self) -> dict[str, int]:
         """Counters for the metrics topic: spooled, handed, acked, evicted, refused, ..."""
@@ -301,6 +298,7 @@ class MqttSink:
             "evicted": self._spool.evicted_total,
             "refused": self._spool.refused_total,
             "connected": int(self.connected),
+            "connects": self._session.connects,
             **self._counts,
         }
 
@@ -310,87 +308,15 @@ class MqttSink:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _first_connect(self) -> bool:
-        """Connect in this thread (TCP, TLS, CONNECT sent); False: retry in the background."""
-        cfg = self.config
-        try:
-            self._client.connect(cfg.host, cfg.port, cfg.keepalive_s)
-            return True
-        except ssl.SSLError as exc:
-            self._fail_or_warn(BrokerTlsError, f"TLS failed: {ssl_reason(exc)}", cfg.fail_fast)
-        except OSError as exc:
-            hint = " (TLS to a plain listener?)" if isinstance(exc, ConnectionResetError) else ""
-            reason = f"is unreachable: {exc.strerror or exc}{hint if cfg.uses_tls else ''}"
-            self._fail_or_warn(BrokerUnavailableError, reason, cfg.require_broker_at_start)
-        self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
-        return False
-
-    def _await_connack(self) -> None:
-        cfg = self.config
-        if not self._connack.wait(cfg.connect_timeout_s):
-            reason = f"sent no CONNACK within {cfg.connect_timeout_s:g} s"
-            self._fail_or_warn(BrokerUnavailableError, reason, cfg.require_broker_at_start)
-        elif self._refusal is not None:
-            self._fail_or_warn(BrokerRefusedError, self._refusal, cfg.fail_fast)
-
-    def _fail_or_warn(self, error: type[BrokerError], reason: str, must_raise: bool) -> None:
-        """Raise ``error`` (closing the sink), or log it and let paho keep retrying."""
-        message = f"broker {self.config.address} {reason}"
-        if must_raise:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self.close()
-            raise error(message)
-        log.warning("%s; events are spooled while retrying", message)
-
-    def _make_client(self) -> Any:
-        cfg = self.config
-        client = new_client(cfg, cfg.effective_client_id)
-        client.max_inflight_messages_set(cfg.max_inflight)
-        client.max_queued_messages_set(0)  # bounded here instead: max_queued + status/metrics
-        client.on_pre_connect = self._on_pre_connect
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        return client
-
     # -- paho callbacks (network thread) -----------------------------------------------
-    def _on_pre_connect(self, client: Any, userdata: Any) -> None:
-        offline = status_payload("offline", self.config.site, self.config.device_id,
-                                 "connection lost", eui64=self.config.eui64)  # fmt: skip
-        client.will_set(self._status_topic, offline, qos=1, retain=True)
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            self._refusal = f"refused the connection: {reason}"
-            log.error("broker %s %s", self.config.address, self._refusal)
-        else:
-            self._refusal = None
-            self._counts["connects"] += 1
-            self._connected.set()
-            cfg = self.config
-            online = status_payload("online", cfg.site, cfg.device_id, "connected",
-                                    self.command_policy, cfg.eui64)  # fmt: skip
-            client.publish(self._status_topic, online, qos=1, retain=True)
-            for topic, payload in list(self._retained.values()):
-                client.publish(topic, payload, qos=1, retain=True)
-            if self._on_command is not None:  # clean session: subscribe on every connect
-                client.subscribe(self._command_topic, qos=1)
-            log.info("connected to broker %s", self.config.address)
-        self._connack.set()
+    def _on_connected(self, client: Any) -> None:
+        cfg = self.config
+        online = status_payload("online", cfg.site, cfg.device_id, "connected",
+                                self.command_policy, cfg.eui64)  # fmt: skip
+        client.publish(self._status_topic, online, qos=1, retain=True)
+        for topic, payload in list(self._retained.values()):
+            client.publish(topic, payload, qos=1, retain=True)
         self._wake()
-
-    def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
-    ) -> None:
-        if not self._connack.is_set():
-            tls = "" if self.config.uses_tls else "; a TLS listener needs ca_file or tls: true"
-            self._refusal = f"closed the connection before CONNACK{tls}"
-            self._connack.set()
-        if self._connected.is_set() and not self._stopping.is_set():
-            log.warning("lost broker %s (%s); reconnecting", self.config.address, reason)
-        self._connected.clear()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._acks.append(mid)
@@ -462,7 +388,7 @@ class MqttSink:
         connect the sender hands nothing new until the older ones are acknowledged (one
         round trip), which keeps the backlog in ``seq`` order across reconnects.
         """
-        connects = self._counts["connects"]  # read after _connected: on_connect counts first
+        connects = self._session.connects  # read after _connected: on_connect counts first
         if connects != self._connects_seen:
             self._connects_seen = connects
             self._held = set(self._mids)
