@@ -1,23 +1,10 @@
 """Audio input: read WAV/FLAC files into float32 mono arrays, convert, resample, validate.
 
-Everything here works on plain NumPy arrays (numpy, scipy, soundfile; never torch), so the
-device and the training code read audio the same way.
-
-Conventions
------------
-- Samples are float32, 1-D, shape ``(n_samples,)``, full scale is [-1, 1].
-- Integer PCM is scaled by its full-scale value (int16 / 2**15, int32 / 2**31, uint8 centred
-  on 128 and scaled by 2**7), the same scaling libsndfile uses, so a WAV file and its FLAC twin
-  give bit-identical samples.
-- Multichannel audio becomes mono by the mean of its channels.
-- Every error message starts with the source (a file path, or a caller-given name).
-
-Malformed WAV headers
----------------------
-Some stethoscopes write 16-bit mono WAV files whose fmt chunk says ``nBlockAlign=4`` (it
-should be 2). ``scipy.io.wavfile`` refuses them; libsndfile 1.2 reads them correctly. If
-libsndfile ever refuses a RIFF/WAVE file, :func:`read_audio` falls back to Python's ``wave``
-module, which derives the frame size from channels x sample width and ignores nBlockAlign.
+Plain NumPy (never torch), so the device and the training code read audio the same way.
+Samples are float32, 1-D, full scale [-1, 1]; integer PCM is scaled as libsndfile scales it,
+so a WAV file and its FLAC twin give bit-identical samples. Every error message starts with
+the source. Some stethoscopes write WAV headers with a wrong ``nBlockAlign``; where
+libsndfile refuses a RIFF/WAVE file, :func:`read_audio` falls back to Python's ``wave``.
 """
 
 from __future__ import annotations
@@ -54,16 +41,7 @@ _FLOAT_READ_DTYPE = "float32"
 
 @dataclass(frozen=True, eq=False)
 class Audio:
-    """Decoded mono audio and where it came from.
-
-    Attributes:
-        samples: float32, shape ``(n_samples,)``, values in [-1, 1].
-        sample_rate_hz: rate of ``samples`` (the target rate if one was asked for).
-        source: the file path (or name) the samples came from.
-        original_rate_hz: rate stored in the file.
-        original_channels: channel count stored in the file (mixed down to mono here).
-        original_subtype: libsndfile subtype of the file, e.g. ``"PCM_16"``, ``"FLOAT"``.
-    """
+    """Decoded mono audio and where it came from (``original_*``: as stored in the file)."""
 
     samples: np.ndarray
     sample_rate_hz: int
@@ -74,20 +52,16 @@ class Audio:
 
     @property
     def n_samples(self) -> int:
-        """Number of samples."""
         return int(self.samples.shape[0])
 
     @property
     def duration_s(self) -> float:
-        """Duration in seconds."""
         return self.n_samples / self.sample_rate_hz
 
 
 def audio_file(folder: Path, stem: str) -> Path | None:
-    """``folder/stem`` with the first of :data:`AUDIO_SUFFIXES` that exists, else None.
-
-    ``stem`` is used as given (SPRSound names hold dots, e.g. ``40638274_9.7_1_p1_1696``).
-    """
+    """``folder/stem`` with the first of :data:`AUDIO_SUFFIXES` that exists, else None
+    (``stem`` as given: SPRSound names hold dots)."""
     for suffix in AUDIO_SUFFIXES:
         candidate = folder / f"{stem}{suffix}"
         if candidate.is_file():
@@ -96,8 +70,7 @@ def audio_file(folder: Path, stem: str) -> Path | None:
 
 
 def audio_files_under(folder: Path) -> list[Path]:
-    """Every audio file (:data:`AUDIO_SUFFIXES`, any case) below ``folder``, recursively,
-    sorted."""
+    """Every audio file (:data:`AUDIO_SUFFIXES`, any case) below ``folder``, sorted."""
     return sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
     )
@@ -106,17 +79,8 @@ def audio_files_under(folder: Path) -> list[Path]:
 def read_audio(path: str | Path, *, target_rate_hz: int | None = None) -> Audio:
     """Read a WAV or FLAC file as float32 mono, optionally resampled.
 
-    Args:
-        path: the file.
-        target_rate_hz: resample to this rate (``None`` keeps the file's rate).
-
-    Returns:
-        :class:`Audio` with samples of shape ``(n_samples,)`` in [-1, 1].
-
-    Raises:
-        AudioReadError: the file is missing, unreadable or not audio.
-        EmptyAudioError: the file holds no samples.
-        InvalidAudioError: the samples hold NaN/Inf, or ``target_rate_hz`` is not positive.
+    Raises AudioReadError (missing, unreadable, not audio), EmptyAudioError or
+    InvalidAudioError (NaN/Inf, or ``target_rate_hz`` not positive).
     """
     file_path = Path(path)
     source = str(file_path)
@@ -152,11 +116,7 @@ def read_audio(path: str | Path, *, target_rate_hz: int | None = None) -> Audio:
 
 
 def _decode(path: Path) -> tuple[np.ndarray, int, int, str]:
-    """Decode with libsndfile; fall back to ``wave`` for RIFF/WAVE files it refuses.
-
-    Returns:
-        ``(frames, rate_hz, channels, subtype)``; frames have shape ``(n, channels)``.
-    """
+    """``(frames (n, channels), rate_hz, channels, subtype)`` by libsndfile, else ``wave``."""
     try:
         return _read_with_soundfile(path)
     except (sf.SoundFileError, OSError) as exc:
@@ -173,9 +133,8 @@ MAX_FILE_SAMPLES = 1 << 30  # samples x channels decoded at most (37 h at 8 kHz 
 
 
 def check_header(rate_hz: int, channels: int, frames: int, source: str) -> None:
-    """InvalidAudioError naming what the file's header declares that no recording of a
-    stethoscope is: checked before a sample is decoded, so a header that claims 2^31 Hz or
-    billions of samples costs nothing."""
+    """InvalidAudioError naming what the header declares that no stethoscope recording is
+    (checked before decoding, so a header claiming billions of samples costs nothing)."""
     if not MIN_FILE_RATE_HZ <= rate_hz <= MAX_FILE_RATE_HZ:
         raise InvalidAudioError(
             f"{source}: its header declares {rate_hz} Hz; audio files are read at "
@@ -213,12 +172,8 @@ def _is_riff_wave(path: Path) -> bool:
 
 
 def _read_wav_with_wave(path: Path) -> tuple[np.ndarray, int, int, str]:
-    """Decode integer PCM WAV with the ``wave`` module (ignores a wrong nBlockAlign).
-
-    Returns:
-        ``(frames, rate_hz, channels, subtype)``; frames have shape ``(n, channels)`` and
-        the integer dtype libsndfile would give (uint8, int16, or int32 left-justified).
-    """
+    """Decode integer PCM WAV with ``wave`` (ignores a wrong nBlockAlign), in the integer
+    dtype libsndfile would give."""
     try:
         with wave.open(str(path), "rb") as reader:
             channels = reader.getnchannels()
@@ -252,18 +207,8 @@ def _pcm_bytes_to_array(raw: bytes, width_bytes: int, source: str) -> np.ndarray
 
 
 def to_mono(x: np.ndarray, *, source: str = DEFAULT_SOURCE) -> np.ndarray:
-    """Mix down to mono.
-
-    Args:
-        x: shape ``(n,)`` (returned as is) or ``(n, channels)`` (mean over channels).
-        source: named in error messages.
-
-    Returns:
-        Shape ``(n,)``; float32 input stays float32, other input becomes float64.
-
-    Raises:
-        InvalidAudioError: ``x`` has any other number of dimensions or no channels.
-    """
+    """``(n,)`` as is, ``(n, channels)`` by the channels' mean; float32 stays float32, other
+    input becomes float64."""
     x = np.asarray(x)
     if x.ndim == 1:
         return x
@@ -278,20 +223,8 @@ def to_mono(x: np.ndarray, *, source: str = DEFAULT_SOURCE) -> np.ndarray:
 
 
 def to_float32(x: np.ndarray, *, source: str = DEFAULT_SOURCE) -> np.ndarray:
-    """Convert PCM samples to float32 in [-1, 1].
-
-    Args:
-        x: any shape; dtype int16 (/2**15), int32 (/2**31), uint8 ((x - 128) / 2**7), or
-            floating (cast, then finite values clipped to [-1, 1]; NaN and Inf pass through
-            unchanged for :func:`validate_samples` to report).
-        source: named in error messages.
-
-    Returns:
-        float32 array of the same shape.
-
-    Raises:
-        InvalidAudioError: unsupported dtype (bool, other integer widths, complex, objects).
-    """
+    """PCM samples of any shape as float32 in [-1, 1]: int16 / 2**15, int32 / 2**31,
+    (uint8 - 128) / 2**7, floats clipped (NaN and Inf pass for :func:`validate_samples`)."""
     x = np.asarray(x)
     if x.dtype == np.int16:
         return (x.astype(np.float32) / np.float32(INT16_FULL_SCALE)).astype(np.float32)
@@ -312,23 +245,8 @@ def to_float32(x: np.ndarray, *, source: str = DEFAULT_SOURCE) -> np.ndarray:
 def resample(
     x: np.ndarray, from_hz: int, to_hz: int, *, source: str = DEFAULT_SOURCE
 ) -> np.ndarray:
-    """Resample with a polyphase filter (``scipy.signal.resample_poly``).
-
-    The rate ratio is reduced by the greatest common divisor (44100 -> 8000 is up 80,
-    down 441). Equal rates return ``x`` unchanged.
-
-    Args:
-        x: float samples, shape ``(n,)``.
-        from_hz: rate of ``x``. to_hz: wanted rate. Both positive integers.
-        source: named in error messages.
-
-    Returns:
-        float32, shape ``(ceil(n * to_hz / from_hz),)``. Not clipped: the filter may overshoot
-        full scale slightly.
-
-    Raises:
-        InvalidAudioError: a rate is not a positive integer.
-    """
+    """Resample with a polyphase filter (``scipy.signal.resample_poly``); float32, not
+    clipped (the filter may overshoot full scale slightly)."""
     _check_rates(from_hz, to_hz, source)
     if from_hz == to_hz:
         return x
@@ -338,7 +256,6 @@ def resample(
 
 
 def _check_rates(from_hz: object, to_hz: object, source: str) -> None:
-    """Raise InvalidAudioError unless both rates are positive integers."""
     for name, rate in (("from_hz", from_hz), ("to_hz", to_hz)):
         if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate <= 0:
             raise InvalidAudioError(
@@ -347,20 +264,8 @@ def _check_rates(from_hz: object, to_hz: object, source: str) -> None:
 
 
 def validate_samples(x: np.ndarray, source: str) -> np.ndarray:
-    """Check that samples are usable: 1-D, not empty, finite.
-
-    Args:
-        x: samples, expected shape ``(n_samples,)``.
-        source: named in error messages.
-
-    Returns:
-        ``x`` unchanged.
-
-    Raises:
-        InvalidAudioError: not 1-D, or holds NaN/Inf (the message gives how many and the first
-            index).
-        EmptyAudioError: no samples.
-    """
+    """``x`` unchanged if 1-D, not empty and finite, else InvalidAudioError or
+    EmptyAudioError."""
     x = np.asarray(x)
     if x.ndim != 1:
         raise InvalidAudioError(f"{source}: expected 1-D samples, got shape {x.shape}")

@@ -6,86 +6,17 @@
     transitions = tracker.finish()             # the stream ended
     tracker.summary()                          # the whole stream: breaths, rate
 
-The estimator is model-free (docs/respiration.md has the measurements that chose it over the
-model's Breath output): it reads log-mel levels (:func:`tracker_spec`: 64 bands over
-50-4000 Hz at the model's frame and hop, no running band normalisation). Where the model's
-first front end is exactly that, the tracker reads the model's own frames and costs no extra
-transform; for a model whose front end normalises its bands or stops below 4 kHz (the shipped
-stethoscope-neutral one) the bed computes these bands beside the model's
-(``StreamPipeline``'s ``level_spec``): from the same power spectrum when the model's front end
-is log-mel over the same frames and FFT (a second filterbank, no second transform), else from
-a front end of their own. The tracker's levels, floor and band layout stay those it was built
-and measured on. Breath sounds are broadband noise of the airways that
-rises and falls with each breath; per 40-ms sample the tracker takes the levels of
-``N_SUB_BANDS`` sub-bands of ``breath_band_hz``, each over its slow level, and their median,
-the breath activity
-(:func:`edge.bed.breathing_kernels.activity`: a breath lifts most sub-bands at once, heart
-sounds reaching into the lowest one do not). Every ``analyse_every_s`` it reads the last
-``window_s`` of it:
-
-- the period: the autocorrelation of the activity, its highest peak among the lags of the
-  age band's ``search_bpm`` (biased estimate: it favours the period over its multiples); its
-  height per product summed at that lag is the **confidence** (0..1: how periodic; read
-  unbiased, so a slow breath in a short window is not aperiodic for the window's length
-  alone; the typical breath is learnt and the bed armed for apnoea only when the height over
-  the whole window passes ``min_confidence`` too);
-- the breaths: the humps of the activity smoothed over a third of that period, at least
-  ``MIN_GAP_FRACTION`` of it apart, each rising ``max(MIN_DELTA_DB, DELTA_OF_RANGE * range,
-  DELTA_OF_BREATHS * typical breath)`` over the troughs around it (its prominence; the
-  typical breath is learnt while the rate is assessable and held otherwise), so noise during
-  a pause is not a breath and a loud patient's small humps are not either, and standing over
-  half their height for at most ``MAX_BREATH_S`` (a step of the floor is not a breath), or
-  ``BREATH_WIDTH_FRACTION`` of the period where that is longer and the window's confidence
-  is at least ``WIDE_CONFIDENCE`` (slow breathing: an inspiration and its long expiration
-  are one hump) (:func:`edge.bed.breathing_kernels.humps`); a hump is a breath heard once it
-  has fallen by half, and a breath counts once however many windows see it;
-- one breath per **cycle**, not per breath sound: an inspiration and an expiration heard as
-  two humps of like loudness make the period half the cycle. The kernel keeps the activity's
-  **tilt** too (the upper sub-bands' rise less the lower ones': expiration sounds lower), and
-  :func:`_cycle` doubles the period where the activity is clearly more alike two periods on
-  or the tilt alternates one period on (the octave check); where the humps then come more
-  often than the cycle allows, or alternate between two levels of tilt, the breaths are the
-  inspirations among them (``BreathTracker._humps``, :func:`_inspirations`);
-- the **rate**: breaths per minute from the first to the last breath of the window
-  (``60 * (n - 1) / span``).
-
-A rate is published only when the window holds ``min_window_s`` of good audio, its confidence
-is at least ``min_confidence``, it holds ``min_breaths`` breaths, the breaths' rate and the
-period's agree within ``AGREEMENT`` and at most half of the window was lost signal;
-otherwise the state says why (``assessing``, ``not_assessable``). A breath counts for good
-once it lies half a window back (the analysis that sees it in the window's middle decides),
-so the count of a whole stream (:meth:`BreathTracker.summary`) is not the first guess of a
-window that had only just begun.
-
-The fallback band: with ``fallback_band_hz`` set, a second tracker (``fallback``) reads the
-same frames on that band and is analysed whenever this one is, over the same window; it has
-no alarms of its own. Where this
-band's analysis gives ``not_assessable`` and the fallback's analysis of the same window gives
-a rate, the bed's :attr:`~BreathTracker.reading` is the fallback's (its ``reason`` names the
-band), and a stream whose own
-count is not assessable takes the fallback's when that one is (:meth:`BreathTracker.summary`).
-Arming, apnoea (and its severity) and ``breath_signal_lost`` read this band's breaths alone;
-the rate alerts read the bed's reading (the number the ward sees).
-
-Apnoea and lost signal (checked every window once the bed is armed: ``arm_breaths`` breaths
-heard and a rate assessable within ``ARM_HOLD_S`` before the last breath, so a bed whose
-breath sounds are too faint to count judges no pause; the window is analysed at every
-window once a pause nears ``apnoea_s``, so a breath that ends it is seen): when no breath
-has been heard for ``apnoea_s``, the tracker decides between
-
-- ``apnoea`` (physiological, high priority, latching): the stethoscope still hears the body:
-  the body band (``body_band_hz``: heart and body sounds under the breath band) stays within
-  ``contact_drop_db`` of its level while breaths were heard, and no lost-signal condition
-  (silence, gap, stall, off body, invalid samples) holds now;
-- ``breath_signal_lost`` (technical, medium): otherwise: a detached sensor or a dead
-  microphone cannot be told from a patient who stopped breathing, so it is not called apnoea.
-
-Either starts at the end of the last breath and ends with the next breath of at least
-``RESUME_FRACTION`` of the typical breath's prominence (an unacknowledged apnoea then
-latches); an apnoea counts only time the stethoscope heard the patient, so when a
-lost signal comes back the pause starts again. A rate outside the band's ``low_bpm`` ..
-``high_bpm`` for ``rate_alert_s`` raises ``bradypnoea`` / ``tachypnoea`` (low priority) until
-it is back in range.
+The estimator is model-free and reads log-mel levels (:func:`tracker_spec`); the bed computes
+them beside the model's front end unless that is exactly this one (``StreamPipeline``'s
+``level_spec``). Per 40-ms sample the activity is the median over ``N_SUB_BANDS`` sub-bands
+of ``breath_band_hz`` of each one's level over its slow level
+(:func:`edge.bed.breathing_kernels.activity`); every ``analyse_every_s`` the last
+``window_s`` of it gives the period (autocorrelation, :func:`_period`), the cycle (the octave
+check, :func:`_cycle`), the breaths (humps, :meth:`BreathTracker._humps`) and the rate
+(``60 * (n - 1) / span``). The fallback band (``fallback``), apnoea against
+``breath_signal_lost``, arming and the rate alerts: docs/respiration.md ("The estimator,
+chosen by measurement", "Apnoea or lost signal"), which also has the measurements behind
+each constant below.
 """
 
 from __future__ import annotations
@@ -145,8 +76,8 @@ BREATH_MEMORY = 8  # breaths counted for good that the tracker keeps
 def _band_layout(
     spec: FeatureSpec, config: RespirationConfig, key: str = "breath_band_hz"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The breath band's bands (of the first kind), the sub-band of each, the body band's;
-    ``key``: the setting an error names for the breath band."""
+    """The breath band's bands, the sub-band of each, the body band's; ``key``: the setting
+    an error names."""
     centres = band_centres_hz(spec)
     lo, hi = config.breath_band_hz
     breath = np.flatnonzero((centres >= lo) & (centres <= hi))
@@ -169,9 +100,7 @@ TRACKER_FMIN_HZ, TRACKER_FMAX_HZ = 50.0, 4000.0
 
 
 def tracker_spec(spec: FeatureSpec) -> FeatureSpec:
-    """The front end the breath tracker reads beside a model whose front end is ``spec``:
-    log-mel, :data:`TRACKER_BANDS` bands over 50 Hz .. min(4 kHz, Nyquist), ``spec``'s
-    sample rate, frame, hop and FFT, no band normalisation (see the module doc)."""
+    """The front end the breath tracker reads beside a model whose front end is ``spec``."""
     return FeatureSpec(
         kind="logmel",
         sample_rate_hz=spec.sample_rate_hz,
@@ -194,9 +123,8 @@ def check_spec(spec: FeatureSpec, config: RespirationConfig) -> None:
 
 
 def bands_read(config: RespirationConfig, spec: FeatureSpec) -> int:
-    """How many of ``spec``'s bands, from the lowest, a bed's trackers read (its breath,
-    body and fallback bands, all low in :func:`tracker_spec`'s range): the level front end
-    need compute no more."""
+    """How many of ``spec``'s bands, from the lowest, a bed's trackers read (the level front
+    end need compute no more)."""
     highest = 0
     for tracker_config in (config, _fallback_config(config)):
         if tracker_config is not None:
@@ -206,16 +134,14 @@ def bands_read(config: RespirationConfig, spec: FeatureSpec) -> int:
 
 
 def _fallback_config(config: RespirationConfig) -> RespirationConfig | None:
-    """The fallback band's tracker config: ``config`` with the fallback band as its breath
-    band (None: off)."""
+    """``config`` with the fallback band as its breath band (None: off)."""
     if config.fallback_band_hz is None:
         return None
     return replace(config, breath_band_hz=config.fallback_band_hz, fallback_band_hz=None)
 
 
 def _db_per_unit(spec: FeatureSpec) -> float:
-    """dB per unit of ``spec``'s frames: natural logs of power 10 / ln 10; PCEN's compressed
-    values are taken as they are (1); 0 for power frames (the kernel takes their logarithm)."""
+    """dB per unit of ``spec``'s frames (0 for power frames: the kernel takes their log)."""
     if spec.normalisation == "power":
         return 0.0
     if spec.band_norm_s > 0 and spec.band_norm == "pcen":
@@ -244,11 +170,9 @@ class BreathTracker:
         follows: bool = False,
         stagger: int = 0,
     ) -> None:
-        """``follows``: this is a fallback band's tracker (module doc): no alarms and no
-        analysis schedule of its own, its owner drives it. ``stagger``: the analyses fall
-        this many checks earlier in their cycle (modulo the checks between two analyses;
-        the first one comes that much sooner): beds that start together then do not all
-        analyse in the same round of the runtime."""
+        """``follows``: a fallback band's tracker (no alarms, its owner drives it).
+        ``stagger``: analyses fall this many checks earlier, so beds that start together do
+        not all analyse in the same round of the runtime."""
         self.config, self.spec, self.grid, self.band = config, spec, grid, band
         self.follows = follows
         self.stride = grid.frame_samples // spec.hop_samples  # front-end frames per sample
@@ -321,9 +245,8 @@ class BreathTracker:
         return int(self.istate[k.S_COUNT])
 
     def push(self, features: np.ndarray, real_frames: int, lost: bool) -> list[Transition]:
-        """A window's new frames (``features`` (n_bands, n) of the first kind, the first
-        ``real_frames`` of them audio, the rest end-of-stream padding) and whether a
-        lost-signal condition held in it; the alarms' transitions."""
+        """A window's new frames ``(n_bands, n)``, the first ``real_frames`` of them audio,
+        and whether a lost-signal condition held in it; the alarms' transitions."""
         samples, flags = self._samples(features, real_frames, lost)
         fallback = self.fallback
         if fallback is not None:  # it follows: the same samples, analysed with this band's
@@ -345,8 +268,7 @@ class BreathTracker:
         return transitions
 
     def _near_apnoea(self) -> bool:
-        """A pause nears the apnoea time: the window is analysed at every check, so the
-        breath that ends it is seen at once."""
+        """A pause nears the apnoea time (then every check analyses the window)."""
         pause = self.samples - max(self.last_breath_end, 0)
         return self.alarms.armed(self) and pause >= self.alarms.apnoea_samples - self._every
 
@@ -391,9 +313,8 @@ class BreathTracker:
         return self.ring_a[order], self.ring_lost[order], self.ring_tilt[order], t - n
 
     def _analyse(self, final: bool = False) -> list[Transition]:
-        """The window's period, breaths and rate (module doc); the new reading and the
-        rate alerts' transitions. ``final``: the stream ended (a hump it cut is a breath).
-        The fallback band's tracker is analysed first, over the same window."""
+        """The window's period, breaths and rate; the rate alerts' transitions. ``final``:
+        the stream ended (a hump it cut is a breath)."""
         if self.fallback is not None:
             self.fallback._analyse(final)
         self._analysed_at = self.samples
@@ -429,9 +350,7 @@ class BreathTracker:
         self.iparams[k.I_LEARN_UNTIL] = self.last_breath_end + learn
         heard = first + peaks[confirmed]
         own = self._reading(heard, good, confidence)
-        # the typical breath is learnt, and the bed armed for apnoea, only where the window
-        # holds the period with room to spare: the autocorrelation's height over the whole
-        # window (biased) passes the bound too, not only its height per product
+        # learn and arm only where the biased height over the whole window passes the bound too
         whole = confidence * max(0.0, 1.0 - self.period_s * self.rate_hz / max(1, a.shape[0]))
         if own.state == "ok" and whole >= self.config.min_confidence:
             self.typical_db = float(np.median(proms[confirmed]))
@@ -456,19 +375,11 @@ class BreathTracker:
         may_double: bool = False,
         periodic: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """The breaths of the window for a period (the cycle), with this analysis' threshold
-        and the width a breath may have (``periodic``: the window's confidence allows the
-        slow breath's, module doc), and the cycle they give: the humps (kernel doc), one per
-        cycle, unless
-
-        - they alternate between two levels of tilt (:data:`MIN_PHASE_HUMPS`,
-          :data:`PHASE_SEPARATION`, :data:`PHASE_TURNS`): they are the two phases of cycles
-          twice as long, and the inspirations among them are the breaths
-          (:func:`_inspirations`); only where ``may_double`` (the period is this analysis'
-          own, not doubled already by :func:`_cycle` nor kept from an earlier one);
-        - they come more often than the cycle allows (:data:`AGREEMENT`) and the humps at
-          half the cycle are its phases (``phases``: the cue of :func:`_cycle`'s octave
-          check, or their tilt alternates as above): the inspirations among those."""
+        """The window's breaths (peaks, prominences, ends) for a period and the cycle they give:
+        one hump per cycle, or the inspirations where the humps are a cycle's two phases
+        (docs/respiration.md, "One breath per cycle"). ``may_double``: the period is this
+        analysis' own, not doubled already by :func:`_cycle`; ``periodic``: the window allows
+        the slow breath's width."""
         spread = k.spread(a, good, 0.05)
         self.delta_db = max(
             MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
@@ -529,10 +440,8 @@ class BreathTracker:
         confirmed: np.ndarray,
         final: bool,
     ) -> None:
-        """Take this analysis' breaths (samples of the stream): a breath counts for good once
-        it lies half a window back, decided by the analysis that sees it in the window's
-        middle (or, at the stream's end, by the last one); the breaths after those are
-        ``pending`` (the live view: the pause, the rate, arming)."""
+        """Take this analysis' breaths (stream samples): those half a window back count for
+        good (at the stream's end all do), the later ones are ``pending``."""
         gap = MIN_GAP_FRACTION * self.period_s * self.rate_hz
         horizon = self.samples if final else self.samples - self.ring_a.shape[0] // 2
         keep = confirmed | final
@@ -601,9 +510,7 @@ class BreathTracker:
         )
 
     def _or_fallback(self, own: Respiration) -> Respiration:
-        """The bed's reading: ``own`` (this band's), or where it is not assessable the
-        fallback band's reading of the same window when that one gives a rate (its
-        ``reason`` names the band)."""
+        """The bed's reading: ``own``, or the fallback band's where only that one has a rate."""
         fallback = self.fallback
         if fallback is None or own.state != "not_assessable" or fallback.reading.state != "ok":
             return own
@@ -611,8 +518,7 @@ class BreathTracker:
         return replace(fallback.reading, reason=f"the fallback band's rate ({lo:g}-{hi:g} Hz)")
 
     def finish(self) -> list[Transition]:
-        """The stream ended: a last analysis (a breath the end cut counts), then every open
-        alarm ends at the end of the last sample taken."""
+        """The stream ended: a last analysis, then every open alarm ends."""
         transitions = self._analyse(final=True) if self.samples > 0 else []
         return transitions + self.alarms.finish(self.grid.end_sample(max(0, self.samples - 1)))
 
@@ -621,17 +527,9 @@ class BreathTracker:
         return self.alarms.acknowledge(what)
 
     def summary(self, readings: Sequence[Respiration] = ()) -> dict[str, Any]:
-        """A whole stream's breathing (``lungwatch detect --respiration``): the breaths
-        counted for good, the seconds of audio not under a lost signal, **one rate**: those
-        breaths per minute of that audio when at least half the analyses whose window held
-        ``min_window_s`` gave a rate, or, for a stream no longer than the window, when the
-        last analysis (the one that saw all of it) gave one (else None; measured closer to
-        annotated cycle counts than the median of the live readings: docs/respiration.md);
-        where the breath band's rate is not assessable and the fallback band's is, the
-        fallback band's breaths and rate (``breath_band_hz`` names the band); the mean
-        confidence, and the live readings as ``series`` (``readings``: every analysis'
-        :attr:`reading`, in order, what the streaming API returned and the ward view showed;
-        ``t_s`` the window's end in the stream)."""
+        """A whole stream's breathing (``lungwatch detect --respiration``; its fields:
+        docs/respiration.md, "What a bed reports"). ``readings``: every analysis'
+        :attr:`reading`, in order, returned as ``series``."""
         found = self._band_summary()
         if not found["assessable"] and self.fallback is not None:
             other = self.fallback._band_summary()
@@ -672,9 +570,8 @@ def _period(
     search_bpm: tuple[float, float],
     keep: list[np.ndarray] | None = None,
 ) -> tuple[float | None, float]:
-    """(period in s, the autocorrelation there) of the activity over its good samples: the
-    highest peak of the autocorrelation among the lags of ``search_bpm``; (None, 0) when no
-    lag there peaks."""
+    """(period in s, the autocorrelation there) of the activity's good samples among the
+    lags of ``search_bpm``; (None, 0) when no lag there peaks."""
     x = np.where(good, a - (a[good].mean() if good.any() else 0.0), 0.0)
     n = x.shape[0]
     energy = float(np.dot(x, x))
@@ -692,18 +589,13 @@ def _period(
     if peaks.size == 0:
         return None, 0.0
     best = int(peaks[np.argmax(ac[peaks])])
-    # the lag is picked on the biased estimate (it favours the shortest period, not its
-    # multiples); its height is read unbiased (over the n - lag products it sums), so a slow
-    # breath in a short window is not called aperiodic for the window's length alone
+    # the lag is picked on the biased estimate, its height read unbiased (docs/respiration.md)
     return _refined(ac, best) / rate_hz, min(1.0, float(ac[best]) * n / (n - best))
 
 
 def _inspirations(peaks: np.ndarray, cue: np.ndarray, apart: float) -> np.ndarray:
-    """Which humps are breaths where each cycle is heard as two (an inspiration and an
-    expiration): the inspirations, the humps whose ``cue`` (their smoothed tilt, or their
-    prominence where the phases differ in loudness only) lies in the upper of the humps' two
-    levels (:func:`edge.bed.breathing_kernels.two_levels`), and a hump of the other phase
-    with no breath within ``apart`` samples (its partner was not heard)."""
+    """Which humps are breaths where each cycle is heard as two: those whose ``cue`` lies in
+    the upper of two levels, and any other with no breath within ``apart`` samples."""
     upper = np.empty(cue.size, np.bool_)
     k.two_levels(cue, upper)
     keep = upper.copy()
@@ -723,17 +615,10 @@ def _cycle(
     period: float,
     confidence: float,
 ) -> tuple[float, float, np.ndarray | None]:
-    """The breath cycle from the activity's period (``ac``: the activity's autocorrelation
-    of :func:`_period`, per lag over the energy): (cycle in s, its autocorrelation, the
-    phases' cue where the period was half a cycle, else None). The cue is the tilt smoothed
-    over a third of a phase where the phases alternate in it (the expiration's sound lower
-    than the inspiration's: the tilt turns against itself one period on,
-    :data:`TILT_ALTERNATION`, and back with itself two on), an empty array where they
-    alternate in loudness only.
-
-    ``period`` is half the cycle (the octave check) when, at twice it, the activity is
-    clearly more alike (:data:`OCTAVE_MARGIN`), or the phases alternate in tilt and the
-    activity is not clearly less alike there."""
+    """The octave check: (cycle in s, its autocorrelation, the phases' cue where ``period``
+    was half a cycle, else None). ``ac``: :func:`_period`'s autocorrelation over the energy.
+    The cue is the smoothed tilt where the phases alternate in it, an empty array where they
+    alternate in loudness only."""
     n = tilt.shape[0]
     lag = period * rate_hz
     if 60.0 / (2.0 * period) >= search_bpm[0] / 2.0 and 2.0 * lag <= n / 2:

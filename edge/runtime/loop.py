@@ -1,15 +1,8 @@
 """``lungwatch run --config FILE``: the bedside runtime (``docs/runtime.md``).
 
-One process serves every stream (bed) of the config. Per stream: source -> quality gate ->
-:class:`~edge.bed.pipeline.StreamPipeline` (ring buffer + streaming front end -> windows every hop).
-Each round reads every stream once (what its source has ready, up to the audio that completes
-its next window), in groups of ``round_group`` streams, and sends the windows ready on a
-group's streams to the inference backend in one batch; then, per window, the gate judges
-quality (suppressing physiological detection while it is poor) and the detector turns
-probabilities into transitions, which become :class:`~lungwatch.events.Event` messages
-(:class:`~edge.runtime.outbox.EventOutbox`), handed to the sinks together at the end of the
-group (MQTT with its spool: one transaction; JSONL, stdout). Times: ``utc = t0 + sample /
-rate``, ``t0`` the wall time of sample 0.
+One process serves every stream (bed) of the config. Each round reads every stream once, in
+groups of ``round_group`` streams; a group's ready windows go to the inference backend in one
+batch, and their events to the sinks together at the end of the group.
 
     lungwatch run --config edge/configs/ward.yaml [--set key=value ...] [-v]
 
@@ -73,9 +66,8 @@ MAX_READS_PER_ROUND = 64  # source chunks one stream's read may gather (fairness
 MS_PER_S = 1000.0
 SHUTDOWN = "shutdown"  # why every stream ends when the runtime stops
 WATCH_EVERY_S = 1.0  # the threads the run depends on are checked this often
-# the beds' metrics reports come in this many slices over the interval: a round carries a
-# slice's reports, not the ward's (each report hands paho a message, whose network thread
-# then takes the GIL: one wake-up per slice rather than one per bed)
+# the beds' metrics reports come in this many slices over the interval, not all in one round
+# (each report wakes paho's network thread, which takes the GIL)
 METRICS_SLICES = 10
 
 
@@ -122,11 +114,10 @@ class Runtime:
         latched: LatchedStore | None = None,
         watch: Sequence[Callable[[], str | None]] = (),
     ) -> None:
-        """``latched``: the file that keeps unacknowledged latched alarms over restarts
-        (``edge.runtime.latched``; None: they end with the process). ``watch``: checks of
-        the threads the run depends on (the MQTT and evidence senders, a ward view it
-        serves), each None or why its thread stopped: :meth:`run` then ends as at a signal
-        and raises :class:`~lungwatch.supervision.ThreadStoppedError`."""
+        """``latched``: the file that keeps unacknowledged latched alarms over restarts (None:
+        they end with the process). ``watch``: checks of the threads the run depends on, each
+        None or why its thread stopped (:meth:`run` then stops and raises
+        :class:`~lungwatch.supervision.ThreadStoppedError`)."""
         self._watch = list(watch)
         self.config, self.model, self.sink = config, model, sink
         self.publisher = Publisher(config, model, sink, evidence, clock)
@@ -141,9 +132,7 @@ class Runtime:
         self.streams = list(streams)
         self._sink_stats = sink_stats
         self._clock = clock
-        # the beds' metrics reports, spread over the interval in slices of beds (in their
-        # order): the next slice is due at _metrics_due; the reports of a whole cycle go to
-        # the load check together
+        # the next slice of metrics reports is due at _metrics_due
         self._metrics_slices = max(1, min(len(self.streams), METRICS_SLICES))
         self._metrics_slice = 0
         self._metrics_due = clock() + config.metrics_interval_s / self._metrics_slices
@@ -177,10 +166,8 @@ class Runtime:
         return any(not s.ended for s in self.streams)
 
     def step(self) -> bool:
-        """Read every stream once, in groups of ``round_group`` streams: each group's windows go
-        through the model in one batch and its events to the sinks together before the next
-        group is read (a window waits for its group, not for every bed of the round); then the
-        stall check of every stream. True if any audio arrived."""
+        """One round (module doc), then the stall check of every stream. True if any audio
+        arrived."""
         now = self._clock()
         got_audio = False
         live = [stream for stream in self.streams if not stream.ended]
@@ -209,16 +196,10 @@ class Runtime:
 
     def _read(self, stream: Stream, now: float, ready: list[Ready]) -> bool:
         """Read what ``stream``'s source has ready, up to the audio that completes its next
-        window (at most ``MAX_READS_PER_ROUND`` chunks a round), and push it as one chunk: a
-        backlog (a round slower than the source's chunks) goes through the front end in one
-        call per window instead of one per source chunk. Plain chunks that do not yet
-        complete the window wait in the stream (:attr:`Stream.waiting`) for the one that does,
-        at most ``hold_s`` (:meth:`_holds`): a window still closes when the chunk completing
-        it is read, and a bed paced in real time pays for the front end once per window, not
-        once per source chunk. A chunk with notices, a missing chunk or a jump in the
-        timeline is pushed at once (with what waited before it). A source that ends or fails
-        after some chunks were read hands those over first; the end is taken on the next
-        round. True if the source gave audio (or what waited was pushed)."""
+        window, and push it as one chunk, so the front end runs once per window rather than
+        once per source chunk (docs/runtime.md, "The loop and batching"). Plain chunks short
+        of the window wait in the stream (:meth:`_holds`). True if the source gave audio (or
+        what waited was pushed)."""
         if stream.read_error is not None:  # raised after last round's chunks
             return self._read_failed(stream, ready)
         chunks = stream.waiting
@@ -253,12 +234,9 @@ class Runtime:
     def _holds(
         self, stream: Stream, chunks: list[SourceChunk], gathered: int, wanted: int, now: float
     ) -> bool:
-        """Whether ``chunks`` (short of the next window) wait in the stream for the rest of
-        the window: only plain chunks that continue the bed's timeline without a jump (a jump
-        is filled as lost audio, which may complete the window), not once the source ended or
-        failed, and not past ``hold_s`` on the runtime's clock (a source slower than real
-        time is still seen to deliver: the gate's stall check, on the same clock, counts the
-        time since audio was pushed)."""
+        """Whether ``chunks`` (short of the next window) wait for the rest of it: only plain
+        chunks without a jump, from a live source, for at most ``hold_s`` on the runtime's
+        clock (the clock the gate's stall check counts on)."""
         last = chunks[-1]
         if gathered >= wanted or stream.read_error is not None or last.missing or last.notices:
             return False
@@ -277,8 +255,7 @@ class Runtime:
     def _push(
         self, stream: Stream, chunks: list[SourceChunk], now: float, ready: list[Ready]
     ) -> None:
-        """``chunks`` (in order) through the bed's chain, joined where plain and contiguous;
-        the windows they complete go to ``ready``."""
+        """``chunks`` through the bed's chain; the windows they complete go to ``ready``."""
         arrived = time.perf_counter()
         for chunk in _coalesced(chunks):
             n = int(chunk.samples.shape[0])
@@ -311,8 +288,7 @@ class Runtime:
         return False
 
     def _infer_and_detect(self, ready: list[Ready]) -> None:
-        """The group's windows through the model in one batch; each bed's chain turns its
-        outputs into transitions, which go to the outbox."""
+        """The group's windows through the model in one batch, their transitions to the outbox."""
         if not ready:
             return
         steps = self.model.process([(stream.chain, window) for stream, window, _ in ready])
@@ -403,8 +379,7 @@ class Runtime:
             log.warning("command ignored: %s", exc)
             return
         self.command_counts["accepted"] += 1
-        # every view and the hospital's gateway learn that the bed took it, even where it
-        # ended no episode (a condition whose episodes were over)
+        # views and the gateway learn the bed took it, even where it ended no episode
         publish_ack(self.sink, command.stream_id, command.target, user, ended)
         who = f" by {short_repr(user)}" if user else " (unsigned)"
         log.info(
@@ -422,18 +397,12 @@ class Runtime:
                 publish_live(self.sink, stream_id, point)
 
     def publish_metrics(self) -> None:
-        """One metrics message per stream now (with the MQTT sink's counters as ``mqtt_*``);
-        then the load check (:meth:`_check_read_wait`). The loop itself spreads the beds'
-        reports over the interval (:meth:`_publish_due_metrics`); this reports them all at
-        once, as at the end of a run."""
+        """One metrics message per stream now (as at the end of a run), then the load check."""
         self._check_read_wait(self._publish_reports(self.streams))
 
     def _publish_due_metrics(self, now: float) -> None:
-        """The metrics reports that are due: every bed reports once per
-        ``metrics_interval_s``, the beds in :data:`METRICS_SLICES` slices (in their order)
-        at even steps over the interval, so a round carries a slice's reports and never the
-        whole ward's. Each whole cycle of reports goes through the load check together. A
-        loop that was held up reports each bed at most once now and goes on from there."""
+        """The metrics reports that are due (:data:`METRICS_SLICES`); each whole cycle of
+        reports goes through the load check together."""
         count, slices = len(self.streams), self._metrics_slices
         if count == 0:
             return
@@ -456,11 +425,9 @@ class Runtime:
             self._metrics_cycle = reports[cycle_left:]
 
     def _publish_reports(self, streams: Sequence[Stream]) -> list[tuple[str, dict[str, Any]]]:
-        """One metrics message for each of ``streams``; their reports."""
         stats = self._sink_stats() if self._sink_stats is not None else {}
         shared: dict[str, Any] = {f"mqtt_{key}": value for key, value in stats.items()}
-        # the limit the load check judges read_wait_ms_p99 by (null: the check is off), so a
-        # dashboard shows "behind" by this device's setting, not by the default
+        # the load check's limit (null: off), so a dashboard judges by this device's setting
         limit = self.config.read_wait_warn_ms
         shared["read_wait_warn_ms"] = limit if limit > 0 else None
         shared.update({f"commands_{key}": n for key, n in self.command_counts.items()})
@@ -479,10 +446,9 @@ class Runtime:
         return reports
 
     def _check_read_wait(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
-        """A WARNING for ``reports`` (a whole cycle of the beds' reports) when in some of them
-        the bed's audio waited, p99 over its reads, longer than ``read_wait_warn_ms`` between
-        capture and read: the loop is behind (the core is near its limit), and every alarm is
-        that much later. One INFO line when it has caught up again."""
+        """A WARNING when a cycle of ``reports`` shows audio waiting longer than
+        ``read_wait_warn_ms`` (p99) between capture and read: the loop is behind
+        (docs/runtime.md, "Load"). One INFO line when it has caught up."""
         limit = self.config.read_wait_warn_ms
         if limit <= 0:
             return
@@ -521,8 +487,7 @@ class Runtime:
         return count
 
     def save_latched(self) -> None:
-        """Write the file of held alarms when their set changed (under the lock); the beds
-        are looked at only after the outbox changed what it holds (not every round)."""
+        """Write the file of held alarms when their set changed (under the lock)."""
         if self._store is None or not self.events.held_changed:
             return
         self.events.held_changed = False
@@ -542,8 +507,7 @@ class Runtime:
 
     def run(self, stop: threading.Event) -> None:
         """Step until every source ended, ``stop`` is set or ``max_run_s`` passed; then end
-        every open event (an unacknowledged latching alarm is held over the restart instead)
-        and publish the last metrics."""
+        every open event (but the held latched alarms) and publish the last metrics."""
         self.announce_carried()
         deadline = self._clock() + self.config.max_run_s if self.config.max_run_s else None
         failed, next_check_s = None, self._clock()
@@ -559,8 +523,7 @@ class Runtime:
                     break
             if not self.step():
                 stop.wait(self.config.idle_sleep_s)
-        # the audio that arrived is described before its events end: a streaming bed's
-        # look-ahead and last partial chunk go through the model, as at a source's end
+        # the audio that arrived goes through the model before its events end
         ready: list[Ready] = []
         for stream in self.streams:
             if not stream.ended and stream.ending is None:
@@ -580,15 +543,13 @@ class Runtime:
 
 
 def _start_timeline(stream: Stream, chunk: SourceChunk) -> None:
-    """The stream's wall time of sample 0 from its first chunk: the chunk's last sample was
-    captured just now."""
+    """The stream's wall time of sample 0: its first chunk's last sample is now."""
     end = chunk.first_sample + int(chunk.samples.shape[0])
     stream.t0_posix = time.time() - end / stream.rate_hz
 
 
 def _coalesced(chunks: list[SourceChunk]) -> list[SourceChunk]:
-    """``chunks`` (in order) with each run of plain, contiguous ones joined into one chunk: a
-    chunk with notices or marked missing, or one after a jump in the timeline, stays apart."""
+    """``chunks`` with each run of plain, contiguous ones joined into one chunk."""
     out: list[SourceChunk] = []
     run: list[SourceChunk] = []
 
@@ -621,9 +582,8 @@ def open_streams(
     source: str = "<config>",
     unopened: dict[int, str] | None = None,
 ) -> list[Stream]:
-    """One :class:`Stream` per configured stream; errors name ``source`` and the stream.
-    With ``unopened`` (a dict), a stream whose source cannot be opened is left out and its
-    index maps to the error there, instead of the whole call failing."""
+    """One :class:`Stream` per configured stream; errors name ``source`` and the stream. With
+    ``unopened``, a stream that cannot be opened is left out, its index mapped to the error."""
     rate_hz = model.sample_rate_hz
     streams: list[Stream] = []
     for index, stream_config in enumerate(config.streams):
@@ -641,9 +601,8 @@ def open_streams(
 
 
 class UnopenedSource:
-    """The source of a bed whose source could not be opened: its first read raises the error,
-    so the bed fails as a source that fails while running does (logged, ended) and the other
-    beds run on."""
+    """A source that could not be opened: its first read raises the error, so that bed ends
+    and the others run on."""
 
     def __init__(self, stream_id: str, rate_hz: int, error: str) -> None:
         self.stream_id, self.sample_rate_hz, self.error = stream_id, rate_hz, error
@@ -674,9 +633,7 @@ def _failed_streams(
 
 class Companion(Protocol):
     """Something a caller runs beside the runtime in its process (``lungwatch run``: the ward
-    view): given the config and its ``source`` (for its errors), started once the broker is
-    known, stopped by ``resources``; its ``failure()`` is watched as the runtime's own threads
-    are. None: nothing to run for this config."""
+    view), started once the broker is known; its ``failure()`` is watched."""
 
     def __call__(
         self,
