@@ -1,14 +1,7 @@
 """No-reference signal quality of an audio segment (NumPy/SciPy, with Numba kernels: on the device).
 
-Three measures and one score, all computed from the segment alone:
-
-- :func:`rms_dbfs`: RMS level in dB relative to full scale (a constant of RMS 1.0 is 0 dBFS,
-  so a full-scale sine is -3.01 dBFS), floored at :data:`RMS_FLOOR_DBFS` (digital silence).
-- :func:`clipping_fraction`: fraction of samples with ``|x| >= threshold``.
-- :func:`spectral_entropy`: normalised Shannon entropy of the Welch-averaged power spectrum
-  inside ``[fmin_hz, fmax_hz]`` (100..2000 Hz by default); 1 for white noise, 0.16 for a pure
-  tone.
-- :func:`quality_score`: the product of five logistic factors, each in (0, 1), 1 = good:
+Three measures (:func:`rms_dbfs`, :func:`clipping_fraction`, :func:`spectral_entropy`) and
+:func:`quality_score`, the product of five logistic factors, each in (0, 1), 1 = good:
 
   ======================  ==================================================================
   factor                  ``expit(...)`` argument: centre and width are named constants
@@ -20,21 +13,7 @@ Three measures and one score, all computed from the segment alone:
   ``tonal``               ``(H - TONAL_ENTROPY) / TONAL_WIDTH``: hum, whistle, a pure tone
   ======================  ==================================================================
 
-  The product is smooth, and any one bad factor pulls the score to 0 on its own.
-
-Calibration (2-s windows at 8 kHz, the FeatureSpec default rate, 0.128-s Welch frames, the
-entropy over 100..2000 Hz): SPRSound train recordings sit at -62..-41 dBFS (5-95 %) with
-entropy 0.42..0.71 (1-99 %); ICBHI (mostly Meditron) at -39..-6 dBFS with entropy 0.29..0.92
-(1-99 %; 0.3 % of its windows above 0.94), and about 5 % of its windows clip heavily; white
-noise gives 0.997, a pure tone 0.158 (the Hann main lobe puts a tone's power in three bins,
-0.87 nats, divided by ln of the ~243 bins in the band), a 50-Hz hum with four harmonics 0.34,
-a frequency-modulated synthetic wheeze 0.27. Over 50..4000 Hz (before) ICBHI's lowest 5 %
-reached 0.16 and were flagged tonal: heart and contact sounds below 100 Hz, and its 4-kHz
-recordings' empty band above 2 kHz, made another stethoscope look like a tone. The ``tonal``
-factor only catches near-pure tones, and the thresholds shift with the sample rate (more bins
-in the band lower a tone's entropy). SPRSound's clinician-labelled "Poor Quality" records are
-not separated by the score: their problems, crying, talking, stethoscope movement, are not
-level or spectral flatness.
+The calibration on SPRSound and ICBHI: docs/runtime.md, "The signal quality score".
 
 QLung (Kim, Koo, Toikkanen, Kim, "Quality Adaptive Angular Margin Learning for Respiratory
 Sound Classification", arXiv:2606.11915) derives its per-sample quality from the same two
@@ -59,9 +38,8 @@ from lungwatch.errors import InvalidAudioError
 RMS_FLOOR_DBFS = -120.0
 DEFAULT_CLIPPING_THRESHOLD = 0.999  # |x| at or above this counts as clipped (int16 max 0.99997)
 
-# the band the spectral entropy reads: below it heart sounds, handling rumble and the mains
-# fundamental; above it what many stethoscopes and microphones no longer pass (ICBHI's 4-kHz
-# recordings hold nothing above 2 kHz), which made another stethoscope look like a tone
+# the band the spectral entropy reads: below it heart sounds, rumble and mains; above it what
+# many stethoscopes no longer pass (docs/runtime.md, "The signal quality score")
 DEFAULT_ENTROPY_FMIN_HZ = 100.0
 DEFAULT_ENTROPY_FMAX_HZ = 2000.0
 WELCH_FRAME_S = 0.128  # Welch frame (Hann, 50 % overlap): 1024 samples, 7.8-Hz bins at 8 kHz
@@ -87,15 +65,7 @@ FACTOR_NAMES: tuple[str, ...] = ("quiet", "loud", "clipping", "broadband", "tona
 
 @dataclass(frozen=True)
 class QualityMeasures:
-    """Every quality measure of one segment.
-
-    Attributes:
-        rms_dbfs: RMS level, dBFS, >= RMS_FLOOR_DBFS.
-        clipping_fraction: fraction of samples at or above the clipping threshold, [0, 1].
-        spectral_entropy: normalised spectral entropy, [0, 1].
-        quiet, loud, clipping, broadband, tonal: the score's factors, (0, 1), 1 = good.
-        score: their product, [0, 1], 1 = good.
-    """
+    """Every quality measure of one segment; the factors and the score: 1 = good."""
 
     rms_dbfs: float
     clipping_fraction: float
@@ -109,11 +79,10 @@ class QualityMeasures:
 
     @property
     def limiting_factor(self) -> str:
-        """Name of the lowest factor (one of FACTOR_NAMES): what is wrong when the score is low."""
+        """The lowest factor: what is wrong when the score is low."""
         return min(FACTOR_NAMES, key=lambda name: float(getattr(self, name)))
 
     def to_dict(self) -> dict[str, float]:
-        """Plain-data form (for event payloads and logs)."""
         return {name: getattr(self, name) for name in _MEASURE_NAMES}
 
 
@@ -126,11 +95,7 @@ def rms_dbfs(samples: np.ndarray) -> float:
 
 
 def clipping_fraction(samples: np.ndarray, threshold: float = DEFAULT_CLIPPING_THRESHOLD) -> float:
-    """Fraction of ``samples`` (shape ``(n,)``) with ``|x| >= threshold``, in [0, 1].
-
-    Raises:
-        ValueError: ``threshold`` is not in (0, 1].
-    """
+    """Fraction of ``samples`` with ``|x| >= threshold`` (in (0, 1], else ValueError)."""
     if not (isinstance(threshold, numbers.Real) and 0.0 < threshold <= 1.0):
         raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
     x = _validated(samples)
@@ -143,24 +108,9 @@ def spectral_entropy(
     fmin_hz: float = DEFAULT_ENTROPY_FMIN_HZ,
     fmax_hz: float | None = DEFAULT_ENTROPY_FMAX_HZ,
 ) -> float:
-    """Normalised Shannon entropy of the averaged power spectrum inside a band, in [0, 1].
-
-    The power spectrum is Welch's average over Hann frames of WELCH_FRAME_S (the whole
-    segment if shorter) with 50 % overlap and per-frame mean removal. With ``p_k`` the power
-    of bin ``k`` divided by the band's total, ``H = -sum_k p_k ln p_k / ln K`` over the ``K``
-    bins with ``fmin_hz <= f_k <= fmax_hz``. A band that holds no power gives 0 (there is no
-    spread to measure; :func:`rms_dbfs` reports such a segment as silent).
-
-    Args:
-        samples: shape ``(n,)``, floats, full scale 1.
-        sample_rate_hz: rate of ``samples``.
-        fmin_hz: lower band edge, >= 0. fmax_hz: upper edge, <= Nyquist (None: Nyquist;
-            the default, the quality score's band, stops at Nyquist at low rates).
-
-    Raises:
-        InvalidAudioError: bad samples or rate, or a segment too short to resolve the band.
-        ValueError: the band is empty or outside [0, Nyquist].
-    """
+    """Normalised Shannon entropy of the Welch power spectrum inside a band, in [0, 1]:
+    ``H = -sum_k p_k ln p_k / ln K`` over the band's ``K`` bins (0 for a band with no power).
+    ``fmax_hz`` None: Nyquist."""
     x = _validated(samples)
     rate_hz = _validated_rate(sample_rate_hz)
     if fmax_hz == DEFAULT_ENTROPY_FMAX_HZ and fmax_hz > rate_hz / 2:
@@ -169,18 +119,9 @@ def spectral_entropy(
 
 
 def measure(samples: np.ndarray, sample_rate_hz: float) -> QualityMeasures:
-    """All quality measures and the score of ``samples`` (shape ``(n,)``, full scale 1).
-
-    Valid segments of at least one Welch frame, where the frame is a power of two (0.128 s at
-    4, 8 or 16 kHz), take the Numba kernels of :mod:`edge.bed.quality_kernels` (the runtime's
-    per-window path, ~15x faster); anything else, and every invalid input, takes
-    :func:`measure_reference`, the NumPy/SciPy definition the kernels are tested against
-    (equal within 1e-12 relative).
-
-    Raises:
-        InvalidAudioError: not 1-D, not floating point, NaN/Inf, or a bad rate.
-        EmptyAudioError: no samples.
-    """
+    """All quality measures and the score of ``samples`` (full scale 1): by the Numba kernels
+    of :mod:`edge.bed.quality_kernels` where the Welch frame is a power of two, else (and for
+    every invalid input) by :func:`measure_reference`, which they are tested against."""
     fast = _measure_fast(samples, sample_rate_hz)
     return fast if fast is not None else measure_reference(samples, sample_rate_hz)
 
@@ -196,7 +137,6 @@ def measure_reference(samples: np.ndarray, sample_rate_hz: float) -> QualityMeas
 
 
 def _measures(level_dbfs: float, clipped: float, entropy: float) -> QualityMeasures:
-    """The score's factors and the score from the three measures."""
     factors = {
         "quiet": _logistic(level_dbfs - QUIET_DBFS, QUIET_WIDTH_DB),
         "loud": _logistic(LOUD_DBFS - level_dbfs, LOUD_WIDTH_DB),
@@ -210,17 +150,15 @@ def _measures(level_dbfs: float, clipped: float, entropy: float) -> QualityMeasu
 
 
 def quality_score(samples: np.ndarray, sample_rate_hz: float) -> float:
-    """Quality of ``samples`` in [0, 1], 1 = good (see the module docstring for the formula)."""
+    """Quality of ``samples`` in [0, 1], 1 = good."""
     return measure(samples, sample_rate_hz).score
 
 
 def _rms_dbfs(x: np.ndarray) -> float:
-    """RMS level of validated samples in dBFS, floored at RMS_FLOOR_DBFS."""
     return _level_dbfs(float(np.mean(np.square(x))))
 
 
 def _level_dbfs(mean_square: float) -> float:
-    """RMS level in dBFS of a mean square, floored at RMS_FLOOR_DBFS."""
     rms = math.sqrt(mean_square)
     if rms <= 0.0:
         return RMS_FLOOR_DBFS
@@ -228,7 +166,6 @@ def _level_dbfs(mean_square: float) -> float:
 
 
 def _clipping_fraction(x: np.ndarray, threshold: float) -> float:
-    """Fraction of validated samples with ``|x| >= threshold``."""
     return float(np.count_nonzero(np.abs(x) >= threshold)) / x.shape[0]
 
 
@@ -243,8 +180,7 @@ def _spectral_entropy(band_power: np.ndarray) -> float:
 
 
 def _logistic(margin: float, width: float) -> float:
-    """``1 / (1 + exp(-margin / width))``: 0.5 at the threshold, smooth on either side (the
-    form that cannot overflow on either side, as ``scipy.special.expit`` computes it)."""
+    """``1 / (1 + exp(-margin / width))`` in the form that cannot overflow (as ``expit``)."""
     z = margin / width
     if z >= 0.0:
         return 1.0 / (1.0 + math.exp(-z))
@@ -253,7 +189,7 @@ def _logistic(margin: float, width: float) -> float:
 
 
 def _validated(samples: np.ndarray) -> np.ndarray:
-    """Samples as float64, after checking they are 1-D, non-empty, floating point and finite."""
+    """Checked samples as float64."""
     x = np.asarray(samples)
     if not np.issubdtype(x.dtype, np.floating):
         raise InvalidAudioError(
@@ -264,7 +200,6 @@ def _validated(samples: np.ndarray) -> np.ndarray:
 
 
 def _validated_rate(sample_rate_hz: float) -> float:
-    """The rate as a float, after checking it is a positive finite number."""
     valid = isinstance(sample_rate_hz, numbers.Real) and not isinstance(sample_rate_hz, bool)
     if not (valid and math.isfinite(sample_rate_hz) and sample_rate_hz > 0):
         raise InvalidAudioError(

@@ -68,10 +68,7 @@ def make_streams(
     spec: FeatureSpec, second: FeatureSpec, second_bands: int | None = None, **kwargs: Any
 ) -> tuple[FrameStream, FrameStream]:
     """Fresh streaming front ends for ``spec`` and ``second``, pushed with the same samples,
-    ``spec``'s first. Where one power spectrum serves both (log-mel over the same frames and
-    FFT, ``second`` without band normalisation) they share one STFT: ``second``'s frames come
-    from ``spec``'s kernel and its push only reads them, its lowest ``second_bands`` bands
-    alone where that is set; otherwise two separate streams (``second``'s every band)."""
+    ``spec``'s first; one STFT serves both where :func:`~edge.features.logmel.fits_second_bank`."""
     if not fits_second_bank(spec, second):
         return make_stream(spec, **kwargs), make_stream(second, **kwargs)
     owner = LogMelStream(spec, second=second, second_bands=second_bands, **kwargs)

@@ -1,57 +1,11 @@
-"""Per-band running normalisation: what a stethoscope's frequency response does to log bands,
-undone per bed as the stream goes.
+"""Per-band running normalisation: a stethoscope's fixed frequency response, undone per bed
+as the stream goes.
 
-A fixed frequency response (another stethoscope, a wearable's microphone, the gain of the
-input stage) multiplies each band's power by a constant: in log features an additive offset
-per band. Each band minus its running mean removes it::
-
-    m[t] = m[t-1] + a[t] * (x[t] - m[t-1]),   a[t] = max(1 / n[t], hop / band_norm_s)
-    y[t] = x[t] - m[t]
-
-``x[t]`` is frame ``t`` of the log features (F,), ``n[t]`` the number of frames that have
-moved the mean so far, frame ``t`` included: the mean is the cumulative mean of the stream
-until ``band_norm_s`` of audio has passed, then an exponential mean with that time constant.
-Frames of digital silence (every band within :data:`SILENT_MARGIN` of the log floor: a
-detached sensor, a gap filled with zeros) leave the mean where it was. The state is the mean
-(F,) and the count, in float64; the batch function runs the same kernel from a fresh state,
-so a stream and the whole recording give the same numbers for any chunking.
-
-``FeatureSpec.band_norm == "pcen"`` swaps the subtraction for per-channel energy
-normalisation (PCEN, Wang et al. 2017, "Trainable frontend for robust and far-field keyword
-spotting") with the same smoother schedule, silence rule and state shape. The smoother runs on
-the linear power ``E[t] = exp(x[t])`` (which already holds ``log_offset``)::
-
-    M[t] = M[t-1] + a[t] * (E[t] - M[t-1])                        (a[t] as above)
-    y[t] = (E[t] / (eps + M[t])**ALPHA + DELTA)**ROOT - DELTA**ROOT
-    ALPHA = 0.98, DELTA = 2, ROOT = 0.5, eps = log_offset
-
-A fixed gain ``g`` per band (an offset ``ln g`` per log band) scales ``E`` and ``M`` alike, so
-the ratio moves by ``g**(1 - ALPHA)`` only: ``g**0.02``, 1.06 for 26 dB; ``y + DELTA**ROOT``
-by at most ``g**(0.02 * ROOT)`` (within 3 % for -13..+9 dB).
-
-Numerics. Our powers are tiny (digital silence is ``log_offset`` = 1e-10; a full-scale sine
-is ~0.25), so the paper's fixed ``eps`` = 1e-6 would sit 40 dB above the floor and swamp every
-quiet band: the ratio would become ``E / eps**0.98``, and a quiet band's gain would no longer
-cancel. ``eps`` is therefore ``log_offset``, the floor the features already carry: ``E`` and
-(after the first frame of sound) ``M`` are never below it, so ``eps`` changes the ratio by at
-most a factor 2**0.98 at the floor and not measurably above it, yet keeps it finite while ``M``
-is still 0 (silence before the first sound). ``M`` is float64, and the ratio is taken in the
-log domain, ``exp(x - ALPHA * ln(eps + M))``: no power is raised to 0.98 directly and nothing
-under- or overflows (the exponent is at most ``0.98 * 23`` for a full-scale frame after a
-silent start).
-
-Output. ``y`` is used as it is, not its logarithm: the root already compresses (a ratio of 1
-gives 0.32, 10 gives 2.0, 100 gives 8.7; a frame at its band's running power has the ratio
-``M**0.02``, 0.6..0.97 at our levels) and frames below that level go smoothly to 0, the
-offset ``DELTA`` gating the quiet background that a log would stretch out again (``ln y`` of
-quiet frames is ``x - 0.98 ln M`` plus a constant: the running mean's subtraction once
-more). On 60 recordings of the feature cache (log-mel, ``band_norm_s`` = 8) ``y`` has median
-0.02, mean 0.10, standard deviation 0.35, 99th percentile 1.4 and maximum 19; the
-mean-normalised features there have median -0.2 and 5th..95th percentiles -4.6..3.0. Both
-are O(1), and the model's per-band input normalisation (the training mean and spread) takes
-out the difference in scale.
-
-Shapes: ``T`` frames, ``F`` bands.
+``band_norm == "mean"``: each log band minus its running mean; ``"pcen"``: per-channel
+energy normalisation (PCEN, Wang et al. 2017, "Trainable frontend for robust and far-field
+keyword spotting") with the same smoother. The formulas, the silence rule and why PCEN's
+``eps`` is ``log_offset``: docs/frontend.md, "The last, optional stage". One kernel serves
+stream and batch, so any chunking gives the same numbers. Shapes: ``T`` frames, ``F`` bands.
 """
 
 from __future__ import annotations
@@ -79,9 +33,8 @@ def silent_below(spec: FeatureSpec) -> float:
 
 @njit(cache=True)
 def _step_weight(frame, count, alpha, silent):
-    """The smoother's weight for ``frame`` (F,), shared by the running mean and PCEN: 0 for
-    digital silence (every band at most ``silent``; ``count`` unchanged), else
-    ``max(1 / n, alpha)`` with the frame counted into ``count`` (1,) int64."""
+    """The smoother's weight for ``frame`` (F,): 0 for digital silence, else
+    ``max(1 / n, alpha)`` with the frame counted into ``count``."""
     for b in range(frame.shape[0]):
         if frame[b] > silent:
             count[0] += 1
@@ -91,8 +44,7 @@ def _step_weight(frame, count, alpha, silent):
 
 @njit(cache=True)
 def _normalise_bands(frames, out, mean, count, alpha, silent):
-    """``out[t] = frames[t] - m[t]`` for ``frames`` (T, F), carrying ``mean`` (F,) float64 and
-    ``count`` (1,) int64 (see the module doc)."""
+    """``out[t] = frames[t] - m[t]``, carrying ``mean`` (F,) and ``count`` (1,)."""
     n_bands = frames.shape[1]
     for t in range(frames.shape[0]):
         a = _step_weight(frames[t], count, alpha, silent)
@@ -105,8 +57,7 @@ def _normalise_bands(frames, out, mean, count, alpha, silent):
 
 @njit(cache=True)
 def _pcen_bands(frames, out, smooth, count, alpha, silent, eps):
-    """PCEN of ``frames`` (T, F) log features into ``out``, carrying the smoothed power
-    ``smooth`` (F,) float64 and ``count`` (1,) int64 (see the module doc)."""
+    """PCEN of log ``frames`` into ``out``, carrying the smoothed power ``smooth`` (F,)."""
     n_bands = frames.shape[1]
     offset = PCEN_DELTA**PCEN_ROOT
     for t in range(frames.shape[0]):
@@ -158,8 +109,7 @@ class BandNormStream:
         return self.inner.frames_emitted
 
     def push(self, samples: np.ndarray) -> np.ndarray:
-        """Feed a chunk; the normalised frames it completed, a view valid until the next
-        push (the output buffer grows only for a chunk longer than any before)."""
+        """Feed a chunk; the normalised frames it completed, a view valid until the next push."""
         frames = self.inner.push(samples)
         n = frames.shape[0]
         if n > self._out.shape[0]:

@@ -1,12 +1,8 @@
 """What every front-end kind shares: the streaming interface, chunk checks, normalisation.
 
-A streaming front end owns its state (a ring buffer of recent samples plus whatever the kind
-needs) in arrays allocated once. ``push(samples)`` runs one Numba kernel over the chunk and
-returns the frames it completed; ``reset()`` restores the initial state exactly.
-
 A subclass allocates its own arrays (and whatever ``lookahead_samples`` reads) *before*
-calling ``super().__init__``, which calls ``reset()``. A NaN or Inf sample poisons recursive
-state (the gammatone filters) until ``reset()``; the runtime's quality gate watches for them.
+calling ``super().__init__``, which calls ``reset()``. The interface: docs/frontend.md,
+"Streaming interface".
 """
 
 from __future__ import annotations
@@ -51,11 +47,8 @@ def silence_value(spec: FeatureSpec) -> float:
 
 
 def as_signal(samples: np.ndarray, source: str = "chunk") -> np.ndarray:
-    """Check a 1-D real signal and return it as a contiguous float32 or float64 array.
-
-    Empty input is allowed here (a stream may deliver nothing); NaN/Inf are the quality
-    gate's concern, not the front end's, and pass through.
-    """
+    """A checked 1-D real signal as a contiguous float32 or float64 array (empty allowed;
+    NaN/Inf pass through for the quality gate)."""
     if (
         type(samples) is np.ndarray
         and samples.ndim == 1
@@ -80,12 +73,8 @@ def as_signal(samples: np.ndarray, source: str = "chunk") -> np.ndarray:
 class BoundKernel:
     """A streaming kernel ``kernel(x, out, *state) -> n_frames`` bound to one stream.
 
-    The stream owns ``out`` and the state arrays, so their types never change; only the
-    chunk ``x`` may differ (float32/float64, read-only, unaligned). The first chunk of each
-    type is checked by :func:`as_signal` and goes through Numba's dispatcher (compiling, or
-    loading from the cache); the compiled entry point for that signature is then kept under
-    the chunk's (dtype, ndim, flags) key, and later chunks of that type call it directly,
-    skipping both the checks and the per-call type resolution of a dozen arguments.
+    Only the chunk's type can vary, so the compiled entry point is kept per chunk type and
+    later chunks skip the checks and Numba's per-call type resolution of a dozen arguments.
     """
 
     def __init__(self, kernel: Any, out: np.ndarray, *state: Any) -> None:
@@ -94,7 +83,6 @@ class BoundKernel:
         self._entries: dict[tuple[np.dtype[Any], int, int], Callable[..., int]] = {}
 
     def __call__(self, samples: np.ndarray) -> int:
-        """Run over one chunk; returns the number of frames written to ``out``."""
         if type(samples) is np.ndarray:
             entry = self._entries.get((samples.dtype, samples.ndim, samples.flags.num))
             if entry is not None:
@@ -118,13 +106,8 @@ def max_frames_in(n_samples: int, hop_samples: int) -> int:
 
 
 class StreamingFrontEnd(abc.ABC):
-    """Streaming front end: ``push(samples) -> frames``, ``reset()``.
-
-    ``push`` returns a ``(n_new_frames, n_bands)`` float32 view into a buffer owned by the
-    stream; it stays valid until the next ``push`` (copy it to keep it). Frame numbering and
-    timing follow :mod:`edge.features.spec`: the k-th frame ever returned is frame ``k`` of the
-    batch function on the concatenated input.
-    """
+    """Streaming front end: ``push(samples) -> frames`` (a view valid until the next push),
+    ``reset()``; the k-th frame ever returned is frame ``k`` of the batch function."""
 
     def __init__(self, spec: FeatureSpec, *, max_chunk_samples: int = DEFAULT_MAX_CHUNK_SAMPLES):
         self.spec = spec
@@ -140,7 +123,6 @@ class StreamingFrontEnd(abc.ABC):
 
     @property
     def lookahead_samples(self) -> int:
-        """Samples needed beyond a frame's end before it can be emitted."""
         return 0
 
     @property
@@ -170,12 +152,8 @@ class StreamingFrontEnd(abc.ABC):
         self._reset_state()
 
     def _allocate(self, capacity: int) -> None:
-        """(Re)allocate every per-frame buffer for ``capacity`` frames per push.
-
-        Called once at construction and again only when a chunk longer than any before
-        arrives. Kinds with per-frame scratch buffers extend it (and call ``super()``), and
-        (re)bind their kernel there.
-        """
+        """(Re)allocate every per-frame buffer for ``capacity`` frames per push; kinds with
+        scratch buffers extend it and (re)bind their kernel there."""
         self._out = np.empty((capacity, self.n_bands), dtype=np.float32)
         self._max_chunk_samples = capacity * self.spec.hop_samples
         self._kernel = self._bind_kernel()
@@ -186,5 +164,4 @@ class StreamingFrontEnd(abc.ABC):
 
     @abc.abstractmethod
     def _bind_kernel(self) -> BoundKernel:
-        """The kind's kernel ``(x, out, *state) -> n_frames`` bound to ``self._out`` and the
-        stream's state: ``BoundKernel(kernel, self._out, *state)``."""
+        """The kind's kernel bound to ``self._out`` and the stream's state."""

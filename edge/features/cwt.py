@@ -1,33 +1,7 @@
 """Wavelet scalogram front end: complex Morlet CWT power, sampled several times per hop.
 
-Scales: ``n_bands`` centre frequencies ``f_b``, the interior points of ``n_bands + 2``
-geometrically spaced points from ``fmin_hz`` to ``fmax_hz``. Band ``b`` uses the Morlet wavelet
-
-    psi_b[k] = g_b[k] * exp(+2j*pi*f_b*k/fs),  g_b[k] = exp(-(k/fs)**2 / (2*sigma_b**2)),
-
-with ``sigma_b = morlet_w0 / (2*pi*f_b)`` seconds, ``k`` in ``[-K_b, K_b]``,
-``K_b = ceil(TRUNCATION_SIGMAS * sigma_b * fs)``, divided by ``sum(g_b) / 2`` so that a sine of
-amplitude ``A`` at ``f_b`` gives ``|c_b| ~= A``. The coefficient at sample ``n`` is the
-correlation with the wavelet,
-
-    c_b[n] = sum_k x[n + k] * conj(psi_b[k]),
-
-so for ``x[n] = A*cos(2*pi*f_b*n/fs + phi)`` it is ``~ A*exp(+1j*(2*pi*f_b*n/fs + phi))``
-(the phase advances with ``n``, like the analytic signal). Samples before 0 are zeros.
-
-Band power of frame ``t`` (centre ``m_t = t*hop + frame_samples//2``): the mean of
-``|c_b[m_t + o]|**2`` over ``P_b`` offsets ``o`` spread evenly across one hop, with
-``stride_b = clip(rint(sigma_b*fs), 1, hop)``, ``P_b = max(1, hop // stride_b)`` and
-``o = rint((arange(P_b) - (P_b - 1)/2) * hop / P_b)`` (``rint`` rounds half to even). Short,
-high-frequency wavelets are thus sampled densely enough that a crackle between two frame
-centres is not missed; long ones once per frame.
-
-Reach and lookahead: frame ``t`` needs samples ``m_t - D .. m_t + D`` with
-``D = max_b(K_b + max|o_b|)`` (the offsets are symmetric). The framing convention
-(:mod:`edge.features.spec`) says the last sample frame ``t`` needs is
-``t*hop + frame_samples + lookahead - 1``, hence
-
-    lookahead_samples = max(0, D - (frame_samples - frame_samples//2) + 1).
+The wavelet, its normalisation, the evaluation points across the hop and the lookahead:
+docs/frontend.md, "cwt".
 """
 
 from __future__ import annotations
@@ -56,21 +30,10 @@ TRUNCATION_SIGMAS = 4.0
 
 
 class MorletBank(NamedTuple):
-    """The designed wavelets and evaluation points, packed flat for the Numba kernel.
-
-    centres_hz:   (n_bands,) float64 centre frequencies ``f_b``, increasing.
-    sigma_samples:(n_bands,) float64 Gaussian width ``sigma_b * fs`` in samples.
-    half_width:   (n_bands,) int64 ``K_b``; band ``b``'s kernel has ``2*K_b + 1`` taps.
-    kernel_start: (n_bands + 1,) int64; band ``b``'s taps are ``[start[b], start[b+1])``.
-    kernel_re/im: (total_taps,) float64 ``conj(psi_b[k]) / (sum(g_b)/2)`` for ``k = -K_b..K_b``.
-    point_start:  (n_bands + 1,) int64; band ``b``'s points are ``[start[b], start[b+1])``.
-    point_offset: (total_points,) int64 offsets ``o`` from the frame centre, in samples.
-    point_base:   (total_points,) int64 ``reach + o - K_b``: where the point's kernel starts in
-                  a buffer whose sample ``reach`` is the frame centre.
-    reach:        ``D``, samples needed on each side of the frame centre.
-    lookahead_samples: samples needed beyond the frame's end (see the module docstring).
-    span_samples: samples from the first needed one to the frame's last needed one inclusive.
-    """
+    """The designed wavelets and evaluation points, packed flat for the Numba kernel: band
+    ``b``'s taps are ``kernel_*[kernel_start[b]:kernel_start[b + 1]]`` (``conj(psi_b)``,
+    normalised), its points likewise by ``point_start``. ``point_base``: where a point's kernel
+    starts in a buffer whose sample ``reach`` (samples needed each side) is the frame centre."""
 
     centres_hz: np.ndarray
     sigma_samples: np.ndarray
@@ -94,10 +57,8 @@ def morlet_centres_hz(spec: FeatureSpec) -> np.ndarray:
 
 
 def morlet_kernel(f_hz: float, spec: FeatureSpec) -> np.ndarray:
-    """(2*K + 1,) complex128 normalised ``psi[k]`` for ``k = -K..K`` at centre ``f_hz``.
-
-    Built for ``k >= 0`` and mirrored (``psi[-k] = conj(psi[k])``), so the symmetry the
-    streaming kernel folds on holds bit for bit.
+    """(2*K + 1,) complex128 normalised ``psi[k]`` for ``k = -K..K`` at centre ``f_hz``, built
+    for ``k >= 0`` and mirrored, so the symmetry the streaming kernel folds on holds bit for bit.
     """
     fs = spec.sample_rate_hz
     sigma_samples = spec.morlet_w0 * fs / (2.0 * np.pi * f_hz)
@@ -110,13 +71,7 @@ def morlet_kernel(f_hz: float, spec: FeatureSpec) -> np.ndarray:
 
 
 def evaluation_offsets(sigma_samples: float, hop_samples: int) -> np.ndarray:
-    """(P,) int64 offsets from the frame centre where one band's power is sampled.
-
-    The spacing is the largest divisor of the hop not above the wavelet's sigma in samples
-    (rounded, clipped to [1, hop]), and ``P = hop // spacing``: the points of consecutive
-    frames form one lattice no coarser than sigma, with no wider gap at frame boundaries.
-    The points are centred on the frame centre to within half a sample.
-    """
+    """(P,) int64 offsets from the frame centre where one band's power is sampled."""
     stride = int(np.clip(np.rint(sigma_samples), 1, hop_samples))
     spacing = max(d for d in range(1, stride + 1) if hop_samples % d == 0)
     count = hop_samples // spacing
@@ -156,17 +111,12 @@ def morlet_bank(spec: FeatureSpec) -> MorletBank:
 
 
 def _starts(lengths: list[int]) -> np.ndarray:
-    """(len(lengths) + 1,) int64 cumulative starts of packed segments."""
     return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
 def cwt(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Batch scalogram of a whole signal: (n_samples,) -> (n_frames, n_bands) float32.
-
-    ``n_frames`` follows :func:`edge.features.spec.n_frames` with the bank's lookahead.
-    Each band is a real overlap-add convolution of the zero-left-padded signal with the
-    kernel's real and imaginary parts, gathered at the evaluation points.
-    """
+    """Batch scalogram of a whole signal: (n_samples,) -> (n_frames, n_bands) float32, by
+    overlap-add convolution (independent of the streaming kernel)."""
     x = np.asarray(x, dtype=np.float64)
     bank = morlet_bank(spec)
     count = n_frames(spec, x.shape[0], bank.lookahead_samples)
@@ -206,11 +156,8 @@ def kernel_args(bank: MorletBank) -> tuple[np.ndarray, ...]:
 
 @njit(cache=True)
 def _frame_powers(lin, bank_args, use_log, log_offset, out_row):
-    """Band powers of one frame from ``lin`` (its span, centre at ``reach``) into ``out_row``.
-
-    Folds the kernel's symmetry (``re`` even, ``im`` odd about tap ``K``): half the multiplies
-    of the plain dot product, in strict IEEE order (no fast-math).
-    """
+    """Band powers of one frame from ``lin`` (its span, centre at ``reach``) into ``out_row``,
+    folding the kernel's symmetry (half the multiplies; strict IEEE order, no fast-math)."""
     kernel_start, half_width, kernel_re, kernel_im, point_start, point_base = bank_args
     for b in range(half_width.shape[0]):
         half = half_width[b]
@@ -259,11 +206,8 @@ def _cwt_push(x, out, ring, lin, counters, hop, bank_args, use_log, log_offset):
 
 
 class CwtStream(StreamingFrontEnd):
-    """Streaming Morlet scalogram over a ring of the last ``span_samples`` samples.
-
-    The ring may be longer than ``first_frame_samples``; its zero initial content stands for
-    the samples before the stream start.
-    """
+    """Streaming Morlet scalogram over a ring of the last ``span_samples`` samples (its zero
+    initial content stands for the samples before the stream start)."""
 
     def __init__(self, spec: FeatureSpec, **kwargs: int):
         self._bank = morlet_bank(spec)
@@ -275,7 +219,6 @@ class CwtStream(StreamingFrontEnd):
 
     @property
     def lookahead_samples(self) -> int:
-        """Samples beyond a frame's end needed by the widest wavelet at its last point."""
         return self._bank.lookahead_samples
 
     def _reset_state(self) -> None:

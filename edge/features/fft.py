@@ -1,18 +1,10 @@
 """Real FFT power spectra inside Numba kernels, allocating nothing per call.
 
-:func:`frames_power` is what kernels call. It uses DUCC0 through rocket-fft's low-level
-``r2c`` (writes into a caller-provided array) where that is installed (x86-64 wheels), and
-otherwise the built-in radix-2 :func:`rfft_power` below (e.g. on a Jetson with Python 3.10).
-:data:`FFT_BACKEND` says which one this process uses.
-
-Numba's on-disk cache keys a kernel by its own source file, not by the FFT backend it was
-compiled against: after installing or removing rocket-fft, clear ``__pycache__`` (or set
-``NUMBA_CACHE_DIR``) so cached kernels are rebuilt.
-
-``rfft_power(frame, plan, work_re, work_im, power)`` computes ``|rfft(frame)|**2`` for a
-power-of-two ``n_fft`` through a complex FFT of half the size (even samples in the real part,
-odd samples in the imaginary part) followed by the usual split step. The plan (bit-reversal
-permutation and twiddles) is computed once per size by :func:`make_plan`.
+:func:`frames_power` uses DUCC0 through rocket-fft's low-level ``r2c`` where installed, else
+the built-in radix-2 :func:`rfft_power` (a complex FFT of half the size and the split step);
+:data:`FFT_BACKEND` says which. Numba's on-disk cache keys a kernel by its source file, not by
+the backend: after installing or removing rocket-fft, clear ``__pycache__`` (or set
+``NUMBA_CACHE_DIR``).
 """
 
 from __future__ import annotations
@@ -32,12 +24,7 @@ FFT_BACKEND = "rocket-fft r2c (DUCC0)" if _r2c is not None else "built-in radix-
 
 
 class FftPlan(NamedTuple):
-    """Tables for an ``n_fft``-point real FFT (``m = n_fft // 2`` point complex FFT).
-
-    bitrev:   (m,) int64 bit-reversal permutation of ``range(m)``.
-    tw_re/im: (m // 2,) complex twiddles ``exp(-2j*pi*k/m)`` for the butterflies.
-    sp_re/im: (m + 1,) split twiddles ``exp(-2j*pi*k/n_fft)``.
-    """
+    """Tables for an ``n_fft``-point real FFT: bit reversal, butterfly and split twiddles."""
 
     bitrev: np.ndarray
     tw_re: np.ndarray
@@ -73,10 +60,7 @@ def make_plan(n_fft: int) -> FftPlan:
 
 @njit(cache=True)
 def rfft_power(frame, bitrev, tw_re, tw_im, sp_re, sp_im, work_re, work_im, power):
-    """``power[k] = |rfft(frame)[k]|**2`` for ``k in 0..n_fft/2``.
-
-    frame: (n_fft,) float64. work_re/work_im: (n_fft/2,) scratch. power: (n_fft/2 + 1,).
-    """
+    """``power[k] = |rfft(frame)[k]|**2`` for ``k in 0..n_fft/2``."""
     m = bitrev.shape[0]
     for i in range(m):
         j = bitrev[i]
@@ -118,11 +102,8 @@ def rfft_power(frame, bitrev, tw_re, tw_im, sp_re, sp_im, work_re, work_im, powe
 
 
 class FramesFft:
-    """Scratch arrays and tables for :func:`frames_power`, allocated once per stream.
-
-    ``capacity`` is the most frames one call transforms; :meth:`allocate` regrows it (only
-    when a chunk longer than any before arrives). Pass :meth:`as_args` to a kernel.
-    """
+    """Scratch arrays and tables for :func:`frames_power` (pass :meth:`as_args` to a kernel),
+    for at most ``capacity`` frames a call."""
 
     def __init__(self, n_fft: int, capacity: int):
         self.n_fft = n_fft
@@ -146,10 +127,7 @@ if _r2c is not None:
 
     @njit(cache=True)
     def frames_power(frames, n, fft_args, power):
-        """``power[f] = |rfft(frames[f])|**2`` for ``f < n`` (one batched DUCC0 call).
-
-        frames: (capacity, n_fft) float64; power: (capacity, n_fft // 2 + 1) float64.
-        """
+        """``power[f] = |rfft(frames[f])|**2`` for ``f < n`` (one batched DUCC0 call)."""
         spectra = fft_args[0]
         _r2c_impl(frames[:n], spectra[:n], _ROW_AXIS, True, 1.0, 1)
         for f in range(n):

@@ -1,21 +1,9 @@
 """Gammatone front end: band energies of an ERB-spaced 4th-order gammatone filterbank.
 
-Centre frequencies: ``n_bands`` points equally spaced on the Glasberg & Moore ERB-rate scale
-(``21.4 * log10(1 + 0.00437 * f)``), the interior points of ``n_bands + 2`` points from
-``fmin_hz`` to ``fmax_hz`` (so every centre lies strictly inside, as logmel's mel edges).
-
-Filters: Slaney's 4th-order gammatone (``scipy.signal.gammatone(cf, "iir", fs=fs)``). Its
-transfer function is ``b0 * Re[(1 - p/z)**4] / |1 - p/z|**8`` with ``p = r * exp(j*theta)``,
-``r = exp(-2*pi*1.019*ERB(cf)/fs)``, ``theta = 2*pi*cf/fs``; the numerator's four roots are
-real, ``z_k = r * (cos(theta) - c_k * sin(theta))`` with ``c_k = +-(sqrt(2) +- 1)``. We factor it
-in closed form into 4 second-order sections ``(1 - z_k/z) / (1 - 2 r cos(theta)/z + r**2/z**2)``,
-each scaled to unity gain at ``cf``. ``tf2sos`` is not used: the denominator is a 4-fold pole
-pair, so the rounded (b, a) coefficients fix the response only to ~1e-3 relative at low
-``cf / fs`` (5e-4 at 62 Hz, fs 8 kHz; 1e-3 on log band power), and root finding inherits that.
-
-Band power of frame ``t``: ``mean(y_b[n]**2)`` over the frame's samples
-``[t*hop, t*hop + frame_samples)`` (rectangular), ``y_b`` being the band's output from zero
-initial state at sample 0; then ``log(power + log_offset)`` or raw power, as every kind.
+Slaney's filters (``scipy.signal.gammatone(cf, "iir")``) factored in closed form into second-
+order sections, each unity gain at its centre: the expanded (b, a) form holds a 4-fold pole
+pair, so rounded coefficients (and root finding on them) fix the response only to ~1e-3 at
+low ``cf / fs``. Centres, band power and the references: docs/frontend.md, "gammatone".
 """
 
 from __future__ import annotations
@@ -60,15 +48,12 @@ _A_R8, _A_COS = 8, 1
 # Rows of the streaming kernel's coefficient array ``(N_SECTIONS, _N_COEFS, n_lanes)``.
 _B0, _B1, _B2, _A1, _A2 = range(5)
 _N_COEFS = 5
-#: Filter states below this magnitude are set to 0 at each block end. After a signal stops,
-#: the states decay into float64 subnormals and stay there in a limit cycle (measured with 64
-#: bands: ~430 subnormal states held indefinitely on digital silence), which is slow on CPUs
-#: that trap subnormals. 1e-150 is far below any float32 sample's contribution, so no output
-#: changes (the batch path, without the flush, matches to 1e-5; see the tests).
+#: Filter states below this magnitude are set to 0 at each block end: on silence they would
+#: decay into float64 subnormals and stay there (slow on CPUs that trap them). 1e-150 is far
+#: below any float32 sample's contribution, so no output changes.
 STATE_FLUSH_BELOW = 1e-150
-#: The kernel runs bands in lanes padded to a multiple of this, so that LLVM's vectorised
-#: band loop (8 float64 x 4 unrolled with AVX-512) never falls back to a scalar remainder
-#: (measured: 24 bands padded to 32 run ~2x faster than 24 unpadded lanes).
+#: The kernel runs bands in lanes padded to a multiple of this, so LLVM's vectorised band loop
+#: never falls back to a scalar remainder.
 SIMD_LANE_BLOCK = 32
 
 
@@ -78,7 +63,6 @@ def hz_to_erb_rate(f_hz: np.ndarray | float) -> np.ndarray:
 
 
 def erb_rate_to_hz(erb_rate: np.ndarray | float) -> np.ndarray:
-    """Inverse of :func:`hz_to_erb_rate`."""
     e = np.asarray(erb_rate, dtype=np.float64)
     return (10.0 ** (e / ERB_RATE_SCALE) - 1.0) / ERB_RATE_SLOPE
 
@@ -95,11 +79,8 @@ def erb_centres_hz(spec: FeatureSpec) -> np.ndarray:
 
 
 def _design_band(cf_hz: float, sample_rate_hz: int) -> np.ndarray:
-    """(N_SECTIONS, 6) sections of SciPy's IIR gammatone at ``cf_hz``, each unity gain at cf.
-
-    The poles come from SciPy's denominator (``a[8] = r**8``, ``a[1] = -8 r cos(theta)``),
-    the zeros from Slaney's closed form; no polynomial root finding is involved.
-    """
+    """(N_SECTIONS, 6) sections of SciPy's IIR gammatone at ``cf_hz``, each unity gain at cf:
+    poles from SciPy's denominator, zeros from Slaney's closed form (no root finding)."""
     _, a = scipy.signal.gammatone(cf_hz, "iir", fs=sample_rate_hz)
     r = float(a[_A_R8]) ** (1.0 / 8.0)
     cos_theta = -float(a[_A_COS]) / (8.0 * r)
@@ -116,10 +97,7 @@ def _design_band(cf_hz: float, sample_rate_hz: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def gammatone_sos(spec: FeatureSpec) -> np.ndarray:
-    """(n_bands, N_SECTIONS, 6) read-only float64 second-order sections, SciPy's layout.
-
-    Band ``b`` cascades its sections; the cascade has unity gain at ``erb_centres_hz[b]``.
-    """
+    """(n_bands, N_SECTIONS, 6) read-only float64 second-order sections, SciPy's layout."""
     sos = np.stack([_design_band(float(cf), spec.sample_rate_hz) for cf in erb_centres_hz(spec)])
     sos.setflags(write=False)
     return sos
@@ -139,11 +117,8 @@ def _frame_mean_power(y: np.ndarray, spec: FeatureSpec, count: int) -> np.ndarra
 
 
 def gammatone(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Batch gammatone energies of a whole signal: (n_samples,) -> (n_frames, n_bands) float32.
-
-    One ``scipy.signal.sosfilt`` per band (memory stays O(n_samples)); independent of the
-    streaming kernel on purpose.
-    """
+    """Batch gammatone energies of a whole signal: (n_samples,) -> (n_frames, n_bands) float32,
+    by ``scipy.signal.sosfilt``, independent of the streaming kernel on purpose."""
     _require_gammatone(spec)
     x = as_signal(x, "signal").astype(np.float64, copy=False)
     count = n_frames(spec, x.shape[0])
@@ -165,10 +140,7 @@ def _n_lanes(n_bands: int) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _kernel_coefs(spec: FeatureSpec) -> np.ndarray:
-    """(N_SECTIONS, 5, n_lanes) contiguous ``b0, b1, b2, a1, a2`` (a0 is 1), bands last.
-
-    Lanes past ``n_bands`` hold zero coefficients: their output is exactly 0.
-    """
+    """(N_SECTIONS, 5, n_lanes) contiguous ``b0, b1, b2, a1, a2``; padding lanes are 0."""
     sos = gammatone_sos(spec)
     coefs = np.zeros((N_SECTIONS, _N_COEFS, _n_lanes(spec.n_bands)), dtype=np.float64)
     coefs[:, :, : spec.n_bands] = sos[:, :, [0, 1, 2, 4, 5]].transpose(1, 2, 0)
@@ -180,10 +152,8 @@ def _kernel_coefs(spec: FeatureSpec) -> np.ndarray:
 def _filter_run(x, start, stop, coefs, state, y, acc):
     """Filter ``x[start:stop]`` through every lane (DF2T cascade); add ``y**2`` to ``acc``.
 
-    coefs: (N_SECTIONS, 5, n_lanes); state: (2, N_SECTIONS, n_lanes) = (z1, z2) per section;
-    y, acc: (n_lanes,). Loop order: sample, section, lane (contiguous: the lane loop
-    vectorises). Keep z1 and z2 in separate blocks of ``state``: with a (section, 2, lane)
-    layout LLVM's hoisted overlap check fails and the loop runs scalar (2.4x slower).
+    ``state`` is (2, N_SECTIONS, n_lanes): with z1 and z2 interleaved per section LLVM's
+    overlap check fails and the lane loop runs scalar.
     """
     n_sections = coefs.shape[0]
     n_lanes = coefs.shape[2]
@@ -241,12 +211,8 @@ def _gammatone_push(
     use_log,
     log_offset,
 ):
-    """Stream ``x``: filter, sum ``y**2`` per block, emit each completed frame to ``out``.
-
-    Frame boundaries are multiples of ``block_samples`` (which divides hop and frame), so the
-    samples left in the current block are ``countdown % block_samples`` (0: a whole block).
-    ``blocks`` is the ring of the last ``frame_samples // block_samples`` block sums.
-    """
+    """Stream ``x``: filter, sum ``y**2`` per block (``gcd(hop, frame)`` samples), emit each
+    completed frame, a sum of ``blocks``' ring, to ``out``."""
     pos = counters[WRITE_POS]
     countdown = counters[COUNTDOWN]
     n_out = 0
@@ -275,16 +241,8 @@ def _gammatone_push(
 
 
 class GammatoneStream(StreamingFrontEnd):
-    """Streaming gammatone energies; all state is allocated once and reset in place.
-
-    State (``n_lanes`` = ``n_bands`` padded for SIMD): filter states (2, N_SECTIONS, n_lanes);
-    the running block sum of ``y**2`` (n_lanes,); a ring of the last
-    ``frame_samples // block_samples`` block sums (n_blocks, n_lanes), where
-    ``block_samples = gcd(hop_samples, frame_samples)``, so a frame sums n_blocks rows.
-
-    A NaN or Inf sample makes the IIR states NaN for good (as in the batch function);
-    call ``reset()`` after the quality gate rejects such input.
-    """
+    """Streaming gammatone energies; all state is allocated once and reset in place. A NaN or
+    Inf sample makes the IIR states NaN until ``reset()``."""
 
     def __init__(self, spec: FeatureSpec, **kwargs: int):
         _require_gammatone(spec)

@@ -1,11 +1,5 @@
-"""Log-mel front end: Hann-windowed STFT power weighted by triangular mel filters.
-
-Power is "spectrum" scaled: the window is normalised to unit sum, so a sine of amplitude
-``A`` at a bin centre gives a peak bin power of ``A**2 / 4``. Mel scale: HTK
-(``2595 * log10(1 + f / 700)``); triangles peak at 1 and are evaluated at the bin
-frequencies, with ``n_bands + 2`` edges equally spaced in mel between ``fmin_hz`` and
-``fmax_hz``. Output band ``b`` of frame ``t``: ``sum_k mel[b, k] * |X_t[k]|**2``.
-"""
+"""Log-mel front end: Hann-windowed STFT power weighted by triangular HTK mel filters
+(scaling and layout: docs/frontend.md, "logmel")."""
 
 from __future__ import annotations
 
@@ -34,7 +28,6 @@ def hz_to_mel(f_hz: np.ndarray | float) -> np.ndarray:
 
 
 def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
-    """Inverse of :func:`hz_to_mel`."""
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
@@ -138,13 +131,8 @@ def _logmel_push(
     log_offset2,
 ):
     """Stream ``x`` through the ring; write each completed frame's bands to ``out`` and, from
-    the same power spectrum, its second filterbank's bands to ``out2`` (``mel2_*`` with no
-    bands: none).
-
-    ring: (2 * frame_samples,): every sample is written twice, at ``pos`` and
-    ``pos + frame_samples``, so the last frame is always the contiguous slice
-    ``ring[pos:pos + frame_samples]``. frames: (capacity, n_fft) windowed frames (the tail
-    past ``frame_samples`` stays zero: the FFT padding); power: (capacity, n_fft//2 + 1).
+    the same power spectrum, the second filterbank's to ``out2``. Every sample is written
+    twice into ``ring`` (2 * frame_samples,), so the last frame is always contiguous.
     """
     frame_len = window.shape[0]
     pos = counters[WRITE_POS]
@@ -194,11 +182,9 @@ _SCRATCH: dict[tuple[int, int, int], _Scratch] = {}
 
 
 def shared_scratch(n_fft: int, frame_samples: int, capacity: int) -> _Scratch:
-    """The work arrays for ``capacity`` frames, one set per size in the process, shared by
-    every stream of that size: a ward of a thousand beds then touches one set of FFT buffers
-    (cache-resident) instead of half a megabyte per bed. Sharing is safe because a kernel
-    call holds the GIL from start to end (no ``nogil``), so no two calls overlap, and no
-    call reads what an earlier one left there (the frames' zero tail is never written)."""
+    """The work arrays for ``capacity`` frames, one set per size shared by every stream, so a
+    ward touches one cache-resident set of FFT buffers. Safe because a kernel call holds the
+    GIL throughout (no ``nogil``) and reads nothing an earlier call left there."""
     key = (n_fft, frame_samples, capacity)
     scratch = _SCRATCH.get(key)
     if scratch is None:
@@ -225,9 +211,7 @@ def _lowest(bank: SparseMel, n_bands: int | None) -> SparseMel:
 
 def fits_second_bank(spec: FeatureSpec, second: FeatureSpec) -> bool:
     """Whether ``second``'s bands can be a second filterbank of ``spec``'s stream: both
-    log-mel over the same sample rate, frames, hop and FFT (one power spectrum serves both;
-    the bands, their range and log/power may differ), ``second`` without band normalisation
-    (the bank's frames are the kernel's, normalised by nothing after it)."""
+    log-mel over the same rate, frames, hop and FFT, ``second`` without band normalisation."""
 
     def frames_of(s: FeatureSpec) -> tuple[object, ...]:
         return (s.kind, s.sample_rate_hz, s.frame_samples, s.hop_samples, s.n_fft)
@@ -239,13 +223,9 @@ def fits_second_bank(spec: FeatureSpec, second: FeatureSpec) -> bool:
 class LogMelStream(StreamingFrontEnd):
     """Streaming log-mel over a ring of the last ``frame_samples`` samples.
 
-    ``second``: a second log-mel spec over the same frames (:func:`fits_second_bank`) whose
-    bands the kernel computes from the same power spectrum; each push's are read as
-    :attr:`second_frames` (or through :class:`SecondBank`): one STFT for two readers, e.g.
-    the model's band-limited bands and the breath tracker's wide ones. ``second_bands``: only
-    the lowest that many of ``second``'s bands are computed (None: all), each exactly as in
-    the whole bank: a reader of the low bands alone (the breath tracker) does not pay for the
-    wide triangles above them."""
+    ``second``: a second log-mel spec (:func:`fits_second_bank`) computed from the same power
+    spectrum, read as :attr:`second_frames` or through :class:`SecondBank`; ``second_bands``:
+    only its lowest that many bands (None: all)."""
 
     def __init__(
         self,
@@ -269,8 +249,7 @@ class LogMelStream(StreamingFrontEnd):
 
     @property
     def second_frames(self) -> np.ndarray:
-        """The second bank's frames of the last push, (n, second.n_bands): a view valid until
-        the next push."""
+        """The second bank's frames of the last push: a view valid until the next push."""
         return self._out2[: self._n_last]
 
     def push(self, samples: np.ndarray) -> np.ndarray:
@@ -317,9 +296,8 @@ class LogMelStream(StreamingFrontEnd):
 
 
 class SecondBank:
-    """A :class:`LogMelStream`'s second filterbank read as a front end of its own: ``push``
-    returns the bands of what the owner's last push completed, so it must follow the owner's
-    push of the same samples (checked by count); ``reset`` follows the owner's."""
+    """A :class:`LogMelStream`'s second filterbank as a front end of its own: its ``push``
+    must follow the owner's push of the same samples (checked by count)."""
 
     def __init__(self, owner: LogMelStream) -> None:
         if owner.second is None:
@@ -333,7 +311,6 @@ class SecondBank:
         return 0
 
     def push(self, samples: np.ndarray) -> np.ndarray:
-        """The second bank's frames of the owner's last push (of these ``samples``)."""
         self.samples_seen += samples.shape[0]
         if self.samples_seen != self.owner.samples_seen:
             raise RuntimeError(
@@ -345,6 +322,5 @@ class SecondBank:
         return frames
 
     def reset(self) -> None:
-        """Restore the initial state (the owner resets its own)."""
         self.frames_emitted = 0
         self.samples_seen = 0

@@ -1,15 +1,5 @@
-"""The feature spec: the contract between training and the device.
-
-A :class:`FeatureSpec` is saved inside every checkpoint and every model manifest; the device
-refuses a model whose spec differs from its configuration (:func:`require_same_spec`).
-
-Framing convention, the same for every kind: frame ``t`` describes the input samples
-``[t * hop_samples, t * hop_samples + frame_samples)`` and is centred on sample
-``t * hop_samples + frame_samples // 2``. Samples before the start of a stream are zeros.
-A kind that needs samples beyond the frame's end (the wavelet scalogram) declares it as
-``lookahead_samples``; a signal of ``n`` samples then yields
-``(n - frame_samples - lookahead_samples) // hop_samples + 1`` frames (never fewer than 0).
-"""
+"""The feature spec: the contract between training and the device (fields and the framing
+convention: docs/frontend.md)."""
 
 from __future__ import annotations
 
@@ -31,29 +21,8 @@ SPEC_VERSION = 1
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What the front end computes. All sizes are in samples at ``sample_rate_hz``.
-
-    kind:            ``logmel`` (mel-weighted STFT power), ``gammatone`` (ERB-spaced
-                     4th-order gammatone filterbank energies) or ``cwt`` (complex Morlet
-                     wavelet scalogram power).
-    frame_samples:   analysis window length (Hann window for ``logmel``).
-    hop_samples:     distance between consecutive frames.
-    n_fft:           FFT size for ``logmel`` (>= frame_samples; the frame is zero-padded).
-    n_bands:         number of output bands (mel bands, gammatone channels, wavelet scales).
-    fmin_hz/fmax_hz: the band layout spans this range; band centres lie strictly inside.
-    normalisation:   ``log`` gives ``ln(power + log_offset)``, ``power`` gives raw power.
-    log_offset:      added before the logarithm (power of a full-scale sine is 0.25..0.5).
-    morlet_w0:       Morlet centre frequency in radians per unit scale (``cwt`` only).
-    band_norm_s:     > 0: each band minus its running mean over about this many seconds
-                     (:mod:`edge.features.bandnorm`; ``log`` only): a fixed frequency
-                     response, another stethoscope's, is removed per stream. 0: off.
-    band_norm:       which running normalisation ``band_norm_s`` switches on (same smoother,
-                     same silence rule): ``mean`` (each log band minus its running mean) or
-                     ``pcen`` (per-channel energy normalisation, Wang et al. 2017: each band's
-                     power over its running mean to the 0.98, root-compressed). ``mean``
-                     unless ``band_norm_s`` > 0; left out of :meth:`to_dict` when ``mean``, so
-                     every spec saved before it existed reads and hashes as it did.
-    """
+    """What the front end computes; sizes in samples at ``sample_rate_hz`` (each field:
+    docs/frontend.md, "FeatureSpec")."""
 
     kind: FeatureKind = "logmel"
     sample_rate_hz: int = 8000
@@ -127,7 +96,6 @@ class FeatureSpec:
 
     @property
     def n_freqs(self) -> int:
-        """Number of one-sided FFT bins (``n_fft // 2 + 1``)."""
         return self.n_fft // 2 + 1
 
     def replace(self, **changes: Any) -> FeatureSpec:
@@ -136,8 +104,7 @@ class FeatureSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as stored in checkpoints and manifests (and hashed by the feature
-        cache). ``band_norm`` is left out at its default ``mean``: a spec reads, compares and
-        hashes exactly as before the field existed (:meth:`from_dict` fills it in)."""
+        cache); ``band_norm`` is left out at its default, so older specs hash unchanged."""
         data = to_mapping(self)
         if data["band_norm"] == "mean":
             del data["band_norm"]
