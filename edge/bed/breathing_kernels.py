@@ -1,46 +1,12 @@
 """Numba kernels behind :class:`edge.bed.breathing.BreathTracker`.
 
-:func:`levels` turns a window's front-end frames into per-sample levels: the mean level in dB
-of each sub-band of the breath band and of the body band over the ``stride`` front-end frames
-of each 40-ms sample, and whether the sample holds digital zeros.
-
-:func:`activity` runs on every 40-ms sample (one output frame of the model's grid, four
-front-end frames). It takes the mean level in dB of each of ``G`` sub-bands of the breath
-band and of the body band, and
-
-1. removes each sub-band's slow level (an exponential mean over ``detrend_s``, starting as the
-   plain mean of the run so far): a breath is a rise over the stethoscope's floor, whatever
-   the floor is;
-2. takes the median over sub-bands, the **breath activity**: a breath is broadband, so it
-   lifts most sub-bands at once, while heart sounds reaching into the lowest sub-band, a
-   hum or a squeak in one band do not move the median; then a running median over ``S``
-   samples (a heart sound or a crackle, shorter than half of it, leaves no trace); and the
-   **tilt**: the mean rise of the upper half of the sub-bands less that of the lower half
-   (expiration sounds lower than inspiration: the tilt tells the two phases apart);
-3. follows the body band's level (short mean) and its level while breathing is heard
-   (baseline: learnt only up to ``learn_until``, a sample the caller sets from the breaths):
-   contact with the body.
-
-Samples flagged ``lost`` (silence, a gap, a stall, off body) hold the activity and restart the
-slow levels at the next good sample, so a returning signal is not a breath.
-
-:func:`humps` runs on every analysis, over the window: it smooths the activity by a moving
-mean of about a third of the breath period (a breath's inspiration and expiration become one
-hump), finds its peaks, keeps those at least ``min_gap`` apart (the higher first) that rise at
-least ``delta`` over the higher of the two troughs around them (their prominence) and stand
-over half their prominence for at most ``max_width`` samples (a noise that starts lifts the
-activity for as long as the slow level takes to follow: no breath), and gives each one's end
-(where it has fallen by half its prominence). The ends of the window may be
-padded with the lowest value of the period next to them (three times the moving mean), so a
-hump the window cuts, that rose over its own trough, is a peak.
-
-:func:`tilt_lags`, :func:`smoothed_at` and :func:`two_levels` run on analyses too: the octave
-check's tilt (smoothed, and alike one and two periods on) and the two levels of the humps'
-tilt that tell inspirations from expirations (``BreathTracker._humps``).
-
-State lives in arrays the tracker allocates once; nothing is allocated per call but
-:func:`humps`' scratch of one window and :func:`two_levels`' sorted copy of its humps.
-``tests/edge/test_breathing_kernels.py`` holds them to plain NumPy / SciPy references.
+:func:`levels` (per window: sub-band and body levels per 40-ms sample), :func:`activity`
+(per sample: the breath activity, its tilt, the body band's contact) and :func:`humps` (per
+analysis: the breaths) do what docs/respiration.md ("The estimator, chosen by measurement")
+describes. Samples flagged ``lost`` hold the activity and restart the slow levels at the next
+good sample, so a returning signal is not a breath. State lives in arrays the tracker
+allocates once; ``tests/edge/test_breathing_kernels.py`` holds the kernels to NumPy / SciPy
+references.
 """
 
 from __future__ import annotations
@@ -84,8 +50,8 @@ def levels(
     out: np.ndarray,  # (G + 1, >= n_frames // stride) out: sub-band and body levels, dB
     flags: np.ndarray,  # (>= n_frames // stride,) uint8 out: 1 where lost
 ) -> int:
-    """The window's levels per sample (module doc); the number of samples (a last part of
-    less than ``stride`` frames is left out)."""
+    """The window's levels per sample; the number of samples (a last part of less than
+    ``stride`` frames is left out)."""
     n_groups = out.shape[0] - 1
     n = n_frames // stride
     counts = np.zeros(n_groups)
@@ -117,8 +83,7 @@ def _db(value: float, scale: float, offset: float) -> float:
 
 @njit(cache=True)
 def _insert_sorted(values: np.ndarray, n: int, value: float) -> None:
-    """Put ``value`` into the sorted first ``n`` entries of ``values`` (insertion sort's step:
-    a handful of values)."""
+    """Put ``value`` into the sorted first ``n`` entries of ``values``."""
     i = n
     while i > 0 and values[i - 1] > value:
         values[i] = values[i - 1]
@@ -212,7 +177,8 @@ def humps(
     proms: np.ndarray,  # (cap,) float64 out: their prominence
     ends: np.ndarray,  # (cap,) int64 out: where each has fallen by half its prominence
 ) -> int:
-    """The breaths of the window (module doc); their number (at most ``cap``)."""
+    """The breaths of the window; their number (at most ``cap``). A padded end stands at the
+    lowest value of the period next to it, so a hump the window cuts is a peak."""
     n = x.shape[0]
     if n < 3:
         return 0
@@ -224,8 +190,7 @@ def humps(
         for j in range(lo, hi):
             total += x[j]
         s[t + 1] = total / (hi - lo)
-    # a padded end stands at the lowest value of the period next to it: a hump the window
-    # cuts must rise over its own trough, not over one far away
+    # a cut hump must rise over its own trough, not over one far away
     s[0] = s[1 : min(n, cycle * 3) + 1].min() if pad_start else s[1]
     s[n + 1] = s[max(1, n + 1 - cycle * 3) : n + 1].min() if pad_end else s[n]
     # local maxima of the padded signal (a plateau's first sample)
@@ -307,11 +272,9 @@ def _quantile(values: np.ndarray, q: float) -> float:
 def tilt_lags(
     tilt: np.ndarray, good: np.ndarray, width: int, lag1: int, lag2: int, smooth: np.ndarray
 ) -> tuple[float, float, float]:
-    """The octave check's tilt (``BreathTracker``'s ``_cycle``): ``smooth`` gets the tilt over
-    its good samples (zero elsewhere) under a centred moving mean of ``width`` samples, zeros
-    beyond the ends (numpy.convolve's "same"); returns its autocorrelation over the good
-    samples at ``lag1`` and ``lag2`` per product (-1..1; 0 where a lag does not fit or the
-    smoothed tilt is flat) and its standard deviation over the good samples (0 when none)."""
+    """The octave check's tilt: ``smooth`` gets the good samples' tilt under a centred moving
+    mean of ``width`` (numpy.convolve's "same"); returns its autocorrelation per product at
+    ``lag1`` and ``lag2`` (0 where a lag does not fit) and its standard deviation."""
     n = tilt.shape[0]
     half = width // 2
     total = 0.0
@@ -364,9 +327,7 @@ def _lagged(x: np.ndarray, good: np.ndarray, mean: float, energy: float, lag: in
 def smoothed_at(
     tilt: np.ndarray, good: np.ndarray, width: int, at: np.ndarray, out: np.ndarray
 ) -> None:
-    """``out[i]``: the tilt over good samples (zero elsewhere) under a centred moving mean of
-    ``width`` samples, zeros beyond the ends, read at sample ``at[i]`` alone (as
-    :func:`tilt_lags`' ``smooth``)."""
+    """``out[i]``: :func:`tilt_lags`' ``smooth`` read at sample ``at[i]`` alone."""
     n = tilt.shape[0]
     for i in range(at.shape[0]):
         lo = max(at[i] - width // 2, 0)
@@ -380,10 +341,9 @@ def smoothed_at(
 
 @njit(cache=True)
 def two_levels(cue: np.ndarray, upper: np.ndarray) -> float:
-    """``cue``'s two levels: the split of its sorted values with the least squares within
-    the two (two means in one dimension). ``upper[i]``: ``cue[i]`` lies in the upper level;
-    returns how far apart the levels lie in their spread (the difference of the means over
-    the root mean of the two variances; 0 with fewer than two values, all upper)."""
+    """``cue``'s two levels (two means in one dimension): ``upper[i]`` where ``cue[i]`` lies
+    in the upper one; returns their separation in their spread (the difference of the means
+    over the root mean of the two variances; 0 with fewer than two values)."""
     n = cue.shape[0]
     if n < 2:
         upper[:n] = True

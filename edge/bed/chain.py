@@ -10,14 +10,9 @@
     transitions = chain.finish("stream end")              # every open event ends
 
 The model call is the only step outside the chain: it is batched over every bed of a round
-(:func:`edge.inference.streaming.infer_beds`), so the chain hands its windows out and takes
-their output frames back. Every transition of a bed comes from here, in the order the gate
-and the detector made them; a transition that ends an event for a reason other than its
-condition carries the reason in ``ended_by``.
-
-The settings resolve a runtime config against the model's manifest in one place
-(:func:`resolve_detector`, :func:`resolve_gate`): a config value either takes effect or is
-refused with a line that names the manifest rule that decides instead.
+(docs/runtime.md, "One bed's chain"). A config value either takes effect or is refused with a
+line that names the manifest rule that decides instead (:func:`resolve_detector`,
+:func:`resolve_gate`).
 """
 
 from __future__ import annotations
@@ -54,16 +49,9 @@ DEFAULT_STATE_RESET_GAP_MS = 100.0  # a loss this long restarts a bed's model st
 def resolve_detector(
     config: DetectorConfig, manifest: Manifest, source: str = "<config>"
 ) -> DetectorConfig:
-    """The detector a bed runs: the manifest's fitted rules with ``config`` on top.
-
-    A class the config's ``thresholds`` name takes that rule; the config's own settings
-    (``on_threshold``, ``off_threshold``, ``min_event_ms``, ``merge_gap_ms``) replace the
-    fitted value of every other class; the manifest's phase rule applies unless the config
-    sets ``phases``. Where the phase rule decides an event's span (every class but the
-    rule's ``frame_classes``), a config's ``off_threshold`` / ``min_event_ms`` /
-    ``merge_gap_ms`` would change nothing: refused
-    (:class:`ConfigError` naming ``source``, the key and the manifest's rule), as is a rule
-    whose off-threshold would lie above its on-threshold."""
+    """The detector a bed runs: the manifest's fitted rules with ``config`` on top; what is
+    refused and why: docs/runtime.md, "Detector settings: the manifest's rules and a config's"
+    (:class:`ConfigError` naming ``source``)."""
     phases = config.phases if config.phases is not None else manifest.detector_phases
     framed = set(phases.frame_classes) if phases is not None else None  # None: every class
     if phases is not None:
@@ -92,8 +80,7 @@ def resolve_detector(
 def _refuse_span_settings(
     config: DetectorConfig, manifest: Manifest, source: str, framed: set[str]
 ) -> None:
-    """In phase mode the span settings apply to the classes of ``framed`` only: a setting
-    for no such class changes nothing and is refused."""
+    """Refuse span settings that apply to no class of ``framed`` (phase mode)."""
     rule = f"{manifest.path}: detector.phases, an event spans its whole breath phase"
     for key in SPAN_SETTINGS:
         if getattr(config, key) is not None and not framed:
@@ -110,7 +97,6 @@ def _refuse_span_settings(
 def _with_settings(
     rule: ClassThreshold, settings: dict[str, float | None], manifest: Manifest, source: str
 ) -> ClassThreshold:
-    """``rule`` (fitted) with every setting the config gives in place of its value."""
     given: dict[str, Any] = {k: v for k, v in settings.items() if v is not None}
     off = given.get("off_threshold", rule.off_threshold)
     on = given.get("on_threshold", rule.on_threshold)
@@ -123,8 +109,7 @@ def _with_settings(
 
 
 def _check_rule(config: DetectorConfig, type_: str, manifest: Manifest, source: str) -> None:
-    """A class whose explicit off-threshold lies above its on-threshold is refused (the
-    detector would otherwise cap it silently)."""
+    """Refuse an off-threshold above its on-threshold (the detector would cap it silently)."""
     own = next(r for r in config.thresholds if r.type == type_)
     off = own.off_threshold if own.off_threshold is not None else config.off_threshold
     if off is not None and off > config.rule_of(type_).on_threshold:
@@ -170,8 +155,7 @@ class ChainSettings:
 
     @functools.cached_property
     def level_bands(self) -> int | None:
-        """How many of the breath tracker's level bands a bed computes (None: respiration
-        off): the lowest ones, those its trackers read (worked out once for every bed)."""
+        """How many of the breath tracker's lowest level bands a bed computes (None: off)."""
         if self.respiration is None:
             return None
         return bands_read(self.respiration, tracker_spec(self.spec))
@@ -187,8 +171,7 @@ class ChainSettings:
         verdict: VerdictConfig | None = None,
         respiration: RespirationConfig | None = None,
     ) -> ChainSettings:
-        """The settings of ``manifest`` with a config's ``detector`` / ``gate`` sections on top
-        (:func:`resolve_detector`, :func:`resolve_gate`; errors name ``source``)."""
+        """The settings of ``manifest`` with a config's ``detector`` / ``gate`` on top."""
         spec, info = manifest.feature_spec, manifest.streaming
         reset = state_reset_gap_ms * spec.sample_rate_hz / MS_PER_S
         # the bands the training recordings hold no sound in, from the flush frame (the
@@ -215,7 +198,6 @@ class ChainSettings:
 
     @property
     def poor_index(self) -> int | None:
-        """The quality output's column, if the model has one."""
         return self.outputs.index(POOR_QUALITY) if POOR_QUALITY in self.outputs else None
 
 
@@ -238,10 +220,8 @@ class BedChain:
     def __init__(
         self, settings: ChainSettings, age_band_name: str | None = None, stagger: int = 0
     ) -> None:
-        """``age_band_name``: the bed's age band (None: the respiration config's).
-        ``stagger``: where the bed's breath analyses fall in their cycle
-        (:class:`~edge.bed.breathing.BreathTracker`): a runtime gives its beds different
-        ones, so their analyses spread over the rounds instead of coming all at once."""
+        """``age_band_name``: None: the respiration config's. ``stagger``: where the bed's
+        breath analyses fall in their cycle (:class:`~edge.bed.breathing.BreathTracker`)."""
         s = self.settings = settings
         frames = s.streaming.input_frames
         levels = None if s.respiration is None else tracker_spec(s.spec)
@@ -274,14 +254,12 @@ class BedChain:
         self.flushed = False  # the stream's end was flushed: no more audio
 
     def push(self, chunk: SourceChunk, now_s: float) -> tuple[list[Transition], list[WindowReady]]:
-        """One chunk: the gate's transitions (its notices, its arrival) and the windows the
-        front end completed, for the model."""
+        """One chunk: the gate's transitions and the windows the front end completed."""
         return self.gate.observe(chunk, now_s), self.pipeline.push(chunk)
 
     def take(self, window: WindowReady, out: OutputFrames) -> WindowStep:
-        """A window's output frames: the gate judges its audio and the quality output (and
-        suppresses detection while a condition holds), the detector turns the frames into
-        events, and a window that lost enough audio restarts the model state."""
+        """A window's output frames through gate, detector, findings, verdict and breathing; a
+        window that lost enough audio restarts the model state."""
         quality = window.audio_quality.to_dict()
         if window.padded_frames > 0:  # the end-of-stream flush: no new audio to judge
             out = self._real_frames_only(out)
@@ -308,9 +286,8 @@ class BedChain:
         return WindowStep(out, transitions, quality, False, self._verdict(out), self._reading())
 
     def _findings(self, transitions: list[Transition], out: OutputFrames) -> list[Transition]:
-        """The window's transitions through the finding episodes (wheezes and crackles wait
-        for recurrence); the frames it described count towards the finding rate's breathing
-        time unless detection was suppressed."""
+        """The window's transitions through the finding episodes; its frames count towards
+        the finding rate's time unless detection was suppressed."""
         n = out.probs.shape[0]
         if n == 0:
             return self.findings.take(transitions, self._last_sample)
@@ -329,9 +306,8 @@ class BedChain:
         return self._monitored[-1][0]
 
     def finding_rates(self) -> dict[str, float | None]:
-        """Each family's finding rate now (:mod:`edge.bed.findings`): the share of the bed's
-        monitored time (detection not suppressed) in the last ``rate_window_s`` that its
-        published events cover. None before any monitored time."""
+        """Each family's finding rate now (:mod:`edge.bed.findings`; None before any
+        monitored time)."""
         if len(self._monitored) < 2:
             return dict.fromkeys(HELD_FAMILIES)
         (_, first), (end, last) = self._monitored[0], self._monitored[-1]
@@ -339,7 +315,6 @@ class BedChain:
         return {f: self.findings.rate(f, end, samples) for f in HELD_FAMILIES}
 
     def _breathe(self, window: WindowReady, lost: bool) -> list[Transition]:
-        """The window's new frames through the breath tracker (none past the stream's end)."""
         if self.breathing is None:
             return []
         real = window.features.shape[2] - window.padded_frames
@@ -361,9 +336,8 @@ class BedChain:
         return self.gate.tick(now_s)
 
     def flush(self) -> list[WindowReady]:
-        """After the stream's last chunk: the windows that describe its last frames (the
-        look-ahead and the last partial chunk), fed with the manifest's flush frame; none if
-        the manifest has none or the stream held no audio."""
+        """After the stream's last chunk: the windows that describe its last frames, fed with
+        the manifest's flush frame (none without one or without audio)."""
         info = self.settings.streaming
         self.flushed = True
         if info.flush is None:
@@ -372,8 +346,7 @@ class BedChain:
         return self.pipeline.flush(np.asarray(info.flush, np.float32), through)
 
     def finish(self, why: str) -> list[Transition]:
-        """The stream is over: every open event ends (latched ones included), ``ended_by``
-        ``why``."""
+        """Every open event ends (latched ones too), ``ended_by`` ``why``."""
         breathing = [] if self.breathing is None else self.breathing.finish()
         sounds = self.findings.finish(self.detector.finish(), why)
         return _ended_by(sounds + self.gate.finish() + breathing, why)
@@ -389,8 +362,7 @@ class BedChain:
 
     @property
     def network_frames(self) -> int:
-        """Output frames with real audio in them: the last may be partly end-of-stream
-        padding."""
+        """Output frames with real audio in them (the last may be partly padding)."""
         return -(-self.pipeline.frames_complete // self.settings.streaming.stride)
 
     def _real_frames_only(self, out: OutputFrames) -> OutputFrames:

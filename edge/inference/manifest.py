@@ -4,42 +4,10 @@
     require_spec(manifest, configured_spec)    # FeatureSpecMismatchError if the front end differs
     verify_file(manifest, Path("models/sed/model.int8.onnx"))   # ManifestError if it changed
 
-One ``manifest.json`` per model folder covers every artifact in it (``model.onnx``,
-``model.int8.onnx``, TensorRT engines). It is written on the workstation by the export steps and
-extended on the device when an engine is built (:mod:`edge.inference.manifest_write`); this
-module only reads and checks it, with numpy-free standard-library code, so the device needs
-neither torch nor onnx. The model is a *streaming* model (``docs/design.md``, "Streaming
-models": the context is carried as an explicit input and output): one call takes a chunk of
-every bed's new front-end frames and their states and returns the chunk's per-frame sigmoid
-outputs and the new states::
-
-    schema_version   2
-    model_id         "<run name>-<first 12 hex of the checkpoint sha256>"
-    files            {name: {"sha256", "bytes", "precision", ...}}
-    onnx             {"opset", "inputs": {"features": [K, F, T], "state": [S]},
-                      "outputs": {"probs": [O, N], "state_out": [S]}}   (batch not listed)
-    feature_spec     FeatureSpec.to_dict() (the base spec; kind k uses spec.replace(kind=k))
-    kinds            the model's input kinds (K)
-    streaming        {"chunk_frames": N, "stride": s, "lookahead_frames": L, "state_size": S,
-                      "flush": [[...F floats] x K] (optional)}
-                     T = N * s front-end frames per call; output j of a stream describes
-                     network frame j - L (a fixed look-ahead of L * s front-end frames);
-                     ``flush`` is the front-end frame fed after a stream ends (the model's
-                     training mean, which its normalisation maps to zero) until its last
-                     frame is described
-    outputs          the O output names
-    detector         (optional) {"thresholds": [{"type", "on_threshold", "off_threshold",
-                      "min_event_ms", "merge_gap_ms"}, ...], "fitted_on": ...}: the per-class
-                     rules fitted on validation, which the device applies unless its config
-                     names the class in ``detector.thresholds``; with
-                     ``"phases": {"on_threshold", "off_threshold", "min_phase_ms", "output"[,
-                     "lead_ms"]}``
-                     the detector runs in phase mode (:class:`edge.bed.detector.PhaseRule`) unless
-                     the config sets its own ``detector.phases``
-    quality          (optional) {"poor_on", "poor_off"}: hysteresis of the quality output
-    tasks            (optional) the SPRSound challenge rules (``lungwatch predict``)
-    (``files`` also lists ``verify_reference.npz``, precision ``reference``: what ``lungwatch
-    verify`` checks every artifact against, :mod:`export.verify`)
+One ``manifest.json`` per model folder covers every artifact in it; this module only reads
+and checks it, in standard-library code, so the device needs neither torch nor onnx. Every
+key: docs/export.md, "manifest.json (schema version 2)"; the streaming model it describes:
+docs/runtime.md, "The streaming model".
 """
 
 from __future__ import annotations
@@ -86,9 +54,8 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class StreamingInfo:
-    """How a streaming model (schema 2) is fed: ``chunk_frames`` outputs per call from
-    ``chunk_frames * stride`` front-end frames, outputs delayed by ``lookahead_frames``, a
-    state of ``state_size`` floats per stream."""
+    """How a streaming model is fed: ``chunk_frames`` outputs per call from
+    ``chunk_frames * stride`` front-end frames, delayed by ``lookahead_frames``."""
 
     chunk_frames: int
     stride: int
@@ -139,12 +106,10 @@ class Manifest:
         return tuple(sorted(n for n, e in self.files.items() if e.precision != REFERENCE))
 
     def file_path(self, name: str) -> Path:
-        """Where the artifact ``name`` lies (beside the manifest)."""
         return self.path.parent / name
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(READ_CHUNK_BYTES), b""):
@@ -222,14 +187,8 @@ def verify_file(manifest: Manifest, path: str | Path) -> FileEntry:
 
 
 def require_spec(manifest: Manifest, configured: FeatureSpec) -> None:
-    """Refuse a model made for another front end than the configured one.
-
-    The configured kind must be one of the model's kinds; every other field must be equal
-    (the manifest's base spec is compared with its kind set to the configured kind).
-
-    Raises:
-        FeatureSpecMismatchError: naming the model and every differing key.
-    """
+    """FeatureSpecMismatchError unless the configured kind is one of the model's kinds and
+    every other field equals the manifest's spec."""
     if configured.kind not in manifest.kinds:
         raise FeatureSpecMismatchError(
             f"{manifest.model_id}: feature spec differs (kind: model {list(manifest.kinds)} "

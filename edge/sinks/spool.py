@@ -1,38 +1,14 @@
 """SQLite store-and-forward spool: events are committed here before they are published.
 
-The MQTT sink writes events with :meth:`Spool.put_many` (one runtime round's events in one
-transaction; the rows are committed, and on disk, when it returns), publishes from
-:meth:`Spool.pending` in insertion order and deletes rows with :meth:`Spool.ack_many` only
-when the broker's PUBACKs for them arrive (every ack taken together in one transaction).
-:meth:`Spool.put` and :meth:`Spool.ack` are the one-row forms. A new ``Spool`` on the same
-file after a crash sees every event that was not acknowledged.
-
-Durability: WAL journal with ``synchronous=FULL``. In WAL mode ``NORMAL`` already survives a
-*process* crash, but a commit may be lost on power loss or a kernel crash; a bedside device
-can lose power, so FULL is the stated choice. Its cost is one fsync per commit (about a
-millisecond on flash), which is why puts and acks are grouped: one commit per runtime round
-and one per batch of PUBACKs, not one per event (a few per minute per bed, but one process
-serves hundreds of beds).
-
-Size bound (``max_events``), the stated policy:
-
-1. Below the bound every event is stored.
-2. At the bound, storing a new event first evicts the **oldest low-priority** event. High and
-   medium events are never evicted.
-3. If no low-priority event is stored, the new event is **refused**: :meth:`Spool.put` raises
-   :class:`SpoolFullError` and nothing is stored (the events already waiting are kept; the
-   newest is the one lost).
-4. ``spool_full`` technical events are exempt from the bound, so the condition itself can be
-   reported; the sink publishes at most one ``onset`` and one ``ended`` per episode.
-
-Evictions and refusals are counted (:attr:`Spool.evicted_total`, :attr:`Spool.refused_total`);
-:class:`SpoolFullMonitor` (used by the MQTT sink) turns them into a ``spool_full`` technical
-episode: ``onset`` at the first eviction or refusal, ``ended`` once the spool has drained to
-half its bound. The episode lives in memory: after a restart a new one opens if needed.
+Rows are deleted only when the broker's PUBACKs arrive, so a new ``Spool`` on the same file
+after a crash sees every event not acknowledged. Durability (WAL, ``synchronous=FULL``: one
+fsync per commit, hence puts and acks in batches) and the size bound's policy (the oldest
+low-priority event is evicted; high and medium ones never are, a new one is refused instead;
+``spool_full`` events are exempt): docs/events.md, "Delivery: store-and-forward".
 
 Thread safety: one connection, used under a lock, so the publisher thread and the MQTT
-network thread may share a spool. One process per spool file: an exclusive ``flock`` on
-``<path>.lock`` (released by the kernel when the process dies) refuses a second opener.
+network thread may share a spool. One process per spool file (``flock`` on ``<path>.lock``).
+The ``spool_full`` episode lives in memory: after a restart a new one opens if needed.
 """
 
 from __future__ import annotations
@@ -76,12 +52,8 @@ class SpoolLockedError(SpoolError):
 
 
 class Spool:
-    """A bounded, crash-safe FIFO of event JSON keyed by a growing sequence number.
-
-    Args:
-        path: the SQLite file (created with its directory when missing).
-        max_events: the bound (>= 1), see the module docstring for the policy.
-    """
+    """A bounded, crash-safe FIFO of event JSON keyed by a growing sequence number;
+    ``max_events`` >= 1."""
 
     def __init__(self, path: str | Path, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         if not (isinstance(max_events, int) and not isinstance(max_events, bool)) or max_events < 1:
@@ -101,24 +73,16 @@ class Spool:
         self._closed = False
 
     def put(self, event: Event) -> int:
-        """Store ``event`` (committed on return) and give its sequence number.
-
-        Putting an event whose id is already stored returns the stored seq (idempotent).
-
-        Raises:
-            SpoolFullError: at the bound with nothing evictable; nothing was stored.
-        """
+        """Store ``event`` (committed on return) and give its sequence number (the stored one
+        for an id already stored); SpoolFullError at the bound with nothing evictable."""
         (result,) = self._store([event])
         if isinstance(result, SpoolFullError):
             raise result
         return result
 
     def put_many(self, events: Sequence[Event]) -> list[int | None]:
-        """Store ``events`` in order, in one transaction (committed on return, one fsync).
-
-        Each gets its sequence number (the stored one for an id already stored), or None
-        where the bound refused it (counted in ``refused_total``; the others are stored).
-        """
+        """:meth:`put` for each of ``events`` in one transaction (one fsync); None where the
+        bound refused one (counted in ``refused_total``)."""
         return [None if isinstance(r, SpoolFullError) else r for r in self._store(events)]
 
     def pending(self, limit: int = 1000, after_seq: int = 0) -> list[tuple[int, str]]:
@@ -136,8 +100,7 @@ class Spool:
         return self.ack_many([seq]) == 1
 
     def ack_many(self, seqs: Iterable[int]) -> int:
-        """Delete the events ``seqs`` (their PUBACKs came) in one transaction; returns how
-        many of them were stored."""
+        """:meth:`ack` for each of ``seqs`` in one transaction; how many were stored."""
         rows = [(seq,) for seq in seqs]
         if not rows:
             return 0
@@ -172,7 +135,6 @@ class Spool:
         self.close()
 
     def _store(self, events: Sequence[Event]) -> list[int | SpoolFullError]:
-        """One transaction for all ``events``: per event its seq, or the refusal."""
         payloads = [event.to_json() for event in events]
         with self._lock:
             self._check_open()
@@ -190,8 +152,7 @@ class Spool:
     def _insert_all(
         self, events: Sequence[Event], payloads: list[str]
     ) -> tuple[list[int | SpoolFullError], int, int]:
-        """Inside the transaction: dedupe, evict if the bound demands it, insert; returns the
-        results, rows added and rows evicted."""
+        """Inside the transaction: the results, rows added and rows evicted."""
         results: list[int | SpoolFullError] = []
         added = evicted = 0
         for event, payload in zip(events, payloads, strict=True):
@@ -235,13 +196,9 @@ class Spool:
 
 
 class SpoolFullMonitor:
-    """Turns the spool's evictions and refusals into ``spool_full`` technical events.
-
-    :meth:`after_put` (after every put) spools an ``onset`` when the first eviction or refusal
-    of an episode happens; :meth:`maybe_end` (periodically) spools the ``ended`` message once
-    the spool has drained to ``CLEAR_FRACTION`` of its bound. ``detail`` holds ``max_events``
-    and the episode's ``evicted`` and ``refused`` counts. Both methods are thread-safe.
-    """
+    """Turns the spool's evictions and refusals into ``spool_full`` technical events: an
+    ``onset`` at an episode's first (:meth:`after_put`), ``ended`` once the spool has drained
+    to ``CLEAR_FRACTION`` of its bound (:meth:`maybe_end`). Thread-safe."""
 
     CLEAR_FRACTION = 0.5
 
@@ -301,7 +258,6 @@ def _lock_exclusively(path: Path) -> IO[str]:
 
 
 def _open_db(path: Path) -> sqlite3.Connection:
-    """The connection (autocommit; transactions are explicit) with WAL and FULL sync."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     db.execute("PRAGMA journal_mode = WAL")
