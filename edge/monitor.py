@@ -12,13 +12,9 @@
 
     steps = monitor.push({bed_a: chunk_a, bed_b: chunk_b})   # many beds, one model call
 
-Every bed runs exactly what a bed of ``lungwatch run`` runs (:class:`edge.bed.chain.
-BedChain`: ring buffer and streaming front end, the model with its state carried, the quality
-gate and the detector with the manifest's fitted rules); ``lungwatch run`` and ``lungwatch
-detect`` are built on this object. A push may give nothing (the model describes audio in
-chunks of ``manifest.streaming.input_frames`` front-end frames) and never gives an output
-twice; :meth:`Bed.close` feeds the end-of-stream flush so the last audio is described, and
-ends every open event. Chunks of any size give the same events.
+Every bed runs exactly what a bed of ``lungwatch run`` runs (:class:`edge.bed.chain.BedChain`).
+A push may give nothing (the model describes audio in whole chunks) and never gives an output
+twice; chunks of any size give the same events (docs/runtime.md, "The Python API").
 """
 
 from __future__ import annotations
@@ -174,8 +170,7 @@ class Monitor:
     ) -> Monitor:
         """A model folder (its INT8 file, else FP32) or an artifact it lists, on ``backend``
         (default: ONNX Runtime on one CPU thread), with the manifest's fitted rules and the
-        ``detector`` / ``gate`` settings given on top (a setting the manifest's rules make
-        moot is refused, naming the rule). Errors name ``source`` (a config file)."""
+        ``detector`` / ``gate`` settings given on top. Errors name ``source``."""
         folder, file = resolve_model(model)
         manifest = load_manifest(folder / MANIFEST_NAME)
         settings = ChainSettings.of(
@@ -210,18 +205,15 @@ class Monitor:
         return self.manifest.model_id
 
     def open_bed(self, bed_id: str = "bed", age_band: str | None = None, stagger: int = 0) -> Bed:
-        """A new bed: its stream starts at sample 0 with the model's state zero. ``age_band``
-        (:data:`edge.bed.agebands.AGE_BAND_NAMES`) sets its normal rates and apnoea time
-        (None: the respiration config's, ``adult`` by default). ``stagger``: where its breath
-        analyses fall in their cycle (:class:`~edge.bed.breathing.BreathTracker`); give the
-        beds that start together different ones (their index) and their analyses spread
-        over time."""
+        """A new bed at sample 0 with the model's state zero. ``age_band``
+        (:data:`edge.bed.agebands.AGE_BAND_NAMES`; None: the respiration config's).
+        ``stagger``: give beds that start together different ones (their index), so their
+        breath analyses spread over time."""
         return Bed(self, bed_id, age_band, stagger)
 
     def process(self, ready: Sequence[tuple[BedChain, WindowReady]]) -> list[WindowStep]:
-        """The windows of many beds through the model in one batched call (pieces of the
-        backend's ``max_batch``), each then taken by its bed's chain; one step per window,
-        in order. A bed's windows must be consecutive in ``ready``."""
+        """The windows of many beds through the model in one batched call; one step per
+        window, in order. A bed's windows must be consecutive in ``ready``."""
         frames = infer_beds(self.backend, [(chain.model_state, w.features) for chain, w in ready])
         return [chain.take(w, out) for (chain, w), out in zip(ready, frames, strict=True)]
 
@@ -277,7 +269,6 @@ class Monitor:
         owners: list[Bed],
         beds: Iterable[Bed],
     ) -> dict[Bed, BedStep]:
-        """Run ``ready`` and gather each bed's events and frames, in order."""
         rate = self.sample_rate_hz
         events = {bed: [BedEvent.of(t, rate) for t in transitions.get(bed, [])] for bed in beds}
         frames: dict[Bed, list[OutputFrames]] = {bed: [] for bed in events}
@@ -332,7 +323,6 @@ def _joined(parts: list[OutputFrames], n_outputs: int) -> tuple[int, np.ndarray]
 
 
 def _check_backend(backend: Backend, manifest: Manifest, path: Path) -> None:
-    """The opened model must take and give what the manifest says."""
     if tuple(backend.input_shape) != tuple(manifest.input_shape):
         raise MonitorError(
             f"{path}: model input {backend.input_shape} differs from the manifest's "

@@ -1,32 +1,15 @@
 """Finding episodes: a wheeze or a crackle is told to the ward once it recurs.
 
-Words: an **event** is one sound the detector heard (one wheeze box, one crackle phase: an
-``episode_id`` on the wire); a **finding episode** is a run of recurring events of one family
-(``CAS``: Wheeze, Rhonchi; ``DAS``: Fine and Coarse Crackle), with its own onset, ongoing and
-ended. Clinicians judge a wheeze or a crackle by its recurrence over breaths, and one isolated
-event on a patient without the finding is what makes a ward stop trusting a monitor. So:
-
-- an event of a family is **held** (not published) until its family's finding episode opens;
-- the episode **opens** at the onset of an event that makes ``events`` events of the family
-  whose starts lie within ``within_s`` seconds (the window ends at that event's start). The
-  held events of the window open it with it: they are published then, in their order, as the
-  episode's evidence; older held events are dropped (they never recurred);
-- while it is open, every event of the family is published at once; it **continues** while
-  the next event starts within ``resolve_s`` of the end of the last one (``None``: the
-  ``within_s`` of its rule) and **ends** (``ended``, at the end of its last event) once the
-  stream has gone :data:`SETTLE_S` further than that without one (an event is announced a
-  little after it starts);
-- Stridor is never held: an upper-airway obstruction is its own high-priority condition at
-  once.
-
-The rule works on the events' start times alone, so :func:`episode_members` (a whole
-recording's events at once) and :class:`FindingTracker` (the stream) agree event for event;
-the workstation fits the rules with the first, the device runs the second.
+An **event** is one sound the detector heard; a **finding episode** is a run of recurring
+events of one family (``CAS``, ``DAS``). Events are held until their family's episode opens
+and published as its evidence; the rule and why: docs/events.md, "Finding episodes". The rule
+works on the events' start times alone, so :func:`episode_members` (a whole recording, for
+fitting on the workstation) and :class:`FindingTracker` (the stream, on the device) agree
+event for event.
 
 Each bed also keeps its **finding rate** per family: the share of its monitored time in the
-last ``rate_window_s`` that its published events of the family cover (what PulmoTrack calls
-the wheeze rate: the share of breathing time with wheeze); the bed's breathing message
-carries it (``edge.bed.chain.BedChain.finding_rates``).
+last ``rate_window_s`` that its published events of the family cover (PulmoTrack's wheeze
+rate: the share of breathing time with wheeze).
 """
 
 from __future__ import annotations
@@ -72,10 +55,8 @@ class RecurrenceRule:
 @dataclass(frozen=True)
 class FindingConfig:
     """The detector's ``findings`` section: one recurrence rule per family (None: the model
-    manifest's fitted rule, else the defaults of :class:`RecurrenceRule`), and the window of
-    the finding rate. ``enabled`` None: finding episodes are on where a rule is known (the
-    manifest fitted one, or the config sets one), so a model fitted before them publishes
-    every event as heard, as it was measured."""
+    manifest's, else :class:`RecurrenceRule`'s defaults). ``enabled`` None: on where a rule is
+    known, so a model fitted before finding episodes publishes every event as heard."""
 
     enabled: bool | None = None  # false: every event is published as heard; true: on, with
     # the default rule for a family that has none
@@ -115,7 +96,7 @@ RULE_KEYS = ("events", "within_s", "resolve_s")
 
 @dataclass(frozen=True)
 class Span:
-    """One event as the rule sees it: where it starts and ends (seconds or samples)."""
+    """One event as the rule sees it (seconds or samples)."""
 
     start: float
     end: float
@@ -124,9 +105,8 @@ class Span:
 def episode_members(
     spans: Sequence[Span], rule: RecurrenceRule, scale: float = 1.0
 ) -> list[list[int]]:
-    """The finding episodes of one family's events of a whole recording: each episode as the
-    indices (into ``spans``) of its events, in start order. ``scale``: units per second of
-    the spans' times (1: seconds; the sample rate: samples)."""
+    """The finding episodes of one family's events of a whole recording, each as indices into
+    ``spans``. ``scale``: units per second of the spans' times."""
     order = sorted(range(len(spans)), key=lambda i: (spans[i].start, i))
     within, resolve = rule.within_s * scale, rule.resolve * scale
     episodes: list[list[int]] = []
@@ -155,11 +135,9 @@ def episode_members(
 def kept_events(
     events: Sequence[Mapping[str, Any]], config: FindingConfig
 ) -> tuple[list[Mapping[str, Any]], list[dict[str, Any]]]:
-    """A whole recording's events (``{"start_s", "end_s", "type", ...}``) -> the ones that
-    belong to a finding episode (Stridor and types of no held family always), and the
-    episodes (``{"family", "start_s", "end_s", "events", "opened_s", "first_event_s"}``:
-    ``opened_s`` the start of the event that opened it; the device announces it once that
-    event is heard)."""
+    """A whole recording's events -> the ones that are published (those of a finding episode,
+    and every type of no held family), and the episodes (``opened_s``: the start of the event
+    that opened it)."""
     if not config.on:
         return list(events), []
     kept = [e for e in events if str(e["type"]) not in FAMILY_OF]
@@ -200,13 +178,9 @@ class _Family:
 
 
 class FindingTracker:
-    """One bed's finding episodes over the detector's transitions (module doc).
-
-    ``take(transitions, now_sample)`` returns what the bed publishes: the transitions of
-    events that belong to a finding episode (held ones released when it opens) and the
-    episodes' own transitions (``kind`` :data:`FINDING_KIND`, ``type`` the family), every
-    other transition unchanged and in order. ``make(kind_of_transition, **fields)`` builds a
-    transition of the detector's type (:class:`edge.bed.detector.Transition`)."""
+    """One bed's finding episodes over the detector's transitions: ``take`` returns what the
+    bed publishes, the episodes' own transitions (``kind`` :data:`FINDING_KIND`) among them.
+    ``make(kind_of_transition, **fields)`` builds a transition of the detector's type."""
 
     def __init__(self, config: FindingConfig, rate_hz: int, make: Any) -> None:
         self.config = config
@@ -330,9 +304,8 @@ class FindingTracker:
         return tuple(fam for fam, f in self._families.items() if f.episode is not None)
 
     def rate(self, family: str, now_sample: int, monitored_samples: float) -> float | None:
-        """The share (0..1) of ``monitored_samples`` (the bed's monitored time in the last
-        ``rate_window_s``) that the family's published events cover; None before there is
-        any monitored time."""
+        """The share (0..1) of ``monitored_samples`` in the last ``rate_window_s`` that the
+        family's published events cover; None before any monitored time."""
         if monitored_samples <= 0:
             return None
         floor = now_sample - self.config.rate_window_s * self.rate_hz

@@ -6,14 +6,6 @@
     events += detector.update(window.end_sample, probs)
     events += gate.tick(now_s)                          # on the runtime's clock, chunk or not
 
-Inputs, per window (:meth:`QualityGate.update`): the measures of the audio in the window's last
-hop, or in the whole window for the stream's first window (``WindowReady.audio_quality`` over
-``[quality_start_sample, end_sample)``), how much of the window and of that span was missing,
-how many NaN/Inf samples were replaced there, and the model's ``Poor Quality`` probability
-where the model has that class. Per chunk
-(:meth:`QualityGate.observe`): the source's notices and the arrival of audio. Per clock tick
-(:meth:`QualityGate.tick`): whether the source has stalled.
-
 Technical event types (``kind="technical"``, same :class:`~edge.bed.detector.Transition`s and
 lifecycle as physiological events; spans are the hops in which the condition held):
 
@@ -142,7 +134,7 @@ class GateConfig:
 
     @property
     def poor_quality_thresholds(self) -> tuple[float, float]:
-        """(on, off) of the quality output: the values set, else 0.6 / 0.4 (off <= on)."""
+        """(on, off) of the quality output (off <= on)."""
         on = self.poor_quality_on_threshold
         on = DEFAULT_POOR_QUALITY_ON if on is None else on
         off = self.poor_quality_off_threshold
@@ -205,7 +197,7 @@ class QualityGate:
     def update(
         self, window: WindowReady, poor_quality_prob: float | None = None
     ) -> list[Transition]:
-        """Judge one window's last hop; returns the technical transitions it caused."""
+        """Judge one window's last hop (its new audio, :class:`WindowReady`)."""
         readings = self._readings(window, poor_quality_prob)
         for r in readings:
             tracker = self._trackers[r.type]
@@ -251,14 +243,12 @@ class QualityGate:
         return self._lifecycle.take()
 
     def acknowledge(self, what: str) -> list[Transition]:
-        """Acknowledge technical events by type or key (see
-        :class:`~edge.bed.detector.Lifecycle`)."""
+        """Acknowledge technical events by type or key."""
         self._lifecycle.acknowledge(what)
         return self._lifecycle.take()
 
     def finish(self) -> list[Transition]:
-        """The stream is over: report the gaps no window reached, end every technical event,
-        latched ones included."""
+        """Report the gaps no window reached, then end every technical event (latched too)."""
         self._report_unjudged_gaps()
         for tracker in self._trackers.values():
             tracker.stop()
@@ -322,8 +312,7 @@ class QualityGate:
         ]
 
     def _report_unjudged_gaps(self) -> None:
-        """The missing samples of gap notices after the last window's end, as signal_gap spans
-        (continuing the last window's signal_gap event when within ``clear_after_ms``)."""
+        """The missing samples of gap notices after the last window's end, as signal_gap spans."""
         tracker = self._trackers[SIGNAL_GAP]
         for start, end, kind in self._gap_spans:
             start = max(start, self._judged_end)
@@ -373,8 +362,7 @@ class QualityGate:
 
 
 def _gap_span(notice: Notice, chunk: SourceChunk) -> tuple[int, int]:
-    """The samples a gap notice stands for: ``missing_samples`` from its index, or at least the
-    missing chunk it came with."""
+    """The samples a gap notice stands for (at least the missing chunk it came with)."""
     start = notice.sample_index
     end = start + int(notice.detail.get("missing_samples", 0))
     if chunk.missing:

@@ -3,26 +3,15 @@
     pipeline = StreamPipeline(spec, ("logmel", "gammatone"), window_frames=48, hop_frames=48)
     ready = pipeline.push(chunk)                       # list[WindowReady], maybe empty
 
-Windows are training's view of the same audio: with ``F = extract(audio, spec.replace(kind=k))``
-for each kind, cropped to the smallest frame count and stacked to ``(K, B, n_frames)``, the
-window starting at frame ``s`` is ``F[:, :, s:s + window_frames]``, for ``s = 0, hop_frames,
-2 * hop_frames, ...`` -- for any chunking (tested to 1e-4). Frame ``t`` describes samples
-``[t * hop, t * hop + frame)`` in every kind (edge.features.spec); a kind with lookahead (cwt)
-emits frame ``t`` later, so a window is released only once every kind has produced its last
-frame.
+For any chunking a window equals training's view, ``extract(audio, spec.replace(kind=k))``
+stacked over the kinds and cut at ``s = 0, hop_frames, ...`` (tested to 1e-4); a window is
+released once every kind (cwt has lookahead) has produced its last frame.
 
-Timeline: a chunk's ``first_sample`` places it; a jump forward (samples lost without a missing
-chunk) is filled with zeros marked missing, a chunk marked ``missing`` is taken as zeros (a
-loss shorter than ``conceal_max_samples``, e.g. one lost datagram, is still zeros marked
-missing, but the feature frames whose span holds it repeat the frame before them: a streaming
-model's context then carries on over a spectrum like its neighbours' rather than a hole of
-digital silence), and
-samples before the expected position (an overlap) are dropped and counted. NaN/Inf samples are
-replaced by zeros and counted (``WindowReady.invalid_samples``), never passed on.
-
-Memory: the audio, its per-sample flags and the features live in arrays allocated once; a
-chunk is processed in pieces of at most ``max_piece_samples``, so nothing grows with chunk
-size, and nothing is allocated per chunk beyond the returned windows.
+Timeline: a jump forward or a chunk marked ``missing`` becomes zeros marked missing; over a
+loss shorter than ``conceal_max_samples`` the feature frames repeat the frame before it, so a
+streaming model's context carries on over a spectrum like its neighbours' rather than a hole
+of digital silence; an overlap is dropped and counted; NaN/Inf samples become zeros, counted.
+Memory is allocated once: a chunk is processed in pieces of at most ``max_piece_samples``.
 """
 
 from __future__ import annotations
@@ -56,14 +45,9 @@ class PipelineError(LungwatchError, ValueError):
 
 @dataclass(frozen=True)
 class WindowReady:
-    """One feature window of one stream, ready for the model.
-
-    ``features``: float32 ``(n_kinds, n_bands, window_frames)``, a new array. The window covers
-    samples ``[start_sample, end_sample)``; ``audio_quality``, ``hop_missing_fraction`` and
-    ``invalid_samples`` describe the audio that is new since the previous window,
-    ``[quality_start_sample, end_sample)``: the last hop (at least one frame long), or the whole
-    window for the first window of the stream (so nothing before it goes unjudged).
-    """
+    """One feature window of one stream, ready for the model: ``features`` float32
+    ``(n_kinds, n_bands, window_frames)``. The quality fields describe the audio new since the
+    previous window, ``[quality_start_sample, end_sample)`` (the whole first window)."""
 
     features: np.ndarray
     start_frame: int
@@ -76,14 +60,11 @@ class WindowReady:
     invalid_samples: int  # NaN/Inf samples replaced by zeros in the last hop (or first window)
     padded_frames: int = 0  # trailing frames that are end-of-stream padding (StreamPipeline.flush)
     hop_missing_samples: int = 0  # missing samples in the last hop (the span judged for gaps)
-    # (n_level_bands, window_frames) float32: the level front end's frames over the window
-    # (StreamPipeline's ``level_spec``, its lowest ``level_bands``: what the breath tracker
-    # reads); None when that front end is the first kind's own (then ``features[0]``)
+    # (n_level_bands, window_frames) float32: the level front end's frames; None: features[0]
     levels: np.ndarray | None = None
 
     @property
     def level_frames(self) -> np.ndarray:
-        """The level front end's frames over the window, (n_bands, window_frames)."""
         return self.features[0] if self.levels is None else self.levels
 
 
@@ -105,8 +86,7 @@ def _ingest(x, audio, flags, pos):
 
 @njit(cache=True)
 def _store_frames(frames, ring, j):
-    """Write ``frames`` (m, F) into the columns ``j, j + 1, ...`` of ``ring`` (F, R), wrapping
-    around its end."""
+    """Write ``frames`` (m, F) into the columns from ``j`` of ``ring`` (F, R), wrapping."""
     ring_frames = ring.shape[1]
     m = frames.shape[0]
     first = min(m, ring_frames - j)
@@ -142,13 +122,10 @@ class StreamPipeline:
         level_spec: FeatureSpec | None = None,
         level_bands: int | None = None,
     ) -> None:
-        """``level_spec``: the front end whose frames each window carries as ``levels`` (a
-        reader of sound levels, the breath tracker, needs frames the model's front end may
-        normalise away or band-limit); same frame and hop as ``spec``. None, or the first
-        kind's own spec: ``levels`` are ``features[0]`` and nothing more is computed.
-        ``level_bands``: the windows carry only the lowest that many of ``level_spec``'s
-        bands (its readers read no others; None: all), and where the level bands come from
-        the first kind's power spectrum only those are computed."""
+        """``level_spec``: the front end whose frames each window carries as ``levels`` for the
+        breath tracker, which needs frames the model's front end may normalise away or
+        band-limit (None, or the first kind's own spec: ``features[0]``). ``level_bands``:
+        only the lowest that many of its bands (None: all)."""
         _check_geometry(kinds, window_frames, hop_frames)
         if not 0 <= conceal_max_samples <= max_piece_samples:
             raise PipelineError(
@@ -199,7 +176,6 @@ class StreamPipeline:
         self.reset()
 
     def reset(self) -> None:
-        """Restore the initial state exactly."""
         for stream in self._streams:
             stream.reset()
         self._audio[:] = 0.0
@@ -230,9 +206,7 @@ class StreamPipeline:
 
     @property
     def samples_to_next_window(self) -> int:
-        """Samples still to push before the next window is complete (at least 1): a reader
-        may gather that much audio into one :meth:`push`, which completes the window no later
-        than pushing it piece by piece would."""
+        """Samples still to push before the next window is complete (at least 1)."""
         start = self._next_start * self.spec.hop_samples
         return max(1, start + self.window_samples + self._lookahead - self.samples_seen)
 
@@ -262,10 +236,8 @@ class StreamPipeline:
 
     def flush(self, fill: np.ndarray, through_frame: int) -> list[WindowReady]:
         """After the stream's last chunk: the windows that cover every frame before
-        ``through_frame``, frames past the real ones (:attr:`frames_complete`) set to ``fill``
-        (K, F). Their ``padded_frames`` say how many are padding; their quality measures
-        describe the real audio they hold. The pipeline takes no more audio afterwards
-        without :meth:`reset`."""
+        ``through_frame``, frames past the real ones set to ``fill`` (K, F) and counted in
+        ``padded_frames``. No more audio is taken afterwards without :meth:`reset`."""
         fill = np.asarray(fill, np.float32)
         if fill.shape != self._ring.shape[:2]:
             raise PipelineError(f"flush frame must be {self._ring.shape[:2]}, got {fill.shape}")
@@ -324,8 +296,7 @@ class StreamPipeline:
             self._next_start += self.hop_frames
 
     def _store(self, frames: np.ndarray, ring: np.ndarray, count: int) -> int:
-        """Write one front end's new ``frames`` (m, F) into its ``ring`` (F, ring_frames),
-        which holds ``count`` frames so far; the new count."""
+        """Write one front end's new ``frames`` into its ``ring``; the new count."""
         m = frames.shape[0]
         if m == 0:
             return count
@@ -335,9 +306,8 @@ class StreamPipeline:
         return count + m
 
     def _hold_concealed(self, first: int, frames: np.ndarray, ring: np.ndarray) -> np.ndarray:
-        """Frames ``first``... of one front end (its ring ``ring``) whose span overlaps a
-        short loss repeat the frame before them (the oldest losses, behind every front end's
-        frames, are forgotten)."""
+        """Frames ``first``... of one front end whose span overlaps a short loss repeat the
+        frame before them."""
         hop, size = self.spec.hop_samples, self.spec.frame_samples
         ring_frames = ring.shape[1]
         out = frames
