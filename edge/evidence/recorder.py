@@ -14,12 +14,9 @@ FLAC encoding and the quantising are :meth:`Cut.encode`, which the runtime leave
 evidence publisher's thread, so the loop that serves the beds only copies.
 
 A clip starts for every physiological onset and every technical onset of a priority in
-``alarm_priorities`` (a finding episode's events have theirs, the episode none of its own):
-from ``pre_s`` before the event's start to ``post_s`` after its end (``ended``, or the
-``ongoing`` that latches it), at most ``max_s`` long; it is cut once the bed's audio reaches
-its end. The history holds the last ``history_s`` of audio (16-bit, 16 kB per second at 8
-kHz) and of output frames: a clip starts no earlier than the oldest sample kept (an apnoea is
-announced 20 s after its start, so the default keeps 25 s).
+``alarm_priorities`` (a finding episode's events have theirs, the episode none of its own);
+its span and the history's size: docs/evidence.md, "On the device". A clip starts no earlier
+than the oldest sample kept.
 """
 
 from __future__ import annotations
@@ -154,8 +151,8 @@ class ClipRecorder:
         return max(0, self._audio_end - self._audio.shape[0])
 
     def audio(self, first_sample: int, samples: np.ndarray) -> None:
-        """Keep a chunk (float samples at ``first_sample``); a jump forward leaves zeros, as
-        the pipeline gives the model, and samples already kept are not written again."""
+        """Keep a chunk; a jump forward leaves zeros (as the model was given), samples already
+        kept are not written again."""
         if first_sample > self._audio_end:
             gap = min(first_sample - self._audio_end, self._audio.shape[0])
             _write_ring(self._audio, first_sample - gap, np.zeros(gap, np.float32))
@@ -165,7 +162,6 @@ class ClipRecorder:
         self._audio_end = max(self._audio_end, first_sample + samples.shape[0])
 
     def frames(self, first_frame: int, probs: np.ndarray) -> None:
-        """Keep output frames ``first_frame, ...`` (n, O)."""
         n = probs.shape[0]
         if n == 0:
             return
@@ -193,15 +189,13 @@ class ClipRecorder:
                     capture.end = min(end + round(cfg.post_s * self.rate_hz), capture.limit)
 
     def _wanted(self, event: Event) -> bool:
-        """Every sound and breathing event, and a technical one of an alarm priority; a
-        finding episode has none of its own (the events inside it have theirs)."""
         if event.kind == "physiological":
             return True
         return event.kind == "technical" and event.priority in self.config.alarm_priorities
 
     def due_cuts(self) -> list[Cut]:
-        """The clips whose end the audio has reached (cut and closed); a clip whose audio has
-        left the history meanwhile is dropped (counted in ``lost``)."""
+        """The clips whose end the audio has reached; one whose audio has left the history is
+        dropped (counted in ``lost``)."""
         ready = [c for c in self._open.values() if self._audio_end >= (c.end or c.limit)]
         return [cut for c in ready if (cut := self._cut(c, c.end or c.limit)) is not None]
 
@@ -245,8 +239,7 @@ class ClipRecorder:
 
 
 def _take_ring(ring: np.ndarray, start: int, end: int) -> np.ndarray:
-    """Items ``start .. end-1`` of a ring indexed modulo its length (at most one lap), as
-    one or two slices."""
+    """Items ``start .. end-1`` of a ring indexed modulo its length (at most one lap)."""
     size = ring.shape[0]
     first, n = start % size, end - start
     if first + n <= size:
@@ -267,8 +260,7 @@ def _put_ring(ring: np.ndarray, start: int, rows: np.ndarray) -> None:
 
 @njit(cache=True)
 def _write_ring(ring: np.ndarray, at: int, samples: np.ndarray) -> None:
-    """``samples`` (float, clipped to [-1, 1]) as int16 into ``ring`` from sample ``at``; of
-    more than the ring holds only the last ring's worth."""
+    """``samples`` as int16 into ``ring`` from sample ``at`` (the last ring's worth)."""
     size = ring.shape[0]
     n = samples.shape[0]
     first = max(0, n - size)

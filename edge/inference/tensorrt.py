@@ -1,22 +1,8 @@
 """The native TensorRT 10 backend: a serialized engine run with cuda-python.
 
-The engine (``model.plan``) is built on the device itself by ``lungwatch engine``, which
-records the TensorRT version in ``manifest.json`` beside it. Loading:
-
-1. refuse an engine whose recorded TensorRT version differs from the running one;
-2. deserialize it and check its I/O tensors against the contract of :mod:`edge.inference.base`
-   (:func:`engine_contract`: ``features`` float32 ``(-1, K, F, T)`` and ``state`` ``(-1, S)``
-   in, ``probs`` ``(-1, O, N)`` and ``state_out`` ``(-1, S)`` out: the beds' model states are
-   engine I/O, rows of the same batch as their features), and check its optimisation profile
-   (batch 1 .. max on every input);
-3. allocate device buffers and pinned host buffers once, for the largest batch, and bind the
-   device addresses to the execution context once.
-
-Per call (per ``max_batch`` piece): copy into the pinned inputs, ``set_input_shape`` each, then
-on one CUDA stream: host-to-device copies, ``execute_async_v3``, device-to-host copies,
-synchronize.
-
-``tensorrt`` (JetPack's python3-libnvinfer) and ``cuda-python`` are imported lazily.
+The engine (``model.plan``) is built on the device itself by ``lungwatch engine``; loading
+and each call: docs/backends.md, "Native TensorRT". ``tensorrt`` (JetPack's
+python3-libnvinfer) and ``cuda-python`` are imported lazily.
 """
 
 from __future__ import annotations
@@ -117,7 +103,6 @@ def check_engine_version(engine_path: Path, running_version: str) -> None:
 
 
 def _cuda_call(cudart: Any, result: Any, what: str) -> Any:
-    """Unpack a cuda-python ``(error, *values)`` result; raise on an error code."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
         name = cudart.cudaGetErrorName(err)[1]
@@ -129,7 +114,6 @@ def _cuda_call(cudart: Any, result: Any, what: str) -> Any:
 
 
 def _pinned_array(address: int, shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 numpy view of pinned host memory at ``address``."""
     pointer = ctypes.cast(ctypes.c_void_p(address), ctypes.POINTER(ctypes.c_float))
     return np.ctypeslib.as_array(pointer, shape=shape)
 
@@ -269,7 +253,6 @@ class TensorRTBackend:
         return io, profile_batch_range(ranges, where)
 
     def _shapes(self, rows: int) -> dict[str, tuple[int, ...]]:
-        """Full shapes of every I/O tensor for a batch of ``rows``."""
         return {
             INPUT_NAME: (rows, *self.input_shape),
             STATE_NAME: (rows, self.state_size),
@@ -325,9 +308,8 @@ class TensorRTBackend:
         return [self._host[name][:n].copy() for name in outputs]
 
     def infer(self, features: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A chunk for ``M`` beds: ``(M, K, F, T)`` features and ``(M, S)`` states -> ``(M, O,
-        N)`` probabilities and ``(M, S)`` new states, in max_batch pieces (each bed's state
-        goes in and comes out as its row)."""
+        """A chunk for ``M`` beds (the contract of :mod:`edge.inference.base`), in max_batch
+        pieces."""
         if self._stream is None:
             raise BackendError(f"{self.name}: backend is closed")
 

@@ -21,19 +21,12 @@ Stridor at once; ``--episodes FILE`` writes the episodes themselves (``{"<record
 "CAS", "start_s", "end_s", "confidence", "events", "opened_s"}]}``, ``opened_s`` where the
 stream was when the device announced it). ``--technical FILE`` writes the technical events
 (``poor_signal``, ``silence``, ``clipping``, ...) in the same shape, without confidence;
-``--verdicts FILE`` each recording's rolling verdict at its end (``{"<record>": "CAS"}``:
-Normal, CAS, DAS, CAS & DAS or Poor Quality, :mod:`edge.bed.verdict`; ``assessing`` for a
-recording shorter than the verdict's ``min_s``; null when the model's manifest has no Task
-rules). ``--respiration FILE`` writes each recording's breathing (:mod:`edge.bed.breathing`,
-``BreathTracker.summary``): ``{"<record>": {"rate_bpm": 18.1, "breaths": 6, "monitored_s":
-19.9, "assessable": true, "series": [...], ...}}``: one rate per recording (the breaths
-counted per minute of monitored audio, null when not assessable) and the live readings the
-stream gave (each over the last ``window_s``, what the ward view shows) as ``series``; the
-breathing alarms
-(``apnoea``, ``tachypnoea``, ``bradypnoea``) are among the events, ``breath_signal_lost``
-among the technical ones. ``--age-band`` sets every recording's age band (normal rates,
-apnoea time; default the config's ``respiration.age_band``, adult); ``auto`` takes the age a
-SPRSound file name carries (``<patient>_<age>_...``) and the default for other names.
+``--verdicts FILE`` each recording's rolling verdict at its end (``{"<record>": "CAS"}``;
+docs/runtime.md, "The rolling bed verdict"). ``--respiration FILE`` writes each recording's
+breathing, one rate and the live readings (docs/respiration.md, "What a bed reports"); the
+breathing alarms are among the events, ``breath_signal_lost`` among the technical ones.
+``--age-band`` sets every recording's age band (default the config's); ``auto`` takes the
+age a SPRSound file name carries.
 
 ``--model`` is a model folder (its ``model.int8.onnx`` if the manifest lists one, else
 ``model.onnx``) or an artifact its manifest lists; a checkpoint (``.pt``) is refused with the
@@ -94,8 +87,8 @@ DEMO_KEYS = ("broker", "chunk_samples", "delivery_timeout_s", "examples_dir", "h
 
 
 def load_detect_config(path: Path) -> DetectConfig:
-    """``detector``, ``gate`` and ``backend`` of a runtime config (errors name the file and
-    the key); the sections it leaves out are named on stderr."""
+    """The sections of a runtime config ``detect`` uses; those it leaves out are named on
+    stderr."""
     data = load_yaml(path)
     from edge.runtime.config import RuntimeConfig
 

@@ -1,22 +1,11 @@
 """Events of whole recordings computed by the device's own path.
 
-:func:`detect_recordings` runs recordings through exactly what a bed runs: each recording is
-one bed of a :class:`edge.monitor.Monitor` (the public streaming API the runtime is built on:
-ring buffer and streaming front end, the streaming model on the configured backend with its
-state carried chunk to chunk, the quality gate, :class:`edge.bed.detector.FrameDetector` with
-the manifest's fitted rules), fed in reads of :data:`READ_SAMPLES` as a file source would,
-beds batched into one model call, then closed (the end-of-stream flush). Each recording's
-physiological events come back as
-``{"start_s", "end_s", "type", "confidence"}`` (types spelled as SPRSound spells them,
-``start_s``/``end_s`` on the recording's own timeline, confidence the episode's peak
-probability), and its technical events (``poor_signal``, ``silence``, ...) as
-``{"start_s", "end_s", "type", "reason"}`` (reason: what the gate measured at onset).
-With ``keep_probs=True`` each recording also keeps the model's output frames as the detector
-saw them (``probs`` (n, O), row ``j`` = frame ``j`` of :class:`edge.bed.detector.FrameGrid`,
-columns the manifest's ``outputs``): the challenge tasks are computed from them
+:func:`detect_recordings` runs each recording as one bed of a :class:`edge.monitor.Monitor`,
+exactly what a bed of the runtime runs, fed in reads of :data:`READ_SAMPLES` as a file source
+would, beds batched into one model call. Events come back as ``{"start_s", "end_s", "type",
+"confidence"}`` on the recording's own timeline (technical ones with ``reason`` instead of
+``confidence``); ``keep_probs`` keeps the output frames the challenge tasks are computed from
 (:mod:`training.scoring.tasks`).
-``lungwatch detect --audio DIR`` writes them; the yardstick in
-``../shared/tools`` scores the same events from a real ``lungwatch run``.
 """
 
 from __future__ import annotations
@@ -133,14 +122,10 @@ def detect_recordings(
     respiration: RespirationConfig | None = None,
     age_bands: Mapping[str, str] | None = None,
 ) -> dict[str, RecordingEvents]:
-    """Run every recording as one bed through the device path (module doc); record name ->
-    its events. ``detector`` / ``gate`` / ``backend`` are the runtime config's sections
-    (None: the manifest's fitted rules and quality thresholds, ONNX Runtime on one thread);
-    ``keep_probs`` keeps every recording's output frames; ``respiration`` is the runtime
-    config's section and ``age_bands`` each recording's age band (record name -> band; the
-    section's for the others). An unreadable recording fails the
-    call (:class:`~lungwatch.errors.ConfigError` naming it), or with ``skip_unreadable`` the others
-    run and it comes back with no events and ``error`` set."""
+    """Record name -> its events. The config sections default to the manifest's rules and ONNX
+    Runtime on one thread; ``age_bands``: record name -> band (the section's for the others).
+    An unreadable recording fails the call (:class:`~lungwatch.errors.ConfigError`), or with
+    ``skip_unreadable`` comes back with ``error`` set."""
     monitor = Monitor.load(
         Path(model_dir) / model_file,
         detector=detector,
@@ -174,7 +159,6 @@ def _run(
     keep_probs: bool,
     age_bands: Mapping[str, str],
 ) -> dict[str, RecordingEvents]:
-    """Every recording of ``audio`` as a bed of ``monitor``, read by read, then closed."""
     beds = {name: monitor.open_bed(name, age_bands.get(name)) for name in audio}
     steps: dict[str, list[BedStep]] = {name: [] for name in audio}
     longest = max((a.shape[0] for a in audio.values()), default=0)

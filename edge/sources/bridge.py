@@ -1,31 +1,10 @@
 """The ``bridge://`` audio source: a wearable stethoscope's stream through ``firmware_bridge``.
 
-URL forms (spec: ``docs/firmware-protocol.md``, section "Runtime source URL")::
-
-    bridge://udp/HOST:PORT?device=ID&stream=ID      bind HOST:PORT, take datagrams
-    bridge://tcp/HOST:PORT?device=ID                connect to a device that listens;
-                                                    reconnect with backoff
-    bridge://serial//dev/ttyUSB0?baud=921600        USB serial (pyserial)
-
-Options: ``device`` and ``stream`` (decimal or 0x-hex; absent: the first stream heard),
-``rate`` (Hz the runtime expects; default ``default_rate_hz``, which ``open_source`` sets to
-the model's rate; frames at another rate are dropped with a ``device_status`` notice),
-``name`` (the source's ``stream_id``, e.g. the bed; default ``bridge-DEVICE-STREAM``),
-``key_file`` (a device key file from ``lungwatch bridge provision``: ``DEVICE:HEX`` lines, or
-one bare hex key for ``device`` or every device), ``key_dir`` (a folder of such files),
-``state_file`` (the session state that keeps replays out across restarts; default next to the
-key: ``keys/bed-1.key`` -> ``keys/bed-1.sessions.json``, ``key_dir=keys`` ->
-``keys/sessions.json``), ``allow_v1`` (1: also take version-1 frames, logged as a warning),
-``jitter_frames`` and ``max_hold_ms`` (the jitter buffer), ``baud`` (serial). Relative paths
-are relative to the working folder (the deployed service's is ``PREFIX/state``).
-
-Security (``docs/firmware-protocol.md``): frames are protocol version 2 (encrypted,
-authenticated, replay-protected) from devices whose key is given; version-1 frames are refused
-and counted unless ``allow_v1=1``. A UDP or TCP source beyond loopback without a key is refused
-when it is opened (:func:`check_url` says so without opening anything). :meth:`BridgeSource.stats`
-gives the link's counters (``replayed``, ``stale_session``, ``auth_failed``, ``v1_rejected``,
-``no_key``, ...); growing rejections are logged as a warning at most every
-:data:`REJECTION_LOG_S` seconds.
+URL forms, options and security: docs/firmware-protocol.md, "Runtime source URL" (e.g.
+``bridge://udp/HOST:PORT?device=ID&stream=ID&key_file=keys/bed-1.key``). Frames at another
+rate than ``rate`` are dropped with a ``device_status`` notice; ``state_file`` defaults next
+to the key (``keys/bed-1.key`` -> ``keys/bed-1.sessions.json``, ``key_dir=keys`` ->
+``keys/sessions.json``).
 
 Chunks follow the device's sample index: a gap is a chunk of silence marked ``missing``
 carrying a ``signal_gap`` notice (``missing_samples``; a gap longer than 10 s is a jump of
@@ -161,14 +140,12 @@ class BridgeSource:
         self._bridge.close()
 
     def stats(self) -> ReceiverStats:
-        """The link's counters (the parser's: ``frames_ok``, ``bad_crc``, and what the security
-        policy rejected: ``replayed``, ``stale_session``, ``auth_failed``, ``v1_rejected``,
-        ``no_key``, ``bad_tag``) and each stream's (duplicates, gaps, restarts, ...)."""
+        """The link's counters (the parser's and the security policy's) and each stream's."""
         return self._bridge.receiver.stats()
 
     def rejections(self) -> dict[str, int]:
-        """What the link's security policy refused since the start, by reason (the runtime
-        publishes them in the bed's metrics as ``link_<reason>``)."""
+        """What the link's security policy refused since the start, by reason (metrics
+        ``link_<reason>``)."""
         link = self._bridge.receiver.parser.stats()
         return {name: int(getattr(link, name)) for name in POLICY_COUNTERS}
 
