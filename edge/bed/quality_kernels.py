@@ -1,19 +1,11 @@
 """Numba kernels behind :func:`edge.bed.quality.measure`: level, clipping and Welch entropy in
 one pass.
 
-``edge.bed.quality`` defines the measures with NumPy/SciPy (``measure_reference``); this module
-computes the same numbers for the runtime's per-window path without SciPy's per-call cost.
-The Welch estimate is ``scipy.signal.welch(x, window="hann", nperseg=n, noverlap=n // 2,
-detrend="constant", scaling="spectrum")`` restricted to a band: frames of ``n`` samples every
-``step``, each with its mean removed and multiplied by the periodic Hann window, their
-``|rfft|**2`` summed over frames, and every bin except DC and Nyquist counted twice (the
-one-sided spectrum). The constant factor of ``welch`` (``1 / (n_frames * sum(window)**2)``)
-cancels in the normalised entropy, so it is left out.
-
-Scratch arrays live in a :class:`WelchWork` per thread and frame length (:func:`welch_work`),
-allocated on first use and grown only when a segment with more frames than before comes; the
-FFT is :func:`edge.features.fft.frames_power` (DUCC0 through rocket-fft, or the built-in
-radix-2), so the frame length must be a power of two.
+The same numbers as ``measure_reference`` without SciPy's per-call cost. The Welch estimate is
+``scipy.signal.welch(x, window="hann", nperseg=n, noverlap=n // 2, detrend="constant",
+scaling="spectrum")`` restricted to a band, without its constant factor (it cancels in the
+normalised entropy). The FFT is :func:`edge.features.fft.frames_power`, so the frame length
+must be a power of two. Scratch arrays: a :class:`WelchWork` per thread and settings.
 """
 
 from __future__ import annotations
@@ -29,14 +21,8 @@ from edge.features.fft import FramesFft, frames_power
 
 
 class WelchWork:
-    """Tables and scratch of the Welch kernels for one frame length and rate.
-
-    window: (n,) float64 periodic Hann, as ``welch`` builds it; step: hop between frames;
-    lo, hi: the band's bins ``[lo, hi)``, from ``fmin_hz`` to ``fmax_hz`` (Nyquist at most),
-    chosen on the same bin frequencies as ``welch``'s (``(0, 0)`` when none lies there);
-    frames: (capacity, n) float64; power: (capacity, n // 2 + 1) float64; fft: the spectra
-    (:class:`~edge.features.fft.FramesFft`).
-    """
+    """Tables and scratch of the Welch kernels for one frame length and rate; ``lo, hi``: the
+    band's bins on ``welch``'s bin frequencies (``(0, 0)`` when none lies there)."""
 
     def __init__(
         self,
@@ -56,7 +42,6 @@ class WelchWork:
         self.power = np.zeros((1, n_per_frame // 2 + 1), dtype=np.float64)
 
     def ensure(self, n_frames: int) -> None:
-        """Room for ``n_frames`` frames (reallocates only when it has less)."""
         if n_frames > self.frames.shape[0]:
             self.fft.allocate(n_frames)
             self.frames = np.zeros((n_frames, self.frames.shape[1]), dtype=np.float64)
@@ -101,8 +86,7 @@ def level_sums(x, threshold):
 
 @njit(cache=True)
 def welch_frames(x, window, step, n_frames, frames):
-    """``frames[f] = (x[f*step : f*step + n] - its mean) * window`` for ``f < n_frames``;
-    ``x`` (>= (n_frames - 1) * step + n,), window (n,), frames (>= n_frames, n) float64."""
+    """``frames[f] = (x[f*step : f*step + n] - its mean) * window`` for ``f < n_frames``."""
     n = window.shape[0]
     for f in range(n_frames):
         start = f * step

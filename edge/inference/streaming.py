@@ -4,19 +4,9 @@
     frames = bed.push(window.features)                 # one bed alone: OutputFrames
     frames = infer_beds(backend, [(bed, window.features), ...])   # all beds, one call
 
-A streaming model (manifest schema 2, :mod:`edge.inference.base`) maps a chunk of ``T = N *
-stride`` front-end frames and the bed's state to ``N`` output frames and the next state. The
-pipeline (:class:`edge.bed.pipeline.StreamPipeline` with ``window_frames = hop_frames = T``) cuts
-exactly those chunks, so every front-end frame goes through the network once. A bed's state
-is a row of an ``(M, S)`` batch: the round's chunks of all beds go to the backend together, in
-pieces of its ``max_batch``.
-
-Time: output ``j`` of a stream describes network frame ``j - lookahead_frames`` (the model's
-bounded look-ahead). :class:`OutputFrames` gives the frames of the detection timeline
-(:class:`edge.bed.detector.FrameGrid`), so the first ``lookahead_frames`` outputs of a stream,
-which describe nothing before its start, are dropped here and never reach the detector.
-:meth:`BedState.reset` (a new stream, or a gap the model must not bridge) restores the zero
-state and starts that count again from the given frame.
+Chunks, state and look-ahead: docs/runtime.md, "The streaming model". Output ``j`` of a
+stream describes network frame ``j - lookahead_frames``, so the first ``lookahead_frames``
+outputs after a (re)start describe nothing and are dropped here.
 """
 
 from __future__ import annotations
@@ -37,8 +27,7 @@ class StreamingError(LungwatchError, ValueError):
 
 @dataclass(frozen=True)
 class OutputFrames:
-    """Output frames ``first_frame, first_frame + 1, ...`` of one bed: ``probs`` (n, O),
-    n maybe 0 (all of the chunk was look-ahead)."""
+    """Output frames ``first_frame, ...`` of one bed: ``probs`` (n, O), n maybe 0."""
 
     first_frame: int
     probs: np.ndarray
@@ -79,14 +68,9 @@ class BedState:
 def infer_beds(
     backend: Backend, items: Sequence[tuple[BedState, np.ndarray]]
 ) -> list[OutputFrames]:
-    """The chunks ``(bed, features (K, F, T))`` of many beds through the backend; each bed's
-    state advances. A bed may appear more than once only if its chunks are consecutive in
-    ``items`` order: they are then run in successive calls, state carried.
-
-    The beds go in pieces of the backend's ``max_batch``, each stacked, run and taken back
-    before the next is stacked: the states of a whole ward (46 KB a bed for ``models/sed``)
-    are never gathered into one array and split again, which cost a third of the time of
-    the inference itself."""
+    """The chunks ``(bed, features (K, F, T))`` of many beds through the backend in pieces of
+    its ``max_batch`` (never one array of the whole ward's states: docs/runtime.md); a bed's
+    chunks, if several, must be consecutive and run in successive calls."""
     if not items:
         return []
     results: list[OutputFrames | None] = [None] * len(items)

@@ -1,12 +1,8 @@
 """The runtime's event messages: one per transition of a bed, handed to the sinks per group.
 
-:class:`EventOutbox` turns a bed's transitions (:class:`edge.bed.chain.BedChain`) into
-:class:`~lungwatch.events.Event` messages and is the one place that tracks each bed's open
-episodes: an onset opens one, ``ongoing`` and ``ended`` continue it. It keeps the messages
-until :meth:`EventOutbox.flush`, which the runtime calls once per group of beds (and after an
-acknowledge or at shutdown): the sinks then take them in one call
-(:func:`edge.sinks.publish_all`; the MQTT sink commits them to its spool in one transaction).
-Events keep their order. The runtime calls both methods under its own lock.
+:class:`EventOutbox` is the one place that tracks each bed's open episodes. It keeps the
+messages until :meth:`EventOutbox.flush` (once per group of beds), when the sinks take them in
+one call, in order. The runtime calls both methods under its own lock.
 """
 
 from __future__ import annotations
@@ -22,8 +18,7 @@ ACKNOWLEDGE = "acknowledge"  # the ended_by of an acknowledged event
 
 
 class Stream(Protocol):
-    """What the outbox needs of a bed (:class:`edge.runtime.loop.Stream` has it): its id, its
-    counters and its sample clock."""
+    """What the outbox needs of a bed (:class:`edge.runtime.loop.Stream` has it)."""
 
     id: str
     counters: dict[str, int]
@@ -32,11 +27,7 @@ class Stream(Protocol):
 
 
 class EventOutbox:
-    """Builds the events of transitions and publishes them to ``sink`` in groups.
-
-    ``site``, ``device_id``: every event's identity; ``model_id``, ``model_sha256``: the
-    model named by physiological events.
-    """
+    """Builds the events of transitions and publishes them to ``sink`` in groups."""
 
     def __init__(
         self, sink: Sink, site: str, device_id: str, model_id: str, model_sha256: str
@@ -56,8 +47,7 @@ class EventOutbox:
     def emit(
         self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
     ) -> list[Event]:
-        """Queue one event per transition (updating the bed's episodes and counter); the
-        events made."""
+        """Queue one event per transition; the events made."""
         episodes = self._episodes.setdefault(stream.id, {})
         self.held_changed |= bool(transitions)
         made = []
@@ -162,10 +152,8 @@ class EventOutbox:
         t: Transition,
         quality: dict[str, Any] | None,
     ) -> Event:
-        """The message for ``t``: an onset opens an episode; ``ongoing`` and ``ended`` continue
-        the open one (an ``ended`` with no onset opens and closes one at once). ``quality``
-        None keeps the episode's last measures; an ending's ``ended_by`` goes to its
-        ``detail``."""
+        """The message for ``t`` (an ``ended`` with no onset opens and closes an episode at
+        once); ``quality`` None keeps the episode's last measures."""
         detail = _detail(t)
         if previous is None:
             previous = Event.onset(**self._onset_fields(stream, t), quality=quality or {})
@@ -205,8 +193,7 @@ class EventOutbox:
 
 
 def _confidence(t: Transition) -> float | None:
-    """The peak probability of a physiological event (a finding episode: of its events);
-    None for technical ones."""
+    """The peak probability of a physiological event or finding episode, else None."""
     if t.kind not in ("physiological", "finding"):
         return None
     return float(min(max(t.confidence, 0.0), 1.0))

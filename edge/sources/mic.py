@@ -4,22 +4,18 @@ Device: None (PortAudio's default input), an index, or a name: an exact (case-in
 match, else the only device whose name contains it; otherwise the error lists the inputs.
 
 Rate: the stream opens at the model's rate when the device supports it, else at the device's
-default rate, and :class:`StreamingResampler` converts chunk by chunk (the polyphase FIR of
-``scipy.signal.resample_poly``, with its state carried across chunks, so the output does not
-depend on the chunking and equals ``resample_poly`` on the whole signal but for the last
-``half_len / up`` input samples, which are still in the filter).
+default rate, and :class:`StreamingResampler` converts chunk by chunk (``resample_poly``'s
+filter with its state carried, so the output does not depend on the chunking).
 
 Capture is 16-bit mono in blocking mode. A block's ``captured_s`` is the read's time less the
 audio still buffered behind it (``get_read_available()`` less the block), so a runtime that
 reads late sees how late (PortAudio's own input latency is not in it). An input overflow
-(PortAudio dropped audio because we read late) is reported as an ``overflow`` notice; the block
-read with it is delivered as a ``missing`` chunk of zeros, so the timeline stays
-sample-accurate. (pyaudio's ``exception_on_overflow=False`` would keep the block but give no
-sign that audio was lost; with ``True`` it raises and discards the block, which is what we
-report.) A failing stream is a disconnect: one empty chunk carries a ``disconnected`` notice,
-reopening is tried every ``reopen_interval_s``, and the first chunk after it carries
-``reconnected`` (with ``missing_samples``, the wall-clock length of the outage) and a timeline
-jump of that length.
+(PortAudio dropped audio because we read late) is an ``overflow`` notice and its block a
+``missing`` chunk of zeros (``exception_on_overflow=False`` would hide the loss), so the
+timeline stays sample-accurate. A failing stream is a disconnect: one empty chunk carries a
+``disconnected`` notice, reopening is tried every ``reopen_interval_s``, and the first chunk
+after it carries ``reconnected`` (with ``missing_samples``, the wall-clock length of the
+outage) and a timeline jump of that length.
 """
 
 from __future__ import annotations
@@ -57,11 +53,8 @@ def import_pyaudio() -> ModuleType:
 
 @njit(cache=True)
 def _resample_push(x, out, ring, counters, taps, up, down, half_len):
-    """Polyphase resampling of ``x`` onto ``out``; returns the number of outputs written.
-
-    Output ``m`` is ``sum_q taps[m*down + half_len - up*q] * x[q]`` over the inputs ``q`` that
-    the taps reach (``x[q] = 0`` for ``q < 0``); it is emitted once input ``q_hi(m) =
-    (m*down + half_len) // up`` has arrived. ``ring`` holds the last inputs at ``q % size``.
+    """Polyphase resampling of ``x`` onto ``out``; the number of outputs written. Output ``m``
+    is ``sum_q taps[m*down + half_len - up*q] * x[q]``, emitted once its last input arrived.
     """
     size = ring.shape[0]
     n_in, n_out, written = counters[N_IN], counters[N_OUT], 0
@@ -101,7 +94,7 @@ class StreamingResampler:
         self._out = np.zeros(-(-n_in * self.up // self.down) + 2, dtype=np.float32)
 
     def push(self, x: np.ndarray) -> np.ndarray:
-        """Resampled samples now available: a view valid until the next push."""
+        """Resampled samples now available (a view valid until the next push)."""
         if -(-x.shape[0] * self.up // self.down) + 2 > self._out.shape[0]:
             self._grow(x.shape[0])
         n = _resample_push(
@@ -115,7 +108,7 @@ class StreamingResampler:
 
 
 def input_devices(pa: Any) -> list[tuple[int, str, int]]:
-    """``(index, name, default rate)`` of every device with an input channel."""
+    """``(index, name, default rate)`` of every input device."""
     infos = (pa.get_device_info_by_index(i) for i in range(pa.get_device_count()))
     return [
         (int(d["index"]), str(d["name"]), int(d["defaultSampleRate"]))
@@ -296,6 +289,5 @@ class MicSource:
                 pass  # the device is gone already: nothing left to release
 
     def close(self) -> None:
-        """Stop capturing and release PortAudio."""
         self._close_stream()
         self._pa.terminate()
