@@ -1,29 +1,9 @@
 """Age bands: the respiratory rates that are normal for a bed's patient, and the apnoea time.
 
-A bed's age band (``streams[].age_band``, or ``streams[].age_years``, else the config's
-``respiration.age_band``) sets three things of :mod:`edge.bed.breathing`:
-
-- ``low_bpm`` / ``high_bpm``: a rate that stays below / above them for
-  ``respiration.rate_alert_s`` raises ``bradypnoea`` / ``tachypnoea`` (low priority);
-- ``search_bpm``: the rates the estimator considers for this age (an adult does not breathe
-  90 times a minute, an infant may);
-- ``apnoea_s``: no breath for this long raises ``apnoea`` (``respiration.apnoea_s`` overrides).
-
-Sources of the defaults (docs/respiration.md has the table):
-
-- Tachypnoea in children under five: the WHO's fast-breathing thresholds of IMCI (60 breaths
-  per minute or more under 2 months, 50 or more from 2 to 11 months, 40 or more from 12 to
-  59 months).
-- Adults: NEWS2 (Royal College of Physicians, 2017) scores 3 at 8 breaths per minute or fewer
-  and at 25 or more: the limits 9..24 alert where NEWS2 scores its highest single value.
-- Children from 5 to 17 years and every lower limit in children: no guideline gives one
-  number; these are lungwatch's defaults, chosen below and above the centile charts of
-  Fleming et al. (Lancet 2011; median 44 at birth falling to 26 at two years), and meant to
-  be set to the unit's paediatric early-warning score.
-- Apnoea, 20 s: the American Academy of Pediatrics' definition of pathological apnoea in
-  infants and children (cessation of breathing for 20 s or longer; Committee on Fetus and
-  Newborn, Pediatrics 2003;111:914); for adults the shortest apnoea alarm time of common ward
-  monitors (their settings run from 10 to 60 s; 20 s is a common default).
+Sources of the defaults: the WHO's IMCI fast-breathing thresholds, NEWS2 (Royal College of
+Physicians, 2017), the centile charts of Fleming et al. (Lancet 2011) and the AAP's definition
+of pathological apnoea (Pediatrics 2003;111:914); the table and how each limit follows from
+them: docs/respiration.md, "Age bands".
 """
 
 from __future__ import annotations
@@ -35,7 +15,7 @@ from lungwatch.errors import ConfigError
 
 @dataclass(frozen=True)
 class AgeBand:
-    """One age band (see the module doc)."""
+    """One age band."""
 
     name: str
     min_age_y: float  # the band holds ages in [min_age_y, max_age_y)

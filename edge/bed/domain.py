@@ -3,23 +3,12 @@
     silent = SilentBands.of(spec, kinds, training_mean)  # None: no such bands
     note = silent.describe(window.features)             # None, or a sentence for the reason
 
-SPRSound's stethoscope records nothing above about 0.8 kHz: in those bands every training
-frame sits at the front end's log floor (``ln(log_offset)``), so the model has learnt nothing
-there. Another stethoscope puts real sound in them, tens of standard deviations away from
-anything the model saw, and the model calls it Poor Quality (docs/models/sed.md, "Few
-stethoscopes"). The alarm is right, but "model Poor Quality" alone sends a nurse to reposition
-a chest piece that is fine. When the model's quality output turns on, the gate adds this
-module's sentence to the ``poor_signal`` reason, so an integrator trying a new device sees
-what is different.
-
+SPRSound's stethoscope records nothing above about 0.8 kHz, so the model calls another
+stethoscope's sound there Poor Quality; "model Poor Quality" alone would send a nurse to
+reposition a chest piece that is fine, so the gate adds this module's sentence to the reason.
 The silent bands of a kind are the top run of bands whose training mean (the manifest's flush
-frame, (K, F)) lies within :data:`SILENT_MARGIN` of the floor: the band edge of the training
-device. (A floor band below a band with sound, or a kind silent everywhere, says nothing about
-a device's band edge and is not used.) A window's excess is the mean over those bands and its
-frames of ``features - training_mean``, in dB (features are ``ln`` of band power): how far
-above the front end's floor, where the training audio lies, the window's sound is there. Only
-``log`` normalisation without the running band normalisation has a floor; other specs
-(the band-normalised front end of the shipped model among them) get no diagnostic.
+frame) lies within :data:`SILENT_MARGIN` of the log floor. Only ``log`` normalisation without
+band normalisation has a floor; other specs (the shipped model's) get no diagnostic.
 """
 
 from __future__ import annotations
@@ -53,8 +42,8 @@ class SilentBands:
     def of(
         cls, spec: FeatureSpec, kinds: Sequence[str], training_mean: np.ndarray
     ) -> SilentBands | None:
-        """The silent bands of a model trained with per-band means ``training_mean`` (K, F);
-        None if there are none or the spec has no log floor."""
+        """The silent bands of a model with training means ``training_mean`` (K, F); None if
+        there are none or the spec has no log floor."""
         mean = np.array(training_mean, dtype=np.float32)  # a copy: made read-only below
         if mean.shape != (len(kinds), spec.n_bands):
             raise ValueError(

@@ -1,15 +1,7 @@
 """The one small interface every inference backend implements.
 
-An exported model is stateless (``docs/design.md``, "Streaming models"): its context is carried
-explicitly. One call takes a chunk of every bed's new front-end frames and their states::
-
-    features   float32 (batch, n_kinds, n_bands, chunk_frames * stride)
-    state      float32 (batch, state_size)            zeros when a stream starts
-    ->  probs      float32 (batch, n_outputs, chunk_frames)   sigmoid applied in the graph
-        state_out  float32 (batch, state_size)        fed back with the bed's next chunk
-
-Only the batch is dynamic. The beds' states are rows of one batch, so one call serves every
-bed; a backend splits a call into pieces of its ``max_batch`` rows.
+The model contract (``features``, ``state`` -> ``probs``, ``state_out``; only the batch
+dynamic, the beds' states rows of one batch): docs/backends.md, "The interface".
 """
 
 from __future__ import annotations
@@ -46,9 +38,8 @@ class BackendError(LungwatchError):
 
 @runtime_checkable
 class Backend(Protocol):
-    """Runs one model (see the module doc): ``input_shape`` ``(K, F, T)``, ``state_size`` S,
-    ``output_shape`` ``(O, N)``. ``name`` says what actually runs (after any fallback), e.g.
-    ``onnxruntime/CPUExecutionProvider`` or ``tensorrt/10.3.0``."""
+    """Runs one model; ``name`` says what actually runs (after any fallback), e.g.
+    ``onnxruntime/CPUExecutionProvider``."""
 
     name: str
     input_shape: tuple[int, int, int]
@@ -75,11 +66,8 @@ def check_state(state: object, rows: int, state_size: int) -> np.ndarray:
 
 
 def check_batch(batch: object, input_shape: tuple[int, ...]) -> np.ndarray:
-    """Return ``batch`` as a C-contiguous float32 array of shape ``(N, *input_shape)``.
-
-    Only the layout may change (no dtype conversion): anything that is not a float32
-    ndarray of the expected shape raises :class:`BackendError` naming the expected shape.
-    """
+    """``batch`` as a C-contiguous float32 ``(N, *input_shape)`` array (no dtype conversion),
+    or BackendError naming the expected shape."""
     expected = "(N, " + ", ".join(str(d) for d in input_shape) + ")"
     if not isinstance(batch, np.ndarray):
         raise BackendError(
@@ -106,9 +94,8 @@ def infer_in_pieces(
     max_batch: int,
     run: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The checks and batching every backend's ``infer`` shares: ``features``
-    ``(M, K, F, T)`` and ``state`` ``(M, S)`` checked against ``io``, then ``run(features,
-    state) -> (probs, new_state)`` on pieces of at most ``max_batch`` rows, joined in order."""
+    """The checks and batching every backend's ``infer`` shares: ``run(features, state) ->
+    (probs, new_state)`` on pieces of at most ``max_batch`` rows, joined in order."""
     x = check_batch(features, io.input_shape)
     s = check_state(state, x.shape[0], io.state_size)
     if x.shape[0] == 0:

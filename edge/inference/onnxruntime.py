@@ -1,14 +1,8 @@
 """The onnxruntime backend: one session, providers tried in the configured order.
 
-Provider selection (every step is logged on ``lungwatch.backend``):
-
-1. the configured names (``tensorrt``, ``cuda``, ``cpu``) become onnxruntime providers with
-   their options (:func:`provider_chain`, a pure function);
-2. providers this onnxruntime build does not have are skipped (:func:`drop_unavailable`);
-3. a session is created with the remaining list; if that fails, the first provider is dropped
-   and the rest is tried, down to the last one;
-4. ``session.get_providers()`` says what actually runs: one INFO line names it, and a WARNING
-   says so when it is not the preferred one (onnxruntime may drop a provider silently).
+Provider selection and its log lines: docs/backends.md, "onnxruntime: provider order,
+fallback and log lines" (``session.get_providers()`` decides what is reported, since
+onnxruntime may drop a provider silently).
 """
 
 from __future__ import annotations
@@ -53,12 +47,9 @@ def provider_options(
     input_shape: tuple[int, ...] | None = None,
     state_size: int | None = None,
 ) -> dict[str, str]:
-    """The onnxruntime options of one configured provider (``tensorrt``, ``cuda``, ``cpu``).
-
-    For the TensorRT EP, ``input_shape`` (without batch) adds an optimisation profile for
-    batches 1..max_batch so that no engine is rebuilt when the batch size changes; the
-    ``state`` input (``state_size`` floats) gets the same batch range.
-    """
+    """The onnxruntime options of one configured provider; for the TensorRT EP an
+    optimisation profile for batches 1..max_batch, so no engine is rebuilt when the batch
+    size changes."""
     if provider == "tensorrt":
         options = {
             "trt_fp16_enable": _flag(config.precision in ("fp16", "int8")),
@@ -214,7 +205,7 @@ def create_session(model_path: Path, config: BackendConfig, chain: list[Provider
 
 
 class OrtBackend:
-    """An ONNX model in one onnxruntime session (see the module docstring for providers)."""
+    """An ONNX model in one onnxruntime session."""
 
     def __init__(self, model_path: Path, config: BackendConfig | None = None) -> None:
         self.config = config or BackendConfig()
@@ -279,8 +270,7 @@ class OrtBackend:
         return running
 
     def infer(self, features: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A chunk for ``M`` beds: ``(M, K, F, T)`` features and ``(M, S)`` states -> ``(M, O,
-        N)`` probabilities and ``(M, S)`` new states, in max_batch pieces."""
+        """A chunk for ``M`` beds (the contract of :mod:`edge.inference.base`)."""
         if self._session is None:
             raise BackendError(f"{self.name}: backend is closed")
         session = self._session

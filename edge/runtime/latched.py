@@ -4,20 +4,10 @@
     carried = store.load()              # stream id -> [Event, ...] held before the restart
     store.save({"bed-1": [event, ...]}) # every change of the set (atomic, 0600)
 
-A latched alarm ends only when a person acknowledges it (or its bed's stream ends), never
-because the device stopped: a rollout (``make deploy``) and every SIGTERM restart the
-runtime. The runtime keeps in this file, whenever the set changes, each bed's open alarms
-that need an acknowledgement: the latched ones (their condition over, not yet
-acknowledged) and, at shutdown, the live ones of a latching priority (their condition still
-held when monitoring stopped). After a restart it announces each again (an ``ongoing``
-message of the same episode, ``detail.latched`` and ``detail.restored`` true), lists it in
-the bed's summary, and ends it when an acknowledge names its key, type or alarm condition.
-
-The file holds each alarm's last event message (``Event.to_dict``), so nothing of what the
-ward saw is lost; it is written to a temporary file beside it and renamed over it (a crash
-mid-write leaves the previous version), created 0600 (the alarms name beds and times). A
-file that cannot be read or holds something else is an error naming the file, not an empty
-set: the runtime refuses to start rather than drop alarms it cannot read.
+A latched alarm ends only when a person acknowledges it, never because the device restarted
+(docs/runtime.md, "Signals and shutdown"). The file holds each alarm's last event message,
+written atomically and 0600 (the alarms name beds and times). A file that cannot be read is an
+error naming it, not an empty set: the runtime refuses to start rather than drop alarms.
 """
 
 from __future__ import annotations

@@ -5,12 +5,8 @@ Implementations: :class:`edge.sinks.stdout.StdoutSink` (readable lines),
 :class:`edge.sinks.mqtt.MqttSink` (QoS 1 over an SQLite spool; needs paho-mqtt). Import the
 one you use from its module; this package imports none of them.
 
-The runtime hands each round's events over together with :func:`publish_all`: a sink that
-has ``publish_many(events)`` takes them in one call (the MQTT sink: one spool transaction),
-any other sink gets them one ``publish`` at a time. Live-strip points (``edge.sinks.live``)
-go only to a sink that has ``publish_live`` (:func:`publish_live`; the MQTT sink), and so do
-a bed's rolling verdict and breathing (:func:`publish_verdict`, :func:`publish_respiration`:
-retained messages).
+The ``publish_*`` functions give a sink what it has a method for (``publish_many``,
+``publish_live``, ...; the MQTT sink has them all) and skip the sinks without.
 """
 
 from __future__ import annotations
@@ -35,7 +31,7 @@ class Sink(Protocol):
         """Take one event; returns quickly (a sink that needs the network spools it)."""
 
     def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
-        """Take one stream's counters (frames, windows, events, latency_ms, drops, ...)."""
+        """Take one stream's counters."""
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until everything taken so far is delivered; False if ``timeout_s`` ran out."""
@@ -57,39 +53,35 @@ def publish_all(sink: Sink, events: Sequence[Event]) -> None:
 
 
 def publish_verdict(sink: Sink, stream_id: str, verdict: dict[str, Any] | None) -> None:
-    """Give a bed's new rolling verdict to ``sink`` if it takes them (MQTT: retained; stdout:
-    a line); None: the bed's stream ended, its verdict is withdrawn."""
+    """A bed's new rolling verdict (None: withdrawn, the stream ended)."""
     take = getattr(sink, "publish_verdict", None)
     if take is not None:
         take(stream_id, verdict)
 
 
 def publish_respiration(sink: Sink, stream_id: str, reading: dict[str, Any] | None) -> None:
-    """Give a bed's breathing (its respiration message) to ``sink`` if it takes them (MQTT:
-    retained); None: the bed's stream ended, its last reading is withdrawn."""
+    """A bed's breathing (None: withdrawn, the stream ended)."""
     take = getattr(sink, "publish_respiration", None)
     if take is not None:
         take(stream_id, reading)
 
 
 def publish_ack(sink: Sink, stream_id: str, target: str, user: str, ended: int) -> None:
-    """Tell ``sink`` that the bed took an acknowledge of ``target`` by ``user`` (MQTT: the
-    ack topic, QoS 1) if it takes them."""
+    """That the bed took an acknowledge of ``target`` by ``user``."""
     take = getattr(sink, "publish_ack", None)
     if take is not None:
         take(stream_id, target, user, ended)
 
 
 def publish_summary(sink: Sink, stream_id: str, summary: dict[str, Any] | None) -> None:
-    """Give a bed's summary (name, location, open alarms) to ``sink`` if it takes them (MQTT:
-    retained); None: the bed's stream ended, its summary is withdrawn."""
+    """A bed's summary (None: withdrawn, the stream ended)."""
     take = getattr(sink, "publish_summary", None)
     if take is not None:
         take(stream_id, summary)
 
 
 def publish_live(sink: Sink, stream_id: str, point: dict[str, Any]) -> None:
-    """Give one live-strip point to ``sink`` if it takes them (others have no use for it)."""
+    """One live-strip point."""
     take = getattr(sink, "publish_live", None)
     if take is not None:
         take(stream_id, point)
@@ -106,7 +98,6 @@ class MultiSink:
             sink.publish(event)
 
     def publish_many(self, events: Sequence[Event]) -> None:
-        """All ``events`` to each sink in turn (see :func:`publish_all`)."""
         for sink in self.sinks:
             publish_all(sink, events)
 

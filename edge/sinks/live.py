@@ -1,19 +1,7 @@
 """The live strip: per bed, the model's class probabilities and the signal quality at <= 1 Hz.
 
-Topic ``lungwatch/v1/<site>/<device>/<stream>/live`` (QoS 0, not retained; sent only while
-connected: a missed point is superseded by the next). Payload, schema version 1::
-
-    {"schema_version": 1, "site": "ward-1", "device_id": "edge-1", "stream_id": "bed-1",
-     "utc": "2026-05-09T07:35:26.000Z", "interval_s": 1.0, "frames": 25,
-     "classes": {"Normal": 0.93, "Wheeze": 0.71, ...}, "quality_score": 0.998}
-
-``classes``: per model output, the **maximum** probability over the output frames (or
-windows) that completed since the bed's last point, rounded to 3 decimals, so a short wheeze
-between two points is not lost; ``frames``: how many there were; ``quality_score``: the lowest
-``edge.bed.quality`` score of their audio (null when none had audio, e.g. end-of-stream flush).
-
-:class:`LiveStrip` collects the runtime's per-bed output frames and says which beds are due
-(at most one point per bed every ``interval_s`` on the runtime's clock).
+The topic and its payload: docs/events.md, "The live topic". :class:`LiveStrip` keeps each
+output's maximum since the bed's last point, so a short wheeze between two points is not lost.
 """
 
 from __future__ import annotations
@@ -31,7 +19,6 @@ DECIMALS = 3
 
 
 def live_topic(site: str, device_id: str, stream_id: str) -> str:
-    """``lungwatch/v1/<site>/<device>/<stream>/live``."""
     parts = (site, device_id, stream_id)
     site, device_id, stream_id = (
         check_segment(v, n) for v, n in zip(parts, ("site", "device_id", "stream_id"), strict=True)
