@@ -15,10 +15,7 @@ DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
 
 
 def data_root() -> Path:
-    """The data folder: ``$LUNGWATCH_DATA_DIR`` if set, else ``../shared/data``.
-
-    The folder may not exist; callers check and say so.
-    """
+    """The data folder (it may not exist; callers check and say so)."""
     override = os.environ.get(DATA_DIR_ENV)
     return Path(override).expanduser() if override else DEFAULT_DATA_DIR
 

@@ -1,12 +1,10 @@
 """The alarms of a bed's breathing: apnoea or lost breath signal, and rates out of range.
 
-:class:`BreathAlarms` belongs to a :class:`edge.bed.breathing.BreathTracker` (it reads what
-:class:`edge.bed.breathing_state.TrackerView` names), which calls
+:class:`BreathAlarms` belongs to a :class:`edge.bed.breathing.BreathTracker`, which calls
 :meth:`BreathAlarms.check` after every piece of audio and :meth:`BreathAlarms.rate` after every
-analysis; the rules are in :mod:`edge.bed.breathing`'s module doc. Events follow the
-detector's lifecycle (:class:`edge.bed.detector.Lifecycle`): onset, ongoing, ended; a
-high-priority one (apnoea) latches until acknowledged. Times are samples of the bed's
-timeline.
+analysis; the rules: docs/respiration.md, "Apnoea or lost signal" and "Age bands". Events
+follow the detector's lifecycle (:class:`edge.bed.detector.Lifecycle`). Times are samples of
+the bed's timeline.
 """
 
 from __future__ import annotations
@@ -63,9 +61,8 @@ class BreathAlarms:
         return APNOEA if self._open[0] == APNOEA else "signal_lost"
 
     def armed(self, tracker: TrackerView) -> bool:
-        """Pauses are judged once ``arm_breaths`` breaths were heard and the rate was
-        assessable within ``ARM_HOLD_S`` before the last breath: where breath sounds are too
-        faint to count, a pause in them says nothing."""
+        """Whether pauses are judged: where breath sounds are too faint to count, a pause in
+        them says nothing."""
         ok_at = tracker.assessable_at
         return (
             tracker.heard >= self.config.arm_breaths
@@ -144,8 +141,8 @@ class BreathAlarms:
         self, tracker: TrackerView, reading: Respiration, own_confidence: float | None
     ) -> list[Transition]:
         """A new reading: the rate alerts step over the span since the last one.
-        ``own_confidence``: the breath band's own confidence where it gave a rate (None:
-        it gave none), the severity of a later apnoea."""
+        ``own_confidence``: the breath band's own (None: it gave no rate), a later apnoea's
+        severity."""
         start, end = self._rate_end, reading.sample
         if end <= start:
             return []

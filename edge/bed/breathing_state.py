@@ -1,7 +1,7 @@
 """What a bed's breathing tracker and its alarms share: the ``respiration`` config section,
 the reading an analysis gives, and what the alarms read of the tracker
-(:class:`TrackerView`; :class:`edge.bed.breathing.BreathTracker` is one). The rules are in
-:mod:`edge.bed.breathing`'s module doc.
+(:class:`TrackerView`; :class:`edge.bed.breathing.BreathTracker` is one). The rules:
+docs/respiration.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ STATES = RESPIRATION_STATES  # the respiration topic's states
 
 @dataclass(frozen=True)
 class RespirationConfig:
-    """The runtime config's ``respiration`` section (see the module doc)."""
+    """The runtime config's ``respiration`` section."""
 
     enabled: bool = True
     age_band: str = DEFAULT_AGE_BAND  # a stream's own age_band / age_years wins

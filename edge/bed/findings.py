@@ -33,7 +33,7 @@ SETTLE_S = 4.0
 
 @dataclass(frozen=True)
 class RecurrenceRule:
-    """When one family's events become a finding episode (module doc)."""
+    """When one family's events become a finding episode."""
 
     events: int = 2  # this many events of the family ...
     within_s: float = 6.0  # ... whose starts lie within this many seconds open an episode

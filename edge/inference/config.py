@@ -22,23 +22,8 @@ DEFAULT_MAX_BATCH = 8  # beds per call on ORT CPU (see max_batch)
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """How the device runs the model (the ``backend`` section of the runtime YAML).
-
-    kind:              ``onnxruntime`` (an ``.onnx`` file) or ``tensorrt`` (a ``.plan`` engine).
-    providers:         onnxruntime only: execution providers in order of preference, from
-                       ``tensorrt``, ``cuda``, ``cpu``; unavailable ones are skipped (logged).
-    precision:         onnxruntime TensorRT EP only: ``fp32``, ``fp16`` or ``int8`` (a native
-                       engine's precision is fixed when ``lungwatch engine`` builds it).
-    engine_cache_dir:  onnxruntime TensorRT EP only: where it caches engines and timing data;
-                       empty means ``trt_cache/`` beside the model file.
-    intra_op_threads:  onnxruntime CPU threads for one operator (1 on a shared edge CPU).
-    max_batch:         largest batch sent in one call; bigger batches are split. 8 by
-                       default: larger batches cost the model less per window but, paired
-                       against 8 at 1,000 beds on one CPU core, served no more beds (the cost
-                       per window against batch size: ``bench/results/runtime.md``). GPU
-                       backends want larger batches
-                       (``deploy/inventory/group_vars/ward_3.yml``: 64).
-    """
+    """How the device runs the model (the ``backend`` section of the runtime YAML; each key
+    and why ``max_batch`` is 8: docs/backends.md, "Configuration")."""
 
     kind: BackendKind = "onnxruntime"
     providers: tuple[str, ...] = ("cpu",)

@@ -66,11 +66,8 @@ def file_entry(artifact: Path, precision: str, extra: dict[str, Any] | None) -> 
 def record_artifact(
     manifest_path: Path, artifact: Path, *, precision: str, extra: dict[str, Any] | None = None
 ) -> None:
-    """Add or replace ``files[artifact.name]`` (sha256, bytes, precision, ``extra``).
-
-    Raises:
-        ManifestError: the manifest is missing or unreadable, or ``artifact`` is not beside it.
-    """
+    """Add or replace ``files[artifact.name]``; ManifestError if the manifest is missing or
+    unreadable, or ``artifact`` is not beside it."""
     manifest_path, artifact = Path(manifest_path), Path(artifact)
     if artifact.resolve().parent != manifest_path.resolve().parent:
         raise ManifestError(

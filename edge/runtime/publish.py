@@ -25,7 +25,7 @@ from lungwatch.events import FINDING_RATE_FAMILY, utc_now
 
 
 class Publisher:
-    """The beds' way out (module doc): ``outbox`` holds every bed's open episodes."""
+    """The beds' way out: ``outbox`` holds every bed's open episodes."""
 
     def __init__(
         self,

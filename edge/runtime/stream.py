@@ -29,9 +29,8 @@ class Stream:
     def __init__(
         self, config: StreamConfig, source: AudioSource, model: Monitor, index: int = 0
     ) -> None:
-        """``index``: the stream's place in the config; it staggers the bed's breath
-        analyses (:meth:`~edge.monitor.Monitor.open_bed`), so beds started together do not
-        all analyse in the same round."""
+        """``index``: the stream's place in the config; it staggers the bed's breath analyses
+        (:meth:`~edge.monitor.Monitor.open_bed`)."""
         self.config, self.source, self.id = config, source, config.id
         self.rate_hz = source.sample_rate_hz
         self.bed = model.open_bed(config.id, stream_age_band(config), stagger=index)

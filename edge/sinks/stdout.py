@@ -35,10 +35,7 @@ def format_event(event: Event) -> str:
 
 class StdoutSink:
     """Writes :func:`format_event` lines to ``stream`` (stdout by default), flushed per line
-    (per group of lines, from ``publish_many``).
-
-    ``show_metrics``: also print one line per metrics report.
-    """
+    (per group, from ``publish_many``); ``show_metrics``: a line per metrics report too."""
 
     def __init__(self, stream: TextIO | None = None, show_metrics: bool = False) -> None:
         self._stream = stream if stream is not None else sys.stdout

@@ -61,11 +61,8 @@ class FileSource:
         return self._samples
 
     def read(self, timeout_s: float) -> SourceChunk | None:
-        """The next chunk; None if (in real time) it is not due within ``timeout_s``.
-
-        Raises:
-            SourceEnded: the file is consumed (never with ``loop``).
-        """
+        """The next chunk; None if (in real time) it is not due within ``timeout_s``;
+        SourceEnded once the file is consumed (never with ``loop``)."""
         if self._pos >= self._samples.shape[0]:
             if not self.loop:
                 raise SourceEnded(f"{self.path}: end of file after {self._next_sample} samples")
