@@ -49,9 +49,8 @@ class MonitorError(LungwatchError, ValueError):
 
 
 def resolve_model(model: str | Path) -> tuple[Path, str]:
-    """A model folder or an artifact its manifest lists -> (folder, file name). A folder runs
-    its ``model.int8.onnx`` if listed, else ``model.onnx``; a checkpoint is refused with the
-    command that exports it."""
+    """A model folder or an artifact its manifest lists -> (folder, file name); a checkpoint is
+    refused with the command that exports it."""
     path = Path(model)
     if path.suffix == ".pt":
         raise ConfigError(

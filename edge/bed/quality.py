@@ -1,19 +1,9 @@
 """No-reference signal quality of an audio segment (NumPy/SciPy, with Numba kernels: on the device).
 
 Three measures (:func:`rms_dbfs`, :func:`clipping_fraction`, :func:`spectral_entropy`) and
-:func:`quality_score`, the product of five logistic factors, each in (0, 1), 1 = good:
-
-  ======================  ==================================================================
-  factor                  ``expit(...)`` argument: centre and width are named constants
-  ======================  ==================================================================
-  ``quiet``               ``(rms_dbfs - QUIET_DBFS) / QUIET_WIDTH_DB``: off body, silence
-  ``loud``                ``(LOUD_DBFS - rms_dbfs) / LOUD_WIDTH_DB``: overdriven input
-  ``clipping``            ``(CLIPPING_FRACTION_LIMIT - clip) / CLIPPING_WIDTH``
-  ``broadband``           ``(BROADBAND_ENTROPY - H) / BROADBAND_WIDTH``: friction, ambient hiss
-  ``tonal``               ``(H - TONAL_ENTROPY) / TONAL_WIDTH``: hum, whistle, a pure tone
-  ======================  ==================================================================
-
-The calibration on SPRSound and ICBHI: docs/runtime.md, "The signal quality score".
+:func:`quality_score`, the product of five logistic factors (:func:`_measures`), each in
+(0, 1), 1 = good, so any one bad factor pulls the score to 0. The calibration on SPRSound and
+ICBHI: docs/runtime.md, "The signal quality score".
 
 QLung (Kim, Koo, Toikkanen, Kim, "Quality Adaptive Angular Margin Learning for Respiratory
 Sound Classification", arXiv:2606.11915) derives its per-sample quality from the same two

@@ -9,9 +9,8 @@
     clip = cut.encode()                      # FLAC and bytes (the evidence thread does this)
     clips = recorder.due()                   # due_cuts(), encoded here
 
-Cutting copies the clip's samples and frames out of the rings (two slices at most); the
-FLAC encoding and the quantising are :meth:`Cut.encode`, which the runtime leaves to the
-evidence publisher's thread, so the loop that serves the beds only copies.
+The runtime leaves :meth:`Cut.encode` (FLAC, quantising) to the evidence publisher's thread,
+so the loop that serves the beds only copies.
 
 A clip starts for every physiological onset and every technical onset of a priority in
 ``alarm_priorities`` (a finding episode's events have theirs, the episode none of its own);

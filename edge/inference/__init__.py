@@ -1,14 +1,9 @@
 """Inference backends: configuration and the one factory the runtime calls.
 
-Two kinds implement :class:`~edge.inference.base.Backend`:
-
-- ``onnxruntime`` (:class:`~edge.inference.onnxruntime.OrtBackend`): an ONNX file run through
-  onnxruntime with an ordered provider list (TensorRT EP, CUDA EP, CPU EP), falling back
-  provider by provider and logging which one actually runs;
-- ``tensorrt`` (:class:`~edge.inference.tensorrt.TensorRTBackend`): a serialized TensorRT 10
-  engine (``.plan``) built on this device by ``lungwatch engine``.
-
-Backend modules import their runtimes lazily, so importing this package costs nothing.
+Two kinds implement :class:`~edge.inference.base.Backend`: ``onnxruntime``
+(:class:`~edge.inference.onnxruntime.OrtBackend`) and ``tensorrt``
+(:class:`~edge.inference.tensorrt.TensorRTBackend`). Backend modules import their runtimes
+lazily, so importing this package costs nothing.
 """
 
 from __future__ import annotations

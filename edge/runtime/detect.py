@@ -5,35 +5,10 @@
                      [--episodes FILE]
                      [--respiration FILE] [--age-band BAND|auto]
 
-Every recording (a file, or every ``.flac`` / ``.wav`` below a folder) runs as one bed of the
-public streaming API (:func:`edge.runtime.offline.detect_recordings`, on
-:class:`edge.monitor.Monitor`): the streaming front end, the streaming model on ONNX Runtime
-with its state carried, the quality gate and the detector with the manifest's fitted rules,
-exactly as ``lungwatch run`` runs them. The result is one JSON object::
-
-    {"<record>": [{"start_s": 1.23, "end_s": 2.01, "type": "Fine Crackle",
-                   "confidence": 0.91}, ...], ...}
-
-keyed by file stem, with every recording present (an empty list when nothing was detected)
-and types spelled as SPRSound spells them. Like the device, it reports a wheeze or a crackle
-only once its family recurs (:mod:`edge.bed.findings`): the events of finding episodes, and
-Stridor at once; ``--episodes FILE`` writes the episodes themselves (``{"<record>": [{"type":
-"CAS", "start_s", "end_s", "confidence", "events", "opened_s"}]}``, ``opened_s`` where the
-stream was when the device announced it). ``--technical FILE`` writes the technical events
-(``poor_signal``, ``silence``, ``clipping``, ...) in the same shape, without confidence;
-``--verdicts FILE`` each recording's rolling verdict at its end (``{"<record>": "CAS"}``;
-docs/runtime.md, "The rolling bed verdict"). ``--respiration FILE`` writes each recording's
-breathing, one rate and the live readings (docs/respiration.md, "What a bed reports"); the
-breathing alarms are among the events, ``breath_signal_lost`` among the technical ones.
-``--age-band`` sets every recording's age band (default the config's); ``auto`` takes the
-age a SPRSound file name carries.
-
-``--model`` is a model folder (its ``model.int8.onnx`` if the manifest lists one, else
-``model.onnx``) or an artifact its manifest lists; a checkpoint (``.pt``) is refused with the
-command that exports it. ``--config`` takes the ``detector``, ``gate``, ``backend``,
-``verdict`` and ``respiration`` sections of a runtime config (a file without ``streams`` is
-fine; the runtime's other sections are named on stderr as not used). On the workstation,
-``lungwatch detect --score`` also scores the events (:mod:`training.scoring.detect`).
+Every recording runs as one bed of the public streaming API
+(:func:`edge.runtime.offline.detect_recordings`), exactly as ``lungwatch run`` runs it. The
+options and the output files: docs/training.md, "detect"; ``--respiration``:
+docs/respiration.md, "What a bed reports".
 """
 
 from __future__ import annotations

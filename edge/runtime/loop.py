@@ -72,9 +72,8 @@ METRICS_SLICES = 10
 
 
 def open_model(config: RuntimeConfig, source: str = "<config>") -> Monitor:
-    """The config's model as a :class:`~edge.monitor.Monitor`: the config checked against the
-    manifest (model.file, features, detector class names) and resolved with its fitted rules,
-    the artifact's hash checked, the backend opened. Config errors name ``source``."""
+    """The config's model as a :class:`~edge.monitor.Monitor`, checked against its manifest;
+    config errors name ``source``."""
     folder = Path(config.model.dir)
     manifest = load_manifest(folder / MANIFEST_NAME)
     check_against_manifest(config, manifest, source)
@@ -166,8 +165,7 @@ class Runtime:
         return any(not s.ended for s in self.streams)
 
     def step(self) -> bool:
-        """One round (module doc), then the stall check of every stream. True if any audio
-        arrived."""
+        """One round, then the stall check of every stream. True if any audio arrived."""
         now = self._clock()
         got_audio = False
         live = [stream for stream in self.streams if not stream.ended]
@@ -331,9 +329,8 @@ class Runtime:
         log.info("stream %s: %s after %d samples", stream.id, why, stream.counters["samples"])
 
     def acknowledge(self, stream_id: str, target: str, user: str = "") -> int:
-        """Acknowledge the events of ``stream_id`` whose type or key is ``target``: latched
-        ones end now (published, with ``user`` as ``acknowledged_by``), live ones end on
-        their own. Thread-safe; returns the number of events ended."""
+        """Acknowledge the events of ``stream_id`` whose type or key is ``target``
+        (docs/runtime.md, "Acknowledge"). Thread-safe; the number of events ended."""
         stream = next((s for s in self.streams if s.id == stream_id), None)
         if stream is None:
             known = ", ".join(s.id for s in self.streams)
@@ -655,8 +652,8 @@ def serve(
     source: str = "<config>",
     companions: Sequence[Companion] = (),
 ) -> Runtime:
-    """Open everything, run until done or stopped, close it all (sinks first: flush, status
-    offline); the finished runtime. ``companions`` run beside it (:class:`Companion`)."""
+    """Open everything, run until done or stopped, close it all (sinks first); the finished
+    runtime."""
     stop = stop or threading.Event()
     with contextlib.ExitStack() as resources:
         model = open_model(config, source)

@@ -1,8 +1,7 @@
 """Everything a bed produces leaves the device through :class:`Publisher`: one window's
-step (:class:`edge.bed.chain.WindowStep`: transitions, verdict, breathing, output frames)
-becomes the bed's episodes (through the outbox, which owns them), its retained summary,
-verdict and breathing, and its evidence clips. The runtime reads, infers and hands each step
-over; it publishes nothing itself but the live strip and metrics."""
+:class:`edge.bed.chain.WindowStep` becomes the bed's episodes, its retained summary, verdict
+and breathing, and its evidence clips. The runtime itself publishes only the live strip and
+metrics."""
 
 from __future__ import annotations
 
@@ -42,8 +41,7 @@ class Publisher:
         self._clock = clock
 
     def step(self, stream: Stream, step: WindowStep) -> None:
-        """One window's step of ``stream``: the recorder sees its frames, the bed is named
-        before its first event, then its events, due clips, verdict and breathing."""
+        """One window's step of ``stream`` (the bed is named before its first event)."""
         if stream.recorder is not None:
             stream.recorder.frames(step.frames.first_frame, step.frames.probs)
         if not stream.summary_sent:  # the view names the bed before its first event
@@ -72,8 +70,8 @@ class Publisher:
     def emit(
         self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
     ) -> None:
-        """The transitions' events to the outbox; the bed's recorder sees them (clips), and
-        its retained summary goes out again when its open alarms changed."""
+        """The transitions' events to the outbox and the recorder; the summary again when the
+        bed's open alarms changed."""
         if not transitions:
             return
         made = self.outbox.emit(stream, transitions, quality)

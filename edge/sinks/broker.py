@@ -6,10 +6,8 @@ whole path (sink, spool, PUBACK, subscriber) can be shown without installing any
     with EmbeddedBroker() as broker:          # a free port on 127.0.0.1
         config = MqttConfig(host=broker.host, port=broker.port, ...)
 
-The broker runs in a background thread with its own asyncio loop. :meth:`start` returns once
-its listening socket is bound (connections are then accepted); :meth:`stop` shuts it down and
-joins the thread. Anonymous clients only, no TLS, nothing persisted; amqtt is imported
-lazily (``lungwatch[demo]``).
+The broker runs in a background thread with its own asyncio loop. Anonymous clients only, no
+TLS, nothing persisted; amqtt is imported lazily (``lungwatch[demo]``).
 """
 
 from __future__ import annotations
@@ -83,7 +81,6 @@ class EmbeddedBroker:
         self.stop()
 
     def _serve(self) -> None:
-        """Thread body: a fresh event loop running the broker until stop() is called."""
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:

@@ -1,10 +1,8 @@
 """A sink that appends each event as one JSON line (``Event.to_json``) to a file.
 
-The file is opened for appending, so a restarted runtime continues it; each line (each
-group of lines, from ``publish_many``) is flushed when written, so a reader (``tail -f``)
-sees events as they happen. Metrics go to a second file when ``metrics_path`` is given (one
-``metrics_payload`` JSON per line), and are dropped otherwise, so the event file holds events
-only.
+Appended (a restarted runtime continues the file) and flushed per line or group, so ``tail
+-f`` sees events as they happen. Metrics go to ``metrics_path`` when given, else nowhere: the
+event file holds events only.
 """
 
 from __future__ import annotations

@@ -3,11 +3,8 @@
     source = open_source("mic:USB", "bed-3", 8000, chunk_samples=800)
     chunk = source.read(timeout_s=0.5)    # SourceChunk | None; SourceEnded at a file's end
 
-``url_or_path``: ``file:PATH`` or a plain path (:class:`~edge.sources.file.FileSource`),
-``mic:NAME_OR_INDEX`` (``mic:`` or ``mic:default`` for the default input device;
-:class:`~edge.sources.mic.MicSource`), ``bridge://...``
-(:class:`edge.sources.bridge.BridgeSource`, imported only when used). ``options`` go to the
-source's constructor.
+``url_or_path``: ``file:PATH`` or a plain path, ``mic:NAME_OR_INDEX`` (``mic:`` or
+``mic:default``: the default input device), ``bridge://...`` (imported only when used).
 """
 
 from __future__ import annotations
@@ -63,8 +60,7 @@ def parse_device(text: str) -> str | int | None:
 
 
 def _bridge(url: str, stream_id: str, sample_rate_hz: int, options: dict[str, Any]) -> AudioSource:
-    """A wearable stethoscope stream; its options (device, stream, rate, key_file, ...) are
-    in the URL. Without ``rate=`` the device is expected at the model's rate."""
+    """A wearable stethoscope stream (options in the URL; ``rate`` defaults to the model's)."""
     if options:
         raise SourceError(f"{url}: bridge sources take their options in the URL, not {options}")
     try:

@@ -1,11 +1,8 @@
 """The audio source interface: files, microphones and wearable stethoscopes look the same.
 
-A source delivers mono float32 audio at its ``sample_rate_hz`` as :class:`SourceChunk` s on a
-sample-accurate timeline: ``first_sample`` is the index of the chunk's first sample since the
-stream began, so a gap (samples lost on the way) is visible as a jump, or as a chunk of
-silence marked ``missing``. Technical conditions (a gap, an overflow, a device reporting
-off-body or low battery, a disconnect) travel with the chunk as :class:`Notice` s so the
-runtime can raise technical events; nothing is dropped silently.
+A source delivers mono float32 :class:`SourceChunk` s on a sample-accurate timeline, so a gap
+is visible as a jump or as a chunk of silence marked ``missing``; technical conditions travel
+with the chunk as :class:`Notice` s. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -59,8 +56,8 @@ class AudioSource(Protocol):
     sample_rate_hz: int
 
     def read(self, timeout_s: float) -> SourceChunk | None:
-        """The next chunk, or None if none arrived within ``timeout_s``.
-        Raises :class:`SourceEnded` when a finite source is exhausted."""
+        """The next chunk, or None if none arrived within ``timeout_s``; :class:`SourceEnded`
+        once a finite source is exhausted."""
         ...
 
     def close(self) -> None: ...
