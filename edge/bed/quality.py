@@ -179,7 +179,6 @@ def _logistic(margin: float, width: float) -> float:
 
 
 def _validated(samples: np.ndarray) -> np.ndarray:
-    """Checked samples as float64."""
     x = np.asarray(samples)
     if not np.issubdtype(x.dtype, np.floating):
         raise InvalidAudioError(

@@ -134,7 +134,6 @@ def gammatone(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 def _n_lanes(n_bands: int) -> int:
-    """Band lanes the kernel runs: ``n_bands`` rounded up to a multiple of ``SIMD_LANE_BLOCK``."""
     return -(-n_bands // SIMD_LANE_BLOCK) * SIMD_LANE_BLOCK
 
 
@@ -177,7 +176,6 @@ def _filter_run(x, start, stop, coefs, state, y, acc):
 
 @njit(cache=True)
 def _flush_tiny(state):
-    """Set filter states with ``|z| < STATE_FLUSH_BELOW`` to exactly 0 (no subnormals)."""
     flat = state.reshape(-1)
     for k in range(flat.shape[0]):
         if abs(flat[k]) < STATE_FLUSH_BELOW:

@@ -201,7 +201,6 @@ _NO_BANK = SparseMel(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 
 
 
 def _lowest(bank: SparseMel, n_bands: int | None) -> SparseMel:
-    """``bank``'s lowest ``n_bands`` bands (None: all of them)."""
     if n_bands is None:
         return bank
     if not 1 <= n_bands <= bank.lo.shape[0]:

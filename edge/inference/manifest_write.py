@@ -5,9 +5,7 @@ moved into place with ``os.replace``, so a reader never sees half a manifest.
     record_artifact(path, folder / "model.int8.onnx", precision="int8", extra={...})
     set_section(path, "tasks", {...})
 
-The workstation's export and quantization write model folders with it, and so does the
-device when it builds a TensorRT engine (``lungwatch engine``); :mod:`edge.inference.manifest`
-reads and checks what they wrote. Standard library only.
+Standard library only: the device writes with it too (``lungwatch engine``).
 """
 
 from __future__ import annotations

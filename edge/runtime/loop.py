@@ -388,7 +388,6 @@ class Runtime:
         )
 
     def _publish_live(self, now: float) -> None:
-        """The live-strip points that are due (``edge.sinks.live``; MQTT only, QoS 0)."""
         with self._lock:
             for stream_id, point in self.live.due(now, utc_now()):
                 publish_live(self.sink, stream_id, point)

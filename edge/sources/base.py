@@ -25,13 +25,9 @@ class SourceEnded(LungwatchError):  # noqa: N818 (an end-of-stream signal, like 
 
 @dataclass(frozen=True)
 class Notice:
-    """A technical condition reported by a source.
-
-    ``kind``: ``signal_gap`` (samples lost; ``detail`` has ``missing_samples``),
-    ``overflow`` (the capture buffer overran), ``disconnected`` / ``reconnected``,
-    ``device_status`` (battery, gain, clipping count, ``off_body``), ``stalled`` (no audio
-    for longer than the configured limit).
-    """
+    """A technical condition reported by a source; ``kind``: ``signal_gap`` (``detail`` has
+    ``missing_samples``), ``overflow``, ``disconnected`` / ``reconnected``, ``device_status``
+    or ``stalled``."""
 
     kind: str
     sample_index: int  # where on the stream's timeline it applies

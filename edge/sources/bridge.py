@@ -6,13 +6,10 @@ rate than ``rate`` are dropped with a ``device_status`` notice; ``state_file`` d
 to the key (``keys/bed-1.key`` -> ``keys/bed-1.sessions.json``, ``key_dir=keys`` ->
 ``keys/sessions.json``).
 
-Chunks follow the device's sample index: a gap is a chunk of silence marked ``missing``
-carrying a ``signal_gap`` notice (``missing_samples``; a gap longer than 10 s is a jump of
-``first_sample`` instead, with ``filled: False``). Device status frames become
-``device_status`` notices (battery_percent, gain_cdb, clipped_samples, off_body), device
-info too (firmware_version, model); link drops and device restarts become ``disconnected``
-/ ``reconnected`` notices. Notices ride on the next chunk; when no audio follows within a
-read's timeout, they come on an empty chunk. A network source never ends.
+Chunks follow the device's sample index; a gap longer than 10 s is a jump of
+``first_sample`` (``filled: False``) rather than a chunk of silence. Notices ride on the next
+chunk, or on an empty one when no audio follows within a read's timeout. A network source
+never ends.
 """
 
 from __future__ import annotations
