@@ -22,10 +22,8 @@ import numpy as np
 from edge.features import FeatureSpec, band_centres_hz, silence_value
 
 SILENT_MARGIN = 0.5  # ln units (2.2 dB) above the floor: a band silent in training
-# the window's mean excess over the silent bands that the reason names. SPRSound's own
-# 0.48-s windows: 99th percentile 1.2 dB (validation) and 1.5 dB (intra_test), at or above
-# 6 dB in 1 of 9,254 and 2 of 8,145; ICBHI's (other stethoscopes): median 11 dB, 79 % at or
-# above 6 dB
+# the window's mean excess over the silent bands that the reason names (measured:
+# docs/events.md, "Technical types")
 EXCESS_DB = 6.0
 DB_PER_LN = 10.0 / math.log(10.0)  # ln(power) units -> dB
 
@@ -69,7 +67,8 @@ class SilentBands:
         return cls(mask, mean, lowest)
 
     def excess_db(self, features: np.ndarray) -> float:
-        """Mean excess of ``features`` (K, F, T) over the training mean in the silent bands, dB."""
+        """Mean excess of ``features`` (K, F, T) over the training mean in the silent bands, dB:
+        how far above the floor, where the training audio lies, the window's sound is there."""
         x = np.asarray(features, np.float32)
         if x.ndim != 3 or x.shape[:2] != self.mask.shape or x.shape[2] == 0:
             k, f = self.mask.shape

@@ -6,10 +6,7 @@ batch, and their events to the sinks together at the end of the group.
 
     lungwatch run --config edge/configs/ward.yaml [--set key=value ...] [-v]
 
-Acknowledge (JSON on ``lungwatch/v1/<site>/<device>/command``) ends latched alarms. SIGTERM /
-SIGINT stop the loop cleanly: open events are ended, except the alarms that wait for an
-acknowledgement, which are kept (``edge.runtime.latched``) and announced again after the
-restart; the spool is flushed and the retained status ``offline`` is published.
+Acknowledge, signals and shutdown: docs/runtime.md.
 """
 
 from __future__ import annotations

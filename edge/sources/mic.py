@@ -8,8 +8,7 @@ default rate, and :class:`StreamingResampler` converts chunk by chunk (``resampl
 filter with its state carried, so the output does not depend on the chunking).
 
 Capture is 16-bit mono in blocking mode. A block's ``captured_s`` is the read's time less the
-audio still buffered behind it (``get_read_available()`` less the block), so a runtime that
-reads late sees how late (PortAudio's own input latency is not in it). An input overflow
+audio still buffered behind it (PortAudio's own input latency not counted). An input overflow
 (PortAudio dropped audio because we read late) is an ``overflow`` notice and its block a
 ``missing`` chunk of zeros (``exception_on_overflow=False`` would hide the loss), so the
 timeline stays sample-accurate. A failing stream is a disconnect: one empty chunk carries a
