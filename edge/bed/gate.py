@@ -6,32 +6,8 @@
     events += detector.update(window.end_sample, probs)
     events += gate.tick(now_s)                          # on the runtime's clock, chunk or not
 
-Technical event types (``kind="technical"``, same :class:`~edge.bed.detector.Transition`s and
-lifecycle as physiological events; spans are the hops in which the condition held):
-
-================  ===========================================================================
-poor_signal       quality score < ``poor_score_limit`` (not explained by silence or clipping),
-                  or the model's Poor Quality probability (hysteresis, on/off thresholds);
-                  given the model's silent bands (:mod:`edge.bed.domain`), the reason names
-                  sound there in the window where the probability turns the condition on
-off_body          a ``device_status`` notice with ``off_body: true`` (until one with false)
-clipping          clipped fraction of the hop >= ``clipping_fraction_limit``
-silence           hop level <= ``silence_dbfs`` (hops mostly missing are not judged)
-invalid_samples   NaN/Inf samples in the hop (the pipeline replaced them by zeros)
-signal_gap        missing samples in the hop, or an ``overflow`` / ``signal_gap`` notice; at
-                  :meth:`~QualityGate.finish`, the notices' gaps no window reached (their
-                  missing samples: ``missing_samples``, or the missing chunk they came with)
-source_stalled    no audio for more than ``stall_timeout_s``, or a ``disconnected`` notice;
-                  from the next expected sample to the first sample of the resumed audio
-================  ===========================================================================
-
-``clipping`` and ``silence`` are announced once they span ``min_condition_ms``,
-``poor_signal`` once it spans ``poor_signal_min_ms`` (longer: the model's quality output
-flickers on good recordings; docs/models/sed-lab.md); the others at once. A condition that
-clears for up to ``clear_after_ms`` and returns continues its event. Physiological detection
-is suppressed (:attr:`QualityGate.suppressed`) while any condition holds in the current hop
-(before the minimum duration: suppression acts at once), while more than
-``max_missing_fraction`` of the window is missing, and while the source is stalled.
+Each technical type's condition, when it is announced and when detection is suppressed:
+docs/events.md, "Technical types".
 """
 
 from __future__ import annotations
@@ -89,7 +65,7 @@ DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = tuple(
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Thresholds of the technical conditions (see the module doc)."""
+    """Thresholds of the technical conditions (docs/events.md, "Technical types")."""
 
     poor_score_limit: float = 0.5  # edge.bed.quality score below this: poor_signal
     # the model's Poor Quality probability: on at >= this, off below the other; None: the
