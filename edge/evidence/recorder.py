@@ -6,11 +6,9 @@
     recorder.events(events)                  # the bed's event messages (lungwatch.events.Event)
     cuts = recorder.due_cuts()               # clips whose audio is all in, not yet encoded
     cuts = recorder.finish_cuts()            # the stream ended: the open ones, as they are
-    clip = cut.encode()                      # FLAC and bytes (the evidence thread does this)
-    clips = recorder.due()                   # due_cuts(), encoded here
+    clip = cut.encode()                      # FLAC: the evidence thread does this
 
-The runtime leaves :meth:`Cut.encode` (FLAC, quantising) to the evidence publisher's thread,
-so the loop that serves the beds only copies.
+The loop that serves the beds only copies; the evidence publisher's thread encodes.
 
 A clip starts for every physiological onset and every technical onset of a priority in
 ``alarm_priorities`` (a finding episode's events have theirs, the episode none of its own);

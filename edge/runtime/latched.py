@@ -5,9 +5,9 @@
     store.save({"bed-1": [event, ...]}) # every change of the set (atomic, 0600)
 
 A latched alarm ends only when a person acknowledges it, never because the device restarted
-(docs/runtime.md, "Signals and shutdown"). The file holds each alarm's last event message,
-written atomically and 0600 (the alarms name beds and times). A file that cannot be read is an
-error naming it, not an empty set: the runtime refuses to start rather than drop alarms.
+(docs/runtime.md, "Signals and shutdown"); the file is 0600 since the alarms name beds and
+times. A file that cannot be read is an error naming it, not an empty set: the runtime
+refuses to start rather than drop alarms.
 """
 
 from __future__ import annotations
