@@ -57,7 +57,8 @@ def _normalise_bands(frames, out, mean, count, alpha, silent):
 
 @njit(cache=True)
 def _pcen_bands(frames, out, smooth, count, alpha, silent, eps):
-    """PCEN of log ``frames`` into ``out``, carrying the smoothed power ``smooth`` (F,)."""
+    """PCEN of log ``frames`` into ``out``, carrying the smoothed power ``smooth`` (F,); the
+    ratio is taken in the log domain, so nothing under- or overflows."""
     n_bands = frames.shape[1]
     offset = PCEN_DELTA**PCEN_ROOT
     for t in range(frames.shape[0]):
