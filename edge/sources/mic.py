@@ -75,7 +75,8 @@ def _resample_push(x, out, ring, counters, taps, up, down, half_len):
 
 
 class StreamingResampler:
-    """``from_hz`` -> ``to_hz`` chunk by chunk, equal to ``resample_poly`` (see module doc)."""
+    """``from_hz`` -> ``to_hz`` chunk by chunk, equal to ``resample_poly`` on the whole signal
+    but for the last ``half_len / up`` inputs, still in the filter."""
 
     def __init__(self, from_hz: int, to_hz: int, max_chunk_samples: int = 4096) -> None:
         divisor = math.gcd(from_hz, to_hz)
