@@ -44,8 +44,7 @@ DEVICES: dict[str, str] = {
     "Meditron": "WelchAllyn Meditron Master Elite electronic stethoscope",
 }
 SPLIT_HALVES: tuple[str, ...] = ("train", "test")
-# The official split file names one recording with a device that differs from the recording's
-# own audio and annotation files; map the split file's name to the real one.
+# the official split file's name of a recording -> the name of its audio and annotation files
 SPLIT_NAME_CORRECTIONS: dict[str, str] = {"226_1b1_Pl_sc_Meditron": "226_1b1_Pl_sc_LittC2SE"}
 
 ANNOTATION_SUFFIX = ".txt"
@@ -72,11 +71,7 @@ class IcbhiCycle:
 
 @dataclass(frozen=True)
 class IcbhiRecording:
-    """One ICBHI recording, its metadata (from the file name) and its cycles (time order).
-
-    ``chest_location`` is a key of :data:`CHEST_LOCATIONS`, ``acquisition_mode`` of
-    :data:`ACQUISITION_MODES`, ``device`` of :data:`DEVICES`.
-    """
+    """One ICBHI recording, its metadata (from the file name) and its cycles (time order)."""
 
     recording_id: str
     audio_path: Path
@@ -89,24 +84,16 @@ class IcbhiRecording:
 
 
 def load_icbhi(train_dir: str | Path) -> list[IcbhiRecording]:
-    """Load every recording (audio + ``.txt`` cycles) in a folder.
-
-    Args:
-        train_dir: e.g. ``icbhi_root() / "train"``.
-
-    Returns:
-        Recordings sorted by ``recording_id``.
+    """Every recording (audio + ``.txt`` cycles) in a folder, sorted by ``recording_id``.
 
     Raises:
         FileNotFoundError: the folder is missing or holds no ``.txt`` annotations.
-        AnnotationError: a name or cycle file is malformed, or a ``.txt`` has no audio twin.
     """
     paths = annotation_files(Path(train_dir), ANNOTATION_SUFFIX, "ICBHI")
     return [_load_recording(path) for path in paths]
 
 
 def _load_recording(txt_path: Path) -> IcbhiRecording:
-    """One recording from its cycle file, its file name and its audio twin."""
     patient_id, index, location, mode, device = parse_recording_name(txt_path.stem, str(txt_path))
     return IcbhiRecording(
         recording_id=txt_path.stem,
@@ -121,14 +108,7 @@ def _load_recording(txt_path: Path) -> IcbhiRecording:
 
 
 def parse_recording_name(recording_id: str, where: str) -> tuple[str, str, str, str, str]:
-    """Parse ``<patient>_<index>_<location>_<mode>_<device>``.
-
-    Returns:
-        ``(patient_id, recording_index, chest_location, acquisition_mode, device)``.
-
-    Raises:
-        AnnotationError: the name does not follow the pattern (message starts with ``where``).
-    """
+    """``(patient_id, recording_index, chest_location, acquisition_mode, device)`` of a name."""
     fields = recording_id.split("_")
     if len(fields) != N_NAME_FIELDS:
         raise AnnotationError(
@@ -152,18 +132,7 @@ def parse_recording_name(recording_id: str, where: str) -> tuple[str, str, str, 
 
 
 def read_cycles(txt_path: str | Path) -> tuple[IcbhiCycle, ...]:
-    """Read a cycle file: one ``start_s end_s crackles wheezes`` line per cycle.
-
-    Blank lines are skipped; fields may be separated by tabs or spaces; CRLF is accepted.
-
-    Returns:
-        Cycles in file order (the official files are in time order).
-
-    Raises:
-        AnnotationError: unreadable file, no cycles, or a malformed line. The message names the
-            file and the line number (``path:line: ...``): wrong field count, a time that is not
-            a finite number or is negative, a flag other than 0/1, end <= start.
-    """
+    """The cycles of a cycle file, in file order (the official files are in time order)."""
     path = Path(txt_path)
     lines = _read_lines(path)
     cycles = [
@@ -177,7 +146,6 @@ def read_cycles(txt_path: str | Path) -> tuple[IcbhiCycle, ...]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    """Text lines of a file (universal newlines, BOM dropped)."""
     try:
         return path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -185,7 +153,6 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _parse_cycle(line: str, where: str) -> IcbhiCycle:
-    """One cycle line; ``where`` is ``path:line`` for messages."""
     fields = line.split()
     if len(fields) != N_CYCLE_FIELDS:
         raise AnnotationError(
@@ -202,7 +169,6 @@ def _parse_cycle(line: str, where: str) -> IcbhiCycle:
 
 
 def _parse_seconds(text: str, name: str, where: str) -> float:
-    """A finite, non-negative number of seconds."""
     try:
         seconds = float(text)
     except ValueError:
@@ -213,7 +179,6 @@ def _parse_seconds(text: str, name: str, where: str) -> float:
 
 
 def _parse_flag(text: str, name: str, where: str) -> bool:
-    """A 0/1 flag."""
     if text not in FLAG_VALUES:
         raise AnnotationError(f"{where}: {name} flag must be 0 or 1, got {text!r}")
     return FLAG_VALUES[text]
@@ -222,25 +187,10 @@ def _parse_flag(text: str, name: str, where: str) -> bool:
 def read_official_split(path: str | Path) -> dict[str, str]:
     """Read ``ICBHI_challenge_train_test.txt``: recording id -> ``"train"`` or ``"test"``.
 
-    The file has 920 lines ``<recording id>\t<train|test>`` (539 train, 381 test). Its quirks,
-    all handled here:
-
-    1. **Not patient-disjoint** (stated in the data README): patients 156 and 218 have
-       recordings in both halves. :func:`patients_in_both_halves` lists them; drop those
-       patients (or pick one half for them) where a disjoint split matters.
-    2. **A recording named with the wrong device** (found by comparing names): the file lists
-       ``226_1b1_Pl_sc_Meditron``, but that recording's audio and annotation files (in the
-       database and in ``train/``) are ``226_1b1_Pl_sc_LittC2SE``, and no ``..._Meditron``
-       file exists, so a join on names silently loses it. The name is corrected through
-       :data:`SPLIT_NAME_CORRECTIONS`.
-    3. **CRLF line endings** (every line ends in ``\r\n``): a reader without universal
-       newlines (binary mode, ``newline=""``, splitting on ``"\n"``) gets the half as
-       ``"train\r"``, which matches nothing. Lines are read with universal newlines and split
-       on any whitespace here.
-
-    Raises:
-        AnnotationError: unreadable file, wrong field count, a half other than train/test, or a
-            recording listed twice (message names the file and line).
+    The file's quirks: it is not patient-disjoint (patients 156 and 218 are in both halves:
+    :func:`patients_in_both_halves`); it names ``226_1b1_Pl_sc_LittC2SE`` with the wrong device
+    (:data:`SPLIT_NAME_CORRECTIONS`); its lines end in CRLF, so a reader without universal
+    newlines matches no half.
     """
     file_path = Path(path)
     split: dict[str, str] = {}

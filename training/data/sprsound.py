@@ -9,15 +9,10 @@ Annotation files look like::
     {"record_annotation": "DAS",
      "event_annotation": [{"start": "342", "end": "2515", "type": "Fine Crackle"}, ...]}
 
-``start``/``end`` are milliseconds written as strings (integers are accepted too).
-``recording_annotation`` (used by the dataset's own README) is accepted as an alias of
-``record_annotation``. Events keep the order of the file, because the challenge tasks
-score one prediction per annotated event in file order; the files list them out of time
-order in about 40% of the training records, so use :attr:`SprRecord.events_by_time` for
-anything that walks the timeline.
-
-The label vocabularies live in :mod:`lungwatch.labels` (the one label table) and are re-exported
-here.
+``start``/``end`` are milliseconds written as strings (integers are accepted too);
+``recording_annotation`` (the dataset's README) is an alias of ``record_annotation``. Events
+keep the file's order, in which the challenge tasks score them; that is out of time order in
+about 40% of the training records, so walk the timeline with :attr:`SprRecord.events_by_time`.
 """
 
 from __future__ import annotations
@@ -63,11 +58,7 @@ class SprEvent:
 
 @dataclass(frozen=True)
 class SprRecord:
-    """One SPRSound recording with its metadata (from the file name) and annotations.
-
-    ``gender`` is ``"M"`` or ``"F"``; ``location`` is ``"p1"``..``"p4"`` (see
-    :data:`LOCATION_NAMES`); ``events`` are in file order (see the module docstring).
-    """
+    """One SPRSound recording with its metadata (from the file name) and annotations."""
 
     record_id: str
     audio_path: Path
@@ -81,23 +72,15 @@ class SprRecord:
 
     @property
     def events_by_time(self) -> tuple[SprEvent, ...]:
-        """The events sorted by ``(start_ms, end_ms)``."""
+        """The events in time order."""
         return tuple(sorted(self.events, key=lambda e: (e.start_ms, e.end_ms)))
 
 
 def load_sprsound(split_dir: str | Path) -> list[SprRecord]:
-    """Load every annotated recording of one split folder.
-
-    Args:
-        split_dir: e.g. ``sprsound_root() / "train"``.
-
-    Returns:
-        Records sorted by ``record_id``.
+    """Every annotated recording of one split folder (e.g. ``train``), sorted by ``record_id``.
 
     Raises:
         FileNotFoundError: the folder is missing or holds no ``.json`` annotations.
-        AnnotationError: a file name or annotation is malformed, or a recording has no audio
-            file or an audio file has no annotation.
     """
     folder = Path(split_dir)
     annotation_paths = annotation_files(folder, ANNOTATION_SUFFIX, "SPRSound split")
@@ -107,7 +90,6 @@ def load_sprsound(split_dir: str | Path) -> list[SprRecord]:
 
 
 def _check_no_orphan_audio(folder: Path, annotated_ids: set[str]) -> None:
-    """Raise AnnotationError for an audio file without an annotation beside it."""
     for suffix in AUDIO_SUFFIXES:
         for audio_path in sorted(folder.glob(f"*{suffix}")):
             if audio_path.stem not in annotated_ids:
@@ -115,7 +97,6 @@ def _check_no_orphan_audio(folder: Path, annotated_ids: set[str]) -> None:
 
 
 def _load_record(annotation_path: Path) -> SprRecord:
-    """Build one record from its annotation file, its file name and its audio twin."""
     record_id = annotation_path.stem
     patient_id, age_years, gender, location = parse_record_name(record_id, str(annotation_path))
     record_label, events = read_annotation(annotation_path)
@@ -133,18 +114,7 @@ def _load_record(annotation_path: Path) -> SprRecord:
 
 
 def parse_record_name(record_id: str, where: str) -> tuple[str, float, str, str]:
-    """Parse ``<patient>_<age>_<gender 0/1>_<location p1..p4>_<recording no>``.
-
-    Args:
-        record_id: the file name without suffix.
-        where: named in error messages (usually the file path).
-
-    Returns:
-        ``(patient_id, age_years, gender "M"/"F", location "p1".."p4")``.
-
-    Raises:
-        AnnotationError: the name does not follow the pattern.
-    """
+    """``(patient_id, age_years, gender "M"/"F", location)`` of a record's file name stem."""
     fields = record_id.split("_")
     if len(fields) != N_NAME_FIELDS:
         raise AnnotationError(
@@ -168,15 +138,7 @@ def parse_record_name(record_id: str, where: str) -> tuple[str, float, str, str]
 
 
 def read_annotation(path: str | Path) -> tuple[str, tuple[SprEvent, ...]]:
-    """Read one annotation file.
-
-    Returns:
-        ``(record_label, events)`` with events in file order.
-
-    Raises:
-        AnnotationError: unreadable file, JSON syntax error (names the line), missing keys,
-            unknown labels, or a bad event (names its index in ``event_annotation``).
-    """
+    """``(record_label, events)`` of one annotation file, events in file order."""
     file_path = Path(path)
     document = _read_json(file_path)
     if not isinstance(document, dict):
@@ -190,7 +152,6 @@ def read_annotation(path: str | Path) -> tuple[str, tuple[SprEvent, ...]]:
 
 
 def _read_json(path: Path) -> object:
-    """Parse a JSON file; syntax errors name the file, line and column."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -204,7 +165,6 @@ def _read_json(path: Path) -> object:
 
 
 def _record_label(document: dict, path: Path) -> str:
-    """The record-level label, from ``record_annotation`` or its alias."""
     present = [key for key in (RECORD_KEY, RECORD_KEY_ALIAS) if key in document]
     if not present:
         raise AnnotationError(f"{path}: missing {RECORD_KEY!r} (or {RECORD_KEY_ALIAS!r})")
@@ -218,7 +178,6 @@ def _record_label(document: dict, path: Path) -> str:
 
 
 def _parse_event(raw: object, index: int, path: Path) -> SprEvent:
-    """Validate one entry of ``event_annotation``."""
     where = f"{path}: {EVENTS_KEY}[{index}]"
     if not isinstance(raw, dict):
         raise AnnotationError(f"{where}: must be an object, got {type(raw).__name__}")
@@ -249,7 +208,7 @@ def _parse_ms(value: object, where: str) -> int:
 
 
 def patient_ids(records: Iterable[SprRecord]) -> set[str]:
-    """The set of patients the records come from."""
+    """The patients the records come from."""
     return {record.patient_id for record in records}
 
 
@@ -262,18 +221,8 @@ def patient_disjoint_split(
     in validation if that brings the validation set's per-label record counts closer (sum of
     squared differences) to ``val_fraction`` of each record label's total. The result is
     roughly stratified by record label, holds about ``val_fraction`` of the records, and the
-    same records and seed always give the same split.
-
-    Args:
-        records: records of at least two patients.
-        val_fraction: wanted share of records in validation, in (0, 1).
-        seed: seed of the shuffle.
-
-    Returns:
-        ``(train, val)``, each non-empty and sorted by ``record_id``.
-
-    Raises:
-        ValueError: ``val_fraction`` outside (0, 1), or fewer than two patients.
+    same records and seed always give the same split. ``(train, val)``: each non-empty, sorted
+    by ``record_id``.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -299,7 +248,7 @@ def patient_disjoint_split(
 
 
 def _label_counts(patients: list[str], by_patient: dict[str, list[SprRecord]]) -> np.ndarray:
-    """Record counts per label, shape ``(n_patients, n_labels)`` (labels as found, sorted)."""
+    """Record counts, shape ``(n_patients, n_labels)`` (labels as found, sorted)."""
     labels = sorted({r.record_label for group in by_patient.values() for r in group})
     column = {label: index for index, label in enumerate(labels)}
     counts = np.zeros((len(patients), len(labels)))

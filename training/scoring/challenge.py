@@ -1,21 +1,7 @@
 """Benchmark scores: SPRSound challenge, ICBHI 2017, per-class P/R/F1, event-based F1.
 
-Definitions, conventions and the prediction file formats are in ``docs/metrics.md``. In short:
-
-- **SPRSound** (BioCAS 2022, every task): SE = exact-class hits on non-normal items / all
-  non-normal items, SP = hits on normal items / all normal items, AS = (SE+SP)/2,
-  HS = 2·SE·SP/(SE+SP), Score = (AS+HS)/2. Every class other than the task's normal label is
-  scored in SE, ``Poor Quality`` included (Task 2).
-- **ICBHI 2017**: Se over crackle, wheeze and both (exact class), Sp over normal,
-  Score = (Se+Sp)/2.
-- A ratio with an empty denominator is 0.0 (never NaN); the counts are returned beside it.
-- **Event F1** (DCASE / sed_eval style): an estimate matches a reference event of the same
-  class when the onsets differ by at most ``onset_tolerance_s`` and the offsets by at most
-  ``max(offset_tolerance_s, offset_fraction * reference duration)``, bounds inclusive. Each
-  reference matches at most one estimate and vice versa (a maximum bipartite matching, so the
-  count of true positives is the largest possible).
-
-Only numpy and scipy are used here (no torch), so the device side can import it too.
+Definitions and conventions: docs/metrics.md. A ratio with an empty denominator is 0.0, never
+NaN. Only numpy and scipy (no torch), so the device side can import it too.
 """
 
 from __future__ import annotations
@@ -110,7 +96,7 @@ class PRF:
 
     @property
     def support(self) -> int:
-        """Number of reference (true) items: ``tp + fn``."""
+        """Number of reference (true) items."""
         return self.tp + self.fn
 
 
@@ -179,13 +165,8 @@ def sprsound_scores(
 ) -> SprScores:
     """SPRSound challenge scores of parallel true/predicted label lists (any task).
 
-    SE counts an item as correct only if the exact class is predicted (a Wheeze predicted as
-    Rhonchi is a miss). Every label other than ``normal_label`` is non-normal, so in Task 2
-    ``Poor Quality`` records are scored in SE, the challenge's convention. SE (or SP) is 0.0 when
-    there are no non-normal (or normal) items; ``n_abnormal`` / ``n_normal`` say so.
-
-    Raises:
-        EvaluationError: the lists differ in length or are empty.
+    Every label other than ``normal_label`` is scored in SE, ``Poor Quality`` included
+    (docs/metrics.md, "SPRSound challenge scores").
     """
     se, sp, n_normal, n_abnormal = _normal_split(y_true, y_pred, normal_label)
     as_ = (se + sp) / 2.0
@@ -194,11 +175,7 @@ def sprsound_scores(
 
 
 def icbhi_scores(y_true: Sequence[str], y_pred: Sequence[str]) -> IcbhiScores:
-    """ICBHI 2017 scores of parallel cycle label lists (``normal``/``crackle``/``wheeze``/``both``).
-
-    Sp = correct normal / all normal; Se = exact-class hits on crackle, wheeze and both / all
-    abnormal cycles; Score = (Se+Sp)/2. Empty denominators give 0.0.
-    """
+    """ICBHI 2017 scores of parallel cycle label lists (normal, crackle, wheeze, both)."""
     se, sp, n_normal, n_abnormal = _normal_split(y_true, y_pred, ICBHI_NORMAL)
     return IcbhiScores(se, sp, (se + sp) / 2.0, n_normal, n_abnormal)
 
@@ -207,11 +184,7 @@ def icbhi_scores(y_true: Sequence[str], y_pred: Sequence[str]) -> IcbhiScores:
 
 
 def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:
-    """Confusion matrix, shape ``(len(labels), len(labels))`` int64: rows true, columns predicted.
-
-    Raises:
-        EvaluationError: lengths differ, no items, or a label not in ``labels``.
-    """
+    """Confusion matrix ``(len(labels), len(labels))`` int64: rows true, columns predicted."""
     true, pred = _paired(y_true, y_pred)
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted((set(true.tolist()) | set(pred.tolist())) - set(index))
@@ -225,7 +198,7 @@ def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str
 
 
 def prf(tp: int, fp: int, fn: int) -> PRF:
-    """Precision, recall and F1 of counts; an empty denominator gives 0.0."""
+    """Precision, recall and F1 of counts."""
     return PRF(
         _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(2 * tp, 2 * tp + fp + fn), tp, fp, fn
     )
@@ -250,8 +223,7 @@ def micro_average(per_class: Mapping[str, PRF]) -> PRF:
 def macro_average(per_class: Mapping[str, PRF]) -> PRF:
     """Unweighted mean of the per-class P, R and F1; counts are summed.
 
-    Classes with no reference and no predicted item (tp = fp = fn = 0) have undefined scores and
-    are left out of the mean; with no such class left every score is 0.0.
+    Classes with tp = fp = fn = 0 (scores undefined) are left out of the mean.
     """
     active = [s for s in per_class.values() if s.tp + s.fp + s.fn > 0]
     tp, fp, fn = (sum(getattr(s, name) for s in per_class.values()) for name in ("tp", "fp", "fn"))
@@ -268,10 +240,7 @@ def macro_average(per_class: Mapping[str, PRF]) -> PRF:
 
 @dataclass(frozen=True)
 class EventTolerance:
-    """When an estimate may match a reference event (see :func:`events_match`).
-
-    ``offset_s=None`` scores onsets only.
-    """
+    """When an estimate may match a reference event; ``offset_s=None`` scores onsets only."""
 
     onset_s: float = ONSET_TOLERANCE_S
     offset_s: float | None = OFFSET_TOLERANCE_S
@@ -282,13 +251,7 @@ DEFAULT_TOLERANCE = EventTolerance()
 
 
 def events_match(reference: Event, estimate: Event, tolerance: EventTolerance) -> bool:
-    """Whether ``estimate`` may count as a detection of ``reference``.
-
-    Same label; ``|onset difference| <= tolerance.onset_s``; and, unless ``tolerance.offset_s``
-    is None (onset-only evaluation),
-    ``|offset difference| <= max(tolerance.offset_s, tolerance.offset_fraction * reference
-    duration)``. Bounds are inclusive (to within :data:`TIME_EPSILON_S`).
-    """
+    """Whether ``estimate`` may count as a detection of ``reference`` (bounds inclusive)."""
     if reference.label != estimate.label:
         return False
     if abs(estimate.start_s - reference.start_s) > tolerance.onset_s + TIME_EPSILON_S:
@@ -305,8 +268,8 @@ def match_events(
 ) -> list[tuple[int, int]]:
     """A maximum one-to-one matching: ``(reference index, estimate index)`` pairs.
 
-    The number of pairs is the largest possible (Hungarian algorithm on the 0/1 match matrix),
-    so no matching order can cost a true positive; each event is in at most one pair.
+    Maximum (Hungarian algorithm on the 0/1 match matrix), so no matching order can cost a true
+    positive.
     """
     if not reference or not estimated:
         return []
@@ -326,11 +289,8 @@ def event_f1(
 ) -> EventScores:
     """Event-based P/R/F1 of one recording's estimated events against its reference events.
 
-    Args:
-        reference, estimated: events of one recording (any order).
-        classes: the classes to score (default: every label that occurs, sorted).
-        onset_tolerance_s, offset_tolerance_s, offset_fraction: see :func:`events_match`;
-            ``offset_tolerance_s=None`` scores onsets only.
+    ``classes`` defaults to every label that occurs; ``offset_tolerance_s=None`` scores onsets
+    only.
     """
     tolerance = EventTolerance(onset_tolerance_s, offset_tolerance_s, offset_fraction)
     return event_f1_recordings({"": reference}, {"": estimated}, classes, tolerance)
@@ -344,12 +304,8 @@ def event_f1_recordings(
 ) -> EventScores:
     """Event-based scores over many recordings: counts are summed, then P/R/F1 taken.
 
-    Events are matched only within a recording and class. A recording absent from
-    ``estimated`` has no estimates (its references are misses).
-
-    Raises:
-        EvaluationError: a recording in ``estimated`` is not in ``reference``, or an event's
-            label is not in ``classes``.
+    Events are matched only within a recording and class; a recording absent from ``estimated``
+    has no estimates.
     """
     extra = sorted(set(estimated) - set(reference))
     if extra:

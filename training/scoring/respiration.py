@@ -4,45 +4,10 @@ judged on real recordings through the device path.
     lungwatch respiration [--model models/sed] [--parts rate,compare,apnoea,false]
                           [--out respiration.json]
 
-Parts (each prints a table; the last line is ``key=value`` pairs of the headline numbers):
-
-- ``rate``: ICBHI (``<data>/icbhi/train``) through ``lungwatch detect``'s path, each
-  recording's age band from ICBHI's demographics (the band a ward would configure). The
-  reference is the annotated cycles: their count, and the **cycle count per minute** over the
-  annotated span (first cycle's start to last cycle's end; ICBHI's first and last cycles are
-  often partial, so this is what annotators counted, not a period); also 60 / the median
-  duration of the whole cycles (the first and last left out) as the period reference.
-  Reports the share of recordings not assessable, the mean absolute error of the rate over
-  the assessable ones, and the breath count within ±1 (assessable ones, and all).
-- ``cv``: the same rows for each of :data:`CANDIDATES` (estimator settings: the confidence
-  bound, the fallback breath band or none), judged by
-  patient-grouped cross-validation over ICBHI's fixed patient folds
-  (``training/cv/folds/icbhi-k5.json``): for each fold the setting chosen on the other
-  folds' patients (among the settings that meet the rate targets there, MAE ≤ 2 and ±1 on
-  ≥ 80 %, the fewest not assessable; where none does, the lowest MAE) is judged on the
-  fold's; the held-out rows
-  of all five folds give the headline, per stethoscope and per age band, beside each setting's own
-  rows over everything (in-sample, for reference).
-- ``compare``: three signals that could time the breaths, each on whole recordings with
-  the same period and hump analysis (:func:`edge.bed.breathing._period`,
-  :func:`edge.bed.breathing_kernels.humps`): the breath activity of the front end's frames
-  (what ships), the model's ``Breath`` output (log-odds), and their sum after each is scaled
-  to unit spread.
-- ``apnoea``: per ICBHI patient, the patient's recordings back to back (repeated to at least
-  two minutes), with 30 s without breathing spliced in at 60 s (:func:`splice`): ``quiet``
-  (the recording's own sounds under 100 Hz, heart and body, and its stethoscope's floor),
-  ``noise`` (the same, with stationary noise 6 dB under its typical breath sounds over the
-  whole stream: the ward's noise goes on, the breath sounds stop), ``zeros`` (a dead
-  microphone) and ``detached`` (faint room noise, no body sound). Expected: apnoea within the
-  apnoea time plus 2 s of the splice for ``quiet`` and ``noise``, no apnoea (but
-  ``breath_signal_lost``) for ``zeros`` and ``detached``.
-- ``false``: every real recording streamed back to back, one bed per data set and age band
-  (ICBHI train, SPRSound train and intra_test): apnoea onsets per hour.
-- ``synthetic``: the truth set of :mod:`training.data.breaths` (chests of known rate, 4-60
-  /min, adults and children, four device bands, inspiration and expiration alike or not,
-  heart sounds, noise, pauses) through the device path, each recording's rate against its
-  cycles: not assessable, MAE and bias (signed mean error) over everything and per device
-  rate, age band and paced rate. Needs no data set.
+Each part of :data:`PARTS` prints a table whose last line is ``key=value`` pairs of the
+headline numbers; what each part streams, against which reference, and what it expects:
+docs/respiration.md, "How it was measured" (``compare``: "The estimator, chosen by
+measurement").
 
 Every rate summary reports the bias beside the MAE: a tracker that over-counts shows it.
 """
@@ -69,9 +34,7 @@ from edge.runtime.detect import write_json
 from lungwatch.cli import ArgumentParser
 
 PARTS = ("rate", "cv", "compare", "apnoea", "false", "synthetic")
-# the estimator's candidate settings the cross-validation chooses among on each fold's
-# training patients: the confidence bound alone, and with a fallback breath band (lower edge
-# 80, 100 or 120 Hz, upper 600, 800 or 1000 Hz)
+# the estimator's settings the cross-validation chooses among on each fold's training patients
 CANDIDATES: tuple[dict[str, Any], ...] = tuple(
     {"min_confidence": c, "fallback_band_hz": None} for c in (0.2, 0.25, 0.3, 0.35)
 ) + tuple(
@@ -148,9 +111,9 @@ def breath_band_levels(audio: np.ndarray, rate_hz: int) -> tuple[float, float]:
 def splice(
     audio: np.ndarray, kind: str, at_s: float, seconds: float, rate_hz: int, seed: int = 0
 ) -> np.ndarray:
-    """``audio`` with ``seconds`` without breathing inserted at ``at_s`` (module doc, ``apnoea``):
-    ``quiet``, ``noise``, ``zeros`` or ``detached``; the sounds come from the ``seconds`` before
-    ``at_s``."""
+    """``audio`` with ``seconds`` without breathing inserted at ``at_s``: ``quiet``, ``noise``,
+    ``zeros`` or ``detached`` (docs/respiration.md, "Apnoea"); the sounds come from the
+    ``seconds`` before ``at_s``."""
     rng = np.random.default_rng(seed)
     at, n = int(at_s * rate_hz), int(seconds * rate_hz)
     if at < n or at > audio.size:
@@ -241,7 +204,7 @@ def onsets(events: Iterable[tuple[float, BedEvent]], type_: str) -> list[tuple[f
 
 
 def rate_part(model: Path, root: Path, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """ICBHI through the device path against the annotated cycles (module doc, ``rate``);
+    """ICBHI through the device path against the annotated cycles (docs/respiration.md, "Rate");
     ``settings``: the ``respiration`` section's keys to change."""
     from edge.bed.breathing_state import RespirationConfig
     from edge.monitor import resolve_model
@@ -313,7 +276,7 @@ def grouped(
 def synthetic_part(model: Path, seconds: float = 60.0) -> dict[str, Any]:
     """The synthetic truth set (:mod:`training.data.breaths`) through the device path: each
     recording's whole-stream rate against its cycles, summarised over everything, per device
-    rate, per age band and per paced rate (module doc, ``synthetic``)."""
+    rate, per age band and per paced rate (docs/respiration.md, "Breath cycles")."""
     import tempfile
 
     import soundfile
@@ -388,7 +351,7 @@ def _choice_key(rows: Sequence[Mapping[str, Any]]) -> tuple[bool, float, float]:
 
 
 def cv_part(model: Path, root: Path) -> dict[str, Any]:
-    """Patient-grouped cross-validation of the estimator's settings (module doc, ``cv``)."""
+    """Patient-grouped cross-validation of the estimator's settings (docs/respiration.md)."""
     from training.cv.folds import load_folds
 
     folds = load_folds("icbhi")
@@ -405,7 +368,7 @@ def cross_validate(
 ) -> dict[str, Any]:
     """``by_setting[i]``: every recording's row under ``settings[i]``; ``fold_of``: a
     recording's name -> its patient's fold. Each fold is judged with the setting chosen on
-    the other folds (:func:`_choice_key`; module doc, ``cv``)."""
+    the other folds (:func:`_choice_key`)."""
     held_out: list[dict[str, Any]] = []
     chosen = []
     for fold in range(k):
@@ -492,7 +455,7 @@ def whole_analysis(
 
 
 def compare_part(model: Path, root: Path) -> dict[str, Any]:
-    """The three estimators on whole ICBHI recordings (module doc, ``compare``)."""
+    """The three estimators on whole ICBHI recordings (docs/respiration.md)."""
     from edge.bed.agebands import age_band
     from edge.bed.breathing import BreathTracker, tracker_spec
     from edge.bed.breathing_state import RespirationConfig
@@ -569,7 +532,7 @@ def print_compare(result: Mapping[str, Any]) -> None:
 
 
 def apnoea_part(model: Path, root: Path, apnoea_s: float = 20.0) -> dict[str, Any]:
-    """The splices of the module doc's ``apnoea`` part, per ICBHI patient."""
+    """The ``apnoea`` part's splices, per ICBHI patient (docs/respiration.md, "Apnoea")."""
     ages = icbhi_ages(root)
     monitor = Monitor.load(model)
     rate_hz = monitor.sample_rate_hz
@@ -592,7 +555,7 @@ def _splice_outcome(
     patient: str, kind: str, events: Events, states: Readings, apnoea_s: float
 ) -> dict[str, Any]:
     """One patient's splice: when apnoea / breath_signal_lost came, when the apnoea's
-    condition ended, and whether that is what a ward expects (module doc)."""
+    condition ended, and whether that is what a ward expects."""
     apnoea = onsets(events, "apnoea")
     lost = onsets(events, "breath_signal_lost")
     first = apnoea[0][0] if apnoea else None
@@ -625,7 +588,7 @@ def print_apnoea(result: Mapping[str, Any]) -> None:
 
 def false_part(model: Path, data: Path) -> dict[str, Any]:
     """Every real recording back to back, one bed per data set and age band: apnoea onsets
-    (and breath_signal_lost onsets) per hour (module doc, ``false``)."""
+    (and breath_signal_lost onsets) per hour (docs/respiration.md, "False apnoea")."""
     ages = icbhi_ages(data / "icbhi")
     groups: dict[str, list[Path]] = collections.defaultdict(list)
     for flac in sorted((data / "icbhi" / "train").glob("*.flac")):

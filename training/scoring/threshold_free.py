@@ -2,60 +2,12 @@
 
     scores = threshold_free(probs, annotated, durations_s, outputs, config, grid)
 
-:mod:`training.scoring.detection` scores one operating point: the events the fitted detector raises.
-This module scores every operating point at once, so two models (or a model on two test sets)
-can be compared without the thresholds in between. Two score sets, each in both views of
-:mod:`training.scoring.detection` (``family``: CAS / DAS; ``4class``):
-
-- ``phases``: what the device's phase rule raises at any threshold. Each breath phase the
-  detector cuts (the fitted Breath hysteresis, minimum length and lead) scores, per class, the
-  phase rule's decision statistic: the highest running mean of the class's output over the
-  phase once the phase spans ``min_phase_ms``. Thresholding that at ``t`` gives, up to the
-  approximations below, the events the device raises with every class's on-threshold at
-  ``t``. The events come from :func:`edge.bed.detector.detect_events` itself (every class's
-  on-threshold at ``PHASE_FLOOR`` so that every phase is an event, its confidence the
-  statistic; frames the model never described are not fed, as on the device); nothing here
-  cuts phases. A view class scores the highest of its member classes. Approximations:
-
-  - where phases of a class lie closer together than the lead, an event's reported start is
-    clamped to the end of the class's previous phase rather than of its previous raised
-    event, and two such events touch, so at thresholds both pass they count as one;
-  - a phase in which two member classes of a view class pass (Fine and Coarse Crackle, both
-    DAS) is one detection here; the device raises two events there, and sed_eval counts the
-    second as a false positive;
-  - the statistic is the event's confidence, rounded to 1e-6 by the detector;
-  - the quality gate's suppression of the detector while ``poor_signal`` lasts is not
-    replayed (nor in :func:`operating_points`).
-
-- ``frames``: the model alone, without the phase rule: each output frame's probability (a view
-  class: the highest of its member outputs; a frame the model never described scores 0), an
-  event wherever it stays above the threshold.
-
-Per score set and view:
-
-- ``psds1`` / ``psds2``: the Polyphonic Sound Detection Score (Bilen et al., ICASSP 2020;
-  computed exactly as in Ebbers et al., ICASSP 2022) in DCASE's two scenarios: detection and
-  ground-truth intersection 0.7, no cross-trigger term (scenario 1, which judges where events
-  start and end), and 0.1 / 0.1 with cross-triggers at 0.3 weighed 0.5 (scenario 2); both with
-  alpha_ST = 1 and false positives counted per hour up to 100.
-- ``best_event_f1``: sed_eval's event-based F1 (onset collar 0.2 s, offset collar
-  max(0.2 s, 20 %)), micro over classes, with each class at the threshold that maximises its
-  own F1 (sed_scores_eval's ``best_fscore``), and those thresholds. Chosen on the scored
-  records, so it is not a fit; nor is it an upper bound of the micro F1 (another mix of
-  per-class thresholds can score a little higher) or of the device's F1 (the approximations
-  above, and classes left out drop their false positives). An infinite threshold means the
-  class scores best never raised (``inf``) or raised wherever it has a score (``-inf``).
-
-Classes without an annotated event in the records are left out (``left_out``); with a single
-class left, scenario 2 has no cross-trigger term. Annotated events of a class that overlap are
-merged into one (sed_eval keeps both) and touching ones kept 1 ms apart (:func:`disjoint`):
-sed_scores_eval accepts neither.
-
-:func:`operating_points` is the ward's view of the same curve: the device's own detector
-(:func:`edge.bed.detector.detect_events`) with every class's on-threshold moved to each of
-``SWEEP``, scored by :func:`training.scoring.detection.score_detection` (sed_eval event and
-segment F1, false adventitious events per hour on Normal records), so a ward can see what a more
-or less sensitive setting would cost before it overrides the manifest's rules.
+:mod:`training.scoring.detection` scores one operating point; this module scores every
+operating point at once (PSDS in DCASE's two scenarios, best per-class event F1), so two models
+can be compared without the thresholds in between. The two score sets (``phases``: the
+device's phase rule at every threshold; ``frames``: the bare outputs), where ``phases`` differs
+from the device, and the adaptations to sed_scores_eval: docs/metrics.md, "Threshold-free
+detection scores" and "Operating points".
 """
 
 from __future__ import annotations
@@ -110,10 +62,8 @@ def view_events(
 
 def disjoint(events: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
     """Annotated events as sed_scores_eval takes them: a class's events may not touch or
-    overlap. Overlapping ones become their union; where one ends exactly as the next begins
-    (SPRSound annotates consecutive phases back to back, once in ``train`` and once in
-    ``intra_test``), the earlier ends ``TOUCH_GAP_S`` sooner, so both stay events, as in
-    sed_eval."""
+    overlap. Overlapping ones become their union; of touching ones the earlier ends
+    ``TOUCH_GAP_S`` sooner, so both stay events, as in sed_eval."""
     out: list[tuple[float, float, str]] = []
     for label in sorted({label for *_, label in events}):
         spans = sorted((s, e) for s, e, lab in events if lab == label)
@@ -138,10 +88,9 @@ def frame_table(
     mapping: Mapping[str, tuple[str, ...]],
     classes: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(timestamps (S + 1,), scores (S, C)) of one record's frame outputs (n, O) in a view:
-    frame ``j`` spans the grid's samples; a view class scores the highest of the outputs that
-    map to it; frames the model never described (NaN) and time before the first frame score
-    0; frames starting at or after the recording's end are dropped."""
+    """(timestamps (S + 1,), scores (S, C)) of one record's frame outputs (n, O) in a view: a
+    view class scores the highest of its outputs; NaN frames and time before the first frame
+    score 0; frames starting at or after the recording's end are dropped."""
     p = np.nan_to_num(np.asarray(probs, np.float64), nan=0.0)
     if p.ndim != 2 or p.shape[1] != len(outputs):
         raise ConfigError(f"expected (n, {len(outputs)}) probabilities, got {p.shape}")
@@ -187,7 +136,7 @@ def phase_events(
     probs: np.ndarray, outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid
 ) -> list[tuple[float, float, str, float]]:
     """Every phase the device's phase rule cuts, once per detected class, with the rule's
-    decision statistic as its score (module doc), in seconds."""
+    decision statistic as its score, in seconds."""
     if config.phases is None:
         raise ConfigError("threshold-free phase scores need a detector in phase mode (phases)")
     floor = tuple(
@@ -282,9 +231,8 @@ def threshold_free(
     config: DetectorConfig,
     grid: FrameGrid,
 ) -> dict[str, dict[str, ThresholdFree]]:
-    """``{"phases" | "frames": {view: ThresholdFree}}`` over the records of ``annotated``
-    (``probs``: each record's (n, O) frame outputs); ``phases`` only with a phase rule; a view
-    none of whose classes is annotated in the records (only Normal records, say) is absent."""
+    """``{"phases" | "frames": {view: ThresholdFree}}`` over the records of ``annotated``;
+    ``phases`` only with a phase rule; a view with no annotated class in the records is absent."""
     records = scored_records(probs, annotated)
     out: dict[str, dict[str, ThresholdFree]] = {"frames": {}}
     scored = (
@@ -319,9 +267,8 @@ def operating_points(
     thresholds: Sequence[float] = SWEEP,
 ) -> list[dict[str, float]]:
     """The device's detector with every detected class's on-threshold at each of
-    ``thresholds`` (the off-threshold ``OFF_GAP`` below, as the fit sets it; durations, merge
-    gaps and the phase rule as in ``config``): one row of :meth:`DetectionReport.summary`
-    per threshold, with ``threshold``."""
+    ``thresholds`` (docs/metrics.md, "Operating points"): one row of
+    :meth:`DetectionReport.summary` per threshold, with ``threshold``."""
     records = scored_records(probs, annotated)
     types = [t for t in outputs if t in DETECTED_CLASSES]
     frames = [np.asarray(probs[r], np.float32) for r in records]
@@ -339,9 +286,8 @@ def operating_points(
 
 
 def as_dict(scores: Mapping[str, Mapping[str, ThresholdFree]]) -> dict[str, Any]:
-    """JSON-ready form of :func:`threshold_free`'s result (strict JSON: an infinite best
-    threshold is written as the string ``"inf"``, never raise the class, or ``"-inf"``,
-    raise it wherever it has a score)."""
+    """JSON-ready form of :func:`threshold_free`'s result; an infinite best threshold is the
+    string ``"inf"`` or ``"-inf"`` (strict JSON)."""
     out: dict[str, Any] = {}
     for name, views in scores.items():
         out[name] = {}
