@@ -3,27 +3,10 @@
 The patient-grouped folds see new *patients* but not new *recordings*: a rule fitted out of
 fold to 10 false events per hour raised 2 to 6 times that on new recordings. So the
 recurrence rules of :mod:`edge.bed.findings` (and the family threshold they work with) are
-chosen on recordings the model's release never held, SPRSound ``intra_test``, through the
-device's own path:
-
-1. ``intra_test``'s patients are split in two halves by a hash of their id, within the
-   patients with a finding and within those without one: a **fitting** half and a
-   **judging** half (:func:`halves`), fixed for every session;
-2. every recording runs through ``lungwatch detect``'s path with the shipped model and each
-   candidate family threshold, every event kept (:func:`raw_events`);
-3. per family, each candidate (threshold, ``events``, ``within_s``) is scored on each half:
-   event F1 (sed_eval, the yardstick's collars), false events per hour on the Normal
-   records of the patients without a finding in any record (``fa_clean``), record presence
-   SE / SP, and how long after its first event an episode opens (seconds and breaths, at
-   the recording's own rate);
-4. the rule ships when it has the best F1 on the fitting half within the false-event budget
-   there (``--budget`` per family); the judging half, which it never saw, says what it
-   does. With ``--oof DESIGN`` the out-of-fold outputs of the design's fold models give the
-   same rule's false events on ``train`` too, and the ratio between the two views is
-   reported for every rule.
-
-The table goes to ``--out`` (JSON) and the chosen rules to standard output; ``--write MODEL``
-writes them into the model's manifest (``detector.findings`` and the family thresholds).
+fitted on half of SPRSound ``intra_test``'s patients (:func:`halves`) through the device's own
+path and judged on the other half (docs/training.md, "Commands"). The table goes to ``--out``
+(JSON) and the chosen rules to standard output; ``--write MODEL`` writes them into the model's
+manifest.
 """
 
 from __future__ import annotations
@@ -250,8 +233,8 @@ def candidates() -> list[tuple[int, float]]:
 def table(
     runs: Mapping[float, Run], half: Mapping[str, int], oof: Mapping[float, Run] | None = None
 ) -> list[dict[str, Any]]:
-    """Every family x threshold x rule on both halves (module doc, step 3), and out of fold
-    where ``oof`` has the threshold."""
+    """Every family x threshold x rule on both halves, and out of fold where ``oof`` has the
+    threshold."""
     parts = {k: [r for r, h in half.items() if h == k] for k in (0, 1)}
     rows = []
     for threshold, run in sorted(runs.items()):

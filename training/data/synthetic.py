@@ -1,27 +1,14 @@
 """Synthetic lung sounds with exact labels, for tests and for users without the data sets.
 
-A recording is breath noise plus adventitious events:
-
-- **Breath noise**: Gaussian noise band-limited to 100-1000 Hz (2nd-order Butterworth), shaped
-  by a breathing envelope: cycles of ``breath_period_s`` (+-10 % jitter per cycle), an
-  inspiration bump over the first 40 % of each cycle and a quieter (x0.6) expiration bump over
-  the rest, with a floor of 5 % between them.
-- **Crackles** (``"Fine Crackle"``: 5-10 ms, 350-800 Hz; ``"Coarse Crackle"``: 10-20 ms,
-  100-350 Hz): a damped sinusoid starting at zero on the event's first sample, random polarity,
-  tapered to zero by its last sample. Its largest peak is in its first cycle.
-- **Wheezes** (``"Wheeze"``: 150-600 ms, always >= 100 ms): a tone whose fundamental is drawn
-  from ``wheeze_f0_range_hz`` (default 100-1000 Hz) and glides linearly by up to +-10 % over the
-  event, with 2nd and 3rd harmonics (gains 0.35, 0.12; dropped above 0.45 x the sample rate)
-  and 20 ms raised-cosine ramps.
-
-Labels are sample-accurate: an event occupies samples ``[start, end)`` and is reported as
-``start_s = start / sample_rate_hz``, ``end_s = end / sample_rate_hz``; outside that range it
-adds exactly zero. Events never overlap: any two are at least ``MIN_EVENT_GAP_S`` apart, and
-as far from the recording's ends. Event type names are the SPRSound vocabulary. The output is
-deterministic for a given seed and arguments. The breath noise is drawn before the events, so
-``synthesize(d, r, seed=s)`` (no events) is exactly the event-free background of
-``synthesize(d, r, seed=s, crackles=..., wheezes=...)`` unless the mix had to be scaled down to
-``PEAK_LIMIT`` (in practice never at the default levels).
+A recording is band-limited breath noise under a breathing envelope, plus crackles (damped
+sinusoids, largest peak in the first cycle) and wheezes (gliding tones with two harmonics);
+the constants below set their durations, bands and levels. Labels are sample-accurate: an
+event occupies samples ``[start, end)``, reported as ``start / sample_rate_hz`` and
+``end / sample_rate_hz``, and adds exactly zero outside them. Events never overlap: any two
+are at least ``MIN_EVENT_GAP_S`` apart, and as far from the recording's ends. The output is
+deterministic for a seed; the breath noise is drawn first, so ``synthesize(d, r, seed=s)`` is
+the event-free background of the same call with events (unless the mix was scaled down to
+``PEAK_LIMIT``).
 """
 
 from __future__ import annotations
@@ -88,13 +75,7 @@ class SyntheticEvent(NamedTuple):
 
 @dataclass(frozen=True, eq=False)
 class SyntheticRecording:
-    """Synthetic audio and its labels.
-
-    Attributes:
-        samples: float32, shape ``(n_samples,)``, peak <= 0.95.
-        sample_rate_hz: sample rate of ``samples``.
-        events: sorted by start, non-overlapping.
-    """
+    """Synthetic audio (float32, peak <= ``PEAK_LIMIT``) and its events, sorted by start."""
 
     samples: np.ndarray
     sample_rate_hz: int
@@ -102,7 +83,6 @@ class SyntheticRecording:
 
     @property
     def duration_s(self) -> float:
-        """Duration in seconds."""
         return self.samples.shape[0] / self.sample_rate_hz
 
 
@@ -135,25 +115,10 @@ def synthesize(
     crackle_peak: float = DEFAULT_CRACKLE_PEAK,
     wheeze_peak: float = DEFAULT_WHEEZE_PEAK,
 ) -> SyntheticRecording:
-    """Synthesize breath noise with ``crackles`` crackles and ``wheezes`` wheezes.
+    """Breath noise with ``crackles`` crackles (all of ``crackle_type``) and ``wheezes`` wheezes.
 
-    Args:
-        duration_s: length in seconds (> 0).
-        sample_rate_hz: integer rate, >= 4000.
-        seed: seed of every random choice (same seed and arguments -> same output).
-        crackles: number of crackle events, all of ``crackle_type`` (one of CRACKLE_TYPES).
-        wheezes: number of ``"Wheeze"`` events.
-        wheeze_f0_range_hz: ``(low, high)`` range of the wheeze fundamental.
-        breath_period_s: mean breathing cycle length in seconds.
-        breath_rms: breath-noise RMS at the top of an inspiration (full scale 1).
-        crackle_peak: peak amplitude of a crackle. wheeze_peak: peak amplitude of a wheeze.
-
-    Returns:
-        :class:`SyntheticRecording` of ``round(duration_s * sample_rate_hz)`` samples.
-
-    Raises:
-        ValueError: an argument is out of range, or the events cannot be placed without
-            overlap (too many or too long for ``duration_s``).
+    ``breath_rms`` is the noise's RMS at the top of an inspiration, the peaks are of one event
+    (full scale 1). ValueError when an argument is out of range or the events do not fit.
     """
     _check_args(duration_s, sample_rate_hz, crackles, wheezes, crackle_type, wheeze_f0_range_hz)
     _check_positive(
@@ -191,7 +156,6 @@ def _check_args(
     crackle_type: str,
     wheeze_f0_range_hz: tuple[float, float],
 ) -> None:
-    """Raise ValueError naming the first argument out of range."""
     if not (math.isfinite(duration_s) and duration_s > 0.0):
         raise ValueError(f"duration_s must be a positive number, got {duration_s}")
     if isinstance(sample_rate_hz, bool) or not isinstance(sample_rate_hz, int):
@@ -214,7 +178,6 @@ def _check_args(
 
 
 def _check_positive(**values: float) -> None:
-    """Raise ValueError naming the first value that is not a positive finite number."""
     for name, value in values.items():
         if not (math.isfinite(value) and value > 0.0):
             raise ValueError(f"{name} must be a positive number, got {value}")
@@ -223,12 +186,8 @@ def _check_positive(**values: float) -> None:
 def breathing_envelope(
     n_samples: int, sample_rate_hz: int, breath_period_s: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Breathing amplitude envelope, shape ``(n_samples,)``, values in [floor, 1].
-
-    Each cycle (length jittered by +-10 %) is an inspiration bump (sin^2, peak 1) over its
-    first 40 % and an expiration bump (peak 0.6) over the rest; the recording starts at a
-    random phase of the first cycle.
-    """
+    """Breathing amplitude envelope, shape ``(n_samples,)``, values in [floor, 1], starting at
+    a random phase of the first cycle."""
     pieces: list[np.ndarray] = []
     total = 0
     offset = int(rng.integers(0, max(1, round(breath_period_s * sample_rate_hz))))
@@ -248,7 +207,6 @@ def _sin2_bump(n_samples: int) -> np.ndarray:
 
 
 def _breath_noise(n_samples: int, sample_rate_hz: int, rng: np.random.Generator) -> np.ndarray:
-    """Unit-RMS Gaussian noise band-limited to BREATH_BAND_HZ, shape ``(n_samples,)``."""
     sos = butter(
         BREATH_FILTER_ORDER, BREATH_BAND_HZ, btype="bandpass", fs=sample_rate_hz, output="sos"
     )
@@ -258,7 +216,6 @@ def _breath_noise(n_samples: int, sample_rate_hz: int, rng: np.random.Generator)
 
 
 def _event_length(event_type: str, sample_rate_hz: int, rng: np.random.Generator) -> int:
-    """A random event length in samples for the type's duration range."""
     low_s, high_s = WHEEZE_DURATION_S if event_type == WHEEZE else CRACKLE_DURATION_S[event_type]
     return round(rng.uniform(low_s, high_s) * sample_rate_hz)
 
@@ -266,10 +223,7 @@ def _event_length(event_type: str, sample_rate_hz: int, rng: np.random.Generator
 def _place_events(
     requests: list[str], n_samples: int, sample_rate_hz: int, rng: np.random.Generator
 ) -> list[tuple[int, int, str]]:
-    """Random non-overlapping ``(start, end, type)`` spans in samples, sorted by start.
-
-    Spans are at least MIN_EVENT_GAP_S from each other and from both ends of the recording.
-    """
+    """Random non-overlapping ``(start, end, type)`` spans in samples, sorted by start."""
     gap = round(MIN_EVENT_GAP_S * sample_rate_hz)
     spans: list[tuple[int, int, str]] = []
     for event_type in requests:

@@ -13,20 +13,12 @@ Data flow, input ``x`` of shape (B, K, F, T) (log features straight from the fro
     [multi-head attention over a bounded past of `attention_frames`]         (B, C, N)
     output head: 1x1 conv -> logits, sigmoid outside                          (B, O, N)
 
-Causality and look-ahead: every operation only looks back, so output frame ``j`` depends on
-input frames ``< (j + 1) * s``. The model is trained so that output ``j`` describes network
-frame ``j - lookahead_frames``: a fixed delay of ``lookahead_frames * s`` front-end frames is
-the model's bounded look-ahead. Each layer that looks back keeps its last inputs in a cache;
-before a stream starts every cache holds zeros (the whole-recording pass pads the same
-zeros). All caches of one stream form one flat ``state`` vector of :attr:`SedNet.state_size`
-floats (the layers' caches in order), so a whole recording in one call, or the same recording
-in chunks with the state carried between calls, gives the same outputs
-(``tests/training/test_sed_model.py``).
-
-Streaming ONNX form (:class:`StreamingSed`): ``features (B, K, F, n*s)`` and ``state (B, S)``
--> ``probs (B, O, n)`` and ``state_out (B, S)``. Only standard ops with static sizes except
-batch and time: Conv, BatchNorm (folded), Relu, Concat, Slice, Reshape, MatMul, Softmax,
-Sigmoid, Range/comparisons for the attention mask (``export/opcheck.py`` checks them).
+Every operation only looks back, so output frame ``j`` depends on input frames
+``< (j + 1) * s``; it is trained to describe network frame ``j - lookahead_frames`` (the
+bounded look-ahead). The layers' caches (zeros before a stream starts, as the whole-recording
+pass pads) form one flat ``state`` of :attr:`SedNet.state_size` floats, so a recording in one
+call or in chunks with the state carried gives the same outputs. The streaming ONNX form
+(:class:`StreamingSed`): docs/export.md.
 """
 
 from __future__ import annotations
@@ -90,10 +82,7 @@ class SedConfig:
 class CausalBlock(nn.Module):
     """Inception-residual block over time: parallel causal dilated convolutions.
 
-    Each path ``w`` is a Conv1d of kernel ``w`` and dilation ``d`` (C -> C / n_paths), batch
-    norm and ReLU; the concatenated paths are projected by a 1x1 conv + batch norm and added to
-    the input, then ReLU. The cache holds the last ``(max(w) - 1) * d`` input frames.
-    (B, C, N) -> (B, C, N).
+    The cache holds the last ``(max(w) - 1) * d`` input frames. (B, C, N) -> (B, C, N).
     """
 
     def __init__(self, channels: int, dilation: int, widths: Sequence[int]) -> None:
@@ -129,9 +118,8 @@ class CausalBlock(nn.Module):
 class BoundedAttention(nn.Module):
     """Multi-head self-attention of each frame over itself and the ``window - 1`` frames before.
 
-    The cache holds the keys and values of the last ``window`` frames (zeros before the
-    stream starts, which take part like any key: the same in every chunking). Residual and
-    a layer norm over channels per frame. (B, C, N) -> (B, C, N).
+    The cache holds the keys and values of the last ``window`` frames; the zeros before a
+    stream starts take part like any key, so every chunking gives the same. (B, C, N) -> (B, C, N).
     """
 
     def __init__(self, channels: int, heads: int, window: int) -> None:
@@ -166,7 +154,6 @@ class BoundedAttention(nn.Module):
 
 
 def _stem(config: SedConfig) -> nn.Module:
-    """One convolution over all bands and ``stride`` frames (stride ``stride``)."""
     return nn.Sequential(
         nn.Conv1d(config.n_bands, config.channels, config.stride, stride=config.stride, bias=False),
         nn.BatchNorm1d(config.channels, eps=NORM_EPS),
@@ -203,7 +190,7 @@ class SedNet(nn.Module):
         return sum(ch * t for ch, t in self._shapes)
 
     def initial_state(self, batch: int) -> torch.Tensor:
-        """The state before a stream starts: (batch, state_size) zeros."""
+        """The state before a stream starts."""
         return torch.zeros(batch, self.state_size, device=self.input_mean.device)
 
     def kind_weights(self) -> torch.Tensor:
@@ -216,7 +203,7 @@ class SedNet(nn.Module):
         self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(NORM_EPS))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw features (B, K, F, T) -> standardised with the training statistics."""
+        """Raw features (B, K, F, T) standardised with the training statistics."""
         return (x - self.input_mean[None, :, :, None]) / self.input_std[None, :, :, None]
 
     def embed(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,19 +223,16 @@ class SedNet(nn.Module):
     def forward(
         self, x: torch.Tensor, state: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, K, F, n*s) [, state (B, S)] -> logits (B, O, n), new state (B, S).
-
-        Output ``j`` describes network frame ``j - lookahead_frames`` of the stream."""
+        """x (B, K, F, n*s) [, state (B, S)] -> logits (B, O, n), new state (B, S)."""
         if state is None:
             state = self.initial_state(x.shape[0])
         h, new_state = self.embed(x, state)
         return self.head(h), new_state
 
     def forward_train(self, x: torch.Tensor, n_frames: int) -> torch.Tensor:
-        """Training view of recordings that start a stream (state zero at their first frame).
-
-        x (B, K, F, (n_frames + lookahead) * s), the last ``lookahead * s`` frames being real
-        audio or the flush padding -> frame logits aligned with the recording (B, O, n_frames)."""
+        """Training view of recordings that start a stream: x (B, K, F, (n_frames + lookahead)
+        * s), its last ``lookahead * s`` frames real audio or the flush padding -> frame logits
+        aligned with the recording (B, O, n_frames)."""
         h, _ = self.embed(x, self.initial_state(x.shape[0]))
         lookahead = self.config.lookahead_frames
         return self.head(h[:, :, lookahead : lookahead + n_frames])
