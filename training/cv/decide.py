@@ -4,30 +4,12 @@
     counts = RecordCounts.of(tables, truth)                         # per record, every threshold
     fitted = cross_fit(counts, truth, budget_per_hour=10.0)        # thresholds of 4 folds -> 5th
 
-A **rule** turns a record's frame outputs (n, O) into scored candidate events in the family
-view (CAS, DAS); an event is raised when its score reaches its family's threshold:
-
-- ``phase``: the device's phase rule (:class:`edge.bed.detector.PhaseRule`, the recipe's
-  Breath hysteresis 0.6 / 0.5, 240 ms, a 120-ms lead): each breath phase scores, per class,
-  the highest running mean of the class output over it (the device's decision statistic,
-  :func:`training.scoring.threshold_free.phase_events`); a family takes the highest of its
-  classes;
-- ``phase_boxes``: the device's phase rule with the CAS classes cut on their own change-point
-  boxes (``PhaseRule.box_classes``, :mod:`edge.bed.detector`), each box scored by its peak;
-  the DAS classes on phases.
-
-The candidates of every record are matched against the annotations once, for every threshold
-at the same time, by sed_scores_eval (collar-based, the collars of
-:mod:`training.scoring.detection`, which reproduce sed_eval's event-based matching), kept per
-record (:class:`RecordCounts`); fitting, applying, pooling and bootstrapping are then sums.
-
-**Fitting** (:func:`fit_thresholds`): per family, the threshold of the best event F1 among
-those whose false events on the fitting records labelled Normal stay within the budget (per
-hour). **Cross-fitting** (:func:`cross_fit`): fold ``k``'s thresholds are fitted on the other
-folds' records and applied to fold ``k``; the pooled held-out counts are the design's OOF
-figure at the ward's operating point, and each fold's held-out false-event rate over the rate
-it was fitted to is the false-event ratio: how far a rule fitted on some patients moves on
-new ones.
+A **rule** (:data:`RULES`) turns a record's frame outputs (n, O) into scored candidate events
+in the family view (CAS, DAS); an event is raised when its score reaches its family's
+threshold. The candidates are matched against the annotations once, for every threshold at the
+same time, by sed_scores_eval (the collars of :mod:`training.scoring.detection`), kept per
+record (:class:`RecordCounts`), so fitting, applying, pooling and bootstrapping are sums. The
+rules, the fit and the cross-fit: docs/training.md, "The decision layer, judged out of fold".
 """
 
 from __future__ import annotations
@@ -67,7 +49,7 @@ Table = tuple[np.ndarray, np.ndarray]  # (edges (S + 1,), scores (S, 2))
 
 
 def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid) -> Table:
-    """One record's family score table under ``rule`` (module doc), ``probs`` (n, O)."""
+    """One record's family score table under ``rule``, ``probs`` (n, O)."""
     configs = {"phase": PHASE_CONFIG, "phase_boxes": BOXES_CONFIG}
     if rule not in configs:
         raise ConfigError(f"decision rule {rule!r}: expected one of {RULES}")
@@ -171,7 +153,7 @@ def fit_thresholds(
     counts: RecordCounts, truth: Truth, rows: Sequence[int], budget_per_hour: float
 ) -> dict[str, Fitted]:
     """Per family, the threshold of the best event F1 over ``rows`` whose false events on the
-    Normal records among them stay within ``budget_per_hour`` (module doc)."""
+    Normal records among them stay within ``budget_per_hour``."""
     normal = [i for i in rows if truth.labels[counts.records[i]] == NORMAL]
     hours = sum(truth.durations[counts.records[i]] for i in normal) / SECONDS_PER_HOUR
     out = {}
@@ -210,7 +192,7 @@ def cross_fit(
     truth: Truth,
     budget_per_hour: float,
 ) -> CrossFit:
-    """Thresholds of each fold fitted on the others, applied to it (module doc)."""
+    """Thresholds of each fold fitted on the others, applied to it."""
     folds = sorted({truth.folds[r] for r in counts.records})
     rows_of = {k: [i for i, r in enumerate(counts.records) if truth.folds[r] == k] for k in folds}
     tp = {f: np.zeros(len(counts.records)) for f in FAMILIES}
@@ -327,7 +309,7 @@ def detector_section(
 ) -> dict[str, object]:
     """The manifest's ``detector`` section: the phase rule ``rule`` (:data:`BOXES_RULE` for the
     ``phase_boxes`` fit), every class of a family at the family's threshold (off-threshold 0.15
-    below, as the fit has always set it)."""
+    below, as the fit sets it)."""
     rules = []
     for family, classes in (("CAS", CAS_CLASSES), ("DAS", DAS_CLASSES)):
         on = fitted[family].threshold

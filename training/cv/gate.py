@@ -4,33 +4,11 @@
     on = ON_GRID[fit_gate(counts, every_row, max_good_share=0.02, max_other_time_share=1.0)]
     fit = cross_fit_gate(counts, 0.02, 1.0, k=5)   # each fold at the threshold of the others
 
-The device raises ``poor_signal`` where the model's Poor Quality output, averaged over each
-window's output frames, turns a two-threshold switch on (``poor_on``; off below ``poor_off``)
-for at least ``poor_signal_min_ms``, a pause of up to ``clear_after_ms`` continuing the event
-(:mod:`edge.bed.gate`). :func:`poor_spans` replays that switch on stored output frames, so one
-threshold is judged on every recording without running the device path again. (The gate's
-signal measures, level, clipping and the quality score, raise ``poor_signal`` too; they do
-not depend on the threshold and are not replayed here.)
-
-What a threshold is judged by, per recording:
-
-- **SPRSound** (the design's out-of-fold outputs): whether a record labelled Poor Quality
-  raises ``poor_signal`` anywhere (what the gate is for), and whether a good record does (a
-  false technical alarm: the bed's detection is suppressed and a nurse is called to the probe);
-- **other stethoscopes** (ICBHI ``train``, clinical recordings every cycle of which was
-  annotated, so usable): the share of their time under ``poor_signal``. The fold models
-  never trained on ICBHI; fold ``k``'s models judge ICBHI's fold-``k`` patients.
-
-**Fitting** (:func:`fit_gate`): the lowest ``poor_on`` of :data:`ON_GRID` (``poor_off``
-:data:`GAP` below it) at which at most ``max_good_share`` of the good SPRSound records and at
-most ``max_other_time_share`` of the other stethoscopes' time raise ``poor_signal`` (the
-highest of the grid where none does): the most Poor Quality records found within both budgets.
-(``lungwatch cv rules`` leaves the second budget open by default: a threshold high enough to
-keep other stethoscopes' clean recordings out of the gate also lets most Poor Quality records
-through; the model card has the measured trade-off.)
-**Cross-fitting** (:func:`cross_fit_gate`): fold ``k``'s threshold is fitted on the other
-folds of both data sets and judged on fold ``k`` of both; the pooled held-out shares are what
-new patients and new stethoscopes get.
+:func:`poor_spans` replays the device gate's model switch (:mod:`edge.bed.gate`) on stored
+output frames, so every threshold is judged on every recording without running the device
+path again. What a threshold is judged by (good and Poor Quality SPRSound records, the share
+of other stethoscopes' time), how it is fitted and cross-fitted: docs/training.md, "The
+quality gate, fitted out of fold".
 """
 
 from __future__ import annotations

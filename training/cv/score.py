@@ -2,28 +2,10 @@
 
     lungwatch cv score --design base --design kd [--rule phase --rule phase_boxes] [--out FILE]
 
-For every design (:mod:`training.cv.run`) and each of its seeds, and for the ensemble of its
-seeds (the mean logits of the fold models, still out of fold), on SPRSound ``train``:
-
-- **threshold-free**: each family's frame AUC (the family's highest class output on frames
-  inside annotated events of the family against every frame of Normal records) and PSDS
-  (DCASE scenarios 1 and 2, sed_scores_eval, the family view) of the phase rule's scores;
-- **at the ward's operating point**: per-family thresholds fitted on four folds within
-  ``--budget`` false events per hour per family on their Normal records and applied to the
-  fifth (:func:`training.cv.decide.cross_fit`): event F1, precision, recall, false events per
-  hour held out, the false-event ratio (held out / fitted), record presence SE / SP at that
-  point, and record presence SE at SP 0.95 (cross-fitted the same way);
-- ``--reference-threshold T``: the same outputs with every class at the fixed threshold T
-  (the shipped rules: 0.7), the decision the model shipped with;
-- **views**: ``intra_test`` (the fold models' ensemble, thresholds fitted on all OOF
-  records) and ICBHI (each recording from its own ICBHI fold's models, so out of fold also for
-  a design that trains on ICBHI: cycle-level AUC of each family against normal cycles, and the
-  share of frames whose quality output reaches 0.6).
-
-``--against NAME`` (default: the first design) adds, for every other design, a paired
-bootstrap over patients (``--bootstrap`` resamples, the same patients for both designs): the
-difference of event F1 per family and of their mean at the operating point, with its 90 %
-interval; seeds are pooled (each record's counts summed over the design's seeds).
+For every design (:mod:`training.cv.run`), each of its seeds and their ensemble: threshold-free
+scores, scores at the ward's operating point with thresholds cross-fitted
+(:func:`training.cv.decide.cross_fit`), the ``intra_test`` and ICBHI views, and a paired
+bootstrap over patients against ``--against`` (docs/training.md, "What cv score reports").
 """
 
 from __future__ import annotations
@@ -270,7 +252,7 @@ def score_design(
     reference: float | None,
     with_views: bool,
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """Every figure of one design (module doc), and its pooled per-record counts per rule."""
+    """Every figure of one design, and its pooled per-record counts per rule."""
     oof = oof_outputs(design, truth)
     members: dict[str, dict[str, np.ndarray]] = {f"seed{s}": p for s, p in oof.items()}
     if len(oof) > 1:

@@ -3,21 +3,11 @@ phase rule.
 
     rules = fit_rules(probs, val_recordings, grid, run)     # the manifest's "detector" section
 
-The device turns the model's frame probabilities into events with
-:class:`edge.bed.detector.FrameDetector`; this module chooses, per detected class, the
-on-threshold (the off-threshold follows ``OFF_GAP`` below it), the minimum duration and the
-merge gap that give the best **macro** event F1 (the mean of the CAS and DAS families' F1,
-sed_eval, :mod:`training.scoring.detection`) on validation records while keeping each
-family's false events on Normal records at or below ``max_false_per_hour`` (a budget per
-family) and the share of Normal records with any at or below ``max_normal_share``: a
-crackle-heavy validation set cannot buy crackle events with the wheezes' threshold.
-Coordinate ascent: one class and one knob at a time, every candidate scored through
-:func:`edge.bed.detector.detect_events` (the device's converter), repeated for ``rounds``
-passes. Never fitted on a test set.
-
-In phase mode (``detector.phases`` of the run, the shipped recipe) the knobs are each class's
-on-threshold (on the phase mean) and the phase rule's on-threshold, hysteresis gap, minimum
-phase length and lead (how far before the phase's first frame an event's start is reported).
+Coordinate ascent on the knobs of each detected class (and, in phase mode, of the phase rule),
+every candidate scored through the device's converter :func:`edge.bed.detector.detect_events`
+for the best macro event F1 within :class:`Limits` (docs/training.md, "train", step 5). The
+budget is per family, so a crackle-heavy validation set cannot buy crackle events with the
+wheezes' threshold. Never fitted on a test set.
 """
 
 from __future__ import annotations
@@ -56,7 +46,7 @@ class Limits:
     """The false-alarm budget a fitted setting must respect on validation Normal records."""
 
     # per family, so both together stay below the ward's 10 per hour with room to spare:
-    # intra_test has raised about twice validation's rate (6.2 against 14.5 per hour)
+    # intra_test has raised about twice validation's rate
     max_false_per_hour: float = 3.0
     max_normal_share: float = 0.08
 
@@ -125,9 +115,8 @@ def fit_detector(
     rounds: int = 2,
     log: bool = False,
 ) -> Fit:
-    """Per-class rules maximising macro event F1 within ``limits`` (see the module doc).
-
-    ``probs[i]`` belongs to the i-th record of ``annotated`` (in its order)."""
+    """Per-class rules maximising macro event F1 within ``limits``; ``probs[i]`` belongs to the
+    i-th record of ``annotated``."""
     records = list(annotated)
     types = [t for t in outputs if t in DETECTED_CLASSES]
     current = base
@@ -172,7 +161,6 @@ def fit_detector(
     improved = False
 
     def consider(config: DetectorConfig, what: str) -> None:
-        """Move to ``config`` when it scores better than the current setting."""
         nonlocal best, best_report, current, improved
         if config == current:
             return
@@ -222,9 +210,8 @@ def fit_start(run: RunConfig) -> DetectorConfig:
 def fit_rules(
     probs: Sequence[np.ndarray], val: Sequence[Recording], grid: FrameGrid, run: RunConfig
 ) -> dict[str, Any]:
-    """The rules fitted on the validation recordings ``val`` from their frame probabilities
-    ``probs`` (n, O): the manifest's ``detector`` section (thresholds, phases, what they were
-    fitted on, the limits and the validation summary)."""
+    """The manifest's ``detector`` section fitted on the validation recordings ``val`` from
+    their frame probabilities ``probs`` (n, O)."""
     from training.data.recordings import recording_seconds
 
     annotated = {r.record_id: list(r.events) for r in val}

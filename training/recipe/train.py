@@ -1,24 +1,7 @@
 """``lungwatch train --config training/configs/sed.yaml [--set key=value ...]``: the recipe.
 
-From the recordings to a checkpoint the export reads, in one run:
-
-1. SPRSound-layout recordings (``data.train_dir``, default ``<data root>/sprsound/train``)
-   with strong frame targets (:mod:`training.data.targets`); a patient-disjoint validation
-   split (``data.val_fraction``, ``data.split_seed``) carved from them, never a test set;
-2. optional masked-spectrogram pretraining (:mod:`training.recipe.pretrain`);
-3. supervised epochs: random crops of whole recordings that start a stream (state zero at
-   their first frame), SpecAugment and Patch-Mix (:mod:`training.recipe.augment`), the frame
-   and phase losses (:mod:`training.recipe.losses`), AdamW with a one-cycle schedule;
-4. after every epoch the validation recordings' events at each of ``selection.on_thresholds``
-   (the device's converter, :func:`edge.bed.detector.detect_events`, scored with sed_eval); the
-   epoch with the best family event F1 within ``selection.max_false_per_hour`` is kept;
-5. the device's detector rules fitted on validation with the kept weights
-   (:mod:`training.recipe.fit`), and the checkpoint written with everything the export needs
-   (:mod:`training.models.checkpoint`).
-
-Writes ``<out_dir>/<name>/``: ``config.yaml`` (the resolved run), ``log.jsonl`` (one line per
-epoch), ``best.pt`` (the checkpoint) and ``val_probs.npz`` (the kept epoch's validation
-outputs). Prints a summary line (JSON) at the end.
+From the recordings to a checkpoint the export reads, in one run: the steps, the outputs
+under ``<out_dir>/<name>/`` and the options are in docs/training.md, "train".
 """
 
 from __future__ import annotations
@@ -212,12 +195,8 @@ def score(
 def select(
     probs: list[np.ndarray], recs: list[Recording], data: TrainingData, run: RunConfig
 ) -> tuple[dict[str, float], dict[str, Any], bool]:
-    """The epoch's selection: the detector the fit starts from (breath phases when
-    ``detector.phases``, else plain hysteresis) with every class at each of
-    ``selection.on_thresholds``; each family takes the threshold of its best event F1 among
-    those within its false-event budget (else the one with the fewest false events). Returns
-    (the families' thresholds, the summary at them with ``macro_f1``, whether every family is
-    within budget)."""
+    """The epoch's selection (docs/training.md, "train", step 4): the families' thresholds,
+    the summary at them with ``macro_f1``, and whether every family is within budget."""
     reports = {}
     for on in run.selection.on_thresholds:
         det = dataclasses.replace(
@@ -333,10 +312,9 @@ def train(
     choose_epoch: bool = True,
     log_path: Path | None = None,
 ) -> Kept:
-    """The supervised epochs; the kept epoch (see the module doc). Logs to ``log_path``
-    (default the run folder's ``log.jsonl``). ``choose_epoch=False``: nothing is judged between the
-    epochs and the last one is kept (cross-validation, whose held-out records must not choose
-    anything)."""
+    """The supervised epochs; the kept epoch. ``choose_epoch=False``: nothing is judged
+    between the epochs and the last one is kept (cross-validation, whose held-out records must
+    not choose anything)."""
     opt = torch.optim.AdamW(
         model.parameters(), lr=run.optim.lr, weight_decay=run.optim.weight_decay
     )
@@ -404,7 +382,7 @@ def new_model(
 
 
 def fit(run: RunConfig) -> dict[str, Any]:
-    """Run the recipe (module doc); the kept epoch's summary."""
+    """Run the recipe; the kept epoch's summary."""
     torch.manual_seed(run.seed)
     np.random.seed(run.seed)
     torch.set_num_threads(run.threads)

@@ -3,17 +3,8 @@
     lungwatch evaluate --task 1-2 --preds preds.json --annotations sprsound/intra_test
     lungwatch evaluate --task icbhi --preds preds.json --annotations icbhi/train --json out.json
 
-Prediction formats (the ``lungwatch predict`` contract; see ``docs/metrics.md``):
-
-- Task 1-1 / 1-2: ``{"<record>": ["Normal", "Wheeze", ...]}``, one label per annotated event
-  in file order. A record with no annotated events may be left out or given ``[]``.
-- Task 2-1 / 2-2: ``{"<record>": "CAS & DAS"}``.
-- ICBHI: ``{"<recording>": ["normal", "crackle", ...]}``, one label per cycle in file order.
-
-The references are the SPRSound ``<record>.json`` files (audio not needed) or the ICBHI
-``<recording>.txt`` cycle files of ``--annotations``. ``.txt`` files whose names are not
-ICBHI recording names (the split file, demographics, ...) are skipped; the predictions file
-itself is skipped if it lies in that folder.
+The prediction formats (the ``lungwatch predict`` contract), the annotation folder and the
+checks: docs/metrics.md, "lungwatch evaluate".
 """
 
 from __future__ import annotations
@@ -107,12 +98,7 @@ def _preview(names: Sequence[str]) -> str:
 
 
 def read_predictions(path: str | Path, task: str) -> Labels:
-    """Read and validate a predictions file for ``task`` (formats in the module docstring).
-
-    Raises:
-        EvaluationError: unreadable file, invalid JSON (names the line), wrong value types, or
-            a label outside the task's vocabulary (lists the allowed ones).
-    """
+    """Read and validate a predictions file for ``task`` (formats: docs/metrics.md)."""
     file_path = Path(path)
     try:
         document = json.loads(file_path.read_text(encoding="utf-8-sig"))
@@ -152,15 +138,8 @@ def _prediction_labels(value: object, task: str, where: str) -> list[str]:
 
 
 def read_references(folder: str | Path, task: str, skip: Path | None = None) -> Labels:
-    """The reference labels of every annotated record in ``folder`` for ``task``.
-
-    Args:
-        skip: a file to leave out (the predictions file, when it lies in ``folder``).
-
-    Raises:
-        EvaluationError: the folder is missing or holds no annotation for the task.
-        AnnotationError: an annotation file is malformed.
-    """
+    """The reference labels of every annotated record in ``folder`` for ``task``, leaving out
+    ``skip`` (the predictions file, when it lies in ``folder``)."""
     directory = Path(folder)
     if not directory.is_dir():
         raise EvaluationError(f"{directory}: annotations folder not found")
@@ -199,12 +178,7 @@ def _sprsound_labels(path: Path, task: str) -> list[str]:
 def align(
     references: Mapping[str, list[str]], predictions: Mapping[str, list[str]], task: str
 ) -> tuple[list[str], list[str]]:
-    """Flatten both label sets over the records (sorted by id) into parallel lists.
-
-    Raises:
-        EvaluationError: records present on one side only (how many, the first few names), or
-            a record with the wrong number of labels.
-    """
+    """Flatten both label sets over the records (sorted by id) into parallel lists."""
     optional = {r for r, labels in references.items() if not labels}  # Task 1: no events
     unannotated = sorted(set(predictions) - set(references))
     unpredicted = sorted(set(references) - set(predictions) - optional)
@@ -268,7 +242,6 @@ def evaluate(task: str, preds_path: str | Path, annotations_dir: str | Path) -> 
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    """Cells left-aligned in the first column, right-aligned in the others."""
     first, *rest = cells
     return (
         "  "
