@@ -4,19 +4,13 @@
                         [--against OTHER.json]
 
 Each fold model of the design's seed is made into what a device runs, the way the shipped
-model is (``lungwatch export``; ``lungwatch quantize`` as the recipe does unless ``--fp32``;
-the design's detector rules and quality gate as ``lungwatch cv rules --design NAME`` fits them
-on its out-of-fold outputs, fitted once for all folds), in ``WORK/fold<k>``. Fold ``k``'s
-artifact then detects the ICBHI ``train`` recordings of ICBHI fold ``k`` through the public
-streaming path (:func:`edge.runtime.offline.detect_recordings`): a design that trains on ICBHI
-(``data.icbhi_fraction``) trained fold ``k`` on the other ICBHI folds' patients only, so every
-recording is judged by a model that never heard its patient. The five folds' outputs are judged
-together per annotated cycle (:func:`training.scoring.views.icbhi_view`, the rule of
-``../shared/tools/device_eval.py``), with each fold's own score beside them. A model folder
-already in ``WORK`` with a verify reference is reused.
-
-The per-cycle verdicts are kept (``--out``); ``--against FILE`` (another run's ``--out``) adds
-the Score difference and its 90 % interval from a paired bootstrap over ICBHI's patients.
+model is (export, quantise unless ``--fp32``, the rules ``lungwatch cv rules`` fits on the
+design's out-of-fold outputs), in ``WORK/fold<k>``, and detects the ICBHI ``train`` recordings
+of its own ICBHI fold through :func:`edge.runtime.offline.detect_recordings`: every recording
+is judged by a model that never heard its patient. The folds' outputs are judged together per
+annotated cycle (:func:`training.scoring.views.icbhi_view`). A model folder already in
+``WORK`` with a verify reference is reused; ``--against FILE`` adds the Score difference with
+a paired bootstrap over ICBHI's patients.
 
 It lives in ``export`` (it runs the export steps on training's fold models); the console
 entry routes ``lungwatch cv device`` here.

@@ -3,13 +3,8 @@
     lungwatch cv train --config training/configs/sed.yaml --design base --seeds 0,1,2
     lungwatch cv train --config ... --design wide --set model.channels=192
 
-A **design** is a run config (the YAML and its ``--set`` overrides) under a name. For each
-seed and each fold ``k`` of the stored folds (:mod:`training.cv.folds`) one model trains on
-the SPRSound training patients outside fold ``k`` (and, when ``data.icbhi_fraction`` > 0, on
-the ICBHI patients outside ICBHI's fold ``k``) for ``optim.epochs`` epochs, and the last epoch
-is kept: nothing is chosen on the held-out patients. The model then scores every recording of
-SPRSound ``train``, SPRSound ``intra_test`` and ICBHI ``train``, and all of it is kept, so a
-later comparison, fit, ensemble or distillation never trains again what it already has:
+A **design** is a run config (the YAML and its ``--set`` overrides) under a name; what a fold
+model trains on and scores: docs/training.md, "Fold models". Everything is kept:
 
     out/cv/<design>/design.json                  the resolved run (seed aside), the overrides
     out/cv/<design>/seed<S>/fold<k>/model.pt     the checkpoint (no fitted rules)
@@ -122,10 +117,9 @@ def check_design(folder: Path, run: RunConfig, overrides: list[str]) -> None:
 def train_fold(
     run: RunConfig, mat: Material, fold: int | None, folder: Path, device: str = "cpu"
 ) -> dict[str, Any]:
-    """One fold model (module doc): trained on ``device``, saved, and its outputs over every
-    set kept. With ``distill.teacher`` its teacher is that design's fold-``fold`` models.
-    ``fold`` None: the design's full model, trained on every patient (and taught by every
-    fold model of the teacher): what ships once the design has earned it out of fold."""
+    """One fold model: trained on ``device``, saved, and its outputs over every set kept.
+    ``fold`` None: the design's full model, trained on every patient (and taught by every fold
+    model of the teacher)."""
     from training.recipe.train import feature_store, new_model, train, training_data
 
     torch.manual_seed(run.seed)

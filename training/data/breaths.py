@@ -1,31 +1,11 @@
 """Chest sounds whose breath cycles are known: the respiratory rate's truth set.
 
-A recording is a run of breath cycles at a known rate, heard as a stethoscope would hear it:
-
-- **Inspiration**: airway noise rising and falling (a sin² bump) over the first
-  ``1 / (1 + ie_ratio)`` of the cycle; its band is the stethoscope's breath band
-  (``inspiration_band_hz``).
-- **Expiration**: the same kind of noise, ``expiration_db`` louder or quieter than the
-  inspiration, its spectrum lower (``expiration_band_hz``), over ``expiration_fraction`` of
-  the rest of the cycle (the end of the cycle is a pause).
-- **Pauses**: each cycle is followed, with probability ``pause_share``, by an extra pause of
-  ``pause_s`` (a late breath, a held one): the rate is then not one period.
-- **Heart sounds**: S1 and S2 (short low-frequency bursts, 30-150 Hz) at ``heart_bpm``, all
-  along; with ``heart_db`` 0 an S1's peak stands 6 dB over the inspiration's RMS.
-- **Noise**: white noise ``snr_db`` under the inspiration's level.
-- **The device**: the whole mix is made at the device's own sample rate ``device_rate_hz``
-  (2 kHz: a Thinklabs One; 4 kHz: a Littmann 3200; 4.5 kHz: the wearable prototype; 8 kHz:
-  SPRSound's), so its band stops at that Nyquist frequency; the device path resamples it to
-  the model's rate as it would a real file.
-
-Cycle periods jitter by ``jitter`` (uniform, ±share) around ``60 / rate_bpm``. The truth
-(:class:`Truth`) is the cycles' inspiration onsets, their count inside the recording and the
-rate the tracker's whole-stream count reports on it: cycles whose inspiration peaks inside
-the recording per minute of recording.
-
-:func:`stretch` makes slower or faster breathing out of a real recording: played at
-``factor`` times its speed (resampled), its rate is ``factor`` times the original's, and its
-spectrum moves with it (a factor of 0.8-1.25 keeps the breath sounds in their band).
+A recording is a run of breath cycles at a known rate (:class:`Breathing`: inspiration and
+expiration noise in their bands, pauses, heart sounds, white noise), made at the device's own
+sample rate so its band stops at that Nyquist frequency; the device path resamples it to the
+model's rate as it would a real file (docs/respiration.md, "Breath cycles, not breath
+sounds"). The truth (:class:`Truth`): cycles whose inspiration peaks inside the recording, per
+minute of recording. :func:`stretch` makes slower or faster breathing out of a real recording.
 """
 
 from __future__ import annotations
@@ -39,7 +19,8 @@ from scipy.signal import butter, resample_poly, sosfilt
 
 @dataclass(frozen=True)
 class Breathing:
-    """One synthetic chest (module doc)."""
+    """One synthetic chest: a sin² inspiration bump over ``1 / (1 + ie_ratio)`` of each cycle,
+    then expiration over ``expiration_fraction`` of the rest, S1 and S2 at ``heart_bpm``."""
 
     rate_bpm: float
     seconds: float = 60.0
@@ -52,8 +33,8 @@ class Breathing:
     heart_bpm: float = 75.0
     heart_db: float = 0.0  # S1's level: 0 puts its peak 6 dB over the inspiration's RMS
     snr_db: float = 30.0
-    jitter: float = 0.05
-    pause_share: float = 0.0
+    jitter: float = 0.05  # of each cycle's period, uniform ±
+    pause_share: float = 0.0  # chance of an extra pause of pause_s after a cycle
     pause_s: float = 0.0
     seed: int = 0
     name: str = field(default="", compare=False)
@@ -154,8 +135,8 @@ def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
 
 
 def stretch(audio: np.ndarray, factor: float) -> np.ndarray:
-    """``audio`` played ``factor`` times faster (module doc): its rate times ``factor``, at
-    the same sample rate."""
+    """``audio`` played ``factor`` times faster at the same sample rate: its rate times
+    ``factor``, its spectrum moved with it (0.8-1.25 keeps the breath sounds in their band)."""
     if not 0.25 <= factor <= 4.0:
         raise ValueError(f"factor must be in [0.25, 4], got {factor!r}")
     up = 100

@@ -4,18 +4,13 @@
     x = store.features(path)        # (n_kinds, n_bands, n_frames) float32, read-only
     audio = store.samples(path)     # (n_samples,) float32 at spec.sample_rate_hz, read-only
 
-Every kind is computed by the one front end, :func:`edge.features.extract`, on the audio read by
-:func:`edge.audio.read_audio` at ``spec.sample_rate_hz`` (each kind uses ``spec.replace(kind=
-k)``). All kinds share the framing convention of :mod:`edge.features.spec`, so frame ``t``
-describes samples ``[t * hop, t * hop + frame)`` in every kind; kinds with lookahead (``cwt``)
-yield fewer frames, and every kind is cropped to the smallest count.
+Every kind is computed by the one front end, :func:`edge.features.extract`; kinds with
+lookahead (``cwt``) yield fewer frames, and every kind is cropped to the smallest count.
 
-Disk cache: one ``.npy`` per file, named by a sha256 of the per-kind spec dicts, the kinds and
-the sha256 of the file's bytes (and :data:`CACHE_FORMAT`), so a changed file or spec never hits
-a stale entry and the same audio hits its entry wherever it lies (each file's digest is taken
-once per process while its path, size and ``mtime_ns`` stay the same). Entries are written to
-a temporary file and moved into place with ``os.replace``, so no reader sees a partial file; an
-unreadable or mis-shaped entry is recomputed and overwritten.
+Disk cache: one ``.npy`` per file, named by a sha256 of the specs, the kinds, the file's bytes
+and :data:`CACHE_FORMAT`, so a changed file or spec never hits a stale entry and the same audio
+hits its entry wherever it lies. Entries are moved into place with ``os.replace``, so no reader
+sees a partial file; an unreadable or mis-shaped entry is recomputed.
 """
 
 from __future__ import annotations
@@ -79,7 +74,7 @@ class _Lru(OrderedDict[str, np.ndarray]):
 
 
 class FeatureStore:
-    """Features of audio files for several kinds, stacked and frame-aligned (module doc).
+    """Features of audio files for several kinds, stacked and frame-aligned.
 
     ``cache_dir`` None keeps them in memory only; ``memory_items`` files' features stay in
     memory (0: none)."""
@@ -110,7 +105,7 @@ class FeatureStore:
         return self.spec.sample_rate_hz
 
     def cache_key(self, path: str | Path) -> str:
-        """sha256 hex of specs, kinds and the content digest of ``path`` (module doc)."""
+        """sha256 hex of specs, kinds and the content digest of ``path``."""
         identity = {
             "format": CACHE_FORMAT,
             "specs": [s.to_dict() for s in self.specs],

@@ -93,14 +93,9 @@ def cycle_targets(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Targets and weights of one ICBHI recording, each (len(OUTPUTS), n_frames).
 
-    ICBHI annotates every respiratory cycle, saying whether it holds crackles and whether it
-    holds wheezes, not where in the cycle nor which kind. So inside a cycle without crackles
-    both crackle classes are a known 0, and without wheezes Wheeze and Rhonchi; Stridor is a
-    known 0 in every cycle; a cycle's positives are unknown frame by frame (weight 0): the
-    phase loss judges the cycle's mean (each cycle is a "phase": the Breath target, weight 0
-    as ICBHI cycles are whole in-and-out breaths). Another stethoscope's recording is not a
-    poor one: Poor Quality is a known 0 inside the cycles. Outside the cycles (lead-in, gaps
-    of zeros in the stored files) nothing is known.
+    What a cycle's label makes known (docs/training.md, "data.icbhi_fraction"): a cycle is a
+    Breath "phase" at weight 0 (ICBHI cycles are whole in-and-out breaths), so the phase loss
+    judges its mean; outside the cycles nothing is known.
     """
     targets = np.zeros((len(OUTPUTS), n_frames), dtype=np.float32)
     weights = np.zeros((len(OUTPUTS), n_frames), dtype=np.float32)

@@ -5,15 +5,10 @@
 
 The events are the device's (:mod:`edge.runtime.detect`, every recording one bed of the
 public streaming API, the manifest's fitted rules). ``--score`` (folders of SPRSound
-recordings with their ``.json`` annotations) also prints the detection scores of
-:mod:`training.scoring.detection` (sed_eval: event and segment F1, CAS/DAS families and 4
-classes, false adventitious events per hour on Normal records) and the share of good and of
-Poor Quality records with a ``poor_signal`` event; also the threshold-free scores of
-:mod:`training.scoring.threshold_free` (sed_scores_eval: PSDS in DCASE's two scenarios and
-the best event F1 over thresholds, for the detector's phases and for the bare frame outputs)
-and the operating points (the device's detector with every class's on-threshold at 0.3 ...
-0.9: event F1, segment F1 and false events per hour at each), computed on the output frames
-the device's detector saw. ``--score-out FILE`` writes every score as JSON.
+recordings with their ``.json`` annotations) also prints their detection scores, the
+threshold-free scores and the operating points, computed on the output frames the device's
+detector saw (docs/metrics.md, "lungwatch detect --score"); ``--score-out FILE`` writes them
+as JSON.
 """
 
 from __future__ import annotations
@@ -39,12 +34,10 @@ def score_folders(
     model: tuple[Manifest, DetectorConfig | None] | None = None,
 ) -> dict[str, Any]:
     """sed_eval scores of the device's events against the SPRSound annotations in
-    ``folders`` (every annotated record must have been run), and technical-alarm shares.
-    Records that could not be read (``error`` set) have no duration and are left out. With
-    ``model`` (the streaming model's manifest and the run's detector section, ``None``: the
-    runtime's defaults) and every record's output frames kept, also the threshold-free scores
-    and the operating points (:func:`frame_scores`) under the detector the device ran: the
-    manifest's rules, overridden by the section's."""
+    ``folders`` (every annotated record must have been run), and technical-alarm shares;
+    unreadable records are left out. With ``model`` (the manifest and the run's detector
+    section) and the output frames kept, also :func:`frame_scores` under the detector the
+    device ran."""
     from edge.audio import read_audio
     from training.data.sprsound import load_sprsound
     from training.scoring.detection import score_detection
