@@ -7,13 +7,9 @@
     lungwatch cv device --design NAME [--seed 0] [--against OTHER.json] [--out FILE]
     lungwatch cv findings [--budget 4] [--out FILE] [--write]
 
-``folds``: :mod:`training.cv.folds`; ``train``: :mod:`training.cv.run`; ``score``:
-:mod:`training.cv.score` (out-of-fold scores, threshold-free and at the ward's operating point,
-and a paired bootstrap over patients against another design); ``rules``: the detector rules
-and the quality gate fitted out of fold; ``device``: :mod:`export.cv_device` (ICBHI through
-the device path, each recording by the fold model that never heard its patient);
-``findings``: :mod:`training.cv.findings` (the finding episodes' recurrence rules, fitted on
-new recordings: half of ``intra_test``'s patients, judged on the other half).
+Each subcommand's module: :mod:`training.cv.folds`, :mod:`training.cv.run`,
+:mod:`training.cv.score` (``score`` and ``rules``), :mod:`export.cv_device` (``device``, routed
+there by the console entry), :mod:`training.cv.findings`.
 """
 
 from __future__ import annotations

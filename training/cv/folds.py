@@ -4,17 +4,10 @@
     folds.fold_of("40069321")                 # -> 0..K-1
     folds.split(records, k)                   # (training records, held-out records)
 
-A design is judged by K models per seed, the k-th trained on every patient outside fold k and
-scoring only fold k's recordings: every training recording gets an output from a model that
-never heard its patient (out of fold, OOF). The folds are fixed files in the repository
-(``training/cv/folds/<dataset>-k<K>.json``), so every design, seed and session is judged on the
-same partition, and a comparison between two designs is paired patient by patient.
-
-The files are made by :func:`make_folds` with scikit-learn's ``StratifiedGroupKFold``
-(shuffled, seed 0): a patient is in one fold only, and the folds are balanced by the recording
-label (SPRSound: Normal, CAS, DAS, CAS & DAS, Poor Quality; ICBHI: whether a recording has
-crackles, wheezes, both or neither). ``lungwatch cv folds --write`` makes them again from the
-data; ``lungwatch cv folds`` checks that the stored files still cover the data.
+The folds are fixed files (``training/cv/folds/<dataset>-k<K>.json``) made by
+:func:`make_folds` with scikit-learn's ``StratifiedGroupKFold``, so every design, seed and
+session is judged on the same partition (docs/training.md, "Folds"). ``lungwatch cv folds
+--write`` makes them again from the data; ``lungwatch cv folds`` checks them against it.
 """
 
 from __future__ import annotations
@@ -106,7 +99,7 @@ def make_folds(
     dataset: str, patients: Sequence[str], labels: Sequence[str], k: int = DEFAULT_K
 ) -> Folds:
     """Folds of the recordings given as their ``patients`` and ``labels`` (one each), grouped
-    by patient and stratified by label (see the module doc)."""
+    by patient and stratified by label."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     if len(set(patients)) < k:

@@ -4,12 +4,8 @@
     attach(recs, soft, "sprsound", temperature=0.5)              # Recording.soft, (O, N)
 
 The teacher of a recording is the mean of the fold models' logits over the chosen folds and
-every seed trained (the outputs each kept in its ``outputs.npz``, :mod:`training.cv.run`),
-divided by ``temperature`` and put through the sigmoid: averaging probabilities flattens
-them (a frame that one model calls 0.9 and two call 0.1 becomes 0.37), a mean of logits
-keeps the models' agreement, and a temperature below 1 sharpens it further. A student judged
-out of fold on fold ``k`` is taught by fold ``k``'s models alone, which never heard fold
-``k``'s patients; the shipped student by every fold model.
+every seed, divided by ``temperature``, through the sigmoid: a mean of probabilities would
+flatten them (docs/training.md, "Distillation").
 """
 
 from __future__ import annotations
@@ -41,7 +37,7 @@ def fold_models(design: Path, folds: Sequence[int] | None = None) -> list[Path]:
 def teacher_outputs(
     design: Path, folds: Sequence[int] | None = None, temperature: float = 1.0
 ) -> dict[str, np.ndarray]:
-    """``{"<set>/<record>": (n, O) float32}``: the teacher's outputs (module doc)."""
+    """``{"<set>/<record>": (n, O) float32}``: the teacher's outputs."""
     sums: dict[str, np.ndarray] = {}
     models = fold_models(design, folds)
     for folder in models:

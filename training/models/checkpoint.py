@@ -3,16 +3,11 @@
     save_checkpoint(path, Checkpoint(model, spec, kinds, outputs, run=..., detector=...))
     ckpt = load_checkpoint(path)         # ckpt.model (eval mode), ckpt.spec, ckpt.kinds, ...
 
-As whisper keeps its dimensions beside its weights, a checkpoint holds the network's sizes
-(:class:`~training.models.sed.SedConfig`), the :class:`~edge.features.FeatureSpec` and input
-kinds it reads, the names of its outputs, its input statistics (inside the weights: the
-buffers ``input_mean`` / ``input_std``; the mean is the frame a device feeds after a stream's
-end), the detector rules fitted on validation and the quality output's hysteresis (what the
-device applies), the resolved run config, the epoch kept and the ICBHI patients whose
-recordings it trained on (an ICBHI view must leave them out). ``lungwatch export`` reads
-nothing but this file. Only tensors, numbers, strings, lists and mappings are stored, so
-:func:`load_checkpoint` reads it with ``torch.load(..., weights_only=True)`` (a checkpoint
-cannot run code) and loads the weights strictly.
+As whisper keeps its dimensions beside its weights, a checkpoint holds the network's sizes and
+everything the export needs besides the weights; ``lungwatch export`` reads nothing but this
+file. Only plain data is stored, so :func:`load_checkpoint` reads it with
+``weights_only=True`` (a checkpoint cannot run code). The fields: docs/training.md,
+"Checkpoint format".
 """
 
 from __future__ import annotations
@@ -48,7 +43,7 @@ class CheckpointError(LungwatchError):
 
 @dataclass
 class Checkpoint:
-    """A trained network and what it needs to run (see the module doc)."""
+    """A trained network and what it needs to run."""
 
     model: SedNet
     spec: FeatureSpec

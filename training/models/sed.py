@@ -161,7 +161,7 @@ def _stem(config: SedConfig) -> nn.Module:
 
 
 class SedNet(nn.Module):
-    """Frame-level multi-label detector (see the module doc)."""
+    """Frame-level multi-label detector."""
 
     input_mean: torch.Tensor
     input_std: torch.Tensor

@@ -1,19 +1,12 @@
 """Augmentation of a training batch, in place, with the run's random generator.
 
-- **SpecAugment** (:func:`spec_augment`, Park et al., Interspeech 2019): per example,
-  ``freq_masks`` bands of up to ``freq_width`` bands and ``time_masks`` stretches of up to
-  ``time_width`` front-end frames are set to the flush frame (the training mean, which the
-  model's input normalisation maps to zero).
+- **SpecAugment** (:func:`spec_augment`, Park et al., Interspeech 2019): masked bands and
+  stretches set to the flush frame (the training mean, which the input normalisation maps to
+  zero).
 - **Patch-Mix** (:func:`patch_mix`, after Bae et al., Interspeech 2023, here along time for a
-  frame-level model): a random stretch of each example, with its frame targets and weights, is
-  replaced by the same stretch of another example of the batch; the record-level target
-  becomes the union.
-- **Another stethoscope** (:func:`device_colour`, on an example's raw log band powers before
-  the front end's normalisation): a gain, a smooth equalisation curve, a band edge (a low-pass
-  of random corner and slope: a stethoscope or microphone that stops earlier) and a noise
-  floor of random level and tilt. A gain and a fixed curve are additive offsets per band,
-  which the per-band running normalisation removes exactly; the band edge and the noise are
-  not, and are what the model must learn to ignore.
+  frame-level model): a stretch of each example, with its targets and weights, replaced by
+  the same stretch of another example of the batch; the record-level target becomes the union.
+- **Another stethoscope** (:func:`device_colour`): docs/training.md, "augment.device_prob".
 
 Shapes: features ``(B, K, F, T)`` with ``T = (N + lookahead) * stride``; targets ``(B, O, N)``.
 """
@@ -73,9 +66,9 @@ def device_colour(
     cfg: AugmentConfig,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """``x`` (K, F, T) raw log band powers as another device might have recorded them (module
-    doc), one draw for the example; ``centres_hz`` (K, F) the bands' centres, ``floor`` the
-    front end's log floor. Returns a new float32 array."""
+    """``x`` (K, F, T) raw log band powers as another device might have recorded them, one draw
+    for the example; ``centres_hz`` (K, F) the bands' centres, ``floor`` the front end's log
+    floor. Returns a new float32 array."""
     k, f, _ = x.shape
     curve_db = np.full((k, f), rng.uniform(-cfg.device_gain_db, cfg.device_gain_db))
     knots = rng.uniform(-cfg.device_eq_db, cfg.device_eq_db, EQ_KNOTS)

@@ -2,15 +2,8 @@
 
     run = load_run(Path("training/configs/sed.yaml"), ["seed=1", "name=sed-seed1"])
 
-Sections (every key is commented in ``training/configs/sed.yaml``, the shipped recipe):
-``data`` (where the recordings are, the patient-disjoint validation split, crops),
-``features`` (the :class:`~edge.features.FeatureSpec`) and ``kinds``, ``mixtures``
-(:class:`~training.data.mixtures.MixtureConfig`: complete-label training material), ``model``
-(:class:`~training.models.sed.SedConfig` less the sizes the run derives), ``optim``,
-``augment``, ``loss``, ``pretrain`` (masked-spectrogram pretraining), ``selection`` (how the
-best epoch is chosen on validation), ``detector`` (how the device's rules are fitted on
-validation after training) and ``quality`` (the quality output's hysteresis on the device).
-The resolved run is saved beside its checkpoint and inside it.
+Every key is commented in ``training/configs/sed.yaml``, the shipped recipe. The resolved run
+is saved beside its checkpoint and inside it.
 """
 
 from __future__ import annotations

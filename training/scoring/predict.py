@@ -2,18 +2,10 @@
 
     lungwatch predict --task 1-2 --audio DIR --annotations DIR [--model models/sed] --out preds.json
 
-- Task 1-1 / 1-2: one label per annotated event of each SPRSound annotation file, in file
-  order (the event boundaries come from the annotation): ``{"<record>": ["Normal", ...]}``.
-- Task 2-1 / 2-2: one label per record: ``{"<record>": "CAS & DAS"}``.
-- ``icbhi``: one label per cycle of each ICBHI ``.txt`` file, in order, mapped from SPRSound
-  classes to ICBHI labels through ``lungwatch.labels`` (cross-dataset).
-
-``--model`` is a model folder or an artifact its manifest lists (default
-``models/sed/model.int8.onnx``). Every task is answered from the output
-frames the device computes (:mod:`training.scoring.tasks`: each recording as one bed through the
-device path; Task 1 pools the frames of each annotated span, Task 2 reads the whole record's
-frames and the quality output) with the rules fitted on validation and stored in the
-manifest (``tasks``).
+The output formats: docs/metrics.md. ``--model`` is a model folder or an artifact its
+manifest lists. Every task is answered from the output frames the device computes, with the
+rules fitted on validation and stored in the manifest's ``tasks`` (:mod:`training.scoring.tasks`;
+docs/training.md, "tasks and predict").
 """
 
 from __future__ import annotations
@@ -90,7 +82,7 @@ def icbhi_recordings(audio_dir: Path, annotations: Path) -> list[IcbhiRecording]
 def predict_streaming(
     task: str, model: Path, audio_dir: Path, annotations: Path
 ) -> dict[str, object]:
-    """Every task from a frame-level model's device outputs (module doc)."""
+    """Every task from a frame-level model's device outputs."""
     import sys
 
     from edge.monitor import resolve_model
