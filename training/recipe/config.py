@@ -26,8 +26,7 @@ class DataConfig:
     unannotated_weight: float = 0.5  # weight of frames outside every annotated phase
     max_start_frames: int = 50  # crops start in the first 2 s: the model sees stream starts
     max_frames: int = 400  # crops of at most 16 s (output frames)
-    # ICBHI (other stethoscopes, adults) as training material: this share of its patients
-    # (drawn with icbhi_seed) trains with cycle targets; the others stay out for the ICBHI view
+    # ICBHI as training material (docs/training.md, "data.icbhi_fraction")
     icbhi_dir: str = ""  # ICBHI-layout folder; "": <data root>/icbhi/train
     icbhi_fraction: float = 0.0
     icbhi_seed: int = 0
@@ -100,10 +99,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    # a cross-validated design (its folder, out/cv/<design>) whose fold models teach: each
-    # training recording's target is the mean of their logits (/ temperature), through the
-    # sigmoid; "" : no teacher
-    teacher: str = ""
+    teacher: str = ""  # a cross-validated design's folder whose fold models teach; "": none
     weight: float = 0.0  # loss = (1 - weight) x the label losses + weight x the teacher's
     temperature: float = 1.0  # < 1 sharpens the averaged teacher outputs
 
@@ -131,10 +127,7 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    # each epoch's validation events with every class at these on-thresholds (the detector
-    # the fit starts from: breath phases when detector.phases); each family
-    # takes its best event F1 among those within max_false_per_hour (its own budget), and
-    # the epoch with the best mean of the two (macro) is kept
+    # how the epoch is kept: docs/training.md, "train", step 4
     on_thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     max_false_per_hour: float = 10.0
 
@@ -165,9 +158,7 @@ class DetectorFitConfig:
 class QualityConfig:
     poor_on: float = 0.6  # the quality output turns poor_signal on at >= this
     poor_off: float = 0.4  # and off below this
-    # lungwatch rules fits poor_on (off 0.2 below): the lowest at which at most this share of
-    # the good validation records raise poor_signal through the device path
-    max_good_share: float = 0.02
+    max_good_share: float = 0.02  # of good validation records that lungwatch rules' poor_on flags
 
     def __post_init__(self) -> None:
         ok = 0.0 < self.poor_off <= self.poor_on < 1.0

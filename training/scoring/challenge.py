@@ -163,11 +163,8 @@ def _normal_split(
 def sprsound_scores(
     y_true: Sequence[str], y_pred: Sequence[str], normal_label: str = NORMAL
 ) -> SprScores:
-    """SPRSound challenge scores of parallel true/predicted label lists (any task).
-
-    Every label other than ``normal_label`` is scored in SE, ``Poor Quality`` included
-    (docs/metrics.md, "SPRSound challenge scores").
-    """
+    """SPRSound challenge scores of parallel true/predicted label lists (any task); every label
+    other than ``normal_label`` is scored in SE, ``Poor Quality`` included."""
     se, sp, n_normal, n_abnormal = _normal_split(y_true, y_pred, normal_label)
     as_ = (se + sp) / 2.0
     hs = _harmonic(se, sp)
@@ -221,10 +218,8 @@ def micro_average(per_class: Mapping[str, PRF]) -> PRF:
 
 
 def macro_average(per_class: Mapping[str, PRF]) -> PRF:
-    """Unweighted mean of the per-class P, R and F1; counts are summed.
-
-    Classes with tp = fp = fn = 0 (scores undefined) are left out of the mean.
-    """
+    """Unweighted mean of the per-class P, R and F1 (classes with tp = fp = fn = 0 left out);
+    counts are summed."""
     active = [s for s in per_class.values() if s.tp + s.fp + s.fn > 0]
     tp, fp, fn = (sum(getattr(s, name) for s in per_class.values()) for name in ("tp", "fp", "fn"))
     if not active:
@@ -266,11 +261,8 @@ def events_match(reference: Event, estimate: Event, tolerance: EventTolerance) -
 def match_events(
     reference: Sequence[Event], estimated: Sequence[Event], tolerance: EventTolerance
 ) -> list[tuple[int, int]]:
-    """A maximum one-to-one matching: ``(reference index, estimate index)`` pairs.
-
-    Maximum (Hungarian algorithm on the 0/1 match matrix), so no matching order can cost a true
-    positive.
-    """
+    """A maximum one-to-one matching (Hungarian algorithm, so no matching order can cost a true
+    positive): ``(reference index, estimate index)`` pairs."""
     if not reference or not estimated:
         return []
     allowed = np.array([[events_match(r, e, tolerance) for e in estimated] for r in reference])
@@ -287,11 +279,8 @@ def event_f1(
     offset_tolerance_s: float | None = OFFSET_TOLERANCE_S,
     offset_fraction: float = OFFSET_FRACTION,
 ) -> EventScores:
-    """Event-based P/R/F1 of one recording's estimated events against its reference events.
-
-    ``classes`` defaults to every label that occurs; ``offset_tolerance_s=None`` scores onsets
-    only.
-    """
+    """Event-based P/R/F1 of one recording's estimated events against its reference events;
+    ``offset_tolerance_s=None`` scores onsets only."""
     tolerance = EventTolerance(onset_tolerance_s, offset_tolerance_s, offset_fraction)
     return event_f1_recordings({"": reference}, {"": estimated}, classes, tolerance)
 
@@ -302,11 +291,8 @@ def event_f1_recordings(
     classes: Sequence[str] | None = None,
     tolerance: EventTolerance = DEFAULT_TOLERANCE,
 ) -> EventScores:
-    """Event-based scores over many recordings: counts are summed, then P/R/F1 taken.
-
-    Events are matched only within a recording and class; a recording absent from ``estimated``
-    has no estimates.
-    """
+    """Event-based scores over many recordings: counts are summed, then P/R/F1 taken; events
+    are matched only within a recording and class."""
     extra = sorted(set(estimated) - set(reference))
     if extra:
         raise EvaluationError(f"{len(extra)} estimated recording(s) have no reference: {extra[:3]}")

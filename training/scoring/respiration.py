@@ -157,10 +157,8 @@ Readings = list[tuple[float, str]]  # (stream time, the bed's breathing state th
 def stream_events(
     monitor: Monitor, streams: Mapping[str, Iterable[np.ndarray]], bands: Mapping[str, str]
 ) -> tuple[dict[str, Events], dict[str, Bed], dict[str, Readings]]:
-    """Every stream (an array, or pieces of audio one after another) as one bed of its age
-    band, pushed ``READ_S`` at a time, all beds in one call per read; each bed's events with
-    the stream time they came at, the closed beds, and each bed's breathing state after each
-    read."""
+    """Every stream (an array, or pieces of audio) as one bed of its age band, pushed
+    ``READ_S`` at a time: each bed's timed events, the closed beds, each bed's timed states."""
     beds = {name: monitor.open_bed(name, bands.get(name)) for name in streams}
     found: dict[str, Events] = {name: [] for name in streams}
     states: dict[str, Readings] = {name: [] for name in streams}
@@ -274,9 +272,8 @@ def grouped(
 
 
 def synthetic_part(model: Path, seconds: float = 60.0) -> dict[str, Any]:
-    """The synthetic truth set (:mod:`training.data.breaths`) through the device path: each
-    recording's whole-stream rate against its cycles, summarised over everything, per device
-    rate, per age band and per paced rate (docs/respiration.md, "Breath cycles")."""
+    """The synthetic truth set (:mod:`training.data.breaths`) through the device path
+    (docs/respiration.md, "Breath cycles")."""
     import tempfile
 
     import soundfile
@@ -337,10 +334,8 @@ TARGET_WITHIN_1 = 0.8  # ... and on the assessable recordings counted within ±1
 
 
 def _choice_key(rows: Sequence[Mapping[str, Any]]) -> tuple[bool, float, float]:
-    """Higher is better: the accuracy targets (MAE, ±1) are the constraint, the share not
-    assessable what is minimised under it: among settings that meet them on these rows the
-    fewest not assessable (then the lower MAE); where none does, the lower MAE (then the
-    fewest not assessable)."""
+    """Higher is better: under the accuracy targets (MAE, ±1) the fewest not assessable;
+    where no setting meets them, the lowest MAE."""
     s = rate_summary(rows)
     mae = s["rate_mae_bpm"] if s["rate_mae_bpm"] is not None else 99.0
     within = s["count_within_1_assessable"] or 0.0
@@ -366,9 +361,8 @@ def cross_validate(
     fold_of: Any,
     k: int,
 ) -> dict[str, Any]:
-    """``by_setting[i]``: every recording's row under ``settings[i]``; ``fold_of``: a
-    recording's name -> its patient's fold. Each fold is judged with the setting chosen on
-    the other folds (:func:`_choice_key`)."""
+    """Each fold judged with the setting chosen on the other folds; ``by_setting[i]``: every
+    recording's row under ``settings[i]``."""
     held_out: list[dict[str, Any]] = []
     chosen = []
     for fold in range(k):
