@@ -1,8 +1,5 @@
 """``lungwatch cv device``: ICBHI through the device path, out of fold.
 
-    lungwatch cv device --design NAME [--seed 0] [--work DIR] [--fp32] [--out FILE]
-                        [--against OTHER.json]
-
 Each fold model of the design's seed is made into what a device runs, the way the shipped
 model is (export, quantise unless ``--fp32``, the rules ``lungwatch cv rules`` fits on the
 design's out-of-fold outputs), in ``WORK/fold<k>``, and detects the ICBHI ``train`` recordings

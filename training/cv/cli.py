@@ -1,12 +1,5 @@
 """``lungwatch cv``: patient-grouped cross-validation of training designs.
 
-    lungwatch cv folds [--write]                     check (or make) the stored fold files
-    lungwatch cv train --config C --design NAME --seeds 0,1,2 [--folds 0,1] [--set k=v ...]
-    lungwatch cv score --design NAME [--against OTHER] [--out FILE]
-    lungwatch cv rules --design NAME [--model DIR]
-    lungwatch cv device --design NAME [--seed 0] [--against OTHER.json] [--out FILE]
-    lungwatch cv findings [--budget 4] [--out FILE] [--write]
-
 Each subcommand's module: :mod:`training.cv.folds`, :mod:`training.cv.run`,
 :mod:`training.cv.score` (``score`` and ``rules``), :mod:`export.cv_device` (``device``, routed
 there by the console entry), :mod:`training.cv.findings`.

@@ -1,9 +1,5 @@
 """The decision layer judged out of fold: from frame outputs to events, one threshold per family.
 
-    tables = score_tables_of(probs, truth, "phase", grid)         # {record: (edges, (S, 2))}
-    counts = RecordCounts.of(tables, truth)                         # per record, every threshold
-    fitted = cross_fit(counts, truth, budget_per_hour=10.0)        # thresholds of 4 folds -> 5th
-
 A **rule** (:data:`RULES`) turns a record's frame outputs (n, O) into scored candidate events
 in the family view (CAS, DAS); an event is raised when its score reaches its family's
 threshold. The candidates are matched against the annotations once, for every threshold at the

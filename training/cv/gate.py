@@ -1,9 +1,5 @@
 """The quality gate's model threshold fitted out of fold, on SPRSound and on other stethoscopes.
 
-    counts = replay(gate_outputs(oof, truth, design, patients, frame_s), 12, frame_s)
-    on = ON_GRID[fit_gate(counts, every_row, max_good_share=0.02, max_other_time_share=1.0)]
-    fit = cross_fit_gate(counts, 0.02, 1.0, k=5)   # each fold at the threshold of the others
-
 :func:`poor_spans` replays the device gate's model switch (:mod:`edge.bed.gate`) on stored
 output frames, so every threshold is judged on every recording without running the device
 path again. What a threshold is judged by (good and Poor Quality SPRSound records, the share

@@ -1,13 +1,8 @@
 """Out-of-fold outputs of a design, and the SPRSound ground truth they are judged against.
 
-    truth = load_truth()                                  # SPRSound train, with folds
-    oof = oof_outputs(Path("out/cv/base"), seeds=[0, 1, 2])   # {seed: {record: (n, O)}}
-    ens = ensemble(oof)                                   # the seeds' mean logits
-
-A recording's OOF output is the one its own fold's model gave (that model never heard its
-patient). ``ensemble`` combines models by the mean of their logits, as the teacher does
-(:mod:`training.cv.teacher`): the fold-``k`` models of every seed for a fold-``k`` recording,
-so the ensemble is out of fold too.
+A recording's OOF output is the one its own fold's model gave. ``ensemble`` takes the mean of
+the logits, as the teacher does, of the fold-``k`` models of every seed for a fold-``k``
+recording, so the ensemble is out of fold too.
 """
 
 from __future__ import annotations
@@ -119,8 +114,7 @@ def icbhi_out_of_fold(
     design: Path, patients: Mapping[str, str], seed: int
 ) -> dict[str, tuple[int, np.ndarray]]:
     """ICBHI recordings (``patients``: recording -> patient) each from seed ``seed``'s model of
-    its own ICBHI fold: ``{recording: (fold, outputs)}``. A design that trains on ICBHI
-    (``data.icbhi_fraction``) trains fold ``k``'s models on the other folds' patients only."""
+    its own ICBHI fold: ``{recording: (fold, outputs)}``."""
     folds = load_folds("icbhi")
     out: dict[str, tuple[int, np.ndarray]] = {}
     for folder in sorted((design / f"seed{seed}").glob("fold*")):

@@ -1,8 +1,5 @@
 """Train a design's fold models and keep every output they give.
 
-    lungwatch cv train --config training/configs/sed.yaml --design base --seeds 0,1,2
-    lungwatch cv train --config ... --design wide --set model.channels=192
-
 A **design** is a run config (the YAML and its ``--set`` overrides) under a name; what a fold
 model trains on and scores: docs/training.md, "Fold models". Everything is kept:
 

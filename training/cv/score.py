@@ -1,7 +1,5 @@
 """``lungwatch cv score``: designs judged out of fold, on the same folds, with a paired bootstrap.
 
-    lungwatch cv score --design base --design kd [--rule phase --rule phase_boxes] [--out FILE]
-
 For every design (:mod:`training.cv.run`), each of its seeds and their ensemble: threshold-free
 scores, scores at the ward's operating point with thresholds cross-fitted
 (:func:`training.cv.decide.cross_fit`), the ``intra_test`` and ICBHI views, and a paired

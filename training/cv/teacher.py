@@ -1,8 +1,5 @@
 """A teacher made of a cross-validated design's fold models, for distillation.
 
-    soft = teacher_outputs(Path("out/cv/base"), folds=[2])      # {"sprsound/<rec>": (n, O)}
-    attach(recs, soft, "sprsound", temperature=0.5)              # Recording.soft, (O, N)
-
 The teacher of a recording is the mean of the fold models' logits over the chosen folds and
 every seed, divided by ``temperature``, through the sigmoid: a mean of probabilities would
 flatten them (docs/training.md, "Distillation").

@@ -68,7 +68,6 @@ def _band(lo: float, hi: float, rate_hz: int) -> np.ndarray:
 
 
 def _bumps(n: int, rate_hz: int, spans: list[tuple[float, float]]) -> np.ndarray:
-    """(n,) sin² bumps over ``spans`` (s)."""
     out = np.zeros(n)
     for start, stop in spans:
         a, b = max(0, round(start * rate_hz)), min(n, round(stop * rate_hz))

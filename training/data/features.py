@@ -142,7 +142,6 @@ class FeatureStore:
         return audio
 
     def _compute(self, path: str | Path) -> np.ndarray:
-        """Run the front end once per kind and crop to the common frame count."""
         audio = self.samples(path)
         per_kind = [extract(audio, spec) for spec in self.specs]
         common = min(frames.shape[0] for frames in per_kind)
@@ -153,7 +152,6 @@ class FeatureStore:
         return None if self.cache_dir is None else self.cache_dir / f"{key}.npy"
 
     def _load(self, key: str) -> np.ndarray | None:
-        """The disk entry for ``key``, or None if absent, unreadable or mis-shaped."""
         entry = self._entry(key)
         if entry is None or not entry.is_file():
             return None

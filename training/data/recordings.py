@@ -1,15 +1,10 @@
 """Whole recordings with strong frame targets, for the frame-level model.
 
-    data = load_recordings(records, store, kinds, grid, stride)       # features in memory
-    batch = collate([crop(item, rng, ...) for item in ...])              # training batches
-
-Each :class:`Recording` holds its stacked features ``(K, F, T)`` (float16 in memory), its
-frame targets and weights ``(O, N)`` at the model's output grid (``N = ceil(T / stride)``)
-and its record label. A training example is the recording *as a stream that starts at a
-random frame*: the model's state is zero at the example's first frame exactly as on a device
-whose stream starts there, so no example needs context it cannot have. The model's
-look-ahead is served by the recording's own later frames, and past its end by the flush
-padding (:func:`flush_value`), which is also what the device feeds when a stream ends.
+A training example is the recording *as a stream that starts at a random frame*: the model's
+state is zero at the example's first frame exactly as on a device whose stream starts there,
+so no example needs context it cannot have. The look-ahead is served by the recording's own
+later frames, and past its end by the flush frame (:func:`flush_value`), which the device
+feeds when a stream ends too.
 """
 
 from __future__ import annotations

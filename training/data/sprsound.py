@@ -195,7 +195,6 @@ def _parse_event(raw: object, index: int, path: Path) -> SprEvent:
 
 
 def _parse_ms(value: object, where: str) -> int:
-    """A non-negative integer of milliseconds, written as an int or a string of digits."""
     if isinstance(value, int) and not isinstance(value, bool):
         milliseconds = value
     elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
@@ -248,7 +247,6 @@ def patient_disjoint_split(
 
 
 def _label_counts(patients: list[str], by_patient: dict[str, list[SprRecord]]) -> np.ndarray:
-    """Record counts, shape ``(n_patients, n_labels)`` (labels as found, sorted)."""
     labels = sorted({r.record_label for group in by_patient.values() for r in group})
     column = {label: index for index, label in enumerate(labels)}
     counts = np.zeros((len(patients), len(labels)))
@@ -259,7 +257,6 @@ def _label_counts(patients: list[str], by_patient: dict[str, list[SprRecord]]) -
 
 
 def _ensure_both_sides(val_patients: set[str], all_patients: list[str]) -> None:
-    """Move one patient (the first in sorted order) so neither side is empty."""
     if not val_patients:
         val_patients.add(all_patients[0])
     elif len(val_patients) == len(all_patients):

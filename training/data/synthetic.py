@@ -202,7 +202,6 @@ def breathing_envelope(
 
 
 def _sin2_bump(n_samples: int) -> np.ndarray:
-    """``sin^2`` from 0 to 1 and back to 0 over ``n_samples`` samples."""
     return np.sin(np.pi * (np.arange(n_samples) + 0.5) / max(n_samples, 1)) ** 2
 
 
@@ -223,7 +222,6 @@ def _event_length(event_type: str, sample_rate_hz: int, rng: np.random.Generator
 def _place_events(
     requests: list[str], n_samples: int, sample_rate_hz: int, rng: np.random.Generator
 ) -> list[tuple[int, int, str]]:
-    """Random non-overlapping ``(start, end, type)`` spans in samples, sorted by start."""
     gap = round(MIN_EVENT_GAP_S * sample_rate_hz)
     spans: list[tuple[int, int, str]] = []
     for event_type in requests:

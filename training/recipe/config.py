@@ -1,7 +1,5 @@
 """The run configuration of ``lungwatch train``: one YAML file plus ``--set`` overrides.
 
-    run = load_run(Path("training/configs/sed.yaml"), ["seed=1", "name=sed-seed1"])
-
 Every key is commented in ``training/configs/sed.yaml``, the shipped recipe. The resolved run
 is saved beside its checkpoint and inside it.
 """

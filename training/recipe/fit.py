@@ -1,8 +1,6 @@
 """Fit the device's detector rules on validation: per-class thresholds and durations, and the
 phase rule.
 
-    rules = fit_rules(probs, val_recordings, grid, run)     # the manifest's "detector" section
-
 Coordinate ascent on the knobs of each detected class (and, in phase mode, of the phase rule),
 every candidate scored through the device's converter :func:`edge.bed.detector.detect_events`
 for the best macro event F1 within :class:`Limits` (docs/training.md, "train", step 5). The
@@ -193,9 +191,7 @@ FAMILY_CLASSES = {"CAS": CAS_CLASSES, "DAS": DAS_CLASSES}
 
 
 def fit_start(run: RunConfig) -> DetectorConfig:
-    """The detector the fit starts from (and the epoch selection sweeps): every class on at
-    0.7, and breath phases (on 0.6, off 0.5, 240 ms, a 120-ms lead) when ``detector.phases``,
-    the classes of ``detector.frame_families`` by their own hysteresis."""
+    """The detector the fit starts from (and the epoch selection sweeps)."""
     framed = tuple(c for f in run.detector.frame_families for c in FAMILY_CLASSES[f])
     phases = (
         PhaseRule(0.6, 0.5, 240.0, lead_ms=120.0, frame_classes=framed)
@@ -250,10 +246,9 @@ QUALITY_GAP = 0.2  # poor_off = poor_on - this
 
 
 def fit_quality(folder: Path, file: str, records: Sequence[Any], run: RunConfig) -> dict[str, Any]:
-    """The quality output's hysteresis (the manifest's ``quality``): the lowest on-threshold
-    of :data:`QUALITY_ON_GRID` at which at most ``quality.max_good_share`` of the good
-    validation records raise ``poor_signal`` through the device path (the highest where none
-    does), with the shares of good and of Poor Quality records it flags."""
+    """The manifest's ``quality``: the lowest on-threshold at which at most
+    ``quality.max_good_share`` of the good validation records raise ``poor_signal`` through the
+    device path, with the shares of good and of Poor Quality records it flags."""
     from edge.bed.gate import GateConfig
     from edge.runtime.offline import detect_recordings
 
@@ -279,9 +274,8 @@ def fit_quality(folder: Path, file: str, records: Sequence[Any], run: RunConfig)
 
 
 def refit(folder: Path, file: str, run: RunConfig, records: Sequence[Any]) -> dict[str, Any]:
-    """The ``detector`` section fitted on ``records``, the validation records of ``folder``'s
-    run (:func:`training.scoring.views.validation_records`), from the outputs of its artifact
-    ``file`` through the device path."""
+    """The ``detector`` section fitted on ``folder``'s validation ``records`` from the outputs
+    of its artifact ``file`` through the device path."""
     from edge.audio import read_audio
     from edge.runtime.offline import detect_recordings
 

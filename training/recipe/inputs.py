@@ -1,13 +1,10 @@
 """What the model sees of a recording: the cached raw features through the front end's last
 stage, after the training-only colouring of another device.
 
-The feature cache holds each recording's raw log features (``FeatureSpec.band_norm_s`` set
-to 0). With the run's ``features.band_norm_s`` > 0 the per-band running normalisation of the
-one front end (:func:`edge.features.bandnorm.normalise_bands`: the running mean or PCEN, as
-``features.band_norm`` names) is applied here to every example from its own first frame,
-exactly as a device's stream that starts there computes it; with ``augment.device_prob`` > 0
-a training example is first coloured as another stethoscope might have recorded it
-(:func:`training.recipe.augment.device_colour`). Shapes: ``(K, F, T)``.
+The feature cache holds each recording's raw log features; the per-band running
+normalisation (:func:`edge.features.bandnorm.normalise_bands`) is applied here to every
+example from its own first frame, exactly as a device's stream that starts there computes it.
+Shapes: ``(K, F, T)``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """The training objective: a frame loss and a phase loss beside it (a multi-objective loss).
 
-- **Frame loss** (:func:`frame_loss`): binary cross-entropy of every output of every frame
-  against its target, weighted by the frame's target weight (:mod:`training.data.targets`:
-  frames outside every annotated phase count ``unannotated_weight``), the mean over the
-  weights; optionally with the quality-adaptive margin on the class outputs
-  (:mod:`training.recipe.margin`).
+- **Frame loss** (:func:`frame_loss`): BCE of every output of every frame, weighted by the
+  frame's target weight (:mod:`training.data.targets`), optionally with the quality-adaptive
+  margin (:mod:`training.recipe.margin`).
 - **Phase loss** (:func:`phase_loss`): the device's detector judges a breath phase by the
   mean of a class's probability over it, so each annotated phase's mean class probabilities
-  are scored against the phase's labels too (Breath and Poor Quality are not in it).
-- **Distillation** (:func:`distill_loss`): BCE of every output of every real frame against a
-  teacher's soft outputs (:mod:`training.cv.teacher`), beside the label losses.
+  are scored against the phase's labels too.
+- **Distillation** (:func:`distill_loss`): BCE against a teacher's soft outputs
+  (:mod:`training.cv.teacher`).
 
 Shapes: ``B`` examples, ``O`` outputs, ``N`` output frames, ``C`` adventitious classes.
 """

@@ -128,17 +128,14 @@ class EventScores:
 
 
 def _ratio(numerator: int, denominator: int) -> float:
-    """``numerator / denominator``, or 0.0 when the denominator is 0."""
     return numerator / denominator if denominator else 0.0
 
 
 def _harmonic(a: float, b: float) -> float:
-    """Harmonic mean of two scores, 0.0 when both are 0."""
     return 2.0 * a * b / (a + b) if a + b > 0.0 else 0.0
 
 
 def _paired(y_true: Sequence[str], y_pred: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The two label lists as string arrays; they must be non-empty and of equal length."""
     if len(y_true) != len(y_pred):
         raise EvaluationError(f"{len(y_true)} true labels but {len(y_pred)} predicted labels")
     if not y_true:
@@ -314,7 +311,6 @@ def _event_classes(
     estimated: Mapping[str, Sequence[Event]],
     classes: Sequence[str] | None,
 ) -> list[str]:
-    """The classes to score: ``classes``, or every label that occurs (sorted)."""
     labels = {e.label for events in (*reference.values(), *estimated.values()) for e in events}
     chosen = sorted(labels) if classes is None else list(classes)
     if labels - set(chosen):

@@ -1,8 +1,5 @@
 """``lungwatch detect --score``: the device's events in recordings, scored.
 
-    lungwatch detect --audio DIR [--audio FILE ...] [--model models/sed] [--config FILE]
-                     [--out events.json] [--technical FILE] --score [--score-out scores.json]
-
 The events are the device's (:mod:`edge.runtime.detect`, every recording one bed of the
 public streaming API, the manifest's fitted rules). ``--score`` (folders of SPRSound
 recordings with their ``.json`` annotations) also prints their detection scores, the

@@ -1,8 +1,5 @@
 """``lungwatch evaluate``: score a predictions file against the annotations of a folder.
 
-    lungwatch evaluate --task 1-2 --preds preds.json --annotations sprsound/intra_test
-    lungwatch evaluate --task icbhi --preds preds.json --annotations icbhi/train --json out.json
-
 The prediction formats (the ``lungwatch predict`` contract), the annotation folder and the
 checks: docs/metrics.md, "lungwatch evaluate".
 """
@@ -91,7 +88,6 @@ class Evaluation:
 
 
 def _preview(names: Sequence[str]) -> str:
-    """The first few names, and how many more there are."""
     shown = ", ".join(names[:PREVIEW_COUNT])
     more = len(names) - PREVIEW_COUNT
     return f"{shown}, ... ({more} more)" if more > 0 else shown
@@ -118,7 +114,6 @@ def read_predictions(path: str | Path, task: str) -> Labels:
 
 
 def _prediction_labels(value: object, task: str, where: str) -> list[str]:
-    """One record's predicted labels as a list, checked against the task's vocabulary."""
     if task in RECORD_TASKS:
         if not isinstance(value, str):
             raise EvaluationError(f"{where}: Task {task} wants one label string, got {value!r}")
@@ -165,7 +160,6 @@ def _is_icbhi(path: Path) -> bool:
 
 
 def _sprsound_labels(path: Path, task: str) -> list[str]:
-    """Task labels of one SPRSound annotation file (events in file order, or the record)."""
     record_label, events = read_annotation(path)
     if task in EVENT_TASKS:
         return event_task_labels(events, task)

@@ -1,7 +1,5 @@
 """``lungwatch predict``: challenge-format predictions from a trained model.
 
-    lungwatch predict --task 1-2 --audio DIR --annotations DIR [--model models/sed] --out preds.json
-
 The output formats: docs/metrics.md. ``--model`` is a model folder or an artifact its
 manifest lists. Every task is answered from the output frames the device computes, with the
 rules fitted on validation and stored in the manifest's ``tasks`` (:mod:`training.scoring.tasks`;

@@ -1,9 +1,6 @@
 """``lungwatch respiration``: the respiratory rate and apnoea of :mod:`edge.bed.breathing`,
 judged on real recordings through the device path.
 
-    lungwatch respiration [--model models/sed] [--parts rate,compare,apnoea,false]
-                          [--out respiration.json]
-
 Each part of :data:`PARTS` prints a table whose last line is ``key=value`` pairs of the
 headline numbers; what each part streams, against which reference, and what it expects:
 docs/respiration.md, "How it was measured" (``compare``: "The estimator, chosen by
@@ -186,7 +183,6 @@ def stream_events(
 
 
 def _reader(pieces: Iterable[np.ndarray], step: int) -> Iterator[np.ndarray]:
-    """Chunks of ``step`` samples over audio that comes in pieces (an array is one piece)."""
     buffer = np.zeros(0, np.float32)
     for piece in [pieces] if isinstance(pieces, np.ndarray) else pieces:
         buffer = np.concatenate([buffer, np.asarray(piece, np.float32)])
@@ -226,13 +222,11 @@ def rate_part(model: Path, root: Path, settings: Mapping[str, Any] | None = None
 
 
 def _live_median(series: Sequence[Mapping[str, Any]]) -> float | None:
-    """The median of a recording's live readings that gave a rate."""
     rates = [s["rate_bpm"] for s in series if s["state"] == "ok" and s["rate_bpm"] is not None]
     return round(float(np.median(rates)), 2) if rates else None
 
 
 def _mae(pairs: Sequence[tuple[float | None, float]]) -> float | None:
-    """The mean absolute error of (estimate, reference) pairs with an estimate."""
     errors = [abs(a - b) for a, b in pairs if a is not None]
     return round(float(np.mean(errors)), 2) if errors else None
 
@@ -653,7 +647,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def headline(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``key=value`` line."""
     out: dict[str, Any] = {}
     if "rate" in result:
         r = result["rate"]

@@ -1,7 +1,5 @@
 """Threshold-free detection scores of a model's frame outputs, computed with sed_scores_eval.
 
-    scores = threshold_free(probs, annotated, durations_s, outputs, config, grid)
-
 :mod:`training.scoring.detection` scores one operating point; this module scores every
 operating point at once (PSDS in DCASE's two scenarios, best per-class event F1), so two models
 can be compared without the thresholds in between. The two score sets (``phases``: the
