@@ -36,10 +36,7 @@ def poor_spans(
     clear_s: float = CLEAR_S,
 ) -> list[tuple[float, float]]:
     """The ``poor_signal`` events (start, end in seconds) the gate's model switch raises on
-    one recording's Poor Quality output frames ``quality`` (n,): one reading per window of
-    ``window_frames`` frames (their mean), the switch on at ``>= on`` and held while ``>= off``;
-    runs apart by at most ``clear_s`` form one event, announced once its span reaches
-    ``min_s``."""
+    one recording's Poor Quality output frames ``quality`` (n,), as :mod:`edge.bed.gate` does."""
     q = np.asarray(quality, np.float64)
     n_windows = len(q) // window_frames + (1 if len(q) % window_frames else 0)
     window_s = window_frames * frame_s
@@ -161,10 +158,8 @@ def gate_outputs(
     icbhi_patients: Mapping[str, str],
     frame_s: float,
 ) -> list[tuple[str, int, int, float, np.ndarray]]:
-    """Every seed's out-of-fold outputs of SPRSound ``train`` (``oof``: seed -> record ->
-    outputs, :func:`~training.cv.oof.oof_outputs`; kind 0 good, 1 Poor Quality) and, for
-    ICBHI (kind 2), each recording from its own ICBHI fold's models of ``design``
-    (``icbhi_patients``: recording -> patient; its duration: its frames x ``frame_s``)."""
+    """Every seed's out-of-fold outputs of SPRSound ``train`` (kind 0 good, 1 Poor Quality)
+    and of ICBHI (kind 2), each recording from its own ICBHI fold's models of ``design``."""
     out = []
     for seed, probs in oof.items():
         for r, p in probs.items():

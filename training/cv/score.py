@@ -157,9 +157,8 @@ def bootstrap(
 
 
 def icbhi_view(outputs: Mapping[str, np.ndarray], grid: Any) -> dict[str, float]:
-    """ICBHI (other stethoscopes): per family, AUC of the cycle's phase-rule score (the
-    highest score of the family's candidate events overlapping the cycle) for cycles with
-    crackles (DAS) / wheezes (CAS) against normal cycles; the share of frames whose quality
+    """The ICBHI view: per family, the cycle-level AUC of the phase-rule score (the highest of
+    the family's candidate events overlapping the cycle); the share of frames whose quality
     output reaches 0.6."""
     from sklearn.metrics import roc_auc_score
 
@@ -509,9 +508,8 @@ def gate_section(
     grid: Any,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """The manifest's ``quality`` block: the gate's model threshold fitted on the design's
-    out-of-fold outputs ``oof`` (:mod:`training.cv.gate`), with its cross-fitted held-out
-    shares."""
+    """The manifest's ``quality`` block fitted on the design's out-of-fold outputs
+    (:mod:`training.cv.gate`), with its cross-fitted held-out shares."""
     from training.cv.gate import GAP, ON_GRID, cross_fit_gate, fit_gate, gate_outputs, replay
 
     frame_s = grid.frame_samples / grid.sample_rate_hz

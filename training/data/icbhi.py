@@ -229,9 +229,8 @@ def patients_in_both_halves(split: Mapping[str, str]) -> set[str]:
 
 
 def training_patients(recordings: Sequence[IcbhiRecording], fraction: float, seed: int) -> set[str]:
-    """The patients whose recordings train (``fraction`` of them, drawn with ``seed`` from the
-    sorted ids); the others' recordings stay out of training for the ICBHI view. A patient is
-    on one side only, so the view holds no training patient's recording."""
+    """The patients whose recordings train (``fraction`` of them, drawn with ``seed``); the
+    others' recordings stay out of training for the ICBHI view."""
     patients = sorted({r.patient_id for r in recordings})
     count = round(fraction * len(patients))
     order = np.random.default_rng(seed).permutation(len(patients))

@@ -214,14 +214,11 @@ def patient_ids(records: Iterable[SprRecord]) -> set[str]:
 def patient_disjoint_split(
     records: Sequence[SprRecord], val_fraction: float, seed: int
 ) -> tuple[list[SprRecord], list[SprRecord]]:
-    """Split records into train/validation with no patient in both.
+    """``(train, val)`` records with no patient in both, each non-empty, sorted by ``record_id``.
 
-    Patients are visited in an order shuffled with ``seed`` (from sorted ids) and each is put
-    in validation if that brings the validation set's per-label record counts closer (sum of
-    squared differences) to ``val_fraction`` of each record label's total. The result is
-    roughly stratified by record label, holds about ``val_fraction`` of the records, and the
-    same records and seed always give the same split. ``(train, val)``: each non-empty, sorted
-    by ``record_id``.
+    Patients, shuffled with ``seed``, each go to validation if that brings its per-label record
+    counts closer to ``val_fraction`` of each label's total: roughly stratified by record label,
+    and deterministic.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
