@@ -66,8 +66,8 @@ class Truth:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """Every event of a set of recordings at one family threshold, with what the forms and
-    the latency read: each recording's Breath output and its rate (None: not assessable)."""
+    """Every event of a set of recordings at one family threshold, with each recording's
+    Breath output and rate (None: not assessable)."""
 
     events: Events
     truth: Truth
@@ -93,8 +93,7 @@ def halves(records: Iterable[str], sick: set[str]) -> dict[str, int]:
 
 def raw_events(folder: Path, model: Path, threshold: float, truth: Truth) -> Run:
     """Every event (no finding episodes) of every recording of ``folder`` through the device
-    path with ``threshold`` for every CAS and DAS class, and each recording's rate (breaths
-    per minute; None where not assessable)."""
+    path with ``threshold`` for every CAS and DAS class."""
     from edge.bed.detector import DetectorConfig
     from edge.bed.rules import ClassThreshold
     from edge.inference.manifest import load_manifest
@@ -115,9 +114,8 @@ def raw_events(folder: Path, model: Path, threshold: float, truth: Truth) -> Run
 
 def oof_events(design: Path, model: Path, threshold: float) -> Run:
     """Every event (no finding episodes) of every SPRSound ``train`` record from its own
-    fold's model of ``design`` (each seed's fold models, seeds pooled as records of their
-    own), through the device's detector with the model's rules and ``threshold`` for every CAS
-    and DAS class (the quality gate does not run here), and the truth they are judged on."""
+    fold's model of ``design`` (seeds pooled as records of their own) through the device's
+    detector at ``threshold`` (no quality gate), and the truth they are judged on."""
     from edge.bed.chain import resolve_detector
     from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
     from edge.bed.rules import ClassThreshold
@@ -371,8 +369,8 @@ def fitted_thresholds(model: Path) -> dict[str, float]:
 def today_rows(
     rows: Sequence[Mapping[str, Any]], fitted: Mapping[str, float]
 ) -> dict[str, Mapping[str, Any]]:
-    """Each family's row of every event at the candidate threshold nearest its ``fitted``
-    one (what the device did before finding episodes)."""
+    """Each family's row of every event (no finding episodes) at the candidate threshold
+    nearest its ``fitted`` one."""
     out = {}
     for family in HELD_FAMILIES:
         mine = [r for r in rows if r["family"] == family and r["events"] == 1]
@@ -483,8 +481,8 @@ def breath_phases(
     off: float = 0.5,
     min_frames: int = 6,
 ) -> list[tuple[float, float]]:
-    """The breath phases of one recording's Breath output, as the device's phase mode opens
-    and closes them (``on`` / ``off`` hysteresis, at least ``min_frames``): (start, end) s."""
+    """The breath phases (start, end) s of one recording's Breath output, as the device's
+    phase mode cuts them."""
     phases, first, open_ = [], 0, False
     for j, b in enumerate(np.nan_to_num(np.asarray(breath, np.float64))):
         if open_ and b < off:
@@ -549,7 +547,7 @@ def apply_phases(
 
 def record_counts(events: Events, truth: Truth, records: Sequence[str], family: str) -> np.ndarray:
     """(records, 3) event TP, FP, FN of one family per record (sed_eval, the yardstick's
-    collars): what a paired bootstrap over patients resamples."""
+    collars)."""
     import sed_eval
 
     from training.scoring.detection import FAMILY_VIEW, OFFSET_SHARE, ONSET_COLLAR_S, _metadata
@@ -576,8 +574,8 @@ def record_counts(events: Events, truth: Truth, records: Sequence[str], family: 
 def paired_f1(
     a: np.ndarray, b: np.ndarray, groups: Sequence[str], n: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """F1 of counts ``b`` minus F1 of counts ``a`` (per record TP, FP, FN), with its 95 %
-    interval by a bootstrap over ``groups`` (patients)."""
+    """F1 of per-record counts ``b`` minus that of ``a``, with its 95 % interval by a bootstrap
+    over ``groups`` (patients)."""
     names = sorted(set(groups))
     idx = np.array([names.index(g) for g in groups])
     ga, gb = np.zeros((len(names), 3)), np.zeros((len(names), 3))

@@ -143,9 +143,7 @@ def stretch(audio: np.ndarray, factor: float) -> np.ndarray:
     return resample_poly(audio.astype(np.float64), up, down).astype(np.float32)
 
 
-# The set: each device rate x rates over 4-60 /min (adults 4-30, children 20-60) x the ways
-# a chest differs (expiration as loud as inspiration or quieter, its timing, heart sounds
-# from 60 to 140 /min, noise, and a quarter of the cycles followed by a pause of 0.75 cycle).
+# The set: each device rate x each age's rates x the ways a chest differs (VARIANTS).
 ADULT_RATES = (4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 18.0, 20.0, 24.0, 30.0)
 CHILD_RATES = (20.0, 25.0, 30.0, 40.0, 50.0, 60.0)
 DEVICE_RATES_HZ = (2000, 4000, 4500, 8000)

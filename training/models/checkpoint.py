@@ -27,8 +27,8 @@ from lungwatch.errors import ConfigError, LungwatchError
 from training.models.sed import SedConfig, SedNet
 
 FORMAT = "lungwatch-sednet/1"
-# options removed after 286c3b9 (their results: docs/models/sed-lab.md), each with the value
-# that left it off: a checkpoint or design stored before with them off still loads
+# retired options (their results: docs/models/sed-lab.md), each with the value that left it
+# off, so a stored checkpoint or design with them off still loads
 RETIRED: dict[str, dict[str, Any]] = {
     "sizes": {"stem_channels": 0},
     "model": {"stem_channels": 0},
