@@ -1,13 +1,10 @@
 """``lungwatch cv device``: ICBHI through the device path, out of fold.
 
 Each fold model of the design's seed is made into what a device runs, the way the shipped
-model is (export, quantise unless ``--fp32``, the rules ``lungwatch cv rules`` fits on the
-design's out-of-fold outputs), in ``WORK/fold<k>``, and detects the ICBHI ``train`` recordings
-of its own ICBHI fold through :func:`edge.runtime.offline.detect_recordings`: every recording
-is judged by a model that never heard its patient. The folds' outputs are judged together per
-annotated cycle (:func:`training.scoring.views.icbhi_view`). A model folder already in
-``WORK`` with a verify reference is reused; ``--against FILE`` adds the Score difference with
-a paired bootstrap over ICBHI's patients.
+model is, in ``WORK/fold<k>`` (reused when it holds a verify reference), and detects the ICBHI
+``train`` recordings of its own ICBHI fold through the public streaming path, so every
+recording is judged by a model that never heard its patient; the folds' outputs are judged
+together per annotated cycle (:func:`training.scoring.views.icbhi_view`).
 
 It lives in ``export`` (it runs the export steps on training's fold models); the console
 entry routes ``lungwatch cv device`` here.

@@ -1,9 +1,5 @@
 """Patient-grouped folds: which patients each cross-validation fold holds out.
 
-    folds = load_folds("sprsound")            # the repository's fold file
-    folds.fold_of("40069321")                 # -> 0..K-1
-    folds.split(records, k)                   # (training records, held-out records)
-
 The folds are fixed files (``training/cv/folds/<dataset>-k<K>.json``) made by
 :func:`make_folds` with scikit-learn's ``StratifiedGroupKFold``, so every design, seed and
 session is judged on the same partition (docs/training.md, "Folds"). ``lungwatch cv folds

@@ -1,9 +1,5 @@
 """Stacked multi-kind features of audio files, cached on disk and in memory.
 
-    store = FeatureStore(FeatureSpec(), kinds=("logmel", "gammatone"), cache_dir=Path(...))
-    x = store.features(path)        # (n_kinds, n_bands, n_frames) float32, read-only
-    audio = store.samples(path)     # (n_samples,) float32 at spec.sample_rate_hz, read-only
-
 Every kind is computed by the one front end, :func:`edge.features.extract`; kinds with
 lookahead (``cwt``) yield fewer frames, and every kind is cropped to the smallest count.
 

@@ -84,11 +84,8 @@ class IcbhiRecording:
 
 
 def load_icbhi(train_dir: str | Path) -> list[IcbhiRecording]:
-    """Every recording (audio + ``.txt`` cycles) in a folder, sorted by ``recording_id``.
-
-    Raises:
-        FileNotFoundError: the folder is missing or holds no ``.txt`` annotations.
-    """
+    """Every recording (audio + ``.txt`` cycles) in a folder, sorted by ``recording_id``;
+    FileNotFoundError when it holds none."""
     paths = annotation_files(Path(train_dir), ANNOTATION_SUFFIX, "ICBHI")
     return [_load_recording(path) for path in paths]
 

@@ -147,9 +147,8 @@ def collate(
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Batch:
     """Stack examples; inputs run ``lookahead`` frames past each example (real audio where the
-    recording goes on, the flush frame after its end) and padding is masked out.
-    ``transform`` maps an example's stored features (K, F, t) to the model's input, from the
-    example's first frame (:class:`training.recipe.inputs.InputView`)."""
+    recording goes on, the flush frame after its end) and padding is masked out. ``transform``
+    maps stored features to the model's input (:class:`training.recipe.inputs.InputView`)."""
     longest = max(e.n for e in examples)
     first = examples[0].recording
     k, f = first.features.shape[:2]

@@ -77,11 +77,8 @@ class SprRecord:
 
 
 def load_sprsound(split_dir: str | Path) -> list[SprRecord]:
-    """Every annotated recording of one split folder (e.g. ``train``), sorted by ``record_id``.
-
-    Raises:
-        FileNotFoundError: the folder is missing or holds no ``.json`` annotations.
-    """
+    """Every annotated recording of one split folder (e.g. ``train``), sorted by ``record_id``;
+    FileNotFoundError when it holds none."""
     folder = Path(split_dir)
     annotation_paths = annotation_files(folder, ANNOTATION_SUFFIX, "SPRSound split")
     _check_no_orphan_audio(folder, {p.stem for p in annotation_paths})

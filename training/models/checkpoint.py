@@ -1,8 +1,5 @@
 """The checkpoint: everything needed to rebuild the network and its input, and nothing else.
 
-    save_checkpoint(path, Checkpoint(model, spec, kinds, outputs, run=..., detector=...))
-    ckpt = load_checkpoint(path)         # ckpt.model (eval mode), ckpt.spec, ckpt.kinds, ...
-
 As whisper keeps its dimensions beside its weights, a checkpoint holds the network's sizes and
 everything the export needs besides the weights; ``lungwatch export`` reads nothing but this
 file. Only plain data is stored, so :func:`load_checkpoint` reads it with

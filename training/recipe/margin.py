@@ -3,9 +3,8 @@
 QLung (Kim et al., arXiv:2606.11915) widens a classifier's margin where a recording's signal
 quality, judged from its spectral entropy and RMS, is poor, as an angular margin on a cosine
 head. SedNet's frame heads are sigmoid outputs on a plain 1x1 convolution, so here the margin
-is additive on the logits of the
-adventitious class outputs (LDAM's form, Cao et al., NeurIPS 2019), two-sided for a binary
-output, and training-only (the exported model does not change)::
+is additive on the logits of the adventitious class outputs (LDAM's form, Cao et al., NeurIPS
+2019), two-sided for a binary output, and training-only (the exported model does not change)::
 
     z'[c, j] = z[c, j] - m_j * (2 * y[c, j] - 1)        (a positive must clear +m, a negative -m)
     m_j = base * (1 + gain * (1 - q_j))
@@ -94,8 +93,7 @@ def frame_margins(
 def apply_margin(
     logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, n_classes: int
 ) -> torch.Tensor:
-    """Logits ``(B, O, N)`` with the first ``n_classes`` outputs moved against their targets
-    by ``margins`` ``(B, N)``: ``z - m * (2 y - 1)``; the other outputs unchanged."""
+    """Logits ``(B, O, N)`` with the margin on the first ``n_classes`` outputs."""
     sign = 2.0 * targets[:, :n_classes] - 1.0
     moved = logits[:, :n_classes] - margins[:, None, :].to(logits) * sign
     return torch.cat([moved, logits[:, n_classes:]], dim=1)
