@@ -1,23 +1,16 @@
 """Frame targets from strong labels: annotated start/end times -> per-frame outputs.
 
-The frame-level model has these outputs, in this order (:data:`OUTPUTS`):
+The outputs, in order (:data:`OUTPUTS`): the five adventitious classes of
+:data:`lungwatch.labels.DETECTED_CLASSES` (SPRSound's ``Wheeze+Crackle`` is both ``Wheeze`` and
+``Fine Crackle``, the crackle it most often is); ``Breath``, inside any annotated event,
+Normal ones included (every annotated event is a breath phase); ``Poor Quality``, the record's
+label on every frame.
 
-- the five adventitious classes of :data:`lungwatch.labels.DETECTED_CLASSES` (SPRSound's
-  ``Wheeze+Crackle`` is both ``Wheeze`` and ``Fine Crackle``, the crackle it most often is);
-- ``Breath``: inside any annotated event, Normal ones included (every annotated event is a
-  breath phase, so this output learns where phases begin and end from every record);
-- ``Poor Quality``: the record is labelled Poor Quality (a record-level label on every frame).
-
-Time grid: network frame ``j`` speaks for the samples ``[j * H + o, (j + 1) * H + o)`` with
-``H = stride * hop_samples`` and ``o = frame_samples // 2 - hop_samples // 2`` (the span
-centred on the middle of its front-end frames, see :class:`edge.bed.detector.FrameGrid`). A
-frame's target is the fraction of its span that the class's events cover (soft at the
-edges, 0 or 1 inside).
-
-Weights say which targets are known. SPRSound annotates some breath phases of a record, not
-all: frames outside every annotated event are weighted ``unannotated_weight`` for the class
-and Breath outputs. Poor Quality records have no event annotations: their Breath targets
-are unknown (weight 0) and their class targets are 0 (no event should be raised there).
+A frame's target is the fraction of its span (:class:`edge.bed.detector.FrameGrid`) that the
+class's events cover. Weights say which targets are known: SPRSound annotates some breath
+phases of a record, not all, so frames outside every annotated event weigh
+``unannotated_weight`` for the class and Breath outputs; a Poor Quality record's Breath
+targets are unknown (weight 0) and its class targets 0.
 """
 
 from __future__ import annotations
