@@ -1,24 +1,8 @@
 """Q/DQ ONNX -> TensorRT engine (TensorRT 10 or 11), built on the device that will run it.
 
-    lungwatch engine models/model.int8.onnx --precision int8 --out models/model.plan
-
-Engines are specific to one GPU and one TensorRT version, so this step runs on the Jetson
-itself. It uses the ``tensorrt`` Python module when present (JetPack's python3-libnvinfer),
-else ``trtexec`` (PATH or /usr/src/tensorrt/bin); ``--use-trtexec`` forces trtexec.
-
-Precision: ``fp16`` enables FP16 kernels; ``int8`` enables INT8 (explicit quantization from
-the graph's Q/DQ nodes, other layers in FP32); ``best`` enables both. TensorRT 11 removed
-those precision flags (every network is strongly typed: each layer runs in the type the graph
-gives it), so there ``int8`` builds the Q/DQ graph with no flag, which is the same engine
-precision as 10's ``int8`` flag on a Q/DQ graph, and ``fp16`` / ``best`` are refused with a
-one-line error (FP16 would have to be in the ONNX itself). JetPack 6 ships TensorRT 10; TensorRT
-11 reaches x86 GPU hosts first. The input ``features``
-(and a streaming model's ``state``, the beds' carried context as engine I/O) gets one
-optimisation profile: batch 1 .. ``--max-batch``, tuned for ``--opt-batch``. The
-timing cache (default ``timing.cache`` beside the engine) makes rebuilds fast. After the build
-the engine is recorded in the model folder's ``manifest.json`` beside it (which must exist)
-with the TensorRT version (the runtime refuses an engine from another version), the GPU, the
-precision and the batch range.
+Engines are specific to one GPU and one TensorRT version. Options, the two build paths
+(``tensorrt`` module or ``trtexec``), TensorRT 11's strong typing and the manifest record:
+docs/backends.md, "Native TensorRT".
 """
 
 from __future__ import annotations
@@ -61,8 +45,7 @@ class EngineBuildError(LungwatchError):
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """Everything one engine build needs (``input_shape`` is (K, F, T) and ``state_size`` S, the
-    ``features`` and ``state`` inputs without the batch)."""
+    """Everything one engine build needs; shapes are without the batch."""
 
     onnx_path: Path
     out: Path
@@ -75,7 +58,7 @@ class BuildPlan:
     workspace_mib: int = 1024
 
     def profiles(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-        """``{input: (min, opt, max)}`` full shapes of the one optimisation profile."""
+        """``{input: (min, opt, max)}`` shapes of the one optimisation profile."""
         shapes = {INPUT_NAME: self.input_shape, STATE_NAME: (self.state_size,)}
         return {
             name: profile_shapes(shape, self.max_batch, self.opt_batch)
@@ -84,7 +67,7 @@ class BuildPlan:
 
 
 def graph_inputs(onnx_path: Path) -> dict[str, Any]:
-    """``{name: ValueInfoProto}`` of the ONNX model's inputs (the file read once)."""
+    """``{name: ValueInfoProto}`` of the ONNX model's inputs."""
     try:
         import onnx
         from google.protobuf.message import DecodeError
@@ -100,8 +83,7 @@ def graph_inputs(onnx_path: Path) -> dict[str, Any]:
 
 
 def _static_dims(onnx_path: Path, value: Any, rank: int, layout: str) -> list[int]:
-    """The dimensions after the batch of input ``value``, checking that only the batch is
-    dynamic (``layout`` names them in the error)."""
+    """The dimensions after the batch of input ``value``; only the batch may be dynamic."""
     dims = value.type.tensor_type.shape.dim
     values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if (
@@ -118,8 +100,7 @@ def _static_dims(onnx_path: Path, value: Any, rank: int, layout: str) -> list[in
 
 
 def read_input_shape(onnx_path: Path, inputs: dict[str, Any] | None = None) -> tuple[int, int, int]:
-    """(K, B, T) of the ONNX input ``features``, checking that only the batch is dynamic
-    (``inputs``: :func:`graph_inputs` already read)."""
+    """(K, B, T) of the ONNX input ``features``."""
     inputs = graph_inputs(onnx_path) if inputs is None else inputs
     if INPUT_NAME not in inputs:
         raise EngineBuildError(f"{onnx_path}: no input {INPUT_NAME!r} (inputs: {list(inputs)})")
@@ -154,14 +135,12 @@ def shape_spec(shape: tuple[int, ...], name: str = INPUT_NAME) -> str:
 
 
 def shapes_spec(profiles: Mapping[str, tuple[tuple[int, ...], ...]], which: int) -> str:
-    """trtexec's syntax for every input at one end of the profile: ``features:1x..,state:1x..``
-    (``which``: 0 min, 1 opt, 2 max)."""
+    """trtexec's syntax for every input at profile end ``which`` (0 min, 1 opt, 2 max)."""
     return ",".join(shape_spec(shapes[which], name) for name, shapes in profiles.items())
 
 
 def strongly_typed(tensorrt_version: str | None) -> bool:
-    """Whether this TensorRT builds strongly typed networks only (11 and later); an unknown
-    version is taken for TensorRT 10."""
+    """Whether this TensorRT (11 and later) builds strongly typed networks only; unknown: 10."""
     if tensorrt_version is None:
         return False
     return int(normalize_trt_version(tensorrt_version).split(".")[0]) >= STRONGLY_TYPED_MAJOR
@@ -179,8 +158,7 @@ def check_precision(precision: str, tensorrt_version: str | None) -> None:
 
 
 def builder_flags(precision: str, tensorrt_version: str | None) -> tuple[str, ...]:
-    """The ``trt.BuilderFlag`` names to set: none under strong typing (the Q/DQ nodes carry
-    the INT8 precision), else :data:`BUILDER_FLAGS`."""
+    """The ``trt.BuilderFlag`` names to set: none under strong typing."""
     check_precision(precision, tensorrt_version)
     return () if strongly_typed(tensorrt_version) else BUILDER_FLAGS[precision]
 
@@ -191,8 +169,7 @@ def trtexec_argv(
     trtexec: str = "trtexec",
     tensorrt_version: str | None = None,
 ) -> list[str]:
-    """The trtexec command that builds ``plan`` into ``engine_path`` (no inference run); no
-    precision flag for a strongly typed TensorRT (``tensorrt_version`` 11 or later)."""
+    """The trtexec command that builds ``plan`` into ``engine_path``, running no inference."""
     check_precision(plan.precision, tensorrt_version)
     profiles = plan.profiles()
     precision = [] if strongly_typed(tensorrt_version) else [TRTEXEC_FLAGS[plan.precision]]
@@ -225,8 +202,7 @@ def parse_trtexec_version(text: str) -> str | None:
 
 
 def trtexec_version(trtexec: str, timeout_s: float = 60.0) -> str | None:
-    """The TensorRT version of ``trtexec`` (from its ``--help`` banner), or None when it does
-    not say; :class:`EngineBuildError` when it cannot be run."""
+    """The TensorRT version in ``trtexec``'s ``--help`` banner, or None when it does not say."""
     try:
         result = subprocess.run(
             [trtexec, "--help"], capture_output=True, text=True, check=False, timeout=timeout_s

@@ -2,24 +2,8 @@
 
     python -m export.opcheck models/sed/model.int8.onnx     # prints findings, exit 1 if any
 
-:func:`check_tensorrt_compat` returns one line per problem (an empty list means none found):
-
-1. opset: the default-domain opset must lie in TensorRT 10.0's range (9..20);
-2. operators: every node (subgraphs of If/Loop/Scan included) must be of the standard domain
-   (``""`` or ``ai.onnx``) and listed in ``export/tensorrt10_ops.txt``;
-3. Q/DQ: zero points that are initializers must be int8 zeros (TensorRT's explicit
-   quantization is symmetric, signed 8 bit);
-4. graph inputs and outputs: every dimension but the first (the batch) must be a static
-   positive integer (the lungwatch contract: only the batch is dynamic);
-5. intermediate tensors: with every graph input's first dimension fixed to 1, ONNX shape
-   inference (with data propagation) must resolve every dimension of every intermediate
-   tensor to an integer. A dimension it cannot resolve does not follow from the batch: it is
-   data dependent (NonZero, dynamic Reshape targets) or beyond static inference, and it
-   would need a dynamic-shape profile TensorRT cannot derive from the batch alone.
-
-This is a screen, not a proof: per-operator restrictions (initializer weights, zero points of
-Q/DQ, supported attribute values) are checked by the real parser when the engine is built on
-the device (``lungwatch engine``).
+:func:`check_tensorrt_compat`'s five checks are listed in docs/export.md, "Operator check". It
+is a screen, not a proof: per-operator restrictions are left to the real parser on the device.
 """
 
 from __future__ import annotations

@@ -1,54 +1,10 @@
 """``lungwatch quantize``: model.onnx -> explicit Q/DQ INT8 ONNX, calibrated on real audio with
 the state each chunk really carries.
 
-    lungwatch quantize --model models/sed/model.onnx \\
-        --out models/sed/model.int8.onnx --calib-dir ../shared/data/sprsound/train \\
-        [--max-files 200] [--max-chunks 512] [--seed 0] \\
-        [--method percentile|minmax|entropy] [--percentile 99.99] [--activations qint8|quint8] \\
-        [--exclude NODE ...]
-
-Format: QuantizeLinear / DequantizeLinear pairs in the standard ONNX domain around Conv (and MatMul
-/ Gemm where the graph has them) only, weights per output channel in 7 bits (:data:`WEIGHT_BITS`,
-the non-VNNI x86 saturation bound), biases in float. Activations are signed int8, symmetric (zero
-point 0) by default: what TensorRT's explicit quantization reads, and the result must pass
-:mod:`export.opcheck` or nothing is written. ``--activations quint8`` writes uint8 asymmetric
-activations instead (ONNX Runtime CPU's other format), for a CPU-only deployment: TensorRT refuses
-its zero points, so the opcheck's zero-point finding is the one allowed and the record says
-``tensorrt_compatible: false``. With the Q/DQ placement below both run at the same speed on ONNX
-Runtime CPU (bench/export.py); without it int8 ran at half uint8's speed.
-
-``--exclude NODE`` (repeatable) keeps a Conv / MatMul / Gemm of the FP32 graph in float, by
-its node name (``/model/head/Conv``: the output layer); a name the graph lacks is an error.
-``--keep-first`` keeps each kind's stem convolution in float (:func:`first_layers`).
-The shipped INT8 file keeps its first layer, the stem convolution, in float (``make train-sed``
-passes ``--exclude`` for it): its events follow FP32's more closely (docs/models/sed-lab.md).
-
-Q/DQ placement (:func:`tidy_qdq`, after onnxruntime's quantizer): onnxruntime quantizes a tensor
-once for all its readers, so the cache slices that become ``state_out`` would carry rounded
-values and the DequantizeLinear before a convolution would have several readers, which keeps
-ONNX Runtime from fusing DQ -> Conv -> Q into QLinearConv (8 of 26 convolutions of the SedNet
-graph stayed float, DQ first). Here only the quantized ops read the dequantized tensor; every
-other reader reads the float tensor again, so the carried state holds the layer inputs exactly
-as the INT8 model computes them, unrounded. A pair whose values reach no quantized op (the
-head's logits before the sigmoid) is removed: it only rounds the result. No layer's output
-feeds its own cache, so quantization error does not build up over a stream
-(:func:`streaming_agreement` reports the error in the first and the last quarter of streams).
-
-Calibration (:func:`calibration_chunks`): the FP32 model runs over each calibration recording
-chunk by chunk with the state fed back, as on the device, and a seeded sample of at most
-``--max-chunks`` whole chunks is kept, each with the state that was carried into it. Ranges:
-the 99.99th percentile of ``|x|`` per tensor (``--method percentile``; uint8: of each tail),
-which tracked FP32 best on held-out recordings (min/max ranges follow rare peaks and lose
-resolution everywhere else; 99.999 doubled the mean error). Activations beyond the calibrated
-ranges clip: a loud transient the calibration never saw can move a frame's probability a lot.
-The audio is every .wav/.flac under ``--calib-dir`` (recursively; a seeded sample of
-``--max-files``), turned into features by :class:`training.data.features.FeatureStore` with
-the feature spec, kinds and look-ahead of the ``manifest.json`` beside the model, or without
-one the default spec, the first K of logmel, gammatone, cwt and no look-ahead. The record
-holds the counts, the seed and the sha256 of the calibration tensor; the CLI measures the FP32
-vs INT8 agreement over the first calibration recordings streamed whole
-(:func:`streaming_agreement`). When the FP32 model's ``manifest.json`` lies in the output's
-folder, the INT8 file is recorded there (sha256, source, this calibration record).
+The method (format, 7-bit weights, Q/DQ placement, calibration ranges, what stays float) is
+docs/export.md, "INT8 method"; the options are in its "Commands and their output". Without a
+``manifest.json`` beside the model, features use the default spec, the first K kinds and no
+look-ahead.
 """
 
 from __future__ import annotations
@@ -76,13 +32,7 @@ from lungwatch.errors import LungwatchError
 
 METHODS = ("minmax", "percentile", "entropy")
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
-# Weights use 7 of the 8 bits (onnxruntime's reduce_range). On x86 CPUs without VNNI (AVX2,
-# AVX-512 without VNNI) onnxruntime's int8 kernels multiply with VPMADDUBSW, which adds two
-# uint8 x int8 products into an int16 and saturates when |w| > 64: with 8-bit weights the
-# INT8 logits of a test model correlated 0.92 with FP32 on an emulated Haswell and 0.9995 on a
-# VNNI CPU. 7-bit weights keep every pair under 2**15 on every CPU (255 * 64 * 2 < 32767) and
-# cost no measurable fidelity here; TensorRT reads the same Q/DQ graph (int8 type, smaller
-# values). tests/export/test_quantize.py checks the bound and the emulated-CPU agreement.
+# 7 of 8 bits (reduce_range): non-VNNI x86 kernels cannot saturate (docs/export.md, "Types").
 WEIGHT_BITS = 7
 ACTIVATIONS = ("qint8", "quint8")
 DEFAULT_ACTIVATIONS = "qint8"  # TensorRT-compatible, and as fast as quint8 on ORT CPU once tidied
@@ -133,7 +83,6 @@ class StreamingShapes:
 
 
 def _static_dims(value: Any, rank: int, model: Path) -> list[int]:
-    """The non-batch dims of a graph input/output, which must all be fixed."""
     dims = list(value.type.tensor_type.shape.dim)
     sizes = [d.dim_value if d.HasField("dim_value") else 0 for d in dims[1:]]
     if len(dims) != rank or min(sizes, default=0) < 1:
@@ -170,8 +119,8 @@ def read_shapes(model: Path) -> StreamingShapes:
 
 
 def flush_frame(model: Path, shapes: StreamingShapes) -> np.ndarray | None:
-    """The (K, F) training mean the graph subtracts from its features, i.e. the frame a device
-    feeds after a stream's end (:func:`training.data.recordings.flush_value`); None if not found."""
+    """The (K, F) training mean the graph subtracts from its features: the frame a device feeds
+    after a stream's end (:func:`training.data.recordings.flush_value`)."""
     import onnx
     from onnx import numpy_helper
 
@@ -212,8 +161,8 @@ def _check_recordings(recordings: Sequence[np.ndarray], shapes: StreamingShapes)
 
 
 def _padded(recordings: Sequence[np.ndarray], pad: np.ndarray | None, frames: int) -> np.ndarray:
-    """The recordings stacked to ``frames`` front-end frames (B, K, F, frames) float32, each
-    padded with ``pad`` (K, F), or its own per-band mean when ``pad`` is None."""
+    """The recordings stacked to (B, K, F, frames), each padded with ``pad`` (K, F) or, when
+    None, its own per-band mean."""
     k, f = recordings[0].shape[:2]
     x = np.empty((len(recordings), k, f, frames), np.float32)
     for row, features in enumerate(recordings):
@@ -232,9 +181,8 @@ def run_streams(
     *,
     pad: np.ndarray | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """Stream every recording (as one batch of beds, state zero at the start) for ``n_chunks``
-    chunks, padded with ``pad`` after its end. Yields ``(chunk index, features (B, K, F, T),
-    state carried into the chunk (B, S), probs (B, O, chunk_frames))``."""
+    """Stream the recordings as one batch of beds from zero state, padded with ``pad`` after
+    their ends. Yields ``(chunk, features (B, K, F, T), state carried in (B, S), probs)``."""
     width = shapes.input_frames
     x = _padded(recordings, pad, n_chunks * width)
     state = np.zeros((len(recordings), shapes.state_size), np.float32)
@@ -248,10 +196,9 @@ def run_streams(
 def calibration_chunks(
     fp32_model: Path, recordings: list[np.ndarray], max_chunks: int, seed: int
 ) -> list[dict[str, np.ndarray]]:
-    """A seeded sample of at most ``max_chunks`` of the recordings' whole chunks as the device
-    feeds them: ``{"features": (1, K, F, T), "state": (1, S)}``, the state being the one the
-    FP32 model carried into that chunk over the recording (zeros for a first chunk). Chunks in
-    (recording, chunk) order; the recordings are (K, F, frames) features."""
+    """A seeded sample of at most ``max_chunks`` whole chunks of the (K, F, frames)
+    recordings, in (recording, chunk) order, each ``{"features": (1, K, F, T), "state": (1, S)}``
+    with the state the FP32 model carried into it."""
     if max_chunks < 1:
         raise StreamingQuantizeError(f"max_chunks must be an integer >= 1, got {max_chunks}")
     fp32_model = Path(fp32_model)
@@ -288,9 +235,8 @@ def chunks_sha256(chunks: Sequence[dict[str, np.ndarray]]) -> str:
 
 
 def make_reader(chunks: Sequence[dict[str, np.ndarray]]) -> Any:
-    """An onnxruntime CalibrationDataReader over ``chunks`` in batches of one size (the largest
-    divisor of the count up to :data:`CALIB_BATCH_CHUNKS`: the histogram calibrators of
-    onnxruntime 1.32 fail on a shorter last batch)."""
+    """An onnxruntime CalibrationDataReader over ``chunks`` in batches of one size: the
+    histogram calibrators of onnxruntime 1.32 fail on a shorter last batch."""
     from onnxruntime.quantization import CalibrationDataReader
 
     size = max(d for d in range(1, CALIB_BATCH_CHUNKS + 1) if len(chunks) % d == 0)
@@ -322,10 +268,8 @@ def static_qdq(
     nodes_to_exclude: Sequence[str] = (),
     extra_options: dict[str, Any] | None = None,
 ) -> None:
-    """quant_pre_process into ``work``, then static Q/DQ quantization of :data:`QUANTIZED_OPS`
-    into ``out`` with the calibration data of ``reader``: per-channel 7-bit symmetric weights,
-    float biases, int8 symmetric activations (``signed``; else uint8 asymmetric), plus
-    ``extra_options`` for onnxruntime's quantizer."""
+    """quant_pre_process into ``work``, then onnxruntime's static Q/DQ quantization into
+    ``out``: int8 symmetric activations if ``signed``, else uint8 asymmetric."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -369,8 +313,7 @@ def quantize_qdq(
     percentile: float = DEFAULT_PERCENTILE,
     nodes_to_exclude: Sequence[str] = (),
 ) -> None:
-    """quant_pre_process into ``work``, then static Q/DQ quantization into ``out``
-    (:func:`static_qdq`; ``activations`` qint8 or quint8)."""
+    """:func:`static_qdq` on ``chunks``, ``activations`` qint8 or quint8."""
     signed = activations == "qint8"
     static_qdq(
         source,
@@ -387,8 +330,7 @@ def quantize_qdq(
     )
 
 
-# Tensor names the quantizer derives from the FP32 names (e.g. "/inner/.../Conv_output_0_scale");
-# they are replaced by short ids. The FP32 layer and tensor names are kept.
+# Tensor names the quantizer derives from the FP32 names; replaced by short ids.
 GENERATED_NAME = re.compile(
     r"(_zero_point|_scale|_quantized|_QuantizeLinear_Output|_DequantizeLinear_Output)$"
 )
@@ -422,19 +364,9 @@ def compact(path: Path) -> None:
 
 
 def tidy_qdq(path: Path) -> dict[str, int]:
-    """Rewrite the quantizer's Q/DQ placement of ``path`` in place (see the module doc).
-
-    1. A Q/DQ pair on a tensor that a quantized op reads serves that op only: the tensor's
-       other readers (the cache slices that become ``state_out``, a slice that feeds another
-       path) read the float tensor again: the carried state holds the layer inputs as the
-       INT8 model computes them, unrounded, and each DequantizeLinear has the one reader ONNX
-       Runtime needs to fuse DQ -> Conv -> Q into QLinearConv.
-    2. A Q/DQ pair whose values reach no quantized op before the graph's outputs (the head's
-       logits, before the sigmoid) only rounds the result: it is removed.
-
-    Returns:
-        ``{"float_readers": inputs rewired to the float tensor, "pairs_removed": n}``.
-    """
+    """Rewrite the Q/DQ placement of ``path`` in place (docs/export.md, "Q/DQ placement"): only
+    quantized ops read a dequantized tensor, and a pair reaching no quantized op is removed.
+    Returns ``{"float_readers": inputs rewired, "pairs_removed": n}``."""
     import onnx
 
     model = onnx.load(str(path))
@@ -466,7 +398,6 @@ def tidy_qdq(path: Path) -> dict[str, int]:
 
 
 def _readers(graph: Any) -> dict[str, list[Any]]:
-    """Tensor name -> the nodes that read it."""
     readers: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
@@ -502,8 +433,7 @@ def _reaches_quantized(graph: Any, tensor: str) -> bool:
 
 
 def _read_float(node: Any, q: Any, dq: Any) -> int:
-    """Make ``node`` read the float input of ``q`` instead of ``dq``'s output; returns how many
-    of its inputs changed."""
+    """Make ``node`` read ``q``'s float input, not ``dq``'s output; how many inputs changed."""
     slots = [k for k, name in enumerate(node.input) if name == dq.output[0]]
     for k in slots:
         node.input[k] = q.input[0]
@@ -511,8 +441,7 @@ def _read_float(node: Any, q: Any, dq: Any) -> int:
 
 
 def opcheck_problems(model: Path, activations: str) -> list[str]:
-    """The TensorRT 10 screen's findings that stop shipping: all of them for qint8; for
-    quint8 all but the (expected) zero-point finding."""
+    """The TensorRT 10 screen's findings that stop shipping (for quint8, not its zero points)."""
     from export.opcheck import check_tensorrt_compat
 
     problems = check_tensorrt_compat(model)
@@ -534,24 +463,12 @@ def streaming_agreement(
     lookahead_frames: int = 0,
     spec: FeatureSpec | None = None,
 ) -> dict[str, Any]:
-    """How the INT8 model tracks the FP32 one over whole recordings, each streamed chunk by
-    chunk with its state carried (beds batched), as on the device.
+    """How the INT8 model tracks the FP32 one over whole recordings streamed as on the device.
 
-    A recording is fed whole, then padded with the graph's flush frame (the training mean, or
-    the recording's own mean if the graph has none) for its last partial chunk and
-    ``lookahead_frames`` more frames; the first ``lookahead_frames`` outputs are dropped, so
-    output ``j`` describes network frame ``j``. Events: :func:`edge.bed.detector.detect_events`
-    with the default :class:`edge.bed.detector.DetectorConfig` on the grid of ``spec`` (default
-    :class:`edge.features.FeatureSpec`) at the model's stride; an event of one model "agrees"
-    if it overlaps an event of the same type of the other.
-
-    Returns:
-        ``recordings``, ``frames``; ``max_abs_prob_diff``, ``mean_abs_prob_diff`` and
-        ``prob_correlation`` (None if constant) over all outputs and frames,
-        ``max_abs_prob_diff_first_quarter`` / ``_last_quarter`` of the streams (error does not
-        build up if the last is no larger), ``per_output`` max and correlation; ``events_fp32``,
-        ``events_int8`` and ``fp32_events_matched`` / ``int8_events_matched`` (the shares
-        of each model's events matched by the other's; None when it has none).
+    Each recording is padded with the graph's flush frame for its last chunk and the
+    look-ahead, whose first outputs are dropped. An event of one model is matched if it
+    overlaps an event of the same type of the other (default detector config). The quarter
+    figures show whether error builds up over a stream.
     """
     from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
     from training.data.targets import OUTPUTS
@@ -617,7 +534,7 @@ def streaming_agreement(
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson correlation of two arrays (None when either is constant)."""
+    """Pearson correlation; None when either array is constant."""
     if a.std() == 0.0 or b.std() == 0.0:
         return None
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
@@ -626,8 +543,7 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 def _share_matched(
     ours: Sequence[Sequence[Event]], theirs: Sequence[Sequence[Event]]
 ) -> float | None:
-    """Share of ``ours`` events (per recording) that overlap one of ``theirs`` in the same
-    recording; None when there are none."""
+    """Share of ``ours`` events overlapping one of ``theirs`` in the same recording."""
     total = sum(map(len, ours))
     if total == 0:
         return None
@@ -647,19 +563,10 @@ def quantize_model(
     lookahead_frames: int = 0,
     nodes_to_exclude: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Quantize ``fp32_model`` on the calibration ``chunks`` (:func:`calibration_chunks`),
-    compact it, screen it for TensorRT 10 and write ``out`` (nothing is written if the screen
-    finds a problem). ``seed`` is only recorded (the one the chunks were sampled with).
-
-    Returns:
-        The record: method, activation and weight types and bits, chunks used, seed, sha256
-        of the calibration tensor (:func:`chunks_sha256`), whether TensorRT can take it, and
-        the FP32 agreement: :func:`streaming_agreement` over ``agreement_recordings`` or, when
-        none are given, the probabilities of the calibration chunks themselves.
-
-    Raises:
-        StreamingQuantizeError: bad options or inputs; OpCheckFailedError if the result has
-            TensorRT problems (beyond the zero points of ``activations="quint8"``).
+    """Quantize ``fp32_model`` on the calibration ``chunks``, compact it, screen it for
+    TensorRT 10 and write ``out``, or raise OpCheckFailedError and write nothing. Returns the
+    calibration record; ``seed`` is only recorded. The FP32 agreement is measured on
+    ``agreement_recordings``, or on the chunks when none are given.
     """
     from edge.inference.manifest_write import publish
 
@@ -730,8 +637,7 @@ def quantize_model(
 
 
 def first_layers(fp32_model: Path) -> list[str]:
-    """The Conv / MatMul / Gemm nodes that read the ``features`` input through no other such
-    node: each kind's stem convolution (``--keep-first``)."""
+    """The quantizable nodes reached from ``features`` through no other: the stem convolutions."""
     import onnx
 
     graph = onnx.load(str(fp32_model), load_external_data=False).graph
@@ -753,8 +659,8 @@ def first_layers(fp32_model: Path) -> list[str]:
 
 
 def check_excluded(fp32_model: Path, names: Sequence[str]) -> None:
-    """Every name in ``names`` must be a node the quantizer would quantize (onnxruntime
-    ignores an unknown name, so a typo would quantize the layer one meant to keep)."""
+    """Every name must be a quantizable node: onnxruntime ignores an unknown name, so a typo
+    would quantize the layer one meant to keep."""
     if not names:
         return
     import onnx
@@ -804,8 +710,7 @@ class FolderInfo:
 
 
 def folder_info(model: Path, shapes: StreamingShapes) -> FolderInfo:
-    """Feature spec, kinds and look-ahead from the manifest beside ``model``; without one the
-    default FeatureSpec, the first K of :data:`edge.features.FEATURE_KINDS` and no look-ahead."""
+    """Feature spec, kinds and look-ahead from the manifest beside ``model``, or the defaults."""
     manifest = model.parent / "manifest.json"
     if not manifest.is_file():
         kinds = FEATURE_KINDS[: shapes.n_kinds]
@@ -824,7 +729,7 @@ def load_calibration_audio(
     calib_dir: Path, info: FolderInfo, shapes: StreamingShapes, max_files: int, seed: int
 ) -> tuple[list[np.ndarray], int]:
     """Features (K, F, T) of a seeded sample of at most ``max_files`` audio files under
-    ``calib_dir`` (in path order), and how many files there are."""
+    ``calib_dir``, and how many files there are."""
     from edge.audio import audio_files_under
     from training.data.features import FeatureStore
 

@@ -1,32 +1,8 @@
 """``lungwatch export``: a checkpoint -> a model folder the device runs (manifest schema 2).
 
-    lungwatch export --checkpoint out/runs/sed-seed0/best.pt --out out/models/sed \\
-        [--chunk-frames 12] [--opset 17]
-
-Reads nothing but the checkpoint (:mod:`training.models.checkpoint`: the network's sizes and
-weights, its FeatureSpec, kinds and outputs, the detector rules fitted on validation and the
-quality hysteresis). Writes, in ``--out``: ``model.pt`` (the checkpoint, copied), ``model.onnx``
-and ``manifest.json`` (:mod:`edge.inference.manifest`: I/O sizes, ``streaming``, ``outputs``,
-``detector``, ``quality``, tools, parity). ``model.int8.onnx`` is added by
-:mod:`export.quantize`, the Task rules by ``lungwatch tasks`` and the verify gate's reference
-by ``lungwatch verify --write-reference``.
-
-The graph: one call takes one chunk of every bed's new front-end frames and the beds' carried
-states, and returns the chunk's per-frame probabilities and the new states::
-
-    features  (B, K, F, chunk_frames * stride)  float32   log spectrogram frames, as streamed
-    state     (B, S)                            float32   zeros when a stream starts
-    ->  probs     (B, O, chunk_frames)          float32   sigmoid outputs
-        state_out (B, S)                        float32   feed back with the next chunk
-
-Only the batch is dynamic (what :mod:`export.opcheck` checks and what a TensorRT engine with
-one optimisation profile over the batch wants); the chunk length is fixed at export. Output
-``j`` describes network frame ``j - lookahead_frames``: the device drops the first
-``lookahead_frames`` outputs and flushes the same number of frames at the end. The
-TorchScript exporter (``dynamo=False``) gives a plain graph of standard ops (Conv, Relu,
-Concat, Slice, Mul, Add, MatMul, Softmax, Sigmoid) with no data-dependent shapes. Before the
-manifest is written the file must pass the TensorRT 10 op screen and equal the PyTorch
-whole-recording pass chunk by chunk in ONNX Runtime (to :data:`PARITY_TOLERANCE`).
+Reads nothing but the checkpoint; writes ``model.pt`` (a copy), ``model.onnx`` and
+``manifest.json`` in ``--out``. The graph's I/O, its fixed shapes and the parity check it
+must pass: docs/export.md, "The streaming graph".
 """
 
 from __future__ import annotations
@@ -90,8 +66,7 @@ class ExportError(LungwatchError):
 def export_graph(
     model: Any, path: Path, chunk_frames: int, opset: int = DEFAULT_OPSET
 ) -> dict[str, Any]:
-    """Write the streaming graph of the SedNet ``model`` (eval mode) to ``path``; returns the
-    I/O description for the manifest."""
+    """Write the streaming graph of the SedNet ``model`` to ``path``; returns the manifest's I/O."""
     import torch
 
     from training.models.sed import StreamingSed
@@ -143,8 +118,8 @@ def _declare_static_outputs(path: Path, dims: list[list[int]]) -> None:
 
 
 def parity(model: Any, onnx_path: Path, chunk_frames: int, seed: int = 0) -> dict[str, Any]:
-    """Max |p| difference between ONNX Runtime chunk by chunk (state carried) and the PyTorch
-    whole pass, on a random stream around the training statistics."""
+    """Max |p| difference between ONNX Runtime chunk by chunk and the PyTorch whole pass, on a
+    random stream around the training statistics."""
     import onnxruntime as ort
     import torch
 
@@ -179,8 +154,7 @@ def export_folder(
     chunk_frames: int = DEFAULT_CHUNK_FRAMES,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """Write ``out``/{model.pt, model.onnx, manifest.json} from ``checkpoint`` alone; returns
-    the manifest path."""
+    """Write ``out``/{model.pt, model.onnx, manifest.json} from ``checkpoint`` alone."""
     from export.opcheck import check_tensorrt_compat
     from training.models.checkpoint import CheckpointError, load_checkpoint
     from training.models.sed import count_parameters

@@ -3,22 +3,9 @@
     lungwatch verify --model-dir models/sed --write-reference [--audio REC.flac ...]  # export
     lungwatch verify --model-dir models/sed --reference [--model model.int8.onnx ...]  # device
 
-``--write-reference`` (workstation, at export time) runs a fixed, small set of recordings
-(default: the three FLAC files of ``examples/``) through the device path
-(:func:`edge.runtime.offline.detect_recordings`: front end, the streaming model with its state
-carried chunk to chunk, quality gate, detector with the manifest's rules) with the folder's
-FP32 ONNX model, and stores in ``verify_reference.npz`` the audio itself (int16 at the model
-rate: the device needs no data set), every output frame and every event. The file is recorded
-in ``manifest.json`` (``files``, precision ``reference``, with its sha256), so the bundle ships
-it and a changed reference is refused. Then it checks every artifact, as ``--reference`` does.
-
-``--reference`` (the device: no torch, no data) writes the stored audio to a temporary folder,
-runs every model the manifest lists (FP32 and INT8 ONNX, a TensorRT engine when TensorRT is
-importable; or only the ``--model`` files) through the same device path, and compares each
-with the reference: the output frames within the precision's :data:`TOLERANCES` and the
-**event lists** (same kind and type, overlapping in time, one to one). One table row per
-artifact; exit status 1 if any artifact is refused or beyond tolerance, naming it and what
-failed. A missing, unrecorded or changed reference is an error (exit 1), never a pass.
+Both run recordings through the device path and compare every artifact's output frames (within
+:data:`TOLERANCES`) and event lists with the stored reference; a missing, unrecorded or changed
+reference is an error, never a pass (docs/export.md, "Verify gate").
 """
 
 from __future__ import annotations
@@ -70,21 +57,15 @@ class VerifyError(LungwatchError):
 
 @dataclass(frozen=True)
 class Tolerance:
-    """How far an artifact may be from the FP32 reference, over every output frame of every
-    recording, and the share of the reference's events it may leave unmatched (missing +
-    extra)."""
+    """How far an artifact's output frames may be from the FP32 reference, and the share of the
+    reference's events it may leave unmatched (missing + extra)."""
 
     max_abs_dp: float
     mean_abs_dp: float
     max_unmatched_share: float
 
 
-# fp32: the FP32 ONNX file on ONNX Runtime CPU, which made the reference (bit-identical on the
-# machine that wrote it; another CPU's kernels differ by ~1e-6). int8: the INT8 ONNX file, any
-# TensorRT engine, any model on a GPU provider (TF32 / FP16 / INT8 kernels). Measured on the
-# shipped models/sed and the three examples: INT8 vs FP32 max |Δp| 0.049, mean 0.0031, 12 of
-# 12 events matched (docs/export.md, "Verify gate"). The bounds are about three times that;
-# the event bound leaves room for the 11 % of events INT8 moves on 32 calibration recordings.
+# Which artifacts each bound covers and why it is that wide: docs/export.md, "Verify gate".
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs_dp=1e-4, mean_abs_dp=1e-5, max_unmatched_share=0.0),
     "int8": Tolerance(max_abs_dp=0.15, mean_abs_dp=0.01, max_unmatched_share=0.2),
@@ -243,8 +224,7 @@ def beyond(c: Comparison, tol: Tolerance) -> list[str]:
 
 # -- the reference file -----------------------------------------------------------------------
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """A compressed .npz with fixed member dates (the same arrays give the same bytes), written
-    to a temporary file and moved into place."""
+    """A compressed .npz, written atomically, with fixed member dates: same arrays, same bytes."""
     from edge.inference.manifest_write import publish
 
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -339,8 +319,7 @@ def stored_audio(audio: Mapping[str, np.ndarray], rate_hz: int) -> Iterator[dict
 
 
 def rules_sha256(manifest: Manifest) -> str:
-    """sha256 of the manifest sections the device path reads besides the model (front end,
-    streaming, outputs, detector rules, quality gate): the reference's events depend on them."""
+    """sha256 of the manifest sections besides the model that the reference's events depend on."""
     sections = {key: manifest.raw.get(key) for key in RULE_SECTIONS}
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
@@ -355,8 +334,8 @@ def fp32_model(manifest: Manifest) -> str:
 
 
 def write_reference(folder: Path, audio_paths: Sequence[Path]) -> Path:
-    """Run the recordings through the device path with the FP32 ONNX model; store the audio,
-    the output frames and the events; record the file in the manifest."""
+    """Run the recordings through the device path with the FP32 ONNX model, store the audio,
+    frames and events and record the file in the manifest."""
     from edge.inference.manifest_write import record_artifact
     from edge.runtime.offline import detect_recordings
 
