@@ -2,26 +2,14 @@
 
     python -m bench.alarm_load [--beds 50] [--minutes 30] [--ack-after-s 60] [--seed 0]
 
-1. **A ward's audio.** Each of ``--beds`` beds gets ``--minutes`` of real recordings: SPRSound
-   ``intra_test`` records (``../shared/data``, or ``LUNGWATCH_DATA_DIR``) drawn at random
-   (seeded) and joined end to end, written as FLAC to a temporary folder. About half of those
-   records hold adventitious sounds, so this is a sick ward, not a typical one.
-2. **The real runtime.** ``lungwatch run`` (the shipped INT8 model, respiration on) on every
-   bed, read as fast as it goes (``realtime: false``), events to a JSONL file: every episode
-   the device publishes, with its own stream times.
-3. **The view's two ways of listing them**, replaying the events in order through the ward
-   view's own intake (:class:`wardview.ward.Ward`) on the streams' clock:
-
-   - *episodes* (the list before alarm conditions): one row per open episode; each onset a new
-     alarm row; each latched episode one acknowledgement;
-   - *conditions* (``lungwatch.alarms``, the shipped list): one row per bed and condition; an alarm
-     signal starts when a condition starts alarming (new, re-alarmed after ``realarm_s``);
-     a simulated nurse acknowledges each alarming condition ``--ack-after-s`` after it
-     started (escalation goes on meanwhile).
-
-   Rows on the page (mean and max, sampled every 10 s of stream time), alarm rows or
-   signals started per hour, and acknowledgements needed per bed per hour, for both; and
-   nothing lost: every episode of the JSONL reaches the view's intake (its ``events`` count).
+Each bed gets ``--minutes`` of seeded, joined SPRSound ``intra_test`` records (about half
+hold adventitious sounds: a sick ward, not a typical one), run through ``lungwatch run`` (the
+shipped INT8 model, respiration on) as fast as it goes. The events are replayed in order
+through the ward view's intake and listed two ways: *episodes*, one row per open episode;
+*conditions* (``lungwatch.alarms``, the shipped list), one row per bed and condition, each
+acknowledged by a simulated nurse ``--ack-after-s`` after it starts alarming. Reported for
+both: rows on the page, alarm rows or signals per hour, acknowledgements per bed-hour, and
+that every episode reached the view.
 
 Results: ``bench/results/alarm_load.{md,json}``.
 """

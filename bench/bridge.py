@@ -2,35 +2,19 @@
 
     make bench            # or: python -m bench.bridge [--seconds 5] [--repeats 5]
 
-Target: decode at least 50 x the bandwidth of 200 simultaneous 8 kHz 16-bit
-streams, i.e. 50 x 200 x 8000 = 80 M samples/s (160 MB/s of 16-bit audio; 312,500 frames/s
-of 256 samples) on one core.
+Target: decode at least 50 x the bandwidth of 200 simultaneous 8 kHz 16-bit streams (80 M
+samples/s) on one core; the verdict uses the ``receiver`` row at 256 samples per frame.
 
-Workload: 200 devices, frames interleaved round-robin as on one busy UDP port, in order,
-read in 64 KiB pieces; the receiver is drained every 8 reads (every ~0.5 MB). Rows:
+Workload: 200 devices' frames interleaved round-robin as on one busy UDP port, read in 64 KiB
+pieces, the receiver drained every 8 reads. Rows: ``parser`` (bytes -> validated frames),
+``receiver`` (+ jitter buffer, gaps, drift, float32 timeline out), ``receiver, datagrams``
+(one frame per call, the socket not timed); each with the numba scanner and the NumPy
+fallback, for 128/256/512-sample frames, v1's HMAC tags and protocol v2.
 
-- ``parser``: bytes -> validated frames (magic search, header checks, CRC-32C);
-- ``receiver``: parser + per-stream jitter buffer, gap logic, drift points, and the float32
-  timeline segments out (what the runtime gets);
-- ``receiver, datagrams``: the same, fed one frame per call (the per-call overhead a caller
-  pays feeding single UDP datagrams; ``firmware_bridge.link.Bridge`` parses the datagrams
-  waiting at each poll together instead; the socket itself is not timed);
-- each with the numba scanner (the default when numba is installed) and the pure-NumPy
-  fallback, for 128/256/512-sample int16 frames, 256-sample frames with v1's HMAC tags, and
-  256-sample protocol-v2 frames (ChaCha20-Poly1305, session keys, anti-replay window: what a
-  bridge accepts by default).
-
-The v1-vs-v2 table compares beds per core (timeline samples per CPU second / 8000) of the
-unauthenticated v1 frames (what the bridge decoded before v2) and of v2, in the same process,
-numba scanner, 256-sample frames, the two timed in alternation (v1, v2, v1, v2, ...) and each
-taken at its fastest run (as ``timeit`` does: other work on a shared machine only ever adds
-time), so that the machine's load weighs on both alike
-(``python -m bench.bridge --compare-only``: this table alone).
-
-Times are this process's CPU time (``time.process_time``, median of the repeats), so other
-work on the machine does not count against the decoder. Prints a table and writes
-bench/results/bridge.{md,json}. The verdict uses the
-``receiver`` row at 256 samples per frame (the recommended frame size).
+The v1-vs-v2 table (``--compare-only``: it alone) times the two in alternation and takes each
+at its fastest run, so a shared machine's load weighs on both alike. Times are this process's
+CPU time, median of the repeats. Results: ``bench/results/bridge.{md,json}``
+(docs/firmware-protocol.md, "Decoder throughput").
 """
 
 from __future__ import annotations

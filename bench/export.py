@@ -3,15 +3,11 @@
     python -m bench.export [--fp32 models/sed/model.onnx] [--int8 models/sed/model.int8.onnx] \
         [--variant NAME=PATH ...] [--repeats 50] [--out-dir bench/results]
 
-One thread (intra_op 1, inter_op 1, sequential execution), graph optimisation ORT_ENABLE_ALL,
-warm-up runs, then the median of ``--repeats`` timed runs in 5 alternating rounds (load drift on
-a shared machine hits every model alike). Each call is one chunk of :data:`STREAMING_BEDS` beds
-(their states batched), as the runtime feeds it; the cost is milliseconds of one core per
-second of audio per bed. Targets (ratios measured in the same run): INT8 >= 2x faster than
-FP32, file >= 3.5x smaller; reported as measured, met or not. ``--variant`` adds other
-quantized files of the same model to the same rounds (e.g. uint8 activations). Also: the node
-types of ORT's optimised INT8 graph (how many Q/DQ pairs became QLinearConv, how many Convs
-stayed float). Writes ``--out-dir``/export.{md,json} (default bench/results).
+One thread, ORT_ENABLE_ALL, the median of ``--repeats`` timed runs in 5 alternating rounds
+(a shared machine's load drift hits every model alike); each call is one chunk of
+:data:`STREAMING_BEDS` beds, as the runtime feeds it. Targets, as ratios measured in the same
+run: INT8 >= 2x faster than FP32, file >= 3.5x smaller. Also reports the node types of ORT's
+optimised INT8 graph (Q/DQ pairs fused into QLinearConv, Convs left float).
 """
 
 from __future__ import annotations

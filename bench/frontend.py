@@ -2,13 +2,10 @@
 
     make bench            # or: python -m bench.frontend [--seconds 60] [--repeats 5]
 
-Measures, in one process on one core (the Makefile pins BLAS/Numba threads to 1 and the
-process to CPU 0), at 8 kHz, 64 bands, chunks of 256 samples:
-  - each kind's streaming class (push per chunk) and batch function;
-  - a plain SciPy reference (scipy.signal.stft + dense mel matrix + log);
-  - librosa's melspectrogram with the same parameters (when librosa is installed).
-Prints a table and writes it to bench/results/frontend.{md,json}. Targets are checked as
-ratios against the references measured in the same run, never as absolute times.
+On one core at 8 kHz, 64 bands, chunks of 256 samples: each kind's streaming class and batch
+function against a SciPy reference (stft + dense mel matrix + log) and librosa's
+melspectrogram, measured in the same run; targets are ratios to them, never absolute times.
+Writes bench/results/frontend.{md,json}.
 """
 
 from __future__ import annotations

@@ -2,23 +2,14 @@
 
     make fuzz             # or: python -m bench.fuzz [--inputs 1000000] [--seed 0]
 
-Each input is built from a corpus of valid frames (every type and format; protocol v1 tagged
-and not, and v2, encrypted) by one mutator: bit flips, inserted / deleted / truncated bytes,
-splices of two frames, pure garbage (with sprinkled magics), header fields changed *with the
-CRC recomputed* (so invalid headers and wild device ids, sample indices, rates and stream
-starts reach the header checks, the jitter buffer and the restart logic; on a v2 frame they
-reach the decrypting decoder, which must refuse them), v2 frames with any bit flipped and the
-CRC recomputed (the AEAD must refuse them), runs of a valid v1 stream with duplicates and
-reordering, and runs of a valid v2 stream (fresh counters, now and then a new session) mixed
-with replays of its earlier datagrams. Every input goes, cut in random pieces, into one
-long-lived receiver (as one datagram; v1 allowed, so both decoders run), and:
-
-- nothing may raise;
-- every decoded frame must be one the input legitimately holds (never a made-up frame; a
-  replayed v2 datagram, or one of an older session, is not legitimate);
-- the link's byte counters must add up; memory must stay bounded: the peak RSS (resource)
-  and the traced Python heap (tracemalloc, on the second half only) are recorded at
-  checkpoints, and the heap may not grow over the second half beyond a small margin.
+Each input is a corpus of valid frames (every type and format, v1 tagged and not, v2) changed
+by one mutator: bit flips, inserted / deleted / truncated bytes, splices, garbage, header
+fields changed *with the CRC recomputed* (so they reach the header checks, the jitter buffer,
+the restart logic and v2's AEAD), v1 runs duplicated and reordered, v2 runs mixed with
+replays. Inputs go, cut in random pieces, into one long-lived receiver, and: nothing may
+raise; every decoded frame must be one the input legitimately holds (not a replayed or
+older-session v2 datagram); the link's byte counters must add up; the traced heap may not grow
+over the second half beyond a small margin.
 
 Writes bench/results/fuzz.{md,json}; exits 1 on any violation.
 """

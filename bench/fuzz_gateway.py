@@ -3,21 +3,9 @@ no dead thread, no message that breaks the IHE rules, memory bounded.
 
     make fuzz             # every fuzzer; or: python -m bench.fuzz_gateway [--inputs 50000]
 
-The ward view's fuzz corpus and mutators (:mod:`bench.fuzz_view`: events of every state and
-type, summaries with open rows, respiration readings, statuses, acks, and the other topics a
-gateway must refuse) go to one long-lived :class:`gateway.service.Intake` with an HL7 route
-and a FHIR route, each a real SQLite queue, as the MQTT thread hands them over; every 50
-inputs the alarm thread's tick runs on it, its clock a minute later each time (conditions
-start, escalate, latch and end). At the end every queued HL7 message is read back with
-python-hl7 and checked against the IHE PCD rules of the tests
-(``tests/gateway/conformance.py``). Violations:
-
-- a message that escapes :meth:`Intake.handle` (a bug: every bad message must be refused for
-  a reason it names), or a tick that raises or counts ``report_errors``;
-- a queued HL7 message that breaks a rule, or a queued FHIR resource that is not JSON;
-- memory: the traced heap may not grow over the second half beyond a small margin.
-
-Writes bench/results/fuzz_gateway.{md,json}; exits 1 on any violation.
+The corpus, mutators and violations are docs/gateway.md, "Fuzzing"; the HL7 rules are those
+of ``tests/gateway/conformance.py``. Writes bench/results/fuzz_gateway.{md,json}; exits 1 on
+any violation.
 """
 
 from __future__ import annotations

@@ -2,23 +2,14 @@
 
     make fuzz             # both fuzzers; or: python -m bench.fuzz_view [--inputs 100000]
 
-A corpus of valid messages of every kind a device publishes (events of every state and type,
-summaries with open rows, evidence parts of a real clip, respiration readings, verdicts, live
-points, metrics, status) is mutated, one mutator per input: a JSON value replaced by a value of
-another type (lists, objects, huge and negative numbers, NaN text, lone surrogates, control
-characters, long strings), a key dropped or added, the topic's device or bed changed (another
-device, a name no topic allows), times moved (far future, far past, malformed), bytes flipped,
-truncated or spliced, pure garbage. Every input goes to one long-lived :class:`Ward` with a
-real SQLite history store, as the MQTT thread hands it over, and every 50 inputs the push
-thread's work runs on it (the alarm list, the snapshot, the changes, each as JSON) and the
-history answers a trend and a clip. Violations:
-
-- a message that escapes :meth:`Ward.handle` or is counted ``internal_error`` (a bug: every
-  bad message must be refused for a reason the intake names);
-- any exception from the push thread's work or the history's answers (a dead thread);
-- a history row not stored for another reason than the message itself (``not_stored``);
-- memory: the traced heap may not grow over the second half beyond a small margin (the ward
-  holds bounded state: devices, beds, open episodes, clips waiting for parts).
+A corpus of valid messages of every kind a device publishes is mutated, one mutator per input
+(values of the wrong type, keys dropped or added, topics and times changed, bytes flipped,
+truncated or spliced, garbage), into one long-lived :class:`Ward` with a real SQLite history;
+every 50 inputs the push thread's work and the history's answers run on it. Violations: a
+message that escapes :meth:`Ward.handle` or counts ``internal_error`` (every bad message must
+be refused for a reason the intake names); an exception from the push work or the history; a
+row not stored for another reason than the message; a traced heap that grows over the second
+half beyond a small margin (the ward holds bounded state).
 
 Writes bench/results/fuzz_view.{md,json}; exits 1 on any violation.
 """

@@ -1,67 +1,31 @@
 """The runtime on one core: streams served in real time, event latency, memory per stream.
 
-    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.runtime
-        [--model models/sed] [--streams 1,64,256,1000] [--seconds 20]
-        [--paced-streams 600,1000] [--paced-seconds 90] [--profile-streams 256]
-        [--reference MODEL_DIR] [--reference-streams 200] [--max-batch N]
-        [--ward-audio DIR] [--ward-streams 1000] [--round-group 250] [--no-batch-sweep] [--no-mqtt]
-    ... python -m bench.runtime --baseline REV [--baseline-streams 1000] [--baseline-pairs 3]
-        [--baseline-audio DIR] [--baseline-paced [--paced-seconds 90]]
-    ... python -m bench.runtime --feature-costs [--baseline-streams 1000] [--baseline-pairs 3]
-        [--baseline-audio DIR]
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 taskset -c 0 python -m bench.runtime [options]
 
-Each measurement runs in a fresh child process (inheriting the caller's CPU pinning and thread
-settings) that builds the runtime from its public pieces (``open_model``, ``open_streams``,
-``open_sinks``, ``Runtime``) for K file streams that loop over the three demo recordings
-(``demo.run``: SPRSound from ``../shared/data`` or ``examples/``), with a model folder's INT8
-model (``--model``, default the shipped streaming model ``models/sed``) on ONNX Runtime CPU
-(one thread), the MQTT sink (QoS 1 through the SQLite spool) to a local Mosquitto and the live
-strip at the runtime's default period (one point per bed per second, over MQTT), and, as
-``lungwatch run`` does with MQTT, every bed's evidence recorder (its audio history and a clip
-per onset, sent from the evidence connection; docs/evidence.md). Streams start
-one chunk apart (in five phases), so their model inputs close in different rounds, as beds
-that were connected at different times. A "window" is one bed's chunk of network input (every
-frame once, state carried).
+Each measurement runs in a fresh child process (inheriting the CPU pinning) that builds the
+runtime from its public pieces for K file streams looping over the demo recordings, with the
+model folder's INT8 model on ONNX Runtime CPU (one thread), the MQTT sink to a local Mosquitto,
+the live strip and every bed's evidence recorder, as ``lungwatch run`` does. Streams start one
+chunk apart, as beds connected at different times. A "window" is one bed's chunk of network
+input.
 
-- **Throughput** (as fast as possible): ``Runtime.step`` rounds for ``--seconds`` after a
-  warm-up (every stream has produced a window); streams served in real time = audio seconds
-  processed / wall seconds, summed over the streams.
-- **Latency** (paced in real time, ``--paced-streams``): from the close of the window that
-  produced an event (when the chunk completing it was read and pushed) to ``sink.publish``
-  and to the broker's PUBACK, and from the capture of the window's last sample to PUBACK
-  (which adds any wait before the runtime read the chunk; see :mod:`bench.runtime_probes`),
-  over ``--paced-seconds`` (90 s: near a core's limit a backlog grows by a few ms a second,
-  which a 30-s run can hide).
-- **Ward load** (``--ward-audio``, default SPRSound ``intra_test``; ``--ward-streams``,
-  default 1000): the same as-fast-as-possible and paced runs with every recording of a folder
-  as its own bed (looped), a load whose event rate is that of real recordings; the three demo
-  recordings above are chosen for their adventitious sounds and publish ~10x more events.
-- **Memory**: VmRSS after the run; per stream = (RSS with K streams - RSS with 1) / (K - 1).
-- **Profile**: cProfile of the main thread for ``--profile-streams`` (the MQTT sender and paho
-  network threads are not in it; their CPU time is reported separately).
-- **Reference**: ``--reference`` (another model folder; none by default) as fast as possible
-  with ``--reference-streams`` streams in the same run, for the ratio of streams served in
-  real time. The window classifier this runtime once served (retired; commit ``5ac14d3`` is
-  the last that has it) is compared by its recorded number (:data:`WINDOW_MODEL_RECORDED`).
-- **Batch sweep**: inference ms per window against batch size, INT8 and FP32 of ``--model``
-  (:mod:`bench.runtime_batch`).
-- **Baseline** (``--baseline REV``, alone): the as-fast-as-possible run of this checkout and of
-  git revision ``REV`` (a temporary worktree, its own code) in alternating pairs of fresh
-  processes, and the ratio of their medians: a code change's effect on beds per core, measured
-  in one run (``bench/results/runtime_baseline.json``; with ``--baseline-audio DIR`` on that
-  folder's recordings, one per bed: ``runtime_baseline_ward.json``). With ``--baseline-paced``
-  the pairs run paced in real time instead, each keeping how far it kept up and its capture ->
-  PUBACK and close -> PUBACK p99: a change's effect on latency near a core's limit
-  (``runtime_baseline_paced[_ward].json``).
-- **Feature costs** (``--feature-costs``, alone): the same as-fast-as-possible run with every
-  per-bed feature on and with each of respiration, evidence clips, the rolling verdict and
-  the live strip off, in alternating rounds of fresh processes; each feature's share of the
-  time (``bench/results/runtime_features.{md,json}``).
+- **Throughput**: ``Runtime.step`` rounds for ``--seconds`` after a warm-up; streams served in
+  real time = audio seconds processed / wall seconds.
+- **Latency** (``--paced-streams``, paced in real time): window close -> ``sink.publish`` ->
+  broker PUBACK, and sample capture -> PUBACK (:mod:`bench.runtime_probes`). Paced runs last
+  90 s: near a core's limit a backlog grows by a few ms a second, which 30 s can hide.
+- **Ward load** (``--ward-audio``): every recording of a folder its own bed, at the event rate
+  of real recordings (the demo recordings publish ~10x more).
+- **Memory**: per stream = (VmRSS with K streams - with 1) / (K - 1).
+- **Profile**: cProfile of the main thread (the sender threads' CPU time is reported apart).
+- **Batch sweep**: inference ms per window against batch size (:mod:`bench.runtime_batch`).
+- **Baseline** (``--baseline REV``, alone): this checkout against revision ``REV`` (a
+  temporary worktree) in alternating pairs of fresh processes; the ratio of their medians
+  (``--baseline-paced``: paced pairs, how far each kept up and its p99s).
+- **Feature costs** (``--feature-costs``, alone): each per-bed feature's share of the time,
+  switched off one at a time in alternating rounds.
 
-The runtime uses ``BackendConfig``'s default ``max_batch`` and ``RuntimeConfig``'s default
-``round_group`` (``--max-batch`` and ``--round-group`` override them).
-
-Results: ``bench/results/runtime.{md,json}``.
+Results: ``bench/results/runtime*.{md,json}``.
 """
 
 from __future__ import annotations
@@ -109,8 +73,7 @@ MODEL_DIR = "models/sed"
 WINDOW_MODEL_RECORDED = {"model": "models/edge (retired)", "streams_in_real_time": 429}
 DEFAULT_ROUND_GROUP = RuntimeConfig.round_group  # the runtime's default
 TARGETS = {"streams_per_core": 1000.0, "p99_ms": 150.0, "rss_per_stream_mb": 1.0}
-# the per-bed features --feature-costs turns off one at a time (RuntimeConfig sections with an
-# ``enabled`` switch; "live": the live strip)
+# RuntimeConfig sections with an ``enabled`` switch; "live": the live strip
 FEATURES = ("respiration", "evidence", "verdict", "live")
 
 
@@ -337,8 +300,7 @@ def start_mosquitto(directory: Path) -> Broker | None:
 
 @contextlib.contextmanager
 def mosquitto_broker(enabled: bool = True) -> Iterator[Broker | None]:
-    """:func:`start_mosquitto` in a temporary folder for the ``with`` block, stopped after it;
-    None when disabled or when no Mosquitto runs here."""
+    """:func:`start_mosquitto` for the ``with`` block; None when disabled or not installed."""
     with tempfile.TemporaryDirectory(prefix="lungwatch-bench-broker-") as tmp:
         broker = start_mosquitto(Path(tmp)) if enabled else None
         try:
@@ -374,9 +336,7 @@ def run_child(
 def _comparison_spec(
     args: argparse.Namespace, broker: str | None, paced: bool = False
 ) -> dict[str, Any]:
-    """The child measurement both comparisons repeat: ``--baseline-streams`` streams as fast
-    as possible (``paced``: paced in real time for ``--paced-seconds``) on
-    ``--baseline-audio`` (or the demo's recordings)."""
+    """The child measurement both comparisons repeat."""
     return {"broker": broker, "max_batch": args.max_batch, "model": args.model,
             "round_group": args.round_group, "streams": args.baseline_streams,
             "paced": paced, "seconds": args.paced_seconds if paced else args.seconds,
@@ -390,12 +350,8 @@ PACED_MEASURES = {  # what a paced comparison keeps of each run: name -> (latenc
 
 
 def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
-    """Streams served in real time by this checkout and by git revision ``rev`` (a temporary
-    worktree), as fast as possible with ``--baseline-streams`` streams, in alternating pairs
-    of fresh processes in this one run (after one unmeasured run of ``rev``); the ratio of the
-    medians. With ``--baseline-paced`` the runs are paced in real time and each also keeps
-    how far it kept up and its capture -> PUBACK and close -> PUBACK p99 (the ratios of
-    their medians too)."""
+    """This checkout against git revision ``rev`` in alternating pairs of fresh processes; the
+    ratio of the medians (the module doc's "Baseline")."""
     spec = _comparison_spec(args, broker, paced=args.baseline_paced)
     runs: dict[str, list[float]] = {"this checkout": [], rev: []}
     paced: dict[str, dict[str, list[float]]] = {
@@ -440,10 +396,8 @@ def _keep_paced(into: dict[str, list[float]], result: dict[str, Any]) -> None:
 
 
 def feature_costs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
-    """Streams served in real time with every per-bed feature on and with each of
-    :data:`FEATURES` off, as fast as possible with ``--baseline-streams`` streams, in
-    alternating rounds of fresh processes in this one run; each feature's share of the time
-    is ``1 - on / off`` of the medians (what turning it off would give back)."""
+    """Each of :data:`FEATURES`' share of the time, ``1 - on / off`` of the medians of
+    alternating rounds with every feature on and with it off."""
     spec = _comparison_spec(args, broker)
     variants = {"all on": (), **{f"{name} off": (name,) for name in FEATURES}}
     runs: dict[str, list[float]] = {name: [] for name in variants}

@@ -1,12 +1,9 @@
 """Inference cost per window against batch size, for ``bench.runtime`` (a child measurement).
 
-A model folder's INT8 and FP32 files through :class:`~edge.inference.onnxruntime.OrtBackend` as the
-runtime opens them (CPU, one intra-op thread, the project's session options), one call per
-batch: for each batch size, ``WINDOWS_PER_SIZE`` windows (beds' chunks) of random features (the
-cost does not depend on the values; the states start at zero and are carried from call to call,
-as a bed's would be) in as many calls as that takes, ``REPEATS`` times, interleaved over
-sizes and models so that other load on the machine falls on all of them alike; the median of
-the repeats is reported. It chose ``BackendConfig.max_batch``'s default.
+A model folder's INT8 and FP32 files through :class:`~edge.inference.onnxruntime.OrtBackend` as
+the runtime opens them, on random features (the cost does not depend on the values) with
+states carried from call to call, repeats interleaved over sizes and models so other load falls
+on all alike; the median is reported. It chose ``BackendConfig.max_batch``'s default.
 """
 
 from __future__ import annotations

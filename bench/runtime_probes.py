@@ -1,19 +1,8 @@
 """Timing probes for ``bench.runtime``, wrapped around the runtime's public objects.
 
-None of them changes what the runtime does; each only records when something happened, on
-the ``time.perf_counter`` clock (one clock for every thread):
-
-- :class:`TimedSource` wraps a stream's source: when its last chunk was read (the runtime pushes
-  a chunk into the pipeline right after reading it, so this is when a window closed), and it
-  can hold a stream back for its first reads, or for some seconds after its first read, to
-  stagger the streams' windows;
-- :class:`TimedBackend` wraps the inference backend: calls and seconds spent in ``infer``;
-- :class:`TimingSink` wraps the runtime's sink: for every event, the close time of the window
-  that produced it (its stream's last read) and when ``publish`` (or the round's
-  ``publish_many``) was called;
-- :class:`AckProbe` wraps the MQTT sink's paho client (``publish`` and ``on_publish``): which
-  event each QoS 1 message id carried and when its PUBACK arrived. This reads MqttSink
-  internals (``_client``); see ``bench/results/runtime.md`` for the hook that would replace it.
+None changes what the runtime does; each records when something happened on the
+``time.perf_counter`` clock (one clock for every thread). :class:`AckProbe` reads MqttSink
+internals (``_client``); ``bench/results/runtime.md`` names the hook that would replace it.
 """
 
 from __future__ import annotations
@@ -33,7 +22,8 @@ from lungwatch.events import Event
 
 
 class TimedSource:
-    """An :class:`~edge.sources.base.AudioSource` that notes its reads (see the module doc)."""
+    """An :class:`~edge.sources.base.AudioSource` that notes when its last chunk was read (the
+    close of a window) and can hold the stream back at its start, to stagger the streams."""
 
     def __init__(self, inner: AudioSource, skip_reads: int = 0, delay_s: float = 0.0) -> None:
         self.inner = inner

@@ -3,45 +3,27 @@
     python -m bench.ward [--beds 200] [--devices 4] [--hours 1] [--live-s 60] [--repeats 5]
         [--clip-minutes 5] [--stores sqlite,postgresql]
 
-Targets: with 200 beds and one hour of history the bed grid and one bed's trend
-render within 1 s, and clip delivery does not delay event delivery (event -> screen p99
-within 1 s).
+Targets: with 200 beds and one hour of history the bed grid and one bed's trend render within
+1 s, and clip delivery does not delay event delivery (event -> screen p99 within 1 s).
+The setup in brief is docs/evidence.md, "Measured"; the steps:
 
-1. **History through the real runtime.** ``lungwatch run`` (the shipped INT8 model, ONNX
-   Runtime CPU) on the three demo recordings (``examples/``), each tiled to ``--hours`` of
-   audio and read as fast as it goes (``realtime: false``), with respiration, verdicts and
-   evidence on and the MQTT sink to a local Mosquitto; a subscriber keeps every message
-   (events, verdicts, breathing, summaries, evidence clips). That is the device's event rate
-   on recordings with adventitious sounds (about 10x that of a typical ward recording,
-   bench/runtime.py).
-2. **200 beds.** Each of ``--beds`` beds (``--devices`` devices) replays one of the three
-   beds' messages with its own ids (UUID5 of the bed and the original id), name and
-   location, the times moved so that the hour ends now, through the view's own intake
-   (:class:`wardview.ward.Ward` with its :class:`wardview.history.History`) into
-   each store of ``--stores`` (SQLite; PostgreSQL on a server the benchmark starts from
-   Debian's binaries, tests/postgres.py); clips are kept for the last ``--clip-minutes``
-   only (an hour of every bed's clips is gigabytes; the store bounds them anyway). A
-   PostgreSQL store is then vacuumed and checkpointed (the hour arrives in minutes; a ward's
-   server catches up as it goes, this one would still be busy while the page is measured).
-3. **The page.** ``lungwatch dashboard`` on each store in turn and a second Mosquitto, and
-   headless Chromium logged in as a nurse:
+1. **History**: ``lungwatch run`` (the shipped INT8 model) on the three demo recordings tiled
+   to ``--hours`` and read as fast as it goes, every per-bed feature on, to a local Mosquitto;
+   a subscriber keeps every message.
+2. **Beds**: each bed replays one of the three with its own ids (UUID5), name and location,
+   its times ending now, through the view's intake into each store of ``--stores``
+   (PostgreSQL from Debian's binaries, tests/postgres.py, then vacuumed and checkpointed: the
+   hour arrives in minutes). Clips are kept for the last ``--clip-minutes`` only.
+3. **The page**: ``lungwatch dashboard`` on each store, headless Chromium as a nurse: the grid
+   painted (``window.lwReadyMs``), a bed's trend drawn (``lwTrend.drawnAt``), a clip loaded and
+   drawn (``lwEvidence``).
+4. **Live** (first store): ``--live-s`` of the runtime's events for every bed, published at
+   their pace, QoS 1; event -> screen from just before ``publish`` to the page's paint
+   (``window.lwRendered``, one clock), once with events only and once with each episode's clip
+   published 1 s after it ends; the ratio of the p99s is what clips cost events.
 
-   - *grid*: navigation start -> the first snapshot painted with every bed
-     (``window.lwReadyMs``, the browser's own clock), ``--repeats`` loads;
-   - *trend*: a click on a bed's name -> its hour-by-hour chart drawn (``lwTrend.drawnAt``),
-     10 beds;
-   - *evidence*: a click on Listen -> the clip's audio loaded and its spectrogram drawn
-     (``lwEvidence``), 10 clips.
-4. **Live** (on the first store). ``--live-s`` of the runtime's events (the last stretch of
-   the hour), for every bed, published at their own pace with fresh ids and times, QoS 1, as
-   devices do; event -> screen is from just before ``publish`` to the page's paint of it
-   (``window.lwRendered``, one machine, one clock). Run twice in one process: *reference*
-   (events only) and *with clips* (each episode's clip, every part, published from its own
-   connection, as the device's evidence publisher does, 1 s after the episode ends). The
-   ratio of the p99s says what clips cost events.
-
-Everything (runtime, broker, view, browser, publisher) shares the cores of the machine the
-benchmark runs on; nothing is pinned. Results: ``bench/results/ward.{md,json}``.
+Nothing is pinned: runtime, broker, view, browser and publisher share the machine's cores.
+Results: ``bench/results/ward.{md,json}``.
 """
 
 from __future__ import annotations
@@ -235,8 +217,7 @@ def beds(count: int, devices: int) -> list[Bed]:
 
 
 def replica_id(name: str) -> str:
-    """A UUID4-shaped id (as events carry) derived from ``name``: the same bed and original
-    id always give the same one."""
+    """A UUID4-shaped id derived from ``name`` (the bed and the original id)."""
     return str(uuid.UUID(bytes=uuid.uuid5(NAMESPACE, name).bytes, version=4))
 
 
@@ -310,8 +291,7 @@ def build_history(
     hours: float,
     clip_minutes: float,
 ) -> dict[str, Any]:
-    """Every bed's hour through the view's intake into the store at ``path`` (an SQLite
-    file, or a ``postgresql://`` database)."""
+    """Every bed's hour through the view's intake into the store at ``path``."""
     shift_s = (time.time() - hours * 3600.0) - started_s
     ids = known_ids(messages)
     keep_from_s = started_s + hours * 3600.0 - clip_minutes * 60.0  # generated time
@@ -348,10 +328,8 @@ def build_history(
 
 
 def settle(where: Path | str) -> None:
-    """Let a PostgreSQL store finish what the bulk load left it (vacuum, statistics, dirty
-    pages to disk) before the page is measured: the hour arrives here in minutes, and the
-    server's background catch-up would otherwise share the cores with the browser. An SQLite
-    file has no background work."""
+    """Vacuum and checkpoint a PostgreSQL store so its background catch-up does not share the
+    cores with the browser being measured."""
     if isinstance(where, Path):
         return
     import psycopg
