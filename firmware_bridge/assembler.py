@@ -1,27 +1,9 @@
 """One device stream's timeline: jitter buffer, duplicates, gaps, restarts and drift.
 
-Frames are placed by their sample index, not by arrival. The assembler keeps ``next``, the
-device sample index it expects next. A frame that starts there is played out at once; one
-that starts later waits in a small jitter buffer (a heap by sample index) for the frames
-before it. A hole is declared a gap when more than ``depth_frames`` frames wait behind it
-(checked as each frame is placed) or the oldest has waited ``max_hold_s`` (checked by
-:meth:`StreamAssembler.poll`, once every frame of a read is placed: a frame that arrives in the
-same read as its successors fills its hole however late the read): the gap becomes silence
-marked missing (a ``signal_gap`` report comes first), or, beyond ``max_fill_s``, a jump of the
-timeline. Frames behind ``next`` are dropped: late if they fall in a recently declared gap,
-else duplicates (a duplicate still waiting in the buffer is caught there; duplicate markers by
-sequence number).
-
-The hot path (a frame at ``next``, nothing waiting) appends one tuple; conversion to float32
-happens when the receiver drains (:func:`firmware_bridge.timeline.build_outputs`).
-
-STATUS, HEARTBEAT and DEVICE_INFO frames are markers on the same timeline: their
-``first_sample`` is the next sample the device will capture, so a marker also says "every
-sample before me was sent" (the emulator's closing heartbeats make a lost tail a gap).
-
-Output indices start at 0 for the device's sample 0 (or, when joining a stream that is more
-than ``max_fill_s`` along, at the first frame received) and stay monotonic when the device
-restarts its stream (FLAG_STREAM_START, or ``restart_after_frames`` frames in a row behind).
+Frames are placed by their sample index, not by arrival; the rules for gaps, duplicates, late
+frames, markers and restarts are docs/firmware-protocol.md, 6. The hot path (a frame at
+``next``, nothing waiting) appends one tuple; conversion to float32 happens when the receiver
+drains (:func:`firmware_bridge.timeline.build_outputs`).
 """
 
 from __future__ import annotations

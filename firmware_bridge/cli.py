@@ -3,21 +3,9 @@
 
     lungwatch bridge provision --device-id 17 --out keys/bed-1.key
     lungwatch bridge udp://0.0.0.0:5005 --key-file keys/bed-1.key --seconds 30 --wav rx.wav
-    lungwatch bridge tcp://10.0.0.7:5005 --key-dir keys
-    lungwatch bridge serial:///dev/ttyUSB0?baud=921600 --events --allow-v1
 
-Frames are protocol version 2 (encrypted, replay-protected) from devices whose key is given
-(``--key-file`` or ``--key-dir``: keys never on the command line, where ``ps`` shows them);
-the session state is kept in
-``--state-file`` (default: next to the key file, see :func:`firmware_bridge.keys.
-default_state_path`). Version-1 frames only with ``--allow-v1`` (logged as a warning). A UDP or
-TCP link beyond loopback without a key is refused.
-
-Prints JSON lines: every ``--stats-every-s`` one line per stream (frames, samples, bad_crc,
-duplicates, late, reordered, gaps, missing_samples, restarts, drift_ppm, last status) and
-one line for the link (the parser's counters); with ``--events`` also each report (gaps,
-device status, disconnects) as it happens. ``--wav`` writes one stream's received timeline
-(missing samples as zeros) when the bridge stops (``--seconds``, ``--idle-exit-s`` or Ctrl-C).
+Keys, the session state file, version 1 and the JSON lines printed: docs/firmware-protocol.md,
+4.5-4.6 and 9. Keys are never taken on the command line, where ``ps`` shows them.
 """
 
 from __future__ import annotations

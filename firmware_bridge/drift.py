@@ -1,17 +1,9 @@
 """Device clock drift: how fast the device's sample clock runs against the receiver's clock.
 
-Each in-order audio frame gives a point (arrival time on the receiver's monotonic clock,
-device time = index just past its last sample / nominal rate: a device sends a frame once its
-last sample is captured). Over a sliding window of the last
-``window_points`` points, the least-squares slope b of device time against arrival time
-gives ``drift_ppm = (b - 1) * 1e6``: +200 means the device produces 200 samples per million
-more than its nominal rate (its crystal runs fast).
-
-Network and scheduling delays only ever make a frame arrive *later*, so before the fit the
-window is cut into blocks of ``block_points`` consecutive points and only the least-delayed
-point of each block is kept (the lower envelope, as clock-skew estimators do); the
-least-squares fit through those is insensitive to queueing bursts. The estimate is reported
-once the window spans ``min_span_s``.
+``drift_ppm = (b - 1) * 1e6``, b the least-squares slope of device time against arrival time
+over a sliding window; +200: the device's crystal runs fast. Delays only ever make a frame
+later, so the fit uses the least-delayed point of each block of ``block_points`` (the lower
+envelope, as clock-skew estimators do): docs/firmware-protocol.md, 7.
 """
 
 from __future__ import annotations
@@ -27,12 +19,7 @@ PPM = 1e6
 
 class DriftEstimator:
     """Sliding-window least-squares drift estimate; ``add`` is O(1), ``drift_ppm`` O(window).
-
-    Args:
-        window_points: points kept (default 2048: about 65 s of 256-sample frames at 8 kHz;
-            16 bytes each).
-        min_span_s: arrival-time span the window must cover before an estimate is given.
-    """
+    The default window, 2048 points, is about 65 s of 256-sample frames at 8 kHz."""
 
     def __init__(
         self, window_points: int = 2048, min_span_s: float = 2.0, block_points: int = 16

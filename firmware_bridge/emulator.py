@@ -4,20 +4,12 @@
         [--loss 0.05 --reorder 0.01 --corrupt 0.01 --duplicate 0.01 --drift-ppm 200 \\
          --realtime | --speed 20] [--seed 0] [--format int16|int24|float32]
 
-With ``--key-file`` (a file from ``lungwatch bridge provision``) the device speaks protocol
-version 2: its id comes from the file, and its session counter from ``--session`` or the
-session file (``--session-file``, default the key file with the suffix ``.session``), which
-holds the last session used and is raised by one before each run, as a device raises the one
-in its flash at every boot. Without it, version 1 (``--v1-key-file``: with an HMAC tag), which a
-bridge takes only with ``allow_v1``.
-
-The device sends a DEVICE_INFO frame (flagged stream start), then audio frames of
-``--frame-samples`` samples, a STATUS frame every ``--status-every-s`` seconds of audio and
-three closing HEARTBEATs that mark the end of the audio. Its sample clock runs
-``--drift-ppm`` fast: frame k leaves when its last sample has been captured, at
-``end_sample / (rate * (1 + ppm * 1e-6))`` seconds. The channel then drops, corrupts (bit
-flips), duplicates and delays (by 1 to 3 frames) frames with the given probabilities.
-Prints one JSON line of what was sent and what the channel did.
+Protocol versions, keys and the session file: docs/firmware-protocol.md, 9. The device sends a
+DEVICE_INFO frame (stream start), audio frames, a STATUS frame every ``--status-every-s`` and
+three closing HEARTBEATs; its clock runs ``--drift-ppm`` fast (frame k leaves at
+``end_sample / (rate * (1 + ppm * 1e-6))`` s). The channel drops, corrupts, duplicates and
+delays (by 1 to 3 frames) frames with the given probabilities. Prints one JSON line of what
+was sent and what the channel did.
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
 """Device keys: provisioning, key files and folders, and the rule that a network link needs one.
 
-A key file holds one key per line, ``DEVICE:HEX`` (the device id decimal or 0x-hex, as
-``lungwatch bridge --key`` takes it), with ``#`` comments; or a single bare ``HEX`` line, the
-key of the source's ``device=`` or else of every device (the version-1 form). A key folder is
-every ``*.key`` file in it, each naming its devices. A key file others may read (any group or
-other permission bit) is refused with the ``chmod`` that fixes it. :func:`provision` writes a
-new device's file (32 random bytes, mode 0600): ``lungwatch bridge provision --device-id N
---out FILE``.
-
-Keys are version 2's device keys (the session keys are derived from them; at least
-:data:`~firmware_bridge.protocol.MIN_DEVICE_KEY_BYTES` bytes) and, where version 1 is still
-allowed, its HMAC keys. A bridge that receives from beyond loopback (a UDP or TCP host other
-than 127.0.0.0/8, ::1 or localhost) must have a key (:func:`require_key`).
+Key file and folder formats, provisioning and the beyond-loopback rule:
+docs/firmware-protocol.md, 4.5-4.6. Keys are version 2's device keys and, where version 1 is
+still allowed, its HMAC keys.
 """
 
 from __future__ import annotations
@@ -55,8 +46,8 @@ class KeyRing:
 
 
 def parse_keys_text(text: str, where: str, device: int | None = None) -> KeyRing:
-    """The keys of a key file's ``text`` (see the module docstring); ``where`` names it in
-    errors. A bare key is ``device``'s when given, else every device's."""
+    """The keys of a key file's ``text``; ``where`` names it in errors. A bare key is
+    ``device``'s when given, else every device's."""
     keys: dict[int, bytes] = {}
     default: bytes | None = None
     for number, raw in enumerate(text.splitlines(), 1):
@@ -97,8 +88,8 @@ def _check_key(key: bytes, where: str, device: int | None) -> None:
 
 
 def load_key_file(path: str | Path, device: int | None = None) -> KeyRing:
-    """A key file's keys (see :func:`parse_keys_text`); SettingError when it is missing,
-    unreadable, or readable by group or others (as every key file of lungwatch)."""
+    """A key file's keys; SettingError when it is missing, unreadable, or readable by group or
+    others."""
     try:
         text, mode = read_private(path, "utf-8")
     except FileNotFoundError:
@@ -147,9 +138,8 @@ def load_keys(
 
 
 def default_state_path(key_file: str | Path | None, key_dir: str | Path | None) -> Path | None:
-    """Where the v2 session state lives by default: ``KEYFILE`` -> ``KEYFILE`` with the suffix
-    ``.sessions.json`` (``keys/bed-1.key`` -> ``keys/bed-1.sessions.json``); a key folder ->
-    ``DIR/sessions.json``; no key -> None (in memory)."""
+    """Where the v2 session state lives by default: ``keys/bed-1.key`` ->
+    ``keys/bed-1.sessions.json``, a key folder -> ``DIR/sessions.json``, no key -> None."""
     if key_file is not None:
         return Path(key_file).with_suffix(STATE_SUFFIX)
     if key_dir is not None:

@@ -1,16 +1,11 @@
 """The receive loop: a transport feeding a receiver, with link changes as reports.
 
-    ring = load_keys("keys/bed-1.key")   # firmware_bridge.keys
-    receiver = Receiver(keys=ring.keys, state_path="keys/bed-1.sessions.json")
-    bridge = Bridge(open_transport(parse_link_url("udp://0.0.0.0:5005")), receiver)
-    while running:
-        for item in bridge.poll(timeout_s=0.1):
-            ...  # Segment / Report, as from Receiver.push
-
-``poll`` waits up to ``timeout_s`` for the first data, then takes whatever else is already
-waiting (up to ``max_batch`` reads: datagrams are parsed together) before draining the
-receiver once, so many small frames become few segments. A dropped link gives every known
-stream a ``disconnected`` report, and its return a ``reconnected`` one.
+ring = load_keys("keys/bed-1.key")   # firmware_bridge.keys
+receiver = Receiver(keys=ring.keys, state_path="keys/bed-1.sessions.json")
+bridge = Bridge(open_transport(parse_link_url("udp://0.0.0.0:5005")), receiver)
+while running:
+    for item in bridge.poll(timeout_s=0.1):
+        ...  # Segment / Report, as from Receiver.push
 """
 
 from __future__ import annotations
@@ -27,7 +22,8 @@ MAX_BATCH = 256  # reads taken per poll after the first, before draining
 
 
 class Bridge:
-    """A transport and a receiver (see the module docstring)."""
+    """A transport and a receiver; a dropped link gives every known stream a ``disconnected``
+    report, and its return a ``reconnected`` one."""
 
     def __init__(
         self,
@@ -43,7 +39,9 @@ class Bridge:
         self._datagrams: list[bytes] = []
 
     def poll(self, timeout_s: float) -> list[Output]:
-        """What arrived within ``timeout_s`` (possibly nothing)."""
+        """What arrived within ``timeout_s`` (possibly nothing): after the first data, whatever
+        else is waiting is taken and parsed together before one drain, so many small frames
+        become few segments."""
         received = self.transport.receive(timeout_s)
         reads = 0
         while received is not None:

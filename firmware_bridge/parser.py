@@ -1,20 +1,11 @@
 """Incremental frame parser: bytes in arbitrary chunks -> validated frames, never an exception.
 
-The parser looks for the magic, checks the header, waits for the whole frame and checks the
-CRC-32C. Then the security policy: a version-2 frame is opened by
-:class:`~firmware_bridge.session.SessionGuard` (the device's key, ChaCha20-Poly1305, the
-session and the anti-replay window); a version-1 frame is refused (``v1_rejected``) unless
-``allow_v1``, and then its HMAC tag is checked when the device has a key. Anything that fails
-the framing is counted and skipped one byte at a time (so a real frame hidden behind a false
-start is still found); a frame with a good CRC that fails the policy is dropped whole. Every
-byte received ends up in exactly one of ``frame_bytes``, ``skipped_bytes`` or
-``pending_bytes``.
-
-Two scanners find the frames, with the same results (tested): a numba kernel, one call per
-push (used when numba can be imported), and :func:`scan_python` (``google_crc32c``) otherwise.
-Both hand rows ``(start, size, type, flags, format, payload_bytes, device, stream, count,
-sequence, first_sample, rate, version, session)`` (v2: ``sequence`` is the 64-bit counter;
-v1: ``session`` is 0) to one Python step that applies the policy.
+Framing, resynchronisation and counters: docs/firmware-protocol.md, 5; the v2 policy is
+:class:`~firmware_bridge.session.SessionGuard`. Two scanners give the same rows (tested): a
+numba kernel, one call per push, when numba imports, else :func:`scan_python`. A row is
+``(start, size, type, flags, format, payload_bytes, device, stream, count, sequence,
+first_sample, rate, version, session)`` (v2: ``sequence`` is the 64-bit counter; v1:
+``session`` is 0), and one Python step applies the policy to it.
 """
 
 from __future__ import annotations

@@ -4,19 +4,7 @@ session keys and the encoder.
 The normative description (byte tables, CRC, tag and AEAD parameters, limits) is
 ``docs/firmware-protocol.md``; this module is its Python reference, and
 ``firmware_bridge/c/lungwatch_frame.c`` its C twin (byte-for-byte equal on the test vectors).
-
-A frame, all integers little-endian::
-
-    v1: header (32 bytes) | payload    | tag (16 bytes, if FLAG_AUTH) | CRC-32C (4 bytes)
-    v2: header (40 bytes) | ciphertext | Poly1305 tag (16 bytes)      | CRC-32C (4 bytes)
-
-The CRC covers every byte before it. v1's tag is HMAC-SHA256(device key, header + payload)
-truncated to 16 bytes; the payload travels in clear. v2 encrypts the payload with
-ChaCha20-Poly1305 (RFC 8439) under a session key HKDF-SHA256(device key; device, stream,
-session), the header as associated data, the nonce ``session (u32) || counter (u64)``: the
-header's v1 ``sequence`` became the 32-bit ``session`` (a counter the device persists and
-raises before every session) and a 64-bit ``counter`` follows the v1 fields. A :class:`Frame`
-with ``session`` set is a v2 frame.
+A :class:`Frame` with ``session`` set is a v2 frame.
 """
 
 from __future__ import annotations

@@ -6,11 +6,9 @@
             ...  # Segment (audio or missing) or Report (signal_gap, device_status, ...)
 
 One :class:`~firmware_bridge.parser.FrameParser` per link feeds one
-:class:`~firmware_bridge.assembler.StreamAssembler` per (device id, stream id), up to
-``max_streams`` of them (frames of further streams are counted and dropped, so a flood of
-made-up ids cannot grow memory). Only frames the parser's security policy accepts reach an
-assembler (v2: authenticated, of the device's latest session, not replayed; v1 only with
-``allow_v1``). Nothing here raises on bad input.
+:class:`~firmware_bridge.assembler.StreamAssembler` per (device id, stream id), at most
+``max_streams`` (further streams are counted and dropped, so made-up ids cannot grow
+memory). Nothing here raises on bad input.
 """
 
 from __future__ import annotations
@@ -48,14 +46,8 @@ class ReceiverStats:
 
 
 class Receiver:
-    """Parser + one assembler per stream (see the module docstring).
-
-    Args:
-        config: jitter buffer and limits.
-        keys / default_key: device keys (see :class:`~firmware_bridge.parser.FrameParser`).
-        scanner: ``"auto"``, ``"numba"`` or ``"numpy"`` (see the parser).
-        allow_v1, state_path, replay_window: the security policy (see the parser).
-    """
+    """Parser + one assembler per stream; the keys, scanner and security options are
+    :class:`~firmware_bridge.parser.FrameParser`'s."""
 
     def __init__(
         self,

@@ -1,10 +1,7 @@
 """Sending side of the links, as a device does it (used by the emulator).
 
-- ``udp://HOST:PORT``: one frame per datagram, sent to HOST:PORT.
-- ``tcp://HOST:PORT``: listen on HOST:PORT and stream to the client that connects (one at a
-  time); frames sent while no client is connected are dropped, as a device's would be
-  (``wait_for_client=True`` waits for a client instead, at the start and after a drop).
-- ``serial:///dev/ttyX?baud=N``: write to the serial device (pyserial).
+Over TCP the sender listens and streams to one client at a time; frames sent while none is
+connected are dropped, as a device's would be (``wait_for_client=True`` waits instead).
 """
 
 from __future__ import annotations

@@ -1,28 +1,11 @@
 """Version-2 receive policy: the device's key, sessions that only move forward, and a sliding
-anti-replay window per stream.
+anti-replay window per stream (docs/firmware-protocol.md, 4.4).
 
-A v2 frame names its ``session`` (a counter the device keeps in flash and raises before every
-session: at power-on, and whenever it restarts a stream) and its ``counter`` (+1 for every
-frame of the stream within the session). :class:`SessionGuard` opens a frame in this order:
-
-1. the device's key (per device, or a default for every device); none: ``no_key``;
-2. ChaCha20-Poly1305 under HKDF(device key; device, stream, session), the header as
-   associated data: a wrong tag (a tampered header or payload, a forgery, another key) is
-   ``auth_failed``. Nothing below is touched by a frame that did not authenticate, so made-up
-   frames can neither move a session forward nor fill a window;
-3. the session: older than the device's latest authenticated session is ``stale_session`` (a
-   replay of an earlier session, e.g. a captured stream start); newer starts a new session
-   (the device rebooted) and is persisted at once;
-4. the counter, in a sliding window of :data:`REPLAY_WINDOW` counters per (device, stream)
-   (RFC 4303 section 3.4.3; the bitmap is one Python integer, so RFC 6479's block layout is
-   not needed): a counter seen before, or older than the window, is ``replayed``. A duplicate
-   the network made is indistinguishable from a replay and is counted the same way.
-
-:class:`SessionStore` persists, per device, the key's fingerprint, the latest session and each
-stream's highest counter (saved on every new session, after every :data:`REPLAY_WINDOW`
-counters of a stream, and on close), so after a bridge restart a replay of an earlier session
-is still ``stale_session``, and one of the current session older than the saved counter is
-``replayed``. Without a store (``path`` None) the state lives as long as the receiver.
+:class:`SessionGuard` checks key, tag, session and counter in that order; nothing is touched
+by a frame that did not authenticate, so made-up frames can neither move a session forward
+nor fill a window. :class:`SessionStore` persists each device's state, so a replay stays
+refused across a bridge restart; without a store (``path`` None) it lives as long as the
+receiver.
 """
 
 from __future__ import annotations
@@ -88,10 +71,10 @@ class ReplayWindow:
 
 
 class SessionStore:
-    """The persisted state (see the module docstring): a small JSON file, written atomically
-    (a temporary file renamed over it), mode 0600. Several receivers, in one process or in
-    several, may share one file: a save holds an exclusive ``flock`` on ``.<name>.lock`` beside
-    it, reads the file afresh and rewrites only the devices it was given."""
+    """Per device the key's fingerprint, the latest session and each stream's highest counter,
+    in a JSON file written atomically, mode 0600 (docs/firmware-protocol.md, 4.4). Receivers in
+    one process or several may share it: a save holds a ``flock`` on ``.<name>.lock``, reads
+    the file afresh and rewrites only the devices it was given."""
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path is not None else None
@@ -187,13 +170,8 @@ class _Stream:
 
 
 class SessionGuard:
-    """Opens v2 frames (see the module docstring); never raises on bad input.
-
-    Args:
-        keys: per-device keys; ``default_key``: the key of devices not in ``keys``.
-        store: where sessions persist (None: in memory only).
-        window: anti-replay window width in counters.
-    """
+    """Opens v2 frames; never raises on bad input. ``default_key`` is the key of devices not
+    in ``keys``; without a ``store`` sessions live in memory only."""
 
     def __init__(
         self,

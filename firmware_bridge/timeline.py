@@ -1,13 +1,9 @@
 """What the receiver hands out: timeline segments and reports, per (device, stream).
 
-An assembler records *pieces* while frames arrive (cheap tuples, no NumPy);
-:func:`build_outputs` turns the pieces of many streams into :class:`Segment` s and
-:class:`Report` s at once: contiguous audio of one format becomes one segment, and all the
-int -> float32 conversion of a drain happens in one NumPy call per sample format (segments
-are views into that array), so draining 200 streams costs little more than draining one.
-
-Pieces: ``("audio", first, count, sample_format, payload)``, ``("missing", first, count)``,
-``("report", Report)``; ``first`` is the output index.
+An assembler records *pieces* while frames arrive (cheap tuples, no NumPy):
+``("audio", first, count, sample_format, payload)``, ``("missing", first, count)``,
+``("report", Report)``, ``first`` the output index. :func:`build_outputs` converts a whole
+drain in one NumPy call per sample format, so draining 200 streams costs little more than one.
 """
 
 from __future__ import annotations

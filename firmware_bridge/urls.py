@@ -1,16 +1,14 @@
 """Link URLs, shared by the bridge, the emulator and the runtime's ``bridge://`` source.
 
-Two spellings of the same three links::
+Two spellings of the same three links (who binds, connects and listens: docs/firmware-protocol.md,
+8)::
 
     udp://HOST:PORT                 bridge://udp/HOST:PORT          datagrams, one frame each
     tcp://HOST:PORT                 bridge://tcp/HOST:PORT          a byte stream over TCP
     serial:///dev/ttyUSB0?baud=N    bridge://serial//dev/ttyUSB0?baud=N   USB serial (pyserial)
 
-The bridge *binds* HOST:PORT for UDP (``0.0.0.0`` for every interface) and *connects* to
-HOST:PORT for TCP (the device, or a gateway, listens; the bridge reconnects with backoff).
-The emulator sends UDP datagrams *to* HOST:PORT and, for TCP, *listens* on HOST:PORT as such
-a device does. IPv6 hosts go in brackets (``udp://[::1]:5005``). Query options (``?a=1&b=2``)
-are returned as given; each user checks the ones it knows (:func:`take_options`).
+IPv6 hosts go in brackets (``udp://[::1]:5005``). Query options are returned as given; each
+user checks the ones it knows (:func:`take_options`).
 """
 
 from __future__ import annotations
