@@ -3,29 +3,9 @@
     lungwatch demo [--config demo/demo.yaml] [--broker HOST:PORT] [--seconds N]
                    [--realtime] [--hold] [--set key=value ...]
 
-In one process:
-
-1. an MQTT broker: amqtt on a free loopback port (:mod:`edge.sinks.broker`), unless ``--broker`` or
-   the config's ``broker`` names one (Mosquitto, a ward broker);
-2. a subscriber (paho, QoS 1) on ``lungwatch/v1/<site>/<device>/#`` that prints every message
-   the broker delivers (``mqtt>`` lines);
-3. the ward view (:mod:`wardview`) on a free loopback port, its address printed as
-   ``dashboard: http://127.0.0.1:PORT/ ...``; with ``--hold`` it stays up after the run until
-   Ctrl-C / SIGTERM (without, the demo finishes by itself);
-4. the runtime (:func:`edge.runtime.loop.serve`): the shipped INT8 model, one stream (bed) per
-   recording, read as fast as possible (``--realtime``: paced at 8 kHz), events printed as they
-   happen by the stdout sink and published at QoS 1 through a fresh SQLite spool;
-5. a PNG per recording, ``<out_dir>/<record>.png`` (:mod:`wardview.plot`): log-mel
-   spectrogram, the model's class probabilities per window, the delivered events and the
-   annotated ones;
-6. a summary: per recording the events detected and annotated, and published == delivered.
-
-Recordings: the SPRSound ``records`` from ``../shared/data`` (:mod:`edge.datapaths`) when
-present, else the same records shipped in ``examples/`` (attribution and license in
-``examples/README.md``). SIGTERM / Ctrl-C stop the run cleanly: open events are ended, the
-spool is flushed and the retained status ``offline`` is published and printed. Exit status:
-0 when every published event and the ``offline`` status were delivered, 1 otherwise or on a
-clear error (one line).
+In one process: a broker, a subscriber printing ``mqtt>`` lines, the ward view, the runtime
+on one bed per recording, a PNG per recording and a summary (docs/demo.md, "What runs"). Exit
+status 0 when every published event and the ``offline`` status were delivered, else 1.
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@
     subscriber.wait_for(n_events, timeout_s=10)   # n distinct events + the live ``offline``
     subscriber.stop()
 
-A paho 2.x client subscribed at QoS 1 to ``lungwatch/v1/<site>/<device>/#``: events, the
-retained status and metrics. QoS 1 is at-least-once, so events are kept by ``id`` and a
-repeated delivery is only counted (:attr:`Subscriber.duplicates`).
+QoS 1 is at-least-once, so events are kept by ``id`` and a repeated delivery is only counted
+(:attr:`Subscriber.duplicates`).
 """
 
 from __future__ import annotations

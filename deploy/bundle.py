@@ -1,24 +1,17 @@
 """The deploy bundle: the software and models a device runs, as one tar.gz with its sha256.
 
-Built once per rollout on the workstation (``python -m deploy bundle``, which the Ansible
-playbook's ``bundle`` role runs) and unpacked on every device as
-``PREFIX/releases/<release>-<config>``; each device's runtime config comes from the inventory
-(``lungwatch_runtime``) and is written next to it there, so one bundle serves a whole ward.
-
-Layout::
+Built once per rollout on the workstation and unpacked on every device; each device's runtime
+config comes from the inventory, so one bundle serves a whole ward (docs/deploy.md, "A
+rollout"). Layout::
 
     bundle.json            format, release, version, created_utc, content_sha256,
                            files {path: sha256} of every other file
     remote.py              the device-side commands (deploy/remote.py)
-    models/                manifest.json and every artifact it lists, each sha256-checked,
-                           verify_reference.npz included (``lungwatch verify --reference`` on
-                           the device checks every model against it; it must be listed)
+    models/                manifest.json and every artifact it lists, each sha256-checked
     wheels/                lungwatch-VERSION-py3-none-any.whl (+ its dependencies: deps bundle)
 
-The release name is ``<package version>-<first 12 hex of content_sha256>``; the content hash
-covers every file but bundle.json, and a wheel counts by its members (not its zip
-timestamps), so building the same sources twice gives the same release: a rollout that
-changes nothing.
+The content hash covers every file but bundle.json, a wheel by its members (not its zip
+timestamps), so the same sources give the same release: a rollout that changes nothing.
 """
 
 from __future__ import annotations

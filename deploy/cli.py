@@ -5,13 +5,9 @@
     python -m deploy health --topic lungwatch/v1/SITE/DEVICE/status --broker '{"host": ...}'
                             [--since EPOCH]
 
-``bundle`` builds the release's archive once (:mod:`deploy.bundle`) and prints one JSON line:
-``{"release", "version", "archive", "sha256", "wheel", "new"}`` (``new`` false: the same release was
-built before and its archive is kept). ``health`` waits for the device's retained status
-``online`` no older than ``--since`` (the device's clock at the restart, :mod:`deploy.health`)
-and prints it. Errors are one line on stderr naming what was wrong; exit 1 when the work
-failed (a bundle refused, no status online), 2 for bad arguments. The rollout itself is
-``make deploy`` (``deploy/ansible/deploy.yml``; docs/deploy.md).
+Each prints one JSON line (``bundle``'s ``new`` is false when the same release was built
+before and its archive kept). Errors are one line on stderr; exit 1 when the work failed, 2
+for bad arguments. The rollout itself is ``make deploy`` (docs/deploy.md).
 """
 
 from __future__ import annotations

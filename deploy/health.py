@@ -1,10 +1,8 @@
 """Health check: the device's retained status on the ward broker says ``online``.
 
-The runtime publishes ``lungwatch/v1/<site>/<device>/status`` (retained, QoS 1) as
-``{"state": "online", "utc": ...}`` on every connect, and ``offline`` on shutdown or as its
-last will. After a restart the check only accepts an ``online`` whose ``utc`` is not older
-than the device's clock at the restart (read on the device, so workstation clock skew does
-not matter): a stale retained ``online`` of the process just stopped never passes.
+Only an ``online`` whose ``utc`` is not older than the device's clock at the restart passes
+(read on the device, so workstation clock skew does not matter): the stale retained ``online``
+of the process just stopped never does.
 """
 
 from __future__ import annotations

@@ -4,22 +4,10 @@
     PREFIX/releases/R/venv/bin/python -I PREFIX/releases/R/remote.py engine|configure|gate ...
 
 Standard library only for ``unpack``, ``site-dirs`` and ``proc-*`` (they run before the
-release's venv exists or without it); ``engine``, ``configure``, ``gate`` and ``check-models``
-run under the release's venv (they use lungwatch's own code). Each action prints one JSON line
-on success; on failure one line on stderr, exit 1 (``proc-status``: exit 3 when the service is
-not running). What Ansible does itself (copies, links, the systemd unit, pruning) is not here.
-
-Layout under PREFIX::
-
-    incoming/                 the archive being delivered (removed after a rollout)
-    releases/R/               bundle.json, remote.py, wheels/, models/, config/runtime.yaml
-                              (the inventory's), then venv/, runtime.yaml, models/model.plan
-    current -> releases/R     what the service runs
-    previous -> releases/R    what a rollback restores; only these two are kept
-    state/                    the service's working folder (spool, events, secrets, pid, log)
-
-``proc-start`` / ``proc-stop`` / ``proc-status`` keep the runtime running where systemd does
-not (the loopback tests: no systemd in a container); a device uses the systemd unit.
+release's venv exists or without it). Each action prints one JSON line on success; on failure
+one line on stderr, exit 1 (``proc-status``: exit 3 when the service is not running).
+``proc-*`` keep the runtime running where systemd does not (the loopback tests). The roles
+and the layout under PREFIX: docs/deploy.md, "A rollout".
 """
 
 from __future__ import annotations
