@@ -74,7 +74,7 @@ class ParserStats:
 
 
 def scan_python(buf: bytearray, final: bool, counts: dict[str, int]) -> ScanResult:
-    """Find the frames in ``buf`` (see the module docstring); counts are added to ``counts``."""
+    """Find the frames in ``buf``; counts are added to ``counts``."""
     view = np.frombuffer(buf, dtype=np.uint8)
     rows: list[Row] = []
     bad_ids: list[int] = []
@@ -213,21 +213,10 @@ def _make_scanner(name: str) -> PythonScanner | NumbaScanner:
 
 
 class FrameParser:
-    """Push bytes, get frames.
-
-    Args:
-        keys: per-device keys: v2's device keys, and v1's HMAC keys (a device with a key must
-            then send tagged v1 frames).
-        default_key: the key of devices not in ``keys`` (None: v2 frames of such devices are
-            ``no_key``; their v1 frames need no tag).
-        scanner: ``"auto"`` (numba when importable, else numpy), ``"numba"`` (the compiled
-            kernel) or ``"numpy"`` (:func:`scan_python`: no numba at all).
-        allow_v1: accept version-1 frames (payload in clear, no replay protection); off, they
-            are dropped and counted ``v1_rejected``.
-        state_path: the v2 session state file (:class:`~firmware_bridge.session.SessionStore`;
-            None: in memory only).
-        replay_window: anti-replay window width in counters.
-    """
+    """Push bytes, get frames. ``keys`` are v2's device keys and v1's HMAC keys (a v1 device
+    with a key must tag its frames); ``default_key`` is the key of devices not in ``keys``;
+    ``scanner`` is ``"auto"``, ``"numba"`` or ``"numpy"``; without ``state_path`` v2 sessions
+    live in memory only."""
 
     def __init__(
         self,
@@ -264,8 +253,8 @@ class FrameParser:
         return self._run(final=False)
 
     def flush(self) -> list[Frame]:
-        """Nothing more will follow the bytes pushed so far (a datagram ended, a connection
-        dropped): resolve them, dropping incomplete frames as ``truncated``."""
+        """No more bytes follow (a datagram ended, a connection dropped): incomplete frames are
+        dropped as ``truncated``."""
         return self._run(final=True) if self._buf else []
 
     def stats(self) -> ParserStats:

@@ -113,9 +113,8 @@ class DeviceInfo:
 
 
 def header_problem(fields: tuple[Any, ...]) -> str | None:
-    """Why unpacked header ``fields`` (the 12 fields of :data:`HEADER`, whatever the version)
-    cannot start a frame: ``"bad_header"`` (version, type, flags, format, rate) or
-    ``"bad_length"`` (payload size); None when it can. A v2 header must have FLAG_AUTH."""
+    """Why the 12 unpacked :data:`HEADER` ``fields`` cannot start a frame, ``"bad_header"`` or
+    ``"bad_length"``; None when they can."""
     _, version, ftype, flags, fmt, nbytes, _, _, count, _, _, rate = fields
     if version not in (VERSION, VERSION_2) or not 1 <= ftype <= 4 or flags & ~KNOWN_FLAGS:
         return "bad_header"
@@ -156,9 +155,8 @@ def hkdf_sha256(salt: bytes, ikm: bytes, info: bytes, length: int = 32) -> bytes
 
 
 def session_key(device_key: bytes, device_id: int, stream_id: int, session: int) -> bytes:
-    """v2's 32-byte ChaCha20-Poly1305 key of one (device, stream, session):
-    HKDF-SHA256(salt "lungwatch v2", IKM the device key, info "lungwatch v2 session key" ||
-    device_id u32 || stream_id u16 || session u32, little-endian)."""
+    """v2's ChaCha20-Poly1305 key of one (device, stream, session) (docs/firmware-protocol.md,
+    4.3)."""
     info = SESSION_KEY_INFO + SESSION_INFO_IDS.pack(device_id, stream_id, session)
     return hkdf_sha256(SESSION_KEY_SALT, device_key, info)
 
@@ -172,17 +170,13 @@ def session_cipher(
 
 
 def nonce_v2(session: int, counter: int) -> bytes:
-    """v2's 96-bit nonce: session (u32) || counter (u64), little-endian (header bytes 16-19
-    and 32-39)."""
+    """v2's 96-bit nonce: session (u32) || counter (u64), little-endian."""
     return NONCE.pack(session, counter)
 
 
 def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
-    """The frame's bytes. A v1 frame (``frame.session`` None): with ``key``, FLAG_AUTH is set
-    and the HMAC tag appended. A v2 frame (``session`` set): ``key`` is the device key
-    (required); the payload is encrypted, FLAG_AUTH always set.
-
-    Raises ProtocolError if a field is out of range or the payload does not fit the type."""
+    """The frame's bytes: v1 tagged when given a ``key``; v2 (``session`` set) encrypted under
+    the device ``key``, which it requires. ProtocolError if a field does not fit."""
     if frame.session is not None:
         return _encode_v2(frame, frame.session, key)
     flags = (frame.flags & ~FLAG_AUTH) | (FLAG_AUTH if key is not None else 0)
@@ -249,8 +243,7 @@ def _describe(frame: Frame) -> str:
 
 
 def pack_samples(samples: np.ndarray, sample_format: int) -> bytes:
-    """Integer (int16/int24) or float32 samples -> payload bytes; raises ProtocolError if the
-    values do not fit the format."""
+    """int16, int24 or float32 samples -> payload bytes; ProtocolError if they do not fit."""
     x = np.asarray(samples)
     if x.ndim != 1:
         raise ProtocolError(f"samples must be 1-D, got shape {x.shape}")

@@ -88,9 +88,8 @@ class Receiver:
     def feed(
         self, data: bytes | bytearray | memoryview, arrival_s: float, datagram: bool = False
     ) -> None:
-        """Take bytes without collecting the output yet (:meth:`drain` does, merging what
-        many small frames produced into few segments: the fast way for high frame rates).
-        ``datagram``: ``data`` is one whole datagram; a frame left incomplete at its end is
+        """Take bytes without collecting the output: :meth:`drain` merges what many small
+        frames produced into few segments. A frame left incomplete at a ``datagram``'s end is
         dropped as truncated."""
         frames = self.parser.push(data)
         if datagram:
@@ -132,9 +131,8 @@ class Receiver:
         )
 
     def place(self, frames: Iterable[Frame], arrival_s: float) -> None:
-        """Put already-parsed frames on their streams (feed() does this after parsing), then
-        apply the hold time to the streams left holding frames: frames that arrived together
-        are all placed before any hole is declared for having waited too long."""
+        """Put parsed frames on their streams, then apply the hold time: frames that arrived
+        together are all placed before any hole is declared for having waited too long."""
         get = self._streams.get
         holding: dict[StreamAssembler, None] = {}
         for frame in frames:
