@@ -5,7 +5,7 @@
     lungwatch bridge udp://0.0.0.0:5005 --key-file keys/bed-1.key --seconds 30 --wav rx.wav
 
 Keys, the session state file, version 1 and the JSON lines printed: docs/firmware-protocol.md,
-4.5-4.6 and 9. Keys are never taken on the command line, where ``ps`` shows them.
+4.4-4.6 and 9. Keys are never taken on the command line, where ``ps`` shows them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ V1_WARNING = (
 
 
 class Recorder:
-    """Keeps one stream's segments (the first seen, unless chosen) for ``--wav``."""
+    """One stream's segments (the first seen, unless chosen) for ``--wav``, missing as zeros."""
 
     def __init__(self, device_id: int | None, stream_id: int | None) -> None:
         self.device_id, self.stream_id = device_id, stream_id
