@@ -1,8 +1,8 @@
 """Health check: the device's retained status on the ward broker says ``online``.
 
-Only an ``online`` whose ``utc`` is not older than the device's clock at the restart passes
-(read on the device, so workstation clock skew does not matter): the stale retained ``online``
-of the process just stopped never does.
+The status message is docs/events.md's ``status``. Only an ``online`` whose ``utc`` is not
+older than the device's clock at the restart passes (read on the device, so workstation clock
+skew does not matter): the stale retained ``online`` of the process just stopped never does.
 """
 
 from __future__ import annotations
