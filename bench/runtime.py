@@ -12,8 +12,7 @@ input.
 - **Throughput**: ``Runtime.step`` rounds for ``--seconds`` after a warm-up; streams served in
   real time = audio seconds processed / wall seconds.
 - **Latency** (``--paced-streams``, paced in real time): window close -> ``sink.publish`` ->
-  broker PUBACK, and sample capture -> PUBACK (:mod:`bench.runtime_probes`). Paced runs last
-  90 s: near a core's limit a backlog grows by a few ms a second, which 30 s can hide.
+  broker PUBACK, and sample capture -> PUBACK (:mod:`bench.runtime_probes`).
 - **Ward load** (``--ward-audio``): every recording of a folder its own bed, at the event rate
   of real recordings (the demo recordings publish ~10x more).
 - **Memory**: per stream = (VmRSS with K streams - with 1) / (K - 1).
