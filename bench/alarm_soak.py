@@ -1,25 +1,19 @@
-"""A ward's alarms in real time, as a charge nurse meets them: nine beds for ten minutes
-through ``lungwatch run``, Mosquitto, ``lungwatch dashboard`` and headless Chromium.
+"""A ward's alarms in real time as a charge nurse meets them: nine beds for ten minutes.
 
     python -m bench.alarm_soak [--minutes 10] [--out bench/results]
 
-**The ward** (every bed paced in real time and looping; docs/dashboard.md, "Measured: a
-ward's alarms in real time"): ``bed-1`` (wheezes only) and ``bed-2`` of ``ward.yaml``;
-``apnoea``, three 40-s stretches low-passed at 120 Hz (heart sounds, and so contact, remain);
-``detached`` (a -80 dBFS floor from a fifth of the run); ``noisy`` (0 dB SNR white noise);
-``normal-1`` .. ``normal-4``, Normal recordings of the judging half of ``intra_test``'s
-patients (the finding rules were fitted on the other half).
+Through ``lungwatch run``, Mosquitto, ``lungwatch dashboard`` and headless Chromium, every bed
+paced in real time and looping (docs/dashboard.md, "Measured: a ward's alarms in real time"):
+``bed-1`` (wheezes only) and ``bed-2`` of ``ward.yaml``; ``apnoea``, three 40-s stretches
+low-passed at 120 Hz (heart sounds, and so contact, remain); ``detached`` (a -80 dBFS floor
+from a fifth of the run); ``noisy`` (0 dB SNR); ``normal-1`` .. ``normal-4``, Normal
+recordings of the judging half of ``intra_test``'s patients (the finding rules were fitted on
+the other half). The nurse (Selenium) acknowledges the first two apnoeas 5 s after each shows
+and pauses the audio 30 s before the third; the view, then the device, restart near the end.
 
-**The nurse** (Selenium, the view's own user): enables the sound, acknowledges the first two
-apnoeas 5 s after each shows, pauses the audio 30 s before the third, acknowledges nothing
-else. **Restarts**: the view at three quarters of the run, the device 40 s later (SIGTERM).
-
-**Targets**: no wheeze or crackle alarm on a Normal bed, no crackle alarm on ``bed-1``; no
-advisory finding above medium; each apnoea the top row in view and its high pattern heard
-(the page's AnalyserNode) within 2 s, the first, after an acknowledgement and during audio
-pause; no two patterns sounding at once; no unacknowledged row lost by a restart; no layout
-fault of the table at the end. Also reported: alarm signals per bed-hour, event -> row on
-screen, the device's events per bed-hour.
+Targets: no wheeze or crackle alarm on a Normal bed, no crackle alarm on ``bed-1``; no advisory
+finding above medium; each apnoea the top row in view and its high pattern heard within 2 s;
+no two patterns at once; no unacknowledged row lost by a restart; no layout fault at the end.
 
 Results: ``bench/results/alarm_soak.{md,json}`` and ``alarm_soak.png`` (not kept in the
 repository: ``docs/dashboard.png`` is a copy of one).

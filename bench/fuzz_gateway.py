@@ -1,11 +1,10 @@
-"""Fuzz the hospital gateway's intake: random and mutated device messages into real queues,
-no dead thread, no message that breaks the IHE rules, memory bounded.
+"""Fuzz the hospital gateway's intake: no dead thread, no IHE rule broken, memory bounded.
 
     make fuzz             # every fuzzer; or: python -m bench.fuzz_gateway [--inputs 50000]
 
-The corpus, mutators and violations are docs/gateway.md, "Fuzzing"; the HL7 rules are those
-of ``tests/gateway/conformance.py``. Writes bench/results/fuzz_gateway.{md,json}; exits 1 on
-any violation.
+Mutated device messages go into real HL7 and FHIR queues; the corpus, mutators and violations
+are docs/gateway.md, "Fuzzing", the HL7 rules those of ``tests/gateway/conformance.py``.
+Writes bench/results/fuzz_gateway.{md,json}; exits 1 on any violation.
 """
 
 from __future__ import annotations

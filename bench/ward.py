@@ -4,23 +4,15 @@
         [--clip-minutes 5] [--stores sqlite,postgresql]
 
 Targets: with 200 beds and one hour of history the bed grid and one bed's trend render within
-1 s, and clip delivery does not delay event delivery (event -> screen p99 within 1 s).
-The setup in brief is docs/evidence.md, "Measured"; the steps:
-
-1. **History**: ``lungwatch run`` (the shipped INT8 model) on the three demo recordings tiled
-   to ``--hours`` and read as fast as it goes, every per-bed feature on, to a local Mosquitto;
-   a subscriber keeps every message.
-2. **Beds**: each bed replays one of the three with its own ids (UUID5), name and location,
-   its times ending now, through the view's intake into each store of ``--stores``
-   (PostgreSQL from Debian's binaries, tests/postgres.py, then vacuumed and checkpointed: the
-   hour arrives in minutes). Clips are kept for the last ``--clip-minutes`` only.
-3. **The page**: ``lungwatch dashboard`` on each store, headless Chromium as a nurse: the grid
-   painted (``window.lwReadyMs``), a bed's trend drawn (``lwTrend.drawnAt``), a clip loaded and
-   drawn (``lwEvidence``).
-4. **Live** (first store): ``--live-s`` of the runtime's events for every bed, published at
-   their pace, QoS 1; event -> screen from just before ``publish`` to the page's paint
-   (``window.lwRendered``, one clock), once with events only and once with each episode's clip
-   published 1 s after it ends; the ratio of the p99s is what clips cost events.
+1 s, and clip delivery does not delay event delivery (event -> screen p99 within 1 s). The
+setup is docs/evidence.md, "Measured": an hour of ``lungwatch run`` on the demo recordings,
+replayed per bed with its own ids (UUID5) through the view's intake into each store (clips
+kept for the last ``--clip-minutes``; PostgreSQL vacuumed and checkpointed after the load);
+then ``lungwatch dashboard`` and headless Chromium time the grid (``window.lwReadyMs``), a
+trend (``lwTrend.drawnAt``) and a clip (``lwEvidence``). Live, on the first store: the last
+``--live-s`` of events for every bed, published at their pace, event -> paint
+(``window.lwRendered``, one clock), once alone and once with each episode's clip 1 s after
+it ends; the ratio of the p99s is what clips cost events.
 
 Nothing is pinned: runtime, broker, view, browser and publisher share the machine's cores.
 Results: ``bench/results/ward.{md,json}``.
