@@ -2,12 +2,8 @@
 duration and merge gap, breath phases (phase mode) or change-point boxes, and the alarm
 lifecycle (onset -> ongoing -> ended, latching by priority, IEC 60601-1-8 style).
 
-    detector = FrameDetector(outputs, config, grid)
-    for first_frame, probs in ...:                      # probs (n, n_outputs), any n
-        for transition in detector.update(first_frame, probs): publish(transition)
-
-Time: output frame ``j`` speaks for the span :class:`FrameGrid` gives it on the stream's sample
-timeline; these spans tile the timeline, so an event is the union of the spans of its frames.
+An event is the union of its frames' spans on the stream's sample timeline (:class:`FrameGrid`).
+Phase mode and change-point boxes: docs/runtime.md ("Detector settings").
 
 Lifecycle of one event (``key`` = ``"<type>@<start_sample>"``, stable and deterministic):
 
@@ -82,12 +78,9 @@ DEFAULT_PRIORITIES: tuple[TypePriority, ...] = tuple(
 class DetectorConfig:
     """Thresholds, durations and priorities of physiological events (see the module doc).
 
-    The four settings of a class's rule are None when not set: a class then takes its own
-    rule's value (``thresholds``), else the setting's, else the module's default
-    (:data:`DEFAULT_ON_THRESHOLD` ...; the off-threshold never above the on-threshold). On
-    the device the manifest's fitted rules come in between (:func:`edge.bed.chain.
-    resolve_detector`): a setting given here takes effect for every class its
-    ``thresholds`` do not name, or is refused where the manifest's phase rule decides."""
+    A rule setting left None falls to the class's ``thresholds`` entry, then the top-level
+    setting, then the module default; the manifest's fitted rules come in between on the
+    device (:func:`edge.bed.chain.resolve_detector`, docs/runtime.md)."""
 
     on_threshold: float | None = None  # a class turns on at p >= this
     off_threshold: float | None = None  # and off at p < this
@@ -98,12 +91,9 @@ class DetectorConfig:
     default_priority: Priority = "medium"  # types not listed in `priorities`
     priorities: tuple[TypePriority, ...] = DEFAULT_PRIORITIES
     latching: tuple[Priority, ...] = ("high",)  # priorities that stay active until acknowledged
-    # frame models: events are breath phases whose mean class probability reaches the class's
-    # on_threshold (off_threshold, min_event_ms and merge_gap_ms then do not apply); None: the
-    # per-class hysteresis above
+    # events are breath phases (docs/runtime.md); None: the per-class hysteresis above
     phases: PhaseRule | None = None
-    # wheezes and crackles are published once they recur: finding episodes
-    # (edge.bed.findings); the rules not set here are the manifest's
+    # finding episodes (edge.bed.findings); the rules not set here are the manifest's
     findings: FindingConfig = field(default_factory=FindingConfig)
 
     def __post_init__(self) -> None:
@@ -151,11 +141,8 @@ def ms_to_samples(ms: float, sample_rate_hz: int) -> int:
 
 @dataclass(frozen=True)
 class Transition:
-    """One change of one event, on the stream's sample timeline (see the module doc).
-
-    ``end_sample`` is None while the condition lasts; ``latched`` is True on the ``ongoing``
-    sent when a latching event's condition ended before it was acknowledged.
-    """
+    """One change of one event, on the stream's sample timeline (see the module doc);
+    ``end_sample`` is None while the condition lasts."""
 
     type: str
     kind: EventKind
@@ -240,9 +227,8 @@ class Lifecycle:
             self.pending.append(self._transition(event, "ended", end))
 
     def acknowledge(self, what: str) -> None:
-        """Acknowledge every event whose key, type or alarm condition (``lungwatch.alarms``: a
-        family such as ``CAS``) is ``what``: latched ones end now, live ones will end on
-        their own."""
+        """Acknowledge every event whose key, type or alarm condition (``CAS``, ...) is ``what``:
+        latched ones end now, live ones will end on their own."""
         for event in self._live.values():
             if what in names(event.type, event.key):
                 event.acknowledged = True
@@ -327,13 +313,9 @@ class EventTracker:
 
 @dataclass(frozen=True)
 class FrameGrid:
-    """Where the model's output frames lie on a stream's sample timeline.
-
-    Output frame ``j`` speaks for samples ``[j * frame_samples + offset_samples, (j + 1) *
-    frame_samples + offset_samples)``: the span centred on the middle of the front-end frames
-    it summarises (``stride`` front-end frames of ``hop_samples``, each ``frame_samples_fe``
-    long, see :mod:`edge.features.spec`). These spans tile the timeline.
-    """
+    """Where the model's output frames lie on a stream's sample timeline: frame ``j``'s span
+    is centred on the middle of the front-end frames it summarises; the spans tile the
+    timeline."""
 
     sample_rate_hz: int
     frame_samples: int  # output hop, samples
@@ -367,10 +349,9 @@ def _track_frames(
     active, cand_start, cand_end, announced, peak, out_i, out_p,
 ):  # fmt: skip
     """Hysteresis, merge gap and minimum duration over ``probs`` (n, O) for the classes
-    ``which`` (positions into the per-class arrays; class ``c`` reads output ``index[c]``),
-    updating the per-class state arrays (C,) in place. Writes one row per transition to
-    ``out_i`` (kind, class, first frame, last frame) and ``out_p`` (peak); returns the number
-    of rows (at most 2 * n * C)."""
+    ``which`` (class ``c`` reads output ``index[c]``), updating the per-class arrays (C,) in
+    place. Writes one row per transition to ``out_i`` (kind, class, first frame, last frame)
+    and ``out_p`` (peak); returns the number of rows (at most 2 * n * C)."""
     count = 0
     for t in range(probs.shape[0]):
         j = first_frame + t
@@ -411,13 +392,10 @@ def _track_phases(
     probs, breath, index, which, thr, on, off, min_frames, first_frame, phase, sums,
     cand_start, cand_end, announced, peak, out_i, out_p,
 ):  # fmt: skip
-    """Phase mode over ``probs`` (n, O): breath hysteresis on output ``breath`` (``on`` /
-    ``off``), per-class running means over the open phase for the classes ``which`` (class
-    ``c`` reads output ``index[c]``) against ``thr`` (C,). ``phase`` = [open (0/1), first
-    frame, frames so far] and ``sums`` (C,) carry the open phase between calls; the per-class
-    arrays as in :func:`_track_frames` (``cand_start`` = the phase's first frame once
-    announced, ``peak`` = the highest mean).
-    Writes transitions like :func:`_track_frames`; returns their number (at most 2 * n * C)."""
+    """Phase mode over ``probs`` (n, O): breath hysteresis on output ``breath``, per-class
+    running means over the open phase against ``thr`` (C,). ``phase`` = [open (0/1), first
+    frame, frames so far] and ``sums`` (C,) carry the open phase between calls; the rest, and
+    the rows written, as in :func:`_track_frames` (``peak``: the highest mean)."""
     count = 0
     for t in range(probs.shape[0]):
         j = first_frame + t
@@ -494,21 +472,12 @@ def _track_boxes(
     probs, index, which, thr, half, merge, first_frame, box, cand_start, cand_end, announced,
     peak, out_i, out_p,
 ):  # fmt: skip
-    """Change-point boxes over ``probs`` (n, O) for the classes ``which`` (class ``c`` reads
-    output ``index[c]``). A step filter (the mean over the next ``half`` frames minus the mean
-    over the last ``half``; frames before the stream's start count 0) is read at each boundary
-    between frames: a local maximum above 0 opens a box there (a rise), a local minimum below 0
-    closes it (a fall). A steeper rise within the filter's length (``2 * half``) of the box's
-    first one, before any fall, moves the box's start there (the offline boxes take the
-    strongest change of a run); until its fall or the end of that stretch the start is not
-    settled. A closed box waits in its gap: while the gap's lowest output stays at or above
-    ``merge`` x the box's peak, a rise continues the box and a later fall moves its end there;
-    once the gap drops below that, the box is over. A box is announced once its start is
-    settled and its peak (the highest output of its frames) reaches ``thr[c]``. Each boundary
-    is judged ``half`` frames after it, when the filter has seen past it.
-
-    ``box`` is the classes' :class:`BoxState`; the rest as in :func:`_track_frames`, whose
-    transition rows it writes; returns their number (at most 2 * n * C)."""
+    """Change-point boxes over ``probs`` (n, O) for the classes ``which`` (docs/runtime.md,
+    "Detector settings"): a step filter of ``half`` frames each side (frames before the
+    stream's start count 0), its local maxima above 0 rises, its minima below 0 falls; a
+    steeper rise within ``2 * half`` of the first moves the start there, as the offline boxes
+    take the strongest change of a run. ``box`` is the classes' :class:`BoxState`; the rest,
+    and the rows written, as in :func:`_track_frames`."""
     ring, sums, seen, steps, state = box.ring, box.sums, box.seen, box.steps, box.state
     gap_end, gap_min, gap_max, opened, rise_step = (
         box.gap_end,
@@ -599,24 +568,10 @@ class DetectedEvent:
 class FrameDetector:
     """Physiological events of one stream from its model's per-frame probabilities.
 
-    ``outputs`` names the model's output columns; those in :data:`DETECTED_CLASSES` become
-    events (the others, e.g. Breath and Poor Quality, are not events). Per class: hysteresis
-    (``on_threshold`` / ``off_threshold``), then off-gaps up to ``merge_gap_ms`` continue the
-    event, and an event is announced once it spans ``min_event_ms`` (shorter ones never
-    produce a transition); it ends once the class has been off for longer than the merge gap,
-    at the end of its last active frame. Durations are whole frames of ``grid.hop_ms``
-    (rounded to the nearest frame, at least one). With ``config.phases`` (:class:`PhaseRule`)
-    the events are breath phases instead: a phase of the breath output in which the mean of a
-    class's probability reaches the class's ``on_threshold`` (after ``min_phase_ms``) is an
-    event of that class from the phase's first frame to its last; SPRSound annotates
-    adventitious sounds by phase, so the edges follow the phase. Inside phase mode the rule's
-    ``frame_classes`` keep the per-class hysteresis and its ``box_classes`` are cut on their
-    own output's change-point boxes (:func:`_track_boxes`; announced once a box's peak reaches
-    the class's ``on_threshold``). Lifecycle, latching and acknowledgement as
-    :class:`Lifecycle`.
-
-        detector = FrameDetector(outputs, config, grid)
-        transitions = detector.update(first_frame, probs)   # probs (n, n_outputs), any n
+    The outputs in :data:`DETECTED_CLASSES` become events (Breath, Poor Quality do not).
+    Durations are whole frames of ``grid.hop_ms`` (rounded, at least one). With
+    ``config.phases`` the events are breath phases, boxes or per-class hysteresis by class
+    (docs/runtime.md, "Detector settings").
     """
 
     def __init__(self, outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid) -> None:
@@ -663,8 +618,6 @@ class FrameDetector:
             self._phase_min = max(1, round(self._phases.min_phase_ms / hop))
             self._phase = np.zeros(3, np.int64)  # open, first frame, frames so far
             self._sums = np.zeros(n, np.float64)
-        # which classes follow the phases, their own hysteresis (PhaseRule.frame_classes) or
-        # their own change-point boxes (PhaseRule.box_classes)
         framed = self.types if self._phases is None else self._phases.frame_classes
         boxed = () if self._phases is None else self._phases.box_classes
         self._by_frames = np.array([c for c, t in enumerate(self.types) if t in framed], np.int64)
@@ -789,9 +742,8 @@ def detect_events(
     probs: np.ndarray, outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid
 ) -> list[DetectedEvent]:
     """The finished events of a whole recording's probabilities (n, n_outputs), as the device
-    makes them (one :class:`FrameDetector`, fed once, then finished), sorted by start. Rows
-    with a NaN are frames the model never described (a state reset): as on the device, they
-    are not fed; each run of real frames is fed at its own first frame."""
+    makes them, sorted by start. Rows with a NaN (frames the model never described: a state
+    reset) are not fed, as on the device."""
     detector = FrameDetector(outputs, dataclasses.replace(config, latching=()), grid)
     p = np.asarray(probs)
     if p.ndim == 2 and not np.isfinite(p).all():

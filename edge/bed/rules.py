@@ -52,30 +52,16 @@ class ClassRule:
 @dataclass(frozen=True)
 class PhaseRule:
     """Phase mode of :class:`FrameDetector`: events are breath phases with an adventitious
-    sound. A phase opens at ``output >= on_threshold`` and closes at ``< off_threshold``; a
-    class is announced in a phase once the phase spans ``min_phase_ms`` and the mean of the
-    class's probability over the phase so far reaches the class's ``on_threshold``; the event
-    runs from the phase's start to its end. The phase output crosses its on-threshold a little
-    after a phase really starts (on SPRSound validation the detected start lies a median 53 ms
-    after the annotated one), so an event's start is reported ``lead_ms`` before the phase's
-    first frame (never before the stream's start or the end of the class's previous event);
-    only the reported start moves, not when the event is announced. The classes of
-    ``frame_classes`` are left out of the phases: their events are their own output's
-    hysteresis, as without a phase rule (SPRSound marks a wheeze as the span of the sound, a
-    median half second, not as its breath phase)."""
+    sound, each class on its phase, its own hysteresis (``frame_classes``) or its own
+    change-point boxes (``box_classes``); docs/runtime.md, "Detector settings"."""
 
     on_threshold: float
     off_threshold: float
     min_phase_ms: float = 240.0
     output: str = "Breath"  # the model output that marks breath phases
-    lead_ms: float = 0.0
-    # these classes keep their own hysteresis (on/off, minimum duration, merge gap) instead:
-    # a sound annotated as its own span, shorter than the phase (SPRSound's wheezes)
+    lead_ms: float = 0.0  # an event's start is reported this much before its phase's
+    # for sounds annotated as their own span, shorter than the phase
     frame_classes: tuple[str, ...] = ()
-    # these classes are cut on their own output's change points instead (:func:`_track_boxes`):
-    # a box opens at a rise and closes at a fall of a step filter box_filter_ms long, runs on
-    # over a gap that stays at or above box_merge x its peak, and is announced once its peak
-    # reaches the class's on_threshold
     box_classes: tuple[str, ...] = ()
     box_filter_ms: float = 960.0
     box_merge: float = 0.5

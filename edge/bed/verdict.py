@@ -4,19 +4,7 @@
     verdict = RollingVerdict(rule, outputs, grid)
     changed = verdict.update(first_frame, probs)   # probs (n, O); the new label, else None
 
-The statistics of the window's output frames are those of a whole record in Task 2
-(:func:`training.scoring.tasks.record_statistics`, the rules fitted on validation into the
-manifest's ``tasks`` section): the mean Poor Quality output, and per family (its detected
-classes, ``lungwatch.labels.FAMILY_CLASSES``) the mean of the ``top_frames`` highest frames
-of the family's largest output. The label: ``Poor Quality`` when the mean reaches
-``poor_quality``, else ``Normal``, ``CAS``, ``DAS`` or ``CAS & DAS`` by which families reach
-their thresholds. With hysteresis: a condition once on stays on until its statistic falls
-below ``release`` times its threshold, so a bed's status does not flicker at a threshold.
-Until the window holds ``min_s`` of frames the label is ``assessing``. Frames the model never
-described (NaN rows, after lost audio) do not count. The window of a recording shorter than
-``window_s`` is the whole recording: the verdict at its end is Task 2-2's label of it, but
-where Poor Quality's hysteresis holds a label the mean has fallen just below again. A
-recording shorter than ``min_s`` ends ``assessing``.
+Statistics, decision, hysteresis and window: docs/runtime.md ("The rolling bed verdict").
 """
 
 from __future__ import annotations
@@ -135,8 +123,7 @@ def _take(
     ring: np.ndarray, count: int, probs: np.ndarray, pq: int, cas: np.ndarray, das: np.ndarray
 ) -> int:
     """Each finite row of ``probs`` (n, O) into the ring (3, size) at position ``count``
-    (modulo its size): its Poor Quality output and each family's largest (0 for a family
-    without outputs); the new count."""
+    (modulo its size): Poor Quality and each family's largest output; the new count."""
     size = ring.shape[1]
     for i in range(probs.shape[0]):
         described = True  # no NaN or infinity: a frame the model described
@@ -164,8 +151,7 @@ def _largest(probs: np.ndarray, row: int, columns: np.ndarray) -> float:
 
 @njit(cache=True)
 def _statistics(ring: np.ndarray, filled: int, top: int) -> tuple[float, float, float]:
-    """The window's statistics (module doc): the mean Poor Quality output, and each family's
-    mean of its ``top`` highest frames, over the first ``filled`` places of the ring."""
+    """The window's statistics over the first ``filled`` places of the ring."""
     cut = filled - top
     cas = np.partition(ring[1, :filled], cut)[cut:]
     das = np.partition(ring[2, :filled], cut)[cut:]

@@ -5,26 +5,10 @@
     publisher.stats()             # clips spooled, bytes, sent, evicted, expired, dropped
     publisher.close()             # what is spooled waits for the next start
 
-Why MQTT and not a server on the device: a device only ever connects out, to its ward's
-broker, under the user and ACL ``lungwatch access`` gave it (a server on every bedside box
-would need inbound connections through the ward's network, certificates and logins of its
-own); and the broker queues what a ward view misses while it restarts (its session is
-persistent). The cost is size: a clip goes in parts under the broker's 64 KiB packet limit
-(:func:`lungwatch.clip.clip_messages`).
-
-Why its own connection: an event must never wait behind a clip's parts. The events' MQTT
-sink (:mod:`edge.sinks.mqtt`) keeps its connection, spool and order; this channel has
-another client id (``<client_id>-evidence``, same user), hands paho up to ``SEND_AHEAD``
-clips at a time (paho keeps at most ``max_inflight`` parts unacknowledged on the wire), and
-runs in its own thread.
-
-Durability and bounds: a clip is written to an SQLite spool (``spool_path``, WAL,
-``synchronous=NORMAL``: a clip may be lost on power loss, never on a crash) before it is
-sent, and deleted only once the broker acknowledged every part; after a restart the spooled
-clips are sent again whole (the view ignores parts it already has). The spool holds at most
-``max_spool_mb`` (the oldest clips are evicted first) and a clip older than ``max_age_h`` is
-dropped; both are counted. Clips wait in memory for the spool in a queue of
-``QUEUE_CLIPS``; a full queue drops the new clip (counted).
+Why MQTT, why a connection of its own, the spool and its bounds: docs/evidence.md ("On the
+device"). The spool is ``synchronous=NORMAL``: a clip may be lost on power loss, never on a
+crash. Clips wait in memory for the spool in a queue of ``QUEUE_CLIPS``; a full queue drops
+the new clip (counted).
 """
 
 from __future__ import annotations
@@ -71,11 +55,8 @@ class EvidenceSpoolError(LungwatchError):
 
 
 class EvidenceSpool:
-    """Clips waiting for the broker (see the module doc); thread-safe.
-
-    Its count and bytes are kept in memory (read from the file once, when it opens), and
-    every statement reaches its rows through an index: a put, a send and a metrics report
-    cost the same with ten clips waiting as with ten thousand (a broker away for an hour)."""
+    """Clips waiting for the broker; thread-safe. Its count and bytes are kept in memory and
+    every statement reaches its rows through an index, so a long backlog costs no more."""
 
     def __init__(self, path: str | Path, max_bytes: int, max_age_s: float) -> None:
         self.path, self.max_bytes, self.max_age_s = Path(path), max_bytes, max_age_s
@@ -286,10 +267,8 @@ class EvidencePublisher:
             self._encoding = 0
 
     def _send(self, batch: list[tuple[int, list[tuple[str, str]]]]) -> list[int]:
-        """Every part of the ``batch``'s clips (paho keeps at most ``max_inflight`` of them
-        unacknowledged on the wire and sends the next one as an acknowledgement comes in);
-        the clips whose every part the broker acknowledged, once all are or the connection
-        dropped (the others are sent again whole, later)."""
+        """Send every part of the ``batch``'s clips; the clips whose every part the broker
+        acknowledged, once all are or the connection dropped (the others go again whole)."""
         mids: list[tuple[int, list[int], bool]] = []  # (seq, its parts' mids, all handed)
         for seq, messages in batch:
             own = []

@@ -1,33 +1,8 @@
 """The runtime's inputs and outlets: one YAML file (``lungwatch run --config FILE``), validated
 once, then checked against the model's manifest; the sources, sinks and embedded broker it
 names (:func:`open_stream_source`, :func:`open_sinks`, :func:`start_embedded_broker`); and the
-commands that arrive on the command topic (:func:`parse_command`). The loop is
-:mod:`edge.runtime.loop`.
-
-Sections (every key is optional except ``streams``; see ``edge/configs/ward.yaml`` and
-``docs/runtime.md``):
-
-- ``site``, ``device_id``: this device's identity in the MQTT topics and in every event;
-- ``model``: the model directory (``manifest.json`` + artifacts) and which artifact runs;
-- ``features``: optional; when given it must equal the manifest's FeatureSpec (the device
-  refuses a model made for another front end; ``docs/design.md``, "Streaming models");
-- ``backend``: :class:`edge.inference.BackendConfig` (ONNX Runtime CPU by default);
-- ``streams``: one entry per bed: ``id`` and ``source`` (a path, ``file:PATH``,
-  ``data:REL`` under :func:`edge.datapaths.data_root`, ``mic:NAME`` or ``bridge://...``),
-  real-time pacing and looping for file sources, and the read size;
-- ``detector`` / ``gate``: :class:`edge.bed.detector.DetectorConfig`,
-  :class:`edge.bed.gate.GateConfig`
-  (``detector.thresholds`` / ``priorities`` must name model classes);
-- ``sinks``: stdout, JSONL file, MQTT (``mqtt`` holds :class:`lungwatch.mqtt.MqttConfig`;
-  its ``site`` / ``device_id`` come from the top level), and an embedded broker for demos;
-- ``dashboard``: the ward view's section, kept as it is written: the device does not read
-  it; the view does (``wardview.config.DashboardConfig``) when ``lungwatch run`` serves it
-  beside the runtime (``enabled: true``) or ``lungwatch dashboard --config`` reads this file;
-- ``metrics_interval_s``, ``live_interval_s``, ``idle_sleep_s``, ``max_run_s``,
-  ``round_group``, ``read_wait_warn_ms``: the loop's timing (``live_interval_s``: the live
-  strip's period per bed, 0: off; ``edge.sinks.live``; ``round_group``: streams read,
-  inferred and published together; ``read_wait_warn_ms``: how long audio may wait for its
-  read before the loop is reported behind, 0: never).
+commands that arrive on the command topic (:func:`parse_command`). Its sections and keys:
+docs/runtime.md's config table and ``edge/configs/ward.yaml``.
 
 Every error is one :class:`~lungwatch.errors.ConfigError` line naming the file and the key::
 
@@ -107,12 +82,11 @@ class StreamConfig:
     realtime: bool = False  # file sources: pace chunks at the recording's rate
     loop: bool = False  # file sources: start again at the end
     chunk_samples: int = 800  # samples per read (0.1 s at 8 kHz)
-    # the patient's age band (normal rates, apnoea time; edge.bed.agebands), or the age in
-    # years that picks it; neither: respiration.age_band
+    # the patient's age band (edge.bed.agebands), or the age that picks it; neither:
+    # respiration.age_band
     age_band: str | None = None
     age_years: float | None = None
-    # what the ward view shows for this bed instead of its id (e.g. "Bed 4"), and where it is
-    # (e.g. "Ward 3 East"): published on the bed's retained summary
+    # the ward view's name for this bed ("Bed 4") and where it is ("Ward 3 East")
     name: str | None = None
     location: str | None = None
 
@@ -190,8 +164,7 @@ class RuntimeConfig:
     streams: tuple[StreamConfig, ...]
     site: str = "ward-1"
     device_id: str = "edge-1"
-    # the device's IEEE EUI-64 (or its MAC), naming it as equipment to the hospital; left out:
-    # the host's own, from its MAC (lungwatch.equipment)
+    # the device's IEEE EUI-64 (or its MAC); left out: the host's (lungwatch.equipment)
     equipment_eui64: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureSpec | None = None
@@ -201,8 +174,7 @@ class RuntimeConfig:
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     respiration: RespirationConfig = field(default_factory=RespirationConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
-    # each bed's breathing is published at least this often (and at once when its state
-    # changes) on its retained respiration topic
+    # each bed's breathing is published at least this often, and when its state changes
     respiration_publish_s: float = 10.0
     sinks: SinksConfig = field(default_factory=SinksConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -213,15 +185,12 @@ class RuntimeConfig:
     live_interval_s: float = 1.0  # one live-strip point per bed this often (0: none)
     idle_sleep_s: float = 0.01  # how long the loop waits when no source had audio
     max_run_s: float = 0.0  # stop after this long (0: until every source ends or a signal)
-    # a streaming model's bed restarts its state when a chunk misses at least this much audio
-    # (a dropout, a reconnect); shorter losses (a lost datagram) stay zeros in its features
-    # and the context carries on. 0: any missing sample restarts it
+    # a bed's model state restarts when a chunk misses at least this much audio (0: any;
+    # docs/runtime.md, "Lost audio")
     state_reset_gap_ms: float = 100.0
-    # a round reads, infers and publishes this many streams at a time (0: all in one group): a
-    # window's events wait for its group, not for every bed of the round
+    # streams a round reads, infers and publishes together (0: all in one group)
     round_group: int = 125
-    # the loop is behind when audio waits longer than this (p99 of a bed's reads over a
-    # metrics interval) between its capture and its read: logged as a WARNING (0: never)
+    # a WARNING when audio waits longer than this (p99 of a bed's reads) for its read (0: never)
     read_wait_warn_ms: float = 500.0
 
     def __post_init__(self) -> None:
@@ -320,8 +289,7 @@ def check_against_manifest(config: RuntimeConfig, manifest: Manifest, source: st
             raise ConfigError(f"{source}: features must equal the model's ({exc})") from None
     events = [c for c in manifest.outputs if c in DETECTED_CLASSES]  # Breath is no event
     named = [("thresholds", r.type, events) for r in config.detector.thresholds]
-    # the default priorities name every physiological type; the model detects fewer
-    # (Wheeze+Crackle is a Wheeze and a crackle), so those stay allowed, and a typo does not
+    # the default priorities name types the model does not detect (Wheeze+Crackle): allowed
     allowed = [*events, *SOUND_TYPES]
     named += [("priorities", r.type, allowed) for r in config.detector.priorities]
     for key, type_, known in named:
@@ -393,9 +361,8 @@ def open_command_verifier(
     config: RuntimeConfig, source: str = "<config>"
 ) -> tuple[CommandVerifier | None, bytes | None]:
     """The check of signed commands, and the master key a ward view served by this process
-    signs with: ``commands.key_file`` when set (no master key here: ward views elsewhere hold
-    it); else, with ``dashboard.enabled``, a key made for this run that only the process's own
-    ward view holds; else none (commands are refused unless ``commands.accept_unsigned``)."""
+    signs with: from ``commands.key_file`` (no master key: ward views elsewhere hold it), else
+    with ``dashboard.enabled`` a key made for this run, else none."""
     settings = config.commands
     if settings.accept_unsigned:
         log.warning(

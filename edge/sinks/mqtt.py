@@ -1,37 +1,13 @@
 """MQTT sink: events at QoS 1 through an SQLite spool, a retained status, metrics.
 
-Flow of one event: :meth:`MqttSink.publish` commits it to the :class:`~edge.sinks.spool.Spool`
-(:meth:`MqttSink.publish_many`: a runtime round's events in one transaction) and wakes the
-sender thread; the sender hands spooled events to paho in ``seq`` order (at
-most ``max_queued`` handed and unacknowledged, at most ``max_inflight`` of those on the
-wire); the broker's PUBACK reaches ``on_publish(mid)`` and the row is deleted (the sender
-deletes every PUBACK that came since its last pass in one transaction). The row is
-the only copy that matters: a crash at any point leaves the event in the spool, and the
-next sink on the same file hands the whole backlog to paho again, oldest first.
-
-Reconnects: paho's network thread retries with exponential backoff (``backoff_min_s``
-doubling up to ``backoff_max_s``). Messages handed to paho and not yet acknowledged are sent
-again on the new connection, in order, byte for byte (same event ``id``); the sender goes
-on with the rest of the spool once those are acknowledged (paho sends them only after
-``on_connect`` returns, so a newer event handed at once could overtake them). QoS 1 is
-at-least-once: a message whose PUBACK was lost arrives twice, with the same ``id``, and
-consumers deduplicate on it.
-
-Status: ``online`` (retained, QoS 1) on every connect; the last will is a retained
-``offline``; :meth:`MqttSink.close` flushes (up to ``flush_timeout_s``), publishes a retained
-``offline`` itself and disconnects. Metrics and live-strip points
-(:mod:`edge.sinks.live`): QoS 0 while connected, dropped (and counted) while not, since the
-next report supersedes them.
-
-Commands: with a handler set (:meth:`MqttSink.set_command_handler`), the sink subscribes at
-QoS 1 to ``lungwatch/v1/<site>/<device>/command`` on every (re)connect and hands each
-payload to the handler on paho's network thread; the handler parses and acts (the runtime's
-acknowledge, which may publish events from that thread: the runtime serialises every Sink
-call under its own lock). An exception from the handler is logged and never stops the
-network thread.
+Delivery (spool, PUBACK, reconnects in order, at-least-once), the status and its last will:
+docs/events.md ("Delivery: store-and-forward", "Topics"). Metrics and live-strip points are
+QoS 0 and dropped (counted) while disconnected: the next report supersedes them.
 
 Threads: the Sink methods run on one publisher thread; paho's callbacks (network thread) only
-queue acks and wake the sender, so no lock here is held while paho takes its own.
+queue acks and wake the sender, so no lock here is held while paho takes its own. A command
+handler runs on paho's network thread (the runtime serialises every Sink call under its own
+lock); its exceptions are logged and never stop that thread.
 """
 
 from __future__ import annotations
@@ -75,21 +51,15 @@ PUMP_BATCH = 500  # rows read from the spool per pass
 
 
 class MqttSink:
-    """The MQTT sink (see the module docstring). Use as a context manager, or call
-    :meth:`connect` then :meth:`close`. Events published before ``connect`` are spooled.
-
-    Args:
-        config: broker, identity, TLS, backoff and spool settings.
-        spool: an open spool to use instead of opening ``config.spool_path`` (it is closed
-            with the sink either way).
-    """
+    """The MQTT sink (see the module docstring): a context manager, or :meth:`connect` then
+    :meth:`close`; events published before ``connect`` are spooled. ``spool``: an open one
+    instead of ``config.spool_path`` (closed with the sink either way)."""
 
     def __init__(self, config: MqttConfig, spool: Spool | None = None) -> None:
         self.config = config
         self._mqtt = import_paho()
         self._status_topic = status_topic(config.site, config.device_id)
-        # (kind, bed) -> its last retained message (verdict, respiration): sent again on
-        # every reconnect
+        # (kind, bed) -> its last retained message: sent again on every reconnect
         self._retained: dict[tuple[str, str], tuple[str, str]] = {}
         self._command_topic = command_topic(config.site, config.device_id)
         self._on_command: Callable[[bytes], None] | None = None
@@ -131,19 +101,13 @@ class MqttSink:
 
     # -- the Sink protocol -------------------------------------------------------------
     def publish(self, event: Event) -> None:
-        """Spool ``event`` (committed on return) and let the sender publish it.
-
-        A full spool does not raise: the refusal is logged and reported as ``spool_full``.
-        """
+        """Spool ``event`` (committed on return) and let the sender publish it. A full spool
+        does not raise: the refusal is logged and reported as ``spool_full``."""
         self.publish_many([event])
 
     def publish_many(self, events: Sequence[Event]) -> None:
-        """Spool ``events`` in one transaction (committed on return: one fsync for all of
-        them) and let the sender publish them, in order. Refusals as :meth:`publish`.
-
-        Raises:
-            SinkError: an event is for another site or device (nothing was spooled).
-        """
+        """Spool ``events`` in one transaction (one fsync) and let the sender publish them, in
+        order; SinkError, nothing spooled, where one is for another site or device."""
         self._check_open()
         for event in events:
             if (event.site, event.device_id) != (self.config.site, self.config.device_id):
@@ -182,9 +146,8 @@ class MqttSink:
         self._client.publish(live_topic(site, device_id, stream_id), payload, 0)
 
     def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
-        """Send a bed's verdict retained (QoS 1): a late ward view reads every bed's last one.
-        The last of each bed is sent again on every reconnect. None (its stream ended): an
-        empty retained message, which removes the retained verdict from the broker."""
+        """Send a bed's verdict retained (QoS 1), again on every reconnect; None (its stream
+        ended) removes the retained message."""
         self._check_open()
         site, device_id = self.config.site, self.config.device_id
         topic = verdict_topic(site, device_id, stream_id)
@@ -192,8 +155,7 @@ class MqttSink:
         self._retain("verdict", stream_id, topic, payload)
 
     def publish_respiration(self, stream_id: str, reading: dict[str, Any] | None) -> None:
-        """Send a bed's breathing retained (QoS 1), as :meth:`publish_verdict` its verdict;
-        None (its stream ended) removes the retained message."""
+        """Send a bed's breathing retained, as :meth:`publish_verdict` its verdict."""
         self._check_open()
         site, device_id = self.config.site, self.config.device_id
         topic = respiration_topic(site, device_id, stream_id)
@@ -219,8 +181,7 @@ class MqttSink:
         self._retain("summary", stream_id, topic, payload)
 
     def _retain(self, kind: str, stream_id: str, topic: str, payload: str) -> None:
-        """Keep a bed's last message of ``kind`` (sent again on reconnect); send it now when
-        connected."""
+        """Keep a bed's last message of ``kind``; send it now when connected."""
         self._retained[(kind, stream_id)] = (topic, payload)
         if self._connected.is_set():
             self._client.publish(topic, payload, qos=1, retain=True)
@@ -357,11 +318,8 @@ class MqttSink:
             self._counts["acked"] += len(seqs)
 
     def _pump(self) -> None:
-        """Hand spooled events after the cursor to paho, oldest first, within max_queued.
-
-        Only while connected: offline, the spool alone holds new events (so its bound is the
-        bound), and paho holds only what it had sent when the connection dropped.
-        """
+        """Hand spooled events after the cursor to paho, oldest first, within max_queued; only
+        while connected, so offline the spool's bound is the bound."""
         if not self._connected.is_set() or self._replaying():
             return
         room = min(self.config.max_queued - len(self._mids), PUMP_BATCH)
@@ -381,13 +339,9 @@ class MqttSink:
             self._cursor = seq
 
     def _replaying(self) -> bool:
-        """True while messages handed before the latest connect await their PUBACK.
-
-        paho sends those again only after ``on_connect`` returns, and ``on_connect`` wakes
-        this thread: a newer event handed now could reach the wire first. So after each
-        connect the sender hands nothing new until the older ones are acknowledged (one
-        round trip), which keeps the backlog in ``seq`` order across reconnects.
-        """
+        """True while messages handed before the latest connect await their PUBACK: paho
+        resends them only after ``on_connect`` returns, so a newer event handed now could
+        overtake them."""
         connects = self._session.connects  # read after _connected: on_connect counts first
         if connects != self._connects_seen:
             self._connects_seen = connects
