@@ -1,23 +1,9 @@
 """Training material with complete labels: annotated adventitious sounds placed into Normal
 records of the training split.
 
-SPRSound annotates some breath phases of a record, not all, so outside them a frame's class
-is unknown (``unannotated_weight``). A record labelled Normal holds no adventitious sound
-anywhere; a mixture is such a host with ``events`` segments added to it, each cut from an
-annotated adventitious event of another training record (a donor):
-
-- the segment is resampled by a random factor (``rate_cas`` for the wheeze family, whose
-  pitch then moves with it: a wheeze shifted in frequency and stretched in time; ``rate_das``
-  for crackles, kept near 1), scaled to a random level against the host's RMS
-  (``level_db``), faded in and out over :data:`FADE_S` and added at a random place;
-- donors are drawn half from the wheeze family and half from crackles (wheezes are rarer);
-- every class target of the mixture is known: the inserted spans are their classes, every
-  other frame none (weight 1); Breath keeps the host's annotated phases and the inserted
-  spans (elsewhere ``unannotated_weight``); Poor Quality is 0.
-
-Hosts and donors come from the records given (the training split): validation patients
-never feed a mixture. The mixtures are made once per run from ``seed`` and computed by the
-one front end, like any recording.
+A mixture is a Normal training record (the host) with segments of annotated adventitious
+events of other training records (donors) added, so every class target is known; how they
+are drawn, resampled, levelled and labelled: docs/training.md (``mixtures.*``).
 """
 
 from __future__ import annotations

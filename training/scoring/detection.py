@@ -3,23 +3,9 @@
     report = score_detection(predicted, annotated, labels, durations_s)
 
 ``predicted`` and ``annotated`` map a record id to its events ``(start_s, end_s, type)`` in
-SPRSound's vocabulary. Two views, each scored by sed_eval's event-based metrics (onset collar
-0.2 s, offset collar max(0.2 s, 20 % of the reference event's length)) and segment-based
-metrics (1-s segments), micro-averaged and per class:
-
-- ``family``: CAS (Wheeze, Rhonchi, Stridor) and DAS (Fine and Coarse Crackle);
-  Wheeze+Crackle counts in both;
-- ``4class``: Crackle (fine + coarse), Wheeze, Rhonchi, Stridor; Wheeze+Crackle is a Wheeze
-  and a Crackle.
-
-Besides: false adventitious events per hour on the records labelled Normal (every
-predicted adventitious event there is false) and the share of Normal records with any; and
-per family (:class:`FamilyScores`): event F1, precision and recall, false events of that
-family per hour on Normal records, and record-level presence (a good record "has" a family
-when any of its annotated events is of it, and is called so when any predicted event is):
-sensitivity and specificity over the records not labelled Poor Quality, as the yardstick
-(``../shared/tools/score_detect.py``) computes them. ``macro`` is the mean of the two
-families' event F1, which a crackle-heavy micro average cannot hide a missing family behind.
+SPRSound's vocabulary. The two views (``family``, ``4class``), the collars, the false events
+per hour and the per-family scores: docs/metrics.md ("Detection scores through the device
+path").
 """
 
 from __future__ import annotations

@@ -4,23 +4,8 @@
     labels = event_labels(probs_of_record, record.events, outputs, grid, rules)   # Task 1
     label = record_label(probs_of_record, outputs, rules)                          # Task 2
 
-The probabilities are the device's: every recording runs as one bed through
-:func:`edge.runtime.offline.detect_recordings` (front end, streaming model with its state
-carried) and the output frames the detector saw are kept. Nothing here runs a network of its own.
-
-- **Task 1** (an annotated span -> Normal or one of the six adventitious labels): each
-  class's output frames whose centre lies in the span are pooled (``mean`` or ``max``, fitted),
-  divided by that class's fitted threshold; no ratio ≥ 1 gives Normal, a Wheeze and a crackle
-  both ≥ 1 give Wheeze+Crackle, otherwise the class of the largest ratio.
-- **Task 2** (a record -> Normal / CAS / DAS / CAS & DAS / Poor Quality): the mean Poor
-  Quality output over the record, and per family (CAS: Wheeze, Rhonchi, Stridor; DAS: Fine and
-  Coarse Crackle) the mean of the ``top_frames`` highest frames of the family's largest output;
-  the mean Poor Quality over its threshold gives Poor Quality, else each family over its own.
-
-:func:`fit_task_rules` fits the thresholds by coordinate ascent on the challenge Score of
-Task 1-2 and Task 2-2 (:func:`training.scoring.challenge.sprsound_scores`) over the patient-disjoint
-validation records; the rules go into the model's manifest (``tasks``) and
-``lungwatch predict`` reads them from there.
+The probabilities are the device's (:func:`edge.runtime.offline.detect_recordings`); the
+Task 1 and Task 2 rules and their fit: docs/training.md ("``tasks`` and ``predict``").
 """
 
 from __future__ import annotations
@@ -351,9 +336,8 @@ def rules_of_manifest(model_dir: Any) -> TaskRules | None:
 
 
 def fit_model(model_dir: Path, model_file: str) -> dict[str, Any]:
-    """Fit the rules on the validation records of the run that trained the model (its
-    checkpoint's ``data`` section: folder, share and seed of the patient-disjoint split), with
-    the model's own device outputs; the manifest's ``tasks`` section."""
+    """Fit the rules on the validation records of the run that trained the model, with the
+    model's own device outputs; the manifest's ``tasks`` section."""
     from training.data.sprsound import load_sprsound, patient_disjoint_split
 
     folder, fraction, seed = validation_split(model_dir)

@@ -1,29 +1,7 @@
 """``lungwatch views``: a model judged on the three views, through the device path.
 
-    lungwatch views --model out/models/sed[/model.onnx] [--out views.json]
-                    [--views validation,intra_test,icbhi] [--icbhi-exclude-patients FILE]
-
-Every recording runs as one bed of the public streaming API (:mod:`edge.runtime.offline`:
-front end, the model artifact with its state carried, quality gate, the manifest's fitted
-rules), then:
-
-- **validation**: the patient-disjoint validation records of the model's own run (the split
-  its checkpoint's run config names; SPRSound, the stethoscope it was trained on);
-- **intra_test**: SPRSound's official intra-patient test set (``<data>/sprsound/intra_test``);
-- **icbhi**: ICBHI 2017 recordings (``<data>/icbhi/train``: other stethoscopes, adults),
-  judged per annotated respiratory cycle as ``../shared/tools/device_eval.py`` judges them (a
-  cycle's verdict is the families of the events overlapping it; more than half under
-  ``poor_signal`` counts as normal, "not assessed"): the ICBHI 4-class SE / SP / Score,
-  each family's cycle presence and the share of recording time under ``poor_signal``; and
-  the per-family event scores with every cycle that has crackles (wheezes) as a DAS (CAS)
-  event. The patients the model's run trained on (``data.icbhi_fraction``) are left out, and
-  those ``--icbhi-exclude-patients`` names.
-
-SPRSound views print :meth:`~training.scoring.detection.DetectionReport.family_table`, the
-share of good / Poor Quality records with a ``poor_signal`` event and, for a model with Task
-rules in its manifest, Task 2-2's Score of each recording's rolling verdict at its end
-(:mod:`edge.bed.verdict`). ``--out`` writes
-everything as JSON; the last line is ``key=value`` pairs of the headline numbers.
+Every recording runs as one bed of the public streaming API (:mod:`edge.runtime.offline`).
+The views, their scores and the output: docs/metrics.md ("``lungwatch views``").
 """
 
 from __future__ import annotations
@@ -69,9 +47,8 @@ def validation_records(model_dir: Path) -> list[SprRecord]:
 
 
 def icbhi_training_patients(model_dir: Path) -> set[str]:
-    """The ICBHI patients ``model_dir``'s checkpoint trained on: the ICBHI view leaves them out.
-    The checkpoint's own list where it records one; else (an older checkpoint) the share its
-    run config draws (``data.icbhi_fraction``; none by default)."""
+    """The ICBHI patients ``model_dir``'s checkpoint trained on: its own list, else (an older
+    checkpoint) the share its run config draws."""
     from lungwatch.config import from_mapping
     from training.data.icbhi import training_share
     from training.models.checkpoint import load_checkpoint
@@ -115,7 +92,7 @@ def _report(report: DetectionReport) -> dict[str, Any]:
 
 
 def icbhi_view(recordings: Sequence[IcbhiRecording], found: Mapping[str, RecordingEvents]) -> dict:
-    """The cycle-level ICBHI scores and the per-family event scores (module doc)."""
+    """The cycle-level ICBHI scores and the per-family event scores."""
     counts = dict.fromkeys(ICBHI_CLASSES, 0)
     correct = dict.fromkeys(ICBHI_CLASSES, 0)
     family = {"crackle": [0, 0, 0, 0], "wheeze": [0, 0, 0, 0]}  # tp, fn, fp, tn
@@ -220,7 +197,7 @@ def _icbhi_events(
 
 
 def run_views(model: Path, views: Sequence[str], exclude: set[str]) -> dict[str, Any]:
-    """Every view of ``views`` for the model artifact ``model`` (module doc)."""
+    """Every view of ``views`` for the model artifact ``model``."""
     folder, file = resolve_model(model)
     out: dict[str, Any] = {"model": str(folder / file)}
     for view in views:
