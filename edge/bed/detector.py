@@ -6,16 +6,11 @@ An event is the union of its frames' spans on the stream's sample timeline (:cla
 Phase mode and change-point boxes: docs/runtime.md ("Detector settings").
 
 Lifecycle of one event (``key`` = ``"<type>@<start_sample>"``, stable and deterministic):
-
-- a class turns on at ``p >= on_threshold`` and off at ``p < off_threshold`` (hysteresis);
-- an off followed by an on within ``merge_gap_ms`` continues the same event; merging comes
-  before the minimum-duration test, so an event is announced (``onset``) only once it spans
-  ``min_event_ms``: a shorter one never produces any transition;
-- ``ongoing`` is repeated every ``ongoing_every_ms`` while the condition lasts (0: never);
-- the condition ends when the class stays off for longer than ``merge_gap_ms``; the event then
-  ``ended`` with the end of its last active span, unless its priority latches and it was not
-  acknowledged: then it reports ``ongoing`` with ``latched=True`` and that end, and ends only at
-  :meth:`FrameDetector.acknowledge`. Acknowledging a live event makes it end on its own.
+merging comes before the minimum-duration test, so an event is announced (``onset``) only once
+it spans ``min_event_ms`` and a shorter one produces no transition at all. Once the class stays
+off longer than ``merge_gap_ms`` the event has ``ended`` at the end of its last active span,
+unless its priority latches and nobody acknowledged it: then it reports ``ongoing`` with
+``latched=True`` and that end, and ends only at :meth:`FrameDetector.acknowledge`.
 
 :class:`Lifecycle` and :class:`EventTracker` are shared with the quality gate
 (:mod:`edge.bed.gate`), whose technical events follow the same lifecycle.
@@ -62,8 +57,7 @@ class DetectorError(LungwatchError, ValueError):
 
 
 def hysteresis_step(active: bool, value: float, on: float, off: float) -> bool:
-    """One step of the two-threshold switch: it turns on at ``value >= on`` and, once on, stays
-    on while ``value >= off``."""
+    """One step of the two-threshold switch (on at ``value >= on``, stays on while ``>= off``)."""
     return value >= off if active else value >= on
 
 
@@ -393,9 +387,8 @@ def _track_phases(
     cand_start, cand_end, announced, peak, out_i, out_p,
 ):  # fmt: skip
     """Phase mode over ``probs`` (n, O): breath hysteresis on output ``breath``, per-class
-    running means over the open phase against ``thr`` (C,). ``phase`` = [open (0/1), first
-    frame, frames so far] and ``sums`` (C,) carry the open phase between calls; the rest, and
-    the rows written, as in :func:`_track_frames` (``peak``: the highest mean)."""
+    means over the open phase against ``thr``; ``phase`` = [open (0/1), first frame, frames so
+    far] and ``sums`` carry the phase between calls; the rest as in :func:`_track_frames`."""
     count = 0
     for t in range(probs.shape[0]):
         j = first_frame + t
@@ -691,9 +684,7 @@ class FrameDetector:
             self._last_end[c] = end
 
     def suppress(self, active: bool) -> list[Transition]:
-        """While suppressed no event starts; entering suppression ends the open ones (a box
-        heard before it, its start not settled yet and its peak at the threshold, is announced
-        and ended: nothing heard is dropped)."""
+        """While suppressed no event starts; entering suppression ends the open ones."""
         if active and not self.suppressed:
             self._close_all()
         self.suppressed = active
@@ -705,8 +696,7 @@ class FrameDetector:
         return self._lifecycle.take()
 
     def finish(self) -> list[Transition]:
-        """The stream is over: end every event, latched ones included (a box whose start was
-        not settled yet, with its peak at the threshold, is announced and ended)."""
+        """The stream is over: end every event, latched ones included."""
         self._close_all()
         self._lifecycle.release_latched()
         return self._lifecycle.take()

@@ -1,7 +1,5 @@
-"""The detector's rules as configuration: a class's thresholds and durations, the breath-phase
-and change-point rule of phase mode, and event priorities, each checked as it is made. Kept
-apart from :mod:`edge.bed.detector` (which runs them, with Numba) so that what only reads or
-writes rules (a model's manifest, training's fits) does not load the detector.
+"""The detector's rules as configuration, each checked as it is made; apart from
+:mod:`edge.bed.detector` so that what only reads or writes rules does not load Numba's kernels.
 """
 
 from __future__ import annotations

@@ -53,8 +53,7 @@ class VerdictRule:
 
     @classmethod
     def of(cls, tasks: Mapping[str, Any] | None, config: VerdictConfig) -> VerdictRule | None:
-        """The rule of a manifest's ``tasks.rules`` (None: the manifest has none, or the
-        config turns the verdict off)."""
+        """The rule of a manifest's ``tasks.rules`` (None: none, or the verdict is off)."""
         if tasks is None or not config.enabled:
             return None
         try:

@@ -2,7 +2,6 @@
 
     publisher = EvidencePublisher(config, mqtt_config).connect()
     publisher.submit(clip)        # from the runtime's loop: returns at once
-    publisher.stats()             # clips spooled, bytes, sent, evicted, expired, dropped
     publisher.close()             # what is spooled waits for the next start
 
 Why MQTT, why a connection of its own, the spool and its bounds: docs/evidence.md ("On the
@@ -79,8 +78,8 @@ class EvidenceSpool:
         self._count, self._bytes = int(count), int(size)
 
     def put_many(self, clips: list[tuple[Clip, list[tuple[str, str]]]], now_s: float) -> None:
-        """Store clips and their messages in one transaction; evict the oldest clips over the
-        bound (a clip of an episode already spooled replaces it)."""
+        """Store clips in one transaction, evicting the oldest over the bound (a clip of an
+        episode already spooled replaces it)."""
         with self._lock, self._db:
             for clip, messages in clips:
                 size = sum(len(payload) for _, payload in messages)
@@ -104,8 +103,7 @@ class EvidenceSpool:
                 self.evicted += 1
 
     def oldest_many(self, now_s: float, n: int) -> list[tuple[int, list[tuple[str, str]]]]:
-        """The ``n`` oldest clips not expired, oldest first (expired ones are dropped and
-        counted)."""
+        """The ``n`` oldest clips not expired (expired ones are dropped and counted)."""
         with self._lock, self._db:
             cutoff = (now_s - self.max_age_s,)
             gone = self._db.execute(

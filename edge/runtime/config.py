@@ -2,11 +2,8 @@
 once, then checked against the model's manifest; the sources, sinks and embedded broker it
 names (:func:`open_stream_source`, :func:`open_sinks`, :func:`start_embedded_broker`); and the
 commands that arrive on the command topic (:func:`parse_command`). Its sections and keys:
-docs/runtime.md's config table and ``edge/configs/ward.yaml``.
-
-Every error is one :class:`~lungwatch.errors.ConfigError` line naming the file and the key::
-
-    ward.yaml: model.file must be a file listed in models/sed/manifest.json (...), got 'x.onnx'
+docs/runtime.md's config table and ``edge/configs/ward.yaml``. Every error is one
+:class:`~lungwatch.errors.ConfigError` line naming the file and the key.
 """
 
 from __future__ import annotations
@@ -115,8 +112,7 @@ class StreamConfig:
 
 
 def stream_age_band(stream: StreamConfig) -> str | None:
-    """The age band a stream's config names (``age_band``, or the band of ``age_years``);
-    None: the respiration section's."""
+    """The age band a stream's config names (None: the respiration section's)."""
     if stream.age_years is not None:
         return band_for_age(stream.age_years).name
     return stream.age_band
@@ -256,8 +252,7 @@ class RuntimeConfig:
 
     @property
     def mqtt_config(self) -> MqttConfig:
-        """The MQTT settings with this device's identity (its EUI-64 the configured one, else
-        its host's)."""
+        """The MQTT settings with this device's identity."""
         given = self.equipment_eui64
         equipment = eui64(given) if given is not None else host_eui64()
         return dataclasses.replace(
@@ -268,14 +263,12 @@ class RuntimeConfig:
 def load_runtime_config(
     path: str | Path | Sequence[str | Path], overrides: list[str] | None = None
 ) -> RuntimeConfig:
-    """Read and validate ``path`` (or several files, each merged over the ones before:
-    ``lungwatch.config.load_layers``); errors name the file(s) and the key."""
+    """Read and validate ``path`` (or several files, each merged over the ones before)."""
     return load_config(RuntimeConfig, path, overrides)
 
 
 def check_against_manifest(config: RuntimeConfig, manifest: Manifest, source: str) -> None:
-    """ConfigError naming ``source`` and the key where the config disagrees with the model:
-    ``model.file`` not listed, ``features`` not the model's, detector rules naming no class."""
+    """ConfigError naming ``source`` and the key where the config disagrees with the model."""
     if config.model.file not in manifest.runnable:
         listed = ", ".join(manifest.runnable)
         raise ConfigError(
@@ -306,8 +299,7 @@ def resolve_source(url: str) -> str:
 
 
 def open_stream_source(config: StreamConfig, rate_hz: int) -> AudioSource:
-    """The stream's source at the model's rate (files: chunk size, pacing, looping; mic:
-    chunk size; bridge: what its URL says)."""
+    """The stream's source, refused unless it delivers the model's rate."""
     url = resolve_source(config.source)
     options: dict[str, Any] = {}
     if not url.startswith(BRIDGE_PREFIX):
@@ -345,8 +337,7 @@ def open_sinks(
 
 
 def start_embedded_broker(config: RuntimeConfig, resources: contextlib.ExitStack) -> str | None:
-    """With ``sinks.embedded_broker``: an amqtt broker on ``mqtt.host:port`` (stopped by
-    ``resources``); its address, else None."""
+    """With ``sinks.embedded_broker``: an amqtt broker's address (stopped by ``resources``)."""
     if not (config.sinks.mqtt and config.sinks.embedded_broker):
         return None
     from edge.sinks.broker import EmbeddedBroker
@@ -409,8 +400,7 @@ def short_repr(value: object) -> str:
 
 
 def parse_command(payload: bytes) -> Command:
-    """The command in ``payload``; CommandError says what is wrong with it (quoting at most
-    ``EXCERPT_BYTES`` of it)."""
+    """The command in ``payload``; CommandError says what is wrong with it."""
     excerpt = payload[:EXCERPT_BYTES]
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(

@@ -51,9 +51,8 @@ PUMP_BATCH = 500  # rows read from the spool per pass
 
 
 class MqttSink:
-    """The MQTT sink (see the module docstring): a context manager, or :meth:`connect` then
-    :meth:`close`; events published before ``connect`` are spooled. ``spool``: an open one
-    instead of ``config.spool_path`` (closed with the sink either way)."""
+    """The MQTT sink: a context manager, or :meth:`connect` then :meth:`close`. ``spool``: an
+    open one instead of ``config.spool_path`` (closed with the sink either way)."""
 
     def __init__(self, config: MqttConfig, spool: Spool | None = None) -> None:
         self.config = config
@@ -165,8 +164,7 @@ class MqttSink:
         self._retain("respiration", stream_id, topic, payload)
 
     def publish_ack(self, stream_id: str, target: str, user: str, ended: int) -> None:
-        """Say that the bed took an acknowledge (QoS 1, not retained; the client queues it
-        while the broker is away)."""
+        """Say that the bed took an acknowledge (QoS 1, not retained, queued while offline)."""
         self._check_open()
         site, device_id = self.config.site, self.config.device_id
         payload = ack_payload(site, device_id, stream_id, target, user, utc_now(), ended)
@@ -244,9 +242,8 @@ class MqttSink:
     def set_command_handler(
         self, handler: Callable[[bytes], None], policy: str | None = None
     ) -> None:
-        """Subscribe to the command topic (now if connected, and on every reconnect) and hand
-        each payload to ``handler`` (called on paho's network thread); ``policy`` (one of
-        ``lungwatch.events.COMMAND_POLICIES``) goes out with the online status."""
+        """Subscribe to the command topic (also on every reconnect) and hand each payload to
+        ``handler``; ``policy`` (``lungwatch.events.COMMAND_POLICIES``) goes in the status."""
         self._on_command = handler
         self.command_policy = policy
         self._session.subscribe(self._command_topic)
@@ -306,8 +303,7 @@ class MqttSink:
                 self._woken = False
 
     def _take_acks(self) -> None:
-        """Delete the rows whose PUBACK came, all in one transaction (mids of status and
-        metrics messages are not in the map)."""
+        """Delete the rows whose PUBACK came, all in one transaction."""
         seqs = []
         while self._acks:
             seq = self._mids.pop(self._acks.popleft(), None)

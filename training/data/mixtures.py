@@ -1,9 +1,5 @@
-"""Training material with complete labels: annotated adventitious sounds placed into Normal
-records of the training split.
-
-A mixture is a Normal training record (the host) with segments of annotated adventitious
-events of other training records (donors) added, so every class target is known; how they
-are drawn, resampled, levelled and labelled: docs/training.md (``mixtures.*``).
+"""Training material with complete labels: annotated adventitious sounds of training records
+(donors) placed into Normal ones (hosts); how: docs/training.md (``mixtures.*``).
 """
 
 from __future__ import annotations
@@ -100,8 +96,7 @@ def mix_one(
     host: np.ndarray, segments: Sequence[Segment], cfg: MixtureConfig, rate_hz: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, list[tuple[float, float, str]]]:  # fmt: skip
-    """The host with each segment added at a random, non-overlapping place; the inserted
-    events ``(start_s, end_s, type)``."""
+    """The host with each segment added at a random free place; the inserted events."""
     out = host.astype(np.float32).copy()
     events: list[tuple[float, float, str]] = []
     taken: list[tuple[int, int]] = []

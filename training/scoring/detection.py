@@ -2,10 +2,8 @@
 
     report = score_detection(predicted, annotated, labels, durations_s)
 
-``predicted`` and ``annotated`` map a record id to its events ``(start_s, end_s, type)`` in
-SPRSound's vocabulary. The two views (``family``, ``4class``), the collars, the false events
-per hour and the per-family scores: docs/metrics.md ("Detection scores through the device
-path").
+``predicted`` and ``annotated``: record id -> events ``(start_s, end_s, type)``, SPRSound's
+vocabulary. What is scored: docs/metrics.md ("Detection scores through the device path").
 """
 
 from __future__ import annotations
@@ -234,8 +232,7 @@ def family_scores(
     labels: Mapping[str, str],
     hours: float,
 ) -> dict[str, FamilyScores]:
-    """Each family's event scores (from the family view), false events per hour on Normal
-    records and record presence over the good records."""
+    """Each family's event scores, false events per hour and record presence."""
     good = [r for r in annotated if labels.get(r) != POOR_QUALITY]
     normal = [r for r in annotated if labels.get(r) == NORMAL]
     out = {}
@@ -270,8 +267,7 @@ def score_detection(
     labels: Mapping[str, str],
     durations_s: Mapping[str, float],
 ) -> DetectionReport:
-    """Both views, the false-event rate and the per-family scores (records: those of
-    ``annotated``)."""
+    """Both views, the false-event rate and the per-family scores of ``annotated``'s records."""
     views = {name: score_view(predicted, annotated, name) for name in VIEWS}
     per_hour, share, hours = false_events(predicted, labels, durations_s)
     families = family_scores(views["family"], predicted, annotated, labels, hours)

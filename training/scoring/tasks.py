@@ -1,9 +1,5 @@
 """The SPRSound challenge tasks from a frame-level streaming model's outputs.
 
-    rules = fit_task_rules(probs, records, outputs, grid)   # on validation, never a test set
-    labels = event_labels(probs_of_record, record.events, outputs, grid, rules)   # Task 1
-    label = record_label(probs_of_record, outputs, rules)                          # Task 2
-
 The probabilities are the device's (:func:`edge.runtime.offline.detect_recordings`); the
 Task 1 and Task 2 rules and their fit: docs/training.md ("``tasks`` and ``predict``").
 """
@@ -308,8 +304,7 @@ class DeviceOutputs:
 
 
 def device_outputs(audio: Mapping[str, Any], model_dir: Any, model_file: str) -> DeviceOutputs:
-    """Run ``{record: audio path}`` through :func:`edge.runtime.offline.detect_recordings` and
-    keep the output frames."""
+    """Run ``{record: audio path}`` through the device's path and keep the output frames."""
     from edge.inference.manifest import load_manifest
     from edge.runtime.offline import detect_recordings
 

@@ -130,8 +130,7 @@ def icbhi_view(recordings: Sequence[IcbhiRecording], found: Mapping[str, Recordi
 def _judged_cycles(
     recordings: Sequence[IcbhiRecording], found: Mapping[str, RecordingEvents]
 ) -> Iterator[tuple[IcbhiRecording, list[dict[str, Any]], list[tuple[IcbhiCycle, Any]]]]:
-    """Each recording, its ``poor_signal`` events and every cycle with what the device said
-    of it (:func:`_said`; None: not assessed)."""
+    """Each recording, its ``poor_signal`` events and every cycle with :func:`_said` of it."""
     for rec in recordings:
         events = found[rec.recording_id].physiological
         poor = [e for e in found[rec.recording_id].technical if e["type"] == POOR_SIGNAL]
@@ -159,8 +158,7 @@ def _verdict(said: Mapping[str, bool]) -> str:
 def cycle_verdicts(
     recordings: Sequence[IcbhiRecording], found: Mapping[str, RecordingEvents]
 ) -> list[tuple[str, str, str]]:
-    """``(patient, annotated label, verdict)`` for every cycle, by the view's rule (a cycle not
-    assessed is judged normal)."""
+    """``(patient, annotated label, verdict)`` for every cycle (not assessed: normal)."""
     return [
         (rec.patient_id, c.label, _verdict(said or NOTHING_SAID))
         for rec, _, judged in _judged_cycles(recordings, found)
