@@ -1,6 +1,6 @@
 """HL7 v2.6 messages of IHE PCD-01 (``ORU^R01^ORU_R01``) and PCD-04 (``ORU^R40^ORU_R40``),
-written segment by segment after the IHE PCD Technical Framework's tables (docs/gateway.md is
-the conformance statement: every segment and field sent, and why).
+written segment by segment after the IHE PCD Technical Framework's tables; docs/gateway.md is
+the conformance statement (every segment, field and code sent, and why).
 
     sender = Sender(application="LUNGWATCH", facility="WARD-1", receiver="HIS", ...)
     text = rate_message(reading, bed, sender, control_id, now)   # a respiration reading
@@ -8,22 +8,8 @@ the conformance statement: every segment and field sent, and why).
     text = alert_message(report, bed, sender, control_id, now)   # an alarm condition's change
     ack = parse_ack(text)                                         # what the receiver said
 
-Every message names its IHE profile (MSH-21), its character set (MSH-18, UTF-8) and the
-equipment: the gateway in MSH-3 and the device in the MDS row's OBX-18, each by its EUI-64
-where it has one (:mod:`lungwatch.equipment`). An observation message carries the device's
-containment (OBX-4 ``MDS.VMD.CHAN.METRIC``): the medical device system, the respiration
-analyser and the bed's channel as device rows, then the metrics under the channel. Device
-data is unverified (OBX-11 ``R``); device rows are ``X``. A numeric outside its reference range
-is flagged H or L (OBX-8). Free text loses HL7's delimiters and control characters
-(:func:`plain`); a value HL7 cannot carry (a time outside 1900-9999, text that is not UTF-8)
-raises :class:`Hl7Error`: that one message is refused, never the caller's loop. No field is cut
-to a library's component length: a bed's id is sent whole.
-
-Codes (docs/gateway.md): the respiratory rate is IEEE 11073-10101 ``MDC_RESP_RATE`` (151562)
-in ``MDC_DIM_RESP_PER_MIN`` (264928) with the bed's age band's normal range as the reference
-range; findings carry the SNOMED CT code of the finding (crackles, wheeze, stridor, apnoea, ...)
-or, without one, the event type in the local table ``99LW`` (no MDC term exists for them);
-signal problems are observations of the local code ``signal-quality``.
+A value HL7 cannot carry raises :class:`Hl7Error`: that one message is refused, never the
+caller's loop.
 """
 
 from __future__ import annotations
@@ -43,16 +29,13 @@ from lungwatch.events import FINDING_RATE_FAMILY, snomed_ct
 from lungwatch.labels import FAMILY, display_name
 
 VERSION = "2.6"
-# MSH-21: the IHE profile each message conforms to (PCD-01's OID from the PCD TF-2; PCD-04's
-# Alarm Communication Management profile in the same arc)
+# MSH-21: the IHE profile each message conforms to
 PCD01_PROFILE = "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"
 PCD04_PROFILE = "IHE_PCD_ACM_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.4.1^ISO"
 CHARSET = "UNICODE UTF-8"  # MSH-18
 EUI64 = "EUI-64"  # the universal id type of an equipment identifier
 LOCAL_NAMESPACE = "LUNGWATCH"  # an identifier's namespace where no EUI-64 is known
-# the containment (OBX-4) of what a bed's device reports: medical device system, the
-# respiration analyser (VMD) and the bed's channel; the VMD's and CHAN's codes follow the
-# nomenclature's rule for a device type (its base + 2 and + 3)
+# the containment (OBX-4): medical device system, respiration analyser (VMD), bed's channel
 MDS = "69837^MDC_DEV_METER_PHYSIO_MULTI_PARAM_MDS^MDC"
 VMD = "69722^MDC_DEV_ANALY_RESP_RATE_VMD^MDC"
 CHAN = "69723^MDC_DEV_ANALY_RESP_RATE_CHAN^MDC"
@@ -85,8 +68,7 @@ PHASES = ("start", "update", "escalate", "de-escalate", "end")
 ALARM_STATES = ("active", "latched", "inactive")
 INACTIVATION_STATES = ("enabled", "alert-acknowledged")
 ACCEPTED = ("AA", "CA")  # original / enhanced mode: accepted
-# HL7's delimiters, line breaks and every other control character (MLLP's 0x0B and 0x1C among
-# them) become spaces in free text
+# control characters (MLLP's 0x0B and 0x1C among them) and HL7's delimiters: spaces
 _ESCAPES = str.maketrans(
     {**{chr(c): " " for c in range(32)}, "\x7f": " ", "|": " ", "^": " ", "~": " ", "\\": " ",
      "&": " "}
@@ -100,8 +82,8 @@ class Hl7Error(LungwatchError):
 
 @dataclass(frozen=True)
 class Sender:
-    """MSH's sending and receiving application and facility, and the gateway's own EUI-64
-    (MSH-3's universal id; "" where the gateway's host has none)."""
+    """MSH's sending and receiving application and facility, and the gateway's EUI-64 ("":
+    none)."""
 
     application: str = "LUNGWATCH"
     facility: str = ""
@@ -122,10 +104,9 @@ class Sender:
 
 @dataclass(frozen=True)
 class Bed:
-    """Where a reading comes from: the device's stream and its EUI-64 (the device's, as its
-    status says; "" not known yet), the hospital's location for it (PV1-3, ``point of
-    care^room^bed^facility``) and, when known, the patient's id (PID-3, ``id^^^authority^MR``;
-    unknown: the bed's own, ``<device>.<stream>^^^LUNGWATCH^ANON``)."""
+    """Where a reading comes from: the device's stream and EUI-64 ("": not known yet), the
+    hospital's location (PV1-3, ``point of care^room^bed^facility``) and patient id (PID-3,
+    ``id^^^authority^MR``; "": the bed's own)."""
 
     device_id: str
     stream_id: str
@@ -136,20 +117,19 @@ class Bed:
 
     @property
     def name(self) -> str:
-        """The bed's name within the site: ``<device>.<stream>``, whole."""
+        """``<device>.<stream>``, whole."""
         return f"{plain(self.device_id)}.{plain(self.stream_id)}"
 
     @property
     def equipment_id(self) -> str:
-        """OBX-18 (EI): the bed's name, the local namespace, and the device's EUI-64 as the
-        universal id where it is known."""
+        """OBX-18 (EI)."""
         universal = f"^{self.equipment}^{EUI64}" if self.equipment else ""
         return f"{self.name}^{LOCAL_NAMESPACE}{universal}"
 
 
 @dataclass(frozen=True)
 class Ack:
-    """MSA-1 and MSA-2 of a reply: the code and the control id it acknowledges."""
+    """MSA-1, MSA-2 and MSA-3 of a reply."""
 
     code: str
     control_id: str
@@ -185,8 +165,7 @@ def plain(text: object) -> str:
 
 
 def range_flag(value: float, low: object, high: object) -> str:
-    """OBX-8 of a numeric against its reference range: H above, L below, N within; "" when
-    the range is not known."""
+    """OBX-8 of a numeric against its reference range ("": range not known)."""
     if not (isinstance(low, int | float) and isinstance(high, int | float)):
         return ""
     return "H" if value > high else "L" if value < low else "N"
@@ -202,9 +181,7 @@ def limits_of(low: object, high: object) -> str:
 def rate_message(
     reading: Mapping[str, Any], bed: Bed, sender: Sender, control_id: str, now: dt.datetime
 ) -> str:
-    """PCD-01 of one respiration reading (the respiration topic's message): the rate with
-    its reference range and flag when the state is ``ok``, else the assessment's state and
-    reason; then the finding rates the bed has."""
+    """PCD-01 of one respiration reading (the respiration topic's message)."""
     utc = str(reading.get("utc", ""))
     when = hl7_time(utc)
     metrics: list[list[str]] = []
@@ -230,9 +207,7 @@ def rate_message(
 def finding_message(
     event: Mapping[str, Any], bed: Bed, sender: Sender, control_id: str, now: dt.datetime
 ) -> str:
-    """PCD-01 of one finding episode's onset or end: the finding present, observed from
-    OBR-7 (and, once it ended, to OBR-8); a technical event is an observation of the signal's
-    quality."""
+    """PCD-01 of one finding or technical episode's onset or end."""
     start, end = hl7_time(str(event.get("start_utc", ""))), ""
     if event.get("state") == "ended" and event.get("end_utc"):
         end = hl7_time(str(event["end_utc"]))
@@ -250,18 +225,16 @@ def finding_message(
 
 @dataclass(frozen=True)
 class AlertReport:
-    """One change of a bed's alarm condition (:mod:`gateway.alarms`): which alert (its id is
-    the same in every report of it), what changed (``phase``), the condition as it is now,
-    and its source's latest value where the gateway has one (``source``: the rate with its
-    limits for a breathing condition, the finding rate for a finding family)."""
+    """One change of a bed's alarm condition (:mod:`gateway.alarms`); ``alert_id`` is the same
+    in every report of one alert."""
 
     alert_id: str
-    condition: str  # CAS, DAS, apnoea, ... or a technical type (lungwatch.alarms)
+    condition: str  # lungwatch.alarms.condition_of
     text: str
     kind: str  # physiological | technical
-    priority: str  # high | medium | low, escalation included
+    priority: str  # escalation included
     phase: str  # PHASES
-    alarm_state: str  # ALARM_STATES: active, latched (its episodes over, not acknowledged)
+    alarm_state: str  # ALARM_STATES
     acknowledged_by: str | None  # None: not acknowledged; "" acknowledged, nobody named
     first_onset_utc: str
     utc: str  # when the gateway saw the change
@@ -269,9 +242,7 @@ class AlertReport:
 
 
 def condition_code(condition: str, text: str) -> str:
-    """What the alarm is about: the SNOMED CT finding of a physiological condition (the
-    family's: wheezing, crackles; the breathing findings'), else the condition in the local
-    table."""
+    """What the alarm is about: its SNOMED CT finding, else the condition in the local table."""
     code = snomed_ct(condition_type(condition))
     if code:
         return f"{code}^{plain(text)}^SCT"
@@ -279,9 +250,7 @@ def condition_code(condition: str, text: str) -> str:
 
 
 def _source_facet(report: AlertReport, sub_id: str, when: str) -> str:
-    """Facet 2 of an alert: the metric that is its source with its latest value and limits
-    (the rate for a breathing condition, the finding rate for a finding family), else the
-    alert source attribute naming the bed's channel (or, for a technical alarm, the device)."""
+    """Facet 2 of an alert: its source metric's latest value, else the alert source attribute."""
     family_code = {f.name: f"{f.rate_code}^{f.rate_text}^{LOCAL_TABLE}" for f in FAMILY.values()}
     if report.source is not None and report.kind == "physiological":
         value, low, high = report.source
@@ -299,10 +268,7 @@ def _source_facet(report: AlertReport, sub_id: str, when: str) -> str:
 def alert_message(
     report: AlertReport, bed: Bed, sender: Sender, control_id: str, now: dt.datetime
 ) -> str:
-    """PCD-04 of one alarm condition's change: the alert (OBR-3 its id for its whole life,
-    OBR-4 MDC_EVT_ALARM) and its facets, one OBX each (OBX-4 ``<source>.N``): what it is
-    with its priority and source (OBX-8), its source metric, the event phase, the alarm
-    state, and the inactivation state (``alert-acknowledged``, OBX-16 by whom)."""
+    """PCD-04 of one alarm condition's change: OBR and the alert's five facets."""
     if report.phase not in PHASES or report.alarm_state not in ALARM_STATES:
         raise Hl7Error(f"alert phase {report.phase!r} / state {report.alarm_state!r} unknown")
     if report.priority not in ALERT_PRIORITY or report.kind not in ALERT_SOURCE:
@@ -352,7 +318,7 @@ def control_id_of(text: str) -> str:
 
 
 def _segment(name: str, fields: Sequence[str]) -> str:
-    """A segment: its name and fields (trailing empty ones left out)."""
+    """Trailing empty fields left out."""
     fields = list(fields)
     while fields and not fields[-1]:
         fields.pop()
@@ -372,9 +338,7 @@ def _head(
         control_id, plain(sender.processing_id), VERSION, "", "", "AL", "NE", "", CHARSET, "", "",
         profile,
     ]  # fmt: skip
-    # PID-3 is required: without the hospital's patient id, the bed's own (identifier type
-    # ANON, HL7 table 0203: it names the monitored bed, not the person); the name is the
-    # hospital's to know (U: unspecified)
+    # PID-3 is required: ANON (HL7 table 0203) names the monitored bed, not the person
     patient = bed.patient_id or f"{bed.name}^^^{plain(sender.application)}^ANON"
     segments = ["MSH|" + "|".join(msh), _segment("PID", ["", "", patient, "", "^^^^^^U"])]
     if bed.location:
@@ -387,7 +351,7 @@ def _observation_message(
     metrics: list[list[str]],
 ) -> str:  # fmt: skip
     """PCD-01: the order observed from ``start`` (to ``end``), the device rows, then each
-    metric (value type, code, value, units, range, flag, time, method) of the bed's channel."""
+    metric (value type, code, value, units, range, flag, time, method)."""
     segments = _head(bed, sender, control_id, now, "R01", "ORU_R01", PCD01_PROFILE)
     segments.append(_segment("OBR", ["1", "", sender.identifier(control_id), MONITORING, "", "",
                                      start, end]))  # fmt: skip
@@ -418,8 +382,7 @@ def _obx(
 
 
 def _message(segments: list[str]) -> str:
-    """The message: its segments, each ended by a carriage return (the last one too); text
-    that is not UTF-8 (a lone surrogate) is refused."""
+    """Each segment ended by a carriage return (the last one too)."""
     text = "".join(segment + "\r" for segment in segments)
     try:
         text.encode("utf-8")

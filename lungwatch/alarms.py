@@ -1,55 +1,15 @@
-"""Alarm conditions: what a nurse acknowledges, built from the episodes a bed publishes.
+"""Alarm conditions: the episodes a bed publishes grouped into one condition per bed and
+finding, what a nurse acknowledges (shared by the ward view and the hospital gateway).
 
-    condition_of("Fine Crackle")        # "DAS": the alarm condition an event type belongs to
     book = AlarmBook(AlarmSettings())
     book.take(event, now_s)             # every event message of the site, in order
     book.acknowledge("edge-1", "bed-3", "DAS", now_s, "nurse")
-    book.conditions(now_s)              # one AlarmCondition per bed and condition, ward order
+    book.conditions(now_s)              # one view per bed and condition, in ward order
 
-The MQTT stream carries **episodes**: every crackle heard in a breath phase is an episode with
-its own onset and end (the wire contract, ``lungwatch.events``). A ward cannot work from those: a
-bed with crackles raises one every few breaths. This layer, shared by the ward view (its alarm
-list and bed cards) and the hospital gateway (its alerts), groups them as a bedside monitor
-does, into one **alarm condition per bed and finding**:
-
-- each finding family (``CAS``: Wheeze, Rhonchi, Stridor and Wheeze+Crackle, and the device's
-  CAS finding episodes, ``edge.bed.findings``; ``DAS``: Fine and Coarse Crackle, and the DAS
-  finding episodes; :func:`lungwatch.labels.family_of`),
-  ``apnoea``, ``tachypnoea``, ``bradypnoea``, and each technical condition by its own type
-  (``poor_signal``, ``off_body``, ``breath_signal_lost``, ...): :func:`condition_of`;
-- a condition carries its first onset, its last episode, how many episodes it has had, the
-  episodes still open on the device (live or latched) and which of them have a clip;
-- **it continues** while an episode of it is open and, for a condition below high priority
-  (an advisory finding, a technical condition), ``continues_s`` after its last episode ended:
-  crackles every few breaths are one condition. A high-priority condition (apnoea, stridor)
-  does not continue past its episodes: once they are over, its next episode is a **new
-  condition**;
-- it is **alarming** from its first episode until a person acknowledges it, whether or not
-  its episodes have ended meanwhile (latched at the condition level, as IEC 60601-1-8 latches
-  an alarm signal). An acknowledgement applies to the condition present when it is given:
-  acknowledged, the condition is listed quiet while it continues; a new episode of a
-  continuing condition is counted, and raises it again only once ``realarm_s`` has passed
-  since the acknowledgement; a condition that is over and starts again is new and alarms at
-  once, whatever its priority and however soon after the acknowledgement. An episode the
-  device ended by an acknowledgement (another view's, or one before this view started)
-  acknowledges its condition here too;
-- its priority is the highest of its episodes'; while nobody acknowledges it, it rises one
-  step every ``escalate_after_s`` (0: never), **never above medium** (:data:`ESCALATION_CEILING`):
-  a finding that nobody acknowledged stays advisory, and high priority is kept for what
-  threatens life now. The ceiling limits escalation, not a condition's own priority (stridor
-  and apnoea are high from their first episode);
-- acknowledged and no longer continuing it is ``ended``: listed ``hold_s`` (0 by default),
-  then gone; acknowledging a condition that no longer continues removes it at once.
-
-Ward order (:func:`ward_order`): alarming, then acknowledged, then ended; within each, priority
-(high first); within a priority, life-threatening conditions (:data:`LIFE_THREATENING`: apnoea)
-first; then the condition that started alarming last first. A new episode of a condition
-that already alarms does not move it, so the order holds still while episodes come; an
-apnoea that starts now is the top row.
-
-A condition is written to a store as a plain record (:meth:`AlarmCondition.record`) and
-taken back with :meth:`AlarmBook.restore`, so a restarted ward view lists what it listed:
-alarming and escalated conditions, who acknowledged what, and how many episodes each had.
+How a condition continues, alarms (latched at the condition level, IEC 60601-1-8), re-alarms,
+escalates (never above :data:`ESCALATION_CEILING`), ends and is ordered: docs/dashboard.md,
+"Active alarms". :meth:`AlarmCondition.record` and :meth:`AlarmBook.restore` let a restarted
+ward view list what it listed.
 """
 
 from __future__ import annotations
@@ -80,8 +40,8 @@ Key = tuple[str, str, str]  # device, bed, condition
 
 
 class Episode(Protocol):
-    """What the book reads of an episode's message: an :class:`~lungwatch.events.Event`, or a
-    :class:`ListedEpisode` a bed's summary lists."""
+    """What the book reads of an episode: an :class:`~lungwatch.events.Event` or a
+    :class:`ListedEpisode`."""
 
     @property
     def episode_id(self) -> str: ...
@@ -124,7 +84,7 @@ MAX_LISTED = 256  # open alarms read of one bed's summary
 
 def open_rows(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A bed's retained summary's open alarms (:func:`summary_row`) by episode id; rows
-    without an episode id that is a topic segment are passed over."""
+    whose episode id is no topic segment are passed over."""
     rows = body.get("open")
     if not isinstance(rows, list):
         raise ValueError("a summary lists its open alarms under 'open'")
@@ -136,8 +96,7 @@ def open_rows(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def summary_row(row: dict[str, Any]) -> dict[str, Any]:
-    """One open alarm of a bed's retained summary, its fields checked and bounded (the ward
-    view lists it as it lists an event's row)."""
+    """One open alarm of a bed's retained summary, its fields checked and bounded."""
     priority = row.get("priority") if row.get("priority") in ("high", "medium", "low") else "low"
     confidence = row.get("confidence")
     return {
@@ -155,8 +114,8 @@ def summary_row(row: dict[str, Any]) -> dict[str, Any]:
 def listed_episode(
     device_id: str, stream_id: str, row: dict[str, Any], state: str
 ) -> ListedEpisode:
-    """A :func:`summary_row` as an episode of the alarm book (one that leaves the summary
-    latched was acknowledged on the device: a latched episode ends no other way)."""
+    """A :func:`summary_row` as an episode (one that leaves the summary latched was
+    acknowledged on the device: a latched episode ends no other way)."""
     detail = {"key": row["key"], "latched": row["latched"]}
     if state == "ended" and row["latched"]:
         detail["ended_by"] = "acknowledge"
@@ -165,21 +124,18 @@ def listed_episode(
 
 
 def condition_of(event_type: str) -> str:
-    """The alarm condition of an event type (module doc): a family, a breathing finding or
-    the technical type itself."""
+    """An event type's alarm condition: its family, else the type itself."""
     return family_of(event_type) or event_type
 
 
 def condition_type(condition: str) -> str:
-    """An event type of ``condition`` (its family's first: Wheeze, Fine Crackle; a breathing
-    finding's or technical condition's own type), for what is named by type: a finding's
-    code, an episode filed under the condition."""
+    """An event type of ``condition`` (a family's first: Wheeze, Fine Crackle), for what is
+    named by type."""
     return FINDING_CLASS.get(condition, condition)
 
 
 def names(event_type: str, key: str) -> tuple[str, str, str]:
-    """What an acknowledge may name to reach an episode: its key, its type or its alarm
-    condition."""
+    """What an acknowledge may name to reach an episode."""
     return (key, event_type, condition_of(event_type))
 
 
@@ -189,7 +145,7 @@ def condition_text(condition: str) -> str:
 
 @dataclass(frozen=True)
 class AlarmSettings:
-    """How conditions continue, re-alarm, rise and leave (module doc); seconds."""
+    """How conditions continue, re-alarm, rise and leave; seconds."""
 
     realarm_s: float = 600.0  # acknowledged and continuing: a new episode this long after sounds
     escalate_after_s: float = 300.0  # unacknowledged this long: one priority up (0: never)
@@ -207,8 +163,8 @@ class AlarmSettings:
 
 @dataclass
 class AlarmCondition:
-    """One bed's alarm condition (module doc). Times ``*_s`` are the book's clock (seconds);
-    ``*_utc`` the device's stamps of the episodes."""
+    """One bed's alarm condition. Times ``*_s`` are the book's clock (seconds); ``*_utc`` the
+    device's stamps of the episodes."""
 
     device_id: str
     stream_id: str
@@ -239,7 +195,6 @@ class AlarmCondition:
 
     @property
     def key(self) -> Key:
-        """(device, bed, condition): the condition's place in the book and in a store."""
         return (self.device_id, self.stream_id, self.condition)
 
     @property
@@ -249,26 +204,23 @@ class AlarmCondition:
 
     @property
     def live(self) -> bool:
-        """Some open episode is still heard (not latched: its condition holds on the device)."""
+        """Some open episode is still heard (not latched)."""
         return any(not e.detail.get("latched") for e in self.open.values())
 
     def continues(self, now_s: float, settings: AlarmSettings) -> bool:
-        """An episode is live, or (below high priority) the last ended less than
-        ``continues_s`` ago: a new episode now belongs to this condition (module doc)."""
+        """A new episode now would belong to this condition."""
         if self.live:
             return True
         return self.ended_s is not None and now_s - self.ended_s < self.gap_s(settings)
 
     def gap_s(self, settings: AlarmSettings) -> float:
-        """How long after its last live episode the condition continues (0 for a high or a
-        life-threatening one)."""
+        """How long after its last live episode the condition continues."""
         urgent = self.base_priority == "high" or self.condition in LIFE_THREATENING
         return 0.0 if urgent else settings.continues_s
 
     def state(self, now_s: float, settings: AlarmSettings) -> str:
-        """``alarming`` (until acknowledged, whether or not episodes are open: latched at the
-        condition level), ``acknowledged`` (it continues, or the device still holds an episode
-        of it) or ``ended`` (acknowledged and over: listed ``hold_s``)."""
+        """``alarming``, ``acknowledged`` (it continues, or the device still holds an episode
+        of it) or ``ended``."""
         if not self.acknowledged:
             return "alarming"
         held = self.open or self.held
@@ -282,8 +234,6 @@ class AlarmCondition:
         return max((str(e) for e in ends if e), default=None)
 
     def priority(self, now_s: float, settings: AlarmSettings) -> str:
-        """The base priority, one step up per ``escalate_after_s`` while alarming, never
-        above :data:`ESCALATION_CEILING` by escalation."""
         rank = PRIORITY_RANK[self.base_priority]
         if not self.acknowledged and settings.escalate_after_s > 0:
             steps = int(max(0.0, now_s - self.raised_s) // settings.escalate_after_s)
@@ -330,9 +280,8 @@ class AlarmCondition:
         return dict(view)
 
     def record(self) -> dict[str, Any]:
-        """What a store keeps of the condition (JSON-ready; :meth:`AlarmBook.restore` takes
-        it back): everything but the open episodes' messages, which come back from the
-        events and the beds' summaries."""
+        """What a store keeps (JSON-ready): all but the open episodes' messages, which come
+        back from the events and the beds' summaries."""
         return {
             "condition": self.condition, "kind": self.kind,
             "base_priority": self.base_priority, "first_onset_utc": self.first_onset_utc,
@@ -348,9 +297,7 @@ class AlarmCondition:
 
 
 def ward_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Condition views sorted for the ward: alarming first (then acknowledged, then ended),
-    then priority, then life-threatening first, then the condition that started alarming
-    last first, then place (stable sorts, least significant key first)."""
+    """Condition views in ward order (stable sorts, least significant key first)."""
     out = sorted(rows, key=lambda r: (r["device_id"], r["stream_id"], r["condition"]))
     out.sort(key=lambda r: r["raised_utc"], reverse=True)
     out.sort(key=lambda r: (STATE_RANK[r["state"]], PRIORITY_RANK[r["priority"]],
@@ -359,7 +306,7 @@ def ward_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class AlarmBook:
-    """The site's alarm conditions (module doc). Not thread-safe: the caller locks."""
+    """The site's alarm conditions. Not thread-safe: the caller locks."""
 
     def __init__(self, settings: AlarmSettings | None = None) -> None:
         self.settings = settings or AlarmSettings()
@@ -430,8 +377,8 @@ class AlarmBook:
         return cond
 
     def _renew(self, cond: AlarmCondition, event: Episode, now_s: float) -> None:
-        """The condition was acknowledged and is over; ``event`` starts it anew: alarming,
-        its count, onset and priority its own (episodes the device still holds stay open)."""
+        """``event`` starts an acknowledged, over condition anew (episodes the device still
+        holds stay open)."""
         self._raise(cond, event, now_s)
         cond.base_priority, cond.first_onset_utc = event.priority, event.start_utc
         cond.last_episode_utc, cond.episodes, cond.clips = event.start_utc, 0, []
@@ -452,8 +399,8 @@ class AlarmBook:
         return (key[0], key[1]) if key is not None else None
 
     def add_clip(self, episode_id: str) -> AlarmCondition | None:
-        """An episode's clip arrived: listed on its condition (None: no such episode). Whose
-        clip it may be is the caller's check (:meth:`owner`)."""
+        """An episode's clip arrived (None: no such episode). Whose clip it may be is the
+        caller's check (:meth:`owner`)."""
         key = self._episode_condition.get(episode_id)
         cond = self._conditions.get(key) if key is not None else None
         if cond is not None and episode_id not in cond.clips:
@@ -498,12 +445,9 @@ class AlarmBook:
         user: str,
         utc: str | None = None,
     ) -> AlarmCondition | None:
-        """A device says it took an acknowledge of ``target`` by ``user`` at ``utc`` (any
-        view's, or one before this book started): the condition it names is acknowledged
-        here too unless it already is (one acknowledged by nobody named, as a summary tells
-        it, is then named), or unless the acknowledge is older than the condition's last
-        raise (the device's clock both: a late or repeated confirmation of an earlier alarm's
-        acknowledge quiets no new one). The condition, or None: no such condition."""
+        """A device took an acknowledge of ``target`` by ``user`` at ``utc`` (any view's):
+        acknowledged here too, unless older than the condition's last raise (both the
+        device's clock): a late confirmation of an earlier alarm's quiets no new one."""
         cond = self.find(device_id, stream_id, target)
         if cond is None:
             return None
@@ -543,8 +487,7 @@ class AlarmBook:
             self._drop(self._conditions[key])
 
     def conditions(self, now_s: float) -> list[dict[str, Any]]:
-        """The listed conditions' views in :func:`ward_order` (ended ones past ``hold_s``
-        are dropped first)."""
+        """The listed conditions' views in :func:`ward_order`."""
         self._expire(now_s)
         return ward_order([c.view(now_s, self.settings) for c in self._conditions.values()])
 
@@ -566,10 +509,9 @@ class AlarmBook:
         return self._conditions.get(key)
 
     def restore(self, device_id: str, stream_id: str, record: dict[str, Any]) -> AlarmCondition:
-        """A condition as a store kept it (:meth:`AlarmCondition.record`): listed again with
-        its state, priority, count and acknowledgement; its open episodes are counted
-        already, and come back open as their messages are taken again (the events the store
-        kept, the beds' summaries). ValueError / KeyError / TypeError: not such a record."""
+        """A condition as :meth:`AlarmCondition.record` kept it; its open episodes come back
+        open as their messages are taken again. ValueError / KeyError / TypeError: not such a
+        record."""
         cond = AlarmCondition(
             device_id, stream_id, str(record["condition"]), str(record["kind"]),
             str(record["base_priority"]), str(record["first_onset_utc"]),
@@ -598,8 +540,7 @@ class AlarmBook:
         return cond
 
     def _expire(self, now_s: float) -> None:
-        """Acknowledged conditions no longer continuing leave ``hold_s`` after the later of
-        their end and their acknowledgement."""
+        """Ended conditions leave ``hold_s`` after the later of their end and acknowledgement."""
         for cond in list(self._conditions.values()):
             if cond.state(now_s, self.settings) != "ended":
                 continue

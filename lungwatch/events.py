@@ -1,28 +1,10 @@
-"""The event schema (``docs/events.md``) and the MQTT topics it travels on.
+"""The event schema and the MQTT topics it travels on (docs/events.md: the fields, the
+topics, their QoS and retention).
 
-An :class:`Event` is one *message* about one episode of a condition: a physiological finding
-(an event label from :mod:`lungwatch.labels`: ``Wheeze``, ``Fine Crackle``, ...) or a technical
-condition (``poor_signal``, ``off_body``, ``spool_full``, ...). An episode is published as
-``onset`` (end unknown), optionally ``ongoing`` updates, then ``ended``; its messages share
-``episode_id`` and each has its own ``id`` (a UUID4 that stays the same when the message is
-retried, so a consumer deduplicates on ``id``). A condition that is known only once it is
-over (a signal gap) is published once, as ``ended``.
-
-Times are UTC ISO-8601 with a ``Z`` suffix and millisecond precision, and sample indices on
-the stream's timeline (``None`` for device-wide conditions that have no timeline).
-
-Topics (each segment checked by :func:`check_segment`):
-
-- ``lungwatch/v1/<site>/<device>/<stream>/event``: events, QoS 1, not retained.
-- ``lungwatch/v1/<site>/<device>/status``: ``online`` / ``offline`` JSON, QoS 1, retained;
-  the last will is ``offline``.
-- ``lungwatch/v1/<site>/<device>/metrics``: per-stream counters, QoS 0, not retained.
-- ``lungwatch/v1/<site>/<device>/<stream>/respiration``: the bed's respiratory rate and
-  breathing state (:mod:`edge.bed.breathing`), QoS 1, retained.
-- ``lungwatch/v1/<site>/<device>/<stream>/summary``: the bed's display name, location and
-  open alarms (a ward view that starts late lists alarms latched before it), QoS 1, retained.
-- ``lungwatch/v1/<site>/<device>/<stream>/evidence``: the audio and model outputs of an
-  event, in parts (:mod:`lungwatch.clip`), QoS 1, not retained.
+An :class:`Event` is one *message* about one episode of a physiological or technical
+condition: ``onset``, optional ``ongoing`` updates, then ``ended``, sharing ``episode_id``.
+Each message's ``id`` stays the same when it is retried: a consumer deduplicates on ``id``.
+Times are UTC ISO-8601 with ``Z`` and milliseconds; samples index the stream's timeline.
 """
 
 from __future__ import annotations
@@ -46,24 +28,20 @@ TOPIC_ROOT = "lungwatch/v1"
 DEVICE_STREAM = "device"
 MAX_SEGMENT_CHARS = 64
 
-#: The sounds the detector raises (edge.bed.detector) and the breathing alarms of
-#: edge.bed.breathing (a bed's respiratory rate and pauses).
 SOUND_TYPES: tuple[str, ...] = tuple(c.name for c in SOUND_CLASSES if c.families)
 RESPIRATION_TYPES: tuple[str, ...] = ("apnoea", "tachypnoea", "bradypnoea")
 # a bed's breathing on the respiration topic: its ``state`` (docs/events.md)
 RESPIRATION_STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")
 PHYSIOLOGICAL_TYPES: tuple[str, ...] = SOUND_TYPES + RESPIRATION_TYPES
-#: Finding episodes (kind ``finding``): a run of recurring events of one family, CAS
-#: (wheezes, rhonchi) or DAS (crackles), :mod:`edge.bed.findings`; the events inside it are
-#: its evidence.
+#: Finding episodes (kind ``finding``): a run of recurring events of one family
+#: (:mod:`edge.bed.findings`).
 FINDING_TYPES: tuple[str, ...] = FINDING_FAMILIES
 #: The respiration message's finding rates (percent of breathing time, or null), per family.
 FINDING_RATE_KEYS: tuple[str, ...] = ("wheeze_rate_pct", "crackle_rate_pct")
 FINDING_RATE_FAMILY: dict[str, str] = dict(zip(FINDING_RATE_KEYS, FINDING_FAMILIES, strict=True))
 
 
-#: SNOMED CT findings of the breathing alarms (checked against the FHIR value sets expanded
-#: from the SNOMED CT International edition), and of the rate itself (observable entity).
+#: SNOMED CT findings of the breathing alarms and of the rate (observable entity).
 RESPIRATION_SNOMED_CT: dict[str, str] = {
     "apnoea": "1023001",  # Apnea
     "tachypnoea": "271823003",  # Tachypnea
@@ -88,12 +66,9 @@ KINDS = ("physiological", "technical", "finding")
 PRIORITIES = ("high", "medium", "low")
 STATES = ("onset", "ongoing", "ended")
 
-#: THE priority table: the default priority of every event type. The detector's and the
-#: gate's defaults (``edge.bed.detector.DEFAULT_PRIORITIES``, ``edge.bed.gate.
-#: DEFAULT_TECHNICAL_PRIORITIES``) are read from it; a runtime config may override any type.
-#: Stridor (upper-airway obstruction) is urgent; wheezes matter more than crackles or rhonchi;
-#: a technical condition that stops monitoring (off body, stalled or disconnected source, NaN
-#: input, a full spool) matters more than one that degrades it.
+#: The default priority of every event type (the detector and the gate read it; a runtime
+#: config may override any type). A technical condition that stops monitoring matters more
+#: than one that degrades it.
 Priority = Literal["high", "medium", "low"]
 DEFAULT_PRIORITIES: dict[str, Priority] = {
     **{c.name: c.priority for c in SOUND_CLASSES if c.priority},  # the label table's
@@ -137,7 +112,7 @@ def kind_of(event_type: str) -> str:
 
 
 def snomed_ct(event_type: str) -> str | None:
-    """SNOMED CT concept id of a physiological type (from :mod:`lungwatch.labels`), else None."""
+    """SNOMED CT concept id of a physiological type, else None."""
     if event_type in RESPIRATION_SNOMED_CT:
         return RESPIRATION_SNOMED_CT[event_type]
     if event_type in SOUND_TYPES:
@@ -156,7 +131,6 @@ def format_utc(when: datetime | float) -> str:
 
 
 def utc_now() -> str:
-    """The current time as :func:`format_utc` writes it."""
     return format_utc(datetime.now(timezone.utc))
 
 
@@ -210,18 +184,17 @@ def status_topic(site: str, device_id: str) -> str:
 
 
 def verdict_topic(site: str, device_id: str, stream_id: str) -> str:
-    """``lungwatch/v1/<site>/<device>/<stream>/verdict`` (retained): the bed's rolling verdict."""
+    """``lungwatch/v1/<site>/<device>/<stream>/verdict`` (retained)."""
     return event_topic(site, device_id, stream_id)[: -len("event")] + "verdict"
 
 
 def respiration_topic(site: str, device_id: str, stream_id: str) -> str:
-    """``lungwatch/v1/<site>/<device>/<stream>/respiration`` (retained): the bed's breathing."""
+    """``lungwatch/v1/<site>/<device>/<stream>/respiration`` (retained)."""
     return event_topic(site, device_id, stream_id)[: -len("event")] + "respiration"
 
 
 def respiration_payload(site: str, device_id: str, stream_id: str, reading: dict[str, Any]) -> str:
-    """The retained respiration message: identity, the SNOMED CT code of the respiratory rate,
-    and ``reading`` (state, rate_bpm, confidence, breaths, window_s, age band, utc, ...)."""
+    """The retained respiration message: identity, the rate's SNOMED CT code and ``reading``."""
     body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
     body.update(stream_id=check_segment(stream_id, "stream_id"))
     body["snomed_ct"] = RESPIRATORY_RATE_SNOMED_CT
@@ -234,7 +207,6 @@ def respiration_payload(site: str, device_id: str, stream_id: str, reading: dict
         ) from None
 
 
-#: The respiration message's rules (docs/events.md): the rate's bound, a reason's length.
 MAX_RATE_BPM = 200.0
 MAX_REASON_CHARS = 200
 
@@ -242,16 +214,7 @@ MAX_REASON_CHARS = 200
 @dataclass(frozen=True)
 class Respiration:
     """The respiration message's fields its readers use (the ward view, the gateway), each
-    checked by :meth:`from_dict` with the one rule of the contract:
-
-    - ``state``: one of :data:`RESPIRATION_STATES`;
-    - ``rate_bpm``: a number in [0, 200] while the state is ``ok``, null otherwise;
-    - ``low_bpm``, ``high_bpm``: null or a number;
-    - ``utc``: UTC ISO-8601 ending in Z (:func:`parse_utc`);
-    - ``reason``: text of at most 200 characters (absent: "");
-    - ``wheeze_rate_pct``, ``crackle_rate_pct``: null or a percentage in [0, 100].
-
-    Identity (site, device, stream against the topic) is the reader's check."""
+    checked by :meth:`from_dict`. Identity against the topic is the reader's check."""
 
     state: str
     rate_bpm: float | None
@@ -293,37 +256,34 @@ class Respiration:
 
 
 def summary_topic(site: str, device_id: str, stream_id: str) -> str:
-    """``lungwatch/v1/<site>/<device>/<stream>/summary`` (retained): the bed's name, place and
-    open alarms."""
+    """``lungwatch/v1/<site>/<device>/<stream>/summary`` (retained)."""
     return event_topic(site, device_id, stream_id)[: -len("event")] + "summary"
 
 
 def summary_payload(site: str, device_id: str, stream_id: str, summary: dict[str, Any]) -> str:
-    """The retained summary message: identity and ``summary`` (name, location, open, utc)."""
+    """The retained summary message: identity and ``summary``."""
     body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
     body.update(stream_id=check_segment(stream_id, "stream_id"), **summary)
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
 def verdict_payload(site: str, device_id: str, stream_id: str, verdict: dict[str, Any]) -> str:
-    """The retained verdict message: identity and ``verdict`` (label, utc, sample, scores)."""
+    """The retained verdict message: identity and ``verdict``."""
     body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
     body.update(stream_id=check_segment(stream_id, "stream_id"), **verdict)
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
 def ack_topic(site: str, device_id: str, stream_id: str) -> str:
-    """``lungwatch/v1/<site>/<device>/<stream>/ack`` (QoS 1, not retained): an acknowledge
-    the device took."""
+    """``lungwatch/v1/<site>/<device>/<stream>/ack``: an acknowledge the device took."""
     return event_topic(site, device_id, stream_id)[: -len("event")] + "ack"
 
 
 def ack_payload(
     site: str, device_id: str, stream_id: str, target: str, user: str, utc: str, ended: int
 ) -> str:
-    """The message a device publishes for every acknowledge command it took (signed, or
-    unsigned where it accepts those): what it named, who (``""``: unsigned), when by the
-    device's clock, and how many of the bed's episodes it ended."""
+    """The message a device publishes for every acknowledge command it took (``user`` ``""``:
+    unsigned; ``utc`` the device's clock; ``ended`` the episodes it ended)."""
     body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
     body.update(stream_id=check_segment(stream_id, "stream_id"), target=target, user=user)
     body.update(utc=utc, ended=ended)
@@ -332,7 +292,7 @@ def ack_payload(
 
 def ack_of(body: dict[str, Any]) -> tuple[str, str, str]:
     """``(target, user, utc)`` of an ack message's parsed body; EventError names what is
-    wrong. Identity (site, device, stream against the topic) is the reader's check."""
+    wrong. Identity against the topic is the reader's check."""
     target, user, utc = body.get("target"), body.get("user", ""), body.get("utc")
     if not (isinstance(target, str) and 0 < len(target) <= 128 and target.isprintable()):
         raise EventError(f"ack.target must be a condition, type or key (1..128), got {target!r}")
@@ -348,9 +308,7 @@ def metrics_topic(site: str, device_id: str) -> str:
     return f"{TOPIC_ROOT}/{site}/{device_id}/metrics"
 
 
-# what a device does with acknowledge commands (its status says so, so a ward view can tell a
-# nurse at once why an acknowledge will not be taken): signed ones only; unsigned ones too (a
-# loopback demo); none at all (no commands.key_file and no ward view of its own)
+# what a device does with acknowledge commands, as its status says (docs/events.md, "Topics")
 COMMAND_POLICIES = ("signed", "signed_or_unsigned", "refused")
 
 
@@ -362,9 +320,7 @@ def status_payload(
     commands: str | None = None,
     eui64: str = "",
 ) -> str:
-    """The JSON published on the status topic (``state`` is ``online`` or ``offline``;
-    ``commands``, when given, one of :data:`COMMAND_POLICIES`; ``eui64``, when known, the
-    device's equipment identifier, :mod:`lungwatch.equipment`)."""
+    """The JSON published on the status topic."""
     if state not in ("online", "offline"):
         raise EventError(f"status.state must be 'online' or 'offline', got {state!r}")
     if commands is not None and commands not in COMMAND_POLICIES:
@@ -380,16 +336,8 @@ def status_payload(
 
 @dataclass(frozen=True)
 class Status:
-    """The status message's fields its readers use (the ward view, the gateway), each
-    checked by :meth:`from_dict`:
-
-    - ``state``: ``online`` or ``offline``;
-    - ``reason``: text of at most 200 characters (absent: "");
-    - ``utc``: UTC ISO-8601 ending in Z;
-    - ``commands``: one of :data:`COMMAND_POLICIES`, else None (absent, or a policy this
-      reader does not know: the device does not say);
-    - ``eui64``: null or 16 upper-case hex digits, not all zeros (:mod:`lungwatch.equipment`).
-    """
+    """The status message's fields its readers use, each checked by :meth:`from_dict`;
+    ``commands`` None where the device does not say or says what this reader does not know."""
 
     state: str
     reason: str
@@ -416,7 +364,7 @@ class Status:
 
 
 def feed_health_topic(site: str, gateway: str) -> str:
-    """``lungwatch/v1/<site>/gateway/<name>/health`` (retained): a hospital gateway's health."""
+    """``lungwatch/v1/<site>/gateway/<name>/health`` (retained)."""
     site, gateway = check_segment(site, "site"), check_segment(gateway, "gateway")
     return f"{TOPIC_ROOT}/{site}/gateway/{gateway}/health"
 
@@ -428,11 +376,8 @@ def feed_health_payload(
     site: str, gateway: str, state: str, reason: str, queues: dict[str, dict[str, Any]],
     storing: bool = True, since_utc: str = "",
 ) -> str:  # fmt: skip
-    """The JSON a hospital gateway publishes on its health topic: ``up`` or ``down`` (its
-    last will: ``connection lost``), why, and each destination's queue (``queued``,
-    ``refused``: set aside, ``last_ack_utc``: the receiver's last acceptance or None,
-    ``last_error``); ``storing`` False while its queue takes no writes (a full disk);
-    ``since_utc`` when it started."""
+    """The JSON a hospital gateway publishes on its health topic (docs/gateway.md, "Health");
+    ``storing`` False while its queue takes no writes (a full disk)."""
     if state not in FEED_STATES:
         raise EventError(f"health.state must be one of {FEED_STATES}, got {state!r}")
     body = {"schema_version": SCHEMA_VERSION, "site": site, "gateway": gateway, "state": state,
@@ -442,7 +387,7 @@ def feed_health_payload(
 
 
 def metrics_payload(site: str, device_id: str, stream_id: str, metrics: dict[str, Any]) -> str:
-    """The JSON published on the metrics topic: one stream's counters at one time."""
+    """The JSON published on the metrics topic."""
     body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
     body.update({"stream_id": check_segment(stream_id, "stream_id"), "utc": utc_now()})
     body["metrics"] = metrics
@@ -454,11 +399,8 @@ def metrics_payload(site: str, device_id: str, stream_id: str, metrics: dict[str
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
-    """One event message (see the module docstring and ``docs/events.md``).
-
-    Build the first message of an episode with :meth:`onset`, the next ones with
-    :meth:`ongoing` and :meth:`ended`; every constructor call is validated.
-    """
+    """One event message: :meth:`onset` starts an episode, :meth:`ongoing` and :meth:`ended`
+    follow it; every constructor call is validated."""
 
     id: str  # UUID4 of this message, unchanged when it is retried
     episode_id: str  # UUID4 shared by the onset/ongoing/ended messages of one episode
@@ -466,11 +408,11 @@ class Event:
     device_id: str
     site: str
     stream_id: str
-    type: str  # a PHYSIOLOGICAL_TYPES label or a TECHNICAL_TYPES name
-    kind: str  # "physiological" | "technical" | "finding" (follows from type)
-    priority: str  # "high" | "medium" | "low"
-    state: str  # "onset" | "ongoing" | "ended"
-    start_utc: str  # UTC ISO-8601 with Z
+    type: str
+    kind: str  # follows from type
+    priority: str
+    state: str
+    start_utc: str
     end_utc: str | None = None  # None while the episode is open
     start_sample: int | None = None  # index on the stream's timeline
     end_sample: int | None = None  # exclusive; None while open
@@ -485,20 +427,16 @@ class Event:
 
     @property
     def snomed_ct(self) -> str | None:
-        """SNOMED CT concept id of the finding (physiological types that have one)."""
         return snomed_ct(self.type)
 
     @property
     def topic(self) -> str:
-        """The topic this event is published on."""
         return event_topic(self.site, self.device_id, self.stream_id)
 
     @classmethod
     def onset(cls, **values: Any) -> Event:
-        """First message of a new episode: fresh ids, ``state="onset"``, kind from the type.
-
-        ``priority`` defaults to :data:`DEFAULT_PRIORITIES`; every other field is a keyword.
-        """
+        """First message of a new episode: fresh ids, kind from the type, priority from
+        :data:`DEFAULT_PRIORITIES` unless given."""
         event_type = values.get("type")
         kind = kind_of(event_type) if isinstance(event_type, str) else "technical"
         defaults = {"id": new_id(), "episode_id": new_id(), "kind": kind, "state": "onset"}
@@ -510,7 +448,6 @@ class Event:
         return replace(self, id=new_id(), state="ongoing", **changes)
 
     def ended(self, end_utc: str, end_sample: int | None = None, **changes: Any) -> Event:
-        """The closing message of this episode (new id, same episode_id)."""
         return replace(
             self, id=new_id(), state="ended", end_utc=end_utc, end_sample=end_sample, **changes
         )
@@ -528,12 +465,11 @@ class Event:
         return ordered
 
     def to_json(self) -> str:
-        """Compact UTF-8 JSON (no NaN)."""
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Event:
-        """Parse and validate; EventError names the first bad field."""
+        """EventError names the first bad field."""
         try:
             body = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -572,7 +508,6 @@ MAX_DETAIL_TEXT = 256
 
 
 def new_id() -> str:
-    """A fresh UUID4 string."""
     return str(uuid.uuid4())
 
 
@@ -608,7 +543,6 @@ _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Event))
 
 
 def _validate(e: Event) -> None:
-    """Field-by-field checks, in field order; the first failure names its field."""
     _check(_is_uuid4(e.id), "id", e.id, "a UUID4 string (lowercase, hyphenated)")
     _check(_is_uuid4(e.episode_id), "episode_id", e.episode_id, "a UUID4 string")
     version = e.schema_version
