@@ -1,5 +1,6 @@
 """The site's alarm conditions to the hospital's alarm manager: one IHE PCD-04 report per
-change of a condition.
+change of a condition (docs/gateway.md, "Alarm reports (PCD-04)": which change is which phase
+and state, and what a restart does).
 
     follower = AlarmFollower(settings, write, outbox.notes())  # write: queue report + note
     follower.event(event)                        # every event message of the site
@@ -7,30 +8,10 @@ change of a condition.
     follower.ack(device, bed, target, user)      # an acknowledge a device took
     follower.tick()                              # about every second: what changed is queued
 
-The gateway follows the conditions as a ward view does, with the same book
-(:class:`lungwatch.alarms.AlarmBook`: one condition per bed and finding, escalation while
-nobody acknowledges it, latched at the condition level until acknowledged) fed by the same
-messages, and compares every condition with what it last reported of it:
-
-- a new condition: phase ``start``;
-- acknowledged (by whom the device says): ``update``, inactivation state
-  ``alert-acknowledged``;
-- raised again after an acknowledgement while it continues: ``update``, inactivation state
-  ``enabled`` again;
-- acknowledged, over and started again (a new condition): ``end`` of its alert, then
-  ``start`` of a new one;
-- priority up or down: ``escalate`` / ``de-escalate``;
-- its episodes over but not acknowledged: ``update``, alarm state ``latched``;
-- acknowledged and over, or its bed gone: ``end``, alarm state ``inactive``.
-
-Each report keeps the alert's id (OBR-3) from its start to its end. What was last reported
-of each condition is a note in the queue's file, written in the same transaction as the
-report (:meth:`gateway.outbox.Outbox.put_built`): after a restart nothing is reported twice
-and nothing is lost. A restarted gateway first waits ``settle_s`` for the beds' retained
-summaries and the messages the broker kept; a condition it had reported and that still
-alarms (no acknowledgement came) is then taken back into the book as it was, so that its
-acknowledgement or its end is reported when it comes; one it had reported acknowledged and
-that no bed holds any more is reported ended.
+The gateway follows the conditions with a ward view's :class:`lungwatch.alarms.AlarmBook`,
+fed by the same messages. What was last reported of each condition is a note in the queue's
+file, written in the same transaction as the report, so a restart neither repeats nor loses
+a report.
 """
 
 from __future__ import annotations
@@ -61,8 +42,8 @@ log = logging.getLogger(__name__)
 
 NOTE_PREFIX = "alert/"  # the queue's notes of what was last reported, per condition
 SETTLE_S = 30.0  # after a start: the retained summaries and kept messages arrive first
-# an end acknowledged by nobody named yet waits this long for the device's ack message (it
-# and the bed's summary travel on two topics: the name may come a moment after)
+# an end acknowledged by nobody named yet waits this long for the device's ack message,
+# which travels on another topic than the bed's summary
 ACK_NAME_WAIT_S = 3.0
 
 Key = tuple[str, str, str]  # device, bed, condition
@@ -88,9 +69,9 @@ def _note_name(key: Key) -> str:
 
 
 class AlarmFollower:
-    """See the module doc. ``write(report, device, bed, queue key, note)`` queues one report
-    and its note in one transaction (False: that queue key was queued before). Not
-    thread-safe: the caller locks."""
+    """The book and what was last reported of it. ``write(report, device, bed, queue key,
+    note)`` queues one report and its note in one transaction (False: that queue key was
+    queued before). Not thread-safe: the caller locks."""
 
     def __init__(
         self,
@@ -130,9 +111,8 @@ class AlarmFollower:
         self.book.take(event, self._clock())
 
     def summary(self, device_id: str, stream_id: str, body: dict[str, Any] | None) -> None:
-        """A bed's retained summary (None: withdrawn, its stream ended): open alarms the
-        gateway has no event of are taken as listed episodes, and those that leave it end
-        (a latched one by an acknowledgement on the device)."""
+        """A bed's retained summary (None: withdrawn): open alarms the gateway has no event of
+        are taken as listed episodes, and those that leave it end."""
         bed, now = (device_id, stream_id), self._clock()
         rows = open_rows(body) if body is not None else {}
         rows = {e: row for e, row in rows.items() if row["kind"] in KINDS}  # as events are
@@ -157,8 +137,7 @@ class AlarmFollower:
     def ack(
         self, device_id: str, stream_id: str, target: str, user: str, utc: str | None = None
     ) -> None:
-        """A device took an acknowledge of ``target`` (a condition, or a type or key of one
-        of its episodes) by ``user`` at ``utc`` (the device's clock)."""
+        """A device took an acknowledge of ``target`` by ``user`` at ``utc`` (its clock)."""
         now = self._clock()
         if self.book.find(device_id, stream_id, target) is None:
             key = (device_id, stream_id, condition_of(target))
@@ -201,10 +180,8 @@ class AlarmFollower:
         return queued
 
     def _guarded(self, key: Key, report: Callable[[], int]) -> int:
-        """One condition's report (how many queued): where it cannot be built (what a device
-        sent does not fit HL7) it is set aside and counted (``unreportable``, logged once),
-        and anything else that fails it is logged and counted (``report_errors``) and tried
-        again on the next tick; the other conditions' reports still go."""
+        """One condition's report (how many queued): one HL7 cannot carry is set aside, any
+        other failure tried again on the next tick; the other conditions' reports still go."""
         try:
             return report()
         except Hl7Error as exc:
@@ -282,8 +259,7 @@ class AlarmFollower:
 
     def _take_back(self, now: float) -> None:
         """After a restart's settling: conditions reported as alarming that the book does not
-        hold (their episodes were over before the restart) are alarming again, as they were;
-        acknowledged ones no bed holds are left to end."""
+        hold are alarming again; acknowledged ones are left to end."""
         held = {(c["device_id"], c["stream_id"], c["condition"])
                 for c in self.book.conditions(now)}  # fmt: skip
         for key, last in self._reported.items():
@@ -291,7 +267,6 @@ class AlarmFollower:
                 self._take_back_one(key, last, now)
 
     def _take_back_one(self, key: Key, last: Reported, now: float) -> None:
-        """A reported condition alarming again in the book, its episodes over."""
         device, bed, condition = key
         episode = ListedEpisode(
             f"restored-{last.alert_id}", device, bed, condition_type(condition), last.kind,

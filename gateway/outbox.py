@@ -1,32 +1,14 @@
 """The gateway's durable queue and its courier: every message is stored before it is sent,
 sent in the order it was queued, and removed from the queue only when the receiver accepted
-it.
+it (docs/gateway.md, "Delivery": order, retries, refusals).
 
     outbox = Outbox(Path("state/gateway.sqlite"))
     outbox.put("event/<id>/onset", lambda control_id: build(control_id))  # once per key
     courier = Courier(outbox, MllpTransport(MllpClient(host, port)), CourierConfig())
     courier.run(stop)                                  # a thread: until stop is set
 
-A message gets its control id (MSH-10) when it is queued and is stored as built, so every
-retry sends the same bytes under the same id, and a receiver that saw it before can tell.
-``put`` takes a key of the source (an event's id and state, a bed's reading time): a message
-the MQTT broker delivers again (retained, or QoS 1 after a reconnect) is queued once.
-
-The courier sends one message at a time and waits for its acknowledgement: each bed's
-messages in the order they were queued; across beds the most urgent first (a high finding or
-alarm report before readings), then another device than the last one sent, then the oldest,
-so a flood from one device cannot hold back another bed's alarm. A lost
-connection or a reply that does not come within the timeout is retried after a backoff
-(``backoff_min_s`` doubling to ``backoff_max_s``) for as long as it takes: the receiver being
-down loses nothing. An application error (AE, CE) or a reply that acknowledges another
-control id is retried the same way up to ``max_refusals`` times; a rejection (AR, CR: the
-receiver will not take these bytes, so sending them again cannot help) at once; after that
-the message is kept in the queue as ``refused`` (counted, logged with the receiver's text,
-listed by ``lungwatch gateway --status``, put back by ``--resend``) so that one message the
-receiver will never take does not hold back the rest. Sent rows are kept
-``keep_sent_s`` (their keys keep a late duplicate out), then deleted.
-
-The file is created 0600 (its folder the caller's); SQLite in WAL mode, synchronous FULL: a
+A message is stored as built under its control id (MSH-10), so every retry sends the same
+bytes under the same id. The file is created 0600; SQLite in WAL mode, synchronous FULL: a
 message ``put`` returned for survives a power cut.
 """
 
@@ -105,13 +87,13 @@ class Queued:
 
 
 def new_control_id() -> str:
-    """A message control id no other message of any gateway has: 20 hex digits of a UUID4
-    (a receiver deduplicates by it, so a restarted counter must never repeat one)."""
+    """20 hex digits of a UUID4: a receiver deduplicates by it, so a restarted counter must
+    never repeat one."""
     return uuid.uuid4().hex[:20].upper()
 
 
 class Outbox:
-    """See the module doc."""
+    """The queue's SQLite file; thread-safe."""
 
     def __init__(self, path: Path, keep_sent_s: float = 2 * 86400.0) -> None:
         self.path, self.keep_sent_s = Path(path), keep_sent_s
@@ -163,17 +145,13 @@ class Outbox:
         bed: tuple[str, str] = ("", ""),
         priority: str = "low",
     ) -> bool:
-        """Queue ``message``, built under ``control_id``, under ``key``; False when that key
-        was queued before. ``note``: ``(name, value)`` written in the same transaction (None
-        as the value deletes it), so what the sender remembers of what it sent (the alarm
-        reports: :mod:`gateway.alarms`) never disagrees with the queue after a crash.
-        ``bed`` (device, stream) and ``priority`` (high, medium, low): which message goes
-        first (:meth:`head`)."""
+        """:meth:`put` of a built message. ``note``: ``(name, value)`` written in the same
+        transaction (value None deletes it), so what the sender remembers of what it sent
+        never disagrees with the queue after a crash."""
         return self._put(key, lambda _: message, control_id, note, bed, priority)
 
     def set_note(self, name: str, value: str) -> None:
-        """Keep ``value`` under ``name`` (something the gateway must know after a restart,
-        e.g. a device's equipment id); StoreError where it cannot be written."""
+        """Keep what the gateway must know after a restart; StoreError where it cannot."""
         try:
             with self._lock, self._db:
                 self._db.execute(
@@ -185,7 +163,6 @@ class Outbox:
             raise StoreError(f"{self.path}: cannot store a note now ({exc})") from None
 
     def notes(self) -> dict[str, str]:
-        """Every note :meth:`put_built` or :meth:`set_note` kept, by name."""
         with self._lock:
             rows = self._db.execute("SELECT name, value FROM notes").fetchall()
         return {str(name): str(value) for name, value in rows}
@@ -226,7 +203,7 @@ class Outbox:
             return True
 
     def head(self, wait_s: float = 0.0) -> Queued | None:
-        """The oldest queued message, waiting up to ``wait_s`` for one."""
+        """The next message to send (:meth:`_head`), waiting up to ``wait_s`` for one."""
         with self._lock:
             row = self._head()
             if row is None and wait_s > 0:
@@ -241,8 +218,7 @@ class Outbox:
         self._finish(seq, "refused", error)
 
     def attempted(self, seq: int, error: str, refusal: bool) -> int:
-        """Note a failed attempt; the message's refusals so far (StoreError where the queue
-        takes no writes now)."""
+        """Note a failed attempt; the message's refusals so far."""
         with self._lock:
             try:
                 self._db.execute(
@@ -273,9 +249,8 @@ class Outbox:
         return [(str(k), str(c), str(e)) for k, c, e in rows]
 
     def resend(self, which: str = "all") -> int:
-        """Put refused messages back in the queue, to be sent in their place (by age) with
-        the same bytes and control id and their refusals counted anew: ``which`` is ``all``
-        or one message's control id or key. How many."""
+        """Put refused messages (``all``, or one control id or key) back in their place in the
+        queue, their refusals counted anew; how many."""
         with self._lock:
             done = self._db.execute(
                 "UPDATE outbox SET state = 'queued', refusals = 0, done_s = NULL "
@@ -289,10 +264,8 @@ class Outbox:
             self._db.close()
 
     def _head(self) -> Queued | None:
-        """The next message: each bed's oldest queued one is a candidate (a bed's messages go
-        in the order they were queued, its alerts' reports too); of those the most urgent,
-        then one of another device than the last one sent (no device's flood holds back
-        another's), then the oldest."""
+        """Of each bed's oldest queued message, the most urgent, then another device's than
+        the last one sent (no device's flood holds back another's), then the oldest."""
         row = self._db.execute(HEADS, (self._last_device,)).fetchone()
         if row is None:
             return None
@@ -300,7 +273,6 @@ class Outbox:
         return Queued(*row[:6])
 
     def _finish(self, seq: int, state: str, error: str) -> None:
-        """The message's end (sent, refused); StoreError where the queue takes no writes."""
         try:
             self._finished(seq, state, error)
         except sqlite3.OperationalError as exc:
@@ -323,15 +295,14 @@ class Outbox:
 
 @dataclass(frozen=True)
 class CourierConfig:
-    """How the courier retries (see the module doc)."""
+    """How the courier retries: ``backoff_min_s`` doubling to ``backoff_max_s``."""
 
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
     max_refusals: int = 5
 
 
-# what one delivery attempt came to: accepted; to be tried again; refused (tried again up to
-# max_refusals); rejected (refused for good at once: sending the same bytes again cannot help)
+# what one delivery attempt came to; refused is tried again up to max_refusals, rejected never
 SENT, RETRY, REFUSED, REJECTED = "sent", "retry", "refused", "rejected"
 
 
@@ -343,15 +314,15 @@ class Transport(Protocol):
     """One receiver: delivers a queued message, says how it went."""
 
     def deliver(self, row: Queued) -> tuple[str, str]:
-        """(:data:`SENT`, ""), (:data:`RETRY`, why: the receiver did not get it or did not
-        answer) or (:data:`REFUSED`, the receiver's answer: it will not take it as it is)."""
+        """The outcome (:data:`SENT`, :data:`RETRY`, :data:`REFUSED`, :data:`REJECTED`), and
+        why."""
         ...
 
     def close(self) -> None: ...
 
 
 class Courier:
-    """Sends the outbox's messages in order through one transport (see the module doc)."""
+    """Sends the outbox's messages one at a time through one transport."""
 
     def __init__(self, outbox: Outbox, transport: Transport, config: CourierConfig) -> None:
         self.outbox, self.transport, self.config = outbox, transport, config
@@ -361,7 +332,6 @@ class Courier:
         self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
-        """Until ``stop`` is set."""
         self._stop = stop
         delay = self.config.backoff_min_s
         while not stop.is_set():
@@ -376,10 +346,9 @@ class Courier:
         self.transport.close()
 
     def _noted(self, write: Callable[[], T]) -> T | None:
-        """A write to the queue (a message sent, an attempt, a refusal): where the queue
-        takes no writes (a full disk) it is tried again every ``STORE_RETRY_S``, said once,
-        counted (``store_waits``), and nothing else is sent meanwhile; a stop leaves it (a
-        message sent but not noted goes again after a restart, under its control id)."""
+        """A write to the queue, tried again every ``STORE_RETRY_S`` while the queue takes
+        none (nothing else is sent meanwhile); a stop leaves it (a message sent but not noted
+        goes again after a restart, under its control id)."""
         said = False
         while True:
             try:
@@ -395,7 +364,7 @@ class Courier:
 
     def send(self, row: Queued) -> bool:
         """One attempt at ``row``; True when it left the queue (accepted, or refused for
-        good), False when it is to be tried again after the backoff."""
+        good)."""
         outcome, why = self.transport.deliver(row)
         if outcome == SENT:
             self._noted(lambda: self.outbox.sent(row.seq))

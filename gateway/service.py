@@ -1,23 +1,17 @@
-"""The gateway's process: the site's messages in, a queue and a courier per destination out.
+"""The gateway's process: the site's messages in, a queue and a courier per destination out
+(docs/gateway.md: what is sent, when, and how it is delivered).
 
     gateway = Gateway(config)
     gateway.start()            # MQTT (a persistent session) and the couriers' threads
     gateway.check()            # a courier's failure, if its thread stopped unasked
     gateway.stop()
 
-:class:`Intake` turns one MQTT message into a queued message on every route (:class:`Route`:
-HL7 v2.6 PCD-01, FHIR R4): an event's onset or end (``.../<stream>/event``; ``ongoing``
-messages say nothing new and are skipped) and a bed's breathing (``.../<stream>/respiration``:
-when its state changes, else at most every ``rate_every_s`` by the reading's own time). With
-an HL7 route, the site's alarm conditions go there too as PCD-04 reports
-(:mod:`gateway.alarms`: events, the beds' summaries and the acknowledges the devices took
-feed it; a thread queues what changed every second). Every
-payload is read within limits (:mod:`lungwatch.intake`), checked against its topic (a device
-speaks for its own beds only) and validated as the device's schema says, and each route's
-form is built and validated before any is queued; what is refused is counted by reason and
-logged, never fatal. The MQTT session is persistent (clean session off, a stable client id,
-QoS 1, acknowledged to the broker once queued): while the gateway is down the broker keeps
-what it misses, and what the broker delivers again is queued once (the queues' keys).
+:class:`Intake` turns one MQTT message into a queued message on every route (HL7, FHIR);
+with an HL7 route the site's alarm conditions go there too (:mod:`gateway.alarms`). Every
+payload is read within limits, checked against its topic (a device speaks for its own beds
+only) and validated before any route's form is queued; what is refused is counted by reason
+and logged, never fatal. A message is acknowledged to the broker once queued, so what the
+gateway misses while down waits at the broker.
 """
 
 from __future__ import annotations
@@ -62,8 +56,7 @@ from lungwatch.supervision import Worker, first_failure
 
 log = logging.getLogger(__name__)
 ALARM_TICK_S = 1.0  # how often the alarm conditions are compared with what was reported
-MAX_OWNED_EPISODES = 100_000  # episodes whose bed the intake remembers (an id is refused
-# on another bed while remembered; an episode lasts minutes, this is days of a large ward)
+MAX_OWNED_EPISODES = 100_000  # episodes whose bed is remembered: days of a large ward
 EQUIPMENT_NOTE = "equipment/"  # the queues' notes of each device's EUI-64
 MAX_DEVICES = 4096  # devices whose EUI-64 the intake remembers
 MAX_AHEAD_S = 300.0  # a reading's time may lie this far ahead of the gateway's clock, no more
@@ -101,9 +94,8 @@ def hl7_route(
 
 
 def fhir_route(outbox: Outbox, patient_system: str = "") -> Route:
-    """FHIR R4 Observations (:mod:`gateway.fhir`): a reading's resource is named by its key,
-    a finding's by its episode within its site, device and bed (its end updates its onset's
-    resource; no other bed's episode can)."""
+    """FHIR R4 Observations (:mod:`gateway.fhir`): a finding's resource is named by its
+    episode (:func:`episode_key`), so its end updates its onset's and no other bed's can."""
     return Route(
         "fhir", outbox,
         lambda data, bed, key, cid: rate_observation(data, bed, key, patient_system),
@@ -113,14 +105,14 @@ def fhir_route(outbox: Outbox, patient_system: str = "") -> Route:
 
 
 def episode_key(event: Mapping[str, Any]) -> str:
-    """An episode's name everywhere it is kept: its site, device, bed and id."""
+    """An episode's name everywhere it is kept."""
     return "episode/" + "/".join(
         str(event[name]) for name in ("site", "device_id", "stream_id", "episode_id")
     )
 
 
 class Intake:
-    """See the module doc."""
+    """One MQTT message at a time into the routes' queues and the alarm conditions."""
 
     def __init__(
         self,
@@ -136,8 +128,7 @@ class Intake:
         self._beds: dict[str, set[str]] = {}  # each device's beds heard so far
         self._owners: dict[str, tuple[str, str]] = {}  # episode -> its bed, oldest first
         self._latest: dict[tuple[str, str], dict[str, Any]] = {}  # each bed's latest reading
-        # each device's EUI-64, as its status says (kept in the queues' notes: a restarted
-        # gateway names a device's equipment before its retained status comes again)
+        # each device's EUI-64, as its status says (kept in the queues' notes for a restart)
         self._equipment: dict[str, str] = {}
         for route in routes:
             for name, value in route.outbox.notes().items():
@@ -255,8 +246,7 @@ class Intake:
         return "taken"
 
     def _source(self, report: AlertReport, bed: Bed) -> tuple[float, Any, Any] | None:
-        """An alert's source value: the bed's latest rate (with its limits) for a breathing
-        condition, its latest finding rate for a finding family; None without one."""
+        """An alert's source value (:class:`~gateway.hl7.AlertReport`); None without one."""
         latest = self._latest.get((bed.device_id, bed.stream_id))
         if latest is None:
             return None
@@ -270,9 +260,7 @@ class Intake:
         return (float(share), None, None) if is_number(share) else None
 
     def bed(self, device_id: str, stream_id: str) -> Bed:
-        """The bed's place (the configuration's ``beds``) and patient: the ADT feed's at that
-        place when it names one, else the configured one; its device's EUI-64 as the device's
-        status gave it."""
+        """The bed's place, patient (the ADT feed's where it names one) and equipment."""
         bed = self.config.bed(device_id, stream_id)
         equipment = self._equipment.get(device_id, "")
         if equipment:
@@ -286,8 +274,7 @@ class Intake:
     def _alarm_message(
         self, kind: str, device_id: str, stream_id: str, body: dict[str, Any] | None
     ) -> str:
-        """A bed's summary (None: withdrawn) or a device's ack: into the alarm conditions
-        (nothing is queued here; the tick reports what changed)."""
+        """A bed's summary (None: withdrawn) or a device's ack, into the alarm conditions."""
         if self.alarms is None:
             return "skipped"
         with self.lock:
@@ -309,9 +296,8 @@ class Intake:
             return self.alarms.tick()
 
     def _put(self, key: str, data: Mapping[str, Any], bed: Bed, what: str) -> str:
-        """Queue on every route, or on none: every route's form is built (and validated) under
-        one control id before anything is queued, so a message one of them refuses is refused
-        whole."""
+        """Queue on every route, or on none: every route's form is built under one control id
+        before anything is queued."""
         control_id = new_control_id()
         forms = [(route.outbox, (route.reading if what == "reading" else route.finding)(
             data, bed, key, control_id)) for route in self.routes]  # fmt: skip
@@ -324,12 +310,8 @@ class Intake:
         return "queued" if queued else "duplicate"
 
     def _rate_due(self, device_id: str, stream_id: str, state: str, when: dt.datetime) -> bool:
-        """The bed's reading is sent: its time lies ``rate_every_s`` after the last one sent,
-        or its state changed and ``STATE_CHANGE_MIN_S`` (at most ``rate_every_s``) passed
-        since (a state that flaps is sent at that pace, not at every reading). Never a
-        reading earlier than the last one sent: the hospital's readings of a bed stay in
-        order, and times that jump back and forth make no reading due (a backlog the broker
-        delivers at once keeps its pace)."""
+        """Whether the bed's reading is sent (docs/gateway.md, "PCD-01 observations"); never
+        one earlier than the last one sent."""
         last = self._last_rate.get((device_id, stream_id))
         every = dt.timedelta(seconds=self.config.rate_every_s)
         gap = min(every, dt.timedelta(seconds=STATE_CHANGE_MIN_S))
@@ -342,13 +324,13 @@ class Intake:
 
 
 def is_evidence(event: Event) -> bool:
-    """A wheeze or crackle event: the evidence inside a finding episode (edge.bed.findings).
-    The hospital is sent the episode (its own message, kind ``finding``), not each sound."""
+    """A wheeze or crackle event: the evidence inside a finding episode, which the hospital
+    is sent instead."""
     return event.kind == "physiological" and condition_of(event.type) in FINDING_TYPES
 
 
 class Gateway:
-    """The process's parts (see the module doc)."""
+    """The process's parts: routes, couriers, intake, workers and the MQTT session."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
@@ -400,10 +382,9 @@ class Gateway:
         self._mqtt.on_message = self._on_message
 
     def start(self) -> Gateway:
-        """The couriers' threads, then the broker: returns once the broker took the
-        subscriptions (or after ``mqtt.connect_timeout_s``: an unreachable broker is retried
-        in the background); a refused login or a TLS failure raises
-        (:meth:`lungwatch.mqtt.Session.start`)."""
+        """The threads, then the broker: returns once the broker took the subscriptions, or
+        after ``mqtt.connect_timeout_s`` (retried in the background); a refused login or a TLS
+        failure raises."""
         for worker in self.workers:
             worker.start()
         try:
@@ -415,7 +396,6 @@ class Gateway:
         return self
 
     def _tick_alarms(self) -> None:
-        """The alarm conditions' changes queued about every second, until stopped."""
         while not self._stop.wait(ALARM_TICK_S):
             try:
                 self.intake.tick()
@@ -424,8 +404,6 @@ class Gateway:
                 log.error("gateway: the alarm reports' tick failed", exc_info=True)
 
     def _health(self, state: str, reason: str) -> str:
-        """The health message: each destination's queue and its receiver's last
-        acknowledgement (:func:`lungwatch.events.feed_health_payload`)."""
         queues: dict[str, dict[str, Any]] = {}
         for route, courier in zip(self.routes, self.couriers, strict=True):
             try:
@@ -439,8 +417,7 @@ class Gateway:
                                    not self._store_failing, self._since_utc)  # fmt: skip
 
     def _publish_health(self) -> None:
-        """The gateway's health, retained, every ``HEALTH_EVERY_S`` until stopped (a ward view
-        shows a feed that is down, sets messages aside or falls behind)."""
+        """The gateway's health, retained, every ``HEALTH_EVERY_S`` until stopped."""
         while True:
             try:
                 self._mqtt.publish(self.health_topic, self._health("up", "running"), qos=1,
@@ -455,7 +432,6 @@ class Gateway:
         return first_failure([worker.failure for worker in self.workers])
 
     def queues(self) -> dict[str, dict[str, int]]:
-        """Each route's queue counts."""
         return {route.name: route.outbox.counts() for route in self.routes}
 
     def stop(self) -> None:
@@ -484,11 +460,9 @@ class Gateway:
             self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        """One message, acknowledged to the broker only once it is stored (or refused: a
-        message that can never be stored is not kept back). Where the queue cannot store it
-        (a full disk), the gateway stops taking messages and tries again every
-        ``STORE_RETRY_S``: unacknowledged, it stays the broker's, with what follows it in the
-        gateway's persistent session; at a stop it is left unacknowledged."""
+        """One message, acknowledged to the broker only once stored or refused; while the
+        queue cannot store it (a full disk) it is tried again every ``STORE_RETRY_S``, and
+        left unacknowledged at a stop."""
         while True:
             try:
                 self.intake.handle(message.topic, bytes(message.payload))
