@@ -3,21 +3,9 @@
     feed = AdtFeed(Path("/var/lib/hospital/adt/ward-1.hl7"))
     feed.patient_at("ICU^1^2^HOSP")     # "12345^^^HOSP^MR", or None: nobody admitted there
 
-The hospital's interface engine writes (appends) the ward's ADT messages to a file, each
-message's segments on lines of their own (CR or LF) and each message starting at its MSH.
-The feed reads it again whenever it changed (size or time) and replays it from the start,
-in order, with hl7apy (any v2 version):
-
-- ``A01`` admit, ``A04`` register, ``A08`` update: the patient (PID-3's first identifier,
-  ``id^^^authority^type``) is at PV1-3;
-- ``A02`` transfer: the patient leaves PV1-6 (the prior location) for PV1-3;
-- ``A03`` discharge, ``A11`` cancel admit: the patient leaves PV1-3 (and wherever the feed
-  last placed them).
-
-A location is matched by its point of care, room and bed (PV1-3's first three components;
-the facility too where both sides give one). Other events are counted and passed over; a
-message that cannot be read is counted, logged with its place in the file and passed over,
-never fatal. A feed that cannot be read any more keeps what it last knew (logged).
+The file is read again whenever it changed (size or time) and replayed from the start with
+hl7apy (any v2 version); which events move whom: docs/gateway.md, "Patient identity". A
+message that cannot be read is counted, logged and passed over, never fatal.
 """
 
 from __future__ import annotations
@@ -59,7 +47,7 @@ def same_place(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
 
 
 class AdtFeed:
-    """See the module doc."""
+    """The feed's file and who it last placed where."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -71,7 +59,7 @@ class AdtFeed:
         self.refresh()
 
     def patient_at(self, location: str) -> str | None:
-        """The patient the feed last placed at ``location`` (read again if it changed)."""
+        """The patient the feed last placed at ``location``."""
         self.refresh()
         key = location_key(location)
         return next((p for place, p in self._at.items() if same_place(place, key)), None)

@@ -2,10 +2,6 @@
 hospital, over HL7 v2.6 MLLP (IHE PCD-01 observations, IHE PCD-04 alarm reports) and/or as
 FHIR R4 Observations, from durable queues (``docs/gateway.md``).
 
-    lungwatch gateway --config gateway.yaml [--config more.yaml] [-v]
-    lungwatch gateway --config gateway.yaml --status    # the queue: counts, refused messages
-    lungwatch gateway --config gateway.yaml --resend all # refused messages back in the queue
-
 Runs until SIGTERM / Ctrl-C, printing one line when it is up; exits 1 when a courier's
 thread stops unasked (what it queued stays in its queue for the next start).
 """
@@ -32,7 +28,7 @@ if TYPE_CHECKING:
 
 
 def _queues(config: GatewayConfig) -> Iterator[tuple[str, str, Outbox]]:
-    """Each destination's name, queue file and its queue, opened and closed around use."""
+    """Each destination's name, queue file and queue, opened and closed around use."""
     from gateway.outbox import Outbox
 
     places = [("hl7", config.queue)] if config.hl7 is not None else []
@@ -55,8 +51,7 @@ def queue_status(config: GatewayConfig) -> dict[str, object]:
 
 
 def resend(config: GatewayConfig, which: str) -> dict[str, int]:
-    """Refused messages back in each destination's queue (a running gateway's courier takes
-    them up): how many per destination."""
+    """Refused messages back in each destination's queue; how many per destination."""
     return {name: outbox.resend(which) for name, _, outbox in _queues(config)}
 
 

@@ -1,16 +1,5 @@
-"""The gateway's configuration file (YAML; docs/gateway.md):
-
-    site: ward-1
-    mqtt: {host: broker.ward, port: 8883, username: gw-1, password_file: ..., ca_file: ...}
-    hl7: {host: his.hospital, port: 2575, sending_facility: WARD-1, receiving_application: HIS}
-    fhir: {base_url: https://fhir.hospital/r4, token_file: /etc/lungwatch/fhir.token}
-    queue: state/gateway.sqlite
-    beds:
-      - {device_id: edge-1, stream_id: bed-1, location: "ICU^1^1^HOSP", patient_id: ""}
-
-``hl7``, ``fhir`` or both (each has its own queue). Errors name the file and the key
-(``lungwatch.config``).
-"""
+"""The gateway's configuration file (YAML; every key in docs/gateway.md, "Configuration"):
+``hl7``, ``fhir`` or both, each with its own queue. Errors name the file and the key."""
 
 from __future__ import annotations
 
@@ -86,8 +75,7 @@ def _check_retries(backoff_min_s: float, backoff_max_s: float, max_refusals: int
 
 @dataclass(frozen=True)
 class FhirConfig:
-    """A FHIR R4 server's base URL, an optional bearer token (a 0600 file), how to retry, and
-    the queue of what goes there."""
+    """A FHIR R4 server, its optional bearer token (a 0600 file), retries and queue."""
 
     base_url: str
     token_file: str | None = None
@@ -118,8 +106,8 @@ class FhirConfig:
         return CourierConfig(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
 
     def token(self) -> str | None:
-        """The bearer token: its file's first line (ConfigError when it cannot be read, others
-        may read it or it is empty); None without a token file."""
+        """The token file's first line (ConfigError when it cannot be read, others may read
+        it or it is empty); None without a token file."""
         if self.token_file is None:
             return None
         return read_secret_line(self.token_file, "fhir.token_file")
@@ -153,12 +141,10 @@ class GatewayConfig:
     rate_every_s: float = 60.0  # a bed's rate at most this often while its state holds
     max_beds_per_device: int = 64  # a device's messages for more beds than this are refused
     beds: tuple[BedEntry, ...] = ()
-    # the alarm conditions reported as PCD-04 over HL7 (gateway.alarms): the ward view's rules
-    # (realarm_s, escalate_after_s, hold_s); give the site's view's values
+    # the rules of the alarm conditions reported as PCD-04: give the site's ward view's values
     alarms: AlarmSettings = field(default_factory=AlarmSettings)
     alarm_reports: bool = True  # false: PCD-01 observations only
-    # the hospital's ADT messages (a file its interface engine appends to, gateway.adt): a
-    # bed's patient is whoever the feed last placed at its location (else its patient_id)
+    # the hospital's ADT messages (gateway.adt): a bed's patient, else its patient_id
     adt_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -174,7 +160,6 @@ class GatewayConfig:
         check(twice is None, "beds", twice, "each device_id/stream_id once")
 
     def bed(self, device_id: str, stream_id: str) -> Bed:
-        """The bed's identity: its entry's location and patient, else neither."""
         for entry in self.beds:
             if (entry.device_id, entry.stream_id) == (device_id, stream_id):
                 return Bed(device_id, stream_id, entry.location, entry.patient_id,

@@ -1,22 +1,13 @@
-"""FHIR R4 Observations of a bed's breathing and findings, and the courier's HTTP transport.
+"""FHIR R4 Observations of a bed's breathing and findings, and the courier's HTTP transport
+(docs/gateway.md, "FHIR R4": identifiers, codes, status and answers).
 
     body = rate_observation(reading, bed, key)       # JSON text of one Observation
     body = finding_observation(event, bed, key)
     transport = FhirTransport("https://fhir.hospital.example/r4", timeout_s=10.0)
 
-Each resource is validated with fhir.resources (its R4B models: FHIR 4.3, whose Observation is
-R4's) as it is built. It carries one identifier, ``urn:lungwatch:observation|<key>`` (a
-reading: its bed and time; a finding: its site, device, bed and episode), and is sent as a
-conditional update, ``PUT [base]/Observation?identifier=urn:lungwatch:observation|<key>``:
-the server creates it the first time and updates it after (a finding's onset, preliminary,
-then its end, final), so a retry after a lost reply never makes a second resource. Codes as
-in the HL7 messages (docs/gateway.md): the rate is LOINC 9279-1 and IEEE 11073 MDC_RESP_RATE
-in UCUM ``/min``, with the age band's range as reference range and its interpretation (H, L,
-N) against it, final as measured, and declares FHIR R4's respiratory-rate vital-signs
-profile; findings their SNOMED CT code (the exam category), signal problems the local code
-``signal-quality``. The patient is named by identifier in the hospital's system
-(``patient_system``; without one ``urn:lungwatch:patient:<assigning authority>``); the
-device by its site, device and bed.
+Each resource is validated with fhir.resources (R4B models, whose Observation is R4's) as it
+is built, and sent as a conditional update on its one identifier, so a retry after a lost
+reply never makes a second resource.
 """
 
 from __future__ import annotations
@@ -60,9 +51,7 @@ class FhirError(LungwatchError):
 def rate_observation(
     reading: Mapping[str, Any], bed: Bed, key: str, patient_system: str = ""
 ) -> str:
-    """The Observation of one respiration reading: the rate (state ``ok``) with its
-    interpretation against the range, or why there is none (a data-absent reason and the
-    state in a note)."""
+    """The Observation of one respiration reading."""
     body = _base(bed, key, "vital-signs", "final", patient_system)
     body["meta"] = {"profile": [RESP_RATE_PROFILE]}
     body["code"] = {"coding": [{"system": LOINC, "code": "9279-1", "display": "Respiratory rate"},
@@ -90,8 +79,7 @@ def rate_observation(
 def finding_observation(
     event: Mapping[str, Any], bed: Bed, key: str, patient_system: str = ""
 ) -> str:
-    """The Observation of one episode (``key``: its own): present from its start, preliminary
-    while it lasts and final with its end; a technical event observes the signal's quality."""
+    """The Observation of one episode (``key``: its own): preliminary until it ends."""
     ended = event.get("state") == "ended"
     kind = str(event.get("type", ""))
     technical = event.get("kind") == "technical"
@@ -122,9 +110,7 @@ def identifier_of(resource_text: str) -> str:
 
 
 class FhirTransport:
-    """The courier's transport to a FHIR server: a conditional update per resource (see the
-    module doc). 200/201 sent; 408, 425, 429, any 5xx, no connection or no reply in time:
-    tried again; any other answer: refused (with the server's first words)."""
+    """The courier's transport to a FHIR server: a conditional update per resource."""
 
     def __init__(self, base_url: str, timeout_s: float = 10.0, token: str | None = None) -> None:
         self.base_url, self.timeout_s = base_url.rstrip("/"), timeout_s

@@ -5,12 +5,6 @@ framed the same way.
     client = MllpClient("his.example", 2575, timeout_s=10.0)
     reply = client.exchange(text)     # sends one message, returns the reply's text
     client.close()
-
-:meth:`MllpClient.exchange` keeps one connection open and opens it again after any failure;
-a failure (refused, reset, no whole reply within ``timeout_s`` of sending however its bytes
-trickle in, a broken frame) raises :class:`MllpError` and closes the connection, so the next
-exchange starts clean. What to do then (send the same message again) is the outbox's
-business.
 """
 
 from __future__ import annotations
@@ -32,16 +26,13 @@ class MllpError(LungwatchError):
 
 
 def frame(text: str) -> bytes:
-    """``text`` (segments separated by carriage returns) as one MLLP frame."""
     return START + text.encode("utf-8") + END
 
 
 def read_frame(sock: socket.socket, buffer: bytearray, deadline: float | None = None) -> str | None:
     """The next frame's text from ``sock`` (bytes after it stay in ``buffer``); None when the
-    peer closed the connection between frames. Raises MllpError for bytes outside a frame, a
-    frame over :data:`MAX_FRAME_BYTES` or a connection closed inside a frame; ``socket.timeout``
-    passes through, and is raised too once ``deadline`` (``time.monotonic()``) has passed
-    however the bytes trickle in."""
+    peer closed the connection between frames. A timeout is raised too once ``deadline``
+    (``time.monotonic()``) has passed, however the bytes trickle in."""
     while True:
         end = buffer.find(END)
         if end >= 0:
@@ -66,7 +57,7 @@ def read_frame(sock: socket.socket, buffer: bytearray, deadline: float | None = 
 
 
 class MllpClient:
-    """One receiver's address; see the module doc."""
+    """One receiver, over one connection kept open and opened again after any failure."""
 
     def __init__(self, host: str, port: int, timeout_s: float = 10.0) -> None:
         self.host, self.port, self.timeout_s = host, port, timeout_s
@@ -75,7 +66,8 @@ class MllpClient:
         self.connects = 0
 
     def exchange(self, text: str) -> str:
-        """Send ``text`` and return the reply's text (see the module doc)."""
+        """Send ``text``, return the reply's; any failure raises MllpError and closes the
+        connection, so the next exchange starts clean."""
         try:
             sock = self._connected()
             sock.settimeout(self.timeout_s)
@@ -109,11 +101,8 @@ class MllpClient:
 
 
 class MllpTransport:
-    """The courier's transport over MLLP: a message is sent when its ACK accepts it (``AA``
-    or ``CA`` for its own control id); refused on ``AE``/``CE`` and on a reply to another
-    control id (the connection is closed: the stream is out of step), rejected for good on
-    ``AR``/``CR``; anything else (no connection, no reply in time, a reply that is no ACK) is
-    tried again."""
+    """The courier's transport over MLLP: a message is sent when an ACK for its own control
+    id accepts it."""
 
     def __init__(self, client: MllpClient) -> None:
         self.client = client
