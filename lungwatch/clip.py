@@ -1,18 +1,10 @@
-"""An alarm's evidence: its audio (FLAC) and the model's outputs over it, and how it travels.
+"""An alarm's evidence: its audio (FLAC) and the model's outputs over it, and how it travels
+(docs/events.md, "The evidence topic"; docs/evidence.md).
 
-A :class:`Clip` is one event's evidence: the bed's audio from ``pre_s`` before the event's
-start to its end (bounded), as 16-bit FLAC, and the model's output frames over the same
-span, quantised to bytes (probability x 255). It is keyed by the event's ``episode_id``: the
-ward view finds it from the event or alarm row.
-
-On MQTT (``lungwatch/v1/<site>/<device>/<stream>/evidence``, QoS 1, not retained) a clip
-goes as :func:`clip_messages`: parts of at most ``part_bytes`` of FLAC each, base64 in JSON,
-so that every message stays under the broker's packet limit (64 KiB in the configs
-``lungwatch access`` writes). Every part names the clip (``episode_id``), its index, the
-number of parts and the whole FLAC's SHA-256; part 0 also carries the clip's header (times,
-sample rate, the outputs). :class:`Assembler` (the ward view's) puts the parts together in
-any order, ignores repeats (QoS 1 may deliver twice; a device resends a whole clip after a
-restart) and checks the hash: a clip is complete, or it is not there.
+A :class:`Clip` is keyed by its event's ``episode_id``. On MQTT it goes in parts
+(:func:`clip_messages`) so every message stays under the broker's packet limit;
+:class:`Assembler` joins them in any order, ignores repeats and checks the whole FLAC's hash:
+a clip is complete, or it is not there.
 """
 
 from __future__ import annotations
@@ -59,7 +51,8 @@ def evidence_topic(site: str, device_id: str, stream_id: str) -> str:
 
 @dataclass(frozen=True)
 class Clip:
-    """One event's evidence (see the module doc). Samples are on the bed's timeline."""
+    """One event's evidence: 16-bit FLAC from before the event's start to its end (bounded)
+    and the model's output frames over it. Samples are on the bed's timeline."""
 
     site: str
     device_id: str
@@ -100,8 +93,7 @@ class Clip:
         }
 
     def audio(self) -> np.ndarray:
-        """The clip's samples, float32 in [-1, 1) (what its FLAC declares is checked first:
-        :func:`check_flac`)."""
+        """The clip's samples, float32 in [-1, 1) (:func:`check_flac` first)."""
         check_flac(self.flac, self.sample_rate_hz)
         samples, _ = soundfile.read(io.BytesIO(self.flac), dtype="float32")
         return np.asarray(samples, np.float32)
@@ -116,10 +108,9 @@ class Clip:
 
 
 def check_flac(flac: bytes, sample_rate_hz: int) -> None:
-    """EvidenceError unless ``flac`` declares what a clip is: FLAC, one channel, the header's
-    sample rate, at most ``MAX_CLIP_S`` of audio. Read from the stream's header before any
-    sample is decoded, so a small file that declares hundreds of millions of samples costs
-    nothing."""
+    """EvidenceError unless ``flac`` declares mono FLAC at the header's rate and at most
+    ``MAX_CLIP_S``; read from the stream's header, so a small file declaring hundreds of
+    millions of samples costs nothing."""
     try:
         info = soundfile.info(io.BytesIO(flac))
     except (RuntimeError, soundfile.LibsndfileError) as exc:
@@ -153,7 +144,7 @@ def quantise(probs: np.ndarray) -> np.ndarray:
 
 
 def clip_messages(clip: Clip, part_bytes: int = DEFAULT_PART_BYTES) -> list[tuple[str, str]]:
-    """(topic, payload) of each part of ``clip``, in order (module doc)."""
+    """(topic, payload) of each part of ``clip``, in order; part 0 carries the header."""
     parts = max(1, math.ceil(len(clip.flac) / part_bytes))
     if parts > MAX_PARTS:
         raise EvidenceError(
@@ -230,8 +221,8 @@ class _Partial:
 
 
 class Assembler:
-    """Puts clips together from their parts (module doc); at most ``max_open`` clips are
-    waiting for parts at once (the oldest is dropped, counted in ``dropped``)."""
+    """Puts clips together from their parts; at most ``max_open`` clips wait for parts at
+    once (the oldest is dropped, counted in ``dropped``)."""
 
     def __init__(self, max_open: int = 256) -> None:
         self.max_open = max_open
@@ -284,7 +275,6 @@ class Assembler:
 
     @property
     def waiting(self) -> Sequence[str]:
-        """The clips that wait for parts."""
         return tuple(self._open)
 
 

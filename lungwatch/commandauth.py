@@ -1,30 +1,10 @@
 """Commands authenticated end to end: a device acts on a command only when an authorised ward
-view signed it, whatever the broker lets through.
+view signed it, whatever the broker lets through (docs/security.md, "Commands signed end to
+end": the signed message, the key derivation and what a device refuses).
 
-A ward view holds the site's command master key; each device holds only its own key, derived
-from the master key and its identity, so a device's key (read off a stolen device) signs
-commands for that device alone::
-
-    device key = HMAC-SHA256(master key, "lungwatch-command-v1" 0x00 site 0x00 device_id)
-
-A signed command is the acknowledge command (``edge.runtime.config.parse_command``) with four
-more keys::
-
-    {"action": "acknowledge", "stream_id": "bed-1", "target": "Wheeze",
-     "user": "nurse-a", "issued_at_ms": 1764090000000, "nonce": "<32 hex>",
-     "sig": "<64 hex>"}
-
-``sig`` is HMAC-SHA256(device key, M) in hex, where M is the compact JSON array
-``["lungwatch-command-v1", site, device_id, action, stream_id, target, user, issued_at_ms,
-nonce]``. The device refuses a command whose signature does not verify (compared in constant
-time), whose ``issued_at_ms`` lies more than ``max_age_s`` from its own clock (both ends keep
-NTP time; a captured command cannot be replayed later), whose nonce it has already taken
-within that window (nor replayed sooner), or that was issued before the verifier was made
-(nonces are kept in memory: after a restart, a command captured just before it is refused).
-``user`` is who acknowledged, carried into the device's log and the ``ended`` event's detail.
-
-Key files hold the 32-byte key as 64 hex characters on one line, mode 0600: a key file that
-others may read is refused (:func:`read_key`).
+Each device holds only its own key, derived from the site's master key, so a key read off a
+stolen device signs commands for that device alone. Key files hold the 32-byte key as 64 hex
+characters on one line, mode 0600.
 """
 
 from __future__ import annotations
@@ -65,14 +45,13 @@ def new_key() -> bytes:
 
 
 def derive_device_key(master: bytes, site: str, device_id: str) -> bytes:
-    """The key of ``device_id`` at ``site`` (see the module doc)."""
+    """The key of ``device_id`` at ``site``."""
     info = b"\0".join(part.encode() for part in (CONTEXT, site, device_id))
     return hmac.new(master, info, hashlib.sha256).digest()
 
 
 def write_key(path: str | Path, key: bytes) -> Path:
-    """Write ``key`` to a new file ``path`` with mode 0600 (an existing file is not
-    overwritten: ConfigError)."""
+    """Write ``key`` to a new file ``path``, mode 0600 (never over an existing one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -85,8 +64,7 @@ def write_key(path: str | Path, key: bytes) -> Path:
 
 
 def read_key(path: str | Path) -> bytes:
-    """The key in ``path``; ConfigError when it is missing, readable by group or others, or
-    not 64 hex characters."""
+    """The key in ``path``; ConfigError when it is missing, readable by others or malformed."""
     path = Path(path)
     try:
         text, mode = read_private(path, "latin-1")  # not hex: refused below
@@ -129,8 +107,8 @@ def sign_command(
 
 
 class CommandVerifier:
-    """The device's check of each command (see the module doc); ``counts`` holds what was
-    taken and why the others were refused."""
+    """The device's check of each command; ``counts`` holds what was taken and why the
+    others were refused."""
 
     def __init__(
         self,

@@ -1,8 +1,6 @@
-"""MQTT as both sides use it: a client's broker settings (:class:`MqttConfig`: address,
-login, TLS, and for a device its spool), the paho client they configure (:func:`new_client`,
-imported lazily, so reading a config needs no paho) and its session (:class:`Session`:
-connect, last will, subscriptions, refusals), the command topic and the broker's errors.
-The device's sink is :mod:`edge.sinks.mqtt`; the ward view's feed :mod:`wardview.feed`.
+"""MQTT as every side uses it: a client's broker settings (:class:`MqttConfig`), the paho
+client they configure (imported lazily, so reading a config needs no paho), its
+:class:`Session`, the command topic and the broker's errors.
 """
 
 from __future__ import annotations
@@ -117,8 +115,7 @@ class MqttConfig:
         return dataclasses.replace(self, host=host, port=int(port))
 
     def login(self) -> tuple[str | None, str | None]:
-        """(username, password): the password read from ``password_file`` when that is set
-        (ConfigError naming the file when it cannot be read or others may read it)."""
+        """(username, password), the password read from ``password_file`` when that is set."""
         if self.password_file is None:
             return self.username, self.password
         return self.username, read_secret_line(self.password_file, "password file")
@@ -129,14 +126,13 @@ class MqttConfig:
 
     @property
     def effective_client_id(self) -> str:
-        """``client_id``, else ``lungwatch-<site>-<device_id>`` followed, for a client with a
-        password, by :func:`private_suffix`: a client with another device's stolen login
-        cannot guess the id, so cannot take this device's connection over."""
+        """``client_id``, else ``lungwatch-<site>-<device_id>`` and :meth:`private_suffix`: a
+        client with another device's stolen login cannot guess the id to take this device's
+        connection over."""
         return self.client_id or f"lungwatch-{self.site}-{self.device_id}{self.private_suffix()}"
 
     def private_suffix(self) -> str:
-        """``-<16 hex>`` derived from this client's password (stable across restarts, known
-        only to who knows the password); empty without one."""
+        """``-<16 hex>`` derived from this client's password; empty without one."""
         username, password = self.login()
         if not password:
             return ""
@@ -169,10 +165,9 @@ class BrokerUnavailableError(BrokerError):
 def new_client(
     cfg: MqttConfig, client_id: str, clean_session: bool = True, manual_ack: bool = False
 ) -> Any:
-    """A paho 2 client (MQTT 3.1.1, a clean session unless asked) with the config's reconnect
-    back-off, username / password and verifying TLS context; limits and callbacks are the
-    caller's. ``manual_ack``: a QoS 1 message is acknowledged when the caller says
-    (``client.ack``), not when its callback returns."""
+    """A paho 2 client (MQTT 3.1.1) with the config's back-off, login and verifying TLS;
+    limits and callbacks are the caller's. ``manual_ack``: a QoS 1 message is acknowledged
+    when the caller calls ``client.ack``."""
     mqtt = import_paho()
     client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -190,13 +185,11 @@ def new_client(
 
 
 class Session:
-    """One paho client of ``cfg`` (:func:`new_client`) as every side uses it: the state of
-    its connection (:attr:`connected`; :attr:`connack` set at the first CONNACK or a close
-    before it, :attr:`refusal` saying why the broker refused), the topics it subscribes at
-    QoS 1 on every connect (:attr:`subscribe_mid`: that SUBACK's), a retained QoS 1 last will
-    made anew at every connect, :meth:`start` and :meth:`stop`. ``name`` says whose in the
-    log; ``on_connected(client)`` runs on paho's thread after each accepted connect,
-    ``on_lost()`` after each disconnect; other callbacks are set on :attr:`client`."""
+    """One paho client of ``cfg``: its connection's state (:attr:`connack` is set at the
+    first CONNACK or a close before it, :attr:`refusal` says why the broker refused), topics
+    subscribed at QoS 1 on every connect, a retained last will made anew at every connect.
+    ``on_connected(client)`` and ``on_lost()`` run on paho's thread; other callbacks are set
+    on :attr:`client`."""
 
     def __init__(
         self,
@@ -232,11 +225,9 @@ class Session:
         self, wait: bool = True, fail_fast: bool = True, require_broker: bool = False
     ) -> None:
         """Connect and start the network thread. ``wait``: connect here and wait up to
-        ``cfg.connect_timeout_s`` for the CONNACK; a TLS failure or a refusal raises
-        (:class:`BrokerTlsError`, :class:`BrokerRefusedError`) with ``fail_fast``, an
-        unreachable or silent broker (:class:`BrokerUnavailableError`) with
-        ``require_broker``; what does not raise is logged and retried in the background, and
-        a raise stops the client. Not ``wait``: connect in the background."""
+        ``cfg.connect_timeout_s`` for the CONNACK; a TLS failure or a refusal raises with
+        ``fail_fast``, an unreachable or silent broker with ``require_broker``; what does not
+        raise is logged and retried in the background."""
         cfg, reached, self._first_told = self.cfg, False, wait
         if wait:
             try:
@@ -266,7 +257,7 @@ class Session:
         self.client.loop_stop()
 
     def subscribe(self, topic: str) -> None:
-        """Subscribe ``topic`` too (QoS 1): now when connected, and on every connect."""
+        """Subscribe ``topic`` too: now when connected, and on every connect."""
         if topic not in self.topics:
             self.topics.append(topic)
         if self.connected.is_set():
