@@ -2,10 +2,8 @@
 (the device: its commands only), one subcommand per module ``main(argv)``, and the argument
 parser every command uses.
 
-Each subcommand is a thin wrapper: its module is imported only when it runs, so
-``lungwatch-edge run`` never imports training code or torch. This module imports nothing but
-the standard library, so every package (``firmware_bridge`` included, which depends on numpy
-alone) may use :class:`ArgumentParser`.
+A subcommand's module is imported only when it runs, so ``lungwatch-edge run`` never imports
+torch. Standard library only, so every package may use :class:`ArgumentParser`.
 """
 
 from __future__ import annotations
@@ -88,10 +86,9 @@ def plain_summary(text: str) -> str:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose errors are one line on stderr (exit status 2):
-    ``lungwatch <command>: error: <what> (see lungwatch <command> --help)``. argparse prints
-    the whole usage block first, noise on a device log around the one line that matters.
-    Options are never abbreviated: ``--key`` is not taken for ``--key-file``."""
+    """``argparse.ArgumentParser`` whose errors are one line on stderr (exit status 2), not
+    the usage block around it; options are never abbreviated (``--key`` is not
+    ``--key-file``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -104,8 +101,8 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
     def names(self, flag: str, text: str, allowed: Sequence[str]) -> list[str]:
-        """The comma-separated names of an option's value, each one of ``allowed``; none at
-        all, or one outside them, is this parser's error naming ``flag`` and the choices."""
+        """The comma-separated names of an option's value, each one of ``allowed`` (else
+        this parser's error)."""
         names = [n.strip() for n in text.split(",") if n.strip()]
         if not names or any(n not in allowed for n in names):
             self.error(f"{flag} takes names from {', '.join(allowed)}, got {text!r}")

@@ -1,13 +1,10 @@
 """Configuration: frozen dataclasses loaded from YAML, validated once.
 
-A config class is a frozen dataclass whose ``__post_init__`` checks its own values with
-:func:`check`. :func:`from_mapping` builds one from a parsed YAML mapping, converting and
-checking types field by field, and turns every problem into one :class:`ConfigError` line
-that names the file, the dotted key, the value and what is allowed::
+A config class's ``__post_init__`` checks its own values with :func:`check`;
+:func:`from_mapping` checks types field by field. Every problem is one :class:`ConfigError`
+line naming the file, the dotted key, the value and what is allowed::
 
     demo.yaml: features.n_bands must be an integer >= 1, got 0
-
-CLI flags only override: :func:`apply_overrides` takes ``key.sub=value`` strings.
 """
 
 from __future__ import annotations
@@ -29,10 +26,7 @@ T = TypeVar("T")
 
 
 class InvalidValueError(ConfigError):
-    """Raised inside a dataclass's validation: which field, which value, what is allowed.
-
-    :func:`from_mapping` re-raises it as a :class:`ConfigError` prefixed with the source.
-    """
+    """Raised inside a dataclass's validation; :func:`from_mapping` prefixes the source."""
 
     def __init__(self, key: str, value: object, allowed: str) -> None:
         super().__init__(f"{key} must be {allowed}, got {value!r}")
@@ -42,15 +36,13 @@ class InvalidValueError(ConfigError):
 
 
 def check(ok: bool, key: str, value: object, allowed: str) -> None:
-    """Raise :class:`InvalidValueError` unless ``ok``."""
     if not ok:
         raise InvalidValueError(key, value, allowed)
 
 
 def read_secret_line(path: str | Path, what: str) -> str:
-    """The first line of a secret file (a broker password, a bearer token); ConfigError
-    naming ``path`` when it cannot be read, is not UTF-8, others may read it (the mode of the
-    very file read) or its first line is empty. ``what`` names the file in the errors."""
+    """The first line of a secret file; ConfigError when it cannot be read, others may read
+    it (the mode of the very file read) or the line is empty. ``what`` names it in errors."""
     path = Path(path)
     try:
         text, mode = read_private(path, "utf-8")
@@ -67,8 +59,7 @@ def read_secret_line(path: str | Path, what: str) -> str:
 
 
 def json_object(text: str, where: str, error: type[Exception] = ConfigError) -> dict[str, Any]:
-    """The JSON object in ``text``; ``error`` names ``where`` and the line when ``text`` is
-    not JSON or holds something else."""
+    """The JSON object in ``text``; ``error`` names ``where`` and the line otherwise."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -79,7 +70,7 @@ def json_object(text: str, where: str, error: type[Exception] = ConfigError) -> 
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping at the top level."""
+    """A YAML file that must hold a mapping at the top level."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -103,10 +94,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_layers(paths: str | Path | Sequence[str | Path]) -> tuple[dict[str, Any], str]:
-    """One mapping from one YAML file or several, each later file merged over the ones before
-    (a section key by key, anything else replaced: a list is replaced whole), and the name
-    errors give it (``base.yaml+client.yaml``). A site's generated client file (its broker
-    login, command key, users) thus layers over a shared config without editing it."""
+    """One mapping from YAML files, each merged over the ones before (:func:`merge_mappings`),
+    and the name errors give it (``base.yaml+client.yaml``): a site's generated client file
+    layers over a shared config without editing it."""
     layers = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     if not layers:
         raise ConfigError("no config file given")
@@ -117,8 +107,8 @@ def load_layers(paths: str | Path | Sequence[str | Path]) -> tuple[dict[str, Any
 
 
 def merge_mappings(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``: mappings under the same key merged the same way, any other
-    value of ``top`` replacing ``base``'s (copies; neither argument changes)."""
+    """``top`` over ``base``: mappings merged key by key, anything else (a list too) replaced;
+    neither argument changes."""
     out = _deep_copy(base)
     for key, value in top.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
@@ -131,8 +121,7 @@ def merge_mappings(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str,
 def load_config(
     cls: type[T], path: str | Path | Sequence[str | Path], overrides: list[str] | None = None
 ) -> T:
-    """Load ``cls`` from a YAML file (or several, layered: :func:`load_layers`), apply
-    ``key=value`` overrides, validate once."""
+    """``cls`` from YAML files (:func:`load_layers`) and ``key.sub=value`` overrides."""
     data, source = load_layers(path)
     if overrides:
         data = apply_overrides(data, overrides, source=source)
@@ -140,7 +129,7 @@ def load_config(
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "<config>") -> T:
-    """Build the dataclass ``cls`` from ``data``; errors name ``source`` and the key."""
+    """The dataclass ``cls`` of ``data``; errors name ``source`` and the key."""
     try:
         return _build(cls, data, prefix="")
     except InvalidValueError as exc:
@@ -161,7 +150,7 @@ def to_mapping(obj: Any) -> dict[str, Any]:
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides (value parsed as YAML) to a nested mapping copy."""
+    """A copy of ``data`` with ``a.b=value`` overrides (values parsed as YAML)."""
     out: dict[str, Any] = _deep_copy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")

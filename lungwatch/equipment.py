@@ -5,9 +5,8 @@
     eui64("0012a3fffe4567ab")         # an EUI-64 as it is, upper case
     host_eui64()                      # this machine's, from its MAC; "" where it has none
 
-A device is provisioned with its own (``equipment_eui64`` in its configuration; ``make deploy``
-writes it from the host's MAC), else takes its host's at start. A MAC becomes an EUI-64 by the
-IEEE's rule: FFFE between its organisation's and its own three octets.
+A MAC becomes an EUI-64 by the IEEE's rule: FFFE between its organisation's and its own
+three octets (docs/gateway.md, "Equipment").
 """
 
 from __future__ import annotations

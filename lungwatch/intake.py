@@ -4,21 +4,8 @@
 
 A reader of the site's messages (the ward view, the hospital gateway) must keep reading
 whatever a client of the broker publishes, so nothing in a payload may raise anything but
-:class:`MessageError` here, and every refusal names its :attr:`MessageError.reason` (one of
-:data:`REASONS`, counted per reason by the reader):
-
-- ``too_large``: more than ``max_bytes`` bytes (checked before anything is decoded);
-- ``bad_json``: not UTF-8, not JSON, or not a JSON object;
-- ``too_deep``: arrays / objects nested deeper than ``max_depth`` (checked before parsing, by a
-  linear scan of the brackets outside strings, so ``[[[[...`` never reaches the parser's
-  recursion; :func:`json_depth`);
-- ``bad_number``: an integer of more than :data:`MAX_INT_DIGITS` digits, a float that is not
-  finite (``1e999``), or ``NaN`` / ``Infinity`` (not JSON; Python's parser takes them);
-- ``invalid``: valid JSON the ward cannot use (raised by the ward, schema and topic checks);
-- ``over_limit``: a message that would make the ward keep one device, bed or open episode
-  more than its caps (``dashboard.max_devices``, ``max_beds_per_device``,
-  ``max_open_episodes_per_bed``; raised by the ward);
-- ``internal_error``: anything else that went wrong with one message (the ward's last guard).
+:class:`MessageError` here; its :attr:`~MessageError.reason` is one of :data:`REASONS`
+(docs/dashboard.md, "Hardening", says what each means).
 """
 
 from __future__ import annotations
@@ -57,7 +44,7 @@ class MessageError(ValueError):
 
 def json_depth(text: str) -> int:
     """How deeply arrays and objects nest in ``text`` (0: a scalar), brackets inside strings
-    not counted; linear in ``len(text)``. Unbalanced text gives the deepest point reached."""
+    not counted; linear in ``len(text)``, so ``[[[[...`` never reaches the parser's recursion."""
     depth = deepest = 0
     for match in _TOKEN.finditer(text):
         char = text[match.start()]

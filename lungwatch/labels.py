@@ -1,20 +1,9 @@
 """The one label table: model classes, data-set vocabularies, SNOMED CT codes.
 
 Every fact about a respiratory sound class is a field of its row in :data:`SOUND_CLASSES`
-(and every fact about a finding family one of :data:`FAMILY`), and every other part reads
-it from here: the SPRSound and ICBHI loaders' vocabularies, the model's class lists (saved
-in checkpoints and manifests), the cross-dataset mapping, the event types the device
-publishes and their priorities, the families of the verdict, the finding episodes, the
-alarms and the history, the bed cards' states, the gateway's codes and the scoring views.
-A new class is one new row.
-
-Cross-dataset mapping (documented in ``docs/labels.md``): continuous adventitious sounds
-(SPRSound Wheeze, Rhonchi, Stridor) map to ICBHI ``wheeze``; discontinuous ones (Fine and
-Coarse Crackle) to ``crackle``; ``Wheeze+Crackle`` to ``both``; Normal to ``normal``.
-
-SNOMED CT codes are given only where checked (crackles 48409008, wheezing 56018004, stridor
-70407001); the others are None until verified against a SNOMED CT release, and the device
-then publishes the event type alone.
+(and every fact about a finding family one of :data:`FAMILY`), and every other part reads it
+from here: a new class is one new row. The cross-dataset mapping and which SNOMED CT codes
+are checked: docs/labels.md.
 """
 
 from __future__ import annotations
@@ -64,8 +53,7 @@ class Family:
     rate_text: str  # UCUM %): no SNOMED CT or MDC term is known, a local code
 
 
-#: The one table. Fields: name, family, icbhi, SNOMED CT code and term, output place, priority,
-#: held, card, 4-class scoring name, composite parts, colour (see SoundClass).
+#: The one table (fields: SoundClass).
 SOUND_CLASSES: tuple[SoundClass, ...] = (
     SoundClass("Normal", "normal", "normal"),
     SoundClass("Rhonchi", "CAS", "wheeze", None, None, 3, "low", True, "rhonchi",
@@ -105,8 +93,7 @@ DETECTED_CLASSES: tuple[str, ...] = tuple(
     c.name for c in sorted(SOUND_CLASSES, key=lambda c: c.output or 0) if c.output is not None
 )
 
-#: The families a finding episode is of (``edge.bed.findings``): continuous (wheezes,
-#: rhonchi, stridor) and discontinuous (crackles) adventitious sounds.
+#: The families a finding episode is of (``edge.bed.findings``).
 FINDING_FAMILIES: tuple[str, ...] = tuple(FAMILY)
 #: Each family's detected classes, in output order (CAS: Wheeze, Rhonchi, Stridor).
 FAMILY_CLASSES: dict[str, tuple[str, ...]] = {
@@ -129,8 +116,8 @@ def sound_class(name: str) -> SoundClass:
 
 
 def family_of(event_type: str) -> str | None:
-    """The finding family (alarm condition) of a sound class or a finding episode's type,
-    a composite's first (Wheeze+Crackle: CAS); None for anything else."""
+    """The finding family of a sound class or finding type, a composite's first
+    (Wheeze+Crackle: CAS); None for anything else."""
     if event_type in FAMILY:
         return event_type
     found = _BY_NAME.get(event_type)

@@ -36,9 +36,8 @@ def private_umask() -> int:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``, mode 0600, atomically and durably: written to
-    ``.<name>.tmp`` beside it, created anew (``O_EXCL | O_NOFOLLOW``: an earlier run's leftover
-    or a link someone planted there is removed, never written through), synced, renamed."""
+    """Replace ``path`` with ``text``, mode 0600, atomically and durably; a link planted at
+    the temporary name is removed, never written through."""
     tmp = path.with_name(f".{path.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
@@ -51,9 +50,8 @@ def write_private(path: Path, text: str) -> None:
 
 
 def create_private(path: Path) -> None:
-    """Create ``path`` 0600 if it is not there (a database's file before SQLite opens it:
-    SQLite gives its -wal and -shm files the database's mode); a link there is refused
-    (``O_NOFOLLOW``), a file group or others may read is tightened to 0600. Raises OSError."""
+    """Create ``path`` 0600 if it is not there (before SQLite opens it: its -wal and -shm
+    files take its mode); a link there is refused, a file others may read tightened."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         if os.fstat(fd).st_mode & OTHERS:

@@ -1,14 +1,9 @@
 """Threads a process depends on, watched.
 
-A :class:`Worker` runs one long-lived loop (the MQTT sender, the evidence sender, the ward
-view's web server, its push loop, its history writer). Each loop guards its own work and
-goes on after a failure of one item; a :class:`Worker` is the net under that: a loop that
-still ends without being asked to (an exception its guards did not foresee, a return) is
-logged at CRITICAL with its traceback and reported by :meth:`Worker.failure`, and its owner
-then shows it (a technical alarm on the ward view's page) and either starts it again
-(:meth:`Worker.restart`, bounded) or stops the process with an error
-(:class:`ThreadStoppedError`), so the service manager restarts it and nothing runs on half its
-threads unseen.
+A :class:`Worker` is the net under a long-lived loop's own guards: a loop that still ends
+unasked is logged at CRITICAL and reported by :meth:`Worker.failure`; its owner then starts it
+again (:meth:`Worker.restart`, bounded) or stops the process (:class:`ThreadStoppedError`), so
+nothing runs on half its threads unseen.
 """
 
 from __future__ import annotations
@@ -28,8 +23,7 @@ RESTART_WINDOW_S = 600.0  # ... within this time; then its failure is final
 
 
 class ThreadStoppedError(LungwatchError):
-    """A thread the process depends on stopped; the process stops (the message says which
-    thread and why)."""
+    """A thread the process depends on stopped; the process stops."""
 
 
 class Worker:
@@ -67,8 +61,8 @@ class Worker:
         return f"thread {self.name} stopped: {self.error or 'its loop returned'}"
 
     def restart(self, now_s: float | None = None) -> bool:
-        """Start the thread again after a failure, at most :data:`RESTARTS` times within
-        :data:`RESTART_WINDOW_S`; False when that bound is used up (the failure is final)."""
+        """Start the thread again after a failure; False when :data:`RESTARTS` within
+        :data:`RESTART_WINDOW_S` are used up (the failure is final)."""
         now_s = time.monotonic() if now_s is None else now_s
         while self.restarts and now_s - self.restarts[0] > RESTART_WINDOW_S:
             self.restarts.popleft()
