@@ -1,8 +1,5 @@
 """Who lies in which bed: the hospital's ADT feed, a file of HL7 v2 ADT messages.
 
-    feed = AdtFeed(Path("/var/lib/hospital/adt/ward-1.hl7"))
-    feed.patient_at("ICU^1^2^HOSP")     # "12345^^^HOSP^MR", or None: nobody admitted there
-
 The file is read again whenever it changed (size or time) and replayed from the start with
 hl7apy (any v2 version); which events move whom: docs/gateway.md, "Patient identity". A
 message that cannot be read is counted, logged and passed over, never fatal.

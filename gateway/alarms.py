@@ -2,12 +2,6 @@
 change of a condition (docs/gateway.md, "Alarm reports (PCD-04)": which change is which phase
 and state, and what a restart does).
 
-    follower = AlarmFollower(settings, write, outbox.notes())  # write: queue report + note
-    follower.event(event)                        # every event message of the site
-    follower.summary(device, bed, body)          # a bed's retained summary (open alarms)
-    follower.ack(device, bed, target, user)      # an acknowledge a device took
-    follower.tick()                              # about every second: what changed is queued
-
 The gateway follows the conditions with a ward view's :class:`lungwatch.alarms.AlarmBook`,
 fed by the same messages. What was last reported of each condition is a note in the queue's
 file, written in the same transaction as the report, so a restart neither repeats nor loses
@@ -180,8 +174,7 @@ class AlarmFollower:
         return queued
 
     def _guarded(self, key: Key, report: Callable[[], int]) -> int:
-        """One condition's report (how many queued): one HL7 cannot carry is set aside, any
-        other failure tried again on the next tick; the other conditions' reports still go."""
+        """One condition's report (how many queued); its failure stops no other's."""
         try:
             return report()
         except Hl7Error as exc:

@@ -1,10 +1,6 @@
 """FHIR R4 Observations of a bed's breathing and findings, and the courier's HTTP transport
 (docs/gateway.md, "FHIR R4": identifiers, codes, status and answers).
 
-    body = rate_observation(reading, bed, key)       # JSON text of one Observation
-    body = finding_observation(event, bed, key)
-    transport = FhirTransport("https://fhir.hospital.example/r4", timeout_s=10.0)
-
 Each resource is validated with fhir.resources (R4B models, whose Observation is R4's) as it
 is built, and sent as a conditional update on its one identifier, so a retry after a lost
 reply never makes a second resource.

@@ -2,12 +2,6 @@
 written segment by segment after the IHE PCD Technical Framework's tables; docs/gateway.md is
 the conformance statement (every segment, field and code sent, and why).
 
-    sender = Sender(application="LUNGWATCH", facility="WARD-1", receiver="HIS", ...)
-    text = rate_message(reading, bed, sender, control_id, now)   # a respiration reading
-    text = finding_message(event, bed, sender, control_id, now)  # a finding episode's onset/end
-    text = alert_message(report, bed, sender, control_id, now)   # an alarm condition's change
-    ack = parse_ack(text)                                         # what the receiver said
-
 A value HL7 cannot carry raises :class:`Hl7Error`: that one message is refused, never the
 caller's loop.
 """
@@ -82,8 +76,7 @@ class Hl7Error(LungwatchError):
 
 @dataclass(frozen=True)
 class Sender:
-    """MSH's sending and receiving application and facility, and the gateway's EUI-64 ("":
-    none)."""
+    """MSH's applications and facilities, and the gateway's EUI-64 ("": none)."""
 
     application: str = "LUNGWATCH"
     facility: str = ""
@@ -105,8 +98,7 @@ class Sender:
 @dataclass(frozen=True)
 class Bed:
     """Where a reading comes from: the device's stream and EUI-64 ("": not known yet), the
-    hospital's location (PV1-3, ``point of care^room^bed^facility``) and patient id (PID-3,
-    ``id^^^authority^MR``; "": the bed's own)."""
+    hospital's location (PV1-3) and patient id (PID-3; "": the bed's own)."""
 
     device_id: str
     stream_id: str
@@ -350,8 +342,7 @@ def _observation_message(
     bed: Bed, sender: Sender, control_id: str, now: dt.datetime, start: str, end: str,
     metrics: list[list[str]],
 ) -> str:  # fmt: skip
-    """PCD-01: the order observed from ``start`` (to ``end``), the device rows, then each
-    metric (value type, code, value, units, range, flag, time, method)."""
+    """PCD-01: the order observed from ``start`` (to ``end``), the device rows, the metrics."""
     segments = _head(bed, sender, control_id, now, "R01", "ORU_R01", PCD01_PROFILE)
     segments.append(_segment("OBR", ["1", "", sender.identifier(control_id), MONITORING, "", "",
                                      start, end]))  # fmt: skip

@@ -1,10 +1,6 @@
 """MLLP (HL7's Minimal Lower Layer Protocol): each message between a start block (0x0B) and an
 end block with a carriage return (0x1C 0x0D), over TCP; the receiver answers each with an ACK
 framed the same way.
-
-    client = MllpClient("his.example", 2575, timeout_s=10.0)
-    reply = client.exchange(text)     # sends one message, returns the reply's text
-    client.close()
 """
 
 from __future__ import annotations
@@ -101,8 +97,7 @@ class MllpClient:
 
 
 class MllpTransport:
-    """The courier's transport over MLLP: a message is sent when an ACK for its own control
-    id accepts it."""
+    """The courier's transport over MLLP (docs/gateway.md, "Delivery": which reply is which)."""
 
     def __init__(self, client: MllpClient) -> None:
         self.client = client

@@ -2,11 +2,6 @@
 sent in the order it was queued, and removed from the queue only when the receiver accepted
 it (docs/gateway.md, "Delivery": order, retries, refusals).
 
-    outbox = Outbox(Path("state/gateway.sqlite"))
-    outbox.put("event/<id>/onset", lambda control_id: build(control_id))  # once per key
-    courier = Courier(outbox, MllpTransport(MllpClient(host, port)), CourierConfig())
-    courier.run(stop)                                  # a thread: until stop is set
-
 A message is stored as built under its control id (MSH-10), so every retry sends the same
 bytes under the same id. The file is created 0600; SQLite in WAL mode, synchronous FULL: a
 message ``put`` returned for survives a power cut.
@@ -132,8 +127,7 @@ class Outbox:
         self._last_device = ""  # whose message went last: at equal urgency, another's next
 
     def put(self, key: str, build: Callable[[str], str]) -> bool:
-        """Queue the message ``build(control_id)`` under ``key`` with a new control id; False
-        (nothing built) when that key was queued before."""
+        """Queue ``build(control_id)`` under ``key``; False (nothing built) when queued before."""
         return self._put(key, build, new_control_id())
 
     def put_built(
@@ -145,9 +139,8 @@ class Outbox:
         bed: tuple[str, str] = ("", ""),
         priority: str = "low",
     ) -> bool:
-        """:meth:`put` of a built message. ``note``: ``(name, value)`` written in the same
-        transaction (value None deletes it), so what the sender remembers of what it sent
-        never disagrees with the queue after a crash."""
+        """:meth:`put` of a built message, with a ``(name, value)`` note in the same
+        transaction (value None deletes it): it never disagrees with the queue after a crash."""
         return self._put(key, lambda _: message, control_id, note, bed, priority)
 
     def set_note(self, name: str, value: str) -> None:
@@ -314,8 +307,7 @@ class Transport(Protocol):
     """One receiver: delivers a queued message, says how it went."""
 
     def deliver(self, row: Queued) -> tuple[str, str]:
-        """The outcome (:data:`SENT`, :data:`RETRY`, :data:`REFUSED`, :data:`REJECTED`), and
-        why."""
+        """The outcome (:data:`SENT`, :data:`RETRY`, ...) and why."""
         ...
 
     def close(self) -> None: ...
@@ -346,9 +338,8 @@ class Courier:
         self.transport.close()
 
     def _noted(self, write: Callable[[], T]) -> T | None:
-        """A write to the queue, tried again every ``STORE_RETRY_S`` while the queue takes
-        none (nothing else is sent meanwhile); a stop leaves it (a message sent but not noted
-        goes again after a restart, under its control id)."""
+        """A write to the queue, tried again every ``STORE_RETRY_S`` while it takes none
+        (nothing else is sent meanwhile; a stop leaves it)."""
         said = False
         while True:
             try:
@@ -363,8 +354,7 @@ class Courier:
                     return None
 
     def send(self, row: Queued) -> bool:
-        """One attempt at ``row``; True when it left the queue (accepted, or refused for
-        good)."""
+        """One attempt at ``row``; True when it left the queue."""
         outcome, why = self.transport.deliver(row)
         if outcome == SENT:
             self._noted(lambda: self.outbox.sent(row.seq))

@@ -1,17 +1,9 @@
 """The gateway's process: the site's messages in, a queue and a courier per destination out
 (docs/gateway.md: what is sent, when, and how it is delivered).
 
-    gateway = Gateway(config)
-    gateway.start()            # MQTT (a persistent session) and the couriers' threads
-    gateway.check()            # a courier's failure, if its thread stopped unasked
-    gateway.stop()
-
-:class:`Intake` turns one MQTT message into a queued message on every route (HL7, FHIR);
-with an HL7 route the site's alarm conditions go there too (:mod:`gateway.alarms`). Every
-payload is read within limits, checked against its topic (a device speaks for its own beds
-only) and validated before any route's form is queued; what is refused is counted by reason
-and logged, never fatal. A message is acknowledged to the broker once queued, so what the
-gateway misses while down waits at the broker.
+Every payload is read within limits, checked against its topic (a device speaks for its own
+beds only) and validated before any route's form is queued; what is refused is counted by
+reason and logged, never fatal. A message is acknowledged to the broker once queued.
 """
 
 from __future__ import annotations
@@ -382,9 +374,8 @@ class Gateway:
         self._mqtt.on_message = self._on_message
 
     def start(self) -> Gateway:
-        """The threads, then the broker: returns once the broker took the subscriptions, or
-        after ``mqtt.connect_timeout_s`` (retried in the background); a refused login or a TLS
-        failure raises."""
+        """The threads, then the broker, waiting up to ``mqtt.connect_timeout_s`` for the
+        subscriptions; a refused login or a TLS failure raises."""
         for worker in self.workers:
             worker.start()
         try:

@@ -1,18 +1,8 @@
 """lungwatch: a streaming detector of respiratory anomalies that runs at the bedside.
 
-The public Python API is the device's streaming detector (:mod:`edge.monitor`)::
-
-    from lungwatch import Monitor
-
-    monitor = Monitor.load("models/sed")        # the INT8 model and its manifest's rules
-    bed = monitor.open_bed("bed-1")
-    for chunk in chunks:                        # float32 mono at monitor.sample_rate_hz
-        for event in bed.push(chunk).events:
-            print(event.state, event.type, event.start_s)
-    bed.close()                                 # the last frames; every open event ends
-
-The console scripts ``lungwatch`` and ``lungwatch-edge`` are :mod:`lungwatch.cli`. Importing
-this package loads nothing else until a name is used.
+The public Python API is the device's streaming detector, ``from lungwatch import Monitor``
+(:mod:`edge.monitor`; README.md shows it at work); the console scripts are
+:mod:`lungwatch.cli`. Importing this package loads nothing else until a name is used.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ own topics, and the keys that sign commands (``lungwatch access``).
     lungwatch access --site ward-3 --devices jetson-1 jetson-2 --views ward-view --dir DIR
 
 writes the broker's config, password file and ACL, each client's login file and the command
-keys under ``DIR`` (0700, every file 0600; docs/security.md, "Broker access" lists each file
-and what every client may read and publish). Run again with more clients: existing passwords
-and keys are kept, and the ACL and password file are rewritten for exactly the clients named.
+keys under ``DIR`` (docs/security.md, "Broker access": each file, what every client may do,
+and what a second run keeps).
 """
 
 from __future__ import annotations

@@ -40,8 +40,7 @@ Key = tuple[str, str, str]  # device, bed, condition
 
 
 class Episode(Protocol):
-    """What the book reads of an episode: an :class:`~lungwatch.events.Event` or a
-    :class:`ListedEpisode`."""
+    """What the book reads of an episode: an event or a :class:`ListedEpisode`."""
 
     @property
     def episode_id(self) -> str: ...
@@ -129,8 +128,7 @@ def condition_of(event_type: str) -> str:
 
 
 def condition_type(condition: str) -> str:
-    """An event type of ``condition`` (a family's first: Wheeze, Fine Crackle), for what is
-    named by type."""
+    """An event type of ``condition`` (a family's first: Wheeze, Fine Crackle)."""
     return FINDING_CLASS.get(condition, condition)
 
 
@@ -319,8 +317,7 @@ class AlarmBook:
         self._retired: OrderedDict[str, None] = OrderedDict()
 
     def take(self, event: Episode, now_s: float) -> AlarmCondition | None:
-        """One event message (an episode's onset, update or end) into its condition (None:
-        the late end of an episode of a condition that is over, which changes nothing)."""
+        """One event message into its condition (None: a late end, which changes nothing)."""
         key = (event.device_id, event.stream_id, condition_of(event.type))
         cond = self._conditions.get(key)
         new_episode = event.episode_id not in self._episode_condition
@@ -377,8 +374,7 @@ class AlarmBook:
         return cond
 
     def _renew(self, cond: AlarmCondition, event: Episode, now_s: float) -> None:
-        """``event`` starts an acknowledged, over condition anew (episodes the device still
-        holds stay open)."""
+        """``event`` starts an acknowledged, over condition anew."""
         self._raise(cond, event, now_s)
         cond.base_priority, cond.first_onset_utc = event.priority, event.start_utc
         cond.last_episode_utc, cond.episodes, cond.clips = event.start_utc, 0, []
@@ -410,8 +406,7 @@ class AlarmBook:
         return cond
 
     def find(self, device_id: str, stream_id: str, target: str) -> AlarmCondition | None:
-        """The bed's condition that ``target`` names: the condition, or a type or key of
-        one of its open episodes."""
+        """The bed's condition ``target`` names, or whose open episode's type or key it is."""
         direct = self._conditions.get((device_id, stream_id, target))
         if direct is not None:
             return direct
@@ -509,9 +504,8 @@ class AlarmBook:
         return self._conditions.get(key)
 
     def restore(self, device_id: str, stream_id: str, record: dict[str, Any]) -> AlarmCondition:
-        """A condition as :meth:`AlarmCondition.record` kept it; its open episodes come back
-        open as their messages are taken again. ValueError / KeyError / TypeError: not such a
-        record."""
+        """A condition as :meth:`AlarmCondition.record` kept it (ValueError, KeyError or
+        TypeError: not such a record); its open episodes come back as their messages do."""
         cond = AlarmCondition(
             device_id, stream_id, str(record["condition"]), str(record["kind"]),
             str(record["base_priority"]), str(record["first_onset_utc"]),

@@ -87,8 +87,7 @@ def plain_summary(text: str) -> str:
 
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line on stderr (exit status 2), not
-    the usage block around it; options are never abbreviated (``--key`` is not
-    ``--key-file``)."""
+    the usage block; options are never abbreviated."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -128,8 +127,7 @@ def _usage(script: str, commands: Commands, note: str) -> str:
 
 
 def dispatch(commands: Commands, argv: list[str] | None, script: str, note: str = "") -> int:
-    """Run ``argv[0]``'s module ``main(argv[1:])``; errors as one line, ``lungwatch NAME: ...``.
-    ``note`` ends the usage text."""
+    """Run ``argv[0]``'s module ``main(argv[1:])``; errors as one line."""
     args = sys.argv[1:] if argv is None else argv
     usage = _usage(script, commands, note)
     if not args or args[0] in ("-h", "--help"):

@@ -108,9 +108,8 @@ class Clip:
 
 
 def check_flac(flac: bytes, sample_rate_hz: int) -> None:
-    """EvidenceError unless ``flac`` declares mono FLAC at the header's rate and at most
-    ``MAX_CLIP_S``; read from the stream's header, so a small file declaring hundreds of
-    millions of samples costs nothing."""
+    """EvidenceError unless ``flac``'s header declares mono FLAC at the clip's rate and at
+    most ``MAX_CLIP_S``: a small file declaring millions of samples costs nothing."""
     try:
         info = soundfile.info(io.BytesIO(flac))
     except (RuntimeError, soundfile.LibsndfileError) as exc:
@@ -175,8 +174,8 @@ def clip_messages(clip: Clip, part_bytes: int = DEFAULT_PART_BYTES) -> list[tupl
 
 
 def clip_of(header: Mapping[str, Any], ids: Mapping[str, str], flac: bytes) -> Clip:
-    """The :class:`Clip` of a part-0 ``header``, the identity ``ids`` (site, device_id,
-    stream_id, episode_id) and the whole FLAC; EvidenceError names a bad field."""
+    """The :class:`Clip` of a part-0 ``header``, ``ids`` and the whole FLAC; EvidenceError
+    names a bad field."""
     try:
         shape = tuple(int(n) for n in header["frames_shape"])
         frames = np.frombuffer(base64.b64decode(header["frames"], validate=True), np.uint8)

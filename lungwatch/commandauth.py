@@ -2,9 +2,7 @@
 view signed it, whatever the broker lets through (docs/security.md, "Commands signed end to
 end": the signed message, the key derivation and what a device refuses).
 
-Each device holds only its own key, derived from the site's master key, so a key read off a
-stolen device signs commands for that device alone. Key files hold the 32-byte key as 64 hex
-characters on one line, mode 0600.
+Key files hold the 32-byte key as 64 hex characters on one line, mode 0600.
 """
 
 from __future__ import annotations

@@ -95,8 +95,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_layers(paths: str | Path | Sequence[str | Path]) -> tuple[dict[str, Any], str]:
     """One mapping from YAML files, each merged over the ones before (:func:`merge_mappings`),
-    and the name errors give it (``base.yaml+client.yaml``): a site's generated client file
-    layers over a shared config without editing it."""
+    and the name errors give it (``base.yaml+client.yaml``)."""
     layers = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     if not layers:
         raise ConfigError("no config file given")

@@ -1,10 +1,6 @@
 """A device's equipment identifier: its IEEE EUI-64, as IHE PCD messages name equipment
 (MSH-3, OBX-18: ``...^<16 hex digits>^EUI-64``).
 
-    eui64("00:1b:63:84:45:e6")        # a MAC (EUI-48) -> "001B63FFFE8445E6"
-    eui64("0012a3fffe4567ab")         # an EUI-64 as it is, upper case
-    host_eui64()                      # this machine's, from its MAC; "" where it has none
-
 A MAC becomes an EUI-64 by the IEEE's rule: FFFE between its organisation's and its own
 three octets (docs/gateway.md, "Equipment").
 """
@@ -19,8 +15,7 @@ _MULTICAST_BIT = 1 << 40  # of a 48-bit node id: set where uuid.getnode() made o
 
 
 def eui64(text: str) -> str:
-    """``text`` (an EUI-64 or a MAC, hex digits with or without ``:``/``-`` between octets)
-    as 16 upper-case hex digits; ValueError naming it otherwise."""
+    """``text`` (an EUI-64 or a MAC, ``:``/``-`` allowed) as 16 upper-case hex digits."""
     digits = str(text).strip().upper().replace(":", "").replace("-", "")
     if not _HEX.fullmatch(digits) or len(digits) not in (12, 16):
         raise ValueError(f"{text!r} is not an EUI-64 (16 hex digits) or a MAC (12 hex digits)")

@@ -1,8 +1,5 @@
-"""Typed errors shared by lungwatch's packages (the device, the ward view, the workstation).
-
-Every error carries a message that names what was wrong (the file, the key, the value)
-so that one line in a log is enough to fix it.
-"""
+"""Typed errors shared by lungwatch's packages; each message names what was wrong (the file,
+the key, the value), so one line in a log is enough to fix it."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
-"""The event schema and the MQTT topics it travels on (docs/events.md: the fields, the
-topics, their QoS and retention).
+"""The event schema and the MQTT topics it travels on (docs/events.md: fields, topics, QoS).
 
-An :class:`Event` is one *message* about one episode of a physiological or technical
-condition: ``onset``, optional ``ongoing`` updates, then ``ended``, sharing ``episode_id``.
-Each message's ``id`` stays the same when it is retried: a consumer deduplicates on ``id``.
-Times are UTC ISO-8601 with ``Z`` and milliseconds; samples index the stream's timeline.
+An :class:`Event` is one message about one episode: ``onset``, optional ``ongoing``, then
+``ended``, sharing ``episode_id``; a retried message keeps its ``id``. Times are UTC ISO-8601
+with ``Z`` and milliseconds; samples index the stream's timeline.
 """
 
 from __future__ import annotations
@@ -213,8 +211,7 @@ MAX_REASON_CHARS = 200
 
 @dataclass(frozen=True)
 class Respiration:
-    """The respiration message's fields its readers use (the ward view, the gateway), each
-    checked by :meth:`from_dict`. Identity against the topic is the reader's check."""
+    """The respiration message's fields its readers use, each checked by :meth:`from_dict`."""
 
     state: str
     rate_bpm: float | None
@@ -292,7 +289,7 @@ def ack_payload(
 
 def ack_of(body: dict[str, Any]) -> tuple[str, str, str]:
     """``(target, user, utc)`` of an ack message's parsed body; EventError names what is
-    wrong. Identity against the topic is the reader's check."""
+    wrong."""
     target, user, utc = body.get("target"), body.get("user", ""), body.get("utc")
     if not (isinstance(target, str) and 0 < len(target) <= 128 and target.isprintable()):
         raise EventError(f"ack.target must be a condition, type or key (1..128), got {target!r}")

@@ -10,8 +10,7 @@ LOOPBACK_NAMES = ("localhost",)
 
 
 def is_loopback(host: str) -> bool:
-    """``localhost`` (any case) or a loopback IP address (127.0.0.0/8, ::1); any other name may
-    resolve to anything."""
+    """``localhost`` or a loopback IP address; any other name may resolve to anything."""
     if host.lower() in LOOPBACK_NAMES:
         return True
     try:

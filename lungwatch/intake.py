@@ -1,7 +1,5 @@
 """One MQTT payload of the site to a JSON object, within limits, or :class:`MessageError`.
 
-    body = parse_message(payload, max_bytes=65536, max_depth=32)
-
 A reader of the site's messages (the ward view, the hospital gateway) must keep reading
 whatever a client of the broker publishes, so nothing in a payload may raise anything but
 :class:`MessageError` here; its :attr:`~MessageError.reason` is one of :data:`REASONS`

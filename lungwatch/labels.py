@@ -1,9 +1,7 @@
 """The one label table: model classes, data-set vocabularies, SNOMED CT codes.
 
-Every fact about a respiratory sound class is a field of its row in :data:`SOUND_CLASSES`
-(and every fact about a finding family one of :data:`FAMILY`), and every other part reads it
-from here: a new class is one new row. The cross-dataset mapping and which SNOMED CT codes
-are checked: docs/labels.md.
+Every fact about a sound class is a field of its row in :data:`SOUND_CLASSES` (about a
+finding family, of :data:`FAMILY`): a new class is one new row (docs/labels.md).
 """
 
 from __future__ import annotations
@@ -14,8 +12,7 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class SoundClass:
-    """One respiratory sound class: how each vocabulary names it and what every part of the
-    system makes of it."""
+    """One respiratory sound class: its names and what every part makes of it."""
 
     name: str  # SPRSound event vocabulary (the model's fine-grained classes)
     family: str  # "normal", "CAS" (continuous) or "DAS" (discontinuous) or "CAS & DAS"

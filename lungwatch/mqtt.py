@@ -126,9 +126,7 @@ class MqttConfig:
 
     @property
     def effective_client_id(self) -> str:
-        """``client_id``, else ``lungwatch-<site>-<device_id>`` and :meth:`private_suffix`: a
-        client with another device's stolen login cannot guess the id to take this device's
-        connection over."""
+        """``client_id``, else one a stolen login of another device cannot guess."""
         return self.client_id or f"lungwatch-{self.site}-{self.device_id}{self.private_suffix()}"
 
     def private_suffix(self) -> str:
@@ -166,8 +164,7 @@ def new_client(
     cfg: MqttConfig, client_id: str, clean_session: bool = True, manual_ack: bool = False
 ) -> Any:
     """A paho 2 client (MQTT 3.1.1) with the config's back-off, login and verifying TLS;
-    limits and callbacks are the caller's. ``manual_ack``: a QoS 1 message is acknowledged
-    when the caller calls ``client.ack``."""
+    limits and callbacks are the caller's."""
     mqtt = import_paho()
     client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -185,11 +182,9 @@ def new_client(
 
 
 class Session:
-    """One paho client of ``cfg``: its connection's state (:attr:`connack` is set at the
-    first CONNACK or a close before it, :attr:`refusal` says why the broker refused), topics
-    subscribed at QoS 1 on every connect, a retained last will made anew at every connect.
-    ``on_connected(client)`` and ``on_lost()`` run on paho's thread; other callbacks are set
-    on :attr:`client`."""
+    """One paho client of ``cfg``: its connection's state, topics subscribed at QoS 1 and a
+    retained last will made anew at every connect. ``on_connected(client)`` and ``on_lost()``
+    run on paho's thread; other callbacks are set on :attr:`client`."""
 
     def __init__(
         self,
@@ -224,10 +219,9 @@ class Session:
     def start(
         self, wait: bool = True, fail_fast: bool = True, require_broker: bool = False
     ) -> None:
-        """Connect and start the network thread. ``wait``: connect here and wait up to
-        ``cfg.connect_timeout_s`` for the CONNACK; a TLS failure or a refusal raises with
-        ``fail_fast``, an unreachable or silent broker with ``require_broker``; what does not
-        raise is logged and retried in the background."""
+        """Connect and start the network thread. ``wait``: connect here and wait for the
+        CONNACK; a TLS failure or a refusal raises with ``fail_fast``, an unreachable broker
+        with ``require_broker``; the rest is retried in the background."""
         cfg, reached, self._first_told = self.cfg, False, wait
         if wait:
             try:

@@ -14,8 +14,7 @@ OTHERS = stat.S_IRWXG | stat.S_IRWXO  # a secret file with any of these bits is 
 
 
 def read_private(path: str | Path, encoding: str) -> tuple[str, int]:
-    """(text, permission bits) of ``path``, both from one open file. Raises what opening and
-    reading raise (OSError, UnicodeDecodeError)."""
+    """(text, permission bits) of ``path``, both from one open file."""
     with open(path, "rb") as handle:
         mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
         data = handle.read()
@@ -27,9 +26,8 @@ def others_may_read(mode: int) -> bool:
 
 
 def private_umask() -> int:
-    """Tighten this process's umask so group and others get no bits on anything it creates
-    (the runtime's spools and logs, the ward view's history: patient events and audio);
-    the umask before."""
+    """Tighten this process's umask so group and others get no bits on what it creates
+    (patient events and audio); the umask before."""
     before = os.umask(0o077)
     os.umask(before | 0o077)
     return before

@@ -27,8 +27,7 @@ class ThreadStoppedError(LungwatchError):
 
 
 class Worker:
-    """``target`` on a daemon thread named ``name``; ``stopping()`` says whether its owner
-    asked it to end (then its end is no failure)."""
+    """``target`` on a daemon thread; ``stopping()``: its owner asked it to end."""
 
     def __init__(self, target: Callable[[], None], name: str, stopping: Callable[[], bool]):
         self.target, self.name, self.stopping = target, name, stopping
@@ -54,8 +53,7 @@ class Worker:
             self._thread.join(timeout)
 
     def failure(self) -> str | None:
-        """Why the thread ended without being asked to (None: running, not started, or
-        asked to stop)."""
+        """Why the thread ended unasked (None: it did not)."""
         if self._thread is None or self._thread.is_alive() or self.stopping():
             return None
         return f"thread {self.name} stopped: {self.error or 'its loop returned'}"
