@@ -1,5 +1,5 @@
 """The ward's live picture of each device and bed (what :class:`wardview.ward.Ward`
-keeps and :mod:`wardview.memory` restores): the :class:`Bed` and :class:`Device`
+keeps and :meth:`~wardview.ward.Ward.restore` restores): the :class:`Bed` and :class:`Device`
 records, a bed's state, and what a bed card shows of an event, a verdict and a breathing
 reading. Plain data and pure functions; the ward's lock guards them.
 """
@@ -64,10 +64,10 @@ class Bed:
     )
     name: str | None = None  # its display name and location (its device's summary)
     location: str | None = None
-    # the open alarms its device's summary lists (episode_id -> alarm row; wardview.memory)
+    # the open alarms its device's summary lists (episode_id -> alarm row; Ward._summary)
     summary_open: dict[str, dict[str, Any]] = field(default_factory=dict)
     # open episodes restored from the history and not heard of since: the device's next
-    # summary says whether it still holds them (wardview.memory)
+    # summary says whether it still holds them (Ward._summary)
     restored: set[str] = field(default_factory=set)
 
 

@@ -18,6 +18,17 @@ state at a glance (:func:`wardview.beds.bed_state`). Alarms: the site's alarm co
 priority, apnoea first, then the latest to start alarming (lungwatch.alarms.ward_order); any
 can be acknowledged. Each bed's card is drawn from its rows of that list.
 
+Beyond the live state: a bed's retained ``summary`` gives its display name and location, and
+its open alarms (one the bed still holds that the view never saw, latched before the view
+started, is listed from the summary until its ``ended`` comes); ``evidence`` messages are put
+together into clips (:class:`lungwatch.clip.Assembler`), stored, and marked on the event and
+alarm rows of their episode. What arrives goes to the history store
+(:class:`wardview.memory.Recorder`); at start :meth:`Ward.restore` rebuilds the ward from it
+(the alarm conditions as they were listed: alarming, escalated, acknowledged by whom, their
+episode counts; names, open episodes, each bed's last events, breathing and verdict), and the
+devices' retained messages bring it up to date: an episode restored as open that its bed's
+next summary does not list ended while the view was away.
+
 Nothing is dropped silently and nothing in one message stops the feed: a message over the
 size limit, nested too deeply, with a number out of range, not JSON, not schema version 1, not
 a valid :class:`~lungwatch.events.Event`, on a topic whose device or stream is not a topic segment
@@ -54,8 +65,16 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from lungwatch.alarms import AlarmBook, AlarmSettings, condition_of, ward_order
-from lungwatch.clip import Assembler
+from lungwatch.alarms import (
+    AlarmBook,
+    AlarmSettings,
+    ListedEpisode,
+    condition_of,
+    listed_episode,
+    open_rows,
+    ward_order,
+)
+from lungwatch.clip import Assembler, EvidenceError
 from lungwatch.events import (
     DEVICE_STREAM,
     FINDING_RATE_KEYS,
@@ -84,8 +103,8 @@ from wardview.beds import (
     show_respiration,
     verdict_view,
 )
-from wardview.history import History
-from wardview.memory import WardMemory
+from wardview.history import History, Restored
+from wardview.memory import Recorder
 
 log = logging.getLogger("lungwatch.dashboard")
 
@@ -103,11 +122,12 @@ REASON_CHARS = 300  # the longest reason kept in last_rejected
 STALE_AFTER_S = 30.0  # three times the runtime's default metrics_interval_s
 MAX_DEVICES = 256  # devices kept per site (the ward's, far above a real one)
 MAX_BEDS_PER_DEVICE = 512  # beds (streams) kept per device
+MAX_TEXT = 80  # a bed's name or location
 ACK_LATE_S = 15.0  # an acknowledge the device has not confirmed this long: the page says so
 MAX_OPEN_EPISODES_PER_BED = 256  # open episodes kept per bed (a bed has a few at a time)
 
 
-class Ward(WardMemory):
+class Ward:
     """The state of one site (see the module doc)."""
 
     def __init__(
@@ -134,10 +154,9 @@ class Ward(WardMemory):
         (the server's pusher: a busy ward changes it with every event; 0: every time)."""
         self.site = site
         self.book = AlarmBook(alarm_settings)  # the alarm conditions (lungwatch.alarms)
-        self.history = history  # the store of everything received (None: memory only)
+        self.recorder = Recorder(history)  # to the store of everything received (module doc)
         self.clips: set[str] = set()  # episodes whose evidence clip is in the store
         self.assembler = Assembler()
-        self._stored_reading: dict[tuple[str, str, str], tuple[float, str]] = {}
         self.max_devices, self.max_beds_per_device = max_devices, max_beds_per_device
         self.max_open_episodes_per_bed = max_open_episodes_per_bed
         self.verdict_alarms, self.verdict_priority = verdict_alarms, verdict_priority
@@ -368,7 +387,7 @@ class Ward(WardMemory):
             )
         self._remember(event.id)
         self.counts["events"] += 1
-        self._store_event(event)
+        self.recorder.event(event)
         self.book.take(event, self.clock())
         if event.state == "ended":
             bed.open.pop(event.episode_id, None)
@@ -390,7 +409,7 @@ class Ward(WardMemory):
             )
         _, bed = self._place(device_id, stream_id)
         bed.verdict = verdict_view(body)
-        self._store_reading(device_id, stream_id, "verdict", body)
+        self.recorder.reading(device_id, stream_id, "verdict", body)
         self._dirty_beds.add((device_id, stream_id))
         self._dirty_alarms = True
 
@@ -423,8 +442,113 @@ class Ward(WardMemory):
             self._trend_seq += 1
             self._trend.append({"device_id": device_id, "stream_id": stream_id, "point": point,
                                 "seq": self._trend_seq})  # fmt: skip
-        self._store_reading(device_id, stream_id, "respiration", body)
+        self.recorder.reading(device_id, stream_id, "respiration", body)
         self._dirty_beds.add((device_id, stream_id))
+
+    def _summary(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
+        if body.get("stream_id") != stream_id or not isinstance(body.get("open"), list):
+            raise MessageError(f"summary must be for {stream_id!r} and list its open alarms")
+        _, bed = self._place(device_id, stream_id)
+        bed.name, bed.location = _text(body.get("name")), _text(body.get("location"))
+        rows = open_rows(body)
+        before, bed.summary_open = bed.summary_open, rows
+        now = self.clock()
+        # what is over first (an acknowledged apnoea's end before a new one it lists)
+        for episode_id in bed.restored - set(rows):  # ended while the view was away
+            event = bed.open.pop(episode_id, None)
+            if event is not None:
+                self.book.take(_ended(event), now)
+        bed.restored &= set(rows)
+        for episode_id, row in before.items():  # no longer held (their ended went by)
+            if episode_id not in rows and episode_id not in bed.open:
+                self.book.take(listed_episode(device_id, stream_id, row, "ended"), now)
+        for episode_id, row in rows.items():  # alarms the view has no message of
+            if episode_id not in bed.open and episode_id not in before:
+                self.book.take(listed_episode(device_id, stream_id, row, "ongoing"), now)
+        self.book.release_held(device_id, stream_id)  # what a restored alarm held and is gone
+        self.recorder.summary(device_id, stream_id, body)
+        self._dirty_beds.add((device_id, stream_id))
+        self._dirty_alarms = True
+
+    def _withdraw_summary(self, device_id: str, stream_id: str) -> None:
+        bed = self.devices[device_id].beds.get(stream_id) if device_id in self.devices else None
+        if bed is not None:
+            now = self.clock()
+            for episode_id, row in bed.summary_open.items():
+                if episode_id not in bed.open:
+                    self.book.take(listed_episode(device_id, stream_id, row, "ended"), now)
+            bed.summary_open = {}
+            for episode_id in bed.restored:  # the stream ended: the device holds none of them
+                event = bed.open.pop(episode_id, None)
+                if event is not None:
+                    self.book.take(_ended(event), now)
+            bed.restored = set()
+            self.book.release_held(device_id, stream_id)
+            self._dirty_beds.add((device_id, stream_id))
+            self._dirty_alarms = True
+
+    def _evidence(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
+        if (body.get("device_id"), body.get("stream_id")) != (device_id, stream_id):
+            raise MessageError(f"evidence must be for {device_id!r}/{stream_id!r}")
+        try:
+            clip = self.assembler.take(body)
+        except EvidenceError as exc:
+            raise MessageError(str(exc)) from None
+        if clip is None:
+            return
+        owner = self.book.owner(clip.episode_id)
+        if owner is not None and owner != (device_id, stream_id):
+            raise MessageError(
+                f"evidence for episode {clip.episode_id} of {owner[0]}/{owner[1]}: a device "
+                "sends clips of its own beds' episodes only"
+            )
+        self.clips.add(clip.episode_id)
+        self.book.add_clip(clip.episode_id)
+        self.recorder.clip(clip)
+        self._dirty_beds.add((device_id, stream_id))
+        self._dirty_alarms = True
+
+    def restore(self, restored: Restored) -> None:
+        """Rebuild the ward from the history store (module doc)."""
+        with self.lock:
+            for device_id, stream_id, record in restored.alarms:
+                try:
+                    self._place(device_id, stream_id)  # the bed, within the caps
+                    self.book.restore(device_id, stream_id, record)
+                except (MessageError, ValueError, KeyError, TypeError) as exc:
+                    cond = record.get("condition") if isinstance(record, dict) else None
+                    self.store_failed(f"alarm {cond!r} of {device_id}/{stream_id} kept in the "
+                                      f"history could not be listed again: {exc}")  # fmt: skip
+            for device_id, stream_id, summary in restored.summaries:
+                if is_segment(device_id) and is_segment(stream_id):
+                    _, bed = self._place(device_id, stream_id)
+                    bed.name, bed.location = (
+                        _text(summary.get("name")),
+                        _text(summary.get("location")),
+                    )
+            for event in restored.recent:
+                _, bed = self._place(event.device_id, event.stream_id)
+                bed.events.appendleft(event_row(event, 0.0))
+            for event in restored.open_events:
+                _, bed = self._place(event.device_id, event.stream_id)
+                bed.open[event.episode_id] = event
+                bed.restored.add(event.episode_id)
+                self.book.take(event, self.clock())
+            for device_id, stream_id, kind, body in restored.readings:
+                _, bed = self._place(device_id, stream_id)
+                if kind == "respiration":  # stored as received, checked then
+                    show_respiration(bed, body)
+                elif kind == "verdict":
+                    bed.verdict = verdict_view(body)
+            self.clips |= restored.clips
+            for episode_id in restored.clips:
+                self.book.add_clip(episode_id)
+            # the messages already taken (a broker's or a device spool's repeat after the
+            # restart is one), and episodes whose condition is over: their late end is nothing
+            for event_id in restored.event_ids:
+                self._remember(event_id)
+            self.book.retire(restored.episode_ids)
+            self._dirty_alarms = True
 
     def _withdraw(self, kind: str, device_id: str, stream_id: str) -> None:
         """A bed's retained verdict or breathing is gone (its stream ended); a bed not known
@@ -564,15 +688,7 @@ class Ward(WardMemory):
         store (each as its record; gone ones deleted), so a restarted view lists them as
         they were. Called with every liveness check and when the view stops."""
         with self.lock:
-            changed = self.book.take_changed()
-            if self.history is None:
-                return
-            for key in sorted(changed):
-                cond = self.book.get(key)
-                if cond is None:
-                    self.history.drop_alarm(*key)
-                else:
-                    self.history.set_alarm(*key, cond.record())
+            self.recorder.alarms(self.book)
 
     def _set_silent(self, device: Device, silent: bool) -> None:
         device.silent = silent
@@ -666,7 +782,8 @@ class Ward(WardMemory):
                 row["ack_sent"] = sent is not None and row["latched"]
                 # how long the device has not confirmed it (a device that refuses commands,
                 # e.g. without commands.key_file, never does: the page says so)
-                row["ack_waiting_s"] = round(self.clock() - sent, 1) if row["ack_sent"] else None
+                waiting = self.clock() - sent if sent is not None and row["ack_sent"] else None
+                row["ack_waiting_s"] = None if waiting is None else round(waiting, 1)
                 row["evidence"] = row["clip_episode_id"] is not None
             rows += self._verdict_alarms()
             for row in rows:
@@ -854,3 +971,18 @@ def _natural(name: str) -> tuple[Any, ...]:
     head = name.rstrip("0123456789")
     tail = name[len(head) :]
     return (0, head, int(tail) if tail else -1, name)
+
+
+def _text(value: object) -> str | None:
+    return value[:MAX_TEXT] if isinstance(value, str) and value.isprintable() and value else None
+
+
+def _ended(event: Event) -> ListedEpisode:
+    """The end of an episode that ended while the view was away (its bed no longer holds it;
+    a latched one was acknowledged on the device)."""
+    detail = dict(event.detail)
+    if detail.get("latched"):
+        detail["ended_by"] = "acknowledge"
+    return ListedEpisode(event.episode_id, event.device_id, event.stream_id, event.type,
+                         event.kind, event.priority, "ended", event.start_utc,
+                         detail)  # fmt: skip

@@ -1,7 +1,7 @@
 """The ward view's memory and evidence without a browser: the history, on SQLite and on a
 real PostgreSQL server alike (wardview.history: per-hour trends, bounds, what a restart
 restores, one site per store), the ward built on it
-(wardview.memory: bed names, alarms latched before the view started, episodes that ended
+(wardview.ward: bed names, alarms latched before the view started, episodes that ended
 while it was away, clips marked on their rows), and the evidence routes of a real
 DashboardServer on a real Mosquitto (who may listen, the FLAC, the picture, the trend, no
 broker credentials in what the page gets)."""
