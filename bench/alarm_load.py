@@ -35,6 +35,7 @@ from edge.audio import read_audio
 from edge.datapaths import data_root
 from lungwatch.alarms import AlarmSettings
 from lungwatch.events import Event, parse_utc
+from wardview.config import DashboardConfig
 from wardview.ward import Ward
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,8 +103,8 @@ def event_time(event: Event) -> float:
 def replay(events: list[Event], beds: int, ack_after_s: float, hold_s: float) -> dict[str, Any]:
     """Both listings over the events (module doc), conditions held ``hold_s``."""
     now = [0.0]
-    ward = Ward("ward-load", clock=lambda: now[0], max_open_episodes_per_bed=100_000,
-                alarm_settings=AlarmSettings(hold_s=hold_s))  # fmt: skip
+    config = DashboardConfig(max_open_episodes_per_bed=100_000, alarms=AlarmSettings(hold_s=hold_s))
+    ward = Ward("ward-load", config, clock=lambda: now[0])
     open_episodes: set[str] = set()
     episode_rows: list[int] = []
     condition_rows: list[int] = []

@@ -47,6 +47,7 @@ import yaml
 from bench import write_results
 from bench.runtime import mosquitto_broker
 from lungwatch.events import format_utc, parse_utc
+from wardview.config import DashboardConfig
 from wardview.history import History
 from wardview.ward import Ward
 
@@ -302,7 +303,7 @@ def build_history(
         kept.append(m)
     by_source = beds_by_source(ward_beds)
     store = History(path, max_age_days=7.0, max_evidence_mb=4000.0)
-    ward = Ward(SITE, history=store, max_beds_per_device=512)
+    ward = Ward(SITE, DashboardConfig(max_beds_per_device=512), history=store)
     began = time.perf_counter()
     handled = 0
     for m in kept:

@@ -40,7 +40,6 @@ from lungwatch.mqtt import MqttConfig
 from lungwatch.passwords import HASH_FORMAT, parse_hash
 from lungwatch.private import others_may_read
 from wardview.stores import is_database_url
-from wardview.ward import MAX_BEDS_PER_DEVICE, MAX_DEVICES, MAX_OPEN_EPISODES_PER_BED
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
@@ -126,9 +125,9 @@ class DashboardConfig:
     max_json_depth: int = MAX_JSON_DEPTH  # a message nested deeper is rejected unparsed
     # the most the ward keeps (a message adding one more is rejected, reason over_limit), so
     # topic names a publisher makes up cannot grow the view's memory without bound
-    max_devices: int = MAX_DEVICES  # devices of the site
-    max_beds_per_device: int = MAX_BEDS_PER_DEVICE  # beds (streams) of one device
-    max_open_episodes_per_bed: int = MAX_OPEN_EPISODES_PER_BED  # open episodes of one bed
+    max_devices: int = 256  # devices of the site
+    max_beds_per_device: int = 512  # beds (streams) of one device
+    max_open_episodes_per_bed: int = 256  # open episodes of one bed
     login_max_failures: int = 5  # failed logins per user name and per client address ...
     login_window_s: float = 300.0  # ... within this long, then 429 until the oldest expires
     # the ward's history (events, verdicts, breathing, summaries, evidence clips), kept across

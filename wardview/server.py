@@ -141,19 +141,7 @@ class DashboardServer:
             self.history = History(config.history_path, config.history_days,
                                    config.evidence_max_mb, site=site,
                                    on_failure=lambda why: self.ward.store_failed(why))  # fmt: skip
-        self.ward = Ward(site, config.events_per_bed, config.live_points,
-                         verdict_alarms=config.alarm_verdicts,
-                         verdict_priority=config.verdict_priority,
-                         max_message_bytes=config.max_message_bytes,
-                         max_json_depth=config.max_json_depth,
-                         stale_after_s=config.stale_after_s,
-                         probing=config.probe_interval_s > 0,
-                         max_devices=config.max_devices,
-                         max_beds_per_device=config.max_beds_per_device,
-                         max_open_episodes_per_bed=config.max_open_episodes_per_bed,
-                         alarm_settings=config.alarms,
-                         alarms_every_s=ALARMS_PUSH_S,
-                         history=self.history)  # fmt: skip
+        self.ward = Ward(site, config, history=self.history, alarms_every_s=ALARMS_PUSH_S)
         if self.history is not None:
             self.ward.restore(self.history.restore())
         client_id = None

@@ -40,7 +40,8 @@ reason; a repeated event ``id`` (QoS 1 may deliver twice) is counted in
 
 Bounded memory whatever names a publisher picks: topic segments are checked before anything
 is created, a withdrawn verdict or breathing reading (an empty retained payload) of a bed the
-ward does not know creates nothing, and at most ``max_devices`` devices,
+ward does not know creates nothing, and at most ``max_devices`` devices
+(:class:`~wardview.config.DashboardConfig`, the view's settings),
 ``max_beds_per_device`` beds per device and ``max_open_episodes_per_bed`` open episodes per
 bed are kept; a message that would add one more is rejected as ``over_limit`` (what is
 already kept goes on being updated).
@@ -67,7 +68,6 @@ from typing import Any
 
 from lungwatch.alarms import (
     AlarmBook,
-    AlarmSettings,
     ListedEpisode,
     condition_of,
     listed_episode,
@@ -88,8 +88,6 @@ from lungwatch.events import (
     is_segment,
 )
 from lungwatch.intake import (
-    MAX_JSON_DEPTH,
-    MAX_MESSAGE_BYTES,
     MessageError,
     parse_message,
 )
@@ -103,6 +101,7 @@ from wardview.beds import (
     show_respiration,
     verdict_view,
 )
+from wardview.config import DashboardConfig
 from wardview.history import History, Restored
 from wardview.memory import Recorder
 
@@ -119,12 +118,8 @@ VERDICT_LABELS = ("assessing", "Normal", "CAS", "DAS", "CAS & DAS", "Poor Qualit
 SEEN_IDS = 100_000  # event ids remembered for deduplication
 EXCERPT_CHARS = 160
 REASON_CHARS = 300  # the longest reason kept in last_rejected
-STALE_AFTER_S = 30.0  # three times the runtime's default metrics_interval_s
-MAX_DEVICES = 256  # devices kept per site (the ward's, far above a real one)
-MAX_BEDS_PER_DEVICE = 512  # beds (streams) kept per device
 MAX_TEXT = 80  # a bed's name or location
 ACK_LATE_S = 15.0  # an acknowledge the device has not confirmed this long: the page says so
-MAX_OPEN_EPISODES_PER_BED = 256  # open episodes kept per bed (a bed has a few at a time)
 
 
 class Ward:
@@ -133,36 +128,23 @@ class Ward:
     def __init__(
         self,
         site: str,
-        events_per_bed: int = 8,
-        live_points: int = 60,
-        clock: Callable[[], float] = time.time,
-        verdict_alarms: tuple[str, ...] = (),
-        verdict_priority: str = "medium",
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-        max_json_depth: int = MAX_JSON_DEPTH,
-        stale_after_s: float = STALE_AFTER_S,
-        probing: bool = False,
-        monotonic: Callable[[], float] = time.monotonic,
-        max_devices: int = MAX_DEVICES,
-        max_beds_per_device: int = MAX_BEDS_PER_DEVICE,
-        max_open_episodes_per_bed: int = MAX_OPEN_EPISODES_PER_BED,
+        config: DashboardConfig | None = None,
+        *,
         history: History | None = None,
-        alarm_settings: AlarmSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         alarms_every_s: float = 0.0,
     ) -> None:
-        """``alarms_every_s``: the alarm list goes out with the changes at most this often
-        (the server's pusher: a busy ward changes it with every event; 0: every time)."""
+        """``config``: the view's settings (what it keeps, its limits, its alarms; None: the
+        defaults); ``history``: the store of everything received (None: memory only);
+        ``alarms_every_s``: the alarm list goes out with the changes at most this often (the
+        server's pusher: a busy ward changes it with every event; 0: every time)."""
         self.site = site
-        self.book = AlarmBook(alarm_settings)  # the alarm conditions (lungwatch.alarms)
-        self.recorder = Recorder(history)  # to the store of everything received (module doc)
+        self.config = config = config or DashboardConfig()
+        self.book = AlarmBook(config.alarms)  # the alarm conditions (lungwatch.alarms)
+        self.recorder = Recorder(history)  # to the history store (module doc)
         self.clips: set[str] = set()  # episodes whose evidence clip is in the store
         self.assembler = Assembler()
-        self.max_devices, self.max_beds_per_device = max_devices, max_beds_per_device
-        self.max_open_episodes_per_bed = max_open_episodes_per_bed
-        self.verdict_alarms, self.verdict_priority = verdict_alarms, verdict_priority
-        self.events_per_bed, self.live_points = events_per_bed, live_points
-        self.max_message_bytes, self.max_json_depth = max_message_bytes, max_json_depth
-        self.stale_after_s, self.probing = stale_after_s, probing
         self.clock, self.monotonic = clock, monotonic
         self.lock = threading.RLock()
         self.devices: dict[str, Device] = {}
@@ -265,7 +247,7 @@ class Ward:
             else:
                 self._withdraw(kind, device_id, parts[4])
             return
-        body = parse_message(payload, self.max_message_bytes, self.max_json_depth)
+        body = parse_message(payload, self.config.max_message_bytes, self.config.max_json_depth)
         if len(parts) == 5 and kind == "status":
             self._status(device_id, body)
         elif len(parts) == 5 and kind == "metrics":
@@ -313,7 +295,7 @@ class Ward:
             return
         if name not in self.feeds and len(self.feeds) >= MAX_FEEDS:
             raise MessageError(f"more than {MAX_FEEDS} hospital gateways", "over_limit")
-        body = parse_message(payload, self.max_message_bytes, self.max_json_depth)
+        body = parse_message(payload, self.config.max_message_bytes, self.config.max_json_depth)
         if (body.get("site"), body.get("gateway")) != (self.site, name):
             raise MessageError(f"body names {body.get('site')!r}/{body.get('gateway')!r}, "
                                f"the topic {self.site!r}/{name!r}")  # fmt: skip
@@ -378,11 +360,11 @@ class Ward:
             )  # fmt: skip
         _, bed = self._place(device_id, stream_id)
         opened = event.state != "ended" and event.episode_id not in bed.open
-        if opened and len(bed.open) >= self.max_open_episodes_per_bed:
+        if opened and len(bed.open) >= self.config.max_open_episodes_per_bed:
             raise MessageError(
                 f"episode {event.episode_id} would be one open episode of "
                 f"{device_id}/{stream_id} over dashboard.max_open_episodes_per_bed "
-                f"({self.max_open_episodes_per_bed})",
+                f"({self.config.max_open_episodes_per_bed})",
                 "over_limit",
             )
         self._remember(event.id)
@@ -569,18 +551,18 @@ class Ward:
         kept yet and would be one over ``max_devices`` (``max_beds_per_device``); checked
         before anything of the message is kept."""
         device = self.devices.get(device_id)
-        if device is None and len(self.devices) >= self.max_devices:
+        if device is None and len(self.devices) >= self.config.max_devices:
             raise MessageError(
                 f"device {device_id!r} would be one over dashboard.max_devices "
-                f"({self.max_devices})",
+                f"({self.config.max_devices})",
                 "over_limit",
             )
         beds = device.beds if device is not None else {}
         new_bed = stream_id is not None and stream_id not in beds
-        if new_bed and len(beds) >= self.max_beds_per_device:
+        if new_bed and len(beds) >= self.config.max_beds_per_device:
             raise MessageError(
                 f"bed {stream_id!r} would be one of device {device_id!r} over "
-                f"dashboard.max_beds_per_device ({self.max_beds_per_device})",
+                f"dashboard.max_beds_per_device ({self.config.max_beds_per_device})",
                 "over_limit",
             )
 
@@ -603,8 +585,8 @@ class Ward:
             bed = Bed(
                 device.device_id,
                 stream_id,
-                deque(maxlen=self.events_per_bed),
-                deque(maxlen=self.live_points),
+                deque(maxlen=self.config.events_per_bed),
+                deque(maxlen=self.config.live_points),
             )
             device.beds[stream_id] = bed
             self._dirty_devices.add(device.device_id)
@@ -667,9 +649,9 @@ class Ward:
         """Mark devices silent and the broker stale (or no longer) by ``stale_after_s``;
         called periodically (the server's pusher); only transitions reach the browsers."""
         with self.lock:
-            now = self.monotonic()
+            now, stale_s = self.monotonic(), self.config.stale_after_s
             for device in self.devices.values():
-                quiet = device.seen_s is not None and now - device.seen_s > self.stale_after_s
+                quiet = device.seen_s is not None and now - device.seen_s > stale_s
                 silent = device.online is not False and quiet
                 if silent != device.silent:
                     self._set_silent(device, silent)
@@ -709,10 +691,10 @@ class Ward:
             state = "refused"
         else:
             quiet_s = self.monotonic() - max(self._connected_s, self._heard_s)
-            expected = self.probing or any(
+            expected = self.config.probe_interval_s > 0 or any(
                 d.online is not False and d.seen_s is not None for d in self.devices.values()
             )
-            state = "stale" if expected and quiet_s > self.stale_after_s else "connected"
+            state = "stale" if expected and quiet_s > self.config.stale_after_s else "connected"
         if state != self.broker["state"]:
             if state == "stale":
                 log.warning("broker %s: nothing heard for %.0f s", self.broker["address"], quiet_s)
@@ -814,17 +796,17 @@ class Ward:
     def _verdict_alarms(self) -> list[dict[str, Any]]:
         """A row per bed whose verdict is one of ``verdict_alarms`` (nothing to acknowledge:
         it leaves when the verdict changes); the condition rows' fields."""
-        rows = []
+        rows, priority = [], self.config.verdict_priority
         for device in self.devices.values():
             for bed in device.beds.values():
-                if bed.verdict is None or bed.verdict["label"] not in self.verdict_alarms:
+                if bed.verdict is None or bed.verdict["label"] not in self.config.alarm_verdicts:
                     continue
                 since = bed.verdict["since_utc"]
                 rows.append({
                     "device_id": device.device_id, "stream_id": bed.stream_id,
                     "condition": "verdict", "key": "verdict",
                     "text": f"verdict {bed.verdict['label']}", "kind": "verdict",
-                    "priority": self.verdict_priority, "base_priority": self.verdict_priority,
+                    "priority": priority, "base_priority": priority,
                     "escalated": False, "state": "verdict", "latched": False,
                     "first_onset_utc": since, "last_episode_utc": since, "raised_utc": since,
                     "life_threatening": False, "last_type": "", "episodes": 0,
@@ -901,7 +883,7 @@ class Ward:
                 "faults": dict(self.faults),
                 "feeds": self.feed_alarms(),
                 "broker": dict(self.broker),
-                "stale_after_s": self.stale_after_s,
+                "stale_after_s": self.config.stale_after_s,
                 "trend_seq": self._trend_seq,  # the page skips an update's readings up to it
             }
 

@@ -327,7 +327,7 @@ def test_a_file_of_the_first_schema_is_migrated_keeping_its_rows(tmp_path: Path)
 def test_names_alarms_and_evidence_survive_the_views_restart(where: str | Path) -> None:
     path = where
     store = History(path)
-    ward = Ward(SITE, history=store, alarm_settings=AlarmSettings(hold_s=0.0))
+    ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), history=store)
     assert ward.handle(*summary())
     stridor = onset("Stridor", NOW - 100, priority="high")
     latched = stridor.ongoing(detail={**stridor.detail, "latched": True})
@@ -343,7 +343,7 @@ def test_names_alarms_and_evidence_survive_the_views_restart(where: str | Path) 
     store.close()
 
     store = History(path)  # the view restarts: nothing from the broker yet
-    ward = Ward(SITE, history=store, alarm_settings=AlarmSettings(hold_s=0.0))
+    ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), history=store)
     ward.restore(store.restore())
     [alarm] = ward.alarms()
     assert (alarm["episode_id"], alarm["latched"], alarm["bed_name"], alarm["evidence"]) == (
@@ -368,7 +368,7 @@ def test_a_views_restart_lists_every_alarm_as_it_was(where: str | Path) -> None:
     settings = AlarmSettings(escalate_after_s=300.0, hold_s=0.0)
 
     def started(store: History) -> Ward:
-        ward = Ward(SITE, history=store, alarm_settings=settings, clock=clock)
+        ward = Ward(SITE, DashboardConfig(alarms=settings), history=store, clock=clock)
         ward.restore(store.restore())
         return ward
 
@@ -461,7 +461,9 @@ def test_an_unreadable_alarm_in_the_store_costs_only_itself(where: str | Path) -
 
 
 def test_an_alarm_latched_before_the_view_started_is_listed_from_the_summary() -> None:
-    ward = Ward(SITE, alarm_settings=AlarmSettings(hold_s=0.0))  # no history: a first start
+    ward = Ward(
+        SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0))
+    )  # no history: a first start
     stridor = onset("Stridor", NOW - 100, priority="high")
     row = {"episode_id": stridor.episode_id, "type": "Stridor", "kind": "physiological",
            "priority": "high", "start_utc": stridor.start_utc, "confidence": 0.9,

@@ -17,7 +17,7 @@ from lungwatch.intake import MessageError, json_depth, parse_message
 from lungwatch.passwords import hash_iterations, verify_password
 from tests.brokers import SHA256
 from tests.wardview.browser import user_entry
-from wardview.config import DashboardUser
+from wardview.config import DashboardConfig, DashboardUser
 from wardview.login import LoginLimitedError, Logins
 from wardview.ward import Ward
 
@@ -189,7 +189,9 @@ def test_devices_beds_and_open_episodes_are_capped_and_the_excess_counted() -> N
     """``max_devices``, ``max_beds_per_device``, ``max_open_episodes_per_bed`` (2 each here):
     what would be one more is rejected as ``over_limit`` and nothing of it is kept; what is
     kept goes on being updated, and a bed takes a new episode once one of its own ends."""
-    ward = Ward(SITE, max_devices=2, max_beds_per_device=2, max_open_episodes_per_bed=2)
+    ward = Ward(
+        SITE, DashboardConfig(max_devices=2, max_beds_per_device=2, max_open_episodes_per_bed=2)
+    )
     site = f"lungwatch/v1/{SITE}"
     for device_id, taken in (("dev-1", True), ("dev-2", True), ("dev-3", False)):
         status = status_payload("online", SITE, device_id, "connected").encode()
@@ -246,7 +248,11 @@ class Clock:
 def watched_ward(probing: bool, state: str, reason: str) -> tuple[Clock, Ward]:
     """A ward on a test clock, its broker connected, the device's retained status in."""
     clock = Clock()
-    ward = Ward(SITE, stale_after_s=30.0, probing=probing, monotonic=clock)
+    ward = Ward(
+        SITE,
+        DashboardConfig(stale_after_s=30.0, probe_interval_s=5.0 if probing else 0.0),
+        monotonic=clock,
+    )
     ward.set_broker("127.0.0.1:1883", connected=True)
     status = status_payload(state, SITE, DEVICE, reason).encode()
     assert ward.handle(f"{ROOT}/status", status, retained=True)
@@ -294,7 +300,7 @@ def test_nothing_is_expected_from_an_offline_device_nor_without_a_probe() -> Non
 
 def test_a_refused_subscription_outranks_connected_and_stale_not_disconnected() -> None:
     clock = Clock()
-    ward = Ward(SITE, stale_after_s=30.0, probing=True, monotonic=clock)
+    ward = Ward(SITE, DashboardConfig(stale_after_s=30.0, probe_interval_s=5.0), monotonic=clock)
     ward.set_broker("127.0.0.1:1883", connected=True)
     ward.take_changes()
     ward.set_refused([f"lungwatch/v1/{SITE}/+/status"])

@@ -128,8 +128,8 @@ def test_a_finding_episode_and_its_evidence_are_one_physiological_condition() ->
 
 def test_an_ended_episodes_condition_alarms_until_acknowledged_and_its_rows_stay() -> None:
     now = [1000.0]
-    ward = Ward(SITE, events_per_bed=3, alarm_settings=AlarmSettings(hold_s=0.0),
-                clock=lambda: now[0])  # fmt: skip
+    config = DashboardConfig(events_per_bed=3, alarms=AlarmSettings(hold_s=0.0))
+    ward = Ward(SITE, config, clock=lambda: now[0])
     onset = finding("Wheeze", second=1)
     send(ward, onset)
     assert [a["episode_id"] for a in ward.alarms()] == [onset.episode_id]
@@ -153,7 +153,7 @@ def test_an_acknowledge_another_view_sent_reaches_this_view_through_the_device()
     are over (the device has nothing to end); the device's ack message acknowledges it here
     too, naming her. A malformed ack or one for another bed is refused and counted."""
     now = [1000.0]
-    ward = Ward(SITE, alarm_settings=AlarmSettings(hold_s=0.0), clock=lambda: now[0])
+    ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), clock=lambda: now[0])
     onset = finding("Wheeze", second=1)
     send(ward, onset)
     send(ward, onset.ended("2026-05-09T07:00:02.000Z", end_sample=16000))
@@ -176,7 +176,7 @@ def test_an_acknowledge_another_view_sent_reaches_this_view_through_the_device()
 
 
 def test_latched_alarm_is_acknowledgeable_until_its_acknowledged_end_comes_back() -> None:
-    ward = Ward(SITE, alarm_settings=AlarmSettings(hold_s=0.0))
+    ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)))
     onset = finding("Stridor", second=4)
     send(ward, onset)
     key = onset.detail["key"]
@@ -371,7 +371,7 @@ def test_bad_messages_are_counted_and_named_not_dropped_silently(
 
 
 def test_changes_are_handed_once_and_live_points_kept_per_bed() -> None:
-    ward = Ward(SITE, live_points=2)
+    ward = Ward(SITE, DashboardConfig(live_points=2))
     point = {"Normal": 0.9, "Wheeze": 0.2}
     for second in range(3):
         body = {
@@ -545,7 +545,8 @@ def test_a_beds_rolling_verdict_is_shown_and_a_bad_one_refused() -> None:
 def test_verdicts_named_in_the_config_are_listed_among_the_alarms() -> None:
     from lungwatch.events import verdict_payload, verdict_topic
 
-    ward = Ward(SITE, verdict_alarms=("CAS", "CAS & DAS"), verdict_priority="high")
+    config = DashboardConfig(alarm_verdicts=("CAS", "CAS & DAS"), verdict_priority="high")
+    ward = Ward(SITE, config)
     send(ward, finding("Fine Crackle", "bed-1"))
     for bed, label in (("bed-2", "CAS"), ("bed-3", "DAS")):
         body = {"verdict": label, "utc": "2026-05-09T07:00:10.000Z", "sample": 80000,
