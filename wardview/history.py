@@ -1,39 +1,12 @@
-"""The ward view's memory: every event, verdict, breathing reading, bed summary and evidence
-clip it received, and the alarm conditions it lists, in SQLite, so the ward's history and its
-alarm list survive the view's restarts.
+"""The ward view's memory in SQLite or PostgreSQL (:mod:`wardview.stores`): every event,
+verdict, breathing reading, bed summary and evidence clip it received, and the alarm
+conditions it lists, so the ward's history and alarm list survive restarts (docs/evidence.md,
+"History store": bounds, device times, one site per store, privacy).
 
-    store = History("out/ward/history.sqlite", max_age_days=30, max_evidence_mb=2000)
-    store.add_event(event)                    # from the MQTT thread: queued, written in batches
-    store.add_clip(clip)
-    store.trend(device, stream, hours=6)      # per-hour counts for a bed's trend chart
-    store.clip(episode_id)                    # a clip's header and FLAC, or None
-    store.set_alarm(device, stream, condition, record)  # the alarm list, as it changes
-    store.restore()                           # at start: beds, open episodes, recent events
-    store.close()
-
-Writes go through one writer thread that commits what came in every ``FLUSH_S`` (one
-transaction): the MQTT thread never waits on the disk, and a burst of 200 beds costs one
-commit. A row that cannot be written is left out alone (the batch is retried row by row),
-counted in :attr:`History.failed` and reported through ``on_failure``; nothing stops the
-writer. Reads open their own connection (WAL lets them run beside the writer). Bounds: rows
-received longer than ``max_age_days`` ago (by the view's clock, never a device's) and clips
-beyond ``max_evidence_mb`` (the oldest first) are deleted once a minute.
-
-Device times: a time more than ``FUTURE_TOLERANCE_S`` ahead of the view's clock (a device
-clock that runs fast, or a made-up date) is stored as the time it was received, so it can
-neither escape pruning nor fall outside a trend's hours. A clip is stored once per episode:
-a second one for the same episode (another device naming it) does not replace it.
-
-One store holds one site: the first view to open it writes its site into it, and a view of
-another site refuses it (give each site its own ``history_path``).
-
-An SQLite file and its folder are private (0600 / 0700): clips are patient audio; a
-PostgreSQL store is as private as its database's roles make it (docs/dashboard.md).
-
-The store is an SQLite file (a path: the embedded default) or a PostgreSQL database (a
-``postgresql://`` URL), the same tables and statements on both (:mod:`wardview.stores`, which
-also versions the schema); two views of one site may share a PostgreSQL store (each writes
-what it receives; a row another view already wrote is not written twice).
+Writes go through one writer thread that commits what came in every ``FLUSH_S`` in one
+transaction, so the MQTT thread never waits on the disk; a row that cannot be written is left
+out alone, counted in :attr:`History.failed` and reported through ``on_failure``. Reads open
+their own connection (WAL lets them run beside the writer).
 """
 
 from __future__ import annotations
@@ -102,7 +75,7 @@ class HistoryError(LungwatchError):
 
 
 class History:
-    """See the module doc."""
+    """The store of one site's history."""
 
     def __init__(
         self,
@@ -232,9 +205,9 @@ class History:
         return True
 
     def supervise(self) -> str | None:
-        """None while the writer runs; after it stopped unasked: what happened, the rows it
-        held counted as not stored, and the writer started again (bounded: see
-        :class:`~lungwatch.supervision.Worker`; the text says when it was not)."""
+        """None while the writer runs; after it stopped unasked: what happened (the rows it
+        held are counted as not stored, and it is started again within
+        :class:`~lungwatch.supervision.Worker`'s bounds)."""
         why = self._writer.failure()
         if why is None:
             return None
@@ -329,7 +302,7 @@ class History:
             total -= int(row[1])
 
     def prune_now(self) -> None:
-        """Apply the bounds now (tests; the writer does it once a minute)."""
+        """Apply the bounds now (the writer does it once a minute)."""
         self.flush()
         with self._reading() as db:
             self._prune(db)
@@ -347,8 +320,7 @@ class History:
     def trend(self, device_id: str, stream_id: str, hours: int, now_s: float | None = None
               ) -> dict[str, Any]:  # fmt: skip
         """A bed's last ``hours``, hour by hour: event onsets per family, minutes under
-        ``poor_signal``, the mean respiratory rate and the mean finding rates (the share of
-        breathing time with wheeze and with crackle, %)."""
+        ``poor_signal``, the mean respiratory rate and finding rates (% of breathing time)."""
         now = self.clock() if now_s is None else now_s
         start = (int(now // 3600) - hours + 1) * 3600.0
         stop = start + 3600.0 * hours  # rows stamped later (device clocks) are not shown
@@ -427,8 +399,7 @@ class History:
         )
 
     def _alarm_records(self, rows: list[Any]) -> list[tuple[str, str, dict[str, Any]]]:
-        """The alarm list's rows as records; one that is not a JSON object is left out,
-        reported (the others are listed)."""
+        """One that is not a JSON object is left out and reported."""
         records = []
         for device_id, stream_id, text in rows:
             try:

@@ -1,35 +1,10 @@
-"""The ward view's web server: the page, a Server-Sent-Events stream of the ward, acknowledge.
+"""The ward view's web server: the page, a Server-Sent-Events stream of the ward, acknowledge
+(docs/dashboard.md, "Architecture, and why" and "Access"; the evidence and trend routes:
+docs/evidence.md).
 
-    server = DashboardServer(DashboardConfig(port=0), mqtt_config, site="ward-1").start()
-    print(server.url)          # http://127.0.0.1:PORT/
-    ...
-    server.stop()
-
-Routes (a Starlette application served by uvicorn on a thread of its own; every one needs a
-configured user's HTTP Basic credentials when the config has users, none when it has none,
-which it only allows on a loopback address; every request passes the rules of
-:mod:`wardview.web` first: an allowed ``Host``, strict ``Content-Length``, a time
-limit; every response carries its security headers; failed logins are bounded by
-:mod:`wardview.login`):
-
-- ``GET /`` and ``GET /static/{app.js,style.css}``: the page (plain files in ``static/``);
-- ``GET /events``: ``text/event-stream``; first ``event: snapshot`` (the whole ward, what the
-  user may do and the sound classes' colours and names, ``wardview.beds.PAGE_CLASSES``), then
-  ``event: update`` with what changed, at most every ``push_interval_s``, and ``event:
-  heartbeat`` every ``heartbeat_interval_s`` (from the thread that pushes the updates, so a
-  page that misses them knows its stream stopped);
-- ``GET /api/state``: the snapshot as JSON;
-- ``GET /api/evidence/<episode>[.flac|.png]`` and ``GET /api/trend/<device>/<bed>?hours=N``:
-  an event's audio, picture and description, a bed's history (:mod:`wardview.
-  evidence_api`; the evidence needs a named user);
-- ``POST /api/acknowledge`` with ``{"device_id", "stream_id", "target"}`` and, from the page,
-  ``raised_utc`` (JSON): needs the ``ack`` role (else 403, nothing published), an alarm
-  condition of that bed that ``target`` names (the condition, e.g. ``CAS`` or ``apnoea``, or
-  an open episode's key or type; else 409), not raised again since ``raised_utc`` (the
-  alarm the page showed; a newer one, e.g. a new apnoea, is not acknowledged unseen: 409);
-  publishes the command on the device's ``command`` topic (QoS 1, PUBACK awaited) and
-  answers 202. The condition is acknowledged (quiet) at once; its latched episodes show
-  "waiting for the device" until their ``ended`` comes back.
+A Starlette application served by uvicorn on a thread of its own; every request passes the
+rules of :mod:`wardview.web` and, when the config has users, their HTTP Basic login
+(:mod:`wardview.login`).
 """
 
 from __future__ import annotations
@@ -122,7 +97,7 @@ LOCAL_VIEWER = Viewer("local", can_acknowledge=True)
 
 
 class DashboardServer:
-    """The web server, the ward state and the MQTT feed together (see the module doc)."""
+    """The web server, the ward state and the MQTT feed together."""
 
     def __init__(
         self,
@@ -202,7 +177,6 @@ class DashboardServer:
         return f"{scheme}://{shown}:{port}/"
 
     def describe(self) -> str:
-        """The startup line: address, site, broker and who may do what."""
         if self.config.users:
             roles = ", ".join(f"{u.name} ({u.role})" for u in self.config.users)
             who = f"HTTP Basic users: {roles}"
@@ -229,11 +203,8 @@ class DashboardServer:
         self._uvicorn.run(sockets=[self._socket])
 
     def failure(self) -> str | None:
-        """Why the view cannot go on (None: it can): its web server or its push thread
-        stopped, or its history writer stopped once too often. A history writer that stopped
-        is started again here (each time a technical alarm on the pages); the push thread
-        calls this every round, whoever runs the view (``lungwatch dashboard``, ``lungwatch
-        run``) at least every second, and stops the process with the reason."""
+        """Why the view cannot go on (None: it can): its web server or push thread stopped,
+        or its history writer stopped once too often (else it is started again here)."""
         if self.history is not None:
             with self._supervising:  # one restart, whichever thread sees it first
                 why = self.history.supervise()
@@ -297,8 +268,8 @@ class DashboardServer:
             self._clients.discard(client)
 
     def _push(self) -> None:
-        """Every ``push_interval_s``: the changes to every browser; the liveness checks, the
-        broker probe and the heartbeats when due; slow requests shut down."""
+        """Every ``push_interval_s``: the changes to every browser; liveness, the broker
+        probe and heartbeats when due."""
         cfg = self.config
         next_beat_s = next_probe_s = time.monotonic()
         failed = ""
@@ -327,7 +298,7 @@ class DashboardServer:
                 failed = why
 
     def _send(self, message: str) -> None:
-        """``message`` to every browser (called under the ward's lock)."""
+        """Called under the ward's lock."""
         for client in list(self._clients):
             try:
                 client.put(message)
@@ -337,9 +308,8 @@ class DashboardServer:
 
     # -- rights ------------------------------------------------------------------------
     def authenticate(self, header: str | None, address: str = "") -> Viewer | None:
-        """Who sent ``Authorization: Basic ...`` from ``address`` (:data:`LOCAL_VIEWER`
-        without users); None: no or wrong credentials; :class:`LoginLimitedError` after too
-        many failures of the name or the address (:mod:`wardview.login`)."""
+        """Who sent ``Authorization: Basic ...`` (:data:`LOCAL_VIEWER` without users); None:
+        no or wrong credentials; :class:`LoginLimitedError` after too many failures."""
         if self.logins is None:
             return LOCAL_VIEWER
         if not header or not header.startswith("Basic "):
@@ -453,7 +423,6 @@ class Guard:
 
 
 def _routes(server: DashboardServer) -> list[Route]:
-    """The view's routes (see the module doc)."""
 
     async def viewer(request: Request) -> Viewer | Response:
         """Who asks (PBKDF2 and the login bounds on a worker thread), else the refusal."""
@@ -499,8 +468,7 @@ def _routes(server: DashboardServer) -> list[Route]:
 
     async def stream(client: Browser) -> AsyncIterator[bytes]:
         """The browser's messages as they come; ends after :data:`HEARTBEATS_MISSED`
-        heartbeat intervals of silence (this browser was dropped as too slow, or nothing
-        pushes) and the page opens a new one (a fresh snapshot)."""
+        heartbeat intervals of silence (then the page opens a new one)."""
         quiet = 0
         try:
             yield b"retry: 2000\n\n"
@@ -587,11 +555,8 @@ def serve_beside(
     command_master_key: bytes | None = None,
     source: str = "<config>",
 ) -> DashboardServer | None:
-    """The ``dashboard`` section of a device's config (``source``), checked whenever it is
-    there (ConfigError naming ``source`` and ``dashboard.<key>``, as the view's own files do);
-    with ``enabled``: the ward view on its ``host:port``, reading the broker the device's MQTT
-    sink uses (``broker_address`` overrides it), signing commands with
-    ``command_master_key``, stopped by ``resources``; the running server."""
+    """The ward view a device's runtime serves beside itself when its ``dashboard`` section
+    is ``enabled`` (the section is checked whenever it is there); the running server."""
     sections = from_mapping(DashboardFile, {"dashboard": config.dashboard}, source=source)
     if not sections.dashboard.enabled:
         return None

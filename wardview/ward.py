@@ -1,58 +1,16 @@
-"""The ward's state as the dashboard sees it, built only from the published topics.
+"""The ward's state as the dashboard sees it, built only from the published topics
+(docs/dashboard.md: what the page shows; "Hardening": what is rejected, and the caps).
 
-    ward = Ward("ward-1")
-    ward.handle(topic, payload, retained)     # every MQTT message of the site (paho thread)
-    ward.snapshot()                           # everything, for a browser that connects
-    ward.take_changes()                       # what changed since the last call (the pusher)
+Per device: its status, beds, spool depth and read wait; per bed: its open episodes, last
+events, live strip, breathing and verdict; and the site's alarm conditions
+(:mod:`lungwatch.alarms`), from whose rows each bed's card is drawn. What arrives goes to the
+history store (:class:`wardview.memory.Recorder`); :meth:`Ward.restore` rebuilds the ward
+from it and the devices' retained messages bring it up to date.
 
-Kept per device: online / offline from the retained ``status`` (the broker's last will says
-``offline`` when the runtime dies), the beds it serves (from ``event``, ``live`` and
-``metrics`` topics) and, per bed, its breathing (the retained ``respiration`` reading: rate,
-state, age band; and the trend of its rate, :data:`wardview.beds.RATE_TREND_POINTS`
-readings), its spool depth (``metrics.mqtt_spooled``), its worst bed's read wait
-(``metrics.read_wait_ms_p99``: behind when over the device's own limit,
-``metrics.read_wait_warn_ms``, or 500 ms where the device does not say). Per bed: the open episodes
-(``onset`` / ``ongoing`` seen, no ``ended`` yet), the last events, the live strip and its
-state at a glance (:func:`wardview.beds.bed_state`). Alarms: the site's alarm conditions
-(:mod:`lungwatch.alarms`: one per bed and finding, episodes grouped), alarming first, then by
-priority, apnoea first, then the latest to start alarming (lungwatch.alarms.ward_order); any
-can be acknowledged. Each bed's card is drawn from its rows of that list.
-
-Beyond the live state: a bed's retained ``summary`` gives its display name and location, and
-its open alarms (one the bed still holds that the view never saw, latched before the view
-started, is listed from the summary until its ``ended`` comes); ``evidence`` messages are put
-together into clips (:class:`lungwatch.clip.Assembler`), stored, and marked on the event and
-alarm rows of their episode. What arrives goes to the history store
-(:class:`wardview.memory.Recorder`); at start :meth:`Ward.restore` rebuilds the ward from it
-(the alarm conditions as they were listed: alarming, escalated, acknowledged by whom, their
-episode counts; names, open episodes, each bed's last events, breathing and verdict), and the
-devices' retained messages bring it up to date: an episode restored as open that its bed's
-next summary does not list ended while the view was away.
-
-Nothing is dropped silently and nothing in one message stops the feed: a message over the
-size limit, nested too deeply, with a number out of range, not JSON, not schema version 1, not
-a valid :class:`~lungwatch.events.Event`, on a topic whose device or stream is not a topic segment
-(:func:`~lungwatch.events.is_segment`) or that does not match its body, one over a cap (below), or
-one whose handling failed in any other way is counted in ``counts["rejected"]`` and per reason
-in :attr:`Ward.rejected_reasons` (:data:`~lungwatch.intake.REASONS`) and logged with the
-reason; a repeated event ``id`` (QoS 1 may deliver twice) is counted in
-``counts["duplicates"]``.
-
-Bounded memory whatever names a publisher picks: topic segments are checked before anything
-is created, a withdrawn verdict or breathing reading (an empty retained payload) of a bed the
-ward does not know creates nothing, and at most ``max_devices`` devices
-(:class:`~wardview.config.DashboardConfig`, the view's settings),
-``max_beds_per_device`` beds per device and ``max_open_episodes_per_bed`` open episodes per
-bed are kept; a message that would add one more is rejected as ``over_limit`` (what is
-already kept goes on being updated).
-
-Liveness (:meth:`Ward.check_liveness`, called periodically): a device that is not offline and
-sent nothing valid for ``stale_after_s`` is *silent* (its beds show ``no data``); the broker
-is *stale* when the dashboard is connected but heard nothing (no message, no probe back) for
-``stale_after_s`` while something is expected (the round-trip probe is on, or a device is not
-offline); it is *refused* while the broker refuses some of the view's subscriptions
-(:meth:`Ward.set_refused`: ``broker.refused`` says which topics it may not read), whatever
-else is heard. Thread-safe: every method takes :attr:`lock`.
+A message that cannot be used is counted per reason (:data:`~lungwatch.intake.REASONS`) and
+logged, never raised. Memory is bounded whatever names a publisher picks: topic segments are
+checked and the caps (``max_devices``, ``max_beds_per_device``, ``max_open_episodes_per_bed``)
+applied before anything is created. Thread-safe: every public method takes :attr:`Ward.lock`.
 """
 
 from __future__ import annotations
@@ -123,7 +81,7 @@ ACK_LATE_S = 15.0  # an acknowledge the device has not confirmed this long: the 
 
 
 class Ward:
-    """The state of one site (see the module doc)."""
+    """The state of one site."""
 
     def __init__(
         self,
@@ -135,14 +93,12 @@ class Ward:
         monotonic: Callable[[], float] = time.monotonic,
         alarms_every_s: float = 0.0,
     ) -> None:
-        """``config``: the view's settings (what it keeps, its limits, its alarms; None: the
-        defaults); ``history``: the store of everything received (None: memory only);
-        ``alarms_every_s``: the alarm list goes out with the changes at most this often (the
-        server's pusher: a busy ward changes it with every event; 0: every time)."""
+        """``history``: None keeps memory only; ``alarms_every_s``: the alarm list goes out
+        with the changes at most this often (a busy ward changes it with every event)."""
         self.site = site
         self.config = config = config or DashboardConfig()
         self.book = AlarmBook(config.alarms)  # the alarm conditions (lungwatch.alarms)
-        self.recorder = Recorder(history)  # to the history store (module doc)
+        self.recorder = Recorder(history)
         self.clips: set[str] = set()  # episodes whose evidence clip is in the store
         self.assembler = Assembler()
         self.clock, self.monotonic = clock, monotonic
@@ -178,8 +134,8 @@ class Ward:
 
     # -- input -------------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> bool:
-        """Take one MQTT message; False (counted per reason and logged) if it could not be
-        used. Never raises: nothing in one message may stop the feed."""
+        """One MQTT message; False if it could not be used. Never raises: nothing in one
+        message may stop the feed."""
         with self.lock:
             self.counts["messages"] += 1
             self._heard_s = self.monotonic()
@@ -196,15 +152,14 @@ class Ward:
             return True
 
     def store_failed(self, why: str, reason: str = "not_stored") -> None:
-        """A thread of the view failed at something and goes on (the history store could not
-        keep a row: ``not_stored``; a push round to the pages failed: ``push_error``):
-        counted beside the rejected messages and shown the same way."""
+        """A thread of the view failed at something and goes on (``not_stored``,
+        ``push_error``): counted and shown like a rejected message."""
         with self.lock:
             self._reject("view", b"", reason, why)
 
     def thread_failed(self, name: str, why: str) -> None:
-        """A thread of the view stopped unasked (``why``: what happened and whether it was
-        started again): a technical alarm on every page, kept until the view restarts."""
+        """A thread of the view stopped unasked: a technical alarm on every page, kept until
+        the view restarts."""
         with self.lock:
             self.faults[name] = why[:REASON_CHARS]
             self._dirty_alarms = True
@@ -219,7 +174,6 @@ class Ward:
         self._dirty_alarms = True  # the counts travel with the alarms
 
     def _heard_from(self, topic: str) -> None:
-        """The device of a message just used is alive (no longer silent)."""
         device = self.devices.get(topic.split("/")[3])
         if device is not None:
             device.seen_s = self._heard_s
@@ -283,10 +237,8 @@ class Ward:
         self._dirty_alarms = True
 
     def _feed_health(self, place: str, name: str, payload: bytes) -> None:
-        """A hospital gateway's health (``lungwatch/v1/<site>/gateway/<name>/health``): what
-        is wrong with the feed, if anything, becomes a technical alarm on every page (down,
-        its queue taking no writes, messages set aside, messages waiting with no acceptance
-        from the hospital for ``FEED_BEHIND_S``); an empty payload stops following it."""
+        """A hospital gateway's health (``.../gateway/<name>/health``): what is wrong with
+        the feed becomes a technical alarm on every page; an empty payload stops following it."""
         if place != "gateway":
             raise MessageError("health messages come from lungwatch/v1/<site>/gateway/<name>")
         if not payload:
@@ -412,8 +364,6 @@ class Ward:
         self._live.append({"device_id": device_id, "stream_id": stream_id, "point": point})
 
     def _respiration(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
-        """A bed's breathing (edge.bed.breathing via the runtime): the last reading, and a
-        point of its rate trend."""
         _require_identity(body, self.site, device_id)
         if body.get("stream_id") != stream_id:
             raise MessageError(f"respiration must be for {stream_id!r}")
@@ -491,7 +441,8 @@ class Ward:
         self._dirty_alarms = True
 
     def restore(self, restored: Restored) -> None:
-        """Rebuild the ward from the history store (module doc)."""
+        """Rebuild the ward from the history store: the alarm conditions as they were listed,
+        names, open episodes, last events, breathing and verdicts."""
         with self.lock:
             for device_id, stream_id, record in restored.alarms:
                 try:
@@ -533,8 +484,7 @@ class Ward:
             self._dirty_alarms = True
 
     def _withdraw(self, kind: str, device_id: str, stream_id: str) -> None:
-        """A bed's retained verdict or breathing is gone (its stream ended); a bed not known
-        stays unknown."""
+        """A bed's retained verdict or breathing is gone; a bed not known stays unknown."""
         bed = self.devices[device_id].beds.get(stream_id) if device_id in self.devices else None
         if bed is None:
             return
@@ -547,9 +497,8 @@ class Ward:
         self._dirty_alarms = True
 
     def _admit(self, device_id: str, stream_id: str | None = None) -> None:
-        """MessageError ``over_limit`` when ``device_id`` (and ``stream_id`` of it) is not
-        kept yet and would be one over ``max_devices`` (``max_beds_per_device``); checked
-        before anything of the message is kept."""
+        """MessageError ``over_limit`` when a device or bed not kept yet would be one over
+        its cap; checked before anything of the message is kept."""
         device = self.devices.get(device_id)
         if device is None and len(self.devices) >= self.config.max_devices:
             raise MessageError(
@@ -567,7 +516,6 @@ class Ward:
             )
 
     def _place(self, device_id: str, stream_id: str) -> tuple[Device, Bed]:
-        """The device and bed a message goes to, made if new (after :meth:`_admit`)."""
         self._admit(device_id, stream_id)
         device = self._device(device_id)
         return device, self._bed(device, stream_id)
@@ -620,15 +568,15 @@ class Ward:
             self.pending_acks.pop((event.device_id, event.stream_id, str(target)), None)
 
     def set_broker(self, address: str, connected: bool) -> None:
-        """The dashboard's own connection to the broker (shown in the page's header)."""
+        """The dashboard's own connection to the broker."""
         with self.lock:
             self._connected_s = self.monotonic() if connected else None
             self.broker["address"] = address
             self._update_broker()
 
     def set_refused(self, topics: list[str]) -> None:
-        """The broker refused the view's subscriptions of ``topics`` (none: it granted them
-        all); while any is refused the broker's state is ``refused``, not ``connected``."""
+        """The topics the broker refused the view (none: it granted all); while any is, the
+        broker's state is ``refused``."""
         with self.lock:
             refused = f"not allowed to read {', '.join(topics)}" if topics else None
             if refused != self.broker["refused"]:
@@ -637,7 +585,7 @@ class Ward:
             self._update_broker()
 
     def probe_returned(self) -> None:
-        """The dashboard's own probe came back through the broker: the link is alive."""
+        """The dashboard's own probe came back through the broker."""
         with self.lock:
             self.counts["probes"] += 1
             self._heard_s = self.monotonic()
@@ -646,8 +594,8 @@ class Ward:
 
     # -- liveness ----------------------------------------------------------------------
     def check_liveness(self) -> None:
-        """Mark devices silent and the broker stale (or no longer) by ``stale_after_s``;
-        called periodically (the server's pusher); only transitions reach the browsers."""
+        """Devices silent and the broker stale by ``stale_after_s`` (docs/dashboard.md,
+        "Hardening"); called periodically; only transitions reach the browsers."""
         with self.lock:
             now, stale_s = self.monotonic(), self.config.stale_after_s
             for device in self.devices.values():
@@ -666,9 +614,8 @@ class Ward:
             self.save_alarms()
 
     def save_alarms(self) -> None:
-        """The alarm conditions that changed or left since the last call, to the history
-        store (each as its record; gone ones deleted), so a restarted view lists them as
-        they were. Called with every liveness check and when the view stops."""
+        """The alarm conditions changed since the last call to the history store, so a
+        restarted view lists them as they were."""
         with self.lock:
             self.recorder.alarms(self.book)
 
@@ -681,9 +628,8 @@ class Ward:
         self._dirty_beds.update((device.device_id, b) for b in device.beds)
 
     def _update_broker(self) -> None:
-        """Recompute the broker's state: ``connected`` (and heard from), ``refused`` (connected,
-        some subscription refused), ``stale`` (connected, nothing heard for ``stale_after_s``
-        while something is expected) or ``disconnected``."""
+        """``stale`` only while something is expected: the probe is on, or a device is not
+        offline."""
         quiet_s = 0.0
         if self._connected_s is None:
             state = "disconnected"
@@ -704,8 +650,8 @@ class Ward:
 
     # -- acknowledge -------------------------------------------------------------------
     def ack_refusal(self, device_id: str, signs: bool) -> str | None:
-        """Why the device will not take an acknowledge from this view (its status says what
-        it takes; ``signs``: this view signs commands), or None."""
+        """Why the device will not take an acknowledge from this view (``signs``: this view
+        signs commands), or None."""
         with self.lock:
             device = self.devices.get(device_id)
             policy = device.commands if device is not None else None
@@ -723,8 +669,7 @@ class Ward:
 
     def acknowledgeable(self, device_id: str, stream_id: str, target: str) -> bool:
         """The bed has an alarm condition ``target`` names (the condition, or a type or key
-        of one of its open episodes, whether the view saw its messages or only its bed's
-        summary)."""
+        of one of its open episodes)."""
         with self.lock:
             return self.book.find(device_id, stream_id, target) is not None
 
@@ -750,11 +695,8 @@ class Ward:
         return {name: said for name, said in self.feeds.items() if said}
 
     def alarms(self) -> list[dict[str, Any]]:
-        """The site's alarm conditions, one per bed and condition (``lungwatch.alarms``), in ward
-        order (alarming first, then priority, apnoea first, then the latest to start), the
-        verdict rows the config names among them; each with its bed's name and place,
-        whether its device is online, whether an acknowledge waits for the device, and its
-        clips."""
+        """The site's alarm conditions and verdict rows in ward order
+        (:func:`lungwatch.alarms.ward_order`), each with what the page shows of its bed."""
         with self.lock:
             rows = self.book.conditions(self.clock())
             for row in rows:
@@ -777,8 +719,7 @@ class Ward:
             return ordered
 
     def _take_bed_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Each bed's rows of the list just made (its card is drawn from them); a bed whose
-        card would read differently is pushed with the list."""
+        """A bed whose card would read differently with the list just made is pushed with it."""
         by_bed: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in rows:
             by_bed.setdefault((row["device_id"], row["stream_id"]), []).append(row)
@@ -795,7 +736,7 @@ class Ward:
 
     def _verdict_alarms(self) -> list[dict[str, Any]]:
         """A row per bed whose verdict is one of ``verdict_alarms`` (nothing to acknowledge:
-        it leaves when the verdict changes); the condition rows' fields."""
+        it leaves when the verdict changes)."""
         rows, priority = [], self.config.verdict_priority
         for device in self.devices.values():
             for bed in device.beds.values():
@@ -831,7 +772,6 @@ class Ward:
         }
 
     def _silent_s(self, device: Device) -> float | None:
-        """How long a silent device has sent nothing (None: it is not silent)."""
         if not device.silent or device.seen_s is None:
             return None
         return round(self.monotonic() - device.seen_s, 1)
@@ -864,7 +804,7 @@ class Ward:
         return view
 
     def snapshot(self) -> dict[str, Any]:
-        """The whole ward (devices, beds with their live strips, alarms, counts)."""
+        """The whole ward, for a browser that connects."""
         with self.lock:
             devices = [self.devices[d] for d in sorted(self.devices, key=_natural)]
             alarms = self.alarms()  # first: the beds' cards are drawn from its rows
@@ -924,7 +864,6 @@ class Ward:
 
 
 def _utc(text: object) -> dt.datetime | None:
-    """An ISO 8601 time with its zone, else None."""
     if not isinstance(text, str) or not text:
         return None
     try:
