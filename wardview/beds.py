@@ -1,5 +1,4 @@
-"""The ward's live picture of each device and bed (what :class:`wardview.ward.Ward`
-keeps and :meth:`~wardview.ward.Ward.restore` restores): the :class:`Bed` and :class:`Device`
+"""The ward's live picture of each device and bed: the :class:`Bed` and :class:`Device`
 records, a bed's state, and what a bed card shows of an event, a verdict and a breathing
 reading. Plain data and pure functions; the ward's lock guards them.
 """
@@ -87,10 +86,8 @@ class Device:
 
 
 def read_wait_view(device: Device) -> dict[str, Any]:
-    """The device's worst bed by read wait (p99 of each bed's last report): ``read_wait_ms``
-    and ``read_wait_bed`` (None when no bed measures it), ``behind`` when it is over the
-    device's limit (its ``read_wait_warn_ms``, else :data:`READ_WAIT_BEHIND_MS`): the device is
-    near its limit and its alarms come late."""
+    """The device's worst bed by read wait (p99), ``behind`` when over the device's limit:
+    the device is near its limit and its alarms come late."""
     known = [
         (b.read_wait_ms_p99, b.stream_id)
         for b in device.beds.values()
@@ -109,19 +106,9 @@ def bed_state(
     silent: bool = False,
     respiration: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The bed's state at a glance: ``{"key": ..., "text": ...}`` (key in :data:`STATE_TEXT`),
-    drawn from the bed's rows of the ward's alarm list (``rows``: its conditions in ward
-    order, the list's own dicts), so the card shows what the list shows and never
-    contradicts it.
-
-    Offline beats everything; then a silent device (no data: what the page showed may no
-    longer hold); then the bed's worst condition that is not over (alarming or acknowledged:
-    the highest priority, life-threatening first, alarming before acknowledged; among equals
-    the list's first), with its priority and how many more it has; else no
-    alarm: ``breathing normal``, or what the breathing reading (``respiration``) says that is
-    not an alarm (yet): ``no alarm · breathing fast (31/min)`` before the rate's alarm time
-    has passed, ``no alarm · rate not assessed``.
-    """
+    """The bed's state at a glance (key in :data:`STATE_TEXT`), drawn from the bed's rows of
+    the ward's alarm list so the card never contradicts it: offline, then silent, then its
+    worst condition not over (:func:`_severity`), else what the breathing reading says."""
     if online is False:
         return {"key": "offline", "text": STATE_TEXT["offline"]}
     if silent:
@@ -223,9 +210,8 @@ def verdict_view(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def show_respiration(bed: Bed, body: dict[str, Any]) -> bool:
-    """A (checked) breathing message on ``bed``: its last reading and a point of its trend
-    (not for a reading the trend already ends with, a retained message sent again); whether
-    the trend got a point."""
+    """A checked breathing message on ``bed``; whether its trend got a point (not for a
+    retained message sent again)."""
     shown = {key: body.get(key) for key in ("state", "rate_bpm", "confidence", "breaths",
                                              "age_band", "low_bpm", "high_bpm", "reason",
                                              "utc", "last_breath_utc",

@@ -1,14 +1,8 @@
-"""``lungwatch dashboard``: the ward view, a web page over the broker (``docs/dashboard.md``).
+"""Serve the ward view, a web page over the broker, until stopped (docs/dashboard.md).
 
-    lungwatch dashboard [--config ward.yaml] [--broker HOST:PORT] [--host H] [--port P]
-                        [--site SITE] [--set key=value ...] [-v]
-    lungwatch dashboard --hash-password     # reads a password, prints its password_hash
-
-The config is a runtime YAML (``edge/configs/ward.yaml``): its ``site``, its ``mqtt`` block
-(broker, username / password, TLS) and its ``dashboard`` block (address, users and their
-rights). A file with ``streams`` is validated whole, as ``lungwatch run`` would; a file for a
-dashboard machine alone may hold only ``site``, ``device_id``, ``mqtt`` and ``dashboard``.
-Flags only override. Prints one line with the address, then serves until SIGTERM / Ctrl-C.
+The config is a runtime YAML (``edge/configs/ward.yaml``): a device's is validated whole, as
+``lungwatch run`` would; a file for a dashboard machine alone holds only ``site``,
+``device_id``, ``mqtt`` and ``dashboard``. Flags only override.
 """
 
 from __future__ import annotations
@@ -37,10 +31,8 @@ log = logging.getLogger("lungwatch.dashboard")
 def load_settings(
     paths: Path | list[Path] | None, overrides: list[str]
 ) -> tuple[str, MqttConfig, DashboardConfig]:
-    """(site, broker settings, dashboard settings) of ``paths`` (each later file merged over
-    the ones before) with ``overrides`` applied; ConfigError names the file and the key. A
-    device's runtime config (it has ``streams``) gives its ``site``, ``mqtt`` and
-    ``dashboard`` sections; the device checks the others."""
+    """(site, broker settings, dashboard settings) of ``paths``, each later file merged over
+    the ones before; ConfigError names the file and the key."""
     data, source = load_layers(paths) if paths else ({}, "<defaults>")
     if overrides:
         data = apply_overrides(data, overrides, source=source)

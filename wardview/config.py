@@ -1,25 +1,9 @@
-"""The ``dashboard`` block of a runtime config, and the users' salted password hashes.
+"""The ``dashboard`` block of a runtime config, and the users' salted password hashes
+(docs/dashboard.md, "The config block" and "Hardening": every key and what it bounds).
 
 Kept apart from the server (no paho, no web server) so :mod:`edge.runtime.config` can load
-and validate it with the other blocks::
-
-    dashboard:
-      enabled: true            # lungwatch run serves the ward view too
-      host: 0.0.0.0            # needs users (without users only a loopback address)
-      port: 8080               # 0: a free port (printed)
-      cert_file: /etc/lungwatch/ward.crt   # HTTPS, so passwords never cross the network in clear
-      key_file: /etc/lungwatch/ward.key
-      users:
-        - {name: nurse, role: ack, password_hash: "pbkdf2_sha256$600000$<salt>$<hash>"}
-        - {name: porter, role: view, password_hash: "pbkdf2_sha256$600000$<salt>$<hash>"}
-      allowed_hosts: [ward-view.example.org]   # Host names besides the address and localhost
-
-The limits (request time, connections, message size and depth, failed logins) and the
-liveness settings (heartbeat, stale, probe) have defaults that suit a ward; docs/dashboard.md
-("Limits and hardening") says what each bounds.
-
-A hash is made by ``lungwatch dashboard --hash-password`` (:func:`hash_password`): PBKDF2-HMAC-
-SHA256 with a random 16-byte salt; the config never holds a password in plain text.
+and validate it with the other blocks. A hash is made by ``lungwatch dashboard
+--hash-password``; the config never holds a password in plain text.
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
-"""The ward view's evidence and history pages (routes of :mod:`wardview.server`).
+"""The ward view's evidence and history routes (docs/evidence.md, "Access": what each
+answers).
 
-- ``GET /api/evidence/<episode_id>``: the clip's description (JSON: bed, event type, times,
-  duration, outputs); 404 when the view has none;
-- ``GET /api/evidence/<episode_id>.flac``: its audio (``audio/flac``; browsers play it);
-- ``GET /api/evidence/<episode_id>.png``: its picture, drawn once on the server and cached:
-  a log-frequency spectrogram (:func:`spectrogram`), one row per model output (the
-  probability over the clip), the event's span and a time axis (:func:`wardview.plot.render`);
-- ``GET /api/trend/<device>/<stream>?hours=N``: the bed's last N hours (1..72), hour by hour
-  (:meth:`wardview.history.History.trend`).
-
-Listening to patient audio needs a named user (``dashboard.users``, role view or ack): without
-users configured (the loopback demo) the evidence routes answer 401, as they do to a request
-without credentials. Without a history store (``dashboard.history_path`` null) they answer
-404 with that reason.
+Listening to patient audio needs a named user: without users (the loopback demo) the evidence
+routes answer 401; without a history store, 404 with that reason.
 """
 
 from __future__ import annotations
@@ -123,9 +113,8 @@ FRAME_S, HOP_S = 0.025, 0.010
 
 def spectrogram(audio: np.ndarray, rate_hz: int) -> tuple[np.ndarray, float, tuple[float, float]]:
     """(frames, bands) log power of ``audio`` in :data:`SPECTROGRAM_BANDS` log-spaced bands
-    (25-ms Hann frames every 10 ms, scipy's STFT; a band narrower than one FFT bin takes its
-    nearest bin), the frames per second and the bands' range: the clip's picture, drawn by the
-    view without the device's front end."""
+    (25-ms Hann frames every 10 ms; a band narrower than one FFT bin takes its nearest bin),
+    the frames per second and the bands' range: drawn without the device's front end."""
     low, high = SPECTROGRAM_FMIN_HZ, min(SPECTROGRAM_FMAX_HZ, rate_hz / 2)
     frame, hop = max(2, round(FRAME_S * rate_hz)), max(1, round(HOP_S * rate_hz))
     if audio.size < frame:

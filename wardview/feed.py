@@ -1,35 +1,10 @@
 """The dashboard's MQTT side: one paho client that reads the site's topics into a
-:class:`~wardview.ward.Ward` and publishes acknowledge commands.
+:class:`~wardview.ward.Ward` and publishes acknowledge commands (docs/dashboard.md,
+"Architecture, and why"; "Hardening" for the probe and refused subscriptions).
 
-It uses the runtime config's :class:`~lungwatch.mqtt.MqttConfig` for the broker: host, port,
-username / password, TLS (CA, client certificate), keepalive and reconnect backoff; its own
-client id (``lungwatch-dashboard-<site>-<random>``) so it never takes the device's session.
-Subscriptions (QoS 1, renewed on every reconnect; clean session):
-
-- ``lungwatch/v1/<site>/+/status`` (retained: a late dashboard gets each device's last state)
-- ``lungwatch/v1/<site>/+/metrics``, ``lungwatch/v1/<site>/+/+/event``,
-  ``lungwatch/v1/<site>/+/+/live``, ``lungwatch/v1/<site>/+/+/verdict`` (retained: each bed's
-  rolling verdict), ``lungwatch/v1/<site>/+/+/respiration`` (retained: each bed's breathing)
-- ``lungwatch/v1/<site>/gateway/+/health`` (retained: each hospital gateway's health)
-
-The broker's SUBACK is read: a subscription it refuses (reason code 0x80, e.g. credentials
-whose ACL does not let them read the site) turns the ward's broker state to ``refused: not
-allowed to read <topics>`` instead of ``connected``
-(:meth:`~wardview.ward.Ward.set_refused`), logged once as an error, until a later
-SUBACK grants them all. A broker that grants every subscription and filters what it
-delivers instead (Mosquitto 2.0's ``acl_file``) cannot be told apart this way: the view then
-stays ``connected`` and shows no device.
-
-The round-trip probe (:meth:`WardFeed.probe`, every ``dashboard.probe_interval_s``): an
-UNSUBSCRIBE of a topic it never subscribed (``lungwatch/v1/<site>/_dashboard/<client id>``),
-which the broker answers with UNSUBACK in this client's network thread; the answer tells the
-ward (:meth:`~wardview.ward.Ward.probe_returned`) that the broker and the thread that
-feeds the ward both work. It needs no right in the broker's ACL (``lungwatch access`` gives a
-ward view read and command rights only) and changes nothing on the broker.
-
-Nothing one message holds may raise out of paho's network thread (it would stop the feed for
-good): the ward counts and logs whatever it refuses, and :meth:`WardFeed._on_message` guards
-the rest.
+Its own client id, so it never takes the device's session. Nothing one message holds may
+raise out of paho's network thread (it would stop the feed for good): the ward counts what it
+refuses, and :meth:`WardFeed._on_message` guards the rest.
 """
 
 from __future__ import annotations
@@ -64,9 +39,8 @@ class WardFeed:
         command_master: bytes | None = None,
         client_id: str | None = None,
     ) -> None:
-        """``client_id``: a persistent session under this id (the broker keeps the view's
-        subscriptions and queues what it misses while it is down); None: a fresh clean
-        session with a random id."""
+        """``client_id``: a persistent session under this id; None: a clean session with a
+        random id."""
         self.config, self.site, self.ward = config, site, ward
         self._command_master = command_master  # signs commands (lungwatch.commandauth); None: not
         self.topics = [
@@ -111,8 +85,8 @@ class WardFeed:
         return self._command_master is not None
 
     def acknowledge(self, device_id: str, stream_id: str, target: str, user: str) -> str:
-        """Publish the acknowledge command by ``user`` (QoS 1), signed for ``device_id`` when
-        the feed holds the site's command master key, and wait for its PUBACK; the topic."""
+        """Publish the acknowledge command (signed when the feed holds the site's command
+        master key) and wait for its PUBACK; the topic."""
         if not self.connected.is_set():
             raise FeedError(f"broker {self.config.address} is not connected")
         topic = command_topic(self.site, device_id)
@@ -144,8 +118,7 @@ class WardFeed:
     def _on_subscribe(
         self, client: Any, userdata: Any, mid: Any, reasons: Any, props: Any = None
     ) -> None:
-        """The SUBACK: the topics whose subscription the broker refused (0x80) go to the
-        ward (none: all granted); a new refusal is logged once as an error."""
+        """The topics the broker refused (0x80) go to the ward; a new refusal is logged once."""
         if mid != self._session.subscribe_mid:
             return
         self.subacks += 1

@@ -1,36 +1,9 @@
 """The ward view's logins: HTTP Basic credentials checked in the same time whether or not the
-user exists, and a bound on failed attempts.
+user exists, and a bound on failed attempts per client address and per user name
+(docs/dashboard.md, "Hardening", logins: the rules and why).
 
-    logins = Logins(config.users, max_failures=5, window_s=300.0)
-    user = logins.check(name, password, client_address)   # DashboardUser, None, or raises
-                                                          # LoginLimitedError (429)
-
-- **Same work for every name**: every configured name is compared in constant time
-  and the password is always verified
-  against a PBKDF2 hash: the user's, or for a name that is not configured
-  :attr:`Logins.dummy_hash`, a hash of a random password at the highest cost among the users.
-  An unknown name therefore costs what a known one does (no timing oracle of who exists);
-  users whose hashes have a lower cost than the others are the exception (give every user the
-  default cost).
-- **Failed attempts are bounded**, per client address and per user name, each to
-  ``max_failures`` failures within ``window_s`` seconds:
-
-  - an address over its bound is refused with :class:`LoginLimitedError` (HTTP 429,
-    ``Retry-After``) without verifying anything, until its oldest failure is ``window_s``
-    old;
-  - a name over its bound is still verified, so a guesser elsewhere cannot lock its user
-    out: the right password gets in, a wrong one is refused with :class:`LoginLimitedError`
-    (429, not 401; names that are not configured are tracked like real ones, so a 429 does
-    not tell them apart). What bounds guessing is then the per-address bound: each address
-    gets ``max_failures`` wrong guesses per window;
-  - the bound holds for concurrent attempts: an attempt is recorded as a failure of its
-    name and address (under the lock, with the bound checked) *before* its password is
-    verified, and taken back if it succeeds; so at most ``max_failures`` attempts from one
-    address reach the verification in a window, however many arrive at once.
-
-  A success clears its name's failures and, of its address's failures, those of that name
-  (a user who logs in from an address cannot wipe out the address's failed guesses at
-  other names). Counted in :attr:`Logins.counts`.
+The bound holds for concurrent attempts: an attempt is recorded as a failure of its name and
+address under the lock *before* its password is verified, and taken back if it succeeds.
 """
 
 from __future__ import annotations
@@ -84,9 +57,9 @@ class Logins:
         self._lock = threading.Lock()
 
     def check(self, name: str, password: str, address: str) -> DashboardUser | None:
-        """The user whose ``name`` and ``password`` these are, else None (a failure counted
-        against ``name`` and ``address``); :class:`LoginLimitedError` while ``address`` is
-        over the bound (nothing verified), or for a wrong password while ``name`` is."""
+        """The user whose ``name`` and ``password`` these are, else None;
+        :class:`LoginLimitedError` while ``address`` is over the bound (nothing verified), or
+        for a wrong password while ``name`` is."""
         user_key, address_key = f"user:{name}", f"address:{address}"
         with self._lock:
             retry_s = self._retry_after_s(address_key)
@@ -126,8 +99,8 @@ class Logins:
             self._failures.popitem(last=False)
 
     def _succeed(self, user_key: str, address_key: str, name: str) -> None:
-        """``name`` logged in: its failures go, and its own (pending one included) from the
-        address; the address's failures of other names stay."""
+        """``name``'s failures go, from the address too; the address's failures of other
+        names stay (a user cannot wipe them out)."""
         self._failures.pop(user_key, None)
         failures = self._failures.get(address_key)
         if failures is not None:

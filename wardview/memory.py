@@ -1,8 +1,6 @@
-"""What the ward view keeps in its history store (:class:`wardview.history.History`) as
-messages arrive: every event, verdict and breathing reading (at most one a minute per bed,
-and every change of state), summary, evidence clip and change of an alarm condition.
-Without a store (memory only) it keeps nothing. At start
-:meth:`wardview.ward.Ward.restore` rebuilds the ward from what it kept.
+"""What the ward view keeps in its history store as messages arrive: events, summaries, clips
+and alarm changes as they come; verdicts and breathing readings at most once a minute per
+bed, and on every change; nothing without a store.
 """
 
 from __future__ import annotations
@@ -47,8 +45,8 @@ class Recorder:
             self.history.add_clip(clip)
 
     def reading(self, device_id: str, stream_id: str, kind: str, body: dict[str, Any]) -> None:
-        """A verdict or breathing reading on a change of verdict or state, else at most once a
-        minute (by its own time, later only); its contract's fields only, short text."""
+        """On a change of verdict or state, else at most once a minute by its own time (later
+        only); its contract's fields only."""
         if self.history is None:
             return
         at = epoch_s(body.get("utc")) or 0.0
@@ -65,8 +63,7 @@ class Recorder:
         self.history.add_reading(device_id, stream_id, kind, kept)
 
     def alarms(self, book: AlarmBook) -> None:
-        """The alarm conditions of ``book`` that changed or left since the last call (each as
-        its record; gone ones deleted), so a restarted view lists them as they were."""
+        """The alarm conditions of ``book`` changed or gone since the last call."""
         changed = book.take_changed()
         if self.history is None:
             return

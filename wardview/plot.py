@@ -1,20 +1,10 @@
 """A recording's picture, drawn with Pillow: the demo's per recording and the ward view's per
 alarm clip.
 
-    render(title=..., spectrogram=frames, frames_per_s=100, classes=..., ...).save(path)
-
-Rows, top to bottom, on one time axis (one pixel column per feature frame, 10 ms):
-
-- the record id and label;
-- the spectrogram (the demo's: the model's log-mel frames; an alarm clip's: log-frequency
-  bands; low bands at the bottom);
-- one bar row per model class: the class probability of each window, drawn over the hop span
-  centred on the window's centre (the detector's time convention, :mod:`edge.bed.detector`);
-- ``DETECTED``: the physiological events the broker delivered; ``TECHNICAL``: technical ones;
-- ``ANNOTATED``: the recording's annotated events;
-- a time axis in seconds.
-
-Labels use Pillow's built-in scalable font.
+Rows, top to bottom, on one time axis (one pixel column per 10-ms feature frame): the record
+id and label; the spectrogram (low bands at the bottom); one bar row per model class, each
+window's probability drawn over the hop span centred on the window's centre (the detector's
+convention, :mod:`edge.bed.detector`); the detected, technical and annotated events; seconds.
 """
 
 from __future__ import annotations
@@ -101,8 +91,7 @@ class _Canvas:
     def spectrogram(
         self, y: int, frames: np.ndarray, range_hz: tuple[float, float], name: str
     ) -> int:
-        """(n_frames, n_bands), low bands at the bottom, BAND_PX rows per band; labelled with
-        its name and band edges. Returns the next row."""
+        """BAND_PX rows per band, low bands at the bottom; the next row."""
         rows = np.repeat(colourise(frames.T[::-1]), BAND_PX, axis=0)
         self.image.paste(Image.fromarray(rows), (MARGIN_PX, y))
         end = y + rows.shape[0]
@@ -165,12 +154,9 @@ def render(
     annotated: Sequence[Span],
     spectrogram_name: str = "LOG-MEL",
 ) -> Image.Image:
-    """The picture (see the module doc) as an RGB image.
-
-    ``spectrogram``: ``(n_frames, n_bands)`` from ``freq_range_hz[0]`` to ``[1]``;
-    ``probabilities``: ``(n_windows, n_classes)``
-    for windows centred at ``window_centres_s``; spans in seconds.
-    """
+    """The picture as an RGB image. ``spectrogram``: ``(n_frames, n_bands)`` over
+    ``freq_range_hz``; ``probabilities``: ``(n_windows, n_classes)`` for windows centred at
+    ``window_centres_s``; spans in seconds."""
     n_columns = max(int(spectrogram.shape[0]), 1)
     height = (TITLE_PX + BAND_PX * spectrogram.shape[1] + 2 * GAP_PX + CLASS_ROW_PX * len(classes)
               + 2 * EVENT_ROW_PX + TECHNICAL_ROW_PX + AXIS_PX)  # fmt: skip

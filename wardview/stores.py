@@ -1,29 +1,13 @@
 """Where the ward view keeps its history: an SQLite file (the embedded default) or a
-PostgreSQL database (psycopg 3), with the same tables, the same SQL and the same behaviour.
+PostgreSQL database (psycopg 3), with the same tables and the same SQL (docs/evidence.md,
+"The store: SQLite or PostgreSQL"). Statements are written once with ``?`` parameters;
+:meth:`Backend.sql` gives each engine its parameter style.
 
-    backend = open_backend("out/ward/history.sqlite")           # a path: SQLite
-    backend = open_backend("postgresql://view@db.ward/lungwatch")  # a URL: PostgreSQL
-    db = backend.connect()
-    with backend.transaction(db):
-        db.execute(backend.sql("SELECT value FROM meta WHERE name = ?"), ("site",))
-
-The statements are written once, with ``?`` parameters and the upsert both engines share
-(``INSERT ... ON CONFLICT``); :meth:`Backend.sql` gives each engine its parameter style.
-
-**Schema versions.** ``meta`` holds ``schema_version``; :func:`migrate` brings a store from the
-version it finds to :data:`SCHEMA_VERSION`, one step at a time, in one transaction (on
-PostgreSQL under an advisory lock, so two views starting together do not both migrate). A
-store written by a newer lungwatch (a higher version) is refused, naming both versions.
-
-- 1: events, readings, beds, clips, meta (SQLite files from before versions were kept hold it
-  when ``readings`` lacks ``received_s``);
-- 2: ``readings.received_s``, the view's clock, so pruning never trusts a device's;
-- 3: ``alarms``, the alarm conditions the view lists (one row per bed and condition, its
-  record as JSON), so a restarted view lists what it listed.
-
-Types: SQLite's INTEGER / REAL / TEXT / BLOB are PostgreSQL's BIGINT / DOUBLE PRECISION /
-TEXT / BYTEA (REAL there is 4 bytes, too coarse for epoch seconds); ``events.seq`` is a
-BIGSERIAL there.
+Schema versions (``meta.schema_version``, :func:`migrate`): 1 events, readings, beds, clips,
+meta (a store without the version row whose ``readings`` lacks ``received_s``); 2
+``readings.received_s``, the view's clock, so pruning never trusts a device's; 3 ``alarms``,
+the alarm conditions the view lists. SQLite's REAL is DOUBLE PRECISION on PostgreSQL (its
+REAL is 4 bytes, too coarse for epoch seconds).
 """
 
 from __future__ import annotations
@@ -110,8 +94,7 @@ class Backend:
     types: ClassVar[dict[str, str]] = {}
 
     def create(self) -> None:
-        """Make the store reachable before its first connection (an SQLite file: its private
-        folder and file, write-ahead logging); StoreError when it cannot be."""
+        """Make the store reachable before its first connection; StoreError when it cannot be."""
 
     def connect(self, writer: bool = False) -> Any:
         """A connection (``writer``: the history writer's own, held for its life)."""
@@ -156,9 +139,9 @@ class SqliteBackend(Backend):
         self.path = path
 
     def create(self) -> None:
-        """The folder 0700, the file 0600 whatever the umask (SQLite gives its -wal and -shm
-        files the database's mode; clips are patient audio), a link in its place refused;
-        WAL (kept in the file) so that readers run beside the writer."""
+        """The folder 0700, the file 0600 whatever the umask (clips are patient audio; SQLite
+        gives its -wal and -shm files the database's mode), a link in its place refused; WAL
+        so that readers run beside the writer."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             create_private(self.path)

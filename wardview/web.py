@@ -1,23 +1,10 @@
-"""The ward view's HTTP rules, apart from what the server does with a request.
+"""The ward view's HTTP rules, apart from what the server does with a request
+(docs/dashboard.md, "Hardening": the limits and why; docs/security.md: what uvicorn lacks).
 
-- :data:`SECURITY_HEADERS`: sent with every response (page, static files, JSON, event stream,
-  errors): a Content-Security-Policy that allows only the server's own scripts, styles and
-  connections and no framing, ``X-Frame-Options: DENY``, ``nosniff``, no referrer,
-  ``Cache-Control: no-store``;
-- :class:`HostRule`: the ``Host`` header must name this server (the bound address,
-  ``localhost``, an IP address, or a name in ``dashboard.allowed_hosts``), which is what
-  blocks DNS rebinding (a page of another site whose name was re-pointed at this server
-  always sends its own name);
-- :func:`check_headers` and :func:`body_length`: one ``Host``, no ``Transfer-Encoding``, and
-  on a POST exactly one ``Content-Length``, a decimal integer of at most
-  :data:`MAX_BODY_BYTES`; else :class:`RequestError` with the status and a message naming
-  what was wrong;
-- :class:`Connections` and :func:`guarded_protocol`: what the server (uvicorn, parsing with
-  h11) does not do itself: at most ``max_connections`` connections at once and at most
-  ``max_per_address`` from one client address, a request must arrive whole within
-  ``request_timeout_s`` (uvicorn bounds only the idle time between requests), a client that
-  stops reading a response is cut off after as long, and the protocol's own refusals carry
-  the security headers.
+:data:`SECURITY_HEADERS` go with every response; :class:`HostRule`, :func:`check_headers` and
+:func:`body_length` refuse a request before it is read further (:class:`RequestError`);
+:class:`Connections` and :func:`guarded_protocol` add to uvicorn the connection caps and the
+request and write deadlines.
 """
 
 from __future__ import annotations
@@ -141,12 +128,8 @@ def body_length(headers: Headers, max_bytes: int = MAX_BODY_BYTES) -> int:
 
 class Connections:
     """The open connections of one server: at most ``max_connections`` at once and at most
-    ``max_per_address`` from one client address (so one client cannot take every slot); one
-    over either is closed at once, before any byte is read, and counted in :attr:`refused`
-    (and :attr:`refused_per_address` for the second); :attr:`reaped` counts the connections
-    closed because their request did not arrive whole within ``request_timeout_s``, and
-    :attr:`stalled` those closed because the client stopped reading a response for as long.
-    Used from the server's event loop only; the counters are read from anywhere."""
+    ``max_per_address`` from one client address; one over either is closed before any byte is
+    read. Used from the server's event loop only; the counters are read from anywhere."""
 
     def __init__(
         self,
@@ -207,16 +190,10 @@ def _within(host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
 
 
 def guarded_protocol(connections: Connections, request_timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with the rules uvicorn itself does not have: the connection
-    caps of ``connections``; a whole-request deadline (a request's line, headers and body
-    must all arrive within ``request_timeout_s`` of its first byte, or of the connection's
-    opening: one sent a byte at a time is closed, though each read is quick); a write
-    deadline (a client that stops reading a response, an event stream's included, for
-    ``request_timeout_s`` is cut off); a request ended early by the client (half-closed
-    connection) answered from what arrived; and the protocol's own refusals (malformed
-    request line, headers or Content-Length, headers over the size bound) answered in JSON
-    with :data:`SECURITY_HEADERS`. H11Protocol is private to uvicorn: pyproject.toml pins
-    uvicorn's minor version; docs/security.md says what its public options lack."""
+    """uvicorn's h11 protocol with the connection caps of ``connections``, a whole-request
+    and a write deadline (``request_timeout_s``), a half-closed request answered, and the
+    protocol's own refusals in JSON with :data:`SECURITY_HEADERS`. H11Protocol is private to
+    uvicorn: pyproject.toml pins uvicorn's minor version."""
 
     class GuardedProtocol(H11Protocol):
         _host = ""
@@ -254,9 +231,8 @@ def guarded_protocol(connections: Connections, request_timeout_s: float) -> type
                 self._disarm()  # the whole request is in
 
         def eof_received(self) -> bool:  # type: ignore[override]
-            """The client ended its side: a request in progress is answered (from the body
-            that came, which the application checks against its Content-Length), then the
-            connection closes; with none, it closes now."""
+            """The client ended its side: a request in progress is answered from what came
+            (checked against its Content-Length), then the connection closes."""
             cycle = self.cycle
             if cycle is None or cycle.response_complete:
                 return False
