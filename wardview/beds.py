@@ -38,10 +38,8 @@ PAGE_CLASSES = {
     if c.colour and c.families
 }
 RATE_TREND_POINTS = 720  # a bed's rate trend: two hours at the runtime's 10-s publishing
-# a device is shown behind when a bed's audio waited longer than the device's own limit for
-# its read (p99 of its last metrics report, ``read_wait_warn_ms`` beside it); this one where
-# the device gives none (an older runtime, or its check turned off): the runtime's default
-# read_wait_warn_ms (docs/runtime.md, "Load")
+# a device's read-wait limit where it gives none: the runtime's default read_wait_warn_ms
+# (docs/runtime.md, "Load")
 READ_WAIT_BEHIND_MS = 500.0
 
 
@@ -65,8 +63,7 @@ class Bed:
     location: str | None = None
     # the open alarms its device's summary lists (episode_id -> alarm row; Ward._summary)
     summary_open: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # open episodes restored from the history and not heard of since: the device's next
-    # summary says whether it still holds them (Ward._summary)
+    # open episodes restored from the history, not heard of since (Ward._summary)
     restored: set[str] = field(default_factory=set)
 
 

@@ -63,7 +63,7 @@ class DashboardUser:
 
 @dataclass(frozen=True)
 class DashboardConfig:
-    """The ward view (``docs/dashboard.md``); see the module docstring."""
+    """The ward view's settings (each key: docs/dashboard.md, "The config block")."""
 
     enabled: bool = False  # lungwatch run serves it too (lungwatch dashboard always does)
     host: str = "127.0.0.1"  # address the web server binds
@@ -72,60 +72,38 @@ class DashboardConfig:
     events_per_bed: int = 8  # last events kept and shown per bed
     live_points: int = 60  # live-strip points kept per bed (one per live message)
     push_interval_s: float = 0.1  # changes are pushed to the browsers at most this often
-    # a bed whose rolling verdict is one of these is listed among the alarms (until it
-    # changes; nothing to acknowledge), at this priority
+    # a bed whose rolling verdict is one of these is an alarm, at this priority
     alarm_verdicts: tuple[str, ...] = ()
     verdict_priority: str = "medium"
-    # how alarm conditions continue, re-alarm after an acknowledgement, rise unacknowledged
-    # and leave the list once over (lungwatch.alarms: continues_s, realarm_s,
-    # escalate_after_s, hold_s)
-    alarms: AlarmSettings = field(default_factory=AlarmSettings)
-    # "Pause audio" on the page silences the alarm sound this long (a new high-priority
-    # condition ends the pause at once)
-    audio_pause_s: float = 120.0
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)  # lungwatch.alarms
+    audio_pause_s: float = 120.0  # "Pause audio" silences the page this long
     cert_file: str | None = None  # PEM certificate: serve HTTPS (users' passwords encrypted)
     key_file: str | None = None  # its private key (PEM), with cert_file
-    # the site's command master key (``lungwatch access``): acknowledge commands are signed
-    # for each device with it (lungwatch.commandauth); none: sent unsigned, which devices refuse
-    # unless their commands.accept_unsigned is set
+    # the site's command master key (lungwatch access) signing acknowledges; none: unsigned
     command_key_file: str | None = None
-    # Host header names the page answers to besides the bound address, localhost and IP
-    # addresses (the public name browsers use); any other Host gets 400 (DNS rebinding)
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # Host names besides the address, localhost, IPs
     request_timeout_s: float = 10.0  # a request must arrive whole in this time; a client that
     # reads nothing of a response (an event stream too) for this long is cut off
     max_connections: int = 64  # open connections at once (each page holds one event stream)
-    # ... of them from one client address (one client cannot take every slot); behind a
-    # reverse proxy every client has the proxy's address: set it to max_connections there
-    max_connections_per_address: int = 8
-    # the client networks (CIDR, e.g. the ward workstations' VLAN 10.20.0.0/24) that may
-    # connect at all; other addresses are closed unread; none given: any address
-    allowed_clients: tuple[str, ...] = ()
+    max_connections_per_address: int = 8  # ... of them from one client address
+    allowed_clients: tuple[str, ...] = ()  # networks (CIDR) that may connect; none: any
     heartbeat_interval_s: float = 5.0  # an event-stream heartbeat this often; the page says
     # "no heartbeat" and reconnects after three missed
     stale_after_s: float = 30.0  # nothing heard this long: a device is silent, the broker stale
     probe_interval_s: float = 5.0  # a round trip through the broker this often (0: none)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # a larger MQTT message is rejected unread
     max_json_depth: int = MAX_JSON_DEPTH  # a message nested deeper is rejected unparsed
-    # the most the ward keeps (a message adding one more is rejected, reason over_limit), so
-    # topic names a publisher makes up cannot grow the view's memory without bound
     max_devices: int = 256  # devices of the site
     max_beds_per_device: int = 512  # beds (streams) of one device
     max_open_episodes_per_bed: int = 256  # open episodes of one bed
     login_max_failures: int = 5  # failed logins per user name and per client address ...
     login_window_s: float = 300.0  # ... within this long, then 429 until the oldest expires
-    # the ward's history (events, verdicts, breathing, summaries, evidence clips), kept across
-    # restarts (docs/evidence.md): an SQLite file's path, or a PostgreSQL database's
-    # postgresql:// URL (its password in a pgpass file, never in the URL); null: memory only,
-    # nothing survives a restart (edge/configs/ward.yaml sets one)
-    history_path: str | None = None
+    history_path: str | None = None  # an SQLite path or a postgresql:// URL; None: memory only
     history_days: float = 7.0  # rows older than this are deleted
     evidence_max_mb: float = 2000.0  # the clips' bound on disk (the oldest go first)
-    # a persistent MQTT session: the broker keeps the view's subscriptions and queues what it
-    # misses while it restarts (edge/configs/ward.yaml sets it); false: a clean session
-    persistent_session: bool = False
-    # its client id (each view of a site needs its own); null: lungwatch-dashboard-<site>-<h>,
-    # <h> derived from the view's broker password (no other client can guess it)
+    persistent_session: bool = False  # the broker keeps what the view misses while down
+    # one per view; null: lungwatch-dashboard-<site>-<h>, <h> derived from the view's broker
+    # password (no other client can guess it)
     client_id: str | None = None
 
     def __post_init__(self) -> None:
