@@ -169,8 +169,7 @@ class History:
     def set_alarm(
         self, device_id: str, stream_id: str, condition: str, record: dict[str, Any]
     ) -> None:
-        """An alarm condition as the view lists it now (:meth:`lungwatch.alarms.
-        AlarmCondition.record`): replaces what was kept of it."""
+        """An alarm condition's record as the view lists it now; replaces what was kept."""
         self._put("INSERT INTO alarms VALUES (?,?,?,?,?) ON CONFLICT (device_id, stream_id, "
                   "condition) DO UPDATE SET record = excluded.record, at_s = excluded.at_s",
                   (device_id, stream_id, condition, json.dumps(record), self.clock()))  # fmt: skip
@@ -267,8 +266,7 @@ class History:
         db.close()
 
     def _one_by_one(self, db: Any, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """The batch again, each row in its own transaction: only the rows that fail are
-        lost, each counted and reported."""
+        """The batch again, a transaction per row: only the rows that fail are lost."""
         for sql, row in rows:
             try:
                 with self.backend.transaction(db):

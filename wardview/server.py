@@ -215,8 +215,7 @@ class DashboardServer:
         return first_failure([self._web.failure, self._pusher.failure])
 
     def serve_until(self, stop: threading.Event, every_s: float = 1.0) -> None:
-        """Watch the view until ``stop`` is set; :class:`~lungwatch.supervision.ThreadStoppedError`
-        when it cannot go on (:meth:`failure`)."""
+        """Watch the view until ``stop`` is set; ThreadStoppedError when it cannot go on."""
         while not stop.wait(every_s):
             why = self.failure()
             if why is not None:
@@ -268,8 +267,7 @@ class DashboardServer:
             self._clients.discard(client)
 
     def _push(self) -> None:
-        """Every ``push_interval_s``: the changes to every browser; liveness, the broker
-        probe and heartbeats when due."""
+        """Every ``push_interval_s``: changes to the browsers; liveness, probe, heartbeats."""
         cfg = self.config
         next_beat_s = next_probe_s = time.monotonic()
         failed = ""
@@ -532,8 +530,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 class HostConfig(Protocol):
-    """What :func:`serve_beside` reads of the config of the process it runs in (a device's
-    runtime config: ``edge.runtime.config.RuntimeConfig``)."""
+    """What :func:`serve_beside` reads of a device's runtime config (``RuntimeConfig``)."""
 
     @property
     def site(self) -> str: ...

@@ -152,8 +152,7 @@ class Ward:
             return True
 
     def store_failed(self, why: str, reason: str = "not_stored") -> None:
-        """A thread of the view failed at something and goes on (``not_stored``,
-        ``push_error``): counted and shown like a rejected message."""
+        """A thread of the view failed at something and goes on: counted like a rejection."""
         with self.lock:
             self._reject("view", b"", reason, why)
 
@@ -575,8 +574,7 @@ class Ward:
             self._update_broker()
 
     def set_refused(self, topics: list[str]) -> None:
-        """The topics the broker refused the view (none: it granted all); while any is, the
-        broker's state is ``refused``."""
+        """The topics the broker refused the view; while any is, its state is ``refused``."""
         with self.lock:
             refused = f"not allowed to read {', '.join(topics)}" if topics else None
             if refused != self.broker["refused"]:
@@ -614,8 +612,7 @@ class Ward:
             self.save_alarms()
 
     def save_alarms(self) -> None:
-        """The alarm conditions changed since the last call to the history store, so a
-        restarted view lists them as they were."""
+        """The alarm conditions changed since the last call, to the history store."""
         with self.lock:
             self.recorder.alarms(self.book)
 
@@ -628,8 +625,7 @@ class Ward:
         self._dirty_beds.update((device.device_id, b) for b in device.beds)
 
     def _update_broker(self) -> None:
-        """``stale`` only while something is expected: the probe is on, or a device is not
-        offline."""
+        """``stale`` only while something is expected (the probe, or a device not offline)."""
         quiet_s = 0.0
         if self._connected_s is None:
             state = "disconnected"
@@ -650,8 +646,7 @@ class Ward:
 
     # -- acknowledge -------------------------------------------------------------------
     def ack_refusal(self, device_id: str, signs: bool) -> str | None:
-        """Why the device will not take an acknowledge from this view (``signs``: this view
-        signs commands), or None."""
+        """Why the device will not take an acknowledge from this view, or None."""
         with self.lock:
             device = self.devices.get(device_id)
             policy = device.commands if device is not None else None
@@ -668,8 +663,7 @@ class Ward:
         return None
 
     def acknowledgeable(self, device_id: str, stream_id: str, target: str) -> bool:
-        """The bed has an alarm condition ``target`` names (the condition, or a type or key
-        of one of its open episodes)."""
+        """The bed has an alarm condition ``target`` names (or an open episode's type/key)."""
         with self.lock:
             return self.book.find(device_id, stream_id, target) is not None
 
@@ -899,8 +893,7 @@ def _text(value: object) -> str | None:
 
 
 def _ended(event: Event) -> ListedEpisode:
-    """The end of an episode that ended while the view was away (its bed no longer holds it;
-    a latched one was acknowledged on the device)."""
+    """An episode's end while the view was away (a latched one: acknowledged on the device)."""
     detail = dict(event.detail)
     if detail.get("latched"):
         detail["ended_by"] = "acknowledge"

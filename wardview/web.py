@@ -50,8 +50,7 @@ MALFORMED = (
 
 
 class RequestError(Exception):
-    """A request the server refuses before reading it further: HTTP ``status``, the text
-    says what was wrong."""
+    """A request refused before it is read further, with its HTTP ``status``."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
