@@ -10,7 +10,8 @@ from it and the devices' retained messages bring it up to date.
 A message that cannot be used is counted per reason (:data:`~lungwatch.intake.REASONS`) and
 logged, never raised. Memory is bounded whatever names a publisher picks: topic segments are
 checked and the caps (``max_devices``, ``max_beds_per_device``, ``max_open_episodes_per_bed``)
-applied before anything is created. Thread-safe: every public method takes :attr:`Ward.lock`.
+applied before anything is created. Thread-safe: the methods other threads call take
+:attr:`Ward.lock`.
 """
 
 from __future__ import annotations
