@@ -209,15 +209,14 @@ class Intake:
                     f"respiration utc {reading.utc} is {ahead:.0f} s ahead of the gateway's "
                     f"clock (more than {MAX_AHEAD_S:g} s)"
                 )
+            fields = dataclasses.asdict(reading)
             latest = self._latest.get((device_id, stream_id))
             if latest is None or when >= latest["when"]:
-                self._latest[(device_id, stream_id)] = {**dataclasses.asdict(reading), "when": when}
+                self._latest[(device_id, stream_id)] = {**fields, "when": when}
             if not self._rate_due(device_id, stream_id, reading.state, when):
                 return "skipped"
             key = f"respiration/{self.config.site}/{device_id}/{stream_id}/{reading.utc}"
-            return self._put(
-                key, dataclasses.asdict(reading), self.bed(device_id, stream_id), "reading"
-            )
+            return self._put(key, fields, self.bed(device_id, stream_id), "reading")
         raise MessageError(f"the gateway does not read {kind!r} messages")
 
     def _status(self, device_id: str, payload: bytes) -> str:

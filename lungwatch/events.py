@@ -238,8 +238,7 @@ class Respiration:
             _check(body.get(name) is None or is_number(body[name]), name, body.get(name),
                    "null or a number", of)  # fmt: skip
         _parsed_time("utc", body.get("utc"), of)
-        ok = isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS
-        _check(ok, "reason", reason, f"text of at most {MAX_REASON_CHARS} characters", of)
+        _check_reason(reason, of)
         for key in FINDING_RATE_KEYS:
             share = body.get(key)
             ok = share is None or (is_number(share) and 0.0 <= share <= 100.0)
@@ -347,8 +346,7 @@ class Status:
         """The checked fields; EventError names the first bad one."""
         state, reason, given = body.get("state"), body.get("reason", ""), body.get("eui64")
         _check(state in ("online", "offline"), "state", state, "online or offline", "status")
-        ok = isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS
-        _check(ok, "reason", reason, f"text of at most {MAX_REASON_CHARS} characters", "status")
+        _check_reason(reason, "status")
         _parsed_time("utc", body.get("utc"), "status")
         try:
             ok = given is None or (isinstance(given, str) and eui64(given) == given)
@@ -575,6 +573,11 @@ def _validate_span(e: Event) -> None:
         end_ok = _is_int(e.end_sample) and e.end_sample >= e.start_sample  # type: ignore[operator]
         allowed = f"an integer >= start_sample {e.start_sample}"
         _check(end_ok, "end_sample", e.end_sample, allowed)
+
+
+def _check_reason(reason: object, of: str) -> None:
+    ok = isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS
+    _check(ok, "reason", reason, f"text of at most {MAX_REASON_CHARS} characters", of)
 
 
 def _parsed_time(name: str, value: object, of: str = "event") -> datetime:
