@@ -57,6 +57,7 @@ RESUME_FRACTION = 0.5  # a breath that ends an apnoea is at least this share of 
 MAX_BREATH_S = 4.0  # a breath stands over half its height for at most this long ...
 BREATH_WIDTH_FRACTION = 0.8  # ... or this share of the cycle where longer (slow breathing)
 WIDE_CONFIDENCE = 0.7  # ... where the window is this periodic (else a step of the floor)
+CUT_GAP_FRACTION = 0.55  # a hump the stream's end cuts this near the breath before: that one's
 PAIRED_GAP = 0.75  # where a cycle is two humps: a lone one this share of it from any breath counts
 MIN_PHASE_HUMPS = 8  # humps that can show phases alternating (fewer alternate by chance)
 PHASE_SEPARATION = 3.0  # their tilt in two levels this far apart (in their spread) ...
@@ -338,6 +339,11 @@ class BreathTracker:
             periodic=period is not None and confidence >= WIDE_CONFIDENCE,
         )
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
+        gap = CUT_GAP_FRACTION * self.period_s * self.rate_hz
+        if final and peaks.size >= 2 and not confirmed[-1] and peaks[-1] - peaks[-2] < gap:
+            # cut by the stream's end barely past the least gap from the breath before: that
+            # breath's expiration, whose own peak the end hides (docs/respiration.md, step 4)
+            peaks, proms, ends, confirmed = peaks[:-1], proms[:-1], ends[:-1], confirmed[:-1]
         self._count(first + peaks, first + ends, proms, confirmed, final)
         self.breathing_now = bool(peaks.size and not confirmed[-1])
         self.rising_peak = first + int(peaks[-1]) if self.breathing_now else -1

@@ -140,3 +140,25 @@ def test_slow_breathing_whose_breaths_are_long_is_counted(tmp_path: Path) -> Non
     for name, truth, got in through_the_device(SLOW, tmp_path):
         assert got["assessable"], (name, got)
         assert abs(got["breaths"] - truth.cycles) <= 1, (name, got["breaths"], truth.cycles)
+
+
+# chests whose recording ends during the last cycle's expiration, where that sound rises once
+# the inspiration has fallen: the tracker of the revision before counted it as one more breath
+# (9, 11, 21 and 25 breaths for 8, 10, 20 and 24 cycles), +1 breath/min on a one-minute
+# recording.
+CUT_BY_THE_END = [
+    Breathing(rate_bpm=8, device_rate_hz=8000, seed=2000),
+    Breathing(rate_bpm=10, device_rate_hz=8000, seed=3000),
+    Breathing(
+        rate_bpm=20, expiration_db=-2, heart_bpm=140, heart_db=6, device_rate_hz=4000, seed=7002
+    ),
+    Breathing(
+        rate_bpm=24, expiration_db=-10, heart_bpm=60, snr_db=15, device_rate_hz=2000, seed=8003
+    ),
+]
+
+
+def test_a_breath_the_recording_end_cuts_is_not_counted_twice(tmp_path: Path) -> None:
+    for name, truth, got in through_the_device(CUT_BY_THE_END, tmp_path):
+        assert got["assessable"], (name, got)
+        assert got["breaths"] == truth.cycles, (name, got["breaths"], truth.cycles)
