@@ -1,7 +1,8 @@
 """Configuration: frozen dataclasses loaded from YAML, validated once.
 
-A config class's ``__post_init__`` checks its own values with :func:`check`;
-:func:`from_mapping` checks types field by field. Every problem is one :class:`ConfigError`
+:func:`from_mapping` checks the types with pydantic (strictly, as JSON's: an integer is not
+``true``, a number not a string), then each class's ``__post_init__`` checks its own values
+with :func:`check`. Every problem is one :class:`ConfigError`
 line naming the file, the dotted key, the value and what is allowed::
 
     demo.yaml: features.n_bands must be an integer >= 1, got 0
@@ -10,14 +11,16 @@ line naming the file, the dotted key, the value and what is allowed::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from lungwatch.errors import ConfigError
 from lungwatch.private import others_may_read, read_private
@@ -25,7 +28,7 @@ from lungwatch.private import others_may_read, read_private
 T = TypeVar("T")
 
 
-class InvalidValueError(ConfigError):
+class InvalidValueError(ConfigError, ValueError):
     """Raised inside a dataclass's validation; :func:`from_mapping` prefixes the source."""
 
     def __init__(self, key: str, value: object, allowed: str) -> None:
@@ -130,7 +133,7 @@ def load_config(
 def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "<config>") -> T:
     """The dataclass ``cls`` of ``data``; errors name ``source`` and the key."""
     try:
-        return _build(cls, data, prefix="")
+        return _build(cls, data)
     except InvalidValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
@@ -170,82 +173,114 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
-    if not isinstance(data, Mapping):
-        raise InvalidValueError(prefix.rstrip(".") or "<top>", data, "a mapping of keys")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
+def _prepare(tp: Any, seen: set[Any]) -> None:
+    """Every dataclass reachable from ``tp`` refuses keys it does not have."""
+    if dataclasses.is_dataclass(tp) and tp not in seen:
+        seen.add(tp)
+        tp.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[union-attr]
+        for hint in typing.get_type_hints(tp).values():
+            _prepare(hint, seen)
+    for arg in typing.get_args(tp):
+        _prepare(arg, seen)
+
+
+@functools.cache
+def _adapter(cls: Any) -> TypeAdapter[Any]:
+    _prepare(cls, set())
+    return TypeAdapter(cls)
+
+
+def _plain(value: Any, key: str) -> None:
+    """What JSON can carry, else the key that holds something else (a YAML date, bytes)."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _plain(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _plain(item, f"{key}[{i}]")
+    elif value is not None and not isinstance(value, str | int | float):
         raise InvalidValueError(
-            prefix + str(unknown[0]), data[unknown[0]], f"one of {sorted(fields)}"
+            key or "<top>", value, "a number, string, true/false, list or mapping"
         )
-    kwargs = {name: _convert(hints[name], data[name], prefix + name) for name in data}
+
+
+def _build(cls: type[T], data: Any) -> T:
+    """``cls`` of ``data``, types checked strictly as JSON's (an integer is not true, a
+    number not a string), then each dataclass's ``__post_init__``; the first problem as one
+    :class:`InvalidValueError` naming the dotted key."""
+    if not isinstance(data, Mapping):
+        raise InvalidValueError("<top>", data, "a mapping of keys")
+    _plain(data, "")
     try:
-        return cls(**kwargs)
-    except InvalidValueError as exc:
-        raise InvalidValueError(prefix + exc.key, exc.value, exc.allowed) from None
-    except TypeError:  # a required key is missing
-        missing = [n for n, f in fields.items() if n not in data and _is_required(f)]
-        if missing:
-            raise InvalidValueError(prefix + missing[0], None, "given (required key)") from None
-        raise
+        built: T = _adapter(cast(Hashable, cls)).validate_json(json.dumps(data), strict=True)
+        return built
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)  # a missing key is told after a wrong one
+        first = min(errors, key=lambda e: e["type"].startswith("missing"))
+        raise _problem(cls, first, data) from None
 
 
-def _is_required(f: dataclasses.Field[Any]) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")  # type: ignore[arg-type]
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        check(value in allowed, key, value, "one of " + ", ".join(map(repr, allowed)))
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            check(len(args) < len(typing.get_args(tp)), key, value, "given (not null)")
-            return None
-        return _convert(args[0], value, key)
-    if origin is tuple:
-        item_type = typing.get_args(tp)[0]
-        check(isinstance(value, list | tuple), key, value, "a list")
-        return tuple(_convert(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
-    return _SCALARS.get(tp, _any)(value, key)
-
-
-def _to_int(value: Any, key: str) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    check(ok, key, value, "an integer")
-    return int(value)
-
-
-def _to_float(value: Any, key: str) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    check(ok, key, value, "a number")
-    return float(value)
-
-
-def _to_str(value: Any, key: str) -> str:
-    check(isinstance(value, str), key, value, "a string")
-    return str(value)
-
-
-def _to_bool(value: Any, key: str) -> bool:
-    check(isinstance(value, bool), key, value, "true or false")
-    return bool(value)
-
-
-def _any(value: Any, key: str) -> Any:
-    return value
-
-
-_SCALARS: dict[Any, Callable[[Any, str], Any]] = {
-    int: _to_int,
-    float: _to_float,
-    str: _to_str,
-    bool: _to_bool,
+_WANTED = {
+    "int": "an integer",
+    "float": "a number",
+    "string": "a string",
+    "bool": "true or false",
+    "tuple": "a list",
+    "list": "a list",
+    "dataclass": "a mapping of keys",
+    "dict": "a mapping of keys",
 }
+
+
+def _problem(cls: Any, error: Mapping[str, Any], data: Any) -> InvalidValueError:
+    loc, kind, value = error["loc"], error["type"], error.get("input")
+    if kind.startswith("missing") and loc and isinstance(loc[-1], int):
+        loc, kind = loc[:-1], "too_short"  # a fixed-length list one item short
+    if kind in ("too_short", "too_long"):
+        value = functools.reduce(lambda node, part: node[part], loc, data)
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    key = key.lstrip(".")
+    inner = error.get("ctx", {}).get("error")
+    if isinstance(inner, ConfigError) and not isinstance(inner, InvalidValueError):
+        raise inner  # a check that words its own message (an age band's choices)
+    if isinstance(inner, InvalidValueError):
+        return InvalidValueError(f"{key}.{inner.key}" if key else inner.key, inner.value,
+                                 inner.allowed)  # fmt: skip
+    tp = _type_at(cls, loc)
+    if kind.startswith("missing"):
+        return InvalidValueError(key, None, "given (required key)")
+    if kind == "unexpected_keyword_argument":
+        owner = _type_at(cls, loc[:-1])
+        return InvalidValueError(
+            key, value, f"one of {sorted(f.name for f in dataclasses.fields(owner))}"
+        )
+    if typing.get_origin(tp) is Literal:
+        return InvalidValueError(key, value, "one of " + ", ".join(map(repr, typing.get_args(tp))))
+    if kind in ("too_short", "too_long"):
+        return InvalidValueError(key, value, f"a list of {len(typing.get_args(tp))}")
+    wanted = _WANTED.get(kind.split("_")[0]) or str(error["msg"]).lower()
+    return InvalidValueError(key or "<top>", value, wanted)
+
+
+def _type_at(tp: Any, loc: Sequence[Any]) -> Any:
+    """The type a config class gives the value at ``loc`` (a pydantic error's location)."""
+    for part in loc:
+        args = typing.get_args(_unwrap(tp))
+        if isinstance(part, int):  # a tuple's item
+            tp = (
+                args[0]
+                if len(args) == 2 and args[1] is Ellipsis
+                else args[min(part, len(args) - 1)]
+            )
+        elif dataclasses.is_dataclass(_unwrap(tp)):
+            tp = typing.get_type_hints(_unwrap(tp)).get(part, Any)
+        else:  # a mapping's value
+            tp = args[-1] if args else Any
+    return _unwrap(tp)
+
+
+def _unwrap(tp: Any) -> Any:
+    """``X`` of ``X | None``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp

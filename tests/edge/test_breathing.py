@@ -304,7 +304,7 @@ def test_the_fallback_band_follows_and_leaves_the_breath_bands_alarms_alone() ->
         ({"apnoea_s": 1}, "apnoea_s must be a number >= 5 (seconds) or null"),
         ({"breath_band_hz": [900, 100]}, "breath_band_hz must be [low, high]"),
         ({"fallback_band_hz": [900, 100]}, "fallback_band_hz must be [low, high]"),
-        ({"fallback_band_hz": [80]}, "fallback_band_hz must be [low, high]"),
+        ({"fallback_band_hz": [80]}, "fallback_band_hz must be a list of 2, got [80]"),
     ],
 )
 def test_config_errors_name_the_key(values: dict[str, object], message: str) -> None:
