@@ -130,12 +130,16 @@ def load_config(
     return from_mapping(cls, data, source=source)
 
 
-def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "<config>") -> T:
-    """The dataclass ``cls`` of ``data``; errors name ``source`` and the key."""
+def from_mapping(
+    cls: type[T], data: Mapping[str, Any], source: str = "<config>", prefix: str = ""
+) -> T:
+    """The dataclass ``cls`` of ``data``; errors name ``source`` and the key (under ``prefix``,
+    where ``data`` is a section of a larger file)."""
     try:
         return _build(cls, data)
     except InvalidValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        key = f"{prefix}.{exc.key}" if prefix and exc.key != "<top>" else prefix or exc.key
+        raise ConfigError(f"{source}: {key} must be {exc.allowed}, got {exc.value!r}") from None
 
 
 def to_mapping(obj: Any) -> dict[str, Any]:

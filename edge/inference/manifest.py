@@ -5,7 +5,8 @@
     verify_file(manifest, Path("models/sed/model.int8.onnx"))   # ManifestError if it changed
 
 One ``manifest.json`` per model folder covers every artifact in it; this module only reads
-and checks it, in standard-library code, so the device needs neither torch nor onnx. Every
+and checks it (the rules with their config dataclasses), so the device needs neither torch
+nor onnx. Every
 key: docs/export.md, "manifest.json (schema version 2)"; the streaming model it describes:
 docs/runtime.md, "The streaming model".
 """
@@ -18,11 +19,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
-from edge.bed.rules import PhaseRule
+from edge.bed.rules import ClassThreshold, PhaseRule
 from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
-from lungwatch.config import json_object
+from lungwatch.config import from_mapping, json_object
 from lungwatch.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 
 SCHEMA_VERSION = 2  # 1 was the window classifier's (retired)
@@ -35,6 +36,7 @@ INPUT_NAME = "features"
 HASH_PREVIEW_CHARS = 12  # hex characters of a sha256 shown in messages
 READ_CHUNK_BYTES = 1 << 20
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+T = TypeVar("T")
 
 
 class ManifestError(LungwatchError):
@@ -324,6 +326,14 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _rule(path: Path, cls: type[T], value: Any, key: str) -> T:
+    """A rule of the manifest as its config dataclass; errors name the file and the key."""
+    try:
+        return from_mapping(cls, value, source=str(path), prefix=key)
+    except ConfigError as exc:
+        raise ManifestError(str(exc)) from None
+
+
 def _detector_rules(
     path: Path, data: Mapping[str, Any], outputs: tuple[str, ...]
 ) -> tuple[Mapping[str, Any], ...]:
@@ -334,19 +344,10 @@ def _detector_rules(
     if not isinstance(rules, list):
         _fail(path, "detector.thresholds", rules, "a list of per-class rules")
     for i, rule in enumerate(rules):
-        ok = (
-            isinstance(rule, dict)
-            and set(rule) == set(RULE_KEYS)
-            and rule["type"] in outputs
-            and all(_number(rule[k]) for k in RULE_KEYS[1:])
-        )
-        if not ok:
-            _fail(
-                path,
-                f"detector.thresholds[{i}]",
-                rule,
-                f"a mapping of {', '.join(RULE_KEYS)} naming one of the outputs {list(outputs)}",
-            )
+        key = f"detector.thresholds[{i}]"
+        _rule(path, ClassThreshold, rule, key)
+        if set(rule) != set(RULE_KEYS) or rule["type"] not in outputs:
+            _fail(path, key, rule, f"a rule of {', '.join(RULE_KEYS)} for one of {list(outputs)}")
     return tuple(rules)
 
 
@@ -355,31 +356,15 @@ def _detector_findings(path: Path, data: Mapping[str, Any]) -> Mapping[str, Any]
     found = block.get("findings") if isinstance(block, dict) else None
     if found is None:
         return None
-    from edge.bed.findings import HELD_FAMILIES, RULE_KEYS, RecurrenceRule
+    from edge.bed.findings import HELD_FAMILIES, RecurrenceRule
 
-    ok = isinstance(found, dict) and set(found) <= set(HELD_FAMILIES)
-    for rule in found.values() if ok else ():
-        ok = ok and isinstance(rule, dict) and set(rule) <= set(RULE_KEYS)
-        ok = ok and all(v is None or _number(v) for v in rule.values())
-        if ok:
-            try:
-                RecurrenceRule(**rule)
-            except (ConfigError, TypeError):
-                ok = False
-    if not ok:
+    if not isinstance(found, dict) or not set(found) <= set(HELD_FAMILIES):
         _fail(
-            path,
-            "detector.findings",
-            found,
-            f"a mapping of {' / '.join(HELD_FAMILIES)} to rules of {', '.join(RULE_KEYS)} "
-            "(events a whole number >= 1, within_s and resolve_s numbers >= 0)",
+            path, "detector.findings", found, f"a mapping of {' / '.join(HELD_FAMILIES)} to rules"
         )
+    for family, rule in found.items():
+        _rule(path, RecurrenceRule, rule, f"detector.findings.{family}")
     return found
-
-
-PHASE_KEYS = ("on_threshold", "off_threshold", "min_phase_ms", "output")
-# absent in older manifests: 0, none, none, and PhaseRule's box_filter_ms and box_merge
-PHASE_OPTIONAL_KEYS = ("lead_ms", "frame_classes", "box_classes", "box_filter_ms", "box_merge")
 
 
 def _detector_phases(
@@ -389,42 +374,11 @@ def _detector_phases(
     phases = block.get("phases") if isinstance(block, dict) else None
     if phases is None:
         return None
-    rule = None
-    framed: Any = phases.get("frame_classes", []) if isinstance(phases, dict) else None
-    boxed: Any = phases.get("box_classes", []) if isinstance(phases, dict) else None
-    numbers = (*PHASE_KEYS[:3], "lead_ms", "box_filter_ms", "box_merge")
-    if (
-        isinstance(phases, dict)
-        and set(PHASE_KEYS) <= set(phases) <= set(PHASE_KEYS) | set(PHASE_OPTIONAL_KEYS)
-        and phases["output"] in outputs
-        and all(_number(phases[k]) for k in numbers if k in phases)
-        and isinstance(framed, list)
-        and isinstance(boxed, list)
-        and all(name in outputs for name in (*framed, *boxed))
-    ):
-        try:  # the numbers and the class lists are checked by the rule itself
-            rule = PhaseRule(
-                float(phases["on_threshold"]),
-                float(phases["off_threshold"]),
-                float(phases["min_phase_ms"]),
-                str(phases["output"]),
-                float(phases.get("lead_ms", 0.0)),
-                tuple(str(name) for name in framed),
-                tuple(str(name) for name in boxed),
-                **{k: float(phases[k]) for k in ("box_filter_ms", "box_merge") if k in phases},
-            )
-        except ConfigError:
-            rule = None
-    if rule is None:
-        _fail(
-            path,
-            "detector.phases",
-            phases,
-            f"a mapping of {', '.join(PHASE_KEYS)} and optionally {', '.join(PHASE_OPTIONAL_KEYS)} "
-            "(0 < off <= on < 1, min_phase_ms >= 0, lead_ms >= 0, frame_classes and box_classes "
-            "lists of outputs in neither list twice, box_filter_ms > 0, 0 <= box_merge <= 1) "
-            f"naming one of the outputs {list(outputs)}",
-        )
+    rule = _rule(path, PhaseRule, phases, "detector.phases")
+    for key, names in (("output", (rule.output,)), ("frame_classes", rule.frame_classes),
+                       ("box_classes", rule.box_classes)):  # fmt: skip
+        if any(name not in outputs for name in names):
+            _fail(path, f"detector.phases.{key}", phases[key], f"among the outputs {list(outputs)}")
     return rule
 
 

@@ -87,23 +87,23 @@ def test_box_classes_are_read_with_their_filter_and_default_without(folder, tmp_
          "quality must be"),
         (lambda d: d["detector"].__setitem__("phases", {
             "on_threshold": 0.3, "off_threshold": 0.5, "min_phase_ms": 0, "output": "Breath"}),
-         "detector.phases must be"),
+         "detector.phases.off_threshold must be in (0, on_threshold=0.3]"),
         (lambda d: d["detector"].__setitem__("phases", {
             "on_threshold": 0.6, "off_threshold": 0.5, "min_phase_ms": 0, "output": "Phase"}),
-         "detector.phases must be"),
+         "detector.phases.output must be among the outputs"),
         (lambda d: d["detector"].__setitem__("phases", {**PHASES, "lead_ms": -40}),
-         "detector.phases must be"),
+         "detector.phases.lead_ms must be a number >= 0"),
         (lambda d: d["detector"].__setitem__("phases", {**PHASES, "lead_ms": "40"}),
-         "detector.phases must be"),
+         "detector.phases.lead_ms must be a number, got '40'"),
         (lambda d: d["detector"].__setitem__("phases", {**PHASES, "lag_ms": 40}),
-         "detector.phases must be"),
+         "detector.phases.lag_ms must be one of"),
         (lambda d: d["detector"].__setitem__("phases", {**PHASES, "box_classes": ["Whistle"]}),
-         "detector.phases must be"),
+         "detector.phases.box_classes must be among the outputs"),
         (lambda d: d["detector"].__setitem__("phases", {
             **PHASES, "box_classes": ["Wheeze"], "frame_classes": ["Wheeze"]}),
-         "detector.phases must be"),
+         "detector.phases.box_classes must be classes not also in frame_classes"),
         (lambda d: d["detector"].__setitem__("phases", {**PHASES, "box_filter_ms": 0}),
-         "detector.phases must be"),
+         "detector.phases.box_filter_ms must be a number > 0"),
     ],
 )  # fmt: skip
 def test_manifest_errors_name_the_file_and_key(folder, tmp_path, edit, message) -> None:
