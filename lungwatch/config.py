@@ -37,6 +37,13 @@ class InvalidValueError(ConfigError, ValueError):
         self.value = value
         self.allowed = allowed
 
+    def under(self, prefix: str) -> InvalidValueError:
+        """The same problem with its key inside the section ``prefix`` ("": as it is)."""
+        if not prefix:
+            return self
+        return InvalidValueError(prefix if self.key == "<top>" else f"{prefix}.{self.key}",
+                                 self.value, self.allowed)  # fmt: skip
+
 
 def check(ok: bool, key: str, value: object, allowed: str) -> None:
     if not ok:
@@ -138,8 +145,7 @@ def from_mapping(
     try:
         return _build(cls, data)
     except InvalidValueError as exc:
-        key = f"{prefix}.{exc.key}" if prefix and exc.key != "<top>" else prefix or exc.key
-        raise ConfigError(f"{source}: {key} must be {exc.allowed}, got {exc.value!r}") from None
+        raise ConfigError(f"{source}: {exc.under(prefix)}") from None
 
 
 def to_mapping(obj: Any) -> dict[str, Any]:
@@ -248,11 +254,10 @@ def _problem(cls: Any, error: Mapping[str, Any], data: Any) -> InvalidValueError
     if isinstance(inner, ConfigError) and not isinstance(inner, InvalidValueError):
         raise inner  # a check that words its own message (an age band's choices)
     if isinstance(inner, InvalidValueError):
-        return InvalidValueError(f"{key}.{inner.key}" if key else inner.key, inner.value,
-                                 inner.allowed)  # fmt: skip
-    tp = _type_at(cls, loc)
+        return inner.under(key)
     if kind.startswith("missing"):
         return InvalidValueError(key, None, "given (required key)")
+    tp = _type_at(cls, loc)
     if kind == "unexpected_keyword_argument":
         owner = _type_at(cls, loc[:-1])
         return InvalidValueError(

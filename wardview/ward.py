@@ -382,7 +382,18 @@ class Ward:
             raise MessageError(f"summary must be for {stream_id!r} and list its open alarms")
         _, bed = self._place(device_id, stream_id)
         bed.name, bed.location = _text(body.get("name")), _text(body.get("location"))
-        rows = open_rows(body)
+        self._list_open(device_id, stream_id, bed, open_rows(body))
+        self.recorder.summary(device_id, stream_id, body)
+
+    def _withdraw_summary(self, device_id: str, stream_id: str) -> None:
+        bed = self.devices[device_id].beds.get(stream_id) if device_id in self.devices else None
+        if bed is not None:  # the stream ended: the device holds none of its alarms
+            self._list_open(device_id, stream_id, bed, {})
+
+    def _list_open(
+        self, device_id: str, stream_id: str, bed: Bed, rows: dict[str, dict[str, Any]]
+    ) -> None:
+        """The bed's open alarms as its summary now lists them (``rows``)."""
         before, bed.summary_open = bed.summary_open, rows
         now = self.clock()
         # what is over first (an acknowledged apnoea's end before a new one it lists)
@@ -398,26 +409,8 @@ class Ward:
             if episode_id not in bed.open and episode_id not in before:
                 self.book.take(listed_episode(device_id, stream_id, row, "ongoing"), now)
         self.book.release_held(device_id, stream_id)  # what a restored alarm held and is gone
-        self.recorder.summary(device_id, stream_id, body)
         self._dirty_beds.add((device_id, stream_id))
         self._dirty_alarms = True
-
-    def _withdraw_summary(self, device_id: str, stream_id: str) -> None:
-        bed = self.devices[device_id].beds.get(stream_id) if device_id in self.devices else None
-        if bed is not None:
-            now = self.clock()
-            for episode_id, row in bed.summary_open.items():
-                if episode_id not in bed.open:
-                    self.book.take(listed_episode(device_id, stream_id, row, "ended"), now)
-            bed.summary_open = {}
-            for episode_id in bed.restored:  # the stream ended: the device holds none of them
-                event = bed.open.pop(episode_id, None)
-                if event is not None:
-                    self.book.take(_ended(event), now)
-            bed.restored = set()
-            self.book.release_held(device_id, stream_id)
-            self._dirty_beds.add((device_id, stream_id))
-            self._dirty_alarms = True
 
     def _evidence(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
         if (body.get("device_id"), body.get("stream_id")) != (device_id, stream_id):
@@ -701,8 +694,8 @@ class Ward:
                 row["ack_sent"] = sent is not None and row["latched"]
                 # how long the device has not confirmed it (a device that refuses commands,
                 # e.g. without commands.key_file, never does: the page says so)
-                waiting = self.clock() - sent if sent is not None and row["ack_sent"] else None
-                row["ack_waiting_s"] = None if waiting is None else round(waiting, 1)
+                late = round(self.clock() - sent, 1) if sent is not None else None
+                row["ack_waiting_s"] = late if row["ack_sent"] else None
                 row["evidence"] = row["clip_episode_id"] is not None
             rows += self._verdict_alarms()
             for row in rows:

@@ -339,8 +339,8 @@ class BreathTracker:
             periodic=period is not None and confidence >= WIDE_CONFIDENCE,
         )
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
-        gap = CUT_GAP_FRACTION * self.period_s * self.rate_hz
-        if final and peaks.size >= 2 and not confirmed[-1] and peaks[-1] - peaks[-2] < gap:
+        cut = final and peaks.size >= 2 and not confirmed[-1]
+        if cut and peaks[-1] - peaks[-2] < CUT_GAP_FRACTION * self.period_s * self.rate_hz:
             # cut by the stream's end barely past the least gap from the breath before: that
             # breath's expiration, whose own peak the end hides (docs/respiration.md, step 4)
             peaks, proms, ends, confirmed = peaks[:-1], proms[:-1], ends[:-1], confirmed[:-1]
