@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import NonNegativeFloat, PositiveInt
 
 from demo.subscriber import Subscriber
 from edge.audio import read_audio
@@ -41,7 +42,7 @@ from edge.runtime.loop import (
     setup_logging,
 )
 from lungwatch.cli import ArgumentParser
-from lungwatch.config import check, load_config
+from lungwatch.config import Settings, check, load_config
 from lungwatch.errors import AnnotationError, LungwatchError
 from lungwatch.events import FINDING_TYPES, PHYSIOLOGICAL_TYPES
 from lungwatch.labels import NORMAL, sound_class
@@ -64,14 +65,14 @@ class DemoError(LungwatchError):
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(Settings):
     """``demo/demo.yaml`` (every key is commented there)."""
 
     records: tuple[str, ...] = DEFAULT_RECORDS
     examples_dir: str = "examples"
     realtime: bool = False
-    chunk_samples: int = 800
-    max_run_s: float = 0.0
+    chunk_samples: PositiveInt = 800
+    max_run_s: NonNegativeFloat = 0.0
     out_dir: str = "out/demo"
     broker: str | None = None
     delivery_timeout_s: float = 10.0
@@ -86,8 +87,6 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         check(len(self.records) >= 1, "records", self.records, "a list of at least one record")
-        check(self.chunk_samples >= 1, "chunk_samples", self.chunk_samples, "an integer >= 1")
-        check(self.max_run_s >= 0, "max_run_s", self.max_run_s, "a number >= 0 (0: no limit)")
         ok = self.delivery_timeout_s > 0
         check(ok, "delivery_timeout_s", self.delivery_timeout_s, "a number > 0")
         check(self.broker is None or _is_address(self.broker), "broker", self.broker, "HOST:PORT")

@@ -14,10 +14,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, PositiveFloat
 
 from deploy.errors import HealthError
-from lungwatch.config import check
+from lungwatch.config import Settings, check
 from lungwatch.errors import LungwatchError
 from lungwatch.events import parse_utc
 
@@ -26,23 +28,21 @@ RETRY_S = 0.5  # between connection attempts
 
 
 @dataclass(frozen=True)
-class BrokerConfig:
+class BrokerConfig(Settings):
     """The broker the workstation reads the device's retained status from (the inventory's
     ``lungwatch_health_broker``)."""
 
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: Annotated[int, Field(gt=0, lt=65536)] = 1883
     tls: bool = False  # TLS with the system CAs, or ca_file
     ca_file: str | None = None  # PEM CA that signed the broker's certificate
     username: str | None = None
     password_env: str | None = None  # environment variable holding the password
-    timeout_s: float = 60.0  # how long to wait for the status ``online``
+    timeout_s: PositiveFloat = 60.0  # how long to wait for the status ``online``
 
     def __post_init__(self) -> None:
         check(bool(self.host) and not any(c.isspace() for c in self.host), "host", self.host,
               "a host name or address")  # fmt: skip
-        check(0 < self.port < 65536, "port", self.port, "an integer in 1..65535")
-        check(self.timeout_s > 0, "timeout_s", self.timeout_s, "a number > 0")
         ok = self.password_env is None or self.username is not None
         check(ok, "password_env", self.password_env, "set together with username")
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from pydantic import Field, NonNegativeFloat
 
 from gateway.hl7 import Bed, Sender, plain
 from gateway.outbox import CourierConfig
 from lungwatch.alarms import AlarmSettings
-from lungwatch.config import check, read_secret_line
+from lungwatch.config import Settings, check, read_secret_line
 from lungwatch.equipment import eui64, host_eui64
 from lungwatch.events import is_segment
 from lungwatch.hosts import is_loopback
@@ -19,11 +22,11 @@ PROCESSING_IDS = ("P", "T", "D")
 
 
 @dataclass(frozen=True)
-class Hl7Config:
+class Hl7Config(Settings):
     """The receiver (host, port), MSH's applications and facilities, and how to retry."""
 
     host: str
-    port: int = 2575
+    port: Annotated[int, Field(gt=0, lt=65536)] = 2575
     sending_application: str = "LUNGWATCH"
     sending_facility: str = ""
     receiving_application: str = ""
@@ -31,14 +34,13 @@ class Hl7Config:
     processing_id: str = "P"
     # the gateway's IEEE EUI-64 (or its MAC) in MSH-3; left out: its host's, from its MAC
     sending_eui64: str | None = None
-    ack_timeout_s: float = 10.0
+    ack_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
     max_refusals: int = 5
 
     def __post_init__(self) -> None:
         check(bool(self.host), "host", self.host, "the receiver's host name")
-        check(0 < self.port < 65536, "port", self.port, "an integer in 1..65535")
         for name in ("sending_application", "sending_facility", "receiving_application",
                      "receiving_facility"):  # fmt: skip
             value = getattr(self, name)
@@ -51,7 +53,6 @@ class Hl7Config:
                 eui64(self.sending_eui64)
             except ValueError as exc:
                 check(False, "sending_eui64", self.sending_eui64, str(exc))
-        check(0 < self.ack_timeout_s <= 300, "ack_timeout_s", self.ack_timeout_s, "in (0, 300]")
         _check_retries(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
 
     @property
@@ -74,12 +75,12 @@ def _check_retries(backoff_min_s: float, backoff_max_s: float, max_refusals: int
 
 
 @dataclass(frozen=True)
-class FhirConfig:
+class FhirConfig(Settings):
     """A FHIR R4 server, its optional bearer token (a 0600 file), retries and queue."""
 
     base_url: str
     token_file: str | None = None
-    timeout_s: float = 10.0
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
     max_refusals: int = 5
@@ -94,7 +95,6 @@ class FhirConfig:
               "base_url", self.base_url, "an http(s) URL of the FHIR server's base")  # fmt: skip
         check(url.scheme == "https" or is_loopback(url.hostname or ""), "base_url",
               self.base_url, "https (plain http only to this machine)")  # fmt: skip
-        check(0 < self.timeout_s <= 300, "timeout_s", self.timeout_s, "in (0, 300]")
         _check_retries(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
         check(bool(self.queue), "queue", self.queue, "a file path")
         system = urllib.parse.urlsplit(self.patient_system)
@@ -132,14 +132,15 @@ class BedEntry:
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
+class GatewayConfig(Settings):
     site: str
     hl7: Hl7Config | None = None  # HL7 v2.6 over MLLP (PCD-01)
     fhir: FhirConfig | None = None  # FHIR R4 Observations
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     queue: str = "state/gateway.sqlite"  # the HL7 messages' queue
-    rate_every_s: float = 60.0  # a bed's rate at most this often while its state holds
-    max_beds_per_device: int = 64  # a device's messages for more beds than this are refused
+    rate_every_s: NonNegativeFloat = 60.0  # a bed's rate at most this often while its state holds
+    # a device's messages for more beds than this are refused
+    max_beds_per_device: Annotated[int, Field(ge=1, le=4096)] = 64
     beds: tuple[BedEntry, ...] = ()
     # the rules of the alarm conditions reported as PCD-04: give the site's ward view's values
     alarms: AlarmSettings = field(default_factory=AlarmSettings)
@@ -152,9 +153,6 @@ class GatewayConfig:
         check(self.hl7 is not None or self.fhir is not None, "hl7", None,
               "given, or fhir given (where the gateway sends to)")  # fmt: skip
         check(bool(self.queue), "queue", self.queue, "a file path")
-        check(self.rate_every_s >= 0, "rate_every_s", self.rate_every_s, ">= 0")
-        check(1 <= self.max_beds_per_device <= 4096, "max_beds_per_device",
-              self.max_beds_per_device, "in [1, 4096]")  # fmt: skip
         seen = [(b.device_id, b.stream_id) for b in self.beds]
         twice = next((s for s in seen if seen.count(s) > 1), None)
         check(twice is None, "beds", twice, "each device_id/stream_id once")

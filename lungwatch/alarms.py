@@ -18,7 +18,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from lungwatch.config import check
+from pydantic import NonNegativeFloat
+
+from lungwatch.config import Settings
 from lungwatch.events import is_segment
 from lungwatch.labels import FAMILY, FINDING_CLASS, family_of
 
@@ -142,21 +144,17 @@ def condition_text(condition: str) -> str:
 
 
 @dataclass(frozen=True)
-class AlarmSettings:
+class AlarmSettings(Settings):
     """How conditions continue, re-alarm, rise and leave; seconds."""
 
-    realarm_s: float = 600.0  # acknowledged and continuing: a new episode this long after sounds
-    escalate_after_s: float = 300.0  # unacknowledged this long: one priority up (0: never)
-    hold_s: float = 0.0  # acknowledged and over: listed this long (then gone)
-    continues_s: float = 60.0  # below high priority: an episode this soon after the last one's
+    # acknowledged and continuing: a new episode this long after sounds
+    realarm_s: NonNegativeFloat = 600.0
+    # unacknowledged this long: one priority up (0: never)
+    escalate_after_s: NonNegativeFloat = 300.0
+    hold_s: NonNegativeFloat = 0.0  # acknowledged and over: listed this long (then gone)
+    # below high priority: an episode this soon after the last one's
+    continues_s: NonNegativeFloat = 60.0
     #                            end continues its condition (high: none, a new condition)
-
-    def __post_init__(self) -> None:
-        check(self.realarm_s >= 0, "realarm_s", self.realarm_s, "a number >= 0 (seconds)")
-        check(self.escalate_after_s >= 0, "escalate_after_s", self.escalate_after_s,
-              "a number >= 0 (seconds; 0: never)")  # fmt: skip
-        check(self.hold_s >= 0, "hold_s", self.hold_s, "a number >= 0 (seconds)")
-        check(self.continues_s >= 0, "continues_s", self.continues_s, "a number >= 0 (seconds)")
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Configuration: frozen dataclasses loaded from YAML, validated once.
 
 :func:`from_mapping` checks the types with pydantic (strictly, as JSON's: an integer is not
-``true``, a number not a string), then each class's ``__post_init__`` checks its own values
-with :func:`check`. Every problem is one :class:`ConfigError`
+``true``, a number not a string) and the bounds fields declare (``Annotated[float,
+Field(gt=0)]``: :class:`Settings`), then each class's ``__post_init__`` checks what relates its
+fields with :func:`check`. Every problem is one :class:`ConfigError`
 line naming the file, the dotted key, the value and what is allowed::
 
     demo.yaml: features.n_bands must be an integer >= 1, got 0
@@ -13,14 +14,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from lungwatch.errors import ConfigError
 from lungwatch.private import others_may_read, read_private
@@ -48,6 +51,90 @@ class InvalidValueError(ConfigError, ValueError):
 def check(ok: bool, key: str, value: object, allowed: str) -> None:
     if not ok:
         raise InvalidValueError(key, value, allowed)
+
+
+Share = Annotated[float, Field(ge=0, le=1)]  # a share or a probability
+
+
+class Settings:
+    """A config dataclass's base: the bounds its fields declare (``Annotated[float,
+    Field(gt=0)]``) hold on every construction, checked before its own ``__post_init__``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own: Callable[[Any], None] | None = cls.__dict__.get("__post_init__")
+        if own is None and hasattr(cls, "__post_init__"):
+            return  # an inherited one checks type(self)'s bounds already
+
+        def post_init(self: Any) -> None:
+            for name, hint, bounds in _bounded_fields(cast(Hashable, type(self))):
+                value = getattr(self, name)
+                if value is not None and not _within(value, bounds):
+                    raise InvalidValueError(name, value, _bounds_text(hint))
+            if own is not None:
+                own(self)
+
+        cls.__post_init__ = post_init  # type: ignore[attr-defined]
+
+
+_OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _bounds(hint: Any) -> tuple[type, dict[str, Any]] | None:
+    """(the type, its ``gt``/``ge``/``lt``/``le`` bounds) of ``Annotated[T, Field(...)]``, also
+    inside ``| None``; None for a field without bounds."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(filter(None, map(_bounds, typing.get_args(hint))), None)
+    if typing.get_origin(hint) is not Annotated:
+        return None
+    base, *extras = typing.get_args(hint)
+    found = {}
+    for extra in extras:
+        for item in extra.metadata if isinstance(extra, FieldInfo) else [extra]:
+            found.update({k: getattr(item, k) for k in _OPS if hasattr(item, k)})
+    return (base, found) if found else None
+
+
+@functools.cache
+def _bounded_fields(cls: Hashable) -> list[tuple[str, Any, dict[str, Any]]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    found = [
+        (f.name, hints[f.name], _bounds(hints[f.name])) for f in dataclasses.fields(cast(Any, cls))
+    ]
+    return [(name, hint, bounds[1]) for name, hint, bounds in found if bounds]
+
+
+def _within(value: Any, b: dict[str, Any]) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return not (("gt" in b and value <= b["gt"]) or ("ge" in b and value < b["ge"])
+                or ("lt" in b and value >= b["lt"]) or ("le" in b and value > b["le"]))  # fmt: skip
+
+
+def _num(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _bounds_text(hint: Any) -> str:
+    """``a number > 0``, ``an integer in [1, 100] or null``: what a bounded field takes."""
+    bounds = _bounds(hint)
+    if bounds is None:
+        return "a finite number"
+    base, b = bounds
+    if base is int:  # an integer > 0 is one >= 1
+        b = {
+            {"gt": "ge", "lt": "le"}.get(k, k): v + (k == "gt") - (k == "lt") for k, v in b.items()
+        }
+    lo = next(((k, b[k]) for k in ("gt", "ge") if k in b), None)
+    hi = next(((k, b[k]) for k in ("lt", "le") if k in b), None)
+    if lo and hi:
+        left, right = "([" [lo[0] == "ge"], ")]" [hi[0] == "le"]  # fmt: skip
+        text = f"in {left}{_num(lo[1])}, {_num(hi[1])}{right}"
+    else:
+        key, value = cast(tuple[str, Any], lo or hi)
+        text = f"{_OPS[key]} {_num(value)}"
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return f"{'an integer' if base is int else 'a number'} {text}" + " or null" * optional
 
 
 def read_secret_line(path: str | Path, what: str) -> str:
@@ -187,7 +274,7 @@ def _prepare(tp: Any, seen: set[Any]) -> None:
     """Every dataclass reachable from ``tp`` refuses keys it does not have."""
     if dataclasses.is_dataclass(tp) and tp not in seen:
         seen.add(tp)
-        tp.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[union-attr]
+        tp.__pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[union-attr]
         for hint in typing.get_type_hints(tp).values():
             _prepare(hint, seen)
     for arg in typing.get_args(tp):
@@ -230,6 +317,8 @@ def _build(cls: type[T], data: Any) -> T:
         raise _problem(cls, first, data) from None
 
 
+_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                 "finite_number")  # fmt: skip
 _WANTED = {
     "int": "an integer",
     "float": "a number",
@@ -257,6 +346,9 @@ def _problem(cls: Any, error: Mapping[str, Any], data: Any) -> InvalidValueError
         return inner.under(key)
     if kind.startswith("missing"):
         return InvalidValueError(key, None, "given (required key)")
+    if kind in _BOUND_ERRORS and isinstance(loc[-1], str):
+        hint = typing.get_type_hints(_type_at(cls, loc[:-1]), include_extras=True)[loc[-1]]
+        return InvalidValueError(key, value, _bounds_text(hint))
     tp = _type_at(cls, loc)
     if kind == "unexpected_keyword_argument":
         owner = _type_at(cls, loc[:-1])

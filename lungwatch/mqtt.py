@@ -13,9 +13,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from lungwatch.config import check, read_secret_line
+from pydantic import Field
+
+from lungwatch.config import Settings, check, read_secret_line
 from lungwatch.errors import LungwatchError
 from lungwatch.events import TOPIC_ROOT, check_segment, is_segment
 from lungwatch.hosts import is_loopback
@@ -26,11 +28,11 @@ DEFAULT_MAX_EVENTS = 100_000  # a device's spool: events kept while the broker i
 
 
 @dataclass(frozen=True)
-class MqttConfig:
+class MqttConfig(Settings):
     """How the device reaches its broker, and the spool that stands in while it cannot."""
 
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: Annotated[int, Field(gt=0, lt=65536)] = 1883
     site: str = "site"  # topic segment: the ward / site
     device_id: str = "device-1"  # topic segment: this device
     eui64: str = ""  # this device's EUI-64 in its status ("" unknown; lungwatch.equipment)
@@ -59,7 +61,6 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         check(isinstance(self.host, str) and bool(self.host), "host", self.host, "a host name")
-        check(0 < self.port < 65536, "port", self.port, "an integer in 1..65535")
         for name, value in (("site", self.site), ("device_id", self.device_id)):
             check(is_segment(value), name, value, "a topic segment (1..64 chars, no / + # $)")
         check(self.client_id is None or self.client_id != "", "client_id", "", "non-empty")

@@ -14,10 +14,12 @@ import stat
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field, PositiveFloat
 
 from lungwatch.alarms import AlarmSettings
-from lungwatch.config import check
+from lungwatch.config import Settings, check
 from lungwatch.hosts import is_loopback
 from lungwatch.intake import MAX_JSON_DEPTH, MAX_MESSAGE_BYTES
 from lungwatch.mqtt import MqttConfig
@@ -62,45 +64,59 @@ class DashboardUser:
 
 
 @dataclass(frozen=True)
-class DashboardConfig:
+class DashboardConfig(Settings):
     """The ward view's settings (each key: docs/dashboard.md, "The config block")."""
 
     enabled: bool = False  # lungwatch run serves it too (lungwatch dashboard always does)
     host: str = "127.0.0.1"  # address the web server binds
-    port: int = 8080  # 0: a free port, printed at start
+    port: Annotated[int, Field(ge=0, lt=65536)] = 8080  # 0: a free port, printed at start
     users: tuple[DashboardUser, ...] = ()  # none: loopback only, anyone there may acknowledge
-    events_per_bed: int = 8  # last events kept and shown per bed
-    live_points: int = 60  # live-strip points kept per bed (one per live message)
-    push_interval_s: float = 0.1  # changes are pushed to the browsers at most this often
+    events_per_bed: Annotated[int, Field(ge=1, le=100)] = 8  # last events kept and shown per bed
+    # live-strip points kept per bed (one per live message)
+    live_points: Annotated[int, Field(ge=1, le=3600)] = 60
+    # changes are pushed to the browsers at most this often
+    push_interval_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.1
     # a bed whose rolling verdict is one of these is an alarm, at this priority
     alarm_verdicts: tuple[str, ...] = ()
     verdict_priority: str = "medium"
     alarms: AlarmSettings = field(default_factory=AlarmSettings)  # lungwatch.alarms
-    audio_pause_s: float = 120.0  # "Pause audio" silences the page this long
+    # "Pause audio" silences the page this long
+    audio_pause_s: Annotated[float, Field(ge=1.0, le=600.0)] = 120.0
     cert_file: str | None = None  # PEM certificate: serve HTTPS (users' passwords encrypted)
     key_file: str | None = None  # its private key (PEM), with cert_file
     # the site's command master key (lungwatch access) signing acknowledges; none: unsigned
     command_key_file: str | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host names besides the address, localhost, IPs
-    request_timeout_s: float = 10.0  # a request must arrive whole in this time; a client that
+    # a request must arrive whole in this time; a client that
+    request_timeout_s: Annotated[float, Field(ge=0.1, le=300.0)] = 10.0
     # reads nothing of a response (an event stream too) for this long is cut off
-    max_connections: int = 64  # open connections at once (each page holds one event stream)
-    max_connections_per_address: int = 8  # ... of them from one client address
+    # open connections at once (each page holds one event stream)
+    max_connections: Annotated[int, Field(ge=4, le=10_000)] = 64
+    # ... of them from one client address
+    max_connections_per_address: Annotated[int, Field(ge=1, le=10_000)] = 8
     allowed_clients: tuple[str, ...] = ()  # networks (CIDR) that may connect; none: any
-    heartbeat_interval_s: float = 5.0  # an event-stream heartbeat this often; the page says
+    # an event-stream heartbeat this often; the page says
+    heartbeat_interval_s: Annotated[float, Field(ge=0.1, le=60.0)] = 5.0
     # "no heartbeat" and reconnects after three missed
-    stale_after_s: float = 30.0  # nothing heard this long: a device is silent, the broker stale
+    # nothing heard this long: a device is silent, the broker stale
+    stale_after_s: Annotated[float, Field(ge=0.5, le=86_400.0)] = 30.0
     probe_interval_s: float = 5.0  # a round trip through the broker this often (0: none)
-    max_message_bytes: int = MAX_MESSAGE_BYTES  # a larger MQTT message is rejected unread
-    max_json_depth: int = MAX_JSON_DEPTH  # a message nested deeper is rejected unparsed
-    max_devices: int = 256  # devices of the site
-    max_beds_per_device: int = 512  # beds (streams) of one device
-    max_open_episodes_per_bed: int = 256  # open episodes of one bed
-    login_max_failures: int = 5  # failed logins per user name and per client address ...
-    login_window_s: float = 300.0  # ... within this long, then 429 until the oldest expires
+    # a larger MQTT message is rejected unread
+    max_message_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = MAX_MESSAGE_BYTES
+    # a message nested deeper is rejected unparsed
+    max_json_depth: Annotated[int, Field(ge=4, le=200)] = MAX_JSON_DEPTH
+    max_devices: Annotated[int, Field(ge=1, le=100_000)] = 256  # devices of the site
+    # beds (streams) of one device
+    max_beds_per_device: Annotated[int, Field(ge=1, le=100_000)] = 512
+    # open episodes of one bed
+    max_open_episodes_per_bed: Annotated[int, Field(ge=1, le=100_000)] = 256
+    # failed logins per user name and per client address ...
+    login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    # ... within this long, then 429 until the oldest expires
+    login_window_s: Annotated[float, Field(ge=1.0, le=86_400.0)] = 300.0
     history_path: str | None = None  # an SQLite path or a postgresql:// URL; None: memory only
-    history_days: float = 7.0  # rows older than this are deleted
-    evidence_max_mb: float = 2000.0  # the clips' bound on disk (the oldest go first)
+    history_days: PositiveFloat = 7.0  # rows older than this are deleted
+    evidence_max_mb: PositiveFloat = 2000.0  # the clips' bound on disk (the oldest go first)
     persistent_session: bool = False  # the broker keeps what the view misses while down
     # one per view; null: lungwatch-dashboard-<site>-<h>, <h> derived from the view's broker
     # password (no other client can guess it)
@@ -108,7 +124,6 @@ class DashboardConfig:
 
     def __post_init__(self) -> None:
         check(isinstance(self.host, str) and bool(self.host), "host", self.host, "an address")
-        check(0 <= self.port < 65536, "port", self.port, "an integer in 0..65535 (0: free)")
         if not self.users:
             check(
                 is_loopback(self.host),
@@ -116,8 +131,6 @@ class DashboardConfig:
                 self.host,
                 "a loopback address (127.0.0.1, ::1, localhost) while no users are configured",
             )
-        check(self.history_days > 0, "history_days", self.history_days, "a number > 0 (days)")
-        check(self.evidence_max_mb > 0, "evidence_max_mb", self.evidence_max_mb, "a number > 0")
         check(self.history_path != "", "history_path", self.history_path, "a path or null")
         if self.history_path is not None and is_database_url(self.history_path):
             url = urllib.parse.urlsplit(self.history_path)
@@ -127,15 +140,11 @@ class DashboardConfig:
         check(self.client_id != "", "client_id", self.client_id, "an MQTT client id or null")
         names = [u.name for u in self.users]
         check(len(set(names)) == len(names), "users", names, "users with distinct names")
-        check(1 <= self.events_per_bed <= 100, "events_per_bed", self.events_per_bed, "1..100")
-        check(1 <= self.live_points <= 3600, "live_points", self.live_points, "1..3600")
         labels = ("Normal", "CAS", "DAS", "CAS & DAS", "Poor Quality")
         bad = [v for v in self.alarm_verdicts if v not in labels]
         check(not bad, "alarm_verdicts", self.alarm_verdicts, f"labels among {labels}")
         check(self.verdict_priority in ("high", "medium", "low"), "verdict_priority",
               self.verdict_priority, "high, medium or low")  # fmt: skip
-        ok = 0.01 <= self.push_interval_s <= 1.0
-        check(ok, "push_interval_s", self.push_interval_s, "a number in [0.01, 1] (seconds)")
         for name in ("cert_file", "key_file"):
             path = getattr(self, name)
             check(path is None or Path(path).is_file(), name, path, "an existing file")
@@ -157,24 +166,6 @@ class DashboardConfig:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 check(False, "allowed_clients", net, "IP networks in CIDR form (10.20.0.0/24)")
-        ranges = [
-            ("request_timeout_s", 0.1, 300.0, "seconds"),
-            ("max_connections", 4, 10_000, "connections"),
-            ("max_connections_per_address", 1, 10_000, "connections"),
-            ("heartbeat_interval_s", 0.1, 60.0, "seconds"),
-            ("audio_pause_s", 1.0, 600.0, "seconds"),
-            ("stale_after_s", 0.5, 86_400.0, "seconds"),
-            ("max_message_bytes", 1024, 16 * 1024 * 1024, "bytes"),
-            ("max_json_depth", 4, 200, "levels"),
-            ("max_devices", 1, 100_000, "devices"),
-            ("max_beds_per_device", 1, 100_000, "beds"),
-            ("max_open_episodes_per_bed", 1, 100_000, "episodes"),
-            ("login_max_failures", 1, 1000, "failures"),
-            ("login_window_s", 1.0, 86_400.0, "seconds"),
-        ]
-        for name, low, high, unit in ranges:
-            value = getattr(self, name)
-            check(low <= value <= high, name, value, f"a number in [{low}, {high}] ({unit})")
         probe, half = self.probe_interval_s, self.stale_after_s / 2
         ok = probe == 0 or 0.1 <= probe <= half
         allowed = f"0 (no probe) or a number in [0.1, stale_after_s / 2 = {half:g}] (seconds)"

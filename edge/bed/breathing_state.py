@@ -7,30 +7,32 @@ docs/respiration.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Annotated, Protocol
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from edge.bed.agebands import DEFAULT_AGE_BAND, age_band
-from lungwatch.config import check
+from lungwatch.config import Settings, check
 from lungwatch.events import RESPIRATION_STATES
 
 STATES = RESPIRATION_STATES  # the respiration topic's states
 
 
 @dataclass(frozen=True)
-class RespirationConfig:
+class RespirationConfig(Settings):
     """The runtime config's ``respiration`` section."""
 
     enabled: bool = True
     age_band: str = DEFAULT_AGE_BAND  # a stream's own age_band / age_years wins
-    window_s: float = 30.0  # the stretch a rate is computed over
+    window_s: Annotated[float, Field(ge=5.0)] = 30.0  # the stretch a rate is computed over
     analyse_every_s: float = 5.0  # a new rate (and reading) this often
     min_window_s: float = 10.0  # "assessing" until the window holds this much good audio
-    min_confidence: float = 0.3  # below it the rate is not assessable
-    min_breaths: int = 3  # a rate needs this many breaths in the window
-    apnoea_s: float | None = None  # None: the age band's (20 s)
-    arm_breaths: int = 4  # apnoea is judged once this many breaths were heard
-    contact_drop_db: float = 20.0  # the body band this far under its breathing level: lost
-    rate_alert_s: float = 60.0  # a rate out of range this long: tachypnoea / bradypnoea
+    min_confidence: Annotated[float, Field(ge=0, lt=1)] = 0.3  # below it the rate is not assessable
+    min_breaths: Annotated[int, Field(ge=2)] = 3  # a rate needs this many breaths in the window
+    apnoea_s: Annotated[float, Field(ge=5.0)] | None = None  # None: the age band's (20 s)
+    arm_breaths: PositiveInt = 4  # apnoea is judged once this many breaths were heard
+    contact_drop_db: PositiveFloat = 20.0  # the body band this far under its breathing level: lost
+    rate_alert_s: NonNegativeFloat = 60.0  # a rate out of range this long: tachypnoea / bradypnoea
     breath_band_hz: tuple[float, float] = (150.0, 1000.0)
     body_band_hz: tuple[float, float] = (50.0, 150.0)
     # a second breath band, tracked beside the first: its rate is the bed's where the first
@@ -39,18 +41,10 @@ class RespirationConfig:
 
     def __post_init__(self) -> None:
         age_band(self.age_band)  # a ConfigError naming the choices
-        check(self.window_s >= 5.0, "window_s", self.window_s, "a number >= 5 (seconds)")
         every = self.analyse_every_s
         check(0.0 < every <= self.window_s, "analyse_every_s", every, "in (0, window_s]")
         check(0 < self.min_window_s <= self.window_s, "min_window_s", self.min_window_s,
               "in (0, window_s]")  # fmt: skip
-        check(0 <= self.min_confidence < 1, "min_confidence", self.min_confidence, "in [0, 1)")
-        check(self.min_breaths >= 2, "min_breaths", self.min_breaths, "an integer >= 2")
-        check(self.apnoea_s is None or self.apnoea_s >= 5.0, "apnoea_s", self.apnoea_s,
-              "a number >= 5 (seconds) or null for the age band's")  # fmt: skip
-        check(self.arm_breaths >= 1, "arm_breaths", self.arm_breaths, "an integer >= 1")
-        check(self.contact_drop_db > 0, "contact_drop_db", self.contact_drop_db, "a number > 0")
-        check(self.rate_alert_s >= 0, "rate_alert_s", self.rate_alert_s, "a number >= 0")
         bands = {"breath_band_hz": self.breath_band_hz, "body_band_hz": self.body_band_hz}
         if self.fallback_band_hz is not None:
             bands["fallback_band_hz"] = self.fallback_band_hz

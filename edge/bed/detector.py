@@ -25,6 +25,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 from numba import njit
+from pydantic import NonNegativeFloat
 
 from edge.bed.findings import FindingConfig
 from edge.bed.rules import (
@@ -41,7 +42,7 @@ from edge.bed.rules import (
     check_thresholds,
 )
 from lungwatch.alarms import names
-from lungwatch.config import check
+from lungwatch.config import Settings, check
 from lungwatch.errors import ConfigError, LungwatchError
 from lungwatch.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
 from lungwatch.events import SOUND_TYPES, Priority
@@ -69,7 +70,7 @@ DEFAULT_PRIORITIES: tuple[TypePriority, ...] = tuple(
 
 
 @dataclass(frozen=True)
-class DetectorConfig:
+class DetectorConfig(Settings):
     """Thresholds, durations and priorities of physiological events (see the module doc).
 
     A rule setting left None falls to the class's ``thresholds`` entry, then the top-level
@@ -81,7 +82,7 @@ class DetectorConfig:
     thresholds: tuple[ClassThreshold, ...] = ()  # per-class overrides of the pair above
     min_event_ms: float | None = None  # shorter events are never announced
     merge_gap_ms: float | None = None  # an off..on gap up to this long continues the event
-    ongoing_every_ms: float = 0.0  # repeat `ongoing` this often while active; 0: never
+    ongoing_every_ms: NonNegativeFloat = 0.0  # repeat `ongoing` this often while active; 0: never
     default_priority: Priority = "medium"  # types not listed in `priorities`
     priorities: tuple[TypePriority, ...] = DEFAULT_PRIORITIES
     latching: tuple[Priority, ...] = ("high",)  # priorities that stay active until acknowledged
@@ -98,9 +99,6 @@ class DetectorConfig:
         for key in ("min_event_ms", "merge_gap_ms"):
             value = getattr(self, key)
             check(value is None or value >= 0.0, key, value, "a number >= 0")
-        check(
-            self.ongoing_every_ms >= 0, "ongoing_every_ms", self.ongoing_every_ms, "a number >= 0"
-        )
         check(
             self.default_priority in PRIORITIES,
             "default_priority",

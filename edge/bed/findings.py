@@ -19,7 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lungwatch.config import check
+from pydantic import NonNegativeFloat, PositiveFloat
+
+from lungwatch.config import Settings, check
 from lungwatch.events import DEFAULT_PRIORITIES, PRIORITIES
 from lungwatch.labels import HELD_FAMILIES  # the families' event types that wait for recurrence
 
@@ -32,20 +34,19 @@ SETTLE_S = 4.0
 
 
 @dataclass(frozen=True)
-class RecurrenceRule:
+class RecurrenceRule(Settings):
     """When one family's events become a finding episode."""
 
     events: int = 2  # this many events of the family ...
-    within_s: float = 6.0  # ... whose starts lie within this many seconds open an episode
-    resolve_s: float | None = None  # the episode ends this long after its last event (None:
+    # ... whose starts lie within this many seconds open an episode
+    within_s: NonNegativeFloat = 6.0
+    # the episode ends this long after its last event (None:
+    resolve_s: NonNegativeFloat | None = None
     # within_s)
 
     def __post_init__(self) -> None:
         check(isinstance(self.events, int) and self.events >= 1, "events", self.events,
               "a whole number >= 1")  # fmt: skip
-        check(self.within_s >= 0.0, "within_s", self.within_s, "a number >= 0")
-        check(self.resolve_s is None or self.resolve_s >= 0.0, "resolve_s", self.resolve_s,
-              "a number >= 0 or null")  # fmt: skip
 
     @property
     def resolve(self) -> float:
@@ -53,19 +54,15 @@ class RecurrenceRule:
 
 
 @dataclass(frozen=True)
-class FindingConfig:
+class FindingConfig(Settings):
     """The detector's ``findings`` section: one recurrence rule per family (None: the model
     manifest's, else :class:`RecurrenceRule`'s defaults). ``enabled`` None: on where a rule is
     known, so a model fitted before finding episodes publishes every event as heard."""
 
     enabled: bool | None = None  # false: every event is published as heard; true: on, with
-    # the default rule for a family that has none
-    cas: RecurrenceRule | None = None
+    cas: RecurrenceRule | None = None  # the default rule for a family that has none
     das: RecurrenceRule | None = None
-    rate_window_s: float = 300.0  # the finding rate's window
-
-    def __post_init__(self) -> None:
-        check(self.rate_window_s > 0.0, "rate_window_s", self.rate_window_s, "a number > 0")
+    rate_window_s: PositiveFloat = 300.0  # the finding rate's window
 
     @property
     def on(self) -> bool:

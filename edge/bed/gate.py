@@ -13,7 +13,9 @@ docs/events.md, "Technical types".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat
 
 from edge.bed.detector import (
     EventTracker,
@@ -29,7 +31,7 @@ from edge.bed.pipeline import WindowReady
 from edge.bed.quality import CLIPPING_FRACTION_LIMIT, QUIET_DBFS
 from edge.bed.rules import TypePriority, check_priorities, check_thresholds
 from edge.sources.base import Notice, SourceChunk
-from lungwatch.config import check
+from lungwatch.config import Settings, Share, check
 from lungwatch.events import DEFAULT_PRIORITIES as EVENT_PRIORITIES
 
 POOR_SIGNAL = "poor_signal"
@@ -64,46 +66,35 @@ DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = tuple(
 
 
 @dataclass(frozen=True)
-class GateConfig:
+class GateConfig(Settings):
     """Thresholds of the technical conditions (docs/events.md, "Technical types")."""
 
-    poor_score_limit: float = 0.5  # edge.bed.quality score below this: poor_signal
+    # edge.bed.quality score below this: poor_signal
+    poor_score_limit: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     # the model's Poor Quality probability: on at >= this, off below the other; None: the
     # manifest's fitted hysteresis (edge.bed.chain.resolve_gate), else 0.6 / 0.4
     poor_quality_on_threshold: float | None = None
     poor_quality_off_threshold: float | None = None
-    silence_dbfs: float = QUIET_DBFS  # hop RMS at or below this (dBFS): silence
-    clipping_fraction_limit: float = CLIPPING_FRACTION_LIMIT  # clipped share of the hop
-    max_missing_fraction: float = 0.25  # suppress detection while a window misses more
-    stall_timeout_s: float = 2.0  # no audio for longer: source_stalled
-    min_condition_ms: float = 500.0  # clipping, silence must last this long
+    # hop RMS at or below this (dBFS): silence
+    silence_dbfs: Annotated[float, Field(ge=-120.0, lt=0.0)] = QUIET_DBFS
+    # clipped share of the hop
+    clipping_fraction_limit: Annotated[float, Field(gt=0, le=1)] = CLIPPING_FRACTION_LIMIT
+    max_missing_fraction: Share = 0.25  # suppress detection while a window misses more
+    stall_timeout_s: PositiveFloat = 2.0  # no audio for longer: source_stalled
+    min_condition_ms: NonNegativeFloat = 500.0  # clipping, silence must last this long
     # poor_signal must last this long: on validation 1 s keeps the Poor Quality records found
     # at 0.5 s and halves the good ones flagged (docs/models/sed-lab.md)
-    poor_signal_min_ms: float = 1000.0
-    clear_after_ms: float = 1000.0  # a condition back within this continues its event
-    ongoing_every_ms: float = 0.0  # repeat `ongoing` this often while active; 0: never
+    poor_signal_min_ms: NonNegativeFloat = 1000.0
+    clear_after_ms: NonNegativeFloat = 1000.0  # a condition back within this continues its event
+    ongoing_every_ms: NonNegativeFloat = 0.0  # repeat `ongoing` this often while active; 0: never
     default_priority: Priority = "low"  # types not listed in `priorities`
     priorities: tuple[TypePriority, ...] = DEFAULT_TECHNICAL_PRIORITIES
     latching: tuple[Priority, ...] = ("high",)  # priorities that stay active until acknowledged
 
     def __post_init__(self) -> None:
-        check(
-            0.0 < self.poor_score_limit < 1.0,
-            "poor_score_limit",
-            self.poor_score_limit,
-            "in (0, 1)",
-        )
         check_thresholds(
             self.poor_quality_on_threshold, self.poor_quality_off_threshold, "poor_quality_"
         )
-        check(-120.0 <= self.silence_dbfs < 0.0, "silence_dbfs", self.silence_dbfs, "in [-120, 0)")
-        limit = self.clipping_fraction_limit
-        check(0.0 < limit <= 1.0, "clipping_fraction_limit", limit, "in (0, 1]")
-        missing = self.max_missing_fraction
-        check(0.0 <= missing <= 1.0, "max_missing_fraction", missing, "in [0, 1]")
-        check(self.stall_timeout_s > 0.0, "stall_timeout_s", self.stall_timeout_s, "a number > 0")
-        for key in ("min_condition_ms", "poor_signal_min_ms", "clear_after_ms", "ongoing_every_ms"):
-            check(getattr(self, key) >= 0.0, key, getattr(self, key), "a number >= 0")
         unknown = [rule.type for rule in self.priorities if rule.type not in TECHNICAL_TYPES]
         check(not unknown, "priorities", unknown, f"types among {TECHNICAL_TYPES}")
         check_priorities(self.priorities, self.latching)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lungwatch.config import check
+from pydantic import NonNegativeFloat, PositiveFloat
+
+from lungwatch.config import Settings, Share, check
 from lungwatch.events import Priority
 
 PRIORITIES: tuple[str, ...] = ("high", "medium", "low")
@@ -48,30 +50,26 @@ class ClassRule:
 
 
 @dataclass(frozen=True)
-class PhaseRule:
+class PhaseRule(Settings):
     """Phase mode of :class:`FrameDetector`: events are breath phases with an adventitious
     sound, each class on its phase, its own hysteresis (``frame_classes``) or its own
     change-point boxes (``box_classes``); docs/runtime.md, "Detector settings"."""
 
     on_threshold: float
     off_threshold: float
-    min_phase_ms: float = 240.0
+    min_phase_ms: NonNegativeFloat = 240.0
     output: str = "Breath"  # the model output that marks breath phases
-    lead_ms: float = 0.0  # an event's start is reported this much before its phase's
+    lead_ms: NonNegativeFloat = 0.0  # an event's start is reported this much before its phase's
     # for sounds annotated as their own span, shorter than the phase
     frame_classes: tuple[str, ...] = ()
     box_classes: tuple[str, ...] = ()
-    box_filter_ms: float = 960.0
-    box_merge: float = 0.5
+    box_filter_ms: PositiveFloat = 960.0
+    box_merge: Share = 0.5
 
     def __post_init__(self) -> None:
         check_thresholds(self.on_threshold, self.off_threshold)
-        check(self.min_phase_ms >= 0.0, "min_phase_ms", self.min_phase_ms, "a number >= 0")
-        check(self.lead_ms >= 0.0, "lead_ms", self.lead_ms, "a number >= 0")
         both = sorted(set(self.frame_classes) & set(self.box_classes))
         check(not both, "box_classes", both, "classes not also in frame_classes")
-        check(self.box_filter_ms > 0.0, "box_filter_ms", self.box_filter_ms, "a number > 0")
-        check(0.0 <= self.box_merge <= 1.0, "box_merge", self.box_merge, "a number in [0, 1]")
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from numba import njit
+from pydantic import Field, PositiveFloat
 
 from edge.bed.detector import FrameGrid
-from lungwatch.config import check
+from lungwatch.config import Settings, check
 from lungwatch.errors import ConfigError
 from lungwatch.labels import FAMILY_CLASSES, NORMAL, POOR_QUALITY, record_label_from_families
 
@@ -27,18 +28,17 @@ CAS_CLASSES, DAS_CLASSES = FAMILY_CLASSES["CAS"], FAMILY_CLASSES["DAS"]
 
 
 @dataclass(frozen=True)
-class VerdictConfig:
+class VerdictConfig(Settings):
     """The rolling window and its hysteresis (the runtime config's ``verdict`` section)."""
 
     enabled: bool = True  # false: no verdict (also when the manifest has no Task rules)
-    window_s: float = 30.0  # the stretch of the stream the decision reads
+    window_s: PositiveFloat = 30.0  # the stretch of the stream the decision reads
     min_s: float = 4.0  # "assessing" until the window holds this much
-    release: float = 0.8  # a condition turns off below this times its threshold
+    # a condition turns off below this times its threshold
+    release: Annotated[float, Field(gt=0, le=1)] = 0.8
 
     def __post_init__(self) -> None:
-        check(self.window_s > 0, "window_s", self.window_s, "a number > 0")
         check(0 <= self.min_s <= self.window_s, "min_s", self.min_s, "in [0, window_s]")
-        check(0 < self.release <= 1, "release", self.release, "in (0, 1]")
 
 
 @dataclass(frozen=True)

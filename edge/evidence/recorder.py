@@ -20,51 +20,47 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 from numba import njit
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from edge.bed.detector import FrameGrid
 from lungwatch.clip import DEFAULT_PART_BYTES, MAX_CLIP_S, Clip, encode_flac, quantise
-from lungwatch.config import check
+from lungwatch.config import Settings, check
 from lungwatch.events import PRIORITIES, Event
 
 INT16_SCALE = 32767.0
 
 
 @dataclass(frozen=True)
-class EvidenceConfig:
+class EvidenceConfig(Settings):
     """The runtime config's ``evidence`` section."""
 
     enabled: bool = True  # false: no clips
-    pre_s: float = 3.0  # audio before the event's start
-    post_s: float = 1.0  # audio after its end
+    pre_s: NonNegativeFloat = 3.0  # audio before the event's start
+    post_s: NonNegativeFloat = 1.0  # audio after its end
     max_s: float = 20.0  # the longest clip
     history_s: float = 25.0  # audio kept per bed for clips (16 kB a second at 8 kHz)
     alarm_priorities: tuple[str, ...] = ("high", "medium")  # technical events with clips
     spool_path: str | None = None  # clips wait here for the broker (None: next to mqtt's spool)
-    max_spool_mb: float = 200.0  # the spool's bound: the oldest clips go first
-    max_age_h: float = 24.0  # a clip not delivered by then is dropped (counted)
-    part_bytes: int = DEFAULT_PART_BYTES  # FLAC bytes per MQTT message
-    max_inflight: int = 4  # parts unacknowledged at once (events have their own connection)
+    max_spool_mb: PositiveFloat = 200.0  # the spool's bound: the oldest clips go first
+    max_age_h: PositiveFloat = 24.0  # a clip not delivered by then is dropped (counted)
+    # FLAC bytes per MQTT message
+    part_bytes: Annotated[int, Field(ge=4096, le=45000)] = DEFAULT_PART_BYTES
+    max_inflight: PositiveInt = 4  # parts unacknowledged at once (events have their own connection)
     # the broker login of the clips' connection, with mqtt's password (None: mqtt.username); a
     # broker that makes each client's id its username needs one per connection
     username: str | None = None
 
     def __post_init__(self) -> None:
-        check(self.pre_s >= 0, "pre_s", self.pre_s, "a number >= 0 (seconds)")
-        check(self.post_s >= 0, "post_s", self.post_s, "a number >= 0 (seconds)")
         ok = self.max_s > 0 and self.max_s + self.pre_s + self.post_s <= MAX_CLIP_S
         check(ok, "max_s", self.max_s, f"a number > 0 with pre_s + post_s at most {MAX_CLIP_S}")
         check(self.history_s >= self.max_s, "history_s", self.history_s, "a number >= max_s")
         bad = [p for p in self.alarm_priorities if p not in PRIORITIES]
         check(not bad, "alarm_priorities", self.alarm_priorities, f"a list of {PRIORITIES}")
         check(self.spool_path != "", "spool_path", self.spool_path, "a path or null")
-        check(self.max_spool_mb > 0, "max_spool_mb", self.max_spool_mb, "a number > 0")
-        check(self.max_age_h > 0, "max_age_h", self.max_age_h, "a number > 0 (hours)")
-        check(4096 <= self.part_bytes <= 45_000, "part_bytes", self.part_bytes,
-              "in [4096, 45000] (base64 and JSON must stay under 64 KiB)")  # fmt: skip
-        check(self.max_inflight >= 1, "max_inflight", self.max_inflight, "an integer >= 1")
         name = self.username
         ok = name is None or (isinstance(name, str) and 0 < len(name) <= 128
                               and name.isprintable() and ":" not in name)  # fmt: skip

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from lungwatch.config import check, from_mapping, to_mapping
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+from lungwatch.config import Settings, check, from_mapping, to_mapping
 from lungwatch.errors import FeatureSpecMismatchError
 
 FeatureKind = Literal["logmel", "gammatone", "cwt"]
@@ -20,22 +22,22 @@ SPEC_VERSION = 1
 
 
 @dataclass(frozen=True)
-class FeatureSpec:
+class FeatureSpec(Settings):
     """What the front end computes; sizes in samples at ``sample_rate_hz`` (each field:
     docs/frontend.md, "FeatureSpec")."""
 
     kind: FeatureKind = "logmel"
-    sample_rate_hz: int = 8000
-    frame_samples: int = 256
+    sample_rate_hz: Annotated[int, Field(ge=1000)] = 8000
+    frame_samples: Annotated[int, Field(ge=16)] = 256
     hop_samples: int = 80
     n_fft: int = 512
-    n_bands: int = 64
-    fmin_hz: float = 50.0
+    n_bands: PositiveInt = 64
+    fmin_hz: NonNegativeFloat = 50.0
     fmax_hz: float = 4000.0
     normalisation: Normalisation = "log"
-    log_offset: float = 1e-10
-    morlet_w0: float = 6.0
-    band_norm_s: float = 0.0
+    log_offset: PositiveFloat = 1e-10
+    morlet_w0: Annotated[float, Field(ge=3.0, le=20.0)] = 6.0
+    band_norm_s: NonNegativeFloat = 0.0
     band_norm: BandNorm = "mean"
     version: int = SPEC_VERSION
 
@@ -48,10 +50,6 @@ class FeatureSpec:
             "one of ('log', 'power')",
         )
         check(
-            self.sample_rate_hz >= 1000, "sample_rate_hz", self.sample_rate_hz, "an integer >= 1000"
-        )
-        check(self.frame_samples >= 16, "frame_samples", self.frame_samples, "an integer >= 16")
-        check(
             1 <= self.hop_samples <= self.frame_samples,
             "hop_samples",
             self.hop_samples,
@@ -63,8 +61,6 @@ class FeatureSpec:
             self.n_fft,
             f"a power of two >= frame_samples={self.frame_samples}",
         )
-        check(self.n_bands >= 1, "n_bands", self.n_bands, "an integer >= 1")
-        check(self.fmin_hz >= 0.0, "fmin_hz", self.fmin_hz, "a number >= 0")
         nyquist = self.sample_rate_hz / 2
         check(
             self.fmin_hz < self.fmax_hz <= nyquist,
@@ -72,9 +68,6 @@ class FeatureSpec:
             self.fmax_hz,
             f"a number in (fmin_hz={self.fmin_hz}, nyquist={nyquist}]",
         )
-        check(self.log_offset > 0.0, "log_offset", self.log_offset, "a number > 0")
-        check(3.0 <= self.morlet_w0 <= 20.0, "morlet_w0", self.morlet_w0, "a number in [3, 20]")
-        check(self.band_norm_s >= 0.0, "band_norm_s", self.band_norm_s, "a number >= 0 (0: off)")
         check(
             self.band_norm_s == 0.0 or self.normalisation == "log",
             "band_norm_s",

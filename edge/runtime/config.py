@@ -15,7 +15,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat
 
 from edge.bed.agebands import AGE_BAND_NAMES, band_for_age
 from edge.bed.breathing_state import RespirationConfig
@@ -39,7 +41,7 @@ from lungwatch.commandauth import (
     new_key,
     read_key,
 )
-from lungwatch.config import check, load_config
+from lungwatch.config import Settings, check, load_config
 from lungwatch.equipment import eui64, host_eui64
 from lungwatch.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 from lungwatch.events import DEVICE_STREAM, SOUND_TYPES, is_segment
@@ -73,7 +75,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class StreamConfig:
+class StreamConfig(Settings):
     id: str  # the bed / stream id (an MQTT topic segment)
     source: str  # path | file:PATH | data:REL | mic:NAME_OR_INDEX | bridge://...
     realtime: bool = False  # file sources: pace chunks at the recording's rate
@@ -82,7 +84,7 @@ class StreamConfig:
     # the patient's age band (edge.bed.agebands), or the age that picks it; neither:
     # respiration.age_band
     age_band: str | None = None
-    age_years: float | None = None
+    age_years: Annotated[float, Field(ge=0, lt=120)] | None = None
     # the ward view's name for this bed ("Bed 4") and where it is ("Ward 3 East")
     name: str | None = None
     location: str | None = None
@@ -91,8 +93,6 @@ class StreamConfig:
         check(is_segment(self.id) and self.id != DEVICE_STREAM, "id", self.id, SEGMENT)
         check(self.age_band is None or self.age_band in AGE_BAND_NAMES, "age_band",
               self.age_band, f"one of {', '.join(AGE_BAND_NAMES)}")  # fmt: skip
-        check(self.age_years is None or 0 <= self.age_years < 120, "age_years", self.age_years,
-              "a number of years in [0, 120)")  # fmt: skip
         check(self.age_band is None or self.age_years is None, "age_years", self.age_years,
               "left out when age_band is set (one of the two)")  # fmt: skip
         for key in ("name", "location"):
@@ -127,16 +127,15 @@ class SinksConfig:
 
 
 @dataclass(frozen=True)
-class CommandsConfig:
+class CommandsConfig(Settings):
     """Which commands on the command topic the device acts on (``lungwatch.commandauth``)."""
 
     key_file: str | None = None  # this device's command key (``lungwatch access`` writes it)
     accept_unsigned: bool = False  # take unsigned commands too (a loopback demo; warned)
-    max_age_s: float = 120.0  # a signed command older (or newer) than this is refused
+    max_age_s: PositiveFloat = 120.0  # a signed command older (or newer) than this is refused
 
     def __post_init__(self) -> None:
         check(self.key_file is None or bool(self.key_file), "key_file", self.key_file, "a path")
-        check(self.max_age_s > 0, "max_age_s", self.max_age_s, "a number > 0 (seconds)")
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,7 @@ class AlarmsConfig:
 
 
 @dataclass(frozen=True)
-class RuntimeConfig:
+class RuntimeConfig(Settings):
     streams: tuple[StreamConfig, ...]
     site: str = "ward-1"
     device_id: str = "edge-1"
@@ -171,23 +170,24 @@ class RuntimeConfig:
     respiration: RespirationConfig = field(default_factory=RespirationConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     # each bed's breathing is published at least this often, and when its state changes
-    respiration_publish_s: float = 10.0
+    respiration_publish_s: PositiveFloat = 10.0
     sinks: SinksConfig = field(default_factory=SinksConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     dashboard: dict[str, Any] = field(default_factory=dict)  # the ward view's (module doc)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
-    metrics_interval_s: float = 10.0  # per-stream counters on the metrics topic
+    metrics_interval_s: PositiveFloat = 10.0  # per-stream counters on the metrics topic
     live_interval_s: float = 1.0  # one live-strip point per bed this often (0: none)
-    idle_sleep_s: float = 0.01  # how long the loop waits when no source had audio
-    max_run_s: float = 0.0  # stop after this long (0: until every source ends or a signal)
+    idle_sleep_s: NonNegativeFloat = 0.01  # how long the loop waits when no source had audio
+    # stop after this long (0: until every source ends or a signal)
+    max_run_s: NonNegativeFloat = 0.0
     # a bed's model state restarts when a chunk misses at least this much audio (0: any;
     # docs/runtime.md, "Lost audio")
-    state_reset_gap_ms: float = 100.0
+    state_reset_gap_ms: NonNegativeFloat = 100.0
     # streams a round reads, infers and publishes together (0: all in one group)
     round_group: int = 125
     # a WARNING when audio waits longer than this (p99 of a bed's reads) for its read (0: never)
-    read_wait_warn_ms: float = 500.0
+    read_wait_warn_ms: NonNegativeFloat = 500.0
 
     def __post_init__(self) -> None:
         check(len(self.streams) >= 1, "streams", self.streams, "a list of at least one stream")
@@ -195,33 +195,16 @@ class RuntimeConfig:
         check(len(set(ids)) == len(ids), "streams", ids, "streams with distinct ids")
         check(is_segment(self.site), "site", self.site, SEGMENT)
         check(is_segment(self.device_id), "device_id", self.device_id, SEGMENT)
-        check(self.metrics_interval_s > 0, "metrics_interval_s", self.metrics_interval_s, "> 0")
         live_ok = self.live_interval_s == 0 or self.live_interval_s >= MIN_LIVE_INTERVAL_S
         check(live_ok, "live_interval_s", self.live_interval_s, LIVE_INTERVAL)
         check(isinstance(self.dashboard, dict), "dashboard", self.dashboard, "a mapping")
         needs_mqtt = not self.serves_view or self.sinks.mqtt
         check(needs_mqtt, "dashboard.enabled", True, "false while sinks.mqtt is false")
-        check(self.idle_sleep_s >= 0, "idle_sleep_s", self.idle_sleep_s, "a number >= 0")
-        check(self.max_run_s >= 0, "max_run_s", self.max_run_s, "a number >= 0 (0: no limit)")
-        check(self.respiration_publish_s > 0, "respiration_publish_s",
-              self.respiration_publish_s, "a number > 0 (seconds)")  # fmt: skip
         check(
             type(self.round_group) is int and self.round_group >= 0,
             "round_group",
             self.round_group,
             "an integer >= 0 (0: every stream in one group)",
-        )
-        check(
-            self.read_wait_warn_ms >= 0,
-            "read_wait_warn_ms",
-            self.read_wait_warn_ms,
-            "a number >= 0 (0: no warning)",
-        )
-        check(
-            self.state_reset_gap_ms >= 0,
-            "state_reset_gap_ms",
-            self.state_reset_gap_ms,
-            "a number >= 0 (0: any missing sample restarts the model state)",
         )
         unsigned_ok = not (self.commands.accept_unsigned and self.sinks.mqtt) or (
             is_loopback(self.mqtt.host) or self.mqtt.allow_insecure

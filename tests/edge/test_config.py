@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 import yaml
+from pydantic import Field, PositiveInt
 
 from edge.features import FeatureSpec
-from lungwatch.config import check, load_config, to_mapping
+from lungwatch.config import InvalidValueError, Settings, check, load_config, to_mapping
 from lungwatch.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +32,18 @@ class Outer:
     detector: Inner = field(default_factory=Inner)
     streams: tuple[int, ...] = ()
     enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Bounded(Settings):
+    window_s: Annotated[float, Field(ge=5)] = 30.0
+    port: Annotated[int, Field(gt=0, lt=65536)] = 1883
+    apnoea_s: Annotated[float, Field(gt=0, le=60)] | None = None
+    beds: PositiveInt = 1
+    low: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.low < self.window_s, "low", self.low, "< window_s")
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -164,3 +177,32 @@ def test_later_config_files_merge_over_earlier_ones(tmp_path: Path) -> None:
     bad.write_text("mqtt: {port: many}\n")
     with pytest.raises(ConfigError, match=r"ward\.yaml\+bad\.yaml: mqtt\.port"):
         load_runtime_config([base, bad])
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"window_s": 2}, "window_s must be a number >= 5, got 2"),
+        ({"window_s": float("inf")}, "window_s must be a number >= 5, got inf"),
+        ({"window_s": float("nan")}, "window_s must be a number >= 5, got nan"),
+        ({"port": 65536}, "port must be an integer in [1, 65535], got 65536"),
+        ({"apnoea_s": 0.0}, "apnoea_s must be a number in (0, 60] or null, got 0.0"),
+        ({"beds": 0}, "beds must be an integer >= 1, got 0"),
+        ({"low": 40.0}, "low must be < window_s, got 40.0"),  # the class's own check, after
+    ],
+)
+def test_declared_bounds_hold_in_files_and_in_code(
+    tmp_path: Path, values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidValueError) as built:
+        Bounded(**values)  # type: ignore[arg-type]
+    assert str(built.value) == message
+    text = "".join(f"{k}: {yaml.safe_dump(v).splitlines()[0]}\n" for k, v in values.items())
+    with pytest.raises(ConfigError) as loaded:
+        load_config(Bounded, _write(tmp_path, text))
+    assert str(loaded.value) == f"config.yaml: {message}"
+
+
+def test_bounds_pass_their_edges_and_null() -> None:
+    assert Bounded(window_s=5, port=65535, apnoea_s=60.0, beds=1).port == 65535
+    assert Bounded(apnoea_s=None).apnoea_s is None

@@ -222,7 +222,7 @@ def test_the_config_names_a_bad_key() -> None:
 
     with pytest.raises(ConfigError, match="history_s must be a number >= max_s"):
         from_mapping(EvidenceConfig, {"max_s": 30, "history_s": 20}, source="ward.yaml")
-    with pytest.raises(ConfigError, match="part_bytes must be in"):
+    with pytest.raises(ConfigError, match=r"part_bytes must be an integer in \[4096, 45000\]"):
         from_mapping(EvidenceConfig, {"part_bytes": 60000}, source="ward.yaml")
     with pytest.raises(ConfigError, match="username must be a broker user name"):
         from_mapping(EvidenceConfig, {"username": "dev:1"}, source="ward.yaml")

@@ -251,7 +251,7 @@ class Runtime:
 
 def test_gate_config_errors_name_the_key() -> None:
     with pytest.raises(
-        ConfigError, match=r"run.yaml: gate.poor_score_limit must be in \(0, 1\), got 2"
+        ConfigError, match=r"run.yaml: gate.poor_score_limit must be a number in \(0, 1\), got 2"
     ):
         from_mapping(Runtime, {"gate": {"poor_score_limit": 2}}, source="run.yaml")
     with pytest.raises(ConfigError, match=r"gate\.poor_quality_off_threshold must be in"):

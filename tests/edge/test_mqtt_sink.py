@@ -322,7 +322,7 @@ def test_unreachable_broker_fails_fast_when_required(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"port": 0}, "mqtt.yaml: port must be an integer in 1..65535, got 0"),
+        ({"port": 0}, "mqtt.yaml: port must be an integer in \\[1, 65535\\], got 0"),
         ({"site": "ward/3"}, "mqtt.yaml: site must be a topic segment"),
         ({"password": "x"}, "mqtt.yaml: password must be set together with username"),
         ({"ca_file": "/nonexistent/ca.pem"}, "mqtt.yaml: ca_file must be an existing file"),

@@ -98,7 +98,7 @@ def test_a_manifest_without_task_rules_has_no_verdict() -> None:
     assert VerdictRule.of({"cas": 1}, VerdictConfig(enabled=False)) is None
     with pytest.raises(ConfigError, match=r"tasks\.rules"):
         VerdictRule.of({"cas": 0.5}, VerdictConfig())
-    with pytest.raises(ValueError, match="release must be in"):
+    with pytest.raises(ValueError, match=r"release must be a number in \(0, 1\]"):
         VerdictConfig(release=0.0)
 
 

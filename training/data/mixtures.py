@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+from pydantic import NonNegativeInt
 from scipy.signal import resample_poly
 
 from edge.bed.detector import FrameGrid
 from edge.features import FeatureSpec, extract
-from lungwatch.config import check
+from lungwatch.config import Settings, check
 from lungwatch.labels import NORMAL, SOUND_CLASSES
 from training.data.features import FeatureStore
 from training.data.recordings import Recording, output_frames
@@ -29,10 +30,10 @@ RMS_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
-class MixtureConfig:
+class MixtureConfig(Settings):
     """How many mixtures and how they vary (see the module doc)."""
 
-    count: int = 0  # 0: none
+    count: NonNegativeInt = 0  # 0: none
     events: tuple[int, int] = (1, 4)  # inserted segments per mixture
     level_db: tuple[float, float] = (-6.0, 6.0)  # segment RMS against the host's
     rate_cas: tuple[float, float] = (0.8, 1.25)  # resampling of wheeze-family segments
@@ -40,7 +41,6 @@ class MixtureConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check(self.count >= 0, "count", self.count, "an integer >= 0 (0: none)")
         for key in ("events", "level_db", "rate_cas", "rate_das"):
             lo, hi = getattr(self, key)
             check(lo <= hi, key, getattr(self, key), "[low, high] with low <= high")

@@ -26,35 +26,34 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import nn
 
-from lungwatch.config import check
+from lungwatch.config import Settings, check
 
 NORM_EPS = 1e-5
 MASKED = -1e4  # attention logit of a key outside the window (exp underflows to 0 in fp32)
 
 
 @dataclass(frozen=True)
-class SedConfig:
+class SedConfig(Settings):
     """Sizes of a SedNet. ``n_kinds``, ``n_bands`` and ``n_outputs`` come from the run."""
 
-    n_kinds: int = 1
+    n_kinds: PositiveInt = 1
     n_bands: int = 64
     n_outputs: int = 7
-    stride: int = 4  # front-end frames per network frame (40 ms at a 10 ms hop)
-    channels: int = 96
+    stride: PositiveInt = 4  # front-end frames per network frame (40 ms at a 10 ms hop)
+    channels: Annotated[int, Field(ge=8)] = 96
     dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8)  # one Inception-residual block each
     kernel_widths: tuple[int, ...] = (3, 5)  # parallel paths of each block
-    lookahead_frames: int = 8  # network frames of delay (8 x 40 ms = 0.32 s)
+    lookahead_frames: NonNegativeInt = 8  # network frames of delay (8 x 40 ms = 0.32 s)
     attention_heads: int = 0  # 0: no attention layer
     attention_frames: int = 64  # the bounded past each frame attends to (network frames)
 
     def __post_init__(self) -> None:
-        check(self.n_kinds >= 1, "n_kinds", self.n_kinds, "an integer >= 1")
-        check(self.stride >= 1, "stride", self.stride, "an integer >= 1")
-        check(self.channels >= 8, "channels", self.channels, "an integer >= 8")
         check(
             self.channels % len(self.kernel_widths) == 0,
             "channels",
@@ -63,7 +62,6 @@ class SedConfig:
         )
         check(all(w >= 1 for w in self.kernel_widths), "kernel_widths", self.kernel_widths, ">= 1")
         check(all(d >= 1 for d in self.dilations), "dilations", self.dilations, "integers >= 1")
-        check(self.lookahead_frames >= 0, "lookahead_frames", self.lookahead_frames, ">= 0")
         if self.attention_heads:
             check(
                 self.channels % self.attention_heads == 0,

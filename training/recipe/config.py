@@ -8,102 +8,81 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from edge.features import FEATURE_KINDS, FeatureSpec
-from lungwatch.config import check, load_config
+from lungwatch.config import Settings, Share, check, load_config
 from training.data.mixtures import MixtureConfig
 from training.models.sed import SedConfig
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Settings):
     train_dir: str = ""  # SPRSound-layout folder; "": <data root>/sprsound/train
     cache_dir: str = "out/cache"  # feature cache (one file per recording and FeatureSpec)
-    val_fraction: float = 0.2  # patient-disjoint validation share of the patients
+    # patient-disjoint validation share of the patients
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     split_seed: int = 0  # which patients validate (every seed of a recipe shares one split)
-    unannotated_weight: float = 0.5  # weight of frames outside every annotated phase
-    max_start_frames: int = 50  # crops start in the first 2 s: the model sees stream starts
-    max_frames: int = 400  # crops of at most 16 s (output frames)
+    # weight of frames outside every annotated phase
+    unannotated_weight: Share = 0.5
+    # crops start in the first 2 s: the model sees stream starts
+    max_start_frames: NonNegativeInt = 50
+    max_frames: PositiveInt = 400  # crops of at most 16 s (output frames)
     # ICBHI as training material (docs/training.md, "data.icbhi_fraction")
     icbhi_dir: str = ""  # ICBHI-layout folder; "": <data root>/icbhi/train
-    icbhi_fraction: float = 0.0
+    icbhi_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
     icbhi_seed: int = 0
 
-    def __post_init__(self) -> None:
-        check(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "in (0, 1)")
-        w = self.unannotated_weight
-        check(0.0 <= w <= 1.0, "unannotated_weight", w, "a number in [0, 1]")
-        check(self.max_start_frames >= 0, "max_start_frames", self.max_start_frames, ">= 0")
-        check(self.max_frames >= 1, "max_frames", self.max_frames, "an integer >= 1")
-        f = self.icbhi_fraction
-        check(0.0 <= f < 1.0, "icbhi_fraction", f, "a share in [0, 1) (some patients stay out)")
+
+@dataclass(frozen=True)
+class OptimConfig(Settings):
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 16  # recordings per step
+    lr: PositiveFloat = 2e-3  # AdamW peak learning rate (one-cycle schedule)
+    # share of the steps that warm the learning rate up
+    warmup: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    weight_decay: NonNegativeFloat = 1e-2
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    epochs: int = 20
-    batch_size: int = 16  # recordings per step
-    lr: float = 2e-3  # AdamW peak learning rate (one-cycle schedule)
-    warmup: float = 0.1  # share of the steps that warm the learning rate up
-    weight_decay: float = 1e-2
-
-    def __post_init__(self) -> None:
-        check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        check(self.lr > 0, "lr", self.lr, "a number > 0")
-        check(0.0 < self.warmup < 1.0, "warmup", self.warmup, "in (0, 1)")
-        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Settings):
     spec_augment: bool = True  # frequency and time masks, filled with the training mean
     freq_masks: int = 2
     freq_width: int = 8  # bands, at most
     time_masks: int = 2
     time_width: int = 20  # front-end frames, at most
-    patch_mix_prob: float = 0.0  # Patch-Mix: share of batches that swap time patches
-    patch_mix_frames: int = 50  # longest patch, output frames
-    device_prob: float = 0.0  # share of examples coloured as another stethoscope might
+    patch_mix_prob: Share = 0.0  # Patch-Mix: share of batches that swap time patches
+    patch_mix_frames: PositiveInt = 50  # longest patch, output frames
+    device_prob: Share = 0.0  # share of examples coloured as another stethoscope might
     device_gain_db: float = 12.0  # gain, uniform in +- this
     device_eq_db: float = 6.0  # equalisation curve knots, uniform in +- this
     device_lowpass_hz: tuple[float, float] = (400.0, 1500.0)  # band edge corner, half the time
     device_noise_db: tuple[float, float] = (-30.0, -5.0)  # noise floor, half the time
 
     def __post_init__(self) -> None:
-        p = self.patch_mix_prob
-        check(0.0 <= p <= 1.0, "patch_mix_prob", p, "a number in [0, 1]")
-        check(0.0 <= self.device_prob <= 1.0, "device_prob", self.device_prob, "in [0, 1]")
         for key in ("device_lowpass_hz", "device_noise_db"):
             lo, hi = getattr(self, key)
             check(lo <= hi, key, getattr(self, key), "[low, high] with low <= high")
-        check(self.patch_mix_frames >= 1, "patch_mix_frames", self.patch_mix_frames, ">= 1")
         for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
             check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
 
 
 @dataclass(frozen=True)
-class LossConfig:
-    phase_weight: float = 0.5  # + this x BCE of each annotated phase's mean class output
-    quality_margin: float = 0.0  # > 0: QLung-style quality-adaptive margin (logits)
-    quality_margin_gain: float = 1.0  # the margin grows by this x (1 - quality)
-
-    def __post_init__(self) -> None:
-        check(self.phase_weight >= 0, "phase_weight", self.phase_weight, "a number >= 0")
-        check(self.quality_margin >= 0, "quality_margin", self.quality_margin, "a number >= 0")
-        gain = self.quality_margin_gain
-        check(gain >= 0, "quality_margin_gain", gain, "a number >= 0")
+class LossConfig(Settings):
+    phase_weight: NonNegativeFloat = 0.5  # + this x BCE of each annotated phase's mean class output
+    quality_margin: NonNegativeFloat = 0.0  # > 0: QLung-style quality-adaptive margin (logits)
+    quality_margin_gain: NonNegativeFloat = 1.0  # the margin grows by this x (1 - quality)
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(Settings):
     teacher: str = ""  # a cross-validated design's folder whose fold models teach; "": none
-    weight: float = 0.0  # loss = (1 - weight) x the label losses + weight x the teacher's
-    temperature: float = 1.0  # < 1 sharpens the averaged teacher outputs
+    weight: Share = 0.0  # loss = (1 - weight) x the label losses + weight x the teacher's
+    temperature: PositiveFloat = 1.0  # < 1 sharpens the averaged teacher outputs
 
     def __post_init__(self) -> None:
-        check(0.0 <= self.weight <= 1.0, "weight", self.weight, "a number in [0, 1]")
-        check(self.temperature > 0, "temperature", self.temperature, "a number > 0")
         check(
             self.weight == 0 or bool(self.teacher), "teacher", self.teacher,
             "a design folder when weight > 0",
@@ -111,58 +90,54 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
-    epochs: int = 0  # > 0: masked-spectrogram pretraining epochs before the supervised ones
-    mask_ratio: float = 0.4  # share of output frames masked per example
+class PretrainConfig(Settings):
+    # > 0: masked-spectrogram pretraining epochs before the supervised ones
+    epochs: NonNegativeInt = 0
+    # share of output frames masked per example
+    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.4
     span: tuple[int, int] = (10, 25)  # masked span lengths, output frames
 
     def __post_init__(self) -> None:
-        check(self.epochs >= 0, "epochs", self.epochs, "an integer >= 0")
-        check(0.0 < self.mask_ratio < 1.0, "mask_ratio", self.mask_ratio, "in (0, 1)")
         lo, hi = self.span
         check(1 <= lo <= hi, "span", self.span, "[low, high] with 1 <= low <= high")
 
 
 @dataclass(frozen=True)
-class SelectionConfig:
+class SelectionConfig(Settings):
     # how the epoch is kept: docs/training.md, "train", step 4
     on_thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    max_false_per_hour: float = 10.0
+    max_false_per_hour: PositiveFloat = 10.0
 
     def __post_init__(self) -> None:
         ons = self.on_thresholds
         check(bool(ons) and all(0 < v < 1 for v in ons), "on_thresholds", ons, "values in (0, 1)")
-        check(self.max_false_per_hour > 0, "max_false_per_hour", self.max_false_per_hour, "> 0")
 
 
 @dataclass(frozen=True)
-class DetectorFitConfig:
+class DetectorFitConfig(Settings):
     phases: bool = True  # events are breath phases (edge.bed.detector.PhaseRule)
     # families whose classes keep their own hysteresis instead of the phases (CAS: SPRSound
     # marks a wheeze as the span of the sound, a median 0.5 s, not its breath phase)
     frame_families: tuple[str, ...] = ()
-    max_false_per_hour: float = 3.0  # per family, on validation Normal records
-    max_normal_share: float = 0.08  # of validation Normal records with any false event
+    max_false_per_hour: PositiveFloat = 3.0  # per family, on validation Normal records
+    # of validation Normal records with any false event
+    max_normal_share: Annotated[float, Field(gt=0, le=1)] = 0.08
 
     def __post_init__(self) -> None:
-        check(self.max_false_per_hour > 0, "max_false_per_hour", self.max_false_per_hour, "> 0")
         bad = [f for f in self.frame_families if f not in ("CAS", "DAS")]
         check(not bad, "frame_families", self.frame_families, "a list of CAS, DAS")
-        share = self.max_normal_share
-        check(0.0 < share <= 1.0, "max_normal_share", share, "in (0, 1]")
 
 
 @dataclass(frozen=True)
 class QualityConfig:
     poor_on: float = 0.6  # the quality output turns poor_signal on at >= this
     poor_off: float = 0.4  # and off below this
-    max_good_share: float = 0.02  # of good validation records that lungwatch rules' poor_on flags
+    # of good validation records that lungwatch rules' poor_on flags
+    max_good_share: Annotated[float, Field(ge=0, lt=1)] = 0.02
 
     def __post_init__(self) -> None:
         ok = 0.0 < self.poor_off <= self.poor_on < 1.0
         check(ok, "poor_off", self.poor_off, f"in (0, poor_on={self.poor_on}]")
-        share = self.max_good_share
-        check(0.0 <= share < 1.0, "max_good_share", share, "a share in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -179,11 +154,11 @@ class ModelOptions:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Settings):
     name: str = "sed"
     seed: int = 0  # initialisation, crops and augmentation
     out_dir: str = "out/runs"  # the run folder is <out_dir>/<name>/
-    threads: int = 2  # torch intra-op threads
+    threads: PositiveInt = 2  # torch intra-op threads
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureSpec = field(default_factory=FeatureSpec)
     kinds: tuple[str, ...] = ("logmel",)
@@ -200,7 +175,6 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", self.name, "a folder name")
-        check(self.threads >= 1, "threads", self.threads, "an integer >= 1")
         ok = bool(self.kinds) and len(set(self.kinds)) == len(self.kinds)
         check(
             ok and set(self.kinds) <= set(FEATURE_KINDS),
