@@ -71,11 +71,6 @@ class SedConfig(Settings):
             )
             check(self.attention_frames >= 1, "attention_frames", self.attention_frames, ">= 1")
 
-    @property
-    def receptive_frames(self) -> int:
-        """Network frames of past context of the convolutions (attention adds its window)."""
-        return 1 + sum((max(self.kernel_widths) - 1) * d for d in self.dilations)
-
 
 class CausalBlock(nn.Module):
     """Inception-residual block over time: parallel causal dilated convolutions.

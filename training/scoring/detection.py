@@ -272,8 +272,3 @@ def score_detection(
     per_hour, share, hours = false_events(predicted, labels, durations_s)
     families = family_scores(views["family"], predicted, annotated, labels, hours)
     return DetectionReport(views, per_hour, share, hours, len(annotated), families)
-
-
-def good_records(labels: Mapping[str, str]) -> list[str]:
-    """Records not labelled Poor Quality."""
-    return [r for r, label in labels.items() if label != POOR_QUALITY]
