@@ -152,9 +152,9 @@ class AlarmSettings(Settings):
     # unacknowledged this long: one priority up (0: never)
     escalate_after_s: NonNegativeFloat = 300.0
     hold_s: NonNegativeFloat = 0.0  # acknowledged and over: listed this long (then gone)
-    # below high priority: an episode this soon after the last one's
+    # below high priority: an episode this soon after the last one's end continues its
+    # condition (high: none, a new condition)
     continues_s: NonNegativeFloat = 60.0
-    #                            end continues its condition (high: none, a new condition)
 
 
 @dataclass

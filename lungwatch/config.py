@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import types
 import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -63,7 +64,7 @@ class Settings:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own: Callable[[Any], None] | None = cls.__dict__.get("__post_init__")
-        if own is None and hasattr(cls, "__post_init__"):
+        if own is None and getattr(getattr(cls, "__post_init__", None), "checks_bounds", False):
             return  # an inherited one checks type(self)'s bounds already
 
         def post_init(self: Any) -> None:
@@ -74,6 +75,7 @@ class Settings:
             if own is not None:
                 own(self)
 
+        post_init.checks_bounds = True  # type: ignore[attr-defined]
         cls.__post_init__ = post_init  # type: ignore[attr-defined]
 
 
@@ -105,7 +107,7 @@ def _bounded_fields(cls: Hashable) -> list[tuple[str, Any, dict[str, Any]]]:
 
 
 def _within(value: Any, b: dict[str, Any]) -> bool:
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, numbers.Real) and not math.isfinite(value):
         return False
     return not (("gt" in b and value <= b["gt"]) or ("ge" in b and value < b["ge"])
                 or ("lt" in b and value >= b["lt"]) or ("le" in b and value > b["le"]))  # fmt: skip
@@ -346,12 +348,14 @@ def _problem(cls: Any, error: Mapping[str, Any], data: Any) -> InvalidValueError
         return inner.under(key)
     if kind.startswith("missing"):
         return InvalidValueError(key, None, "given (required key)")
-    if kind in _BOUND_ERRORS and isinstance(loc[-1], str):
-        hint = typing.get_type_hints(_type_at(cls, loc[:-1]), include_extras=True)[loc[-1]]
+    owner: Any = _type_at(cls, loc[:-1]) if loc else None
+    if kind in _BOUND_ERRORS and isinstance(loc[-1], str) and dataclasses.is_dataclass(owner):
+        hint = typing.get_type_hints(owner, include_extras=True)[loc[-1]]
         return InvalidValueError(key, value, _bounds_text(hint))
+    if kind == "finite_number":  # an item of a list
+        return InvalidValueError(key, value, "a finite number")
     tp = _type_at(cls, loc)
     if kind == "unexpected_keyword_argument":
-        owner = _type_at(cls, loc[:-1])
         return InvalidValueError(
             key, value, f"one of {sorted(f.name for f in dataclasses.fields(owner))}"
         )

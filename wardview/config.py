@@ -87,17 +87,17 @@ class DashboardConfig(Settings):
     # the site's command master key (lungwatch access) signing acknowledges; none: unsigned
     command_key_file: str | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host names besides the address, localhost, IPs
-    # a request must arrive whole in this time; a client that
+    # a request must arrive whole in this time; a client that reads nothing of a response (an
+    # event stream too) for this long is cut off
     request_timeout_s: Annotated[float, Field(ge=0.1, le=300.0)] = 10.0
-    # reads nothing of a response (an event stream too) for this long is cut off
     # open connections at once (each page holds one event stream)
     max_connections: Annotated[int, Field(ge=4, le=10_000)] = 64
     # ... of them from one client address
     max_connections_per_address: Annotated[int, Field(ge=1, le=10_000)] = 8
     allowed_clients: tuple[str, ...] = ()  # networks (CIDR) that may connect; none: any
-    # an event-stream heartbeat this often; the page says
+    # an event-stream heartbeat this often; the page says "no heartbeat" and reconnects after
+    # three missed
     heartbeat_interval_s: Annotated[float, Field(ge=0.1, le=60.0)] = 5.0
-    # "no heartbeat" and reconnects after three missed
     # nothing heard this long: a device is silent, the broker stale
     stale_after_s: Annotated[float, Field(ge=0.5, le=86_400.0)] = 30.0
     probe_interval_s: float = 5.0  # a round trip through the broker this often (0: none)

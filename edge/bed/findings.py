@@ -40,9 +40,8 @@ class RecurrenceRule(Settings):
     events: int = 2  # this many events of the family ...
     # ... whose starts lie within this many seconds open an episode
     within_s: NonNegativeFloat = 6.0
-    # the episode ends this long after its last event (None:
+    # the episode ends this long after its last event (None: within_s)
     resolve_s: NonNegativeFloat | None = None
-    # within_s)
 
     def __post_init__(self) -> None:
         check(isinstance(self.events, int) and self.events >= 1, "events", self.events,
@@ -59,8 +58,10 @@ class FindingConfig(Settings):
     manifest's, else :class:`RecurrenceRule`'s defaults). ``enabled`` None: on where a rule is
     known, so a model fitted before finding episodes publishes every event as heard."""
 
-    enabled: bool | None = None  # false: every event is published as heard; true: on, with
-    cas: RecurrenceRule | None = None  # the default rule for a family that has none
+    # false: every event is published as heard; true: on, with the default rule for a family
+    # that has none
+    enabled: bool | None = None
+    cas: RecurrenceRule | None = None
     das: RecurrenceRule | None = None
     rate_window_s: PositiveFloat = 300.0  # the finding rate's window
 

@@ -47,7 +47,7 @@ class EvidenceConfig(Settings):
     spool_path: str | None = None  # clips wait here for the broker (None: next to mqtt's spool)
     max_spool_mb: PositiveFloat = 200.0  # the spool's bound: the oldest clips go first
     max_age_h: PositiveFloat = 24.0  # a clip not delivered by then is dropped (counted)
-    # FLAC bytes per MQTT message
+    # FLAC bytes per MQTT message (at most 45000: base64 and JSON must stay under 64 KiB)
     part_bytes: Annotated[int, Field(ge=4096, le=45000)] = DEFAULT_PART_BYTES
     max_inflight: PositiveInt = 4  # parts unacknowledged at once (events have their own connection)
     # the broker login of the clips' connection, with mqtt's password (None: mqtt.username); a

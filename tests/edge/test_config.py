@@ -41,6 +41,7 @@ class Bounded(Settings):
     apnoea_s: Annotated[float, Field(gt=0, le=60)] | None = None
     beds: PositiveInt = 1
     low: float = 0.0
+    band: tuple[float, float] = (1.0, 2.0)
 
     def __post_init__(self) -> None:
         check(self.low < self.window_s, "low", self.low, "< window_s")
@@ -206,3 +207,42 @@ def test_declared_bounds_hold_in_files_and_in_code(
 def test_bounds_pass_their_edges_and_null() -> None:
     assert Bounded(window_s=5, port=65535, apnoea_s=60.0, beds=1).port == 65535
     assert Bounded(apnoea_s=None).apnoea_s is None
+
+
+def test_an_infinite_number_in_a_list_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as loaded:
+        load_config(Bounded, _write(tmp_path, "band: [.inf, 2.0]\n"))
+    assert str(loaded.value) == "config.yaml: band[0] must be a finite number, got inf"
+
+
+def test_every_config_class_with_declared_bounds_checks_them_in_code() -> None:
+    """A dataclass that declares bounds but is no Settings would hold them in files only."""
+    import dataclasses
+    import importlib
+    import pkgutil
+    import typing
+
+    from lungwatch.config import _bounds
+
+    unchecked, seen = [], 0
+    for package in ("edge", "lungwatch", "wardview", "gateway", "training", "deploy", "demo"):
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, f"{package}."):
+            if info.name.endswith("__main__"):  # runs a command when imported
+                continue
+            try:
+                module = importlib.import_module(info.name)
+            except ImportError:  # an optional dependency (TensorRT) not here
+                continue
+            for cls in vars(module).values():
+                if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+                    continue
+                if cls.__module__ != module.__name__:
+                    continue
+                hints = typing.get_type_hints(cls, include_extras=True)
+                if any(_bounds(hints[f.name]) for f in dataclasses.fields(cls)):
+                    seen += 1
+                    if not issubclass(cls, Settings):
+                        unchecked.append(f"{module.__name__}.{cls.__name__}")
+    assert seen >= 20  # the walk found the config sections
+    assert unchecked == []

@@ -129,7 +129,7 @@ class DetectorFitConfig(Settings):
 
 
 @dataclass(frozen=True)
-class QualityConfig:
+class QualityConfig(Settings):
     poor_on: float = 0.6  # the quality output turns poor_signal on at >= this
     poor_off: float = 0.4  # and off below this
     # of good validation records that lungwatch rules' poor_on flags
