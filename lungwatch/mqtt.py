@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from lungwatch.config import Settings, check, read_secret_line
 from lungwatch.errors import LungwatchError
@@ -44,17 +44,17 @@ class MqttConfig(Settings):
     ca_file: str | None = None  # PEM CA bundle that signed the broker's certificate
     cert_file: str | None = None  # client certificate (PEM), with key_file
     key_file: str | None = None
-    keepalive_s: int = 30
-    backoff_min_s: int = 1  # first reconnect delay; doubles per failed attempt
+    keepalive_s: Annotated[int, Field(ge=5)] = 30
+    backoff_min_s: PositiveInt = 1  # first reconnect delay; doubles per failed attempt
     backoff_max_s: int = 30
-    max_inflight: int = 20  # QoS 1 messages on the wire without PUBACK
-    max_queued: int = 1000  # events handed to paho and not yet acknowledged
-    connect_timeout_s: float = 10.0  # how long connect() waits for the first CONNACK
+    max_inflight: PositiveInt = 20  # QoS 1 messages on the wire without PUBACK
+    max_queued: PositiveInt = 1000  # events handed to paho and not yet acknowledged
+    connect_timeout_s: PositiveFloat = 10.0  # how long connect() waits for the first CONNACK
     fail_fast: bool = True  # connect(): a refused CONNACK or a TLS failure raises
     require_broker_at_start: bool = False  # connect(): an unreachable broker raises too
-    flush_timeout_s: float = 10.0  # close() waits this long for outstanding PUBACKs
+    flush_timeout_s: PositiveFloat = 10.0  # close() waits this long for outstanding PUBACKs
     spool_path: str = "out/spool/events.sqlite"
-    spool_max_events: int = DEFAULT_MAX_EVENTS
+    spool_max_events: PositiveInt = DEFAULT_MAX_EVENTS
     spool_full_priority: Literal["high", "medium", "low"] = "medium"
     # a broker beyond loopback is refused without TLS and a username unless this is true
     allow_insecure: bool = False
@@ -90,19 +90,8 @@ class MqttConfig(Settings):
             check(path is None or Path(path).is_file(), name, path, "an existing file")
         paired = (self.cert_file is None) == (self.key_file is None)
         check(paired, "key_file", self.key_file, "set together with cert_file")
-        self._check_numbers()
-
-    def _check_numbers(self) -> None:
-        check(self.keepalive_s >= 5, "keepalive_s", self.keepalive_s, "an integer >= 5")
-        check(self.backoff_min_s >= 1, "backoff_min_s", self.backoff_min_s, "an integer >= 1")
         ok = self.backoff_max_s >= self.backoff_min_s
         check(ok, "backoff_max_s", self.backoff_max_s, f">= backoff_min_s ({self.backoff_min_s})")
-        check(self.max_inflight >= 1, "max_inflight", self.max_inflight, "an integer >= 1")
-        check(self.max_queued >= 1, "max_queued", self.max_queued, "an integer >= 1")
-        for name in ("connect_timeout_s", "flush_timeout_s"):
-            check(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
-        ok = self.spool_max_events >= 1
-        check(ok, "spool_max_events", self.spool_max_events, "an integer >= 1")
 
     @property
     def address(self) -> str:

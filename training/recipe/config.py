@@ -49,10 +49,10 @@ class OptimConfig(Settings):
 @dataclass(frozen=True)
 class AugmentConfig(Settings):
     spec_augment: bool = True  # frequency and time masks, filled with the training mean
-    freq_masks: int = 2
-    freq_width: int = 8  # bands, at most
-    time_masks: int = 2
-    time_width: int = 20  # front-end frames, at most
+    freq_masks: NonNegativeInt = 2
+    freq_width: NonNegativeInt = 8  # bands, at most
+    time_masks: NonNegativeInt = 2
+    time_width: NonNegativeInt = 20  # front-end frames, at most
     patch_mix_prob: Share = 0.0  # Patch-Mix: share of batches that swap time patches
     patch_mix_frames: PositiveInt = 50  # longest patch, output frames
     device_prob: Share = 0.0  # share of examples coloured as another stethoscope might
@@ -65,8 +65,6 @@ class AugmentConfig(Settings):
         for key in ("device_lowpass_hz", "device_noise_db"):
             lo, hi = getattr(self, key)
             check(lo <= hi, key, getattr(self, key), "[low, high] with low <= high")
-        for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
-            check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0")
 
 
 @dataclass(frozen=True)
