@@ -12,8 +12,6 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 def write_results(
     name: str, record: dict[str, Any], table: str, folder: Path = RESULTS_DIR
 ) -> None:
-    """``folder/name.md`` (the table) and ``folder/name.json`` (the record), and the table
-    on standard output."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.md").write_text(table + "\n")
     (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -44,7 +44,6 @@ SAMPLE_EVERY_S = 10.0
 
 
 def ward_audio(folder: Path, beds: int, minutes: float, seed: int) -> list[Path]:
-    """``beds`` FLAC files of ``minutes`` each, joined from random intra_test records."""
     records = sorted((data_root() / "sprsound" / "intra_test").glob("*.flac"))
     if not records:
         sys.exit(f"no SPRSound intra_test records under {data_root()} (set LUNGWATCH_DATA_DIR)")
@@ -66,7 +65,6 @@ def ward_audio(folder: Path, beds: int, minutes: float, seed: int) -> list[Path]
 
 
 def run_device(folder: Path, audio: list[Path]) -> tuple[Path, float]:
-    """``lungwatch run`` on every bed; the JSONL of its events and the wall time it took."""
     events = folder / "events.jsonl"
     config = {
         "site": "ward-load",
@@ -90,8 +88,7 @@ def run_device(folder: Path, audio: list[Path]) -> tuple[Path, float]:
 
 
 def event_time(event: Event) -> float:
-    """The stream time the message speaks of (onset: its start; ended: its end; a latched
-    update: where its condition ended), POSIX seconds."""
+    """Stream time, POSIX s: onset its start, ended its end, latched update its condition's end."""
     utc = event.start_utc
     if event.state == "ended" and event.end_utc:
         utc = event.end_utc
@@ -101,7 +98,6 @@ def event_time(event: Event) -> float:
 
 
 def replay(events: list[Event], beds: int, ack_after_s: float, hold_s: float) -> dict[str, Any]:
-    """Both listings over the events (module doc), conditions held ``hold_s``."""
     now = [0.0]
     config = DashboardConfig(max_open_episodes_per_bed=100_000, alarms=AlarmSettings(hold_s=hold_s))
     ward = Ward("ward-load", config, clock=lambda: now[0])

@@ -79,7 +79,6 @@ def tiled(samples: np.ndarray, seconds: float) -> np.ndarray:
 
 
 def build_ward(folder: Path, run_s: float) -> list[dict[str, Any]]:
-    """The nine beds' streams (module doc), their audio written as FLAC into ``folder``."""
     streams = [
         {"id": bed, "source": str(data_root() / "sprsound" / "intra_test" / f"{name}.flac"),
          "age_years": age}
@@ -111,8 +110,6 @@ def build_ward(folder: Path, run_s: float) -> list[dict[str, Any]]:
 
 
 def configs(folder: Path, streams: list[dict[str, Any]], broker: str, view_port: int) -> Path:
-    """One YAML for the device and the view: ``edge/configs/ward.yaml`` with the ward above,
-    the broker, signed acknowledges, and the view's history and port."""
     config = yaml.safe_load((REPO / "edge" / "configs" / "ward.yaml").read_text())
     master = new_key()
     master_file = write_key(folder / "keys" / "command-master.key", master)
@@ -193,8 +190,6 @@ def row_key(row: dict[str, Any]) -> tuple[str, str]:
 
 
 class Soak:
-    """The run's clock, its page and what it measured."""
-
     def __init__(self, driver: Any, url: str, listener: Listener, run_s: float) -> None:
         self.driver, self.url, self.listener, self.run_s = driver, url, listener, run_s
         self.start = time.time()
@@ -229,7 +224,6 @@ class Soak:
         return now
 
     def wait(self, until_s: float, also: Any = None) -> None:
-        """Read the list every second until the run's clock reaches ``until_s``."""
         while self.at() < until_s:
             self.poll_state()
             if also is not None:
@@ -397,8 +391,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def event_to_row(driver: Any, events: list[tuple[float, Event]]) -> dict[str, Any]:
-    """From each onset's arrival to the paint of the row listing its episode (episodes the
-    list showed open; one that ended before the list's next push is never listed open)."""
+    """Onset arrival -> paint of its episode's row; an episode that ended before the list's
+    next push is never listed open, so not counted."""
     shown = driver.execute_script("return window.lwAlarmShown")
     arrived = {e.episode_id: t for t, e in events if e.state == "onset"}
     late = [shown[e] / 1000.0 - t for e, t in arrived.items() if e in shown]

@@ -46,8 +46,6 @@ PROTOCOLS = {None: "v1", KEY: "v1 HMAC", V2: "v2 AEAD"}
 
 
 def build_frames(seconds: float, frame_samples: int, key: bytes | None) -> list[bytes]:
-    """N_STREAMS devices' encoded frames, interleaved round-robin (``key`` V2: protocol v2,
-    session 1)."""
     rng = np.random.default_rng(0)
     per_stream = int(seconds * RATE_HZ) // frame_samples
     noise = rng.integers(-3000, 3000, (per_stream, frame_samples)).astype(np.int16)
@@ -72,7 +70,6 @@ def samples_in(items: list[Output]) -> int:
 
 
 def parser_runner(frames: list[bytes], scanner: str, key: bytes | None) -> Callable[[], int]:
-    """Frames out of 64 KiB reads (the count of frames is returned)."""
     data = b"".join(frames)
 
     def run() -> int:
@@ -85,7 +82,6 @@ def parser_runner(frames: list[bytes], scanner: str, key: bytes | None) -> Calla
 
 
 def receiver_runner(frames: list[bytes], scanner: str, key: bytes | None) -> Callable[[], int]:
-    """Timeline samples out of 64 KiB reads, drained every DRAIN_EVERY_READS reads."""
     data = b"".join(frames)
 
     def run() -> int:
@@ -101,9 +97,6 @@ def receiver_runner(frames: list[bytes], scanner: str, key: bytes | None) -> Cal
 
 
 def datagram_runner(frames: list[bytes], scanner: str, key: bytes | None) -> Callable[[], int]:
-    """One frame per datagram, as over UDP (the socket itself is not timed); drained every
-    DATAGRAMS_PER_DRAIN datagrams."""
-
     def run() -> int:
         receiver = make_receiver(scanner, key)
         samples = 0
@@ -166,8 +159,7 @@ def render(rows: list[dict[str, object]], header: str) -> str:
 
 
 def v1_v2(seconds: float, repeats: int, scanner: str) -> list[dict[str, object]]:
-    """Beds per core, v1 (unauthenticated) against v2, per receiver stage (256 samples per
-    frame), timed in alternation; each at its fastest run."""
+    """Beds per core, v1 (unauthenticated) against v2, per receiver stage."""
     frames = {protocol: build_frames(seconds, 256, key) for protocol, key in (("v1", None),
               ("v2", V2))}  # fmt: skip
     n_samples = len(frames["v1"]) * 256

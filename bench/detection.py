@@ -76,7 +76,6 @@ TARGETS = {"whole_file_x_realtime": 400.0, "detection_latency_p99_s": 1.0}
 
 
 def whole_file(folder: Path, model: ModelConfig) -> dict[str, Any]:
-    """Every record as one bed, unpaced: audio seconds per wall second."""
     import soundfile
 
     recordings = recordings_in([folder])
@@ -97,7 +96,6 @@ def whole_file(folder: Path, model: ModelConfig) -> dict[str, Any]:
 
 
 def annotated(folder: Path) -> dict[str, list[tuple[float, float, str]]]:
-    """Record -> its annotated adventitious events (families), records without any left out."""
     out = {}
     for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
@@ -139,9 +137,8 @@ class _Recorder:
 def decision_frames(
     outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid, probs: np.ndarray
 ) -> dict[tuple[str, int], int]:
-    """(type, start sample) of each physiological onset -> the output frame that decided
-    it: the frames fed one at a time to a detector with the run's rules (frames the model
-    never described, NaN rows, are not fed, as on the device)."""
+    """(type, start sample) of each physiological onset -> the output frame that decided it.
+    NaN rows (frames the model never described) are not fed, as on the device."""
     detector = FrameDetector(outputs, config, grid)
     out: dict[tuple[str, int], int] = {}
     for j in np.flatnonzero(np.isfinite(probs).all(axis=1)):
@@ -152,7 +149,6 @@ def decision_frames(
 
 
 def latency(folder: Path, n_records: int, broker: str | None, model: ModelConfig) -> dict:
-    """Paced run of the annotated records; annotated onset -> PUBACK of the detection."""
     truth = annotated(folder)
     names = sorted(truth)[:n_records]
     files = recordings_in([folder])

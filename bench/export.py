@@ -36,7 +36,6 @@ DEFAULT_INT8 = Path("models/sed/model.int8.onnx")
 
 
 def session(path: Path, level: str = "all", **options: Any) -> Any:
-    """A one-thread, sequential onnxruntime CPU session at optimisation ``level``."""
     import onnxruntime as ort
 
     levels = {
@@ -63,7 +62,6 @@ def windows_like(shape: tuple[int, ...], batch: int) -> np.ndarray:
 
 
 def optimised_census(path: Path) -> dict[str, int]:
-    """Node types of ORT's optimised graph (ORT_ENABLE_ALL) of ``path``."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,8 +73,7 @@ def optimised_census(path: Path) -> dict[str, int]:
 
 
 def streaming_feed(path: Path, beds: int) -> tuple[dict[str, np.ndarray], float]:
-    """One chunk's inputs for ``beds`` beds (log-feature-like features, non-negative states as
-    the caches of ReLU outputs are) and the seconds of audio a chunk holds."""
+    """States non-negative, as the caches of ReLU outputs are; also a chunk's audio seconds."""
     from export.quantize import folder_info, read_shapes
     from export.to_onnx import FEATURES, STATE
 
@@ -103,8 +100,6 @@ def ms_per_call(sess: Any, feed: dict[str, np.ndarray], repeats: int) -> float:
 def streaming(
     fp32: Path, int8: Path, repeats: int, variants: dict[str, Path] | None = None
 ) -> dict[str, Any]:
-    """FP32 vs INT8 (and ``variants``), ms per audio second per bed at
-    :data:`STREAMING_BEDS` beds, alternating rounds."""
     paths = {"fp32": fp32, "int8": int8, **(variants or {})}
     absent = [f"{name} {path}" for name, path in paths.items() if not path.is_file()]
     if absent:
@@ -131,7 +126,6 @@ def streaming(
 
 
 def render_streaming(result: dict[str, Any]) -> list[str]:
-    """The report's lines."""
     per_s, size = result["ms_per_audio_s_per_bed"], result["bytes"]
     lines = [
         f"{result['beds']} beds per call, one chunk "
@@ -159,7 +153,6 @@ def render_streaming(result: dict[str, Any]) -> list[str]:
 
 
 def verdicts(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
-    """(target, measured, wanted, met) rows."""
     size = result["bytes"]
     rows = [
         ("INT8 speed-up per audio second (FP32 / INT8)", result["int8_speedup"], TARGET_SPEEDUP),
@@ -173,7 +166,6 @@ def _pairs(mapping: dict[str, Any], fmt: str = "") -> str:
 
 
 def variant_paths(items: list[str]) -> dict[str, Path]:
-    """``NAME=PATH`` arguments -> {name: path}."""
     variants = {}
     for item in items:
         name, sep, path = item.partition("=")

@@ -114,7 +114,6 @@ def librosa_reference(spec: FeatureSpec, x: np.ndarray) -> Callable[[], object] 
 
 
 def measure(seconds: float, repeats: int) -> dict[str, float]:
-    """x real time of every runner, keyed by row name."""
     spec = FeatureSpec()
     x = test_signal(seconds, spec.sample_rate_hz)
     runners: dict[str, Callable[[], object] | None] = {}
@@ -132,7 +131,6 @@ def measure(seconds: float, repeats: int) -> dict[str, float]:
 
 
 def verdicts(xrt: dict[str, float]) -> list[tuple[str, float, float, bool]]:
-    """(target, measured, wanted, met) rows."""
     rows = [
         (
             "logmel streaming / scipy reference",

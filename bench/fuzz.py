@@ -55,7 +55,6 @@ Input = tuple[bytes, Allowed]
 
 
 def make_corpus(rng: np.random.Generator) -> list[tuple[Frame, bytes | None]]:
-    """(frame, key) pairs: every frame type and sample format, a few devices, some tagged."""
     corpus: list[tuple[Frame, bytes | None]] = []
     for k in range(48):
         device = int(rng.choice([1, 2, KEYED_DEVICE]))
@@ -85,8 +84,6 @@ def make_corpus(rng: np.random.Generator) -> list[tuple[Frame, bytes | None]]:
 
 
 class Mutator:
-    """Makes fuzz inputs from the corpus (see the module docstring)."""
-
     def __init__(self, corpus: list[tuple[Frame, bytes | None]], seed: int) -> None:
         self.rng = random.Random(seed)
         self.corpus = [(frame, key, encode_frame(frame, key)) for frame, key in corpus]
@@ -143,7 +140,6 @@ class Mutator:
         return bytes(data), set()
 
     def header(self) -> Input:
-        """A frame with header fields changed and the CRC recomputed."""
         frame, key, data = self.rng.choice(self.corpus)
         fields = list(HEADER.unpack_from(data))
         for _ in range(self.rng.randint(1, 3)):
@@ -154,15 +150,13 @@ class Mutator:
         CRC.pack_into(out, len(out) - 4, google_crc32c.value(bytes(out[:-4])))
         if out == data:  # the changes were no-ops
             return bytes(out), set() if _untagged_keyed(frame, key) else {frame}
-        # a changed header breaks any tag (and a v2 frame's AEAD): only v1 devices without a
-        # key may still take it
+        # a changed header breaks any tag and v2's AEAD: only v1 devices without a key take it
         changed = _as_frame(fields, frame.payload)
         keyed = changed.device_id == KEYED_DEVICE or frame.session is not None
         return bytes(out), set() if keyed else {changed}
 
     def sealed_flip(self) -> Input:
-        """A v2 frame with 1 to 3 bits flipped anywhere but the CRC, the CRC recomputed: the
-        decrypting decoder must refuse it (header, ciphertext or tag changed)."""
+        """1 to 3 bits flipped outside the CRC, CRC recomputed: the v2 decoder must refuse it."""
         frame, data = self.rng.choice(self.sealed)
         out = bytearray(data)
         for _ in range(self.rng.randint(1, 3)):
@@ -171,9 +165,8 @@ class Mutator:
         return bytes(out), set() if out != data else {frame}  # flips that cancelled out
 
     def stream_v2(self) -> Input:
-        """Fresh frames of a live v2 stream (the counter goes on; now and then the device
-        reboots into a new session) mixed with replays of its earlier datagrams, which must
-        not decode."""
+        """A live v2 stream's fresh frames (now and then a reboot into a new session) mixed
+        with replays of its earlier datagrams, which must not decode."""
         rng, fresh = self.rng, []
         if rng.random() < 0.03:  # a reboot: new session, counter and samples from 0
             self.v2_session += 1
@@ -211,7 +204,6 @@ class Mutator:
         ])  # fmt: skip
 
     def stream(self) -> Input:
-        """A valid run of one stream's audio with duplicates and swaps."""
         device, start = self.rng.choice([1, 2, 3]), self.rng.randint(0, 2000) * 64
         frames = [
             audio_frame(device, 0, start // 64 + k, start + 64 * k, 8000, np.full(64, k, np.int16))
@@ -249,7 +241,6 @@ def peak_rss_mib() -> float:
 
 
 def fuzz(n_inputs: int, seed: int, checkpoints: int = 10) -> dict[str, object]:
-    """Run the fuzz loop; returns the record written to bench/results/fuzz.json."""
     mutator = Mutator(make_corpus(np.random.default_rng(seed)), seed)
     keys = {KEYED_DEVICE: KEY, V2_DEVICE: V2_KEY, V2_STREAM_DEVICE: V2_KEY}
     receiver = Receiver(ReceiverConfig(max_streams=64), keys=keys, allow_v1=True)
@@ -297,7 +288,6 @@ def _checkpoint(done: int, total: int, start_s: float) -> dict[str, float]:
 
 
 def heap_table(points: list[dict[str, float]]) -> list[str]:
-    """The checkpoints as a markdown table: inputs, seconds, the traced heap (2nd half)."""
     return ["| inputs | seconds | traced heap (2nd half) |", "|---:|---:|---:|"] + [
         f"| {p['inputs']:,} | {p['seconds']} | {p['traced_heap_bytes']:,} |" for p in points
     ]
@@ -343,8 +333,6 @@ def run_cli(
     run: Callable[[int, int], dict[str, object]],
     show: Callable[[dict[str, object]], str],
 ) -> int:
-    """A fuzzer's command line (``--inputs``, ``--seed``, ``--no-write``): run it, print its
-    report and violations, write bench/results/<name>.{md,json}; 1 on any violation."""
     parser = argparse.ArgumentParser(prog=f"bench.{name}", description=description)
     parser.add_argument("--inputs", type=int, default=default_inputs)
     parser.add_argument("--seed", type=int, default=0)

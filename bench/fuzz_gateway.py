@@ -47,7 +47,6 @@ def _corpus(now_s: float) -> list[tuple[str, bytes]]:
 
 
 def fuzz(n_inputs: int, seed: int, checkpoints: int = 10) -> dict[str, object]:
-    """Run the fuzz loop; the record written to bench/results/fuzz_gateway.json."""
     quiet = logging.getLogger()
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # a line per refused message: not here

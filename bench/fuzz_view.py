@@ -48,7 +48,6 @@ ODD_VALUES: list[Any] = [
 
 
 def make_corpus(now_s: float) -> list[tuple[str, bytes]]:
-    """Valid messages of every kind, as (topic, payload)."""
     root = f"lungwatch/v1/{SITE}"
     out: list[tuple[str, bytes]] = []
     for d, device in enumerate(DEVICES):
@@ -98,8 +97,6 @@ def make_corpus(now_s: float) -> list[tuple[str, bytes]]:
 
 
 class Mutator:
-    """One mutated (topic, payload) per call (module doc)."""
-
     def __init__(self, corpus: list[tuple[str, bytes]], seed: int) -> None:
         self.corpus, self.rng = corpus, random.Random(seed)
         self.mutators: list[Callable[[str, bytes], tuple[str, bytes]]] = [
@@ -204,7 +201,6 @@ def push_round(ward: Ward, store: History) -> None:
 
 
 def fuzz(n_inputs: int, seed: int, checkpoints: int = 10) -> dict[str, object]:
-    """Run the fuzz loop; the record written to bench/results/fuzz_view.json."""
     quiet = logging.getLogger("lungwatch")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # a warning per rejected message: not here

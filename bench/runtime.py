@@ -112,7 +112,6 @@ def runtime_config(
 
 
 def _without(config: RuntimeConfig, off: Sequence[str]) -> RuntimeConfig:
-    """``config`` with the per-bed features named in ``off`` (:data:`FEATURES`) turned off."""
     changes: dict[str, Any] = {}
     for name in off:
         if name == "live":
@@ -125,7 +124,6 @@ def _without(config: RuntimeConfig, off: Sequence[str]) -> RuntimeConfig:
 
 
 def build(config: RuntimeConfig, paced: bool) -> tuple[Runtime, TimingSink, AckProbe | None]:
-    """The runtime with timing probes on its sources and its sink."""
     model = open_model(config)
     model.backend = TimedBackend(model.backend)
     streams = open_streams(config, model)
@@ -162,7 +160,6 @@ def _prime(model: Monitor) -> None:
 
 
 def warm_up(runtime: Runtime, paced: bool) -> None:
-    """As fast as possible: until every stream has produced a window; paced: a few seconds."""
     if paced:
         _rounds(runtime, time.perf_counter() + PACED_WARMUP_S)
         return
@@ -184,7 +181,6 @@ def _rounds(runtime: Runtime, until_s: float) -> int:
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """One child measurement (see the module doc); the numbers as a JSON-ready dict."""
     if spec.get("batch_sweep"):
         return sweep(spec["model"])
     with tempfile.TemporaryDirectory(prefix="lungwatch-bench-") as tmp:
@@ -313,8 +309,7 @@ def mosquitto_broker(enabled: bool = True) -> Iterator[Broker | None]:
 def run_child(
     spec: dict[str, Any], timeout_s: float, checkout: Path | None = None
 ) -> dict[str, Any]:
-    """One measurement in a fresh process; with ``checkout``, that source tree's code runs it
-    (its own ``bench.runtime`` child, imported ahead of the installed project)."""
+    """With ``checkout``, that source tree's own ``bench.runtime`` runs the measurement."""
     env = dict(os.environ)
     if checkout is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(checkout), env.get("PYTHONPATH", "")])
@@ -335,7 +330,6 @@ def run_child(
 def _comparison_spec(
     args: argparse.Namespace, broker: str | None, paced: bool = False
 ) -> dict[str, Any]:
-    """The child measurement both comparisons repeat."""
     return {"broker": broker, "max_batch": args.max_batch, "model": args.model,
             "round_group": args.round_group, "streams": args.baseline_streams,
             "paced": paced, "seconds": args.paced_seconds if paced else args.seconds,
@@ -349,8 +343,6 @@ PACED_MEASURES = {  # what a paced comparison keeps of each run: name -> (latenc
 
 
 def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
-    """This checkout against git revision ``rev`` in alternating pairs of fresh processes; the
-    ratio of the medians (the module doc's "Baseline")."""
     spec = _comparison_spec(args, broker, paced=args.baseline_paced)
     runs: dict[str, list[float]] = {"this checkout": [], rev: []}
     paced: dict[str, dict[str, list[float]]] = {
@@ -361,8 +353,7 @@ def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict
         git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
         subprocess.run([*git, "worktree", "add", "--detach", str(tree), rev], check=True)
         try:
-            # an unmeasured run first: the fresh worktree compiles and caches its Numba kernels
-            # (and reads its files) once, so the first measured pair does not pay for it
+            # unmeasured: the fresh worktree compiles its Numba kernels here, not in the first pair
             print(f"warming {rev} up ...", flush=True)
             run_child({**spec, "streams": 16, "seconds": 2.0}, 600, tree)
             for pair in range(args.baseline_pairs):
@@ -388,15 +379,12 @@ def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict
 
 
 def _keep_paced(into: dict[str, list[float]], result: dict[str, Any]) -> None:
-    """A paced run's kept-up share and p99 latencies (:data:`PACED_MEASURES`)."""
     into["kept_up"].append(float(result["xrt_per_stream"]))
     for key, (latency, field) in PACED_MEASURES.items():
         into[key].append(float(result["latency"][latency][field]))
 
 
 def feature_costs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
-    """Each of :data:`FEATURES`' share of the time, ``1 - on / off`` of the medians of
-    alternating rounds with every feature on and with it off."""
     spec = _comparison_spec(args, broker)
     variants = {"all on": (), **{f"{name} off": (name,) for name in FEATURES}}
     runs: dict[str, list[float]] = {name: [] for name in variants}

@@ -1,9 +1,8 @@
 """Inference cost per window against batch size, for ``bench.runtime`` (a child measurement).
 
-A model folder's INT8 and FP32 files through :class:`~edge.inference.onnxruntime.OrtBackend` as
-the runtime opens them, on random features (the cost does not depend on the values) with
-states carried from call to call, repeats interleaved over sizes and models so other load falls
-on all alike; the median is reported. It chose ``BackendConfig.max_batch``'s default.
+INT8 and FP32 through ``OrtBackend`` as the runtime opens them, on random features (the cost
+does not depend on the values), states carried across calls, repeats interleaved over sizes and
+models so other load falls on all alike; medians. It chose ``BackendConfig.max_batch``'s default.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ SEED = 0
 
 
 def sweep(model_dir: str = "models/sed") -> dict[str, Any]:
-    """``{"model": dir, "sizes": [...], "ms_per_window": {file: [median per size]}}``; a window
-    is one bed's chunk."""
+    """A window is one bed's chunk."""
     config = BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=MAX_BATCH_LIMIT)
     backends = {name: OrtBackend(Path(model_dir) / f, config) for name, f in FILES.items()}
     first = next(iter(backends.values()))

@@ -70,8 +70,6 @@ class Published:
 
 
 class TimedBackend:
-    """An inference backend that adds up the time and calls of :meth:`infer`."""
-
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.calls, self.seconds = 0, 0.0
@@ -103,7 +101,6 @@ class TimingSink:
         self.inner.publish(event)
 
     def publish_many(self, events: Sequence[Event]) -> None:
-        """The runtime's per-round group: noted one by one, handed over together."""
         now_s = time.perf_counter()
         for event in events:
             self._note(event, now_s)
@@ -172,7 +169,6 @@ def _event_id(payload: Any) -> str | None:
 
 
 def percentiles_ms(seconds: list[float]) -> dict[str, float | int]:
-    """n, p50, p99 and max of durations given in seconds, in milliseconds."""
     if not seconds:
         return {"n": 0}
     ms = np.asarray(seconds) * 1e3

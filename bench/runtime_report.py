@@ -1,5 +1,4 @@
-"""``bench/results/runtime.md`` from the numbers ``bench.runtime`` measured (and the summary
-of its cProfile run, :func:`profile_summary`)."""
+"""``bench/results/runtime.md`` from ``bench.runtime``'s numbers, and its cProfile summary."""
 
 from __future__ import annotations
 
@@ -89,7 +88,6 @@ def _fmt(stats: dict[str, Any] | None, keys: tuple[str, ...] = ("p50", "p99")) -
 
 
 def rss_per_stream_mb(runs: list[dict[str, Any]]) -> dict[int, float]:
-    """(RSS with K streams - RSS with 1) / (K - 1), MB, for every K > 1."""
     base = next((r["rss_kb"] for r in runs if r["streams"] == 1), None)
     if base is None:
         return {}
@@ -144,7 +142,6 @@ def _targets(record: dict[str, Any]) -> list[str]:
 
 
 def _ward_targets(record: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """The throughput and latency targets on the ward load (every recording of a folder)."""
     ward, targets = record.get("ward"), record["targets"]
     if not ward or not ward["as_fast_as_possible"]:
         return []
@@ -163,8 +160,7 @@ def _ward_targets(record: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
 def _latency_row(
     label: str, paced: dict[str, Any] | None, key: str, targets: dict[str, float]
 ) -> tuple[str, str, str, bool]:
-    """A p99 latency target read from the paced run ``paced`` (the operating point): met only
-    if that run kept up with real time."""
+    """Read from the operating point ``paced``: met only if that run kept up with real time."""
     p99 = ((paced or {}).get("latency", {}).get(key) or {}).get("p99")
     wanted = f"<= {targets['p99_ms']:g} ms"
     if paced is None or p99 is None:
@@ -331,7 +327,6 @@ def _clips(run: dict[str, Any]) -> str:
 
 
 def _event_load(paced: list[dict[str, Any]], load: str) -> str:
-    """How event-heavy the load was: events per bed per hour of audio in the paced runs."""
     rates = [
         f"{run['latency']['close_to_publish_ms'].get('n', 0) * 3600.0 / run['audio_s']:,.0f} "
         f"(K = {run['streams']})"

@@ -78,8 +78,6 @@ class Message:
 
 # -- 1. an hour through the real runtime ---------------------------------------------------
 class Subscriber:
-    """Keeps every message under ``lungwatch/v1/#`` (QoS 1)."""
-
     def __init__(self, port: int) -> None:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
@@ -215,7 +213,6 @@ def replica_id(name: str) -> str:
 
 
 def beds_by_source(ward_beds: list[Bed]) -> dict[str, list[Bed]]:
-    """The beds that replay each generated bed."""
     found: dict[str, list[Bed]] = defaultdict(list)
     for bed in ward_beds:
         found[bed.source].append(bed)
@@ -232,8 +229,7 @@ def known_ids(messages: list[Message]) -> set[str]:
 
 
 def rewrite_strings(value: Any, change: Callable[[str, str], str], key: str = "") -> Any:
-    """``value`` (parsed JSON) with every string replaced by ``change(key, string)``, where
-    ``key`` is the mapping key it sits under (a list's items keep their list's key)."""
+    """``key``: the mapping key a string sits under (a list's items keep their list's key)."""
     if isinstance(value, dict):
         return {k: rewrite_strings(v, change, k) for k, v in value.items()}
     if isinstance(value, list):
@@ -242,7 +238,6 @@ def rewrite_strings(value: Any, change: Callable[[str, str], str], key: str = ""
 
 
 def shifted(key: str, value: str, shift_s: float) -> str:
-    """A ``...utc`` value moved by ``shift_s`` (other strings as they are)."""
     if key.endswith("utc") and value:
         return format_utc(parse_utc(value).timestamp() + shift_s)
     return value
@@ -284,7 +279,6 @@ def build_history(
     hours: float,
     clip_minutes: float,
 ) -> dict[str, Any]:
-    """Every bed's hour through the view's intake into the store at ``path``."""
     shift_s = (time.time() - hours * 3600.0) - started_s
     ids = known_ids(messages)
     keep_from_s = started_s + hours * 3600.0 - clip_minutes * 60.0  # generated time
@@ -321,8 +315,7 @@ def build_history(
 
 
 def settle(where: Path | str) -> None:
-    """Vacuum and checkpoint a PostgreSQL store so its background catch-up does not share the
-    cores with the browser being measured."""
+    """So a PostgreSQL store's background catch-up does not share the cores with the browser."""
     if isinstance(where, Path):
         return
     import psycopg
@@ -333,7 +326,6 @@ def settle(where: Path | str) -> None:
 
 
 def store_bytes(where: Path | str) -> int:
-    """The store's size on disk: the SQLite file, or the PostgreSQL database."""
     if isinstance(where, Path):
         return where.stat().st_size
     import psycopg
@@ -382,13 +374,11 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def trend_of(driver: Any, bed: Bed) -> dict[str, Any] | None:
-    """The page's drawn trend, once it is ``bed``'s."""
     t = driver.execute_script("return window.lwTrend")
     return t if t and t["stream"] == bed.stream and t["device"] == bed.device else None
 
 
 def evidence_of(driver: Any, episode: str) -> dict[str, Any] | None:
-    """The evidence panel's state once ``episode``'s audio and picture are ready (or failed)."""
     s = driver.execute_script("return window.lwEvidence")
     ready = s and s["episode"] == episode and ((s["audioAt"] and s["pictureAt"]) or s["error"])
     return s if ready else None
@@ -465,7 +455,6 @@ def live_schedule(
 
 
 def restamp(payload: bytes, shift_s: float) -> bytes:
-    """``payload`` with its ``...utc`` times moved by ``shift_s``."""
     body = rewrite_strings(json.loads(payload), lambda key, value: shifted(key, value, shift_s))
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -520,7 +509,6 @@ def replay(
 # -- the run ---------------------------------------------------------------------------------
 def live(record: dict[str, Any], driver: Any, url: str, port: int, messages: list[Message],
          ward_beds: list[Bed], started_s: float, args: argparse.Namespace) -> None:  # fmt: skip
-    """The live runs (module doc, 4.) into ``record``."""
     from tests.wardview.browser import wait_until
 
     since_s = started_s + args.hours * 3600.0 - args.live_s

@@ -1,2 +1,1 @@
-"""``make demo`` (``run``): the whole pipeline on three recordings, its picture (drawn with
-:mod:`wardview.plot`) and its subscriber (``subscriber``); its settings are ``demo.yaml``."""
+"""``make demo``: the pipeline on three recordings (``run``, ``demo.yaml``) and ``subscriber``."""

@@ -99,8 +99,6 @@ def _is_address(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Recording:
-    """One recording the demo streams, with its annotation (times in seconds)."""
-
     record: str  # SPRSound record id, the file's stem
     path: Path
     origin: str  # where it was found, for people
@@ -108,7 +106,6 @@ class Recording:
     annotated: tuple[Span, ...]
 
 
-# -- recordings ------------------------------------------------------------------------------
 def find_recordings(cfg: DemoConfig) -> list[Recording]:
     """Each record from ``../shared/data`` when present, else from ``examples_dir``."""
     data, examples = sprsound_root(), _project_path(cfg.examples_dir)
@@ -145,16 +142,13 @@ def read_annotation(path: Path) -> tuple[str, tuple[Span, ...]]:
 
 
 def _project_path(path: str) -> Path:
-    """``path`` as given if it exists from here, else relative to the project root."""
     given = Path(path)
     return given if given.is_absolute() or given.exists() else PROJECT_ROOT / given
 
 
-# -- the runtime's configuration --------------------------------------------------------------
 def runtime_config(
     cfg: DemoConfig, recordings: list[Recording], address: str, spool_dir: Path
 ) -> RuntimeConfig:
-    """One stream per recording; stdout + MQTT (broker at ``address``) sinks."""
     host, port = address.rsplit(":", 1)
     streams = tuple(
         StreamConfig(
@@ -181,7 +175,6 @@ def runtime_config(
     )
 
 
-# -- results ----------------------------------------------------------------------------------
 def delivered_spans(events: list[dict[str, Any]], rate_hz: int, end_sample: int) -> list[Span]:
     """Episodes of one stream as spans in seconds (an episode never ended runs to the end)."""
     episodes: dict[str, dict[str, Any]] = {}
@@ -200,8 +193,7 @@ def delivered_spans(events: list[dict[str, Any]], rate_hz: int, end_sample: int)
 
 
 def window_probabilities(model: Monitor, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The model's output frames over a whole recording, end included: centres (samples,
-    ``(n,)``) and probabilities ``(n, n_outputs)``, through one bed of the public API."""
+    """Output frames of a whole recording, end included: centres (samples), ``(n, O)`` probs."""
     bed = model.open_bed("picture")
     first, last = bed.push(samples), bed.close()
     probs = np.concatenate([first.probs, last.probs]) if len(first.probs) else last.probs
@@ -214,7 +206,6 @@ def window_probabilities(model: Monitor, samples: np.ndarray) -> tuple[np.ndarra
 def write_pictures(
     cfg: DemoConfig, config: RuntimeConfig, recordings: list[Recording], spans: list[list[Span]]
 ) -> list[Path]:
-    """``<out_dir>/<record>.png`` for every recording."""
     model = open_model(config)
     try:
         m = model.manifest
@@ -247,7 +238,6 @@ def write_pictures(
 def summarise(
     runtime: Runtime, recordings: list[Recording], spans: list[list[Span]], pictures: list[Path]
 ) -> list[str]:
-    """The closing lines: per recording detected vs annotated, and the picture."""
     lines = []
     for stream, rec, detected, png in zip(
         runtime.streams, recordings, spans, pictures, strict=True
@@ -281,9 +271,7 @@ def _counts(spans: list[Span]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in sorted(counted.items())) or "none"
 
 
-# -- main -------------------------------------------------------------------------------------
 def run(cfg: DemoConfig, stop: threading.Event) -> int:
-    """The demo (see the module doc); the exit status."""
     recordings = find_recordings(cfg)
     for i, rec in enumerate(recordings):
         n = Counter(s.type for s in rec.annotated)
@@ -313,7 +301,6 @@ def run(cfg: DemoConfig, stop: threading.Event) -> int:
 
 
 def _start_dashboard(cfg: DemoConfig, address: str) -> Any:
-    """The ward view on the demo's broker, its address printed."""
     from wardview.server import DashboardServer
 
     host, port = address.rsplit(":", 1)

@@ -1,11 +1,5 @@
-"""The demo's subscriber: what the broker delivers, printed as ``mqtt>`` lines and kept.
-
-    subscriber = Subscriber("127.0.0.1:1883", "demo-ward", "demo-edge").start()
-    ...                                      # the runtime publishes
-    subscriber.wait_for(n_events, timeout_s=10)   # n distinct events + the live ``offline``
-    subscriber.stop()
-
-QoS 1 is at-least-once, so events are kept by ``id`` and a repeated delivery is only counted
+"""The demo's subscriber: what the broker delivers, printed as ``mqtt>`` lines and kept. QoS 1
+is at-least-once, so events are kept by ``id`` and a repeated delivery is only counted
 (:attr:`Subscriber.duplicates`).
 """
 
@@ -29,8 +23,6 @@ class SubscriberError(LungwatchError):
 
 
 class Subscriber:
-    """Prints and keeps every message the broker delivers for one device (see the module doc)."""
-
     def __init__(self, address: str, site: str, device_id: str) -> None:
         import paho.mqtt.client as mqtt
 
@@ -47,7 +39,6 @@ class Subscriber:
         self._client.on_message = self._on_message
 
     def start(self) -> Subscriber:
-        """Connect and subscribe; returns once the broker acknowledged the subscription."""
         subscribed = threading.Event()
         self._client.on_subscribe = lambda *args: subscribed.set()
         try:

@@ -1,2 +1,1 @@
-"""``make deploy``: the bundle builder, the health check and the device-side commands that
-the Ansible playbook (``deploy/ansible/``) calls."""
+"""``make deploy``: bundle builder, health check, device-side commands (``deploy/ansible/``)."""

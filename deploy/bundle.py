@@ -2,13 +2,10 @@
 
 Built once per rollout on the workstation and unpacked on every device; each device's runtime
 config comes from the inventory, so one bundle serves a whole ward (docs/deploy.md, "A
-rollout"). Layout::
-
-    bundle.json            format, release, version, created_utc, content_sha256,
-                           files {path: sha256} of every other file
-    remote.py              the device-side commands (deploy/remote.py)
-    models/                manifest.json and every artifact it lists, each sha256-checked
-    wheels/                lungwatch-VERSION-py3-none-any.whl (+ its dependencies: deps bundle)
+rollout"). Layout: ``bundle.json`` (format, release, version, created_utc, content_sha256,
+files {path: sha256} of every other file), ``remote.py`` (deploy/remote.py), ``models/``
+(manifest.json and every artifact it lists, each sha256-checked), ``wheels/`` (the lungwatch
+wheel, + its dependencies with deps: bundle).
 
 The content hash covers every file but bundle.json, a wheel by its members (not its zip
 timestamps), so the same sources give the same release: a rollout that changes nothing.
@@ -96,8 +93,7 @@ class BundleSpec:
 
 
 def copy_models(models: Path, dest: Path) -> list[str]:
-    """Copy the manifest and every artifact it lists (the verify reference too), refusing any
-    sha256 mismatch and a verify reference the manifest does not list."""
+    """Refuses any sha256 mismatch and a verify reference the manifest does not list."""
     try:
         manifest = load_manifest(models / MANIFEST_NAME)
         if (models / REFERENCE_FILE).is_file() and REFERENCE_FILE not in manifest.files:
@@ -171,7 +167,6 @@ def can_build_offline() -> bool:
 
 
 def download_deps(install: BundleSpec, wheel: Path, out_dir: Path) -> None:
-    """``deps: bundle``: wheels of lungwatch's dependencies for the target, via pip download."""
     extras = f"[{','.join(install.extras)}]" if install.extras else ""
     cmd = [
         sys.executable,
@@ -204,7 +199,6 @@ def _run(cmd: list[str], what: str) -> None:
 
 
 def content_digest(path: Path) -> str:
-    """sha256 of a file; a wheel's is over its members' names and bytes (zip dates ignored)."""
     if path.suffix != ".whl":
         return sha256_file(path)
     digest = hashlib.sha256()
@@ -219,7 +213,6 @@ def bundle_files(staging: Path) -> Iterator[Path]:
 
 
 def git_version(source_root: Path = SOURCE_ROOT) -> str | None:
-    """``git describe --tags --always --dirty`` of the checkout, or None."""
     try:
         done = subprocess.run(
             ["git", "-C", str(source_root), "describe", "--tags", "--always", "--dirty"],
@@ -256,8 +249,6 @@ def write_manifest(staging: Path, wheel: Path) -> dict[str, Any]:
 
 
 def write_archive(staging: Path, archive: Path) -> str:
-    """tar.gz of the staging folder (sorted, owner-neutral) and ARCHIVE.sha256; its sha256."""
-
     def neutral(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
         info.uname = info.gname = ""
@@ -274,7 +265,6 @@ def write_archive(staging: Path, archive: Path) -> str:
 
 
 def build_bundle(spec: BundleSpec, work_dir: Path, wheel: Path | None = None) -> Bundle:
-    """Build the bundle of ``spec`` under ``work_dir`` (replacing an earlier one)."""
     staging = work_dir / "bundle"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

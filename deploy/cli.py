@@ -26,7 +26,6 @@ from lungwatch.errors import ConfigError, LungwatchError
 
 
 def bundle_spec(data: dict[str, Any]) -> BundleSpec:
-    """The inventory's ``lungwatch_bundle`` mapping as a :class:`BundleSpec`."""
     known = set(BundleSpec.__dataclass_fields__)
     unknown = sorted(set(data) - known)
     if unknown:

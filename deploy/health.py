@@ -1,8 +1,7 @@
-"""Health check: the device's retained status on the ward broker says ``online``.
-
-The status message is docs/events.md's ``status``. Only an ``online`` whose ``utc`` is not
-older than the device's clock at the restart passes (read on the device, so workstation clock
-skew does not matter): the stale retained ``online`` of the process just stopped never does.
+"""Health check: the device's retained status on the ward broker (docs/events.md's ``status``)
+says ``online``. Only an ``online`` whose ``utc`` is not older than the device's clock at the
+restart passes (read on the device, so workstation clock skew does not matter): the stale
+retained ``online`` of the process just stopped never does.
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ RETRY_S = 0.5  # between connection attempts
 
 @dataclass(frozen=True)
 class BrokerConfig(Settings):
-    """The broker the workstation reads the device's retained status from (the inventory's
-    ``lungwatch_health_broker``)."""
+    """The inventory's ``lungwatch_health_broker``: where the device's status is read."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(gt=0, lt=65536)] = 1883

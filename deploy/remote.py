@@ -53,7 +53,6 @@ def link_release(root: Path, name: str) -> str | None:
     return Path(os.readlink(link)).name if link.is_symlink() else None
 
 
-# -- unpack ----------------------------------------------------------------------------------
 def check_archive(archive: Path) -> None:
     expected = (archive.parent / f"{archive.name}.sha256").read_text().split()[0]
     actual = sha256_file(archive)
@@ -74,7 +73,6 @@ def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
 
 
 def check_files(folder: Path) -> int:
-    """Every file of ``bundle.json`` is there with its sha256; the number checked."""
     listed = json.loads((folder / BUNDLE_MANIFEST).read_text())["files"]
     for name, sha256 in sorted(listed.items()):
         path = folder / name
@@ -104,7 +102,6 @@ def unpack(root: Path, archive: Path, release: str) -> dict[str, object]:
     return {"release": release, "files": count}
 
 
-# -- the venv's import path ------------------------------------------------------------
 def site_dirs(venv: Path, dirs: list[str]) -> dict[str, object]:
     """Append ``dirs`` to the venv's import path with a .pth file (inventory extra_site_dirs)."""
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
@@ -120,7 +117,6 @@ def site_dirs(venv: Path, dirs: list[str]) -> dict[str, object]:
     return {"pth": str(pth), "dirs": dirs}
 
 
-# -- process service manager ---------------------------------------------------------------
 def proc_identity(pid: int) -> str | None:
     """The process's start time (from /proc), or None when it is gone or a zombie."""
     try:
@@ -144,7 +140,6 @@ def running_pid(pidfile: Path) -> int | None:
 def proc_start(
     pidfile: Path, log: Path, cwd: Path, argv: list[str], env: list[str]
 ) -> dict[str, object]:
-    """Start ``argv`` detached (own session, output to ``log``) with ``env`` (KEY=VALUE)."""
     pid = running_pid(pidfile)
     if pid is not None:
         raise RemoteError(f"already running (pid {pid}, {pidfile}); stop it first")
@@ -178,7 +173,6 @@ def proc_start(
 
 
 def proc_stop(pidfile: Path, timeout_s: float) -> dict[str, object]:
-    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; the pid file is removed."""
     pid = running_pid(pidfile)
     killed = False
     if pid is not None:
@@ -203,8 +197,7 @@ def proc_status(pidfile: Path) -> dict[str, object]:
 
 # -- under the release's venv ----------------------------------------------------------------
 def configure(release: Path, model_file: str, backend: str) -> dict[str, object]:
-    """runtime.yaml = config/runtime.yaml with this release's model folder, file and backend,
-    validated by the runtime's own loader (errors name the file and the key)."""
+    """runtime.yaml from config/runtime.yaml, validated by the runtime's own loader."""
     import yaml
 
     from edge.runtime.config import load_runtime_config
@@ -263,10 +256,8 @@ def engine(
     timing_cache: Path,
     tensorrt: str | None,
 ) -> dict[str, object]:
-    """Build the TensorRT engine of the release's ``onnx_model`` on this device
-    (``lungwatch engine``) and say what the service will run: the engine on TensorRT, or,
-    with ``mode`` auto where TensorRT is absent (or ``mode`` off), ``onnx_model`` on ONNX
-    Runtime; the note says which and why."""
+    """Build the engine of ``onnx_model`` here; the service runs it on TensorRT, or
+    ``onnx_model`` on ONNX Runtime with ``mode`` off or auto without TensorRT (note: why)."""
     from export.engine import NO_TENSORRT
 
     if mode == "off":
@@ -288,17 +279,14 @@ def engine(
 
 
 def verify_rows(stdout: str) -> list[tuple[str, str]]:
-    """``(stage, verdict)`` of each row of ``lungwatch verify``'s table
-    (``| stage | frames max/mean Δp | events matched | verdict |``)."""
     rows = [line for line in stdout.splitlines() if line.startswith("| ")]
     cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows]
     return [(c[0], c[-1]) for c in cells if c[0] != "stage" and len(c) >= 2]
 
 
 def gate(release: Path, model_file: str) -> dict[str, object]:
-    """The verify gate on what the service will run: with the model folder's verify reference,
-    ``lungwatch verify --reference`` must pass and must have checked ``model_file`` (the built
-    engine, or the ONNX fallback); without one, every file's manifest sha256."""
+    """``lungwatch verify --reference`` must pass ``model_file`` (the engine or the ONNX
+    fallback); without a verify reference, every file's manifest sha256 is checked."""
     models = release / "models"
     if not (models / REFERENCE_FILE).is_file():
         checked = check_models(models)["checked"]
@@ -321,7 +309,6 @@ def gate(release: Path, model_file: str) -> dict[str, object]:
     return {"verify": f"{', '.join(passed)} {PASSED} of {REFERENCE_FILE}"}
 
 
-# -- command line ----------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remote.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)

@@ -1,10 +1,9 @@
-"""Audio input: read WAV/FLAC files into float32 mono arrays, convert, resample, validate.
+"""Audio input as float32 mono in [-1, 1], in plain NumPy so device and training read alike.
 
-Plain NumPy (never torch), so the device and the training code read audio the same way.
-Samples are float32, 1-D, full scale [-1, 1]; integer PCM is scaled as libsndfile scales it,
-so a WAV file and its FLAC twin give bit-identical samples. Every error message starts with
-the source. Some stethoscopes write WAV headers with a wrong ``nBlockAlign``; where
-libsndfile refuses a RIFF/WAVE file, :func:`read_audio` falls back to Python's ``wave``.
+Integer PCM is scaled as libsndfile scales it (a WAV and its FLAC twin give bit-identical
+samples); every error message starts with the source. Where libsndfile refuses a RIFF/WAVE
+file (some stethoscopes write a wrong ``nBlockAlign``), :func:`read_audio` falls back to
+Python's ``wave``.
 """
 
 from __future__ import annotations
@@ -60,8 +59,7 @@ class Audio:
 
 
 def audio_file(folder: Path, stem: str) -> Path | None:
-    """``folder/stem`` with the first of :data:`AUDIO_SUFFIXES` that exists, else None
-    (``stem`` as given: SPRSound names hold dots)."""
+    """``folder/stem`` + the first suffix that exists (``stem`` as is: SPRSound names hold dots)."""
     for suffix in AUDIO_SUFFIXES:
         candidate = folder / f"{stem}{suffix}"
         if candidate.is_file():
@@ -70,18 +68,14 @@ def audio_file(folder: Path, stem: str) -> Path | None:
 
 
 def audio_files_under(folder: Path) -> list[Path]:
-    """Every audio file (:data:`AUDIO_SUFFIXES`, any case) below ``folder``, sorted."""
     return sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
     )
 
 
 def read_audio(path: str | Path, *, target_rate_hz: int | None = None) -> Audio:
-    """Read a WAV or FLAC file as float32 mono, optionally resampled.
-
-    Raises AudioReadError (missing, unreadable, not audio), EmptyAudioError or
-    InvalidAudioError (NaN/Inf, or ``target_rate_hz`` not positive).
-    """
+    """Raises AudioReadError (missing, unreadable, not audio), EmptyAudioError or
+    InvalidAudioError (NaN/Inf, or ``target_rate_hz`` not positive)."""
     file_path = Path(path)
     source = str(file_path)
     if not file_path.exists():
@@ -116,7 +110,6 @@ def read_audio(path: str | Path, *, target_rate_hz: int | None = None) -> Audio:
 
 
 def _decode(path: Path) -> tuple[np.ndarray, int, int, str]:
-    """``(frames (n, channels), rate_hz, channels, subtype)`` by libsndfile, else ``wave``."""
     try:
         return _read_with_soundfile(path)
     except (sf.SoundFileError, OSError) as exc:
@@ -153,7 +146,6 @@ def check_header(rate_hz: int, channels: int, frames: int, source: str) -> None:
 
 
 def _read_with_soundfile(path: Path) -> tuple[np.ndarray, int, int, str]:
-    """Decode any libsndfile format, keeping integer PCM as integers for exact scaling."""
     with sf.SoundFile(str(path)) as reader:
         check_header(int(reader.samplerate), int(reader.channels), int(reader.frames), str(path))
         dtype = _READ_DTYPE_BY_SUBTYPE.get(reader.subtype, _FLOAT_READ_DTYPE)
@@ -162,7 +154,6 @@ def _read_with_soundfile(path: Path) -> tuple[np.ndarray, int, int, str]:
 
 
 def _is_riff_wave(path: Path) -> bool:
-    """Whether the file starts with a RIFF/WAVE header (False if it cannot be read)."""
     try:
         with path.open("rb") as handle:
             header = handle.read(RIFF_HEADER_BYTES)
@@ -172,8 +163,7 @@ def _is_riff_wave(path: Path) -> bool:
 
 
 def _read_wav_with_wave(path: Path) -> tuple[np.ndarray, int, int, str]:
-    """Decode integer PCM WAV with ``wave`` (ignores a wrong nBlockAlign), in the integer
-    dtype libsndfile would give."""
+    """Integer PCM WAV by ``wave``, in the integer dtype libsndfile would give."""
     try:
         with wave.open(str(path), "rb") as reader:
             channels = reader.getnchannels()
@@ -207,8 +197,7 @@ def _pcm_bytes_to_array(raw: bytes, width_bytes: int, source: str) -> np.ndarray
 
 
 def to_mono(x: np.ndarray, *, source: str = DEFAULT_SOURCE) -> np.ndarray:
-    """``(n,)`` as is, ``(n, channels)`` by the channels' mean; float32 stays float32, other
-    input becomes float64."""
+    """``(n,)`` as is, ``(n, channels)`` by their mean; float32 stays float32, else float64."""
     x = np.asarray(x)
     if x.ndim == 1:
         return x
@@ -223,8 +212,7 @@ def to_mono(x: np.ndarray, *, source: str = DEFAULT_SOURCE) -> np.ndarray:
 
 
 def to_float32(x: np.ndarray, *, source: str = DEFAULT_SOURCE) -> np.ndarray:
-    """PCM samples of any shape as float32 in [-1, 1]: int16 / 2**15, int32 / 2**31,
-    (uint8 - 128) / 2**7, floats clipped (NaN and Inf pass for :func:`validate_samples`)."""
+    """Float32 in [-1, 1], any shape; floats clipped, NaN and Inf left to ``validate_samples``."""
     x = np.asarray(x)
     if x.dtype == np.int16:
         return (x.astype(np.float32) / np.float32(INT16_FULL_SCALE)).astype(np.float32)
@@ -245,8 +233,7 @@ def to_float32(x: np.ndarray, *, source: str = DEFAULT_SOURCE) -> np.ndarray:
 def resample(
     x: np.ndarray, from_hz: int, to_hz: int, *, source: str = DEFAULT_SOURCE
 ) -> np.ndarray:
-    """Resample with a polyphase filter (``scipy.signal.resample_poly``); float32, not
-    clipped (the filter may overshoot full scale slightly)."""
+    """Float32, not clipped (``resample_poly``'s filter may overshoot full scale slightly)."""
     _check_rates(from_hz, to_hz, source)
     if from_hz == to_hz:
         return x
@@ -264,8 +251,7 @@ def _check_rates(from_hz: object, to_hz: object, source: str) -> None:
 
 
 def validate_samples(x: np.ndarray, source: str) -> np.ndarray:
-    """``x`` unchanged if 1-D, not empty and finite, else InvalidAudioError or
-    EmptyAudioError."""
+    """``x`` unchanged, or EmptyAudioError / InvalidAudioError (not 1-D, NaN or Inf)."""
     x = np.asarray(x)
     if x.ndim != 1:
         raise InvalidAudioError(f"{source}: expected 1-D samples, got shape {x.shape}")

@@ -1,8 +1,5 @@
-"""Where the reference data sets live.
-
-The data are never copied into the repository. They are read from ``../shared/data``
-beside the project root, or from the folder named by ``LUNGWATCH_DATA_DIR``.
-"""
+"""Where the reference data sets live: ``../shared/data`` beside the project root, or the
+folder ``$LUNGWATCH_DATA_DIR`` names (never copied into the repository)."""
 
 from __future__ import annotations
 

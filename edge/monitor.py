@@ -1,20 +1,9 @@
-"""The public streaming API: load a model once, push audio chunks for one bed or many.
-
-    from lungwatch import Monitor
-
-    monitor = Monitor.load("models/sed")        # the INT8 model, with its manifest's rules
-    bed = monitor.open_bed("bed-1")
-    for chunk in chunks:                        # float32 mono at monitor.sample_rate_hz
-        step = bed.push(chunk)                  # BedStep: events, output frames, quality
-        for event in step.events:
-            print(event.state, event.type, event.start_s)
-    step = bed.close()                          # the last frames; every open event ends
-
-    steps = monitor.push({bed_a: chunk_a, bed_b: chunk_b})   # many beds, one model call
+"""The public streaming API: load a model once, push audio chunks for one bed or many (usage:
+docs/runtime.md, "The Python API").
 
 Every bed runs exactly what a bed of ``lungwatch run`` runs (:class:`edge.bed.chain.BedChain`).
 A push may give nothing (the model describes audio in whole chunks) and never gives an output
-twice; chunks of any size give the same events (docs/runtime.md, "The Python API").
+twice; chunks of any size give the same events.
 """
 
 from __future__ import annotations
@@ -123,8 +112,6 @@ class BedStep:
 
 
 class Bed:
-    """One bed of a :class:`Monitor` (see the module doc)."""
-
     def __init__(
         self, monitor: Monitor, bed_id: str, age_band: str | None = None, stagger: int = 0
     ) -> None:
@@ -144,8 +131,6 @@ class Bed:
 
 
 class Monitor:
-    """A model and its rules, for any number of beds (see the module doc)."""
-
     def __init__(
         self, manifest: Manifest, model_file: str, backend: Backend, settings: ChainSettings
     ) -> None:
@@ -204,10 +189,9 @@ class Monitor:
         return self.manifest.model_id
 
     def open_bed(self, bed_id: str = "bed", age_band: str | None = None, stagger: int = 0) -> Bed:
-        """A new bed at sample 0 with the model's state zero. ``age_band``
-        (:data:`edge.bed.agebands.AGE_BAND_NAMES`; None: the respiration config's).
-        ``stagger``: give beds that start together different ones (their index), so their
-        breath analyses spread over time."""
+        """A new bed at sample 0, model state zero. ``age_band``: one of
+        :data:`edge.bed.agebands.AGE_BAND_NAMES` (None: the respiration config's); ``stagger``:
+        its index among beds that start together, so their breath analyses spread over time."""
         return Bed(self, bed_id, age_band, stagger)
 
     def process(self, ready: Sequence[tuple[BedChain, WindowReady]]) -> list[WindowStep]:

@@ -1,4 +1,2 @@
-"""Checkpoint to ONNX, explicit INT8 (Q/DQ), TensorRT engine and parity verification.
-
-One module per step, each with ``main(argv)``.
-"""
+"""Checkpoint to ONNX, explicit INT8 (Q/DQ), TensorRT engine and parity verification: one module
+per step, each with ``main(argv)``."""

@@ -48,8 +48,7 @@ def built(folder: Path) -> bool:
 def device_artifact(
     checkpoint: Path, folder: Path, rules: dict[str, dict[str, Any]], fp32: bool
 ) -> str:
-    """``folder`` made from ``checkpoint`` as the recipe makes the shipped model, with the
-    design's fitted manifest sections ``rules``; the file the device runs."""
+    """``folder`` made from ``checkpoint`` as the shipped model is; returns the file to run."""
     from edge.inference.manifest_write import set_section
     from export.quantize import main as quantize
     from export.to_onnx import main as export
@@ -79,7 +78,6 @@ def device_artifact(
 def run_device_view(
     design: str, seed: int, cv_dir: Path, work: Path, fp32: bool, boxes: bool = False
 ) -> dict[str, Any]:
-    """The ICBHI view of ``design``'s seed-``seed`` fold models, out of fold (module doc)."""
     from edge.runtime.offline import detect_recordings
     from training.data.icbhi import load_icbhi
     from training.scoring.views import cycle_verdicts, icbhi_view

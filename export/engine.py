@@ -1,9 +1,7 @@
-"""Q/DQ ONNX -> TensorRT engine (TensorRT 10 or 11), built on the device that will run it.
-
-Engines are specific to one GPU and one TensorRT version. Options, the two build paths
+"""Q/DQ ONNX -> TensorRT engine (TensorRT 10 or 11), built on the device that will run it:
+engines are specific to one GPU and one TensorRT version. Options, the two build paths
 (``tensorrt`` module or ``trtexec``), TensorRT 11's strong typing and the manifest record:
-docs/backends.md, "Native TensorRT".
-"""
+docs/backends.md, "Native TensorRT"."""
 
 from __future__ import annotations
 
@@ -58,7 +56,6 @@ class BuildPlan:
     workspace_mib: int = 1024
 
     def profiles(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-        """``{input: (min, opt, max)}`` shapes of the one optimisation profile."""
         shapes = {INPUT_NAME: self.input_shape, STATE_NAME: (self.state_size,)}
         return {
             name: profile_shapes(shape, self.max_batch, self.opt_batch)
@@ -67,7 +64,6 @@ class BuildPlan:
 
 
 def graph_inputs(onnx_path: Path) -> dict[str, Any]:
-    """``{name: ValueInfoProto}`` of the ONNX model's inputs."""
     try:
         import onnx
         from google.protobuf.message import DecodeError
@@ -83,7 +79,6 @@ def graph_inputs(onnx_path: Path) -> dict[str, Any]:
 
 
 def _static_dims(onnx_path: Path, value: Any, rank: int, layout: str) -> list[int]:
-    """The dimensions after the batch of input ``value``; only the batch may be dynamic."""
     dims = value.type.tensor_type.shape.dim
     values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if (
@@ -109,7 +104,6 @@ def read_input_shape(onnx_path: Path, inputs: dict[str, Any] | None = None) -> t
 
 
 def read_state_size(onnx_path: Path, inputs: dict[str, Any] | None = None) -> int:
-    """The width S of the ``state`` input ``(batch, S)``."""
     inputs = graph_inputs(onnx_path) if inputs is None else inputs
     if STATE_NAME not in inputs:
         raise EngineBuildError(f"{onnx_path}: no input {STATE_NAME!r} (inputs: {list(inputs)})")
@@ -125,12 +119,10 @@ def timing_cache_path(out: Path, given: Path | None = None) -> Path:
 def profile_shapes(
     input_shape: tuple[int, ...], max_batch: int, opt_batch: int
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) full input shapes of the one optimisation profile."""
     return (1, *input_shape), (opt_batch, *input_shape), (max_batch, *input_shape)
 
 
 def shape_spec(shape: tuple[int, ...], name: str = INPUT_NAME) -> str:
-    """trtexec's shape syntax for one input: ``features:1x1x8x16``."""
     return f"{name}:" + "x".join(str(d) for d in shape)
 
 
@@ -147,7 +139,6 @@ def strongly_typed(tensorrt_version: str | None) -> bool:
 
 
 def check_precision(precision: str, tensorrt_version: str | None) -> None:
-    """Refuse a precision this TensorRT cannot build (fp16 / best under strong typing)."""
     if precision != "int8" and strongly_typed(tensorrt_version):
         raise EngineBuildError(
             f"--precision {precision}: TensorRT {tensorrt_version} builds strongly typed "
@@ -158,7 +149,6 @@ def check_precision(precision: str, tensorrt_version: str | None) -> None:
 
 
 def builder_flags(precision: str, tensorrt_version: str | None) -> tuple[str, ...]:
-    """The ``trt.BuilderFlag`` names to set: none under strong typing."""
     check_precision(precision, tensorrt_version)
     return () if strongly_typed(tensorrt_version) else BUILDER_FLAGS[precision]
 
@@ -169,7 +159,6 @@ def trtexec_argv(
     trtexec: str = "trtexec",
     tensorrt_version: str | None = None,
 ) -> list[str]:
-    """The trtexec command that builds ``plan`` into ``engine_path``, running no inference."""
     check_precision(plan.precision, tensorrt_version)
     profiles = plan.profiles()
     precision = [] if strongly_typed(tensorrt_version) else [TRTEXEC_FLAGS[plan.precision]]
@@ -202,7 +191,6 @@ def parse_trtexec_version(text: str) -> str | None:
 
 
 def trtexec_version(trtexec: str, timeout_s: float = 60.0) -> str | None:
-    """The TensorRT version in ``trtexec``'s ``--help`` banner, or None when it does not say."""
     try:
         result = subprocess.run(
             [trtexec, "--help"], capture_output=True, text=True, check=False, timeout=timeout_s
@@ -213,7 +201,6 @@ def trtexec_version(trtexec: str, timeout_s: float = 60.0) -> str | None:
 
 
 def find_trtexec() -> str | None:
-    """trtexec on PATH, else in JetPack's install location."""
     found = shutil.which("trtexec")
     if found:
         return found
@@ -221,7 +208,6 @@ def find_trtexec() -> str | None:
 
 
 def choose_builder(has_tensorrt: bool, trtexec: str | None, use_trtexec: bool) -> str:
-    """``python-api`` or ``trtexec``; :class:`EngineBuildError` when neither can build."""
     if use_trtexec:
         if trtexec is None:
             raise EngineBuildError(
@@ -267,7 +253,6 @@ def _parse_network(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tupl
 
 
 def _builder_config(trt: Any, builder: Any, plan: BuildPlan) -> Any:
-    """Precision flags, workspace, the optimisation profile and the timing cache."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mib << 20)
     for flag in builder_flags(plan.precision, trt.__version__):
@@ -284,7 +269,6 @@ def _builder_config(trt: Any, builder: Any, plan: BuildPlan) -> Any:
 
 
 def build_with_python_api(trt: Any, plan: BuildPlan) -> str:
-    """Build and write the engine with the TensorRT Python API; return its version."""
     check_precision(plan.precision, trt.__version__)  # before the parse, which takes a while
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -299,7 +283,6 @@ def build_with_python_api(trt: Any, plan: BuildPlan) -> str:
 
 
 def build_with_trtexec(trtexec: str, plan: BuildPlan) -> str | None:
-    """Build the engine by running trtexec; return the TensorRT version it reports."""
     tmp = plan.out.with_name(f".{plan.out.name}.{os.getpid()}.tmp")
     argv = trtexec_argv(plan, tmp, trtexec, trtexec_version(trtexec))
     try:
@@ -317,7 +300,6 @@ def build_with_trtexec(trtexec: str, plan: BuildPlan) -> str | None:
 
 
 def device_info() -> dict[str, str] | None:
-    """GPU name and compute capability (cuda-python, else nvidia-smi), or None."""
     try:
         from edge.inference.tensorrt import import_cudart
 
@@ -368,7 +350,6 @@ def engine_extra(
 
 
 def manifest_beside(out: Path) -> Path:
-    """The model folder's manifest that will record the engine; it must exist already."""
     manifest = Path(out).parent / MANIFEST_NAME
     if not manifest.is_file():
         raise EngineBuildError(
@@ -379,7 +360,6 @@ def manifest_beside(out: Path) -> Path:
 
 
 def record_engine(plan: BuildPlan, extra: dict[str, Any]) -> Path:
-    """Record the engine in ``manifest.json`` beside it; return the manifest path."""
     from edge.inference.manifest_write import record_artifact
 
     manifest = manifest_beside(plan.out)

@@ -55,7 +55,6 @@ def load_model(model_path: Path) -> Any:
 
 
 def check_tensorrt_compat(model_path: str | Path) -> list[str]:
-    """Problems that would stop TensorRT 10 (see the module docstring); ``[]`` if none."""
     model = load_model(Path(model_path))
     return [
         *check_opset(model),
@@ -67,7 +66,6 @@ def check_tensorrt_compat(model_path: str | Path) -> list[str]:
 
 
 def check_opset(model: Any) -> list[str]:
-    """The default-domain opset must be one TensorRT 10.0 reads."""
     for opset in model.opset_import:
         if opset.domain in STANDARD_DOMAINS and not MIN_OPSET <= opset.version <= MAX_OPSET:
             return [f"opset {opset.version}: TensorRT 10.0 reads opsets {MIN_OPSET}..{MAX_OPSET}"]
@@ -86,7 +84,6 @@ def iter_nodes(graph: Any) -> Iterator[Any]:
 
 
 def check_operators(graph: Any, supported: frozenset[str] | None = None) -> list[str]:
-    """One line per unsupported (domain, op type), with a node count and an example name."""
     supported = supported_ops() if supported is None else supported
     offenders: dict[tuple[str, str], list[str]] = defaultdict(list)
     for node in iter_nodes(graph):
@@ -103,7 +100,6 @@ def check_operators(graph: Any, supported: frozenset[str] | None = None) -> list
 
 
 def check_qdq_zero_points(graph: Any) -> list[str]:
-    """Q/DQ zero points (initializers) must be int8 and all zero."""
     from onnx import TensorProto, numpy_helper
 
     zero_points = {init.name: init for init in graph.initializer}
@@ -125,7 +121,6 @@ def check_qdq_zero_points(graph: Any) -> list[str]:
 
 
 def _dims(value_info: Any) -> list[Any] | None:
-    """The dims of a tensor value_info, or None when it records no shape."""
     tensor_type = value_info.type.tensor_type
     return list(tensor_type.shape.dim) if tensor_type.HasField("shape") else None
 
@@ -137,7 +132,6 @@ def _describe(dim: Any) -> str:
 
 
 def check_io_dims(graph: Any) -> list[str]:
-    """Every graph input/output dim but the first must be a static positive integer."""
     initializers = {init.name for init in graph.initializer}
     problems = []
     for role, values in (("input", graph.input), ("output", graph.output)):
@@ -158,7 +152,6 @@ def check_io_dims(graph: Any) -> list[str]:
 
 
 def with_fixed_batch(model: Any, batch: int = FIXED_BATCH) -> Any:
-    """A copy whose graph inputs have dim 0 = ``batch`` and whose value_info is cleared."""
     import onnx
 
     fixed = onnx.ModelProto()
@@ -172,7 +165,6 @@ def with_fixed_batch(model: Any, batch: int = FIXED_BATCH) -> Any:
 
 
 def check_intermediate_dims(model: Any) -> list[str]:
-    """Intermediate dims that stay symbolic with the batch fixed to 1 (see module docstring)."""
     import onnx
 
     try:

@@ -93,7 +93,6 @@ def _static_dims(value: Any, rank: int, model: Path) -> list[int]:
 
 
 def read_shapes(model: Path) -> StreamingShapes:
-    """The sizes of the streaming graph ``model`` (:mod:`export.to_onnx`'s I/O names)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -135,7 +134,6 @@ def flush_frame(model: Path, shapes: StreamingShapes) -> np.ndarray | None:
 
 
 def ort_session(model: Path) -> Any:
-    """A one-thread ONNX Runtime CPU session; errors name the file."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -161,8 +159,6 @@ def _check_recordings(recordings: Sequence[np.ndarray], shapes: StreamingShapes)
 
 
 def _padded(recordings: Sequence[np.ndarray], pad: np.ndarray | None, frames: int) -> np.ndarray:
-    """The recordings stacked to (B, K, F, frames), each padded with ``pad`` (K, F) or, when
-    None, its own per-band mean."""
     k, f = recordings[0].shape[:2]
     x = np.empty((len(recordings), k, f, frames), np.float32)
     for row, features in enumerate(recordings):
@@ -196,9 +192,8 @@ def run_streams(
 def calibration_chunks(
     fp32_model: Path, recordings: list[np.ndarray], max_chunks: int, seed: int
 ) -> list[dict[str, np.ndarray]]:
-    """A seeded sample of at most ``max_chunks`` whole chunks of the (K, F, frames)
-    recordings, in (recording, chunk) order, each ``{"features": (1, K, F, T), "state": (1, S)}``
-    with the state the FP32 model carried into it."""
+    """A seeded sample of at most ``max_chunks`` whole chunks in (recording, chunk) order, each
+    ``{"features": (1, K, F, T), "state": (1, S)}`` with the state the FP32 model carried in."""
     if max_chunks < 1:
         raise StreamingQuantizeError(f"max_chunks must be an integer >= 1, got {max_chunks}")
     fp32_model = Path(fp32_model)
@@ -268,8 +263,6 @@ def static_qdq(
     nodes_to_exclude: Sequence[str] = (),
     extra_options: dict[str, Any] | None = None,
 ) -> None:
-    """quant_pre_process into ``work``, then onnxruntime's static Q/DQ quantization into
-    ``out``: int8 symmetric activations if ``signed``, else uint8 asymmetric."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -313,7 +306,6 @@ def quantize_qdq(
     percentile: float = DEFAULT_PERCENTILE,
     nodes_to_exclude: Sequence[str] = (),
 ) -> None:
-    """:func:`static_qdq` on ``chunks``, ``activations`` qint8 or quint8."""
     signed = activations == "qint8"
     static_qdq(
         source,
@@ -337,9 +329,8 @@ GENERATED_NAME = re.compile(
 
 
 def compact(path: Path) -> None:
-    """Rewrite ``path`` smaller without changing what it computes: shorten the quantizer's
-    generated tensor names, drop Q/DQ node names and the shape-inference ``value_info`` that
-    ``quant_pre_process`` added (the FP32 export has none; runtimes infer shapes)."""
+    """Shrink ``path`` without changing what it computes: short generated tensor names, no Q/DQ
+    node names, no ``value_info`` (the FP32 export has none; runtimes infer shapes)."""
     import onnx
 
     model = onnx.load(str(path))
@@ -365,8 +356,7 @@ def compact(path: Path) -> None:
 
 def tidy_qdq(path: Path) -> dict[str, int]:
     """Rewrite the Q/DQ placement of ``path`` in place (docs/export.md, "Q/DQ placement"): only
-    quantized ops read a dequantized tensor, and a pair reaching no quantized op is removed.
-    Returns ``{"float_readers": inputs rewired, "pairs_removed": n}``."""
+    quantized ops read a dequantized tensor, and a pair reaching no quantized op is removed."""
     import onnx
 
     model = onnx.load(str(path))
@@ -419,7 +409,6 @@ def _activation_pairs(graph: Any) -> list[tuple[Any, Any, list[Any]]]:
 
 
 def _reaches_quantized(graph: Any, tensor: str) -> bool:
-    """Whether ``tensor`` flows (through any ops) into a quantized op or a QuantizeLinear."""
     readers = _readers(graph)
     seen, todo = {tensor}, [tensor]
     while todo:
@@ -433,7 +422,6 @@ def _reaches_quantized(graph: Any, tensor: str) -> bool:
 
 
 def _read_float(node: Any, q: Any, dq: Any) -> int:
-    """Make ``node`` read ``q``'s float input, not ``dq``'s output; how many inputs changed."""
     slots = [k for k, name in enumerate(node.input) if name == dq.output[0]]
     for k in slots:
         node.input[k] = q.input[0]
@@ -463,13 +451,10 @@ def streaming_agreement(
     lookahead_frames: int = 0,
     spec: FeatureSpec | None = None,
 ) -> dict[str, Any]:
-    """How the INT8 model tracks the FP32 one over whole recordings streamed as on the device.
-
-    Each recording is padded with the graph's flush frame for its last chunk and the
-    look-ahead, whose first outputs are dropped. An event of one model is matched if it
-    overlaps an event of the same type of the other (default detector config). The quarter
-    figures show whether error builds up over a stream.
-    """
+    """How INT8 tracks FP32 over whole recordings streamed as on the device: each is padded with
+    the graph's flush frame for its last chunk and the look-ahead (whose first outputs are
+    dropped); events (default detector config) match if they overlap one of the same type; the
+    quarter figures show whether error builds up over a stream."""
     from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
     from training.data.targets import OUTPUTS
 
@@ -534,7 +519,6 @@ def streaming_agreement(
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson correlation; None when either array is constant."""
     if a.std() == 0.0 or b.std() == 0.0:
         return None
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
@@ -543,7 +527,6 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 def _share_matched(
     ours: Sequence[Sequence[Event]], theirs: Sequence[Sequence[Event]]
 ) -> float | None:
-    """Share of ``ours`` events overlapping one of ``theirs`` in the same recording."""
     total = sum(map(len, ours))
     if total == 0:
         return None
@@ -563,11 +546,9 @@ def quantize_model(
     lookahead_frames: int = 0,
     nodes_to_exclude: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Quantize ``fp32_model`` on the calibration ``chunks``, compact it, screen it for
-    TensorRT 10 and write ``out``, or raise OpCheckFailedError and write nothing. Returns the
-    calibration record; ``seed`` is only recorded. The FP32 agreement is measured on
-    ``agreement_recordings``, or on the chunks when none are given.
-    """
+    """Quantize ``fp32_model`` on ``chunks``, compact, tidy and screen it for TensorRT 10, and
+    write ``out``, or raise OpCheckFailedError and write nothing. Returns the calibration record
+    (``seed`` is only recorded); FP32 agreement is on ``agreement_recordings``, else the chunks."""
     from edge.inference.manifest_write import publish
 
     fp32_model, out = Path(fp32_model), Path(out)
@@ -677,7 +658,6 @@ def check_excluded(fp32_model: Path, names: Sequence[str]) -> None:
 
 
 def check_out(fp32_model: Path, out: Path) -> None:
-    """``out`` must not be the FP32 model and its folder must exist."""
     if out.resolve() == fp32_model.resolve():
         raise StreamingQuantizeError(f"{out}: would overwrite the fp32 model")
     if not out.parent.is_dir():
@@ -687,7 +667,6 @@ def check_out(fp32_model: Path, out: Path) -> None:
 def chunk_agreement(
     fp32: Path, int8: Path, chunks: Sequence[dict[str, np.ndarray]]
 ) -> dict[str, Any]:
-    """FP32 vs INT8 probabilities of the calibration chunks (each with its carried state)."""
     feed = {name: np.concatenate([c[name] for c in chunks]) for name in (FEATURES, STATE)}
     (a,) = ort_session(fp32).run([PROBS], feed)
     (b,) = ort_session(int8).run([PROBS], feed)
@@ -701,8 +680,6 @@ def chunk_agreement(
 
 @dataclass(frozen=True)
 class FolderInfo:
-    """What the ``manifest.json`` beside a model says about feeding it (or the defaults)."""
-
     spec: FeatureSpec
     kinds: tuple[str, ...]
     lookahead_frames: int
@@ -710,7 +687,6 @@ class FolderInfo:
 
 
 def folder_info(model: Path, shapes: StreamingShapes) -> FolderInfo:
-    """Feature spec, kinds and look-ahead from the manifest beside ``model``, or the defaults."""
     manifest = model.parent / "manifest.json"
     if not manifest.is_file():
         kinds = FEATURE_KINDS[: shapes.n_kinds]

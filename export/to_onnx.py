@@ -42,12 +42,10 @@ TOOL_PACKAGES: dict[str, str] = {
 
 
 def model_id(run_name: str, checkpoint_sha256: str) -> str:
-    """``<run name>-<first 12 hex of the checkpoint sha256>``."""
     return f"{run_name}-{checkpoint_sha256[:MODEL_ID_HASH_CHARS]}"
 
 
 def tool_versions() -> dict[str, str]:
-    """Versions of Python and of the packages in :data:`TOOL_PACKAGES` importable here."""
     versions = {"python": platform.python_version()}
     for module, dist in TOOL_PACKAGES.items():
         if importlib.util.find_spec(module) is None:
@@ -103,8 +101,7 @@ def export_graph(
 
 
 def _declare_static_outputs(path: Path, dims: list[list[int]]) -> None:
-    """Write the outputs' non-batch sizes into the graph (the exporter names them as symbols
-    although they follow from the fixed chunk)."""
+    """Pin the outputs' non-batch sizes: the exporter leaves them symbolic, the chunk fixes them."""
     import onnx
 
     graph_model = onnx.load(str(path))
@@ -154,7 +151,6 @@ def export_folder(
     chunk_frames: int = DEFAULT_CHUNK_FRAMES,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """Write ``out``/{model.pt, model.onnx, manifest.json} from ``checkpoint`` alone."""
     from export.opcheck import check_tensorrt_compat
     from training.models.checkpoint import CheckpointError, load_checkpoint
     from training.models.sed import count_parameters

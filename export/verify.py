@@ -74,8 +74,6 @@ TOLERANCES: dict[str, Tolerance] = {
 
 @dataclass(frozen=True)
 class Recording:
-    """One reference recording: its audio, its output frames, its events."""
-
     name: str
     audio: np.ndarray  # (n_samples,) int16 at the model's rate
     probs: np.ndarray  # (n_frames, O) float32, NaN rows: frames never described
@@ -141,15 +139,12 @@ class StageResult:
         return f"FAIL: {self.refused or '; '.join(self.comparison.problems)}"  # type: ignore[union-attr]
 
 
-# -- comparing --------------------------------------------------------------------------------
 def events_of(found: Any) -> list[dict[str, Any]]:
-    """A :class:`~edge.runtime.offline.RecordingEvents`' events, each with its ``kind``."""
     physiological = [{"kind": "physiological", **e} for e in found.physiological]
     return physiological + [{"kind": "technical", **e} for e in found.technical]
 
 
 def same_event(a: Event, b: Event) -> bool:
-    """Same kind and type, and the spans overlap (touching ends do not)."""
     same = (a["kind"], a["type"]) == (b["kind"], b["type"])
     return same and a["start_s"] < b["end_s"] and b["start_s"] < a["end_s"]
 
@@ -171,7 +166,6 @@ def match_events(
 
 
 def frame_diffs(rec: Recording, probs: np.ndarray | None) -> tuple[np.ndarray, str]:
-    """|Δp| of every output the reference describes; a problem if the frames do not line up."""
     none = np.zeros(0, np.float32)
     if probs is None or probs.shape != rec.probs.shape:
         shape = None if probs is None else probs.shape
@@ -206,7 +200,6 @@ def compare(reference: Reference, found: Mapping[str, Any], tol: Tolerance) -> C
 
 
 def beyond(c: Comparison, tol: Tolerance) -> list[str]:
-    """What in ``c`` exceeds ``tol``, one phrase each."""
     problems = []
     if c.max_abs_dp > tol.max_abs_dp:
         problems.append(f"frames max Δp {c.max_abs_dp:.3g} > {tol.max_abs_dp:g}")
@@ -222,7 +215,6 @@ def beyond(c: Comparison, tol: Tolerance) -> list[str]:
     return problems
 
 
-# -- the reference file -----------------------------------------------------------------------
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """A compressed .npz, written atomically, with fixed member dates: same arrays, same bytes."""
     from edge.inference.manifest_write import publish
@@ -242,8 +234,6 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def load_reference(manifest: Manifest) -> Reference:
-    """The folder's reference, refused unless the manifest records it with this sha256 and it
-    was written for this model."""
     path = manifest.file_path(REFERENCE_NAME)
     if not path.is_file():
         raise VerifyError(
@@ -280,7 +270,6 @@ def load_reference(manifest: Manifest) -> Reference:
 
 
 def audio_files(paths: Sequence[Path]) -> list[Path]:
-    """The recordings ``--audio`` names (folders: their .flac / .wav files), names unique."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -299,7 +288,6 @@ def audio_files(paths: Sequence[Path]) -> list[Path]:
 
 
 def read_int16(path: Path, rate_hz: int) -> np.ndarray:
-    """A recording at the model's rate as int16 (what the reference stores)."""
     from edge.audio import read_audio
 
     samples = read_audio(path, target_rate_hz=rate_hz).samples
@@ -308,7 +296,6 @@ def read_int16(path: Path, rate_hz: int) -> np.ndarray:
 
 @contextmanager
 def stored_audio(audio: Mapping[str, np.ndarray], rate_hz: int) -> Iterator[dict[str, Path]]:
-    """The recordings as 16-bit WAV files in a temporary folder: name -> path."""
     import soundfile as sf
 
     with tempfile.TemporaryDirectory(prefix="lungwatch-verify-") as tmp:
@@ -334,8 +321,6 @@ def fp32_model(manifest: Manifest) -> str:
 
 
 def write_reference(folder: Path, audio_paths: Sequence[Path]) -> Path:
-    """Run the recordings through the device path with the FP32 ONNX model, store the audio,
-    frames and events and record the file in the manifest."""
     from edge.inference.manifest_write import record_artifact
     from edge.runtime.offline import detect_recordings
 
@@ -375,7 +360,6 @@ def entry_of(meta: Mapping[str, Any], checked: Mapping[str, Any] | None = None) 
     return extra
 
 
-# -- running the artifacts --------------------------------------------------------------------
 def onnx_backend(providers: tuple[str, ...]) -> BackendConfig:
     return BackendConfig(providers=providers, intra_op_threads=1, max_batch=MAX_BATCH)
 
@@ -414,7 +398,6 @@ def artifacts_of(
 def check_artifact(
     manifest: Manifest, reference: Reference, artifact: Artifact, audio: dict[str, Path]
 ) -> StageResult:
-    """Run one artifact through the device path and compare it with the reference."""
     from edge.runtime.offline import detect_recordings
 
     if artifact.backend.kind == "tensorrt" and not has_tensorrt():
@@ -433,7 +416,6 @@ def check_artifact(
 def verify_folder(
     folder: Path, names: Sequence[str], providers: tuple[str, ...]
 ) -> tuple[Reference, list[StageResult]]:
-    """Every artifact (or ``names``) of ``folder`` against its reference."""
     manifest = load_manifest(folder / MANIFEST_NAME)
     reference = load_reference(manifest)
     artifacts = artifacts_of(manifest, names, providers)
@@ -442,7 +424,6 @@ def verify_folder(
         return reference, [check_artifact(manifest, reference, a, paths) for a in artifacts]
 
 
-# -- output and the command line --------------------------------------------------------------
 def table_row(result: StageResult) -> str:
     tol, c = TOLERANCES[result.artifact.tolerance], result.comparison
     if c is None:
@@ -479,7 +460,6 @@ def print_results(reference: Reference, results: Sequence[StageResult]) -> None:
 
 
 def summary_of(results: Sequence[StageResult]) -> dict[str, Any]:
-    """What the manifest records of a check, per stage."""
     out: dict[str, Any] = {}
     for r in results:
         out[r.artifact.stage] = row = {"ok": r.ok, "verdict": r.verdict}

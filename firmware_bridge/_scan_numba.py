@@ -1,8 +1,6 @@
-"""The numba frame scanner: the compiled twin of ``parser.scan_python`` (same rows, same
-counters; tested equal on arbitrary byte streams). Imported only when numba is installed.
-
-Its CRC-32C is a slicing-by-8 kernel (compiled code cannot call ``google_crc32c``); its tables
-are taken from ``google_crc32c``, and it is tested equal to it."""
+"""The compiled twin of ``parser.scan_python`` (same rows and counters, tested equal on arbitrary
+bytes); imported only when numba is. CRC-32C is slicing-by-8 (compiled code cannot call
+``google_crc32c``), with tables taken from ``google_crc32c`` and tested equal to it."""
 
 from __future__ import annotations
 
@@ -30,8 +28,7 @@ from firmware_bridge.protocol import (
 # counters, in this order, in the ``counts`` array
 SKIPPED, BAD_CRC, BAD_HEADER, BAD_LENGTH, TRUNCATED = range(5)
 N_COUNTS = 5
-ROW_FIELDS = 14  # start, size, type, flags, format, payload_bytes, device, stream, count, seq
-# (v2: the counter), first_sample, rate, version, session (v1: 0)
+ROW_FIELDS = 14  # a row's fields: the parser module's docstring
 _MAGIC0, _MAGIC1 = 0x4C, 0x57  # b"LW"
 _STATUS_BYTES, _INFO_MIN, _INFO_MAX = STATUS.size, INFO.size, INFO.size + MAX_MODEL_BYTES
 _INIT = 0xFFFFFFFF  # CRC-32C's init, equal to its xorout

@@ -1,9 +1,8 @@
 """One device stream's timeline: jitter buffer, duplicates, gaps, restarts and drift.
 
-Frames are placed by their sample index, not by arrival; the rules for gaps, duplicates, late
-frames, markers and restarts are docs/firmware-protocol.md, 6. The hot path (a frame at
-``next``, nothing waiting) appends one tuple; conversion to float32 happens when the receiver
-drains (:func:`firmware_bridge.timeline.build_outputs`).
+Frames are placed by sample index, not arrival (the rules: docs/firmware-protocol.md, 6). The
+hot path (a frame at ``next``, nothing waiting) appends one tuple; float32 conversion waits for
+the receiver's drain (:func:`firmware_bridge.timeline.build_outputs`).
 """
 
 from __future__ import annotations
@@ -92,8 +91,6 @@ class StreamStats:
 
 
 class StreamAssembler:
-    """Frames of one (device, stream) in, :class:`Segment` s and :class:`Report` s out."""
-
     def __init__(self, key: StreamKey, sample_rate_hz: int, config: JitterConfig) -> None:
         self.key, self.sample_rate_hz, self._cfg = key, sample_rate_hz, config
         self._max_fill = int(config.max_fill_s * sample_rate_hz)
@@ -106,9 +103,8 @@ class StreamAssembler:
         self._gaps: deque[tuple[int, int]] = deque(maxlen=RECENT_GAPS)  # device index ranges
         self._max_seen = -1
         self._behind_run = 0
-        # (session, sequence, first_sample) of the last stream-start frame (v2's counter starts
-        # at 0 in every session: the session tells a new start from a repeat), and the frame
-        # count then
+        # (session, sequence, first_sample) of the last stream-start frame and the frame count
+        # then; v2's counter restarts at 0 each session: the session tells a start from a repeat
         self._start_id: tuple[int | None, int, int] | None = None
         self._start_frames = 0
         self._pieces: list[Piece] = []
@@ -117,9 +113,8 @@ class StreamAssembler:
         self._drift_add = self.drift.add
 
     def push(self, frame: Frame, arrival_s: float) -> bool:
-        """Place one frame (any type, this stream's) that arrived at ``arrival_s``; returns
-        whether frames now wait in the jitter buffer. Only the depth rule is applied here:
-        call :meth:`poll` once the read's frames are placed to apply the hold time."""
+        """A frame of this stream (any type); True if frames now wait in the jitter buffer.
+        Only the depth rule applies here: call :meth:`poll` once the read's frames are placed."""
         first = frame.first_sample
         if (
             first == self._next  # never before the first frame: _next is -1 then
@@ -157,8 +152,7 @@ class StreamAssembler:
         self._release()
 
     def poll(self, now_s: float) -> None:
-        """Declare gaps whose frames have waited ``max_hold_s`` by ``now_s`` (call it after
-        placing every frame that arrived by then)."""
+        """Declare gaps whose frames have waited ``max_hold_s`` by ``now_s``."""
         self._release(now_s)
 
     def finish(self) -> None:
@@ -167,7 +161,6 @@ class StreamAssembler:
 
     @property
     def next_sample(self) -> int:
-        """Output index of the next sample to be played out."""
         return self._next + self._offset if self._started else 0
 
     @property
@@ -181,8 +174,7 @@ class StreamAssembler:
         return pieces
 
     def drain(self) -> list[Segment | Report]:
-        """What was produced since the last drain, in timeline order; contiguous audio of one
-        format is merged into one segment."""
+        """Timeline order; contiguous audio of one format is merged into one segment."""
         return build_outputs([(self.key, self.sample_rate_hz, self.take_pieces())])
 
     def stats(self) -> StreamStats:
@@ -288,9 +280,8 @@ class StreamAssembler:
             self._report(DEVICE_INFO, index, **vars(info))
 
     def _release(self, now_s: float | None = None, force: bool = False) -> None:
-        """Play out the frames at ``next``, declaring the hole before the first held frame a
-        gap when ``force``, when more than ``depth_frames`` wait, or, given ``now_s``, when the
-        oldest has waited ``max_hold_s``."""
+        """The hole before the first held frame becomes a gap when ``force``, when more than
+        ``depth_frames`` wait, or, given ``now_s``, when the oldest has waited ``max_hold_s``."""
         heap = self._heap
         while heap:
             index = heap[0][0]

@@ -74,9 +74,8 @@ class Recorder:
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int) -> None:
-    """16-bit PCM when every sample is an exact int16 value (lossless), else float. A
-    patient's sound: the file is the user's alone (mode 0600, also where it was there
-    before), and a link in its place is refused, not written through."""
+    """16-bit PCM when every sample is an exact int16 value (lossless), else float. A patient's
+    sound: mode 0600 (also for a file already there); a link in its place is refused."""
     try:
         import soundfile as sf
     except ImportError:
@@ -178,7 +177,6 @@ def provision_main(argv: list[str]) -> int:
 
 
 def provision_lines(device_id: int, key: bytes, path: Path, port: int) -> list[str]:
-    """What ``provision`` prints: the device's settings and the bridge's."""
     return [
         f"device {device_id}: key written to {path} (mode 0600; keep it secret)",
         "flash into the device (the key is printed nowhere: read it from the file):",

@@ -1,10 +1,6 @@
-"""What a stethoscope sends, frame by frame, and when (the emulator's device half).
-
-:func:`device_frames` turns PCM samples into the device's frame sequence with each frame's
-send time on a clock that runs ``drift_ppm`` fast; with a ``session`` the frames are version 2
-(the sequence is the session's 64-bit counter, from 0). :func:`read_pcm` reads a recording as
-the device's ADC would deliver it (soundfile, imported on first use).
-"""
+"""What a stethoscope sends, frame by frame, and when (the emulator's device half). Send times
+run on a clock ``drift_ppm`` fast; with a ``session`` the frames are version 2 (the sequence is
+the session's 64-bit counter, from 0). soundfile is imported on first use."""
 
 from __future__ import annotations
 
@@ -121,10 +117,9 @@ def _status(config: DeviceConfig, audio_s: float, clipped: int) -> DeviceStatus:
 
 
 def read_pcm(path: Path, sample_format: int) -> tuple[np.ndarray, int]:
-    """(mono samples as the device sends them, rate): int16 / int32 (24-bit) / float32.
-
-    A 16-bit file sent as int16 (or a 24-bit one as int24) keeps its exact values; other
-    combinations are scaled, and multichannel audio is averaged, then rounded."""
+    """(mono samples as the device's ADC delivers them, rate): int16 / int32 (24-bit) / float32.
+    A 16-bit file sent as int16 (or 24-bit as int24) keeps its exact values; other combinations
+    are scaled, and multichannel audio is averaged, then rounded."""
     try:
         import soundfile as sf
     except ImportError:

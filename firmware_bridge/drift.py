@@ -43,8 +43,7 @@ class DriftEstimator:
         self._count = 0
 
     def add(self, end_sample: int, arrival_s: float) -> None:
-        """One frame: the index just past its last sample, and when it arrived (receiver
-        clock, seconds)."""
+        """One frame: the index just past its last sample, and its arrival (receiver clock, s)."""
         if self._count < self._window:
             self._samples.append(end_sample)
             self._arrival_s.append(arrival_s)
@@ -59,8 +58,7 @@ class DriftEstimator:
         return min(self._count, self._window)
 
     def drift_ppm(self, sample_rate_hz: int) -> float | None:
-        """The estimate for a device of nominal ``sample_rate_hz``, or None until the window
-        spans ``min_span_s``."""
+        """For nominal ``sample_rate_hz``; None until the window spans ``min_span_s``."""
         if self.points < 3:
             return None
         oldest = self._count % self._window if self._count > self._window else 0

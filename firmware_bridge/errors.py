@@ -1,7 +1,6 @@
-"""Errors of the firmware bridge. The decoder never raises on bad input (it counts); these
-are for callers asking for something impossible: a bad URL, a port that cannot be opened,
-a frame that cannot be encoded. ``edge`` wraps them in its own errors (edge -> firmware_bridge,
-never the other way)."""
+"""Errors of the firmware bridge. The decoder never raises on bad input (it counts); these are
+for callers asking for something impossible: a bad URL, a port that cannot be opened, a frame
+that cannot be encoded. ``edge`` wraps them in its own errors."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Device keys: provisioning, key files and folders, and the rule that a network link needs one.
-
-Key file and folder formats, provisioning and the beyond-loopback rule:
-docs/firmware-protocol.md, 4.5-4.6. Keys are version 2's device keys and, where version 1 is
-still allowed, its HMAC keys.
-"""
+"""Device keys: provisioning, key files and folders, and the rule that a network link needs one
+(docs/firmware-protocol.md, 4.5-4.6). Keys are version 2's device keys and, where version 1 is
+still allowed, its HMAC keys."""
 
 from __future__ import annotations
 

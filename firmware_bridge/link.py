@@ -39,9 +39,8 @@ class Bridge:
         self._datagrams: list[bytes] = []
 
     def poll(self, timeout_s: float) -> list[Output]:
-        """What arrived within ``timeout_s`` (possibly nothing): after the first data, whatever
-        else is waiting is taken and parsed together before one drain, so many small frames
-        become few segments."""
+        """After the first data, whatever else waits is parsed together before one drain, so
+        many small frames become few segments."""
         received = self.transport.receive(timeout_s)
         reads = 0
         while received is not None:
@@ -59,9 +58,8 @@ class Bridge:
         return out
 
     def _feed_datagrams(self) -> None:
-        """Datagrams read in one poll are parsed in one go (one scanner call instead of one
-        per datagram); a frame cut short in one still cannot swallow the next: the parser
-        skips past it when its CRC fails."""
+        """One scanner call for a poll's datagrams; a frame cut short in one still cannot
+        swallow the next: the parser skips past it when its CRC fails."""
         if self._datagrams:
             data, self._datagrams = b"".join(self._datagrams), []
             self.receiver.feed(data, self._clock(), datagram=True)

@@ -74,7 +74,6 @@ class ParserStats:
 
 
 def scan_python(buf: bytearray, final: bool, counts: dict[str, int]) -> ScanResult:
-    """Find the frames in ``buf``; counts are added to ``counts``."""
     view = np.frombuffer(buf, dtype=np.uint8)
     rows: list[Row] = []
     bad_ids: list[int] = []
@@ -213,10 +212,9 @@ def _make_scanner(name: str) -> PythonScanner | NumbaScanner:
 
 
 class FrameParser:
-    """Push bytes, get frames. ``keys`` are v2's device keys and v1's HMAC keys (a v1 device
-    with a key must tag its frames); ``default_key`` is the key of devices not in ``keys``;
-    ``scanner`` is ``"auto"``, ``"numba"`` or ``"numpy"``; without ``state_path`` v2 sessions
-    live in memory only."""
+    """``keys``: v2's device keys and v1's HMAC keys (a v1 device with a key must tag its
+    frames); ``default_key``: the key of devices not in ``keys``; without ``state_path`` v2
+    sessions live in memory only."""
 
     def __init__(
         self,
@@ -240,7 +238,6 @@ class FrameParser:
         self._counts = dict.fromkeys(COUNTERS, 0)
 
     def reset(self) -> None:
-        """Forget pending bytes and every counter."""
         self._buf.clear()
         self.bad_crc_by_device.clear()
         self._counts = dict.fromkeys(COUNTERS, 0)

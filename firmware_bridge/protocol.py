@@ -1,10 +1,7 @@
-"""Wire protocol of the wearable stethoscope (versions 1 and 2): frame layout, payload codecs,
-session keys and the encoder.
-
-The normative description (byte tables, CRC, tag and AEAD parameters, limits) is
-``docs/firmware-protocol.md``; this module is its Python reference, and
+"""Wire protocol of the wearable stethoscope, versions 1 and 2; a :class:`Frame` with ``session``
+set is a v2 frame. The normative description (byte tables, CRC, tag and AEAD parameters,
+limits) is ``docs/firmware-protocol.md``; this module is its Python reference, and
 ``firmware_bridge/c/lungwatch_frame.c`` its C twin (byte-for-byte equal on the test vectors).
-A :class:`Frame` with ``session`` set is a v2 frame.
 """
 
 from __future__ import annotations
@@ -155,8 +152,7 @@ def hkdf_sha256(salt: bytes, ikm: bytes, info: bytes, length: int = 32) -> bytes
 
 
 def session_key(device_key: bytes, device_id: int, stream_id: int, session: int) -> bytes:
-    """v2's ChaCha20-Poly1305 key of one (device, stream, session) (docs/firmware-protocol.md,
-    4.3)."""
+    """v2's ChaCha20-Poly1305 key per (device, stream, session): docs/firmware-protocol.md, 4.3"""
     info = SESSION_KEY_INFO + SESSION_INFO_IDS.pack(device_id, stream_id, session)
     return hkdf_sha256(SESSION_KEY_SALT, device_key, info)
 
@@ -170,7 +166,6 @@ def session_cipher(
 
 
 def nonce_v2(session: int, counter: int) -> bytes:
-    """v2's 96-bit nonce: session (u32) || counter (u64), little-endian."""
     return NONCE.pack(session, counter)
 
 
@@ -289,7 +284,6 @@ def audio_frame(
     sample_format: int = SampleFormat.INT16,
     flags: int = 0,
 ) -> Frame:
-    """An AUDIO frame carrying ``samples`` (see :func:`pack_samples`)."""
     payload = pack_samples(samples, sample_format)
     return Frame(
         *(FrameType.AUDIO, device_id, stream_id, sequence, first_sample, sample_rate_hz),
@@ -305,7 +299,6 @@ def status_frame(
     sample_rate_hz: int,
     status: DeviceStatus,
 ) -> Frame:
-    """A STATUS frame; ``first_sample`` is the index of the next sample to be captured."""
     return Frame(
         *(FrameType.STATUS, device_id, stream_id, sequence, first_sample, sample_rate_hz),
         payload=pack_status(status),
@@ -327,7 +320,6 @@ def device_info_frame(
     sample_rate_hz: int,
     info: DeviceInfo,
 ) -> Frame:
-    """A DEVICE_INFO frame (firmware version, hardware revision, model name)."""
     return Frame(
         *(FrameType.DEVICE_INFO, device_id, stream_id, sequence, first_sample, sample_rate_hz),
         payload=pack_device_info(info),

@@ -46,8 +46,7 @@ class ReceiverStats:
 
 
 class Receiver:
-    """Parser + one assembler per stream; the keys, scanner and security options are
-    :class:`~firmware_bridge.parser.FrameParser`'s."""
+    """The keys, scanner and security options are :class:`~firmware_bridge.parser.FrameParser`'s."""
 
     def __init__(
         self,
@@ -88,9 +87,8 @@ class Receiver:
     def feed(
         self, data: bytes | bytearray | memoryview, arrival_s: float, datagram: bool = False
     ) -> None:
-        """Take bytes without collecting the output: :meth:`drain` merges what many small
-        frames produced into few segments. A frame left incomplete at a ``datagram``'s end is
-        dropped as truncated."""
+        """No output collected: :meth:`drain` merges what many small frames made into few
+        segments. A frame left incomplete at a ``datagram``'s end is dropped as truncated."""
         frames = self.parser.push(data)
         if datagram:
             frames += self.parser.flush()

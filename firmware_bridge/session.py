@@ -282,5 +282,4 @@ class SessionGuard:
             self._save(device)
 
     def sessions(self) -> dict[int, int]:
-        """Each device's latest authenticated session."""
         return dict(self._current)

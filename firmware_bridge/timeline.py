@@ -30,8 +30,7 @@ class StreamKey(NamedTuple):
 
 
 class Segment(NamedTuple):
-    """A piece of a stream's reconstructed timeline (a NamedTuple, like Frame: immutable and
-    cheap to build)."""
+    """A piece of a stream's reconstructed timeline."""
 
     stream: StreamKey
     first_sample: int  # output index of samples[0]

@@ -215,7 +215,6 @@ class SerialTransport(_Reconnecting):
 
 
 def import_pyserial() -> Any:
-    """The ``serial`` module, or TransportError with the install hint."""
     try:
         import serial
     except ImportError:

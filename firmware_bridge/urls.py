@@ -8,7 +8,7 @@ Two spellings of the same three links (who binds, connects and listens: docs/fir
     serial:///dev/ttyUSB0?baud=N    bridge://serial//dev/ttyUSB0?baud=N   USB serial (pyserial)
 
 IPv6 hosts go in brackets (``udp://[::1]:5005``). Query options are returned as given; each
-user checks the ones it knows (:func:`take_options`).
+user checks the ones it knows (:func:`check_options`).
 """
 
 from __future__ import annotations
@@ -85,7 +85,6 @@ def float_option(url: LinkUrl, name: str, default: float) -> float:
 
 
 def check_options(url: LinkUrl, allowed: tuple[str, ...]) -> None:
-    """Raise UrlError for an option not in ``allowed``."""
     unknown = sorted(set(url.options) - set(allowed))
     if unknown:
         raise UrlError(f"{url.text}: unknown option {unknown[0]!r} (known: {', '.join(allowed)})")

@@ -1,9 +1,7 @@
-"""Who lies in which bed: the hospital's ADT feed, a file of HL7 v2 ADT messages.
-
-The file is read again whenever it changed (size or time) and replayed from the start with
-hl7apy (any v2 version); which events move whom: docs/gateway.md, "Patient identity". A
-message that cannot be read is counted, logged and passed over, never fatal.
-"""
+"""Who lies in which bed: the hospital's ADT feed, a file of HL7 v2 ADT messages replayed from
+the start with hl7apy (any v2 version) whenever its size or time changes (docs/gateway.md,
+"Patient identity": which events move whom). An unreadable message is counted, logged and
+passed over, never fatal."""
 
 from __future__ import annotations
 
@@ -44,8 +42,6 @@ def same_place(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
 
 
 class AdtFeed:
-    """The feed's file and who it last placed where."""
-
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -56,7 +52,6 @@ class AdtFeed:
         self.refresh()
 
     def patient_at(self, location: str) -> str | None:
-        """The patient the feed last placed at ``location``."""
         self.refresh()
         key = location_key(location)
         return next((p for place, p in self._at.items() if same_place(place, key)), None)

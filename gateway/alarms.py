@@ -1,12 +1,8 @@
-"""The site's alarm conditions to the hospital's alarm manager: one IHE PCD-04 report per
-change of a condition (docs/gateway.md, "Alarm reports (PCD-04)": which change is which phase
-and state, and what a restart does).
-
-The gateway follows the conditions with a ward view's :class:`lungwatch.alarms.AlarmBook`,
-fed by the same messages. What was last reported of each condition is a note in the queue's
-file, written in the same transaction as the report, so a restart neither repeats nor loses
-a report.
-"""
+"""The site's alarm conditions to the hospital's alarm manager: one IHE PCD-04 report per change
+of a condition (docs/gateway.md, "Alarm reports (PCD-04)": phases, states, restarts), followed
+with a ward view's :class:`lungwatch.alarms.AlarmBook` fed by the same messages. What was last
+reported of each condition is a note in the queue's file, written in the report's transaction,
+so a restart neither repeats nor loses a report."""
 
 from __future__ import annotations
 
@@ -36,8 +32,7 @@ log = logging.getLogger(__name__)
 
 NOTE_PREFIX = "alert/"  # the queue's notes of what was last reported, per condition
 SETTLE_S = 30.0  # after a start: the retained summaries and kept messages arrive first
-# an end acknowledged by nobody named yet waits this long for the device's ack message,
-# which travels on another topic than the bed's summary
+# an end acknowledged by nobody named yet waits this long for the device's ack (another topic)
 ACK_NAME_WAIT_S = 3.0
 
 Key = tuple[str, str, str]  # device, bed, condition
@@ -63,9 +58,8 @@ def _note_name(key: Key) -> str:
 
 
 class AlarmFollower:
-    """The book and what was last reported of it. ``write(report, device, bed, queue key,
-    note)`` queues one report and its note in one transaction (False: that queue key was
-    queued before). Not thread-safe: the caller locks."""
+    """``write(report, device, bed, queue key, note)`` queues one report and its note in one
+    transaction (False: that queue key was queued before). Not thread-safe: the caller locks."""
 
     def __init__(
         self,
@@ -95,7 +89,6 @@ class AlarmFollower:
         self._unreportable: set[Key] = set()  # conditions whose report HL7 refused (logged once)
         self.counts = {"reports": 0}
 
-    # -- what the site says --------------------------------------------------------------
     def event(self, event: Event) -> None:
         bed = (event.device_id, event.stream_id)
         if event.state == "ended":
@@ -146,7 +139,6 @@ class AlarmFollower:
         if cond is not None and cond.acknowledged_by == user:
             self._acked_by[(device_id, stream_id, cond.condition)] = user
 
-    # -- what is reported ------------------------------------------------------------------
     def tick(self) -> int:
         """Queue a report for every condition that changed since its last one; how many."""
         now = self._clock()
@@ -174,7 +166,6 @@ class AlarmFollower:
         return queued
 
     def _guarded(self, key: Key, report: Callable[[], int]) -> int:
-        """One condition's report (how many queued); its failure stops no other's."""
         try:
             return report()
         except Hl7Error as exc:

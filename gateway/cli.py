@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 
 def _queues(config: GatewayConfig) -> Iterator[tuple[str, str, Outbox]]:
-    """Each destination's name, queue file and queue, opened and closed around use."""
     from gateway.outbox import Outbox
 
     places = [("hl7", config.queue)] if config.hl7 is not None else []
@@ -51,7 +50,6 @@ def queue_status(config: GatewayConfig) -> dict[str, object]:
 
 
 def resend(config: GatewayConfig, which: str) -> dict[str, int]:
-    """Refused messages back in each destination's queue; how many per destination."""
     return {name: outbox.resend(which) for name, _, outbox in _queues(config)}
 
 

@@ -23,8 +23,6 @@ PROCESSING_IDS = ("P", "T", "D")
 
 @dataclass(frozen=True)
 class Hl7Config(Settings):
-    """The receiver (host, port), MSH's applications and facilities, and how to retry."""
-
     host: str
     port: Annotated[int, Field(gt=0, lt=65536)] = 2575
     sending_application: str = "LUNGWATCH"
@@ -76,8 +74,6 @@ def _check_retries(backoff_min_s: float, backoff_max_s: float, max_refusals: int
 
 @dataclass(frozen=True)
 class FhirConfig(Settings):
-    """A FHIR R4 server, its optional bearer token (a 0600 file), retries and queue."""
-
     base_url: str
     token_file: str | None = None
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
@@ -85,8 +81,7 @@ class FhirConfig(Settings):
     backoff_max_s: float = 30.0
     max_refusals: int = 5
     queue: str = "state/gateway-fhir.sqlite"
-    # the hospital's system of patient identifiers (a URI); left out:
-    # urn:lungwatch:patient:<the patient id's assigning authority>
+    # the hospital's patient id system (URI); left out: urn:lungwatch:patient:<assigning authority>
     patient_system: str = ""
 
     def __post_init__(self) -> None:
@@ -106,8 +101,7 @@ class FhirConfig(Settings):
         return CourierConfig(self.backoff_min_s, self.backoff_max_s, self.max_refusals)
 
     def token(self) -> str | None:
-        """The token file's first line (ConfigError when it cannot be read, others may read
-        it or it is empty); None without a token file."""
+        """The bearer token (:func:`read_secret_line`'s checks); None without a token file."""
         if self.token_file is None:
             return None
         return read_secret_line(self.token_file, "fhir.token_file")

@@ -1,10 +1,7 @@
 """FHIR R4 Observations of a bed's breathing and findings, and the courier's HTTP transport
-(docs/gateway.md, "FHIR R4": identifiers, codes, status and answers).
-
-Each resource is validated with fhir.resources (R4B models, whose Observation is R4's) as it
-is built, and sent as a conditional update on its one identifier, so a retry after a lost
-reply never makes a second resource.
-"""
+(docs/gateway.md, "FHIR R4"). Each resource is validated with fhir.resources (R4B models, whose
+Observation is R4's) as it is built, and sent as a conditional update on its one identifier,
+so a retry after a lost reply never makes a second resource."""
 
 from __future__ import annotations
 
@@ -47,7 +44,6 @@ class FhirError(LungwatchError):
 def rate_observation(
     reading: Mapping[str, Any], bed: Bed, key: str, patient_system: str = ""
 ) -> str:
-    """The Observation of one respiration reading."""
     body = _base(bed, key, "vital-signs", "final", patient_system)
     body["meta"] = {"profile": [RESP_RATE_PROFILE]}
     body["code"] = {"coding": [{"system": LOINC, "code": "9279-1", "display": "Respiratory rate"},
@@ -106,8 +102,6 @@ def identifier_of(resource_text: str) -> str:
 
 
 class FhirTransport:
-    """The courier's transport to a FHIR server: a conditional update per resource."""
-
     def __init__(self, base_url: str, timeout_s: float = 10.0, token: str | None = None) -> None:
         self.base_url, self.timeout_s = base_url.rstrip("/"), timeout_s
         self._token = token

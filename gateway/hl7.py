@@ -1,10 +1,7 @@
-"""HL7 v2.6 messages of IHE PCD-01 (``ORU^R01^ORU_R01``) and PCD-04 (``ORU^R40^ORU_R40``),
-written segment by segment after the IHE PCD Technical Framework's tables; docs/gateway.md is
-the conformance statement (every segment, field and code sent, and why).
-
-A value HL7 cannot carry raises :class:`Hl7Error`: that one message is refused, never the
-caller's loop.
-"""
+"""HL7 v2.6 messages of IHE PCD-01 (``ORU^R01^ORU_R01``) and PCD-04 (``ORU^R40^ORU_R40``) after
+the IHE PCD Technical Framework's tables; docs/gateway.md is the conformance statement (every
+segment, field and code sent, and why). A value HL7 cannot carry raises :class:`Hl7Error`: that
+one message is refused, never the caller's loop."""
 
 from __future__ import annotations
 
@@ -44,8 +41,7 @@ LOCAL_TABLE = "99LW"  # lungwatch's own codes (event types without a SNOMED CT c
 PRESENT, ABSENT = "52101004^Present^SCT", "2667000^Absent^SCT"
 RESPIRATION_STATE = f"respiration-state^Respiratory rate assessment^{LOCAL_TABLE}"
 SIGNAL_QUALITY = f"signal-quality^Signal quality^{LOCAL_TABLE}"
-ALERT = "196616^MDC_EVT_ALARM^MDC"  # OBR-4 of every alert report, and its kind where no
-# event code says more
+ALERT = "196616^MDC_EVT_ALARM^MDC"  # OBR-4 of every alert, its kind where no event code says more
 ALERT_EVENT = {  # the alert's event identification (facet 1) of the breathing conditions
     "tachypnoea": "196648^MDC_EVT_HI^MDC",
     "bradypnoea": "196670^MDC_EVT_LO^MDC",
@@ -76,14 +72,12 @@ class Hl7Error(LungwatchError):
 
 @dataclass(frozen=True)
 class Sender:
-    """MSH's applications and facilities, and the gateway's EUI-64 ("": none)."""
-
     application: str = "LUNGWATCH"
     facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
     processing_id: str = "P"  # P production, T training, D debugging
-    equipment: str = ""  # EUI-64, 16 upper-case hex digits (lungwatch.equipment)
+    equipment: str = ""  # EUI-64, 16 upper-case hex digits ("": none; lungwatch.equipment)
 
     def identifier(self, entity: str = "") -> str:
         """An identifier this application assigns (EI): ``entity^application^EUI-64^EUI-64``;
@@ -109,7 +103,6 @@ class Bed:
 
     @property
     def name(self) -> str:
-        """``<device>.<stream>``, whole."""
         return f"{plain(self.device_id)}.{plain(self.stream_id)}"
 
     @property
@@ -217,8 +210,7 @@ def finding_message(
 
 @dataclass(frozen=True)
 class AlertReport:
-    """One change of a bed's alarm condition (:mod:`gateway.alarms`); ``alert_id`` is the same
-    in every report of one alert."""
+    """A change of a bed's alarm condition (:mod:`gateway.alarms`); one alert, one ``alert_id``."""
 
     alert_id: str
     condition: str  # lungwatch.alarms.condition_of
@@ -364,9 +356,8 @@ def _obx(
     limits: str = "", flags: tuple[str, ...] = (), *, status: str = "R", when: str = "",
     observer: str = "", method: str = "", equipment: str = "",
 ) -> str:  # fmt: skip
-    """One OBX: 1 set id, 2 value type, 3 identifier, 4 sub-id (containment), 5 value,
-    6 units, 7 reference range, 8 abnormal flags (repeated), 11 result status, 14 time,
-    16 responsible observer, 17 method, 18 equipment."""
+    """OBX-1 set id, 2 value type, 3 identifier, 4 sub-id (containment), 5 value, 6 units, 7 range,
+    8 abnormal flags (repeated), 11 status, 14 time, 16 observer, 17 method, 18 equipment."""
     fields = [str(set_id), value_type, code, sub_id, value, units, limits, "~".join(flags), "",
               "", status, "", "", when, "", observer, method, equipment]  # fmt: skip
     return _segment("OBX", fields)

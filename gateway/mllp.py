@@ -1,7 +1,6 @@
-"""MLLP (HL7's Minimal Lower Layer Protocol): each message between a start block (0x0B) and an
-end block with a carriage return (0x1C 0x0D), over TCP; the receiver answers each with an ACK
-framed the same way.
-"""
+"""MLLP (HL7's Minimal Lower Layer Protocol) over TCP: each message between a start block (0x0B)
+and an end block with a carriage return (0x1C 0x0D); the receiver answers each with an ACK
+framed the same way."""
 
 from __future__ import annotations
 
@@ -26,9 +25,8 @@ def frame(text: str) -> bytes:
 
 
 def read_frame(sock: socket.socket, buffer: bytearray, deadline: float | None = None) -> str | None:
-    """The next frame's text from ``sock`` (bytes after it stay in ``buffer``); None when the
-    peer closed the connection between frames. A timeout is raised too once ``deadline``
-    (``time.monotonic()``) has passed, however the bytes trickle in."""
+    """The next frame's text (bytes after it stay in ``buffer``); None: the peer closed between
+    frames. TimeoutError once ``deadline`` (monotonic) passed, however slowly bytes trickle in."""
     while True:
         end = buffer.find(END)
         if end >= 0:
@@ -62,14 +60,12 @@ class MllpClient:
         self.connects = 0
 
     def exchange(self, text: str) -> str:
-        """Send ``text``, return the reply's; any failure raises MllpError and closes the
-        connection, so the next exchange starts clean."""
+        """The reply to ``text``; any failure closes the connection and raises MllpError."""
         try:
             sock = self._connected()
             sock.settimeout(self.timeout_s)
             sock.sendall(frame(text))
-            # one deadline for the whole reply: a receiver sending a byte at a time within
-            # each timeout would otherwise hold the courier for ever
+            # one deadline per reply: a byte per timeout would otherwise hold the courier
             reply = read_frame(sock, self._buffer, time.monotonic() + self.timeout_s)
         except (OSError, MllpError) as exc:
             self.close()

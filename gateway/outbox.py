@@ -1,11 +1,8 @@
-"""The gateway's durable queue and its courier: every message is stored before it is sent,
-sent in the order it was queued, and removed from the queue only when the receiver accepted
-it (docs/gateway.md, "Delivery": order, retries, refusals).
-
-A message is stored as built under its control id (MSH-10), so every retry sends the same
-bytes under the same id. The file is created 0600; SQLite in WAL mode, synchronous FULL: a
-message ``put`` returned for survives a power cut.
-"""
+"""The gateway's durable queue and its courier (docs/gateway.md, "Delivery": order, retries,
+refusals). A message is stored before it is sent, as built under its control id (MSH-10), so
+every retry sends the same bytes under the same id; it leaves the queue only once the receiver
+accepted it. The file is created 0600; SQLite in WAL mode, synchronous FULL: a message ``put``
+returned for survives a power cut."""
 
 from __future__ import annotations
 
@@ -65,14 +62,11 @@ class OutboxError(LungwatchError):
 
 
 class StoreError(OutboxError):
-    """A message could not be stored now (the disk or the queue is full, the file is locked):
-    the caller keeps it unacknowledged and tries again."""
+    """Not stored now (disk or queue full, file locked): the caller keeps it unacked, retries."""
 
 
 @dataclass(frozen=True)
 class Queued:
-    """One queued message."""
-
     seq: int
     key: str
     control_id: str
@@ -82,8 +76,7 @@ class Queued:
 
 
 def new_control_id() -> str:
-    """20 hex digits of a UUID4: a receiver deduplicates by it, so a restarted counter must
-    never repeat one."""
+    """Random, not counted: a receiver deduplicates by it, and a restarted counter would repeat."""
     return uuid.uuid4().hex[:20].upper()
 
 
@@ -196,7 +189,6 @@ class Outbox:
             return True
 
     def head(self, wait_s: float = 0.0) -> Queued | None:
-        """The next message to send (:meth:`_head`), waiting up to ``wait_s`` for one."""
         with self._lock:
             row = self._head()
             if row is None and wait_s > 0:
@@ -242,8 +234,7 @@ class Outbox:
         return [(str(k), str(c), str(e)) for k, c, e in rows]
 
     def resend(self, which: str = "all") -> int:
-        """Put refused messages (``all``, or one control id or key) back in their place in the
-        queue, their refusals counted anew; how many."""
+        """Refused messages (``all``, a control id or key) back in their place, refusals reset."""
         with self._lock:
             done = self._db.execute(
                 "UPDATE outbox SET state = 'queued', refusals = 0, done_s = NULL "
@@ -304,8 +295,6 @@ STORE_RETRY_S = 1.0  # a queue write that failed (a full disk) is tried again th
 
 
 class Transport(Protocol):
-    """One receiver: delivers a queued message, says how it went."""
-
     def deliver(self, row: Queued) -> tuple[str, str]:
         """The outcome (:data:`SENT`, :data:`RETRY`, ...) and why."""
         ...
@@ -338,8 +327,7 @@ class Courier:
         self.transport.close()
 
     def _noted(self, write: Callable[[], T]) -> T | None:
-        """A write to the queue, tried again every ``STORE_RETRY_S`` while it takes none
-        (nothing else is sent meanwhile; a stop leaves it)."""
+        """Retried every ``STORE_RETRY_S`` (nothing else is sent meanwhile); None at a stop."""
         said = False
         while True:
             try:

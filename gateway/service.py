@@ -1,10 +1,7 @@
 """The gateway's process: the site's messages in, a queue and a courier per destination out
-(docs/gateway.md: what is sent, when, and how it is delivered).
-
-Every payload is read within limits, checked against its topic (a device speaks for its own
-beds only) and validated before any route's form is queued; what is refused is counted by
-reason and logged, never fatal. A message is acknowledged to the broker once queued.
-"""
+(docs/gateway.md). Every payload is read within limits, checked against its topic (a device
+speaks for its own beds only) and validated before any route's form is queued; a refusal is
+counted by reason and logged, never fatal. A message is acked to the broker once queued."""
 
 from __future__ import annotations
 
@@ -65,8 +62,6 @@ Builder = Callable[[Mapping[str, Any], Bed, str, str], str]  # (data, bed, key, 
 
 
 class Route(NamedTuple):
-    """One destination: its queue and how a reading and a finding are written for it."""
-
     name: str  # "hl7" | "fhir"
     outbox: Outbox
     reading: Builder
@@ -76,7 +71,6 @@ class Route(NamedTuple):
 def hl7_route(
     config: Hl7Config, outbox: Outbox, now: Callable[[], dt.datetime] = _utc_now
 ) -> Route:
-    """HL7 v2.6 PCD-01 messages (:mod:`gateway.hl7`)."""
     sender = config.sender
     return Route(
         "hl7", outbox,
@@ -86,8 +80,7 @@ def hl7_route(
 
 
 def fhir_route(outbox: Outbox, patient_system: str = "") -> Route:
-    """FHIR R4 Observations (:mod:`gateway.fhir`): a finding's resource is named by its
-    episode (:func:`episode_key`), so its end updates its onset's and no other bed's can."""
+    """A finding's resource is named by its episode: its end updates its onset's, no other's."""
     return Route(
         "fhir", outbox,
         lambda data, bed, key, cid: rate_observation(data, bed, key, patient_system),
@@ -237,7 +230,6 @@ class Intake:
         return "taken"
 
     def _source(self, report: AlertReport, bed: Bed) -> tuple[float, Any, Any] | None:
-        """An alert's source value (:class:`~gateway.hl7.AlertReport`); None without one."""
         latest = self._latest.get((bed.device_id, bed.stream_id))
         if latest is None:
             return None
@@ -287,8 +279,7 @@ class Intake:
             return self.alarms.tick()
 
     def _put(self, key: str, data: Mapping[str, Any], bed: Bed, what: str) -> str:
-        """Queue on every route, or on none: every route's form is built under one control id
-        before anything is queued."""
+        """On every route or none: each form is built under one control id before any is queued."""
         control_id = new_control_id()
         forms = [(route.outbox, (route.reading if what == "reading" else route.finding)(
             data, bed, key, control_id)) for route in self.routes]  # fmt: skip
@@ -301,8 +292,7 @@ class Intake:
         return "queued" if queued else "duplicate"
 
     def _rate_due(self, device_id: str, stream_id: str, state: str, when: dt.datetime) -> bool:
-        """Whether the bed's reading is sent (docs/gateway.md, "PCD-01 observations"); never
-        one earlier than the last one sent."""
+        """Due per docs/gateway.md, "PCD-01 observations"; never one older than the last sent."""
         last = self._last_rate.get((device_id, stream_id))
         every = dt.timedelta(seconds=self.config.rate_every_s)
         gap = min(every, dt.timedelta(seconds=STATE_CHANGE_MIN_S))
@@ -315,14 +305,11 @@ class Intake:
 
 
 def is_evidence(event: Event) -> bool:
-    """A wheeze or crackle event: the evidence inside a finding episode, which the hospital
-    is sent instead."""
+    """A wheeze or crackle event: evidence inside a finding episode, which is sent instead."""
     return event.kind == "physiological" and condition_of(event.type) in FINDING_TYPES
 
 
 class Gateway:
-    """The process's parts: routes, couriers, intake, workers and the MQTT session."""
-
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self._stop = threading.Event()
@@ -407,7 +394,6 @@ class Gateway:
                                    not self._store_failing, self._since_utc)  # fmt: skip
 
     def _publish_health(self) -> None:
-        """The gateway's health, retained, every ``HEALTH_EVERY_S`` until stopped."""
         while True:
             try:
                 self._mqtt.publish(self.health_topic, self._health("up", "running"), qos=1,
@@ -450,9 +436,8 @@ class Gateway:
             self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        """One message, acknowledged to the broker only once stored or refused; while the
-        queue cannot store it (a full disk) it is tried again every ``STORE_RETRY_S``, and
-        left unacknowledged at a stop."""
+        """Acked to the broker only once stored or refused; while the queue cannot store it (a
+        full disk) it is retried every ``STORE_RETRY_S``, and left unacked at a stop."""
         while True:
             try:
                 self.intake.handle(message.topic, bytes(message.payload))

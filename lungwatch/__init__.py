@@ -1,9 +1,6 @@
-"""lungwatch: a streaming detector of respiratory anomalies that runs at the bedside.
-
-The public Python API is the device's streaming detector, ``from lungwatch import Monitor``
-(:mod:`edge.monitor`; README.md shows it at work); the console scripts are
-:mod:`lungwatch.cli`. Importing this package loads nothing else until a name is used.
-"""
+"""lungwatch: a streaming detector of respiratory anomalies at the bedside. The public API is
+``from lungwatch import Monitor`` (:mod:`edge.monitor`; README.md shows it at work); the
+console scripts are :mod:`lungwatch.cli`. Importing this loads nothing until a name is used."""
 
 from __future__ import annotations
 

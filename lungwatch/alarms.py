@@ -1,16 +1,9 @@
-"""Alarm conditions: the episodes a bed publishes grouped into one condition per bed and
-finding, what a nurse acknowledges (shared by the ward view and the hospital gateway).
-
-    book = AlarmBook(AlarmSettings())
-    book.take(event, now_s)             # every event message of the site, in order
-    book.acknowledge("edge-1", "bed-3", "DAS", now_s, "nurse")
-    book.conditions(now_s)              # one view per bed and condition, in ward order
-
-How a condition continues, alarms (latched at the condition level, IEC 60601-1-8), re-alarms,
-escalates (never above :data:`ESCALATION_CEILING`), ends and is ordered: docs/dashboard.md,
-"Active alarms". :meth:`AlarmCondition.record` and :meth:`AlarmBook.restore` let a restarted
-ward view list what it listed.
-"""
+"""Alarm conditions (the ward view's and the hospital gateway's): a bed's episodes grouped into
+one condition per bed and finding, which a nurse acknowledges. How a condition continues,
+alarms (latched at the condition level, IEC 60601-1-8), re-alarms, escalates (never above
+:data:`ESCALATION_CEILING`), ends and is ordered: docs/dashboard.md, "Active alarms".
+:meth:`AlarmCondition.record` and :meth:`AlarmBook.restore` let a restarted view list what it
+listed."""
 
 from __future__ import annotations
 
@@ -84,8 +77,7 @@ MAX_LISTED = 256  # open alarms read of one bed's summary
 
 
 def open_rows(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A bed's retained summary's open alarms (:func:`summary_row`) by episode id; rows
-    whose episode id is no topic segment are passed over."""
+    """A summary's open alarms by episode id; rows whose id is no topic segment are passed over."""
     rows = body.get("open")
     if not isinstance(rows, list):
         raise ValueError("a summary lists its open alarms under 'open'")
@@ -145,22 +137,18 @@ def condition_text(condition: str) -> str:
 
 @dataclass(frozen=True)
 class AlarmSettings(Settings):
-    """How conditions continue, re-alarm, rise and leave; seconds."""
-
     # acknowledged and continuing: a new episode this long after sounds
     realarm_s: NonNegativeFloat = 600.0
     # unacknowledged this long: one priority up (0: never)
     escalate_after_s: NonNegativeFloat = 300.0
     hold_s: NonNegativeFloat = 0.0  # acknowledged and over: listed this long (then gone)
-    # below high priority: an episode this soon after the last one's end continues its
-    # condition (high: none, a new condition)
+    # an episode this soon after the last one's end continues its condition (high: a new one)
     continues_s: NonNegativeFloat = 60.0
 
 
 @dataclass
 class AlarmCondition:
-    """One bed's alarm condition. Times ``*_s`` are the book's clock (seconds); ``*_utc`` the
-    device's stamps of the episodes."""
+    """One bed's alarm condition; ``*_s``: the book's clock (s), ``*_utc``: the device's stamps."""
 
     device_id: str
     stream_id: str
@@ -182,8 +170,7 @@ class AlarmCondition:
     ended_s: float | None = None  # when its last live episode ended (None: one is live)
     seen: set[str] = field(default_factory=set)  # every episode id it has counted
     current: set[str] = field(default_factory=set)  # episodes since it last started alarming
-    # episodes a restored record had open that have not come back yet (the bed's summary
-    # says whether the device still holds them): the condition is held listed meanwhile
+    # a restored record's open episodes not yet back: listed till the bed's summary says
     held: set[str] = field(default_factory=set)
     alarm_utc: str = ""  # the newest episode that must be heard (a new life-threatening one)
     version: int = 0  # bumped by every change (the view is cached per version and priority)
@@ -215,8 +202,7 @@ class AlarmCondition:
         return 0.0 if urgent else settings.continues_s
 
     def state(self, now_s: float, settings: AlarmSettings) -> str:
-        """``alarming``, ``acknowledged`` (it continues, or the device still holds an episode
-        of it) or ``ended``."""
+        """``alarming``, ``acknowledged`` (continuing, or an episode still held) or ``ended``."""
         if not self.acknowledged:
             return "alarming"
         held = self.open or self.held
@@ -276,8 +262,7 @@ class AlarmCondition:
         return dict(view)
 
     def record(self) -> dict[str, Any]:
-        """What a store keeps (JSON-ready): all but the open episodes' messages, which come
-        back from the events and the beds' summaries."""
+        """For a store (JSON-ready); open episodes' messages come back from events and summaries."""
         return {
             "condition": self.condition, "kind": self.kind,
             "base_priority": self.base_priority, "first_onset_utc": self.first_onset_utc,
@@ -310,12 +295,11 @@ class AlarmBook:
         self._episode_condition: dict[str, Key] = {}
         self._beds: dict[tuple[str, str], set[Key]] = {}  # a bed's conditions
         self._changed: set[Key] = set()  # changed or gone since :meth:`take_changed`
-        # episodes of conditions that are over and left the list (the newest kept): a late
-        # or repeated end of one of them starts nothing
+        # episodes of conditions over and off the list, the newest kept (:meth:`retire`)
         self._retired: OrderedDict[str, None] = OrderedDict()
 
     def take(self, event: Episode, now_s: float) -> AlarmCondition | None:
-        """One event message into its condition (None: a late end, which changes nothing)."""
+        """Every event message of the site, in order (None: a late end, which changes nothing)."""
         key = (event.device_id, event.stream_id, condition_of(event.type))
         cond = self._conditions.get(key)
         new_episode = event.episode_id not in self._episode_condition
@@ -393,8 +377,7 @@ class AlarmBook:
         return (key[0], key[1]) if key is not None else None
 
     def add_clip(self, episode_id: str) -> AlarmCondition | None:
-        """An episode's clip arrived (None: no such episode). Whose clip it may be is the
-        caller's check (:meth:`owner`)."""
+        """A clip arrived (None: no such episode); the caller checks whose (:meth:`owner`)."""
         key = self._episode_condition.get(episode_id)
         cond = self._conditions.get(key) if key is not None else None
         if cond is not None and episode_id not in cond.clips:
@@ -438,9 +421,8 @@ class AlarmBook:
         user: str,
         utc: str | None = None,
     ) -> AlarmCondition | None:
-        """A device took an acknowledge of ``target`` by ``user`` at ``utc`` (any view's):
-        acknowledged here too, unless older than the condition's last raise (both the
-        device's clock): a late confirmation of an earlier alarm's quiets no new one."""
+        """A device took ``user``'s acknowledge (any view's) of ``target`` at ``utc`` (its clock):
+        acknowledged here too unless older than the last raise, so it quiets no newer alarm."""
         cond = self.find(device_id, stream_id, target)
         if cond is None:
             return None
@@ -480,7 +462,6 @@ class AlarmBook:
             self._drop(self._conditions[key])
 
     def conditions(self, now_s: float) -> list[dict[str, Any]]:
-        """The listed conditions' views in :func:`ward_order`."""
         self._expire(now_s)
         return ward_order([c.view(now_s, self.settings) for c in self._conditions.values()])
 

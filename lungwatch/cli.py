@@ -1,10 +1,7 @@
-"""The console scripts: ``lungwatch`` (the workstation: every command) and ``lungwatch-edge``
-(the device: its commands only), one subcommand per module ``main(argv)``, and the argument
-parser every command uses.
-
-A subcommand's module is imported only when it runs, so ``lungwatch-edge run`` never imports
-torch. Standard library only, so every package may use :class:`ArgumentParser`.
-"""
+"""The console scripts ``lungwatch`` (the workstation: every command) and ``lungwatch-edge`` (the
+device: its commands), one subcommand per module ``main(argv)``, imported only when it runs
+(``lungwatch-edge run`` never imports torch); and the argument parser every command uses,
+standard library only so every package may use it."""
 
 from __future__ import annotations
 
@@ -39,8 +36,7 @@ DEVICE_COMMANDS: Commands = {
     "emulate": ("firmware_bridge.emulator", "play a recording as a wearable stethoscope would"),
     "bench": ("bench.frontend", "front-end throughput table (run from a source checkout)"),
 }
-#: The commands off the device (the workstation's, the site's servers'); ``detect`` is the
-#: device's with ``--score`` added.
+#: The workstation's and the site servers' commands; ``detect`` is the device's plus ``--score``.
 WORKSTATION_COMMANDS: Commands = {
     "detect": ("training.scoring.detect", "events in recordings (JSON); --score: sed_eval scores"),
     "train": ("training.recipe.train", "train the detector from a run YAML (needs torch)"),
@@ -86,8 +82,7 @@ def plain_summary(text: str) -> str:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose errors are one line on stderr (exit status 2), not
-    the usage block; options are never abbreviated."""
+    """Errors are one line on stderr (exit status 2), not the usage block; no abbreviations."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -100,8 +95,7 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
     def names(self, flag: str, text: str, allowed: Sequence[str]) -> list[str]:
-        """The comma-separated names of an option's value, each one of ``allowed`` (else
-        this parser's error)."""
+        """An option's comma-separated names, each one of ``allowed`` (else this parser's error)."""
         names = [n.strip() for n in text.split(",") if n.strip()]
         if not names or any(n not in allowed for n in names):
             self.error(f"{flag} takes names from {', '.join(allowed)}, got {text!r}")
@@ -109,12 +103,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lungwatch``: every command."""
     return dispatch(COMMANDS, argv, WORKSTATION_SCRIPT)
 
 
 def edge_main(argv: list[str] | None = None) -> int:
-    """``lungwatch-edge``: the device's commands."""
     return dispatch(DEVICE_COMMANDS, argv, DEVICE_SCRIPT, DEVICE_NOTE)
 
 

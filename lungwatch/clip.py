@@ -1,11 +1,7 @@
-"""An alarm's evidence: its audio (FLAC) and the model's outputs over it, and how it travels
-(docs/events.md, "The evidence topic"; docs/evidence.md).
-
-A :class:`Clip` is keyed by its event's ``episode_id``. On MQTT it goes in parts
-(:func:`clip_messages`) so every message stays under the broker's packet limit;
-:class:`Assembler` joins them in any order, ignores repeats and checks the whole FLAC's hash:
-a clip is complete, or it is not there.
-"""
+"""An alarm's evidence: its audio (FLAC) and the model's outputs over it, keyed by its event's
+``episode_id`` (docs/events.md, "The evidence topic"; docs/evidence.md). On MQTT it goes in
+parts under the broker's packet limit; :class:`Assembler` joins them in any order, ignores
+repeats and checks the whole FLAC's hash: a clip is complete, or it is not there."""
 
 from __future__ import annotations
 
@@ -174,8 +170,7 @@ def clip_messages(clip: Clip, part_bytes: int = DEFAULT_PART_BYTES) -> list[tupl
 
 
 def clip_of(header: Mapping[str, Any], ids: Mapping[str, str], flac: bytes) -> Clip:
-    """The :class:`Clip` of a part-0 ``header``, ``ids`` and the whole FLAC; EvidenceError
-    names a bad field."""
+    """The clip of a part-0 ``header``, ``ids`` and the whole FLAC; EvidenceError names a field."""
     try:
         shape = tuple(int(n) for n in header["frames_shape"])
         frames = np.frombuffer(base64.b64decode(header["frames"], validate=True), np.uint8)
@@ -220,8 +215,7 @@ class _Partial:
 
 
 class Assembler:
-    """Puts clips together from their parts; at most ``max_open`` clips wait for parts at
-    once (the oldest is dropped, counted in ``dropped``)."""
+    """At most ``max_open`` clips wait for parts at once (the oldest dropped, counted)."""
 
     def __init__(self, max_open: int = 256) -> None:
         self.max_open = max_open

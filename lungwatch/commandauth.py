@@ -1,9 +1,7 @@
 """Commands authenticated end to end: a device acts on a command only when an authorised ward
 view signed it, whatever the broker lets through (docs/security.md, "Commands signed end to
-end": the signed message, the key derivation and what a device refuses).
-
-Key files hold the 32-byte key as 64 hex characters on one line, mode 0600.
-"""
+end": the signed message, the key derivation, what a device refuses). Key files hold the
+32-byte key as 64 hex characters on one line, mode 0600."""
 
 from __future__ import annotations
 
@@ -43,7 +41,6 @@ def new_key() -> bytes:
 
 
 def derive_device_key(master: bytes, site: str, device_id: str) -> bytes:
-    """The key of ``device_id`` at ``site``."""
     info = b"\0".join(part.encode() for part in (CONTEXT, site, device_id))
     return hmac.new(master, info, hashlib.sha256).digest()
 
@@ -105,8 +102,7 @@ def sign_command(
 
 
 class CommandVerifier:
-    """The device's check of each command; ``counts`` holds what was taken and why the
-    others were refused."""
+    """A device's check of each command; ``counts``: how many taken, and refused per reason."""
 
     def __init__(
         self,

@@ -1,10 +1,8 @@
-"""Configuration: frozen dataclasses loaded from YAML, validated once.
-
-:func:`from_mapping` checks the types with pydantic (strictly, as JSON's: an integer is not
-``true``, a number not a string) and the bounds fields declare (``Annotated[float,
-Field(gt=0)]``: :class:`Settings`), then each class's ``__post_init__`` checks what relates its
-fields with :func:`check`. Every problem is one :class:`ConfigError`
-line naming the file, the dotted key, the value and what is allowed::
+"""Configuration: frozen dataclasses loaded from YAML, validated once: :func:`from_mapping`
+checks the types with pydantic (strictly, as JSON's: an integer is not ``true``, a number not
+a string) and the bounds fields declare (:class:`Settings`), then each class's
+``__post_init__`` relates its fields with :func:`check`. Every problem is one
+:class:`ConfigError` line naming the file, the dotted key, the value and what is allowed::
 
     demo.yaml: features.n_bands must be an integer >= 1, got 0
 """
@@ -58,8 +56,7 @@ Share = Annotated[float, Field(ge=0, le=1)]  # a share or a probability
 
 
 class Settings:
-    """A config dataclass's base: the bounds its fields declare (``Annotated[float,
-    Field(gt=0)]``) hold on every construction, checked before its own ``__post_init__``."""
+    """Base: declared field bounds are checked on every construction, before ``__post_init__``."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -205,8 +202,7 @@ def load_layers(paths: str | Path | Sequence[str | Path]) -> tuple[dict[str, Any
 
 
 def merge_mappings(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``: mappings merged key by key, anything else (a list too) replaced;
-    neither argument changes."""
+    """``top`` over ``base``: mappings merged by key, the rest (lists too) replaced; inputs kept."""
     out = _deep_copy(base)
     for key, value in top.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
@@ -304,9 +300,7 @@ def _plain(value: Any, key: str) -> None:
 
 
 def _build(cls: type[T], data: Any) -> T:
-    """``cls`` of ``data``, types checked strictly as JSON's (an integer is not true, a
-    number not a string), then each dataclass's ``__post_init__``; the first problem as one
-    :class:`InvalidValueError` naming the dotted key."""
+    """The first problem as one :class:`InvalidValueError` naming the dotted key."""
     if not isinstance(data, Mapping):
         raise InvalidValueError("<top>", data, "a mapping of keys")
     _plain(data, "")

@@ -1,9 +1,6 @@
-"""A device's equipment identifier: its IEEE EUI-64, as IHE PCD messages name equipment
-(MSH-3, OBX-18: ``...^<16 hex digits>^EUI-64``).
-
-A MAC becomes an EUI-64 by the IEEE's rule: FFFE between its organisation's and its own
-three octets (docs/gateway.md, "Equipment").
-"""
+"""A device's IEEE EUI-64, as IHE PCD messages name equipment (MSH-3, OBX-18:
+``...^<16 hex digits>^EUI-64``). A MAC becomes one by the IEEE's rule: FFFE between its
+organisation's and its own three octets (docs/gateway.md, "Equipment")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Typed errors shared by lungwatch's packages; each message names what was wrong (the file,
-the key, the value), so one line in a log is enough to fix it."""
+"""Shared errors; each message names what was wrong (file, key, value): one log line to fix it."""
 
 from __future__ import annotations
 

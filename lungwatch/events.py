@@ -1,9 +1,7 @@
-"""The event schema and the MQTT topics it travels on (docs/events.md: fields, topics, QoS).
-
-An :class:`Event` is one message about one episode: ``onset``, optional ``ongoing``, then
-``ended``, sharing ``episode_id``; a retried message keeps its ``id``. Times are UTC ISO-8601
-with ``Z`` and milliseconds; samples index the stream's timeline.
-"""
+"""The event schema and the MQTT topics it travels on (docs/events.md: fields, topics, QoS). An
+:class:`Event` is one message about one episode: ``onset``, optional ``ongoing``, then ``ended``,
+sharing ``episode_id``; a retried message keeps its ``id``. Times are UTC ISO-8601 with ``Z``
+and milliseconds; samples index the stream's timeline."""
 
 from __future__ import annotations
 
@@ -31,8 +29,7 @@ RESPIRATION_TYPES: tuple[str, ...] = ("apnoea", "tachypnoea", "bradypnoea")
 # a bed's breathing on the respiration topic: its ``state`` (docs/events.md)
 RESPIRATION_STATES = ("assessing", "ok", "not_assessable", "apnoea", "signal_lost")
 PHYSIOLOGICAL_TYPES: tuple[str, ...] = SOUND_TYPES + RESPIRATION_TYPES
-#: Finding episodes (kind ``finding``): a run of recurring events of one family
-#: (:mod:`edge.bed.findings`).
+#: Finding episodes (kind ``finding``): recurring events of one family (edge.bed.findings).
 FINDING_TYPES: tuple[str, ...] = FINDING_FAMILIES
 #: The respiration message's finding rates (percent of breathing time, or null), per family.
 FINDING_RATE_KEYS: tuple[str, ...] = ("wheeze_rate_pct", "crackle_rate_pct")
@@ -64,9 +61,8 @@ KINDS = ("physiological", "technical", "finding")
 PRIORITIES = ("high", "medium", "low")
 STATES = ("onset", "ongoing", "ended")
 
-#: The default priority of every event type (the detector and the gate read it; a runtime
-#: config may override any type). A technical condition that stops monitoring matters more
-#: than one that degrades it.
+#: Default priority per event type (read by the detector and the gate; a runtime config may
+#: override any). A technical condition that stops monitoring outranks one that degrades it.
 Priority = Literal["high", "medium", "low"]
 DEFAULT_PRIORITIES: dict[str, Priority] = {
     **{c.name: c.priority for c in SOUND_CLASSES if c.priority},  # the label table's
@@ -160,7 +156,6 @@ def check_segment(value: object, name: str) -> str:
 
 
 def is_segment(value: object) -> bool:
-    """Whether :func:`check_segment` accepts ``value``."""
     try:
         check_segment(value, "segment")
     except EventError:
@@ -169,7 +164,6 @@ def is_segment(value: object) -> bool:
 
 
 def event_topic(site: str, device_id: str, stream_id: str) -> str:
-    """``lungwatch/v1/<site>/<device>/<stream>/event``."""
     parts = (check_segment(site, "site"), check_segment(device_id, "device_id"))
     return f"{TOPIC_ROOT}/{parts[0]}/{parts[1]}/{check_segment(stream_id, 'stream_id')}/event"
 
@@ -287,8 +281,7 @@ def ack_payload(
 
 
 def ack_of(body: dict[str, Any]) -> tuple[str, str, str]:
-    """``(target, user, utc)`` of an ack message's parsed body; EventError names what is
-    wrong."""
+    """``(target, user, utc)`` of an ack message's parsed body; EventError names what is wrong."""
     target, user, utc = body.get("target"), body.get("user", ""), body.get("utc")
     if not (isinstance(target, str) and 0 < len(target) <= 128 and target.isprintable()):
         raise EventError(f"ack.target must be a condition, type or key (1..128), got {target!r}")
@@ -299,7 +292,6 @@ def ack_of(body: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def metrics_topic(site: str, device_id: str) -> str:
-    """``lungwatch/v1/<site>/<device>/metrics``."""
     site, device_id = check_segment(site, "site"), check_segment(device_id, "device_id")
     return f"{TOPIC_ROOT}/{site}/{device_id}/metrics"
 
@@ -316,7 +308,6 @@ def status_payload(
     commands: str | None = None,
     eui64: str = "",
 ) -> str:
-    """The JSON published on the status topic."""
     if state not in ("online", "offline"):
         raise EventError(f"status.state must be 'online' or 'offline', got {state!r}")
     if commands is not None and commands not in COMMAND_POLICIES:
@@ -332,8 +323,7 @@ def status_payload(
 
 @dataclass(frozen=True)
 class Status:
-    """The status message's fields its readers use, each checked by :meth:`from_dict`;
-    ``commands`` None where the device does not say or says what this reader does not know."""
+    """The status fields its readers use, checked; ``commands`` None where absent or unknown."""
 
     state: str
     reason: str
@@ -371,8 +361,7 @@ def feed_health_payload(
     site: str, gateway: str, state: str, reason: str, queues: dict[str, dict[str, Any]],
     storing: bool = True, since_utc: str = "",
 ) -> str:  # fmt: skip
-    """The JSON a hospital gateway publishes on its health topic (docs/gateway.md, "Health");
-    ``storing`` False while its queue takes no writes (a full disk)."""
+    """A gateway's health (docs/gateway.md, "Health"); ``storing`` False: queue takes no writes."""
     if state not in FEED_STATES:
         raise EventError(f"health.state must be one of {FEED_STATES}, got {state!r}")
     body = {"schema_version": SCHEMA_VERSION, "site": site, "gateway": gateway, "state": state,
@@ -382,7 +371,6 @@ def feed_health_payload(
 
 
 def metrics_payload(site: str, device_id: str, stream_id: str, metrics: dict[str, Any]) -> str:
-    """The JSON published on the metrics topic."""
     body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
     body.update({"stream_id": check_segment(stream_id, "stream_id"), "utc": utc_now()})
     body["metrics"] = metrics
@@ -394,8 +382,7 @@ def metrics_payload(site: str, device_id: str, stream_id: str, metrics: dict[str
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
-    """One event message: :meth:`onset` starts an episode, :meth:`ongoing` and :meth:`ended`
-    follow it; every constructor call is validated."""
+    """One event message (:meth:`onset`, then :meth:`ongoing`, :meth:`ended`); always validated."""
 
     id: str  # UUID4 of this message, unchanged when it is retried
     episode_id: str  # UUID4 shared by the onset/ongoing/ended messages of one episode
@@ -430,8 +417,7 @@ class Event:
 
     @classmethod
     def onset(cls, **values: Any) -> Event:
-        """First message of a new episode: fresh ids, kind from the type, priority from
-        :data:`DEFAULT_PRIORITIES` unless given."""
+        """A new episode's first message: fresh ids, kind from the type, default priority."""
         event_type = values.get("type")
         kind = kind_of(event_type) if isinstance(event_type, str) else "technical"
         defaults = {"id": new_id(), "episode_id": new_id(), "kind": kind, "state": "onset"}

@@ -1,6 +1,5 @@
-"""Which hosts never leave this machine: one answer for the broker rule (``edge.sinks``), the
-ward view's bind address (``wardview``) and the stethoscope bridge's listeners
-(``firmware_bridge``). Standard library only, so every package may import it."""
+"""Which hosts never leave this machine, one answer for ``edge.sinks``, ``wardview`` and
+``firmware_bridge``; standard library only, so every package may import it."""
 
 from __future__ import annotations
 

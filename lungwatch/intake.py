@@ -1,10 +1,7 @@
-"""One MQTT payload of the site to a JSON object, within limits, or :class:`MessageError`.
-
-A reader of the site's messages (the ward view, the hospital gateway) must keep reading
-whatever a client of the broker publishes, so nothing in a payload may raise anything but
-:class:`MessageError` here; its :attr:`~MessageError.reason` is one of :data:`REASONS`
-(docs/dashboard.md, "Hardening", says what each means).
-"""
+"""One MQTT payload of the site to a JSON object, within limits, or :class:`MessageError`: a
+reader of the site's messages (the ward view, the gateway) must keep reading whatever a client
+of the broker publishes, so a payload raises nothing else here. Its ``reason`` is one of
+:data:`REASONS` (docs/dashboard.md, "Hardening", says what each means)."""
 
 from __future__ import annotations
 

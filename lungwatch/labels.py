@@ -1,8 +1,6 @@
-"""The one label table: model classes, data-set vocabularies, SNOMED CT codes.
-
-Every fact about a sound class is a field of its row in :data:`SOUND_CLASSES` (about a
-finding family, of :data:`FAMILY`): a new class is one new row (docs/labels.md).
-"""
+"""The one label table: model classes, data-set vocabularies, SNOMED CT codes. Every fact about
+a sound class is a field of its row in :data:`SOUND_CLASSES` (about a finding family, of
+:data:`FAMILY`): a new class is one new row (docs/labels.md)."""
 
 from __future__ import annotations
 
@@ -12,8 +10,6 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class SoundClass:
-    """One respiratory sound class: its names and what every part makes of it."""
-
     name: str  # SPRSound event vocabulary (the model's fine-grained classes)
     family: str  # "normal", "CAS" (continuous) or "DAS" (discontinuous) or "CAS & DAS"
     icbhi: str  # ICBHI 2017 cycle label it maps to
@@ -40,8 +36,6 @@ class SoundClass:
 
 @dataclass(frozen=True)
 class Family:
-    """A finding family: its alarm condition, finding episode and finding rate."""
-
     name: str
     finding_class: str  # the class whose SNOMED CT concept names its finding
     text: str  # its alarm condition as a ward reads it
@@ -50,7 +44,6 @@ class Family:
     rate_text: str  # UCUM %): no SNOMED CT or MDC term is known, a local code
 
 
-#: The one table (fields: SoundClass).
 SOUND_CLASSES: tuple[SoundClass, ...] = (
     SoundClass("Normal", "normal", "normal"),
     SoundClass("Rhonchi", "CAS", "wheeze", None, None, 3, "low", True, "rhonchi",
@@ -127,8 +120,7 @@ def family_snomed_ct(family: str) -> str | None:
 
 
 def display_name(event_type: str) -> str:
-    """What a clinician reads for an event type: a finding family's SNOMED CT term
-    (``CAS`` -> Wheezing), else the type itself."""
+    """A finding family's SNOMED CT term (``CAS`` -> Wheezing), else the type itself."""
     if event_type in FINDING_CLASS:
         return str(sound_class(FINDING_CLASS[event_type]).snomed_term or event_type)
     return event_type

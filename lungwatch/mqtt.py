@@ -1,7 +1,6 @@
-"""MQTT as every side uses it: a client's broker settings (:class:`MqttConfig`), the paho
-client they configure (imported lazily, so reading a config needs no paho), its
-:class:`Session`, the command topic and the broker's errors.
-"""
+"""MQTT as every side uses it: a client's broker settings (:class:`MqttConfig`), the paho client
+they configure (imported lazily: reading a config needs no paho), its :class:`Session`, the
+command topic and the broker's errors."""
 
 from __future__ import annotations
 
@@ -172,9 +171,8 @@ def new_client(
 
 
 class Session:
-    """One paho client of ``cfg``: its connection's state, topics subscribed at QoS 1 and a
-    retained last will made anew at every connect. ``on_connected(client)`` and ``on_lost()``
-    run on paho's thread; other callbacks are set on :attr:`client`."""
+    """A paho client of ``cfg``: its connection state, topics subscribed at QoS 1, a retained will
+    made anew at each connect; ``on_connected``/``on_lost`` run on paho's thread."""
 
     def __init__(
         self,

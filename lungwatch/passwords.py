@@ -50,6 +50,5 @@ def verify_password(password: str, password_hash: str) -> bool:
 
 
 def hash_iterations(password_hash: str) -> int | None:
-    """The PBKDF2 iteration count of a well-formed hash (its cost), else None."""
     parsed = parse_hash(password_hash)
     return None if parsed is None else parsed[0]

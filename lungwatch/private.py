@@ -1,7 +1,6 @@
-"""Secret files (command keys, stethoscope keys, broker passwords): read with the mode of the
-very file read, so a check of "others may read it" cannot be raced by swapping the file
-between the check and the read. Standard library only, so every package may import it; each
-caller words its own error."""
+"""Secret files (command keys, stethoscope keys, broker passwords), read with the mode of the
+very file read, so swapping the file cannot race the "others may read it" check. Standard
+library only, so every package may import it; each caller words its own error."""
 
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ def others_may_read(mode: int) -> bool:
 
 
 def private_umask() -> int:
-    """Tighten this process's umask so group and others get no bits on what it creates
-    (patient events and audio); the umask before."""
+    """Group and others get no bits on what this process creates (patient data); the old umask."""
     before = os.umask(0o077)
     os.umask(before | 0o077)
     return before

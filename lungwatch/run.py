@@ -1,7 +1,6 @@
-"""``lungwatch run``: the bedside runtime (:mod:`edge.runtime.loop`) and, when its config says
-``dashboard.enabled: true``, the ward view served beside it in the same process
-(:func:`wardview.server.serve_beside`): one device that is its own ward. The runtime itself
-knows nothing of the view; this module puts the two together."""
+"""``lungwatch run``: the bedside runtime (:mod:`edge.runtime.loop`) and, with
+``dashboard.enabled: true``, the ward view beside it in the same process
+(:func:`wardview.server.serve_beside`), one device its own ward; the runtime knows no view."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Threads a process depends on, watched.
-
-A :class:`Worker` is the net under a long-lived loop's own guards: a loop that still ends
-unasked is logged at CRITICAL and reported by :meth:`Worker.failure`; its owner then starts it
-again (:meth:`Worker.restart`, bounded) or stops the process (:class:`ThreadStoppedError`), so
-nothing runs on half its threads unseen.
-"""
+"""Threads a process depends on, watched: a :class:`Worker` is the net under a long-lived
+loop's own guards. A loop that still ends unasked is logged at CRITICAL and reported by
+:meth:`Worker.failure`; its owner then restarts it (:meth:`Worker.restart`, bounded) or stops
+the process (:class:`ThreadStoppedError`), so nothing runs on half its threads unseen."""
 
 from __future__ import annotations
 
@@ -84,7 +81,6 @@ class Worker:
 
 
 def first_failure(checks: list[Callable[[], str | None]]) -> str | None:
-    """The first failure any of ``checks`` reports."""
     for check in checks:
         why = check()
         if why is not None:

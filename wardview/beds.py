@@ -1,7 +1,5 @@
-"""The ward's live picture of each device and bed: the :class:`Bed` and :class:`Device`
-records, a bed's state, and what a bed card shows of an event, a verdict and a breathing
-reading. Plain data and pure functions; the ward's lock guards them.
-"""
+"""Each device's and bed's records and what a bed card shows (state, events, verdict,
+breathing). Plain data and pure functions; the ward's lock guards them."""
 
 from __future__ import annotations
 
@@ -30,16 +28,14 @@ STATE_TEXT = {
 # a sound's card state, and a finding episode's (edge.bed.findings): its family's
 CARD_OF_TYPE = {**{c.name: c.card for c in SOUND_CLASSES if c.card},
                 **{f.name: f.card for f in FAMILY.values()}}  # fmt: skip
-# what the page knows of each sound class (the snapshot's ``classes``): its live-strip colour
-# and, where its card differs from its family's, the name an alarm row adds (`` · stridor``)
+# the page's sound classes: live-strip colour, and the name an alarm row adds (`` · stridor``)
 PAGE_CLASSES = {
     c.name: {"colour": c.colour, "named": c.card if c.card != CARD_OF_TYPE[c.families[0]] else None}
     for c in SOUND_CLASSES
     if c.colour and c.families
 }
 RATE_TREND_POINTS = 720  # a bed's rate trend: two hours at the runtime's 10-s publishing
-# a device's read-wait limit where it gives none: the runtime's default read_wait_warn_ms
-# (docs/runtime.md, "Load")
+# a device that gives no limit: the runtime's default read_wait_warn_ms (docs/runtime.md, "Load")
 READ_WAIT_BEHIND_MS = 500.0
 
 
@@ -83,8 +79,7 @@ class Device:
 
 
 def read_wait_view(device: Device) -> dict[str, Any]:
-    """The device's worst bed by read wait (p99), ``behind`` when over the device's limit:
-    the device is near its limit and its alarms come late."""
+    """The worst bed's read wait (p99); ``behind``: over the device's limit (alarms come late)."""
     known = [
         (b.read_wait_ms_p99, b.stream_id)
         for b in device.beds.values()
@@ -103,9 +98,7 @@ def bed_state(
     silent: bool = False,
     respiration: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The bed's state at a glance (key in :data:`STATE_TEXT`), drawn from the bed's rows of
-    the ward's alarm list so the card never contradicts it: offline, then silent, then its
-    worst condition not over (:func:`_severity`), else what the breathing reading says."""
+    """Drawn from the bed's alarm-list rows, so the card never contradicts the list."""
     if online is False:
         return {"key": "offline", "text": STATE_TEXT["offline"]}
     if silent:
@@ -133,14 +126,12 @@ def bed_state(
 
 
 def _severity(row: dict[str, Any]) -> tuple[int, bool, int]:
-    """What the card shows first: priority, then life-threatening, then alarming before
-    acknowledged (an acknowledged apnoea that goes on outranks an alarming crackle)."""
+    """Most severe first: an acknowledged apnoea that goes on outranks an alarming crackle."""
     return (PRIORITY_RANK[row["priority"]], not row.get("life_threatening"),
             STATE_RANK[row["state"]])  # fmt: skip
 
 
 def _no_alarm(respiration: dict[str, Any] | None) -> dict[str, str]:
-    """A bed with no alarm condition listed: what its breathing reading says."""
     reading = respiration or {}
     if reading.get("state") == "apnoea":  # the reading before (or without) its alarm
         return {"key": "apnoea", "text": "apnoea (breathing reading; no alarm listed)"}
@@ -179,7 +170,6 @@ VERDICT_STATE = {**{f.name: f.card for f in FAMILY.values()}, "CAS & DAS": FAMIL
 
 
 def event_row(event: Event, received_s: float) -> dict[str, Any]:
-    """What the page shows of one event message."""
     detail = event.detail
     return {
         "id": event.id,
@@ -207,8 +197,7 @@ def verdict_view(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def show_respiration(bed: Bed, body: dict[str, Any]) -> bool:
-    """A checked breathing message on ``bed``; whether its trend got a point (not for a
-    retained message sent again)."""
+    """A checked breathing message; whether the trend got a point (not for a retained repeat)."""
     shown = {key: body.get(key) for key in ("state", "rate_bpm", "confidence", "breaths",
                                              "age_band", "low_bpm", "high_bpm", "reason",
                                              "utc", "last_breath_utc",

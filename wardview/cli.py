@@ -31,8 +31,7 @@ log = logging.getLogger("lungwatch.dashboard")
 def load_settings(
     paths: Path | list[Path] | None, overrides: list[str]
 ) -> tuple[str, MqttConfig, DashboardConfig]:
-    """(site, broker settings, dashboard settings) of ``paths``, each later file merged over
-    the ones before; ConfigError names the file and the key."""
+    """Each later file merged over the ones before; ConfigError names the file and the key."""
     data, source = load_layers(paths) if paths else ({}, "<defaults>")
     if overrides:
         data = apply_overrides(data, overrides, source=source)

@@ -1,10 +1,7 @@
-"""The ``dashboard`` block of a runtime config, and the users' salted password hashes
-(docs/dashboard.md, "The config block" and "Hardening": every key and what it bounds).
-
-Kept apart from the server (no paho, no web server) so :mod:`edge.runtime.config` can load
-and validate it with the other blocks. A hash is made by ``lungwatch dashboard
---hash-password``; the config never holds a password in plain text.
-"""
+"""The ``dashboard`` block of a runtime config (docs/dashboard.md, "The config block" and
+"Hardening": every key and what it bounds). No paho, no web server: :mod:`edge.runtime.config`
+validates it with the other blocks. Passwords are salted hashes (``lungwatch dashboard
+--hash-password``), never plain text."""
 
 from __future__ import annotations
 
@@ -65,16 +62,12 @@ class DashboardUser:
 
 @dataclass(frozen=True)
 class DashboardConfig(Settings):
-    """The ward view's settings (each key: docs/dashboard.md, "The config block")."""
-
     enabled: bool = False  # lungwatch run serves it too (lungwatch dashboard always does)
     host: str = "127.0.0.1"  # address the web server binds
     port: Annotated[int, Field(ge=0, lt=65536)] = 8080  # 0: a free port, printed at start
     users: tuple[DashboardUser, ...] = ()  # none: loopback only, anyone there may acknowledge
     events_per_bed: Annotated[int, Field(ge=1, le=100)] = 8  # last events kept and shown per bed
-    # live-strip points kept per bed (one per live message)
-    live_points: Annotated[int, Field(ge=1, le=3600)] = 60
-    # changes are pushed to the browsers at most this often
+    live_points: Annotated[int, Field(ge=1, le=3600)] = 60  # live strip: one point per live message
     push_interval_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.1
     # a bed whose rolling verdict is one of these is an alarm, at this priority
     alarm_verdicts: tuple[str, ...] = ()
@@ -92,23 +85,18 @@ class DashboardConfig(Settings):
     request_timeout_s: Annotated[float, Field(ge=0.1, le=300.0)] = 10.0
     # open connections at once (each page holds one event stream)
     max_connections: Annotated[int, Field(ge=4, le=10_000)] = 64
-    # ... of them from one client address
     max_connections_per_address: Annotated[int, Field(ge=1, le=10_000)] = 8
     allowed_clients: tuple[str, ...] = ()  # networks (CIDR) that may connect; none: any
-    # an event-stream heartbeat this often; the page says "no heartbeat" and reconnects after
-    # three missed
+    # an event-stream heartbeat this often; the page says "no heartbeat", reconnects after 3 missed
     heartbeat_interval_s: Annotated[float, Field(ge=0.1, le=60.0)] = 5.0
     # nothing heard this long: a device is silent, the broker stale
     stale_after_s: Annotated[float, Field(ge=0.5, le=86_400.0)] = 30.0
     probe_interval_s: float = 5.0  # a round trip through the broker this often (0: none)
     # a larger MQTT message is rejected unread
     max_message_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = MAX_MESSAGE_BYTES
-    # a message nested deeper is rejected unparsed
-    max_json_depth: Annotated[int, Field(ge=4, le=200)] = MAX_JSON_DEPTH
+    max_json_depth: Annotated[int, Field(ge=4, le=200)] = MAX_JSON_DEPTH  # deeper: refused unparsed
     max_devices: Annotated[int, Field(ge=1, le=100_000)] = 256  # devices of the site
-    # beds (streams) of one device
-    max_beds_per_device: Annotated[int, Field(ge=1, le=100_000)] = 512
-    # open episodes of one bed
+    max_beds_per_device: Annotated[int, Field(ge=1, le=100_000)] = 512  # streams of one device
     max_open_episodes_per_bed: Annotated[int, Field(ge=1, le=100_000)] = 256
     # failed logins per user name and per client address ...
     login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
@@ -118,8 +106,7 @@ class DashboardConfig(Settings):
     history_days: PositiveFloat = 7.0  # rows older than this are deleted
     evidence_max_mb: PositiveFloat = 2000.0  # the clips' bound on disk (the oldest go first)
     persistent_session: bool = False  # the broker keeps what the view misses while down
-    # one per view; null: lungwatch-dashboard-<site>-<h>, <h> derived from the view's broker
-    # password (no other client can guess it)
+    # one per view; null: lungwatch-dashboard-<site>-<h>, <h> from the view's broker password
     client_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -181,8 +168,7 @@ class DashboardConfig(Settings):
 
 @dataclass(frozen=True)
 class DashboardFile:
-    """What the view reads of a config file: a ward view's own, or a device's runtime config
-    (its ``site``, ``mqtt`` and ``dashboard``; the device checks the rest)."""
+    """A view's own config file, or a device's runtime config (the device checks the rest)."""
 
     site: str = "ward-1"  # the ward whose devices are shown
     device_id: str = "edge-1"  # accepted so a device's file can be trimmed; not used here

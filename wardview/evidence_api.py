@@ -1,9 +1,5 @@
-"""The ward view's evidence and history routes (docs/evidence.md, "Access": what each
-answers).
-
-Listening to patient audio needs a named user: without users (the loopback demo) the evidence
-routes answer 401; without a history store, 404 with that reason.
-"""
+"""The ward view's evidence and history routes (docs/evidence.md, "Access": what each answers).
+Patient audio needs a named user: without users (the loopback demo) evidence routes answer 401."""
 
 from __future__ import annotations
 
@@ -34,8 +30,6 @@ def _json(status: int, body: dict[str, Any]) -> Reply:
 
 
 class EvidencePages:
-    """The routes of the module doc over one history store."""
-
     def __init__(self, history: History | None) -> None:
         self.history = history
         self._pictures: OrderedDict[str, bytes] = OrderedDict()
@@ -112,9 +106,8 @@ FRAME_S, HOP_S = 0.025, 0.010
 
 
 def spectrogram(audio: np.ndarray, rate_hz: int) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """(frames, bands) log power of ``audio`` in :data:`SPECTROGRAM_BANDS` log-spaced bands
-    (25-ms Hann frames every 10 ms; a band narrower than one FFT bin takes its nearest bin),
-    the frames per second and the bands' range: drawn without the device's front end."""
+    """(frames, bands) log power (Hann frames; a band narrower than one FFT bin takes its
+    nearest bin), frames per second, the bands' range: drawn without the device's front end."""
     low, high = SPECTROGRAM_FMIN_HZ, min(SPECTROGRAM_FMAX_HZ, rate_hz / 2)
     frame, hop = max(2, round(FRAME_S * rate_hz)), max(1, round(HOP_S * rate_hz))
     if audio.size < frame:
@@ -129,7 +122,6 @@ def spectrogram(audio: np.ndarray, rate_hz: int) -> tuple[np.ndarray, float, tup
 
 
 def picture(clip: Any) -> Image.Image:
-    """The clip's picture (module doc)."""
     rate = clip.sample_rate_hz
     audio = clip.audio()
     frames, frames_per_s, band_range = spectrogram(audio, rate)

@@ -1,11 +1,6 @@
-"""The dashboard's MQTT side: one paho client that reads the site's topics into a
-:class:`~wardview.ward.Ward` and publishes acknowledge commands (docs/dashboard.md,
-"Architecture, and why"; "Hardening" for the probe and refused subscriptions).
-
-Its own client id, so it never takes the device's session. Nothing one message holds may
-raise out of paho's network thread (it would stop the feed for good): the ward counts what it
-refuses, and :meth:`WardFeed._on_message` guards the rest.
-"""
+"""The view's paho client: reads the site's topics into a :class:`~wardview.ward.Ward`, publishes
+acknowledge commands (docs/dashboard.md, "Architecture, and why"; "Hardening": the probe, refused
+subscriptions). Its own client id, so it never takes the device's session."""
 
 from __future__ import annotations
 
@@ -25,12 +20,10 @@ COMMAND_WAIT_S = 5.0  # how long an acknowledge waits for the broker's PUBACK
 
 
 class FeedError(BrokerError):
-    """A command could not be handed to the broker (the message says why)."""
+    """A command could not be handed to the broker."""
 
 
 class WardFeed:
-    """Subscribes ``ward`` to ``site`` on the broker of ``config``; see the module doc."""
-
     def __init__(
         self,
         config: MqttConfig,
@@ -39,8 +32,6 @@ class WardFeed:
         command_master: bytes | None = None,
         client_id: str | None = None,
     ) -> None:
-        """``client_id``: a persistent session under this id; None: a clean session with a
-        random id."""
         self.config, self.site, self.ward = config, site, ward
         self._command_master = command_master  # signs commands (lungwatch.commandauth); None: not
         self.topics = [
@@ -71,8 +62,7 @@ class WardFeed:
         client.on_subscribe = self._on_subscribe
 
     def start(self) -> WardFeed:
-        """Connect; a refused CONNACK (credentials) or a TLS failure raises, an unreachable
-        broker is retried in the background (the page says ``broker: disconnected``)."""
+        """Raises if the CONNACK is refused or TLS fails; an unreachable broker is retried later."""
         self._session.start()
         return self
 
@@ -81,12 +71,10 @@ class WardFeed:
 
     @property
     def signs(self) -> bool:
-        """Whether this view signs its commands (it holds the site's command master key)."""
         return self._command_master is not None
 
     def acknowledge(self, device_id: str, stream_id: str, target: str, user: str) -> str:
-        """Publish the acknowledge command (signed when the feed holds the site's command
-        master key) and wait for its PUBACK; the topic."""
+        """Publish the acknowledge and wait for its PUBACK; the topic."""
         if not self.connected.is_set():
             raise FeedError(f"broker {self.config.address} is not connected")
         topic = command_topic(self.site, device_id)
@@ -109,12 +97,12 @@ class WardFeed:
             raise FeedError(f"broker {self.config.address}: no PUBACK in {COMMAND_WAIT_S:g} s")
         return topic
 
-    # -- paho callbacks (network thread) -----------------------------------------------
     def probe(self) -> None:
         """Send the round-trip probe when connected; the broker's answer reaches the ward."""
         if self.connected.is_set():
             self._client.unsubscribe(self.probe_topic)
 
+    # -- paho callbacks (network thread) -----------------------------------------------
     def _on_subscribe(
         self, client: Any, userdata: Any, mid: Any, reasons: Any, props: Any = None
     ) -> None:
@@ -138,6 +126,6 @@ class WardFeed:
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         try:
             self.ward.handle(message.topic, bytes(message.payload), bool(message.retain))
-        except Exception:  # Ward.handle counts its own failures; this is the last guard
+        except Exception:  # the last guard: raising in paho's thread stops the feed for good
             log.error("dashboard: a message on %r could not be handled", message.topic,
                       exc_info=True)  # fmt: skip

@@ -1,13 +1,8 @@
-"""The ward view's memory in SQLite or PostgreSQL (:mod:`wardview.stores`): every event,
-verdict, breathing reading, bed summary and evidence clip it received, and the alarm
-conditions it lists, so the ward's history and alarm list survive restarts (docs/evidence.md,
-"History store": bounds, device times, one site per store, privacy).
-
-Writes go through one writer thread that commits what came in every ``FLUSH_S`` in one
-transaction, so the MQTT thread never waits on the disk; a row that cannot be written is left
-out alone, counted in :attr:`History.failed` and reported through ``on_failure``. Reads open
-their own connection (WAL lets them run beside the writer).
-"""
+"""What the ward view received and the alarms it lists, in SQLite or PostgreSQL
+(:mod:`wardview.stores`), so they survive restarts (docs/evidence.md, "History store").
+One writer thread commits, so the MQTT thread never waits on the disk; a row that cannot be
+written is lost alone, counted in :attr:`History.failed` and reported through ``on_failure``.
+Reads open their own connection (WAL lets them run beside the writer)."""
 
 from __future__ import annotations
 
@@ -106,7 +101,6 @@ class History:
         self._writer = Worker(self._write, "lungwatch-history", lambda: self._closing).start()
 
     def _prepare(self, site: str | None) -> None:
-        """The schema at its version, and the store's site (refused when another's)."""
         db = self.backend.connect()
         try:
             migrate(self.backend, db)
@@ -129,7 +123,6 @@ class History:
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
-        """A connection for one read (or the prune), committed and closed after it."""
         db = self.backend.connect()
         try:
             with self.backend.transaction(db):
@@ -139,8 +132,6 @@ class History:
 
     # -- writing (any thread) --------------------------------------------------------------
     def _device_time(self, utc: str | None) -> float:
-        """A device-supplied time as epoch seconds; the view's clock when there is none or it
-        lies more than ``FUTURE_TOLERANCE_S`` ahead."""
         now, at = self.clock(), epoch_s(utc)
         return now if at is None or at > now + FUTURE_TOLERANCE_S else at
 
@@ -169,7 +160,6 @@ class History:
     def set_alarm(
         self, device_id: str, stream_id: str, condition: str, record: dict[str, Any]
     ) -> None:
-        """An alarm condition's record as the view lists it now; replaces what was kept."""
         self._put("INSERT INTO alarms VALUES (?,?,?,?,?) ON CONFLICT (device_id, stream_id, "
                   "condition) DO UPDATE SET record = excluded.record, at_s = excluded.at_s",
                   (device_id, stream_id, condition, json.dumps(record), self.clock()))  # fmt: skip
@@ -204,9 +194,7 @@ class History:
         return True
 
     def supervise(self) -> str | None:
-        """None while the writer runs; after it stopped unasked: what happened (the rows it
-        held are counted as not stored, and it is started again within
-        :class:`~lungwatch.supervision.Worker`'s bounds)."""
+        """None while the writer runs; else why it stopped (restarted within Worker's bounds)."""
         why = self._writer.failure()
         if why is None:
             return None
@@ -246,8 +234,7 @@ class History:
             try:
                 with self.backend.transaction(db):
                     cursor = db.cursor()
-                    # each run of one statement in one call (psycopg pipelines it: one round
-                    # trip to a PostgreSQL server per run, not per row)
+                    # psycopg pipelines each run of one statement: a round trip per run, not per row
                     for sql, run in itertools.groupby(rows, key=lambda item: item[0]):
                         cursor.executemany(sql, [row for _, row in run])
             except Exception:  # one bad row must not cost the others
@@ -286,8 +273,6 @@ class History:
                 log.exception("history: reporting a failure failed")
 
     def _prune(self, db: Any) -> None:
-        """Rows received before ``max_age_days`` (the view's clock); the oldest clips beyond
-        ``max_evidence_mb``."""
         oldest, q = self.clock() - self.max_age_s, self._sql
         db.execute(q("DELETE FROM events WHERE received_s < ?"), (oldest,))
         db.execute(q("DELETE FROM readings WHERE COALESCE(received_s, at_s) < ?"), (oldest,))
@@ -305,7 +290,6 @@ class History:
         with self._reading() as db:
             self._prune(db)
 
-    # -- reading ---------------------------------------------------------------------------
     def clip(self, episode_id: str) -> tuple[dict[str, Any], bytes, dict[str, str]] | None:
         """(header, FLAC, identity) of an episode's clip, else None."""
         with self._reading() as db:
@@ -364,7 +348,6 @@ class History:
         }
 
     def restore(self) -> Restored:
-        """What the ward shows after a restart (see :class:`Restored`)."""
         with self._reading() as db:
             summaries = [(d, s, json.loads(b)) for d, s, b in db.execute(
                 "SELECT device_id, stream_id, summary FROM beds")]  # fmt: skip

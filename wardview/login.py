@@ -1,10 +1,7 @@
-"""The ward view's logins: HTTP Basic credentials checked in the same time whether or not the
-user exists, and a bound on failed attempts per client address and per user name
-(docs/dashboard.md, "Hardening", logins: the rules and why).
-
-The bound holds for concurrent attempts: an attempt is recorded as a failure of its name and
-address under the lock *before* its password is verified, and taken back if it succeeds.
-"""
+"""HTTP Basic logins checked in the same time whether or not the user exists, and a bound on
+failed attempts per client address and per user name (docs/dashboard.md, "Hardening").
+The bound holds for concurrent attempts: each is recorded as a failure of its name and address
+under the lock *before* its password is verified, and taken back if it succeeds."""
 
 from __future__ import annotations
 
@@ -34,8 +31,6 @@ class LoginLimitedError(Exception):
 
 
 class Logins:
-    """The configured users' logins (see the module doc)."""
-
     def __init__(
         self,
         users: Iterable[DashboardUser],
@@ -57,9 +52,8 @@ class Logins:
         self._lock = threading.Lock()
 
     def check(self, name: str, password: str, address: str) -> DashboardUser | None:
-        """The user whose ``name`` and ``password`` these are, else None;
-        :class:`LoginLimitedError` while ``address`` is over the bound (nothing verified), or
-        for a wrong password while ``name`` is."""
+        """The user, else None; :class:`LoginLimitedError` while ``address`` is over the bound
+        (nothing verified), or for a wrong password while ``name`` is."""
         user_key, address_key = f"user:{name}", f"address:{address}"
         with self._lock:
             retry_s = self._retry_after_s(address_key)
@@ -91,7 +85,6 @@ class Logins:
         return max(0.0, failures[0][0] + self.window_s - self.clock())
 
     def _fail(self, key: str, name: str) -> None:
-        """A failure (or a pending attempt) of ``name`` against ``key``, now."""
         failures = self._failures.pop(key, None) or deque(maxlen=self.max_failures)
         failures.append((self.clock(), name))
         self._failures[key] = failures  # the most recently failed last
@@ -99,8 +92,7 @@ class Logins:
             self._failures.popitem(last=False)
 
     def _succeed(self, user_key: str, address_key: str, name: str) -> None:
-        """``name``'s failures go, from the address too; the address's failures of other
-        names stay (a user cannot wipe them out)."""
+        """The address's failures of other names stay (a user cannot wipe them out)."""
         self._failures.pop(user_key, None)
         failures = self._failures.get(address_key)
         if failures is not None:

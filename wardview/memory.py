@@ -1,7 +1,6 @@
-"""What the ward view keeps in its history store as messages arrive: events, summaries, clips
-and alarm changes as they come; verdicts and breathing readings at most once a minute per
-bed, and on every change; nothing without a store.
-"""
+"""What the ward view keeps in its history store (nothing without one): events, summaries, clips
+and alarm changes as they come; a bed's verdict and breathing on a change, else at most once a
+minute by their own time (later only)."""
 
 from __future__ import annotations
 
@@ -12,8 +11,7 @@ from lungwatch.clip import Clip
 from lungwatch.events import FINDING_RATE_KEYS, Event
 from wardview.history import History, epoch_s
 
-READING_EVERY_S = 60.0  # a bed's breathing and verdict are stored at most this often (and
-# on a change of state or verdict)
+READING_EVERY_S = 60.0
 # what is stored of a reading: the wire contract's fields, nothing a device added
 STORED_FIELDS = {
     "verdict": ("verdict", "window_s", "utc"),
@@ -25,8 +23,6 @@ MAX_STORED_TEXT = 200  # a stored reading's longest text (a reason)
 
 
 class Recorder:
-    """Writes what the ward takes to ``history`` (None: nothing is kept)."""
-
     def __init__(self, history: History | None) -> None:
         self.history = history
         # (device, bed, kind) -> the time and state of the reading last stored
@@ -45,8 +41,6 @@ class Recorder:
             self.history.add_clip(clip)
 
     def reading(self, device_id: str, stream_id: str, kind: str, body: dict[str, Any]) -> None:
-        """On a change of verdict or state, else at most once a minute by its own time (later
-        only); its contract's fields only."""
         if self.history is None:
             return
         at = epoch_s(body.get("utc")) or 0.0
@@ -63,7 +57,6 @@ class Recorder:
         self.history.add_reading(device_id, stream_id, kind, kept)
 
     def alarms(self, book: AlarmBook) -> None:
-        """The alarm conditions of ``book`` changed or gone since the last call."""
         changed = book.take_changed()
         if self.history is None:
             return

@@ -1,11 +1,7 @@
-"""A recording's picture, drawn with Pillow: the demo's per recording and the ward view's per
-alarm clip.
-
-Rows, top to bottom, on one time axis (one pixel column per 10-ms feature frame): the record
-id and label; the spectrogram (low bands at the bottom); one bar row per model class, each
-window's probability drawn over the hop span centred on the window's centre (the detector's
-convention, :mod:`edge.bed.detector`); the detected, technical and annotated events; seconds.
-"""
+"""A recording's picture (Pillow): the demo's per recording, the ward view's per alarm clip.
+Rows on one time axis (a pixel column per 10-ms frame): title, spectrogram, a bar row per model
+class (each window's probability over the hop span centred on it: :mod:`edge.bed.detector`'s
+convention), the detected, technical and annotated events, seconds."""
 
 from __future__ import annotations
 
@@ -81,7 +77,6 @@ class _Canvas:
         return MARGIN_PX + lo, MARGIN_PX + max(hi, lo + 1) - 1
 
     def fill(self, x0: int, y0: int, x1: int, y1: int, colour: RGB) -> None:
-        """Pixels x0..x1, y0..y1 (inclusive) in ``colour``."""
         self.draw.rectangle((x0, y0, x1, y1), fill=colour)
 
     def label(self, y: int, text: str, colour: RGB = TEXT, anchor: str = "lm") -> None:
@@ -103,7 +98,6 @@ class _Canvas:
     def classes(
         self, y: int, names: Sequence[str], centres_s: np.ndarray, hop_s: float, probs: np.ndarray
     ) -> int:
-        """One bar row per class: bar height = probability, in the class colour."""
         bar_px = CLASS_ROW_PX - 2
         for k, name in enumerate(names):
             colour = CLASS_COLOURS.get(name, TEXT)
@@ -129,7 +123,6 @@ class _Canvas:
         return y + height_px
 
     def axis(self, y: int, duration_s: float) -> None:
-        """Ticks every second, labels every two, and ``time (s)`` in the margin."""
         for second in range(0, int(duration_s) + 1, TICK_EVERY_S):
             x = self.columns(second, second)[0]
             if x >= self.image.width:
@@ -154,9 +147,8 @@ def render(
     annotated: Sequence[Span],
     spectrogram_name: str = "LOG-MEL",
 ) -> Image.Image:
-    """The picture as an RGB image. ``spectrogram``: ``(n_frames, n_bands)`` over
-    ``freq_range_hz``; ``probabilities``: ``(n_windows, n_classes)`` for windows centred at
-    ``window_centres_s``; spans in seconds."""
+    """``spectrogram``: ``(n_frames, n_bands)`` over ``freq_range_hz``; ``probabilities``:
+    ``(n_windows, n_classes)`` for windows centred at ``window_centres_s``; spans in seconds."""
     n_columns = max(int(spectrogram.shape[0]), 1)
     height = (TITLE_PX + BAND_PX * spectrogram.shape[1] + 2 * GAP_PX + CLASS_ROW_PX * len(classes)
               + 2 * EVENT_ROW_PX + TECHNICAL_ROW_PX + AXIS_PX)  # fmt: skip

@@ -1,11 +1,7 @@
 """The ward view's web server: the page, a Server-Sent-Events stream of the ward, acknowledge
-(docs/dashboard.md, "Architecture, and why" and "Access"; the evidence and trend routes:
-docs/evidence.md).
-
-A Starlette application served by uvicorn on a thread of its own; every request passes the
-rules of :mod:`wardview.web` and, when the config has users, their HTTP Basic login
-(:mod:`wardview.login`).
-"""
+(docs/dashboard.md, "Architecture, and why" and "Access"; evidence and trend: docs/evidence.md).
+Starlette on uvicorn, on a thread of its own; every request passes :mod:`wardview.web`'s rules
+and, when the config has users, their HTTP Basic login (:mod:`wardview.login`)."""
 
 from __future__ import annotations
 
@@ -86,8 +82,6 @@ class DashboardError(LungwatchError):
 
 @dataclass(frozen=True)
 class Viewer:
-    """Who sent a request, and whether they may acknowledge."""
-
     name: str
     can_acknowledge: bool
 
@@ -106,8 +100,6 @@ class DashboardServer:
         site: str,
         command_master_key: bytes | None = None,
     ) -> None:
-        """``command_master_key`` (else ``config.command_key_file``'s) signs each acknowledge
-        command for its device (lungwatch.commandauth); with neither, commands go unsigned."""
         self.config, self.site = config, site
         if command_master_key is None and config.command_key_file is not None:
             command_master_key = read_key(config.command_key_file)
@@ -159,8 +151,7 @@ class DashboardServer:
         self._pusher = Worker(self._push, "lungwatch-dashboard-push", self._stop.is_set)
 
     def _tls_context(self, config: DashboardConfig) -> ssl.SSLContext:
-        """The page's TLS context (handshakes run on the server's event loop, each bounded
-        by asyncio's handshake timeout)."""
+        """TLS handshakes run on the server's event loop, bounded by asyncio's handshake timeout."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             context.load_cert_chain(config.cert_file, config.key_file)  # type: ignore[arg-type]
@@ -246,7 +237,6 @@ class DashboardServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- pushing to the browsers -------------------------------------------------------
     def subscribe(self, user: Viewer, loop: asyncio.AbstractEventLoop) -> Browser:
         """A browser's queue, starting with the snapshot (taken under the ward's lock, so no
         change is lost or repeated between the snapshot and the first update)."""
@@ -267,7 +257,6 @@ class DashboardServer:
             self._clients.discard(client)
 
     def _push(self) -> None:
-        """Every ``push_interval_s``: changes to the browsers; liveness, probe, heartbeats."""
         cfg = self.config
         next_beat_s = next_probe_s = time.monotonic()
         failed = ""
@@ -304,7 +293,6 @@ class DashboardServer:
                 log.warning("dropping a browser that fell %d updates behind", CLIENT_QUEUE)
                 self._clients.discard(client)
 
-    # -- rights ------------------------------------------------------------------------
     def authenticate(self, header: str | None, address: str = "") -> Viewer | None:
         """Who sent ``Authorization: Basic ...`` (:data:`LOCAL_VIEWER` without users); None:
         no or wrong credentials; :class:`LoginLimitedError` after too many failures."""
@@ -329,7 +317,6 @@ class DashboardServer:
         return viewer
 
     def acknowledge(self, user: Viewer, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, JSON reply) of an acknowledge request by ``user``."""
         if not user.can_acknowledge:
             log.warning("acknowledge refused: user %r has the view right only", user.name)
             return 403, {"error": f"user {user.name!r} may view but not acknowledge"}
@@ -400,9 +387,7 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 class Guard:
-    """The rules every request passes before a route sees it: an allowed Host, no
-    Transfer-Encoding, and on a POST one strict Content-Length (:mod:`wardview.web`).
-    A refusal closes the connection (its body, if any, is not read)."""
+    """The :mod:`wardview.web` checks before any route; a refusal closes the connection unread."""
 
     def __init__(self, app: ASGIApp, server: DashboardServer) -> None:
         self.app, self.server = app, server
@@ -465,8 +450,6 @@ def _routes(server: DashboardServer) -> list[Route]:
         return await run_in_threadpool(page, user, path, query)
 
     async def stream(client: Browser) -> AsyncIterator[bytes]:
-        """The browser's messages as they come; ends after :data:`HEARTBEATS_MISSED`
-        heartbeat intervals of silence (then the page opens a new one)."""
         quiet = 0
         try:
             yield b"retry: 2000\n\n"
@@ -552,8 +535,7 @@ def serve_beside(
     command_master_key: bytes | None = None,
     source: str = "<config>",
 ) -> DashboardServer | None:
-    """The ward view a device's runtime serves beside itself when its ``dashboard`` section
-    is ``enabled`` (the section is checked whenever it is there); the running server."""
+    """Serve the view beside a device's runtime if enabled (``dashboard`` is checked anyway)."""
     sections = from_mapping(DashboardFile, {"dashboard": config.dashboard}, source=source)
     if not sections.dashboard.enabled:
         return None

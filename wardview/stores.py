@@ -1,14 +1,8 @@
-"""Where the ward view keeps its history: an SQLite file (the embedded default) or a
-PostgreSQL database (psycopg 3), with the same tables and the same SQL (docs/evidence.md,
-"The store: SQLite or PostgreSQL"). Statements are written once with ``?`` parameters;
-:meth:`Backend.sql` gives each engine its parameter style.
-
-Schema versions (``meta.schema_version``, :func:`migrate`): 1 events, readings, beds, clips,
-meta (a store without the version row whose ``readings`` lacks ``received_s``); 2
-``readings.received_s``, the view's clock, so pruning never trusts a device's; 3 ``alarms``,
-the alarm conditions the view lists. SQLite's REAL is DOUBLE PRECISION on PostgreSQL (its
-REAL is 4 bytes, too coarse for epoch seconds).
-"""
+"""The history store: an SQLite file (the default) or PostgreSQL (psycopg 3), same tables and
+SQL, written with ``?`` parameters (docs/evidence.md, "The store: SQLite or PostgreSQL").
+Schema versions: 1 events, readings, beds, clips, meta; 2 ``readings.received_s``, the view's
+clock, so pruning never trusts a device's; 3 ``alarms``, the alarm conditions the view lists.
+``{real}`` is DOUBLE PRECISION on PostgreSQL, whose 4-byte REAL is too coarse for epoch seconds."""
 
 from __future__ import annotations
 
@@ -88,8 +82,6 @@ class StoreError(LungwatchError):
 
 
 class Backend:
-    """One engine's connection, transactions, parameter style and schema."""
-
     name = ""
     types: ClassVar[dict[str, str]] = {}
 
@@ -107,8 +99,7 @@ class Backend:
         return text
 
     def statements(self) -> list[str]:
-        """The current schema's statements for this engine (split at ``;``: no comment in
-        the schema holds one); each creates only what is missing."""
+        """Split at ``;``: no comment in the schema may hold one."""
         text = _TABLES.format(**self.types)
         return [part.strip() for part in text.split(";") if part.strip()]
 
@@ -139,9 +130,8 @@ class SqliteBackend(Backend):
         self.path = path
 
     def create(self) -> None:
-        """The folder 0700, the file 0600 whatever the umask (clips are patient audio; SQLite
-        gives its -wal and -shm files the database's mode), a link in its place refused; WAL
-        so that readers run beside the writer."""
+        """The file 0600 whatever the umask, a link in its place refused (clips are patient
+        audio; SQLite gives its -wal and -shm files the database's mode)."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             create_private(self.path)
@@ -235,14 +225,13 @@ def is_database_url(where: str | Path) -> bool:
 
 
 def open_backend(where: str | Path) -> Backend:
-    """SQLite for a path, PostgreSQL for a ``postgresql://`` URL."""
     if is_database_url(where):
         return PostgresBackend(str(where))
     return SqliteBackend(Path(where))
 
 
 def migrate(backend: Backend, db: Any) -> int:
-    """Bring the store to :data:`SCHEMA_VERSION` (see the module doc); the version found."""
+    """Bring the store to :data:`SCHEMA_VERSION`; the version found."""
     with backend.transaction(db):
         backend.lock(db)
         found = _version(backend, db)
@@ -260,8 +249,7 @@ def migrate(backend: Backend, db: Any) -> int:
 
 
 def _version(backend: Backend, db: Any) -> int:
-    """0: an empty store; 1: tables without a version row and without readings.received_s;
-    else the version row."""
+    """0: an empty store; 1: tables but no version row nor readings.received_s; else the row's."""
     tables = backend.tables(db)
     if "meta" in tables:
         row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()

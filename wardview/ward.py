@@ -1,18 +1,10 @@
-"""The ward's state as the dashboard sees it, built only from the published topics
-(docs/dashboard.md: what the page shows; "Hardening": what is rejected, and the caps).
-
-Per device: its status, beds, spool depth and read wait; per bed: its open episodes, last
-events, live strip, breathing and verdict; and the site's alarm conditions
-(:mod:`lungwatch.alarms`), from whose rows each bed's card is drawn. What arrives goes to the
-history store (:class:`wardview.memory.Recorder`); :meth:`Ward.restore` rebuilds the ward
-from it and the devices' retained messages bring it up to date.
-
-A message that cannot be used is counted per reason (:data:`~lungwatch.intake.REASONS`) and
-logged, never raised. Memory is bounded whatever names a publisher picks: topic segments are
-checked and the caps (``max_devices``, ``max_beds_per_device``, ``max_open_episodes_per_bed``)
-applied before anything is created. Thread-safe: the methods other threads call take
-:attr:`Ward.lock`.
-"""
+"""The ward's state, built only from the published topics (docs/dashboard.md; "Hardening": what
+is rejected, and the caps): devices, beds (:mod:`wardview.beds`) and the site's alarm conditions
+(:mod:`lungwatch.alarms`), whose rows draw each bed's card. :meth:`Ward.restore` rebuilds it from
+the history store; the devices' retained messages bring it up to date. A message that cannot be
+used is counted per reason (:data:`~lungwatch.intake.REASONS`). Memory is bounded whatever names
+a publisher picks: topic segments are checked and the caps applied before anything is created.
+Thread-safe: the methods other threads call take :attr:`Ward.lock`."""
 
 from __future__ import annotations
 
@@ -94,8 +86,8 @@ class Ward:
         monotonic: Callable[[], float] = time.monotonic,
         alarms_every_s: float = 0.0,
     ) -> None:
-        """``history``: None keeps memory only; ``alarms_every_s``: the alarm list goes out
-        with the changes at most this often (a busy ward changes it with every event)."""
+        """``alarms_every_s``: the alarm list goes out with the changes at most this often (a busy
+        ward changes it with every event)."""
         self.site = site
         self.config = config = config or DashboardConfig()
         self.book = AlarmBook(config.alarms)  # the alarm conditions (lungwatch.alarms)
@@ -110,8 +102,7 @@ class Ward:
         self.last_rejected: str | None = None
         # the view's own technical alarms: a thread of it that stopped (name -> what happened)
         self.faults: dict[str, str] = {}
-        # the hospital feeds' technical alarms: a gateway down, setting messages aside or
-        # falling behind (its name -> what is wrong); None: followed and well
+        # hospital feeds' technical alarms (gateway name -> what is wrong); None: followed and well
         self.feeds: dict[str, str | None] = {}
         self.broker: dict[str, Any] = {"address": None, "connected": False,
                                        "state": "disconnected", "quiet_s": None,
@@ -133,10 +124,8 @@ class Ward:
         self._trend: list[dict[str, Any]] = []  # breathing readings for the cards' trends
         self._trend_seq = 0  # the last reading's number: a snapshot holds those up to it
 
-    # -- input -------------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> bool:
-        """One MQTT message; False if it could not be used. Never raises: nothing in one
-        message may stop the feed."""
+        """False if the message could not be used. Never raises: no message may stop the feed."""
         with self.lock:
             self.counts["messages"] += 1
             self._heard_s = self.monotonic()
@@ -158,8 +147,7 @@ class Ward:
             self._reject("view", b"", reason, why)
 
     def thread_failed(self, name: str, why: str) -> None:
-        """A thread of the view stopped unasked: a technical alarm on every page, kept until
-        the view restarts."""
+        """A thread stopped unasked: a technical alarm on every page until the view restarts."""
         with self.lock:
             self.faults[name] = why[:REASON_CHARS]
             self._dirty_alarms = True
@@ -237,8 +225,7 @@ class Ward:
         self._dirty_alarms = True
 
     def _feed_health(self, place: str, name: str, payload: bytes) -> None:
-        """A hospital gateway's health (``.../gateway/<name>/health``): what is wrong with
-        the feed becomes a technical alarm on every page; an empty payload stops following it."""
+        """A hospital feed's problems: a technical alarm on every page; empty: stop following it."""
         if place != "gateway":
             raise MessageError("health messages come from lungwatch/v1/<site>/gateway/<name>")
         if not payload:
@@ -393,7 +380,6 @@ class Ward:
     def _list_open(
         self, device_id: str, stream_id: str, bed: Bed, rows: dict[str, dict[str, Any]]
     ) -> None:
-        """The bed's open alarms as its summary now lists them (``rows``)."""
         before, bed.summary_open = bed.summary_open, rows
         now = self.clock()
         # what is over first (an acknowledged apnoea's end before a new one it lists)
@@ -434,8 +420,6 @@ class Ward:
         self._dirty_alarms = True
 
     def restore(self, restored: Restored) -> None:
-        """Rebuild the ward from the history store: the alarm conditions as they were listed,
-        names, open episodes, last events, breathing and verdicts."""
         with self.lock:
             for device_id, stream_id, record in restored.alarms:
                 try:
@@ -490,8 +474,7 @@ class Ward:
         self._dirty_alarms = True
 
     def _admit(self, device_id: str, stream_id: str | None = None) -> None:
-        """MessageError ``over_limit`` when a device or bed not kept yet would be one over
-        its cap; checked before anything of the message is kept."""
+        """MessageError ``over_limit`` when a new device or bed would be one over its cap."""
         device = self.devices.get(device_id)
         if device is None and len(self.devices) >= self.config.max_devices:
             raise MessageError(
@@ -540,8 +523,7 @@ class Ward:
             self._seen.popitem(last=False)
 
     def _ack(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
-        """The device took an acknowledge (this view's, another's): the condition it names is
-        acknowledged here too, by whom the device says, and no longer waits on the device."""
+        """The device took an acknowledge (this view's or another's): acknowledged here too."""
         if body.get("stream_id") != stream_id:
             raise MessageError(f"ack must be for {stream_id!r}, got {body.get('stream_id')!r}")
         target, user, utc = ack_of(body)
@@ -584,10 +566,8 @@ class Ward:
             if self.broker["state"] == "stale":
                 self._update_broker()
 
-    # -- liveness ----------------------------------------------------------------------
     def check_liveness(self) -> None:
-        """Devices silent and the broker stale by ``stale_after_s`` (docs/dashboard.md,
-        "Hardening"); called periodically; only transitions reach the browsers."""
+        """Called periodically; only transitions reach the browsers (docs/dashboard.md)."""
         with self.lock:
             now, stale_s = self.monotonic(), self.config.stale_after_s
             for device in self.devices.values():
@@ -638,7 +618,6 @@ class Ward:
             self.broker["quiet_s"] = round(quiet_s, 1) if state == "stale" else None
             self._dirty_alarms = True
 
-    # -- acknowledge -------------------------------------------------------------------
     def ack_refusal(self, device_id: str, signs: bool) -> str | None:
         """Why the device will not take an acknowledge from this view, or None."""
         with self.lock:
@@ -677,14 +656,11 @@ class Ward:
             self.pending_acks[(device_id, stream_id, named)] = self.clock()
             self._dirty_alarms = True
 
-    # -- output ------------------------------------------------------------------------
     def feed_alarms(self) -> dict[str, str]:
-        """The hospital feeds' technical alarms: gateway name -> what is wrong."""
         return {name: said for name, said in self.feeds.items() if said}
 
     def alarms(self) -> list[dict[str, Any]]:
-        """The site's alarm conditions and verdict rows in ward order
-        (:func:`lungwatch.alarms.ward_order`), each with what the page shows of its bed."""
+        """Alarm conditions and verdict rows in ward order, with what the page shows of each bed."""
         with self.lock:
             rows = self.book.conditions(self.clock())
             for row in rows:
@@ -723,8 +699,7 @@ class Ward:
                 self._bed_rows.pop(key, None)
 
     def _verdict_alarms(self) -> list[dict[str, Any]]:
-        """A row per bed whose verdict is one of ``verdict_alarms`` (nothing to acknowledge:
-        it leaves when the verdict changes)."""
+        """A row per alarming verdict; nothing to acknowledge: it leaves when the verdict does."""
         rows, priority = [], self.config.verdict_priority
         for device in self.devices.values():
             for bed in device.beds.values():

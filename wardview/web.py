@@ -1,11 +1,5 @@
-"""The ward view's HTTP rules, apart from what the server does with a request
-(docs/dashboard.md, "Hardening": the limits and why; docs/security.md: what uvicorn lacks).
-
-:data:`SECURITY_HEADERS` go with every response; :class:`HostRule`, :func:`check_headers` and
-:func:`body_length` refuse a request before it is read further (:class:`RequestError`);
-:class:`Connections` and :func:`guarded_protocol` add to uvicorn the connection caps and the
-request and write deadlines.
-"""
+"""The ward view's HTTP rules (docs/dashboard.md, "Hardening": the limits and why;
+docs/security.md: what uvicorn lacks). :data:`SECURITY_HEADERS` go with every response."""
 
 from __future__ import annotations
 
@@ -58,8 +52,7 @@ class RequestError(Exception):
 
 
 def host_of(header: str) -> str:
-    """The host of a ``Host`` header without its port, lower case: ``[::1]:8080`` -> ``::1``,
-    ``Ward.Example:443`` -> ``ward.example``, ``localhost.`` -> ``localhost``."""
+    """``[::1]:8080`` -> ``::1``, ``Ward.Example.:443`` -> ``ward.example``."""
     header = header.strip().lower()
     if header.startswith("["):
         return header[1:].partition("]")[0]
@@ -126,9 +119,7 @@ def body_length(headers: Headers, max_bytes: int = MAX_BODY_BYTES) -> int:
 
 
 class Connections:
-    """The open connections of one server: at most ``max_connections`` at once and at most
-    ``max_per_address`` from one client address; one over either is closed before any byte is
-    read. Used from the server's event loop only; the counters are read from anywhere."""
+    """Used from the server's event loop only; the counters are read from anywhere."""
 
     def __init__(
         self,
@@ -138,7 +129,6 @@ class Connections:
     ) -> None:
         self.max_connections = max_connections
         self.max_per_address = min(max_per_address or max_connections, max_connections)
-        # the client networks that may connect at all (none given: any)
         self.allowed = tuple(ipaddress.ip_network(net, strict=False) for net in allowed)
         self.refused = self.refused_per_address = self.reaped = self.stalled = 0
         self.refused_not_allowed = 0
@@ -189,10 +179,9 @@ def _within(host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
 
 
 def guarded_protocol(connections: Connections, request_timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with the connection caps of ``connections``, a whole-request
-    and a write deadline (``request_timeout_s``), a half-closed request answered, and the
-    protocol's own refusals in JSON with :data:`SECURITY_HEADERS`. H11Protocol is private to
-    uvicorn: pyproject.toml pins uvicorn's minor version."""
+    """uvicorn's h11 protocol with the caps of ``connections``, a whole-request and a write
+    deadline, a half-closed request answered, and its own refusals in JSON with the security
+    headers. H11Protocol is private to uvicorn: pyproject.toml pins uvicorn's minor version."""
 
     class GuardedProtocol(H11Protocol):
         _host = ""

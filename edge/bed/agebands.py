@@ -1,10 +1,8 @@
 """Age bands: the respiratory rates that are normal for a bed's patient, and the apnoea time.
 
-Sources of the defaults: the WHO's IMCI fast-breathing thresholds, NEWS2 (Royal College of
-Physicians, 2017), the centile charts of Fleming et al. (Lancet 2011) and the AAP's definition
-of pathological apnoea (Pediatrics 2003;111:914); the table and how each limit follows from
-them: docs/respiration.md, "Age bands".
-"""
+Defaults from the WHO's IMCI fast-breathing thresholds, NEWS2 (Royal College of Physicians, 2017),
+the centile charts of Fleming et al. (Lancet 2011) and the AAP's pathological apnoea (Pediatrics
+2003;111:914); the table and how each limit follows: docs/respiration.md, "Age bands"."""
 
 from __future__ import annotations
 
@@ -15,8 +13,6 @@ from lungwatch.errors import ConfigError
 
 @dataclass(frozen=True)
 class AgeBand:
-    """One age band."""
-
     name: str
     min_age_y: float  # the band holds ages in [min_age_y, max_age_y)
     max_age_y: float
@@ -44,7 +40,6 @@ _BY_NAME = {b.name: b for b in AGE_BANDS}
 
 
 def age_band(name: str) -> AgeBand:
-    """The band called ``name``; ConfigError names the choices."""
     try:
         return _BY_NAME[name]
     except KeyError:
@@ -52,15 +47,13 @@ def age_band(name: str) -> AgeBand:
 
 
 def band_for_age(age_years: float) -> AgeBand:
-    """The band whose ages hold ``age_years`` (>= 0)."""
     if not age_years >= 0.0:
         raise ConfigError(f"age_years must be a number >= 0, got {age_years!r}")
     return next(b for b in AGE_BANDS if b.min_age_y <= age_years < b.max_age_y)
 
 
 def age_from_sprsound_name(stem: str) -> float | None:
-    """The age in years that a SPRSound file name carries (``<patient>_<age>_<sex>_...``),
-    else None."""
+    """The age in years in a SPRSound file name (``<patient>_<age>_<sex>_...``), else None."""
     parts = stem.split("_")
     if len(parts) < 5:
         return None

@@ -1,23 +1,12 @@
 """A bed's breathing: respiratory rate, breaths, apnoea and rates out of the age band's range.
 
-    tracker = BreathTracker(config, spec, grid, band)
-    transitions = tracker.push(frames, real_frames, lost)   # every window's new frames
-    tracker.reading                            # the latest Respiration (rate, state, ...)
-    transitions = tracker.finish()             # the stream ended
-    tracker.summary()                          # the whole stream: breaths, rate
-
-The estimator is model-free and reads log-mel levels (:func:`tracker_spec`); the bed computes
-them beside the model's front end unless that is exactly this one (``StreamPipeline``'s
-``level_spec``). Per 40-ms sample the activity is the median over ``N_SUB_BANDS`` sub-bands
-of ``breath_band_hz`` of each one's level over its slow level
-(:func:`edge.bed.breathing_kernels.activity`); every ``analyse_every_s`` the last
-``window_s`` of it gives the period (autocorrelation, :func:`_period`), the cycle (the octave
-check, :func:`_cycle`), the breaths (humps, :meth:`BreathTracker._humps`) and the rate
-(``60 * (n - 1) / span``). The fallback band (``fallback``), apnoea against
-``breath_signal_lost``, arming and the rate alerts: docs/respiration.md ("The estimator,
-chosen by measurement", "Apnoea or lost signal"), which also has the measurements behind
-each constant below.
-"""
+The estimator is model-free and reads log-mel levels (:func:`tracker_spec`); the bed computes them
+beside the model's front end unless that is exactly this one (``StreamPipeline``'s ``level_spec``).
+Per 40-ms sample the activity is the median over ``N_SUB_BANDS`` sub-bands of ``breath_band_hz`` of
+each one's level over its slow level (:func:`edge.bed.breathing_kernels.activity`); each analysis
+reads the last ``window_s`` of it. The fallback band, apnoea against ``breath_signal_lost``, arming
+and the rate alerts: docs/respiration.md ("The estimator, chosen by measurement", "Apnoea or lost
+signal"), which also has the measurements behind each constant below."""
 
 from __future__ import annotations
 
@@ -77,8 +66,7 @@ BREATH_MEMORY = 8  # breaths counted for good that the tracker keeps
 def _band_layout(
     spec: FeatureSpec, config: RespirationConfig, key: str = "breath_band_hz"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The breath band's bands, the sub-band of each, the body band's; ``key``: the setting
-    an error names."""
+    """(breath bands, the sub-band of each, body bands); ``key``: the setting an error names."""
     centres = band_centres_hz(spec)
     lo, hi = config.breath_band_hz
     breath = np.flatnonzero((centres >= lo) & (centres <= hi))
@@ -101,7 +89,6 @@ TRACKER_FMIN_HZ, TRACKER_FMAX_HZ = 50.0, 4000.0
 
 
 def tracker_spec(spec: FeatureSpec) -> FeatureSpec:
-    """The front end the breath tracker reads beside a model whose front end is ``spec``."""
     return FeatureSpec(
         kind="logmel",
         sample_rate_hz=spec.sample_rate_hz,
@@ -135,7 +122,6 @@ def bands_read(config: RespirationConfig, spec: FeatureSpec) -> int:
 
 
 def _fallback_config(config: RespirationConfig) -> RespirationConfig | None:
-    """``config`` with the fallback band as its breath band (None: off)."""
     if config.fallback_band_hz is None:
         return None
     return replace(config, breath_band_hz=config.fallback_band_hz, fallback_band_hz=None)
@@ -160,8 +146,6 @@ def _floor_db(spec: FeatureSpec) -> float:
 
 
 class BreathTracker:
-    """One bed's breathing (see the module doc)."""
-
     def __init__(
         self,
         config: RespirationConfig,
@@ -171,9 +155,9 @@ class BreathTracker:
         follows: bool = False,
         stagger: int = 0,
     ) -> None:
-        """``follows``: a fallback band's tracker (no alarms, its owner drives it).
-        ``stagger``: analyses fall this many checks earlier, so beds that start together do
-        not all analyse in the same round of the runtime."""
+        """``follows``: a fallback band's tracker (no alarms, its owner drives it). ``stagger``:
+        analyses fall this many checks earlier, so beds started together do not all analyse in one
+        runtime round."""
         self.config, self.spec, self.grid, self.band = config, spec, grid, band
         self.follows = follows
         self.stride = grid.frame_samples // spec.hop_samples  # front-end frames per sample
@@ -233,8 +217,7 @@ class BreathTracker:
         self.own_state = "assessing"  # this band's state at the last analysis
         self.readings_due = 0  # analyses since the caller last took the reading
         self.good_samples = 0  # samples not under a lost signal, since the start
-        # analyses whose window held min_window_s, those that gave a rate, their confidences
-        # (a stream's summary)
+        # for the summary: analyses whose window held min_window_s, those with a rate, confidences
         self.assessed = {"analyses": 0, "ok": 0, "confidence_sum": 0.0}
 
     def _alpha(self, seconds: float) -> float:
@@ -242,7 +225,6 @@ class BreathTracker:
 
     @property
     def samples(self) -> int:
-        """Breath samples taken so far (the next one's index on the output-frame grid)."""
         return int(self.istate[k.S_COUNT])
 
     def push(self, features: np.ndarray, real_frames: int, lost: bool) -> list[Transition]:
@@ -299,15 +281,12 @@ class BreathTracker:
         )  # fmt: skip
 
     def contact(self) -> tuple[bool, float]:
-        """(whether the stethoscope hears the body as while breathing, the body band's drop
-        under that level in dB; 0 before any breath taught it)."""
         if not self.istate[k.S_BASE_SET]:
             return False, 0.0
         drop = float(self.fstate[k.F_BASE] - self.fstate[k.F_BODY])
         return drop < self.config.contact_drop_db, drop
 
     def _window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """(activity, lost, tilt) over the window in time order, and its first sample."""
         t = self.samples
         n = min(t, self.ring_a.shape[0])
         order = np.arange(t - n, t) % self.ring_a.shape[0]
@@ -381,11 +360,10 @@ class BreathTracker:
         may_double: bool = False,
         periodic: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """The window's breaths (peaks, prominences, ends) for a period and the cycle they give:
-        one hump per cycle, or the inspirations where the humps are a cycle's two phases
-        (docs/respiration.md, "One breath per cycle"). ``may_double``: the period is this
-        analysis' own, not doubled already by :func:`_cycle`; ``periodic``: the window allows
-        the slow breath's width."""
+        """Breaths (peaks, prominences, ends) for a period and the cycle they give: one hump per
+        cycle, or the inspirations where the humps are a cycle's two phases (docs/respiration.md,
+        "One breath per cycle"). ``may_double``: the period is this analysis' own, not yet doubled
+        by :func:`_cycle`; ``periodic``: the window allows the slow breath's width."""
         spread = k.spread(a, good, 0.05)
         self.delta_db = max(
             MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
@@ -470,12 +448,10 @@ class BreathTracker:
 
     @property
     def heard(self) -> int:
-        """Breaths heard so far: counted for good and pending."""
         return self.breaths + len(self.pending)
 
     @property
     def last_breath(self) -> int:
-        """The last breath's peak (breath samples), -1 before the first."""
         if self.pending:
             return self.pending[-1][0]
         return self.final[-1][0] if self.final else -1
@@ -529,7 +505,6 @@ class BreathTracker:
         return transitions + self.alarms.finish(self.grid.end_sample(max(0, self.samples - 1)))
 
     def acknowledge(self, what: str) -> list[Transition]:
-        """Acknowledge the alarms whose type or key is ``what``."""
         return self.alarms.acknowledge(what)
 
     def summary(self, readings: Sequence[Respiration] = ()) -> dict[str, Any]:
@@ -550,7 +525,6 @@ class BreathTracker:
         }
 
     def _band_summary(self) -> dict[str, Any]:
-        """:meth:`summary`'s figures of this tracker's own band."""
         monitored_s = self.good_samples / self.rate_hz
         analyses = int(self.assessed["analyses"])
         share = self.assessed["ok"] / analyses if analyses else 0.0
@@ -621,10 +595,9 @@ def _cycle(
     period: float,
     confidence: float,
 ) -> tuple[float, float, np.ndarray | None]:
-    """The octave check: (cycle in s, its autocorrelation, the phases' cue where ``period``
-    was half a cycle, else None). ``ac``: :func:`_period`'s autocorrelation over the energy.
-    The cue is the smoothed tilt where the phases alternate in it, an empty array where they
-    alternate in loudness only."""
+    """The octave check: (cycle in s, its autocorrelation, the phases' cue where ``period`` was half
+    a cycle, else None); ``ac``: :func:`_period`'s autocorrelation over the energy. The cue is the
+    smoothed tilt where the phases alternate in it, empty where they alternate in loudness only."""
     n = tilt.shape[0]
     lag = period * rate_hz
     if 60.0 / (2.0 * period) >= search_bpm[0] / 2.0 and 2.0 * lag <= n / 2:

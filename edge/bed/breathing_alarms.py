@@ -2,10 +2,9 @@
 
 :class:`BreathAlarms` belongs to a :class:`edge.bed.breathing.BreathTracker`, which calls
 :meth:`BreathAlarms.check` after every piece of audio and :meth:`BreathAlarms.rate` after every
-analysis; the rules: docs/respiration.md, "Apnoea or lost signal" and "Age bands". Events
-follow the detector's lifecycle (:class:`edge.bed.detector.Lifecycle`). Times are samples of
-the bed's timeline.
-"""
+analysis; the rules: docs/respiration.md, "Apnoea or lost signal" and "Age bands". Events follow the
+detector's lifecycle (:class:`edge.bed.detector.Lifecycle`). Times are samples of the bed's
+timeline."""
 
 from __future__ import annotations
 
@@ -27,8 +26,6 @@ def _priority(type_: str) -> str:
 
 
 class BreathAlarms:
-    """Apnoea / lost breath signal and tachypnoea / bradypnoea of one bed."""
-
     def __init__(self, config: RespirationConfig, band: AgeBand, grid: FrameGrid) -> None:
         self.config, self.band, self.grid = config, band, grid
         rate_hz = grid.sample_rate_hz / grid.frame_samples
@@ -140,9 +137,8 @@ class BreathAlarms:
     def rate(
         self, tracker: TrackerView, reading: Respiration, own_confidence: float | None
     ) -> list[Transition]:
-        """A new reading: the rate alerts step over the span since the last one.
-        ``own_confidence``: the breath band's own (None: it gave no rate), a later apnoea's
-        severity."""
+        """A new reading: the rate alerts step over the span since the last one. ``own_confidence``:
+        the breath band's own (None: it gave no rate), a later apnoea's severity."""
         start, end = self._rate_end, reading.sample
         if end <= start:
             return []

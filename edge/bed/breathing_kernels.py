@@ -1,13 +1,8 @@
-"""Numba kernels behind :class:`edge.bed.breathing.BreathTracker`.
-
-:func:`levels` (per window: sub-band and body levels per 40-ms sample), :func:`activity`
-(per sample: the breath activity, its tilt, the body band's contact) and :func:`humps` (per
-analysis: the breaths) do what docs/respiration.md ("The estimator, chosen by measurement")
-describes. Samples flagged ``lost`` hold the activity and restart the slow levels at the next
-good sample, so a returning signal is not a breath. State lives in arrays the tracker
-allocates once; ``tests/edge/test_breathing_kernels.py`` holds the kernels to NumPy / SciPy
-references.
-"""
+"""Numba kernels behind :class:`edge.bed.breathing.BreathTracker`: :func:`levels` per window,
+:func:`activity` per sample, :func:`humps` per analysis (docs/respiration.md, "The estimator, chosen
+by measurement"). Samples flagged ``lost`` hold the activity and restart the slow levels at the next
+good sample, so a returning signal is not a breath. State lives in arrays the tracker allocates
+once; ``tests/edge/test_breathing_kernels.py`` holds the kernels to NumPy / SciPy references."""
 
 from __future__ import annotations
 
@@ -83,7 +78,6 @@ def _db(value: float, scale: float, offset: float) -> float:
 
 @njit(cache=True)
 def _insert_sorted(values: np.ndarray, n: int, value: float) -> None:
-    """Put ``value`` into the sorted first ``n`` entries of ``values``."""
     i = n
     while i > 0 and values[i - 1] > value:
         values[i] = values[i - 1]

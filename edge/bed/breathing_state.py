@@ -1,8 +1,6 @@
-"""What a bed's breathing tracker and its alarms share: the ``respiration`` config section,
-the reading an analysis gives, and what the alarms read of the tracker
-(:class:`TrackerView`; :class:`edge.bed.breathing.BreathTracker` is one). The rules:
-docs/respiration.md.
-"""
+"""What a bed's breathing tracker and its alarms share: the ``respiration`` config section, the
+reading an analysis gives, and what the alarms read of the tracker (:class:`TrackerView`;
+:class:`edge.bed.breathing.BreathTracker` is one). The rules: docs/respiration.md."""
 
 from __future__ import annotations
 
@@ -20,8 +18,6 @@ STATES = RESPIRATION_STATES  # the respiration topic's states
 
 @dataclass(frozen=True)
 class RespirationConfig(Settings):
-    """The runtime config's ``respiration`` section."""
-
     enabled: bool = True
     age_band: str = DEFAULT_AGE_BAND  # a stream's own age_band / age_years wins
     window_s: Annotated[float, Field(ge=5.0)] = 30.0  # the stretch a rate is computed over
@@ -96,7 +92,7 @@ class TrackerView(Protocol):
 
     @property
     def samples(self) -> int:
-        """Breath samples taken so far."""
+        """Breath samples taken so far (the next one's index on the output-frame grid)."""
         ...
 
     @property
@@ -110,5 +106,6 @@ class TrackerView(Protocol):
         ...
 
     def contact(self) -> tuple[bool, float]:
-        """(whether the stethoscope hears the body, the body band's drop in dB)."""
+        """(whether the stethoscope hears the body as while breathing, the body band's drop under
+        that level in dB; 0 before any breath taught it)."""
         ...

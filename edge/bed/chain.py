@@ -1,19 +1,10 @@
 """One bed's chain: its front end, model state, quality gate and detector, in one object.
 
-    settings = ChainSettings.of(manifest)                 # the manifest's rules (+ a config's)
-    chain = BedChain(settings)
-    transitions, windows = chain.push(chunk, now_s)       # the gate sees the chunk; front end
-    frames = infer_beds(backend, [(chain.model_state, w.features) for w in windows])
-    step = chain.take(window, frames)                     # gate, suppression, detector
-    transitions = chain.tick(now_s)                       # on the runtime's clock (stalls)
-    windows = chain.flush()                               # the stream ended: its last frames
-    transitions = chain.finish("stream end")              # every open event ends
-
-The model call is the only step outside the chain: it is batched over every bed of a round
-(docs/runtime.md, "One bed's chain"). A config value either takes effect or is refused with a
-line that names the manifest rule that decides instead (:func:`resolve_detector`,
-:func:`resolve_gate`).
-"""
+The model call is the only step outside the chain: the windows of :meth:`BedChain.push` go through
+``infer_beds`` batched over every bed of a round, and each window's frames back to
+:meth:`BedChain.take` (docs/runtime.md, "One bed's chain"). A config value either takes effect or is
+refused with a line that names the manifest rule that decides instead (:func:`resolve_detector`,
+:func:`resolve_gate`)."""
 
 from __future__ import annotations
 
@@ -137,8 +128,7 @@ def resolve_gate(config: GateConfig, manifest: Manifest, source: str = "<config>
 
 @dataclass(frozen=True)
 class ChainSettings:
-    """What every bed of one model shares: the input, the model's geometry, the resolved
-    detector and gate, and how losses are handled."""
+    """What every bed of one model shares."""
 
     spec: FeatureSpec
     kinds: tuple[str, ...]
@@ -155,7 +145,6 @@ class ChainSettings:
 
     @functools.cached_property
     def level_bands(self) -> int | None:
-        """How many of the breath tracker's lowest level bands a bed computes (None: off)."""
         if self.respiration is None:
             return None
         return bands_read(self.respiration, tracker_spec(self.spec))
@@ -171,11 +160,8 @@ class ChainSettings:
         verdict: VerdictConfig | None = None,
         respiration: RespirationConfig | None = None,
     ) -> ChainSettings:
-        """The settings of ``manifest`` with a config's ``detector`` / ``gate`` on top."""
         spec, info = manifest.feature_spec, manifest.streaming
         reset = state_reset_gap_ms * spec.sample_rate_hz / MS_PER_S
-        # the bands the training recordings hold no sound in, from the flush frame (the
-        # training mean): a model-driven poor_signal names sound there (edge.bed.domain)
         silent = None
         if info.flush is not None:
             silent = SilentBands.of(spec, manifest.kinds, np.asarray(info.flush))
@@ -203,8 +189,6 @@ class ChainSettings:
 
 @dataclass(frozen=True)
 class WindowStep:
-    """What one window of one bed gave once the model described it."""
-
     frames: OutputFrames  # the output frames it made known (none past the stream's end)
     transitions: list[Transition]  # the gate's and the detector's, in order
     quality: dict[str, Any]  # the audio measures of the window's new audio
@@ -214,8 +198,7 @@ class WindowStep:
 
 
 class BedChain:
-    """One bed (see the module doc). ``model_state`` is the carried model context that the
-    batched model call reads and advances."""
+    """``model_state``: the carried model context that the batched model call reads and advances."""
 
     def __init__(
         self, settings: ChainSettings, age_band_name: str | None = None, stagger: int = 0
@@ -238,8 +221,7 @@ class BedChain:
         self.model_state = BedState(s.streaming)
         self.detector = FrameDetector(s.outputs, s.detector, s.grid)
         self.findings = FindingTracker(s.detector.findings, s.spec.sample_rate_hz, Transition)
-        # (end sample, monitored frames so far) after each window, from the stream's start:
-        # the finding rates' time
+        # (end sample, monitored frames so far) after each window: the finding rates' time
         self._monitored: deque[tuple[int, int]] = deque([(0, 0)])
         self._monitored_frames = 0
         self.verdict = None if s.verdict is None else RollingVerdict(s.verdict, s.outputs, s.grid)
@@ -254,7 +236,6 @@ class BedChain:
         self.flushed = False  # the stream's end was flushed: no more audio
 
     def push(self, chunk: SourceChunk, now_s: float) -> tuple[list[Transition], list[WindowReady]]:
-        """One chunk: the gate's transitions and the windows the front end completed."""
         return self.gate.observe(chunk, now_s), self.pipeline.push(chunk)
 
     def take(self, window: WindowReady, out: OutputFrames) -> WindowStep:
@@ -302,12 +283,10 @@ class BedChain:
 
     @property
     def _last_sample(self) -> int:
-        """The end of the last frame described (0 before any)."""
         return self._monitored[-1][0]
 
     def finding_rates(self) -> dict[str, float | None]:
-        """Each family's finding rate now (:mod:`edge.bed.findings`; None before any
-        monitored time)."""
+        """Each family's finding rate now (:mod:`edge.bed.findings`); None before monitored time."""
         if len(self._monitored) < 2:
             return dict.fromkeys(HELD_FAMILIES)
         (_, first), (end, last) = self._monitored[0], self._monitored[-1]
@@ -373,8 +352,6 @@ class BedChain:
 def _respiration(
     config: RespirationConfig, spec: FeatureSpec, source: str
 ) -> RespirationConfig | None:
-    """The respiration config a model's beds run (None: off); a spec whose bands cannot hold
-    the breath band is refused, naming ``source``."""
     if not config.enabled:
         return None
     from edge.bed.breathing import check_spec

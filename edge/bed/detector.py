@@ -1,19 +1,15 @@
 """From a streaming model's per-frame probabilities to events: per-class hysteresis, minimum
-duration and merge gap, breath phases (phase mode) or change-point boxes, and the alarm
-lifecycle (onset -> ongoing -> ended, latching by priority, IEC 60601-1-8 style).
+duration and merge gap, breath phases (phase mode) or change-point boxes, and the alarm lifecycle
+(onset -> ongoing -> ended, latching by priority, IEC 60601-1-8 style).
 
-An event is the union of its frames' spans on the stream's sample timeline (:class:`FrameGrid`).
-Phase mode and change-point boxes: docs/runtime.md ("Detector settings").
-
-Lifecycle of one event (``key`` = ``"<type>@<start_sample>"``, stable and deterministic):
-merging comes before the minimum-duration test, so an event is announced (``onset``) only once
-it spans ``min_event_ms`` and a shorter one produces no transition at all. Once the class stays
-off longer than ``merge_gap_ms`` the event has ``ended`` at the end of its last active span,
-unless its priority latches and nobody acknowledged it: then it reports ``ongoing`` with
-``latched=True`` and that end, and ends only at :meth:`FrameDetector.acknowledge`.
-
-:class:`Lifecycle` and :class:`EventTracker` are shared with the quality gate
-(:mod:`edge.bed.gate`), whose technical events follow the same lifecycle.
+An event is the union of its frames' spans on the stream's sample timeline (:class:`FrameGrid`); its
+``key``, ``"<type>@<start_sample>"``, is stable and deterministic. Merging comes before the
+minimum-duration test, so an event is announced (``onset``) only once it spans ``min_event_ms`` and
+a shorter one produces no transition at all. Once the class stays off longer than ``merge_gap_ms``
+the event has ``ended`` at the end of its last active span, unless its priority latches and nobody
+acknowledged it: then it reports ``ongoing`` with ``latched=True`` and that end, and ends only at
+:meth:`FrameDetector.acknowledge`. The quality gate (:mod:`edge.bed.gate`) shares :class:`Lifecycle`
+and :class:`EventTracker`. Phase mode and change-point boxes: docs/runtime.md ("Detector settings").
 """
 
 from __future__ import annotations
@@ -58,12 +54,10 @@ class DetectorError(LungwatchError, ValueError):
 
 
 def hysteresis_step(active: bool, value: float, on: float, off: float) -> bool:
-    """One step of the two-threshold switch (on at ``value >= on``, stays on while ``>= off``)."""
     return value >= off if active else value >= on
 
 
-#: Default priorities of the physiological types: the rows of :data:`lungwatch.events.
-#: DEFAULT_PRIORITIES` (the one priority table) for these types.
+#: The physiological types' rows of :data:`lungwatch.events.DEFAULT_PRIORITIES` (the one table).
 DEFAULT_PRIORITIES: tuple[TypePriority, ...] = tuple(
     TypePriority(t, EVENT_PRIORITIES[t]) for t in SOUND_TYPES
 )
@@ -71,11 +65,9 @@ DEFAULT_PRIORITIES: tuple[TypePriority, ...] = tuple(
 
 @dataclass(frozen=True)
 class DetectorConfig(Settings):
-    """Thresholds, durations and priorities of physiological events (see the module doc).
-
-    A rule setting left None falls to the class's ``thresholds`` entry, then the top-level
-    setting, then the module default; the manifest's fitted rules come in between on the
-    device (:func:`edge.bed.chain.resolve_detector`, docs/runtime.md)."""
+    """A rule setting left None falls to the class's ``thresholds`` entry, then the top-level
+    setting, then the default (:mod:`edge.bed.rules`); the manifest's fitted rules come in
+    between on the device (:func:`edge.bed.chain.resolve_detector`, docs/runtime.md)."""
 
     on_threshold: float | None = None  # a class turns on at p >= this
     off_threshold: float | None = None  # and off at p < this
@@ -108,7 +100,6 @@ class DetectorConfig(Settings):
         check_priorities(self.priorities, self.latching)
 
     def rule_of(self, type_: str) -> ClassRule:
-        """The thresholds and durations that apply to ``type_`` (see the class doc)."""
         own = next((r for r in self.thresholds if r.type == type_), None)
 
         def pick(key: str, default: float) -> float:
@@ -133,8 +124,7 @@ def ms_to_samples(ms: float, sample_rate_hz: int) -> int:
 
 @dataclass(frozen=True)
 class Transition:
-    """One change of one event, on the stream's sample timeline (see the module doc);
-    ``end_sample`` is None while the condition lasts."""
+    """One change of one event; ``end_sample`` is None while the condition lasts."""
 
     type: str
     kind: EventKind
@@ -195,7 +185,6 @@ class Lifecycle:
         return key
 
     def take(self) -> list[Transition]:
-        """The transitions produced since the last call."""
         out, self.pending = self.pending, []
         return out
 
@@ -236,7 +225,6 @@ class Lifecycle:
 
     @property
     def active_keys(self) -> tuple[str, ...]:
-        """Keys of the events that are live or latched."""
         return (*self._live, *self._latched)
 
     def _transition(
@@ -305,9 +293,8 @@ class EventTracker:
 
 @dataclass(frozen=True)
 class FrameGrid:
-    """Where the model's output frames lie on a stream's sample timeline: frame ``j``'s span
-    is centred on the middle of the front-end frames it summarises; the spans tile the
-    timeline."""
+    """Where the model's output frames lie on a stream's sample timeline: frame ``j``'s span is
+    centred on the middle of the front-end frames it summarises; the spans tile the timeline."""
 
     sample_rate_hz: int
     frame_samples: int  # output hop, samples
@@ -429,8 +416,7 @@ BOX_NONE, BOX_OPEN, BOX_GAP = 0, 1, 2  # a box class's state in :func:`_track_bo
 
 
 class BoxState(NamedTuple):
-    """The change-point boxes' state, per class ``c`` (arrays of the classes, updated in place
-    by :func:`_track_boxes`)."""
+    """Per-class state of the change-point boxes, updated in place by :func:`_track_boxes`."""
 
     ring: np.ndarray  # (C, 2 * half) the last outputs
     sums: np.ndarray  # (C, 2) the older and newer halves' sums
@@ -453,7 +439,6 @@ class BoxState(NamedTuple):
         )  # fmt: skip
 
     def reset(self) -> None:
-        """The filter starts again from silence."""
         self.ring[:], self.sums[:], self.seen[:], self.steps[:] = 0.0, 0.0, 0, np.nan
         self.state[:], self.opened[:] = BOX_NONE, -1
 
@@ -557,13 +542,9 @@ class DetectedEvent:
 
 
 class FrameDetector:
-    """Physiological events of one stream from its model's per-frame probabilities.
-
-    The outputs in :data:`DETECTED_CLASSES` become events (Breath, Poor Quality do not).
-    Durations are whole frames of ``grid.hop_ms`` (rounded, at least one). With
-    ``config.phases`` the events are breath phases, boxes or per-class hysteresis by class
-    (docs/runtime.md, "Detector settings").
-    """
+    """One stream's physiological events: the outputs in :data:`DETECTED_CLASSES` (not Breath,
+    Poor Quality). Durations are whole frames of ``grid.hop_ms`` (rounded, at least one). With
+    ``config.phases`` the events are breath phases, boxes or per-class hysteresis by class."""
 
     def __init__(self, outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid) -> None:
         self.outputs, self.config, self.grid = tuple(outputs), config, grid
@@ -689,7 +670,6 @@ class FrameDetector:
         return self._lifecycle.take()
 
     def acknowledge(self, what: str) -> list[Transition]:
-        """Acknowledge by event type or key (see :meth:`Lifecycle.acknowledge`)."""
         self._lifecycle.acknowledge(what)
         return self._lifecycle.take()
 

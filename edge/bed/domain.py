@@ -1,15 +1,11 @@
 """Sound where the training recordings hold none: a diagnostic for the ``poor_signal`` reason.
 
-    silent = SilentBands.of(spec, kinds, training_mean)  # None: no such bands
-    note = silent.describe(window.features)             # None, or a sentence for the reason
-
-SPRSound's stethoscope records nothing above about 0.8 kHz, so the model calls another
-stethoscope's sound there Poor Quality; "model Poor Quality" alone would send a nurse to
-reposition a chest piece that is fine, so the gate adds this module's sentence to the reason.
-The silent bands of a kind are the top run of bands whose training mean (the manifest's flush
-frame) lies within :data:`SILENT_MARGIN` of the log floor. Only ``log`` normalisation without
-band normalisation has a floor; other specs (the shipped model's) get no diagnostic.
-"""
+SPRSound's stethoscope records nothing above about 0.8 kHz, so the model calls another stethoscope's
+sound there Poor Quality; "model Poor Quality" alone would send a nurse to reposition a chest piece
+that is fine, so the gate adds this module's sentence to the reason. A kind's silent bands are the
+top run of bands whose training mean (the manifest's flush frame) lies within :data:`SILENT_MARGIN`
+of the log floor. Only ``log`` normalisation without band normalisation has a floor; other specs
+(the shipped model's) get no diagnostic."""
 
 from __future__ import annotations
 
@@ -22,16 +18,12 @@ import numpy as np
 from edge.features import FeatureSpec, band_centres_hz, silence_value
 
 SILENT_MARGIN = 0.5  # ln units (2.2 dB) above the floor: a band silent in training
-# the window's mean excess over the silent bands that the reason names (measured:
-# docs/events.md, "Technical types")
-EXCESS_DB = 6.0
+EXCESS_DB = 6.0  # silent-band excess the reason names; measured: docs/events.md, "Technical types"
 DB_PER_LN = 10.0 / math.log(10.0)  # ln(power) units -> dB
 
 
 @dataclass(frozen=True)
 class SilentBands:
-    """The bands silent in training, per kind, and where they begin."""
-
     mask: np.ndarray  # (K, F) bool: silent in training (each kind's top run)
     mean: np.ndarray  # (K, F) float32: the training mean (a read-only copy)
     lowest_hz: float  # centre frequency of the lowest silent band over the kinds
@@ -40,8 +32,7 @@ class SilentBands:
     def of(
         cls, spec: FeatureSpec, kinds: Sequence[str], training_mean: np.ndarray
     ) -> SilentBands | None:
-        """The silent bands of a model with training means ``training_mean`` (K, F); None if
-        there are none or the spec has no log floor."""
+        """None if no band is silent or the spec has no log floor."""
         mean = np.array(training_mean, dtype=np.float32)  # a copy: made read-only below
         if mean.shape != (len(kinds), spec.n_bands):
             raise ValueError(
@@ -67,8 +58,7 @@ class SilentBands:
         return cls(mask, mean, lowest)
 
     def excess_db(self, features: np.ndarray) -> float:
-        """Mean excess of ``features`` (K, F, T) over the training mean in the silent bands, dB:
-        how far above the floor, where the training audio lies, the window's sound is there."""
+        """Mean excess, dB, of ``features`` (K, F, T) over the training mean in the silent bands."""
         x = np.asarray(features, np.float32)
         if x.ndim != 3 or x.shape[:2] != self.mask.shape or x.shape[2] == 0:
             k, f = self.mask.shape
@@ -77,8 +67,7 @@ class SilentBands:
         return float(excess.mean()) * DB_PER_LN
 
     def describe(self, features: np.ndarray) -> str | None:
-        """A sentence for a ``poor_signal`` reason when the window's sound above
-        :attr:`lowest_hz` lies :data:`EXCESS_DB` or more above the training audio's floor."""
+        """The sentence for the reason, or None below :data:`EXCESS_DB`."""
         excess = self.excess_db(features)
         if excess < EXCESS_DB:
             return None

@@ -1,16 +1,13 @@
 """Finding episodes: a wheeze or a crackle is told to the ward once it recurs.
 
-An **event** is one sound the detector heard; a **finding episode** is a run of recurring
-events of one family (``CAS``, ``DAS``). Events are held until their family's episode opens
-and published as its evidence; the rule and why: docs/events.md, "Finding episodes". The rule
-works on the events' start times alone, so :func:`episode_members` (a whole recording, for
-fitting on the workstation) and :class:`FindingTracker` (the stream, on the device) agree
-event for event.
-
-Each bed also keeps its **finding rate** per family: the share of its monitored time in the
-last ``rate_window_s`` that its published events of the family cover (PulmoTrack's wheeze
-rate: the share of breathing time with wheeze).
-"""
+An **event** is one sound the detector heard; a **finding episode** is a run of recurring events of
+one family (``CAS``, ``DAS``). Events are held until their family's episode opens and published as
+its evidence; the rule and why: docs/events.md, "Finding episodes". The rule works on the events'
+start times alone, so :func:`episode_members` (a whole recording, for fitting on the workstation)
+and :class:`FindingTracker` (the stream, on the device) agree event for event. Each bed also keeps
+its **finding rate** per family: the share of its monitored time in the last ``rate_window_s`` that
+its published events of the family cover (PulmoTrack's wheeze rate: the share of breathing time with
+wheeze)."""
 
 from __future__ import annotations
 
@@ -58,16 +55,13 @@ class FindingConfig(Settings):
     manifest's, else :class:`RecurrenceRule`'s defaults). ``enabled`` None: on where a rule is
     known, so a model fitted before finding episodes publishes every event as heard."""
 
-    # false: every event is published as heard; true: on, with the default rule for a family
-    # that has none
-    enabled: bool | None = None
+    enabled: bool | None = None  # false: every event is published as heard; true: on
     cas: RecurrenceRule | None = None
     das: RecurrenceRule | None = None
     rate_window_s: PositiveFloat = 300.0  # the finding rate's window
 
     @property
     def on(self) -> bool:
-        """Whether events wait for recurrence (``enabled``, else: a rule is known)."""
         if self.enabled is not None:
             return self.enabled
         return self.cas is not None or self.das is not None
@@ -133,9 +127,8 @@ def episode_members(
 def kept_events(
     events: Sequence[Mapping[str, Any]], config: FindingConfig
 ) -> tuple[list[Mapping[str, Any]], list[dict[str, Any]]]:
-    """A whole recording's events -> the ones that are published (those of a finding episode,
-    and every type of no held family), and the episodes (``opened_s``: the start of the event
-    that opened it)."""
+    """A whole recording's events -> those published (a finding episode's, and every type of no held
+    family) and the episodes (``opened_s``: the start of the event that opened it)."""
     if not config.on:
         return list(events), []
     kept = [e for e in events if str(e["type"]) not in FAMILY_OF]
@@ -176,9 +169,9 @@ class _Family:
 
 
 class FindingTracker:
-    """One bed's finding episodes over the detector's transitions: ``take`` returns what the
-    bed publishes, the episodes' own transitions (``kind`` :data:`FINDING_KIND`) among them.
-    ``make(kind_of_transition, **fields)`` builds a transition of the detector's type."""
+    """One bed's finding episodes over the detector's transitions: ``take`` returns what the bed
+    publishes, the episodes' own transitions (``kind`` :data:`FINDING_KIND`) among them;
+    ``make(**fields)`` builds a transition of the detector's type."""
 
     def __init__(self, config: FindingConfig, rate_hz: int, make: Any) -> None:
         self.config = config
@@ -302,8 +295,7 @@ class FindingTracker:
         return tuple(fam for fam, f in self._families.items() if f.episode is not None)
 
     def rate(self, family: str, now_sample: int, monitored_samples: float) -> float | None:
-        """The share (0..1) of ``monitored_samples`` in the last ``rate_window_s`` that the
-        family's published events cover; None before any monitored time."""
+        """0..1 (see the module doc); None before any monitored time."""
         if monitored_samples <= 0:
             return None
         floor = now_sample - self.config.rate_window_s * self.rate_hz

@@ -1,14 +1,9 @@
 """The quality gate: technical events of one stream, and whether detection is suppressed.
 
-    events = gate.observe(chunk, now_s)                 # every chunk, before pipeline.push
-    events += gate.update(window, probs[poor_quality])  # every window, after inference
-    events += detector.suppress(gate.suppressed)        # then the detector, same window
-    events += detector.update(window.end_sample, probs)
-    events += gate.tick(now_s)                          # on the runtime's clock, chunk or not
-
-Each technical type's condition, when it is announced and when detection is suppressed:
-docs/events.md, "Technical types".
-"""
+Call :meth:`QualityGate.observe` on every chunk before ``pipeline.push``, and
+:meth:`QualityGate.update` on every window after inference, before the detector reads
+:attr:`QualityGate.suppressed` for the same window. Each technical type's condition, when it is
+announced and when detection is suppressed: docs/events.md, "Technical types"."""
 
 from __future__ import annotations
 
@@ -58,8 +53,7 @@ DEFAULT_POOR_QUALITY_ON = 0.6  # the quality output's hysteresis when neither co
 DEFAULT_POOR_QUALITY_OFF = 0.4  # sets one
 MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
 
-#: Default priorities of the gate's types: the rows of :data:`lungwatch.events.DEFAULT_PRIORITIES`
-#: (the one priority table) for these types.
+#: The gate's types' rows of :data:`lungwatch.events.DEFAULT_PRIORITIES` (the one table).
 DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = tuple(
     TypePriority(t, EVENT_PRIORITIES[t]) for t in TECHNICAL_TYPES
 )
@@ -71,8 +65,7 @@ class GateConfig(Settings):
 
     # edge.bed.quality score below this: poor_signal
     poor_score_limit: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    # the model's Poor Quality probability: on at >= this, off below the other; None: the
-    # manifest's fitted hysteresis (edge.bed.chain.resolve_gate), else 0.6 / 0.4
+    # Poor Quality probability: on at >= on, off below off (None: edge.bed.chain.resolve_gate's)
     poor_quality_on_threshold: float | None = None
     poor_quality_off_threshold: float | None = None
     # hop RMS at or below this (dBFS): silence
@@ -210,7 +203,6 @@ class QualityGate:
         return self._lifecycle.take()
 
     def acknowledge(self, what: str) -> list[Transition]:
-        """Acknowledge technical events by type or key."""
         self._lifecycle.acknowledge(what)
         return self._lifecycle.take()
 
@@ -279,7 +271,6 @@ class QualityGate:
         ]
 
     def _report_unjudged_gaps(self) -> None:
-        """The missing samples of gap notices after the last window's end, as signal_gap spans."""
         tracker = self._trackers[SIGNAL_GAP]
         for start, end, kind in self._gap_spans:
             start = max(start, self._judged_end)

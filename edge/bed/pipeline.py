@@ -1,18 +1,13 @@
 """Per-stream pipeline: chunks -> streaming front ends -> feature windows (the model's chunks).
 
-    pipeline = StreamPipeline(spec, ("logmel", "gammatone"), window_frames=48, hop_frames=48)
-    ready = pipeline.push(chunk)                       # list[WindowReady], maybe empty
-
-For any chunking a window equals training's view, ``extract(audio, spec.replace(kind=k))``
-stacked over the kinds and cut at ``s = 0, hop_frames, ...`` (tested to 1e-4); a window is
-released once every kind (cwt has lookahead) has produced its last frame.
-
-Timeline: a jump forward or a chunk marked ``missing`` becomes zeros marked missing; over a
-loss shorter than ``conceal_max_samples`` the feature frames repeat the frame before it, so a
-streaming model's context carries on over a spectrum like its neighbours' rather than a hole
-of digital silence; an overlap is dropped and counted; NaN/Inf samples become zeros, counted.
-Memory is allocated once: a chunk is processed in pieces of at most ``max_piece_samples``.
-"""
+For any chunking a window equals training's view, ``extract(audio, spec.replace(kind=k))`` stacked
+over the kinds and cut at ``s = 0, hop_frames, ...`` (tested to 1e-4); a window is released once
+every kind (cwt has lookahead) has produced its last frame. Timeline: a jump forward or a chunk
+marked ``missing`` becomes zeros marked missing; over a loss shorter than ``conceal_max_samples``
+the feature frames repeat the frame before it, so a streaming model's context carries on over a
+spectrum like its neighbours' rather than a hole of digital silence; an overlap is dropped and
+counted; NaN/Inf samples become zeros, counted. Memory is allocated once: a chunk is processed in
+pieces of at most ``max_piece_samples``."""
 
 from __future__ import annotations
 
@@ -40,7 +35,7 @@ OK, MISSING, INVALID = 0, 1, 2  # per-sample flags
 
 
 class PipelineError(LungwatchError, ValueError):
-    """The pipeline was configured or fed wrongly (the message says how)."""
+    """The pipeline was configured or fed wrongly."""
 
 
 @dataclass(frozen=True)
@@ -108,8 +103,6 @@ def _check_geometry(kinds: Sequence[str], window_frames: int, hop_frames: int) -
 
 
 class StreamPipeline:
-    """Front ends, feature ring and window cutting for one stream (see the module doc)."""
-
     def __init__(
         self,
         spec: FeatureSpec,
@@ -211,7 +204,6 @@ class StreamPipeline:
         return max(1, start + self.window_samples + self._lookahead - self.samples_seen)
 
     def push(self, chunk: SourceChunk) -> list[WindowReady]:
-        """Feed one chunk; returns the windows it completed (maybe none)."""
         ready: list[WindowReady] = []
         x = chunk.samples
         gap = chunk.first_sample - self.samples_seen
@@ -272,7 +264,6 @@ class StreamPipeline:
             n -= size
 
     def _make_room(self, n: int) -> int:
-        """Index where ``n`` new samples go, shifting out the oldest ones if needed."""
         if self._pos + n > self._audio.shape[0]:
             drop = self._pos - self._keep
             self._audio[: self._keep] = self._audio[drop : self._pos]
@@ -296,7 +287,6 @@ class StreamPipeline:
             self._next_start += self.hop_frames
 
     def _store(self, frames: np.ndarray, ring: np.ndarray, count: int) -> int:
-        """Write one front end's new ``frames`` into its ``ring``; the new count."""
         m = frames.shape[0]
         if m == 0:
             return count
@@ -306,8 +296,6 @@ class StreamPipeline:
         return count + m
 
     def _hold_concealed(self, first: int, frames: np.ndarray, ring: np.ndarray) -> np.ndarray:
-        """Frames ``first``... of one front end whose span overlaps a short loss repeat the
-        frame before them."""
         hop, size = self.spec.hop_samples, self.spec.frame_samples
         ring_frames = ring.shape[1]
         out = frames

@@ -1,15 +1,12 @@
 """No-reference signal quality of an audio segment (NumPy/SciPy, with Numba kernels: on the device).
 
 Three measures (:func:`rms_dbfs`, :func:`clipping_fraction`, :func:`spectral_entropy`) and
-:func:`quality_score`, the product of five logistic factors (:func:`_measures`), each in
-(0, 1), 1 = good, so any one bad factor pulls the score to 0. The calibration on SPRSound and
-ICBHI: docs/runtime.md, "The signal quality score".
-
-QLung (Kim, Koo, Toikkanen, Kim, "Quality Adaptive Angular Margin Learning for Respiratory
-Sound Classification", arXiv:2606.11915) derives its per-sample quality from the same two
-ingredients, spectral entropy and RMS energy; training uses :func:`quality_score` for its
-margin and the device's quality gate uses :func:`measure`.
-"""
+:func:`quality_score`, the product of five logistic factors (:func:`_measures`), each in (0, 1),
+1 = good, so any one bad factor pulls the score to 0. The calibration on SPRSound and ICBHI:
+docs/runtime.md, "The signal quality score". QLung (Kim, Koo, Toikkanen, Kim, "Quality Adaptive
+Angular Margin Learning for Respiratory Sound Classification", arXiv:2606.11915) derives its
+per-sample quality from the same two ingredients, spectral entropy and RMS energy; training uses
+:func:`quality_score` for its margin and the device's quality gate :func:`measure`."""
 
 from __future__ import annotations
 
@@ -24,8 +21,7 @@ from edge.audio import validate_samples
 from edge.bed.quality_kernels import hop_measures, welch_work
 from lungwatch.errors import InvalidAudioError
 
-#: Level reported for digital silence (and anything quieter): RMS 1e-6 of full scale.
-RMS_FLOOR_DBFS = -120.0
+RMS_FLOOR_DBFS = -120.0  # reported for digital silence and anything quieter: RMS 1e-6 of full scale
 DEFAULT_CLIPPING_THRESHOLD = 0.999  # |x| at or above this counts as clipped (int16 max 0.99997)
 
 # the band the spectral entropy reads: below it heart sounds, rumble and mains; above it what
@@ -140,7 +136,6 @@ def _measures(level_dbfs: float, clipped: float, entropy: float) -> QualityMeasu
 
 
 def quality_score(samples: np.ndarray, sample_rate_hz: float) -> float:
-    """Quality of ``samples`` in [0, 1], 1 = good."""
     return measure(samples, sample_rate_hz).score
 
 
@@ -160,7 +155,6 @@ def _clipping_fraction(x: np.ndarray, threshold: float) -> float:
 
 
 def _spectral_entropy(band_power: np.ndarray) -> float:
-    """Normalised entropy of a band's bin powers (shape ``(K,)``, K >= 2); 0 if all zero."""
     total = float(np.sum(band_power))
     if total <= 0.0:
         return 0.0
@@ -198,7 +192,6 @@ def _validated_rate(sample_rate_hz: float) -> float:
 
 
 def _band(rate_hz: float, fmin_hz: float, fmax_hz: float | None) -> tuple[float, float]:
-    """Checked ``(fmin_hz, fmax_hz)``; ``fmax_hz`` None means Nyquist."""
     nyquist_hz = rate_hz / 2.0
     top_hz = nyquist_hz if fmax_hz is None else float(fmax_hz)
     if not (math.isfinite(fmin_hz) and 0.0 <= fmin_hz < nyquist_hz):

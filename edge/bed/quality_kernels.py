@@ -4,9 +4,8 @@ one pass.
 The same numbers as ``measure_reference`` without SciPy's per-call cost. The Welch estimate is
 ``scipy.signal.welch(x, window="hann", nperseg=n, noverlap=n // 2, detrend="constant",
 scaling="spectrum")`` restricted to a band, without its constant factor (it cancels in the
-normalised entropy). The FFT is :func:`edge.features.fft.frames_power`, so the frame length
-must be a power of two. Scratch arrays: a :class:`WelchWork` per thread and settings.
-"""
+normalised entropy). The FFT is :func:`edge.features.fft.frames_power`, so the frame length must be
+a power of two. Scratch arrays: a :class:`WelchWork` per thread and settings."""
 
 from __future__ import annotations
 
@@ -58,7 +57,6 @@ def welch_work(
     overlap_fraction: float,
     fmax_hz: float = np.inf,
 ) -> WelchWork:
-    """This thread's :class:`WelchWork` for these settings (created on first use)."""
     table = getattr(_PER_THREAD, "table", None)
     if table is None:
         table = _PER_THREAD.table = {}
@@ -86,7 +84,6 @@ def level_sums(x, threshold):
 
 @njit(cache=True)
 def welch_frames(x, window, step, n_frames, frames):
-    """``frames[f] = (x[f*step : f*step + n] - its mean) * window`` for ``f < n_frames``."""
     n = window.shape[0]
     for f in range(n_frames):
         start = f * step

@@ -1,6 +1,5 @@
 """The detector's rules as configuration, each checked as it is made; apart from
-:mod:`edge.bed.detector` so that what only reads or writes rules does not load Numba's kernels.
-"""
+:mod:`edge.bed.detector` so that what only reads or writes rules does not load Numba's kernels."""
 
 from __future__ import annotations
 
@@ -41,8 +40,6 @@ class ClassThreshold:
 
 @dataclass(frozen=True)
 class ClassRule:
-    """The resolved rule of one class (every field set)."""
-
     on_threshold: float
     off_threshold: float
     min_event_ms: float
@@ -74,8 +71,6 @@ class PhaseRule(Settings):
 
 @dataclass(frozen=True)
 class TypePriority:
-    """Priority of one event type."""
-
     type: str
     priority: Priority
 

@@ -1,11 +1,6 @@
 """A bed's rolling verdict: the record-level decision of SPRSound's Task 2-2 over the last
-``window_s`` of the stream, kept as the bed's status.
-
-    verdict = RollingVerdict(rule, outputs, grid)
-    changed = verdict.update(first_frame, probs)   # probs (n, O); the new label, else None
-
-Statistics, decision, hysteresis and window: docs/runtime.md ("The rolling bed verdict").
-"""
+``window_s`` of the stream, kept as the bed's status. Statistics, decision, hysteresis and window:
+docs/runtime.md ("The rolling bed verdict")."""
 
 from __future__ import annotations
 
@@ -71,8 +66,6 @@ class VerdictRule:
 
 
 class RollingVerdict:
-    """One bed's verdict (see the module doc)."""
-
     def __init__(self, rule: VerdictRule, outputs: Sequence[str], grid: FrameGrid) -> None:
         self.rule = rule
         names = list(outputs)
@@ -150,7 +143,6 @@ def _largest(probs: np.ndarray, row: int, columns: np.ndarray) -> float:
 
 @njit(cache=True)
 def _statistics(ring: np.ndarray, filled: int, top: int) -> tuple[float, float, float]:
-    """The window's statistics over the first ``filled`` places of the ring."""
     cut = filled - top
     cas = np.partition(ring[1, :filled], cut)[cut:]
     das = np.partition(ring[2, :filled], cut)[cut:]

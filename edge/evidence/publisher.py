@@ -1,13 +1,9 @@
-"""The device's evidence channel: clips spooled on disk, sent over their own MQTT connection.
-
-    publisher = EvidencePublisher(config, mqtt_config).connect()
-    publisher.submit(clip)        # from the runtime's loop: returns at once
-    publisher.close()             # what is spooled waits for the next start
+"""The device's evidence channel: clips spooled on disk, sent over their own MQTT connection
+(what is still spooled at :meth:`~EvidencePublisher.close` waits for the next start).
 
 Why MQTT, why a connection of its own, the spool and its bounds: docs/evidence.md ("On the
 device"). The spool is ``synchronous=NORMAL``: a clip may be lost on power loss, never on a
-crash. Clips wait in memory for the spool in a queue of ``QUEUE_CLIPS``; a full queue drops
-the new clip (counted).
+crash.
 """
 
 from __future__ import annotations
@@ -78,8 +74,7 @@ class EvidenceSpool:
         self._count, self._bytes = int(count), int(size)
 
     def put_many(self, clips: list[tuple[Clip, list[tuple[str, str]]]], now_s: float) -> None:
-        """Store clips in one transaction, evicting the oldest over the bound (a clip of an
-        episode already spooled replaces it)."""
+        """One transaction; evicts the oldest over the bound; replaces an episode's spooled clip."""
         with self._lock, self._db:
             for clip, messages in clips:
                 size = sum(len(payload) for _, payload in messages)
@@ -151,8 +146,6 @@ def spool_path(config: EvidenceConfig, mqtt: MqttConfig) -> Path:
 
 
 class EvidencePublisher:
-    """Spools clips and sends them on their own MQTT connection (module doc)."""
-
     def __init__(self, config: EvidenceConfig, mqtt: MqttConfig) -> None:
         self.config, self.mqtt = config, mqtt
         self.spool = EvidenceSpool(
@@ -162,7 +155,7 @@ class EvidencePublisher:
         self._encoding = 0  # clips taken from the queue and not yet in the spool
         login = (
             mqtt if config.username is None else dataclasses.replace(mqtt, username=config.username)
-        )  # its own broker user where the broker makes each client's id its username
+        )
         self._session = Session(login, f"{mqtt.effective_client_id}-evidence", "evidence",
                                 max_inflight=config.max_inflight,
                                 on_connected=self._on_connected)  # fmt: skip

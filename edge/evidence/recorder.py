@@ -4,16 +4,12 @@
     recorder.audio(first_sample, samples)    # every chunk the bed takes
     recorder.frames(first_frame, probs)      # every output frame the model gives
     recorder.events(events)                  # the bed's event messages (lungwatch.events.Event)
-    cuts = recorder.due_cuts()               # clips whose audio is all in, not yet encoded
-    cuts = recorder.finish_cuts()            # the stream ended: the open ones, as they are
-    clip = cut.encode()                      # FLAC: the evidence thread does this
-
-The loop that serves the beds only copies; the evidence publisher's thread encodes.
+    cuts = recorder.due_cuts()               # or finish_cuts() once the stream ended
+    clip = cut.encode()                      # FLAC: in the publisher's thread; the loop only copies
 
 A clip starts for every physiological onset and every technical onset of a priority in
 ``alarm_priorities`` (a finding episode's events have theirs, the episode none of its own);
-its span and the history's size: docs/evidence.md, "On the device". A clip starts no earlier
-than the oldest sample kept.
+its span and the history's size: docs/evidence.md, "On the device".
 """
 
 from __future__ import annotations
@@ -76,8 +72,6 @@ class Identity:
 
 @dataclass(frozen=True)
 class Cut:
-    """A clip cut from a bed's history, before its encoding (see :meth:`encode`)."""
-
     identity: Identity
     episode_id: str
     event_type: str
@@ -118,8 +112,6 @@ class _Capture:
 
 
 class ClipRecorder:
-    """One bed's audio and output history and its open clips (see the module doc)."""
-
     def __init__(
         self,
         config: EvidenceConfig,
@@ -144,8 +136,7 @@ class ClipRecorder:
         return max(0, self._audio_end - self._audio.shape[0])
 
     def audio(self, first_sample: int, samples: np.ndarray) -> None:
-        """Keep a chunk; a jump forward leaves zeros (as the model was given), samples already
-        kept are not written again."""
+        """A jump forward leaves zeros (as the model was given); kept samples are not rewritten."""
         if first_sample > self._audio_end:
             gap = min(first_sample - self._audio_end, self._audio.shape[0])
             _write_ring(self._audio, first_sample - gap, np.zeros(gap, np.float32))
@@ -162,7 +153,6 @@ class ClipRecorder:
         self._frames_end = max(self._frames_end, first_frame + n)
 
     def events(self, events: Sequence[Event]) -> None:
-        """Open a clip at each onset that gets one; set its end at the event's end."""
         cfg = self.config
         for event in events:
             if event.start_sample is None:
@@ -199,11 +189,9 @@ class ClipRecorder:
         return [c for c in cut if c is not None]
 
     def due(self) -> list[Clip]:
-        """:meth:`due_cuts`, encoded."""
         return [cut.encode() for cut in self.due_cuts()]
 
     def finish(self) -> list[Clip]:
-        """:meth:`finish_cuts`, encoded."""
         return [cut.encode() for cut in self.finish_cuts()]
 
     def _cut(self, capture: _Capture, end: int) -> Cut | None:

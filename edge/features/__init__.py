@@ -1,11 +1,6 @@
-"""The one front end, shared by training (batch) and the device (streaming).
-
-    spec = FeatureSpec(kind="gammatone")
-    frames = extract(signal, spec)             # (n_frames, n_bands) float32, whole signal
-    stream = make_stream(spec)                 # device: push(chunk) -> new frames
-
-For any chunking of the same signal, the frames a stream returns equal ``extract``'s
-(within 1e-5); ``tests/edge/test_frontend_*.py`` hold each kind to that.
+"""The one front end, shared by training (:func:`extract`) and the device (:func:`make_stream`;
+usage: docs/frontend.md). For any chunking of the same signal a stream's frames equal
+``extract``'s within 1e-5; ``tests/edge/test_frontend_*.py`` hold each kind to that.
 """
 
 from __future__ import annotations
@@ -59,7 +54,6 @@ def extract(signal: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 def make_stream(spec: FeatureSpec, **kwargs: Any) -> FrameStream:
-    """A fresh streaming front end for ``spec``."""
     stream: StreamingFrontEnd = _resolve(spec.kind, 1)(spec, **kwargs)
     return BandNormStream(stream) if spec.band_norm_s > 0 else stream
 

@@ -1,5 +1,4 @@
-"""Per-band running normalisation: a stethoscope's fixed frequency response, undone per bed
-as the stream goes.
+"""Per-band running normalisation: a stethoscope's fixed frequency response, undone per bed.
 
 ``band_norm == "mean"``: each log band minus its running mean; ``"pcen"``: per-channel
 energy normalisation (PCEN, Wang et al. 2017, "Trainable frontend for robust and far-field
@@ -74,7 +73,6 @@ def _pcen_bands(frames, out, smooth, count, alpha, silent, eps):
 def _run(
     spec: FeatureSpec, frames: np.ndarray, out: np.ndarray, state: np.ndarray, count: np.ndarray
 ) -> None:
-    """One call of the kernel ``spec.band_norm`` names, carrying ``state`` and ``count``."""
     if spec.band_norm == "pcen":
         _pcen_bands(frames, out, state, count, alpha_of(spec), silent_below(spec), spec.log_offset)
     else:
@@ -82,8 +80,7 @@ def _run(
 
 
 def normalise_bands(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Batch form: (T, F) log features of a stream from its start -> (T, F) float32, by
-    ``spec.band_norm`` (the running mean or PCEN)."""
+    """Batch form: (T, F) log features of a stream from its start -> (T, F) float32."""
     x = np.ascontiguousarray(frames, dtype=np.float32)
     out = np.empty_like(x)
     _run(spec, x, out, np.zeros(x.shape[1], np.float64), np.zeros(1, np.int64))
@@ -91,9 +88,7 @@ def normalise_bands(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 class BandNormStream:
-    """A streaming front end followed by the per-band running normalisation that
-    ``spec.band_norm`` names (its ``push`` and ``reset`` are the front end's, with the
-    normalisation applied)."""
+    """A streaming front end followed by the running normalisation ``spec.band_norm`` names."""
 
     def __init__(self, inner: StreamingFrontEnd) -> None:
         self.inner, self.spec = inner, inner.spec
@@ -110,7 +105,6 @@ class BandNormStream:
         return self.inner.frames_emitted
 
     def push(self, samples: np.ndarray) -> np.ndarray:
-        """Feed a chunk; the normalised frames it completed, a view valid until the next push."""
         frames = self.inner.push(samples)
         n = frames.shape[0]
         if n > self._out.shape[0]:
@@ -119,7 +113,6 @@ class BandNormStream:
         return self._out[:n]
 
     def reset(self) -> None:
-        """Restore the initial state exactly."""
         self.inner.reset()
         self._mean[:] = 0.0
         self._count[:] = 0

@@ -30,7 +30,6 @@ N_COUNTERS = 2
 
 @njit(cache=True, inline="always")
 def finish(power: float, use_log: bool, log_offset: float) -> float:
-    """Apply the spec's normalisation to one band power (kernel helper)."""
     return np.log(power + log_offset) if use_log else power
 
 
@@ -71,11 +70,9 @@ def as_signal(samples: np.ndarray, source: str = "chunk") -> np.ndarray:
 
 
 class BoundKernel:
-    """A streaming kernel ``kernel(x, out, *state) -> n_frames`` bound to one stream.
-
-    Only the chunk's type can vary, so the compiled entry point is kept per chunk type and
-    later chunks skip the checks and Numba's per-call type resolution of a dozen arguments.
-    """
+    """A streaming kernel ``kernel(x, out, *state) -> n_frames`` bound to one stream. Only the
+    chunk's type can vary, so the compiled entry point is kept per chunk type and later chunks
+    skip the checks and Numba's per-call type resolution of a dozen arguments."""
 
     def __init__(self, kernel: Any, out: np.ndarray, *state: Any) -> None:
         self._kernel = kernel
@@ -106,8 +103,8 @@ def max_frames_in(n_samples: int, hop_samples: int) -> int:
 
 
 class StreamingFrontEnd(abc.ABC):
-    """Streaming front end: ``push(samples) -> frames`` (a view valid until the next push),
-    ``reset()``; the k-th frame ever returned is frame ``k`` of the batch function."""
+    """``push(samples)`` of any length -> the frames it completed, maybe none (a view valid
+    until the next push); the k-th frame ever returned is frame ``k`` of the batch function."""
 
     def __init__(self, spec: FeatureSpec, *, max_chunk_samples: int = DEFAULT_MAX_CHUNK_SAMPLES):
         self.spec = spec
@@ -131,7 +128,6 @@ class StreamingFrontEnd(abc.ABC):
         return self.spec.frame_samples + self.lookahead_samples
 
     def push(self, samples: np.ndarray) -> np.ndarray:
-        """Feed a chunk of any length; return the frames it completed (maybe none)."""
         size = getattr(samples, "size", None)
         if size is None or size > self._max_chunk_samples:
             samples = as_signal(samples)

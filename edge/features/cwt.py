@@ -1,7 +1,5 @@
-"""Wavelet scalogram front end: complex Morlet CWT power, sampled several times per hop.
-
-The wavelet, its normalisation, the evaluation points across the hop and the lookahead:
-docs/frontend.md, "cwt".
+"""Wavelet scalogram front end: complex Morlet CWT power, sampled several times per hop (the
+wavelet, its normalisation, the evaluation points and the lookahead: docs/frontend.md, "cwt").
 """
 
 from __future__ import annotations
@@ -57,9 +55,8 @@ def morlet_centres_hz(spec: FeatureSpec) -> np.ndarray:
 
 
 def morlet_kernel(f_hz: float, spec: FeatureSpec) -> np.ndarray:
-    """(2*K + 1,) complex128 normalised ``psi[k]`` for ``k = -K..K`` at centre ``f_hz``, built
-    for ``k >= 0`` and mirrored, so the symmetry the streaming kernel folds on holds bit for bit.
-    """
+    """(2*K + 1,) complex128 normalised ``psi[k]``, ``k = -K..K``, built for ``k >= 0`` and
+    mirrored, so the symmetry the streaming kernel folds on holds bit for bit."""
     fs = spec.sample_rate_hz
     sigma_samples = spec.morlet_w0 * fs / (2.0 * np.pi * f_hz)
     half = math.ceil(TRUNCATION_SIGMAS * sigma_samples)
@@ -115,8 +112,7 @@ def _starts(lengths: list[int]) -> np.ndarray:
 
 
 def cwt(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Batch scalogram of a whole signal: (n_samples,) -> (n_frames, n_bands) float32, by
-    overlap-add convolution (independent of the streaming kernel)."""
+    """Batch form, by overlap-add convolution (independent of the streaming kernel)."""
     x = np.asarray(x, dtype=np.float64)
     bank = morlet_bank(spec)
     count = n_frames(spec, x.shape[0], bank.lookahead_samples)
@@ -178,7 +174,6 @@ def _frame_powers(lin, bank_args, use_log, log_offset, out_row):
 
 @njit(cache=True)
 def _cwt_push(x, out, ring, lin, counters, hop, bank_args, use_log, log_offset):
-    """Stream ``x`` through the ring; write each completed frame's band powers to ``out``."""
     ring_len = ring.shape[0]
     pos = counters[WRITE_POS]
     countdown = counters[COUNTDOWN]

@@ -1,10 +1,9 @@
 """Real FFT power spectra inside Numba kernels, allocating nothing per call.
 
 :func:`frames_power` uses DUCC0 through rocket-fft's low-level ``r2c`` where installed, else
-the built-in radix-2 :func:`rfft_power` (a complex FFT of half the size and the split step);
-:data:`FFT_BACKEND` says which. Numba's on-disk cache keys a kernel by its source file, not by
-the backend: after installing or removing rocket-fft, clear ``__pycache__`` (or set
-``NUMBA_CACHE_DIR``).
+the built-in radix-2 :func:`rfft_power` (a complex FFT of half the size and the split step).
+Numba's on-disk cache keys a kernel by its source file, not by the backend: after installing
+or removing rocket-fft, clear ``__pycache__`` (or set ``NUMBA_CACHE_DIR``).
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ class FftPlan(NamedTuple):
 
 @functools.lru_cache(maxsize=16)
 def make_plan(n_fft: int) -> FftPlan:
-    """Build (once per size) the tables for a real FFT of ``n_fft`` (a power of two >= 4)."""
     if n_fft < 4 or n_fft & (n_fft - 1):
         raise ValueError(f"n_fft must be a power of two >= 4, got {n_fft}")
     m = n_fft // 2

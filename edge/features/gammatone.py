@@ -58,7 +58,6 @@ SIMD_LANE_BLOCK = 32
 
 
 def hz_to_erb_rate(f_hz: np.ndarray | float) -> np.ndarray:
-    """Glasberg & Moore ERB-rate (in ERBs) of frequencies in Hz."""
     return ERB_RATE_SCALE * np.log10(1.0 + ERB_RATE_SLOPE * np.asarray(f_hz, dtype=np.float64))
 
 
@@ -79,8 +78,7 @@ def erb_centres_hz(spec: FeatureSpec) -> np.ndarray:
 
 
 def _design_band(cf_hz: float, sample_rate_hz: int) -> np.ndarray:
-    """(N_SECTIONS, 6) sections of SciPy's IIR gammatone at ``cf_hz``, each unity gain at cf:
-    poles from SciPy's denominator, zeros from Slaney's closed form (no root finding)."""
+    """Poles from SciPy's denominator, zeros from Slaney's closed form (no root finding)."""
     _, a = scipy.signal.gammatone(cf_hz, "iir", fs=sample_rate_hz)
     r = float(a[_A_R8]) ** (1.0 / 8.0)
     cos_theta = -float(a[_A_COS]) / (8.0 * r)
@@ -117,8 +115,7 @@ def _frame_mean_power(y: np.ndarray, spec: FeatureSpec, count: int) -> np.ndarra
 
 
 def gammatone(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Batch gammatone energies of a whole signal: (n_samples,) -> (n_frames, n_bands) float32,
-    by ``scipy.signal.sosfilt``, independent of the streaming kernel on purpose."""
+    """Batch form, by ``scipy.signal.sosfilt``: independent of the streaming kernel on purpose."""
     _require_gammatone(spec)
     x = as_signal(x, "signal").astype(np.float64, copy=False)
     count = n_frames(spec, x.shape[0])
@@ -149,11 +146,9 @@ def _kernel_coefs(spec: FeatureSpec) -> np.ndarray:
 
 @njit(cache=True)
 def _filter_run(x, start, stop, coefs, state, y, acc):
-    """Filter ``x[start:stop]`` through every lane (DF2T cascade); add ``y**2`` to ``acc``.
-
-    ``state`` is (2, N_SECTIONS, n_lanes): with z1 and z2 interleaved per section LLVM's
-    overlap check fails and the lane loop runs scalar.
-    """
+    """DF2T cascade over every lane, adding ``y**2`` to ``acc``. ``state`` is (2, N_SECTIONS,
+    n_lanes): with z1 and z2 interleaved per section LLVM's overlap check fails and the lane
+    loop runs scalar."""
     n_sections = coefs.shape[0]
     n_lanes = coefs.shape[2]
     for i in range(start, stop):

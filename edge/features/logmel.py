@@ -96,7 +96,6 @@ def sparse_mel(spec: FeatureSpec) -> SparseMel:
 
 
 def logmel(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Batch log-mel of a whole signal: (n_samples,) -> (n_frames, n_bands) float32."""
     x = np.asarray(x, dtype=np.float64)
     count = n_frames(spec, x.shape[0])
     if count == 0:
@@ -130,10 +129,8 @@ def _logmel_push(
     use_log2,
     log_offset2,
 ):
-    """Stream ``x`` through the ring; write each completed frame's bands to ``out`` and, from
-    the same power spectrum, the second filterbank's to ``out2``. Every sample is written
-    twice into ``ring`` (2 * frame_samples,), so the last frame is always contiguous.
-    """
+    """``out2``: the second filterbank's bands from the same power spectra. Every sample is
+    written twice into ``ring`` (2 * frame_samples,), so the last frame is always contiguous."""
     frame_len = window.shape[0]
     pos = counters[WRITE_POS]
     countdown = counters[COUNTDOWN]
@@ -220,9 +217,7 @@ def fits_second_bank(spec: FeatureSpec, second: FeatureSpec) -> bool:
 
 
 class LogMelStream(StreamingFrontEnd):
-    """Streaming log-mel over a ring of the last ``frame_samples`` samples.
-
-    ``second``: a second log-mel spec (:func:`fits_second_bank`) computed from the same power
+    """``second``: a second log-mel spec (:func:`fits_second_bank`) computed from the same power
     spectrum, read as :attr:`second_frames` or through :class:`SecondBank`; ``second_bands``:
     only its lowest that many bands (None: all)."""
 

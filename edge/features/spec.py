@@ -23,8 +23,7 @@ SPEC_VERSION = 1
 
 @dataclass(frozen=True)
 class FeatureSpec(Settings):
-    """What the front end computes; sizes in samples at ``sample_rate_hz`` (each field:
-    docs/frontend.md, "FeatureSpec")."""
+    """Sizes in samples at ``sample_rate_hz``; each field: docs/frontend.md, "FeatureSpec"."""
 
     kind: FeatureKind = "logmel"
     sample_rate_hz: Annotated[int, Field(ge=1000)] = 8000

@@ -1,10 +1,5 @@
-"""Inference backends: configuration and the one factory the runtime calls.
-
-Two kinds implement :class:`~edge.inference.base.Backend`: ``onnxruntime``
-(:class:`~edge.inference.onnxruntime.OrtBackend`) and ``tensorrt``
-(:class:`~edge.inference.tensorrt.TensorRTBackend`). Backend modules import their runtimes
-lazily, so importing this package costs nothing.
-"""
+"""Inference backends: configuration and the one factory the runtime calls. Backend modules
+import their runtimes lazily, so importing this package costs nothing."""
 
 from __future__ import annotations
 

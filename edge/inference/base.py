@@ -24,8 +24,7 @@ STREAMING_OUTPUTS = (PROBS_NAME, STATE_OUT_NAME)
 
 @dataclass(frozen=True)
 class StreamingIO:
-    """A streaming model's sizes without the batch: ``input_shape`` ``(K, F, T)``,
-    ``state_size`` S, ``output_shape`` ``(O, N)``."""
+    """Sizes without the batch: input (K, F, T), state S, output (O, N)."""
 
     input_shape: tuple[int, int, int]
     state_size: int
@@ -38,8 +37,7 @@ class BackendError(LungwatchError):
 
 @runtime_checkable
 class Backend(Protocol):
-    """Runs one model; ``name`` says what actually runs (after any fallback), e.g.
-    ``onnxruntime/CPUExecutionProvider``."""
+    """``name``: what actually runs, after any fallback (``onnxruntime/CPUExecutionProvider``)."""
 
     name: str
     input_shape: tuple[int, int, int]
@@ -48,15 +46,13 @@ class Backend(Protocol):
     max_batch: int  # the most rows one call runs at once (larger calls are split)
 
     def infer(self, features: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(M, K, F, T)`` and ``(M, S)`` float32 -> ``(M, O, N)`` probabilities and the
-        ``(M, S)`` new states (new arrays)."""
+        """``(M, K, F, T)``, ``(M, S)`` float32 -> new ``(M, O, N)`` probs, ``(M, S)`` states."""
         ...
 
     def close(self) -> None: ...
 
 
 def check_state(state: object, rows: int, state_size: int) -> np.ndarray:
-    """``state`` as a C-contiguous float32 ``(rows, state_size)`` array, or BackendError."""
     expected = f"({rows}, {state_size})"
     if not isinstance(state, np.ndarray) or state.dtype != np.float32:
         raise BackendError(f"state must be a float32 numpy array of shape {expected}")
@@ -66,8 +62,6 @@ def check_state(state: object, rows: int, state_size: int) -> np.ndarray:
 
 
 def check_batch(batch: object, input_shape: tuple[int, ...]) -> np.ndarray:
-    """``batch`` as a C-contiguous float32 ``(N, *input_shape)`` array (no dtype conversion),
-    or BackendError naming the expected shape."""
     expected = "(N, " + ", ".join(str(d) for d in input_shape) + ")"
     if not isinstance(batch, np.ndarray):
         raise BackendError(
@@ -83,7 +77,6 @@ def check_batch(batch: object, input_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def batch_slices(n_rows: int, max_batch: int) -> list[slice]:
-    """Consecutive slices of at most ``max_batch`` rows covering ``range(n_rows)``."""
     return [slice(start, min(start + max_batch, n_rows)) for start in range(0, n_rows, max_batch)]
 
 

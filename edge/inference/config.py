@@ -1,6 +1,5 @@
-"""The ``backend`` section of the runtime YAML (:class:`BackendConfig`), apart from the
-package so that the backends (:mod:`edge.inference.onnxruntime`,
-:mod:`edge.inference.tensorrt`) and :func:`edge.inference.open_backend` share it."""
+""":class:`BackendConfig`, apart from the package so that the backends and
+:func:`edge.inference.open_backend` share it."""
 
 from __future__ import annotations
 

@@ -1,14 +1,9 @@
 """The model manifest, read on the device: what a model folder holds and how to feed it.
 
-    manifest = load_manifest(Path("models/sed/manifest.json"))
-    require_spec(manifest, configured_spec)    # FeatureSpecMismatchError if the front end differs
-    verify_file(manifest, Path("models/sed/model.int8.onnx"))   # ManifestError if it changed
-
 One ``manifest.json`` per model folder covers every artifact in it; this module only reads
 and checks it (the rules with their config dataclasses), so the device needs neither torch
-nor onnx. Every
-key: docs/export.md, "manifest.json (schema version 2)"; the streaming model it describes:
-docs/runtime.md, "The streaming model".
+nor onnx. Every key: docs/export.md, "manifest.json (schema version 2)"; the streaming model
+it describes: docs/runtime.md, "The streaming model".
 """
 
 from __future__ import annotations
@@ -45,8 +40,6 @@ class ManifestError(LungwatchError):
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One artifact of the model folder as the manifest records it."""
-
     name: str
     sha256: str
     bytes: int
@@ -120,7 +113,6 @@ def sha256_file(path: str | Path) -> str:
 
 
 def short_hash(hex_digest: str) -> str:
-    """``abcdef012345…``: the first hex characters of a digest, for messages."""
     return f"{hex_digest[:HASH_PREVIEW_CHARS]}…"
 
 
@@ -171,7 +163,7 @@ def load_manifest(path: str | Path) -> Manifest:
 
 
 def verify_file(manifest: Manifest, path: str | Path) -> FileEntry:
-    """Check that ``path`` is listed in the manifest and its sha256 matches; return its entry."""
+    """ManifestError unless ``path`` is listed in the manifest and its sha256 matches."""
     path = Path(path)
     entry = manifest.files.get(path.name)
     if entry is None:
@@ -327,7 +319,6 @@ def _number(value: Any) -> bool:
 
 
 def _rule(path: Path, cls: type[T], value: Any, key: str) -> T:
-    """A rule of the manifest as its config dataclass; errors name the file and the key."""
     try:
         return from_mapping(cls, value, source=str(path), prefix=key)
     except ConfigError as exc:

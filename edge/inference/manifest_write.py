@@ -1,11 +1,6 @@
 """Writing ``manifest.json``: every change goes to a temporary file in the same folder and is
-moved into place with ``os.replace``, so a reader never sees half a manifest.
-
-    write_manifest(folder / MANIFEST_NAME, data)                      # export: a new model folder
-    record_artifact(path, folder / "model.int8.onnx", precision="int8", extra={...})
-    set_section(path, "tasks", {...})
-
-Standard library only: the device writes with it too (``lungwatch engine``).
+moved into place with ``os.replace``, so a reader never sees half a manifest. Standard library
+only: the device writes with it too (``lungwatch engine``).
 """
 
 from __future__ import annotations
@@ -28,7 +23,6 @@ def utc_now() -> str:
 
 
 def write_manifest(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON atomically (temporary file in the same folder + ``os.replace``)."""
     path = Path(path)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -42,13 +36,11 @@ def write_manifest(path: Path, data: dict[str, Any]) -> None:
 
 
 def publish(temp: Path, dest: Path) -> None:
-    """Move a finished temporary file into place atomically, readable by all (0644)."""
     os.chmod(temp, PUBLISHED_MODE)
     os.replace(temp, dest)
 
 
 def file_entry(artifact: Path, precision: str, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """``{"sha256", "bytes", "precision", "recorded_utc", **extra}`` of one artifact."""
     if not artifact.is_file():
         raise ManifestError(f"{artifact}: artifact not found, cannot record it")
     entry: dict[str, Any] = {

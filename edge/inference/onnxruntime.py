@@ -1,8 +1,6 @@
-"""The onnxruntime backend: one session, providers tried in the configured order.
-
-Provider selection and its log lines: docs/backends.md, "onnxruntime: provider order,
-fallback and log lines" (``session.get_providers()`` decides what is reported, since
-onnxruntime may drop a provider silently).
+"""The onnxruntime backend: one session, providers tried in the configured order (selection
+and log lines: docs/backends.md, "onnxruntime: provider order, fallback and log lines").
+``session.get_providers()`` decides what is reported: onnxruntime may drop a provider silently.
 """
 
 from __future__ import annotations
@@ -47,9 +45,7 @@ def provider_options(
     input_shape: tuple[int, ...] | None = None,
     state_size: int | None = None,
 ) -> dict[str, str]:
-    """The onnxruntime options of one configured provider; for the TensorRT EP an
-    optimisation profile for batches 1..max_batch, so no engine is rebuilt when the batch
-    size changes."""
+    """TensorRT EP: a profile for batches 1..max_batch, so no batch size rebuilds the engine."""
     if provider == "tensorrt":
         options = {
             "trt_fp16_enable": _flag(config.precision in ("fp16", "int8")),
@@ -81,7 +77,6 @@ def provider_chain(
     input_shape: tuple[int, ...] | None = None,
     state_size: int | None = None,
 ) -> list[ProviderSpec]:
-    """``(provider, options)`` for every configured provider, in the configured order."""
     cache_dir = config.cache_dir_for(model_path)
     return [
         (ORT_PROVIDERS[p], provider_options(p, config, cache_dir, input_shape, state_size))
@@ -105,7 +100,6 @@ def _next_name(chain: list[ProviderSpec], index: int) -> str:
 def drop_unavailable(
     chain: list[ProviderSpec], available: list[str]
 ) -> tuple[list[ProviderSpec], list[str]]:
-    """The providers of ``chain`` found in ``available``, and one log line per skipped one."""
     kept: list[ProviderSpec] = []
     messages: list[str] = []
     for index, (name, options) in enumerate(chain):
@@ -120,7 +114,6 @@ def drop_unavailable(
 
 
 def session_options(config: BackendConfig) -> Any:
-    """Threads, sequential execution and full graph optimisation for a small edge model."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -205,8 +198,6 @@ def create_session(model_path: Path, config: BackendConfig, chain: list[Provider
 
 
 class OrtBackend:
-    """An ONNX model in one onnxruntime session."""
-
     def __init__(self, model_path: Path, config: BackendConfig | None = None) -> None:
         self.config = config or BackendConfig()
         self.max_batch = self.config.max_batch
@@ -244,8 +235,7 @@ class OrtBackend:
         return kept
 
     def _probe_input_shape(self) -> tuple[tuple[int, int, int], int]:
-        """Read the input shape and state size with a CPU session, for the TensorRT EP's
-        profile shapes."""
+        """From a CPU session, for the TensorRT EP's profile shapes."""
         cpu_only = BackendConfig(providers=("cpu",), intra_op_threads=1)
         probe = create_session(self.model_path, cpu_only, provider_chain(cpu_only, self.model_path))
         io = describe_io(probe, self.model_path.name)
@@ -270,7 +260,6 @@ class OrtBackend:
         return running
 
     def infer(self, features: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A chunk for ``M`` beds (the contract of :mod:`edge.inference.base`)."""
         if self._session is None:
             raise BackendError(f"{self.name}: backend is closed")
         session = self._session

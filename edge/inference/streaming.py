@@ -1,9 +1,5 @@
 """One bed's context of a streaming model, and one inference call for every bed's chunk.
 
-    bed = BedState(manifest.streaming, backend)        # state zeros: the stream starts
-    frames = bed.push(window.features)                 # one bed alone: OutputFrames
-    frames = infer_beds(backend, [(bed, window.features), ...])   # all beds, one call
-
 Chunks, state and look-ahead: docs/runtime.md, "The streaming model". Output ``j`` of a
 stream describes network frame ``j - lookahead_frames``, so the first ``lookahead_frames``
 outputs after a (re)start describe nothing and are dropped here.
@@ -34,8 +30,6 @@ class OutputFrames:
 
 
 class BedState:
-    """The carried state of one bed and where its outputs lie (see the module doc)."""
-
     def __init__(self, info: StreamingInfo, backend: Backend | None = None) -> None:
         self.info, self.backend = info, backend
         self.state = np.zeros(info.state_size, np.float32)

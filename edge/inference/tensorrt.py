@@ -36,7 +36,6 @@ _FLOAT32_BYTES = 4
 
 
 def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or a one-line :class:`BackendError` saying what to install."""
     try:
         import tensorrt
     except ImportError:
@@ -48,7 +47,6 @@ def import_tensorrt() -> Any:
 
 
 def import_cudart() -> Any:
-    """cuda-python's runtime module (``cuda.bindings.runtime`` or the older ``cuda.cudart``)."""
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
@@ -241,7 +239,6 @@ class TensorRTBackend:
         return tensors
 
     def _check_io(self) -> tuple[StreamingIO, int]:
-        """Check the engine against a contract; return what it computes and its largest batch."""
         where = self.engine_path.name
         tensors = self._engine_tensors()
         io = engine_contract(tensors, where)
@@ -275,8 +272,7 @@ class TensorRTBackend:
                 raise BackendError(f"{self.engine_path.name}: cannot bind tensor {name!r}")
 
     def _run_piece(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
-        """One piece of at most ``max_batch`` rows through the engine: copy ``inputs`` in,
-        execute, copy ``outputs`` back (new arrays)."""
+        """At most ``max_batch`` rows through the engine; ``outputs`` as new arrays."""
         cudart, b = self._cudart, self._buffers
         n = next(iter(inputs.values())).shape[0]
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -308,8 +304,6 @@ class TensorRTBackend:
         return [self._host[name][:n].copy() for name in outputs]
 
     def infer(self, features: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A chunk for ``M`` beds (the contract of :mod:`edge.inference.base`), in max_batch
-        pieces."""
         if self._stream is None:
             raise BackendError(f"{self.name}: backend is closed")
 

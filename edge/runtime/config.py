@@ -1,9 +1,7 @@
-"""The runtime's inputs and outlets: one YAML file (``lungwatch run --config FILE``), validated
-once, then checked against the model's manifest; the sources, sinks and embedded broker it
-names (:func:`open_stream_source`, :func:`open_sinks`, :func:`start_embedded_broker`); and the
-commands that arrive on the command topic (:func:`parse_command`). Its sections and keys:
-docs/runtime.md's config table and ``edge/configs/ward.yaml``. Every error is one
-:class:`~lungwatch.errors.ConfigError` line naming the file and the key.
+"""The runtime's config: one YAML file (``lungwatch run --config FILE``), validated once, then
+checked against the model's manifest; the sources, sinks and broker it names; the commands on
+the command topic. Its sections and keys: docs/runtime.md's config table and
+``edge/configs/ward.yaml``. Every error is one ConfigError line naming the file and the key.
 """
 
 from __future__ import annotations
@@ -81,13 +79,11 @@ class StreamConfig(Settings):
     realtime: bool = False  # file sources: pace chunks at the recording's rate
     loop: bool = False  # file sources: start again at the end
     chunk_samples: int = 800  # samples per read (0.1 s at 8 kHz)
-    # the patient's age band (edge.bed.agebands), or the age that picks it; neither:
-    # respiration.age_band
+    # the patient's age band (edge.bed.agebands) or age that picks it; neither: respiration.age_band
     age_band: str | None = None
     age_years: Annotated[float, Field(ge=0, lt=120)] | None = None
-    # the ward view's name for this bed ("Bed 4") and where it is ("Ward 3 East")
-    name: str | None = None
-    location: str | None = None
+    name: str | None = None  # the ward view's name for this bed ("Bed 4")
+    location: str | None = None  # and where it is ("Ward 3 East")
 
     def __post_init__(self) -> None:
         check(is_segment(self.id) and self.id != DEVICE_STREAM, "id", self.id, SEGMENT)
@@ -112,7 +108,6 @@ class StreamConfig(Settings):
 
 
 def stream_age_band(stream: StreamConfig) -> str | None:
-    """The age band a stream's config names (None: the respiration section's)."""
     if stream.age_years is not None:
         return band_for_age(stream.age_years).name
     return stream.age_band
@@ -159,8 +154,7 @@ class RuntimeConfig(Settings):
     streams: tuple[StreamConfig, ...]
     site: str = "ward-1"
     device_id: str = "edge-1"
-    # the device's IEEE EUI-64 (or its MAC); left out: the host's (lungwatch.equipment)
-    equipment_eui64: str | None = None
+    equipment_eui64: str | None = None  # IEEE EUI-64 (or MAC); left out: the host's (equipment)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureSpec | None = None
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -169,8 +163,7 @@ class RuntimeConfig(Settings):
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     respiration: RespirationConfig = field(default_factory=RespirationConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
-    # each bed's breathing is published at least this often, and when its state changes
-    respiration_publish_s: PositiveFloat = 10.0
+    respiration_publish_s: PositiveFloat = 10.0  # a bed's breathing: this often, and on change
     sinks: SinksConfig = field(default_factory=SinksConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     dashboard: dict[str, Any] = field(default_factory=dict)  # the ward view's (module doc)
@@ -179,15 +172,12 @@ class RuntimeConfig(Settings):
     metrics_interval_s: PositiveFloat = 10.0  # per-stream counters on the metrics topic
     live_interval_s: float = 1.0  # one live-strip point per bed this often (0: none)
     idle_sleep_s: NonNegativeFloat = 0.01  # how long the loop waits when no source had audio
-    # stop after this long (0: until every source ends or a signal)
-    max_run_s: NonNegativeFloat = 0.0
+    max_run_s: NonNegativeFloat = 0.0  # 0: until every source ends or a signal
     # a bed's model state restarts when a chunk misses at least this much audio (0: any;
     # docs/runtime.md, "Lost audio")
     state_reset_gap_ms: NonNegativeFloat = 100.0
-    # streams a round reads, infers and publishes together (0: all in one group)
-    round_group: int = 125
-    # a WARNING when audio waits longer than this (p99 of a bed's reads) for its read (0: never)
-    read_wait_warn_ms: NonNegativeFloat = 500.0
+    round_group: int = 125  # streams a round reads, infers and publishes together (0: all)
+    read_wait_warn_ms: NonNegativeFloat = 500.0  # WARNING above this read-wait p99 (0: never)
 
     def __post_init__(self) -> None:
         check(len(self.streams) >= 1, "streams", self.streams, "a list of at least one stream")
@@ -235,7 +225,6 @@ class RuntimeConfig(Settings):
 
     @property
     def mqtt_config(self) -> MqttConfig:
-        """The MQTT settings with this device's identity."""
         given = self.equipment_eui64
         equipment = eui64(given) if given is not None else host_eui64()
         return dataclasses.replace(
@@ -251,7 +240,6 @@ def load_runtime_config(
 
 
 def check_against_manifest(config: RuntimeConfig, manifest: Manifest, source: str) -> None:
-    """ConfigError naming ``source`` and the key where the config disagrees with the model."""
     if config.model.file not in manifest.runnable:
         listed = ", ".join(manifest.runnable)
         raise ConfigError(
@@ -277,12 +265,10 @@ def check_against_manifest(config: RuntimeConfig, manifest: Manifest, source: st
 
 
 def resolve_source(url: str) -> str:
-    """``data:REL`` -> the path under :func:`edge.datapaths.data_root`; others unchanged."""
     return str(data_root() / url[len(DATA_PREFIX) :]) if url.startswith(DATA_PREFIX) else url
 
 
 def open_stream_source(config: StreamConfig, rate_hz: int) -> AudioSource:
-    """The stream's source, refused unless it delivers the model's rate."""
     url = resolve_source(config.source)
     options: dict[str, Any] = {}
     if not url.startswith(BRIDGE_PREFIX):
@@ -320,7 +306,6 @@ def open_sinks(
 
 
 def start_embedded_broker(config: RuntimeConfig, resources: contextlib.ExitStack) -> str | None:
-    """With ``sinks.embedded_broker``: an amqtt broker's address (stopped by ``resources``)."""
     if not (config.sinks.mqtt and config.sinks.embedded_broker):
         return None
     from edge.sinks.broker import EmbeddedBroker
@@ -377,13 +362,11 @@ class Command:
 
 
 def short_repr(value: object) -> str:
-    """``repr(value)`` cut to 80 characters (log lines and errors quoting a command)."""
     text = repr(value)
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def parse_command(payload: bytes) -> Command:
-    """The command in ``payload``; CommandError says what is wrong with it."""
     excerpt = payload[:EXCERPT_BYTES]
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(

@@ -37,15 +37,12 @@ from lungwatch.errors import ConfigError
 USED_SECTIONS = ("detector", "gate", "backend", "verdict", "respiration")
 AUTO = "auto"
 
-#: The workstation's scoring of ``--score``: (args, the config's sections, the recordings'
-#: events, the model folder) -> None.
+#: The workstation's ``--score``: (args, config sections, recordings' events, model folder)
 Scorer = Callable[[argparse.Namespace, "DetectConfig", dict[str, RecordingEvents], Path], None]
 
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """The sections of a runtime config that ``detect`` uses."""
-
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     backend: BackendConfig = field(
@@ -55,15 +52,12 @@ class DetectConfig:
     respiration: RespirationConfig = field(default_factory=RespirationConfig)
 
 
-# the demo config's keys that a runtime config does not have (demo.run.DemoConfig; the demo
-# is built on the device's pieces, not the other way round, so they are named here)
+# keys of demo.run.DemoConfig a runtime config lacks (named here: the demo builds on the device)
 DEMO_KEYS = ("broker", "chunk_samples", "delivery_timeout_s", "examples_dir", "hold", "out_dir",
              "realtime", "records")  # fmt: skip
 
 
 def load_detect_config(path: Path) -> DetectConfig:
-    """The sections of a runtime config ``detect`` uses; those it leaves out are named on
-    stderr."""
     data = load_yaml(path)
     from edge.runtime.config import RuntimeConfig
 
@@ -190,7 +184,6 @@ def age_bands(recordings: dict[str, Path], choice: str | None) -> dict[str, str]
 
 
 def write_json(path: Path | None, data: dict[str, Any]) -> None:
-    """``data`` as JSON to ``path`` (a temporary file moved into place), else stdout."""
     text = json.dumps(data, indent=1)
     if path is None:
         print(text)

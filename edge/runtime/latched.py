@@ -1,12 +1,7 @@
-"""Latched alarms that outlive the process: the device's file of unacknowledged alarms.
-
-    store = LatchedStore(Path("out/spool/latched-alarms.json"))
-    carried = store.load()              # stream id -> [Event, ...] held before the restart
-    store.save({"bed-1": [event, ...]}) # every change of the set (atomic, 0600)
-
-A latched alarm ends only when a person acknowledges it, never because the device restarted
-(docs/runtime.md, "Signals and shutdown"); the file is 0600 since the alarms name beds and
-times. A file that cannot be read is an error naming it, not an empty set: the runtime
+"""The device's file of unacknowledged latched alarms, stream id -> [Event, ...], saved (atomic,
+0600: the alarms name beds and times) on every change of the set. A latched alarm ends only when
+a person acknowledges it, never because the device restarted (docs/runtime.md, "Signals and
+shutdown"). A file that cannot be read is an error naming it, not an empty set: the runtime
 refuses to start rather than drop alarms.
 """
 
@@ -24,13 +19,10 @@ VERSION = 1
 
 
 class LatchedStore:
-    """The file of one device's unacknowledged alarms (module doc)."""
-
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def load(self) -> dict[str, list[Event]]:
-        """The alarms held when the runtime last changed them (none if there is no file)."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -53,7 +45,6 @@ class LatchedStore:
             ) from None
 
     def save(self, beds: dict[str, list[Event]]) -> None:
-        """Replace the file with ``beds`` (beds without alarms left out)."""
         doc = {
             "format": FORMAT,
             "version": VERSION,

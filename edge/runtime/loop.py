@@ -69,8 +69,6 @@ METRICS_SLICES = 10
 
 
 def open_model(config: RuntimeConfig, source: str = "<config>") -> Monitor:
-    """The config's model as a :class:`~edge.monitor.Monitor`, checked against its manifest;
-    config errors name ``source``."""
     folder = Path(config.model.dir)
     manifest = load_manifest(folder / MANIFEST_NAME)
     check_against_manifest(config, manifest, source)
@@ -93,8 +91,6 @@ Ready = tuple[Stream, WindowReady, float]  # stream, window, perf_counter when i
 
 
 class Runtime:
-    """The loop over all streams (see the module doc). :meth:`step` does one round."""
-
     def __init__(
         self,
         config: RuntimeConfig,
@@ -110,10 +106,8 @@ class Runtime:
         latched: LatchedStore | None = None,
         watch: Sequence[Callable[[], str | None]] = (),
     ) -> None:
-        """``latched``: the file that keeps unacknowledged latched alarms over restarts (None:
-        they end with the process). ``watch``: checks of the threads the run depends on, each
-        None or why its thread stopped (:meth:`run` then stops and raises
-        :class:`~lungwatch.supervision.ThreadStoppedError`)."""
+        """``latched`` None: latched alarms end with the process. ``watch``: thread checks, each
+        None or why its thread stopped (:meth:`run` then stops, raising ThreadStoppedError)."""
         self._watch = list(watch)
         self.config, self.model, self.sink = config, model, sink
         self.publisher = Publisher(config, model, sink, evidence, clock)
@@ -128,7 +122,6 @@ class Runtime:
         self.streams = list(streams)
         self._sink_stats = sink_stats
         self._clock = clock
-        # the next slice of metrics reports is due at _metrics_due
         self._metrics_slices = max(1, min(len(self.streams), METRICS_SLICES))
         self._metrics_slice = 0
         self._metrics_due = clock() + config.metrics_interval_s / self._metrics_slices
@@ -154,7 +147,6 @@ class Runtime:
 
     @property
     def events(self) -> EventOutbox:
-        """Every bed's open episodes (the publisher's outbox)."""
         return self.publisher.outbox
 
     @property
@@ -190,11 +182,8 @@ class Runtime:
         return got_audio
 
     def _read(self, stream: Stream, now: float, ready: list[Ready]) -> bool:
-        """Read what ``stream``'s source has ready, up to the audio that completes its next
-        window, and push it as one chunk, so the front end runs once per window rather than
-        once per source chunk (docs/runtime.md, "The loop and batching"). Plain chunks short
-        of the window wait in the stream (:meth:`_holds`). True if the source gave audio (or
-        what waited was pushed)."""
+        """Read up to the next window's audio and push it as one chunk: the front end runs once
+        per window (docs/runtime.md, "The loop and batching"). True if audio came or was pushed."""
         if stream.read_error is not None:  # raised after last round's chunks
             return self._read_failed(stream, ready)
         chunks = stream.waiting
@@ -229,9 +218,8 @@ class Runtime:
     def _holds(
         self, stream: Stream, chunks: list[SourceChunk], gathered: int, wanted: int, now: float
     ) -> bool:
-        """Whether ``chunks`` (short of the next window) wait for the rest of it: only plain
-        chunks without a jump, from a live source, for at most ``hold_s`` on the runtime's
-        clock (the clock the gate's stall check counts on)."""
+        """Whether ``chunks`` short of the next window wait for the rest: at most ``hold_s`` on
+        the runtime's clock (the clock the gate's stall check counts on)."""
         last = chunks[-1]
         if gathered >= wanted or stream.read_error is not None or last.missing or last.notices:
             return False
@@ -243,14 +231,12 @@ class Runtime:
         return now - stream.waiting_since < stream.hold_s
 
     def _hand_over(self, stream: Stream, ready: list[Ready]) -> None:
-        """The chunks waiting in ``stream`` into its chain now (the stream stops)."""
         if stream.waiting:
             self._push(stream, stream.take_waiting(), self._clock(), ready)
 
     def _push(
         self, stream: Stream, chunks: list[SourceChunk], now: float, ready: list[Ready]
     ) -> None:
-        """``chunks`` through the bed's chain; the windows they complete go to ``ready``."""
         arrived = time.perf_counter()
         for chunk in _coalesced(chunks):
             n = int(chunk.samples.shape[0])
@@ -283,7 +269,6 @@ class Runtime:
         return False
 
     def _infer_and_detect(self, ready: list[Ready]) -> None:
-        """The group's windows through the model in one batch, their transitions to the outbox."""
         if not ready:
             return
         steps = self.model.process([(stream.chain, window) for stream, window, _ in ready])
@@ -303,7 +288,6 @@ class Runtime:
 
     @property
     def evidence_channel(self) -> EvidencePublisher | None:
-        """Where the beds' clips go (None: no clips are cut)."""
         return self.publisher.evidence
 
     def _end_stream(self, stream: Stream, why: str) -> None:
@@ -362,8 +346,7 @@ class Runtime:
         return self._verifier.verify(command.body)  # unsigned: refused and counted
 
     def handle_command(self, payload: bytes) -> None:
-        """A command from the command topic; one that is malformed, unsigned, forged, stale
-        or replayed is logged, counted and ignored."""
+        """Malformed, unsigned, forged, stale or replayed: logged, counted and ignored."""
         try:
             command = parse_command(payload)
             user = self.authorise(command)
@@ -439,9 +422,6 @@ class Runtime:
         return reports
 
     def _check_read_wait(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
-        """A WARNING when a cycle of ``reports`` shows audio waiting longer than
-        ``read_wait_warn_ms`` (p99) between capture and read: the loop is behind
-        (docs/runtime.md, "Load"). One INFO line when it has caught up."""
         limit = self.config.read_wait_warn_ms
         if limit <= 0:
             return
@@ -575,8 +555,7 @@ def open_streams(
     source: str = "<config>",
     unopened: dict[int, str] | None = None,
 ) -> list[Stream]:
-    """One :class:`Stream` per configured stream; errors name ``source`` and the stream. With
-    ``unopened``, a stream that cannot be opened is left out, its index mapped to the error."""
+    """With ``unopened``, a stream that fails to open is left out, its index mapped to the error."""
     rate_hz = model.sample_rate_hz
     streams: list[Stream] = []
     for index, stream_config in enumerate(config.streams):
@@ -594,8 +573,7 @@ def open_streams(
 
 
 class UnopenedSource:
-    """A source that could not be opened: its first read raises the error, so that bed ends
-    and the others run on."""
+    """Its first read raises the error, so that bed ends and the others run on."""
 
     def __init__(self, stream_id: str, rate_hz: int, error: str) -> None:
         self.stream_id, self.sample_rate_hz, self.error = stream_id, rate_hz, error
@@ -610,8 +588,6 @@ class UnopenedSource:
 def _failed_streams(
     config: RuntimeConfig, model: Monitor, unopened: dict[int, str], source: str
 ) -> list[Stream]:
-    """A :class:`Stream` on an :class:`UnopenedSource` per stream that could not be opened;
-    ConfigError when no stream could be."""
     if len(unopened) == len(config.streams):
         index, error = next(iter(unopened.items()))
         raise ConfigError(f"{source}: streams[{index}].source: {error}")
@@ -648,8 +624,7 @@ def serve(
     source: str = "<config>",
     companions: Sequence[Companion] = (),
 ) -> Runtime:
-    """Open everything, run until done or stopped, close it all (sinks first); the finished
-    runtime."""
+    """Open everything, run until done or stopped, close it all (sinks first)."""
     stop = stop or threading.Event()
     with contextlib.ExitStack() as resources:
         model = open_model(config, source)
@@ -696,7 +671,6 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """``--set KEY=VALUE`` (repeatable) and ``-v``, shared by ``run`` and ``demo``."""
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )

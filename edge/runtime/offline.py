@@ -1,11 +1,9 @@
-"""Events of whole recordings computed by the device's own path.
-
-:func:`detect_recordings` runs each recording as one bed of a :class:`edge.monitor.Monitor`,
-exactly what a bed of the runtime runs, fed in reads of :data:`READ_SAMPLES` as a file source
-would, beds batched into one model call. Events come back as ``{"start_s", "end_s", "type",
-"confidence"}`` on the recording's own timeline (technical ones with ``reason`` instead of
-``confidence``); ``keep_probs`` keeps the output frames the challenge tasks are computed from
-(:mod:`training.scoring.tasks`).
+"""Events of whole recordings by the device's own path: :func:`detect_recordings` runs each
+recording as one bed of a Monitor, exactly as the runtime runs a bed, fed in reads of
+:data:`READ_SAMPLES` as a file source would, beds batched into one model call. Events come
+back as ``{"start_s", "end_s", "type", "confidence"}`` on the recording's own timeline
+(technical ones: ``reason`` instead of ``confidence``); ``keep_probs`` keeps the output frames
+the challenge tasks are computed from (:mod:`training.scoring.tasks`).
 """
 
 from __future__ import annotations
@@ -39,8 +37,6 @@ class OfflineError(LungwatchError, ValueError):
 
 @dataclass(frozen=True)
 class RecordingEvents:
-    """What the device said about one recording."""
-
     physiological: list[dict[str, Any]] = field(default_factory=list)
     technical: list[dict[str, Any]] = field(default_factory=list)
     probs: np.ndarray | None = None  # (n, O) output frames, when kept
@@ -53,8 +49,7 @@ class RecordingEvents:
 
 
 class FrameKeeper:
-    """Every bed's output frames, in order, and when each arrived (``time.perf_counter``):
-    the runtime's ``on_frames`` hook."""
+    """The runtime's ``on_frames`` hook: every bed's frames, in order, with ``perf_counter``."""
 
     def __init__(self) -> None:
         self.parts: dict[str, list[tuple[OutputFrames, float]]] = {}
@@ -83,8 +78,6 @@ class FrameKeeper:
 
 
 def recordings_in(paths: Sequence[Path]) -> dict[str, Path]:
-    """Record name (file stem) -> audio file for files and folders (searched recursively for
-    :data:`edge.audio.AUDIO_SUFFIXES`); two files with one stem are refused, naming both."""
     found: dict[str, Path] = {}
     for path in paths:
         if path.is_dir():
@@ -122,10 +115,9 @@ def detect_recordings(
     respiration: RespirationConfig | None = None,
     age_bands: Mapping[str, str] | None = None,
 ) -> dict[str, RecordingEvents]:
-    """Record name -> its events. The config sections default to the manifest's rules and ONNX
-    Runtime on one thread; ``age_bands``: record name -> band (the section's for the others).
-    An unreadable recording fails the call (:class:`~lungwatch.errors.ConfigError`), or with
-    ``skip_unreadable`` comes back with ``error`` set."""
+    """The config sections default to the manifest's rules; ``age_bands``: record name -> band
+    (the section's for the others). An unreadable recording fails the call (ConfigError), or
+    with ``skip_unreadable`` comes back with ``error`` set."""
     monitor = Monitor.load(
         Path(model_dir) / model_file,
         detector=detector,
@@ -186,7 +178,6 @@ def _run(
 
 
 def _events(steps: list[BedStep], n_outputs: int | None) -> RecordingEvents:
-    """The ended events of one recording's steps, sorted, and its frames when asked."""
     probs = None if n_outputs is None else _frames(steps, n_outputs)
     record = RecordingEvents(probs=probs, verdict=steps[-1].verdict if steps else None)
     opened: dict[str, float] = {}  # a finding episode's key -> where the stream was at onset
@@ -226,7 +217,6 @@ def _events(steps: list[BedStep], n_outputs: int | None) -> RecordingEvents:
 
 
 def _frames(steps: list[BedStep], n_outputs: int) -> np.ndarray:
-    """(n, O) of one recording from frame 0; frames never described stay NaN."""
     end = max((s.first_frame + s.probs.shape[0] for s in steps if len(s.probs)), default=0)
     out = np.full((end, n_outputs), np.nan, np.float32)
     for s in steps:

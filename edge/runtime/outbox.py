@@ -1,8 +1,7 @@
-"""The runtime's event messages: one per transition of a bed, handed to the sinks per group.
-
-:class:`EventOutbox` is the one place that tracks each bed's open episodes. It keeps the
-messages until :meth:`EventOutbox.flush` (once per group of beds), when the sinks take them in
-one call, in order. The runtime calls both methods under its own lock.
+"""The runtime's event messages: one per transition of a bed. :class:`EventOutbox`, the one
+place that tracks each bed's open episodes, keeps them until :meth:`EventOutbox.flush` (once
+per group of beds) hands them to the sinks in one call, in order. The runtime calls it only
+under its own lock.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ ACKNOWLEDGE = "acknowledge"  # the ended_by of an acknowledged event
 
 
 class Stream(Protocol):
-    """What the outbox needs of a bed (:class:`edge.runtime.loop.Stream` has it)."""
-
     id: str
     counters: dict[str, int]
 
@@ -27,8 +24,6 @@ class Stream(Protocol):
 
 
 class EventOutbox:
-    """Builds the events of transitions and publishes them to ``sink`` in groups."""
-
     def __init__(
         self, sink: Sink, site: str, device_id: str, model_id: str, model_sha256: str
     ) -> None:
@@ -47,7 +42,6 @@ class EventOutbox:
     def emit(
         self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
     ) -> list[Event]:
-        """Queue one event per transition; the events made."""
         episodes = self._episodes.setdefault(stream.id, {})
         self.held_changed |= bool(transitions)
         made = []
@@ -136,11 +130,9 @@ class EventOutbox:
         return event
 
     def open_events(self, stream_id: str) -> int:
-        """How many of a bed's episodes are open (live or latched)."""
         return len(self._episodes.get(stream_id, ()))
 
     def flush(self) -> None:
-        """Hand the queued events to the sink (one call), in order."""
         if self._pending:
             events, self._pending = self._pending, []
             publish_all(self.sink, events)

@@ -24,8 +24,6 @@ from lungwatch.events import FINDING_RATE_FAMILY, utc_now
 
 
 class Publisher:
-    """The beds' way out: ``outbox`` holds every bed's open episodes."""
-
     def __init__(
         self,
         config: RuntimeConfig,
@@ -41,7 +39,6 @@ class Publisher:
         self._clock = clock
 
     def step(self, stream: Stream, step: WindowStep) -> None:
-        """One window's step of ``stream`` (the bed is named before its first event)."""
         if stream.recorder is not None:
             stream.recorder.frames(step.frames.first_frame, step.frames.probs)
         if not stream.summary_sent:  # the view names the bed before its first event
@@ -55,9 +52,8 @@ class Publisher:
             self.respiration(stream, step.respiration)
 
     def end(self, stream: Stream, held: bool) -> None:
-        """The bed's stream ended: its retained summary is sent again when it still holds
-        alarms (``held``: a view that starts while the device is down lists them), else
-        withdrawn; its verdict and breathing are withdrawn (they no longer hold)."""
+        """Withdraws the bed's verdict and breathing; its summary is sent again while it holds
+        alarms (a view that starts while the device is down lists them), else withdrawn."""
         if held:
             self.summary(stream)
         else:
@@ -70,8 +66,7 @@ class Publisher:
     def emit(
         self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
     ) -> None:
-        """The transitions' events to the outbox and the recorder; the summary again when the
-        bed's open alarms changed."""
+        """Also publishes the summary again when the bed's open alarms changed."""
         if not transitions:
             return
         made = self.outbox.emit(stream, transitions, quality)
@@ -103,7 +98,6 @@ class Publisher:
             self.evidence.submit(clip)
 
     def verdict(self, stream: Stream, frames: OutputFrames) -> None:
-        """The bed's new rolling verdict, retained on its verdict topic."""
         verdict = stream.chain.verdict
         if verdict is None:  # a step carries a verdict only from a chain that has one
             return
@@ -121,8 +115,6 @@ class Publisher:
         publish_verdict(self.sink, stream.id, message)
 
     def respiration(self, stream: Stream, reading: Respiration) -> None:
-        """The bed's breathing, retained on its respiration topic: when its state changed,
-        else at most every ``respiration_publish_s``."""
         now, sent = self._clock(), stream.respiration_sent
         due = sent is None or sent[1] != reading.state
         if not due and now - sent[0] < self.config.respiration_publish_s:  # type: ignore[index]

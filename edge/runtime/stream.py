@@ -23,14 +23,10 @@ MAX_HOLD_S = 1.0
 
 
 class Stream:
-    """One bed of the runtime: its source, its chain (a public :class:`~edge.monitor.Bed`),
-    how it ends, and its counters."""
-
     def __init__(
         self, config: StreamConfig, source: AudioSource, model: Monitor, index: int = 0
     ) -> None:
-        """``index``: the stream's place in the config; it staggers the bed's breath analyses
-        (:meth:`~edge.monitor.Monitor.open_bed`)."""
+        """``index`` (place in the config) staggers the bed's breath analyses (``open_bed``)."""
         self.config, self.source, self.id = config, source, config.id
         self.rate_hz = source.sample_rate_hz
         self.bed = model.open_bed(config.id, stream_age_band(config), stagger=index)
@@ -40,8 +36,7 @@ class Stream:
         self.chain: BedChain = self.bed.chain  # the bed's front end, state, gate, detector
         self.ending: str | None = None  # why the stream ends once its flushed frames are in
         self.read_error: SourceEnded | SourceError | None = None  # taken on the next round
-        # plain chunks read but not pushed: they wait for the chunk that completes the bed's
-        # next window (edge.runtime.loop.Runtime._read), at most hold_s from the first
+        # plain chunks read, not pushed: they wait for their window (Runtime._read), <= hold_s
         self.waiting: list[SourceChunk] = []
         self.waiting_samples = 0
         self.waiting_since: float | None = None
@@ -50,19 +45,16 @@ class Stream:
         self.ended = False
         self.counters = {"chunks": 0, "samples": 0, "windows": 0, "events": 0, "notices": 0}
         self.latencies_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
-        # since the last report: how long the oldest chunk a read found had waited after its
-        # capture (sources that give ``captured_s``)
+        # since the last report: per read, the wait of its oldest chunk since ``captured_s``
         self.read_waits_ms: deque[float] = deque(maxlen=MAX_LATENCIES)
 
     def take_waiting(self) -> list[SourceChunk]:
-        """The chunks that waited for their window, in order; none wait afterwards."""
         chunks = self.waiting
         self.waiting, self.waiting_samples, self.waiting_since = [], 0, None
         return chunks
 
     def utc(self, sample: int) -> str:
-        """UTC of a sample on this stream's timeline: wall time of sample 0 + sample / rate.
-        Asked before the first chunk came (a stall's onset), it fixes the timeline with
+        """Asked before the first chunk came (a stall's onset), it fixes the timeline with
         ``sample`` as now, so every later time lies on the same one."""
         if self.t0_posix is None:
             self.t0_posix = time.time() - sample / self.rate_hz

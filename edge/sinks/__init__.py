@@ -1,12 +1,9 @@
-"""Where events go: the :class:`Sink` protocol and a fan-out over several sinks.
-
-Implementations: :class:`edge.sinks.stdout.StdoutSink` (readable lines),
-:class:`edge.sinks.jsonl.JsonlSink` (one JSON object per line) and
-:class:`edge.sinks.mqtt.MqttSink` (QoS 1 over an SQLite spool; needs paho-mqtt). Import the
-one you use from its module; this package imports none of them.
-
-The ``publish_*`` functions give a sink what it has a method for (``publish_many``,
-``publish_live``, ...; the MQTT sink has them all) and skip the sinks without.
+"""Where events go: the :class:`Sink` protocol and a fan-out over several sinks. The sinks:
+``stdout.StdoutSink`` (readable lines), ``jsonl.JsonlSink`` (one JSON object per line) and
+``mqtt.MqttSink`` (QoS 1 over an SQLite spool; needs paho-mqtt); import the one you use from
+its module, this package imports none of them. The ``publish_*`` functions give a sink what it
+has a method for (``publish_many``, ``publish_live``, ...; the MQTT sink has them all) and
+skip the sinks without.
 """
 
 from __future__ import annotations
@@ -41,7 +38,6 @@ class Sink(Protocol):
 
 
 def publish_all(sink: Sink, events: Sequence[Event]) -> None:
-    """Give ``events`` to ``sink`` in order: in one ``publish_many`` call where it has one."""
     if not events:
         return
     publish_many = getattr(sink, "publish_many", None)
@@ -67,7 +63,6 @@ def publish_respiration(sink: Sink, stream_id: str, reading: dict[str, Any] | No
 
 
 def publish_ack(sink: Sink, stream_id: str, target: str, user: str, ended: int) -> None:
-    """That the bed took an acknowledge of ``target`` by ``user``."""
     take = getattr(sink, "publish_ack", None)
     if take is not None:
         take(stream_id, target, user, ended)
@@ -81,7 +76,6 @@ def publish_summary(sink: Sink, stream_id: str, summary: dict[str, Any] | None) 
 
 
 def publish_live(sink: Sink, stream_id: str, point: dict[str, Any]) -> None:
-    """One live-strip point."""
     take = getattr(sink, "publish_live", None)
     if take is not None:
         take(stream_id, point)
@@ -126,7 +120,6 @@ class MultiSink:
             publish_summary(sink, stream_id, summary)
 
     def flush(self, timeout_s: float) -> bool:
-        """Flush each sink with the time left; True only if all of them flushed."""
         deadline_s = time.monotonic() + timeout_s
         results = [sink.flush(max(0.0, deadline_s - time.monotonic())) for sink in self.sinks]
         return all(results)

@@ -1,13 +1,8 @@
 """An embedded MQTT broker (amqtt) on loopback, for ``make demo`` when no broker is configured.
-
 A ward runs Mosquitto or another real broker; this one lives inside the demo process so the
-whole path (sink, spool, PUBACK, subscriber) can be shown without installing anything::
-
-    with EmbeddedBroker() as broker:          # a free port on 127.0.0.1
-        config = MqttConfig(host=broker.host, port=broker.port, ...)
-
-The broker runs in a background thread with its own asyncio loop. Anonymous clients only, no
-TLS, nothing persisted; amqtt is imported lazily (``lungwatch[demo]``).
+whole path (sink, spool, PUBACK, subscriber) can be shown without installing anything. It runs
+in a background thread with its own asyncio loop. Anonymous clients only, no TLS, nothing
+persisted; amqtt is imported lazily (``lungwatch[demo]``).
 """
 
 from __future__ import annotations
@@ -61,7 +56,6 @@ class EmbeddedBroker:
         return self
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Shut the broker down and join its thread (idempotent)."""
         thread, loop, stop = self._thread, self._loop, self._stop
         if thread is None or loop is None or stop is None:
             return

@@ -1,8 +1,6 @@
-"""A sink that appends each event as one JSON line (``Event.to_json``) to a file.
-
-Appended (a restarted runtime continues the file) and flushed per line or group, so ``tail
--f`` sees events as they happen. Metrics go to ``metrics_path`` when given, else nowhere: the
-event file holds events only.
+"""A sink that appends each event as one JSON line (``Event.to_json``) to a file: a restarted
+runtime continues it, and it is flushed per line or group, so ``tail -f`` sees events as they
+happen. Metrics go to ``metrics_path`` when given, else nowhere (the file holds events only).
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ from lungwatch.events import Event, metrics_payload
 
 
 class JsonlSink:
-    """Appends events to ``path`` (created with its directory), one JSON object per line."""
-
     def __init__(
         self,
         path: str | Path,
@@ -37,7 +33,6 @@ class JsonlSink:
         self._write(self._file, event.to_json())
 
     def publish_many(self, events: Sequence[Event]) -> None:
-        """One line per event, written and flushed together."""
         if events:
             self._write(self._file, "\n".join(event.to_json() for event in events))
 

@@ -1,7 +1,6 @@
-"""The live strip: per bed, the model's class probabilities and the signal quality at <= 1 Hz.
-
-The topic and its payload: docs/events.md, "The live topic". :class:`LiveStrip` keeps each
-output's maximum since the bed's last point, so a short wheeze between two points is not lost.
+"""The live strip: per bed, the model's class probabilities and the signal quality at <= 1 Hz
+(docs/events.md, "The live topic"). :class:`LiveStrip` keeps each output's maximum since the
+bed's last point, so a short wheeze between two points is not lost.
 """
 
 from __future__ import annotations
@@ -41,8 +40,6 @@ class _Pending:
 
 
 class LiveStrip:
-    """Collects output frames per bed; :meth:`due` hands out the points to publish."""
-
     def __init__(self, classes: Sequence[str], interval_s: float) -> None:
         self.classes, self.interval_s = tuple(classes), interval_s
         self._pending: dict[str, _Pending] = {}

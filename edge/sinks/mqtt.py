@@ -1,6 +1,5 @@
-"""MQTT sink: events at QoS 1 through an SQLite spool, a retained status, metrics.
-
-Delivery (spool, PUBACK, reconnects in order, at-least-once), the status and its last will:
+"""MQTT sink: events at QoS 1 through an SQLite spool, a retained status, metrics. Delivery
+(spool, PUBACK, reconnects in order, at-least-once), the status and its last will:
 docs/events.md ("Delivery: store-and-forward", "Topics"). Metrics and live-strip points are
 QoS 0 and dropped (counted) while disconnected: the next report supersedes them.
 
@@ -51,8 +50,7 @@ PUMP_BATCH = 500  # rows read from the spool per pass
 
 
 class MqttSink:
-    """The MQTT sink: a context manager, or :meth:`connect` then :meth:`close`. ``spool``: an
-    open one instead of ``config.spool_path`` (closed with the sink either way)."""
+    """Context manager, or :meth:`connect` then :meth:`close`; a given ``spool`` closes with it."""
 
     def __init__(self, config: MqttConfig, spool: Spool | None = None) -> None:
         self.config = config
@@ -98,7 +96,6 @@ class MqttSink:
         self._sender = Worker(self._run, "lungwatch-mqtt-sender", self._stopping.is_set)
         self._closed = False
 
-    # -- the Sink protocol -------------------------------------------------------------
     def publish(self, event: Event) -> None:
         """Spool ``event`` (committed on return) and let the sender publish it. A full spool
         does not raise: the refusal is logged and reported as ``spool_full``."""
@@ -126,7 +123,6 @@ class MqttSink:
         self._wake()
 
     def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
-        """Send one stream's counters (QoS 0) if connected; count a drop otherwise."""
         self._check_open()
         payload = metrics_payload(self.config.site, self.config.device_id, stream_id, metrics)
         if not self._connected.is_set():
@@ -135,7 +131,6 @@ class MqttSink:
         self._client.publish(metrics_topic(self.config.site, self.config.device_id), payload, 0)
 
     def publish_live(self, stream_id: str, point: dict[str, Any]) -> None:
-        """Send one live-strip point (QoS 0, not retained) if connected; count a drop else."""
         self._check_open()
         site, device_id = self.config.site, self.config.device_id
         payload = live_payload(site, device_id, stream_id, point)
@@ -179,7 +174,6 @@ class MqttSink:
         self._retain("summary", stream_id, topic, payload)
 
     def _retain(self, kind: str, stream_id: str, topic: str, payload: str) -> None:
-        """Keep a bed's last message of ``kind``; send it now when connected."""
         self._retained[(kind, stream_id)] = (topic, payload)
         if self._connected.is_set():
             self._client.publish(topic, payload, qos=1, retain=True)
@@ -216,7 +210,6 @@ class MqttSink:
         self._closed = True
         self._spool.close()
 
-    # -- connection --------------------------------------------------------------------
     def connect(self) -> MqttSink:
         """Open the connection and start the sender; see MqttConfig for what raises."""
         self._check_open()
@@ -249,7 +242,6 @@ class MqttSink:
         self._session.subscribe(self._command_topic)
 
     def stats(self) -> dict[str, int]:
-        """Counters for the metrics topic: spooled, handed, acked, evicted, refused, ..."""
         return {
             "spooled": len(self._spool),
             "handed": len(self._mids),
@@ -303,7 +295,6 @@ class MqttSink:
                 self._woken = False
 
     def _take_acks(self) -> None:
-        """Delete the rows whose PUBACK came, all in one transaction."""
         seqs = []
         while self._acks:
             seq = self._mids.pop(self._acks.popleft(), None)
@@ -335,9 +326,8 @@ class MqttSink:
             self._cursor = seq
 
     def _replaying(self) -> bool:
-        """True while messages handed before the latest connect await their PUBACK: paho
-        resends them only after ``on_connect`` returns, so a newer event handed now could
-        overtake them."""
+        """True while messages handed before the latest connect await their PUBACK: paho resends
+        them only after ``on_connect`` returns, so a newer event handed now could overtake."""
         connects = self._session.connects  # read after _connected: on_connect counts first
         if connects != self._connects_seen:
             self._connects_seen = connects

@@ -1,14 +1,13 @@
-"""SQLite store-and-forward spool: events are committed here before they are published.
+"""SQLite store-and-forward spool: events are committed here before they are published, and
+deleted only when the broker's PUBACK arrives, so a new ``Spool`` on the same file after a
+crash sees every event not acknowledged. Durability (WAL, ``synchronous=FULL``: one fsync per
+commit, hence puts and acks in batches) and the size bound's policy (the oldest low-priority
+event is evicted; high and medium ones never are, a new one is refused instead; ``spool_full``
+events are exempt): docs/events.md, "Delivery: store-and-forward".
 
-Rows are deleted only when the broker's PUBACKs arrive, so a new ``Spool`` on the same file
-after a crash sees every event not acknowledged. Durability (WAL, ``synchronous=FULL``: one
-fsync per commit, hence puts and acks in batches) and the size bound's policy (the oldest
-low-priority event is evicted; high and medium ones never are, a new one is refused instead;
-``spool_full`` events are exempt): docs/events.md, "Delivery: store-and-forward".
-
-Thread safety: one connection, used under a lock, so the publisher thread and the MQTT
-network thread may share a spool. One process per spool file (``flock`` on ``<path>.lock``).
-The ``spool_full`` episode lives in memory: after a restart a new one opens if needed.
+Thread-safe: one connection, used under a lock, so the publisher thread and the MQTT network
+thread may share a spool. One process per spool file (``flock`` on ``<path>.lock``). The
+``spool_full`` episode lives in memory: after a restart a new one opens if needed.
 """
 
 from __future__ import annotations
@@ -52,8 +51,7 @@ class SpoolLockedError(SpoolError):
 
 
 class Spool:
-    """A bounded, crash-safe FIFO of event JSON keyed by a growing sequence number;
-    ``max_events`` >= 1."""
+    """A bounded, crash-safe FIFO of event JSON keyed by a growing sequence number."""
 
     def __init__(self, path: str | Path, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         if not (isinstance(max_events, int) and not isinstance(max_events, bool)) or max_events < 1:
@@ -86,7 +84,6 @@ class Spool:
         return [None if isinstance(r, SpoolFullError) else r for r in self._store(events)]
 
     def pending(self, limit: int = 1000, after_seq: int = 0) -> list[tuple[int, str]]:
-        """Up to ``limit`` unacked ``(seq, event_json)`` with ``seq > after_seq``, oldest first."""
         with self._lock:
             self._check_open()
             rows = self._db.execute(
@@ -120,7 +117,6 @@ class Spool:
         return self._count
 
     def close(self) -> None:
-        """Close the database and release the file lock (idempotent)."""
         with self._lock:
             if self._closed:
                 return
@@ -177,7 +173,6 @@ class Spool:
         return results, added, evicted
 
     def _evict_oldest_low(self, event: Event, stored: int) -> int:
-        """Delete the oldest low-priority row (1), or count a refusal and raise."""
         victim = self._db.execute(
             "SELECT seq FROM events WHERE priority = 'low' ORDER BY seq LIMIT 1"
         ).fetchone()
@@ -196,9 +191,8 @@ class Spool:
 
 
 class SpoolFullMonitor:
-    """Turns the spool's evictions and refusals into ``spool_full`` technical events: an
-    ``onset`` at an episode's first (:meth:`after_put`), ``ended`` once the spool has drained
-    to ``CLEAR_FRACTION`` of its bound (:meth:`maybe_end`). Thread-safe."""
+    """``spool_full`` events of evictions and refusals: ``onset`` at an episode's first, ``ended``
+    once the spool has drained to ``CLEAR_FRACTION`` of its bound. Thread-safe."""
 
     CLEAR_FRACTION = 0.5
 
@@ -243,7 +237,6 @@ class SpoolFullMonitor:
 
 
 def _lock_exclusively(path: Path) -> IO[str]:
-    """Open and flock ``<path>.lock``; SpoolLockedError if another process holds it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path.with_name(path.name + ".lock"), "a+", encoding="utf-8")  # noqa: SIM115

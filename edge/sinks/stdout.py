@@ -1,5 +1,4 @@
 """A sink that prints one readable line per event (and per metrics report) to a text stream.
-
 Example lines::
 
     2026-05-09T07:35:25.123Z ward-3/bed-1 Wheeze onset [medium] conf=0.91 samples 16000..
@@ -18,7 +17,6 @@ from lungwatch.events import Event
 
 
 def format_event(event: Event) -> str:
-    """The one-line human form of an event (no trailing newline)."""
     when = event.end_utc if event.state == "ended" else event.start_utc
     parts = [f"{when} {event.site}/{event.stream_id} {event.type} {event.state}"]
     parts.append(f"[{event.priority}]")
@@ -34,8 +32,7 @@ def format_event(event: Event) -> str:
 
 
 class StdoutSink:
-    """Writes :func:`format_event` lines to ``stream`` (stdout by default), flushed per line
-    (per group, from ``publish_many``); ``show_metrics``: a line per metrics report too."""
+    """Flushed per line (per group from ``publish_many``); ``show_metrics``: metrics lines too."""
 
     def __init__(self, stream: TextIO | None = None, show_metrics: bool = False) -> None:
         self._stream = stream if stream is not None else sys.stdout
@@ -46,7 +43,6 @@ class StdoutSink:
         self._write(format_event(event))
 
     def publish_many(self, events: Sequence[Event]) -> None:
-        """One line per event, written and flushed together."""
         if events:
             self._write("\n".join(format_event(event) for event in events))
 

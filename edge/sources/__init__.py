@@ -1,8 +1,5 @@
 """Audio sources: files, microphones, the wearable stethoscope bridge.
 
-    source = open_source("mic:USB", "bed-3", 8000, chunk_samples=800)
-    chunk = source.read(timeout_s=0.5)    # SourceChunk | None; SourceEnded at a file's end
-
 ``url_or_path``: ``file:PATH`` or a plain path, ``mic:NAME_OR_INDEX`` (``mic:`` or
 ``mic:default``: the default input device), ``bridge://...`` (imported only when used).
 """
@@ -34,7 +31,6 @@ DEFAULT_DEVICE_NAMES = ("", "default")
 def open_source(
     url_or_path: str, stream_id: str, sample_rate_hz: int, **options: Any
 ) -> AudioSource:
-    """The source ``url_or_path`` names (see the module doc)."""
     if url_or_path.startswith(MIC_PREFIX):
         from edge.sources.mic import MicSource
 

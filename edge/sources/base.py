@@ -40,9 +40,9 @@ class SourceChunk:
     first_sample: int  # index of samples[0] on the stream's timeline
     missing: bool = False  # True: the samples are silence standing in for lost audio
     notices: tuple[Notice, ...] = ()
-    # when the chunk's last sample was captured, on the source's clock (``time.monotonic``
-    # unless one was injected); None where the source cannot tell (a file read as fast as
-    # possible, the bridge). The runtime measures how long audio waited before it was read.
+    # when its last sample was captured, on the source's clock (``time.monotonic`` unless one
+    # was injected), for the runtime to measure how long audio waited before it was read; None
+    # where the source cannot tell (a file read as fast as possible, the bridge)
     captured_s: float | None = None
 
 

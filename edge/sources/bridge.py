@@ -1,9 +1,8 @@
 """The ``bridge://`` audio source: a wearable stethoscope's stream through ``firmware_bridge``.
 
-URL forms, options and security: docs/firmware-protocol.md, "Runtime source URL" (e.g.
-``bridge://udp/HOST:PORT?device=ID&stream=ID&key_file=keys/bed-1.key``). Frames at another
-rate than ``rate`` are dropped with a ``device_status`` notice; ``state_file`` defaults next
-to the key (``keys/bed-1.key`` -> ``keys/bed-1.sessions.json``, ``key_dir=keys`` ->
+URL forms, options and security: docs/firmware-protocol.md, "Runtime source URL". Frames at
+another rate than ``rate`` are dropped with a ``device_status`` notice; ``state_file`` defaults
+next to the key (``keys/bed-1.key`` -> ``keys/bed-1.sessions.json``, ``key_dir=keys`` ->
 ``keys/sessions.json``).
 
 Chunks follow the device's sample index; a gap longer than 10 s is a jump of
@@ -63,8 +62,6 @@ NOTICE_KINDS = {
 
 
 class BridgeSource:
-    """An :class:`~edge.sources.base.AudioSource` over a firmware-bridge link."""
-
     def __init__(
         self,
         url: str,
@@ -115,7 +112,6 @@ class BridgeSource:
         return transport.address if isinstance(transport, UdpTransport) else None
 
     def read(self, timeout_s: float) -> SourceChunk | None:
-        """The next chunk, or None if nothing arrived within ``timeout_s``."""
         deadline_s = self._clock() + timeout_s
         while not self._ready:
             remaining_s = deadline_s - self._clock()
@@ -141,8 +137,7 @@ class BridgeSource:
         return self._bridge.receiver.stats()
 
     def rejections(self) -> dict[str, int]:
-        """What the link's security policy refused since the start, by reason (metrics
-        ``link_<reason>``)."""
+        """Refusals of the link's security policy since the start (metrics ``link_<reason>``)."""
         link = self._bridge.receiver.parser.stats()
         return {name: int(getattr(link, name)) for name in POLICY_COUNTERS}
 

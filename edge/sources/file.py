@@ -24,8 +24,6 @@ DEFAULT_CHUNK_SAMPLES = 800  # 0.1 s at 8 kHz
 
 
 class FileSource:
-    """Audio from a WAV/FLAC file (see the module doc)."""
-
     def __init__(
         self,
         path: str | Path,
@@ -79,8 +77,7 @@ class FileSource:
         return out
 
     def _wait_until_due(self, n: int, timeout_s: float) -> float | None:
-        """When the next ``n`` samples' last one is captured, once that moment has come
-        (waiting up to ``timeout_s`` for it); None if it does not come within the timeout."""
+        """The next ``n`` samples' due moment once it has come; None if not within ``timeout_s``."""
         now = self._clock()
         if self._t0 is None:
             self._t0 = now

@@ -3,9 +3,8 @@
 Device: None (PortAudio's default input), an index, or a name: an exact (case-insensitive)
 match, else the only device whose name contains it; otherwise the error lists the inputs.
 
-Rate: the stream opens at the model's rate when the device supports it, else at the device's
-default rate, and :class:`StreamingResampler` converts chunk by chunk (``resample_poly``'s
-filter with its state carried, so the output does not depend on the chunking).
+Rate: the model's when the device supports it, else the device's default, converted by
+:class:`StreamingResampler`.
 
 Capture is 16-bit mono in blocking mode. A block's ``captured_s`` is the read's time less the
 audio still buffered behind it (PortAudio's own input latency not counted). An input overflow
@@ -42,7 +41,6 @@ N_IN, N_OUT = 0, 1  # counter slots of the resampler kernel
 
 
 def import_pyaudio() -> ModuleType:
-    """pyaudio, or a one-line error saying what to install."""
     try:
         import pyaudio
     except ImportError:
@@ -52,9 +50,8 @@ def import_pyaudio() -> ModuleType:
 
 @njit(cache=True)
 def _resample_push(x, out, ring, counters, taps, up, down, half_len):
-    """Polyphase resampling of ``x`` onto ``out``; the number of outputs written. Output ``m``
-    is ``sum_q taps[m*down + half_len - up*q] * x[q]``, emitted once its last input arrived.
-    """
+    """Output ``m`` is ``sum_q taps[m*down + half_len - up*q] * x[q]``, emitted once its last
+    input arrived; returns the number written to ``out``."""
     size = ring.shape[0]
     n_in, n_out, written = counters[N_IN], counters[N_OUT], 0
     for i in range(x.shape[0]):
@@ -108,7 +105,6 @@ class StreamingResampler:
 
 
 def input_devices(pa: Any) -> list[tuple[int, str, int]]:
-    """``(index, name, default rate)`` of every input device."""
     infos = (pa.get_device_info_by_index(i) for i in range(pa.get_device_count()))
     return [
         (int(d["index"]), str(d["name"]), int(d["defaultSampleRate"]))
@@ -152,8 +148,6 @@ def negotiate_rate(pa: Any, pyaudio: ModuleType, index: int, wanted_hz: int) -> 
 
 
 class MicSource:
-    """Audio from a PortAudio input device (see the module doc)."""
-
     def __init__(
         self,
         device: str | int | None,
@@ -205,7 +199,6 @@ class MicSource:
             ) from exc
 
     def read(self, timeout_s: float) -> SourceChunk | None:
-        """The next chunk, or None if none arrived within ``timeout_s``."""
         if self._stream is None:
             return self._reopen(timeout_s)
         deadline_s = self._clock() + timeout_s
@@ -215,8 +208,6 @@ class MicSource:
             except OSError as exc:
                 return self._disconnect(str(exc))
             if available >= self._block:
-                # the block read now is the oldest buffered: its last sample was captured
-                # (available - block) samples ago
                 lag_s = (available - self._block) / self.device_rate_hz
                 return self._read_block(self._clock() - lag_s)
             if not self._stream.is_active():

@@ -1,9 +1,6 @@
-"""``lungwatch cv``: patient-grouped cross-validation of training designs.
-
-Each subcommand's module: :mod:`training.cv.folds`, :mod:`training.cv.run`,
-:mod:`training.cv.score` (``score`` and ``rules``), :mod:`export.cv_device` (``device``, routed
-there by the console entry), :mod:`training.cv.findings`.
-"""
+"""``lungwatch cv``: patient-grouped cross-validation of training designs. Subcommands live in
+:mod:`training.cv.folds`, ``.run``, ``.score`` (``score``, ``rules``), ``.findings``;
+``device`` in :mod:`export.cv_device`."""
 
 from __future__ import annotations
 
@@ -68,9 +65,6 @@ def folds_command(write: bool, k: int) -> int:
 
 
 class SubcommandParser(ArgumentParser):
-    """A ``lungwatch cv <what>`` parser whose errors read as the command's own one line:
-    ``lungwatch cv: error: <what>: <message> (see lungwatch cv <what> --help)``."""
-
     def error(self, message: str) -> NoReturn:
         what = self.prog.rsplit(" ", 1)[-1]
         print(f"lungwatch cv: error: {what}: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -128,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "rules", help="fit a threshold per family on a design's OOF outputs into a manifest"
         )
     )
-    # `lungwatch cv device` is export.cv_device's (it runs the export steps): the console
-    # entry routes it there; listed here for the help
+    # the console entry routes `cv device` to export.cv_device (export steps); listed for --help
     sub.add_parser("device", help="ICBHI through the device path, out of fold (fold models)")
     from training.cv.findings import add_arguments as add_findings_arguments
     from training.cv.findings import findings_command

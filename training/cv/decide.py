@@ -1,12 +1,9 @@
-"""The decision layer judged out of fold: from frame outputs to events, one threshold per family.
-
-A **rule** (:data:`RULES`) turns a record's frame outputs (n, O) into scored candidate events
-in the family view (CAS, DAS); an event is raised when its score reaches its family's
-threshold. The candidates are matched against the annotations once, for every threshold at the
-same time, by sed_scores_eval (the collars of :mod:`training.scoring.detection`), kept per
-record (:class:`RecordCounts`), so fitting, applying, pooling and bootstrapping are sums. The
-rules, the fit and the cross-fit: docs/training.md, "The decision layer, judged out of fold".
-"""
+"""The decision layer judged out of fold (docs/training.md, "The decision layer, judged out of
+fold"). A **rule** (:data:`RULES`) turns a record's frame outputs (n, O) into scored candidate
+events per family (CAS, DAS), raised when the score reaches the family's threshold.
+sed_scores_eval matches them to the annotations once for every threshold (the collars of
+:mod:`training.scoring.detection`), per record (:class:`RecordCounts`), so fitting, applying,
+pooling and bootstrapping are sums."""
 
 from __future__ import annotations
 
@@ -45,7 +42,6 @@ Table = tuple[np.ndarray, np.ndarray]  # (edges (S + 1,), scores (S, 2))
 
 
 def rule_table(rule: str, probs: np.ndarray, duration_s: float, grid: FrameGrid) -> Table:
-    """One record's family score table under ``rule``, ``probs`` (n, O)."""
     configs = {"phase": PHASE_CONFIG, "phase_boxes": BOXES_CONFIG}
     if rule not in configs:
         raise ConfigError(f"decision rule {rule!r}: expected one of {RULES}")
@@ -113,8 +109,7 @@ class RecordCounts:
     def at(
         self, family: str, threshold: float, rows: Sequence[int]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(tp, fp) per record of ``rows`` with the family's threshold at ``threshold``
-        (an event is raised where its score >= threshold)."""
+        """(tp, fp) per record of ``rows``; an event is raised where its score >= threshold."""
         tp = np.array([self.dtp[family][i][self.cps[family][i] >= threshold].sum() for i in rows])
         fp = np.array([self.dfp[family][i][self.cps[family][i] >= threshold].sum() for i in rows])
         return tp, fp
@@ -188,7 +183,6 @@ def cross_fit(
     truth: Truth,
     budget_per_hour: float,
 ) -> CrossFit:
-    """Thresholds of each fold fitted on the others, applied to it."""
     folds = sorted({truth.folds[r] for r in counts.records})
     rows_of = {k: [i for i, r in enumerate(counts.records) if truth.folds[r] == k] for k in folds}
     tp = {f: np.zeros(len(counts.records)) for f in FAMILIES}
@@ -245,9 +239,8 @@ def summary(
 def presence_at_specificity(
     counts: RecordCounts, truth: Truth, specificity: float = 0.95
 ) -> dict[str, float]:
-    """Record presence, cross-fitted: per fold the lowest record-score threshold whose
-    specificity on the other folds' good records without the family is at least
-    ``specificity``, applied to the fold; the pooled sensitivity and specificity."""
+    """Record presence, cross-fitted: per fold, the lowest record-score threshold reaching
+    ``specificity`` on the other folds' good records without the family; pooled SE and SP."""
     recs = counts.records
     folds = sorted({truth.folds[r] for r in recs})
     good = np.array([truth.labels[r] != POOR_QUALITY for r in recs])
@@ -270,9 +263,8 @@ def presence_at_specificity(
 
 
 def merged(seeds: Sequence[RecordCounts], truth: Truth) -> tuple[RecordCounts, Truth]:
-    """Several seeds' counts as one set of records (``<record>#<i>``), each seed's copy of a
-    record in its fold: fitting on it pools the seeds, so a threshold serves the recipe, not
-    one seed's network."""
+    """Seeds' counts as one set of records ``<record>#<i>``, each in its record's fold: a
+    threshold fitted on it serves the recipe, not one seed's network."""
     records = [f"{r}#{i}" for i in range(len(seeds)) for r in seeds[i].records]
     cat = {f: [x for c in seeds for x in c.cps[f]] for f in FAMILIES}
     tp = {f: [x for c in seeds for x in c.dtp[f]] for f in FAMILIES}
@@ -303,9 +295,8 @@ def detector_section(
     oof: Mapping[str, float],
     rule: PhaseRule = PHASE_RULE,
 ) -> dict[str, object]:
-    """The manifest's ``detector`` section: the phase rule ``rule`` (:data:`BOXES_RULE` for the
-    ``phase_boxes`` fit), every class of a family at the family's threshold (off-threshold 0.15
-    below, as the fit sets it)."""
+    """The manifest's ``detector`` section: every class of a family at the family's threshold,
+    off-threshold 0.15 below; ``rule``: :data:`BOXES_RULE` for the ``phase_boxes`` fit."""
     rules = []
     for family, classes in (("CAS", CAS_CLASSES), ("DAS", DAS_CLASSES)):
         on = fitted[family].threshold

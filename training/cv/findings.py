@@ -1,13 +1,9 @@
 """``lungwatch cv findings``: the finding episodes' rules, fitted and judged on new recordings.
-
-The patient-grouped folds see new *patients* but not new *recordings*: a rule fitted out of
-fold to 10 false events per hour raised 2 to 6 times that on new recordings. So the
-recurrence rules of :mod:`edge.bed.findings` (and the family threshold they work with) are
-fitted on half of SPRSound ``intra_test``'s patients (:func:`halves`) through the device's own
-path and judged on the other half (docs/training.md, "Commands"). The table goes to ``--out``
-(JSON) and the chosen rules to standard output; ``--write MODEL`` writes them into the model's
-manifest.
-"""
+Patient-grouped folds see new *patients*, not new *recordings*: a rule fitted out of fold to 10
+false events per hour raised 2 to 6 times that on new recordings, so the recurrence rules of
+:mod:`edge.bed.findings` and their family threshold are fitted through the device path on half
+of SPRSound ``intra_test``'s patients (:func:`halves`) and judged on the other half
+(docs/training.md, "Commands")."""
 
 from __future__ import annotations
 
@@ -35,8 +31,6 @@ Events = dict[str, list[dict[str, Any]]]
 
 @dataclasses.dataclass(frozen=True)
 class Truth:
-    """``intra_test`` as the yardstick reads it."""
-
     labels: dict[str, str]
     refs: dict[str, list[tuple[float, float, str]]]
     durations: dict[str, float]
@@ -58,7 +52,6 @@ class Truth:
 
     @property
     def sick(self) -> set[str]:
-        """Patients with CAS, DAS or both in any record."""
         return {
             patient(r) for r, label in self.labels.items() if label in ("CAS", "DAS", "CAS & DAS")
         }
@@ -66,8 +59,7 @@ class Truth:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """Every event of a set of recordings at one family threshold, with each recording's
-    Breath output and rate (None: not assessable)."""
+    """Every event of some recordings at one family threshold; a rate None: not assessable."""
 
     events: Events
     truth: Truth
@@ -92,8 +84,7 @@ def halves(records: Iterable[str], sick: set[str]) -> dict[str, int]:
 
 
 def raw_events(folder: Path, model: Path, threshold: float, truth: Truth) -> Run:
-    """Every event (no finding episodes) of every recording of ``folder`` through the device
-    path with ``threshold`` for every CAS and DAS class."""
+    """Events (no finding episodes) of ``folder``, device path, CAS and DAS at ``threshold``."""
     from edge.bed.detector import DetectorConfig
     from edge.bed.rules import ClassThreshold
     from edge.inference.manifest import load_manifest
@@ -113,9 +104,8 @@ def raw_events(folder: Path, model: Path, threshold: float, truth: Truth) -> Run
 
 
 def oof_events(design: Path, model: Path, threshold: float) -> Run:
-    """Every event (no finding episodes) of every SPRSound ``train`` record from its own
-    fold's model of ``design`` (seeds pooled as records of their own) through the device's
-    detector at ``threshold`` (no quality gate), and the truth they are judged on."""
+    """As :func:`raw_events` for SPRSound ``train``, each record from its own fold's models of
+    ``design`` (each seed's a record of its own), through the device's detector, no quality gate."""
     from edge.bed.chain import resolve_detector
     from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
     from edge.bed.rules import ClassThreshold
@@ -207,8 +197,7 @@ def score(events: Events, truth: Truth, records: Sequence[str], family: str) -> 
 def latency(
     episodes: Sequence[Mapping[str, Any]], rates: Mapping[str, float | None]
 ) -> dict[str, float]:
-    """How long after its first event an episode opens: mean seconds, and mean breaths at the
-    recording's rate (where assessable)."""
+    """Mean time from an episode's first event to its opening, in s and in breaths (where known)."""
     if not episodes:
         return {"latency_s": 0.0, "latency_breaths": 0.0, "episodes": 0.0}
     seconds = [e["opened_s"] - e["first_event_s"] for e in episodes]
@@ -231,8 +220,7 @@ def candidates() -> list[tuple[int, float]]:
 def table(
     runs: Mapping[float, Run], half: Mapping[str, int], oof: Mapping[float, Run] | None = None
 ) -> list[dict[str, Any]]:
-    """Every family x threshold x rule on both halves, and out of fold where ``oof`` has the
-    threshold."""
+    """Every family x threshold x rule on both halves, and out of fold where ``oof`` has it."""
     parts = {k: [r for r, h in half.items() if h == k] for k in (0, 1)}
     rows = []
     for threshold, run in sorted(runs.items()):
@@ -264,10 +252,9 @@ def table(
 
 
 def choose(rows: Sequence[Mapping[str, Any]], family: str, budget: float) -> Mapping[str, Any]:
-    """The family's rule within ``budget`` false events per hour on the fitting half's clean
-    patients (and out of fold, where known) with the best event F1 out of fold where known
-    (1,949 records speak louder than half of ``intra_test``), else on the fitting half; ties:
-    the fewer false events, then the higher threshold."""
+    """Within ``budget`` false events per hour on the fitting half's clean patients (and OOF
+    where known), the rule of best event F1 OOF where known (1,949 records outweigh half of
+    ``intra_test``), else on the fitting half; ties: fewer false events, then higher threshold."""
     view = "oof" if any("oof" in r for r in rows) else "fit"
 
     def within(r: Mapping[str, Any]) -> bool:
@@ -336,8 +323,7 @@ def line(row: Mapping[str, Any]) -> str:
 
 
 def write_manifest(model: Path, chosen: Mapping[str, Mapping[str, Any]], note: str) -> None:
-    """The chosen rules into ``model``'s manifest: ``detector.findings`` and each family's
-    classes' on-threshold."""
+    """Into ``model``'s manifest: ``detector.findings`` and the held classes' on-thresholds."""
     path = model / "manifest.json"
     body = json.loads(path.read_text())
     detector = body["detector"]
@@ -355,7 +341,6 @@ def write_manifest(model: Path, chosen: Mapping[str, Mapping[str, Any]], note: s
 
 
 def fitted_thresholds(model: Path) -> dict[str, float]:
-    """Each family's on-threshold in ``model``'s manifest (of its held classes)."""
     from edge.monitor import resolve_model
 
     body = json.loads((resolve_model(model)[0] / "manifest.json").read_text())
@@ -369,8 +354,7 @@ def fitted_thresholds(model: Path) -> dict[str, float]:
 def today_rows(
     rows: Sequence[Mapping[str, Any]], fitted: Mapping[str, float]
 ) -> dict[str, Mapping[str, Any]]:
-    """Each family's row of every event (no finding episodes) at the candidate threshold
-    nearest its ``fitted`` one."""
+    """Per family, the every-event row at the candidate threshold nearest the ``fitted`` one."""
     out = {}
     for family in HELD_FAMILIES:
         mine = [r for r in rows if r["family"] == family and r["events"] == 1]
@@ -481,8 +465,7 @@ def breath_phases(
     off: float = 0.5,
     min_frames: int = 6,
 ) -> list[tuple[float, float]]:
-    """The breath phases (start, end) s of one recording's Breath output, as the device's
-    phase mode cuts them."""
+    """Breath phases (start, end) s of a Breath output, cut as the device's phase mode does."""
     phases, first, open_ = [], 0, False
     for j, b in enumerate(np.nan_to_num(np.asarray(breath, np.float64))):
         if open_ and b < off:
@@ -499,10 +482,9 @@ def breath_phases(
 def phase_members(
     spans: Sequence[tuple[float, float]], phases: Sequence[tuple[float, float]], k: int, n: int
 ) -> list[list[int]]:
-    """The episodes of one family's events (start, end) when one opens at ``k`` events in
-    ``k`` different phases among the last ``n`` breath phases and goes on while the next
-    event lies within ``n`` phases of the last (the phase of an event: the last phase that
-    started at or before its middle)."""
+    """Episodes of one family's events (start, end): one opens at ``k`` events in ``k`` phases
+    among the last ``n`` and goes on while the next event is within ``n`` phases of the last
+    (an event's phase: the last to start at or before its middle)."""
     starts = np.array([p[0] for p in phases])
 
     def phase_of(s: tuple[float, float]) -> int:
@@ -546,8 +528,7 @@ def apply_phases(
 
 
 def record_counts(events: Events, truth: Truth, records: Sequence[str], family: str) -> np.ndarray:
-    """(records, 3) event TP, FP, FN of one family per record (sed_eval, the yardstick's
-    collars)."""
+    """(records, 3) event TP, FP, FN of one family (sed_eval, the yardstick's collars)."""
     import sed_eval
 
     from training.scoring.detection import FAMILY_VIEW, OFFSET_SHARE, ONSET_COLLAR_S, _metadata
@@ -566,7 +547,7 @@ def record_counts(events: Events, truth: Truth, records: Sequence[str], family: 
             view = {t: tuple(f for f in fams if f == family) for t, fams in FAMILY_VIEW.items()}
             said = [(e["start_s"], e["end_s"], e["type"]) for e in events.get(r, [])]
             m.evaluate(_metadata(truth.refs[r], view, r), _metadata(said, view, r))
-            c = m.class_wise[family]  # sed_eval's counts of the class
+            c = m.class_wise[family]
             out[i] = (c["Ntp"], c["Nfp"], c["Nfn"])
     return out
 
@@ -574,8 +555,7 @@ def record_counts(events: Events, truth: Truth, records: Sequence[str], family: 
 def paired_f1(
     a: np.ndarray, b: np.ndarray, groups: Sequence[str], n: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """F1 of per-record counts ``b`` minus that of ``a``, with its 95 % interval by a bootstrap
-    over ``groups`` (patients)."""
+    """F1 of per-record counts ``b`` minus ``a``, 95 % interval by a bootstrap over ``groups``."""
     names = sorted(set(groups))
     idx = np.array([names.index(g) for g in groups])
     ga, gb = np.zeros((len(names), 3)), np.zeros((len(names), 3))
@@ -600,10 +580,8 @@ def compare_forms(
     model: Path,
     budget: float,
 ) -> list[dict[str, Any]]:
-    """Per family at its chosen threshold: every phase-form rule on both halves and out of
-    fold, and the best of them (the same budget) against the chosen events-within-seconds
-    rule: out-of-fold event F1 and the judging half's false events, paired bootstraps over
-    patients."""
+    """Per family at its chosen threshold: every phase-form rule on both halves and OOF; the
+    best within budget vs the chosen seconds-form rule (OOF F1, judging half's false events)."""
     from edge.bed.detector import FrameGrid
     from edge.inference.manifest import load_manifest
     from edge.monitor import resolve_model

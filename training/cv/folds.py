@@ -1,10 +1,6 @@
-"""Patient-grouped folds: which patients each cross-validation fold holds out.
-
-The folds are fixed files (``training/cv/folds/<dataset>-k<K>.json``) made by
-:func:`make_folds` with scikit-learn's ``StratifiedGroupKFold``, so every design, seed and
-session is judged on the same partition (docs/training.md, "Folds"). ``lungwatch cv folds
---write`` makes them again from the data; ``lungwatch cv folds`` checks them against it.
-"""
+"""Patient-grouped folds, kept as fixed files (``training/cv/folds/<dataset>-k<K>.json``) so every
+design, seed and session is judged on the same partition (docs/training.md, "Folds");
+``lungwatch cv folds --write`` makes them again from the data, without it checks them."""
 
 from __future__ import annotations
 
@@ -33,8 +29,6 @@ R = TypeVar("R", bound=HasPatient)
 
 @dataclass(frozen=True)
 class Folds:
-    """A dataset's patients, each in one of ``k`` folds."""
-
     dataset: str
     k: int
     patients: dict[str, int]  # patient id -> fold
@@ -74,7 +68,6 @@ def fold_path(dataset: str, k: int = DEFAULT_K) -> Path:
 
 
 def load_folds(dataset: str, k: int = DEFAULT_K, path: Path | None = None) -> Folds:
-    """The stored folds of ``dataset`` (``sprsound`` or ``icbhi``)."""
     if dataset not in DATASETS and path is None:
         raise ConfigError(f"folds: dataset {dataset!r}, expected one of {DATASETS}")
     path = path or fold_path(dataset, k)
@@ -94,8 +87,7 @@ def load_folds(dataset: str, k: int = DEFAULT_K, path: Path | None = None) -> Fo
 def make_folds(
     dataset: str, patients: Sequence[str], labels: Sequence[str], k: int = DEFAULT_K
 ) -> Folds:
-    """Folds of the recordings given as their ``patients`` and ``labels`` (one each), grouped
-    by patient and stratified by label."""
+    """Grouped by patient, stratified by label; one patient and one label per recording."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     if len(set(patients)) < k:
@@ -113,7 +105,6 @@ def make_folds(
 
 
 def label_counts(folds: Folds, patients: Iterable[str], labels: Iterable[str]) -> list[Counter]:
-    """Recording labels per fold (for the report of ``lungwatch cv folds``)."""
     out: list[Counter] = [Counter() for _ in range(folds.k)]
     for p, label in zip(patients, labels, strict=True):
         out[folds.fold_of(p)][label] += 1

@@ -1,11 +1,7 @@
-"""The quality gate's model threshold fitted out of fold, on SPRSound and on other stethoscopes.
-
-:func:`poor_spans` replays the device gate's model switch (:mod:`edge.bed.gate`) on stored
-output frames, so every threshold is judged on every recording without running the device
-path again. What a threshold is judged by (good and Poor Quality SPRSound records, the share
-of other stethoscopes' time), how it is fitted and cross-fitted: docs/training.md, "The
-quality gate, fitted out of fold".
-"""
+"""The quality gate's model threshold fitted out of fold, on SPRSound and other stethoscopes
+(docs/training.md, "The quality gate, fitted out of fold"). :func:`poor_spans` replays the
+device gate's model switch on stored output frames, so every threshold is judged on every
+recording without the device path."""
 
 from __future__ import annotations
 
@@ -35,8 +31,8 @@ def poor_spans(
     min_s: float = MIN_S,
     clear_s: float = CLEAR_S,
 ) -> list[tuple[float, float]]:
-    """The ``poor_signal`` events (start, end in seconds) the gate's model switch raises on
-    one recording's Poor Quality output frames ``quality`` (n,), as :mod:`edge.bed.gate` does."""
+    """``poor_signal`` events (start, end) s raised on one recording's Poor Quality output
+    ``quality`` (n,), as :mod:`edge.bed.gate` does."""
     q = np.asarray(quality, np.float64)
     n_windows = len(q) // window_frames + (1 if len(q) % window_frames else 0)
     window_s = window_frames * frame_s
@@ -57,8 +53,7 @@ def poor_spans(
 
 @dataclass(frozen=True)
 class GateCounts:
-    """Every threshold of :data:`ON_GRID` replayed on a set of recordings: per recording and
-    threshold, whether ``poor_signal`` was raised and for how many seconds."""
+    """Per recording and :data:`ON_GRID` threshold: ``poor_signal`` raised, for how many seconds."""
 
     names: list[str]
     kind: np.ndarray  # (R,) 0 good SPRSound record, 1 Poor Quality record, 2 other stethoscope
@@ -68,8 +63,8 @@ class GateCounts:
     poor_s: np.ndarray  # (R, T)
 
     def shares(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Per threshold: the share of good / Poor Quality records flagged and the share of
-        the other stethoscopes' time under ``poor_signal``, over the recordings ``rows``."""
+        """Per threshold, over ``rows``: shares of good / Poor Quality records flagged and of
+        the other stethoscopes' time under ``poor_signal``."""
         out = {}
         for key, k in (("good", 0), ("poor_quality", 1)):
             sel = rows & (self.kind == k)
@@ -124,8 +119,6 @@ class GateFit:
 def cross_fit_gate(
     counts: GateCounts, max_good_share: float, max_other_time_share: float, k: int
 ) -> GateFit:
-    """Fold ``f``'s threshold fitted on the other folds, judged on fold ``f``; the held-out
-    shares pooled over the folds (recordings of every fold at their fold's threshold)."""
     chosen = np.zeros(len(counts.names), int)
     thresholds = []
     for fold in range(k):
@@ -158,8 +151,8 @@ def gate_outputs(
     icbhi_patients: Mapping[str, str],
     frame_s: float,
 ) -> list[tuple[str, int, int, float, np.ndarray]]:
-    """Every seed's out-of-fold outputs of SPRSound ``train`` (kind 0 good, 1 Poor Quality)
-    and of ICBHI (kind 2), each recording from its own ICBHI fold's models of ``design``."""
+    """Every seed's OOF outputs of SPRSound ``train`` (kind 0 good, 1 Poor Quality) and of
+    ICBHI (kind 2, from its own ICBHI fold's models of ``design``)."""
     out = []
     for seed, probs in oof.items():
         for r, p in probs.items():

@@ -1,9 +1,6 @@
-"""Out-of-fold outputs of a design, and the SPRSound ground truth they are judged against.
-
-A recording's OOF output is the one its own fold's model gave. ``ensemble`` takes the mean of
-the logits, as the teacher does, of the fold-``k`` models of every seed for a fold-``k``
-recording, so the ensemble is out of fold too.
-"""
+"""Out-of-fold (OOF) outputs of a design: each recording's from its own fold's model; and the
+SPRSound truth they are judged on. :func:`ensemble` of a fold-``k`` recording's fold-``k``
+models of every seed (mean logits, as the teacher) is out of fold too."""
 
 from __future__ import annotations
 
@@ -25,8 +22,6 @@ EPS = 1e-4
 
 @dataclass
 class Truth:
-    """SPRSound records as the scores need them."""
-
     records: list[str]  # sorted ids
     annotated: dict[str, list[Event]]
     labels: dict[str, str]
@@ -128,8 +123,7 @@ def icbhi_out_of_fold(
 
 
 def all_models_outputs(design: Path, prefix: str) -> list[dict[str, np.ndarray]]:
-    """Every fold model's outputs of a set none of them trained on (``intra_test``,
-    ``icbhi``), one dict per model."""
+    """Every fold model's outputs of a set none trained on (``intra_test``, ``icbhi``)."""
     return [read_outputs(p.parent, prefix) for p in sorted(design.glob("seed*/fold*/done.json"))]
 
 

@@ -1,7 +1,5 @@
-"""Train a design's fold models and keep every output they give.
-
-A **design** is a run config (the YAML and its ``--set`` overrides) under a name; what a fold
-model trains on and scores: docs/training.md, "Fold models". Everything is kept:
+"""Train a design's fold models and keep every output (docs/training.md, "Fold models"). A
+**design** is a run config (the YAML and its ``--set`` overrides) under a name. Kept:
 
     out/cv/<design>/design.json                  the resolved run (seed aside), the overrides
     out/cv/<design>/seed<S>/fold<k>/model.pt     the checkpoint (no fitted rules)
@@ -10,9 +8,7 @@ model trains on and scores: docs/training.md, "Fold models". Everything is kept:
     out/cv/<design>/seed<S>/fold<k>/done.json    when, how long, how many recordings
 
 A fold whose ``done.json`` exists is skipped, so an interrupted run goes on where it stopped;
-a design folder made with another config is refused rather than mixed. Out-of-fold (OOF)
-outputs are those of a recording's own fold's model (:mod:`training.cv.oof` reads them).
-"""
+a design folder made with another config is refused rather than mixed."""
 
 from __future__ import annotations
 
@@ -90,7 +86,6 @@ def fold_dir(out: Path, design: str, seed: int, fold: int) -> Path:
 
 
 def check_design(folder: Path, run: RunConfig, overrides: list[str]) -> None:
-    """Write the design's config once; refuse a folder made with another one."""
     resolved = to_mapping(run)
     for key in ("seed", "name", "threads", "out_dir"):  # not the recipe
         resolved.pop(key)
@@ -114,9 +109,8 @@ def check_design(folder: Path, run: RunConfig, overrides: list[str]) -> None:
 def train_fold(
     run: RunConfig, mat: Material, fold: int | None, folder: Path, device: str = "cpu"
 ) -> dict[str, Any]:
-    """One fold model: trained on ``device``, saved, and its outputs over every set kept.
-    ``fold`` None: the design's full model, trained on every patient (and taught by every fold
-    model of the teacher)."""
+    """``fold`` None: the design's full model, trained on every patient (and taught by every
+    fold model of the teacher)."""
     from training.recipe.train import feature_store, new_model, train, training_data
 
     torch.manual_seed(run.seed)
@@ -189,8 +183,7 @@ def train_fold(
 def write_outputs(
     model: SedNet, mat: Material, flush: np.ndarray, transform: Any, folder: Path
 ) -> int:
-    """A fold model's outputs over every set of ``mat`` into ``folder/outputs.npz``
-    (``"<set>/<record>"`` -> (n, O) float16); how many recordings."""
+    """Outputs over every set of ``mat`` into ``folder/outputs.npz``; how many recordings."""
     from training.recipe.train import predict
 
     outputs: dict[str, Any] = {}
@@ -226,8 +219,8 @@ def train_design(
     jobs: int = 1,
     folds_file: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Every missing (seed, fold) model of ``design`` (module doc); what each reported.
-    ``folds_file``: another SPRSound fold file than the repository's (another data set)."""
+    """Every missing (seed, fold) model of ``design``; what each reported. ``folds_file``:
+    another SPRSound fold file than the repository's (another data set)."""
     base = load_run(config, [*overrides, f"name={design}"])
     sprsound = load_folds("sprsound", path=folds_file)
     icbhi = load_folds("icbhi")
@@ -267,8 +260,8 @@ def run_parallel(
     jobs: int,
     folds_file: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Each (seed, fold) of ``todo`` in its own process, ``jobs`` at a time; each one's output
-    goes to its fold folder's ``train.log``. A failed one is reported, the others go on."""
+    """Each (seed, fold) in its own process, ``jobs`` at a time, output to its ``train.log``; a
+    failed one is reported, the others go on."""
     import subprocess
     import sys
 
@@ -320,8 +313,7 @@ def run_parallel(
 
 
 def predict_design(out: Path, design: str, device: str = "cpu") -> int:
-    """Write ``outputs.npz`` for every finished fold model of ``design`` that lacks it (a
-    model trained elsewhere and brought back without its outputs); how many were written."""
+    """``outputs.npz`` of every finished fold model brought back without it; how many written."""
     from training.models.checkpoint import load_checkpoint
     from training.recipe.inputs import InputView
 

@@ -1,10 +1,7 @@
-"""``lungwatch cv score``: designs judged out of fold, on the same folds, with a paired bootstrap.
-
-For every design (:mod:`training.cv.run`), each of its seeds and their ensemble: threshold-free
-scores, scores at the ward's operating point with thresholds cross-fitted
-(:func:`training.cv.decide.cross_fit`), the ``intra_test`` and ICBHI views, and a paired
-bootstrap over patients against ``--against`` (docs/training.md, "What cv score reports").
-"""
+"""``lungwatch cv score``: per design, seed and seed ensemble, threshold-free scores, scores at
+the ward's operating point with cross-fitted thresholds, the ``intra_test`` and ICBHI views,
+and a paired bootstrap over patients against ``--against`` (docs/training.md, "What cv score
+reports")."""
 
 from __future__ import annotations
 
@@ -157,9 +154,8 @@ def bootstrap(
 
 
 def icbhi_view(outputs: Mapping[str, np.ndarray], grid: Any) -> dict[str, float]:
-    """The ICBHI view: per family, the cycle-level AUC of the phase-rule score (the highest of
-    the family's candidate events overlapping the cycle); the share of frames whose quality
-    output reaches 0.6."""
+    """Per family, the cycle AUC of the phase-rule score (its highest candidate event
+    overlapping the cycle); the share of frames whose quality output reaches 0.6."""
     from sklearn.metrics import roc_auc_score
 
     from training.data.icbhi import load_icbhi
@@ -198,7 +194,6 @@ def icbhi_view(outputs: Mapping[str, np.ndarray], grid: Any) -> dict[str, float]
 def intra_view(
     probs: Mapping[str, np.ndarray], fitted: Mapping[str, Fitted], rule: str, grid: Any
 ) -> dict[str, float]:
-    """``intra_test`` from ``probs`` (record -> outputs) with the thresholds ``fitted``."""
     folder = sprsound_root() / "intra_test"
     if not folder.is_dir():
         return {}
@@ -321,7 +316,6 @@ def score_design(
 
 
 def compact(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The headline numbers of an entry, rounded (for the console)."""
     out: dict[str, Any] = {}
     for key, value in entry.items():
         if isinstance(value, Mapping):
@@ -441,8 +435,7 @@ def score_command(args: argparse.Namespace) -> int:
 
 def rules_command(args: argparse.Namespace) -> int:
     """``lungwatch cv rules``: fit one threshold per family and the quality gate's model
-    threshold on a design's OOF outputs (its seeds pooled) and write the ``detector`` and
-    ``quality`` sections of a model folder's manifest (``--section``: one of them)."""
+    threshold on a design's OOF outputs (seeds pooled) into a model folder's manifest."""
     from edge.inference.manifest_write import set_section
 
     if args.model is not None and not (args.model / "manifest.json").is_file():
@@ -460,8 +453,6 @@ def rules_command(args: argparse.Namespace) -> int:
 
 
 def fit_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The manifest's ``detector`` and ``quality`` sections fitted on the out-of-fold outputs
-    of ``args.design`` (``cv rules``' arguments), each fit printed as it is made."""
     from training.recipe.config import load_run
     from training.recipe.train import frame_grid
 
@@ -508,8 +499,7 @@ def gate_section(
     grid: Any,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """The manifest's ``quality`` block fitted on the design's out-of-fold outputs
-    (:mod:`training.cv.gate`), with its cross-fitted held-out shares."""
+    """The manifest's ``quality`` block (:mod:`training.cv.gate`), with cross-fitted shares."""
     from training.cv.gate import GAP, ON_GRID, cross_fit_gate, fit_gate, gate_outputs, replay
 
     frame_s = grid.frame_samples / grid.sample_rate_hz

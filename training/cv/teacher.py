@@ -1,9 +1,6 @@
-"""A teacher made of a cross-validated design's fold models, for distillation.
-
-The teacher of a recording is the mean of the fold models' logits over the chosen folds and
-every seed, divided by ``temperature``, through the sigmoid: a mean of probabilities would
-flatten them (docs/training.md, "Distillation").
-"""
+"""A distillation teacher: per recording, the mean logit of a design's fold models (chosen folds,
+every seed) divided by ``temperature``, through the sigmoid; a mean of probabilities would
+flatten them (docs/training.md, "Distillation")."""
 
 from __future__ import annotations
 

@@ -9,8 +9,6 @@ from lungwatch.errors import AnnotationError
 
 
 def annotation_files(folder: Path, suffix: str, what: str) -> list[Path]:
-    """The ``*suffix`` files of ``folder``, sorted; FileNotFoundError names ``what`` when the
-    folder is missing or holds none."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: {what} folder not found")
     paths = sorted(folder.glob(f"*{suffix}"))

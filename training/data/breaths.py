@@ -1,12 +1,7 @@
-"""Chest sounds whose breath cycles are known: the respiratory rate's truth set.
-
-A recording is a run of breath cycles at a known rate (:class:`Breathing`: inspiration and
-expiration noise in their bands, pauses, heart sounds, white noise), made at the device's own
-sample rate so its band stops at that Nyquist frequency; the device path resamples it to the
-model's rate as it would a real file (docs/respiration.md, "Breath cycles, not breath
-sounds"). The truth (:class:`Truth`): cycles whose inspiration peaks inside the recording, per
-minute of recording. :func:`stretch` makes slower or faster breathing out of a real recording.
-"""
+"""Chest sounds whose breath cycles are known: the respiratory rate's truth set. A recording is
+made at the device's own sample rate, so its band stops at that Nyquist frequency; the device
+path resamples it to the model's rate as it would a real file (docs/respiration.md, "Breath
+cycles, not breath sounds")."""
 
 from __future__ import annotations
 
@@ -40,7 +35,6 @@ class Breathing:
     name: str = field(default="", compare=False)
 
     def label(self) -> str:
-        """A file name that says what it is."""
         return self.name or (
             f"rr{self.rate_bpm:g}_fs{self.device_rate_hz}_exp{self.expiration_db:g}dB_"
             f"ie{self.ie_ratio:g}_hr{self.heart_bpm:g}_snr{self.snr_db:g}"

@@ -1,13 +1,9 @@
-"""Stacked multi-kind features of audio files, cached on disk and in memory.
-
-Every kind is computed by the one front end, :func:`edge.features.extract`; kinds with
-lookahead (``cwt``) yield fewer frames, and every kind is cropped to the smallest count.
-
-Disk cache: one ``.npy`` per file, named by a sha256 of the specs, the kinds, the file's bytes
-and :data:`CACHE_FORMAT`, so a changed file or spec never hits a stale entry and the same audio
-hits its entry wherever it lies. Entries are moved into place with ``os.replace``, so no reader
-sees a partial file; an unreadable or mis-shaped entry is recomputed.
-"""
+"""Multi-kind features of audio files from the one front end (:func:`edge.features.extract`),
+cropped to the kind with fewest frames (look-ahead kinds such as ``cwt``). Disk cache: one
+``.npy`` per file named by a sha256 of the specs, kinds, file bytes and :data:`CACHE_FORMAT`, so
+a changed file or spec never hits a stale entry and the same audio hits its entry wherever it
+lies; entries are moved into place with ``os.replace``, so no reader sees a partial file; an
+unreadable or mis-shaped entry is recomputed."""
 
 from __future__ import annotations
 
@@ -49,8 +45,6 @@ def content_digest(path: str | Path) -> str:
 
 
 class _Lru(OrderedDict[str, np.ndarray]):
-    """A small least-recently-used map of cache key -> read-only array."""
-
     def __init__(self, capacity: int) -> None:
         super().__init__()
         self.capacity = capacity
@@ -70,10 +64,7 @@ class _Lru(OrderedDict[str, np.ndarray]):
 
 
 class FeatureStore:
-    """Features of audio files for several kinds, stacked and frame-aligned.
-
-    ``cache_dir`` None keeps them in memory only; ``memory_items`` files' features stay in
-    memory (0: none)."""
+    """``cache_dir`` None: memory only; ``memory_items``: files kept in memory (0: none)."""
 
     def __init__(
         self,
@@ -101,7 +92,6 @@ class FeatureStore:
         return self.spec.sample_rate_hz
 
     def cache_key(self, path: str | Path) -> str:
-        """sha256 hex of specs, kinds and the content digest of ``path``."""
         identity = {
             "format": CACHE_FORMAT,
             "specs": [s.to_dict() for s in self.specs],
@@ -164,7 +154,6 @@ class FeatureStore:
         return stacked if stacked.dtype == np.float32 else None
 
     def _save(self, key: str, stacked: np.ndarray) -> None:
-        """Write the entry atomically (temporary file in the cache folder + ``os.replace``)."""
         entry = self._entry(key)
         if entry is None:
             return

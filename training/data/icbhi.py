@@ -1,12 +1,8 @@
-"""ICBHI 2017 Respiratory Sound Database loader.
-
-A recording is ``<rec>.flac`` (or ``.wav``) with ``<rec>.txt`` beside it: one line per
-respiratory cycle, ``start_s end_s crackles(0/1) wheezes(0/1)`` separated by whitespace. The
-name is ``<patient>_<recording index>_<chest location>_<acquisition mode sc/mc>_<device>``.
-
-Patient ids are kept as strings (``"101"``..``"226"``), as in the SPRSound loader, so the same
-patient-level code serves both datasets.
-"""
+"""ICBHI 2017 Respiratory Sound Database loader. A recording is ``<rec>.flac`` (or ``.wav``)
+with ``<rec>.txt`` beside it, one line per cycle: ``start_s end_s crackles(0/1) wheezes(0/1)``;
+named ``<patient>_<recording index>_<chest location>_<acquisition mode sc/mc>_<device>``.
+Patient ids stay strings (``"101"``..``"226"``), as in the SPRSound loader, so patient code
+serves both."""
 
 from __future__ import annotations
 
@@ -65,7 +61,6 @@ class IcbhiCycle:
 
     @property
     def label(self) -> str:
-        """The 4-class label: one of :data:`ICBHI_LABELS`."""
         return icbhi_label(self.crackles, self.wheezes)
 
 
@@ -84,8 +79,7 @@ class IcbhiRecording:
 
 
 def load_icbhi(train_dir: str | Path) -> list[IcbhiRecording]:
-    """Every recording (audio + ``.txt`` cycles) in a folder, sorted by ``recording_id``;
-    FileNotFoundError when it holds none."""
+    """Every recording of a folder, sorted by ``recording_id``; FileNotFoundError if none."""
     paths = annotation_files(Path(train_dir), ANNOTATION_SUFFIX, "ICBHI")
     return [_load_recording(path) for path in paths]
 
@@ -105,7 +99,6 @@ def _load_recording(txt_path: Path) -> IcbhiRecording:
 
 
 def parse_recording_name(recording_id: str, where: str) -> tuple[str, str, str, str, str]:
-    """``(patient_id, recording_index, chest_location, acquisition_mode, device)`` of a name."""
     fields = recording_id.split("_")
     if len(fields) != N_NAME_FIELDS:
         raise AnnotationError(
@@ -182,13 +175,9 @@ def _parse_flag(text: str, name: str, where: str) -> bool:
 
 
 def read_official_split(path: str | Path) -> dict[str, str]:
-    """Read ``ICBHI_challenge_train_test.txt``: recording id -> ``"train"`` or ``"test"``.
-
-    The file's quirks: it is not patient-disjoint (patients 156 and 218 are in both halves:
-    :func:`patients_in_both_halves`); it names ``226_1b1_Pl_sc_LittC2SE`` with the wrong device
-    (:data:`SPLIT_NAME_CORRECTIONS`); its lines end in CRLF, so a reader without universal
-    newlines matches no half.
-    """
+    """``ICBHI_challenge_train_test.txt``: recording id -> ``"train"``/``"test"``. Not
+    patient-disjoint (:func:`patients_in_both_halves`); one name with the wrong device; CRLF
+    line ends (a reader without universal newlines matches no half)."""
     file_path = Path(path)
     split: dict[str, str] = {}
     first_line: dict[str, int] = {}
@@ -213,7 +202,6 @@ def read_official_split(path: str | Path) -> dict[str, str]:
 
 
 def patient_of(recording_id: str) -> str:
-    """The patient id (first ``_`` field) of an ICBHI recording id."""
     return recording_id.split("_", 1)[0]
 
 

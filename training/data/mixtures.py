@@ -31,8 +31,6 @@ RMS_FLOOR = 1e-6
 
 @dataclass(frozen=True)
 class MixtureConfig(Settings):
-    """How many mixtures and how they vary (see the module doc)."""
-
     count: NonNegativeInt = 0  # 0: none
     events: tuple[int, int] = (1, 4)  # inserted segments per mixture
     level_db: tuple[float, float] = (-6.0, 6.0)  # segment RMS against the host's
@@ -51,14 +49,11 @@ class MixtureConfig(Settings):
 
 @dataclass(frozen=True)
 class Segment:
-    """One donor event's audio."""
-
     type: str
     samples: np.ndarray
 
 
 def donor_segments(records: Sequence[SprRecord], store: FeatureStore) -> list[Segment]:
-    """Every annotated adventitious event of ``records`` between 0.2 and 3 s, as audio."""
     rate = store.sample_rate_hz
     out = []
     for record in records:
@@ -128,7 +123,6 @@ def make_mixtures(
     cfg: MixtureConfig,
     unannotated_weight: float = 0.5,
 ) -> list[Recording]:
-    """``cfg.count`` mixtures of ``records`` (module doc), ready for training."""
     if cfg.count <= 0:
         return []
     rng = np.random.default_rng(cfg.seed)

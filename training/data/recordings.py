@@ -1,11 +1,7 @@
-"""Whole recordings with strong frame targets, for the frame-level model.
-
-A training example is the recording *as a stream that starts at a random frame*: the model's
-state is zero at the example's first frame exactly as on a device whose stream starts there,
-so no example needs context it cannot have. The look-ahead is served by the recording's own
-later frames, and past its end by the flush frame (:func:`flush_value`), which the device
-feeds when a stream ends too.
-"""
+"""Whole recordings with strong frame targets. A training example is the recording *as a stream
+that starts at a random frame*: the model's state is zero there, as on a device whose stream
+starts there, so no example needs context it cannot have. The look-ahead reads the recording's
+later frames, and past its end the flush frame (:func:`flush_value`), as the device does."""
 
 from __future__ import annotations
 
@@ -24,8 +20,6 @@ from training.data.targets import cycle_targets, frame_targets
 
 @dataclass
 class Recording:
-    """One recording, ready for training or evaluation."""
-
     record_id: str
     patient_id: str
     label: str
@@ -54,7 +48,6 @@ class Batch:
 
 
 def output_frames(n_input_frames: int, stride: int) -> int:
-    """Output frames of a recording of ``n_input_frames`` front-end frames."""
     return -(-n_input_frames // stride)
 
 
@@ -66,7 +59,6 @@ def load_recordings(
     stride: int,
     unannotated_weight: float = 0.5,
 ) -> list[Recording]:
-    """Features (the chosen ``kinds`` of the store's stack) and targets of every record."""
     pick = [store.kinds.index(kind) for kind in kinds]
     out = []
     for record in records:
@@ -90,8 +82,7 @@ def load_icbhi_recordings(
     grid: FrameGrid,
     stride: int,
 ) -> list[Recording]:
-    """ICBHI recordings as training material: features of the store's kinds and cycle
-    targets (:func:`training.data.targets.cycle_targets`)."""
+    """ICBHI recordings with cycle targets (:func:`training.data.targets.cycle_targets`)."""
     pick = [store.kinds.index(kind) for kind in kinds]
     out = []
     for rec in recordings:
@@ -146,9 +137,8 @@ def collate(
     flush: np.ndarray,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Batch:
-    """Stack examples; inputs run ``lookahead`` frames past each example (real audio where the
-    recording goes on, the flush frame after its end) and padding is masked out. ``transform``
-    maps stored features to the model's input (:class:`training.recipe.inputs.InputView`)."""
+    """Inputs run ``lookahead`` frames past each example (module doc); padding is masked out.
+    ``transform``: stored features -> model input (:class:`training.recipe.inputs.InputView`)."""
     longest = max(e.n for e in examples)
     first = examples[0].recording
     k, f = first.features.shape[:2]
@@ -177,6 +167,5 @@ def collate(
 
 
 def recording_seconds(n_frames: int, spec: FeatureSpec) -> float:
-    """Audio length behind ``n_frames`` front-end frames."""
     samples = (n_frames - 1) * spec.hop_samples + spec.frame_samples
     return samples / spec.sample_rate_hz

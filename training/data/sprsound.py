@@ -1,19 +1,15 @@
-"""SPRSound (SJTU Paediatric Respiratory Sound Database, BioCAS 2022) loader.
-
-Layout of a split folder (``train/``, ``intra_test/``, ``wav_quirks/``): one ``<rec>.json``
-annotation per recording beside its audio ``<rec>.flac`` (or ``<rec>.wav``). The name is
-``<patient>_<age years>_<gender 0=M,1=F>_<location p1..p4>_<recording no>``.
-
-Annotation files look like::
+"""SPRSound (SJTU Paediatric Respiratory Sound Database, BioCAS 2022) loader. A split folder
+(``train/``, ``intra_test/``, ``wav_quirks/``) holds a ``<rec>.json`` beside each ``<rec>.flac``
+(or ``.wav``), named ``<patient>_<age years>_<gender 0=M,1=F>_<location p1..p4>_<recording no>``;
+annotations::
 
     {"record_annotation": "DAS",
      "event_annotation": [{"start": "342", "end": "2515", "type": "Fine Crackle"}, ...]}
 
-``start``/``end`` are milliseconds written as strings (integers are accepted too);
-``recording_annotation`` (the dataset's README) is an alias of ``record_annotation``. Events
-keep the file's order, in which the challenge tasks score them; that is out of time order in
-about 40% of the training records, so walk the timeline with :attr:`SprRecord.events_by_time`.
-"""
+``start``/``end``: milliseconds as strings (integers accepted); ``recording_annotation`` (the
+dataset's README) is an alias of ``record_annotation``. Events keep the file's order, in which
+the challenge tasks score them; it is out of time order in about 40% of the training records,
+so walk the timeline with :attr:`SprRecord.events_by_time`."""
 
 from __future__ import annotations
 
@@ -58,8 +54,6 @@ class SprEvent:
 
 @dataclass(frozen=True)
 class SprRecord:
-    """One SPRSound recording with its metadata (from the file name) and annotations."""
-
     record_id: str
     audio_path: Path
     annotation_path: Path
@@ -72,13 +66,11 @@ class SprRecord:
 
     @property
     def events_by_time(self) -> tuple[SprEvent, ...]:
-        """The events in time order."""
         return tuple(sorted(self.events, key=lambda e: (e.start_ms, e.end_ms)))
 
 
 def load_sprsound(split_dir: str | Path) -> list[SprRecord]:
-    """Every annotated recording of one split folder (e.g. ``train``), sorted by ``record_id``;
-    FileNotFoundError when it holds none."""
+    """Every record of a split folder, sorted by ``record_id``; FileNotFoundError if none."""
     folder = Path(split_dir)
     annotation_paths = annotation_files(folder, ANNOTATION_SUFFIX, "SPRSound split")
     _check_no_orphan_audio(folder, {p.stem for p in annotation_paths})
@@ -111,7 +103,6 @@ def _load_record(annotation_path: Path) -> SprRecord:
 
 
 def parse_record_name(record_id: str, where: str) -> tuple[str, float, str, str]:
-    """``(patient_id, age_years, gender "M"/"F", location)`` of a record's file name stem."""
     fields = record_id.split("_")
     if len(fields) != N_NAME_FIELDS:
         raise AnnotationError(
@@ -204,19 +195,15 @@ def _parse_ms(value: object, where: str) -> int:
 
 
 def patient_ids(records: Iterable[SprRecord]) -> set[str]:
-    """The patients the records come from."""
     return {record.patient_id for record in records}
 
 
 def patient_disjoint_split(
     records: Sequence[SprRecord], val_fraction: float, seed: int
 ) -> tuple[list[SprRecord], list[SprRecord]]:
-    """``(train, val)`` records with no patient in both, each non-empty, sorted by ``record_id``.
-
-    Patients, shuffled with ``seed``, each go to validation if that brings its per-label record
-    counts closer to ``val_fraction`` of each label's total: roughly stratified by record label,
-    and deterministic.
-    """
+    """``(train, val)`` with no patient in both, each non-empty, sorted by ``record_id``; roughly
+    stratified by record label and deterministic: patients, shuffled with ``seed``, go to val if
+    that brings its per-label record counts closer to ``val_fraction`` of each label's total."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     by_patient: dict[str, list[SprRecord]] = defaultdict(list)

@@ -1,15 +1,10 @@
-"""Synthetic lung sounds with exact labels, for tests and for users without the data sets.
-
-A recording is band-limited breath noise under a breathing envelope, plus crackles (damped
-sinusoids, largest peak in the first cycle) and wheezes (gliding tones with two harmonics);
-the constants below set their durations, bands and levels. Labels are sample-accurate: an
-event occupies samples ``[start, end)``, reported as ``start / sample_rate_hz`` and
-``end / sample_rate_hz``, and adds exactly zero outside them. Events never overlap: any two
-are at least ``MIN_EVENT_GAP_S`` apart, and as far from the recording's ends. The output is
-deterministic for a seed; the breath noise is drawn first, so ``synthesize(d, r, seed=s)`` is
-the event-free background of the same call with events (unless the mix was scaled down to
-``PEAK_LIMIT``).
-"""
+"""Synthetic lung sounds with exact labels, for tests and for users without the data sets:
+breath noise under a breathing envelope, crackles (damped sinusoids, largest peak in the first
+cycle) and wheezes (gliding tones with two harmonics). An event occupies samples
+``[start, end)`` exactly and adds zero outside them; any two events, and the recording's ends,
+are at least ``MIN_EVENT_GAP_S`` apart. Deterministic for a seed; the breath noise is drawn
+first, so ``synthesize(d, r, seed=s)`` is the event-free background of the same call with
+events (unless the mix was scaled down to ``PEAK_LIMIT``)."""
 
 from __future__ import annotations
 
@@ -92,7 +87,6 @@ def event_sample_range(event: SyntheticEvent, sample_rate_hz: int) -> tuple[int,
 
 
 def event_mask(recording: SyntheticRecording, types: tuple[str, ...] = EVENT_TYPES) -> np.ndarray:
-    """Boolean mask, shape ``(n_samples,)``: True inside events of the given types."""
     mask = np.zeros(recording.samples.shape[0], dtype=bool)
     for event in recording.events:
         if event.type in types:
@@ -115,11 +109,7 @@ def synthesize(
     crackle_peak: float = DEFAULT_CRACKLE_PEAK,
     wheeze_peak: float = DEFAULT_WHEEZE_PEAK,
 ) -> SyntheticRecording:
-    """Breath noise with ``crackles`` crackles (all of ``crackle_type``) and ``wheezes`` wheezes.
-
-    ``breath_rms`` is the noise's RMS at the top of an inspiration, the peaks are of one event
-    (full scale 1). ValueError when an argument is out of range or the events do not fit.
-    """
+    """Peaks are of one event (full scale 1); ValueError: bad argument, or the events do not fit."""
     _check_args(duration_s, sample_rate_hz, crackles, wheezes, crackle_type, wheeze_f0_range_hz)
     _check_positive(
         breath_period_s=breath_period_s,
@@ -186,8 +176,7 @@ def _check_positive(**values: float) -> None:
 def breathing_envelope(
     n_samples: int, sample_rate_hz: int, breath_period_s: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Breathing amplitude envelope, shape ``(n_samples,)``, values in [floor, 1], starting at
-    a random phase of the first cycle."""
+    """Amplitude envelope (n_samples,) in [floor, 1], from a random phase of the first cycle."""
     pieces: list[np.ndarray] = []
     total = 0
     offset = int(rng.integers(0, max(1, round(breath_period_s * sample_rate_hz))))
@@ -247,7 +236,6 @@ def _place_events(
 def _crackle(
     n_samples: int, sample_rate_hz: int, crackle_type: str, rng: np.random.Generator
 ) -> np.ndarray:
-    """A crackle of ``n_samples`` samples with peak |x| = 1 (damped sinusoid, tapered end)."""
     frequency_hz = rng.uniform(*CRACKLE_FREQUENCY_HZ[crackle_type])
     t_s = np.arange(n_samples) / sample_rate_hz
     decay_s = n_samples / sample_rate_hz / CRACKLE_DECAYS_PER_EVENT
@@ -264,7 +252,6 @@ def _wheeze(
     f0_range_hz: tuple[float, float],
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """A gliding harmonic tone of ``n_samples`` samples with peak |x| = 1 and ramped ends."""
     f0_hz = rng.uniform(*f0_range_hz)
     glide = rng.uniform(-WHEEZE_MAX_GLIDE_FRACTION, WHEEZE_MAX_GLIDE_FRACTION)
     frequency_hz = f0_hz * (1.0 + glide * np.arange(n_samples) / n_samples)

@@ -1,17 +1,11 @@
-"""Frame targets from strong labels: annotated start/end times -> per-frame outputs.
-
-The outputs, in order (:data:`OUTPUTS`): the five adventitious classes of
-:data:`lungwatch.labels.DETECTED_CLASSES` (SPRSound's ``Wheeze+Crackle`` is both ``Wheeze`` and
-``Fine Crackle``, the crackle it most often is); ``Breath``, inside any annotated event,
-Normal ones included (every annotated event is a breath phase); ``Poor Quality``, the record's
-label on every frame.
-
-A frame's target is the fraction of its span (:class:`edge.bed.detector.FrameGrid`) that the
-class's events cover. Weights say which targets are known: SPRSound annotates some breath
-phases of a record, not all, so frames outside every annotated event weigh
-``unannotated_weight`` for the class and Breath outputs; a Poor Quality record's Breath
-targets are unknown (weight 0) and its class targets 0.
-"""
+"""Frame targets from strong labels. :data:`OUTPUTS`: the five adventitious classes
+(SPRSound's ``Wheeze+Crackle`` is both ``Wheeze`` and ``Fine Crackle``, the crackle it most
+often is); ``Breath``, inside any annotated event, Normal ones included (every annotated event
+is a breath phase); ``Poor Quality``, the record's label on every frame. A frame's target is
+the share of its span (:class:`edge.bed.detector.FrameGrid`) the class's events cover. SPRSound
+annotates some breath phases of a record, not all, so frames outside every annotated event
+weigh ``unannotated_weight`` for the class and Breath outputs; a Poor Quality record's Breath
+targets are unknown (weight 0) and its class targets 0."""
 
 from __future__ import annotations
 
@@ -34,7 +28,6 @@ Cycle = tuple[float, float, bool, bool]  # (start_s, end_s, crackles, wheezes): 
 
 
 def coverage(spans_s: Sequence[tuple[float, float]], grid: FrameGrid, n_frames: int) -> np.ndarray:
-    """Fraction of each frame's span covered by the union of ``spans_s``: (n_frames,) in [0, 1]."""
     covered = np.zeros(n_frames, dtype=np.float64)
     if n_frames == 0 or not spans_s:
         return covered.astype(np.float32)
@@ -84,12 +77,9 @@ def frame_targets(
 def cycle_targets(
     cycles: Sequence[Cycle], grid: FrameGrid, n_frames: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and weights of one ICBHI recording, each (len(OUTPUTS), n_frames).
-
-    What a cycle's label makes known (docs/training.md, "data.icbhi_fraction"): a cycle is a
-    Breath "phase" at weight 0 (ICBHI cycles are whole in-and-out breaths), so the phase loss
-    judges its mean; outside the cycles nothing is known.
-    """
+    """As :func:`frame_targets`, from ICBHI cycles (docs/training.md, "data.icbhi_fraction"): a
+    cycle is a Breath "phase" at weight 0 (cycles are whole in-and-out breaths), so the phase
+    loss judges its mean; outside the cycles nothing is known."""
     targets = np.zeros((len(OUTPUTS), n_frames), dtype=np.float32)
     weights = np.zeros((len(OUTPUTS), n_frames), dtype=np.float32)
     inside = coverage([(s, e) for s, e, _, _ in cycles], grid, n_frames)

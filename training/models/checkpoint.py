@@ -1,11 +1,7 @@
-"""The checkpoint: everything needed to rebuild the network and its input, and nothing else.
-
-As whisper keeps its dimensions beside its weights, a checkpoint holds the network's sizes and
-everything the export needs besides the weights; ``lungwatch export`` reads nothing but this
-file. Only plain data is stored, so :func:`load_checkpoint` reads it with
-``weights_only=True`` (a checkpoint cannot run code). The fields: docs/training.md,
-"Checkpoint format".
-"""
+"""The checkpoint: the network's sizes beside its weights (as whisper keeps them) and all else
+``lungwatch export`` needs (it reads nothing but this file). Only plain data is stored, so
+:func:`load_checkpoint` reads it with ``weights_only=True`` (a checkpoint cannot run code).
+Fields: docs/training.md, "Checkpoint format"."""
 
 from __future__ import annotations
 
@@ -40,8 +36,6 @@ class CheckpointError(LungwatchError):
 
 @dataclass
 class Checkpoint:
-    """A trained network and what it needs to run."""
-
     model: SedNet
     spec: FeatureSpec
     kinds: tuple[str, ...]
@@ -163,8 +157,7 @@ def _patients(value: Any) -> tuple[str, ...] | None:
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as JSON types (numpy numbers become floats, tuples lists): what
-    ``torch.load(weights_only=True)`` reads back."""
+    """JSON types (numpy numbers as floats, tuples as lists): what ``torch.load`` reads back."""
     return None if value is None else json.loads(json.dumps(value, default=float))
 
 

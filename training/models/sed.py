@@ -13,13 +13,11 @@ Data flow, input ``x`` of shape (B, K, F, T) (log features straight from the fro
     [multi-head attention over a bounded past of `attention_frames`]         (B, C, N)
     output head: 1x1 conv -> logits, sigmoid outside                          (B, O, N)
 
-Every operation only looks back, so output frame ``j`` depends on input frames
-``< (j + 1) * s``; it is trained to describe network frame ``j - lookahead_frames`` (the
-bounded look-ahead). The layers' caches (zeros before a stream starts, as the whole-recording
-pass pads) form one flat ``state`` of :attr:`SedNet.state_size` floats, so a recording in one
-call or in chunks with the state carried gives the same outputs. The streaming ONNX form
-(:class:`StreamingSed`): docs/export.md.
-"""
+Every operation only looks back: output frame ``j`` depends on input frames ``< (j + 1) * s``
+and is trained to describe network frame ``j - lookahead_frames``. The layers' caches (zeros
+before a stream starts, as the whole-recording pass pads) form one flat ``state`` of
+:attr:`SedNet.state_size` floats, so one call or chunks with the state carried give the same
+outputs. The streaming ONNX form (:class:`StreamingSed`): docs/export.md."""
 
 from __future__ import annotations
 
@@ -73,10 +71,7 @@ class SedConfig(Settings):
 
 
 class CausalBlock(nn.Module):
-    """Inception-residual block over time: parallel causal dilated convolutions.
-
-    The cache holds the last ``(max(w) - 1) * d`` input frames. (B, C, N) -> (B, C, N).
-    """
+    """The cache holds the last ``(max(w) - 1) * d`` input frames."""
 
     def __init__(self, channels: int, dilation: int, widths: Sequence[int]) -> None:
         super().__init__()
@@ -109,11 +104,8 @@ class CausalBlock(nn.Module):
 
 
 class BoundedAttention(nn.Module):
-    """Multi-head self-attention of each frame over itself and the ``window - 1`` frames before.
-
-    The cache holds the keys and values of the last ``window`` frames; the zeros before a
-    stream starts take part like any key, so every chunking gives the same. (B, C, N) -> (B, C, N).
-    """
+    """Each frame attends to itself and the ``window - 1`` frames before, cached as keys and
+    values; the zeros before a stream starts take part like any key."""
 
     def __init__(self, channels: int, heads: int, window: int) -> None:
         super().__init__()
@@ -154,8 +146,6 @@ def _stem(config: SedConfig) -> nn.Module:
 
 
 class SedNet(nn.Module):
-    """Frame-level multi-label detector."""
-
     input_mean: torch.Tensor
     input_std: torch.Tensor
 
@@ -183,11 +173,9 @@ class SedNet(nn.Module):
         return sum(ch * t for ch, t in self._shapes)
 
     def initial_state(self, batch: int) -> torch.Tensor:
-        """The state before a stream starts."""
         return torch.zeros(batch, self.state_size, device=self.input_mean.device)
 
     def kind_weights(self) -> torch.Tensor:
-        """The learned linear combination of the kinds' stems, (K,) summing to 1."""
         return torch.softmax(self.kind_logits, dim=0)
 
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -196,7 +184,6 @@ class SedNet(nn.Module):
         self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(NORM_EPS))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw features (B, K, F, T) standardised with the training statistics."""
         return (x - self.input_mean[None, :, :, None]) / self.input_std[None, :, :, None]
 
     def embed(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,9 +210,8 @@ class SedNet(nn.Module):
         return self.head(h), new_state
 
     def forward_train(self, x: torch.Tensor, n_frames: int) -> torch.Tensor:
-        """Training view of recordings that start a stream: x (B, K, F, (n_frames + lookahead)
-        * s), its last ``lookahead * s`` frames real audio or the flush padding -> frame logits
-        aligned with the recording (B, O, n_frames)."""
+        """Recordings that start a stream: x (B, K, F, (n_frames + lookahead) * s), the last
+        ``lookahead * s`` frames real audio or flush padding -> aligned logits (B, O, n_frames)."""
         h, _ = self.embed(x, self.initial_state(x.shape[0]))
         lookahead = self.config.lookahead_frames
         return self.head(h[:, :, lookahead : lookahead + n_frames])
@@ -246,5 +232,4 @@ class StreamingSed(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

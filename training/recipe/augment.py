@@ -1,14 +1,12 @@
-"""Augmentation of a training batch, in place, with the run's random generator.
+"""Augmentation of a training batch, in place, with the run's random generator. Shapes: features
+``(B, K, F, T)`` with ``T = (N + lookahead) * stride``; targets ``(B, O, N)``.
 
 - **SpecAugment** (:func:`spec_augment`, Park et al., Interspeech 2019): masked bands and
-  stretches set to the flush frame (the training mean, which the input normalisation maps to
-  zero).
+  stretches set to the flush frame (the training mean: zero after the input normalisation).
 - **Patch-Mix** (:func:`patch_mix`, after Bae et al., Interspeech 2023, here along time for a
   frame-level model): a stretch of each example, with its targets and weights, replaced by
   the same stretch of another example of the batch; the record-level target becomes the union.
 - **Another stethoscope** (:func:`device_colour`): docs/training.md, "augment.device_prob".
-
-Shapes: features ``(B, K, F, T)`` with ``T = (N + lookahead) * stride``; targets ``(B, O, N)``.
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ EQ_KNOTS = 4  # the equalisation curve is linear between this many knots over th
 def spec_augment(
     x: np.ndarray, flush: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator
 ) -> None:
-    """Frequency and time masks on every example of ``x`` (B, K, F, T), filled from ``flush``
-    (K, F)."""
     b, _k, f, t = x.shape
     for i in range(b):
         for _ in range(cfg.freq_masks):
@@ -41,8 +37,6 @@ def spec_augment(
 
 
 def patch_mix(batch: Batch, stride: int, max_frames: int, rng: np.random.Generator) -> None:
-    """Each example's stretch of ``max_frames / 4 .. max_frames`` output frames (at most the
-    batch's length) becomes another example's same stretch, features, targets and weights."""
     b = batch.features.shape[0]
     perm = rng.permutation(b)
     n = batch.n_frames
@@ -66,9 +60,8 @@ def device_colour(
     cfg: AugmentConfig,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """``x`` (K, F, T) raw log band powers as another device might have recorded them, one draw
-    for the example; ``centres_hz`` (K, F) the bands' centres, ``floor`` the front end's log
-    floor. Returns a new float32 array."""
+    """``x`` (K, F, T) raw log band powers as another device might have recorded them (one draw
+    per example); ``centres_hz`` (K, F) band centres, ``floor`` the front end's log floor."""
     k, f, _ = x.shape
     curve_db = np.full((k, f), rng.uniform(-cfg.device_gain_db, cfg.device_gain_db))
     knots = rng.uniform(-cfg.device_eq_db, cfg.device_eq_db, EQ_KNOTS)

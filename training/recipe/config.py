@@ -1,8 +1,6 @@
-"""The run configuration of ``lungwatch train``: one YAML file plus ``--set`` overrides.
-
-Every key is commented in ``training/configs/sed.yaml``, the shipped recipe. The resolved run
-is saved beside its checkpoint and inside it.
-"""
+"""The run configuration of ``lungwatch train``: one YAML file plus ``--set`` overrides. Every
+key is commented in ``training/configs/sed.yaml``, the shipped recipe. The resolved run is saved
+beside its checkpoint and inside it."""
 
 from __future__ import annotations
 
@@ -192,7 +190,6 @@ class RunConfig(Settings):
         return Path(self.out_dir) / self.name
 
     def sed_config(self, n_outputs: int) -> SedConfig:
-        """The network's sizes: the options plus what the run derives."""
         m = self.model
         return SedConfig(
             n_kinds=len(self.kinds),

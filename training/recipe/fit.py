@@ -66,8 +66,6 @@ class Limits:
 
 @dataclass(frozen=True)
 class Fit:
-    """A fitted detector config with its validation report (``None``: no setting qualified)."""
-
     config: DetectorConfig
     report: DetectionReport
     evaluations: int
@@ -92,7 +90,6 @@ def events_of(
 
 
 def with_rule(config: DetectorConfig, rule: ClassThreshold) -> DetectorConfig:
-    """``config`` with ``rule`` replacing the rule of its type."""
     rules = (*tuple(r for r in config.thresholds if r.type != rule.type), rule)
     return dataclasses.replace(config, thresholds=rules)
 
@@ -206,8 +203,7 @@ def fit_start(run: RunConfig) -> DetectorConfig:
 def fit_rules(
     probs: Sequence[np.ndarray], val: Sequence[Recording], grid: FrameGrid, run: RunConfig
 ) -> dict[str, Any]:
-    """The manifest's ``detector`` section fitted on the validation recordings ``val`` from
-    their frame probabilities ``probs`` (n, O)."""
+    """The manifest's ``detector`` section fitted on validation ``val``; ``probs`` (n, O) each."""
     from training.data.recordings import recording_seconds
 
     annotated = {r.record_id: list(r.events) for r in val}
@@ -224,8 +220,7 @@ def rules_section(
     grid: FrameGrid,
     run: RunConfig,
 ) -> dict[str, Any]:
-    """:func:`fit_rules` on records given as their annotations, labels and durations (in the
-    order of ``probs``)."""
+    """:func:`fit_rules` on records given as annotations, labels and durations (``probs`` order)."""
     from training.data.targets import OUTPUTS
 
     limits = Limits(run.detector.max_false_per_hour, run.detector.max_normal_share)
@@ -246,9 +241,8 @@ QUALITY_GAP = 0.2  # poor_off = poor_on - this
 
 
 def fit_quality(folder: Path, file: str, records: Sequence[Any], run: RunConfig) -> dict[str, Any]:
-    """The manifest's ``quality``: the lowest on-threshold at which at most
-    ``quality.max_good_share`` of the good validation records raise ``poor_signal`` through the
-    device path, with the shares of good and of Poor Quality records it flags."""
+    """The manifest's ``quality``: the lowest on-threshold at which at most ``max_good_share`` of
+    good validation records raise ``poor_signal`` via the device path, with the shares it flags."""
     from edge.bed.gate import GateConfig
     from edge.runtime.offline import detect_recordings
 
@@ -274,8 +268,6 @@ def fit_quality(folder: Path, file: str, records: Sequence[Any], run: RunConfig)
 
 
 def refit(folder: Path, file: str, run: RunConfig, records: Sequence[Any]) -> dict[str, Any]:
-    """The ``detector`` section fitted on ``folder``'s validation ``records`` from the outputs
-    of its artifact ``file`` through the device path."""
     from edge.audio import read_audio
     from edge.runtime.offline import detect_recordings
 

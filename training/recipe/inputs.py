@@ -1,10 +1,7 @@
-"""What the model sees of a recording: the cached raw features through the front end's last
-stage, after the training-only colouring of another device.
-
-The feature cache holds each recording's raw log features; the per-band running
-normalisation (:func:`edge.features.bandnorm.normalise_bands`) is applied here to every
-example from its own first frame, exactly as a device's stream that starts there computes it.
-Shapes: ``(K, F, T)``.
+"""What the model sees of a recording: the cached raw log features ``(K, F, T)``, after the
+training-only colouring of another device, through the front end's last stage, the per-band
+running normalisation (:func:`edge.features.bandnorm.normalise_bands`). It runs on every example
+from its own first frame, exactly as a device's stream that starts there computes it.
 """
 
 from __future__ import annotations
@@ -22,8 +19,6 @@ Transform = Callable[[np.ndarray], np.ndarray]
 
 
 class InputView:
-    """The run's view of raw features (see the module doc)."""
-
     def __init__(self, spec: FeatureSpec, kinds: tuple[str, ...], augment: AugmentConfig):
         self.specs = [spec.replace(kind=k) for k in kinds]
         self.augment = augment
@@ -43,7 +38,6 @@ class InputView:
         return self._normalise if self.normalises else None
 
     def training(self, rng: np.random.Generator) -> Transform | None:
-        """Raw -> model input for a training example: coloured with ``device_prob``."""
         if self.augment.device_prob <= 0:
             return self.transform
 

@@ -1,15 +1,13 @@
-"""The training objective: a frame loss and a phase loss beside it (a multi-objective loss).
+"""The training objective. Shapes: ``B`` examples, ``O`` outputs, ``N`` output frames, ``C``
+adventitious classes.
 
-- **Frame loss** (:func:`frame_loss`): BCE of every output of every frame, weighted by the
-  frame's target weight (:mod:`training.data.targets`), optionally with the quality-adaptive
-  margin (:mod:`training.recipe.margin`).
-- **Phase loss** (:func:`phase_loss`): the device's detector judges a breath phase by the
-  mean of a class's probability over it, so each annotated phase's mean class probabilities
-  are scored against the phase's labels too.
-- **Distillation** (:func:`distill_loss`): BCE against a teacher's soft outputs
-  (:mod:`training.cv.teacher`).
-
-Shapes: ``B`` examples, ``O`` outputs, ``N`` output frames, ``C`` adventitious classes.
+- **Frame loss**: BCE of every output of every frame, weighted by the frame's target weight
+  (:mod:`training.data.targets`), optionally with the quality-adaptive margin
+  (:mod:`training.recipe.margin`).
+- **Phase loss**: the device's detector judges a breath phase by the mean of a class's
+  probability over it, so each annotated phase's mean class probabilities are scored against
+  the phase's labels too.
+- **Distillation**: BCE against a teacher's soft outputs (:mod:`training.cv.teacher`).
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ from training.recipe.margin import apply_margin
 def frame_loss(
     logits: torch.Tensor, batch: Batch, margins: np.ndarray | None = None
 ) -> torch.Tensor:
-    """Weighted BCE of ``logits`` (B, O, N) against the batch's targets, the mean over the
-    weights; ``margins`` (B, N): the quality-adaptive margin on the class outputs."""
+    """``logits`` (B, O, N); ``margins`` (B, N): the quality-adaptive margin on class outputs."""
     device = logits.device
     weights = torch.from_numpy(batch.weights).to(device)
     targets = torch.from_numpy(batch.targets).to(device)
@@ -44,9 +41,8 @@ def frame_loss(
 
 
 def phase_segments(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-    """Segment ids (B * N,), -1 outside, of the batch's annotated phases: maximal runs of real
-    frames with the Breath target on and one class-target vector; and each segment's class
-    targets (S, C)."""
+    """Segment ids (B * N,), -1 outside, of the annotated phases (maximal runs of real frames
+    with the Breath target on and one class-target vector), and each one's class targets (S, C)."""
     classes = batch.targets[:, :BREATH_INDEX]  # (B, C, N)
     inside = (batch.targets[:, BREATH_INDEX] > 0.5) & (batch.mask > 0)  # (B, N)
     starts = inside.copy()  # a phase starts where inside begins or the class vector changes
@@ -57,16 +53,13 @@ def phase_segments(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mean_phases(probs: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
-    """Each segment's mean probabilities (S, C) of the frames ``probs`` (M, C) whose segment
-    is ``index`` (M,)."""
+    """Mean (S, C) per segment of ``probs`` (M, C), whose frames' segments are ``index`` (M,)."""
     sums = probs.new_zeros(n_segments, probs.shape[1]).index_add(0, index, probs)
     counts = probs.new_zeros(n_segments).index_add(0, index, probs.new_ones(index.shape[0]))
     return sums / counts[:, None]
 
 
 def phase_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """BCE of each annotated phase's mean class probability against its labels (mean over
-    phases; 0 when the batch has none)."""
     ids, labels = phase_segments(batch)
     if labels.shape[0] == 0:
         return logits.sum() * 0.0
@@ -80,8 +73,6 @@ def phase_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 def distill_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """BCE of ``logits`` (B, O, N) against the batch's teacher outputs on its real frames of
-    known teacher output (0 when none has one)."""
     if batch.soft is None:
         return logits.sum() * 0.0
     device = logits.device

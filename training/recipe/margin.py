@@ -1,23 +1,20 @@
 """The quality-adaptive margin of the frame-level model (``loss.quality_margin`` of a run).
 
-QLung (Kim et al., arXiv:2606.11915) widens a classifier's margin where a recording's signal
-quality, judged from its spectral entropy and RMS, is poor, as an angular margin on a cosine
-head. SedNet's frame heads are sigmoid outputs on a plain 1x1 convolution, so here the margin
-is additive on the logits of the adventitious class outputs (LDAM's form, Cao et al., NeurIPS
-2019), two-sided for a binary output, and training-only (the exported model does not change)::
+QLung (Kim et al., arXiv:2606.11915) widens a cosine head's angular margin where signal quality
+(spectral entropy, RMS) is poor. SedNet's frame heads are sigmoids on a 1x1 convolution, so here
+the margin is additive on the adventitious class logits (LDAM's form, Cao et al., NeurIPS 2019),
+two-sided for a binary output, and training-only (the exported model does not change)::
 
     z'[c, j] = z[c, j] - m_j * (2 * y[c, j] - 1)        (a positive must clear +m, a negative -m)
     m_j = base * (1 + gain * (1 - q_j))
 
-Quality is measured per output frame ``j`` on the model's own input (the first feature kind,
-log power per band): each front-end frame's level ``E = log sum_f exp(x_f)`` and normalised
-spectral entropy over the bands ``H = -sum_f p_f log p_f / log F`` (``p = softmax(x)``) are
-standardised against the training set's frames and mapped through a logistic each, so that
-``q = sigmoid((E - mu_E) / sd_E) * sigmoid((mu_H - H) / sd_H)``: quiet, spectrally flat frames
-score low, loud peaked ones high; ``q_j`` is the mean over the frame's ``stride`` input frames.
-Measured on SPRSound rather than as an absolute score because the absolute one
-(``edge.bed.quality.quality_score``) is >= 0.995 on 99 % of SPRSound's 2-s windows and would not
-adapt.
+``q_j`` is measured on the model's own input (first feature kind, log power per band): each
+front-end frame's level ``E = log sum_f exp(x_f)`` and normalised spectral entropy
+``H = -sum_f p_f log p_f / log F`` (``p = softmax(x)``), standardised against the training
+frames, give ``q = sigmoid((E - mu_E) / sd_E) * sigmoid((mu_H - H) / sd_H)`` (quiet, flat frames
+low, loud peaked ones high), averaged over output frame ``j``'s ``stride`` input frames. Relative
+to SPRSound because the absolute score (``edge.bed.quality.quality_score``) is >= 0.995 on 99 %
+of SPRSound's 2-s windows and would not adapt.
 """
 
 from __future__ import annotations
@@ -33,8 +30,7 @@ from lungwatch.config import check
 
 
 def level_and_entropy(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame level ``E`` and normalised spectral entropy ``H`` of log-power features
-    ``(..., F, T)`` (natural log); both ``(..., T)``, ``H`` in [0, 1]."""
+    """``E``, ``H`` (module doc) of natural-log powers ``(..., F, T)``; both ``(..., T)``."""
     x = np.asarray(features, dtype=np.float64)
     check(x.ndim >= 2 and x.shape[-2] >= 2, "features", x.shape, "(..., F >= 2 bands, T)")
     p = softmax(x, axis=-2)
@@ -44,8 +40,6 @@ def level_and_entropy(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class QualityReference:
-    """Mean and standard deviation of the training frames' level and entropy."""
-
     level_mean: float
     level_std: float
     entropy_mean: float
@@ -61,7 +55,6 @@ class QualityReference:
                    float(h.mean()), float(max(h.std(), 1e-6)))  # fmt: skip
 
     def quality(self, features: np.ndarray) -> np.ndarray:
-        """Quality in [0, 1] of each frame of log-power features ``(..., F, T)``."""
         level, entropy = level_and_entropy(features)
         q_level = expit((level - self.level_mean) / self.level_std)
         q_entropy = expit((self.entropy_mean - entropy) / self.entropy_std)
@@ -77,9 +70,7 @@ def frame_margins(
     gain: float,
     kind: int = 0,
 ) -> np.ndarray:
-    """Margins ``(B, n_frames)`` of a batch's output frames from its input features
-    ``(B, K, F, T)``: output frame ``j`` reads input frames ``[j * stride, (j + 1) * stride)``
-    (the look-ahead frames past ``n_frames * stride`` are not scored)."""
+    """Margins ``(B, n_frames)`` of features ``(B, K, F, T)``; look-ahead frames are not scored."""
     check(base >= 0.0, "quality_margin", base, "a number >= 0")
     check(gain >= 0.0, "quality_margin_gain", gain, "a number >= 0")
     b, t = features.shape[0], features.shape[-1]
@@ -93,7 +84,6 @@ def frame_margins(
 def apply_margin(
     logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, n_classes: int
 ) -> torch.Tensor:
-    """Logits ``(B, O, N)`` with the margin on the first ``n_classes`` outputs."""
     sign = 2.0 * targets[:, :n_classes] - 1.0
     moved = logits[:, :n_classes] - margins[:, None, :].to(logits) * sign
     return torch.cat([moved, logits[:, n_classes:]], dim=1)

@@ -1,12 +1,9 @@
 """Masked-spectrogram pretraining of the network's stems and blocks (``pretrain.epochs`` > 0).
 
-In the spirit of HeAR (health acoustic representations learned from 2-s clips by masked
-autoencoding), in a causal form the streaming model can use: spans of output frames (longer
-than the look-ahead, so most of a span is predicted from the past, as the streaming model
-must) are replaced by the flush frame (the training mean: zero after the input
-normalisation); a 1x1 convolution on the aligned frame embeddings predicts the normalised,
-stride-averaged input of every frame, scored by the mean squared error over the masked
-frames. Labels are not used. The reconstruction head is dropped afterwards.
+After HeAR (health acoustic representations learned from 2-s clips by masked autoencoding),
+made causal for the streaming model: masked spans, longer than the look-ahead so that most of a
+span is predicted from the past, are filled with the flush frame (the training mean: zero after
+the input normalisation). Labels are not used; the reconstruction head is dropped afterwards.
 """
 
 from __future__ import annotations
@@ -24,8 +21,7 @@ from training.recipe.config import RunConfig
 
 
 def mask_spans(n: int, ratio: float, span: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A boolean mask of ``n`` output frames: random spans (lengths in ``span``, inclusive)
-    until about ``ratio`` of the frames are covered."""
+    """Mask of ``n`` output frames: random spans (lengths in ``span``, inclusive) to ~``ratio``."""
     masked = np.zeros(n, dtype=bool)
     lo, hi = span
     for _ in range(4 * n):
@@ -45,7 +41,7 @@ def pretrain(
     rng: np.random.Generator,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[float]:
-    """Pretrain ``model`` in place (see the module doc); the mean loss per epoch."""
+    """Pretrain ``model`` in place; returns the mean loss per epoch."""
     mcfg, cfg, data = model.config, run.pretrain, run.data
     stride, look = mcfg.stride, mcfg.lookahead_frames
     k, f = mcfg.n_kinds, mcfg.n_bands

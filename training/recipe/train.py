@@ -56,8 +56,6 @@ FAMILIES = ("CAS", "DAS")
 
 @dataclass
 class TrainingData:
-    """The run's recordings, split, and what the model needs of them."""
-
     train: list[Recording]
     val: list[Recording]
     mean: np.ndarray  # (K, F) per-band input statistics of the training recordings
@@ -71,7 +69,6 @@ class TrainingData:
 
 
 def load_data(run: RunConfig) -> TrainingData:
-    """The recordings of ``data.train_dir`` with their targets, split by patient."""
     records = load_sprsound(sprsound_folder(run))
     store = feature_store(run)
     recs = load_recordings(
@@ -106,9 +103,8 @@ def training_data(
     held_out: set[str],
     icbhi: tuple[list[IcbhiRecording], set[str]],
 ) -> TrainingData:
-    """The run's material with the records of ``held_out`` (ids) kept apart as ``val``: the
-    other records, mixtures hosted by them (never by a held-out patient) and the ICBHI
-    recordings of the patients ``icbhi[1]`` (of the recordings ``icbhi[0]``)."""
+    """``held_out`` (ids) kept apart as ``val``; training: the other records, mixtures hosted by
+    them (never by a held-out patient), and ``icbhi[0]``'s recordings of patients ``icbhi[1]``."""
     grid, stride = frame_grid(run), run.model.stride
     train = [r for r in recs if r.record_id not in held_out]
     val = [r for r in recs if r.record_id in held_out]
@@ -126,15 +122,13 @@ def training_data(
 
 
 def icbhi_training_share(run: RunConfig) -> tuple[list[IcbhiRecording], set[str]]:
-    """ICBHI's recordings and the patients among them that train (``data.icbhi_*``)."""
     return training_share(run.data.icbhi_dir, run.data.icbhi_fraction, run.data.icbhi_seed)
 
 
 def input_stats(
     recs: list[Recording], transform: Transform | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-kind, per-band mean and standard deviation (K, F) over every frame of ``recs``
-    (as the model sees them: ``transform``ed from each recording's start)."""
+    """Mean and std (K, F) over every frame of ``recs`` as the model sees them (``transform``)."""
     total = sum(r.features.shape[2] for r in recs)
     k, f = recs[0].features.shape[:2]
     s1 = np.zeros((k, f))
@@ -180,7 +174,6 @@ def score(
     det: DetectorConfig,
     spec: FeatureSpec,
 ) -> DetectionReport:
-    """sed_eval scores of the events ``det`` makes of every recording's probabilities."""
     pred, ann, labels, durs = {}, {}, {}, {}
     rate = grid.sample_rate_hz
     for p, r in zip(probs, recs, strict=True):
@@ -248,7 +241,6 @@ def train_epoch(
     reference: QualityReference | None,
     rng: np.random.Generator,
 ) -> float:
-    """One pass over the training recordings in random crops; the mean loss."""
     model.train()
     mcfg, cfg = model.config, run.data
     view = data.view.training(rng)
@@ -295,8 +287,6 @@ def train_epoch(
 
 @dataclass
 class Kept:
-    """The epoch the selection keeps, and its validation outputs."""
-
     epoch: int = -1
     score: float = -1.0
     state: dict[str, torch.Tensor] | None = None
@@ -312,9 +302,8 @@ def train(
     choose_epoch: bool = True,
     log_path: Path | None = None,
 ) -> Kept:
-    """The supervised epochs; the kept epoch. ``choose_epoch=False``: nothing is judged
-    between the epochs and the last one is kept (cross-validation, whose held-out records must
-    not choose anything)."""
+    """The supervised epochs; ``choose_epoch=False`` judges nothing between them and keeps the
+    last (cross-validation, whose held-out records must not choose anything)."""
     opt = torch.optim.AdamW(
         model.parameters(), lr=run.optim.lr, weight_decay=run.optim.weight_decay
     )
@@ -370,8 +359,6 @@ def train(
 def new_model(
     run: RunConfig, data: TrainingData, rng: np.random.Generator, device: str = "cpu"
 ) -> SedNet:
-    """The run's network on ``device`` with the training material's input statistics,
-    pretrained when ``pretrain.epochs`` > 0."""
     model = SedNet(run.sed_config(len(OUTPUTS)))
     model.set_input_stats(torch.from_numpy(data.mean), torch.from_numpy(data.std))
     model.to(device)
@@ -382,7 +369,6 @@ def new_model(
 
 
 def fit(run: RunConfig) -> dict[str, Any]:
-    """Run the recipe; the kept epoch's summary."""
     torch.manual_seed(run.seed)
     np.random.seed(run.seed)
     torch.set_num_threads(run.threads)

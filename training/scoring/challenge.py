@@ -1,8 +1,6 @@
-"""Benchmark scores: SPRSound challenge, ICBHI 2017, per-class P/R/F1, event-based F1.
-
-Definitions and conventions: docs/metrics.md. A ratio with an empty denominator is 0.0, never
-NaN. Only numpy and scipy (no torch), so the device side can import it too.
-"""
+"""Benchmark scores: SPRSound challenge, ICBHI 2017, per-class P/R/F1, event-based F1
+(definitions: docs/metrics.md). A ratio with an empty denominator is 0.0, never NaN. Only numpy
+and scipy (no torch), so the device side can import it too."""
 
 from __future__ import annotations
 
@@ -74,8 +72,6 @@ class SprScores:
 
 @dataclass(frozen=True)
 class IcbhiScores:
-    """ICBHI 2017 challenge scores."""
-
     se: float
     sp: float
     score: float
@@ -85,8 +81,6 @@ class IcbhiScores:
 
 @dataclass(frozen=True)
 class PRF:
-    """Precision, recall and F1 with the counts they come from."""
-
     precision: float
     recall: float
     f1: float
@@ -96,14 +90,11 @@ class PRF:
 
     @property
     def support(self) -> int:
-        """Number of reference (true) items."""
         return self.tp + self.fn
 
 
 @dataclass(frozen=True)
 class Event:
-    """One sound event on a recording's timeline, in seconds."""
-
     start_s: float
     end_s: float
     label: str
@@ -117,14 +108,9 @@ class Event:
 
 @dataclass(frozen=True)
 class EventScores:
-    """Event-based detection scores: per class, micro- and macro-averaged."""
-
     per_class: dict[str, PRF]
     micro: PRF
     macro: PRF
-
-
-# --- challenge scores ---------------------------------------------------------------------
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -174,9 +160,6 @@ def icbhi_scores(y_true: Sequence[str], y_pred: Sequence[str]) -> IcbhiScores:
     return IcbhiScores(se, sp, (se + sp) / 2.0, n_normal, n_abnormal)
 
 
-# --- per-class classification scores ------------------------------------------------------
-
-
 def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:
     """Confusion matrix ``(len(labels), len(labels))`` int64: rows true, columns predicted."""
     true, pred = _paired(y_true, y_pred)
@@ -192,7 +175,6 @@ def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str
 
 
 def prf(tp: int, fp: int, fn: int) -> PRF:
-    """Precision, recall and F1 of counts."""
     return PRF(
         _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(2 * tp, 2 * tp + fp + fn), tp, fp, fn
     )
@@ -215,8 +197,7 @@ def micro_average(per_class: Mapping[str, PRF]) -> PRF:
 
 
 def macro_average(per_class: Mapping[str, PRF]) -> PRF:
-    """Unweighted mean of the per-class P, R and F1 (classes with tp = fp = fn = 0 left out);
-    counts are summed."""
+    """Unweighted mean of per-class P, R, F1, all-zero classes left out; counts are summed."""
     active = [s for s in per_class.values() if s.tp + s.fp + s.fn > 0]
     tp, fp, fn = (sum(getattr(s, name) for s in per_class.values()) for name in ("tp", "fp", "fn"))
     if not active:
@@ -225,9 +206,6 @@ def macro_average(per_class: Mapping[str, PRF]) -> PRF:
         float(np.mean([getattr(s, name) for s in active])) for name in ("precision", "recall", "f1")
     ]
     return PRF(mean[0], mean[1], mean[2], tp, fp, fn)
-
-
-# --- event-based detection F1 -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -243,7 +221,6 @@ DEFAULT_TOLERANCE = EventTolerance()
 
 
 def events_match(reference: Event, estimate: Event, tolerance: EventTolerance) -> bool:
-    """Whether ``estimate`` may count as a detection of ``reference`` (bounds inclusive)."""
     if reference.label != estimate.label:
         return False
     if abs(estimate.start_s - reference.start_s) > tolerance.onset_s + TIME_EPSILON_S:
@@ -276,8 +253,7 @@ def event_f1(
     offset_tolerance_s: float | None = OFFSET_TOLERANCE_S,
     offset_fraction: float = OFFSET_FRACTION,
 ) -> EventScores:
-    """Event-based P/R/F1 of one recording's estimated events against its reference events;
-    ``offset_tolerance_s=None`` scores onsets only."""
+    """One recording's event scores; ``offset_tolerance_s=None`` scores onsets only."""
     tolerance = EventTolerance(onset_tolerance_s, offset_tolerance_s, offset_fraction)
     return event_f1_recordings({"": reference}, {"": estimated}, classes, tolerance)
 
@@ -288,8 +264,7 @@ def event_f1_recordings(
     classes: Sequence[str] | None = None,
     tolerance: EventTolerance = DEFAULT_TOLERANCE,
 ) -> EventScores:
-    """Event-based scores over many recordings: counts are summed, then P/R/F1 taken; events
-    are matched only within a recording and class."""
+    """Counts summed over recordings, then P/R/F1; events match only within recording and class."""
     extra = sorted(set(estimated) - set(reference))
     if extra:
         raise EvaluationError(f"{len(extra)} estimated recording(s) have no reference: {extra[:3]}")
@@ -318,26 +293,20 @@ def _event_classes(
     return chosen
 
 
-# --- annotations to task labels -----------------------------------------------------------
-
-
 def _check_task(task: str, allowed: Sequence[str]) -> None:
     if task not in allowed:
         raise EvaluationError(f"task {task!r} is not one of {', '.join(allowed)}")
 
 
 def event_task_labels(events: Iterable[SprEvent], task: str) -> list[str]:
-    """Task 1-1 or 1-2 labels of a record's annotated events, in the given (file) order."""
     _check_task(task, EVENT_TASKS)
     return [to_binary(e.type) if task == "1-1" else e.type for e in events]
 
 
 def record_task_label(record_label: str, task: str) -> str:
-    """Task 2-1 or 2-2 label of a record's annotated label."""
     _check_task(task, RECORD_TASKS)
     return record_label_2_1(record_label) if task == "2-1" else record_label
 
 
 def icbhi_cycle_labels(cycles: Iterable[IcbhiCycle]) -> list[str]:
-    """ICBHI 4-class labels of a recording's cycles, in the given order."""
     return [cycle.label for cycle in cycles]

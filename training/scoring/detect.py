@@ -1,11 +1,10 @@
 """``lungwatch detect --score``: the device's events in recordings, scored.
 
-The events are the device's (:mod:`edge.runtime.detect`, every recording one bed of the
-public streaming API, the manifest's fitted rules). ``--score`` (folders of SPRSound
-recordings with their ``.json`` annotations) also prints their detection scores, the
-threshold-free scores and the operating points, computed on the output frames the device's
-detector saw (docs/metrics.md, "lungwatch detect --score"); ``--score-out FILE`` writes them
-as JSON.
+The events are the device's (:mod:`edge.runtime.detect`: each recording one bed of the public
+streaming API, the manifest's fitted rules). ``--score`` (folders of SPRSound recordings with
+their ``.json`` annotations) also prints detection scores, threshold-free scores and operating
+points on the output frames the device's detector saw (docs/metrics.md, "lungwatch detect
+--score"); ``--score-out FILE`` writes them as JSON.
 """
 
 from __future__ import annotations
@@ -30,11 +29,9 @@ def score_folders(
     found: dict[str, RecordingEvents],
     model: tuple[Manifest, DetectorConfig | None] | None = None,
 ) -> dict[str, Any]:
-    """sed_eval scores of the device's events against the SPRSound annotations in
-    ``folders`` (every annotated record must have been run), and technical-alarm shares;
-    unreadable records are left out. With ``model`` (the manifest and the run's detector
-    section) and the output frames kept, also :func:`frame_scores` under the detector the
-    device ran."""
+    """sed_eval scores of the device's events against the SPRSound annotations in ``folders``
+    (each annotated record must have been run; unreadable ones are left out), technical-alarm
+    shares and, with ``model`` (manifest, run's detector section), :func:`frame_scores`."""
     from edge.audio import read_audio
     from training.data.sprsound import load_sprsound
     from training.scoring.detection import score_detection
@@ -78,8 +75,7 @@ def frame_scores(
     labels: dict[str, str],
     durations: dict[str, float],
 ) -> dict[str, Any]:
-    """The scores of the kept output frames: ``threshold_free`` and ``operating_points``
-    (:mod:`training.scoring.threshold_free`), under the detector the device ran."""
+    """``threshold_free`` and ``operating_points`` of the kept output frames (device's detector)."""
     from edge.bed.chain import resolve_detector
     from training.scoring.threshold_free import as_dict, operating_points, threshold_free
 
@@ -107,7 +103,6 @@ def frame_scores(
 
 
 def summary_line(scores: dict[str, Any]) -> str:
-    """The headline numbers of :func:`score_folders` on one line."""
     s = scores["summary"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     return (
@@ -123,7 +118,6 @@ def summary_line(scores: dict[str, Any]) -> str:
 
 
 def threshold_free_line(scores: dict[str, Any]) -> str:
-    """The family view's threshold-free numbers of :func:`score_folders` on one line."""
     parts = []
     for name in ("phases", "frames"):
         if "family" in scores.get(name, {}):
@@ -136,7 +130,6 @@ def threshold_free_line(scores: dict[str, Any]) -> str:
 
 
 def operating_lines(rows: list[dict[str, float]]) -> list[str]:
-    """The operating points of :func:`score_folders` as a small table, one line per row."""
     out = ["operating points (every class's on-threshold):  on  event_f1  segment_f1  fa/h"]
     out += [
         f"  {r['threshold']:.1f}  {r['event_f1_family']:.3f}  {r['segment_f1_family']:.3f}  "
@@ -152,8 +145,6 @@ def score(
     found: dict[str, RecordingEvents],
     folder: Path,
 ) -> None:
-    """``--score``: the scores of the events (and the output frames) in ``found`` against the
-    annotations below ``--audio``'s folders, on stderr and in ``--score-out``."""
     manifest = load_manifest(folder / MANIFEST_NAME)
     folders = [p for p in args.audio if p.is_dir()]
     scores = score_folders(folders, found, (manifest, config.detector))
@@ -170,7 +161,6 @@ def score(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lungwatch detect`` with ``--score``."""
     return detect_main(argv, scorer=score)
 
 

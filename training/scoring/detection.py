@@ -50,8 +50,6 @@ Event = tuple[float, float, str]
 
 @dataclass
 class ViewScores:
-    """Scores of one view."""
-
     event_f1: float
     event_precision: float
     event_recall: float
@@ -67,8 +65,6 @@ class ViewScores:
 
 @dataclass(frozen=True)
 class FamilyScores:
-    """One family (CAS or DAS) as a ward feels it."""
-
     event_f1: float
     event_precision: float
     event_recall: float
@@ -81,8 +77,6 @@ class FamilyScores:
 
 @dataclass
 class DetectionReport:
-    """Everything :func:`score_detection` measures."""
-
     views: dict[str, ViewScores]
     false_events_per_hour: float  # adventitious events predicted on Normal records
     normal_records_with_false_events: float  # share of Normal records with any
@@ -92,11 +86,9 @@ class DetectionReport:
 
     @property
     def macro_f1(self) -> float:
-        """The mean of the families' event F1."""
         return sum(f.event_f1 for f in self.families.values()) / max(1, len(self.families))
 
     def summary(self) -> dict[str, float]:
-        """The headline numbers, flat."""
         family, four = self.views["family"], self.views["4class"]
         out = {
             "event_f1_family": family.event_f1,
@@ -132,7 +124,6 @@ class DetectionReport:
         }
 
     def family_table(self) -> list[str]:
-        """The per-family measures as a small text table, one line per family."""
         rows = ["family  event_f1  precision  recall  false/h  presence_SE  presence_SP"]
         for name, f in self.families.items():
             rows.append(
@@ -232,7 +223,6 @@ def family_scores(
     labels: Mapping[str, str],
     hours: float,
 ) -> dict[str, FamilyScores]:
-    """Each family's event scores, false events per hour and record presence."""
     good = [r for r in annotated if labels.get(r) != POOR_QUALITY]
     normal = [r for r in annotated if labels.get(r) == NORMAL]
     out = {}
@@ -267,7 +257,6 @@ def score_detection(
     labels: Mapping[str, str],
     durations_s: Mapping[str, float],
 ) -> DetectionReport:
-    """Both views, the false-event rate and the per-family scores of ``annotated``'s records."""
     views = {name: score_view(predicted, annotated, name) for name in VIEWS}
     per_hour, share, hours = false_events(predicted, labels, durations_s)
     families = family_scores(views["family"], predicted, annotated, labels, hours)

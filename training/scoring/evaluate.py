@@ -58,8 +58,6 @@ Labels = dict[str, list[str]]  # record id -> labels in order (Task 2: a list of
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The result of one evaluation: the challenge scores and the per-class breakdown."""
-
     task: str
     n_records: int
     labels: tuple[str, ...]
@@ -84,9 +82,6 @@ class Evaluation:
         }
 
 
-# --- reading ------------------------------------------------------------------------------
-
-
 def _preview(names: Sequence[str]) -> str:
     shown = ", ".join(names[:PREVIEW_COUNT])
     more = len(names) - PREVIEW_COUNT
@@ -94,7 +89,6 @@ def _preview(names: Sequence[str]) -> str:
 
 
 def read_predictions(path: str | Path, task: str) -> Labels:
-    """Read and validate a predictions file for ``task`` (formats: docs/metrics.md)."""
     file_path = Path(path)
     try:
         document = json.loads(file_path.read_text(encoding="utf-8-sig"))
@@ -133,8 +127,7 @@ def _prediction_labels(value: object, task: str, where: str) -> list[str]:
 
 
 def read_references(folder: str | Path, task: str, skip: Path | None = None) -> Labels:
-    """The reference labels of every annotated record in ``folder`` for ``task``, leaving out
-    ``skip`` (the predictions file, when it lies in ``folder``)."""
+    """``skip``: the predictions file, left out when it lies in ``folder``."""
     directory = Path(folder)
     if not directory.is_dir():
         raise EvaluationError(f"{directory}: annotations folder not found")
@@ -166,13 +159,9 @@ def _sprsound_labels(path: Path, task: str) -> list[str]:
     return [record_task_label(record_label, task)]
 
 
-# --- aligning and scoring -----------------------------------------------------------------
-
-
 def align(
     references: Mapping[str, list[str]], predictions: Mapping[str, list[str]], task: str
 ) -> tuple[list[str], list[str]]:
-    """Flatten both label sets over the records (sorted by id) into parallel lists."""
     optional = {r for r, labels in references.items() if not labels}  # Task 1: no events
     unannotated = sorted(set(predictions) - set(references))
     unpredicted = sorted(set(references) - set(predictions) - optional)
@@ -200,7 +189,6 @@ def align(
 
 
 def score(task: str, y_true: Sequence[str], y_pred: Sequence[str], n_records: int) -> Evaluation:
-    """Challenge scores, per-class P/R/F1, macro average and confusion matrix of one task."""
     labels = TASK_LABELS[task]
     if task == ICBHI_TASK:
         scores: SprScores | IcbhiScores = icbhi_scores(y_true, y_pred)
@@ -220,7 +208,6 @@ def score(task: str, y_true: Sequence[str], y_pred: Sequence[str], n_records: in
 
 
 def evaluate(task: str, preds_path: str | Path, annotations_dir: str | Path) -> Evaluation:
-    """Read predictions and references, check they correspond, and score them."""
     if task not in TASKS:
         raise EvaluationError(f"task {task!r} is not one of {', '.join(TASKS)}")
     predictions = read_predictions(preds_path, task)
@@ -230,9 +217,6 @@ def evaluate(task: str, preds_path: str | Path, annotations_dir: str | Path) -> 
     except EvaluationError as exc:
         raise EvaluationError(f"{preds_path} vs {annotations_dir}: {exc}") from None
     return score(task, y_true, y_pred, n_records=len(references))
-
-
-# --- reporting ----------------------------------------------------------------------------
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
@@ -245,7 +229,6 @@ def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
 
 
 def format_report(result: Evaluation) -> str:
-    """The score table printed by ``lungwatch evaluate``."""
     s, digits = result.scores, SCORE_DIGITS
     items = ITEM_NAMES[result.task]
     lines = [
@@ -271,7 +254,7 @@ def format_report(result: Evaluation) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``lungwatch evaluate``; returns 0 on success, 1 on an input error."""
+    """Returns 0 on success, 1 on an input error."""
     parser = ArgumentParser(prog="lungwatch evaluate", description=__doc__)
     parser.add_argument(
         "--task", required=True, choices=TASKS, help="the challenge task the predictions answer"

@@ -38,7 +38,6 @@ def find_audio(audio_dir: Path, name: str) -> Path:
 
 
 def sprsound_records(audio_dir: Path, annotations: Path) -> list[SprRecord]:
-    """Records from annotation JSONs, with audio from another folder."""
     records = []
     for path in sorted(annotations.glob("*.json")):
         label, events = read_annotation(path)
@@ -62,7 +61,6 @@ def sprsound_records(audio_dir: Path, annotations: Path) -> list[SprRecord]:
 
 
 def icbhi_recordings(audio_dir: Path, annotations: Path) -> list[IcbhiRecording]:
-    """The ICBHI recordings of ``annotations`` (cycle files), with audio from ``audio_dir``."""
     recordings = []
     for path in sorted(annotations.glob("*.txt")):
         try:
@@ -80,7 +78,6 @@ def icbhi_recordings(audio_dir: Path, annotations: Path) -> list[IcbhiRecording]
 def predict_streaming(
     task: str, model: Path, audio_dir: Path, annotations: Path
 ) -> dict[str, object]:
-    """Every task from a frame-level model's device outputs."""
     import sys
 
     from edge.monitor import resolve_model

@@ -60,15 +60,12 @@ def icbhi_ages(root: Path) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class CycleReference:
-    """What ICBHI's annotation says of one recording's breathing."""
-
     cycles: int
     span_s: float  # first cycle's start to last cycle's end
     period_bpm: float | None  # 60 / median duration of the whole cycles (first, last left out)
 
     @property
     def rate_bpm(self) -> float:
-        """Cycles per minute of the annotated span."""
         return 60.0 * self.cycles / self.span_s
 
     @classmethod
@@ -81,8 +78,7 @@ class CycleReference:
 
 
 def body_sounds(audio: np.ndarray, rate_hz: int, cutoff_hz: float = 100.0) -> np.ndarray:
-    """The recording's sounds under ``cutoff_hz`` (heart, body): what a stethoscope on a chest
-    that does not breathe still hears (zero phase, 8th order)."""
+    """Sounds under ``cutoff_hz`` (heart, body): what a stethoscope on a still chest hears."""
     sos = butter(8, cutoff_hz, btype="low", fs=rate_hz, output="sos")
     return sosfiltfilt(sos, audio)
 
@@ -108,9 +104,8 @@ def breath_band_levels(audio: np.ndarray, rate_hz: int) -> tuple[float, float]:
 def splice(
     audio: np.ndarray, kind: str, at_s: float, seconds: float, rate_hz: int, seed: int = 0
 ) -> np.ndarray:
-    """``audio`` with ``seconds`` without breathing inserted at ``at_s``: ``quiet``, ``noise``,
-    ``zeros`` or ``detached`` (docs/respiration.md, "Apnoea"); the sounds come from the
-    ``seconds`` before ``at_s``."""
+    """``audio`` with ``seconds`` without breathing (docs/respiration.md, "Apnoea") inserted at
+    ``at_s``, its sounds taken from the ``seconds`` before ``at_s``."""
     rng = np.random.default_rng(seed)
     at, n = int(at_s * rate_hz), int(seconds * rate_hz)
     if at < n or at > audio.size:
@@ -132,8 +127,7 @@ def splice(
 
 
 def patient_streams(root: Path, rate_hz: int, min_s: float = MIN_STREAM_S) -> dict[str, np.ndarray]:
-    """Patient id -> the patient's ICBHI recordings back to back (leading zeros cut, repeated
-    to at least ``min_s``)."""
+    """Patient id -> their ICBHI recordings back to back, leading zeros cut, repeated to min_s."""
     by_patient: dict[str, list[Path]] = collections.defaultdict(list)
     for flac in sorted((root / "train").glob("*.flac")):
         by_patient[flac.stem.split("_")[0]].append(flac)
@@ -232,7 +226,6 @@ def _mae(pairs: Sequence[tuple[float | None, float]]) -> float | None:
 
 
 def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The headline numbers of ``rate_part``'s rows."""
     ok = [r for r in rows if r["assessable"]]
     signed = np.array([r["rate_bpm"] - r["rate_ref_bpm"] for r in ok])
     errors = np.abs(signed)
@@ -256,8 +249,7 @@ def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def grouped(
     rows: Sequence[Mapping[str, Any]], by: Mapping[str, Callable[[Mapping[str, Any]], Any]]
 ) -> dict[str, dict[str, Any]]:
-    """For each grouping of ``by`` (name -> a row's group), each group's rate summary,
-    the groups in order (named by their text)."""
+    """Per grouping of ``by`` (name -> a row's group), each group's rate summary, keyed by text."""
     out: dict[str, dict[str, Any]] = {}
     for key, of in by.items():
         names = sorted({of(r) for r in rows})

@@ -1,8 +1,6 @@
-"""The SPRSound challenge tasks from a frame-level streaming model's outputs.
-
-The probabilities are the device's (:func:`edge.runtime.offline.detect_recordings`); the
-Task 1 and Task 2 rules and their fit: docs/training.md ("``tasks`` and ``predict``").
-"""
+"""The SPRSound challenge tasks from the device's frame outputs
+(:func:`edge.runtime.offline.detect_recordings`); the Task 1 and Task 2 rules and their fit:
+docs/training.md ("``tasks`` and ``predict``")."""
 
 from __future__ import annotations
 
@@ -37,8 +35,6 @@ ROUNDS = 3
 
 @dataclass(frozen=True)
 class TaskRules:
-    """How the challenge labels are read from output frames (module doc)."""
-
     event_thresholds: Mapping[str, float]  # per detected class: pooled probability of "present"
     pool: str = "mean"
     poor_quality: float = 0.5  # mean Poor Quality output above it: a Poor Quality record
@@ -128,7 +124,6 @@ def pooled_spans(
 
 
 def label_of_pooled(pooled: np.ndarray, thresholds: np.ndarray) -> str:
-    """Task 1-2 label of one span's pooled outputs (module doc)."""
     ratio = pooled / thresholds
     present = ratio >= 1.0
     if not present.any():
@@ -174,19 +169,13 @@ def record_label(probs: np.ndarray, outputs: Sequence[str], rules: TaskRules) ->
 
 
 def _record_decision(stats: np.ndarray, rules: TaskRules) -> str:
-    """Task 2-2 label from a record's statistics (mean Poor Quality, CAS, DAS scores)."""
     if stats[0] > rules.poor_quality:
         return POOR_QUALITY
     return record_label_from_families(bool(stats[1] > rules.cas), bool(stats[2] > rules.das))
 
 
-# --- fitting on validation ------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class TaskRecord:
-    """What fitting needs of one validation record."""
-
     record_id: str
     label: str  # SPRSound record label (Task 2-2)
     spans: tuple[tuple[float, float], ...]  # annotated events, seconds
@@ -200,7 +189,6 @@ def _score(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
 def _ascend(
     start: list[float], grid: Sequence[float], score: Callable[[list[float]], float]
 ) -> tuple[list[float], float]:
-    """Coordinate ascent of ``score`` over each entry of ``start`` on ``grid``."""
     best, best_score = list(start), score(start)
     for _ in range(ROUNDS):
         moved = False
@@ -221,8 +209,7 @@ def fit_task_rules(
     outputs: Sequence[str],
     grid: FrameGrid,
 ) -> tuple[TaskRules, dict[str, float]]:
-    """Thresholds that maximise the Task 1-2 and Task 2-2 Scores on ``records`` (validation);
-    the rules and the four validation Scores they give."""
+    """Rules maximising the Task 1-2 and 2-2 Scores on validation ``records``; their four Scores."""
     truth = [label for r in records for label in r.span_labels]
     best_event: tuple[float, str, list[float]] = (-1.0, "mean", [])
     for pool in POOLS:
@@ -263,7 +250,6 @@ def task_scores(
     grid: FrameGrid,
     rules: TaskRules,
 ) -> dict[str, float]:
-    """The four SPRSound Scores of ``rules`` on annotated records."""
     truth: list[str] = []
     pred: list[str] = []
     for r in records:
@@ -281,9 +267,6 @@ def task_scores(
     }
 
 
-# --- the device's probabilities, the manifest, the command ----------------------------------
-
-
 def task_record(record: Any) -> TaskRecord:
     """A :class:`training.data.sprsound.SprRecord` as fitting needs it."""
     return TaskRecord(
@@ -296,8 +279,6 @@ def task_record(record: Any) -> TaskRecord:
 
 @dataclass(frozen=True)
 class DeviceOutputs:
-    """Every record's output frames as the device computes them, and how to read them."""
-
     probs: dict[str, np.ndarray]
     outputs: tuple[str, ...]
     grid: FrameGrid
@@ -331,8 +312,7 @@ def rules_of_manifest(model_dir: Any) -> TaskRules | None:
 
 
 def fit_model(model_dir: Path, model_file: str) -> dict[str, Any]:
-    """Fit the rules on the validation records of the run that trained the model, with the
-    model's own device outputs; the manifest's ``tasks`` section."""
+    """The ``tasks`` section fitted on its run's validation records, from the model's outputs."""
     from training.data.sprsound import load_sprsound, patient_disjoint_split
 
     folder, fraction, seed = validation_split(model_dir)
@@ -360,7 +340,6 @@ def _shown(folder: Path) -> str:
 
 
 def validation_split(model_dir: Path) -> tuple[Path, float, int]:
-    """(folder, validation share, split seed) of the run behind ``model_dir``/model.pt."""
     from edge.datapaths import sprsound_root
     from training.models.checkpoint import load_checkpoint
 
@@ -370,7 +349,6 @@ def validation_split(model_dir: Path) -> tuple[Path, float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lungwatch tasks``: fit the Task rules and write them into the model's manifest."""
     import json
 
     from edge.inference.manifest_write import set_section

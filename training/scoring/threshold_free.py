@@ -1,8 +1,6 @@
-"""Threshold-free detection scores of a model's frame outputs, computed with sed_scores_eval.
-
-:mod:`training.scoring.detection` scores one operating point; this module scores every
-operating point at once (PSDS in DCASE's two scenarios, best per-class event F1), so two models
-can be compared without the thresholds in between. The two score sets (``phases``: the
+"""Threshold-free detection scores of a model's frame outputs, computed with sed_scores_eval:
+every operating point at once (PSDS in DCASE's two scenarios, best per-class event F1), so two
+models can be compared without the thresholds in between. The two score sets (``phases``: the
 device's phase rule at every threshold; ``frames``: the bare outputs), where ``phases`` differs
 from the device, and the adaptations to sed_scores_eval: docs/metrics.md, "Threshold-free
 detection scores" and "Operating points".
@@ -59,9 +57,8 @@ def view_events(
 
 
 def disjoint(events: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
-    """Annotated events as sed_scores_eval takes them: a class's events may not touch or
-    overlap. Overlapping ones become their union; of touching ones the earlier ends
-    ``TOUCH_GAP_S`` sooner, so both stay events, as in sed_eval."""
+    """Annotated events as sed_scores_eval takes them (a class's may not touch or overlap):
+    overlapping ones merge; touching ones stay two, as in sed_eval (the earlier ends sooner)."""
     out: list[tuple[float, float, str]] = []
     for label in sorted({label for *_, label in events}):
         spans = sorted((s, e) for s, e, lab in events if lab == label)
@@ -117,8 +114,7 @@ def event_table(
     classes: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
     """(timestamps, scores) of scored events ``(start_s, end_s, type, score)``: each stretch
-    between event edges scores, per view class, the highest score of the events covering it
-    (0 where none does)."""
+    between event edges scores, per view class, the highest covering event's score, else 0."""
     end = max([duration_s, *(e for _, e, _, _ in events)])
     edges = np.unique(np.r_[0.0, end, [s for s, _, _, _ in events], [e for _, e, _, _ in events]])
     scores = np.zeros((len(edges) - 1, len(classes)))
@@ -213,7 +209,6 @@ def score_tables(
 def scored_records(
     probs: Mapping[str, np.ndarray], annotated: Mapping[str, Sequence[Event]]
 ) -> list[str]:
-    """The annotated records, sorted; one without frame outputs is named."""
     records = sorted(annotated)
     missing = [r for r in records if r not in probs]
     if missing:
@@ -264,9 +259,8 @@ def operating_points(
     grid: FrameGrid,
     thresholds: Sequence[float] = SWEEP,
 ) -> list[dict[str, float]]:
-    """The device's detector with every detected class's on-threshold at each of
-    ``thresholds`` (docs/metrics.md, "Operating points"): one row of
-    :meth:`DetectionReport.summary` per threshold, with ``threshold``."""
+    """The device's detector with every detected class's on-threshold at each of ``thresholds``
+    (docs/metrics.md, "Operating points"): :meth:`DetectionReport.summary` plus ``threshold``."""
     records = scored_records(probs, annotated)
     types = [t for t in outputs if t in DETECTED_CLASSES]
     frames = [np.asarray(probs[r], np.float32) for r in records]
@@ -284,8 +278,7 @@ def operating_points(
 
 
 def as_dict(scores: Mapping[str, Mapping[str, ThresholdFree]]) -> dict[str, Any]:
-    """JSON-ready form of :func:`threshold_free`'s result; an infinite best threshold is the
-    string ``"inf"`` or ``"-inf"`` (strict JSON)."""
+    """JSON-ready :func:`threshold_free` result; an infinite best threshold is "inf" or "-inf"."""
     out: dict[str, Any] = {}
     for name, views in scores.items():
         out[name] = {}

@@ -47,8 +47,7 @@ def validation_records(model_dir: Path) -> list[SprRecord]:
 
 
 def icbhi_training_patients(model_dir: Path) -> set[str]:
-    """The ICBHI patients ``model_dir``'s checkpoint trained on: its own list, else (an older
-    checkpoint) the share its run config draws."""
+    """ICBHI patients the checkpoint trained on: its own list, else (older ones) its run's share."""
     from lungwatch.config import from_mapping
     from training.data.icbhi import training_share
     from training.models.checkpoint import load_checkpoint
@@ -62,7 +61,6 @@ def icbhi_training_patients(model_dir: Path) -> set[str]:
 
 
 def sprsound_view(records: Sequence[SprRecord], found: Mapping[str, RecordingEvents]) -> dict:
-    """Per-family scores and poor_signal shares of SPRSound records."""
     from edge.audio import read_audio
 
     annotated = {r.record_id: [(e.start_ms / 1e3, e.end_ms / 1e3, e.type) for e in r.events]
@@ -92,7 +90,6 @@ def _report(report: DetectionReport) -> dict[str, Any]:
 
 
 def icbhi_view(recordings: Sequence[IcbhiRecording], found: Mapping[str, RecordingEvents]) -> dict:
-    """The cycle-level ICBHI scores and the per-family event scores."""
     counts = dict.fromkeys(ICBHI_CLASSES, 0)
     correct = dict.fromkeys(ICBHI_CLASSES, 0)
     family = {"crackle": [0, 0, 0, 0], "wheeze": [0, 0, 0, 0]}  # tp, fn, fp, tn
@@ -195,7 +192,6 @@ def _icbhi_events(
 
 
 def run_views(model: Path, views: Sequence[str], exclude: set[str]) -> dict[str, Any]:
-    """Every view of ``views`` for the model artifact ``model``."""
     folder, file = resolve_model(model)
     out: dict[str, Any] = {"model": str(folder / file)}
     for view in views:
@@ -226,7 +222,6 @@ HEADLINE = ("macro_f1", "f1_cas", "f1_das", "fa_per_hour_cas", "fa_per_hour_das"
 
 
 def headline(result: Mapping[str, Any]) -> str:
-    """``view.key=value`` pairs of the headline numbers."""
     parts = []
     for view in VIEWS:
         for key in HEADLINE:
