@@ -170,7 +170,8 @@ class AlarmCondition:
     ended_s: float | None = None  # when its last live episode ended (None: one is live)
     seen: set[str] = field(default_factory=set)  # every episode id it has counted
     current: set[str] = field(default_factory=set)  # episodes since it last started alarming
-    # a restored record's open episodes not yet back: listed till the bed's summary says
+    # a restored record's open episodes not yet back: listed until the bed's summary says
+    # whether the device still holds them
     held: set[str] = field(default_factory=set)
     alarm_utc: str = ""  # the newest episode that must be heard (a new life-threatening one)
     version: int = 0  # bumped by every change (the view is cached per version and priority)

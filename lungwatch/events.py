@@ -417,7 +417,8 @@ class Event:
 
     @classmethod
     def onset(cls, **values: Any) -> Event:
-        """A new episode's first message: fresh ids, kind from the type, default priority."""
+        """A new episode's first message: fresh ids, kind from the type, priority from
+        DEFAULT_PRIORITIES unless given."""
         event_type = values.get("type")
         kind = kind_of(event_type) if isinstance(event_type, str) else "technical"
         defaults = {"id": new_id(), "episode_id": new_id(), "kind": kind, "state": "onset"}
