@@ -59,14 +59,7 @@ class Receiver:
         replay_window: int = REPLAY_WINDOW,
     ) -> None:
         self.config = config or ReceiverConfig()
-        self.parser = FrameParser(
-            keys,
-            default_key,
-            scanner=scanner,
-            allow_v1=allow_v1,
-            state_path=state_path,
-            replay_window=replay_window,
-        )
+        self.parser = FrameParser(keys, default_key, scanner, allow_v1, state_path, replay_window)
         self._streams: dict[tuple[int, int], StreamAssembler] = {}
         self._dropped = 0
 
@@ -136,19 +129,13 @@ class Receiver:
         for frame in frames:
             assembler = get((frame[1], frame[2]))  # (device_id, stream_id)
             if assembler is None:
-                assembler = self._new_stream(frame)
-                if assembler is None:
+                if len(self._streams) >= self.config.max_streams:
+                    self._dropped += 1
                     continue
+                key = StreamKey(frame.device_id, frame.stream_id)
+                assembler = StreamAssembler(key, frame.sample_rate_hz, self.config.jitter)
+                self._streams[key] = assembler
             if assembler.push(frame, arrival_s):
                 holding[assembler] = None
         for assembler in holding:
             assembler.poll(arrival_s)
-
-    def _new_stream(self, frame: Frame) -> StreamAssembler | None:
-        if len(self._streams) >= self.config.max_streams:
-            self._dropped += 1
-            return None
-        key = StreamKey(frame.device_id, frame.stream_id)
-        assembler = StreamAssembler(key, frame.sample_rate_hz, self.config.jitter)
-        self._streams[key] = assembler
-        return assembler

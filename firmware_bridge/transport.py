@@ -108,13 +108,14 @@ class _Reconnecting:
         if data is None:
             return None
         if not data:  # closed by the other side, or failed
-            self._drop()
+            self.close()
+            self._retry_at = self._clock() + self._backoff.next_delay_s()
             return Received(link=LINK_DOWN)
         return Received(data)
 
     def close(self) -> None:
         if self._handle is not None:
-            self._close_handle()
+            self._handle.close()
             self._handle = None
 
     def _try_open(self, deadline: float) -> Received | None:
@@ -131,18 +132,11 @@ class _Reconnecting:
         self._backoff.reset()
         return Received(link=LINK_UP)
 
-    def _drop(self) -> None:
-        self.close()
-        self._retry_at = self._clock() + self._backoff.next_delay_s()
-
     def _open(self, timeout_s: float) -> Any:
         raise NotImplementedError
 
     def _read(self, timeout_s: float) -> bytes | None:
         """Bytes (b"" if the link closed), or None when none came within the timeout."""
-        raise NotImplementedError
-
-    def _close_handle(self) -> None:
         raise NotImplementedError
 
 
@@ -169,9 +163,6 @@ class TcpTransport(_Reconnecting):
             return bytes(self._handle.recv(TCP_READ_BYTES))
         except (TimeoutError, BlockingIOError):
             return None
-
-    def _close_handle(self) -> None:
-        self._handle.close()
 
 
 class SerialTransport(_Reconnecting):
@@ -209,9 +200,6 @@ class SerialTransport(_Reconnecting):
             return bytes(first + port.read(port.in_waiting))
         except self._serial.SerialException:
             return b""
-
-    def _close_handle(self) -> None:
-        self._handle.close()
 
 
 def import_pyserial() -> Any:
