@@ -186,8 +186,7 @@ class StreamAssembler:
         )
 
     def _report(self, kind: str, device_index: int, **detail: Any) -> None:
-        report = Report(self.key, kind, device_index + self._offset, detail)
-        self._pieces.append(("report", report))
+        self._pieces.append(("report", Report(self.key, kind, device_index + self._offset, detail)))
 
     def _start(self, first_sample: int) -> None:
         joining = first_sample > self._max_fill
@@ -233,7 +232,7 @@ class StreamAssembler:
         if frame.first_sample + frame.sample_count <= self._next:
             self._behind(frame)
             return
-        if self._is_held(frame):
+        if any(e[0] == frame.first_sample and e[1] == 0 for e in self._heap):  # held already
             self.counts["duplicates"] += 1
             return
         self._behind_run = 0
@@ -243,9 +242,6 @@ class StreamAssembler:
             self._max_seen = frame.first_sample
             self.drift.add(frame.first_sample + frame.sample_count, arrival_s)
         heapq.heappush(self._heap, (frame.first_sample, 0, next(self._tie), frame, arrival_s))
-
-    def _is_held(self, frame: Frame) -> bool:
-        return any(e[0] == frame.first_sample and e[1] == 0 for e in self._heap)
 
     def _behind(self, frame: Frame) -> None:
         """A frame wholly behind ``next``: late if it falls in a declared gap, else a
@@ -273,11 +269,9 @@ class StreamAssembler:
     def _apply_marker(self, frame: Frame) -> None:
         index = min(frame.first_sample, self._next)
         if frame.frame_type == FrameType.STATUS:
-            status = unpack_status(frame.payload)
-            self._report(DEVICE_STATUS, index, **vars(status))
+            self._report(DEVICE_STATUS, index, **vars(unpack_status(frame.payload)))
         elif frame.frame_type == FrameType.DEVICE_INFO:
-            info = unpack_device_info(frame.payload)
-            self._report(DEVICE_INFO, index, **vars(info))
+            self._report(DEVICE_INFO, index, **vars(unpack_device_info(frame.payload)))
 
     def _release(self, now_s: float | None = None, force: bool = False) -> None:
         """The hole before the first held frame becomes a gap when ``force``, when more than
