@@ -44,6 +44,9 @@ STAT_NAMES = (
     *("frames", "samples", "duplicates", "late", "reordered", "overlaps", "gaps"),
     *("missing_samples", "jumps", "restarts", "rate_mismatches", "markers"),
 )
+# JitterConfig's lower bounds
+JITTER_MINIMA = {"depth_frames": 0, "max_hold_s": 0, "max_fill_s": 0, "restart_after_frames": 1}
+JITTER_MINIMA |= {"drift_window_points": 3, "drift_min_span_s": 0}
 
 
 @dataclass(frozen=True)
@@ -56,17 +59,9 @@ class JitterConfig:
     drift_min_span_s: float = 2.0
 
     def __post_init__(self) -> None:
-        checks = {
-            "depth_frames": self.depth_frames >= 0,
-            "max_hold_s": self.max_hold_s >= 0,
-            "max_fill_s": self.max_fill_s >= 0,
-            "restart_after_frames": self.restart_after_frames >= 1,
-            "drift_window_points": self.drift_window_points >= 3,
-            "drift_min_span_s": self.drift_min_span_s >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise SettingError(f"jitter.{name} out of range: {getattr(self, name)!r}")
+        bad = [name for name, low in JITTER_MINIMA.items() if not getattr(self, name) >= low]
+        if bad:
+            raise SettingError(f"jitter.{bad[0]} out of range: {getattr(self, bad[0])!r}")
 
 
 @dataclass(frozen=True)
@@ -294,9 +289,7 @@ class StreamAssembler:
     def _hole_due(self, now_s: float | None) -> bool:
         if len(self._heap) > self._cfg.depth_frames:
             return True
-        if now_s is None:
-            return False
-        return now_s - min(e[4] for e in self._heap) >= self._cfg.max_hold_s
+        return now_s is not None and now_s - min(e[4] for e in self._heap) >= self._cfg.max_hold_s
 
     def _gap(self, index: int) -> None:
         missing = index - self._next

@@ -316,12 +316,8 @@ def pack_status(status: DeviceStatus) -> bytes:
 
 def unpack_status(payload: bytes) -> DeviceStatus:
     battery, bits, gain_cdb, clipped = STATUS.unpack(payload)
-    return DeviceStatus(
-        battery_percent=None if battery > 100 else battery,
-        gain_cdb=gain_cdb,
-        clipped_samples=clipped,
-        off_body=bool(bits & STATUS_OFF_BODY) if bits & STATUS_HAS_CONTACT_SENSOR else None,
-    )
+    off_body = bool(bits & STATUS_OFF_BODY) if bits & STATUS_HAS_CONTACT_SENSOR else None
+    return DeviceStatus(None if battery > 100 else battery, gain_cdb, clipped, off_body)
 
 
 def pack_device_info(info: DeviceInfo) -> bytes:
