@@ -60,10 +60,8 @@ class Recorder:
             self.segments.append(item)
 
     def timeline(self) -> np.ndarray:
-        if not self.segments:
-            return np.zeros(0, dtype=np.float32)
-        origin = min(s.first_sample for s in self.segments)
-        end = max(s.first_sample + s.samples.size for s in self.segments)
+        origin = min((s.first_sample for s in self.segments), default=0)
+        end = max((s.first_sample + s.samples.size for s in self.segments), default=0)
         out = np.zeros(end - origin, dtype=np.float32)
         for s in self.segments:
             out[s.first_sample - origin : s.first_sample - origin + s.samples.size] = s.samples

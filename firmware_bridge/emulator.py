@@ -205,10 +205,9 @@ def _device_key(path: Path, device_id: int | None) -> tuple[int, bytes]:
                               f"{len(ring.keys) + (ring.default is not None)} keys")  # fmt: skip
         ((device_id, key),) = ring.keys.items()
         return device_id, key
-    key = ring.keys.get(device_id, ring.default)  # type: ignore[assignment]
-    if key is None:
+    if device_id not in ring.keys:  # given a device, a bare key is that device's
         raise BridgeError(f"--key-file {path}: no key for device {device_id}")
-    return device_id, key
+    return device_id, ring.keys[device_id]
 
 
 def _next_session(args: argparse.Namespace) -> int:

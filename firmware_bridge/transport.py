@@ -195,9 +195,7 @@ class SerialTransport(_Reconnecting):
         try:
             port.timeout = timeout_s
             first = port.read(1)
-            if not first:
-                return None
-            return bytes(first + port.read(port.in_waiting))
+            return bytes(first + port.read(port.in_waiting)) if first else None
         except self._serial.SerialException:
             return b""
 
