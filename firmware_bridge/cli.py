@@ -36,6 +36,7 @@ POLL_S = 0.05
 INT16_FULL_SCALE = 32768.0
 PROVISION = "provision"
 log = logging.getLogger("firmware_bridge")
+Statuses = dict[StreamKey, dict[str, Any]]  # each stream's last device status
 V1_WARNING = (
     "%s: allow_v1: version-1 frames are accepted (audio in clear, no replay protection); "
     "remove it once every device sends version 2"
@@ -190,8 +191,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     if args.allow_v1:
         log.warning(V1_WARNING, url.text)
     state = args.state_file or default_state_path(args.key_file, args.key_dir)
-    jitter = JitterConfig(depth_frames=args.jitter_frames, max_hold_s=args.max_hold_ms / 1000)
-    config = ReceiverConfig(jitter=jitter)
+    config = ReceiverConfig(JitterConfig(args.jitter_frames, args.max_hold_ms / 1000))
     receiver = Receiver(config, ring.keys, ring.default, allow_v1=args.allow_v1, state_path=state)
     bridge = Bridge(open_transport(url), receiver)
     recorder = Recorder(args.device, args.stream)
@@ -206,7 +206,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
 
 def _loop(bridge: Bridge, args: argparse.Namespace, recorder: Recorder, out: TextIO) -> None:
     start_s = last_data_s = next_stats_s = time.monotonic()
-    last_status: dict[StreamKey, dict[str, Any]] = {}
+    last_status: Statuses = {}
     try:
         while args.seconds is None or time.monotonic() - start_s < args.seconds:
             items = bridge.poll(POLL_S)
@@ -225,10 +225,7 @@ def _loop(bridge: Bridge, args: argparse.Namespace, recorder: Recorder, out: Tex
 
 
 def _handle(
-    items: list[Output],
-    recorder: Recorder,
-    last_status: dict[StreamKey, dict[str, Any]],
-    events: TextIO | None,
+    items: list[Output], recorder: Recorder, last_status: Statuses, events: TextIO | None
 ) -> None:
     for item in items:
         if isinstance(item, Segment):
@@ -241,9 +238,7 @@ def _handle(
             print(json.dumps(event | item.detail), file=events, flush=True)
 
 
-def _print_stats(
-    bridge: Bridge, elapsed_s: float, last_status: dict[StreamKey, dict[str, Any]], out: TextIO
-) -> None:
+def _print_stats(bridge: Bridge, elapsed_s: float, last_status: Statuses, out: TextIO) -> None:
     """One JSON line per stream, then one for the link."""
     stats, t_s = bridge.receiver.stats(), round(elapsed_s, 3)
     for stream in stats.streams:

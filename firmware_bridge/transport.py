@@ -47,8 +47,7 @@ class Backoff:
         self._delay_s = initial_s
 
     def next_delay_s(self) -> float:
-        delay_s = self._delay_s
-        self._delay_s = min(self._delay_s * 2.0, self.max_s)
+        delay_s, self._delay_s = self._delay_s, min(self._delay_s * 2.0, self.max_s)
         return delay_s
 
     def reset(self) -> None:
