@@ -216,12 +216,8 @@ class StreamAssembler:
     def _rate_mismatch(self, frame: Frame) -> None:
         self.counts["rate_mismatches"] += 1
         if self.counts["rate_mismatches"] == 1:
-            self._report(
-                RATE_MISMATCH,
-                self._next,
-                frame_rate_hz=frame.sample_rate_hz,
-                stream_rate_hz=self.sample_rate_hz,
-            )
+            rates = {"frame_rate_hz": frame.sample_rate_hz, "stream_rate_hz": self.sample_rate_hz}
+            self._report(RATE_MISMATCH, self._next, **rates)
 
     def _push_audio(self, frame: Frame, arrival_s: float) -> None:
         if frame.first_sample + frame.sample_count <= self._next:

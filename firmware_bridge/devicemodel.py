@@ -57,14 +57,12 @@ class DeviceConfig:
                 f"frame_samples must be in [1, {limit}] for this format and protocol version, "
                 f"got {self.frame_samples}"
             )
-        if self.session is not None:
-            if not 0 <= self.session <= U32_MAX:
-                raise BridgeError(f"session must be in [0, {U32_MAX}], got {self.session}")
-            if self.key is None or len(self.key) < MIN_DEVICE_KEY_BYTES:
-                raise BridgeError(
-                    f"a v2 device (session set) needs a key of at least {MIN_DEVICE_KEY_BYTES} "
-                    "bytes"
-                )
+        if self.session is not None and not 0 <= self.session <= U32_MAX:
+            raise BridgeError(f"session must be in [0, {U32_MAX}], got {self.session}")
+        if self.session is not None and (self.key is None or len(self.key) < MIN_DEVICE_KEY_BYTES):
+            raise BridgeError(
+                f"a v2 device (session set) needs a key of at least {MIN_DEVICE_KEY_BYTES} bytes"
+            )
         if self.status_every_s <= 0 or abs(self.drift_ppm) >= 1e5:
             raise BridgeError("status_every_s must be > 0 and |drift_ppm| < 1e5")
 

@@ -153,8 +153,7 @@ class PythonScanner:
 
 
 class NumbaScanner:
-    """The compiled kernel (one call per push); counters accumulate in an int64 array.
-    Raises ImportError when numba is not installed."""
+    """The compiled kernel, one call per push; counters in an int64 array. ImportError: no numba."""
 
     name = "numba"
 
@@ -236,8 +235,7 @@ class FrameParser:
         return self._run(final=False)
 
     def flush(self) -> list[Frame]:
-        """No more bytes follow (a datagram ended, a connection dropped): incomplete frames are
-        dropped as ``truncated``."""
+        """No more bytes (a datagram ended, a link dropped): incomplete frames are ``truncated``."""
         return self._run(final=True) if self._buf else []
 
     def stats(self) -> ParserStats:

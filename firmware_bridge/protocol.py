@@ -144,8 +144,7 @@ def compute_tag(key: bytes, signed: bytes | bytearray | memoryview) -> bytes:
 
 
 def session_key(device_key: bytes, device_id: int, stream_id: int, session: int) -> bytes:
-    """v2's ChaCha20-Poly1305 key per (device, stream, session), HKDF-SHA256 (RFC 5869):
-    docs/firmware-protocol.md, 4.3"""
+    """v2's ChaCha20-Poly1305 key per (device, stream, session): docs/firmware-protocol.md, 4.3"""
     info = SESSION_KEY_INFO + SESSION_INFO_IDS.pack(device_id, stream_id, session)
     return HKDF(hashes.SHA256(), 32, SESSION_KEY_SALT, info).derive(device_key)
 

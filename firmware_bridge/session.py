@@ -37,8 +37,7 @@ _SAVE_LOCKS_GUARD = threading.Lock()
 
 
 def key_id(key: bytes) -> str:
-    """A key's fingerprint (16 hex digits), stored with a device's sessions: a device given a
-    new key starts afresh (its counters start again)."""
+    """A key's fingerprint (16 hex digits), kept with its device's sessions: new key, new start."""
     return hashlib.sha256(b"lungwatch key id" + key).hexdigest()[:16]
 
 

@@ -55,8 +55,7 @@ class Backoff:
 
 
 class UdpTransport:
-    """Bind HOST:PORT and take datagrams from any sender (port 0: any free port, see
-    :attr:`address`)."""
+    """Datagrams from any sender, bound to HOST:PORT (port 0: a free port, see :attr:`address`)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.name = f"udp://{host}:{port}"
