@@ -43,17 +43,20 @@ _TABLES = np.array(
 
 
 @njit(cache=True, nogil=True)
+def _u(buf: np.ndarray, at: int, width: int) -> np.uint64:
+    value = np.uint64(0)
+    for k in range(width):
+        value |= np.uint64(buf[at + k]) << np.uint64(8 * k)
+    return value
+
+
+@njit(cache=True, nogil=True)
 def crc32c(tables: np.ndarray, data: np.ndarray, start: int, stop: int) -> np.uint32:
     """CRC-32C of ``data[start:stop]`` (uint8), slicing-by-8 with ``tables`` (``_TABLES``)."""
     reg = np.uint32(_INIT)
     i = start
     while i + 8 <= stop:
-        low = reg ^ (
-            np.uint32(data[i])
-            | (np.uint32(data[i + 1]) << 8)
-            | (np.uint32(data[i + 2]) << 16)
-            | (np.uint32(data[i + 3]) << 24)
-        )
+        low = reg ^ np.uint32(_u(data, i, 4))
         reg = (
             tables[7, low & 0xFF]
             ^ tables[6, (low >> 8) & 0xFF]
@@ -69,14 +72,6 @@ def crc32c(tables: np.ndarray, data: np.ndarray, start: int, stop: int) -> np.ui
         reg = (reg >> 8) ^ tables[0, (reg ^ data[i]) & 0xFF]
         i += 1
     return reg ^ np.uint32(_INIT)
-
-
-@njit(cache=True, nogil=True)
-def _u(buf: np.ndarray, at: int, width: int) -> np.uint64:
-    value = np.uint64(0)
-    for k in range(width):
-        value |= np.uint64(buf[at + k]) << np.uint64(8 * k)
-    return value
 
 
 @njit(cache=True, nogil=True)
@@ -117,8 +112,8 @@ def _candidate(
     row: np.ndarray,
     counts: np.ndarray,
 ) -> int:
-    """Bytes to consume at a magic: 0 wait, 1 not a frame (counted), else the frame size
-    (``row`` filled)."""
+    """Bytes to consume at a magic: 0 wait, 1 not a frame (counted), -1 bad CRC, else the frame
+    size (``row`` filled)."""
     if end - start < HEADER_BYTES:
         if not final:
             return 0
@@ -130,11 +125,6 @@ def _candidate(
         return 1
     nbytes, flags, version = int(_u(buf, start + 6, 2)), buf[start + 4], buf[start + 2]
     header_bytes = HEADER_BYTES if version == VERSION else HEADER_V2_BYTES
-    if end - start < header_bytes:
-        if not final:
-            return 0
-        counts[TRUNCATED] += 1
-        return 1
     crc_at = start + header_bytes + nbytes + (TAG_BYTES if flags & FLAG_AUTH else 0)
     if end - crc_at < CRC_BYTES:
         if not final:
@@ -147,12 +137,8 @@ def _candidate(
     size = crc_at + CRC_BYTES - start
     row[0], row[1], row[2], row[3], row[4] = start, size, buf[start + 3], flags, buf[start + 5]
     row[5], row[6], row[7] = nbytes, _u(buf, start + 8, 4), _u(buf, start + 12, 2)
-    row[8], row[10], row[11] = (
-        _u(buf, start + 14, 2),
-        _u(buf, start + 20, 8),
-        _u(buf, start + 28, 4),
-    )
-    row[12] = version
+    row[8], row[10] = _u(buf, start + 14, 2), _u(buf, start + 20, 8)
+    row[11], row[12] = _u(buf, start + 28, 4), version
     if version == VERSION:
         row[9], row[13] = _u(buf, start + 16, 4), 0
     else:  # the sequence slot holds the session; the 64-bit counter follows the v1 fields

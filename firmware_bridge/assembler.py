@@ -44,6 +44,9 @@ STAT_NAMES = (
     *("frames", "samples", "duplicates", "late", "reordered", "overlaps", "gaps"),
     *("missing_samples", "jumps", "restarts", "rate_mismatches", "markers"),
 )
+# JitterConfig's lower bounds
+JITTER_MINIMA = {"depth_frames": 0, "max_hold_s": 0, "max_fill_s": 0, "restart_after_frames": 1}
+JITTER_MINIMA |= {"drift_window_points": 3, "drift_min_span_s": 0}
 
 
 @dataclass(frozen=True)
@@ -56,17 +59,9 @@ class JitterConfig:
     drift_min_span_s: float = 2.0
 
     def __post_init__(self) -> None:
-        checks = {
-            "depth_frames": self.depth_frames >= 0,
-            "max_hold_s": self.max_hold_s >= 0,
-            "max_fill_s": self.max_fill_s >= 0,
-            "restart_after_frames": self.restart_after_frames >= 1,
-            "drift_window_points": self.drift_window_points >= 3,
-            "drift_min_span_s": self.drift_min_span_s >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise SettingError(f"jitter.{name} out of range: {getattr(self, name)!r}")
+        bad = [name for name, low in JITTER_MINIMA.items() if not getattr(self, name) >= low]
+        if bad:
+            raise SettingError(f"jitter.{bad[0]} out of range: {getattr(self, bad[0])!r}")
 
 
 @dataclass(frozen=True)
@@ -186,8 +181,7 @@ class StreamAssembler:
         )
 
     def _report(self, kind: str, device_index: int, **detail: Any) -> None:
-        report = Report(self.key, kind, device_index + self._offset, detail)
-        self._pieces.append(("report", report))
+        self._pieces.append(("report", Report(self.key, kind, device_index + self._offset, detail)))
 
     def _start(self, first_sample: int) -> None:
         joining = first_sample > self._max_fill
@@ -222,18 +216,14 @@ class StreamAssembler:
     def _rate_mismatch(self, frame: Frame) -> None:
         self.counts["rate_mismatches"] += 1
         if self.counts["rate_mismatches"] == 1:
-            self._report(
-                RATE_MISMATCH,
-                self._next,
-                frame_rate_hz=frame.sample_rate_hz,
-                stream_rate_hz=self.sample_rate_hz,
-            )
+            rates = {"frame_rate_hz": frame.sample_rate_hz, "stream_rate_hz": self.sample_rate_hz}
+            self._report(RATE_MISMATCH, self._next, **rates)
 
     def _push_audio(self, frame: Frame, arrival_s: float) -> None:
         if frame.first_sample + frame.sample_count <= self._next:
             self._behind(frame)
             return
-        if self._is_held(frame):
+        if any(e[0] == frame.first_sample and e[1] == 0 for e in self._heap):  # held already
             self.counts["duplicates"] += 1
             return
         self._behind_run = 0
@@ -243,9 +233,6 @@ class StreamAssembler:
             self._max_seen = frame.first_sample
             self.drift.add(frame.first_sample + frame.sample_count, arrival_s)
         heapq.heappush(self._heap, (frame.first_sample, 0, next(self._tie), frame, arrival_s))
-
-    def _is_held(self, frame: Frame) -> bool:
-        return any(e[0] == frame.first_sample and e[1] == 0 for e in self._heap)
 
     def _behind(self, frame: Frame) -> None:
         """A frame wholly behind ``next``: late if it falls in a declared gap, else a
@@ -273,11 +260,9 @@ class StreamAssembler:
     def _apply_marker(self, frame: Frame) -> None:
         index = min(frame.first_sample, self._next)
         if frame.frame_type == FrameType.STATUS:
-            status = unpack_status(frame.payload)
-            self._report(DEVICE_STATUS, index, **vars(status))
+            self._report(DEVICE_STATUS, index, **vars(unpack_status(frame.payload)))
         elif frame.frame_type == FrameType.DEVICE_INFO:
-            info = unpack_device_info(frame.payload)
-            self._report(DEVICE_INFO, index, **vars(info))
+            self._report(DEVICE_INFO, index, **vars(unpack_device_info(frame.payload)))
 
     def _release(self, now_s: float | None = None, force: bool = False) -> None:
         """The hole before the first held frame becomes a gap when ``force``, when more than
@@ -300,9 +285,7 @@ class StreamAssembler:
     def _hole_due(self, now_s: float | None) -> bool:
         if len(self._heap) > self._cfg.depth_frames:
             return True
-        if now_s is None:
-            return False
-        return now_s - min(e[4] for e in self._heap) >= self._cfg.max_hold_s
+        return now_s is not None and now_s - min(e[4] for e in self._heap) >= self._cfg.max_hold_s
 
     def _gap(self, index: int) -> None:
         missing = index - self._next

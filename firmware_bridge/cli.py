@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,7 +27,7 @@ from firmware_bridge.errors import BridgeError
 from firmware_bridge.keys import default_state_path, load_keys, provision, require_key
 from firmware_bridge.link import Bridge
 from firmware_bridge.receiver import Output, Receiver, ReceiverConfig
-from firmware_bridge.timeline import DEVICE_STATUS, Report, Segment, StreamKey
+from firmware_bridge.timeline import DEVICE_STATUS, Segment, StreamKey
 from firmware_bridge.transport import open_transport
 from firmware_bridge.urls import check_options, parse_link_url
 from lungwatch.cli import ArgumentParser
@@ -37,6 +36,7 @@ POLL_S = 0.05
 INT16_FULL_SCALE = 32768.0
 PROVISION = "provision"
 log = logging.getLogger("firmware_bridge")
+Statuses = dict[StreamKey, dict[str, Any]]  # each stream's last device status
 V1_WARNING = (
     "%s: allow_v1: version-1 frames are accepted (audio in clear, no replay protection); "
     "remove it once every device sends version 2"
@@ -53,24 +53,20 @@ class Recorder:
         self.sample_rate_hz = 0
 
     def take(self, item: Segment) -> None:
-        if self.key is None and self._wanted(item.stream):
+        device_id, stream_id = item.stream
+        wanted = self.device_id in (None, device_id) and self.stream_id in (None, stream_id)
+        if self.key is None and wanted:
             self.key, self.sample_rate_hz = item.stream, item.sample_rate_hz
         if item.stream == self.key:
             self.segments.append(item)
 
     def timeline(self) -> np.ndarray:
-        if not self.segments:
-            return np.zeros(0, dtype=np.float32)
-        origin = min(s.first_sample for s in self.segments)
-        end = max(s.first_sample + s.samples.size for s in self.segments)
+        origin = min((s.first_sample for s in self.segments), default=0)
+        end = max((s.first_sample + s.samples.size for s in self.segments), default=0)
         out = np.zeros(end - origin, dtype=np.float32)
         for s in self.segments:
             out[s.first_sample - origin : s.first_sample - origin + s.samples.size] = s.samples
         return out
-
-    def _wanted(self, key: StreamKey) -> bool:
-        device_ok = self.device_id is None or key.device_id == self.device_id
-        return device_ok and (self.stream_id is None or key.stream_id == self.stream_id)
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int) -> None:
@@ -89,21 +85,6 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int) -> None:
             sf.write(out, samples, sample_rate_hz, subtype=subtype, format="WAV")
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise BridgeError(f"{path}: cannot write WAV ({exc})") from exc
-
-
-def stats_lines(
-    bridge: Bridge, elapsed_s: float, last_status: dict[StreamKey, dict[str, Any]]
-) -> Iterator[dict[str, Any]]:
-    """One JSON-ready dict per stream, then one for the link."""
-    stats = bridge.receiver.stats()
-    for stream in stats.streams:
-        key = StreamKey(stream.device_id, stream.stream_id)
-        line = {"t_s": round(elapsed_s, 3), **dataclasses.asdict(stream)}
-        line["bad_crc"] = stats.bad_crc_by_device.get(stream.device_id, 0)
-        line["status"] = last_status.get(key)
-        yield line
-    link = dataclasses.asdict(stats.link)
-    yield {"t_s": round(elapsed_s, 3), "link": bridge.transport.name, **link}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _provision_parser() -> argparse.ArgumentParser:
+def provision_main(argv: list[str]) -> int:
     parser = ArgumentParser(
         prog="lungwatch bridge provision",
         description="Make a device's random 32-byte key (protocol v2), write it to a key file "
@@ -161,23 +142,14 @@ def _provision_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="the key file to write")
     parser.add_argument("--force", action="store_true", help="replace an existing key file")
     parser.add_argument("--port", type=int, default=5601, help="UDP port in the printed URL")
-    return parser
-
-
-def provision_main(argv: list[str]) -> int:
-    args = _provision_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
-        key = provision(args.device_id, args.out, args.force)
+        provision(args.device_id, args.out, args.force)
     except BridgeError as exc:
         print(f"lungwatch bridge provision: error: {exc}", file=sys.stderr)
         return 1
-    for line in provision_lines(args.device_id, key, args.out, args.port):
-        print(line)
-    return 0
-
-
-def provision_lines(device_id: int, key: bytes, path: Path, port: int) -> list[str]:
-    return [
+    device_id, path, port = args.device_id, args.out, args.port
+    lines = [
         f"device {device_id}: key written to {path} (mode 0600; keep it secret)",
         "flash into the device (the key is printed nowhere: read it from the file):",
         f"  device_id = {device_id}",
@@ -190,6 +162,8 @@ def provision_lines(device_id: int, key: bytes, path: Path, port: int) -> list[s
         f"  source: bridge://udp/0.0.0.0:{port}?key_file={path}",
         f"  lungwatch bridge udp://0.0.0.0:{port} --key-file {path}",
     ]
+    print("\n".join(lines))
+    return 0
 
 
 def check_wav_path(path: Path | None) -> None:
@@ -217,8 +191,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     if args.allow_v1:
         log.warning(V1_WARNING, url.text)
     state = args.state_file or default_state_path(args.key_file, args.key_dir)
-    jitter = JitterConfig(depth_frames=args.jitter_frames, max_hold_s=args.max_hold_ms / 1000)
-    config = ReceiverConfig(jitter=jitter)
+    config = ReceiverConfig(JitterConfig(args.jitter_frames, args.max_hold_ms / 1000))
     receiver = Receiver(config, ring.keys, ring.default, allow_v1=args.allow_v1, state_path=state)
     bridge = Bridge(open_transport(url), receiver)
     recorder = Recorder(args.device, args.stream)
@@ -233,7 +206,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
 
 def _loop(bridge: Bridge, args: argparse.Namespace, recorder: Recorder, out: TextIO) -> None:
     start_s = last_data_s = next_stats_s = time.monotonic()
-    last_status: dict[StreamKey, dict[str, Any]] = {}
+    last_status: Statuses = {}
     try:
         while args.seconds is None or time.monotonic() - start_s < args.seconds:
             items = bridge.poll(POLL_S)
@@ -252,10 +225,7 @@ def _loop(bridge: Bridge, args: argparse.Namespace, recorder: Recorder, out: Tex
 
 
 def _handle(
-    items: list[Output],
-    recorder: Recorder,
-    last_status: dict[StreamKey, dict[str, Any]],
-    events: TextIO | None,
+    items: list[Output], recorder: Recorder, last_status: Statuses, events: TextIO | None
 ) -> None:
     for item in items:
         if isinstance(item, Segment):
@@ -264,19 +234,20 @@ def _handle(
         if item.kind == DEVICE_STATUS:
             last_status[item.stream] = item.detail
         if events is not None:
-            print(json.dumps(_event(item)), file=events, flush=True)
+            event = {"event": item.kind, **item.stream._asdict(), "sample_index": item.sample_index}
+            print(json.dumps(event | item.detail), file=events, flush=True)
 
 
-def _event(report: Report) -> dict[str, Any]:
-    return {"event": report.kind, **report.stream._asdict(), "sample_index": report.sample_index,
-            **report.detail}  # fmt: skip
-
-
-def _print_stats(
-    bridge: Bridge, elapsed_s: float, last_status: dict[StreamKey, dict[str, Any]], out: TextIO
-) -> None:
-    for line in stats_lines(bridge, elapsed_s, last_status):
+def _print_stats(bridge: Bridge, elapsed_s: float, last_status: Statuses, out: TextIO) -> None:
+    """One JSON line per stream, then one for the link."""
+    stats, t_s = bridge.receiver.stats(), round(elapsed_s, 3)
+    for stream in stats.streams:
+        line = {"t_s": t_s, **dataclasses.asdict(stream)}
+        line["bad_crc"] = stats.bad_crc_by_device.get(stream.device_id, 0)
+        line["status"] = last_status.get(StreamKey(stream.device_id, stream.stream_id))
         print(json.dumps(line), file=out, flush=True)
+    link = {"t_s": t_s, "link": bridge.transport.name, **dataclasses.asdict(stats.link)}
+    print(json.dumps(link), file=out, flush=True)
 
 
 if __name__ == "__main__":

@@ -57,14 +57,12 @@ class DeviceConfig:
                 f"frame_samples must be in [1, {limit}] for this format and protocol version, "
                 f"got {self.frame_samples}"
             )
-        if self.session is not None:
-            if not 0 <= self.session <= U32_MAX:
-                raise BridgeError(f"session must be in [0, {U32_MAX}], got {self.session}")
-            if self.key is None or len(self.key) < MIN_DEVICE_KEY_BYTES:
-                raise BridgeError(
-                    f"a v2 device (session set) needs a key of at least {MIN_DEVICE_KEY_BYTES} "
-                    "bytes"
-                )
+        if self.session is not None and not 0 <= self.session <= U32_MAX:
+            raise BridgeError(f"session must be in [0, {U32_MAX}], got {self.session}")
+        if self.session is not None and (self.key is None or len(self.key) < MIN_DEVICE_KEY_BYTES):
+            raise BridgeError(
+                f"a v2 device (session set) needs a key of at least {MIN_DEVICE_KEY_BYTES} bytes"
+            )
         if self.status_every_s <= 0 or abs(self.drift_ppm) >= 1e5:
             raise BridgeError("status_every_s must be > 0 and |drift_ppm| < 1e5")
 
@@ -86,13 +84,14 @@ def _frames(
     info = device_info_frame(*ids, 0, 0, sample_rate_hz, EMULATOR_INFO)
     yield 0.0, info._replace(flags=FLAG_STREAM_START)
     status_every = max(int(config.status_every_s * sample_rate_hz), 1)
-    clipped = 0
+    fmt, clipped = config.sample_format, 0
+    clip_at = FULL_SCALE[fmt] - (0 if fmt == SampleFormat.FLOAT32 else 1)  # type: ignore[index]
     for start in range(0, n, config.frame_samples):
         chunk = samples[start : start + config.frame_samples]
         end, seq = start + chunk.shape[0], seq + 1
         t_s = end / device_rate_hz
-        yield t_s, audio_frame(*ids, seq, start, sample_rate_hz, chunk, config.sample_format)
-        clipped += _clipped(chunk, config.sample_format)
+        yield t_s, audio_frame(*ids, seq, start, sample_rate_hz, chunk, fmt)
+        clipped += int(np.count_nonzero(np.abs(chunk.astype(np.float64)) >= clip_at))
         if end // status_every > start // status_every or end == n:
             seq += 1
             status = _status(config, end / sample_rate_hz, clipped)
@@ -102,18 +101,11 @@ def _frames(
         yield n / device_rate_hz, heartbeat_frame(*ids, seq, n, sample_rate_hz)
 
 
-def _clipped(chunk: np.ndarray, sample_format: int) -> int:
-    limit = FULL_SCALE[sample_format] - (0 if sample_format == SampleFormat.FLOAT32 else 1)  # type: ignore[index]
-    return int(np.count_nonzero(np.abs(chunk.astype(np.float64)) >= limit))
-
-
 def _status(config: DeviceConfig, audio_s: float, clipped: int) -> DeviceStatus:
     battery = max(0, round(100 - audio_s * BATTERY_DRAIN_PERCENT_PER_S))
     window = config.off_body_s
     off_body = window is not None and window[0] <= audio_s < window[1]
-    return DeviceStatus(
-        battery, gain_cdb=0, clipped_samples=clipped & 0xFFFFFFFF, off_body=off_body
-    )
+    return DeviceStatus(battery, gain_cdb=0, clipped_samples=clipped & U32_MAX, off_body=off_body)
 
 
 def read_pcm(path: Path, sample_format: int) -> tuple[np.ndarray, int]:

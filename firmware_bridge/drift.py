@@ -31,13 +31,11 @@ class DriftEstimator:
             )
         self._window, self._block = window_points, block_points
         self._min_span_s = min_span_s
-        # flat rings (uint64 sample indices, float64 seconds): cheap to append, 16 B a point
-        self._samples = array("Q")
-        self._arrival_s = array("d")
-        self._count = 0
+        self.reset()
 
     def reset(self) -> None:
         """Forget every point (the device restarted its clock)."""
+        # flat rings (uint64 sample indices, float64 seconds): cheap to append, 16 B a point
         self._samples = array("Q")
         self._arrival_s = array("d")
         self._count = 0
@@ -53,13 +51,9 @@ class DriftEstimator:
             self._arrival_s[slot] = arrival_s
         self._count += 1
 
-    @property
-    def points(self) -> int:
-        return min(self._count, self._window)
-
     def drift_ppm(self, sample_rate_hz: int) -> float | None:
         """For nominal ``sample_rate_hz``; None until the window spans ``min_span_s``."""
-        if self.points < 3:
+        if min(self._count, self._window) < 3:
             return None
         oldest = self._count % self._window if self._count > self._window else 0
         samples = np.roll(np.frombuffer(self._samples, dtype=np.uint64), -oldest)

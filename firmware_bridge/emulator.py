@@ -37,11 +37,7 @@ from firmware_bridge.protocol import U32_MAX, SampleFormat, encode_frame
 from firmware_bridge.urls import parse_link_url
 from lungwatch.cli import ArgumentParser
 
-FORMATS = {
-    "int16": SampleFormat.INT16,
-    "int24": SampleFormat.INT24,
-    "float32": SampleFormat.FLOAT32,
-}
+FORMATS = {f.name.lower(): f for f in SampleFormat if f != SampleFormat.NONE}
 MAX_DELAY_FRAMES = 3
 SESSION_SUFFIX = ".session"  # the emulated device's persisted session counter, by its key file
 
@@ -171,8 +167,7 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
     key = None
     if args.v1_key_file is not None:
         ring = load_key_file(args.v1_key_file, args.device_id)
-        key = ring.keys.get(args.device_id, ring.default) if args.device_id is not None else (
-            ring.default)  # fmt: skip
+        key = ring.default if args.device_id is None else ring.keys.get(args.device_id)
         if key is None:
             raise BridgeError(f"--v1-key-file {args.v1_key_file}: no key for this device")
     try:
@@ -181,15 +176,13 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
         raise BridgeError("--off-body must be FROM_S:TO_S") from None
     if off_body is not None and len(off_body) != 2:
         raise BridgeError(f"--off-body must be FROM_S:TO_S, got {args.off_body!r}")
-    device_id, session = (1 if args.device_id is None else args.device_id), None
+    device_id = 1 if args.device_id is None else args.device_id
     if args.key_file is not None:
         device_id, key = _device_key(args.key_file, args.device_id)
     elif args.session is not None or args.session_file is not None:
         raise BridgeError("--session and --session-file need --key-file (protocol v2)")
     if args.speed is not None and not (math.isfinite(args.speed) and args.speed > 0):
         raise BridgeError(f"--speed must be a number > 0 (times real time), got {args.speed}")
-    if args.key_file is not None:  # checked now; the session is taken just before sending
-        session = 0 if args.session is None else args.session
     return DeviceConfig(
         device_id=device_id,
         stream_id=args.stream_id,
@@ -199,7 +192,7 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
         status_every_s=args.status_every_s,
         off_body_s=(off_body[0], off_body[1]) if off_body is not None else None,
         key=key,
-        session=session,
+        session=None if args.key_file is None else args.session or 0,  # taken before sending
     )
 
 
@@ -212,10 +205,9 @@ def _device_key(path: Path, device_id: int | None) -> tuple[int, bytes]:
                               f"{len(ring.keys) + (ring.default is not None)} keys")  # fmt: skip
         ((device_id, key),) = ring.keys.items()
         return device_id, key
-    key = ring.keys.get(device_id, ring.default)  # type: ignore[assignment]
-    if key is None:
+    if device_id not in ring.keys:  # given a device, a bare key is that device's
         raise BridgeError(f"--key-file {path}: no key for device {device_id}")
-    return device_id, key
+    return device_id, ring.keys[device_id]
 
 
 def _next_session(args: argparse.Namespace) -> int:
@@ -265,18 +257,12 @@ def _run(args: argparse.Namespace) -> int:
         timed = (
             (t, encode_frame(f, config.key)) for t, f in device_frames(samples, rate_hz, config)
         )
-        speed = 1.0 if args.realtime else args.speed
-        attempts = [0]
-
-        def send(data: bytes) -> bool:
-            attempts[0] += 1
-            return sender.send(data)
-
-        sent = play(channel.run(timed), send, speed)
+        sent = play(channel.run(timed), sender.send, 1.0 if args.realtime else args.speed)
     finally:
         sender.close()
-    if attempts[0] and not sent:
-        raise BridgeError(f"{args.to}: none of {attempts[0]} frames could be sent")
+    attempts = channel.counts["frames"] - channel.counts["lost"] + channel.counts["duplicated"]
+    if attempts and not sent:
+        raise BridgeError(f"{args.to}: none of {attempts} frames could be sent")
     summary: dict[str, Any] = {"to": args.to, "samples": int(np.asarray(samples).shape[0])}
     summary |= {"sample_rate_hz": rate_hz, "protocol": 1 if config.session is None else 2}
     summary |= {"session": config.session, "device_id": config.device_id}

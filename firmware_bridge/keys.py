@@ -54,14 +54,19 @@ def parse_keys_text(text: str, where: str, device: int | None = None) -> KeyRing
         device_text, sep, hex_key = line.rpartition(":")
         try:
             key = bytes.fromhex(hex_key)
-            owner = int(device_text, 0) if sep else None
+            owner = int(device_text, 0) if sep else device
         except ValueError:
             raise SettingError(
                 f"{where} line {number}: expected DEVICE:HEX or HEX (a key in hex)"
             ) from None
-        _check_key(key, where, owner if owner is not None else device)
-        if owner is None and device is not None:
-            owner = device
+        if owner is not None and not 0 <= owner <= U32_MAX:
+            raise SettingError(f"{where}: device id must be in [0, {U32_MAX}], got {owner}")
+        if len(key) < MIN_DEVICE_KEY_BYTES:
+            whose = "the key" if owner is None else f"device {owner}'s key"
+            raise SettingError(
+                f"{where}: {whose} is {len(key)} bytes; at least {MIN_DEVICE_KEY_BYTES} "
+                f"(lungwatch bridge provision makes {KEY_BYTES})"
+            )
         if owner is None:
             if default is not None:
                 raise SettingError(f"{where} line {number}: a second bare key (name its device)")
@@ -73,20 +78,8 @@ def parse_keys_text(text: str, where: str, device: int | None = None) -> KeyRing
     return KeyRing(keys, default)
 
 
-def _check_key(key: bytes, where: str, device: int | None) -> None:
-    whose = "the key" if device is None else f"device {device}'s key"
-    if device is not None and not 0 <= device <= U32_MAX:
-        raise SettingError(f"{where}: device id must be in [0, {U32_MAX}], got {device}")
-    if len(key) < MIN_DEVICE_KEY_BYTES:
-        raise SettingError(
-            f"{where}: {whose} is {len(key)} bytes; at least {MIN_DEVICE_KEY_BYTES} "
-            f"(lungwatch bridge provision makes {KEY_BYTES})"
-        )
-
-
 def load_key_file(path: str | Path, device: int | None = None) -> KeyRing:
-    """A key file's keys; SettingError when it is missing, unreadable, or readable by group or
-    others."""
+    """A key file's keys; SettingError when missing, unreadable, or readable by group or others."""
     try:
         text, mode = read_private(path, "utf-8")
     except FileNotFoundError:
@@ -121,9 +114,7 @@ def load_key_dir(path: str | Path) -> KeyRing:
 
 
 def load_keys(
-    key_file: str | Path | None = None,
-    key_dir: str | Path | None = None,
-    device: int | None = None,
+    key_file: str | Path | None = None, key_dir: str | Path | None = None, device: int | None = None
 ) -> KeyRing:
     """The keys of a key file and / or a key folder (none given: no key)."""
     ring = KeyRing()

@@ -53,8 +53,7 @@ class Bridge:
                 break
             received = self.transport.receive(0.0)
         self._feed_datagrams()
-        out = self._reports + self.receiver.poll(self._clock())
-        self._reports = []
+        out, self._reports = self._reports + self.receiver.poll(self._clock()), []
         return out
 
     def _feed_datagrams(self) -> None:

@@ -102,11 +102,7 @@ def scan_python(buf: bytearray, final: bool, counts: dict[str, int]) -> ScanResu
 
 
 def _candidate(
-    buf: bytearray,
-    view: np.ndarray,
-    start: int,
-    final: bool,
-    counts: dict[str, int],
+    buf: bytearray, view: np.ndarray, start: int, final: bool, counts: dict[str, int]
 ) -> tuple[int, tuple[int, ...]]:
     """(size, header fields) at a magic: size 0 wait, 1 not a frame, -1 bad CRC."""
     end = len(buf)
@@ -118,8 +114,6 @@ def _candidate(
         counts[problem] += 1
         return 1, ()
     header_bytes = HEADER_BYTES if fields[1] == VERSION else HEADER_V2_BYTES
-    if end - start < header_bytes:
-        return _incomplete(final, counts), ()
     crc_at = start + header_bytes + fields[5] + (TAG_BYTES if fields[3] & FLAG_AUTH else 0)
     if end - crc_at < CRC_BYTES:
         return _incomplete(final, counts), ()
@@ -136,13 +130,8 @@ def _incomplete(final: bool, counts: dict[str, int]) -> int:
     return 1
 
 
-def _frame(buf: bytes, r: Row, verified: bool) -> Frame:
-    payload = buf[r[0] + HEADER_BYTES : r[0] + HEADER_BYTES + r[5]]
-    return Frame(r[2], r[6], r[7], r[9], r[10], r[11], r[4], r[8], payload, r[3], verified)
-
-
-def _frame_v2(r: Row, payload: bytes) -> Frame:
-    return Frame(r[2], r[6], r[7], r[9], r[10], r[11], r[4], r[8], payload, r[3], True, r[13])
+def _frame(r: Row, payload: bytes, verified: bool, session: int | None = None) -> Frame:
+    return Frame(r[2], r[6], r[7], r[9], r[10], r[11], r[4], r[8], payload, r[3], verified, session)
 
 
 class PythonScanner:
@@ -164,8 +153,7 @@ class PythonScanner:
 
 
 class NumbaScanner:
-    """The compiled kernel (one call per push); counters accumulate in an int64 array.
-    Raises ImportError when numba is not installed."""
+    """The compiled kernel, one call per push; counters in an int64 array. ImportError: no numba."""
 
     name = "numba"
 
@@ -225,12 +213,9 @@ class FrameParser:
         state_path: str | Path | None = None,
         replay_window: int = REPLAY_WINDOW,
     ) -> None:
-        self._keys = dict(keys or {})
-        self._default_key = default_key
+        self._keys, self._default_key = dict(keys or {}), default_key
         self.allow_v1 = allow_v1
-        self.guard = SessionGuard(
-            self._keys, default_key, SessionStore(state_path), window=replay_window
-        )
+        self.guard = SessionGuard(self._keys, default_key, SessionStore(state_path), replay_window)
         self._scanner = _make_scanner(scanner)
         self.scanner = self._scanner.name
         self._buf = bytearray()
@@ -250,8 +235,7 @@ class FrameParser:
         return self._run(final=False)
 
     def flush(self) -> list[Frame]:
-        """No more bytes follow (a datagram ended, a connection dropped): incomplete frames are
-        dropped as ``truncated``."""
+        """No more bytes (a datagram ended, a link dropped): incomplete frames are ``truncated``."""
         return self._run(final=True) if self._buf else []
 
     def stats(self) -> ParserStats:
@@ -301,14 +285,15 @@ class FrameParser:
                     counts[opened] += 1
                     counts["rejected_bytes"] += r[1]
                     continue
-                frames.append(_frame_v2(r, opened))
+                frames.append(_frame(r, opened, True, r[13]))
             else:
                 verified = self._tag_ok(buf, r) if self.allow_v1 else None
                 if verified is None:
                     counts["v1_rejected" if not self.allow_v1 else "bad_tag"] += 1
                     counts["rejected_bytes"] += r[1]
                     continue
-                frames.append(_frame(buf, r, verified))
+                at = r[0] + HEADER_BYTES
+                frames.append(_frame(r, buf[at : at + r[5]], verified))
             counts["frames_ok"] += 1
             counts["frame_bytes"] += r[1]
         return frames

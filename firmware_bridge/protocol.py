@@ -16,7 +16,9 @@ from typing import Any, NamedTuple
 
 import google_crc32c
 import numpy as np
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from firmware_bridge.errors import ProtocolError
 
@@ -141,20 +143,10 @@ def compute_tag(key: bytes, signed: bytes | bytearray | memoryview) -> bytes:
     return hmac.digest(key, signed, hashlib.sha256)[:TAG_BYTES]
 
 
-def hkdf_sha256(salt: bytes, ikm: bytes, info: bytes, length: int = 32) -> bytes:
-    """HKDF-SHA256 (RFC 5869): extract with ``salt``, expand ``info`` to ``length`` bytes."""
-    prk = hmac.digest(salt, ikm, hashlib.sha256)
-    out, block = b"", b""
-    for i in range(1, -(-length // 32) + 1):
-        block = hmac.digest(prk, block + info + bytes([i]), hashlib.sha256)
-        out += block
-    return out[:length]
-
-
 def session_key(device_key: bytes, device_id: int, stream_id: int, session: int) -> bytes:
     """v2's ChaCha20-Poly1305 key per (device, stream, session): docs/firmware-protocol.md, 4.3"""
     info = SESSION_KEY_INFO + SESSION_INFO_IDS.pack(device_id, stream_id, session)
-    return hkdf_sha256(SESSION_KEY_SALT, device_key, info)
+    return HKDF(hashes.SHA256(), 32, SESSION_KEY_SALT, info).derive(device_key)
 
 
 @functools.lru_cache(maxsize=64)
@@ -172,42 +164,36 @@ def nonce_v2(session: int, counter: int) -> bytes:
 def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
     """The frame's bytes: v1 tagged when given a ``key``; v2 (``session`` set) encrypted under
     the device ``key``, which it requires. ProtocolError if a field does not fit."""
-    if frame.session is not None:
-        return _encode_v2(frame, frame.session, key)
-    flags = (frame.flags & ~FLAG_AUTH) | (FLAG_AUTH if key is not None else 0)
-    _check_fields(frame, flags)
-    fields = (
-        *(MAGIC, VERSION, int(frame.frame_type), flags, int(frame.sample_format)),
-        *(len(frame.payload), frame.device_id, frame.stream_id, frame.sample_count),
-        *(frame.sequence, frame.first_sample, frame.sample_rate_hz),
-    )
-    problem = header_problem(fields)
-    if problem is not None:
-        raise ProtocolError(f"frame is inconsistent ({problem}): {_describe(frame)}")
-    signed = HEADER.pack(*fields) + bytes(frame.payload)
-    if key is not None:
-        signed += compute_tag(key, signed)
-    return signed + CRC.pack(google_crc32c.value(signed))
-
-
-def _encode_v2(frame: Frame, session: int, key: bytes | None) -> bytes:
-    if key is None or len(key) < MIN_DEVICE_KEY_BYTES:
+    v2 = frame.session is not None
+    if v2 and (key is None or len(key) < MIN_DEVICE_KEY_BYTES):
         got = "none" if key is None else f"{len(key)} bytes"
         raise ProtocolError(
             f"a v2 frame (session set) needs the device key, at least {MIN_DEVICE_KEY_BYTES} "
             f"bytes, got {got}"
         )
-    flags = frame.flags | FLAG_AUTH
-    _check_fields(frame, flags, version=VERSION_2)
-    session, counter = int(session), int(frame.sequence)
+    flags = frame.flags | FLAG_AUTH if v2 or key is not None else frame.flags & ~FLAG_AUTH
+    version = VERSION_2 if v2 else VERSION
+    _check_fields(frame, flags, version)
     fields = (
-        *(MAGIC, VERSION_2, int(frame.frame_type), flags, int(frame.sample_format)),
+        *(MAGIC, version, int(frame.frame_type), flags, int(frame.sample_format)),
         *(len(frame.payload), frame.device_id, frame.stream_id, frame.sample_count),
-        *(session, frame.first_sample, frame.sample_rate_hz),
+        *(frame.sequence if frame.session is None else int(frame.session), frame.first_sample),
+        frame.sample_rate_hz,
     )
     problem = header_problem(fields)
     if problem is not None:
-        raise ProtocolError(f"frame is inconsistent ({problem}): {_describe(frame)}")
+        limit = MAX_PAYLOAD_BYTES if frame.session is None else MAX_PAYLOAD_V2_BYTES
+        raise ProtocolError(
+            f"frame is inconsistent ({problem}): type {frame.frame_type}, format "
+            f"{frame.sample_format}, {frame.sample_count} samples, {len(frame.payload)} payload "
+            f"bytes (at most {limit}), rate {frame.sample_rate_hz} Hz"
+        )
+    if frame.session is None or key is None:  # v1 (a v2 frame has its key by now)
+        signed = HEADER.pack(*fields) + bytes(frame.payload)
+        if key is not None:
+            signed += compute_tag(key, signed)
+        return signed + CRC.pack(google_crc32c.value(signed))
+    session, counter = int(frame.session), int(frame.sequence)
     header = HEADER_V2.pack(*fields, counter)
     cipher = session_cipher(bytes(key), frame.device_id, frame.stream_id, session)
     sealed = header + cipher.encrypt(nonce_v2(session, counter), bytes(frame.payload), header)
@@ -215,26 +201,16 @@ def _encode_v2(frame: Frame, session: int, key: bytes | None) -> bytes:
 
 
 def _check_fields(frame: Frame, flags: int, version: int = VERSION) -> None:
-    limits = {"device_id": U32_MAX, "stream_id": U16_MAX}
-    limits |= {"sequence": U32_MAX if version == VERSION else U64_MAX}
+    v1 = version == VERSION
+    limits = {"device_id": U32_MAX, "stream_id": U16_MAX, "sequence": U32_MAX if v1 else U64_MAX}
     limits |= {"first_sample": U64_MAX, "sample_count": U16_MAX, "sample_rate_hz": U32_MAX}
-    if version == VERSION_2:
-        limits["session"] = U32_MAX
+    limits |= {} if v1 else {"session": U32_MAX}
     for name, limit in limits.items():
         value = getattr(frame, name)
         if not isinstance(value, (int, np.integer)) or not 0 <= value <= limit:
             raise ProtocolError(f"frame.{name} must be an integer in [0, {limit}], got {value!r}")
     if flags & ~KNOWN_FLAGS:
         raise ProtocolError(f"frame.flags has unknown bits: {frame.flags:#x}")
-
-
-def _describe(frame: Frame) -> str:
-    return (
-        f"type {frame.frame_type}, format {frame.sample_format}, "
-        f"{frame.sample_count} samples, {len(frame.payload)} payload bytes "
-        f"(at most {MAX_PAYLOAD_BYTES if frame.session is None else MAX_PAYLOAD_V2_BYTES}), "
-        f"rate {frame.sample_rate_hz} Hz"
-    )
 
 
 def pack_samples(samples: np.ndarray, sample_format: int) -> bytes:
@@ -339,12 +315,8 @@ def pack_status(status: DeviceStatus) -> bytes:
 
 def unpack_status(payload: bytes) -> DeviceStatus:
     battery, bits, gain_cdb, clipped = STATUS.unpack(payload)
-    return DeviceStatus(
-        battery_percent=None if battery > 100 else battery,
-        gain_cdb=gain_cdb,
-        clipped_samples=clipped,
-        off_body=bool(bits & STATUS_OFF_BODY) if bits & STATUS_HAS_CONTACT_SENSOR else None,
-    )
+    off_body = bool(bits & STATUS_OFF_BODY) if bits & STATUS_HAS_CONTACT_SENSOR else None
+    return DeviceStatus(None if battery > 100 else battery, gain_cdb, clipped, off_body)
 
 
 def pack_device_info(info: DeviceInfo) -> bytes:

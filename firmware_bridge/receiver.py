@@ -59,20 +59,9 @@ class Receiver:
         replay_window: int = REPLAY_WINDOW,
     ) -> None:
         self.config = config or ReceiverConfig()
-        self.parser = FrameParser(
-            keys,
-            default_key,
-            scanner=scanner,
-            allow_v1=allow_v1,
-            state_path=state_path,
-            replay_window=replay_window,
-        )
-        self._streams: dict[tuple[int, int], StreamAssembler] = {}
+        self.parser = FrameParser(keys, default_key, scanner, allow_v1, state_path, replay_window)
+        self.streams: dict[tuple[int, int], StreamAssembler] = {}
         self._dropped = 0
-
-    @property
-    def streams(self) -> dict[tuple[int, int], StreamAssembler]:
-        return self._streams
 
     def push(self, data: bytes | bytearray | memoryview, arrival_s: float) -> list[Output]:
         """Bytes of a byte stream (TCP, serial), in any chunking: :meth:`feed` + :meth:`drain`."""
@@ -101,13 +90,13 @@ class Receiver:
 
     def poll(self, now_s: float) -> list[Output]:
         """Gaps due by ``now_s`` (call this when no data arrives, e.g. on a read timeout)."""
-        for assembler in self._streams.values():
+        for assembler in self.streams.values():
             assembler.poll(now_s)
         return self.drain()
 
     def finish(self) -> list[Output]:
         """The link ended for good: play out every jitter buffer."""
-        for assembler in self._streams.values():
+        for assembler in self.streams.values():
             assembler.finish()
         return self.drain()
 
@@ -117,13 +106,13 @@ class Receiver:
 
     def drain(self) -> list[Output]:
         """Everything produced since the last drain: per stream, in timeline order."""
-        pending = [a for a in self._streams.values() if a.pending]
+        pending = [a for a in self.streams.values() if a.pending]
         return build_outputs([(a.key, a.sample_rate_hz, a.take_pieces()) for a in pending])
 
     def stats(self) -> ReceiverStats:
         return ReceiverStats(
             link=self.parser.stats(),
-            streams=tuple(a.stats() for a in self._streams.values()),
+            streams=tuple(a.stats() for a in self.streams.values()),
             bad_crc_by_device=dict(self.parser.bad_crc_by_device),
             dropped_stream_frames=self._dropped,
         )
@@ -131,24 +120,18 @@ class Receiver:
     def place(self, frames: Iterable[Frame], arrival_s: float) -> None:
         """Put parsed frames on their streams, then apply the hold time: frames that arrived
         together are all placed before any hole is declared for having waited too long."""
-        get = self._streams.get
+        get = self.streams.get
         holding: dict[StreamAssembler, None] = {}
         for frame in frames:
             assembler = get((frame[1], frame[2]))  # (device_id, stream_id)
             if assembler is None:
-                assembler = self._new_stream(frame)
-                if assembler is None:
+                if len(self.streams) >= self.config.max_streams:
+                    self._dropped += 1
                     continue
+                key = StreamKey(frame.device_id, frame.stream_id)
+                assembler = StreamAssembler(key, frame.sample_rate_hz, self.config.jitter)
+                self.streams[key] = assembler
             if assembler.push(frame, arrival_s):
                 holding[assembler] = None
         for assembler in holding:
             assembler.poll(arrival_s)
-
-    def _new_stream(self, frame: Frame) -> StreamAssembler | None:
-        if len(self._streams) >= self.config.max_streams:
-            self._dropped += 1
-            return None
-        key = StreamKey(frame.device_id, frame.stream_id)
-        assembler = StreamAssembler(key, frame.sample_rate_hz, self.config.jitter)
-        self._streams[key] = assembler
-        return assembler

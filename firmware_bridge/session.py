@@ -37,8 +37,7 @@ _SAVE_LOCKS_GUARD = threading.Lock()
 
 
 def key_id(key: bytes) -> str:
-    """A key's fingerprint (16 hex digits), stored with a device's sessions: a device given a
-    new key starts afresh (its counters start again)."""
+    """A key's fingerprint (16 hex digits), kept with its device's sessions: new key, new start."""
     return hashlib.sha256(b"lungwatch key id" + key).hexdigest()[:16]
 
 
@@ -108,7 +107,8 @@ class SessionStore:
         with _lock_for(self.path):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                lock_fd = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
+                lock_path = self.path.with_name(f".{self.path.name}.lock")
+                lock_fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
             except OSError as exc:
                 log.error("state_file %s: cannot save the device sessions (%s)", self.path, exc)
                 return False
@@ -117,11 +117,6 @@ class SessionStore:
                 return self._merge_and_write(devices)
             finally:
                 os.close(lock_fd)  # releases the flock
-
-    @property
-    def _lock_path(self) -> Path:
-        assert self.path is not None
-        return self.path.with_name(f".{self.path.name}.lock")
 
     def _merge_and_write(self, devices: Mapping[int, dict[str, Any]]) -> bool:
         """Under both locks: the file's entries with ``devices``' over them, written back. A
@@ -225,9 +220,9 @@ class SessionGuard:
         if current is not None and session < current:
             return STALE_SESSION
         window = ReplayWindow(size=self._window)
-        if current is not None and session == current:
-            floor = self._stored_counter(device, stream, key)
-            window = ReplayWindow.after(floor, self._window) if floor is not None else window
+        entry = self._stored(device, key) if session == current else None
+        if entry is not None and entry["session"] == session and stream in entry["counters"]:
+            window = ReplayWindow.after(entry["counters"][stream], self._window)
         if not window.accept(counter):
             return REPLAYED
         self._streams[(device, stream)] = _Stream(session, cipher, window)
@@ -239,22 +234,18 @@ class SessionGuard:
             self._save(device)
         return plain
 
+    def _stored(self, device: int, key: bytes) -> dict[str, Any] | None:
+        """The store's entry of ``device``, if it was saved under ``key``."""
+        entry = self._store.devices.get(device)
+        return entry if entry is not None and entry["key_id"] == key_id(key) else None
+
     def _current_session(self, device: int, key: bytes) -> int | None:
         if device not in self._loaded:
             self._loaded.add(device)
-            entry = self._store.devices.get(device)
-            if entry is not None and entry["key_id"] == key_id(key):
+            entry = self._stored(device, key)
+            if entry is not None:
                 self._current[device] = max(self._current.get(device, -1), entry["session"])
         return self._current.get(device)
-
-    def _stored_counter(self, device: int, stream: int, key: bytes) -> int | None:
-        entry = self._store.devices.get(device)
-        if entry is None or entry["key_id"] != key_id(key):
-            return None
-        if entry["session"] != self._current.get(device):
-            return None
-        counter: int | None = entry["counters"].get(stream)
-        return counter
 
     def _save(self, device: int) -> None:
         key = self._keys.get(device, self._default_key)
@@ -266,8 +257,8 @@ class SessionGuard:
             for (d, s), state in self._streams.items()
             if d == device and state.session == session
         }
-        stored = self._store.devices.get(device)
-        if stored is not None and stored["session"] == session and stored["key_id"] == key_id(key):
+        stored = self._stored(device, key)
+        if stored is not None and stored["session"] == session:
             counters = {**stored["counters"], **counters}
         entry = {"key_id": key_id(key), "session": session, "counters": counters}
         self._store.devices[device] = entry

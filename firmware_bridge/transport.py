@@ -47,8 +47,7 @@ class Backoff:
         self._delay_s = initial_s
 
     def next_delay_s(self) -> float:
-        delay_s = self._delay_s
-        self._delay_s = min(self._delay_s * 2.0, self.max_s)
+        delay_s, self._delay_s = self._delay_s, min(self._delay_s * 2.0, self.max_s)
         return delay_s
 
     def reset(self) -> None:
@@ -56,8 +55,7 @@ class Backoff:
 
 
 class UdpTransport:
-    """Bind HOST:PORT and take datagrams from any sender (port 0: any free port, see
-    :attr:`address`)."""
+    """Datagrams from any sender, bound to HOST:PORT (port 0: a free port, see :attr:`address`)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.name = f"udp://{host}:{port}"
@@ -108,13 +106,14 @@ class _Reconnecting:
         if data is None:
             return None
         if not data:  # closed by the other side, or failed
-            self._drop()
+            self.close()
+            self._retry_at = self._clock() + self._backoff.next_delay_s()
             return Received(link=LINK_DOWN)
         return Received(data)
 
     def close(self) -> None:
         if self._handle is not None:
-            self._close_handle()
+            self._handle.close()
             self._handle = None
 
     def _try_open(self, deadline: float) -> Received | None:
@@ -131,18 +130,11 @@ class _Reconnecting:
         self._backoff.reset()
         return Received(link=LINK_UP)
 
-    def _drop(self) -> None:
-        self.close()
-        self._retry_at = self._clock() + self._backoff.next_delay_s()
-
     def _open(self, timeout_s: float) -> Any:
         raise NotImplementedError
 
     def _read(self, timeout_s: float) -> bytes | None:
         """Bytes (b"" if the link closed), or None when none came within the timeout."""
-        raise NotImplementedError
-
-    def _close_handle(self) -> None:
         raise NotImplementedError
 
 
@@ -169,9 +161,6 @@ class TcpTransport(_Reconnecting):
             return bytes(self._handle.recv(TCP_READ_BYTES))
         except (TimeoutError, BlockingIOError):
             return None
-
-    def _close_handle(self) -> None:
-        self._handle.close()
 
 
 class SerialTransport(_Reconnecting):
@@ -204,14 +193,9 @@ class SerialTransport(_Reconnecting):
         try:
             port.timeout = timeout_s
             first = port.read(1)
-            if not first:
-                return None
-            return bytes(first + port.read(port.in_waiting))
+            return bytes(first + port.read(port.in_waiting)) if first else None
         except self._serial.SerialException:
             return b""
-
-    def _close_handle(self) -> None:
-        self._handle.close()
 
 
 def import_pyserial() -> Any:

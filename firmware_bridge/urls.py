@@ -52,15 +52,10 @@ def parse_link_url(text: str) -> LinkUrl:
         if not rest:
             raise UrlError(f"{text}: serial URL needs a device path, e.g. serial:///dev/ttyUSB0")
         return LinkUrl("serial", path=rest, options=options, text=text)
-    host, port = _host_port(rest, text)
-    return LinkUrl(scheme, host=host, port=port, options=options, text=text)
-
-
-def _host_port(rest: str, text: str) -> tuple[str, int]:
     host, sep, port_text = rest.rstrip("/").rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise UrlError(f"{text}: address must look like HOST:PORT with PORT in 0..65535")
-    return host.strip("[]"), int(port_text)
+    return LinkUrl(scheme, host=host.strip("[]"), port=int(port_text), options=options, text=text)
 
 
 def int_option(url: LinkUrl, name: str, default: int) -> int:
