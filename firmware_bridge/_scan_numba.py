@@ -1,5 +1,5 @@
 """The compiled twin of ``parser.scan_python`` (same rows and counters, tested equal on arbitrary
-bytes); imported only when numba is. CRC-32C is slicing-by-8 (compiled code cannot call
+bytes); imported only when numba is installed. CRC-32C is slicing-by-8 (compiled code cannot call
 ``google_crc32c``), with tables taken from ``google_crc32c`` and tested equal to it."""
 
 from __future__ import annotations
