@@ -533,12 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the history stores to build and load the page on, in order: "
                         "sqlite, postgresql or both (live events on the first)")  # fmt: skip
     args = parser.parse_args(argv)
-    from tests.wardview.browser import (
-        DashboardProcess,
-        authorise,
-        chromium,
-        require_chromium,
-    )  # fmt: skip
+    from tests.wardview.browser import DashboardProcess, authorise, chromium, require_chromium
 
     require_chromium()
     stores = [name.strip() for name in args.stores.split(",") if name.strip()]
@@ -604,6 +599,17 @@ def report(r: dict[str, Any]) -> str:
         return (f"| {what} | {m.get('n', 0)} | {m.get('p50_ms', '-')} | {m.get('p99_ms', '-')} "
                 f"| {m.get('max_ms', '-')} | {target} |")  # fmt: skip
 
+    def page_rows(page: dict[str, Any]) -> list[str]:
+        return [
+            "| what | n | p50 ms | p99 ms | max ms | target |",
+            "|---|---|---|---|---|---|",
+            row("grid: navigation -> every bed painted", page["grid"], "<= 1000"),
+            row("trend: click -> chart drawn", page["trend"], "<= 1000"),
+            row(
+                "evidence: click -> audio loaded and spectrogram drawn", page["evidence"], "<= 1000"
+            ),
+        ]
+
     page, ref, clips = r["page"], r["reference"], r["with_clips"]
     lines = [
         f"# Ward view: {r['beds']} beds on {r['devices']} devices, {r['hours']:g} h of history",
@@ -616,12 +622,7 @@ def report(r: dict[str, Any]) -> str:
         f"{r['history']['messages_in']} messages in {r['history']['intake_s']} s, "
         f"store {r['history']['store_mb']} MB.",
         "",
-        "| what | n | p50 ms | p99 ms | max ms | target |",
-        "|---|---|---|---|---|---|",
-        row("grid: navigation -> every bed painted", page["grid"], "<= 1000"),
-        row("trend: click -> chart drawn", page["trend"], "<= 1000"),
-        row("evidence: click -> audio loaded and spectrogram drawn", page["evidence"],
-            "<= 1000"),
+        *page_rows(page),
         row("event -> screen, events only (reference)", ref, "p99 <= 1000"),
         row("event -> screen, with clips", clips, "p99 <= 1000"),
         "",
@@ -635,12 +636,7 @@ def report(r: dict[str, Any]) -> str:
         h, p = found["history"], found["page"]
         lines += ["", f"### The same page on {name}", "",
                   f"Through the view's intake: {h['messages_in']} messages in {h['intake_s']} s, "
-                  f"store {h['store_mb']} MB.", "",
-                  "| what | n | p50 ms | p99 ms | max ms | target |", "|---|---|---|---|---|---|",
-                  row("grid: navigation -> every bed painted", p["grid"], "<= 1000"),
-                  row("trend: click -> chart drawn", p["trend"], "<= 1000"),
-                  row("evidence: click -> audio loaded and spectrogram drawn", p["evidence"],
-                      "<= 1000")]  # fmt: skip
+                  f"store {h['store_mb']} MB.", "", *page_rows(p)]  # fmt: skip
     if r.get("grid_p99_postgresql_over_sqlite") is not None:
         lines += ["", "Grid p99, PostgreSQL / SQLite (one run): "
                   f"{r['grid_p99_postgresql_over_sqlite']}."]  # fmt: skip
