@@ -203,9 +203,6 @@ class Soak:
     def at(self) -> float:
         return time.time() - self.start
 
-    def page(self, script: str, *args: Any) -> Any:
-        return self.driver.execute_script(script, *args)
-
     def poll_state(self) -> dict[str, Any] | None:
         """The view's alarm list now: signals started, the highest priorities."""
         try:
@@ -223,11 +220,9 @@ class Soak:
                 self.signals[(row["condition"], row["priority"])] += 1
         return now
 
-    def wait(self, until_s: float, also: Any = None) -> None:
+    def wait(self, until_s: float) -> None:
         while self.at() < until_s:
             self.poll_state()
-            if also is not None:
-                also()
             time.sleep(min(1.0, max(0.05, until_s - self.at())))
 
     def apnoea(self, label: str, since_s: float, acknowledge: bool) -> None:
@@ -260,8 +255,8 @@ class Soak:
         if acknowledge:
             time.sleep(ACK_AFTER_S)
             button = '#alarms tr[data-stream="apnoea"][data-condition="apnoea"] button.ack'
-            if not self.page(f"const b = document.querySelector('{button}'); "
-                             "if (b) b.click(); return Boolean(b);"):  # fmt: skip
+            if not self.driver.execute_script(f"const b = document.querySelector('{button}'); "
+                                              "if (b) b.click(); return Boolean(b);"):  # fmt: skip
                 self.notes.append(f"{label}: no Acknowledge button on the apnoea row")
 
     def restart(self, what: str, stop_it: Any, start_it: Any) -> None:
@@ -312,7 +307,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 driver.find_element("id", "sound").click()
                 driver.execute_script(LISTEN)
                 soak = Soak(driver, view.url, listener, run_s)
-                soak.start = time.time()
                 for i, fraction in enumerate(APNOEA_AT):
                     due_s = fraction * run_s
                     if i == 2:  # the nurse pauses the sound for the ward's other alarms

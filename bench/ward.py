@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -154,9 +154,7 @@ def generate(folder: Path, hours: float) -> tuple[list[Message], float, dict[str
             if keeper.count() != last:
                 last, quiet_since = keeper.count(), time.monotonic()
         keeper.close()
-    kinds: dict[str, int] = defaultdict(int)
-    for m in keeper.messages:
-        kinds[m.kind] += 1
+    kinds = Counter(m.kind for m in keeper.messages)
     stats = {"runtime_s": round(took_s, 1), "messages": dict(kinds), "clips_sent_after": drained}
     metrics = [json.loads(m.payload)["metrics"] for m in keeper.messages if m.kind == "metrics"]
     # clips the runtime could not queue while it read 60x faster than real time (counted)
@@ -265,12 +263,6 @@ def remap(
     return "/".join(parts), json.dumps(body, separators=(",", ":")).encode()
 
 
-def clip_start_s(message: Message) -> float | None:
-    body = json.loads(message.payload)
-    header = body.get("clip")
-    return parse_utc(header["start_utc"]).timestamp() if header else None
-
-
 def build_history(
     path: Path | str,
     messages: list[Message],
@@ -289,8 +281,8 @@ def build_history(
             continue
         if m.kind == "evidence":
             body = json.loads(m.payload)
-            start = clip_start_s(m)
-            if start is not None and start >= keep_from_s:
+            header = body.get("clip")
+            if header and parse_utc(header["start_utc"]).timestamp() >= keep_from_s:
                 clip_episodes.add(body["episode_id"])
             if body["episode_id"] not in clip_episodes:
                 continue
@@ -488,9 +480,8 @@ def replay(
                 sent[event_id] = time.time()
             clients[connection].publish(topic, body, qos=1)
         script = "return Object.keys(window.lwRendered).length;"
-        count = lambda: driver.execute_script(script)  # noqa: E731
         previous = -1
-        while (now := count()) != previous:  # until the page stops painting new ones
+        while (now := driver.execute_script(script)) != previous:  # until no new ones are painted
             previous = now
             time.sleep(2.0)
         rendered: dict[str, float] = driver.execute_script("return window.lwRendered")
