@@ -84,14 +84,13 @@ def whole_file(folder: Path, model: ModelConfig) -> dict[str, Any]:
     start = time.perf_counter()
     found = detect_recordings(recordings, Path(model.dir), model.file, backend=backend)
     wall = time.perf_counter() - start
-    events = sum(len(r.physiological) for r in found.values())
     return {
         "model": f"{model.dir}/{model.file}",
         "records": len(recordings),
         "audio_s": audio_s,
         "wall_s": wall,
         "x_realtime": audio_s / wall,
-        "events": events,
+        "events": sum(len(r.physiological) for r in found.values()),
     }
 
 

@@ -131,13 +131,11 @@ def build(config: RuntimeConfig, paced: bool) -> tuple[Runtime, TimingSink, AckP
     sources = {}
     for i, stream in enumerate(streams):
         phase = i % PHASES
-        timed = (
+        stream.source = sources[stream.id] = (
             TimedSource(stream.source, delay_s=phase * CHUNK_SAMPLES / stream.rate_hz)
             if paced
             else TimedSource(stream.source, skip_reads=phase)
         )
-        stream.source = timed
-        sources[stream.id] = timed
     sink, mqtt = open_sinks(config)
     probe = AckProbe(mqtt) if mqtt is not None else None
     timing = TimingSink(sink, sources)
