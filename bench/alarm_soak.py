@@ -66,8 +66,12 @@ ADVISORY = ("CAS", "DAS", "tachypnoea", "bradypnoea")  # findings: never above m
 FINDINGS = ("CAS", "DAS")  # the sounds' alarm conditions (finding episodes)
 
 
+def intra_test(name: str) -> Path:
+    return data_root() / "sprsound" / "intra_test" / f"{name}.flac"
+
+
 def record(name: str) -> np.ndarray:
-    path = data_root() / "sprsound" / "intra_test" / f"{name}.flac"
+    path = intra_test(name)
     if not path.exists():
         sys.exit(f"{path} is missing (set LUNGWATCH_DATA_DIR to the shared data folder)")
     return read_audio(path, target_rate_hz=RATE_HZ).samples.astype(np.float64)
@@ -79,11 +83,8 @@ def tiled(samples: np.ndarray, seconds: float) -> np.ndarray:
 
 
 def build_ward(folder: Path, run_s: float) -> list[dict[str, Any]]:
-    streams = [
-        {"id": bed, "source": str(data_root() / "sprsound" / "intra_test" / f"{name}.flac"),
-         "age_years": age}
-        for bed, name, age in WARD_BEDS
-    ]  # fmt: skip
+    streams = [{"id": bed, "source": str(intra_test(name)), "age_years": age}
+               for bed, name, age in WARD_BEDS]  # fmt: skip
     rng = np.random.default_rng(0)
     length_s = run_s + 120.0  # longer than the run: no loop seam inside it
     name, age = APNOEA_RECORD
@@ -102,8 +103,7 @@ def build_ward(folder: Path, run_s: float) -> list[dict[str, Any]]:
         soundfile.write(path, audio.astype(np.float32), RATE_HZ)
         streams.append({"id": bed, "source": str(path), "age_years": age})
     for i, (name, age) in enumerate(NORMAL_RECORDS):
-        source = str(data_root() / "sprsound" / "intra_test" / f"{name}.flac")
-        streams.append({"id": f"normal-{i + 1}", "source": source, "age_years": age})
+        streams.append({"id": f"normal-{i + 1}", "source": str(intra_test(name)), "age_years": age})
     for stream in streams:
         stream.update(realtime=True, loop=True, chunk_samples=800)
     return streams
@@ -203,9 +203,6 @@ class Soak:
     def at(self) -> float:
         return time.time() - self.start
 
-    def page(self, script: str, *args: Any) -> Any:
-        return self.driver.execute_script(script, *args)
-
     def poll_state(self) -> dict[str, Any] | None:
         """The view's alarm list now: signals started, the highest priorities."""
         try:
@@ -223,11 +220,9 @@ class Soak:
                 self.signals[(row["condition"], row["priority"])] += 1
         return now
 
-    def wait(self, until_s: float, also: Any = None) -> None:
+    def wait(self, until_s: float) -> None:
         while self.at() < until_s:
             self.poll_state()
-            if also is not None:
-                also()
             time.sleep(min(1.0, max(0.05, until_s - self.at())))
 
     def apnoea(self, label: str, since_s: float, acknowledge: bool) -> None:
@@ -260,8 +255,8 @@ class Soak:
         if acknowledge:
             time.sleep(ACK_AFTER_S)
             button = '#alarms tr[data-stream="apnoea"][data-condition="apnoea"] button.ack'
-            if not self.page(f"const b = document.querySelector('{button}'); "
-                             "if (b) b.click(); return Boolean(b);"):  # fmt: skip
+            if not self.driver.execute_script(f"const b = document.querySelector('{button}'); "
+                                              "if (b) b.click(); return Boolean(b);"):  # fmt: skip
                 self.notes.append(f"{label}: no Acknowledge button on the apnoea row")
 
     def restart(self, what: str, stop_it: Any, start_it: Any) -> None:
@@ -312,7 +307,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 driver.find_element("id", "sound").click()
                 driver.execute_script(LISTEN)
                 soak = Soak(driver, view.url, listener, run_s)
-                soak.start = time.time()
                 for i, fraction in enumerate(APNOEA_AT):
                     due_s = fraction * run_s
                     if i == 2:  # the nurse pauses the sound for the ward's other alarms
@@ -328,21 +322,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     soak.apnoea(label, due_s, acknowledge=i < 2)
                 soak.wait(VIEW_RESTART_AT * run_s)
 
-                def restart_view() -> None:
-                    view.start()
-
-                soak.restart("ward view", view.stop, restart_view)
+                soak.restart("ward view", view.stop, view.start)
                 wait_until(lambda: driver.execute_script(
                     "return document.querySelector('#connection').textContent") == "live",
                     30.0, "the page live again")  # fmt: skip
-                holder: dict[str, subprocess.Popen[bytes]] = {"device": device}
                 soak.wait(VIEW_RESTART_AT * run_s + DEVICE_RESTART_S)
 
                 def restart_device() -> None:
-                    holder["device"] = start_device(config, folder / "device.log")
+                    nonlocal device
+                    device = start_device(config, folder / "device.log")
 
-                soak.restart("device", lambda: stop(holder["device"]), restart_device)
-                device = holder["device"]
+                soak.restart("device", lambda: stop(device), restart_device)
                 soak.wait(run_s)
                 latencies = event_to_row(driver, listener.since(0.0))
                 wrong = driver.execute_script(TABLE_GEOMETRY)

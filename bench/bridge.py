@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from bench import write_results
+from bench import median_seconds, write_results
 from firmware_bridge.parser import FrameParser
 from firmware_bridge.protocol import audio_frame, encode_frame
 from firmware_bridge.receiver import Output, Receiver
@@ -50,14 +49,12 @@ def build_frames(seconds: float, frame_samples: int, key: bytes | None) -> list[
     per_stream = int(seconds * RATE_HZ) // frame_samples
     noise = rng.integers(-3000, 3000, (per_stream, frame_samples)).astype(np.int16)
     session = 1 if key is V2 else None
-    return [
-        encode_frame(
-            audio_frame(d, 0, k, k * frame_samples, RATE_HZ, noise[k])._replace(session=session),
-            key,
-        )
+    frames = (
+        audio_frame(d, 0, k, k * frame_samples, RATE_HZ, noise[k])
         for k in range(per_stream)
         for d in range(N_STREAMS)
-    ]
+    )
+    return [encode_frame(frame._replace(session=session), key) for frame in frames]
 
 
 def make_receiver(scanner: str, key: bytes | None) -> Receiver:
@@ -109,15 +106,10 @@ def datagram_runner(frames: list[bytes], scanner: str, key: bytes | None) -> Cal
     return run
 
 
-def median_seconds(run: Callable[[], int], repeats: int, expected: int) -> float:
+def warmed(run: Callable[[], int], expected: int) -> Callable[[], int]:
     if run() != expected:  # warm up (JIT cache load) and check the work is all done
         raise RuntimeError("benchmark run did not decode everything")
-    times = []
-    for _ in range(repeats):  # CPU time of this process: the machine may be busy with others
-        t0 = time.process_time()
-        run()
-        times.append(time.process_time() - t0)
-    return statistics.median(times)
+    return run
 
 
 def measure(seconds: float, repeats: int, scanners: list[str]) -> list[dict[str, object]]:
@@ -128,15 +120,14 @@ def measure(seconds: float, repeats: int, scanners: list[str]) -> list[dict[str,
              (256, V2, datagrams)]  # fmt: skip
     for frame_samples, key, case_stages in cases:
         frames = build_frames(seconds, frame_samples, key)
-        n_frames, n_samples, n_bytes = (
-            len(frames),
-            len(frames) * frame_samples,
-            sum(map(len, frames)),
-        )
+        n_frames, n_samples = len(frames), len(frames) * frame_samples
+        n_bytes = sum(map(len, frames))
         for scanner in scanners:
             for stage, make in case_stages:
                 expected = n_frames if stage == "parser" else n_samples
-                dt = median_seconds(make(frames, scanner, key), repeats, expected)
+                run = warmed(make(frames, scanner, key), expected)
+                # CPU time of this process: the machine may be busy with others
+                dt = median_seconds(run, repeats, clock=time.process_time)
                 rows.append({
                     "stage": stage, "scanner": scanner, "frame_samples": frame_samples,
                     "tagged": key is not None, "protocol": PROTOCOLS[key],
@@ -168,8 +159,7 @@ def v1_v2(seconds: float, repeats: int, scanner: str) -> list[dict[str, object]]
         runs = {"v1": make(frames["v1"], scanner, None), "v2": make(frames["v2"], scanner, V2)}
         times: dict[str, list[float]] = {"v1": [], "v2": []}
         for run in runs.values():
-            if run() != n_samples:  # warm up, and check the work is all done
-                raise RuntimeError("benchmark run did not decode everything")
+            warmed(run, n_samples)
         for _ in range(repeats):
             for protocol, run in runs.items():
                 t0 = time.process_time()
@@ -217,15 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.machine()}, Python {platform.python_version()}"
     )
     table = render(rows, header)
+    record = {"header": header, "rows": rows, "target_samples_per_s": TARGET_SAMPLES_PER_S}
     if "numba" in scanners:
-        v = verdict(rows)
+        v = record["verdict"] = verdict(rows)
         table += (f"\n\n| target | measured | wanted | met |\n|---|---:|---:|---|\n"
                   f"| {v['target']} | {v['measured']:.1f} | >= {TARGET_X:g} | "
                   f"{'yes' if v['met'] else 'NO'} |")  # fmt: skip
     table += "\n\n" + render_v1_v2(pairs)
-    record = {"header": header, "rows": rows, "target_samples_per_s": TARGET_SAMPLES_PER_S}
-    if "numba" in scanners:
-        record["verdict"] = verdict(rows)
     record["v1_v2"] = pairs
     write_results("bridge", record, table)
     return 0

@@ -84,14 +84,13 @@ def whole_file(folder: Path, model: ModelConfig) -> dict[str, Any]:
     start = time.perf_counter()
     found = detect_recordings(recordings, Path(model.dir), model.file, backend=backend)
     wall = time.perf_counter() - start
-    events = sum(len(r.physiological) for r in found.values())
     return {
         "model": f"{model.dir}/{model.file}",
         "records": len(recordings),
         "audio_s": audio_s,
         "wall_s": wall,
         "x_realtime": audio_s / wall,
-        "events": events,
+        "events": sum(len(r.physiological) for r in found.values()),
     }
 
 
@@ -99,11 +98,12 @@ def annotated(folder: Path) -> dict[str, list[tuple[float, float, str]]]:
     out = {}
     for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
-        events = []
-        for e in data.get("event_annotation", []):
-            for t in sound_class(e["type"]).raised_as:
-                if t in FAMILY:
-                    events.append((int(e["start"]) / 1000, int(e["end"]) / 1000, FAMILY[t]))
+        events = [
+            (int(e["start"]) / 1000, int(e["end"]) / 1000, FAMILY[t])
+            for e in data.get("event_annotation", [])
+            for t in sound_class(e["type"]).raised_as
+            if t in FAMILY
+        ]
         if events:
             out[path.stem] = events
     return out
@@ -282,8 +282,7 @@ def render(record: dict[str, Any]) -> str:
             "| max ms |",
             "|---|---:|---:|---:|---|---:|---:|---:|",
             f"| `{lat['model']}` | {lat['records']} | {lat['annotated_events']} | "
-            f"{lat['detected']} | {lat['to']} | {ms.get('p50', float('nan')):.0f} | "
-            f"{ms.get('p99', float('nan')):.0f} | {ms.get('max', float('nan')):.0f} |",
+            f"{lat['detected']} | {lat['to']} | {_ms(ms)} |",
             "",
             f"Target p99 <= {TARGETS['detection_latency_p99_s'] * 1000:.0f} ms. Latency is "
             "measured only for annotated events the device detects ({} of {}); {} of them were "
@@ -300,14 +299,12 @@ def render(record: dict[str, Any]) -> str:
         ]
         split, start = lat.get("split_ms"), lat.get("start_ms")
         if split and start:
-            nan = float("nan")
             lines += [
                 "",
                 "| where the time goes | n | p50 ms | p99 ms | max ms |",
                 "|---|---:|---:|---:|---:|",
-                f"| annotated onset -> the start the device reports | {start['n']} | "
-                f"{start.get('p50', nan):.0f} | {start.get('p99', nan):.0f} | "
-                f"{start.get('max', nan):.0f} |",
+                f"| annotated onset -> the start the device reports | {start['n']} "
+                f"| {_ms(start)} |",
             ]
             what = {
                 "decision": "reported start -> end of the frame that decided (lead, minimum "
@@ -315,15 +312,16 @@ def render(record: dict[str, Any]) -> str:
                 "ready": "-> its output ready (look-ahead, wait for the chunk, inference)",
                 "delivery": "-> PUBACK of the `onset` (events, spool, MQTT)",
             }
-            for key, label in what.items():
-                ms = split[key]
-                lines.append(
-                    f"| {label} | {ms['n']} | {ms.get('p50', nan):.0f} | "
-                    f"{ms.get('p99', nan):.0f} | {ms.get('max', nan):.0f} |"
-                )
+            lines += [
+                f"| {label} | {split[k]['n']} | {_ms(split[k])} |" for k, label in what.items()
+            ]
             if lat.get("unsplit"):
                 lines.append(f"\n{lat['unsplit']} onsets could not be split (no deciding frame).")
     return "\n".join(lines)
+
+
+def _ms(stats: dict[str, Any]) -> str:
+    return " | ".join(f"{stats.get(k, float('nan')):.0f}" for k in ("p50", "p99", "max"))
 
 
 def main(argv: list[str] | None = None) -> int:

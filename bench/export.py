@@ -17,14 +17,13 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench import RESULTS_DIR, write_results
+from bench import RESULTS_DIR, median_seconds, target_records, write_results
 
 WARMUP_RUNS = 3
 TARGET_SPEEDUP = 2.0  # INT8 vs FP32, ms per audio second per bed
@@ -35,20 +34,14 @@ DEFAULT_FP32 = Path("models/sed/model.onnx")
 DEFAULT_INT8 = Path("models/sed/model.int8.onnx")
 
 
-def session(path: Path, level: str = "all", **options: Any) -> Any:
+def session(path: Path, **options: Any) -> Any:
     import onnxruntime as ort
 
-    levels = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = levels[level]
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only (saving an NCHWc-optimised graph warns)
     for key, value in options.items():
         setattr(so, key, value)
@@ -66,7 +59,7 @@ def optimised_census(path: Path) -> dict[str, int]:
 
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "optimised.onnx"
-        session(path, "all", optimized_model_filepath=str(saved))
+        session(path, optimized_model_filepath=str(saved))
         counts = Counter(node.op_type for node in onnx.load(str(saved)).graph.node)
     keys = ("QLinearConv", "Conv", "FusedConv", "QLinearMatMul", "MatMul", "QuantizeLinear")
     return {key: counts.get(key, 0) for key in (*keys, "DequantizeLinear", "Transpose")}
@@ -87,14 +80,7 @@ def streaming_feed(path: Path, beds: int) -> tuple[dict[str, np.ndarray], float]
 
 
 def ms_per_call(sess: Any, feed: dict[str, np.ndarray], repeats: int) -> float:
-    for _ in range(WARMUP_RUNS):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+    return 1000.0 * median_seconds(lambda: sess.run(None, feed), repeats, WARMUP_RUNS)
 
 
 def streaming(
@@ -199,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         f"1 thread, median of {args.repeats}; {machine}, {load}"
     )
     table = "\n".join([header, "", *render_streaming(result)])
-    targets = [
-        dict(zip(("target", "measured", "wanted", "met"), row, strict=True))
-        for row in verdicts(result)
-    ]
-    record = {"header": header, **result, "targets": targets}
+    record = {"header": header, **result, "targets": target_records(verdicts(result))}
     write_results("export", record, table, args.out_dir)
     return 0
 

@@ -118,34 +118,29 @@ class Mutator:
                 found += self._paths(value, (*path, i))
         return found
 
-    def _set(self, body: Any, path: tuple[Any, ...], value: Any) -> None:
+    def _parent(self, body: Any, path: tuple[Any, ...]) -> Any:
         for part in path[:-1]:
             body = body[part]
-        body[path[-1]] = value
-
-    def _json(self, payload: bytes) -> Any:
-        return json.loads(payload)
+        return body
 
     def value(self, topic: str, payload: bytes) -> tuple[str, bytes]:
-        body = self._json(payload)
+        body = json.loads(payload)
         paths = self._paths(body)
         if paths:
-            self._set(body, self.rng.choice(paths), copy.deepcopy(self.rng.choice(ODD_VALUES)))
+            path = self.rng.choice(paths)
+            self._parent(body, path)[path[-1]] = copy.deepcopy(self.rng.choice(ODD_VALUES))
         return topic, json.dumps(body).encode()
 
     def drop_key(self, topic: str, payload: bytes) -> tuple[str, bytes]:
-        body = self._json(payload)
+        body = json.loads(payload)
         paths = [p for p in self._paths(body) if isinstance(p[-1], str)]
         if paths:
             path = self.rng.choice(paths)
-            node = body
-            for part in path[:-1]:
-                node = node[part]
-            del node[path[-1]]
+            del self._parent(body, path)[path[-1]]
         return topic, json.dumps(body).encode()
 
     def add_key(self, topic: str, payload: bytes) -> tuple[str, bytes]:
-        body = self._json(payload)
+        body = json.loads(payload)
         body[self.rng.choice(["extra", "detail", "open", "\ud800", "x" * 300])] = copy.deepcopy(
             self.rng.choice(ODD_VALUES))  # fmt: skip
         return topic, json.dumps(body).encode()
@@ -157,7 +152,7 @@ class Mutator:
         return "/".join(parts), payload
 
     def time(self, topic: str, payload: bytes) -> tuple[str, bytes]:
-        body = self._json(payload)
+        body = json.loads(payload)
         for key in ("utc", "start_utc", "end_utc"):
             if key in body:
                 body[key] = self.rng.choice(

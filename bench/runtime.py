@@ -131,13 +131,11 @@ def build(config: RuntimeConfig, paced: bool) -> tuple[Runtime, TimingSink, AckP
     sources = {}
     for i, stream in enumerate(streams):
         phase = i % PHASES
-        timed = (
+        stream.source = sources[stream.id] = (
             TimedSource(stream.source, delay_s=phase * CHUNK_SAMPLES / stream.rate_hz)
             if paced
             else TimedSource(stream.source, skip_reads=phase)
         )
-        stream.source = timed
-        sources[stream.id] = timed
     sink, mqtt = open_sinks(config)
     probe = AckProbe(mqtt) if mqtt is not None else None
     timing = TimingSink(sink, sources)
@@ -215,11 +213,8 @@ def _measured_rounds(runtime: Runtime, timing: TimingSink, spec: dict[str, Any])
     profiler = cProfile.Profile() if spec.get("profile") else None
     timing.measuring = True
     cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
-    if profiler is not None:
-        profiler.enable()
-    rounds = _rounds(runtime, wall0 + spec["seconds"])
-    if profiler is not None:
-        profiler.disable()
+    with profiler or contextlib.nullcontext():
+        rounds = _rounds(runtime, wall0 + spec["seconds"])
     wall_s = time.perf_counter() - wall0
     cpu_s, thread_s = time.process_time() - cpu0, time.thread_time() - thread0
     timing.measuring = False
@@ -280,11 +275,9 @@ def start_mosquitto(directory: Path) -> Broker | None:
     conf.write_text("\n".join(lines + (["user root"] if os.geteuid() == 0 else [])) + "\n")
     others = sorted(set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0))
     pin = (lambda: os.sched_setaffinity(0, set(others))) if others else None
+    quiet = subprocess.DEVNULL
     process = subprocess.Popen(
-        [binary, "-c", str(conf)],
-        preexec_fn=pin,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [binary, "-c", str(conf)], preexec_fn=pin, stdout=quiet, stderr=quiet
     )
     time.sleep(0.3)
     where = f"CPU {','.join(map(str, others))}" if others else "the measured CPU (no other)"
@@ -314,16 +307,10 @@ def run_child(
     if checkout is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(checkout), env.get("PYTHONPATH", "")])
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.runtime",
-            "--child",
-            json.dumps(spec),
-            "--out",
-            out.name,
-        ]
-        subprocess.run(cmd, check=True, timeout=timeout_s, cwd=checkout, env=env)
+        child = ["-m", "bench.runtime", "--child", json.dumps(spec), "--out", out.name]
+        subprocess.run(
+            [sys.executable, *child], check=True, timeout=timeout_s, cwd=checkout, env=env
+        )
         return dict(json.loads(Path(out.name).read_text()))
 
 
@@ -362,7 +349,9 @@ def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict
                     result = run_child(spec, spec["seconds"] + 300, checkout)
                     runs[name].append(float(result["streams_real_time"]))
                     if spec["paced"]:
-                        _keep_paced(paced[name], result)
+                        paced[name]["kept_up"].append(float(result["xrt_per_stream"]))
+                        for key, (latency, field) in PACED_MEASURES.items():
+                            paced[name][key].append(float(result["latency"][latency][field]))
         finally:
             subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
     here, there = (float(np.median(v)) for v in runs.values())
@@ -376,12 +365,6 @@ def compare_with(rev: str, args: argparse.Namespace, broker: str | None) -> dict
             for key in PACED_MEASURES
         }
     return found
-
-
-def _keep_paced(into: dict[str, list[float]], result: dict[str, Any]) -> None:
-    into["kept_up"].append(float(result["xrt_per_stream"]))
-    for key, (latency, field) in PACED_MEASURES.items():
-        into[key].append(float(result["latency"][latency][field]))
 
 
 def feature_costs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
@@ -468,11 +451,11 @@ def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
     limit_s = args.seconds + 300
     common = {"broker": broker, "max_batch": args.max_batch, "model": args.model,
               "round_group": args.round_group}  # fmt: skip
+    fast = {**common, "paced": False, "seconds": args.seconds}
     runs = []
     for k in sorted(set(args.streams) | {1}):
         print(f"as fast as possible: {k} streams, {args.seconds:g} s ...", flush=True)
-        runs.append(run_child({**common, "streams": k, "paced": False, "seconds": args.seconds},
-                              limit_s))  # fmt: skip
+        runs.append(run_child({**fast, "streams": k}, limit_s))
     paced = []
     for k in args.paced_streams:
         print(f"paced in real time: {k} streams, {args.paced_seconds:g} s ...", flush=True)
@@ -481,8 +464,7 @@ def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
     profile = None
     if args.profile_streams:
         print(f"profile: {args.profile_streams} streams, {args.seconds:g} s ...", flush=True)
-        spec = {**common, "streams": args.profile_streams, "paced": False, "profile": True}
-        profile = run_child({**spec, "seconds": args.seconds}, limit_s)
+        profile = run_child({**fast, "streams": args.profile_streams, "profile": True}, limit_s)
     batch = None
     if args.batch_sweep:
         print("inference cost per window against batch size ...", flush=True)
@@ -491,19 +473,16 @@ def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
     if args.reference and args.reference_streams:
         k = args.reference_streams
         print(f"reference {args.reference}: {k} streams, {args.seconds:g} s ...", flush=True)
-        spec = {**common, "model": args.reference, "streams": k, "paced": False}
-        reference = run_child({**spec, "seconds": args.seconds}, limit_s)
+        reference = run_child({**fast, "model": args.reference, "streams": k}, limit_s)
     ward = None
     if args.ward_audio and args.ward_streams:
         ward = {"folder": args.ward_audio, "as_fast_as_possible": [], "paced": []}
         for k in args.ward_streams:
             print(f"ward load {args.ward_audio}: {k} streams ...", flush=True)
-            spec = {**common, "streams": k, "audio": args.ward_audio}
-            ward["as_fast_as_possible"].append(
-                run_child({**spec, "paced": False, "seconds": args.seconds}, limit_s)
-            )
-            ward["paced"].append(run_child({**spec, "paced": True,
-                                            "seconds": args.paced_seconds}, limit_s))  # fmt: skip
+            spec = {**fast, "streams": k, "audio": args.ward_audio}
+            ward["as_fast_as_possible"].append(run_child(spec, limit_s))
+            spec.update(paced=True, seconds=args.paced_seconds)
+            ward["paced"].append(run_child(spec, limit_s))
     return {"as_fast_as_possible": runs, "paced": paced, "profile": profile,
             "batch_sweep": batch, "reference": reference, "ward": ward,
             "window_model_recorded": WINDOW_MODEL_RECORDED}  # fmt: skip
@@ -536,74 +515,59 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.runtime", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--model", default=MODEL_DIR, help="model folder (its model.int8.onnx)")
-    parser.add_argument(
-        "--streams", type=_ints, default=[1, 64, 256, 1000], help="K values, e.g. 1,16,64"
-    )
-    parser.add_argument("--seconds", type=float, default=20.0, help="measured wall seconds per run")
-    parser.add_argument(
-        "--paced-streams", type=_ints, default=[600, 1000], help="K of the paced runs ('': none)"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("--model", default=MODEL_DIR, help="model folder (its model.int8.onnx)")
+    add("--streams", type=_ints, default=[1, 64, 256, 1000], help="K values, e.g. 1,16,64")
+    add("--seconds", type=float, default=20.0, help="measured wall seconds per run")
+    add("--paced-streams", type=_ints, default=[600, 1000], help="K of the paced runs ('': none)")
+    add(
         "--paced-seconds", type=float, default=90.0,
         help="length of a paced run (near a core's limit a backlog grows by a few ms a second: "
         "30 s can show a load as kept up that 90 s shows falling behind)",
     )  # fmt: skip
-    parser.add_argument(
-        "--profile-streams", type=int, default=256, help="K of the profiled run (0: skip)"
-    )
-    parser.add_argument(
-        "--reference", default="", help="reference model folder ('': no reference run)"
-    )
-    parser.add_argument(
-        "--reference-streams", type=int, default=200, help="K of the reference run (0: skip)"
-    )
-    parser.add_argument(
-        "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="windows per inference call"
-    )
-    parser.add_argument(
+    add("--profile-streams", type=int, default=256, help="K of the profiled run (0: skip)")
+    add("--reference", default="", help="reference model folder ('': no reference run)")
+    add("--reference-streams", type=int, default=200, help="K of the reference run (0: skip)")
+    add("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="windows per inference call")
+    add(
         "--round-group",
         type=int,
         default=DEFAULT_ROUND_GROUP,
         help="streams a round reads, infers and publishes together (0: all)",
     )
-    parser.add_argument(
-        "--no-batch-sweep", dest="batch_sweep", action="store_false", help="skip the batch sweep"
-    )
-    parser.add_argument(
+    add("--no-batch-sweep", dest="batch_sweep", action="store_false", help="skip the batch sweep")
+    add(
         "--ward-audio",
         default=_default_ward_audio(),
         help="folder of recordings, one per bed (looped): a ward-like load ('': skip; default "
         "SPRSound intra_test where ../shared/data has it)",
     )
-    parser.add_argument(
-        "--ward-streams", type=_ints, default=[1000], help="K of the ward-load runs ('': none)"
-    )
-    parser.add_argument("--no-mqtt", action="store_true", help="no MQTT sink (no broker needed)")
-    parser.add_argument(
+    add("--ward-streams", type=_ints, default=[1000], help="K of the ward-load runs ('': none)")
+    add("--no-mqtt", action="store_true", help="no MQTT sink (no broker needed)")
+    add(
         "--baseline",
         default="",
         help="only compare with this git revision: streams in real time, ratio in one run",
     )
-    parser.add_argument(
+    add(
         "--feature-costs", action="store_true",
         help="only measure what each per-bed feature (respiration, evidence, verdict, live "
         "strip) costs: every feature on against each one off, in alternating rounds "
         "(--baseline-streams, --baseline-pairs, --baseline-audio set the load)",
     )  # fmt: skip
-    parser.add_argument(
+    add(
         "--baseline-paced", action="store_true",
         help="--baseline with the runs paced in real time (--paced-seconds each): how far each "
         "kept up and its capture -> PUBACK and close -> PUBACK p99",
     )  # fmt: skip
-    parser.add_argument("--baseline-streams", type=int, default=1000, help="K of the comparison")
-    parser.add_argument("--baseline-pairs", type=int, default=3, help="alternating pairs of runs")
-    parser.add_argument(
+    add("--baseline-streams", type=int, default=1000, help="K of the comparison")
+    add("--baseline-pairs", type=int, default=3, help="alternating pairs of runs")
+    add(
         "--baseline-audio", default=None,
         help="--baseline on a folder's recordings, one per bed (the ward load); default the demo's",
     )  # fmt: skip
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    add("--child", help=argparse.SUPPRESS)
+    add("--out", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

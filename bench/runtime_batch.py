@@ -27,8 +27,7 @@ def sweep(model_dir: str = "models/sed") -> dict[str, Any]:
     """A window is one bed's chunk."""
     config = BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=MAX_BATCH_LIMIT)
     backends = {name: OrtBackend(Path(model_dir) / f, config) for name, f in FILES.items()}
-    first = next(iter(backends.values()))
-    shape = first.input_shape
+    shape = next(iter(backends.values())).input_shape
     rng = np.random.default_rng(SEED)
     batches = {n: rng.standard_normal((n, *shape)).astype(np.float32) for n in BATCH_SIZES}
     times: dict[str, dict[int, list[float]]] = {m: {n: [] for n in BATCH_SIZES} for m in FILES}

@@ -152,12 +152,12 @@ class AckProbe:
 
     def ack_times(self) -> dict[str, float]:
         """Event id -> PUBACK time (the k-th ack of a message id answers its k-th send)."""
-        times = {}
-        for mid, ids in self._sent.items():
-            for event_id, acked_s in zip(ids, self._acked.get(mid, []), strict=False):
-                if event_id is not None:
-                    times[event_id] = acked_s
-        return times
+        return {
+            event_id: acked_s
+            for mid, ids in self._sent.items()
+            for event_id, acked_s in zip(ids, self._acked.get(mid, []), strict=False)
+            if event_id is not None
+        }
 
 
 def _event_id(payload: Any) -> str | None:

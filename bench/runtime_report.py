@@ -35,13 +35,14 @@ PROFILE_PARTS = (
 def profile_summary(profiler: cProfile.Profile, wall_s: float) -> dict[str, Any]:
     """Cumulative seconds of :data:`PROFILE_PARTS` and the top functions by own time."""
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
-    parts = {}
-    for label, suffix, name in PROFILE_PARTS:
-        parts[label] = sum(
+    parts = {
+        label: sum(
             value[3]
             for (path, _, func), value in stats.items()
             if (path.endswith(suffix) or path == suffix) and func.startswith(name)
         )
+        for label, suffix, name in PROFILE_PARTS
+    }
     own = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:15]
     top = [
         {"function": f"{Path(path).name}:{line}({func})", "calls": value[1], "own_s": value[2],
@@ -178,7 +179,7 @@ def _folder(ward: dict[str, Any]) -> str:
 def _ward(ward: dict[str, Any] | None) -> list[str]:
     if not ward:
         return ["## Ward load: not measured"]
-    lines = [
+    return [
         f"## Ward load: every recording of {_folder(ward)} as its own bed (looped)",
         "",
         f"Folder: `{ward['folder']}`. The same runs as above with the folder's recordings "
@@ -188,7 +189,6 @@ def _ward(ward: dict[str, Any] | None) -> list[str]:
         "",
         *_paced(ward["paced"], f"every recording of {_folder(ward)}, one per bed", level="###"),
     ]
-    return lines
 
 
 def _throughput(runs: list[dict[str, Any]], level: str = "##", notes: bool = True) -> list[str]:
@@ -343,10 +343,9 @@ def _event_load(paced: list[dict[str, Any]], load: str) -> str:
 def _profile(profile: dict[str, Any] | None) -> list[str]:
     if not profile:
         return ["## Profile: not measured"]
-    p = profile["profile"]
+    p, cpu = profile["profile"], profile["cpu_s"]
     wall = p["wall_s"]
-    cpu = profile["cpu_s"]
-    lines = [
+    return [
         f"## Where the time goes: cProfile of the main thread, {profile['streams']} streams, "
         f"{wall:.0f} s",
         "",
@@ -357,21 +356,18 @@ def _profile(profile: dict[str, Any] | None) -> list[str]:
         "",
         "| part (cumulative, nested parts indented) | s | % of wall |",
         "|---|---:|---:|",
-    ]
-    lines += [
-        f"| {label.replace('  ', '&nbsp;&nbsp;')} | {s:.2f} | {100 * s / wall:.1f} |"
-        for label, s in p["parts_s"].items()
-    ]
-    lines += [
+        *(
+            f"| {label.replace('  ', '&nbsp;&nbsp;')} | {s:.2f} | {100 * s / wall:.1f} |"
+            for label, s in p["parts_s"].items()
+        ),
         "",
         "| top functions by own time | calls | own s | cumulative s |",
         "|---|---:|---:|---:|",
+        *(
+            f"| `{t['function']}` | {t['calls']:,} | {t['own_s']:.2f} | {t['cumulative_s']:.2f} |"
+            for t in p["top_own_time"]
+        ),
     ]
-    lines += [
-        f"| `{t['function']}` | {t['calls']:,} | {t['own_s']:.2f} | {t['cumulative_s']:.2f} |"
-        for t in p["top_own_time"]
-    ]
-    return lines
 
 
 def _batch_sweep(sweep: dict[str, Any] | None) -> list[str]:

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -154,9 +154,7 @@ def generate(folder: Path, hours: float) -> tuple[list[Message], float, dict[str
             if keeper.count() != last:
                 last, quiet_since = keeper.count(), time.monotonic()
         keeper.close()
-    kinds: dict[str, int] = defaultdict(int)
-    for m in keeper.messages:
-        kinds[m.kind] += 1
+    kinds = Counter(m.kind for m in keeper.messages)
     stats = {"runtime_s": round(took_s, 1), "messages": dict(kinds), "clips_sent_after": drained}
     metrics = [json.loads(m.payload)["metrics"] for m in keeper.messages if m.kind == "metrics"]
     # clips the runtime could not queue while it read 60x faster than real time (counted)
@@ -265,12 +263,6 @@ def remap(
     return "/".join(parts), json.dumps(body, separators=(",", ":")).encode()
 
 
-def clip_start_s(message: Message) -> float | None:
-    body = json.loads(message.payload)
-    header = body.get("clip")
-    return parse_utc(header["start_utc"]).timestamp() if header else None
-
-
 def build_history(
     path: Path | str,
     messages: list[Message],
@@ -289,8 +281,8 @@ def build_history(
             continue
         if m.kind == "evidence":
             body = json.loads(m.payload)
-            start = clip_start_s(m)
-            if start is not None and start >= keep_from_s:
+            header = body.get("clip")
+            if header and parse_utc(header["start_utc"]).timestamp() >= keep_from_s:
                 clip_episodes.add(body["episode_id"])
             if body["episode_id"] not in clip_episodes:
                 continue
@@ -488,9 +480,8 @@ def replay(
                 sent[event_id] = time.time()
             clients[connection].publish(topic, body, qos=1)
         script = "return Object.keys(window.lwRendered).length;"
-        count = lambda: driver.execute_script(script)  # noqa: E731
         previous = -1
-        while (now := count()) != previous:  # until the page stops painting new ones
+        while (now := driver.execute_script(script)) != previous:  # until no new ones are painted
             previous = now
             time.sleep(2.0)
         rendered: dict[str, float] = driver.execute_script("return window.lwRendered")
@@ -533,12 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the history stores to build and load the page on, in order: "
                         "sqlite, postgresql or both (live events on the first)")  # fmt: skip
     args = parser.parse_args(argv)
-    from tests.wardview.browser import (
-        DashboardProcess,
-        authorise,
-        chromium,
-        require_chromium,
-    )  # fmt: skip
+    from tests.wardview.browser import DashboardProcess, authorise, chromium, require_chromium
 
     require_chromium()
     stores = [name.strip() for name in args.stores.split(",") if name.strip()]
@@ -604,6 +590,17 @@ def report(r: dict[str, Any]) -> str:
         return (f"| {what} | {m.get('n', 0)} | {m.get('p50_ms', '-')} | {m.get('p99_ms', '-')} "
                 f"| {m.get('max_ms', '-')} | {target} |")  # fmt: skip
 
+    def page_rows(page: dict[str, Any]) -> list[str]:
+        return [
+            "| what | n | p50 ms | p99 ms | max ms | target |",
+            "|---|---|---|---|---|---|",
+            row("grid: navigation -> every bed painted", page["grid"], "<= 1000"),
+            row("trend: click -> chart drawn", page["trend"], "<= 1000"),
+            row(
+                "evidence: click -> audio loaded and spectrogram drawn", page["evidence"], "<= 1000"
+            ),
+        ]
+
     page, ref, clips = r["page"], r["reference"], r["with_clips"]
     lines = [
         f"# Ward view: {r['beds']} beds on {r['devices']} devices, {r['hours']:g} h of history",
@@ -616,12 +613,7 @@ def report(r: dict[str, Any]) -> str:
         f"{r['history']['messages_in']} messages in {r['history']['intake_s']} s, "
         f"store {r['history']['store_mb']} MB.",
         "",
-        "| what | n | p50 ms | p99 ms | max ms | target |",
-        "|---|---|---|---|---|---|",
-        row("grid: navigation -> every bed painted", page["grid"], "<= 1000"),
-        row("trend: click -> chart drawn", page["trend"], "<= 1000"),
-        row("evidence: click -> audio loaded and spectrogram drawn", page["evidence"],
-            "<= 1000"),
+        *page_rows(page),
         row("event -> screen, events only (reference)", ref, "p99 <= 1000"),
         row("event -> screen, with clips", clips, "p99 <= 1000"),
         "",
@@ -635,12 +627,7 @@ def report(r: dict[str, Any]) -> str:
         h, p = found["history"], found["page"]
         lines += ["", f"### The same page on {name}", "",
                   f"Through the view's intake: {h['messages_in']} messages in {h['intake_s']} s, "
-                  f"store {h['store_mb']} MB.", "",
-                  "| what | n | p50 ms | p99 ms | max ms | target |", "|---|---|---|---|---|---|",
-                  row("grid: navigation -> every bed painted", p["grid"], "<= 1000"),
-                  row("trend: click -> chart drawn", p["trend"], "<= 1000"),
-                  row("evidence: click -> audio loaded and spectrogram drawn", p["evidence"],
-                      "<= 1000")]  # fmt: skip
+                  f"store {h['store_mb']} MB.", "", *page_rows(p)]  # fmt: skip
     if r.get("grid_p99_postgresql_over_sqlite") is not None:
         lines += ["", "Grid p99, PostgreSQL / SQLite (one run): "
                   f"{r['grid_p99_postgresql_over_sqlite']}."]  # fmt: skip
