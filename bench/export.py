@@ -66,7 +66,8 @@ def optimised_census(path: Path) -> dict[str, int]:
 
 
 def streaming_feed(path: Path, beds: int) -> tuple[dict[str, np.ndarray], float]:
-    """States non-negative, as the caches of ReLU outputs are; also a chunk's audio seconds."""
+    """One chunk's inputs for ``beds`` beds (states non-negative, as ReLU caches are) and the
+    seconds of audio a chunk holds."""
     from export.quantize import folder_info, read_shapes
     from export.to_onnx import FEATURES, STATE
 

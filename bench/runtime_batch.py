@@ -24,7 +24,7 @@ SEED = 0
 
 
 def sweep(model_dir: str = "models/sed") -> dict[str, Any]:
-    """A window is one bed's chunk."""
+    """Median ``ms_per_window`` per batch size and model file; a window is one bed's chunk."""
     config = BackendConfig(providers=("cpu",), intra_op_threads=1, max_batch=MAX_BATCH_LIMIT)
     backends = {name: OrtBackend(Path(model_dir) / f, config) for name, f in FILES.items()}
     shape = next(iter(backends.values())).input_shape

@@ -161,7 +161,8 @@ def _ward_targets(record: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
 def _latency_row(
     label: str, paced: dict[str, Any] | None, key: str, targets: dict[str, float]
 ) -> tuple[str, str, str, bool]:
-    """Read from the operating point ``paced``: met only if that run kept up with real time."""
+    """A p99 latency target, read from the operating point ``paced``: met only if that run kept up
+    with real time."""
     p99 = ((paced or {}).get("latency", {}).get(key) or {}).get("p99")
     wanted = f"<= {targets['p99_ms']:g} ms"
     if paced is None or p99 is None:

@@ -307,7 +307,8 @@ def build_history(
 
 
 def settle(where: Path | str) -> None:
-    """So a PostgreSQL store's background catch-up does not share the cores with the browser."""
+    """Vacuum and checkpoint a PostgreSQL store (SQLite: nothing), so its background catch-up does
+    not share the cores with the browser."""
     if isinstance(where, Path):
         return
     import psycopg
