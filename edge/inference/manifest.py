@@ -18,16 +18,13 @@ from typing import Any, NoReturn, TypeVar
 
 from edge.bed.rules import ClassThreshold, PhaseRule
 from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
+from edge.inference.base import INPUT_NAME, PROBS_NAME, STATE_NAME, STATE_OUT_NAME
 from lungwatch.config import from_mapping, json_object
 from lungwatch.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 
 SCHEMA_VERSION = 2  # 1 was the window classifier's (retired)
-STATE_NAME = "state"
-PROBS_NAME = "probs"
-STATE_OUT_NAME = "state_out"
 MANIFEST_NAME = "manifest.json"
 REFERENCE = "reference"  # the precision the verify gate's reference file is listed with
-INPUT_NAME = "features"
 HASH_PREVIEW_CHARS = 12  # hex characters of a sha256 shown in messages
 READ_CHUNK_BYTES = 1 << 20
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
