@@ -766,22 +766,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
     manifest = args.out.parent / MANIFEST_NAME
     if manifest.is_file() and args.model.resolve().parent == args.out.resolve().parent:
+        source = {"source": args.model.name, "source_sha256": sha256_file(args.model)}
+        sample = {"dir": str(args.calib_dir), "files": len(recordings), "files_found": n_files}
+        extra = {**source, "calibration": {**record, **sample}}  # files: the sample calibrated on
         try:
-            record_artifact(
-                manifest,
-                args.out,
-                precision="int8",
-                extra={
-                    "source": args.model.name,
-                    "source_sha256": sha256_file(args.model),
-                    "calibration": {
-                        **record,
-                        "dir": str(args.calib_dir),
-                        "files": len(recordings),  # the sample calibrated on
-                        "files_found": n_files,
-                    },
-                },
-            )
+            record_artifact(manifest, args.out, precision="int8", extra=extra)
         except LungwatchError as exc:
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return 1
