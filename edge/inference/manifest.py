@@ -256,13 +256,8 @@ def _file_entry(path: Path, name: str, value: Any) -> FileEntry:
     if not _SHA256_RE.fullmatch(sha256):
         _fail(path, where + "sha256", sha256, "64 lowercase hex characters")
     extra = {k: v for k, v in value.items() if k not in ("sha256", "bytes", "precision")}
-    return FileEntry(
-        name=name,
-        sha256=sha256,
-        bytes=_int(path, value, "bytes", 1, where),
-        precision=_str(path, value, "precision", where),
-        extra=extra,
-    )
+    size, precision = _int(path, value, "bytes", 1, where), _str(path, value, "precision", where)
+    return FileEntry(name=name, sha256=sha256, bytes=size, precision=precision, extra=extra)
 
 
 def _files(path: Path, data: Mapping[str, Any]) -> dict[str, FileEntry]:
