@@ -232,8 +232,7 @@ def _str_list(path: Path, data: Mapping[str, Any], key: str, min_items: int) -> 
 
 def _kinds(path: Path, data: Mapping[str, Any]) -> tuple[str, ...]:
     kinds = _str_list(path, data, "kinds", 1)
-    unknown = [kind for kind in kinds if kind not in FEATURE_KINDS]
-    if unknown:
+    if not set(kinds) <= set(FEATURE_KINDS):
         _fail(path, "kinds", list(kinds), f"feature kinds from {list(FEATURE_KINDS)}")
     return kinds
 
