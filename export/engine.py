@@ -86,11 +86,8 @@ def _static_dims(
         raise EngineBuildError(f"{onnx_path}: no input {name!r} (inputs: {list(inputs)})")
     dims = inputs[name].type.tensor_type.shape.dim
     values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if (
-        len(values) != rank
-        or values[0] not in (None, 0)
-        or not all(v and v > 0 for v in values[1:])
-    ):
+    batch_dynamic = len(values) == rank and values[0] in (None, 0)
+    if not batch_dynamic or not all(v and v > 0 for v in values[1:]):
         shown = [v if v else (d.dim_param or "?") for v, d in zip(values, dims, strict=True)]
         raise EngineBuildError(
             f"{onnx_path}: input {name!r} must be {layout} with only the batch dynamic, got {shown}"

@@ -88,10 +88,7 @@ def infer_in_pieces(
     x = check_batch(features, io.input_shape)
     s = check_state(state, x.shape[0], io.state_size)
     if x.shape[0] == 0:
-        return (
-            np.zeros((0, *io.output_shape), np.float32),
-            np.zeros((0, io.state_size), np.float32),
-        )
+        return np.zeros((0, *io.output_shape), np.float32), np.zeros((0, io.state_size), np.float32)
     starts = range(0, x.shape[0], max_batch)
     pieces = [run(x[i : i + max_batch], s[i : i + max_batch]) for i in starts]
     if len(pieces) == 1:

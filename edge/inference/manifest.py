@@ -287,16 +287,12 @@ def _flush(
     value = block.get("flush")
     if value is None:
         return None
-    ok = (
-        isinstance(value, list)
-        and len(value) == kinds
-        and all(
-            isinstance(row, list)
-            and len(row) == bands
-            and all(_number(v) and math.isfinite(v) for v in row)
-            for row in value
-        )
-    )
+
+    def row_ok(row: Any) -> bool:
+        shaped = isinstance(row, list) and len(row) == bands
+        return shaped and all(_number(v) and math.isfinite(v) for v in row)
+
+    ok = isinstance(value, list) and len(value) == kinds and all(map(row_ok, value))
     if not ok:
         _fail(path, "streaming.flush", value, f"{kinds} lists of {bands} finite numbers (K, F)")
     return tuple(tuple(float(v) for v in row) for row in value)
@@ -368,12 +364,7 @@ def _quality(path: Path, data: Mapping[str, Any]) -> tuple[float, float] | None:
     block = data.get("quality")
     if block is None:
         return None
-    ok = (
-        isinstance(block, dict)
-        and _number(block.get("poor_on"))
-        and _number(block.get("poor_off"))
-        and 0.0 <= block["poor_off"] <= block["poor_on"] <= 1.0
-    )
-    if not ok:
+    ok = isinstance(block, dict) and all(_number(block.get(k)) for k in ("poor_on", "poor_off"))
+    if not ok or not 0.0 <= block["poor_off"] <= block["poor_on"] <= 1.0:
         _fail(path, "quality", block, "a mapping with 0 <= poor_off <= poor_on <= 1")
     return float(block["poor_on"]), float(block["poor_off"])
