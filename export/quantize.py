@@ -687,10 +687,9 @@ def load_calibration_audio(
         raise StreamingQuantizeError(
             f"--calib-dir {calib_dir}: no .wav or .flac files found (recursively)"
         )
-    files = _sample(found, max_files, seed)
     store = FeatureStore(info.spec, info.kinds, cache_dir=None, memory_items=0)
     try:
-        return [store.features(path) for path in files], len(found)
+        return [store.features(path) for path in _sample(found, max_files, seed)], len(found)
     except LungwatchError as exc:
         raise StreamingQuantizeError(f"--calib-dir {calib_dir}: {exc}") from None
 

@@ -205,10 +205,8 @@ class OrtBackend:
         self.name = f"onnxruntime/{self._report_providers(chain)}"
 
     def _available_chain(self, available: list[str]) -> list[ProviderSpec]:
-        input_shape: tuple[int, int, int] | None = None
-        state_size: int | None = None
-        if "tensorrt" in self.config.providers and ORT_PROVIDERS["tensorrt"] in available:
-            input_shape, state_size = self._probe_input_shape()
+        probe = "tensorrt" in self.config.providers and ORT_PROVIDERS["tensorrt"] in available
+        input_shape, state_size = self._probe_input_shape() if probe else (None, None)
         chain = provider_chain(self.config, self.model_path, input_shape, state_size)
         kept, messages = drop_unavailable(chain, available)
         for message in messages:
