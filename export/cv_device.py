@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge.datapaths import data_root
+from lungwatch.cli import ArgumentParser
 from lungwatch.errors import ConfigError
 from training.cv.folds import load_folds
 from training.cv.run import fold_dir
@@ -31,7 +32,6 @@ RECIPE_CALIBRATION = ("--max-files", "600", "--max-chunks", "2048", "--keep-firs
 def fitted_rules(design: str, cv_dir: Path, boxes: bool = False) -> dict[str, dict[str, Any]]:
     """The design's ``detector`` and ``quality`` manifest sections, fitted once on its
     out-of-fold outputs as ``lungwatch cv rules --design NAME [--boxes]`` fits them."""
-    from lungwatch.cli import ArgumentParser
     from training.cv.score import add_rules_arguments, fit_sections
 
     parser = ArgumentParser(prog="lungwatch cv rules")
@@ -99,8 +99,7 @@ def run_device_view(
     for k in range(folds.k):
         mine = [r for r in recordings if folds.fold_of(r.patient_id) == k]
         folder = work / f"fold{k}"
-        checkpoint = fold_dir(cv_dir, design, seed, k) / "model.pt"
-        file = device_artifact(checkpoint, folder, rules, fp32)
+        file = device_artifact(fold_dir(cv_dir, design, seed, k) / "model.pt", folder, rules, fp32)
         got = detect_recordings({r.recording_id: r.audio_path for r in mine}, folder, file)
         found |= got
         per_fold[str(k)] = icbhi_view(mine, got) | {"recordings": len(mine)}
@@ -173,8 +172,6 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lungwatch.cli import ArgumentParser
-
     parser = ArgumentParser(prog="lungwatch cv device", description=__doc__)
     add_device_arguments(parser)
     args = parser.parse_args(argv)
@@ -195,9 +192,8 @@ def device_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"--against {args.against}: not a cv device result ({exc})") from None
     result = run_device_view(args.design, args.seed, args.cv_dir, work, args.fp32, args.boxes)
     if other is not None:
-        result["against"] = {"file": str(args.against)}
-        result["against"] |= paired_bootstrap(result["verdicts"], other)
-        d = result["against"]
+        d = {"file": str(args.against)} | paired_bootstrap(result["verdicts"], other)
+        result["against"] = d
         print(f"Score against {args.against}: {d['difference']:+.3f}, 90 % "
               f"[{d['low']:+.3f}, {d['high']:+.3f}] over {d['patients']} patients")  # fmt: skip
     if args.out is not None:

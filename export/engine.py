@@ -5,7 +5,6 @@ docs/backends.md, "Native TensorRT"."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -18,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from edge.inference.base import INPUT_NAME, STATE_NAME
-from edge.inference.manifest import MANIFEST_NAME
-from edge.inference.tensorrt import normalize_trt_version
+from edge.inference.manifest import MANIFEST_NAME, sha256_file
+from edge.inference.manifest_write import record_artifact
+from edge.inference.tensorrt import import_cudart, normalize_trt_version
 from lungwatch.cli import ArgumentParser
 from lungwatch.errors import LungwatchError
 
@@ -78,36 +78,31 @@ def graph_inputs(onnx_path: Path) -> dict[str, Any]:
     return {i.name: i for i in model.graph.input}
 
 
-def _static_dims(onnx_path: Path, value: Any, rank: int, layout: str) -> list[int]:
-    dims = value.type.tensor_type.shape.dim
+def _static_dims(
+    onnx_path: Path, inputs: dict[str, Any] | None, name: str, rank: int, layout: str
+) -> list[int]:
+    inputs = graph_inputs(onnx_path) if inputs is None else inputs
+    if name not in inputs:
+        raise EngineBuildError(f"{onnx_path}: no input {name!r} (inputs: {list(inputs)})")
+    dims = inputs[name].type.tensor_type.shape.dim
     values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if (
-        len(values) != rank
-        or values[0] not in (None, 0)
-        or not all(v and v > 0 for v in values[1:])
-    ):
+    batch_dynamic = len(values) == rank and values[0] in (None, 0)
+    if not batch_dynamic or not all(v and v > 0 for v in values[1:]):
         shown = [v if v else (d.dim_param or "?") for v, d in zip(values, dims, strict=True)]
         raise EngineBuildError(
-            f"{onnx_path}: input {value.name!r} must be {layout} with only the batch "
-            f"dynamic, got {shown}"
+            f"{onnx_path}: input {name!r} must be {layout} with only the batch dynamic, got {shown}"
         )
     return [int(v or 0) for v in values[1:]]
 
 
 def read_input_shape(onnx_path: Path, inputs: dict[str, Any] | None = None) -> tuple[int, int, int]:
     """(K, B, T) of the ONNX input ``features``."""
-    inputs = graph_inputs(onnx_path) if inputs is None else inputs
-    if INPUT_NAME not in inputs:
-        raise EngineBuildError(f"{onnx_path}: no input {INPUT_NAME!r} (inputs: {list(inputs)})")
-    k, b, t = _static_dims(onnx_path, inputs[INPUT_NAME], 4, "(batch, K, B, T)")
+    k, b, t = _static_dims(onnx_path, inputs, INPUT_NAME, 4, "(batch, K, B, T)")
     return k, b, t
 
 
 def read_state_size(onnx_path: Path, inputs: dict[str, Any] | None = None) -> int:
-    inputs = graph_inputs(onnx_path) if inputs is None else inputs
-    if STATE_NAME not in inputs:
-        raise EngineBuildError(f"{onnx_path}: no input {STATE_NAME!r} (inputs: {list(inputs)})")
-    (size,) = _static_dims(onnx_path, inputs[STATE_NAME], 2, "(batch, S)")
+    (size,) = _static_dims(onnx_path, inputs, STATE_NAME, 2, "(batch, S)")
     return size
 
 
@@ -122,13 +117,9 @@ def profile_shapes(
     return (1, *input_shape), (opt_batch, *input_shape), (max_batch, *input_shape)
 
 
-def shape_spec(shape: tuple[int, ...], name: str = INPUT_NAME) -> str:
-    return f"{name}:" + "x".join(str(d) for d in shape)
-
-
 def shapes_spec(profiles: Mapping[str, tuple[tuple[int, ...], ...]], which: int) -> str:
     """trtexec's syntax for every input at profile end ``which`` (0 min, 1 opt, 2 max)."""
-    return ",".join(shape_spec(shapes[which], name) for name, shapes in profiles.items())
+    return ",".join(f"{name}:" + "x".join(map(str, s[which])) for name, s in profiles.items())
 
 
 def strongly_typed(tensorrt_version: str | None) -> bool:
@@ -301,8 +292,6 @@ def build_with_trtexec(trtexec: str, plan: BuildPlan) -> str | None:
 
 def device_info() -> dict[str, str] | None:
     try:
-        from edge.inference.tensorrt import import_cudart
-
         cudart = import_cudart()
         err, prop = cudart.cudaGetDeviceProperties(0)
         if err == cudart.cudaError_t.cudaSuccess:
@@ -334,8 +323,6 @@ def engine_extra(
     plan: BuildPlan, tensorrt_version: str | None, built_with: str, device: dict[str, str] | None
 ) -> dict[str, Any]:
     """The manifest fields recorded for an engine (besides sha256, bytes, precision)."""
-    from edge.inference.manifest import sha256_file
-
     return {
         "tensorrt_version": tensorrt_version,
         "device": device,
@@ -360,14 +347,12 @@ def manifest_beside(out: Path) -> Path:
 
 
 def record_engine(plan: BuildPlan, extra: dict[str, Any]) -> Path:
-    from edge.inference.manifest_write import record_artifact
-
     manifest = manifest_beside(plan.out)
     record_artifact(manifest, plan.out, precision=plan.precision, extra=extra)
     return manifest
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="lungwatch engine", description="Q/DQ ONNX -> TensorRT engine, built on this device."
     )
@@ -385,24 +370,16 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--opt-batch", type=int, default=16, help="batch to tune for (16)")
     parser.add_argument("--workspace-mib", type=int, default=1024, help="builder workspace")
     parser.add_argument("--use-trtexec", action="store_true", help="build with trtexec")
-    return parser.parse_args(argv)
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    if not args.onnx.is_file():
-        raise EngineBuildError(f"{args.onnx}: ONNX model not found")
-    if not 1 <= args.opt_batch <= args.max_batch:
-        raise EngineBuildError(
-            f"--opt-batch must be in [1, --max-batch={args.max_batch}], got {args.opt_batch}"
-        )
-    if args.workspace_mib < 1:
-        raise EngineBuildError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        _check_args(args)
+        if not args.onnx.is_file():
+            raise EngineBuildError(f"{args.onnx}: ONNX model not found")
+        if not 1 <= args.opt_batch <= args.max_batch:
+            raise EngineBuildError(
+                f"--opt-batch must be in [1, --max-batch={args.max_batch}], got {args.opt_batch}"
+            )
+        if args.workspace_mib < 1:
+            raise EngineBuildError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
         inputs = graph_inputs(args.onnx)  # a bad file is named before TensorRT is
         input_shape = read_input_shape(args.onnx, inputs)
         trt = _tensorrt_module()

@@ -158,8 +158,7 @@ def with_fixed_batch(model: Any, batch: int = FIXED_BATCH) -> Any:
     fixed.CopyFrom(model)
     del fixed.graph.value_info[:]
     for value in fixed.graph.input:
-        dims = _dims(value)
-        if dims:
+        if _dims(value):
             value.type.tensor_type.shape.dim[0].dim_value = batch
     return fixed
 

@@ -19,13 +19,14 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from edge.features import FEATURE_KINDS, FeatureSpec
 from edge.inference.manifest import MANIFEST_NAME, sha256_file
-from edge.inference.manifest_write import record_artifact
+from edge.inference.manifest_write import publish, record_artifact
+from export.opcheck import check_tensorrt_compat
 from export.to_onnx import FEATURES, PROBS, STATE, STATE_OUT
 from lungwatch.cli import ArgumentParser
 from lungwatch.errors import LungwatchError
@@ -47,6 +48,7 @@ FEATURES_RANK = 4  # (batch, kinds, bands, frames)
 PROBS_RANK = 3  # (batch, outputs, chunk_frames)
 QDQ_ZERO_POINT_PREFIX = "Q/DQ node(s) with a zero point"  # the opcheck's zero-point finding
 
+T = TypeVar("T")
 Event = tuple[str, int, int]  # (type, start sample, end sample exclusive)
 
 
@@ -147,14 +149,11 @@ def ort_session(model: Path) -> Any:
 def _check_recordings(recordings: Sequence[np.ndarray], shapes: StreamingShapes) -> None:
     if not recordings:
         raise StreamingQuantizeError("no recordings given")
+    kf = (shapes.n_kinds, shapes.n_bands)
     for i, features in enumerate(recordings):
-        if features.ndim != FEATURES_RANK - 1 or features.shape[:2] != (
-            shapes.n_kinds,
-            shapes.n_bands,
-        ):
+        if features.ndim != FEATURES_RANK - 1 or features.shape[:2] != kf:
             raise StreamingQuantizeError(
-                f"recording {i}: features {features.shape}, the model takes "
-                f"({shapes.n_kinds}, {shapes.n_bands}, T)"
+                f"recording {i}: features {features.shape}, the model takes ({kf[0]}, {kf[1]}, T)"
             )
 
 
@@ -205,9 +204,7 @@ def calibration_chunks(
     ]
     if not candidates:
         raise StreamingQuantizeError(f"no recording is long enough for one chunk of {width} frames")
-    if len(candidates) > max_chunks:
-        picked = np.random.default_rng(seed).choice(len(candidates), max_chunks, replace=False)
-        candidates = [candidates[i] for i in np.sort(picked)]
+    candidates = _sample(candidates, max_chunks, seed)
     wanted: dict[int, list[tuple[int, int]]] = {}  # chunk -> [(recording, output index)]
     for index, (r, c) in enumerate(candidates):
         wanted.setdefault(c, []).append((r, index))
@@ -218,6 +215,14 @@ def calibration_chunks(
         for r, index in wanted.get(c, []):
             chunks[index] = {FEATURES: features[r : r + 1].copy(), STATE: state[r : r + 1].copy()}
     return chunks
+
+
+def _sample(items: list[T], most: int, seed: int) -> list[T]:
+    """A seeded sample of at most ``most`` of ``items``, in their order."""
+    if len(items) <= most:
+        return items
+    picked = np.random.default_rng(seed).choice(len(items), most, replace=False)
+    return [items[i] for i in np.sort(picked)]
 
 
 def chunks_sha256(chunks: Sequence[dict[str, np.ndarray]]) -> str:
@@ -252,49 +257,6 @@ def make_reader(chunks: Sequence[dict[str, np.ndarray]]) -> Any:
     return ChunkReader()
 
 
-def static_qdq(
-    source: Path,
-    out: Path,
-    reader: Any,
-    method: str,
-    work: Path,
-    *,
-    signed: bool = True,
-    nodes_to_exclude: Sequence[str] = (),
-    extra_options: dict[str, Any] | None = None,
-) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = work / "prepared.onnx"
-    quant_pre_process(str(source), str(prepared))
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }
-    with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress
-        quantize_static(
-            str(prepared),
-            str(out),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=QUANTIZED_OPS,
-            per_channel=True,
-            reduce_range=True,  # WEIGHT_BITS = 7 (weights only)
-            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
-            nodes_to_exclude=list(nodes_to_exclude),
-            extra_options={
-                "ActivationSymmetric": signed,
-                "WeightSymmetric": True,
-                "QuantizeBias": False,  # TensorRT takes float biases
-                **(extra_options or {}),
-            },
-        )
-
-
 def quantize_qdq(
     source: Path,
     out: Path,
@@ -306,20 +268,33 @@ def quantize_qdq(
     percentile: float = DEFAULT_PERCENTILE,
     nodes_to_exclude: Sequence[str] = (),
 ) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     signed = activations == "qint8"
-    static_qdq(
-        source,
-        out,
-        make_reader(chunks),
-        method,
-        work,
-        signed=signed,
-        nodes_to_exclude=nodes_to_exclude,
-        extra_options={
-            "CalibPercentile": percentile,  # read by the percentile method only
-            "CalibTensorRangeSymmetric": signed,  # percentile of |x| (int8) or both tails
-        },
-    )
+    prepared = work / "prepared.onnx"
+    quant_pre_process(str(source), str(prepared))
+    with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress
+        quantize_static(
+            str(prepared),
+            str(out),
+            make_reader(chunks),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            reduce_range=True,  # WEIGHT_BITS = 7 (weights only)
+            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method={m.name.lower(): m for m in CalibrationMethod}[method],
+            nodes_to_exclude=list(nodes_to_exclude),
+            extra_options={
+                "ActivationSymmetric": signed,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,  # TensorRT takes float biases
+                "CalibPercentile": percentile,  # read by the percentile method only
+                "CalibTensorRangeSymmetric": signed,  # percentile of |x| (int8) or both tails
+            },
+        )
 
 
 # Tensor names the quantizer derives from the FP32 names; replaced by short ids.
@@ -338,9 +313,7 @@ def compact(path: Path) -> None:
     ids: dict[str, str] = {}
 
     def short(name: str) -> str:
-        if not GENERATED_NAME.search(name):
-            return name
-        return ids.setdefault(name, f"q{len(ids):x}")
+        return ids.setdefault(name, f"q{len(ids):x}") if GENERATED_NAME.search(name) else name
 
     for node in graph.node:
         node.input[:] = [short(n) for n in node.input]
@@ -430,8 +403,6 @@ def _read_float(node: Any, q: Any, dq: Any) -> int:
 
 def opcheck_problems(model: Path, activations: str) -> list[str]:
     """The TensorRT 10 screen's findings that stop shipping (for quint8, not its zero points)."""
-    from export.opcheck import check_tensorrt_compat
-
     problems = check_tensorrt_compat(model)
     if activations == "quint8":
         problems = [p for p in problems if QDQ_ZERO_POINT_PREFIX not in p]
@@ -493,10 +464,6 @@ def streaming_agreement(
             found = detect_events(p.T, OUTPUTS, config, grid)
             events[name].append([(e.type, e.start_sample, e.end_sample) for e in found])
     a_all, b_all = np.concatenate(ref, axis=1), np.concatenate(got, axis=1)  # (O, frames)
-    matched = {
-        f"{x}_events_matched": _share_matched(events[x], events[y])
-        for x, y in (("fp32", "int8"), ("int8", "fp32"))
-    }
     return {
         "recordings": len(recordings),
         "frames": int(a_all.shape[1]),
@@ -514,7 +481,10 @@ def streaming_agreement(
         },
         "events_fp32": sum(map(len, events["fp32"])),
         "events_int8": sum(map(len, events["int8"])),
-        **matched,
+        **{
+            f"{x}_events_matched": _share_matched(events[x], events[y])
+            for x, y in (("fp32", "int8"), ("int8", "fp32"))
+        },
     }
 
 
@@ -549,8 +519,6 @@ def quantize_model(
     """Quantize ``fp32_model`` on ``chunks``, compact, tidy and screen it for TensorRT 10, and
     write ``out``, or raise OpCheckFailedError and write nothing. Returns the calibration record
     (``seed`` is only recorded); FP32 agreement is on ``agreement_recordings``, else the chunks."""
-    from edge.inference.manifest_write import publish
-
     fp32_model, out = Path(fp32_model), Path(out)
     if method not in METHODS:
         raise StreamingQuantizeError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -621,11 +589,7 @@ def first_layers(fp32_model: Path) -> list[str]:
     """The quantizable nodes reached from ``features`` through no other: the stem convolutions."""
     import onnx
 
-    graph = onnx.load(str(fp32_model), load_external_data=False).graph
-    readers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(onnx.load(str(fp32_model), load_external_data=False).graph)
     found, seen, queue = [], set(), ["features"]
     while queue:
         for node in readers.get(queue.pop(), []):
@@ -723,13 +687,9 @@ def load_calibration_audio(
         raise StreamingQuantizeError(
             f"--calib-dir {calib_dir}: no .wav or .flac files found (recursively)"
         )
-    files = found
-    if len(found) > max_files:
-        picked = np.random.default_rng(seed).choice(len(found), max_files, replace=False)
-        files = [found[i] for i in np.sort(picked)]
     store = FeatureStore(info.spec, info.kinds, cache_dir=None, memory_items=0)
     try:
-        return [store.features(path) for path in files], len(found)
+        return [store.features(path) for path in _sample(found, max_files, seed)], len(found)
     except LungwatchError as exc:
         raise StreamingQuantizeError(f"--calib-dir {calib_dir}: {exc}") from None
 
@@ -798,30 +758,18 @@ def main(argv: list[str] | None = None) -> int:
         f"quantized vs fp32 over {agree['recordings']} streamed calibration recordings: prob "
         f"correlation {_number(agree['prob_correlation'], '.4f')}, |diff| mean "
         f"{agree['mean_abs_prob_diff']:.4f} max {agree['max_abs_prob_diff']:.3f}; events fp32 "
-        f"{agree['events_fp32']}, quantized "
-        f"{agree['events_int8']}, matched by the other "
+        f"{agree['events_fp32']}, quantized {agree['events_int8']}, matched by the other "
         f"{_number(agree['fp32_events_matched'], '.3f')} / "
         f"{_number(agree['int8_events_matched'], '.3f')}"
     )
     print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
     manifest = args.out.parent / MANIFEST_NAME
     if manifest.is_file() and args.model.resolve().parent == args.out.resolve().parent:
+        source = {"source": args.model.name, "source_sha256": sha256_file(args.model)}
+        sample = {"dir": str(args.calib_dir), "files": len(recordings), "files_found": n_files}
+        extra = {**source, "calibration": {**record, **sample}}  # files: the sample calibrated on
         try:
-            record_artifact(
-                manifest,
-                args.out,
-                precision="int8",
-                extra={
-                    "source": args.model.name,
-                    "source_sha256": sha256_file(args.model),
-                    "calibration": {
-                        **record,
-                        "dir": str(args.calib_dir),
-                        "files": len(recordings),  # the sample calibrated on
-                        "files_found": n_files,
-                    },
-                },
-            )
+            record_artifact(manifest, args.out, precision="int8", extra=extra)
         except LungwatchError as exc:
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return 1

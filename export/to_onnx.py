@@ -7,6 +7,7 @@ must pass: docs/export.md, "The streaming graph".
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import platform
@@ -28,17 +29,8 @@ DEFAULT_CHUNK_FRAMES = 12  # 0.48 s of output per call (docs/models/sed.md, late
 PARITY_TOLERANCE = 1e-4  # max |p_onnx_chunked - p_torch_whole|, probabilities
 PARITY_CHUNKS = 25  # chunks of random input streamed in the parity check
 MODEL_ID_HASH_CHARS = 12
-# import name -> distribution name, for the versions recorded in "tools"
-TOOL_PACKAGES: dict[str, str] = {
-    "numpy": "numpy",
-    "scipy": "scipy",
-    "numba": "numba",
-    "soundfile": "soundfile",
-    "torch": "torch",
-    "onnx": "onnx",
-    "onnxruntime": "onnxruntime",
-    "tensorrt": "tensorrt",
-}
+# the packages (import and distribution names alike) whose versions are recorded in "tools"
+TOOL_PACKAGES = ("numpy", "scipy", "numba", "soundfile", "torch", "onnx", "onnxruntime", "tensorrt")
 
 
 def model_id(run_name: str, checkpoint_sha256: str) -> str:
@@ -47,13 +39,10 @@ def model_id(run_name: str, checkpoint_sha256: str) -> str:
 
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for module, dist in TOOL_PACKAGES.items():
-        if importlib.util.find_spec(module) is None:
-            continue
-        try:
-            versions[module] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    for module in TOOL_PACKAGES:
+        if importlib.util.find_spec(module) is not None:
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                versions[module] = importlib.metadata.version(module)
     return versions
 
 

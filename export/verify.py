@@ -34,6 +34,7 @@ from edge.inference.manifest import (
     load_manifest,
     verify_file,
 )
+from edge.inference.manifest_write import publish, record_artifact
 from lungwatch.cli import ArgumentParser
 from lungwatch.errors import LungwatchError
 
@@ -217,8 +218,6 @@ def beyond(c: Comparison, tol: Tolerance) -> list[str]:
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """A compressed .npz, written atomically, with fixed member dates: same arrays, same bytes."""
-    from edge.inference.manifest_write import publish
-
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w") as archive:
@@ -321,7 +320,6 @@ def fp32_model(manifest: Manifest) -> str:
 
 
 def write_reference(folder: Path, audio_paths: Sequence[Path]) -> Path:
-    from edge.inference.manifest_write import record_artifact
     from edge.runtime.offline import detect_recordings
 
     manifest = load_manifest(folder / MANIFEST_NAME)
@@ -516,8 +514,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path} ({path.stat().st_size:,} bytes), recorded in {manifest_path}")
         reference, results = verify_folder(folder, args.model, args.providers)
         if args.write_reference:
-            from edge.inference.manifest_write import record_artifact
-
             extra = entry_of(reference.meta, summary_of(results))
             record_artifact(manifest_path, reference.path, precision="reference", extra=extra)
     except LungwatchError as exc:

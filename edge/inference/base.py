@@ -76,10 +76,6 @@ def check_batch(batch: object, input_shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(batch)
 
 
-def batch_slices(n_rows: int, max_batch: int) -> list[slice]:
-    return [slice(start, min(start + max_batch, n_rows)) for start in range(0, n_rows, max_batch)]
-
-
 def infer_in_pieces(
     features: object,
     state: object,
@@ -92,15 +88,10 @@ def infer_in_pieces(
     x = check_batch(features, io.input_shape)
     s = check_state(state, x.shape[0], io.state_size)
     if x.shape[0] == 0:
-        return (
-            np.zeros((0, *io.output_shape), np.float32),
-            np.zeros((0, io.state_size), np.float32),
-        )
-    probs, states = [], []
-    for rows in batch_slices(x.shape[0], max_batch):
-        p, new = run(x[rows], s[rows])
-        probs.append(p)
-        states.append(new)
-    if len(probs) == 1:
-        return probs[0], states[0]
+        return np.zeros((0, *io.output_shape), np.float32), np.zeros((0, io.state_size), np.float32)
+    starts = range(0, x.shape[0], max_batch)
+    pieces = [run(x[i : i + max_batch], s[i : i + max_batch]) for i in starts]
+    if len(pieces) == 1:
+        return pieces[0]
+    probs, states = zip(*pieces, strict=True)
     return np.concatenate(probs, axis=0), np.concatenate(states, axis=0)

@@ -33,37 +33,18 @@ class BackendConfig:
 
     def __post_init__(self) -> None:
         check(self.kind in BACKEND_KINDS, "kind", self.kind, f"one of {BACKEND_KINDS}")
-        providers_ok = (
-            isinstance(self.providers, tuple)
-            and len(self.providers) > 0
-            and all(p in PROVIDERS for p in self.providers)
-            and len(set(self.providers)) == len(self.providers)
-        )
-        check(
-            providers_ok,
-            "providers",
-            self.providers,
-            f"a non-empty list of distinct names from {PROVIDERS}",
-        )
+        providers, threads, batch = self.providers, self.intra_op_threads, self.max_batch
+        known = isinstance(providers, tuple) and all(p in PROVIDERS for p in providers)
+        providers_ok = known and 0 < len(set(providers)) == len(providers)
+        distinct = f"a non-empty list of distinct names from {PROVIDERS}"
+        check(providers_ok, "providers", providers, distinct)
         check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
-        check(
-            isinstance(self.engine_cache_dir, str),
-            "engine_cache_dir",
-            self.engine_cache_dir,
-            "a string (a folder path, or empty for trt_cache/ beside the model)",
-        )
-        check(
-            _is_int(self.intra_op_threads) and self.intra_op_threads >= 1,
-            "intra_op_threads",
-            self.intra_op_threads,
-            "an integer >= 1",
-        )
-        check(
-            _is_int(self.max_batch) and 1 <= self.max_batch <= MAX_BATCH_LIMIT,
-            "max_batch",
-            self.max_batch,
-            f"an integer in [1, {MAX_BATCH_LIMIT}]",
-        )
+        folder = "a string (a folder path, or empty for trt_cache/ beside the model)"
+        cache = self.engine_cache_dir
+        check(isinstance(cache, str), "engine_cache_dir", cache, folder)
+        check(_is_int(threads) and threads >= 1, "intra_op_threads", threads, "an integer >= 1")
+        batch_ok = _is_int(batch) and 1 <= batch <= MAX_BATCH_LIMIT
+        check(batch_ok, "max_batch", batch, f"an integer in [1, {MAX_BATCH_LIMIT}]")
 
     def cache_dir_for(self, model_path: Path) -> Path:
         """The TensorRT EP engine-cache folder for ``model_path``."""

@@ -18,16 +18,13 @@ from typing import Any, NoReturn, TypeVar
 
 from edge.bed.rules import ClassThreshold, PhaseRule
 from edge.features import FEATURE_KINDS, FeatureSpec, require_same_spec
+from edge.inference.base import INPUT_NAME, PROBS_NAME, STATE_NAME, STATE_OUT_NAME
 from lungwatch.config import from_mapping, json_object
 from lungwatch.errors import ConfigError, FeatureSpecMismatchError, LungwatchError
 
 SCHEMA_VERSION = 2  # 1 was the window classifier's (retired)
-STATE_NAME = "state"
-PROBS_NAME = "probs"
-STATE_OUT_NAME = "state_out"
 MANIFEST_NAME = "manifest.json"
 REFERENCE = "reference"  # the precision the verify gate's reference file is listed with
-INPUT_NAME = "features"
 HASH_PREVIEW_CHARS = 12  # hex characters of a sha256 shown in messages
 READ_CHUNK_BYTES = 1 << 20
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -235,8 +232,7 @@ def _str_list(path: Path, data: Mapping[str, Any], key: str, min_items: int) -> 
 
 def _kinds(path: Path, data: Mapping[str, Any]) -> tuple[str, ...]:
     kinds = _str_list(path, data, "kinds", 1)
-    unknown = [kind for kind in kinds if kind not in FEATURE_KINDS]
-    if unknown:
+    if not set(kinds) <= set(FEATURE_KINDS):
         _fail(path, "kinds", list(kinds), f"feature kinds from {list(FEATURE_KINDS)}")
     return kinds
 
@@ -259,13 +255,8 @@ def _file_entry(path: Path, name: str, value: Any) -> FileEntry:
     if not _SHA256_RE.fullmatch(sha256):
         _fail(path, where + "sha256", sha256, "64 lowercase hex characters")
     extra = {k: v for k, v in value.items() if k not in ("sha256", "bytes", "precision")}
-    return FileEntry(
-        name=name,
-        sha256=sha256,
-        bytes=_int(path, value, "bytes", 1, where),
-        precision=_str(path, value, "precision", where),
-        extra=extra,
-    )
+    size, precision = _int(path, value, "bytes", 1, where), _str(path, value, "precision", where)
+    return FileEntry(name=name, sha256=sha256, bytes=size, precision=precision, extra=extra)
 
 
 def _files(path: Path, data: Mapping[str, Any]) -> dict[str, FileEntry]:
@@ -296,16 +287,12 @@ def _flush(
     value = block.get("flush")
     if value is None:
         return None
-    ok = (
-        isinstance(value, list)
-        and len(value) == kinds
-        and all(
-            isinstance(row, list)
-            and len(row) == bands
-            and all(_number(v) and math.isfinite(v) for v in row)
-            for row in value
-        )
-    )
+
+    def row_ok(row: Any) -> bool:
+        shaped = isinstance(row, list) and len(row) == bands
+        return shaped and all(_number(v) and math.isfinite(v) for v in row)
+
+    ok = isinstance(value, list) and len(value) == kinds and all(map(row_ok, value))
     if not ok:
         _fail(path, "streaming.flush", value, f"{kinds} lists of {bands} finite numbers (K, F)")
     return tuple(tuple(float(v) for v in row) for row in value)
@@ -377,12 +364,7 @@ def _quality(path: Path, data: Mapping[str, Any]) -> tuple[float, float] | None:
     block = data.get("quality")
     if block is None:
         return None
-    ok = (
-        isinstance(block, dict)
-        and _number(block.get("poor_on"))
-        and _number(block.get("poor_off"))
-        and 0.0 <= block["poor_off"] <= block["poor_on"] <= 1.0
-    )
-    if not ok:
+    ok = isinstance(block, dict) and all(_number(block.get(k)) for k in ("poor_on", "poor_off"))
+    if not ok or not 0.0 <= block["poor_off"] <= block["poor_on"] <= 1.0:
         _fail(path, "quality", block, "a mapping with 0 <= poor_off <= poor_on <= 1")
     return float(block["poor_on"]), float(block["poor_off"])

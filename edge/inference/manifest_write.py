@@ -43,14 +43,13 @@ def publish(temp: Path, dest: Path) -> None:
 def file_entry(artifact: Path, precision: str, extra: dict[str, Any] | None) -> dict[str, Any]:
     if not artifact.is_file():
         raise ManifestError(f"{artifact}: artifact not found, cannot record it")
-    entry: dict[str, Any] = {
+    return {
         "sha256": sha256_file(artifact),
         "bytes": artifact.stat().st_size,
         "precision": precision,
         "recorded_utc": utc_now(),
+        **(extra or {}),
     }
-    entry.update(extra or {})
-    return entry
 
 
 def record_artifact(

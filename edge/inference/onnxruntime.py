@@ -34,10 +34,6 @@ DISPLAY_NAMES = {"tensorrt": "TensorRT", "cuda": "CUDA", "cpu": "CPU"}
 ProviderSpec = tuple[str, dict[str, str]]  # (onnxruntime provider name, its options)
 
 
-def _flag(on: bool) -> str:
-    return "True" if on else "False"
-
-
 def provider_options(
     provider: str,
     config: BackendConfig,
@@ -48,8 +44,8 @@ def provider_options(
     """TensorRT EP: a profile for batches 1..max_batch, so no batch size rebuilds the engine."""
     if provider == "tensorrt":
         options = {
-            "trt_fp16_enable": _flag(config.precision in ("fp16", "int8")),
-            "trt_int8_enable": _flag(config.precision == "int8"),
+            "trt_fp16_enable": str(config.precision in ("fp16", "int8")),
+            "trt_int8_enable": str(config.precision == "int8"),
             "trt_engine_cache_enable": "True",
             "trt_engine_cache_path": str(cache_dir),
             "trt_timing_cache_enable": "True",
@@ -85,10 +81,7 @@ def provider_chain(
 
 
 def _display(ort_name: str) -> str:
-    for key, name in ORT_PROVIDERS.items():
-        if name == ort_name:
-            return DISPLAY_NAMES[key]
-    return ort_name
+    return next((DISPLAY_NAMES[k] for k, n in ORT_PROVIDERS.items() if n == ort_name), ort_name)
 
 
 def _next_name(chain: list[ProviderSpec], index: int) -> str:
@@ -100,17 +93,13 @@ def _next_name(chain: list[ProviderSpec], index: int) -> str:
 def drop_unavailable(
     chain: list[ProviderSpec], available: list[str]
 ) -> tuple[list[ProviderSpec], list[str]]:
-    kept: list[ProviderSpec] = []
-    messages: list[str] = []
-    for index, (name, options) in enumerate(chain):
-        if name in available:
-            kept.append((name, options))
-        else:
-            messages.append(
-                f"{_display(name)} execution provider not available in this onnxruntime "
-                f"build; falling back to {_next_name(chain, index)}"
-            )
-    return kept, messages
+    messages = [
+        f"{_display(name)} execution provider not available in this onnxruntime "
+        f"build; falling back to {_next_name(chain, index)}"
+        for index, (name, _) in enumerate(chain)
+        if name not in available
+    ]
+    return [spec for spec in chain if spec[0] in available], messages
 
 
 def session_options(config: BackendConfig) -> Any:
@@ -138,8 +127,7 @@ def describe_io(session: Any, source: str) -> StreamingIO:
         raise BackendError(
             f"{source}: model outputs must be {list(STREAMING_OUTPUTS)}, got {out_names}"
         )
-    x, state = inputs
-    probs, state_out = outputs
+    (x, state), (probs, state_out) = inputs, outputs
     for tensor, rank in ((x, 4), (state, 2), (probs, 3), (state_out, 2)):
         _check_tensor(tensor.name, tensor.type, list(tensor.shape), rank, source)
     if state.shape[1] != state_out.shape[1]:
@@ -176,14 +164,12 @@ def create_session(model_path: Path, config: BackendConfig, chain: list[Provider
 
     last_error = "no configured execution provider is available"
     for index in range(len(chain)):
-        providers = [name for name, _ in chain[index:]]
-        options = [opts for _, opts in chain[index:]]
         try:
             return ort.InferenceSession(
                 str(model_path),
                 sess_options=session_options(config),
-                providers=providers,
-                provider_options=options,
+                providers=[name for name, _ in chain[index:]],
+                provider_options=[options for _, options in chain[index:]],
             )
         except Exception as exc:  # onnxruntime raises its own pybind error types
             last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
@@ -219,10 +205,8 @@ class OrtBackend:
         self.name = f"onnxruntime/{self._report_providers(chain)}"
 
     def _available_chain(self, available: list[str]) -> list[ProviderSpec]:
-        input_shape: tuple[int, int, int] | None = None
-        state_size: int | None = None
-        if "tensorrt" in self.config.providers and ORT_PROVIDERS["tensorrt"] in available:
-            input_shape, state_size = self._probe_input_shape()
+        probe = "tensorrt" in self.config.providers and ORT_PROVIDERS["tensorrt"] in available
+        input_shape, state_size = self._probe_input_shape() if probe else (None, None)
         chain = provider_chain(self.config, self.model_path, input_shape, state_size)
         kept, messages = drop_unavailable(chain, available)
         for message in messages:

@@ -71,12 +71,10 @@ def infer_beds(
     piece = max(1, int(backend.max_batch))
     pending = list(range(len(items)))
     while pending:  # one "layer" at a time: each bed's first still-pending chunk
-        seen: set[int] = set()
-        layer = []
+        first: dict[int, int] = {}  # bed -> its first pending chunk
         for i in pending:
-            if id(items[i][0]) not in seen:
-                seen.add(id(items[i][0]))
-                layer.append(i)
+            first.setdefault(id(items[i][0]), i)
+        layer = list(first.values())
         for start in range(0, len(layer), piece):
             rows = layer[start : start + piece]
             features = np.stack([items[i][1] for i in rows])

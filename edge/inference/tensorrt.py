@@ -126,10 +126,6 @@ class EngineTensor:
     shape: tuple[int, ...]
 
 
-def _batch_dynamic(shape: tuple[int, ...], rank: int) -> bool:
-    return len(shape) == rank and shape[0] == -1 and all(d >= 1 for d in shape[1:])
-
-
 def engine_contract(tensors: Sequence[EngineTensor], where: str) -> StreamingIO:
     """Check an engine's I/O tensors against the contract; the sizes it computes."""
     inputs = tuple(t.name for t in tensors if t.is_input)
@@ -146,10 +142,10 @@ def engine_contract(tensors: Sequence[EngineTensor], where: str) -> StreamingIO:
         tensor = by_name[name]
         if not tensor.is_float32:
             raise BackendError(f"{where}: {name!r} must be float32 in the engine")
-        if not _batch_dynamic(tensor.shape, rank):
+        shape = tensor.shape
+        if not (len(shape) == rank and shape[0] == -1 and all(d >= 1 for d in shape[1:])):
             raise BackendError(
-                f"{where}: {name!r} must have rank {rank} with only the batch dynamic, got "
-                f"{tensor.shape}"
+                f"{where}: {name!r} must have rank {rank} with only the batch dynamic, got {shape}"
             )
     x = by_name[INPUT_NAME].shape
     state, state_out = by_name[STATE_NAME].shape[1], by_name[STATE_OUT_NAME].shape[1]
@@ -225,28 +221,23 @@ class TensorRTBackend:
 
     def _engine_tensors(self) -> list[EngineTensor]:
         trt, engine = self._trt, self._engine
-        tensors = []
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            tensors.append(
-                EngineTensor(
-                    name,
-                    engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                    trt.nptype(engine.get_tensor_dtype(name)) == np.float32,
-                    tuple(int(d) for d in engine.get_tensor_shape(name)),
-                )
+        return [
+            EngineTensor(
+                name,
+                engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                trt.nptype(engine.get_tensor_dtype(name)) == np.float32,
+                tuple(int(d) for d in engine.get_tensor_shape(name)),
             )
-        return tensors
+            for name in map(engine.get_tensor_name, range(engine.num_io_tensors))
+        ]
 
     def _check_io(self) -> tuple[StreamingIO, int]:
         where = self.engine_path.name
         tensors = self._engine_tensors()
         io = engine_contract(tensors, where)
-        ranges = {}
-        for tensor in tensors:
-            if tensor.is_input:
-                low, _opt, high = self._engine.get_tensor_profile_shape(tensor.name, 0)
-                ranges[tensor.name] = (tuple(low), tuple(high))
+        inputs = [t.name for t in tensors if t.is_input]
+        profiles = {name: self._engine.get_tensor_profile_shape(name, 0) for name in inputs}
+        ranges = {name: (tuple(low), tuple(high)) for name, (low, _opt, high) in profiles.items()}
         return io, profile_batch_range(ranges, where)
 
     def _shapes(self, rows: int) -> dict[str, tuple[int, ...]]:
@@ -282,26 +273,18 @@ class TensorRTBackend:
             self._host[name][:n] = x
             if not self._context.set_input_shape(name, shapes[name]):
                 raise BackendError(f"{self.name}: batch {n} is outside the engine's profile")
-            _cuda_call(
-                cudart,
-                cudart.cudaMemcpyAsync(
-                    b[f"device:{name}"], b[f"host:{name}"], x.nbytes, h2d, self._stream
-                ),
-                f"cudaMemcpyAsync({name})",
-            )
+            self._copy(name, b[f"device:{name}"], b[f"host:{name}"], x.nbytes, h2d)
         if not self._context.execute_async_v3(int(self._stream)):
             raise BackendError(f"{self.name}: execute_async_v3 failed (see TensorRT log)")
         for name in outputs:
             nbytes = int(np.prod(shapes[name])) * _FLOAT32_BYTES
-            _cuda_call(
-                cudart,
-                cudart.cudaMemcpyAsync(
-                    b[f"host:{name}"], b[f"device:{name}"], nbytes, d2h, self._stream
-                ),
-                f"cudaMemcpyAsync({name})",
-            )
+            self._copy(name, b[f"host:{name}"], b[f"device:{name}"], nbytes, d2h)
         _cuda_call(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return [self._host[name][:n].copy() for name in outputs]
+
+    def _copy(self, name: str, dst: int, src: int, nbytes: int, kind: Any) -> None:
+        copy = self._cudart.cudaMemcpyAsync(dst, src, nbytes, kind, self._stream)
+        _cuda_call(self._cudart, copy, f"cudaMemcpyAsync({name})")
 
     def infer(self, features: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._stream is None:
