@@ -37,6 +37,10 @@ PAGE_CLASSES = {
 RATE_TREND_POINTS = 720  # a bed's rate trend: two hours at the runtime's 10-s publishing
 # a device that gives no limit: the runtime's default read_wait_warn_ms (docs/runtime.md, "Load")
 READ_WAIT_BEHIND_MS = 500.0
+# a breathing message's fields a card shows (and the history keeps)
+RESPIRATION_FIELDS = ("state", "rate_bpm", "confidence", "breaths", "age_band", "low_bpm",
+                      "high_bpm", "reason", "utc", "last_breath_utc",
+                      *FINDING_RATE_KEYS)  # fmt: skip
 
 
 @dataclass
@@ -171,15 +175,9 @@ VERDICT_STATE = {**{f.name: f.card for f in FAMILY.values()}, "CAS & DAS": FAMIL
 
 def event_row(event: Event, received_s: float) -> dict[str, Any]:
     detail = event.detail
+    shown = ("id", "episode_id", "type", "kind", "priority", "state", "start_utc", "end_utc")
     return {
-        "id": event.id,
-        "episode_id": event.episode_id,
-        "type": event.type,
-        "kind": event.kind,
-        "priority": event.priority,
-        "state": event.state,
-        "start_utc": event.start_utc,
-        "end_utc": event.end_utc,
+        **{name: getattr(event, name) for name in shown},
         "confidence": event.confidence,
         "key": detail.get("key", event.type),
         "latched": bool(detail.get("latched")),
@@ -198,10 +196,7 @@ def verdict_view(body: dict[str, Any]) -> dict[str, Any]:
 
 def show_respiration(bed: Bed, body: dict[str, Any]) -> bool:
     """A checked breathing message; whether the trend got a point (not for a retained repeat)."""
-    shown = {key: body.get(key) for key in ("state", "rate_bpm", "confidence", "breaths",
-                                             "age_band", "low_bpm", "high_bpm", "reason",
-                                             "utc", "last_breath_utc",
-                                             *FINDING_RATE_KEYS)}  # fmt: skip
+    shown = {key: body.get(key) for key in RESPIRATION_FIELDS}
     bed.respiration = {k: v for k, v in shown.items()
                        if isinstance(v, str | int | float) or v is None}  # fmt: skip
     utc = str(body.get("utc"))

@@ -58,12 +58,9 @@ def read_new_password() -> str:
 
 def _overrides(args: object) -> list[str]:
     """The flags as ``key=value`` overrides (so a bad value is named like a config key)."""
-    flags = [
-        ("dashboard.host", getattr(args, "host", None)),
-        ("dashboard.port", getattr(args, "port", None)),
-        ("site", getattr(args, "site", None)),
-    ]
-    overrides = [f"{key}={json.dumps(value)}" for key, value in flags if value is not None]
+    flags = {"dashboard.host": "host", "dashboard.port": "port", "site": "site"}
+    values = {key: getattr(args, flag, None) for key, flag in flags.items()}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
     broker = getattr(args, "broker", None)
     if broker is not None:
         host, sep, port = broker.rpartition(":")
@@ -97,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.hash_password:
         print(hash_password(read_new_password()))
         return 0
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     site, mqtt, dashboard = load_settings(args.config, [*args.set, *_overrides(args)])
     from wardview.server import DashboardServer
 

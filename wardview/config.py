@@ -111,13 +111,8 @@ class DashboardConfig(Settings):
 
     def __post_init__(self) -> None:
         check(isinstance(self.host, str) and bool(self.host), "host", self.host, "an address")
-        if not self.users:
-            check(
-                is_loopback(self.host),
-                "host",
-                self.host,
-                "a loopback address (127.0.0.1, ::1, localhost) while no users are configured",
-            )
+        loopback = "a loopback address (127.0.0.1, ::1, localhost) while no users are configured"
+        check(bool(self.users) or is_loopback(self.host), "host", self.host, loopback)
         check(self.history_path != "", "history_path", self.history_path, "a path or null")
         if self.history_path is not None and is_database_url(self.history_path):
             url = urllib.parse.urlsplit(self.history_path)
@@ -143,9 +138,6 @@ class DashboardConfig(Settings):
                   f"a file only its owner may read (mode {mode:04o}: chmod 600)")  # fmt: skip
         path = self.command_key_file
         check(path is None or Path(path).is_file(), "command_key_file", path, "an existing file")
-        self._check_limits()
-
-    def _check_limits(self) -> None:
         bad = [h for h in self.allowed_hosts if not is_host(h)]
         check(not bad, "allowed_hosts", self.allowed_hosts, "host names or IP addresses, no port")
         for net in self.allowed_clients:

@@ -122,8 +122,7 @@ def spectrogram(audio: np.ndarray, rate_hz: int) -> tuple[np.ndarray, float, tup
 
 
 def picture(clip: Any) -> Image.Image:
-    rate = clip.sample_rate_hz
-    audio = clip.audio()
+    rate, audio = clip.sample_rate_hz, clip.audio()
     frames, frames_per_s, band_range = spectrogram(audio, rate)
     probs = clip.probabilities()
     step_s = clip.frame_samples / rate

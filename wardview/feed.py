@@ -34,17 +34,10 @@ class WardFeed:
     ) -> None:
         self.config, self.site, self.ward = config, site, ward
         self._command_master = command_master  # signs commands (lungwatch.commandauth); None: not
-        self.topics = [
-            f"{TOPIC_ROOT}/{site}/+/status",
-            f"{TOPIC_ROOT}/{site}/+/metrics",
-            f"{TOPIC_ROOT}/{site}/+/+/event",
-            f"{TOPIC_ROOT}/{site}/+/+/live",
-            f"{TOPIC_ROOT}/{site}/+/+/verdict",
-            f"{TOPIC_ROOT}/{site}/+/+/respiration",
-            f"{TOPIC_ROOT}/{site}/+/+/summary",
-            f"{TOPIC_ROOT}/{site}/+/+/evidence",
-            f"{TOPIC_ROOT}/{site}/gateway/+/health",  # the hospital feeds' health (retained)
-        ]
+        per_bed = ("event", "live", "verdict", "respiration", "summary", "evidence")
+        # the devices' topics, then the hospital feeds' health (retained)
+        topics = ["+/status", "+/metrics", *(f"+/+/{kind}" for kind in per_bed), "gateway/+/health"]
+        self.topics = [f"{TOPIC_ROOT}/{site}/{topic}" for topic in topics]
         self.persistent = client_id is not None
         self.client_id = client_id or f"lungwatch-dashboard-{site}-{secrets.token_hex(4)}"
         self.probe_topic = f"{TOPIC_ROOT}/{site}/_dashboard/{self.client_id}"

@@ -70,8 +70,6 @@ class HistoryError(LungwatchError):
 
 
 class History:
-    """The store of one site's history."""
-
     def __init__(
         self,
         path: str | Path,

@@ -43,9 +43,7 @@ class Logins:
         self.max_failures, self.window_s = max_failures, window_s
         self.clock, self.verify = clock, verify
         costs = [hash_iterations(u.password_hash) or HASH_ITERATIONS for u in self.users]
-        self.dummy_hash = hash_password(
-            secrets.token_urlsafe(24), max(costs, default=HASH_ITERATIONS)
-        )
+        self.dummy_hash = hash_password(secrets.token_urlsafe(24), max(costs or [HASH_ITERATIONS]))
         self.counts = {"ok": 0, "failed": 0, "limited": 0}
         # key (user:NAME or address:ADDRESS) -> its last failures: (clock, name tried)
         self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
@@ -94,14 +92,11 @@ class Logins:
     def _succeed(self, user_key: str, address_key: str, name: str) -> None:
         """The address's failures of other names stay (a user cannot wipe them out)."""
         self._failures.pop(user_key, None)
-        failures = self._failures.get(address_key)
-        if failures is not None:
-            kept = [f for f in failures if f[1] != name]
-            if kept:
-                failures.clear()
-                failures.extend(kept)
-            else:
-                del self._failures[address_key]
+        kept = [f for f in self._failures.get(address_key, ()) if f[1] != name]
+        if kept:
+            self._failures[address_key] = deque(kept, maxlen=self.max_failures)
+        else:
+            self._failures.pop(address_key, None)
 
 
 def _find(users: tuple[DashboardUser, ...], name: str) -> DashboardUser | None:

@@ -8,16 +8,13 @@ from typing import Any
 
 from lungwatch.alarms import AlarmBook
 from lungwatch.clip import Clip
-from lungwatch.events import FINDING_RATE_KEYS, Event
+from lungwatch.events import Event
+from wardview.beds import RESPIRATION_FIELDS
 from wardview.history import History, epoch_s
 
 READING_EVERY_S = 60.0
 # what is stored of a reading: the wire contract's fields, nothing a device added
-STORED_FIELDS = {
-    "verdict": ("verdict", "window_s", "utc"),
-    "respiration": ("state", "rate_bpm", "confidence", "breaths", "age_band", "low_bpm",
-                    "high_bpm", "reason", "utc", "last_breath_utc", *FINDING_RATE_KEYS),
-}  # fmt: skip
+STORED_FIELDS = {"verdict": ("verdict", "window_s", "utc"), "respiration": RESPIRATION_FIELDS}
 IDENTITY = ("schema_version", "site", "device_id", "stream_id")
 MAX_STORED_TEXT = 200  # a stored reading's longest text (a reason)
 

@@ -116,9 +116,8 @@ class _Canvas:
         self.fill(MARGIN_PX, y, self.image.width - 1, y + height_px - 1, DIM)
         for span in spans:
             x0, x1 = self.columns(span.start_s, span.end_s)
-            self.fill(
-                x0, y + 1, x1, y + height_px - 2, CLASS_COLOURS.get(span.type, TECHNICAL_COLOUR)
-            )
+            colour = CLASS_COLOURS.get(span.type, TECHNICAL_COLOUR)
+            self.fill(x0, y + 1, x1, y + height_px - 2, colour)
         self.label(y + height_px // 2, label)
         return y + height_px
 

@@ -117,11 +117,9 @@ class DashboardServer:
             client_id = config.client_id or f"lungwatch-dashboard-{site}{mqtt.private_suffix()}"
         self.feed = WardFeed(mqtt, site, self.ward, command_master_key, client_id)
         self.evidence = EvidencePages(self.history)
-        self.logins = (
-            Logins(config.users, config.login_max_failures, config.login_window_s)
-            if config.users
-            else None
-        )
+        self.logins = None
+        if config.users:
+            self.logins = Logins(config.users, config.login_max_failures, config.login_window_s)
         self.hosts = HostRule(config.host, config.allowed_hosts)
         self.connections = Connections(config.max_connections, config.max_connections_per_address,
                                        config.allowed_clients)  # fmt: skip
@@ -132,7 +130,14 @@ class DashboardServer:
         self._auth_cache: dict[bytes, Viewer] = {}
         self._socket = _listen(config.host, config.port)
         self._address = self._socket.getsockname()[:2]
-        tls = self._tls_context(config) if config.cert_file is not None else None
+        tls = None
+        if config.cert_file is not None:  # handshakes run on the loop, bounded by asyncio's timeout
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                tls.load_cert_chain(config.cert_file, config.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                self._socket.close()
+                raise DashboardError(f"dashboard.cert_file / key_file: {exc}") from None
         self._uvicorn = uvicorn.Server(
             uvicorn.Config(
                 Starlette(routes=_routes(self), middleware=[Middleware(Guard, server=self)]),
@@ -149,16 +154,6 @@ class DashboardServer:
         self._uvicorn.config.load()
         self._web = Worker(self._serve, "lungwatch-dashboard-http", self._stop.is_set)
         self._pusher = Worker(self._push, "lungwatch-dashboard-push", self._stop.is_set)
-
-    def _tls_context(self, config: DashboardConfig) -> ssl.SSLContext:
-        """TLS handshakes run on the server's event loop, bounded by asyncio's handshake timeout."""
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(config.cert_file, config.key_file)  # type: ignore[arg-type]
-        except (OSError, ssl.SSLError) as exc:
-            self._socket.close()
-            raise DashboardError(f"dashboard.cert_file / key_file: {exc}") from None
-        return context
 
     @property
     def url(self) -> str:
@@ -464,11 +459,10 @@ def _routes(server: DashboardServer) -> list[Route]:
                         quiet += 1
                     continue
                 quiet = 0
-                end = None in messages
                 text = "".join(m for m in messages if m is not None)
                 if text:
                     yield text.encode("utf-8")
-                if end:
+                if None in messages:  # the server stops
                     return
         finally:  # no await here: a cancelled stream still lets go of its queue
             server.unsubscribe(client)
@@ -523,9 +517,6 @@ class HostConfig(Protocol):
 
     @property
     def mqtt_config(self) -> MqttConfig: ...
-
-    @property
-    def serves_view(self) -> bool: ...
 
 
 def serve_beside(

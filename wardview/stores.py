@@ -189,12 +189,9 @@ class PostgresBackend(Backend):
             raise StoreError(f"{self.describe()}: cannot connect ({_first_line(exc)})") from None
 
     @contextmanager
-    def _transaction(self, db: Any) -> Iterator[Any]:
+    def transaction(self, db: Any) -> Iterator[Any]:
         with db.transaction():
             yield db
-
-    def transaction(self, db: Any) -> AbstractContextManager[Any]:
-        return self._transaction(db)
 
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
@@ -225,9 +222,7 @@ def is_database_url(where: str | Path) -> bool:
 
 
 def open_backend(where: str | Path) -> Backend:
-    if is_database_url(where):
-        return PostgresBackend(str(where))
-    return SqliteBackend(Path(where))
+    return PostgresBackend(str(where)) if is_database_url(where) else SqliteBackend(Path(where))
 
 
 def migrate(backend: Backend, db: Any) -> int:

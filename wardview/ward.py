@@ -38,10 +38,7 @@ from lungwatch.events import (
     is_number,
     is_segment,
 )
-from lungwatch.intake import (
-    MessageError,
-    parse_message,
-)
+from lungwatch.intake import MessageError, parse_message
 from wardview.beds import (
     READ_WAIT_BEHIND_MS,
     Bed,
@@ -74,8 +71,6 @@ ACK_LATE_S = 15.0  # an acknowledge the device has not confirmed this long: the 
 
 
 class Ward:
-    """The state of one site."""
-
     def __init__(
         self,
         site: str,
@@ -184,36 +179,16 @@ class Ward:
             self._feed_health(device_id, parts[4], payload)
             return
         if kind in RETAINED_PER_BED and not payload:  # withdrawn: the bed's stream ended
-            if kind == "summary":
-                self._withdraw_summary(device_id, parts[4])
-            else:
-                self._withdraw(kind, device_id, parts[4])
+            self._withdraw(kind, device_id, parts[4])
             return
         body = parse_message(payload, self.config.max_message_bytes, self.config.max_json_depth)
-        if len(parts) == 5 and kind == "status":
-            self._status(device_id, body)
-        elif len(parts) == 5 and kind == "metrics":
-            self._metrics(device_id, body)
-        elif len(parts) == 6 and kind == "event":
-            self._event(device_id, parts[4], body)
-        elif kind == "verdict":
-            self._verdict(device_id, parts[4], body)
-        elif kind == "respiration":
-            self._respiration(device_id, parts[4], body)
-        elif kind == "summary":
+        if kind != "event":  # an event's identity is checked with its stream
             _require_identity(body, self.site, device_id)
-            self._summary(device_id, parts[4], body)
-        elif kind == "evidence":
-            _require_identity(body, self.site, device_id)
-            self._evidence(device_id, parts[4], body)
-        elif kind == "ack":
-            _require_identity(body, self.site, device_id)
-            self._ack(device_id, parts[4], body)
-        else:
-            self._live_point(device_id, parts[4], body)
+        # the kind's handler (_status, _metrics, _event, _verdict, ...; KINDS holds no other),
+        # given the device (and the stream)
+        getattr(self, "_live_point" if kind == "live" else f"_{kind}")(*parts[3:-1], body)
 
     def _status(self, device_id: str, body: dict[str, Any]) -> None:
-        _require_identity(body, self.site, device_id)
         status = Status.from_dict(body)
         self._admit(device_id)
         device = self._device(device_id)
@@ -267,7 +242,6 @@ class Ward:
             self._dirty_alarms = True
 
     def _metrics(self, device_id: str, body: dict[str, Any]) -> None:
-        _require_identity(body, self.site, device_id)
         stream_id, metrics = body.get("stream_id"), body.get("metrics")
         if not is_segment(stream_id) or not isinstance(metrics, dict):
             raise MessageError("metrics needs a stream_id segment and a metrics object")
@@ -310,20 +284,18 @@ class Ward:
         self.counts["events"] += 1
         self.recorder.event(event)
         self.book.take(event, self.clock())
+        bed.restored.discard(event.episode_id)
         if event.state == "ended":
             bed.open.pop(event.episode_id, None)
             bed.summary_open.pop(event.episode_id, None)
-            bed.restored.discard(event.episode_id)
             self._settle_acks(event)
         else:
             bed.open[event.episode_id] = event
-            bed.restored.discard(event.episode_id)
         bed.events.appendleft(event_row(event, self.clock()))
         self._dirty_beds.add((device_id, stream_id))
         self._dirty_alarms = True
 
     def _verdict(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
-        _require_identity(body, self.site, device_id)
         if body.get("stream_id") != stream_id or body.get("verdict") not in VERDICT_LABELS:
             raise MessageError(
                 f"verdict must be for {stream_id!r} and one of {', '.join(VERDICT_LABELS)}"
@@ -335,7 +307,6 @@ class Ward:
         self._dirty_alarms = True
 
     def _live_point(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
-        _require_identity(body, self.site, device_id)
         if body.get("stream_id") != stream_id:
             raise MessageError(f"live.stream_id must be {stream_id!r}")
         classes, score = body.get("classes"), body.get("quality_score")
@@ -351,7 +322,6 @@ class Ward:
         self._live.append({"device_id": device_id, "stream_id": stream_id, "point": point})
 
     def _respiration(self, device_id: str, stream_id: str, body: dict[str, Any]) -> None:
-        _require_identity(body, self.site, device_id)
         if body.get("stream_id") != stream_id:
             raise MessageError(f"respiration must be for {stream_id!r}")
         Respiration.from_dict(body)
@@ -371,11 +341,6 @@ class Ward:
         bed.name, bed.location = _text(body.get("name")), _text(body.get("location"))
         self._list_open(device_id, stream_id, bed, open_rows(body))
         self.recorder.summary(device_id, stream_id, body)
-
-    def _withdraw_summary(self, device_id: str, stream_id: str) -> None:
-        bed = self.devices[device_id].beds.get(stream_id) if device_id in self.devices else None
-        if bed is not None:  # the stream ended: the device holds none of its alarms
-            self._list_open(device_id, stream_id, bed, {})
 
     def _list_open(
         self, device_id: str, stream_id: str, bed: Bed, rows: dict[str, dict[str, Any]]
@@ -429,13 +394,10 @@ class Ward:
                     cond = record.get("condition") if isinstance(record, dict) else None
                     self.store_failed(f"alarm {cond!r} of {device_id}/{stream_id} kept in the "
                                       f"history could not be listed again: {exc}")  # fmt: skip
-            for device_id, stream_id, summary in restored.summaries:
+            for device_id, stream_id, body in restored.summaries:
                 if is_segment(device_id) and is_segment(stream_id):
                     _, bed = self._place(device_id, stream_id)
-                    bed.name, bed.location = (
-                        _text(summary.get("name")),
-                        _text(summary.get("location")),
-                    )
+                    bed.name, bed.location = _text(body.get("name")), _text(body.get("location"))
             for event in restored.recent:
                 _, bed = self._place(event.device_id, event.stream_id)
                 bed.events.appendleft(event_row(event, 0.0))
@@ -461,17 +423,17 @@ class Ward:
             self._dirty_alarms = True
 
     def _withdraw(self, kind: str, device_id: str, stream_id: str) -> None:
-        """A bed's retained verdict or breathing is gone; a bed not known stays unknown."""
+        """A bed's retained verdict, breathing or summary is gone; a bed not known stays unknown."""
         bed = self.devices[device_id].beds.get(stream_id) if device_id in self.devices else None
         if bed is None:
             return
-        if kind == "respiration":
-            bed.respiration = None
-            self._dirty_beds.add((device_id, stream_id))
+        if kind == "summary":  # the stream ended: the device holds none of its alarms
+            self._list_open(device_id, stream_id, bed, {})
             return
-        bed.verdict = None
+        setattr(bed, kind, None)  # its verdict or respiration
         self._dirty_beds.add((device_id, stream_id))
-        self._dirty_alarms = True
+        if kind == "verdict":
+            self._dirty_alarms = True
 
     def _admit(self, device_id: str, stream_id: str | None = None) -> None:
         """MessageError ``over_limit`` when a new device or bed would be one over its cap."""
@@ -693,10 +655,7 @@ class Ward:
                 device = self.devices.get(key[0])
                 if device is not None and key[1] in device.beds:
                     self._dirty_beds.add(key)
-            if new:
-                self._bed_rows[key] = new
-            else:
-                self._bed_rows.pop(key, None)
+        self._bed_rows = by_bed
 
     def _verdict_alarms(self) -> list[dict[str, Any]]:
         """A row per alarming verdict; nothing to acknowledge: it leaves when the verdict does."""
@@ -740,15 +699,11 @@ class Ward:
         return round(self.monotonic() - device.seen_s, 1)
 
     def bed_view(self, device: Device, bed: Bed, with_live: bool) -> dict[str, Any]:
+        rows = self._bed_rows.get((device.device_id, bed.stream_id), [])
         view = {
             "device_id": device.device_id,
             "stream_id": bed.stream_id,
-            "state": bed_state(
-                device.online,
-                self._bed_rows.get((device.device_id, bed.stream_id), []),
-                device.silent,
-                bed.respiration,
-            ),
+            "state": bed_state(device.online, rows, device.silent, bed.respiration),
             "events": [{**e, "evidence": e["episode_id"] in self.clips} for e in bed.events],
             "open": len(bed.open),
             "name": bed.name,
@@ -766,6 +721,12 @@ class Ward:
             } | {"last_utc": trend[-1]["utc"] if trend else None}
         return view
 
+    def _status_view(self) -> dict[str, Any]:
+        """The page header's: counts, rejections, faults, feeds and broker."""
+        return {"counts": dict(self.counts), "rejected_reasons": dict(self.rejected_reasons),
+                "last_rejected": self.last_rejected, "faults": dict(self.faults),
+                "feeds": self.feed_alarms(), "broker": dict(self.broker)}  # fmt: skip
+
     def snapshot(self) -> dict[str, Any]:
         """The whole ward, for a browser that connects."""
         with self.lock:
@@ -780,12 +741,7 @@ class Ward:
                     for b in sorted(d.beds, key=_natural)
                 ],
                 "alarms": alarms,
-                "counts": dict(self.counts),
-                "rejected_reasons": dict(self.rejected_reasons),
-                "last_rejected": self.last_rejected,
-                "faults": dict(self.faults),
-                "feeds": self.feed_alarms(),
-                "broker": dict(self.broker),
+                **self._status_view(),
                 "stale_after_s": self.config.stale_after_s,
                 "trend_seq": self._trend_seq,  # the page skips an update's readings up to it
             }
@@ -796,9 +752,7 @@ class Ward:
             alarms_due = self._dirty_alarms and (
                 self.monotonic() - self._alarms_sent_s >= self.alarms_every_s
             )
-            status = {"counts": dict(self.counts), "rejected_reasons": dict(self.rejected_reasons),
-                      "last_rejected": self.last_rejected, "faults": dict(self.faults),
-                      "feeds": self.feed_alarms(), "broker": dict(self.broker)}  # fmt: skip
+            status = self._status_view()
             status_changed = status != self._status_sent
             changed = (self._dirty_devices or self._dirty_beds or alarms_due or self._live
                        or self._trend)  # fmt: skip
@@ -821,8 +775,7 @@ class Ward:
             if alarms_due or status_changed:  # the header's counts and broker, at once
                 changes.update(status)
                 self._status_sent = status
-            self._dirty_devices, self._dirty_beds, self._live = set(), set(), []
-            self._trend = []
+            self._dirty_devices, self._dirty_beds, self._live, self._trend = set(), set(), [], []
             return changes
 
 
@@ -843,9 +796,7 @@ def _require_identity(body: dict[str, Any], site: str, device_id: str) -> None:
 
 
 def _is_probability(value: object) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    return math.isfinite(value) and 0.0 <= value <= 1.0
+    return is_number(value) and 0.0 <= value <= 1.0
 
 
 def _natural(name: str) -> tuple[Any, ...]:

@@ -94,8 +94,7 @@ def check_headers(headers: Headers, hosts: HostRule) -> None:
     found = header_values(headers, "host")
     if len(found) != 1:
         raise RequestError(400, f"a request needs exactly one Host header, got {len(found)}")
-    host = host_of(found[0])
-    if not hosts.allows(host):
+    if not hosts.allows(host_of(found[0])):
         shown = found[0][:100]
         raise RequestError(400, f"Host {shown!r} is not this server's (dashboard.allowed_hosts)")
     if header_values(headers, "transfer-encoding"):
@@ -173,8 +172,7 @@ def _within(host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    address = mapped or address
+    address = getattr(address, "ipv4_mapped", None) or address
     return any(address in network for network in networks if address.version == network.version)
 
 
