@@ -67,7 +67,9 @@ class DashboardConfig(Settings):
     port: Annotated[int, Field(ge=0, lt=65536)] = 8080  # 0: a free port, printed at start
     users: tuple[DashboardUser, ...] = ()  # none: loopback only, anyone there may acknowledge
     events_per_bed: Annotated[int, Field(ge=1, le=100)] = 8  # last events kept and shown per bed
-    live_points: Annotated[int, Field(ge=1, le=3600)] = 60  # live strip: one point per live message
+    # live-strip points kept per bed (one per live message)
+    live_points: Annotated[int, Field(ge=1, le=3600)] = 60
+    # changes reach the browsers at most this often
     push_interval_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.1
     # a bed whose rolling verdict is one of these is an alarm, at this priority
     alarm_verdicts: tuple[str, ...] = ()

@@ -252,6 +252,7 @@ class DashboardServer:
             self._clients.discard(client)
 
     def _push(self) -> None:
+        """Every ``push_interval_s``: changes to the browsers; liveness, probe, heartbeats."""
         cfg = self.config
         next_beat_s = next_probe_s = time.monotonic()
         failed = ""

@@ -529,7 +529,8 @@ class Ward:
                 self._update_broker()
 
     def check_liveness(self) -> None:
-        """Called periodically; only transitions reach the browsers (docs/dashboard.md)."""
+        """Devices silent and the broker stale after ``stale_after_s``; called periodically; only
+        transitions reach the browsers (docs/dashboard.md)."""
         with self.lock:
             now, stale_s = self.monotonic(), self.config.stale_after_s
             for device in self.devices.values():
