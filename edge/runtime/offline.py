@@ -146,10 +146,7 @@ def detect_recordings(
 
 
 def _run(
-    monitor: Monitor,
-    audio: dict[str, np.ndarray],
-    keep_probs: bool,
-    age_bands: Mapping[str, str],
+    monitor: Monitor, audio: dict[str, np.ndarray], keep_probs: bool, age_bands: Mapping[str, str]
 ) -> dict[str, RecordingEvents]:
     beds = {name: monitor.open_bed(name, age_bands.get(name)) for name in audio}
     steps: dict[str, list[BedStep]] = {name: [] for name in audio}

@@ -138,11 +138,7 @@ class EventOutbox:
             publish_all(self.sink, events)
 
     def _event(
-        self,
-        stream: Stream,
-        previous: Event | None,
-        t: Transition,
-        quality: dict[str, Any] | None,
+        self, stream: Stream, previous: Event | None, t: Transition, quality: dict[str, Any] | None
     ) -> Event:
         """The message for ``t`` (an ``ended`` with no onset opens and closes an episode at
         once); ``quality`` None keeps the episode's last measures."""

@@ -84,12 +84,7 @@ class MqttSink:
         self._connects_seen = 0  # the connects the sender has reacted to
         self._held: set[int] = set()  # mids handed before the latest connect, unacknowledged
         self._stopping = threading.Event()
-        self._counts = {
-            "acked": 0,
-            "metrics_dropped": 0,
-            "live_dropped": 0,
-            "commands": 0,
-        }
+        self._counts = {"acked": 0, "metrics_dropped": 0, "live_dropped": 0, "commands": 0}
         self._full = SpoolFullMonitor(
             self._spool, config.site, config.device_id, config.spool_full_priority
         )
