@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.audio import AUDIO_SUFFIXES, read_audio
+from edge.audio import AUDIO_SUFFIXES, audio_files_under, read_audio
 from edge.bed.breathing_state import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
@@ -79,9 +79,7 @@ def recordings_in(paths: Sequence[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in paths:
         if path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-            )
+            files = audio_files_under(path)
             if not files:
                 raise OfflineError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in it")
         elif path.is_file():
