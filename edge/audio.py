@@ -60,11 +60,7 @@ class Audio:
 
 def audio_file(folder: Path, stem: str) -> Path | None:
     """``folder/stem`` + the first suffix that exists (``stem`` as is: SPRSound names hold dots)."""
-    for suffix in AUDIO_SUFFIXES:
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((p for s in AUDIO_SUFFIXES if (p := folder / f"{stem}{s}").is_file()), None)
 
 
 def audio_files_under(folder: Path) -> list[Path]:
@@ -82,7 +78,12 @@ def read_audio(path: str | Path, *, target_rate_hz: int | None = None) -> Audio:
         raise AudioReadError(f"{source}: cannot read audio: no such file")
     if not file_path.is_file():
         raise AudioReadError(f"{source}: cannot read audio: not a regular file")
-    frames, rate_hz, channels, subtype = _decode(file_path)
+    try:
+        frames, rate_hz, channels, subtype = _read_with_soundfile(file_path)
+    except (sf.SoundFileError, OSError) as exc:
+        if not _is_riff_wave(file_path):
+            raise AudioReadError(f"{file_path}: cannot read audio: {exc}") from exc
+        frames, rate_hz, channels, subtype = _read_wav_with_wave(file_path)
     if np.issubdtype(frames.dtype, np.floating) and frames.size:  # integer PCM cannot exceed
         finite = np.abs(frames[np.isfinite(frames)])  # (NaN and Inf: validate_samples)
         peak = float(finite.max()) if finite.size else 0.0
@@ -99,23 +100,8 @@ def read_audio(path: str | Path, *, target_rate_hz: int | None = None) -> Audio:
         samples = resample(samples, rate_hz, target_rate_hz, source=source)
         samples = np.clip(samples, FULL_SCALE_MIN, FULL_SCALE_MAX)
         out_rate_hz = int(target_rate_hz)
-    return Audio(
-        samples=np.ascontiguousarray(samples, dtype=np.float32),
-        sample_rate_hz=out_rate_hz,
-        source=source,
-        original_rate_hz=rate_hz,
-        original_channels=channels,
-        original_subtype=subtype,
-    )
-
-
-def _decode(path: Path) -> tuple[np.ndarray, int, int, str]:
-    try:
-        return _read_with_soundfile(path)
-    except (sf.SoundFileError, OSError) as exc:
-        if not _is_riff_wave(path):
-            raise AudioReadError(f"{path}: cannot read audio: {exc}") from exc
-        return _read_wav_with_wave(path)
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    return Audio(samples, out_rate_hz, source, rate_hz, channels, subtype)
 
 
 MAX_FLOAT_PEAK = 2.0  # float samples beyond this are not audio at full scale (1.0)
@@ -166,8 +152,7 @@ def _read_wav_with_wave(path: Path) -> tuple[np.ndarray, int, int, str]:
     """Integer PCM WAV by ``wave``, in the integer dtype libsndfile would give."""
     try:
         with wave.open(str(path), "rb") as reader:
-            channels = reader.getnchannels()
-            width_bytes = reader.getsampwidth()
+            channels, width_bytes = reader.getnchannels(), reader.getsampwidth()
             rate_hz = reader.getframerate()
             check_header(int(rate_hz), int(channels), int(reader.getnframes()), str(path))
             raw = reader.readframes(reader.getnframes())
@@ -184,10 +169,8 @@ def _pcm_bytes_to_array(raw: bytes, width_bytes: int, source: str) -> np.ndarray
     """Little-endian PCM bytes -> 1-D integer array (24-bit is left-justified into int32)."""
     if width_bytes == 1:
         return np.frombuffer(raw, dtype=np.uint8)
-    if width_bytes == 2:
-        return np.frombuffer(raw, dtype="<i2").astype(np.int16)
-    if width_bytes == 4:
-        return np.frombuffer(raw, dtype="<i4").astype(np.int32)
+    if width_bytes in (2, 4):
+        return np.frombuffer(raw, dtype=f"<i{width_bytes}").astype(f"i{width_bytes}")
     if width_bytes == 3:
         triplets = np.frombuffer(raw[: len(raw) - len(raw) % 3], dtype=np.uint8).reshape(-1, 3)
         padded = np.zeros((triplets.shape[0], 4), dtype=np.uint8)
@@ -258,8 +241,7 @@ def validate_samples(x: np.ndarray, source: str) -> np.ndarray:
     if x.shape[0] == 0:
         raise EmptyAudioError(f"{source}: audio holds no samples")
     bad = ~np.isfinite(x)
-    n_bad = int(np.count_nonzero(bad))
-    if n_bad:
+    if n_bad := int(np.count_nonzero(bad)):
         first = int(np.argmax(bad))
         raise InvalidAudioError(
             f"{source}: {n_bad} of {x.shape[0]} samples are NaN or Inf "

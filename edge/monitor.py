@@ -204,27 +204,17 @@ class Monitor:
         """A chunk for each of several beds, their windows in one model call."""
         now = time.monotonic()
         transitions: dict[Bed, list[Transition]] = {}
-        ready: list[tuple[BedChain, WindowReady]] = []
-        owners: list[Bed] = []
+        windows: dict[Bed, list[WindowReady]] = {}
         for bed, audio in chunks.items():
             chunk = self._chunk(bed, audio)
-            found, windows = bed.chain.push(chunk, now)
-            transitions[bed] = found
+            transitions[bed], windows[bed] = bed.chain.push(chunk, now)
             bed.samples += chunk.samples.shape[0]
-            ready += [(bed.chain, w) for w in windows]
-            owners += [bed] * len(windows)
-        return self._steps(transitions, ready, owners, chunks)
+        return self._steps(transitions, windows)
 
     def close_beds(self, beds: Iterable[Bed]) -> dict[Bed, BedStep]:
         """End several beds' streams (see :meth:`Bed.close`), their last windows in one call."""
         beds = [bed for bed in beds if not bed.closed]
-        ready: list[tuple[BedChain, WindowReady]] = []
-        owners: list[Bed] = []
-        for bed in beds:
-            windows = bed.chain.flush()
-            ready += [(bed.chain, w) for w in windows]
-            owners += [bed] * len(windows)
-        steps = self._steps({bed: [] for bed in beds}, ready, owners, beds)
+        steps = self._steps({bed: [] for bed in beds}, {bed: bed.chain.flush() for bed in beds})
         for bed in beds:
             bed.closed = True
             ended = [BedEvent.of(t, self.sample_rate_hz) for t in bed.chain.finish("end of stream")]
@@ -246,15 +236,13 @@ class Monitor:
         return SourceChunk(samples=samples.astype(np.float32, copy=False), first_sample=bed.samples)
 
     def _steps(
-        self,
-        transitions: dict[Bed, list[Transition]],
-        ready: list[tuple[BedChain, WindowReady]],
-        owners: list[Bed],
-        beds: Iterable[Bed],
+        self, transitions: dict[Bed, list[Transition]], windows: dict[Bed, list[WindowReady]]
     ) -> dict[Bed, BedStep]:
         rate = self.sample_rate_hz
-        events = {bed: [BedEvent.of(t, rate) for t in transitions.get(bed, [])] for bed in beds}
+        events = {bed: [BedEvent.of(t, rate) for t in found] for bed, found in transitions.items()}
         frames: dict[Bed, list[OutputFrames]] = {bed: [] for bed in events}
+        owners = [bed for bed, found in windows.items() for _ in found]
+        ready = [(bed.chain, w) for bed, found in windows.items() for w in found]
         for bed, step in zip(owners, self.process(ready), strict=True):
             events[bed] += [BedEvent.of(t, rate) for t in step.transitions]
             frames[bed].append(step.frames)
@@ -312,10 +300,8 @@ def _check_backend(backend: Backend, manifest: Manifest, path: Path) -> None:
             f"{manifest.input_shape}"
         )
     info = manifest.streaming
-    if (backend.state_size, backend.output_shape) != (
-        info.state_size,
-        (len(manifest.outputs), info.chunk_frames),
-    ):
+    expected = (info.state_size, (len(manifest.outputs), info.chunk_frames))
+    if (backend.state_size, backend.output_shape) != expected:
         raise MonitorError(
             f"{path}: model state {backend.state_size} and outputs {backend.output_shape} "
             f"differ from the manifest's"

@@ -68,9 +68,7 @@ class EvidenceSpool:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self.evicted = self.expired = 0
-        count, size = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM clips"
-        ).fetchone()
+        count, size = self._row("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM clips")
         self._count, self._bytes = int(count), int(size)
 
     def put_many(self, clips: list[tuple[Clip, list[tuple[str, str]]]], now_s: float) -> None:
@@ -78,9 +76,7 @@ class EvidenceSpool:
         with self._lock, self._db:
             for clip, messages in clips:
                 size = sum(len(payload) for _, payload in messages)
-                old = self._db.execute(
-                    "SELECT bytes FROM clips WHERE episode_id = ?", (clip.episode_id,)
-                ).fetchone()
+                old = self._row("SELECT bytes FROM clips WHERE episode_id = ?", clip.episode_id)
                 if old is not None:
                     self._count, self._bytes = self._count - 1, self._bytes - int(old[0])
                 self._db.execute(
@@ -90,9 +86,7 @@ class EvidenceSpool:
                 )
                 self._count, self._bytes = self._count + 1, self._bytes + size
             while self._bytes > self.max_bytes:
-                seq, size = self._db.execute(
-                    "SELECT seq, bytes FROM clips ORDER BY seq LIMIT 1"
-                ).fetchone()
+                seq, size = self._row("SELECT seq, bytes FROM clips ORDER BY seq LIMIT 1")
                 self._db.execute("DELETE FROM clips WHERE seq = ?", (seq,))
                 self._count, self._bytes = self._count - 1, self._bytes - int(size)
                 self.evicted += 1
@@ -117,10 +111,13 @@ class EvidenceSpool:
         """Forget sent clips (one transaction; a clip evicted meanwhile is already gone)."""
         with self._lock, self._db:
             for seq in seqs:
-                row = self._db.execute("SELECT bytes FROM clips WHERE seq = ?", (seq,)).fetchone()
+                row = self._row("SELECT bytes FROM clips WHERE seq = ?", seq)
                 if row is not None:
                     self._db.execute("DELETE FROM clips WHERE seq = ?", (seq,))
                     self._count, self._bytes = self._count - 1, self._bytes - int(row[0])
+
+    def _row(self, sql: str, *args: Any) -> Any:
+        return self._db.execute(sql, args).fetchone()
 
     def __len__(self) -> int:
         with self._lock:
@@ -153,9 +150,8 @@ class EvidencePublisher:
         )
         self._queue: queue.Queue[Clip | Cut] = queue.Queue(QUEUE_CLIPS)
         self._encoding = 0  # clips taken from the queue and not yet in the spool
-        login = (
-            mqtt if config.username is None else dataclasses.replace(mqtt, username=config.username)
-        )
+        user = config.username
+        login = mqtt if user is None else dataclasses.replace(mqtt, username=user)
         self._session = Session(login, f"{mqtt.effective_client_id}-evidence", "evidence",
                                 max_inflight=config.max_inflight,
                                 on_connected=self._on_connected)  # fmt: skip
@@ -209,8 +205,7 @@ class EvidencePublisher:
             self.flush(timeout_s)
             self._stop.set()
             self._thread.join()
-            self._session.stop()
-        elif self._thread.started:  # the sender stopped unasked; its connection goes too
+        if self._thread.started:  # also a sender that stopped unasked: its connection goes too
             self._session.stop()
         self._stop.set()
         self._spool_queued()
@@ -220,14 +215,10 @@ class EvidencePublisher:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._spool_queued()
-            batch = []
-            if self._connected.is_set():
-                batch = self.spool.oldest_many(time.time(), SEND_AHEAD)
-            if not batch:
-                self._stop.wait(POLL_S)
-                continue
-            sent = self._send(batch)
-            if not sent:  # the connection dropped (or the channel stops): wait for it
+            connected = self._connected.is_set()
+            batch = self.spool.oldest_many(time.time(), SEND_AHEAD) if connected else []
+            sent = self._send(batch) if batch else []
+            if not sent:  # nothing to send, or the connection dropped (or the channel stops)
                 self._stop.wait(POLL_S)
                 continue
             self.spool.remove_many(sent)

@@ -1,11 +1,6 @@
-"""One bed's audio history and the evidence clips it cuts from it.
-
-    recorder = ClipRecorder(config, identity, rate_hz, grid, outputs, utc_of)
-    recorder.audio(first_sample, samples)    # every chunk the bed takes
-    recorder.frames(first_frame, probs)      # every output frame the model gives
-    recorder.events(events)                  # the bed's event messages (lungwatch.events.Event)
-    cuts = recorder.due_cuts()               # or finish_cuts() once the stream ended
-    clip = cut.encode()                      # FLAC: in the publisher's thread; the loop only copies
+"""One bed's audio history and the evidence clips it cuts from it: the bed gives it every chunk,
+output frame and event message; :meth:`ClipRecorder.due_cuts` (``finish_cuts`` once the stream
+ended) copies clips out, which ``Cut.encode`` makes FLAC in the publisher's thread.
 
 A clip starts for every physiological onset and every technical onset of a priority in
 ``alarm_priorities`` (a finding episode's events have theirs, the episode none of its own);
@@ -146,11 +141,9 @@ class ClipRecorder:
         self._audio_end = max(self._audio_end, first_sample + samples.shape[0])
 
     def frames(self, first_frame: int, probs: np.ndarray) -> None:
-        n = probs.shape[0]
-        if n == 0:
-            return
-        _put_ring(self._frames, first_frame, probs)
-        self._frames_end = max(self._frames_end, first_frame + n)
+        if probs.shape[0]:
+            _put_ring(self._frames, first_frame, probs)
+            self._frames_end = max(self._frames_end, first_frame + probs.shape[0])
 
     def events(self, events: Sequence[Event]) -> None:
         cfg = self.config
@@ -172,9 +165,8 @@ class ClipRecorder:
                     capture.end = min(end + round(cfg.post_s * self.rate_hz), capture.limit)
 
     def _wanted(self, event: Event) -> bool:
-        if event.kind == "physiological":
-            return True
-        return event.kind == "technical" and event.priority in self.config.alarm_priorities
+        technical = event.kind == "technical" and event.priority in self.config.alarm_priorities
+        return event.kind == "physiological" or technical
 
     def due_cuts(self) -> list[Cut]:
         """The clips whose end the audio has reached; one whose audio has left the history is
@@ -185,8 +177,8 @@ class ClipRecorder:
     def finish_cuts(self) -> list[Cut]:
         """The stream ended: every open clip, cut at the audio there is."""
         captures = list(self._open.values())
-        cut = [self._cut(c, min(c.end or c.limit, self._audio_end)) for c in captures]
-        return [c for c in cut if c is not None]
+        cuts = [self._cut(c, min(c.end or c.limit, self._audio_end)) for c in captures]
+        return [c for c in cuts if c is not None]
 
     def due(self) -> list[Clip]:
         return [cut.encode() for cut in self.due_cuts()]
@@ -256,7 +248,5 @@ def _end_of(event: Event) -> int | None:
     """Where an event's condition ended: its ``ended``, or the ``ongoing`` that latched it."""
     if event.state == "ended":
         return event.end_sample
-    if event.detail.get("latched"):
-        end = event.detail.get("condition_end_sample")
-        return int(end) if isinstance(end, int) else None
-    return None
+    end = event.detail.get("condition_end_sample") if event.detail.get("latched") else None
+    return int(end) if isinstance(end, int) else None

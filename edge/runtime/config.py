@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat
 
-from edge.bed.agebands import AGE_BAND_NAMES, band_for_age
+from edge.bed.agebands import AGE_BAND_NAMES
 from edge.bed.breathing_state import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
@@ -59,6 +59,8 @@ EXCERPT_BYTES = 200  # of a bad command, in its log line
 MAX_COMMAND_BYTES = 4096  # a longer command is refused unread (a signed one is ~300 bytes)
 MIN_LIVE_INTERVAL_S = 0.25
 LIVE_INTERVAL = f"0 (no live strip) or a number >= {MIN_LIVE_INTERVAL_S} (seconds)"
+ROUND_GROUP = "an integer >= 0 (0: every stream in one group)"
+UNSIGNED = "false while the broker is beyond loopback (or set mqtt.allow_insecure: true)"
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,6 @@ class StreamConfig(Settings):
                 check_url(self.source)
             except SourceError as exc:
                 check(False, "source", self.source, f"a bridge URL that can open ({exc})")
-
-
-def stream_age_band(stream: StreamConfig) -> str | None:
-    if stream.age_years is not None:
-        return band_for_age(stream.age_years).name
-    return stream.age_band
 
 
 @dataclass(frozen=True)
@@ -190,21 +186,12 @@ class RuntimeConfig(Settings):
         check(isinstance(self.dashboard, dict), "dashboard", self.dashboard, "a mapping")
         needs_mqtt = not self.serves_view or self.sinks.mqtt
         check(needs_mqtt, "dashboard.enabled", True, "false while sinks.mqtt is false")
-        check(
-            type(self.round_group) is int and self.round_group >= 0,
-            "round_group",
-            self.round_group,
-            "an integer >= 0 (0: every stream in one group)",
-        )
+        group_ok = type(self.round_group) is int and self.round_group >= 0
+        check(group_ok, "round_group", self.round_group, ROUND_GROUP)
         unsigned_ok = not (self.commands.accept_unsigned and self.sinks.mqtt) or (
             is_loopback(self.mqtt.host) or self.mqtt.allow_insecure
         )
-        check(
-            unsigned_ok,
-            "commands.accept_unsigned",
-            True,
-            "false while the broker is beyond loopback (or set mqtt.allow_insecure: true)",
-        )
+        check(unsigned_ok, "commands.accept_unsigned", True, UNSIGNED)
         if self.equipment_eui64 is not None:
             try:
                 eui64(self.equipment_eui64)
@@ -297,8 +284,7 @@ def open_sinks(
             site, device_id = config.site, config.device_id
             sinks.append(JsonlSink(config.sinks.jsonl, site=site, device_id=device_id))
     except LungwatchError:
-        for sink in sinks:
-            sink.close()
+        MultiSink(sinks).close()
         raise
     if config.sinks.stdout:
         sinks.append(StdoutSink())
@@ -322,7 +308,7 @@ def open_command_verifier(
     """The check of signed commands, and the master key a ward view served by this process
     signs with: from ``commands.key_file`` (no master key: ward views elsewhere hold it), else
     with ``dashboard.enabled`` a key made for this run, else none."""
-    settings = config.commands
+    settings, master = config.commands, None
     if settings.accept_unsigned:
         log.warning(
             "commands.accept_unsigned is true: any client that may publish on the command "
@@ -333,13 +319,12 @@ def open_command_verifier(
             key = read_key(settings.key_file)
         except ConfigError as exc:
             raise ConfigError(f"{source}: commands.key_file: {exc}") from None
-        verifier = CommandVerifier(key, config.site, config.device_id, settings.max_age_s)
-        return verifier, None
-    if config.serves_view:
+    elif config.serves_view:
         master = new_key()
         key = derive_device_key(master, config.site, config.device_id)
-        return CommandVerifier(key, config.site, config.device_id, settings.max_age_s), master
-    return None, None
+    else:
+        return None, None
+    return CommandVerifier(key, config.site, config.device_id, settings.max_age_s), master
 
 
 class CommandError(LungwatchError, ValueError):
@@ -379,8 +364,7 @@ def parse_command(payload: bytes) -> Command:
         raise CommandError(f"command is not JSON ({reason}): {excerpt!r}") from None
     allowed = (sorted(COMMAND_KEYS), sorted(COMMAND_KEYS + SIGNATURE_KEYS))
     if not isinstance(body, dict) or sorted(body) not in allowed:
-        keys = ", ".join(COMMAND_KEYS)
-        more = ", ".join(SIGNATURE_KEYS)
+        keys, more = ", ".join(COMMAND_KEYS), ", ".join(SIGNATURE_KEYS)
         raise CommandError(
             f"command must be a JSON object with keys {keys} (and {more} when signed): {excerpt!r}"
         )

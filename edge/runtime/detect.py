@@ -35,6 +35,9 @@ from lungwatch.config import from_mapping, load_yaml
 from lungwatch.errors import ConfigError
 
 USED_SECTIONS = ("detector", "gate", "backend", "verdict", "respiration")
+# option -> the RecordingEvents field it writes
+OUTPUTS = {"technical": "technical", "episodes": "findings", "verdicts": "verdict"}
+OUTPUTS["respiration"] = "respiration"
 AUTO = "auto"
 
 #: The workstation's ``--score``: (args, config sections, recordings' events, model folder)
@@ -70,24 +73,17 @@ def load_detect_config(path: Path) -> DetectConfig:
         )
     unused = sorted(k for k in data if k not in USED_SECTIONS)
     if unused:
-        print(
-            f"lungwatch detect: {path.name}: uses {', '.join(USED_SECTIONS)}; "
-            f"{', '.join(unused)} are the runtime's and not used here",
-            file=sys.stderr,
-        )
+        used = ", ".join(USED_SECTIONS)
+        not_used = f"{', '.join(unused)} are the runtime's and not used here"
+        print(f"lungwatch detect: {path.name}: uses {used}; {not_used}", file=sys.stderr)
     kept = {k: data[k] for k in USED_SECTIONS if k in data}
     return from_mapping(DetectConfig, kept, source=path.name)
 
 
 def build_parser(prog: str = "lungwatch detect", scoring: bool = False) -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument(
-        "--audio",
-        type=Path,
-        action="append",
-        required=True,
-        help="a recording or a folder of them (repeatable)",
-    )
+    audio_help = "a recording or a folder of them (repeatable)"
+    parser.add_argument("--audio", type=Path, action="append", required=True, help=audio_help)
     parser.add_argument(
         "--model", type=Path, default=DEFAULT_MODEL, help="model folder or an ONNX file it lists"
     )
@@ -108,11 +104,9 @@ def build_parser(prog: str = "lungwatch detect", scoring: bool = False) -> Argum
         choices=(*AGE_BAND_NAMES, AUTO),
         help="every recording's age band (auto: the age in a SPRSound file name)",
     )
-    score_help = (
-        "score against SPRSound annotations (sed_eval)"
-        if scoring
-        else "scoring runs on the workstation: lungwatch detect --score"
-    )
+    score_help = "score against SPRSound annotations (sed_eval)"
+    if not scoring:
+        score_help = "scoring runs on the workstation: lungwatch detect --score"
     parser.add_argument("--score", action="store_true", help=score_help)
     parser.add_argument("--score-out", type=Path, help="with --score: every score as JSON here")
     return parser
@@ -129,33 +123,19 @@ def main(argv: list[str] | None = None, scorer: Scorer | None = None) -> int:
     recordings = recordings_in(args.audio)
     config = load_detect_config(args.config) if args.config is not None else DetectConfig()
     folder, file = resolve_model(args.model)
-    found = detect_recordings(
-        recordings,
-        folder,
-        file,
-        detector=config.detector,
-        gate=config.gate,
-        backend=config.backend,
-        verdict=config.verdict,
-        skip_unreadable=True,
-        keep_probs=args.score,
-        respiration=config.respiration,
-        age_bands=age_bands(recordings, args.age_band),
-    )
+    options: dict[str, Any] = {section: getattr(config, section) for section in USED_SECTIONS}
+    options.update(skip_unreadable=True, keep_probs=args.score)
+    options["age_bands"] = age_bands(recordings, args.age_band)
+    found = detect_recordings(recordings, folder, file, **options)
     unread = {name: r.error for name, r in sorted(found.items()) if r.error is not None}
     read = sorted(name for name in found if name not in unread)
     if not read:  # nothing to write: the first reason is the error
         raise OfflineError(next(iter(unread.values())))
     events = {name: found[name].physiological for name in read}
     write_json(args.out, events)
-    if args.technical is not None:
-        write_json(args.technical, {name: found[name].technical for name in read})
-    if args.episodes is not None:
-        write_json(args.episodes, {name: found[name].findings for name in read})
-    if args.verdicts is not None:
-        write_json(args.verdicts, {name: found[name].verdict for name in read})
-    if args.respiration is not None:
-        write_json(args.respiration, {name: found[name].respiration for name in read})
+    for option, field_name in OUTPUTS.items():  # --technical FILE ...: these files too
+        if getattr(args, option) is not None:
+            write_json(getattr(args, option), {n: getattr(found[n], field_name) for n in read})
     if scorer is not None and args.score:
         scorer(args, config, found, folder)
     n = sum(len(v) for v in events.values())

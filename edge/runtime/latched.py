@@ -45,10 +45,7 @@ class LatchedStore:
             ) from None
 
     def save(self, beds: dict[str, list[Event]]) -> None:
-        doc = {
-            "format": FORMAT,
-            "version": VERSION,
-            "beds": {bed: [e.to_dict() for e in events] for bed, events in beds.items() if events},
-        }
+        kept = {bed: [e.to_dict() for e in events] for bed, events in beds.items() if events}
+        doc = {"format": FORMAT, "version": VERSION, "beds": kept}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_private(self.path, json.dumps(doc, indent=1) + "\n")

@@ -66,23 +66,21 @@ WATCH_EVERY_S = 1.0  # the threads the run depends on are checked this often
 # the beds' metrics reports come in this many slices over the interval, not all in one round
 # (each report wakes paho's network thread, which takes the GIL)
 METRICS_SLICES = 10
+# the config's keys Monitor.load takes as they are
+MONITOR_KEYS = ("detector", "gate", "backend", "state_reset_gap_ms", "verdict", "respiration")
+CONFIG_HELP = (
+    "runtime YAML file; given again, each later file is merged over the ones before "
+    "(e.g. the client file lungwatch access writes: broker login, command key)"
+)
 
 
 def open_model(config: RuntimeConfig, source: str = "<config>") -> Monitor:
     folder = Path(config.model.dir)
     manifest = load_manifest(folder / MANIFEST_NAME)
     check_against_manifest(config, manifest, source)
-    monitor = Monitor.load(
-        folder / config.model.file,
-        detector=config.detector,
-        gate=config.gate,
-        backend=config.backend,
-        state_reset_gap_ms=config.state_reset_gap_ms,
-        check_sha256=config.model.check_sha256,
-        source=source,
-        verdict=config.verdict,
-        respiration=config.respiration,
-    )
+    options = {key: getattr(config, key) for key in MONITOR_KEYS}
+    options.update(check_sha256=config.model.check_sha256, source=source)
+    monitor = Monitor.load(folder / config.model.file, **options)
     log.info("model %s (%s) on %s", manifest.model_id, config.model.file, monitor.backend.name)
     return monitor
 
@@ -120,8 +118,7 @@ class Runtime:
         self.command_counts: dict[str, int] = {"accepted": 0, "refused": 0}
         self._on_frames = on_frames  # sees every bed's output frames (offline runs keep them)
         self.streams = list(streams)
-        self._sink_stats = sink_stats
-        self._clock = clock
+        self._sink_stats, self._clock = sink_stats, clock
         self._metrics_slices = max(1, min(len(self.streams), METRICS_SLICES))
         self._metrics_slice = 0
         self._metrics_due = clock() + config.metrics_interval_s / self._metrics_slices
@@ -129,9 +126,8 @@ class Runtime:
         self.live = LiveStrip(model.outputs, config.live_interval_s)
         self._lock = threading.Lock()  # acknowledge() comes from the MQTT network thread
         self._store = latched
-        self._latching = frozenset(
-            ("high", *config.detector.latching, *config.gate.latching)
-        )  # priorities whose alarms wait for an acknowledgement
+        # priorities whose alarms wait for an acknowledgement
+        self._latching = frozenset(("high", *config.detector.latching, *config.gate.latching))
         carried = latched.load() if latched is not None else {}
         served = {s.id for s in self.streams}
         self._carried_in = {bed: events for bed, events in carried.items() if bed in served}
@@ -186,10 +182,8 @@ class Runtime:
         per window (docs/runtime.md, "The loop and batching"). True if audio came or was pushed."""
         if stream.read_error is not None:  # raised after last round's chunks
             return self._read_failed(stream, ready)
-        chunks = stream.waiting
-        gathered = stream.waiting_samples
+        chunks, gathered, fresh = stream.waiting, stream.waiting_samples, 0
         wanted = stream.chain.pipeline.samples_to_next_window
-        fresh = 0
         while fresh < MAX_READS_PER_ROUND and gathered < wanted:
             try:
                 chunk = stream.source.read(0.0)
@@ -230,21 +224,15 @@ class Runtime:
             stream.waiting_since = now
         return now - stream.waiting_since < stream.hold_s
 
-    def _hand_over(self, stream: Stream, ready: list[Ready]) -> None:
-        if stream.waiting:
-            self._push(stream, stream.take_waiting(), self._clock(), ready)
-
     def _push(
         self, stream: Stream, chunks: list[SourceChunk], now: float, ready: list[Ready]
     ) -> None:
         arrived = time.perf_counter()
         for chunk in _coalesced(chunks):
-            n = int(chunk.samples.shape[0])
             if stream.t0_posix is None:
                 _start_timeline(stream, chunk)
-            counters = stream.counters
-            counters["samples"] += n
-            counters["notices"] += len(chunk.notices)
+            stream.counters["samples"] += int(chunk.samples.shape[0])
+            stream.counters["notices"] += len(chunk.notices)
             transitions, windows = stream.chain.push(chunk, now)
             if stream.recorder is not None:
                 stream.recorder.audio(chunk.first_sample, chunk.samples)
@@ -257,8 +245,9 @@ class Runtime:
         """The source's end or failure (raised by the read that found no chunk)."""
         exc, stream.read_error = stream.read_error, None
         if isinstance(exc, SourceEnded):
-            flushed = stream.chain.flush()
-            if flushed:  # the last frames go through the model first; the stream ends after
+            if (
+                flushed := stream.chain.flush()
+            ):  # the last frames go through the model first; the stream ends after
                 stream.ending = "stream end"
                 ready.extend((stream, window, time.perf_counter()) for window in flushed)
             else:
@@ -336,10 +325,9 @@ class Runtime:
     def authorise(self, command: Command) -> str:
         """Who sent ``command`` ("" for an unsigned one the config accepts); CommandError or
         CommandAuthError when the device must not act on it (``lungwatch.commandauth``)."""
-        accept_unsigned = self.config.commands.accept_unsigned
         if command.signed and self._verifier is not None:
             return self._verifier.verify(command.body)
-        if accept_unsigned:
+        if self.config.commands.accept_unsigned:
             return ""
         if self._verifier is None:
             raise CommandError("commands are refused here: no commands.key_file is configured")
@@ -359,13 +347,8 @@ class Runtime:
         # views and the gateway learn the bed took it, even where it ended no episode
         publish_ack(self.sink, command.stream_id, command.target, user, ended)
         who = f" by {short_repr(user)}" if user else " (unsigned)"
-        log.info(
-            "acknowledge %s %s%s: %d event(s) ended",
-            command.stream_id,
-            short_repr(command.target),
-            who,
-            ended,
-        )
+        target = short_repr(command.target)
+        log.info("acknowledge %s %s%s: %d event(s) ended", command.stream_id, target, who, ended)
 
     def _publish_live(self, now: float) -> None:
         with self._lock:
@@ -413,10 +396,7 @@ class Runtime:
             refused = {k: n for k, n in self._verifier.counts.items() if k != "accepted"}
             shared.update({f"commands_refused_{key}": n for key, n in refused.items()})
         with self._lock:
-            reports = [
-                (stream.id, stream.metrics(self.events.open_events(stream.id)))
-                for stream in streams
-            ]
+            reports = [(s.id, s.metrics(self.events.open_events(s.id))) for s in streams]
             for stream_id, values in reports:
                 self.sink.publish_metrics(stream_id, {**values, **shared})
         return reports
@@ -425,9 +405,7 @@ class Runtime:
         limit = self.config.read_wait_warn_ms
         if limit <= 0:
             return
-        waits = [
-            (v["read_wait_ms_p99"], i) for i, v in reports if v["read_wait_ms_p99"] is not None
-        ]
+        waits = [(p99, i) for i, v in reports if (p99 := v["read_wait_ms_p99"]) is not None]
         over = [w for w in waits if w[0] > limit]
         if over:
             worst_ms, worst_id = max(over)
@@ -500,7 +478,8 @@ class Runtime:
         ready: list[Ready] = []
         for stream in self.streams:
             if not stream.ended and stream.ending is None:
-                self._hand_over(stream, ready)  # what waited for its window, then the flush
+                if stream.waiting:  # what waited for its window, then the flush
+                    self._push(stream, stream.take_waiting(), self._clock(), ready)
                 ready.extend((stream, w, time.perf_counter()) for w in stream.chain.flush())
         with self._lock:
             self._infer_and_detect(ready)
@@ -523,30 +502,20 @@ def _start_timeline(stream: Stream, chunk: SourceChunk) -> None:
 
 def _coalesced(chunks: list[SourceChunk]) -> list[SourceChunk]:
     """``chunks`` with each run of plain, contiguous ones joined into one chunk."""
-    out: list[SourceChunk] = []
-    run: list[SourceChunk] = []
-
-    def close_run() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            samples = np.concatenate([c.samples for c in run])
-            first, captured_s = run[0].first_sample, run[-1].captured_s
-            out.append(SourceChunk(samples=samples, first_sample=first, captured_s=captured_s))
-        run.clear()
-
+    runs: list[list[SourceChunk]] = []
     for chunk in chunks:
-        plain = not chunk.missing and not chunk.notices
-        if run and (
-            not plain or chunk.first_sample != run[-1].first_sample + run[-1].samples.shape[0]
-        ):
-            close_run()
-        if plain:
-            run.append(chunk)
+        last = runs[-1][-1] if runs else chunk
+        plain = not (last.missing or last.notices or chunk.missing or chunk.notices)
+        if runs and plain and chunk.first_sample == last.first_sample + last.samples.shape[0]:
+            runs[-1].append(chunk)
         else:
-            out.append(chunk)
-    close_run()
-    return out
+            runs.append([chunk])
+    return [run[0] if len(run) == 1 else _joined(run) for run in runs]
+
+
+def _joined(run: list[SourceChunk]) -> SourceChunk:
+    samples = np.concatenate([c.samples for c in run])
+    return SourceChunk(samples, run[0].first_sample, captured_s=run[-1].captured_s)
 
 
 def open_streams(
@@ -644,9 +613,7 @@ def serve(
             evidence = EvidencePublisher(config.evidence, mqtt.config).connect()
             resources.callback(evidence.close)
         stats = mqtt.stats if mqtt is not None else None
-        store = None
-        if config.alarms.persist:
-            store = LatchedStore(config.alarms.path(config.mqtt))
+        store = LatchedStore(config.alarms.path(config.mqtt)) if config.alarms.persist else None
         watch = [w.failure for w in (mqtt, evidence, *beside) if w is not None]
         runtime = Runtime(config, model, streams, sink, sink_stats=stats, commands=verifier,
                           evidence=evidence, latched=store, watch=watch)  # fmt: skip
@@ -687,14 +654,7 @@ def setup_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None, companions: Sequence[Companion] = ()) -> int:
     """``lungwatch run`` (``companions``: what the caller runs beside it, :func:`serve`)."""
     parser = ArgumentParser(prog="lungwatch run", description=__doc__)
-    parser.add_argument(
-        "--config",
-        required=True,
-        type=Path,
-        action="append",
-        help="runtime YAML file; given again, each later file is merged over the ones before "
-        "(e.g. the client file lungwatch access writes: broker login, command key)",
-    )
+    parser.add_argument("--config", required=True, type=Path, action="append", help=CONFIG_HELP)
     add_run_options(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

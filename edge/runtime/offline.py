@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.audio import AUDIO_SUFFIXES, read_audio
+from edge.audio import AUDIO_SUFFIXES, audio_files_under, read_audio
 from edge.bed.breathing_state import RespirationConfig
 from edge.bed.detector import DetectorConfig
 from edge.bed.gate import GateConfig
@@ -58,22 +58,20 @@ class FrameKeeper:
         if frames.probs.shape[0]:
             self.parts.setdefault(stream.id, []).append((frames, time.perf_counter()))
 
-    def _frames(self, stream_id: str) -> int:
-        parts = self.parts.get(stream_id, [])
-        return max((p.first_frame + p.probs.shape[0] for p, _ in parts), default=0)
-
     def probs(self, stream_id: str, n_outputs: int) -> np.ndarray:
         """(n, O) of one bed; frames the model never described (a state reset) stay NaN."""
-        out = np.full((self._frames(stream_id), n_outputs), np.nan, np.float32)
-        for p, _ in self.parts.get(stream_id, []):
-            out[p.first_frame : p.first_frame + p.probs.shape[0]] = p.probs
-        return out
+        return self._spread(stream_id, (n_outputs,), times=False)
 
     def times(self, stream_id: str) -> np.ndarray:
         """(n,) when each of one bed's frames arrived; NaN for those never described."""
-        out = np.full(self._frames(stream_id), np.nan)
-        for p, when in self.parts.get(stream_id, []):
-            out[p.first_frame : p.first_frame + p.probs.shape[0]] = when
+        return self._spread(stream_id, (), times=True)
+
+    def _spread(self, stream_id: str, columns: tuple[int, ...], times: bool) -> np.ndarray:
+        parts = self.parts.get(stream_id, [])
+        end = max((p.first_frame + p.probs.shape[0] for p, _ in parts), default=0)
+        out = np.full((end, *columns), np.nan, np.float64 if times else np.float32)
+        for p, when in parts:
+            out[p.first_frame : p.first_frame + p.probs.shape[0]] = when if times else p.probs
         return out
 
 
@@ -81,9 +79,7 @@ def recordings_in(paths: Sequence[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in paths:
         if path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-            )
+            files = audio_files_under(path)
             if not files:
                 raise OfflineError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in it")
         elif path.is_file():
@@ -146,10 +142,7 @@ def detect_recordings(
 
 
 def _run(
-    monitor: Monitor,
-    audio: dict[str, np.ndarray],
-    keep_probs: bool,
-    age_bands: Mapping[str, str],
+    monitor: Monitor, audio: dict[str, np.ndarray], keep_probs: bool, age_bands: Mapping[str, str]
 ) -> dict[str, RecordingEvents]:
     beds = {name: monitor.open_bed(name, age_bands.get(name)) for name in audio}
     steps: dict[str, list[BedStep]] = {name: [] for name in audio}
@@ -189,30 +182,26 @@ def _events(steps: list[BedStep], n_outputs: int | None) -> RecordingEvents:
     for event in (e for step in steps for e in step.events):
         if event.state != "ended" or event.end_s is None:
             continue
+        confidence = round(min(max(float(event.confidence or 0.0), 0.0), 1.0), 4)
         if event.kind == "finding":
             record.findings.append({
                 "type": event.type, "start_s": round(event.start_s, 4),
-                "end_s": round(event.end_s, 4),
-                "confidence": round(min(max(float(event.confidence or 0.0), 0.0), 1.0), 4),
+                "end_s": round(event.end_s, 4), "confidence": confidence,
                 "events": int(event.reason.split()[0]) if event.reason else 0,
                 "opened_frame": opened.get(event.key),
             })  # fmt: skip
             continue
-        item: dict[str, Any] = {
-            "start_s": round(event.start_s, 4),
-            "end_s": round(event.end_s, 4),
-            "type": event.type,
-        }
+        item: dict[str, Any] = {"start_s": round(event.start_s, 4), "end_s": round(event.end_s, 4)}
+        item["type"] = event.type
         if event.kind == "physiological":
-            item["confidence"] = round(min(max(float(event.confidence or 0.0), 0.0), 1.0), 4)
+            item["confidence"] = confidence
             record.physiological.append(item)
         else:
             if event.reason:
                 item["reason"] = event.reason
             record.technical.append(item)
-    record.physiological.sort(key=lambda e: (e["start_s"], e["type"]))
-    record.technical.sort(key=lambda e: (e["start_s"], e["type"]))
-    record.findings.sort(key=lambda e: (e["start_s"], e["type"]))
+    for rows in (record.physiological, record.technical, record.findings):
+        rows.sort(key=lambda e: (e["start_s"], e["type"]))
     return record
 
 

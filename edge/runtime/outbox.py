@@ -43,7 +43,6 @@ class EventOutbox:
         self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
     ) -> list[Event]:
         episodes = self._episodes.setdefault(stream.id, {})
-        self.held_changed |= bool(transitions)
         made = []
         for transition in transitions:
             event = self._event(stream, episodes.get(transition.key), transition, quality)
@@ -52,9 +51,7 @@ class EventOutbox:
                 self._acknowledged.get(stream.id, set()).discard(transition.key)
             else:
                 episodes[transition.key] = event
-            stream.counters["events"] += 1
-            self._pending.append(event)
-            made.append(event)
+            made.append(self._add(stream, event))
         return made
 
     def open_episodes(self, stream_id: str) -> list[Event]:
@@ -69,10 +66,7 @@ class EventOutbox:
         announced = event.ongoing(detail=detail)
         self._episodes.setdefault(stream.id, {})[key] = announced
         self._carried.setdefault(stream.id, set()).add(key)
-        self.held_changed = True
-        stream.counters["events"] += 1
-        self._pending.append(announced)
-        return announced
+        return self._add(stream, announced)
 
     def acknowledged(self, stream_id: str, target: str) -> None:
         """An acknowledge named ``target`` on the bed: its live episodes that match are
@@ -89,7 +83,6 @@ class EventOutbox:
         for key in sorted(k for k in carried if matches(episodes[k], k, target)):
             last = episodes.pop(key)
             carried.discard(key)
-            self.held_changed = True
             detail = {**last.detail, "ended_by": ACKNOWLEDGE, "acknowledged_utc": utc_now()}
             if user:
                 detail["acknowledged_by"] = user
@@ -97,9 +90,7 @@ class EventOutbox:
             end_sample = last.detail.get("condition_end_sample")
             ended = last.ended(end_utc, end_sample if isinstance(end_sample, int) else None,
                                detail=detail)  # fmt: skip
-            stream.counters["events"] += 1
-            self._pending.append(ended)
-            made.append(ended)
+            made.append(self._add(stream, ended))
         return made
 
     def held(self, stream_id: str, latching: frozenset[str]) -> list[tuple[str, Event]]:
@@ -122,8 +113,11 @@ class EventOutbox:
         detail = {**last.detail, "latched": True, "condition_end_sample": end_sample,
                   "condition_end_utc": stream.utc(end_sample),
                   "condition_end_reason": "monitoring stopped (device shutdown)"}  # fmt: skip
-        event = last.ongoing(detail=detail)
-        self._episodes[stream.id][key] = event
+        event = self._episodes[stream.id][key] = last.ongoing(detail=detail)
+        return self._add(stream, event)
+
+    def _add(self, stream: Stream, event: Event) -> Event:
+        """Queue ``event`` for the next flush; the set of held episodes may have changed."""
         self.held_changed = True
         stream.counters["events"] += 1
         self._pending.append(event)
@@ -138,17 +132,26 @@ class EventOutbox:
             publish_all(self.sink, events)
 
     def _event(
-        self,
-        stream: Stream,
-        previous: Event | None,
-        t: Transition,
-        quality: dict[str, Any] | None,
+        self, stream: Stream, previous: Event | None, t: Transition, quality: dict[str, Any] | None
     ) -> Event:
         """The message for ``t`` (an ``ended`` with no onset opens and closes an episode at
         once); ``quality`` None keeps the episode's last measures."""
         detail = _detail(t)
         if previous is None:
-            previous = Event.onset(**self._onset_fields(stream, t), quality=quality or {})
+            model = self._model if t.kind in ("physiological", "finding") else {}
+            previous = Event.onset(
+                **self._identity,
+                stream_id=stream.id,
+                type=t.type,
+                priority=t.priority,
+                start_utc=stream.utc(t.start_sample),
+                start_sample=t.start_sample,
+                model_id=model.get("model_id"),
+                model_sha256=model.get("model_sha256"),
+                confidence=_confidence(t),
+                detail=_detail(t),
+                quality=quality or {},
+            )
             if t.state == "onset":
                 return previous
         changes: dict[str, Any] = {"confidence": _confidence(t), "priority": t.priority}
@@ -167,21 +170,6 @@ class EventOutbox:
             detail.update(latched=True, condition_end_sample=t.end_sample)
             detail["condition_end_utc"] = stream.utc(t.end_sample)
         return previous.ongoing(detail=detail, **changes)
-
-    def _onset_fields(self, stream: Stream, t: Transition) -> dict[str, Any]:
-        physiological = t.kind in ("physiological", "finding")
-        return {
-            **self._identity,
-            "stream_id": stream.id,
-            "type": t.type,
-            "priority": t.priority,
-            "start_utc": stream.utc(t.start_sample),
-            "start_sample": t.start_sample,
-            "model_id": self._model["model_id"] if physiological else None,
-            "model_sha256": self._model["model_sha256"] if physiological else None,
-            "confidence": _confidence(t),
-            "detail": _detail(t),
-        }
 
 
 def _confidence(t: Transition) -> float | None:

@@ -34,8 +34,7 @@ class Publisher:
     ) -> None:
         self.config, self.model, self.sink = config, model, sink
         self.evidence = evidence  # None: no clips are cut
-        self.outbox = EventOutbox(sink, config.site, config.device_id, model.model_id,
-                                  model.sha256)  # fmt: skip
+        self.outbox = EventOutbox(sink, config.site, config.device_id, model.model_id, model.sha256)
         self._clock = clock
 
     def step(self, stream: Stream, step: WindowStep) -> None:
@@ -92,10 +91,9 @@ class Publisher:
 
     def clips(self, stream: Stream, clips: list[Cut]) -> None:
         """Finished clips to the evidence channel (it encodes them in its own thread)."""
-        if self.evidence is None:
-            return
-        for clip in clips:
-            self.evidence.submit(clip)
+        if self.evidence is not None:
+            for clip in clips:
+                self.evidence.submit(clip)
 
     def verdict(self, stream: Stream, frames: OutputFrames) -> None:
         verdict = stream.chain.verdict

@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from edge.bed.agebands import band_for_age
 from edge.bed.chain import BedChain
 from edge.evidence.recorder import ClipRecorder
 from edge.monitor import Monitor
-from edge.runtime.config import StreamConfig, stream_age_band
+from edge.runtime.config import StreamConfig
 from edge.sources import AudioSource, SourceChunk, SourceEnded, SourceError
 from lungwatch.events import format_utc
 
@@ -29,7 +30,8 @@ class Stream:
         """``index`` (place in the config) staggers the bed's breath analyses (``open_bed``)."""
         self.config, self.source, self.id = config, source, config.id
         self.rate_hz = source.sample_rate_hz
-        self.bed = model.open_bed(config.id, stream_age_band(config), stagger=index)
+        age = config.age_band if config.age_years is None else band_for_age(config.age_years).name
+        self.bed = model.open_bed(config.id, age, stagger=index)
         self.respiration_sent: tuple[float, str] | None = None  # (when, state) last published
         self.summary_sent = False  # its first summary (name, location) goes with its first window
         self.recorder: ClipRecorder | None = None  # the bed's evidence clips (when sent)
@@ -65,10 +67,8 @@ class Stream:
         p = self.chain.pipeline
         drops = {"missing_samples": p.missing_samples, "overlap_samples": p.overlap_samples_dropped}
         values: dict[str, Any] = {**self.counters, "state_resets": self.chain.state_resets}
-        values.update(frames=p.frames_complete, **drops)
-        values["drops"] = sum(drops.values())
-        values["invalid_samples"] = p.invalid_samples
-        values["open_events"] = open_events
+        values.update(frames=p.frames_complete, **drops, drops=sum(drops.values()))
+        values.update(invalid_samples=p.invalid_samples, open_events=open_events)
         values["latency_windows"] = len(self.latencies_ms)
         values.update(_percentiles_ms("latency_ms", self.latencies_ms))
         values["read_wait_reads"] = len(self.read_waits_ms)

@@ -48,37 +48,33 @@ def publish_all(sink: Sink, events: Sequence[Event]) -> None:
         sink.publish(event)
 
 
+def _offer(sink: Sink, method: str, *args: Any) -> None:
+    take = getattr(sink, method, None)
+    if take is not None:
+        take(*args)
+
+
 def publish_verdict(sink: Sink, stream_id: str, verdict: dict[str, Any] | None) -> None:
     """A bed's new rolling verdict (None: withdrawn, the stream ended)."""
-    take = getattr(sink, "publish_verdict", None)
-    if take is not None:
-        take(stream_id, verdict)
+    _offer(sink, "publish_verdict", stream_id, verdict)
 
 
 def publish_respiration(sink: Sink, stream_id: str, reading: dict[str, Any] | None) -> None:
     """A bed's breathing (None: withdrawn, the stream ended)."""
-    take = getattr(sink, "publish_respiration", None)
-    if take is not None:
-        take(stream_id, reading)
+    _offer(sink, "publish_respiration", stream_id, reading)
 
 
 def publish_ack(sink: Sink, stream_id: str, target: str, user: str, ended: int) -> None:
-    take = getattr(sink, "publish_ack", None)
-    if take is not None:
-        take(stream_id, target, user, ended)
+    _offer(sink, "publish_ack", stream_id, target, user, ended)
 
 
 def publish_summary(sink: Sink, stream_id: str, summary: dict[str, Any] | None) -> None:
     """A bed's summary (None: withdrawn, the stream ended)."""
-    take = getattr(sink, "publish_summary", None)
-    if take is not None:
-        take(stream_id, summary)
+    _offer(sink, "publish_summary", stream_id, summary)
 
 
 def publish_live(sink: Sink, stream_id: str, point: dict[str, Any]) -> None:
-    take = getattr(sink, "publish_live", None)
-    if take is not None:
-        take(stream_id, point)
+    _offer(sink, "publish_live", stream_id, point)
 
 
 class MultiSink:
@@ -100,29 +96,27 @@ class MultiSink:
             sink.publish_metrics(stream_id, metrics)
 
     def publish_live(self, stream_id: str, point: dict[str, Any]) -> None:
-        for sink in self.sinks:
-            publish_live(sink, stream_id, point)
+        self._fan("publish_live", stream_id, point)
 
     def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
-        for sink in self.sinks:
-            publish_verdict(sink, stream_id, verdict)
+        self._fan("publish_verdict", stream_id, verdict)
 
     def publish_respiration(self, stream_id: str, reading: dict[str, Any] | None) -> None:
-        for sink in self.sinks:
-            publish_respiration(sink, stream_id, reading)
+        self._fan("publish_respiration", stream_id, reading)
 
     def publish_ack(self, stream_id: str, target: str, user: str, ended: int) -> None:
-        for sink in self.sinks:
-            publish_ack(sink, stream_id, target, user, ended)
+        self._fan("publish_ack", stream_id, target, user, ended)
 
     def publish_summary(self, stream_id: str, summary: dict[str, Any] | None) -> None:
+        self._fan("publish_summary", stream_id, summary)
+
+    def _fan(self, method: str, *args: Any) -> None:
         for sink in self.sinks:
-            publish_summary(sink, stream_id, summary)
+            _offer(sink, method, *args)
 
     def flush(self, timeout_s: float) -> bool:
         deadline_s = time.monotonic() + timeout_s
-        results = [sink.flush(max(0.0, deadline_s - time.monotonic())) for sink in self.sinks]
-        return all(results)
+        return all([sink.flush(max(0.0, deadline_s - time.monotonic())) for sink in self.sinks])
 
     def close(self) -> None:
         for sink in self.sinks:

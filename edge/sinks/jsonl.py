@@ -23,8 +23,7 @@ class JsonlSink:
     ) -> None:
         self.path = Path(path)
         self.metrics_path = None if metrics_path is None else Path(metrics_path)
-        self._site = site
-        self._device_id = device_id
+        self._site, self._device_id = site, device_id
         self._file = _open_append(self.path)
         self._metrics_file = None if self.metrics_path is None else _open_append(self.metrics_path)
         self._closed = False

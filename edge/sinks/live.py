@@ -18,11 +18,9 @@ DECIMALS = 3
 
 
 def live_topic(site: str, device_id: str, stream_id: str) -> str:
-    parts = (site, device_id, stream_id)
-    site, device_id, stream_id = (
-        check_segment(v, n) for v, n in zip(parts, ("site", "device_id", "stream_id"), strict=True)
-    )
-    return f"{TOPIC_ROOT}/{site}/{device_id}/{stream_id}/live"
+    names = ("site", "device_id", "stream_id")
+    parts = [check_segment(v, n) for v, n in zip((site, device_id, stream_id), names, strict=True)]
+    return f"{TOPIC_ROOT}/{'/'.join(parts)}/live"
 
 
 def live_payload(site: str, device_id: str, stream_id: str, point: dict[str, Any]) -> str:
@@ -50,9 +48,7 @@ class LiveStrip:
         frames = np.asarray(probs, dtype=np.float64).reshape(-1, len(self.classes))
         if frames.shape[0] == 0:
             return
-        pending = self._pending.get(stream_id)
-        if pending is None:
-            pending = self._pending[stream_id] = _Pending(np.zeros(len(self.classes)))
+        pending = self._pending.setdefault(stream_id, _Pending(np.zeros(len(self.classes))))
         np.maximum(pending.maxima, frames.max(axis=0), out=pending.maxima)
         pending.frames += frames.shape[0]
         if quality_score is not None:
@@ -70,18 +66,9 @@ class LiveStrip:
                 for name, value in zip(self.classes, pending.maxima, strict=True)
             }
             quality = None if pending.quality is None else round(float(pending.quality), DECIMALS)
-            points.append(
-                (
-                    stream_id,
-                    {
-                        "utc": utc,
-                        "interval_s": self.interval_s,
-                        "frames": pending.frames,
-                        "classes": classes,
-                        "quality_score": quality,
-                    },
-                )
-            )
+            point = {"utc": utc, "interval_s": self.interval_s, "frames": pending.frames}
+            point.update(classes=classes, quality_score=quality)
+            points.append((stream_id, point))
             del self._pending[stream_id]
             self._next_s[stream_id] = now_s + self.interval_s
         return points

@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 
 SENDER_POLL_S = 0.2  # the sender also wakes this often on its own
 PUMP_BATCH = 500  # rows read from the spool per pass
+RETAINED: dict[str, tuple[Callable[..., str], Callable[..., str]]] = {  # kind -> topic, payload
+    "verdict": (verdict_topic, verdict_payload),
+    "respiration": (respiration_topic, respiration_payload),
+    "summary": (summary_topic, summary_payload),
+}
 
 
 class MqttSink:
@@ -84,12 +89,7 @@ class MqttSink:
         self._connects_seen = 0  # the connects the sender has reacted to
         self._held: set[int] = set()  # mids handed before the latest connect, unacknowledged
         self._stopping = threading.Event()
-        self._counts = {
-            "acked": 0,
-            "metrics_dropped": 0,
-            "live_dropped": 0,
-            "commands": 0,
-        }
+        self._counts = {"acked": 0, "metrics_dropped": 0, "live_dropped": 0, "commands": 0}
         self._full = SpoolFullMonitor(
             self._spool, config.site, config.device_id, config.spool_full_priority
         )
@@ -142,21 +142,11 @@ class MqttSink:
     def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
         """Send a bed's verdict retained (QoS 1), again on every reconnect; None (its stream
         ended) removes the retained message."""
-        self._check_open()
-        site, device_id = self.config.site, self.config.device_id
-        topic = verdict_topic(site, device_id, stream_id)
-        payload = "" if verdict is None else verdict_payload(site, device_id, stream_id, verdict)
-        self._retain("verdict", stream_id, topic, payload)
+        self._retain("verdict", stream_id, verdict)
 
     def publish_respiration(self, stream_id: str, reading: dict[str, Any] | None) -> None:
         """Send a bed's breathing retained, as :meth:`publish_verdict` its verdict."""
-        self._check_open()
-        site, device_id = self.config.site, self.config.device_id
-        topic = respiration_topic(site, device_id, stream_id)
-        payload = (
-            "" if reading is None else respiration_payload(site, device_id, stream_id, reading)
-        )
-        self._retain("respiration", stream_id, topic, payload)
+        self._retain("respiration", stream_id, reading)
 
     def publish_ack(self, stream_id: str, target: str, user: str, ended: int) -> None:
         """Say that the bed took an acknowledge (QoS 1, not retained, queued while offline)."""
@@ -167,13 +157,14 @@ class MqttSink:
 
     def publish_summary(self, stream_id: str, summary: dict[str, Any] | None) -> None:
         """Send a bed's summary retained (QoS 1), as :meth:`publish_verdict` its verdict."""
+        self._retain("summary", stream_id, summary)
+
+    def _retain(self, kind: str, stream_id: str, body: dict[str, Any] | None) -> None:
         self._check_open()
         site, device_id = self.config.site, self.config.device_id
-        topic = summary_topic(site, device_id, stream_id)
-        payload = "" if summary is None else summary_payload(site, device_id, stream_id, summary)
-        self._retain("summary", stream_id, topic, payload)
-
-    def _retain(self, kind: str, stream_id: str, topic: str, payload: str) -> None:
+        topic_of, payload_of = RETAINED[kind]
+        topic = topic_of(site, device_id, stream_id)
+        payload = "" if body is None else payload_of(site, device_id, stream_id, body)
         self._retained[(kind, stream_id)] = (topic, payload)
         if self._connected.is_set():
             self._client.publish(topic, payload, qos=1, retain=True)

@@ -56,10 +56,8 @@ class Spool:
     def __init__(self, path: str | Path, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         if not (isinstance(max_events, int) and not isinstance(max_events, bool)) or max_events < 1:
             raise SpoolError(f"spool max_events must be an integer >= 1, got {max_events!r}")
-        self.path = Path(path)
-        self.max_events = max_events
-        self.evicted_total = 0
-        self.refused_total = 0
+        self.path, self.max_events = Path(path), max_events
+        self.evicted_total = self.refused_total = 0
         self._lock = threading.Lock()
         self._lock_file = _lock_exclusively(self.path)
         try:
@@ -198,7 +196,8 @@ class SpoolFullMonitor:
 
     def __init__(self, spool: Spool, site: str, device_id: str, priority: str) -> None:
         self._spool = spool
-        self._identity = {"site": site, "device_id": device_id, "priority": priority}
+        self._fields = {"type": "spool_full", "stream_id": DEVICE_STREAM, "site": site}
+        self._fields.update(device_id=device_id, priority=priority)
         self._lock = threading.Lock()
         self._onset: Event | None = None
         self._seen = (0, 0)  # (evicted, refused) already reported
@@ -214,11 +213,7 @@ class SpoolFullMonitor:
             self._episode = [self._episode[0] + new[0], self._episode[1] + new[1]]
             if self._onset is None:
                 self._onset = Event.onset(
-                    type="spool_full",
-                    stream_id=DEVICE_STREAM,
-                    **self._identity,
-                    start_utc=utc_now(),
-                    detail=self._detail(),
+                    **self._fields, start_utc=utc_now(), detail=self._detail()
                 )
                 self._spool.put(self._onset)
 

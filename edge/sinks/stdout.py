@@ -18,8 +18,7 @@ from lungwatch.events import Event
 
 def format_event(event: Event) -> str:
     when = event.end_utc if event.state == "ended" else event.start_utc
-    parts = [f"{when} {event.site}/{event.stream_id} {event.type} {event.state}"]
-    parts.append(f"[{event.priority}]")
+    parts = [f"{when} {event.site}/{event.stream_id} {event.type} {event.state} [{event.priority}]"]
     if event.confidence is not None:
         parts.append(f"conf={event.confidence:.2f}")
     if event.start_sample is not None:

@@ -34,9 +34,8 @@ def open_source(
     if url_or_path.startswith(MIC_PREFIX):
         from edge.sources.mic import MicSource
 
-        return MicSource(
-            parse_device(url_or_path[len(MIC_PREFIX) :]), stream_id, sample_rate_hz, **options
-        )
+        device = parse_device(url_or_path[len(MIC_PREFIX) :])
+        return MicSource(device, stream_id, sample_rate_hz, **options)
     if url_or_path.startswith(BRIDGE_PREFIX):
         return _bridge(url_or_path, stream_id, sample_rate_hz, options)
     path = url_or_path[len(FILE_PREFIX) :] if url_or_path.startswith(FILE_PREFIX) else url_or_path

@@ -77,12 +77,9 @@ class BridgeSource:
             state = link.options.get("state_file") or default_state_path(
                 link.options.get("key_file"), link.options.get("key_dir")
             )
+            config = ReceiverConfig(jitter=jitter)
             receiver = Receiver(
-                ReceiverConfig(jitter=jitter),
-                ring.keys,
-                ring.default,
-                allow_v1=allow_v1,
-                state_path=state,
+                config, ring.keys, ring.default, allow_v1=allow_v1, state_path=state
             )
             self._bridge = Bridge(open_transport(link), receiver, clock=clock)
         except BridgeError as exc:
@@ -143,8 +140,7 @@ class BridgeSource:
 
     def _log_rejections(self) -> None:
         self._next_rejection_log_s = self._clock() + REJECTION_LOG_S
-        link = self._bridge.receiver.parser.stats()
-        now = {name: getattr(link, name) for name in POLICY_COUNTERS}
+        now = self.rejections()
         grown = {k: v - self._rejections_logged[k] for k, v in now.items()}
         if any(grown.values()):
             self._rejections_logged = now

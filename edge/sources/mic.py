@@ -180,10 +180,9 @@ class MicSource:
         )
         self.device_rate_hz = rate
         self._block = max(1, round(self.chunk_samples * rate / self.sample_rate_hz))
-        resampling = rate != self.sample_rate_hz
-        self._resampler = (
-            StreamingResampler(rate, self.sample_rate_hz, self._block) if resampling else None
-        )
+        self._resampler: StreamingResampler | None = None
+        if rate != self.sample_rate_hz:
+            self._resampler = StreamingResampler(rate, self.sample_rate_hz, self._block)
         try:
             self._stream = self._pa.open(
                 format=self._pyaudio.paInt16,
