@@ -1,1 +1,2 @@
-"""``make deploy``: bundle builder, health check, device-side commands (``deploy/ansible/``)."""
+"""``make deploy``: bundle builder, health check, and the device-side commands the Ansible
+playbook (``deploy/ansible/``) calls."""

@@ -195,7 +195,6 @@ def proc_status(pidfile: Path) -> dict[str, object]:
     return {"pid": pid}
 
 
-# -- under the release's venv ----------------------------------------------------------------
 def configure(release: Path, model_file: str, backend: str) -> dict[str, object]:
     """runtime.yaml from config/runtime.yaml, validated by the runtime's own loader."""
     import yaml

@@ -150,7 +150,7 @@ class RuntimeConfig(Settings):
     streams: tuple[StreamConfig, ...]
     site: str = "ward-1"
     device_id: str = "edge-1"
-    equipment_eui64: str | None = None  # IEEE EUI-64 (or MAC); left out: the host's (equipment)
+    equipment_eui64: str | None = None  # EUI-64 or MAC; None: the host's (lungwatch.equipment)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureSpec | None = None
     backend: BackendConfig = field(default_factory=BackendConfig)

@@ -334,7 +334,8 @@ class Runtime:
         return self._verifier.verify(command.body)  # unsigned: refused and counted
 
     def handle_command(self, payload: bytes) -> None:
-        """Malformed, unsigned, forged, stale or replayed: logged, counted and ignored."""
+        """A command from the command topic; one malformed, unsigned, forged, stale or replayed is
+        logged, counted and ignored."""
         try:
             command = parse_command(payload)
             user = self.authorise(command)

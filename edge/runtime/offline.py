@@ -111,7 +111,8 @@ def detect_recordings(
     respiration: RespirationConfig | None = None,
     age_bands: Mapping[str, str] | None = None,
 ) -> dict[str, RecordingEvents]:
-    """The config sections default to the manifest's rules; ``age_bands``: record name -> band
+    """The config sections default to the manifest's rules, the backend to ONNX Runtime on CPU,
+    one thread; ``age_bands``: record name -> band
     (the section's for the others). An unreadable recording fails the call (ConfigError), or
     with ``skip_unreadable`` comes back with ``error`` set."""
     monitor = Monitor.load(

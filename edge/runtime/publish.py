@@ -65,7 +65,8 @@ class Publisher:
     def emit(
         self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
     ) -> None:
-        """Also publishes the summary again when the bed's open alarms changed."""
+        """The transitions' events to the outbox and the recorder; the summary again when the bed's
+        open alarms changed."""
         if not transitions:
             return
         made = self.outbox.emit(stream, transitions, quality)
