@@ -169,13 +169,12 @@ def _icbhi_events(
     """Per-family event scores with each cycle with crackles (wheezes) a DAS (CAS) event."""
     annotated, labels, durations, predicted = {}, {}, {}, {}
     for rec in recordings:
-        events = []
-        for c in rec.cycles:
-            events.append((c.start_s, c.end_s, "Normal"))
-            if c.crackles:
-                events.append((c.start_s, c.end_s, "Fine Crackle"))
-            if c.wheezes:
-                events.append((c.start_s, c.end_s, "Wheeze"))
+        events = [
+            (c.start_s, c.end_s, t)
+            for c in rec.cycles
+            for t, on in (("Normal", True), ("Fine Crackle", c.crackles), ("Wheeze", c.wheezes))
+            if on
+        ]
         crackles, wheezes = (
             any(getattr(c, k) for c in rec.cycles) for k in ("crackles", "wheezes")
         )
@@ -222,12 +221,12 @@ HEADLINE = ("macro_f1", "f1_cas", "f1_das", "fa_per_hour_cas", "fa_per_hour_das"
 
 
 def headline(result: Mapping[str, Any]) -> str:
-    parts = []
-    for view in VIEWS:
-        for key in HEADLINE:
-            if key in result.get(view, {}):
-                parts.append(f"{view}.{key}={result[view][key]:.3f}")
-    return " ".join(parts)
+    return " ".join(
+        f"{view}.{key}={result[view][key]:.3f}"
+        for view in VIEWS
+        for key in HEADLINE
+        if key in result.get(view, {})
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
