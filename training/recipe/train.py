@@ -76,7 +76,8 @@ def load_data(run: RunConfig) -> TrainingData:
     )
     _, val_records = patient_disjoint_split(records, run.data.val_fraction, run.data.split_seed)
     held_out = {r.record_id for r in val_records}
-    return training_data(run, store, records, recs, held_out, icbhi_training_share(run))
+    icbhi = training_share(run.data.icbhi_dir, run.data.icbhi_fraction, run.data.icbhi_seed)
+    return training_data(run, store, records, recs, held_out, icbhi)
 
 
 def sprsound_folder(run: RunConfig) -> Path:
@@ -119,10 +120,6 @@ def training_data(
     mine = [r for r in recordings if r.patient_id in chosen]
     train += load_icbhi_recordings(mine, store, run.kinds, grid, stride)
     return TrainingData(train, val, mean, std, grid, view)
-
-
-def icbhi_training_share(run: RunConfig) -> tuple[list[IcbhiRecording], set[str]]:
-    return training_share(run.data.icbhi_dir, run.data.icbhi_fraction, run.data.icbhi_seed)
 
 
 def input_stats(
