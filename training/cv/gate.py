@@ -76,9 +76,7 @@ class GateCounts:
 
 
 def replay(
-    outputs: Sequence[tuple[str, int, int, float, np.ndarray]],
-    window_frames: int,
-    frame_s: float,
+    outputs: Sequence[tuple[str, int, int, float, np.ndarray]], window_frames: int, frame_s: float
 ) -> GateCounts:
     """``outputs``: (name, kind, fold, duration s, output frames (n, O)) per recording."""
     flagged = np.zeros((len(outputs), len(ON_GRID)), bool)
