@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
+from edge.bed.detector import DetectorConfig, FrameGrid
 from edge.datapaths import sprsound_root
 from edge.features import FeatureSpec
 from lungwatch.cli import ArgumentParser
@@ -43,7 +43,7 @@ from training.models.checkpoint import Checkpoint, save_checkpoint
 from training.models.sed import SedNet, count_parameters
 from training.recipe.augment import patch_mix, spec_augment
 from training.recipe.config import RunConfig, load_run
-from training.recipe.fit import fit_rules, fit_start
+from training.recipe.fit import events_of, fit_rules, fit_start, frame_grid
 from training.recipe.inputs import InputView, Transform
 from training.recipe.losses import distill_loss, frame_loss, phase_loss
 from training.recipe.margin import QualityReference, frame_margins
@@ -82,11 +82,6 @@ def load_data(run: RunConfig) -> TrainingData:
 
 def sprsound_folder(run: RunConfig) -> Path:
     return Path(run.data.train_dir) if run.data.train_dir else sprsound_root() / "train"
-
-
-def frame_grid(run: RunConfig) -> FrameGrid:
-    spec = run.features
-    return FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, run.model.stride)
 
 
 def feature_store(run: RunConfig) -> FeatureStore:
@@ -171,14 +166,10 @@ def score(
     det: DetectorConfig,
     spec: FeatureSpec,
 ) -> DetectionReport:
-    pred, ann, labels, durs = {}, {}, {}, {}
-    rate = grid.sample_rate_hz
-    for p, r in zip(probs, recs, strict=True):
-        evs = detect_events(p, OUTPUTS, det, grid)
-        pred[r.record_id] = [(e.start_sample / rate, e.end_sample / rate, e.type) for e in evs]
-        ann[r.record_id] = list(r.events)
-        labels[r.record_id] = r.label
-        durs[r.record_id] = recording_seconds(r.features.shape[2], spec)
+    pred = events_of(probs, [r.record_id for r in recs], OUTPUTS, det, grid)
+    ann = {r.record_id: list(r.events) for r in recs}
+    labels = {r.record_id: r.label for r in recs}
+    durs = {r.record_id: recording_seconds(r.features.shape[2], spec) for r in recs}
     return score_detection(pred, ann, labels, durs)
 
 
