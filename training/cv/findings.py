@@ -234,10 +234,8 @@ def table(
                 rule = rule_of(row)
                 kept, episodes = apply(events, family, rule)
                 for k, name in ((0, "fit"), (1, "judge")):
-                    row[name] = score(kept, truth, parts[k], family)
-                    row[name].update(
-                        latency([e for e in episodes if half[e["record"]] == k], rates)
-                    )
+                    mine = [e for e in episodes if half[e["record"]] == k]
+                    row[name] = score(kept, truth, parts[k], family) | latency(mine, rates)
                 row["all"] = score(kept, truth, sorted(half), family)
                 if oof is not None and threshold in oof:
                     held, _ = apply(oof[threshold].events, family, rule)
@@ -594,13 +592,11 @@ def compare_forms(
                 "judge": score(kept, truth, parts[1], family),
                 "oof": score(held, oof_truth, records, family),
             }
-            print(
-                f"  {family} phases {k} of {n}: "
-                + " | ".join(
-                    f"{v}: F1 {row[v]['f1']:.3f} fa_clean {row[v]['fa_clean_per_hour']:.1f}/h"
-                    for v in ("fit", "judge", "oof")
-                )
-            )
+            views = [
+                f"{v}: F1 {row[v]['f1']:.3f} fa_clean {row[v]['fa_clean_per_hour']:.1f}/h"
+                for v in ("fit", "judge", "oof")
+            ]
+            print(f"  {family} phases {k} of {n}: " + " | ".join(views))
             fits = all(row[v]["fa_clean_per_hour"] <= budget for v in ("fit", "oof"))
             if fits and (best is None or row["oof"]["f1"] > best[0]["oof"]["f1"]):
                 best = (row, kept, held)
