@@ -172,14 +172,12 @@ def cross_fit(counts: RecordCounts, truth: Truth, budget_per_hour: float) -> Cro
     rates: dict[str, list[tuple[float, float]]] = {f: [] for f in FAMILIES}
     for k in folds:
         fitting = [i for kk in folds if kk != k for i in rows_of[kk]]
-        fitted = fit_thresholds(counts, truth, fitting, budget_per_hour)
-        thresholds[k] = fitted
+        fitted = thresholds[k] = fit_thresholds(counts, truth, fitting, budget_per_hour)
         held = rows_of[k]
         normal = [i for i in held if truth.labels[counts.records[i]] == NORMAL]
         hours = sum(truth.durations[counts.records[i]] for i in normal) / SECONDS_PER_HOUR
         for f in FAMILIES:
-            a, b = counts.at(f, fitted[f].threshold, held)
-            tp[f][held], fp[f][held] = a, b
+            tp[f][held], fp[f][held] = counts.at(f, fitted[f].threshold, held)
             raised[f][held] = counts.max_score[f][held] >= fitted[f].threshold
             _, nb = counts.at(f, fitted[f].threshold, normal)
             rates[f].append((fitted[f].false_per_hour, float(nb.sum()) / max(hours, 1e-9)))

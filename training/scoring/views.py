@@ -37,13 +37,10 @@ def validation_records(model_dir: Path) -> list[SprRecord]:
     """The validation split of the run that made ``model_dir``'s checkpoint."""
     from training.models.checkpoint import load_checkpoint
 
-    run = load_checkpoint(model_dir / "model.pt").run
-    data = run["data"]
+    data = load_checkpoint(model_dir / "model.pt").run["data"]
     folder = Path(data["train_dir"]) if data["train_dir"] else data_root() / "sprsound" / "train"
-    _, val = patient_disjoint_split(
-        load_sprsound(folder), float(data["val_fraction"]), int(data["split_seed"])
-    )
-    return val
+    records = load_sprsound(folder)
+    return patient_disjoint_split(records, float(data["val_fraction"]), int(data["split_seed"]))[1]
 
 
 def icbhi_training_patients(model_dir: Path) -> set[str]:
