@@ -89,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--design", required=True, help="the design's name (its folder under --out)")
     t.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default 0,1,2)")
     t.add_argument(
-        "--folds",
-        default=None,
-        help="folds to train (default every fold; -1: the full model, every patient)",
+        "--folds", help="folds to train (default every fold; -1: the full model, every patient)"
     )
     t.add_argument("--jobs", type=int, default=1, help="fold models trained at once (processes)")
     t.add_argument(
@@ -106,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument(
         "--folds-file",
         type=Path,
-        default=None,
         help="SPRSound fold file (default training/cv/folds/sprsound-k5.json)",
     )
     pr = sub.add_parser("predict", help="outputs of fold models brought back without them")

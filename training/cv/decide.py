@@ -21,13 +21,8 @@ from lungwatch.errors import ConfigError
 from lungwatch.labels import NORMAL, POOR_QUALITY
 from training.cv.oof import Truth
 from training.data.targets import OUTPUTS
-from training.scoring.detection import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS
-from training.scoring.threshold_free import (
-    disjoint,
-    event_table,
-    phase_events,
-    view_events,
-)
+from training.scoring.detection import SCORES_COLLARS, VIEWS
+from training.scoring.threshold_free import disjoint, event_table, phase_events, view_events
 
 FAMILIES = ("CAS", "DAS")
 MAPPING = VIEWS["family"][0]
@@ -80,22 +75,11 @@ class RecordCounts:
         scores = {
             r: create_score_dataframe(tables[r][1], tables[r][0], list(FAMILIES)) for r in records
         }
-        deltas = intermediate_statistics_deltas(
-            scores,
-            gt,
-            onset_collar=ONSET_COLLAR_S,
-            offset_collar=ONSET_COLLAR_S,
-            offset_collar_rate=OFFSET_SHARE,
+        deltas = intermediate_statistics_deltas(scores, gt, **SCORES_COLLARS)
+        cps, dtp, dfp = (  # per family, per record: change points, tp and fp deltas
+            {f: [np.asarray(get(deltas[r][f]), np.float64) for r in records] for f in FAMILIES}
+            for get in (lambda d: d[0], lambda d: d[1]["tps"], lambda d: d[1]["fps"])
         )
-        cps: dict[str, list[np.ndarray]] = {f: [] for f in FAMILIES}
-        dtp: dict[str, list[np.ndarray]] = {f: [] for f in FAMILIES}
-        dfp: dict[str, list[np.ndarray]] = {f: [] for f in FAMILIES}
-        for r in records:
-            for f in FAMILIES:
-                cp, d = deltas[r][f]
-                cps[f].append(np.asarray(cp, np.float64))
-                dtp[f].append(np.asarray(d["tps"], np.float64))
-                dfp[f].append(np.asarray(d["fps"], np.float64))
         n_ref = {
             f: np.array([sum(1 for *_, lab in gt[r] if lab == f) for r in records])
             for f in FAMILIES
@@ -178,11 +162,7 @@ class CrossFit:
     fold_rates: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # (fit, held)
 
 
-def cross_fit(
-    counts: RecordCounts,
-    truth: Truth,
-    budget_per_hour: float,
-) -> CrossFit:
+def cross_fit(counts: RecordCounts, truth: Truth, budget_per_hour: float) -> CrossFit:
     folds = sorted({truth.folds[r] for r in counts.records})
     rows_of = {k: [i for i, r in enumerate(counts.records) if truth.folds[r] == k] for k in folds}
     tp = {f: np.zeros(len(counts.records)) for f in FAMILIES}
@@ -192,14 +172,12 @@ def cross_fit(
     rates: dict[str, list[tuple[float, float]]] = {f: [] for f in FAMILIES}
     for k in folds:
         fitting = [i for kk in folds if kk != k for i in rows_of[kk]]
-        fitted = fit_thresholds(counts, truth, fitting, budget_per_hour)
-        thresholds[k] = fitted
+        fitted = thresholds[k] = fit_thresholds(counts, truth, fitting, budget_per_hour)
         held = rows_of[k]
         normal = [i for i in held if truth.labels[counts.records[i]] == NORMAL]
         hours = sum(truth.durations[counts.records[i]] for i in normal) / SECONDS_PER_HOUR
         for f in FAMILIES:
-            a, b = counts.at(f, fitted[f].threshold, held)
-            tp[f][held], fp[f][held] = a, b
+            tp[f][held], fp[f][held] = counts.at(f, fitted[f].threshold, held)
             raised[f][held] = counts.max_score[f][held] >= fitted[f].threshold
             _, nb = counts.at(f, fitted[f].threshold, normal)
             rates[f].append((fitted[f].false_per_hour, float(nb.sum()) / max(hours, 1e-9)))
@@ -275,14 +253,8 @@ def merged(seeds: Sequence[RecordCounts], truth: Truth) -> tuple[RecordCounts, T
     def base(r: str) -> str:
         return r.rsplit("#", 1)[0]
 
-    big = Truth(
-        records,
-        {r: truth.annotated[base(r)] for r in records},
-        {r: truth.labels[base(r)] for r in records},
-        {r: truth.durations[base(r)] for r in records},
-        {r: truth.patients[base(r)] for r in records},
-        {r: truth.folds[base(r)] for r in records},
-    )
+    fields = ("annotated", "labels", "durations", "patients", "folds")
+    big = Truth(records, *({r: getattr(truth, k)[base(r)] for r in records} for k in fields))
     return RecordCounts(records, cat, tp, fp, n_ref, top), big
 
 
@@ -305,16 +277,10 @@ def detector_section(
                 f"{design}: no {family} threshold within {budget} false events per hour"
             )
         on = float(min(max(on, 0.06), 0.99))
-        for c in classes:
-            rules.append(
-                {
-                    "type": c,
-                    "on_threshold": round(on, 4),
-                    "off_threshold": round(max(0.05, on - 0.15), 4),
-                    "min_event_ms": 120.0,
-                    "merge_gap_ms": 120.0,
-                }
-            )
+        limits = {"on_threshold": round(on, 4), "off_threshold": round(max(0.05, on - 0.15), 4)}
+        rules += [
+            {"type": c, **limits, "min_event_ms": 120.0, "merge_gap_ms": 120.0} for c in classes
+        ]
     return {
         "thresholds": rules,
         "phases": {

@@ -52,9 +52,8 @@ class Truth:
 
     @property
     def sick(self) -> set[str]:
-        return {
-            patient(r) for r, label in self.labels.items() if label in ("CAS", "DAS", "CAS & DAS")
-        }
+        findings = ("CAS", "DAS", "CAS & DAS")
+        return {patient(r) for r, label in self.labels.items() if label in findings}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +143,13 @@ def family_of(event_type: str) -> str | None:
     return next((f for f, types in FAMILY_CLASSES.items() if event_type in types), None)
 
 
+def rule_of(row: Mapping[str, Any]) -> RecurrenceRule | None:
+    """A table row's recurrence rule (None: every event)."""
+    if row["events"] == 1:
+        return None
+    return RecurrenceRule(events=int(row["events"]), within_s=float(row["within_s"]))
+
+
 def apply(
     events: Events, family: str, rule: RecurrenceRule | None
 ) -> tuple[Events, list[dict[str, Any]]]:
@@ -166,14 +172,10 @@ def score(events: Events, truth: Truth, records: Sequence[str], family: str) -> 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        view = score_view(
-            {
-                r: [(e["start_s"], e["end_s"], e["type"]) for e in events.get(r, [])]
-                for r in records
-            },
-            {r: truth.refs[r] for r in records},
-            "family",
-        )
+        predicted = {
+            r: [(e["start_s"], e["end_s"], e["type"]) for e in events.get(r, [])] for r in records
+        }
+        view = score_view(predicted, {r: truth.refs[r] for r in records}, "family")
     sick = truth.sick
     clean = [r for r in records if truth.labels[r] == "Normal" and patient(r) not in sick]
     hours = sum(truth.durations[r] for r in clean) / 3600.0
@@ -227,19 +229,13 @@ def table(
         events, truth, rates = run.events, run.truth, run.rates
         for family in HELD_FAMILIES:
             for m, w in candidates():
-                rule = None if m == 1 else RecurrenceRule(events=m, within_s=w)
+                row: dict[str, Any] = {"family": family, "threshold": threshold}
+                row |= {"events": m, "within_s": w}
+                rule = rule_of(row)
                 kept, episodes = apply(events, family, rule)
-                row: dict[str, Any] = {
-                    "family": family,
-                    "threshold": threshold,
-                    "events": m,
-                    "within_s": w,
-                }
                 for k, name in ((0, "fit"), (1, "judge")):
-                    row[name] = score(kept, truth, parts[k], family)
-                    row[name].update(
-                        latency([e for e in episodes if half[e["record"]] == k], rates)
-                    )
+                    mine = [e for e in episodes if half[e["record"]] == k]
+                    row[name] = score(kept, truth, parts[k], family) | latency(mine, rates)
                 row["all"] = score(kept, truth, sorted(half), family)
                 if oof is not None and threshold in oof:
                     held, _ = apply(oof[threshold].events, family, rule)
@@ -302,11 +298,9 @@ def paired_false(
 def line(row: Mapping[str, Any]) -> str:
     def part(name: str) -> str:
         s = row[name]
-        lat = (
-            f" opens {s['latency_s']:.1f} s / {s['latency_breaths']:.1f} breaths"
-            if "latency_s" in s
-            else ""
-        )
+        lat = ""
+        if "latency_s" in s:
+            lat = f" opens {s['latency_s']:.1f} s / {s['latency_breaths']:.1f} breaths"
         return (
             f"{name}: F1 {s['f1']:.3f} fa_clean {s['fa_clean_per_hour']:.1f}/h "
             f"SE {s['presence_se']:.2f} SP {s['presence_sp']:.2f}{lat}"
@@ -374,7 +368,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--oof",
         type=Path,
-        default=None,
         help="a design folder with fold models' outputs (out/cv/NAME): the same rules "
         "out of fold on SPRSound train",
     )
@@ -409,10 +402,7 @@ def findings_command(args: argparse.Namespace) -> int:
         print(f"today   {line(today[family])}")
         print(f"chosen  {line(pick)}")
         before, _ = apply(runs[today[family]["threshold"]].events, family, None)
-        rule = RecurrenceRule(events=int(pick["events"]), within_s=float(pick["within_s"]))
-        after, _ = apply(
-            runs[pick["threshold"]].events, family, rule if pick["events"] > 1 else None
-        )
+        after, _ = apply(runs[pick["threshold"]].events, family, rule_of(pick))
         d, lo, hi = paired_false(before, after, truth, judging)
         print(
             f"  judging half, false events per hour on clean patients, chosen - today: "
@@ -424,19 +414,8 @@ def findings_command(args: argparse.Namespace) -> int:
         forms = compare_forms(runs, oof, half, chosen, Path(model), args.budget)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(
-                {
-                    "rows": rows,
-                    "chosen": chosen,
-                    "budget": args.budget,
-                    "half": half,
-                    "phase_form": forms,
-                },
-                indent=1,
-            )
-            + "\n"
-        )
+        body = {"rows": rows, "chosen": chosen, "budget": args.budget, "half": half}
+        args.out.write_text(json.dumps(body | {"phase_form": forms}, indent=1) + "\n")
     if args.write:
         n = sum(1 for h in half.values() if h == 0)
         oof_note = "" if args.oof is None else f" and out of fold on SPRSound train ({args.oof})"
@@ -531,18 +510,14 @@ def record_counts(events: Events, truth: Truth, records: Sequence[str], family: 
     """(records, 3) event TP, FP, FN of one family (sed_eval, the yardstick's collars)."""
     import sed_eval
 
-    from training.scoring.detection import FAMILY_VIEW, OFFSET_SHARE, ONSET_COLLAR_S, _metadata
+    from training.scoring.detection import EVENT_COLLARS, FAMILY_VIEW, _metadata
 
     out = np.zeros((len(records), 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, r in enumerate(records):
             m = sed_eval.sound_event.EventBasedMetrics(
-                [family],
-                t_collar=ONSET_COLLAR_S,
-                percentage_of_length=OFFSET_SHARE,
-                evaluate_onset=True,
-                evaluate_offset=True,
+                [family], **EVENT_COLLARS, evaluate_onset=True, evaluate_offset=True
             )
             view = {t: tuple(f for f in fams if f == family) for t, fams in FAMILY_VIEW.items()}
             said = [(e["start_s"], e["end_s"], e["type"]) for e in events.get(r, [])]
@@ -617,13 +592,11 @@ def compare_forms(
                 "judge": score(kept, truth, parts[1], family),
                 "oof": score(held, oof_truth, records, family),
             }
-            print(
-                f"  {family} phases {k} of {n}: "
-                + " | ".join(
-                    f"{v}: F1 {row[v]['f1']:.3f} fa_clean {row[v]['fa_clean_per_hour']:.1f}/h"
-                    for v in ("fit", "judge", "oof")
-                )
-            )
+            views = [
+                f"{v}: F1 {row[v]['f1']:.3f} fa_clean {row[v]['fa_clean_per_hour']:.1f}/h"
+                for v in ("fit", "judge", "oof")
+            ]
+            print(f"  {family} phases {k} of {n}: " + " | ".join(views))
             fits = all(row[v]["fa_clean_per_hour"] <= budget for v in ("fit", "oof"))
             if fits and (best is None or row["oof"]["f1"] > best[0]["oof"]["f1"]):
                 best = (row, kept, held)
@@ -631,15 +604,14 @@ def compare_forms(
             print(f"  {family}: no phase rule within {budget:g} false events per hour")
             continue
         row, kept, held = best
-        rule = RecurrenceRule(events=int(pick["events"]), within_s=float(pick["within_s"]))
-        mine, _ = apply(oof_ev, family, rule if pick["events"] > 1 else None)
+        mine, _ = apply(oof_ev, family, rule_of(pick))
         groups = [patient(r.split("#")[0]) for r in records]
         f1 = paired_f1(
             record_counts(mine, oof_truth, records, family),
             record_counts(held, oof_truth, records, family),
             groups,
         )
-        ours, _ = apply(events, family, rule if pick["events"] > 1 else None)
+        ours, _ = apply(events, family, rule_of(pick))
         fa = paired_false(ours, kept, truth, parts[1])
         row |= {"oof_f1_minus_seconds_form": f1, "judge_false_minus_seconds_form": fa}
         print(

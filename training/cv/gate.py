@@ -6,7 +6,7 @@ recording without the device path."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +76,7 @@ class GateCounts:
 
 
 def replay(
-    outputs: Sequence[tuple[str, int, int, float, np.ndarray]],
-    window_frames: int,
-    frame_s: float,
+    outputs: Sequence[tuple[str, int, int, float, np.ndarray]], window_frames: int, frame_s: float
 ) -> GateCounts:
     """``outputs``: (name, kind, fold, duration s, output frames (n, O)) per recording."""
     flagged = np.zeros((len(outputs), len(ON_GRID)), bool)
@@ -126,13 +124,10 @@ def cross_fit_gate(
         thresholds.append(ON_GRID[t])
         chosen[counts.fold == fold] = t
     rows = np.arange(len(counts.names))
-    pick = GateCounts(
-        counts.names,
-        counts.kind,
-        counts.fold,
-        counts.duration_s,
-        counts.flagged[rows, chosen][:, None],
-        counts.poor_s[rows, chosen][:, None],
+    pick = replace(
+        counts,
+        flagged=counts.flagged[rows, chosen][:, None],
+        poor_s=counts.poor_s[rows, chosen][:, None],
     )
     every = np.ones(len(counts.names), bool)
     held = {key: float(v[0]) for key, v in pick.shares(every).items()}

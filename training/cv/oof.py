@@ -64,12 +64,11 @@ def read_outputs(folder: Path, prefix: str) -> dict[str, np.ndarray]:
             f"{path}: missing (lungwatch cv predict --design {folder.parents[1].name})"
         )
     with np.load(path) as stored:
-        out = {
+        return {
             k.split("/", 1)[1]: stored[k].astype(np.float32)
             for k in stored.files
             if k.startswith(prefix + "/")
         }
-    return out
 
 
 def oof_outputs(

@@ -273,24 +273,9 @@ def run_parallel(
             seed, fold = waiting.pop(0)
             folder = fold_dir(out, design, seed, fold)
             folder.mkdir(parents=True, exist_ok=True)
-            cmd = [
-                sys.executable,
-                "-m",
-                "training.cv.cli",
-                "train",
-                "--config",
-                str(config),
-                "--design",
-                design,
-                "--seeds",
-                str(seed),
-                "--folds",
-                str(fold),
-                "--out",
-                str(out),
-                "--device",
-                device,
-            ]
+            cmd = [sys.executable, "-m", "training.cv.cli", "train", "--config", str(config)]
+            cmd += ["--design", design, "--seeds", str(seed), "--folds", str(fold)]
+            cmd += ["--out", str(out), "--device", device]
             for o in overrides:
                 cmd += ["--set", o]
             if folds_file is not None:

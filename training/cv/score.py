@@ -88,24 +88,22 @@ def fixed(counts: RecordCounts, truth: Truth, threshold: float) -> CrossFit:
     """Every family at ``threshold`` on every record (no fit): a CrossFit-shaped result."""
     rows = list(range(len(counts.records)))
     folds = sorted({truth.folds[r] for r in counts.records})
-    tp, fp, raised = {}, {}, {}
-    rates: dict[str, list[tuple[float, float]]] = {}
+    tp, fp = {}, {}
     for f in FAMILIES:
         tp[f], fp[f] = counts.at(f, threshold, rows)
-        raised[f] = counts.max_score[f] >= threshold
-        rates[f] = []
+    raised = {f: counts.max_score[f] >= threshold for f in FAMILIES}
     at = {k: {f: Fitted(threshold, math.nan, math.nan) for f in FAMILIES} for k in folds}
-    return CrossFit(at, tp, fp, dict(counts.n_ref), raised, rates)
+    return CrossFit(at, tp, fp, dict(counts.n_ref), raised, {f: [] for f in FAMILIES})
 
 
 def pooled_counts(fits: Sequence[CrossFit]) -> dict[str, np.ndarray]:
     """Per record (rows) and family: tp, fp, n_ref summed over ``fits`` (a design's seeds)."""
-    out = {}
-    for f in FAMILIES:
-        out[f"tp_{f}"] = np.sum([cf.tp[f] for cf in fits], axis=0)
-        out[f"fp_{f}"] = np.sum([cf.fp[f] for cf in fits], axis=0)
-        out[f"n_{f}"] = np.sum([cf.n_ref[f] for cf in fits], axis=0)
-    return out
+    fields = (("tp", "tp"), ("fp", "fp"), ("n", "n_ref"))
+    return {
+        f"{k}_{f}": np.sum([getattr(cf, a)[f] for cf in fits], axis=0)
+        for f in FAMILIES
+        for k, a in fields
+    }
 
 
 def bootstrap(
@@ -269,7 +267,6 @@ def score_design(
                 if reference is not None:
                     ref = fixed(counts, truth, reference)
                     entry[f"phase_at_{reference}"] = summary(ref, truth, counts.records)
-                    pooled.setdefault(f"{name}:phase_at_{reference}", {})
                     pooled[f"{name}:phase_at_{reference}"] = pooled_counts([ref])
                 if with_views and name == ("ensemble" if len(oof) > 1 else f"seed{min(oof)}"):
                     # the fold models' ensemble, thresholds fitted on every OOF record
@@ -304,59 +301,41 @@ def score_design(
                     else intra_view(intra, fitted, rule, grid)
                 )
                 print(f"{design.name} {key}/full: {json.dumps(result['full'][key])}", flush=True)
-    for rule in rules:  # the seeds pooled (each record's counts summed over seeds)
-        seeds = [pooled[f"seed{s}:{rule}"] for s in oof]
-        pooled[f"seeds:{rule}"] = {k: np.sum([c[k] for c in seeds], axis=0) for k in seeds[0]}
-    if reference is not None and "phase" in rules:
-        seeds = [pooled[f"seed{s}:phase_at_{reference}"] for s in oof]
-        pooled[f"seeds:phase_at_{reference}"] = {
-            k: np.sum([c[k] for c in seeds], axis=0) for k in seeds[0]
-        }
+    at_reference = [f"phase_at_{reference}"] if reference is not None and "phase" in rules else []
+    for key in [*rules, *at_reference]:  # the seeds pooled (each record's counts summed over seeds)
+        seeds = [pooled[f"seed{s}:{key}"] for s in oof]
+        pooled[f"seeds:{key}"] = {k: np.sum([c[k] for c in seeds], axis=0) for k in seeds[0]}
     return result, pooled
+
+
+COMPACT_KEYS = {"macro_f1", "psds1", "psds2"} | {
+    f"{m}_{f}" for m in ("f1", "fa_per_hour", "fa_ratio", "se_at_sp95") for f in ("cas", "das")
+}
 
 
 def compact(entry: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in entry.items():
         if isinstance(value, Mapping):
-            keep = (
-                "f1_cas",
-                "f1_das",
-                "macro_f1",
-                "fa_per_hour_cas",
-                "fa_per_hour_das",
-                "fa_ratio_cas",
-                "fa_ratio_das",
-                "se_at_sp95_cas",
-                "se_at_sp95_das",
-                "psds1",
-                "psds2",
-            )
             out[key] = {
                 k: round(float(v), 3)
                 for k, v in value.items()
-                if k in keep or "intra" in k or "icbhi" in k
+                if k in COMPACT_KEYS or "intra" in k or "icbhi" in k
             }
         elif isinstance(value, float):
             out[key] = round(value, 3)
     return out
 
 
+BUDGET_HELP = "false events per hour per family the fit may spend (default 10)"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--design", action="append", required=True, help="design name (repeatable)")
     p.add_argument(
-        "--rule",
-        action="append",
-        default=None,
-        choices=RULES,
-        help="decision rule(s) to judge (default: phase)",
+        "--rule", action="append", choices=RULES, help="decision rule(s) to judge (default: phase)"
     )
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=10.0,
-        help="false events per hour per family the fit may spend (default 10)",
-    )
+    p.add_argument("--budget", type=float, default=10.0, help=BUDGET_HELP)
     p.add_argument(
         "--reference-threshold",
         type=float,
@@ -408,23 +387,18 @@ def score_command(args: argparse.Namespace) -> int:
                         name = f"{d}/{key} vs {against}/{ref}"
                         comparisons[name] = bootstrap(base[ref], counts, patients, args.bootstrap)
         for name, c in comparisons.items():
-            print(
-                f"{name}: "
-                + ", ".join(
-                    f"{k} {v['a']:.3f} -> {v['b']:.3f} ({v['diff']:+.3f}, "
-                    f"90% [{v['ci90'][0]:+.3f}, {v['ci90'][1]:+.3f}])"
-                    for k, v in c.items()
-                )
-            )
+            parts = [
+                f"{k} {v['a']:.3f} -> {v['b']:.3f} ({v['diff']:+.3f}, "
+                f"90% [{v['ci90'][0]:+.3f}, {v['ci90'][1]:+.3f}])"
+                for k, v in c.items()
+            ]
+            print(f"{name}: " + ", ".join(parts))
+        boot = {"against": against, "resamples": args.bootstrap, "comparisons": comparisons}
         doc = {
             "budget_per_hour": args.budget,
             "rules": rules,
             "designs": results,
-            "bootstrap": {
-                "against": against,
-                "resamples": args.bootstrap,
-                "comparisons": comparisons,
-            },
+            "bootstrap": boot,
         }
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -471,15 +445,10 @@ def fit_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         counts, big = merged(per_seed, truth)
         fitted = fit_thresholds(counts, big, range(len(counts.records)), args.budget)
         cf = cross_fit(counts, big, args.budget)
-        oof_summary = summary(cf, big, counts.records)
+        oof_summary = {k: round(float(v), 4) for k, v in summary(cf, big, counts.records).items()}
+        phases = BOXES_RULE if args.boxes else PHASE_RULE
         section = detector_section(
-            fitted,
-            args.design,
-            len(truth.records),
-            len(oof),
-            args.budget,
-            {k: round(float(v), 4) for k, v in oof_summary.items()},
-            BOXES_RULE if args.boxes else PHASE_RULE,
+            fitted, args.design, len(truth.records), len(oof), args.budget, oof_summary, phases
         )
         print(json.dumps({f: vars(v) for f, v in fitted.items()}))
         print(json.dumps(section["validation"]))
@@ -514,20 +483,15 @@ def gate_section(
             f"{threshold:>7}  {shares['good']:20.3f}  {shares['poor_quality']:28.3f}  "
             f"{shares['other_time']:10.3f}"
         )
+    other = ""
+    if args.max_other_time < 1.0:
+        other = f" and <= {args.max_other_time:.0%} of ICBHI train's time under it"
     return {
         "poor_on": on,
         "poor_off": round(on - GAP, 3),
-        "fitted_on": (
-            f"out-of-fold outputs of the design {design.name!r} ({seeds(len(oof))}): "
-            f"the lowest poor_on with <= {args.max_good_share:.0%} of good SPRSound train "
-            f"records raising poor_signal"
-            + (
-                f" and <= {args.max_other_time:.0%} of ICBHI train's time under it"
-                if args.max_other_time < 1.0
-                else ""
-            )
-            + f", windows of {args.window_frames} frames"
-        ),
+        "fitted_on": f"out-of-fold outputs of the design {design.name!r} ({seeds(len(oof))}): "
+        f"the lowest poor_on with <= {args.max_good_share:.0%} of good SPRSound train "
+        f"records raising poor_signal{other}, windows of {args.window_frames} frames",
         "validation": {
             "cross_fitted": {k: round(v, 4) for k, v in cf.held_out.items()},
             "fold_thresholds": cf.thresholds,
@@ -538,12 +502,7 @@ def gate_section(
 def add_rules_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--design", required=True, help="the design whose OOF outputs fit the rules")
     p.add_argument("--model", type=Path, default=None, help="model folder whose manifest gets them")
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=10.0,
-        help="false events per hour per family the fit may spend (default 10)",
-    )
+    p.add_argument("--budget", type=float, default=10.0, help=BUDGET_HELP)
     p.add_argument("--cv-dir", type=Path, default=DEFAULT_OUT, help="designs' parent folder")
     p.add_argument(
         "--boxes",

@@ -85,17 +85,8 @@ def load_icbhi(train_dir: str | Path) -> list[IcbhiRecording]:
 
 
 def _load_recording(txt_path: Path) -> IcbhiRecording:
-    patient_id, index, location, mode, device = parse_recording_name(txt_path.stem, str(txt_path))
-    return IcbhiRecording(
-        recording_id=txt_path.stem,
-        audio_path=audio_twin(txt_path),
-        patient_id=patient_id,
-        recording_index=index,
-        chest_location=location,
-        acquisition_mode=mode,
-        device=device,
-        cycles=read_cycles(txt_path),
-    )
+    fields = parse_recording_name(txt_path.stem, str(txt_path))  # patient ... device, in order
+    return IcbhiRecording(txt_path.stem, audio_twin(txt_path), *fields, read_cycles(txt_path))
 
 
 def parse_recording_name(recording_id: str, where: str) -> tuple[str, str, str, str, str]:
@@ -201,15 +192,11 @@ def read_official_split(path: str | Path) -> dict[str, str]:
     return split
 
 
-def patient_of(recording_id: str) -> str:
-    return recording_id.split("_", 1)[0]
-
-
 def patients_in_both_halves(split: Mapping[str, str]) -> set[str]:
     """Patients with recordings in both halves of a split (``{"156", "218"}`` officially)."""
     halves_by_patient: dict[str, set[str]] = {}
     for recording_id, half in split.items():
-        halves_by_patient.setdefault(patient_of(recording_id), set()).add(half)
+        halves_by_patient.setdefault(recording_id.split("_", 1)[0], set()).add(half)
     return {patient for patient, halves in halves_by_patient.items() if len(halves) > 1}
 
 

@@ -128,11 +128,8 @@ def make_mixtures(
     rng = np.random.default_rng(cfg.seed)
     hosts = [r for r in records if r.record_label == NORMAL]
     segments = donor_segments(records, store)
-    families = [
-        [s for s in segments if s.type in CAS_TYPES],
-        [s for s in segments if s.type in DAS_TYPES],
-    ]
-    families = [f for f in families if f]
+    by_family = ([s for s in segments if s.type in types] for types in (CAS_TYPES, DAS_TYPES))
+    families = [f for f in by_family if f]
     if not hosts or not families:
         return []
     rate = store.sample_rate_hz

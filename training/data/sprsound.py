@@ -87,19 +87,10 @@ def _check_no_orphan_audio(folder: Path, annotated_ids: set[str]) -> None:
 
 def _load_record(annotation_path: Path) -> SprRecord:
     record_id = annotation_path.stem
-    patient_id, age_years, gender, location = parse_record_name(record_id, str(annotation_path))
+    fields = parse_record_name(record_id, str(annotation_path))  # patient, age, gender, location
     record_label, events = read_annotation(annotation_path)
-    return SprRecord(
-        record_id=record_id,
-        audio_path=audio_twin(annotation_path),
-        annotation_path=annotation_path,
-        patient_id=patient_id,
-        age_years=age_years,
-        gender=gender,
-        location=location,
-        record_label=record_label,
-        events=events,
-    )
+    audio = audio_twin(annotation_path)
+    return SprRecord(record_id, audio, annotation_path, *fields, record_label, events)
 
 
 def parse_record_name(record_id: str, where: str) -> tuple[str, float, str, str]:

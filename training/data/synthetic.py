@@ -125,12 +125,10 @@ def synthesize(
     spans = _place_events(requests, n_samples, sample_rate_hz, rng)
     for start, end, event_type in spans:
         if event_type == WHEEZE:
-            burst = _wheeze(end - start, sample_rate_hz, wheeze_f0_range_hz, rng)
-            samples[start:end] += wheeze_peak * burst
+            burst = wheeze_peak * _wheeze(end - start, sample_rate_hz, wheeze_f0_range_hz, rng)
         else:
-            samples[start:end] += crackle_peak * _crackle(
-                end - start, sample_rate_hz, event_type, rng
-            )
+            burst = crackle_peak * _crackle(end - start, sample_rate_hz, event_type, rng)
+        samples[start:end] += burst
     peak = float(np.max(np.abs(samples)))
     if peak > PEAK_LIMIT:
         samples *= PEAK_LIMIT / peak
@@ -247,10 +245,7 @@ def _crackle(
 
 
 def _wheeze(
-    n_samples: int,
-    sample_rate_hz: int,
-    f0_range_hz: tuple[float, float],
-    rng: np.random.Generator,
+    n_samples: int, sample_rate_hz: int, f0_range_hz: tuple[float, float], rng: np.random.Generator
 ) -> np.ndarray:
     f0_hz = rng.uniform(*f0_range_hz)
     glide = rng.uniform(-WHEEZE_MAX_GLIDE_FRACTION, WHEEZE_MAX_GLIDE_FRACTION)

@@ -4,7 +4,7 @@ beside its checkpoint and inside it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -190,18 +190,11 @@ class RunConfig(Settings):
         return Path(self.out_dir) / self.name
 
     def sed_config(self, n_outputs: int) -> SedConfig:
-        m = self.model
         return SedConfig(
             n_kinds=len(self.kinds),
             n_bands=self.features.n_bands,
             n_outputs=n_outputs,
-            stride=m.stride,
-            channels=m.channels,
-            dilations=m.dilations,
-            kernel_widths=m.kernel_widths,
-            lookahead_frames=m.lookahead_frames,
-            attention_heads=m.attention_heads,
-            attention_frames=m.attention_frames,
+            **asdict(self.model),
         )
 
 

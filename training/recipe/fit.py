@@ -89,6 +89,11 @@ def events_of(
     }
 
 
+def frame_grid(run: RunConfig) -> FrameGrid:
+    spec = run.features
+    return FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, run.model.stride)
+
+
 def with_rule(config: DetectorConfig, rule: ClassThreshold) -> DetectorConfig:
     rules = (*tuple(r for r in config.thresholds if r.type != rule.type), rule)
     return dataclasses.replace(config, thresholds=rules)
@@ -279,9 +284,7 @@ def refit(folder: Path, file: str, run: RunConfig, records: Sequence[Any]) -> di
     }
     labels = {r.record_id: r.record_label for r in records}
     durations = {r.record_id: read_audio(r.audio_path).duration_s for r in records}
-    spec = run.features
-    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, run.model.stride)
-    section = rules_section(probs, annotated, labels, durations, grid, run)
+    section = rules_section(probs, annotated, labels, durations, frame_grid(run), run)
     section["fitted_on"] += f", outputs of {file}"
     return section
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
+from edge.bed.detector import DetectorConfig, FrameGrid
 from edge.datapaths import sprsound_root
 from edge.features import FeatureSpec
 from lungwatch.cli import ArgumentParser
@@ -43,7 +43,7 @@ from training.models.checkpoint import Checkpoint, save_checkpoint
 from training.models.sed import SedNet, count_parameters
 from training.recipe.augment import patch_mix, spec_augment
 from training.recipe.config import RunConfig, load_run
-from training.recipe.fit import fit_rules, fit_start
+from training.recipe.fit import events_of, fit_rules, fit_start, frame_grid
 from training.recipe.inputs import InputView, Transform
 from training.recipe.losses import distill_loss, frame_loss, phase_loss
 from training.recipe.margin import QualityReference, frame_margins
@@ -76,16 +76,12 @@ def load_data(run: RunConfig) -> TrainingData:
     )
     _, val_records = patient_disjoint_split(records, run.data.val_fraction, run.data.split_seed)
     held_out = {r.record_id for r in val_records}
-    return training_data(run, store, records, recs, held_out, icbhi_training_share(run))
+    icbhi = training_share(run.data.icbhi_dir, run.data.icbhi_fraction, run.data.icbhi_seed)
+    return training_data(run, store, records, recs, held_out, icbhi)
 
 
 def sprsound_folder(run: RunConfig) -> Path:
     return Path(run.data.train_dir) if run.data.train_dir else sprsound_root() / "train"
-
-
-def frame_grid(run: RunConfig) -> FrameGrid:
-    spec = run.features
-    return FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, run.model.stride)
 
 
 def feature_store(run: RunConfig) -> FeatureStore:
@@ -119,10 +115,6 @@ def training_data(
     mine = [r for r in recordings if r.patient_id in chosen]
     train += load_icbhi_recordings(mine, store, run.kinds, grid, stride)
     return TrainingData(train, val, mean, std, grid, view)
-
-
-def icbhi_training_share(run: RunConfig) -> tuple[list[IcbhiRecording], set[str]]:
-    return training_share(run.data.icbhi_dir, run.data.icbhi_fraction, run.data.icbhi_seed)
 
 
 def input_stats(
@@ -174,14 +166,10 @@ def score(
     det: DetectorConfig,
     spec: FeatureSpec,
 ) -> DetectionReport:
-    pred, ann, labels, durs = {}, {}, {}, {}
-    rate = grid.sample_rate_hz
-    for p, r in zip(probs, recs, strict=True):
-        evs = detect_events(p, OUTPUTS, det, grid)
-        pred[r.record_id] = [(e.start_sample / rate, e.end_sample / rate, e.type) for e in evs]
-        ann[r.record_id] = list(r.events)
-        labels[r.record_id] = r.label
-        durs[r.record_id] = recording_seconds(r.features.shape[2], spec)
+    pred = events_of(probs, [r.record_id for r in recs], OUTPUTS, det, grid)
+    ann = {r.record_id: list(r.events) for r in recs}
+    labels = {r.record_id: r.label for r in recs}
+    durs = {r.record_id: recording_seconds(r.features.shape[2], spec) for r in recs}
     return score_detection(pred, ann, labels, durs)
 
 

@@ -117,10 +117,6 @@ def _ratio(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else 0.0
 
 
-def _harmonic(a: float, b: float) -> float:
-    return 2.0 * a * b / (a + b) if a + b > 0.0 else 0.0
-
-
 def _paired(y_true: Sequence[str], y_pred: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     if len(y_true) != len(y_pred):
         raise EvaluationError(f"{len(y_true)} true labels but {len(y_pred)} predicted labels")
@@ -150,7 +146,7 @@ def sprsound_scores(
     other than ``normal_label`` is scored in SE, ``Poor Quality`` included."""
     se, sp, n_normal, n_abnormal = _normal_split(y_true, y_pred, normal_label)
     as_ = (se + sp) / 2.0
-    hs = _harmonic(se, sp)
+    hs = 2.0 * se * sp / (se + sp) if se + sp > 0.0 else 0.0  # their harmonic mean
     return SprScores(se, sp, as_, hs, (as_ + hs) / 2.0, n_normal, n_abnormal)
 
 

@@ -140,10 +140,7 @@ def operating_lines(rows: list[dict[str, float]]) -> list[str]:
 
 
 def score(
-    args: argparse.Namespace,
-    config: DetectConfig,
-    found: dict[str, RecordingEvents],
-    folder: Path,
+    args: argparse.Namespace, config: DetectConfig, found: dict[str, RecordingEvents], folder: Path
 ) -> None:
     manifest = load_manifest(folder / MANIFEST_NAME)
     folders = [p for p in args.audio if p.is_dir()]

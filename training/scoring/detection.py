@@ -26,6 +26,10 @@ from lungwatch.labels import (
 LOGGER = logging.getLogger(__name__)
 ONSET_COLLAR_S = 0.2
 OFFSET_SHARE = 0.2
+EVENT_COLLARS = dict(t_collar=ONSET_COLLAR_S, percentage_of_length=OFFSET_SHARE)  # sed_eval's
+SCORES_COLLARS = dict(  # sed_scores_eval's
+    onset_collar=ONSET_COLLAR_S, offset_collar=ONSET_COLLAR_S, offset_collar_rate=OFFSET_SHARE
+)
 SEGMENT_S = 1.0
 SECONDS_PER_HOUR = 3600.0
 
@@ -151,9 +155,7 @@ def _nan_to_zero(value: Any) -> float:
 
 
 def score_view(
-    predicted: Mapping[str, Sequence[Event]],
-    annotated: Mapping[str, Sequence[Event]],
-    view: str,
+    predicted: Mapping[str, Sequence[Event]], annotated: Mapping[str, Sequence[Event]], view: str
 ) -> ViewScores:
     """sed_eval event- and segment-based scores of one view over every annotated record."""
     with warnings.catch_warnings():
@@ -162,11 +164,7 @@ def score_view(
         import sed_eval
     mapping, classes = VIEWS[view]
     event_metrics = sed_eval.sound_event.EventBasedMetrics(
-        list(classes),
-        t_collar=ONSET_COLLAR_S,
-        percentage_of_length=OFFSET_SHARE,
-        evaluate_onset=True,
-        evaluate_offset=True,
+        list(classes), **EVENT_COLLARS, evaluate_onset=True, evaluate_offset=True
     )
     segment_metrics = sed_eval.sound_event.SegmentBasedMetrics(
         list(classes), time_resolution=SEGMENT_S
@@ -231,12 +229,8 @@ def family_scores(
         called = [has_family(predicted.get(r, ()), family) for r in good]
         pos = sum(truth)
         neg = len(good) - pos
-        false = sum(
-            1
-            for r in normal
-            for _, _, t in predicted.get(r, ())
-            if family in FAMILY_VIEW.get(t, ())
-        )
+        events = [t for r in normal for _, _, t in predicted.get(r, ())]
+        false = sum(family in FAMILY_VIEW.get(t, ()) for t in events)
         out[family] = FamilyScores(
             event_f1=view.class_event_f1[family],
             event_precision=view.class_event_precision[family],

@@ -14,12 +14,7 @@ from pathlib import Path
 from edge.audio import AUDIO_SUFFIXES, audio_file
 from lungwatch.cli import ArgumentParser
 from lungwatch.errors import LungwatchError
-from lungwatch.labels import (
-    DETECTED_CLASSES,
-    record_label_2_1,
-    to_binary,
-    to_icbhi,
-)
+from lungwatch.labels import DETECTED_CLASSES, record_label_2_1, to_binary, to_icbhi
 from training.data.icbhi import IcbhiRecording, parse_recording_name, read_cycles
 from training.data.sprsound import SprRecord, parse_record_name, read_annotation
 
@@ -41,20 +36,9 @@ def sprsound_records(audio_dir: Path, annotations: Path) -> list[SprRecord]:
     records = []
     for path in sorted(annotations.glob("*.json")):
         label, events = read_annotation(path)
-        patient, age, gender, location = parse_record_name(path.stem, str(path))
-        records.append(
-            SprRecord(
-                path.stem,
-                find_audio(audio_dir, path.stem),
-                path,
-                patient,
-                age,
-                gender,
-                location,
-                label,
-                events,
-            )
-        )
+        fields = parse_record_name(path.stem, str(path))  # patient, age, gender, location
+        audio = find_audio(audio_dir, path.stem)
+        records.append(SprRecord(path.stem, audio, path, *fields, label, events))
     if not records:
         raise PredictionError(f"{annotations}: no SPRSound .json annotation files")
     return records

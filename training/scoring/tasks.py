@@ -43,9 +43,7 @@ class TaskRules:
     top_frames: int = 12
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["event_thresholds"] = dict(self.event_thresholds)
-        return out
+        return dataclasses.asdict(self) | {"event_thresholds": dict(self.event_thresholds)}
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> TaskRules:
@@ -58,8 +56,7 @@ class TaskRules:
                 f"{where}: tasks.event_thresholds must give a number for each of "
                 f"{', '.join(DETECTED_CLASSES)}, got {thresholds!r}"
             )
-        numbers = {"poor_quality", "cas", "das"}
-        for key in numbers:
+        for key in {"poor_quality", "cas", "das"}:
             if not _is_number(data.get(key)):
                 raise ConfigError(f"{where}: tasks.{key} must be a number, got {data.get(key)!r}")
         if not all(_is_number(v) for v in thresholds.values()):
@@ -135,10 +132,6 @@ def label_of_pooled(pooled: np.ndarray, thresholds: np.ndarray) -> str:
     return DETECTED_CLASSES[int(np.argmax(np.where(present, ratio, -np.inf)))]
 
 
-def _threshold_vector(rules: TaskRules) -> np.ndarray:
-    return np.array([rules.event_thresholds[c] for c in DETECTED_CLASSES], np.float64)
-
-
 def event_labels(
     probs: np.ndarray,
     spans: Sequence[tuple[float, float]],
@@ -148,7 +141,7 @@ def event_labels(
 ) -> list[str]:
     """Task 1-2 labels of a record's annotated spans, in order."""
     pooled = pooled_spans(probs, spans, outputs, grid, rules.pool)
-    t = _threshold_vector(rules)
+    t = np.array([rules.event_thresholds[c] for c in DETECTED_CLASSES], np.float64)
     return [label_of_pooled(p, t) for p in pooled]
 
 

@@ -21,7 +21,7 @@ from edge.bed.rules import ClassThreshold
 from lungwatch.errors import ConfigError
 from lungwatch.labels import DETECTED_CLASSES
 from training.recipe.fit import events_of, rule
-from training.scoring.detection import OFFSET_SHARE, ONSET_COLLAR_S, VIEWS, Event, score_detection
+from training.scoring.detection import SCORES_COLLARS, VIEWS, Event, score_detection
 
 PHASE_FLOOR = 1e-9  # every class's on-threshold when every phase must become an event
 # DCASE's PSDS scenarios: (DTC, GTC, CTTC, alpha_CT), both with alpha_ST = 1, eFPR per hour.
@@ -187,13 +187,7 @@ def score_tables(
             unit_of_time="hour",
             max_efpr=MAX_EFPR_PER_HOUR,
         )[0]
-    f, p, r, thresholds, _ = collar_based.best_fscore(
-        scores,
-        truth,
-        onset_collar=ONSET_COLLAR_S,
-        offset_collar=ONSET_COLLAR_S,
-        offset_collar_rate=OFFSET_SHARE,
-    )
+    f, p, r, thresholds, _ = collar_based.best_fscore(scores, truth, **SCORES_COLLARS)
     return ThresholdFree(
         psds1=float(psds["psds1"]),
         psds2=float(psds["psds2"]),
@@ -228,12 +222,9 @@ def threshold_free(
     ``phases`` only with a phase rule; a view with no annotated class in the records is absent."""
     records = scored_records(probs, annotated)
     out: dict[str, dict[str, ThresholdFree]] = {"frames": {}}
-    scored = (
-        {r: phase_events(probs[r], outputs, config, grid) for r in records}
-        if config.phases is not None
-        else None
-    )
-    if scored is not None:
+    scored = None
+    if config.phases is not None:
+        scored = {r: phase_events(probs[r], outputs, config, grid) for r in records}
         out["phases"] = {}
     for view, (mapping, classes) in VIEWS.items():
         if not any(view_events(annotated[r], mapping) for r in records):

@@ -37,13 +37,10 @@ def validation_records(model_dir: Path) -> list[SprRecord]:
     """The validation split of the run that made ``model_dir``'s checkpoint."""
     from training.models.checkpoint import load_checkpoint
 
-    run = load_checkpoint(model_dir / "model.pt").run
-    data = run["data"]
+    data = load_checkpoint(model_dir / "model.pt").run["data"]
     folder = Path(data["train_dir"]) if data["train_dir"] else data_root() / "sprsound" / "train"
-    _, val = patient_disjoint_split(
-        load_sprsound(folder), float(data["val_fraction"]), int(data["split_seed"])
-    )
-    return val
+    records = load_sprsound(folder)
+    return patient_disjoint_split(records, float(data["val_fraction"]), int(data["split_seed"]))[1]
 
 
 def icbhi_training_patients(model_dir: Path) -> set[str]:
@@ -169,13 +166,12 @@ def _icbhi_events(
     """Per-family event scores with each cycle with crackles (wheezes) a DAS (CAS) event."""
     annotated, labels, durations, predicted = {}, {}, {}, {}
     for rec in recordings:
-        events = []
-        for c in rec.cycles:
-            events.append((c.start_s, c.end_s, "Normal"))
-            if c.crackles:
-                events.append((c.start_s, c.end_s, "Fine Crackle"))
-            if c.wheezes:
-                events.append((c.start_s, c.end_s, "Wheeze"))
+        events = [
+            (c.start_s, c.end_s, t)
+            for c in rec.cycles
+            for t, on in (("Normal", True), ("Fine Crackle", c.crackles), ("Wheeze", c.wheezes))
+            if on
+        ]
         crackles, wheezes = (
             any(getattr(c, k) for c in rec.cycles) for k in ("crackles", "wheezes")
         )
@@ -222,12 +218,12 @@ HEADLINE = ("macro_f1", "f1_cas", "f1_das", "fa_per_hour_cas", "fa_per_hour_das"
 
 
 def headline(result: Mapping[str, Any]) -> str:
-    parts = []
-    for view in VIEWS:
-        for key in HEADLINE:
-            if key in result.get(view, {}):
-                parts.append(f"{view}.{key}={result[view][key]:.3f}")
-    return " ".join(parts)
+    return " ".join(
+        f"{view}.{key}={result[view][key]:.3f}"
+        for view in VIEWS
+        for key in HEADLINE
+        if key in result.get(view, {})
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
