@@ -109,8 +109,8 @@ def check_design(folder: Path, run: RunConfig, overrides: list[str]) -> None:
 def train_fold(
     run: RunConfig, mat: Material, fold: int | None, folder: Path, device: str = "cpu"
 ) -> dict[str, Any]:
-    """``fold`` None: the design's full model, trained on every patient (and taught by every
-    fold model of the teacher)."""
+    """One fold model trained on ``device``, saved, its outputs kept; ``fold`` None: the design's
+    full model, trained on every patient (and taught by every fold model of the teacher)."""
     from training.recipe.train import feature_store, new_model, train, training_data
 
     torch.manual_seed(run.seed)

@@ -61,7 +61,8 @@ def device_colour(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """``x`` (K, F, T) raw log band powers as another device might have recorded them (one draw
-    per example); ``centres_hz`` (K, F) band centres, ``floor`` the front end's log floor."""
+    per example); ``centres_hz`` (K, F) band centres, ``floor`` the front end's log floor.
+    Returns a new array; ``x`` is unchanged."""
     k, f, _ = x.shape
     curve_db = np.full((k, f), rng.uniform(-cfg.device_gain_db, cfg.device_gain_db))
     knots = rng.uniform(-cfg.device_eq_db, cfg.device_eq_db, EQ_KNOTS)
