@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,12 +152,7 @@ def runtime_config(
 ) -> RuntimeConfig:
     host, port = address.rsplit(":", 1)
     streams = tuple(
-        StreamConfig(
-            id=f"bed-{i + 1}",
-            source=str(rec.path),
-            realtime=cfg.realtime,
-            chunk_samples=cfg.chunk_samples,
-        )
+        StreamConfig(f"bed-{i + 1}", str(rec.path), cfg.realtime, chunk_samples=cfg.chunk_samples)
         for i, rec in enumerate(recordings)
     )
     model = dataclasses.replace(cfg.model, dir=str(_project_path(cfg.model.dir)))
@@ -266,16 +262,15 @@ def _same_family(a: Span, d: Span) -> bool:
     return overlap and (len(families) == 1 or "CAS & DAS" in families)
 
 
-def _counts(spans: list[Span]) -> str:
+def _counts(spans: Iterable[Span], none: str = "none") -> str:
     counted = Counter(s.type for s in spans)
-    return ", ".join(f"{n} {kind}" for kind, n in sorted(counted.items())) or "none"
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counted.items())) or none
 
 
 def run(cfg: DemoConfig, stop: threading.Event) -> int:
     recordings = find_recordings(cfg)
     for i, rec in enumerate(recordings):
-        n = Counter(s.type for s in rec.annotated)
-        what = ", ".join(f"{c} {t}" for t, c in sorted(n.items())) or "no annotated events"
+        what = _counts(rec.annotated, "no annotated events")
         print(f"bed-{i + 1}: {rec.record} ({rec.label or '?'}; {what}) from {rec.origin}")
     broker = None
     if cfg.broker is None:
@@ -300,16 +295,6 @@ def run(cfg: DemoConfig, stop: threading.Event) -> int:
     return _report(cfg, config, runtime, subscriber, recordings, wall_s)
 
 
-def _start_dashboard(cfg: DemoConfig, address: str) -> Any:
-    from wardview.server import DashboardServer
-
-    host, port = address.rsplit(":", 1)
-    mqtt = MqttConfig(host=host, port=int(port), site=cfg.site, device_id=cfg.device_id)
-    server = DashboardServer(cfg.dashboard, mqtt, cfg.site).start()
-    print(server.describe(), flush=True)
-    return server
-
-
 def _serve(
     cfg: DemoConfig,
     config: RuntimeConfig,
@@ -320,7 +305,12 @@ def _serve(
     subscriber = Subscriber(address, cfg.site, cfg.device_id).start()
     try:
         if cfg.dashboard.enabled:
-            dashboards.append(_start_dashboard(cfg, address))
+            from wardview.server import DashboardServer
+
+            host, port = address.rsplit(":", 1)
+            mqtt = MqttConfig(host=host, port=int(port), site=cfg.site, device_id=cfg.device_id)
+            dashboards.append(DashboardServer(cfg.dashboard, mqtt, cfg.site).start())
+            print(dashboards[-1].describe(), flush=True)
         pace = "paced in real time" if cfg.realtime else "as fast as possible"
         print(f"streaming {len(config.streams)} recordings {pace}; runtime lines (stdout sink) "
               "and mqtt> lines (what the broker delivered)\n", flush=True)  # fmt: skip
@@ -386,14 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     overrides = list(args.set)
-    if args.broker is not None:
-        overrides.append(f"broker={json.dumps(args.broker)}")
-    if args.seconds is not None:
-        overrides.append(f"max_run_s={args.seconds}")
-    if args.realtime:
-        overrides.append("realtime=true")
-    if args.hold:
-        overrides.append("hold=true")
+    overrides += [f"broker={json.dumps(args.broker)}"] if args.broker is not None else []
+    overrides += [f"max_run_s={args.seconds}"] if args.seconds is not None else []
+    overrides += ["realtime=true"] if args.realtime else []
+    overrides += ["hold=true"] if args.hold else []
     cfg = load_config(DemoConfig, args.config, overrides)
     stop = threading.Event()
     install_signal_handlers(stop)

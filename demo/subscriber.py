@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any
 
 from lungwatch.errors import LungwatchError
@@ -62,14 +61,10 @@ class Subscriber:
 
     def wait_for(self, n_events: int, timeout_s: float) -> bool:
         """Wait until ``n_events`` distinct events and a live ``offline`` status arrived."""
-        deadline_s = time.monotonic() + timeout_s
         with self._cond:
-            while len(self.events) < n_events or not self.offline.is_set():
-                left_s = deadline_s - time.monotonic()
-                if left_s <= 0:
-                    return False
-                self._cond.wait(left_s)
-        return True
+            return self._cond.wait_for(
+                lambda: len(self.events) >= n_events and self.offline.is_set(), timeout_s
+            )
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         kind = message.topic.rsplit("/", 1)[-1]

@@ -37,25 +37,15 @@ BUNDLE_FORMAT = 1
 BUNDLE_MANIFEST = "bundle.json"
 REMOTE = Path(__file__).resolve().parent / "remote.py"
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
-# What `pip wheel` needs from a checkout (pyproject's packages + its readme).
-SOURCE_ITEMS = (
-    "pyproject.toml",
-    "README.md",
-    "lungwatch",  # the console scripts' package (absent in older checkouts: skipped)
-    "edge",
-    "wardview",
-    "demo",
-    "firmware_bridge",
-    "export",
-    "training",
-    "deploy",
-    "bench",
-    "gateway",
-)
+# What `pip wheel` needs from a checkout (pyproject's packages + its readme); lungwatch, the
+# console scripts' package, is absent in older checkouts: skipped.
+PACKAGES = "lungwatch edge wardview demo firmware_bridge export training deploy bench gateway"
+SOURCE_ITEMS = ("pyproject.toml", "README.md", *PACKAGES.split())
 SOURCE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc", "*.egg-info")
 ENGINE_SUFFIX = ".plan"  # engines are built on the device, never shipped
 REFERENCE_FILE = "verify_reference.npz"  # export.verify.REFERENCE_NAME
 WHEEL_TIMEOUT_S = 600
+PIP_QUIET = ("--disable-pip-version-check", "-q")
 
 
 @dataclass(frozen=True)
@@ -134,21 +124,9 @@ def build_wheel(out_dir: Path, source_root: Path = SOURCE_ROOT) -> Path:
                 shutil.copytree(path, src / item, ignore=SOURCE_IGNORE)
             elif path.is_file():
                 shutil.copy2(path, src / item)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-q",
-            "-w",
-            str(out_dir),
-            str(src),
-        ]
-        if can_build_offline():
-            cmd.insert(5, "--no-build-isolation")  # offline and fast with the local setuptools
-        _run(cmd, "pip wheel")
+        # offline and fast with the local setuptools
+        offline = ["--no-build-isolation"] if can_build_offline() else []
+        _pip("wheel", "--no-deps", *offline, *PIP_QUIET, "-w", str(out_dir), str(src))
     wheels = sorted(out_dir.glob("lungwatch-*.whl"))
     if len(wheels) != 1:
         raise BundleError(f"pip wheel left {len(wheels)} lungwatch wheels in {out_dir}")
@@ -168,27 +146,18 @@ def can_build_offline() -> bool:
 
 def download_deps(install: BundleSpec, wheel: Path, out_dir: Path) -> None:
     extras = f"[{','.join(install.extras)}]" if install.extras else ""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--disable-pip-version-check",
-        "-q",
-        "--only-binary=:all:",
-        "--dest",
-        str(out_dir),
-    ]
+    cmd = ["download", *PIP_QUIET, "--only-binary=:all:", "--dest", str(out_dir)]
     for platform in install.platforms:
         cmd += ["--platform", platform]
     if install.python_version:
         cmd += ["--python-version", install.python_version, "--implementation", "cp"]
     for url in install.index_urls:
         cmd += ["--extra-index-url", url]
-    _run([*cmd, f"lungwatch{extras} @ {wheel.as_uri()}", *install.requirements], "pip download")
+    _pip(*cmd, f"lungwatch{extras} @ {wheel.as_uri()}", *install.requirements)
 
 
-def _run(cmd: list[str], what: str) -> None:
+def _pip(*args: str) -> None:
+    cmd, what = [sys.executable, "-m", "pip", *args], f"pip {args[0]}"
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=WHEEL_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -213,18 +182,12 @@ def bundle_files(staging: Path) -> Iterator[Path]:
 
 
 def git_version(source_root: Path = SOURCE_ROOT) -> str | None:
+    cmd = ["git", "-C", str(source_root), "describe", "--tags", "--always", "--dirty"]
     try:
-        done = subprocess.run(
-            ["git", "-C", str(source_root), "describe", "--tags", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.strip() or None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def write_manifest(staging: Path, wheel: Path) -> dict[str, Any]:
@@ -256,9 +219,8 @@ def write_archive(staging: Path, archive: Path) -> str:
 
     with tarfile.open(archive, "w:gz") as tar:
         for path in sorted(staging.rglob("*")):
-            tar.add(
-                path, arcname=path.relative_to(staging).as_posix(), recursive=False, filter=neutral
-            )
+            name = path.relative_to(staging).as_posix()
+            tar.add(path, arcname=name, recursive=False, filter=neutral)
     digest = sha256_file(archive)
     Path(f"{archive}.sha256").write_text(f"{digest}  {archive.name}\n")
     return digest
@@ -287,13 +249,11 @@ def build_bundle(spec: BundleSpec, work_dir: Path, wheel: Path | None = None) ->
     for old in work_dir.glob("lungwatch-*.tar.gz*"):
         if old.name not in (archive.name, f"{archive.name}.sha256"):
             old.unlink()
-    digest = existing_archive(archive)  # the same release built before: kept as it was
-    new = digest is None
-    if digest is None:
-        digest = write_archive(staging, archive)
+    kept = existing_archive(archive)  # the same release built before: kept as it was
+    digest = write_archive(staging, archive) if kept is None else kept
     return Bundle(
         manifest["release"], manifest["version"], built.name, staging, archive, digest, manifest,
-        new,
+        kept is None,
     )  # fmt: skip
 
 

@@ -1,10 +1,5 @@
 """``python -m deploy``: the workstation-side commands the Ansible playbook calls.
 
-    python -m deploy bundle --spec '{"models": "models/sed", "deps": "bundle"}' --work-dir DIR
-                            [--wheel W]
-    python -m deploy health --topic lungwatch/v1/SITE/DEVICE/status --broker '{"host": ...}'
-                            [--since EPOCH]
-
 Each prints one JSON line (``bundle``'s ``new`` is false when the same release was built
 before and its archive kept). Errors are one line on stderr; exit 1 when the work failed, 2
 for bad arguments. The rollout itself is ``make deploy`` (docs/deploy.md).
@@ -33,12 +28,11 @@ def bundle_spec(data: dict[str, Any]) -> BundleSpec:
     if "models" not in data:
         raise ConfigError("lungwatch_bundle.models is required (the model folder)")
     values = dict(data)
-    for key in ("extras", "requirements", "platforms", "index_urls"):
-        if key in values:
-            items = values[key]
-            if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
-                raise ConfigError(f"lungwatch_bundle.{key} must be a list of strings")
-            values[key] = tuple(values[key])
+    for key in ("extras", "requirements", "platforms", "index_urls"):  # absent: () as default
+        items = values.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"lungwatch_bundle.{key} must be a list of strings")
+        values[key] = tuple(items)
     values["models"] = Path(str(values["models"])).expanduser()
     return BundleSpec(**values)
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BUNDLE_MANIFEST = "bundle.json"
@@ -105,13 +106,8 @@ def unpack(root: Path, archive: Path, release: str) -> dict[str, object]:
 def site_dirs(venv: Path, dirs: list[str]) -> dict[str, object]:
     """Append ``dirs`` to the venv's import path with a .pth file (inventory extra_site_dirs)."""
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    out = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    argv = [str(venv / "bin" / "python"), "-c", code]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
     pth = Path(out.stdout.strip()) / PTH_NAME
     pth.write_text("".join(f"{d}\n" for d in dirs))
     return {"pth": str(pth), "dirs": dirs}
@@ -348,35 +344,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dispatch(args: argparse.Namespace) -> dict[str, object]:
-    action = args.action
-    if action == "unpack":
-        return unpack(args.root, args.archive, args.release)
-    if action == "site-dirs":
-        return site_dirs(args.venv, args.dirs)
-    if action == "proc-start":
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        if not command:
-            raise RemoteError("proc-start: no command given after --")
-        return proc_start(args.pidfile, args.log, args.cwd, command, args.env)
-    if action == "proc-stop":
-        return proc_stop(args.pidfile, args.timeout_s)
-    if action == "proc-status":
-        return proc_status(args.pidfile)
-    if action == "configure":
-        return configure(args.release, args.model_file, args.backend)
-    if action == "engine":
-        return engine(args.release, args.onnx_model, args.precision, args.mode,
-                      args.timing_cache, args.tensorrt)  # fmt: skip
-    if action == "gate":
-        return gate(args.release, args.model_file)
-    return check_models(args.models)
+def _command(given: list[str]) -> list[str]:
+    command = given[1:] if given[:1] == ["--"] else given
+    if not command:
+        raise RemoteError("proc-start: no command given after --")
+    return command
+
+
+ACTIONS: dict[str, Callable[[argparse.Namespace], dict[str, object]]] = {
+    "unpack": lambda a: unpack(a.root, a.archive, a.release),
+    "site-dirs": lambda a: site_dirs(a.venv, a.dirs),
+    "proc-start": lambda a: proc_start(a.pidfile, a.log, a.cwd, _command(a.command), a.env),
+    "proc-stop": lambda a: proc_stop(a.pidfile, a.timeout_s),
+    "proc-status": lambda a: proc_status(a.pidfile),
+    "configure": lambda a: configure(a.release, a.model_file, a.backend),
+    "check-models": lambda a: check_models(a.models),
+    "engine": lambda a: engine(
+        a.release, a.onnx_model, a.precision, a.mode, a.timing_cache, a.tensorrt
+    ),
+    "gate": lambda a: gate(a.release, a.model_file),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = _dispatch(args)
+        result = ACTIONS[args.action](args)
     except (RemoteError, OSError, tarfile.TarError, ValueError, KeyError) as exc:
         print(f"remote.py {args.action}: {exc}", file=sys.stderr)
         return 1

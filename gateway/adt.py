@@ -91,14 +91,11 @@ class AdtFeed:
         if not patient or event not in (*ARRIVE, *LEAVE, TRANSFER):
             self.counts["passed_over"] += 1
             return
-        self._vacate(patient)
+        # a patient is in one bed at a time: wherever the feed placed them before is free
+        self._at = {place: who for place, who in self._at.items() if who != patient}
         if event == TRANSFER and prior:
             self._at = {p: who for p, who in self._at.items() if not same_place(p, prior)}
         if event in (*ARRIVE, TRANSFER) and len(where) >= 3:
             self._at = {p: who for p, who in self._at.items() if not same_place(p, where)}
             self._at[where] = patient
         self.counts["applied"] += 1
-
-    def _vacate(self, patient: str) -> None:
-        """A patient is in one bed at a time: wherever the feed placed them before is free."""
-        self._at = {place: who for place, who in self._at.items() if who != patient}

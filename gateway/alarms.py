@@ -53,10 +53,6 @@ class Reported:
     reports: int  # how many reports of this alert were queued
 
 
-def _note_name(key: Key) -> str:
-    return NOTE_PREFIX + "/".join(key)
-
-
 class AlarmFollower:
     """``write(report, device, bed, queue key, note)`` queues one report and its note in one
     transaction (False: that queue key was queued before). Not thread-safe: the caller locks."""
@@ -231,7 +227,7 @@ class AlarmFollower:
             reported.first_onset_utc, utc_now(),
         )  # fmt: skip
         ended = phase == "end"
-        note = (_note_name(key), None if ended else json.dumps(asdict(reported)))
+        note = (NOTE_PREFIX + "/".join(key), None if ended else json.dumps(asdict(reported)))
         queue_key = f"alert/{reported.alert_id}/{reported.reports}"
         self._write(report, key[0], key[1], queue_key, note)
         if ended:

@@ -74,10 +74,9 @@ def finding_observation(
     """The Observation of one episode (``key``: its own): preliminary until it ends."""
     ended = event.get("state") == "ended"
     kind = str(event.get("type", ""))
-    technical = event.get("kind") == "technical"
     body = _base(bed, key, "exam", "final" if ended else "preliminary", patient_system)
     code = event.get("snomed_ct")
-    if technical:
+    if event.get("kind") == "technical":
         body["code"] = {"coding": [{"system": LOCAL_SYSTEM, "code": "signal-quality",
                                     "display": "Signal quality"}]}  # fmt: skip
         body["valueCodeableConcept"] = {"coding": [{"system": LOCAL_SYSTEM, "code": kind}],
@@ -104,13 +103,16 @@ def identifier_of(resource_text: str) -> str:
 class FhirTransport:
     def __init__(self, base_url: str, timeout_s: float = 10.0, token: str | None = None) -> None:
         self.base_url, self.timeout_s = base_url.rstrip("/"), timeout_s
-        self._token = token
+        json_type = "application/fhir+json"
+        self._headers = {"Content-Type": f"{json_type}; charset=utf-8", "Accept": json_type}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
 
     def deliver(self, row: Queued) -> tuple[str, str]:
         search = urllib.parse.urlencode({"identifier": identifier_of(row.message)})
         request = urllib.request.Request(
             f"{self.base_url}/Observation?{search}", data=row.message.encode("utf-8"),
-            method="PUT", headers=self._headers(),
+            method="PUT", headers=self._headers,
         )  # fmt: skip
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
@@ -129,28 +131,17 @@ class FhirTransport:
     def close(self) -> None:
         pass  # urllib opens a connection per request
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/fhir+json; charset=utf-8",
-                   "Accept": "application/fhir+json"}  # fmt: skip
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        return headers
-
 
 def _base(
     bed: Bed, key: str, category: str, status: str, patient_system: str = ""
 ) -> dict[str, Any]:
+    device = "/".join(n for n in (bed.site, bed.device_id, bed.stream_id) if n)
     body: dict[str, Any] = {
         "resourceType": "Observation",
         "identifier": [{"system": IDENTIFIER_SYSTEM, "value": key}],
         "status": status,
         "category": [{"coding": [{"system": CATEGORY, "code": category}]}],
-        "device": {
-            "identifier": {
-                "system": "urn:lungwatch:bed",
-                "value": "/".join(n for n in (bed.site, bed.device_id, bed.stream_id) if n),
-            }
-        },
+        "device": {"identifier": {"system": "urn:lungwatch:bed", "value": device}},
         "note": [],
     }
     if bed.patient_id:

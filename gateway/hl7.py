@@ -41,6 +41,7 @@ LOCAL_TABLE = "99LW"  # lungwatch's own codes (event types without a SNOMED CT c
 PRESENT, ABSENT = "52101004^Present^SCT", "2667000^Absent^SCT"
 RESPIRATION_STATE = f"respiration-state^Respiratory rate assessment^{LOCAL_TABLE}"
 SIGNAL_QUALITY = f"signal-quality^Signal quality^{LOCAL_TABLE}"
+RATE_CODE = {f.name: f"{f.rate_code}^{f.rate_text}^{LOCAL_TABLE}" for f in FAMILY.values()}
 ALERT = "196616^MDC_EVT_ALARM^MDC"  # OBR-4 of every alert, its kind where no event code says more
 ALERT_EVENT = {  # the alert's event identification (facet 1) of the breathing conditions
     "tachypnoea": "196648^MDC_EVT_HI^MDC",
@@ -56,13 +57,9 @@ ALERT_PRIORITY = {"high": "PH", "medium": "PM", "low": "PL"}  # OBX-8, with the 
 ALERT_SOURCE = {"physiological": "SP", "technical": "ST"}
 PHASES = ("start", "update", "escalate", "de-escalate", "end")
 ALARM_STATES = ("active", "latched", "inactive")
-INACTIVATION_STATES = ("enabled", "alert-acknowledged")
 ACCEPTED = ("AA", "CA")  # original / enhanced mode: accepted
 # control characters (MLLP's 0x0B and 0x1C among them) and HL7's delimiters: spaces
-_ESCAPES = str.maketrans(
-    {**{chr(c): " " for c in range(32)}, "\x7f": " ", "|": " ", "^": " ", "~": " ", "\\": " ",
-     "&": " "}
-)  # fmt: skip
+_ESCAPES = str.maketrans({c: " " for c in [*map(chr, range(32)), "\x7f", *"|^~\\&"]})
 MIN_YEAR = 1900  # a device time before it is a clock never set, not a measurement's time
 
 
@@ -82,11 +79,9 @@ class Sender:
     def identifier(self, entity: str = "") -> str:
         """An identifier this application assigns (EI): ``entity^application^EUI-64^EUI-64``;
         without ``entity``, the application itself (HD: ``application^EUI-64^EUI-64``)."""
-        app = plain(self.application)
-        if not entity:
-            return f"{app}^{self.equipment}^{EUI64}" if self.equipment else app
         universal = f"^{self.equipment}^{EUI64}" if self.equipment else ""
-        return f"{plain(entity)}^{app}{universal}"
+        app = plain(self.application) + universal
+        return f"{plain(entity)}^{app}" if entity else app
 
 
 @dataclass(frozen=True)
@@ -158,17 +153,15 @@ def range_flag(value: float, low: object, high: object) -> str:
 
 def limits_of(low: object, high: object) -> str:
     """OBX-7 ``low-high``; "" unless both are numbers."""
-    if isinstance(low, int | float) and isinstance(high, int | float):
-        return f"{low:g}-{high:g}"
-    return ""
+    numbers = isinstance(low, int | float) and isinstance(high, int | float)
+    return f"{low:g}-{high:g}" if numbers else ""
 
 
 def rate_message(
     reading: Mapping[str, Any], bed: Bed, sender: Sender, control_id: str, now: dt.datetime
 ) -> str:
     """PCD-01 of one respiration reading (the respiration topic's message)."""
-    utc = str(reading.get("utc", ""))
-    when = hl7_time(utc)
+    when = hl7_time(str(reading.get("utc", "")))
     metrics: list[list[str]] = []
     if reading.get("state") == "ok" and isinstance(reading.get("rate_bpm"), int | float):
         rate = float(reading["rate_bpm"])
@@ -183,8 +176,7 @@ def rate_message(
     for key, family in FINDING_RATE_FAMILY.items():  # the finding rates, where the bed has one
         share = reading.get(key)
         if isinstance(share, int | float):
-            code = f"{FAMILY[family].rate_code}^{FAMILY[family].rate_text}^{LOCAL_TABLE}"
-            metrics.append(["NM", code, f"{float(share):.1f}", PERCENT, "", "", when,
+            metrics.append(["NM", RATE_CODE[family], f"{float(share):.1f}", PERCENT, "", "", when,
                             AUTO_MEASUREMENT])  # fmt: skip
     return _observation_message(bed, sender, control_id, now, when, "", metrics)
 
@@ -235,15 +227,14 @@ def condition_code(condition: str, text: str) -> str:
 
 def _source_facet(report: AlertReport, sub_id: str, when: str) -> str:
     """Facet 2 of an alert: its source metric's latest value, else the alert source attribute."""
-    family_code = {f.name: f"{f.rate_code}^{f.rate_text}^{LOCAL_TABLE}" for f in FAMILY.values()}
     if report.source is not None and report.kind == "physiological":
         value, low, high = report.source
         if report.condition in ALERT_EVENT:
             return _obx(2, "NM", MDC_RESP_RATE, sub_id, f"{value:.1f}", MDC_RESP_PER_MIN,
                         limits_of(low, high), (range_flag(round(value, 1), low, high),),
                         when=when)  # fmt: skip
-        if report.condition in family_code:
-            return _obx(2, "NM", family_code[report.condition], sub_id, f"{value:.1f}", PERCENT,
+        if report.condition in RATE_CODE:
+            return _obx(2, "NM", RATE_CODE[report.condition], sub_id, f"{value:.1f}", PERCENT,
                         when=when)  # fmt: skip
     source = CHAN if report.kind == "physiological" else MDS
     return _obx(2, "CWE", ALERT_SOURCE_ATTR, sub_id, source, when=when)

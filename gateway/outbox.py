@@ -55,6 +55,8 @@ WITH heads AS (SELECT MIN(seq) AS seq FROM outbox WHERE state = 'queued' GROUP B
 SELECT o.seq, o.key, o.control_id, o.message, o.attempts, o.refusals, o.device FROM outbox o
 JOIN heads ON o.seq = heads.seq ORDER BY o.priority, o.device = ?, o.seq LIMIT 1
 """
+SET_NOTE = """INSERT INTO notes (name, value) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value"""
 
 
 class OutboxError(LungwatchError):
@@ -140,11 +142,7 @@ class Outbox:
         """Keep what the gateway must know after a restart; StoreError where it cannot."""
         try:
             with self._lock, self._db:
-                self._db.execute(
-                    "INSERT INTO notes (name, value) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                    (name, value),
-                )
+                self._db.execute(SET_NOTE, (name, value))
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: cannot store a note now ({exc})") from None
 
@@ -178,11 +176,7 @@ class Outbox:
                     if note is not None and note[1] is None:
                         self._db.execute("DELETE FROM notes WHERE name = ?", (note[0],))
                     elif note is not None:
-                        self._db.execute(
-                            "INSERT INTO notes (name, value) VALUES (?, ?) "
-                            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                            note,
-                        )
+                        self._db.execute(SET_NOTE, note)
             except sqlite3.OperationalError as exc:  # disk full, locked: nothing was stored
                 raise StoreError(f"{self.path}: cannot store a message now ({exc})") from None
             self._queued.notify_all()
@@ -220,9 +214,7 @@ class Outbox:
         """Messages per state (queued, sent and still kept, refused)."""
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
-        found = {"queued": 0, "sent": 0, "refused": 0}
-        found.update({state: int(n) for state, n in rows})
-        return found
+        return {"queued": 0, "sent": 0, "refused": 0, **{state: int(n) for state, n in rows}}
 
     def refusals(self) -> list[tuple[str, str, str]]:
         """(key, control id, the receiver's last reply) of every refused message."""
@@ -257,24 +249,21 @@ class Outbox:
         return Queued(*row[:6])
 
     def _finish(self, seq: int, state: str, error: str) -> None:
+        now = time.time()
         try:
-            self._finished(seq, state, error)
+            with self._lock:
+                self._db.execute(
+                    "UPDATE outbox SET state = ?, last_error = ?, done_s = ? WHERE seq = ?",
+                    (state, error, now, seq),
+                )
+                if now - self._pruned_s > 60.0:
+                    self._pruned_s = now
+                    self._db.execute(
+                        "DELETE FROM outbox WHERE state = 'sent' AND done_s < ?",
+                        (now - self.keep_sent_s,),
+                    )
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: cannot note a message {state} now ({exc})") from None
-
-    def _finished(self, seq: int, state: str, error: str) -> None:
-        now = time.time()
-        with self._lock:
-            self._db.execute(
-                "UPDATE outbox SET state = ?, last_error = ?, done_s = ? WHERE seq = ?",
-                (state, error, now, seq),
-            )
-            if now - self._pruned_s > 60.0:
-                self._pruned_s = now
-                self._db.execute(
-                    "DELETE FROM outbox WHERE state = 'sent' AND done_s < ?",
-                    (now - self.keep_sent_s,),
-                )
 
 
 @dataclass(frozen=True)
@@ -308,8 +297,7 @@ class Courier:
     def __init__(self, outbox: Outbox, transport: Transport, config: CourierConfig) -> None:
         self.outbox, self.transport, self.config = outbox, transport, config
         self.stats = {"sent": 0, "retries": 0, "refused": 0, "store_waits": 0}
-        self.last_error = ""
-        self.last_sent_utc = ""
+        self.last_error = self.last_sent_utc = ""
         self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:

@@ -245,13 +245,10 @@ class Intake:
     def bed(self, device_id: str, stream_id: str) -> Bed:
         """The bed's place, patient (the ADT feed's where it names one) and equipment."""
         bed = self.config.bed(device_id, stream_id)
-        equipment = self._equipment.get(device_id, "")
-        if equipment:
+        if equipment := self._equipment.get(device_id, ""):
             bed = dataclasses.replace(bed, equipment=equipment)
-        if self.adt is not None and bed.location:
-            patient = self.adt.patient_at(bed.location)
-            if patient:
-                bed = dataclasses.replace(bed, patient_id=patient)
+        if self.adt is not None and bed.location and (patient := self.adt.patient_at(bed.location)):
+            bed = dataclasses.replace(bed, patient_id=patient)
         return bed
 
     def _alarm_message(
