@@ -245,9 +245,8 @@ class Runtime:
         """The source's end or failure (raised by the read that found no chunk)."""
         exc, stream.read_error = stream.read_error, None
         if isinstance(exc, SourceEnded):
-            if (
-                flushed := stream.chain.flush()
-            ):  # the last frames go through the model first; the stream ends after
+            flushed = stream.chain.flush()
+            if flushed:  # the last frames go through the model first; the stream ends after
                 stream.ending = "stream end"
                 ready.extend((stream, window, time.perf_counter()) for window in flushed)
             else:
