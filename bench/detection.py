@@ -47,7 +47,7 @@ import numpy as np
 
 from bench import write_results
 from bench.runtime import mosquitto_broker
-from bench.runtime_probes import AckProbe, percentiles_ms
+from bench.runtime_probes import AckProbe, TimingSink, percentiles_ms
 from edge.bed.detector import DetectorConfig, FrameDetector, FrameGrid
 from edge.datapaths import sprsound_root
 from edge.inference import BackendConfig
@@ -62,7 +62,6 @@ from edge.runtime.config import (
 )
 from edge.runtime.loop import Runtime, open_model, open_streams
 from edge.runtime.offline import FrameKeeper, detect_recordings, recordings_in
-from edge.sinks import publish_all
 from lungwatch.events import Event
 from lungwatch.labels import FAMILY_CLASSES, sound_class
 
@@ -109,29 +108,15 @@ def annotated(folder: Path) -> dict[str, list[tuple[float, float, str]]]:
     return out
 
 
-class _Recorder:
+class _Recorder(TimingSink):
     """Forwards events to ``inner`` and keeps each with the time it was handed over."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner = inner
+        super().__init__(inner, {})
         self.events: list[tuple[Event, float]] = []
 
-    def publish(self, event: Event) -> None:
-        self.publish_many([event])
-
-    def publish_many(self, events: Sequence[Event]) -> None:
-        now = time.perf_counter()
-        self.events += [(e, now) for e in events]
-        publish_all(self.inner, events)
-
-    def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
-        self.inner.publish_metrics(stream_id, metrics)
-
-    def flush(self, timeout_s: float) -> bool:
-        return bool(self.inner.flush(timeout_s))
-
-    def close(self) -> None:
-        self.inner.close()
+    def _note(self, event: Event, now_s: float) -> None:
+        self.events.append((event, now_s))
 
 
 def decision_frames(
@@ -297,26 +282,22 @@ def render(record: dict[str, Any]) -> str:
                 own["n"], own.get("p50", float("nan")), own.get("p99", float("nan"))
             ),
         ]
-        split, start = lat.get("split_ms"), lat.get("start_ms")
-        if split and start:
-            lines += [
-                "",
-                "| where the time goes | n | p50 ms | p99 ms | max ms |",
-                "|---|---:|---:|---:|---:|",
-                f"| annotated onset -> the start the device reports | {start['n']} "
-                f"| {_ms(start)} |",
-            ]
-            what = {
-                "decision": "reported start -> end of the frame that decided (lead, minimum "
-                "phase, the class mean reaching its threshold)",
-                "ready": "-> its output ready (look-ahead, wait for the chunk, inference)",
-                "delivery": "-> PUBACK of the `onset` (events, spool, MQTT)",
-            }
-            lines += [
-                f"| {label} | {split[k]['n']} | {_ms(split[k])} |" for k, label in what.items()
-            ]
-            if lat.get("unsplit"):
-                lines.append(f"\n{lat['unsplit']} onsets could not be split (no deciding frame).")
+        split, start = lat["split_ms"], lat["start_ms"]
+        lines += [
+            "",
+            "| where the time goes | n | p50 ms | p99 ms | max ms |",
+            "|---|---:|---:|---:|---:|",
+            f"| annotated onset -> the start the device reports | {start['n']} | {_ms(start)} |",
+        ]
+        what = {
+            "decision": "reported start -> end of the frame that decided (lead, minimum "
+            "phase, the class mean reaching its threshold)",
+            "ready": "-> its output ready (look-ahead, wait for the chunk, inference)",
+            "delivery": "-> PUBACK of the `onset` (events, spool, MQTT)",
+        }
+        lines += [f"| {label} | {split[k]['n']} | {_ms(split[k])} |" for k, label in what.items()]
+        if lat.get("unsplit"):
+            lines.append(f"\n{lat['unsplit']} onsets could not be split (no deciding frame).")
     return "\n".join(lines)
 
 
