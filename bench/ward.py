@@ -46,6 +46,7 @@ import yaml
 
 from bench import write_results
 from bench.runtime import mosquitto_broker
+from bench.runtime_probes import percentiles_ms
 from lungwatch.events import format_utc, parse_utc
 from wardview.config import DashboardConfig
 from wardview.history import History
@@ -57,7 +58,6 @@ SITE = "bench-ward"
 NAMESPACE = uuid.UUID("6f1d2c1e-6a55-4c1b-9d0e-46e5a7d1b0a1")  # the replicas' UUID5 ids
 NURSE = ("nurse", "bench-only-password")
 BED_KINDS = ("event", "verdict", "respiration", "summary", "evidence")
-TARGET_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,15 +77,21 @@ class Message:
 
 
 # -- 1. an hour through the real runtime ---------------------------------------------------
+def connected(port: int, name: str) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
+    client.max_inflight_messages_set(100)
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    return client
+
+
 class Subscriber:
     def __init__(self, port: int) -> None:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-keeper")
+        self.client = connected(port, "bench-keeper")
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.subscribe("lungwatch/v1/#", qos=1)
-        self.client.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._lock:
@@ -355,15 +361,9 @@ def dashboard_config(folder: Path, port: int, store: Path | str) -> Path:
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    a = np.asarray(values) * 1000.0
-    return {
-        "n": len(values),
-        "p50_ms": round(float(np.percentile(a, 50)), 1),
-        "p99_ms": round(float(np.percentile(a, 99)), 1),
-        "max_ms": round(float(a.max()), 1),
-    }
+    """:func:`percentiles_ms` as this record keeps them: ``p50_ms``, ``p99_ms``, ``max_ms``."""
+    found = percentiles_ms(values)
+    return {"n": found.pop("n"), **{f"{k}_ms": round(v, 1) for k, v in found.items()}}
 
 
 def trend_of(driver: Any, bed: Bed) -> dict[str, Any] | None:
@@ -452,19 +452,11 @@ def restamp(payload: bytes, shift_s: float) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def publisher(port: int, name: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
-    client.max_inflight_messages_set(100)
-    client.connect("127.0.0.1", port, keepalive=30)
-    client.loop_start()
-    return client
-
-
 def replay(
     driver: Any, port: int, schedule: list[tuple[float, str, str, bytes, str]], since_s: float
 ) -> dict[str, Any]:
     """Publish ``schedule`` at its pace; event -> screen from the page's paint stamps."""
-    clients = {"events": publisher(port, "bench-devices"), "clips": publisher(port, "bench-clips")}
+    clients = {"events": connected(port, "bench-devices"), "clips": connected(port, "bench-clips")}
     sent: dict[str, float] = {}
     start_s = time.time()
     shift_s = start_s - since_s
