@@ -419,14 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.feature_costs:
         with mosquitto_broker(not args.no_mqtt) as broker:
             found = feature_costs(args, broker[1] if broker else None)
-        header = _header(args, sys.argv[1:] if argv is None else argv, broker)
-        record = {"header": header, **found}
+        record = {"header": _header(args, argv, broker), **found}
         write_results("runtime_features", record, _feature_table(record))
         return 0
     if args.baseline:
         with mosquitto_broker(not args.no_mqtt) as broker:
             found = compare_with(args.baseline, args, broker[1] if broker else None)
-        header = _header(args, sys.argv[1:] if argv is None else argv, broker)
+        header = _header(args, argv, broker)
         name = "runtime_baseline" + ("_paced" if args.baseline_paced else "")
         name += "_ward.json" if args.baseline_audio else ".json"
         (RESULTS_DIR / name).write_text(json.dumps({"header": header, **found}, indent=2) + "\n")
@@ -439,9 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key}, this checkout / {args.baseline}: {value:.3f}")
         return 0
     with mosquitto_broker(not args.no_mqtt) as broker:
-        address = broker[1] if broker else None
-        header = _header(args, sys.argv[1:] if argv is None else argv, broker)
-        runs = _all_runs(args, address)
+        header = _header(args, argv, broker)
+        runs = _all_runs(args, broker[1] if broker else None)
     record = {"header": header, "targets": TARGETS, **runs}
     write_results("runtime", record, render_markdown(record))
     return 0
@@ -491,15 +489,13 @@ def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
 def _header(
     args: argparse.Namespace, argv: list[str] | None, broker: tuple[Any, str, str] | None
 ) -> dict[str, Any]:
+    skipped = "--no-mqtt" if args.no_mqtt else "mosquitto not installed"
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(["python -m bench.runtime", *(argv or [])]),
+        "command": " ".join(["python -m bench.runtime", *(sys.argv[1:] if argv is None else argv)]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, pinned to CPUs {sorted(os.sched_getaffinity(0))}",
-        "broker": f"Mosquitto on {broker[2]}"
-        if broker
-        else "none (MQTT skipped: "
-        + ("--no-mqtt)" if args.no_mqtt else "mosquitto not installed)"),
+        "broker": f"Mosquitto on {broker[2]}" if broker else f"none (MQTT skipped: {skipped})",
         "threads": {
             k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
         },

@@ -62,7 +62,6 @@ class TimedSource:
 @dataclass
 class Published:
     event_id: str
-    kind: str
     window_closed_s: float
     captured_s: float  # paced sources: when the window's last sample was captured
     published_s: float
@@ -110,9 +109,7 @@ class TimingSink:
         source = self.sources.get(event.stream_id)
         closed_s = source.last_read_s if source is not None else now_s
         captured_s = source.last_captured_s if source is not None else now_s
-        self.published.append(
-            Published(event.id, event.kind, closed_s, captured_s, now_s, self.measuring)
-        )
+        self.published.append(Published(event.id, closed_s, captured_s, now_s, self.measuring))
 
     def publish_metrics(self, stream_id: str, metrics: dict[str, Any]) -> None:
         wait = metrics.get("read_wait_ms_p99")
