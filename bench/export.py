@@ -134,7 +134,8 @@ def render_streaming(result: dict[str, Any]) -> list[str]:
             for name, value, wanted, ok in verdicts(result)
         ],
         "",
-        "- optimised INT8 graph nodes: " + _pairs(result["int8_optimised_graph_nodes"]),
+        "- optimised INT8 graph nodes: "
+        + ", ".join(f"{key} {n}" for key, n in result["int8_optimised_graph_nodes"].items()),
     ]
     return lines
 
@@ -146,10 +147,6 @@ def verdicts(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
         ("file size FP32 / INT8", size["fp32"] / size["int8"], TARGET_SIZE_RATIO),
     ]
     return [(name, value, wanted, value >= wanted) for name, value, wanted in rows]
-
-
-def _pairs(mapping: dict[str, Any], fmt: str = "") -> str:
-    return ", ".join(f"{key} {value:{fmt}}" for key, value in mapping.items())
 
 
 def variant_paths(items: list[str]) -> dict[str, Path]:

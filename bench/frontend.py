@@ -158,11 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.seconds:g} s signal, median of {args.repeats}; {platform.machine()}, "
         f"Python {platform.python_version()}, FFT {FFT_BACKEND}"
     )
-    record = {
-        "header": header,
-        "x_real_time": xrt,
-        "targets": target_records(checks),
-    }
+    record = {"header": header, "x_real_time": xrt, "targets": target_records(checks)}
     write_results("frontend", record, render(xrt, checks, header))
     return 0
 
