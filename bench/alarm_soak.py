@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -172,7 +171,7 @@ def start_device(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 def stop(process: subprocess.Popen[Any]) -> None:
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        process.terminate()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -565,11 +565,9 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
     if len(record["stores"]) == 2:
-        grid = [record["stores"][k]["page"]["grid"].get("p99_ms") for k in ("postgresql",
-                                                                            "sqlite")]  # fmt: skip
-        record["grid_p99_postgresql_over_sqlite"] = (
-            round(grid[0] / grid[1], 3) if grid[0] and grid[1] else None
-        )
+        grid = {k: found["page"]["grid"].get("p99_ms") for k, found in record["stores"].items()}
+        pg, lite = grid["postgresql"], grid["sqlite"]
+        record["grid_p99_postgresql_over_sqlite"] = round(pg / lite, 3) if pg and lite else None
     ref, clips = record["reference"].get("p99_ms"), record["with_clips"].get("p99_ms")
     record["clip_cost_p99_ratio"] = round(clips / ref, 3) if ref and clips else None
     record["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, nothing pinned"
