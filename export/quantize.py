@@ -292,13 +292,9 @@ GENERATED_NAME = re.compile(
 )
 
 
-def compact(path: Path) -> None:
-    """Shrink ``path`` without changing what it computes: short generated tensor names, no Q/DQ
+def compact(graph: Any) -> None:
+    """Shrink ``graph`` without changing what it computes: short generated tensor names, no Q/DQ
     node names, no ``value_info`` (the FP32 export has none; runtimes infer shapes)."""
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
     ids: dict[str, str] = {}
 
     def short(name: str) -> str:
@@ -312,17 +308,11 @@ def compact(path: Path) -> None:
     for initializer in graph.initializer:
         initializer.name = short(initializer.name)
     del graph.value_info[:]
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
 
 
-def tidy_qdq(path: Path) -> dict[str, int]:
-    """Rewrite the Q/DQ placement of ``path`` in place (docs/export.md, "Q/DQ placement"): only
+def tidy_qdq(graph: Any) -> dict[str, int]:
+    """Rewrite the Q/DQ placement of ``graph`` (docs/export.md, "Q/DQ placement"): only
     quantized ops read a dequantized tensor, and a pair reaching no quantized op is removed."""
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
     rewired = sum(
         _read_float(node, q, dq)
         for q, dq, consumers in _activation_pairs(graph)
@@ -344,8 +334,6 @@ def tidy_qdq(path: Path) -> dict[str, int]:
     used = {name for node in graph.node for name in node.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
     return {"float_readers": rewired, "pairs_removed": removed}
 
 
@@ -504,6 +492,8 @@ def quantize_model(
     """Quantize ``fp32_model`` on ``chunks``, compact, tidy and screen it for TensorRT 10, and
     write ``out``, or raise OpCheckFailedError and write nothing. Returns the calibration record
     (``seed`` is only recorded); FP32 agreement is on ``agreement_recordings``, else the chunks."""
+    import onnx
+
     fp32_model, out = Path(fp32_model), Path(out)
     if method not in METHODS:
         raise StreamingQuantizeError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -534,8 +524,11 @@ def quantize_model(
             fp32_model, quantized, chunks, method=method, activations=activations, work=work,
             percentile=percentile, nodes_to_exclude=nodes_to_exclude,
         )  # fmt: skip
-        compact(quantized)
-        tidied = tidy_qdq(quantized)
+        model = onnx.load(str(quantized))
+        compact(model.graph)
+        tidied = tidy_qdq(model.graph)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(quantized))
         problems = check_tensorrt_compat(quantized)
         if activations == "quint8":  # its zero points are no finding: not for TensorRT anyway
             problems = [p for p in problems if QDQ_ZERO_POINT_PREFIX not in p]
