@@ -63,7 +63,7 @@ class BuildPlan:
         }
 
 
-def graph_inputs(onnx_path: Path) -> dict[str, Any]:
+def _static_dims(onnx_path: Path, name: str, rank: int, layout: str) -> list[int]:
     try:
         import onnx
         from google.protobuf.message import DecodeError
@@ -75,13 +75,7 @@ def graph_inputs(onnx_path: Path) -> dict[str, Any]:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except (OSError, DecodeError) as exc:
         raise EngineBuildError(f"{onnx_path}: cannot read the ONNX model ({exc})") from None
-    return {i.name: i for i in model.graph.input}
-
-
-def _static_dims(
-    onnx_path: Path, inputs: dict[str, Any] | None, name: str, rank: int, layout: str
-) -> list[int]:
-    inputs = graph_inputs(onnx_path) if inputs is None else inputs
+    inputs = {i.name: i for i in model.graph.input}
     if name not in inputs:
         raise EngineBuildError(f"{onnx_path}: no input {name!r} (inputs: {list(inputs)})")
     dims = inputs[name].type.tensor_type.shape.dim
@@ -95,14 +89,14 @@ def _static_dims(
     return [int(v or 0) for v in values[1:]]
 
 
-def read_input_shape(onnx_path: Path, inputs: dict[str, Any] | None = None) -> tuple[int, int, int]:
+def read_input_shape(onnx_path: Path) -> tuple[int, int, int]:
     """(K, B, T) of the ONNX input ``features``."""
-    k, b, t = _static_dims(onnx_path, inputs, INPUT_NAME, 4, "(batch, K, B, T)")
+    k, b, t = _static_dims(onnx_path, INPUT_NAME, 4, "(batch, K, B, T)")
     return k, b, t
 
 
-def read_state_size(onnx_path: Path, inputs: dict[str, Any] | None = None) -> int:
-    (size,) = _static_dims(onnx_path, inputs, STATE_NAME, 2, "(batch, S)")
+def read_state_size(onnx_path: Path) -> int:
+    (size,) = _static_dims(onnx_path, STATE_NAME, 2, "(batch, S)")
     return size
 
 
@@ -380,8 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.workspace_mib < 1:
             raise EngineBuildError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
-        inputs = graph_inputs(args.onnx)  # a bad file is named before TensorRT is
-        input_shape = read_input_shape(args.onnx, inputs)
+        input_shape = read_input_shape(args.onnx)  # a bad file is named before TensorRT is
         trt = _tensorrt_module()
         trtexec = find_trtexec()
         built_with = choose_builder(trt is not None, trtexec, args.use_trtexec)
@@ -391,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             args.precision,
             input_shape,
-            read_state_size(args.onnx, inputs),
+            read_state_size(args.onnx),
             timing_cache_path(args.out, args.timing_cache),
             args.max_batch,
             args.opt_batch,

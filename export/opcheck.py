@@ -41,21 +41,17 @@ def supported_ops(path: Path = OPS_FILE) -> frozenset[str]:
     return frozenset(s for s in (line.split("#", 1)[0].strip() for line in lines) if s)
 
 
-def load_model(model_path: Path) -> Any:
-    """The ONNX ModelProto (external data included); errors name the file."""
+def check_tensorrt_compat(model_path: str | Path) -> list[str]:
     import onnx
     from google.protobuf.message import DecodeError
 
+    model_path = Path(model_path)
     try:
-        return onnx.load(str(model_path))
+        model = onnx.load(str(model_path))  # external data included
     except OSError as exc:
         raise OpCheckError(f"{model_path}: cannot read the ONNX model ({exc})") from None
     except (DecodeError, ValueError) as exc:
         raise OpCheckError(f"{model_path}: not an ONNX model ({exc})") from None
-
-
-def check_tensorrt_compat(model_path: str | Path) -> list[str]:
-    model = load_model(Path(model_path))
     return [
         *check_opset(model),
         *check_operators(model.graph),
@@ -151,7 +147,7 @@ def check_io_dims(graph: Any) -> list[str]:
     return problems
 
 
-def with_fixed_batch(model: Any, batch: int = FIXED_BATCH) -> Any:
+def check_intermediate_dims(model: Any) -> list[str]:
     import onnx
 
     fixed = onnx.ModelProto()
@@ -159,15 +155,9 @@ def with_fixed_batch(model: Any, batch: int = FIXED_BATCH) -> Any:
     del fixed.graph.value_info[:]
     for value in fixed.graph.input:
         if _dims(value):
-            value.type.tensor_type.shape.dim[0].dim_value = batch
-    return fixed
-
-
-def check_intermediate_dims(model: Any) -> list[str]:
-    import onnx
-
+            value.type.tensor_type.shape.dim[0].dim_value = FIXED_BATCH
     try:
-        inferred = onnx.shape_inference.infer_shapes(with_fixed_batch(model), data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
     except onnx.shape_inference.InferenceError as exc:
         return [f"shape inference failed with the batch fixed to {FIXED_BATCH}: {exc}"]
     unresolved = [

@@ -47,25 +47,22 @@ STATE_RANK = 2  # (batch, state_size)
 FEATURES_RANK = 4  # (batch, kinds, bands, frames)
 PROBS_RANK = 3  # (batch, outputs, chunk_frames)
 QDQ_ZERO_POINT_PREFIX = "Q/DQ node(s) with a zero point"  # the opcheck's zero-point finding
+QDQ_STOPS = (*QUANTIZED_OPS, "QuantizeLinear")  # what a kept Q/DQ pair must reach
 
 T = TypeVar("T")
 Event = tuple[str, int, int]  # (type, start sample, end sample exclusive)
 
 
-class QuantizeError(LungwatchError):
-    """Quantization cannot run (options, inputs) or its result is not usable."""
+class StreamingQuantizeError(LungwatchError):
+    """The streaming model cannot be quantized (options, inputs) or the result is unusable."""
 
 
-class OpCheckFailedError(QuantizeError):
+class OpCheckFailedError(StreamingQuantizeError):
     """The quantized model has TensorRT compatibility problems; ``problems`` lists them."""
 
     def __init__(self, message: str, problems: list[str]) -> None:
         super().__init__(message)
         self.problems = problems
-
-
-class StreamingQuantizeError(QuantizeError):
-    """The streaming model cannot be quantized (options, inputs) or the result is unusable."""
 
 
 @dataclass(frozen=True)
@@ -157,17 +154,6 @@ def _check_recordings(recordings: Sequence[np.ndarray], shapes: StreamingShapes)
             )
 
 
-def _padded(recordings: Sequence[np.ndarray], pad: np.ndarray | None, frames: int) -> np.ndarray:
-    k, f = recordings[0].shape[:2]
-    x = np.empty((len(recordings), k, f, frames), np.float32)
-    for row, features in enumerate(recordings):
-        n = min(features.shape[2], frames)
-        x[row, :, :, :n] = features[:, :, :n]
-        fill = pad if pad is not None else features.astype(np.float32).mean(axis=2)
-        x[row, :, :, n:] = fill[:, :, None]
-    return x
-
-
 def run_streams(
     session: Any,
     shapes: StreamingShapes,
@@ -179,7 +165,12 @@ def run_streams(
     """Stream the recordings as one batch of beds from zero state, padded with ``pad`` after
     their ends. Yields ``(chunk, features (B, K, F, T), state carried in (B, S), probs)``."""
     width = shapes.input_frames
-    x = _padded(recordings, pad, n_chunks * width)
+    x = np.empty((len(recordings), shapes.n_kinds, shapes.n_bands, n_chunks * width), np.float32)
+    for row, features in enumerate(recordings):
+        n = min(features.shape[2], x.shape[3])
+        x[row, :, :, :n] = features[:, :, :n]
+        fill = pad if pad is not None else features.astype(np.float32).mean(axis=2)
+        x[row, :, :, n:] = fill[:, :, None]
     state = np.zeros((len(recordings), shapes.state_size), np.float32)
     for c in range(n_chunks):
         features = np.ascontiguousarray(x[..., c * width : (c + 1) * width])
@@ -240,19 +231,17 @@ def make_reader(chunks: Sequence[dict[str, np.ndarray]]) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     size = max(d for d in range(1, CALIB_BATCH_CHUNKS + 1) if len(chunks) % d == 0)
+    batches = (
+        {
+            name: np.concatenate([c[name] for c in chunks[i : i + size]])
+            for name in (FEATURES, STATE)
+        }
+        for i in range(0, len(chunks), size)
+    )
 
     class ChunkReader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = (
-                {
-                    name: np.concatenate([c[name] for c in chunks[i : i + size]])
-                    for name in (FEATURES, STATE)
-                }
-                for i in range(0, len(chunks), size)
-            )
-
         def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._batches, None)
+            return next(batches, None)
 
     return ChunkReader()
 
@@ -303,13 +292,9 @@ GENERATED_NAME = re.compile(
 )
 
 
-def compact(path: Path) -> None:
-    """Shrink ``path`` without changing what it computes: short generated tensor names, no Q/DQ
+def compact(graph: Any) -> None:
+    """Shrink ``graph`` without changing what it computes: short generated tensor names, no Q/DQ
     node names, no ``value_info`` (the FP32 export has none; runtimes infer shapes)."""
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
     ids: dict[str, str] = {}
 
     def short(name: str) -> str:
@@ -323,17 +308,11 @@ def compact(path: Path) -> None:
     for initializer in graph.initializer:
         initializer.name = short(initializer.name)
     del graph.value_info[:]
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
 
 
-def tidy_qdq(path: Path) -> dict[str, int]:
-    """Rewrite the Q/DQ placement of ``path`` in place (docs/export.md, "Q/DQ placement"): only
+def tidy_qdq(graph: Any) -> dict[str, int]:
+    """Rewrite the Q/DQ placement of ``graph`` (docs/export.md, "Q/DQ placement"): only
     quantized ops read a dequantized tensor, and a pair reaching no quantized op is removed."""
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
     rewired = sum(
         _read_float(node, q, dq)
         for q, dq, consumers in _activation_pairs(graph)
@@ -344,7 +323,7 @@ def tidy_qdq(path: Path) -> dict[str, int]:
     removed = 0
     outputs = {value.name for value in graph.output}
     for q, dq, consumers in _activation_pairs(graph):
-        if dq.output[0] in outputs or _reaches_quantized(graph, dq.output[0]):
+        if dq.output[0] in outputs or _first_reached(graph, dq.output[0], QDQ_STOPS):
             continue
         for node in consumers:
             _read_float(node, q, dq)
@@ -355,8 +334,6 @@ def tidy_qdq(path: Path) -> dict[str, int]:
     used = {name for node in graph.node for name in node.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
     return {"float_readers": rewired, "pairs_removed": removed}
 
 
@@ -381,17 +358,20 @@ def _activation_pairs(graph: Any) -> list[tuple[Any, Any, list[Any]]]:
     return pairs
 
 
-def _reaches_quantized(graph: Any, tensor: str) -> bool:
+def _first_reached(graph: Any, tensor: str, ops: Sequence[str]) -> list[str]:
+    """The names of the ``ops`` nodes that ``tensor`` reaches through nodes of other ops."""
     readers = _readers(graph)
+    found: dict[str, None] = {}  # in the order reached
     seen, todo = {tensor}, [tensor]
     while todo:
         for node in readers.get(todo.pop(), []):
-            if node.op_type in (*QUANTIZED_OPS, "QuantizeLinear"):
-                return True
+            if node.op_type in ops:
+                found[node.name] = None
+                continue
             fresh = [out for out in node.output if out not in seen]
             seen.update(fresh)
             todo += fresh
-    return False
+    return list(found)
 
 
 def _read_float(node: Any, q: Any, dq: Any) -> int:
@@ -399,19 +379,6 @@ def _read_float(node: Any, q: Any, dq: Any) -> int:
     for k in slots:
         node.input[k] = q.input[0]
     return len(slots)
-
-
-def opcheck_problems(model: Path, activations: str) -> list[str]:
-    """The TensorRT 10 screen's findings that stop shipping (for quint8, not its zero points)."""
-    problems = check_tensorrt_compat(model)
-    if activations == "quint8":
-        problems = [p for p in problems if QDQ_ZERO_POINT_PREFIX not in p]
-    return problems
-
-
-def _matched(ours: Sequence[Event], theirs: Sequence[Event]) -> int:
-    """How many of ``ours`` overlap an event of the same type in ``theirs``."""
-    return sum(any(t == u and s < e2 and s2 < e for u, s2, e2 in theirs) for t, s, e in ours)
 
 
 def streaming_agreement(
@@ -497,10 +464,16 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 def _share_matched(
     ours: Sequence[Sequence[Event]], theirs: Sequence[Sequence[Event]]
 ) -> float | None:
+    """The share of ``ours`` that overlap an event of the same type in ``theirs`` (per row)."""
     total = sum(map(len, ours))
     if total == 0:
         return None
-    return sum(_matched(o, t) for o, t in zip(ours, theirs, strict=True)) / total
+    matched = sum(
+        any(t == u and s < e2 and s2 < e for u, s2, e2 in their)
+        for our, their in zip(ours, theirs, strict=True)
+        for t, s, e in our
+    )
+    return matched / total
 
 
 def quantize_model(
@@ -519,6 +492,8 @@ def quantize_model(
     """Quantize ``fp32_model`` on ``chunks``, compact, tidy and screen it for TensorRT 10, and
     write ``out``, or raise OpCheckFailedError and write nothing. Returns the calibration record
     (``seed`` is only recorded); FP32 agreement is on ``agreement_recordings``, else the chunks."""
+    import onnx
+
     fp32_model, out = Path(fp32_model), Path(out)
     if method not in METHODS:
         raise StreamingQuantizeError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -549,9 +524,14 @@ def quantize_model(
             fp32_model, quantized, chunks, method=method, activations=activations, work=work,
             percentile=percentile, nodes_to_exclude=nodes_to_exclude,
         )  # fmt: skip
-        compact(quantized)
-        tidied = tidy_qdq(quantized)
-        problems = opcheck_problems(quantized, activations)
+        model = onnx.load(str(quantized))
+        compact(model.graph)
+        tidied = tidy_qdq(model.graph)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(quantized))
+        problems = check_tensorrt_compat(quantized)
+        if activations == "quint8":  # its zero points are no finding: not for TensorRT anyway
+            problems = [p for p in problems if QDQ_ZERO_POINT_PREFIX not in p]
         if problems:
             raise OpCheckFailedError(
                 f"{out.name}: {len(problems)} TensorRT 10 compatibility problem(s), "
@@ -589,18 +569,8 @@ def first_layers(fp32_model: Path) -> list[str]:
     """The quantizable nodes reached from ``features`` through no other: the stem convolutions."""
     import onnx
 
-    readers = _readers(onnx.load(str(fp32_model), load_external_data=False).graph)
-    found, seen, queue = [], set(), ["features"]
-    while queue:
-        for node in readers.get(queue.pop(), []):
-            if node.name in seen:
-                continue
-            seen.add(node.name)
-            if node.op_type in QUANTIZED_OPS:
-                found.append(node.name)
-            else:
-                queue.extend(node.output)
-    return found
+    graph = onnx.load(str(fp32_model), load_external_data=False).graph
+    return _first_reached(graph, FEATURES, QUANTIZED_OPS)
 
 
 def check_excluded(fp32_model: Path, names: Sequence[str]) -> None:

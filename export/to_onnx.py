@@ -33,10 +33,6 @@ MODEL_ID_HASH_CHARS = 12
 TOOL_PACKAGES = ("numpy", "scipy", "numba", "soundfile", "torch", "onnx", "onnxruntime", "tensorrt")
 
 
-def model_id(run_name: str, checkpoint_sha256: str) -> str:
-    return f"{run_name}-{checkpoint_sha256[:MODEL_ID_HASH_CHARS]}"
-
-
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for module in TOOL_PACKAGES:
@@ -167,7 +163,7 @@ def export_folder(
     sha = sha256_file(pt)
     data: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "model_id": model_id(ckpt.name, sha),
+        "model_id": f"{ckpt.name}-{sha[:MODEL_ID_HASH_CHARS]}",
         "created_utc": utc_now(),
         "checkpoint": {"file": pt.name, "sha256": sha, "epoch": ckpt.epoch},
         "files": {
