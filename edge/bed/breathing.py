@@ -20,19 +20,10 @@ import numpy as np
 
 from edge.bed import breathing_kernels as k
 from edge.bed.agebands import AgeBand
-from edge.bed.breathing_alarms import (
-    APNOEA,
-    BRADYPNOEA,
-    BREATH_SIGNAL_LOST,
-    TACHYPNOEA,
-    BreathAlarms,
-)
+from edge.bed.breathing_alarms import BreathAlarms
 from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import FrameGrid, Transition
 from edge.features import FeatureSpec, band_centres_hz
-
-PHYSIOLOGICAL = (APNOEA, TACHYPNOEA, BRADYPNOEA)
-TECHNICAL = (BREATH_SIGNAL_LOST,)
 
 N_SUB_BANDS = 6  # the breath band split log-evenly; a breath lifts most of them at once
 DETREND_S = 8.0  # a sub-band's slow level: longer than the slowest breath the bands allow
@@ -307,15 +298,10 @@ class BreathTracker:
             self.period_s, confidence, phases = _cycle(
                 kept[0], tilt, good, self.rate_hz, self.band.search_bpm, period, confidence
             )
+        may_double = period is not None
+        periodic = may_double and confidence >= WIDE_CONFIDENCE
         peaks, proms, ends, self.period_s = self._humps(
-            a,
-            tilt,
-            good,
-            first,
-            self.period_s,
-            phases,
-            may_double=period is not None,
-            periodic=period is not None and confidence >= WIDE_CONFIDENCE,
+            a, tilt, good, first, self.period_s, phases, may_double, periodic
         )
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         cut = final and peaks.size >= 2 and not confirmed[-1]
@@ -347,7 +333,7 @@ class BreathTracker:
             return []
         # the rate alerts read the bed's reading; an apnoea's severity this band's own
         own_confidence = own.confidence if own.state == "ok" else None
-        return self.alarms.rate(self, self.reading, own_confidence)
+        return self.alarms.rate(self.reading, own_confidence)
 
     def _humps(
         self,
