@@ -119,9 +119,7 @@ class QualityGate:
     ) -> None:
         self.config = config
         self.sample_rate_hz = sample_rate_hz
-        self.silent_bands = (
-            silent_bands  # names sound the training recordings lack (edge.bed.domain)
-        )
+        self.silent_bands = silent_bands  # sound the training recordings lack (edge.bed.domain)
         self._lifecycle = Lifecycle(
             "technical",
             priority_table(config.priorities, config.default_priority),
@@ -188,7 +186,7 @@ class QualityGate:
         n = int(chunk.samples.shape[0])
         if n > 0:
             self._last_audio_s = now_s
-            if self._stall_key is not None and not self._disconnected:
+            if not self._disconnected:
                 self._end_stall(chunk.first_sample)
         self._next_sample = max(self._next_sample, chunk.first_sample + n)
         return self._lifecycle.take()
@@ -211,8 +209,7 @@ class QualityGate:
         self._report_unjudged_gaps()
         for tracker in self._trackers.values():
             tracker.stop()
-        if self._stall_key is not None:
-            self._end_stall(self._next_sample)
+        self._end_stall(self._next_sample)
         self._lifecycle.release_latched()
         return self._lifecycle.take()
 
@@ -290,8 +287,7 @@ class QualityGate:
         elif notice.kind == "reconnected":
             self._disconnected = False
             self._last_audio_s = now_s
-            if self._stall_key is not None:
-                self._end_stall(notice.sample_index)
+            self._end_stall(notice.sample_index)
 
     def _notices_before(self, end_sample: int) -> tuple[bool, str]:
         """Apply the notices of the hop ending at ``end_sample``: (off body at any time in
