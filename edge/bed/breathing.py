@@ -93,21 +93,14 @@ def tracker_spec(spec: FeatureSpec) -> FeatureSpec:
     )
 
 
-def check_spec(spec: FeatureSpec, config: RespirationConfig) -> None:
-    """ValueError unless ``spec``'s bands hold the breath, fallback and body bands."""
-    _band_layout(spec, config)
-    other = _fallback_config(config)
-    if other is not None:
-        _band_layout(spec, other, "fallback_band_hz")
-
-
 def bands_read(config: RespirationConfig, spec: FeatureSpec) -> int:
     """How many of ``spec``'s bands, from the lowest, a bed's trackers read (the level front
-    end need compute no more)."""
+    end need compute no more); ValueError unless they hold the breath, fallback and body bands."""
     highest = 0
-    for tracker_config in (config, _fallback_config(config)):
+    other = _fallback_config(config)
+    for tracker_config, key in ((config, "breath_band_hz"), (other, "fallback_band_hz")):
         if tracker_config is not None:
-            breath, _, body = _band_layout(spec, tracker_config)
+            breath, _, body = _band_layout(spec, tracker_config, key)
             highest = max(highest, int(breath.max()), int(body.max()))
     return highest + 1
 
@@ -277,20 +270,15 @@ class BreathTracker:
         drop = float(self.fstate[k.F_BASE] - self.fstate[k.F_BODY])
         return drop < self.config.contact_drop_db, drop
 
-    def _window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        t = self.samples
-        n = min(t, self.ring_a.shape[0])
-        order = np.arange(t - n, t) % self.ring_a.shape[0]
-        return self.ring_a[order], self.ring_lost[order], self.ring_tilt[order], t - n
-
     def _analyse(self, final: bool = False) -> list[Transition]:
         """The window's period, breaths and rate; the rate alerts' transitions. ``final``:
         the stream ended (a hump it cut is a breath)."""
         if self.fallback is not None:
             self.fallback._analyse(final)
         self._analysed_at = self.samples
-        a, lost, tilt, first = self._window()
-        good = lost == 0
+        first = max(0, self.samples - self.ring_a.shape[0])  # the window: the rings' newest
+        order = np.arange(first, self.samples) % self.ring_a.shape[0]
+        a, tilt, good = self.ring_a[order], self.ring_tilt[order], self.ring_lost[order] == 0
         kept: list[np.ndarray] = []
         period, confidence = _period(a, good, self.rate_hz, self.band.search_bpm, kept)
         phases = None  # where each cycle is heard as two humps: the phases' cue (_cycle)

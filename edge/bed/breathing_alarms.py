@@ -42,14 +42,10 @@ class BreathAlarms:
         self._open: tuple[str, str] | None = None  # (type, key) of the open pause alarm
         self._unheard = -1  # the last check without contact or with a lost signal
         self._open_from = -1  # the sample the open alarm was raised at
-        audio_rate = grid.sample_rate_hz
+        lasting = round(config.rate_alert_s * grid.sample_rate_hz)  # samples: the tracker's unit
+        gap = round(RATE_ALERT_GAP_S * grid.sample_rate_hz)
         self._rate_trackers = {
-            name: EventTracker(
-                name,
-                self.physiological,
-                round(config.rate_alert_s * audio_rate),
-                round(RATE_ALERT_GAP_S * audio_rate),
-            )
+            name: EventTracker(name, self.physiological, lasting, gap)
             for name in (TACHYPNOEA, BRADYPNOEA)
         }
         self._rate_end = 0  # end of the span the rate alerts last judged

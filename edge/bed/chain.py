@@ -346,10 +346,8 @@ def _respiration(
 ) -> RespirationConfig | None:
     if not config.enabled:
         return None
-    from edge.bed.breathing import check_spec
-
     try:
-        check_spec(tracker_spec(spec), config)
+        bands_read(config, tracker_spec(spec))
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc} (or set respiration.enabled: false)") from None
     return config

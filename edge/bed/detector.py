@@ -58,9 +58,7 @@ def hysteresis_step(active: bool, value: float, on: float, off: float) -> bool:
 
 
 #: The physiological types' rows of :data:`lungwatch.events.DEFAULT_PRIORITIES` (the one table).
-DEFAULT_PRIORITIES: tuple[TypePriority, ...] = tuple(
-    TypePriority(t, EVENT_PRIORITIES[t]) for t in SOUND_TYPES
-)
+DEFAULT_PRIORITIES = tuple(TypePriority(t, EVENT_PRIORITIES[t]) for t in SOUND_TYPES)
 
 
 @dataclass(frozen=True)
@@ -91,12 +89,8 @@ class DetectorConfig(Settings):
         for key in ("min_event_ms", "merge_gap_ms"):
             value = getattr(self, key)
             check(value is None or value >= 0.0, key, value, "a number >= 0")
-        check(
-            self.default_priority in PRIORITIES,
-            "default_priority",
-            self.default_priority,
-            f"one of {PRIORITIES}",
-        )
+        default = self.default_priority
+        check(default in PRIORITIES, "default_priority", default, f"one of {PRIORITIES}")
         check_priorities(self.priorities, self.latching)
 
     def rule_of(self, type_: str) -> ClassRule:
@@ -665,12 +659,10 @@ class FrameDetector:
             # an open box runs to the last frame heard (a box in its gap ends at its fall)
             open_ = self._by_boxes[self._boxes.state[self._by_boxes] == BOX_OPEN]
             self._end[open_] = max(self._last_frame, 0)
-            for c in open_:  # its start not settled yet: not announced yet
+            for c in open_.tolist():  # its start not settled yet: not announced yet
                 if not self._announced[c] and self._peak[c] >= self._on[c]:
                     self._announced[c] = True
-                    self._apply(
-                        ONSET, int(c), int(self._start[c]), int(self._end[c]), self._peak[c]
-                    )
+                    self._apply(ONSET, c, int(self._start[c]), int(self._end[c]), self._peak[c])
         for c in range(len(self.types)):
             if self._announced[c]:
                 self._apply(CLOSE, c, int(self._start[c]), int(self._end[c]), self._peak[c])
@@ -679,8 +671,7 @@ class FrameDetector:
         self._announced[:] = False
         if self._phases is not None:
             self._phase[:] = 0
-            if self._by_boxes.size:
-                self._boxes.reset()
+            self._boxes.reset()
 
 
 def detect_events(

@@ -54,9 +54,7 @@ DEFAULT_POOR_QUALITY_OFF = 0.4  # sets one
 MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
 
 #: The gate's types' rows of :data:`lungwatch.events.DEFAULT_PRIORITIES` (the one table).
-DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = tuple(
-    TypePriority(t, EVENT_PRIORITIES[t]) for t in TECHNICAL_TYPES
-)
+DEFAULT_TECHNICAL_PRIORITIES = tuple(TypePriority(t, EVENT_PRIORITIES[t]) for t in TECHNICAL_TYPES)
 
 
 @dataclass(frozen=True)
@@ -107,8 +105,8 @@ class _Reading(NamedTuple):
 
     type: str
     active: bool
-    confidence: float = 1.0
     reason: str = ""
+    confidence: float = 1.0
 
 
 class QualityGate:
@@ -242,25 +240,22 @@ class QualityGate:
         invalid = window.invalid_samples > 0
         gap = window.hop_missing_fraction > 0.0 or bool(gap_notice)
         return [
-            _Reading(POOR_SIGNAL, poor, max(1.0 - q.score, poor_prob or 0.0), poor_reason),
-            _Reading(OFF_BODY, off_body, 1.0, "device reports off body"),
+            _Reading(POOR_SIGNAL, poor, poor_reason, max(1.0 - q.score, poor_prob or 0.0)),
+            _Reading(OFF_BODY, off_body, "device reports off body"),
             _Reading(
                 CLIPPING,
                 clipping,
-                1.0,
                 f"{q.clipping_fraction:.1%} of samples clipped" if clipping else "",
             ),
-            _Reading(SILENCE, silence, 1.0, f"level {q.rms_dbfs:.0f} dBFS" if silence else ""),
+            _Reading(SILENCE, silence, f"level {q.rms_dbfs:.0f} dBFS" if silence else ""),
             _Reading(
                 INVALID_SAMPLES,
                 invalid,
-                1.0,
                 f"{window.invalid_samples} NaN/Inf samples replaced by zeros" if invalid else "",
             ),
             _Reading(
                 SIGNAL_GAP,
                 gap,
-                1.0,
                 (gap_notice or f"{window.hop_missing_fraction:.0%} of the hop missing")
                 if gap
                 else "",
