@@ -543,8 +543,12 @@ def _period(
     if peaks.size == 0:
         return None, 0.0
     best = int(peaks[np.argmax(ac[peaks])])
+    # the peak's lag to a fraction of a sample (a parabola through three)
+    y0, y1, y2 = ac[best - 1], ac[best], ac[best + 1]
+    curve = y0 - 2.0 * y1 + y2
+    lag = best + (0.5 * (y0 - y2) / curve if curve < 0 else 0.0)
     # the lag is picked on the biased estimate, its height read unbiased (docs/respiration.md)
-    return _refined(ac, best) / rate_hz, min(1.0, float(ac[best]) * n / (n - best))
+    return lag / rate_hz, min(1.0, float(ac[best]) * n / (n - best))
 
 
 def _inspirations(peaks: np.ndarray, cue: np.ndarray, apart: float) -> np.ndarray:
@@ -589,10 +593,3 @@ def _cycle(
         if a2 >= a1 + OCTAVE_MARGIN:
             return 2.0 * period, min(1.0, max(0.0, a2)), np.zeros(0)
     return period, confidence, None
-
-
-def _refined(ac: np.ndarray, lag: int) -> float:
-    """The lag of a peak of ``ac`` to a fraction of a sample (a parabola through three)."""
-    y0, y1, y2 = ac[lag - 1], ac[lag], ac[lag + 1]
-    curve = y0 - 2.0 * y1 + y2
-    return lag + (0.5 * (y0 - y2) / curve if curve < 0 else 0.0)

@@ -155,12 +155,10 @@ class QualityGate:
     ) -> list[Transition]:
         """Judge one window's last hop (its new audio, :class:`WindowReady`)."""
         readings = self._readings(window, poor_quality_prob)
+        start, end = window.quality_start_sample, window.end_sample
         for r in readings:
-            tracker = self._trackers[r.type]
-            tracker.step(
-                window.quality_start_sample, window.end_sample, r.active, r.confidence, r.reason
-            )
-        self._judged_end = end = window.end_sample
+            self._trackers[r.type].step(start, end, r.active, r.confidence, r.reason)
+        self._judged_end = end
         if self._gap_spans:  # keep the gaps that reach past this window (or lie after it)
             self._gap_spans = [g for g in self._gap_spans if max(g[0] + 1, g[1]) > end]
         self.signal_lost = (
@@ -177,11 +175,15 @@ class QualityGate:
 
     def observe(self, chunk: SourceChunk, now_s: float) -> list[Transition]:
         """Take a chunk's notices and note that the source delivered (maybe empty) audio."""
+        n = int(chunk.samples.shape[0])
         for notice in chunk.notices:
             self._notice(notice, now_s)
-            if notice.kind in _GAP_NOTICES:
-                self._gap_spans.append((*_gap_span(notice, chunk), notice.kind))
-        n = int(chunk.samples.shape[0])
+            if notice.kind in _GAP_NOTICES:  # its samples: at least the missing chunk it came with
+                start = notice.sample_index
+                end = start + int(notice.detail.get("missing_samples", 0))
+                if chunk.missing:
+                    end = max(end, chunk.first_sample + n)
+                self._gap_spans.append((start, end, notice.kind))
         if n > 0:
             self._last_audio_s = now_s
             if not self._disconnected:
@@ -204,7 +206,11 @@ class QualityGate:
 
     def finish(self) -> list[Transition]:
         """Report the gaps no window reached, then end every technical event (latched too)."""
-        self._report_unjudged_gaps()
+        gaps = self._trackers[SIGNAL_GAP]
+        for start, end, kind in self._gap_spans:
+            start = max(start, self._judged_end)
+            gaps.step(start, max(start, end), True, 1.0, f"{kind} reported by the source")
+        self._gap_spans = []
         for tracker in self._trackers.values():
             tracker.stop()
         self._end_stall(self._next_sample)
@@ -262,13 +268,6 @@ class QualityGate:
             ),
         ]
 
-    def _report_unjudged_gaps(self) -> None:
-        tracker = self._trackers[SIGNAL_GAP]
-        for start, end, kind in self._gap_spans:
-            start = max(start, self._judged_end)
-            tracker.step(start, max(start, end), True, 1.0, f"{kind} reported by the source")
-        self._gap_spans = []
-
     def _notice(self, notice: Notice, now_s: float) -> None:
         if notice.kind in _GAP_NOTICES or (
             notice.kind == "device_status" and "off_body" in notice.detail
@@ -308,12 +307,3 @@ class QualityGate:
         if self._stall_key is not None:
             self._lifecycle.close(self._stall_key, max(at_sample, self._next_sample))
             self._stall_key = None
-
-
-def _gap_span(notice: Notice, chunk: SourceChunk) -> tuple[int, int]:
-    """The samples a gap notice stands for (at least the missing chunk it came with)."""
-    start = notice.sample_index
-    end = start + int(notice.detail.get("missing_samples", 0))
-    if chunk.missing:
-        end = max(end, chunk.first_sample + int(chunk.samples.shape[0]))
-    return start, end
