@@ -243,10 +243,9 @@ class BedChain:
             found = self._findings(self.detector.update(out.first_frame, out.probs), out)
             found += self._breathe(window, False)
             return WindowStep(out, found, quality, True, self._verdict(out), self._reading())
-        poor = self._poor
-        poor_prob = (
-            float(out.probs[:, poor].mean()) if poor is not None and len(out.probs) else None
-        )
+        poor_prob = None
+        if self._poor is not None and len(out.probs):
+            poor_prob = float(out.probs[:, self._poor].mean())
         transitions = self.gate.update(window, poor_prob)
         suppressed = self.detector.suppress(self.gate.suppressed)
         transitions += _ended_by(suppressed, "quality gate")
