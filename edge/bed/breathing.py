@@ -20,19 +20,10 @@ import numpy as np
 
 from edge.bed import breathing_kernels as k
 from edge.bed.agebands import AgeBand
-from edge.bed.breathing_alarms import (
-    APNOEA,
-    BRADYPNOEA,
-    BREATH_SIGNAL_LOST,
-    TACHYPNOEA,
-    BreathAlarms,
-)
+from edge.bed.breathing_alarms import BreathAlarms
 from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import FrameGrid, Transition
 from edge.features import FeatureSpec, band_centres_hz
-
-PHYSIOLOGICAL = (APNOEA, TACHYPNOEA, BRADYPNOEA)
-TECHNICAL = (BREATH_SIGNAL_LOST,)
 
 N_SUB_BANDS = 6  # the breath band split log-evenly; a breath lifts most of them at once
 DETREND_S = 8.0  # a sub-band's slow level: longer than the slowest breath the bands allow
@@ -102,21 +93,14 @@ def tracker_spec(spec: FeatureSpec) -> FeatureSpec:
     )
 
 
-def check_spec(spec: FeatureSpec, config: RespirationConfig) -> None:
-    """ValueError unless ``spec``'s bands hold the breath, fallback and body bands."""
-    _band_layout(spec, config)
-    other = _fallback_config(config)
-    if other is not None:
-        _band_layout(spec, other, "fallback_band_hz")
-
-
 def bands_read(config: RespirationConfig, spec: FeatureSpec) -> int:
     """How many of ``spec``'s bands, from the lowest, a bed's trackers read (the level front
-    end need compute no more)."""
+    end need compute no more); ValueError unless they hold the breath, fallback and body bands."""
     highest = 0
-    for tracker_config in (config, _fallback_config(config)):
+    other = _fallback_config(config)
+    for tracker_config, key in ((config, "breath_band_hz"), (other, "fallback_band_hz")):
         if tracker_config is not None:
-            breath, _, body = _band_layout(spec, tracker_config)
+            breath, _, body = _band_layout(spec, tracker_config, key)
             highest = max(highest, int(breath.max()), int(body.max()))
     return highest + 1
 
@@ -286,20 +270,15 @@ class BreathTracker:
         drop = float(self.fstate[k.F_BASE] - self.fstate[k.F_BODY])
         return drop < self.config.contact_drop_db, drop
 
-    def _window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        t = self.samples
-        n = min(t, self.ring_a.shape[0])
-        order = np.arange(t - n, t) % self.ring_a.shape[0]
-        return self.ring_a[order], self.ring_lost[order], self.ring_tilt[order], t - n
-
     def _analyse(self, final: bool = False) -> list[Transition]:
         """The window's period, breaths and rate; the rate alerts' transitions. ``final``:
         the stream ended (a hump it cut is a breath)."""
         if self.fallback is not None:
             self.fallback._analyse(final)
         self._analysed_at = self.samples
-        a, lost, tilt, first = self._window()
-        good = lost == 0
+        first = max(0, self.samples - self.ring_a.shape[0])  # the window: the rings' newest
+        order = np.arange(first, self.samples) % self.ring_a.shape[0]
+        a, tilt, good = self.ring_a[order], self.ring_tilt[order], self.ring_lost[order] == 0
         kept: list[np.ndarray] = []
         period, confidence = _period(a, good, self.rate_hz, self.band.search_bpm, kept)
         phases = None  # where each cycle is heard as two humps: the phases' cue (_cycle)
@@ -307,15 +286,10 @@ class BreathTracker:
             self.period_s, confidence, phases = _cycle(
                 kept[0], tilt, good, self.rate_hz, self.band.search_bpm, period, confidence
             )
+        may_double = period is not None
+        periodic = may_double and confidence >= WIDE_CONFIDENCE
         peaks, proms, ends, self.period_s = self._humps(
-            a,
-            tilt,
-            good,
-            first,
-            self.period_s,
-            phases,
-            may_double=period is not None,
-            periodic=period is not None and confidence >= WIDE_CONFIDENCE,
+            a, tilt, good, first, self.period_s, phases, may_double, periodic
         )
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         cut = final and peaks.size >= 2 and not confirmed[-1]
@@ -347,7 +321,7 @@ class BreathTracker:
             return []
         # the rate alerts read the bed's reading; an apnoea's severity this band's own
         own_confidence = own.confidence if own.state == "ok" else None
-        return self.alarms.rate(self, self.reading, own_confidence)
+        return self.alarms.rate(self.reading, own_confidence)
 
     def _humps(
         self,
@@ -569,8 +543,12 @@ def _period(
     if peaks.size == 0:
         return None, 0.0
     best = int(peaks[np.argmax(ac[peaks])])
+    # the peak's lag to a fraction of a sample (a parabola through three)
+    y0, y1, y2 = ac[best - 1], ac[best], ac[best + 1]
+    curve = y0 - 2.0 * y1 + y2
+    lag = best + (0.5 * (y0 - y2) / curve if curve < 0 else 0.0)
     # the lag is picked on the biased estimate, its height read unbiased (docs/respiration.md)
-    return _refined(ac, best) / rate_hz, min(1.0, float(ac[best]) * n / (n - best))
+    return lag / rate_hz, min(1.0, float(ac[best]) * n / (n - best))
 
 
 def _inspirations(peaks: np.ndarray, cue: np.ndarray, apart: float) -> np.ndarray:
@@ -615,10 +593,3 @@ def _cycle(
         if a2 >= a1 + OCTAVE_MARGIN:
             return 2.0 * period, min(1.0, max(0.0, a2)), np.zeros(0)
     return period, confidence, None
-
-
-def _refined(ac: np.ndarray, lag: int) -> float:
-    """The lag of a peak of ``ac`` to a fraction of a sample (a parabola through three)."""
-    y0, y1, y2 = ac[lag - 1], ac[lag], ac[lag + 1]
-    curve = y0 - 2.0 * y1 + y2
-    return lag + (0.5 * (y0 - y2) / curve if curve < 0 else 0.0)

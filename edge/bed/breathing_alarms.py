@@ -8,10 +8,15 @@ timeline."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from edge.bed.agebands import AgeBand
-from edge.bed.breathing_state import Respiration, RespirationConfig, TrackerView
+from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import EventTracker, FrameGrid, Lifecycle, Transition
 from lungwatch.events import DEFAULT_PRIORITIES
+
+if TYPE_CHECKING:  # the tracker owns its alarms
+    from edge.bed.breathing import BreathTracker
 
 APNOEA = "apnoea"
 TACHYPNOEA = "tachypnoea"
@@ -37,14 +42,10 @@ class BreathAlarms:
         self._open: tuple[str, str] | None = None  # (type, key) of the open pause alarm
         self._unheard = -1  # the last check without contact or with a lost signal
         self._open_from = -1  # the sample the open alarm was raised at
-        audio_rate = grid.sample_rate_hz
+        lasting = round(config.rate_alert_s * grid.sample_rate_hz)  # samples: the tracker's unit
+        gap = round(RATE_ALERT_GAP_S * grid.sample_rate_hz)
         self._rate_trackers = {
-            name: EventTracker(
-                name,
-                self.physiological,
-                round(config.rate_alert_s * audio_rate),
-                round(RATE_ALERT_GAP_S * audio_rate),
-            )
+            name: EventTracker(name, self.physiological, lasting, gap)
             for name in (TACHYPNOEA, BRADYPNOEA)
         }
         self._rate_end = 0  # end of the span the rate alerts last judged
@@ -57,7 +58,7 @@ class BreathAlarms:
             return None
         return APNOEA if self._open[0] == APNOEA else "signal_lost"
 
-    def armed(self, tracker: TrackerView) -> bool:
+    def armed(self, tracker: BreathTracker) -> bool:
         """Whether pauses are judged: where breath sounds are too faint to count, a pause in
         them says nothing."""
         ok_at = tracker.assessable_at
@@ -68,7 +69,7 @@ class BreathAlarms:
             and tracker.last_breath_end - ok_at <= self._arm_hold
         )
 
-    def check(self, tracker: TrackerView, lost_now: bool) -> list[Transition]:
+    def check(self, tracker: BreathTracker, lost_now: bool) -> list[Transition]:
         """The pause since the last breath, judged at the tracker's newest sample."""
         if not self.armed(tracker):
             return []
@@ -134,9 +135,7 @@ class BreathAlarms:
             life.close(key, at_sample)
             self._open = None
 
-    def rate(
-        self, tracker: TrackerView, reading: Respiration, own_confidence: float | None
-    ) -> list[Transition]:
+    def rate(self, reading: Respiration, own_confidence: float | None) -> list[Transition]:
         """A new reading: the rate alerts step over the span since the last one. ``own_confidence``:
         the breath band's own (None: it gave no rate), a later apnoea's severity."""
         start, end = self._rate_end, reading.sample
@@ -146,12 +145,12 @@ class BreathAlarms:
         rate = reading.rate_bpm
         if own_confidence is not None:
             self.confidence = own_confidence
-        for name, tracker_ in self._rate_trackers.items():
+        for name, tracker in self._rate_trackers.items():
             out_of_range = rate is not None and (
                 rate > self.band.high_bpm if name == TACHYPNOEA else rate < self.band.low_bpm
             )
             reason = "" if rate is None else f"{rate:.0f} breaths/min ({self.band.describe})"
-            tracker_.step(start, end, out_of_range, reading.confidence, reason)
+            tracker.step(start, end, out_of_range, reading.confidence, reason)
         return self._take()
 
     def acknowledge(self, what: str) -> list[Transition]:
@@ -162,8 +161,8 @@ class BreathAlarms:
     def finish(self, at_sample: int) -> list[Transition]:
         """The stream ended at ``at_sample``: every alarm ends (latched ones too)."""
         self._close(at_sample)
-        for tracker_ in self._rate_trackers.values():
-            tracker_.stop()
+        for tracker in self._rate_trackers.values():
+            tracker.stop()
         self.physiological.release_latched()
         self.technical.release_latched()
         return self._take()

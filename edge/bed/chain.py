@@ -19,7 +19,7 @@ import numpy as np
 from edge.bed.agebands import age_band
 from edge.bed.breathing import BreathTracker, bands_read, tracker_spec
 from edge.bed.breathing_state import Respiration, RespirationConfig
-from edge.bed.detector import DetectorConfig, FrameDetector, FrameGrid, Transition
+from edge.bed.detector import MS_PER_S, DetectorConfig, FrameDetector, FrameGrid, Transition
 from edge.bed.domain import SilentBands
 from edge.bed.findings import HELD_FAMILIES, FindingTracker
 from edge.bed.gate import GateConfig, QualityGate
@@ -33,7 +33,6 @@ from edge.sources.base import SourceChunk
 from lungwatch.errors import ConfigError
 from lungwatch.labels import POOR_QUALITY
 
-MS_PER_S = 1000.0
 DEFAULT_STATE_RESET_GAP_MS = 100.0  # a loss this long restarts a bed's model state
 
 
@@ -182,10 +181,6 @@ class ChainSettings:
             respiration=_respiration(respiration or RespirationConfig(), spec, source),
         )
 
-    @property
-    def poor_index(self) -> int | None:
-        return self.outputs.index(POOR_QUALITY) if POOR_QUALITY in self.outputs else None
-
 
 @dataclass(frozen=True)
 class WindowStep:
@@ -231,7 +226,7 @@ class BedChain:
             self.breathing = BreathTracker(
                 s.respiration, tracker_spec(s.spec), s.grid, band, stagger=stagger
             )
-        self._poor = s.poor_index
+        self._poor = s.outputs.index(POOR_QUALITY) if POOR_QUALITY in s.outputs else None
         self.state_resets = 0
         self.flushed = False  # the stream's end was flushed: no more audio
 
@@ -243,14 +238,14 @@ class BedChain:
         window that lost enough audio restarts the model state."""
         quality = window.audio_quality.to_dict()
         if window.padded_frames > 0:  # the end-of-stream flush: no new audio to judge
-            out = self._real_frames_only(out)
+            keep = max(0, min(out.probs.shape[0], self.network_frames - out.first_frame))
+            out = OutputFrames(out.first_frame, out.probs[:keep])
             found = self._findings(self.detector.update(out.first_frame, out.probs), out)
             found += self._breathe(window, False)
             return WindowStep(out, found, quality, True, self._verdict(out), self._reading())
-        poor = self._poor
-        poor_prob = (
-            float(out.probs[:, poor].mean()) if poor is not None and len(out.probs) else None
-        )
+        poor_prob = None
+        if self._poor is not None and len(out.probs):
+            poor_prob = float(out.probs[:, self._poor].mean())
         transitions = self.gate.update(window, poor_prob)
         suppressed = self.detector.suppress(self.gate.suppressed)
         transitions += _ended_by(suppressed, "quality gate")
@@ -344,26 +339,18 @@ class BedChain:
         """Output frames with real audio in them (the last may be partly padding)."""
         return -(-self.pipeline.frames_complete // self.settings.streaming.stride)
 
-    def _real_frames_only(self, out: OutputFrames) -> OutputFrames:
-        keep = max(0, min(out.probs.shape[0], self.network_frames - out.first_frame))
-        return OutputFrames(out.first_frame, out.probs[:keep])
-
 
 def _respiration(
     config: RespirationConfig, spec: FeatureSpec, source: str
 ) -> RespirationConfig | None:
     if not config.enabled:
         return None
-    from edge.bed.breathing import check_spec
-
     try:
-        check_spec(tracker_spec(spec), config)
+        bands_read(config, tracker_spec(spec))
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc} (or set respiration.enabled: false)") from None
     return config
 
 
 def _ended_by(transitions: list[Transition], why: str) -> list[Transition]:
-    if not transitions:
-        return transitions
     return [dataclasses.replace(t, ended_by=why) for t in transitions]

@@ -58,9 +58,7 @@ def hysteresis_step(active: bool, value: float, on: float, off: float) -> bool:
 
 
 #: The physiological types' rows of :data:`lungwatch.events.DEFAULT_PRIORITIES` (the one table).
-DEFAULT_PRIORITIES: tuple[TypePriority, ...] = tuple(
-    TypePriority(t, EVENT_PRIORITIES[t]) for t in SOUND_TYPES
-)
+DEFAULT_PRIORITIES = tuple(TypePriority(t, EVENT_PRIORITIES[t]) for t in SOUND_TYPES)
 
 
 @dataclass(frozen=True)
@@ -91,12 +89,8 @@ class DetectorConfig(Settings):
         for key in ("min_event_ms", "merge_gap_ms"):
             value = getattr(self, key)
             check(value is None or value >= 0.0, key, value, "a number >= 0")
-        check(
-            self.default_priority in PRIORITIES,
-            "default_priority",
-            self.default_priority,
-            f"one of {PRIORITIES}",
-        )
+        default = self.default_priority
+        check(default in PRIORITIES, "default_priority", default, f"one of {PRIORITIES}")
         check_priorities(self.priorities, self.latching)
 
     def rule_of(self, type_: str) -> ClassRule:
@@ -213,13 +207,11 @@ class Lifecycle:
         for event in self._live.values():
             if what in names(event.type, event.key):
                 event.acknowledged = True
-        named = [k for k, e in self._latched.items() if what in names(e.type, e.key)]
-        for key in named:
-            event = self._latched.pop(key)
-            self.pending.append(self._transition(event, "ended", event.end))
+        self.release_latched([k for k, e in self._latched.items() if what in names(e.type, e.key)])
 
-    def release_latched(self) -> None:
-        for key in list(self._latched):
+    def release_latched(self, keys: Sequence[str] | None = None) -> None:
+        """End the latched events ``keys`` (None: every one)."""
+        for key in list(self._latched) if keys is None else keys:
             event = self._latched.pop(key)
             self.pending.append(self._transition(event, "ended", event.end))
 
@@ -323,6 +315,16 @@ ONSET, CLOSE = 0, 1  # transition kinds of the frame kernel
 
 
 @njit(cache=True)
+def _emit(out_i, out_p, count, kind, c, cand_start, cand_end, peak):
+    """Write class ``c``'s transition to row ``count``: (kind, class, first frame, last frame)
+    and its peak; returns the next row."""
+    out_i[count, 0], out_i[count, 1] = kind, c
+    out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
+    out_p[count] = peak[c]
+    return count + 1
+
+
+@njit(cache=True)
 def _track_frames(
     probs, index, which, on, off, min_frames, gap_frames, first_frame,
     active, cand_start, cand_end, announced, peak, out_i, out_p,
@@ -341,10 +343,7 @@ def _track_frames(
             if active[c]:
                 if cand_start[c] >= 0 and j - cand_end[c] - 1 > gap_frames[c]:  # frames skipped
                     if announced[c]:
-                        out_i[count, 0], out_i[count, 1] = CLOSE, c
-                        out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
-                        out_p[count] = peak[c]
-                        count += 1
+                        count = _emit(out_i, out_p, count, CLOSE, c, cand_start, cand_end, peak)
                     cand_start[c] = -1
                 if cand_start[c] < 0:
                     cand_start[c], peak[c], announced[c] = j, value, False
@@ -352,16 +351,10 @@ def _track_frames(
                 peak[c] = max(peak[c], value)
                 if not announced[c] and cand_end[c] - cand_start[c] + 1 >= min_frames[c]:
                     announced[c] = True
-                    out_i[count, 0], out_i[count, 1] = ONSET, c
-                    out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
-                    out_p[count] = peak[c]
-                    count += 1
+                    count = _emit(out_i, out_p, count, ONSET, c, cand_start, cand_end, peak)
             elif cand_start[c] >= 0 and j - cand_end[c] > gap_frames[c]:
                 if announced[c]:
-                    out_i[count, 0], out_i[count, 1] = CLOSE, c
-                    out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
-                    out_p[count] = peak[c]
-                    count += 1
+                    count = _emit(out_i, out_p, count, CLOSE, c, cand_start, cand_end, peak)
                 cand_start[c], announced[c] = -1, False
     return count
 
@@ -382,10 +375,7 @@ def _track_phases(
             for k in range(which.shape[0]):
                 c = which[k]
                 if announced[c]:
-                    out_i[count, 0], out_i[count, 1] = CLOSE, c
-                    out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
-                    out_p[count] = peak[c]
-                    count += 1
+                    count = _emit(out_i, out_p, count, CLOSE, c, cand_start, cand_end, peak)
                     announced[c] = False
                     cand_start[c] = -1
             phase[0] = 0
@@ -405,10 +395,7 @@ def _track_phases(
             elif phase[2] >= min_frames and mean >= thr[c]:
                 announced[c] = True
                 cand_start[c], peak[c] = phase[1], mean
-                out_i[count, 0], out_i[count, 1] = ONSET, c
-                out_i[count, 2], out_i[count, 3] = phase[1], j
-                out_p[count] = mean
-                count += 1
+                count = _emit(out_i, out_p, count, ONSET, c, cand_start, cand_end, peak)
     return count
 
 
@@ -454,14 +441,7 @@ def _track_boxes(
     steeper rise within ``2 * half`` of the first moves the start there, as the offline boxes
     take the strongest change of a run. ``box`` is the classes' :class:`BoxState`; the rest,
     and the rows written, as in :func:`_track_frames`."""
-    ring, sums, seen, steps, state = box.ring, box.sums, box.seen, box.steps, box.state
-    gap_end, gap_min, gap_max, opened, rise_step = (
-        box.gap_end,
-        box.gap_min,
-        box.gap_max,
-        box.opened,
-        box.rise_step,
-    )
+    ring, sums, seen, steps, state, gap_end, gap_min, gap_max, opened, rise_step = box
     count = 0
     width = 2 * half
     for t in range(probs.shape[0]):
@@ -511,10 +491,7 @@ def _track_boxes(
                     gap_max[c] = max(gap_max[c], xb)
                     if rise or gap_min[c] < merge * peak[c]:  # over: no rise can continue it
                         if announced[c]:
-                            out_i[count, 0], out_i[count, 1] = CLOSE, c
-                            out_i[count, 2], out_i[count, 3] = cand_start[c], gap_end[c] - 1
-                            out_p[count] = peak[c]
-                            count += 1
+                            count = _emit(out_i, out_p, count, CLOSE, c, cand_start, cand_end, peak)
                         announced[c] = False
                         state[c] = BOX_NONE
             if state[c] == BOX_NONE and rise:
@@ -524,10 +501,7 @@ def _track_boxes(
                 cand_end[c] = b if state[c] == BOX_OPEN else gap_end[c] - 1
                 if not announced[c] and opened[c] < 0 and peak[c] >= thr[c]:
                     announced[c] = True
-                    out_i[count, 0], out_i[count, 1] = ONSET, c
-                    out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
-                    out_p[count] = peak[c]
-                    count += 1
+                    count = _emit(out_i, out_p, count, ONSET, c, cand_start, cand_end, peak)
     return count
 
 
@@ -579,34 +553,31 @@ class FrameDetector:
         self._out_i = np.zeros((0, 4), np.int64)
         self._out_p = np.zeros(0, np.float64)
         self.suppressed = False
-        self._phases = config.phases
-        if self._phases is not None:
-            if self._phases.output not in self.outputs:
+        self._phases = phases = config.phases
+        framed, lead = self.types, 0  # no phases: every class by its own hysteresis
+        boxed: tuple[str, ...] = ()
+        if phases is not None:
+            if phases.output not in self.outputs:
                 raise ConfigError(
-                    f"detector.phases.output: {self._phases.output!r} is not a model output "
-                    f"{outputs}"
+                    f"detector.phases.output: {phases.output!r} is not a model output {outputs}"
                 )
-            self._breath = self.outputs.index(self._phases.output)
-            self._phase_min = max(1, round(self._phases.min_phase_ms / hop))
+            self._breath = self.outputs.index(phases.output)
+            self._phase_min = max(1, round(phases.min_phase_ms / hop))
             self._phase = np.zeros(3, np.int64)  # open, first frame, frames so far
             self._sums = np.zeros(n, np.float64)
-        framed = self.types if self._phases is None else self._phases.frame_classes
-        boxed = () if self._phases is None else self._phases.box_classes
+            framed, boxed = phases.frame_classes, phases.box_classes
+            lead = ms_to_samples(phases.lead_ms, grid.sample_rate_hz)
+            self._half = max(1, round(phases.box_filter_ms / 2 / hop))
+            self._box_merge = phases.box_merge
+            self._boxes = BoxState.new(n, self._half)
+            self._last_frame = -1
         self._by_frames = np.array([c for c, t in enumerate(self.types) if t in framed], np.int64)
         self._by_boxes = np.array([c for c, t in enumerate(self.types) if t in boxed], np.int64)
         self._by_phases = np.array(
             [c for c, t in enumerate(self.types) if t not in framed and t not in boxed], np.int64
         )
-        lead = (
-            0 if self._phases is None else ms_to_samples(self._phases.lead_ms, grid.sample_rate_hz)
-        )
         own = (*framed, *boxed)
         self._lead = np.array([0 if t in own else lead for t in self.types], np.int64)
-        if self._phases is not None and self._by_boxes.size:
-            self._half = max(1, round(self._phases.box_filter_ms / 2 / hop))
-            self._box_merge = self._phases.box_merge
-            self._boxes = BoxState.new(n, self._half)
-            self._last_frame = -1
         self._last_end = np.zeros(n, np.int64)  # end sample of each class's previous event
 
     def update(self, first_frame: int, probs: np.ndarray) -> list[Transition]:
@@ -688,12 +659,10 @@ class FrameDetector:
             # an open box runs to the last frame heard (a box in its gap ends at its fall)
             open_ = self._by_boxes[self._boxes.state[self._by_boxes] == BOX_OPEN]
             self._end[open_] = max(self._last_frame, 0)
-            for c in open_:  # its start not settled yet: not announced yet
+            for c in open_.tolist():  # its start not settled yet: not announced yet
                 if not self._announced[c] and self._peak[c] >= self._on[c]:
                     self._announced[c] = True
-                    self._apply(
-                        ONSET, int(c), int(self._start[c]), int(self._end[c]), self._peak[c]
-                    )
+                    self._apply(ONSET, c, int(self._start[c]), int(self._end[c]), self._peak[c])
         for c in range(len(self.types)):
             if self._announced[c]:
                 self._apply(CLOSE, c, int(self._start[c]), int(self._end[c]), self._peak[c])
@@ -702,8 +671,7 @@ class FrameDetector:
         self._announced[:] = False
         if self._phases is not None:
             self._phase[:] = 0
-            if self._by_boxes.size:
-                self._boxes.reset()
+            self._boxes.reset()
 
 
 def detect_events(

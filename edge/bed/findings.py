@@ -83,9 +83,6 @@ class FindingConfig(Settings):
         )
 
 
-RULE_KEYS = ("events", "within_s", "resolve_s")
-
-
 @dataclass(frozen=True)
 class Span:
     """One event as the rule sees it (seconds or samples)."""
@@ -191,14 +188,17 @@ class FindingTracker:
                 continue
             self._one(self._families[family], family, t, out)
         for family, f in self._families.items():
-            self._maybe_end(f, family, now_sample, out)
+            quiet = f.episode is not None and not f.open_members
+            if quiet and now_sample - f.last_end > (f.rule.resolve + SETTLE_S) * self.rate_hz:
+                self._end(f, family, out)
         return out
 
     def finish(self, transitions: Iterable[Any], why: str) -> list[Any]:
         """The stream is over: the last transitions, then every open episode ends."""
         out = self.take(transitions, 0)
         for family, f in self._families.items():
-            self._maybe_end(f, family, None, out, why)
+            if f.episode is not None:
+                self._end(f, family, out, why)
             self.held_dropped += len(f.held)
             f.held.clear()
             f.recent.clear()
@@ -263,17 +263,6 @@ class FindingTracker:
             floor = end - self.config.rate_window_s * self.rate_hz
             while f.ended and f.ended[0][1] <= floor:  # out of every later rate's window
                 f.ended.popleft()
-
-    def _maybe_end(
-        self, f: _Family, family: str, now: int | None, out: list[Any], why: str = ""
-    ) -> None:
-        if f.episode is None:
-            return
-        if now is None:  # the stream's end
-            self._end(f, family, out, why)
-            return
-        if not f.open_members and now - f.last_end > (f.rule.resolve + SETTLE_S) * self.rate_hz:
-            self._end(f, family, out)
 
     def _end(self, f: _Family, family: str, out: list[Any], why: str = "") -> None:
         episode = f.episode

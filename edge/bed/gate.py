@@ -54,9 +54,7 @@ DEFAULT_POOR_QUALITY_OFF = 0.4  # sets one
 MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
 
 #: The gate's types' rows of :data:`lungwatch.events.DEFAULT_PRIORITIES` (the one table).
-DEFAULT_TECHNICAL_PRIORITIES: tuple[TypePriority, ...] = tuple(
-    TypePriority(t, EVENT_PRIORITIES[t]) for t in TECHNICAL_TYPES
-)
+DEFAULT_TECHNICAL_PRIORITIES = tuple(TypePriority(t, EVENT_PRIORITIES[t]) for t in TECHNICAL_TYPES)
 
 
 @dataclass(frozen=True)
@@ -107,8 +105,8 @@ class _Reading(NamedTuple):
 
     type: str
     active: bool
-    confidence: float = 1.0
     reason: str = ""
+    confidence: float = 1.0
 
 
 class QualityGate:
@@ -119,9 +117,7 @@ class QualityGate:
     ) -> None:
         self.config = config
         self.sample_rate_hz = sample_rate_hz
-        self.silent_bands = (
-            silent_bands  # names sound the training recordings lack (edge.bed.domain)
-        )
+        self.silent_bands = silent_bands  # sound the training recordings lack (edge.bed.domain)
         self._lifecycle = Lifecycle(
             "technical",
             priority_table(config.priorities, config.default_priority),
@@ -159,12 +155,10 @@ class QualityGate:
     ) -> list[Transition]:
         """Judge one window's last hop (its new audio, :class:`WindowReady`)."""
         readings = self._readings(window, poor_quality_prob)
+        start, end = window.quality_start_sample, window.end_sample
         for r in readings:
-            tracker = self._trackers[r.type]
-            tracker.step(
-                window.quality_start_sample, window.end_sample, r.active, r.confidence, r.reason
-            )
-        self._judged_end = end = window.end_sample
+            self._trackers[r.type].step(start, end, r.active, r.confidence, r.reason)
+        self._judged_end = end
         if self._gap_spans:  # keep the gaps that reach past this window (or lie after it)
             self._gap_spans = [g for g in self._gap_spans if max(g[0] + 1, g[1]) > end]
         self.signal_lost = (
@@ -181,14 +175,18 @@ class QualityGate:
 
     def observe(self, chunk: SourceChunk, now_s: float) -> list[Transition]:
         """Take a chunk's notices and note that the source delivered (maybe empty) audio."""
+        n = int(chunk.samples.shape[0])
         for notice in chunk.notices:
             self._notice(notice, now_s)
-            if notice.kind in _GAP_NOTICES:
-                self._gap_spans.append((*_gap_span(notice, chunk), notice.kind))
-        n = int(chunk.samples.shape[0])
+            if notice.kind in _GAP_NOTICES:  # its samples: at least the missing chunk it came with
+                start = notice.sample_index
+                end = start + int(notice.detail.get("missing_samples", 0))
+                if chunk.missing:
+                    end = max(end, chunk.first_sample + n)
+                self._gap_spans.append((start, end, notice.kind))
         if n > 0:
             self._last_audio_s = now_s
-            if self._stall_key is not None and not self._disconnected:
+            if not self._disconnected:
                 self._end_stall(chunk.first_sample)
         self._next_sample = max(self._next_sample, chunk.first_sample + n)
         return self._lifecycle.take()
@@ -208,11 +206,14 @@ class QualityGate:
 
     def finish(self) -> list[Transition]:
         """Report the gaps no window reached, then end every technical event (latched too)."""
-        self._report_unjudged_gaps()
+        gaps = self._trackers[SIGNAL_GAP]
+        for start, end, kind in self._gap_spans:
+            start = max(start, self._judged_end)
+            gaps.step(start, max(start, end), True, 1.0, f"{kind} reported by the source")
+        self._gap_spans = []
         for tracker in self._trackers.values():
             tracker.stop()
-        if self._stall_key is not None:
-            self._end_stall(self._next_sample)
+        self._end_stall(self._next_sample)
         self._lifecycle.release_latched()
         return self._lifecycle.take()
 
@@ -245,37 +246,27 @@ class QualityGate:
         invalid = window.invalid_samples > 0
         gap = window.hop_missing_fraction > 0.0 or bool(gap_notice)
         return [
-            _Reading(POOR_SIGNAL, poor, max(1.0 - q.score, poor_prob or 0.0), poor_reason),
-            _Reading(OFF_BODY, off_body, 1.0, "device reports off body"),
+            _Reading(POOR_SIGNAL, poor, poor_reason, max(1.0 - q.score, poor_prob or 0.0)),
+            _Reading(OFF_BODY, off_body, "device reports off body"),
             _Reading(
                 CLIPPING,
                 clipping,
-                1.0,
                 f"{q.clipping_fraction:.1%} of samples clipped" if clipping else "",
             ),
-            _Reading(SILENCE, silence, 1.0, f"level {q.rms_dbfs:.0f} dBFS" if silence else ""),
+            _Reading(SILENCE, silence, f"level {q.rms_dbfs:.0f} dBFS" if silence else ""),
             _Reading(
                 INVALID_SAMPLES,
                 invalid,
-                1.0,
                 f"{window.invalid_samples} NaN/Inf samples replaced by zeros" if invalid else "",
             ),
             _Reading(
                 SIGNAL_GAP,
                 gap,
-                1.0,
                 (gap_notice or f"{window.hop_missing_fraction:.0%} of the hop missing")
                 if gap
                 else "",
             ),
         ]
-
-    def _report_unjudged_gaps(self) -> None:
-        tracker = self._trackers[SIGNAL_GAP]
-        for start, end, kind in self._gap_spans:
-            start = max(start, self._judged_end)
-            tracker.step(start, max(start, end), True, 1.0, f"{kind} reported by the source")
-        self._gap_spans = []
 
     def _notice(self, notice: Notice, now_s: float) -> None:
         if notice.kind in _GAP_NOTICES or (
@@ -290,8 +281,7 @@ class QualityGate:
         elif notice.kind == "reconnected":
             self._disconnected = False
             self._last_audio_s = now_s
-            if self._stall_key is not None:
-                self._end_stall(notice.sample_index)
+            self._end_stall(notice.sample_index)
 
     def _notices_before(self, end_sample: int) -> tuple[bool, str]:
         """Apply the notices of the hop ending at ``end_sample``: (off body at any time in
@@ -317,12 +307,3 @@ class QualityGate:
         if self._stall_key is not None:
             self._lifecycle.close(self._stall_key, max(at_sample, self._next_sample))
             self._stall_key = None
-
-
-def _gap_span(notice: Notice, chunk: SourceChunk) -> tuple[int, int]:
-    """The samples a gap notice stands for (at least the missing chunk it came with)."""
-    start = notice.sample_index
-    end = start + int(notice.detail.get("missing_samples", 0))
-    if chunk.missing:
-        end = max(end, chunk.first_sample + int(chunk.samples.shape[0]))
-    return start, end

@@ -12,7 +12,6 @@ pieces of at most ``max_piece_samples``."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,15 +92,6 @@ def _store_frames(frames, ring, j):
             row[i - first] = frames[i, b]
 
 
-def _check_geometry(kinds: Sequence[str], window_frames: int, hop_frames: int) -> None:
-    if not kinds or any(k not in FEATURE_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
-        raise PipelineError(f"kinds must be distinct names from {FEATURE_KINDS}, got {kinds!r}")
-    if window_frames < 1 or hop_frames < 1:
-        raise PipelineError(
-            f"window_frames and hop_frames must be >= 1, got {window_frames} and {hop_frames}"
-        )
-
-
 class StreamPipeline:
     def __init__(
         self,
@@ -119,7 +109,12 @@ class StreamPipeline:
         breath tracker, which needs frames the model's front end may normalise away or
         band-limit (None, or the first kind's own spec: ``features[0]``). ``level_bands``:
         only the lowest that many of its bands (None: all)."""
-        _check_geometry(kinds, window_frames, hop_frames)
+        if not kinds or any(k not in FEATURE_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+            raise PipelineError(f"kinds must be distinct names from {FEATURE_KINDS}, got {kinds!r}")
+        if window_frames < 1 or hop_frames < 1:
+            raise PipelineError(
+                f"window_frames and hop_frames must be >= 1, got {window_frames} and {hop_frames}"
+            )
         if not 0 <= conceal_max_samples <= max_piece_samples:
             raise PipelineError(
                 f"conceal_max_samples must be in [0, {max_piece_samples}], got "
@@ -314,17 +309,9 @@ class StreamPipeline:
         return out
 
     def _window(self, start_frame: int, real_end_sample: int | None = None) -> WindowReady:
-        ring_frames, length = self._ring.shape[2], self.window_frames
-        features = np.empty((self._ring.shape[0], self._ring.shape[1], length), np.float32)
-        j = start_frame % ring_frames
-        first = min(length, ring_frames - j)
-        features[:, :, :first] = self._ring[:, :, j : j + first]
-        features[:, :, first:] = self._ring[:, :, : length - first]
-        levels = None
-        if self._levels is not None:
-            levels = np.empty((self._levels.shape[0], length), np.float32)
-            levels[:, :first] = self._levels[:, j : j + first]
-            levels[:, first:] = self._levels[:, : length - first]
+        frames = np.arange(start_frame, start_frame + self.window_frames)  # in the rings, wrapping
+        features = self._ring.take(frames, axis=2, mode="wrap")
+        levels = None if self._levels is None else self._levels.take(frames, axis=1, mode="wrap")
         start = start_frame * self.spec.hop_samples
         end = start + self.window_samples
         q_start = start if self.windows_emitted == 0 else max(0, end - self._quality_samples)

@@ -84,8 +84,7 @@ def clipping_fraction(samples: np.ndarray, threshold: float = DEFAULT_CLIPPING_T
     """Fraction of ``samples`` with ``|x| >= threshold`` (in (0, 1], else ValueError)."""
     if not (isinstance(threshold, numbers.Real) and 0.0 < threshold <= 1.0):
         raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
-    x = _validated(samples)
-    return _clipping_fraction(x, threshold)
+    return _clipping_fraction(_validated(samples), threshold)
 
 
 def spectral_entropy(

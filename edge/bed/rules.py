@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from pydantic import NonNegativeFloat, PositiveFloat
 
 from lungwatch.config import Settings, Share, check
-from lungwatch.events import Priority
-
-PRIORITIES: tuple[str, ...] = ("high", "medium", "low")
+from lungwatch.events import PRIORITIES, Priority
 
 #: What a class's rule is when neither its own rule nor the detector's settings say.
 DEFAULT_ON_THRESHOLD = 0.6
