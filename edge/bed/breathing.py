@@ -115,15 +115,11 @@ def _db_per_unit(spec: FeatureSpec) -> float:
     """dB per unit of ``spec``'s frames (0 for power frames: the kernel takes their log)."""
     if spec.normalisation == "power":
         return 0.0
-    if spec.band_norm_s > 0 and spec.band_norm == "pcen":
-        return 1.0
     return 10.0 / math.log(10.0)
 
 
 def _floor_db(spec: FeatureSpec) -> float:
-    """The dB of digital zeros in ``spec``'s frames (-inf where PCEN compresses them)."""
-    if spec.band_norm_s > 0 and spec.band_norm == "pcen":
-        return -math.inf
+    """The dB of digital zeros in ``spec``'s frames."""
     if spec.normalisation == "power":
         return 10.0 * math.log10(spec.log_offset)
     return math.log(spec.log_offset) * _db_per_unit(spec)

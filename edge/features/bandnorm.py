@@ -1,10 +1,8 @@
 """Per-band running normalisation: a stethoscope's fixed frequency response, undone per bed.
 
-``band_norm == "mean"``: each log band minus its running mean; ``"pcen"``: per-channel
-energy normalisation (PCEN, Wang et al. 2017, "Trainable frontend for robust and far-field
-keyword spotting") with the same smoother. The formulas, the silence rule and why PCEN's
-``eps`` is ``log_offset``: docs/frontend.md, "The last, optional stage". One kernel serves
-stream and batch, so any chunking gives the same numbers. Shapes: ``T`` frames, ``F`` bands.
+Each log band minus its running mean. The formula and the silence rule: docs/frontend.md, "The
+last, optional stage". One kernel serves stream and batch, so any chunking gives the same
+numbers. Shapes: ``T`` frames, ``F`` bands.
 """
 
 from __future__ import annotations
@@ -16,9 +14,6 @@ from edge.features.base import StreamingFrontEnd, silence_value
 from edge.features.spec import FeatureSpec
 
 SILENT_MARGIN = 1.0  # a frame whose bands all lie within this of ln(log_offset) is silence
-PCEN_ALPHA = 0.98  # gain normalisation exponent (Wang et al. 2017)
-PCEN_DELTA = 2.0  # offset before the root compression
-PCEN_ROOT = 0.5  # root compression exponent
 
 
 def alpha_of(spec: FeatureSpec) -> float:
@@ -54,29 +49,10 @@ def _normalise_bands(frames, out, mean, count, alpha, silent):
             out[t, b] = frames[t, b] - mean[b]
 
 
-@njit(cache=True)
-def _pcen_bands(frames, out, smooth, count, alpha, silent, eps):
-    """PCEN of log ``frames`` into ``out``, carrying the smoothed power ``smooth`` (F,); the
-    ratio is taken in the log domain, so nothing under- or overflows."""
-    n_bands = frames.shape[1]
-    offset = PCEN_DELTA**PCEN_ROOT
-    for t in range(frames.shape[0]):
-        a = _step_weight(frames[t], count, alpha, silent)
-        if a > 0.0:
-            for b in range(n_bands):
-                smooth[b] += a * (np.exp(np.float64(frames[t, b])) - smooth[b])
-        for b in range(n_bands):
-            ratio = np.exp(frames[t, b] - PCEN_ALPHA * np.log(eps + smooth[b]))
-            out[t, b] = (ratio + PCEN_DELTA) ** PCEN_ROOT - offset
-
-
 def _run(
     spec: FeatureSpec, frames: np.ndarray, out: np.ndarray, state: np.ndarray, count: np.ndarray
 ) -> None:
-    if spec.band_norm == "pcen":
-        _pcen_bands(frames, out, state, count, alpha_of(spec), silent_below(spec), spec.log_offset)
-    else:
-        _normalise_bands(frames, out, state, count, alpha_of(spec), silent_below(spec))
+    _normalise_bands(frames, out, state, count, alpha_of(spec), silent_below(spec))
 
 
 def normalise_bands(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
@@ -88,11 +64,11 @@ def normalise_bands(frames: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 class BandNormStream:
-    """A streaming front end followed by the running normalisation ``spec.band_norm`` names."""
+    """A streaming front end followed by the running normalisation."""
 
     def __init__(self, inner: StreamingFrontEnd) -> None:
         self.inner, self.spec = inner, inner.spec
-        self._mean = np.zeros(inner.spec.n_bands, np.float64)  # the mean, or PCEN's M
+        self._mean = np.zeros(inner.spec.n_bands, np.float64)
         self._count = np.zeros(1, np.int64)
         self._out = np.empty((0, inner.spec.n_bands), np.float32)
 

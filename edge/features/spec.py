@@ -14,10 +14,8 @@ from lungwatch.errors import FeatureSpecMismatchError
 
 FeatureKind = Literal["logmel", "gammatone", "cwt"]
 Normalisation = Literal["log", "power"]
-BandNorm = Literal["mean", "pcen"]
 
 FEATURE_KINDS: tuple[str, ...] = ("logmel", "gammatone", "cwt")
-BAND_NORMS: tuple[str, ...] = ("mean", "pcen")
 SPEC_VERSION = 1
 
 
@@ -37,7 +35,6 @@ class FeatureSpec(Settings):
     log_offset: PositiveFloat = 1e-10
     morlet_w0: Annotated[float, Field(ge=3.0, le=20.0)] = 6.0
     band_norm_s: NonNegativeFloat = 0.0
-    band_norm: BandNorm = "mean"
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -73,13 +70,6 @@ class FeatureSpec(Settings):
             self.band_norm_s,
             "0 unless normalisation is 'log'",
         )
-        check(self.band_norm in BAND_NORMS, "band_norm", self.band_norm, f"one of {BAND_NORMS}")
-        check(
-            self.band_norm == "mean" or self.band_norm_s > 0,
-            "band_norm",
-            self.band_norm,
-            "'mean' unless band_norm_s > 0 (band_norm_s switches the normalisation on)",
-        )
         check(self.version == SPEC_VERSION, "version", self.version, f"{SPEC_VERSION}")
 
     @property
@@ -96,11 +86,8 @@ class FeatureSpec(Settings):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as stored in checkpoints and manifests (and hashed by the feature
-        cache); ``band_norm`` is left out at its default, so older specs hash unchanged."""
-        data = to_mapping(self)
-        if data["band_norm"] == "mean":
-            del data["band_norm"]
-        return data
+        cache)."""
+        return to_mapping(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "feature spec") -> FeatureSpec:

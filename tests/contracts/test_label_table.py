@@ -56,7 +56,6 @@ def check_squawk(folder: str) -> None:
     from lungwatch.alarms import AlarmBook
     from lungwatch.events import Event, format_utc
     from lungwatch.labels import DETECTED_CLASSES, sound_class
-    from training.data.mixtures import CAS_TYPES
     from training.data.targets import OUTPUTS, TYPE_OUTPUTS
     from training.scoring import tasks, views
     from training.scoring.detection import VIEWS
@@ -107,7 +106,6 @@ def check_squawk(folder: str) -> None:
     assert fhir["code"]["coding"][0]["code"] == "9999001"
     # training and scoring
     assert TYPE_OUTPUTS["Squawk"] == ("Squawk",)
-    assert "Squawk" in CAS_TYPES
     assert "Squawk" in tasks.CAS_CLASSES
     assert "Squawk" in views.WHEEZE
     assert VIEWS["family"][0]["Squawk"] == ("CAS",)

@@ -3,6 +3,7 @@ weights loaded strictly, and every problem named."""
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import soundfile
 import torch
 
+from lungwatch.errors import ConfigError
 from tests.edge.runtime_helpers import lungwatch
 from tests.streaming_fixture import tiny_checkpoint
 from training.models.checkpoint import CheckpointError, load_checkpoint
@@ -46,16 +48,26 @@ def test_the_icbhi_patients_it_trained_on_round_trip_and_are_checked(tmp_path: P
 
 
 def test_a_checkpoint_with_a_removed_option_loads_while_it_is_off(tmp_path: Path) -> None:
-    """The shipped checkpoint stores the 2-D stem and the phase pooling off: it loads, and its
-    run is a run config of today; one that had them on is refused, naming the option."""
+    """The shipped checkpoint stores the 2-D stem, the phase pooling, PCEN, device colouring and
+    mixtures off: it loads, and its run is a run config of today; one that had them on is
+    refused, naming the option."""
     from lungwatch.config import from_mapping
     from training.recipe.config import RunConfig
 
     data = torch.load(REPO / "models" / "sed" / "model.pt", weights_only=True)
     assert data["sizes"]["stem_channels"] == 0
     assert data["run"]["loss"]["phase_pooling"] == "mean"
+    assert data["run"]["features"]["band_norm"] == "mean"
+    assert data["run"]["augment"]["device_prob"] == 0
+    assert data["run"]["mixtures"]["count"] == 0
     run = from_mapping(RunConfig, load_checkpoint(REPO / "models" / "sed" / "model.pt").run)
     assert run.loss.phase_weight == 0.5
+    for section, key, on in [("mixtures", "count", 1500), ("augment", "device_prob", 0.5)]:
+        changed = copy.deepcopy(data)
+        changed["run"][section][key] = on
+        torch.save(changed, tmp_path / "on.pt")
+        with pytest.raises(ConfigError, match=rf"{section}\.{key}|{key}"):
+            from_mapping(RunConfig, load_checkpoint(tmp_path / "on.pt").run)
     data["sizes"]["stem_channels"] = 8
     torch.save(data, tmp_path / "stem.pt")
     with pytest.raises(CheckpointError, match=r"stem\.pt: .*stem_channels"):

@@ -128,7 +128,7 @@ def train_fold(
             if fold is None or mat.icbhi_folds.fold_of(r.patient_id) != fold
         }
     data = training_data(
-        run, feature_store(run), mat.records, mat.recs, held_out, (mat.icbhi_recordings, chosen)
+        run, feature_store(run), mat.recs, held_out, (mat.icbhi_recordings, chosen)
     )
     taught = 0
     if run.distill.weight > 0:
@@ -320,7 +320,7 @@ def predict_design(out: Path, design: str, device: str = "cpu") -> int:
     for path in todo:
         ckpt = load_checkpoint(path / "model.pt")
         model = ckpt.model.to(device)
-        view = InputView(ckpt.spec, ckpt.kinds, run.augment)
+        view = InputView(ckpt.spec, ckpt.kinds)
         flush = ckpt.mean.cpu().numpy()
         n = write_outputs(model, mat, flush, view.transform, path)
         print(f"{path}: outputs of {n} recordings", flush=True)

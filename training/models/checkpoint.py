@@ -20,6 +20,13 @@ from lungwatch.errors import ConfigError, LungwatchError
 from training.models.sed import SedConfig, SedNet
 
 FORMAT = "lungwatch-sednet/1"
+DEVICE_COLOUR_KEYS = (
+    "device_prob",
+    "device_gain_db",
+    "device_eq_db",
+    "device_lowpass_hz",
+    "device_noise_db",
+)
 # retired options (their results: docs/models/sed-lab.md), each with the value that left it
 # off, so a stored checkpoint or design with them off still loads
 RETIRED: dict[str, dict[str, Any]] = {
@@ -27,7 +34,14 @@ RETIRED: dict[str, dict[str, Any]] = {
     "model": {"stem_channels": 0},
     "data": {"icbhi_repeat": 1},
     "loss": {"phase_pooling": "mean"},
+    "features": {"band_norm": "mean"},
 }
+# retired options with a switch: (section, switch, its off value, the section's keys that go
+# with it; none: the whole section), removed where the switch is off
+RETIRED_SWITCHED: list[tuple[str, str, Any, tuple[str, ...]]] = [
+    ("augment", "device_prob", 0.0, DEVICE_COLOUR_KEYS),
+    ("mixtures", "count", 0, ()),
+]
 
 
 class CheckpointError(LungwatchError):
@@ -103,13 +117,21 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def without_retired(run: Mapping[str, Any]) -> dict[str, Any]:
-    """``run`` (a stored run config, or ``{"sizes": ...}``) less the :data:`RETIRED` keys
-    that are off; one that is on stays, for the config's own check to refuse."""
+    """``run`` (a stored run config, or ``{"sizes": ...}``) less the retired keys that are off
+    (:data:`RETIRED`, :data:`RETIRED_SWITCHED`); one that is on stays, for the config's own
+    check to refuse."""
     out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in run.items()}
-    for section, keys in RETIRED.items():
-        for key, off in keys.items():
+    for section, offs in RETIRED.items():
+        for key, off in offs.items():
             if isinstance(out.get(section), dict) and out[section].get(key, off) == off:
                 out[section].pop(key, None)
+    for section, switch, off, keys in RETIRED_SWITCHED:
+        part = out.get(section)
+        if isinstance(part, dict) and part.get(switch, off) == off:
+            for key in keys:
+                part.pop(key, None)
+            if not keys:
+                del out[section]
     return out
 
 

@@ -12,7 +12,6 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from edge.features import FEATURE_KINDS, FeatureSpec
 from lungwatch.config import Settings, Share, check, load_config
-from training.data.mixtures import MixtureConfig
 from training.models.sed import SedConfig
 
 
@@ -53,16 +52,6 @@ class AugmentConfig(Settings):
     time_width: NonNegativeInt = 20  # front-end frames, at most
     patch_mix_prob: Share = 0.0  # Patch-Mix: share of batches that swap time patches
     patch_mix_frames: PositiveInt = 50  # longest patch, output frames
-    device_prob: Share = 0.0  # share of examples coloured as another stethoscope might
-    device_gain_db: float = 12.0  # gain, uniform in +- this
-    device_eq_db: float = 6.0  # equalisation curve knots, uniform in +- this
-    device_lowpass_hz: tuple[float, float] = (400.0, 1500.0)  # band edge corner, half the time
-    device_noise_db: tuple[float, float] = (-30.0, -5.0)  # noise floor, half the time
-
-    def __post_init__(self) -> None:
-        for key in ("device_lowpass_hz", "device_noise_db"):
-            lo, hi = getattr(self, key)
-            check(lo <= hi, key, getattr(self, key), "[low, high] with low <= high")
 
 
 @dataclass(frozen=True)
@@ -162,7 +151,6 @@ class RunConfig(Settings):
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    mixtures: MixtureConfig = field(default_factory=MixtureConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)

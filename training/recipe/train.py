@@ -26,7 +26,6 @@ from lungwatch.cli import ArgumentParser
 from lungwatch.config import to_mapping
 from training.data.features import FeatureStore
 from training.data.icbhi import IcbhiRecording, training_share
-from training.data.mixtures import make_mixtures
 from training.data.recordings import (
     Recording,
     collate,
@@ -37,7 +36,7 @@ from training.data.recordings import (
     recording_seconds,
     whole_example,
 )
-from training.data.sprsound import SprRecord, load_sprsound, patient_disjoint_split
+from training.data.sprsound import load_sprsound, patient_disjoint_split
 from training.data.targets import OUTPUTS
 from training.models.checkpoint import Checkpoint, save_checkpoint
 from training.models.sed import SedNet, count_parameters
@@ -77,7 +76,7 @@ def load_data(run: RunConfig) -> TrainingData:
     _, val_records = patient_disjoint_split(records, run.data.val_fraction, run.data.split_seed)
     held_out = {r.record_id for r in val_records}
     icbhi = training_share(run.data.icbhi_dir, run.data.icbhi_fraction, run.data.icbhi_seed)
-    return training_data(run, store, records, recs, held_out, icbhi)
+    return training_data(run, store, recs, held_out, icbhi)
 
 
 def sprsound_folder(run: RunConfig) -> Path:
@@ -94,23 +93,17 @@ def feature_store(run: RunConfig) -> FeatureStore:
 def training_data(
     run: RunConfig,
     store: FeatureStore,
-    records: list[SprRecord],
     recs: list[Recording],
     held_out: set[str],
     icbhi: tuple[list[IcbhiRecording], set[str]],
 ) -> TrainingData:
-    """``held_out`` (ids) kept apart as ``val``; training: the other records, mixtures hosted by
-    them (never by a held-out patient), and ``icbhi[0]``'s recordings of patients ``icbhi[1]``."""
+    """``held_out`` (ids) kept apart as ``val``; training: the other records and ``icbhi[0]``'s
+    recordings of patients ``icbhi[1]``."""
     grid, stride = frame_grid(run), run.model.stride
     train = [r for r in recs if r.record_id not in held_out]
     val = [r for r in recs if r.record_id in held_out]
-    view = InputView(run.features, run.kinds, run.augment)
+    view = InputView(run.features, run.kinds)
     mean, std = input_stats(train, view.transform)  # of real recordings only
-    hosts = [r for r in records if r.record_id not in held_out]
-    raw = InputView.raw_spec(run.features)
-    train += make_mixtures(
-        hosts, store, raw, run.kinds, grid, stride, run.mixtures, run.data.unannotated_weight
-    )
     recordings, chosen = icbhi
     mine = [r for r in recordings if r.patient_id in chosen]
     train += load_icbhi_recordings(mine, store, run.kinds, grid, stride)
@@ -231,7 +224,7 @@ def train_epoch(
 ) -> float:
     model.train()
     mcfg, cfg = model.config, run.data
-    view = data.view.training(rng)
+    view = data.view.transform
     perm = rng.permutation(len(data.train))
     losses = []
     for s in range(0, len(perm), run.optim.batch_size):
