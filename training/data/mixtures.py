@@ -145,8 +145,7 @@ def make_mixtures(
         per_kind = [extract(audio, spec.replace(kind=k)) for k in kinds]  # (T_k, F) each
         shortest = min(f.shape[0] for f in per_kind)  # a kind with look-ahead has fewer
         features = np.stack([f[:shortest].T for f in per_kind]).astype(np.float16)  # (K, F, T)
-        host_events = [(e.start_ms / 1000.0, e.end_ms / 1000.0, e.type) for e in host.events]
-        events = tuple(host_events + inserted)
+        events = tuple(host.events_s + inserted)
         frames = output_frames(features.shape[2], stride)
         targets, weights = frame_targets(events, NORMAL, grid, frames, unannotated_weight)
         weights[:BREATH_INDEX] = 1.0  # complete labels: no adventitious sound but the inserts
