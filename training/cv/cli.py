@@ -109,22 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     pr = sub.add_parser("predict", help="outputs of fold models brought back without them")
     pr.add_argument("--design", required=True, action="append", help="design name (repeatable)")
     pr.add_argument("--out", type=Path, default=DEFAULT_OUT, help="designs' parent folder")
-    from training.cv.score import add_arguments, add_rules_arguments, rules_command, score_command
+    from training.cv import findings, score
 
-    add_arguments(
+    score.add_arguments(
         sub.add_parser("score", help="out-of-fold scores of a design (and against another)")
     )
-    add_rules_arguments(
+    score.add_rules_arguments(
         sub.add_parser(
             "rules", help="fit a threshold per family on a design's OOF outputs into a manifest"
         )
     )
     # the console entry routes `cv device` to export.cv_device (export steps); listed for --help
     sub.add_parser("device", help="ICBHI through the device path, out of fold (fold models)")
-    from training.cv.findings import add_arguments as add_findings_arguments
-    from training.cv.findings import findings_command
-
-    add_findings_arguments(
+    findings.add_arguments(
         sub.add_parser(
             "findings",
             help="fit the finding episodes' rules on new recordings (intra_test's fitting half)",
@@ -153,12 +150,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{design}: {predict_design(args.out, design)} fold models predicted")
             return 0
         if args.what == "rules":
-            return rules_command(args)
+            return score.rules_command(args)
         if args.what == "device":
             parser.error("cv device runs as 'lungwatch cv device' (export.cv_device)")
         if args.what == "findings":
-            return findings_command(args)
-        return score_command(args)
+            return findings.findings_command(args)
+        return score.score_command(args)
     except ConfigError as exc:
         parser.error(str(exc))
     return 2

@@ -16,9 +16,9 @@ import numpy as np
 
 from edge.bed.detector import DetectorConfig, FrameGrid
 from edge.bed.rules import PhaseRule
-from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
+from edge.bed.verdict import CAS_CLASSES
 from lungwatch.errors import ConfigError
-from lungwatch.labels import NORMAL, POOR_QUALITY
+from lungwatch.labels import FAMILY_CLASSES, NORMAL, POOR_QUALITY
 from training.cv.oof import Truth
 from training.data.targets import OUTPUTS
 from training.scoring.detection import SCORES_COLLARS, VIEWS
@@ -184,11 +184,9 @@ def cross_fit(counts: RecordCounts, truth: Truth, budget_per_hour: float) -> Cro
     return CrossFit(thresholds, tp, fp, dict(counts.n_ref), raised, rates)
 
 
-def summary(
-    cf: CrossFit, truth: Truth, records: Sequence[str], rows: Sequence[int] | None = None
-) -> dict[str, float]:
-    """Pooled held-out figures of a cross-fit (over ``rows``, default all)."""
-    rows = list(range(len(records))) if rows is None else list(rows)
+def summary(cf: CrossFit, truth: Truth, records: Sequence[str]) -> dict[str, float]:
+    """Pooled held-out figures of a cross-fit over every record."""
+    rows = list(range(len(records)))
     normal = [i for i in rows if truth.labels[records[i]] == NORMAL]
     good = [i for i in rows if truth.labels[records[i]] != POOR_QUALITY]
     hours = sum(truth.durations[records[i]] for i in normal) / SECONDS_PER_HOUR
@@ -270,7 +268,7 @@ def detector_section(
     """The manifest's ``detector`` section: every class of a family at the family's threshold,
     off-threshold 0.15 below; ``rule``: :data:`BOXES_RULE` for the ``phase_boxes`` fit."""
     rules = []
-    for family, classes in (("CAS", CAS_CLASSES), ("DAS", DAS_CLASSES)):
+    for family, classes in FAMILY_CLASSES.items():
         on = fitted[family].threshold
         if not np.isfinite(on):
             raise ConfigError(

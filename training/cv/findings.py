@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from edge.bed.detector import DetectorConfig
 from edge.bed.findings import HELD_FAMILIES, FindingConfig, RecurrenceRule, kept_events
 from lungwatch.labels import FAMILY_CLASSES
 
-CAS_CLASSES, DAS_CLASSES = HELD_FAMILIES["CAS"], HELD_FAMILIES["DAS"]  # Stridor is never held
+HELD_CLASSES = (*HELD_FAMILIES["CAS"], *HELD_FAMILIES["DAS"])  # Stridor is never held
 THRESHOLDS = (0.65, 0.7, 0.75, 0.8, 0.85)
 EVENTS = (1, 2, 3)
 WITHIN_S = (3.0, 5.0, 8.0)
+RULES = [(1, 0.0)] + [(m, w) for m in EVENTS if m > 1 for w in WITHIN_S]  # (events, within_s)
 DEFAULT_BUDGET = 4.0  # false events per hour per family on the fitting half's clean patients
 Events = dict[str, list[dict[str, Any]]]
 
@@ -39,21 +41,22 @@ class Truth:
     def load(cls, folder: Path) -> Truth:
         import soundfile as sf
 
-        labels, refs, durations = {}, {}, {}
-        for path in sorted(folder.glob("*.json")):
-            body = json.loads(path.read_text())
-            labels[path.stem] = body["record_annotation"]
-            refs[path.stem] = [
-                (float(e["start"]) / 1000, float(e["end"]) / 1000, str(e["type"]))
-                for e in body["event_annotation"]
-            ]
-            durations[path.stem] = sf.info(path.with_suffix(".flac")).duration
-        return cls(labels, refs, durations)
+        from training.data.sprsound import load_sprsound
+
+        records = load_sprsound(folder)
+        labels = {r.record_id: r.record_label for r in records}
+        durations = {r.record_id: sf.info(r.audio_path).duration for r in records}
+        return cls(labels, {r.record_id: r.events_s for r in records}, durations)
 
     @property
     def sick(self) -> set[str]:
         findings = ("CAS", "DAS", "CAS & DAS")
         return {patient(r) for r, label in self.labels.items() if label in findings}
+
+    def clean(self, records: Iterable[str]) -> list[str]:
+        """The Normal records of ``records`` whose patients have no finding anywhere."""
+        sick = self.sick
+        return [r for r in records if self.labels[r] == "Normal" and patient(r) not in sick]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,19 +85,23 @@ def halves(records: Iterable[str], sick: set[str]) -> dict[str, int]:
     return {r: half[patient(r)] for r in records}
 
 
+def events_only(threshold: float) -> DetectorConfig:
+    """The held classes (CAS and DAS) at ``threshold``, no finding episodes."""
+    from edge.bed.rules import ClassThreshold
+
+    rules = tuple(ClassThreshold(t, threshold) for t in HELD_CLASSES)
+    return DetectorConfig(thresholds=rules, findings=FindingConfig(enabled=False))
+
+
 def raw_events(folder: Path, model: Path, threshold: float, truth: Truth) -> Run:
     """Events (no finding episodes) of ``folder``, device path, CAS and DAS at ``threshold``."""
-    from edge.bed.detector import DetectorConfig
-    from edge.bed.rules import ClassThreshold
     from edge.inference.manifest import load_manifest
     from edge.monitor import resolve_model
     from edge.runtime.offline import detect_recordings, recordings_in
 
     folder_, file = resolve_model(model)
-    rules = tuple(ClassThreshold(t, threshold) for t in (*CAS_CLASSES, *DAS_CLASSES))
-    config = DetectorConfig(thresholds=rules, findings=FindingConfig(enabled=False))
     found = detect_recordings(
-        recordings_in([folder]), folder_, file, detector=config, keep_probs=True
+        recordings_in([folder]), folder_, file, detector=events_only(threshold), keep_probs=True
     )
     rates = {n: (r.respiration or {}).get("rate_bpm") for n, r in found.items()}
     column = load_manifest(folder_ / "manifest.json").outputs.index("Breath")
@@ -106,20 +113,16 @@ def oof_events(design: Path, model: Path, threshold: float) -> Run:
     """As :func:`raw_events` for SPRSound ``train``, each record from its own fold's models of
     ``design`` (each seed's a record of its own), through the device's detector, no quality gate."""
     from edge.bed.chain import resolve_detector
-    from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
-    from edge.bed.rules import ClassThreshold
+    from edge.bed.detector import detect_events
     from edge.inference.manifest import load_manifest
     from edge.monitor import resolve_model
     from training.cv.oof import load_truth, oof_outputs
+    from training.recipe.fit import manifest_grid
 
     folder, _ = resolve_model(model)
     manifest = load_manifest(folder / "manifest.json")
-    rules = tuple(ClassThreshold(t, threshold) for t in (*CAS_CLASSES, *DAS_CLASSES))
-    config = resolve_detector(
-        DetectorConfig(thresholds=rules, findings=FindingConfig(enabled=False)), manifest
-    )
-    spec, info = manifest.feature_spec, manifest.streaming
-    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, info.stride)
+    config = resolve_detector(events_only(threshold), manifest)
+    grid = manifest_grid(manifest)
     truth = load_truth()
     events: Events = {}
     refs, labels, durations, breath = {}, {}, {}, {}
@@ -176,8 +179,7 @@ def score(events: Events, truth: Truth, records: Sequence[str], family: str) -> 
             r: [(e["start_s"], e["end_s"], e["type"]) for e in events.get(r, [])] for r in records
         }
         view = score_view(predicted, {r: truth.refs[r] for r in records}, "family")
-    sick = truth.sick
-    clean = [r for r in records if truth.labels[r] == "Normal" and patient(r) not in sick]
+    clean = truth.clean(records)
     hours = sum(truth.durations[r] for r in clean) / 3600.0
     false = sum(len(events.get(r, [])) for r in clean)
     good = [r for r in records if truth.labels[r] != "Poor Quality"]
@@ -215,10 +217,6 @@ def latency(
     }
 
 
-def candidates() -> list[tuple[int, float]]:
-    return [(1, 0.0)] + [(m, w) for m in EVENTS if m > 1 for w in WITHIN_S]
-
-
 def table(
     runs: Mapping[float, Run], half: Mapping[str, int], oof: Mapping[float, Run] | None = None
 ) -> list[dict[str, Any]]:
@@ -228,7 +226,7 @@ def table(
     for threshold, run in sorted(runs.items()):
         events, truth, rates = run.events, run.truth, run.rates
         for family in HELD_FAMILIES:
-            for m, w in candidates():
+            for m, w in RULES:
                 row: dict[str, Any] = {"family": family, "threshold": threshold}
                 row |= {"events": m, "within_s": w}
                 rule = rule_of(row)
@@ -267,17 +265,11 @@ def choose(rows: Sequence[Mapping[str, Any]], family: str, budget: float) -> Map
 
 
 def paired_false(
-    before: Events,
-    after: Events,
-    truth: Truth,
-    records: Sequence[str],
-    n: int = 2000,
-    seed: int = 0,
+    before: Events, after: Events, truth: Truth, records: Sequence[str]
 ) -> tuple[float, float, float]:
     """False events per hour on the clean patients' Normal records of ``records``: after minus
-    before, and its 95 % interval by a bootstrap over patients (paired: the same patients)."""
-    sick = truth.sick
-    clean = [r for r in records if truth.labels[r] == "Normal" and patient(r) not in sick]
+    before, and its 95 % interval by 2,000 resamples of the patients (paired: the same ones)."""
+    clean = truth.clean(records)
     patients = sorted({patient(r) for r in clean})
     if not patients:
         return 0.0, 0.0, 0.0
@@ -288,8 +280,7 @@ def paired_false(
         hours[i] += truth.durations[r] / 3600.0
         b[i] += len(before.get(r, []))
         a[i] += len(after.get(r, []))
-    rng = np.random.default_rng(seed)
-    draw = rng.integers(0, len(patients), (n, len(patients)))
+    draw = np.random.default_rng(0).integers(0, len(patients), (2000, len(patients)))
     diff = (a[draw].sum(1) - b[draw].sum(1)) / hours[draw].sum(1)
     lo, hi = np.percentile(diff, [2.5, 97.5])
     return float((a.sum() - b.sum()) / hours.sum()), float(lo), float(hi)
@@ -323,7 +314,7 @@ def write_manifest(model: Path, chosen: Mapping[str, Mapping[str, Any]], note: s
     detector = body["detector"]
     for rule in detector["thresholds"]:
         family = family_of(rule["type"])
-        if family is not None and family in chosen and rule["type"] in (*CAS_CLASSES, *DAS_CLASSES):
+        if family is not None and family in chosen and rule["type"] in HELD_CLASSES:
             on = float(chosen[family]["threshold"])
             span = rule["on_threshold"] - rule["off_threshold"]
             rule["on_threshold"], rule["off_threshold"] = round(on, 4), round(on - span, 4)
@@ -341,7 +332,7 @@ def fitted_thresholds(model: Path) -> dict[str, float]:
     return {
         str(family_of(r["type"])): round(float(r["on_threshold"]), 4)
         for r in body["detector"]["thresholds"]
-        if r["type"] in (*CAS_CLASSES, *DAS_CLASSES)
+        if r["type"] in HELD_CLASSES
     }
 
 
@@ -397,8 +388,7 @@ def findings_command(args: argparse.Namespace) -> int:
         for r in rows:
             if r["family"] == family:
                 print("  " + line(r))
-        pick = choose(rows, family, args.budget)
-        chosen[family] = pick
+        pick = chosen[family] = choose(rows, family, args.budget)
         print(f"today   {line(today[family])}")
         print(f"chosen  {line(pick)}")
         before, _ = apply(runs[today[family]["threshold"]].events, family, None)
@@ -527,10 +517,8 @@ def record_counts(events: Events, truth: Truth, records: Sequence[str], family: 
     return out
 
 
-def paired_f1(
-    a: np.ndarray, b: np.ndarray, groups: Sequence[str], n: int = 1000, seed: int = 0
-) -> tuple[float, float, float]:
-    """F1 of per-record counts ``b`` minus ``a``, 95 % interval by a bootstrap over ``groups``."""
+def paired_f1(a: np.ndarray, b: np.ndarray, groups: Sequence[str]) -> tuple[float, float, float]:
+    """F1 of per-record counts ``b`` minus ``a``, 95 % interval by 1,000 resamples of ``groups``."""
     names = sorted(set(groups))
     idx = np.array([names.index(g) for g in groups])
     ga, gb = np.zeros((len(names), 3)), np.zeros((len(names), 3))
@@ -541,7 +529,7 @@ def paired_f1(
         tp, fp, fn = c[..., 0], c[..., 1], c[..., 2]
         return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-9), 0.0)
 
-    draw = np.random.default_rng(seed).integers(0, len(names), (n, len(names)))
+    draw = np.random.default_rng(0).integers(0, len(names), (1000, len(names)))
     diff = f1(gb[draw].sum(1)) - f1(ga[draw].sum(1))
     lo, hi = np.percentile(diff, [2.5, 97.5])
     return float(f1(gb.sum(0)) - f1(ga.sum(0))), float(lo), float(hi)
@@ -557,14 +545,12 @@ def compare_forms(
 ) -> list[dict[str, Any]]:
     """Per family at its chosen threshold: every phase-form rule on both halves and OOF; the
     best within budget vs the chosen seconds-form rule (OOF F1, judging half's false events)."""
-    from edge.bed.detector import FrameGrid
     from edge.inference.manifest import load_manifest
     from edge.monitor import resolve_model
+    from training.recipe.fit import manifest_grid
 
     folder, _ = resolve_model(model)
-    manifest = load_manifest(folder / "manifest.json")
-    spec, info = manifest.feature_spec, manifest.streaming
-    grid = FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, info.stride)
+    grid = manifest_grid(load_manifest(folder / "manifest.json"))
     frame_s = grid.frame_samples / grid.sample_rate_hz
     offset_s = grid.offset_samples / grid.sample_rate_hz
 

@@ -23,13 +23,7 @@ CLEAR_S = GateConfig().clear_after_ms / 1e3
 
 
 def poor_spans(
-    quality: np.ndarray,
-    on: float,
-    off: float,
-    window_frames: int,
-    frame_s: float,
-    min_s: float = MIN_S,
-    clear_s: float = CLEAR_S,
+    quality: np.ndarray, on: float, off: float, window_frames: int, frame_s: float
 ) -> list[tuple[float, float]]:
     """``poor_signal`` events (start, end) s raised on one recording's Poor Quality output
     ``quality`` (n,), as :mod:`edge.bed.gate` does."""
@@ -44,11 +38,11 @@ def poor_spans(
         if not active:
             continue
         start, end = w * window_s, min((w + 1) * window_frames, len(q)) * frame_s
-        if runs and start - runs[-1][1] <= clear_s:
+        if runs and start - runs[-1][1] <= CLEAR_S:
             runs[-1][1] = end
         else:
             runs.append([start, end])
-    return [(s, e) for s, e in runs if e - s >= min_s]
+    return [(s, e) for s, e in runs if e - s >= MIN_S]
 
 
 @dataclass(frozen=True)

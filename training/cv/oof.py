@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.audio import read_audio
 from edge.datapaths import data_root, sprsound_root
 from lungwatch.errors import ConfigError
 from training.cv.folds import Folds, load_folds
-from training.data.sprsound import load_sprsound
+from training.data.sprsound import load_sprsound, scoring_truth
 from training.scoring.detection import Event
 
 EPS = 1e-4
@@ -37,12 +36,7 @@ def load_truth(folder: Path | None = None, folds: Folds | None = None) -> Truth:
     folds = folds if folds is not None or folder.name != "train" else load_folds("sprsound")
     return Truth(
         sorted(r.record_id for r in records),
-        {
-            r.record_id: [(e.start_ms / 1e3, e.end_ms / 1e3, e.type) for e in r.events]
-            for r in records
-        },
-        {r.record_id: r.record_label for r in records},
-        {r.record_id: read_audio(r.audio_path).duration_s for r in records},
+        *scoring_truth(records),
         {r.record_id: r.patient_id for r in records},
         {r.record_id: folds.fold_of(r.patient_id) if folds else -1 for r in records},
     )
@@ -71,12 +65,10 @@ def read_outputs(folder: Path, prefix: str) -> dict[str, np.ndarray]:
         }
 
 
-def oof_outputs(
-    design: Path, truth: Truth, seeds: Sequence[int] | None = None
-) -> dict[int, dict[str, np.ndarray]]:
+def oof_outputs(design: Path, truth: Truth) -> dict[int, dict[str, np.ndarray]]:
     """``{seed: {record: (n, O)}}``: every record of ``truth`` from its own fold's model."""
     out: dict[int, dict[str, np.ndarray]] = {}
-    for seed in seeds if seeds is not None else seeds_of(design):
+    for seed in seeds_of(design):
         probs: dict[str, np.ndarray] = {}
         for folder in sorted((design / f"seed{seed}").glob("fold*")):
             k = fold_of_dir(folder)

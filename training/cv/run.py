@@ -35,7 +35,6 @@ from training.models.sed import SedNet
 from training.recipe.config import RunConfig, load_run
 
 DEFAULT_OUT = Path("out/cv")
-SETS = ("sprsound", "intra_test", "icbhi")
 
 
 @dataclass
@@ -297,7 +296,7 @@ def run_parallel(
     return [json.loads((fold_dir(out, design, s, f) / "done.json").read_text()) for s, f in todo]
 
 
-def predict_design(out: Path, design: str, device: str = "cpu") -> int:
+def predict_design(out: Path, design: str) -> int:
     """``outputs.npz`` of every finished fold model brought back without it; how many written."""
     from training.models.checkpoint import load_checkpoint
     from training.recipe.inputs import InputView
@@ -319,9 +318,7 @@ def predict_design(out: Path, design: str, device: str = "cpu") -> int:
     mat = load_material(run, load_folds("sprsound"), load_folds("icbhi"))
     for path in todo:
         ckpt = load_checkpoint(path / "model.pt")
-        model = ckpt.model.to(device)
         view = InputView(ckpt.spec, ckpt.kinds)
-        flush = ckpt.mean.cpu().numpy()
-        n = write_outputs(model, mat, flush, view.transform, path)
+        n = write_outputs(ckpt.model, mat, ckpt.mean.cpu().numpy(), view.transform, path)
         print(f"{path}: outputs of {n} recordings", flush=True)
     return len(todo)

@@ -111,7 +111,6 @@ def bootstrap(
     b: Mapping[str, np.ndarray],
     patients: Sequence[str],
     resamples: int,
-    seed: int = 0,
 ) -> dict[str, Any]:
     """Paired bootstrap over patients of event F1 (b minus a), per family and their mean."""
     ids = sorted(set(patients))
@@ -122,8 +121,7 @@ def bootstrap(
         return {k: np.bincount(rec_patient, weights=v, minlength=len(ids)) for k, v in c.items()}
 
     pa, pb = per_patient(a), per_patient(b)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(ids), size=(resamples, len(ids)))
+    draws = np.random.default_rng(0).integers(0, len(ids), size=(resamples, len(ids)))
     weights = np.stack([np.bincount(d, minlength=len(ids)) for d in draws])  # (B, P)
 
     def f1s(c: Mapping[str, np.ndarray], w: np.ndarray) -> dict[str, np.ndarray]:
@@ -224,15 +222,6 @@ def icbhi_outputs(design: Path) -> dict[str, np.ndarray]:
     return ensemble(per_seed) if len(per_seed) > 1 else per_seed[0]
 
 
-def views(
-    probs_intra: Mapping[str, np.ndarray],
-    probs_icbhi: Mapping[str, np.ndarray],
-    fitted: Mapping[str, Fitted],
-    grid: Any,
-) -> dict[str, float]:
-    return intra_view(probs_intra, fitted, "phase", grid) | icbhi_view(probs_icbhi, grid)
-
-
 def score_design(
     design: Path,
     truth: Truth,
@@ -271,12 +260,9 @@ def score_design(
                 if with_views and name == ("ensemble" if len(oof) > 1 else f"seed{min(oof)}"):
                     # the fold models' ensemble, thresholds fitted on every OOF record
                     fitted = fit_thresholds(counts, truth, range(len(counts.records)), budget)
-                    entry["views"] = views(
-                        ensemble(all_models_outputs(design, "intra_test")),
-                        icbhi_outputs(design),
-                        fitted,
-                        grid,
-                    )
+                    intra = ensemble(all_models_outputs(design, "intra_test"))
+                    entry["views"] = intra_view(intra, fitted, "phase", grid)
+                    entry["views"] |= icbhi_view(icbhi_outputs(design), grid)
             pooled[f"{name}:{rule}"] = pooled_counts([cf])
         result["members"][name] = entry
         print(f"{design.name} {name}: " + json.dumps(compact(entry)), flush=True)
@@ -284,22 +270,15 @@ def score_design(
     if with_views and fulls:  # the full models (what ships), thresholds from the pooled OOF
         result["full"] = {}
         for rule in rules:
-            per_seed = [
-                counted.get((f"seed{s}", rule))
-                or RecordCounts.of(score_tables_of(p, truth, rule, grid), truth)
-                for s, p in oof.items()
-            ]
-            counts, big = merged(per_seed, truth)
+            counts, big = merged([counted[f"seed{s}", rule] for s in oof], truth)
             fitted = fit_thresholds(counts, big, range(len(counts.records)), budget)
             for done in fulls:
                 folder = done.parent
                 intra = read_outputs(folder, "intra_test")
                 key = folder.parent.name if rule == "phase" else f"{folder.parent.name}:{rule}"
-                result["full"][key] = (
-                    views(intra, read_outputs(folder, "icbhi"), fitted, grid)
-                    if rule == "phase"
-                    else intra_view(intra, fitted, rule, grid)
-                )
+                result["full"][key] = intra_view(intra, fitted, rule, grid)
+                if rule == "phase":
+                    result["full"][key] |= icbhi_view(read_outputs(folder, "icbhi"), grid)
                 print(f"{design.name} {key}/full: {json.dumps(result['full'][key])}", flush=True)
     at_reference = [f"phase_at_{reference}"] if reference is not None and "phase" in rules else []
     for key in [*rules, *at_reference]:  # the seeds pooled (each record's counts summed over seeds)

@@ -64,7 +64,7 @@ def load_recordings(
     for record in records:
         features = store.features(record.audio_path)[pick].astype(np.float16)
         n = output_frames(features.shape[2], stride)
-        events = tuple((e.start_ms / 1000.0, e.end_ms / 1000.0, e.type) for e in record.events)
+        events = tuple(record.events_s)
         targets, weights = frame_targets(events, record.record_label, grid, n, unannotated_weight)
         out.append(
             Recording(

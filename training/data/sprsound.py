@@ -21,18 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.audio import AUDIO_SUFFIXES
+from edge.audio import AUDIO_SUFFIXES, read_audio
 from lungwatch.errors import AnnotationError
 from lungwatch.labels import EVENT_LABELS, RECORD_LABELS
 from training.data.annotated import annotation_files, audio_twin
 
 LOCATIONS: tuple[str, ...] = ("p1", "p2", "p3", "p4")
-LOCATION_NAMES: dict[str, str] = {
-    "p1": "left posterior",
-    "p2": "left lateral",
-    "p3": "right posterior",
-    "p4": "right lateral",
-}
 GENDER_BY_CODE: dict[str, str] = {"0": "M", "1": "F"}
 
 ANNOTATION_SUFFIX = ".json"
@@ -67,6 +61,20 @@ class SprRecord:
     @property
     def events_by_time(self) -> tuple[SprEvent, ...]:
         return tuple(sorted(self.events, key=lambda e: (e.start_ms, e.end_ms)))
+
+    @property
+    def events_s(self) -> list[tuple[float, float, str]]:
+        """The events as ``(start_s, end_s, type)``, in file order."""
+        return [(e.start_ms / 1000, e.end_ms / 1000, e.type) for e in self.events]
+
+
+def scoring_truth(
+    records: Sequence[SprRecord],
+) -> tuple[dict[str, list[tuple[float, float, str]]], dict[str, str], dict[str, float]]:
+    """Per record: its events in seconds, its record label and its audio's duration (s)."""
+    annotated = {r.record_id: r.events_s for r in records}
+    labels = {r.record_id: r.record_label for r in records}
+    return annotated, labels, {r.record_id: read_audio(r.audio_path).duration_s for r in records}
 
 
 def load_sprsound(split_dir: str | Path) -> list[SprRecord]:

@@ -52,11 +52,9 @@ class SedConfig(Settings):
     attention_frames: int = 64  # the bounded past each frame attends to (network frames)
 
     def __post_init__(self) -> None:
+        channels, paths = self.channels, len(self.kernel_widths)
         check(
-            self.channels % len(self.kernel_widths) == 0,
-            "channels",
-            self.channels,
-            f"a multiple of len(kernel_widths)={len(self.kernel_widths)}",
+            channels % paths == 0, "channels", channels, f"a multiple of len(kernel_widths)={paths}"
         )
         check(all(w >= 1 for w in self.kernel_widths), "kernel_widths", self.kernel_widths, ">= 1")
         check(all(d >= 1 for d in self.dilations), "dilations", self.dilations, "integers >= 1")
@@ -175,9 +173,6 @@ class SedNet(nn.Module):
     def initial_state(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, self.state_size, device=self.input_mean.device)
 
-    def kind_weights(self) -> torch.Tensor:
-        return torch.softmax(self.kind_logits, dim=0)
-
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-kind, per-band input statistics (K, F) of the training set."""
         self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -189,7 +184,7 @@ class SedNet(nn.Module):
     def embed(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, K, F, n*s), state (B, S) -> frame embeddings (B, C, n), new state (B, S)."""
         x = self.normalise(x)
-        weights = self.kind_weights()
+        weights = torch.softmax(self.kind_logits, dim=0)
         caches, offset = [], 0  # the state cut into the layers' caches, in order
         for ch, t in self._shapes:
             caches.append(state[:, offset : offset + ch * t].reshape(-1, ch, t))

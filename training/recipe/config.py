@@ -159,19 +159,10 @@ class RunConfig(Settings):
 
     def __post_init__(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", self.name, "a folder name")
-        ok = bool(self.kinds) and len(set(self.kinds)) == len(self.kinds)
-        check(
-            ok and set(self.kinds) <= set(FEATURE_KINDS),
-            "kinds",
-            self.kinds,
-            f"distinct names from {FEATURE_KINDS}",
-        )
-        check(
-            self.features.kind == "logmel",
-            "features.kind",
-            self.features.kind,
-            "left out (kinds names the front ends)",
-        )
+        kinds, kind = self.kinds, self.features.kind
+        ok = bool(kinds) and len(set(kinds)) == len(kinds) and set(kinds) <= set(FEATURE_KINDS)
+        check(ok, "kinds", kinds, f"distinct names from {FEATURE_KINDS}")
+        check(kind == "logmel", "features.kind", kind, "left out (kinds names the front ends)")
 
     @property
     def run_dir(self) -> Path:

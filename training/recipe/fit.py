@@ -20,11 +20,12 @@ import numpy as np
 
 from edge.bed.detector import DetectorConfig, FrameGrid, detect_events
 from edge.bed.rules import ClassThreshold, PhaseRule
-from edge.bed.verdict import CAS_CLASSES, DAS_CLASSES
-from lungwatch.labels import DETECTED_CLASSES, POOR_QUALITY
+from lungwatch.labels import DETECTED_CLASSES, FAMILY_CLASSES, POOR_QUALITY
 from training.scoring.detection import DetectionReport, Event, score_detection
 
 if TYPE_CHECKING:
+    from edge.features import FeatureSpec
+    from edge.inference.manifest import Manifest
     from training.data.recordings import Recording
     from training.recipe.config import RunConfig
 
@@ -94,6 +95,11 @@ def frame_grid(run: RunConfig) -> FrameGrid:
     return FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, run.model.stride)
 
 
+def manifest_grid(manifest: Manifest) -> FrameGrid:
+    spec, stride = manifest.feature_spec, manifest.streaming.stride
+    return FrameGrid.of(spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, stride)
+
+
 def with_rule(config: DetectorConfig, rule: ClassThreshold) -> DetectorConfig:
     rules = (*tuple(r for r in config.thresholds if r.type != rule.type), rule)
     return dataclasses.replace(config, thresholds=rules)
@@ -112,11 +118,9 @@ def fit_detector(
     grid: FrameGrid,
     base: DetectorConfig,
     limits: Limits = Limits(),
-    rounds: int = 2,
-    log: bool = False,
 ) -> Fit:
-    """Per-class rules maximising macro event F1 within ``limits``; ``probs[i]`` belongs to the
-    i-th record of ``annotated``."""
+    """Per-class rules maximising macro event F1 within ``limits`` (two rounds of ascent at
+    most); ``probs[i]`` belongs to the i-th record of ``annotated``."""
     records = list(annotated)
     types = [t for t in outputs if t in DETECTED_CLASSES]
     current = base
@@ -160,20 +164,18 @@ def fit_detector(
     best, best_report = score(current)
     improved = False
 
-    def consider(config: DetectorConfig, what: str) -> None:
+    def consider(config: DetectorConfig) -> None:
         nonlocal best, best_report, current, improved
         if config == current:
             return
         value, report = score(config)
         if value > best + 1e-9:
             best, best_report, current, improved = value, report, config, True
-            if log:
-                print(f"{what} F1/score {value:.4f}", flush=True)
 
-    for _ in range(rounds):
+    for _ in range(2):
         improved = False
         for config in phase_candidates(current):
-            consider(config, f"phases -> {config.phases}")
+            consider(config)
         for t in types:
             for knob in knobs(current, t):
                 r = current.rule_of(t)
@@ -183,13 +185,10 @@ def fit_detector(
                     "gap": [rule(t, r.on_threshold, r.min_event_ms, v) for v in MERGE_GAP_GRID_MS],
                 }[knob]
                 for candidate in candidates:
-                    consider(with_rule(current, candidate), f"{t} {knob} -> {candidate}")
+                    consider(with_rule(current, candidate))
         if not improved:
             break
     return Fit(current, best_report, evaluations)
-
-
-FAMILY_CLASSES = {"CAS": CAS_CLASSES, "DAS": DAS_CLASSES}
 
 
 def fit_start(run: RunConfig) -> DetectorConfig:
@@ -209,12 +208,22 @@ def fit_rules(
     probs: Sequence[np.ndarray], val: Sequence[Recording], grid: FrameGrid, run: RunConfig
 ) -> dict[str, Any]:
     """The manifest's ``detector`` section fitted on validation ``val``; ``probs`` (n, O) each."""
+    return rules_section(probs, *recording_truth(val, run.features), grid, run)
+
+
+def recording_truth(
+    recs: Sequence[Recording], spec: FeatureSpec
+) -> tuple[dict[str, list[Event]], dict[str, str], dict[str, float]]:
+    """Per recording: its annotated events, its label and its duration (s)."""
     from training.data.recordings import recording_seconds
 
-    annotated = {r.record_id: list(r.events) for r in val}
-    labels = {r.record_id: r.label for r in val}
-    durations = {r.record_id: recording_seconds(r.features.shape[2], run.features) for r in val}
-    return rules_section(probs, annotated, labels, durations, grid, run)
+    annotated = {r.record_id: list(r.events) for r in recs}
+    labels = {r.record_id: r.label for r in recs}
+    return (
+        annotated,
+        labels,
+        {r.record_id: recording_seconds(r.features.shape[2], spec) for r in recs},
+    )
 
 
 def rules_section(
@@ -273,18 +282,13 @@ def fit_quality(folder: Path, file: str, records: Sequence[Any], run: RunConfig)
 
 
 def refit(folder: Path, file: str, run: RunConfig, records: Sequence[Any]) -> dict[str, Any]:
-    from edge.audio import read_audio
     from edge.runtime.offline import detect_recordings
+    from training.data.sprsound import scoring_truth
 
     audio = {r.record_id: r.audio_path for r in records}
     found = detect_recordings(audio, folder, file, keep_probs=True)
     probs = [np.asarray(found[r.record_id].probs) for r in records]
-    annotated = {
-        r.record_id: [(e.start_ms / 1e3, e.end_ms / 1e3, e.type) for e in r.events] for r in records
-    }
-    labels = {r.record_id: r.record_label for r in records}
-    durations = {r.record_id: read_audio(r.audio_path).duration_s for r in records}
-    section = rules_section(probs, annotated, labels, durations, frame_grid(run), run)
+    section = rules_section(probs, *scoring_truth(records), frame_grid(run), run)
     section["fitted_on"] += f", outputs of {file}"
     return section
 

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 import yaml
 
-from edge.bed.detector import DetectorConfig, FrameGrid
+from edge.bed.detector import FrameGrid
 from edge.datapaths import sprsound_root
-from edge.features import FeatureSpec
 from lungwatch.cli import ArgumentParser
 from lungwatch.config import to_mapping
 from training.data.features import FeatureStore
@@ -33,7 +32,6 @@ from training.data.recordings import (
     load_icbhi_recordings,
     load_recordings,
     random_example,
-    recording_seconds,
     whole_example,
 )
 from training.data.sprsound import load_sprsound, patient_disjoint_split
@@ -42,15 +40,16 @@ from training.models.checkpoint import Checkpoint, save_checkpoint
 from training.models.sed import SedNet, count_parameters
 from training.recipe.augment import patch_mix, spec_augment
 from training.recipe.config import RunConfig, load_run
-from training.recipe.fit import events_of, fit_rules, fit_start, frame_grid
+from training.recipe.fit import events_of, fit_rules, fit_start, frame_grid, recording_truth
 from training.recipe.inputs import InputView, Transform
 from training.recipe.losses import distill_loss, frame_loss, phase_loss
 from training.recipe.margin import QualityReference, frame_margins
 from training.recipe.pretrain import pretrain
-from training.scoring.detection import DetectionReport, score_detection
+from training.scoring.detection import score_detection
 
 SUMMARY_KEYS = ("macro_f1", "f1_cas", "f1_das", "fa_per_hour_cas", "fa_per_hour_das")
 FAMILIES = ("CAS", "DAS")
+PREDICT_BATCH = 32  # recordings per forward pass of predict
 
 
 @dataclass
@@ -128,11 +127,7 @@ def input_stats(
 
 
 def predict(
-    model: SedNet,
-    recs: list[Recording],
-    flush: np.ndarray,
-    batch: int = 32,
-    transform: Transform | None = None,
+    model: SedNet, recs: list[Recording], flush: np.ndarray, transform: Transform | None = None
 ) -> list[np.ndarray]:
     """Every recording's frame probabilities (n, O), each as one stream from its start (the
     whole-recording pass, which equals the device's chunked one)."""
@@ -141,8 +136,8 @@ def predict(
     order = sorted(range(len(recs)), key=lambda i: recs[i].n_frames)
     res: dict[int, np.ndarray] = {}
     with torch.no_grad():
-        for s in range(0, len(order), batch):
-            idx = order[s : s + batch]
+        for s in range(0, len(order), PREDICT_BATCH):
+            idx = order[s : s + PREDICT_BATCH]
             examples = [whole_example(recs[i]) for i in idx]
             bt = collate(examples, cfg.stride, cfg.lookahead_frames, flush, transform)
             x = torch.from_numpy(bt.features).to(model.input_mean.device)
@@ -152,31 +147,19 @@ def predict(
     return [res[i] for i in range(len(recs))]
 
 
-def score(
-    probs: list[np.ndarray],
-    recs: list[Recording],
-    grid: FrameGrid,
-    det: DetectorConfig,
-    spec: FeatureSpec,
-) -> DetectionReport:
-    pred = events_of(probs, [r.record_id for r in recs], OUTPUTS, det, grid)
-    ann = {r.record_id: list(r.events) for r in recs}
-    labels = {r.record_id: r.label for r in recs}
-    durs = {r.record_id: recording_seconds(r.features.shape[2], spec) for r in recs}
-    return score_detection(pred, ann, labels, durs)
-
-
 def select(
     probs: list[np.ndarray], recs: list[Recording], data: TrainingData, run: RunConfig
 ) -> tuple[dict[str, float], dict[str, Any], bool]:
     """The epoch's selection (docs/training.md, "train", step 4): the families' thresholds,
     the summary at them with ``macro_f1``, and whether every family is within budget."""
+    ids = [r.record_id for r in recs]
+    truth = recording_truth(recs, run.features)
     reports = {}
     for on in run.selection.on_thresholds:
         det = dataclasses.replace(
             fit_start(run), on_threshold=on, off_threshold=max(0.05, on - 0.15)
         )
-        reports[on] = score(probs, recs, data.grid, det, run.features)
+        reports[on] = score_detection(events_of(probs, ids, OUTPUTS, det, data.grid), *truth)
     budget = run.selection.max_false_per_hour
     chosen: dict[str, float] = {}
     summary: dict[str, Any] = {}

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.bed.detector import DetectorConfig, FrameGrid
+from edge.bed.detector import DetectorConfig
 from edge.bed.gate import POOR_SIGNAL
 from edge.inference.manifest import MANIFEST_NAME, Manifest, load_manifest
 from edge.runtime.detect import DetectConfig, write_json
@@ -27,27 +27,22 @@ from lungwatch.labels import POOR_QUALITY
 def score_folders(
     folders: list[Path],
     found: dict[str, RecordingEvents],
-    model: tuple[Manifest, DetectorConfig | None] | None = None,
+    model: tuple[Manifest, DetectorConfig | None],
 ) -> dict[str, Any]:
     """sed_eval scores of the device's events against the SPRSound annotations in ``folders``
     (each annotated record must have been run; unreadable ones are left out), technical-alarm
-    shares and, with ``model`` (manifest, run's detector section), :func:`frame_scores`."""
-    from edge.audio import read_audio
-    from training.data.sprsound import load_sprsound
+    shares and :func:`frame_scores` of ``model`` (manifest, run's detector section)."""
+    from training.data.sprsound import load_sprsound, scoring_truth
     from training.scoring.detection import score_detection
 
-    annotated, labels, durations = {}, {}, {}
+    records = []
     for folder in folders:
         for record in load_sprsound(folder):
             if record.record_id not in found:
                 raise ConfigError(f"{record.audio_path}: annotated but not run")
-            if found[record.record_id].error is not None:
-                continue
-            annotated[record.record_id] = [
-                (e.start_ms / 1000, e.end_ms / 1000, e.type) for e in record.events
-            ]
-            labels[record.record_id] = record.record_label
-            durations[record.record_id] = read_audio(record.audio_path).duration_s
+            if found[record.record_id].error is None:
+                records.append(record)
+    annotated, labels, durations = scoring_truth(records)
     if not annotated:
         raise ConfigError(f"no SPRSound annotations in {', '.join(map(str, folders))}")
     predicted = {
@@ -63,8 +58,7 @@ def score_folders(
     out["poor_signal_on_good"] = sum(r in poor for r in good) / len(good) if good else None
     out["poor_signal_on_poor_quality"] = sum(r in poor for r in bad) / len(bad) if bad else None
     out["n_good"], out["n_poor_quality"] = len(good), len(bad)
-    if model is not None:
-        out.update(frame_scores(model, found, annotated, labels, durations))
+    out.update(frame_scores(model, found, annotated, labels, durations))
     return out
 
 
@@ -77,6 +71,7 @@ def frame_scores(
 ) -> dict[str, Any]:
     """``threshold_free`` and ``operating_points`` of the kept output frames (device's detector)."""
     from edge.bed.chain import resolve_detector
+    from training.recipe.fit import manifest_grid
     from training.scoring.threshold_free import as_dict, operating_points, threshold_free
 
     manifest, detector = model
@@ -86,10 +81,7 @@ def frame_scores(
         if kept is None:
             raise ConfigError(f"{record}: no output frames kept")
         probs[record] = kept
-    spec = manifest.feature_spec
-    grid = FrameGrid.of(
-        spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, manifest.streaming.stride
-    )
+    grid = manifest_grid(manifest)
     config = resolve_detector(detector or DetectorConfig(), manifest)
     outputs = manifest.outputs
     return {

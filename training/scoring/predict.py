@@ -59,9 +59,7 @@ def icbhi_recordings(audio_dir: Path, annotations: Path) -> list[IcbhiRecording]
     return recordings
 
 
-def predict_streaming(
-    task: str, model: Path, audio_dir: Path, annotations: Path
-) -> dict[str, object]:
+def predict(task: str, model: Path, audio_dir: Path, annotations: Path) -> dict[str, object]:
     import sys
 
     from edge.monitor import resolve_model
@@ -73,6 +71,8 @@ def predict_streaming(
         rules_of_manifest,
     )
 
+    if not model.exists():
+        raise PredictionError(f"{model}: no such model file or folder")
     model_dir, model_file = resolve_model(model)
     rules = rules_of_manifest(model_dir)
     if rules is None:
@@ -108,12 +108,6 @@ def predict_streaming(
             label = record_label(probs, device.outputs, rules)
             out[record.record_id] = record_label_2_1(label) if task == "2-1" else label
     return out
-
-
-def predict(task: str, model: Path, audio_dir: Path, annotations: Path) -> dict[str, object]:
-    if not model.exists():
-        raise PredictionError(f"{model}: no such model file or folder")
-    return predict_streaming(task, model, audio_dir, annotations)
 
 
 def main(argv: list[str] | None = None) -> int:

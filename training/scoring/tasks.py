@@ -281,16 +281,13 @@ def device_outputs(audio: Mapping[str, Any], model_dir: Any, model_file: str) ->
     """Run ``{record: audio path}`` through the device's path and keep the output frames."""
     from edge.inference.manifest import load_manifest
     from edge.runtime.offline import detect_recordings
+    from training.recipe.fit import manifest_grid
 
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir / "manifest.json")
     found = detect_recordings(dict(audio), model_dir, model_file, keep_probs=True)
-    spec = manifest.feature_spec
-    grid = FrameGrid.of(
-        spec.sample_rate_hz, spec.hop_samples, spec.frame_samples, manifest.streaming.stride
-    )
     probs = {name: r.probs for name, r in found.items() if r.probs is not None}
-    return DeviceOutputs(probs, tuple(manifest.outputs), grid)
+    return DeviceOutputs(probs, tuple(manifest.outputs), manifest_grid(manifest))
 
 
 def rules_of_manifest(model_dir: Any) -> TaskRules | None:

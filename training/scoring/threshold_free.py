@@ -24,15 +24,15 @@ from training.recipe.fit import events_of, rule
 from training.scoring.detection import SCORES_COLLARS, VIEWS, Event, score_detection
 
 PHASE_FLOOR = 1e-9  # every class's on-threshold when every phase must become an event
-# DCASE's PSDS scenarios: (DTC, GTC, CTTC, alpha_CT), both with alpha_ST = 1, eFPR per hour.
-SCENARIOS: dict[str, tuple[float, float, float | None, float]] = {
-    "psds1": (0.7, 0.7, None, 0.0),
-    "psds2": (0.1, 0.1, 0.3, 0.5),
+# DCASE's PSDS scenarios (DTC, GTC, CTTC, alpha_CT as sed_scores_eval's psds keywords), both
+# with alpha_ST = 1, eFPR per hour up to 100
+SCENARIOS: dict[str, dict[str, float | None]] = {
+    "psds1": dict(dtc_threshold=0.7, gtc_threshold=0.7, cttc_threshold=None, alpha_ct=0.0),
+    "psds2": dict(dtc_threshold=0.1, gtc_threshold=0.1, cttc_threshold=0.3, alpha_ct=0.5),
 }
-ALPHA_ST = 1.0
+PSDS_COMMON: dict[str, Any] = dict(alpha_st=1.0, unit_of_time="hour", max_efpr=100.0)
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # on-thresholds of operating_points
 TOUCH_GAP_S = 0.001  # between touching annotated events of a class (see disjoint)
-MAX_EFPR_PER_HOUR = 100.0
 
 
 @dataclass
@@ -172,21 +172,10 @@ def score_tables(
     truth = {r: [ev for ev in events if ev[2] in present] for r, events in truth.items()}
     durations = {r: max(float(durations_s[r]), float(tables[r][0][-1])) for r in truth}
     psds = {}
-    for name, (dtc, gtc, cttc, alpha_ct) in SCENARIOS.items():
+    for name, scenario in SCENARIOS.items():
         if len(present) < 2:  # no other class to cross-trigger (sed_scores_eval needs one)
-            cttc, alpha_ct = None, 0.0
-        psds[name] = intersection_based.psds(
-            scores,
-            truth,
-            durations,
-            dtc_threshold=dtc,
-            gtc_threshold=gtc,
-            cttc_threshold=cttc,
-            alpha_ct=alpha_ct,
-            alpha_st=ALPHA_ST,
-            unit_of_time="hour",
-            max_efpr=MAX_EFPR_PER_HOUR,
-        )[0]
+            scenario = scenario | {"cttc_threshold": None, "alpha_ct": 0.0}
+        psds[name] = intersection_based.psds(scores, truth, durations, **scenario, **PSDS_COMMON)[0]
     f, p, r, thresholds, _ = collar_based.best_fscore(scores, truth, **SCORES_COLLARS)
     return ThresholdFree(
         psds1=float(psds["psds1"]),

@@ -17,15 +17,14 @@ from edge.monitor import resolve_model
 from edge.runtime.detect import write_json
 from edge.runtime.offline import RecordingEvents, detect_recordings
 from lungwatch.cli import ArgumentParser
-from lungwatch.labels import FAMILY_CLASSES
+from lungwatch.labels import FAMILY_CLASSES, ICBHI_LABELS, icbhi_label, record_label_from_families
 from training.data.icbhi import IcbhiCycle, IcbhiRecording, load_icbhi
-from training.data.sprsound import SprRecord, load_sprsound, patient_disjoint_split
+from training.data.sprsound import SprRecord, load_sprsound, patient_disjoint_split, scoring_truth
 from training.scoring.challenge import sprsound_scores
 from training.scoring.detection import DetectionReport, score_detection
 
 VIEWS = ("validation", "intra_test", "icbhi")
 CRACKLE, WHEEZE = FAMILY_CLASSES["DAS"], FAMILY_CLASSES["CAS"]
-ICBHI_CLASSES = ("normal", "crackle", "wheeze", "both")
 NOTHING_SAID = {"crackle": False, "wheeze": False}  # a cycle not assessed counts as normal
 
 
@@ -35,12 +34,10 @@ def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 def validation_records(model_dir: Path) -> list[SprRecord]:
     """The validation split of the run that made ``model_dir``'s checkpoint."""
-    from training.models.checkpoint import load_checkpoint
+    from training.scoring.tasks import validation_split
 
-    data = load_checkpoint(model_dir / "model.pt").run["data"]
-    folder = Path(data["train_dir"]) if data["train_dir"] else data_root() / "sprsound" / "train"
-    records = load_sprsound(folder)
-    return patient_disjoint_split(records, float(data["val_fraction"]), int(data["split_seed"]))[1]
+    folder, fraction, seed = validation_split(model_dir)
+    return patient_disjoint_split(load_sprsound(folder), fraction, seed)[1]
 
 
 def icbhi_training_patients(model_dir: Path) -> set[str]:
@@ -58,18 +55,12 @@ def icbhi_training_patients(model_dir: Path) -> set[str]:
 
 
 def sprsound_view(records: Sequence[SprRecord], found: Mapping[str, RecordingEvents]) -> dict:
-    from edge.audio import read_audio
-
-    annotated = {r.record_id: [(e.start_ms / 1e3, e.end_ms / 1e3, e.type) for e in r.events]
-                 for r in records}  # fmt: skip
-    labels = {r.record_id: r.record_label for r in records}
-    durations = {r.record_id: read_audio(r.audio_path).duration_s for r in records}
+    annotated, labels, durations = scoring_truth(records)
     predicted = {
         r: [(e["start_s"], e["end_s"], e["type"]) for e in found[r].physiological]
         for r in annotated
     }
-    report = score_detection(predicted, annotated, labels, durations)
-    out = _report(report)
+    out = _report(score_detection(predicted, annotated, labels, durations))
     poor = {r for r in annotated if any(e["type"] == POOR_SIGNAL for e in found[r].technical)}
     good = [r for r in annotated if labels[r] != "Poor Quality"]
     bad = [r for r in annotated if labels[r] == "Poor Quality"]
@@ -87,8 +78,8 @@ def _report(report: DetectionReport) -> dict[str, Any]:
 
 
 def icbhi_view(recordings: Sequence[IcbhiRecording], found: Mapping[str, RecordingEvents]) -> dict:
-    counts = dict.fromkeys(ICBHI_CLASSES, 0)
-    correct = dict.fromkeys(ICBHI_CLASSES, 0)
+    counts = dict.fromkeys(ICBHI_LABELS, 0)
+    correct = dict.fromkeys(ICBHI_LABELS, 0)
     family = {"crackle": [0, 0, 0, 0], "wheeze": [0, 0, 0, 0]}  # tp, fn, fp, tn
     poor_time = total_time = 0.0
     unassessed = cycles = 0
@@ -100,15 +91,12 @@ def icbhi_view(recordings: Sequence[IcbhiRecording], found: Mapping[str, Recordi
             cycles += 1
             unassessed += said is None
             said = said or NOTHING_SAID
-            truth = c.label
-            counts[truth] += 1
-            correct[truth] += _verdict(said) == truth
+            counts[c.label] += 1
+            correct[c.label] += _verdict(said) == c.label
             for name, real in (("crackle", c.crackles), ("wheeze", c.wheezes)):
-                family[name][
-                    0 if real and said[name] else 1 if real else 2 if said[name] else 3
-                ] += 1
-    abnormal = sum(counts[k] for k in ICBHI_CLASSES[1:])
-    se = sum(correct[k] for k in ICBHI_CLASSES[1:]) / max(1, abnormal)
+                family[name][2 * int(not real) + int(not said[name])] += 1
+    abnormal = sum(counts[k] for k in ICBHI_LABELS[1:])
+    se = sum(correct[k] for k in ICBHI_LABELS[1:]) / max(1, abnormal)
     sp = correct["normal"] / max(1, counts["normal"])
     out: dict[str, Any] = {"cycles": counts, "icbhi_se": se, "icbhi_sp": sp,
                            "icbhi_score": (se + sp) / 2}  # fmt: skip
@@ -144,9 +132,7 @@ def _said(
 
 
 def _verdict(said: Mapping[str, bool]) -> str:
-    if said["crackle"] and said["wheeze"]:
-        return "both"
-    return "crackle" if said["crackle"] else "wheeze" if said["wheeze"] else "normal"
+    return icbhi_label(said["crackle"], said["wheeze"])
 
 
 def cycle_verdicts(
@@ -166,20 +152,15 @@ def _icbhi_events(
     """Per-family event scores with each cycle with crackles (wheezes) a DAS (CAS) event."""
     annotated, labels, durations, predicted = {}, {}, {}, {}
     for rec in recordings:
-        events = [
+        annotated[rec.recording_id] = [
             (c.start_s, c.end_s, t)
             for c in rec.cycles
             for t, on in (("Normal", True), ("Fine Crackle", c.crackles), ("Wheeze", c.wheezes))
             if on
         ]
-        crackles, wheezes = (
-            any(getattr(c, k) for c in rec.cycles) for k in ("crackles", "wheezes")
-        )
-        annotated[rec.recording_id] = events
-        labels[rec.recording_id] = (
-            "CAS & DAS" if crackles and wheezes else "DAS" if crackles else "CAS" if wheezes
-            else "Normal"
-        )  # fmt: skip
+        wheezes = any(c.wheezes for c in rec.cycles)
+        crackles = any(c.crackles for c in rec.cycles)
+        labels[rec.recording_id] = record_label_from_families(wheezes, crackles)
         durations[rec.recording_id] = max(c.end_s for c in rec.cycles)
         predicted[rec.recording_id] = [
             (e["start_s"], e["end_s"], e["type"]) for e in found[rec.recording_id].physiological
