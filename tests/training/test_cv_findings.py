@@ -1,6 +1,5 @@
-"""The finding rules' instrument (training.cv.findings): fixed halves by patient, the phase
-form, the choice within the false-event budget, the paired bootstraps, the manifest it
-writes."""
+"""The finding rules' instrument (training.cv.findings): fixed halves by patient, the choice
+within the false-event budget, the paired bootstrap, the manifest it writes."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edge.bed.chain import resolve_detector
@@ -18,13 +16,9 @@ from edge.inference.manifest import load_manifest
 from tests.edge.runtime_helpers import MODEL_DIR
 from training.cv.findings import (
     Truth,
-    breath_phases,
     choose,
     halves,
-    paired_f1,
     paired_false,
-    phase_members,
-    record_counts,
     write_manifest,
 )
 
@@ -39,23 +33,6 @@ def test_halves_split_patients_not_records_and_balance_those_with_a_finding() ->
     assert all(len(h) == 1 for h in by_patient.values())  # a patient lies in one half
     assert sum(next(iter(by_patient[p])) for p in sick) == 5  # 5 of the 10 in each half
     assert halves(list(reversed(records)), sick) == half  # fixed: the hash, not the order
-
-
-def test_breath_phases_follow_the_devices_hysteresis_and_minimum_length() -> None:
-    breath = np.array([0, 0.7, 0.7, 0.55, 0.7, 0.7, 0.7, 0.2, 0.9, 0.9, 0.1, 0.65] + [0.7] * 6)
-    phases = breath_phases(breath, 0.04, 0.0, on=0.6, off=0.5, min_frames=3)
-    # frames 1-6 (0.55 stays above the off-threshold), 8-9 too short, 11 to the end
-    assert np.allclose(phases, [(0.04, 0.28), (0.44, 0.72)])
-
-
-def test_the_phase_form_opens_at_k_events_in_different_phases_among_the_last_n() -> None:
-    phases = [(float(i), i + 0.8) for i in range(20)]
-    spans = [(0.2, 0.4), (0.5, 0.6), (5.2, 5.5), (6.3, 6.6), (7.1, 7.4), (15.1, 15.4)]
-    # two events in phase 0 count once; phases 5 and 6 recur (2 of the last 2), 7 continues,
-    # 15 is too far from 7 and alone
-    assert phase_members(spans, phases, k=2, n=2) == [[2, 3, 4]]
-    assert phase_members(spans, phases, k=2, n=10) == [[0, 1, 2, 3, 4, 5]]
-    assert phase_members(spans, phases, k=3, n=3) == [[2, 3, 4]]
 
 
 def row(family: str, threshold: float, fit_fa: float, oof_fa: float, oof_f1: float) -> dict:
@@ -77,7 +54,7 @@ def test_the_choice_is_the_best_out_of_fold_f1_within_the_budget_on_both_views()
         choose(rows, "CAS", -1.0)
 
 
-def test_the_paired_bootstraps_say_the_difference_and_an_interval_around_it() -> None:
+def test_the_paired_bootstrap_says_the_difference_and_an_interval_around_it() -> None:
     truth = Truth(
         labels={f"p{i}_1_0_p1_{j}": "Normal" for i in range(20) for j in range(2)},
         refs={f"p{i}_1_0_p1_{j}": [] for i in range(20) for j in range(2)},
@@ -88,22 +65,6 @@ def test_the_paired_bootstraps_say_the_difference_and_an_interval_around_it() ->
     after = {r: [] for r in records}
     d, lo, hi = paired_false(before, after, truth, records)
     assert (d, lo, hi) == (-2.0, -2.0, -2.0)  # every patient alike: no spread
-    counts = np.array([[1, 1, 1]] * 20, float)
-    better = np.array([[2, 0, 0]] * 20, float)
-    d, lo, hi = paired_f1(counts, better, [f"p{i}" for i in range(20)])
-    assert d == pytest.approx(1.0 - 0.5)
-    assert lo <= d <= hi
-
-
-def test_record_counts_are_the_yardsticks_matches_per_record() -> None:
-    truth = Truth(labels={"a": "CAS", "b": "Normal"},
-                  refs={"a": [(1.0, 2.0, "Wheeze")], "b": []},
-                  durations={"a": 10.0, "b": 10.0})  # fmt: skip
-    said = {"a": [{"start_s": 1.1, "end_s": 2.0, "type": "Wheeze"},
-                  {"start_s": 5.0, "end_s": 6.0, "type": "Fine Crackle"}],
-            "b": [{"start_s": 3.0, "end_s": 3.5, "type": "Rhonchi"}]}  # fmt: skip
-    assert record_counts(said, truth, ["a", "b"], "CAS").tolist() == [[1, 0, 0], [0, 1, 0]]
-    assert record_counts(said, truth, ["a", "b"], "DAS").tolist() == [[0, 1, 0], [0, 0, 0]]
 
 
 def test_the_rules_written_into_a_manifest_reach_the_device(tmp_path: Path) -> None:

@@ -65,7 +65,6 @@ class Run:
 
     events: Events
     truth: Truth
-    breath: dict[str, np.ndarray]
     rates: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
 
@@ -95,18 +94,15 @@ def events_only(threshold: float) -> DetectorConfig:
 
 def raw_events(folder: Path, model: Path, threshold: float, truth: Truth) -> Run:
     """Events (no finding episodes) of ``folder``, device path, CAS and DAS at ``threshold``."""
-    from edge.inference.manifest import load_manifest
     from edge.monitor import resolve_model
     from edge.runtime.offline import detect_recordings, recordings_in
 
     folder_, file = resolve_model(model)
     found = detect_recordings(
-        recordings_in([folder]), folder_, file, detector=events_only(threshold), keep_probs=True
+        recordings_in([folder]), folder_, file, detector=events_only(threshold)
     )
     rates = {n: (r.respiration or {}).get("rate_bpm") for n, r in found.items()}
-    column = load_manifest(folder_ / "manifest.json").outputs.index("Breath")
-    breath = {n: r.probs[:, column] for n, r in found.items() if r.probs is not None}
-    return Run({n: r.physiological for n, r in found.items()}, truth, breath, rates)
+    return Run({n: r.physiological for n, r in found.items()}, truth, rates)
 
 
 def oof_events(design: Path, model: Path, threshold: float) -> Run:
@@ -125,7 +121,7 @@ def oof_events(design: Path, model: Path, threshold: float) -> Run:
     grid = manifest_grid(manifest)
     truth = load_truth()
     events: Events = {}
-    refs, labels, durations, breath = {}, {}, {}, {}
+    refs, labels, durations = {}, {}, {}
     for seed, probs in oof_outputs(design, truth).items():
         for record, p in probs.items():
             name = f"{record}#{seed}"
@@ -136,9 +132,8 @@ def oof_events(design: Path, model: Path, threshold: float) -> Run:
                 for e in found
             ]
             refs[name], labels[name] = truth.annotated[record], truth.labels[record]
-            breath[name] = p[:, manifest.outputs.index("Breath")]
             durations[name] = truth.durations[record]
-    return Run(events, Truth(labels, refs, durations), breath)
+    return Run(events, Truth(labels, refs, durations))
 
 
 def family_of(event_type: str) -> str | None:
@@ -398,14 +393,10 @@ def findings_command(args: argparse.Namespace) -> int:
             f"  judging half, false events per hour on clean patients, chosen - today: "
             f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] (paired bootstrap over patients)"
         )
-    forms = []
-    if oof is not None:
-        print("the other form, k events in k of the last n breath phases (Breath output):")
-        forms = compare_forms(runs, oof, half, chosen, Path(model), args.budget)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         body = {"rows": rows, "chosen": chosen, "budget": args.budget, "half": half}
-        args.out.write_text(json.dumps(body | {"phase_form": forms}, indent=1) + "\n")
+        args.out.write_text(json.dumps(body, indent=1) + "\n")
     if args.write:
         n = sum(1 for h in half.values() if h == 0)
         oof_note = "" if args.oof is None else f" and out of fold on SPRSound train ({args.oof})"
@@ -419,191 +410,3 @@ def findings_command(args: argparse.Namespace) -> int:
             "findings)",
         )
     return 0
-
-
-# -- the other form: k of the last n breath phases ------------------------------------------
-
-PHASE_RULES = ((2, 2), (2, 3), (2, 4), (3, 4), (3, 5))  # (k events, of the last n phases)
-
-
-def breath_phases(
-    breath: np.ndarray,
-    frame_s: float,
-    offset_s: float,
-    on: float = 0.6,
-    off: float = 0.5,
-    min_frames: int = 6,
-) -> list[tuple[float, float]]:
-    """Breath phases (start, end) s of a Breath output, cut as the device's phase mode does."""
-    phases, first, open_ = [], 0, False
-    for j, b in enumerate(np.nan_to_num(np.asarray(breath, np.float64))):
-        if open_ and b < off:
-            if j - first >= min_frames:
-                phases.append((first * frame_s + offset_s, j * frame_s + offset_s))
-            open_ = False
-        if not open_ and b >= on:
-            open_, first = True, j
-    if open_ and len(breath) - first >= min_frames:
-        phases.append((first * frame_s + offset_s, len(breath) * frame_s + offset_s))
-    return phases
-
-
-def phase_members(
-    spans: Sequence[tuple[float, float]], phases: Sequence[tuple[float, float]], k: int, n: int
-) -> list[list[int]]:
-    """Episodes of one family's events (start, end): one opens at ``k`` events in ``k`` phases
-    among the last ``n`` and goes on while the next event is within ``n`` phases of the last
-    (an event's phase: the last to start at or before its middle)."""
-    starts = np.array([p[0] for p in phases])
-
-    def phase_of(s: tuple[float, float]) -> int:
-        return int(np.searchsorted(starts, (s[0] + s[1]) / 2.0, side="right")) - 1
-
-    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], i))
-    episodes: list[list[int]] = []
-    current: list[int] | None = None
-    last = 0
-    recent: list[tuple[int, int]] = []
-    for i in order:
-        p = phase_of(spans[i])
-        if current is not None and p - last > n:
-            current = None
-        if current is not None:
-            current.append(i)
-            last = max(last, p)
-            continue
-        recent = [(q, j) for q, j in recent if q > p - n] + [(p, i)]
-        if len({q for q, _ in recent}) >= k:
-            current = [j for _, j in recent]
-            episodes.append(current)
-            last, recent = p, []
-    return episodes
-
-
-def apply_phases(
-    events: Events, phases: Mapping[str, Sequence[tuple[float, float]]], family: str, k: int, n: int
-) -> Events:
-    """One family's events kept by the phase form (those never held, Stridor, always)."""
-    out: Events = {}
-    for record, items in events.items():
-        mine = [e for e in items if family_of(str(e["type"])) == family]
-        held = [e for e in mine if e["type"] in HELD_FAMILIES[family]]
-        spans = [(float(e["start_s"]), float(e["end_s"])) for e in held]
-        keep = {i for ep in phase_members(spans, phases.get(record, []), k, n) for i in ep}
-        out[record] = [e for e in mine if e["type"] not in HELD_FAMILIES[family]] + [
-            e for i, e in enumerate(held) if i in keep
-        ]
-    return out
-
-
-def record_counts(events: Events, truth: Truth, records: Sequence[str], family: str) -> np.ndarray:
-    """(records, 3) event TP, FP, FN of one family (sed_eval, the yardstick's collars)."""
-    import sed_eval
-
-    from training.scoring.detection import EVENT_COLLARS, FAMILY_VIEW, _metadata
-
-    out = np.zeros((len(records), 3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i, r in enumerate(records):
-            m = sed_eval.sound_event.EventBasedMetrics(
-                [family], **EVENT_COLLARS, evaluate_onset=True, evaluate_offset=True
-            )
-            view = {t: tuple(f for f in fams if f == family) for t, fams in FAMILY_VIEW.items()}
-            said = [(e["start_s"], e["end_s"], e["type"]) for e in events.get(r, [])]
-            m.evaluate(_metadata(truth.refs[r], view, r), _metadata(said, view, r))
-            c = m.class_wise[family]
-            out[i] = (c["Ntp"], c["Nfp"], c["Nfn"])
-    return out
-
-
-def paired_f1(a: np.ndarray, b: np.ndarray, groups: Sequence[str]) -> tuple[float, float, float]:
-    """F1 of per-record counts ``b`` minus ``a``, 95 % interval by 1,000 resamples of ``groups``."""
-    names = sorted(set(groups))
-    idx = np.array([names.index(g) for g in groups])
-    ga, gb = np.zeros((len(names), 3)), np.zeros((len(names), 3))
-    np.add.at(ga, idx, a)
-    np.add.at(gb, idx, b)
-
-    def f1(c: np.ndarray) -> np.ndarray:
-        tp, fp, fn = c[..., 0], c[..., 1], c[..., 2]
-        return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-9), 0.0)
-
-    draw = np.random.default_rng(0).integers(0, len(names), (1000, len(names)))
-    diff = f1(gb[draw].sum(1)) - f1(ga[draw].sum(1))
-    lo, hi = np.percentile(diff, [2.5, 97.5])
-    return float(f1(gb.sum(0)) - f1(ga.sum(0))), float(lo), float(hi)
-
-
-def compare_forms(
-    runs: Mapping[float, Run],
-    oof: Mapping[float, Run],
-    half: Mapping[str, int],
-    chosen: Mapping[str, Mapping[str, Any]],
-    model: Path,
-    budget: float,
-) -> list[dict[str, Any]]:
-    """Per family at its chosen threshold: every phase-form rule on both halves and OOF; the
-    best within budget vs the chosen seconds-form rule (OOF F1, judging half's false events)."""
-    from edge.inference.manifest import load_manifest
-    from edge.monitor import resolve_model
-    from training.recipe.fit import manifest_grid
-
-    folder, _ = resolve_model(model)
-    grid = manifest_grid(load_manifest(folder / "manifest.json"))
-    frame_s = grid.frame_samples / grid.sample_rate_hz
-    offset_s = grid.offset_samples / grid.sample_rate_hz
-
-    def phases_of(breath: Mapping[str, np.ndarray]) -> dict[str, list[tuple[float, float]]]:
-        return {r: breath_phases(b, frame_s, offset_s) for r, b in breath.items()}
-
-    parts = {k: [r for r, h in half.items() if h == k] for k in (0, 1)}
-    out = []
-    for family, pick in chosen.items():
-        t = pick["threshold"]
-        events, truth = runs[t].events, runs[t].truth
-        oof_ev, oof_truth = oof[t].events, oof[t].truth
-        intra_phases, oof_phases = phases_of(runs[t].breath), phases_of(oof[t].breath)
-        records = sorted(oof_truth.labels)
-        best = None
-        for k, n in PHASE_RULES:
-            kept = apply_phases(events, intra_phases, family, k, n)
-            held = apply_phases(oof_ev, oof_phases, family, k, n)
-            row = {
-                "family": family,
-                "threshold": t,
-                "k": k,
-                "n": n,
-                "fit": score(kept, truth, parts[0], family),
-                "judge": score(kept, truth, parts[1], family),
-                "oof": score(held, oof_truth, records, family),
-            }
-            views = [
-                f"{v}: F1 {row[v]['f1']:.3f} fa_clean {row[v]['fa_clean_per_hour']:.1f}/h"
-                for v in ("fit", "judge", "oof")
-            ]
-            print(f"  {family} phases {k} of {n}: " + " | ".join(views))
-            fits = all(row[v]["fa_clean_per_hour"] <= budget for v in ("fit", "oof"))
-            if fits and (best is None or row["oof"]["f1"] > best[0]["oof"]["f1"]):
-                best = (row, kept, held)
-        if best is None:
-            print(f"  {family}: no phase rule within {budget:g} false events per hour")
-            continue
-        row, kept, held = best
-        mine, _ = apply(oof_ev, family, rule_of(pick))
-        groups = [patient(r.split("#")[0]) for r in records]
-        f1 = paired_f1(
-            record_counts(mine, oof_truth, records, family),
-            record_counts(held, oof_truth, records, family),
-            groups,
-        )
-        ours, _ = apply(events, family, rule_of(pick))
-        fa = paired_false(ours, kept, truth, parts[1])
-        row |= {"oof_f1_minus_seconds_form": f1, "judge_false_minus_seconds_form": fa}
-        print(
-            f"  {family}: phases {row['k']} of {row['n']} minus {pick['events']} within "
-            f"{pick['within_s']:g} s: out-of-fold F1 {f1[0]:+.3f} [{f1[1]:+.3f}, {f1[2]:+.3f}], "
-            f"judging half false events {fa[0]:+.1f}/h [{fa[1]:+.1f}, {fa[2]:+.1f}]"
-        )
-        out.append(row)
-    return out
