@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import NonNegativeFloat
 
 from lungwatch.config import Settings
-from lungwatch.events import is_segment
+from lungwatch.events import Event, is_segment
 from lungwatch.labels import FAMILY, FINDING_CLASS, family_of
 
 PRIORITIES = ("high", "medium", "low")
@@ -34,29 +34,6 @@ MAX_RETIRED = 100_000  # episodes of conditions that left the list, remembered
 Key = tuple[str, str, str]  # device, bed, condition
 
 
-class Episode(Protocol):
-    """What the book reads of an episode: an event or a :class:`ListedEpisode`."""
-
-    @property
-    def episode_id(self) -> str: ...
-    @property
-    def device_id(self) -> str: ...
-    @property
-    def stream_id(self) -> str: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def priority(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def start_utc(self) -> str: ...
-    @property
-    def detail(self) -> dict[str, Any]: ...
-
-
 @dataclass(frozen=True)
 class ListedEpisode:
     """An open episode known only from its bed's retained summary (latched before the view
@@ -73,6 +50,8 @@ class ListedEpisode:
     detail: dict[str, Any]
 
 
+#: What the book reads of an episode: an event or one known only from a summary.
+Episode = Event | ListedEpisode
 MAX_LISTED = 256  # open alarms read of one bed's summary
 
 
