@@ -26,6 +26,7 @@ from lungwatch.events import (
     EventError,
     check_segment,
     event_topic,
+    is_int,
     parse_utc,
 )
 
@@ -231,7 +232,7 @@ class Assembler:
             except EventError as exc:
                 raise EvidenceError(str(exc)) from None
         raw_part, raw_parts, digest = body.get("part"), body.get("parts"), body.get("sha256")
-        if not (_is_int(raw_part) and _is_int(raw_parts)):
+        if not (is_int(raw_part) and is_int(raw_parts)):
             raise EvidenceError(f"evidence part {raw_part!r} of {raw_parts!r} is not a part")
         part, parts = int(raw_part), int(raw_parts)  # type: ignore[arg-type]
         if not (1 <= parts <= MAX_PARTS and 0 <= part < parts):
@@ -274,10 +275,6 @@ class Assembler:
 def _optional_int(value: object) -> int | None:
     if value is None:
         return None
-    if not _is_int(value):
+    if not is_int(value):
         raise EvidenceError(f"clip.event_end_sample must be an integer or null, got {value!r}")
     return int(value)  # type: ignore[call-overload]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
