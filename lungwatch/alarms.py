@@ -14,10 +14,9 @@ from typing import Any
 from pydantic import NonNegativeFloat
 
 from lungwatch.config import Settings
-from lungwatch.events import Event, is_segment
+from lungwatch.events import PRIORITIES, Event, is_segment
 from lungwatch.labels import FAMILY, FINDING_CLASS, family_of
 
-PRIORITIES = ("high", "medium", "low")
 PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
 CONDITION_TEXT = {
     **{f.name: f.text for f in FAMILY.values()},
@@ -69,7 +68,7 @@ def open_rows(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def summary_row(row: dict[str, Any]) -> dict[str, Any]:
     """One open alarm of a bed's retained summary, its fields checked and bounded."""
-    priority = row.get("priority") if row.get("priority") in ("high", "medium", "low") else "low"
+    priority = row.get("priority") if row.get("priority") in PRIORITIES else "low"
     confidence = row.get("confidence")
     return {
         "id": f"summary:{row['episode_id']}", "episode_id": str(row["episode_id"]),
