@@ -69,13 +69,8 @@ class MqttConfig(Settings):
         check(with_user, "password_file", self.password_file, "set together with username")
         one = self.password is None or self.password_file is None
         check(one, "password_file", self.password_file, "left out when password is given")
-        if self.password_file is not None:
-            check(
-                Path(self.password_file).is_file(),
-                "password_file",
-                self.password_file,
-                "an existing file",
-            )
+        found = self.password_file is None or Path(self.password_file).is_file()
+        check(found, "password_file", self.password_file, "an existing file")
         secured = self.uses_tls and self.username is not None
         check(
             secured or self.allow_insecure or is_loopback(self.host),
