@@ -256,11 +256,8 @@ def summary_payload(site: str, device_id: str, stream_id: str, summary: dict[str
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
-def verdict_payload(site: str, device_id: str, stream_id: str, verdict: dict[str, Any]) -> str:
-    """The retained verdict message: identity and ``verdict``."""
-    body = {"schema_version": SCHEMA_VERSION, "site": site, "device_id": device_id}
-    body.update(stream_id=check_segment(stream_id, "stream_id"), **verdict)
-    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+#: The retained verdict message: identity and the verdict, as a summary's is made.
+verdict_payload = summary_payload
 
 
 def ack_topic(site: str, device_id: str, stream_id: str) -> str:
@@ -300,12 +297,7 @@ COMMAND_POLICIES = ("signed", "signed_or_unsigned", "refused")
 
 
 def status_payload(
-    state: str,
-    site: str,
-    device_id: str,
-    reason: str,
-    commands: str | None = None,
-    eui64: str = "",
+    state: str, site: str, device_id: str, reason: str, commands: str | None = None, eui64: str = ""
 ) -> str:
     if state not in ("online", "offline"):
         raise EventError(f"status.state must be 'online' or 'offline', got {state!r}")
