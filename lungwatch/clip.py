@@ -247,7 +247,9 @@ class Assembler:
         partial = self._open.get(key)
         if partial is None or (partial.parts, partial.sha256) != (parts, digest):
             partial = self._open[key] = _Partial(parts, digest, {k: str(v) for k, v in ids.items()})
-            self._bound()
+            while len(self._open) > self.max_open:  # the oldest dropped
+                self._open.pop(next(iter(self._open)))
+                self.dropped += 1
         partial.data[part] = data
         if part == 0:
             header = body.get("clip")
@@ -261,11 +263,6 @@ class Assembler:
         if hashlib.sha256(flac).hexdigest() != digest:
             raise EvidenceError(f"clip {key}: its parts do not hash to its sha256")
         return clip_of(partial.header, partial.ids, flac)
-
-    def _bound(self) -> None:
-        while len(self._open) > self.max_open:
-            self._open.pop(next(iter(self._open)))
-            self.dropped += 1
 
     @property
     def waiting(self) -> Sequence[str]:

@@ -211,7 +211,8 @@ class Session:
                 self.client.connect(cfg.host, cfg.port, cfg.keepalive_s)
                 reached = True
             except ssl.SSLError as exc:
-                self._fail_or_warn(BrokerTlsError, f"TLS failed: {ssl_reason(exc)}", fail_fast)
+                why = getattr(exc, "verify_message", None) or exc.reason or exc
+                self._fail_or_warn(BrokerTlsError, f"TLS failed: {why}", fail_fast)
             except OSError as exc:
                 reset = cfg.uses_tls and isinstance(exc, ConnectionResetError)
                 hint = " (TLS to a plain listener?)" if reset else ""
@@ -291,10 +292,6 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     except (OSError, ValueError) as exc:
         raise BrokerTlsError(f"broker {cfg.address}: cannot load TLS files ({exc})") from None
     return context
-
-
-def ssl_reason(exc: ssl.SSLError) -> str:
-    return str(getattr(exc, "verify_message", None) or exc.reason or exc)
 
 
 def import_paho() -> Any:
