@@ -135,9 +135,7 @@ def generate(
                 raise ConfigError(f"{key_path}: not derived from {master_path} (remove it)")
             settings["commands"] = {"key_file": str(key_path.resolve())}
             settings["evidence"] = {"username": EVIDENCE_LOGIN.format(device=client.name)}
-        elif client.role == "gateway":
-            pass  # its broker login alone: it reads, it signs nothing
-        else:
+        elif client.role == "view":  # a gateway: its broker login alone (it signs nothing)
             view: dict[str, object] = {"command_key_file": str(master_path.resolve())}
             if view_users:
                 view["users"] = view_users

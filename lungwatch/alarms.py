@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import NonNegativeFloat
 
 from lungwatch.config import Settings
-from lungwatch.events import is_segment
+from lungwatch.events import PRIORITIES, Event, is_segment
 from lungwatch.labels import FAMILY, FINDING_CLASS, family_of
 
-PRIORITIES = ("high", "medium", "low")
 PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
 CONDITION_TEXT = {
     **{f.name: f.text for f in FAMILY.values()},
@@ -32,29 +31,6 @@ LIFE_THREATENING = ("apnoea",)  # first within their priority in the ward order
 MAX_RECORD_CLIPS = 16  # a condition's record keeps its newest clips' episodes
 MAX_RETIRED = 100_000  # episodes of conditions that left the list, remembered
 Key = tuple[str, str, str]  # device, bed, condition
-
-
-class Episode(Protocol):
-    """What the book reads of an episode: an event or a :class:`ListedEpisode`."""
-
-    @property
-    def episode_id(self) -> str: ...
-    @property
-    def device_id(self) -> str: ...
-    @property
-    def stream_id(self) -> str: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def priority(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def start_utc(self) -> str: ...
-    @property
-    def detail(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -73,6 +49,8 @@ class ListedEpisode:
     detail: dict[str, Any]
 
 
+#: What the book reads of an episode: an event or one known only from a summary.
+Episode = Event | ListedEpisode
 MAX_LISTED = 256  # open alarms read of one bed's summary
 
 
@@ -90,7 +68,7 @@ def open_rows(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def summary_row(row: dict[str, Any]) -> dict[str, Any]:
     """One open alarm of a bed's retained summary, its fields checked and bounded."""
-    priority = row.get("priority") if row.get("priority") in ("high", "medium", "low") else "low"
+    priority = row.get("priority") if row.get("priority") in PRIORITIES else "low"
     confidence = row.get("confidence")
     return {
         "id": f"summary:{row['episode_id']}", "episode_id": str(row["episode_id"]),

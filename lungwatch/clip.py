@@ -26,6 +26,7 @@ from lungwatch.events import (
     EventError,
     check_segment,
     event_topic,
+    is_int,
     parse_utc,
 )
 
@@ -231,7 +232,7 @@ class Assembler:
             except EventError as exc:
                 raise EvidenceError(str(exc)) from None
         raw_part, raw_parts, digest = body.get("part"), body.get("parts"), body.get("sha256")
-        if not (_is_int(raw_part) and _is_int(raw_parts)):
+        if not (is_int(raw_part) and is_int(raw_parts)):
             raise EvidenceError(f"evidence part {raw_part!r} of {raw_parts!r} is not a part")
         part, parts = int(raw_part), int(raw_parts)  # type: ignore[arg-type]
         if not (1 <= parts <= MAX_PARTS and 0 <= part < parts):
@@ -246,7 +247,9 @@ class Assembler:
         partial = self._open.get(key)
         if partial is None or (partial.parts, partial.sha256) != (parts, digest):
             partial = self._open[key] = _Partial(parts, digest, {k: str(v) for k, v in ids.items()})
-            self._bound()
+            while len(self._open) > self.max_open:  # the oldest dropped
+                self._open.pop(next(iter(self._open)))
+                self.dropped += 1
         partial.data[part] = data
         if part == 0:
             header = body.get("clip")
@@ -261,11 +264,6 @@ class Assembler:
             raise EvidenceError(f"clip {key}: its parts do not hash to its sha256")
         return clip_of(partial.header, partial.ids, flac)
 
-    def _bound(self) -> None:
-        while len(self._open) > self.max_open:
-            self._open.pop(next(iter(self._open)))
-            self.dropped += 1
-
     @property
     def waiting(self) -> Sequence[str]:
         return tuple(self._open)
@@ -274,10 +272,6 @@ class Assembler:
 def _optional_int(value: object) -> int | None:
     if value is None:
         return None
-    if not _is_int(value):
+    if not is_int(value):
         raise EvidenceError(f"clip.event_end_sample must be an integer or null, got {value!r}")
     return int(value)  # type: ignore[call-overload]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

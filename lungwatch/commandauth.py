@@ -136,18 +136,10 @@ class CommandVerifier:
         if missing:
             raise CommandAuthError("unsigned", f"command is not signed (no {', '.join(missing)})")
         user, issued, nonce, sig = (body[key] for key in SIGNATURE_KEYS)
-        shapes_ok = (
-            isinstance(user, str)
-            and 0 < len(user) <= MAX_USER_CHARS
-            and type(issued) is int
-            and isinstance(nonce, str)
-            and len(nonce) == NONCE_HEX
-            and isinstance(sig, str)
-            and len(sig) == 64
-            and sig.isascii()
-            and nonce.isascii()
-        )
-        if not shapes_ok:
+        user_ok = isinstance(user, str) and 0 < len(user) <= MAX_USER_CHARS
+        nonce_ok = isinstance(nonce, str) and len(nonce) == NONCE_HEX and nonce.isascii()
+        sig_ok = isinstance(sig, str) and len(sig) == 64 and sig.isascii()
+        if not (user_ok and type(issued) is int and nonce_ok and sig_ok):
             raise CommandAuthError("malformed", "command signature keys malformed")
         expected = hmac.new(self._key, _message(self.site, self.device_id, body), hashlib.sha256)
         if not hmac.compare_digest(expected.hexdigest(), sig):

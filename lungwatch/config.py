@@ -305,8 +305,7 @@ def _build(cls: type[T], data: Any) -> T:
         raise InvalidValueError("<top>", data, "a mapping of keys")
     _plain(data, "")
     try:
-        built: T = _adapter(cast(Hashable, cls)).validate_json(json.dumps(data), strict=True)
-        return built
+        return _adapter(cast(Hashable, cls)).validate_json(json.dumps(data), strict=True)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)  # a missing key is told after a wrong one
         first = min(errors, key=lambda e: e["type"].startswith("missing"))
@@ -365,12 +364,9 @@ def _type_at(tp: Any, loc: Sequence[Any]) -> Any:
     """The type a config class gives the value at ``loc`` (a pydantic error's location)."""
     for part in loc:
         args = typing.get_args(_unwrap(tp))
-        if isinstance(part, int):  # a tuple's item
-            tp = (
-                args[0]
-                if len(args) == 2 and args[1] is Ellipsis
-                else args[min(part, len(args) - 1)]
-            )
+        if isinstance(part, int):  # a tuple's item (of ``tuple[X, ...]``: an X)
+            variadic = len(args) == 2 and args[1] is Ellipsis
+            tp = args[0] if variadic else args[min(part, len(args) - 1)]
         elif dataclasses.is_dataclass(_unwrap(tp)):
             tp = typing.get_type_hints(_unwrap(tp)).get(part, Any)
         else:  # a mapping's value

@@ -69,13 +69,8 @@ class MqttConfig(Settings):
         check(with_user, "password_file", self.password_file, "set together with username")
         one = self.password is None or self.password_file is None
         check(one, "password_file", self.password_file, "left out when password is given")
-        if self.password_file is not None:
-            check(
-                Path(self.password_file).is_file(),
-                "password_file",
-                self.password_file,
-                "an existing file",
-            )
+        found = self.password_file is None or Path(self.password_file).is_file()
+        check(found, "password_file", self.password_file, "an existing file")
         secured = self.uses_tls and self.username is not None
         check(
             secured or self.allow_insecure or is_loopback(self.host),
@@ -216,7 +211,8 @@ class Session:
                 self.client.connect(cfg.host, cfg.port, cfg.keepalive_s)
                 reached = True
             except ssl.SSLError as exc:
-                self._fail_or_warn(BrokerTlsError, f"TLS failed: {ssl_reason(exc)}", fail_fast)
+                why = getattr(exc, "verify_message", None) or exc.reason or exc
+                self._fail_or_warn(BrokerTlsError, f"TLS failed: {why}", fail_fast)
             except OSError as exc:
                 reset = cfg.uses_tls and isinstance(exc, ConnectionResetError)
                 hint = " (TLS to a plain listener?)" if reset else ""
@@ -296,10 +292,6 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     except (OSError, ValueError) as exc:
         raise BrokerTlsError(f"broker {cfg.address}: cannot load TLS files ({exc})") from None
     return context
-
-
-def ssl_reason(exc: ssl.SSLError) -> str:
-    return str(getattr(exc, "verify_message", None) or exc.reason or exc)
 
 
 def import_paho() -> Any:
