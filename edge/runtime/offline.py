@@ -60,18 +60,15 @@ class FrameKeeper:
 
     def probs(self, stream_id: str, n_outputs: int) -> np.ndarray:
         """(n, O) of one bed; frames the model never described (a state reset) stay NaN."""
-        return self._spread(stream_id, (n_outputs,), times=False)
+        return joined_frames([p for p, _ in self.parts.get(stream_id, [])], n_outputs, 0)[1]
 
     def times(self, stream_id: str) -> np.ndarray:
         """(n,) when each of one bed's frames arrived; NaN for those never described."""
-        return self._spread(stream_id, (), times=True)
-
-    def _spread(self, stream_id: str, columns: tuple[int, ...], times: bool) -> np.ndarray:
         parts = self.parts.get(stream_id, [])
         end = max((p.first_frame + p.probs.shape[0] for p, _ in parts), default=0)
-        out = np.full((end, *columns), np.nan, np.float64 if times else np.float32)
+        out = np.full(end, np.nan, np.float64)
         for p, when in parts:
-            out[p.first_frame : p.first_frame + p.probs.shape[0]] = when if times else p.probs
+            out[p.first_frame : p.first_frame + p.probs.shape[0]] = when
         return out
 
 
