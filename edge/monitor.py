@@ -251,7 +251,7 @@ class Monitor:
         n_outputs = len(self.outputs)
         steps = {}
         for bed in events:
-            first, probs = _joined(frames[bed], n_outputs)
+            first, probs = joined_frames(frames[bed], n_outputs)
             steps[bed] = _with_quality(BedStep(events[bed], first, probs, _NO_QUALITY), bed)
         return steps
 
@@ -279,14 +279,15 @@ def _with_quality(step: BedStep, bed: Bed) -> BedStep:
     return BedStep(step.events, step.first_frame, step.probs, quality, verdict, respiration)
 
 
-def _joined(parts: list[OutputFrames], n_outputs: int) -> tuple[int, np.ndarray]:
-    """Consecutive output frames as one (n, O) array and its first frame; frames skipped
-    between parts (a state restart) are NaN rows."""
+def joined_frames(
+    parts: Sequence[OutputFrames | BedStep], n_outputs: int, first: int | None = None
+) -> tuple[int, np.ndarray]:
+    """Consecutive output frames as one (n, O) array from frame ``first`` (None: the first
+    part's) and that frame; frames no part holds (a state restart) are NaN rows."""
     parts = [p for p in parts if p.probs.shape[0]]
-    if not parts:
-        return 0, np.zeros((0, n_outputs), np.float32)
-    first = parts[0].first_frame
-    end = max(p.first_frame + p.probs.shape[0] for p in parts)
+    if first is None:
+        first = parts[0].first_frame if parts else 0
+    end = max((p.first_frame + p.probs.shape[0] for p in parts), default=first)
     out = np.full((end - first, n_outputs), np.nan, np.float32)
     for p in parts:
         out[p.first_frame - first : p.first_frame - first + p.probs.shape[0]] = p.probs

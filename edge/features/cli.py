@@ -41,11 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.audio:
         audio = read_audio(path, target_rate_hz=spec.sample_rate_hz)
         frames = extract(audio.samples, spec)
-        stem = out / f"{Path(path).stem}.{spec.kind}"
-        np_path = stem.with_suffix(stem.suffix + ".npy")
+        name = f"{Path(path).stem}.{spec.kind}"
+        np_path = out / f"{name}.npy"
         np.save(np_path, frames)
-        stem.with_suffix(stem.suffix + ".spec.json").write_text(
-            json.dumps(spec.to_dict(), indent=2)
-        )
+        (out / f"{name}.spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
         print(f"{path}: {frames.shape[0]} frames x {frames.shape[1]} bands -> {np_path}")
     return 0

@@ -208,8 +208,6 @@ class CwtStream(StreamingFrontEnd):
         self._bank = morlet_bank(spec)
         self._ring = np.zeros(self._bank.span_samples, dtype=np.float64)
         self._lin = np.zeros(self._bank.span_samples, dtype=np.float64)
-        self._bank_args = kernel_args(self._bank)
-        self._use_log = spec.normalisation == "log"
         super().__init__(spec, **kwargs)
 
     @property
@@ -228,7 +226,7 @@ class CwtStream(StreamingFrontEnd):
             self._lin,
             self._counters,
             self.spec.hop_samples,
-            self._bank_args,
-            self._use_log,
+            kernel_args(self._bank),
+            self.spec.normalisation == "log",
             self.spec.log_offset,
         )

@@ -105,15 +105,6 @@ def _require_gammatone(spec: FeatureSpec) -> None:
     check(spec.kind == "gammatone", "kind", spec.kind, "'gammatone' for the gammatone front end")
 
 
-def _frame_mean_power(y: np.ndarray, spec: FeatureSpec, count: int) -> np.ndarray:
-    """(count,) mean of ``y**2`` over each frame (direct sums, no running-sum cancellation)."""
-    windows = np.lib.stride_tricks.sliding_window_view(y * y, spec.frame_samples)
-    result: np.ndarray = windows[: (count - 1) * spec.hop_samples + 1 : spec.hop_samples].mean(
-        axis=-1
-    )
-    return result
-
-
 def gammatone(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Batch form, by ``scipy.signal.sosfilt``: independent of the streaming kernel on purpose."""
     _require_gammatone(spec)
@@ -126,19 +117,18 @@ def gammatone(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     for band, sos in enumerate(gammatone_sos(spec)):
         # sosfilt's Cython core wants a writable array; the cached one is read-only.
         y = scipy.signal.sosfilt(sos.copy(), used)
-        power[:, band] = _frame_mean_power(y, spec, count)
+        # each frame's mean of y**2 by direct sums (no running-sum cancellation)
+        windows = np.lib.stride_tricks.sliding_window_view(y * y, spec.frame_samples)
+        power[:, band] = windows[:: spec.hop_samples].mean(axis=-1)
     return normalise(power, spec)
-
-
-def _n_lanes(n_bands: int) -> int:
-    return -(-n_bands // SIMD_LANE_BLOCK) * SIMD_LANE_BLOCK
 
 
 @functools.lru_cache(maxsize=8)
 def _kernel_coefs(spec: FeatureSpec) -> np.ndarray:
     """(N_SECTIONS, 5, n_lanes) contiguous ``b0, b1, b2, a1, a2``; padding lanes are 0."""
     sos = gammatone_sos(spec)
-    coefs = np.zeros((N_SECTIONS, _N_COEFS, _n_lanes(spec.n_bands)), dtype=np.float64)
+    n_lanes = -(-spec.n_bands // SIMD_LANE_BLOCK) * SIMD_LANE_BLOCK
+    coefs = np.zeros((N_SECTIONS, _N_COEFS, n_lanes), dtype=np.float64)
     coefs[:, :, : spec.n_bands] = sos[:, :, [0, 1, 2, 4, 5]].transpose(1, 2, 0)
     coefs.setflags(write=False)
     return coefs
@@ -247,8 +237,6 @@ class GammatoneStream(StreamingFrontEnd):
         self._y = np.zeros(n_lanes, dtype=np.float64)
         self._acc = np.zeros(n_lanes, dtype=np.float64)
         self._blocks = np.zeros((n_blocks, n_lanes), dtype=np.float64)
-        self._use_log = spec.normalisation == "log"
-        self._inv_frame = 1.0 / spec.frame_samples
         super().__init__(spec, **kwargs)
 
     def _reset_state(self) -> None:
@@ -267,7 +255,7 @@ class GammatoneStream(StreamingFrontEnd):
             self._counters,
             self._block_samples,
             self.spec.hop_samples,
-            self._inv_frame,
-            self._use_log,
+            1.0 / self.spec.frame_samples,
+            self.spec.normalisation == "log",
             self.spec.log_offset,
         )

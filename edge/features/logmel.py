@@ -175,23 +175,17 @@ class _Scratch(NamedTuple):
     fft: FramesFft
 
 
-_SCRATCH: dict[tuple[int, int, int], _Scratch] = {}
-
-
+@functools.cache
 def shared_scratch(n_fft: int, frame_samples: int, capacity: int) -> _Scratch:
-    """The work arrays for ``capacity`` frames, one set per size shared by every stream, so a
-    ward touches one cache-resident set of FFT buffers. Safe because a kernel call holds the
-    GIL throughout (no ``nogil``) and reads nothing an earlier call left there."""
-    key = (n_fft, frame_samples, capacity)
-    scratch = _SCRATCH.get(key)
-    if scratch is None:
-        scratch = _Scratch(
-            np.zeros((capacity, n_fft), dtype=np.float64),
-            np.zeros((capacity, n_fft // 2 + 1), dtype=np.float64),
-            FramesFft(n_fft, capacity),
-        )
-        _SCRATCH[key] = scratch
-    return scratch
+    """The work arrays for ``capacity`` frames, one set per size (``frame_samples`` too: the
+    frames' tail past it stays 0) shared by every stream, so a ward touches one cache-resident
+    set of FFT buffers. Safe because a kernel call holds the GIL throughout (no ``nogil``) and
+    reads nothing an earlier call left there."""
+    return _Scratch(
+        np.zeros((capacity, n_fft), dtype=np.float64),
+        np.zeros((capacity, n_fft // 2 + 1), dtype=np.float64),
+        FramesFft(n_fft, capacity),
+    )
 
 
 _NO_BANK = SparseMel(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1)))
@@ -209,11 +203,9 @@ def fits_second_bank(spec: FeatureSpec, second: FeatureSpec) -> bool:
     """Whether ``second``'s bands can be a second filterbank of ``spec``'s stream: both
     log-mel over the same rate, frames, hop and FFT, ``second`` without band normalisation."""
 
-    def frames_of(s: FeatureSpec) -> tuple[object, ...]:
-        return (s.kind, s.sample_rate_hz, s.frame_samples, s.hop_samples, s.n_fft)
-
-    same = spec.kind == "logmel" and frames_of(spec) == frames_of(second)
-    return same and second.band_norm_s <= 0
+    framing = ("kind", "sample_rate_hz", "frame_samples", "hop_samples", "n_fft")
+    same = all(getattr(spec, key) == getattr(second, key) for key in framing)
+    return spec.kind == "logmel" and same and second.band_norm_s <= 0
 
 
 class LogMelStream(StreamingFrontEnd):
@@ -238,7 +230,6 @@ class LogMelStream(StreamingFrontEnd):
         self._mel = sparse_mel(spec)
         self.second = second
         self._mel2 = _NO_BANK if second is None else _lowest(sparse_mel(second), second_bands)
-        self._n_last = 0
         super().__init__(spec, **kwargs)
 
     @property

@@ -31,7 +31,7 @@ from edge.sinks import MultiSink, Sink
 from edge.sinks.jsonl import JsonlSink
 from edge.sinks.mqtt import MqttSink
 from edge.sinks.stdout import StdoutSink
-from edge.sources import AudioSource, SourceError, open_source
+from edge.sources import BRIDGE_PREFIX, MIC_PREFIX, AudioSource, SourceError, open_source
 from lungwatch.commandauth import (
     SIGNATURE_KEYS,
     CommandVerifier,
@@ -52,7 +52,6 @@ MAX_CHUNK_SAMPLES = 48_000  # samples per read: 1 s at 48 kHz (the default is 0.
 
 SEGMENT = "a topic segment (1..64 printable characters, no / + # or leading $)"
 DATA_PREFIX = "data:"  # a stream source relative to edge.datapaths.data_root()
-MIC_PREFIX, BRIDGE_PREFIX = "mic:", "bridge://"  # live sources: neither paced nor looped
 COMMAND_KEYS = ("action", "stream_id", "target")
 ACKNOWLEDGE = "acknowledge"
 EXCERPT_BYTES = 200  # of a bad command, in its log line
@@ -260,7 +259,7 @@ def open_stream_source(config: StreamConfig, rate_hz: int) -> AudioSource:
     options: dict[str, Any] = {}
     if not url.startswith(BRIDGE_PREFIX):
         options["chunk_samples"] = config.chunk_samples
-    if not url.startswith((MIC_PREFIX, BRIDGE_PREFIX)):
+    if not url.startswith((MIC_PREFIX, BRIDGE_PREFIX)):  # live sources: neither paced nor looped
         options.update(realtime=config.realtime, loop=config.loop)
     audio = open_source(url, config.id, rate_hz, **options)
     if audio.sample_rate_hz != rate_hz:

@@ -60,7 +60,6 @@ from lungwatch.supervision import ThreadStoppedError, first_failure
 
 log = logging.getLogger("lungwatch.runtime")
 MAX_READS_PER_ROUND = 64  # source chunks one stream's read may gather (fairness between beds)
-MS_PER_S = 1000.0
 SHUTDOWN = "shutdown"  # why every stream ends when the runtime stops
 WATCH_EVERY_S = 1.0  # the threads the run depends on are checked this often
 # the beds' metrics reports come in this many slices over the interval, not all in one round
@@ -272,7 +271,7 @@ class Runtime:
                 self._on_frames(stream, step.frames)
             self.publisher.step(stream, step)
             if not step.flushed:
-                stream.latencies_ms.append((time.perf_counter() - arrived) * MS_PER_S)
+                stream.latencies_ms.append((time.perf_counter() - arrived) * 1e3)
 
     @property
     def evidence_channel(self) -> EvidencePublisher | None:

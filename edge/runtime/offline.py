@@ -24,7 +24,7 @@ from edge.bed.gate import GateConfig
 from edge.bed.verdict import VerdictConfig
 from edge.inference import BackendConfig
 from edge.inference.streaming import OutputFrames
-from edge.monitor import BedStep, Monitor
+from edge.monitor import BedStep, Monitor, joined_frames
 from lungwatch.errors import AudioError, ConfigError, LungwatchError
 
 READ_SAMPLES = 8000  # samples per read from each recording (1 s at 8 kHz): unpaced, so any size
@@ -60,18 +60,15 @@ class FrameKeeper:
 
     def probs(self, stream_id: str, n_outputs: int) -> np.ndarray:
         """(n, O) of one bed; frames the model never described (a state reset) stay NaN."""
-        return self._spread(stream_id, (n_outputs,), times=False)
+        return joined_frames([p for p, _ in self.parts.get(stream_id, [])], n_outputs, 0)[1]
 
     def times(self, stream_id: str) -> np.ndarray:
         """(n,) when each of one bed's frames arrived; NaN for those never described."""
-        return self._spread(stream_id, (), times=True)
-
-    def _spread(self, stream_id: str, columns: tuple[int, ...], times: bool) -> np.ndarray:
         parts = self.parts.get(stream_id, [])
         end = max((p.first_frame + p.probs.shape[0] for p, _ in parts), default=0)
-        out = np.full((end, *columns), np.nan, np.float64 if times else np.float32)
+        out = np.full(end, np.nan, np.float64)
         for p, when in parts:
-            out[p.first_frame : p.first_frame + p.probs.shape[0]] = when if times else p.probs
+            out[p.first_frame : p.first_frame + p.probs.shape[0]] = when
         return out
 
 
@@ -172,7 +169,7 @@ def _run(
 
 
 def _events(steps: list[BedStep], n_outputs: int | None) -> RecordingEvents:
-    probs = None if n_outputs is None else _frames(steps, n_outputs)
+    probs = None if n_outputs is None else joined_frames(steps, n_outputs, first=0)[1]
     record = RecordingEvents(probs=probs, verdict=steps[-1].verdict if steps else None)
     opened: dict[str, float] = {}  # a finding episode's key -> where the stream was at onset
     for step in steps:
@@ -204,11 +201,3 @@ def _events(steps: list[BedStep], n_outputs: int | None) -> RecordingEvents:
     for rows in (record.physiological, record.technical, record.findings):
         rows.sort(key=lambda e: (e["start_s"], e["type"]))
     return record
-
-
-def _frames(steps: list[BedStep], n_outputs: int) -> np.ndarray:
-    end = max((s.first_frame + s.probs.shape[0] for s in steps if len(s.probs)), default=0)
-    out = np.full((end, n_outputs), np.nan, np.float32)
-    for s in steps:
-        out[s.first_frame : s.first_frame + s.probs.shape[0]] = s.probs
-    return out

@@ -6,21 +6,15 @@ under its own lock.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from edge.bed.detector import Transition
+from edge.runtime.stream import Stream
 from edge.sinks import Sink, publish_all
 from lungwatch.alarms import names
 from lungwatch.events import Event, utc_now
 
 ACKNOWLEDGE = "acknowledge"  # the ended_by of an acknowledged event
-
-
-class Stream(Protocol):
-    id: str
-    counters: dict[str, int]
-
-    def utc(self, sample: int) -> str: ...
 
 
 class EventOutbox:

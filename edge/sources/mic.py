@@ -18,6 +18,7 @@ outage) and a timeline jump of that length.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -84,7 +85,6 @@ class StreamingResampler:
         self._taps = np.ascontiguousarray(taps * self.up, dtype=np.float64)
         self._ring = np.zeros(self._taps.shape[0] // self.up + 2, dtype=np.float64)
         self._counters = np.zeros(2, dtype=np.int64)
-        self._out = np.zeros(0, dtype=np.float32)
         self._grow(max_chunk_samples)
 
     def _grow(self, n_in: int) -> None:
@@ -137,13 +137,11 @@ def resolve_device(pa: Any, device: str | int | None) -> tuple[int, str]:
 
 def negotiate_rate(pa: Any, pyaudio: ModuleType, index: int, wanted_hz: int) -> int:
     """``wanted_hz`` if the device can capture 16-bit mono at it, else its default rate."""
-    try:
+    with contextlib.suppress(ValueError):  # pyaudio's way of saying "not supported"
         if pa.is_format_supported(
             wanted_hz, input_device=index, input_channels=1, input_format=pyaudio.paInt16
         ):
             return wanted_hz
-    except ValueError:  # pyaudio's way of saying "not supported"
-        pass
     return int(pa.get_device_info_by_index(index)["defaultSampleRate"])
 
 
@@ -272,11 +270,9 @@ class MicSource:
     def _close_stream(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
-            try:
+            with contextlib.suppress(OSError):  # a device gone already: nothing left to release
                 stream.stop_stream()
                 stream.close()
-            except OSError:
-                pass  # the device is gone already: nothing left to release
 
     def close(self) -> None:
         self._close_stream()
