@@ -27,7 +27,6 @@ def median_seconds(
     warmups: int = 0,
     clock: Callable[[], float] = time.perf_counter,
 ) -> float:
-    """The median of ``repeats`` timed calls of ``run``, after ``warmups`` untimed ones."""
     for _ in range(warmups):
         run()
     times = []

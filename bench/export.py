@@ -66,8 +66,7 @@ def optimised_census(path: Path) -> dict[str, int]:
 
 
 def streaming_feed(path: Path, beds: int) -> tuple[dict[str, np.ndarray], float]:
-    """One chunk's inputs for ``beds`` beds (states non-negative, as ReLU caches are) and the
-    seconds of audio a chunk holds."""
+    """One chunk's inputs for ``beds`` beds (states >= 0, like ReLU caches), its audio seconds."""
     from export.quantize import folder_info, read_shapes
     from export.to_onnx import FEATURES, STATE
 

@@ -166,8 +166,7 @@ class Mutator:
         return bytes(out), set() if out != data else {frame}  # flips that cancelled out
 
     def stream_v2(self) -> Input:
-        """A live v2 stream's fresh frames (now and then a reboot into a new session) mixed
-        with replays of its earlier datagrams, which must not decode."""
+        """A live v2 stream's frames mixed with replays of earlier ones, which must not decode."""
         rng, fresh = self.rng, []
         if rng.random() < 0.03:  # a reboot: new session, counter and samples from 0
             self.v2_session += 1

@@ -150,8 +150,7 @@ def build(config: RuntimeConfig, paced: bool) -> tuple[Runtime, TimingSink, AckP
 
 
 def _prime(model: Monitor) -> None:
-    """Load the numba kernels and the ORT session's first run before the streams start (the
-    first push otherwise takes a few hundred ms and would undo the streams' stagger)."""
+    """Warm numba and ORT, or the first push's few hundred ms would undo the streams' stagger."""
     bed = model.open_bed("prime")
     frames = model.settings.streaming.input_frames
     bed.push(np.zeros(2 * frames * model.settings.spec.hop_samples, np.float32))

@@ -178,8 +178,7 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float | int]:
 
 
 def latencies(sink: TimingSink, probe: AckProbe | None) -> dict[str, dict[str, float | int]]:
-    """Window close -> ``publish`` and -> PUBACK, and capture -> PUBACK (meaningful when
-    paced: it adds the time a chunk waited to be read), over the measured events."""
+    """Capture -> PUBACK is meaningful when paced: it adds the time a chunk waited to be read."""
     measured = [p for p in sink.published if p.measured]
     result = {
         "close_to_publish_ms": percentiles_ms([p.published_s - p.window_closed_s for p in measured])

@@ -10,8 +10,7 @@ from typing import Any
 KB_PER_MB = 1024.0
 
 
-# -- the profile (summarised in the child process) -----------------------------------------
-# (label, file suffix, function name): cumulative main-thread time of these functions.
+# (label, file suffix, function name): cumulative main-thread time, summarised in the child process.
 PROFILE_PARTS = (
     ("source read (file, loop)", "edge/sources/file.py", "read"),
     ("pipeline push (front end + windows)", "edge/bed/pipeline.py", "push"),
@@ -103,8 +102,7 @@ KEPT_UP = 0.99  # audio per stream / wall of a paced run that kept up with real 
 
 
 def _operating_point(paced: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The paced run the latency target is read from: the most streams that kept up with
-    real time, else (none kept up) the most streams."""
+    """Paced run with the most streams that kept up with real time, else with the most streams."""
     kept = [r for r in paced if r["xrt_per_stream"] >= KEPT_UP]
     return max(kept or paced, key=lambda r: r["streams"], default=None)
 
@@ -161,8 +159,7 @@ def _ward_targets(record: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
 def _latency_row(
     label: str, paced: dict[str, Any] | None, key: str, targets: dict[str, float]
 ) -> tuple[str, str, str, bool]:
-    """A p99 latency target, read from the operating point ``paced``: met only if that run kept up
-    with real time."""
+    """The p99 target row from operating point ``paced``: met only if it kept up with real time."""
     p99 = ((paced or {}).get("latency", {}).get(key) or {}).get("p99")
     wanted = f"<= {targets['p99_ms']:g} ms"
     if paced is None or p99 is None:

@@ -313,8 +313,7 @@ def build_history(
 
 
 def settle(where: Path | str) -> None:
-    """Vacuum and checkpoint a PostgreSQL store (SQLite: nothing), so its background catch-up does
-    not share the cores with the browser."""
+    """So PostgreSQL's background catch-up does not later share the cores with the browser."""
     if isinstance(where, Path):
         return
     import psycopg
@@ -361,7 +360,6 @@ def dashboard_config(folder: Path, port: int, store: Path | str) -> Path:
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    """:func:`percentiles_ms` as this record keeps them: ``p50_ms``, ``p99_ms``, ``max_ms``."""
     found = percentiles_ms(values)
     return {"n": found.pop("n"), **{f"{k}_ms": round(v, 1) for k, v in found.items()}}
 

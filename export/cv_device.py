@@ -134,8 +134,7 @@ def paired_bootstrap(
     resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Score difference (mine - theirs) and its 90 % interval, resampling patients (the same
-    patients for both); the two runs must judge the same cycles."""
+    """Score difference (mine - theirs) and 90 % interval, resampling the same patients for both."""
     if [list(r[:2]) for r in mine] != [list(r[:2]) for r in theirs]:
         raise ConfigError("--against: the two runs did not judge the same cycles")
     patients, a = score_counts(mine)

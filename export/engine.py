@@ -90,7 +90,6 @@ def _static_dims(onnx_path: Path, name: str, rank: int, layout: str) -> list[int
 
 
 def read_input_shape(onnx_path: Path) -> tuple[int, int, int]:
-    """(K, B, T) of the ONNX input ``features``."""
     k, b, t = _static_dims(onnx_path, INPUT_NAME, 4, "(batch, K, B, T)")
     return k, b, t
 
@@ -117,7 +116,6 @@ def shapes_spec(profiles: Mapping[str, tuple[tuple[int, ...], ...]], which: int)
 
 
 def strongly_typed(tensorrt_version: str | None) -> bool:
-    """Whether this TensorRT (11 and later) builds strongly typed networks only; unknown: 10."""
     if tensorrt_version is None:
         return False
     return int(normalize_trt_version(tensorrt_version).split(".")[0]) >= STRONGLY_TYPED_MAJOR

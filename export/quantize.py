@@ -209,7 +209,6 @@ def calibration_chunks(
 
 
 def _sample(items: list[T], most: int, seed: int) -> list[T]:
-    """A seeded sample of at most ``most`` of ``items``, in their order."""
     if len(items) <= most:
         return items
     picked = np.random.default_rng(seed).choice(len(items), most, replace=False)
@@ -226,8 +225,7 @@ def chunks_sha256(chunks: Sequence[dict[str, np.ndarray]]) -> str:
 
 
 def make_reader(chunks: Sequence[dict[str, np.ndarray]]) -> Any:
-    """An onnxruntime CalibrationDataReader over ``chunks`` in batches of one size: the
-    histogram calibrators of onnxruntime 1.32 fail on a shorter last batch."""
+    """Batches of one size: onnxruntime 1.32's histogram calibrators fail on a shorter last one."""
     from onnxruntime.quantization import CalibrationDataReader
 
     size = max(d for d in range(1, CALIB_BATCH_CHUNKS + 1) if len(chunks) % d == 0)
@@ -638,8 +636,7 @@ def folder_info(model: Path, shapes: StreamingShapes) -> FolderInfo:
 def load_calibration_audio(
     calib_dir: Path, info: FolderInfo, shapes: StreamingShapes, max_files: int, seed: int
 ) -> tuple[list[np.ndarray], int]:
-    """Features (K, F, T) of a seeded sample of at most ``max_files`` audio files under
-    ``calib_dir``, and how many files there are."""
+    """Features (K, F, T) of a seeded sample of at most ``max_files`` files; how many were found."""
     from edge.audio import audio_files_under
     from training.data.features import FeatureStore
 

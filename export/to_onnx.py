@@ -100,8 +100,7 @@ def _declare_static_outputs(path: Path, dims: list[list[int]]) -> None:
 
 
 def parity(model: Any, onnx_path: Path, chunk_frames: int, seed: int = 0) -> dict[str, Any]:
-    """Max |p| difference between ONNX Runtime chunk by chunk and the PyTorch whole pass, on a
-    random stream around the training statistics."""
+    """Max |p| difference between ONNX Runtime chunk by chunk and the PyTorch whole pass."""
     import onnxruntime as ort
     import torch
 

@@ -1,6 +1,5 @@
 """``lungwatch cv``: patient-grouped cross-validation of training designs. Subcommands live in
-:mod:`training.cv.folds`, ``.run``, ``.score`` (``score``, ``rules``), ``.findings``;
-``device`` in :mod:`export.cv_device`."""
+:mod:`training.cv.folds`, ``.run``, ``.score`` (``score``, ``rules``) and ``.findings``."""
 
 from __future__ import annotations
 

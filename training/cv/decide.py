@@ -1,9 +1,7 @@
 """The decision layer judged out of fold (docs/training.md, "The decision layer, judged out of
 fold"). A **rule** (:data:`RULES`) turns a record's frame outputs (n, O) into scored candidate
-events per family (CAS, DAS), raised when the score reaches the family's threshold.
-sed_scores_eval matches them to the annotations once for every threshold (the collars of
-:mod:`training.scoring.detection`), per record (:class:`RecordCounts`), so fitting, applying,
-pooling and bootstrapping are sums."""
+events per family. sed_scores_eval matches them to the annotations once for every threshold, per
+record (:class:`RecordCounts`), so fitting, applying, pooling and bootstrapping are sums."""
 
 from __future__ import annotations
 
@@ -265,8 +263,7 @@ def detector_section(
     oof: Mapping[str, float],
     rule: PhaseRule = PHASE_RULE,
 ) -> dict[str, object]:
-    """The manifest's ``detector`` section: every class of a family at the family's threshold,
-    off-threshold 0.15 below; ``rule``: :data:`BOXES_RULE` for the ``phase_boxes`` fit."""
+    """The manifest's ``detector`` section; ``rule``: :data:`BOXES_RULE` for ``phase_boxes``."""
     rules = []
     for family, classes in FAMILY_CLASSES.items():
         on = fitted[family].threshold

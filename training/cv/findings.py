@@ -85,7 +85,6 @@ def halves(records: Iterable[str], sick: set[str]) -> dict[str, int]:
 
 
 def events_only(threshold: float) -> DetectorConfig:
-    """The held classes (CAS and DAS) at ``threshold``, no finding episodes."""
     from edge.bed.rules import ClassThreshold
 
     rules = tuple(ClassThreshold(t, threshold) for t in HELD_CLASSES)
@@ -142,7 +141,6 @@ def family_of(event_type: str) -> str | None:
 
 
 def rule_of(row: Mapping[str, Any]) -> RecurrenceRule | None:
-    """A table row's recurrence rule (None: every event)."""
     if row["events"] == 1:
         return None
     return RecurrenceRule(events=int(row["events"]), within_s=float(row["within_s"]))

@@ -1,6 +1,5 @@
 """Patient-grouped folds, kept as fixed files (``training/cv/folds/<dataset>-k<K>.json``) so every
-design, seed and session is judged on the same partition (docs/training.md, "Folds");
-``lungwatch cv folds --write`` makes them again from the data, without it checks them."""
+design, seed and session is judged on the same partition (docs/training.md, "Folds")."""
 
 from __future__ import annotations
 

@@ -25,8 +25,7 @@ CLEAR_S = GateConfig().clear_after_ms / 1e3
 def poor_spans(
     quality: np.ndarray, on: float, off: float, window_frames: int, frame_s: float
 ) -> list[tuple[float, float]]:
-    """``poor_signal`` events (start, end) s raised on one recording's Poor Quality output
-    ``quality`` (n,), as :mod:`edge.bed.gate` does."""
+    """``poor_signal`` events (start, end) s of one recording's Poor Quality output (n,)."""
     q = np.asarray(quality, np.float64)
     n_windows = len(q) // window_frames + (1 if len(q) % window_frames else 0)
     window_s = window_frames * frame_s
@@ -94,8 +93,7 @@ def replay(
 def fit_gate(
     counts: GateCounts, rows: np.ndarray, max_good_share: float, max_other_time_share: float
 ) -> int:
-    """The index into :data:`ON_GRID` of the lowest on-threshold within both budgets over the
-    recordings ``rows`` (the highest where none is)."""
+    """The lowest :data:`ON_GRID` index within both budgets on ``rows`` (else the highest)."""
     s = counts.shares(rows)
     ok = (s["good"] <= max_good_share) & (s["other_time"] <= max_other_time_share)
     return int(np.argmax(ok)) if ok.any() else len(ON_GRID) - 1
@@ -140,8 +138,7 @@ def gate_outputs(
     icbhi_patients: Mapping[str, str],
     frame_s: float,
 ) -> list[tuple[str, int, int, float, np.ndarray]]:
-    """Every seed's OOF outputs of SPRSound ``train`` (kind 0 good, 1 Poor Quality) and of
-    ICBHI (kind 2, from its own ICBHI fold's models of ``design``)."""
+    """Every seed's OOF outputs of SPRSound ``train`` and ICBHI (its own ICBHI fold's models)."""
     out = []
     for seed, probs in oof.items():
         for r, p in probs.items():

@@ -99,8 +99,7 @@ def icbhi_patients() -> dict[str, str]:
 def icbhi_out_of_fold(
     design: Path, patients: Mapping[str, str], seed: int
 ) -> dict[str, tuple[int, np.ndarray]]:
-    """ICBHI recordings (``patients``: recording -> patient) each from seed ``seed``'s model of
-    its own ICBHI fold: ``{recording: (fold, outputs)}``."""
+    """``{recording: (fold, outputs)}``, each from seed ``seed``'s model of its own ICBHI fold."""
     folds = load_folds("icbhi")
     out: dict[str, tuple[int, np.ndarray]] = {}
     for folder in sorted((design / f"seed{seed}").glob("fold*")):

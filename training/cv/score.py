@@ -1,7 +1,6 @@
-"""``lungwatch cv score``: per design, seed and seed ensemble, threshold-free scores, scores at
-the ward's operating point with cross-fitted thresholds, the ``intra_test`` and ICBHI views,
-and a paired bootstrap over patients against ``--against`` (docs/training.md, "What cv score
-reports")."""
+"""``lungwatch cv score``: per design, seed and seed ensemble, threshold-free scores, scores at the
+ward's operating point with cross-fitted thresholds, the ``intra_test`` and ICBHI views, and a
+paired bootstrap over patients against ``--against`` (docs/training.md, "What cv score reports")."""
 
 from __future__ import annotations
 

@@ -1,2 +1,1 @@
-"""Scoring what the device detects: sed_eval's event and segment scores, the threshold-free
-scores, the SPRSound / ICBHI challenge measures and Tasks, and the commands built on them."""
+"""Scoring what the device detects: event, threshold-free and challenge scores, and the commands."""

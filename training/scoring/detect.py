@@ -1,11 +1,8 @@
-"""``lungwatch detect --score``: the device's events in recordings, scored.
-
-The events are the device's (:mod:`edge.runtime.detect`: each recording one bed of the public
-streaming API, the manifest's fitted rules). ``--score`` (folders of SPRSound recordings with
-their ``.json`` annotations) also prints detection scores, threshold-free scores and operating
-points on the output frames the device's detector saw (docs/metrics.md, "lungwatch detect
---score"); ``--score-out FILE`` writes them as JSON.
-"""
+"""``lungwatch detect --score``: the device's events in recordings (:mod:`edge.runtime.detect`: each
+recording one bed of the public streaming API, the manifest's fitted rules), scored. ``--score``
+(folders of SPRSound recordings with their ``.json`` annotations) also prints detection scores,
+threshold-free scores and operating points on the output frames the device's detector saw
+(docs/metrics.md, "lungwatch detect --score"); ``--score-out FILE`` writes them as JSON."""
 
 from __future__ import annotations
 
@@ -69,7 +66,6 @@ def frame_scores(
     labels: dict[str, str],
     durations: dict[str, float],
 ) -> dict[str, Any]:
-    """``threshold_free`` and ``operating_points`` of the kept output frames (device's detector)."""
     from edge.bed.chain import resolve_detector
     from training.recipe.fit import manifest_grid
     from training.scoring.threshold_free import as_dict, operating_points, threshold_free

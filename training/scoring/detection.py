@@ -1,10 +1,6 @@
-"""Detection scores as a ward feels them, computed with sed_eval.
-
-    report = score_detection(predicted, annotated, labels, durations_s)
-
+"""Detection scores as a ward feels them, computed with sed_eval. :func:`score_detection`'s
 ``predicted`` and ``annotated``: record id -> events ``(start_s, end_s, type)``, SPRSound's
-vocabulary. What is scored: docs/metrics.md ("Detection scores through the device path").
-"""
+vocabulary. What is scored: docs/metrics.md ("Detection scores through the device path")."""
 
 from __future__ import annotations
 

@@ -326,7 +326,6 @@ def _choice_key(rows: Sequence[Mapping[str, Any]]) -> tuple[bool, float, float]:
 
 
 def cv_part(model: Path, root: Path) -> dict[str, Any]:
-    """Patient-grouped cross-validation of the estimator's settings (docs/respiration.md)."""
     from training.cv.folds import load_folds
 
     folds = load_folds("icbhi")
@@ -430,7 +429,6 @@ def whole_analysis(
 
 
 def compare_part(model: Path, root: Path) -> dict[str, Any]:
-    """The three estimators on whole ICBHI recordings (docs/respiration.md)."""
     from edge.bed.agebands import age_band
     from edge.bed.breathing import BreathTracker, tracker_spec
     from edge.bed.breathing_state import RespirationConfig

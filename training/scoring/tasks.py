@@ -146,7 +146,7 @@ def event_labels(
 
 
 def record_statistics(probs: np.ndarray, outputs: Sequence[str], top_frames: int) -> np.ndarray:
-    """(3,): mean Poor Quality output, and the CAS and DAS scores (module doc)."""
+    """(3,): mean Poor Quality output, and the CAS and DAS scores (docs/training.md)."""
     (pq,) = _columns(outputs, (POOR_QUALITY,))
     stats = [float(np.nanmean(probs[:, pq])) if probs.shape[0] else 0.0]
     for family in (CAS_CLASSES, DAS_CLASSES):

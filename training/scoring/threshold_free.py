@@ -1,10 +1,9 @@
-"""Threshold-free detection scores of a model's frame outputs, computed with sed_scores_eval:
-every operating point at once (PSDS in DCASE's two scenarios, best per-class event F1), so two
-models can be compared without the thresholds in between. The two score sets (``phases``: the
-device's phase rule at every threshold; ``frames``: the bare outputs), where ``phases`` differs
-from the device, and the adaptations to sed_scores_eval: docs/metrics.md, "Threshold-free
-detection scores" and "Operating points".
-"""
+"""Threshold-free detection scores of a model's frame outputs, computed with sed_scores_eval: every
+operating point at once (PSDS in DCASE's two scenarios, best per-class event F1), so two models can
+be compared without the thresholds in between. The two score sets (``phases``: the device's phase
+rule at every threshold; ``frames``: the bare outputs), where ``phases`` differs from the device,
+and the adaptations to sed_scores_eval: docs/metrics.md, "Threshold-free detection scores" and
+"Operating points"."""
 
 from __future__ import annotations
 
@@ -24,8 +23,7 @@ from training.recipe.fit import events_of, rule
 from training.scoring.detection import SCORES_COLLARS, VIEWS, Event, score_detection
 
 PHASE_FLOOR = 1e-9  # every class's on-threshold when every phase must become an event
-# DCASE's PSDS scenarios (DTC, GTC, CTTC, alpha_CT as sed_scores_eval's psds keywords), both
-# with alpha_ST = 1, eFPR per hour up to 100
+# DCASE's PSDS scenarios (DTC, GTC, CTTC, alpha_CT as sed_scores_eval's psds keywords)
 SCENARIOS: dict[str, dict[str, float | None]] = {
     "psds1": dict(dtc_threshold=0.7, gtc_threshold=0.7, cttc_threshold=None, alpha_ct=0.0),
     "psds2": dict(dtc_threshold=0.1, gtc_threshold=0.1, cttc_threshold=0.3, alpha_ct=0.5),
@@ -83,9 +81,8 @@ def frame_table(
     mapping: Mapping[str, tuple[str, ...]],
     classes: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(timestamps (S + 1,), scores (S, C)) of one record's frame outputs (n, O) in a view: a
-    view class scores the highest of its outputs; NaN frames and time before the first frame
-    score 0; frames starting at or after the recording's end are dropped."""
+    """(timestamps (S + 1,), scores (S, C)) of one record's frame outputs (n, O) in a view: a view
+    class scores the highest of its outputs; NaN frames and time before the first frame score 0."""
     p = np.nan_to_num(np.asarray(probs, np.float64), nan=0.0)
     if p.ndim != 2 or p.shape[1] != len(outputs):
         raise ConfigError(f"expected (n, {len(outputs)}) probabilities, got {p.shape}")
