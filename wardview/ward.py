@@ -225,11 +225,10 @@ class Ward:
                 problems.append(f"{route}: {queue['refused']} messages set aside "
                                 "(lungwatch gateway --status, --resend)")  # fmt: skip
             last = _utc(queue.get("last_ack_utc")) or _utc(body.get("since_utc"))
-            if queue["queued"] > 0 and now and last and (now - last).total_seconds() > \
-                    FEED_BEHIND_S:  # fmt: skip
-                minutes = (now - last).total_seconds() / 60.0
+            behind_s = (now - last).total_seconds() if now and last else 0.0
+            if queue["queued"] > 0 and behind_s > FEED_BEHIND_S:
                 problems.append(f"{route}: {queue['queued']} messages waiting, nothing accepted "
-                                f"for {minutes:.0f} min")  # fmt: skip
+                                f"for {behind_s / 60.0:.0f} min")  # fmt: skip
         said = f"hospital feed {name}: " + "; ".join(problems) if problems else None
         if self.feeds.get(name, "") != said:
             self.feeds[name] = said[:REASON_CHARS] if said else None
