@@ -63,7 +63,6 @@ class AlarmFollower:
         write: Callable[[AlertReport, str, str, str, tuple[str, str | None]], bool],
         notes: dict[str, str],
         clock: Callable[[], float] = time.time,
-        settle_s: float = SETTLE_S,
     ) -> None:
         self.book = AlarmBook(settings)
         self._write, self._clock = write, clock
@@ -77,7 +76,7 @@ class AlarmFollower:
             except (ValueError, TypeError) as exc:  # not what this version writes: said, left
                 log.error("alarm note %r cannot be read (%s); its condition starts anew", name,
                           exc)  # fmt: skip
-        self._settle_until = clock() + settle_s if self._reported else 0.0
+        self._settle_until = clock() + SETTLE_S if self._reported else 0.0
         self._listed: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._open: dict[tuple[str, str], set[str]] = {}  # episodes an event opened
         self._acked_by: dict[Key, str] = {}  # who acknowledged a condition the book dropped

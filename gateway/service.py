@@ -68,14 +68,12 @@ class Route(NamedTuple):
     finding: Builder
 
 
-def hl7_route(
-    config: Hl7Config, outbox: Outbox, now: Callable[[], dt.datetime] = _utc_now
-) -> Route:
+def hl7_route(config: Hl7Config, outbox: Outbox) -> Route:
     sender = config.sender
     return Route(
         "hl7", outbox,
-        lambda data, bed, key, cid: rate_message(data, bed, sender, cid, now()),
-        lambda data, bed, key, cid: finding_message(data, bed, sender, cid, now()),
+        lambda data, bed, key, cid: rate_message(data, bed, sender, cid, _utc_now()),
+        lambda data, bed, key, cid: finding_message(data, bed, sender, cid, _utc_now()),
     )  # fmt: skip
 
 
@@ -142,8 +140,7 @@ class Intake:
         try:
             outcome = self._handle(topic, payload)
         except (MessageError, EventError, Hl7Error, FhirError) as exc:
-            reason = getattr(exc, "reason", "invalid")
-            outcome = f"refused:{reason}"
+            outcome = f"refused:{getattr(exc, 'reason', 'invalid')}"
             log.warning("gateway: %s refused: %s", topic[:200], exc)
         self.counts[outcome] += 1
         return outcome
@@ -314,14 +311,12 @@ class Gateway:
         self.couriers: list[Courier] = []
         self.workers: list[Worker] = []
         try:
-            if config.hl7 is not None:
-                hl7 = config.hl7
+            if (hl7 := config.hl7) is not None:
                 outbox = Outbox(Path(config.queue))
                 self.routes.append(hl7_route(hl7, outbox))
                 client = MllpClient(hl7.host, hl7.port, hl7.ack_timeout_s)
                 self.couriers.append(Courier(outbox, MllpTransport(client), hl7.courier))
-            if config.fhir is not None:
-                fhir = config.fhir
+            if (fhir := config.fhir) is not None:
                 outbox = Outbox(Path(fhir.queue))
                 self.routes.append(fhir_route(outbox, fhir.patient_system))
                 transport = FhirTransport(fhir.base_url, fhir.timeout_s, fhir.token())

@@ -105,8 +105,8 @@ class History:
             if site is None:
                 return
             with self.backend.transaction(db):
-                db.execute(self._sql("INSERT INTO meta VALUES ('site', ?) ON CONFLICT DO NOTHING"),
-                           (site,))  # fmt: skip
+                insert = "INSERT INTO meta VALUES ('site', ?) ON CONFLICT DO NOTHING"
+                db.execute(self.backend.sql(insert), (site,))
                 owner = db.execute("SELECT value FROM meta WHERE name='site'").fetchone()[0]
         finally:
             db.close()
@@ -115,9 +115,6 @@ class History:
                 f"{self.where}: the history of site {owner!r}, not of {site!r}; "
                 "give each site its own dashboard.history_path"
             )
-
-    def _sql(self, text: str) -> str:
-        return self.backend.sql(text)
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
@@ -177,7 +174,7 @@ class History:
     def _put(self, sql: str, row: tuple[Any, ...]) -> None:
         with self._flushed:
             self._queued += 1
-        self._queue.put((self._sql(sql), row))
+        self._queue.put((self.backend.sql(sql), row))
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until everything added so far is committed."""
@@ -271,7 +268,7 @@ class History:
                 log.exception("history: reporting a failure failed")
 
     def _prune(self, db: Any) -> None:
-        oldest, q = self.clock() - self.max_age_s, self._sql
+        oldest, q = self.clock() - self.max_age_s, self.backend.sql
         db.execute(q("DELETE FROM events WHERE received_s < ?"), (oldest,))
         db.execute(q("DELETE FROM readings WHERE COALESCE(received_s, at_s) < ?"), (oldest,))
         db.execute(q("DELETE FROM clips WHERE received_s < ?"), (oldest,))
@@ -292,7 +289,7 @@ class History:
         """(header, FLAC, identity) of an episode's clip, else None."""
         with self._reading() as db:
             query = "SELECT header, flac, device_id, stream_id FROM clips WHERE episode_id = ?"
-            row = db.execute(self._sql(query), (episode_id,)).fetchone()
+            row = db.execute(self.backend.sql(query), (episode_id,)).fetchone()
         if row is None:
             return None
         return json.loads(row[0]), bytes(row[1]), {"device_id": row[2], "stream_id": row[3]}
@@ -310,7 +307,7 @@ class History:
         keys = ("rate_bpm", *FINDING_RATE_KEYS)
         rates: dict[str, list[list[float]]] = {k: [[] for _ in range(hours)] for k in keys}
         with self._reading() as db:
-            bed, q = (device_id, stream_id), self._sql
+            bed, q = (device_id, stream_id), self.backend.sql
             onsets = db.execute(q(
                 "SELECT type, start_s FROM events WHERE device_id=? AND stream_id=? AND "
                 "state='onset' AND start_s >= ? AND start_s < ?"), (*bed, start, stop)
@@ -346,6 +343,7 @@ class History:
         }
 
     def restore(self) -> Restored:
+        q = self.backend.sql
         with self._reading() as db:
             summaries = [(d, s, json.loads(b)) for d, s, b in db.execute(
                 "SELECT device_id, stream_id, summary FROM beds")]  # fmt: skip
@@ -353,19 +351,19 @@ class History:
                 "SELECT e.body FROM events e JOIN (SELECT MAX(seq) AS s FROM events "
                 "GROUP BY episode_id) l ON e.seq = l.s WHERE e.state != 'ended' ORDER BY e.seq"
             ).fetchall()
-            recent = db.execute(self._sql(
+            recent = db.execute(q(
                 "SELECT body FROM (SELECT body, seq, ROW_NUMBER() OVER (PARTITION BY "
                 "device_id, stream_id ORDER BY seq DESC) AS n FROM events) AS r "
                 "WHERE n <= ? ORDER BY seq"), (RECENT_EVENTS,)).fetchall()  # fmt: skip
-            readings = db.execute(self._sql(
+            readings = db.execute(q(
                 "SELECT device_id, stream_id, kind, body FROM (SELECT *, ROW_NUMBER() OVER "
                 "(PARTITION BY device_id, stream_id, kind ORDER BY at_s DESC) AS n FROM "
                 "readings) AS r WHERE n <= ? ORDER BY at_s"), (RESTORED_READINGS,)
             ).fetchall()  # fmt: skip
             clips = {row[0] for row in db.execute("SELECT episode_id FROM clips")}
             alarms = db.execute("SELECT device_id, stream_id, record FROM alarms").fetchall()
-            ids = db.execute(self._sql("SELECT id, episode_id FROM events ORDER BY seq DESC "
-                                       "LIMIT ?"), (RESTORED_IDS,)).fetchall()  # fmt: skip
+            ids = db.execute(q("SELECT id, episode_id FROM events ORDER BY seq DESC LIMIT ?"),
+                             (RESTORED_IDS,)).fetchall()  # fmt: skip
         return Restored(
             summaries=summaries,
             open_events=[Event.from_json(row[0]) for row in last],

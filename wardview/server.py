@@ -439,10 +439,8 @@ def _routes(server: DashboardServer) -> list[Route]:
         path = request.scope["raw_path"].decode("latin-1")  # as sent, not unquoted
         query = request.scope["query_string"].decode("latin-1")
         if path == "/events":
-            loop = asyncio.get_running_loop()
-            client = await run_in_threadpool(server.subscribe, user, loop)
-            media = "text/event-stream; charset=utf-8"
-            return StreamingResponse(stream(client), media_type=media)
+            client = await run_in_threadpool(server.subscribe, user, asyncio.get_running_loop())
+            return StreamingResponse(stream(client), media_type="text/event-stream; charset=utf-8")
         return await run_in_threadpool(page, user, path, query)
 
     async def stream(client: Browser) -> AsyncIterator[bytes]:

@@ -133,7 +133,11 @@ class Ward:
                 log.error("handling a message on %s failed", topic, exc_info=True)
                 self._reject(topic, payload, "internal_error", f"{type(exc).__name__}: {exc}")
                 return False
-            self._heard_from(topic)
+            device = self.devices.get(topic.split("/")[3])
+            if device is not None:
+                device.seen_s = self._heard_s
+                if device.silent:
+                    self._set_silent(device, False)
             return True
 
     def store_failed(self, why: str, reason: str = "not_stored") -> None:
@@ -156,17 +160,9 @@ class Ward:
         log.warning("rejected message on %s (%s): %s: %r", topic, reason, why, excerpt)
         self._dirty_alarms = True  # the counts travel with the alarms
 
-    def _heard_from(self, topic: str) -> None:
-        device = self.devices.get(topic.split("/")[3])
-        if device is not None:
-            device.seen_s = self._heard_s
-            if device.silent:
-                self._set_silent(device, False)
-
     def _dispatch(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
-        root = TOPIC_ROOT.split("/")
-        if parts[:2] != root or len(parts) not in (5, 6) or parts[2] != self.site:
+        if parts[:2] != TOPIC_ROOT.split("/") or len(parts) not in (5, 6) or parts[2] != self.site:
             raise MessageError(f"not a topic of site {self.site!r}")
         device_id, kind = parts[3], parts[-1]
         if (len(parts), kind) not in KINDS:
@@ -183,7 +179,7 @@ class Ward:
             return
         body = parse_message(payload, self.config.max_message_bytes, self.config.max_json_depth)
         if kind != "event":  # an event's identity is checked with its stream
-            _require_identity(body, self.site, device_id)
+            _require_identity(body, self.site, "device_id", device_id)
         # the kind's handler (_status, _metrics, _event, _verdict, ...; KINDS holds no other),
         # given the device (and the stream)
         getattr(self, "_live_point" if kind == "live" else f"_{kind}")(*parts[3:-1], body)
@@ -210,9 +206,7 @@ class Ward:
         if name not in self.feeds and len(self.feeds) >= MAX_FEEDS:
             raise MessageError(f"more than {MAX_FEEDS} hospital gateways", "over_limit")
         body = parse_message(payload, self.config.max_message_bytes, self.config.max_json_depth)
-        if (body.get("site"), body.get("gateway")) != (self.site, name):
-            raise MessageError(f"body names {body.get('site')!r}/{body.get('gateway')!r}, "
-                               f"the topic {self.site!r}/{name!r}")  # fmt: skip
+        _require_identity(body, self.site, "gateway", name)
         state, queues = body.get("state"), body.get("queues")
         if state not in ("up", "down") or not isinstance(queues, dict) or len(queues) > 4:
             raise MessageError("health needs a state (up, down) and at most 4 queues")
@@ -231,11 +225,10 @@ class Ward:
                 problems.append(f"{route}: {queue['refused']} messages set aside "
                                 "(lungwatch gateway --status, --resend)")  # fmt: skip
             last = _utc(queue.get("last_ack_utc")) or _utc(body.get("since_utc"))
-            if queue["queued"] > 0 and now and last and (now - last).total_seconds() > \
-                    FEED_BEHIND_S:  # fmt: skip
-                minutes = (now - last).total_seconds() / 60.0
+            behind_s = (now - last).total_seconds() if now and last else 0.0
+            if queue["queued"] > 0 and behind_s > FEED_BEHIND_S:
                 problems.append(f"{route}: {queue['queued']} messages waiting, nothing accepted "
-                                f"for {minutes:.0f} min")  # fmt: skip
+                                f"for {behind_s / 60.0:.0f} min")  # fmt: skip
         said = f"hospital feed {name}: " + "; ".join(problems) if problems else None
         if self.feeds.get(name, "") != said:
             self.feeds[name] = said[:REASON_CHARS] if said else None
@@ -288,7 +281,8 @@ class Ward:
         if event.state == "ended":
             bed.open.pop(event.episode_id, None)
             bed.summary_open.pop(event.episode_id, None)
-            self._settle_acks(event)
+            for target in (event.type, event.detail.get("key"), condition_of(event.type)):
+                self.pending_acks.pop((device_id, stream_id, str(target)), None)
         else:
             bed.open[event.episode_id] = event
         bed.events.appendleft(event_row(event, self.clock()))
@@ -339,12 +333,11 @@ class Ward:
             raise MessageError(f"summary must be for {stream_id!r} and list its open alarms")
         _, bed = self._place(device_id, stream_id)
         bed.name, bed.location = _text(body.get("name")), _text(body.get("location"))
-        self._list_open(device_id, stream_id, bed, open_rows(body))
+        self._list_open(bed, open_rows(body))
         self.recorder.summary(device_id, stream_id, body)
 
-    def _list_open(
-        self, device_id: str, stream_id: str, bed: Bed, rows: dict[str, dict[str, Any]]
-    ) -> None:
+    def _list_open(self, bed: Bed, rows: dict[str, dict[str, Any]]) -> None:
+        device_id, stream_id = bed.device_id, bed.stream_id
         before, bed.summary_open = bed.summary_open, rows
         now = self.clock()
         # what is over first (an acknowledged apnoea's end before a new one it lists)
@@ -428,7 +421,7 @@ class Ward:
         if bed is None:
             return
         if kind == "summary":  # the stream ended: the device holds none of its alarms
-            self._list_open(device_id, stream_id, bed, {})
+            self._list_open(bed, {})
             return
         setattr(bed, kind, None)  # its verdict or respiration
         self._dirty_beds.add((device_id, stream_id))
@@ -456,7 +449,17 @@ class Ward:
     def _place(self, device_id: str, stream_id: str) -> tuple[Device, Bed]:
         self._admit(device_id, stream_id)
         device = self._device(device_id)
-        return device, self._bed(device, stream_id)
+        bed = device.beds.get(stream_id)
+        if bed is None:
+            bed = device.beds[stream_id] = Bed(
+                device_id,
+                stream_id,
+                deque(maxlen=self.config.events_per_bed),
+                deque(maxlen=self.config.live_points),
+            )
+            self._dirty_devices.add(device_id)
+            self._dirty_beds.add((device_id, stream_id))
+        return device, bed
 
     def _device(self, device_id: str) -> Device:
         device = self.devices.get(device_id)
@@ -464,20 +467,6 @@ class Ward:
             device = self.devices[device_id] = Device(device_id)
             self._dirty_devices.add(device_id)
         return device
-
-    def _bed(self, device: Device, stream_id: str) -> Bed:
-        bed = device.beds.get(stream_id)
-        if bed is None:
-            bed = Bed(
-                device.device_id,
-                stream_id,
-                deque(maxlen=self.config.events_per_bed),
-                deque(maxlen=self.config.live_points),
-            )
-            device.beds[stream_id] = bed
-            self._dirty_devices.add(device.device_id)
-            self._dirty_beds.add((device.device_id, stream_id))
-        return bed
 
     def _remember(self, event_id: str) -> None:
         self._seen[event_id] = None
@@ -499,10 +488,6 @@ class Ward:
         for key in {target, named}:
             self.pending_acks.pop((device_id, stream_id, key), None)
         self._dirty_alarms = True
-
-    def _settle_acks(self, event: Event) -> None:
-        for target in (event.type, event.detail.get("key"), condition_of(event.type)):
-            self.pending_acks.pop((event.device_id, event.stream_id, str(target)), None)
 
     def set_broker(self, address: str, connected: bool) -> None:
         """The dashboard's own connection to the broker."""
@@ -682,6 +667,7 @@ class Ward:
         return rows
 
     def device_view(self, device: Device) -> dict[str, Any]:
+        since_s = device.seen_s if device.silent else None  # silent since
         return {
             "device_id": device.device_id,
             "online": device.online,
@@ -689,15 +675,10 @@ class Ward:
             "status_utc": device.status_utc,
             "spooled": device.spooled,
             "metrics_utc": device.metrics_utc,
-            "silent_s": self._silent_s(device),
+            "silent_s": None if since_s is None else round(self.monotonic() - since_s, 1),
             "beds": sorted(device.beds, key=_natural),
             **read_wait_view(device),
         }
-
-    def _silent_s(self, device: Device) -> float | None:
-        if not device.silent or device.seen_s is None:
-            return None
-        return round(self.monotonic() - device.seen_s, 1)
 
     def bed_view(self, device: Device, bed: Bed, with_live: bool) -> dict[str, Any]:
         rows = self._bed_rows.get((device.device_id, bed.stream_id), [])
@@ -790,10 +771,10 @@ def _utc(text: object) -> dt.datetime | None:
     return when if when.tzinfo is not None else None
 
 
-def _require_identity(body: dict[str, Any], site: str, device_id: str) -> None:
-    if (body.get("site"), body.get("device_id")) != (site, device_id):
-        found = f"{body.get('site')!r}/{body.get('device_id')!r}"
-        raise MessageError(f"body names {found}, the topic {site!r}/{device_id!r}")
+def _require_identity(body: dict[str, Any], site: str, key: str, name: str) -> None:
+    if (body.get("site"), body.get(key)) != (site, name):
+        found = f"{body.get('site')!r}/{body.get(key)!r}"
+        raise MessageError(f"body names {found}, the topic {site!r}/{name!r}")
 
 
 def _is_probability(value: object) -> bool:
