@@ -3,8 +3,7 @@ judged on real recordings through the device path.
 
 Each part of :data:`PARTS` prints a table whose last line is ``key=value`` pairs of the
 headline numbers; what each part streams, against which reference, and what it expects:
-docs/respiration.md, "How it was measured" (``compare``: "The estimator, chosen by
-measurement").
+docs/respiration.md, "How it was measured".
 
 Every rate summary reports the bias beside the MAE: a tracker that over-counts shows it.
 """
@@ -23,14 +22,14 @@ import numpy as np
 from scipy.signal import butter, sosfiltfilt
 
 from edge.audio import read_audio
-from edge.bed.agebands import AgeBand, age_from_sprsound_name, band_for_age
+from edge.bed.agebands import age_from_sprsound_name, band_for_age
 from edge.bed.breathing_alarms import ARM_HOLD_S
 from edge.datapaths import data_root
 from edge.monitor import Bed, BedEvent, Monitor
 from edge.runtime.detect import write_json
 from lungwatch.cli import ArgumentParser
 
-PARTS = ("rate", "cv", "compare", "apnoea", "false", "synthetic")
+PARTS = ("rate", "cv", "apnoea", "false", "synthetic")
 # the estimator's settings the cross-validation chooses among on each fold's training patients
 CANDIDATES: tuple[dict[str, Any], ...] = tuple(
     {"min_confidence": c, "fallback_band_hz": None} for c in (0.2, 0.25, 0.3, 0.35)
@@ -404,100 +403,6 @@ def print_rate(result: Mapping[str, Any]) -> None:
           f" of assessable recordings, {result['count_within_1_all']:.1%} of all")  # fmt: skip
 
 
-def whole_analysis(
-    series: np.ndarray, rate_hz: float, band: AgeBand, min_delta: float
-) -> dict[str, Any]:
-    """The tracker's analysis (period, humps, the rate's checks) over a whole recording's
-    series at once, its ends padded: breaths, confidence, whether a rate is assessable."""
-    from edge.bed import breathing as b
-    from edge.bed import breathing_kernels as k
-
-    good = np.ones(series.shape[0], np.bool_)
-    period, confidence = b._period(series, good, rate_hz, band.search_bpm)
-    period = period if period is not None else 120.0 / sum(band.search_bpm)
-    samples = period * rate_hz
-    delta = max(min_delta, b.DELTA_OF_RANGE * k.spread(series, good, 0.05))
-    size = series.shape[0] // 2 + 1
-    peaks, proms, ends = np.zeros(size, np.int64), np.zeros(size), np.zeros(size, np.int64)
-    n = k.humps(series, max(1, round(b.CYCLE_FRACTION * samples)),
-                max(1, round(b.MIN_GAP_FRACTION * samples)), delta,
-                round(b.MAX_BREATH_S * rate_hz), True, True, peaks, proms, ends)  # fmt: skip
-    rate = 60.0 * (n - 1) * rate_hz / float(peaks[n - 1] - peaks[0]) if n >= 2 else None
-    agree = rate is not None and abs(rate * period / 60.0 - 1.0) <= b.AGREEMENT
-    assessable = bool(confidence >= 0.3 and n >= 3 and agree)
-    return {"breaths": n, "confidence": round(confidence, 3), "assessable": assessable}
-
-
-def compare_part(model: Path, root: Path) -> dict[str, Any]:
-    from edge.bed.agebands import age_band
-    from edge.bed.breathing import BreathTracker, tracker_spec
-    from edge.bed.breathing_state import RespirationConfig
-    from edge.features import extract
-    from edge.monitor import resolve_model
-    from edge.runtime.offline import detect_recordings, recordings_in
-
-    ages = icbhi_ages(root)
-    recordings = recordings_in([root / "train"])
-    folder, file = resolve_model(model)
-    found = detect_recordings(recordings, folder, file, keep_probs=True)
-    monitor = Monitor.load(folder / file)
-    spec, grid = tracker_spec(monitor.settings.spec), monitor.grid  # what the tracker reads
-    breath_column = list(monitor.outputs).index("Breath")
-    monitor.close()
-    rate_hz = grid.sample_rate_hz / grid.frame_samples
-    rows: dict[str, list[dict[str, Any]]] = {"envelope": [], "model": [], "combined": []}
-    for name in sorted(recordings):
-        band = band_for_age(ages[name.split("_")[0]])
-        audio = read_audio(recordings[name], target_rate_hz=spec.sample_rate_hz).samples
-        frames = extract(audio, spec).T
-        tracker = BreathTracker(RespirationConfig(window_s=frames.shape[1] / 100 + 10), spec,
-                                grid, age_band(band.name))  # fmt: skip
-        for start in range(0, frames.shape[1] - 47, 48):
-            tracker.push(frames[:, start : start + 48], 48, False)
-        envelope = tracker.ring_a[: tracker.samples].copy()
-        kept = found[name].probs
-        if kept is None:  # keep_probs=True keeps them; a recording that could not run has none
-            continue
-        probs = np.clip(np.nan_to_num(kept[:, breath_column], nan=0.5), 1e-4, 1 - 1e-4)
-        model_db = 10.0 * np.log10(probs / (1.0 - probs))
-        n = min(envelope.size, model_db.size)
-        combined = _unit(envelope[:n]) + _unit(model_db[:n])
-        ref = CycleReference.of(root / "train" / f"{name}.txt")
-        for key, series, floor in (("envelope", envelope, 1.5), ("model", model_db, 1.5),
-                                   ("combined", combined, 0.0)):  # fmt: skip
-            got = whole_analysis(series, rate_hz, band, floor)
-            got["rate_bpm"] = 60.0 * got["breaths"] / ref.span_s
-            rows[key].append({"recording": name, "cycles": ref.cycles,
-                              "rate_ref_bpm": ref.rate_bpm, **got})  # fmt: skip
-    return {key: {**_compare_summary(r), "recordings": r} for key, r in rows.items()}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """``x`` over its 5-95 % spread (a series of any unit, made comparable)."""
-    from edge.bed import breathing_kernels as k
-
-    spread = k.spread(x, np.ones(x.shape[0], np.bool_), 0.05)
-    return (x - np.median(x)) / spread if spread > 0 else x * 0.0
-
-
-def _compare_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    s = rate_summary(rows)
-    count = np.array([abs(r["breaths"] - r["cycles"]) for r in rows])
-    keys = ("not_assessable_share", "rate_mae_bpm", "rate_bias_bpm")
-    return {k: s[k] for k in keys} | {"count_within_1_all": round(float((count <= 1).mean()), 3)}
-
-
-def print_compare(result: Mapping[str, Any]) -> None:
-    print("compare: whole ICBHI recordings, one analysis for every estimator")
-    print(
-        f"  {'estimator':<10} {'not assessable':>15} {'rate MAE (bpm)':>15} {'count ±1 (all)':>15}"
-    )
-    for key, r in result.items():
-        mae = "-" if r["rate_mae_bpm"] is None else f"{r['rate_mae_bpm']:.2f}"
-        print(f"  {key:<10} {r['not_assessable_share']:>15.1%} {mae:>15} "
-              f"{r['count_within_1_all']:>15.1%}")  # fmt: skip
-
-
 def apnoea_part(model: Path, root: Path, apnoea_s: float = 20.0) -> dict[str, Any]:
     """The ``apnoea`` part's splices, per ICBHI patient (docs/respiration.md, "Apnoea")."""
     ages = icbhi_ages(root)
@@ -597,7 +502,7 @@ def print_false(result: Mapping[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="lungwatch respiration", description=__doc__)
     parser.add_argument("--model", type=Path, default=Path("models/sed"), help="model folder")
-    parser.add_argument("--parts", default="rate,compare,apnoea,false",
+    parser.add_argument("--parts", default="rate,apnoea,false",
                         help=f"which parts, comma separated ({', '.join(PARTS)})")  # fmt: skip
     parser.add_argument("--out", type=Path, help="everything as JSON here")
     args = parser.parse_args(argv)
@@ -611,7 +516,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{data / 'icbhi' / 'train'}: no ICBHI recordings (set LUNGWATCH_DATA_DIR)")
     result: dict[str, Any] = {}
     runs = {"rate": (rate_part, print_rate), "cv": (cv_part, print_cv),
-            "compare": (compare_part, print_compare),
             "apnoea": (apnoea_part, print_apnoea), "false": (false_part, print_false),
             "synthetic": (lambda m, _: synthetic_part(m), print_synthetic)}  # fmt: skip
     for part in parts:
@@ -642,8 +546,6 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
         out.update(synthetic_not_assessable=r["not_assessable_share"],
                    synthetic_rate_mae_bpm=r["rate_mae_bpm"],
                    synthetic_rate_bias_bpm=r["rate_bias_bpm"])  # fmt: skip
-    if "compare" in result:
-        out.update({f"{k}_rate_mae_bpm": v["rate_mae_bpm"] for k, v in result["compare"].items()})
     if "apnoea" in result:
         out.update({f"splice_{k}": f"{v['ok']}/{v['of']}" for k, v in result["apnoea"].items()})
         out.update({f"splice_{k}_assessable": f"{v['ok_armed']}/{v['armed']}"
