@@ -119,7 +119,6 @@ def _db_per_unit(spec: FeatureSpec) -> float:
 
 
 def _floor_db(spec: FeatureSpec) -> float:
-    """The dB of digital zeros in ``spec``'s frames."""
     if spec.normalisation == "power":
         return 10.0 * math.log10(spec.log_offset)
     return math.log(spec.log_offset) * _db_per_unit(spec)
@@ -135,9 +134,8 @@ class BreathTracker:
         follows: bool = False,
         stagger: int = 0,
     ) -> None:
-        """``follows``: a fallback band's tracker (no alarms, its owner drives it). ``stagger``:
-        analyses fall this many checks earlier, so beds started together do not all analyse in one
-        runtime round."""
+        """``follows``: a fallback band's tracker (no alarms; its owner drives it). ``stagger``:
+        analyses fall this many checks early, spreading beds started together over rounds."""
         self.config, self.spec, self.grid, self.band = config, spec, grid, band
         self.follows = follows
         self.stride = grid.frame_samples // spec.hop_samples  # front-end frames per sample
@@ -184,13 +182,10 @@ class BreathTracker:
         self.last_breath_end = -1  # where the last breath heard had fallen by half
         self.breathing_now = False  # a breath was under way at the newest sample analysed
         self.rising_peak = -1  # that breath's highest sample so far
-        # the end of the last breath at least RESUME_FRACTION of the typical one (an alarm on
-        # a pause ends only with such a breath), and whether one is under way now
-        self.strong_breath = -1
-        self.strong_now = False
-        # samples between analyses: a whole number of checks
+        self.strong_breath = -1  # end of the last breath >= RESUME_FRACTION of the typical one
+        self.strong_now = False  # one is under way now (only such a breath ends a pause alarm)
         checks = max(1, round(config.analyse_every_s * self.rate_hz / CHECK_EVERY))
-        self._every = checks * CHECK_EVERY
+        self._every = checks * CHECK_EVERY  # samples between analyses: a whole number of checks
         self._analysed_at = -(stagger % checks) * CHECK_EVERY  # the next analysis: every later
         self.alarms = BreathAlarms(config, band, grid)
         self.reading = Respiration("assessing", None, 0.0, 0, 0.0, 0, None, band.name)
@@ -349,8 +344,7 @@ class BreathTracker:
             return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
 
         def phased(peaks: np.ndarray, samples: float) -> np.ndarray | None:
-            """The humps' smoothed tilt where it alternates between two levels (two phases
-            of each cycle), else None."""
+            """The humps' smoothed tilt where it alternates between two levels, else None."""
             if peaks.size < MIN_PHASE_HUMPS:
                 return None
             cue = np.empty(peaks.size)
@@ -470,7 +464,6 @@ class BreathTracker:
         return replace(fallback.reading, reason=f"the fallback band's rate ({lo:g}-{hi:g} Hz)")
 
     def finish(self) -> list[Transition]:
-        """The stream ended: a last analysis, then every open alarm ends."""
         transitions = self._analyse(final=True) if self.samples > 0 else []
         return transitions + self.alarms.finish(self.grid.end_sample(max(0, self.samples - 1)))
 

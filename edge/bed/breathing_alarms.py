@@ -1,10 +1,8 @@
 """The alarms of a bed's breathing: apnoea or lost breath signal, and rates out of range.
 
-:class:`BreathAlarms` belongs to a :class:`edge.bed.breathing.BreathTracker`, which calls
-:meth:`BreathAlarms.check` after every piece of audio and :meth:`BreathAlarms.rate` after every
-analysis; the rules: docs/respiration.md, "Apnoea or lost signal" and "Age bands". Events follow the
-detector's lifecycle (:class:`edge.bed.detector.Lifecycle`). Times are samples of the bed's
-timeline."""
+:class:`BreathAlarms` belongs to a :class:`edge.bed.breathing.BreathTracker`, which calls ``check``
+after every piece of audio and ``rate`` after every analysis; the rules: docs/respiration.md,
+"Apnoea or lost signal" and "Age bands". Times are samples of the bed's timeline."""
 
 from __future__ import annotations
 
@@ -53,14 +51,12 @@ class BreathAlarms:
 
     @property
     def state(self) -> str | None:
-        """``apnoea`` / ``signal_lost`` while that alarm's condition holds, else None."""
         if self._open is None:
             return None
         return APNOEA if self._open[0] == APNOEA else "signal_lost"
 
     def armed(self, tracker: BreathTracker) -> bool:
-        """Whether pauses are judged: where breath sounds are too faint to count, a pause in
-        them says nothing."""
+        """Whether pauses are judged (a pause in breath sounds too faint to count says nothing)."""
         ok_at = tracker.assessable_at
         return (
             tracker.heard >= self.config.arm_breaths

@@ -9,22 +9,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# params (float64)
+# indices: P_ into params (float64), I_ iparams (int64), S_ istate (int64), F_ fstate (float64)
 P_ALPHA_DETREND = 0  # 1 - exp(-1 / (detrend_s * rate))
 P_ALPHA_BODY = 1  # body level, short mean
 P_ALPHA_BASE = 2  # body level while breathing (baseline)
 N_PARAMS = 3
-# iparams (int64)
 I_SMOOTH = 0  # samples of the activity's moving mean
 I_LEARN_UNTIL = 1  # the body baseline learns from samples up to this one
 N_IPARAMS = 2
-# istate (int64)
 S_COUNT = 0  # samples taken so far (lost ones included): the next sample's index
 S_SEG_START = 1  # first sample of the current run of good samples
 S_REINIT = 2  # 1: the next good sample restarts the slow levels
 S_BASE_SET = 3  # 1: the body baseline has a value
 N_ISTATE = 4
-# fstate (float64)
 F_BODY = 0  # body level, short mean
 F_BASE = 1  # body level while breathing
 N_FSTATE = 2
@@ -45,8 +42,7 @@ def levels(
     out: np.ndarray,  # (G + 1, >= n_frames // stride) out: sub-band and body levels, dB
     flags: np.ndarray,  # (>= n_frames // stride,) uint8 out: 1 where lost
 ) -> int:
-    """The window's levels per sample; the number of samples (a last part of less than
-    ``stride`` frames is left out)."""
+    """The number of samples written (a last part of fewer than ``stride`` frames is left out)."""
     n_groups = out.shape[0] - 1
     n = n_frames // stride
     counts = np.zeros(n_groups)
@@ -305,8 +301,7 @@ def tilt_lags(
 
 @njit(cache=True)
 def _lagged(x: np.ndarray, good: np.ndarray, mean: float, energy: float, lag: int) -> float:
-    """The autocorrelation of ``x`` less ``mean`` over its good samples at ``lag``, per
-    product (0 where the lag does not fit or ``energy`` is 0)."""
+    """:func:`tilt_lags`' autocorrelation at ``lag`` (0 if it does not fit or ``energy`` is 0)."""
     n = x.shape[0]
     if not (energy > 0.0 and 0 < lag < n - 1):
         return 0.0

@@ -110,8 +110,7 @@ def _check_rule(config: DetectorConfig, type_: str, manifest: Manifest, source: 
 
 
 def resolve_gate(config: GateConfig, manifest: Manifest, source: str = "<config>") -> GateConfig:
-    """The gate a bed runs: the quality output's hysteresis from ``config`` where it sets it,
-    else the manifest's fitted one, else 0.6 / 0.4."""
+    """Poor Quality hysteresis from ``config`` where set, else the manifest's, else 0.6 / 0.4."""
     on, off = config.poor_quality_on_threshold, config.poor_quality_off_threshold
     fitted = manifest.quality_thresholds
     if fitted is not None:
@@ -198,8 +197,7 @@ class BedChain:
     def __init__(
         self, settings: ChainSettings, age_band_name: str | None = None, stagger: int = 0
     ) -> None:
-        """``age_band_name``: None: the respiration config's. ``stagger``: where the bed's
-        breath analyses fall in their cycle (:class:`~edge.bed.breathing.BreathTracker`)."""
+        """``age_band_name`` None: the respiration config's; ``stagger``: see ``BreathTracker``."""
         s = self.settings = settings
         frames = s.streaming.input_frames
         levels = None if s.respiration is None else tracker_spec(s.spec)
@@ -216,8 +214,7 @@ class BedChain:
         self.model_state = BedState(s.streaming)
         self.detector = FrameDetector(s.outputs, s.detector, s.grid)
         self.findings = FindingTracker(s.detector.findings, s.spec.sample_rate_hz, Transition)
-        # (end sample, monitored frames so far) after each window: the finding rates' time
-        self._monitored: deque[tuple[int, int]] = deque([(0, 0)])
+        self._monitored: deque[tuple[int, int]] = deque([(0, 0)])  # (end, monitored frames so far)
         self._monitored_frames = 0
         self.verdict = None if s.verdict is None else RollingVerdict(s.verdict, s.outputs, s.grid)
         self.breathing = None
@@ -254,8 +251,7 @@ class BedChain:
         transitions += self._breathe(window, self.gate.signal_lost)
         missing = window.hop_missing_samples
         if missing > 0 and missing >= self.settings.reset_gap_samples:
-            # audio was lost: the model's context must not bridge the gap (the gate reports
-            # it); the state starts again at the next chunk
+            # the model must not bridge lost audio (the gate reports it): restart at the next chunk
             info = self.model_state.info
             self.model_state.reset((window.start_frame + info.input_frames) // info.stride)
             self.state_resets += 1
@@ -326,8 +322,7 @@ class BedChain:
         return _ended_by(sounds + self.gate.finish() + breathing, why)
 
     def acknowledge(self, target: str) -> list[Transition]:
-        """Acknowledge the events whose type or key is ``target``: latched ones end now,
-        live ones end on their own."""
+        """Acknowledge the events whose type or key is ``target``; latched ones end now."""
         sounds = self.findings.take(self.detector.acknowledge(target), self._last_sample)
         done = sounds + self.gate.acknowledge(target)
         if self.breathing is not None:

@@ -4,13 +4,12 @@ duration and merge gap, breath phases (phase mode) or change-point boxes, and th
 
 An event is the union of its frames' spans on the stream's sample timeline (:class:`FrameGrid`); its
 ``key``, ``"<type>@<start_sample>"``, is stable and deterministic. Merging comes before the
-minimum-duration test, so an event is announced (``onset``) only once it spans ``min_event_ms`` and
-a shorter one produces no transition at all. Once the class stays off longer than ``merge_gap_ms``
-the event has ``ended`` at the end of its last active span, unless its priority latches and nobody
+minimum-duration test: an event is announced (``onset``) only once it spans ``min_event_ms``, and a
+shorter one makes no transition at all. Once the class stays off longer than ``merge_gap_ms`` the
+event has ``ended`` at the end of its last active span, unless its priority latches and nobody
 acknowledged it: then it reports ``ongoing`` with ``latched=True`` and that end, and ends only at
-:meth:`FrameDetector.acknowledge`. The quality gate (:mod:`edge.bed.gate`) shares :class:`Lifecycle`
-and :class:`EventTracker`. Phase mode and change-point boxes: docs/runtime.md ("Detector settings").
-"""
+:meth:`FrameDetector.acknowledge`. The quality gate shares :class:`Lifecycle` and
+:class:`EventTracker`. Phase mode and change-point boxes: docs/runtime.md ("Detector settings")."""
 
 from __future__ import annotations
 
@@ -57,7 +56,6 @@ def hysteresis_step(active: bool, value: float, on: float, off: float) -> bool:
     return value >= off if active else value >= on
 
 
-#: The physiological types' rows of :data:`lungwatch.events.DEFAULT_PRIORITIES` (the one table).
 DEFAULT_PRIORITIES = tuple(TypePriority(t, EVENT_PRIORITIES[t]) for t in SOUND_TYPES)
 
 
@@ -76,10 +74,8 @@ class DetectorConfig(Settings):
     default_priority: Priority = "medium"  # types not listed in `priorities`
     priorities: tuple[TypePriority, ...] = DEFAULT_PRIORITIES
     latching: tuple[Priority, ...] = ("high",)  # priorities that stay active until acknowledged
-    # events are breath phases (docs/runtime.md); None: the per-class hysteresis above
-    phases: PhaseRule | None = None
-    # finding episodes (edge.bed.findings); the rules not set here are the manifest's
-    findings: FindingConfig = field(default_factory=FindingConfig)
+    phases: PhaseRule | None = None  # breath phases (docs/runtime.md); None: the hysteresis above
+    findings: FindingConfig = field(default_factory=FindingConfig)  # unset rules: the manifest's
 
     def __post_init__(self) -> None:
         check_thresholds(self.on_threshold, self.off_threshold)
@@ -149,8 +145,6 @@ class _Event:
 
 
 class Lifecycle:
-    """The events of one detector or gate: onset/ongoing/ended, latching and acknowledgement."""
-
     def __init__(
         self,
         kind: EventKind,
@@ -316,8 +310,7 @@ ONSET, CLOSE = 0, 1  # transition kinds of the frame kernel
 
 @njit(cache=True)
 def _emit(out_i, out_p, count, kind, c, cand_start, cand_end, peak):
-    """Write class ``c``'s transition to row ``count``: (kind, class, first frame, last frame)
-    and its peak; returns the next row."""
+    """Write class ``c``'s transition to row ``count`` (see :func:`_track_frames`); the next row."""
     out_i[count, 0], out_i[count, 1] = kind, c
     out_i[count, 2], out_i[count, 3] = cand_start[c], cand_end[c]
     out_p[count] = peak[c]
@@ -435,12 +428,11 @@ def _track_boxes(
     probs, index, which, thr, half, merge, first_frame, box, cand_start, cand_end, announced,
     peak, out_i, out_p,
 ):  # fmt: skip
-    """Change-point boxes over ``probs`` (n, O) for the classes ``which`` (docs/runtime.md,
-    "Detector settings"): a step filter of ``half`` frames each side (frames before the
-    stream's start count 0), its local maxima above 0 rises, its minima below 0 falls; a
-    steeper rise within ``2 * half`` of the first moves the start there, as the offline boxes
-    take the strongest change of a run. ``box`` is the classes' :class:`BoxState`; the rest,
-    and the rows written, as in :func:`_track_frames`."""
+    """Change-point boxes over ``probs`` (n, O) for the classes ``which``: a step filter of ``half``
+    frames each side (frames before the stream's start count 0), its local maxima above 0 rises, its
+    minima below 0 falls; a steeper rise within ``2 * half`` of the first moves the start there, as
+    the offline boxes take the strongest change of a run. ``box`` is the classes' :class:`BoxState`;
+    the rest, and the rows written, as in :func:`_track_frames`."""
     ring, sums, seen, steps, state, gap_end, gap_min, gap_max, opened, rise_step = box
     count = 0
     width = 2 * half
@@ -516,9 +508,8 @@ class DetectedEvent:
 
 
 class FrameDetector:
-    """One stream's physiological events: the outputs in :data:`DETECTED_CLASSES` (not Breath,
-    Poor Quality). Durations are whole frames of ``grid.hop_ms`` (rounded, at least one). With
-    ``config.phases`` the events are breath phases, boxes or per-class hysteresis by class."""
+    """One stream's physiological events: the outputs in :data:`DETECTED_CLASSES` (not Breath, Poor
+    Quality). Durations are whole frames of ``grid.hop_ms`` (rounded, at least one)."""
 
     def __init__(self, outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid) -> None:
         self.outputs, self.config, self.grid = tuple(outputs), config, grid
@@ -677,9 +668,8 @@ class FrameDetector:
 def detect_events(
     probs: np.ndarray, outputs: Sequence[str], config: DetectorConfig, grid: FrameGrid
 ) -> list[DetectedEvent]:
-    """The finished events of a whole recording's probabilities (n, n_outputs), as the device
-    makes them, sorted by start. Rows with a NaN (frames the model never described: a state
-    reset) are not fed, as on the device."""
+    """The device's finished events of a whole recording's probabilities (n, n_outputs), by start;
+    rows with a NaN (never described by the model: a state reset) are not fed, as on the device."""
     detector = FrameDetector(outputs, dataclasses.replace(config, latching=()), grid)
     p = np.asarray(probs)
     if p.ndim == 2 and not np.isfinite(p).all():

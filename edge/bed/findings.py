@@ -35,10 +35,8 @@ class RecurrenceRule(Settings):
     """When one family's events become a finding episode."""
 
     events: int = 2  # this many events of the family ...
-    # ... whose starts lie within this many seconds open an episode
-    within_s: NonNegativeFloat = 6.0
-    # the episode ends this long after its last event (None: within_s)
-    resolve_s: NonNegativeFloat | None = None
+    within_s: NonNegativeFloat = 6.0  # ... with starts within this many seconds open an episode
+    resolve_s: NonNegativeFloat | None = None  # ends this long after the last event; None: within_s
 
     def __post_init__(self) -> None:
         check(isinstance(self.events, int) and self.events >= 1, "events", self.events,
@@ -71,8 +69,7 @@ class FindingConfig(Settings):
         return got if got is not None else RecurrenceRule()
 
     def with_manifest(self, rules: Mapping[str, Any] | None) -> FindingConfig:
-        """The manifest's fitted rules (``{"CAS": {"events": 2, "within_s": 6.0}, ...}``) for
-        each family the config leaves unset."""
+        """The manifest's fitted rules (``{"CAS": {"events": 2, ...}}``) for families left unset."""
         if not rules:
             return self
         got = {f: RecurrenceRule(**r) for f, r in rules.items() if f in HELD_FAMILIES}

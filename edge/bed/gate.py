@@ -53,7 +53,6 @@ DEFAULT_POOR_QUALITY_ON = 0.6  # the quality output's hysteresis when neither co
 DEFAULT_POOR_QUALITY_OFF = 0.4  # sets one
 MOSTLY_MISSING = 0.5  # a hop missing more than this is not judged for level or spectrum
 
-#: The gate's types' rows of :data:`lungwatch.events.DEFAULT_PRIORITIES` (the one table).
 DEFAULT_TECHNICAL_PRIORITIES = tuple(TypePriority(t, EVENT_PRIORITIES[t]) for t in TECHNICAL_TYPES)
 
 
@@ -146,8 +145,7 @@ class QualityGate:
         self._disconnected = False
         self._stall_key: str | None = None
         self.suppressed = False
-        # the stethoscope hears nothing of the patient in the current hop (edge.bed.breathing
-        # does not call a pause apnoea then)
+        # nothing of the patient is heard this hop: edge.bed.breathing calls no pause apnoea then
         self.signal_lost = False
 
     def update(
@@ -285,7 +283,7 @@ class QualityGate:
 
     def _notices_before(self, end_sample: int) -> tuple[bool, str]:
         """Apply the notices of the hop ending at ``end_sample``: (off body at any time in
-        it, the kind of gap notice in it or "")."""
+        it, its gap notice's reason or "")."""
         off_body, gap, later = self._off_body, "", []
         for notice in self._hop_notices:
             if notice.sample_index >= end_sample:

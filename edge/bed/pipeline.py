@@ -147,8 +147,7 @@ class StreamPipeline:
                     f"level_spec must have the frame and hop of the spec ({frame}, {hop}) and "
                     f"no more lookahead, got {shape}"
                 )
-            # the first kind's stream is pushed first (_advance): where one STFT serves both,
-            # the levels are read from its kernel
+            # the first kind's stream is pushed first (_advance), so the levels can read its STFT
             if level_bands is not None and not 1 <= level_bands <= level_spec.n_bands:
                 raise PipelineError(
                     f"level_bands must be in [1, {level_spec.n_bands}], got {level_bands}"

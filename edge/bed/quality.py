@@ -93,9 +93,8 @@ def spectral_entropy(
     fmin_hz: float = DEFAULT_ENTROPY_FMIN_HZ,
     fmax_hz: float | None = DEFAULT_ENTROPY_FMAX_HZ,
 ) -> float:
-    """Normalised Shannon entropy of the Welch power spectrum inside a band, in [0, 1]:
-    ``H = -sum_k p_k ln p_k / ln K`` over the band's ``K`` bins (0 for a band with no power).
-    ``fmax_hz`` None: Nyquist."""
+    """``H = -sum_k p_k ln p_k / ln K``, the normalised Shannon entropy of the Welch spectrum over
+    a band's ``K`` bins, in [0, 1] (0 with no power). ``fmax_hz`` None: Nyquist."""
     x = _validated(samples)
     rate_hz = _validated_rate(sample_rate_hz)
     if fmax_hz == DEFAULT_ENTROPY_FMAX_HZ and fmax_hz > rate_hz / 2:

@@ -1,5 +1,4 @@
-"""Numba kernels behind :func:`edge.bed.quality.measure`: level, clipping and Welch entropy in
-one pass.
+"""Numba kernels behind :func:`edge.bed.quality.measure`: level, clipping and Welch entropy.
 
 The same numbers as ``measure_reference`` without SciPy's per-call cost. The Welch estimate is
 ``scipy.signal.welch(x, window="hann", nperseg=n, noverlap=n // 2, detrend="constant",

@@ -10,7 +10,6 @@ from pydantic import NonNegativeFloat, PositiveFloat
 from lungwatch.config import Settings, Share, check
 from lungwatch.events import PRIORITIES, Priority
 
-#: What a class's rule is when neither its own rule nor the detector's settings say.
 DEFAULT_ON_THRESHOLD = 0.6
 DEFAULT_OFF_THRESHOLD = 0.4
 DEFAULT_MIN_EVENT_MS = 250.0

@@ -29,8 +29,7 @@ class VerdictConfig(Settings):
     enabled: bool = True  # false: no verdict (also when the manifest has no Task rules)
     window_s: PositiveFloat = 30.0  # the stretch of the stream the decision reads
     min_s: float = 4.0  # "assessing" until the window holds this much
-    # a condition turns off below this times its threshold
-    release: Annotated[float, Field(gt=0, le=1)] = 0.8
+    release: Annotated[float, Field(gt=0, le=1)] = 0.8  # once on, off below this x its threshold
 
     def __post_init__(self) -> None:
         check(0 <= self.min_s <= self.window_s, "min_s", self.min_s, "in [0, window_s]")

@@ -1,2 +1,1 @@
-"""The data sets (SPRSound, ICBHI 2017, synthetic), their cached features, frame targets from
-strong labels, and whole recordings as training streams."""
+"""SPRSound, ICBHI 2017 and synthetic data; cached features; frame targets; training streams."""

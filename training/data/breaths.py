@@ -1,7 +1,6 @@
-"""Chest sounds whose breath cycles are known: the respiratory rate's truth set. A recording is
-made at the device's own sample rate, so its band stops at that Nyquist frequency; the device
-path resamples it to the model's rate as it would a real file (docs/respiration.md, "Breath
-cycles, not breath sounds")."""
+"""Chest sounds whose breath cycles are known: the respiratory rate's truth set. Each is made at the
+device's own sample rate (its band stops at that Nyquist frequency); the device path resamples it to
+the model's rate as for a real file (docs/respiration.md, "Breath cycles, not breath sounds")."""
 
 from __future__ import annotations
 

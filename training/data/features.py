@@ -1,9 +1,7 @@
 """Multi-kind features of audio files from the one front end (:func:`edge.features.extract`),
-cropped to the kind with fewest frames (look-ahead kinds such as ``cwt``). Disk cache: one
-``.npy`` per file named by a sha256 of the specs, kinds, file bytes and :data:`CACHE_FORMAT`, so
-a changed file or spec never hits a stale entry and the same audio hits its entry wherever it
-lies; entries are moved into place with ``os.replace``, so no reader sees a partial file; an
-unreadable or mis-shaped entry is recomputed."""
+cropped to the kind with fewest frames (look-ahead kinds such as ``cwt``). Disk cache: one ``.npy``
+per file keyed by content, specs and kinds (never stale; the same audio hits wherever it lies),
+written atomically; an unreadable or mis-shaped entry is recomputed."""
 
 from __future__ import annotations
 
@@ -33,8 +31,7 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> cont
 
 
 def content_digest(path: str | Path) -> str:
-    """sha256 hex of the file's bytes, remembered while its path, size and mtime stay the same
-    (so a store's repeated lookups read the file once)."""
+    """sha256 hex of the file's bytes, remembered per path, size and mtime (one read per file)."""
     file_path = Path(path).resolve()
     stat = file_path.stat()
     seen = (str(file_path), stat.st_size, stat.st_mtime_ns)

@@ -1,8 +1,7 @@
-"""ICBHI 2017 Respiratory Sound Database loader. A recording is ``<rec>.flac`` (or ``.wav``)
-with ``<rec>.txt`` beside it, one line per cycle: ``start_s end_s crackles(0/1) wheezes(0/1)``;
-named ``<patient>_<recording index>_<chest location>_<acquisition mode sc/mc>_<device>``.
-Patient ids stay strings (``"101"``..``"226"``), as in the SPRSound loader, so patient code
-serves both."""
+"""ICBHI 2017 Respiratory Sound Database loader. A recording is ``<rec>.flac`` (or ``.wav``) with
+``<rec>.txt`` beside it, one line per cycle: ``start_s end_s crackles(0/1) wheezes(0/1)``; named
+``<patient>_<recording index>_<chest location>_<acquisition mode sc/mc>_<device>``. Patient ids stay
+strings (``"101"``..``"226"``), as in the SPRSound loader, so patient code serves both."""
 
 from __future__ import annotations
 
@@ -201,8 +200,7 @@ def patients_in_both_halves(split: Mapping[str, str]) -> set[str]:
 
 
 def training_patients(recordings: Sequence[IcbhiRecording], fraction: float, seed: int) -> set[str]:
-    """The patients whose recordings train (``fraction`` of them, drawn with ``seed``); the
-    others' recordings stay out of training for the ICBHI view."""
+    """Patients that train (``fraction`` of them, by ``seed``); the rest serve the ICBHI view."""
     patients = sorted({r.patient_id for r in recordings})
     count = round(fraction * len(patients))
     order = np.random.default_rng(seed).permutation(len(patients))
@@ -212,8 +210,7 @@ def training_patients(recordings: Sequence[IcbhiRecording], fraction: float, see
 def training_share(
     folder: str, fraction: float, seed: int
 ) -> tuple[list[IcbhiRecording], set[str]]:
-    """ICBHI's recordings in ``folder`` ("": ``<data root>/icbhi/train``) and the patients among
-    them that train (:func:`training_patients`); none when ``fraction`` is 0."""
+    """ICBHI's recordings in ``folder`` and their patients that train; ``fraction`` 0: none."""
     from edge.datapaths import data_root
 
     if fraction <= 0:

@@ -82,7 +82,6 @@ def load_icbhi_recordings(
     grid: FrameGrid,
     stride: int,
 ) -> list[Recording]:
-    """ICBHI recordings with cycle targets (:func:`training.data.targets.cycle_targets`)."""
     pick = [store.kinds.index(kind) for kind in kinds]
     out = []
     for rec in recordings:
@@ -102,8 +101,7 @@ def load_icbhi_recordings(
 
 
 def flush_value(mean: np.ndarray) -> np.ndarray:
-    """The padding frame after a stream's end: the per-kind, per-band training mean (K, F),
-    which the model's input normalisation maps to zero."""
+    """The padding frame after a stream's end: the (K, F) training mean (zero once normalised)."""
     return np.asarray(mean, dtype=np.float32)
 
 
@@ -119,8 +117,7 @@ class Example:
 def random_example(
     recording: Recording, rng: np.random.Generator, max_start_frames: int, max_frames: int
 ) -> Example:
-    """The recording from a random output frame in ``[0, max_start_frames]`` (at most half
-    its length), for at most ``max_frames`` frames."""
+    """From a random output frame ``<= min(max_start_frames, n // 2)``, ``<= max_frames`` long."""
     n = recording.n_frames
     first = int(rng.integers(0, min(max_start_frames, n // 2) + 1))
     return Example(recording, first, min(n - first, max_frames))

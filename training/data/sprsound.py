@@ -1,15 +1,14 @@
 """SPRSound (SJTU Paediatric Respiratory Sound Database, BioCAS 2022) loader. A split folder
-(``train/``, ``intra_test/``, ``wav_quirks/``) holds a ``<rec>.json`` beside each ``<rec>.flac``
-(or ``.wav``), named ``<patient>_<age years>_<gender 0=M,1=F>_<location p1..p4>_<recording no>``;
-annotations::
+(``train/``, ``intra_test/``, ``wav_quirks/``) holds ``<rec>.json`` beside each ``<rec>.flac`` (or
+``.wav``), named ``<patient>_<age years>_<gender 0=M,1=F>_<location p1..p4>_<recording no>``.
+``start``/``end`` are milliseconds as strings (integers accepted); ``recording_annotation`` (the
+dataset's README) is an alias of ``record_annotation``::
 
     {"record_annotation": "DAS",
      "event_annotation": [{"start": "342", "end": "2515", "type": "Fine Crackle"}, ...]}
 
-``start``/``end``: milliseconds as strings (integers accepted); ``recording_annotation`` (the
-dataset's README) is an alias of ``record_annotation``. Events keep the file's order, in which
-the challenge tasks score them; it is out of time order in about 40% of the training records,
-so walk the timeline with :attr:`SprRecord.events_by_time`."""
+Events keep the file's order, in which the challenge tasks score them; it is out of time order in
+about 40% of the training records, so walk the timeline with :attr:`SprRecord.events_by_time`."""
 
 from __future__ import annotations
 
@@ -64,7 +63,6 @@ class SprRecord:
 
     @property
     def events_s(self) -> list[tuple[float, float, str]]:
-        """The events as ``(start_s, end_s, type)``, in file order."""
         return [(e.start_ms / 1000, e.end_ms / 1000, e.type) for e in self.events]
 
 
@@ -125,7 +123,6 @@ def parse_record_name(record_id: str, where: str) -> tuple[str, float, str, str]
 
 
 def read_annotation(path: str | Path) -> tuple[str, tuple[SprEvent, ...]]:
-    """``(record_label, events)`` of one annotation file, events in file order."""
     file_path = Path(path)
     document = _read_json(file_path)
     if not isinstance(document, dict):

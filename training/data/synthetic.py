@@ -21,7 +21,6 @@ WHEEZE = "Wheeze"
 CRACKLE_TYPES: tuple[str, ...] = (FINE_CRACKLE, COARSE_CRACKLE)
 EVENT_TYPES: tuple[str, ...] = (FINE_CRACKLE, COARSE_CRACKLE, WHEEZE)
 
-# (duration range in s, frequency range in Hz) per crackle type.
 CRACKLE_DURATION_S: dict[str, tuple[float, float]] = {
     FINE_CRACKLE: (0.005, 0.010),
     COARSE_CRACKLE: (0.010, 0.020),
@@ -82,7 +81,6 @@ class SyntheticRecording:
 
 
 def event_sample_range(event: SyntheticEvent, sample_rate_hz: int) -> tuple[int, int]:
-    """The event's samples ``[start, end)`` as indices."""
     return round(event.start_s * sample_rate_hz), round(event.end_s * sample_rate_hz)
 
 

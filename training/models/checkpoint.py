@@ -27,8 +27,7 @@ DEVICE_COLOUR_KEYS = (
     "device_lowpass_hz",
     "device_noise_db",
 )
-# retired options (their results: docs/models/sed-lab.md), each with the value that left it
-# off, so a stored checkpoint or design with them off still loads
+# retired options (docs/models/sed-lab.md) and their off values; runs with them off still load
 RETIRED: dict[str, dict[str, Any]] = {
     "sizes": {"stem_channels": 0},
     "model": {"stem_channels": 0},
@@ -36,8 +35,7 @@ RETIRED: dict[str, dict[str, Any]] = {
     "loss": {"phase_pooling": "mean"},
     "features": {"band_norm": "mean"},
 }
-# retired options with a switch: (section, switch, its off value, the section's keys that go
-# with it; none: the whole section), removed where the switch is off
+# retired switched options: (section, switch, its off value, its keys; none: the whole section)
 RETIRED_SWITCHED: list[tuple[str, str, Any, tuple[str, ...]]] = [
     ("augment", "device_prob", 0.0, DEVICE_COLOUR_KEYS),
     ("mixtures", "count", 0, ()),
@@ -70,7 +68,6 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` to ``path`` (a temporary file moved into place)."""
     data = {
         "format": FORMAT,
         "weights": ckpt.model.state_dict(),
@@ -95,8 +92,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """The checkpoint at ``path``, its network in eval mode; :class:`CheckpointError` names the
-    file and what is wrong (not found, not a checkpoint, sizes that do not fit)."""
+    """The network in eval mode; :class:`CheckpointError` names the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -117,9 +113,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def without_retired(run: Mapping[str, Any]) -> dict[str, Any]:
-    """``run`` (a stored run config, or ``{"sizes": ...}``) less the retired keys that are off
-    (:data:`RETIRED`, :data:`RETIRED_SWITCHED`); one that is on stays, for the config's own
-    check to refuse."""
+    """``run`` (a stored run config, or ``{"sizes": ...}``) less the retired keys that are off; one
+    that is on stays, for the config's own check to refuse."""
     out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in run.items()}
     for section, offs in RETIRED.items():
         for key, off in offs.items():

@@ -1,7 +1,6 @@
-"""SedNet: a frame-level, streaming sound-event-detection network for lung sounds.
-
-Shapes: ``B`` batch, ``K`` spectrogram kinds, ``F`` bands, ``T`` front-end frames (10 ms at
-the default FeatureSpec), ``C`` channels, ``N = T / stride`` network frames, ``O`` outputs.
+"""SedNet: a frame-level, streaming sound-event-detection network for lung sounds. Shapes: ``B``
+batch, ``K`` spectrogram kinds, ``F`` bands, ``T`` front-end frames (10 ms at the default
+FeatureSpec), ``C`` channels, ``N = T / stride`` network frames, ``O`` outputs.
 
 Data flow, input ``x`` of shape (B, K, F, T) (log features straight from the front end)::
 
@@ -38,8 +37,6 @@ MASKED = -1e4  # attention logit of a key outside the window (exp underflows to 
 
 @dataclass(frozen=True)
 class SedConfig(Settings):
-    """Sizes of a SedNet. ``n_kinds``, ``n_bands`` and ``n_outputs`` come from the run."""
-
     n_kinds: PositiveInt = 1
     n_bands: int = 64
     n_outputs: int = 7
@@ -69,8 +66,6 @@ class SedConfig(Settings):
 
 
 class CausalBlock(nn.Module):
-    """The cache holds the last ``(max(w) - 1) * d`` input frames."""
-
     def __init__(self, channels: int, dilation: int, widths: Sequence[int]) -> None:
         super().__init__()
         width = channels // len(widths)

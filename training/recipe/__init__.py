@@ -1,2 +1,1 @@
-"""The one trainer (``lungwatch train``): run config, losses, augmentation, masked-spectrogram
-pretraining, the quality-adaptive margin, and the fit of the detector rules on validation."""
+"""The one trainer, ``lungwatch train``: config, losses, augment, pretrain, margin, rule fit."""

@@ -1,12 +1,10 @@
-"""Augmentation of a training batch, in place, with the run's random generator. Shapes: features
-``(B, K, F, T)`` with ``T = (N + lookahead) * stride``; targets ``(B, O, N)``.
+"""Augmentation of a training batch, in place, with the run's random generator.
 
 - **SpecAugment** (:func:`spec_augment`, Park et al., Interspeech 2019): masked bands and
-  stretches set to the flush frame (the training mean: zero after the input normalisation).
+  stretches set to the flush frame.
 - **Patch-Mix** (:func:`patch_mix`, after Bae et al., Interspeech 2023, here along time for a
   frame-level model): a stretch of each example, with its targets and weights, replaced by
-  the same stretch of another example of the batch; the record-level target becomes the union.
-"""
+  the same stretch of another example of the batch."""
 
 from __future__ import annotations
 

@@ -19,13 +19,10 @@ from training.models.sed import SedConfig
 class DataConfig(Settings):
     train_dir: str = ""  # SPRSound-layout folder; "": <data root>/sprsound/train
     cache_dir: str = "out/cache"  # feature cache (one file per recording and FeatureSpec)
-    # patient-disjoint validation share of the patients
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2  # patient-disjoint validation share
     split_seed: int = 0  # which patients validate (every seed of a recipe shares one split)
-    # weight of frames outside every annotated phase
-    unannotated_weight: Share = 0.5
-    # crops start in the first 2 s: the model sees stream starts
-    max_start_frames: NonNegativeInt = 50
+    unannotated_weight: Share = 0.5  # weight of frames outside every annotated phase
+    max_start_frames: NonNegativeInt = 50  # crops start within 2 s: the model sees stream starts
     max_frames: PositiveInt = 400  # crops of at most 16 s (output frames)
     # ICBHI as training material (docs/training.md, "data.icbhi_fraction")
     icbhi_dir: str = ""  # ICBHI-layout folder; "": <data root>/icbhi/train
@@ -38,8 +35,7 @@ class OptimConfig(Settings):
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 16  # recordings per step
     lr: PositiveFloat = 2e-3  # AdamW peak learning rate (one-cycle schedule)
-    # share of the steps that warm the learning rate up
-    warmup: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    warmup: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # share of steps warming up the lr
     weight_decay: NonNegativeFloat = 1e-2
 
 
@@ -76,10 +72,8 @@ class DistillConfig(Settings):
 
 @dataclass(frozen=True)
 class PretrainConfig(Settings):
-    # > 0: masked-spectrogram pretraining epochs before the supervised ones
-    epochs: NonNegativeInt = 0
-    # share of output frames masked per example
-    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.4
+    epochs: NonNegativeInt = 0  # masked-spectrogram pretraining epochs before the supervised ones
+    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.4  # output frames masked per example
     span: tuple[int, int] = (10, 25)  # masked span lengths, output frames
 
     def __post_init__(self) -> None:
@@ -105,8 +99,7 @@ class DetectorFitConfig(Settings):
     # marks a wheeze as the span of the sound, a median 0.5 s, not its breath phase)
     frame_families: tuple[str, ...] = ()
     max_false_per_hour: PositiveFloat = 3.0  # per family, on validation Normal records
-    # of validation Normal records with any false event
-    max_normal_share: Annotated[float, Field(gt=0, le=1)] = 0.08
+    max_normal_share: Annotated[float, Field(gt=0, le=1)] = 0.08  # Normal records with false events
 
     def __post_init__(self) -> None:
         bad = [f for f in self.frame_families if f not in ("CAS", "DAS")]

@@ -1,8 +1,6 @@
-"""What the model sees of a recording: the cached raw log features ``(K, F, T)`` through the
-front end's last stage, the per-band running normalisation
-(:func:`edge.features.bandnorm.normalise_bands`). It runs on every example from its own first
-frame, exactly as a device's stream that starts there computes it.
-"""
+"""What the model sees of a recording: the cached raw log features ``(K, F, T)`` through the front
+end's last stage, the running band normalisation (:func:`edge.features.bandnorm.normalise_bands`),
+run from each example's own first frame as on a device whose stream starts there."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The training objective. Shapes: ``B`` examples, ``O`` outputs, ``N`` output frames, ``C``
-adventitious classes.
+"""The training objective (shapes as in :mod:`training.models.sed`; ``C``: adventitious classes).
 
 - **Frame loss**: BCE of every output of every frame, weighted by the frame's target weight
   (:mod:`training.data.targets`), optionally with the quality-adaptive margin
@@ -7,8 +6,7 @@ adventitious classes.
 - **Phase loss**: the device's detector judges a breath phase by the mean of a class's
   probability over it, so each annotated phase's mean class probabilities are scored against
   the phase's labels too.
-- **Distillation**: BCE against a teacher's soft outputs (:mod:`training.cv.teacher`).
-"""
+- **Distillation**: BCE against a teacher's soft outputs (:mod:`training.cv.teacher`)."""
 
 from __future__ import annotations
 

@@ -14,8 +14,7 @@ front-end frame's level ``E = log sum_f exp(x_f)`` and normalised spectral entro
 frames, give ``q = sigmoid((E - mu_E) / sd_E) * sigmoid((mu_H - H) / sd_H)`` (quiet, flat frames
 low, loud peaked ones high), averaged over output frame ``j``'s ``stride`` input frames. Relative
 to SPRSound because the absolute score (``edge.bed.quality.quality_score``) is >= 0.995 on 99 %
-of SPRSound's 2-s windows and would not adapt.
-"""
+of SPRSound's 2-s windows and would not adapt."""
 
 from __future__ import annotations
 

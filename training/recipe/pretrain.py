@@ -1,10 +1,9 @@
 """Masked-spectrogram pretraining of the network's stems and blocks (``pretrain.epochs`` > 0).
 
-After HeAR (health acoustic representations learned from 2-s clips by masked autoencoding),
-made causal for the streaming model: masked spans, longer than the look-ahead so that most of a
-span is predicted from the past, are filled with the flush frame (the training mean: zero after
-the input normalisation). Labels are not used; the reconstruction head is dropped afterwards.
-"""
+After HeAR (health acoustic representations learned from 2-s clips by masked autoencoding), made
+causal for the streaming model: masked spans, longer than the look-ahead so that most of a span is
+predicted from the past, are filled with the flush frame. Labels are not used; the reconstruction
+head is dropped afterwards."""
 
 from __future__ import annotations
 

@@ -83,8 +83,7 @@ def sprsound_folder(run: RunConfig) -> Path:
 
 
 def feature_store(run: RunConfig) -> FeatureStore:
-    """The run's feature cache: the run's kinds (computing every kind for a log-mel run costs
-    minutes) without the front end's last stage, which the input view applies per example."""
+    """Caches the run's kinds only (computing every kind for a log-mel run costs minutes)."""
     raw = InputView.raw_spec(run.features)
     return FeatureStore(raw, run.kinds, Path(run.data.cache_dir) / "features")
 
@@ -96,8 +95,7 @@ def training_data(
     held_out: set[str],
     icbhi: tuple[list[IcbhiRecording], set[str]],
 ) -> TrainingData:
-    """``held_out`` (ids) kept apart as ``val``; training: the other records and ``icbhi[0]``'s
-    recordings of patients ``icbhi[1]``."""
+    """``held_out``: ``val``'s record ids; ``icbhi``: recordings and their patients that train."""
     grid, stride = frame_grid(run), run.model.stride
     train = [r for r in recs if r.record_id not in held_out]
     val = [r for r in recs if r.record_id in held_out]
