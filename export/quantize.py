@@ -486,10 +486,12 @@ def quantize_model(
     agreement_recordings: Sequence[np.ndarray] = (),
     lookahead_frames: int = 0,
     nodes_to_exclude: Sequence[str] = (),
+    spec: FeatureSpec | None = None,
 ) -> dict[str, Any]:
     """Quantize ``fp32_model`` on ``chunks``, compact, tidy and screen it for TensorRT 10, and
     write ``out``, or raise OpCheckFailedError and write nothing. Returns the calibration record
-    (``seed`` is only recorded); FP32 agreement is on ``agreement_recordings``, else the chunks."""
+    (``seed`` is only recorded); FP32 agreement is on ``agreement_recordings`` (framed by
+    ``spec``), else the chunks."""
     import onnx
 
     fp32_model, out = Path(fp32_model), Path(out)
@@ -538,8 +540,9 @@ def quantize_model(
             )
         if agreement_recordings:
             agreement = streaming_agreement(
-                fp32_model, quantized, agreement_recordings, lookahead_frames=lookahead_frames
-            )
+                fp32_model, quantized, agreement_recordings, lookahead_frames=lookahead_frames,
+                spec=spec,
+            )  # fmt: skip
             agreement["on"] = "whole recordings, streamed"
         else:
             agreement = chunk_agreement(fp32_model, quantized, chunks)
@@ -708,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model, args.out, chunks, method=args.method, percentile=args.percentile,
             activations=args.activations,
             seed=args.seed, agreement_recordings=recordings[:AGREEMENT_RECORDINGS],
-            lookahead_frames=info.lookahead_frames, nodes_to_exclude=args.exclude,
+            lookahead_frames=info.lookahead_frames, nodes_to_exclude=args.exclude, spec=info.spec,
         )  # fmt: skip
     except LungwatchError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
