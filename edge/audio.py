@@ -1,10 +1,8 @@
 """Audio input as float32 mono in [-1, 1], in plain NumPy so device and training read alike.
 
-Integer PCM is scaled as libsndfile scales it (a WAV and its FLAC twin give bit-identical
-samples); every error message starts with the source. Where libsndfile refuses a RIFF/WAVE
-file (some stethoscopes write a wrong ``nBlockAlign``), :func:`read_audio` falls back to
-Python's ``wave``.
-"""
+Integer PCM is scaled as libsndfile scales it (a WAV and its FLAC twin give bit-identical samples);
+every error message starts with the source. Where libsndfile refuses a RIFF/WAVE file (some
+stethoscopes write a wrong ``nBlockAlign``), :func:`read_audio` falls back to Python's ``wave``."""
 
 from __future__ import annotations
 
@@ -33,7 +31,6 @@ BITS_PER_BYTE = 8
 DEFAULT_SOURCE = "<array>"
 AUDIO_SUFFIXES: tuple[str, ...] = (".flac", ".wav")  # recordings; FLAC preferred over WAV
 
-# libsndfile subtype -> dtype to read it as (integer PCM is scaled by to_float32).
 _READ_DTYPE_BY_SUBTYPE = {"PCM_16": "int16", "PCM_24": "int32", "PCM_32": "int32"}
 _FLOAT_READ_DTYPE = "float32"
 

@@ -3,8 +3,7 @@ docs/runtime.md, "The Python API").
 
 Every bed runs exactly what a bed of ``lungwatch run`` runs (:class:`edge.bed.chain.BedChain`).
 A push may give nothing (the model describes audio in whole chunks) and never gives an output
-twice; chunks of any size give the same events.
-"""
+twice; chunks of any size give the same events."""
 
 from __future__ import annotations
 
@@ -91,8 +90,6 @@ class BedEvent:
 
 @dataclass(frozen=True)
 class BedQuality:
-    """A bed's signal-quality state after a push."""
-
     suppressed: bool  # physiological detection is held off (a technical condition holds)
     conditions: tuple[str, ...]  # the technical events open now ("poor_signal", ...)
     measures: dict[str, Any]  # the audio measures of the last window judged (edge.bed.quality)

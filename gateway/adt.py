@@ -1,7 +1,6 @@
-"""Who lies in which bed: the hospital's ADT feed, a file of HL7 v2 ADT messages replayed from
-the start with hl7apy (any v2 version) whenever its size or time changes (docs/gateway.md,
-"Patient identity": which events move whom). An unreadable message is counted, logged and
-passed over, never fatal."""
+"""Who lies in which bed: the hospital's ADT feed, a file of HL7 v2 messages replayed from the start
+with hl7apy (any v2 version) whenever its size or time changes (docs/gateway.md, "Patient identity":
+which events move whom). An unreadable message is counted, logged and passed over, never fatal."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""The site's alarm conditions to the hospital's alarm manager: one IHE PCD-04 report per change
-of a condition (docs/gateway.md, "Alarm reports (PCD-04)": phases, states, restarts), followed
-with a ward view's :class:`lungwatch.alarms.AlarmBook` fed by the same messages. What was last
-reported of each condition is a note in the queue's file, written in the report's transaction,
-so a restart neither repeats nor loses a report."""
+"""The site's alarm conditions to the hospital's alarm manager: one IHE PCD-04 report per change of
+a condition (docs/gateway.md, "Alarm reports (PCD-04)": phases, states, restarts), followed with a
+ward view's :class:`lungwatch.alarms.AlarmBook` fed by the same messages. What was last reported of
+each condition is a note in the queue's file, so a restart neither repeats nor loses a report."""
 
 from __future__ import annotations
 
@@ -32,8 +31,7 @@ log = logging.getLogger(__name__)
 
 NOTE_PREFIX = "alert/"  # the queue's notes of what was last reported, per condition
 SETTLE_S = 30.0  # after a start: the retained summaries and kept messages arrive first
-# an end acknowledged by nobody named yet waits this long for the device's ack (another topic)
-ACK_NAME_WAIT_S = 3.0
+ACK_NAME_WAIT_S = 3.0  # an end acknowledged by nobody named waits this long for the device's ack
 
 Key = tuple[str, str, str]  # device, bed, condition
 

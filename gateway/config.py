@@ -133,14 +133,12 @@ class GatewayConfig(Settings):
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     queue: str = "state/gateway.sqlite"  # the HL7 messages' queue
     rate_every_s: NonNegativeFloat = 60.0  # a bed's rate at most this often while its state holds
-    # a device's messages for more beds than this are refused
-    max_beds_per_device: Annotated[int, Field(ge=1, le=4096)] = 64
+    max_beds_per_device: Annotated[int, Field(ge=1, le=4096)] = 64  # per device; more are refused
     beds: tuple[BedEntry, ...] = ()
     # the rules of the alarm conditions reported as PCD-04: give the site's ward view's values
     alarms: AlarmSettings = field(default_factory=AlarmSettings)
     alarm_reports: bool = True  # false: PCD-01 observations only
-    # the hospital's ADT messages (gateway.adt): a bed's patient, else its patient_id
-    adt_file: str | None = None
+    adt_file: str | None = None  # ADT messages (gateway.adt): a bed's patient, else its patient_id
 
     def __post_init__(self) -> None:
         check(is_segment(self.site), "site", self.site, "a topic segment (1..64 chars)")

@@ -20,9 +20,8 @@ from lungwatch.events import FINDING_RATE_FAMILY, snomed_ct
 from lungwatch.labels import FAMILY, display_name
 
 VERSION = "2.6"
-# MSH-21: the IHE profile each message conforms to
-PCD01_PROFILE = "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"
-PCD04_PROFILE = "IHE_PCD_ACM_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.4.1^ISO"
+PCD01_PROFILE = "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"  # MSH-21
+PCD04_PROFILE = "IHE_PCD_ACM_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.4.1^ISO"  # MSH-21
 CHARSET = "UNICODE UTF-8"  # MSH-18
 EUI64 = "EUI-64"  # the universal id type of an equipment identifier
 LOCAL_NAMESPACE = "LUNGWATCH"  # an identifier's namespace where no EUI-64 is known
@@ -293,7 +292,6 @@ def control_id_of(text: str) -> str:
 
 
 def _segment(name: str, fields: Sequence[str]) -> str:
-    """Trailing empty fields left out."""
     fields = list(fields)
     while fields and not fields[-1]:
         fields.pop()
@@ -304,7 +302,6 @@ def _head(
     bed: Bed, sender: Sender, control_id: str, now: dt.datetime, trigger: str, structure: str,
     profile: str,
 ) -> list[str]:  # fmt: skip
-    """MSH, PID and (with a location) PV1."""
     if plain(control_id) != control_id or not control_id:
         raise Hl7Error(f"control id {control_id!r} is not plain text")
     msh = [
@@ -355,7 +352,6 @@ def _obx(
 
 
 def _message(segments: list[str]) -> str:
-    """Each segment ended by a carriage return (the last one too)."""
     text = "".join(segment + "\r" for segment in segments)
     try:
         text.encode("utf-8")

@@ -1,6 +1,5 @@
-"""MLLP (HL7's Minimal Lower Layer Protocol) over TCP: each message between a start block (0x0B)
-and an end block with a carriage return (0x1C 0x0D); the receiver answers each with an ACK
-framed the same way."""
+"""MLLP (HL7's Minimal Lower Layer Protocol) over TCP: each message between a start block (0x0B) and
+an end block plus carriage return (0x1C 0x0D); the receiver's ACK to each is framed the same way."""
 
 from __future__ import annotations
 

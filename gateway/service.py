@@ -1,7 +1,7 @@
 """The gateway's process: the site's messages in, a queue and a courier per destination out
 (docs/gateway.md). Every payload is read within limits, checked against its topic (a device
 speaks for its own beds only) and validated before any route's form is queued; a refusal is
-counted by reason and logged, never fatal. A message is acked to the broker once queued."""
+counted by reason and logged, never fatal."""
 
 from __future__ import annotations
 

@@ -88,8 +88,7 @@ def generate(
     listener: str | None = None,
     gateways: list[str] | None = None,
 ) -> list[Client]:
-    """Write the site's access files under ``directory``; the clients. ``users``:
-    ``NAME:ROLE`` of the ward view's users; ``listener``: ``HOST:PORT``."""
+    """Write the site's access files under ``directory``; the clients (``users``: ``NAME:ROLE``)."""
     gateways = list(gateways or [])
     names = devices + views + gateways
     logins = [_user_spec(item) for item in users or []]
@@ -152,8 +151,7 @@ def generate(
         own = f"listener {where[1]} {where[0]}\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
     conf = own + (
         "allow_anonymous false\n"
-        # a connection's client id is its user name: no login can take another's over
-        "use_username_as_clientid true\n"
+        "use_username_as_clientid true\n"  # so no login can take another's session over
         f"max_packet_size {MAX_PACKET_BYTES}\n"
         # a ward view's persistent session: what it misses while it restarts waits here
         f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"

@@ -1,9 +1,8 @@
-"""Alarm conditions (the ward view's and the hospital gateway's): a bed's episodes grouped into
-one condition per bed and finding, which a nurse acknowledges. How a condition continues,
-alarms (latched at the condition level, IEC 60601-1-8), re-alarms, escalates (never above
-:data:`ESCALATION_CEILING`), ends and is ordered: docs/dashboard.md, "Active alarms".
-:meth:`AlarmCondition.record` and :meth:`AlarmBook.restore` let a restarted view list what it
-listed."""
+"""Alarm conditions (the ward view's and the hospital gateway's): a bed's episodes grouped into one
+condition per finding, which a nurse acknowledges. How a condition continues, alarms (latched at the
+condition level, IEC 60601-1-8), re-alarms, escalates (never above :data:`ESCALATION_CEILING`), ends
+and is ordered: docs/dashboard.md, "Active alarms". :meth:`AlarmCondition.record` and
+:meth:`AlarmBook.restore` let a restarted view list what it listed."""
 
 from __future__ import annotations
 
@@ -49,8 +48,7 @@ class ListedEpisode:
     detail: dict[str, Any]
 
 
-#: What the book reads of an episode: an event or one known only from a summary.
-Episode = Event | ListedEpisode
+Episode = Event | ListedEpisode  #: what the book reads: an event or one known only from a summary
 MAX_LISTED = 256  # open alarms read of one bed's summary
 
 
@@ -95,7 +93,6 @@ def listed_episode(
 
 
 def condition_of(event_type: str) -> str:
-    """An event type's alarm condition: its family, else the type itself."""
     return family_of(event_type) or event_type
 
 
@@ -117,8 +114,7 @@ def condition_text(condition: str) -> str:
 class AlarmSettings(Settings):
     # acknowledged and continuing: a new episode this long after sounds
     realarm_s: NonNegativeFloat = 600.0
-    # unacknowledged this long: one priority up (0: never)
-    escalate_after_s: NonNegativeFloat = 300.0
+    escalate_after_s: NonNegativeFloat = 300.0  # unacknowledged this long: a priority up (0: never)
     hold_s: NonNegativeFloat = 0.0  # acknowledged and over: listed this long (then gone)
     # an episode this soon after the last one's end continues its condition (high: a new one)
     continues_s: NonNegativeFloat = 60.0
@@ -335,7 +331,6 @@ class AlarmBook:
         return cond
 
     def _renew(self, cond: AlarmCondition, event: Episode, now_s: float) -> None:
-        """``event`` starts an acknowledged, over condition anew."""
         self._raise(cond, event, now_s)
         cond.base_priority, cond.first_onset_utc = event.priority, event.start_utc
         cond.last_episode_utc, cond.episodes, cond.clips = event.start_utc, 0, []
@@ -422,7 +417,7 @@ class AlarmBook:
         for episode in episode_ids:
             if episode not in self._episode_condition:
                 self._retired[episode] = None
-        while len(self._retired) > MAX_RETIRED:  # the newest kept
+        while len(self._retired) > MAX_RETIRED:
             self._retired.popitem(last=False)
 
     def release_held(self, device_id: str, stream_id: str) -> None:

@@ -17,10 +17,8 @@ DEBUG_ENV = "LUNGWATCH_DEBUG"  # set to show the traceback of an unexpected erro
 DEVICE_SCRIPT = "lungwatch-edge"
 WORKSTATION_SCRIPT = "lungwatch"
 
-# subcommand -> (module with main(argv), one-line help)
-Commands = dict[str, tuple[str, str]]
-#: What a device runs: edge, firmware_bridge and the on-device export steps (engine, verify),
-#: none of which imports torch or training code.
+Commands = dict[str, tuple[str, str]]  # subcommand -> (module with main(argv), one-line help)
+#: A device's commands (edge, firmware_bridge, on-device export); none imports torch or training.
 DEVICE_COMMANDS: Commands = {
     "demo": (
         "demo.run",
@@ -72,8 +70,7 @@ _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :mod:`edge.monitor`, :func:`~x.y`
 
 
 def plain_summary(text: str) -> str:
-    """A module's or function's docstring as a command's description: its first paragraph
-    on one line, reST markup gone (``:mod:`a.b``` -> a.b, double backquotes -> plain)."""
+    """A docstring's first paragraph on one line, ``:mod:`a.b``` -> a.b and no double backquotes."""
     first = text.strip().split("\n\n")[0]
     line = " ".join(part.strip() for part in first.splitlines())
     line = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else

@@ -121,8 +121,7 @@ class CommandVerifier:
         self.counts: dict[str, int] = dict.fromkeys(("accepted", *REASONS), 0)
 
     def verify(self, body: dict[str, Any]) -> str:
-        """The acknowledging user when ``body`` is a fresh command signed with this device's
-        key; else CommandAuthError (counted under its reason)."""
+        """``body``'s user if fresh and signed with this device's key, else CommandAuthError."""
         try:
             user = self._verify(body)
         except CommandAuthError as exc:

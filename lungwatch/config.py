@@ -4,8 +4,7 @@ a string) and the bounds fields declare (:class:`Settings`), then each class's
 ``__post_init__`` relates its fields with :func:`check`. Every problem is one
 :class:`ConfigError` line naming the file, the dotted key, the value and what is allowed::
 
-    demo.yaml: features.n_bands must be an integer >= 1, got 0
-"""
+    demo.yaml: features.n_bands must be an integer >= 1, got 0"""
 
 from __future__ import annotations
 
@@ -80,8 +79,7 @@ _OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
 def _bounds(hint: Any) -> tuple[type, dict[str, Any]] | None:
-    """(the type, its ``gt``/``ge``/``lt``/``le`` bounds) of ``Annotated[T, Field(...)]``, also
-    inside ``| None``; None for a field without bounds."""
+    """(type, bounds) of ``Annotated[T, Field(...)]``, also inside ``| None``; None: no bounds."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return next(filter(None, map(_bounds, typing.get_args(hint))), None)
     if typing.get_origin(hint) is not Annotated:
@@ -190,8 +188,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_layers(paths: str | Path | Sequence[str | Path]) -> tuple[dict[str, Any], str]:
-    """One mapping from YAML files, each merged over the ones before (:func:`merge_mappings`),
-    and the name errors give it (``base.yaml+client.yaml``)."""
+    """Files merged, later over earlier, and their name in errors (``base.yaml+client.yaml``)."""
     layers = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     if not layers:
         raise ConfigError("no config file given")

@@ -22,8 +22,7 @@ def eui64(text: str) -> str:
 
 
 def host_eui64() -> str:
-    """This machine's EUI-64 from its MAC; "" where the machine has no MAC to read (the
-    node id Python made up instead has its multicast bit set)."""
+    """This machine's EUI-64 from its MAC; "" where it has none (uuid.getnode() made one up)."""
     node = uuid.getnode()
     if node & _MULTICAST_BIT:
         return ""

@@ -20,8 +20,7 @@ from lungwatch.labels import FINDING_FAMILIES, SOUND_CLASSES, family_snomed_ct, 
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "lungwatch/v1"
-#: Stream id of device-wide technical events (``spool_full``); no bed may be called this.
-DEVICE_STREAM = "device"
+DEVICE_STREAM = "device"  #: device-wide technical events' stream (``spool_full``); never a bed's
 MAX_SEGMENT_CHARS = 64
 
 SOUND_TYPES: tuple[str, ...] = tuple(c.name for c in SOUND_CLASSES if c.families)
@@ -256,8 +255,7 @@ def summary_payload(site: str, device_id: str, stream_id: str, summary: dict[str
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
-#: The retained verdict message: identity and the verdict, as a summary's is made.
-verdict_payload = summary_payload
+verdict_payload = summary_payload  #: the retained verdict message: identity and the verdict
 
 
 def ack_topic(site: str, device_id: str, stream_id: str) -> str:
@@ -408,8 +406,7 @@ class Event:
 
     @classmethod
     def onset(cls, **values: Any) -> Event:
-        """A new episode's first message: fresh ids, kind from the type, priority from
-        DEFAULT_PRIORITIES unless given."""
+        """Onset of a new episode; unless given: fresh ids, the type's kind, DEFAULT_PRIORITIES."""
         event_type = values.get("type")
         kind = kind_of(event_type) if isinstance(event_type, str) else "technical"
         defaults = {"id": new_id(), "episode_id": new_id(), "kind": kind, "state": "onset"}
@@ -426,13 +423,12 @@ class Event:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object, in schema order (``snomed_ct`` follows ``type``)."""
+        """The JSON object in schema order (``snomed_ct`` after ``type``), with copied mappings."""
         ordered: dict[str, Any] = {}
         for name in _FIELD_NAMES:  # field by field: dataclasses.asdict deep-copies every value
             ordered[name] = getattr(self, name)
             if name == "type":
                 ordered["snomed_ct"] = self.snomed_ct
-        # the mappings are copied, so the dict can be changed without changing the event
         ordered["quality"] = dict(self.quality)
         ordered["detail"] = copy.deepcopy(self.detail) if self.detail else {}
         return ordered
@@ -521,7 +517,7 @@ def _validate(e: Event) -> None:
     _check(is_int(version) and version == SCHEMA_VERSION, "schema_version", version, "1")
     for name in ("device_id", "site", "stream_id"):
         check_segment(getattr(e, name), f"event.{name}")
-    kind = kind_of(e.type)  # EventError names an unknown type
+    kind = kind_of(e.type)
     _check(e.kind == kind, "kind", e.kind, f"{kind!r} for type {e.type!r}")
     _check(e.priority in PRIORITIES, "priority", e.priority, "one of high, medium, low")
     _check(e.state in STATES, "state", e.state, "one of onset, ongoing, ended")

@@ -67,13 +67,11 @@ _BY_NAME = {c.name: c for c in SOUND_CLASSES}
 
 #: SPRSound Task 1-2 classes, in this order in every 7-class model.
 EVENT_LABELS: tuple[str, ...] = tuple(c.name for c in SOUND_CLASSES)
-#: SPRSound Task 1-1.
-BINARY_LABELS: tuple[str, ...] = ("Normal", "Adventitious")
+BINARY_LABELS: tuple[str, ...] = ("Normal", "Adventitious")  #: SPRSound Task 1-1.
 #: SPRSound record labels (Task 2-2 order); Task 2-1 merges the three adventitious ones.
 RECORD_LABELS: tuple[str, ...] = ("Normal", "CAS", "DAS", "CAS & DAS", "Poor Quality")
 RECORD_LABELS_2_1: tuple[str, ...] = ("Normal", "Adventitious", "Poor Quality")
-#: ICBHI 2017 4-class cycle labels.
-ICBHI_LABELS: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
+ICBHI_LABELS: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")  #: ICBHI 2017 cycle labels
 
 NORMAL = "Normal"
 POOR_QUALITY = "Poor Quality"
@@ -106,8 +104,7 @@ def sound_class(name: str) -> SoundClass:
 
 
 def family_of(event_type: str) -> str | None:
-    """The finding family of a sound class or finding type, a composite's first
-    (Wheeze+Crackle: CAS); None for anything else."""
+    """Family of a class or finding type (a composite's first: Wheeze+Crackle -> CAS), else None."""
     if event_type in FAMILY:
         return event_type
     found = _BY_NAME.get(event_type)
@@ -137,7 +134,6 @@ def to_icbhi(event_label: str) -> str:
 
 
 def icbhi_label(crackles: bool, wheezes: bool) -> str:
-    """ICBHI 4-class label from a cycle's two flags."""
     return ICBHI_LABELS[int(crackles) + 2 * int(wheezes)]
 
 

@@ -1,6 +1,5 @@
-"""MQTT as every side uses it: a client's broker settings (:class:`MqttConfig`), the paho client
-they configure (imported lazily: reading a config needs no paho), its :class:`Session`, the
-command topic and the broker's errors."""
+"""MQTT as every side uses it: broker settings (:class:`MqttConfig`), the paho client (imported
+lazily: a config needs no paho), its :class:`Session`, the command topic, broker errors."""
 
 from __future__ import annotations
 
@@ -55,8 +54,7 @@ class MqttConfig(Settings):
     spool_path: str = "out/spool/events.sqlite"
     spool_max_events: PositiveInt = DEFAULT_MAX_EVENTS
     spool_full_priority: Literal["high", "medium", "low"] = "medium"
-    # a broker beyond loopback is refused without TLS and a username unless this is true
-    allow_insecure: bool = False
+    allow_insecure: bool = False  # true: a broker beyond loopback may lack TLS or a username
 
     def __post_init__(self) -> None:
         check(isinstance(self.host, str) and bool(self.host), "host", self.host, "a host name")

@@ -56,8 +56,7 @@ class Worker:
         return f"thread {self.name} stopped: {self.error or 'its loop returned'}"
 
     def restart(self, now_s: float | None = None) -> bool:
-        """Start the thread again after a failure; False when :data:`RESTARTS` within
-        :data:`RESTART_WINDOW_S` are used up (the failure is final)."""
+        """Start again after a failure; False: :data:`RESTARTS` used up, the failure is final."""
         now_s = time.monotonic() if now_s is None else now_s
         while self.restarts and now_s - self.restarts[0] > RESTART_WINDOW_S:
             self.restarts.popleft()

@@ -14,8 +14,7 @@ from lungwatch.labels import FAMILY, SOUND_CLASSES
 # the sounds' card states, their classes' most urgent first (stridor, wheezes, ...)
 _BY_PRIORITY = sorted(SOUND_CLASSES, key=lambda c: PRIORITY_RANK[c.priority or "low"])
 FINDING_CARDS = tuple(dict.fromkeys(c.card for c in _BY_PRIORITY if c.card))
-# bed states, most important first; a bed shows the first that holds
-STATE_TEXT = {
+STATE_TEXT = {  # bed states, most important first; a bed shows the first that holds
     "offline": "offline",
     "stale": "no data from the device",
     "apnoea": "apnoea",
@@ -35,8 +34,7 @@ PAGE_CLASSES = {
     if c.colour and c.families
 }
 RATE_TREND_POINTS = 720  # a bed's rate trend: two hours at the runtime's 10-s publishing
-# a device that gives no limit: the runtime's default read_wait_warn_ms (docs/runtime.md, "Load")
-READ_WAIT_BEHIND_MS = 500.0
+READ_WAIT_BEHIND_MS = 500.0  # the runtime's read_wait_warn_ms default (docs/runtime.md, "Load")
 # a breathing message's fields a card shows (and the history keeps)
 RESPIRATION_FIELDS = ("state", "rate_bpm", "confidence", "breaths", "age_band", "low_bpm",
                       "high_bpm", "reason", "utc", "last_breath_utc",

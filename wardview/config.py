@@ -67,23 +67,20 @@ class DashboardConfig(Settings):
     port: Annotated[int, Field(ge=0, lt=65536)] = 8080  # 0: a free port, printed at start
     users: tuple[DashboardUser, ...] = ()  # none: loopback only, anyone there may acknowledge
     events_per_bed: Annotated[int, Field(ge=1, le=100)] = 8  # last events kept and shown per bed
-    # live-strip points kept per bed (one per live message)
-    live_points: Annotated[int, Field(ge=1, le=3600)] = 60
+    live_points: Annotated[int, Field(ge=1, le=3600)] = 60  # kept per bed, one per live message
     # changes reach the browsers at most this often
     push_interval_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.1
     # a bed whose rolling verdict is one of these is an alarm, at this priority
     alarm_verdicts: tuple[str, ...] = ()
     verdict_priority: str = "medium"
     alarms: AlarmSettings = field(default_factory=AlarmSettings)  # lungwatch.alarms
-    # "Pause audio" silences the page this long
-    audio_pause_s: Annotated[float, Field(ge=1.0, le=600.0)] = 120.0
+    audio_pause_s: Annotated[float, Field(ge=1.0, le=600.0)] = 120.0  # how long "Pause audio" lasts
     cert_file: str | None = None  # PEM certificate: serve HTTPS (users' passwords encrypted)
     key_file: str | None = None  # its private key (PEM), with cert_file
     # the site's command master key (lungwatch access) signing acknowledges; none: unsigned
     command_key_file: str | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host names besides the address, localhost, IPs
-    # a request must arrive whole in this time; a client that reads nothing of a response (an
-    # event stream too) for this long is cut off
+    # a request must arrive whole in this; a client reading nothing this long (SSE too) is cut off
     request_timeout_s: Annotated[float, Field(ge=0.1, le=300.0)] = 10.0
     # open connections at once (each page holds one event stream)
     max_connections: Annotated[int, Field(ge=4, le=10_000)] = 64

@@ -52,8 +52,6 @@ def epoch_s(utc: str | None) -> float | None:
 
 @dataclass(frozen=True)
 class Restored:
-    """What the store gives the ward at start."""
-
     summaries: list[tuple[str, str, dict[str, Any]]]  # (device, stream, summary)
     open_events: list[Event]  # the last message of every episode not ended
     recent: list[Event]  # each bed's last events, oldest first

@@ -26,8 +26,7 @@ CLASS_COLOURS: dict[str, RGB] = {
     "Wheeze+Crackle": (255, 60, 200),
     "Poor Quality": (200, 200, 200),
 }
-# Perceptually ordered dark-to-bright ramp (black, purple, orange, pale yellow) as RGB stops.
-_RAMP = np.array(
+_RAMP = np.array(  # perceptual dark-to-bright ramp: black, purple, orange, pale yellow
     [[0, 0, 4], [80, 18, 123], [182, 54, 121], [251, 136, 97], [252, 253, 191]], dtype=np.float64
 )
 FONT = ImageFont.load_default(10)
@@ -112,7 +111,6 @@ class _Canvas:
         return y + CLASS_ROW_PX * len(names)
 
     def events(self, y: int, label: str, spans: Sequence[Span], height_px: int) -> int:
-        """A strip with ``spans`` in their class colours (technical ones in grey)."""
         self.fill(MARGIN_PX, y, self.image.width - 1, y + height_px - 1, DIM)
         for span in spans:
             x0, x1 = self.columns(span.start_s, span.end_s)

@@ -86,13 +86,10 @@ class Viewer:
     can_acknowledge: bool
 
 
-# no users configured: who is on the loopback interface may view and acknowledge (the demo)
-LOCAL_VIEWER = Viewer("local", can_acknowledge=True)
+LOCAL_VIEWER = Viewer("local", can_acknowledge=True)  # no users: anyone on loopback (the demo)
 
 
 class DashboardServer:
-    """The web server, the ward state and the MQTT feed together."""
-
     def __init__(
         self,
         config: DashboardConfig,

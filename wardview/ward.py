@@ -85,7 +85,7 @@ class Ward:
         ward changes it with every event)."""
         self.site = site
         self.config = config = config or DashboardConfig()
-        self.book = AlarmBook(config.alarms)  # the alarm conditions (lungwatch.alarms)
+        self.book = AlarmBook(config.alarms)
         self.recorder = Recorder(history)
         self.clips: set[str] = set()  # episodes whose evidence clip is in the store
         self.assembler = Assembler()
@@ -95,10 +95,8 @@ class Ward:
         self.counts = {"messages": 0, "events": 0, "rejected": 0, "duplicates": 0, "probes": 0}
         self.rejected_reasons: dict[str, int] = {}  # reason (intake.REASONS) -> count
         self.last_rejected: str | None = None
-        # the view's own technical alarms: a thread of it that stopped (name -> what happened)
-        self.faults: dict[str, str] = {}
-        # hospital feeds' technical alarms (gateway name -> what is wrong); None: followed and well
-        self.feeds: dict[str, str | None] = {}
+        self.faults: dict[str, str] = {}  # the view's own technical alarms: stopped thread -> why
+        self.feeds: dict[str, str | None] = {}  # gateway -> what is wrong; None: followed, well
         self.broker: dict[str, Any] = {"address": None, "connected": False,
                                        "state": "disconnected", "quiet_s": None,
                                        "refused": None}  # fmt: skip
@@ -180,8 +178,7 @@ class Ward:
         body = parse_message(payload, self.config.max_message_bytes, self.config.max_json_depth)
         if kind != "event":  # an event's identity is checked with its stream
             _require_identity(body, self.site, "device_id", device_id)
-        # the kind's handler (_status, _metrics, _event, _verdict, ...; KINDS holds no other),
-        # given the device (and the stream)
+        # to _<kind>(device[, stream], body); KINDS admits no other kind
         getattr(self, "_live_point" if kind == "live" else f"_{kind}")(*parts[3:-1], body)
 
     def _status(self, device_id: str, body: dict[str, Any]) -> None:
@@ -616,8 +613,7 @@ class Ward:
                 row["device_online"] = device is not None and device.online is not False
                 sent = self.pending_acks.get((row["device_id"], row["stream_id"], row["key"]))
                 row["ack_sent"] = sent is not None and row["latched"]
-                # how long the device has not confirmed it (a device that refuses commands,
-                # e.g. without commands.key_file, never does: the page says so)
+                # unconfirmed this long (one refusing commands never confirms: the page says so)
                 late = round(self.clock() - sent, 1) if sent is not None else None
                 row["ack_waiting_s"] = late if row["ack_sent"] else None
                 row["evidence"] = row["clip_episode_id"] is not None

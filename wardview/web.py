@@ -161,7 +161,6 @@ class Connections:
                 self._open.pop(host, None)
 
     def open_connections(self, host: str | None = None) -> int:
-        """How many connections from ``host`` (None: from anywhere) are open now."""
         with self._lock:
             return sum(self._open.values()) if host is None else self._open.get(host, 0)
 

@@ -1,10 +1,8 @@
-"""The device's evidence channel: clips spooled on disk, sent over their own MQTT connection
-(what is still spooled at :meth:`~EvidencePublisher.close` waits for the next start).
+"""The device's evidence channel: clips spooled on disk, sent over their own MQTT connection (what
+is still spooled at :meth:`~EvidencePublisher.close` waits for the next start).
 
-Why MQTT, why a connection of its own, the spool and its bounds: docs/evidence.md ("On the
-device"). The spool is ``synchronous=NORMAL``: a clip may be lost on power loss, never on a
-crash.
-"""
+Why MQTT, why a connection of its own, the spool and its bounds: docs/evidence.md ("On the device").
+The spool is ``synchronous=NORMAL``: a clip may be lost on power loss, never on a crash."""
 
 from __future__ import annotations
 
@@ -46,7 +44,7 @@ CREATE INDEX IF NOT EXISTS clips_created ON clips (created_s);
 
 
 class EvidenceSpoolError(LungwatchError):
-    """The evidence spool cannot be opened (the message says why)."""
+    """The evidence spool cannot be opened."""
 
 
 class EvidenceSpool:
@@ -211,7 +209,6 @@ class EvidencePublisher:
         self._spool_queued()
         self.spool.close()
 
-    # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
             self._spool_queued()

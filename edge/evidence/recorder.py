@@ -4,8 +4,7 @@ ended) copies clips out, which ``Cut.encode`` makes FLAC in the publisher's thre
 
 A clip starts for every physiological onset and every technical onset of a priority in
 ``alarm_priorities`` (a finding episode's events have theirs, the episode none of its own);
-its span and the history's size: docs/evidence.md, "On the device".
-"""
+its span and the history's size: docs/evidence.md, "On the device"."""
 
 from __future__ import annotations
 
@@ -27,8 +26,6 @@ INT16_SCALE = 32767.0
 
 @dataclass(frozen=True)
 class EvidenceConfig(Settings):
-    """The runtime config's ``evidence`` section."""
-
     enabled: bool = True  # false: no clips
     pre_s: NonNegativeFloat = 3.0  # audio before the event's start
     post_s: NonNegativeFloat = 1.0  # audio after its end
@@ -169,8 +166,7 @@ class ClipRecorder:
         return event.kind == "physiological" or technical
 
     def due_cuts(self) -> list[Cut]:
-        """The clips whose end the audio has reached; one whose audio has left the history is
-        dropped (counted in ``lost``)."""
+        """The clips whose end the audio has reached (those whose audio is gone: ``lost``)."""
         ready = [c for c in self._open.values() if self._audio_end >= (c.end or c.limit)]
         return [cut for c in ready if (cut := self._cut(c, c.end or c.limit)) is not None]
 

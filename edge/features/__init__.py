@@ -1,7 +1,6 @@
 """The one front end, shared by training (:func:`extract`) and the device (:func:`make_stream`;
 usage: docs/frontend.md). For any chunking of the same signal a stream's frames equal
-``extract``'s within 1e-5; ``tests/edge/test_frontend_*.py`` hold each kind to that.
-"""
+``extract``'s within 1e-5; ``tests/edge/test_frontend_*.py`` hold each kind to that."""
 
 from __future__ import annotations
 

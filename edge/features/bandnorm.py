@@ -2,8 +2,7 @@
 
 Each log band minus its running mean. The formula and the silence rule: docs/frontend.md, "The
 last, optional stage". One kernel serves stream and batch, so any chunking gives the same
-numbers. Shapes: ``T`` frames, ``F`` bands.
-"""
+numbers. Shapes: ``T`` frames, ``F`` bands."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 A subclass allocates its own arrays (and whatever ``lookahead_samples`` reads) *before*
 calling ``super().__init__``, which calls ``reset()``. The interface: docs/frontend.md,
-"Streaming interface".
-"""
+"Streaming interface"."""
 
 from __future__ import annotations
 
@@ -98,7 +97,6 @@ class BoundKernel:
 
 
 def max_frames_in(n_samples: int, hop_samples: int) -> int:
-    """Upper bound of frames one chunk of ``n_samples`` can complete."""
     return -(-n_samples // hop_samples)
 
 

@@ -1,6 +1,5 @@
 """Wavelet scalogram front end: complex Morlet CWT power, sampled several times per hop (the
-wavelet, its normalisation, the evaluation points and the lookahead: docs/frontend.md, "cwt").
-"""
+wavelet, its normalisation, the evaluation points and the lookahead: docs/frontend.md, "cwt")."""
 
 from __future__ import annotations
 

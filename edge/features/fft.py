@@ -3,8 +3,7 @@
 :func:`frames_power` uses DUCC0 through rocket-fft's low-level ``r2c`` where installed, else
 the built-in radix-2 :func:`rfft_power` (a complex FFT of half the size and the split step).
 Numba's on-disk cache keys a kernel by its source file, not by the backend: after installing
-or removing rocket-fft, clear ``__pycache__`` (or set ``NUMBA_CACHE_DIR``).
-"""
+or removing rocket-fft, clear ``__pycache__`` (or set ``NUMBA_CACHE_DIR``)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 Slaney's filters (``scipy.signal.gammatone(cf, "iir")``) factored in closed form into second-
 order sections, each unity gain at its centre: the expanded (b, a) form holds a 4-fold pole
 pair, so rounded coefficients (and root finding on them) fix the response only to ~1e-3 at
-low ``cf / fs``. Centres, band power and the references: docs/frontend.md, "gammatone".
-"""
+low ``cf / fs``. Centres, band power and the references: docs/frontend.md, "gammatone"."""
 
 from __future__ import annotations
 
@@ -45,7 +44,6 @@ SLANEY_ZERO_OFFSETS = (
 #: Index of ``a[8] = r**8`` and ``a[1] = -8 r cos(theta)`` in SciPy's denominator.
 _A_R8, _A_COS = 8, 1
 
-# Rows of the streaming kernel's coefficient array ``(N_SECTIONS, _N_COEFS, n_lanes)``.
 _B0, _B1, _B2, _A1, _A2 = range(5)
 _N_COEFS = 5
 #: Filter states below this magnitude are set to 0 at each block end: on silence they would

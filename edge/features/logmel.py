@@ -177,10 +177,9 @@ class _Scratch(NamedTuple):
 
 @functools.cache
 def shared_scratch(n_fft: int, frame_samples: int, capacity: int) -> _Scratch:
-    """The work arrays for ``capacity`` frames, one set per size (``frame_samples`` too: the
-    frames' tail past it stays 0) shared by every stream, so a ward touches one cache-resident
-    set of FFT buffers. Safe because a kernel call holds the GIL throughout (no ``nogil``) and
-    reads nothing an earlier call left there."""
+    """Work arrays for ``capacity`` frames, one set per size (``frame_samples`` too: the tail
+    past it stays 0) shared by every stream, so a ward touches one cache-resident set of FFT
+    buffers. Safe: a kernel call holds the GIL (no ``nogil``) and carries nothing over."""
     return _Scratch(
         np.zeros((capacity, n_fft), dtype=np.float64),
         np.zeros((capacity, n_fft // 2 + 1), dtype=np.float64),
@@ -200,9 +199,7 @@ def _lowest(bank: SparseMel, n_bands: int | None) -> SparseMel:
 
 
 def fits_second_bank(spec: FeatureSpec, second: FeatureSpec) -> bool:
-    """Whether ``second``'s bands can be a second filterbank of ``spec``'s stream: both
-    log-mel over the same rate, frames, hop and FFT, ``second`` without band normalisation."""
-
+    """Whether ``second``'s bands can be a second filterbank of ``spec``'s stream."""
     framing = ("kind", "sample_rate_hz", "frame_samples", "hop_samples", "n_fft")
     same = all(getattr(spec, key) == getattr(second, key) for key in framing)
     return spec.kind == "logmel" and same and second.band_norm_s <= 0

@@ -85,8 +85,7 @@ class FeatureSpec(Settings):
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form, as stored in checkpoints and manifests (and hashed by the feature
-        cache)."""
+        """Plain data, as stored in checkpoints and manifests (and hashed by the feature cache)."""
         return to_mapping(self)
 
     @classmethod

@@ -1,8 +1,7 @@
 """The one small interface every inference backend implements.
 
 The model contract (``features``, ``state`` -> ``probs``, ``state_out``; only the batch
-dynamic, the beds' states rows of one batch): docs/backends.md, "The interface".
-"""
+dynamic, the beds' states rows of one batch): docs/backends.md, "The interface"."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-""":class:`BackendConfig`, apart from the package so that the backends and
-:func:`edge.inference.open_backend` share it."""
+""":class:`BackendConfig`, apart from the package so the backends and ``open_backend`` share it."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 One ``manifest.json`` per model folder covers every artifact in it; this module only reads
 and checks it (the rules with their config dataclasses), so the device needs neither torch
 nor onnx. Every key: docs/export.md, "manifest.json (schema version 2)"; the streaming model
-it describes: docs/runtime.md, "The streaming model".
-"""
+it describes: docs/runtime.md, "The streaming model"."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Writing ``manifest.json``: every change goes to a temporary file in the same folder and is
 moved into place with ``os.replace``, so a reader never sees half a manifest. Standard library
-only: the device writes with it too (``lungwatch engine``).
-"""
+only: the device writes with it too (``lungwatch engine``)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The onnxruntime backend: one session, providers tried in the configured order (selection
 and log lines: docs/backends.md, "onnxruntime: provider order, fallback and log lines").
-``session.get_providers()`` decides what is reported: onnxruntime may drop a provider silently.
-"""
+``session.get_providers()`` decides what is reported: onnxruntime may drop a provider silently."""
 
 from __future__ import annotations
 

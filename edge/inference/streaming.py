@@ -2,8 +2,7 @@
 
 Chunks, state and look-ahead: docs/runtime.md, "The streaming model". Output ``j`` of a
 stream describes network frame ``j - lookahead_frames``, so the first ``lookahead_frames``
-outputs after a (re)start describe nothing and are dropped here.
-"""
+outputs after a (re)start describe nothing and are dropped here."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 The engine (``model.plan``) is built on the device itself by ``lungwatch engine``; loading
 and each call: docs/backends.md, "Native TensorRT". ``tensorrt`` (JetPack's
-python3-libnvinfer) and ``cuda-python`` are imported lazily.
-"""
+python3-libnvinfer) and ``cuda-python`` are imported lazily."""
 
 from __future__ import annotations
 

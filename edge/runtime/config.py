@@ -1,8 +1,7 @@
 """The runtime's config: one YAML file (``lungwatch run --config FILE``), validated once, then
 checked against the model's manifest; the sources, sinks and broker it names; the commands on
 the command topic. Its sections and keys: docs/runtime.md's config table and
-``edge/configs/ward.yaml``. Every error is one ConfigError line naming the file and the key.
-"""
+``edge/configs/ward.yaml``. Every error is one ConfigError line naming the file and the key."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 0600: the alarms name beds and times) on every change of the set. A latched alarm ends only when
 a person acknowledges it, never because the device restarted (docs/runtime.md, "Signals and
 shutdown"). A file that cannot be read is an error naming it, not an empty set: the runtime
-refuses to start rather than drop alarms.
-"""
+refuses to start rather than drop alarms."""
 
 from __future__ import annotations
 

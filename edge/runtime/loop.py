@@ -65,7 +65,6 @@ WATCH_EVERY_S = 1.0  # the threads the run depends on are checked this often
 # the beds' metrics reports come in this many slices over the interval, not all in one round
 # (each report wakes paho's network thread, which takes the GIL)
 METRICS_SLICES = 10
-# the config's keys Monitor.load takes as they are
 MONITOR_KEYS = ("detector", "gate", "backend", "state_reset_gap_ms", "verdict", "respiration")
 CONFIG_HELP = (
     "runtime YAML file; given again, each later file is merged over the ones before "
@@ -332,8 +331,7 @@ class Runtime:
         return self._verifier.verify(command.body)  # unsigned: refused and counted
 
     def handle_command(self, payload: bytes) -> None:
-        """A command from the command topic; one malformed, unsigned, forged, stale or replayed is
-        logged, counted and ignored."""
+        """Bad commands (malformed, unsigned, forged, stale, replayed): logged, counted, ignored."""
         try:
             command = parse_command(payload)
             user = self.authorise(command)
@@ -449,7 +447,7 @@ class Runtime:
             return
         try:
             self._store.save(beds)
-        except OSError as exc:  # the alarms stay in memory; the next change tries again
+        except OSError as exc:  # the alarms stay in memory
             log.error("cannot write the latched alarms to %s: %s", self._store.path, exc)
             self.events.held_changed = True  # tried again next round
             return

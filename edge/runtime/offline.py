@@ -3,8 +3,7 @@ recording as one bed of a Monitor, exactly as the runtime runs a bed, fed in rea
 :data:`READ_SAMPLES` as a file source would, beds batched into one model call. Events come
 back as ``{"start_s", "end_s", "type", "confidence"}`` on the recording's own timeline
 (technical ones: ``reason`` instead of ``confidence``); ``keep_probs`` keeps the output frames
-the challenge tasks are computed from (:mod:`training.scoring.tasks`).
-"""
+the challenge tasks are computed from (:mod:`training.scoring.tasks`)."""
 
 from __future__ import annotations
 
@@ -109,9 +108,8 @@ def detect_recordings(
     age_bands: Mapping[str, str] | None = None,
 ) -> dict[str, RecordingEvents]:
     """The config sections default to the manifest's rules, the backend to ONNX Runtime on CPU,
-    one thread; ``age_bands``: record name -> band
-    (the section's for the others). An unreadable recording fails the call (ConfigError), or
-    with ``skip_unreadable`` comes back with ``error`` set."""
+    one thread; ``age_bands``: record name -> band (the section's for the others). An unreadable
+    recording raises ConfigError, or with ``skip_unreadable`` comes back with ``error`` set."""
     monitor = Monitor.load(
         Path(model_dir) / model_file,
         detector=detector,

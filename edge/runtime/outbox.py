@@ -1,8 +1,7 @@
 """The runtime's event messages: one per transition of a bed. :class:`EventOutbox`, the one
 place that tracks each bed's open episodes, keeps them until :meth:`EventOutbox.flush` (once
 per group of beds) hands them to the sinks in one call, in order. The runtime calls it only
-under its own lock.
-"""
+under its own lock."""
 
 from __future__ import annotations
 
@@ -111,7 +110,6 @@ class EventOutbox:
         return self._add(stream, event)
 
     def _add(self, stream: Stream, event: Event) -> Event:
-        """Queue ``event`` for the next flush; the set of held episodes may have changed."""
         self.held_changed = True
         stream.counters["events"] += 1
         self._pending.append(event)

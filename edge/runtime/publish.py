@@ -1,7 +1,6 @@
 """Everything a bed produces leaves the device through :class:`Publisher`: one window's
-:class:`edge.bed.chain.WindowStep` becomes the bed's episodes, its retained summary, verdict
-and breathing, and its evidence clips. The runtime itself publishes only the live strip and
-metrics."""
+:class:`edge.bed.chain.WindowStep` becomes the bed's episodes, its retained summary, verdict and
+breathing, and its evidence clips. The runtime itself publishes only the live strip and metrics."""
 
 from __future__ import annotations
 
@@ -65,8 +64,7 @@ class Publisher:
     def emit(
         self, stream: Stream, transitions: list[Transition], quality: dict[str, Any] | None = None
     ) -> None:
-        """The transitions' events to the outbox and the recorder; the summary again when the bed's
-        open alarms changed."""
+        """The transitions' events; the summary again when the bed's open alarms changed."""
         if not transitions:
             return
         made = self.outbox.emit(stream, transitions, quality)
@@ -76,8 +74,7 @@ class Publisher:
             self.summary(stream)
 
     def summary(self, stream: Stream) -> None:
-        """The bed's name, location and open alarms, retained (a view that starts late lists
-        the alarms latched before it)."""
+        """Retained, so a view that starts late lists the alarms latched before it."""
         rows = []
         for event in self.outbox.open_episodes(stream.id):
             rows.append({"episode_id": event.episode_id, "type": event.type,
@@ -91,7 +88,6 @@ class Publisher:
         stream.summary_sent = True
 
     def clips(self, stream: Stream, clips: list[Cut]) -> None:
-        """Finished clips to the evidence channel (it encodes them in its own thread)."""
         if self.evidence is not None:
             for clip in clips:
                 self.evidence.submit(clip)

@@ -1,5 +1,4 @@
-"""One bed of the runtime (:class:`Stream`): its source, its chain, how it ends, its counters
-and the latencies its metrics report."""
+"""One bed of the runtime: its source and chain, how it ends, its counters and latencies."""
 
 from __future__ import annotations
 

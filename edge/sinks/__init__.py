@@ -1,10 +1,7 @@
-"""Where events go: the :class:`Sink` protocol and a fan-out over several sinks. The sinks:
-``stdout.StdoutSink`` (readable lines), ``jsonl.JsonlSink`` (one JSON object per line) and
-``mqtt.MqttSink`` (QoS 1 over an SQLite spool; needs paho-mqtt); import the one you use from
-its module, this package imports none of them. The ``publish_*`` functions give a sink what it
-has a method for (``publish_many``, ``publish_live``, ...; the MQTT sink has them all) and
-skip the sinks without.
-"""
+"""Where events go: the :class:`Sink` protocol and a fan-out over several sinks. Import a sink
+(``stdout``, ``jsonl``, ``mqtt``: needs paho-mqtt) from its module; this package imports none.
+The ``publish_*`` functions give a sink what it has a method for (``publish_many``,
+``publish_live``, ...; the MQTT sink has them all) and skip the sinks without."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """An embedded MQTT broker (amqtt) on loopback, for ``make demo`` when no broker is configured.
 A ward runs Mosquitto or another real broker; this one lives inside the demo process so the
-whole path (sink, spool, PUBACK, subscriber) can be shown without installing anything. It runs
-in a background thread with its own asyncio loop. Anonymous clients only, no TLS, nothing
-persisted; amqtt is imported lazily (``lungwatch[demo]``).
-"""
+whole path (sink, spool, PUBACK, subscriber) can be shown without installing anything. Anonymous
+clients only, no TLS, nothing persisted; amqtt is imported lazily (``lungwatch[demo]``)."""
 
 from __future__ import annotations
 
@@ -20,7 +18,7 @@ _PLUGINS = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymou
 
 
 class EmbeddedBrokerError(LungwatchError):
-    """The embedded broker could not start (the message says why)."""
+    """The embedded broker could not start."""
 
 
 class EmbeddedBroker:

@@ -1,7 +1,6 @@
 """A sink that appends each event as one JSON line (``Event.to_json``) to a file: a restarted
 runtime continues it, and it is flushed per line or group, so ``tail -f`` sees events as they
-happen. Metrics go to ``metrics_path`` when given, else nowhere (the file holds events only).
-"""
+happen. Metrics go to ``metrics_path`` when given, else nowhere (the file holds events only)."""
 
 from __future__ import annotations
 
@@ -41,7 +40,6 @@ class JsonlSink:
             self._write(self._metrics_file, payload)
 
     def flush(self, timeout_s: float) -> bool:
-        """Lines are flushed as written; nothing is pending."""
         return True
 
     def close(self) -> None:

@@ -1,7 +1,6 @@
 """The live strip: per bed, the model's class probabilities and the signal quality at <= 1 Hz
 (docs/events.md, "The live topic"). :class:`LiveStrip` keeps each output's maximum since the
-bed's last point, so a short wheeze between two points is not lost.
-"""
+bed's last point, so a short wheeze between two points is not lost."""
 
 from __future__ import annotations
 

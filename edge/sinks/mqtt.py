@@ -6,8 +6,7 @@ QoS 0 and dropped (counted) while disconnected: the next report supersedes them.
 Threads: the Sink methods run on one publisher thread; paho's callbacks (network thread) only
 queue acks and wake the sender, so no lock here is held while paho takes its own. A command
 handler runs on paho's network thread (the runtime serialises every Sink call under its own
-lock); its exceptions are logged and never stop that thread.
-"""
+lock); its exceptions are logged and never stop that thread."""
 
 from __future__ import annotations
 
@@ -140,8 +139,7 @@ class MqttSink:
         self._client.publish(live_topic(site, device_id, stream_id), payload, 0)
 
     def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
-        """Send a bed's verdict retained (QoS 1), again on every reconnect; None (its stream
-        ended) removes the retained message."""
+        """Retained (QoS 1), sent again on every reconnect; None (stream ended) removes it."""
         self._retain("verdict", stream_id, verdict)
 
     def publish_respiration(self, stream_id: str, reading: dict[str, Any] | None) -> None:

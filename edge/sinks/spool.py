@@ -7,8 +7,7 @@ events are exempt): docs/events.md, "Delivery: store-and-forward".
 
 Thread-safe: one connection, used under a lock, so the publisher thread and the MQTT network
 thread may share a spool. One process per spool file (``flock`` on ``<path>.lock``). The
-``spool_full`` episode lives in memory: after a restart a new one opens if needed.
-"""
+``spool_full`` episode lives in memory: after a restart a new one opens if needed."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Audio sources: files, microphones, the wearable stethoscope bridge.
 
 ``url_or_path``: ``file:PATH`` or a plain path, ``mic:NAME_OR_INDEX`` (``mic:`` or
-``mic:default``: the default input device), ``bridge://...`` (imported only when used).
-"""
+``mic:default``: the default input device), ``bridge://...`` (imported only when used)."""
 
 from __future__ import annotations
 

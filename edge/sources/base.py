@@ -2,8 +2,7 @@
 
 A source delivers mono float32 :class:`SourceChunk` s on a sample-accurate timeline, so a gap
 is visible as a jump or as a chunk of silence marked ``missing``; technical conditions travel
-with the chunk as :class:`Notice` s. Nothing is dropped silently.
-"""
+with the chunk as :class:`Notice` s. Nothing is dropped silently."""
 
 from __future__ import annotations
 
@@ -40,9 +39,8 @@ class SourceChunk:
     first_sample: int  # index of samples[0] on the stream's timeline
     missing: bool = False  # True: the samples are silence standing in for lost audio
     notices: tuple[Notice, ...] = ()
-    # when its last sample was captured, on the source's clock (``time.monotonic`` unless one
-    # was injected), for the runtime to measure how long audio waited before it was read; None
-    # where the source cannot tell (a file read as fast as possible, the bridge)
+    # when its last sample was captured on the source's clock (time.monotonic unless injected),
+    # for the runtime's read wait; None where unknown (a file read as fast as possible, bridge)
     captured_s: float | None = None
 
 

@@ -5,11 +5,9 @@ another rate than ``rate`` are dropped with a ``device_status`` notice; ``state_
 next to the key (``keys/bed-1.key`` -> ``keys/bed-1.sessions.json``, ``key_dir=keys`` ->
 ``keys/sessions.json``).
 
-Chunks follow the device's sample index; a gap longer than 10 s is a jump of
-``first_sample`` (``filled: False``) rather than a chunk of silence. Notices ride on the next
-chunk, or on an empty one when no audio follows within a read's timeout. A network source
-never ends.
-"""
+Chunks follow the device's sample index; a gap longer than 10 s is a jump of ``first_sample``
+(``filled: False``) rather than a chunk of silence. Notices ride on the next chunk, or on an
+empty one when no audio follows within a read's timeout. A network source never ends."""
 
 from __future__ import annotations
 
@@ -49,7 +47,6 @@ DEFAULT_RATE_HZ = 8000
 REJECTION_LOG_S = 10.0  # growing policy rejections are logged at most this often
 KEY_HINT = "key_file=PATH or key_dir=DIR to the URL"
 log = logging.getLogger("lungwatch.sources.bridge")
-# report kind -> notice kind (edge.sources.base.Notice)
 NOTICE_KINDS = {
     SIGNAL_GAP: "signal_gap",
     DEVICE_STATUS: "device_status",
@@ -192,8 +189,7 @@ def _jitter(link: LinkUrl) -> JitterConfig:
 
 
 def _checked(url: str) -> tuple[LinkUrl, KeyRing, bool, JitterConfig]:
-    """(link, its keys, allow_v1, jitter buffer) of a ``bridge://`` URL; BridgeError naming
-    what is wrong, including a link beyond loopback without a key."""
+    """(link, its keys, allow_v1, jitter buffer) of a ``bridge://`` URL (see :func:`check_url`)."""
     link = parse_link_url(url)
     check_options(link, OPTIONS)
     jitter = _jitter(link)

@@ -5,8 +5,7 @@ same samples training sees). Chunks are read-only views of it on a timeline that
 with ``loop`` the timeline keeps counting across repetitions. In real time, a chunk is handed
 out once its last sample would have been captured: at ``t0 + (first_sample + n) / rate`` on the
 monotonic clock, ``t0`` being the first :meth:`FileSource.read`, and that moment is the
-chunk's ``captured_s``.
-"""
+chunk's ``captured_s``."""
 
 from __future__ import annotations
 
@@ -59,8 +58,7 @@ class FileSource:
         return self._samples
 
     def read(self, timeout_s: float) -> SourceChunk | None:
-        """The next chunk; None if (in real time) it is not due within ``timeout_s``;
-        SourceEnded once the file is consumed (never with ``loop``)."""
+        """None if (in real time) not due within ``timeout_s``; no SourceEnded with ``loop``."""
         if self._pos >= self._samples.shape[0]:
             if not self.loop:
                 raise SourceEnded(f"{self.path}: end of file after {self._next_sample} samples")

@@ -1,20 +1,16 @@
 """A microphone (any PortAudio input device) as an audio source, through pyaudio.
 
-Device: None (PortAudio's default input), an index, or a name: an exact (case-insensitive)
-match, else the only device whose name contains it; otherwise the error lists the inputs.
+Device: None (PortAudio's default input), an index, or a name: an exact (case-insensitive) match,
+else the only device whose name contains it; otherwise the error lists the inputs. Rate: the model's
+when the device supports it, else the device's default, converted by :class:`StreamingResampler`.
 
-Rate: the model's when the device supports it, else the device's default, converted by
-:class:`StreamingResampler`.
-
-Capture is 16-bit mono in blocking mode. A block's ``captured_s`` is the read's time less the
-audio still buffered behind it (PortAudio's own input latency not counted). An input overflow
-(PortAudio dropped audio because we read late) is an ``overflow`` notice and its block a
-``missing`` chunk of zeros (``exception_on_overflow=False`` would hide the loss), so the
-timeline stays sample-accurate. A failing stream is a disconnect: one empty chunk carries a
-``disconnected`` notice, reopening is tried every ``reopen_interval_s``, and the first chunk
-after it carries ``reconnected`` (with ``missing_samples``, the wall-clock length of the
-outage) and a timeline jump of that length.
-"""
+Capture is 16-bit mono in blocking mode. A block's ``captured_s`` is the read's time less the audio
+still buffered behind it (PortAudio's own input latency not counted). An input overflow (PortAudio
+dropped audio because we read late) is an ``overflow`` notice and its block a ``missing`` chunk of
+zeros (``exception_on_overflow=False`` would hide the loss), so the timeline stays sample-accurate.
+A failing stream is a disconnect: one empty chunk carries a ``disconnected`` notice, reopening is
+tried every ``reopen_interval_s``, and the first chunk after it carries ``reconnected`` (with
+``missing_samples``, the wall-clock length of the outage) and a timeline jump of that length."""
 
 from __future__ import annotations
 
@@ -114,7 +110,6 @@ def input_devices(pa: Any) -> list[tuple[int, str, int]]:
 
 
 def resolve_device(pa: Any, device: str | int | None) -> tuple[int, str]:
-    """Index and name of the input device ``device`` names (see the module doc)."""
     devices = input_devices(pa)
     listing = "; ".join(f"{i}: {name} ({rate} Hz)" for i, name, rate in devices) or "none"
     if device is None:
@@ -136,7 +131,6 @@ def resolve_device(pa: Any, device: str | int | None) -> tuple[int, str]:
 
 
 def negotiate_rate(pa: Any, pyaudio: ModuleType, index: int, wanted_hz: int) -> int:
-    """``wanted_hz`` if the device can capture 16-bit mono at it, else its default rate."""
     with contextlib.suppress(ValueError):  # pyaudio's way of saying "not supported"
         if pa.is_format_supported(
             wanted_hz, input_device=index, input_channels=1, input_format=pyaudio.paInt16
