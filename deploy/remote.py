@@ -48,12 +48,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def link_release(root: Path, name: str) -> str | None:
-    """The release a link (``current`` / ``previous``) points to, or None."""
-    link = root / name
-    return Path(os.readlink(link)).name if link.is_symlink() else None
-
-
 def check_archive(archive: Path) -> None:
     expected = (archive.parent / f"{archive.name}.sha256").read_text().split()[0]
     actual = sha256_file(archive)
@@ -85,7 +79,8 @@ def check_files(folder: Path) -> int:
 
 
 def unpack(root: Path, archive: Path, release: str) -> dict[str, object]:
-    if release == link_release(root, "current"):
+    current = root / "current"
+    if current.is_symlink() and Path(os.readlink(current)).name == release:
         raise RemoteError(f"release {release} is current; it is not unpacked again")
     check_archive(archive)
     releases = root / "releases"
