@@ -105,7 +105,9 @@ class SessionStore:
         after a restart)."""
         if self.path is None:
             return True
-        with _lock_for(self.path):
+        with _SAVE_LOCKS_GUARD:
+            lock = _SAVE_LOCKS.setdefault(str(self.path.resolve()), threading.Lock())
+        with lock:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 lock_path = self.path.with_name(f".{self.path.name}.lock")
@@ -142,11 +144,6 @@ def _entry(value: Any) -> dict[str, Any]:
     session = int(value["session"])
     counters = {int(s): int(c) for s, c in dict(value.get("counters", {})).items()}
     return {"key_id": str(value["key_id"]), "session": session, "counters": counters}
-
-
-def _lock_for(path: Path) -> threading.Lock:
-    with _SAVE_LOCKS_GUARD:
-        return _SAVE_LOCKS.setdefault(str(path.resolve()), threading.Lock())
 
 
 class _Stream:
