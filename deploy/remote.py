@@ -129,8 +129,12 @@ def running_pid(pidfile: Path) -> int | None:
 
 
 def proc_start(
-    pidfile: Path, log: Path, cwd: Path, argv: list[str], env: list[str]
+    pidfile: Path, log: Path, cwd: Path, command: list[str], env: list[str]
 ) -> dict[str, object]:
+    """Start ``command`` (argparse's remainder: a leading ``--`` is dropped) detached."""
+    argv = command[1:] if command[:1] == ["--"] else command
+    if not argv:
+        raise RemoteError("proc-start: no command given after --")
     pid = running_pid(pidfile)
     if pid is not None:
         raise RemoteError(f"already running (pid {pid}, {pidfile}); stop it first")
@@ -339,17 +343,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(given: list[str]) -> list[str]:
-    command = given[1:] if given[:1] == ["--"] else given
-    if not command:
-        raise RemoteError("proc-start: no command given after --")
-    return command
-
-
 ACTIONS: dict[str, Callable[[argparse.Namespace], dict[str, object]]] = {
     "unpack": lambda a: unpack(a.root, a.archive, a.release),
     "site-dirs": lambda a: site_dirs(a.venv, a.dirs),
-    "proc-start": lambda a: proc_start(a.pidfile, a.log, a.cwd, _command(a.command), a.env),
+    "proc-start": lambda a: proc_start(a.pidfile, a.log, a.cwd, a.command, a.env),
     "proc-stop": lambda a: proc_stop(a.pidfile, a.timeout_s),
     "proc-status": lambda a: proc_status(a.pidfile),
     "configure": lambda a: configure(a.release, a.model_file, a.backend),
