@@ -22,7 +22,6 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from importlib.util import find_spec
@@ -177,10 +176,6 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def bundle_files(staging: Path) -> Iterator[Path]:
-    return (p for p in sorted(staging.rglob("*")) if p.is_file() and p.name != BUNDLE_MANIFEST)
-
-
 def git_version(source_root: Path = SOURCE_ROOT) -> str | None:
     cmd = ["git", "-C", str(source_root), "describe", "--tags", "--always", "--dirty"]
     try:
@@ -191,10 +186,13 @@ def git_version(source_root: Path = SOURCE_ROOT) -> str | None:
 
 
 def write_manifest(staging: Path, wheel: Path) -> dict[str, Any]:
-    files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in bundle_files(staging)}
+    files: dict[str, str] = {}
     content = hashlib.sha256()
-    for path in bundle_files(staging):
-        content.update(f"{path.relative_to(staging).as_posix()}\0{content_digest(path)}\n".encode())
+    for path in sorted(staging.rglob("*")):
+        if path.is_file() and path.name != BUNDLE_MANIFEST:
+            name = path.relative_to(staging).as_posix()
+            files[name] = sha256_file(path)
+            content.update(f"{name}\0{content_digest(path)}\n".encode())
     package_version = wheel.name.split("-")[1]
     git = git_version()
     manifest = {

@@ -48,12 +48,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def link_release(root: Path, name: str) -> str | None:
-    """The release a link (``current`` / ``previous``) points to, or None."""
-    link = root / name
-    return Path(os.readlink(link)).name if link.is_symlink() else None
-
-
 def check_archive(archive: Path) -> None:
     expected = (archive.parent / f"{archive.name}.sha256").read_text().split()[0]
     actual = sha256_file(archive)
@@ -85,7 +79,8 @@ def check_files(folder: Path) -> int:
 
 
 def unpack(root: Path, archive: Path, release: str) -> dict[str, object]:
-    if release == link_release(root, "current"):
+    current = root / "current"
+    if current.is_symlink() and Path(os.readlink(current)).name == release:
         raise RemoteError(f"release {release} is current; it is not unpacked again")
     check_archive(archive)
     releases = root / "releases"
@@ -134,8 +129,12 @@ def running_pid(pidfile: Path) -> int | None:
 
 
 def proc_start(
-    pidfile: Path, log: Path, cwd: Path, argv: list[str], env: list[str]
+    pidfile: Path, log: Path, cwd: Path, command: list[str], env: list[str]
 ) -> dict[str, object]:
+    """Start ``command`` (argparse's remainder: a leading ``--`` is dropped) detached."""
+    argv = command[1:] if command[:1] == ["--"] else command
+    if not argv:
+        raise RemoteError("proc-start: no command given after --")
     pid = running_pid(pidfile)
     if pid is not None:
         raise RemoteError(f"already running (pid {pid}, {pidfile}); stop it first")
@@ -344,17 +343,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(given: list[str]) -> list[str]:
-    command = given[1:] if given[:1] == ["--"] else given
-    if not command:
-        raise RemoteError("proc-start: no command given after --")
-    return command
-
-
 ACTIONS: dict[str, Callable[[argparse.Namespace], dict[str, object]]] = {
     "unpack": lambda a: unpack(a.root, a.archive, a.release),
     "site-dirs": lambda a: site_dirs(a.venv, a.dirs),
-    "proc-start": lambda a: proc_start(a.pidfile, a.log, a.cwd, _command(a.command), a.env),
+    "proc-start": lambda a: proc_start(a.pidfile, a.log, a.cwd, a.command, a.env),
     "proc-stop": lambda a: proc_stop(a.pidfile, a.timeout_s),
     "proc-status": lambda a: proc_status(a.pidfile),
     "configure": lambda a: configure(a.release, a.model_file, a.backend),

@@ -108,20 +108,16 @@ def _flip_bits(data: bytes, rng: random.Random) -> bytes:
 
 
 def play(
-    items: Iterable[tuple[float, bytes]],
-    send: Callable[[bytes], bool],
-    speed: float | None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    items: Iterable[tuple[float, bytes]], send: Callable[[bytes], bool], speed: float | None
 ) -> int:
     """Send each item at ``t_s / speed`` after the start (``speed`` None: at once); returns
     how many sends succeeded. Late items (the previous send took long) leave at once."""
-    start_s, sent = clock(), 0
+    start_s, sent = time.monotonic(), 0
     for t_s, data in items:
         if speed is not None:
-            wait_s = start_s + t_s / speed - clock()
+            wait_s = start_s + t_s / speed - time.monotonic()
             if wait_s > 0:
-                sleep(wait_s)
+                time.sleep(wait_s)
         sent += bool(send(data))
     return sent
 

@@ -26,14 +26,9 @@ class Bridge:
     report, and its return a ``reconnected`` one."""
 
     def __init__(
-        self,
-        transport: Transport,
-        receiver: Receiver,
-        clock: Callable[[], float] = time.monotonic,
-        max_batch: int = MAX_BATCH,
+        self, transport: Transport, receiver: Receiver, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.transport, self.receiver = transport, receiver
-        self._clock, self._max_batch = clock, max_batch
+        self.transport, self.receiver, self._clock = transport, receiver, clock
         self._link_down = False
         self._reports: list[Output] = []
         self._datagrams: list[bytes] = []
@@ -49,7 +44,7 @@ class Bridge:
             else:
                 self._take(received)
             reads += 1
-            if reads > self._max_batch:
+            if reads > MAX_BATCH:
                 break
             received = self.transport.receive(0.0)
         self._feed_datagrams()

@@ -35,7 +35,7 @@ from firmware_bridge.protocol import (
     compute_tag,
     header_problem,
 )
-from firmware_bridge.session import REPLAY_WINDOW, SessionGuard, SessionStore
+from firmware_bridge.session import SessionGuard, SessionStore
 
 MAX_ATTRIBUTED_DEVICES = 256  # bad-CRC counts kept per claimed device id (bounded)
 MIN_FRAME_BYTES = HEADER_BYTES + CRC_BYTES
@@ -211,11 +211,10 @@ class FrameParser:
         scanner: str = "auto",
         allow_v1: bool = False,
         state_path: str | Path | None = None,
-        replay_window: int = REPLAY_WINDOW,
     ) -> None:
         self._keys, self._default_key = dict(keys or {}), default_key
         self.allow_v1 = allow_v1
-        self.guard = SessionGuard(self._keys, default_key, SessionStore(state_path), replay_window)
+        self.guard = SessionGuard(self._keys, default_key, SessionStore(state_path))
         self._scanner = _make_scanner(scanner)
         self.scanner = self._scanner.name
         self._buf = bytearray()
@@ -254,11 +253,8 @@ class FrameParser:
             table = self.bad_crc_by_device
             if device_id in table or len(table) < MAX_ATTRIBUTED_DEVICES:
                 table[device_id] = table.get(device_id, 0) + 1
-        if rows:
-            with memoryview(buf) as view:
-                frames = self._frames(bytes(view[:pos]), rows)
-        else:
-            frames = []
+        with memoryview(buf) as view:
+            frames = self._frames(bytes(view[:pos]), rows) if rows else []
         del buf[:pos]
         return frames
 

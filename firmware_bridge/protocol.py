@@ -157,10 +157,6 @@ def session_cipher(
     return ChaCha20Poly1305(session_key(device_key, device_id, stream_id, session))
 
 
-def nonce_v2(session: int, counter: int) -> bytes:
-    return NONCE.pack(session, counter)
-
-
 def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
     """The frame's bytes: v1 tagged when given a ``key``; v2 (``session`` set) encrypted under
     the device ``key``, which it requires. ProtocolError if a field does not fit."""
@@ -196,7 +192,7 @@ def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
     session, counter = int(frame.session), int(frame.sequence)
     header = HEADER_V2.pack(*fields, counter)
     cipher = session_cipher(bytes(key), frame.device_id, frame.stream_id, session)
-    sealed = header + cipher.encrypt(nonce_v2(session, counter), bytes(frame.payload), header)
+    sealed = header + cipher.encrypt(NONCE.pack(session, counter), bytes(frame.payload), header)
     return sealed + CRC.pack(google_crc32c.value(sealed))
 
 
@@ -230,23 +226,19 @@ def pack_samples(samples: np.ndarray, sample_format: int) -> bytes:
     return x.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
 
 
-def unpack_samples(payload: bytes | memoryview, sample_format: int) -> np.ndarray:
-    """Payload bytes -> int16 (INT16), int32 (INT24, sign-extended) or float32 (FLOAT32)."""
-    if sample_format == SampleFormat.INT16:
-        return np.frombuffer(payload, dtype="<i2")
-    if sample_format == SampleFormat.FLOAT32:
-        return np.frombuffer(payload, dtype="<f4")
-    triplets = np.frombuffer(payload, dtype=np.uint8).reshape(-1, 3)
-    padded = np.zeros((triplets.shape[0], 4), dtype=np.uint8)
-    padded[:, 1:] = triplets
-    return padded.view("<i4").reshape(-1) >> 8
-
-
 def to_float32(payload: bytes | memoryview, sample_format: int) -> np.ndarray:
     """Payload bytes -> float32 in [-1, 1) (integer PCM divided by its full scale)."""
-    out = unpack_samples(payload, sample_format).astype(np.float32)
-    if sample_format != SampleFormat.FLOAT32:
-        out *= np.float32(1.0 / FULL_SCALE[sample_format])  # type: ignore[index]
+    if sample_format == SampleFormat.FLOAT32:
+        return np.frombuffer(payload, dtype="<f4").astype(np.float32)
+    if sample_format == SampleFormat.INT16:
+        pcm = np.frombuffer(payload, dtype="<i2")
+    else:  # INT24: each triplet sign-extended through an int32
+        triplets = np.frombuffer(payload, dtype=np.uint8).reshape(-1, 3)
+        padded = np.zeros((triplets.shape[0], 4), dtype=np.uint8)
+        padded[:, 1:] = triplets
+        pcm = padded.view("<i4").reshape(-1) >> 8
+    out = pcm.astype(np.float32)
+    out *= np.float32(1.0 / FULL_SCALE[sample_format])  # type: ignore[index]
     return out
 
 

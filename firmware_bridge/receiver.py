@@ -21,7 +21,6 @@ from firmware_bridge.assembler import JitterConfig, StreamAssembler, StreamStats
 from firmware_bridge.errors import SettingError
 from firmware_bridge.parser import FrameParser, ParserStats
 from firmware_bridge.protocol import Frame
-from firmware_bridge.session import REPLAY_WINDOW
 from firmware_bridge.timeline import Report, Segment, StreamKey, build_outputs
 
 Output = Segment | Report
@@ -56,10 +55,9 @@ class Receiver:
         scanner: str = "auto",
         allow_v1: bool = False,
         state_path: str | Path | None = None,
-        replay_window: int = REPLAY_WINDOW,
     ) -> None:
         self.config = config or ReceiverConfig()
-        self.parser = FrameParser(keys, default_key, scanner, allow_v1, state_path, replay_window)
+        self.parser = FrameParser(keys, default_key, scanner, allow_v1, state_path)
         self.streams: dict[tuple[int, int], StreamAssembler] = {}
         self._dropped = 0
 

@@ -1,29 +1,20 @@
 """Sending side of the links, as a device does it (used by the emulator).
 
 Over TCP the sender listens and streams to one client at a time; frames sent while none is
-connected are dropped, as a device's would be (``wait_for_client=True`` waits instead).
+connected are dropped, as a device's would be (``wait_for_client=True`` waits instead). Each
+sender's ``send(frame)`` is False when the frame could not be sent (no client, link down).
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any, Protocol
+from typing import Any
 
 from firmware_bridge.errors import TransportError
 from firmware_bridge.transport import import_pyserial
 from firmware_bridge.urls import LinkUrl
 
 ACCEPT_POLL_S = 0.0
-
-
-class Sender(Protocol):
-    name: str
-
-    def send(self, frame: bytes) -> bool:
-        """Send one frame; False if it could not be (no client, link down)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class UdpSender:
@@ -66,11 +57,6 @@ class TcpServerSender:
             self._server.close()
             raise TransportError(f"{self.name}: cannot listen ({exc.strerror or exc})") from exc
         self._client: socket.socket | None = None
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._server.getsockname()[:2]
-        return str(host), int(port)
 
     def send(self, frame: bytes) -> bool:
         if self._client is None and not self.accept(None if self._wait else ACCEPT_POLL_S):

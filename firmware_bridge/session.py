@@ -24,11 +24,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from firmware_bridge.errors import SettingError
-from firmware_bridge.protocol import HEADER_V2_BYTES, TAG_BYTES, nonce_v2, session_key
+from firmware_bridge.protocol import HEADER_V2_BYTES, NONCE, TAG_BYTES, session_key
+from lungwatch.private import write_private
 
 log = logging.getLogger("firmware_bridge")
 
 REPLAY_WINDOW = 1024  # counters tracked behind the highest one, per (device, stream)
+WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 STORE_FORMAT = "lungwatch-bridge-sessions/1"
 # SessionGuard.open's verdicts other than the plaintext (ParserStats counters)
 NO_KEY, AUTH_FAILED, STALE_SESSION, REPLAYED = "no_key", "auth_failed", "stale_session", "replayed"
@@ -42,28 +44,27 @@ def key_id(key: bytes) -> str:
 
 
 class ReplayWindow:
-    """Counters seen, as a bitmap of the ``size`` counters up to the highest (``top``): bit
-    ``d`` is set when ``top - d`` was seen. ``top`` -1: nothing seen yet."""
+    """Counters seen, as a bitmap of the :data:`REPLAY_WINDOW` counters up to the highest
+    (``top``): bit ``d`` is set when ``top - d`` was seen. ``top`` -1: nothing seen yet."""
 
-    __slots__ = ("bits", "mask", "size", "top")
+    __slots__ = ("bits", "top")
 
-    def __init__(self, top: int = -1, bits: int = 0, size: int = REPLAY_WINDOW) -> None:
-        self.top, self.size, self.mask = top, size, (1 << size) - 1
-        self.bits = bits & self.mask
+    def __init__(self, top: int = -1, bits: int = 0) -> None:
+        self.top, self.bits = top, bits & WINDOW_MASK
 
     @classmethod
-    def after(cls, floor: int, size: int = REPLAY_WINDOW) -> ReplayWindow:
+    def after(cls, floor: int) -> ReplayWindow:
         """A window that refuses every counter up to ``floor`` (a stored high-water mark)."""
-        return cls(floor, (1 << size) - 1, size)
+        return cls(floor, WINDOW_MASK)
 
     def accept(self, counter: int) -> bool:
         """Mark ``counter`` seen; False (nothing marked) if it was seen or is too old."""
         shift = counter - self.top
         if shift > 0:
-            self.bits = ((self.bits << shift) | 1) & self.mask if shift < self.size else 1
+            self.bits = ((self.bits << shift) | 1) & WINDOW_MASK if shift < REPLAY_WINDOW else 1
             self.top = counter
             return True
-        if -shift >= self.size or (self.bits >> -shift) & 1:
+        if -shift >= REPLAY_WINDOW or (self.bits >> -shift) & 1:
             return False
         self.bits |= 1 << -shift
         return True
@@ -104,7 +105,9 @@ class SessionStore:
         after a restart)."""
         if self.path is None:
             return True
-        with _lock_for(self.path):
+        with _SAVE_LOCKS_GUARD:
+            lock = _SAVE_LOCKS.setdefault(str(self.path.resolve()), threading.Lock())
+        with lock:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 lock_path = self.path.with_name(f".{self.path.name}.lock")
@@ -129,14 +132,8 @@ class SessionStore:
             log.error("%s; not overwritten, the sessions are not saved", exc)
             return False
         body = {"format": STORE_FORMAT, "devices": {str(d): merged[d] for d in sorted(merged)}}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(json.dumps(body, indent=1) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
+            write_private(self.path, json.dumps(body, indent=1) + "\n")
         except OSError as exc:
             log.error("state_file %s: cannot save the device sessions (%s)", self.path, exc)
             return False
@@ -147,11 +144,6 @@ def _entry(value: Any) -> dict[str, Any]:
     session = int(value["session"])
     counters = {int(s): int(c) for s, c in dict(value.get("counters", {})).items()}
     return {"key_id": str(value["key_id"]), "session": session, "counters": counters}
-
-
-def _lock_for(path: Path) -> threading.Lock:
-    with _SAVE_LOCKS_GUARD:
-        return _SAVE_LOCKS.setdefault(str(path.resolve()), threading.Lock())
 
 
 class _Stream:
@@ -166,20 +158,12 @@ class _Stream:
 
 class SessionGuard:
     """Opens v2 frames; never raises on bad input. ``default_key`` is the key of devices not
-    in ``keys``; without a ``store`` sessions live in memory only."""
+    in ``keys``."""
 
     def __init__(
-        self,
-        keys: Mapping[int, bytes],
-        default_key: bytes | None,
-        store: SessionStore | None = None,
-        window: int = REPLAY_WINDOW,
+        self, keys: Mapping[int, bytes], default_key: bytes | None, store: SessionStore
     ) -> None:
-        if window < 1:
-            raise SettingError(f"replay window must be >= 1 counter, got {window}")
-        self._keys, self._default_key = dict(keys), default_key
-        self._store = store or SessionStore(None)
-        self._window = window
+        self._keys, self._default_key, self._store = dict(keys), default_key, store
         self._streams: dict[tuple[int, int], _Stream] = {}
         self._current: dict[int, int] = {}  # device -> latest authenticated session
         self._loaded: set[int] = set()  # devices whose stored entry was read
@@ -194,12 +178,12 @@ class SessionGuard:
         state = self._streams.get((device, stream))
         if state is not None and state.session == session:  # the common case
             try:
-                plain = state.cipher.decrypt(nonce_v2(session, counter), sealed, aad)
+                plain = state.cipher.decrypt(NONCE.pack(session, counter), sealed, aad)
             except InvalidTag:
                 return AUTH_FAILED
             if not state.window.accept(counter):
                 return REPLAYED
-            if counter - state.saved >= self._window:
+            if counter - state.saved >= REPLAY_WINDOW:
                 self._save(device)
             return plain
         return self._open_other(device, stream, session, counter, sealed, aad)
@@ -213,16 +197,16 @@ class SessionGuard:
             return NO_KEY
         cipher = ChaCha20Poly1305(session_key(key, device, stream, session))
         try:
-            plain = cipher.decrypt(nonce_v2(session, counter), sealed, aad)
+            plain = cipher.decrypt(NONCE.pack(session, counter), sealed, aad)
         except InvalidTag:
             return AUTH_FAILED
         current = self._current_session(device, key)
         if current is not None and session < current:
             return STALE_SESSION
-        window = ReplayWindow(size=self._window)
+        window = ReplayWindow()
         entry = self._stored(device, key) if session == current else None
         if entry is not None and entry["session"] == session and stream in entry["counters"]:
-            window = ReplayWindow.after(entry["counters"][stream], self._window)
+            window = ReplayWindow.after(entry["counters"][stream])
         if not window.accept(counter):
             return REPLAYED
         self._streams[(device, stream)] = _Stream(session, cipher, window)

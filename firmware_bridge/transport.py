@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,24 +89,24 @@ class _Reconnecting:
 
     name = ""
 
-    def __init__(self, backoff: Backoff, clock: Callable[[], float]) -> None:
-        self._backoff, self._clock = backoff, clock
+    def __init__(self, backoff: Backoff | None = None) -> None:
+        self._backoff = backoff or Backoff()
         self._handle: Any = None
         self._retry_at = 0.0
 
     def receive(self, timeout_s: float) -> Received | None:
-        deadline = self._clock() + max(timeout_s, 0.0)
+        deadline = time.monotonic() + max(timeout_s, 0.0)
         if self._handle is None:
             return self._try_open(deadline)
         try:
-            data = self._read(max(deadline - self._clock(), 0.0))
+            data = self._read(max(deadline - time.monotonic(), 0.0))
         except OSError:
             data = b""
         if data is None:
             return None
         if not data:  # closed by the other side, or failed
             self.close()
-            self._retry_at = self._clock() + self._backoff.next_delay_s()
+            self._retry_at = time.monotonic() + self._backoff.next_delay_s()
             return Received(link=LINK_DOWN)
         return Received(data)
 
@@ -117,15 +116,15 @@ class _Reconnecting:
             self._handle = None
 
     def _try_open(self, deadline: float) -> Received | None:
-        wait_s = self._retry_at - self._clock()
+        wait_s = self._retry_at - time.monotonic()
         if wait_s > 0:
-            time.sleep(max(min(wait_s, deadline - self._clock()), 0.0))
-            if self._clock() < self._retry_at:
+            time.sleep(max(min(wait_s, deadline - time.monotonic()), 0.0))
+            if time.monotonic() < self._retry_at:
                 return None
         try:
-            self._handle = self._open(max(deadline - self._clock(), 0.05))
+            self._handle = self._open(max(deadline - time.monotonic(), 0.05))
         except OSError:
-            self._retry_at = self._clock() + self._backoff.next_delay_s()
+            self._retry_at = time.monotonic() + self._backoff.next_delay_s()
             return None
         self._backoff.reset()
         return Received(link=LINK_UP)
@@ -141,14 +140,8 @@ class _Reconnecting:
 class TcpTransport(_Reconnecting):
     """Connect to HOST:PORT (a device or gateway that listens); reconnect with backoff."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        backoff: Backoff | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(backoff or Backoff(), clock)
+    def __init__(self, host: str, port: int, backoff: Backoff | None = None) -> None:
+        super().__init__(backoff)
         self.name = f"tcp://{host}:{port}"
         self._address = (host, port)
 
@@ -166,14 +159,8 @@ class TcpTransport(_Reconnecting):
 class SerialTransport(_Reconnecting):
     """A USB serial device (pyserial, imported on first use); reopened with backoff."""
 
-    def __init__(
-        self,
-        path: str,
-        baud: int,
-        backoff: Backoff | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(backoff or Backoff(), clock)
+    def __init__(self, path: str, baud: int) -> None:
+        super().__init__()
         self.name = f"serial://{path}?baud={baud}"
         self._path, self._baud = path, baud
         self._serial = import_pyserial()
