@@ -1,7 +1,6 @@
-"""The demo's subscriber: what the broker delivers, printed as ``mqtt>`` lines and kept. QoS 1
-is at-least-once, so events are kept by ``id`` and a repeated delivery is only counted
-(:attr:`Subscriber.duplicates`).
-"""
+"""The demo's subscriber: what the broker delivers, printed as ``mqtt>`` lines and kept. QoS 1 is
+at-least-once, so events are kept by ``id`` and a repeated delivery is only counted
+(:attr:`Subscriber.duplicates`)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,7 @@ files {path: sha256} of every other file), ``remote.py`` (deploy/remote.py), ``m
 wheel, + its dependencies with deps: bundle).
 
 The content hash covers every file but bundle.json, a wheel by its members (not its zip
-timestamps), so the same sources give the same release: a rollout that changes nothing.
-"""
+timestamps), so the same sources give the same release: a rollout that changes nothing."""
 
 from __future__ import annotations
 

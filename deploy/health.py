@@ -1,8 +1,7 @@
 """Health check: the device's retained status on the ward broker (docs/events.md's ``status``)
 says ``online``. Only an ``online`` whose ``utc`` is not older than the device's clock at the
 restart passes (read on the device, so workstation clock skew does not matter): the stale
-retained ``online`` of the process just stopped never does.
-"""
+retained ``online`` of the process just stopped never does."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """One device stream's timeline: jitter buffer, duplicates, gaps, restarts and drift.
 
-Frames are placed by sample index, not arrival (the rules: docs/firmware-protocol.md, 6). The
-hot path (a frame at ``next``, nothing waiting) appends one tuple; float32 conversion waits for
-the receiver's drain (:func:`firmware_bridge.timeline.build_outputs`).
-"""
+Frames are placed by sample index, not arrival (the rules: docs/firmware-protocol.md, 6). The hot
+path (a frame at ``next``, nothing waiting) appends one tuple; float32 conversion waits for the
+receiver's drain (:func:`firmware_bridge.timeline.build_outputs`)."""
 
 from __future__ import annotations
 
@@ -44,7 +43,6 @@ STAT_NAMES = (
     *("frames", "samples", "duplicates", "late", "reordered", "overlaps", "gaps"),
     *("missing_samples", "jumps", "restarts", "rate_mismatches", "markers"),
 )
-# JitterConfig's lower bounds
 JITTER_MINIMA = {"depth_frames": 0, "max_hold_s": 0, "max_fill_s": 0, "restart_after_frames": 1}
 JITTER_MINIMA |= {"drift_window_points": 3, "drift_min_span_s": 0}
 

@@ -5,8 +5,7 @@
     lungwatch bridge udp://0.0.0.0:5005 --key-file keys/bed-1.key --seconds 30 --wav rx.wav
 
 Keys, the session state file, version 1 and the JSON lines printed: docs/firmware-protocol.md,
-4.4-4.6 and 9. Keys are never taken on the command line, where ``ps`` shows them.
-"""
+4.4-4.6 and 9. Keys are never taken on the command line, where ``ps`` shows them."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Device clock drift: how fast the device's sample clock runs against the receiver's clock.
 
-``drift_ppm = (b - 1) * 1e6``, b the least-squares slope of device time against arrival time
-over a sliding window; +200: the device's crystal runs fast. Delays only ever make a frame
-later, so the fit uses the least-delayed point of each block of ``block_points`` (the lower
-envelope, as clock-skew estimators do): docs/firmware-protocol.md, 7.
-"""
+``drift_ppm = (b - 1) * 1e6``, b the least-squares slope of device time against arrival time over
+a sliding window; +200: the device's crystal runs fast. Delays only ever make a frame later, so
+the fit uses the least-delayed point of each block of ``block_points`` (the lower envelope, as
+clock-skew estimators do): docs/firmware-protocol.md, 7."""
 
 from __future__ import annotations
 

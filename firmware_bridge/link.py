@@ -59,11 +59,9 @@ class Bridge:
             self.receiver.feed(data, self._clock(), datagram=True)
 
     def finish(self) -> list[Output]:
-        """Play out every jitter buffer (the bridge is stopping)."""
         return self.receiver.finish()
 
     def close(self) -> None:
-        """Close the transport and save the receiver's session state."""
         self.transport.close()
         self.receiver.close()
 

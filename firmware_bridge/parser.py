@@ -1,12 +1,11 @@
 """Incremental frame parser: bytes in arbitrary chunks -> validated frames, never an exception.
 
 Framing, resynchronisation and counters: docs/firmware-protocol.md, 5; the v2 policy is
-:class:`~firmware_bridge.session.SessionGuard`. Two scanners give the same rows (tested): a
-numba kernel, one call per push, when numba imports, else :func:`scan_python`. A row is
-``(start, size, type, flags, format, payload_bytes, device, stream, count, sequence,
-first_sample, rate, version, session)`` (v2: ``sequence`` is the 64-bit counter; v1:
-``session`` is 0), and one Python step applies the policy to it.
-"""
+:class:`~firmware_bridge.session.SessionGuard`. Two scanners give the same rows (tested): a numba
+kernel, one call per push, when numba imports, else :func:`scan_python`. A row is ``(start, size,
+type, flags, format, payload_bytes, device, stream, count, sequence, first_sample, rate, version,
+session)`` (v2: ``sequence`` is the 64-bit counter; v1: ``session`` is 0), and one Python step
+applies the policy to it."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Wire protocol of the wearable stethoscope, versions 1 and 2; a :class:`Frame` with ``session``
-set is a v2 frame. The normative description (byte tables, CRC, tag and AEAD parameters,
-limits) is ``docs/firmware-protocol.md``; this module is its Python reference, and
-``firmware_bridge/c/lungwatch_frame.c`` its C twin (byte-for-byte equal on the test vectors).
-"""
+set is a v2 frame. The normative description (byte tables, CRC, tag and AEAD parameters, limits)
+is ``docs/firmware-protocol.md``; this module is its Python reference, and
+``firmware_bridge/c/lungwatch_frame.c`` its C twin (byte-for-byte equal on the test vectors)."""
 
 from __future__ import annotations
 

@@ -7,9 +7,8 @@
 
 One :class:`~firmware_bridge.parser.FrameParser` per link feeds one
 :class:`~firmware_bridge.assembler.StreamAssembler` per (device id, stream id), at most
-``max_streams`` (further streams are counted and dropped, so made-up ids cannot grow
-memory). Nothing here raises on bad input.
-"""
+``max_streams`` (further streams are counted and dropped, so made-up ids cannot grow memory).
+Nothing here raises on bad input."""
 
 from __future__ import annotations
 

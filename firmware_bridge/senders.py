@@ -2,8 +2,7 @@
 
 Over TCP the sender listens and streams to one client at a time; frames sent while none is
 connected are dropped, as a device's would be (``wait_for_client=True`` waits instead). Each
-sender's ``send(frame)`` is False when the frame could not be sent (no client, link down).
-"""
+sender's ``send(frame)`` is False when the frame could not be sent (no client, link down)."""
 
 from __future__ import annotations
 

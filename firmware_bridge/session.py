@@ -1,12 +1,10 @@
 """Version-2 receive policy: the device's key, sessions that only move forward, and a sliding
 anti-replay window per stream (docs/firmware-protocol.md, 4.4).
 
-:class:`SessionGuard` checks key, tag, session and counter in that order; nothing is touched
-by a frame that did not authenticate, so made-up frames can neither move a session forward
-nor fill a window. :class:`SessionStore` persists each device's state, so a replay stays
-refused across a bridge restart; without a store (``path`` None) it lives as long as the
-receiver.
-"""
+:class:`SessionGuard` checks key, tag, session and counter in that order; nothing is touched by a
+frame that did not authenticate, so made-up frames can neither move a session forward nor fill a
+window. :class:`SessionStore` persists each device's state, so a replay stays refused across a
+bridge restart; without a store (``path`` None) it lives as long as the receiver."""
 
 from __future__ import annotations
 
@@ -100,9 +98,8 @@ class SessionStore:
             ) from None
 
     def save(self, devices: Mapping[int, dict[str, Any]]) -> bool:
-        """Write ``devices``' entries (other devices in the file are kept); False if the file
-        cannot be written (logged: replays of sessions the file misses are then accepted once
-        after a restart)."""
+        """False if the file cannot be written (logged: replays of sessions the file misses are
+        then accepted once after a restart)."""
         if self.path is None:
             return True
         with _SAVE_LOCKS_GUARD:
@@ -122,9 +119,8 @@ class SessionStore:
                 os.close(lock_fd)  # releases the flock
 
     def _merge_and_write(self, devices: Mapping[int, dict[str, Any]]) -> bool:
-        """Under both locks: the file's entries with ``devices``' over them, written back. A
-        file that no longer reads as a state file is left as it is (the other devices' entries
-        in it are not dropped) and the save fails, logged."""
+        """Under both locks. A file that no longer reads as a state file is left as it is (its
+        other devices' entries are not dropped) and the save fails, logged."""
         assert self.path is not None
         try:
             merged = {**self._read(), **devices}
@@ -157,8 +153,7 @@ class _Stream:
 
 
 class SessionGuard:
-    """Opens v2 frames; never raises on bad input. ``default_key`` is the key of devices not
-    in ``keys``."""
+    """Opens v2 frames, never raising on bad input; ``default_key``: for devices not in ``keys``."""
 
     def __init__(
         self, keys: Mapping[int, bytes], default_key: bytes | None, store: SessionStore

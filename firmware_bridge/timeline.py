@@ -1,10 +1,9 @@
 """What the receiver hands out: timeline segments and reports, per (device, stream).
 
-An assembler records *pieces* while frames arrive (cheap tuples, no NumPy):
-``("audio", first, count, sample_format, payload)``, ``("missing", first, count)``,
-``("report", Report)``, ``first`` the output index. :func:`build_outputs` converts a whole
-drain in one NumPy call per sample format, so draining 200 streams costs little more than one.
-"""
+An assembler records *pieces* while frames arrive (cheap tuples, no NumPy): ``("audio", first,
+count, sample_format, payload)``, ``("missing", first, count)``, ``("report", Report)``,
+``first`` the output index. :func:`build_outputs` converts a whole drain in one NumPy call per
+sample format, so draining 200 streams costs little more than one."""
 
 from __future__ import annotations
 

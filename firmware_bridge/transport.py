@@ -1,10 +1,9 @@
 """Receiving transports: UDP, TCP (with reconnect and backoff) and USB serial (pyserial).
 
 Each has ``receive(timeout_s) -> Received | None`` (None: nothing within the timeout;
-``timeout_s=0`` never blocks) and ``close()``. A dropped TCP connection or an unplugged
-serial device is a :class:`Received` with ``link=LINK_DOWN``; the next calls retry with
-exponential backoff and report ``LINK_UP`` once the link is back.
-"""
+``timeout_s=0`` never blocks) and ``close()``. A dropped TCP connection or an unplugged serial
+device is a :class:`Received` with ``link=LINK_DOWN``; the next calls retry with exponential
+backoff and report ``LINK_UP`` once the link is back."""
 
 from __future__ import annotations
 

@@ -8,8 +8,7 @@ Two spellings of the same three links (who binds, connects and listens: docs/fir
     serial:///dev/ttyUSB0?baud=N    bridge://serial//dev/ttyUSB0?baud=N   USB serial (pyserial)
 
 IPv6 hosts go in brackets (``udp://[::1]:5005``). Query options are returned as given; each
-user checks the ones it knows (:func:`check_options`).
-"""
+user checks the ones it knows (:func:`check_options`)."""
 
 from __future__ import annotations
 
