@@ -7,9 +7,7 @@
   ``realtime: false``, through :func:`edge.runtime.offline.detect_recordings` (the runtime with a
   collecting sink): seconds of audio per second of wall time, for the shipped INT8 model
   (``edge/configs/ward.yaml``) and, with ``--reference-dir``, another model folder as the
-  reference run in the same process (the ratio is the speed-up). The window classifier the
-  streaming model replaced (retired; commit ``5ac14d3`` is the last that has it) is reported
-  by its recorded number (:data:`WINDOW_MODEL_RECORDED`), not measured.
+  reference run in the same process (the ratio is the speed-up).
 - **Detection latency** (target p99 <= 1.0 s): the records of the folder with annotated
   adventitious events, each one bed, paced in real time through the runtime with the MQTT
   sink (QoS 1 through the spool) to a local Mosquitto. For every annotated adventitious event
@@ -66,9 +64,6 @@ from lungwatch.events import Event
 from lungwatch.labels import FAMILY_CLASSES, sound_class
 
 WARD = Path("edge/configs/ward.yaml")
-# the retired window classifier on intra_test in the last run that had it (commit 5ac14d3,
-# bench/results/detection.md there, 2026-11-25; x86-64, 2 CPUs): x real time, one core
-WINDOW_MODEL_RECORDED = {"model": "models/edge/model.int8.onnx (retired)", "x_realtime": 363}
 FAMILY = {t: f for f, types in FAMILY_CLASSES.items() for t in types}
 COLLAR_S = 0.2
 TARGETS = {"whole_file_x_realtime": 400.0, "detection_latency_p99_s": 1.0}
@@ -249,15 +244,7 @@ def render(record: dict[str, Any]) -> str:
     ratio = record["whole_file"].get("speedup")
     if ratio:
         lines.append(f"\nShipped vs reference, same process: **{ratio:.2f}x**.")
-    old = WINDOW_MODEL_RECORDED
-    shipped_x = record["whole_file"]["shipped"]["x_realtime"]
-    lines.append(
-        f"\nThe retired window classifier ({old['model']}) ran this folder at {old['x_realtime']}x "
-        f"real time in its last recorded run (commit 5ac14d3, the last that has it; not "
-        f"measured here): the "
-        f"shipped model is {shipped_x / old['x_realtime']:.2f}x that. Target >= "
-        f"{TARGETS['whole_file_x_realtime']:.0f}x real time."
-    )
+    lines.append(f"\nTarget >= {TARGETS['whole_file_x_realtime']:.0f}x real time.")
     lat = record.get("latency")
     if lat:
         ms, own = lat["latency_ms"], lat["announce_ms"]

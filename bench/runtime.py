@@ -67,9 +67,6 @@ PACED_WARMUP_S = 3.0
 MAX_WARMUP_ROUNDS = 400
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 MODEL_DIR = "models/sed"
-# the retired window classifier (models/edge) in the last run that had it (bench/results at
-# commit 5ac14d3; x86-64, 2 CPUs): streams served in real time on one core, K = 200
-WINDOW_MODEL_RECORDED = {"model": "models/edge (retired)", "streams_in_real_time": 429}
 DEFAULT_ROUND_GROUP = RuntimeConfig.round_group  # the runtime's default
 TARGETS = {"streams_per_core": 1000.0, "p99_ms": 150.0, "rss_per_stream_mb": 1.0}
 # RuntimeConfig sections with an ``enabled`` switch; "live": the live strip
@@ -481,8 +478,7 @@ def _all_runs(args: argparse.Namespace, broker: str | None) -> dict[str, Any]:
             spec.update(paced=True, seconds=args.paced_seconds)
             ward["paced"].append(run_child(spec, limit_s))
     return {"as_fast_as_possible": runs, "paced": paced, "profile": profile,
-            "batch_sweep": batch, "reference": reference, "ward": ward,
-            "window_model_recorded": WINDOW_MODEL_RECORDED}  # fmt: skip
+            "batch_sweep": batch, "reference": reference, "ward": ward}  # fmt: skip
 
 
 def _header(

@@ -236,16 +236,7 @@ def _reference(record: dict[str, Any]) -> list[str]:
     ref = record.get("reference")
     best = max(record["as_fast_as_possible"], key=lambda r: r["streams_real_time"])
     if not ref:
-        recorded = record["window_model_recorded"]
-        ratio = best["streams_real_time"] / recorded["streams_in_real_time"]
-        return [
-            "## Reference: the retired window classifier, recorded",
-            "",
-            f"{recorded['model']} served {recorded['streams_in_real_time']:,} streams in real "
-            f"time on one core in its last run (commit 5ac14d3, the last that has it); this "
-            f"run's best, {best['streams_real_time']:,.0f}, is **{ratio:.2f}x** that (not "
-            "measured in the same run).",
-        ]
+        return []
     ratio = best["streams_real_time"] / ref["streams_real_time"]
     return [
         f"## Reference in the same run: {record['header'].get('reference')}",
