@@ -25,7 +25,7 @@ from firmware_bridge.assembler import JitterConfig
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.keys import default_state_path, load_keys, provision, require_key
 from firmware_bridge.link import Bridge
-from firmware_bridge.receiver import Output, Receiver, ReceiverConfig
+from firmware_bridge.receiver import V1_WARNING, Output, Receiver, ReceiverConfig
 from firmware_bridge.timeline import DEVICE_STATUS, Segment, StreamKey
 from firmware_bridge.transport import open_transport
 from firmware_bridge.urls import check_options, parse_link_url
@@ -36,10 +36,6 @@ INT16_FULL_SCALE = 32768.0
 PROVISION = "provision"
 log = logging.getLogger("firmware_bridge")
 Statuses = dict[StreamKey, dict[str, Any]]  # each stream's last device status
-V1_WARNING = (
-    "%s: allow_v1: version-1 frames are accepted (audio in clear, no replay protection); "
-    "remove it once every device sends version 2"
-)
 
 
 class Recorder:

@@ -23,6 +23,10 @@ from firmware_bridge.protocol import Frame
 from firmware_bridge.timeline import Report, Segment, StreamKey, build_outputs
 
 Output = Segment | Report
+V1_WARNING = (  # logged by whoever opens a receiver with allow_v1, with the link's name
+    "%s: allow_v1: version-1 frames are accepted (audio in clear, no replay protection); "
+    "remove it once every device sends version 2"
+)
 
 
 @dataclass(frozen=True)

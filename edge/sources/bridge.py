@@ -25,7 +25,7 @@ from firmware_bridge.errors import BridgeError, SettingError
 from firmware_bridge.keys import KeyRing, default_state_path, load_keys, require_key
 from firmware_bridge.link import DISCONNECTED, RECONNECTED, Bridge
 from firmware_bridge.parser import POLICY_COUNTERS
-from firmware_bridge.receiver import Receiver, ReceiverConfig, ReceiverStats
+from firmware_bridge.receiver import V1_WARNING, Receiver, ReceiverConfig, ReceiverStats
 from firmware_bridge.timeline import (
     DEVICE_INFO,
     DEVICE_STATUS,
@@ -82,11 +82,7 @@ class BridgeSource:
         except BridgeError as exc:
             raise SourceError(f"{url}: {exc}") from exc
         if allow_v1:
-            log.warning(
-                "%s: allow_v1: version-1 frames are accepted (audio in clear, no replay "
-                "protection); remove it once every device sends version 2",
-                url,
-            )
+            log.warning(V1_WARNING, url)
         default_name = "bridge" if self._device is None else f"bridge-{self._device}"
         default_name += "" if self._stream is None else f"-{self._stream}"
         self.stream_id = link.options.get("name", default_name)
