@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import astuple
 
 import numpy as np
@@ -12,26 +11,18 @@ from lungwatch.labels import EVENT_LABELS, ICBHI_LABELS, RECORD_LABELS
 from training.data.icbhi import IcbhiCycle
 from training.data.sprsound import SprEvent
 from training.scoring.challenge import (
-    DEFAULT_TOLERANCE,
-    OFFSET_FRACTION,
-    OFFSET_TOLERANCE_S,
-    ONSET_TOLERANCE_S,
     PRF,
     TASK_LABELS,
     TASK_NORMAL,
     TASKS,
     EvaluationError,
-    Event,
     IcbhiScores,
     SprScores,
     confusion,
-    event_f1,
-    event_f1_recordings,
     event_task_labels,
     icbhi_cycle_labels,
     icbhi_scores,
     macro_average,
-    match_events,
     micro_average,
     per_class_scores,
     prf,
@@ -40,7 +31,6 @@ from training.scoring.challenge import (
 )
 
 N, W, R, FC, CC = "Normal", "Wheeze", "Rhonchi", "Fine Crackle", "Coarse Crackle"
-JUST_OVER_S = 1e-4  # beyond the inclusive tolerance bound
 
 
 def _approx(scores: SprScores, se: float, sp: float, as_: float, hs: float, score: float) -> None:
@@ -154,109 +144,6 @@ def test_per_class_and_averages_hand_computed() -> None:
 def test_prf_and_macro_of_nothing_are_zero() -> None:
     assert prf(0, 0, 0) == PRF(0.0, 0.0, 0.0, 0, 0, 0)
     assert macro_average({"a": prf(0, 0, 0)}) == PRF(0.0, 0.0, 0.0, 0, 0, 0)
-
-
-# --- event-based F1 -----------------------------------------------------------------------
-
-
-def _one(
-    reference: Event,
-    estimate: Event,
-    onset_tolerance_s: float = ONSET_TOLERANCE_S,
-    offset_tolerance_s: float | None = OFFSET_TOLERANCE_S,
-    offset_fraction: float = OFFSET_FRACTION,
-) -> int:
-    """True positives of a single reference and a single estimate."""
-    scores = event_f1(
-        [reference],
-        [estimate],
-        onset_tolerance_s=onset_tolerance_s,
-        offset_tolerance_s=offset_tolerance_s,
-        offset_fraction=offset_fraction,
-    )
-    return scores.micro.tp
-
-
-@pytest.mark.parametrize(
-    ("start_s", "end_s", "expected_tp"),
-    [
-        (1.2, 2.0, 1),  # onset just inside (+0.2 s)
-        (0.8, 2.0, 1),  # onset just inside (-0.2 s)
-        (1.2 + JUST_OVER_S, 2.0, 0),
-        (0.8 - JUST_OVER_S, 2.0, 0),
-        (1.0, 2.2, 1),  # offset just inside: max(0.2, 0.2 * 1 s) = 0.2 s
-        (1.0, 1.8, 1),
-        (1.0, 2.2 + JUST_OVER_S, 0),
-        (1.0, 1.8 - JUST_OVER_S, 0),
-    ],
-)
-def test_event_tolerance_edges(start_s: float, end_s: float, expected_tp: int) -> None:
-    assert _one(Event(1.0, 2.0, W), Event(start_s, end_s, W)) == expected_tp
-
-
-def test_tolerance_bounds_are_inclusive_despite_rounding() -> None:
-    reference = Event(1.0, 2.0, W)  # 0.25 is exact in binary floating point
-    assert _one(reference, Event(1.25, 2.25, W), 0.25, 0.25) == 1
-    assert _one(reference, Event(1.25 + JUST_OVER_S, 2.0, W), 0.25, 0.25) == 0
-    # 1.3 - 1.1 == 0.20000000000000018 in floating point, yet it is on the 0.2 s bound
-    assert _one(Event(1.1, 2.1, W), Event(1.3, 2.3, W)) == 1
-
-
-def test_offset_tolerance_grows_with_duration() -> None:
-    reference = Event(0.0, 5.0, W)  # offset bound max(0.2, 0.2 * 5 s) = 1.0 s
-    assert _one(reference, Event(0.0, 6.0, W)) == 1
-    assert _one(reference, Event(0.0, 6.0 + JUST_OVER_S, W)) == 0
-    assert _one(reference, Event(0.0, 6.0 + JUST_OVER_S, W), offset_fraction=0.5) == 1
-
-
-def test_onset_only_and_labels() -> None:
-    reference = Event(1.0, 2.0, W)
-    assert _one(reference, Event(1.1, 9.0, W), offset_tolerance_s=None) == 1
-    assert _one(reference, Event(1.1, 9.0, W)) == 0
-    assert _one(reference, Event(1.0, 2.0, R)) == 0  # same times, other class
-
-
-def test_two_estimates_on_one_reference_give_one_tp_one_fp() -> None:
-    scores = event_f1([Event(1.0, 2.0, W)], [Event(1.0, 2.0, W), Event(1.1, 2.1, W)])
-    assert _values(scores.per_class[W]) == pytest.approx((0.5, 1.0, 2 / 3, 1, 1, 0))
-
-
-def test_matching_is_maximal_where_greedy_is_not() -> None:
-    # A matches X and Y, B only X: greedy A->X leaves B unmatched; the optimum is A-Y, B-X.
-    refs = [Event(1.0, 2.0, W), Event(1.3, 2.3, W)]
-    ests = [Event(1.15, 2.15, W), Event(0.85, 1.85, W)]
-    pairs = match_events(refs, ests, DEFAULT_TOLERANCE)
-    assert sorted(pairs) == [(0, 1), (1, 0)]
-    assert event_f1(refs, ests).micro == PRF(1.0, 1.0, 1.0, 2, 0, 0)
-
-
-def test_event_f1_per_class_micro_macro() -> None:
-    refs = [Event(0.0, 1.0, W), Event(2.0, 3.0, W), Event(4.0, 5.0, FC)]
-    ests = [Event(0.1, 1.1, W), Event(4.0, 5.0, W), Event(6.0, 7.0, FC)]
-    scores = event_f1(refs, ests, classes=[W, FC, R])
-    assert scores.per_class[W] == PRF(0.5, 0.5, 0.5, 1, 1, 1)
-    assert scores.per_class[FC] == PRF(0.0, 0.0, 0.0, 0, 1, 1)
-    assert scores.per_class[R] == PRF(0.0, 0.0, 0.0, 0, 0, 0)
-    assert _values(scores.micro) == pytest.approx((1 / 3, 1 / 3, 1 / 3, 1, 2, 2))
-    assert scores.macro.f1 == pytest.approx(0.25)  # mean over W and FC; R has no events
-
-
-def test_event_f1_over_recordings_matches_within_recordings_only() -> None:
-    reference = {"a": [Event(0.0, 1.0, W)], "b": [Event(0.0, 1.0, W)]}
-    estimated = {"a": [Event(0.0, 1.0, W), Event(0.0, 1.0, W)]}  # nothing for "b"
-    scores = event_f1_recordings(reference, estimated)
-    assert scores.per_class[W] == PRF(0.5, 0.5, 0.5, 1, 1, 1)
-
-
-def test_event_f1_errors() -> None:
-    with pytest.raises(EvaluationError, match="have no reference"):
-        event_f1_recordings({"a": []}, {"z": [Event(0.0, 1.0, W)]})
-    with pytest.raises(EvaluationError, match="not among"):
-        event_f1([Event(0.0, 1.0, W)], [], classes=[FC])
-    with pytest.raises(EvaluationError, match="end_s must be after start_s"):
-        Event(1.0, 1.0, W)
-    with pytest.raises(EvaluationError, match="finite"):
-        Event(math.nan, 1.0, W)
 
 
 # --- annotations to task labels -----------------------------------------------------------

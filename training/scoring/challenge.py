@@ -1,16 +1,15 @@
-"""Benchmark scores: SPRSound challenge, ICBHI 2017, per-class P/R/F1, event-based F1
-(definitions: docs/metrics.md). A ratio with an empty denominator is 0.0, never NaN. Only numpy
-and scipy (no torch), so the device side can import it too."""
+"""Benchmark scores: SPRSound challenge, ICBHI 2017, per-class P/R/F1 (definitions:
+docs/metrics.md; event-based F1 is sed_eval's, :mod:`training.scoring.detection`). A ratio with
+an empty denominator is 0.0, never NaN. Only numpy (no torch), so the device side can import
+it too."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from lungwatch.errors import LungwatchError
 from lungwatch.labels import (
@@ -46,11 +45,6 @@ ICBHI_NORMAL = ICBHI_LABELS[0]
 TASK_NORMAL: dict[str, str] = {task: NORMAL for task in (*EVENT_TASKS, *RECORD_TASKS)} | {
     ICBHI_TASK: ICBHI_NORMAL
 }
-
-ONSET_TOLERANCE_S = 0.2  # DCASE t_collar
-OFFSET_TOLERANCE_S = 0.2  # DCASE t_collar, applied to offsets
-OFFSET_FRACTION = 0.2  # DCASE percentage_of_length
-TIME_EPSILON_S = 1e-9  # makes the tolerance bounds inclusive despite float rounding
 
 
 class EvaluationError(LungwatchError, ValueError):
@@ -91,26 +85,6 @@ class PRF:
     @property
     def support(self) -> int:
         return self.tp + self.fn
-
-
-@dataclass(frozen=True)
-class Event:
-    start_s: float
-    end_s: float
-    label: str
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.start_s) and math.isfinite(self.end_s)):
-            raise EvaluationError(f"event {self}: times must be finite")
-        if self.end_s <= self.start_s:
-            raise EvaluationError(f"event {self}: end_s must be after start_s")
-
-
-@dataclass(frozen=True)
-class EventScores:
-    per_class: dict[str, PRF]
-    micro: PRF
-    macro: PRF
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -202,91 +176,6 @@ def macro_average(per_class: Mapping[str, PRF]) -> PRF:
         float(np.mean([getattr(s, name) for s in active])) for name in ("precision", "recall", "f1")
     ]
     return PRF(mean[0], mean[1], mean[2], tp, fp, fn)
-
-
-@dataclass(frozen=True)
-class EventTolerance:
-    """When an estimate may match a reference event; ``offset_s=None`` scores onsets only."""
-
-    onset_s: float = ONSET_TOLERANCE_S
-    offset_s: float | None = OFFSET_TOLERANCE_S
-    offset_fraction: float = OFFSET_FRACTION
-
-
-DEFAULT_TOLERANCE = EventTolerance()
-
-
-def events_match(reference: Event, estimate: Event, tolerance: EventTolerance) -> bool:
-    if reference.label != estimate.label:
-        return False
-    if abs(estimate.start_s - reference.start_s) > tolerance.onset_s + TIME_EPSILON_S:
-        return False
-    if tolerance.offset_s is None:
-        return True
-    duration_s = reference.end_s - reference.start_s
-    offset_bound_s = max(tolerance.offset_s, tolerance.offset_fraction * duration_s)
-    return abs(estimate.end_s - reference.end_s) <= offset_bound_s + TIME_EPSILON_S
-
-
-def match_events(
-    reference: Sequence[Event], estimated: Sequence[Event], tolerance: EventTolerance
-) -> list[tuple[int, int]]:
-    """A maximum one-to-one matching (Hungarian algorithm, so no matching order can cost a true
-    positive): ``(reference index, estimate index)`` pairs."""
-    if not reference or not estimated:
-        return []
-    allowed = np.array([[events_match(r, e, tolerance) for e in estimated] for r in reference])
-    rows, cols = linear_sum_assignment(allowed, maximize=True)
-    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if allowed[r, c]]
-
-
-def event_f1(
-    reference: Sequence[Event],
-    estimated: Sequence[Event],
-    classes: Sequence[str] | None = None,
-    *,
-    onset_tolerance_s: float = ONSET_TOLERANCE_S,
-    offset_tolerance_s: float | None = OFFSET_TOLERANCE_S,
-    offset_fraction: float = OFFSET_FRACTION,
-) -> EventScores:
-    """One recording's event scores; ``offset_tolerance_s=None`` scores onsets only."""
-    tolerance = EventTolerance(onset_tolerance_s, offset_tolerance_s, offset_fraction)
-    return event_f1_recordings({"": reference}, {"": estimated}, classes, tolerance)
-
-
-def event_f1_recordings(
-    reference: Mapping[str, Sequence[Event]],
-    estimated: Mapping[str, Sequence[Event]],
-    classes: Sequence[str] | None = None,
-    tolerance: EventTolerance = DEFAULT_TOLERANCE,
-) -> EventScores:
-    """Counts summed over recordings, then P/R/F1; events match only within recording and class."""
-    extra = sorted(set(estimated) - set(reference))
-    if extra:
-        raise EvaluationError(f"{len(extra)} estimated recording(s) have no reference: {extra[:3]}")
-    chosen = _event_classes(reference, estimated, classes)
-    counts = {label: np.zeros(3, dtype=np.int64) for label in chosen}  # tp, fp, fn
-    for recording, refs in reference.items():
-        ests = estimated.get(recording, ())
-        for label, tp_fp_fn in counts.items():
-            ref_c = [e for e in refs if e.label == label]
-            est_c = [e for e in ests if e.label == label]
-            tp = len(match_events(ref_c, est_c, tolerance))
-            tp_fp_fn += (tp, len(est_c) - tp, len(ref_c) - tp)
-    per_class = {label: prf(*(int(n) for n in counts[label])) for label in chosen}
-    return EventScores(per_class, micro_average(per_class), macro_average(per_class))
-
-
-def _event_classes(
-    reference: Mapping[str, Sequence[Event]],
-    estimated: Mapping[str, Sequence[Event]],
-    classes: Sequence[str] | None,
-) -> list[str]:
-    labels = {e.label for events in (*reference.values(), *estimated.values()) for e in events}
-    chosen = sorted(labels) if classes is None else list(classes)
-    if labels - set(chosen):
-        raise EvaluationError(f"event labels {sorted(labels - set(chosen))} not among {chosen}")
-    return chosen
 
 
 def _check_task(task: str, allowed: Sequence[str]) -> None:
