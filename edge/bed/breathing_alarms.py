@@ -6,15 +6,10 @@ after every piece of audio and ``rate`` after every analysis; the rules: docs/re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from edge.bed.agebands import AgeBand
-from edge.bed.breathing_state import Respiration, RespirationConfig
+from edge.bed.breathing_state import Respiration, RespirationConfig, TrackerView
 from edge.bed.detector import EventTracker, FrameGrid, Lifecycle, Transition
 from lungwatch.events import DEFAULT_PRIORITIES
-
-if TYPE_CHECKING:  # the tracker owns its alarms
-    from edge.bed.breathing import BreathTracker
 
 APNOEA = "apnoea"
 TACHYPNOEA = "tachypnoea"
@@ -55,7 +50,7 @@ class BreathAlarms:
             return None
         return APNOEA if self._open[0] == APNOEA else "signal_lost"
 
-    def armed(self, tracker: BreathTracker) -> bool:
+    def armed(self, tracker: TrackerView) -> bool:
         """Whether pauses are judged (a pause in breath sounds too faint to count says nothing)."""
         ok_at = tracker.assessable_at
         return (
@@ -65,7 +60,7 @@ class BreathAlarms:
             and tracker.last_breath_end - ok_at <= self._arm_hold
         )
 
-    def check(self, tracker: BreathTracker, lost_now: bool) -> list[Transition]:
+    def check(self, tracker: TrackerView, lost_now: bool) -> list[Transition]:
         """The pause since the last breath, judged at the tracker's newest sample."""
         if not self.armed(tracker):
             return []

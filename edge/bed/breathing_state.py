@@ -4,7 +4,7 @@ reading an analysis gives. The rules: docs/respiration.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
@@ -75,3 +75,36 @@ class Respiration:
             "age_band": self.age_band,
             "reason": self.reason,
         }
+
+
+class TrackerView(Protocol):
+    """What :class:`edge.bed.breathing_alarms.BreathAlarms` reads of its tracker (breath
+    samples of the bed's timeline; -1 where nothing happened yet)."""
+
+    assessable_at: int  # the last analysis that gave a rate
+    last_breath_end: int  # where the last breath heard had fallen by half
+    last_lost: int  # the last sample under a lost signal
+    breathing_now: bool  # a breath is under way at the newest sample analysed
+    rising_peak: int  # that breath's highest sample so far
+    strong_now: bool  # ... and it is at least a share of the typical breath
+    strong_breath: int  # the end of the last such breath
+
+    @property
+    def samples(self) -> int:
+        """Breath samples taken so far (the next one's index on the output-frame grid)."""
+        ...
+
+    @property
+    def heard(self) -> int:
+        """Breaths heard so far."""
+        ...
+
+    @property
+    def last_breath(self) -> int:
+        """The last breath's peak."""
+        ...
+
+    def contact(self) -> tuple[bool, float]:
+        """(whether the stethoscope hears the body as while breathing, the body band's drop under
+        that level in dB; 0 before any breath taught it)."""
+        ...
