@@ -304,6 +304,7 @@ def rules_of_manifest(model_dir: Any) -> TaskRules | None:
 def fit_model(model_dir: Path, model_file: str) -> dict[str, Any]:
     """The ``tasks`` section fitted on its run's validation records, from the model's outputs."""
     from training.data.sprsound import load_sprsound, patient_disjoint_split
+    from training.scoring.views import validation_split
 
     folder, fraction, seed = validation_split(model_dir)
     _, val = patient_disjoint_split(load_sprsound(folder), fraction, seed)
@@ -327,15 +328,6 @@ def _shown(folder: Path) -> str:
         return f"<data root>/{folder.resolve().relative_to(data_root().resolve())}"
     except ValueError:
         return str(folder)
-
-
-def validation_split(model_dir: Path) -> tuple[Path, float, int]:
-    from edge.datapaths import sprsound_root
-    from training.models.checkpoint import load_checkpoint
-
-    data = dict(load_checkpoint(model_dir / "model.pt").run.get("data", {}))
-    folder = Path(data["train_dir"]) if data.get("train_dir") else sprsound_root() / "train"
-    return folder, float(data.get("val_fraction", 0.2)), int(data.get("split_seed", 0))
 
 
 def main(argv: list[str] | None = None) -> int:

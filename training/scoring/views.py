@@ -32,10 +32,17 @@ def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
     return max(0.0, min(a1, b1) - max(a0, b0))
 
 
+def validation_split(model_dir: Path) -> tuple[Path, float, int]:
+    from edge.datapaths import sprsound_root
+    from training.models.checkpoint import load_checkpoint
+
+    data = dict(load_checkpoint(model_dir / "model.pt").run.get("data", {}))
+    folder = Path(data["train_dir"]) if data.get("train_dir") else sprsound_root() / "train"
+    return folder, float(data.get("val_fraction", 0.2)), int(data.get("split_seed", 0))
+
+
 def validation_records(model_dir: Path) -> list[SprRecord]:
     """The validation split of the run that made ``model_dir``'s checkpoint."""
-    from training.scoring.tasks import validation_split
-
     folder, fraction, seed = validation_split(model_dir)
     return patient_disjoint_split(load_sprsound(folder), fraction, seed)[1]
 
