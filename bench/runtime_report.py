@@ -234,9 +234,9 @@ def _throughput(runs: list[dict[str, Any]], level: str = "##", notes: bool = Tru
 
 def _reference(record: dict[str, Any]) -> list[str]:
     ref = record.get("reference")
-    best = max(record["as_fast_as_possible"], key=lambda r: r["streams_real_time"])
     if not ref:
         return []
+    best = max(record["as_fast_as_possible"], key=lambda r: r["streams_real_time"])
     ratio = best["streams_real_time"] / ref["streams_real_time"]
     return [
         f"## Reference in the same run: {record['header'].get('reference')}",

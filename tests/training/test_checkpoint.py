@@ -68,6 +68,11 @@ def test_a_checkpoint_with_a_removed_option_loads_while_it_is_off(tmp_path: Path
         torch.save(changed, tmp_path / "on.pt")
         with pytest.raises(ConfigError, match=rf"{section}\.{key}|{key}"):
             from_mapping(RunConfig, load_checkpoint(tmp_path / "on.pt").run)
+    pcen = copy.deepcopy(data)
+    pcen["feature_spec"]["band_norm"] = "pcen"
+    torch.save(pcen, tmp_path / "pcen.pt")
+    with pytest.raises(CheckpointError, match=r"pcen\.pt: .*band_norm"):
+        load_checkpoint(tmp_path / "pcen.pt")
     data["sizes"]["stem_channels"] = 8
     torch.save(data, tmp_path / "stem.pt")
     with pytest.raises(CheckpointError, match=r"stem\.pt: .*stem_channels"):
