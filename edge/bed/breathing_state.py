@@ -1,5 +1,6 @@
-"""What a bed's breathing tracker and its alarms share: the ``respiration`` config section and the
-reading an analysis gives. The rules: docs/respiration.md."""
+"""What a bed's breathing tracker and its alarms share: the ``respiration`` config section, the
+reading an analysis gives, and what the alarms read of the tracker (:class:`TrackerView`). The
+rules: docs/respiration.md."""
 
 from __future__ import annotations
 

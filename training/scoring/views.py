@@ -35,10 +35,12 @@ def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 def validation_split(model_dir: Path) -> tuple[Path, float, int]:
     from edge.datapaths import sprsound_root
     from training.models.checkpoint import load_checkpoint
+    from training.recipe.config import DataConfig
 
-    data = dict(load_checkpoint(model_dir / "model.pt").run.get("data", {}))
+    data, default = load_checkpoint(model_dir / "model.pt").run.get("data", {}), DataConfig()
     folder = Path(data["train_dir"]) if data.get("train_dir") else sprsound_root() / "train"
-    return folder, float(data.get("val_fraction", 0.2)), int(data.get("split_seed", 0))
+    fraction = float(data.get("val_fraction", default.val_fraction))
+    return folder, fraction, int(data.get("split_seed", default.split_seed))
 
 
 def validation_records(model_dir: Path) -> list[SprRecord]:
