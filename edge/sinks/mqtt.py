@@ -184,6 +184,9 @@ class MqttSink:
         if self._closed:
             return
         if self._sender.is_alive():
+            if len(self._spool) > 0:  # said, so an operator knows why the stop takes time
+                log.info("waiting up to %.0f s for %d spooled event(s) to reach the broker",
+                         self.config.flush_timeout_s, len(self._spool))  # fmt: skip
             if not self.flush(self.config.flush_timeout_s):
                 log.warning("%d event(s) stay in the spool for the next start", len(self._spool))
             self._stopping.set()

@@ -445,7 +445,7 @@ def test_events_spooled_before_a_kill_are_delivered_after_restart(tmp_path: Path
     log_path = tmp_path / "run.log"
     process = start_lungwatch(write_config(tmp_path / "first.yaml", mapping), log_path)
     try:
-        wait_for_text(log_path, "stream bed-1: stream end", process, 60.0)
+        wait_for_text(log_path, "spooled event(s) to reach the broker", process, 60.0)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
