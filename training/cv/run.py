@@ -95,7 +95,11 @@ def check_design(folder: Path, run: RunConfig, overrides: list[str]) -> None:
     path = folder / "design.json"
     if path.is_file():
         stored = json.loads(path.read_text())
-        if without_retired(stored["run"]) != json.loads(json.dumps(resolved)):
+        try:
+            kept = without_retired(stored["run"])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if kept != json.loads(json.dumps(resolved)):
             raise ConfigError(
                 f"{folder}: this design was trained with another config (overrides "
                 f"{stored['overrides']}); name the new one --design <other name>"

@@ -113,21 +113,30 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def without_retired(run: Mapping[str, Any]) -> dict[str, Any]:
-    """``run`` (a stored run config, or ``{"sizes": ...}``) less the retired keys that are off; one
-    that is on stays, for the config's own check to refuse."""
+    """``run`` (a stored run config, or ``{"sizes": ...}``) less the retired keys that are off;
+    one that is on is refused (:class:`ConfigError` naming it: this code cannot rebuild it)."""
     out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in run.items()}
     for section, offs in RETIRED.items():
         for key, off in offs.items():
-            if isinstance(out.get(section), dict) and out[section].get(key, off) == off:
-                out[section].pop(key, None)
+            if isinstance(out.get(section), dict):
+                _refuse_on(section, key, out[section].pop(key, off), off)
     for section, switch, off, keys in RETIRED_SWITCHED:
         part = out.get(section)
-        if isinstance(part, dict) and part.get(switch, off) == off:
+        if isinstance(part, dict):
+            _refuse_on(section, switch, part.get(switch, off), off)
             for key in keys:
                 part.pop(key, None)
             if not keys:
                 del out[section]
     return out
+
+
+def _refuse_on(section: str, key: str, value: Any, off: Any) -> None:
+    if value != off:
+        raise ConfigError(
+            f"{section}.{key} is {value!r}: a retired option (docs/models/sed-lab.md), which "
+            f"this lungwatch runs only at {off!r}; use the release that trained it"
+        )
 
 
 def _rebuild(data: Mapping[str, Any]) -> Checkpoint:
