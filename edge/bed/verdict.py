@@ -142,7 +142,26 @@ def _largest(probs: np.ndarray, row: int, columns: np.ndarray) -> float:
 
 @njit(cache=True)
 def _statistics(ring: np.ndarray, filled: int, top: int) -> tuple[float, float, float]:
-    cut = filled - top
-    cas = np.partition(ring[1, :filled], cut)[cut:]
-    das = np.partition(ring[2, :filled], cut)[cut:]
-    return ring[0, :filled].mean(), cas.mean(), das.mean()
+    return ring[0, :filled].mean(), _top_mean(ring[1], filled, top), _top_mean(ring[2], filled, top)
+
+
+@njit(cache=True)
+def _top_mean(x: np.ndarray, filled: int, top: int) -> float:
+    """The mean of the ``top`` largest of ``x[:filled]`` (``top`` ≤ ``filled``), kept in
+    descending order by insertion: np.partition gives the same and takes 8 s to compile."""
+    best = np.empty(top)
+    n = 0
+    for i in range(filled):
+        v = x[i]
+        if n < top:
+            j = n
+            n += 1
+        elif v > best[n - 1]:
+            j = n - 1
+        else:
+            continue
+        while j > 0 and best[j - 1] < v:
+            best[j] = best[j - 1]
+            j -= 1
+        best[j] = v
+    return best[:n].sum() / n if n else np.nan
