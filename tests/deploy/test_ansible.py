@@ -216,6 +216,14 @@ def test_five_devices_updated_canary_first_then_a_batch(fleet: Fleet) -> None:
         made = [p for p in state_dir.rglob("*") if p.is_file() and "numba-cache" not in p.parts]
         assert made, "the runtime wrote its state"
         assert [p.name for p in made if p.stat().st_mode & 0o077] == []
+        # the verify gate compiled the front end's and the detector's Numba kernels into the
+        # service's cache: the service compiled none of them (a file newer than its start is
+        # its compile); only the evidence recorder's, which the gate does not run
+        cache = [p for p in (state_dir / "numba-cache").rglob("*") if p.is_file()]
+        assert any(p.suffix == ".nbi" for p in cache), f"{device}: the gate filled the cache"
+        started = (state_dir / "lungwatch.pid").stat().st_mtime
+        late = {p.name.split("-")[0] for p in cache if p.stat().st_mtime > started}
+        assert late <= {"recorder._write_ring"}, (device, late)
         config = yaml.safe_load((fleet.prefix(device) / "current" / "runtime.yaml").read_text())
         assert config["device_id"] == device
         assert config["streams"][0]["name"] == "Bed 1"
