@@ -136,7 +136,7 @@ def test_the_page_shows_a_feed_that_is_down_as_a_legible_technical_alarm(tmp_pat
     health saying it is down becomes a red banner on the page, inside it on one to three lines
     (not one letter per line), and leaves when the feed is well; a screenshot is kept
     for a person to look at (the test's tmp folder)."""
-    from tests.wardview.browser import chromium, require_chromium, wait_until
+    from tests.wardview.browser import SNAPSHOT_SHOWN, chromium, require_chromium, wait_until
     from tests.wardview.test_supervision import serve
 
     require_chromium()
@@ -153,7 +153,7 @@ def test_the_page_shows_a_feed_that_is_down_as_a_legible_technical_alarm(tmp_pat
         try:
             client.publish(topic, json.dumps(down), qos=1, retain=True).wait_for_publish(5.0)
             driver.get(server.url)
-            wait_until(lambda: driver.execute_script("return window.lwReady"), 15.0, "the page")
+            wait_until(lambda: driver.execute_script(SNAPSHOT_SHOWN), 15.0, "the page")
             read = (
                 "const n = document.querySelector('#feeds');"
                 "const r = n.getBoundingClientRect();"

@@ -29,6 +29,9 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
 TEST_ITERATIONS = 100_000  # the minimum the config accepts: keeps the tests quick
+# The first snapshot painted (not only applied): until a frame has drawn them, the cards'
+# ``content-visibility: auto`` skips their content and ``innerText`` reads "" there.
+SNAPSHOT_SHOWN = "return window.lwReadyMs !== null"
 
 
 def require_chromium() -> None:

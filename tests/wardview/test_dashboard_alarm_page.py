@@ -44,7 +44,13 @@ from tests.wardview.alarm_page import (
     top_is,
     visible,
 )
-from tests.wardview.browser import DashboardProcess, chromium, require_chromium, wait_until
+from tests.wardview.browser import (
+    SNAPSHOT_SHOWN,
+    DashboardProcess,
+    chromium,
+    require_chromium,
+    wait_until,
+)
 
 SITE, DEVICE = "ward-p", "edge-p"
 ROOT = f"lungwatch/v1/{SITE}/{DEVICE}"
@@ -112,7 +118,7 @@ def ward_page(
         with DashboardProcess(path) as dashboard_process, chromium(width, height) as driver:
             driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": SPY})
             driver.get(dashboard_process.url)
-            wait_until(lambda: driver.execute_script("return window.lwReady"), 15.0, "the page")
+            wait_until(lambda: driver.execute_script(SNAPSHOT_SHOWN), 15.0, "the page")
             device = Device(broker.port)
             try:
                 yield driver, device, dashboard_process

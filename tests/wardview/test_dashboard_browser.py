@@ -45,6 +45,7 @@ from lungwatch.events import Event, status_payload
 from tests.brokers import HOST, SHA256, Message, Mosquitto, Recorder, make_password_file
 from tests.wardview.browser import (
     REPO_ROOT,
+    SNAPSHOT_SHOWN,
     DashboardProcess,
     authorise,
     chromium,
@@ -254,7 +255,7 @@ def test_ward_view_of_a_running_device(
     ):
         authorise(driver, *NURSE)
         driver.get(dashboard.url)
-        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the first snapshot")
+        wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the first snapshot")
         assert "nurse: may view and acknowledge" in driver.find_element("id", "user").text
 
         # the beds appear, the device is online, the live strip moves
@@ -297,7 +298,7 @@ def test_ward_view_of_a_running_device(
         assert condition == condition_of(latched.type)
         authorise(driver, *PORTER)
         driver.get(dashboard.url)
-        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the porter's snapshot")
+        wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the porter's snapshot")
         assert "porter: view only" in driver.find_element("id", "user").text
         wait_until(
             lambda: driver.find_elements("css selector", condition_row(stream, condition)),
@@ -312,7 +313,7 @@ def test_ward_view_of_a_running_device(
         # the nurse acknowledges from the page: command out, acknowledged ended back
         authorise(driver, *NURSE)
         driver.get(dashboard.url)
-        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the nurse's snapshot")
+        wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the nurse's snapshot")
         button = f"{condition_row(stream, condition)} button.ack"
         wait_until(lambda: click(driver, button), 10.0, "a click on the alarm's button")
         assert recorder.wait_for(lambda ms: bool(commands(ms)), 10.0), "no command published"
@@ -381,7 +382,7 @@ def test_demo_shows_its_three_beds(tmp_path: Path) -> None:
         reader.start()  # keep the pipe drained
         with chromium() as driver:
             driver.get(url)
-            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the snapshot")
             wait_until(lambda: sorted(bed_states(driver)) == ["bed-1", "bed-2", "bed-3"], 30.0,
                        "the three demo beds")  # fmt: skip
             device = 'section.device[data-device="demo-edge"]'
@@ -499,7 +500,7 @@ def test_200_beds_event_to_screen_within_one_second(tmp_path: Path) -> None:
         )
         with DashboardProcess(config) as dashboard, chromium(1600, 1200) as driver:
             driver.get(dashboard.url)
-            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the snapshot")
             publisher = WardPublisher(broker.port)
             try:
                 publisher.run(RUN_S)
@@ -557,7 +558,7 @@ def view_page(tmp_path: Path, **dashboard: Any) -> Iterator[tuple[Mosquitto, Any
         config = view_config(tmp_path, broker.port, **dashboard)
         with DashboardProcess(config) as view, chromium() as driver:
             driver.get(view.url)
-            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the snapshot")
             yield broker, view, driver
 
 
@@ -715,7 +716,7 @@ def test_a_beds_rate_trend_and_apnoea_on_the_page(
         driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": OSC_SPY})
         authorise(driver, *NURSE)
         driver.get(dashboard.url)
-        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the first snapshot")
+        wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the first snapshot")
         driver.find_element("id", "sound").click()  # the gesture browsers ask for
         assert driver.find_element("id", "sound").text == "Alarm sound on"
         rate = 'article.bed[data-stream="bed-rr"] .rate'
@@ -790,7 +791,7 @@ def test_a_beds_finding_rates_on_its_card_and_in_its_trend(tmp_path: Path) -> No
                                    page(driver, FINDING_PIXELS), 5.0, "the bars")  # fmt: skip
         screenshot(driver, tmp_path / "finding-rates.png")
         driver.get(dashboard.url)  # a page opened later draws them from the snapshot
-        wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+        wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the snapshot")
         assert text_of(driver, line) == "wheeze 60 % · crackle 25 % of breathing"
         again = wait_until(lambda: all(page(driver, FINDING_PIXELS)) and
                            page(driver, FINDING_PIXELS), 5.0, "the bars again")  # fmt: skip
@@ -889,7 +890,7 @@ def test_an_alarms_clip_plays_and_the_beds_history_survives_the_views_restart(
         authorise(driver, *NURSE)
         with DashboardProcess(config) as dashboard:
             driver.get(dashboard.url)
-            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the snapshot")
             names = ("return [...document.querySelectorAll('article.bed .bed-name')]"
                      ".map(b => b.textContent).sort();")  # fmt: skip
             wait_until(lambda: page(driver, names) == ["Bed 1", "Bed 2", "Side room 4"],
@@ -929,7 +930,7 @@ def test_an_alarms_clip_plays_and_the_beds_history_survives_the_views_restart(
         # history is there
         with DashboardProcess(config) as dashboard:
             driver.get(dashboard.url)
-            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the snapshot")
             alarm = condition_row(latched[1], latched[2])
             wait_until(lambda: driver.find_elements("css selector", alarm), 10.0,
                        "the latched alarm after the restart")  # fmt: skip
@@ -951,7 +952,7 @@ def test_an_alarms_clip_plays_and_the_beds_history_survives_the_views_restart(
         fresh_path.write_text(yaml.safe_dump(fresh), encoding="utf-8")
         with DashboardProcess(fresh_path) as dashboard:
             driver.get(dashboard.url)
-            wait_until(lambda: page(driver, "return window.lwReady"), 15.0, "the snapshot")
+            wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 15.0, "the snapshot")
             wait_until(lambda: driver.find_elements("css selector", alarm), 10.0,
                        "the latched alarm from the bed's summary")  # fmt: skip
 
@@ -1023,7 +1024,7 @@ def test_the_readmes_ward_path_acknowledges_and_plays_a_clip(tmp_path: Path) -> 
         with chromium(1400, 900) as driver:
             authorise(driver, "nurse", password)
             driver.get(f"http://127.0.0.1:{view_port}/")
-            wait_until(lambda: page(driver, "return window.lwReady"), 30.0, "the snapshot")
+            wait_until(lambda: page(driver, SNAPSHOT_SHOWN), 30.0, "the snapshot")
             episode, _, _ = wait_until(lambda: page(driver, FIRST_LISTEN), 180.0,
                                             "an alarm with its clip")  # fmt: skip
             driver.find_element("css selector", f'#alarms tr[data-clip="{episode}"] '

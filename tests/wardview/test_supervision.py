@@ -21,7 +21,7 @@ from lungwatch.events import Event, status_payload
 from lungwatch.mqtt import MqttConfig
 from lungwatch.supervision import RESTARTS, ThreadStoppedError, Worker
 from tests.brokers import HOST, SHA256, Mosquitto
-from tests.wardview.browser import chromium, require_chromium, wait_until
+from tests.wardview.browser import SNAPSHOT_SHOWN, chromium, require_chromium, wait_until
 from wardview.config import DashboardConfig
 from wardview.history import History
 from wardview.server import DashboardServer
@@ -122,7 +122,7 @@ def test_a_stopped_history_writer_is_a_technical_alarm_on_the_page_and_starts_ag
                        "the fault in the ward")  # fmt: skip
             assert server.failure() is None, "started again: the view goes on"
             driver.get(server.url)
-            wait_until(lambda: driver.execute_script("return window.lwReady"), 15.0, "the page")
+            wait_until(lambda: driver.execute_script(SNAPSHOT_SHOWN), 15.0, "the page")
             banner = "return document.querySelector('#faults').textContent"
             shown = wait_until(lambda: driver.execute_script(banner), 10.0, "the banner")
             assert shown == f"Technical alarm (ward view): {expected}"
