@@ -6,6 +6,9 @@ workstation script, which carries the device commands too)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from tests.edge.runtime_helpers import lungwatch
 MISSING = "missing"  # placeholder for a path that does not exist
 GARBAGE = "garbage"  # placeholder for a file of random bytes
 CASES_DIR = "cases"
+Answers = dict[tuple[str, str], subprocess.CompletedProcess[str]]  # (kind, subcommand) -> run
 
 # subcommand -> (argv with a missing file, argv with a garbage file); None: takes no file.
 # In each argv, "{missing}" and "{garbage}" become paths; the suffix says what the file plays.
@@ -140,28 +144,57 @@ def _assert_one_line(result_stderr: str, returncode: int, name: str, mentions: s
     assert "unexpected error" not in lines[0], lines[0]  # handled where it arises
 
 
+def _cases() -> list[tuple[str, str]]:
+    """Every (kind, subcommand) the tests below check: a missing file, a garbage file and a bad
+    argument of each subcommand that has one."""
+    files = [n for n, c in FILE_CASES.items() if c is not None]
+    return (
+        [("missing", n) for n in files]
+        + [("garbage", n) for n in files]
+        + [("argument", n) for n in sorted(SUBCOMMANDS)]
+    )
+
+
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory: pytest.TempPathFactory) -> Answers:
+    """Every case's answer, each its own ``lungwatch`` process in its own folder, as many at a
+    time as there are cores (a process spends its seconds importing, the same as one at a
+    time would)."""
+
+    def run(kind: str, name: str) -> subprocess.CompletedProcess[str]:
+        folder = tmp_path_factory.mktemp(f"{kind}-{name}")
+        (folder / CASES_DIR).mkdir()
+        if kind == "argument":
+            return lungwatch(name, *BAD_ARGUMENT[name])
+        case = FILE_CASES[name]
+        assert case is not None
+        argv = case[0] if kind == "missing" else case[1]
+        if kind == "garbage":
+            _garbage_files(folder, argv)
+        return lungwatch(name, *_fill(argv, folder))
+
+    cases = _cases()
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        done = list(pool.map(lambda case: run(*case), cases))
+    return dict(zip(cases, done, strict=True))
+
+
 @pytest.mark.parametrize("name", [n for n, c in FILE_CASES.items() if c is not None])
-def test_missing_file_is_one_line(name: str, tmp_path: Path) -> None:
-    case = FILE_CASES[name]
-    assert case is not None
-    (tmp_path / CASES_DIR).mkdir()
-    result = lungwatch(name, *_fill(case[0], tmp_path))
+def test_missing_file_is_one_line(name: str, answers: Answers) -> None:
+    result = answers["missing", name]
     _assert_one_line(result.stderr, result.returncode, name, MISSING)
 
 
 @pytest.mark.parametrize("name", [n for n, c in FILE_CASES.items() if c is not None])
-def test_garbage_file_is_one_line(name: str, tmp_path: Path) -> None:
-    case = FILE_CASES[name]
-    assert case is not None
-    _garbage_files(tmp_path, case[1])
-    result = lungwatch(name, *_fill(case[1], tmp_path))
+def test_garbage_file_is_one_line(name: str, answers: Answers) -> None:
+    result = answers["garbage", name]
     _assert_one_line(result.stderr, result.returncode, name, GARBAGE)
 
 
 @pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
-def test_bad_argument_is_one_line(name: str) -> None:
+def test_bad_argument_is_one_line(name: str, answers: Answers) -> None:
     argv = BAD_ARGUMENT[name]
-    result = lungwatch(name, *argv)
+    result = answers["argument", name]
     assert result.returncode == 2, result.stderr
     _assert_one_line(result.stderr, result.returncode, name, argv[-1])
     assert "--help" in result.stderr  # says where the usage is
