@@ -204,7 +204,8 @@ def humps(
             j -= 1
         order[j] = i
     keep = np.ones(m, np.bool_)
-    for a in order:
+    for k in range(m):
+        a = order[k]
         if not keep[a]:
             continue
         for b in range(m):
