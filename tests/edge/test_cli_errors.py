@@ -162,10 +162,10 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Answers:
     time would)."""
 
     def run(kind: str, name: str) -> subprocess.CompletedProcess[str]:
-        folder = tmp_path_factory.mktemp(f"{kind}-{name}")
-        (folder / CASES_DIR).mkdir()
         if kind == "argument":
             return lungwatch(name, *BAD_ARGUMENT[name])
+        folder = tmp_path_factory.mktemp(f"{kind}-{name}")
+        (folder / CASES_DIR).mkdir()
         case = FILE_CASES[name]
         assert case is not None
         argv = case[0] if kind == "missing" else case[1]
