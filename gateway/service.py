@@ -388,7 +388,7 @@ class Gateway:
     def _publish_health(self) -> None:
         while True:
             try:
-                self._mqtt.publish(self.health_topic, self._health("up", "running"), qos=1,
+                self._session.publish(self.health_topic, self._health("up", "running"), qos=1,
                                    retain=True)  # fmt: skip
             except Exception:  # the last guard: the next round tries again
                 log.error("gateway: its health could not be published", exc_info=True)
@@ -406,7 +406,7 @@ class Gateway:
         self._stop.set()
         if self.connected.is_set():  # a clean stop says so: the feed is down, not lost
             try:
-                info = self._mqtt.publish(self.health_topic, self._health("down", "stopped"),
+                info = self._session.publish(self.health_topic, self._health("down", "stopped"),
                                           qos=1, retain=True)  # fmt: skip
                 info.wait_for_publish(timeout=2.0)
             except (RuntimeError, ValueError) as exc:

@@ -184,6 +184,10 @@ class Session:
         self.cfg, self.client_id, self.name = cfg, client_id, name
         self.topics = list(topics or [])
         self.client = new_client(cfg, client_id, clean_session, manual_ack)
+        # paho sends a publish as soon as a socket exists, even before its CONNECT: a PUBLISH from
+        # another thread can reach the broker first, which drops the connection (protocol error)
+        self._connecting, reconnect = threading.RLock(), self.client.reconnect
+        self.client.reconnect = lambda: self._locked(reconnect)
         if max_inflight is not None:
             self.client.max_inflight_messages_set(max_inflight)
         self.connected, self.connack = threading.Event(), threading.Event()
@@ -227,6 +231,14 @@ class Session:
         elif self.refusal is not None:
             self._fail_or_warn(BrokerRefusedError, self.refusal, fail_fast)
 
+    def _locked(self, call: Callable[[], Any]) -> Any:
+        with self._connecting:
+            return call()
+
+    def publish(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False) -> Any:
+        """paho's publish, never between a (re)connect's socket and its CONNECT."""
+        return self._locked(lambda: self.client.publish(topic, payload, qos=qos, retain=retain))
+
     def stop(self) -> None:
         self.stopping = True
         self.client.disconnect()
@@ -237,7 +249,7 @@ class Session:
         if topic not in self.topics:
             self.topics.append(topic)
         if self.connected.is_set():
-            self.client.subscribe(topic, qos=1)
+            self._locked(lambda: self.client.subscribe(topic, qos=1))
 
     def _fail_or_warn(self, error: type[BrokerError], reason: str, must_raise: bool) -> None:
         message = f"broker {self.cfg.address} {reason}"

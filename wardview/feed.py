@@ -81,7 +81,7 @@ class WardFeed:
                 "refuses it unless its commands.accept_unsigned is set",
                 device_id,
             )
-        info = self._client.publish(topic, json.dumps(body), qos=1)
+        info = self._session.publish(topic, json.dumps(body), qos=1)
         try:
             info.wait_for_publish(timeout=COMMAND_WAIT_S)
         except (RuntimeError, ValueError) as exc:

@@ -252,7 +252,7 @@ class EvidencePublisher:
         for seq, messages in batch:
             own = []
             for topic, payload in messages:
-                info = self._client.publish(topic, payload, qos=1)
+                info = self._session.publish(topic, payload, qos=1)
                 if info.rc != 0:  # not connected: what was handed over may still be acked
                     break
                 own.append(info.mid)

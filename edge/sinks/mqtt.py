@@ -127,7 +127,7 @@ class MqttSink:
         if not self._connected.is_set():
             self._counts["metrics_dropped"] += 1
             return
-        self._client.publish(metrics_topic(self.config.site, self.config.device_id), payload, 0)
+        self._session.publish(metrics_topic(self.config.site, self.config.device_id), payload, 0)
 
     def publish_live(self, stream_id: str, point: dict[str, Any]) -> None:
         self._check_open()
@@ -136,7 +136,7 @@ class MqttSink:
         if not self._connected.is_set():
             self._counts["live_dropped"] += 1
             return
-        self._client.publish(live_topic(site, device_id, stream_id), payload, 0)
+        self._session.publish(live_topic(site, device_id, stream_id), payload, 0)
 
     def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
         """Retained (QoS 1), sent again on every reconnect; None (stream ended) removes it."""
@@ -151,7 +151,7 @@ class MqttSink:
         self._check_open()
         site, device_id = self.config.site, self.config.device_id
         payload = ack_payload(site, device_id, stream_id, target, user, utc_now(), ended)
-        self._client.publish(ack_topic(site, device_id, stream_id), payload, qos=1)
+        self._session.publish(ack_topic(site, device_id, stream_id), payload, qos=1)
 
     def publish_summary(self, stream_id: str, summary: dict[str, Any] | None) -> None:
         """Send a bed's summary retained (QoS 1), as :meth:`publish_verdict` its verdict."""
@@ -165,7 +165,7 @@ class MqttSink:
         payload = "" if body is None else payload_of(site, device_id, stream_id, body)
         self._retained[(kind, stream_id)] = (topic, payload)
         if self._connected.is_set():
-            self._client.publish(topic, payload, qos=1, retain=True)
+            self._session.publish(topic, payload, qos=1, retain=True)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the spool is empty (every event acknowledged); False on timeout."""
@@ -310,7 +310,7 @@ class MqttSink:
                 log.error("dropping unreadable spooled event seq %d", seq)
                 self._spool.ack(seq)
             else:
-                info = self._client.publish(topic, payload, qos=1)
+                info = self._session.publish(topic, payload, qos=1)
                 if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
                     log.warning("paho refused seq %d (%s); retrying later", seq, info.rc)
                     return
@@ -338,7 +338,7 @@ class MqttSink:
             return  # the broker has already published the will
         offline = status_payload("offline", self.config.site, self.config.device_id, "shutdown",
                                  eui64=self.config.eui64)  # fmt: skip
-        info = self._client.publish(self._status_topic, offline, qos=1, retain=True)
+        info = self._session.publish(self._status_topic, offline, qos=1, retain=True)
         try:
             info.wait_for_publish(timeout=self.config.flush_timeout_s)
         except (RuntimeError, ValueError) as exc:
