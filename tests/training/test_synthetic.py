@@ -19,7 +19,6 @@ from training.data.synthetic import (
     WHEEZE,
     SyntheticRecording,
     breathing_envelope,
-    event_mask,
     event_sample_range,
     synthesize,
 )
@@ -31,6 +30,17 @@ N_CRACKLES = 25
 N_WHEEZES = 6
 WHEEZE_BAND_HZ = (100.0, 1000.0)
 PEAK_SEARCH_MARGIN_S = 0.020
+EVENT_TYPES = (FINE_CRACKLE, COARSE_CRACKLE, WHEEZE)
+
+
+def event_mask(recording: SyntheticRecording, types: tuple[str, ...] = EVENT_TYPES) -> np.ndarray:
+    """Where the recording's events of ``types`` sound, sample by sample."""
+    mask = np.zeros(recording.samples.shape[0], dtype=bool)
+    for event in recording.events:
+        if event.type in types:
+            start, end = event_sample_range(event, recording.sample_rate_hz)
+            mask[start:end] = True
+    return mask
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ dataset's README) is an alias of ``record_annotation``::
      "event_annotation": [{"start": "342", "end": "2515", "type": "Fine Crackle"}, ...]}
 
 Events keep the file's order, in which the challenge tasks score them; it is out of time order in
-about 40% of the training records, so walk the timeline with :attr:`SprRecord.events_by_time`."""
+about 40% of the training records: sort by ``start_ms`` to walk the timeline."""
 
 from __future__ import annotations
 
@@ -56,10 +56,6 @@ class SprRecord:
     location: str
     record_label: str
     events: tuple[SprEvent, ...]
-
-    @property
-    def events_by_time(self) -> tuple[SprEvent, ...]:
-        return tuple(sorted(self.events, key=lambda e: (e.start_ms, e.end_ms)))
 
     @property
     def events_s(self) -> list[tuple[float, float, str]]:

@@ -19,7 +19,6 @@ FINE_CRACKLE = "Fine Crackle"
 COARSE_CRACKLE = "Coarse Crackle"
 WHEEZE = "Wheeze"
 CRACKLE_TYPES: tuple[str, ...] = (FINE_CRACKLE, COARSE_CRACKLE)
-EVENT_TYPES: tuple[str, ...] = (FINE_CRACKLE, COARSE_CRACKLE, WHEEZE)
 
 CRACKLE_DURATION_S: dict[str, tuple[float, float]] = {
     FINE_CRACKLE: (0.005, 0.010),
@@ -82,15 +81,6 @@ class SyntheticRecording:
 
 def event_sample_range(event: SyntheticEvent, sample_rate_hz: int) -> tuple[int, int]:
     return round(event.start_s * sample_rate_hz), round(event.end_s * sample_rate_hz)
-
-
-def event_mask(recording: SyntheticRecording, types: tuple[str, ...] = EVENT_TYPES) -> np.ndarray:
-    mask = np.zeros(recording.samples.shape[0], dtype=bool)
-    for event in recording.events:
-        if event.type in types:
-            start, end = event_sample_range(event, recording.sample_rate_hz)
-            mask[start:end] = True
-    return mask
 
 
 def synthesize(
