@@ -163,7 +163,7 @@ class AlarmFollower:
             return report()
         except Hl7Error as exc:
             if key not in self._unreportable:
-                log.error("alarm %s cannot be reported: %s", "/".join(key), exc)
+                log.error("alarm %r cannot be reported: %s", "/".join(key), exc)
             self._unreportable.add(key)
             self.counts["unreportable"] = len(self._unreportable)
         except Exception:  # the last guard: one condition never stops the site's reports

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.config import BedEntry, GatewayConfig, Hl7Config
 from gateway.outbox import Outbox
 from gateway.service import Intake, hl7_route
@@ -259,7 +261,7 @@ def test_the_alarm_reports_reach_the_receiver_with_who_acknowledged(tmp_path: Pa
 
 
 def test_what_hl7_cannot_carry_is_set_aside_and_every_other_bed_still_reported(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A bed with a 24-character stream id is reported whole; a retained summary whose open
     alarms start in the year 1 (a time out of HL7's range) or name a type with a lone
@@ -282,6 +284,10 @@ def test_what_hl7_cannot_carry_is_set_aside_and_every_other_bed_still_reported(
     assert gate.counts["refused:invalid"] == 0
     assert gate.alarms is not None
     assert gate.alarms.counts["unreportable"] == 2
+    said = [r.getMessage() for r in caplog.records if "cannot be reported" in r.getMessage()]
+    assert len(said) == 2
+    assert "Gurgle\\ud800" in said[1]  # escaped: a UTF-8 log file takes the line
+    assert all(line.encode("utf-8") for line in said)
     assert gate.tick() == 0  # set aside, said once
     clock.now += 300.0
     assert gate.tick() == 1  # the long bed's wheeze escalates as any other
