@@ -4,7 +4,8 @@
 # Debian machine only needs Python 3.11 and make.
 #
 #   make demo     the main job on the embedded default (edge dependencies only, no torch)
-#   make test     the test suite (uses ../shared/data when present)
+#   make test     the test suite (uses ../shared/data when present), whole test files on
+#                 TEST_WORKERS processes (2; TEST_WORKERS=0 runs them in this one)
 #   make lint     ruff + mypy + the layout's import contracts (lint-imports)
 #   make bench    benchmarks, results in bench/results/
 #   make fuzz     fuzz the firmware-bridge decoder (1 M inputs), the ward view's and the
@@ -19,6 +20,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 EDGE_VENV ?= .venv-edge
+TEST_WORKERS ?= 2
 EDGE_LOCK = requirements/edge.lock
 DEV_LOCK = requirements/dev.lock
 SYSDEPS = requirements/install-debian-packages.sh
@@ -65,7 +67,7 @@ demo: $(EDGE_VENV)/.installed-edge
 	$(EDGE_VENV)/bin/lungwatch-edge demo $(ARGS)
 
 test: $(VENV)/.installed-dev
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,8 @@
 """Fixtures shared across the test folders, and the ``requires_data`` marker: a test marked
-with it is skipped, with the reason, when the reference data folder is absent."""
+with it is skipped, with the reason, when the reference data folder is absent. Files with a
+``slow`` test run first, each file's tests in their order: ``make test`` hands whole files to
+its workers in this order, so the longest files (the fleet's rollouts) start at once instead of
+running alone at the end."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from tests.postgres import Postgres
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: files stay whole
     root = data_root()
     if root.is_dir():
         return
