@@ -174,6 +174,9 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Answers:
         return lungwatch(name, *_fill(argv, folder))
 
     cases = _cases()
+    # made here, once: a worker given --basetemp (pytest-xdist) empties that folder on its first
+    # call, which in two threads at once removes the other thread's case folder
+    tmp_path_factory.getbasetemp()
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
         done = list(pool.map(lambda case: run(*case), cases))
     return dict(zip(cases, done, strict=True))
