@@ -41,6 +41,11 @@ def _write_record(folder: Path, record_id: str, annotation: object, *, audio: bo
     return path
 
 
+def by_time(record: SprRecord) -> tuple[SprEvent, ...]:
+    """The record's events in time order (the file's order is kept in ``record.events``)."""
+    return tuple(sorted(record.events, key=lambda e: (e.start_ms, e.end_ms)))
+
+
 def _events(*spans: tuple[object, object, str]) -> list[dict[str, object]]:
     return [{"start": start, "end": end, "type": kind} for start, end, kind in spans]
 
@@ -72,8 +77,7 @@ def test_loads_record_with_string_and_int_times_in_file_order(tmp_path: Path) ->
             SprEvent(5000, 5100, "Normal"),
         ),
     )
-    timeline = sorted(record.events, key=lambda e: (e.start_ms, e.end_ms))
-    assert [e.start_ms for e in timeline] == [236, 3210, 5000]
+    assert [e.start_ms for e in by_time(record)] == [236, 3210, 5000]
 
 
 def test_recording_annotation_alias_and_wav_audio(tmp_path: Path) -> None:
@@ -241,7 +245,7 @@ def test_train_counts(spr_train: list[SprRecord]) -> None:
     assert {e.type for r in spr_train for e in r.events} == set(EVENT_LABELS)
     out_of_order = 0
     for record in spr_train:
-        timeline = tuple(sorted(record.events, key=lambda e: (e.start_ms, e.end_ms)))
+        timeline = by_time(record)
         out_of_order += timeline != record.events
         assert all(a.end_ms <= b.start_ms for a, b in itertools.pairwise(timeline))
     assert out_of_order == 851  # files list events out of time order; file order is kept
