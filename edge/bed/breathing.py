@@ -38,6 +38,8 @@ MAX_BREATH_S = 4.0  # a breath stands over half its height for at most this long
 BREATH_WIDTH_FRACTION = 0.8  # ... or this share of the cycle where longer (slow breathing)
 WIDE_CONFIDENCE = 0.7  # ... where the window is this periodic (else a step of the floor)
 CUT_GAP_FRACTION = 0.55  # a hump the stream's end cuts this near the breath before: that one's
+START_CUT_MAX = 1.6  # cycles from the stream's start to its first breath that one cut cycle spans
+START_HEAD_S = 0.2  # the start's level: the highest activity of its first this many seconds
 PAIRED_GAP = 0.75  # where a cycle is two humps: a lone one this share of it from any breath counts
 MIN_PHASE_HUMPS = 8  # humps that can show phases alternating (fewer alternate by chance)
 PHASE_SEPARATION = 3.0  # their tilt in two levels this far apart (in their spread) ...
@@ -178,6 +180,7 @@ class BreathTracker:
         self.last_lost = -1  # the last sample under a lost signal
         self.final_end = -1  # where the last of them had fallen by half
         self.first_breath = -1  # the first one's peak
+        self.start_cut = 0  # 1: the stream's start cut a cycle before the first breath (counted)
         self.pending: list[tuple[int, float, int]] = []  # later breaths (peak, prom, end)
         self.last_breath_end = -1  # where the last breath heard had fallen by half
         self.breathing_now = False  # a breath was under way at the newest sample analysed
@@ -288,7 +291,10 @@ class BreathTracker:
             # cut by the stream's end barely past the least gap from the breath before: that
             # breath's expiration, whose own peak the end hides (docs/respiration.md, step 4)
             peaks, proms, ends, confirmed = peaks[:-1], proms[:-1], ends[:-1], confirmed[:-1]
+        judged = self.first_breath >= 0
         self._count(first + peaks, first + ends, proms, confirmed, final)
+        if not judged and self.first_breath >= 0 and first == 0:
+            self.start_cut = self._start_cut(a, good)
         self.breathing_now = bool(peaks.size and not confirmed[-1])
         self.rising_peak = first + int(peaks[-1]) if self.breathing_now else -1
         strong = proms >= RESUME_FRACTION * self.typical_db  # breaths that end an alarm
@@ -410,6 +416,17 @@ class BreathTracker:
         ends_heard = [self.last_breath_end, self.final_end] + [end for _, _, end in pending]
         self.last_breath_end = max(ends_heard)
 
+    def _start_cut(self, a: np.ndarray, good: np.ndarray) -> int:
+        """1 where the stream started inside a breath sound a cycle before its first breath: the
+        cycle the start cut, which a count of the recording's cycles holds (docs/respiration.md,
+        step 4); ``a``: the activity from the stream's start."""
+        lead, cycle = self.first_breath, self.period_s * self.rate_hz
+        head = max(1, round(START_HEAD_S * self.rate_hz))
+        if not CUT_GAP_FRACTION * cycle <= lead <= START_CUT_MAX * cycle or not good[:lead].all():
+            return 0
+        drop = float(a[:head].max() - a[: lead + 1].min())
+        return int(drop >= self.delta_db)  # a sound at the start as loud as a breath must be
+
     @property
     def heard(self) -> int:
         return self.breaths + len(self.pending)
@@ -495,9 +512,10 @@ class BreathTracker:
         whole = self.samples <= self.ring_a.shape[0]
         last = whole and self.own_state == "ok"
         assessable = (share >= 0.5 or last) and monitored_s > 0
+        breaths = self.breaths + self.start_cut
         return {
-            "rate_bpm": round(60.0 * self.breaths / monitored_s, 2) if assessable else None,
-            "breaths": self.breaths,
+            "rate_bpm": round(60.0 * breaths / monitored_s, 2) if assessable else None,
+            "breaths": breaths,
             "monitored_s": round(monitored_s, 2),
             "assessable": assessable,
             "assessed_share": round(share, 3),
