@@ -165,12 +165,16 @@ def test_the_choice_minimises_not_assessable_under_the_accuracy_targets() -> Non
     # A: all four assessable, 3 bpm off (misses MAE <= 2); B: two assessable, exact
     a = [_row(n, 5, 5, 18.0) for n in names]
     b = [_row(n, 5, 5, 15.0) for n in names[:2]] + [_row(n, 5, 5, None) for n in names[2:]]
-    # C: three assessable, 1 bpm off: meets the targets with fewer not assessable than B
-    c = [_row(n, 5, 5, 16.0) for n in names[:3]] + [_row(names[3], 5, 5, None)]
+    # C: three assessable, 1 bpm off either way: meets the targets with fewer not assessable
+    c = [_row(n, 5, 5, x) for n, x in zip(names, (16.0, 14.0, 15.5), strict=False)]
+    c.append(_row(names[3], 5, 5, None))
+    # F: all four assessable, 1 bpm over on each: within the MAE, out of the bias bound
+    f = [_row(n, 5, 5, 16.0) for n in names]
     # none meets MAE <= 2: D 2.5 off on two recordings, E 4 off on all four
     d = [_row(n, 5, 5, 17.5) for n in names[:2]] + [_row(n, 5, 5, None) for n in names[2:]]
     e = [_row(n, 5, 5, 19.0) for n in names]
     best = lambda *options: max(range(len(options)), key=lambda i: r._choice_key(options[i]))  # noqa: E731
     assert best(a, b) == 1  # accuracy first: the fewest not assessable only among the accurate
     assert best(a, b, c) == 2  # among the accurate, the fewest not assessable
+    assert best(f, b) == 1  # a setting that counts too many (bias +1) is not accurate
     assert best(e, d) == 1  # none accurate: the lowest MAE, though more are not assessable
