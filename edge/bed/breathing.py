@@ -420,11 +420,15 @@ class BreathTracker:
         """1 where the stream started inside a breath sound a cycle before its first breath: the
         cycle the start cut, which a count of the recording's cycles holds (docs/respiration.md,
         step 4); ``a``: the activity from the stream's start."""
-        lead, cycle = self.first_breath, self.period_s * self.rate_hz
-        head = max(1, round(START_HEAD_S * self.rate_hz))
-        if not CUT_GAP_FRACTION * cycle <= lead <= START_CUT_MAX * cycle or not good[:lead].all():
+        heard = np.flatnonzero(good[: self.first_breath + 1])
+        if heard.size == 0:
             return 0
-        drop = float(a[:head].max() - a[: lead + 1].min())
+        begin = int(heard[0])  # after the digital zeros a recorder may start with
+        lead, cycle = self.first_breath - begin, self.period_s * self.rate_hz
+        if not CUT_GAP_FRACTION * cycle <= lead <= START_CUT_MAX * cycle or heard.size <= lead:
+            return 0  # too near, too far, or the signal lost between the start and the breath
+        head = begin + max(1, round(START_HEAD_S * self.rate_hz))
+        drop = float(a[begin:head].max() - a[begin : self.first_breath + 1].min())
         return int(drop >= self.delta_db)  # a sound at the start as loud as a breath must be
 
     @property

@@ -356,3 +356,31 @@ def test_the_bands_read_are_every_band_a_bed_s_trackers_read_and_no_more(
     read = {int(b) for t in trackers for b in np.concatenate([t._breath, t._body])}
     assert bands_read(config, spec) == max(read) + 1
     assert bands_read(config, spec) < spec.n_bands  # the wide bands above are not read
+
+
+def test_the_cycle_a_stream_s_start_cut_is_judged_from_its_first_sound() -> None:
+    """The recording's count holds the cycle its start cut where the stream starts as a breath
+    sound fades (after any digital zeros a recorder starts with) and its first breath lies
+    0.55 to 1.6 cycles on; not where the start is quiet, too near or too far, or the signal
+    was lost on the way."""
+    tracker = BreathTracker(RespirationConfig(), SPEC, GRID, age_band("child-1-5y"))
+    assert tracker.rate_hz == 25.0
+    tracker.period_s, tracker.delta_db = 2.4, 3.4  # a cycle of 60 samples
+    fading = np.concatenate(
+        [np.linspace(0.0, -5.0, 10), np.full(29, -5.0), np.linspace(-5, 12, 11)]
+    )
+    good = np.ones(fading.size, bool)
+    good[:2] = False  # digital zeros: the activity restarts from 0 after them
+    a = np.concatenate([np.zeros(2), fading])[: fading.size]
+    tracker.first_breath = 49  # 0.78 of a cycle after the first sound
+    assert tracker._start_cut(a, good) == 1
+    quiet = np.concatenate([np.zeros(41), np.linspace(0.0, 12.0, 9)])  # a pause: no fall
+    assert tracker._start_cut(quiet, good) == 0
+    lost = good.copy()
+    lost[20] = False
+    assert tracker._start_cut(a, lost) == 0
+    tracker.first_breath = 25  # 0.38 of a cycle: that breath's own rise
+    assert tracker._start_cut(a, good) == 0
+    tracker.period_s = 1.0  # 47 samples: 1.9 cycles, more than one cycle unheard
+    tracker.first_breath = 49
+    assert tracker._start_cut(a, good) == 0
