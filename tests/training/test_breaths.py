@@ -90,24 +90,33 @@ TWO_HUMPS = [
 ]
 
 
+def detected(clips: dict[str, tuple[np.ndarray, int]], folder: Path) -> dict[str, dict[str, Any]]:
+    """Each clip (audio, its device's rate) written as that device would record it and read by
+    ``lungwatch detect``'s path: the recording's respiration summary."""
+    recordings = {}
+    for name, (audio, rate_hz) in clips.items():
+        recordings[name] = folder / f"{name}.wav"
+        soundfile.write(recordings[name], audio, rate_hz, subtype="PCM_16")
+    model_folder, file = resolve_model(Path("models/sed"))
+    found = detect_recordings(recordings, model_folder, file)
+    out = {}
+    for name in clips:
+        got = found[name].respiration
+        assert got is not None
+        out[name] = got
+    return out
+
+
 def through_the_device(
     specs: list[Breathing], folder: Path
 ) -> list[tuple[str, Truth, dict[str, Any]]]:
-    """Each chest written as its device would record it and read by ``lungwatch detect``'s
-    path: (name, truth, the recording's respiration summary)."""
-    recordings, truths = {}, {}
+    """Each chest through :func:`detected`: (name, truth, the recording's respiration summary)."""
+    clips, truths = {}, {}
     for i, spec in enumerate(specs):
         audio, truths[f"c{i}"] = synthesize(spec)
-        recordings[f"c{i}"] = folder / f"c{i}.wav"
-        soundfile.write(recordings[f"c{i}"], audio, spec.device_rate_hz, subtype="PCM_16")
-    model_folder, file = resolve_model(Path("models/sed"))
-    found = detect_recordings(recordings, model_folder, file)
-    out = []
-    for name, truth in truths.items():
-        got = found[name].respiration
-        assert got is not None
-        out.append((name, truth, got))
-    return out
+        clips[f"c{i}"] = (audio, spec.device_rate_hz)
+    got = detected(clips, folder)
+    return [(name, truth, got[name]) for name, truth in truths.items()]
 
 
 def test_one_breath_per_cycle_where_a_cycle_is_heard_as_two_humps(tmp_path: Path) -> None:
@@ -171,7 +180,7 @@ def test_a_cycle_the_recording_start_cuts_counts_as_its_annotators_count_it(
     annotators count it, and so does the recording's count (the revision before counted one
     fewer on every chest here, -3 breaths/min on a 20-s recording). A recording that starts in
     the pause before an inspiration holds no cut cycle (the other tests' chests)."""
-    recordings, expected = {}, {}
+    clips, expected = {}, {}
     for ie_ratio, heard, before_end in ((2.0, 0.5, 0.08), (1.5, 0.4, 0.12)):
         for rate in (15.0, 24.0, 30.0, 40.0):
             spec = Breathing(rate_bpm=rate, seconds=40.0, jitter=0.0, ie_ratio=ie_ratio,
@@ -184,14 +193,11 @@ def test_a_cycle_the_recording_start_cuts_counts_as_its_annotators_count_it(
             cycles = round(20.0 / period)  # the end cuts the same phase: whole inspirations
             fs = spec.device_rate_hz
             name = f"ie{ie_ratio:g}_rr{rate:g}"
-            recordings[name] = tmp_path / f"{name}.wav"
             clip = audio[round(start * fs) : round((start + cycles * period) * fs)]
-            soundfile.write(recordings[name], clip, fs, subtype="PCM_16")
+            clips[name] = (clip, fs)
             expected[name] = cycles + 1  # the start's cut cycle, then whole ones
-    folder, file = resolve_model(Path("models/sed"))
-    found = detect_recordings(recordings, folder, file)
+    found = detected(clips, tmp_path)
     for name, cycles in expected.items():
-        got = found[name].respiration
-        assert got is not None
+        got = found[name]
         assert got["assessable"], (name, got)
         assert got["breaths"] == cycles, (name, got["breaths"], cycles)
