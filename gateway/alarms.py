@@ -80,6 +80,7 @@ class AlarmFollower:
         self._acked_by: dict[Key, str] = {}  # who acknowledged a condition the book dropped
         self._nameless: dict[Key, float] = {}  # ends acknowledged by nobody named: since
         self._unreportable: set[Key] = set()  # conditions whose report HL7 refused (logged once)
+        self._gone: set[tuple[str, str]] = set()  # beds whose summary was withdrawn since the start
         self.counts = {"reports": 0}
 
     def event(self, event: Event) -> None:
@@ -109,7 +110,10 @@ class AlarmFollower:
                 if cond is not None and cond.acknowledged:  # on the device; by whom: the ack
                     self._acked_by.setdefault(key, cond.acknowledged_by)
         self._listed[bed] = rows
-        if body is None:
+        if body is not None:
+            self._gone.discard(bed)
+        else:
+            self._gone.add(bed)
             self.book.forget_bed(device_id, stream_id)
             self._listed.pop(bed, None)
             self._open.pop(bed, None)
@@ -236,10 +240,13 @@ class AlarmFollower:
 
     def _take_back(self, now: float) -> None:
         """After a restart's settling: conditions reported as alarming that the book does not
-        hold are alarming again; acknowledged ones are left to end."""
+        hold are alarming again; acknowledged ones, and those of a bed whose summary was
+        withdrawn meanwhile (its stream ended), are left to end."""
         held = {(c["device_id"], c["stream_id"], c["condition"])
                 for c in self.book.conditions(now)}  # fmt: skip
         for key, last in self._reported.items():
+            if key[:2] in self._gone:  # its device stopped the bed while this one settled
+                continue
             if key not in held and last.acknowledged_by is None:
                 self._take_back_one(key, last, now)
 

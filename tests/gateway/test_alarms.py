@@ -218,6 +218,36 @@ def test_a_restarted_gateway_neither_repeats_nor_loses_a_report(tmp_path: Path) 
     assert list(outbox.notes()) == [f"alert/{DEVICE}/{BED}/CAS"]
 
 
+def test_a_bed_withdrawn_while_the_restarted_gateway_settles_ends_its_conditions(
+    tmp_path: Path,
+) -> None:
+    """A condition latched before the restart, and its device stops (its bed's summary
+    withdrawn) while the restarted gateway waits for the retained summaries: the bed is gone,
+    so its condition ends once the gateway has settled; it is not taken back as alarming for
+    a bed that will never report again."""
+    clock = Clock()
+    path = tmp_path / "q.sqlite"
+    gate, outbox = intake(path, clock)
+    wheeze = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+    gate.handle(TOPIC, wheeze.to_json().encode())
+    gate.handle(TOPIC, wheeze.ended("2026-05-09T07:00:09.000Z", 80000).to_json().encode())
+    assert gate.tick() == 1  # start (latched at the condition level: nobody acknowledged)
+    outbox.close()
+
+    clock.now += 5.0
+    gate, outbox = intake(path, clock)  # the gateway started again
+    assert gate.handle(summary_topic(SITE, DEVICE, BED), b"") == "taken"  # the device stopped
+    assert gate.tick() == 0  # settling
+    clock.now += 31.0
+    assert gate.tick() == 1  # settled: the gone bed's condition ends
+    clock.now += 60.0
+    assert gate.tick() == 0
+    got = reports(outbox)
+    assert [r["phase"] for r in got] == ["start", "end"]
+    assert got[0]["alert"] == got[1]["alert"]
+    assert outbox.notes() == {}
+
+
 def test_the_alarm_reports_reach_the_receiver_with_who_acknowledged(tmp_path: Path) -> None:
     """Through real Mosquitto and the gateway's process to a real MLLP receiver: a bed's
     high-priority wheeze raises its condition (start), its episode ends (latched), the device
