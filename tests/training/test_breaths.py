@@ -68,7 +68,9 @@ def test_the_set_spans_rates_devices_ages_and_chests() -> None:
 # chests where each breath cycle is heard as two humps of like loudness: an expiration as loud
 # as the inspiration and filling the cycle, or a little quieter and lower in pitch, or with a
 # pause after a quarter of the cycles. The tracker of the revision before counted 24, 24, 16
-# and 25 breaths on them (12, 18, 8 and 13 cycles): each sound a breath.
+# and 25 breaths on them (12, 18, 8 and 13 cycles): each sound a breath. The last, slow and
+# paused, leaves a 30-s window 6 humps: while the phases' alternation needed 8, it was counted
+# at 13 breaths for 8 cycles.
 TWO_HUMPS = [
     Breathing(rate_bpm=12, expiration_db=0, ie_ratio=1.0, expiration_fraction=1.0),
     Breathing(
@@ -86,6 +88,16 @@ TWO_HUMPS = [
         pause_s=3.0,
         seed=7,
         device_rate_hz=2000,
+    ),
+    Breathing(
+        rate_bpm=10,
+        expiration_db=-3,
+        ie_ratio=1.2,
+        expiration_fraction=0.9,
+        pause_share=0.25,
+        pause_s=4.5,
+        seed=3005,
+        device_rate_hz=4500,
     ),
 ]
 
