@@ -248,6 +248,32 @@ def test_a_bed_withdrawn_while_the_restarted_gateway_settles_ends_its_conditions
     assert outbox.notes() == {}
 
 
+def test_a_bed_back_before_the_restarted_gateway_settled_keeps_its_latched_condition(
+    tmp_path: Path,
+) -> None:
+    """Withdrawn and then listed again (its device restarted) while the gateway settles: the
+    bed is there, so its latched condition is taken back as it was, not ended."""
+    clock = Clock()
+    path = tmp_path / "q.sqlite"
+    gate, outbox = intake(path, clock)
+    wheeze = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+    gate.handle(TOPIC, wheeze.to_json().encode())
+    gate.handle(TOPIC, wheeze.ended("2026-05-09T07:00:09.000Z", 80000).to_json().encode())
+    assert gate.tick() == 1
+    outbox.close()
+
+    clock.now += 5.0
+    gate, outbox = intake(path, clock)
+    assert gate.handle(summary_topic(SITE, DEVICE, BED), b"") == "taken"
+    summary = {"name": "Bed 1", "location": "ICU", "utc": "2026-05-09T07:01:00.000Z", "open": []}
+    listed = summary_payload(SITE, DEVICE, BED, summary)
+    assert gate.handle(summary_topic(SITE, DEVICE, BED), listed.encode()) == "taken"
+    clock.now += 31.0
+    assert gate.tick() == 0  # taken back as reported: nothing new to say, no end
+    assert [r["phase"] for r in reports(outbox)] == ["start"]
+    assert list(outbox.notes()) == [f"alert/{DEVICE}/{BED}/CAS"]
+
+
 def test_the_alarm_reports_reach_the_receiver_with_who_acknowledged(tmp_path: Path) -> None:
     """Through real Mosquitto and the gateway's process to a real MLLP receiver: a bed's
     high-priority wheeze raises its condition (start), its episode ends (latched), the device
