@@ -218,6 +218,22 @@ def test_a_restarted_gateway_neither_repeats_nor_loses_a_report(tmp_path: Path) 
     assert list(outbox.notes()) == [f"alert/{DEVICE}/{BED}/CAS"]
 
 
+def withdrawn_while_settling(path: Path, clock: Clock) -> tuple[Intake, Outbox]:
+    """A wheeze reported and latched (its episode over, nobody acknowledged), the gateway
+    started again on the same queue, and the bed's summary withdrawn (its device stopped)
+    while the new gateway settles: that gateway and its queue."""
+    gate, outbox = intake(path, clock)
+    wheeze = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+    gate.handle(TOPIC, wheeze.to_json().encode())
+    gate.handle(TOPIC, wheeze.ended("2026-05-09T07:00:09.000Z", 80000).to_json().encode())
+    assert gate.tick() == 1  # start (latched at the condition level: nobody acknowledged)
+    outbox.close()
+    clock.now += 5.0
+    gate, outbox = intake(path, clock)  # the gateway started again
+    assert gate.handle(summary_topic(SITE, DEVICE, BED), b"") == "taken"  # the device stopped
+    return gate, outbox
+
+
 def test_a_bed_withdrawn_while_the_restarted_gateway_settles_ends_its_conditions(
     tmp_path: Path,
 ) -> None:
@@ -226,17 +242,7 @@ def test_a_bed_withdrawn_while_the_restarted_gateway_settles_ends_its_conditions
     so its condition ends once the gateway has settled; it is not taken back as alarming for
     a bed that will never report again."""
     clock = Clock()
-    path = tmp_path / "q.sqlite"
-    gate, outbox = intake(path, clock)
-    wheeze = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
-    gate.handle(TOPIC, wheeze.to_json().encode())
-    gate.handle(TOPIC, wheeze.ended("2026-05-09T07:00:09.000Z", 80000).to_json().encode())
-    assert gate.tick() == 1  # start (latched at the condition level: nobody acknowledged)
-    outbox.close()
-
-    clock.now += 5.0
-    gate, outbox = intake(path, clock)  # the gateway started again
-    assert gate.handle(summary_topic(SITE, DEVICE, BED), b"") == "taken"  # the device stopped
+    gate, outbox = withdrawn_while_settling(tmp_path / "q.sqlite", clock)
     assert gate.tick() == 0  # settling
     clock.now += 31.0
     assert gate.tick() == 1  # settled: the gone bed's condition ends
@@ -254,17 +260,7 @@ def test_a_bed_back_before_the_restarted_gateway_settled_keeps_its_latched_condi
     """Withdrawn and then listed again (its device restarted) while the gateway settles: the
     bed is there, so its latched condition is taken back as it was, not ended."""
     clock = Clock()
-    path = tmp_path / "q.sqlite"
-    gate, outbox = intake(path, clock)
-    wheeze = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
-    gate.handle(TOPIC, wheeze.to_json().encode())
-    gate.handle(TOPIC, wheeze.ended("2026-05-09T07:00:09.000Z", 80000).to_json().encode())
-    assert gate.tick() == 1
-    outbox.close()
-
-    clock.now += 5.0
-    gate, outbox = intake(path, clock)
-    assert gate.handle(summary_topic(SITE, DEVICE, BED), b"") == "taken"
+    gate, outbox = withdrawn_while_settling(tmp_path / "q.sqlite", clock)
     summary = {"name": "Bed 1", "location": "ICU", "utc": "2026-05-09T07:01:00.000Z", "open": []}
     listed = summary_payload(SITE, DEVICE, BED, summary)
     assert gate.handle(summary_topic(SITE, DEVICE, BED), listed.encode()) == "taken"

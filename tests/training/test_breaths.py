@@ -4,6 +4,7 @@ inspiration and an expiration are heard as two humps."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,16 @@ def test_the_set_spans_rates_devices_ages_and_chests() -> None:
 # and 25 breaths on them (12, 18, 8 and 13 cycles): each sound a breath. The last, slow and
 # paused, leaves a 30-s window 6 humps: while the phases' alternation needed 8, it was counted
 # at 13 breaths for 8 cycles.
+PAUSED = Breathing(
+    rate_bpm=15,
+    expiration_db=-3,
+    ie_ratio=1.2,
+    expiration_fraction=0.9,
+    pause_share=0.25,
+    pause_s=3.0,
+    seed=7,
+    device_rate_hz=2000,
+)
 TWO_HUMPS = [
     Breathing(rate_bpm=12, expiration_db=0, ie_ratio=1.0, expiration_fraction=1.0),
     Breathing(
@@ -79,26 +90,8 @@ TWO_HUMPS = [
     Breathing(
         rate_bpm=8, expiration_db=0, ie_ratio=1.0, expiration_fraction=0.9, device_rate_hz=4500
     ),
-    Breathing(
-        rate_bpm=15,
-        expiration_db=-3,
-        ie_ratio=1.2,
-        expiration_fraction=0.9,
-        pause_share=0.25,
-        pause_s=3.0,
-        seed=7,
-        device_rate_hz=2000,
-    ),
-    Breathing(
-        rate_bpm=10,
-        expiration_db=-3,
-        ie_ratio=1.2,
-        expiration_fraction=0.9,
-        pause_share=0.25,
-        pause_s=4.5,
-        seed=3005,
-        device_rate_hz=4500,
-    ),
+    PAUSED,
+    replace(PAUSED, rate_bpm=10, pause_s=4.5, seed=3005, device_rate_hz=4500),
 ]
 
 
