@@ -453,7 +453,7 @@ class BreathTracker:
             state, reason = "not_assessable", "signal lost over half the window"
         elif confidence < self.config.min_confidence:
             state, reason = "not_assessable", f"breathing not periodic ({confidence:.2f})"
-        elif heard.size < self.config.min_breaths:
+        elif heard.size < self._breaths_needed():
             state, reason = "not_assessable", f"{heard.size} breaths in the window"
         elif rate is not None and abs(rate * self.period_s / 60.0 - 1.0) > AGREEMENT:
             state = "not_assessable"
@@ -475,6 +475,12 @@ class BreathTracker:
             age_band=self.band.name,
             reason=reason,
         )
+
+    def _breaths_needed(self) -> int:
+        """``min_breaths``, or the cycles a full window holds where they are fewer (at least two:
+        breathing too slow for ``min_breaths`` in a window has a rate; docs/respiration.md)."""
+        holds = math.floor(self.config.window_s / self.period_s)
+        return min(self.config.min_breaths, max(2, holds))
 
     def _or_fallback(self, own: Respiration) -> Respiration:
         """The bed's reading: ``own``, or the fallback band's where only that one has a rate."""

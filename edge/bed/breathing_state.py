@@ -24,7 +24,7 @@ class RespirationConfig(Settings):
     analyse_every_s: float = 5.0  # a new rate (and reading) this often
     min_window_s: float = 10.0  # "assessing" until the window holds this much good audio
     min_confidence: Annotated[float, Field(ge=0, lt=1)] = 0.3  # below it the rate is not assessable
-    min_breaths: Annotated[int, Field(ge=2)] = 3  # a rate needs this many breaths in the window
+    min_breaths: Annotated[int, Field(ge=2)] = 3  # breaths a rate needs (fewer in slow breathing)
     apnoea_s: Annotated[float, Field(ge=5.0)] | None = None  # None: the age band's (20 s)
     arm_breaths: PositiveInt = 4  # apnoea is judged once this many breaths were heard
     contact_drop_db: PositiveFloat = 20.0  # the body band this far under its breathing level: lost

@@ -228,6 +228,23 @@ def test_a_slow_rate_is_bradypnoea_for_an_infant() -> None:
     assert [t.state for _, t in of_type(found, "bradypnoea")][:1] == ["onset"]
 
 
+def test_breathing_too_slow_for_three_breaths_a_window_has_a_rate_and_raises_bradypnoea() -> None:
+    # 5 /min: a 30-s window holds two cycles, fewer than min_breaths (3)
+    tracker, found = run(breathing(240.0, 5))
+    series = summary(tracker)["series"]
+    rates = [r["rate_bpm"] for r in series if r["state"] == "ok"]
+    assert len(rates) >= 0.75 * len(series)
+    assert rates == pytest.approx([5.0] * len(rates), abs=0.3)
+    onset = [when for when, t in of_type(found, "bradypnoea") if t.state == "onset"]
+    assert onset
+    assert onset[0] <= 120.0
+    # and when it stops, apnoea: 20 s after the last breath (its onset at 144.5 s), in time
+    _, stopped = run(breathing(240.0, 5, pauses=((150.0, 240.0),)))
+    apnoea = [when for when, t in of_type(stopped, "apnoea") if t.state == "onset"]
+    assert apnoea
+    assert 164.5 <= apnoea[0] <= 175.0
+
+
 def test_a_stream_without_breath_is_not_assessable() -> None:
     frames = breathing(60.0, 15, pauses=((0.0, 60.0),))
     tracker, _ = run(frames)
