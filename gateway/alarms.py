@@ -81,6 +81,7 @@ class AlarmFollower:
         self._nameless: dict[Key, float] = {}  # ends acknowledged by nobody named: since
         self._unreportable: set[Key] = set()  # conditions whose report HL7 refused (logged once)
         self._gone: set[tuple[str, str]] = set()  # beds whose summary was withdrawn since the start
+        self.stopped: set[str] = set()  # devices whose last status says they stopped cleanly
         self.counts = {"reports": 0}
 
     def event(self, event: Event) -> None:
@@ -117,6 +118,14 @@ class AlarmFollower:
             self.book.forget_bed(device_id, stream_id)
             self._listed.pop(bed, None)
             self._open.pop(bed, None)
+
+    def device_status(self, device_id: str, stopped: bool) -> None:
+        """A device's status: ``stopped`` where it is offline because it shut down cleanly (its
+        streams ended, and their alarms with them: a restart's take-back passes over them)."""
+        if stopped:
+            self.stopped.add(device_id)
+        else:
+            self.stopped.discard(device_id)
 
     def ack(
         self, device_id: str, stream_id: str, target: str, user: str, utc: str | None = None
@@ -240,12 +249,12 @@ class AlarmFollower:
 
     def _take_back(self, now: float) -> None:
         """After a restart's settling: conditions reported as alarming that the book does not
-        hold are alarming again; acknowledged ones, and those of a bed whose summary was
-        withdrawn meanwhile (its stream ended), are left to end."""
+        hold are alarming again; acknowledged ones, those of a bed whose summary was withdrawn
+        meanwhile (its stream ended) and those of a device that shut down are left to end."""
         held = {(c["device_id"], c["stream_id"], c["condition"])
                 for c in self.book.conditions(now)}  # fmt: skip
         for key, last in self._reported.items():
-            if key[:2] in self._gone:  # its device stopped the bed while this one settled
+            if key[:2] in self._gone or key[0] in self.stopped:  # its bed's stream ended
                 continue
             if key not in held and last.acknowledged_by is None:
                 self._take_back_one(key, last, now)

@@ -27,6 +27,7 @@ from lungwatch.alarms import condition_of
 from lungwatch.events import (
     FINDING_RATE_FAMILY,
     FINDING_TYPES,
+    SHUTDOWN_REASON,
     TOPIC_ROOT,
     Event,
     EventError,
@@ -210,14 +211,23 @@ class Intake:
         raise MessageError(f"the gateway does not read {kind!r} messages")
 
     def _status(self, device_id: str, payload: bytes) -> str:
-        """A device's status: its EUI-64 (where it gives one) names it from now on."""
+        """A device's status: its EUI-64 (where it gives one) names it from now on; whether it
+        shut down cleanly (the alarm follower's)."""
         body = parse_message(payload, MAX_MESSAGE_BYTES, MAX_JSON_DEPTH)
         for name, value in (("site", self.config.site), ("device_id", device_id)):
             if body.get(name) != value:
                 raise MessageError(f"{name} {body.get(name)!r} is not the topic's {value!r}")
-        equipment = Status.from_dict(body).eui64
+        status = Status.from_dict(body)
+        if self.alarms is not None:
+            stopped = status.state == "offline" and status.reason == SHUTDOWN_REASON
+            with self.lock:
+                if stopped and device_id not in self.alarms.stopped and \
+                        len(self.alarms.stopped) >= MAX_DEVICES:  # fmt: skip
+                    raise MessageError(f"more than {MAX_DEVICES} devices", "over_limit")
+                self.alarms.device_status(device_id, stopped)
+        equipment = status.eui64
         if equipment is None:
-            return "skipped"
+            return "skipped" if self.alarms is None else "taken"
         if len(self._equipment) >= MAX_DEVICES and device_id not in self._equipment:
             raise MessageError(f"more than {MAX_DEVICES} devices", "over_limit")
         if self._equipment.get(device_id) != equipment:

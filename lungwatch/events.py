@@ -294,6 +294,9 @@ def metrics_topic(site: str, device_id: str) -> str:
 COMMAND_POLICIES = ("signed", "signed_or_unsigned", "refused")
 
 
+SHUTDOWN_REASON = "shutdown"  # an offline status's reason where the device stopped cleanly
+
+
 def status_payload(
     state: str, site: str, device_id: str, reason: str, commands: str | None = None, eui64: str = ""
 ) -> str:

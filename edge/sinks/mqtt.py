@@ -23,6 +23,7 @@ from edge.sinks import SinkError
 from edge.sinks.live import live_payload, live_topic
 from edge.sinks.spool import Spool, SpoolFullMonitor
 from lungwatch.events import (
+    SHUTDOWN_REASON,
     Event,
     ack_payload,
     ack_topic,
@@ -336,8 +337,8 @@ class MqttSink:
     def _say_offline(self) -> None:
         if not self._connected.is_set():
             return  # the broker has already published the will
-        offline = status_payload("offline", self.config.site, self.config.device_id, "shutdown",
-                                 eui64=self.config.eui64)  # fmt: skip
+        offline = status_payload("offline", self.config.site, self.config.device_id,
+                                 SHUTDOWN_REASON, eui64=self.config.eui64)  # fmt: skip
         info = self._session.publish(self._status_topic, offline, qos=1, retain=True)
         try:
             info.wait_for_publish(timeout=self.config.flush_timeout_s)

@@ -22,6 +22,7 @@ from lungwatch.events import (
     ack_payload,
     ack_topic,
     event_topic,
+    status_payload,
     summary_payload,
     summary_topic,
 )
@@ -218,10 +219,9 @@ def test_a_restarted_gateway_neither_repeats_nor_loses_a_report(tmp_path: Path) 
     assert list(outbox.notes()) == [f"alert/{DEVICE}/{BED}/CAS"]
 
 
-def withdrawn_while_settling(path: Path, clock: Clock) -> tuple[Intake, Outbox]:
-    """A wheeze reported and latched (its episode over, nobody acknowledged), the gateway
-    started again on the same queue, and the bed's summary withdrawn (its device stopped)
-    while the new gateway settles: that gateway and its queue."""
+def latched_and_restarted(path: Path, clock: Clock) -> tuple[Intake, Outbox]:
+    """A wheeze reported and latched (its episode over, nobody acknowledged), then the
+    gateway started again on the same queue: that gateway, settling, and its queue."""
     gate, outbox = intake(path, clock)
     wheeze = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
     gate.handle(TOPIC, wheeze.to_json().encode())
@@ -229,9 +229,49 @@ def withdrawn_while_settling(path: Path, clock: Clock) -> tuple[Intake, Outbox]:
     assert gate.tick() == 1  # start (latched at the condition level: nobody acknowledged)
     outbox.close()
     clock.now += 5.0
-    gate, outbox = intake(path, clock)  # the gateway started again
+    return intake(path, clock)
+
+
+def withdrawn_while_settling(path: Path, clock: Clock) -> tuple[Intake, Outbox]:
+    """:func:`latched_and_restarted`, and the bed's summary withdrawn (its device stopped)
+    while the new gateway settles."""
+    gate, outbox = latched_and_restarted(path, clock)
     assert gate.handle(summary_topic(SITE, DEVICE, BED), b"") == "taken"  # the device stopped
     return gate, outbox
+
+
+def device_status(gate: Intake, state: str, reason: str) -> str:
+    payload = status_payload(state, SITE, DEVICE, reason)
+    return gate.handle(f"lungwatch/v1/{SITE}/{DEVICE}/status", payload.encode())
+
+
+@pytest.mark.parametrize(
+    ("statuses", "phases"),
+    [
+        ([("offline", "shutdown")], ["start", "end"]),  # shut down: its streams ended
+        ([("offline", "connection lost")], ["start"]),  # the will: it may still be alarming
+        ([("offline", "shutdown"), ("online", "connected")], ["start"]),  # back: not known
+    ],
+)
+def test_a_condition_of_a_device_that_shut_down_while_the_gateway_was_down_ends(
+    tmp_path: Path, statuses: list[tuple[str, str]], phases: list[str]
+) -> None:
+    """The device shut down cleanly while the gateway was down: its beds' retained summaries
+    are gone, and its retained status says it shut down (its streams, and their alarms, ended).
+    The restarted gateway ends its latched condition once settled rather than taking it back
+    as alarming for a device that cannot take an acknowledge. A lost connection (the last
+    will), or the device back online, keeps the condition latched as it was."""
+    clock = Clock()
+    gate, outbox = latched_and_restarted(tmp_path / "q.sqlite", clock)
+    for state, reason in statuses:
+        assert device_status(gate, state, reason) == "taken"
+    clock.now += 31.0
+    gate.tick()
+    clock.now += 60.0
+    gate.tick()
+    got = reports(outbox)
+    assert [r["phase"] for r in got] == phases
+    assert (outbox.notes() == {}) == (phases[-1] == "end")
 
 
 def test_a_bed_withdrawn_while_the_restarted_gateway_settles_ends_its_conditions(
