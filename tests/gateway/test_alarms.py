@@ -7,6 +7,7 @@ reaching the hospital's receiver with the nurse's name."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,44 @@ def test_a_bed_back_before_the_restarted_gateway_settled_keeps_its_latched_condi
     assert gate.tick() == 0  # taken back as reported: nothing new to say, no end
     assert [r["phase"] for r in reports(outbox)] == ["start"]
     assert list(outbox.notes()) == [f"alert/{DEVICE}/{BED}/CAS"]
+
+
+def test_a_device_that_shut_down_while_the_gateway_was_down_has_its_latched_alarm_ended(
+    tmp_path: Path,
+) -> None:
+    """Through real Mosquitto, the gateway's process and an MLLP receiver: a wheeze is
+    reported (start) and latched; the gateway stops; the device shuts down cleanly (its
+    retained status offline, reason shutdown); the gateway starts again and, once settled,
+    reports the alert's end under the same alert id rather than keeping it latched."""
+    (tmp_path / "state").mkdir(mode=0o700)
+    broker, receiver = Mosquitto(tmp_path).start(), Receiver().start()
+    config = gateway_yaml(tmp_path, broker.port, receiver.port, alarms=True)
+    gateway, device = start_gateway(config), Device(broker.port)
+    onset = finding_events(1, site=SITE, device_id=DEVICE, stream_id=BED)[0]
+
+    def alerts() -> list[str]:
+        return [t for t in receiver.accepted.values() if "ORU^R40" in t.split("\r")[0]]
+
+    try:
+        device.publish(TOPIC, onset.to_json().encode())
+        device.publish(TOPIC, onset.ended("2026-05-09T07:00:09.000Z", 80000).to_json().encode())
+        assert receiver.wait_for(lambda: len(alerts()) == 1, 20.0), receiver.errors
+        time.sleep(1.0)  # the report's note written
+        gateway.send_signal(signal.SIGTERM)
+        gateway.communicate(timeout=20)
+        offline = status_payload("offline", SITE, DEVICE, "shutdown").encode()
+        status = f"lungwatch/v1/{SITE}/{DEVICE}/status"
+        device.client.publish(status, offline, qos=1, retain=True).wait_for_publish(5.0)
+        gateway = start_gateway(config)
+        assert receiver.wait_for(lambda: len(alerts()) == 2, 60.0), receiver.errors
+    finally:
+        _, err = stop_all(gateway, device, receiver, broker)
+    assert gateway.returncode == 0, err
+    facets = [[seg.split("|") for seg in t.split("\r") if seg.startswith("OBX")] for t in alerts()]
+    assert [f[2][5] for f in facets] == ["start", "end"]
+    alert_ids = {next(s for s in t.split("\r") if s.startswith("OBR")).split("|")[3]
+                 for t in alerts()}  # fmt: skip
+    assert len(alert_ids) == 1
 
 
 def test_the_alarm_reports_reach_the_receiver_with_who_acknowledged(tmp_path: Path) -> None:
