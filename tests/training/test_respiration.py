@@ -107,6 +107,24 @@ def test_the_rate_on_icbhi_meets_the_targets_on_assessable_recordings(icbhi: Pat
     assert result["not_assessable_share"] <= 0.25  # stated in docs/respiration.md
 
 
+def test_real_recordings_played_faster_and_slower_are_counted_at_their_new_rates(
+    icbhi: Path,
+) -> None:
+    """ICBHI played 0.8 and 1.25 times as fast: the same cycles at new, known rates (stated in
+    docs/respiration.md, "Real recordings at other rates")."""
+    result = r.stretched_part(Path("models/sed"), icbhi)
+    rows = {(row["recording"], row["factor"]): row for row in result["recordings"]}
+    plain = r.CycleReference.of(icbhi / "train" / "105_1b1_Tc_sc_Meditron.txt")
+    for factor in r.STRETCH_FACTORS:
+        row = rows[("105_1b1_Tc_sc_Meditron", factor)]
+        assert row["cycles"] == plain.cycles
+        assert row["rate_ref_bpm"] == pytest.approx(plain.rate_bpm * factor, abs=0.01)
+        at = result["groups"]["factor"][str(factor)]
+        assert at["recordings_n"] == 92
+        assert at["not_assessable_share"] <= 0.25
+        assert at["count_within_1_assessable"] >= 0.75
+
+
 def test_splice_kinds_on_a_synthetic_stream() -> None:
     rng = np.random.default_rng(0)
     audio = rng.normal(0, 0.01, 90 * RATE_HZ).astype(np.float32)
@@ -124,7 +142,7 @@ def test_splice_kinds_on_a_synthetic_stream() -> None:
 
 
 def test_the_cycle_reference(tmp_path: Path) -> None:
-    txt = tmp_path / "101_1b1_Al_sc_Meditron.txt"
+    txt = tmp_path / "105_1b1_Tc_sc_Meditron.txt"
     txt.write_text("0.5\t2.5\t0\t0\n2.5\t5.5\t1\t0\n5.5\t8.5\t0\t0\n8.5\t9.5\t0\t1\n")
     ref = r.CycleReference.of(txt)
     assert ref.cycles == 4

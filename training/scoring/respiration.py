@@ -29,7 +29,8 @@ from edge.monitor import Bed, BedEvent, Monitor
 from edge.runtime.detect import write_json
 from lungwatch.cli import ArgumentParser
 
-PARTS = ("rate", "cv", "apnoea", "false", "synthetic")
+PARTS = ("rate", "cv", "apnoea", "false", "synthetic", "stretched")
+STRETCH_FACTORS = (0.8, 1.25)  # real recordings played this many times faster: known new rates
 # the estimator's settings the cross-validation chooses among on each fold's training patients
 CANDIDATES: tuple[dict[str, Any], ...] = tuple(
     {"min_confidence": c, "fallback_band_hz": None} for c in (0.2, 0.25, 0.3, 0.35)
@@ -209,6 +210,52 @@ def rate_part(model: Path, root: Path, settings: Mapping[str, Any] | None = None
                      "rate_ref_bpm": round(ref.rate_bpm, 2), "period_ref_bpm": ref.period_bpm,
                      **_reported(found[name].respiration)})  # fmt: skip
     return {"recordings": rows, **rate_summary(rows)}
+
+
+def stretched_part(
+    model: Path, root: Path, factors: Sequence[float] = STRETCH_FACTORS
+) -> dict[str, Any]:
+    """ICBHI ``train`` played ``factor`` times faster (:func:`training.data.breaths.stretch`):
+    the same annotated cycles at a rate ``factor`` times the recording's, through the device
+    path (docs/respiration.md, "Real recordings at other rates")."""
+    import tempfile
+
+    import soundfile
+
+    from edge.monitor import resolve_model
+    from edge.runtime.offline import detect_recordings, recordings_in
+    from training.data.breaths import stretch
+
+    ages = icbhi_ages(root)
+    recordings = recordings_in([root / "train"])
+    folder, file = resolve_model(model)
+    rows = []
+    for factor in factors:
+        with tempfile.TemporaryDirectory(prefix="lungwatch-stretched-") as tmp:
+            paths, bands = {}, {}
+            for name, source in recordings.items():
+                audio, rate_hz = soundfile.read(source, dtype="float32", always_2d=True)
+                paths[name] = Path(tmp) / f"{name}.wav"
+                soundfile.write(paths[name], stretch(audio[:, 0], factor), rate_hz, "FLOAT")
+                bands[name] = band_for_age(ages[name.split("_")[0]]).name
+            found = detect_recordings(paths, folder, file, age_bands=bands)
+        for name in sorted(recordings):
+            ref = CycleReference.of(root / "train" / f"{name}.txt")
+            period = None if ref.period_bpm is None else round(ref.period_bpm * factor, 2)
+            rows.append({"recording": name, "factor": factor, "age_band": bands[name],
+                         "cycles": ref.cycles, "rate_ref_bpm": round(ref.rate_bpm * factor, 2),
+                         "period_ref_bpm": period,
+                         **_reported(found[name].respiration)})  # fmt: skip
+    by = {"factor": operator.itemgetter("factor"), "age_band": operator.itemgetter("age_band")}
+    return {**rate_summary(rows), "groups": grouped(rows, by), "recordings": rows}
+
+
+def print_stretched(result: Mapping[str, Any]) -> None:
+    print("stretched: ICBHI train played faster and slower, against its annotated cycles")
+    for factor, r in result["groups"]["factor"].items():
+        print(f"  x{factor}: not assessable {r['not_assessable_share']:.1%}, rate MAE "
+              f"{r['rate_mae_bpm']} breaths/min (bias {r['rate_bias_bpm']}), breaths within ±1 "
+              f"{r['count_within_1_assessable']:.1%} of assessable")  # fmt: skip
 
 
 def _reported(respiration: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -519,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {}
     runs = {"rate": (rate_part, print_rate), "cv": (cv_part, print_cv),
             "apnoea": (apnoea_part, print_apnoea), "false": (false_part, print_false),
-            "synthetic": (lambda m, _: synthetic_part(m), print_synthetic)}  # fmt: skip
+            "synthetic": (lambda m, _: synthetic_part(m), print_synthetic),
+            "stretched": (stretched_part, print_stretched)}  # fmt: skip
     for part in parts:
         run, show = runs[part]
         result[part] = run(model, data if part == "false" else data / "icbhi")
@@ -548,6 +596,10 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
         out.update(synthetic_not_assessable=r["not_assessable_share"],
                    synthetic_rate_mae_bpm=r["rate_mae_bpm"],
                    synthetic_rate_bias_bpm=r["rate_bias_bpm"])  # fmt: skip
+    if "stretched" in result:
+        for factor, r in result["stretched"]["groups"]["factor"].items():
+            out[f"stretched_{factor}_mae_bpm"] = r["rate_mae_bpm"]
+            out[f"stretched_{factor}_bias_bpm"] = r["rate_bias_bpm"]
     if "apnoea" in result:
         out.update({f"splice_{k}": f"{v['ok']}/{v['of']}" for k, v in result["apnoea"].items()})
         out.update({f"splice_{k}_assessable": f"{v['ok_armed']}/{v['armed']}"
