@@ -50,6 +50,8 @@ MAX_OWNED_EPISODES = 100_000  # episodes whose bed is remembered: days of a larg
 EQUIPMENT_NOTE = "equipment/"  # the queues' notes of each device's EUI-64
 MAX_DEVICES = 4096  # devices whose EUI-64 the intake remembers
 MAX_AHEAD_S = 300.0  # a reading's time may lie this far ahead of the gateway's clock, no more
+REFUSALS_LOGGED = 20  # refused messages logged one by one per REFUSAL_LOG_S; the rest counted
+REFUSAL_LOG_S = 60.0
 STORE_RETRY_S = 1.0  # a message the queue could not store is tried again this often
 STATE_CHANGE_MIN_S = 10.0  # a bed's reading state changes are sent at most this often
 HEALTH_EVERY_S = 10.0  # the gateway's health is published this often (retained)
@@ -105,8 +107,11 @@ class Intake:
         clock: Callable[[], float] = time.time,
         now: Callable[[], dt.datetime] = _utc_now,
     ) -> None:
-        self.config, self.routes, self._now = config, routes, now
+        self.config, self.routes, self._now, self._clock = config, routes, now, clock
         self.counts: Counter[str] = Counter()  # queued, duplicate, skipped, refused:<reason>
+        # refusals logged since the log window began, and those only counted (per device)
+        self._refusals_from, self._refusals_logged = clock(), 0
+        self._unlogged: Counter[str] = Counter()
         # each bed's last reading sent: its state and the latest time sent
         self._last_rate: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
         self._beds: dict[str, set[str]] = {}  # each device's beds heard so far
@@ -142,9 +147,33 @@ class Intake:
             outcome = self._handle(topic, payload)
         except (MessageError, EventError, Hl7Error, FhirError) as exc:
             outcome = f"refused:{getattr(exc, 'reason', 'invalid')}"
-            log.warning("gateway: %s refused: %s", topic[:200], exc)
+            self._log_refusal(topic, exc)
         self.counts[outcome] += 1
         return outcome
+
+    def _log_refusal(self, topic: str, exc: Exception) -> None:
+        """The first REFUSALS_LOGGED refusals of each REFUSAL_LOG_S logged one by one, the rest
+        counted per device and said in one line when the next window begins: a device that
+        floods the gateway with bad messages cannot flood its log (or fill its disk)."""
+        now = self._clock()
+        if now - self._refusals_from >= REFUSAL_LOG_S:
+            if self._unlogged:
+                most = ", ".join(f"{d} {n}" for d, n in self._unlogged.most_common(3))
+                log.warning("gateway: %d more messages refused in %.0f s, counted, not logged "
+                            "(most from: %s)", sum(self._unlogged.values()),
+                            now - self._refusals_from, most)  # fmt: skip
+            self._refusals_from, self._refusals_logged = now, 0
+            self._unlogged.clear()
+        if self._refusals_logged < REFUSALS_LOGGED:
+            self._refusals_logged += 1
+            log.warning("gateway: %s refused: %s", topic[:200], exc)
+            return
+        parts = topic.split("/", 4)
+        device = parts[3][:64] if len(parts) > 3 else "?"
+        if device in self._unlogged or len(self._unlogged) < MAX_DEVICES:
+            self._unlogged[device] += 1
+        else:
+            self._unlogged["(other devices)"] += 1
 
     def _handle(self, topic: str, payload: bytes) -> str:
         parts = topic.split("/")

@@ -383,6 +383,33 @@ def test_a_device_can_neither_make_every_reading_due_nor_add_beds_without_end(
     assert intake.handle(other, at(base, "bed-1", "dev-2")) == "queued"
 
 
+def test_a_device_flooding_bad_messages_cannot_flood_the_gateways_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """5000 malformed messages from one device in a minute: each is refused and counted, but
+    only the first 20 are logged one by one; the next minute begins with one line saying how
+    many more were refused, and from which device, and the log takes single lines again."""
+    now = [1000.0]
+    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"))
+    outbox = Outbox(tmp_path / "q.sqlite")
+    intake = Intake(config, [hl7_route(Hl7Config(host="127.0.0.1"), outbox)],
+                    clock=lambda: now[0])  # fmt: skip
+    topic = respiration_topic(SITE, "dev-9", BED)
+    with caplog.at_level("WARNING", logger="gateway.service"):
+        for _ in range(5000):
+            now[0] += 0.01
+            assert intake.handle(topic, b"{not json") == "refused:bad_json"
+        assert len(caplog.records) == 20
+        now[0] += 60.0
+        assert intake.handle(topic, b"{not json") == "refused:bad_json"
+    assert intake.counts["refused:bad_json"] == 5001
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 22
+    assert "4980 more messages refused" in said[20]
+    assert "dev-9 4980" in said[20]
+    assert said[21].startswith(f"gateway: {topic} refused")
+
+
 def test_a_flapping_state_is_sent_at_a_pace_and_a_late_reading_never(tmp_path: Path) -> None:
     """A bed whose state flips between ok and not_assessable every second for two minutes
     sends a change at most every 10 s (it was every reading), the last state it reached
