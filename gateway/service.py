@@ -158,7 +158,7 @@ class Intake:
         now = self._clock()
         if now - self._refusals_from >= REFUSAL_LOG_S:
             if self._unlogged:
-                most = ", ".join(f"{d} {n}" for d, n in self._unlogged.most_common(3))
+                most = ", ".join(f"{d!r} {n}" for d, n in self._unlogged.most_common(3))
                 log.warning("gateway: %d more messages refused in %.0f s, counted, not logged "
                             "(most from: %s)", sum(self._unlogged.values()),
                             now - self._refusals_from, most)  # fmt: skip
@@ -166,7 +166,7 @@ class Intake:
             self._unlogged.clear()
         if self._refusals_logged < REFUSALS_LOGGED:
             self._refusals_logged += 1
-            log.warning("gateway: %s refused: %s", topic[:200], exc)
+            log.warning("gateway: %r refused: %s", topic[:200], exc)  # a topic may hold any text
             return
         parts = topic.split("/", 4)
         device = parts[3][:64] if len(parts) > 3 else "?"
