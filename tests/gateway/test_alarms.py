@@ -24,6 +24,7 @@ from lungwatch.events import (
     ack_topic,
     event_topic,
     status_payload,
+    status_topic,
     summary_payload,
     summary_topic,
 )
@@ -243,7 +244,7 @@ def withdrawn_while_settling(path: Path, clock: Clock) -> tuple[Intake, Outbox]:
 
 def device_status(gate: Intake, state: str, reason: str) -> str:
     payload = status_payload(state, SITE, DEVICE, reason)
-    return gate.handle(f"lungwatch/v1/{SITE}/{DEVICE}/status", payload.encode())
+    return gate.handle(status_topic(SITE, DEVICE), payload.encode())
 
 
 @pytest.mark.parametrize(
@@ -335,7 +336,7 @@ def test_a_device_that_shut_down_while_the_gateway_was_down_has_its_latched_alar
         gateway.send_signal(signal.SIGTERM)
         gateway.communicate(timeout=20)
         offline = status_payload("offline", SITE, DEVICE, "shutdown").encode()
-        status = f"lungwatch/v1/{SITE}/{DEVICE}/status"
+        status = status_topic(SITE, DEVICE)
         device.client.publish(status, offline, qos=1, retain=True).wait_for_publish(5.0)
         gateway = start_gateway(config)
         assert receiver.wait_for(lambda: len(alerts()) == 2, 60.0), receiver.errors

@@ -142,7 +142,7 @@ def test_splice_kinds_on_a_synthetic_stream() -> None:
 
 
 def test_the_cycle_reference(tmp_path: Path) -> None:
-    txt = tmp_path / "105_1b1_Tc_sc_Meditron.txt"
+    txt = tmp_path / "101_1b1_Al_sc_Meditron.txt"
     txt.write_text("0.5\t2.5\t0\t0\n2.5\t5.5\t1\t0\n5.5\t8.5\t0\t0\n8.5\t9.5\t0\t1\n")
     ref = r.CycleReference.of(txt)
     assert ref.cycles == 4

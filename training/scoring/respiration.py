@@ -197,19 +197,32 @@ def rate_part(model: Path, root: Path, settings: Mapping[str, Any] | None = None
     from edge.monitor import resolve_model
     from edge.runtime.offline import detect_recordings, recordings_in
 
-    ages = icbhi_ages(root)
     recordings = recordings_in([root / "train"])
-    bands = {name: band_for_age(ages[name.split("_")[0]]).name for name in recordings}
+    bands = icbhi_bands(root, recordings)
     folder, file = resolve_model(model)
     config = RespirationConfig(**(settings or {}))
     found = detect_recordings(recordings, folder, file, age_bands=bands, respiration=config)
-    rows = []
-    for name in sorted(recordings):
-        ref = CycleReference.of(root / "train" / f"{name}.txt")
-        rows.append({"recording": name, "age_band": bands[name], "cycles": ref.cycles,
-                     "rate_ref_bpm": round(ref.rate_bpm, 2), "period_ref_bpm": ref.period_bpm,
-                     **_reported(found[name].respiration)})  # fmt: skip
+    rows = [_cycle_row(root, name, bands[name], found[name].respiration)
+            for name in sorted(recordings)]  # fmt: skip
     return {"recordings": rows, **rate_summary(rows)}
+
+
+def icbhi_bands(root: Path, recordings: Iterable[str]) -> dict[str, str]:
+    """Recording name -> the age band of its patient (ICBHI's demographics)."""
+    ages = icbhi_ages(root)
+    return {name: band_for_age(ages[name.split("_")[0]]).name for name in recordings}
+
+
+def _cycle_row(
+    root: Path, name: str, band: str, respiration: Mapping[str, Any] | None, factor: float = 1.0
+) -> dict[str, Any]:
+    """An ICBHI recording's row: its annotated cycles (at a rate ``factor`` times the
+    recording's, where it was played that much faster) beside the device's report."""
+    ref = CycleReference.of(root / "train" / f"{name}.txt")
+    period = None if ref.period_bpm is None else ref.period_bpm * factor
+    return {"recording": name, "age_band": band, "cycles": ref.cycles,
+            "rate_ref_bpm": round(ref.rate_bpm * factor, 2), "period_ref_bpm": period,
+            **_reported(respiration)}  # fmt: skip
 
 
 def stretched_part(
@@ -226,26 +239,21 @@ def stretched_part(
     from edge.runtime.offline import detect_recordings, recordings_in
     from training.data.breaths import stretch
 
-    ages = icbhi_ages(root)
     recordings = recordings_in([root / "train"])
+    bands = icbhi_bands(root, recordings)
     folder, file = resolve_model(model)
     rows = []
     for factor in factors:
         with tempfile.TemporaryDirectory(prefix="lungwatch-stretched-") as tmp:
-            paths, bands = {}, {}
+            paths = {}
             for name, source in recordings.items():
                 audio, rate_hz = soundfile.read(source, dtype="float32", always_2d=True)
                 paths[name] = Path(tmp) / f"{name}.wav"
                 soundfile.write(paths[name], stretch(audio[:, 0], factor), rate_hz, "FLOAT")
-                bands[name] = band_for_age(ages[name.split("_")[0]]).name
             found = detect_recordings(paths, folder, file, age_bands=bands)
-        for name in sorted(recordings):
-            ref = CycleReference.of(root / "train" / f"{name}.txt")
-            period = None if ref.period_bpm is None else round(ref.period_bpm * factor, 2)
-            rows.append({"recording": name, "factor": factor, "age_band": bands[name],
-                         "cycles": ref.cycles, "rate_ref_bpm": round(ref.rate_bpm * factor, 2),
-                         "period_ref_bpm": period,
-                         **_reported(found[name].respiration)})  # fmt: skip
+        rows += [{"factor": factor,
+                  **_cycle_row(root, name, bands[name], found[name].respiration, factor)}
+                 for name in sorted(recordings)]  # fmt: skip
     by = {"factor": operator.itemgetter("factor"), "age_band": operator.itemgetter("age_band")}
     return {**rate_summary(rows), "groups": grouped(rows, by), "recordings": rows}
 
