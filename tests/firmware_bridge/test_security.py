@@ -98,9 +98,10 @@ def test_replayed_start_and_data_frames_are_rejected_and_the_stream_stays_intact
     port = source.address[1]  # type: ignore[index]
     sending = Background(lambda: send_all(port, datagrams))
 
-    def counted() -> bool:
+    def counted() -> bool:  # every datagram handled, the trailing status and heartbeats too
         link = source.stats().link
-        return (link.replayed, link.stale_session, link.auth_failed) == (5, 1, 2)
+        taken = (link.replayed, link.stale_session, link.auth_failed, link.frames_ok)
+        return taken == (5, 1, 2, len(first) + len(second))
 
     chunks = read_until(source, x.size + y.size, counted)
     sending.join()
@@ -142,7 +143,7 @@ def test_a_replay_after_a_bridge_restart_is_still_refused(
 
     def counted() -> bool:
         link = restarted.stats().link
-        return (link.stale_session, link.replayed) == (2, 2)
+        return (link.stale_session, link.replayed, link.frames_ok) == (2, 2, len(second) - 10)
 
     chunks = read_until(restarted, x.size, counted)
     restarted.close()
