@@ -180,6 +180,12 @@ class Intake:
         if len(parts) not in (5, 6) or "/".join(parts[:2]) != TOPIC_ROOT or parts[2] != \
                 self.config.site:  # fmt: skip
             raise MessageError(f"not a topic of site {self.config.site}")
+        # before anything is kept or logged by name: a device or stream that is no topic
+        # segment (5000 characters, a control character) is refused as the ward view does
+        for name, segment in zip(("device", "stream"), parts[3:-1], strict=False):
+            if not is_segment(segment):
+                shown = segment[:80] + ("..." if len(segment) > 80 else "")
+                raise MessageError(f"the topic's {name} {shown!r} is not a topic segment")
         if len(parts) == 5:
             if parts[4] != "status":
                 raise MessageError(f"the gateway does not read {parts[4]!r} messages")

@@ -410,6 +410,53 @@ def test_a_device_flooding_bad_messages_cannot_flood_the_gateways_log(
     assert said[21].startswith(f"gateway: {topic!r} refused")
 
 
+def test_a_device_or_stream_that_is_no_topic_segment_is_refused_and_leaves_nothing_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A topic's device and stream are topic segments (1..64 printable characters): a status
+    or summary whose device id is 5000 characters or holds a line break or a lone surrogate,
+    or whose stream id is 65 characters, is refused (``invalid``, as the ward view counts it)
+    before the gateway keeps anything of it: no device marked stopped, no bed, nothing
+    unprintable in its log. A device id of 64 printable characters is taken."""
+    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"))
+    intake = Intake(config, [hl7_route(Hl7Config(host="127.0.0.1"), Outbox(tmp_path / "q"))])
+    alarms = intake.alarms
+    assert alarms is not None
+
+    def status(device: str) -> tuple[str, bytes]:  # shut down: the device's streams ended
+        body = {"schema_version": 1, "site": SITE, "device_id": device, "state": "offline",
+                "utc": "2026-11-27T03:00:00.000Z", "reason": "shutdown"}  # fmt: skip
+        return f"lungwatch/v1/{SITE}/{device}/status", json.dumps(body).encode()
+
+    def summary(device: str, bed: str) -> tuple[str, bytes]:
+        body = {"schema_version": 1, "site": SITE, "device_id": device, "stream_id": bed,
+                "open": []}  # fmt: skip
+        return f"lungwatch/v1/{SITE}/{device}/{bed}/summary", json.dumps(body).encode()
+
+    bad_devices = ["d" * 5000, "dev-1\n", "dev-\ud800"]
+    messages = [status(device) for device in bad_devices]
+    messages += [summary(device, BED) for device in bad_devices]
+    messages.append(summary(DEVICE, "b" * 65))
+    messages.append((summary(DEVICE, "b" * 65)[0], b""))  # a withdrawn summary too
+    with caplog.at_level("WARNING", logger="gateway.service"):
+        for topic, payload in messages:
+            assert intake.handle(topic, payload) == "refused:invalid", topic[:80]
+    assert intake.counts["refused:invalid"] == len(messages) == 8
+    assert alarms.stopped == set()
+    assert intake._beds == {}
+    assert alarms._listed == {}
+    assert alarms._gone == set()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 8
+    assert all(line.isprintable() and "not a topic segment" in line for line in said)
+
+    longest = "d" * 64
+    assert intake.handle(*status(longest)) == "taken"
+    assert intake.handle(*summary(longest, "b" * 64)) == "taken"
+    assert alarms.stopped == {longest}
+    assert set(alarms._listed) == {(longest, "b" * 64)}
+
+
 def test_a_flapping_state_is_sent_at_a_pace_and_a_late_reading_never(tmp_path: Path) -> None:
     """A bed whose state flips between ok and not_assessable every second for two minutes
     sends a change at most every 10 s (it was every reading), the last state it reached
