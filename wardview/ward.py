@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from lungwatch.alarms import (
@@ -29,6 +30,7 @@ from lungwatch.clip import Assembler, EvidenceError
 from lungwatch.events import (
     DEVICE_STREAM,
     FINDING_RATE_KEYS,
+    SHUTDOWN_REASON,
     TOPIC_ROOT,
     Event,
     EventError,
@@ -37,6 +39,7 @@ from lungwatch.events import (
     ack_of,
     is_number,
     is_segment,
+    parse_utc,
 )
 from lungwatch.intake import MessageError, parse_message
 from wardview.beds import (
@@ -68,6 +71,7 @@ EXCERPT_CHARS = 160
 REASON_CHARS = 300  # the longest reason kept in last_rejected
 MAX_TEXT = 80  # a bed's name or location
 ACK_LATE_S = 15.0  # an acknowledge the device has not confirmed this long: the page says so
+STOPPED_END = "device shut down"  # ended_by of an episode the view ends for its stopped device
 
 
 class Ward:
@@ -188,9 +192,42 @@ class Ward:
         device.online = status.state == "online"
         device.reason, device.status_utc = status.reason, status.utc
         device.commands = status.commands  # None: a device that does not say (older ones)
+        if status.state == "offline" and status.reason == SHUTDOWN_REASON:
+            self._stopped(device, status.utc)  # not the last will: its alarms may go on
         self._dirty_devices.add(device_id)
         self._dirty_beds.update((device_id, b) for b in device.beds)
         self._dirty_alarms = True
+
+    def _stopped(self, device: Device, utc: str) -> None:
+        """The device shut down cleanly at ``utc`` (its clock): its streams ended, and every
+        episode with them, latched ones too. Those still open here (their ``ended`` went by
+        while the view was away) end now, in the history too, so that a restart does not list
+        them again; one that started after ``utc`` (a newer run's, were an old status late) is
+        left. An end acknowledges nothing: a condition nobody acknowledged stays listed until
+        someone does. Bounded by the beds' caps (max_beds_per_device, max_open_episodes_per_bed,
+        a summary's listed alarms)."""
+        stopped = parse_utc(utc)
+
+        def later(start: str) -> bool:
+            try:
+                return parse_utc(start) > stopped
+            except EventError:  # a summary's start that is no time: ended with the rest
+                return False
+
+        for bed in device.beds.values():
+            for event in [e for e in bed.open.values() if not later(e.start_utc)]:
+                detail = {**event.detail, "ended_by": STOPPED_END}
+                self._take(bed, event.ended(utc, event.start_sample, detail=detail))
+            for episode_id, row in list(bed.summary_open.items()):  # known from summaries only
+                if episode_id in bed.open or later(row["start_utc"]):
+                    continue
+                listed = listed_episode(device.device_id, bed.stream_id, row, "ended")
+                detail = {**listed.detail, "ended_by": STOPPED_END}
+                self.book.take(replace(listed, detail=detail), self.clock())
+                del bed.summary_open[episode_id]
+                for target in (row["type"], row["key"], condition_of(row["type"])):
+                    self.pending_acks.pop((device.device_id, bed.stream_id, target), None)
+            self.book.release_held(device.device_id, bed.stream_id)
 
     def _feed_health(self, place: str, name: str, payload: bytes) -> None:
         """A hospital feed's problems: a technical alarm on every page; empty: stop following it."""
@@ -272,6 +309,12 @@ class Ward:
             )
         self._remember(event.id)
         self.counts["events"] += 1
+        self._take(bed, event)
+
+    def _take(self, bed: Bed, event: Event) -> None:
+        """An event into the history, the alarm list and its bed: one received, or the end the
+        view gives an episode of a device that shut down (:meth:`_stopped`)."""
+        device_id, stream_id = bed.device_id, bed.stream_id
         self.recorder.event(event)
         self.book.take(event, self.clock())
         bed.restored.discard(event.episode_id)

@@ -14,7 +14,10 @@ device does:
   time. "Heard" is measured where the sound leaves the page (an AnalyserNode between the
   page's alarm sound and the speakers: energy and its frequency over time), and the pulses
   the browser's oscillators actually started are read from a spy on ``OscillatorNode.start``
-  installed before the page loads, not from what the page logs it meant to play.
+  installed before the page loads, not from what the page logs it meant to play;
+- a view that restarts on its history while a bed's acknowledged apnoea waited for its
+  device: the row leaves the page when the device's status says it shut down cleanly, and
+  stays, the device offline, after its last will.
 
 Skipped, with the reason, where Chromium, its driver or Mosquitto is missing.
 """
@@ -32,7 +35,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from lungwatch.events import Event, format_utc, kind_of, status_payload
+from lungwatch.events import SHUTDOWN_REASON, Event, format_utc, kind_of, status_payload
 from tests.brokers import HOST, SHA256, Mosquitto
 from tests.wardview.alarm_page import (
     LISTEN,
@@ -272,6 +275,46 @@ def test_at_the_end_of_audio_pause_one_pattern_sounds(tmp_path: Path) -> None:
         assert overlapping_pulses(driver) == []
         time.sleep(3.0)  # the whole pattern (2.8 s) has left the page
         assert bursts(heard_since(driver, paused[0] + 2900, 880.0)) >= 6
+
+
+@pytest.mark.parametrize("reason", [SHUTDOWN_REASON, "connection lost"])
+def test_an_alarm_restored_after_its_device_shut_down_leaves_the_page(
+    tmp_path: Path, reason: str
+) -> None:
+    """The nurse acknowledges a bed's latched apnoea; the view stops before the device ends
+    it. The device stops while the view is away (``shutdown``: its stream ends, the apnoea
+    with it, an end the view keeps no session for) and its retained status says why. The view
+    starts again on its history: after a clean shutdown the row leaves the page; after the
+    last will (``connection lost``) it stays, acknowledged and latched, its device offline."""
+    history = str(tmp_path / "ward-history.sqlite")
+    with ward_page(tmp_path, history_path=history) as (driver, device, view):
+        apnoea = device.onset("apnoea", "bed-1")
+        device.send(apnoea.ongoing(detail={**apnoea.detail, "latched": True}))
+        row = '#alarms tr[data-stream="bed-1"][data-condition="apnoea"]'
+        read = (f"const r = document.querySelector('{row}'); return r ? [r.dataset.state, "
+                "r.dataset.latched, r.children[2].textContent] : [];")  # fmt: skip
+        wait_until(lambda: driver.execute_script(read)[1:2] == ["true"], 10.0,
+                   "the latched apnoea")  # fmt: skip
+        driver.find_element("css selector", f"{row} button.ack").click()
+        wait_until(lambda: driver.execute_script(read)[:1] == ["acknowledged"], 5.0,
+                   "the apnoea acknowledged")  # fmt: skip
+        view.stop()
+        if reason == SHUTDOWN_REASON:
+            device.end(apnoea)  # its stream's end, while the view is away
+        device.put(f"{ROOT}/status", status_payload("offline", SITE, DEVICE, reason), True)
+        view.start()
+        driver.get(view.url)
+        wait_until(lambda: driver.execute_script(SNAPSHOT_SHOWN), 15.0, "the page")
+        badge = (f"return document.querySelector('section[data-device=\"{DEVICE}\"] "
+                 ".badge.online').textContent")  # fmt: skip
+        wait_until(lambda: driver.execute_script(badge) == f"offline ({reason})", 10.0,
+                   "the device offline")  # fmt: skip
+        if reason == SHUTDOWN_REASON:
+            wait_until(lambda: visible(driver)["rows"] == 0, 5.0, "the apnoea off the list")
+        else:
+            time.sleep(1.0)  # what the view does with the status has reached the page
+            assert visible(driver)["visible"] == [["bed-1", "apnoea", "high", "acknowledged"]]
+            assert driver.execute_script(read) == ["acknowledged", "true", f"{DEVICE} (offline)"]
 
 
 CONTRAST = """

@@ -26,14 +26,22 @@ import soundfile
 from lungwatch.alarms import AlarmSettings
 from lungwatch.clip import Clip, clip_messages, encode_flac, quantise
 from lungwatch.errors import ConfigError
-from lungwatch.events import Event, format_utc, kind_of, summary_payload, summary_topic
+from lungwatch.events import (
+    SHUTDOWN_REASON,
+    Event,
+    format_utc,
+    kind_of,
+    status_topic,
+    summary_payload,
+    summary_topic,
+)
 from lungwatch.mqtt import MqttConfig
 from tests.brokers import HOST, SHA256, Mosquitto, make_password_file
 from tests.wardview.browser import user_entry, wait_until
 from wardview.config import DashboardConfig, DashboardUser
 from wardview.history import History
 from wardview.server import DashboardServer
-from wardview.ward import Ward
+from wardview.ward import STOPPED_END, Ward
 
 SITE, DEVICE = "ward-h", "dev-h"
 RATE_HZ = 8000
@@ -80,6 +88,13 @@ def summary(bed: str = "bed-1", open_rows: list[dict[str, Any]] | None = None) -
     body = {"name": "Bed 4 (Mrs A.)", "location": "Ward 3 East, bay 2", "open": open_rows or [],
             "utc": format_utc(NOW)}  # fmt: skip
     return summary_topic(SITE, DEVICE, bed), summary_payload(SITE, DEVICE, bed, body).encode()
+
+
+def status(state: str, reason: str, at_s: float) -> tuple[str, bytes]:
+    """The device's retained status, stamped ``at_s`` by its clock."""
+    body = {"schema_version": 1, "state": state, "site": SITE, "device_id": DEVICE,
+            "utc": format_utc(at_s), "reason": reason}  # fmt: skip
+    return status_topic(SITE, DEVICE), json.dumps(body).encode()
 
 
 def send(ward: Ward, event: Event) -> bool:
@@ -430,6 +445,108 @@ def test_a_views_restart_lists_every_alarm_as_it_was(where: str | Path) -> None:
     das = next(r for r in ward.alarms() if (r["stream_id"], r["condition"]) == ("bed-3", "DAS"))
     assert (das["episodes"], das["state"], das["priority"]) == (8, "alarming", "medium")
     store.close()
+
+
+@pytest.mark.parametrize("reason", [SHUTDOWN_REASON, "connection lost"])
+def test_a_device_that_shut_down_while_the_view_was_away_ends_its_restored_alarms(
+    where: str | Path, reason: str
+) -> None:
+    """The device's bed-1 holds a latched apnoea nobody acknowledged, bed-2 a stridor the
+    nurse acknowledged while it goes on, bed-3 a latched crackle known only from its summary,
+    acknowledged. The view stops; the device stops too, its ends unseen, its summaries
+    cleared, and its retained status says why. The view starts again and lists them as they
+    were. ``shutdown`` (it stopped cleanly: its streams ended, every episode with them): the
+    restored episodes end, nothing latched; the acknowledged alarms leave the list, the apnoea
+    nobody acknowledged stays alarming until an acknowledge, which ends it; the history says
+    so (a second restart lists nothing). A later ``online`` changes nothing. The last will
+    (``connection lost``): the device may be alarming at the bedside, so everything stays and
+    an acknowledge waits for the device's end, after a restart too."""
+    clock = Clock(NOW - 60)
+    keys = ("stream_id", "condition", "state", "latched", "open_episodes")
+
+    def started(store: History) -> Ward:
+        ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), history=store,
+                    clock=clock)  # fmt: skip
+        ward.restore(store.restore())
+        return ward
+
+    def listed(ward: Ward) -> list[tuple[Any, ...]]:
+        return [tuple(row[k] for k in keys) for row in ward.alarms()]
+
+    store = History(where, clock=clock)
+    ward = started(store)
+    assert ward.handle(*status("online", "connected", NOW - 600))
+    apnoea = onset("apnoea", NOW - 50)
+    assert send(ward, apnoea)
+    assert send(ward, apnoea.ongoing(detail={**apnoea.detail, "latched": True}))
+    stridor = onset("Stridor", NOW - 40, bed="bed-2", priority="high")
+    assert send(ward, stridor)
+    crackle = {"episode_id": "ep-crackle-3", "type": "Coarse Crackle", "kind": "physiological",
+               "priority": "high", "start_utc": format_utc(NOW - 30), "key": "DAS@3",
+               "latched": True}  # fmt: skip
+    assert ward.handle(*summary("bed-3", [crackle]))
+    clock.now = NOW - 20
+    ward.acknowledge_sent(DEVICE, "bed-2", "CAS", "nurse")
+    ward.acknowledge_sent(DEVICE, "bed-3", "DAS", "nurse")
+    before = listed(ward)
+    assert before == [
+        ("bed-1", "apnoea", "alarming", True, [apnoea.episode_id]),
+        ("bed-3", "DAS", "acknowledged", True, ["ep-crackle-3"]),
+        ("bed-2", "CAS", "acknowledged", False, [stridor.episode_id]),
+    ]
+    ward.save_alarms()
+    store.close()
+
+    clock.now = NOW
+    store = History(where, clock=clock)
+    ward = started(store)  # the store's list, then the retained status
+    restored = listed(ward)  # bed-3's crackle held for its summary, which does not come
+    assert [row[:3] for row in restored] == [row[:3] for row in before]
+    assert ward.handle(*status("offline", reason, NOW - 10))
+    if reason == SHUTDOWN_REASON:
+        assert listed(ward) == [("bed-1", "apnoea", "alarming", False, [])]
+        [bed] = [b for b in ward.snapshot()["beds"] if b["stream_id"] == "bed-1"]
+        last = bed["events"][0]
+        assert (last["episode_id"], last["state"], last["end_utc"], last["ended_by"]) == (
+            apnoea.episode_id, "ended", format_utc(NOW - 10), STOPPED_END)  # fmt: skip
+        ward.acknowledge_sent(DEVICE, "bed-1", "apnoea", "nurse")
+        assert listed(ward) == []
+    else:
+        assert listed(ward) == restored
+        ward.acknowledge_sent(DEVICE, "bed-1", "apnoea", "nurse")
+        [first, *_] = ward.alarms()
+        assert (first["condition"], first["state"], first["latched"], first["ack_sent"]) == (
+            "apnoea", "acknowledged", True, True)  # fmt: skip
+    after = listed(ward)
+    assert ward.handle(*status("online", "connected", NOW))  # it starts again
+    assert listed(ward) == after
+    ward.save_alarms()
+    store.flush()
+    kept = store.restore()
+    still_open = {e.episode_id for e in kept.open_events}
+    if reason == SHUTDOWN_REASON:
+        assert (still_open, kept.alarms) == (set(), [])
+    else:
+        assert still_open == {apnoea.episode_id, stridor.episode_id}
+        assert len(kept.alarms) == 3
+    store.close()
+
+    store = History(where, clock=clock)
+    ward = started(store)  # and again: what ended stays ended
+    assert listed(ward) == after
+    store.close()
+
+
+def test_a_shutdown_ends_only_what_started_before_it() -> None:
+    """An old ``shutdown`` status that comes late ends nothing its device started since."""
+    clock = Clock(NOW)
+    ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), clock=clock)
+    old, new = onset("Wheeze", NOW - 60), onset("apnoea", NOW - 5, bed="bed-2")
+    for event in (old, new):
+        assert send(ward, event)
+    assert ward.handle(*status("offline", SHUTDOWN_REASON, NOW - 30))
+    assert [(r["stream_id"], r["open_episodes"]) for r in ward.alarms()] == [
+        ("bed-2", [new.episode_id]), ("bed-1", [])]  # fmt: skip
 
 
 def test_an_unreadable_alarm_in_the_store_costs_only_itself(where: str | Path) -> None:
