@@ -20,7 +20,6 @@ from typing import Any
 
 from lungwatch.alarms import (
     AlarmBook,
-    ListedEpisode,
     condition_of,
     listed_episode,
     open_rows,
@@ -37,6 +36,7 @@ from lungwatch.events import (
     Respiration,
     Status,
     ack_of,
+    format_utc,
     is_number,
     is_segment,
     parse_utc,
@@ -313,7 +313,8 @@ class Ward:
 
     def _take(self, bed: Bed, event: Event) -> None:
         """An event into the history, the alarm list and its bed: one received, or the end the
-        view gives an episode of a device that shut down (:meth:`_stopped`)."""
+        view gives an episode of a device that shut down (:meth:`_stopped`) or that its bed's
+        summary no longer lists (:meth:`_list_open`)."""
         device_id, stream_id = bed.device_id, bed.stream_id
         self.recorder.event(event)
         self.book.take(event, self.clock())
@@ -373,18 +374,22 @@ class Ward:
             raise MessageError(f"summary must be for {stream_id!r} and list its open alarms")
         _, bed = self._place(device_id, stream_id)
         bed.name, bed.location = _text(body.get("name")), _text(body.get("location"))
-        self._list_open(bed, open_rows(body))
+        self._list_open(bed, open_rows(body), body.get("utc"))
         self.recorder.summary(device_id, stream_id, body)
 
-    def _list_open(self, bed: Bed, rows: dict[str, dict[str, Any]]) -> None:
+    def _list_open(self, bed: Bed, rows: dict[str, dict[str, Any]], utc: object = None) -> None:
+        """The episodes the bed's device holds: its summary's ``rows`` (sent at ``utc``, its
+        clock), or none (withdrawn). A restored episode it no longer holds ended while the view
+        was away: it ends here, in the history too (:meth:`_take`), so that a restart does not
+        list it again."""
         device_id, stream_id = bed.device_id, bed.stream_id
         before, bed.summary_open = bed.summary_open, rows
         now = self.clock()
         # what is over first (an acknowledged apnoea's end before a new one it lists)
         for episode_id in bed.restored - set(rows):  # ended while the view was away
-            event = bed.open.pop(episode_id, None)
+            event = bed.open.get(episode_id)
             if event is not None:
-                self.book.take(_ended(event), now)
+                self._take(bed, _ended(event, _end_utc(event.start_utc, utc, now)))
         bed.restored &= set(rows)
         for episode_id, row in before.items():  # no longer held (their ended went by)
             if episode_id not in rows and episode_id not in bed.open:
@@ -833,11 +838,20 @@ def _text(value: object) -> str | None:
     return value[:MAX_TEXT] if isinstance(value, str) and value.isprintable() and value else None
 
 
-def _ended(event: Event) -> ListedEpisode:
+def _ended(event: Event, end_utc: str) -> Event:
     """An episode's end while the view was away (a latched one: acknowledged on the device)."""
     detail = dict(event.detail)
     if detail.get("latched"):
         detail["ended_by"] = "acknowledge"
-    return ListedEpisode(event.episode_id, event.device_id, event.stream_id, event.type,
-                         event.kind, event.priority, "ended", event.start_utc,
-                         detail)  # fmt: skip
+    return event.ended(end_utc, event.start_sample, detail=detail)
+
+
+def _end_utc(start_utc: str, said: object, now_s: float) -> str:
+    """When an episode its device no longer holds ended, at the latest: when the device said
+    so (``said``, its summary's time), else now by the view's clock; never before its start."""
+    try:
+        end = parse_utc(said) if isinstance(said, str) else None
+    except EventError:
+        end = None
+    end = end or dt.datetime.fromtimestamp(now_s, dt.timezone.utc)
+    return start_utc if end < parse_utc(start_utc) else format_utc(end)

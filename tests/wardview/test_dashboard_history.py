@@ -537,6 +537,77 @@ def test_a_device_that_shut_down_while_the_view_was_away_ends_its_restored_alarm
     store.close()
 
 
+@pytest.mark.parametrize("how", ["withdrawn", "unlisted"])
+def test_a_restored_episode_its_summary_drops_stays_ended_after_the_next_restart(
+    where: str | Path, how: str
+) -> None:
+    """bed-1 holds a latched stridor, bed-2 a wheeze the nurse acknowledged while it goes on.
+    The view stops and starts again and lists both. bed-1's stream ends (its retained summary
+    withdrawn: an empty message) or its summary no longer lists the stridor (acknowledged on
+    the device meanwhile): the stridor ends, acknowledged there, and leaves the list, in the
+    history too; bed-2's summary still lists its wheeze, which stays. The view restarts again:
+    the stridor is not listed again and the history holds no open episode of it."""
+    clock = Clock(NOW - 60)
+    keys = ("stream_id", "condition", "state", "latched", "open_episodes")
+
+    def started(store: History) -> Ward:
+        ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), history=store,
+                    clock=clock)  # fmt: skip
+        ward.restore(store.restore())
+        return ward
+
+    def listed(ward: Ward) -> list[tuple[Any, ...]]:
+        return [tuple(row[k] for k in keys) for row in ward.alarms()]
+
+    store = History(where, clock=clock)
+    ward = started(store)
+    stridor = onset("Stridor", NOW - 50, priority="high")
+    assert send(ward, stridor)
+    assert send(ward, stridor.ongoing(detail={**stridor.detail, "latched": True}))
+    wheeze = onset("Wheeze", NOW - 40, bed="bed-2")
+    assert send(ward, wheeze)
+    clock.now = NOW - 20
+    ward.acknowledge_sent(DEVICE, "bed-2", "CAS", "nurse")
+    before = listed(ward)
+    assert before == [
+        ("bed-1", "CAS", "alarming", True, [stridor.episode_id]),
+        ("bed-2", "CAS", "acknowledged", False, [wheeze.episode_id]),
+    ]
+    ward.save_alarms()
+    store.close()
+
+    clock.now = NOW
+    store = History(where, clock=clock)
+    ward = started(store)  # the store's list, then the devices' retained summaries
+    assert listed(ward) == before
+    held = {"episode_id": wheeze.episode_id, "type": "Wheeze", "kind": "physiological",
+            "priority": wheeze.priority, "start_utc": wheeze.start_utc,
+            "key": wheeze.detail["key"], "latched": False}  # fmt: skip
+    assert ward.handle(*summary("bed-2", [held]))
+    if how == "withdrawn":
+        assert ward.handle(summary_topic(SITE, DEVICE, "bed-1"), b"")
+    else:
+        assert ward.handle(*summary("bed-1", []))
+    after = listed(ward)
+    assert after == [("bed-2", "CAS", "acknowledged", False, [wheeze.episode_id])]
+    ward.save_alarms()
+    store.close()
+
+    store = History(where, clock=clock)
+    kept = store.restore()
+    ward = started(store)  # and again, before any retained message: what ended stays ended
+    assert listed(ward) == after
+    assert {e.episode_id for e in kept.open_events} == {wheeze.episode_id}
+    assert [(s, r["condition"], r["open"]) for _, s, r in kept.alarms] == [
+        ("bed-2", "CAS", [wheeze.episode_id])]  # fmt: skip
+    # bed-1's card: the stridor's end, from the history
+    [bed] = [b for b in ward.snapshot()["beds"] if b["stream_id"] == "bed-1"]
+    last = bed["events"][0]
+    assert (last["episode_id"], last["state"], last["end_utc"], last["ended_by"]) == (
+        stridor.episode_id, "ended", format_utc(NOW), "acknowledge")  # fmt: skip
+    store.close()
+
+
 def test_a_shutdown_ends_only_what_started_before_it() -> None:
     """An old ``shutdown`` status that comes late ends nothing its device started since."""
     clock = Clock(NOW)
