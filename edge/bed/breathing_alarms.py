@@ -81,7 +81,12 @@ class BreathAlarms:
                 self._close(self.grid.start_sample(max(breath, 0)))
             return self._take()
         if contact and not lost_now:
-            if now - heard_since < self.apnoea_samples:  # the signal has just come back
+            # the signal has just come back, or a breath was heard since the alarm began; not a
+            # breath a later analysis found before the alarm began (the pause began later than
+            # thought and is still a pause: the alarm goes on rather than ending and coming again)
+            revised = self._open is not None and self._open[0] == APNOEA and \
+                heard_since == last_end <= self._open_from  # fmt: skip
+            if now - heard_since < self.apnoea_samples and not revised:
                 self._close(self.grid.end_sample(now - 1))
                 return self._take()
             wanted = APNOEA
