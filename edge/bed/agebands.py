@@ -20,17 +20,21 @@ class AgeBand:
     high_bpm: float  # a sustained rate above this: tachypnoea
     search_bpm: tuple[float, float]  # the rates the estimator looks for
     apnoea_s: float  # no breath this long: apnoea
+    # the estimator takes the shortest period whose autocorrelation is this close to the best
+    # one's (a child's cycle, not two of them: docs/respiration.md, "Children's fast cycles")
+    short_lag_margin: float = 0.0
 
     @property
     def describe(self) -> str:
         return f"{self.name} (normal {self.low_bpm:g}-{self.high_bpm:g} breaths/min)"
 
 
+CHILD_MARGIN = 0.15  # short_lag_margin in the bands under 12 years
 AGE_BANDS: tuple[AgeBand, ...] = (
-    AgeBand("infant-under-2m", 0.0, 2 / 12, 25.0, 59.0, (20.0, 100.0), 20.0),
-    AgeBand("infant-2-12m", 2 / 12, 1.0, 20.0, 49.0, (15.0, 95.0), 20.0),
-    AgeBand("child-1-5y", 1.0, 5.0, 15.0, 39.0, (10.0, 80.0), 20.0),
-    AgeBand("child-5-12y", 5.0, 12.0, 12.0, 30.0, (8.0, 60.0), 20.0),
+    AgeBand("infant-under-2m", 0.0, 2 / 12, 25.0, 59.0, (20.0, 100.0), 20.0, CHILD_MARGIN),
+    AgeBand("infant-2-12m", 2 / 12, 1.0, 20.0, 49.0, (15.0, 95.0), 20.0, CHILD_MARGIN),
+    AgeBand("child-1-5y", 1.0, 5.0, 15.0, 39.0, (10.0, 80.0), 20.0, CHILD_MARGIN),
+    AgeBand("child-5-12y", 5.0, 12.0, 12.0, 30.0, (8.0, 60.0), 20.0, CHILD_MARGIN),
     AgeBand("adolescent-12-18y", 12.0, 18.0, 10.0, 25.0, (6.0, 50.0), 20.0),
     AgeBand("adult", 18.0, 200.0, 9.0, 24.0, (5.0, 45.0), 20.0),
 )

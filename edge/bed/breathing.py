@@ -274,7 +274,9 @@ class BreathTracker:
         order = np.arange(first, self.samples) % self.ring_a.shape[0]
         a, tilt, good = self.ring_a[order], self.ring_tilt[order], self.ring_lost[order] == 0
         kept: list[np.ndarray] = []
-        period, confidence = _period(a, good, self.rate_hz, self.band.search_bpm, kept)
+        period, confidence = _period(
+            a, good, self.rate_hz, self.band.search_bpm, kept, self.band.short_lag_margin
+        )
         phases = None  # where each cycle is heard as two humps: the phases' cue (_cycle)
         if period is not None:
             self.period_s, confidence, phases = _cycle(
@@ -540,9 +542,12 @@ def _period(
     rate_hz: float,
     search_bpm: tuple[float, float],
     keep: list[np.ndarray] | None = None,
+    short_lag_margin: float = 0.0,
 ) -> tuple[float | None, float]:
     """(period in s, the autocorrelation there) of the activity's good samples among the
-    lags of ``search_bpm``; (None, 0) when no lag there peaks."""
+    lags of ``search_bpm``; (None, 0) when no lag there peaks. The lag that peaks highest is
+    the period, or the shortest peak whose unbiased height is within ``short_lag_margin`` of
+    that one's (a multiple of the cycle can stand higher where cycles vary)."""
     x = np.where(good, a - (a[good].mean() if good.any() else 0.0), 0.0)
     n = x.shape[0]
     energy = float(np.dot(x, x))
@@ -560,6 +565,10 @@ def _period(
     if peaks.size == 0:
         return None, 0.0
     best = int(peaks[np.argmax(ac[peaks])])
+    if short_lag_margin > 0.0:
+        height = ac[peaks] * n / (n - peaks)
+        close = height >= height[peaks == best][0] - short_lag_margin
+        best = int(peaks[np.flatnonzero(close)[0]])
     # the peak's lag to a fraction of a sample (a parabola through three)
     y0, y1, y2 = ac[best - 1], ac[best], ac[best + 1]
     curve = y0 - 2.0 * y1 + y2
