@@ -72,6 +72,7 @@ REASON_CHARS = 300  # the longest reason kept in last_rejected
 MAX_TEXT = 80  # a bed's name or location
 ACK_LATE_S = 15.0  # an acknowledge the device has not confirmed this long: the page says so
 STOPPED_END = "device shut down"  # ended_by of an episode the view ends for its stopped device
+END_OF_STREAM = "end of stream"  # ended_by of a latched episode its device's stream end released
 
 
 class Ward:
@@ -192,41 +193,35 @@ class Ward:
         device.online = status.state == "online"
         device.reason, device.status_utc = status.reason, status.utc
         device.commands = status.commands  # None: a device that does not say (older ones)
-        if status.state == "offline" and status.reason == SHUTDOWN_REASON:
-            self._stopped(device, status.utc)  # not the last will: its alarms may go on
         self._dirty_devices.add(device_id)
         self._dirty_beds.update((device_id, b) for b in device.beds)
         self._dirty_alarms = True
+        if status.state == "offline" and status.reason == SHUTDOWN_REASON:
+            self._stopped(device, status.utc)  # not the last will: its alarms may go on
 
     def _stopped(self, device: Device, utc: str) -> None:
-        """The device shut down cleanly at ``utc`` (its clock): its streams ended, and every
-        episode with them, latched ones too. Those still open here (their ``ended`` went by
-        while the view was away) end now, in the history too, so that a restart does not list
-        them again; one that started after ``utc`` (a newer run's, were an old status late) is
-        left. An end acknowledges nothing: a condition nobody acknowledged stays listed until
-        someone does. Bounded by the beds' caps (max_beds_per_device, max_open_episodes_per_bed,
-        a summary's listed alarms)."""
+        """The device shut down cleanly at ``utc`` (its clock): its streams ended, and with them
+        every episode it does not hold over its restart (a runtime with an alarm store keeps its
+        unacknowledged alarms and lists them in the bed's retained summary). Those still open
+        here (their ``ended`` went by while the view was away) end now, in the history too, so
+        that a restart does not list them again; one the bed's summary lists, or that started
+        after ``utc`` (a newer run's, were an old status late), is left, with any acknowledge
+        waiting for the device. An end acknowledges nothing: a condition nobody acknowledged
+        stays listed until someone does. Bounded by the beds' caps (max_beds_per_device,
+        max_open_episodes_per_bed)."""
         stopped = parse_utc(utc)
 
-        def later(start: str) -> bool:
+        def ends(event: Event, held: dict[str, dict[str, Any]]) -> bool:
             try:
-                return parse_utc(start) > stopped
-            except EventError:  # a summary's start that is no time: ended with the rest
-                return False
+                started_after = parse_utc(event.start_utc) > stopped
+            except EventError:
+                started_after = False
+            return event.episode_id not in held and not started_after
 
         for bed in device.beds.values():
-            for event in [e for e in bed.open.values() if not later(e.start_utc)]:
+            for event in [e for e in bed.open.values() if ends(e, bed.summary_open)]:
                 detail = {**event.detail, "ended_by": STOPPED_END}
                 self._take(bed, event.ended(utc, event.start_sample, detail=detail))
-            for episode_id, row in list(bed.summary_open.items()):  # known from summaries only
-                if episode_id in bed.open or later(row["start_utc"]):
-                    continue
-                listed = listed_episode(device.device_id, bed.stream_id, row, "ended")
-                detail = {**listed.detail, "ended_by": STOPPED_END}
-                self.book.take(replace(listed, detail=detail), self.clock())
-                del bed.summary_open[episode_id]
-                for target in (row["type"], row["key"], condition_of(row["type"])):
-                    self.pending_acks.pop((device.device_id, bed.stream_id, target), None)
             self.book.release_held(device.device_id, bed.stream_id)
 
     def _feed_health(self, place: str, name: str, payload: bytes) -> None:
@@ -377,23 +372,35 @@ class Ward:
         self._list_open(bed, open_rows(body), body.get("utc"))
         self.recorder.summary(device_id, stream_id, body)
 
-    def _list_open(self, bed: Bed, rows: dict[str, dict[str, Any]], utc: object = None) -> None:
+    def _list_open(
+        self,
+        bed: Bed,
+        rows: dict[str, dict[str, Any]],
+        utc: object = None,
+        withdrawn: bool = False,
+    ) -> None:
         """The episodes the bed's device holds: its summary's ``rows`` (sent at ``utc``, its
-        clock), or none (withdrawn). A restored episode it no longer holds ended while the view
-        was away: it ends here, in the history too (:meth:`_take`), so that a restart does not
-        list it again."""
+        clock), or none (``withdrawn``: the stream ended). A restored episode it no longer holds
+        ended while the view was away: it ends here, in the history too (:meth:`_take`), so
+        that a restart does not list it again. A latched one that leaves a summary was
+        acknowledged on the device; one whose stream ended was not (the end of stream released
+        it), and its condition stays listed until someone acknowledges it."""
         device_id, stream_id = bed.device_id, bed.stream_id
         before, bed.summary_open = bed.summary_open, rows
         now = self.clock()
+        why = END_OF_STREAM if withdrawn else "acknowledge"
         # what is over first (an acknowledged apnoea's end before a new one it lists)
         for episode_id in bed.restored - set(rows):  # ended while the view was away
             event = bed.open.get(episode_id)
             if event is not None:
-                self._take(bed, _ended(event, _end_utc(event.start_utc, utc, now)))
+                self._take(bed, _ended(event, _end_utc(event.start_utc, utc, now), why))
         bed.restored &= set(rows)
         for episode_id, row in before.items():  # no longer held (their ended went by)
             if episode_id not in rows and episode_id not in bed.open:
-                self.book.take(listed_episode(device_id, stream_id, row, "ended"), now)
+                listed = listed_episode(device_id, stream_id, row, "ended")
+                if withdrawn and listed.detail.get("ended_by"):
+                    listed = replace(listed, detail={**listed.detail, "ended_by": why})
+                self.book.take(listed, now)
         for episode_id, row in rows.items():  # alarms the view has no message of
             if episode_id not in bed.open and episode_id not in before:
                 self.book.take(listed_episode(device_id, stream_id, row, "ongoing"), now)
@@ -466,7 +473,7 @@ class Ward:
         if bed is None:
             return
         if kind == "summary":  # the stream ended: the device holds none of its alarms
-            self._list_open(bed, {})
+            self._list_open(bed, {}, withdrawn=True)
             return
         setattr(bed, kind, None)  # its verdict or respiration
         self._dirty_beds.add((device_id, stream_id))
@@ -838,20 +845,23 @@ def _text(value: object) -> str | None:
     return value[:MAX_TEXT] if isinstance(value, str) and value.isprintable() and value else None
 
 
-def _ended(event: Event, end_utc: str) -> Event:
-    """An episode's end while the view was away (a latched one: acknowledged on the device)."""
+def _ended(event: Event, end_utc: str, why: str) -> Event:
+    """An episode's end while the view was away (a latched one: ended by ``why``, acknowledged
+    on the device or released by its stream's end)."""
     detail = dict(event.detail)
     if detail.get("latched"):
-        detail["ended_by"] = "acknowledge"
+        detail["ended_by"] = why
     return event.ended(end_utc, event.start_sample, detail=detail)
 
 
 def _end_utc(start_utc: str, said: object, now_s: float) -> str:
     """When an episode its device no longer holds ended, at the latest: when the device said
-    so (``said``, its summary's time), else now by the view's clock; never before its start."""
+    so (``said``, its summary's time), else now by the view's clock, never later than now (a
+    device clock ahead) and never before its start."""
+    now = dt.datetime.fromtimestamp(now_s, dt.timezone.utc)
     try:
-        end = parse_utc(said) if isinstance(said, str) else None
+        said_at = parse_utc(said) if isinstance(said, str) else None
     except EventError:
-        end = None
-    end = end or dt.datetime.fromtimestamp(now_s, dt.timezone.utc)
+        said_at = None
+    end = min(said_at or now, now)
     return start_utc if end < parse_utc(start_utc) else format_utc(end)

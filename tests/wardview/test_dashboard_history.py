@@ -586,6 +586,9 @@ def test_a_restored_episode_its_summary_drops_stays_ended_after_the_next_restart
     assert ward.handle(*summary("bed-2", [held]))
     if how == "withdrawn":
         assert ward.handle(summary_topic(SITE, DEVICE, "bed-1"), b"")
+        # released by the stream's end, acknowledged by no one: listed until someone does
+        assert listed(ward)[0] == ("bed-1", "CAS", "alarming", False, [])
+        ward.acknowledge_sent(DEVICE, "bed-1", "CAS", "nurse")
     else:
         assert ward.handle(*summary("bed-1", []))
     after = listed(ward)
@@ -603,8 +606,74 @@ def test_a_restored_episode_its_summary_drops_stays_ended_after_the_next_restart
     # bed-1's card: the stridor's end, from the history
     [bed] = [b for b in ward.snapshot()["beds"] if b["stream_id"] == "bed-1"]
     last = bed["events"][0]
+    ended_by = "end of stream" if how == "withdrawn" else "acknowledge"
     assert (last["episode_id"], last["state"], last["end_utc"], last["ended_by"]) == (
-        stridor.episode_id, "ended", format_utc(NOW), "acknowledge")  # fmt: skip
+        stridor.episode_id, "ended", format_utc(NOW), ended_by)  # fmt: skip
+    store.close()
+
+
+def test_a_shutdown_leaves_what_the_device_holds_over_its_restart() -> None:
+    """A runtime with an alarm store keeps its unacknowledged alarms over a clean shutdown and
+    lists them in the bed's retained summary: the view keeps them listed, latched, with the
+    acknowledge the nurse sent still waiting for the device; what the summary does not list
+    ends."""
+    clock = Clock(NOW - 60)
+    ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), clock=clock)
+    apnoea = onset("apnoea", NOW - 50)
+    assert send(ward, apnoea)
+    latched = apnoea.ongoing(detail={**apnoea.detail, "latched": True})
+    assert send(ward, latched)
+    wheeze = onset("Wheeze", NOW - 45, bed="bed-2")
+    assert send(ward, wheeze)
+    clock.now = NOW - 30
+    ward.acknowledge_sent(DEVICE, "bed-1", "apnoea", "nurse")
+    held = {"episode_id": apnoea.episode_id, "type": "apnoea", "kind": "physiological",
+            "priority": apnoea.priority, "start_utc": apnoea.start_utc,
+            "key": apnoea.detail["key"], "latched": True}  # fmt: skip
+    assert ward.handle(*summary("bed-1", [held]))  # the device holds it over the restart
+    assert ward.handle(*status("offline", SHUTDOWN_REASON, NOW - 20))
+    rows = {r["stream_id"]: r for r in ward.alarms()}
+    first = rows["bed-1"]
+    assert (first["condition"], first["latched"], first["open_episodes"], first["ack_sent"]) == (
+        "apnoea", True, [apnoea.episode_id], True)  # fmt: skip
+    assert rows["bed-2"]["open_episodes"] == []  # not held: its stream ended
+
+
+@pytest.mark.parametrize("status_first", [False, True])
+def test_what_the_device_holds_over_a_shutdown_stays_listed_after_the_views_restart(
+    where: str | Path, status_first: bool
+) -> None:
+    """The view restarts while the device is shut down holding its latched apnoea (an alarm
+    store): its retained summary and its status come in either order, and the apnoea is
+    listed, latched, either way."""
+    clock = Clock(NOW - 60)
+
+    def started(store: History) -> Ward:
+        ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), history=store,
+                    clock=clock)  # fmt: skip
+        ward.restore(store.restore())
+        return ward
+
+    store = History(where, clock=clock)
+    ward = started(store)
+    apnoea = onset("apnoea", NOW - 50)
+    assert send(ward, apnoea)
+    assert send(ward, apnoea.ongoing(detail={**apnoea.detail, "latched": True}))
+    ward.save_alarms()
+    store.close()
+
+    clock.now = NOW
+    store = History(where, clock=clock)
+    ward = started(store)
+    held = {"episode_id": apnoea.episode_id, "type": "apnoea", "kind": "physiological",
+            "priority": apnoea.priority, "start_utc": apnoea.start_utc,
+            "key": apnoea.detail["key"], "latched": True}  # fmt: skip
+    retained = [summary("bed-1", [held]), status("offline", SHUTDOWN_REASON, NOW - 30)]
+    for message in reversed(retained) if status_first else retained:
+        assert ward.handle(*message)
+    [row] = ward.alarms()
+    assert (row["condition"], row["state"], row["latched"], row["open_episodes"]) == (
+        "apnoea", "alarming", True, [apnoea.episode_id])  # fmt: skip
     store.close()
 
 
