@@ -114,6 +114,23 @@ def respiration(bed: str, at_s: float, rate: float) -> tuple[str, bytes]:
 
 
 # -- the store -------------------------------------------------------------------------------
+def started(store: History, clock: Clock, settings: AlarmSettings | None = None) -> Ward:
+    """A view on ``store`` after a (re)start: what the store restores, listed again (alarms
+    not held by default)."""
+    alarms = settings if settings is not None else AlarmSettings(hold_s=0.0)
+    ward = Ward(SITE, DashboardConfig(alarms=alarms), history=store, clock=clock)
+    ward.restore(store.restore())
+    return ward
+
+
+ROW_KEYS = ("stream_id", "condition", "state", "latched", "open_episodes")
+
+
+def listed(ward: Ward, keys: tuple[str, ...] = ROW_KEYS) -> list[tuple[Any, ...]]:
+    """The alarm list's rows, each as the values of ``keys``."""
+    return [tuple(row[k] for k in keys) for row in ward.alarms()]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
     """Where a test's store lives: an SQLite file, or a fresh database on the test run's
@@ -382,13 +399,8 @@ def test_a_views_restart_lists_every_alarm_as_it_was(where: str | Path) -> None:
     clock = Clock(NOW - 900)  # the view's clock: the episodes come as they happen
     settings = AlarmSettings(escalate_after_s=300.0, hold_s=0.0)
 
-    def started(store: History) -> Ward:
-        ward = Ward(SITE, DashboardConfig(alarms=settings), history=store, clock=clock)
-        ward.restore(store.restore())
-        return ward
-
     store = History(where, clock=clock)
-    ward = started(store)
+    ward = started(store, clock, settings)
     at = NOW - 900
     for bed in ("bed-1", "bed-2"):  # breathing fast, long over, never acknowledged
         fast = onset("tachypnoea", at, bed=bed)
@@ -421,25 +433,22 @@ def test_a_views_restart_lists_every_alarm_as_it_was(where: str | Path) -> None:
     keys = ("stream_id", "condition", "state", "priority", "escalated", "episodes",
             "acknowledged_by", "first_onset_utc", "last_episode_utc", "latched")  # fmt: skip
 
-    def listed(ward: Ward) -> list[tuple[Any, ...]]:
-        return [tuple(row[k] for k in keys) for row in ward.alarms()]
-
-    before = listed(ward)
+    before = listed(ward, keys)
     assert len(before) == 9
     assert sum(r[4] for r in before) == 4
     ward.check_liveness()  # the view's round: what changed goes to the store
     store.close()
 
     store = History(where, clock=clock)
-    ward = started(store)  # nothing from the broker yet
-    assert listed(ward) == before
+    ward = started(store, clock, settings)  # nothing from the broker yet
+    assert listed(ward, keys) == before
     # the devices' retained summaries: bed-6 still holds its latched apnoea, the others none
     open_row = {"episode_id": apnoea.episode_id, "type": "apnoea", "kind": "physiological",
                 "priority": "high", "start_utc": apnoea.start_utc, "key": apnoea.detail["key"],
                 "latched": True}  # fmt: skip
     for bed in ("bed-1", "bed-2", "bed-3", "bed-4", "bed-5", "bed-6"):
         assert ward.handle(*summary(bed, [open_row] if bed == "bed-6" else []))
-    assert listed(ward) == before
+    assert listed(ward, keys) == before
     more = onset("Fine Crackle", NOW + 5, bed="bed-3")
     assert send(ward, more)
     das = next(r for r in ward.alarms() if (r["stream_id"], r["condition"]) == ("bed-3", "DAS"))
@@ -462,19 +471,9 @@ def test_a_device_that_shut_down_while_the_view_was_away_ends_its_restored_alarm
     (``connection lost``): the device may be alarming at the bedside, so everything stays and
     an acknowledge waits for the device's end, after a restart too."""
     clock = Clock(NOW - 60)
-    keys = ("stream_id", "condition", "state", "latched", "open_episodes")
-
-    def started(store: History) -> Ward:
-        ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), history=store,
-                    clock=clock)  # fmt: skip
-        ward.restore(store.restore())
-        return ward
-
-    def listed(ward: Ward) -> list[tuple[Any, ...]]:
-        return [tuple(row[k] for k in keys) for row in ward.alarms()]
 
     store = History(where, clock=clock)
-    ward = started(store)
+    ward = started(store, clock)
     assert ward.handle(*status("online", "connected", NOW - 600))
     apnoea = onset("apnoea", NOW - 50)
     assert send(ward, apnoea)
@@ -499,7 +498,7 @@ def test_a_device_that_shut_down_while_the_view_was_away_ends_its_restored_alarm
 
     clock.now = NOW
     store = History(where, clock=clock)
-    ward = started(store)  # the store's list, then the retained status
+    ward = started(store, clock)  # the store's list, then the retained status
     restored = listed(ward)  # bed-3's crackle held for its summary, which does not come
     assert [row[:3] for row in restored] == [row[:3] for row in before]
     assert ward.handle(*status("offline", reason, NOW - 10))
@@ -532,7 +531,7 @@ def test_a_device_that_shut_down_while_the_view_was_away_ends_its_restored_alarm
     store.close()
 
     store = History(where, clock=clock)
-    ward = started(store)  # and again: what ended stays ended
+    ward = started(store, clock)  # and again: what ended stays ended
     assert listed(ward) == after
     store.close()
 
@@ -548,19 +547,9 @@ def test_a_restored_episode_its_summary_drops_stays_ended_after_the_next_restart
     history too; bed-2's summary still lists its wheeze, which stays. The view restarts again:
     the stridor is not listed again and the history holds no open episode of it."""
     clock = Clock(NOW - 60)
-    keys = ("stream_id", "condition", "state", "latched", "open_episodes")
-
-    def started(store: History) -> Ward:
-        ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), history=store,
-                    clock=clock)  # fmt: skip
-        ward.restore(store.restore())
-        return ward
-
-    def listed(ward: Ward) -> list[tuple[Any, ...]]:
-        return [tuple(row[k] for k in keys) for row in ward.alarms()]
 
     store = History(where, clock=clock)
-    ward = started(store)
+    ward = started(store, clock)
     stridor = onset("Stridor", NOW - 50, priority="high")
     assert send(ward, stridor)
     assert send(ward, stridor.ongoing(detail={**stridor.detail, "latched": True}))
@@ -578,7 +567,7 @@ def test_a_restored_episode_its_summary_drops_stays_ended_after_the_next_restart
 
     clock.now = NOW
     store = History(where, clock=clock)
-    ward = started(store)  # the store's list, then the devices' retained summaries
+    ward = started(store, clock)  # the store's list, then the devices' retained summaries
     assert listed(ward) == before
     held = {"episode_id": wheeze.episode_id, "type": "Wheeze", "kind": "physiological",
             "priority": wheeze.priority, "start_utc": wheeze.start_utc,
@@ -598,7 +587,7 @@ def test_a_restored_episode_its_summary_drops_stays_ended_after_the_next_restart
 
     store = History(where, clock=clock)
     kept = store.restore()
-    ward = started(store)  # and again, before any retained message: what ended stays ended
+    ward = started(store, clock)  # and again, before any retained message: what ended stays ended
     assert listed(ward) == after
     assert {e.episode_id for e in kept.open_events} == {wheeze.episode_id}
     assert [(s, r["condition"], r["open"]) for _, s, r in kept.alarms] == [
@@ -648,14 +637,8 @@ def test_what_the_device_holds_over_a_shutdown_stays_listed_after_the_views_rest
     listed, latched, either way."""
     clock = Clock(NOW - 60)
 
-    def started(store: History) -> Ward:
-        ward = Ward(SITE, DashboardConfig(alarms=AlarmSettings(hold_s=0.0)), history=store,
-                    clock=clock)  # fmt: skip
-        ward.restore(store.restore())
-        return ward
-
     store = History(where, clock=clock)
-    ward = started(store)
+    ward = started(store, clock)
     apnoea = onset("apnoea", NOW - 50)
     assert send(ward, apnoea)
     assert send(ward, apnoea.ongoing(detail={**apnoea.detail, "latched": True}))
@@ -664,7 +647,7 @@ def test_what_the_device_holds_over_a_shutdown_stays_listed_after_the_views_rest
 
     clock.now = NOW
     store = History(where, clock=clock)
-    ward = started(store)
+    ward = started(store, clock)
     held = {"episode_id": apnoea.episode_id, "type": "apnoea", "kind": "physiological",
             "priority": apnoea.priority, "start_utc": apnoea.start_utc,
             "key": apnoea.detail["key"], "latched": True}  # fmt: skip
