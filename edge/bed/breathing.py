@@ -564,11 +564,11 @@ def _period(
     peaks = np.flatnonzero((inner > ac[lo - 1 : hi]) & (inner >= ac[lo + 1 : hi + 2])) + lo
     if peaks.size == 0:
         return None, 0.0
-    best = int(peaks[np.argmax(ac[peaks])])
+    top = int(np.argmax(ac[peaks]))
+    best = int(peaks[top])
     if short_lag_margin > 0.0:
         height = ac[peaks] * n / (n - peaks)
-        close = height >= height[peaks == best][0] - short_lag_margin
-        best = int(peaks[np.flatnonzero(close)[0]])
+        best = int(peaks[np.flatnonzero(height >= height[top] - short_lag_margin)[0]])
     # the peak's lag to a fraction of a sample (a parabola through three)
     y0, y1, y2 = ac[best - 1], ac[best], ac[best + 1]
     curve = y0 - 2.0 * y1 + y2
