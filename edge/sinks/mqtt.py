@@ -10,6 +10,7 @@ lock); its exceptions are logged and never stop that thread."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -61,8 +62,13 @@ class MqttSink:
         self.config = config
         self._mqtt = import_paho()
         self._status_topic = status_topic(config.site, config.device_id)
-        # (kind, bed) -> its last retained message: sent again on every reconnect
-        self._retained: dict[tuple[str, str], tuple[str, str]] = {}
+        # (kind, bed) -> its last retained message and the spool's last seq when it was made:
+        # handed to paho by the sender only after every event spooled before it (a bed's
+        # summary never overtakes its own events), and again after every reconnect
+        self._retained: dict[tuple[str, str], tuple[str, str, int, int]] = {}
+        self._unsent: set[tuple[str, str]] = set()  # retained messages not yet handed to paho
+        self._retained_lock = threading.Lock()  # never held while paho is called
+        self._retained_made = itertools.count()  # the order of messages made at one seq
         self._command_topic = command_topic(config.site, config.device_id)
         self._on_command: Callable[[bytes], None] | None = None
         self.command_policy: str | None = None  # told in the online status (events.py)
@@ -81,6 +87,7 @@ class MqttSink:
         self._spool = (
             spool if spool is not None else Spool(config.spool_path, config.spool_max_events)
         )
+        self._last_seq = self._spool.last_seq()  # the newest event spooled (publisher thread)
         self._cond = threading.Condition()
         self._woken = False  # set by _wake(), cleared by the sender
         self._acks: deque[int] = deque()  # mids from on_publish, matched by the sender
@@ -114,7 +121,9 @@ class MqttSink:
         if not events:
             return
         for event, seq in zip(events, self._spool.put_many(events), strict=True):
-            if seq is None:
+            if seq is not None:
+                self._last_seq = max(self._last_seq, seq)
+            else:
                 log.error(
                     "spool %s is full (no low-priority event to evict): refused %s %s event %s",
                     self._spool.path, event.priority, event.type, event.id,
@@ -140,7 +149,8 @@ class MqttSink:
         self._session.publish(live_topic(site, device_id, stream_id), payload, 0)
 
     def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
-        """Retained (QoS 1), sent again on every reconnect; None (stream ended) removes it."""
+        """Retained (QoS 1), after the events published before it and again on every
+        reconnect; None (stream ended) removes it."""
         self._retain("verdict", stream_id, verdict)
 
     def publish_respiration(self, stream_id: str, reading: dict[str, Any] | None) -> None:
@@ -164,16 +174,19 @@ class MqttSink:
         topic_of, payload_of = RETAINED[kind]
         topic = topic_of(site, device_id, stream_id)
         payload = "" if body is None else payload_of(site, device_id, stream_id, body)
-        self._retained[(kind, stream_id)] = (topic, payload)
-        if self._connected.is_set():
-            self._session.publish(topic, payload, qos=1, retain=True)
+        with self._retained_lock:
+            made = next(self._retained_made)
+            self._retained[(kind, stream_id)] = (topic, payload, self._last_seq, made)
+            self._unsent.add((kind, stream_id))
+        self._wake()
 
     def flush(self, timeout_s: float) -> bool:
-        """Wait until the spool is empty (every event acknowledged); False on timeout."""
+        """Wait until the spool is empty (every event acknowledged) and, while connected, every
+        retained message is handed to paho; False on timeout."""
         deadline_s = time.monotonic() + timeout_s
         self._wake()
         with self._cond:
-            while len(self._spool) > 0:
+            while len(self._spool) > 0 or (self._connected.is_set() and self._has_unsent()):
                 left_s = deadline_s - time.monotonic()
                 if left_s <= 0:
                     return False
@@ -257,8 +270,8 @@ class MqttSink:
         online = status_payload("online", cfg.site, cfg.device_id, "connected",
                                 self.command_policy, cfg.eui64)  # fmt: skip
         client.publish(self._status_topic, online, qos=1, retain=True)
-        for topic, payload in list(self._retained.values()):
-            client.publish(topic, payload, qos=1, retain=True)
+        with self._retained_lock:  # sent again by the sender, after the spool's backlog
+            self._unsent.update(self._retained)
         self._wake()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
@@ -298,14 +311,18 @@ class MqttSink:
             self._counts["acked"] += len(seqs)
 
     def _pump(self) -> None:
-        """Hand spooled events after the cursor to paho, oldest first, within max_queued; only
-        while connected, so offline the spool's bound is the bound."""
+        """Hand spooled events after the cursor to paho, oldest first, within max_queued, each
+        retained message right after the events spooled before it; only while connected, so
+        offline the spool's bound is the bound."""
         if not self._connected.is_set() or self._replaying():
             return
         room = min(self.config.max_queued - len(self._mids), PUMP_BATCH)
-        if room <= 0:
-            return
-        for seq, payload in self._spool.pending(room, after_seq=self._cursor):
+        rows = self._spool.pending(room, after_seq=self._cursor) if room > 0 else []
+        every_row = room > 0 and len(rows) < room  # nothing spooled after these
+        due = self._due_retained()
+        for seq, payload in rows:
+            if not self._send_retained(due, seq):
+                return
             topic = _topic_of(payload)
             if topic is None:
                 log.error("dropping unreadable spooled event seq %d", seq)
@@ -317,6 +334,35 @@ class MqttSink:
                     return
                 self._mids[info.mid] = seq
             self._cursor = seq
+        self._send_retained(due, None if every_row else self._cursor + 1)
+
+    def _has_unsent(self) -> bool:
+        with self._retained_lock:
+            return bool(self._unsent)
+
+    def _due_retained(self) -> list[tuple[int, int, tuple[str, str], str, str]]:
+        """The retained messages not yet handed: (after seq, made, key, topic, payload), in
+        the order they were made."""
+        with self._retained_lock:
+            due = [(v[2], v[3], k, v[0], v[1]) for k in self._unsent if (v := self._retained[k])]
+        return sorted(due)
+
+    def _send_retained(
+        self, due: list[tuple[int, int, tuple[str, str], str, str]], before: int | None
+    ) -> bool:
+        """Hand ``due``'s messages made before spool seq ``before`` (None: all) to paho, in
+        order; False where paho refused one (tried again on the next pass)."""
+        while due and (before is None or due[0][0] < before):
+            after, made, key, topic, payload = due[0]
+            info = self._session.publish(topic, payload, qos=1, retain=True)
+            if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
+                log.warning("paho refused retained %s (%s); retrying later", topic, info.rc)
+                return False
+            with self._retained_lock:  # unless a newer one came meanwhile
+                if self._retained.get(key) == (topic, payload, after, made):
+                    self._unsent.discard(key)
+            del due[0]
+        return True
 
     def _replaying(self) -> bool:
         """True while messages handed before the latest connect await their PUBACK: paho resends

@@ -89,6 +89,13 @@ class Spool:
             ).fetchall()
         return [(int(seq), str(payload)) for seq, payload in rows]
 
+    def last_seq(self) -> int:
+        """The highest sequence number stored now (0: none)."""
+        with self._lock:
+            self._check_open()
+            row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
     def ack(self, seq: int) -> bool:
         """Delete the event ``seq`` (its PUBACK came); False if it was not stored."""
         return self.ack_many([seq]) == 1

@@ -235,6 +235,45 @@ def test_events_published_while_the_broker_is_down_are_delivered(tmp_path: Path)
         sink.close()
 
 
+@pytest.mark.parametrize("broker", ["up", "down until the end"])
+def test_a_retained_message_goes_after_the_events_published_before_it(
+    tmp_path: Path, broker: str
+) -> None:
+    """Events, a bed's summary, more events, another bed's summary and a third's withdrawal:
+    a subscriber reads them in that order, live (the sender still works through the spool)
+    and when the broker comes up only after all of it (the spool's backlog is replayed with
+    each retained message in its place)."""
+    mosquitto = Mosquitto(tmp_path)
+    events = make_events(600, site=SITE, device_id=DEVICE)
+    summary = {"name": "Bed", "location": "", "open": [], "utc": "2026-05-09T07:10:00.000Z"}
+    recorder = Recorder(mosquitto.port)
+    if broker == "up":
+        mosquitto.start()
+        recorder.connect()
+    sink = MqttSink(mqtt_config(tmp_path, mosquitto.port)).connect()
+    try:
+        sink.publish_many(events[:300])
+        sink.publish_summary("bed-1", summary)
+        sink.publish_many(events[300:])
+        sink.publish_summary("bed-2", summary)
+        sink.publish_summary("bed-3", None)
+        if broker != "up":
+            mosquitto.start()
+            recorder.connect()
+        assert sink.flush(DELIVERY_TIMEOUT_S)
+        withdrawn = lambda ms: any(m.topic.endswith("bed-3/summary") for m in ms)  # noqa: E731
+        assert recorder.wait_for(withdrawn, 5.0)
+    finally:
+        sink.close()
+        recorder.disconnect()
+        mosquitto.stop()
+    order = [m.json()["id"] if m.topic.endswith("/event") else
+             (m.topic.split("/")[4], bool(m.payload))
+             for m in recorder.messages if m.topic.endswith(("/event", "/summary"))]  # fmt: skip
+    ids = [e.id for e in events]
+    assert order == [*ids[:300], ("bed-1", True), *ids[300:], ("bed-2", True), ("bed-3", False)]
+
+
 def test_spool_bound_is_reported_as_a_spool_full_event(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path)
     events = make_events(6, site=SITE, device_id=DEVICE, priority="low")
