@@ -290,6 +290,7 @@ class Runtime:
             if stream.recorder is not None:
                 self.publisher.clips(stream, stream.recorder.finish_cuts())
             self.publisher.end(stream, held=bool(keep))
+            self.events.flush()  # the bed's last events, then its summary withdrawn or held
             if keep:
                 log.warning("stream %s: %d unacknowledged alarm(s) held over the restart",
                             stream.id, len(keep))  # fmt: skip

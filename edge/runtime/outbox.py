@@ -1,7 +1,8 @@
 """The runtime's event messages: one per transition of a bed. :class:`EventOutbox`, the one
-place that tracks each bed's open episodes, keeps them until :meth:`EventOutbox.flush` (once
-per group of beds) hands them to the sinks in one call, in order. The runtime calls it only
-under its own lock."""
+place that tracks each bed's open episodes, keeps them and the beds' summaries until
+:meth:`EventOutbox.flush` (once per group of beds) hands them to the sinks: the events in one
+call, in order, and no summary before the events of its bed made before it (a withdrawn
+summary after its bed's last ends). The runtime calls it only under its own lock."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from edge.bed.detector import Transition
 from edge.runtime.stream import Stream
-from edge.sinks import Sink, publish_all
+from edge.sinks import Sink, publish_all, publish_summary
 from lungwatch.alarms import names
 from lungwatch.events import Event, utc_now
 
@@ -23,7 +24,8 @@ class EventOutbox:
         self.sink = sink
         self._identity = {"site": site, "device_id": device_id}
         self._model = {"model_id": model_id, "model_sha256": model_sha256}
-        self._pending: list[Event] = []
+        # events and (bed, summary or None: withdrawn) in the order they were made
+        self._pending: list[Event | tuple[str, dict[str, Any] | None]] = []
         self._episodes: dict[str, dict[str, Event]] = {}  # bed -> key -> last message
         # bed -> keys of episodes held over a restart (edge.runtime.latched): no chain has
         # them; they end only by acknowledge (:meth:`end_carried`)
@@ -118,10 +120,34 @@ class EventOutbox:
     def open_events(self, stream_id: str) -> int:
         return len(self._episodes.get(stream_id, ()))
 
+    def summary(self, stream_id: str, summary: dict[str, Any] | None) -> None:
+        """A bed's summary (None: withdrawn), sent at the next :meth:`flush` after the events
+        made before it."""
+        self._pending.append((stream_id, summary))
+
     def flush(self) -> None:
-        if self._pending:
-            events, self._pending = self._pending, []
+        """The events in one call (one spool transaction); each bed's summary made before any
+        of its events here goes ahead of them (the view names a bed before its first event),
+        its last one made after them follows them (the ones between are superseded)."""
+        pending, self._pending = self._pending, []
+        events: list[Event] = []
+        beds: set[str] = set()  # those with an event so far
+        ahead: dict[str, dict[str, Any] | None] = {}
+        behind: dict[str, dict[str, Any] | None] = {}
+        for item in pending:
+            if isinstance(item, Event):
+                events.append(item)
+                beds.add(item.stream_id)
+            elif item[0] in beds:
+                behind[item[0]] = item[1]
+            else:
+                ahead[item[0]] = item[1]
+        for stream_id, summary in ahead.items():
+            publish_summary(self.sink, stream_id, summary)
+        if events:
             publish_all(self.sink, events)
+        for stream_id, summary in behind.items():
+            publish_summary(self.sink, stream_id, summary)
 
     def _event(
         self, stream: Stream, previous: Event | None, t: Transition, quality: dict[str, Any] | None

@@ -18,7 +18,7 @@ from edge.monitor import Monitor
 from edge.runtime.config import RuntimeConfig
 from edge.runtime.outbox import EventOutbox
 from edge.runtime.stream import Stream
-from edge.sinks import Sink, publish_respiration, publish_summary, publish_verdict
+from edge.sinks import Sink, publish_respiration, publish_verdict
 from lungwatch.events import FINDING_RATE_FAMILY, utc_now
 
 
@@ -55,7 +55,7 @@ class Publisher:
         if held:
             self.summary(stream)
         else:
-            publish_summary(self.sink, stream.id, None)
+            self.outbox.summary(stream.id, None)  # after the bed's last events
         if stream.chain.verdict is not None:
             publish_verdict(self.sink, stream.id, None)
         if stream.chain.breathing is not None:
@@ -84,7 +84,7 @@ class Publisher:
                          "key": event.detail.get("key")})  # fmt: skip
         summary = {"name": stream.config.name, "location": stream.config.location,
                    "open": rows, "utc": utc_now()}  # fmt: skip
-        publish_summary(self.sink, stream.id, summary)
+        self.outbox.summary(stream.id, summary)  # after the events made before it
         stream.summary_sent = True
 
     def clips(self, stream: Stream, clips: list[Cut]) -> None:

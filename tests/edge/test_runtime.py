@@ -747,6 +747,44 @@ def test_each_beds_rolling_verdict_is_retained_and_withdrawn_at_its_end(
         assert not late.wait_for(lambda ms: bool(ms), 1.0)  # nothing retained any more
 
 
+def test_a_beds_summary_never_reaches_a_subscriber_before_the_events_made_before_it(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """What a ward view or the gateway reads off the broker, in arrival order: every episode a
+    bed's summary lists has had its onset, none of them its end, and the bed's withdrawn
+    summary comes after its last event. (A summary that overtook its events named episodes
+    not yet announced, and a withdrawal that overtook a bed's last ends left the gateway with
+    conditions no device held.)"""
+    examples = sorted((REPO_ROOT / "examples").glob("*.flac"))
+    streams = [stream(f"bed-{i}", path) for i, path in enumerate(examples)]
+    config = build(config_mapping(tmp_path, streams, **mqtt_sections(tmp_path, mosquitto.port)))
+    with Recorder(mosquitto.port, topic=f"{ROOT}/#") as live:
+        serve(config)
+        withdrawn = lambda ms: sum(m.topic.endswith("/summary") and not m.payload  # noqa: E731
+                                   for m in ms) == len(examples)  # fmt: skip
+        assert live.wait_for(withdrawn, 10.0)
+        messages = list(live.messages)
+    for i in range(len(examples)):
+        bed = f"{ROOT}/bed-{i}/"
+        started: set[str] = set()
+        ended: set[str] = set()
+        summaries = 0
+        for message in (m for m in messages if m.topic.startswith(bed)):
+            if message.topic.endswith("/event"):
+                event = Event.from_json(message.payload)
+                (ended if event.state == "ended" else started).add(event.episode_id)
+            elif message.topic.endswith("/summary") and message.payload:
+                listed = {row["episode_id"] for row in message.json()["open"]}
+                assert listed <= started, ("listed before its onset", sorted(listed - started))
+                assert not listed & ended, ("listed after its end", sorted(listed & ended))
+                summaries += 1
+        assert started, f"bed-{i}: no episode"
+        assert started <= ended, f"bed-{i}: an episode never ended"
+        assert summaries >= 2
+        last = [m for m in messages if m.topic in (bed + "event", bed + "summary")][-1]
+        assert (last.topic, last.payload) == (bed + "summary", b""), "withdrawn after its events"
+
+
 def test_each_beds_breathing_is_retained_its_apnoea_is_an_event_and_both_end_with_it(
     tmp_path: Path, mosquitto: Any
 ) -> None:
