@@ -201,6 +201,8 @@ class Intake:
             beds.add(stream_id)
         if kind == "summary" and not payload:  # withdrawn: the bed's stream ended
             return self._alarm_message(kind, device_id, stream_id, None)
+        if kind == "respiration" and not payload:  # withdrawn as well: nothing to send
+            return "skipped"
         body = parse_message(payload, MAX_MESSAGE_BYTES, MAX_JSON_DEPTH)
         for name, value in (("site", parts[2]), ("device_id", device_id),
                             ("stream_id", stream_id)):  # fmt: skip

@@ -81,6 +81,7 @@ def test_intake_queues_onsets_ends_and_readings_and_refuses_what_is_not_its_topi
     )  # 10 s later, same state
     assert intake.handle(rtopic, respiration(2, state="apnoea", seconds=10.0)) == "queued"
     assert intake.handle(rtopic, respiration(9, state="apnoea", seconds=10.0)) == "queued"  # 70 s
+    assert intake.handle(rtopic, b"") == "skipped"  # withdrawn: the bed's stream ended
     bad = reading(10) | {"rate_bpm": -3}
     assert intake.handle(rtopic, respiration_payload(SITE, DEVICE, BED, bad).encode()) == (
         "refused:invalid"
@@ -114,7 +115,7 @@ def start_gateway(config: Path) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-c", code, "gateway", "--config", str(config)], cwd=REPO_ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONFAULTHANDLER": "1"},
     )  # fmt: skip
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -194,7 +195,14 @@ def stop_all(
     broker stopped; the gateway's output and errors."""
     device.close()
     gateway.send_signal(signal.SIGTERM)
-    out, err = gateway.communicate(timeout=20)
+    try:
+        out, err = gateway.communicate(timeout=20)
+    except subprocess.TimeoutExpired:  # where each thread is: PYTHONFAULTHANDLER dumps at SIGABRT
+        gateway.send_signal(signal.SIGABRT)
+        out, err = gateway.communicate(timeout=20)
+        raise AssertionError(
+            f"the gateway did not stop within 20 s of SIGTERM:\n{err[-6000:]}"
+        ) from None
     receiver.kill()
     broker.stop()
     return out, err
@@ -596,7 +604,8 @@ def test_the_gateway_and_the_ward_view_take_and_refuse_the_same_wire_messages(
     case here is one they once judged apart: the view took a rate of 0 or 200 while the
     gateway refused it, and took a time that is not UTC, a range that is not a number, a
     200-character reason and a status whose EUI-64 is not one; the gateway took a status
-    whose state is neither online nor offline, and a rate beside the apnoea state."""
+    whose state is neither online nor offline, and a rate beside the apnoea state; the gateway
+    refused a withdrawn reading as not JSON (logged at every stream's end)."""
     config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"), rate_every_s=1.0)
     intake = Intake(config, [hl7_route(Hl7Config(host="127.0.0.1"), Outbox(tmp_path / "q"))])
     ward = Ward(SITE)
@@ -617,6 +626,7 @@ def test_the_gateway_and_the_ward_view_take_and_refuse_the_same_wire_messages(
         (rtopic, breathing(3, low_bpm="9"), False),
         (rtopic, breathing(4, reason="x" * 201), False),
         (rtopic, breathing(5, state="apnoea", rate_bpm=12.0), False),
+        (rtopic, b"", True),  # withdrawn: the bed's stream ended
         (stopic, status(eui64="00112233445566AA"), True),
         (stopic, status(eui64="not an EUI-64"), False),
         (stopic, status(state="asleep", eui64="00112233445566AA"), False),
