@@ -62,9 +62,10 @@ class MqttSink:
         self.config = config
         self._mqtt = import_paho()
         self._status_topic = status_topic(config.site, config.device_id)
-        # (kind, bed) -> its last retained message and the spool's last seq when it was made:
-        # handed to paho by the sender only after every event spooled before it (a bed's
-        # summary never overtakes its own events), and again after every reconnect
+        # (kind, bed) -> its last retained message, the spool seq it waits for (a summary: the
+        # last one spooled when it was made, so it never overtakes its bed's events; 0 for the
+        # others) and the order it was made in: handed to paho by the sender, and again after
+        # every reconnect
         self._retained: dict[tuple[str, str], tuple[str, str, int, int]] = {}
         self._unsent: set[tuple[str, str]] = set()  # retained messages not yet handed to paho
         self._retained_lock = threading.Lock()  # never held while paho is called
@@ -92,6 +93,7 @@ class MqttSink:
         self._woken = False  # set by _wake(), cleared by the sender
         self._acks: deque[int] = deque()  # mids from on_publish, matched by the sender
         self._mids: dict[int, int] = {}  # mid -> seq, touched by the sender thread only
+        self._retained_mids: set[int] = set()  # retained messages handed, not yet acknowledged
         self._cursor = 0  # highest seq handed to paho
         self._connects_seen = 0  # the connects the sender has reacted to
         self._held: set[int] = set()  # mids handed before the latest connect, unacknowledged
@@ -149,8 +151,8 @@ class MqttSink:
         self._session.publish(live_topic(site, device_id, stream_id), payload, 0)
 
     def publish_verdict(self, stream_id: str, verdict: dict[str, Any] | None) -> None:
-        """Retained (QoS 1), after the events published before it and again on every
-        reconnect; None (stream ended) removes it."""
+        """Retained (QoS 1), by the sender at its next pass and again on every reconnect; None
+        (stream ended) removes it."""
         self._retain("verdict", stream_id, verdict)
 
     def publish_respiration(self, stream_id: str, reading: dict[str, Any] | None) -> None:
@@ -165,7 +167,8 @@ class MqttSink:
         self._session.publish(ack_topic(site, device_id, stream_id), payload, qos=1)
 
     def publish_summary(self, stream_id: str, summary: dict[str, Any] | None) -> None:
-        """Send a bed's summary retained (QoS 1), as :meth:`publish_verdict` its verdict."""
+        """Send a bed's summary retained (QoS 1), as :meth:`publish_verdict` its verdict, but
+        only after every event spooled before it (live and after a reconnect)."""
         self._retain("summary", stream_id, summary)
 
     def _retain(self, kind: str, stream_id: str, body: dict[str, Any] | None) -> None:
@@ -174,9 +177,12 @@ class MqttSink:
         topic_of, payload_of = RETAINED[kind]
         topic = topic_of(site, device_id, stream_id)
         payload = "" if body is None else payload_of(site, device_id, stream_id, body)
+        # a summary names the bed's episodes: after their events; a verdict or breathing goes
+        # at the next pass, ahead of any backlog (a bed card shows the current one)
+        after = self._last_seq if kind == "summary" else 0
         with self._retained_lock:
             made = next(self._retained_made)
-            self._retained[(kind, stream_id)] = (topic, payload, self._last_seq, made)
+            self._retained[(kind, stream_id)] = (topic, payload, after, made)
             self._unsent.add((kind, stream_id))
         self._wake()
 
@@ -206,6 +212,7 @@ class MqttSink:
             self._stopping.set()
             self._wake()
             self._sender.join()
+            self._send_last_retained()
             self._say_offline()
             self._session.stop()
         elif self._sender.started:  # the sender stopped unasked: no goodbye, the will says so
@@ -303,9 +310,12 @@ class MqttSink:
     def _take_acks(self) -> None:
         seqs = []
         while self._acks:
-            seq = self._mids.pop(self._acks.popleft(), None)
+            mid = self._acks.popleft()
+            seq = self._mids.pop(mid, None)
             if seq is not None:
                 seqs.append(seq)
+            else:
+                self._retained_mids.discard(mid)
         if seqs:
             self._spool.ack_many(seqs)
             self._counts["acked"] += len(seqs)
@@ -316,10 +326,10 @@ class MqttSink:
         offline the spool's bound is the bound."""
         if not self._connected.is_set() or self._replaying():
             return
+        due = self._due_retained()  # first: each one's events were committed before the read
         room = min(self.config.max_queued - len(self._mids), PUMP_BATCH)
         rows = self._spool.pending(room, after_seq=self._cursor) if room > 0 else []
         every_row = room > 0 and len(rows) < room  # nothing spooled after these
-        due = self._due_retained()
         for seq, payload in rows:
             if not self._send_retained(due, seq):
                 return
@@ -335,6 +345,17 @@ class MqttSink:
                 self._mids[info.mid] = seq
             self._cursor = seq
         self._send_retained(due, None if every_row else self._cursor + 1)
+
+    def _send_last_retained(self) -> None:
+        """At close, with the sender stopped: the retained messages still waiting for events
+        that did not reach the broker in time go now, ahead of those events (which stay in the
+        spool), rather than leave the broker a bed's out-of-date summary for good."""
+        due = self._due_retained()
+        if not due or not self._connected.is_set():
+            return
+        log.warning("%d retained message(s) sent ahead of %d event(s) left in the spool",
+                    len(due), len(self._spool))  # fmt: skip
+        self._send_retained(due, None)
 
     def _has_unsent(self) -> bool:
         with self._retained_lock:
@@ -358,6 +379,7 @@ class MqttSink:
             if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
                 log.warning("paho refused retained %s (%s); retrying later", topic, info.rc)
                 return False
+            self._retained_mids.add(info.mid)
             with self._retained_lock:  # unless a newer one came meanwhile
                 if self._retained.get(key) == (topic, payload, after, made):
                     self._unsent.discard(key)
@@ -365,14 +387,15 @@ class MqttSink:
         return True
 
     def _replaying(self) -> bool:
-        """True while messages handed before the latest connect await their PUBACK: paho resends
-        them only after ``on_connect`` returns, so a newer event handed now could overtake."""
+        """True while messages (events and retained ones) handed before the latest connect await
+        their PUBACK: paho resends them only after ``on_connect`` returns, so a newer message
+        handed now could overtake."""
         connects = self._session.connects  # read after _connected: on_connect counts first
         if connects != self._connects_seen:
             self._connects_seen = connects
-            self._held = set(self._mids)
-        if self._held:
-            self._held.intersection_update(self._mids)  # acknowledged mids leave _mids
+            self._held = set(self._mids) | self._retained_mids
+        if self._held:  # acknowledged mids leave _mids and _retained_mids
+            self._held = {m for m in self._held if m in self._mids or m in self._retained_mids}
         return bool(self._held)
 
     def _wake(self) -> None:

@@ -190,6 +190,44 @@ def test_a_reconnect_sends_the_held_backlog_before_newer_events(
     assert first_seen == [e.id for e in events], "what paho held goes out before the rest"
 
 
+def test_a_summary_paho_holds_over_a_reconnect_is_not_overtaken_by_a_newer_one(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """A summary handed to paho and never acknowledged (the broker paused, then killed); while
+    offline an event and a newer summary of the bed. paho sends the old one again only after
+    ``on_connect`` returns (held here 0.3 s, as a busy machine may): the sender waits for it,
+    so the broker keeps the newer summary, not the old one sent last."""
+    summary_topic = f"lungwatch/v1/{SITE}/{DEVICE}/bed-1/summary"
+    old = {"name": "Bed 1", "location": "", "open": [], "utc": "2026-05-09T07:00:00.000Z"}
+    new = {**old, "utc": "2026-05-09T07:05:00.000Z"}
+    sink = MqttSink(mqtt_config(tmp_path, mosquitto.port)).connect()
+    client = sink._client
+    on_connect = client.on_connect
+
+    def descheduled_on_connect(*args: Any) -> None:
+        on_connect(*args)
+        time.sleep(0.3)
+
+    client.on_connect = descheduled_on_connect
+    try:
+        mosquitto.pause()
+        sink.publish_summary("bed-1", old)
+        wait_until(lambda: not sink._has_unsent(), 10.0, "the old summary handed to paho")
+        mosquitto.kill()
+        wait_until(lambda: not sink.connected, 10.0, "the sink to see the broker gone")
+        sink.publish_many(make_events(1, site=SITE, device_id=DEVICE))
+        sink.publish_summary("bed-1", new)
+        mosquitto.start()
+        assert sink.flush(DELIVERY_TIMEOUT_S)
+        wait_until(lambda: not sink.stats()["handed"], 10.0, "every message acknowledged")
+        time.sleep(0.5)  # what paho might still send again
+    finally:
+        sink.close()
+    with Recorder(mosquitto.port, topic=summary_topic) as late:
+        assert late.wait_for(lambda ms: bool(ms), 5.0)
+        assert late.messages[-1].json()["utc"] == new["utc"]
+
+
 @pytest.mark.parametrize("broker_state", ["absent", "paused"])
 def test_spooled_events_survive_a_publisher_crash(tmp_path: Path, broker_state: str) -> None:
     """absent: events wait in the spool; paused (SIGSTOP): they were sent, never acknowledged."""
