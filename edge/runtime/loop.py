@@ -276,7 +276,9 @@ class Runtime:
     def evidence_channel(self) -> EvidencePublisher | None:
         return self.publisher.evidence
 
-    def _end_stream(self, stream: Stream, why: str) -> None:
+    def _end_stream(self, stream: Stream, why: str, flush: bool = True) -> None:
+        """``flush``: hand the bed's last events and summary to the sinks now (False: the caller
+        flushes every bed's at once)."""
         stream.ended = True
         with self._lock:
             held = self._store is not None and why == SHUTDOWN
@@ -290,7 +292,8 @@ class Runtime:
             if stream.recorder is not None:
                 self.publisher.clips(stream, stream.recorder.finish_cuts())
             self.publisher.end(stream, held=bool(keep))
-            self.events.flush()  # the bed's last events, then its summary withdrawn or held
+            if flush:  # the bed's last events, then its summary withdrawn or held
+                self.events.flush()
             if keep:
                 log.warning("stream %s: %d unacknowledged alarm(s) held over the restart",
                             stream.id, len(keep))  # fmt: skip
@@ -483,7 +486,7 @@ class Runtime:
             self._infer_and_detect(ready)
         for stream in self.streams:
             if not stream.ended:
-                self._end_stream(stream, SHUTDOWN)
+                self._end_stream(stream, SHUTDOWN, flush=False)  # one transaction for all
         with self._lock:
             self.events.flush()
             self.save_latched()

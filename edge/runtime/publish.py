@@ -67,6 +67,8 @@ class Publisher:
         """The transitions' events; the summary again when the bed's open alarms changed."""
         if not transitions:
             return
+        if not stream.summary_sent:  # a first event before the first window (the gate, a stall)
+            self.summary(stream)
         made = self.outbox.emit(stream, transitions, quality)
         if stream.recorder is not None:
             stream.recorder.events(made)

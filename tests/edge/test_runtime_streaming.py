@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from edge.monitor import Monitor
 from edge.runtime.loop import Runtime, Stream, open_model
 from edge.sources import FileSource
 from edge.sources.base import SourceChunk, SourceEnded
+from lungwatch.events import Event
 from tests.edge.runtime_helpers import (
     MIXED,
     WHEEZES,
@@ -626,3 +628,52 @@ def test_a_beds_times_keep_one_timeline_from_their_first_use(tmp_path, folder):
         assert bed.utc(800) > before
     finally:
         model.backend.close()
+
+
+class SilentSource:
+    """An AudioSource that never gives a chunk (a microphone that does not start)."""
+
+    sample_rate_hz = 8000
+
+    def read(self, timeout_s: float) -> SourceChunk | None:
+        return None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class OrderSink(ListSink):
+    """A ListSink that also keeps the order of events and summaries as it took them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def publish(self, event: Event) -> None:
+        super().publish(event)
+        self.calls.append(("event", event.stream_id, event.type))
+
+    def publish_summary(self, stream_id: str, summary: dict[str, Any] | None) -> None:
+        self.calls.append(("summary", stream_id, None if summary is None else len(summary["open"])))
+
+
+def test_a_bed_whose_first_event_comes_before_any_audio_is_named_before_it(tmp_path, folder):
+    """A source that gives nothing: the bed's first message is its stall (no window has run),
+    and the bed's summary, naming it, still reaches the sink ahead of that event; the one that
+    lists the stall follows it."""
+    config = build(mapping(tmp_path, folder, [stream("b0", "unused.flac")]))
+    model = open_model(config, "test.yaml")
+    now = [100.0]
+    try:
+        sink = OrderSink()
+        runtime = Runtime(config, model, [Stream(config.streams[0], SilentSource(), model)],
+                          sink, clock=lambda: now[0])  # fmt: skip
+        runtime.step()
+        now[0] += 10.0
+        runtime.step()
+    finally:
+        model.backend.close()
+    stall = ("event", "b0", "source_stalled")
+    assert stall in sink.calls, sink.calls
+    assert sink.calls[0] == ("summary", "b0", 0), sink.calls
+    assert sink.calls.index(("summary", "b0", 1)) > sink.calls.index(stall), sink.calls
