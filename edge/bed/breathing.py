@@ -371,8 +371,11 @@ class BreathTracker:
         peaks, proms, ends = found(samples)
         if peaks.size < 2:
             return peaks, proms, ends, period_s
-        if (peaks.size - 1) * samples <= (1.0 + AGREEMENT) * (peaks[-1] - peaks[0]):
-            cue = phased(peaks, samples) if may_double and phases is None else None
+        # where the octave check took the period as half the cycle (``phases``), the humps at
+        # half of it are paired by phase below even if one per cycle passes the count check
+        one_per_cycle = (peaks.size - 1) * samples <= (1.0 + AGREEMENT) * (peaks[-1] - peaks[0])
+        if phases is None and one_per_cycle:
+            cue = phased(peaks, samples) if may_double else None
             if cue is None:  # a hump per period, and not two per cycle
                 return peaks, proms, ends, period_s
             keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * samples)
