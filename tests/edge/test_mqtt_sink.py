@@ -154,6 +154,20 @@ def test_broker_killed_and_restarted_while_publishing(tmp_path: Path, mosquitto:
     assert first_seen == [e.id for e in events], "the backlog is replayed in order"
 
 
+def held_after_connect(sink: MqttSink, hold_s: float = 0.3) -> MqttSink:
+    """``sink`` whose paho network thread sleeps ``hold_s`` after each ``on_connect``, where a
+    busy machine may deschedule it (paho re-sends what it held only once that returns)."""
+    client = sink._client
+    on_connect = client.on_connect
+
+    def descheduled_on_connect(*args: Any) -> None:
+        on_connect(*args)
+        time.sleep(hold_s)
+
+    client.on_connect = descheduled_on_connect
+    return sink
+
+
 def test_a_reconnect_sends_the_held_backlog_before_newer_events(
     tmp_path: Path, mosquitto: Any
 ) -> None:
@@ -163,15 +177,7 @@ def test_a_reconnect_sends_the_held_backlog_before_newer_events(
     CI as a backlog replayed out of order)."""
     events = make_events(120, site=SITE, device_id=DEVICE)
     recorder = Recorder(mosquitto.port, qos=0).connect()  # QoS 0: see the kill test above
-    sink = MqttSink(mqtt_config(tmp_path, mosquitto.port)).connect()
-    client = sink._client
-    on_connect = client.on_connect
-
-    def descheduled_on_connect(*args: Any) -> None:
-        on_connect(*args)
-        time.sleep(0.3)
-
-    client.on_connect = descheduled_on_connect
+    sink = held_after_connect(MqttSink(mqtt_config(tmp_path, mosquitto.port)).connect())
     try:
         mosquitto.pause()  # the first half goes to paho and is never acknowledged
         sink.publish_many(events[:60])
@@ -200,15 +206,7 @@ def test_a_summary_paho_holds_over_a_reconnect_is_not_overtaken_by_a_newer_one(
     summary_topic = f"lungwatch/v1/{SITE}/{DEVICE}/bed-1/summary"
     old = {"name": "Bed 1", "location": "", "open": [], "utc": "2026-05-09T07:00:00.000Z"}
     new = {**old, "utc": "2026-05-09T07:05:00.000Z"}
-    sink = MqttSink(mqtt_config(tmp_path, mosquitto.port)).connect()
-    client = sink._client
-    on_connect = client.on_connect
-
-    def descheduled_on_connect(*args: Any) -> None:
-        on_connect(*args)
-        time.sleep(0.3)
-
-    client.on_connect = descheduled_on_connect
+    sink = held_after_connect(MqttSink(mqtt_config(tmp_path, mosquitto.port)).connect())
     try:
         mosquitto.pause()
         sink.publish_summary("bed-1", old)
