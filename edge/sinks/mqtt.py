@@ -365,8 +365,9 @@ class MqttSink:
         """The retained messages not yet handed: (after seq, made, key, topic, payload), in
         the order they were made."""
         with self._retained_lock:
-            due = [(v[2], v[3], k, v[0], v[1]) for k in self._unsent if (v := self._retained[k])]
-        return sorted(due)
+            unsent = [(k, self._retained[k]) for k in self._unsent]
+        return sorted((after, made, key, topic, payload)
+                      for key, (topic, payload, after, made) in unsent)  # fmt: skip
 
     def _send_retained(
         self, due: list[tuple[int, int, tuple[str, str], str, str]], before: int | None
