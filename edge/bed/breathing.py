@@ -51,6 +51,7 @@ AGREEMENT = 0.25  # the breaths' rate and the period's may differ by this share,
 BODY_SHORT_S = 2.0  # the body band's current level
 BODY_BASE_S = 30.0  # its level while breathing
 RECENT_BREATH_FRACTION = 2.0  # the body baseline learns up to this many periods after a breath
+UNSURE_HOLD = 2  # analyses a window that gives no rate holds its breaths back (from its end)
 CHECK_EVERY = 12  # samples (0.48 s, a window of the shipped model) between pause checks
 SILENT_MARGIN_DB = 1.0  # a sub-band this close to the front end's floor holds digital zeros
 BREATH_MEMORY = 8  # breaths counted for good that the tracker keeps
@@ -294,7 +295,12 @@ class BreathTracker:
             # breath's expiration, whose own peak the end hides (docs/respiration.md, step 4)
             peaks, proms, ends, confirmed = peaks[:-1], proms[:-1], ends[:-1], confirmed[:-1]
         judged = self.first_breath >= 0
-        self._count(first + peaks, first + ends, proms, confirmed, final)
+        # a window that gives no rate (not periodic, or its breaths and period disagree) counts
+        # for good only the breaths that leave it before a later window can count them
+        sure = confidence >= self.config.min_confidence and _agrees(
+            peaks[confirmed], self.period_s * self.rate_hz
+        )
+        self._count(first + peaks, first + ends, proms, confirmed, final, sure)
         if not judged and self.first_breath >= 0 and first == 0:
             self.start_cut = self._start_cut(a, good)
         self.breathing_now = bool(peaks.size and not confirmed[-1])
@@ -398,11 +404,16 @@ class BreathTracker:
         proms: np.ndarray,
         confirmed: np.ndarray,
         final: bool,
+        sure: bool,
     ) -> None:
         """Take this analysis' breaths (stream samples): those half a window back count for
-        good (at the stream's end all do), the later ones are ``pending``."""
+        good (at the stream's end all do), the later ones are ``pending``. ``sure``: the window
+        gives a rate; where it does not, only the breaths that leave the window before the next
+        analysis but one count for good (a breath near the window's start is no hump there)."""
         gap = MIN_GAP_FRACTION * self.period_s * self.rate_hz
         horizon = self.samples if final else self.samples - self.ring_a.shape[0] // 2
+        if not (sure or final):
+            horizon = min(horizon, self.samples - self.ring_a.shape[0] + UNSURE_HOLD * self._every)
         keep = confirmed | final
         pending = []
         for peak, end, prom in zip(peaks[keep].tolist(), ends[keep].tolist(),
@@ -460,7 +471,7 @@ class BreathTracker:
             state, reason = "not_assessable", f"breathing not periodic ({confidence:.2f})"
         elif heard.size < self._breaths_needed():
             state, reason = "not_assessable", f"{heard.size} breaths in the window"
-        elif rate is not None and abs(rate * self.period_s / 60.0 - 1.0) > AGREEMENT:
+        elif not _agrees(heard, self.period_s * self.rate_hz):
             state = "not_assessable"
             reason = f"breaths ({rate:.0f}/min) and period ({60 / self.period_s:.0f}/min) disagree"
         state = self.alarms.state or state
@@ -578,6 +589,14 @@ def _period(
     lag = best + (0.5 * (y0 - y2) / curve if curve < 0 else 0.0)
     # the lag is picked on the biased estimate, its height read unbiased (docs/respiration.md)
     return lag / rate_hz, min(1.0, float(ac[best]) * n / (n - best))
+
+
+def _agrees(heard: np.ndarray, period: float) -> bool:
+    """Whether breaths (``heard``, samples) give a rate within :data:`AGREEMENT` of a period's
+    (in samples); fewer than two give none, and so agree."""
+    if heard.size < 2:
+        return True
+    return abs((heard.size - 1) * period / float(heard[-1] - heard[0]) - 1.0) <= AGREEMENT
 
 
 def _inspirations(peaks: np.ndarray, cue: np.ndarray, apart: float) -> np.ndarray:
