@@ -148,13 +148,19 @@ class Intake:
         except (MessageError, EventError, Hl7Error, FhirError) as exc:
             outcome = f"refused:{getattr(exc, 'reason', 'invalid')}"
             self._log_refusal(topic, exc)
+        except StoreError:
+            raise  # not the message's fault: the caller leaves it at the broker until it stores
+        except Exception as exc:  # the last guard: a bug one message meets stops no other
+            outcome = "refused:internal_error"
+            self._log_refusal(topic, exc, internal=True)
         self.counts[outcome] += 1
         return outcome
 
-    def _log_refusal(self, topic: str, exc: Exception) -> None:
+    def _log_refusal(self, topic: str, exc: Exception, internal: bool = False) -> None:
         """The first REFUSALS_LOGGED refusals of each REFUSAL_LOG_S logged one by one, the rest
         counted per device and said in one line when the next window begins: a device that
-        floods the gateway with bad messages cannot flood its log (or fill its disk)."""
+        floods the gateway with bad messages, or with one that meets a bug (``internal``:
+        logged as an error, with its traceback), cannot flood its log (or fill its disk)."""
         now = self._clock()
         if now - self._refusals_from >= REFUSAL_LOG_S:
             if self._unlogged:
@@ -166,7 +172,11 @@ class Intake:
             self._unlogged.clear()
         if self._refusals_logged < REFUSALS_LOGGED:
             self._refusals_logged += 1
-            log.warning("gateway: %r refused: %s", topic[:200], exc)  # a topic may hold any text
+            if internal:
+                log.error("gateway: a message on %r could not be handled", topic[:200],
+                          exc_info=exc)  # fmt: skip
+            else:  # a topic may hold any text: shown cut
+                log.warning("gateway: %r refused: %s", topic[:200], exc)
             return
         parts = topic.split("/", 4)
         device = parts[3][:64] if len(parts) > 3 else "?"
@@ -488,10 +498,6 @@ class Gateway:
                 if self._stop.wait(STORE_RETRY_S):
                     return
                 continue
-            except Exception:  # Intake.handle counts its own refusals; this is the last guard
-                self.intake.counts["refused:internal_error"] += 1
-                log.error("gateway: a message on %r could not be handled", message.topic[:200],
-                          exc_info=True)  # fmt: skip
             break
         if self._store_failing:
             log.warning("gateway: the queue stores messages again")

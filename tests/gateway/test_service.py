@@ -418,6 +418,42 @@ def test_a_device_flooding_bad_messages_cannot_flood_the_gateways_log(
     assert said[21].startswith(f"gateway: {topic!r} refused")
 
 
+class FailingIntake(Intake):
+    """An intake whose status handling has a bug: the fault the last guard is for."""
+
+    def _status(self, device_id: str, payload: bytes) -> str:
+        raise KeyError("a bug")
+
+
+def test_a_device_whose_messages_meet_a_bug_cannot_flood_the_log_or_stop_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """5000 status messages that each meet a bug: each is refused as ``internal_error`` and
+    counted, only the first 20 are logged (as errors, with the traceback), and the next
+    minute begins with one line saying how many more; another bed's reading is queued."""
+    now = [1000.0]
+    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"))
+    outbox = Outbox(tmp_path / "q.sqlite")
+    intake = FailingIntake(config, [hl7_route(Hl7Config(host="127.0.0.1"), outbox)],
+                           clock=lambda: now[0])  # fmt: skip
+    topic = f"lungwatch/v1/{SITE}/dev-9/status"
+    with caplog.at_level("WARNING", logger="gateway.service"):
+        for _ in range(5000):
+            now[0] += 0.01
+            assert intake.handle(topic, b"{}") == "refused:internal_error"
+        assert len(caplog.records) == 20
+        assert all(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
+        assert "KeyError: 'a bug'" in caplog.text
+        now[0] += 60.0
+        assert intake.handle(respiration_topic(SITE, DEVICE, BED), respiration(0)) == "queued"
+        assert intake.handle(topic, b"{}") == "refused:internal_error"
+    assert intake.counts["refused:internal_error"] == 5001
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 22
+    assert "4980 more messages refused" in said[20]
+    assert "'dev-9' 4980" in said[20]
+
+
 def test_a_device_or_stream_that_is_no_topic_segment_is_refused_and_leaves_nothing_behind(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
