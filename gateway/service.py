@@ -439,8 +439,9 @@ class Gateway:
             queues[route.name] = {"queued": counts["queued"], "refused": counts["refused"],
                                   "last_ack_utc": courier.last_sent_utc,
                                   "last_error": (courier.last_error or "")[:200]}  # fmt: skip
+        intake = dict(self.intake.counts)  # one C-level copy: the MQTT thread counts on
         return feed_health_payload(self.config.site, str(self.name), state, reason, queues,
-                                   not self._store_failing, self._since_utc)  # fmt: skip
+                                   not self._store_failing, self._since_utc, intake)  # fmt: skip
 
     def _publish_health(self) -> None:
         while True:

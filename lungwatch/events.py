@@ -10,6 +10,7 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, NoReturn, TypeGuard
@@ -351,14 +352,17 @@ FEED_STATES = ("up", "down")
 
 def feed_health_payload(
     site: str, gateway: str, state: str, reason: str, queues: dict[str, dict[str, Any]],
-    storing: bool = True, since_utc: str = "",
+    storing: bool = True, since_utc: str = "", intake: Mapping[str, int] | None = None,
 ) -> str:  # fmt: skip
-    """A gateway's health (docs/gateway.md, "Health"); ``storing`` False: queue takes no writes."""
+    """A gateway's health (docs/gateway.md, "Health"); ``storing`` False: queue takes no writes;
+    ``intake``: the messages it took since it started, by outcome."""
     if state not in FEED_STATES:
         raise EventError(f"health.state must be one of {FEED_STATES}, got {state!r}")
     body = {"schema_version": SCHEMA_VERSION, "site": site, "gateway": gateway, "state": state,
             "utc": utc_now(), "since_utc": since_utc or utc_now(), "reason": reason,
             "storing": storing, "queues": queues}  # fmt: skip
+    if intake is not None:
+        body["intake"] = dict(sorted(intake.items()))
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 

@@ -62,6 +62,11 @@ def test_a_running_gateway_says_it_is_up_with_its_queue_and_a_stopped_one_says_d
         assert (up["site"], up["gateway"]) == (SITE, "gateway")
         assert (up["queues"]["hl7"]["queued"], up["queues"]["hl7"]["refused"]) == (0, 0)
         assert up["storing"] is True
+        # what it took since it started, by outcome: a device's bad message is said there too
+        device.publish(f"lungwatch/v1/{SITE}/dev-1/bed-1/respiration", b"{not json")
+        assert watcher.wait_for(
+            lambda got: any(g.get("intake", {}).get("refused:bad_json") == 1 for g in got), 25.0
+        ), watcher.got[-1]
     finally:
         device.close()
         gateway.send_signal(signal.SIGTERM)
