@@ -51,7 +51,7 @@ AGREEMENT = 0.25  # the breaths' rate and the period's may differ by this share,
 BODY_SHORT_S = 2.0  # the body band's current level
 BODY_BASE_S = 30.0  # its level while breathing
 RECENT_BREATH_FRACTION = 2.0  # the body baseline learns up to this many periods after a breath
-UNSURE_HOLD = 2  # analyses a window that gives no rate holds its breaths back (from its end)
+UNSURE_HOLD = 2  # a window with no rate counts breaths this many analyse_every_s from its start
 CHECK_EVERY = 12  # samples (0.48 s, a window of the shipped model) between pause checks
 SILENT_MARGIN_DB = 1.0  # a sub-band this close to the front end's floor holds digital zeros
 BREATH_MEMORY = 8  # breaths counted for good that the tracker keeps
@@ -296,7 +296,7 @@ class BreathTracker:
             peaks, proms, ends, confirmed = peaks[:-1], proms[:-1], ends[:-1], confirmed[:-1]
         judged = self.first_breath >= 0
         # a window that gives no rate (not periodic, or its breaths and period disagree) counts
-        # for good only the breaths that leave it before a later window can count them
+        # for good only the breaths near its start, which later windows no longer see whole
         sure = confidence >= self.config.min_confidence and _agrees(
             peaks[confirmed], self.period_s * self.rate_hz
         )
@@ -408,8 +408,9 @@ class BreathTracker:
     ) -> None:
         """Take this analysis' breaths (stream samples): those half a window back count for
         good (at the stream's end all do), the later ones are ``pending``. ``sure``: the window
-        gives a rate; where it does not, only the breaths that leave the window before the next
-        analysis but one count for good (a breath near the window's start is no hump there)."""
+        gives a rate; where it does not, only the breaths within UNSURE_HOLD analysis intervals
+        of the window's start count for good: later windows see the rest (a breath that near a
+        window's start is no hump there)."""
         gap = MIN_GAP_FRACTION * self.period_s * self.rate_hz
         horizon = self.samples if final else self.samples - self.ring_a.shape[0] // 2
         if not (sure or final):
