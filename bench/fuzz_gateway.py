@@ -66,10 +66,13 @@ def _fuzz(n_inputs: int, seed: int, checkpoints: int, folder: Path) -> dict[str,
     start_s = time.perf_counter()
     for i in range(n_inputs):
         topic, payload = mutator.make()
+        bugs = intake.counts["refused:internal_error"]
         try:
             intake.handle(topic, payload)
         except Exception as exc:  # the MQTT thread would die
             violations.append(f"input {i}: handle raised {type(exc).__name__}: {exc}")
+        if intake.counts["refused:internal_error"] > bugs:  # its last guard caught a bug
+            violations.append(f"input {i}: internal_error on {topic[:80]!r}")
         if i % TICK_EVERY == TICK_EVERY - 1:
             now[0] += 60.0
             try:
