@@ -112,6 +112,7 @@ class Intake:
         # refusals logged since the log window began, and those only counted (per device)
         self._refusals_from, self._refusals_logged = clock(), 0
         self._unlogged: Counter[str] = Counter()
+        self._bugs_logged = self._bugs_unlogged = 0  # messages that met a bug, this window
         # each bed's last reading sent: its state and the latest time sent
         self._last_rate: dict[tuple[str, str], tuple[str, dt.datetime]] = {}
         self._beds: dict[str, set[str]] = {}  # each device's beds heard so far
@@ -159,8 +160,9 @@ class Intake:
     def _log_refusal(self, topic: str, exc: Exception, internal: bool = False) -> None:
         """The first REFUSALS_LOGGED refusals of each REFUSAL_LOG_S logged one by one, the rest
         counted per device and said in one line when the next window begins: a device that
-        floods the gateway with bad messages, or with one that meets a bug (``internal``:
-        logged as an error, with its traceback), cannot flood its log (or fill its disk)."""
+        floods the gateway with bad messages cannot flood its log (or fill its disk). A message
+        that meets a bug (``internal``) is logged as an error with its traceback, under a bound
+        of its own, so bad messages cannot hide a bug."""
         now = self._clock()
         if now - self._refusals_from >= REFUSAL_LOG_S:
             if self._unlogged:
@@ -168,15 +170,24 @@ class Intake:
                 log.warning("gateway: %d more messages refused in %.0f s, counted, not logged "
                             "(most from: %s)", sum(self._unlogged.values()),
                             now - self._refusals_from, most)  # fmt: skip
-            self._refusals_from, self._refusals_logged = now, 0
+            if self._bugs_unlogged:
+                log.error("gateway: %d more messages met a bug in %.0f s (internal_error), "
+                          "counted, not logged", self._bugs_unlogged,
+                          now - self._refusals_from)  # fmt: skip
+            self._refusals_from, self._refusals_logged, self._bugs_logged = now, 0, 0
             self._unlogged.clear()
-        if self._refusals_logged < REFUSALS_LOGGED:
-            self._refusals_logged += 1
-            if internal:
+            self._bugs_unlogged = 0
+        if internal:
+            if self._bugs_logged < REFUSALS_LOGGED:
+                self._bugs_logged += 1
                 log.error("gateway: a message on %r could not be handled", topic[:200],
                           exc_info=exc)  # fmt: skip
-            else:  # a topic may hold any text: shown cut
-                log.warning("gateway: %r refused: %s", topic[:200], exc)
+            else:
+                self._bugs_unlogged += 1
+            return
+        if self._refusals_logged < REFUSALS_LOGGED:
+            self._refusals_logged += 1
+            log.warning("gateway: %r refused: %s", topic[:200], exc)  # a topic may hold any text
             return
         parts = topic.split("/", 4)
         device = parts[3][:64] if len(parts) > 3 else "?"
@@ -399,7 +410,7 @@ class Gateway:
         self.subscribed = threading.Event()  # the broker took the subscriptions (SUBACK)
         self._store_failing = False  # the last message could not be stored (said once)
         # the broker says "down" for a gateway that vanished (its last will, retained)
-        down = self._health("down", "connection lost")
+        down = self._health("down", "connection lost", counted=False)  # built now, sent later
         self._session = Session(mqtt, self.client_id, "gateway", clean_session=False,
                                 manual_ack=True, topics=self.topics,
                                 will=(self.health_topic, lambda: down))  # fmt: skip
@@ -429,7 +440,9 @@ class Gateway:
                 self.intake.counts["alarm_tick_errors"] += 1
                 log.error("gateway: the alarm reports' tick failed", exc_info=True)
 
-    def _health(self, state: str, reason: str) -> str:
+    def _health(self, state: str, reason: str, counted: bool = True) -> str:
+        """The health message; ``counted`` False leaves out the intake's counts (the last
+        will, built at the start, would carry the counts of then)."""
         queues: dict[str, dict[str, Any]] = {}
         for route, courier in zip(self.routes, self.couriers, strict=True):
             try:
@@ -439,7 +452,7 @@ class Gateway:
             queues[route.name] = {"queued": counts["queued"], "refused": counts["refused"],
                                   "last_ack_utc": courier.last_sent_utc,
                                   "last_error": (courier.last_error or "")[:200]}  # fmt: skip
-        intake = dict(self.intake.counts)  # one C-level copy: the MQTT thread counts on
+        intake = dict(self.intake.counts) if counted else None  # one C-level copy
         return feed_health_payload(self.config.site, str(self.name), state, reason, queues,
                                    not self._store_failing, self._since_utc, intake)  # fmt: skip
 

@@ -428,9 +428,10 @@ class FailingIntake(Intake):
 def test_a_device_whose_messages_meet_a_bug_cannot_flood_the_log_or_stop_the_others(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """5000 status messages that each meet a bug: each is refused as ``internal_error`` and
-    counted, only the first 20 are logged (as errors, with the traceback), and the next
-    minute begins with one line saying how many more; another bed's reading is queued."""
+    """5000 status messages that each meet a bug, after 30 malformed ones that use up the
+    log's bound for refusals: each is refused as ``internal_error`` and counted, the first 20
+    are logged (as errors, with the traceback) on a bound of their own, and the next minute
+    begins with one line saying how many more; another bed's reading is queued."""
     now = [1000.0]
     config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"))
     outbox = Outbox(tmp_path / "q.sqlite")
@@ -438,20 +439,26 @@ def test_a_device_whose_messages_meet_a_bug_cannot_flood_the_log_or_stop_the_oth
                            clock=lambda: now[0])  # fmt: skip
     topic = f"lungwatch/v1/{SITE}/dev-9/status"
     with caplog.at_level("WARNING", logger="gateway.service"):
+        for _ in range(30):
+            assert intake.handle(respiration_topic(SITE, "dev-8", BED), b"{") == "refused:bad_json"
         for _ in range(5000):
             now[0] += 0.01
             assert intake.handle(topic, b"{}") == "refused:internal_error"
-        assert len(caplog.records) == 20
-        assert all(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
+        bugs = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(caplog.records) == 40
+        assert len(bugs) == 20
+        assert all(r.exc_info for r in bugs)
         assert "KeyError: 'a bug'" in caplog.text
         now[0] += 60.0
         assert intake.handle(respiration_topic(SITE, DEVICE, BED), respiration(0)) == "queued"
         assert intake.handle(topic, b"{}") == "refused:internal_error"
     assert intake.counts["refused:internal_error"] == 5001
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 22
-    assert "4980 more messages refused" in said[20]
-    assert "'dev-9' 4980" in said[20]
+    assert len(said) == 43
+    assert "10 more messages refused" in said[40]
+    assert "'dev-8' 10" in said[40]
+    assert "4980 more messages met a bug" in said[41]
+    assert said[42].startswith("gateway: a message on")
 
 
 def test_a_device_or_stream_that_is_no_topic_segment_is_refused_and_leaves_nothing_behind(
