@@ -512,6 +512,10 @@ class Gateway:
                 if self._stop.wait(STORE_RETRY_S):
                     return
                 continue
+            except Exception:  # handle's own guard failed (its log?): paho's thread must live on
+                self.intake.counts["refused:internal_error"] += 1
+                log.critical("gateway: a message on %r escaped the intake", message.topic[:200],
+                             exc_info=True)  # fmt: skip
             break
         if self._store_failing:
             log.warning("gateway: the queue stores messages again")
