@@ -297,8 +297,9 @@ class BreathTracker:
         judged = self.first_breath >= 0
         # a window that gives no rate (not periodic, or its breaths and period disagree) counts
         # for good only the breaths near its start, which later windows no longer see whole
+        heard = first + peaks[confirmed]  # the breaths the reading reads too
         sure = confidence >= self.config.min_confidence and _agrees(
-            peaks[confirmed], self.period_s * self.rate_hz
+            heard, self.period_s * self.rate_hz
         )
         self._count(first + peaks, first + ends, proms, confirmed, final, sure)
         if not judged and self.first_breath >= 0 and first == 0:
@@ -312,7 +313,6 @@ class BreathTracker:
         self.strong_now = self.breathing_now and bool(strong[-1])
         learn = round(RECENT_BREATH_FRACTION * self.period_s * self.rate_hz)
         self.iparams[k.I_LEARN_UNTIL] = self.last_breath_end + learn
-        heard = first + peaks[confirmed]
         own = self._reading(heard, good, confidence)
         # learn and arm only where the biased height over the whole window passes the bound too
         whole = confidence * max(0.0, 1.0 - self.period_s * self.rate_hz / max(1, a.shape[0]))
