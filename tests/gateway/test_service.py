@@ -391,17 +391,22 @@ def test_a_device_can_neither_make_every_reading_due_nor_add_beds_without_end(
     assert intake.handle(other, at(base, "bed-1", "dev-2")) == "queued"
 
 
+def clocked_intake(kind: type[Intake], tmp_path: Path) -> tuple[Intake, list[float]]:
+    """An intake of ``kind`` with an HL7 queue, on a clock the test moves (``now[0]``)."""
+    now = [1000.0]
+    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"))
+    outbox = Outbox(tmp_path / "q.sqlite")
+    intake = kind(config, [hl7_route(Hl7Config(host="127.0.0.1"), outbox)], clock=lambda: now[0])
+    return intake, now
+
+
 def test_a_device_flooding_bad_messages_cannot_flood_the_gateways_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """5000 malformed messages from one device in a minute: each is refused and counted, but
     only the first 20 are logged one by one; the next minute begins with one line saying how
     many more were refused, and from which device, and the log takes single lines again."""
-    now = [1000.0]
-    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"))
-    outbox = Outbox(tmp_path / "q.sqlite")
-    intake = Intake(config, [hl7_route(Hl7Config(host="127.0.0.1"), outbox)],
-                    clock=lambda: now[0])  # fmt: skip
+    intake, now = clocked_intake(Intake, tmp_path)
     topic = respiration_topic(SITE, "dev-9", BED)
     with caplog.at_level("WARNING", logger="gateway.service"):
         for _ in range(5000):
@@ -432,11 +437,7 @@ def test_a_device_whose_messages_meet_a_bug_cannot_flood_the_log_or_stop_the_oth
     log's bound for refusals: each is refused as ``internal_error`` and counted, the first 20
     are logged (as errors, with the traceback) on a bound of their own, and the next minute
     begins with one line saying how many more; another bed's reading is queued."""
-    now = [1000.0]
-    config = GatewayConfig(site=SITE, hl7=Hl7Config(host="127.0.0.1"))
-    outbox = Outbox(tmp_path / "q.sqlite")
-    intake = FailingIntake(config, [hl7_route(Hl7Config(host="127.0.0.1"), outbox)],
-                           clock=lambda: now[0])  # fmt: skip
+    intake, now = clocked_intake(FailingIntake, tmp_path)
     topic = f"lungwatch/v1/{SITE}/dev-9/status"
     with caplog.at_level("WARNING", logger="gateway.service"):
         for _ in range(30):
