@@ -426,7 +426,9 @@ class Ward:
         self.clips.add(clip.episode_id)
         self.book.add_clip(clip.episode_id)
         self.recorder.clip(clip)
-        self._dirty_beds.add((device_id, stream_id))
+        device = self.devices.get(device_id)
+        if device is not None and stream_id in device.beds:  # else its card comes with its bed
+            self._dirty_beds.add((device_id, stream_id))
         self._dirty_alarms = True
 
     def restore(self, restored: Restored) -> None:

@@ -734,6 +734,23 @@ def test_a_summary_or_clip_for_another_bed_or_malformed_is_rejected_naming_why()
     assert ward.clips == set()
 
 
+def test_a_clip_that_comes_before_any_message_of_its_bed_leaves_the_pages_feed_whole() -> None:
+    """Under load a bed's evidence clip can reach the view before its episode's onset (they
+    travel apart): the clip is kept, and the next changes for the pages are built (they
+    raised KeyError for the bed the clip named, which the view did not hold yet)."""
+    ward = Ward(SITE)
+    assert send(ward, onset("Wheeze", NOW - 90, bed="bed-1"))
+    ward.take_changes()
+    wheeze = onset("Wheeze", NOW - 60, bed="bed-2")
+    send_clip(ward, a_clip(wheeze.episode_id, bed="bed-2"))
+    assert wheeze.episode_id in ward.clips
+    ward.take_changes()
+    assert send(ward, wheeze)
+    changes = ward.take_changes()
+    assert changes is not None
+    assert [bed["stream_id"] for bed in changes["beds"]] == ["bed-2"]
+
+
 def test_a_clip_naming_another_devices_episode_is_refused(where: str | Path) -> None:
     """Device B's clip carrying an episode id of device A's bed is refused (counted); A's
     own clip is kept and, once stored, a second clip for the episode does not replace it."""
