@@ -137,7 +137,7 @@ def stretch(audio: np.ndarray, factor: float) -> np.ndarray:
 
 
 # The set: each device rate x each age's rates x the ways a chest differs (VARIANTS).
-ADULT_RATES = (4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 18.0, 20.0, 24.0, 30.0)
+ADULT_RATES = (4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 18.0, 20.0, 24.0, 30.0, 40.0, 50.0, 60.0)
 CHILD_RATES = (20.0, 25.0, 30.0, 40.0, 50.0, 60.0)
 DEVICE_RATES_HZ = (2000, 4000, 4500, 8000)
 VARIANTS: tuple[dict[str, Any], ...] = (
