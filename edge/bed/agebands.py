@@ -23,6 +23,9 @@ class AgeBand:
     # the estimator takes the shortest period whose autocorrelation is this close to the best
     # one's (a child's cycle, not two of them: docs/respiration.md, "Children's fast cycles")
     short_lag_margin: float = 0.0
+    # a rate above this is taken only where the autocorrelation peaks sharply at its period
+    # (a fast breath's cycle, not the ripple of a loud stretch: docs/respiration.md, "Age bands")
+    fast_bpm: float = 0.0
 
     @property
     def describe(self) -> str:
@@ -36,7 +39,7 @@ AGE_BANDS: tuple[AgeBand, ...] = (
     AgeBand("child-1-5y", 1.0, 5.0, 15.0, 39.0, (10.0, 80.0), 20.0, CHILD_MARGIN),
     AgeBand("child-5-12y", 5.0, 12.0, 12.0, 30.0, (8.0, 60.0), 20.0, CHILD_MARGIN),
     AgeBand("adolescent-12-18y", 12.0, 18.0, 10.0, 25.0, (6.0, 50.0), 20.0),
-    AgeBand("adult", 18.0, 200.0, 9.0, 24.0, (5.0, 45.0), 20.0),
+    AgeBand("adult", 18.0, 200.0, 9.0, 24.0, (5.0, 70.0), 20.0, fast_bpm=45.0),
 )
 AGE_BAND_NAMES: tuple[str, ...] = tuple(b.name for b in AGE_BANDS)
 DEFAULT_AGE_BAND = "adult"

@@ -51,6 +51,7 @@ AGREEMENT = 0.25  # the breaths' rate and the period's may differ by this share,
 BODY_SHORT_S = 2.0  # the body band's current level
 BODY_BASE_S = 30.0  # its level while breathing
 RECENT_BREATH_FRACTION = 2.0  # the body baseline learns up to this many periods after a breath
+FAST_PROMINENCE = 0.4  # a period faster than the band's fast_bpm stands this far over its troughs
 UNSURE_HOLD = 2  # a window with no rate counts breaths this many analyse_every_s from its start
 CHECK_EVERY = 12  # samples (0.48 s, a window of the shipped model) between pause checks
 SILENT_MARGIN_DB = 1.0  # a sub-band this close to the front end's floor holds digital zeros
@@ -172,7 +173,8 @@ class BreathTracker:
         self._peaks = np.zeros(size // 2 + 1, np.int64)  # humps' scratch
         self._proms = np.zeros(size // 2 + 1)
         self._ends = np.zeros(size // 2 + 1, np.int64)
-        self.period_s = 120.0 / sum(band.search_bpm)  # until the first analysis: mid-band
+        # until the first analysis: mid-band (of the rates taken without a sharp peak)
+        self.period_s = 120.0 / (band.search_bpm[0] + (band.fast_bpm or band.search_bpm[1]))
         self.delta_db = MIN_DELTA_DB
         self.typical_db = 0.0  # median prominence of the breaths of the last assessed window
         self.assessable_at = -1  # the last analysis that gave a rate (its sample)
@@ -275,8 +277,9 @@ class BreathTracker:
         order = np.arange(first, self.samples) % self.ring_a.shape[0]
         a, tilt, good = self.ring_a[order], self.ring_tilt[order], self.ring_lost[order] == 0
         kept: list[np.ndarray] = []
+        band = self.band
         period, confidence = _period(
-            a, good, self.rate_hz, self.band.search_bpm, kept, self.band.short_lag_margin
+            a, good, self.rate_hz, band.search_bpm, kept, band.short_lag_margin, band.fast_bpm
         )
         phases = None  # where each cycle is heard as two humps: the phases' cue (_cycle)
         if period is not None:
@@ -558,11 +561,14 @@ def _period(
     search_bpm: tuple[float, float],
     keep: list[np.ndarray] | None = None,
     short_lag_margin: float = 0.0,
+    fast_bpm: float = 0.0,
 ) -> tuple[float | None, float]:
     """(period in s, the autocorrelation there) of the activity's good samples among the
     lags of ``search_bpm``; (None, 0) when no lag there peaks. The lag that peaks highest is
     the period, or the shortest peak whose unbiased height is within ``short_lag_margin`` of
-    that one's (a multiple of the cycle can stand higher where cycles vary)."""
+    that one's (a multiple of the cycle can stand higher where cycles vary). A lag of a rate
+    above ``fast_bpm`` (where set) is a peak only where it stands :data:`FAST_PROMINENCE` over
+    its troughs (:func:`_prominence`)."""
     x = np.where(good, a - (a[good].mean() if good.any() else 0.0), 0.0)
     n = x.shape[0]
     energy = float(np.dot(x, x))
@@ -577,6 +583,10 @@ def _period(
         keep.append(ac)
     inner = ac[lo : hi + 1]
     peaks = np.flatnonzero((inner > ac[lo - 1 : hi]) & (inner >= ac[lo + 1 : hi + 2])) + lo
+    if fast_bpm > 0.0:  # a lag of a rate above fast_bpm counts where it peaks sharply
+        sharp = [p >= rate_hz * 60.0 / fast_bpm or _prominence(ac, p) >= FAST_PROMINENCE
+                 for p in peaks.tolist()]  # fmt: skip
+        peaks = peaks[np.asarray(sharp, dtype=bool)]
     if peaks.size == 0:
         return None, 0.0
     top = int(np.argmax(ac[peaks]))
@@ -590,6 +600,16 @@ def _period(
     lag = best + (0.5 * (y0 - y2) / curve if curve < 0 else 0.0)
     # the lag is picked on the biased estimate, its height read unbiased (docs/respiration.md)
     return lag / rate_hz, min(1.0, float(ac[best]) * n / (n - best))
+
+
+def _prominence(ac: np.ndarray, lag: int) -> float:
+    """How far the autocorrelation at ``lag`` stands over the higher of its lowest points
+    within half a lag on either side (a level that changes within the window lifts the short
+    lags together; a cycle's peak stands between troughs)."""
+    half = max(1, lag // 2)
+    left = float(ac[max(1, lag - half) : lag + 1].min())
+    right = float(ac[lag : lag + half + 1].min())
+    return float(ac[lag]) - max(left, right)
 
 
 def _agrees(heard: np.ndarray, period: float) -> bool:

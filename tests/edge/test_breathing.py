@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge.bed.agebands import age_band, age_from_sprsound_name, band_for_age
-from edge.bed.breathing import BreathTracker
+from edge.bed.breathing import BreathTracker, _period
 from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import FrameGrid, Transition
 from edge.features import FeatureSpec, band_centres_hz
@@ -257,6 +257,33 @@ def test_a_sustained_fast_rate_raises_tachypnoea_until_it_is_back_in_range() -> 
     ended = next(when for when, t in tachy if t.state == "ended")
     assert 150.0 < ended <= 215.0
     assert not of_type(found, "bradypnoea")
+
+
+def test_an_adult_s_fast_cycle_is_found_but_not_a_loud_stretch_s_ripple() -> None:
+    """The adult band looks for up to 70 /min: a 55 /min cycle is the period (the band that
+    stopped at 45 /min took two cycles, 27.5 /min, normal). A rate above the band's fast_bpm
+    is taken only where the autocorrelation peaks sharply there: a loud stretch in the window
+    (a COPD recording's last seconds, with a ripple in it) lifts every short lag together, and
+    a fast lag stands highest without standing out between troughs."""
+    rate_hz = 25.0  # the tracker's activity rate
+    t = np.arange(750) / rate_hz  # a 30-s window
+    good = np.ones(t.size, dtype=bool)
+    rng = np.random.default_rng(1)
+    band = age_band("adult")
+    assert band.search_bpm[1] >= 60.0 > band.fast_bpm > band.high_bpm
+    fast = 6.0 * np.sin(np.pi * t * 55.0 / 60.0) ** 2 + rng.normal(0.0, 0.5, t.size)
+    period, _ = _period(fast, good, rate_hz, band.search_bpm, fast_bpm=band.fast_bpm)
+    assert period is not None
+    assert 60.0 / period == pytest.approx(55.0, abs=1.0)
+    slow = 4.0 * np.sin(np.pi * t * 12.0 / 60.0) ** 8
+    loud = np.where(t >= 17.0, 12.0 + 3.0 * np.sin(2.0 * np.pi * t / 1.2), 0.0)
+    activity = slow + loud + rng.normal(0.0, 0.5, t.size)
+    period, _ = _period(activity, good, rate_hz, band.search_bpm, fast_bpm=band.fast_bpm)
+    assert period is not None
+    assert 60.0 / period < band.fast_bpm
+    period, _ = _period(activity, good, rate_hz, band.search_bpm)  # any peak: a fast one
+    assert period is not None
+    assert 60.0 / period > band.fast_bpm
 
 
 def test_a_slow_rate_is_bradypnoea_for_an_infant() -> None:

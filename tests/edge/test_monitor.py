@@ -189,8 +189,8 @@ def test_a_beds_breathing_comes_with_every_step_and_its_age_band_from_open_bed(
     monitor: Monitor,
 ) -> None:
     """The streaming API gives each bed's respiration: the rate of a synthetic chest
-    breathing 30 times a minute, assessed with a child's band (and with an adult's, whose
-    search range stops at 45); an unknown band is refused at open_bed."""
+    breathing 30 times a minute, assessed with a child's band and with an adult's; an
+    unknown band is refused at open_bed."""
     from tests.edge.breathing_audio import chest_audio
 
     audio = chest_audio(40.0, 30.0)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from edge.bed.agebands import age_band
 from edge.monitor import resolve_model
 from edge.runtime.offline import detect_recordings
 from training.data.breaths import Breathing, Truth, stretch, synthesize, truth_set
@@ -59,6 +60,7 @@ def test_the_set_spans_rates_devices_ages_and_chests() -> None:
     assert {s.device_rate_hz for s, _ in specs} == {2000, 4000, 4500, 8000}
     rates = {s.rate_bpm for s, _ in specs}
     assert (min(rates), max(rates)) == (4.0, 60.0)
+    assert max(s.rate_bpm for s, band in specs if band == "adult") == 60.0  # distress
     assert {band for _, band in specs} == {"adult", "child-1-5y"}
     assert len({s.label() for s, _ in specs}) == len(specs)  # one file name each
     assert any(s.expiration_db == 0.0 and s.ie_ratio == 1.0 for s, _ in specs)
@@ -148,6 +150,22 @@ SLOW = [
     Breathing(rate_bpm=8, expiration_db=0, ie_ratio=1.5, device_rate_hz=4500, seed=2001),
     Breathing(rate_bpm=10, expiration_db=0, ie_ratio=1.5, device_rate_hz=8000, seed=3001),
 ]
+
+
+# adults breathing faster than 45 /min: the adult band looked for 5-45 /min and read these at a
+# half or a third of their rate (a 60 /min adult about 20 /min: normal, no tachypnoea)
+FAST_ADULTS = [
+    Breathing(rate_bpm=55.0, device_rate_hz=2000, seed=550),
+    Breathing(rate_bpm=60.0, device_rate_hz=4500, seed=601, expiration_db=0.0, ie_ratio=1.5),
+    Breathing(rate_bpm=50.0, device_rate_hz=8000, seed=503, snr_db=15.0, expiration_db=-10.0),
+]
+
+
+def test_an_adult_breathing_fast_is_read_fast(tmp_path: Path) -> None:
+    for name, truth, got in through_the_device(FAST_ADULTS, tmp_path):
+        assert got["assessable"], (name, got)
+        assert got["rate_bpm"] == pytest.approx(truth.rate_bpm, abs=1.1), (name, got)
+        assert got["rate_bpm"] > age_band("adult").high_bpm  # tachypnoea, as the ward needs
 
 
 def test_slow_breathing_whose_breaths_are_long_is_counted(tmp_path: Path) -> None:
