@@ -284,7 +284,7 @@ class BreathTracker:
         phases = None  # where each cycle is heard as two humps: the phases' cue (_cycle)
         if period is not None:
             self.period_s, confidence, phases = _cycle(
-                kept[0], tilt, good, self.rate_hz, self.band.search_bpm, period, confidence
+                kept[0], tilt, good, self.rate_hz, band.search_bpm, period, confidence
             )
         may_double = period is not None
         periodic = may_double and confidence >= WIDE_CONFIDENCE
