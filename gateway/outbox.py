@@ -161,7 +161,11 @@ class Outbox:
         priority: str = "low",
     ) -> bool:
         with self._lock:
-            if self._db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone():
+            try:
+                queued = self._db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone()
+            except sqlite3.OperationalError as exc:  # unreadable now: nothing built, nothing lost
+                raise StoreError(f"{self.path}: cannot read the queue now ({exc})") from None
+            if queued:
                 return False
             message = build(control_id)
             try:
@@ -183,11 +187,16 @@ class Outbox:
             return True
 
     def head(self, wait_s: float = 0.0) -> Queued | None:
+        """The next message to send (:meth:`_head`), waiting up to ``wait_s`` for one;
+        StoreError while the queue cannot be read."""
         with self._lock:
-            row = self._head()
-            if row is None and wait_s > 0:
-                self._queued.wait(wait_s)
+            try:
                 row = self._head()
+                if row is None and wait_s > 0:
+                    self._queued.wait(wait_s)
+                    row = self._head()
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"{self.path}: cannot read the queue now ({exc})") from None
             return row
 
     def sent(self, seq: int) -> None:
@@ -205,9 +214,11 @@ class Outbox:
                     "last_error = ? WHERE seq = ?",
                     (int(refusal), error, seq),
                 )
+                row = self._db.execute(
+                    "SELECT refusals FROM outbox WHERE seq = ?", (seq,)
+                ).fetchone()
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"{self.path}: cannot note an attempt now ({exc})") from None
-            row = self._db.execute("SELECT refusals FROM outbox WHERE seq = ?", (seq,)).fetchone()
             return int(row[0]) if row else 0
 
     def counts(self) -> dict[str, int]:
@@ -280,7 +291,7 @@ SENT, RETRY, REFUSED, REJECTED = "sent", "retry", "refused", "rejected"
 
 
 T = TypeVar("T")
-STORE_RETRY_S = 1.0  # a queue write that failed (a full disk) is tried again this often
+STORE_RETRY_S = 1.0  # a queue read or write that failed (a full disk, a held file): tried again
 
 
 class Transport(Protocol):
@@ -304,7 +315,7 @@ class Courier:
         self._stop = stop
         delay = self.config.backoff_min_s
         while not stop.is_set():
-            row = self.outbox.head(wait_s=0.5)
+            row = self._noted(lambda: self.outbox.head(wait_s=0.5))
             if row is None:
                 continue
             if self.send(row):
@@ -315,7 +326,8 @@ class Courier:
         self.transport.close()
 
     def _noted(self, write: Callable[[], T]) -> T | None:
-        """Retried every ``STORE_RETRY_S`` (nothing else is sent meanwhile); None at a stop."""
+        """A read or write of the queue, retried every ``STORE_RETRY_S`` while it raises
+        StoreError (nothing else is sent meanwhile); None at a stop."""
         said = False
         while True:
             try:
@@ -324,7 +336,7 @@ class Courier:
                 self.stats["store_waits"] += 1
                 self.last_error = str(exc)[:200]
                 if not said:
-                    log.error("%s; the courier waits for the queue to take writes", exc)
+                    log.error("%s; the courier waits for the queue", exc)
                     said = True
                 if self._stop.wait(STORE_RETRY_S):
                     return None

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.hl7 import Bed, Sender, rate_message
 from gateway.mllp import MllpClient, MllpTransport
-from gateway.outbox import Courier, CourierConfig, Outbox, OutboxError
+from gateway.outbox import Courier, CourierConfig, Outbox, OutboxError, StoreError
 from tests.gateway.receiver import Receiver
 
 BED = Bed("edge-1", "bed-2", location="ICU^1^3^HOSP", patient_id="12345^^^HOSP^MR")
@@ -189,6 +189,44 @@ def test_a_key_is_queued_once_and_the_queue_survives_a_restart(tmp_path: Path) -
     assert again.head() == head
     assert head is not None
     assert head.control_id == built[0]
+
+
+def test_a_queue_that_cannot_be_read_for_a_while_loses_nothing_and_stops_no_courier(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Another program holding the file (here it moves the table aside, as a repair tool might)
+    makes the queue unreadable for a while: ``put`` says so as a StoreError (the error the
+    intake leaves a message unacked at the broker for) and builds nothing; the courier waits
+    and keeps running; once the file is back the message is stored and delivered."""
+    import sqlite3
+
+    path = tmp_path / "gateway.sqlite"
+    outbox = Outbox(path)
+    courier, stop, thread = courier_thread(outbox, receiver.port)
+    built: list[str] = []
+    try:
+        assert put(outbox, 0)
+        assert receiver.wait_for(lambda: len(receiver.accepted) == 1, 10.0), receiver.errors
+        with sqlite3.connect(path, isolation_level=None) as other:
+            other.execute("ALTER TABLE outbox RENAME TO outbox_aside")
+            with pytest.raises(StoreError, match="cannot read the queue now"):
+                outbox.put("reading/1", lambda cid: built.append(cid) or f"MSH|x|{cid}")
+            assert built == []
+            until = time.monotonic() + 10.0
+            while courier.stats["store_waits"] == 0 and time.monotonic() < until:
+                time.sleep(0.02)
+            assert courier.stats["store_waits"] >= 1  # the courier met the unreadable queue ...
+            assert thread.is_alive()  # ... and waits
+            other.execute("ALTER TABLE outbox_aside RENAME TO outbox")
+        assert put(outbox, 1)
+        assert receiver.wait_for(lambda: len(receiver.accepted) == 2, 10.0), receiver.errors
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(5.0)
+    assert set(receiver.accepted) == set(queued_ids(path).values())
+    assert settled(outbox, {"queued": 0, "sent": 2, "refused": 0})
+    outbox.close()
 
 
 def test_the_queue_is_private_and_a_planted_link_is_refused(tmp_path: Path) -> None:
