@@ -15,7 +15,14 @@ import soundfile
 from edge.bed.agebands import age_band
 from edge.monitor import resolve_model
 from edge.runtime.offline import detect_recordings
-from training.data.breaths import Breathing, Truth, stretch, synthesize, truth_set
+from training.data.breaths import (
+    Breathing,
+    Truth,
+    started_set,
+    stretch,
+    synthesize,
+    truth_set,
+)
 from training.scoring.respiration import rate_summary
 
 
@@ -66,6 +73,41 @@ def test_the_set_spans_rates_devices_ages_and_chests() -> None:
     assert any(s.expiration_db == 0.0 and s.ie_ratio == 1.0 for s, _ in specs)
     assert any(s.pause_share > 0 for s, _ in specs)
     assert {s.heart_bpm for s, _ in specs} >= {60.0, 140.0}
+
+
+def test_a_chest_started_mid_cycle_is_the_same_chest_from_later_on() -> None:
+    """``start_s``: the recording begins that far into the chest's breathing; its truth counts
+    the inspirations that peak inside it, and a cycle begun before it has a negative onset."""
+    whole = Breathing(rate_bpm=12.0, seconds=70.0, device_rate_hz=2000, jitter=0.0, seed=4)
+    audio, truth = synthesize(whole)
+    later, later_truth = synthesize(replace(whole, seconds=60.0, start_s=10.0))
+    tail = audio[20_000:]
+    assert later.shape == tail.shape
+    assert np.corrcoef(later, tail)[0, 1] > 0.9999  # the same sound, scaled to its own peak
+    t_in = 5.0 / 3.0  # 1:2, a third of the 5-s cycle
+    peaks = [t + t_in / 2 - 10.0 for t in truth.onsets_s]
+    assert later_truth.cycles == sum(1 for p in peaks if 0.0 <= p < 60.0) == 12
+    assert later_truth.rate_bpm == pytest.approx(12.0)  # from peak to peak
+    assert later_truth.count_rate_bpm == pytest.approx(12.0)
+    assert later_truth.onsets_s[0] < 0.0 < later_truth.onsets_s[1]  # the cycle the start cut
+    assert np.allclose(np.diff(later_truth.onsets_s), 5.0)
+    with pytest.raises(ValueError, match="start_s"):
+        synthesize(replace(whole, start_s=-1.0))
+
+
+def test_the_started_set_begins_at_every_point_of_a_cycle() -> None:
+    specs = started_set(60.0)
+    assert {s.device_rate_hz for s, _ in specs} == {2000, 4000, 4500, 8000}
+    assert {band for _, band in specs} == {"adult"}
+    assert not any(s.pause_share for s, _ in specs)
+    assert len({s.label() for s, _ in specs}) == len(specs)
+    shares = []  # where in its cycle each recording of the 2-kHz device begins
+    for spec in (s for s, _ in specs if s.device_rate_hz == 2000):
+        onsets = synthesize(spec)[1].onsets_s
+        began = max(t for t in onsets if t <= 0.0)
+        after = min(t for t in onsets if t > 0.0)
+        shares.append(-began / (after - began))
+    assert np.max(np.diff(sorted([0.0, *shares, 1.0]))) < 0.15  # no part of the cycle left out
 
 
 # chests where each breath cycle is heard as two humps of like loudness: an expiration as loud
@@ -245,3 +287,4 @@ def test_a_cycle_the_recording_start_cuts_counts_as_its_annotators_count_it(
         got = found[name]
         assert got["assessable"], (name, got)
         assert got["breaths"] == cycles, (name, got["breaths"], cycles)
+

@@ -187,8 +187,13 @@ def test_the_cycle_reference(tmp_path: Path) -> None:
     txt.write_text("0.5\t2.5\t0\t0\n2.5\t5.5\t1\t0\n5.5\t8.5\t0\t0\n8.5\t9.5\t0\t1\n")
     ref = r.CycleReference.of(txt)
     assert ref.cycles == 4
-    assert ref.rate_bpm == pytest.approx(60.0 * 4 / 9.0)
+    assert ref.count_rate_bpm == pytest.approx(60.0 * 4 / 9.0)  # the cut ones counted whole
     assert ref.period_bpm == pytest.approx(20.0)  # the whole cycles last 3 s
+    assert ref.rate_bpm == pytest.approx(20.0)  # the breathing rate: the whole cycles'
+    txt.write_text("0.0\t2.0\t0\t0\n2.0\t5.0\t0\t0\n5.0\t9.0\t0\t0\n9.0\t10.0\t0\t0\n")
+    assert r.CycleReference.of(txt).rate_bpm == pytest.approx(60.0 * 2 / 7.0)  # their mean
+    txt.write_text("0.0\t2.0\t0\t0\n2.0\t3.0\t0\t0\n")
+    assert r.CycleReference.of(txt).rate_bpm == pytest.approx(40.0)  # none whole: the count
 
 
 def _row(name: str, breaths: int, cycles: int, rate: float | None) -> dict[str, object]:

@@ -30,6 +30,7 @@ class Breathing:
     jitter: float = 0.05  # of each cycle's period, uniform ±
     pause_share: float = 0.0  # chance of an extra pause of pause_s after a cycle
     pause_s: float = 0.0
+    start_s: float = 0.0  # the recording begins this far into the chest's breathing
     seed: int = 0
     name: str = field(default="", compare=False)
 
@@ -38,15 +39,17 @@ class Breathing:
             f"rr{self.rate_bpm:g}_fs{self.device_rate_hz}_exp{self.expiration_db:g}dB_"
             f"ie{self.ie_ratio:g}_hr{self.heart_bpm:g}_snr{self.snr_db:g}"
             + (f"_pause{self.pause_share:g}x{self.pause_s:.2g}" if self.pause_share else "")
+            + (f"_at{self.start_s:.2f}" if self.start_s else "")
             + f"_s{self.seed}"
         )
 
 
 @dataclass(frozen=True)
 class Truth:
-    onsets_s: tuple[float, ...]  # each cycle's inspiration onset
+    onsets_s: tuple[float, ...]  # each cycle's inspiration onset (< 0: begun before the start)
     cycles: int  # cycles whose inspiration peaks inside the recording
-    rate_bpm: float  # cycles per minute of recording
+    rate_bpm: float  # 60 / the mean interval between those peaks (cycles per minute if < 2)
+    count_rate_bpm: float  # cycles per minute of recording
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "onsets_s": [round(t, 3) for t in self.onsets_s]}
@@ -83,6 +86,8 @@ def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
         raise ValueError(f"jitter must be in [0, 0.5), got {spec.jitter!r}")
     if not spec.seconds > 0:
         raise ValueError(f"seconds must be > 0, got {spec.seconds!r}")
+    if not 0.0 <= spec.start_s <= 600.0:
+        raise ValueError(f"start_s must be in [0, 600], got {spec.start_s!r}")
     if not spec.ie_ratio > 0 or not 0.0 < spec.expiration_fraction <= 1.0:
         raise ValueError(
             f"ie_ratio must be > 0 and expiration_fraction in (0, 1], got {spec.ie_ratio!r} "
@@ -90,11 +95,12 @@ def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
         )
     rng = np.random.default_rng(spec.seed)
     fs = spec.device_rate_hz
-    n = round(spec.seconds * fs)
+    total_s = spec.start_s + spec.seconds  # made from the chest's start, kept from start_s
+    n = round(total_s * fs)
     period = 60.0 / spec.rate_bpm
     onsets, inspirations, expirations = [], [], []
     at = 0.3 * period * rng.uniform(0.5, 1.5)
-    while at < spec.seconds:
+    while at < total_s:
         cycle = period * (1.0 + rng.uniform(-spec.jitter, spec.jitter))
         t_in = cycle / (1.0 + spec.ie_ratio)
         t_ex = (cycle - t_in) * spec.expiration_fraction
@@ -111,7 +117,7 @@ def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
         beat = 60.0 / spec.heart_bpm
         sounds = []
         t = rng.uniform(0, beat)
-        while t < spec.seconds:  # S1, then S2 a third of the beat later
+        while t < total_s:  # S1, then S2 a third of the beat later
             sounds += [(t, 0.1, 1.0), (t + min(0.35, beat / 3), 0.08, 0.7)]
             t += beat * (1.0 + rng.uniform(-0.03, 0.03))
         low = _unit(sosfilt(_band(30.0, 150.0, fs), rng.normal(0, 1, n)))
@@ -119,11 +125,15 @@ def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
             heart += gain * low * _bumps(n, fs, [(start, start + length)])
         heart *= 10 ** (spec.heart_db / 20) * 2.0  # a burst's peak level over the noise's RMS
     noise = 10 ** (-spec.snr_db / 20) * rng.normal(0, 1, n)
-    audio = breath + heart + noise
+    audio = (breath + heart + noise)[n - round(spec.seconds * fs) :]
     audio *= 0.9 / max(float(np.max(np.abs(audio))), 1e-12)
-    peaks = [(a + b) / 2 for a, b in inspirations]
-    cycles = sum(1 for p in peaks if p < spec.seconds)
-    return audio.astype(np.float32), Truth(tuple(onsets), cycles, 60.0 * cycles / spec.seconds)
+    peaks = [(a + b) / 2 - spec.start_s for a, b in inspirations]
+    inside = [p for p in peaks if 0.0 <= p < spec.seconds]
+    count_rate = 60.0 * len(inside) / spec.seconds
+    rate = 60.0 * (len(inside) - 1) / (inside[-1] - inside[0]) if len(inside) > 1 else count_rate
+    begun = [t for t in onsets if t <= spec.start_s]  # the cycle the start cut, and later ones
+    kept = tuple(t - spec.start_s for t in onsets if t >= (begun[-1] if begun else 0.0))
+    return audio.astype(np.float32), Truth(kept, len(inside), rate, count_rate)
 
 
 def stretch(audio: np.ndarray, factor: float) -> np.ndarray:
@@ -173,4 +183,30 @@ def truth_set(seconds: float = 60.0) -> list[tuple[Breathing, str]]:
                         seed=1000 * i + j, heart_bpm=heart, pause_s=pause, **given,
                     )  # fmt: skip
                     out.append((spec, age))
+    return out
+
+
+# Chests a stethoscope is put on at any point of a cycle: the regular adult chests at paced rates
+STARTED_RATES = (8.0, 10.0, 12.0, 15.0, 18.0, 20.0, 24.0)
+_GOLDEN = (5**0.5 - 1) / 2  # spreads the starts evenly over the cycle, chest after chest
+
+
+def started_set(seconds: float = 60.0) -> list[tuple[Breathing, str]]:
+    """The :data:`VARIANTS` without pauses at :data:`STARTED_RATES` on every device, each
+    recording beginning at another point of its cycle: one to two cycles into the chest (its
+    first cycle begins after a pause of 0.15-0.45 cycle), the share of a cycle stepping by the
+    golden ratio from chest to chest (docs/respiration.md, "Started anywhere in a cycle")."""
+    out: list[tuple[Breathing, str]] = []
+    regular = [v for v in VARIANTS if "pause_share" not in v]
+    for fs in DEVICE_RATES_HZ:
+        for i, rate in enumerate(STARTED_RATES):
+            for j, variant in enumerate(regular):
+                phase = ((len(out) + 1) * _GOLDEN) % 1.0
+                given = {k: v for k, v in variant.items() if k != "heart_bpm"}
+                spec = replace(
+                    Breathing(rate_bpm=rate, seconds=seconds, device_rate_hz=fs),
+                    seed=20000 + 1000 * i + j, heart_bpm=variant.get("heart_bpm", 75.0),
+                    start_s=round((1.0 + phase) * 60.0 / rate, 3), **given,
+                )  # fmt: skip
+                out.append((spec, "adult"))
     return out
