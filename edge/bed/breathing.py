@@ -182,6 +182,10 @@ class BreathTracker:
         self.final: deque[tuple[int, float]] = deque(maxlen=BREATH_MEMORY)  # (peak, prom)
         self.last_lost = -1  # the last sample under a lost signal
         self.final_end = -1  # where the last of them had fallen by half
+        # the recording's rate: the intervals between consecutive breaths counted for good
+        # with no sample of lost signal between them, their number and their summed samples
+        self.intervals, self.interval_samples = 0, 0
+        self._final_good = -1  # the good samples up to the last breath counted for good
         self.first_breath = -1  # the first one's peak
         self.start_cut = 0  # 1: the stream's start cut a cycle before the first breath (counted)
         self.pending: list[tuple[int, float, int]] = []  # later breaths (peak, prom, end)
@@ -304,7 +308,7 @@ class BreathTracker:
         sure = confidence >= self.config.min_confidence and _agrees(
             heard, self.period_s * self.rate_hz
         )
-        self._count(first + peaks, first + ends, proms, confirmed, final, sure)
+        self._count(first + peaks, first + ends, proms, confirmed, final, sure, good)
         if not judged and self.first_breath >= 0 and first == 0:
             self.start_cut = self._start_cut(a, good)
         self.breathing_now = bool(peaks.size and not confirmed[-1])
@@ -408,12 +412,16 @@ class BreathTracker:
         confirmed: np.ndarray,
         final: bool,
         sure: bool,
+        good: np.ndarray,
     ) -> None:
         """Take this analysis' breaths (stream samples): those half a window back count for
         good (at the stream's end all do), the later ones are ``pending``. ``sure``: the window
         gives a rate; where it does not, only the breaths within UNSURE_HOLD analysis intervals
         of the window's start count for good: later windows see the rest (a breath that near a
-        window's start is no hump there)."""
+        window's start is no hump there). ``good``: the window's samples not under a lost
+        signal (an interval over lost signal may hold breaths unheard: no rate is read from
+        it)."""
+        first = self.samples - good.shape[0]  # the window's first stream sample
         gap = MIN_GAP_FRACTION * self.period_s * self.rate_hz
         horizon = self.samples if final else self.samples - self.ring_a.shape[0] // 2
         if not (sure or final):
@@ -425,6 +433,11 @@ class BreathTracker:
             if self.final and peak - self.final[-1][0] < gap:
                 continue
             if peak <= horizon:
+                upto = self.good_samples - int(np.count_nonzero(good[peak - first + 1 :]))
+                if self.final and upto - self._final_good == peak - self.final[-1][0]:
+                    self.intervals += 1
+                    self.interval_samples += peak - self.final[-1][0]
+                self._final_good = upto
                 self.final.append((peak, prom))
                 self.breaths += 1
                 self.first_breath = peak if self.first_breath < 0 else self.first_breath
@@ -543,8 +556,13 @@ class BreathTracker:
         last = whole and self.own_state == "ok"
         assessable = (share >= 0.5 or last) and monitored_s > 0
         breaths = self.breaths + self.start_cut
+        rate = None
+        if assessable and self.intervals:  # the live reading's 60 (n - 1) / span, over it all
+            rate = round(60.0 * self.intervals * self.rate_hz / self.interval_samples, 2)
+        elif assessable:  # no two breaths without lost signal between them: the count
+            rate = round(60.0 * breaths / monitored_s, 2)
         return {
-            "rate_bpm": round(60.0 * breaths / monitored_s, 2) if assessable else None,
+            "rate_bpm": rate,
             "breaths": breaths,
             "monitored_s": round(monitored_s, 2),
             "assessable": assessable,

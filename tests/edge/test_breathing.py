@@ -233,6 +233,44 @@ def test_a_lost_signal_is_not_apnoea(how: str) -> None:
     assert any(t.state == "ended" and when <= pause[1] + 5.0 for when, t in signal)
 
 
+@pytest.mark.parametrize("start_s", [0.0, 1.3, 3.0])
+def test_the_recording_s_rate_is_its_breathing_rate_wherever_in_a_cycle_it_starts(
+    start_s: float,
+) -> None:
+    """A 90-94 s stream at 12 /min begun at the start of a breath, while one fades, or in a
+    pause: the cycle the start cut counts in ``breaths`` (1.3 s: as ICBHI's annotators count
+    it), and the rate is read from breath to breath, the live reading's ``60 (n - 1) / span``
+    over the whole stream: 12, where the breaths per minute of a stream begun in a fading
+    breath read 12.4."""
+    frames = breathing(94.0, 12)[:, round(start_s * FRAMES_PER_S) :]
+    tracker, _ = run(frames[:, : frames.shape[1] // 48 * 48])
+    s = summary(tracker)
+    assert s["breaths"] == (19 if start_s < 2.0 else 18)
+    assert tracker.start_cut == (start_s == 1.3)
+    assert s["rate_bpm"] == pytest.approx(12.0, abs=0.15)
+    if start_s == 1.3:
+        assert 60.0 * s["breaths"] / s["monitored_s"] > 12.3  # what a count per minute reads
+
+
+@pytest.mark.parametrize("how", ["gate says lost", "digital zeros"])
+def test_the_recording_s_rate_reads_no_interval_over_lost_signal(how: str) -> None:
+    """30 s of lost signal inside 120 s of breathing at 15 /min: the breaths it hid are not
+    heard, and the interval over it is not read as a long cycle."""
+    lost_span = (40.0, 70.0)
+    frames = breathing(120.0, 15)
+    lost: tuple[tuple[float, float], ...] = ()
+    if how == "gate says lost":
+        lost = (lost_span,)
+    else:
+        lo, hi = (int(t * FRAMES_PER_S) for t in lost_span)
+        frames[:, lo:hi] = math.log(SPEC.log_offset)
+    tracker, _ = run(frames, lost=lost)
+    s = summary(tracker)
+    assert s["breaths"] <= 23  # of 30: those under lost signal went unheard
+    assert s["rate_bpm"] == pytest.approx(15.0, abs=0.2)
+    assert tracker.intervals == tracker.breaths - 2  # all but the one over the lost stretch
+
+
 def test_no_alarm_before_the_bed_has_breathed() -> None:
     frames = breathing(60.0, 15, pauses=((0.0, 45.0),))
     _, found = run(frames)
@@ -324,7 +362,7 @@ def test_a_stream_no_longer_than_the_window_is_judged_by_its_last_analysis() -> 
     assert s["assessed_share"] < 0.5
     assert s["series"][-1]["state"] == "ok"
     assert s["assessable"] is True
-    assert s["rate_bpm"] == pytest.approx(60.0 * s["breaths"] / s["monitored_s"], abs=0.01)
+    assert s["rate_bpm"] == pytest.approx(15.0, abs=0.2)  # from breath to breath
     # longer than the 30-s window: no analysis saw the whole stream; the share decides
     long, _ = run(breathing(44.0, 15, pauses=((0.0, 29.0),)))
     s = summary(long)
