@@ -168,16 +168,20 @@ def through_the_device(
     return [(name, truth, got[name]) for name, truth in truths.items()]
 
 
+def summary_row(truth: Truth, got: dict[str, Any]) -> dict[str, Any]:
+    """An assessable chest's row for :func:`rate_summary`: the device's report beside its truth."""
+    return {"assessable": True, "rate_bpm": got["rate_bpm"], "rate_ref_bpm": truth.rate_bpm,
+            "breaths": got["breaths"], "cycles": truth.cycles, "period_ref_bpm": None,
+            "live_median_bpm": None}  # fmt: skip
+
+
 def test_one_breath_per_cycle_where_a_cycle_is_heard_as_two_humps(tmp_path: Path) -> None:
     rows = []
     for name, truth, got in through_the_device(TWO_HUMPS, tmp_path):
         assert got["assessable"], (name, got)
         assert abs(got["breaths"] - truth.cycles) <= 1, (name, got["breaths"], truth.cycles)
         assert got["rate_bpm"] == pytest.approx(truth.rate_bpm, abs=1.1), name
-        rows.append({"assessable": True, "rate_bpm": got["rate_bpm"],
-                     "rate_ref_bpm": truth.rate_bpm, "breaths": got["breaths"],
-                     "cycles": truth.cycles, "period_ref_bpm": None,
-                     "live_median_bpm": None})  # fmt: skip
+        rows.append(summary_row(truth, got))
     summary = rate_summary(rows)
     assert abs(summary["rate_bias_bpm"]) <= 0.5, summary  # the bias is reported, and small
 
@@ -300,9 +304,6 @@ def test_a_recording_begun_anywhere_in_a_cycle_reads_its_breathing_rate(tmp_path
         assert got["assessable"], (name, got)
         assert got["rate_bpm"] == pytest.approx(truth.rate_bpm, abs=1.0), (name, got)
         over += got["breaths"] > truth.cycles
-        rows.append({"assessable": True, "rate_bpm": got["rate_bpm"],
-                     "rate_ref_bpm": truth.rate_bpm, "breaths": got["breaths"],
-                     "cycles": truth.cycles, "period_ref_bpm": None,
-                     "live_median_bpm": None})  # fmt: skip
+        rows.append(summary_row(truth, got))
     assert over >= len(specs) // 3  # cut cycles counted (a count per minute would read over)
     assert abs(rate_summary(rows)["rate_bias_bpm"]) <= 0.3

@@ -301,6 +301,8 @@ def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     errors = np.abs(signed)
     count = np.array([abs(r["breaths"] - r["cycles"]) for r in rows])
     count_ok = np.array([abs(r["breaths"] - r["cycles"]) for r in ok])
+    by_period = [(r["rate_bpm"], r["period_ref_bpm"]) for r in ok if r.get("period_ref_bpm")]
+    by_count = [(r["rate_bpm"], r["count_ref_bpm"]) for r in ok if r.get("count_ref_bpm")]
     return {
         "recordings_n": len(rows),
         "not_assessable_share": round(1.0 - len(ok) / max(1, len(rows)), 3),
@@ -310,18 +312,10 @@ def rate_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "count_within_1_assessable": round(float((count_ok <= 1).mean()), 3) if ok else None,
         "count_within_1_all": round(float((count <= 1).mean()), 3) if rows else None,
         "live_median_mae_bpm": _mae([(r.get("live_median_bpm"), r["rate_ref_bpm"]) for r in ok]),
-        "rate_vs_period_mae_bpm": _mae(
-            [(r["rate_bpm"], r["period_ref_bpm"]) for r in ok if r.get("period_ref_bpm")]
-        ),
-        "rate_vs_period_bias_bpm": _bias(
-            [(r["rate_bpm"], r["period_ref_bpm"]) for r in ok if r.get("period_ref_bpm")]
-        ),
-        "rate_vs_count_mae_bpm": _mae(
-            [(r["rate_bpm"], r["count_ref_bpm"]) for r in ok if r.get("count_ref_bpm")]
-        ),
-        "rate_vs_count_bias_bpm": _bias(
-            [(r["rate_bpm"], r["count_ref_bpm"]) for r in ok if r.get("count_ref_bpm")]
-        ),
+        "rate_vs_period_mae_bpm": _mae(by_period),
+        "rate_vs_period_bias_bpm": _bias(by_period),
+        "rate_vs_count_mae_bpm": _mae(by_count),
+        "rate_vs_count_bias_bpm": _bias(by_count),
     }
 
 
