@@ -38,6 +38,7 @@ class Breathing:
         return self.name or (
             f"rr{self.rate_bpm:g}_fs{self.device_rate_hz}_exp{self.expiration_db:g}dB_"
             f"ie{self.ie_ratio:g}_hr{self.heart_bpm:g}_snr{self.snr_db:g}"
+            + ("_alike" if self.expiration_band_hz == self.inspiration_band_hz else "")
             + (f"_pause{self.pause_share:g}x{self.pause_s:.2g}" if self.pause_share else "")
             + (f"_at{self.start_s:.2f}" if self.start_s else "")
             + f"_s{self.seed}"
@@ -163,6 +164,13 @@ VARIANTS: tuple[dict[str, Any], ...] = (
         "pause_share": 0.25,
         "pause_periods": 0.75,
     },
+    # phases alike in spectrum and length, the expiration 2 dB softer (the loudness tells them)
+    {
+        "expiration_db": -2.0,
+        "ie_ratio": 1.2,
+        "expiration_fraction": 0.9,
+        "expiration_band_hz": (150.0, 1000.0),
+    },
 )
 
 
@@ -198,15 +206,20 @@ def started_set(seconds: float = 60.0) -> list[tuple[Breathing, str]]:
     golden ratio from chest to chest (docs/respiration.md, "Started anywhere in a cycle")."""
     out: list[tuple[Breathing, str]] = []
     regular = [v for v in VARIANTS if "pause_share" not in v]
-    for fs in DEVICE_RATES_HZ:
-        for i, rate in enumerate(STARTED_RATES):
-            for j, variant in enumerate(regular):
-                phase = ((len(out) + 1) * _GOLDEN) % 1.0
-                given = {k: v for k, v in variant.items() if k != "heart_bpm"}
-                spec = replace(
-                    Breathing(rate_bpm=rate, seconds=seconds, device_rate_hz=fs),
-                    seed=20000 + 1000 * i + j, heart_bpm=variant.get("heart_bpm", 75.0),
-                    start_s=round((1.0 + phase) * 60.0 / rate, 3), **given,
-                )  # fmt: skip
-                out.append((spec, "adult"))
+    # the chests alike in sound (in the set since 2026-12-01) come last: the others keep the
+    # starts they were measured at
+    for alike in (False, True):
+        for fs in DEVICE_RATES_HZ:
+            for i, rate in enumerate(STARTED_RATES):
+                for j, variant in enumerate(regular):
+                    if ("expiration_band_hz" in variant) != alike:
+                        continue
+                    phase = ((len(out) + 1) * _GOLDEN) % 1.0
+                    given = {k: v for k, v in variant.items() if k != "heart_bpm"}
+                    spec = replace(
+                        Breathing(rate_bpm=rate, seconds=seconds, device_rate_hz=fs),
+                        seed=20000 + 1000 * i + j, heart_bpm=variant.get("heart_bpm", 75.0),
+                        start_s=round((1.0 + phase) * 60.0 / rate, 3), **given,
+                    )  # fmt: skip
+                    out.append((spec, "adult"))
     return out
