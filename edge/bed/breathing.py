@@ -45,6 +45,7 @@ MIN_PHASE_HUMPS = 6  # humps that can show phases alternating (fewer alternate b
 PHASE_SEPARATION = 3.0  # their tilt in two levels this far apart (in their spread) ...
 PHASE_TURNS = 0.85  # ... turning from one to the other at this share of the humps
 MIN_TILT_DB = 0.5  # phases that differ in tilt differ by at least this (dB)
+MIN_LOUDNESS_DB = 1.0  # phases alike in tilt that alternate in loudness: this far apart (dB)
 OCTAVE_MARGIN = 0.15  # the activity this much more alike two periods on: one cycle is two
 TILT_ALTERNATION = -0.2  # the tilt this much against itself one period on: phases alternate
 AGREEMENT = 0.25  # the breaths' rate and the period's may differ by this share, no more
@@ -291,9 +292,14 @@ class BreathTracker:
                 kept[0], tilt, good, self.rate_hz, band.search_bpm, period, confidence
             )
         may_double = period is not None
+        # humps alike in tilt may still be a cycle's two phases where they alternate in loudness
+        # and the activity is at least as alike two periods on as one (docs/respiration.md)
+        loud_phases = period is not None and _alike_twice_on(
+            kept[0], period * self.rate_hz, a.shape[0]
+        )
         periodic = may_double and confidence >= WIDE_CONFIDENCE
         peaks, proms, ends, self.period_s = self._humps(
-            a, tilt, good, first, self.period_s, phases, may_double, periodic
+            a, tilt, good, first, self.period_s, phases, may_double, periodic, loud_phases
         )
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         cut = final and peaks.size >= 2 and not confirmed[-1]
@@ -345,11 +351,13 @@ class BreathTracker:
         phases: np.ndarray | None = None,
         may_double: bool = False,
         periodic: bool = False,
+        loud_phases: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Breaths (peaks, prominences, ends) for a period and the cycle they give: one hump per
         cycle, or the inspirations where the humps are a cycle's two phases (docs/respiration.md,
         "One breath per cycle"). ``may_double``: the period is this analysis' own, not yet doubled
-        by :func:`_cycle`; ``periodic``: the window allows the slow breath's width."""
+        by :func:`_cycle`; ``periodic``: the window allows the slow breath's width;
+        ``loud_phases``: humps a period apart may be told apart by loudness too."""
         spread = k.spread(a, good, 0.05)
         self.delta_db = max(
             MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
@@ -364,21 +372,42 @@ class BreathTracker:
                         self._peaks, self._proms, self._ends)  # fmt: skip
             return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
 
-        def phased(peaks: np.ndarray, samples: float) -> np.ndarray | None:
-            """The humps' smoothed tilt where it alternates between two levels, else None."""
-            if peaks.size < MIN_PHASE_HUMPS:
-                return None
+        def alternating(
+            peaks: np.ndarray, samples: float, of: np.ndarray, least_db: float
+        ) -> np.ndarray | None:
+            """``of`` smoothed at the humps where it alternates between two levels, else None;
+            the loudness (``of`` is the activity) is read against the humps' trend."""
+            smooth = max(1, round(CYCLE_FRACTION * samples))
             cue = np.empty(peaks.size)
-            k.smoothed_at(tilt, good, max(1, round(CYCLE_FRACTION * samples)), peaks, cue)
-            upper = np.empty(peaks.size, np.bool_)
-            separation = k.two_levels(cue, upper)
+            k.smoothed_at(of, good, smooth, peaks, cue)
+            judged = np.ones(peaks.size, np.bool_)
+            if of is a:  # the humps once the sub-bands' slow levels settled into this run
+                settled = int(self.istate[k.S_SEG_START]) + round(DETREND_S * self.rate_hz)
+                start = max(smooth, settled - first)
+                judged = _loudness_against_trend(cue, peaks, start, smooth, a.shape[0])
+                if np.count_nonzero(judged) < MIN_PHASE_HUMPS:
+                    return None
+            part = cue[judged]
+            upper = np.empty(part.size, np.bool_)
+            separation = k.two_levels(part, upper)
             turns = float(np.mean(upper[1:] != upper[:-1]))
-            if not 0 < upper.sum() < cue.size:
+            if not 0 < upper.sum() < part.size:
                 return None
-            apart = float(cue[upper].mean() - cue[~upper].mean())
-            if separation >= PHASE_SEPARATION and turns >= PHASE_TURNS and apart >= MIN_TILT_DB:
+            apart = float(part[upper].mean() - part[~upper].mean())
+            least_turns = 1.0 if of is a else PHASE_TURNS  # loudness: every whole hump turns
+            if separation >= PHASE_SEPARATION and turns >= least_turns and apart >= least_db:
                 return cue
             return None
+
+        def phased(peaks: np.ndarray, samples: float, loudness: bool) -> np.ndarray | None:
+            """The humps' smoothed tilt where it alternates between two levels, else (where
+            ``loudness``) their smoothed loudness where that does, else None."""
+            if peaks.size < MIN_PHASE_HUMPS:
+                return None
+            cue = alternating(peaks, samples, tilt, MIN_TILT_DB)
+            if cue is None and loudness:
+                cue = alternating(peaks, samples, a, MIN_LOUDNESS_DB)
+            return cue
 
         samples = period_s * self.rate_hz
         peaks, proms, ends = found(samples)
@@ -388,7 +417,7 @@ class BreathTracker:
         # half of it are paired by phase below even if one per cycle passes the count check
         one_per_cycle = (peaks.size - 1) * samples <= (1.0 + AGREEMENT) * (peaks[-1] - peaks[0])
         if phases is None and one_per_cycle:
-            cue = phased(peaks, samples) if may_double else None
+            cue = phased(peaks, samples, loud_phases) if may_double else None
             if cue is None:  # a hump per period, and not two per cycle
                 return peaks, proms, ends, period_s
             keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * samples)
@@ -396,7 +425,7 @@ class BreathTracker:
         # more humps than cycles: where they are the cycles' phases, their inspirations
         h_peaks, h_proms, h_ends = found(samples / 2)
         if phases is None:
-            cue = phased(h_peaks, samples / 2)
+            cue = phased(h_peaks, samples / 2, False)
         else:  # the octave check's cue: the tilt where it alternates, else the loudness
             cue = phases[h_peaks] if phases.size else h_proms
         if cue is None or h_peaks.size < 2:
@@ -628,6 +657,36 @@ def _prominence(ac: np.ndarray, lag: int) -> float:
     left = float(ac[max(1, lag - half) : lag + 1].min())
     right = float(ac[lag : lag + half + 1].min())
     return float(ac[lag]) - max(left, right)
+
+
+def _loudness_against_trend(
+    cue: np.ndarray, peaks: np.ndarray, start: int, edge: int, n: int
+) -> np.ndarray:
+    """Which humps (``peaks`` in a window of ``n`` samples) are judged: from ``start`` on and
+    at least ``edge`` samples before the window's end. Their loudness (``cue``, in place)
+    becomes its rise over the straight line through them (a level that drifts does not
+    alternate); the humps before and after them carry on the alternation of the nearest."""
+    judged = (peaks >= start) & (peaks < n - edge)
+    inner = np.flatnonzero(judged)
+    if inner.size < 2:
+        return judged
+    level = cue[inner]
+    slope, offset = np.polyfit(inner.astype(np.float64), level, 1)
+    cue[inner] = level - (offset + slope * inner)
+    before, after = np.arange(inner[0]), np.arange(inner[-1] + 1, cue.size)
+    cue[before] = np.where((inner[0] - before) % 2, -1.0, 1.0) * cue[inner[0]]
+    cue[after] = np.where((after - inner[-1]) % 2, -1.0, 1.0) * cue[inner[-1]]
+    return judged
+
+
+def _alike_twice_on(ac: np.ndarray, lag: float, n: int) -> bool:
+    """Whether the activity is at least as alike two periods (``lag``, samples) on as one, read
+    unbiased from :func:`_period`'s autocorrelation over ``n`` samples; False where two
+    periods pass half the window."""
+    one, two = round(lag), round(2.0 * lag)
+    if two > n // 2:
+        return False
+    return float(ac[two]) * n / (n - two) >= float(ac[one]) * n / (n - one)
 
 
 def _agrees(heard: np.ndarray, period: float) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge.bed.agebands import age_band, age_from_sprsound_name, band_for_age
-from edge.bed.breathing import BreathTracker, _period
+from edge.bed.breathing import BreathTracker, _loudness_against_trend, _period
 from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import FrameGrid, Transition
 from edge.features import FeatureSpec, band_centres_hz
@@ -144,6 +144,31 @@ def test_a_child_s_irregular_breathing_is_counted_cycle_by_cycle(loudness_spread
         errors.append(int(summary(tracker)["breaths"]) - cycles)  # type: ignore[call-overload]
     assert max(abs(e) for e in errors) <= 2, errors
     assert sum(abs(e) for e in errors) <= 8, errors
+
+
+def test_the_loudness_of_phases_is_read_against_the_humps_trend() -> None:
+    """Humps 2 dB apart in turn on a level that rises 0.5 dB a hump: against the straight line
+    through the judged humps they alternate ±1 dB, and the humps before the first judged one
+    (the sub-bands' levels were settling) and after the last (the window's edge cuts it) carry
+    the alternation on."""
+    peaks = np.arange(10) * 50 + 10
+    level = 0.5 * np.arange(10) + np.where(np.arange(10) % 2, -1.0, 1.0)
+    cue = level.copy()
+    judged = _loudness_against_trend(cue, peaks, start=100, edge=50, n=500)
+    assert judged.tolist() == [False, False] + [True] * 7 + [False]  # 110 .. 410
+    assert cue == pytest.approx(np.where(np.arange(10) % 2, -1.0, 1.0), abs=0.15)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_breaths_of_random_loudness_are_not_taken_for_two_phases(seed: int) -> None:
+    """An adult breathing 15 /min, each breath's loudness 1 ± up to 0.5 of 12 dB at random:
+    neighbouring breaths differ, and a breath's loudness read against its two neighbours'
+    mean turns from high to low by construction. The tracker reads the loudness against the
+    window's trend and pairs none of them: every breath counted but at the stream's ends."""
+    frames, cycles = irregular_breathing(90.0, 4.0, 0.0, 0.5, seed)
+    tracker, _ = run(frames)
+    assert abs(int(summary(tracker)["breaths"]) - cycles) <= 2  # type: ignore[call-overload]
+    assert summary(tracker)["rate_bpm"] > 12.0  # paired by chance, it would read about 7.5
 
 
 def test_chunking_does_not_change_readings_or_alarms() -> None:
