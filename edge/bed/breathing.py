@@ -376,14 +376,19 @@ class BreathTracker:
             peaks: np.ndarray, samples: float, of: np.ndarray, least_db: float
         ) -> np.ndarray | None:
             """``of`` smoothed at the humps where it alternates between two levels, else None;
-            the loudness (``of`` is the activity) is read against the humps' trend."""
+            the loudness (``of`` is the activity) is read against the humps' trend, and where
+            it alternates the cue is each hump's phase (+1 the louder, -1 the other)."""
             smooth = max(1, round(CYCLE_FRACTION * samples))
             cue = np.empty(peaks.size)
             k.smoothed_at(of, good, smooth, peaks, cue)
             judged = np.ones(peaks.size, np.bool_)
-            if of is a:  # the humps once the sub-bands' slow levels settled into this run
-                settled = int(self.istate[k.S_SEG_START]) + round(DETREND_S * self.rate_hz)
-                start = max(smooth, settled - first)
+            run = 0  # loudness: the window's sample where this run of good signal began
+            if of is a:
+                if self.istate[k.S_REINIT]:  # the signal is lost now
+                    return None
+                begun = int(self.istate[k.S_SEG_START]) - first  # < 0: before the window
+                run = max(0, begun)
+                start = max(smooth, begun + round(DETREND_S * self.rate_hz))  # levels settled
                 judged = _loudness_against_trend(cue, peaks, start, smooth, a.shape[0])
                 if np.count_nonzero(judged) < MIN_PHASE_HUMPS:
                     return None
@@ -394,10 +399,12 @@ class BreathTracker:
             if not 0 < upper.sum() < part.size:
                 return None
             apart = float(part[upper].mean() - part[~upper].mean())
-            least_turns = 1.0 if of is a else PHASE_TURNS  # loudness: every whole hump turns
-            if separation >= PHASE_SEPARATION and turns >= least_turns and apart >= least_db:
-                return cue
-            return None
+            least_turns = 1.0 if of is a else PHASE_TURNS  # loudness: every judged hump turns
+            if separation < PHASE_SEPARATION or turns < least_turns or apart < least_db:
+                return None
+            if of is a:
+                return _phases_carried_on(peaks, judged, upper, run)
+            return cue
 
         def phased(peaks: np.ndarray, samples: float, loudness: bool) -> np.ndarray | None:
             """The humps' smoothed tilt where it alternates between two levels, else (where
@@ -663,20 +670,34 @@ def _loudness_against_trend(
     cue: np.ndarray, peaks: np.ndarray, start: int, edge: int, n: int
 ) -> np.ndarray:
     """Which humps (``peaks`` in a window of ``n`` samples) are judged: from ``start`` on and
-    at least ``edge`` samples before the window's end. Their loudness (``cue``, in place)
-    becomes its rise over the straight line through them (a level that drifts does not
-    alternate); the humps before and after them carry on the alternation of the nearest."""
+    at least ``edge`` samples before the window's end; their loudness (``cue``, in place)
+    becomes its rise over the straight line through them in their order (a level that drifts
+    does not alternate)."""
     judged = (peaks >= start) & (peaks < n - edge)
     inner = np.flatnonzero(judged)
-    if inner.size < 2:
-        return judged
-    level = cue[inner]
-    slope, offset = np.polyfit(inner.astype(np.float64), level, 1)
-    cue[inner] = level - (offset + slope * inner)
-    before, after = np.arange(inner[0]), np.arange(inner[-1] + 1, cue.size)
-    cue[before] = np.where((inner[0] - before) % 2, -1.0, 1.0) * cue[inner[0]]
-    cue[after] = np.where((after - inner[-1]) % 2, -1.0, 1.0) * cue[inner[-1]]
+    if inner.size >= 2:
+        level = cue[inner]
+        slope, offset = np.polyfit(inner.astype(np.float64), level, 1)
+        cue[inner] = level - (offset + slope * inner)
     return judged
+
+
+def _phases_carried_on(
+    peaks: np.ndarray, judged: np.ndarray, upper: np.ndarray, run: int
+) -> np.ndarray:
+    """Each hump's phase where the judged ones (``upper``: the louder) alternate: +1 the
+    louder, -1 the other; the humps of the same run of good signal (from window sample
+    ``run``) before and after the judged ones carry the alternation on, and a hump before the
+    run (beyond lost signal) counts as a breath (+1)."""
+    phase = np.ones(peaks.size)
+    inner = np.flatnonzero(judged)
+    phase[inner] = np.where(upper, 1.0, -1.0)
+    before = np.arange(inner[0])
+    before = before[peaks[before] >= run]
+    phase[before] = np.where((inner[0] - before) % 2, -1.0, 1.0) * phase[inner[0]]
+    after = np.arange(inner[-1] + 1, peaks.size)
+    phase[after] = np.where((after - inner[-1]) % 2, -1.0, 1.0) * phase[inner[-1]]
+    return phase
 
 
 def _alike_twice_on(ac: np.ndarray, lag: float, n: int) -> bool:

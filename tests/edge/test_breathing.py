@@ -11,8 +11,14 @@ import re
 import numpy as np
 import pytest
 
+import edge.bed.breathing as breathing_module
 from edge.bed.agebands import age_band, age_from_sprsound_name, band_for_age
-from edge.bed.breathing import BreathTracker, _loudness_against_trend, _period
+from edge.bed.breathing import (
+    BreathTracker,
+    _loudness_against_trend,
+    _period,
+    _phases_carried_on,
+)
 from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import FrameGrid, Transition
 from edge.features import FeatureSpec, band_centres_hz
@@ -148,25 +154,47 @@ def test_a_child_s_irregular_breathing_is_counted_cycle_by_cycle(loudness_spread
 
 def test_the_loudness_of_phases_is_read_against_the_humps_trend() -> None:
     """Humps 2 dB apart in turn on a level that rises 0.5 dB a hump: against the straight line
-    through the judged humps they alternate ±1 dB, and the humps before the first judged one
-    (the sub-bands' levels were settling) and after the last (the window's edge cuts it) carry
-    the alternation on."""
+    through the judged humps (after the levels settled, before the window's edge) they
+    alternate ±1 dB."""
     peaks = np.arange(10) * 50 + 10
     level = 0.5 * np.arange(10) + np.where(np.arange(10) % 2, -1.0, 1.0)
     cue = level.copy()
     judged = _loudness_against_trend(cue, peaks, start=100, edge=50, n=500)
     assert judged.tolist() == [False, False] + [True] * 7 + [False]  # 110 .. 410
-    assert cue == pytest.approx(np.where(np.arange(10) % 2, -1.0, 1.0), abs=0.15)
+    assert cue[judged] == pytest.approx(np.where(np.arange(2, 9) % 2, -1.0, 1.0), abs=0.15)
+
+
+def test_the_phases_carry_on_within_the_run_of_good_signal_only() -> None:
+    """The judged humps' phases (louder +1, other -1) carry on, one hump at a time, to the
+    humps of the same run of good signal before and after them; a hump before the run (the
+    signal was lost between) counts as a breath."""
+    peaks = np.arange(10) * 50 + 10
+    judged = np.array([False, False, False] + [True] * 6 + [False])
+    upper = np.array([True, False, True, False, True, False])  # humps 3-8
+    phase = _phases_carried_on(peaks, judged, upper, run=100)  # humps 2- are in the run
+    assert phase.tolist() == [1, 1, -1, 1, -1, 1, -1, 1, -1, 1]
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_breaths_of_random_loudness_are_not_taken_for_two_phases(seed: int) -> None:
+def test_breaths_of_random_loudness_are_not_taken_for_two_phases(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An adult breathing 15 /min, each breath's loudness 1 ± up to 0.5 of 12 dB at random:
     neighbouring breaths differ, and a breath's loudness read against its two neighbours'
-    mean turns from high to low by construction. The tracker reads the loudness against the
-    window's trend and pairs none of them: every breath counted but at the stream's ends."""
+    mean turns from high to low by construction. The tracker judges these breaths' loudness
+    (their tilt does not alternate), against the window's trend, and pairs none of them:
+    every breath counted but at the stream's ends."""
+    judged = []
+    against_trend = breathing_module._loudness_against_trend
+
+    def spy(*args: object) -> np.ndarray:
+        judged.append(1)
+        return against_trend(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(breathing_module, "_loudness_against_trend", spy)
     frames, cycles = irregular_breathing(90.0, 4.0, 0.0, 0.5, seed)
     tracker, _ = run(frames)
+    assert judged  # the loudness was judged
     assert abs(int(summary(tracker)["breaths"]) - cycles) <= 2  # type: ignore[call-overload]
     assert summary(tracker)["rate_bpm"] > 12.0  # paired by chance, it would read about 7.5
 
