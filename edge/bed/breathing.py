@@ -372,49 +372,43 @@ class BreathTracker:
                         self._peaks, self._proms, self._ends)  # fmt: skip
             return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
 
-        def alternating(
-            peaks: np.ndarray, samples: float, of: np.ndarray, least_db: float
-        ) -> np.ndarray | None:
-            """``of`` smoothed at the humps where it alternates between two levels, else None;
-            the loudness (``of`` is the activity) is read against the humps' trend, and where
-            it alternates the cue is each hump's phase (+1 the louder, -1 the other)."""
-            smooth = max(1, round(CYCLE_FRACTION * samples))
-            cue = np.empty(peaks.size)
-            k.smoothed_at(of, good, smooth, peaks, cue)
-            judged = np.ones(peaks.size, np.bool_)
-            run = 0  # loudness: the window's sample where this run of good signal began
-            if of is a:
-                if self.istate[k.S_REINIT]:  # the signal is lost now
-                    return None
-                begun = int(self.istate[k.S_SEG_START]) - first  # < 0: before the window
-                run = max(0, begun)
-                start = max(smooth, begun + round(DETREND_S * self.rate_hz))  # levels settled
-                judged = _loudness_against_trend(cue, peaks, start, smooth, a.shape[0])
-                if np.count_nonzero(judged) < MIN_PHASE_HUMPS:
-                    return None
-            part = cue[judged]
+        def two_phases(part: np.ndarray, least_turns: float, least_db: float) -> np.ndarray | None:
+            """Which of the humps' cue values lie in the upper of two levels, where the levels
+            stand PHASE_SEPARATION spreads and ``least_db`` apart and the humps turn from one
+            to the other at ``least_turns`` of them; else None."""
             upper = np.empty(part.size, np.bool_)
             separation = k.two_levels(part, upper)
             turns = float(np.mean(upper[1:] != upper[:-1]))
             if not 0 < upper.sum() < part.size:
                 return None
             apart = float(part[upper].mean() - part[~upper].mean())
-            least_turns = 1.0 if of is a else PHASE_TURNS  # loudness: every judged hump turns
             if separation < PHASE_SEPARATION or turns < least_turns or apart < least_db:
                 return None
-            if of is a:
-                return _phases_carried_on(peaks, judged, upper, run)
-            return cue
+            return upper
 
         def phased(peaks: np.ndarray, samples: float, loudness: bool) -> np.ndarray | None:
             """The humps' smoothed tilt where it alternates between two levels, else (where
-            ``loudness``) their smoothed loudness where that does, else None."""
+            ``loudness``) each hump's phase where their loudness does (+1 the louder, -1 the
+            other; read against the humps' trend, every judged hump turning), else None."""
             if peaks.size < MIN_PHASE_HUMPS:
                 return None
-            cue = alternating(peaks, samples, tilt, MIN_TILT_DB)
-            if cue is None and loudness:
-                cue = alternating(peaks, samples, a, MIN_LOUDNESS_DB)
-            return cue
+            smooth = max(1, round(CYCLE_FRACTION * samples))
+            cue = np.empty(peaks.size)
+            k.smoothed_at(tilt, good, smooth, peaks, cue)
+            if two_phases(cue, PHASE_TURNS, MIN_TILT_DB) is not None:
+                return cue
+            if not loudness or self.istate[k.S_REINIT]:  # (the signal is lost now)
+                return None
+            begun = int(self.istate[k.S_SEG_START]) - first  # this run of good signal's start
+            start = max(smooth, begun + round(DETREND_S * self.rate_hz))  # its levels settled
+            k.smoothed_at(a, good, smooth, peaks, cue)
+            judged = _loudness_against_trend(cue, peaks, start, smooth, a.shape[0])
+            if np.count_nonzero(judged) < MIN_PHASE_HUMPS:
+                return None
+            upper = two_phases(cue[judged], 1.0, MIN_LOUDNESS_DB)
+            if upper is None:
+                return None
+            return _phases_carried_on(peaks, judged, upper, max(0, begun))
 
         samples = period_s * self.rate_hz
         peaks, proms, ends = found(samples)
@@ -704,10 +698,17 @@ def _alike_twice_on(ac: np.ndarray, lag: float, n: int) -> bool:
     """Whether the activity is at least as alike two periods (``lag``, samples) on as one, read
     unbiased from :func:`_period`'s autocorrelation over ``n`` samples; False where two
     periods pass half the window."""
-    one, two = round(lag), round(2.0 * lag)
-    if two > n // 2:
+    if round(2.0 * lag) > n // 2:
         return False
-    return float(ac[two]) * n / (n - two) >= float(ac[one]) * n / (n - one)
+    one, two = _alike_at(ac, lag, n)
+    return two >= one
+
+
+def _alike_at(ac: np.ndarray, lag: float, n: int) -> tuple[float, float]:
+    """The autocorrelation (:func:`_period`'s, over ``n`` samples) one period (``lag``,
+    samples) and two periods on, each read unbiased."""
+    one, two = round(lag), round(2.0 * lag)
+    return float(ac[one]) * n / (n - one), float(ac[two]) * n / (n - two)
 
 
 def _agrees(heard: np.ndarray, period: float) -> bool:
@@ -747,7 +748,7 @@ def _cycle(
     lag = period * rate_hz
     if 60.0 / (2.0 * period) >= search_bpm[0] / 2.0 and 2.0 * lag <= n / 2:
         lags = (round(lag), round(2.0 * lag))
-        a1, a2 = (float(ac[lag_]) * n / (n - lag_) for lag_ in lags)
+        a1, a2 = _alike_at(ac, lag, n)
         if a2 < a1 - OCTAVE_MARGIN:  # clearly less alike two periods on: the cycle
             return period, confidence, None
         smooth = np.empty(n)
