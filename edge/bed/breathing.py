@@ -41,6 +41,8 @@ CUT_GAP_FRACTION = 0.55  # a hump the stream's end cuts this near the breath bef
 START_CUT_MAX = 1.6  # cycles from the stream's start to its first breath that one cut cycle spans
 START_HEAD_S = 0.2  # the start's level: the highest activity of its first this many seconds
 PAIRED_GAP = 0.75  # where a cycle is two humps: a lone one this share of it from any breath counts
+SAME_HUMP_FRACTION = 0.125  # humps of two windows this share of a cycle apart are one
+RUN_MEMORY = 16  # run starts remembered (the runs of good signal a window can hold)
 MIN_PHASE_HUMPS = 6  # humps that can show phases alternating (fewer alternate by chance)
 PHASE_SEPARATION = 3.0  # their tilt in two levels this far apart (in their spread) ...
 PHASE_TURNS = 0.85  # ... turning from one to the other at this share of the humps
@@ -180,13 +182,16 @@ class BreathTracker:
         self.typical_db = 0.0  # median prominence of the breaths of the last assessed window
         self.assessable_at = -1  # the last analysis that gave a rate (its sample)
         self.breaths = 0  # breaths counted for good since the start
-        self.final: deque[tuple[int, float]] = deque(maxlen=BREATH_MEMORY)  # (peak, prom)
+        # (peak, prom, the interval from the breath before where counted in the rate else 0,
+        # the good samples up to the peak)
+        self.final: deque[tuple[int, float, int, int]] = deque(maxlen=BREATH_MEMORY)
+        self.withdrawn: deque[int] = deque(maxlen=BREATH_MEMORY)  # breaths withdrawn (peaks)
+        self._run_starts: deque[int] = deque([0], maxlen=RUN_MEMORY)  # runs of good signal
         self.last_lost = -1  # the last sample under a lost signal
         self.final_end = -1  # where the last of them had fallen by half
         # the recording's rate: the intervals between consecutive breaths counted for good
         # with no sample of lost signal between them, their number and their summed samples
         self.intervals, self.interval_samples = 0, 0
-        self._final_good = -1  # the good samples up to the last breath counted for good
         self.first_breath = -1  # the first one's peak
         self.start_cut = 0  # 1: the stream's start cut a cycle before the first breath (counted)
         self.pending: list[tuple[int, float, int]] = []  # later breaths (peak, prom, end)
@@ -265,6 +270,13 @@ class BreathTracker:
             self.istate, self.fstate, self.means, self._across, self._raw, self._scratch,
             self.ring_a, self.ring_lost, self.ring_tilt,
         )  # fmt: skip
+        if self.istate[k.S_SEG_START] != self._run_starts[-1]:
+            self._run_starts.append(int(self.istate[k.S_SEG_START]))
+
+    def _run_start(self, sample: int) -> int:
+        """Where the run of good signal that holds ``sample`` (stream) began, as far as the
+        tracker remembers."""
+        return max((s for s in self._run_starts if s <= sample), default=self._run_starts[0])
 
     def contact(self) -> tuple[bool, float]:
         if not self.istate[k.S_BASE_SET]:
@@ -294,13 +306,14 @@ class BreathTracker:
         may_double = period is not None
         # humps alike in tilt may still be a cycle's two phases where they alternate in loudness
         # and the activity is at least as alike two periods on as one (docs/respiration.md)
-        loud_phases = period is not None and _alike_twice_on(
-            kept[0], period * self.rate_hz, a.shape[0]
-        )
+        loud_phases = period is not None and _alike_twice_on(kept[0], period * self.rate_hz, good)
         periodic = may_double and confidence >= WIDE_CONFIDENCE
-        peaks, proms, ends, self.period_s = self._humps(
+        peaks, proms, ends, self.period_s, paired_out = self._humps(
             a, tilt, good, first, self.period_s, phases, may_double, periodic, loud_phases
         )
+        if paired_out.size and self.final:  # the expirations an earlier window counted
+            near = SAME_HUMP_FRACTION * self.period_s * self.rate_hz
+            self._withdraw(first + paired_out, first + peaks, near)
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         cut = final and peaks.size >= 2 and not confirmed[-1]
         if cut and peaks[-1] - peaks[-2] < CUT_GAP_FRACTION * self.period_s * self.rate_hz:
@@ -352,12 +365,13 @@ class BreathTracker:
         may_double: bool = False,
         periodic: bool = False,
         loud_phases: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
         """Breaths (peaks, prominences, ends) for a period and the cycle they give: one hump per
         cycle, or the inspirations where the humps are a cycle's two phases (docs/respiration.md,
-        "One breath per cycle"). ``may_double``: the period is this analysis' own, not yet doubled
-        by :func:`_cycle`; ``periodic``: the window allows the slow breath's width;
-        ``loud_phases``: humps a period apart may be told apart by loudness too."""
+        "One breath per cycle"); and the humps paired out as the other phase by their loudness.
+        ``may_double``: the period is this analysis' own, not yet doubled by :func:`_cycle`;
+        ``periodic``: the window allows the slow breath's width; ``loud_phases``: humps a
+        period apart may be told apart by loudness too."""
         spread = k.spread(a, good, 0.05)
         self.delta_db = max(
             MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
@@ -386,53 +400,67 @@ class BreathTracker:
                 return None
             return upper
 
-        def phased(peaks: np.ndarray, samples: float, loudness: bool) -> np.ndarray | None:
+        def phased(
+            peaks: np.ndarray, samples: float, loudness: bool
+        ) -> tuple[np.ndarray, bool] | None:
             """The humps' smoothed tilt where it alternates between two levels, else (where
             ``loudness``) each hump's phase where their loudness does (+1 the louder, -1 the
-            other; read against the humps' trend, every judged hump turning), else None."""
+            other; each run of good signal judged on its own, against its humps' trend, every
+            judged hump turning), else None; and whether it was the loudness."""
             if peaks.size < MIN_PHASE_HUMPS:
                 return None
             smooth = max(1, round(CYCLE_FRACTION * samples))
             cue = np.empty(peaks.size)
             k.smoothed_at(tilt, good, smooth, peaks, cue)
             if two_phases(cue, PHASE_TURNS, MIN_TILT_DB) is not None:
-                return cue
-            if not loudness or self.istate[k.S_REINIT]:  # (the signal is lost now)
+                return cue, False
+            if not loudness:
                 return None
-            begun = int(self.istate[k.S_SEG_START]) - first  # this run of good signal's start
-            start = max(smooth, begun + round(DETREND_S * self.rate_hz))  # its levels settled
             k.smoothed_at(a, good, smooth, peaks, cue)
-            judged = _loudness_against_trend(cue, peaks, start, smooth, a.shape[0])
-            if np.count_nonzero(judged) < MIN_PHASE_HUMPS:
-                return None
-            upper = two_phases(cue[judged], 1.0, MIN_LOUDNESS_DB)
-            if upper is None:
-                return None
-            return _phases_carried_on(peaks, judged, upper, max(0, begun))
+            phase = np.ones(peaks.size)  # a hump of a run too short to judge is a breath
+            judged_any = False
+            settle = round(DETREND_S * self.rate_hz)
+            for begin, end in _runs(good):  # each run of good signal on its own
+                begun = begin if begin > 0 else self._run_start(first) - first
+                start = max(begin + smooth, begun + settle)  # its levels settled
+                judged = _loudness_against_trend(cue, peaks, start, end - smooth)
+                if np.count_nonzero(judged) < MIN_PHASE_HUMPS:
+                    continue
+                upper = two_phases(cue[judged], 1.0, MIN_LOUDNESS_DB)
+                if upper is None:  # a run long enough to judge whose loudness does not turn
+                    return None
+                inside = (peaks >= begin) & (peaks < end)
+                phase[inside] = _phases_carried_on(judged[inside], upper)
+                judged_any = True
+            return (phase, True) if judged_any else None
 
         samples = period_s * self.rate_hz
         peaks, proms, ends = found(samples)
+        none = peaks[:0]
         if peaks.size < 2:
-            return peaks, proms, ends, period_s
+            return peaks, proms, ends, period_s, none
         # where the octave check took the period as half the cycle (``phases``), the humps at
         # half of it are paired by phase below even if one per cycle passes the count check
         one_per_cycle = (peaks.size - 1) * samples <= (1.0 + AGREEMENT) * (peaks[-1] - peaks[0])
         if phases is None and one_per_cycle:
-            cue = phased(peaks, samples, loud_phases) if may_double else None
-            if cue is None:  # a hump per period, and not two per cycle
-                return peaks, proms, ends, period_s
+            judged = phased(peaks, samples, loud_phases) if may_double else None
+            if judged is None:  # a hump per period, and not two per cycle
+                return peaks, proms, ends, period_s, none
+            cue, by_loudness = judged
             keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * samples)
-            return peaks[keep], proms[keep], ends[keep], 2.0 * period_s
+            out = peaks[~keep] if by_loudness else none
+            return peaks[keep], proms[keep], ends[keep], 2.0 * period_s, out
         # more humps than cycles: where they are the cycles' phases, their inspirations
         h_peaks, h_proms, h_ends = found(samples / 2)
         if phases is None:
-            cue = phased(h_peaks, samples / 2, False)
+            by_tilt = phased(h_peaks, samples / 2, False)
+            half_cue = None if by_tilt is None else by_tilt[0]
         else:  # the octave check's cue: the tilt where it alternates, else the loudness
-            cue = phases[h_peaks] if phases.size else h_proms
-        if cue is None or h_peaks.size < 2:
-            return peaks, proms, ends, period_s
-        keep = _inspirations(h_peaks, cue, PAIRED_GAP * samples)
-        return h_peaks[keep], h_proms[keep], h_ends[keep], period_s
+            half_cue = phases[h_peaks] if phases.size else h_proms
+        if half_cue is None or h_peaks.size < 2:
+            return peaks, proms, ends, period_s, none
+        keep = _inspirations(h_peaks, half_cue, PAIRED_GAP * samples)
+        return h_peaks[keep], h_proms[keep], h_ends[keep], period_s, none
 
     def _count(
         self,
@@ -453,6 +481,7 @@ class BreathTracker:
         it)."""
         first = self.samples - good.shape[0]  # the window's first stream sample
         gap = MIN_GAP_FRACTION * self.period_s * self.rate_hz
+        near = SAME_HUMP_FRACTION * self.period_s * self.rate_hz
         horizon = self.samples if final else self.samples - self.ring_a.shape[0] // 2
         if not (sure or final):
             horizon = min(horizon, self.samples - self.ring_a.shape[0] + UNSURE_HOLD * self._every)
@@ -462,13 +491,16 @@ class BreathTracker:
                                    proms[keep].tolist(), strict=True):  # fmt: skip
             if self.final and peak - self.final[-1][0] < gap:
                 continue
+            if any(abs(peak - out) <= near for out in self.withdrawn):  # not counted again
+                continue
             if peak <= horizon:
                 upto = self.good_samples - int(np.count_nonzero(good[peak - first + 1 :]))
-                if self.final and upto - self._final_good == peak - self.final[-1][0]:
+                interval = 0
+                if self.final and upto - self.final[-1][3] == peak - self.final[-1][0]:
+                    interval = peak - self.final[-1][0]
                     self.intervals += 1
-                    self.interval_samples += peak - self.final[-1][0]
-                self._final_good = upto
-                self.final.append((peak, prom))
+                    self.interval_samples += interval
+                self.final.append((peak, prom, interval, upto))
                 self.breaths += 1
                 self.first_breath = peak if self.first_breath < 0 else self.first_breath
                 self.final_end = max(self.final_end, end)
@@ -503,6 +535,32 @@ class BreathTracker:
         if self.pending:
             return self.pending[-1][0]
         return self.final[-1][0] if self.final else -1
+
+    def _withdraw(self, paired_out: np.ndarray, kept: np.ndarray, near: float) -> None:
+        """Withdraw the breaths counted for good that lie within ``near`` samples of a hump this
+        window paired out by loudness as a cycle's other phase (``paired_out``, stream samples)
+        and of no breath it kept (``kept``): an earlier window, before the phases' loudness
+        could be judged, counted both (docs/respiration.md, "Phases alike in sound")."""
+        for i in range(len(self.final) - 1, -1, -1):
+            peak, _, interval, _ = self.final[i]
+            if np.min(np.abs(paired_out - peak)) > near:
+                continue
+            if kept.size and np.min(np.abs(kept - peak)) <= near:
+                continue
+            if i + 1 < len(self.final):  # the next breath's interval now starts a breath earlier
+                n_peak, n_prom, n_interval, n_good = self.final[i + 1]
+                merged = n_interval + interval if interval and n_interval else 0
+                self.intervals -= (interval > 0) + (n_interval > 0) - (merged > 0)
+                self.interval_samples -= interval + n_interval - merged
+                self.final[i + 1] = (n_peak, n_prom, merged, n_good)
+            elif interval:
+                self.intervals -= 1
+                self.interval_samples -= interval
+            del self.final[i]
+            self.breaths -= 1
+            self.withdrawn.append(peak)
+            if peak == self.first_breath:
+                self.first_breath = self.final[0][0] if self.final else -1
 
     def _reading(self, heard: np.ndarray, good: np.ndarray, confidence: float) -> Respiration:
         window_s = good.sum() / self.rate_hz
@@ -661,13 +719,12 @@ def _prominence(ac: np.ndarray, lag: int) -> float:
 
 
 def _loudness_against_trend(
-    cue: np.ndarray, peaks: np.ndarray, start: int, edge: int, n: int
+    cue: np.ndarray, peaks: np.ndarray, start: int, stop: int
 ) -> np.ndarray:
-    """Which humps (``peaks`` in a window of ``n`` samples) are judged: from ``start`` on and
-    at least ``edge`` samples before the window's end; their loudness (``cue``, in place)
-    becomes its rise over the straight line through them in their order (a level that drifts
-    does not alternate)."""
-    judged = (peaks >= start) & (peaks < n - edge)
+    """Which humps (``peaks``, window samples) are judged: those from ``start`` to before
+    ``stop``; their loudness (``cue``, in place) becomes its rise over the straight line through
+    them in their order (a level that drifts does not alternate)."""
+    judged = (peaks >= start) & (peaks < stop)
     inner = np.flatnonzero(judged)
     if inner.size >= 2:
         level = cue[inner]
@@ -676,39 +733,46 @@ def _loudness_against_trend(
     return judged
 
 
-def _phases_carried_on(
-    peaks: np.ndarray, judged: np.ndarray, upper: np.ndarray, run: int
-) -> np.ndarray:
-    """Each hump's phase where the judged ones (``upper``: the louder) alternate: +1 the
-    louder, -1 the other; the humps of the same run of good signal (from window sample
-    ``run``) before and after the judged ones carry the alternation on, and a hump before the
-    run (beyond lost signal) counts as a breath (+1)."""
-    phase = np.ones(peaks.size)
+def _phases_carried_on(judged: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Each hump's phase in a run of good signal whose judged humps (``upper``: the louder)
+    alternate: +1 the louder, -1 the other; the run's humps before and after the judged ones
+    carry the alternation on, one hump at a time."""
+    phase = np.ones(judged.size)
     inner = np.flatnonzero(judged)
     phase[inner] = np.where(upper, 1.0, -1.0)
     before = np.arange(inner[0])
-    before = before[peaks[before] >= run]
     phase[before] = np.where((inner[0] - before) % 2, -1.0, 1.0) * phase[inner[0]]
-    after = np.arange(inner[-1] + 1, peaks.size)
+    after = np.arange(inner[-1] + 1, judged.size)
     phase[after] = np.where((after - inner[-1]) % 2, -1.0, 1.0) * phase[inner[-1]]
     return phase
 
 
-def _alike_twice_on(ac: np.ndarray, lag: float, n: int) -> bool:
+def _runs(good: np.ndarray) -> list[tuple[int, int]]:
+    """The runs of good samples of a window: (first, past the last), in order."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], good.view(np.int8), [0]))))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _alike_twice_on(ac: np.ndarray, lag: float, good: np.ndarray) -> bool:
     """Whether the activity is at least as alike two periods (``lag``, samples) on as one, read
-    unbiased from :func:`_period`'s autocorrelation over ``n`` samples; False where two
-    periods pass half the window."""
-    if round(2.0 * lag) > n // 2:
+    unbiased from :func:`_period`'s autocorrelation over the window's ``good`` samples; False
+    where two periods pass half the window."""
+    if round(2.0 * lag) > good.shape[0] // 2:
         return False
-    one, two = _alike_at(ac, lag, n)
+    one, two = _alike_at(ac, lag, good)
     return two >= one
 
 
-def _alike_at(ac: np.ndarray, lag: float, n: int) -> tuple[float, float]:
-    """The autocorrelation (:func:`_period`'s, over ``n`` samples) one period (``lag``,
-    samples) and two periods on, each read unbiased."""
-    one, two = round(lag), round(2.0 * lag)
-    return float(ac[one]) * n / (n - one), float(ac[two]) * n / (n - two)
+def _alike_at(ac: np.ndarray, lag: float, good: np.ndarray) -> tuple[float, float]:
+    """The autocorrelation (:func:`_period`'s, over the window's ``good`` samples) one period
+    (``lag``, samples) and two periods on, each read unbiased: over the pairs of good samples
+    that lag apart (where none is lost: ``n / (n - lag)``)."""
+    n_good = float(np.count_nonzero(good))
+    heights = []
+    for at in (round(lag), round(2.0 * lag)):
+        pairs = float(np.count_nonzero(good[:-at] & good[at:])) if at else n_good
+        heights.append(float(ac[at]) * n_good / pairs if pairs else 0.0)
+    return heights[0], heights[1]
 
 
 def _agrees(heard: np.ndarray, period: float) -> bool:
@@ -748,7 +812,7 @@ def _cycle(
     lag = period * rate_hz
     if 60.0 / (2.0 * period) >= search_bpm[0] / 2.0 and 2.0 * lag <= n / 2:
         lags = (round(lag), round(2.0 * lag))
-        a1, a2 = _alike_at(ac, lag, n)
+        a1, a2 = _alike_at(ac, lag, good)
         if a2 < a1 - OCTAVE_MARGIN:  # clearly less alike two periods on: the cycle
             return period, confidence, None
         smooth = np.empty(n)

@@ -15,9 +15,11 @@ import edge.bed.breathing as breathing_module
 from edge.bed.agebands import age_band, age_from_sprsound_name, band_for_age
 from edge.bed.breathing import (
     BreathTracker,
+    _alike_at,
     _loudness_against_trend,
     _period,
     _phases_carried_on,
+    _runs,
 )
 from edge.bed.breathing_state import Respiration, RespirationConfig
 from edge.bed.detector import FrameGrid, Transition
@@ -154,25 +156,73 @@ def test_a_child_s_irregular_breathing_is_counted_cycle_by_cycle(loudness_spread
 
 def test_the_loudness_of_phases_is_read_against_the_humps_trend() -> None:
     """Humps 2 dB apart in turn on a level that rises 0.5 dB a hump: against the straight line
-    through the judged humps (after the levels settled, before the window's edge) they
-    alternate ±1 dB."""
+    through the judged humps (after the levels settled, before the run's end) they alternate
+    ±1 dB."""
     peaks = np.arange(10) * 50 + 10
     level = 0.5 * np.arange(10) + np.where(np.arange(10) % 2, -1.0, 1.0)
     cue = level.copy()
-    judged = _loudness_against_trend(cue, peaks, start=100, edge=50, n=500)
+    judged = _loudness_against_trend(cue, peaks, start=100, stop=450)
     assert judged.tolist() == [False, False] + [True] * 7 + [False]  # 110 .. 410
     assert cue[judged] == pytest.approx(np.where(np.arange(2, 9) % 2, -1.0, 1.0), abs=0.15)
 
 
-def test_the_phases_carry_on_within_the_run_of_good_signal_only() -> None:
+def test_the_judged_phases_carry_on_one_hump_at_a_time() -> None:
     """The judged humps' phases (louder +1, other -1) carry on, one hump at a time, to the
-    humps of the same run of good signal before and after them; a hump before the run (the
-    signal was lost between) counts as a breath."""
-    peaks = np.arange(10) * 50 + 10
+    humps of their run before and after them."""
     judged = np.array([False, False, False] + [True] * 6 + [False])
     upper = np.array([True, False, True, False, True, False])  # humps 3-8
-    phase = _phases_carried_on(peaks, judged, upper, run=100)  # humps 2- are in the run
-    assert phase.tolist() == [1, 1, -1, 1, -1, 1, -1, 1, -1, 1]
+    phase = _phases_carried_on(judged, upper)
+    assert phase.tolist() == [-1, 1, -1, 1, -1, 1, -1, 1, -1, 1]
+
+
+def test_a_window_s_runs_of_good_signal() -> None:
+    good = np.array([0, 1, 1, 1, 0, 0, 1, 1, 0, 1], dtype=bool)
+    assert _runs(good) == [(1, 4), (6, 8), (9, 10)]
+    assert _runs(np.ones(5, dtype=bool)) == [(0, 5)]
+    assert _runs(np.zeros(5, dtype=bool)) == []
+
+
+def test_how_alike_the_activity_is_one_and_two_periods_on_is_read_over_good_pairs() -> None:
+    """Humps 2 dB apart in turn (a period of 40 samples, a cycle of 80): as alike two periods on
+    as one or more. A lost stretch of 125 samples (as :func:`_period` reads it: zeros) leaves
+    fewer pairs of good samples at the longer lag; read over the pairs, the heights stay
+    those of the whole window (over ``n - lag`` they fell below one period's)."""
+    n, lag = 750, 40
+    t = np.arange(n)
+    x = np.sin(np.pi * t / lag) ** 2 * np.where((t // lag) % 2, 0.8, 1.0)
+    ac_of = []
+    for good in (np.ones(n, dtype=bool), (t < 400) | (t >= 525)):
+        kept: list[np.ndarray] = []
+        _period(x, good, 25.0, (4.0, 60.0), kept)
+        ac_of.append(_alike_at(kept[0], lag, good))
+    (whole_one, whole_two), (gap_one, gap_two) = ac_of
+    assert whole_two >= whole_one
+    assert gap_two >= gap_one
+    assert gap_one == pytest.approx(whole_one, abs=0.05)
+    assert gap_two == pytest.approx(whole_two, abs=0.05)
+
+
+def test_a_breath_counted_for_good_and_later_paired_as_a_phase_is_withdrawn() -> None:
+    """Breaths counted for good at 100, 150, 200 and 250 (the interval before each in the
+    rate), a lost signal between 250 and 300: a later window pairs 150 as the other phase of
+    100's cycle and keeps 200. 150 goes; 100-200 becomes one interval; 300 (after lost signal)
+    starts none. Withdrawing 300, the last, takes nothing from the rate."""
+    tracker = BreathTracker(RespirationConfig(), SPEC, GRID, age_band("adult"))
+    tracker.final.extend([(100, 3.0, 0, 100), (150, 3.0, 50, 150), (200, 3.0, 50, 200),
+                          (250, 3.0, 50, 250), (300, 3.0, 0, 280)])  # fmt: skip
+    tracker.breaths, tracker.first_breath = 5, 100
+    tracker.intervals, tracker.interval_samples = 3, 150
+    tracker._withdraw(np.array([149, 400]), np.array([100, 200]), near=5.0)
+    assert [p for p, *_ in tracker.final] == [100, 200, 250, 300]
+    assert (tracker.breaths, list(tracker.withdrawn)) == (4, [150])
+    assert (tracker.intervals, tracker.interval_samples) == (2, 150)  # 100-200, 200-250
+    tracker._withdraw(np.array([100, 300]), np.array([100, 200]), near=5.0)  # 100 kept
+    assert [p for p, *_ in tracker.final] == [100, 200, 250]
+    assert (tracker.intervals, tracker.interval_samples) == (2, 150)
+    tracker._withdraw(np.array([100]), np.array([200]), near=5.0)  # the first breath
+    assert [p for p, *_ in tracker.final] == [200, 250]
+    assert tracker.first_breath == 200
+    assert (tracker.intervals, tracker.interval_samples) == (1, 50)
 
 
 @pytest.mark.parametrize("seed", range(6))
