@@ -185,7 +185,8 @@ class BreathTracker:
         # (peak, prom, the interval from the breath before where counted in the rate else 0,
         # the good samples up to the peak)
         self.final: deque[tuple[int, float, int, int]] = deque(maxlen=BREATH_MEMORY)
-        self.withdrawn: deque[int] = deque(maxlen=BREATH_MEMORY)  # breaths withdrawn (peaks)
+        # breaths withdrawn: (peak, the samples within which a hump is that one)
+        self.withdrawn: deque[tuple[int, float]] = deque(maxlen=BREATH_MEMORY)
         self._run_starts: deque[int] = deque([0], maxlen=RUN_MEMORY)  # runs of good signal
         self.last_lost = -1  # the last sample under a lost signal
         self.final_end = -1  # where the last of them had fallen by half
@@ -270,13 +271,16 @@ class BreathTracker:
             self.istate, self.fstate, self.means, self._across, self._raw, self._scratch,
             self.ring_a, self.ring_lost, self.ring_tilt,
         )  # fmt: skip
+        # the newest run's start, once per chunk (a run begun and ended inside one chunk, at
+        # most CHECK_EVERY samples, is too short to judge and is not remembered)
         if self.istate[k.S_SEG_START] != self._run_starts[-1]:
             self._run_starts.append(int(self.istate[k.S_SEG_START]))
 
     def _run_start(self, sample: int) -> int:
         """Where the run of good signal that holds ``sample`` (stream) began, as far as the
-        tracker remembers."""
-        return max((s for s in self._run_starts if s <= sample), default=self._run_starts[0])
+        tracker remembers; ``sample`` itself where the run began before the starts it
+        remembers (its levels are then judged as if they settled from there)."""
+        return max((s for s in self._run_starts if s <= sample), default=sample)
 
     def contact(self) -> tuple[bool, float]:
         if not self.istate[k.S_BASE_SET]:
@@ -311,9 +315,13 @@ class BreathTracker:
         peaks, proms, ends, self.period_s, paired_out = self._humps(
             a, tilt, good, first, self.period_s, phases, may_double, periodic, loud_phases
         )
+        first_breath = self.first_breath
         if paired_out.size and self.final:  # the expirations an earlier window counted
             near = SAME_HUMP_FRACTION * self.period_s * self.rate_hz
             self._withdraw(first + paired_out, first + peaks, near)
+            if self.first_breath != first_breath and self.first_breath >= 0:
+                # the start's cut cycle is judged again against the breath now first
+                self.start_cut = self._start_cut(a, good) if first == 0 else 0
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         cut = final and peaks.size >= 2 and not confirmed[-1]
         if cut and peaks[-1] - peaks[-2] < CUT_GAP_FRACTION * self.period_s * self.rate_hz:
@@ -327,7 +335,8 @@ class BreathTracker:
         sure = confidence >= self.config.min_confidence and _agrees(
             heard, self.period_s * self.rate_hz
         )
-        self._count(first + peaks, first + ends, proms, confirmed, final, sure, good)
+        self._count(first + peaks, first + ends, proms, confirmed, final, sure, good,
+                    paired_out.size > 0)  # fmt: skip
         if not judged and self.first_breath >= 0 and first == 0:
             self.start_cut = self._start_cut(a, good)
         self.breathing_now = bool(peaks.size and not confirmed[-1])
@@ -471,6 +480,7 @@ class BreathTracker:
         final: bool,
         sure: bool,
         good: np.ndarray,
+        by_loudness: bool = False,
     ) -> None:
         """Take this analysis' breaths (stream samples): those half a window back count for
         good (at the stream's end all do), the later ones are ``pending``. ``sure``: the window
@@ -478,10 +488,10 @@ class BreathTracker:
         of the window's start count for good: later windows see the rest (a breath that near a
         window's start is no hump there). ``good``: the window's samples not under a lost
         signal (an interval over lost signal may hold breaths unheard: no rate is read from
-        it)."""
+        it). ``by_loudness``: this window paired its humps by loudness (a breath withdrawn
+        before counts again only where such a window keeps it)."""
         first = self.samples - good.shape[0]  # the window's first stream sample
         gap = MIN_GAP_FRACTION * self.period_s * self.rate_hz
-        near = SAME_HUMP_FRACTION * self.period_s * self.rate_hz
         horizon = self.samples if final else self.samples - self.ring_a.shape[0] // 2
         if not (sure or final):
             horizon = min(horizon, self.samples - self.ring_a.shape[0] + UNSURE_HOLD * self._every)
@@ -491,8 +501,8 @@ class BreathTracker:
                                    proms[keep].tolist(), strict=True):  # fmt: skip
             if self.final and peak - self.final[-1][0] < gap:
                 continue
-            if any(abs(peak - out) <= near for out in self.withdrawn):  # not counted again
-                continue
+            if not by_loudness and any(abs(peak - out) <= near for out, near in self.withdrawn):
+                continue  # withdrawn: a window that does not tell the phases apart keeps it
             if peak <= horizon:
                 upto = self.good_samples - int(np.count_nonzero(good[peak - first + 1 :]))
                 interval = 0
@@ -558,7 +568,7 @@ class BreathTracker:
                 self.interval_samples -= interval
             del self.final[i]
             self.breaths -= 1
-            self.withdrawn.append(peak)
+            self.withdrawn.append((peak, near))
             if peak == self.first_breath:
                 self.first_breath = self.final[0][0] if self.final else -1
 
@@ -749,29 +759,32 @@ def _phases_carried_on(judged: np.ndarray, upper: np.ndarray) -> np.ndarray:
 
 def _runs(good: np.ndarray) -> list[tuple[int, int]]:
     """The runs of good samples of a window: (first, past the last), in order."""
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], good.view(np.int8), [0]))))
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], good.astype(np.int8), [0]))))
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 def _alike_twice_on(ac: np.ndarray, lag: float, good: np.ndarray) -> bool:
     """Whether the activity is at least as alike two periods (``lag``, samples) on as one, read
     unbiased from :func:`_period`'s autocorrelation over the window's ``good`` samples; False
-    where two periods pass half the window."""
+    where two periods pass half the window or either height cannot be read."""
     if round(2.0 * lag) > good.shape[0] // 2:
         return False
-    one, two = _alike_at(ac, lag, good)
-    return two >= one
+    heights = _alike_at(ac, lag, good)
+    return heights is not None and heights[1] >= heights[0]
 
 
-def _alike_at(ac: np.ndarray, lag: float, good: np.ndarray) -> tuple[float, float]:
+def _alike_at(ac: np.ndarray, lag: float, good: np.ndarray) -> tuple[float, float] | None:
     """The autocorrelation (:func:`_period`'s, over the window's ``good`` samples) one period
     (``lag``, samples) and two periods on, each read unbiased: over the pairs of good samples
-    that lag apart (where none is lost: ``n / (n - lag)``)."""
+    that lag apart (where none is lost: ``n / (n - lag)``). None where either lag has fewer
+    pairs than half the good samples (a few pairs read noise as alike)."""
     n_good = float(np.count_nonzero(good))
     heights = []
     for at in (round(lag), round(2.0 * lag)):
         pairs = float(np.count_nonzero(good[:-at] & good[at:])) if at else n_good
-        heights.append(float(ac[at]) * n_good / pairs if pairs else 0.0)
+        if pairs == 0.0 or pairs < 0.5 * n_good:
+            return None
+        heights.append(float(ac[at]) * n_good / pairs)
     return heights[0], heights[1]
 
 
@@ -812,7 +825,10 @@ def _cycle(
     lag = period * rate_hz
     if 60.0 / (2.0 * period) >= search_bpm[0] / 2.0 and 2.0 * lag <= n / 2:
         lags = (round(lag), round(2.0 * lag))
-        a1, a2 = _alike_at(ac, lag, good)
+        heights = _alike_at(ac, lag, good)
+        if heights is None:  # too much lost signal to compare one and two periods on
+            return period, confidence, None
+        a1, a2 = heights
         if a2 < a1 - OCTAVE_MARGIN:  # clearly less alike two periods on: the cycle
             return period, confidence, None
         smooth = np.empty(n)

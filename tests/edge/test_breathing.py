@@ -195,11 +195,17 @@ def test_how_alike_the_activity_is_one_and_two_periods_on_is_read_over_good_pair
         kept: list[np.ndarray] = []
         _period(x, good, 25.0, (4.0, 60.0), kept)
         ac_of.append(_alike_at(kept[0], lag, good))
-    (whole_one, whole_two), (gap_one, gap_two) = ac_of
+    assert None not in ac_of
+    (whole_one, whole_two), (gap_one, gap_two) = ac_of  # type: ignore[misc]
     assert whole_two >= whole_one
     assert gap_two >= gap_one
     assert gap_one == pytest.approx(whole_one, abs=0.05)
     assert gap_two == pytest.approx(whole_two, abs=0.05)
+    # most of the window lost: too few pairs two periods on to read either height
+    kept = []
+    mostly_lost = t >= 600  # 150 good samples, 70 pairs two periods on
+    _period(x, mostly_lost, 25.0, (4.0, 60.0), kept)
+    assert _alike_at(kept[0], lag, mostly_lost) is None
 
 
 def test_a_breath_counted_for_good_and_later_paired_as_a_phase_is_withdrawn() -> None:
@@ -214,7 +220,7 @@ def test_a_breath_counted_for_good_and_later_paired_as_a_phase_is_withdrawn() ->
     tracker.intervals, tracker.interval_samples = 3, 150
     tracker._withdraw(np.array([149, 400]), np.array([100, 200]), near=5.0)
     assert [p for p, *_ in tracker.final] == [100, 200, 250, 300]
-    assert (tracker.breaths, list(tracker.withdrawn)) == (4, [150])
+    assert (tracker.breaths, list(tracker.withdrawn)) == (4, [(150, 5.0)])
     assert (tracker.intervals, tracker.interval_samples) == (2, 150)  # 100-200, 200-250
     tracker._withdraw(np.array([100, 300]), np.array([100, 200]), near=5.0)  # 100 kept
     assert [p for p, *_ in tracker.final] == [100, 200, 250]
@@ -223,6 +229,32 @@ def test_a_breath_counted_for_good_and_later_paired_as_a_phase_is_withdrawn() ->
     assert [p for p, *_ in tracker.final] == [200, 250]
     assert tracker.first_breath == 200
     assert (tracker.intervals, tracker.interval_samples) == (1, 50)
+
+
+def test_a_withdrawn_breath_counts_again_only_where_a_window_pairs_by_loudness() -> None:
+    """A breath withdrawn at 1400 (a cycle of 4 s: 100 samples): a later window that does not
+    tell the phases apart and keeps 1400 and 1500 counts 1500 alone; one that pairs by loudness
+    and keeps 1400 counts it."""
+    for by_loudness, counted in ((False, [1300, 1500]), (True, [1300, 1400, 1500])):
+        tracker = BreathTracker(RespirationConfig(), SPEC, GRID, age_band("adult"))
+        tracker.istate[breathing_module.k.S_COUNT] = 2250  # the window: 1500-2250
+        tracker.period_s, tracker.good_samples = 4.0, 2250
+        tracker.final.append((1300, 3.0, 0, 1300))
+        tracker.breaths, tracker.first_breath = 1, 1300
+        tracker.withdrawn.append((1400, 12.5))
+        peaks = np.array([1400, 1500])
+        tracker._count(peaks, peaks + 20, np.full(2, 3.0), np.ones(2, bool), False, True,
+                       np.ones(750, bool), by_loudness)  # fmt: skip
+        assert [p for p, *_ in tracker.final] == counted
+
+
+def test_a_run_begun_before_the_starts_remembered_settles_from_the_window_s_start() -> None:
+    tracker = BreathTracker(RespirationConfig(), SPEC, GRID, age_band("adult"))
+    tracker._run_starts.clear()
+    tracker._run_starts.extend([300, 500, 900])
+    assert tracker._run_start(600) == 500
+    assert tracker._run_start(900) == 900
+    assert tracker._run_start(200) == 200  # begun before 300: no earlier start remembered
 
 
 @pytest.mark.parametrize("seed", range(6))
