@@ -212,7 +212,8 @@ def test_a_breath_counted_for_good_and_later_paired_as_a_phase_is_withdrawn() ->
     """Breaths counted for good at 100, 150, 200 and 250 (the interval before each in the
     rate), a lost signal between 250 and 300: a later window pairs 150 as the other phase of
     100's cycle and keeps 200. 150 goes; 100-200 becomes one interval; 300 (after lost signal)
-    starts none. Withdrawing 300, the last, takes nothing from the rate."""
+    starts none. Withdrawing 300, the last, takes nothing from the rate; withdrawing 250, with
+    lost signal after it, leaves 200-300 out of the rate."""
     tracker = BreathTracker(RespirationConfig(), SPEC, GRID, age_band("adult"))
     tracker.final.extend([(100, 3.0, 0, 100), (150, 3.0, 50, 150), (200, 3.0, 50, 200),
                           (250, 3.0, 50, 250), (300, 3.0, 0, 280)])  # fmt: skip
@@ -229,6 +230,11 @@ def test_a_breath_counted_for_good_and_later_paired_as_a_phase_is_withdrawn() ->
     assert [p for p, *_ in tracker.final] == [200, 250]
     assert tracker.first_breath == 200
     assert (tracker.intervals, tracker.interval_samples) == (1, 50)
+    tracker.final.append((300, 3.0, 0, 280))  # a breath after lost signal: no interval
+    tracker._withdraw(np.array([250]), np.array([200]), near=5.0)  # lost signal after it
+    assert [p for p, *_ in tracker.final] == [200, 300]
+    assert (tracker.intervals, tracker.interval_samples) == (0, 0)  # 200-300 spans the loss
+    assert tracker.final[1][2] == 0
 
 
 def test_a_withdrawn_breath_counts_again_only_where_a_window_pairs_by_loudness() -> None:
