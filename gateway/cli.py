@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from gateway.config import GatewayConfig
 from lungwatch.cli import ArgumentParser
 from lungwatch.config import load_config
 from lungwatch.private import private_umask
-from lungwatch.supervision import ThreadStoppedError
+from lungwatch.supervision import ThreadStoppedError, stop_on_signals
 
 if TYPE_CHECKING:
     from gateway.outbox import Outbox
@@ -85,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.service import Gateway
 
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop_on_signals(stop)  # not set in the handler: it can interrupt stop.wait() (a hang)
     before = private_umask()  # the queue holds patient observations: 0600 whatever umask
     try:
         gateway = Gateway(config).start()

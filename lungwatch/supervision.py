@@ -5,7 +5,10 @@ the process (:class:`ThreadStoppedError`), so nothing runs on half its threads u
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import threading
 import time
 from collections import deque
@@ -17,6 +20,32 @@ log = logging.getLogger("lungwatch.supervision")
 
 RESTARTS = 3  # a worker started again at most this often ...
 RESTART_WINDOW_S = 600.0  # ... within this time; then its failure is final
+
+
+def stop_on_signals(
+    stop: threading.Event, signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+) -> None:
+    """``signums`` (SIGTERM and SIGINT) set ``stop``, through a thread. A Python signal handler
+    runs in the main thread between two of its bytecodes: had it set ``stop`` itself while the
+    main thread was inside ``stop.wait()`` holding the event's lock, it would wait for that lock
+    forever (a SIGTERM that hangs the process). The handler only writes the signal's number to
+    a pipe; the thread reads it, logs it and sets ``stop``. Main thread only."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def handler(signum: int, frame: object) -> None:
+        with contextlib.suppress(BlockingIOError):  # the pipe full: a stop is on its way
+            os.write(write_fd, bytes([signum]))
+
+    def relay() -> None:
+        while data := os.read(read_fd, 64):
+            for signum in data:
+                log.info("signal %s: stopping", signal.Signals(signum).name)
+            stop.set()
+
+    threading.Thread(target=relay, name="lungwatch-signals", daemon=True).start()
+    for signum in signums:
+        signal.signal(signum, handler)
 
 
 class ThreadStoppedError(LungwatchError):

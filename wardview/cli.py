@@ -12,7 +12,6 @@ import getpass
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -23,6 +22,7 @@ from lungwatch.errors import ConfigError
 from lungwatch.mqtt import MqttConfig
 from lungwatch.passwords import hash_password
 from lungwatch.private import private_umask
+from lungwatch.supervision import stop_on_signals
 from wardview.config import DashboardConfig, DashboardFile
 
 log = logging.getLogger("lungwatch.dashboard")
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from wardview.server import DashboardServer
 
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop_on_signals(stop)  # not set in the handler: it can interrupt stop.wait() (a hang)
     before = private_umask()  # the history (patient audio) and its WAL: 0600 whatever umask
     try:
         with DashboardServer(dashboard, mqtt, site) as server:

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +55,7 @@ from lungwatch.commandauth import CommandVerifier
 from lungwatch.errors import ConfigError, LungwatchError
 from lungwatch.events import utc_now
 from lungwatch.private import private_umask
-from lungwatch.supervision import ThreadStoppedError, first_failure
+from lungwatch.supervision import ThreadStoppedError, first_failure, stop_on_signals
 
 log = logging.getLogger("lungwatch.runtime")
 MAX_READS_PER_ROUND = 64  # source chunks one stream's read may gather (fairness between beds)
@@ -628,14 +627,9 @@ def serve(
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT set ``stop`` (the loop ends its round and shuts down cleanly)."""
-
-    def handler(signum: int, frame: object) -> None:
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    """SIGTERM and SIGINT set ``stop`` (the loop ends its round and shuts down cleanly; through
+    a thread: :func:`lungwatch.supervision.stop_on_signals`)."""
+    stop_on_signals(stop)
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
