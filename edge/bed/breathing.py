@@ -4,9 +4,11 @@ The estimator is model-free and reads log-mel levels (:func:`tracker_spec`); the
 beside the model's front end unless that is exactly this one (``StreamPipeline``'s ``level_spec``).
 Per 40-ms sample the activity is the median over ``N_SUB_BANDS`` sub-bands of ``breath_band_hz`` of
 each one's level over its slow level (:func:`edge.bed.breathing_kernels.activity`); each analysis
-reads the last ``window_s`` of it. The fallback band, apnoea against ``breath_signal_lost``, arming
-and the rate alerts: docs/respiration.md ("The estimator, chosen by measurement", "Apnoea or lost
-signal"), which also has the measurements behind each constant below."""
+reads the last ``window_s`` of it, or of ``slow_window_s`` where the breathing is too slow for
+``window_s`` to hold :data:`SLOW_CYCLES` cycles. The fallback band, apnoea against
+``breath_signal_lost``, arming and the rate alerts: docs/respiration.md ("The estimator, chosen
+by measurement", "Apnoea or lost signal"), which also has the measurements behind each constant
+below."""
 
 from __future__ import annotations
 
@@ -59,6 +61,16 @@ UNSURE_HOLD = 2  # a window with no rate counts breaths this many analyse_every_
 CHECK_EVERY = 12  # samples (0.48 s, a window of the shipped model) between pause checks
 SILENT_MARGIN_DB = 1.0  # a sub-band this close to the front end's floor holds digital zeros
 BREATH_MEMORY = 8  # breaths counted for good that the tracker keeps
+SLOW_CYCLES = 3  # a window reads a rate of at least this many cycles; slower: the slow window
+SLOW_LOOK_FRACTION = 0.2  # a window giving no rate or a period this share of it looks slower
+
+
+# a window of the rings (activity, tilt, good, its first stream sample); its periodicity
+# (period in s or None, confidence, cycle in s, the phases' cue, the autocorrelation); its
+# humps (peaks, prominences, ends, the cycle they give in s, the humps paired out by loudness)
+Window = tuple[np.ndarray, np.ndarray, np.ndarray, int]
+Periodicity = tuple[float | None, float, float, np.ndarray | None, np.ndarray]
+Humps = tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]
 
 
 def _band_layout(
@@ -115,7 +127,13 @@ def bands_read(config: RespirationConfig, spec: FeatureSpec) -> int:
 def _fallback_config(config: RespirationConfig) -> RespirationConfig | None:
     if config.fallback_band_hz is None:
         return None
-    return replace(config, breath_band_hz=config.fallback_band_hz, fallback_band_hz=None)
+    # the fallback band reads window_s only (its rings no longer than that: beds per core)
+    return replace(
+        config,
+        breath_band_hz=config.fallback_band_hz,
+        fallback_band_hz=None,
+        slow_window_s=config.window_s,
+    )
 
 
 def _db_per_unit(spec: FeatureSpec) -> float:
@@ -157,7 +175,9 @@ class BreathTracker:
         self._scale = _db_per_unit(spec)
         self._levels = np.zeros((N_SUB_BANDS + 1, 12))  # a window's levels (grown if needed)
         self._flags = np.zeros(12, np.uint8)
-        size = round(config.window_s * self.rate_hz)
+        self.window = round(config.window_s * self.rate_hz)  # an analysis' samples, or ...
+        size = max(self.window, round(config.slow_window_s * self.rate_hz))  # ... the rings'
+        self.slow_bpm = 60.0 * SLOW_CYCLES / config.slow_window_s  # the slow window's slowest
         self.ring_a = np.zeros(size)
         self.ring_lost = np.zeros(size, np.uint8)
         self.ring_tilt = np.zeros(size)
@@ -173,14 +193,18 @@ class BreathTracker:
         self.params[k.P_ALPHA_BODY] = self._alpha(BODY_SHORT_S)
         self.params[k.P_ALPHA_BASE] = self._alpha(BODY_BASE_S)
         self.iparams[k.I_LEARN_UNTIL] = -1
-        self._peaks = np.zeros(size // 2 + 1, np.int64)  # humps' scratch
-        self._proms = np.zeros(size // 2 + 1)
-        self._ends = np.zeros(size // 2 + 1, np.int64)
+        # humps' scratch: as many as half a window's samples (the slow window's, at least half
+        # a 10-s cycle apart, hold no more than 13)
+        self._peaks = np.zeros(self.window // 2 + 1, np.int64)
+        self._proms = np.zeros(self.window // 2 + 1)
+        self._ends = np.zeros(self.window // 2 + 1, np.int64)
         # until the first analysis: mid-band (of the rates taken without a sharp peak)
         self.period_s = 120.0 / (band.search_bpm[0] + (band.fast_bpm or band.search_bpm[1]))
         self.delta_db = MIN_DELTA_DB
         self.typical_db = 0.0  # median prominence of the breaths of the last assessed window
         self.assessable_at = -1  # the last analysis that gave a rate (its sample)
+        self.window_first = 0  # the last analysis' first sample (0: it held the whole stream)
+        self.span_s = config.window_s  # and the stretch it read (window_s or slow_window_s)
         self.breaths = 0  # breaths counted for good since the start
         # (peak, prom, the interval from the breath before where counted in the rate else 0,
         # the good samples up to the peak)
@@ -294,27 +318,26 @@ class BreathTracker:
         if self.fallback is not None:
             self.fallback._analyse(final)
         self._analysed_at = self.samples
-        first = max(0, self.samples - self.ring_a.shape[0])  # the window: the rings' newest
-        order = np.arange(first, self.samples) % self.ring_a.shape[0]
-        a, tilt, good = self.ring_a[order], self.ring_tilt[order], self.ring_lost[order] == 0
-        kept: list[np.ndarray] = []
-        band = self.band
-        period, confidence = _period(
-            a, good, self.rate_hz, band.search_bpm, kept, band.short_lag_margin, band.fast_bpm
-        )
-        phases = None  # where each cycle is heard as two humps: the phases' cue (_cycle)
+        window = self._window(self.window)
+        found = self._periodicity(window, self.band.search_bpm)
+        period, confidence, cycle_s = found[:3]
+        humps = self._breaths_of(window, found, False)
+        look = period is None or confidence < self.config.min_confidence
+        if (
+            self.samples > self.window
+            and self.ring_a.shape[0] > self.window
+            and (look or cycle_s >= SLOW_LOOK_FRACTION * self.config.window_s)
+        ):  # breathing too slow for the window to hold SLOW_CYCLES cycles: read over more
+            slow = self._slow_window(humps[0].size)
+            if slow is not None:
+                window, found, humps = slow
+        a, _, good, first = window
+        period, confidence = found[:2]
+        self.window_first = first
+        self.span_s = max(self.config.window_s, good.shape[0] / self.rate_hz)
         if period is not None:
-            self.period_s, confidence, phases = _cycle(
-                kept[0], tilt, good, self.rate_hz, band.search_bpm, period, confidence
-            )
-        may_double = period is not None
-        # humps alike in tilt may still be a cycle's two phases where they alternate in loudness
-        # and the activity is at least as alike two periods on as one (docs/respiration.md)
-        loud_phases = period is not None and _alike_twice_on(kept[0], period * self.rate_hz, good)
-        periodic = may_double and confidence >= WIDE_CONFIDENCE
-        peaks, proms, ends, self.period_s, paired_out = self._humps(
-            a, tilt, good, first, self.period_s, phases, may_double, periodic, loud_phases
-        )
+            self.period_s = found[2]
+        peaks, proms, ends, self.period_s, paired_out = humps
         first_breath = self.first_breath
         if paired_out.size and self.final:  # the expirations an earlier window counted
             near = SAME_HUMP_FRACTION * self.period_s * self.rate_hz
@@ -363,6 +386,66 @@ class BreathTracker:
         own_confidence = own.confidence if own.state == "ok" else None
         return self.alarms.rate(self.reading, own_confidence)
 
+    def _window(self, size: int) -> Window:
+        """The rings' newest ``size`` samples (fewer at the stream's start): activity, tilt,
+        good (not under a lost signal), and the first one's stream sample."""
+        first = max(0, self.samples - size)
+        order = np.arange(first, self.samples) % self.ring_a.shape[0]
+        return self.ring_a[order], self.ring_tilt[order], self.ring_lost[order] == 0, first
+
+    def _periodicity(self, window: Window, search: tuple[float, float]) -> Periodicity:
+        """A window's (period in s or None, its confidence, the cycle after the octave check or
+        the last one where no period, the phases' cue (:func:`_cycle`), the autocorrelation)."""
+        a, tilt, good, _ = window
+        band, kept = self.band, list[np.ndarray]()
+        period, confidence = _period(
+            a, good, self.rate_hz, search, kept, band.short_lag_margin, band.fast_bpm
+        )
+        if period is None:
+            return None, confidence, self.period_s, None, np.zeros(0)
+        cycle_s, confidence, phases = _cycle(
+            kept[0], tilt, good, self.rate_hz, search, period, confidence
+        )
+        return period, confidence, cycle_s, phases, kept[0]
+
+    def _slow_window(self, humps: int) -> tuple[Window, Periodicity, Humps] | None:
+        """The last ``slow_window_s`` (:meth:`_window`), its :meth:`_periodicity` and breaths,
+        where it reads a cycle of ``window_s / SLOW_CYCLES`` or longer, its confidence is at
+        least ``min_confidence``, at least two of its breaths fallen by half read that cycle (a
+        faint stretch's rhythm has none) and ``window_s`` held ``humps`` humps, no more than
+        two phases of each slow cycle and one more (faster breathing, which the slow window's
+        smoothing blurs, has more); else None (docs/respiration.md, "Slow breathing")."""
+        longer = self._window(self.ring_a.shape[0])
+        found = self._periodicity(longer, (self.slow_bpm, self.band.search_bpm[1]))
+        period, confidence, cycle_s = found[:3]
+        if period is None or confidence < self.config.min_confidence:
+            return None
+        if cycle_s < self.config.window_s / SLOW_CYCLES:
+            return None
+        if humps > 2.0 * self.config.window_s / cycle_s + 1.0:
+            return None
+        delta_db = self.delta_db  # the window's own, should this one not be taken
+        found_humps = self._breaths_of(longer, found, True)
+        heard = found_humps[0][found_humps[2] < longer[0].shape[0] - 1]
+        if heard.size >= 2 and _agrees(heard, found_humps[3] * self.rate_hz):
+            return longer, found, found_humps
+        self.delta_db = delta_db
+        return None
+
+    def _breaths_of(self, window: Window, found: Periodicity, slow: bool) -> Humps:
+        """:meth:`_humps` of a window (:meth:`_window`) for its :meth:`_periodicity`; ``slow``:
+        the slow window, whose cycle is not halved again (its humps' phases are not paired)."""
+        a, tilt, good, first = window
+        period, confidence, cycle_s, phases, ac = found
+        may_double = period is not None and not slow
+        # humps alike in tilt may still be a cycle's two phases where they alternate in loudness
+        # and the activity is at least as alike two periods on as one (docs/respiration.md)
+        loud_phases = (
+            period is not None and not slow and _alike_twice_on(ac, period * self.rate_hz, good)
+        )
+        periodic = period is not None and confidence >= WIDE_CONFIDENCE
+        return self._humps(a, tilt, good, first, cycle_s, phases, may_double, periodic, loud_phases)
+
     def _humps(
         self,
         a: np.ndarray,
@@ -374,7 +457,7 @@ class BreathTracker:
         may_double: bool = False,
         periodic: bool = False,
         loud_phases: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
+    ) -> Humps:
         """Breaths (peaks, prominences, ends) for a period and the cycle they give: one hump per
         cycle, or the inspirations where the humps are a cycle's two phases (docs/respiration.md,
         "One breath per cycle"); and the humps paired out as the other phase by their loudness.
@@ -492,9 +575,11 @@ class BreathTracker:
         before counts again only where such a window keeps it)."""
         first = self.samples - good.shape[0]  # the window's first stream sample
         gap = MIN_GAP_FRACTION * self.period_s * self.rate_hz
-        horizon = self.samples if final else self.samples - self.ring_a.shape[0] // 2
+        # as far back as in window_s whichever window this is (the slow window's breaths as
+        # old are final; later windows of window_s see the newer ones)
+        horizon = self.samples if final else self.samples - self.window // 2
         if not (sure or final):
-            horizon = min(horizon, self.samples - self.ring_a.shape[0] + UNSURE_HOLD * self._every)
+            horizon = min(horizon, self.samples - self.window + UNSURE_HOLD * self._every)
         keep = confirmed | final
         pending = []
         for peak, end, prom in zip(peaks[keep].tolist(), ends[keep].tolist(),
@@ -609,8 +694,12 @@ class BreathTracker:
 
     def _breaths_needed(self) -> int:
         """``min_breaths``, or the cycles a full window holds where they are fewer (at least two:
-        breathing too slow for ``min_breaths`` in a window has a rate; docs/respiration.md)."""
-        holds = math.floor(self.config.window_s / self.period_s)
+        breathing too slow for ``min_breaths`` in a window has a rate; docs/respiration.md); in
+        the slow window, whose breaths were found to read its cycle, one fewer (an end may cut
+        one)."""
+        holds = math.floor(self.span_s / self.period_s)
+        if self.span_s > self.config.window_s:  # the slow window
+            holds -= 1
         return min(self.config.min_breaths, max(2, holds))
 
     def _or_fallback(self, own: Respiration) -> Respiration:
@@ -650,7 +739,7 @@ class BreathTracker:
         analyses = int(self.assessed["analyses"])
         share = self.assessed["ok"] / analyses if analyses else 0.0
         # the last window held the whole stream (so it held the most good audio of any)
-        whole = self.samples <= self.ring_a.shape[0]
+        whole = self.window_first == 0
         last = whole and self.own_state == "ok"
         assessable = (share >= 0.5 or last) and monitored_s > 0
         breaths = self.breaths + self.start_cut

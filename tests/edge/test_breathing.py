@@ -488,6 +488,37 @@ def test_breathing_too_slow_for_three_breaths_a_window_has_a_rate_and_raises_bra
     assert 164.5 <= apnoea[0] <= 175.0
 
 
+@pytest.mark.parametrize("rate_bpm", [3.0, 4.0])
+def test_breathing_too_slow_for_a_window_to_hold_three_cycles_is_read_over_the_slow_window(
+    rate_bpm: float,
+) -> None:
+    """At 4 /min a 30-s window holds two cycles and often one whole breath; at 3 /min the
+    period lies past half of it. Both are read over the last 60 s (``slow_window_s``) and raise
+    bradypnoea (the tracker that read only ``window_s`` gave 4 /min no rate in 3 analyses of 4
+    and raised nothing at 3 /min)."""
+    tracker, found = run(breathing(240.0, rate_bpm))
+    series = [r for r in summary(tracker)["series"] if r["t_s"] >= 60.0]
+    rates = [r["rate_bpm"] for r in series if r["state"] == "ok"]
+    assert len(rates) >= 0.9 * len(series)
+    # within 10 %: an analysis just after a breath places it up to 1 s late (its hump's
+    # smoothing, a share of the period, cut by the window's end)
+    assert rates == pytest.approx([rate_bpm] * len(rates), rel=0.1)
+    assert sorted(rates)[len(rates) // 2] == pytest.approx(rate_bpm, abs=0.05)
+    assert {r["window_s"] for r in series if r["state"] == "ok"} == {60.0}
+    onset = [when for when, t in of_type(found, "bradypnoea") if t.state == "onset"]
+    assert onset
+    assert onset[0] <= 130.0
+    assert summary(tracker)["rate_bpm"] == pytest.approx(rate_bpm, abs=0.1)
+
+
+@pytest.mark.parametrize("rate_bpm", [8.0, 15.0])
+def test_breathing_a_window_holds_three_cycles_of_is_read_over_window_s(rate_bpm: float) -> None:
+    tracker, _ = run(breathing(150.0, rate_bpm))
+    series = [r for r in summary(tracker)["series"] if r["t_s"] >= 30.0]
+    assert {r["window_s"] for r in series} == {30.0}
+    assert all(r["rate_bpm"] == pytest.approx(rate_bpm, abs=0.5) for r in series)
+
+
 def test_a_stream_without_breath_is_not_assessable() -> None:
     frames = breathing(60.0, 15, pauses=((0.0, 60.0),))
     tracker, _ = run(frames)
@@ -560,6 +591,7 @@ def test_the_fallback_band_follows_and_leaves_the_breath_bands_alarms_alone() ->
     ("values", "message"),
     [
         ({"window_s": 2}, "window_s must be a number >= 5, got 2"),
+        ({"slow_window_s": 20}, "slow_window_s must be in [window_s, 600], got 20"),
         ({"age_band": "toddler"}, "age band 'toddler' is not one of infant-under-2m"),
         ({"apnoea_s": 1}, "apnoea_s must be a number >= 5 or null, got 1"),
         ({"breath_band_hz": [900, 100]}, "breath_band_hz must be [low, high]"),

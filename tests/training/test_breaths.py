@@ -221,6 +221,46 @@ def test_slow_breathing_whose_breaths_are_long_is_counted(tmp_path: Path) -> Non
         assert abs(got["breaths"] - truth.cycles) <= 1, (name, got["breaths"], truth.cycles)
 
 
+# breathing too slow for a 30-s window to hold three cycles (opioid-depressed breathing), as
+# a ward's bed streams it for four minutes, on three devices: the tracker that read only 30 s
+# gave 4 /min a rate in 28-57 % of its analyses, raised bradypnoea on two chests of three for
+# 66 and 175 s and nothing on one, and gave 3 /min (a 20-s cycle, under the adult apnoea
+# time) no rate at all. At 3 /min the count may hold an expiration or two (14 for 12).
+SLOWEST = [
+    Breathing(rate_bpm=4, seconds=240, device_rate_hz=4500, ie_ratio=2.0, seed=4900),
+    Breathing(rate_bpm=4, seconds=240, device_rate_hz=2000, expiration_db=0, ie_ratio=1.0,
+              seed=2400),
+    Breathing(rate_bpm=4, seconds=240, device_rate_hz=8000, expiration_db=-3, ie_ratio=1.5,
+              seed=8400),
+    Breathing(rate_bpm=3, seconds=240, device_rate_hz=8000, expiration_db=-3, ie_ratio=1.5,
+              seed=8300),
+]  # fmt: skip
+
+
+def test_breathing_at_3_and_4_a_minute_is_read_and_raises_bradypnoea(tmp_path: Path) -> None:
+    recordings, truths = {}, {}
+    for i, spec in enumerate(SLOWEST):
+        audio, truths[f"c{i}"] = synthesize(spec)
+        recordings[f"c{i}"] = tmp_path / f"c{i}.wav"
+        soundfile.write(recordings[f"c{i}"], audio, spec.device_rate_hz, subtype="PCM_16")
+    model_folder, file = resolve_model(Path("models/sed"))
+    found = detect_recordings(recordings, model_folder, file)
+    for name, truth in truths.items():
+        got = found[name].respiration
+        assert got is not None
+        assert got["assessable"], (name, got["assessed_share"])
+        if truth.rate_bpm > 3.5:
+            assert got["rate_bpm"] == pytest.approx(truth.rate_bpm, abs=0.2), name
+            assert got["breaths"] == truth.cycles, name
+        else:
+            assert got["rate_bpm"] < 4.0, name
+        alarms = [e for e in found[name].physiological if e["type"] == "bradypnoea"]
+        assert alarms, name
+        assert alarms[0]["start_s"] <= 60.0, name  # the rate out of range for 60 s, then on
+        raised = sum(e["end_s"] - e["start_s"] for e in alarms)
+        assert raised >= 0.5 * (SLOWEST[0].seconds - alarms[0]["start_s"]), name
+
+
 # chests whose recording ends during the last cycle's expiration, where that sound rises once
 # the inspiration has fallen: the tracker of the revision before counted it as one more breath
 # (9, 11, 21 and 25 breaths for 8, 10, 20 and 24 cycles), +1 breath/min on a one-minute

@@ -77,6 +77,20 @@ def test_a_pause_spliced_into_real_breathing_raises_apnoea_in_time_and_clears(
         assert not r.onsets(found[patient], "breath_signal_lost"), patient
 
 
+def test_fast_breathing_looped_every_20_s_is_not_read_as_slow_breathing(
+    icbhi: Path, streams: dict[str, np.ndarray], monitor: Monitor
+) -> None:
+    """Patient 131 (an adult at about 30 /min) has one 20-s recording, looped to 2 minutes: the
+    60-s slow window sees a 20-s rhythm of 0.7-0.99 there. The 30-s window holds far more
+    humps than two a 20-s cycle, so the slow window is not read; read (before that bound), it
+    took the quiet splice's edge for a breath and raised no apnoea."""
+    spliced = {"131": r.splice(streams["131"], "quiet", 60.0, 30.0, RATE_HZ, 131)}
+    found, _, _ = r.stream_events(monitor, spliced, bands(icbhi, ["131"]))
+    apnoea = r.onsets(found["131"], "apnoea")
+    assert len(apnoea) == 1, apnoea
+    assert 60.0 < apnoea[0][0] <= 82.0
+
+
 @pytest.mark.parametrize("kind", ["zeros", "detached"])
 def test_a_dead_microphone_or_a_detached_sensor_is_not_apnoea(
     kind: str, splice: Callable[[str], dict[str, r.Events]]
