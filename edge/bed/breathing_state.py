@@ -22,6 +22,7 @@ class RespirationConfig(Settings):
     age_band: str = DEFAULT_AGE_BAND  # a stream's own age_band / age_years wins
     window_s: Annotated[float, Field(ge=5.0)] = 30.0  # the stretch a rate is computed over
     # breathing slower than SLOW_CYCLES cycles in window_s is read over this longer stretch
+    # (no longer than window_s: off)
     slow_window_s: float = 60.0
     analyse_every_s: float = 5.0  # a new rate (and reading) this often
     min_window_s: float = 10.0  # "assessing" until the window holds this much good audio
@@ -43,8 +44,8 @@ class RespirationConfig(Settings):
         check(0.0 < every <= self.window_s, "analyse_every_s", every, "in (0, window_s]")
         check(0 < self.min_window_s <= self.window_s, "min_window_s", self.min_window_s,
               "in (0, window_s]")  # fmt: skip
-        check(self.window_s <= self.slow_window_s <= 600.0, "slow_window_s", self.slow_window_s,
-              "in [window_s, 600]")  # fmt: skip
+        check(5.0 <= self.slow_window_s <= 600.0, "slow_window_s", self.slow_window_s,
+              "in [5, 600] (no longer than window_s: off)")  # fmt: skip
         bands = {"breath_band_hz": self.breath_band_hz, "body_band_hz": self.body_band_hz}
         if self.fallback_band_hz is not None:
             bands["fallback_band_hz"] = self.fallback_band_hz

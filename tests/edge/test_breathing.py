@@ -511,6 +511,14 @@ def test_breathing_too_slow_for_a_window_to_hold_three_cycles_is_read_over_the_s
     assert summary(tracker)["rate_bpm"] == pytest.approx(rate_bpm, abs=0.1)
 
 
+def test_a_slow_window_no_longer_than_window_s_is_off_and_a_longer_window_s_stays_valid() -> None:
+    tracker, _ = run(breathing(150.0, 4.0), RespirationConfig(slow_window_s=30.0))
+    assert tracker.ring_a.shape[0] == tracker.window
+    assert {r["window_s"] for r in summary(tracker)["series"] if r["t_s"] >= 30.0} == {30.0}
+    wide = BreathTracker(RespirationConfig(window_s=90.0), SPEC, GRID, age_band("adult"))
+    assert wide.ring_a.shape[0] == wide.window == round(90.0 * wide.rate_hz)
+
+
 @pytest.mark.parametrize("rate_bpm", [8.0, 15.0])
 def test_breathing_a_window_holds_three_cycles_of_is_read_over_window_s(rate_bpm: float) -> None:
     tracker, _ = run(breathing(150.0, rate_bpm))
@@ -591,7 +599,10 @@ def test_the_fallback_band_follows_and_leaves_the_breath_bands_alarms_alone() ->
     ("values", "message"),
     [
         ({"window_s": 2}, "window_s must be a number >= 5, got 2"),
-        ({"slow_window_s": 20}, "slow_window_s must be in [window_s, 600], got 20"),
+        (
+            {"slow_window_s": 2},
+            "slow_window_s must be in [5, 600] (no longer than window_s: off), got 2",
+        ),
         ({"age_band": "toddler"}, "age band 'toddler' is not one of infant-under-2m"),
         ({"apnoea_s": 1}, "apnoea_s must be a number >= 5 or null, got 1"),
         ({"breath_band_hz": [900, 100]}, "breath_band_hz must be [low, high]"),
