@@ -203,8 +203,9 @@ class BreathTracker:
         self.delta_db = MIN_DELTA_DB
         self.typical_db = 0.0  # median prominence of the breaths of the last assessed window
         self.assessable_at = -1  # the last analysis that gave a rate (its sample)
-        self.window_first = 0  # the last analysis' first sample (0: it held the whole stream)
-        self.span_s = config.window_s  # and the stretch it read (window_s or slow_window_s)
+        # the last analysis' first sample (0: it held the whole stream; before the newest
+        # window_s: it read the slow window)
+        self.window_first = 0
         self.breaths = 0  # breaths counted for good since the start
         # (peak, prom, the interval from the breath before where counted in the rate else 0,
         # the good samples up to the peak)
@@ -334,7 +335,6 @@ class BreathTracker:
         a, _, good, first = window
         period, confidence = found[:2]
         self.window_first = first
-        self.span_s = max(self.config.window_s, good.shape[0] / self.rate_hz)
         if period is not None:
             self.period_s = found[2]
         peaks, proms, ends, self.period_s, paired_out = humps
@@ -697,8 +697,9 @@ class BreathTracker:
         breathing too slow for ``min_breaths`` in a window has a rate; docs/respiration.md); in
         the slow window, whose breaths were found to read its cycle, one fewer (an end may cut
         one)."""
-        holds = math.floor(self.span_s / self.period_s)
-        if self.span_s > self.config.window_s:  # the slow window
+        span_s = max(self.config.window_s, (self.samples - self.window_first) / self.rate_hz)
+        holds = math.floor(span_s / self.period_s)
+        if span_s > self.config.window_s:  # the slow window
             holds -= 1
         return min(self.config.min_breaths, max(2, holds))
 
