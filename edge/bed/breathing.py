@@ -536,23 +536,29 @@ class BreathTracker:
         one_per_cycle = (peaks.size - 1) * samples <= (1.0 + AGREEMENT) * (peaks[-1] - peaks[0])
         if phases is None and one_per_cycle:
             judged = phased(peaks, samples, loud_phases) if may_double else None
-            if judged is None:  # a hump per period, and not two per cycle
-                return peaks, proms, ends, period_s, none
-            cue, by_loudness = judged
-            keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * samples)
-            out = peaks[~keep] if by_loudness else none
-            return peaks[keep], proms[keep], ends[keep], 2.0 * period_s, out
+            if judged is not None:  # a hump per period, two per cycle
+                cue, by_loudness = judged
+                keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * samples)
+                out = peaks[~keep] if by_loudness else none
+                return peaks[keep], proms[keep], ends[keep], 2.0 * period_s, out
+            if not may_double or np.min(np.diff(peaks)) >= PAIRED_GAP * samples:
+                return peaks, proms, ends, period_s, none  # a hump per period
+            # within the count check, but some humps nearer each other than a cycle allows:
+            # where the humps at half the period alternate, the other phase shows through
         # more humps than cycles: where they are the cycles' phases, their inspirations
         h_peaks, h_proms, h_ends = found(samples / 2)
-        if phases is None:
-            by_tilt = phased(h_peaks, samples / 2, False)
-            half_cue = None if by_tilt is None else by_tilt[0]
+        by_loudness = False
+        if phases is None:  # the tilt where it alternates, else (not the slow window) loudness
+            by_cue = phased(h_peaks, samples / 2, may_double)
+            half_cue = None if by_cue is None else by_cue[0]
+            by_loudness = by_cue is not None and by_cue[1]
         else:  # the octave check's cue: the tilt where it alternates, else the loudness
             half_cue = phases[h_peaks] if phases.size else h_proms
         if half_cue is None or h_peaks.size < 2:
             return peaks, proms, ends, period_s, none
         keep = _inspirations(h_peaks, half_cue, PAIRED_GAP * samples)
-        return h_peaks[keep], h_proms[keep], h_ends[keep], period_s, none
+        out = h_peaks[~keep] if by_loudness else none
+        return h_peaks[keep], h_proms[keep], h_ends[keep], period_s, out
 
     def _count(
         self,
