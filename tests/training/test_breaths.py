@@ -415,3 +415,53 @@ def test_an_expiration_showing_through_a_windows_cycle_is_paired_out(tmp_path: P
         assert got["assessable"], (name, got)
         assert got["breaths"] == truth.cycles, (name, got["breaths"], truth.cycles)
         assert got["rate_bpm"] == pytest.approx(truth.rate_bpm, abs=0.2), (name, got, truth)
+
+
+def test_breaths_that_vary_in_loudness_keep_the_chests_timing() -> None:
+    """``loudness_spread_db``: each phase of each cycle louder or softer by up to that much, from
+    draws of its own: the chest's timing (and every chest without it) stays as it was."""
+    plain = Breathing(rate_bpm=12.0, device_rate_hz=4000, jitter=0.0, heart_bpm=0.0,
+                      snr_db=80.0, expiration_db=-80.0, seed=4)  # fmt: skip
+    varied = replace(plain, loudness_spread_db=6.0)
+    audio, truth = synthesize(plain)
+    varied_audio, varied_truth = synthesize(varied)
+    assert varied_truth == truth
+    assert varied.label() == plain.label().replace("_s4", "_vary6dB_s4")
+
+    def levels(x: np.ndarray) -> np.ndarray:  # each inspiration's level (dB), its first 5 s
+        spans = [(t, t + 5.0 / 3.0) for t in truth.onsets_s if 0.0 <= t < 58.0]
+        rms = [np.sqrt(np.mean(x[round(a * 4000) : round(b * 4000)] ** 2)) for a, b in spans]
+        return 20 * np.log10(np.array(rms))
+
+    steady, spread = levels(audio), levels(varied_audio)
+    assert np.ptp(steady) < 0.5
+    assert np.ptp(spread) > 4.0
+    assert np.all(np.abs((spread - steady) - np.median(spread - steady)) <= 12.5)
+    for bad in (-1.0, float("nan"), 21.0):
+        with pytest.raises(ValueError, match="loudness_spread_db"):
+            synthesize(replace(plain, loudness_spread_db=bad))
+
+
+# Phases alike in sound whose loudness varies from breath to breath (±3 dB each, the expiration
+# 4 dB softer): the loudness no longer turns at every hump, and the windows whose period is half
+# the cycle count both phases. A miss, recorded as one (docs/respiration.md, "Phases alike in
+# sound"): these eight read +4.9 breaths/min (2026-12-01; 12 /min at 2 kHz reads 23.5).
+VARYING_ALIKE = [
+    Breathing(
+        rate_bpm=rate,
+        device_rate_hz=fs,
+        expiration_db=-4.0,
+        loudness_spread_db=3.0,
+        seed=100 * i + 7 * fs,
+        **ALIKE,
+    )
+    for fs in (2000, 4500)
+    for i, rate in enumerate((8.0, 12.0, 15.0, 20.0))
+]
+
+
+@pytest.mark.xfail(strict=True, reason="alike phases varying in loudness are counted over")
+def test_phases_alike_in_sound_varying_in_loudness_are_paired(tmp_path: Path) -> None:
+    found = through_the_device(VARYING_ALIKE, tmp_path)
+    rows = [summary_row(truth, got) for _, truth, got in found]
+    assert abs(rate_summary(rows)["rate_bias_bpm"]) <= 0.5

@@ -31,6 +31,7 @@ class Breathing:
     pause_share: float = 0.0  # chance of an extra pause of pause_s after a cycle
     pause_s: float = 0.0
     start_s: float = 0.0  # the recording begins this far into the chest's breathing
+    loudness_spread_db: float = 0.0  # each phase of each cycle this much louder or softer (±)
     seed: int = 0
     name: str = field(default="", compare=False)
 
@@ -41,6 +42,7 @@ class Breathing:
             + ("_alike" if self.expiration_band_hz == self.inspiration_band_hz else "")
             + (f"_pause{self.pause_share:g}x{self.pause_s:.2g}" if self.pause_share else "")
             + (f"_at{self.start_s:.2f}" if self.start_s else "")
+            + (f"_vary{self.loudness_spread_db:g}dB" if self.loudness_spread_db else "")
             + f"_s{self.seed}"
         )
 
@@ -64,14 +66,19 @@ def _band(lo: float, hi: float, rate_hz: int) -> np.ndarray:
     return butter(4, [lo, hi], "band", fs=rate_hz, output="sos")
 
 
-def _bumps(n: int, rate_hz: int, spans: list[tuple[float, float]]) -> np.ndarray:
+def _bumps(
+    n: int, rate_hz: int, spans: list[tuple[float, float]], gains: np.ndarray | None = None
+) -> np.ndarray:
+    """A sin² bump over each span (seconds), scaled by its gain where ``gains`` is given."""
     out = np.zeros(n)
-    for start, stop in spans:
+    for i, (start, stop) in enumerate(spans):
         a, b = max(0, round(start * rate_hz)), min(n, round(stop * rate_hz))
         if b - a < 2:
             continue
         phase = (np.arange(a, b) - start * rate_hz) / ((stop - start) * rate_hz)
         out[a:b] = np.sin(np.pi * np.clip(phase, 0.0, 1.0)) ** 2
+        if gains is not None:
+            out[a:b] *= gains[i]
     return out
 
 
@@ -89,6 +96,8 @@ def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
         raise ValueError(f"seconds must be > 0, got {spec.seconds!r}")
     if not 0.0 <= spec.start_s <= 600.0:
         raise ValueError(f"start_s must be in [0, 600], got {spec.start_s!r}")
+    if not 0.0 <= spec.loudness_spread_db <= 20.0:
+        raise ValueError(f"loudness_spread_db must be in [0, 20], got {spec.loudness_spread_db!r}")
     if not spec.ie_ratio > 0 or not 0.0 < spec.expiration_fraction <= 1.0:
         raise ValueError(
             f"ie_ratio must be > 0 and expiration_fraction in (0, 1], got {spec.ie_ratio!r} "
@@ -111,8 +120,14 @@ def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
         at += cycle + (spec.pause_s if rng.uniform() < spec.pause_share else 0.0)
     noise_in = _unit(sosfilt(_band(*spec.inspiration_band_hz, fs), rng.normal(0, 1, n)))
     noise_ex = _unit(sosfilt(_band(*spec.expiration_band_hz, fs), rng.normal(0, 1, n)))
-    breath = noise_in * _bumps(n, fs, inspirations)
-    breath += 10 ** (spec.expiration_db / 20) * noise_ex * _bumps(n, fs, expirations)
+    gain_in = gain_ex = None
+    if spec.loudness_spread_db > 0:  # its own draws: the chests without it stay as they were
+        vary = np.random.default_rng((spec.seed, 1))
+        spread = spec.loudness_spread_db
+        gain_in = 10 ** (vary.uniform(-spread, spread, len(inspirations)) / 20)
+        gain_ex = 10 ** (vary.uniform(-spread, spread, len(expirations)) / 20)
+    breath = noise_in * _bumps(n, fs, inspirations, gain_in)
+    breath += 10 ** (spec.expiration_db / 20) * noise_ex * _bumps(n, fs, expirations, gain_ex)
     heart = np.zeros(n)
     if spec.heart_bpm > 0:
         beat = 60.0 / spec.heart_bpm
