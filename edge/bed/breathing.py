@@ -461,9 +461,13 @@ class BreathTracker:
         """Breaths (peaks, prominences, ends) for a period and the cycle they give: one hump per
         cycle, or the inspirations where the humps are a cycle's two phases (docs/respiration.md,
         "One breath per cycle"); and the humps paired out as the other phase by their loudness.
-        ``may_double``: the period is this analysis' own, not yet doubled by :func:`_cycle`;
-        ``periodic``: the window allows the slow breath's width; ``loud_phases``: humps a
-        period apart may be told apart by loudness too."""
+        ``may_double``: the period is this analysis' own, not yet doubled by :func:`_cycle`
+        (not the slow window's; only then are humps nearer than PAIRED_GAP of a cycle judged
+        at half the period, and the humps at half the period judged by loudness too, without
+        ``loud_phases``: the period stays the cycle, and a hump with no breath kept within
+        PAIRED_GAP of a cycle is kept, so no cycle is halved); ``periodic``: the window allows
+        the slow breath's width; ``loud_phases``: humps a period apart may be told apart by
+        loudness too."""
         spread = k.spread(a, good, 0.05)
         self.delta_db = max(
             MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
@@ -545,10 +549,11 @@ class BreathTracker:
                 return peaks, proms, ends, period_s, none  # a hump per period
             # within the count check, but some humps nearer each other than a cycle allows:
             # where the humps at half the period alternate, the other phase shows through
-        # more humps than cycles: where they are the cycles' phases, their inspirations
+        # more humps than cycles, or two too near (above): where they are the cycles' phases,
+        # their inspirations
         h_peaks, h_proms, h_ends = found(samples / 2)
         by_loudness = False
-        if phases is None:  # the tilt where it alternates, else (not the slow window) loudness
+        if phases is None:  # the tilt where it alternates, else (may_double) the loudness
             by_cue = phased(h_peaks, samples / 2, may_double)
             half_cue = None if by_cue is None else by_cue[0]
             by_loudness = by_cue is not None and by_cue[1]
