@@ -304,6 +304,18 @@ def test_equally_loud_phases_are_paired_into_cycles_to_the_recordings_end(tmp_pa
         assert got["breaths"] == truth.cycles, (name, got["breaths"], truth.cycles)
 
 
+def test_equally_loud_phases_at_60_a_minute_are_counted_once(tmp_path: Path) -> None:
+    """The truth set's adults at 60 /min with phases equally loud (I:E 1) on 4 and 8 kHz: a
+    window whose period is the cycle still held a stray other phase here and there; the humps
+    at half the period are now judged by loudness too (the revision before counted 66 and 66
+    for 60)."""
+    specs = {spec.label(): spec for spec, _ in truth_set(60.0)}
+    names = ("rr60_fs4000_exp0dB_ie1_hr75_snr30_s12004", "rr60_fs8000_exp0dB_ie1_hr75_snr30_s12004")
+    for name, truth, got in through_the_device([specs[n] for n in names], tmp_path):
+        assert got["assessable"], (name, got)
+        assert got["breaths"] == truth.cycles, (name, got["breaths"], truth.cycles)
+
+
 def test_a_cycle_the_recording_start_cuts_counts_as_its_annotators_count_it(
     tmp_path: Path,
 ) -> None:
