@@ -169,6 +169,21 @@ def through_the_device(
     return [(name, truth, got[name]) for name, truth in truths.items()]
 
 
+def counted_once(specs: list[Breathing], folder: Path) -> list[tuple[str, Truth, dict[str, Any]]]:
+    """:func:`through_the_device`, each chest assessable with every cycle counted once."""
+    found = through_the_device(specs, folder)
+    for name, truth, got in found:
+        assert got["assessable"], (name, got)
+        assert got["breaths"] == truth.cycles, (name, got["breaths"], truth.cycles)
+    return found
+
+
+def from_the_truth_set(names: tuple[str, ...]) -> list[Breathing]:
+    """The truth set's chests of these labels."""
+    specs = {spec.label(): spec for spec, _ in truth_set(60.0)}
+    return [specs[n] for n in names]
+
+
 def summary_row(truth: Truth, got: dict[str, Any]) -> dict[str, Any]:
     """An assessable chest's row for :func:`rate_summary`: the device's report beside its truth."""
     return {"assessable": True, "rate_bpm": got["rate_bpm"], "rate_ref_bpm": truth.rate_bpm,
@@ -278,9 +293,7 @@ CUT_BY_THE_END = [
 
 
 def test_a_breath_the_recording_end_cuts_is_not_counted_twice(tmp_path: Path) -> None:
-    for name, truth, got in through_the_device(CUT_BY_THE_END, tmp_path):
-        assert got["assessable"], (name, got)
-        assert got["breaths"] == truth.cycles, (name, got["breaths"], truth.cycles)
+    counted_once(CUT_BY_THE_END, tmp_path)
 
 
 # chests whose inspiration and expiration are equally loud (I:E 1), from the truth set: the
@@ -298,10 +311,7 @@ EQUALLY_LOUD = (
 
 
 def test_equally_loud_phases_are_paired_into_cycles_to_the_recordings_end(tmp_path: Path) -> None:
-    specs = {spec.label(): spec for spec, _ in truth_set(60.0)}
-    for name, truth, got in through_the_device([specs[n] for n in EQUALLY_LOUD], tmp_path):
-        assert got["assessable"], (name, got)
-        assert got["breaths"] == truth.cycles, (name, got["breaths"], truth.cycles)
+    counted_once(from_the_truth_set(EQUALLY_LOUD), tmp_path)
 
 
 def test_equally_loud_phases_at_60_a_minute_are_counted_once(tmp_path: Path) -> None:
@@ -309,11 +319,8 @@ def test_equally_loud_phases_at_60_a_minute_are_counted_once(tmp_path: Path) -> 
     window whose period is the cycle still held a stray other phase here and there; the humps
     at half the period are now judged by loudness too (the revision before counted 66 and 66
     for 60)."""
-    specs = {spec.label(): spec for spec, _ in truth_set(60.0)}
     names = ("rr60_fs4000_exp0dB_ie1_hr75_snr30_s12004", "rr60_fs8000_exp0dB_ie1_hr75_snr30_s12004")
-    for name, truth, got in through_the_device([specs[n] for n in names], tmp_path):
-        assert got["assessable"], (name, got)
-        assert got["breaths"] == truth.cycles, (name, got["breaths"], truth.cycles)
+    counted_once(from_the_truth_set(names), tmp_path)
 
 
 def test_a_cycle_the_recording_start_cuts_counts_as_its_annotators_count_it(
@@ -423,9 +430,7 @@ def test_an_expiration_showing_through_a_windows_cycle_is_paired_out(tmp_path: P
         and spec.device_rate_hz in (2000, 8000)
     ]
     assert len(specs) == 4
-    for name, truth, got in through_the_device(specs, tmp_path):
-        assert got["assessable"], (name, got)
-        assert got["breaths"] == truth.cycles, (name, got["breaths"], truth.cycles)
+    for name, truth, got in counted_once(specs, tmp_path):
         assert got["rate_bpm"] == pytest.approx(truth.rate_bpm, abs=0.2), (name, got, truth)
 
 
