@@ -45,6 +45,7 @@ START_HEAD_S = 0.2  # the start's level: the highest activity of its first this 
 PAIRED_GAP = 0.75  # where a cycle is two humps: a lone one this share of it from any breath counts
 SAME_HUMP_FRACTION = 0.125  # humps of two windows this share of a cycle apart are one
 RUN_MEMORY = 16  # run starts remembered (the runs of good signal a window can hold)
+FAST_SOUNDS = 3  # breath sounds to each cycle the breaths give: more than a cycle's two phases
 MIN_PHASE_HUMPS = 6  # humps that can show phases alternating (fewer alternate by chance)
 PHASE_SEPARATION = 3.0  # their tilt in two levels this far apart (in their spread) ...
 PHASE_TURNS = 0.85  # ... turning from one to the other at this share of the humps
@@ -444,7 +445,42 @@ class BreathTracker:
             period is not None and not slow and _alike_twice_on(ac, period * self.rate_hz, good)
         )
         periodic = period is not None and confidence >= WIDE_CONFIDENCE
-        return self._humps(a, tilt, good, first, cycle_s, phases, may_double, periodic, loud_phases)
+        humps = self._humps(
+            a, tilt, good, first, cycle_s, phases, may_double, periodic, loud_phases
+        )
+        # breaths too few for the window's breath sounds: fast breathing that pauses now and
+        # then, whose pauses the period follows (docs/respiration.md)
+        fast = self._fast_phases(a, tilt, good, first, humps[3]) if may_double else None
+        return humps if fast is None else fast
+
+    def _fast_phases(
+        self, a: np.ndarray, tilt: np.ndarray, good: np.ndarray, first: int, cycle_s: float
+    ) -> Humps | None:
+        """Where the window's breath sounds come FAST_SOUNDS or more to each cycle its breaths
+        give (``cycle_s``): the humps at the band's fastest phase (half its fastest cycle), and
+        where their tilt alternates as a cycle's two phases do, the inspirations among them, as
+        :meth:`_humps` returns them, with the cycle they give (their mean interval); else None
+        (docs/respiration.md, "Fast breathing with pauses")."""
+        samples = 30.0 / self.band.search_bpm[1] * self.rate_hz
+        cycle = max(1, round(CYCLE_FRACTION * samples))
+        gap = max(1, round(MIN_GAP_FRACTION * samples))
+        width = round(MAX_BREATH_S * self.rate_hz)
+        n = k.humps(a, cycle, gap, self.delta_db, width, first == 0, True,
+                    self._peaks, self._proms, self._ends)  # fmt: skip
+        heard = float(np.count_nonzero(good))  # the samples the humps can lie in
+        if n < MIN_PHASE_HUMPS or n * cycle_s * self.rate_hz < FAST_SOUNDS * heard:
+            return None
+        peaks, proms, ends = self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
+        cue = np.empty(n)
+        k.smoothed_at(tilt, good, cycle, peaks, cue)
+        if _two_phases(cue, PHASE_TURNS, MIN_TILT_DB) is None:
+            return None
+        keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * float(np.median(np.diff(peaks))))
+        kept = peaks[keep]
+        if kept.size < 2:
+            return None
+        interval_s = float(kept[-1] - kept[0]) / (kept.size - 1) / self.rate_hz
+        return kept, proms[keep], ends[keep], interval_s, peaks[:0]
 
     def _humps(
         self,
@@ -482,20 +518,6 @@ class BreathTracker:
                         self._peaks, self._proms, self._ends)  # fmt: skip
             return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
 
-        def two_phases(part: np.ndarray, least_turns: float, least_db: float) -> np.ndarray | None:
-            """Which of the humps' cue values lie in the upper of two levels, where the levels
-            stand PHASE_SEPARATION spreads and ``least_db`` apart and the humps turn from one
-            to the other at ``least_turns`` of them; else None."""
-            upper = np.empty(part.size, np.bool_)
-            separation = k.two_levels(part, upper)
-            turns = float(np.mean(upper[1:] != upper[:-1]))
-            if not 0 < upper.sum() < part.size:
-                return None
-            apart = float(part[upper].mean() - part[~upper].mean())
-            if separation < PHASE_SEPARATION or turns < least_turns or apart < least_db:
-                return None
-            return upper
-
         def phased(
             peaks: np.ndarray, samples: float, loudness: bool
         ) -> tuple[np.ndarray, bool] | None:
@@ -508,7 +530,7 @@ class BreathTracker:
             smooth = max(1, round(CYCLE_FRACTION * samples))
             cue = np.empty(peaks.size)
             k.smoothed_at(tilt, good, smooth, peaks, cue)
-            if two_phases(cue, PHASE_TURNS, MIN_TILT_DB) is not None:
+            if _two_phases(cue, PHASE_TURNS, MIN_TILT_DB) is not None:
                 return cue, False
             if not loudness:
                 return None
@@ -522,7 +544,7 @@ class BreathTracker:
                 judged = _loudness_against_trend(cue, peaks, start, end - smooth)
                 if np.count_nonzero(judged) < MIN_PHASE_HUMPS:
                     continue
-                upper = two_phases(cue[judged], 1.0, MIN_LOUDNESS_DB)
+                upper = _two_phases(cue[judged], 1.0, MIN_LOUDNESS_DB)
                 if upper is None:  # a run long enough to judge whose loudness does not turn
                     return None
                 inside = (peaks >= begin) & (peaks < end)
@@ -895,6 +917,21 @@ def _agrees(heard: np.ndarray, period: float) -> bool:
     if heard.size < 2:
         return True
     return abs((heard.size - 1) * period / float(heard[-1] - heard[0]) - 1.0) <= AGREEMENT
+
+
+def _two_phases(cue: np.ndarray, least_turns: float, least_db: float) -> np.ndarray | None:
+    """Which humps' ``cue`` values lie in the upper of two levels, where the levels stand
+    PHASE_SEPARATION spreads and ``least_db`` apart and the humps, in time order, turn from one
+    to the other at ``least_turns`` of them; else None."""
+    upper = np.empty(cue.size, np.bool_)
+    separation = k.two_levels(cue, upper)
+    if not 0 < upper.sum() < cue.size:
+        return None
+    turns = float(np.mean(upper[1:] != upper[:-1]))
+    apart = float(cue[upper].mean() - cue[~upper].mean())
+    if separation < PHASE_SEPARATION or turns < least_turns or apart < least_db:
+        return None
+    return upper
 
 
 def _inspirations(peaks: np.ndarray, cue: np.ndarray, apart: float) -> np.ndarray:

@@ -230,6 +230,27 @@ def test_an_adult_breathing_fast_is_read_fast(tmp_path: Path) -> None:
         assert got["rate_bpm"] > age_band("adult").high_bpm  # tachypnoea, as the ward needs
 
 
+# adults breathing at 50 /min with a pause of 0.9 s after a quarter of their cycles, on four
+# devices, and at 30 and 40 /min on the wearable's 4.5 kHz: each cycle's breath sound fills
+# it, so the activity's deepest troughs are the pauses, and the window's period followed them
+# (3.3-7.5 s): its breaths each held two or three cycles, and the tracker before read
+# 11.9-16.8 for 40.9 at 50 /min (no tachypnoea) or nothing, and nothing at 30 and 40 /min.
+FAST_PAUSED = (
+    *(f"rr50_fs{fs}_exp-3dB_ie1.2_hr75_snr30_pause0.25x0.9_s11005" for fs in (2000, 4000, 4500)),
+    "rr50_fs8000_exp-3dB_ie1.2_hr75_snr30_pause0.25x0.9_s11005",
+    "rr30_fs4500_exp-3dB_ie1.2_hr75_snr30_pause0.25x1.5_s9005",
+    "rr40_fs4500_exp-3dB_ie1.2_hr75_snr30_pause0.25x1.1_s10005",
+)
+
+
+def test_fast_breathing_with_pauses_is_read_from_its_phases(tmp_path: Path) -> None:
+    for name, truth, got in through_the_device(from_the_truth_set(FAST_PAUSED), tmp_path):
+        assert got["assessable"], (name, got)
+        assert abs(got["breaths"] - truth.cycles) <= 1, (name, got["breaths"], truth.cycles)
+        assert got["rate_bpm"] == pytest.approx(truth.rate_bpm, abs=1.5), (name, got)
+        assert got["rate_bpm"] > age_band("adult").high_bpm  # tachypnoea, as the ward needs
+
+
 def test_slow_breathing_whose_breaths_are_long_is_counted(tmp_path: Path) -> None:
     for name, truth, got in through_the_device(SLOW, tmp_path):
         assert got["assessable"], (name, got)
