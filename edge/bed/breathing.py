@@ -45,7 +45,7 @@ START_HEAD_S = 0.2  # the start's level: the highest activity of its first this 
 PAIRED_GAP = 0.75  # where a cycle is two humps: a lone one this share of it from any breath counts
 SAME_HUMP_FRACTION = 0.125  # humps of two windows this share of a cycle apart are one
 RUN_MEMORY = 16  # run starts remembered (the runs of good signal a window can hold)
-FAST_SOUNDS = 3  # breath sounds to each cycle the breaths give: more than a cycle's two phases
+FAST_SOUNDS = 3  # breath sounds to each of the window's cycles: more than a cycle's two phases
 MIN_PHASE_HUMPS = 6  # humps that can show phases alternating (fewer alternate by chance)
 PHASE_SEPARATION = 3.0  # their tilt in two levels this far apart (in their spread) ...
 PHASE_TURNS = 0.85  # ... turning from one to the other at this share of the humps
@@ -456,23 +456,21 @@ class BreathTracker:
     def _fast_phases(
         self, a: np.ndarray, tilt: np.ndarray, good: np.ndarray, first: int, cycle_s: float
     ) -> Humps | None:
-        """Where the window's breath sounds come FAST_SOUNDS or more to each cycle its breaths
-        give (``cycle_s``): the humps at the band's fastest phase (half its fastest cycle), and
-        where their tilt alternates as a cycle's two phases do, the inspirations among them, as
-        :meth:`_humps` returns them, with the cycle they give (their mean interval); else None
+        """Where the window's breath sounds come FAST_SOUNDS or more to each of its cycles
+        (``cycle_s``: the period, doubled where :meth:`_humps` paired its humps): the humps at
+        the band's fastest phase (half its fastest cycle), and where their tilt alternates as a
+        cycle's two phases do, the inspirations among them, as :meth:`_humps` returns them, with
+        the cycle they give (their mean interval: the rate's agreement with the period holds by
+        construction here; the tilt and the count are the evidence); else None
         (docs/respiration.md, "Fast breathing with pauses")."""
         samples = 30.0 / self.band.search_bpm[1] * self.rate_hz
-        cycle = max(1, round(CYCLE_FRACTION * samples))
-        gap = max(1, round(MIN_GAP_FRACTION * samples))
-        width = round(MAX_BREATH_S * self.rate_hz)
-        n = k.humps(a, cycle, gap, self.delta_db, width, first == 0, True,
-                    self._peaks, self._proms, self._ends)  # fmt: skip
+        peaks, proms, ends = self._humps_at(a, first, samples, round(MAX_BREATH_S * self.rate_hz))
         heard = float(np.count_nonzero(good))  # the samples the humps can lie in
-        if n < MIN_PHASE_HUMPS or n * cycle_s * self.rate_hz < FAST_SOUNDS * heard:
+        n = peaks.size
+        if heard == 0.0 or n < MIN_PHASE_HUMPS or n * cycle_s * self.rate_hz < FAST_SOUNDS * heard:
             return None
-        peaks, proms, ends = self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
         cue = np.empty(n)
-        k.smoothed_at(tilt, good, cycle, peaks, cue)
+        k.smoothed_at(tilt, good, max(1, round(CYCLE_FRACTION * samples)), peaks, cue)
         if _two_phases(cue, PHASE_TURNS, MIN_TILT_DB) is None:
             return None
         keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * float(np.median(np.diff(peaks))))
@@ -481,6 +479,18 @@ class BreathTracker:
             return None
         interval_s = float(kept[-1] - kept[0]) / (kept.size - 1) / self.rate_hz
         return kept, proms[keep], ends[keep], interval_s, peaks[:0]
+
+    def _humps_at(
+        self, a: np.ndarray, first: int, samples: float, width: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The activity's humps (peaks, prominences, ends) for a period of ``samples``: smoothed
+        over CYCLE_FRACTION of it, MIN_GAP_FRACTION of it apart, rising ``delta_db`` (set by
+        :meth:`_humps` for the window) and at most ``width`` samples wide."""
+        cycle = max(1, round(CYCLE_FRACTION * samples))
+        gap = max(1, round(MIN_GAP_FRACTION * samples))
+        n = k.humps(a, cycle, gap, self.delta_db, width, first == 0, True,
+                    self._peaks, self._proms, self._ends)  # fmt: skip
+        return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
 
     def _humps(
         self,
@@ -512,11 +522,7 @@ class BreathTracker:
         width = round(longest * self.rate_hz)
 
         def found(samples: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            cycle = max(1, round(CYCLE_FRACTION * samples))
-            gap = max(1, round(MIN_GAP_FRACTION * samples))
-            n = k.humps(a, cycle, gap, self.delta_db, width, first == 0, True,
-                        self._peaks, self._proms, self._ends)  # fmt: skip
-            return self._peaks[:n].copy(), self._proms[:n].copy(), self._ends[:n].copy()
+            return self._humps_at(a, first, samples, width)
 
         def phased(
             peaks: np.ndarray, samples: float, loudness: bool

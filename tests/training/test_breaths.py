@@ -233,7 +233,7 @@ def test_an_adult_breathing_fast_is_read_fast(tmp_path: Path) -> None:
 # adults breathing at 50 /min with a pause of 0.9 s after a quarter of their cycles, on four
 # devices, and at 30 and 40 /min on the wearable's 4.5 kHz: each cycle's breath sound fills
 # it, so the activity's deepest troughs are the pauses, and the window's period followed them
-# (3.3-7.5 s): its breaths each held two or three cycles, and the tracker before read
+# (3.2-7.6 s): its breaths each held two or three cycles, and the tracker before read
 # 11.9-16.8 for 40.9 at 50 /min (no tachypnoea) or nothing, and nothing at 30 and 40 /min.
 FAST_PAUSED = (
     *(f"rr50_fs{fs}_exp-3dB_ie1.2_hr75_snr30_pause0.25x0.9_s11005" for fs in (2000, 4000, 4500)),
