@@ -469,9 +469,8 @@ class BreathTracker:
         n = peaks.size
         if heard == 0.0 or n < MIN_PHASE_HUMPS or n * cycle_s * self.rate_hz < FAST_SOUNDS * heard:
             return None
-        cue = np.empty(n)
-        k.smoothed_at(tilt, good, max(1, round(CYCLE_FRACTION * samples)), peaks, cue)
-        if _two_phases(cue, PHASE_TURNS, MIN_TILT_DB) is None:
+        cue = _tilt_phases(tilt, good, peaks, samples)
+        if cue is None:
             return None
         keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * float(np.median(np.diff(peaks))))
         kept = peaks[keep]
@@ -533,13 +532,13 @@ class BreathTracker:
             judged hump turning), else None; and whether it was the loudness."""
             if peaks.size < MIN_PHASE_HUMPS:
                 return None
-            smooth = max(1, round(CYCLE_FRACTION * samples))
-            cue = np.empty(peaks.size)
-            k.smoothed_at(tilt, good, smooth, peaks, cue)
-            if _two_phases(cue, PHASE_TURNS, MIN_TILT_DB) is not None:
-                return cue, False
+            by_tilt = _tilt_phases(tilt, good, peaks, samples)
+            if by_tilt is not None:
+                return by_tilt, False
             if not loudness:
                 return None
+            smooth = max(1, round(CYCLE_FRACTION * samples))
+            cue = np.empty(peaks.size)
             k.smoothed_at(a, good, smooth, peaks, cue)
             phase = np.ones(peaks.size)  # a hump of a run too short to judge is a breath
             judged_any = False
@@ -938,6 +937,17 @@ def _two_phases(cue: np.ndarray, least_turns: float, least_db: float) -> np.ndar
     if separation < PHASE_SEPARATION or turns < least_turns or apart < least_db:
         return None
     return upper
+
+
+def _tilt_phases(
+    tilt: np.ndarray, good: np.ndarray, peaks: np.ndarray, samples: float
+) -> np.ndarray | None:
+    """The humps' (``peaks``) tilt, smoothed over CYCLE_FRACTION of a period of ``samples``,
+    where it alternates between two levels as a cycle's phases do (:func:`_two_phases`:
+    PHASE_TURNS, MIN_TILT_DB); else None."""
+    cue = np.empty(peaks.size)
+    k.smoothed_at(tilt, good, max(1, round(CYCLE_FRACTION * samples)), peaks, cue)
+    return cue if _two_phases(cue, PHASE_TURNS, MIN_TILT_DB) is not None else None
 
 
 def _inspirations(peaks: np.ndarray, cue: np.ndarray, apart: float) -> np.ndarray:
