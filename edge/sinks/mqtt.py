@@ -69,6 +69,11 @@ class MqttSink:
         self._retained: dict[tuple[str, str], tuple[str, str, int, int]] = {}
         self._unsent: set[tuple[str, str]] = set()  # retained messages not yet handed to paho
         self._retained_lock = threading.Lock()  # never held while paho is called
+        # held while events are spooled, while a retained message takes its seq, and while the
+        # sender reads what is due and what is spooled: the sender never sees events spooled
+        # after a retained message that it does not see (it would send them, then the older
+        # message after them)
+        self._order_lock = threading.Lock()
         self._retained_made = itertools.count()  # the order of messages made at one seq
         self._command_topic = command_topic(config.site, config.device_id)
         self._on_command: Callable[[bytes], None] | None = None
@@ -122,10 +127,11 @@ class MqttSink:
                 )
         if not events:
             return
-        for event, seq in zip(events, self._spool.put_many(events), strict=True):
-            if seq is not None:
-                self._last_seq = max(self._last_seq, seq)
-            else:
+        with self._order_lock:
+            seqs = self._spool.put_many(events)
+            self._last_seq = max([self._last_seq, *(s for s in seqs if s is not None)])
+        for event, seq in zip(events, seqs, strict=True):
+            if seq is None:
                 log.error(
                     "spool %s is full (no low-priority event to evict): refused %s %s event %s",
                     self._spool.path, event.priority, event.type, event.id,
@@ -179,8 +185,8 @@ class MqttSink:
         payload = "" if body is None else payload_of(site, device_id, stream_id, body)
         # a summary names the bed's episodes: after their events; a verdict or breathing goes
         # at the next pass, ahead of any backlog (a bed card shows the current one)
-        after = self._last_seq if kind == "summary" else 0
-        with self._retained_lock:
+        with self._order_lock, self._retained_lock:
+            after = self._last_seq if kind == "summary" else 0
             made = next(self._retained_made)
             self._retained[(kind, stream_id)] = (topic, payload, after, made)
             self._unsent.add((kind, stream_id))
@@ -326,9 +332,10 @@ class MqttSink:
         offline the spool's bound is the bound."""
         if not self._connected.is_set() or self._replaying():
             return
-        due = self._due_retained()  # first: each one's events were committed before the read
         room = min(self.config.max_queued - len(self._mids), PUMP_BATCH)
-        rows = self._spool.pending(room, after_seq=self._cursor) if room > 0 else []
+        with self._order_lock:  # what is due and what is spooled, as of one moment
+            due = self._due_retained()
+            rows = self._spool.pending(room, after_seq=self._cursor) if room > 0 else []
         every_row = room > 0 and len(rows) < room  # nothing spooled after these
         for seq, payload in rows:
             if not self._send_retained(due, seq):

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -308,6 +309,50 @@ def test_a_retained_message_goes_after_the_events_published_before_it(
              for m in recorder.messages if m.topic.endswith(("/event", "/summary"))]  # fmt: skip
     ids = [e.id for e in events]
     assert order == [*ids[:300], ("bed-1", True), *ids[300:], ("bed-2", True), ("bed-3", False)]
+
+
+def test_a_summary_is_not_sent_after_events_spooled_after_it(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """The sender descheduled between reading what retained messages are due and reading the
+    spool (0.5 s, as a busy machine may), while the publisher makes a summary and then an event
+    (an episode's end) and is itself held 1 s before the next summary: the subscriber reads the
+    summary before the event, never the summary after it (seen once in CI as a summary
+    listing an episode after its end)."""
+    events = make_events(2, site=SITE, device_id=DEVICE)
+    first = {"name": "Bed", "location": "", "open": ["e"], "utc": "2026-05-09T07:10:00.000Z"}
+    second = {**first, "open": [], "utc": "2026-05-09T07:10:01.000Z"}
+    sink = MqttSink(mqtt_config(tmp_path, mosquitto.port))
+    pending = sink._spool.pending
+    reading, armed = threading.Event(), threading.Event()
+
+    def descheduled_pending(*args: Any, **kwargs: Any) -> Any:
+        if armed.is_set():
+            armed.clear()
+            reading.set()
+            time.sleep(0.5)
+        return pending(*args, **kwargs)
+
+    sink._spool.pending = descheduled_pending  # type: ignore[method-assign]
+    with Recorder(mosquitto.port) as recorder:
+        sink.connect()
+        try:
+            sink.publish_many(events[:1])
+            assert wait_ids(recorder, {events[0].id})
+            armed.set()
+            assert reading.wait(5.0), "the sender read the spool"
+            sink.publish_summary("bed-1", first)
+            sink.publish_many(events[1:])
+            time.sleep(1.0)
+            sink.publish_summary("bed-1", second)
+            assert sink.flush(DELIVERY_TIMEOUT_S)
+            both = lambda ms: sum(m.topic.endswith(("/event", "/summary")) for m in ms)  # noqa: E731
+            assert recorder.wait_for(lambda ms: both(ms) >= 4, 5.0)
+        finally:
+            sink.close()
+        kept = [m for m in recorder.messages if m.topic.endswith(("/event", "/summary"))]
+        order = [m.json()["id"] if m.topic.endswith("/event") else m.json()["utc"] for m in kept]
+    assert order == [events[0].id, first["utc"], events[1].id, second["utc"]]
 
 
 def test_spool_bound_is_reported_as_a_spool_full_event(tmp_path: Path) -> None:
