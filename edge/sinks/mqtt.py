@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -185,7 +186,8 @@ class MqttSink:
         payload = "" if body is None else payload_of(site, device_id, stream_id, body)
         # a summary names the bed's episodes: after their events; a verdict or breathing goes
         # at the next pass, ahead of any backlog (a bed card shows the current one)
-        with self._order_lock, self._retained_lock:
+        # only a summary takes its place among the events (the others wait for none)
+        with self._order_lock if kind == "summary" else nullcontext(), self._retained_lock:
             after = self._last_seq if kind == "summary" else 0
             made = next(self._retained_made)
             self._retained[(kind, stream_id)] = (topic, payload, after, made)
