@@ -32,6 +32,11 @@ class Breathing:
     pause_s: float = 0.0
     start_s: float = 0.0  # the recording begins this far into the chest's breathing
     loudness_spread_db: float = 0.0  # each phase of each cycle this much louder or softer (±)
+    # transient sounds (a rub of the bell, movement) at random times, this many a minute on
+    # average, each 0.3-1 s of noise at 80-1500 Hz (below 0.45 of the device's rate) whose RMS
+    # at the sound's middle stands transient_db over the recording's RMS
+    transients_per_min: float = 0.0
+    transient_db: float = 6.0
     seed: int = 0
     name: str = field(default="", compare=False)
 
@@ -43,6 +48,11 @@ class Breathing:
             + (f"_pause{self.pause_share:g}x{self.pause_s:.2g}" if self.pause_share else "")
             + (f"_at{self.start_s:.2f}" if self.start_s else "")
             + (f"_vary{self.loudness_spread_db:g}dB" if self.loudness_spread_db else "")
+            + (
+                f"_tr{self.transients_per_min:g}x{self.transient_db:g}dB"
+                if self.transients_per_min
+                else ""
+            )
             + f"_s{self.seed}"
         )
 
@@ -82,6 +92,20 @@ def _bumps(
     return out
 
 
+def _transients(spec: Breathing, audio: np.ndarray) -> np.ndarray:
+    """The recording's transient sounds (:attr:`Breathing.transients_per_min`), to add to it."""
+    rng = np.random.default_rng((spec.seed, 2))
+    fs, n = spec.device_rate_hz, audio.shape[0]
+    mean_gap_s = 60.0 / spec.transients_per_min
+    spans, at = [], rng.exponential(mean_gap_s)
+    while at < spec.seconds:
+        spans.append((at, at + rng.uniform(0.3, 1.0)))
+        at += rng.exponential(mean_gap_s)
+    noise = _unit(sosfilt(_band(80.0, 1500.0, fs), rng.normal(0, 1, n)))
+    level = float(np.sqrt(np.mean(audio**2))) * 10 ** (spec.transient_db / 20)
+    return level * noise * _bumps(n, fs, spans)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / max(float(np.sqrt(np.mean(x**2))), 1e-12)
 
@@ -98,6 +122,10 @@ def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
         raise ValueError(f"start_s must be in [0, 600], got {spec.start_s!r}")
     if not 0.0 <= spec.loudness_spread_db <= 20.0:
         raise ValueError(f"loudness_spread_db must be in [0, 20], got {spec.loudness_spread_db!r}")
+    if not 0.0 <= spec.transients_per_min <= 60.0:
+        raise ValueError(f"transients_per_min must be in [0, 60], got {spec.transients_per_min!r}")
+    if not -40.0 <= spec.transient_db <= 40.0:
+        raise ValueError(f"transient_db must be in [-40, 40], got {spec.transient_db!r}")
     if not spec.ie_ratio > 0 or not 0.0 < spec.expiration_fraction <= 1.0:
         raise ValueError(
             f"ie_ratio must be > 0 and expiration_fraction in (0, 1], got {spec.ie_ratio!r} "
@@ -142,6 +170,8 @@ def synthesize(spec: Breathing) -> tuple[np.ndarray, Truth]:
         heart *= 10 ** (spec.heart_db / 20) * 2.0  # a burst's peak level over the noise's RMS
     noise = 10 ** (-spec.snr_db / 20) * rng.normal(0, 1, n)
     audio = (breath + heart + noise)[n - round(spec.seconds * fs) :]
+    if spec.transients_per_min > 0:  # its own draws: the chests without them stay as they were
+        audio = audio + _transients(spec, audio)
     audio *= 0.9 / max(float(np.max(np.abs(audio))), 1e-12)
     peaks = [(a + b) / 2 - spec.start_s for a, b in inspirations]
     inside = [p for p in peaks if 0.0 <= p < spec.seconds]
