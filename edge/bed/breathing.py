@@ -512,7 +512,7 @@ class BreathTracker:
         ``loud_phases``: the period stays the cycle, and a hump with no breath kept within
         PAIRED_GAP of a cycle is kept, so no cycle is halved); ``periodic``: the window allows
         the slow breath's width; ``loud_phases``: humps a period apart may be told apart by
-        loudness too."""
+        loudness too, some of them out of turn (a transient sound on a phase)."""
         spread = k.spread(a, good, 0.05)
         self.delta_db = max(
             MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
@@ -524,12 +524,13 @@ class BreathTracker:
             return self._humps_at(a, first, samples, width)
 
         def phased(
-            peaks: np.ndarray, samples: float, loudness: bool
+            peaks: np.ndarray, samples: float, loudness: bool, tolerant: bool = False
         ) -> tuple[np.ndarray, bool] | None:
             """The humps' smoothed tilt where it alternates between two levels, else (where
             ``loudness``) each hump's phase where their loudness does (+1 the louder, -1 the
             other; each run of good signal judged on its own, against its humps' trend, every
-            judged hump turning), else None; and whether it was the loudness."""
+            judged hump turning, or where ``tolerant`` as many as :func:`_least_turns` allows,
+            those out of turn mended), else None; and whether it was the loudness."""
             if peaks.size < MIN_PHASE_HUMPS:
                 return None
             by_tilt = _tilt_phases(tilt, good, peaks, samples)
@@ -549,9 +550,13 @@ class BreathTracker:
                 judged = _loudness_against_trend(cue, peaks, start, end - smooth)
                 if np.count_nonzero(judged) < MIN_PHASE_HUMPS:
                     continue
-                upper = _two_phases(cue[judged], 1.0, MIN_LOUDNESS_DB)
+                n_judged = int(np.count_nonzero(judged))
+                least = _least_turns(n_judged) if tolerant else 1.0
+                upper = _two_phases(cue[judged], least, MIN_LOUDNESS_DB)
                 if upper is None:  # a run long enough to judge whose loudness does not turn
                     return None
+                if tolerant:
+                    upper = _out_of_turn_mended(upper)
                 inside = (peaks >= begin) & (peaks < end)
                 phase[inside] = _phases_carried_on(judged[inside], upper)
                 judged_any = True
@@ -566,7 +571,7 @@ class BreathTracker:
         # half of it are paired by phase below even if one per cycle passes the count check
         one_per_cycle = (peaks.size - 1) * samples <= (1.0 + AGREEMENT) * (peaks[-1] - peaks[0])
         if phases is None and one_per_cycle:
-            judged = phased(peaks, samples, loud_phases) if may_double else None
+            judged = phased(peaks, samples, loud_phases, loud_phases) if may_double else None
             if judged is not None:  # a hump per period, two per cycle
                 cue, by_loudness = judged
                 keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * samples)
@@ -937,6 +942,37 @@ def _two_phases(cue: np.ndarray, least_turns: float, least_db: float) -> np.ndar
     if separation < PHASE_SEPARATION or turns < least_turns or apart < least_db:
         return None
     return upper
+
+
+def _least_turns(n: int) -> float:
+    """The share of ``n`` humps' turns that loudness varying at random reaches no more often
+    than MIN_PHASE_HUMPS humps all turning (1 in 32 for 6)."""
+    turns = n - 1
+    if turns < 1:
+        return 1.0
+    bound = 0.5 ** (MIN_PHASE_HUMPS - 1)
+    tail, least = 0.0, turns
+    for t in range(turns, -1, -1):  # the chance of t or more turns, from the top
+        tail += math.comb(turns, t) * 0.5**turns
+        if tail > bound:
+            break
+        least = t
+    return least / turns
+
+
+def _out_of_turn_mended(upper: np.ndarray) -> np.ndarray:
+    """A hump in the same level as both its neighbours is out of turn, and so is a first or last
+    one in the level of the one beside it where that one turns: each takes the other level."""
+    mended = upper.copy()
+    if upper.size < 3:
+        return mended
+    for i in range(1, upper.size - 1):  # in order: a hump mended is the next one's neighbour
+        if mended[i] == mended[i - 1] == upper[i + 1]:
+            mended[i] = not mended[i]
+    for end, near, next_ in ((0, 1, 2), (-1, -2, -3)):
+        if upper[end] == upper[near] != upper[next_]:
+            mended[end] = ~upper[end]
+    return mended
 
 
 def _tilt_phases(

@@ -16,7 +16,9 @@ from edge.bed.agebands import age_band, age_from_sprsound_name, band_for_age
 from edge.bed.breathing import (
     BreathTracker,
     _alike_at,
+    _least_turns,
     _loudness_against_trend,
+    _out_of_turn_mended,
     _period,
     _phases_carried_on,
     _runs,
@@ -261,6 +263,31 @@ def test_a_run_begun_before_the_starts_remembered_settles_from_the_window_s_star
     assert tracker._run_start(600) == 500
     assert tracker._run_start(900) == 900
     assert tracker._run_start(200) == 200  # begun before 300: no earlier start remembered
+
+
+def test_humps_out_of_turn_are_allowed_as_seldom_as_six_humps_all_turn_by_chance() -> None:
+    """Loudness drawn at random turns at ``least`` of n - 1 turns or more no more often than
+    6 humps all turn (1 in 32), and at one turn fewer more often than that."""
+    assert _least_turns(6) == 1.0
+    assert _least_turns(2) == 1.0
+    for n in (6, 10, 12, 16, 30):
+        turns = n - 1
+        least = round(_least_turns(n) * turns)
+        tail = lambda t: sum(math.comb(turns, k) for k in range(t, turns + 1)) / 2**turns  # noqa: E731,B023
+        assert tail(least) <= 1 / 32 < tail(least - 1), n
+    assert [round(_least_turns(n) * (n - 1)) for n in (10, 12, 30)] == [8, 10, 20]
+
+
+def test_a_hump_out_of_turn_takes_the_other_level() -> None:
+    up = lambda s: np.array([c == "U" for c in s])  # noqa: E731
+    down = lambda a: "".join("U" if x else "L" for x in a)  # noqa: E731
+    assert down(_out_of_turn_mended(up("ULUUULUL"))) == "ULULULUL"  # amid its neighbours
+    assert down(_out_of_turn_mended(up("UULULU"))) == "LULULU"  # first, beside one that turns
+    assert down(_out_of_turn_mended(up("ULULUU"))) == "ULULUL"  # last
+    assert down(_out_of_turn_mended(up("ULUULULU"))) == "ULUULULU"  # a shifted turn is left
+    assert down(_out_of_turn_mended(up("UULULUU"))) == "LULULUL"  # both ends at once
+    assert down(_out_of_turn_mended(up("LUUUUUL"))) == "LULULUL"  # five in a level
+    assert down(_out_of_turn_mended(up("UU"))) == "UU"
 
 
 @pytest.mark.parametrize("seed", range(6))
