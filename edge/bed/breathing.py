@@ -548,9 +548,9 @@ class BreathTracker:
                 begun = begin if begin > 0 else self._run_start(first) - first
                 start = max(begin + smooth, begun + settle)  # its levels settled
                 judged = _loudness_against_trend(cue, peaks, start, end - smooth)
-                if np.count_nonzero(judged) < MIN_PHASE_HUMPS:
-                    continue
                 n_judged = int(np.count_nonzero(judged))
+                if n_judged < MIN_PHASE_HUMPS:
+                    continue
                 least = _least_turns(n_judged) if tolerant else 1.0
                 upper = _two_phases(cue[judged], least, MIN_LOUDNESS_DB)
                 if upper is None:  # a run long enough to judge whose loudness does not turn
