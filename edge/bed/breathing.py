@@ -12,6 +12,7 @@ below."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from scipy.special import stdtr
 
 from edge.bed import breathing_kernels as k
 from edge.bed.agebands import AgeBand
@@ -51,6 +53,10 @@ PHASE_SEPARATION = 3.0  # their tilt in two levels this far apart (in their spre
 PHASE_TURNS = 0.85  # ... turning from one to the other at this share of the humps
 MIN_TILT_DB = 0.5  # phases that differ in tilt differ by at least this (dB)
 MIN_LOUDNESS_DB = 1.0  # phases alike in tilt that alternate in loudness: this far apart (dB)
+ALTERNATION_P = 0.001  # ... or every other hump louder: no likelier by chance than this
+CARRIED_P = 0.05  # ... or this, within a window of a cycle heard twice the period
+CARRIED_PERIOD = 0.1  # ... within this share
+CARRIED_HUMPS = 4  # ... judged there from this many humps (fewer than MIN_PHASE_HUMPS)
 OCTAVE_MARGIN = 0.15  # the activity this much more alike two periods on: one cycle is two
 TILT_ALTERNATION = -0.2  # the tilt this much against itself one period on: phases alternate
 AGREEMENT = 0.25  # the breaths' rate and the period's may differ by this share, no more
@@ -61,7 +67,7 @@ FAST_PROMINENCE = 0.4  # a period faster than the band's fast_bpm stands this fa
 UNSURE_HOLD = 2  # a window with no rate counts breaths this many analyse_every_s from its start
 CHECK_EVERY = 12  # samples (0.48 s, a window of the shipped model) between pause checks
 SILENT_MARGIN_DB = 1.0  # a sub-band this close to the front end's floor holds digital zeros
-BREATH_MEMORY = 8  # breaths counted for good that the tracker keeps
+BREATH_MEMORY = 32  # breaths counted for good that the tracker keeps
 SLOW_CYCLES = 3  # a window reads a rate of at least this many cycles; slower: the slow window
 SLOW_LOOK_FRACTION = 0.2  # a window giving no rate or a period this share of it looks slower
 
@@ -213,6 +219,11 @@ class BreathTracker:
         self.final: deque[tuple[int, float, int, int]] = deque(maxlen=BREATH_MEMORY)
         # breaths withdrawn: (peak, the samples within which a hump is that one)
         self.withdrawn: deque[tuple[int, float]] = deque(maxlen=BREATH_MEMORY)
+        # the cycle (samples) last heard: of the last analysis whose rate a reading took and
+        # was learnt from, or of a window whose humps' loudness alternated on its own evidence;
+        # and the sample up to which it is carried on (a window on)
+        self.cycle_heard, self.cycle_heard_until = 0.0, -1
+        self.paired_loosely = False  # the last humps found were paired on a carried rhythm
         self._run_starts: deque[int] = deque([0], maxlen=RUN_MEMORY)  # runs of good signal
         self.last_lost = -1  # the last sample under a lost signal
         self.final_end = -1  # where the last of them had fallen by half
@@ -342,10 +353,18 @@ class BreathTracker:
         first_breath = self.first_breath
         if paired_out.size and self.final:  # the expirations an earlier window counted
             near = SAME_HUMP_FRACTION * self.period_s * self.rate_hz
-            self._withdraw(first + paired_out, first + peaks, near)
+            out = first + paired_out
+            if peaks.size and not self.paired_loosely:  # and those before this window where
+                # both phases were counted (on this window's own evidence only)
+                back = self._both_phases_before(int(out[0]), first + int(peaks[0]), near)
+                out = np.concatenate((np.asarray(back, np.int64), out))
+            self._withdraw(out, first + peaks, near)
             if self.first_breath != first_breath and self.first_breath >= 0:
-                # the start's cut cycle is judged again against the breath now first
-                self.start_cut = self._start_cut(a, good) if first == 0 else 0
+                # the start's cut cycle is judged again against the breath now first, where
+                # the rings still hold the stream's start (else it stands as judged)
+                whole = self._window(self.ring_a.shape[0])
+                if whole[3] == 0:
+                    self.start_cut = self._start_cut(whole[0], whole[2])
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         cut = final and peaks.size >= 2 and not confirmed[-1]
         if cut and peaks[-1] - peaks[-2] < CUT_GAP_FRACTION * self.period_s * self.rate_hz:
@@ -378,6 +397,11 @@ class BreathTracker:
         if own.state == "ok" and whole >= self.config.min_confidence:
             self.typical_db = float(np.median(proms[confirmed]))
             self.assessable_at = self.samples
+            cycle = self.period_s * self.rate_hz
+            # half the cycle heard: carried on, not replaced; a pairing on the carried rhythm
+            # does not carry it further
+            if not self.paired_loosely and not self._carried(cycle):
+                self.cycle_heard, self.cycle_heard_until = cycle, self.samples + self.window
         self.own_state = own.state
         self.reading = self._or_fallback(own)
         self.readings_due += 1
@@ -426,11 +450,12 @@ class BreathTracker:
         if humps > 2.0 * self.config.window_s / cycle_s + 1.0:
             return None
         delta_db = self.delta_db  # the window's own, should this one not be taken
+        loosely = self.paired_loosely
         found_humps = self._breaths_of(longer, found, True)
         heard = found_humps[0][found_humps[2] < longer[0].shape[0] - 1]
         if heard.size >= 2 and _agrees(heard, found_humps[3] * self.rate_hz):
             return longer, found, found_humps
-        self.delta_db = delta_db
+        self.delta_db, self.paired_loosely = delta_db, loosely
         return None
 
     def _breaths_of(self, window: Window, found: Periodicity, slow: bool) -> Humps:
@@ -513,6 +538,7 @@ class BreathTracker:
         PAIRED_GAP of a cycle is kept, so no cycle is halved); ``periodic``: the window allows
         the slow breath's width; ``loud_phases``: humps a period apart may be told apart by
         loudness too, some of them out of turn (a transient sound on a phase)."""
+        self.paired_loosely = False
         spread = k.spread(a, good, 0.05)
         self.delta_db = max(
             MIN_DELTA_DB, DELTA_OF_RANGE * spread, DELTA_OF_BREATHS * self.typical_db
@@ -524,14 +550,23 @@ class BreathTracker:
             return self._humps_at(a, first, samples, width)
 
         def phased(
-            peaks: np.ndarray, samples: float, loudness: bool, tolerant: bool = False
+            peaks: np.ndarray,
+            samples: float,
+            loudness: bool,
+            tolerant: bool = False,
+            carry: bool = False,
         ) -> tuple[np.ndarray, bool] | None:
             """The humps' smoothed tilt where it alternates between two levels, else (where
             ``loudness``) each hump's phase where their loudness does (+1 the louder, -1 the
             other; each run of good signal judged on its own, against its humps' trend, every
             judged hump turning, or where ``tolerant`` as many as :func:`_least_turns` allows,
-            those out of turn mended), else None; and whether it was the loudness."""
-            if peaks.size < MIN_PHASE_HUMPS:
+            those out of turn mended, or every other hump louder on average by a margin
+            :func:`_every_other_louder` takes), else None; and whether it was the loudness.
+            ``carry``: the humps come once per period, and where the period is half the cycle
+            heard within the last window (:meth:`_carried`), CARRIED_HUMPS humps are judged
+            and the looser CARRIED_P taken (a rhythm heard carries on)."""
+            carried = carry and self._carried(samples)
+            if peaks.size < (CARRIED_HUMPS if carried else MIN_PHASE_HUMPS):
                 return None
             by_tilt = _tilt_phases(tilt, good, peaks, samples)
             if by_tilt is not None:
@@ -542,17 +577,25 @@ class BreathTracker:
             cue = np.empty(peaks.size)
             k.smoothed_at(a, good, smooth, peaks, cue)
             phase = np.ones(peaks.size)  # a hump of a run too short to judge is a breath
-            judged_any = False
+            judged_any, loose = False, False
             settle = round(DETREND_S * self.rate_hz)
             for begin, end in _runs(good):  # each run of good signal on its own
                 begun = begin if begin > 0 else self._run_start(first) - first
                 start = max(begin + smooth, begun + settle)  # its levels settled
                 judged = _loudness_against_trend(cue, peaks, start, end - smooth)
                 n_judged = int(np.count_nonzero(judged))
-                if n_judged < MIN_PHASE_HUMPS:
+                few = n_judged < MIN_PHASE_HUMPS  # judged only where a rhythm carries on
+                if few and not (tolerant and carried and n_judged >= CARRIED_HUMPS):
                     continue
                 least = _least_turns(n_judged) if tolerant else 1.0
-                upper = _two_phases(cue[judged], least, MIN_LOUDNESS_DB)
+                upper = None if few else _two_phases(cue[judged], least, MIN_LOUDNESS_DB)
+                if upper is None and tolerant and not few:
+                    upper = _every_other_louder(cue[judged], MIN_LOUDNESS_DB, ALTERNATION_P)
+                if upper is None and tolerant and carried:
+                    upper = _every_other_louder(cue[judged], MIN_LOUDNESS_DB, CARRIED_P)
+                    loose = loose or upper is not None
+                if upper is None and few:  # as too short to judge
+                    continue
                 if upper is None:  # a run long enough to judge whose loudness does not turn
                     return None
                 if tolerant:
@@ -560,7 +603,12 @@ class BreathTracker:
                 inside = (peaks >= begin) & (peaks < end)
                 phase[inside] = _phases_carried_on(judged[inside], upper)
                 judged_any = True
-            return (phase, True) if judged_any else None
+            if not judged_any:
+                return None
+            if tolerant and not loose:  # alternating on its own evidence: carried on as heard
+                self.cycle_heard, self.cycle_heard_until = 2.0 * samples, self.samples + self.window
+            self.paired_loosely = loose
+            return phase, True
 
         samples = period_s * self.rate_hz
         peaks, proms, ends = found(samples)
@@ -571,7 +619,7 @@ class BreathTracker:
         # half of it are paired by phase below even if one per cycle passes the count check
         one_per_cycle = (peaks.size - 1) * samples <= (1.0 + AGREEMENT) * (peaks[-1] - peaks[0])
         if phases is None and one_per_cycle:
-            judged = phased(peaks, samples, loud_phases, loud_phases) if may_double else None
+            judged = phased(peaks, samples, loud_phases, loud_phases, True) if may_double else None
             if judged is not None:  # a hump per period, two per cycle
                 cue, by_loudness = judged
                 keep = _inspirations(peaks, cue, PAIRED_GAP * 2.0 * samples)
@@ -673,6 +721,40 @@ class BreathTracker:
         if self.pending:
             return self.pending[-1][0]
         return self.final[-1][0] if self.final else -1
+
+    def _carried(self, period: float) -> bool:
+        """Whether a period (samples) is half (within CARRIED_PERIOD) the cycle heard within the
+        last window (``cycle_heard``: a reading learnt from, or a window paired on its own
+        evidence)."""
+        return (
+            self.samples <= self.cycle_heard_until
+            and abs(2.0 * period / self.cycle_heard - 1.0) <= CARRIED_PERIOD
+        )
+
+    def _both_phases_before(self, out: int, kept: int, near: float) -> list[int]:
+        """The breaths counted for good that continue a cycle's two phases back from a window
+        that paired them (``out``: its first hump paired out, ``kept``: its first breath kept;
+        stream samples): cycle by cycle (``period_s``) while a breath lies within ``near`` of
+        the kept phase's place, the one nearest the other phase's place where one lies within
+        ``near`` of it (a cycle counted once is passed over, that place kept from the last
+        one heard); the walk stops where the kept phase is not heard."""
+        cycle = self.period_s * self.rate_hz
+        peaks = np.array([peak for peak, _, _, _ in self.final], np.int64)
+        found: list[int] = []
+        while True:
+            from_out = np.abs(peaks - (out - cycle))
+            from_kept = np.abs(peaks - (kept - cycle))
+            if from_kept.min() > near:
+                return found
+            offset = out - kept
+            kept = int(peaks[np.argmin(from_kept)])
+            if from_out.min() > near:  # counted once here: on to the cycle before
+                out = kept + offset
+                continue
+            out = int(peaks[np.argmin(from_out)])
+            if out == kept:
+                return found
+            found.append(out)
 
     def _withdraw(self, paired_out: np.ndarray, kept: np.ndarray, near: float) -> None:
         """Withdraw the breaths counted for good that lie within ``near`` samples of a hump this
@@ -942,6 +1024,39 @@ def _two_phases(cue: np.ndarray, least_turns: float, least_db: float) -> np.ndar
     if separation < PHASE_SEPARATION or turns < least_turns or apart < least_db:
         return None
     return upper
+
+
+@functools.lru_cache(maxsize=64)
+def _alternation_along_a_line(n: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """For ``n`` humps in order: the projection that takes a straight line out, the
+    alternation (-1, +1, ...) with its line taken out, and that one's squared length."""
+    order = np.arange(n, dtype=np.float64)
+    line = np.stack((np.ones(n), order), axis=1)
+    off_line = np.eye(n) - line @ np.linalg.pinv(line)
+    turns = off_line @ np.where(order % 2 == 1, 1.0, -1.0)
+    return off_line, turns, float(turns @ turns)
+
+
+def _every_other_louder(cue: np.ndarray, least_db: float, chance: float) -> np.ndarray | None:
+    """Which humps are the louder phase where every other one (``cue``, in time order) is
+    louder than the ones between: the humps' loudness fitted as a straight line (the trend
+    :func:`_loudness_against_trend` takes out) plus an alternation, the alternation's two
+    levels at least ``least_db`` apart and standing so far over the fit's residual spread that
+    loudness varying at random along a trend reaches it with a ``chance`` or less (a two-sided
+    t test of its coefficient, n - 3 degrees of freedom); else None."""
+    n = cue.size
+    if n < 4:  # a line and an alternation leave no spread to judge them by
+        return None
+    off_line, turns, length = _alternation_along_a_line(n)
+    rest = off_line @ cue
+    beta = float(rest @ turns) / length  # the two levels: +beta and -beta about the line
+    if 2.0 * abs(beta) < least_db:
+        return None
+    spread = max(0.0, float(rest @ rest) - beta * beta * length) / (n - 3)
+    scale = math.sqrt(spread / length)
+    if scale > 0.0 and 2.0 * float(stdtr(n - 3, -abs(beta) / scale)) > chance:
+        return None
+    return (np.arange(n) % 2 == 1) == (beta > 0.0)
 
 
 def _least_turns(n: int) -> float:

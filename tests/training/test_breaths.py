@@ -16,6 +16,7 @@ from edge.bed.agebands import age_band
 from edge.monitor import resolve_model
 from edge.runtime.offline import detect_recordings
 from training.data.breaths import (
+    DEVICE_RATES_HZ,
     Breathing,
     Truth,
     started_set,
@@ -502,10 +503,10 @@ def test_transient_sounds_are_added_on_draws_of_their_own() -> None:
 # Phases alike in sound (the expiration 2 dB softer) with a transient sound now and then (3 a
 # minute, +6 dB over the recording's RMS): a burst on a phase puts it out of turn, and a window
 # that needed every hump to turn counted both phases (+2.29 breaths/min, 7 of 12 within one
-# breath, on 2026-12-01). Now a few humps may be out of turn where the humps come once per period
-# and the activity is as alike two periods on as one (docs/respiration.md, "Phases alike in
-# sound"); 8 /min at 2 kHz (a window's 6-8 humps), 15 /min at 2 kHz and 12 /min at 4.5 kHz
-# still read double (16 for 8, 20 for 15, 19 for 12): 9 of 12 within one breath, +1.67.
+# breath, on 2026-12-01; +1.67 and 9 of 12 with a few humps allowed out of turn). Now every other
+# hump louder on average is taken too, and a window half the cycle of a rate read within the
+# last window takes a looser chance (docs/respiration.md, "Phases alike in sound"): 10 of 12
+# within one breath, +1.14 (2026-12-02); 8 /min at 2 kHz (a window's 6-8 humps) reads 16 for 8.
 TRANSIENT_ALIKE = [
     Breathing(
         rate_bpm=rate,
@@ -525,14 +526,36 @@ def test_phases_alike_in_sound_with_a_transient_now_and_then_are_paired(tmp_path
     found = through_the_device(TRANSIENT_ALIKE, tmp_path)
     within_one = [abs(got["breaths"] - truth.cycles) <= 1 for _, truth, got in found]
     rows = [summary_row(truth, got) for _, truth, got in found]
-    assert sum(within_one) >= 8, [(n, g["breaths"], t.cycles) for n, t, g in found]
-    assert rate_summary(rows)["rate_bias_bpm"] <= 2.0
+    assert sum(within_one) >= 10, [(n, g["breaths"], t.cycles) for n, t, g in found]
+    assert rate_summary(rows)["rate_bias_bpm"] <= 1.5
+
+
+# Slow chests whose humps a 30-s window holds too few of to judge (5 or 6 at 6 /min): alike in
+# sound, and lower-pitched in expiration with a pause after a quarter of the cycles. Windows
+# that judged them paired them, the others counted both phases: 10 breaths for 6 cycles and
+# 9-10 for 5 (2026-12-01). Where the period is half the cycle of a rate read within the last
+# window, 4 humps are judged (docs/respiration.md, "Phases alike in sound").
+SLOW_ALIKE = tuple(f"rr6_fs{fs}_exp-2dB_ie1.2_hr75_snr30_alike_s1006" for fs in DEVICE_RATES_HZ)
+SLOW_PAUSED = tuple(
+    f"rr6_fs{fs}_exp-3dB_ie1.2_hr75_snr30_pause0.25x7.5_s1005" for fs in DEVICE_RATES_HZ
+)
+
+
+def test_slow_chests_whose_windows_hold_few_humps_are_not_counted_twice(tmp_path: Path) -> None:
+    found = through_the_device(from_the_truth_set(SLOW_ALIKE + SLOW_PAUSED), tmp_path)
+    for name, truth, got in found:
+        assert got["assessable"], name
+        assert got["breaths"] <= truth.cycles + 2, (name, got["breaths"], truth.cycles)
+        assert got["rate_bpm"] <= truth.rate_bpm + 1.5, (name, got["rate_bpm"], truth.rate_bpm)
 
 
 # Phases alike in sound whose loudness varies from breath to breath (±3 dB each, the expiration
 # 4 dB softer): the loudness no longer turns at every hump, and the windows whose period is half
-# the cycle count both phases. A miss, recorded as one (docs/respiration.md, "Phases alike in
-# sound"): these eight read +4.6 breaths/min (2026-12-01; 12 /min at 2 kHz reads 21.4).
+# the cycle counted both phases: +4.64 breaths/min, 1 of 8 within one breath (2026-12-01; 12 /min
+# at 2 kHz read 21.4). Every other hump louder on average, the looser chance where a rate twice
+# the period was read within the last window, and the withdrawal of both phases counted before
+# the window that pairs them (docs/respiration.md, "Phases alike in sound"): +0.78, 5 of 8
+# (2026-12-02), short of the target (8 /min at 4.5 kHz reads 12 for 8, 20 /min 21-22 for 20).
 VARYING_ALIKE = [
     Breathing(
         rate_bpm=rate,
@@ -547,8 +570,25 @@ VARYING_ALIKE = [
 ]
 
 
+@pytest.fixture(scope="module")
+def varying_alike(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> list[tuple[str, Truth, dict[str, Any]]]:
+    return through_the_device(VARYING_ALIKE, tmp_path_factory.mktemp("varying"))
+
+
+def test_phases_alike_in_sound_varying_in_loudness_are_mostly_paired(
+    varying_alike: list[tuple[str, Truth, dict[str, Any]]],
+) -> None:
+    within_one = [abs(got["breaths"] - truth.cycles) <= 1 for _, truth, got in varying_alike]
+    rows = [summary_row(truth, got) for _, truth, got in varying_alike]
+    assert sum(within_one) >= 5, [(n, g["breaths"], t.cycles) for n, t, g in varying_alike]
+    assert rate_summary(rows)["rate_bias_bpm"] <= 1.2
+
+
 @pytest.mark.xfail(strict=True, reason="alike phases varying in loudness are counted over")
-def test_phases_alike_in_sound_varying_in_loudness_are_paired(tmp_path: Path) -> None:
-    found = through_the_device(VARYING_ALIKE, tmp_path)
-    rows = [summary_row(truth, got) for _, truth, got in found]
+def test_phases_alike_in_sound_varying_in_loudness_are_paired(
+    varying_alike: list[tuple[str, Truth, dict[str, Any]]],
+) -> None:
+    rows = [summary_row(truth, got) for _, truth, got in varying_alike]
     assert abs(rate_summary(rows)["rate_bias_bpm"]) <= 0.5
