@@ -362,9 +362,9 @@ class BreathTracker:
             if self.first_breath != first_breath and self.first_breath >= 0:
                 # the start's cut cycle is judged again against the breath now first, where
                 # the rings still hold the stream's start (else it stands as judged)
-                whole = self._window(self.ring_a.shape[0])
-                if whole[3] == 0:
-                    self.start_cut = self._start_cut(whole[0], whole[2])
+                rings = self._window(self.ring_a.shape[0])
+                if rings[3] == 0:
+                    self.start_cut = self._start_cut(rings[0], rings[2])
         confirmed = ends < a.shape[0] - 1  # fallen by half inside the window
         cut = final and peaks.size >= 2 and not confirmed[-1]
         if cut and peaks[-1] - peaks[-2] < CUT_GAP_FRACTION * self.period_s * self.rate_hz:
@@ -589,11 +589,12 @@ class BreathTracker:
                     continue
                 least = _least_turns(n_judged) if tolerant else 1.0
                 upper = None if few else _two_phases(cue[judged], least, MIN_LOUDNESS_DB)
-                if upper is None and tolerant and not few:
-                    upper = _every_other_louder(cue[judged], MIN_LOUDNESS_DB, ALTERNATION_P)
-                if upper is None and tolerant and carried:
-                    upper = _every_other_louder(cue[judged], MIN_LOUDNESS_DB, CARRIED_P)
-                    loose = loose or upper is not None
+                if upper is None and tolerant:  # every other hump louder: one fit, two bounds
+                    louder = _every_other_louder(cue[judged], MIN_LOUDNESS_DB)
+                    if louder is not None and not few and louder[1] <= ALTERNATION_P:
+                        upper = louder[0]
+                    elif louder is not None and carried and louder[1] <= CARRIED_P:
+                        upper, loose = louder[0], True
                 if upper is None and few:  # as too short to judge
                     continue
                 if upper is None:  # a run long enough to judge whose loudness does not turn
@@ -1037,13 +1038,13 @@ def _alternation_along_a_line(n: int) -> tuple[np.ndarray, np.ndarray, float]:
     return off_line, turns, float(turns @ turns)
 
 
-def _every_other_louder(cue: np.ndarray, least_db: float, chance: float) -> np.ndarray | None:
+def _every_other_louder(cue: np.ndarray, least_db: float) -> tuple[np.ndarray, float] | None:
     """Which humps are the louder phase where every other one (``cue``, in time order) is
     louder than the ones between: the humps' loudness fitted as a straight line (the trend
-    :func:`_loudness_against_trend` takes out) plus an alternation, the alternation's two
-    levels at least ``least_db`` apart and standing so far over the fit's residual spread that
-    loudness varying at random along a trend reaches it with a ``chance`` or less (a two-sided
-    t test of its coefficient, n - 3 degrees of freedom); else None."""
+    :func:`_loudness_against_trend` takes out) plus an alternation whose two levels stand at
+    least ``least_db`` apart; with the chance that loudness varying at random along a trend
+    stands so far over the fit's residual spread (a two-sided t test of the alternation's
+    coefficient, n - 3 degrees of freedom). None where fewer than 4 humps or levels nearer."""
     n = cue.size
     if n < 4:  # a line and an alternation leave no spread to judge them by
         return None
@@ -1054,9 +1055,8 @@ def _every_other_louder(cue: np.ndarray, least_db: float, chance: float) -> np.n
         return None
     spread = max(0.0, float(rest @ rest) - beta * beta * length) / (n - 3)
     scale = math.sqrt(spread / length)
-    if scale > 0.0 and 2.0 * float(stdtr(n - 3, -abs(beta) / scale)) > chance:
-        return None
-    return (np.arange(n) % 2 == 1) == (beta > 0.0)
+    chance = 2.0 * float(stdtr(n - 3, -abs(beta) / scale)) if scale > 0.0 else 0.0
+    return (np.arange(n) % 2 == 1) == (beta > 0.0), chance
 
 
 def _least_turns(n: int) -> float:

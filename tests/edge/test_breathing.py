@@ -291,6 +291,12 @@ def test_a_hump_out_of_turn_takes_the_other_level() -> None:
     assert down(_out_of_turn_mended(up("UU"))) == "UU"
 
 
+def taken(cue: np.ndarray, least_db: float, chance: float) -> np.ndarray | None:
+    """:func:`_every_other_louder`'s phases where its chance is at most ``chance``, else None."""
+    louder = _every_other_louder(cue, least_db)
+    return None if louder is None or louder[1] > chance else louder[0]
+
+
 def test_every_other_hump_louder_is_told_along_the_trend_of_their_loudness() -> None:
     """The humps' loudness fitted as a line plus an alternation: the louder phase is found
     whatever the trend (the same answer with a trend added), its two levels must stand
@@ -300,14 +306,14 @@ def test_every_other_hump_louder_is_told_along_the_trend_of_their_loudness() -> 
     rng = np.random.default_rng(3)
     cue = 1.5 * alternation + rng.normal(0.0, 0.3, 9)
     expected = (order % 2 == 1).tolist()  # the odd humps louder
-    assert _every_other_louder(cue, 1.0, 0.001).tolist() == expected
-    assert _every_other_louder(cue + 0.7 * order - 3.0, 1.0, 0.001).tolist() == expected
-    assert _every_other_louder(-cue, 1.0, 0.001).tolist() == [not x for x in expected]
-    assert _every_other_louder(0.4 * alternation, 1.0, 0.05) is None  # 0.8 dB apart
-    assert _every_other_louder(0.6 * alternation, 1.0, 0.05) is not None  # exact, no spread
-    assert _every_other_louder(cue[:3], 0.0, 1.0) is None
+    assert taken(cue, 1.0, 0.001).tolist() == expected
+    assert taken(cue + 0.7 * order - 3.0, 1.0, 0.001).tolist() == expected
+    assert taken(-cue, 1.0, 0.001).tolist() == [not x for x in expected]
+    assert taken(0.4 * alternation, 1.0, 0.05) is None  # 0.8 dB apart
+    assert taken(0.6 * alternation, 1.0, 0.05) is not None  # exact, no spread
+    assert taken(cue[:3], 0.0, 1.0) is None
     noisy = 1.5 * alternation + rng.normal(0.0, 3.0, 9)  # the levels, but not over the spread
-    assert _every_other_louder(noisy, 1.0, 0.001) is None
+    assert taken(noisy, 1.0, 0.001) is None
 
 
 @pytest.mark.parametrize("n", [4, 5, 6, 7, 11, 16])
@@ -324,7 +330,7 @@ def test_random_loudness_along_a_trend_passes_as_often_as_the_chance(n: int) -> 
         cue = rng.normal(0.0, 3.0, n)
         _loudness_against_trend(cue, peaks, 0, n)
         for chance in passed:
-            passed[chance] += _every_other_louder(cue, 0.0, chance) is not None
+            passed[chance] += taken(cue, 0.0, chance) is not None
     assert 0.043 <= passed[0.05] / 6000 <= 0.057
     assert passed[0.001] / 6000 <= 0.003
 
